@@ -1,0 +1,36 @@
+"""cnnkit: convolutional neural networks, exact and fast, on PyTorch.
+
+The public API is re-exported lazily so that ``import cnnkit`` stays cheap:
+
+- ``cnnkit.summary(target, input_size=..., batch_size=...)`` -- shapes, parameters, MACs, memory
+- ``cnnkit.fit(target, input_size=..., memory=...)`` -- the largest batch that fits, and remedies
+- ``cnnkit.create_model(name, ...)`` / ``cnnkit.list_models()`` -- the model zoo
+- ``cnnkit.load(path)`` -- a trained checkpoint as an eval-mode ``nn.Module``
+- ``cnnkit.to_fcn(model)`` -- dense heads turned into convolutions
+"""
+
+from importlib import import_module
+
+from .errors import CnnkitError
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY = {
+    "summary": "cnnkit.analysis",
+    "fit": "cnnkit.analysis",
+    "Summary": "cnnkit.analysis",
+    "create_model": "cnnkit.models",
+    "list_models": "cnnkit.models",
+    "register_model": "cnnkit.models",
+    "load": "cnnkit.train.checkpoint",
+    "to_fcn": "cnnkit.transfer.fcn",
+}
+
+__all__ = ["CnnkitError", "__version__", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'cnnkit' has no attribute {name!r}")

@@ -1,0 +1,5 @@
+"""``cnnkit explain`` sub-commands (placeholder until implemented)."""
+
+
+def register(subparsers) -> None:
+    pass

@@ -1,0 +1,5 @@
+"""``cnnkit summary`` and ``cnnkit fit`` (placeholder until implemented)."""
+
+
+def register(subparsers) -> None:
+    pass

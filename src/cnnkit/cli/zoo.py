@@ -1,0 +1,5 @@
+"""``cnnkit zoo`` sub-commands (placeholder until implemented)."""
+
+
+def register(subparsers) -> None:
+    pass

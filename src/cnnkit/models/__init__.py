@@ -1,0 +1,24 @@
+"""The model zoo: the classic CNNs, with the state-dict names of their reference implementations."""
+
+from importlib import import_module
+
+from ._registry import ModelInfo, create_model, list_models, model_info, register_model
+
+# one family per file; importing a file registers its variants
+_MODEL_MODULES = [
+    "alexnet", "vgg", "googlenet", "inception", "resnet", "densenet",
+    "senet", "xception", "mobilenet_v1", "mobilenet_v2", "mobilenet_v3",
+    "lenet", "notes",
+]
+_imported = False
+
+
+def _import_model_modules() -> None:
+    global _imported  # a one-way flag: importing is idempotent anyway
+    if not _imported:
+        for name in _MODEL_MODULES:
+            import_module(f"{__name__}.{name}")
+        _imported = True
+
+
+__all__ = ["ModelInfo", "create_model", "list_models", "model_info", "register_model"]

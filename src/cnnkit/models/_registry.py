@@ -1,0 +1,94 @@
+"""A small, explicit model registry (in the spirit of torchvision's ``models/_api.py``).
+
+Model files decorate one tiny builder function per variant with :func:`register_model`;
+:func:`create_model` looks the name up, builds it, and optionally loads weights.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch.nn as nn
+
+from ..errors import CnnkitError
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    builder: Callable[..., nn.Module]
+    input_size: tuple[int, ...]  # default input, channels first, e.g. (3, 224, 224)
+    paper: str                   # short citation shown by `cnnkit zoo`
+    family: str                  # e.g. "resnet"; groups the zoo table
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register_model(name: str | None = None, *, input_size=(3, 224, 224), paper: str = "",
+                   family: str = ""):
+    """Decorator: register a builder ``fn(num_classes=..., in_channels=..., **kw) -> nn.Module``.
+
+    Registering the same name twice is a bug and fails loudly.
+    """
+
+    def wrap(fn):
+        key = name or fn.__name__
+        if key in _REGISTRY:
+            raise RuntimeError(f"model {key!r} is registered twice")
+        _REGISTRY[key] = ModelInfo(key, fn, tuple(input_size), paper, family or fn.__module__.rsplit(".", 1)[-1])
+        return fn
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    """Names of every registered model, sorted."""
+    _import_all()
+    return sorted(_REGISTRY)
+
+
+def model_info(name: str) -> ModelInfo:
+    _import_all()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; `cnnkit zoo` lists them all"
+        raise CnnkitError(f"unknown model name {name!r}{hint}") from None
+
+
+def create_model(name: str, num_classes: int | None = None, in_channels: int | None = None,
+                 weights: str | None = None, strict: bool = True, **kwargs) -> nn.Module:
+    """Build a registered model by name.
+
+    Args:
+        name: a name from :func:`list_models`.
+        num_classes: size of the classifier output (the model's default when None).
+        in_channels: image channels (the model's default when None; 1 for MNIST).
+        weights: a local ``.pth`` / ``.safetensors`` file or an ``http(s)://`` URL of weights in the
+            reference implementation's format (see :mod:`cnnkit.models.weights`).
+        strict: require every state-dict key to match when loading ``weights``.
+    """
+    info = model_info(name)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if in_channels is not None:
+        kwargs["in_channels"] = in_channels
+    try:
+        model = info.builder(**kwargs)
+    except TypeError as exc:
+        raise CnnkitError(f"model {name!r} does not take these arguments: {exc}") from None
+    if weights is not None:
+        from .weights import load_weights
+
+        load_weights(model, weights, strict=strict)
+    return model
+
+
+def _import_all() -> None:
+    from . import _import_model_modules
+
+    _import_model_modules()

@@ -1,0 +1,32 @@
+"""Shared fixtures. Real data is read from $CNNKIT_DATA, by default ../shared/data beside the repo."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("CNNKIT_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (DATA_DIR / "mnist").is_dir():
+        pytest.skip(f"no data at {DATA_DIR}: set CNNKIT_DATA to the folder holding mnist/ and hymenoptera/")
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def reference_state_dicts() -> dict:
+    import json
+
+    path = REPO.parent / "shared" / "reference" / "state_dicts.json"
+    if not path.is_file():
+        pytest.skip(f"no reference file at {path}")
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
