@@ -1,0 +1,28 @@
+"""Building blocks the zoo and the network-spec builder share; one idea per file.
+
+- :mod:`.padding` -- TF "same" padding for any stride (``same_pad``, ``pad_for``)
+- :mod:`.conv_same` -- ``Conv1dSame``/``Conv2dSame``/``Conv3dSame``, ``ConvTranspose2dSame``
+- :mod:`.pool_same` -- max/average pooling with "same" padding
+- :mod:`.separable` -- ``DepthwiseConv2d``, ``SeparableConv2d`` (Keras layout)
+- :mod:`.lrn` -- ``LocalResponseNorm`` with TensorFlow's parameters
+- :mod:`.se` -- ``SqueezeExcite``
+- :mod:`.act` -- ``get_activation`` by Keras name
+"""
+
+from .act import activation_names, get_activation
+from .conv_same import (Conv1dSame, Conv2dSame, Conv3dSame, ConvTranspose2dSame,
+                        conv_transpose_same_args, resolve_padding)
+from .lrn import LocalResponseNorm
+from .padding import pad_for, same_pad
+from .pool_same import (AvgPool1dSame, AvgPool2dSame, AvgPool3dSame, MaxPool1dSame, MaxPool2dSame,
+                        MaxPool3dSame)
+from .se import SqueezeExcite
+from .separable import DepthwiseConv2d, SeparableConv2d
+
+__all__ = [
+    "same_pad", "pad_for", "resolve_padding",
+    "Conv1dSame", "Conv2dSame", "Conv3dSame", "ConvTranspose2dSame", "conv_transpose_same_args",
+    "MaxPool1dSame", "MaxPool2dSame", "MaxPool3dSame", "AvgPool1dSame", "AvgPool2dSame", "AvgPool3dSame",
+    "DepthwiseConv2d", "SeparableConv2d", "LocalResponseNorm", "SqueezeExcite",
+    "get_activation", "activation_names",
+]

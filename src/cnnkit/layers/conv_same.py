@@ -1,0 +1,131 @@
+"""Convolutions with TensorFlow/Keras ``padding="same"`` (or Caffe's) for any stride.
+
+They are ordinary ``nn.Conv1d/2d/3d`` (state dict ``weight``, ``bias``) that pad in
+``forward`` when the padding depends on the input size (stride > 1, or an even kernel).
+When it does not (stride 1, odd kernel) they use a fixed symmetric ``padding`` and
+behave exactly like the plain convolution.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import CnnkitError
+from .padding import PAD_MODES, _ntuple, is_static_pad, pad_for
+
+
+def resolve_padding(padding, kernel, stride, dilation, n: int):
+    """Split ``padding`` into a fixed part for ``nn.ConvNd`` and a dynamic mode (or None).
+
+    ``padding`` is an int, a tuple, or one of ``"same"``, ``"caffe"``, ``"valid"``.
+    """
+    if isinstance(padding, str):
+        if padding not in PAD_MODES:
+            raise CnnkitError(
+                f"unknown padding {padding!r}; use an int, a tuple, or one of {', '.join(PAD_MODES)}. "
+                f"Received: padding={padding!r}"
+            )
+        if padding == "valid":
+            return 0, None
+        if is_static_pad(kernel, stride, dilation, n):
+            ks, ds = _ntuple(kernel, n), _ntuple(dilation, n)
+            return tuple((k - 1) * d // 2 for k, d in zip(ks, ds)), None
+        return 0, padding
+    return padding, None
+
+
+class _DynamicPad:
+    """Mixin for ``nn.ConvNd``: pad the input in ``forward`` when ``pad_mode`` is set."""
+
+    pad_mode: str | None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pad_mode is not None:
+            x = F.pad(x, pad_for(x.shape[2:], self.kernel_size, self.stride, self.dilation, self.pad_mode))
+        return self._conv_forward(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s + (f", pad_mode={self.pad_mode}" if self.pad_mode else "")
+
+
+def _init_same(conv, base, n, in_channels, out_channels, kernel_size, stride, dilation, groups, bias, mode):
+    if mode not in ("same", "caffe"):
+        raise CnnkitError(f"{type(conv).__name__} pads 'same' or 'caffe'. Received: mode={mode!r}")
+    fixed, pad_mode = resolve_padding(mode, kernel_size, stride, dilation, n)
+    base.__init__(conv, in_channels, out_channels, kernel_size, stride=stride, padding=fixed,
+                  dilation=dilation, groups=groups, bias=bias)
+    conv.pad_mode = pad_mode
+
+
+class Conv1dSame(_DynamicPad, nn.Conv1d):
+    """``nn.Conv1d`` with TF "same" padding: ``L_out = ceil(L / stride)``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, dilation=1,
+                 groups: int = 1, bias: bool = True, mode: str = "same"):
+        _init_same(self, nn.Conv1d, 1, in_channels, out_channels, kernel_size, stride, dilation, groups,
+                   bias, mode)
+
+
+class Conv2dSame(_DynamicPad, nn.Conv2d):
+    """``nn.Conv2d`` with TF "same" padding: ``(H, W) -> (ceil(H / s), ceil(W / s))``.
+
+    >>> Conv2dSame(3, 8, 3, stride=2)(torch.zeros(1, 3, 200, 300)).shape
+    torch.Size([1, 8, 100, 150])
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, dilation=1,
+                 groups: int = 1, bias: bool = True, mode: str = "same"):
+        _init_same(self, nn.Conv2d, 2, in_channels, out_channels, kernel_size, stride, dilation, groups,
+                   bias, mode)
+
+
+class Conv3dSame(_DynamicPad, nn.Conv3d):
+    """``nn.Conv3d`` with TF "same" padding: each of (D, H, W) becomes ``ceil(size / stride)``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, dilation=1,
+                 groups: int = 1, bias: bool = True, mode: str = "same"):
+        _init_same(self, nn.Conv3d, 3, in_channels, out_channels, kernel_size, stride, dilation, groups,
+                   bias, mode)
+
+
+def conv_transpose_same_args(kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """``(padding, output_padding)`` that make ``nn.ConvTranspose`` give ``output = input * stride``.
+
+    PyTorch: ``out = (in - 1) * s - 2 * padding + d * (k - 1) + output_padding + 1``.
+    With ``total = d * (k - 1) + 1 - s`` this needs ``2 * padding - output_padding = total``.
+    When ``total`` is odd PyTorch crops the extra pixel at the start, TensorFlow at the end:
+    the sizes agree but the output is shifted by one pixel; :class:`ConvTranspose2dSame`
+    matches TensorFlow exactly.
+    """
+    total = dilation * (kernel - 1) + 1 - stride
+    if total <= 0:
+        return 0, -total
+    padding = (total + 1) // 2
+    return padding, 2 * padding - total
+
+
+class ConvTranspose2dSame(nn.ConvTranspose2d):
+    """Keras ``Conv2DTranspose(padding="same")``: ``(H, W) -> (H * s, W * s)``, TF-aligned.
+
+    State dict ``weight`` (in, out // groups, kH, kW) and ``bias``, as ``nn.ConvTranspose2d``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, dilation=1,
+                 groups: int = 1, bias: bool = True):
+        ks, ss, ds = _ntuple(kernel_size, 2), _ntuple(stride, 2), _ntuple(dilation, 2)
+        totals = [d * (k - 1) + 1 - s for k, s, d in zip(ks, ss, ds)]
+        # total <= 0: zeros (plus bias) appended at the end = output_padding; total > 0: crop total // 2
+        # each side in PyTorch, then one more at the end in forward when total is odd (TF's convention)
+        padding = tuple(max(t, 0) // 2 for t in totals)
+        output_padding = tuple(-t if t < 0 else 0 for t in totals)
+        self.crop_end = tuple(t % 2 if t > 0 else 0 for t in totals)
+        super().__init__(in_channels, out_channels, ks, stride=ss, padding=padding,
+                         output_padding=output_padding, groups=groups, bias=bias, dilation=ds)
+
+    def forward(self, x: torch.Tensor, output_size=None) -> torch.Tensor:
+        y = super().forward(x)  # (B, C, H*s + crop_h, W*s + crop_w)
+        ch, cw = self.crop_end
+        return y[..., : y.shape[-2] - ch, : y.shape[-1] - cw]

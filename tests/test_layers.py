@@ -1,0 +1,191 @@
+"""cnnkit.layers against reference computations: explicit F.pad + F.conv2d, loops, hand values."""
+
+import itertools
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cnnkit.errors import CnnkitError
+from cnnkit.layers import (AvgPool1dSame, AvgPool2dSame, Conv1dSame, Conv2dSame, Conv3dSame,
+                           ConvTranspose2dSame, DepthwiseConv2d, LocalResponseNorm, MaxPool2dSame,
+                           MaxPool3dSame, SeparableConv2d, SqueezeExcite, conv_transpose_same_args,
+                           get_activation, pad_for, same_pad)
+
+
+# ---------------------------------------------------------------- padding arithmetic
+@pytest.mark.parametrize("size", [5, 6, 7, 8, 224, 225])
+@pytest.mark.parametrize("kernel,stride,dilation", [(1, 1, 1), (2, 1, 1), (3, 1, 1), (3, 2, 1), (3, 3, 1),
+                                                    (5, 2, 1), (4, 3, 1), (3, 1, 2), (3, 2, 3), (7, 2, 1)])
+def test_same_pad_gives_ceil_size_over_stride(size, kernel, stride, dilation):
+    before, after = same_pad(size, kernel, stride, dilation)
+    assert 0 <= after - before <= 1  # the odd extra at the end (TensorFlow)
+    out = (size + before + after - dilation * (kernel - 1) - 1) // stride + 1
+    assert out == -(-size // stride)
+    assert same_pad(size, kernel, stride, dilation, mode="caffe") == (after, before)
+
+
+def test_same_pad_hand_values_and_chain():
+    assert same_pad(5, 3, 2) == (1, 1)      # out 3, total (3-1)*2 + 3 - 5 = 2
+    assert same_pad(6, 3, 2) == (0, 1)      # out 3, total 1: extra at the end
+    assert same_pad(6, 3, 2, mode="caffe") == (1, 0)
+    assert same_pad(8, 1, 3) == (0, 0)      # total would be negative
+    assert same_pad(7, 3, 1, mode="valid") == (0, 0)
+    conv = Conv2dSame(1, 1, 3, stride=2)
+    x, sizes = torch.zeros(1, 1, 200, 300), []
+    with torch.no_grad():
+        for _ in range(3):
+            x = conv(x)
+            sizes.append(tuple(x.shape[2:]))
+    assert sizes == [(100, 150), (50, 75), (25, 38)]
+    assert pad_for((6, 5), 3, 2, 1, "same") == [1, 1, 0, 1]  # last dim first: W then H
+    with pytest.raises(CnnkitError, match="Received: mode='full'"):
+        same_pad(5, 3, mode="full")
+
+
+# ---------------------------------------------------------------- convolutions
+@pytest.mark.parametrize("mode", ["same", "caffe"])
+@pytest.mark.parametrize("kernel,stride,dilation", [(3, 1, 1), (2, 1, 1), (3, 2, 1), (4, 2, 1), (5, 3, 1),
+                                                    (3, 2, 2), (1, 2, 1)])
+def test_conv2d_same_matches_explicit_padding(mode, kernel, stride, dilation):
+    conv = Conv2dSame(3, 4, kernel, stride=stride, dilation=dilation, mode=mode)
+    for h, w in [(9, 10), (16, 17)]:
+        x = torch.randn(2, 3, h, w)
+        pad = pad_for((h, w), kernel, stride, dilation, mode)
+        ref = F.conv2d(F.pad(x, pad), conv.weight, conv.bias, stride, 0, dilation)
+        got = conv(x)
+        assert got.shape[2:] == (-(-h // stride), -(-w // stride))
+        torch.testing.assert_close(got, ref)
+
+
+def test_caffe_and_same_differ_only_in_where_the_odd_pad_goes():
+    torch.manual_seed(1)
+    same, caffe = Conv2dSame(2, 3, 3, stride=2), Conv2dSame(2, 3, 3, stride=2, mode="caffe")
+    caffe.load_state_dict(same.state_dict())
+    x = torch.randn(1, 2, 8, 8)  # total pad 1 per dim
+    ref_same = F.conv2d(F.pad(x, [0, 1, 0, 1]), same.weight, same.bias, 2)
+    ref_caffe = F.conv2d(F.pad(x, [1, 0, 1, 0]), same.weight, same.bias, 2)
+    torch.testing.assert_close(same(x), ref_same)
+    torch.testing.assert_close(caffe(x), ref_caffe)
+    assert not torch.allclose(same(x), caffe(x))
+    x = torch.randn(1, 2, 9, 9)  # total pad 2 per dim: symmetric, the two modes agree
+    torch.testing.assert_close(same(x), caffe(x))
+
+
+def test_conv1d_conv3d_same_and_state_dict():
+    c1 = Conv1dSame(2, 3, 4, stride=3)
+    x1 = torch.randn(2, 2, 11)
+    torch.testing.assert_close(c1(x1), F.conv1d(F.pad(x1, pad_for((11,), 4, 3)), c1.weight, c1.bias, 3))
+    c3 = Conv3dSame(2, 3, 3, stride=2, bias=False)
+    x3 = torch.randn(1, 2, 5, 6, 7)
+    ref = F.conv3d(F.pad(x3, pad_for((5, 6, 7), 3, 2)), c3.weight, None, 2)
+    torch.testing.assert_close(c3(x3), ref)
+    assert c3(x3).shape[2:] == (3, 3, 4)
+    assert list(Conv2dSame(3, 8, 3).state_dict()) == ["weight", "bias"]
+    assert isinstance(c1, nn.Conv1d) and isinstance(c3, nn.Conv3d)
+    # stride 1, odd kernel: a fixed symmetric padding, no dynamic pad
+    assert Conv2dSame(3, 8, 5).padding == (2, 2) and Conv2dSame(3, 8, 5).pad_mode is None
+
+
+@pytest.mark.parametrize("kernel,stride", [(5, 2), (4, 2), (3, 2), (1, 2), (3, 1), (2, 3), (3, 3)])
+def test_conv_transpose_same_is_the_adjoint_of_conv_same(kernel, stride):
+    """TF's conv2d_transpose('same') is the gradient of conv2d('same'): <conv(x), y> = <x, convT(y)>."""
+    torch.manual_seed(2)
+    conv = Conv2dSame(3, 5, kernel, stride=stride, bias=False)
+    convt = ConvTranspose2dSame(5, 3, kernel, stride=stride, bias=False)
+    convt.weight.data.copy_(conv.weight.data)  # (5, 3, k, k) both ways
+    x = torch.randn(2, 3, 6 * stride, 7 * stride)
+    y = torch.randn(2, 5, 6, 7)
+    assert convt(y).shape == x.shape
+    torch.testing.assert_close((conv(x) * y).sum(), (x * convt(y)).sum(), rtol=1e-4, atol=1e-4)
+    p, op = conv_transpose_same_args(kernel, stride)
+    plain = nn.ConvTranspose2d(5, 3, kernel, stride, padding=p, output_padding=op)
+    assert plain(y).shape == x.shape
+
+
+# ---------------------------------------------------------------- pooling
+def _pool_reference(x, k, s, reduce):
+    """Loop over TF "same" windows, clipped to the input (padding never counted)."""
+    h, w = x.shape[-2:]
+    (left, _), (top, _) = same_pad(w, k, s), same_pad(h, k, s)
+    oh, ow = -(-h // s), -(-w // s)
+    out = torch.empty(*x.shape[:-2], oh, ow)
+    for i, j in itertools.product(range(oh), range(ow)):
+        r0, c0 = i * s - top, j * s - left
+        win = x[..., max(r0, 0):r0 + k, max(c0, 0):c0 + k]
+        out[..., i, j] = reduce(win.flatten(-2), -1)
+    return out
+
+
+@pytest.mark.parametrize("k,s,h,w", [(2, 2, 5, 7), (3, 2, 6, 6), (3, 1, 4, 5), (3, 3, 7, 8)])
+def test_pool_same_matches_window_loop(k, s, h, w):
+    x = torch.randn(2, 3, h, w)
+    torch.testing.assert_close(MaxPool2dSame(k, s)(x), _pool_reference(x, k, s, lambda t, d: t.amax(d)))
+    torch.testing.assert_close(AvgPool2dSame(k, s)(x), _pool_reference(x, k, s, lambda t, d: t.mean(d)))
+
+
+def test_avg_pool_same_border_by_hand():
+    x = torch.arange(9.0).reshape(1, 1, 3, 3)  # [[0,1,2],[3,4,5],[6,7,8]], k=2 s=2 pads one after
+    got = AvgPool2dSame(2)(x)
+    assert got[0, 0].tolist() == [[(0 + 1 + 3 + 4) / 4, (2 + 5) / 2], [(6 + 7) / 2, 8.0]]
+    assert MaxPool2dSame(2)(-x)[0, 0].tolist() == [[0.0, -2.0], [-6.0, -8.0]]  # -inf pad never wins
+    assert AvgPool1dSame(2)(torch.tensor([[[1.0, 2.0, 3.0]]])).tolist() == [[[1.5, 3.0]]]
+    assert MaxPool3dSame(2)(torch.zeros(1, 1, 3, 4, 5)).shape == (1, 1, 2, 2, 3)
+
+
+# ---------------------------------------------------------------- separable
+def test_separable_conv_counts_and_reference():
+    sep = SeparableConv2d(3, 256, 5, bias=False)
+    assert sum(p.numel() for p in sep.parameters()) == 843
+    assert sum(p.numel() for p in nn.Conv2d(3, 256, 5, bias=False).parameters()) == 19200
+    sep = SeparableConv2d(4, 6, 3, stride=2, padding="same", depth_multiplier=2)
+    assert sorted(sep.state_dict()) == ["depthwise.weight", "pointwise.bias", "pointwise.weight"]
+    x = torch.randn(2, 4, 9, 8)
+    mid = F.conv2d(F.pad(x, pad_for((9, 8), 3, 2)), sep.depthwise.weight, None, 2, groups=4)
+    ref = F.conv2d(mid, sep.pointwise.weight, sep.pointwise.bias)
+    torch.testing.assert_close(sep(x), ref)
+    assert sep(x).shape == (2, 6, 5, 4)
+    dw = DepthwiseConv2d(4, 3, padding=1)
+    assert dw.weight.shape == (4, 1, 3, 3) and dw(x).shape == x.shape
+    assert DepthwiseConv2d(4, 3, padding="valid")(x).shape == (2, 4, 7, 6)
+    with pytest.raises(CnnkitError, match="Received: padding='full'"):
+        DepthwiseConv2d(4, 3, padding="full")
+
+
+# ---------------------------------------------------------------- LRN, SE, activations
+def test_lrn_matches_loop_and_torch_relation():
+    x = torch.randn(2, 7, 3, 4)
+    r, k, alpha, beta = 2, 2.0, 1e-1, 0.75  # AlexNet's k, n=5, beta; alpha enlarged to matter
+    ref = torch.empty_like(x)
+    for c in range(7):
+        sq = (x[:, max(0, c - r):c + r + 1] ** 2).sum(1)
+        ref[:, c] = x[:, c] / (k + alpha * sq) ** beta
+    lrn = LocalResponseNorm(depth_radius=r, bias=k, alpha=alpha, beta=beta)
+    torch.testing.assert_close(lrn(x), ref)
+    # torch's LRN divides alpha by the window size n = 2r + 1
+    torch.testing.assert_close(nn.LocalResponseNorm(5, alpha=alpha * 5, beta=beta, k=k)(x), ref)
+
+
+def test_squeeze_excite_by_hand():
+    se = SqueezeExcite(32)
+    assert se.fc1.weight.shape == (2, 32, 1, 1) and se.fc2.weight.shape == (32, 2, 1, 1)
+    assert sorted(se.state_dict()) == ["fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight"]
+    x = torch.randn(2, 32, 5, 6)
+    m = x.mean((2, 3))                                             # (B, C)
+    h = torch.relu(m @ se.fc1.weight[:, :, 0, 0].T + se.fc1.bias)  # (B, 2)
+    g = torch.sigmoid(h @ se.fc2.weight[:, :, 0, 0].T + se.fc2.bias)
+    torch.testing.assert_close(se(x), x * g[:, :, None, None])
+    hs = SqueezeExcite(16, rd_channels=8, gate=nn.Hardsigmoid)
+    assert hs.fc1.out_channels == 8 and isinstance(hs.gate, nn.Hardsigmoid)
+
+
+def test_get_activation():
+    x = torch.linspace(-3, 3, 13)
+    assert isinstance(get_activation("relu"), nn.ReLU)
+    torch.testing.assert_close(get_activation("swish")(x), x * torch.sigmoid(x))
+    torch.testing.assert_close(get_activation("leaky_relu")(x), torch.where(x > 0, x, 0.2 * x))
+    torch.testing.assert_close(get_activation("softmax")(x[None]).sum(), torch.tensor(1.0))
+    assert isinstance(get_activation(None), nn.Identity) and isinstance(get_activation("linear"), nn.Identity)
+    with pytest.raises(CnnkitError, match="unknown activation 'relu7'"):
+        get_activation("relu7")
