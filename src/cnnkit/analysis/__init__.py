@@ -1,1 +1,10 @@
-"""(to be written) The analyser."""
+"""The analyser: what every layer does to the shape, its parameters and MACs, and the memory of
+inference and of a training step, exactly as PyTorch allocates it, with the textbook's hand method beside.
+
+Record (``trace``, ``backend``) -> aggregate (``summary``, ``textbook``, ``fit``) -> format (``report``).
+"""
+
+from .fit import fit
+from .summary import Summary, summary
+
+__all__ = ["Summary", "fit", "summary"]

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -31,6 +33,21 @@ CPU_BACKEND_OPS = {aten.convolution, aten.convolution_backward}
 # which positional arguments carry the batch in dimension 0
 _BATCH_ARGS = {"convolution": (0,), "convolution_backward": (0, 1)}
 _CAL_BATCHES = (1, 2)
+
+
+@contextmanager
+def quiet_stderr():
+    """Silence what C++ writes on file descriptor 2 (the profiler announces every start and stop)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def cache_path() -> Path:

@@ -14,6 +14,7 @@ import torch.nn as nn
 from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
+from .backend import quiet_stderr
 from .trace import make_optimizer, training_step
 
 
@@ -29,7 +30,7 @@ def _resident_bytes(tensors) -> int:
 
 def _cpu_peak(fn) -> int:
     """Peak bytes the CPU allocator held during ``fn()`` above what it held before."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     peak = 0
 

@@ -32,7 +32,7 @@ _NO_WORK = {
     "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "zeros", "zeros_like",
     "ones", "ones_like", "full", "full_like", "new_zeros", "new_ones", "scalar_tensor", "lift_fresh",
     "_to_copy", "clone", "copy_", "contiguous", "flatten", "_reshape_alias", "lift_fresh_copy",
-    "fill_", "zero_", "sym_size", "sym_stride", "is_same_size", "_local_scalar_dense", "item",
+    "fill_", "zero_", "constant_pad_nd", "sym_size", "sym_stride", "is_same_size", "_local_scalar_dense", "item",
 }
 
 
@@ -77,48 +77,116 @@ class Trace:
     baseline: dict[str, int]              # bytes live before the step, by category
     peak_index: int                       # index in ops where the ATen-level peak happened
     peak_bytes: int                       # ATen-level peak (outputs only, no backend temporaries)
-    peak_breakdown: dict[str, int]        # live bytes at that moment, by category
+    storages: "_Storages"                 # allocation history, to replay the live set at any op
     saved_bytes: int = 0                  # all activations saved for backward
+
+    def peak(self, op_bytes: dict[tuple, int] | None = None) -> tuple[int, int]:
+        """(peak bytes, op index): ATen-level, or with ``op_bytes`` replacing the outputs of backend ops."""
+        op_bytes = op_bytes or {}
+        best, best_i = sum(self.baseline.values()), -1
+        for i, op in enumerate(self.ops):
+            during = op_bytes.get(op.backend_key, op.out_bytes) if op.backend_key else op.out_bytes
+            if op.live_before + during > best:
+                best, best_i = op.live_before + during, i
+        return best, best_i
+
+    def breakdown(self, op_index: int, op_bytes: dict[tuple, int] | None = None) -> dict[str, int]:
+        """Live bytes by category while op ``op_index`` runs; its outputs and workspace as their own line."""
+        if op_index < 0:
+            return dict(self.baseline)
+        out = self.storages.live_by_category(op_index)
+        op = self.ops[op_index]
+        during = (op_bytes or {}).get(op.backend_key, op.out_bytes) if op.backend_key else op.out_bytes
+        out["running op: outputs + workspace"] = during
+        return out
 
 
 class _Storages:
-    """Live bytes, tracked per storage with weak references (a storage counts once, however many views)."""
+    """Live bytes, tracked per storage with weak references (a storage counts once, however many views).
 
-    def __init__(self):
+    Every allocation gets a unique id; allocation and free events are kept (with the index of the op
+    they happened before) so that the live set at any op can be replayed once every storage's final
+    role (gradient, saved activation, optimizer state...) is known.
+    """
+
+    def __init__(self, op_count):
         self.live = 0
-        self.sizes: dict[int, int] = {}      # storage key -> bytes
-        self.category: dict[int, str] = {}  # storage key -> category label
+        self.uid_of: dict[int, int] = {}      # live storage key -> uid
+        self.size: dict[int, int] = {}        # uid -> bytes
+        self.category: dict[int, str] = {}    # uid -> category label
+        self.events: list[tuple[int, int, int, int]] = []  # (op index, 0 before / 1 its outputs, +1/-1, uid)
+        self._op_count = op_count
         self._finalizers = []
 
     @staticmethod
     def key(t: torch.Tensor) -> int:
         return t.untyped_storage()._cdata
 
-    def add(self, t: torch.Tensor, category: str) -> int:
+    def uid(self, t: torch.Tensor) -> int | None:
+        return self.uid_of.get(self.key(t))
+
+    def add(self, t: torch.Tensor, category: str, output_of_op: bool = False) -> int:
         st = t.untyped_storage()
         k = st._cdata
-        if k in self.sizes:
+        if k in self.uid_of:
             return 0
         n = st.nbytes()
-        self.sizes[k] = n
-        self.category[k] = category
+        uid = len(self.size)
+        self.uid_of[k] = uid
+        self.size[uid] = n
+        self.category[uid] = category
         self.live += n
+        self.events.append((self._op_count(), int(output_of_op), 1, uid))
         self._finalizers.append(weakref.finalize(st, self._free, k))
         return n
 
     def _free(self, k: int) -> None:
-        self.live -= self.sizes.pop(k, 0)
-        self.category.pop(k, None)
+        uid = self.uid_of.pop(k, None)
+        if uid is not None:
+            self.live -= self.size[uid]
+            self.events.append((self._op_count(), 0, -1, uid))
 
     def relabel(self, t: torch.Tensor, category: str) -> None:
-        k = self.key(t)
-        if k in self.category:
-            self.category[k] = category
+        uid = self.uid(t)
+        if uid is not None:
+            self.category[uid] = category
+
+    def live_by_category(self, op_index: int, include_op: bool = False) -> dict[str, int]:
+        """Bytes live just before op ``op_index`` ran (or just after, with its outputs), by category."""
+        live: set[int] = set()
+        for i, sub, sign, uid in self.events:
+            if i > op_index or (i == op_index and sub == 1 and not include_op):
+                continue
+            if sign > 0:
+                live.add(uid)
+            else:
+                live.discard(uid)
+        out: dict[str, int] = {}
+        for uid in live:
+            c = self.category[uid]
+            out[c] = out.get(c, 0) + self.size[uid]
+        return out
 
     def close(self) -> None:
         for f in self._finalizers:
             f.detach()
         self._finalizers.clear()
+
+
+def _describe(out):
+    if isinstance(out, torch.Tensor):
+        return ("t", tuple(out.shape), tuple(out.stride()), out.dtype, out.requires_grad)
+    if isinstance(out, (tuple, list)) and all(isinstance(o, torch.Tensor) for o in out):
+        return (type(out).__name__, tuple(_describe(o) for o in out))
+    return None
+
+
+def _rebuild(desc):
+    if desc[0] == "t":
+        _, shape, stride, dtype, _ = desc
+        return torch.empty_strided(shape, stride, dtype=dtype, device="meta")
+    items = [_rebuild(d) for d in desc[1]]
+    return tuple(items) if desc[0] == "tuple" else items
 
 
 def _freeze(a):
@@ -134,9 +202,23 @@ def _tensors(x):
     return [t for t in tree_flatten(x)[0] if isinstance(t, torch.Tensor)]
 
 
+def _is_pure(func) -> bool:
+    """True for ops that neither mutate nor alias their arguments: their outputs are fresh tensors."""
+    schema = func._schema
+    if schema.is_mutable or any(r.alias_info is not None for r in schema.returns):
+        return False
+    return all(r.type.kind() == "TensorType" for r in schema.returns) or \
+        (len(schema.returns) > 0 and all(str(r.type) in ("Tensor", "Tensor[]") for r in schema.returns))
+
+
 class _Recorder(TorchDispatchMode):
+    """Sees every ATen op. Pure ops with the same argument metadata as before are not re-run through
+    their (Python) meta kernels: their outputs are made directly with the recorded shapes and strides."""
+
     def __init__(self, storages: _Storages, stack: list[str], phase: list[str], backend_ops: set):
         super().__init__()
+        self._pure: dict = {}
+        self._memo: dict = {}
         self.storages = storages
         self.stack = stack
         self.phase = phase
@@ -146,13 +228,13 @@ class _Recorder(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         before = self.storages.live
-        out = func(*args, **kwargs)
+        out = self._run(func, args, kwargs)
         packet = func._overloadpacket
         name = packet.__name__
         new = 0
         outs = _tensors(out)
         for t in outs:
-            new += self.storages.add(t, "temporary")
+            new += self.storages.add(t, "temporary", output_of_op=True)
         macs = 0
         if packet in flop_registry:
             macs = int(flop_registry[packet](*args, **kwargs, out_val=out)) // 2
@@ -165,6 +247,26 @@ class _Recorder(TorchDispatchMode):
             rec.args_meta = tuple(_freeze(a) for a in args)
             rec.backend_key = (name, rec.args_meta)
         self.ops.append(rec)
+        return out
+
+    def _run(self, func, args, kwargs):
+        pure = self._pure.get(func)
+        if pure is None:
+            pure = self._pure[func] = _is_pure(func)
+        if not pure:
+            return func(*args, **kwargs)
+        try:
+            key = (func, _freeze(args), _freeze(tuple(sorted(kwargs.items()))))
+            hash(key)
+        except TypeError:
+            return func(*args, **kwargs)
+        desc = self._memo.get(key)
+        if desc is not None:
+            return _rebuild(desc)
+        out = func(*args, **kwargs)
+        desc = _describe(out)
+        if desc is not None and all(t.device.type == "meta" for t in _tensors(out)):
+            self._memo[key] = desc
         return out
 
 
@@ -190,7 +292,9 @@ def _module_hooks(model: nn.Module, stack: list[str], layers: dict[str, LayerRec
             stack.pop()
             rec = layers.get(name)
             if rec is None:
-                rec = layers[name] = LayerRecord(name, type(mod).__name__, order=first_op[name],
+                act = getattr(mod, "activation", None)  # a Keras-style fused activation (spec layers)
+                kind = type(mod).__name__ + (f"+{act}" if isinstance(act, str) else "")
+                rec = layers[name] = LayerRecord(name, kind, order=first_op[name],
                                                  is_leaf=not any(True for _ in mod.children()))
                 for p in mod.parameters(recurse=False):
                     if id(p) not in seen_params:
@@ -269,16 +373,18 @@ def trace(model: nn.Module, input_shape: tuple[int, ...], dtype: torch.dtype, tr
     The model's own parameters are never touched; its train/eval mode is restored.
     """
     backend_ops = backend_ops or set()
-    storages = _Storages()
+    ops: list[OpRecord] = []
+    storages = _Storages(lambda: len(ops))
     stack: list[str] = []
     phase = ["forward"]
     layers: dict[str, LayerRecord] = {}
     state = meta_state(model, dtype)
     x = torch.empty(input_shape, dtype=dtype, device="meta")
-    params = [t for t in state.values() if t.requires_grad]
+    param_names = {name for name, _ in model.named_parameters()}
+    params = [t for name, t in state.items() if name in param_names and t.requires_grad]
     was_training = model.training
     model.train(training)
-    saved: dict[int, tuple[str, int]] = {}
+    saved: dict[int, str] = {}  # uid -> module that saved it for backward
 
     def forward():
         return functional_call(model, state, (x,), strict=False)
@@ -286,34 +392,37 @@ def trace(model: nn.Module, input_shape: tuple[int, ...], dtype: torch.dtype, tr
     opt = None
     try:
         if training:
-            opt = make_optimizer(optimizer, params)
-            if not params:
-                opt = None
-            training_step(forward, opt)  # warm-up: creates the optimizer state, not recorded
+            opt = make_optimizer(optimizer, params) if params else None
+            if opt is not None:  # the state every step after the first starts with, without a warm-up pass
+                for p in params:
+                    p.grad = torch.empty_like(p)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
         for name, t in state.items():
-            storages.add(t, "parameters" if name in dict(model.named_parameters()) else "buffers")
+            storages.add(t, "parameters" if name in param_names else "buffers")
         storages.add(x, "input")
         if opt is not None:
             for st in opt.state.values():
                 for v in st.values():
                     if isinstance(v, torch.Tensor) and v.device.type == "meta":
                         storages.add(v, "optimizer state")
-        baseline = _by_category(storages)
+        baseline = storages.live_by_category(0)
         recorder = _Recorder(storages, stack, phase, backend_ops)
+        recorder.ops = ops
 
         def pack(t):
-            if t.device.type == "meta":
-                k = storages.key(t)
-                if k not in saved and k in storages.sizes and storages.category.get(k) == "temporary":
-                    saved[k] = (stack[-1] if stack else "", storages.sizes[k])
-                    storages.category[k] = "activations"
+            uid = storages.uid(t) if t.device.type == "meta" else None
+            if uid is not None and uid not in saved and storages.category[uid] == "temporary":
+                saved[uid] = stack[-1] if stack else ""
+                storages.category[uid] = "activations"
             return t
 
-        with _module_hooks(model, stack, layers, phase, lambda: len(recorder.ops)), recorder:
+        with _module_hooks(model, stack, layers, phase, lambda: len(ops)), recorder:
             if training:
                 with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                     out = forward()
-                loss = step_loss(out)
+                    phase[0] = "loss"
+                    loss = step_loss(out)
                 del out
                 phase[0] = "backward"
                 loss.backward()
@@ -329,57 +438,28 @@ def trace(model: nn.Module, input_shape: tuple[int, ...], dtype: torch.dtype, tr
                 with torch.no_grad():
                     out = forward()
                 del out
-        ops = recorder.ops
     finally:
         model.train(was_training)
         storages.close()
 
-    peak_i, peak = 0, 0
+    peak_i, peak = 0, sum(baseline.values())
     for i, op in enumerate(ops):
         total = op.live_before + op.out_bytes
         if total > peak:
             peak_i, peak = i, total
-    breakdown = _replay_breakdown(ops, peak_i, baseline, saved)
-    # parameters of the model itself (not of a sub-module) belong to the top-level row
-    own = [p for p in model.parameters(recurse=False)]
-    if own:
+    for uid, name in saved.items():
+        if name in layers:
+            layers[name].saved_bytes += storages.size[uid]
+    own = list(model.parameters(recurse=False))
+    if own:  # parameters of the model itself (not of a sub-module) get a row of their own
         layers["(model)"] = LayerRecord("(model)", type(model).__name__, (), sum(p.numel() for p in own),
                                         sum(p.numel() for p in own if p.requires_grad), order=-1)
-    for name, nbytes in saved.values():
-        if name in layers:
-            layers[name].saved_bytes += nbytes
-    _attribute_ops(ops, layers, model)
-    return Trace(ops, layers, baseline, peak_i, peak, breakdown, sum(n for _, n in saved.values()))
+    _attribute_ops(ops, layers)
+    return Trace(ops, layers, baseline, peak_i, peak, storages,
+                 sum(storages.size[uid] for uid in saved))
 
 
-def _by_category(storages: _Storages) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for k, n in storages.sizes.items():
-        c = storages.category[k]
-        out[c] = out.get(c, 0) + n
-    return out
-
-
-def _replay_breakdown(ops, peak_i, baseline, saved) -> dict[str, int]:
-    """Live bytes by category at the peak: baseline + saved activations + the rest (temporaries)."""
-    op = ops[peak_i] if ops else None
-    total = (op.live_before + op.out_bytes) if op else sum(baseline.values())
-    out = dict(baseline)
-    # activations saved for backward are alive from their creation until backward frees them;
-    # at a forward/backward peak the saved ones created so far are what autograd holds
-    act = 0
-    if op is not None and op.phase in ("forward", "backward"):
-        act = sum(n for _, n in saved.values()) if op.phase == "backward" else 0
-    rest = total - sum(out.values())
-    if act:
-        act = min(act, rest)
-        out["activations"] = act
-        rest -= act
-    out["temporaries"] = max(rest, 0)
-    return out
-
-
-def _attribute_ops(ops: list[OpRecord], layers: dict[str, LayerRecord], model: nn.Module) -> None:
+def _attribute_ops(ops: list[OpRecord], layers: dict[str, LayerRecord]) -> None:
     """Add each forward op's MACs and element-work to the row of the module that ran it.
 
     Ops run directly by a container's ``forward`` (``x + identity``, ``torch.cat``, ``F.conv2d``)

@@ -1,0 +1,105 @@
+"""``cnnkit fit``: will it fit in memory, the largest batch that does, and what each remedy would save.
+
+A CNN's peak memory is affine in the batch size (``fixed + per_sample * batch``: parameters, gradients
+and optimizer state do not grow with the batch, activations and workspaces do), so two exact analyses
+(batch 1 and batch 2) give the peak at every batch. The remedies are the notes' five (Géron, ch. 14,
+exercise 3) plus activation checkpointing, each as a number.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..errors import CnnkitError
+from .summary import summary
+
+_UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(text) -> int:
+    """``"8GiB"``, ``"16 GB"``, ``"500MB"``, ``"1e9"`` -> bytes."""
+    if isinstance(text, (int, float)):
+        n = int(text)
+    else:
+        m = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
+        if not m or m[2].lower() not in _UNITS:
+            raise CnnkitError(f"--memory must look like 8GiB, 16GB or 500MB; received: {text!r}")
+        n = int(float(m[1]) * _UNITS[m[2].lower()])
+    if n <= 0:
+        raise CnnkitError(f"--memory must be positive; received: {text!r}")
+    return n
+
+
+def _affine(p1: int, p2: int) -> tuple[int, int]:
+    return p1 - (p2 - p1), p2 - p1  # fixed, per sample
+
+
+def _max_batch(fixed: int, per: int, memory: int) -> int:
+    if per <= 0:
+        return 0 if fixed > memory else 1 << 30
+    return max(0, (memory - fixed) // per)
+
+
+def fit(target, input_size=None, memory="8GiB", batch_size: int | None = None, dtype: str = "float32",
+        optimizer: str = "sgd", device: str = "cpu", devices: int = 2) -> dict:
+    """The largest batch that fits ``memory`` for training and inference, and the remedies' savings."""
+    budget = parse_bytes(memory)
+    s1 = summary(target, input_size, 1, dtype, optimizer, device)
+    s2 = summary(target, s1.input_size, 2, dtype, optimizer, device)
+    out = {"model": s1.model, "input_size": list(s1.input_size), "memory_bytes": budget, "dtype": dtype,
+           "optimizer": optimizer, "device": device}
+    kinds = [("inference", "inference_peak_bytes")]
+    if s1.memory["training_peak_bytes"] is not None:
+        kinds.append(("training", "training_peak_bytes"))
+    lines = {}
+    for kind, key in kinds:
+        fixed, per = _affine(s1.memory[key], s2.memory[key])
+        lines[kind] = (fixed, per)
+        out[kind] = {"fixed_bytes": fixed, "per_sample_bytes": per,
+                     "max_batch": _max_batch(fixed, per, budget)}
+    if batch_size is not None:
+        out["batch_size"] = batch_size
+        for kind, (fixed, per) in lines.items():
+            need = fixed + per * batch_size
+            out[kind].update(peak_bytes=need, fits=need <= budget)
+        fixed, per = lines.get("training", lines["inference"])
+        need = fixed + per * batch_size
+        if need > budget:
+            out["remedies"] = _remedies(target, s1, batch_size, fixed, per, budget, dtype, optimizer, device,
+                                        devices)
+    return out
+
+
+def _remedies(target, s1, batch, fixed, per, budget, dtype, optimizer, device, devices) -> list[dict]:
+    need = fixed + per * batch
+    rem = []
+    fits_batch = _max_batch(fixed, per, budget)
+    rem.append({"remedy": "reduce the mini-batch", "detail": f"batch {fits_batch} fits",
+                "peak_bytes": fixed + per * fits_batch, "saves_bytes": need - (fixed + per * fits_batch)})
+    if dtype == "float32":
+        h = summary(target, s1.input_size, batch, "bfloat16", optimizer, device)
+        p = h.memory["training_peak_bytes"]
+        rem.append({"remedy": "use 16-bit floats (bfloat16)", "detail": "parameters and activations in 16 bits",
+                    "peak_bytes": p, "saves_bytes": need - p})
+    saved = s1.memory.get("saved_activation_bytes") or 0
+    # checkpointing every layer boundary keeps ~sqrt(n) segments' activations; a conservative half
+    ck = need - batch * saved // 2
+    rem.append({"remedy": "activation checkpointing (torch.utils.checkpoint)",
+                "detail": "recompute half of the saved activations in backward (about 1/3 more compute)",
+                "peak_bytes": ck, "saves_bytes": need - ck, "estimate": True})
+    per_dev = fixed + per * -(-batch // devices)
+    rem.append({"remedy": f"spread over {devices} devices (DistributedDataParallel)",
+                "detail": f"each device holds the model and batch {-(-batch // devices)}",
+                "peak_bytes": per_dev, "saves_bytes": need - per_dev})
+    dom = s1.memory.get("dominant_layers") or []
+    if dom:
+        d = dom[0]
+        rem.append({"remedy": f"a larger stride (or pooling) before {d['name']}",
+                    "detail": "stride 2 there quarters the maps after it; its saved activations alone are "
+                              f"{d['saved_bytes'] * batch:,} bytes at this batch",
+                    "peak_bytes": need - d["saved_bytes"] * batch * 3 // 4, "estimate": True,
+                    "saves_bytes": d["saved_bytes"] * batch * 3 // 4})
+        rem.append({"remedy": f"remove layer {d['name']}", "detail": "the layer saving the most for backward",
+                    "estimate": True, "peak_bytes": need - d["saved_bytes"] * batch, "saves_bytes": d["saved_bytes"] * batch})
+    return rem

@@ -1,0 +1,105 @@
+"""Formatting a :class:`~cnnkit.analysis.summary.Summary`: rich tables, plain text, JSON, CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+
+def human_bytes(n: int | None) -> str:
+    """Bytes in SI units as the notes count them (1 MB = 1,000,000 bytes), and the exact figure."""
+    if n is None:
+        return "-"
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:,.2f} {unit}"
+    return f"{n:,} B"
+
+
+def _shape(s) -> str:
+    return "x".join(str(d) for d in s) if s else "-"
+
+
+def renderables(s):
+    title = (f"{s.model}  input {_shape(s.input_size)}  batch {s.batch_size}  {s.dtype}  "
+             f"optimizer {s.optimizer}  device {s.device}")
+    layers = Table(title=title, title_justify="left", show_lines=False, header_style="bold")
+    layers.add_column("Layer")
+    layers.add_column("Type")
+    layers.add_column("Output shape", justify="right")
+    layers.add_column("Params", justify="right")
+    layers.add_column("Trainable", justify="right")
+    layers.add_column("MACs", justify="right")
+    layers.add_column("Other ops", justify="right")
+    for r in s.layers:
+        layers.add_row(r["name"], r["type"], _shape(r["output_shape"]), f"{r['params']:,}",
+                       f"{r['trainable_params']:,}", f"{r['macs']:,}", f"{r['other_ops']:,}")
+    t = s.totals
+    totals = Table(show_header=False, box=None, pad_edge=False)
+    totals.add_column(style="bold")
+    totals.add_column(justify="right")
+    totals.add_row("Total params", f"{t['params']:,}")
+    totals.add_row("Trainable params", f"{t['trainable_params']:,}")
+    totals.add_row("Non-trainable params", f"{t['non_trainable_params']:,}")
+    totals.add_row("MACs (forward, batch)", f"{t['macs']:,}")
+    totals.add_row("Other ops (norms, pooling, elementwise)", f"{t['other_ops']:,}")
+    totals.add_row("Parameter bytes", f"{t['param_bytes']:,} ({human_bytes(t['param_bytes'])})")
+
+    m = s.memory
+    mem = Table(title="Memory (what PyTorch allocates)", title_justify="left", header_style="bold")
+    mem.add_column("")
+    mem.add_column("Inference", justify="right")
+    mem.add_column("Training step", justify="right")
+    mem.add_row("Peak", _b(m["inference_peak_bytes"]), _b(m["training_peak_bytes"]))
+    cats = list(dict.fromkeys([*(m["inference_breakdown"] or {}), *(m["training_breakdown"] or {})]))
+    for c in cats:
+        mem.add_row(f"  {c}", _b((m["inference_breakdown"] or {}).get(c)),
+                    _b((m["training_breakdown"] or {}).get(c)))
+    tb = s.textbook
+    mem.add_row("Textbook (the notes' hand method)", _b(tb["inference_bytes"]), _b(tb["training_bytes"]))
+    ratio = lambda a, b: f"{a / b:.2f}x" if a and b else "-"  # noqa: E731
+    mem.add_row("Real / textbook", ratio(m["inference_peak_bytes"], tb["inference_bytes"]),
+                ratio(m["training_peak_bytes"], tb["training_bytes"]))
+    parts = [layers, totals, mem]
+    if m.get("dominant_layers"):
+        dom = Table(title="Layers that dominate the training peak (activations saved for backward)",
+                    title_justify="left", header_style="bold")
+        dom.add_column("Layer")
+        dom.add_column("Type")
+        dom.add_column("Saved", justify="right")
+        for d in m["dominant_layers"]:
+            dom.add_row(d["name"], d["type"], _b(d["saved_bytes"]))
+        parts.append(dom)
+    parts.append(Text("Textbook arithmetic:", style="bold"))
+    parts += [Text(f"  {line}") for line in tb["arithmetic"]]
+    parts += [Text(n) for n in s.notes]
+    return parts
+
+
+def _b(n) -> str:
+    return "-" if n is None else f"{n:,} ({human_bytes(n)})"
+
+
+def render_text(s, width: int = 140) -> str:
+    console = Console(file=io.StringIO(), width=width, force_terminal=False, color_system=None)
+    console.print(Group(*renderables(s)))
+    return console.file.getvalue()
+
+
+def render_json(s) -> str:
+    return json.dumps(s.to_dict(), indent=2)
+
+
+def render_csv(s) -> str:
+    out = io.StringIO()
+    w = csv.writer(out)
+    cols = ["name", "type", "output_shape", "params", "trainable_params", "macs", "other_ops", "saved_bytes"]
+    w.writerow(cols)
+    for r in s.layers:
+        w.writerow([_shape(r["output_shape"]) if c == "output_shape" else r.get(c, "") for c in cols])
+    return out.getvalue()

@@ -1,0 +1,366 @@
+"""Networks written down as the notes write them: Keras layer names and arguments, in YAML or JSON.
+
+A spec is a mapping with an ``input`` (channels first: ``[3, 200, 300]`` or ``"3x200x300"``) and a list
+of ``layers``. Each layer is either ``{conv2d: {filters: 100, kernel_size: 3}}`` or
+``{type: conv2d, filters: 100, kernel_size: 3}``; it may have a ``name`` (default: Keras-style
+``conv2d_1``, ``max_pooling2d_1``...) and ``inputs`` (names of earlier layers, default: the previous
+one; ``input`` is the network's input), so ResNet, Inception and DenseNet blocks can be written with
+``add`` and ``concatenate``. Input channels are inferred; every layer is checked as it is added, so a
+bad layer is reported by name with the shapes involved. Example (the notes' exercise 2)::
+
+    input: 3x200x300
+    layers:
+      - conv2d: {filters: 100, kernel_size: 3, strides: 2, padding: same}
+      - conv2d: {filters: 200, kernel_size: 3, strides: 2, padding: same}
+      - conv2d: {filters: 400, kernel_size: 3, strides: 2, padding: same}
+
+Shapes are PyTorch's, channels first; ``reshape``'s ``target_shape`` is channels first too.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import layers as L
+from ..errors import CnnkitError
+from .target import parse_input_size
+
+_ACTIVATIONS = {
+    None: None, "linear": None, "relu": F.relu, "relu6": F.relu6, "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh, "softmax": partial(F.softmax, dim=1), "elu": F.elu, "selu": F.selu,
+    "swish": F.silu, "silu": F.silu, "gelu": F.gelu, "leaky_relu": F.leaky_relu, "softplus": F.softplus,
+    "hard_sigmoid": F.hardsigmoid, "hard_swish": F.hardswish,
+}
+
+
+class GlobalPool(nn.Module):
+    """Keras GlobalAveragePooling / GlobalMaxPooling: (B, C, *spatial) -> (B, C)."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = tuple(range(2, x.dim()))
+        return x.mean(dims) if self.kind == "avg" else x.amax(dims)
+
+
+class Activation(nn.Module):
+    """Keras ``Activation(name)`` as a layer of its own."""
+
+    def __init__(self, activation: str):
+        super().__init__()
+        if activation not in _ACTIVATIONS:
+            close = difflib.get_close_matches(str(activation), [a for a in _ACTIVATIONS if a], n=3)
+            raise CnnkitError(f"unknown activation {activation!r}"
+                              + (f"; did you mean {', '.join(close)}?" if close else ""))
+        self.name = activation
+        self.fn = _ACTIVATIONS[activation]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.fn is None else self.fn(x)
+
+    def extra_repr(self) -> str:
+        return self.name
+
+
+class Reshape(nn.Module):
+    """(B, ...) -> (B, *target_shape)."""
+
+    def __init__(self, target_shape):
+        super().__init__()
+        self.target_shape = tuple(int(d) for d in target_shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], *self.target_shape)
+
+
+class Add(nn.Module):
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        out = xs[0]
+        for x in xs[1:]:
+            out = out + x
+        return out
+
+
+class Concatenate(nn.Module):
+    def __init__(self, axis: int = 1):
+        super().__init__()
+        self.axis = axis
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return torch.cat(xs, dim=self.axis)
+
+
+class SpecNet(nn.Module):
+    """A network built from a spec: named layers evaluated in order, each on its named inputs."""
+
+    def __init__(self, graph: list[tuple[str, list[str]]], modules: dict[str, nn.Module],
+                 input_size: tuple[int, ...]):
+        super().__init__()
+        self.graph = graph
+        self.input_size = input_size
+        for name, mod in modules.items():
+            self.add_module(name, mod)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        values = {"input": x}
+        out = x
+        for name, inputs in self.graph:
+            out = getattr(self, name)(*[values[i] for i in inputs])
+            values[name] = out
+        return out
+
+
+def _with_activation(module: nn.Module, activation) -> nn.Module:
+    """Apply a Keras ``activation=`` inside the layer (a forward hook), so the layer stays one row."""
+    if activation not in _ACTIVATIONS:
+        close = difflib.get_close_matches(str(activation), [a for a in _ACTIVATIONS if a], n=3)
+        raise CnnkitError(f"unknown activation {activation!r}"
+                          + (f"; did you mean {', '.join(close)}?" if close else ""))
+    fn = _ACTIVATIONS[activation]
+    if fn is not None:
+        module.register_forward_hook(lambda mod, inp, out: fn(out))
+        module.activation = activation
+    return module
+
+
+def _conv(rank: int, c: int, filters, kernel_size, strides=1, padding="valid", dilation_rate=1, groups=1,
+          use_bias=True):
+    cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[rank]
+    same = {1: L.Conv1dSame, 2: L.Conv2dSame, 3: L.Conv3dSame}[rank]
+    if c % groups or filters % groups:
+        raise CnnkitError(f"groups={groups} must divide both the input channels ({c}) and filters ({filters})")
+    if padding in ("same", "caffe"):
+        return same(c, filters, kernel_size, strides, dilation_rate, groups, use_bias, mode=padding)
+    if padding == "valid":
+        padding = 0
+    return cls(c, filters, kernel_size, strides, padding, dilation_rate, groups, use_bias)
+
+
+def _pool(kind: str, rank: int, pool_size=2, strides=None, padding="valid"):
+    if padding == "same":
+        return getattr(L, f"{'Max' if kind == 'max' else 'Avg'}Pool{rank}dSame")(pool_size, strides)
+    if padding != "valid":
+        raise CnnkitError(f"pooling padding must be 'valid' or 'same'; received: {padding!r}")
+    cls = getattr(nn, f"{'Max' if kind == 'max' else 'Avg'}Pool{rank}d")
+    return cls(pool_size, strides if strides is not None else pool_size)
+
+
+def _batch_norm(shape, momentum=0.99, epsilon=1e-3, center=True, scale=True):
+    cls = {1: nn.BatchNorm1d, 2: nn.BatchNorm1d, 3: nn.BatchNorm2d, 4: nn.BatchNorm3d}[len(shape)]
+    if not center == scale:
+        raise CnnkitError("batch_normalization supports center and scale both on or both off")
+    # Keras' momentum keeps the old value (0.99); PyTorch's weighs the new one (0.01)
+    return cls(shape[0], eps=epsilon, momentum=1 - momentum, affine=center)
+
+
+def _dense(shape, units, use_bias=True):
+    if len(shape) != 1:
+        raise CnnkitError(f"dense needs a flat input, got shape {tuple(shape)}: put a flatten (or global "
+                          "pooling) layer before it")
+    return nn.Linear(shape[0], units, bias=use_bias)
+
+
+# layer type -> (builder(shape, **args) -> module, Keras-style base name for automatic names)
+_BUILDERS = {
+    **{f"conv{r}d": (lambda s, r=r, **a: _conv(r, s[0], **a), f"conv{r}d") for r in (1, 2, 3)},
+    "separable_conv2d": (lambda s, filters, kernel_size, strides=1, padding="valid", dilation_rate=1,
+                         depth_multiplier=1, use_bias=True:
+                         L.SeparableConv2d(s[0], filters, kernel_size, strides, padding, dilation_rate,
+                                           depth_multiplier, use_bias), "separable_conv2d"),
+    "depthwise_conv2d": (lambda s, kernel_size, strides=1, padding="valid", dilation_rate=1,
+                         depth_multiplier=1, use_bias=True:
+                         L.DepthwiseConv2d(s[0], kernel_size, strides, padding, dilation_rate,
+                                           depth_multiplier, use_bias), "depthwise_conv2d"),
+    "conv2d_transpose": (lambda s, filters, kernel_size, strides=1, padding="valid", use_bias=True:
+                         L.ConvTranspose2dSame(s[0], filters, kernel_size, strides, bias=use_bias)
+                         if padding == "same" else
+                         nn.ConvTranspose2d(s[0], filters, kernel_size, strides, bias=use_bias),
+                         "conv2d_transpose"),
+    **{f"max_pooling{r}d": (lambda s, r=r, **a: _pool("max", r, **a), f"max_pooling{r}d") for r in (1, 2, 3)},
+    **{f"average_pooling{r}d": (lambda s, r=r, **a: _pool("avg", r, **a), f"average_pooling{r}d")
+       for r in (1, 2, 3)},
+    **{f"global_average_pooling{r}d": (lambda s, **a: GlobalPool("avg"), f"global_average_pooling{r}d")
+       for r in (1, 2, 3)},
+    **{f"global_max_pooling{r}d": (lambda s, **a: GlobalPool("max"), f"global_max_pooling{r}d")
+       for r in (1, 2, 3)},
+    "upsampling2d": (lambda s, size=2, interpolation="nearest":
+                     nn.Upsample(scale_factor=size, mode=interpolation,
+                                 **({"align_corners": False} if interpolation == "bilinear" else {})),
+                     "up_sampling2d"),
+    "batch_normalization": (lambda s, **a: _batch_norm(s, **a), "batch_normalization"),
+    "local_response_normalization": (lambda s, depth_radius=5, bias=1.0, alpha=1.0, beta=0.5:
+                                     L.LocalResponseNorm(depth_radius, bias, alpha, beta), "lrn"),
+    "dropout": (lambda s, rate=0.5: nn.Dropout(rate), "dropout"),
+    "flatten": (lambda s: nn.Flatten(), "flatten"),
+    "reshape": (lambda s, target_shape: Reshape(target_shape), "reshape"),
+    "dense": (lambda s, **a: _dense(s, **a), "dense"),
+    "activation": (lambda s, activation: Activation(activation), "activation"),
+    "add": (lambda s: Add(), "add"),
+    "concatenate": (lambda s, axis=1: Concatenate(axis), "concatenate"),
+}
+_ALIASES = {
+    "conv": "conv2d", "maxpool2d": "max_pooling2d", "max_pool2d": "max_pooling2d", "maxpooling2d":
+    "max_pooling2d", "avg_pooling2d": "average_pooling2d", "avgpool2d": "average_pooling2d",
+    "avg_pool2d": "average_pooling2d", "max_pool1d": "max_pooling1d", "max_pool3d": "max_pooling3d",
+    "avg_pooling1d": "average_pooling1d", "avg_pooling3d": "average_pooling3d",
+    "global_avg_pooling2d": "global_average_pooling2d", "batch_norm": "batch_normalization",
+    "batchnorm": "batch_normalization", "lrn": "local_response_normalization", "upsampling": "upsampling2d",
+    "up_sampling2d": "upsampling2d", "linear": "dense", "concat": "concatenate", "separableconv2d":
+    "separable_conv2d", "depthwiseconv2d": "depthwise_conv2d", "conv2dtranspose": "conv2d_transpose",
+}
+_TAKES_ACTIVATION = {"conv1d", "conv2d", "conv3d", "separable_conv2d", "depthwise_conv2d", "conv2d_transpose",
+                     "dense"}
+for _act in [a for a in _ACTIVATIONS if a]:
+    _BUILDERS.setdefault(_act, (lambda s, _a=_act: Activation(_a), _act))
+
+
+def layer_types() -> list[str]:
+    return sorted(_BUILDERS)
+
+
+def load_spec(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CnnkitError(f"no such spec file: {path}")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() == ".json":
+            spec = json.loads(text)
+        else:
+            import yaml
+
+            spec = yaml.safe_load(text)
+    except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError: one line, with the position
+        first = str(exc).strip().splitlines()
+        raise CnnkitError(f"{path} is not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: "
+                          f"{' '.join(l.strip() for l in first[:3])}") from None
+    if not isinstance(spec, dict) or "layers" not in spec:
+        raise CnnkitError(f"{path}: a spec is a mapping with 'input' (e.g. 3x224x224) and a list of 'layers'")
+    return spec
+
+
+def build_from_spec(spec) -> tuple[nn.Module, tuple[int, ...] | None]:
+    """Build the network of a spec (a path or an already loaded mapping). Returns (model, input size)."""
+    if not isinstance(spec, dict):
+        spec = load_spec(spec)
+    if "input" not in spec:
+        raise CnnkitError("the spec needs an 'input' size, channels first, e.g. input: 3x224x224")
+    input_size = parse_input_size(spec["input"])
+    entries = spec["layers"]
+    if not isinstance(entries, list) or not entries:
+        raise CnnkitError("'layers' must be a non-empty list")
+    shapes = {"input": input_size}
+    graph, modules, counters = [], {}, {}
+    previous = "input"
+    for i, entry in enumerate(entries, 1):
+        kind, args = _split_entry(entry, i)
+        kind = _ALIASES.get(kind, kind)
+        if kind not in _BUILDERS:
+            close = difflib.get_close_matches(kind, layer_types(), n=3)
+            raise CnnkitError(f"layer {i}: unknown layer type {kind!r}"
+                              + (f"; did you mean {', '.join(close)}?" if close else
+                                 f"; known types: {', '.join(layer_types())}"))
+        builder, base = _BUILDERS[kind]
+        counters[base] = counters.get(base, 0) + 1
+        name = str(args.pop("name", f"{base}_{counters[base]}"))
+        if name in shapes:
+            raise CnnkitError(f"layer {i}: the name {name!r} is used twice; give each layer its own name")
+        if not name.isidentifier():
+            raise CnnkitError(f"layer {i}: name {name!r} must be an identifier (letters, digits, _)")
+        inputs = args.pop("inputs", [previous])
+        inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+        for src in inputs:
+            if src not in shapes:
+                raise CnnkitError(f"layer {name}: input {src!r} is not an earlier layer "
+                                  f"(known: {', '.join(shapes)})")
+        activation = args.pop("activation", None) if kind in _TAKES_ACTIVATION else None
+        in_shapes = [shapes[s] for s in inputs]
+        module = _build_layer(builder, kind, name, in_shapes[0], args)
+        if activation is not None:
+            _with_activation(module, activation)
+        shapes[name] = _infer_shape(module, kind, name, in_shapes)
+        graph.append((name, inputs))
+        modules[name] = module
+        previous = name
+    return SpecNet(graph, modules, input_size), input_size
+
+
+def _split_entry(entry, i: int) -> tuple[str, dict]:
+    if isinstance(entry, str):
+        return entry.lower(), {}
+    if not isinstance(entry, dict) or not entry:
+        raise CnnkitError(f"layer {i}: expected a mapping like {{conv2d: {{filters: 32, kernel_size: 3}}}}; "
+                          f"received: {entry!r}")
+    if "type" in entry:
+        args = dict(entry)
+        return str(args.pop("type")).lower(), args
+    if len(entry) == 1:
+        (kind, args), = entry.items()
+        return str(kind).lower(), dict(args or {})
+    keys = [k for k in entry if isinstance(entry[k], dict) or entry[k] is None]
+    if len(keys) == 1:  # {conv2d: {...}, name: c1, inputs: [...]}
+        args = dict(entry[keys[0]] or {})
+        args.update({k: v for k, v in entry.items() if k != keys[0]})
+        return str(keys[0]).lower(), args
+    raise CnnkitError(f"layer {i}: give the layer type as 'type: conv2d' or as the only key; received: {entry!r}")
+
+
+def _build_layer(builder, kind, name, shape, args) -> nn.Module:
+    try:
+        return builder(shape, **args)
+    except CnnkitError as exc:
+        raise CnnkitError(f"layer {name} ({kind}): {exc}") from None
+    except TypeError as exc:
+        msg = str(exc).split(")", 1)[-1].strip() or str(exc)
+        raise CnnkitError(f"layer {name} ({kind}): {msg}; check its arguments") from None
+    except (ValueError, RuntimeError) as exc:
+        raise CnnkitError(f"layer {name} ({kind}) on input {_fmt(shape)}: {exc}") from None
+
+
+def _infer_shape(module, kind, name, in_shapes) -> tuple[int, ...]:
+    if kind in ("add", "concatenate") and len(in_shapes) < 2:
+        raise CnnkitError(f"layer {name} ({kind}) needs at least two inputs; list them in 'inputs'")
+    if kind == "add" and len(set(in_shapes)) > 1:
+        raise CnnkitError(f"layer {name} (add): input shapes differ: {', '.join(_fmt(s) for s in in_shapes)}; "
+                          "add needs equal shapes (use a 1x1 conv to match channels)")
+    if kind == "concatenate":
+        rest = {s[:0] + s[1:] for s in in_shapes}
+        if len(rest) > 1:
+            raise CnnkitError(f"layer {name} (concatenate): sizes other than channels differ: "
+                              f"{', '.join(_fmt(s) for s in in_shapes)}")
+    xs = [torch.empty((1, *s), device="meta") for s in in_shapes]
+    try:
+        with torch.no_grad():
+            y = _meta_forward(module, xs)
+    except Exception as exc:  # noqa: BLE001 -- turned into one line naming the layer
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        ks = getattr(module, "kernel_size", None)
+        hint = (f"kernel {ks} is larger than the padded input {_fmt(in_shapes[0][1:])}: use padding 'same' "
+                "or a smaller kernel") if ks is not None and "size" in detail.lower() else "check its arguments"
+        raise CnnkitError(f"layer {name} ({kind}) fails on input {_fmt(in_shapes[0])}: {detail}; {hint}") from None
+    shape = tuple(y.shape[1:])
+    if any(d <= 0 for d in shape):
+        raise CnnkitError(f"layer {name} ({kind}) turns input {_fmt(in_shapes[0])} into {_fmt(shape)}: "
+                          "the input is too small for it")
+    return shape
+
+
+def _meta_forward(module: nn.Module, xs):
+    from torch.func import functional_call
+
+    state = {n: torch.empty_like(t, device="meta") for n, t in
+             [*module.named_parameters(), *module.named_buffers()]}
+    return functional_call(module, state, tuple(xs), strict=False)
+
+
+def _fmt(shape) -> str:
+    return "x".join(str(d) for d in shape)

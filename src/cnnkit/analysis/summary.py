@@ -1,0 +1,267 @@
+"""``cnnkit.summary``: shapes, parameters, MACs and memory of any CNN, before training it.
+
+Record (``trace.py``) -> aggregate (here) -> format (``report.py``). The :class:`Summary` is plain data:
+``to_dict()`` is the JSON interface people script against; ``str()`` is the table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from ..errors import CnnkitError
+from . import backend
+from .target import parse_input_size, resolve_target
+from .textbook import textbook_memory
+from .trace import trace
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+OPTIMIZERS = ("none", "sgd", "momentum", "adam", "adamw")
+CUDA_BLOCK = 512  # the CUDA caching allocator rounds every block up to a multiple of 512 bytes
+
+
+@dataclass
+class Summary:
+    """Everything ``cnnkit summary`` reports, for the given input and batch."""
+
+    model: str
+    input_size: tuple[int, ...]    # channels first, without the batch
+    batch_size: int
+    dtype: str
+    optimizer: str
+    device: str
+    layers: list[dict]
+    totals: dict
+    memory: dict
+    textbook: dict
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model, "input_size": list(self.input_size), "batch_size": self.batch_size,
+            "dtype": self.dtype, "optimizer": self.optimizer, "device": self.device,
+            "layers": self.layers, "totals": self.totals, "memory": self.memory,
+            "textbook": self.textbook, "notes": self.notes,
+        }
+
+    def __str__(self) -> str:
+        from .report import render_text
+
+        return render_text(self)
+
+    def __rich_console__(self, console, options):
+        from .report import renderables
+
+        yield from renderables(self)
+
+
+def summary(target, input_size=None, batch_size: int = 1, dtype: str = "float32",
+            optimizer: str = "sgd", device: str = "cpu", backend_model: bool = True) -> Summary:
+    """Analyse ``target`` (an ``nn.Module``, a zoo name, a ``.yaml``/``.json`` spec or ``file.py:factory``).
+
+    Args:
+        input_size: ``(C, H, W)`` / ``"3x224x224"`` (also ``CxL`` and ``CxDxHxW``); defaults to the
+            model's own default input size where it has one.
+        batch_size: the batch for MACs and memory.
+        dtype: ``float32``, ``float16`` or ``bfloat16`` for parameters and activations.
+        optimizer: the optimizer of the training step (``none`` = forward and backward only).
+        device: ``cpu`` or ``cuda``: which allocator's behaviour to predict.
+        backend_model: measure what the CPU backend (oneDNN) allocates inside convolutions; off, the
+            peak is the ATen-level one (what the tensors alone add up to).
+
+    Raises:
+        CnnkitError: for bad arguments, or a model that fails on the given input (naming the layer).
+
+    >>> s = summary("keras_mnist_convnet", input_size="1x28x28")  # doctest: +SKIP
+    >>> s.totals["params"]                                         # doctest: +SKIP
+    93322
+    """
+    if dtype not in DTYPES:
+        raise CnnkitError(f"--dtype must be one of {', '.join(DTYPES)}; received: {dtype!r}")
+    if optimizer not in OPTIMIZERS:
+        raise CnnkitError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}; received: {optimizer!r}")
+    if device not in ("cpu", "cuda"):
+        raise CnnkitError(f"--device must be cpu or cuda; received: {device!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise CnnkitError(f"--batch must be a positive integer; received: {batch_size!r}")
+    model, default_size, name = resolve_target(target)
+    if input_size is None:
+        if default_size is None:
+            raise CnnkitError(f"{name} has no default input size: pass --input CxHxW (e.g. 3x224x224)")
+        input_size = default_size
+    input_size = parse_input_size(input_size)
+    torch_dtype = DTYPES[dtype]
+    shape = (batch_size, *input_size)
+    use_backend = backend_model and device == "cpu"
+    ops = backend.CPU_BACKEND_OPS if use_backend else set()
+
+    inf = _run_trace(model, shape, torch_dtype, False, optimizer, ops, name)
+    has_trainable = any(p.requires_grad for p in model.parameters())
+    tr = _run_trace(model, shape, torch_dtype, True, optimizer, ops, name) if has_trainable else None
+
+    op_bytes = {}
+    if use_backend:
+        with backend.quiet_stderr():
+            op_bytes = backend.op_peaks(inf.ops + (tr.ops if tr else []), batch_size)
+
+    rows = _rows(inf)
+    if tr is not None:
+        saved = {r.name: r.saved_bytes for r in tr.layers.values()}
+        for row in rows:
+            row["saved_bytes"] = saved.get(row["name"], 0)
+    params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    itemsize = torch.empty((), dtype=torch_dtype).element_size()
+    param_bytes = sum(p.numel() * (itemsize if p.is_floating_point() else p.element_size())
+                      for p in model.parameters())
+    totals = {
+        "params": params,
+        "trainable_params": trainable,
+        "non_trainable_params": params - trainable,
+        "macs": sum(op.macs for op in inf.ops),
+        "other_ops": sum(op.elements for op in inf.ops),
+        "training_macs": sum(op.macs for op in tr.ops) if tr else None,
+        "param_bytes": param_bytes,
+        "buffer_bytes": inf.baseline.get("buffers", 0),
+    }
+    memory = _memory(inf, tr, op_bytes, device)
+    textbook = textbook_memory(rows, input_size, batch_size, itemsize, params)
+    notes = _explain(memory, textbook, use_backend, device)
+    return Summary(name, input_size, batch_size, dtype, optimizer, device, rows, totals, memory, textbook,
+                   notes)
+
+
+def _run_trace(model, shape, dtype, training, optimizer, ops, name):
+    try:
+        return trace(model, shape, dtype, training, optimizer, ops)
+    except CnnkitError:
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
+        raise CnnkitError(_failure_message(model, shape, exc, name)) from None
+
+
+def _failure_message(model: nn.Module, shape, exc: Exception, name: str) -> str:
+    """One line naming the layer where the forward failed, the shapes involved, and the fix."""
+    layer = _failing_layer(model, shape)
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    where = f" at layer {layer[0]!r} ({layer[1]}) with input {layer[2]}" if layer else ""
+    return (f"{name} fails on input {tuple(shape[1:])}{where}: {msg}; fix the layer's sizes or pass "
+            "another --input")
+
+
+def _failing_layer(model: nn.Module, shape):
+    """Re-run on meta with hooks to find the innermost module whose forward raised."""
+    from torch.func import functional_call
+
+    from .trace import meta_state
+
+    found = []
+    handles = []
+
+    def pre(name):
+        def hook(mod, inp):
+            found.append((name, type(mod).__name__, [tuple(t.shape[1:]) for t in inp if isinstance(t, torch.Tensor)]))
+        return hook
+
+    def post(mod, inp, out):
+        found.pop()
+
+    try:
+        for n, m in model.named_modules():
+            if m is not model:
+                handles.append(m.register_forward_pre_hook(pre(n)))
+                handles.append(m.register_forward_hook(post))
+        state = meta_state(model, torch.float32)
+        try:
+            with torch.no_grad():
+                functional_call(model, state, (torch.empty(shape, device="meta"),), strict=False)
+        except Exception:  # noqa: BLE001 -- we only want where it fails
+            pass
+    finally:
+        for h in handles:
+            h.remove()
+    if not found:
+        return None
+    name, typ, shapes = found[-1]
+    return name, typ, shapes[0] if len(shapes) == 1 else shapes
+
+
+def _rows(inf) -> list[dict]:
+    rows = []
+    for r in sorted(inf.layers.values(), key=lambda r: r.order):
+        if not r.is_leaf and not r.params:
+            continue
+        rows.append({
+            "name": r.name, "type": r.type if not r.op_names else f"{r.type}({', '.join(r.op_names)})",
+            "output_shape": list(r.output_shape), "params": r.params,
+            "trainable_params": r.trainable_params, "macs": r.macs, "other_ops": r.other_ops,
+        })
+    return rows
+
+
+def _round_cuda(n: int) -> int:
+    return -(-n // CUDA_BLOCK) * CUDA_BLOCK
+
+
+def _memory(inf, tr, op_bytes, device) -> dict:
+    inf_peak, inf_i = inf.peak(op_bytes)
+    mem = {
+        "inference_peak_bytes": inf_peak,
+        "inference_breakdown": inf.breakdown(inf_i, op_bytes),
+        "inference_peak_at": _where(inf, inf_i),
+        "training_peak_bytes": None,
+        "training_breakdown": None,
+        "training_peak_at": None,
+        "saved_activation_bytes": None,
+        "aten_level": {"inference_peak_bytes": inf.peak_bytes,
+                       "training_peak_bytes": tr.peak_bytes if tr else None},
+    }
+    if tr is not None:
+        tr_peak, tr_i = tr.peak(op_bytes)
+        mem.update(training_peak_bytes=tr_peak, training_breakdown=tr.breakdown(tr_i, op_bytes),
+                   training_peak_at=_where(tr, tr_i), saved_activation_bytes=tr.saved_bytes)
+        top = sorted(tr.layers.values(), key=lambda r: -r.saved_bytes)[:5]
+        mem["dominant_layers"] = [{"name": r.name, "type": r.type, "saved_bytes": r.saved_bytes}
+                                  for r in top if r.saved_bytes]
+    if device == "cuda":  # the caching allocator's 512-byte blocks
+        for k in ("inference_peak_bytes", "training_peak_bytes"):
+            if mem[k] is not None:
+                mem[k] = _round_cuda(mem[k])
+    return mem
+
+
+def _where(tr, i: int) -> dict:
+    if i < 0:
+        return {"op": None, "phase": None, "layer": None}
+    op = tr.ops[i]
+    return {"op": op.name, "phase": op.phase, "layer": op.module or None}
+
+
+def _explain(memory: dict, textbook: dict, backend_on: bool, device: str) -> list[str]:
+    notes = []
+    for kind in ("inference", "training"):
+        real = memory[f"{kind}_peak_bytes"]
+        book = textbook[f"{kind}_bytes"]
+        if real is None:
+            continue
+        ratio = real / book if book else float("inf")
+        bd = memory[f"{kind}_breakdown"]
+        parts = ", ".join(f"{k} {v:,}" for k, v in sorted(bd.items(), key=lambda kv: -kv[1]) if v)
+        at = memory[f"{kind}_peak_at"]
+        where = f" during {at['phase']} op {at['op']}" + (f" in {at['layer']}" if at["layer"] else "") \
+            if at["op"] else ""
+        notes.append(f"{kind}: real peak {real:,} B is {ratio:.2f}x the textbook's {book:,} B{where}; "
+                     f"live then: {parts}.")
+    if memory["training_peak_bytes"] is not None:
+        notes.append("why they differ: the textbook counts each layer's output once; PyTorch also holds "
+                     "gradients, optimizer state, what autograd saves (inputs of convolutions, "
+                     "batch-norm statistics, pooling indices, dropout masks), backward's temporaries"
+                     + (", and oneDNN's blocked copies of inputs, weights and outputs inside each "
+                        "convolution" if backend_on else "") + "; it also frees some outputs the textbook "
+                     "keeps (in-place ReLU, views).")
+    if device == "cuda":
+        notes.append("cuda: predicted from the ATen-level trace with the caching allocator's 512-byte "
+                     "rounding; cuDNN workspaces are not included (no GPU was measured).")
+    return notes
