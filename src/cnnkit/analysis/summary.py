@@ -147,6 +147,8 @@ def _failure_message(model: nn.Module, shape, exc: Exception, name: str) -> str:
     layer = _failing_layer(model, shape)
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     where = f" at layer {layer[0]!r} ({layer[1]}) with input {layer[2]}" if layer else ""
+    if layer and layer[3]:
+        where += f" (it expects {layer[3]})"
     return (f"{name} fails on input {tuple(shape[1:])}{where}: {msg}; fix the layer's sizes or pass "
             "another --input")
 
@@ -162,7 +164,10 @@ def _failing_layer(model: nn.Module, shape):
 
     def pre(name):
         def hook(mod, inp):
-            found.append((name, type(mod).__name__, [tuple(t.shape[1:]) for t in inp if isinstance(t, torch.Tensor)]))
+            expects = ", ".join(f"{a}={getattr(mod, a)}" for a in ("in_channels", "in_features", "num_features")
+                                if isinstance(getattr(mod, a, None), int))
+            found.append((name, type(mod).__name__,
+                          [tuple(t.shape[1:]) for t in inp if isinstance(t, torch.Tensor)], expects))
         return hook
 
     def post(mod, inp, out):
@@ -184,8 +189,8 @@ def _failing_layer(model: nn.Module, shape):
             h.remove()
     if not found:
         return None
-    name, typ, shapes = found[-1]
-    return name, typ, shapes[0] if len(shapes) == 1 else shapes
+    name, typ, shapes, expects = found[-1]
+    return name, typ, shapes[0] if len(shapes) == 1 else shapes, expects
 
 
 def _rows(inf) -> list[dict]:
@@ -195,7 +200,7 @@ def _rows(inf) -> list[dict]:
             continue
         rows.append({
             "name": r.name, "type": r.type if not r.op_names else f"{r.type}({', '.join(r.op_names)})",
-            "output_shape": list(r.output_shape), "params": r.params,
+            "input_shape": list(r.input_shape), "output_shape": list(r.output_shape), "params": r.params,
             "trainable_params": r.trainable_params, "macs": r.macs, "other_ops": r.other_ops,
         })
     return rows

@@ -42,7 +42,17 @@ def textbook_memory(rows: list[dict], input_shape: tuple[int, ...], batch: int, 
         f"+ input {_fmt(in_bytes)} x {batch} = {_fmt(batch * in_bytes)}; + parameters {_fmt(param_bytes)}; "
         f"total {_fmt(training)} bytes (gradients neglected, as the notes do)",
     ]
+    dense = []
+    for r in rows:  # the notes' comparison: a dense layer producing the same output maps
+        ins, outs_ = r.get("input_shape") or [], r.get("output_shape") or []
+        if r["type"].startswith("Conv") and len(ins) == 3 and len(outs_) == 3:
+            per_map = prod(outs_[1:]) * prod(ins)
+            dense.append({"name": r["name"], "conv_params": r["params"], "dense_weights_per_map": per_map,
+                          "dense_weights": per_map * outs_[0],
+                          "arithmetic": f"{outs_[1]}x{outs_[2]} neurons per map, each connected to "
+                                        f"{'x'.join(map(str, ins))} inputs = {per_map:,} weights per map"})
     return {
+        "conv_vs_dense": dense,
         "inference_bytes": inference,
         "training_bytes": training,
         "per_instance_output_bytes": per_instance,

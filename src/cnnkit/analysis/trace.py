@@ -60,6 +60,7 @@ class LayerRecord:
     name: str
     type: str
     output_shape: tuple = ()
+    input_shape: tuple = ()
     params: int = 0
     trainable_params: int = 0
     macs: int = 0
@@ -277,12 +278,16 @@ def _module_hooks(model: nn.Module, stack: list[str], layers: dict[str, LayerRec
     handles = []
     seen_params: set[int] = set()
     first_op: dict[str, int] = {}
+    first_in: dict[str, tuple] = {}
 
     def pre(name):
         def hook(mod, inp):
             if phase[0] == "forward":
                 stack.append(name)
-                first_op.setdefault(name, op_count())
+                if name not in first_op:
+                    first_op[name] = op_count()
+                    first = next(iter(_tensors(inp)), None)
+                    first_in[name] = tuple(first.shape[1:]) if first is not None else ()
         return hook
 
     def post(name):
@@ -294,7 +299,7 @@ def _module_hooks(model: nn.Module, stack: list[str], layers: dict[str, LayerRec
             if rec is None:
                 act = getattr(mod, "activation", None)  # a Keras-style fused activation (spec layers)
                 kind = type(mod).__name__ + (f"+{act}" if isinstance(act, str) else "")
-                rec = layers[name] = LayerRecord(name, kind, order=first_op[name],
+                rec = layers[name] = LayerRecord(name, kind, input_shape=first_in[name], order=first_op[name],
                                                  is_leaf=not any(True for _ in mod.children()))
                 for p in mod.parameters(recurse=False):
                     if id(p) not in seen_params:
@@ -452,8 +457,9 @@ def trace(model: nn.Module, input_shape: tuple[int, ...], dtype: torch.dtype, tr
             layers[name].saved_bytes += storages.size[uid]
     own = list(model.parameters(recurse=False))
     if own:  # parameters of the model itself (not of a sub-module) get a row of their own
-        layers["(model)"] = LayerRecord("(model)", type(model).__name__, (), sum(p.numel() for p in own),
-                                        sum(p.numel() for p in own if p.requires_grad), order=-1)
+        layers["(model)"] = LayerRecord("(model)", type(model).__name__, params=sum(p.numel() for p in own),
+                                        trainable_params=sum(p.numel() for p in own if p.requires_grad),
+                                        order=-1)
     _attribute_ops(ops, layers)
     return Trace(ops, layers, baseline, peak_i, peak, storages,
                  sum(storages.size[uid] for uid in saved))

@@ -1,0 +1,94 @@
+"""Predicted vs measured peak memory, with the textbook's and torchinfo's estimates side by side.
+
+For each case: cnnkit's prediction (``cnnkit.summary``), the real peak of the same step on this machine
+(the CPU allocator's running total from the profiler's memory events, parameters, input and optimizer
+state included: ``cnnkit.analysis.measure.measure_peak``), the error, the notes' textbook figure and
+torchinfo's "Estimated Total Size" (input + "forward/backward pass size" + parameters).
+
+    python benchmarks/memory_accuracy.py            # all cases (a few minutes on 2 cores)
+    python benchmarks/memory_accuracy.py --quick    # the small ones
+
+torchinfo is optional (``pip install torchinfo``); without it its column reads n/a.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import cnnkit
+from cnnkit.analysis.measure import measure_peak
+from cnnkit.analysis.target import resolve_target
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+# (target, input CxHxW, batch, training?, optimizer, in --quick)
+CASES = [
+    (str(EXAMPLES / "exercise2.yaml"), (3, 200, 300), 1, False, "sgd", True),
+    (str(EXAMPLES / "exercise2.yaml"), (3, 200, 300), 50, False, "sgd", True),
+    (str(EXAMPLES / "exercise2.yaml"), (3, 200, 300), 50, True, "sgd", True),
+    (str(EXAMPLES / "keras_mnist.yaml"), (1, 28, 28), 256, True, "adam", True),
+    (str(EXAMPLES / "residual_block.yaml"), (64, 56, 56), 16, True, "momentum", True),
+    ("resnet18", (3, 224, 224), 16, False, "sgd", False),
+    ("resnet18", (3, 224, 224), 16, True, "sgd", False),
+    ("resnet50", (3, 224, 224), 8, True, "adam", False),
+    ("vgg11", (3, 224, 224), 4, True, "adam", False),
+    ("densenet121", (3, 224, 224), 4, True, "momentum", False),
+    ("mobilenet_v2", (3, 224, 224), 16, True, "sgd", False),
+    ("googlenet", (3, 224, 224), 8, False, "sgd", False),
+]
+
+
+def torchinfo_total(model, shape) -> int | None:
+    try:
+        import torchinfo
+    except ImportError:
+        return None
+    stats = torchinfo.summary(model, input_size=shape, verbose=0, device="cpu")
+    return int(stats.total_input + stats.total_output_bytes + stats.total_param_bytes)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="only the small cases")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    header = (f"{'model':<16} {'input':>10} {'batch':>5} {'step':<14} {'predicted':>15} {'measured':>15} "
+              f"{'error':>7} {'textbook':>15} {'torchinfo':>15} {'ti err':>7} {'t(pred)':>7}")
+    print(header)
+    print("-" * len(header))
+    worst = 0.0
+    for target, size, batch, training, opt, quick in CASES:
+        if args.quick and not quick:
+            continue
+        try:
+            model, _, name = resolve_target(target)
+        except cnnkit.CnnkitError as exc:
+            print(f"{Path(target).stem:<16} skipped: {exc}")
+            continue
+        t0 = time.perf_counter()
+        s = cnnkit.summary(model, input_size=size, batch_size=batch, optimizer=opt)
+        t_pred = time.perf_counter() - t0
+        predicted = s.memory["training_peak_bytes" if training else "inference_peak_bytes"]
+        book = s.textbook["training_bytes" if training else "inference_bytes"]
+        ti = torchinfo_total(model, (batch, *size)) if training else None
+        measured = measure_peak(model, (batch, *size), training=training, optimizer=opt)
+        err = (predicted - measured) / measured
+        worst = max(worst, abs(err))
+        ti_txt = f"{ti:>15,}" if ti is not None else f"{'n/a':>15}"
+        ti_err = f"{(ti - measured) / measured:>+7.0%}" if ti is not None else f"{'':>7}"
+        step = f"train/{opt}" if training else "inference"
+        print(f"{Path(name).stem:<16} {'x'.join(map(str, size)):>10} {batch:>5} {step:<14} {predicted:>15,} "
+              f"{measured:>15,} {err:>+7.2%} {book:>15,} {ti_txt} {ti_err} {t_pred:>6.2f}s", flush=True)
+    print(f"worst |error|: {worst:.2%} (target: within 5%)")
+    return 0 if worst <= 0.05 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""The analyser: the notes' worked examples exactly, MACs against FlopCounterMode, memory against the
+allocator, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+import cnnkit
+from cnnkit.analysis.measure import measure_peak
+from cnnkit.analysis.spec import build_from_spec
+from cnnkit.cli import main as cli_main
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def spec(layers, input_size):
+    return build_from_spec({"input": input_size, "layers": layers})[0]
+
+
+# --- the notes' worked examples -------------------------------------------------------------------
+
+def test_exercise2_parameters_shapes_and_textbook_memory():
+    s1 = cnnkit.summary(str(EXAMPLES / "exercise2.yaml"), batch_size=1)
+    assert s1.totals["params"] == 903_400
+    assert [r["params"] for r in s1.layers] == [2_800, 180_200, 720_400]
+    assert [r["output_shape"] for r in s1.layers] == [[100, 100, 150], [200, 50, 75], [400, 25, 38]]
+    assert s1.textbook["inference_bytes"] == 12_613_600
+    assert s1.totals["param_bytes"] == 3_613_600
+    s50 = cnnkit.summary(str(EXAMPLES / "exercise2.yaml"), batch_size=50)
+    assert s50.textbook["training_bytes"] == 565_613_600
+    assert s50.textbook["per_instance_output_bytes"] == 10_520_000
+
+
+def test_5x5_same_layer_on_150x100_rgb():
+    model = spec([{"conv2d": {"filters": 200, "kernel_size": 5, "strides": 1, "padding": "same"}}], "3x150x100")
+    s = cnnkit.summary(model, input_size=(3, 150, 100))
+    (row,) = s.layers
+    assert row["params"] == 15_200
+    assert row["macs"] == 225_000_000
+    assert row["output_shape"] == [200, 150, 100]
+    assert s.textbook["per_instance_output_bytes"] == 12_000_000
+    (dense,) = s.textbook["conv_vs_dense"]
+    assert dense["dense_weights_per_map"] == 675_000_000
+
+
+def test_keras_mnist_network_matches_its_keras_summary():
+    s = cnnkit.summary(str(EXAMPLES / "keras_mnist.yaml"))
+    assert s.totals["params"] == 93_322
+    assert [r["params"] for r in s.layers] == [320, 0, 18_496, 0, 36_928, 0, 36_928, 650]
+    assert [r["output_shape"] for r in s.layers] == [
+        [32, 26, 26], [32, 13, 13], [64, 11, 11], [64, 5, 5], [64, 3, 3], [576], [64], [10]]
+
+
+def test_alexnet_first_conv_227_to_55():
+    model = spec([{"conv2d": {"filters": 96, "kernel_size": 11, "strides": 4, "padding": "valid"}}], "3x227x227")
+    assert cnnkit.summary(model, input_size="3x227x227").layers[0]["output_shape"] == [96, 55, 55]
+
+
+def test_separable_vs_standard_convolution_weights():
+    sep = spec([{"separable_conv2d": {"filters": 256, "kernel_size": 5, "use_bias": False}}], "3x32x32")
+    std = spec([{"conv2d": {"filters": 256, "kernel_size": 5, "use_bias": False}}], "3x32x32")
+    assert cnnkit.summary(sep, input_size="3x32x32").totals["params"] == 843
+    assert cnnkit.summary(std, input_size="3x32x32").totals["params"] == 19_200
+
+
+@pytest.mark.parametrize("size,stride,expected", [(200, 2, 100), (75, 2, 38), (7, 3, 3), (8, 3, 3), (5, 1, 5)])
+def test_same_padding_output_is_ceil_of_input_over_stride(size, stride, expected):
+    for mode in ("same", "caffe"):
+        model = spec([{"conv2d": {"filters": 4, "kernel_size": 3, "strides": stride, "padding": mode}}],
+                     [2, size, size])
+        assert model(torch.zeros(1, 2, size, size)).shape[-2:] == (expected, expected)
+
+
+# --- MACs agree with torch.utils.flop_counter on convolutions and matmuls --------------------------
+
+class Functional(nn.Module):
+    """Functional calls inside forward: F.conv2d, grouped/dilated/transposed convs, x @ w, cat and +."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(8, 3, 3, 3))
+        self.grouped = nn.Conv2d(8, 16, 3, padding=2, dilation=2, groups=4)
+        self.up = nn.ConvTranspose2d(16, 4, 2, stride=2)
+        self.proj = nn.Parameter(torch.randn(4 * 16 * 16 + 8 * 8 * 8, 10))
+
+    def forward(self, x):
+        a = F.conv2d(x, self.w, padding=1)                 # (B, 8, 8, 8)
+        b = self.up(self.grouped(a))                         # (B, 4, 16, 16)
+        flat = torch.cat([b.flatten(1), a.flatten(1)], 1)    # (B, 1536)
+        return flat @ self.proj + 1.0
+
+
+def flop_counter_macs(model, shape):
+    with FlopCounterMode(display=False) as fc:
+        model(torch.randn(shape))
+    return fc.get_total_flops() // 2
+
+
+@pytest.mark.parametrize("name", ["functional", "keras_mnist", "resnet18", "mobilenet_v2"])
+def test_macs_agree_with_flop_counter(name):
+    if name == "functional":
+        model, size = Functional(), (3, 8, 8)
+    elif name == "keras_mnist":
+        model, size = build_from_spec(EXAMPLES / "keras_mnist.yaml")
+    else:
+        if name not in cnnkit.list_models():
+            pytest.skip(f"{name} not in the zoo")
+        model, size = cnnkit.create_model(name), (3, 64, 64)
+    s = cnnkit.summary(model, input_size=size, batch_size=2)
+    assert s.totals["macs"] == flop_counter_macs(model.eval(), (2, *size))
+    assert s.totals["macs"] == sum(r["macs"] for r in s.layers)
+    if name == "functional":  # every functional op appears in a row, none counted as zero
+        (row,) = [r for r in s.layers if r["name"] == "(model):ops"]
+        assert row["macs"] == 2 * 8 * 64 * 27 + 2 * 1536 * 10
+
+
+# --- memory against what the allocator really does ----------------------------------------------
+
+@pytest.mark.parametrize("case", [
+    ("exercise2", (3, 200, 300), 4, False, "sgd"),
+    ("exercise2", (3, 200, 300), 4, True, "sgd"),
+    ("keras_mnist", (1, 28, 28), 64, True, "adam"),
+    ("residual_block", (64, 56, 56), 2, True, "momentum"),
+    ("functional", (3, 8, 8), 16, True, "adamw"),
+])
+def test_predicted_peak_within_5_percent_of_measured(case):
+    name, size, batch, training, opt = case
+    model = Functional() if name == "functional" else build_from_spec(EXAMPLES / f"{name}.yaml")[0]
+    s = cnnkit.summary(model, input_size=size, batch_size=batch, optimizer=opt)
+    predicted = s.memory["training_peak_bytes" if training else "inference_peak_bytes"]
+    measured = measure_peak(model, (batch, *size), training=training, optimizer=opt)
+    assert abs(predicted - measured) / measured < 0.05, (predicted, measured)
+    bd = s.memory["training_breakdown" if training else "inference_breakdown"]
+    assert sum(bd.values()) == predicted
+
+
+def test_training_breakdown_has_the_step_categories():
+    s = cnnkit.summary(str(EXAMPLES / "keras_mnist.yaml"), batch_size=32, optimizer="adam")
+    bd = s.memory["training_breakdown"]
+    assert bd["parameters"] == 93_322 * 4
+    assert bd["optimizer state"] == 2 * 93_322 * 4
+    assert bd["input"] == 32 * 28 * 28 * 4
+    assert s.memory["training_peak_bytes"] > s.memory["inference_peak_bytes"]
+
+
+def test_peak_is_affine_in_the_batch_and_dtype_halves_it():
+    peaks = [cnnkit.summary(str(EXAMPLES / "exercise2.yaml"), batch_size=b, backend_model=False)
+             .memory["training_peak_bytes"] for b in (4, 5, 6)]
+    assert peaks[2] - peaks[1] == peaks[1] - peaks[0] > 0
+    f32 = cnnkit.summary(str(EXAMPLES / "exercise2.yaml"), batch_size=4, backend_model=False)
+    bf16 = cnnkit.summary(str(EXAMPLES / "exercise2.yaml"), batch_size=4, dtype="bfloat16", backend_model=False)
+    assert bf16.totals["param_bytes"] * 2 == f32.totals["param_bytes"]
+    assert bf16.memory["aten_level"]["training_peak_bytes"] < 0.55 * f32.memory["aten_level"]["training_peak_bytes"]
+
+
+def test_zoo_model_analysis_is_fast_and_leaves_the_model_alone():
+    if "resnet18" not in cnnkit.list_models():
+        pytest.skip("resnet18 not in the zoo yet")
+    model = cnnkit.create_model("resnet18")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    s = cnnkit.summary(model, input_size=(3, 224, 224), batch_size=256)
+    assert s.totals["params"] == 11_689_512
+    assert s.memory["training_peak_bytes"] > 5 * 10**9  # several GB: predicted, never allocated here
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+# --- JSON, CSV and fit --------------------------------------------------------------------------
+
+def test_cli_json_is_the_documented_interface(capsys):
+    assert cli_main(["summary", str(EXAMPLES / "exercise2.yaml"), "--batch", "50", "--format", "json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert set(d["layers"][0]) >= {"name", "type", "output_shape", "params", "trainable_params", "macs"}
+    assert d["totals"]["params"] == 903_400 and d["totals"]["non_trainable_params"] == 0
+    assert {"inference_peak_bytes", "training_peak_bytes"} <= set(d["memory"])
+    assert d["textbook"]["training_bytes"] == 565_613_600
+    assert d["layers"][2]["output_shape"] == [400, 25, 38]
+
+
+def test_cli_table_and_csv(capsys):
+    assert cli_main(["summary", str(EXAMPLES / "keras_mnist.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "93,322" in out and "Textbook" in out and "conv2d_3" in out
+    assert cli_main(["summary", str(EXAMPLES / "keras_mnist.yaml"), "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("name,type,output_shape") and lines[1].startswith("conv2d_1,Conv2d+relu,32x26x26,320")
+
+
+def test_fit_finds_the_largest_batch():
+    budget = 200_000_000
+    r = cnnkit.fit(str(EXAMPLES / "exercise2.yaml"), memory=budget, batch_size=64)
+    best = r["training"]["max_batch"]
+    assert best > 0
+    at = lambda b: cnnkit.summary(str(EXAMPLES / "exercise2.yaml"), batch_size=b).memory["training_peak_bytes"]  # noqa: E731
+    assert at(best) <= budget < at(best + 1)
+    assert not r["training"]["fits"]
+    names = [x["remedy"] for x in r["remedies"]]
+    assert any("16-bit" in n for n in names) and any("batch" in n for n in names)
+    bf16 = [x for x in r["remedies"] if "16-bit" in x["remedy"]][0]
+    assert 0 < bf16["peak_bytes"] < r["training"]["peak_bytes"]
+
+
+# --- bad input: one line, exit code 2, no traceback ----------------------------------------------
+
+def run_cli(*args, cwd=None):
+    p = subprocess.run([sys.executable, "-m", "cnnkit", *args], capture_output=True, text=True, cwd=cwd)
+    return p.returncode, p.stdout, p.stderr
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+@pytest.mark.parametrize("kind", ["unknown_layer", "unknown_model", "kernel_too_big", "channels",
+                                  "bad_size", "zero_size", "malformed_yaml", "factory_raises",
+                                  "forward_fails", "add_mismatch"])
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, kind):
+    args = {
+        "unknown_layer": [write(tmp_path, "a.yaml", "input: 3x32x32\nlayers:\n  - conv2dd: {filters: 3}\n")],
+        "unknown_model": ["resnet51"],
+        "kernel_too_big": [write(tmp_path, "k.yaml", "input: 3x4x4\nlayers:\n  - conv2d: {filters: 8, kernel_size: 7}\n")],
+        "channels": [write(tmp_path, "c.py", "import torch.nn as nn\ndef net():\n"
+                           "    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(16, 4, 3))\n") + ":net",
+                     "--input", "3x32x32"],
+        "bad_size": [str(EXAMPLES / "exercise2.yaml"), "--input", "3x-5x5"],
+        "zero_size": [str(EXAMPLES / "exercise2.yaml"), "--batch", "0"],
+        "malformed_yaml": [write(tmp_path, "m.yaml", "input: 3x32x32\nlayers: [conv2d: {filters: 3\n")],
+        "factory_raises": [write(tmp_path, "f.py", "def net():\n    raise ValueError('boom')\n") + ":net",
+                           "--input", "3x8x8"],
+        "forward_fails": [write(tmp_path, "g.py", "import torch.nn as nn\ndef net():\n"
+                                "    return nn.Sequential(nn.Flatten(), nn.Linear(10, 2))\n") + ":net",
+                          "--input", "3x8x8"],
+        "add_mismatch": [write(tmp_path, "r.yaml", "input: 3x8x8\nlayers:\n  - {type: conv2d, name: a, filters: 4, kernel_size: 1}\n"
+                               "  - {type: conv2d, name: b, filters: 5, kernel_size: 1}\n  - {type: add, inputs: [a, b]}\n")],
+    }[kind]
+    code, out, err = run_cli("summary", *args)
+    assert code == 2, (out, err)
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    line = lines[0]
+    expect = {
+        "unknown_layer": ["conv2dd", "conv2d"], "unknown_model": ["resnet51", "resnet50"],
+        "kernel_too_big": ["conv2d_1", "kernel"], "channels": ["'1'", "Conv2d", "16"],
+        "bad_size": ["-5"], "zero_size": ["--batch"], "malformed_yaml": ["not valid YAML"],
+        "factory_raises": ["boom", "ValueError"], "forward_fails": ["'1'", "Linear"],
+        "add_mismatch": ["4x8x8", "5x8x8"],
+    }[kind]
+    for word in expect:
+        if kind == "unknown_model" and word == "resnet50" and "resnet50" not in cnnkit.list_models():
+            continue
+        assert word in line, line
