@@ -262,3 +262,10 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, kind):
         if kind == "unknown_model" and word == "resnet50" and "resnet50" not in cnnkit.list_models():
             continue
         assert word in line, line
+
+
+def test_summary_table_matches_golden_file():
+    """The human-facing table, byte for byte (ATen-level memory: the same on every CPU)."""
+    golden = Path(__file__).parent / "golden" / "keras_mnist_summary.txt"
+    s = cnnkit.summary(str(EXAMPLES / "keras_mnist.yaml"), batch_size=32, optimizer="adam", backend_model=False)
+    assert str(s) == golden.read_text()

@@ -2,7 +2,8 @@
 
 A CNN's peak memory is affine in the batch size (``fixed + per_sample * batch``: parameters, gradients
 and optimizer state do not grow with the batch, activations and workspaces do), so two exact analyses
-(batch 1 and batch 2) give the peak at every batch. The remedies are the notes' five (Géron, ch. 14,
+(batches 4 and 5: oneDNN treats a batch of one differently) give the peak at every batch from 4 on;
+smaller batches are analysed as they are. The remedies are the notes' five (Géron, ch. 14,
 exercise 3) plus activation checkpointing, each as a number.
 """
 
@@ -31,8 +32,12 @@ def parse_bytes(text) -> int:
     return n
 
 
+_B1, _B2 = 4, 5  # the two batches the line is fitted through
+
+
 def _affine(p1: int, p2: int) -> tuple[int, int]:
-    return p1 - (p2 - p1), p2 - p1  # fixed, per sample
+    per = p2 - p1
+    return p1 - _B1 * per, per  # fixed, per sample
 
 
 def _max_batch(fixed: int, per: int, memory: int) -> int:
@@ -41,12 +46,24 @@ def _max_batch(fixed: int, per: int, memory: int) -> int:
     return max(0, (memory - fixed) // per)
 
 
+def _small_batch_max(target, s1, memory, key, dtype, optimizer, device, limit: int) -> int:
+    """Below the fitted range, check batches 1..3 one by one."""
+    best = 0
+    for b in range(1, min(limit, _B1)):
+        peak = s1.memory[key] if b == 1 else summary(target, s1.input_size, b, dtype, optimizer, device).memory[key]
+        if peak <= memory:
+            best = b
+        else:
+            break
+    return best
+
+
 def fit(target, input_size=None, memory="8GiB", batch_size: int | None = None, dtype: str = "float32",
         optimizer: str = "sgd", device: str = "cpu", devices: int = 2) -> dict:
     """The largest batch that fits ``memory`` for training and inference, and the remedies' savings."""
     budget = parse_bytes(memory)
-    s1 = summary(target, input_size, 1, dtype, optimizer, device)
-    s2 = summary(target, s1.input_size, 2, dtype, optimizer, device)
+    s1 = summary(target, input_size, _B1, dtype, optimizer, device)
+    s2 = summary(target, s1.input_size, _B2, dtype, optimizer, device)
     out = {"model": s1.model, "input_size": list(s1.input_size), "memory_bytes": budget, "dtype": dtype,
            "optimizer": optimizer, "device": device}
     kinds = [("inference", "inference_peak_bytes")]
@@ -56,12 +73,17 @@ def fit(target, input_size=None, memory="8GiB", batch_size: int | None = None, d
     for kind, key in kinds:
         fixed, per = _affine(s1.memory[key], s2.memory[key])
         lines[kind] = (fixed, per)
-        out[kind] = {"fixed_bytes": fixed, "per_sample_bytes": per,
-                     "max_batch": _max_batch(fixed, per, budget)}
+        best = _max_batch(fixed, per, budget)
+        if best < _B1:
+            best = _small_batch_max(target, summary(target, s1.input_size, 1, dtype, optimizer, device),
+                                    budget, key, dtype, optimizer, device, _B1)
+        out[kind] = {"fixed_bytes": fixed, "per_sample_bytes": per, "max_batch": best}
     if batch_size is not None:
         out["batch_size"] = batch_size
+        exact = {} if batch_size >= _B1 else summary(target, s1.input_size, batch_size, dtype, optimizer, device).memory
         for kind, (fixed, per) in lines.items():
-            need = fixed + per * batch_size
+            key = f"{kind}_peak_bytes"
+            need = exact[key] if exact else fixed + per * batch_size
             out[kind].update(peak_bytes=need, fits=need <= budget)
         fixed, per = lines.get("training", lines["inference"])
         need = fixed + per * batch_size
@@ -82,7 +104,7 @@ def _remedies(target, s1, batch, fixed, per, budget, dtype, optimizer, device, d
         p = h.memory["training_peak_bytes"]
         rem.append({"remedy": "use 16-bit floats (bfloat16)", "detail": "parameters and activations in 16 bits",
                     "peak_bytes": p, "saves_bytes": need - p})
-    saved = s1.memory.get("saved_activation_bytes") or 0
+    saved = (s1.memory.get("saved_activation_bytes") or 0) // s1.batch_size  # per sample
     # checkpointing every layer boundary keeps ~sqrt(n) segments' activations; a conservative half
     ck = need - batch * saved // 2
     rem.append({"remedy": "activation checkpointing (torch.utils.checkpoint)",
@@ -94,7 +116,7 @@ def _remedies(target, s1, batch, fixed, per, budget, dtype, optimizer, device, d
                 "peak_bytes": per_dev, "saves_bytes": need - per_dev})
     dom = s1.memory.get("dominant_layers") or []
     if dom:
-        d = dom[0]
+        d = dict(dom[0], saved_bytes=dom[0]["saved_bytes"] // s1.batch_size)  # per sample
         rem.append({"remedy": f"a larger stride (or pooling) before {d['name']}",
                     "detail": "stride 2 there quarters the maps after it; its saved activations alone are "
                               f"{d['saved_bytes'] * batch:,} bytes at this batch",

@@ -235,7 +235,7 @@ class _Recorder(TorchDispatchMode):
         new = 0
         outs = _tensors(out)
         for t in outs:
-            new += self.storages.add(t, "temporary", output_of_op=True)
+            new += self.storages.add(t, "outputs in flight", output_of_op=True)
         macs = 0
         if packet in flop_registry:
             macs = int(flop_registry[packet](*args, **kwargs, out_val=out)) // 2
@@ -417,7 +417,7 @@ def trace(model: nn.Module, input_shape: tuple[int, ...], dtype: torch.dtype, tr
 
         def pack(t):
             uid = storages.uid(t) if t.device.type == "meta" else None
-            if uid is not None and uid not in saved and storages.category[uid] == "temporary":
+            if uid is not None and uid not in saved and storages.category[uid] == "outputs in flight":
                 saved[uid] = stack[-1] if stack else ""
                 storages.category[uid] = "activations"
             return t
