@@ -11,11 +11,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..errors import CnnkitError
+from ._common import Classifier, check_args as _check_args
 from ._registry import register_model
 
 
-class AlexNet(nn.Module):
+class AlexNet(Classifier):
     """Five convolutions and three max pools, a 6x6 adaptive average pool, a 3-layer MLP.
 
     Args:
@@ -70,9 +70,6 @@ class AlexNet(nn.Module):
         x = self.classifier[:-1](x)            # -> (B, 4096)
         return x if pre_logits else self.classifier[-1](x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the last Linear by a freshly initialised one with ``num_classes`` outputs (0: Identity)."""
         _check_args(num_classes, 1)
@@ -86,13 +83,6 @@ def _classifier(num_features: int, num_classes: int) -> nn.Module:
     return nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
-def _check_args(num_classes: int, in_channels: int) -> None:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-        raise CnnkitError(f"num_classes must be an integer >= 0 (0 removes the classifier); "
-                          f"received: num_classes={num_classes!r}")
-    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-        raise CnnkitError(f"in_channels must be an integer >= 1 (3 for RGB, 1 for grayscale); "
-                          f"received: in_channels={in_channels!r}")
 
 
 @register_model(input_size=(3, 224, 224), paper="Krizhevsky et al. 2012", family="alexnet")

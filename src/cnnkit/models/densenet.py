@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import CnnkitError
+from ._common import Classifier, check_args as _check_args
 from ._registry import register_model
 
 
@@ -90,7 +90,7 @@ class _Transition(nn.Sequential):
         self.pool = nn.AvgPool2d(kernel_size=2, stride=2)
 
 
-class DenseNet(nn.Module):
+class DenseNet(Classifier):
     """A 7x7 stem, dense blocks joined by compressing transitions, BN-ReLU, global pool, one Linear.
 
     Args:
@@ -149,9 +149,6 @@ class DenseNet(nn.Module):
         x = torch.flatten(F.adaptive_avg_pool2d(x, (1, 1)), 1)  # (B, num_features, h, w) -> (B, num_features)
         return x if pre_logits else self.classifier(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
     def reset_classifier(self, num_classes: int) -> None:
         """Replace ``classifier`` by a freshly initialised Linear with ``num_classes`` outputs (0: Identity)."""
         _check_args(num_classes, 1)
@@ -168,13 +165,6 @@ def _classifier(num_features: int, num_classes: int) -> nn.Module:
     return fc
 
 
-def _check_args(num_classes: int, in_channels: int) -> None:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-        raise CnnkitError(f"num_classes must be an integer >= 0 (0 removes the classifier); "
-                          f"received: num_classes={num_classes!r}")
-    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-        raise CnnkitError(f"in_channels must be an integer >= 1 (3 for RGB, 1 for grayscale); "
-                          f"received: in_channels={in_channels!r}")
 
 
 _PAPER = "Huang et al. 2016"

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import CnnkitError
+from ._common import Classifier, check_args as _check_args
 from ._registry import register_model
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -92,7 +93,7 @@ class Inception(nn.Module):
         return torch.cat(branches, 1)  # (B, C, H, W) -> (B, out_channels, H, W)
 
 
-class GoogLeNet(nn.Module):
+class GoogLeNet(Classifier):
     """Stem, nine Inception modules in three stages, global average pooling, dropout, one Linear.
 
     Args:
@@ -170,9 +171,6 @@ class GoogLeNet(nn.Module):
         x = self.dropout(torch.flatten(self.avgpool(x), 1))  # (B, 1024, h, w) -> (B, 1024)
         return x if pre_logits else self.fc(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
     def reset_classifier(self, num_classes: int) -> None:
         """Replace ``fc`` by a freshly initialised Linear with ``num_classes`` outputs (0: Identity)."""
         _check_args(num_classes, 1)
@@ -194,13 +192,6 @@ def _classifier(num_features: int, num_classes: int) -> nn.Module:
     return fc
 
 
-def _check_args(num_classes: int, in_channels: int) -> None:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-        raise CnnkitError(f"num_classes must be an integer >= 0 (0 removes the classifier); "
-                          f"received: num_classes={num_classes!r}")
-    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-        raise CnnkitError(f"in_channels must be an integer >= 1 (3 for RGB, 1 for grayscale); "
-                          f"received: in_channels={in_channels!r}")
 
 
 @register_model(input_size=(3, 224, 224), paper="Szegedy et al. 2014", family="googlenet")

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import CnnkitError
+from ._common import Classifier, check_args as _check_args
 from ._registry import register_model
 from .googlenet import BasicConv2d, inception_input_transform
 
@@ -151,7 +152,7 @@ class InceptionE(nn.Module):
         return torch.cat([b1, b3, bd, bp], 1)  # (B, C, H, W) -> (B, 320 + 768 + 768 + 192, H, W)
 
 
-class Inception3(nn.Module):
+class Inception3(Classifier):
     """Stem, 3 x InceptionA, InceptionB, 4 x InceptionC, InceptionD, 2 x InceptionE, pool, dropout, Linear.
 
     Args:
@@ -231,9 +232,6 @@ class Inception3(nn.Module):
         x = torch.flatten(self.dropout(self.avgpool(x)), 1)  # (B, 2048, h, w) -> (B, 2048)
         return x if pre_logits else self.fc(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
     def reset_classifier(self, num_classes: int) -> None:
         """Replace ``fc`` by a freshly initialised Linear with ``num_classes`` outputs (0: Identity)."""
         _check_args(num_classes, 1)
@@ -256,13 +254,6 @@ def _classifier(num_features: int, num_classes: int) -> nn.Module:
     return fc
 
 
-def _check_args(num_classes: int, in_channels: int) -> None:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-        raise CnnkitError(f"num_classes must be an integer >= 0 (0 removes the classifier); "
-                          f"received: num_classes={num_classes!r}")
-    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-        raise CnnkitError(f"in_channels must be an integer >= 1 (3 for RGB, 1 for grayscale); "
-                          f"received: in_channels={in_channels!r}")
 
 
 @register_model(input_size=(3, 299, 299), paper="Szegedy et al. 2015", family="inception")

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import CnnkitError
+from ._common import Classifier, check_args as _check_args
 from ._registry import register_model
 
 NormLayer = Callable[[int], nn.Module]
@@ -116,7 +117,7 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-class ResNet(nn.Module):
+class ResNet(Classifier):
     """A 7x7 stem, four stages of residual blocks, global average pooling and one Linear.
 
     Args:
@@ -198,9 +199,6 @@ class ResNet(nn.Module):
         x = torch.flatten(self.avgpool(x), 1)  # (B, num_features, h, w) -> (B, num_features)
         return x if pre_logits else self.fc(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
     def reset_classifier(self, num_classes: int) -> None:
         """Replace ``fc`` by a freshly initialised Linear with ``num_classes`` outputs (0: Identity)."""
         _check_args(num_classes, 1)
@@ -213,13 +211,6 @@ def _classifier(num_features: int, num_classes: int) -> nn.Module:
     return nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
-def _check_args(num_classes: int, in_channels: int) -> None:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-        raise CnnkitError(f"num_classes must be an integer >= 0 (0 removes the classifier); "
-                          f"received: num_classes={num_classes!r}")
-    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-        raise CnnkitError(f"in_channels must be an integer >= 1 (3 for RGB, 1 for grayscale); "
-                          f"received: in_channels={in_channels!r}")
 
 
 _PAPER = "He et al. 2015"

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import CnnkitError
+from ._common import Classifier, check_args as _check_args
 from ._registry import register_model
 
 # variant -> layers; the letters are the paper's Table 1 columns
@@ -45,7 +46,7 @@ def make_layers(cfg: list[int | str], batch_norm: bool = False, in_channels: int
     return nn.Sequential(*layers)
 
 
-class VGG(nn.Module):
+class VGG(Classifier):
     """A trunk of 3x3 convolutions and max pools, a 7x7 adaptive average pool, a 3-layer MLP.
 
     Args:
@@ -101,9 +102,6 @@ class VGG(nn.Module):
         x = self.classifier[:-1](x)            # -> (B, 4096)
         return x if pre_logits else self.classifier[-1](x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the last Linear by a freshly initialised one with ``num_classes`` outputs (0: Identity)."""
         _check_args(num_classes, 1)
@@ -121,13 +119,6 @@ def _classifier(num_features: int, num_classes: int) -> nn.Module:
     return fc
 
 
-def _check_args(num_classes: int, in_channels: int) -> None:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-        raise CnnkitError(f"num_classes must be an integer >= 0 (0 removes the classifier); "
-                          f"received: num_classes={num_classes!r}")
-    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-        raise CnnkitError(f"in_channels must be an integer >= 1 (3 for RGB, 1 for grayscale); "
-                          f"received: in_channels={in_channels!r}")
 
 
 _PAPER = "Simonyan & Zisserman 2014"

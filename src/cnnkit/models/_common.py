@@ -1,0 +1,27 @@
+"""What every zoo model shares: argument checks and the classifier interface's ``forward``."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..errors import CnnkitError
+
+
+def check_args(num_classes: int, in_channels: int) -> None:
+    """Raise a one-line :class:`CnnkitError` for a bad ``num_classes`` (>= 0) or ``in_channels`` (>= 1)."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        raise CnnkitError(f"num_classes must be an integer >= 0 (0 removes the classifier); "
+                          f"received: num_classes={num_classes!r}")
+    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
+        raise CnnkitError(f"in_channels must be an integer >= 1 (3 for RGB, 1 for grayscale); "
+                          f"received: in_channels={in_channels!r}")
+
+
+class Classifier(nn.Module):
+    """Base of the zoo's image classifiers (timm's interface): subclasses define
+    ``forward_features(x)`` (the conv trunk: (B, C, H, W) -> the last feature map), ``forward_head(x,
+    pre_logits=False)`` (pooling and classifier) and ``reset_classifier(num_classes)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
