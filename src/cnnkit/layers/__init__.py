@@ -7,11 +7,15 @@
 - :mod:`.lrn` -- ``LocalResponseNorm`` with TensorFlow's parameters
 - :mod:`.se` -- ``SqueezeExcite``
 - :mod:`.act` -- ``get_activation`` by Keras name
+- :mod:`.conv_bn_act` -- ``ConvNormAct`` (conv, norm, activation as torchvision numbers them)
+- :mod:`.divisible` -- ``make_divisible`` channel rounding (MobileNets, SE)
 """
 
 from .act import activation_names, get_activation
+from .conv_bn_act import ConvNormAct
 from .conv_same import (Conv1dSame, Conv2dSame, Conv3dSame, ConvTranspose2dSame,
                         conv_transpose_same_args, resolve_padding)
+from .divisible import make_divisible
 from .lrn import LocalResponseNorm
 from .padding import pad_for, same_pad
 from .pool_same import (AvgPool1dSame, AvgPool2dSame, AvgPool3dSame, MaxPool1dSame, MaxPool2dSame,
@@ -24,5 +28,5 @@ __all__ = [
     "Conv1dSame", "Conv2dSame", "Conv3dSame", "ConvTranspose2dSame", "conv_transpose_same_args",
     "MaxPool1dSame", "MaxPool2dSame", "MaxPool3dSame", "AvgPool1dSame", "AvgPool2dSame", "AvgPool3dSame",
     "DepthwiseConv2d", "SeparableConv2d", "LocalResponseNorm", "SqueezeExcite",
-    "get_activation", "activation_names",
+    "get_activation", "activation_names", "ConvNormAct", "make_divisible",
 ]
