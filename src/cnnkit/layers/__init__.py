@@ -8,6 +8,7 @@
 - :mod:`.se` -- ``SqueezeExcite``
 - :mod:`.act` -- ``get_activation`` by Keras name
 - :mod:`.conv_bn_act` -- ``ConvNormAct`` (conv, norm, activation as torchvision numbers them)
+- :mod:`.keras` -- Keras-style ``Conv2D``/``Dense`` (activation inside) and channels-last ``Reshape``
 - :mod:`.divisible` -- ``make_divisible`` channel rounding (MobileNets, SE)
 """
 
@@ -16,6 +17,7 @@ from .conv_bn_act import ConvNormAct
 from .conv_same import (Conv1dSame, Conv2dSame, Conv3dSame, ConvTranspose2dSame,
                         conv_transpose_same_args, resolve_padding)
 from .divisible import make_divisible
+from .keras import Conv2D, Dense, Reshape
 from .lrn import LocalResponseNorm
 from .padding import pad_for, same_pad
 from .pool_same import (AvgPool1dSame, AvgPool2dSame, AvgPool3dSame, MaxPool1dSame, MaxPool2dSame,
@@ -29,4 +31,5 @@ __all__ = [
     "MaxPool1dSame", "MaxPool2dSame", "MaxPool3dSame", "AvgPool1dSame", "AvgPool2dSame", "AvgPool3dSame",
     "DepthwiseConv2d", "SeparableConv2d", "LocalResponseNorm", "SqueezeExcite",
     "get_activation", "activation_names", "ConvNormAct", "make_divisible",
+    "Conv2D", "Dense", "Reshape",
 ]

@@ -14,8 +14,8 @@ import torch
 import torch.nn as nn
 
 from ..layers import make_divisible
+from ._common import Classifier, check_args
 from ._registry import register_model
-from .resnet import _check_args
 
 # one row per stage: (output channels, repeats, stride of the first repeat) -- paper Table 1
 _STAGES = [(64, 1, 1), (128, 2, 2), (256, 2, 2), (512, 6, 2), (1024, 2, 2)]
@@ -41,7 +41,7 @@ class DepthwiseSeparable(nn.Module):
         return self.act2(self.bn2(self.conv_pw(x)))  # -> (B, C_out, H/s, W/s)
 
 
-class MobileNetV1(nn.Module):
+class MobileNetV1(Classifier):
     """3x3 stride-2 stem, 13 depthwise-separable blocks in 5 stages, global pooling, Linear.
 
     Args:
@@ -53,7 +53,7 @@ class MobileNetV1(nn.Module):
 
     def __init__(self, num_classes: int = 1000, in_channels: int = 3, width_mult: float = 1.0):
         super().__init__()
-        _check_args(num_classes, in_channels)
+        check_args(num_classes, in_channels)
         channels = make_divisible(32 * width_mult)
         self.conv_stem = nn.Conv2d(in_channels, channels, 3, 2, 1, bias=False)  # -> (B, 32, H/2, W/2)
         self.bn1 = nn.BatchNorm2d(channels)
@@ -80,12 +80,9 @@ class MobileNetV1(nn.Module):
         x = x.mean((2, 3))  # (B, 1024, h, w) -> (B, 1024)
         return x if pre_logits else self.classifier(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
     def reset_classifier(self, num_classes: int) -> None:
         """A fresh Linear with ``num_classes`` outputs (0: Identity)."""
-        _check_args(num_classes, 1)
+        check_args(num_classes, 1)
         w = self.conv_stem.weight
         self.classifier = _linear(self.num_features, num_classes).to(w.device, w.dtype)
         self.num_classes = num_classes

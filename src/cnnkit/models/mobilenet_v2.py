@@ -11,8 +11,8 @@ import torch
 import torch.nn as nn
 
 from ..layers import ConvNormAct, make_divisible
+from ._common import Classifier, check_args
 from ._registry import register_model
-from .resnet import _check_args
 
 # t: expansion factor, c: output channels, n: repeats, s: stride of the first repeat (paper Table 2)
 _SETTING = [
@@ -51,7 +51,7 @@ class InvertedResidual(nn.Module):
         return x + self.conv(x) if self.use_res_connect else self.conv(x)
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(Classifier):
     """A 3x3 stem, 17 inverted residuals, a 1x1 conv to 1280 channels, pooling, dropout, Linear.
 
     Args:
@@ -65,7 +65,7 @@ class MobileNetV2(nn.Module):
     def __init__(self, num_classes: int = 1000, in_channels: int = 3, width_mult: float = 1.0,
                  dropout: float = 0.2):
         super().__init__()
-        _check_args(num_classes, in_channels)
+        check_args(num_classes, in_channels)
         channels = make_divisible(32 * width_mult)
         self.num_features = make_divisible(1280 * max(1.0, width_mult))
         features: list[nn.Module] = [ConvNormAct(in_channels, channels, 3, 2, act_layer=nn.ReLU6)]
@@ -95,12 +95,9 @@ class MobileNetV2(nn.Module):
         x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)  # (B, 1280, h, w) -> (B, 1280)
         return x if pre_logits else self.classifier(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
     def reset_classifier(self, num_classes: int) -> None:
         """A fresh Linear with ``num_classes`` outputs after the dropout (0: Identity)."""
-        _check_args(num_classes, 1)
+        check_args(num_classes, 1)
         w = self.features[0][0].weight
         self.classifier[-1] = _linear(self.num_features, num_classes).to(w.device, w.dtype)
         self.num_classes = num_classes

@@ -15,9 +15,9 @@ import torch
 import torch.nn as nn
 
 from ..layers import ConvNormAct, SqueezeExcite, make_divisible
+from ._common import Classifier, check_args
 from ._registry import register_model
 from .mobilenet_v2 import _linear
-from .resnet import _check_args
 
 _NORM = partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)
 
@@ -91,7 +91,7 @@ class InvertedResidual(nn.Module):
         return x + self.block(x) if self.use_res_connect else self.block(x)
 
 
-class MobileNetV3(nn.Module):
+class MobileNetV3(Classifier):
     """Stem (3x3 s2, hard-swish), the block table, a 1x1 conv to 6x channels, pooling, two Linears.
 
     Args:
@@ -107,7 +107,7 @@ class MobileNetV3(nn.Module):
     def __init__(self, blocks: list[BlockConfig], last_channel: int, num_classes: int = 1000,
                  in_channels: int = 3, dropout: float = 0.2):
         super().__init__()
-        _check_args(num_classes, in_channels)
+        check_args(num_classes, in_channels)
         first = blocks[0].in_channels
         self.num_features = 6 * blocks[-1].out_channels
         self.head_hidden_size = last_channel
@@ -143,12 +143,9 @@ class MobileNetV3(nn.Module):
         x = self.classifier[:-1](x)                                   # -> (B, head_hidden_size)
         return x if pre_logits else self.classifier[-1](x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
     def reset_classifier(self, num_classes: int) -> None:
         """A fresh last Linear with ``num_classes`` outputs (0: Identity); the hidden Linear is kept."""
-        _check_args(num_classes, 1)
+        check_args(num_classes, 1)
         w = self.features[0][0].weight
         self.classifier[-1] = _linear(self.head_hidden_size, num_classes).to(w.device, w.dtype)
         self.num_classes = num_classes

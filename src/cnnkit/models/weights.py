@@ -1,1 +1,197 @@
-"""(to be written) Loading pretrained weights: load_weights(model, path_or_url, strict=True)."""
+"""Loading weights into zoo models: local ``.pth``/``.pt``/``.safetensors`` files or checksummed URLs.
+
+``load_weights(model, source, strict=True)`` reads a state dict in the reference implementation's
+format (torchvision or timm key names), unwraps ``{"state_dict": ...}`` / ``{"model": ...}``
+checkpoints and ``module.`` / ``_orig_mod.`` prefixes, checks every key and shape, and loads it.
+URLs are fetched once by :func:`cnnkit.download.download_url` into ``$CNNKIT_HOME/weights``
+(default ``~/.cache/cnnkit/weights``) and verified against a sha256 prefix: the one in
+:data:`PRETRAINED`, or the hex suffix torchvision puts in its file names (``resnet18-f37072fd.pth``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import torch
+import torch.nn as nn
+
+from ..errors import CnnkitError
+
+_TV = "https://download.pytorch.org/models/"
+_HF = "https://huggingface.co/timm/{}/resolve/main/model.safetensors"
+
+
+@dataclass(frozen=True)
+class PretrainedWeights:
+    url: str             # where the reference weights live
+    sha256: str | None   # sha256 prefix checked after download (None: not published)
+    source: str          # the implementation whose key names the file uses
+
+
+# zoo name -> the reference ImageNet weights. torchvision embeds the first 8 hex of the file's sha256
+# in its file names; timm's Hugging Face files publish no hash in the URL (checked by keys only).
+PRETRAINED: dict[str, PretrainedWeights] = {
+    name: PretrainedWeights(_TV + file, file.rsplit("-", 1)[1].split(".")[0], "torchvision")
+    for name, file in {
+        "alexnet": "alexnet-owt-7be5be79.pth",
+        "vgg11": "vgg11-8a719046.pth", "vgg13": "vgg13-19584684.pth",
+        "vgg16": "vgg16-397923af.pth", "vgg19": "vgg19-dcbb9e9d.pth",
+        "vgg11_bn": "vgg11_bn-6002323d.pth", "vgg13_bn": "vgg13_bn-abd245e5.pth",
+        "vgg16_bn": "vgg16_bn-6c64b313.pth", "vgg19_bn": "vgg19_bn-c79401a0.pth",
+        "googlenet": "googlenet-1378be20.pth", "inception_v3": "inception_v3_google-0cc3c7bd.pth",
+        "resnet18": "resnet18-f37072fd.pth", "resnet34": "resnet34-b627a593.pth",
+        "resnet50": "resnet50-0676ba61.pth", "resnet101": "resnet101-63fe2227.pth",
+        "resnet152": "resnet152-394f9c45.pth", "resnext50_32x4d": "resnext50_32x4d-7cdf4587.pth",
+        "wide_resnet50_2": "wide_resnet50_2-95faca4d.pth",
+        "densenet121": "densenet121-a639ec97.pth", "densenet169": "densenet169-b2777c0a.pth",
+        "densenet201": "densenet201-c1103571.pth",
+        "mobilenet_v2": "mobilenet_v2-b0353104.pth",
+        "mobilenet_v3_large": "mobilenet_v3_large-8738ca79.pth",
+        "mobilenet_v3_small": "mobilenet_v3_small-047dcff4.pth",
+    }.items()
+} | {
+    "seresnet50": PretrainedWeights(_HF.format("seresnet50.a1_in1k"), None, "timm"),
+    "xception": PretrainedWeights(_HF.format("legacy_xception.tf_in1k"), None, "timm"),
+    "mobilenet_v1": PretrainedWeights(_HF.format("mobilenetv1_100.ra4_e3600_r224_in1k"), None, "timm"),
+}
+
+_URL_SCHEMES = ("http://", "https://", "file://")
+_HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,})\.[a-z]+$")
+_WRAPPERS = ("state_dict", "model", "model_state_dict")
+_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DistributedDataParallel, torch.compile
+_LEGACY_DENSENET = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+
+
+@dataclass
+class LoadResult:
+    """What :func:`load_weights` did not load (all empty after a strict load)."""
+    missing: list[str] = field(default_factory=list)      # model keys the checkpoint lacks
+    unexpected: list[str] = field(default_factory=list)   # checkpoint keys the model lacks
+    mismatched: list[str] = field(default_factory=list)   # "key: checkpoint (..) vs model (..)"
+
+    def __bool__(self) -> bool:  # true when something did not match
+        return bool(self.missing or self.unexpected or self.mismatched)
+
+
+def weights_dir() -> Path:
+    """Where downloaded weights are kept: ``$CNNKIT_HOME/weights`` or ``~/.cache/cnnkit/weights``."""
+    home = os.environ.get("CNNKIT_HOME")
+    return (Path(home) if home else Path.home() / ".cache" / "cnnkit") / "weights"
+
+
+def pretrained_url(name: str) -> str:
+    """The URL of the reference ImageNet weights of zoo model ``name``."""
+    if name not in PRETRAINED:
+        raise CnnkitError(f"no published weights for model {name!r}; models with weights: "
+                          f"{', '.join(sorted(PRETRAINED))}")
+    return PRETRAINED[name].url
+
+
+def load_weights(model: nn.Module, source: str | os.PathLike, strict: bool = True,
+                 sha256: str | None = None) -> LoadResult:
+    """Load a state dict from a file or URL into ``model`` (in place) and say what did not match.
+
+    Args:
+        source: a ``.pth``/``.pt``/``.bin`` (read with ``torch.load(weights_only=True)``) or
+            ``.safetensors`` file, or an ``http(s)://`` / ``file://`` URL of one.
+        strict: require every key and shape to match (else :class:`CnnkitError`); with
+            ``strict=False`` the matching keys are loaded and the rest reported, e.g. ImageNet weights
+            into a model with another ``num_classes``.
+        sha256: expected sha256 (prefix) of a downloaded file; by default the one of :data:`PRETRAINED`
+            or the hex suffix of the file name, if any.
+    Returns:
+        a :class:`LoadResult` (empty after a strict load).
+    """
+    path = _fetch(str(source), sha256) if str(source).startswith(_URL_SCHEMES) else Path(source)
+    state = _normalise(read_state_dict(path), model)
+    own = model.state_dict()
+    result = LoadResult(
+        missing=[k for k in own if k not in state],
+        unexpected=[k for k in state if k not in own],
+        mismatched=[f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                    for k, v in state.items() if k in own and v.shape != own[k].shape],
+    )
+    if result and strict:
+        raise CnnkitError(f"{path.name} does not match the model: {_describe(result)}; "
+                          "check the model name and num_classes, or pass strict=False to load the matching keys")
+    bad = {m.split(":", 1)[0] for m in result.mismatched}
+    model.load_state_dict({k: v for k, v in state.items() if k in own and k not in bad}, strict=False)
+    return result
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` or (pickled, read safely) ``.pth``/``.pt``/``.bin`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CnnkitError(f"weights file not found: {path}; give a .pth, .pt or .safetensors file or an "
+                          "http(s) URL")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise CnnkitError(f"{path} is not a readable safetensors file ({exc}); download it again") from None
+    if path.suffix not in (".pth", ".pt", ".bin", ".ckpt"):
+        raise CnnkitError(f"unknown weights format {path.suffix!r} for {path}; use .pth, .pt or .safetensors")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors come in many types; all mean "not a plain state dict"
+        raise CnnkitError(f"{path} could not be read as weights ({type(exc).__name__}: {str(exc)[:120]}); "
+                          "it must be a state dict saved with torch.save (no pickled objects)") from None
+    return _unwrap(obj, path)
+
+
+def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
+    for key in _WRAPPERS:  # training checkpoints: {"state_dict": ..., "optimizer": ..., "epoch": ...}
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CnnkitError(f"{path} holds no state dict (a dict of tensors, possibly under 'state_dict' or "
+                          "'model'); save model.state_dict(), not the model")
+    return obj
+
+
+def _normalise(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Strip wrapper prefixes; rename torchvision's legacy DenseNet keys (``norm.1`` -> ``norm1``)."""
+    own = model.state_dict()
+    for prefix in _PREFIXES:
+        if state and all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in own):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    if any(_LEGACY_DENSENET.match(k) for k in state):
+        state = {(_LEGACY_DENSENET.sub(r"\1\2", k) if k not in own else k): v for k, v in state.items()}
+    return state
+
+
+def _describe(result: LoadResult, first: int = 3) -> str:
+    parts = []
+    for what, keys in (("missing", result.missing), ("unexpected", result.unexpected),
+                       ("with another shape", result.mismatched)):
+        if keys:
+            more = f", ... {len(keys) - first} more" if len(keys) > first else ""
+            parts.append(f"{len(keys)} {what} ({', '.join(keys[:first])}{more})")
+    return "; ".join(parts)
+
+
+def _fetch(url: str, sha256: str | None) -> Path:
+    """Download ``url`` once into :func:`weights_dir`, verified by sha256 prefix when one is known."""
+    from ..download import download_url
+
+    name = Path(unquote(urlparse(url).path)).name
+    known = next((w for w in PRETRAINED.values() if w.url == url), None)
+    if known is not None and name == "model.safetensors":  # Hugging Face: one name for every model
+        name = f"{urlparse(url).path.split('/')[2]}.safetensors"
+    if not name:
+        raise CnnkitError(f"cannot tell the file name of {url}; give the URL of a .pth or .safetensors file")
+    if sha256 is None:
+        if known is not None:
+            sha256 = known.sha256
+        elif (match := _HASH_IN_NAME.search(name)) is not None:
+            sha256 = match.group(1)
+    return download_url(url, weights_dir() / name, sha256=sha256, progress=True)

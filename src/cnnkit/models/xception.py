@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ._common import Classifier, check_args
 from ._registry import register_model
-from .resnet import _check_args
 
 
 class SeparableConv(nn.Module):
@@ -65,7 +65,7 @@ class Block(nn.Module):
         return self.rep(x) + shortcut
 
 
-class Xception(nn.Module):
+class Xception(Classifier):
     """Entry flow (stem, blocks 1-3), middle flow (blocks 4-11, 728 channels), exit flow, pooling, Linear.
 
     Args:
@@ -77,7 +77,7 @@ class Xception(nn.Module):
 
     def __init__(self, num_classes: int = 1000, in_channels: int = 3, drop_rate: float = 0.0):
         super().__init__()
-        _check_args(num_classes, in_channels)
+        check_args(num_classes, in_channels)
         self.drop_rate = drop_rate
         self.num_features = 2048
         self.conv1 = nn.Conv2d(in_channels, 32, 3, 2, 0, bias=False)  # 299 -> 149
@@ -120,12 +120,9 @@ class Xception(nn.Module):
         x = nn.functional.dropout(x, self.drop_rate, self.training)
         return x if pre_logits else self.fc(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
     def reset_classifier(self, num_classes: int) -> None:
         """A fresh ``fc`` with ``num_classes`` outputs (0: Identity)."""
-        _check_args(num_classes, 1)
+        check_args(num_classes, 1)
         w = self.conv1.weight
         self.fc = _classifier(self.num_features, num_classes).to(w.device, w.dtype)
         self.num_classes = num_classes

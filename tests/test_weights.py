@@ -1,0 +1,132 @@
+"""cnnkit.models.weights: local files, wrapped checkpoints, mismatches, checksummed file:// downloads."""
+
+import hashlib
+
+import pytest
+import torch
+import torch.nn as nn
+from safetensors.torch import save_file
+
+from cnnkit import create_model
+from cnnkit.errors import CnnkitError
+from cnnkit.models.weights import PRETRAINED, load_weights, pretrained_url, weights_dir
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNKIT_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def _same(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_pth_and_safetensors_round_trip(tmp_path):
+    src = create_model("lenet5")
+    torch.save(src.state_dict(), tmp_path / "w.pth")
+    save_file(src.state_dict(), str(tmp_path / "w.safetensors"))
+    for name in ("w.pth", "w.safetensors"):
+        dst = create_model("lenet5")
+        assert not _same(src, dst)
+        assert not load_weights(dst, tmp_path / name)  # empty LoadResult
+        assert _same(src, dst)
+    dst = create_model("lenet5", weights=str(tmp_path / "w.pth"))  # through the registry
+    assert _same(src, dst)
+
+
+def test_wrapped_checkpoint_with_module_prefix(tmp_path):
+    src = create_model("keras_mnist_convnet")
+    wrapped = {"epoch": 3, "state_dict": {f"module.{k}": v for k, v in src.state_dict().items()}}
+    torch.save(wrapped, tmp_path / "ckpt.pt")
+    dst = create_model("keras_mnist_convnet")
+    load_weights(dst, tmp_path / "ckpt.pt")
+    assert _same(src, dst)
+    torch.save({"model": src.state_dict()}, tmp_path / "m.pt")
+    load_weights(create_model("keras_mnist_convnet"), tmp_path / "m.pt")
+
+
+def test_mismatch_names_keys_and_non_strict_loads_the_rest(tmp_path):
+    src = create_model("lenet5")  # 10 classes
+    state = src.state_dict()
+    del state["c1.bias"]
+    state["extra.weight"] = torch.zeros(2)
+    torch.save(state, tmp_path / "w.pth")
+    dst = create_model("lenet5", num_classes=7)
+    with pytest.raises(CnnkitError) as err:
+        load_weights(dst, tmp_path / "w.pth")
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "1 missing (c1.bias)" in msg and "1 unexpected (extra.weight)" in msg
+    assert "2 with another shape (output.weight: checkpoint (10, 84) vs model (7, 84)" in msg
+    result = load_weights(dst, tmp_path / "w.pth", strict=False)
+    assert result.missing == ["c1.bias"] and result.unexpected == ["extra.weight"]
+    assert [m.split(":")[0] for m in result.mismatched] == ["output.weight", "output.bias"]
+    assert torch.equal(dst.c3.weight, src.c3.weight) and torch.equal(dst.c1.weight, src.c1.weight)
+    assert dst.output.weight.shape == (7, 84)
+
+
+def test_bad_files(tmp_path):
+    model = create_model("lenet5")
+    with pytest.raises(CnnkitError, match="weights file not found"):
+        load_weights(model, tmp_path / "nope.pth")
+    (tmp_path / "w.h5").write_bytes(b"x")
+    with pytest.raises(CnnkitError, match="unknown weights format '.h5'"):
+        load_weights(model, tmp_path / "w.h5")
+    torch.save(model, tmp_path / "whole.pth")  # a pickled module, not a state dict
+    with pytest.raises(CnnkitError, match="could not be read as weights"):
+        load_weights(model, tmp_path / "whole.pth")
+    torch.save([1, 2], tmp_path / "list.pth")
+    with pytest.raises(CnnkitError, match="holds no state dict"):
+        load_weights(model, tmp_path / "list.pth")
+
+
+def test_file_url_download_with_checksum(tmp_path, home):
+    src = create_model("lenet5")
+    raw = tmp_path / "raw.pth"
+    torch.save(src.state_dict(), raw)
+    digest = hashlib.sha256(raw.read_bytes()).hexdigest()
+    good = tmp_path / f"lenet5-{digest[:8]}.pth"  # torchvision's naming: the sha256 prefix in the name
+    raw.rename(good)
+    dst = create_model("lenet5")
+    load_weights(dst, good.as_uri())
+    assert _same(src, dst)
+    cached = weights_dir() / good.name
+    assert weights_dir() == home / "weights" and cached.is_file()
+    good.unlink()  # the cached copy is used from now on
+    load_weights(create_model("lenet5"), good.as_uri())
+
+    bad = tmp_path / "lenet5-deadbeef.pth"
+    torch.save(src.state_dict(), bad)
+    with pytest.raises(CnnkitError, match="sha256 checksum mismatch"):
+        load_weights(create_model("lenet5"), bad.as_uri())
+    assert sorted(p.name for p in weights_dir().iterdir()) == [good.name]  # nothing left behind
+    plain = tmp_path / "plain.pth"  # no hash in the name: an explicit sha256 is checked
+    torch.save(src.state_dict(), plain)
+    with pytest.raises(CnnkitError, match="sha256 checksum mismatch"):
+        load_weights(create_model("lenet5"), plain.as_uri(), sha256="0123abcd")
+    assert not (weights_dir() / "plain.pth").exists()
+
+
+def test_legacy_densenet_keys_are_renamed(tmp_path):
+    layer = nn.Module()
+    layer.norm1 = nn.BatchNorm2d(2)
+    layer.conv1 = nn.Conv2d(2, 2, 1, bias=False)
+    model = nn.Module()
+    model.denselayer1 = layer
+    old = {k.replace("norm1", "norm.1").replace("conv1", "conv.1"): v + 1 if v.is_floating_point() else v
+           for k, v in model.state_dict().items()}
+    torch.save(old, tmp_path / "dn.pth")
+    load_weights(model, tmp_path / "dn.pth")
+    assert torch.equal(model.denselayer1.norm1.weight, torch.full((2,), 2.0))
+
+
+def test_pretrained_table():
+    for name, w in PRETRAINED.items():
+        assert w.url.startswith("https://")
+        if w.source == "torchvision":
+            assert w.url.endswith(f"-{w.sha256}.pth") and len(w.sha256) == 8
+    assert pretrained_url("resnet18") == "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+    with pytest.raises(CnnkitError, match="no published weights for model 'lenet5'"):
+        pretrained_url("lenet5")
