@@ -1,0 +1,206 @@
+"""Finding layers by name, and context managers that hook into a model and always clean up.
+
+Every hook registered here is removed in a ``finally`` block, and every change to the model's
+state (training mode, ``requires_grad``) is undone on the way out, also when the forward raises.
+"""
+
+from __future__ import annotations
+
+import difflib
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+
+from ..errors import CnnkitError
+
+_CONV = (nn.modules.conv._ConvNd,)
+
+
+def is_conv(module: nn.Module) -> bool:
+    return isinstance(module, _CONV)
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """Names of the model's sub-modules: convolutions first (in model order), then every other one."""
+    named = [(name, m) for name, m in model.named_modules() if name]
+    return [n for n, m in named if is_conv(m)] + [n for n, m in named if not is_conv(m)]
+
+
+def resolve_layer(model: nn.Module, name: str) -> nn.Module:
+    """The sub-module called ``name`` (as in ``model.named_modules()``), or a CnnkitError listing them."""
+    modules = dict(model.named_modules())
+    if name and name in modules:
+        return modules[name]
+    names = layer_names(model)
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
+    raise CnnkitError(f"unknown layer {name!r}; {hint}valid layers (convolutions first): {shown}")
+
+
+def last_conv_layer(model: nn.Module) -> str:
+    """The name of the model's last convolution (registration order), Grad-CAM's default layer."""
+    convs = [name for name, m in model.named_modules() if name and is_conv(m)]
+    if not convs:
+        raise CnnkitError(f"model {type(model).__name__} has no convolutional layer; pass layer=NAME, "
+                          f"one of: {', '.join(layer_names(model)[:12])}")
+    return convs[-1]
+
+
+def conv_layer(model: nn.Module, name: str) -> nn.Conv2d:
+    """The 2-D convolution called ``name``; a CnnkitError if it is something else."""
+    module = resolve_layer(model, name)
+    if not isinstance(module, nn.Conv2d):
+        convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+        raise CnnkitError(f"layer {name!r} is a {type(module).__name__}, not a Conv2d; "
+                          f"pick one of: {', '.join(convs[:12]) or '(none)'}")
+    return module
+
+
+def default_cam_layer(model: nn.Module, x: torch.Tensor) -> str:
+    """Grad-CAM's default layer: the last convolution, followed through the layers right after it
+    that keep its output shape (its norm and activation), as Keras' ``Conv2D(activation=...)`` and
+    Caffe's in-place ReLU give the rectified maps the paper uses.
+
+    Runs one forward pass of ``x`` (no gradients) to see the order the layers execute in.
+    """
+    calls: list[tuple[str, nn.Module, tuple]] = []
+    handles = []
+
+    def hook_for(name):
+        def hook(module, inputs, output):
+            if isinstance(output, torch.Tensor):
+                calls.append((name, module, tuple(output.shape)))
+        return hook
+
+    try:
+        for name, module in model.named_modules():
+            if name and not list(module.children()):  # leaves only: containers repeat their last child
+                handles.append(module.register_forward_hook(hook_for(name)))
+        with torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    last = max((i for i, (_, m, _) in enumerate(calls) if is_conv(m)), default=None)
+    if last is None:
+        return last_conv_layer(model)  # raises the "no convolution" error
+    name, _, shape = calls[last]
+    for follower, _, out_shape in calls[last + 1:]:
+        if out_shape != shape:
+            break
+        name = follower
+    return name
+
+
+@contextmanager
+def frozen(model: nn.Module, train: bool = False) -> Iterator[nn.Module]:
+    """Put every sub-module in eval (or train) mode and stop parameter gradients; restore both after.
+
+    Parameters keep their ``.grad``: explanation methods differentiate with respect to the input or
+    to activations only, so no parameter gradient is accumulated.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.train(train)
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+@contextmanager
+def recording(model: nn.Module, names: list[str], grads: bool = False) -> Iterator[dict]:
+    """Record the outputs (and, with ``grads``, their gradients) of the named layers.
+
+    Yields ``{"activations": {name: Tensor}, "gradients": {name: Tensor}}``, filled by the
+    forward (and backward) passes run inside the ``with`` block; activations are detached copies,
+    gradients are with respect to the layer's output. A layer called several times keeps its last call.
+    """
+    record: dict = {"activations": {}, "gradients": {}}
+    modules = {name: resolve_layer(model, name) for name in names}
+    handles = []
+
+    def hook_for(name):
+        def forward_hook(module, inputs, output):
+            if not isinstance(output, torch.Tensor):
+                raise CnnkitError(f"layer {name!r} returns {type(output).__name__}, not a tensor; pick a "
+                                  f"layer whose output is one image tensor (a convolution, say)")
+            # a copy: an in-place op after this layer (ReLU(inplace=True)) would overwrite the output
+            record["activations"][name] = output.detach().clone()
+            if grads and output.requires_grad:
+                def save_grad(grad):  # a tensor hook: lives and dies with this output tensor
+                    record["gradients"][name] = grad
+
+                output.register_hook(save_grad)
+
+        return forward_hook
+
+    try:
+        for name, module in modules.items():
+            handles.append(module.register_forward_hook(hook_for(name)))
+        yield record
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class _PositiveGrad(torch.autograd.Function):
+    """Identity forward; backward passes only positive gradients (guided backpropagation)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.clamp(min=0)
+
+
+@contextmanager
+def guided_relus(model: nn.Module) -> Iterator[int]:
+    """Make every ``nn.ReLU`` module's backward guided (Springenberg et al. 2014,
+    https://arxiv.org/abs/1412.6806): ReLU's own backward masks by ``input > 0``; the hook adds
+    ``grad > 0``. Yields how many ReLU modules were hooked (functional ``F.relu`` calls are not).
+    """
+    handles = []
+    try:
+        for module in model.modules():
+            if isinstance(module, nn.ReLU):
+                handles.append(module.register_forward_hook(lambda m, i, out: _PositiveGrad.apply(out)))
+        yield len(handles)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass once the wanted layer has run."""
+
+
+def run_until(model: nn.Module, x: torch.Tensor, name: str) -> torch.Tensor:
+    """The output of layer ``name`` for input ``x``, without running the layers after it."""
+    module = resolve_layer(model, name)
+    box: list[torch.Tensor] = []
+
+    def hook(m, inputs, output):
+        box.append(output)
+        raise _StopForward
+
+    handle = module.register_forward_hook(hook)
+    try:
+        model(x)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    if not box:
+        raise CnnkitError(f"layer {name!r} did not run in the forward pass; pick a layer the model uses")
+    return box[0]

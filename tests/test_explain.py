@@ -1,0 +1,338 @@
+"""cnnkit.explain: Grad-CAM by hand, sanity checks, localisation on MNIST canvases, patterns, hooks, CLI."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cnnkit.errors import CnnkitError
+from cnnkit.explain import (
+    feature_maps, filter_patterns, filters, grad_cam, last_conv_layer, layer_names, mean_activation,
+    recording, resolve_layer, saliency,
+)
+from cnnkit.explain.hooks import default_cam_layer, guided_relus
+
+
+# ----------------------------------------------------------------------------- Grad-CAM by hand
+
+
+def hand_net() -> nn.Sequential:
+    """conv 2x2 stride 2 (ch0 = block sum, ch1 = block's top-left pixel) -> ReLU -> GAP -> linear."""
+    net = nn.Sequential(nn.Conv2d(1, 2, 2, stride=2, bias=False), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 2, bias=False))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[[[1.0, 1.0], [1.0, 1.0]]], [[[1.0, 0.0], [0.0, 0.0]]]]))
+        net[4].weight.copy_(torch.tensor([[1.0, -2.0], [0.5, 1.0]]))
+    return net
+
+
+HAND_X = torch.tensor([[[1.0, 2.0, 0.0, 0.0],
+                        [3.0, 4.0, 0.0, 1.0],
+                        [0.0, 0.0, 2.0, 2.0],
+                        [1.0, 0.0, 2.0, 2.0]]])
+
+
+def test_grad_cam_matches_a_hand_computation():
+    # A0 = block sums [[10, 1], [1, 8]], A1 = top-left pixels [[1, 0], [0, 2]]  (both >= 0: ReLU is identity)
+    # GAP: (5, 0.75); y0 = 5 - 2 * 0.75 = 3.5, y1 = 0.5 * 5 + 0.75 = 3.25 -> class 0 is predicted
+    # dy_c/dA_k[i, j] = W[c, k] / 4, so alpha = W[c] / 4
+    # class 0: alpha = (0.25, -0.5): cam = ReLU(0.25 A0 - 0.5 A1) = [[2, 0.25], [0.25, 1]] -> / 2
+    # bilinear 2x2 -> 4x4 (align_corners=False) samples at -0.25, 0.25, 0.75, 1.25: rows
+    # (a, 0.75a + 0.25b, 0.25a + 0.75b, b), then the same down the columns
+    expected0 = torch.tensor([[1.0, 0.78125, 0.34375, 0.125],
+                              [0.78125, 0.640625, 0.359375, 0.21875],
+                              [0.34375, 0.359375, 0.390625, 0.40625],
+                              [0.125, 0.21875, 0.40625, 0.5]])
+    net = hand_net()
+    assert default_cam_layer(net, HAND_X[None]) == "1"  # the conv, followed through its ReLU
+    heat, cls = grad_cam(net, HAND_X)
+    assert cls == 0
+    torch.testing.assert_close(heat, expected0, rtol=0, atol=1e-6)
+    # at the conv itself (before the ReLU) the gradient is masked where A = 0 (ReLU'(0) = 0):
+    # A1 is positive at 2 of 4 positions, so alpha = (0.25, -2 / 4 * 2 / 4) = (0.25, -0.25)
+    # cam = ReLU(0.25 A0 - 0.25 A1) = [[2.25, 0.25], [0.25, 1.5]] -> / 2.25
+    heat_conv, _ = grad_cam(net, HAND_X, layer="0")
+    torch.testing.assert_close(heat_conv, upsample_by_hand([[1.0, 1 / 9], [1 / 9, 2 / 3]]), rtol=0, atol=1e-6)
+    # class 1 at the ReLU: alpha = (0.5 / 4, 1 / 4): cam = [[1.5, 0.125], [0.125, 1.5]] -> / 1.5
+    heat1, cls1 = grad_cam(net, HAND_X, target_class=1)
+    assert cls1 == 1
+    torch.testing.assert_close(heat1, upsample_by_hand([[1.0, 1 / 12], [1 / 12, 1.0]]), rtol=0, atol=1e-6)
+    torch.testing.assert_close(upsample_by_hand([[1.0, 0.125], [0.125, 0.5]]), expected0)
+
+
+def upsample_by_hand(m) -> torch.Tensor:
+    """2x2 -> 4x4 bilinear, align_corners=False: each line (a, b) becomes (a, .75a + .25b, .25a + .75b, b)."""
+    def line(a, b):
+        return [a, 0.75 * a + 0.25 * b, 0.25 * a + 0.75 * b, b]
+
+    rows = [line(*r) for r in m]
+    return torch.tensor([line(rows[0][j], rows[1][j]) for j in range(4)]).T
+
+
+def test_grad_cam_batch_equals_single_images_and_inplace_relu_changes_nothing():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(4, 6, 3, padding=1),
+                        nn.BatchNorm2d(6), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(6, 5))
+    twin = copy.deepcopy(net)
+    twin[1].inplace = twin[4].inplace = False
+    x = torch.rand(3, 3, 12, 10)
+    heats, classes = grad_cam(net, x)
+    assert heats.shape == (3, 12, 10) and classes.shape == (3,)
+    assert float(heats.min()) >= 0 and torch.allclose(heats.flatten(1).amax(1), torch.ones(3))
+    for i in range(3):
+        one, k = grad_cam(net, x[i])
+        assert k == int(classes[i])
+        torch.testing.assert_close(one, heats[i], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad_cam(twin, x)[0], heats, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- saliency
+
+
+def test_saliency_vanilla_and_guided_against_autograd():
+    torch.manual_seed(1)
+    conv1, conv2, fc = nn.Conv2d(1, 3, 3, padding=1), nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 3)
+    net = nn.Sequential(conv1, nn.ReLU(), conv2, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc)
+    x = torch.rand(1, 1, 8, 8, requires_grad=True)
+    # reference: the same forward by hand, gradients by autograd, guided ReLUs by hand
+    h1 = conv1(x)
+    a1 = h1.relu()
+    h2 = conv2(a1)
+    a2 = h2.relu()
+    y = fc(a2.mean((2, 3)))[0, 2]
+    (gx,) = torch.autograd.grad(y, x, retain_graph=True)
+    ref_vanilla = gx.abs()[0, 0] / gx.abs().max()
+    g_a2 = torch.autograd.grad(y, a2, retain_graph=True)[0].clamp(min=0)
+    g_h2 = g_a2 * (h2 > 0)
+    g_a1 = torch.autograd.grad(h2, a1, g_h2, retain_graph=True)[0].clamp(min=0)
+    g_h1 = g_a1 * (h1 > 0)
+    (g_guided,) = torch.autograd.grad(h1, x, g_h1)
+    ref_guided = g_guided.abs()[0, 0] / g_guided.abs().max()
+
+    vanilla, k = saliency(net, x[0].detach(), target_class=2)
+    guided, _ = saliency(net, x[0].detach(), target_class=2, method="guided")
+    assert k == 2
+    torch.testing.assert_close(vanilla, ref_vanilla, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(guided, ref_guided, rtol=1e-5, atol=1e-6)
+    assert (guided - vanilla).abs().max() > 1e-3  # the two methods do differ here
+    with pytest.raises(CnnkitError, match="unknown saliency method 'smooth'"):
+        saliency(net, x[0].detach(), method="smooth")
+
+
+# ----------------------------------------------------------------------------- feature maps, filters
+
+
+def test_feature_maps_and_filters_shapes_and_values():
+    net = hand_net()
+    maps = feature_maps(net, HAND_X)
+    assert list(maps) == ["0"] and maps["0"].shape == (2, 2, 2)
+    torch.testing.assert_close(maps["0"], torch.tensor([[[10.0, 1.0], [1.0, 8.0]], [[1.0, 0.0], [0.0, 2.0]]]))
+    both = feature_maps(net, HAND_X, layers=["0", "2"])
+    assert both["2"].shape == (2, 1, 1)
+    torch.testing.assert_close(both["2"].flatten(), torch.tensor([5.0, 0.75]))
+    w = filters(net, "0")
+    assert w.shape == (2, 1, 2, 2) and torch.equal(w, net[0].weight.detach())
+    w.zero_()  # a copy: the model keeps its weights
+    assert net[0].weight.abs().sum() == 5
+    with pytest.raises(CnnkitError, match="is a Linear, not a Conv2d"):
+        filters(net, "4")
+    with pytest.raises(CnnkitError, match=r"\(1, C, h, w\)"):
+        feature_maps(net, HAND_X, layers=["4"])
+
+
+def test_unknown_layer_and_class_out_of_range_are_one_line_errors():
+    net = hand_net()
+    assert layer_names(net) == ["0", "1", "2", "3", "4"]  # the conv first
+    assert last_conv_layer(net) == "0"
+    assert resolve_layer(net, "4") is net[4]
+    with pytest.raises(CnnkitError) as err:
+        grad_cam(net, HAND_X, layer="conv9")
+    msg = str(err.value)
+    assert "\n" not in msg and "'conv9'" in msg and "valid layers (convolutions first): 0, 1, 2, 3, 4" in msg
+    with pytest.raises(CnnkitError, match=r"class index 7 is out of range: the model has 2 classes \(0..1\)"):
+        grad_cam(net, HAND_X, target_class=7)
+    with pytest.raises(CnnkitError, match="out of range"):
+        saliency(net, HAND_X, target_class=-1)
+    with pytest.raises(CnnkitError, match="no convolutional layer"):
+        last_conv_layer(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
+
+
+# ----------------------------------------------------------------------------- hooks clean up
+
+
+class Boom(nn.Module):
+    def forward(self, x):
+        raise RuntimeError("boom")
+
+
+def hook_counts(model):
+    return sum(len(m._forward_hooks) + len(m._backward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_hooks_removed_and_modes_restored_even_when_the_forward_raises():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), Boom(), nn.Flatten(), nn.Linear(2, 2))
+    net.train()
+    net[1].eval()                      # mixed modes must come back exactly
+    net[0].bias.requires_grad_(False)  # and so must mixed requires_grad flags
+    modes = [m.training for m in net.modules()]
+    flags = [p.requires_grad for p in net.parameters()]
+    x = torch.rand(1, 6, 6)
+    calls = [
+        lambda: grad_cam(net, x, layer="0"),
+        lambda: saliency(net, x, method="guided"),
+        lambda: saliency(net, x),
+        lambda: feature_maps(net, x),
+        lambda: filter_patterns(net, "3", size=6, steps=2),
+    ]
+    for call in calls:
+        with pytest.raises((RuntimeError, CnnkitError), match="boom"):
+            call()
+        assert hook_counts(net) == 0
+        assert [m.training for m in net.modules()] == modes
+        assert [p.requires_grad for p in net.parameters()] == flags
+        assert all(p.grad is None for p in net.parameters())
+    with pytest.raises(KeyError):
+        with recording(net, ["0", "2"], grads=True), guided_relus(net) as n_relu:
+            assert n_relu == 1 and hook_counts(net) == 3
+            raise KeyError("inside the block")
+    assert hook_counts(net) == 0
+
+
+def test_explaining_a_model_in_train_mode_leaves_it_in_train_mode_and_grads_untouched():
+    net = hand_net().train()
+    net[4].weight.grad = torch.full((2, 2), 7.0)
+    grad_cam(net, HAND_X)
+    saliency(net, HAND_X, method="guided")
+    assert net.training and all(m.training for m in net.modules())
+    assert torch.equal(net[4].weight.grad, torch.full((2, 2), 7.0)) and net[0].weight.grad is None
+
+
+# ----------------------------------------------------------------------------- a GAP classifier on MNIST
+
+
+def gap_net() -> nn.Sequential:
+    """Bias-free convs + ReLU + global average pooling: a blank canvas gives exactly zero activations."""
+    conv = lambda i, o: nn.Conv2d(i, o, 3, padding=1, bias=False)  # noqa: E731
+    return nn.Sequential(conv(1, 16), nn.ReLU(), nn.MaxPool2d(2), conv(16, 32), nn.ReLU(), nn.MaxPool2d(2),
+                         conv(32, 64), nn.ReLU(), conv(64, 64), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10, bias=False))
+
+
+@pytest.fixture(scope="module")
+def mnist(data_dir):
+    from cnnkit.data.idx import read_idx
+
+    folder = data_dir / "mnist"
+    train = (read_idx(folder / "train-images-idx3-ubyte.gz")[:6000], read_idx(folder / "train-labels-idx1-ubyte.gz")[:6000])
+    test = (read_idx(folder / "t10k-images-idx3-ubyte.gz")[:1000], read_idx(folder / "t10k-labels-idx1-ubyte.gz")[:1000])
+    return train, test
+
+
+@pytest.fixture(scope="module")
+def trained(mnist):
+    """Two epochs on 6,000 28x28 digits, shifted by up to 3 px per batch (a second or two on one core)."""
+    (images, labels), (test_images, test_labels) = mnist
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    net = gap_net()
+    x, y = images[:, None].float() / 255, labels.long()
+    opt = torch.optim.Adam(net.parameters(), lr=5e-3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small batches: one thread is as fast, and fair to a busy machine
+    try:
+        for _ in range(2):
+            perm = torch.randperm(len(x), generator=gen)
+            for i in range(0, len(x), 64):
+                b = perm[i:i + 64]
+                shift = torch.randint(-3, 4, (2,), generator=gen).tolist()  # MNIST has a 4-px blank border
+                loss = F.cross_entropy(net(x[b].roll(shift, dims=(2, 3))), y[b])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    net.eval()
+    with torch.no_grad():
+        acc = (net(test_images[:, None].float() / 255).argmax(1) == test_labels.long()).float().mean()
+    assert acc > 0.8, f"the tiny GAP net only reached {acc:.3f} test accuracy"
+    return net
+
+
+def canvases(digits: torch.Tensor, size: int = 84, seed: int = 1):
+    """Each 28x28 digit pasted at a random position on a blank size x size canvas; returns (x, top-left)."""
+    gen = torch.Generator().manual_seed(seed)
+    n = digits.shape[0]
+    corner = torch.randint(0, size - 28 + 1, (n, 2), generator=gen)
+    x = torch.zeros(n, 1, size, size)
+    for i, (r, c) in enumerate(corner.tolist()):
+        x[i, 0, r:r + 28, c:c + 28] = digits[i].float() / 255
+    return x, corner
+
+
+def test_grad_cam_localises_digits_pasted_on_a_blank_canvas(trained, mnist):
+    _, (test_images, test_labels) = mnist
+    x, corner = canvases(test_images[:200])
+    heat, classes = grad_cam(trained, x, target_class=test_labels[:200])
+    assert heat.shape == (200, 84, 84) and torch.equal(classes, test_labels[:200].long())
+    peak = heat.flatten(1).argmax(1)
+    row, col = peak // 84, peak % 84
+    inside = (row >= corner[:, 0]) & (row < corner[:, 0] + 28) & (col >= corner[:, 1]) & (col < corner[:, 1] + 28)
+    assert inside.float().mean() >= 0.90, f"Grad-CAM peak inside the digit's box for {inside.float().mean():.1%}"
+    # the heat of the predicted class is concentrated on the digit too
+    mask = torch.zeros_like(heat, dtype=torch.bool)
+    for i, (r, c) in enumerate(corner.tolist()):
+        mask[i, r:r + 28, c:c + 28] = True
+    share = (heat * mask).flatten(1).sum(1) / heat.flatten(1).sum(1).clamp(min=1e-12)
+    assert share.mean() > 0.8
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spearman rank correlation of each pair of maps (N, H, W) -> (N,)."""
+    ra = a.flatten(1).argsort(1).argsort(1).float()
+    rb = b.flatten(1).argsort(1).argsort(1).float()
+    ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
+    return (ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1))
+
+
+def test_model_randomisation_changes_the_grad_cam_map(trained, mnist):
+    # Adebayo et al. 2018 (https://arxiv.org/abs/1810.03292): a map that survives randomising the
+    # weights explains the input, not the model.
+    _, (test_images, test_labels) = mnist
+    x, y = test_images[:50, None].float() / 255, test_labels[:50]
+    original, _ = grad_cam(trained, x, target_class=y)
+    assert spearman(original, grad_cam(trained, x, target_class=y)[0]).mean() > 0.999  # deterministic
+    gen = torch.Generator().manual_seed(1)
+    for cascade in ("classifier", "all layers"):
+        rand = copy.deepcopy(trained)
+        layers = [m for m in rand.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        for m in layers[-1:] if cascade == "classifier" else layers:
+            with torch.no_grad():
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * m.weight.std())
+        randomised, _ = grad_cam(rand, x, target_class=y)
+        rho = spearman(original, randomised).mean()
+        assert rho < 0.5, f"randomising the {cascade} left the maps rank-correlated ({rho:.2f})"
+        assert (original - randomised).abs().mean() > 0.1
+
+
+def test_filter_patterns_raise_their_filters_mean_activation_tenfold(trained):
+    for layer in ("4", "9"):  # the ReLUs after the second and the last convolutions
+        channels = list(range(8))
+        start = filter_patterns(trained, layer, channels=channels, size=28, steps=0)
+        patterns = filter_patterns(trained, layer, channels=channels, size=28)
+        assert patterns.shape == (8, 1, 28, 28)
+        assert torch.equal(patterns, filter_patterns(trained, layer, channels=channels, size=28))  # seeded
+        before = mean_activation(trained, layer, start, channels)
+        after = mean_activation(trained, layer, patterns, channels)
+        alive = before > 0  # a channel that is zero everywhere on the noise has no gradient to climb
+        assert alive.sum() >= 2
+        gain = after[alive] / before[alive]
+        assert (gain >= 10).all(), f"layer {layer}: gains {gain.tolist()}"
+    other = filter_patterns(trained, "4", channels=[3], size=28, seed=1)
+    assert not torch.equal(other, filter_patterns(trained, "4", channels=[3], size=28))
+    with pytest.raises(CnnkitError, match=r"channel\(s\) \[99\] out of range: layer '4' has 32 channels"):
+        filter_patterns(trained, "4", channels=[99], size=28)
