@@ -50,7 +50,10 @@ class TableConv2d(nn.Conv2d):
 
 
 class LeNet5(Classifier):
-    """C1-S2-C3-S4-C5 trunk, F6 and output head. Shapes are for the default 1x32x32 input."""
+    """C1-S2-C3-S4-C5 trunk, F6 and output head. Shapes are for the default 1x32x32 input.
+
+    ``num_features`` is 84, the width of F6 (``forward_head(x, pre_logits=True)``).
+    """
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, c3_table: bool = False):
         super().__init__()
@@ -64,8 +67,7 @@ class LeNet5(Classifier):
         self.s4 = nn.AvgPool2d(2)                                                 # -> (B, 16, 5, 5)
         self.c5 = nn.Conv2d(16, 120, 5)                                           # -> (B, 120, 1, 1)
         self.act = nn.Tanh()
-        self.num_features = 120
-        self.head_hidden_size = 84
+        self.num_features = 84
         self.f6 = nn.Linear(120, 84)
         self.num_classes = num_classes
         self.output = _linear(84, num_classes)

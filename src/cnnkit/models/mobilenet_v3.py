@@ -100,8 +100,9 @@ class MobileNetV3(Classifier):
         num_classes: classifier outputs; 0 replaces the last Linear by ``nn.Identity``.
         in_channels: image channels; changes only the stem convolution.
         dropout: dropout between the two Linears (0.2).
-    ``num_features`` is the channel count of ``forward_features`` (960 / 576); ``forward_head(x,
-    pre_logits=True)`` returns the ``head_hidden_size``-wide vector (1280 / 1024) fed to the last Linear.
+    ``num_features`` is the input width of the last Linear (``last_channel``), the width of
+    ``forward_head(x, pre_logits=True)``; ``forward_features`` returns 6x the last block's channels
+    (960 large, 576 small).
     """
 
     def __init__(self, blocks: list[BlockConfig], last_channel: int, num_classes: int = 1000,
@@ -109,16 +110,16 @@ class MobileNetV3(Classifier):
         super().__init__()
         check_args(num_classes, in_channels)
         first = blocks[0].in_channels
-        self.num_features = 6 * blocks[-1].out_channels
-        self.head_hidden_size = last_channel
-        self.features = nn.Sequential(  # (B, C, H, W) -> (B, num_features, H/32, W/32)
+        channels = 6 * blocks[-1].out_channels
+        self.num_features = last_channel
+        self.features = nn.Sequential(  # (B, C, H, W) -> (B, 6 * C_last, H/32, W/32)
             ConvNormAct(in_channels, first, 3, 2, norm_layer=_NORM, act_layer=nn.Hardswish),
             *[InvertedResidual(cfg) for cfg in blocks],
-            ConvNormAct(blocks[-1].out_channels, self.num_features, 1, norm_layer=_NORM, act_layer=nn.Hardswish),
+            ConvNormAct(blocks[-1].out_channels, channels, 1, norm_layer=_NORM, act_layer=nn.Hardswish),
         )
         self.num_classes = num_classes
         self.classifier = nn.Sequential(
-            nn.Linear(self.num_features, last_channel),
+            nn.Linear(channels, last_channel),
             nn.Hardswish(inplace=True),
             nn.Dropout(dropout, inplace=True),
             _linear(last_channel, num_classes),
@@ -140,14 +141,14 @@ class MobileNetV3(Classifier):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)  # (B, C, h, w) -> (B, C)
-        x = self.classifier[:-1](x)                                   # -> (B, head_hidden_size)
+        x = self.classifier[:-1](x)                                   # -> (B, last_channel)
         return x if pre_logits else self.classifier[-1](x)
 
     def reset_classifier(self, num_classes: int) -> None:
         """A fresh last Linear with ``num_classes`` outputs (0: Identity); the hidden Linear is kept."""
         check_args(num_classes, 1)
         w = self.features[0][0].weight
-        self.classifier[-1] = _linear(self.head_hidden_size, num_classes).to(w.device, w.dtype)
+        self.classifier[-1] = _linear(self.num_features, num_classes).to(w.device, w.dtype)
         self.num_classes = num_classes
 
 

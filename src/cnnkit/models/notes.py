@@ -32,10 +32,12 @@ class KerasNet(Classifier):
 
     Children keep their Keras names (``conv2d_1``, ``max_pooling2d_1``, ``dense_1``), so a summary
     reads like ``model.summary()`` and state-dict keys are ``conv2d_1.weight``.
+
     Args:
         trunk: (name, layer) pairs up to the last feature map.
         head: (name, layer) pairs after it; the last one is the classifier, rebuilt by ``reset_classifier``.
-        num_features: channels of the last feature map.
+        num_features: the input width of that last Dense (what ``forward_head(x, pre_logits=True)`` returns).
+        num_classes: its output width.
     """
 
     def __init__(self, trunk: list[tuple[str, nn.Module]], head: list[tuple[str, nn.Module]],
@@ -46,7 +48,6 @@ class KerasNet(Classifier):
         self._trunk = [name for name, _ in trunk]
         self._head = [name for name, _ in head]
         self.num_features = num_features
-        self.head_hidden_size = head[-1][1].in_features
         self.num_classes = num_classes
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -63,7 +64,7 @@ class KerasNet(Classifier):
         """A fresh last Dense with ``num_classes`` logits (0: Identity)."""
         check_args(num_classes, 1)
         old = getattr(self, self._head[-1])
-        new = Dense(self.head_hidden_size, num_classes) if num_classes else nn.Identity()
+        new = Dense(self.num_features, num_classes) if num_classes else nn.Identity()
         setattr(self, self._head[-1], new.to(old.weight.device, old.weight.dtype) if num_classes else new)
         self.num_classes = num_classes
 
@@ -108,7 +109,7 @@ def keras_cats_dogs_convnet(num_classes: int = 1, in_channels: int = 3) -> Keras
         ("dense_1", Dense(7 * 7 * 128, 512, activation="relu")),      # -> (B, 512)
         ("dense_2", _logits(512, num_classes)),                       # -> (B, 1), sigmoid in the loss
     ]
-    return KerasNet(trunk, head, 128, num_classes)
+    return KerasNet(trunk, head, 512, num_classes)
 
 
 @register_model(input_size=(1, 28, 28), paper="Géron 2019 (ch. 14, ex. 9)", family="notes")
@@ -127,7 +128,7 @@ def exercise9_mnist(num_classes: int = 10, in_channels: int = 1) -> KerasNet:
         ("dropout_2", nn.Dropout(0.5)),
         ("dense_2", _logits(128, num_classes)),                       # -> (B, 10), softmax in the loss
     ]
-    return KerasNet(trunk, head, 64, num_classes)
+    return KerasNet(trunk, head, 128, num_classes)
 
 
 class GanGenerator(nn.Sequential):
