@@ -189,3 +189,29 @@ def test_get_activation():
     assert isinstance(get_activation(None), nn.Identity) and isinstance(get_activation("linear"), nn.Identity)
     with pytest.raises(CnnkitError, match="unknown activation 'relu7'"):
         get_activation("relu7")
+
+
+# ---------------------------------------------------------------- Keras-style layers, helpers
+def test_keras_conv2d_dense_reshape():
+    from cnnkit.layers import Conv2D, ConvNormAct, Dense, Reshape, make_divisible
+
+    conv = Conv2D(3, 8, 3, strides=2, padding="same", activation="relu")
+    x = torch.randn(2, 3, 9, 10)
+    ref = torch.relu(F.conv2d(F.pad(x, pad_for((9, 10), 3, 2)), conv.weight, conv.bias, 2))
+    torch.testing.assert_close(conv(x), ref)
+    assert conv(x).shape == (2, 8, 5, 5) and Conv2D(3, 8, 3)(x).shape == (2, 8, 7, 8)  # "valid"
+    assert torch.count_nonzero(conv.bias) == 0  # Keras: zero biases, Glorot-uniform kernels
+    bound = (6 / (3 * 9 + 8 * 9)) ** 0.5
+    assert conv.weight.abs().max() <= bound and conv.weight.abs().max() > 0.8 * bound
+    dense = Dense(4, 3, activation="tanh")
+    v = torch.randn(5, 4)
+    torch.testing.assert_close(dense(v), torch.tanh(v @ dense.weight.T + dense.bias))
+    # Keras's Reshape((2, 2, 3)) reads the flat vector as H, W, C; we return (B, C, H, W)
+    flat = torch.arange(12.0)[None]
+    img = Reshape((2, 2, 3))(flat)
+    assert img.shape == (1, 3, 2, 2) and img[0, :, 0, 1].tolist() == [3.0, 4.0, 5.0]
+    cna = ConvNormAct(3, 16, 3, 2, act_layer=nn.ReLU6)
+    assert [type(m) for m in cna] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU6] and cna[0].bias is None
+    assert ConvNormAct(3, 16, 1, norm_layer=None, act_layer=None)[0].bias is not None
+    assert [make_divisible(v) for v in (4, 20, 24, 32 * 0.75, 60)] == [8, 24, 24, 24, 64]
+    assert make_divisible(576 // 4) == 144 and make_divisible(256 / 16, round_limit=0) == 16

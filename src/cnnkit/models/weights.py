@@ -25,11 +25,16 @@ _TV = "https://download.pytorch.org/models/"
 _HF = "https://huggingface.co/timm/{}/resolve/main/model.safetensors"
 
 
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
 @dataclass(frozen=True)
 class PretrainedWeights:
     url: str             # where the reference weights live
     sha256: str | None   # sha256 prefix checked after download (None: not published)
     source: str          # the implementation whose key names the file uses
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # input normalisation the weights were trained with
+    std: tuple[float, float, float] = IMAGENET_STD
 
 
 # zoo name -> the reference ImageNet weights. torchvision embeds the first 8 hex of the file's sha256
@@ -55,7 +60,8 @@ PRETRAINED: dict[str, PretrainedWeights] = {
     }.items()
 } | {
     "seresnet50": PretrainedWeights(_HF.format("seresnet50.a1_in1k"), None, "timm"),
-    "xception": PretrainedWeights(_HF.format("legacy_xception.tf_in1k"), None, "timm"),
+    "xception": PretrainedWeights(_HF.format("legacy_xception.tf_in1k"), None, "timm",  # Keras port:
+                                  mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),            # inputs in [-1, 1]
     "mobilenet_v1": PretrainedWeights(_HF.format("mobilenetv1_100.ra4_e3600_r224_in1k"), None, "timm"),
 }
 
