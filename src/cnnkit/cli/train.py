@@ -1,5 +1,135 @@
-"""``cnnkit train`` sub-commands (placeholder until implemented)."""
+"""``cnnkit train``, ``cnnkit eval`` and ``cnnkit predict``: thin wrappers over cnnkit.train."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from ..errors import CnnkitError
 
 
 def register(subparsers) -> None:
-    pass
+    p = subparsers.add_parser(
+        "train", help="train a CNN (default: MNIST, the `fast` preset)",
+        description="Train a CNN on MNIST (default), another built-in dataset or an image folder. "
+                    "Under `torchrun --nproc_per_node N -m cnnkit train ...` it trains with DDP.")
+    p.add_argument("--dataset", default="mnist",
+                   help="mnist | fashion_mnist | kmnist | emnist_digits | cifar10 | folder | PATH "
+                        "of an image folder (default: mnist)")
+    p.add_argument("--data-dir", help="data folder (else $CNNKIT_DATA, else ~/.cache/cnnkit/data); "
+                                      "the image folder for --dataset folder")
+    p.add_argument("--model", help="zoo name, spec.yaml/.json, or file.py:factory (default: the preset's)")
+    p.add_argument("--preset", default="fast", help="fast | best (default: fast)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--optimizer", help="sgd | adamw | nadam")
+    p.add_argument("--schedule", help="onecycle | cosine | constant")
+    p.add_argument("--ema", type=float, help="EMA decay per step (0 = off)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="test-time augmentation in the saved model")
+    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="resize image folders to H W (default 224 224)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=int, help="torch threads per process (default: all cores)")
+    p.add_argument("--subset", type=int, help="train on the first N training images only (smoke tests)")
+    p.add_argument("--ensemble", type=int, help="train K members with seeds seed..seed+K-1")
+    p.add_argument("--out", help="run folder (default: runs/<model>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    p.add_argument("--quiet", action="store_true", help="no summary and no progress bar")
+    p.set_defaults(func=run_train)
+
+    e = subparsers.add_parser("eval", help="accuracy, per-class precision/recall, confusion matrix",
+                              description="Evaluate a trained run or checkpoint on a dataset split.")
+    e.add_argument("checkpoint", help="run folder or .safetensors file")
+    e.add_argument("--dataset", help="default: the one it was trained on")
+    e.add_argument("--data-dir")
+    e.add_argument("--split", default="test", help="train | val | test (default: test)")
+    e.add_argument("--format", default="table", choices=["table", "json"])
+    e.add_argument("--confusion", help="confusion-matrix PNG (default: <run>/confusion_<split>.png)")
+    e.set_defaults(func=run_eval)
+
+    q = subparsers.add_parser("predict", help="top classes of image files",
+                              description="Classify image files with a trained checkpoint.")
+    q.add_argument("checkpoint", help="run folder or .safetensors file")
+    q.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    q.add_argument("--top", type=int, default=3, help="classes shown per image (default: 3)")
+    q.add_argument("--format", default="table", choices=["table", "json"])
+    q.set_defaults(func=run_predict)
+
+
+def run_train(args) -> int:
+    from ..train.config import preset
+    from ..train.trainer import train
+
+    if args.ensemble is not None and args.ensemble < 1:
+        raise CnnkitError(f"--ensemble must be a positive integer; received {args.ensemble}")
+    cfg = preset(args.preset, dataset=args.dataset, data_dir=args.data_dir, model=args.model,
+                 epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                 weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
+                 optimizer=args.optimizer, schedule=args.schedule, ema=args.ema, tta=args.tta,
+                 image_size=tuple(args.image_size) if args.image_size else None, seed=args.seed,
+                 threads=args.threads, ensemble=args.ensemble, subset=args.subset)
+    if args.resume and not args.out:
+        raise CnnkitError("--resume needs --out RUN_FOLDER (the run to continue)")
+    out = args.out or f"runs/{Path(cfg.model).stem.split(':')[0]}-{time.strftime('%Y%m%d-%H%M%S')}"
+    train(cfg, out, resume=args.resume, quiet=args.quiet)
+    return 0
+
+
+def run_eval(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..data.datasets import load_dataset
+    from ..train.checkpoint import load, resolve
+    from ..train.evaluate import evaluate
+
+    model = load(args.checkpoint)
+    info = model.info
+    cfg = info.get("config") or info["ensemble"][0]["config"]
+    data = load_dataset(args.dataset or cfg["dataset"], args.split,
+                        args.data_dir or (cfg["data_dir"] if not args.dataset else None),
+                        image_size=tuple(model.input_size[1:]), channels=model.input_size[0],
+                        seed=cfg["seed"])
+    if data.classes != model.classes:
+        raise CnnkitError(f"{data.name} has classes {data.classes[:5]}..., the model "
+                          f"{model.classes[:5]}...; evaluate on the dataset it was trained on")
+    result = evaluate(model, data)
+    png = Path(args.confusion) if args.confusion else resolve(args.checkpoint).parent / f"confusion_{args.split}.png"
+    from ..plots import confusion_matrix
+
+    confusion_matrix(result.confusion, result.classes, png)
+    if args.format == "json":
+        print(json.dumps({**result.to_dict(), "split": args.split, "dataset": data.name,
+                          "confusion_png": str(png)}))
+        return 0
+    table = Table(title=f"{data.name}: accuracy {result.accuracy:.2%} on {result.n:,} images "
+                        f"({result.n - round(result.accuracy * result.n)} errors)")
+    for col in ("class", "precision", "recall", "n"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    counts = result.confusion.sum(1)
+    for k, name in enumerate(result.classes):
+        table.add_row(name, f"{result.precision[k]:.2%}", f"{result.recall[k]:.2%}", f"{int(counts[k]):,}")
+    Console().print(table)
+    print(f"confusion matrix: {png}")
+    return 0
+
+
+def run_predict(args) -> int:
+    from ..train.checkpoint import load
+    from ..train.predict import predict_files
+
+    model = load(args.checkpoint)
+    rows = predict_files(model, args.images, top=args.top)
+    if args.format == "json":
+        print(json.dumps(rows))
+        return 0
+    for row in rows:
+        best = "  ".join(f"{c} {p:.1%}" for c, p in row["top"])
+        print(f"{row['image']}: {best}")
+    return 0

@@ -1,0 +1,124 @@
+"""MNIST benchmark of the training presets against the notes' Keras network (seed 000, exercise 9).
+
+    python benchmarks/mnist.py --data-dir ../shared/data                 # fast + best + baseline
+    python benchmarks/mnist.py --presets fast --seeds 3 --no-baseline    # mean/spread over seeds
+
+For each preset: training wall time, test accuracy (the test set is only reported, never used to
+choose), training images/s, the model's forward MACs per image, and the achieved GFLOP/s of the
+training step (6 x MACs x images/s: forward + two backward matmuls) against this machine's measured
+fp32 matmul GFLOP/s at the same thread count -- the physical ceiling. The baseline is the notes'
+network trained the notes' way: Nadam (lr 1e-3), batch 32, 10 epochs, no augmentation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+import cnnkit
+from cnnkit.data.augment import AugmentConfig
+from cnnkit.data.datasets import load_dataset
+from cnnkit.train.config import TrainConfig, preset
+from cnnkit.train.evaluate import evaluate
+from cnnkit.train.trainer import train
+
+# the notes' exercise 9, the notes' way (Keras defaults: Nadam lr 1e-3, batch 32, 10 epochs)
+BASELINE = dict(model="exercise9_mnist", epochs=10, batch_size=32, lr=1e-3, optimizer="nadam",
+                schedule="constant", weight_decay=0.0, label_smoothing=0.0, ema=0.0, tta=False,
+                augment=AugmentConfig())
+
+
+def matmul_gflops(threads: int, n: int = 2048, repeat: int = 10) -> float:
+    """Measured fp32 matmul throughput: the ceiling any conv net's training step can approach."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+
+def forward_macs(model: torch.nn.Module, input_size) -> float:
+    """MACs of one image's forward pass, counted by PyTorch's own FlopCounterMode (FLOPs / 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = model.eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.rand(1, *input_size))
+    return counter.get_total_flops() / 2
+
+
+def run_one(name: str, cfg: TrainConfig, test, workdir: Path, console: Console) -> dict:
+    out = workdir / f"{name}-seed{cfg.seed}"
+    t = time.perf_counter()
+    result = train(cfg, out, quiet=True)
+    wall = time.perf_counter() - t
+    model = cnnkit.load(out)
+    acc = evaluate(model, test).accuracy
+    row = dict(name=name, seed=cfg.seed, train_s=result.seconds, wall_s=wall, test_acc=acc,
+               ips=result.images / result.seconds, macs=forward_macs(model.net, model.input_size))
+    console.print(f"{name} seed {cfg.seed}: test {acc:.2%}, training {result.seconds:.1f} s "
+                  f"(wall {wall:.1f} s), {row['ips']:,.0f} img/s")
+    return row
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data-dir", help="folder holding mnist/ (else $CNNKIT_DATA)")
+    p.add_argument("--presets", nargs="+", default=["fast", "best"])
+    p.add_argument("--seeds", type=int, default=1, help="seeds per preset (mean and spread)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the notes' Keras network")
+    p.add_argument("--out", help="keep the runs here (default: a temporary folder)")
+    args = p.parse_args(argv)
+
+    import os
+
+    threads = args.threads or os.cpu_count() or 1
+    console = Console()
+    peak = matmul_gflops(threads)
+    console.print(f"fp32 matmul: {peak:,.0f} GFLOP/s on {threads} threads (the ceiling)")
+    test = load_dataset("mnist", "test", args.data_dir)
+    jobs = [(name, preset(name, data_dir=args.data_dir, threads=threads)) for name in args.presets]
+    if not args.no_baseline:
+        jobs.append(("notes-keras", replace(TrainConfig(data_dir=args.data_dir, threads=threads),
+                                            **BASELINE)))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(args.out or tmp)
+        for name, cfg in jobs:
+            for seed in range(args.seeds if name != "notes-keras" else 1):
+                rows.append(run_one(name, replace(cfg, seed=seed), test, workdir, console))
+
+    table = Table(title=f"MNIST, {threads} threads, matmul ceiling {peak:,.0f} GFLOP/s")
+    for col in ("run", "seeds", "test acc", "training s", "img/s", "MMACs/img", "GFLOP/s", "% ceiling"):
+        table.add_column(col, justify="left" if col == "run" else "right")
+    for name in dict.fromkeys(r["name"] for r in rows):
+        rs = [r for r in rows if r["name"] == name]
+        accs = [r["test_acc"] for r in rs]
+        spread = f" ± {statistics.stdev(accs):.2%}" if len(accs) > 1 else ""
+        ips = statistics.mean(r["ips"] for r in rs)
+        gflops = 6 * rs[0]["macs"] * ips / 1e9          # forward + 2 backward passes, 2 FLOPs / MAC
+        table.add_row(name, str(len(rs)), f"{statistics.mean(accs):.2%}{spread}"
+                      + (f" (min {min(accs):.2%})" if len(accs) > 1 else ""),
+                      f"{statistics.mean(r['train_s'] for r in rs):.1f}", f"{ips:,.0f}",
+                      f"{rs[0]['macs'] / 1e6:.2f}", f"{gflops:.0f}", f"{gflops / peak:.0%}")
+    console.print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

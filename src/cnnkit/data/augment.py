@@ -1,0 +1,171 @@
+"""Data augmentation as batched, seeded tensor -> tensor functions on the training device.
+
+Every function takes a float batch ``x`` of shape (N, C, H, W) with values in [0, 1] and a
+``torch.Generator`` living on ``x.device``; it draws one set of random parameters per image and
+returns a batch of the same shape. There is no per-image Python: a batch costs a handful of kernels
+(one ``affine_grid`` + ``grid_sample`` for all of rotation, scaling, shear and translation).
+
+Compose them with :class:`Compose`, or build the standard pipeline from a config with
+:func:`build_augment`. Same generator state in -> same batch out.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def _uniform(n: int, low: float, high: float, g: torch.Generator, device) -> torch.Tensor:
+    return torch.rand(n, generator=g, device=device) * (high - low) + low
+
+
+def random_crop(x: torch.Tensor, g: torch.Generator, padding: int = 2,
+                mode: str = "constant") -> torch.Tensor:
+    """Pad by ``padding`` pixels then crop back at a random offset: a shift of up to +-padding px."""
+    if padding <= 0:
+        return x
+    n, c, h, w = x.shape
+    xp = F.pad(x, (padding,) * 4, mode=mode)                      # (N, C, H+2p, W+2p)
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=g, device=x.device)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=g, device=x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (N, 1, H, 1)
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (N, 1, 1, W)
+    xp = xp.gather(2, rows.expand(n, c, h, w + 2 * padding))      # (N, C, H, W+2p)
+    return xp.gather(3, cols.expand(n, c, h, w))                  # (N, C, H, W)
+
+
+def affine_matrices(n: int, g: torch.Generator, device, degrees: float = 0.0,
+                    scale: tuple[float, float] = (1.0, 1.0), shear: float = 0.0,
+                    translate: float = 0.0) -> torch.Tensor:
+    """(N, 2, 3) matrices for ``affine_grid``: rotation, scale, shear (degrees), translation
+    (fraction of the image size), each drawn uniformly per image."""
+    angle = _uniform(n, -degrees, degrees, g, device) * (math.pi / 180)
+    s = _uniform(n, scale[0], scale[1], g, device)
+    sh = torch.tan(_uniform(n, -shear, shear, g, device) * (math.pi / 180))
+    t = _uniform(2 * n, -translate, translate, g, device).view(n, 2) * 2  # grid units span 2
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    # output->input map: inverse of (scale * rotation * shear); sampling at A @ p gives the warp
+    a = torch.stack([torch.stack([cos, -sin + cos * sh], -1), torch.stack([sin, cos + sin * sh], -1)], 1)
+    a = a / s[:, None, None]
+    return torch.cat([a, t[:, :, None]], 2)                        # (N, 2, 3)
+
+
+def random_affine(x: torch.Tensor, g: torch.Generator, degrees: float = 10.0,
+                  scale: tuple[float, float] = (0.9, 1.1), shear: float = 0.0,
+                  translate: float = 0.1) -> torch.Tensor:
+    """Random rotation/scale/shear/translation of each image, in one ``grid_sample``."""
+    theta = affine_matrices(x.shape[0], g, x.device, degrees, scale, shear, translate)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)  # (N, H, W, 2)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _gaussian_blur(field: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (N, C, H, W) with zero padding."""
+    radius = max(1, int(3 * sigma))
+    k = torch.exp(-torch.arange(-radius, radius + 1, device=field.device, dtype=field.dtype) ** 2
+                  / (2 * sigma ** 2))
+    k = k / k.sum()
+    c = field.shape[1]
+    field = F.conv2d(field, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), padding=(0, radius), groups=c)
+    return F.conv2d(field, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), padding=(radius, 0), groups=c)
+
+
+def elastic(x: torch.Tensor, g: torch.Generator, alpha: float = 34.0, sigma: float = 4.0) -> torch.Tensor:
+    """Elastic distortion (Simard et al. 2003): a random displacement field, smoothed by a Gaussian
+    of ``sigma`` px and scaled by ``alpha`` px, applied with ``grid_sample``.
+
+    The field is drawn and blurred at 1/4 resolution, then upsampled bilinearly: a smooth field
+    loses nothing at a quarter of the cost.
+    """
+    n, _, h, w = x.shape
+    f = 4                                                         # coarse-grid factor
+    field = torch.rand(n, 2, -(-h // f), -(-w // f), generator=g, device=x.device, dtype=x.dtype) * 2 - 1
+    field = _gaussian_blur(field, sigma / f) * (alpha * f)        # (N, 2, H/4, W/4); blur shrinks it
+    field = F.interpolate(field, size=(h, w), mode="bilinear", align_corners=False)  # (N, 2, H, W) px
+    scale = torch.tensor([2.0 / w, 2.0 / h], device=x.device, dtype=x.dtype)
+    base = F.affine_grid(torch.eye(2, 3, device=x.device, dtype=x.dtype).expand(n, 2, 3),
+                         list(x.shape), align_corners=False)      # (N, H, W, 2)
+    grid = (base + field.permute(0, 2, 3, 1) * scale).contiguous()
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def random_flip(x: torch.Tensor, g: torch.Generator, p: float = 0.5) -> torch.Tensor:
+    """Horizontal flip of each image with probability ``p`` (natural images only, not digits)."""
+    mask = torch.rand(x.shape[0], generator=g, device=x.device) < p
+    return torch.where(mask[:, None, None, None], x.flip(-1), x)
+
+
+def cutout(x: torch.Tensor, g: torch.Generator, size: int = 8) -> torch.Tensor:
+    """Zero one ``size`` x ``size`` square per image at a random centre (DeVries & Taylor 2017)."""
+    n, _, h, w = x.shape
+    cy = torch.randint(0, h, (n, 1, 1), generator=g, device=x.device)
+    cx = torch.randint(0, w, (n, 1, 1), generator=g, device=x.device)
+    ys = torch.arange(h, device=x.device)[None, :, None]
+    xs = torch.arange(w, device=x.device)[None, None, :]
+    inside = ((ys - cy).abs() <= size // 2) & ((xs - cx).abs() <= size // 2)   # (N, H, W)
+    return x.masked_fill(inside[:, None], 0.0)
+
+
+def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """(x - mean) / std per channel (deterministic; kept here so a pipeline can end with it)."""
+    m = torch.as_tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+class Compose:
+    """Apply augmentations in order, all drawing from the same generator."""
+
+    def __init__(self, steps: Sequence[Augment]):
+        self.steps = list(steps)
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        for step in self.steps:
+            x = step(x, g)
+        return x
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __repr__(self) -> str:
+        return f"Compose({[getattr(s, '__name__', repr(s)) for s in self.steps]})"
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    shift: int = 0              # random crop after padding: max shift in pixels (0 = off)
+    degrees: float = 0.0        # max rotation, degrees
+    scale: float = 0.0          # max relative zoom, e.g. 0.1 -> scale in [0.9, 1.1]
+    shear: float = 0.0          # max shear, degrees
+    translate: float = 0.0      # max affine translation, fraction of the image size
+    elastic: float = 0.0        # elastic alpha in pixels (0 = off); sigma 4 px
+    elastic_p: float = 0.5      # fraction of each batch that gets the elastic distortion
+    flip: bool = False          # horizontal flips (natural images only)
+    cutout: int = 0             # cutout square side in pixels (0 = off)
+
+
+def build_augment(cfg: AugmentConfig) -> Compose:
+    """The standard pipeline: elastic -> affine -> crop -> flip -> cutout (absent steps skipped)."""
+    steps: list[Augment] = []
+    if cfg.elastic > 0:
+        def _elastic(x, g, a=cfg.elastic, p=cfg.elastic_p):
+            k = int(round(x.shape[0] * p))     # distort the first k images (the batch is shuffled)
+            return torch.cat([elastic(x[:k], g, alpha=a), x[k:]]) if k else x
+        steps.append(_elastic)
+    if cfg.degrees or cfg.scale or cfg.shear or cfg.translate:
+        def _affine(x, g, c=cfg):
+            return random_affine(x, g, c.degrees, (1 - c.scale, 1 + c.scale), c.shear, c.translate)
+        steps.append(_affine)
+    if cfg.shift:
+        steps.append(lambda x, g, p=cfg.shift: random_crop(x, g, p))
+    if cfg.flip:
+        steps.append(random_flip)
+    if cfg.cutout:
+        steps.append(lambda x, g, s=cfg.cutout: cutout(x, g, s))
+    return Compose(steps)

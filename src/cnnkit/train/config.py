@@ -1,0 +1,98 @@
+"""Training configuration: one dataclass with a comment per field, and the named presets.
+
+``fast`` is the README's first command: >= 99.5% MNIST test accuracy in about a minute on a
+2-core CPU. ``best`` trades 20 minutes for >= 99.75%. Any field can be overridden on top of a preset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from ..data.augment import AugmentConfig
+from ..errors import CnnkitError
+
+
+@dataclass
+class TrainConfig:
+    # data
+    dataset: str = "mnist"          # a built-in dataset name, "folder", or the path of an image folder
+    data_dir: str | None = None     # data folder (else $CNNKIT_DATA, else ~/.cache/cnnkit/data)
+    image_size: tuple[int, int] | None = None  # (H, W) to resize image folders to (None: 224x224)
+    subset: int = 0                 # train on the first N training images only (0 = all; for tests)
+    # model
+    model: str = "mnist_fast"       # zoo name, spec.yaml/.json, or file.py:factory
+    # optimisation
+    epochs: int = 6                 # passes over the training split
+    batch_size: int = 256           # global batch (split across processes under torchrun)
+    lr: float = 0.2                 # peak learning rate of the schedule
+    optimizer: str = "sgd"          # "sgd" (Nesterov momentum) | "adamw" | "nadam"
+    momentum: float = 0.9           # SGD momentum
+    weight_decay: float = 5e-4      # L2 on conv/linear weights only (not BN, not biases)
+    schedule: str = "onecycle"      # "onecycle" (linear warm-up, cosine down) | "cosine" | "constant"
+    warmup: float = 0.2             # fraction of all steps spent warming up (onecycle)
+    label_smoothing: float = 0.1    # cross-entropy label smoothing
+    ema: float = 0.0                # EMA decay of the weights per step (0 = off; e.g. 0.999)
+    tta: bool = False               # test-time augmentation at evaluation (shifted copies)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # see cnnkit.data.augment
+    # run
+    seed: int = 0                   # seeds data order, augmentation and initialisation
+    threads: int = 0                # torch threads per process (0 = all cores / processes)
+    channels_last: bool = True      # NHWC memory format (2x faster convs on CPU with oneDNN)
+    eval_batch_size: int = 1000     # batch size for validation
+    ensemble: int = 1               # number of members (different seeds) to train
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise CnnkitError(f"unknown training settings {sorted(unknown)}; known: {sorted(known)}")
+        if isinstance(d.get("augment"), dict):
+            d["augment"] = AugmentConfig(**d["augment"])
+        if d.get("image_size") is not None:
+            d["image_size"] = tuple(d["image_size"])
+        return cls(**d)
+
+
+PRESETS: dict[str, dict] = {
+    # ~8 M MAC net, 6 epochs of shifted digits, one-cycle SGD, EMA, shift TTA
+    "fast": dict(model="mnist_fast", epochs=6, batch_size=256, lr=0.2, ema=0.99, tta=True,
+                 augment=AugmentConfig(shift=2)),
+    # ~22 M MAC net, 24 epochs of affine + elastic distortion, EMA, TTA
+    "best": dict(model="mnist_best", epochs=24, batch_size=256, lr=0.2, ema=0.999, tta=True,
+                 augment=AugmentConfig(degrees=10, scale=0.1, shear=10, translate=0.1,
+                                       elastic=30.0, elastic_p=0.3)),
+}
+
+
+def preset(name: str = "fast", **overrides) -> TrainConfig:
+    """A preset's config with ``overrides`` (None values are ignored) on top."""
+    if name not in PRESETS:
+        raise CnnkitError(f"unknown preset {name!r}; use one of {', '.join(PRESETS)}")
+    values = {**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}}
+    return TrainConfig.from_dict(values)
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Raise CnnkitError naming the first bad value."""
+    checks = [
+        ("epochs", cfg.epochs >= 1, "a positive integer"),
+        ("batch_size", cfg.batch_size >= 1, "a positive integer"),
+        ("lr", cfg.lr > 0, "a positive number"),
+        ("optimizer", cfg.optimizer in ("sgd", "adamw", "nadam"), "sgd, adamw or nadam"),
+        ("schedule", cfg.schedule in ("onecycle", "cosine", "constant"), "onecycle, cosine or constant"),
+        ("ema", 0 <= cfg.ema < 1, "0 (off) or a decay in (0, 1)"),
+        ("label_smoothing", 0 <= cfg.label_smoothing < 1, "in [0, 1)"),
+        ("ensemble", cfg.ensemble >= 1, "a positive integer"),
+        ("weight_decay", cfg.weight_decay >= 0, "non-negative"),
+    ]
+    for name, ok, want in checks:
+        if not ok:
+            flag = "--" + name.replace("_", "-")
+            raise CnnkitError(f"{flag} must be {want}; received {getattr(cfg, name)!r}")
+    return cfg

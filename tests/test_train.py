@@ -1,0 +1,148 @@
+"""The trainer on real MNIST: a short run that must learn, exact resume, checkpoints, the CLI."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import cnnkit
+from cnnkit.cli import main
+from cnnkit.data.datasets import load_dataset
+from cnnkit.errors import CnnkitError
+from cnnkit.train.config import preset
+from cnnkit.train.evaluate import evaluate
+from cnnkit.train.trainer import train
+
+
+TINY = """
+import torch.nn as nn
+
+def tiny(num_classes=10, in_channels=1):
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),  # -> 14x14
+        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),          # -> 7x7
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.1), nn.Linear(16, num_classes))
+
+def broken(num_classes=10, in_channels=1):
+    net = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 28 * 28, num_classes))
+    nn.init.constant_(net[1].weight, float("nan"))
+    return net
+"""
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """A ~1.5 k-parameter net with BN and dropout (RNG state matters) as file.py:factory."""
+    (tmp_path / "tiny.py").write_text(TINY)
+    return str(tmp_path / "tiny.py")
+
+
+def small(data_dir, **kw):
+    """A few hundred steps at most, one thread: seconds, not minutes."""
+    values = dict(data_dir=str(data_dir), subset=8192, epochs=2, batch_size=128, threads=1, tta=False)
+    return preset("fast", **{**values, **kw})
+
+
+@pytest.fixture(scope="module")
+def run(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    return train(small(data_dir), out, quiet=True)
+
+
+def test_short_run_learns(run, data_dir):
+    # 128 steps of 128 images (8,192 distinct digits, 2 epochs): >= 96% on the 5,000 validation digits
+    assert [row["epoch"] for row in run.history] == [1, 2]
+    assert run.history[-1]["val_acc"] >= 0.96
+    assert run.history[-1]["train_loss"] < run.history[0]["train_loss"]
+    lines = (run.out / "metrics.csv").read_text().splitlines()
+    assert lines[0] == "epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds" and len(lines) == 3
+    assert (run.out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_checkpoint_round_trip(run, data_dir):
+    model = cnnkit.load(run.out)
+    same = cnnkit.load(run.out / "model.safetensors")
+    assert not model.training and model.classes == [str(d) for d in range(10)]
+    assert model.input_size == (1, 28, 28) and isinstance(model.net, torch.nn.Module)
+    val = load_dataset("mnist", "val", data_dir)
+    acc = evaluate(model, val).accuracy
+    assert acc == pytest.approx(run.history[-1]["val_acc"], abs=1e-4)
+    x = torch.rand(3, 1, 28, 28)
+    assert model(x).shape == (3, 10) and torch.equal(model(x), same(x))
+    # the weights are plain safetensors: the same tensors, no pickle anywhere
+    tensors = load_file(run.out / "model.safetensors")
+    assert torch.equal(tensors["mean"], model.mean)
+
+
+def test_resume_gives_the_same_weights(data_dir, tmp_path, tiny):
+    cfg = small(data_dir, model=tiny + ":tiny", subset=1024, epochs=3, ema=0.9)  # 8 steps an epoch
+
+    def stop_after_first(epoch, row):
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+    train(cfg, tmp_path / "full", quiet=True)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "cut", quiet=True, on_epoch_end=stop_after_first)
+    assert cnnkit.load(tmp_path / "cut").info["epoch"] == 1      # Ctrl-C left a usable checkpoint
+    resumed = train(cfg, tmp_path / "cut", resume=True, quiet=True)
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
+    for name in ("model.safetensors", "resume.safetensors"):
+        a, b = load_file(tmp_path / "full" / name), load_file(tmp_path / "cut" / name)
+        assert a.keys() == b.keys()
+        for k in a:
+            if not k.startswith("rng"):
+                assert torch.equal(a[k], b[k]), k
+
+
+def test_nan_loss_stops_with_a_clear_message(data_dir, tmp_path, tiny):
+    with pytest.raises(CnnkitError, match="loss became nan at epoch 1, step 4: training diverged"):
+        train(small(data_dir, model=tiny + ":broken", subset=512, epochs=1), tmp_path / "r", quiet=True)
+
+
+def test_ensemble_averages_probabilities(data_dir, tmp_path, tiny):
+    res = train(small(data_dir, model=tiny + ":tiny", subset=1024, epochs=1, ensemble=2),
+                tmp_path / "e", quiet=True)
+    tmp_path = tmp_path / "e"
+    ens = cnnkit.load(tmp_path)
+    members = [cnnkit.load(tmp_path / f"member{i}") for i in range(2)]
+    x = torch.rand(5, 1, 28, 28)
+    expected = torch.stack([m(x).softmax(1) for m in members]).mean(0)
+    torch.testing.assert_close(ens(x).softmax(1), expected)
+    assert ens.classes == members[0].classes and 0 <= res.val_acc <= 1
+
+
+def test_cli_eval_and_predict(run, data_dir, tmp_path, capsys):
+    assert main(["eval", str(run.out), "--split", "val", "--format", "json",
+                 "--confusion", str(tmp_path / "cm.png")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 5000 and result["accuracy"] == pytest.approx(run.history[-1]["val_acc"], abs=1e-4)
+    assert (tmp_path / "cm.png").stat().st_size > 1000
+    test = load_dataset("mnist", "test", data_dir)
+    # black-on-white, 56x56 RGB: converted, resized and inverted like the training digits
+    img = 255 - test.images[0, 0].numpy()
+    Image.fromarray(img).convert("RGB").resize((56, 56)).save(tmp_path / "digit.png")
+    assert main(["predict", str(run.out), str(tmp_path / "digit.png"), "--format", "json"]) == 0
+    top = json.loads(capsys.readouterr().out)[0]["top"]
+    assert top[0][0] == str(int(test.labels[0])) and top[0][1] > 0.5
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--epochs", "0"], "--epochs must be a positive integer; received 0"),
+    (["train", "--dataset", "mnsit"], "unknown dataset 'mnsit'"),
+    (["train", "--resume"], "--resume needs --out"),
+    (["eval", "no/such/run"], "no checkpoint at no/such/run"),
+    (["predict", "no/such/run", "x.png"], "no checkpoint at no/such/run"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(argv, message, capsys, data_dir):
+    assert main(argv + (["--data-dir", str(data_dir)] if argv[0] == "train" else [])) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_cli_predict_bad_image(run, tmp_path, capsys):
+    (tmp_path / "x.png").write_text("not an image")
+    assert main(["predict", str(run.out), str(tmp_path / "x.png")]) == 2
+    assert "cannot read" in capsys.readouterr().err
