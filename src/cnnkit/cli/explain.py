@@ -1,5 +1,108 @@
-"""``cnnkit explain`` sub-commands (placeholder until implemented)."""
+"""``cnnkit explain`` (what a CNN sees in one image) and ``cnnkit plot`` (the figures of a run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import CnnkitError
+
+METHODS = ["featuremaps", "filters", "patterns", "gradcam", "saliency"]
 
 
 def register(subparsers) -> None:
-    pass
+    p = subparsers.add_parser(
+        "explain", help="feature maps, filters, filter patterns, Grad-CAM or saliency as a PNG",
+        description="Look inside a CNN: a trained run / checkpoint or a zoo model, on one image file "
+                    "(grey or colour, converted to the model's channels; kept at its size unless --resize).")
+    p.add_argument("model", metavar="CKPT_OR_MODEL", help="run folder, .safetensors checkpoint, or zoo name")
+    p.add_argument("image", metavar="IMAGE", help="image file (PNG, JPEG, ...)")
+    p.add_argument("--method", choices=METHODS, default="gradcam", help="what to draw (default: gradcam)")
+    p.add_argument("--layer", help="layer name (see `cnnkit summary`); default: the last convolution "
+                                   "(gradcam, patterns), the first (filters), every one (featuremaps)")
+    p.add_argument("--class", dest="target_class", type=int, metavar="K",
+                   help="class index to explain (default: the predicted class)")
+    p.add_argument("--guided", action="store_true", help="saliency by guided backpropagation")
+    p.add_argument("--channels", type=int, nargs="+", metavar="C", help="patterns: the filters to draw "
+                                                                           "(default: the first 16)")
+    p.add_argument("--resize", action="store_true", help="resize the image to the model's input size")
+    p.add_argument("--weights", help="zoo models: a weights file or URL (reference key names)")
+    p.add_argument("--imagenet-norm", action="store_true",
+                   help="zoo models: normalise the input with ImageNet's mean/std (for ImageNet weights)")
+    p.add_argument("--out", help="PNG to write (default: <image>_<method>.png here)")
+    p.set_defaults(func=run_explain)
+
+    q = subparsers.add_parser("plot", help="training curves, confusion matrix and mistakes of a run",
+                              description="Draw a run's curves (from RUN/metrics.csv) and, when its "
+                                          "checkpoint and dataset load, its confusion matrix and most "
+                                          "confident mistakes, as PNGs in the run folder.")
+    q.add_argument("run", metavar="RUN", help="run folder written by `cnnkit train`")
+    q.add_argument("--data-dir", help="where the run's dataset lives (default: the one it trained on)")
+    q.add_argument("--split", help="test | val (default: test, else val)")
+    q.set_defaults(func=run_plot)
+
+
+def run_explain(args) -> int:
+    from .. import plots
+    from ..explain import feature_maps, filter_patterns, filters, grad_cam, layer_names, saliency
+    from ..explain.hooks import default_cam_layer, is_conv
+    from ..explain.target import load_explainable, read_image
+
+    target = load_explainable(args.model, weights=args.weights, imagenet_norm=args.imagenet_norm)
+    c, h, w = target.input_size
+    x = read_image(args.image, c, (h, w) if args.resize else None, target.dark_background)
+    target.check_accepts(x, f" ({args.image})")
+    layer = target.layer(args.layer) if args.layer else None
+    out = Path(args.out or f"{Path(args.image).stem}_{args.method}.png")
+    if out.suffix.lower() != ".png":
+        raise CnnkitError(f"--out must be a .png file, got {str(out)!r}")
+    convs = [n for n in layer_names(target.net) if is_conv(target.net.get_submodule(n))]
+    if args.method in ("filters", "patterns") and not convs and layer is None:
+        raise CnnkitError(f"{args.model} has no convolution; pass --layer NAME")
+    if args.method == "featuremaps":
+        names = [layer] if layer else [target.prefix + n for n in convs]
+        maps = feature_maps(target.model, x, names)
+        fig = plots.feature_map_grid({target.user_name(k): v for k, v in maps.items()},
+                                     title=f"Feature maps of {Path(args.image).name}")
+        summary = f"{len(maps)} layer(s)"
+    elif args.method == "filters":
+        name = target.user_name(layer) if layer else convs[0]
+        fig = plots.filter_grid(filters(target.net, name), title=f"Filters of {name}")
+        summary = f"layer {name}"
+    elif args.method == "patterns":
+        name = layer or target.prefix + convs[-1]
+        pats = filter_patterns(target.model, name, channels=args.channels, size=tuple(x.shape[-2:]))
+        chans = args.channels or list(range(pats.shape[0]))
+        fig = plots.pattern_grid(pats, channels=chans, layer=target.user_name(name))
+        summary = f"layer {target.user_name(name)}, {len(chans)} filter(s)"
+    else:
+        k = args.target_class
+        if args.method == "gradcam":
+            name = layer or default_cam_layer(target.model, x[None])
+            heat, cls = grad_cam(target.model, x, k, name)
+            label, where = "Grad-CAM", f" at {target.user_name(name)}"
+        else:
+            kind = "guided" if args.guided else "vanilla"
+            heat, cls = saliency(target.model, x, k, method=kind)
+            label, where = f"{kind} saliency", ""
+        import torch
+
+        with torch.no_grad():
+            prob = float(target.model(x[None]).float().softmax(1)[0, cls])
+        cname = target.classes[cls] if cls < len(target.classes) else str(cls)
+        fig = plots.heatmap_overlay(x, heat, label=label,
+                                    title=f"{label} for class {cls} ({cname!r}, p={prob:.2f}){where}")
+        summary = f"class {cls} ({cname}) p={prob:.3f}{where}"
+    plots.save_figure(fig, out)
+    print(f"{args.method}: {summary} -> {out}")
+    return 0
+
+
+def run_plot(args) -> int:
+    from ..explain.run import plot_run
+
+    written, notes = plot_run(args.run, data_dir=args.data_dir, split=args.split)
+    for note in notes:
+        print(f"note: {note}")
+    for path in written:
+        print(f"wrote {path}")
+    return 0

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import CnnkitError
+from .base import run_model
 
 _CONV = (nn.modules.conv._ConvNd,)
 
@@ -60,9 +61,10 @@ def conv_layer(model: nn.Module, name: str) -> nn.Conv2d:
 
 
 def default_cam_layer(model: nn.Module, x: torch.Tensor) -> str:
-    """Grad-CAM's default layer: the last convolution, followed through the layers right after it
-    that keep its output shape (its norm and activation), as Keras' ``Conv2D(activation=...)`` and
-    Caffe's in-place ReLU give the rectified maps the paper uses.
+    """Grad-CAM's default layer: the last convolution with a spatial (not 1x1) output, followed
+    through the layers right after it that keep its output shape (its norm and activation), as
+    Keras' ``Conv2D(activation=...)`` and Caffe's in-place ReLU give the rectified maps the paper
+    uses. A module called more than once (a shared ``self.relu``) is not followed.
 
     Runs one forward pass of ``x`` (no gradients) to see the order the layers execute in.
     """
@@ -80,16 +82,22 @@ def default_cam_layer(model: nn.Module, x: torch.Tensor) -> str:
             if name and not list(module.children()):  # leaves only: containers repeat their last child
                 handles.append(module.register_forward_hook(hook_for(name)))
         with torch.no_grad():
-            model(x)
+            run_model(model, x)
     finally:
         for handle in handles:
             handle.remove()
-    last = max((i for i, (_, m, _) in enumerate(calls) if is_conv(m)), default=None)
-    if last is None:
+    convs = [i for i, (_, m, shape) in enumerate(calls) if is_conv(m)]
+    spatial = [i for i in convs if len(calls[i][2]) == 4 and calls[i][2][-2:] != (1, 1)]
+    if not convs:
         return last_conv_layer(model)  # raises the "no convolution" error
+    last = (spatial or convs)[-1]  # a 1x1 output (LeNet's C5) is a dense layer in disguise
+    times_called = {}
+    for call_name, _, _ in calls:
+        times_called[call_name] = times_called.get(call_name, 0) + 1
     name, _, shape = calls[last]
     for follower, _, out_shape in calls[last + 1:]:
-        if out_shape != shape:
+        # stop at a shape change, or at a module used more than once (its record is its last call)
+        if out_shape != shape or times_called[follower] > 1:
             break
         name = follower
     return name
@@ -196,7 +204,7 @@ def run_until(model: nn.Module, x: torch.Tensor, name: str) -> torch.Tensor:
 
     handle = module.register_forward_hook(hook)
     try:
-        model(x)
+        run_model(model, x)
     except _StopForward:
         pass
     finally:

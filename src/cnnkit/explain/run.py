@@ -1,0 +1,80 @@
+"""The figures of a training run: curves from ``metrics.csv``; confusion matrix and mistakes when the
+run's checkpoint and its dataset can be loaded."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import torch
+
+from ..errors import CnnkitError
+from .mistakes import confusion_counts
+
+
+def read_metrics(run: str | Path) -> list[dict]:
+    path = Path(run) / "metrics.csv"
+    if not path.is_file():
+        raise CnnkitError(f"no metrics.csv in {run}; give a run folder written by `cnnkit train`")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise CnnkitError(f"{path} has no epochs yet; plot it after the first epoch")
+    return rows
+
+
+@torch.no_grad()
+def predict_probs(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Class probabilities (N, K) for uint8 images (N, C, H, W), in batches."""
+    out = [model(images[i:i + batch_size].float() / 255).float().softmax(1)
+           for i in range(0, images.shape[0], batch_size)]
+    return torch.cat(out)
+
+
+def plot_run(run: str | Path, data_dir: str | None = None, split: str | None = None,
+             max_images: int = 10000) -> tuple[list[Path], list[str]]:
+    """Write ``curves.png`` and, when possible, ``confusion_<split>.png`` and ``errors_<split>.png``.
+
+    Returns:
+        (files written, notes on what could not be drawn and why).
+    """
+    from .. import plots
+
+    run = Path(run)
+    written = [plots.save_figure(plots.training_curves(read_metrics(run), title=f"Training curves: {run.name}"),
+                                 run / "curves.png")]
+    notes: list[str] = []
+    try:
+        from ..data.datasets import load_dataset
+        from ..train.checkpoint import load
+
+        model = load(run)
+        info = getattr(model, "info", {}) or {}
+        name = info.get("dataset", {}).get("name")
+        if not name:
+            raise CnnkitError("the checkpoint does not name its dataset")
+        data_dir = data_dir or info.get("config", {}).get("data_dir")
+        c, h, w = model.input_size
+        data, errors = None, []
+        for s in ([split] if split else ["test", "val"]):
+            try:
+                data = load_dataset(name, s, data_dir, download=False, image_size=(h, w), channels=c)
+                break
+            except CnnkitError as exc:
+                errors.append(str(exc))
+        if data is None:
+            raise CnnkitError("; ".join(errors))
+    except (CnnkitError, ImportError, OSError, KeyError) as exc:
+        notes.append(f"curves only: no confusion matrix or mistakes ({exc})")
+        return written, notes
+    if len(data) > max_images:
+        data = data.subset(torch.arange(max_images))
+        notes.append(f"confusion matrix and mistakes on the first {max_images} images of {data.name}")
+    probs = predict_probs(model, data.images)
+    matrix = confusion_counts(data.labels, probs.argmax(1), len(data.classes))
+    tag = data.name.split("/")[-1] or "test"
+    written.append(plots.save_figure(plots.confusion_matrix(matrix, data.classes,
+                                                            title=None), run / f"confusion_{tag}.png"))
+    written.append(plots.save_figure(plots.errors_gallery(data.images, data.labels, probs, data.classes),
+                                     run / f"errors_{tag}.png"))
+    return written, notes
