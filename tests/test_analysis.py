@@ -269,3 +269,18 @@ def test_summary_table_matches_golden_file():
     golden = Path(__file__).parent / "golden" / "keras_mnist_summary.txt"
     s = cnnkit.summary(str(EXAMPLES / "keras_mnist.yaml"), batch_size=32, optimizer="adam", backend_model=False)
     assert str(s) == golden.read_text()
+
+
+def test_1d_3d_and_generator_specs():
+    s1 = spec([{"conv1d": {"filters": 8, "kernel_size": 5, "strides": 2, "padding": "same"}},
+               {"max_pooling1d": {"pool_size": 2, "padding": "same"}}], "2x100")
+    assert s1(torch.zeros(1, 2, 100)).shape == (1, 8, 25)
+    s3 = cnnkit.summary(spec([{"conv3d": {"filters": 4, "kernel_size": 3, "padding": "same"}},
+                              "batch_normalization", {"average_pooling3d": {"pool_size": 2}}], "1x8x16x16"),
+                        input_size="1x8x16x16")
+    assert [r["output_shape"] for r in s3.layers] == [[4, 8, 16, 16], [4, 8, 16, 16], [4, 4, 8, 8]]
+    assert s3.layers[0]["params"] == 4 * 27 + 4
+    gen = spec([{"dense": {"units": 6272, "use_bias": False}}, "batch_normalization", "leaky_relu",
+                {"reshape": {"target_shape": [128, 7, 7]}}, {"upsampling2d": {"size": 2}},
+                {"conv2d_transpose": {"filters": 1, "kernel_size": 5, "strides": 2, "padding": "same"}}], [100])
+    assert gen.eval()(torch.zeros(2, 100)).shape == (2, 1, 28, 28)

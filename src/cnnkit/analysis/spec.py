@@ -340,7 +340,9 @@ def _infer_shape(module, kind, name, in_shapes) -> tuple[int, ...]:
     xs = [torch.empty((1, *s), device="meta") for s in in_shapes]
     try:
         with torch.no_grad():
+            module.eval()  # shapes only: batch-norm on a batch of one is fine in eval mode
             y = _meta_forward(module, xs)
+            module.train()
     except Exception as exc:  # noqa: BLE001 -- turned into one line naming the layer
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         ks = getattr(module, "kernel_size", None)

@@ -13,7 +13,8 @@ from ..errors import CnnkitError
 
 
 def parse_input_size(text) -> tuple[int, ...]:
-    """``"3x224x224"``, ``"3,224,224"``, ``"1x100"`` (1-D) or ``"1x16x64x64"`` (3-D) -> a tuple, channels first."""
+    """``"3x224x224"``, ``"3,224,224"``, ``"1x100"`` (1-D), ``"1x16x64x64"`` (3-D) or ``"100"`` (a vector,
+    e.g. a GAN generator's noise) -> a tuple, channels first."""
     if isinstance(text, (tuple, list)):
         dims = tuple(int(d) for d in text)
     else:
@@ -23,8 +24,9 @@ def parse_input_size(text) -> tuple[int, ...]:
         except ValueError:
             raise CnnkitError(f"--input must look like CxHxW (e.g. 3x224x224), CxL or CxDxHxW; "
                               f"received: {text!r}") from None
-    if not 2 <= len(dims) <= 4:
-        raise CnnkitError(f"--input needs 2 to 4 sizes (CxL, CxHxW or CxDxHxW); received: {text!r}")
+    if not 1 <= len(dims) <= 4:
+        raise CnnkitError(f"--input needs 1 to 4 sizes (F for a vector, CxL, CxHxW or CxDxHxW); "
+                          f"received: {text!r}")
     if any(d <= 0 for d in dims):
         raise CnnkitError(f"--input sizes must be positive; received: {text!r}")
     return dims
