@@ -1,0 +1,145 @@
+"""cnnkit.plots: figures with the expected axes and contents, PNGs of the expected size, atomic writes."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnkit import plots
+from cnnkit.errors import CnnkitError
+from cnnkit.explain import confusion_counts, most_confident_errors
+
+
+def png_size(path):
+    with Image.open(path) as im:
+        im.load()  # decodes the whole file
+        return im.size
+
+
+def history(epochs=5, with_val=True):
+    rows = []
+    for e in range(1, epochs + 1):
+        rows.append({"epoch": str(e), "train_loss": f"{1 / e:.4f}", "train_acc": f"{1 - 0.5 / e:.4f}",
+                     "val_loss": f"{1.1 / e:.4f}" if with_val else "", "val_acc": f"{1 - 0.6 / e:.4f}" if with_val else "",
+                     "lr": f"{0.1 / e:.4f}", "seconds": "2.0"})
+    return rows
+
+
+def test_training_curves_gridspec_figure_and_atomic_png(tmp_path):
+    path = tmp_path / "curves.png"
+    fig = plots.training_curves(history(), path)
+    assert [ax.get_title() for ax in fig.axes] == ["Loss", "Accuracy", "Learning rate  (total 10.0 s, 2.0 s/epoch)"]
+    loss_ax, acc_ax, lr_ax = fig.axes
+    assert [line.get_label() for line in loss_ax.lines] == ["train", "validation"]
+    np.testing.assert_allclose(loss_ax.lines[0].get_ydata(), [1, 0.5, 0.3333, 0.25, 0.2], atol=1e-4)
+    np.testing.assert_allclose(lr_ax.lines[0].get_xdata(), [1, 2, 3, 4, 5])
+    assert png_size(path) == (1000, 650)  # 10 x 6.5 inches at 100 dpi
+    assert os.listdir(tmp_path) == ["curves.png"]  # no temp file left behind
+    assert oct(path.stat().st_mode & 0o777) == "0o644"
+
+
+def test_training_curves_without_validation_and_with_a_missing_column(tmp_path):
+    rows = history(3, with_val=False)
+    for row in rows:
+        del row["seconds"]
+    fig = plots.training_curves(rows, tmp_path / "c.png")
+    assert [len(ax.lines) for ax in fig.axes] == [1, 1, 1]
+    assert fig.axes[2].get_title() == "Learning rate"
+    with pytest.raises(CnnkitError, match="history is empty"):
+        plots.training_curves([], tmp_path / "empty.png")
+    assert not (tmp_path / "empty.png").exists()
+
+
+def test_a_failed_save_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
+    path = tmp_path / "curves.png"
+    path.write_bytes(b"old")
+    fig = plots.training_curves(history(), None)
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(fig, "savefig", broken)
+    with pytest.raises(OSError, match="disk full"):
+        plots.save_figure(fig, path)
+    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["curves.png"]
+
+
+def test_confusion_matrix_counts_colour_bar_and_accuracy(tmp_path):
+    labels = torch.tensor([0, 0, 1, 1, 1, 2, 2, 2, 2])
+    preds = torch.tensor([0, 1, 1, 1, 2, 2, 2, 2, 0])
+    m = confusion_counts(labels, preds, 3)
+    assert m.tolist() == [[1, 1, 0], [0, 2, 1], [1, 0, 3]]
+    fig = plots.confusion_matrix(m, ["ant", "bee", "wasp"], tmp_path / "cm.png")
+    main, bar = fig.axes
+    assert bar.get_ylabel() == "images"
+    assert main.get_title() == "Confusion matrix (9 images, accuracy 66.67%)"
+    assert [t.get_text() for t in main.texts] == ["1", "1", "0", "0", "2", "1", "1", "0", "3"]
+    assert [t.get_text() for t in main.get_xticklabels()] == ["ant", "bee", "wasp"]
+    with pytest.raises(CnnkitError, match="must be square"):
+        plots.confusion_matrix(torch.zeros(2, 3), None)
+    w, h = png_size(tmp_path / "cm.png")
+    assert w > h > 400
+
+
+def test_class_distribution_bars_are_the_counts(tmp_path):
+    labels = torch.tensor([0, 1, 1, 2, 2, 2, 2])
+    fig = plots.class_distribution(labels, ["a", "b", "c", "d"], tmp_path / "d.png")
+    (ax,) = fig.axes
+    assert [p.get_height() for p in ax.patches] == [1, 2, 4, 0]
+    assert "7 images, 4 classes" in ax.get_title()
+    with pytest.raises(CnnkitError, match="labels must lie in 0..1"):
+        plots.class_distribution(labels, ["a", "b"], None)
+
+
+def test_sample_grid_titles_and_wrong_predictions_in_red(tmp_path):
+    images = torch.randint(0, 256, (10, 1, 28, 28), dtype=torch.uint8)
+    labels = torch.arange(10) % 3
+    preds = labels.clone()
+    preds[4] = 0
+    fig = plots.sample_grid(images, labels, ["x", "y", "z"], tmp_path / "s.png", predictions=preds, max_cols=5)
+    assert len(fig.axes) == 10
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[4] == "y / x" and titles[0] == "x / x"
+    red = [i for i, ax in enumerate(fig.axes) if ax.title.get_color() == "tab:red"]
+    assert red == [4]
+    assert png_size(tmp_path / "s.png") == (800, 400)  # 5 x 1.6 in, 2 x 1.75 + 0.5 in
+
+
+def test_errors_gallery_shows_the_most_confident_mistakes_first(tmp_path):
+    labels = torch.tensor([0, 1, 0, 1, 0])
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.95, 0.05], [0.4, 0.6]])
+    index = most_confident_errors(labels, probs, n=16)
+    assert index.tolist() == [3, 2, 4]  # wrong ones, by confidence 0.95, 0.7, 0.6
+    images = torch.rand(5, 3, 16, 16)
+    fig = plots.errors_gallery(images, labels, probs, ["cat", "dog"], tmp_path / "e.png", n=2)
+    shown = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert shown == ["cat p=0.95\ntrue dog", "dog p=0.70\ntrue cat"]
+    assert "2 of 3 wrong, out of 5" in fig.get_suptitle()
+
+
+def test_feature_map_filter_pattern_and_heatmap_figures(tmp_path):
+    maps = {"conv1": torch.rand(8, 12, 12), "conv2": torch.rand(40, 6, 6)}
+    fig = plots.feature_map_grid(maps, tmp_path / "fm.png", max_channels=32, cols=8)
+    titles = [sub.get_suptitle() for sub in fig.subfigs]
+    assert titles == ["conv1  (8 x 12 x 12)", "conv2  (40 x 6 x 6, first 32 channels shown)"]
+    assert len(fig.axes) == 8 + 32  # one row of 8 + four rows of 8
+    assert sum(len(ax.images) for ax in fig.axes) == 8 + 32
+    fig = plots.filter_grid(torch.randn(6, 4, 3, 3), tmp_path / "f.png", max_inputs=2)
+    assert sum(len(ax.images) for ax in fig.axes) == 12 and fig.axes[-1].get_ylabel() == "weight"
+    fig = plots.filter_grid(torch.randn(5, 3, 5, 5), tmp_path / "frgb.png")
+    assert sum(len(ax.images) for ax in fig.axes) == 5 and fig.axes[0].images[0].get_array().shape == (5, 5, 3)
+    fig = plots.pattern_grid(torch.randn(3, 1, 20, 20), tmp_path / "p.png", channels=[4, 7, 9], layer="conv2")
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["filter 4", "filter 7", "filter 9"]
+    shown = fig.axes[0].images[0].get_array()
+    assert 0 <= shown.min() and shown.max() <= 1
+    heat = torch.zeros(20, 30)
+    heat[5, 7] = 1
+    fig = plots.heatmap_overlay(torch.rand(3, 20, 30), heat, tmp_path / "h.png", title="cat")
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["image", "Grad-CAM", "overlay"]
+    assert fig.axes[3].get_ylabel() == "relevance"  # the colour bar
+    assert png_size(tmp_path / "h.png") == (1100, 400)
+    with pytest.raises(CnnkitError, match="does not match the image"):
+        plots.heatmap_overlay(torch.rand(3, 20, 30), torch.rand(10, 10))
+    assert sorted(os.listdir(tmp_path)) == ["f.png", "fm.png", "frgb.png", "h.png", "p.png"]
