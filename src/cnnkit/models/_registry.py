@@ -68,8 +68,9 @@ def create_model(name: str, num_classes: int | None = None, in_channels: int | N
         name: a name from :func:`list_models`.
         num_classes: size of the classifier output (the model's default when None).
         in_channels: image channels (the model's default when None; 1 for MNIST).
-        weights: a local ``.pth`` / ``.safetensors`` file or an ``http(s)://`` URL of weights in the
-            reference implementation's format (see :mod:`cnnkit.models.weights`).
+        weights: a local ``.pth`` / ``.safetensors`` file, an ``http(s)://`` URL of weights in the
+            reference implementation's format, or ``"imagenet"`` for the reference's published weights
+            (downloaded once and checksummed; see :mod:`cnnkit.models.weights`).
         strict: require every state-dict key to match when loading ``weights``.
     """
     info = model_info(name)
@@ -82,8 +83,10 @@ def create_model(name: str, num_classes: int | None = None, in_channels: int | N
     except TypeError as exc:
         raise CnnkitError(f"model {name!r} does not take these arguments: {exc}") from None
     if weights is not None:
-        from .weights import load_weights
+        from .weights import load_weights, pretrained_url
 
+        if weights == "imagenet":  # the reference implementation's published weights
+            weights = pretrained_url(name)
         load_weights(model, weights, strict=strict)
     return model
 
