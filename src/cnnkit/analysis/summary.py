@@ -99,7 +99,12 @@ def summary(target, input_size=None, batch_size: int = 1, dtype: str = "float32"
 
     inf = _run_trace(model, shape, torch_dtype, False, optimizer, ops, name)
     has_trainable = any(p.requires_grad for p in model.parameters())
-    tr = _run_trace(model, shape, torch_dtype, True, optimizer, ops, name) if has_trainable else None
+    tr, train_error = None, None
+    if has_trainable:
+        try:
+            tr = _run_trace(model, shape, torch_dtype, True, optimizer, ops, name)
+        except CnnkitError as exc:  # e.g. batch-norm on a batch of one: inference is still reported
+            train_error = f"no training step at batch {batch_size}: {exc}"
 
     op_bytes = {}
     if use_backend:
@@ -129,6 +134,8 @@ def summary(target, input_size=None, batch_size: int = 1, dtype: str = "float32"
     memory = _memory(inf, tr, op_bytes, device)
     textbook = textbook_memory(rows, input_size, batch_size, itemsize, params)
     notes = _explain(memory, textbook, use_backend, device)
+    if train_error:
+        notes.insert(0, train_error)
     return Summary(name, input_size, batch_size, dtype, optimizer, device, rows, totals, memory, textbook,
                    notes)
 
