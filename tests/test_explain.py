@@ -16,6 +16,15 @@ from cnnkit.explain import (
 from cnnkit.explain.hooks import default_cam_layer, guided_relus
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny batches: one thread is as fast, and far faster than two on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ----------------------------------------------------------------------------- Grad-CAM by hand
 
 
@@ -234,7 +243,7 @@ def mnist(data_dir):
 
 
 @pytest.fixture(scope="module")
-def trained(mnist):
+def trained(mnist, _one_thread):
     """Two epochs on 6,000 28x28 digits, shifted by up to 3 px per batch (a second or two on one core)."""
     (images, labels), (test_images, test_labels) = mnist
     torch.manual_seed(0)
@@ -242,20 +251,15 @@ def trained(mnist):
     net = gap_net()
     x, y = images[:, None].float() / 255, labels.long()
     opt = torch.optim.Adam(net.parameters(), lr=5e-3)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small batches: one thread is as fast, and fair to a busy machine
-    try:
-        for _ in range(2):
-            perm = torch.randperm(len(x), generator=gen)
-            for i in range(0, len(x), 64):
-                b = perm[i:i + 64]
-                shift = torch.randint(-3, 4, (2,), generator=gen).tolist()  # MNIST has a 4-px blank border
-                loss = F.cross_entropy(net(x[b].roll(shift, dims=(2, 3))), y[b])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-    finally:
-        torch.set_num_threads(threads)
+    for _ in range(2):
+        perm = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), 64):
+            b = perm[i:i + 64]
+            shift = torch.randint(-3, 4, (2,), generator=gen).tolist()  # MNIST has a 4-px blank border
+            loss = F.cross_entropy(net(x[b].roll(shift, dims=(2, 3))), y[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
     net.eval()
     with torch.no_grad():
         acc = (net(test_images[:, None].float() / 255).argmax(1) == test_labels.long()).float().mean()
@@ -321,18 +325,107 @@ def test_model_randomisation_changes_the_grad_cam_map(trained, mnist):
 
 def test_filter_patterns_raise_their_filters_mean_activation_tenfold(trained):
     for layer in ("4", "9"):  # the ReLUs after the second and the last convolutions
-        channels = list(range(8))
+        channels = list(range(6))
         start = filter_patterns(trained, layer, channels=channels, size=28, steps=0)
         patterns = filter_patterns(trained, layer, channels=channels, size=28)
-        assert patterns.shape == (8, 1, 28, 28)
-        assert torch.equal(patterns, filter_patterns(trained, layer, channels=channels, size=28))  # seeded
+        assert patterns.shape == (6, 1, 28, 28)
         before = mean_activation(trained, layer, start, channels)
         after = mean_activation(trained, layer, patterns, channels)
         alive = before > 0  # a channel that is zero everywhere on the noise has no gradient to climb
         assert alive.sum() >= 2
         gain = after[alive] / before[alive]
         assert (gain >= 10).all(), f"layer {layer}: gains {gain.tolist()}"
-    other = filter_patterns(trained, "4", channels=[3], size=28, seed=1)
-    assert not torch.equal(other, filter_patterns(trained, "4", channels=[3], size=28))
+    again = filter_patterns(trained, "4", channels=[3], size=28, steps=5)
+    assert torch.equal(again, filter_patterns(trained, "4", channels=[3], size=28, steps=5))  # seeded
+    assert not torch.equal(again, filter_patterns(trained, "4", channels=[3], size=28, steps=5, seed=1))
     with pytest.raises(CnnkitError, match=r"channel\(s\) \[99\] out of range: layer '4' has 32 channels"):
         filter_patterns(trained, "4", channels=[99], size=28)
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+
+def make_run(folder, data_dir=None):
+    """A run folder as `cnnkit train` writes it: an (untrained) mnist_fast checkpoint and metrics.csv."""
+    from cnnkit.models import create_model
+    from cnnkit.train import checkpoint as ckpt
+
+    torch.manual_seed(0)
+    clf = ckpt.Classifier(create_model("mnist_fast", num_classes=10, in_channels=1), [0.13], [0.31],
+                          [str(k) for k in range(10)], (1, 28, 28), tta="shift")
+    info = {"format": ckpt.FORMAT, "model": "mnist_fast", "num_classes": 10, "input_size": [1, 28, 28],
+            "classes": clf.classes, "mean": [0.13], "std": [0.31], "tta": "shift",
+            "dataset": {"name": "mnist", "dark_background": True},
+            "config": {"data_dir": str(data_dir) if data_dir else None}}
+    folder.mkdir()
+    ckpt.save_model(folder / ckpt.MODEL_FILE, clf, info)
+    rows = [{"epoch": e, "train_loss": 1 / e, "train_acc": 1 - 0.1 / e, "val_loss": 1.2 / e,
+             "val_acc": 1 - 0.2 / e, "lr": 0.01, "seconds": 1.5} for e in (1, 2, 3)]
+    ckpt.write_metrics_csv(folder / "metrics.csv", rows)
+    return folder
+
+
+def write_png(path, size, mode):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    shape = (size[0], size[1], 3) if mode == "RGB" else size
+    Image.fromarray((rng.random(shape) * 255).astype(np.uint8), mode).save(path)
+    return path
+
+
+def test_cli_explain_on_a_checkpoint_all_methods(tmp_path, capsys):
+    from cnnkit.cli import main
+
+    run = make_run(tmp_path / "run")
+    image = write_png(tmp_path / "digit.png", (28, 28), "RGB")  # colour: converted to the model's grey
+    for method in ("gradcam", "saliency", "featuremaps", "filters", "patterns"):
+        out = tmp_path / f"{method}.png"
+        extra = ["--channels", "0", "1", "--steps", "3"] if method == "patterns" else []
+        assert main(["explain", str(run), str(image), "--method", method, "--out", str(out), *extra]) == 0
+        from PIL import Image
+
+        with Image.open(out) as im:
+            assert im.format == "PNG" and im.size[0] > 300
+        assert f"-> {out}" in capsys.readouterr().out
+    assert main(["explain", str(run), str(image), "--class", "3", "--out", str(tmp_path / "c3.png")]) == 0
+    assert "gradcam: class 3 (3)" in capsys.readouterr().out
+
+
+def test_cli_explain_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
+    from cnnkit.cli import main
+
+    run = make_run(tmp_path / "run")
+    image = write_png(tmp_path / "big.png", (40, 36), "L")
+    small = write_png(tmp_path / "small.png", (28, 28), "L")
+    cases = [
+        (["explain", str(run), str(small), "--layer", "nope"], "unknown layer 'nope'; valid layers (convolutions first):"),
+        (["explain", str(run), str(small), "--class", "10"], "class index 10 is out of range: the model has 10 classes"),
+        (["explain", str(run), str(tmp_path / "missing.png")], "image not found"),
+        (["explain", "no_such_model", str(small)], "unknown model name 'no_such_model'"),
+        (["explain", "lenet5", str(small)], "does not accept a 28x28 image"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    # a fully convolutional checkpoint takes any size; --resize gives the built-for size
+    assert main(["explain", "lenet5", str(image), "--resize", "--out", str(tmp_path / "l.png")]) == 0
+
+
+def test_plot_run_curves_confusion_and_mistakes(tmp_path, data_dir, capsys):
+    from cnnkit.cli import main
+    from cnnkit.explain.run import plot_run
+
+    run = make_run(tmp_path / "run", data_dir)
+    written, notes = plot_run(run, max_images=300)
+    assert [p.name for p in written] == ["curves.png", "confusion_test.png", "errors_test.png"]
+    assert notes == ["confusion matrix and mistakes on the first 300 images of mnist/test"]
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "metrics.csv").write_text((run / "metrics.csv").read_text())
+    assert main(["plot", str(bare)]) == 0
+    out = capsys.readouterr().out
+    assert "note: curves only" in out and sorted(p.name for p in bare.iterdir()) == ["curves.png", "metrics.csv"]
+    assert main(["plot", str(tmp_path / "nothing")]) == 2
+    assert "no metrics.csv" in capsys.readouterr().err

@@ -24,6 +24,7 @@ def register(subparsers) -> None:
     p.add_argument("--guided", action="store_true", help="saliency by guided backpropagation")
     p.add_argument("--channels", type=int, nargs="+", metavar="C", help="patterns: the filters to draw "
                                                                            "(default: the first 16)")
+    p.add_argument("--steps", type=int, default=40, help="patterns: gradient-ascent steps (default: 40)")
     p.add_argument("--resize", action="store_true", help="resize the image to the model's input size")
     p.add_argument("--weights", help="zoo models: a weights file or URL (reference key names)")
     p.add_argument("--imagenet-norm", action="store_true",
@@ -38,6 +39,8 @@ def register(subparsers) -> None:
     q.add_argument("run", metavar="RUN", help="run folder written by `cnnkit train`")
     q.add_argument("--data-dir", help="where the run's dataset lives (default: the one it trained on)")
     q.add_argument("--split", help="test | val (default: test, else val)")
+    q.add_argument("--max-images", type=int, default=10000,
+                   help="images used for the confusion matrix and mistakes (default: 10000)")
     q.set_defaults(func=run_plot)
 
 
@@ -70,7 +73,10 @@ def run_explain(args) -> int:
         summary = f"layer {name}"
     elif args.method == "patterns":
         name = layer or target.prefix + convs[-1]
-        pats = filter_patterns(target.model, name, channels=args.channels, size=tuple(x.shape[-2:]))
+        if args.steps < 0:
+            raise CnnkitError(f"--steps must be 0 or more; received {args.steps}")
+        pats = filter_patterns(target.model, name, channels=args.channels, size=tuple(x.shape[-2:]),
+                               steps=args.steps)
         chans = args.channels or list(range(pats.shape[0]))
         fig = plots.pattern_grid(pats, channels=chans, layer=target.user_name(name))
         summary = f"layer {target.user_name(name)}, {len(chans)} filter(s)"
@@ -100,7 +106,9 @@ def run_explain(args) -> int:
 def run_plot(args) -> int:
     from ..explain.run import plot_run
 
-    written, notes = plot_run(args.run, data_dir=args.data_dir, split=args.split)
+    if args.max_images < 1:
+        raise CnnkitError(f"--max-images must be a positive integer; received {args.max_images}")
+    written, notes = plot_run(args.run, data_dir=args.data_dir, split=args.split, max_images=args.max_images)
     for note in notes:
         print(f"note: {note}")
     for path in written:
