@@ -1,0 +1,292 @@
+"""A folder of the user's own images, ``root/<class>/<image>``, as an in-memory :class:`ImageSet`.
+
+Layouts understood:
+
+- ``root/train/<class>/*``, ``root/val/<class>/*`` (also ``valid``/``validation``), ``root/test/<class>/*``:
+  the dataset's own split is used. A missing ``val`` or ``test`` split is carved from ``train``
+  (stratified, seeded) when ``val_fraction`` / ``test_fraction`` ask for one.
+- ``root/<class>/*`` only: a stratified, seeded split by ``val_fraction`` and ``test_fraction``.
+
+What counts as an image: a file with a still-image extension (those torchvision's ``ImageFolder``
+accepts: .jpg .jpeg .png .bmp .ppm .pgm .tif .tiff .webp, any case) that Pillow can decode.
+Everything else -- a ``.gif`` (the format of web placeholders such as hymenoptera's
+``imageNotFound.gif``), a text file, a truncated or corrupt image -- is skipped, and ONE warning
+counts the skipped files and names a few. Hidden files (``.DS_Store``) are ignored silently.
+Names with spaces or non-ASCII characters are fine.
+
+Every image is decoded once, converted to RGB (or L for ``channels=1``), resized and centre-cropped
+to ``image_size``, and the uint8 result of the whole folder (all splits) is cached in
+``$CNNKIT_HOME/imagefolder`` (default ``~/.cache/cnnkit/imagefolder``) as one safetensors file,
+keyed by the folder's path, every file's name, size and mtime, and the decoding parameters.
+A second load, of any split, reads the cache (well under a second for a few hundred images).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..errors import CnnkitError
+from .imageset import ImageSet
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+SPLIT_DIRS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
+MIN_IMAGES_PER_CLASS = 100  # the notes' rule of thumb for fine-tuning on your own images
+_CACHE_VERSION = 1
+
+
+class ImageFolderWarning(UserWarning):
+    """Something about the folder the user should know: skipped files, small classes."""
+
+
+def load_image_folder(root: str | os.PathLike, split: str = "train",
+                      image_size: tuple[int, int] = (224, 224), channels: int = 3,
+                      val_fraction: float = 0.2, test_fraction: float = 0.0, seed: int = 0,
+                      resize: str = "shorter", cache: bool | str | os.PathLike = True,
+                      crop_fraction: float = 1.0) -> ImageSet:
+    """Load one split of an image folder as uint8 tensors.
+
+    Args:
+        root: the folder holding ``<class>/`` folders, or ``train/`` (``val/``, ``test/``) folders of them.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        image_size: ``(H, W)`` of every image after resizing.
+        channels: 3 (RGB) or 1 (grey).
+        val_fraction, test_fraction: share of each class held out when the folder has no such split.
+        seed: seed of that split (the same seed always gives the same split).
+        resize: ``"shorter"`` scales the image so that it covers ``image_size / crop_fraction``, keeping
+            its aspect ratio, then crops the centre ``image_size`` (torchvision's Resize + CenterCrop);
+            ``"exact"`` stretches it to ``image_size`` (Keras' ``flow_from_directory``).
+        cache: True for the default cache folder, False for none, or a folder to cache in.
+        crop_fraction: with ``resize="shorter"``, the share of the resized image kept by the centre
+            crop: 0.875 is torchvision's Resize(256) + CenterCrop(224).
+
+    Returns:
+        An :class:`ImageSet` ``(N, channels, H, W)`` uint8; ``classes`` are the sorted class folder
+        names (the same for every split); ``meta`` records the files, the split and the seed.
+
+    Raises:
+        CnnkitError: a missing folder, no class folders, no images, a bad split name or size.
+
+    Warns:
+        ImageFolderWarning: once, counting the files that are not images; once per class that has
+        fewer than 100 images in the whole folder.
+    """
+    root = Path(root).expanduser()
+    size = _check_args(root, split, image_size, channels, val_fraction, test_fraction, resize,
+                       crop_fraction)
+    layout = _scan(root)                              # split -> class -> [relative paths]
+    _check_split(layout, split, val_fraction, test_fraction, root)
+    classes = sorted({c for per_class in layout.values() for c in per_class})
+    candidates = sorted({p for per_class in layout.values() for ps in per_class.values() for p in ps})
+    params = {"image_size": size, "channels": channels, "resize": resize, "crop_fraction": crop_fraction}
+    images, decoded, bad = _decode_all(root, candidates, params, cache)  # images[i] is decoded[i]
+    _warn_skipped(root, bad)
+    index = {p: i for i, p in enumerate(decoded)}
+    layout = {s: {c: [p for p in ps if p in index] for c, ps in per_class.items()}
+              for s, per_class in layout.items()}
+    _warn_small_classes(root, classes, layout)
+    files = _select(layout, split, classes, val_fraction, test_fraction, seed, root)
+    if not files:
+        raise CnnkitError(f"{root}: the {split!r} split is empty; put images in {root}/{split}/<class>/ "
+                          "or change val_fraction/test_fraction")
+    rows = torch.tensor([index[p] for p, _ in files], dtype=torch.long)
+    labels = torch.tensor([classes.index(c) for _, c in files], dtype=torch.long)
+    meta = {"root": str(root), "split": split, "seed": seed, "files": [p for p, _ in files], **params,
+            "skipped": bad}
+    return ImageSet(images[rows], labels, classes, f"{root.name}/{split}", meta)
+
+
+def default_cache_dir() -> Path:
+    """``$CNNKIT_HOME/imagefolder``, else ``~/.cache/cnnkit/imagefolder``."""
+    home = os.environ.get("CNNKIT_HOME")
+    base = Path(home).expanduser() if home else Path.home() / ".cache" / "cnnkit"
+    return base / "imagefolder"
+
+
+def _check_args(root, split, image_size, channels, val_fraction, test_fraction, resize, crop_fraction):
+    if not root.is_dir():
+        raise CnnkitError(f"image folder not found: {root}; pass a folder holding one sub-folder per class")
+    if split not in SPLIT_DIRS:
+        raise CnnkitError(f"unknown split {split!r}; use one of {', '.join(SPLIT_DIRS)}")
+    try:
+        size = tuple(int(v) for v in image_size)
+    except (TypeError, ValueError):
+        size = ()
+    if len(size) != 2 or min(size) <= 0:
+        raise CnnkitError(f"image_size must be (H, W) with positive sizes, got image_size={image_size!r}; "
+                          "e.g. (224, 224)")
+    if channels not in (1, 3):
+        raise CnnkitError(f"channels must be 1 (grey) or 3 (RGB), got channels={channels!r}")
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise CnnkitError(f"val_fraction and test_fraction must be in [0, 1) with a sum below 1, got "
+                          f"val_fraction={val_fraction}, test_fraction={test_fraction}")
+    if resize not in ("shorter", "exact"):
+        raise CnnkitError(f"resize must be 'shorter' or 'exact', got resize={resize!r}")
+    if not 0 < crop_fraction <= 1:
+        raise CnnkitError(f"crop_fraction must be in (0, 1], got crop_fraction={crop_fraction}; "
+                          "0.875 is torchvision's 256 -> 224 centre crop")
+    return size
+
+
+def _scan(root: Path) -> dict[str, dict[str, list[str]]]:
+    """split ('train'/'val'/'test', or '' when the folder has no split folders) -> class -> files."""
+    subdirs = {d.name: d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")}
+    split_dirs = {s: subdirs[a] for s, aliases in SPLIT_DIRS.items() for a in aliases if a in subdirs}
+    if "train" not in split_dirs:
+        split_dirs = {"": root}  # root/<class>/*
+    layout = {}
+    for split, folder in split_dirs.items():
+        layout[split] = {d.name: sorted(str(f.relative_to(root)) for f in d.rglob("*")
+                                        if f.is_file() and not f.name.startswith("."))
+                         for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")}
+    if not any(layout.values()):
+        raise CnnkitError(f"{root} has no class folders; arrange the images as {root}/<class>/<image> "
+                          f"(or {root}/train/<class>/<image> and {root}/val/<class>/<image>)")
+    return layout
+
+
+def _select(layout, split, classes, val_fraction, test_fraction, seed, root) -> list[tuple[str, str]]:
+    """The (file, class) pairs of ``split``: the folder's own, or a stratified seeded share of train."""
+    if split in layout:
+        return [(p, c) for c, ps in sorted(layout[split].items()) for p in ps]
+    pool = layout.get("train", layout.get(""))
+    fractions = _carved_fractions(layout, val_fraction, test_fraction)
+    out = []
+    g = torch.Generator().manual_seed(seed)
+    for c in classes:
+        files = pool.get(c, [])
+        order = torch.randperm(len(files), generator=g).tolist()
+        n_test = round(len(files) * fractions["test"])
+        n_val = round(len(files) * fractions["val"])
+        parts = {"test": order[:n_test], "val": order[n_test:n_test + n_val],
+                 "train": order[n_test + n_val:]}
+        out += [(files[i], c) for i in sorted(parts[split])]
+    return out
+
+
+def _carved_fractions(layout, val_fraction, test_fraction) -> dict[str, float]:
+    """The share of the training pool carved out for each split the folder does not have."""
+    return {"val": val_fraction if "val" not in layout else 0.0,
+            "test": test_fraction if "test" not in layout else 0.0}
+
+
+def _check_split(layout, split, val_fraction, test_fraction, root) -> None:
+    if split in layout or split == "train":
+        return
+    if _carved_fractions(layout, val_fraction, test_fraction)[split] == 0:
+        have = ", ".join(s for s in layout if s) or "no split folders"
+        raise CnnkitError(f"{root} has no {split!r} split ({have}); pass {split}_fraction=0.2 to hold "
+                          f"out a share of the training images, or add {root}/{split}/<class>/ folders")
+
+
+def _decode_all(root: Path, files: list[str], params: dict, cache) -> tuple[torch.Tensor, list[str], list[str]]:
+    """Decode every candidate file once (or read the cache): (images, decoded files, skipped files)."""
+    stats = []
+    for p in files:
+        st = (root / p).stat()
+        stats.append((p, st.st_size, st.st_mtime_ns))
+    key = hashlib.sha256(json.dumps([_CACHE_VERSION, str(root.resolve()), stats, params]).encode()).hexdigest()
+    path = None
+    if cache is not False:
+        folder = default_cache_dir() if cache is True else Path(cache).expanduser()
+        path = folder / f"{root.name}-{key[:24]}.safetensors"
+        hit = _read_cache(path)
+        if hit is not None:
+            return hit
+    decoded, bad, arrays = [], [], []
+    for p in files:
+        image = _decode(root / p, params) if p.lower().endswith(IMAGE_EXTENSIONS) else None
+        if image is None:
+            bad.append(p)
+        else:
+            decoded.append(p)
+            arrays.append(image)
+    h, w = params["image_size"]
+    images = torch.stack(arrays) if arrays else torch.zeros(0, params["channels"], h, w, dtype=torch.uint8)
+    if path is not None:
+        _write_cache(path, images, decoded, bad)
+    return images, decoded, bad
+
+
+def _decode(path: Path, params: dict) -> torch.Tensor | None:
+    """One file -> (C, H, W) uint8, or None when Pillow cannot decode it."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    h, w = params["image_size"]
+    try:
+        with Image.open(path) as im:
+            if params["resize"] == "shorter":
+                scale = max(h / im.height, w / im.width) / params["crop_fraction"]
+                target = (max(w, round(im.width * scale)), max(h, round(im.height * scale)))
+            else:
+                target = (w, h)
+            im.draft("RGB" if params["channels"] == 3 else "L", target)  # JPEG: decode at 1/2..1/8 size
+            im = im.convert("RGB" if params["channels"] == 3 else "L")
+            im = im.resize(target, Image.BILINEAR, reducing_gap=3.0)
+            left, top = (im.width - w) // 2, (im.height - h) // 2
+            im = im.crop((left, top, left + w, top + h))
+            array = np.asarray(im, dtype=np.uint8).reshape(h, w, params["channels"])
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        return None
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()  # (H, W, C) -> (C, H, W)
+
+
+def _read_cache(path: Path):
+    if not path.is_file():
+        return None
+    from safetensors import SafetensorError
+    from safetensors.torch import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads(f.metadata()["files"])
+            images = f.get_tensor("images")
+    except (SafetensorError, OSError, KeyError, ValueError):
+        return None  # a damaged cache is rebuilt, never trusted
+    return images, meta["decoded"], meta["skipped"]
+
+
+def _write_cache(path: Path, images: torch.Tensor, decoded: list[str], bad: list[str]) -> None:
+    from safetensors.torch import save_file
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        warnings.warn(f"cannot write the image cache {path} ({exc}); images will be decoded again "
+                      "next time", ImageFolderWarning, stacklevel=4)
+        return
+    try:
+        save_file({"images": images.contiguous()}, tmp,
+                  metadata={"files": json.dumps({"decoded": decoded, "skipped": bad})})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _warn_skipped(root: Path, bad: list[str]) -> None:
+    if bad:
+        shown = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+        warnings.warn(f"{root}: skipped {len(bad)} file{'s' * (len(bad) != 1)} that "
+                      f"{'are' if len(bad) != 1 else 'is'} not a readable still image ({shown}); "
+                      f"accepted: {' '.join(IMAGE_EXTENSIONS)}", ImageFolderWarning, stacklevel=3)
+
+
+def _warn_small_classes(root: Path, classes: list[str], layout) -> None:
+    counts = {c: sum(len(per_class.get(c, [])) for per_class in layout.values()) for c in classes}
+    small = {c: n for c, n in counts.items() if n < MIN_IMAGES_PER_CLASS}
+    if small:
+        listed = ", ".join(f"{c!r} ({n})" for c, n in sorted(small.items()))
+        warnings.warn(f"{root}: {len(small)} class{'es' * (len(small) != 1)} with fewer than "
+                      f"{MIN_IMAGES_PER_CLASS} images: {listed}; expect a noisy validation score and "
+                      "overfitting -- add images, or rely on augmentation and a frozen base",
+                      ImageFolderWarning, stacklevel=3)

@@ -1,0 +1,139 @@
+"""Image folders: the hymenoptera layout (own train/val split, a .gif placeholder, a space in a name),
+a stratified split of a folder without split folders, the decode cache, bad input."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnkit.data import imagefolder
+from cnnkit.data.imagefolder import ImageFolderWarning, load_image_folder
+from cnnkit.errors import CnnkitError
+
+SIZE = (32, 32)
+
+
+@pytest.fixture(scope="module")
+def hymenoptera(data_dir, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train = load_image_folder(data_dir / "hymenoptera", "train", SIZE, cache=cache)
+    val = load_image_folder(data_dir / "hymenoptera", "val", SIZE, cache=cache)  # a cache hit
+    return train, val, [w for w in caught if issubclass(w.category, ImageFolderWarning)], cache
+
+
+def test_hymenoptera_counts_skip_the_gif_with_one_warning(hymenoptera):
+    train, val, caught, _ = hymenoptera
+    assert (len(train), len(val)) == (244, 153)
+    assert train.classes == val.classes == ["ants", "bees"]
+    assert train.class_counts().tolist() == [123, 121] and val.class_counts().tolist() == [70, 83]
+    assert train.images.shape == (244, 3, 32, 32) and train.images.dtype == torch.uint8
+    assert len(caught) == 1  # one warning, counting the skipped file; no small-class warning
+    assert "skipped 1 file" in str(caught[0].message) and "imageNotFound.gif" in str(caught[0].message)
+    assert train.meta["skipped"] == ["train/ants/imageNotFound.gif"]
+
+
+def test_file_name_with_a_space_is_loaded(hymenoptera, data_dir):
+    train = hymenoptera[0]
+    row = train.meta["files"].index("train/ants/ant photos.jpg")
+    assert train.labels[row] == 0
+    with Image.open(data_dir / "hymenoptera" / "train" / "ants" / "ant photos.jpg") as im:
+        w, h = im.size
+        s = max(32 / w, 32 / h)
+        im = im.convert("RGB").resize((round(w * s), round(h * s)), Image.BILINEAR)
+        left, top = (im.width - 32) // 2, (im.height - 32) // 2
+        ref = np.asarray(im.crop((left, top, left + 32, top + 32)), dtype=np.float32)
+    got = train.images[row].permute(1, 2, 0).float().numpy()
+    assert np.abs(got - ref).mean() < 6  # same crop (Pillow's draft mode decodes JPEG slightly differently)
+
+
+def test_second_load_reads_the_cache(hymenoptera, data_dir, monkeypatch):
+    train, _, _, cache = hymenoptera
+    assert len(list(cache.glob("hymenoptera-*.safetensors"))) == 1  # one file for all splits
+    monkeypatch.setattr(imagefolder, "_decode", lambda *a: pytest.fail("decoded again"))
+    with pytest.warns(ImageFolderWarning, match="skipped 1 file"):  # the warning survives the cache
+        again = load_image_folder(data_dir / "hymenoptera", "train", SIZE, cache=cache)
+    assert torch.equal(again.images, train.images) and torch.equal(again.labels, train.labels)
+
+
+def _make_folder(root, counts, junk=True):
+    rng = np.random.default_rng(0)
+    for cls, n in counts.items():
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(root / cls / f"img {i}.png")
+    if junk:
+        (root / "a" / "notes.txt").write_text("not an image")
+        (root / "b" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+        (root / "b" / ".DS_Store").write_bytes(b"ignored silently")
+
+
+def test_stratified_seeded_split_without_split_folders(tmp_path):
+    _make_folder(tmp_path / "data", {"a": 10, "b": 20})
+    kw = dict(image_size=(8, 12), val_fraction=0.2, test_fraction=0.1, seed=3, cache=tmp_path / "c")
+    with pytest.warns(ImageFolderWarning) as record:
+        parts = {s: load_image_folder(tmp_path / "data", s, **kw) for s in ("train", "val", "test")}
+    messages = [str(w.message) for w in record]
+    assert sum("skipped 2 files" in m for m in messages) == 3        # notes.txt + broken.jpg, per load
+    assert any("'a' (10), 'b' (20)" in m and "fewer than 100" in m for m in messages)
+    assert {s: p.class_counts().tolist() for s, p in parts.items()} == \
+        {"train": [7, 14], "val": [2, 4], "test": [1, 2]}
+    files = [set(p.meta["files"]) for p in parts.values()]
+    assert not (files[0] & files[1] or files[0] & files[2] or files[1] & files[2])
+    assert len(files[0] | files[1] | files[2]) == 30
+    assert parts["train"].images.shape == (21, 3, 8, 12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        same = load_image_folder(tmp_path / "data", "val", **kw)
+        other = load_image_folder(tmp_path / "data", "val", **{**kw, "seed": 4})
+    assert same.meta["files"] == parts["val"].meta["files"]
+    assert other.meta["files"] != parts["val"].meta["files"]
+
+
+def test_changed_file_invalidates_the_cache(tmp_path):
+    _make_folder(tmp_path / "data", {"a": 3, "b": 3}, junk=False)
+    kw = dict(image_size=(8, 8), val_fraction=0.0, cache=tmp_path / "c")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = load_image_folder(tmp_path / "data", **kw)
+        Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "data" / "a" / "img 0.png")
+        second = load_image_folder(tmp_path / "data", **kw)
+    assert len(list((tmp_path / "c").glob("*.safetensors"))) == 2
+    assert first.images[0].float().mean() > 50 and second.images[0].max() == 0
+
+
+def test_exact_resize_and_grey(tmp_path):
+    _make_folder(tmp_path / "data", {"a": 2, "b": 2}, junk=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        grey = load_image_folder(tmp_path / "data", image_size=(10, 10), channels=1, resize="exact",
+                                 val_fraction=0, cache=False)
+    assert grey.images.shape == (4, 1, 10, 10)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(root="missing"), "image folder not found"),
+    (dict(split="holdout"), "unknown split 'holdout'"),
+    (dict(image_size=(0, 5)), "image_size must be"),
+    (dict(channels=2), "channels must be 1"),
+    (dict(val_fraction=0.7, test_fraction=0.4), "sum below 1"),
+    (dict(resize="crop"), "resize must be"),
+])
+def test_bad_arguments(tmp_path, kwargs, match):
+    _make_folder(tmp_path / "data", {"a": 2}, junk=False)
+    kwargs = {"root": tmp_path / "data", **kwargs}
+    if kwargs["root"] == "missing":
+        kwargs["root"] = tmp_path / "missing"
+    with pytest.raises(CnnkitError, match=match):
+        load_image_folder(cache=False, **kwargs)
+
+
+def test_missing_split_and_empty_folder(data_dir, tmp_path):
+    with pytest.raises(CnnkitError, match="no 'test' split .*test_fraction"):
+        load_image_folder(data_dir / "hymenoptera", "test", SIZE, cache=tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CnnkitError, match="no class folders"):
+        load_image_folder(tmp_path / "empty", cache=False)
