@@ -82,6 +82,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=1, help="seeds per preset (mean and spread)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     p.add_argument("--no-baseline", action="store_true", help="skip the notes' Keras network")
+    p.add_argument("--baseline-epochs", type=int, default=10, help="the notes train 10 epochs")
     p.add_argument("--out", help="keep the runs here (default: a temporary folder)")
     args = p.parse_args(argv)
 
@@ -95,7 +96,7 @@ def main(argv=None) -> int:
     jobs = [(name, preset(name, data_dir=args.data_dir, threads=threads)) for name in args.presets]
     if not args.no_baseline:
         jobs.append(("notes-keras", replace(TrainConfig(data_dir=args.data_dir, threads=threads),
-                                            **BASELINE)))
+                                            **{**BASELINE, "epochs": args.baseline_epochs})))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(args.out or tmp)

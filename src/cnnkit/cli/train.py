@@ -68,7 +68,10 @@ def run_train(args) -> int:
 
     if args.ensemble is not None and args.ensemble < 1:
         raise CnnkitError(f"--ensemble must be a positive integer; received {args.ensemble}")
-    cfg = preset(args.preset, dataset=args.dataset, data_dir=args.data_dir, model=args.model,
+    if Path(args.dataset).expanduser().is_dir():       # an image folder: stored absolute for `eval`
+        args.dataset = str(Path(args.dataset).expanduser().resolve())
+    data_dir = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None
+    cfg = preset(args.preset, dataset=args.dataset, data_dir=data_dir, model=args.model,
                  epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                  weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
                  optimizer=args.optimizer, schedule=args.schedule, ema=args.ema, tta=args.tta,

@@ -53,7 +53,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False, quiet:
                                                   // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
         if cfg.ensemble == 1:
             return fit(cfg, out, d, resume, quiet, on_epoch_end)
-        runs = [fit(replace(cfg, seed=cfg.seed + i, ensemble=1), out / f"member{i}", d,
+        runs = [fit(replace(cfg, seed=cfg.seed + i), out / f"member{i}", d,   # config keeps K: resumable
                     resume and (out / f"member{i}" / ckpt.RESUME_FILE).is_file(), quiet, on_epoch_end)
                 for i in range(cfg.ensemble)]
         if d.main:
@@ -241,8 +241,7 @@ def _resumed_config(out: Path, cfg: TrainConfig) -> TrainConfig:
         raise CnnkitError(f"nothing to resume in {out}: no {ckpt.RESUME_FILE}; start a new run "
                           "without --resume")
     _, meta = ckpt._read(path if path.is_file() else member)
-    saved = TrainConfig.from_dict(meta["config"])
-    return replace(saved, ensemble=cfg.ensemble if not path.is_file() else saved.ensemble)
+    return TrainConfig.from_dict(meta["config"])       # member 0's seed is the run's seed
 
 
 def _fmt(cfg: TrainConfig) -> torch.memory_format:
