@@ -97,7 +97,8 @@ def build_network(model: str, num_classes: int, in_channels: int) -> nn.Module:
             raise CnnkitError(f"--model spec file not found: {model}; give a .yaml/.json network spec")
         from ..analysis.spec import build_from_spec
 
-        return build_from_spec(model)
+        built = build_from_spec(model)                     # (module, input size)
+        return built[0] if isinstance(built, tuple) else built
     if ".py:" in model:
         path, _, factory = model.rpartition(":")
         if not Path(path).is_file():
