@@ -10,6 +10,14 @@ from cnnkit.errors import CnnkitError
 from cnnkit.transfer import total_stride
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():  # tiny tensors: threads only add synchronisation on a busy machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def notes_convnet():  # the notes' Keras MNIST convnet, with dropout and a batch-normed dense layer
     return nn.Sequential(
         nn.Conv2d(1, 8, 3), nn.ReLU(), nn.MaxPool2d(2),          # (B, 1, 28, 28) -> (B, 8, 13, 13)

@@ -1,5 +1,99 @@
-"""``cnnkit transfer`` sub-commands (placeholder until implemented)."""
+"""``cnnkit finetune`` and ``cnnkit fcn``: transfer learning on an image folder, dense heads as convolutions."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+from ..errors import CnnkitError
 
 
 def register(subparsers) -> None:
-    pass
+    p = subparsers.add_parser(
+        "finetune", help="fine-tune a (pretrained) zoo network on a folder of your own images",
+        description="Replace the classifier for the folder's classes, train it with the base frozen, "
+        "then unfreeze the top block (and optionally everything) with lower learning rates.")
+    p.add_argument("--model", help="zoo name (`cnnkit zoo`); optional when --weights is a cnnkit checkpoint")
+    p.add_argument("--weights", help="reference-format .pth/.safetensors weights, or a cnnkit checkpoint")
+    p.add_argument("--data", required=True, help="DIR/<class>/* or DIR/{train,val}/<class>/*")
+    p.add_argument("--freeze-until", help="first layer trained in stage 'top': layer4, features.24, "
+                   "block5_conv1 (default: the last block)")
+    p.add_argument("--stages", default="head,top", help="comma-separated subset of head,top,all (default head,top)")
+    p.add_argument("--epochs", type=int, default=3, help="epochs per stage (default 3)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate of the head stage; 'top' and "
+                   "'all' use a tenth of it (default 1e-3)")
+    p.add_argument("--image-size", type=int, help="square input size (default: the model's, e.g. 224)")
+    p.add_argument("--augment", action="store_true", help="the notes' ImageDataGenerator augmentation "
+                   "(rotation 40, shifts 0.2, zoom 0.2, flips)")
+    p.add_argument("--train-bn", action="store_true", help="let unfrozen batch-norm layers update their statistics")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="held out when DIR has no val/ folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None, help="run folder to write (default runs/finetune-MODEL)")
+    p.set_defaults(func=_finetune)
+
+    f = subparsers.add_parser(
+        "fcn", help="turn a checkpoint's Flatten+Linear head into convolutions (any input size)",
+        description="Write a copy of a cnnkit checkpoint whose dense layers are convolutions: on a "
+        "larger image it outputs a map of class scores.")
+    f.add_argument("checkpoint", help="run folder or model.safetensors written by cnnkit train/finetune")
+    f.add_argument("--out", required=True, help="run folder (or .safetensors file) to write")
+    f.set_defaults(func=_fcn)
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from ..data.imagefolder import load_image_folder
+    from ..transfer import NOTES_AUGMENT, finetune, preprocess_for
+    from ..transfer.checkpoint import load_backbone, save_finetuned
+
+    stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+    if args.epochs < 0 or args.batch_size < 2 or (args.image_size is not None and args.image_size < 8):
+        raise CnnkitError(f"--epochs must be >= 0, --batch-size >= 2 and --image-size >= 8; received "
+                          f"--epochs {args.epochs} --batch-size {args.batch_size} --image-size {args.image_size}")
+    net, name = load_backbone(args.model, args.weights)
+    size = (args.image_size,) * 2 if args.image_size else None
+    pre = preprocess_for(name, image_size=size) if ":" not in name and not name.endswith(
+        (".yaml", ".yml", ".json")) else None
+    if pre is None:
+        raise CnnkitError(f"--model {name!r}: fine-tuning needs a zoo model; give --model NAME")
+    load = dict(image_size=pre.image_size, channels=pre.input_size[0], val_fraction=args.val_fraction,
+                seed=args.seed, crop_fraction=pre.crop_fraction)
+    with warnings.catch_warnings(record=True) as caught:  # each data warning printed once, one line
+        warnings.simplefilter("always")
+        train = load_image_folder(args.data, "train", **load)
+        has_val = any((Path(args.data) / d).is_dir() for d in ("val", "valid", "validation"))
+        val = load_image_folder(args.data, "val", **load) if args.val_fraction > 0 or has_val else None
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        print(f"warning: {message}", file=sys.stderr)
+    print(f"{name}: {len(train)} train / {len(val) if val else 0} val images of {len(train.classes)} "
+          f"classes {train.classes}, input {pre.input_size}, stages {','.join(stages)}")
+    history = finetune(net, train, val, stages=stages, freeze_until=args.freeze_until,
+                       augment=NOTES_AUGMENT if args.augment else None, epochs=args.epochs,
+                       batch_size=args.batch_size, lr_head=args.lr, lr_top=args.lr / 10,
+                       lr_all=args.lr / 10, train_bn=args.train_bn, mean=pre.mean, std=pre.std,
+                       seed=args.seed, device=args.device, log=_print_row)
+    out = Path(args.out or f"runs/finetune-{name}")
+    path = save_finetuned(out, net.cpu(), name, train.classes, pre.input_size, pre.mean, pre.std, history,
+                          {"stages": list(stages), "freeze_until": args.freeze_until,
+                           "weights": args.weights, "data": str(args.data), "augment": args.augment})
+    print(f"wrote {path}")
+    return 0
+
+
+def _print_row(row: dict) -> None:
+    print(f"  {row['stage']:>4} epoch {row['epoch']}: loss {row['train_loss']:.3f} acc "
+          f"{row['train_acc']:.3f} | val loss {row['val_loss']:.3f} acc {row['val_acc']:.3f} | "
+          f"{row['trainable']:,} trainable params, lr {row['lr']:.0e}, {row['seconds']:.1f} s")
+
+
+def _fcn(args: argparse.Namespace) -> int:
+    from ..transfer.checkpoint import convert_to_fcn
+
+    path, fcn, info = convert_to_fcn(args.checkpoint, args.out)
+    convs = sum(1 for m in fcn.modules() if type(m).__name__ == "Conv2d")
+    print(f"{info['model']}: dense head converted ({convs} conv layers now), trained on "
+          f"{tuple(info['input_size'])}; wrote {path}")
+    return 0

@@ -1,0 +1,388 @@
+"""Fine-tuning a pretrained network on new classes, in stages (Keras' recipe, Géron ch. 14; Chollet ch. 5).
+
+1. ``head``: a new classifier for the new classes; the whole base frozen. With ``cache_features``
+   the frozen base runs once over the data and every epoch trains the head on the stored features.
+2. ``top``: unfreeze from a named layer (``freeze_until="layer4"``, ``"features.24"``, or Keras'
+   ``"block5_conv1"``) to the output, with a lower learning rate. By default: the last block, i.e.
+   every layer working at the final feature-map resolution that has parameters.
+3. ``all``: everything trains, with discriminative learning rates: the head gets ``lr_all`` and each
+   resolution stage below it ``lr_decay`` times the one above (Howard & Ruder 2018,
+   https://arxiv.org/abs/1801.06146).
+
+Batch norm, deliberately: a BN layer whose parameters are frozen stays in eval mode, so its running
+statistics (learnt on the big dataset) are used and never updated. Unfrozen BN layers also stay in
+eval mode unless ``train_bn=True`` (Keras' advice: small batches of a small dataset would wreck
+statistics estimated on millions of images).
+
+Works with any model that has the timm interface (``forward_features``, ``forward_head``,
+``reset_classifier``) and with an ``nn.Sequential`` whose head starts at its ``nn.Flatten``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..data.imageset import ImageSet
+from ..errors import CnnkitError
+from .preprocess import normalize
+
+STAGES = ("head", "top", "all")
+_BN = nn.modules.batchnorm._BatchNorm
+_POOL = (nn.MaxPool2d, nn.AvgPool2d)
+
+
+@dataclass
+class FinetuneConfig:
+    epochs: int | dict = 3        # epochs per stage, or {"head": 5, "top": 3, "all": 2}
+    batch_size: int = 32
+    lr_head: float = 1e-3         # Adam learning rate of the new head (stage "head")
+    lr_top: float = 1e-4          # the unfrozen top and the head (stage "top"): ~10x lower
+    lr_all: float = 1e-4          # the head in stage "all"; lower stages get lr_all * lr_decay**depth
+    lr_decay: float = 0.5         # discriminative factor per resolution stage, going down
+    weight_decay: float = 0.0     # AdamW decoupled weight decay
+    label_smoothing: float = 0.0
+    cache_features: bool = True   # stage "head": run the frozen base once (then no augmentation there)
+    train_bn: bool = False        # unfrozen BN layers update their running statistics
+    mean: tuple | None = None     # input normalisation on [0, 1] pixels; None: 0.5 per channel
+    std: tuple | None = None
+    seed: int = 0                 # batch order and augmentation
+    device: str = "cpu"
+    max_batches: int | None = None  # per epoch; a smoke test's couple of batches
+    log: Callable[[dict], None] | None = None  # called with each history row
+
+
+@dataclass
+class StagePlan:
+    """What one stage trains: parameter groups with their learning rate, and BN layers kept in eval."""
+    stage: str
+    groups: list[dict]                     # torch.optim param groups: {"params", "lr", "names"}
+    frozen_bn: list[nn.Module] = field(default_factory=list)
+
+    @property
+    def trainable(self) -> list[str]:
+        return [n for g in self.groups for n in g["names"]]
+
+
+def finetune(model: nn.Module, train_set: ImageSet, val_set: ImageSet | None = None,
+             stages=STAGES, freeze_until: str | None = None, augment=None,
+             config: FinetuneConfig | None = None, **overrides) -> list[dict]:
+    """Fine-tune ``model`` in place on ``train_set``'s classes; returns one history row per epoch.
+
+    Args:
+        model: a pretrained network (timm interface or ``nn.Sequential`` with a Flatten head).
+        train_set, val_set: uint8 :class:`ImageSet` s at the model's input size.
+        stages: a subset of ``("head", "top", "all")``, run in that order.
+        freeze_until: the first layer trained in stage ``top`` (module name or Keras-style name).
+        augment: a batched ``(x, generator) -> x`` on [0, 1] floats, e.g. :class:`ImageAugment`.
+        config: a :class:`FinetuneConfig`; keyword ``overrides`` replace its fields.
+
+    Raises:
+        CnnkitError: an unknown stage or layer name, a model without a separable head, empty or
+            mismatched datasets. The model is left in eval mode with every parameter trainable.
+    """
+    cfg, stages = _config(config, overrides, stages, train_set, val_set)
+    dev = torch.device(cfg.device)
+    mean = cfg.mean or (0.5,) * train_set.images.shape[1]
+    std = cfg.std or (0.5,) * train_set.images.shape[1]
+    model.to(dev).eval()  # validation passes run in eval mode; training sets its modes per stage
+    _reset_classifier(model, len(train_set.classes))
+    g = torch.Generator(device=dev).manual_seed(cfg.seed)
+    history: list[dict] = []
+
+    def prepare(images, train):  # uint8 (B, C, H, W) -> normalised float on the device
+        x = images.to(dev).float() / 255
+        if train and augment is not None:
+            x = augment(x, g)
+        return normalize(x, mean, std)
+
+    features, head = _parts(model)
+    if "top" in stages:  # a bad --freeze-until fails now, not after the head has trained
+        plan_stage(model, "top", freeze_until, train_set.image_shape, cfg)
+    try:
+        for stage in stages:
+            history += _run_stage(model, stage, features, head, prepare, train_set, val_set,
+                                  freeze_until, cfg, g, dev)
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    model.eval()
+    return history
+
+
+def _run_stage(model, stage, features, head, prepare, train_set, val_set, freeze_until, cfg, g, dev):
+    """Train one stage for its epochs; returns its history rows."""
+    plan = plan_stage(model, stage, freeze_until, train_set.image_shape, cfg)
+    epochs = cfg.epochs.get(stage, 0) if isinstance(cfg.epochs, dict) else cfg.epochs
+    if stage == "head" and cfg.cache_features:  # the frozen base runs once per image
+        train = (_features(features, train_set, prepare, cfg), train_set.labels)
+        val = (_features(features, val_set, prepare, cfg), val_set.labels) if val_set else None
+        step, forward = (lambda x, training: x), head
+    else:
+        train = (train_set.images, train_set.labels)
+        val = (val_set.images, val_set.labels) if val_set else None
+        step, forward = prepare, model
+    opt = torch.optim.AdamW(plan.groups, weight_decay=cfg.weight_decay)
+    rows = []
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        with _train_mode(model, plan.frozen_bn):
+            tr_loss, tr_acc = _run_epoch(forward, train, step, cfg, g, dev, opt)
+        va_loss, va_acc = _run_epoch(forward, val, step, cfg, g, dev) if val else (float("nan"),) * 2
+        rows.append({"stage": stage, "epoch": epoch, "train_loss": tr_loss, "train_acc": tr_acc,
+                     "val_loss": va_loss, "val_acc": va_acc, "lr": max(x["lr"] for x in plan.groups),
+                     "trainable": sum(p.numel() for x in plan.groups for p in x["params"]),
+                     "seconds": time.perf_counter() - t0})
+        if cfg.log:
+            cfg.log(rows[-1])
+    return rows
+
+
+def _run_epoch(forward, data, step, cfg, g, dev, opt=None) -> tuple[float, float]:
+    """One pass over ``data``; trains when an optimizer is given. Returns (mean loss, accuracy)."""
+    x_all, y_all = data
+    n = len(y_all)
+    order = torch.randperm(n, generator=g, device=dev).cpu() if opt else torch.arange(n)
+    batches = [b for b in order.split(cfg.batch_size) if not (opt and len(b) < 2)]  # BN needs 2
+    batches = batches[:cfg.max_batches] if cfg.max_batches else batches
+    loss_sum, correct, seen = 0.0, 0, 0
+    with torch.set_grad_enabled(opt is not None):
+        for idx in batches:
+            x, y = step(x_all[idx], opt is not None), y_all[idx].to(dev)
+            logits = forward(x.to(dev))
+            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing if opt else 0.0)
+            if opt is not None:
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+    return loss_sum / max(seen, 1), correct / max(seen, 1)
+
+
+def plan_stage(model: nn.Module, stage: str, freeze_until: str | None = None,
+               input_shape=(3, 224, 224), config: FinetuneConfig | None = None) -> StagePlan:
+    """Set ``requires_grad`` for ``stage`` and return its parameter groups and frozen BN layers."""
+    cfg = config or FinetuneConfig()
+    features, _ = _parts(model)
+    leaves, stage_of = _trace_base(model, features, input_shape)
+    base_ids = {id(p) for _, m in leaves for p in m.parameters(recurse=False)}
+    names = {id(p): n for n, p in model.named_parameters()}
+    head = [p for p in model.parameters() if id(p) not in base_ids]
+    if stage == "head":
+        first = len(leaves)                               # nothing of the base trains
+    elif stage == "top":
+        first = _resolve_layer(freeze_until, leaves, stage_of) if freeze_until else \
+            _top_block_start(leaves, stage_of)
+    elif stage == "all":
+        first = 0
+    else:
+        raise CnnkitError(f"unknown stage {stage!r}; use some of {', '.join(STAGES)}")
+    lr = {"head": cfg.lr_head, "top": cfg.lr_top, "all": cfg.lr_all}[stage]
+    # depth of each resolution stage that holds parameters, counted from the top (1) down
+    with_params = sorted({stage_of[i] for i, (_, m) in enumerate(leaves) if _has_params(m)}, reverse=True)
+    depth = {s: d for d, s in enumerate(with_params, start=1)}
+    by_lr: dict[float, list] = {lr: list(head)}
+    for i, (_, m) in enumerate(leaves):
+        for p in m.parameters(recurse=False):
+            if i >= first:   # "all": a stage at depth d trains at lr * decay**d
+                mult = cfg.lr_decay ** depth[stage_of[i]] if stage == "all" else 1.0
+                by_lr.setdefault(lr * mult, []).append(p)
+    trainable = {id(p) for ps in by_lr.values() for p in ps}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in trainable)
+    frozen_bn = [m for i, (_, m) in enumerate(leaves) if isinstance(m, _BN)
+                 and (i < first or not cfg.train_bn)]
+    groups = [{"params": ps, "lr": r, "names": [names[id(p)] for p in ps]}
+              for r, ps in sorted(by_lr.items(), reverse=True) if ps]
+    return StagePlan(stage, groups, frozen_bn)
+
+
+@contextmanager
+def _train_mode(model: nn.Module, frozen_bn: list[nn.Module]):
+    """model.train(), except BN layers in ``frozen_bn`` (kept in eval); restores every mode after."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.train()
+        for m in frozen_bn:
+            m.eval()
+        yield
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+# ----------------------------------------------------------------------------- the model's parts
+
+def _parts(model: nn.Module) -> tuple[Callable, Callable]:
+    """(features, head) callables: the timm interface, or a Sequential split at its head."""
+    if callable(getattr(model, "forward_features", None)) and callable(getattr(model, "forward_head", None)):
+        return model.forward_features, model.forward_head
+    if isinstance(model, nn.Sequential):
+        children = list(model)
+        for i, m in enumerate(children):
+            if isinstance(m, nn.Flatten) or any(isinstance(s, (nn.Linear, nn.Flatten)) for s in m.modules()):
+                return nn.Sequential(*children[:i]), nn.Sequential(*children[i:])
+    raise CnnkitError(f"cannot find the head of {type(model).__name__}: give a model with "
+                      "forward_features/forward_head (every zoo model) or an nn.Sequential whose "
+                      "classifier starts at an nn.Flatten")
+
+
+def _reset_classifier(model: nn.Module, num_classes: int) -> None:
+    """A new, freshly initialised last layer with ``num_classes`` outputs."""
+    if callable(getattr(model, "reset_classifier", None)):
+        model.reset_classifier(num_classes)
+        return
+    last = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not last:
+        raise CnnkitError(f"{type(model).__name__} has no reset_classifier() and no nn.Linear to "
+                          "replace; give a zoo model or an nn.Sequential ending in a Linear")
+    name, old = last[-1]
+    parent = model.get_submodule(name.rpartition(".")[0])
+    new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None,
+                    device=old.weight.device, dtype=old.weight.dtype)
+    setattr(parent, name.rpartition(".")[2], new)
+
+
+def _trace_base(model, features, input_shape):
+    """Leaf modules the base runs, in execution order, and each one's resolution stage (0, 1, ...)."""
+    order: list[tuple[str, nn.Module]] = []
+    sizes: list[tuple | None] = []
+    names = {m: n for n, m in model.named_modules()}
+    seen: set[int] = set()
+
+    def hook(module, inputs, output):
+        if id(module) not in seen:
+            seen.add(id(module))
+            order.append((names[module], module))
+            sizes.append(tuple(output.shape[-2:]) if torch.is_tensor(output) and output.dim() == 4 else None)
+
+    leaves = [m for m in model.modules() if not list(m.children()) and m in names]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    was_training = model.training
+    p = next(model.parameters())
+    try:
+        model.eval()
+        with torch.no_grad():
+            features(torch.zeros(1, *input_shape, device=p.device, dtype=p.dtype))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    distinct: list[tuple] = []
+    stage_of = []
+    for s in sizes:
+        if s is not None and s not in distinct:
+            distinct.append(s)
+        stage_of.append(max(len(distinct) - 1, 0))
+    return order, stage_of
+
+
+def _has_params(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters(recurse=False))
+
+
+def _top_block_start(leaves, stage_of) -> int:
+    """Index of the first leaf of the last resolution stage that holds parameters."""
+    with_params = [i for i, (_, m) in enumerate(leaves) if _has_params(m)]
+    if not with_params:
+        return len(leaves)
+    last = stage_of[with_params[-1]]
+    return min(i for i in with_params if stage_of[i] == last)
+
+
+def _resolve_layer(name: str, leaves, stage_of) -> int:
+    """A module name, or a Keras-style layer name, -> index of the first leaf from which to train."""
+    module = _keras_to_module(name, leaves)
+    for i, (n, _) in enumerate(leaves):
+        if n == module or n.startswith(module + "."):
+            return i
+    tops = list(dict.fromkeys(n.split(".")[0] for n, _ in leaves))  # top-level names, in order
+    raise CnnkitError(f"unknown layer freeze_until={name!r}; give a module name of the base such as "
+                      f"{', '.join(tops[-4:])} (or a Keras name like block5_conv1)")
+
+
+def _keras_to_module(name: str, leaves) -> str:
+    """``block5_conv1`` (VGG: the 1st conv after the 4th pooling) or ``conv5_block1_2_conv``
+    (ResNet: layer4.0.conv2) -> the module name; any other name is returned unchanged."""
+    m = re.fullmatch(r"conv(\d)_block(\d+)(?:_(\d)_conv)?", name)
+    if m:
+        stage, block, conv = int(m[1]), int(m[2]), m[3]
+        base = f"layer{stage - 1}.{block - 1}"
+        return base if conv is None else (f"{base}.downsample.0" if conv == "0" else f"{base}.conv{conv}")
+    m = re.fullmatch(r"block(\d+)_(conv|pool)(\d*)", name)
+    if not m:
+        return name
+    block, kind, k = int(m[1]), m[2], int(m[3] or 1)
+    b, count = 1, 0
+    for n, mod in leaves:
+        if isinstance(mod, _POOL):
+            if b == block and kind == "pool":
+                return n
+            b, count = b + 1, 0
+        elif isinstance(mod, nn.Conv2d) and b == block:
+            count += 1
+            if kind == "conv" and count == k:
+                return n
+    raise CnnkitError(f"freeze_until={name!r} does not exist in this model (block {block} has "
+                      f"{count} conv layers); check the block and layer numbers")
+
+
+# ----------------------------------------------------------------------------- data helpers
+
+def _features(features, data: ImageSet, prepare, cfg) -> torch.Tensor:
+    """The frozen base's output for every image (eval mode, no grad), kept on the device."""
+    out = []
+    with torch.no_grad():
+        for idx in torch.arange(len(data)).split(cfg.batch_size * 2):
+            out.append(features(prepare(data.images[idx], False)))
+    return torch.cat(out)
+
+
+def _config(config, overrides, stages, train_set, val_set) -> tuple[FinetuneConfig, list[str]]:
+    cfg = FinetuneConfig(**{**(config.__dict__ if config else {}), **overrides}) if overrides or config \
+        else FinetuneConfig()
+    stages = [stages] if isinstance(stages, str) else list(stages)
+    bad = [s for s in stages if s not in STAGES]
+    if bad or not stages:
+        raise CnnkitError(f"unknown stages {bad or stages}; use some of {', '.join(STAGES)}, "
+                          "e.g. stages=('head', 'top')")
+    if not isinstance(train_set, ImageSet) or len(train_set) == 0:
+        raise CnnkitError(f"train_set must be a non-empty ImageSet, got {type(train_set).__name__} "
+                          f"of {len(train_set) if isinstance(train_set, ImageSet) else '?'} images")
+    if val_set is not None and (not isinstance(val_set, ImageSet) or val_set.classes != train_set.classes
+                                or val_set.image_shape != train_set.image_shape):
+        raise CnnkitError("val_set must be an ImageSet with the same classes and image shape as "
+                          f"train_set ({train_set.classes}, {train_set.image_shape})")
+    if cfg.batch_size < 2:
+        raise CnnkitError(f"batch_size must be >= 2, got batch_size={cfg.batch_size}")
+    return cfg, [s for s in STAGES if s in stages]  # always head -> top -> all
+
+
+def evaluate(model: nn.Module, data: ImageSet, mean=None, std=None, batch_size: int = 256,
+             device: str = "cpu") -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of ``model`` on ``data`` (uint8 images normalised by mean/std)."""
+    c = data.images.shape[1]
+    mean, std = mean or (0.5,) * c, std or (0.5,) * c
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    try:
+        with torch.no_grad():
+            for idx in torch.arange(len(data)).split(batch_size):
+                x = normalize(data.images[idx].to(device).float() / 255, mean, std)
+                y = data.labels[idx].to(device)
+                logits = model(x)
+                loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+                correct += (logits.argmax(1) == y).sum().item()
+    finally:
+        model.train(was_training)
+    return loss_sum / len(data), correct / len(data)

@@ -1,0 +1,68 @@
+"""Preprocessing matched to a backbone: input size, centre-crop share, per-channel mean and std.
+
+Pretrained weights only work on inputs prepared the way they were trained: torchvision's ImageNet
+models take 224x224 centre crops of images resized to 256 (crop share 0.875), scaled to [0, 1] and
+normalised by the ImageNet mean/std; Xception (Keras/timm) maps pixels to [-1, 1] at 299x299.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+INCEPTION_MEAN, INCEPTION_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)     # x / 127.5 - 1
+GREY_MEAN, GREY_STD = (0.5,), (0.5,)                                   # one channel: [0,1] -> [-1,1]
+# families whose reference weights expect [-1, 1] inputs; every other 3-channel family: ImageNet
+_INCEPTION_FAMILIES = ("xception",)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    input_size: tuple[int, int, int]   # (C, H, W) the network sees
+    mean: tuple[float, ...]            # per channel, on [0, 1] pixels
+    std: tuple[float, ...]
+    crop_fraction: float = 0.875       # share of the resized image the centre crop keeps (256 -> 224)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.input_size[1], self.input_size[2]
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, C, H, W) 0..255 or float [0, 1] -> normalised float32."""
+        x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+        return normalize(x, self.mean, self.std)
+
+
+def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """(x - mean) / std per channel of a (N, C, H, W) batch."""
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+def preprocess_for(model_name: str, in_channels: int | None = None,
+                   image_size: tuple[int, int] | None = None) -> Preprocess:
+    """The preprocessing a zoo model's reference weights expect.
+
+    Args:
+        model_name: a zoo name (``cnnkit zoo``); its registered input size and family decide.
+        in_channels: override the channel count (1 gives grey mean/std 0.5).
+        image_size: override ``(H, W)`` (e.g. smaller images for a quick run); the crop share stays.
+    """
+    from ..models import model_info
+
+    info = model_info(model_name)
+    c = in_channels if in_channels is not None else info.input_size[0]
+    h, w = image_size if image_size is not None else info.input_size[1:]
+    if c == 1:
+        mean, std = GREY_MEAN, GREY_STD
+    elif info.family in _INCEPTION_FAMILIES:
+        mean, std = INCEPTION_MEAN, INCEPTION_STD
+    elif c == 3:
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    else:
+        mean, std = (0.5,) * c, (0.5,) * c
+    crop = 0.875 if min(h, w) >= 64 else 1.0  # small inputs (MNIST-sized) are not centre-cropped
+    return Preprocess((c, h, w), mean, std, crop)

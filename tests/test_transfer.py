@@ -1,0 +1,187 @@
+"""Fine-tuning stages freeze what they should (requires_grad, BN statistics), layer names resolve,
+a zoo model fine-tunes on the ants/bees folders end to end, Keras-style augmentation, bad input."""
+
+import copy
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+
+from cnnkit.data.imageset import ImageSet
+from cnnkit.errors import CnnkitError
+from cnnkit.transfer import ImageAugment, finetune, plan_stage
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():  # tiny tensors: threads only add synchronisation on a busy machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def small_vgg(num_classes=3):
+    """Two VGG blocks with BN (Keras names block1_conv1 .. block2_pool), a Flatten head."""
+    def conv_bn(i, o):
+        return [nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU()]
+    return nn.Sequential(*conv_bn(3, 8), *conv_bn(8, 8), nn.MaxPool2d(2),     # block 1: (B, 8, 8, 8)
+                         *conv_bn(8, 16), *conv_bn(16, 16), nn.MaxPool2d(2),  # block 2: (B, 16, 4, 4)
+                         nn.Flatten(), nn.Linear(256, 32), nn.ReLU(), nn.Linear(32, num_classes))
+
+
+def toy_set(n=24, classes=("a", "b"), size=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % len(classes)
+    images = torch.randint(0, 120, (n, 3, size, size), generator=g, dtype=torch.uint8)
+    images[labels == 1, 0] += 100  # class b is redder: learnable in a few steps
+    return ImageSet(images, labels, list(classes))
+
+
+def _requires_grad(model):
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_stage_plans_set_requires_grad():
+    net = small_vgg()
+    head = {"15.weight", "15.bias", "17.weight", "17.bias"}
+    plan = plan_stage(net, "head", None, (3, 16, 16))
+    assert _requires_grad(net) == head and set(plan.trainable) == head
+    assert len(plan.frozen_bn) == 4                                   # every BN of the base in eval
+    plan = plan_stage(net, "top", None, (3, 16, 16))                  # default: the last block
+    assert _requires_grad(net) == head | {f"{i}.{w}" for i in (7, 8, 10, 11) for w in ("weight", "bias")}
+    assert len(plan.frozen_bn) == 4                                   # train_bn=False: all stay eval
+    plan_stage(net, "top", "block2_conv2", (3, 16, 16))               # Keras name -> module 10
+    assert _requires_grad(net) == head | {"10.weight", "10.bias", "11.weight", "11.bias"}
+    plan = plan_stage(net, "all", None, (3, 16, 16))
+    assert _requires_grad(net) == {n for n, _ in net.named_parameters()}
+    lrs = {n: g["lr"] for g in plan.groups for n in g["names"]}       # discriminative: deeper, lower
+    assert lrs["17.weight"] == 1e-4 and lrs["7.weight"] == 5e-5 and lrs["0.weight"] == 2.5e-5
+
+
+def test_resnet_layer_names():
+    from cnnkit.models import create_model
+
+    net = create_model("resnet18", num_classes=2)
+    plan_stage(net, "top", None, (3, 32, 32))
+    assert {n.split(".")[0] for n in _requires_grad(net)} == {"layer4", "fc"}
+    plan_stage(net, "top", "layer3", (3, 32, 32))
+    assert {n.split(".")[0] for n in _requires_grad(net)} == {"layer3", "layer4", "fc"}
+    plan_stage(net, "top", "conv5_block2_1_conv", (3, 32, 32))       # Keras ResNet name: layer4.1.conv1
+    assert min(_requires_grad(net) - {"fc.weight", "fc.bias"}) == "layer4.1.bn1.bias"
+    with pytest.raises(CnnkitError, match="unknown layer freeze_until='layer9'.*layer4"):
+        plan_stage(net, "top", "layer9", (3, 32, 32))
+
+
+def test_frozen_batch_norm_keeps_its_statistics():
+    torch.manual_seed(0)
+    net = small_vgg(num_classes=5)
+    net.train()(torch.randn(8, 3, 16, 16))  # give the BN layers non-trivial statistics
+    before = copy.deepcopy(net.state_dict())
+    history = finetune(net, toy_set(), toy_set(seed=1), stages=("head", "top"), epochs=2, batch_size=8,
+                       lr_head=1e-2, lr_top=1e-2)
+    after = net.state_dict()
+    assert [(r["stage"], r["epoch"]) for r in history] == [("head", 1), ("head", 2), ("top", 1), ("top", 2)]
+    assert net[17].out_features == 2 and not net.training           # a new classifier; eval mode
+    for key in before:
+        if key.startswith(("0.", "1.", "3.", "4.")):                  # block 1: frozen throughout
+            assert torch.equal(before[key], after[key]), key
+    for key in ("8.running_mean", "8.running_var", "11.running_mean", "11.running_var"):
+        assert torch.equal(before[key], after[key]), key              # unfrozen BN, train_bn=False
+    assert not torch.equal(before["7.weight"], after["7.weight"])     # block 2 conv trained in "top"
+    assert all(p.requires_grad for p in net.parameters())             # flags restored afterwards
+    finetune(net, toy_set(), None, stages=("top",), epochs=1, batch_size=8, train_bn=True)
+    assert not torch.equal(before["8.running_mean"], net.state_dict()["8.running_mean"])
+    assert torch.equal(before["1.running_mean"], net.state_dict()["1.running_mean"])
+
+
+def test_head_stage_with_cached_features_learns():
+    torch.manual_seed(0)
+    net = small_vgg()
+    history = finetune(net, toy_set(48), toy_set(48, seed=1), stages=("head",), epochs=15, batch_size=16,
+                       lr_head=3e-3)
+    assert history[-1]["val_acc"] >= 0.9 and history[-1]["trainable"] == 256 * 32 + 32 + 32 * 2 + 2
+
+
+def test_zoo_model_finetunes_on_hymenoptera_end_to_end(data_dir, tmp_path):
+    from cnnkit.data.imagefolder import load_image_folder
+    from cnnkit.models import create_model
+    from cnnkit.transfer import NOTES_AUGMENT, evaluate, preprocess_for
+
+    pre = preprocess_for("resnet18", image_size=(32, 32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kw = dict(image_size=pre.image_size, crop_fraction=pre.crop_fraction, cache=tmp_path)
+        train = load_image_folder(data_dir / "hymenoptera", "train", **kw)
+        val = load_image_folder(data_dir / "hymenoptera", "val", **kw)
+    net = create_model("resnet18")
+    fc_before = net.layer1[0].conv1.weight.clone()
+    rows = []
+    finetune(net, train.subset(torch.arange(0, 244, 8)), val.subset(torch.arange(0, 153, 8)),
+             augment=NOTES_AUGMENT, epochs=1, batch_size=8, max_batches=2, mean=pre.mean, std=pre.std,
+             log=rows.append)
+    assert [r["stage"] for r in rows] == ["head", "top", "all"]
+    assert rows[0]["trainable"] == 512 * 2 + 2 and rows[2]["trainable"] == 11_177_538
+    assert net.fc.out_features == 2 and not torch.equal(fc_before, net.layer1[0].conv1.weight)
+    loss, acc = evaluate(net, val.subset(torch.arange(0, 153, 4)), pre.mean, pre.std)
+    assert 0 <= acc <= 1 and loss == loss
+
+
+def test_cli_finetune_writes_a_loadable_checkpoint(data_dir, tmp_path, monkeypatch, capsys):
+    import cnnkit
+    from cnnkit.cli import main
+
+    monkeypatch.setenv("CNNKIT_HOME", str(tmp_path / "home"))
+    args = ["finetune", "--model", "resnet18", "--data", str(data_dir / "hymenoptera"), "--image-size", "32",
+            "--stages", "head", "--epochs", "1", "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert "244 train / 153 val images" in out and err.count("skipped 1 file") == 1
+    model = cnnkit.load(tmp_path / "run")
+    assert model.classes == ["ants", "bees"] and tuple(model.input_size) == (3, 32, 32)
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 2)
+    assert main(args[:-2] + ["--stages", "head,middle", "--out", str(tmp_path / "bad")]) == 2
+    assert "unknown stages ['middle']" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_augment_is_batched_seeded_and_keras_like():
+    x = torch.rand(6, 3, 20, 30)
+    aug = ImageAugment(rotation_range=30, width_shift_range=0.2, height_shift_range=0.1, shear_range=10,
+                       zoom_range=0.2, horizontal_flip=True, fill_mode="reflect")
+    a = aug(x, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, aug(x, torch.Generator().manual_seed(1)))
+    assert not torch.equal(a, aug(x, torch.Generator().manual_seed(2)))
+    assert torch.allclose(ImageAugment()(x, torch.Generator()), x, atol=1e-5)  # nothing asked: identity
+    ones = torch.ones(4, 1, 16, 16)
+    shifted = ImageAugment(width_shift_range=0.5, fill_mode="constant", cval=0.25)(ones, torch.Generator().manual_seed(0))
+    assert set(shifted.unique().round(decimals=4).tolist()) <= {0.25, 1.0} or shifted.min() >= 0.25 - 1e-5
+    assert (shifted - 0.25).abs().min() < 1e-5                       # the fill is cval, not 0
+    assert (ImageAugment(width_shift_range=0.5)(ones, torch.Generator().manual_seed(0)) - 1).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(stages=("head", "middle")), "unknown stages"),
+    (dict(batch_size=1), "batch_size must be >= 2"),
+    (dict(val_set=toy_set(classes=("x", "y"))), "same classes"),
+    (dict(freeze_until="block9_conv1"), "block9_conv1"),
+])
+def test_bad_finetune_input(kwargs, match):
+    kwargs = {"val_set": None, **kwargs}
+    with pytest.raises(CnnkitError, match=match):
+        finetune(small_vgg(), toy_set(), **kwargs)
+
+
+def test_model_without_a_head_is_refused():
+    class Opaque(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3)
+
+        def forward(self, x):
+            return self.conv(x).mean((2, 3))
+
+    with pytest.raises(CnnkitError, match="no reset_classifier"):
+        finetune(Opaque(), toy_set())
+    with pytest.raises(CnnkitError, match="fill_mode must be"):
+        ImageAugment(fill_mode="wrap")
