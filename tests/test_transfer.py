@@ -185,3 +185,30 @@ def test_model_without_a_head_is_refused():
         finetune(Opaque(), toy_set())
     with pytest.raises(CnnkitError, match="fill_mode must be"):
         ImageAugment(fill_mode="wrap")
+
+
+def test_cli_finetune_from_reference_weights_url_then_from_its_checkpoint(data_dir, tmp_path, monkeypatch):
+    """--weights as a checksummed file:// URL (the download code path), then a cnnkit checkpoint."""
+    import hashlib
+
+    import cnnkit
+    from cnnkit.cli import main
+    from cnnkit.models import create_model
+
+    monkeypatch.setenv("CNNKIT_HOME", str(tmp_path / "home"))
+    state = create_model("resnet18").state_dict()                     # stands in for ImageNet weights
+    torch.save(state, tmp_path / "w.pth")
+    sha = hashlib.sha256((tmp_path / "w.pth").read_bytes()).hexdigest()
+    (tmp_path / "w.pth").rename(tmp_path / f"resnet18-{sha[:8]}.pth")  # torchvision's naming: checked
+    common = ["--data", str(data_dir / "hymenoptera"), "--image-size", "32", "--stages", "head",
+              "--epochs", "1"]
+    url = (tmp_path / f"resnet18-{sha[:8]}.pth").as_uri()
+    assert main(["finetune", "--model", "resnet18", "--weights", url, *common, "--out", str(tmp_path / "a")]) == 0
+    first = cnnkit.load(tmp_path / "a").net
+    assert torch.equal(first.layer2[0].conv1.weight, state["layer2.0.conv1.weight"])  # loaded, then frozen
+    assert (tmp_path / "home" / "weights" / f"resnet18-{sha[:8]}.pth").is_file()     # downloaded once
+    assert main(["finetune", "--weights", str(tmp_path / "a"), *common, "--out", str(tmp_path / "b")]) == 0
+    second = cnnkit.load(tmp_path / "b")
+    assert torch.equal(second.net.layer2[0].conv1.weight, state["layer2.0.conv1.weight"])
+    assert not torch.equal(second.net.fc.weight, first.fc.weight)
+    assert main(["finetune", "--model", "resnet18", "--weights", str(tmp_path / "nope.pth"), *common]) == 2

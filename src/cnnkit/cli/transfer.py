@@ -16,7 +16,8 @@ def register(subparsers) -> None:
         description="Replace the classifier for the folder's classes, train it with the base frozen, "
         "then unfreeze the top block (and optionally everything) with lower learning rates.")
     p.add_argument("--model", help="zoo name (`cnnkit zoo`); optional when --weights is a cnnkit checkpoint")
-    p.add_argument("--weights", help="reference-format .pth/.safetensors weights, or a cnnkit checkpoint")
+    p.add_argument("--weights", help="reference-format .pth/.safetensors file or URL, 'imagenet' for the "
+                   "published weights (downloaded once), or a cnnkit checkpoint")
     p.add_argument("--data", required=True, help="DIR/<class>/* or DIR/{train,val}/<class>/*")
     p.add_argument("--freeze-until", help="first layer trained in stage 'top': layer4, features.24, "
                    "block5_conv1 (default: the last block)")
@@ -46,19 +47,21 @@ def register(subparsers) -> None:
 
 def _finetune(args: argparse.Namespace) -> int:
     from ..data.imagefolder import load_image_folder
-    from ..transfer import NOTES_AUGMENT, finetune, preprocess_for
+    from ..transfer import NOTES_AUGMENT, Preprocess, finetune, preprocess_for
     from ..transfer.checkpoint import load_backbone, save_finetuned
 
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
     if args.epochs < 0 or args.batch_size < 2 or (args.image_size is not None and args.image_size < 8):
         raise CnnkitError(f"--epochs must be >= 0, --batch-size >= 2 and --image-size >= 8; received "
                           f"--epochs {args.epochs} --batch-size {args.batch_size} --image-size {args.image_size}")
-    net, name = load_backbone(args.model, args.weights)
-    size = (args.image_size,) * 2 if args.image_size else None
-    pre = preprocess_for(name, image_size=size) if ":" not in name and not name.endswith(
-        (".yaml", ".yml", ".json")) else None
-    if pre is None:
+    net, name, own = load_backbone(args.model, args.weights)
+    if ":" in name or name.endswith((".yaml", ".yml", ".json")):
         raise CnnkitError(f"--model {name!r}: fine-tuning needs a zoo model; give --model NAME")
+    size = (args.image_size,) * 2 if args.image_size else None
+    pre = preprocess_for(name, image_size=size)
+    if own is not None:  # a cnnkit checkpoint: keep the normalisation (and size) it was trained with
+        pre = Preprocess(tuple(own["input_size"][:1]) + (size or tuple(own["input_size"][1:])),
+                         tuple(own["mean"]), tuple(own["std"]), pre.crop_fraction)
     load = dict(image_size=pre.image_size, channels=pre.input_size[0], val_fraction=args.val_fraction,
                 seed=args.seed, crop_fraction=pre.crop_fraction)
     with warnings.catch_warnings(record=True) as caught:  # each data warning printed once, one line

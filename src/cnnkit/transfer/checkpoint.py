@@ -27,23 +27,31 @@ def is_cnnkit_checkpoint(path: str | os.PathLike) -> bool:
         return False
 
 
-def load_backbone(model_name: str | None, weights: str | None, in_channels: int = 3) -> tuple[nn.Module, str]:
-    """(network, model name) from a cnnkit checkpoint, or a zoo name plus reference-format weights."""
+def load_backbone(model_name: str | None, weights: str | None,
+                  in_channels: int = 3) -> tuple[nn.Module, str, dict | None]:
+    """(network, model name) from a cnnkit checkpoint, or a zoo name plus reference-format weights:
+    a local file, an ``http(s)://``/``file://`` URL, or ``"imagenet"`` for the published URL.
+    The third item is a checkpoint's own ``{"mean", "std", "input_size"}`` (None for zoo weights)."""
     if weights is not None and is_cnnkit_checkpoint(weights):
         info = ckpt.read_info(weights)
         if info.get("ensemble") or info.get("fcn"):
             raise CnnkitError(f"--weights {weights} is an ensemble or FCN checkpoint; give a single "
                               "classifier to fine-tune")
-        return load_checkpoint(weights).net, info["model"]
+        own = {k: info[k] for k in ("mean", "std", "input_size")}
+        return load_checkpoint(weights).net, info["model"], own
     if model_name is None:
         raise CnnkitError("--model is required unless --weights is a cnnkit checkpoint; e.g. "
                           "--model resnet18 --weights resnet18-f37072fd.pth")
+    if weights == "imagenet":  # the published reference weights, downloaded once and checksummed
+        from ..models.weights import pretrained_url
+
+        weights = pretrained_url(model_name)
     if weights is not None and not Path(weights).is_file() and "://" not in weights:
         raise CnnkitError(f"--weights file not found: {weights}; give a .pth/.safetensors file in the "
                           "reference implementation's format or a cnnkit checkpoint")
     from ..models import create_model
 
-    return create_model(model_name, in_channels=in_channels, weights=weights), model_name
+    return create_model(model_name, in_channels=in_channels, weights=weights), model_name, None
 
 
 def load_checkpoint(path: str | os.PathLike) -> nn.Module:

@@ -47,17 +47,21 @@ def preprocess_for(model_name: str, in_channels: int | None = None,
     """The preprocessing a zoo model's reference weights expect.
 
     Args:
-        model_name: a zoo name (``cnnkit zoo``); its registered input size and family decide.
+        model_name: a zoo name (``cnnkit zoo``); its registered input size, and the mean/std listed
+            with its published weights (:data:`cnnkit.models.weights.PRETRAINED`), decide.
         in_channels: override the channel count (1 gives grey mean/std 0.5).
         image_size: override ``(H, W)`` (e.g. smaller images for a quick run); the crop share stays.
     """
     from ..models import model_info
+    from ..models.weights import PRETRAINED
 
     info = model_info(model_name)
     c = in_channels if in_channels is not None else info.input_size[0]
     h, w = image_size if image_size is not None else info.input_size[1:]
     if c == 1:
         mean, std = GREY_MEAN, GREY_STD
+    elif c == 3 and model_name in PRETRAINED:  # what the published weights were trained with
+        mean, std = PRETRAINED[model_name].mean, PRETRAINED[model_name].std
     elif info.family in _INCEPTION_FAMILIES:
         mean, std = INCEPTION_MEAN, INCEPTION_STD
     elif c == 3:
