@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     import os
 
     threads = args.threads or os.cpu_count() or 1
-    console = Console()
+    console = Console(width=120)
     peak = matmul_gflops(threads)
     console.print(f"fp32 matmul: {peak:,.0f} GFLOP/s on {threads} threads (the ceiling)")
     test = load_dataset("mnist", "test", args.data_dir)
