@@ -136,7 +136,10 @@ def test_cli_fcn_round_trip(tmp_path, capsys):
                    (0.5,), (0.25,), [], {"stages": []})
     assert main(["fcn", str(tmp_path / "run"), "--out", str(tmp_path / "fcn")]) == 0
     assert "wrote" in capsys.readouterr().out
-    model = load_fcn(tmp_path / "fcn")
+    import cnnkit
+
+    model = cnnkit.load(tmp_path / "fcn")  # cnnkit.load reads FCN checkpoints too
+    assert type(load_fcn(tmp_path / "fcn").net) is type(model.net)
     x = torch.rand(2, 1, 12, 12)
     with torch.no_grad():
         assert (model(x).flatten(1) - net.eval()((x - 0.5) / 0.25)).abs().max() < 1e-5

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ._common import Classifier, check_args
 from ._registry import register_model
 
 # name -> (layer row, 5x5 stem, dropout before the classifier)
@@ -31,12 +32,13 @@ def conv_bn(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Seq
     )
 
 
-class MnistNet(nn.Module):
+class MnistNet(Classifier):
     """Conv-BN-ReLU stages from a row of data, then global max+avg pooling and a linear classifier."""
 
     def __init__(self, cfg: list, num_classes: int = 10, in_channels: int = 1, stem5: bool = False,
                  dropout: float = 0.0):
         super().__init__()
+        check_args(num_classes, in_channels)
         layers: list[nn.Module] = []
         c = in_channels
         for i, v in enumerate(cfg):
@@ -46,9 +48,10 @@ class MnistNet(nn.Module):
                 layers.append(conv_bn(c, v, 5 if (i == 0 and stem5) else 3))
                 c = v
         self.features = nn.Sequential(*layers)
-        self.num_features = c
+        self.num_classes = num_classes
+        self.num_features = 2 * c  # the classifier sees max- and average-pooled features
         self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(2 * c, num_classes)
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
         self.logit_scale = 0.125
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -59,11 +62,12 @@ class MnistNet(nn.Module):
         x = self.dropout(x)
         return x if pre_logits else self.fc(x) * self.logit_scale  # (B, 2C) -> (B, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
     def reset_classifier(self, num_classes: int) -> None:
-        self.fc = nn.Linear(2 * self.num_features, num_classes)
+        check_args(num_classes, 1)
+        ref = self.fc.weight if isinstance(self.fc, nn.Linear) else next(self.parameters())
+        self.fc = (nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()).to(
+            ref.device, ref.dtype)
+        self.num_classes = num_classes
 
 
 def _build(name: str, num_classes: int, in_channels: int) -> MnistNet:

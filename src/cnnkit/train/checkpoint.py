@@ -264,6 +264,10 @@ def _read(path) -> tuple[dict[str, torch.Tensor], dict]:
 
 def classifier_from_info(info: dict) -> Classifier:
     net = build_network(info["model"], info["num_classes"], info["input_size"][0])
+    if info.get("fcn"):  # written by `cnnkit fcn`: the dense head was turned into convolutions
+        from ..transfer.fcn import to_fcn
+
+        net = to_fcn(net, tuple(info["fcn"]["input_size"]))
     return Classifier(net, info["mean"], info["std"], info["classes"], info["input_size"], info.get("tta", ""))
 
 

@@ -55,8 +55,8 @@ def load_backbone(model_name: str | None, weights: str | None,
 
 
 def load_checkpoint(path: str | os.PathLike) -> nn.Module:
-    """``cnnkit.load`` for every checkpoint this package writes, FCN ones included."""
-    return load_fcn(path) if ckpt.read_info(path).get("fcn") else ckpt.load(path)
+    """``cnnkit.load`` (it reads every checkpoint this package writes, FCN ones included)."""
+    return ckpt.load(path)
 
 
 def save_finetuned(out: str | os.PathLike, net: nn.Module, model_name: str, classes: list[str],
@@ -91,14 +91,7 @@ def convert_to_fcn(src: str | os.PathLike, dst: str | os.PathLike) -> tuple[Path
 
 def load_fcn(path: str | os.PathLike) -> nn.Module:
     """An FCN checkpoint as an eval-mode Classifier whose output is a (N, classes, h, w) score map."""
-    file = ckpt.resolve(path)
-    tensors, info = ckpt._read(file)
-    if not info.get("fcn"):
+    if not ckpt.read_info(path).get("fcn"):
         raise CnnkitError(f"{path} is not an FCN checkpoint; use cnnkit.load, or convert it with "
                           "`cnnkit fcn`")
-    net = ckpt.build_network(info["model"], info["num_classes"], info["input_size"][0])
-    net = to_fcn(net, tuple(info["fcn"]["input_size"]))
-    model = ckpt.Classifier(net, info["mean"], info["std"], info["classes"], info["input_size"])
-    model.load_state_dict(tensors)
-    model.info = info
-    return model.eval()
+    return ckpt.load(path)
