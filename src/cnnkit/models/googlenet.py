@@ -179,16 +179,17 @@ class GoogLeNet(Classifier):
         self.num_classes = num_classes
 
 
-def _trunc_normal(weight: torch.Tensor) -> None:
-    # torchvision: normal(0, 0.01) truncated to [-2, 2] (absolute bounds, so in effect untruncated)
-    nn.init.trunc_normal_(weight, mean=0.0, std=0.01, a=-2, b=2)
+def _trunc_normal(weight: torch.Tensor, std: float = 0.01) -> None:
+    # torchvision: normal(0, std) truncated to [-2, 2] (absolute bounds, so in effect untruncated)
+    nn.init.trunc_normal_(weight, mean=0.0, std=std, a=-2, b=2)
 
 
-def _classifier(num_features: int, num_classes: int) -> nn.Module:
+def _classifier(num_features: int, num_classes: int, std: float = 0.01) -> nn.Module:
+    """The last Linear (``Identity`` for 0 classes), initialised as torchvision's Inception family."""
     if num_classes == 0:
         return nn.Identity()
     fc = nn.Linear(num_features, num_classes)
-    _trunc_normal(fc.weight)  # the bias keeps PyTorch's default, as in torchvision
+    _trunc_normal(fc.weight, std)  # the bias keeps PyTorch's default, as in torchvision
     return fc
 
 

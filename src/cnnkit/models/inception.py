@@ -17,7 +17,11 @@ import torch.nn.functional as F
 from ..errors import CnnkitError
 from ._common import Classifier, check_args as _check_args
 from ._registry import register_model
-from .googlenet import BasicConv2d, inception_input_transform
+from .googlenet import BasicConv2d, _classifier, _trunc_normal, inception_input_transform
+
+# torchvision: normal(0, 0.1) truncated to [-2, 2] for every conv and Linear (the aux head's
+# 0.01 / 0.001 exceptions do not apply here)
+_STD = 0.1
 
 
 class InceptionA(nn.Module):
@@ -197,11 +201,11 @@ class Inception3(Classifier):
         self.dropout = nn.Dropout(p=dropout)
         self.num_features = 2048
         self.num_classes = num_classes
-        self.fc = _classifier(self.num_features, num_classes)
+        self.fc = _classifier(self.num_features, num_classes, _STD)
 
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
-                _trunc_normal(m.weight)
+                _trunc_normal(m.weight, _STD)
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.constant_(m.weight, 1)
                 nn.init.constant_(m.bias, 0)
@@ -236,22 +240,10 @@ class Inception3(Classifier):
         """Replace ``fc`` by a freshly initialised Linear with ``num_classes`` outputs (0: Identity)."""
         _check_args(num_classes, 1)
         ref = self.Conv2d_1a_3x3.conv.weight
-        self.fc = _classifier(self.num_features, num_classes).to(ref.device, ref.dtype)
+        self.fc = _classifier(self.num_features, num_classes, _STD).to(ref.device, ref.dtype)
         self.num_classes = num_classes
 
 
-def _trunc_normal(weight: torch.Tensor) -> None:
-    # torchvision: normal(0, 0.1) truncated to [-2, 2] for every conv and Linear (the aux head's
-    # 0.01 / 0.001 exceptions do not apply here)
-    nn.init.trunc_normal_(weight, mean=0.0, std=0.1, a=-2, b=2)
-
-
-def _classifier(num_features: int, num_classes: int) -> nn.Module:
-    if num_classes == 0:
-        return nn.Identity()
-    fc = nn.Linear(num_features, num_classes)
-    _trunc_normal(fc.weight)  # the bias keeps PyTorch's default, as in torchvision
-    return fc
 
 
 
