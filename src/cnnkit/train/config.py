@@ -60,8 +60,9 @@ class TrainConfig:
 
 
 PRESETS: dict[str, dict] = {
-    # ~8 M MAC net, 6 epochs of shifted digits, one-cycle SGD, EMA, shift TTA
-    "fast": dict(model="mnist_fast", epochs=6, batch_size=256, lr=0.2, ema=0.99, tta=True,
+    # ~5.4 M MAC net, 4 epochs of shifted digits, one-cycle SGD, EMA, shift TTA; batch 128 runs
+    # faster than 256 on CPU (the activations stay in cache) and gives twice the steps per epoch
+    "fast": dict(model="mnist_fast", epochs=4, batch_size=128, lr=0.3, ema=0.99, tta=True,
                  augment=AugmentConfig(shift=2)),
     # ~22 M MAC net, 24 epochs of affine + elastic distortion, EMA, TTA
     "best": dict(model="mnist_best", epochs=24, batch_size=256, lr=0.2, ema=0.999, tta=True,
