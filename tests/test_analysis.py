@@ -284,3 +284,14 @@ def test_1d_3d_and_generator_specs():
                 {"reshape": {"target_shape": [128, 7, 7]}}, {"upsampling2d": {"size": 2}},
                 {"conv2d_transpose": {"filters": 1, "kernel_size": 5, "strides": 2, "padding": "same"}}], [100])
     assert gen.eval()(torch.zeros(2, 100)).shape == (2, 1, 28, 28)
+
+
+def test_logits_mode_drops_a_final_softmax_for_training():
+    probs, _ = build_from_spec(EXAMPLES / "keras_mnist.yaml")
+    logits, _ = build_from_spec(EXAMPLES / "keras_mnist.yaml", logits=True)
+    logits.load_state_dict(probs.state_dict())
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        p, z = probs.eval()(x), logits.eval()(x)
+    assert torch.allclose(p.sum(1), torch.ones(4))
+    assert torch.allclose(z.softmax(1), p, atol=1e-6) and not torch.allclose(z.sum(1), torch.ones(4))

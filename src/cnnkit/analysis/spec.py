@@ -127,9 +127,19 @@ def _with_activation(module: nn.Module, activation) -> nn.Module:
                           + (f"; did you mean {', '.join(close)}?" if close else ""))
     fn = _ACTIVATIONS[activation]
     if fn is not None:
-        module.register_forward_hook(lambda mod, inp, out: fn(out))
+        module.activation_hook = module.register_forward_hook(lambda mod, inp, out: fn(out))
         module.activation = activation
     return module
+
+
+def _drop_output_activation(model: "SpecNet") -> None:
+    """Keras networks end in softmax/sigmoid; PyTorch's losses take logits: remove that last step."""
+    last = getattr(model, model.graph[-1][0])
+    if isinstance(last, Activation) and last.name in ("softmax", "sigmoid"):
+        last.fn = None
+    elif getattr(last, "activation", None) in ("softmax", "sigmoid"):
+        last.activation_hook.remove()
+        last.activation = None
 
 
 def _conv(rank: int, c: int, filters, kernel_size, strides=1, padding="valid", dilation_rate=1, groups=1,
@@ -248,8 +258,11 @@ def load_spec(path) -> dict:
     return spec
 
 
-def build_from_spec(spec) -> tuple[nn.Module, tuple[int, ...] | None]:
-    """Build the network of a spec (a path or an already loaded mapping). Returns (model, input size)."""
+def build_from_spec(spec, logits: bool = False) -> tuple[nn.Module, tuple[int, ...] | None]:
+    """Build the network of a spec (a path or an already loaded mapping). Returns (model, input size).
+
+    ``logits=True`` drops a final softmax/sigmoid (for training with a cross-entropy loss).
+    """
     if not isinstance(spec, dict):
         spec = load_spec(spec)
     if "input" not in spec:
@@ -291,7 +304,10 @@ def build_from_spec(spec) -> tuple[nn.Module, tuple[int, ...] | None]:
         graph.append((name, inputs))
         modules[name] = module
         previous = name
-    return SpecNet(graph, modules, input_size), input_size
+    model = SpecNet(graph, modules, input_size)
+    if logits:
+        _drop_output_activation(model)
+    return model, input_size
 
 
 def _split_entry(entry, i: int) -> tuple[str, dict]:

@@ -48,7 +48,7 @@ def resolve_target(target) -> tuple[nn.Module, tuple[int, ...] | None, str]:
         return model, input_size, path.stem
     m = re.match(r"^(?P<file>.+\.py):(?P<fn>[A-Za-z_]\w*)$", text)
     if m:
-        return _from_factory(Path(m["file"]), m["fn"]), None, f"{Path(m['file']).stem}:{m['fn']}"
+        return load_factory(Path(m["file"]), m["fn"]), None, f"{Path(m['file']).stem}:{m['fn']}"
     if text.endswith(".py"):
         raise CnnkitError(f"name the factory function too: {text}:FUNCTION (a function returning an nn.Module)")
     from ..models import create_model, model_info
@@ -57,7 +57,8 @@ def resolve_target(target) -> tuple[nn.Module, tuple[int, ...] | None, str]:
     return create_model(text), info.input_size, text
 
 
-def _from_factory(path: Path, fn_name: str) -> nn.Module:
+def load_factory(path: Path, fn_name: str, **kwargs) -> nn.Module:
+    """Import ``path`` and call ``fn_name`` with those of ``kwargs`` its signature accepts."""
     if not path.is_file():
         raise CnnkitError(f"no such Python file: {path}")
     name = f"_cnnkit_user_{abs(hash(path.resolve()))}"
@@ -73,8 +74,11 @@ def _from_factory(path: Path, fn_name: str) -> nn.Module:
     factory = getattr(module, fn_name, None)
     if not callable(factory):
         raise CnnkitError(f"{path} has no function {fn_name!r}; define `def {fn_name}(): return MyNet()`")
+    import inspect
+
     try:
-        model = factory()
+        accepted = inspect.signature(factory).parameters
+        model = factory(**{k: v for k, v in kwargs.items() if k in accepted})
     except Exception as exc:
         raise CnnkitError(f"{path}:{fn_name}() raised {type(exc).__name__}: {exc}") from None
     if not isinstance(model, nn.Module):

@@ -13,8 +13,6 @@ Every file is written to a temporary file beside it, then renamed: never half-wr
 from __future__ import annotations
 
 import csv
-import importlib.util
-import inspect
 import io
 import json
 import os
@@ -97,26 +95,12 @@ def build_network(model: str, num_classes: int, in_channels: int) -> nn.Module:
             raise CnnkitError(f"--model spec file not found: {model}; give a .yaml/.json network spec")
         from ..analysis.spec import build_from_spec
 
-        built = build_from_spec(model)                     # (module, input size)
-        return built[0] if isinstance(built, tuple) else built
+        return build_from_spec(model, logits=True)[0]     # a final softmax is the loss's job
     if ".py:" in model:
+        from ..analysis.target import load_factory
+
         path, _, factory = model.rpartition(":")
-        if not Path(path).is_file():
-            raise CnnkitError(f"--model file not found: {path!r}; use file.py:factory")
-        spec = importlib.util.spec_from_file_location(f"cnnkit_user_{Path(path).stem}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        fn = getattr(module, factory, None)
-        if not callable(fn):
-            raise CnnkitError(f"--model {model!r}: {path} has no function {factory!r}")
-        params = inspect.signature(fn).parameters
-        kwargs = {k: v for k, v in (("num_classes", num_classes), ("in_channels", in_channels))
-                  if k in params}
-        net = fn(**kwargs)
-        if not isinstance(net, nn.Module):
-            raise CnnkitError(f"--model {model!r}: {factory}() returned {type(net).__name__}, "
-                              "not a torch.nn.Module")
-        return net
+        return load_factory(Path(path), factory, num_classes=num_classes, in_channels=in_channels)
     from ..models import create_model
 
     return create_model(model, num_classes=num_classes, in_channels=in_channels)
