@@ -9,6 +9,9 @@ import torch.nn.functional as F
 from cnnkit.data import augment as A
 
 
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 @pytest.fixture
 def batch():
     g = torch.Generator().manual_seed(1)
@@ -68,7 +71,6 @@ def test_normalize():
 def test_augmenting_costs_far_less_than_a_training_step():
     from cnnkit.models import create_model
 
-    torch.set_num_threads(1)
     x, y = torch.rand(256, 1, 28, 28), torch.randint(0, 10, (256,))
     net = create_model("mnist_fast").to(memory_format=torch.channels_last)
     aug = A.build_augment(A.AugmentConfig(shift=2, degrees=10, scale=0.1, translate=0.1))

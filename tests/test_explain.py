@@ -16,13 +16,7 @@ from cnnkit.explain import (
 from cnnkit.explain.hooks import default_cam_layer, guided_relus
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny batches: one thread is as fast, and far faster than two on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- Grad-CAM by hand
@@ -243,7 +237,7 @@ def mnist(data_dir):
 
 
 @pytest.fixture(scope="module")
-def trained(mnist, _one_thread):
+def trained(mnist, one_thread):
     """Two epochs on 6,000 28x28 digits, shifted by up to 3 px per batch (a second or two on one core)."""
     (images, labels), (test_images, test_labels) = mnist
     torch.manual_seed(0)

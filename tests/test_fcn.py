@@ -10,12 +10,7 @@ from cnnkit.errors import CnnkitError
 from cnnkit.transfer import total_stride
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # tiny tensors: threads only add synchronisation on a busy machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def notes_convnet():  # the notes' Keras MNIST convnet, with dropout and a batch-normed dense layer

@@ -13,12 +13,7 @@ from cnnkit.errors import CnnkitError
 from cnnkit.transfer import ImageAugment, finetune, plan_stage
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # tiny tensors: threads only add synchronisation on a busy machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_vgg(num_classes=3):

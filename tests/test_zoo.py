@@ -14,6 +14,9 @@ _MIN_SIDE = {"alexnet": 63, "inception_v3": 75}  # the smallest input their stri
 _BIG = 5_000_000  # parameters of one tensor above which the test skips its gradient (VGG's 25088x4096)
 
 
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 def _small_input(name: str) -> tuple[int, ...]:
     """Batch 2 at the default size for the small nets (their Flatten fixes it), else 32x32 or the minimum."""
     size = model_info(name).input_size
@@ -29,7 +32,6 @@ def _outputs(y) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("name", list_models())
 def test_model(name, reference_state_dicts):
-    torch.set_num_threads(1)
     model = create_model(name)
 
     ref = reference_state_dicts.get(name)
