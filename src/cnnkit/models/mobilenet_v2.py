@@ -79,14 +79,7 @@ class MobileNetV2(Classifier):
         self.num_classes = num_classes
         self.classifier = nn.Sequential(nn.Dropout(dropout), _linear(self.num_features, num_classes))
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
@@ -101,6 +94,21 @@ class MobileNetV2(Classifier):
         w = self.features[0][0].weight
         self.classifier[-1] = _linear(self.num_features, num_classes).to(w.device, w.dtype)
         self.num_classes = num_classes
+
+
+def init_weights(model: nn.Module) -> None:
+    """torchvision's MobileNet v2/v3 init: convs Kaiming-normal (fan_out), BN 1 and 0, Linear N(0, 0.01)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
 
 
 def _linear(in_features: int, num_classes: int) -> nn.Module:

@@ -17,7 +17,7 @@ import torch.nn as nn
 from ..layers import ConvNormAct, SqueezeExcite, make_divisible
 from ._common import Classifier, check_args
 from ._registry import register_model
-from .mobilenet_v2 import _linear
+from .mobilenet_v2 import _linear, init_weights
 
 _NORM = partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)
 
@@ -124,17 +124,7 @@ class MobileNetV3(Classifier):
             nn.Dropout(dropout, inplace=True),
             _linear(last_channel, num_classes),
         )
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
