@@ -56,6 +56,19 @@ def test_identity_affine_and_full_flip(batch):
     assert torch.equal(A.random_flip(batch, g, p=1.0), batch.flip(-1))
 
 
+def test_elastic_field_matches_simard_full_resolution():
+    """The coarse-grid field has Simard's displacement statistics (alpha 34, sigma 4: ~1 px std),
+    not 16x more (a field 16x too strong turns a third of a batch into noise)."""
+    g = torch.Generator().manual_seed(0)
+    coarse = A.elastic_field(2000, 28, 28, g, alpha=34.0, sigma=4.0)
+    noise = torch.rand(2000, 2, 28, 28, generator=g) * 2 - 1          # Simard: full resolution
+    simard = A._gaussian_blur(noise, 4.0) * 34.0
+    inner = (slice(None), slice(None), slice(8, 20), slice(8, 20))      # away from the zero padding
+    ratio = float(coarse[inner].std() / simard[inner].std())
+    assert 0.8 < ratio < 1.25, ratio
+    assert 0.8 < float(simard[inner].std()) < 1.8                       # ~1 px, as in the paper
+
+
 def test_cutout_zeroes_one_square(batch):
     out = A.cutout(batch + 0.5, torch.Generator().manual_seed(0), 8)
     zeros = (out == 0).flatten(1).sum(1)
