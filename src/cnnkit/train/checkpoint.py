@@ -12,6 +12,8 @@ Every file is written to a temporary file beside it, then renamed: never half-wr
 
 from __future__ import annotations
 
+import contextlib
+
 import csv
 import io
 import json
@@ -49,6 +51,15 @@ class Classifier(nn.Module):
         self.classes = list(classes)
         self.input_size = tuple(input_size)
         self.tta = tta
+
+    @contextlib.contextmanager
+    def without_tta(self):
+        """Within the block the model answers from the image alone (cheap per-epoch validation)."""
+        tta, self.tta = self.tta, ""
+        try:
+            yield self
+        finally:
+            self.tta = tta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - self.mean) / self.std

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -39,6 +39,7 @@ class TrainResult:
     val_acc: float          # final validation accuracy of the saved model (with TTA if enabled)
     seconds: float          # training time of this call (excludes data loading and the summary)
     images: int             # training images processed by this call (all processes)
+    members: list["TrainResult"] = field(default_factory=list)  # an ensemble's members, in order
 
 
 def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False, quiet: bool = False,
@@ -63,7 +64,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False, quiet:
         if d.main and not quiet:
             Console().print(f"ensemble of {cfg.ensemble}: val acc {val.accuracy:.2%} -> {out}")
         return TrainResult(out, runs[-1].history, val.accuracy, sum(r.seconds for r in runs),
-                           sum(r.images for r in runs))
+                           sum(r.images for r in runs), runs)
 
 
 def fit(cfg: TrainConfig, out: Path, d: Dist, resume: bool = False, quiet: bool = False,
@@ -92,7 +93,8 @@ def fit(cfg: TrainConfig, out: Path, d: Dist, resume: bool = False, quiet: bool 
                 tick = time.perf_counter()
                 loss, acc = train_epoch(ddp, model, optimizer, ema, train_set, gen, cfg, d, epoch,
                                         steps, lambda **kw: bar.update(task, **kw))
-                val = evaluate(deploy, val_set, cfg.eval_batch_size, cfg.channels_last)
+                with deploy.without_tta():    # TTA costs 5 passes: only the final answer uses it
+                    val = evaluate(deploy, val_set, cfg.eval_batch_size, cfg.channels_last)
                 seconds = time.perf_counter() - tick
                 images += steps * cfg.batch_size
                 row = dict(epoch=epoch + 1, train_loss=round(loss, 5), train_acc=round(acc, 5),
