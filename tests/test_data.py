@@ -84,3 +84,94 @@ def test_unknown_dataset_and_split(data_dir):
         load_dataset("mnsit", "train", data_dir)
     with pytest.raises(CnnkitError, match="unknown split"):
         load_dataset("mnist", "valid", data_dir)
+
+
+def _md5(path) -> str:
+    import hashlib
+
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _idx(array) -> bytes:
+    """An IDX file (gzipped) of a uint8 array, as LeCun's format writes it."""
+    import struct
+
+    header = struct.pack(">HBB", 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return gzip.compress(header + array.tobytes())
+
+
+def test_emnist_digits_from_its_zip_archive(tmp_path, monkeypatch):
+    """EMNIST comes as one zip of IDX files, stored column-major: downloaded from a (file://) mirror,
+    checked against the archive's md5, extracted atomically, and transposed back."""
+    import dataclasses
+    import zipfile
+
+    import numpy as np
+
+    from cnnkit.data import datasets
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (12, 28, 28), dtype=np.uint8)
+    labels = np.arange(12, dtype=np.uint8) % 10
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    with zipfile.ZipFile(mirror / "gzip.zip", "w") as zf:
+        for split in ("train", "test"):
+            zf.writestr(f"gzip/emnist-digits-{split}-images-idx3-ubyte.gz", _idx(images.transpose(0, 2, 1)))
+            zf.writestr(f"gzip/emnist-digits-{split}-labels-idx1-ubyte.gz", _idx(labels))
+    info = dataclasses.replace(datasets.DATASETS["emnist_digits"], archive_md5=_md5(mirror / "gzip.zip"))
+    monkeypatch.setitem(datasets.DATASETS, "emnist_digits", info)
+    test = load_dataset("emnist_digits", "test", tmp_path / "data", mirrors=(mirror.as_uri(),))
+    assert test.images.shape == (12, 1, 28, 28) and test.classes == [str(d) for d in range(10)]
+    assert torch.equal(test.images[:, 0], torch.from_numpy(images))   # transposed back to rows
+    assert torch.equal(test.labels, torch.from_numpy(labels).long())
+    assert not list((tmp_path / "data" / "emnist").glob(".*part*"))   # no temporary files left
+    bad = dataclasses.replace(info, archive_md5="0" * 32)
+    monkeypatch.setitem(datasets.DATASETS, "emnist_digits", bad)
+    with pytest.raises(CnnkitError, match="gzip.zip"):
+        load_dataset("emnist_digits", "test", tmp_path / "other", mirrors=(mirror.as_uri(),))
+    assert not (tmp_path / "other" / "emnist" / "gzip.zip").exists()
+
+
+def test_cifar10_binary_archive(tmp_path, monkeypatch):
+    """CIFAR-10's binary tar (1 label byte + 3,072 plane-ordered pixel bytes a record) is read
+    without unpickling anything; a truncated batch is refused with the member's name."""
+    import dataclasses
+    import io
+    import tarfile
+
+    import numpy as np
+
+    from cnnkit.data import datasets
+
+    def batch(first: int, n: int = 10000) -> bytes:
+        records = np.zeros((n, 3073), dtype=np.uint8)
+        records[:, 0] = (np.arange(n) + first) % 10                   # labels
+        records[:, 1] = np.arange(n) % 251                             # R plane, pixel (0, 0)
+        records[:, 1 + 1024 + 33] = 7                                  # G plane, pixel (1, 1)
+        return records.tobytes()
+
+    def archive(path, short: bool = False) -> None:
+        with tarfile.open(path, "w:gz", compresslevel=1) as tf:
+            names = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
+            for k, name in enumerate(names):
+                data = batch(k)[: -3073 if short and name == "test_batch.bin" else None]
+                member = tarfile.TarInfo(f"cifar-10-batches-bin/{name}")
+                member.size = len(data)
+                tf.addfile(member, io.BytesIO(data))
+
+    folder = tmp_path / "cifar10"
+    folder.mkdir()
+    path = folder / "cifar-10-binary.tar.gz"
+    archive(path)
+    info = dataclasses.replace(datasets.DATASETS["cifar10"], files={path.name: _md5(path)})
+    monkeypatch.setitem(datasets.DATASETS, "cifar10", info)
+    test = load_dataset("cifar10", "test", tmp_path)
+    train = load_dataset("cifar10", "train", tmp_path)
+    assert test.images.shape == (10000, 3, 32, 32) and len(train) == 45000
+    assert test.labels[:3].tolist() == [5, 6, 7] and test.classes[5] == "dog"
+    assert test.images[:3, 0, 0, 0].tolist() == [0, 1, 2] and int(test.images[0, 1, 1, 1]) == 7
+    archive(path, short=True)
+    monkeypatch.setitem(datasets.DATASETS, "cifar10", dataclasses.replace(info, files={path.name: _md5(path)}))
+    with pytest.raises(CnnkitError, match="test_batch.bin has 30726927 bytes, expected 30730000"):
+        load_dataset("cifar10", "test", tmp_path)

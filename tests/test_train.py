@@ -112,6 +112,20 @@ def test_ensemble_averages_probabilities(data_dir, tmp_path, tiny):
     expected = torch.stack([m(x).softmax(1) for m in members]).mean(0)
     torch.testing.assert_close(ens(x).softmax(1), expected)
     assert ens.classes == members[0].classes and 0 <= res.val_acc <= 1
+    assert [m.out for m in res.members] == [tmp_path / "member0", tmp_path / "member1"]
+
+
+def test_epochs_validate_without_tta_and_the_result_with_it(data_dir, tmp_path, tiny):
+    res = train(small(data_dir, model=tiny + ":tiny", subset=1024, epochs=1, tta=True), tmp_path / "t",
+                quiet=True)
+    model = cnnkit.load(tmp_path / "t")
+    val = load_dataset("mnist", "val", data_dir)
+    assert model.tta == "shift" and res.val_acc == pytest.approx(evaluate(model, val).accuracy, abs=1e-6)
+    with model.without_tta():
+        plain = evaluate(model, val).accuracy
+    assert model.tta == "shift"                                       # restored after the block
+    assert res.history[-1]["val_acc"] == pytest.approx(plain, abs=1e-4)
+    assert res.val_acc != pytest.approx(plain, abs=1e-6)              # five views answer differently
 
 
 def test_cli_eval_and_predict(run, data_dir, tmp_path, capsys):

@@ -5,7 +5,7 @@ A variant is a row of data: ints are 3x3 conv-BN-ReLU layers of that width (the 
 when ``stem5`` is set), ``"M"`` is a 2x2 max pool. A conv followed by a pool is built conv -> pool ->
 BN -> ReLU (as in Keller Jordan's airbench): BN and ReLU, memory-bound on a CPU, then run on a
 quarter of the pixels -- 1.46x the training throughput of conv -> BN -> ReLU -> pool for mnist_fast
-on 2 cores, at no cost in accuracy. The head is a global max+avg pool and one linear
+on 2 cores (the fast preset then still validates at 99.56%, mean of 3 seeds). The head is a global max+avg pool and one linear
 layer whose logits are scaled by 1/8 (without it, one-cycle SGD at lr 0.2 blows the logits up in the
 first steps: the pooled ReLU features are large and all positive). The nets take any input size;
 the MACs sit in the 14x14 and 7x7 stages, where oneDNN runs fastest (channels_last).
