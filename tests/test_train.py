@@ -120,11 +120,14 @@ def test_epochs_validate_without_tta_and_the_result_with_it(data_dir, tmp_path, 
                 quiet=True)
     model = cnnkit.load(tmp_path / "t")
     val = load_dataset("mnist", "val", data_dir)
-    assert model.tta == "shift" and res.val_acc == pytest.approx(evaluate(model, val).accuracy, abs=1e-6)
+    # on CUDA the run validated under bf16 autocast and this CPU copy runs fp32: a near-random net's
+    # ties then flip a few of the 5,000 answers
+    tol = 2e-3 if torch.cuda.is_available() else 1e-6
+    assert model.tta == "shift" and res.val_acc == pytest.approx(evaluate(model, val).accuracy, abs=tol)
     with model.without_tta():
         plain = evaluate(model, val).accuracy
     assert model.tta == "shift"                                       # restored after the block
-    assert res.history[-1]["val_acc"] == pytest.approx(plain, abs=1e-4)
+    assert res.history[-1]["val_acc"] == pytest.approx(plain, abs=max(tol, 1e-4))
     assert res.val_acc != pytest.approx(plain, abs=1e-6)              # five views answer differently
 
 
@@ -154,6 +157,14 @@ def test_cli_bad_input_is_one_line_and_exit_2(argv, message, capsys, data_dir):
     assert main(argv + (["--data-dir", str(data_dir)] if argv[0] == "train" else [])) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cli_device_cuda_without_a_gpu(capsys, data_dir, tmp_path):
+    assert main(["train", "--device", "cuda", "--data-dir", str(data_dir), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "--device cuda, but PyTorch sees no CUDA GPU here; use --device cpu" in err and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()                      # nothing written
 
 
 def test_cli_predict_bad_image(run, tmp_path, capsys):

@@ -38,6 +38,7 @@ class TrainConfig:
     # run
     seed: int = 0                   # seeds data order, augmentation and initialisation
     threads: int = 0                # torch threads per process (0 = all cores / processes)
+    device: str | None = None       # "cpu" | "cuda" (None: CUDA when a GPU is visible, else CPU)
     channels_last: bool = True      # NHWC memory format (2x faster convs on CPU with oneDNN)
     eval_batch_size: int = 1000     # batch size for validation
     ensemble: int = 1               # number of members (different seeds) to train
@@ -91,6 +92,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         ("label_smoothing", 0 <= cfg.label_smoothing < 1, "in [0, 1)"),
         ("ensemble", cfg.ensemble >= 1, "a positive integer"),
         ("weight_decay", cfg.weight_decay >= 0, "non-negative"),
+        ("device", cfg.device in (None, "cpu", "cuda"), "cpu or cuda"),
     ]
     for name, ok, want in checks:
         if not ok:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..errors import CnnkitError
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -33,6 +35,13 @@ def distributed(device: str | None = None):
     """Yield a :class:`Dist`; inside torchrun, with the process group initialised."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    if use_cuda and not torch.cuda.is_available():
+        raise CnnkitError("--device cuda, but PyTorch sees no CUDA GPU here; use --device cpu")
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if use_cuda and world > 1 and torch.cuda.device_count() < local_world:
+        raise CnnkitError(f"{local_world} processes per node but {torch.cuda.device_count()} GPU(s): "
+                          "nccl needs one GPU per process; use --nproc_per_node "
+                          f"{torch.cuda.device_count()}, or --device cpu for gloo on the CPU")
     if world <= 1:
         yield Dist(device=torch.device("cuda" if use_cuda else "cpu"))
         return

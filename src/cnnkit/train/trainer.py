@@ -49,7 +49,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False, quiet:
     if resume:
         cfg = _resumed_config(out, cfg)
     validate(cfg)
-    with distributed() as d:
+    with distributed(cfg.device) as d:
         torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1)
                                                   // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
         if cfg.ensemble == 1:
