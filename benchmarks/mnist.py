@@ -114,7 +114,8 @@ def run_one(name: str, cfg: TrainConfig, test, workdir: Path, console: Console) 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", help="folder holding mnist/ (else $CNNKIT_DATA)")
-    p.add_argument("--presets", nargs="+", default=["fast", "best"])
+    p.add_argument("--presets", nargs="*", default=["fast", "best"],
+                   help="presets to train (none: only the baseline)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per preset (mean and spread)")
     p.add_argument("--ensemble", type=int, default=1,
                    help="train each preset as `--ensemble K` (members are seeds 0..K-1) and report "
