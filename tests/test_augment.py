@@ -72,7 +72,10 @@ def test_elastic_field_matches_simard_full_resolution():
 def test_cutout_zeroes_one_square(batch):
     out = A.cutout(batch + 0.5, torch.Generator().manual_seed(0), 8)
     zeros = (out == 0).flatten(1).sum(1)
-    assert zeros.max() <= 81 and zeros.min() >= 25      # a 9x9 square, clipped at the border
+    # an 8x8 square (rows c-4..c+3), clipped at the border: 64 zeros inside, at least 4x4 at a corner
+    assert zeros.max() == 64 and zeros.min() >= 16
+    odd = (A.cutout(batch + 0.5, torch.Generator().manual_seed(0), 5) == 0).flatten(1).sum(1)
+    assert odd.max() == 25 and odd.min() >= 9           # 5x5, rows c-2..c+2
 
 
 def test_normalize():

@@ -120,7 +120,8 @@ def cutout(x: torch.Tensor, g: torch.Generator, size: int = 8) -> torch.Tensor:
     cx = torch.randint(0, w, (n, 1, 1), generator=g, device=x.device)
     ys = torch.arange(h, device=x.device)[None, :, None]
     xs = torch.arange(w, device=x.device)[None, None, :]
-    inside = ((ys - cy).abs() <= size // 2) & ((xs - cx).abs() <= size // 2)   # (N, H, W)
+    dy, dx = ys - (cy - size // 2), xs - (cx - size // 2)   # offsets from the square's top-left
+    inside = (dy >= 0) & (dy < size) & (dx >= 0) & (dx < size)                  # (N, H, W)
     return x.masked_fill(inside[:, None], 0.0)
 
 
