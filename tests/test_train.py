@@ -131,6 +131,22 @@ def test_epochs_validate_without_tta_and_the_result_with_it(data_dir, tmp_path, 
     assert res.val_acc != pytest.approx(plain, abs=1e-6)              # five views answer differently
 
 
+def test_trainval_trains_on_all_60000_and_the_cli_records_it(data_dir, tmp_path, tiny, capsys):
+    from cnnkit.train.trainer import load_splits
+
+    train_set, val_set = load_splits(small(data_dir, subset=0, trainval=True), torch.device("cpu"))
+    plain = load_dataset("mnist", "train", data_dir)
+    assert len(train_set) == 60000 and len(val_set) == 5000 and train_set.name == "mnist/train+val"
+    assert torch.equal(train_set.images[:55000], plain.images)
+    assert torch.equal(train_set.images[55000:], val_set.images)
+    assert torch.equal(train_set.labels[55000:], val_set.labels)
+    assert main(["train", "--trainval", "--model", tiny + ":tiny", "--subset", "512", "--epochs", "1",
+                 "--batch-size", "128", "--threads", "1", "--data-dir", str(data_dir),
+                 "--out", str(tmp_path / "tv")]) == 0
+    assert "val (trained on) acc" in capsys.readouterr().out
+    assert cnnkit.load(tmp_path / "tv").info["config"]["trainval"] is True
+
+
 def test_cli_eval_and_predict(run, data_dir, tmp_path, capsys):
     assert main(["eval", str(run.out), "--split", "val", "--format", "json",
                  "--confusion", str(tmp_path / "cm.png")]) == 0

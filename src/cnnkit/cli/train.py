@@ -39,6 +39,9 @@ def register(subparsers) -> None:
     p.add_argument("--device", choices=["cpu", "cuda"],
                    help="default: cuda (bf16 autocast) when PyTorch sees a GPU, else cpu")
     p.add_argument("--subset", type=int, help="train on the first N training images only (smoke tests)")
+    p.add_argument("--trainval", action=argparse.BooleanOptionalAction, default=None,
+                   help="the final refit: train on train + val (MNIST: all 60,000 images) once the "
+                        "settings are chosen on val; the validation it prints is then of seen images")
     p.add_argument("--ensemble", type=int, help="train K members with seeds seed..seed+K-1")
     p.add_argument("--out", help="run folder (default: runs/<model>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
@@ -78,7 +81,8 @@ def run_train(args) -> int:
                  weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
                  optimizer=args.optimizer, schedule=args.schedule, ema=args.ema, tta=args.tta,
                  image_size=tuple(args.image_size) if args.image_size else None, seed=args.seed,
-                 threads=args.threads, device=args.device, ensemble=args.ensemble, subset=args.subset)
+                 threads=args.threads, device=args.device, ensemble=args.ensemble, subset=args.subset,
+                 trainval=args.trainval)
     if args.resume and not args.out:
         raise CnnkitError("--resume needs --out RUN_FOLDER (the run to continue)")
     out = args.out or f"runs/{Path(cfg.model).stem.split(':')[0]}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -21,6 +21,8 @@ class TrainConfig:
     data_dir: str | None = None     # data folder (else $CNNKIT_DATA, else ~/.cache/cnnkit/data)
     image_size: tuple[int, int] | None = None  # (H, W) to resize image folders to (None: 224x224)
     subset: int = 0                 # train on the first N training images only (0 = all; for tests)
+    trainval: bool = False          # the final refit: train on train + val once the settings are chosen
+                                    # on val (MNIST: all 60,000); validation then scores seen images
     # model
     model: str = "mnist_fast"       # zoo name, spec.yaml/.json, or file.py:factory
     # optimisation

@@ -62,7 +62,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False, quiet:
         val = evaluate(ckpt.load(out, d.device), load_dataset(cfg.dataset, "val", cfg.data_dir,
                        image_size=cfg.image_size, seed=cfg.seed), cfg.eval_batch_size)
         if d.main and not quiet:
-            Console().print(f"ensemble of {cfg.ensemble}: val acc {val.accuracy:.2%} -> {out}")
+            Console().print(f"ensemble of {cfg.ensemble}: val{' (trained on)' if cfg.trainval else ''} "
+                            f"acc {val.accuracy:.2%} -> {out}")
         return TrainResult(out, runs[-1].history, val.accuracy, sum(r.seconds for r in runs),
                            sum(r.images for r in runs), runs)
 
@@ -85,6 +86,7 @@ def fit(cfg: TrainConfig, out: Path, d: Dist, resume: bool = False, quiet: bool 
     steps = len(train_set) // cfg.batch_size
     deploy = ema.module if ema else model
     t0, images = time.perf_counter(), 0
+    val_label = "val (trained on)" if cfg.trainval else "val"
     with _progress(console, quiet or not d.main) as bar:
         task = bar.add_task("train", total=cfg.epochs * steps, completed=start * steps,
                             loss=0.0, acc=0.0, ips=0.0, epoch=start + 1)
@@ -102,7 +104,7 @@ def fit(cfg: TrainConfig, out: Path, d: Dist, resume: bool = False, quiet: bool 
                            lr=optimizer.param_groups[0]["lr"], seconds=round(seconds, 2))
                 history.append(row)
                 console.print(f"epoch {epoch + 1}/{cfg.epochs}  train loss {loss:.4f} acc {acc:.2%}  "
-                              f"val loss {val.loss:.4f} acc {val.accuracy:.2%}  {seconds:.1f} s  "
+                              f"{val_label} loss {val.loss:.4f} acc {val.accuracy:.2%}  {seconds:.1f} s  "
                               f"{steps * cfg.batch_size / seconds:,.0f} img/s")
                 if d.main:
                     save_run(out, cfg, model, deploy, optimizer, ema, gen, epoch + 1, history, train_set)
@@ -117,8 +119,8 @@ def fit(cfg: TrainConfig, out: Path, d: Dist, resume: bool = False, quiet: bool 
             raise
     seconds = time.perf_counter() - t0
     final = evaluate(deploy, val_set, cfg.eval_batch_size, cfg.channels_last).accuracy
-    console.print(f"done: val acc {final:.2%}{' (with TTA)' if deploy.tta else ''} in {seconds:.1f} s "
-                  f"-> {out}  (test with `cnnkit eval {out}`)")
+    console.print(f"done: {val_label} acc {final:.2%}{' (with TTA)' if deploy.tta else ''} "
+                  f"in {seconds:.1f} s -> {out}  (test with `cnnkit eval {out}`)")
     return TrainResult(out, history, final, seconds, images)
 
 
@@ -186,6 +188,10 @@ def load_splits(cfg: TrainConfig, device: torch.device) -> tuple[ImageSet, Image
     """The train and validation splits, on ``device``."""
     kw = dict(data_dir=cfg.data_dir, image_size=cfg.image_size, seed=cfg.seed)
     train_set, val_set = (load_dataset(cfg.dataset, s, **kw) for s in ("train", "val"))
+    if cfg.trainval:                       # the final refit: val is trained on (and still reported)
+        train_set = ImageSet(torch.cat([train_set.images, val_set.images]),
+                             torch.cat([train_set.labels, val_set.labels]), train_set.classes,
+                             f"{train_set.name}+val", dict(train_set.meta))
     if cfg.subset:
         train_set = train_set.subset(torch.arange(min(cfg.subset, len(train_set))))
     if len(train_set) < cfg.batch_size:
