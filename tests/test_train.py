@@ -145,13 +145,18 @@ def test_trainval_trains_on_all_60000_and_the_cli_records_it(data_dir, tmp_path,
                  "--out", str(tmp_path / "tv")]) == 0
     assert "val (trained on) acc" in capsys.readouterr().out
     assert cnnkit.load(tmp_path / "tv").info["config"]["trainval"] is True
+    assert main(["eval", str(tmp_path / "tv"), "--split", "val", "--format", "json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["n"] == 5000 and "trained on the val split too" in err
 
 
 def test_cli_eval_and_predict(run, data_dir, tmp_path, capsys):
     assert main(["eval", str(run.out), "--split", "val", "--format", "json",
                  "--confusion", str(tmp_path / "cm.png")]) == 0
-    result = json.loads(capsys.readouterr().out)
+    out, err = capsys.readouterr()
+    result = json.loads(out)
     assert result["n"] == 5000 and result["accuracy"] == pytest.approx(run.history[-1]["val_acc"], abs=1e-4)
+    assert "trained on the val split" not in err                      # held out: no note
     assert (tmp_path / "cm.png").stat().st_size > 1000
     test = load_dataset("mnist", "test", data_dir)
     # black-on-white, 56x56 RGB: converted, resized and inverted like the training digits

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -108,6 +109,9 @@ def run_eval(args) -> int:
     if data.classes != model.classes:
         raise CnnkitError(f"{data.name} has classes {data.classes[:5]}..., the model "
                           f"{model.classes[:5]}...; evaluate on the dataset it was trained on")
+    if args.split == "val" and cfg.get("trainval"):
+        print("note: this model was trained on the val split too (--trainval): its val accuracy is "
+              "not a held-out estimate", file=sys.stderr)
     result = evaluate(model, data)
     png = Path(args.confusion) if args.confusion else resolve(args.checkpoint).parent / f"confusion_{args.split}.png"
     from ..plots import confusion_matrix
