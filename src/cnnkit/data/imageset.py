@@ -39,5 +39,12 @@ class ImageSet:
         return ImageSet(self.images[index], self.labels[index], self.classes,
                         name if name is not None else self.name, dict(self.meta))
 
+    def cat(self, other: "ImageSet", name: str) -> "ImageSet":
+        """These images followed by ``other``'s (same classes), e.g. train + val for the final refit."""
+        if other.classes != self.classes:
+            raise ValueError(f"cannot join {self.name} and {other.name}: their classes differ")
+        return ImageSet(torch.cat([self.images, other.images]), torch.cat([self.labels, other.labels]),
+                        self.classes, name, dict(self.meta))
+
     def class_counts(self) -> torch.Tensor:
         return torch.bincount(self.labels, minlength=len(self.classes))

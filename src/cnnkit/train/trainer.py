@@ -62,8 +62,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False, quiet:
         val = evaluate(ckpt.load(out, d.device), load_dataset(cfg.dataset, "val", cfg.data_dir,
                        image_size=cfg.image_size, seed=cfg.seed), cfg.eval_batch_size)
         if d.main and not quiet:
-            Console().print(f"ensemble of {cfg.ensemble}: val{' (trained on)' if cfg.trainval else ''} "
-                            f"acc {val.accuracy:.2%} -> {out}")
+            Console().print(f"ensemble of {cfg.ensemble}: {_val_label(cfg)} acc {val.accuracy:.2%} -> {out}")
         return TrainResult(out, runs[-1].history, val.accuracy, sum(r.seconds for r in runs),
                            sum(r.images for r in runs), runs)
 
@@ -86,7 +85,7 @@ def fit(cfg: TrainConfig, out: Path, d: Dist, resume: bool = False, quiet: bool 
     steps = len(train_set) // cfg.batch_size
     deploy = ema.module if ema else model
     t0, images = time.perf_counter(), 0
-    val_label = "val (trained on)" if cfg.trainval else "val"
+    val_label = _val_label(cfg)
     with _progress(console, quiet or not d.main) as bar:
         task = bar.add_task("train", total=cfg.epochs * steps, completed=start * steps,
                             loss=0.0, acc=0.0, ips=0.0, epoch=start + 1)
@@ -189,9 +188,7 @@ def load_splits(cfg: TrainConfig, device: torch.device) -> tuple[ImageSet, Image
     kw = dict(data_dir=cfg.data_dir, image_size=cfg.image_size, seed=cfg.seed)
     train_set, val_set = (load_dataset(cfg.dataset, s, **kw) for s in ("train", "val"))
     if cfg.trainval:                       # the final refit: val is trained on (and still reported)
-        train_set = ImageSet(torch.cat([train_set.images, val_set.images]),
-                             torch.cat([train_set.labels, val_set.labels]), train_set.classes,
-                             f"{train_set.name}+val", dict(train_set.meta))
+        train_set = train_set.cat(val_set, f"{train_set.name}+val")
     if cfg.subset:
         train_set = train_set.subset(torch.arange(min(cfg.subset, len(train_set))))
     if len(train_set) < cfg.batch_size:
@@ -219,6 +216,10 @@ def save_run(out: Path, cfg, model, deploy, optimizer, ema, gen, epoch, history,
     from ..plots import training_curves
 
     training_curves(history, out / "curves.png")
+
+
+def _val_label(cfg: TrainConfig) -> str:
+    return "val (trained on)" if cfg.trainval else "val"
 
 
 def _info(cfg: TrainConfig, model: ckpt.Classifier, data: ImageSet, history: list[dict]) -> dict:
