@@ -140,3 +140,15 @@ def test_missing_split_and_empty_folder(data_dir, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CnnkitError, match="no class folders"):
         load_image_folder(tmp_path / "empty", cache=False)
+
+
+def test_trainval_of_a_folder_is_its_train_and_val(hymenoptera, data_dir):
+    from cnnkit.data.datasets import load_dataset
+
+    train, val, _, _ = hymenoptera
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        both = load_dataset(str(data_dir / "hymenoptera"), "trainval", image_size=SIZE)
+    assert len(both) == len(train) + len(val) and both.name == "hymenoptera/trainval"
+    assert torch.equal(both.images, torch.cat([train.images, val.images]))
+    assert torch.equal(both.labels, torch.cat([train.labels, val.labels]))

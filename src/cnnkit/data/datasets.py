@@ -121,9 +121,11 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | 
             raise CnnkitError("--dataset folder needs --data-dir DIR (a folder of <class>/ image folders)")
         from .imagefolder import load_image_folder
 
-        folder_split = "train" if split == "trainval" else split
-        return load_image_folder(root, split=folder_split, image_size=tuple(image_size or (224, 224)),
-                                 channels=channels, seed=seed)
+        kw = dict(image_size=tuple(image_size or (224, 224)), channels=channels, seed=seed)
+        if split == "trainval":                        # the folder's train and val splits, joined
+            return load_image_folder(root, "train", **kw).cat(load_image_folder(root, "val", **kw),
+                                                              f"{Path(root).name}/trainval")
+        return load_image_folder(root, split=split, **kw)
     if name not in DATASETS:
         raise CnnkitError(f"unknown dataset {name!r}; use one of {', '.join(list_datasets())} "
                           "or the path of an image folder")
