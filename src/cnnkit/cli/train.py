@@ -101,11 +101,26 @@ def run_eval(args) -> int:
 
     model = load(args.checkpoint)
     info = model.info
-    cfg = info.get("config") or info["ensemble"][0]["config"]
-    data = load_dataset(args.dataset or cfg["dataset"], args.split,
-                        args.data_dir or (cfg["data_dir"] if not args.dataset else None),
-                        image_size=tuple(model.input_size[1:]), channels=model.input_size[0],
-                        seed=cfg["seed"])
+    tuned = info.get("finetune") if not args.dataset else None
+    cfg = info.get("config") or (info["ensemble"][0].get("config") if "ensemble" in info else None) or {}
+    if tuned:      # `cnnkit finetune`: its image folder, split and cropped the way it was trained on
+        import warnings
+
+        from ..data.imagefolder import load_image_folder
+
+        with warnings.catch_warnings():            # skipped files were reported when it trained
+            warnings.simplefilter("ignore")
+            data = load_image_folder(tuned["data"], args.split, tuple(model.input_size[1:]),
+                                     model.input_size[0], tuned.get("val_fraction", 0.2),
+                                     seed=tuned.get("seed", 0),
+                                     crop_fraction=tuned.get("crop_fraction", 1.0))
+    elif cfg or args.dataset:
+        data = load_dataset(args.dataset or cfg["dataset"], args.split,
+                            args.data_dir or (cfg["data_dir"] if not args.dataset else None),
+                            image_size=tuple(model.input_size[1:]), channels=model.input_size[0],
+                            seed=cfg.get("seed", 0))
+    else:
+        raise CnnkitError(f"{args.checkpoint} does not say what it was trained on; give --dataset")
     if data.classes != model.classes:
         raise CnnkitError(f"{data.name} has classes {data.classes[:5]}..., the model "
                           f"{model.classes[:5]}...; evaluate on the dataset it was trained on")

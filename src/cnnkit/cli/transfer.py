@@ -89,7 +89,8 @@ def _finetune(args: argparse.Namespace) -> int:
               f"classes {train.classes}, input {pre.input_size}, stages {','.join(stages)}")
     out = Path(args.out or f"runs/finetune-{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     about = {"stages": list(stages), "freeze_until": args.freeze_until, "weights": args.weights,
-             "data": str(args.data), "augment": args.augment}
+             "data": str(args.data), "augment": args.augment, "val_fraction": args.val_fraction,
+             "seed": args.seed, "crop_fraction": pre.crop_fraction}
     cli = {k: v for k, v in vars(args).items() if k not in ("func", "command", "resume", "quiet", "out")}
     finetune(net, train, val, stages=stages, freeze_until=args.freeze_until,
              augment=NOTES_AUGMENT if args.augment else None, epochs=args.epochs,
