@@ -50,11 +50,12 @@ def _data():
     return Data((x, 3 * x - 1), (x[::4], 3 * x[::4] - 1))
 
 
-def _plan(lr=0.1):
+def _plan(lr=0.1, epochs=(2, 1)):
     def first(m):       # phase 1: SGD with a linear decay; phase 2: Adam at a constant rate
         return Setup(torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9),
                      schedule=lambda step, steps: lr * (1 - step / steps), row={"opt": "sgd"})
-    return Plan([Phase(3, first, "sgd"), Phase(2, lambda m: Setup(torch.optim.Adam(m.parameters(), 1e-2)), "adam")],
+    return Plan([Phase(epochs[0], first, "sgd"),
+                 Phase(epochs[1], lambda m: Setup(torch.optim.Adam(m.parameters(), 1e-2)), "adam")],
                 seed=5, ema=0.9)
 
 
@@ -66,16 +67,16 @@ def _run(out, **kw):
 
 def test_a_two_phase_plan_learns_writes_and_resumes_exactly(tmp_path):
     full = _run(tmp_path / "full")
-    assert [r["epoch"] for r in full.history] == [1, 2, 3, 4, 5]
-    assert [(r["phase"], r["phase_epoch"]) for r in full.history][2:4] == [("sgd", 3), ("adam", 1)]
+    assert [r["epoch"] for r in full.history] == [1, 2, 3]
+    assert [(r["phase"], r["phase_epoch"]) for r in full.history][1:] == [("sgd", 2), ("adam", 1)]
     assert full.history[-1]["val_mse"] < 0.05 < full.history[0]["train_loss"]
     assert full.best == max(((r["epoch"], r["val_score"]) for r in full.history), key=lambda t: t[1])
     header = (tmp_path / "full" / "metrics.csv").read_text().splitlines()[0]
     assert header == "epoch,phase,phase_epoch,opt,train_loss,val_mse,val_score,lr,seconds"
-    assert read_info(tmp_path / "full")["task"] == "line" and full.images == 5 * 256
+    assert read_info(tmp_path / "full")["task"] == "line" and full.images == 3 * 256
 
     def stop(epoch, row):
-        if epoch in (0, 2):          # inside phase 1, and at the boundary before phase 2
+        if epoch in (0, 1):          # inside phase 1, and at the boundary before phase 2
             raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path / "cut", on_epoch_end=stop)
@@ -100,3 +101,42 @@ def test_divergence_is_caught_before_anything_is_saved(tmp_path):
                                           r"training diverged.*received --lr 1e\+30"):
         _run(tmp_path / "r", lr=1e30)
     assert not (tmp_path / "r").exists()
+
+
+# ----------------------------------------------------------------------------- precision
+
+def test_precision_selection():
+    from cnnkit.engine.precision import _CPU_BF16_FLAGS, choose, cpu_flags
+
+    cpu = torch.device("cpu")
+    assert choose("auto", cpu, native=True) == ("bf16", "auto: this CPU has native bf16 arithmetic")
+    assert choose("auto", cpu, native=False)[0] == "fp32"
+    assert choose("fp32", cpu, native=True)[0] == "fp32"
+    assert choose("bf16", cpu, native=True) == ("bf16", "asked for")
+    precision, why = choose("bf16", cpu, native=False)
+    assert precision == "bf16" and "no native bf16 arithmetic: it will be slow" in why
+    with pytest.raises(CnnkitError, match="--precision must be one of auto, fp32, bf16; received 'fp16'"):
+        choose("fp16", cpu)
+    native = bool(cpu_flags() & _CPU_BF16_FLAGS)           # detected at run time, not assumed
+    assert choose("auto", cpu)[0] == ("bf16" if native else "fp32")
+
+
+class DtypeLineTask(LineTask):
+    def loss(self, model, batch):
+        self.seen = model(batch["x"]).dtype                  # what autocast made of the Linear
+        return super().loss(model, batch)
+
+
+@pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_bf16_autocasts_the_step_and_keeps_fp32_weights(tmp_path, precision, dtype, capsys):
+    task = DtypeLineTask()
+    run = fit(task, nn.Linear(1, 1), _data(), _plan(epochs=(1, 0)), tmp_path / precision, quiet=True,
+              precision=precision)
+    assert task.seen == dtype and run.precision == precision
+    assert read_info(tmp_path / precision)["precision"] == precision
+    assert all(t.dtype == torch.float32 for t in load_file(tmp_path / precision / "model.safetensors").values())
+    err = capsys.readouterr().err
+    from cnnkit.engine.precision import _CPU_BF16_FLAGS, cpu_flags
+
+    slow = precision == "bf16" and not cpu_flags() & _CPU_BF16_FLAGS
+    assert err.count("it will be slow") == (1 if slow else 0) and err.count("\n") == (1 if slow else 0)

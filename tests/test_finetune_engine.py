@@ -101,7 +101,7 @@ def test_cli_finetune_resumes_exactly_and_torchrun_matches_one_process(data_dir,
     assert main(_cli(data_dir, tmp_path / "cut")) == 130
     monkeypatch.setattr(loop, "_save_run", save)
     assert cnnkit.load(tmp_path / "cut").info["interrupted"] is True
-    assert main(_cli(data_dir, tmp_path / "cut", "--resume")) == 0
+    assert main(["finetune", "--resume", "--out", str(tmp_path / "cut"), "--quiet"]) == 0
     _same_files(tmp_path / "one", tmp_path / "cut")
     assert cnnkit.load(tmp_path / "cut").info["finetune"]["stages"] == ["head", "top"]
 
@@ -118,3 +118,23 @@ def test_cli_finetune_resumes_exactly_and_torchrun_matches_one_process(data_dir,
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
         "curves.png", "metrics.csv", "model.safetensors", "resume.safetensors"]
     assert proc.stdout.count("244 train / 153 val images") == 1          # rank 0 speaks
+
+
+def test_bf16_training_checkpoint_loads_and_predicts_in_fp32(data_dir, tmp_path, capsys):
+    """`cnnkit train --precision bf16` (emulated on a CPU without native bf16: a one-line notice)."""
+    from test_train import TINY
+
+    (tmp_path / "tiny.py").write_text(TINY)
+    assert main(["train", "--model", f"{tmp_path / 'tiny.py'}:tiny", "--subset", "512", "--epochs", "1",
+                 "--batch-size", "128", "--threads", "1", "--no-tta", "--precision", "bf16", "--quiet",
+                 "--data-dir", str(data_dir), "--out", str(tmp_path / "r")]) == 0
+    model = cnnkit.load(tmp_path / "r")
+    assert model.info["precision"] == "bf16" and model.info["config"]["precision"] == "bf16"
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    x = torch.rand(4, 1, 28, 28)
+    assert model(x).dtype == torch.float32
+    assert main(["eval", str(tmp_path / "r"), "--split", "val", "--precision", "fp32", "--format", "json"]) == 0
+    import json
+
+    acc = json.loads(capsys.readouterr().out)["accuracy"]
+    assert acc == pytest.approx(model.info["history"][-1]["val_acc"], abs=0.02)   # bf16 vs fp32 answers

@@ -20,7 +20,7 @@ def register(subparsers) -> None:
     p.add_argument("--model", help="zoo name (`cnnkit zoo`); optional when --weights is a cnnkit checkpoint")
     p.add_argument("--weights", help="reference-format .pth/.safetensors file or URL, 'imagenet' for the "
                    "published weights (downloaded once), or a cnnkit checkpoint")
-    p.add_argument("--data", required=True, help="DIR/<class>/* or DIR/{train,val}/<class>/*")
+    p.add_argument("--data", help="DIR/<class>/* or DIR/{train,val}/<class>/* (required unless --resume)")
     p.add_argument("--freeze-until", help="first layer trained in stage 'top': layer4, features.24, "
                    "block5_conv1 (default: the last block)")
     p.add_argument("--stages", default="head,top", help="comma-separated subset of head,top,all (default head,top)")
@@ -40,6 +40,8 @@ def register(subparsers) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly (its own "
                    "settings win over the ones given)")
     p.add_argument("--quiet", action="store_true", help="no summary and no progress bar")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="auto (default): bf16 autocast where the device has native bf16, else fp32")
     p.set_defaults(func=_finetune)
 
     f = subparsers.add_parser(
@@ -60,6 +62,9 @@ def _finetune(args: argparse.Namespace) -> int:
 
     if args.resume:
         args = _resumed_args(args)
+    if not args.data:
+        raise CnnkitError("--data DIR is required: a folder of <class>/ image folders (or of "
+                          "train/ and val/ folders of them)")
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
     if args.epochs < 0 or args.batch_size < 2 or (args.image_size is not None and args.image_size < 8):
         raise CnnkitError(f"--epochs must be >= 0, --batch-size >= 2 and --image-size >= 8; received "
@@ -97,6 +102,7 @@ def _finetune(args: argparse.Namespace) -> int:
              batch_size=args.batch_size, lr_head=args.lr, lr_top=args.lr / 10,
              lr_all=args.lr / 10, train_bn=args.train_bn, mean=pre.mean, std=pre.std,
              seed=args.seed, device=args.device, out=out, resume=args.resume, quiet=args.quiet,
+             precision=args.precision,
              info={"model": name, "dataset": {"name": str(args.data)}, "finetune": about,
                    "args": cli})
     path = out / "model.safetensors"

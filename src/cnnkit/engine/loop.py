@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from ..errors import CnnkitError
 from ..train import checkpoint as ckpt
 from .distributed import Dist, all_sum, distributed, shard_batch
 from .ema import EMA
+from .precision import autocast, choose
 from .task import Data, Plan, Setup, Task
 
 REPORT_EVERY = 20   # steps between progress updates and loss checks (each one syncs with the device)
@@ -42,16 +44,18 @@ class FitResult:
     seconds: float          # training time of this call (validation included, summary excluded)
     images: int             # training samples processed by this call (all processes)
     best: tuple[int, float] | None  # (epoch, value) of the best task.metric on validation
+    precision: str = "fp32"  # what the steps ran in: "fp32" | "bf16"
 
 
 def fit(task: Task, model: nn.Module, data: Data, plan: Plan, out=None, *, resume: bool = False,
         quiet: bool = False, device: str | None = None, dist: Dist | None = None,
-        config: dict | None = None, command: str = "cnnkit train",
+        config: dict | None = None, command: str = "cnnkit train", precision: str = "auto",
         on_epoch_end: Callable[[int, dict], None] | None = None) -> FitResult:
     """Train ``model`` by ``plan``; ``out`` (None: write nothing) is the run folder.
 
     ``config`` (JSON-able) is stored for ``--resume``, which refuses a different one; ``command``
-    names the CLI in the resume hint; ``on_epoch_end(epoch, row)`` runs after each saved epoch.
+    names the CLI in the resume hint; ``precision`` is ``auto | fp32 | bf16`` (:mod:`.precision`)
+    for the training steps and validation; ``on_epoch_end(epoch, row)`` runs after each saved epoch.
     """
     out = Path(out) if out is not None else None
     config = json.loads(json.dumps(config or {}))
@@ -60,6 +64,11 @@ def fit(task: Task, model: nn.Module, data: Data, plan: Plan, out=None, *, resum
         model.to(d.device)
         if not quiet and d.main:
             console.print(task.summary(model))
+        precision, why = choose(precision, d.device)
+        if "slow" not in why:
+            console.print(f"precision: {precision} ({why})")
+        elif d.main:                                    # said even when quiet, on one line
+            print(f"note: --precision bf16 {why}; --precision auto picks fp32 here", file=sys.stderr)
         gen = torch.Generator(d.device).manual_seed(plan.seed)
         ema = EMA(model, plan.ema) if plan.ema else None
         done, history = _start(out, resume, model, ema, gen, config)
@@ -74,11 +83,11 @@ def fit(task: Task, model: nn.Module, data: Data, plan: Plan, out=None, *, resum
                         ckpt.load_resume(out / ckpt.RESUME_FILE, model, setup.optimizer, ema, gen)
                     images += _run_phase(task, model, deploy, ema, data, setup, phase.name, gen, d,
                                          range(max(first, done), last), first, plan.epochs, history,
-                                         out, config, console, quiet, on_epoch_end)
+                                         out, config, console, quiet, precision, on_epoch_end)
                 first = last
         except KeyboardInterrupt:
             if d.main and out is not None:
-                _save_model(out, task, deploy, history, interrupted=True)
+                _save_model(out, task, deploy, history, precision, interrupted=True)
                 console.print(f"interrupted: {out / ckpt.MODEL_FILE} holds the current weights; "
                               f"`{command} --resume --out {out}` continues from epoch {len(history) + 1}")
             raise
@@ -87,11 +96,11 @@ def fit(task: Task, model: nn.Module, data: Data, plan: Plan, out=None, *, resum
         if best is not None:
             console.print(f"best {getattr(task, 'val_name', 'val')} {task.metric} {best[1]:.4g} "
                           f"at epoch {best[0]} of {len(history)}")
-        return FitResult(deploy, history, seconds, images, best)
+        return FitResult(deploy, history, seconds, images, best, precision)
 
 
 def _run_phase(task, model, deploy, ema, data, setup: Setup, name, gen, d, epochs, first, total,
-               history, out, config, console, quiet, on_epoch_end) -> int:
+               history, out, config, console, quiet, precision, on_epoch_end) -> int:
     """The epochs ``epochs`` of the phase that starts at epoch ``first``; returns samples trained."""
     net = setup.module or model
     step_net = nn.parallel.DistributedDataParallel(net) if d.world > 1 else net
@@ -110,11 +119,12 @@ def _run_phase(task, model, deploy, ema, data, setup: Setup, name, gen, d, epoch
             bar.update(bar_task, epoch=label)
             with _train_mode(model, setup.frozen):
                 names, sums = train_epoch(task, step_net, model, setup, ema, batches, gen, d, epoch,
-                                          first, last, name, peak,
+                                          first, last, name, peak, precision,
                                           lambda **kw: bar.update(bar_task, **kw))
             sums = all_sum(sums, d)
             _check_weights(model, epoch, name, peak)
-            metrics = task.evaluate(evaluated, val) if val is not None else {}
+            with autocast(precision, d.device):
+                metrics = task.evaluate(evaluated, val) if val is not None else {}
             seconds = time.perf_counter() - tick
             n = int(sums[-1].item())
             images += n
@@ -128,14 +138,14 @@ def _run_phase(task, model, deploy, ema, data, setup: Setup, name, gen, d, epoch
                           f"{getattr(task, 'val_name', 'val')} {_fmt(metrics)}  {seconds:.1f} s  "
                           f"{n / seconds:,.0f} img/s")
             if d.main and out is not None:
-                _save_run(out, task, model, deploy, setup.optimizer, ema, gen, history, config)
+                _save_run(out, task, model, deploy, setup.optimizer, ema, gen, history, config, precision)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, row)
     return images
 
 
 def train_epoch(task, step_net, model, setup: Setup, ema, batches, gen, d: Dist, epoch: int,
-                first: int, last: int, name: str, peak: float,
+                first: int, last: int, name: str, peak: float, precision: str,
                 report: Callable) -> tuple[list[str], torch.Tensor]:
     """One pass of optimizer steps: the stats' names and this process's sums (``n`` last)."""
     steps, opt = len(batches), setup.optimizer
@@ -145,7 +155,7 @@ def train_epoch(task, step_net, model, setup: Setup, ema, batches, gen, d: Dist,
         if setup.schedule is not None:
             for group in opt.param_groups:
                 group["lr"] = setup.schedule(step, (last - first) * steps)
-        with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=d.device.type == "cuda"):
+        with autocast(precision, d.device):
             loss, stats = task.loss(step_net, shard_batch(batch, d))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -211,19 +221,19 @@ def _start(out: Path | None, resume: bool, model, ema, gen, config: dict) -> tup
     return epoch, history
 
 
-def _save_run(out, task, model, deploy, optimizer, ema, gen, history, config) -> None:
+def _save_run(out, task, model, deploy, optimizer, ema, gen, history, config, precision) -> None:
     """Resume state, deployable model, metrics.csv and curves.png (each file atomic)."""
     ckpt.save_resume(out / ckpt.RESUME_FILE, model, optimizer, ema, gen, len(history), history, config)
-    _save_model(out, task, deploy, history)
+    _save_model(out, task, deploy, history, precision)
     ckpt.write_metrics_csv(out / "metrics.csv", history, list(dict.fromkeys(k for r in history for k in r)))
     from ..plots import training_curves
 
     training_curves(history, out / "curves.png")
 
 
-def _save_model(out, task, deploy, history, interrupted: bool = False) -> None:
+def _save_model(out, task, deploy, history, precision: str, interrupted: bool = False) -> None:
     info = {"format": ckpt.FORMAT, **task.describe(deploy), "epoch": len(history),
-            "history": history, "interrupted": interrupted}
+            "history": history, "precision": precision, "interrupted": interrupted}
     ckpt.save_model(out / ckpt.MODEL_FILE, task.deployable(deploy), info)
 
 

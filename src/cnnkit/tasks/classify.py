@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data.imageset import ImageSet
+from ..engine.precision import autocast
 from ..train.checkpoint import Classifier
 
 __all__ = ["Classifier", "ClassifyTask", "Evaluation", "Features", "evaluate", "predict_logits"]
@@ -78,9 +79,10 @@ class ClassifyTask:
         return loss, {"loss": loss.detach() * y.numel(), "acc": (logits.argmax(1) == y).sum(), "n": n}
 
     def evaluate(self, model: nn.Module, data: ImageSet | Features) -> dict[str, float]:
-        """Loss and accuracy without TTA (5 passes: only the final answer and `cnnkit eval` use it)."""
+        """Loss and accuracy without TTA (5 passes: only the final answer and `cnnkit eval` use it),
+        in the engine's precision (its autocast context)."""
         with (model.without_tta() if hasattr(model, "without_tta") else contextlib.nullcontext()):
-            result = evaluate(model, data, self.eval_batch_size, self.channels_last)
+            result = evaluate(model, data, self.eval_batch_size, self.channels_last, precision=None)
         return {"loss": result.loss, "acc": result.accuracy}
 
     def deployable(self, model: nn.Module) -> nn.Module:
@@ -136,28 +138,29 @@ class Evaluation:
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 1000,
-                   channels_last: bool = True) -> torch.Tensor:
+                   channels_last: bool = True, precision: str | None = "auto") -> torch.Tensor:
     """Logits (N, K) for uint8 images (N, C, H, W) -- or float features -- in batches, on the
-    model's device."""
+    model's device. ``precision``: auto | fp32 | bf16, or None for the caller's autocast context."""
     device = next(model.parameters()).device
+    context = autocast(precision, device) if precision is not None else contextlib.nullcontext()
     out = []
     for i in range(0, images.shape[0], batch_size):
         x = images[i:i + batch_size].to(device)
         if x.dtype == torch.uint8:
             x = x.float().div_(255).contiguous(memory_format=_fmt(channels_last))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with context:
             out.append(model(x).float())
     return torch.cat(out)
 
 
 def evaluate(model: nn.Module, data: ImageSet | Features, batch_size: int = 1000,
-             channels_last: bool = True) -> Evaluation:
+             channels_last: bool = True, precision: str | None = "auto") -> Evaluation:
     """Run ``model`` (in eval mode; restored afterwards) over every image of ``data``."""
     was_training = model.training
     model.eval()
     try:
         logits = predict_logits(model, data.x if isinstance(data, Features) else data.images,
-                                batch_size, channels_last)
+                                batch_size, channels_last, precision)
     finally:
         model.train(was_training)
     labels = data.labels.to(logits.device)

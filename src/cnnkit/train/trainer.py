@@ -60,7 +60,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False, quiet:
         if d.main:
             ckpt.save_ensemble(out / ckpt.MODEL_FILE, [r.out / ckpt.MODEL_FILE for r in runs])
         val = evaluate(ckpt.load(out, d.device), load_dataset(cfg.dataset, "val", cfg.data_dir,
-                       image_size=cfg.image_size, seed=cfg.seed), cfg.eval_batch_size)
+                       image_size=cfg.image_size, seed=cfg.seed), cfg.eval_batch_size,
+                       precision=cfg.precision)
         if d.main and not quiet:
             Console().print(f"ensemble of {cfg.ensemble}: {_val_label(cfg)} acc {val.accuracy:.2%} -> {out}")
         return TrainResult(out, runs[-1].history, val.accuracy, sum(r.seconds for r in runs),
@@ -79,8 +80,8 @@ def fit(cfg: TrainConfig, out: Path, d: Dist, resume: bool = False, quiet: bool 
                                                    schedule=lambda step, total: lr_at(step, total, cfg)))],
                 seed=cfg.seed, ema=cfg.ema)
     run = engine.fit(task, model, Data(train_set, val_set), plan, out, resume=resume, quiet=quiet,
-                     dist=d, config=cfg.to_dict(), on_epoch_end=on_epoch_end)
-    final = evaluate(run.model, val_set, cfg.eval_batch_size, cfg.channels_last).accuracy
+                     dist=d, config=cfg.to_dict(), precision=cfg.precision, on_epoch_end=on_epoch_end)
+    final = evaluate(run.model, val_set, cfg.eval_batch_size, cfg.channels_last, run.precision).accuracy
     Console(quiet=quiet or not d.main).print(
         f"done: {_val_label(cfg)} acc {final:.2%}{' (with TTA)' if run.model.tta else ''} in "
         f"{run.seconds:.1f} s -> {out}  (test with `cnnkit eval {out}`)")

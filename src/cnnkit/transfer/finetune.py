@@ -74,7 +74,8 @@ class StagePlan:
 def finetune(model: nn.Module, train_set: ImageSet, val_set: ImageSet | None = None,
              stages=STAGES, freeze_until: str | None = None, augment=None,
              config: FinetuneConfig | None = None, *, out=None, resume: bool = False,
-             quiet: bool = True, info: dict | None = None, **overrides) -> list[dict]:
+             quiet: bool = True, info: dict | None = None, precision: str = "auto",
+             **overrides) -> list[dict]:
     """Fine-tune ``model`` in place on ``train_set``'s classes; returns one history row per epoch.
 
     The stages are a plan (:func:`stage_plan`) run by the training engine, which brings the NaN
@@ -91,6 +92,7 @@ def finetune(model: nn.Module, train_set: ImageSet, val_set: ImageSet | None = N
         resume: continue the run in ``out`` (same settings) after its last completed epoch.
         quiet: no summary, progress bar or epoch lines.
         info: checkpoint metadata, e.g. ``{"model": "resnet18"}`` so that ``cnnkit.load`` rebuilds it.
+        precision: ``auto`` (bf16 autocast where the device has native bf16, else fp32) | ``fp32`` | ``bf16``.
 
     Raises:
         CnnkitError: an unknown stage or layer name, a model without a separable head, empty or
@@ -114,6 +116,7 @@ def finetune(model: nn.Module, train_set: ImageSet, val_set: ImageSet | None = N
     try:
         run = engine.fit(task, clf, Data(train_set, val_set), plan, out, resume=resume, quiet=quiet,
                          device=cfg.device, command="cnnkit finetune", on_epoch_end=log,
+                         precision=precision,
                          config={**(info or {}), "finetune": {**settings, "stages": list(stages),
                                                               "freeze_until": freeze_until}})
     finally:
