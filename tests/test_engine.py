@@ -97,7 +97,7 @@ def test_a_two_phase_plan_learns_writes_and_resumes_exactly(tmp_path):
 
 
 def test_divergence_is_caught_before_anything_is_saved(tmp_path):
-    with pytest.raises(CnnkitError, match=r"loss became (nan|inf) at epoch 1, step \d+ of stage sgd: "
+    with pytest.raises(CnnkitError, match=r"loss became (nan|inf) at epoch 1, step \d+ in phase sgd: "
                                           r"training diverged.*received --lr 1e\+30"):
         _run(tmp_path / "r", lr=1e30)
     assert not (tmp_path / "r").exists()

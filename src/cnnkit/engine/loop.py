@@ -169,7 +169,7 @@ def train_epoch(task, step_net, model, setup: Setup, ema, batches, gen, d: Dist,
             means = dict(zip(names, (sums[:-1] / sums[-1]).tolist()))
             if not math.isfinite(means["loss"]):
                 raise CnnkitError(f"the loss became {means['loss']} at epoch {epoch + 1}, step {i + 1}"
-                                  f"{' of stage ' + name if name else ''}: training diverged; lower "
+                                  f"{' in phase ' + name if name else ''}: training diverged; lower "
                                   f"the learning rate (received --lr {peak})")
             ips = (i % REPORT_EVERY + 1) * float(s[-1]) * d.world / (time.perf_counter() - tick)
             tick = time.perf_counter()
@@ -198,7 +198,7 @@ def _check_weights(model: nn.Module, epoch: int, name: str, peak: float) -> None
     bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
     if bad:
         raise CnnkitError(f"the weights became non-finite ({bad[0]}, ...) at the end of epoch "
-                          f"{epoch + 1}{' of stage ' + name if name else ''}: training diverged; "
+                          f"{epoch + 1}{' in phase ' + name if name else ''}: training diverged; "
                           f"lower the learning rate (received --lr {peak})")
 
 
