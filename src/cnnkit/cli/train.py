@@ -39,6 +39,9 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, help="torch threads per process (default: all cores)")
     p.add_argument("--device", choices=["cpu", "cuda"],
                    help="default: cuda (bf16 autocast) when PyTorch sees a GPU, else cpu")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                   help="auto (default): bf16 autocast where the device has native bf16 arithmetic "
+                        "(CUDA, AVX-512-BF16/AMX CPUs), else fp32")
     p.add_argument("--subset", type=int, help="train on the first N training images only (smoke tests)")
     p.add_argument("--trainval", action=argparse.BooleanOptionalAction, default=None,
                    help="the final refit: train on train + val (MNIST: all 60,000 images) once the "
@@ -57,6 +60,8 @@ def register(subparsers) -> None:
     e.add_argument("--split", default="test", help="train | val | test (default: test)")
     e.add_argument("--format", default="table", choices=["table", "json"])
     e.add_argument("--confusion", help="confusion-matrix PNG (default: <run>/confusion_<split>.png)")
+    e.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="auto (default): bf16 autocast where the device has native bf16, else fp32")
     e.set_defaults(func=run_eval)
 
     q = subparsers.add_parser("predict", help="top classes of image files",
@@ -65,6 +70,8 @@ def register(subparsers) -> None:
     q.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     q.add_argument("--top", type=int, default=3, help="classes shown per image (default: 3)")
     q.add_argument("--format", default="table", choices=["table", "json"])
+    q.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="auto (default): bf16 autocast where the device has native bf16, else fp32")
     q.set_defaults(func=run_predict)
 
 
@@ -83,7 +90,7 @@ def run_train(args) -> int:
                  optimizer=args.optimizer, schedule=args.schedule, ema=args.ema, tta=args.tta,
                  image_size=tuple(args.image_size) if args.image_size else None, seed=args.seed,
                  threads=args.threads, device=args.device, ensemble=args.ensemble, subset=args.subset,
-                 trainval=args.trainval)
+                 trainval=args.trainval, precision=args.precision)
     if args.resume and not args.out:
         raise CnnkitError("--resume needs --out RUN_FOLDER (the run to continue)")
     out = args.out or f"runs/{Path(cfg.model).stem.split(':')[0]}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -101,18 +108,33 @@ def run_eval(args) -> int:
 
     model = load(args.checkpoint)
     info = model.info
-    cfg = info.get("config") or info["ensemble"][0]["config"]
-    data = load_dataset(args.dataset or cfg["dataset"], args.split,
-                        args.data_dir or (cfg["data_dir"] if not args.dataset else None),
-                        image_size=tuple(model.input_size[1:]), channels=model.input_size[0],
-                        seed=cfg["seed"])
+    tuned = info.get("finetune") if not args.dataset else None
+    cfg = info.get("config") or (info["ensemble"][0].get("config") if "ensemble" in info else None) or {}
+    if tuned:      # `cnnkit finetune`: its image folder, split and cropped the way it was trained on
+        import warnings
+
+        from ..data.imagefolder import load_image_folder
+
+        with warnings.catch_warnings():            # skipped files were reported when it trained
+            warnings.simplefilter("ignore")
+            data = load_image_folder(tuned["data"], args.split, tuple(model.input_size[1:]),
+                                     model.input_size[0], tuned.get("val_fraction", 0.2),
+                                     seed=tuned.get("seed", 0),
+                                     crop_fraction=tuned.get("crop_fraction", 1.0))
+    elif cfg or args.dataset:
+        data = load_dataset(args.dataset or cfg["dataset"], args.split,
+                            args.data_dir or (cfg["data_dir"] if not args.dataset else None),
+                            image_size=tuple(model.input_size[1:]), channels=model.input_size[0],
+                            seed=cfg.get("seed", 0))
+    else:
+        raise CnnkitError(f"{args.checkpoint} does not say what it was trained on; give --dataset")
     if data.classes != model.classes:
         raise CnnkitError(f"{data.name} has classes {data.classes[:5]}..., the model "
                           f"{model.classes[:5]}...; evaluate on the dataset it was trained on")
     if args.split == "val" and cfg.get("trainval"):
         print("note: this model was trained on the val split too (--trainval): its val accuracy is "
               "not a held-out estimate", file=sys.stderr)
-    result = evaluate(model, data)
+    result = evaluate(model, data, precision=args.precision)
     png = Path(args.confusion) if args.confusion else resolve(args.checkpoint).parent / f"confusion_{args.split}.png"
     from ..plots import confusion_matrix
 
@@ -137,8 +159,11 @@ def run_predict(args) -> int:
     from ..train.checkpoint import load
     from ..train.predict import predict_files
 
+    from ..engine.precision import autocast
+
     model = load(args.checkpoint)
-    rows = predict_files(model, args.images, top=args.top)
+    with autocast(args.precision, next(model.parameters()).device):
+        rows = predict_files(model, args.images, top=args.top)
     if args.format == "json":
         print(json.dumps(rows))
         return 0

@@ -43,6 +43,8 @@ class TrainConfig:
     threads: int = 0                # torch threads per process (0 = all cores / processes)
     device: str | None = None       # "cpu" | "cuda" (None: CUDA when a GPU is visible, else CPU)
     channels_last: bool = True      # NHWC memory format (2x faster convs on CPU with oneDNN)
+    precision: str = "auto"         # "auto" (bf16 autocast where the device has native bf16, else
+                                    # fp32) | "fp32" | "bf16"; weights and checkpoints stay fp32
     eval_batch_size: int = 1000     # batch size for validation
     ensemble: int = 1               # number of members (different seeds) to train
 
@@ -96,6 +98,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         ("ensemble", cfg.ensemble >= 1, "a positive integer"),
         ("weight_decay", cfg.weight_decay >= 0, "non-negative"),
         ("device", cfg.device in (None, "cpu", "cuda"), "cpu or cuda"),
+        ("precision", cfg.precision in ("auto", "fp32", "bf16"), "auto, fp32 or bf16"),
     ]
     for name, ok, want in checks:
         if not ok:

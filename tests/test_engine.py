@@ -1,0 +1,142 @@
+"""The engine alone, with a task that is not classification: a line fitted from dict batches."""
+
+import pytest
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file
+
+from cnnkit.engine import Data, Phase, Plan, Setup, fit
+from cnnkit.errors import CnnkitError
+from cnnkit.train.checkpoint import read_info
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class LineTask:
+    """y = 3x - 1 plus noise; batches are dicts; "score" (= -MSE) names the best epoch."""
+    name, metric = "line", "score"
+
+    def __init__(self, batch_size=16):
+        self.batch_size = batch_size
+
+    def batches(self, data, generator, train):
+        x, y = data
+        order = torch.randperm(len(x), generator=generator)
+        noise = 0.01 * torch.randn(len(x), 1, generator=generator)      # augmentation draws from g
+        return [{"x": x[i], "y": y[i] + noise[i]} for i in order.split(self.batch_size)]
+
+    def loss(self, model, batch):
+        err = (model(batch["x"]) - batch["y"]).pow(2)
+        n = torch.tensor(float(len(err)))
+        return err.mean(), {"loss": err.sum().detach(), "n": n}
+
+    def evaluate(self, model, data):
+        with torch.no_grad():
+            mse = (model(data[0]) - data[1]).pow(2).mean().item()
+        return {"mse": mse, "score": -mse}
+
+    def deployable(self, model):
+        return model
+
+    def describe(self, model):
+        return {"task": "line", "slope": model.weight.item()}
+
+    def summary(self, model):
+        return "a line"
+
+
+def _data():
+    x = torch.linspace(-1, 1, 256).unsqueeze(1)
+    return Data((x, 3 * x - 1), (x[::4], 3 * x[::4] - 1))
+
+
+def _plan(lr=0.1, epochs=(2, 1)):
+    def first(m):       # phase 1: SGD with a linear decay; phase 2: Adam at a constant rate
+        return Setup(torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9),
+                     schedule=lambda step, steps: lr * (1 - step / steps), row={"opt": "sgd"})
+    return Plan([Phase(epochs[0], first, "sgd"),
+                 Phase(epochs[1], lambda m: Setup(torch.optim.Adam(m.parameters(), 1e-2)), "adam")],
+                seed=5, ema=0.9)
+
+
+def _run(out, **kw):
+    torch.manual_seed(0)
+    return fit(LineTask(), nn.Linear(1, 1), _data(), _plan(kw.pop("lr", 0.1)), out, quiet=True,
+               config={"lr": 0.1}, **kw)
+
+
+def test_a_two_phase_plan_learns_writes_and_resumes_exactly(tmp_path):
+    full = _run(tmp_path / "full")
+    assert [r["epoch"] for r in full.history] == [1, 2, 3]
+    assert [(r["phase"], r["phase_epoch"]) for r in full.history][1:] == [("sgd", 2), ("adam", 1)]
+    assert full.history[-1]["val_mse"] < 0.05 < full.history[0]["train_loss"]
+    assert full.best == max(((r["epoch"], r["val_score"]) for r in full.history), key=lambda t: t[1])
+    header = (tmp_path / "full" / "metrics.csv").read_text().splitlines()[0]
+    assert header == "epoch,phase,phase_epoch,opt,train_loss,val_mse,val_score,lr,seconds"
+    assert read_info(tmp_path / "full")["task"] == "line" and full.images == 3 * 256
+
+    def stop(epoch, row):
+        if epoch in (0, 1):          # inside phase 1, and at the boundary before phase 2
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "cut", on_epoch_end=stop)
+    assert read_info(tmp_path / "cut")["interrupted"] is True
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "cut", on_epoch_end=stop, resume=True)
+    cut = _run(tmp_path / "cut", resume=True)
+    a, b = (load_file(tmp_path / r / "resume.safetensors") for r in ("full", "cut"))
+    for k in a:
+        if not k.startswith("rng"):
+            assert torch.equal(a[k], b[k]), k
+    assert torch.equal(cut.model.weight, full.model.weight)          # the EMA copy, as saved
+    with pytest.raises(CnnkitError, match="already holds a run; pass --resume"):
+        _run(tmp_path / "full")
+    with pytest.raises(CnnkitError, match=r"other settings \(lr\)"):
+        fit(LineTask(), nn.Linear(1, 1), _data(), _plan(), tmp_path / "full", quiet=True,
+            config={"lr": 0.2}, resume=True)
+
+
+def test_divergence_is_caught_before_anything_is_saved(tmp_path):
+    with pytest.raises(CnnkitError, match=r"loss became (nan|inf) at epoch 1, step \d+ in phase sgd: "
+                                          r"training diverged.*received --lr 1e\+30"):
+        _run(tmp_path / "r", lr=1e30)
+    assert not (tmp_path / "r").exists()
+
+
+# ----------------------------------------------------------------------------- precision
+
+def test_precision_selection():
+    from cnnkit.engine.precision import _CPU_BF16_FLAGS, choose, cpu_flags
+
+    cpu = torch.device("cpu")
+    assert choose("auto", cpu, native=True) == ("bf16", "auto: this CPU has native bf16 arithmetic")
+    assert choose("auto", cpu, native=False)[0] == "fp32"
+    assert choose("fp32", cpu, native=True)[0] == "fp32"
+    assert choose("bf16", cpu, native=True) == ("bf16", "asked for")
+    precision, why = choose("bf16", cpu, native=False)
+    assert precision == "bf16" and "no native bf16 arithmetic: it will be slow" in why
+    with pytest.raises(CnnkitError, match="--precision must be one of auto, fp32, bf16; received 'fp16'"):
+        choose("fp16", cpu)
+    native = bool(cpu_flags() & _CPU_BF16_FLAGS)           # detected at run time, not assumed
+    assert choose("auto", cpu)[0] == ("bf16" if native else "fp32")
+
+
+class DtypeLineTask(LineTask):
+    def loss(self, model, batch):
+        self.seen = model(batch["x"]).dtype                  # what autocast made of the Linear
+        return super().loss(model, batch)
+
+
+@pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_bf16_autocasts_the_step_and_keeps_fp32_weights(tmp_path, precision, dtype, capsys):
+    task = DtypeLineTask()
+    run = fit(task, nn.Linear(1, 1), _data(), _plan(epochs=(1, 0)), tmp_path / precision, quiet=True,
+              precision=precision)
+    assert task.seen == dtype and run.precision == precision
+    assert read_info(tmp_path / precision)["precision"] == precision
+    assert all(t.dtype == torch.float32 for t in load_file(tmp_path / precision / "model.safetensors").values())
+    err = capsys.readouterr().err
+    from cnnkit.engine.precision import _CPU_BF16_FLAGS, cpu_flags
+
+    slow = precision == "bf16" and not cpu_flags() & _CPU_BF16_FLAGS
+    assert err.count("it will be slow") == (1 if slow else 0) and err.count("\n") == (1 if slow else 0)
