@@ -27,6 +27,8 @@ KNOWN = {
     "mobilenet_v2": [24, 32, 96, 320],
     "mobilenet_v3_large": [24, 40, 112, 160],
     "densenet121": [256, 512, 1024, 1024],
+    "efficientnet_lite0": [24, 40, 112, 320],
+    "efficientnet_b0": [24, 40, 112, 320],
 }
 
 
@@ -45,7 +47,7 @@ def test_every_supported_backbone(name):
         assert fx.channels[1:] == KNOWN[name]
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "mobilenet_v1"])
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "mobilenet_v1", "efficientnet_lite0"])
 def test_odd_sizes_round_up(name):
     """Padded strided convs give ceil(H / s); VGG's and DenseNet's 2x2 pools floor odd sizes instead."""
     fx = create_features(name, out_strides=(4, 8, 16, 32)).eval()
@@ -68,7 +70,8 @@ def test_later_stages_are_not_run():
     assert calls == [] and fx.feature_info[-1]["module"] == "layer2"
 
 
-@pytest.mark.parametrize("name,output_stride", [("resnet18", 16), ("resnet50", 8), ("mobilenet_v2", 16)])
+@pytest.mark.parametrize("name,output_stride", [("resnet18", 16), ("resnet50", 8), ("mobilenet_v2", 16),
+                                                      ("efficientnet_lite0", 8), ("efficientnet_b0", 16)])
 def test_output_stride_dilates(name, output_stride):
     fx = create_features(name, out_strides=(8, 16, 32), output_stride=output_stride).eval()
     plain = create_features(name, out_strides=(8, 16, 32)).eval()

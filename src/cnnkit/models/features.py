@@ -33,6 +33,7 @@ _PROBE = 64  # side of the probe input that finds each trunk module's stride
 def _trunk_names(model: nn.Module) -> list[str] | None:
     """The dotted names of the modules ``forward_features`` runs in order, or None when unsupported."""
     from .densenet import DenseNet
+    from .efficientnet import EfficientNet, EfficientNetLite
     from .mobilenet_v1 import MobileNetV1
     from .mobilenet_v2 import MobileNetV2
     from .mobilenet_v3 import MobileNetV3
@@ -47,9 +48,9 @@ def _trunk_names(model: nn.Module) -> list[str] | None:
         return ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
     if isinstance(model, (VGG, DenseNet)):
         return children("features")
-    if isinstance(model, MobileNetV1):
+    if isinstance(model, (MobileNetV1, EfficientNetLite)):
         return ["conv_stem", "bn1", "act1", *children("blocks")]
-    if isinstance(model, (MobileNetV2, MobileNetV3)):
+    if isinstance(model, (MobileNetV2, MobileNetV3, EfficientNet)):
         return children("features", drop_last=1)  # the blocks; not the 1x1 head conv (as timm)
     return None
 
