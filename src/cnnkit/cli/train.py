@@ -65,10 +65,12 @@ def register(subparsers) -> None:
     e.set_defaults(func=run_eval)
 
     q = subparsers.add_parser("predict", help="top classes of image files",
-                              description="Classify image files with a trained checkpoint.")
-    q.add_argument("checkpoint", help="run folder or .safetensors file")
+                              description="Classify image files with a trained checkpoint, or with a "
+                                          "zoo model's published ImageNet weights.")
+    q.add_argument("checkpoint", help="run folder, .safetensors file, or zoo name with ImageNet weights "
+                                      "(e.g. efficientnet_lite0)")
     q.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
-    q.add_argument("--top", type=int, default=3, help="classes shown per image (default: 3)")
+    q.add_argument("--top", type=int, help="classes shown per image (default: 3; 5 for a zoo model)")
     q.add_argument("--format", default="table", choices=["table", "json"])
     q.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="auto (default): bf16 autocast where the device has native bf16, else fp32")
@@ -119,8 +121,9 @@ def run_eval(args) -> int:
             warnings.simplefilter("ignore")
             data = load_image_folder(tuned["data"], args.split, tuple(model.input_size[1:]),
                                      model.input_size[0], tuned.get("val_fraction", 0.2),
-                                     seed=tuned.get("seed", 0),
-                                     crop_fraction=tuned.get("crop_fraction", 1.0))
+                                     tuned.get("test_fraction", 0.0), seed=tuned.get("seed", 0),
+                                     crop_fraction=tuned.get("crop_fraction", 1.0),
+                                     interpolation=tuned.get("interpolation", "bilinear"))
     elif cfg or args.dataset:
         data = load_dataset(args.dataset or cfg["dataset"], args.split,
                             args.data_dir or (cfg["data_dir"] if not args.dataset else None),
@@ -161,9 +164,18 @@ def run_predict(args) -> int:
 
     from ..engine.precision import autocast
 
-    model = load(args.checkpoint)
+    loader = None
+    if not Path(args.checkpoint).exists() and "/" not in args.checkpoint and not args.checkpoint.endswith(".safetensors"):
+        from functools import partial
+
+        from ..transfer.preprocess import load_photo, pretrained_classifier
+
+        model = pretrained_classifier(args.checkpoint)  # a zoo name: its ImageNet weights and classes
+        loader, top = partial(load_photo, pre=model.preprocess), args.top or 5
+    else:
+        model, top = load(args.checkpoint), args.top or 3
     with autocast(args.precision, next(model.parameters()).device):
-        rows = predict_files(model, args.images, top=args.top)
+        rows = predict_files(model, args.images, top=top, loader=loader)
     if args.format == "json":
         print(json.dumps(rows))
         return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -24,15 +25,19 @@ def register(subparsers) -> None:
     p.add_argument("--freeze-until", help="first layer trained in stage 'top': layer4, features.24, "
                    "block5_conv1 (default: the last block)")
     p.add_argument("--stages", default="head,top", help="comma-separated subset of head,top,all (default head,top)")
-    p.add_argument("--epochs", type=int, default=3, help="epochs per stage (default 3)")
+    p.add_argument("--epochs", type=int, help="epochs of every stage (default: head 20 on cached "
+                   "features, top 2, all 2)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate of the head stage; 'top' and "
-                   "'all' use a tenth of it (default 1e-3)")
+    p.add_argument("--lr", type=float, default=1e-2, help="learning rate of the head stage; 'top' and "
+                   "'all' use a hundredth of it (default 1e-2)")
     p.add_argument("--image-size", type=int, help="square input size (default: the model's, e.g. 224)")
     p.add_argument("--augment", action="store_true", help="the notes' ImageDataGenerator augmentation "
                    "(rotation 40, shifts 0.2, zoom 0.2, flips)")
     p.add_argument("--train-bn", action="store_true", help="let unfrozen batch-norm layers update their statistics")
-    p.add_argument("--val-fraction", type=float, default=0.2, help="held out when DIR has no val/ folder")
+    p.add_argument("--val-fraction", type=float, default=0.15, help="held out when DIR has no val/ folder "
+                   "(default 0.15)")
+    p.add_argument("--test-fraction", type=float, default=0.15, help="held out for a final test when DIR has "
+                   "no split folders at all (default 0.15; evaluated once, after training)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None, help="run folder, written after every epoch "
@@ -57,7 +62,7 @@ def _finetune(args: argparse.Namespace) -> int:
     import torch
 
     from ..data.imagefolder import load_image_folder
-    from ..transfer import NOTES_AUGMENT, Preprocess, finetune, preprocess_for
+    from ..transfer import NOTES_AUGMENT, FinetuneConfig, Preprocess, evaluate, finetune, preprocess_for
     from ..transfer.checkpoint import load_backbone, save_finetuned
 
     if args.resume:
@@ -66,7 +71,7 @@ def _finetune(args: argparse.Namespace) -> int:
         raise CnnkitError("--data DIR is required: a folder of <class>/ image folders (or of "
                           "train/ and val/ folders of them)")
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
-    if args.epochs < 0 or args.batch_size < 2 or (args.image_size is not None and args.image_size < 8):
+    if (args.epochs is not None and args.epochs < 0) or args.batch_size < 2 or (args.image_size is not None and args.image_size < 8):
         raise CnnkitError(f"--epochs must be >= 0, --batch-size >= 2 and --image-size >= 8; received "
                           f"--epochs {args.epochs} --batch-size {args.batch_size} --image-size {args.image_size}")
     torch.manual_seed(args.seed)    # a random base (no --weights) and the new head: the same every run
@@ -78,13 +83,18 @@ def _finetune(args: argparse.Namespace) -> int:
     if own is not None:  # a cnnkit checkpoint: keep the normalisation (and size) it was trained with
         pre = Preprocess(tuple(own["input_size"][:1]) + (size or tuple(own["input_size"][1:])),
                          tuple(own["mean"]), tuple(own["std"]), pre.crop_fraction)
+    # a flat DIR/<class>/* folder gets a seeded, stratified train/val/test split (written to the run)
+    flat = not any((Path(args.data) / d).is_dir() for d in ("train", "val", "valid", "validation", "test"))
     load = dict(image_size=pre.image_size, channels=pre.input_size[0], val_fraction=args.val_fraction,
-                seed=args.seed, crop_fraction=pre.crop_fraction)
+                test_fraction=args.test_fraction if flat else 0.0, seed=args.seed,
+                crop_fraction=pre.crop_fraction, interpolation=pre.interpolation)
     with warnings.catch_warnings(record=True) as caught:  # each data warning printed once, one line
         warnings.simplefilter("always")
         train = load_image_folder(args.data, "train", **load)
         has_val = any((Path(args.data) / d).is_dir() for d in ("val", "valid", "validation"))
         val = load_image_folder(args.data, "val", **load) if args.val_fraction > 0 or has_val else None
+        has_test = (Path(args.data) / "test").is_dir() or (flat and args.test_fraction > 0)
+        test = load_image_folder(args.data, "test", **load) if has_test else None
     main = os.environ.get("RANK", "0") == "0"          # under torchrun, rank 0 speaks
     for message in dict.fromkeys(str(w.message) for w in caught):
         if main:
@@ -95,21 +105,31 @@ def _finetune(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/finetune-{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     about = {"stages": list(stages), "freeze_until": args.freeze_until, "weights": args.weights,
              "data": str(args.data), "augment": args.augment, "val_fraction": args.val_fraction,
-             "seed": args.seed, "crop_fraction": pre.crop_fraction}
+             "test_fraction": load["test_fraction"], "seed": args.seed, "crop_fraction": pre.crop_fraction,
+             "interpolation": pre.interpolation}
     cli = {k: v for k, v in vars(args).items() if k not in ("func", "command", "resume", "quiet", "out")}
     finetune(net, train, val, stages=stages, freeze_until=args.freeze_until,
-             augment=NOTES_AUGMENT if args.augment else None, epochs=args.epochs,
-             batch_size=args.batch_size, lr_head=args.lr, lr_top=args.lr / 10,
-             lr_all=args.lr / 10, train_bn=args.train_bn, mean=pre.mean, std=pre.std,
+             augment=NOTES_AUGMENT if args.augment else None,
+             epochs=args.epochs if args.epochs is not None else FinetuneConfig().epochs,
+             batch_size=args.batch_size, lr_head=args.lr, lr_top=args.lr / 100,
+             lr_all=args.lr / 100, train_bn=args.train_bn, mean=pre.mean, std=pre.std,
              seed=args.seed, device=args.device, out=out, resume=args.resume, quiet=args.quiet,
              precision=args.precision,
              info={"model": name, "dataset": {"name": str(args.data)}, "finetune": about,
                    "args": cli})
     path = out / "model.safetensors"
-    if not path.is_file() and main:   # no epoch trained (--epochs 0): the network as it now is
+    if not main:
+        return 0
+    if not path.is_file():   # no epoch trained (--epochs 0): the network as it now is
         save_finetuned(out, net.cpu(), name, train.classes, pre.input_size, pre.mean, pre.std, [], about)
-    if main:
-        print(f"wrote {path}")
+    split = {part: ds.meta["files"] for part, ds in (("train", train), ("val", val), ("test", test)) if ds}
+    (out / "split.json").write_text(json.dumps({"seed": args.seed, "val_fraction": args.val_fraction,
+                                                "test_fraction": load["test_fraction"], **split}, indent=1))
+    if test is not None:  # once, after training: nothing was chosen by it
+        _, acc = evaluate(net.cpu(), test, pre.mean, pre.std)
+        (out / "test.json").write_text(json.dumps({"test_acc": acc, "n": len(test)}))
+        print(f"test accuracy {acc:.4f} on {len(test)} held-out images (used for nothing else)")
+    print(f"wrote {path}")
     return 0
 
 

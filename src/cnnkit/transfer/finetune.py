@@ -41,9 +41,10 @@ _POOL = (nn.MaxPool2d, nn.AvgPool2d)
 
 @dataclass
 class FinetuneConfig:
-    epochs: int | dict = 3        # epochs per stage, or {"head": 5, "top": 3, "all": 2}
+    # epochs per stage, or {"head": 5, "top": 3, "all": 2}; the head trains on cached features (cheap)
+    epochs: int | dict = field(default_factory=lambda: {"head": 20, "top": 2, "all": 2})
     batch_size: int = 32
-    lr_head: float = 1e-3         # Adam learning rate of the new head (stage "head")
+    lr_head: float = 1e-2         # Adam learning rate of the new head (stage "head")
     lr_top: float = 1e-4          # the unfrozen top and the head (stage "top"): ~10x lower
     lr_all: float = 1e-4          # the head in stage "all"; lower stages get lr_all * lr_decay**depth
     lr_decay: float = 0.5         # discriminative factor per resolution stage, going down
