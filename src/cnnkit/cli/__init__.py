@@ -17,6 +17,19 @@ from ..errors import CnnkitError
 _COMMAND_MODULES = ["summary", "zoo", "train", "explain", "transfer"]
 
 
+def add_trust_code(parser: argparse.ArgumentParser) -> None:
+    """``--trust-code FILE.py:FN``: the one way to load a checkpoint whose network only code builds."""
+    parser.add_argument("--trust-code", metavar="FILE.py:FN", dest="trust_code",
+                        help="load a checkpoint whose network is built by a Python factory, running "
+                             "FILE.py:FN as you name it (never the file the checkpoint names)")
+
+
+def trust(args) -> dict:
+    """The keyword arguments of cnnkit.load from ``--trust-code``."""
+    factory = getattr(args, "trust_code", None)
+    return {"trust_code": factory is not None, "factory": factory}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cnnkit",

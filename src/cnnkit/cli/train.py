@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from ..errors import CnnkitError
+from . import add_trust_code, trust
 
 
 def register(subparsers) -> None:
@@ -57,6 +58,7 @@ def register(subparsers) -> None:
     e.add_argument("--split", default="test", help="train | val | test (default: test)")
     e.add_argument("--format", default="table", choices=["table", "json"])
     e.add_argument("--confusion", help="confusion-matrix PNG (default: <run>/confusion_<split>.png)")
+    add_trust_code(e)
     e.set_defaults(func=run_eval)
 
     q = subparsers.add_parser("predict", help="top classes of image files",
@@ -65,6 +67,7 @@ def register(subparsers) -> None:
     q.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     q.add_argument("--top", type=int, default=3, help="classes shown per image (default: 3)")
     q.add_argument("--format", default="table", choices=["table", "json"])
+    add_trust_code(q)
     q.set_defaults(func=run_predict)
 
 
@@ -99,7 +102,7 @@ def run_eval(args) -> int:
     from ..train.checkpoint import load, resolve
     from ..train.evaluate import evaluate
 
-    model = load(args.checkpoint)
+    model = load(args.checkpoint, **trust(args))
     info = model.info
     cfg = info.get("config") or info["ensemble"][0]["config"]
     data = load_dataset(args.dataset or cfg["dataset"], args.split,
@@ -137,7 +140,7 @@ def run_predict(args) -> int:
     from ..train.checkpoint import load
     from ..train.predict import predict_files
 
-    model = load(args.checkpoint)
+    model = load(args.checkpoint, **trust(args))
     rows = predict_files(model, args.images, top=args.top)
     if args.format == "json":
         print(json.dumps(rows))

@@ -61,11 +61,13 @@ class Explainable:
         return name[len(self.prefix):] if self.prefix and name.startswith(self.prefix) else name
 
 
-def load_explainable(source: str, weights: str | None = None, imagenet_norm: bool = False) -> Explainable:
+def load_explainable(source: str, weights: str | None = None, imagenet_norm: bool = False,
+                     factory: str | None = None) -> Explainable:
     """A run folder / ``.safetensors`` checkpoint (via :func:`cnnkit.load`) or a zoo model name.
 
     Checkpoints are explained without test-time augmentation (one forward per image), through their
-    own input normalisation; layer names are those of the bare network (``model.net``).
+    own input normalisation; layer names are those of the bare network (``model.net``). ``factory``
+    (``FILE.py:FN``) is for a checkpoint whose network only code builds (``cnnkit.load``'s trust_code).
     """
     path = Path(source)
     if path.exists():
@@ -73,7 +75,7 @@ def load_explainable(source: str, weights: str | None = None, imagenet_norm: boo
             raise CnnkitError(f"--weights is for zoo models; {source} is a checkpoint that has its own")
         from ..train.checkpoint import load
 
-        model = load(path)
+        model = load(path, trust_code=factory is not None, factory=factory)
         if hasattr(model, "tta"):
             model.tta = ""
         info = getattr(model, "info", {}) or {}

@@ -250,7 +250,10 @@ def _resumed_config(out: Path, cfg: TrainConfig) -> TrainConfig:
         raise CnnkitError(f"nothing to resume in {out}: no {ckpt.RESUME_FILE}; start a new run "
                           "without --resume")
     _, meta = ckpt._read(path if path.is_file() else member)
-    return TrainConfig.from_dict(meta["config"])       # member 0's seed is the run's seed
+    if not isinstance(meta.get("config"), dict) or not isinstance(meta["config"].get("model"), str):
+        raise CnnkitError(f"{path}: the resume state holds no training config; start a new run")
+    stored = TrainConfig.from_dict(meta["config"])     # member 0's seed is the run's seed
+    return replace(stored, model=ckpt.trusted_resume_model(stored.model, cfg.model))
 
 
 def _fmt(cfg: TrainConfig) -> torch.memory_format:
