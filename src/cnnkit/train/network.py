@@ -93,7 +93,8 @@ def describe_modules(net: nn.Module) -> dict | None:
         out = tree(net, 0)
         if out is None:
             return None
-        rebuilt = build_modules(out)
+        with torch.device("meta"):         # a round trip that allocates nothing and draws no random numbers
+            rebuilt = build_modules(out)
     except (CnnkitError, TypeError, ValueError, AttributeError):
         return None
     same = repr(rebuilt) == repr(net) and [(k, v.shape) for k, v in rebuilt.state_dict().items()] == \
