@@ -7,6 +7,10 @@ torchinfo's "Estimated Total Size" (input + "forward/backward pass size" + param
 
     python benchmarks/memory_accuracy.py            # all cases (a few minutes on 2 cores)
     python benchmarks/memory_accuracy.py --quick    # the small ones
+    python benchmarks/memory_accuracy.py --large    # 512-2048 px: the backend extrapolated from small copies
+
+Each prediction starts from an empty backend cache (a temporary $CNNKIT_HOME), so t(pred) includes
+the backend's calibration runs.
 
 torchinfo is optional (``pip install torchinfo``); without it its column reads n/a.
 """
@@ -14,7 +18,9 @@ torchinfo is optional (``pip install torchinfo``); without it its column reads n
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,6 +47,16 @@ CASES = [
     ("mobilenet_v2", (3, 224, 224), 16, True, "sgd", False),
     ("googlenet", (3, 224, 224), 8, False, "sgd", False),
 ]
+# large inputs: the backend's convolutions are measured on scaled-down copies and extrapolated
+LARGE = [
+    ("resnet18", (3, 512, 512), 2, True, "sgd", False),
+    ("resnet18", (3, 1024, 1024), 1, True, "sgd", False),
+    ("resnet18", (3, 2048, 2048), 1, False, "sgd", False),
+    ("resnet18", (3, 2048, 2048), 1, True, "sgd", False),
+    ("vgg11", (3, 512, 512), 1, True, "adam", False),
+    ("mobilenet_v2", (3, 1024, 1024), 2, True, "sgd", False),
+    ("densenet121", (3, 512, 512), 1, False, "sgd", False),
+]
 
 
 def torchinfo_total(model, shape) -> int | None:
@@ -55,7 +71,9 @@ def torchinfo_total(model, shape) -> int | None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="only the small cases")
+    ap.add_argument("--large", action="store_true", help="only the 512-2048 px cases (extrapolated backend)")
     args = ap.parse_args()
+    cases = LARGE if args.large else CASES + ([] if args.quick else LARGE)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
@@ -64,7 +82,7 @@ def main() -> int:
     print(header)
     print("-" * len(header))
     worst = 0.0
-    for target, size, batch, training, opt, quick in CASES:
+    for target, size, batch, training, opt, quick in cases:
         if args.quick and not quick:
             continue
         try:
@@ -72,6 +90,7 @@ def main() -> int:
         except cnnkit.CnnkitError as exc:
             print(f"{Path(target).stem:<16} skipped: {exc}")
             continue
+        os.environ["CNNKIT_HOME"] = tempfile.mkdtemp(prefix="cnnkit-bench-")   # no cached calibration
         t0 = time.perf_counter()
         s = cnnkit.summary(model, input_size=size, batch_size=batch, optimizer=opt)
         t_pred = time.perf_counter() - t0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import CnnkitError
-from . import add_trust_code, trust
+from . import add_trust_code, existing_data_dir, trust
 
 METHODS = ["featuremaps", "filters", "patterns", "gradcam", "saliency"]
 
@@ -110,6 +110,7 @@ def run_explain(args) -> int:
 def run_plot(args) -> int:
     from ..explain.run import plot_run
 
+    existing_data_dir(args.data_dir)
     if args.max_images < 1:
         raise CnnkitError(f"--max-images must be a positive integer; received {args.max_images}")
     written, notes = plot_run(args.run, data_dir=args.data_dir, split=args.split, max_images=args.max_images,

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from ..errors import CnnkitError
-from . import add_trust_code, trust
+from . import add_trust_code, existing_data_dir, trust
 
 
 def register(subparsers) -> None:
@@ -77,6 +77,13 @@ def run_train(args) -> int:
 
     if args.ensemble is not None and args.ensemble < 1:
         raise CnnkitError(f"--ensemble must be a positive integer; received {args.ensemble}")
+    for flag, value in (("--subset", args.subset), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            raise CnnkitError(f"{flag} must be a positive integer; received {value}"
+                              + (" (leave --subset out to train on every image)" if flag == "--subset" else ""))
+    if args.image_size is not None and not all(1 <= v <= 8192 for v in args.image_size):
+        raise CnnkitError(f"--image-size H W must be between 1 and 8192; received {' '.join(map(str, args.image_size))}")
+    existing_data_dir(args.data_dir)
     if Path(args.dataset).expanduser().is_dir():       # an image folder: stored absolute for `eval`
         args.dataset = str(Path(args.dataset).expanduser().resolve())
     data_dir = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None
@@ -102,6 +109,7 @@ def run_eval(args) -> int:
     from ..train.checkpoint import load, resolve
     from ..train.evaluate import evaluate
 
+    existing_data_dir(args.data_dir)
     model = load(args.checkpoint, **trust(args))
     info = model.info
     cfg = info.get("config") or info["ensemble"][0]["config"]
@@ -140,6 +148,8 @@ def run_predict(args) -> int:
     from ..train.checkpoint import load
     from ..train.predict import predict_files
 
+    if args.top < 1:
+        raise CnnkitError(f"--top must be a positive integer; received {args.top}")
     model = load(args.checkpoint, **trust(args))
     rows = predict_files(model, args.images, top=args.top)
     if args.format == "json":
