@@ -2,6 +2,7 @@
 
 import json
 import os
+import zlib
 
 import pytest
 import torch
@@ -155,3 +156,211 @@ def test_old_zoo_checkpoints_still_load(tmp_path):
     _write(tmp_path / "old.safetensors", _info(model="lenet5", input_size=[1, 32, 32]),   # no "network"
            {k: v.contiguous() for k, v in clf.state_dict().items()})
     assert cnnkit.load(tmp_path / "old.safetensors")(torch.rand(1, 1, 32, 32)).shape == (1, 2)
+
+
+# ----------------------------------------------------------------------------- damaged files
+
+def _good_checkpoint(tmp_path):
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 2))
+    from cnnkit.transfer.checkpoint import save_finetuned
+
+    return save_finetuned(tmp_path / "good", net, "x.py:build", ["a", "b"], (1, 8, 8), (0.5,), (0.25,), [],
+                          {"stages": []})
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "header_length", "not_safetensors", "pickle",
+                                    "plain_weights", "bad_json", "huge_input", "huge_classes",
+                                    "wrong_shapes", "resume_file"])
+def test_damaged_checkpoints_are_one_line_errors(tmp_path, damage, capsys):
+    good = _good_checkpoint(tmp_path).read_bytes()
+    bad = tmp_path / "bad" / "model.safetensors"
+    bad.parent.mkdir()
+    n = int.from_bytes(good[:8], "little")
+    data = {"empty": b"", "truncated": good[:len(good) - 40], "not_safetensors": b"hello world" * 10,
+            "header_length": (10 ** 12).to_bytes(8, "little") + good[8:],
+            "pickle": b"\x80\x04\x95" + b"\x00" * 64}.get(damage)
+    if data is not None:
+        bad.write_bytes(data)
+    elif damage == "plain_weights":
+        bad.write_bytes(st_save({"w": torch.zeros(2)}))
+    elif damage == "bad_json":
+        bad.write_bytes(st_save({"w": torch.zeros(2)}, metadata={"cnnkit": "{not json"}))
+    elif damage == "resume_file":
+        bad.write_bytes(st_save({"w": torch.zeros(2)}, metadata={"cnnkit": json.dumps(
+            {"format": ckpt.FORMAT, "epoch": 1})}))
+    else:
+        info = json.loads(good[8:8 + n])["__metadata__"]["cnnkit"]
+        info = json.loads(info)
+        if damage == "huge_input":
+            info["input_size"] = [3, 60000, 60000]
+        elif damage == "huge_classes":
+            info["num_classes"], info["classes"] = 10 ** 9, ["a"]
+        else:
+            info["network"]["tree"]["layers"][1]["in_features"] = 65
+        _write(bad, info, {"w": torch.zeros(1)} if damage != "wrong_shapes" else None)
+    with pytest.raises(CnnkitError) as err:
+        cnnkit.load(bad)
+    assert str(bad) in str(err.value)
+    for argv in (["predict", str(bad), "x.png"], ["eval", str(bad)], ["fcn", str(bad), "--out", str(tmp_path / "f")],
+                 ["explain", str(bad), "x.png"]):
+        assert main(argv) == 2
+        err_text = capsys.readouterr().err
+        assert err_text.count("\n") == 1 and "Traceback" not in err_text, err_text
+
+
+def test_images_are_capped_before_decoding(tmp_path):
+    from cnnkit.data.images import read_image
+
+    bomb = tmp_path / "bomb.png"
+    Image.new("L", (8, 8)).save(bomb)
+    png = bytearray(bomb.read_bytes())
+    png[16:24] = (100000).to_bytes(4, "big") + (100000).to_bytes(4, "big")   # IHDR claims 100000x100000
+    png[29:33] = zlib.crc32(bytes(png[12:29])).to_bytes(4, "big")              # with a valid CRC
+    bomb.write_bytes(bytes(png))
+    with pytest.raises(CnnkitError, match="is 10,000,000,000 pixels, more than the 89,478,485 cnnkit decodes"):
+        read_image(bomb, 3, (8, 8))
+    Image.new("L", (10000, 9000)).save(bomb)                                 # 90 M: ours strikes first
+    with pytest.raises(CnnkitError, match="10000x9000 = 90,000,000 pixels, more than the 89,478,485"):
+        read_image(bomb, 3, (8, 8))
+    big = tmp_path / "big.png"
+    Image.new("L", (5000, 4000)).save(big)
+    with pytest.raises(CnnkitError, match="5000x4000 = 20,000,000 pixels; at its own size at most 16,777,216"):
+        read_image(big, 3)
+    assert read_image(big, 1, (4, 5)).shape == (1, 4, 5)                    # resized: fine
+    (tmp_path / "t.png").write_bytes(big.read_bytes()[:2000])
+    with pytest.raises(CnnkitError, match="truncated or damaged"):
+        read_image(tmp_path / "t.png", 1, (4, 5))
+
+
+def test_idx_gzip_and_header_damage(tmp_path):
+    import gzip
+
+    from cnnkit.data.idx import read_idx
+
+    p = tmp_path / "x.gz"
+    p.write_bytes(gzip.compress(b"\x00\x00\x08\x03" + (2 ** 31).to_bytes(4, "big") * 3))
+    with pytest.raises(CnnkitError, match="corrupt or truncated IDX"):
+        read_idx(p)
+    p.write_bytes(b"\x1f\x8b" + b"\x00" * 30)
+    with pytest.raises(CnnkitError, match="gzip stream is broken"):
+        read_idx(p)
+
+
+def test_atomic_save_cleans_stale_tmp_and_reports_a_full_disk(tmp_path, monkeypatch):
+    (tmp_path / ".m.safetensors.abc123.tmp").write_bytes(b"x" * 100)        # a save killed midway
+    (tmp_path / ".other.bin.abc.tmp").write_bytes(b"x")                     # another file's: kept
+    ckpt.atomic_write_bytes(tmp_path / "m.safetensors", b"new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.bin.abc.tmp", "m.safetensors"]
+    import errno
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(CnnkitError, match=r"disk full writing .*m.safetensors: 3.0 MB were to be written; "
+                                          "the previous version is kept"):
+        ckpt.atomic_write_bytes(tmp_path / "m.safetensors", b"\0" * 3_000_000)
+    assert (tmp_path / "m.safetensors").read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.bin.abc.tmp", "m.safetensors"]
+
+
+# ----------------------------------------------------------------------------- values where they enter
+
+@pytest.mark.parametrize("layer, match", [
+    ("{conv2d: {filters: abc, kernel_size: 3}}", "filters must be an integer >= 1 .*received filters=abc"),
+    ("{conv2d: {filters: 3.7, kernel_size: 3}}", "filters must be an integer >= 1 .*received filters=3.7"),
+    ("{conv2d: {filters: 8, kernel_size: 0}}", "kernel_size must be an integer >= 1"),
+    ("{conv2d: {filters: 8, kernel_size: 3, strides: 0}}", "strides must be an integer >= 1"),
+    ("{conv2d: {filters: 8, kernel_size: 3, dilation_rate: -1}}", "dilation_rate must be"),
+    ("{conv2d: {filters: 8, kernel_size: 3, padding: -2}}", "padding must be 'valid', 'same' or a non-negative"),
+    ("{conv2d: {filters: 100000000, kernel_size: 3}}", "at most 16,777,216"),
+    ("{dense: {units: 0}}", "units must be an integer >= 1"),
+    ("{dropout: {rate: 1.5}}", "rate must be a number in"),
+])
+def test_spec_values_are_checked_where_they_enter(tmp_path, layer, match):
+    from cnnkit.analysis.spec import build_from_spec
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"input: 3x16x16\nlayers:\n  - {layer}\n  - flatten\n")
+    with pytest.raises(CnnkitError, match=match):
+        build_from_spec(spec)
+
+
+def test_spec_shapes_that_become_vectors_or_too_large(tmp_path, monkeypatch):
+    from cnnkit.analysis.spec import build_from_spec
+
+    for after in ("batch_normalization", "conv2d: {filters: 4, kernel_size: 1}",
+                  "global_average_pooling2d", "max_pooling2d"):
+        spec = {"input": "3x16x16", "layers": [{"global_average_pooling2d": {}}, after.split(":")[0]
+                                              if ":" not in after else {"conv2d": {"filters": 4, "kernel_size": 1}}]}
+        if after == "batch_normalization":          # a vector is fine for batch-norm (BatchNorm1d)
+            assert build_from_spec(spec)[0](torch.rand(2, 3, 16, 16)).shape == (2, 3)
+            continue
+        with pytest.raises(CnnkitError, match="receives a vector 3: a global pooling"):
+            build_from_spec(spec)
+    # parameters that would not fit are reported with their size, never allocated
+    import cnnkit.errors as errors
+
+    monkeypatch.setattr(errors, "memory_available", lambda: 10 ** 8)
+    spec = {"input": "3x16x16", "layers": ["flatten", {"dense": {"units": 100000}}]}
+    with pytest.raises(CnnkitError, match=r"needs 307.6 MB, more than the 100.0 MB of memory available"):
+        build_from_spec(spec)
+
+
+def test_billion_laughs_is_refused_without_echoing_it(tmp_path, capsys):
+    lol = ["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for i in range(1, 9):
+        lol.append(f"{chr(97 + i)}: &{chr(97 + i)} [{', '.join(['*' + chr(96 + i)] * 10)}]")
+    (tmp_path / "lol.yaml").write_text("\n".join(lol) + "\ninput: 3x8x8\nlayers: *i\n")
+    assert main(["summary", str(tmp_path / "lol.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "expands (through YAML aliases &/*) to more than 200,000 values" in err and len(err) < 400
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--subset", "0"], "--subset must be a positive integer; received 0"),
+    (["train", "--subset", "-5"], "--subset must be a positive integer; received -5"),
+    (["predict", "run", "x.png", "--top", "0"], "--top must be a positive integer"),
+])
+def test_absurd_cli_values(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_a_mistyped_data_dir_is_not_created(tmp_path, capsys):
+    assert main(["train", "--data-dir", str(tmp_path / "daat"), "--out", str(tmp_path / "r")]) == 2
+    assert "--data-dir" in capsys.readouterr().err
+    assert not (tmp_path / "daat").exists() and not (tmp_path / "r").exists()
+
+
+def test_image_folders_need_two_non_empty_classes(tmp_path):
+    from cnnkit.data.imagefolder import load_image_folder
+
+    for c in ("cat", "dog"):
+        (tmp_path / "f" / c).mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (8, 8), (i * 50, 0, 0)).save(tmp_path / "f" / "cat" / f"{i}.png")
+    (tmp_path / "f" / "dog" / "notes.txt").write_text("no images here")
+    with pytest.warns(UserWarning), pytest.raises(CnnkitError, match="'dog' hold no readable image"):
+        load_image_folder(tmp_path / "f", image_size=(8, 8), cache=False)
+    (tmp_path / "f" / "dog" / "notes.txt").unlink()
+    (tmp_path / "f" / "dog").rmdir()
+    with pytest.raises(CnnkitError, match="1 class folder \\('cat'\\); a classifier needs at least two"):
+        load_image_folder(tmp_path / "f", image_size=(8, 8), cache=False)
+
+
+def test_tables_in_a_pipe_are_not_wrapped_at_80_columns(monkeypatch):
+    import io
+
+    from rich.table import Table
+
+    from cnnkit.console import console
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    table = Table("layer", "output shape", "note")
+    table.add_row("layer4.1.conv2", "512x7x7", "x" * 120)
+    out = io.StringIO()                                       # a file or CI log: not a terminal
+    console(file=out).print(table)
+    rows = [line for line in out.getvalue().splitlines() if "layer4.1.conv2" in line]
+    assert len(rows) == 1 and "x" * 120 in rows[0]            # one row, not wrapped at 80 columns

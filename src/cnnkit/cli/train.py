@@ -102,7 +102,7 @@ def run_train(args) -> int:
 
 
 def run_eval(args) -> int:
-    from rich.console import Console
+    from ..console import console
     from rich.table import Table
 
     from ..data.datasets import load_dataset
@@ -139,7 +139,7 @@ def run_eval(args) -> int:
     counts = result.confusion.sum(1)
     for k, name in enumerate(result.classes):
         table.add_row(name, f"{result.precision[k]:.2%}", f"{result.recall[k]:.2%}", f"{int(counts[k]):,}")
-    Console().print(table)
+    console().print(table)
     print(f"confusion matrix: {png}")
     return 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
 import zlib
 from pathlib import Path
@@ -69,7 +70,7 @@ def read_idx(path: str | os.PathLike, md5: str | None = None) -> torch.Tensor:
     if len(raw) < header:
         _corrupt(path, f"header truncated ({len(raw)} bytes)", md5)
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    expected = header + int(np.prod(dims)) * dtype.itemsize
+    expected = header + math.prod(dims) * dtype.itemsize          # Python ints: no overflow
     if len(raw) != expected:
         what = "truncated" if len(raw) < expected else "has trailing bytes"
         _corrupt(path, f"{what}: {len(raw)} bytes after decompression, dims {dims} need {expected}", md5)

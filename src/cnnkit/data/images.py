@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,19 +26,22 @@ def open_image(path: str | Path, max_pixels: int = MAX_DECODE_PIXELS):
     from PIL import Image, UnidentifiedImageError
 
     try:
-        im = Image.open(path)
+        with warnings.catch_warnings():       # the size is checked below, with the number in the error
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
     except FileNotFoundError:
         raise CnnkitError(f"image not found: {path}; give the path of a PNG or JPEG file") from None
     except IsADirectoryError:
         raise CnnkitError(f"{path} is a folder, not an image file; give a PNG or JPEG file") from None
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:      # Pillow's own limit (twice ours) struck first
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        raise CnnkitError(_too_large(path, f"{int(pixels[1]):,} pixels" if pixels else "an image", max_pixels)) from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise CnnkitError(f"cannot read {path} as an image ({_short(exc)}); give a PNG or JPEG file") from None
     with im:
         w, h = im.size
         if w * h > max_pixels:
-            raise CnnkitError(f"{path} is {w}x{h} = {w * h:,} pixels, more than the {max_pixels:,} cnnkit "
-                              "decodes (a decompression bomb, or a photo far larger than any network "
-                              "input); shrink it first")
+            raise CnnkitError(_too_large(path, f"{w}x{h} = {w * h:,} pixels", max_pixels))
         if w < 1 or h < 1:
             raise CnnkitError(f"{path} is {w}x{h}: an image without pixels")
         try:
@@ -79,6 +84,11 @@ def read_image(path: str | Path, channels: int, size: tuple[int, int] | None = N
         if border.mean() > 0.5:
             x = 1.0 - x
     return x.contiguous()
+
+
+def _too_large(path, size: str, max_pixels: int) -> str:
+    return (f"{path} is {size}, more than the {max_pixels:,} cnnkit decodes (a decompression bomb, or a "
+            "photo far larger than any network input); shrink it first")
 
 
 def _short(exc: BaseException) -> str:

@@ -262,8 +262,8 @@ def _strip(tensors: dict, prefix: str) -> dict:
 # ----------------------------------------------------------------------------- loading
 
 MAX_CLASSES = 1_000_000     # a checkpoint claiming more is corrupt, not ambitious
-MAX_SIDE = 65_536           # pixels per input side stored in a checkpoint
-MAX_PIXELS = 1 << 28        # 268 M values per input image (C x H x W)
+MAX_SIDE = 16_384           # pixels per input side stored in a checkpoint
+MAX_PIXELS = 1 << 25        # 33.5 M values per input image (C x H x W): 3 x 3344 x 3344
 _HINT = "give a run folder or model.safetensors written by `cnnkit train`, `finetune` or `fcn`"
 
 
@@ -332,11 +332,8 @@ def check_info(info: dict, source) -> None:
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_CLASSES:
         raise bad("num_classes", n)
     size = info["input_size"]
-    if (not isinstance(size, list) or not 2 <= len(size) <= 4
-            or not all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_SIDE for d in size)):
-        raise bad("input_size", size)
-    if math.prod(size) > MAX_PIXELS:
-        raise bad("input_size (more than 268 M values per image)", size)
+    if not _valid_size(size):
+        raise bad(f"input_size (at most {MAX_SIDE:,} per side and {MAX_PIXELS:,} values per image)", size)
     classes = info["classes"]
     if not isinstance(classes, list) or len(classes) != n or not all(isinstance(c, str) for c in classes):
         raise bad("class list (it must hold num_classes names)", str(classes)[:60])
@@ -348,11 +345,16 @@ def check_info(info: dict, source) -> None:
     if any(x <= 0 for x in info["std"]):
         raise bad("std (it must be positive)", info["std"])
     fcn = info.get("fcn")
-    if fcn is not None and (not isinstance(fcn, dict) or not isinstance(fcn.get("input_size"), list)
+    if fcn is not None and (not isinstance(fcn, dict) or not _valid_size(fcn.get("input_size"))
                             or len(fcn["input_size"]) != len(size)):
         raise bad("fcn entry", fcn)
     if info.get("tta", "") not in ("", "shift", "flip"):
         raise bad("tta", info.get("tta"))
+
+
+def _valid_size(size) -> bool:
+    return (isinstance(size, list) and 2 <= len(size) <= 4 and math.prod(size) <= MAX_PIXELS
+            and all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_SIDE for d in size))
 
 
 def network_of(info: dict) -> dict:

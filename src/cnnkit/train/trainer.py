@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from ..console import console as make_console
 from ..data.augment import build_augment
 from ..data.datasets import load_dataset
 from ..data.imageset import ImageSet
@@ -62,7 +63,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False, quiet:
         val = evaluate(ckpt.load(out, d.device), load_dataset(cfg.dataset, "val", cfg.data_dir,
                        image_size=cfg.image_size, seed=cfg.seed), cfg.eval_batch_size)
         if d.main and not quiet:
-            Console().print(f"ensemble of {cfg.ensemble}: {_val_label(cfg)} acc {val.accuracy:.2%} -> {out}")
+            make_console().print(f"ensemble of {cfg.ensemble}: {_val_label(cfg)} acc {val.accuracy:.2%} -> {out}")
         return TrainResult(out, runs[-1].history, val.accuracy, sum(r.seconds for r in runs),
                            sum(r.images for r in runs), runs)
 
@@ -70,7 +71,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False, quiet:
 def fit(cfg: TrainConfig, out: Path, d: Dist, resume: bool = False, quiet: bool = False,
         on_epoch_end: Callable[[int, dict], None] | None = None) -> TrainResult:
     """One model: the epoch loop. Everything it calls is a small function below."""
-    console = Console(quiet=quiet or not d.main)
+    console = make_console(quiet=quiet or not d.main)
     train_set, val_set = load_splits(cfg, d.device)
     model = build_classifier(cfg, train_set).to(d.device, memory_format=_fmt(cfg))
     if not quiet and d.main:
