@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -83,6 +84,10 @@ def run_train(args) -> int:
                               + (" (leave --subset out to train on every image)" if flag == "--subset" else ""))
     if args.image_size is not None and not all(1 <= v <= 8192 for v in args.image_size):
         raise CnnkitError(f"--image-size H W must be between 1 and 8192; received {' '.join(map(str, args.image_size))}")
+    for flag in ("lr", "weight_decay", "label_smoothing", "ema"):
+        value = getattr(args, flag)
+        if value is not None and not math.isfinite(value):
+            raise CnnkitError(f"--{flag.replace('_', '-')} must be a finite number; received {value}")
     existing_data_dir(args.data_dir)
     if Path(args.dataset).expanduser().is_dir():       # an image folder: stored absolute for `eval`
         args.dataset = str(Path(args.dataset).expanduser().resolve())

@@ -372,7 +372,7 @@ def classifier_from_info(info: dict, source="the checkpoint", trust_code: bool =
     """The Classifier a checkpoint describes, with fresh weights; no code is run unless trusted."""
     check_info(info, source)
     net = netdesc.build(network_of(info), info["num_classes"], info["input_size"][0], str(source),
-                        trust_code=trust_code, factory=factory)
+                        trust_code=trust_code, factory=factory, input_size=tuple(info["input_size"]))
     if info.get("fcn"):  # written by `cnnkit fcn`: the dense head was turned into convolutions
         from ..transfer.fcn import to_fcn
 

@@ -135,7 +135,7 @@ def build_modules(tree: dict) -> nn.Module:
             args[arg] = tuple(value) if isinstance(value, list) else value
         try:
             return getattr(nn, name)(**args)
-        except (TypeError, ValueError, RuntimeError) as exc:
+        except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
             raise CnnkitError(f"{name}({', '.join(f'{k}={v!r}' for k, v in args.items())}): {exc}") from None
 
     return build(tree, 0)
@@ -151,11 +151,13 @@ def legacy(model: str) -> dict:
 
 
 def build(network: dict, num_classes: int, in_channels: int, source: str,
-          trust_code: bool = False, factory: str | None = None) -> nn.Module:
+          trust_code: bool = False, factory: str | None = None,
+          input_size: tuple[int, ...] | None = None) -> nn.Module:
     """An ``nn.Module`` from a ``"network"`` description (``source`` names the checkpoint in errors).
 
     Sizes are checked on the meta device first: a network whose parameters would not fit in memory
-    is reported with its size, not allocated.
+    is reported with its size, not allocated; one that does not run at ``input_size`` (C, H, W) is
+    refused before any weight is read.
     """
     if not isinstance(network, dict):
         raise CnnkitError(f"{source}: the checkpoint's network description is not a mapping")
@@ -182,14 +184,23 @@ def build(network: dict, num_classes: int, in_channels: int, source: str,
         make = lambda: build_modules(network.get("tree"))  # noqa: E731
     else:
         raise CnnkitError(f"{source}: unknown network kind {str(kind)[:40]!r}; expected zoo, spec or modules")
-    return _sized(make, source)
+    return _sized(make, source, input_size)
 
 
-def _sized(make, source: str) -> nn.Module:
+def _sized(make, source: str, input_size: tuple[int, ...] | None) -> nn.Module:
+    """Build on the meta device first: its size checked against memory, one forward at ``input_size``."""
     with torch.device("meta"):
         probe = make()
     nbytes = sum(t.numel() * t.element_size() for t in (*probe.parameters(), *probe.buffers()))
     check_fits(nbytes, f"the network of {source}")
+    if input_size is not None:
+        try:
+            with torch.no_grad():
+                probe.eval()(torch.empty(1, *input_size, device="meta"))
+        except Exception as exc:  # noqa: BLE001 -- any failure: the description does not fit its input
+            text = " ".join(str(exc).split())[:160] or type(exc).__name__
+            raise CnnkitError(f"{source}: its network does not run on its own input size "
+                              f"{'x'.join(map(str, input_size))} ({text}); the file is damaged or was edited") from None
     return make()
 
 
