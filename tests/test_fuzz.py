@@ -64,27 +64,52 @@ ARG_NAMES = ["filters", "kernel_size", "strides", "padding", "dilation_rate", "g
              "inputs", "name", "bogus"]
 
 
+REQUIRED = {"conv1d": ("filters", "kernel_size"), "conv2d": ("filters", "kernel_size"),
+            "conv3d": ("filters", "kernel_size"), "separable_conv2d": ("filters", "kernel_size"),
+            "conv2d_transpose": ("filters", "kernel_size"), "depthwise_conv2d": ("kernel_size",),
+            "dense": ("units",), "activation": ("activation",)}
+PLAUSIBLE_TYPES = ["conv2d", "conv2d", "separable_conv2d", "depthwise_conv2d", "conv2d_transpose",
+                   "max_pooling2d", "average_pooling2d", "batch_normalization", "dropout", "relu",
+                   "activation", "upsampling2d", "global_average_pooling2d", "flatten", "dense"]
+
+
 def _plausible(arg: str):
     return {"filters": st.integers(1, 8), "units": st.integers(1, 8), "kernel_size": st.integers(1, 3),
-            "strides": st.integers(1, 2), "padding": st.sampled_from(["same", "valid", 0, 1]),
-            "pool_size": st.integers(1, 2), "rate": st.floats(0, 0.9)}.get(arg, ODD)
+            "strides": st.integers(1, 2), "padding": st.sampled_from(["same", "valid"]),
+            "dilation_rate": st.integers(1, 2), "pool_size": st.integers(1, 2), "rate": st.floats(0, 0.9),
+            "size": st.integers(1, 2), "use_bias": st.booleans(), "depth_multiplier": st.integers(1, 2),
+            "activation": st.sampled_from(["relu", "tanh", "softmax", "linear", "nope"])}.get(arg, ODD)
 
 
 @st.composite
 def layer(draw):
-    kind = draw(st.sampled_from(LAYER_TYPES))
-    names = draw(st.lists(st.sampled_from(ARG_NAMES), max_size=4, unique=True))
-    absurd = draw(st.booleans())
-    args = {a: draw(ODD if absurd else _plausible(a)) for a in names}
+    """A quarter of the layers are absurd (any type, any argument, any value), the rest plausible
+    (required arguments present, values in range) so that many specs build and run."""
+    if draw(st.integers(0, 3)) == 0:
+        kind = draw(st.sampled_from(LAYER_TYPES))
+        names = draw(st.lists(st.sampled_from(ARG_NAMES), max_size=4, unique=True))
+        args = {a: draw(ODD) for a in names}
+    else:
+        kind = draw(st.sampled_from(PLAUSIBLE_TYPES))
+        optional = ["strides", "padding", "dilation_rate", "pool_size", "rate", "size", "use_bias"]
+        names = list(REQUIRED.get(kind, ())) + draw(st.lists(st.sampled_from(optional), max_size=2, unique=True))
+        allowed = {"max_pooling2d": {"pool_size", "strides", "padding"}, "average_pooling2d":
+                   {"pool_size", "strides", "padding"}, "dropout": {"rate"}, "upsampling2d": {"size"},
+                   "dense": {"units", "use_bias"}, "activation": {"activation"}}.get(kind)
+        args = {a: draw(_plausible(a)) for a in names if allowed is None or a in allowed}
+        if kind in ("batch_normalization", "relu", "flatten", "global_average_pooling2d"):
+            args = {}
     return {kind: args} if draw(st.booleans()) else {"type": kind, **args}
 
 
 @st.composite
 def spec(draw):
-    dims = draw(st.lists(SIZES, min_size=1, max_size=4))
+    if draw(st.booleans()):
+        dims = [draw(st.integers(1, 4)), draw(st.integers(4, 16)), draw(st.integers(4, 16))]
+    else:
+        dims = draw(st.lists(SIZES, min_size=1, max_size=4))
     text = draw(st.sampled_from(["x", ","]))
-    return {"input": text.join(str(d * draw(st.sampled_from([1, 2, 4]))) for d in dims)
-            if draw(st.booleans()) else dims,
+    return {"input": text.join(map(str, dims)) if draw(st.booleans()) else dims,
             "layers": draw(st.lists(layer(), min_size=1, max_size=5))}
 
 
