@@ -118,7 +118,7 @@ def test_trust_code_runs_the_file_the_user_names(crafted, tmp_path, capsys):
     assert not marker.exists()
 
 
-def test_a_factory_returning_plain_layers_is_saved_as_data(tmp_path):
+def test_a_factory_returning_plain_layers_is_saved_as_data(tmp_path, capsys):
     from cnnkit.transfer.checkpoint import save_finetuned
 
     (tmp_path / "net.py").write_text("raise SystemExit('never imported')\n")
@@ -133,6 +133,9 @@ def test_a_factory_returning_plain_layers_is_saved_as_data(tmp_path):
     model = cnnkit.load(tmp_path / "r")
     x = torch.rand(2, 1, 8, 8)
     torch.testing.assert_close(model(x), net.eval()((x - 0.5) / 0.25))
+    # it records no training config: eval asks for the dataset in one line instead of a KeyError
+    assert main(["eval", str(tmp_path / "r")]) == 2
+    assert "does not record the dataset it was trained on" in capsys.readouterr().err
 
 
 def test_a_spec_is_embedded_so_the_checkpoint_loads_without_its_file(tmp_path):

@@ -117,11 +117,14 @@ def run_eval(args) -> int:
     existing_data_dir(args.data_dir)
     model = load(args.checkpoint, **trust(args))
     info = model.info
-    cfg = info.get("config") or info["ensemble"][0]["config"]
+    cfg = info.get("config") or (info.get("ensemble") or [{}])[0].get("config") or {}
+    if not isinstance(cfg, dict) or not (args.dataset or cfg.get("dataset")):
+        raise CnnkitError(f"{args.checkpoint} does not record the dataset it was trained on (a fine-tuned "
+                          "or converted model?); pass --dataset NAME or --dataset PATH")
     data = load_dataset(args.dataset or cfg["dataset"], args.split,
-                        args.data_dir or (cfg["data_dir"] if not args.dataset else None),
+                        args.data_dir or (cfg.get("data_dir") if not args.dataset else None),
                         image_size=tuple(model.input_size[1:]), channels=model.input_size[0],
-                        seed=cfg["seed"])
+                        seed=cfg.get("seed", 0))
     if data.classes != model.classes:
         raise CnnkitError(f"{data.name} has classes {data.classes[:5]}..., the model "
                           f"{model.classes[:5]}...; evaluate on the dataset it was trained on")
