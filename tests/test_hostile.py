@@ -172,7 +172,7 @@ def _good_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["empty", "truncated", "header_length", "not_safetensors", "pickle",
-                                    "plain_weights", "bad_json", "huge_input", "huge_classes",
+                                    "plain_weights", "bad_json", "huge_input", "odd_input", "huge_classes",
                                     "wrong_shapes", "resume_file"])
 def test_damaged_checkpoints_are_one_line_errors(tmp_path, damage, capsys):
     good = _good_checkpoint(tmp_path).read_bytes()
@@ -196,6 +196,8 @@ def test_damaged_checkpoints_are_one_line_errors(tmp_path, damage, capsys):
         info = json.loads(info)
         if damage == "huge_input":
             info["input_size"] = [3, 60000, 60000]
+        elif damage == "odd_input":
+            info["input_size"] = ["ab" * 1000, 10 ** 9]
         elif damage == "huge_classes":
             info["num_classes"], info["classes"] = 10 ** 9, ["a"]
         else:

@@ -353,8 +353,10 @@ def check_info(info: dict, source) -> None:
 
 
 def _valid_size(size) -> bool:
-    return (isinstance(size, list) and 2 <= len(size) <= 4 and math.prod(size) <= MAX_PIXELS
-            and all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_SIDE for d in size))
+    """(C, H, W) of positive integers within the caps (types checked before anything is multiplied)."""
+    return (isinstance(size, list) and len(size) == 3
+            and all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_SIDE for d in size)
+            and math.prod(size) <= MAX_PIXELS)
 
 
 def network_of(info: dict) -> dict:
