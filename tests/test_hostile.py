@@ -369,3 +369,19 @@ def test_tables_in_a_pipe_are_not_wrapped_at_80_columns(monkeypatch):
     console(file=out).print(table)
     rows = [line for line in out.getvalue().splitlines() if "layer4.1.conv2" in line]
     assert len(rows) == 1 and "x" * 120 in rows[0]            # one row, not wrapped at 80 columns
+
+
+def test_resume_of_a_crafted_run_runs_no_code(crafted, capsys):
+    from cnnkit.train.config import TrainConfig
+
+    tmp, marker = crafted
+    cfg = TrainConfig(model=f"{tmp / 'evil.py'}:build").to_dict()
+    _write(tmp / "run" / "resume.safetensors", {"format": ckpt.FORMAT, "epoch": 1, "config": cfg},
+           {"w": torch.zeros(1)})
+    assert main(["train", "--resume", "--out", str(tmp / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "resuming would run it" in err and f"--model {tmp / 'evil.py'}:build" in err
+    _write(tmp / "run" / "resume.safetensors", {"format": ckpt.FORMAT, "config": {**cfg, "epochs": "abc"}},
+           {"w": torch.zeros(1)})
+    assert main(["train", "--resume", "--out", str(tmp / "run")]) == 2
+    assert err.count("\n") == 1 and not marker.exists()

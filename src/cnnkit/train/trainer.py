@@ -253,7 +253,10 @@ def _resumed_config(out: Path, cfg: TrainConfig) -> TrainConfig:
     _, meta = ckpt._read(path if path.is_file() else member)
     if not isinstance(meta.get("config"), dict) or not isinstance(meta["config"].get("model"), str):
         raise CnnkitError(f"{path}: the resume state holds no training config; start a new run")
-    stored = TrainConfig.from_dict(meta["config"])     # member 0's seed is the run's seed
+    try:
+        stored = validate(TrainConfig.from_dict(meta["config"]))   # member 0's seed is the run's seed
+    except TypeError as exc:
+        raise CnnkitError(f"{path}: the stored training config is damaged ({exc}); start a new run") from None
     return replace(stored, model=ckpt.trusted_resume_model(stored.model, cfg.model))
 
 
