@@ -24,7 +24,6 @@ from safetensors.torch import save as st_save
 import cnnkit
 from cnnkit.cli import main
 from cnnkit.errors import CnnkitError
-from cnnkit.train import checkpoint as ckpt
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
