@@ -7,6 +7,10 @@ torchinfo's "Estimated Total Size" (input + "forward/backward pass size" + param
 
     python benchmarks/memory_accuracy.py            # all cases (a few minutes on 2 cores)
     python benchmarks/memory_accuracy.py --quick    # the small ones
+    python benchmarks/memory_accuracy.py --large    # 512-2048 px: the backend extrapolated from small copies
+
+Each prediction starts from an empty backend cache (a temporary $CNNKIT_HOME), so t(pred) includes
+the backend's calibration runs.
 
 torchinfo is optional (``pip install torchinfo``); without it its column reads n/a.
 """
@@ -14,7 +18,9 @@ torchinfo is optional (``pip install torchinfo``); without it its column reads n
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,20 +32,29 @@ from cnnkit.analysis.target import resolve_target
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
-# (target, input CxHxW, batch, training?, optimizer, in --quick)
+# (target, input CxHxW, batch, training?, optimizer, group): group 'quick' runs with --quick,
+# 'large' (512-2048 px: the backend's convolutions extrapolated from small copies) with --large
 CASES = [
-    (str(EXAMPLES / "exercise2.yaml"), (3, 200, 300), 1, False, "sgd", True),
-    (str(EXAMPLES / "exercise2.yaml"), (3, 200, 300), 50, False, "sgd", True),
-    (str(EXAMPLES / "exercise2.yaml"), (3, 200, 300), 50, True, "sgd", True),
-    (str(EXAMPLES / "keras_mnist.yaml"), (1, 28, 28), 256, True, "adam", True),
-    (str(EXAMPLES / "residual_block.yaml"), (64, 56, 56), 16, True, "momentum", True),
-    ("resnet18", (3, 224, 224), 16, False, "sgd", False),
-    ("resnet18", (3, 224, 224), 16, True, "sgd", False),
-    ("resnet50", (3, 224, 224), 8, True, "adam", False),
-    ("vgg11", (3, 224, 224), 4, True, "adam", False),
-    ("densenet121", (3, 224, 224), 4, True, "momentum", False),
-    ("mobilenet_v2", (3, 224, 224), 16, True, "sgd", False),
-    ("googlenet", (3, 224, 224), 8, False, "sgd", False),
+    (str(EXAMPLES / "exercise2.yaml"), (3, 200, 300), 1, False, "sgd", "quick"),
+    (str(EXAMPLES / "exercise2.yaml"), (3, 200, 300), 50, False, "sgd", "quick"),
+    (str(EXAMPLES / "exercise2.yaml"), (3, 200, 300), 50, True, "sgd", "quick"),
+    (str(EXAMPLES / "keras_mnist.yaml"), (1, 28, 28), 256, True, "adam", "quick"),
+    (str(EXAMPLES / "residual_block.yaml"), (64, 56, 56), 16, True, "momentum", "quick"),
+    ("resnet18", (3, 224, 224), 16, False, "sgd", "full"),
+    ("resnet18", (3, 224, 224), 16, True, "sgd", "full"),
+    ("resnet50", (3, 224, 224), 8, True, "adam", "full"),
+    ("vgg11", (3, 224, 224), 4, True, "adam", "full"),
+    ("densenet121", (3, 224, 224), 4, True, "momentum", "full"),
+    ("mobilenet_v2", (3, 224, 224), 16, True, "sgd", "full"),
+    ("googlenet", (3, 224, 224), 8, False, "sgd", "full"),
+    ("resnet18", (3, 512, 512), 2, True, "sgd", "large"),
+    ("resnet18", (3, 1024, 1024), 1, True, "sgd", "large"),
+    ("resnet18", (3, 2048, 2048), 1, False, "sgd", "large"),
+    ("resnet18", (3, 2048, 2048), 1, True, "sgd", "large"),
+    ("vgg11", (3, 512, 512), 1, True, "adam", "large"),
+    ("mobilenet_v2", (3, 1024, 1024), 2, True, "sgd", "large"),
+    ("densenet121", (3, 512, 512), 1, False, "sgd", "large"),
+
 ]
 
 
@@ -55,7 +70,9 @@ def torchinfo_total(model, shape) -> int | None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="only the small cases")
+    ap.add_argument("--large", action="store_true", help="only the 512-2048 px cases (extrapolated backend)")
     args = ap.parse_args()
+    groups = {"large"} if args.large else {"quick"} if args.quick else {"quick", "full", "large"}
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
@@ -64,14 +81,15 @@ def main() -> int:
     print(header)
     print("-" * len(header))
     worst = 0.0
-    for target, size, batch, training, opt, quick in CASES:
-        if args.quick and not quick:
+    for target, size, batch, training, opt, group in CASES:
+        if group not in groups:
             continue
         try:
             model, _, name = resolve_target(target)
         except cnnkit.CnnkitError as exc:
             print(f"{Path(target).stem:<16} skipped: {exc}")
             continue
+        os.environ["CNNKIT_HOME"] = tempfile.mkdtemp(prefix="cnnkit-bench-")   # no cached calibration
         t0 = time.perf_counter()
         s = cnnkit.summary(model, input_size=size, batch_size=batch, optimizer=opt)
         t_pred = time.perf_counter() - t0

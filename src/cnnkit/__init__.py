@@ -5,7 +5,11 @@ The public API is re-exported lazily so that ``import cnnkit`` stays cheap:
 - ``cnnkit.summary(target, input_size=..., batch_size=...)`` -- shapes, parameters, MACs, memory
 - ``cnnkit.fit(target, input_size=..., memory=...)`` -- the largest batch that fits, and remedies
 - ``cnnkit.create_model(name, ...)`` / ``cnnkit.list_models()`` -- the model zoo
-- ``cnnkit.load(path)`` -- a trained checkpoint as an eval-mode ``nn.Module``
+- ``cnnkit.load(path)`` -- a trained checkpoint as an eval-mode ``nn.Module`` (never runs code from
+  the file: ``trust_code=True, factory="net.py:build"`` for a network only Python builds)
+
+Every function here raises :class:`CnnkitError` (and nothing else) for input it cannot use: a bad
+value, or a missing, damaged or crafted file.
 - ``cnnkit.to_fcn(model)`` -- dense heads turned into convolutions
 """
 

@@ -1,9 +1,71 @@
 """The one exception type that means "the user gave us something we cannot use".
 
 The CLI turns a :class:`CnnkitError` into a single line on stderr and exit code 2;
-anything else is a bug in cnnkit and keeps its traceback.
+anything else is a bug in cnnkit and keeps its traceback. Every reader of a file the user hands
+over (checkpoints, weights, specs, images, data files) raises it, naming the file, what is wrong
+and what to do; :func:`check_fits`, :func:`out_of_memory` and :func:`disk_full` word the two
+everyday resource failures with the size that was needed.
 """
+
+from __future__ import annotations
+
+import errno
+import os
 
 
 class CnnkitError(ValueError):
     """Bad input: the message names what was wrong, the value received, and the fix."""
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if abs(n) < 1000 or unit == "PB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return f"{n} B"  # unreachable
+
+
+def memory_available() -> int:
+    """Bytes of memory this process could still get (MemAvailable; total RAM where that is unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40
+
+
+def check_fits(nbytes: int, what: str) -> None:
+    """Refuse, before allocating, ``nbytes`` that would not fit in the memory available now."""
+    free = memory_available()
+    if nbytes > free:
+        raise CnnkitError(f"{what} needs {human_bytes(nbytes)}, more than the {human_bytes(free)} of memory "
+                          "available; use a smaller network or input")
+
+
+def out_of_memory(what: str, nbytes: int | None = None) -> CnnkitError:
+    """The error for a failed allocation (``MemoryError`` or the allocator's RuntimeError)."""
+    need = f" ({human_bytes(nbytes)} were needed, {human_bytes(memory_available())} are available)" \
+        if nbytes else f" ({human_bytes(memory_available())} available)"
+    return CnnkitError(f"out of memory while {what}{need}; use a smaller batch, input or network")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError) and ("can't allocate memory" in str(exc) or "out of memory" in str(exc)))
+
+
+def disk_full(path, nbytes: int | None = None) -> CnnkitError:
+    """The error for ENOSPC/EDQUOT while writing ``path`` (the previous file is left as it was)."""
+    need = f"{human_bytes(nbytes)} were to be written" if nbytes else "the file did not fit"
+    return CnnkitError(f"disk full writing {path}: {need}; the previous version is kept: free some space "
+                       "or write elsewhere (--out)")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))

@@ -1,20 +1,34 @@
-"""What the backend allocates *inside* an op, measured once per op shape and scaled to the batch.
+"""What the backend allocates *inside* an op, measured on small copies of the op and extrapolated.
 
 On CPU, PyTorch runs float convolutions through oneDNN, which reorders the input, the weights and the
 output into blocked layouts (channels padded to a multiple of 8 or 16) and back: the 3-conv network of
 the notes' exercise 2 peaks at about 1.43 GB for a training step at batch 50, not the 0.79 GB that its
 tensors alone add up to. Those buffers live only while the op runs, but they decide the peak.
 
-The meta trace cannot see them, so each distinct convolution (forward and backward) is run for real,
-once at batch 2 and once at batch 3, under the profiler's memory events; everything an op allocates is
-affine in the batch (``a + b * batch``: reordered weights are fixed, reordered activations scale), so
-two points give the value at any batch (batches of 3 or less are measured as they are). Distinct shapes are few even in deep networks (ResNet-152 has
-a few dozen), and results are cached on disk per torch version and CPU capability.
+The meta trace cannot see them, so each distinct convolution (forward and backward) is run for real
+under the profiler's memory events -- never at the model's full size, so the analyser's own cost stays
+bounded whatever the input (``cnnkit summary resnet18 --input 3x8000x8000``: seconds, well under 1 GB):
+- an op small enough (its tensors at batch 3 within :data:`DIRECT_BYTES`) is run at batches 2 and 3 at
+  its real spatial size; everything it allocates is affine in the batch (``a + b * batch``: reordered
+  weights are fixed, reordered activations scale), so two points give the value at any batch;
+- a larger op is run on copies whose spatial sizes are scaled down (same channels, kernel, stride,
+  padding, memory layout). Reordered activations are proportional to the pixels of the input and of
+  the output, so its peak is ``a + batch * (alpha * input_pixels + beta * output_pixels)``; the three
+  numbers are fitted on four small runs and the relation is checked on a fifth, larger one before
+  it is trusted (:data:`FIT_TOLERANCE`); where it does not hold, it is fitted again with larger
+  copies (up to :data:`MAX_CAL_BYTES`) weighing most.
+  Limitation: oneDNN may switch algorithms between a small copy and the real size (measured: the
+  backward of exercise2's strided 200->400 convolution at 25x38 allocates 2.9x what copies up to
+  16x16 predict), which no check on small copies can see; that is why every op that is affordable
+  (:data:`DIRECT_BYTES`) is measured at its own size, and only the rest is extrapolated.
+Distinct shapes are few even in deep networks (ResNet-152 has a few dozen), and results are cached on
+disk per torch version and CPU capability.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import tempfile
@@ -35,6 +49,13 @@ _BATCH_ARGS = {"convolution": (0,), "convolution_backward": (0, 1)}
 # oneDNN picks other kernels for a batch of one, so the line is fitted through batches 2 and 3 (exact
 # from 2 on); a batch of 3 or less is measured as it is
 _CAL_BATCHES = (2, 3)
+DIRECT_BYTES = 64 << 20     # an op whose tensors at batch 3 stay within this is measured at its own size
+MAX_CAL_BYTES = 8 << 20     # the largest scaled-down copy measured when the fit needs checking again
+FIT_TOLERANCE = 0.02        # the fit must predict the check run within 2%
+# (tensor bytes, multiply-adds) at batch 2 of the four fitting runs: the smaller limit decides
+_FIT_RUNS = ((1 << 18, 12_500_000), (1 << 19, 25_000_000), (1 << 20, 50_000_000), (2 << 20, 100_000_000))
+_REFIT_RUNS = ((MAX_CAL_BYTES // 2, 200_000_000), (MAX_CAL_BYTES, 400_000_000))
+_MIN_SIDE = 6                 # output pixels per side at the least: smaller images run other kernels
 
 
 @contextmanager
@@ -77,19 +98,28 @@ def _save_cache(cache: dict) -> None:
         pass  # a read-only home only costs the re-measurement next time
 
 
-def _cache_key(key: tuple, batch_args: tuple, batch: int) -> str:
-    """The op's signature with the batch dimension replaced by 'B' (so every batch shares it)."""
+def _is_tensor(a) -> bool:
+    return isinstance(a, tuple) and len(a) == 3 and isinstance(a[2], torch.dtype)
+
+
+def _cache_key(key: tuple, batch_args: tuple, batch: int, scaled: bool = False) -> str:
+    """The op's signature with the batch dimension replaced by 'B' (so every batch shares it); for an
+    extrapolated op the spatial sizes are replaced by 'S' too and strides by the layout order."""
     name, args = key
     norm = []
     for i, a in enumerate(args):
-        if isinstance(a, tuple) and len(a) == 3 and isinstance(a[2], torch.dtype):
+        if _is_tensor(a):
             shape, stride, dtype = a
             if i in batch_args and shape and shape[0] == batch:
                 shape = ("B",) + tuple(shape[1:])
+            if scaled and i in _SPATIAL_ARGS.get(name, ()):
+                shape = tuple(shape[:2]) + ("S",) * (len(shape) - 2)
+                stride = tuple(sorted(range(len(stride)), key=lambda d: (stride[d], -d)))
             norm.append((shape, stride, str(dtype)))
         else:
             norm.append(a)
-    return repr((name, tuple(norm), "scaled" if batch > _CAL_BATCHES[-1] else batch))
+    mode = "fit" if scaled else "scaled" if batch > _CAL_BATCHES[-1] else batch
+    return repr((name, tuple(norm), mode))
 
 
 def _make_args(args: tuple, batch_args: tuple, full_batch: int, batch: int) -> list:
@@ -102,7 +132,8 @@ def _make_args(args: tuple, batch_args: tuple, full_batch: int, batch: int) -> l
             # the same strides as in the model (a gradient may be a non-contiguous slice: the op then
             # copies it, and that copy is part of what it allocates)
             t = torch.empty_strided(shape, stride, dtype=dtype)
-            t.normal_() if dtype.is_floating_point else t.zero_()
+            if not dtype.is_floating_point:   # float values do not change what is allocated: left as they are
+                t.zero_()
             real.append(t)
         else:
             real.append(a)
@@ -137,6 +168,196 @@ def _peaks_by_label(prof) -> dict[str, int]:
     return out
 
 
+# which tensor arguments carry the op's spatial sizes: input-side and output-side
+_SPATIAL_ARGS = {"convolution": (0,), "convolution_backward": (0, 1)}
+
+
+def _conv_geometry(name: str, args: tuple):
+    """(input spatial sizes, kernel, stride, padding, dilation, transposed, output_padding) of a conv."""
+    if name == "convolution":
+        inp, weight, _, stride, padding, dilation, transposed, output_padding, _ = args[:9]
+    else:
+        _, inp, weight, _, stride, padding, dilation, transposed, output_padding = args[:9]
+    sizes = tuple(inp[0][2:])
+    kernel = tuple(weight[0][2:])
+    return sizes, kernel, tuple(stride), tuple(padding), tuple(dilation), bool(transposed), tuple(output_padding)
+
+
+def _out_size(h: int, k: int, s: int, p: int, d: int, transposed: bool, op: int) -> int:
+    if transposed:
+        return (h - 1) * s - 2 * p + d * (k - 1) + op + 1
+    return (h + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _restride(shape: tuple, stride: tuple, new: tuple) -> tuple:
+    """Strides for ``new`` with the layout of (``shape``, ``stride``): the same dimension order, and a
+    slice of a larger tensor (a gradient of a concatenation) stays a slice with the same margin."""
+    n = len(shape)
+    order = sorted(range(n), key=lambda d: (stride[d], -d))      # innermost first
+    out = [0] * n
+    acc = 1
+    for j, d in enumerate(order):
+        if stride[d] == 0:                                        # broadcast: stays broadcast
+            continue
+        out[d] = acc
+        if j + 1 < n and stride[d] > 0:
+            extent = stride[order[j + 1]] // stride[d]
+            acc *= new[d] + max(0, extent - shape[d])
+        else:
+            acc *= new[d]
+    return tuple(out)
+
+
+def _scaled_args(name: str, args: tuple, sizes: tuple) -> tuple:
+    """The op's arguments with the input's spatial sizes set to ``sizes`` (the output's follow)."""
+    _, kernel, stride, padding, dilation, transposed, opad = _conv_geometry(name, args)
+    outs = tuple(_out_size(h, k, s_, p, d, transposed, o)
+                 for h, k, s_, p, d, o in zip(sizes, kernel, stride, padding, dilation, opad))
+    new = list(args)
+    roles = {"convolution": {0: sizes}, "convolution_backward": {0: outs, 1: sizes}}[name]
+    for i, spatial in roles.items():
+        shape, st, dtype = args[i]
+        shape2 = tuple(shape[:2]) + spatial
+        new[i] = (shape2, _restride(shape, st, shape2), dtype)
+    return tuple(new)
+
+
+def _pixels(name: str, args: tuple) -> tuple[int, int]:
+    """(input pixels, output pixels) per sample of a conv's arguments."""
+    sizes, kernel, stride, padding, dilation, transposed, opad = _conv_geometry(name, args)
+    outs = [_out_size(h, k, s_, p, d, transposed, o)
+            for h, k, s_, p, d, o in zip(sizes, kernel, stride, padding, dilation, opad)]
+    return math.prod(sizes), math.prod(outs)
+
+
+def _tensor_bytes(args: tuple, batch_args: tuple, full_batch: int, batch: int, name: str = "") -> int:
+    """Bytes of the op's tensor arguments and results at ``batch``."""
+    total = 0
+    for i, a in enumerate(args):
+        if _is_tensor(a):
+            shape, _, dtype = a
+            n = math.prod(shape)
+            if i in batch_args and shape and shape[0] == full_batch:
+                n = n // max(full_batch, 1) * batch
+            total += n * torch.empty((), dtype=dtype).element_size()
+    if name == "convolution":                   # + the output; a backward's results match its inputs
+        shape, _, dtype = args[0]
+        weight = args[1][0]
+        channels = weight[1] * args[8] if args[6] else weight[0]
+        total += batch * channels * _pixels(name, args)[1] * torch.empty((), dtype=dtype).element_size()
+    else:
+        total *= 2
+    return total
+
+
+def _macs(name: str, args: tuple, batch: int) -> int:
+    """Multiply-adds of the conv (forward; a backward does about twice as many) at ``batch``."""
+    weight = args[1][0] if name == "convolution" else args[2][0]
+    x, y = _pixels(name, args)
+    return batch * math.prod(weight) * (x if args[6 if name == "convolution" else 7] else y)
+
+
+def _fit_sizes(name: str, args: tuple, batch_args: tuple, batch: int,
+               targets: tuple[tuple[int, int], ...] = ()) -> list[tuple[int, ...]]:
+    """Scaled-down input sizes whose runs (at batch 2) hold about the target tensor bytes and
+    multiply-adds (:data:`_FIT_RUNS`), each keeping the remainder of the real size modulo the stride
+    (the same borders), smallest first."""
+    sizes, kernel, stride, padding, dilation, transposed, opad = _conv_geometry(name, args)
+    full_bytes = _tensor_bytes(args, batch_args, batch, 2, name)
+    full_macs = max(_macs(name, args, 2), 1)
+    minimum = [max(1, d * (k - 1) + 1 - 2 * p) for k, p, d in zip(kernel, padding, dilation)]
+    out, seen = [], set()
+    for nbytes, macs in targets or _FIT_RUNS:
+        f = min(nbytes / full_bytes, macs / full_macs) ** (1 / len(sizes))
+        cand = []
+        for h, s_, lo in zip(sizes, stride, minimum):
+            g = max(lo + s_, _MIN_SIDE * s_, int(h * f))
+            g -= (g - h) % s_                                     # same remainder modulo the stride
+            cand.append(max(lo, min(h, g)))
+        cand = tuple(cand)
+        if cand not in seen and min(_pixels(name, _scaled_args(name, args, cand))) >= 1:
+            seen.add(cand)
+            out.append(cand)
+    return out
+
+
+class _Runner:
+    """Runs ops on real tensors under one profiler session; peaks are read when it closes."""
+
+    def __init__(self):
+        self.jobs: list[tuple] = []
+
+    def add(self, label: str, name: str, args: tuple, batch_args: tuple, full_batch: int, batch: int):
+        self.jobs.append((label, name, args, batch_args, full_batch, batch))
+
+    def run(self) -> dict[str, int]:
+        if not self.jobs:
+            return {}
+        denormal = torch.set_flush_denormal(True)      # uninitialised floats must not slow the runs
+        with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            for label, name, args, batch_args, full_batch, b in self.jobs:
+                real = _make_args(args, batch_args, full_batch, b)
+                op = getattr(aten, name).default
+                with record_function(f"cnnkit-cal:{label}"):
+                    result = op(*real)
+                del result, real
+        if denormal:
+            torch.set_flush_denormal(False)
+        self.jobs = []
+        return _peaks_by_label(prof)
+
+
+def _fit(points: list[tuple[int, int, int, int]]):
+    """Least squares of peak = a + batch * (alpha * X + beta * Y) over (batch, X, Y, peak) points."""
+    import numpy as np
+
+    A = np.array([[1.0, b * x, b * y] for b, x, y, _ in points])
+    p = np.array([float(v) for *_, v in points])
+    coef, *_ = np.linalg.lstsq(A, p, rcond=None)
+    return [float(c) for c in coef]
+
+
+def _predict(coef, batch: int, x: int, y: int) -> float:
+    a, alpha, beta = coef
+    return a + batch * (alpha * x + beta * y)
+
+
+def _extrapolate(ops: dict[str, tuple], batch: int) -> dict[str, list[float]]:
+    """For each op (cache key -> backend key): the fit of its peak on scaled-down copies, checked on a
+    larger one (see the module docstring). All runs share one profiler session (two with re-fits)."""
+    runner, plans = _Runner(), {}
+    for ck, (name, args) in ops.items():
+        batch_args = _BATCH_ARGS.get(name, ())
+        sizes = _fit_sizes(name, args, batch_args, batch)
+        plan = [(2, sz) for sz in sizes] + [(3, sizes[-2] if len(sizes) > 1 else sizes[-1])]
+        plans[ck] = (name, args, batch_args, plan, len(sizes) - 1)
+        for n, (b, sz) in enumerate(plan):
+            runner.add(f"{ck}#{n}", name, _scaled_args(name, args, sz), batch_args, batch, b)
+    peaks = runner.run()
+    out, refit = {}, {}
+    for ck, (name, args, batch_args, plan, held) in plans.items():
+        points = [(b, *_pixels(name, _scaled_args(name, args, sz)), peaks.get(f"{ck}#{n}", 0))
+                  for n, (b, sz) in enumerate(plan)]
+        check = points.pop(held)                                  # the largest run, held out
+        coef = _fit(points)
+        if abs(_predict(coef, *check[:3]) - check[3]) <= FIT_TOLERANCE * max(check[3], 1):
+            out[ck] = _fit(points + [check])
+            continue
+        # the relation does not hold at these sizes (the backend picks other kernels for small
+        # images): fit it again with larger copies, where the real size's kernels run
+        big = _fit_sizes(name, args, batch_args, batch, _REFIT_RUNS)
+        more = [(2, big[0]), (2, big[-1]), (3, big[0])]
+        refit[ck] = (name, args, points + [check], more)
+        for n, (b, sz) in enumerate(more):
+            runner.add(f"{ck}#big{n}", name, _scaled_args(name, args, sz), batch_args, batch, b)
+    peaks = runner.run()
+    for ck, (name, args, points, more) in refit.items():
+        large = [(b, *_pixels(name, _scaled_args(name, args, sz)), peaks.get(f"{ck}#big{n}", 0))
+                 for n, (b, sz) in enumerate(more)]
+        out[ck] = _fit(points + large * 4)                        # the large runs weigh most
+    return out
+
+
 def op_peaks(records, batch: int, use_cache: bool = True) -> dict[tuple, int]:
     """For each distinct ``backend_key`` among ``records``: the bytes the op really allocates at its peak.
 
@@ -146,28 +367,30 @@ def op_peaks(records, batch: int, use_cache: bool = True) -> dict[tuple, int]:
     if not keys:
         return {}
     cache = _load_cache() if use_cache else {}
-    todo = {}
+    direct, fitted = {}, {}
     for key in keys:
-        ck = _cache_key(key, _BATCH_ARGS.get(key[0], ()), batch)
-        if ck not in cache:
-            todo[ck] = key
-    if todo:
-        runs = []
-        with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            for n, (ck, key) in enumerate(todo.items()):
-                name, args = key
-                batch_args = _BATCH_ARGS.get(name, ())
-                scalable = batch > _CAL_BATCHES[-1] and any(
-                    i < len(args) and isinstance(args[i], tuple) and args[i][0] and args[i][0][0] == batch
-                    for i in batch_args)
-                for b in (_CAL_BATCHES if scalable else (batch,)):
-                    real = _make_args(args, batch_args, batch, b)
-                    op = getattr(aten, name).default
-                    with record_function(f"cnnkit-cal:{n}:{b}"):
-                        result = op(*real)
-                    del result, real
-                runs.append((n, ck, scalable))
-        peaks = _peaks_by_label(prof)
+        name, args = key
+        batch_args = _BATCH_ARGS.get(name, ())
+        if _tensor_bytes(args, batch_args, batch, min(batch, 3), name) <= DIRECT_BYTES or name not in _SPATIAL_ARGS:
+            ck = _cache_key(key, batch_args, batch)
+            if ck not in cache:
+                direct[ck] = key
+        else:
+            ck = _cache_key(key, batch_args, batch, scaled=True)
+            if ck not in cache:
+                fitted[ck] = key
+    if direct:
+        runner, runs = _Runner(), []
+        for n, (ck, key) in enumerate(direct.items()):
+            name, args = key
+            batch_args = _BATCH_ARGS.get(name, ())
+            scalable = batch > _CAL_BATCHES[-1] and any(
+                i < len(args) and isinstance(args[i], tuple) and args[i][0] and args[i][0][0] == batch
+                for i in batch_args)
+            for b in (_CAL_BATCHES if scalable else (batch,)):
+                runner.add(f"{n}:{b}", name, args, batch_args, batch, b)
+            runs.append((n, ck, scalable))
+        peaks = runner.run()
         for n, ck, scalable in runs:
             if scalable:
                 (b1, b2) = _CAL_BATCHES
@@ -176,10 +399,18 @@ def op_peaks(records, batch: int, use_cache: bool = True) -> dict[tuple, int]:
                 cache[ck] = [p1 - slope * b1, slope]      # a, b of a + b * batch
             else:
                 cache[ck] = [peaks.get(f"{n}:{batch}", 0), 0]
-        if use_cache:
-            _save_cache(cache)
+    if fitted:
+        cache.update(_extrapolate(fitted, batch))
+    if use_cache and (direct or fitted):
+        _save_cache(cache)
     out = {}
     for key in keys:
-        a, b = cache[_cache_key(key, _BATCH_ARGS.get(key[0], ()), batch)]
-        out[key] = int(a + b * batch)
+        name, args = key
+        batch_args = _BATCH_ARGS.get(name, ())
+        if _tensor_bytes(args, batch_args, batch, min(batch, 3), name) <= DIRECT_BYTES or name not in _SPATIAL_ARGS:
+            a, b = cache[_cache_key(key, batch_args, batch)]
+            out[key] = int(a + b * batch)
+        else:
+            out[key] = int(_predict(cache[_cache_key(key, batch_args, batch, scaled=True)], batch,
+                                    *_pixels(name, args)))
     return out

@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import layers as L
-from ..errors import CnnkitError
+from ..errors import CnnkitError, check_fits
 from .target import parse_input_size
 
 _ACTIVATIONS = {
@@ -57,9 +57,9 @@ class Activation(nn.Module):
 
     def __init__(self, activation: str):
         super().__init__()
-        if activation not in _ACTIVATIONS:
-            close = difflib.get_close_matches(str(activation), [a for a in _ACTIVATIONS if a], n=3)
-            raise CnnkitError(f"unknown activation {activation!r}"
+        if not isinstance(activation, str) or activation not in _ACTIVATIONS:
+            close = difflib.get_close_matches(str(activation)[:64], [a for a in _ACTIVATIONS if a], n=3)
+            raise CnnkitError(f"unknown activation {_brief(repr(activation))}"
                               + (f"; did you mean {', '.join(close)}?" if close else ""))
         self.name = activation
         self.fn = _ACTIVATIONS[activation]
@@ -121,9 +121,9 @@ class SpecNet(nn.Module):
 
 def _with_activation(module: nn.Module, activation) -> nn.Module:
     """Apply a Keras ``activation=`` inside the layer (a forward hook), so the layer stays one row."""
-    if activation not in _ACTIVATIONS:
-        close = difflib.get_close_matches(str(activation), [a for a in _ACTIVATIONS if a], n=3)
-        raise CnnkitError(f"unknown activation {activation!r}"
+    if not (activation is None or isinstance(activation, str)) or activation not in _ACTIVATIONS:
+        close = difflib.get_close_matches(str(activation)[:64], [a for a in _ACTIVATIONS if a], n=3)
+        raise CnnkitError(f"unknown activation {_brief(repr(activation))}"
                           + (f"; did you mean {', '.join(close)}?" if close else ""))
     fn = _ACTIVATIONS[activation]
     if fn is not None:
@@ -159,7 +159,7 @@ def _pool(kind: str, rank: int, pool_size=2, strides=None, padding="valid"):
     if padding == "same":
         return getattr(L, f"{'Max' if kind == 'max' else 'Avg'}Pool{rank}dSame")(pool_size, strides)
     if padding != "valid":
-        raise CnnkitError(f"pooling padding must be 'valid' or 'same'; received: {padding!r}")
+        raise CnnkitError(f"pooling padding must be 'valid' or 'same'; received: {_brief(repr(padding))}")
     cls = getattr(nn, f"{'Max' if kind == 'max' else 'Avg'}Pool{rank}d")
     return cls(pool_size, strides if strides is not None else pool_size)
 
@@ -237,25 +237,76 @@ def layer_types() -> list[str]:
     return sorted(_BUILDERS)
 
 
+MAX_SPEC_BYTES = 4 << 20       # a spec is a page of text; 4 MB is not one
+MAX_SPEC_NODES = 200_000       # values after YAML aliases are expanded ("billion laughs" stops here)
+
+
 def load_spec(path) -> dict:
+    """A spec file (YAML or JSON) as a mapping; every failure is a one-line CnnkitError."""
     path = Path(path)
     if not path.is_file():
         raise CnnkitError(f"no such spec file: {path}")
-    text = path.read_text()
+    kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
     try:
-        if path.suffix.lower() == ".json":
+        if path.stat().st_size > MAX_SPEC_BYTES:
+            raise CnnkitError(f"{path} is {path.stat().st_size:,} bytes; a network spec is at most "
+                              f"{MAX_SPEC_BYTES:,}: is it the right file?")
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CnnkitError(f"cannot read the spec {path} ({exc.__class__.__name__}: {_brief(exc, 80)}); "
+                          "give a UTF-8 .yaml or .json file") from None
+    try:
+        if kind == "JSON":
             spec = json.loads(text)
         else:
             import yaml
 
+            _check_yaml_size(yaml.compose(text, Loader=yaml.SafeLoader), path)
             spec = yaml.safe_load(text)
-    except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError: one line, with the position
-        first = str(exc).strip().splitlines()
-        raise CnnkitError(f"{path} is not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: "
-                          f"{' '.join(l.strip() for l in first[:3])}") from None
+    except CnnkitError:
+        raise
+    except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError / RecursionError: one line
+        first = str(exc).strip().splitlines() or [type(exc).__name__]
+        raise CnnkitError(f"{path} is not valid {kind}: "
+                          f"{_brief(' '.join(l.strip() for l in first[:3]), 200)}") from None
     if not isinstance(spec, dict) or "layers" not in spec:
         raise CnnkitError(f"{path}: a spec is a mapping with 'input' (e.g. 3x224x224) and a list of 'layers'")
     return spec
+
+
+def _check_yaml_size(root, path) -> None:
+    """Refuse a document whose aliases expand to more than MAX_SPEC_NODES values (counted, not built)."""
+    import yaml
+
+    memo: dict[int, int] = {}
+
+    def size(node, depth=0) -> int:
+        if id(node) in memo:
+            return memo[id(node)]
+        if depth > 200:
+            raise CnnkitError(f"{path} nests deeper than 200 levels; a network spec does not")
+        memo[id(node)] = 1                 # a recursive alias counts once (safe_load refuses it)
+        if isinstance(node, yaml.SequenceNode):
+            n = 1 + sum(size(c, depth + 1) for c in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            n = 1 + sum(size(k, depth + 1) + size(v, depth + 1) for k, v in node.value)
+        else:
+            n = 1 + len(node.value) // 64  # long strings count by length
+        memo[id(node)] = n
+        return n
+
+    if root is not None and size(root) > MAX_SPEC_NODES:
+        raise CnnkitError(f"{path} expands (through YAML aliases &/*) to more than {MAX_SPEC_NODES:,} values; "
+                          "a network spec needs no aliases: write the layers out")
+
+
+def _brief(value, n: int = 60) -> str:
+    """A user's value for a message, never longer than ``n`` characters."""
+    text = value if isinstance(value, str) else repr(value)
+    if isinstance(value, BaseException):
+        text = str(value)
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[:n - 3] + "..."
 
 
 def build_from_spec(spec, logits: bool = False) -> tuple[nn.Module, tuple[int, ...] | None]:
@@ -273,31 +324,34 @@ def build_from_spec(spec, logits: bool = False) -> tuple[nn.Module, tuple[int, .
         raise CnnkitError("'layers' must be a non-empty list")
     shapes = {"input": input_size}
     graph, modules, counters = [], {}, {}
+    total = [0]                                   # parameter bytes so far
     previous = "input"
     for i, entry in enumerate(entries, 1):
         kind, args = _split_entry(entry, i)
         kind = _ALIASES.get(kind, kind)
         if kind not in _BUILDERS:
-            close = difflib.get_close_matches(kind, layer_types(), n=3)
-            raise CnnkitError(f"layer {i}: unknown layer type {kind!r}"
+            close = difflib.get_close_matches(kind, layer_types(), n=3) if len(kind) < 64 else []
+            raise CnnkitError(f"layer {i}: unknown layer type {_brief(repr(kind))}"
                               + (f"; did you mean {', '.join(close)}?" if close else
                                  f"; known types: {', '.join(layer_types())}"))
         builder, base = _BUILDERS[kind]
         counters[base] = counters.get(base, 0) + 1
         name = str(args.pop("name", f"{base}_{counters[base]}"))
         if name in shapes:
-            raise CnnkitError(f"layer {i}: the name {name!r} is used twice; give each layer its own name")
+            raise CnnkitError(f"layer {i}: the name {_brief(repr(name))} is used twice; give each layer its own name")
         if not name.isidentifier():
-            raise CnnkitError(f"layer {i}: name {name!r} must be an identifier (letters, digits, _)")
+            raise CnnkitError(f"layer {i}: name {_brief(repr(name))} must be an identifier (letters, digits, _)")
         inputs = args.pop("inputs", [previous])
-        inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+        inputs = [inputs] if isinstance(inputs, str) else inputs
+        if not isinstance(inputs, list) or not inputs:
+            raise CnnkitError(f"layer {name}: 'inputs' must name earlier layers; received {_brief(inputs)}")
         for src in inputs:
-            if src not in shapes:
-                raise CnnkitError(f"layer {name}: input {src!r} is not an earlier layer "
+            if not isinstance(src, str) or src not in shapes:
+                raise CnnkitError(f"layer {name}: input {_brief(repr(src))} is not an earlier layer "
                                   f"(known: {', '.join(shapes)})")
         activation = args.pop("activation", None) if kind in _TAKES_ACTIVATION else None
         in_shapes = [shapes[s] for s in inputs]
-        module = _build_layer(builder, kind, name, in_shapes[0], args)
+        module = _build_layer(builder, kind, name, in_shapes[0], args, total)
         if activation is not None:
             _with_activation(module, activation)
         shapes[name] = _infer_shape(module, kind, name, in_shapes)
@@ -315,7 +369,7 @@ def _split_entry(entry, i: int) -> tuple[str, dict]:
         return entry.lower(), {}
     if not isinstance(entry, dict) or not entry:
         raise CnnkitError(f"layer {i}: expected a mapping like {{conv2d: {{filters: 32, kernel_size: 3}}}}; "
-                          f"received: {entry!r}")
+                          f"received: {_brief(entry)}")
     if "type" in entry:
         args = dict(entry)
         return str(args.pop("type")).lower(), args
@@ -327,11 +381,67 @@ def _split_entry(entry, i: int) -> tuple[str, dict]:
         args = dict(entry[keys[0]] or {})
         args.update({k: v for k, v in entry.items() if k != keys[0]})
         return str(keys[0]).lower(), args
-    raise CnnkitError(f"layer {i}: give the layer type as 'type: conv2d' or as the only key; received: {entry!r}")
+    raise CnnkitError(f"layer {i}: give the layer type as 'type: conv2d' or as the only key; "
+                      f"received: {_brief(entry)}")
 
 
-def _build_layer(builder, kind, name, shape, args) -> nn.Module:
+# argument -> (smallest value, what it is); a list/tuple of such integers is accepted for sizes
+_INT_ARGS = {"filters": 1, "units": 1, "kernel_size": 1, "strides": 1, "dilation_rate": 1, "groups": 1,
+             "depth_multiplier": 1, "pool_size": 1, "size": 1, "depth_radius": 0}
+_MAX_INT = 1 << 24             # 16 M: no layer of a network has more filters, units or kernel taps
+_RANK = {**{f"conv{r}d": r for r in (1, 2, 3)}, "separable_conv2d": 2, "depthwise_conv2d": 2,
+         "conv2d_transpose": 2, "upsampling2d": 2,
+         **{f"{k}_pooling{r}d": r for r in (1, 2, 3) for k in ("max", "average", "global_average", "global_max")}}
+
+
+def _check_args(kind: str, name: str, shape: tuple, args: dict) -> None:
+    """Every number a layer takes, checked where it enters (before PyTorch sees it)."""
+    def bad(arg, value, want):
+        return CnnkitError(f"layer {name} ({kind}): {arg} must be {want}; received {arg}={_brief(value)}")
+
+    for arg, low in _INT_ARGS.items():
+        if arg not in args:
+            continue
+        value = args[arg]
+        items = value if isinstance(value, (list, tuple)) else [value]
+        want = f"an integer >= {low}" + (" (or a list of them)" if arg in ("kernel_size", "strides",
+                                                                          "dilation_rate", "pool_size", "size") else "")
+        if not items or not all(isinstance(v, int) and not isinstance(v, bool) and low <= v <= _MAX_INT
+                                for v in items):
+            raise bad(arg, value, want + f" and at most {_MAX_INT:,}")
+    if "padding" in args:
+        p = args["padding"]
+        ok = p in ("valid", "same", "caffe") if isinstance(p, str) else all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= _MAX_INT
+            for v in (p if isinstance(p, (list, tuple)) and p else [p]))
+        if not ok:
+            raise bad("padding", p, "'valid', 'same' or a non-negative integer")
+    if "rate" in args and not (isinstance(args["rate"], (int, float)) and not isinstance(args["rate"], bool)
+                               and 0 <= args["rate"] < 1):
+        raise bad("rate", args["rate"], "a number in [0, 1)")
+    if "target_shape" in args:
+        t = args["target_shape"]
+        if not isinstance(t, (list, tuple)) or not t or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in t):
+            raise bad("target_shape", t, "a list of positive sizes, channels first")
+    rank = _RANK.get(kind)
+    if rank is not None and len(shape) != rank + 1:
+        got = "a vector" if len(shape) == 1 else f"a {len(shape) - 1}-D map"
+        raise CnnkitError(f"layer {name} ({kind}) needs a ({['C, L', 'C, H, W', 'C, D, H, W'][rank - 1]}) "
+                          f"input; it receives {got} {_fmt(shape)}: a global pooling, flatten or dense layer "
+                          "before it removed the spatial sizes")
+    if kind == "batch_normalization" and not 1 <= len(shape) <= 4:
+        raise CnnkitError(f"layer {name} (batch_normalization) cannot normalise shape {_fmt(shape)}")
+
+
+def _build_layer(builder, kind, name, shape, args, total: list[int]) -> nn.Module:
+    """The layer, built for real only once its parameters (counted on the meta device) fit in memory."""
+    _check_args(kind, name, shape, args)
     try:
+        with torch.device("meta"):
+            probe = builder(shape, **dict(args))
+        total[0] += sum(t.numel() * t.element_size() for t in (*probe.parameters(), *probe.buffers()))
+        check_fits(total[0], f"the parameters up to layer {name} ({kind})")
         return builder(shape, **args)
     except CnnkitError as exc:
         raise CnnkitError(f"layer {name} ({kind}): {exc}") from None

@@ -11,10 +11,32 @@ import argparse
 import sys
 from importlib import import_module
 
-from ..errors import CnnkitError
+from ..errors import CnnkitError, disk_full, is_disk_full, is_out_of_memory, out_of_memory
 
 # sub-modules of cnnkit.cli, in the order their commands appear in --help
 _COMMAND_MODULES = ["summary", "zoo", "train", "explain", "transfer"]
+
+
+def add_trust_code(parser: argparse.ArgumentParser) -> None:
+    """``--trust-code FILE.py:FN``: the one way to load a checkpoint whose network only code builds."""
+    parser.add_argument("--trust-code", metavar="FILE.py:FN", dest="trust_code",
+                        help="load a checkpoint whose network is built by a Python factory, running "
+                             "FILE.py:FN as you name it (never the file the checkpoint names)")
+
+
+def trust(args) -> dict:
+    """The keyword arguments of cnnkit.load from ``--trust-code``."""
+    factory = getattr(args, "trust_code", None)
+    return {"trust_code": factory is not None, "factory": factory}
+
+
+def existing_data_dir(data_dir: str | None) -> None:
+    """A --data-dir the user typed must exist: a typo is reported, never created (downloads go in it)."""
+    from pathlib import Path
+
+    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
+        raise CnnkitError(f"--data-dir {data_dir} is not a folder; fix the path, or create it first to "
+                          "download the dataset into it (without --data-dir: $CNNKIT_DATA or ~/.cache/cnnkit/data)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,8 +63,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except CnnkitError as exc:
-        print(f"cnnkit {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(args.command, exc)
+    except MemoryError:
+        return _fail(args.command, out_of_memory(f"running `cnnkit {args.command}`"))
+    except RuntimeError as exc:
+        if not is_out_of_memory(exc):
+            raise
+        return _fail(args.command, out_of_memory(f"running `cnnkit {args.command}`"))
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        return _fail(args.command, disk_full(exc.filename or "a file"))
     except KeyboardInterrupt:
         print(f"cnnkit {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _fail(command: str, exc: CnnkitError) -> int:
+    """One line on stderr (a message never spans lines, nor runs past 2,000 characters), exit code 2."""
+    text = " ".join(str(exc).split())
+    print(f"cnnkit {command}: error: {text[:2000]}", file=sys.stderr)
+    return 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import CnnkitError
+from . import add_trust_code, existing_data_dir, trust
 
 METHODS = ["featuremaps", "filters", "patterns", "gradcam", "saliency"]
 
@@ -30,6 +31,7 @@ def register(subparsers) -> None:
     p.add_argument("--imagenet-norm", action="store_true",
                    help="zoo models: normalise the input with ImageNet's mean/std (for ImageNet weights)")
     p.add_argument("--out", help="PNG to write (default: <image>_<method>.png here)")
+    add_trust_code(p)
     p.set_defaults(func=run_explain)
 
     q = subparsers.add_parser("plot", help="training curves, confusion matrix and mistakes of a run",
@@ -41,6 +43,7 @@ def register(subparsers) -> None:
     q.add_argument("--split", help="test | val (default: test, else val)")
     q.add_argument("--max-images", type=int, default=10000,
                    help="images used for the confusion matrix and mistakes (default: 10000)")
+    add_trust_code(q)
     q.set_defaults(func=run_plot)
 
 
@@ -50,7 +53,8 @@ def run_explain(args) -> int:
     from ..explain.hooks import default_cam_layer, is_conv
     from ..explain.target import load_explainable, read_image
 
-    target = load_explainable(args.model, weights=args.weights, imagenet_norm=args.imagenet_norm)
+    target = load_explainable(args.model, weights=args.weights, imagenet_norm=args.imagenet_norm,
+                              factory=args.trust_code)
     c, h, w = target.input_size
     x = read_image(args.image, c, (h, w) if args.resize else None, target.dark_background)
     target.check_accepts(x, f" ({args.image})")
@@ -106,9 +110,11 @@ def run_explain(args) -> int:
 def run_plot(args) -> int:
     from ..explain.run import plot_run
 
+    existing_data_dir(args.data_dir)
     if args.max_images < 1:
         raise CnnkitError(f"--max-images must be a positive integer; received {args.max_images}")
-    written, notes = plot_run(args.run, data_dir=args.data_dir, split=args.split, max_images=args.max_images)
+    written, notes = plot_run(args.run, data_dir=args.data_dir, split=args.split, max_images=args.max_images,
+                              **trust(args))
     for note in notes:
         print(f"note: {note}")
     for path in written:

@@ -52,9 +52,9 @@ def run_summary(args) -> int:
     elif args.format == "csv":
         print(render_csv(s), end="")
     else:
-        from rich.console import Console
+        from ..console import console
 
-        Console(width=max(Console().width, 120)).print(s)
+        console(min_width=120).print(s)
     return 0
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
 from ..errors import CnnkitError
+from . import add_trust_code, existing_data_dir, trust
 
 
 def register(subparsers) -> None:
@@ -62,6 +64,7 @@ def register(subparsers) -> None:
     e.add_argument("--confusion", help="confusion-matrix PNG (default: <run>/confusion_<split>.png)")
     e.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="auto (default): bf16 autocast where the device has native bf16, else fp32")
+    add_trust_code(e)
     e.set_defaults(func=run_eval)
 
     q = subparsers.add_parser("predict", help="top classes of image files",
@@ -74,6 +77,7 @@ def register(subparsers) -> None:
     q.add_argument("--format", default="table", choices=["table", "json"])
     q.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="auto (default): bf16 autocast where the device has native bf16, else fp32")
+    add_trust_code(q)
     q.set_defaults(func=run_predict)
 
 
@@ -83,6 +87,17 @@ def run_train(args) -> int:
 
     if args.ensemble is not None and args.ensemble < 1:
         raise CnnkitError(f"--ensemble must be a positive integer; received {args.ensemble}")
+    for flag, value in (("--subset", args.subset), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            raise CnnkitError(f"{flag} must be a positive integer; received {value}"
+                              + (" (leave --subset out to train on every image)" if flag == "--subset" else ""))
+    if args.image_size is not None and not all(1 <= v <= 8192 for v in args.image_size):
+        raise CnnkitError(f"--image-size H W must be between 1 and 8192; received {' '.join(map(str, args.image_size))}")
+    for flag in ("lr", "weight_decay", "label_smoothing", "ema"):
+        value = getattr(args, flag)
+        if value is not None and not math.isfinite(value):
+            raise CnnkitError(f"--{flag.replace('_', '-')} must be a finite number; received {value}")
+    existing_data_dir(args.data_dir)
     if Path(args.dataset).expanduser().is_dir():       # an image folder: stored absolute for `eval`
         args.dataset = str(Path(args.dataset).expanduser().resolve())
     data_dir = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None
@@ -101,18 +116,20 @@ def run_train(args) -> int:
 
 
 def run_eval(args) -> int:
-    from rich.console import Console
+    from ..console import console
     from rich.table import Table
 
     from ..data.datasets import load_dataset
     from ..train.checkpoint import load, resolve
     from ..train.evaluate import evaluate
 
-    model = load(args.checkpoint)
+    existing_data_dir(args.data_dir)
+    model = load(args.checkpoint, **trust(args))
     info = model.info
+    cfg = info.get("config") or (info.get("ensemble") or [{}])[0].get("config") or {}
     tuned = info.get("finetune") if not args.dataset else None
-    cfg = info.get("config") or (info["ensemble"][0].get("config") if "ensemble" in info else None) or {}
-    if tuned:      # `cnnkit finetune`: its image folder, split and cropped the way it was trained on
+    if tuned and isinstance(tuned, dict) and tuned.get("data"):
+        # `cnnkit finetune`: its image folder, split and cropped the way it was trained on
         import warnings
 
         from ..data.imagefolder import load_image_folder
@@ -124,13 +141,14 @@ def run_eval(args) -> int:
                                      tuned.get("test_fraction", 0.0), seed=tuned.get("seed", 0),
                                      crop_fraction=tuned.get("crop_fraction", 1.0),
                                      interpolation=tuned.get("interpolation", "bilinear"))
-    elif cfg or args.dataset:
+    else:
+        if not isinstance(cfg, dict) or not (args.dataset or cfg.get("dataset")):
+            raise CnnkitError(f"{args.checkpoint} does not record the dataset it was trained on (a "
+                              "converted model?); pass --dataset NAME or --dataset PATH")
         data = load_dataset(args.dataset or cfg["dataset"], args.split,
-                            args.data_dir or (cfg["data_dir"] if not args.dataset else None),
+                            args.data_dir or (cfg.get("data_dir") if not args.dataset else None),
                             image_size=tuple(model.input_size[1:]), channels=model.input_size[0],
                             seed=cfg.get("seed", 0))
-    else:
-        raise CnnkitError(f"{args.checkpoint} does not say what it was trained on; give --dataset")
     if data.classes != model.classes:
         raise CnnkitError(f"{data.name} has classes {data.classes[:5]}..., the model "
                           f"{model.classes[:5]}...; evaluate on the dataset it was trained on")
@@ -153,7 +171,7 @@ def run_eval(args) -> int:
     counts = result.confusion.sum(1)
     for k, name in enumerate(result.classes):
         table.add_row(name, f"{result.precision[k]:.2%}", f"{result.recall[k]:.2%}", f"{int(counts[k]):,}")
-    Console().print(table)
+    console().print(table)
     print(f"confusion matrix: {png}")
     return 0
 
@@ -164,6 +182,8 @@ def run_predict(args) -> int:
 
     from ..engine.precision import autocast
 
+    if args.top is not None and args.top < 1:
+        raise CnnkitError(f"--top must be a positive integer; received {args.top}")
     loader = None
     if not Path(args.checkpoint).exists() and "/" not in args.checkpoint and not args.checkpoint.endswith(".safetensors"):
         from functools import partial
@@ -173,7 +193,7 @@ def run_predict(args) -> int:
         model = pretrained_classifier(args.checkpoint)  # a zoo name: its ImageNet weights and classes
         loader, top = partial(load_photo, pre=model.preprocess), args.top or 5
     else:
-        model, top = load(args.checkpoint), args.top or 3
+        model, top = load(args.checkpoint, **trust(args)), args.top or 3
     with autocast(args.precision, next(model.parameters()).device):
         rows = predict_files(model, args.images, top=top, loader=loader)
     if args.format == "json":

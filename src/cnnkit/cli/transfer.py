@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import CnnkitError
+from . import add_trust_code, trust
 
 
 def register(subparsers) -> None:
@@ -55,6 +56,7 @@ def register(subparsers) -> None:
         "larger image it outputs a map of class scores.")
     f.add_argument("checkpoint", help="run folder or model.safetensors written by cnnkit train/finetune")
     f.add_argument("--out", required=True, help="run folder (or .safetensors file) to write")
+    add_trust_code(f)
     f.set_defaults(func=_fcn)
 
 
@@ -149,7 +151,7 @@ def _resumed_args(args: argparse.Namespace) -> argparse.Namespace:
 def _fcn(args: argparse.Namespace) -> int:
     from ..transfer.checkpoint import convert_to_fcn
 
-    path, fcn, info = convert_to_fcn(args.checkpoint, args.out)
+    path, fcn, info = convert_to_fcn(args.checkpoint, args.out, **trust(args))
     convs = sum(1 for m in fcn.modules() if type(m).__name__ == "Conv2d")
     print(f"{info['model']}: dense head converted ({convs} conv layers now), trained on "
           f"{tuple(info['input_size'])}; wrote {path}")

@@ -61,7 +61,7 @@ def run_zoo(args) -> int:
     if args.format == "json":
         print(json.dumps(rows, indent=2))
         return 0
-    from rich.console import Console
+    from ..console import console
     from rich.table import Table
 
     table = Table(title=f"cnnkit zoo: {len(rows)} models", title_justify="left")
@@ -71,7 +71,7 @@ def run_zoo(args) -> int:
     for r in rows:
         table.add_row(r["name"], r["family"], f"{r['params']:,}", _si(r["macs"]),
                       "x".join(map(str, r["input_size"])), r["paper"], "yes" if r["weights"] else "")
-    Console(width=max(Console().width, 130)).print(table)
+    console(min_width=130).print(table)
     return 0
 
 

@@ -8,6 +8,8 @@ bytes, not their name). See http://yann.lecun.com/exdb/mnist/ ("file formats").
 from __future__ import annotations
 
 import gzip
+import io
+import math
 import os
 import zlib
 from pathlib import Path
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 
 from ..download import file_digest
-from ..errors import CnnkitError
+from ..errors import CnnkitError, memory_available
 
 # type byte -> big-endian numpy dtype
 _DTYPES = {
@@ -24,6 +26,7 @@ _DTYPES = {
     0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8"),
 }
 _GZIP_MAGIC = b"\x1f\x8b"
+MAX_BYTES = 8 << 30          # the largest IDX set (EMNIST by_class) is ~0.7 GB
 
 
 def read_idx(path: str | os.PathLike, md5: str | None = None) -> torch.Tensor:
@@ -47,12 +50,19 @@ def read_idx(path: str | os.PathLike, md5: str | None = None) -> torch.Tensor:
         got = file_digest(path)
         if got != md5.lower():
             _corrupt(path, "checksum mismatch", md5, got)
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CnnkitError(f"cannot read {path} ({exc.strerror or exc}); check the file's permissions") from None
     if raw[:2] == _GZIP_MAGIC:
+        limit = min(memory_available() // 2, MAX_BYTES)   # a gzip bomb stops here, not in the allocator
         try:
-            raw = gzip.decompress(raw)
+            with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
+                raw = f.read(limit + 1)
         except (EOFError, OSError, zlib.error) as exc:
             _corrupt(path, f"gzip stream is broken ({exc})", md5)
+        if len(raw) > limit:
+            _corrupt(path, f"it decompresses to more than {limit:,} bytes", md5)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES or not 1 <= raw[3] <= 4:
         _corrupt(path, f"bad IDX magic number {raw[:4].hex() or '(empty)'}", md5)
     dtype, ndim = _DTYPES[raw[2]], raw[3]
@@ -60,7 +70,7 @@ def read_idx(path: str | os.PathLike, md5: str | None = None) -> torch.Tensor:
     if len(raw) < header:
         _corrupt(path, f"header truncated ({len(raw)} bytes)", md5)
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    expected = header + int(np.prod(dims)) * dtype.itemsize
+    expected = header + math.prod(dims) * dtype.itemsize          # Python ints: no overflow
     if len(raw) != expected:
         what = "truncated" if len(raw) < expected else "has trailing bytes"
         _corrupt(path, f"{what}: {len(raw)} bytes after decompression, dims {dims} need {expected}", md5)

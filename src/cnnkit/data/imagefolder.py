@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CnnkitError
+from .images import MAX_DECODE_PIXELS
 from .imageset import ImageSet
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
@@ -98,6 +99,7 @@ def load_image_folder(root: str | os.PathLike, split: str = "train",
     index = {p: i for i, p in enumerate(decoded)}
     layout = {s: {c: [p for p in ps if p in index] for c, ps in per_class.items()}
               for s, per_class in layout.items()}
+    _check_classes(root, classes, layout)
     _warn_small_classes(root, classes, layout)
     files = _select(layout, split, classes, val_fraction, test_fraction, seed, root)
     if not files:
@@ -249,6 +251,8 @@ def _decode(path: Path, params: dict) -> torch.Tensor | None:
     h, w = params["image_size"]
     try:
         with Image.open(path) as im:
+            if im.width * im.height > MAX_DECODE_PIXELS:    # a decompression bomb: skipped, counted
+                return None
             if params["resize"] == "shorter":
                 scale = max(h / im.height, w / im.width) / params["crop_fraction"]
                 target = (max(w, round(im.width * scale)), max(h, round(im.height * scale)))
@@ -307,6 +311,18 @@ def _warn_skipped(root: Path, bad: list[str]) -> None:
         warnings.warn(f"{root}: skipped {len(bad)} file{'s' * (len(bad) != 1)} that "
                       f"{'are' if len(bad) != 1 else 'is'} not a readable still image ({shown}); "
                       f"accepted: {' '.join(IMAGE_EXTENSIONS)}", ImageFolderWarning, stacklevel=3)
+
+
+def _check_classes(root: Path, classes: list[str], layout) -> None:
+    """At least two classes, none of them without a readable image: else the model learns nothing."""
+    counts = {c: sum(len(per_class.get(c, [])) for per_class in layout.values()) for c in classes}
+    empty = sorted(c for c, n in counts.items() if n == 0)
+    if empty:
+        raise CnnkitError(f"{root}: the class folder{'s' * (len(empty) > 1)} {', '.join(map(repr, empty[:5]))} "
+                          "hold no readable image; add images or remove the folder")
+    if len(classes) < 2:
+        raise CnnkitError(f"{root} has {len(classes)} class folder ({', '.join(map(repr, classes))}); a "
+                          "classifier needs at least two: arrange the images as <class>/<image>")
 
 
 def _warn_small_classes(root: Path, classes: list[str], layout) -> None:

@@ -32,7 +32,8 @@ def predict_probs(model: torch.nn.Module, images: torch.Tensor, batch_size: int 
 
 
 def plot_run(run: str | Path, data_dir: str | None = None, split: str | None = None,
-             max_images: int = 10000) -> tuple[list[Path], list[str]]:
+             max_images: int = 10000, trust_code: bool = False,
+             factory: str | None = None) -> tuple[list[Path], list[str]]:
     """Write ``curves.png`` and, when possible, ``confusion_<split>.png`` and ``errors_<split>.png``.
 
     Returns:
@@ -48,7 +49,7 @@ def plot_run(run: str | Path, data_dir: str | None = None, split: str | None = N
         from ..data.datasets import load_dataset
         from ..train.checkpoint import load
 
-        model = load(run)
+        model = load(run, trust_code=trust_code, factory=factory)
         info = getattr(model, "info", {}) or {}
         name = info.get("dataset", {}).get("name")
         if not name:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 
-from ..errors import CnnkitError
+from ..data.images import read_image  # noqa: F401 -- re-exported: explain reads images with it
+from ..errors import CnnkitError, is_out_of_memory, out_of_memory
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -52,7 +52,9 @@ class Explainable:
         try:
             with torch.no_grad():
                 self.model(x[None])
-        except RuntimeError:
+        except (RuntimeError, MemoryError) as exc:
+            if is_out_of_memory(exc):
+                raise out_of_memory(f"running the model on the {x.shape[-2]}x{x.shape[-1]} image{source}") from None
             c, h, w = self.input_size
             raise CnnkitError(f"the model does not accept a {x.shape[-2]}x{x.shape[-1]} image{source}; it was "
                               f"built for {h}x{w}: pass --resize (or resize the image)") from None
@@ -61,11 +63,13 @@ class Explainable:
         return name[len(self.prefix):] if self.prefix and name.startswith(self.prefix) else name
 
 
-def load_explainable(source: str, weights: str | None = None, imagenet_norm: bool = False) -> Explainable:
+def load_explainable(source: str, weights: str | None = None, imagenet_norm: bool = False,
+                     factory: str | None = None) -> Explainable:
     """A run folder / ``.safetensors`` checkpoint (via :func:`cnnkit.load`) or a zoo model name.
 
     Checkpoints are explained without test-time augmentation (one forward per image), through their
-    own input normalisation; layer names are those of the bare network (``model.net``).
+    own input normalisation; layer names are those of the bare network (``model.net``). ``factory``
+    (``FILE.py:FN``) is for a checkpoint whose network only code builds (``cnnkit.load``'s trust_code).
     """
     path = Path(source)
     if path.exists():
@@ -73,7 +77,7 @@ def load_explainable(source: str, weights: str | None = None, imagenet_norm: boo
             raise CnnkitError(f"--weights is for zoo models; {source} is a checkpoint that has its own")
         from ..train.checkpoint import load
 
-        model = load(path)
+        model = load(path, trust_code=factory is not None, factory=factory)
         if hasattr(model, "tta"):
             model.tta = ""
         info = getattr(model, "info", {}) or {}
@@ -97,34 +101,3 @@ def load_explainable(source: str, weights: str | None = None, imagenet_norm: boo
         num_classes = last[-1].out_features if last else 0
     classes = imagenet_classes() if weights == "imagenet" and num_classes == 1000 else [str(k) for k in range(num_classes)]
     return Explainable(model, prefix, classes, tuple(info.input_size))
-
-
-def read_image(path: str | Path, channels: int, size: tuple[int, int] | None = None,
-               dark_background: bool = False) -> torch.Tensor:
-    """An image file -> float (C, H, W) in [0, 1] with the model's channels (grey or RGB).
-
-    Kept at its own size unless ``size`` (H, W) is given. With ``dark_background`` (MNIST-like
-    models), an image whose border is light is inverted, as ``cnnkit predict`` does.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
-            if size is not None:
-                im = im.resize((size[1], size[0]), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.float32) / 255.0
-    except FileNotFoundError:
-        raise CnnkitError(f"image not found: {path}; give the path of a PNG or JPEG file") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise CnnkitError(f"cannot read {path} as an image ({exc}); give a PNG or JPEG file") from None
-    if channels not in (1, 3):
-        raise CnnkitError(f"the model takes {channels}-channel images; only 1 (grey) and 3 (RGB) can be "
-                          f"read from files")
-    x = torch.from_numpy(arr)
-    x = x[None] if channels == 1 else x.permute(2, 0, 1)  # (H, W[, 3]) -> (C, H, W)
-    if dark_background:
-        border = torch.cat([x[:, 0], x[:, -1], x[:, :, 0], x[:, :, -1]], 1)
-        if border.mean() > 0.5:
-            x = 1.0 - x
-    return x.contiguous()

@@ -13,10 +13,11 @@ Every file is written to a temporary file beside it, then renamed: never half-wr
 from __future__ import annotations
 
 import contextlib
-
 import csv
+import glob
 import io
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -27,7 +28,8 @@ import torch.nn.functional as F
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from ..errors import CnnkitError
+from ..errors import CnnkitError, disk_full, is_disk_full
+from . import network as netdesc
 
 FORMAT = "cnnkit.checkpoint/1"
 MODEL_FILE = "model.safetensors"
@@ -118,7 +120,8 @@ def build_network(model: str, num_classes: int, in_channels: int) -> nn.Module:
 
 
 def model_reference(model: str) -> str:
-    """The model string to store: file paths made absolute so a checkpoint loads from anywhere."""
+    """The model string to store, for messages: file paths made absolute. (The network itself is
+    stored as data in ``info["network"]``; loading never goes back to these files.)"""
     if model.endswith((".yaml", ".yml", ".json")):
         return str(Path(model).resolve())
     if ".py:" in model:
@@ -130,17 +133,34 @@ def model_reference(model: str) -> str:
 # ----------------------------------------------------------------------------- atomic files
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, then rename it: never half-written.
+
+    A ``.<name>.*.tmp`` left by an earlier save that was killed is removed first; a full disk is
+    a :class:`CnnkitError` naming the size (the previous version of ``path`` stays as it was).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CnnkitError(f"cannot create the folder {path.parent} ({exc.strerror}); choose another --out") from None
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(path, len(data)) from None
+        raise CnnkitError(f"cannot write {path} ({exc.strerror or exc}); check the folder's permissions "
+                          "or choose another --out") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
@@ -149,7 +169,13 @@ def _tensors(state: dict, prefix: str = "") -> dict[str, torch.Tensor]:
 
 
 def save_model(path, model: Classifier, info: dict) -> None:
-    """Write a Classifier's weights + ``info`` (JSON) to ``path`` atomically."""
+    """Write a Classifier's weights + ``info`` (JSON) to ``path`` atomically.
+
+    ``info["network"]`` (added from ``info["model"]`` when absent) describes the network as data,
+    so that :func:`load` never has to run code (:mod:`cnnkit.train.network`).
+    """
+    if "network" not in info:
+        info = {**info, "network": netdesc.describe(info["model"], model.net)}
     data = st_save(_tensors(model.state_dict()), metadata={"cnnkit": json.dumps(info)})
     atomic_write_bytes(path, data)
 
@@ -208,24 +234,29 @@ def load_resume(path, model: nn.Module, optimizer: torch.optim.Optimizer | None,
 
     ``optimizer=None`` skips its state: a run resumed where a new phase (a new optimizer) begins."""
     tensors, meta = _read(path)
-    model.load_state_dict(_strip(tensors, "model."))
-    if ema is not None:
-        ema.load_state_dict(_strip(tensors, "ema."))
-    state: dict = {}
-    for key, v in tensors.items():
-        if key.startswith("optim."):
-            _, idx, name = key.split(".", 2)
+    try:
+        model.load_state_dict(_strip(tensors, "model."))
+        if ema is not None:
+            ema.load_state_dict(_strip(tensors, "ema."))
+        state: dict = {}
+        for key, v in tensors.items():
+            if key.startswith("optim."):
+                _, idx, name = key.split(".", 2)
+                state.setdefault(int(idx), {})[name] = v
+        for key, v in meta["optim_scalars"].items():
+            idx, name = key.split(".", 1)
             state.setdefault(int(idx), {})[name] = v
-    for key, v in meta["optim_scalars"].items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = v
-    if optimizer is not None:
-        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    torch.set_rng_state(tensors["rng.torch"])
-    generator.set_state(tensors["rng.generator"])
-    if "rng.cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
-    return meta["epoch"], meta["history"], meta["config"]
+        if optimizer is not None:
+            optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        torch.set_rng_state(tensors["rng.torch"])
+        generator.set_state(tensors["rng.generator"])
+        if "rng.cuda" in tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state(tensors["rng.cuda"])
+    except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as exc:
+        raise CnnkitError(f"{path}: the resume state is damaged or does not match this run ({_short(exc)}); "
+                          "start a new run without --resume, or resume the run that wrote it") from None
+
+    return meta.get("epoch", 0), meta.get("history", []), meta.get("config", {})
 
 
 def _strip(tensors: dict, prefix: str) -> dict:
@@ -233,6 +264,12 @@ def _strip(tensors: dict, prefix: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- loading
+
+MAX_CLASSES = 1_000_000     # a checkpoint claiming more is corrupt, not ambitious
+MAX_SIDE = 16_384           # pixels per input side stored in a checkpoint
+MAX_PIXELS = 1 << 25        # 33.5 M values per input image (C x H x W): 3 x 3344 x 3344
+_HINT = "give a run folder or model.safetensors written by `cnnkit train`, `finetune` or `fcn`"
+
 
 def resolve(path: str | os.PathLike) -> Path:
     """A run folder or a checkpoint file -> the ``model.safetensors`` to read."""
@@ -245,24 +282,103 @@ def resolve(path: str | os.PathLike) -> Path:
     return p
 
 
-def _read(path) -> tuple[dict[str, torch.Tensor], dict]:
-    try:
-        data = Path(path).read_bytes()
-        tensors = st_load(data)
-        from safetensors import safe_open
+def _metadata(path) -> dict:
+    """The ``"cnnkit"`` JSON of a safetensors file, read from its header alone."""
+    from safetensors import safe_open
 
+    try:
         with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {})["cnnkit"])
-    except (KeyError, ValueError, OSError, RuntimeError) as exc:
-        raise CnnkitError(f"{path} is not a cnnkit checkpoint ({exc}); give a file written by "
-                          "`cnnkit train`") from None
+            text = (f.metadata() or {}).get("cnnkit")
+    except Exception as exc:  # noqa: BLE001 -- SafetensorError, OSError, ...: the file is not ours
+        raise CnnkitError(f"{path} is not a readable safetensors file ({_short(exc)}); {_HINT}") from None
+    if text is None:
+        raise CnnkitError(f"{path} is a safetensors file without cnnkit's description (plain weights?); "
+                          f"{_HINT}, or pass plain weights as --weights with --model NAME")
+    try:
+        meta = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise CnnkitError(f"{path}: its cnnkit description is not valid JSON ({_short(exc)}); {_HINT}") from None
+    if not isinstance(meta, dict):
+        raise CnnkitError(f"{path}: its cnnkit description is not a JSON object; {_HINT}")
     if meta.get("format") != FORMAT:
-        raise CnnkitError(f"{path}: unknown checkpoint format {meta.get('format')!r}; expected {FORMAT}")
+        raise CnnkitError(f"{path}: unknown checkpoint format {str(meta.get('format'))[:40]!r}; expected {FORMAT}")
+    return meta
+
+
+def _read(path) -> tuple[dict[str, torch.Tensor], dict]:
+    meta = _metadata(path)
+    try:
+        tensors = st_load(Path(path).read_bytes())
+    except MemoryError:
+        from ..errors import out_of_memory
+
+        raise out_of_memory(f"reading {path}", Path(path).stat().st_size) from None
+    except Exception as exc:  # noqa: BLE001 -- truncated data, bad offsets: SafetensorError
+        raise CnnkitError(f"{path} is damaged ({_short(exc)}); {_HINT}") from None
     return tensors, meta
 
 
-def classifier_from_info(info: dict) -> Classifier:
-    net = build_network(info["model"], info["num_classes"], info["input_size"][0])
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def check_info(info: dict, source) -> None:
+    """The sizes a checkpoint claims, checked before anything is built from them."""
+    def bad(what: str, value) -> CnnkitError:
+        return CnnkitError(f"{source}: the checkpoint's {what} is {str(value)[:60]!r}, which is not valid; "
+                           f"the file is corrupt or was not written by cnnkit: {_HINT}")
+
+    for key in ("num_classes", "input_size", "classes", "mean", "std"):
+        if key not in info:
+            raise CnnkitError(f"{source}: the checkpoint lacks {key!r}; {_HINT}")
+    n = info["num_classes"]
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_CLASSES:
+        raise bad("num_classes", n)
+    size = info["input_size"]
+    if not _valid_size(size):
+        raise bad(f"input_size (at most {MAX_SIDE:,} per side and {MAX_PIXELS:,} values per image)", size)
+    classes = info["classes"]
+    if not isinstance(classes, list) or len(classes) != n or not all(isinstance(c, str) for c in classes):
+        raise bad("class list (it must hold num_classes names)", str(classes)[:60])
+    for key in ("mean", "std"):
+        v = info[key]
+        if (not isinstance(v, list) or len(v) != size[0]
+                or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in v)):
+            raise bad(f"{key} (one finite number per channel)", v)
+    if any(x <= 0 for x in info["std"]):
+        raise bad("std (it must be positive)", info["std"])
+    fcn = info.get("fcn")
+    if fcn is not None and (not isinstance(fcn, dict) or not _valid_size(fcn.get("input_size"))
+                            or len(fcn["input_size"]) != len(size)):
+        raise bad("fcn entry", fcn)
+    if info.get("tta", "") not in ("", "shift", "flip"):
+        raise bad("tta", info.get("tta"))
+
+
+def _valid_size(size) -> bool:
+    """(C, H, W) of positive integers within the caps (types checked before anything is multiplied)."""
+    return (isinstance(size, list) and len(size) == 3
+            and all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_SIDE for d in size)
+            and math.prod(size) <= MAX_PIXELS)
+
+
+def network_of(info: dict) -> dict:
+    """The checkpoint's network description (older checkpoints: derived from their model string)."""
+    if "network" in info:
+        return info["network"]
+    model = info.get("model")
+    if not isinstance(model, str):
+        raise CnnkitError(f"the checkpoint names no network (model={str(model)[:40]!r}); {_HINT}")
+    return netdesc.legacy(model)
+
+
+def classifier_from_info(info: dict, source="the checkpoint", trust_code: bool = False,
+                         factory: str | None = None) -> Classifier:
+    """The Classifier a checkpoint describes, with fresh weights; no code is run unless trusted."""
+    check_info(info, source)
+    net = netdesc.build(network_of(info), info["num_classes"], info["input_size"][0], str(source),
+                        trust_code=trust_code, factory=factory, input_size=tuple(info["input_size"]))
     if info.get("fcn"):  # written by `cnnkit fcn`: the dense head was turned into convolutions
         from ..transfer.fcn import to_fcn
 
@@ -270,32 +386,54 @@ def classifier_from_info(info: dict) -> Classifier:
     return Classifier(net, info["mean"], info["std"], info["classes"], info["input_size"], info.get("tta", ""))
 
 
-def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+def load(path: str | os.PathLike, device: str | torch.device = "cpu", *, trust_code: bool = False,
+         factory: str | None = None) -> nn.Module:
     """A trained checkpoint (run folder or ``.safetensors`` file) as an eval-mode ``nn.Module``.
 
     The module takes a float tensor (N, C, H, W) with pixel values in [0, 1] and returns logits;
-    attributes ``classes``, ``input_size`` (C, H, W), ``net``. Nothing is unpickled.
+    attributes ``classes``, ``input_size`` (C, H, W), ``net``. Nothing is unpickled, and nothing is
+    imported or run: the network is rebuilt from its description in the metadata. A network that
+    only a Python factory builds needs ``trust_code=True, factory="net.py:build"`` (the file as you
+    name it, never the checkpoint's).
+
+    Raises:
+        CnnkitError: the path is not a checkpoint, the file is damaged or crafted, its weights do
+            not fit its description, or it needs code that was not trusted.
     """
     file = resolve(path)
-    tensors, meta = _read(file)
-    if meta.get("ensemble"):
-        members = []
-        for i, info in enumerate(meta["ensemble"]):
-            m = classifier_from_info(info)
-            m.load_state_dict(_strip(tensors, f"members.{i}."))
-            members.append(m)
-        model: nn.Module = Ensemble(members)
-    else:
-        model = classifier_from_info(meta)
-        model.load_state_dict(tensors)
+    meta = _metadata(file)
+    members = meta.get("ensemble")
+    if members is not None and (not isinstance(members, list) or not members
+                                or not all(isinstance(m, dict) for m in members)):
+        raise CnnkitError(f"{file}: its ensemble entry is not a list of member descriptions; {_HINT}")
+    # every network is built (and its size checked) before the weights are read
+    built = [classifier_from_info(info, file, trust_code, factory) for info in (members or [meta])]
+    tensors, _ = _read(file)
+    try:
+        if members:
+            for i, m in enumerate(built):
+                m.load_state_dict(_strip(tensors, f"members.{i}."))
+            model: nn.Module = Ensemble(built)
+        else:
+            model = built[0]
+            model.load_state_dict(tensors)
+    except RuntimeError as exc:  # missing/unexpected keys, wrong shapes
+        raise CnnkitError(f"{file}: its weights do not fit the network it describes ({_short(exc)}); "
+                          f"the file is damaged or was edited: {_HINT}") from None
     model.info = meta
     return model.to(device).eval()
 
 
 def read_info(path: str | os.PathLike) -> dict:
     """The JSON description stored in a checkpoint (without building the model)."""
-    from safetensors import safe_open
+    return _metadata(resolve(path))
 
-    file = resolve(path)
-    with safe_open(str(file), framework="pt") as f:
-        return json.loads((f.metadata() or {}).get("cnnkit", "{}"))
+
+def trusted_resume_model(stored: str, typed: str | None) -> str:
+    """The model a ``--resume`` rebuilds: a Python factory only when the user names it again."""
+    if ".py:" not in stored:
+        return stored
+    if typed is not None and model_reference(typed) == stored:
+        return typed
+    raise CnnkitError(f"this run's network is built by Python code ({stored}); resuming would run it: if "
+                      f"you trust that code, pass --model {stored} again to resume")

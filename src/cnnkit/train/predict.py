@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 
-from ..errors import CnnkitError
+from ..data.images import read_image
 
 
 def load_image(path: str | Path, input_size: tuple[int, int, int], dark_background: bool) -> torch.Tensor:
@@ -17,23 +16,8 @@ def load_image(path: str | Path, input_size: tuple[int, int, int], dark_backgrou
     Grey (C = 1) or RGB (C = 3), resized to H x W with bilinear filtering. For digit-like data
     (white strokes on black) an image with a light background is inverted first.
     """
-    from PIL import Image, UnidentifiedImageError
-
     c, h, w = input_size
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
-            x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0)
-    except FileNotFoundError:
-        raise CnnkitError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise CnnkitError(f"cannot read {path} as an image ({exc}); give a PNG or JPEG file") from None
-    x = x.unsqueeze(0) if c == 1 else x.permute(2, 0, 1)       # (H, W[, C]) -> (C, H, W)
-    if dark_background:
-        border = torch.cat([x[:, 0], x[:, -1], x[:, :, 0], x[:, :, -1]], 1)
-        if border.mean() > 0.5:
-            x = 1.0 - x
-    return x
+    return read_image(path, c, (h, w), dark_background)
 
 
 @torch.no_grad()

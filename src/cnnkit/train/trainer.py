@@ -21,6 +21,7 @@ import torch.nn as nn
 from rich.console import Console
 
 from .. import engine
+from ..console import console as make_console
 from ..data.augment import build_augment
 from ..data.datasets import load_dataset
 from ..data.imageset import ImageSet
@@ -63,7 +64,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False, quiet:
                        image_size=cfg.image_size, seed=cfg.seed), cfg.eval_batch_size,
                        precision=cfg.precision)
         if d.main and not quiet:
-            Console().print(f"ensemble of {cfg.ensemble}: {_val_label(cfg)} acc {val.accuracy:.2%} -> {out}")
+            make_console().print(f"ensemble of {cfg.ensemble}: {_val_label(cfg)} acc {val.accuracy:.2%} -> {out}")
         return TrainResult(out, runs[-1].history, val.accuracy, sum(r.seconds for r in runs),
                            sum(r.images for r in runs), runs)
 
@@ -82,7 +83,7 @@ def fit(cfg: TrainConfig, out: Path, d: Dist, resume: bool = False, quiet: bool 
     run = engine.fit(task, model, Data(train_set, val_set), plan, out, resume=resume, quiet=quiet,
                      dist=d, config=cfg.to_dict(), precision=cfg.precision, on_epoch_end=on_epoch_end)
     final = evaluate(run.model, val_set, cfg.eval_batch_size, cfg.channels_last, run.precision).accuracy
-    Console(quiet=quiet or not d.main).print(
+    make_console(quiet=quiet or not d.main).print(
         f"done: {_val_label(cfg)} acc {final:.2%}{' (with TTA)' if run.model.tta else ''} in "
         f"{run.seconds:.1f} s -> {out}  (test with `cnnkit eval {out}`)")
     return TrainResult(out, run.history, final, run.seconds, run.images)
@@ -154,7 +155,13 @@ def _resumed_config(out: Path, cfg: TrainConfig) -> TrainConfig:
         raise CnnkitError(f"nothing to resume in {out}: no {ckpt.RESUME_FILE}; start a new run "
                           "without --resume")
     _, meta = ckpt._read(path if path.is_file() else member)
-    return TrainConfig.from_dict(meta["config"])       # member 0's seed is the run's seed
+    if not isinstance(meta.get("config"), dict) or not isinstance(meta["config"].get("model"), str):
+        raise CnnkitError(f"{path}: the resume state holds no training config; start a new run")
+    try:
+        stored = validate(TrainConfig.from_dict(meta["config"]))   # member 0's seed is the run's seed
+    except TypeError as exc:
+        raise CnnkitError(f"{path}: the stored training config is damaged ({exc}); start a new run") from None
+    return replace(stored, model=ckpt.trusted_resume_model(stored.model, cfg.model))
 
 
 def _fmt(cfg: TrainConfig) -> torch.memory_format:

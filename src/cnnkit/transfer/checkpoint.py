@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from ..errors import CnnkitError
 from ..train import checkpoint as ckpt
+from ..train import network as netdesc
 from .fcn import to_fcn
 
 
@@ -72,26 +73,32 @@ def save_finetuned(out: str | os.PathLike, net: nn.Module, model_name: str, clas
     return path
 
 
-def convert_to_fcn(src: str | os.PathLike, dst: str | os.PathLike) -> tuple[Path, nn.Module, dict]:
-    """Read a classifier checkpoint, convert its network with :func:`to_fcn`, write ``dst``."""
+def convert_to_fcn(src: str | os.PathLike, dst: str | os.PathLike, trust_code: bool = False,
+                   factory: str | None = None) -> tuple[Path, nn.Module, dict]:
+    """Read a classifier checkpoint, convert its network with :func:`to_fcn`, write ``dst``.
+
+    ``trust_code``/``factory`` as for :func:`cnnkit.load` (only a Python-built network needs them).
+    """
     info = ckpt.read_info(src)
     if info.get("format") != ckpt.FORMAT or info.get("ensemble"):
         raise CnnkitError(f"{src} is not a single-model cnnkit checkpoint; give a run folder or "
                           "model.safetensors written by `cnnkit train` or `cnnkit finetune`")
     if info.get("fcn"):
         raise CnnkitError(f"{src} is already fully convolutional")
-    clf = ckpt.load(src)
+    clf = ckpt.load(src, trust_code=trust_code, factory=factory)
+    network = info.get("network") or netdesc.describe(info["model"], clf.net)  # the net before to_fcn
     fcn = to_fcn(clf.net, tuple(clf.input_size))
     new = ckpt.Classifier(fcn, info["mean"], info["std"], info["classes"], info["input_size"])
     dst = Path(dst)
     path = dst / ckpt.MODEL_FILE if dst.suffix != ".safetensors" else dst
-    ckpt.save_model(path, new, {**info, "tta": "", "fcn": {"input_size": list(clf.input_size)}})
+    ckpt.save_model(path, new, {**info, "network": network, "tta": "",
+                                "fcn": {"input_size": list(clf.input_size)}})
     return path, fcn, info
 
 
-def load_fcn(path: str | os.PathLike) -> nn.Module:
+def load_fcn(path: str | os.PathLike, trust_code: bool = False, factory: str | None = None) -> nn.Module:
     """An FCN checkpoint as an eval-mode Classifier whose output is a (N, classes, h, w) score map."""
     if not ckpt.read_info(path).get("fcn"):
         raise CnnkitError(f"{path} is not an FCN checkpoint; use cnnkit.load, or convert it with "
                           "`cnnkit fcn`")
-    return ckpt.load(path)
+    return ckpt.load(path, trust_code=trust_code, factory=factory)

@@ -1,0 +1,96 @@
+"""Reading one image file the user hands over: size checked before decoding, every failure a CnnkitError."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import CnnkitError, is_out_of_memory, out_of_memory
+
+# Pillow's own decompression-bomb threshold (89.5 M pixels, ~ 0.25 GB as RGB): a header claiming
+# more is refused before a single pixel is decoded
+MAX_DECODE_PIXELS = 89_478_485
+# an image explained at its own size (no --resize) runs the network at that size: beyond 4096 x 4096
+# a ResNet's activations alone pass several GB
+MAX_NATIVE_PIXELS = 4096 * 4096
+
+
+@contextlib.contextmanager
+def open_image(path: str | Path, max_pixels: int = MAX_DECODE_PIXELS):
+    """``with open_image(p) as im:`` a lazily decoded PIL image whose header has been checked."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():       # the size is checked below, with the number in the error
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except FileNotFoundError:
+        raise CnnkitError(f"image not found: {path}; give the path of a PNG or JPEG file") from None
+    except IsADirectoryError:
+        raise CnnkitError(f"{path} is a folder, not an image file; give a PNG or JPEG file") from None
+    except Image.DecompressionBombError as exc:      # Pillow's own limit (twice ours) struck first
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        raise CnnkitError(_too_large(path, f"{int(pixels[1]):,} pixels" if pixels else "an image", max_pixels)) from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise CnnkitError(f"cannot read {path} as an image ({_short(exc)}); give a PNG or JPEG file") from None
+    with im:
+        w, h = im.size
+        if w * h > max_pixels:
+            raise CnnkitError(_too_large(path, f"{w}x{h} = {w * h:,} pixels", max_pixels))
+        if w < 1 or h < 1:
+            raise CnnkitError(f"{path} is {w}x{h}: an image without pixels")
+        try:
+            yield im
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise CnnkitError(f"cannot decode {path} ({_short(exc)}): the file is truncated or damaged; "
+                              "give a PNG or JPEG file") from None
+        except (MemoryError, RuntimeError) as exc:
+            if is_out_of_memory(exc):
+                raise out_of_memory(f"decoding {path}", w * h * 4) from None
+            raise
+
+
+def read_image(path: str | Path, channels: int, size: tuple[int, int] | None = None,
+               dark_background: bool = False, max_native_pixels: int = MAX_NATIVE_PIXELS) -> torch.Tensor:
+    """An image file -> float (C, H, W) in [0, 1] with the model's channels (grey or RGB).
+
+    Resized to ``size`` (H, W) with bilinear filtering when given, else kept at its own size (at most
+    ``max_native_pixels``). With ``dark_background`` (MNIST-like models), an image whose border is
+    light is inverted, as ``cnnkit predict`` does.
+    """
+    from PIL import Image
+
+    if channels not in (1, 3):
+        raise CnnkitError(f"the model takes {channels}-channel images; only 1 (grey) and 3 (RGB) can be "
+                          f"read from files")
+    with open_image(path) as im:
+        if size is None and im.width * im.height > max_native_pixels:
+            raise CnnkitError(f"{path} is {im.width}x{im.height} = {im.width * im.height:,} pixels; at its own "
+                              f"size at most {max_native_pixels:,} are run through a network: pass --resize "
+                              "(the model's input size) or shrink the image")
+        im = im.convert("L" if channels == 1 else "RGB")
+        if size is not None:
+            im = im.resize((size[1], size[0]), Image.BILINEAR)
+        arr = np.asarray(im, dtype=np.float32) / 255.0
+    x = torch.from_numpy(arr)
+    x = x[None] if channels == 1 else x.permute(2, 0, 1)  # (H, W[, 3]) -> (C, H, W)
+    if dark_background:
+        border = torch.cat([x[:, 0], x[:, -1], x[:, :, 0], x[:, :, -1]], 1)
+        if border.mean() > 0.5:
+            x = 1.0 - x
+    return x.contiguous()
+
+
+def _too_large(path, size: str, max_pixels: int) -> str:
+    return (f"{path} is {size}, more than the {max_pixels:,} cnnkit decodes (a decompression bomb, or a "
+            "photo far larger than any network input); shrink it first")
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."

@@ -1,0 +1,219 @@
+"""A checkpoint's network written down as data, and rebuilt from it without running any code.
+
+The ``"network"`` entry of a checkpoint's metadata is one of
+- ``{"kind": "zoo", "name": "resnet18"}``: a registered model (``num_classes``/``input_size`` beside it);
+- ``{"kind": "spec", "spec": {...}}``: the Keras-style spec itself (not the path of its file);
+- ``{"kind": "modules", "tree": {...}}``: a tree of plain ``torch.nn`` layers (``Sequential``,
+  ``Conv2d``, ``BatchNorm2d``, ``ReLU``, ``Linear``...) with their constructor arguments -- what a
+  ``file.py:factory`` returning an ``nn.Sequential`` is saved as, so it loads without its file;
+- ``{"kind": "factory", "factory": "/abs/net.py:build"}``: only a Python factory can build it.
+  The stored path is for the message only: loading it needs ``trust_code=True`` and the factory
+  named by the person loading it (``factory="net.py:build"``, CLI ``--trust-code net.py:build``).
+
+Nothing here imports a file named by a checkpoint: a zoo name is looked up in the registry, a spec
+goes through the spec builder, module names through the allow-list :data:`LAYERS`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ..errors import CnnkitError, check_fits
+
+TRUST_HINT = ("if you trust that code, load with trust_code=True, factory='FILE.py:FN' "
+              "(CLI: --trust-code FILE.py:FN), naming the file yourself")
+
+_CONV = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
+         "bias", "padding_mode")
+_BN = ("num_features", "eps", "momentum", "affine", "track_running_stats")
+_POOL = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
+_AVG = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad")
+# class name -> constructor arguments read back from the module's attributes (an allow-list)
+LAYERS: dict[str, tuple[str, ...]] = {
+    "Sequential": (), "Identity": (), "Flatten": ("start_dim", "end_dim"),
+    "Conv1d": _CONV, "Conv2d": _CONV, "Conv3d": _CONV,
+    "ConvTranspose2d": _CONV[:5] + ("output_padding", "groups", "bias", "dilation"),
+    "Linear": ("in_features", "out_features", "bias"),
+    "BatchNorm1d": _BN, "BatchNorm2d": _BN, "BatchNorm3d": _BN,
+    "GroupNorm": ("num_groups", "num_channels", "eps", "affine"),
+    "LayerNorm": ("normalized_shape", "eps", "elementwise_affine"),
+    "MaxPool1d": _POOL, "MaxPool2d": _POOL, "MaxPool3d": _POOL, "AvgPool2d": _AVG,
+    "AdaptiveAvgPool2d": ("output_size",), "AdaptiveMaxPool2d": ("output_size",),
+    "Dropout": ("p",), "Dropout2d": ("p",),
+    "ReLU": ("inplace",), "ReLU6": ("inplace",), "SiLU": ("inplace",), "Hardswish": ("inplace",),
+    "Hardsigmoid": ("inplace",), "ELU": ("alpha", "inplace"), "LeakyReLU": ("negative_slope", "inplace"),
+    "GELU": ("approximate",), "Tanh": (), "Sigmoid": (), "Softmax": ("dim",), "LogSoftmax": ("dim",),
+}
+_MAX_DEPTH = 32
+_MAX_LAYERS = 10_000
+
+
+# ----------------------------------------------------------------------------- describing
+
+def describe(model: str, net: nn.Module | None = None) -> dict:
+    """The ``"network"`` entry for a network built from ``model`` (what the user typed at training)."""
+    if model.endswith((".yaml", ".yml", ".json")):
+        from ..analysis.spec import load_spec
+
+        return {"kind": "spec", "spec": load_spec(model)}
+    if ".py:" in model:
+        tree = describe_modules(net) if net is not None else None
+        if tree is not None:
+            return {"kind": "modules", "tree": tree, "factory": model}
+        return {"kind": "factory", "factory": model}
+    return {"kind": "zoo", "name": model}
+
+
+def describe_modules(net: nn.Module) -> dict | None:
+    """``net`` as a JSON tree of allow-listed layers, or None when some part is not one."""
+    def tree(m: nn.Module, depth: int) -> dict | None:
+        name = type(m).__name__
+        if depth > _MAX_DEPTH or name not in LAYERS or type(m) is not getattr(nn, name):
+            return None
+        node: dict = {"type": name}
+        if name == "Sequential":
+            children = [tree(c, depth + 1) for c in m]
+            if any(c is None for c in children):
+                return None
+            node["layers"] = children
+            return node
+        for arg in LAYERS[name]:
+            value = getattr(m, arg)
+            if arg == "bias" and not isinstance(value, bool):
+                value = value is not None
+            if arg == "elementwise_affine":
+                value = bool(value)
+            node[arg] = list(value) if isinstance(value, tuple) else value
+        return node
+
+    try:
+        out = tree(net, 0)
+        if out is None:
+            return None
+        with torch.device("meta"):         # a round trip that allocates nothing and draws no random numbers
+            rebuilt = build_modules(out)
+    except (CnnkitError, TypeError, ValueError, AttributeError):
+        return None
+    same = repr(rebuilt) == repr(net) and [(k, v.shape) for k, v in rebuilt.state_dict().items()] == \
+        [(k, v.shape) for k, v in net.state_dict().items()]
+    return out if same else None
+
+
+# ----------------------------------------------------------------------------- building
+
+def build_modules(tree: dict) -> nn.Module:
+    """Rebuild what :func:`describe_modules` wrote; anything outside :data:`LAYERS` is refused."""
+    count = [0]
+
+    def build(node, depth: int) -> nn.Module:
+        count[0] += 1
+        if depth > _MAX_DEPTH or count[0] > _MAX_LAYERS:
+            raise CnnkitError(f"the network tree is deeper than {_MAX_DEPTH} or has more than "
+                              f"{_MAX_LAYERS} layers")
+        if not isinstance(node, dict) or node.get("type") not in LAYERS:
+            kind = node.get("type") if isinstance(node, dict) else type(node).__name__
+            raise CnnkitError(f"layer type {str(kind)[:60]!r} is not one of the plain torch.nn layers "
+                              "a checkpoint may name")
+        name = node["type"]
+        if name == "Sequential":
+            layers = node.get("layers")
+            if not isinstance(layers, list):
+                raise CnnkitError("a Sequential needs a list of 'layers'")
+            return nn.Sequential(*[build(c, depth + 1) for c in layers])
+        args = {}
+        for arg in LAYERS[name]:
+            if arg not in node:
+                raise CnnkitError(f"{name} lacks its argument {arg!r}")
+            value = node[arg]
+            if not isinstance(value, (int, float, str, bool, list)) or (
+                    isinstance(value, list) and not all(isinstance(v, int) and not isinstance(v, bool)
+                                                        for v in value)):
+                raise CnnkitError(f"{name} argument {arg}={str(value)[:40]!r} is not a number, flag or word")
+            args[arg] = tuple(value) if isinstance(value, list) else value
+        try:
+            return getattr(nn, name)(**args)
+        except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+            raise CnnkitError(f"{name}({', '.join(f'{k}={v!r}' for k, v in args.items())}): {exc}") from None
+
+    return build(tree, 0)
+
+
+def legacy(model: str) -> dict:
+    """The description of a checkpoint written before ``"network"`` existed (model string only)."""
+    if ".py:" in model:
+        return {"kind": "factory", "factory": model}
+    if model.endswith((".yaml", ".yml", ".json")):
+        return {"kind": "spec_file", "path": model}      # a spec file is data: read, never run
+    return {"kind": "zoo", "name": model}
+
+
+def build(network: dict, num_classes: int, in_channels: int, source: str,
+          trust_code: bool = False, factory: str | None = None,
+          input_size: tuple[int, ...] | None = None) -> nn.Module:
+    """An ``nn.Module`` from a ``"network"`` description (``source`` names the checkpoint in errors).
+
+    Sizes are checked on the meta device first: a network whose parameters would not fit in memory
+    is reported with its size, not allocated; one that does not run at ``input_size`` (C, H, W) is
+    refused before any weight is read.
+    """
+    if not isinstance(network, dict):
+        raise CnnkitError(f"{source}: the checkpoint's network description is not a mapping")
+    kind = network.get("kind")
+    if kind == "factory" or factory is not None:
+        return _from_factory(network, num_classes, in_channels, source, trust_code, factory)
+    if kind == "zoo":
+        from ..models import create_model, list_models
+
+        name = network.get("name")
+        if name not in list_models():
+            raise CnnkitError(f"{source}: the checkpoint names the model {str(name)[:60]!r}, which is not in "
+                              "the zoo (`cnnkit zoo` lists them)")
+        make = lambda: create_model(name, num_classes=num_classes, in_channels=in_channels)  # noqa: E731
+    elif kind in ("spec", "spec_file"):
+        from ..analysis.spec import build_from_spec
+
+        spec = network.get("spec") if kind == "spec" else network.get("path")
+        if kind == "spec_file" and not Path(str(spec)).is_file():
+            raise CnnkitError(f"{source}: the network's spec file {spec} is gone; this checkpoint (from an "
+                              "older cnnkit) stored only its path: restore the file or retrain")
+        make = lambda: build_from_spec(spec, logits=True)[0]  # noqa: E731
+    elif kind == "modules":
+        make = lambda: build_modules(network.get("tree"))  # noqa: E731
+    else:
+        raise CnnkitError(f"{source}: unknown network kind {str(kind)[:40]!r}; expected zoo, spec or modules")
+    return _sized(make, source, input_size)
+
+
+def _sized(make, source: str, input_size: tuple[int, ...] | None) -> nn.Module:
+    """Build on the meta device first: its size checked against memory, one forward at ``input_size``."""
+    with torch.device("meta"):
+        probe = make()
+    nbytes = sum(t.numel() * t.element_size() for t in (*probe.parameters(), *probe.buffers()))
+    check_fits(nbytes, f"the network of {source}")
+    if input_size is not None:
+        try:
+            with torch.no_grad():
+                probe.eval()(torch.empty(1, *input_size, device="meta"))
+        except Exception as exc:  # noqa: BLE001 -- any failure: the description does not fit its input
+            text = " ".join(str(exc).split())[:160] or type(exc).__name__
+            raise CnnkitError(f"{source}: its network does not run on its own input size "
+                              f"{'x'.join(map(str, input_size))} ({text}); the file is damaged or was edited") from None
+    return make()
+
+
+def _from_factory(network: dict, num_classes: int, in_channels: int, source: str, trust_code: bool,
+                  factory: str | None) -> nn.Module:
+    stored = str(network.get("factory", "a Python file"))[:200]
+    if not trust_code:
+        raise CnnkitError(f"{source}: its network is built by Python code ({stored}); loading it would run "
+                          f"that code, so it is not loaded: {TRUST_HINT}")
+    if factory is None or ".py:" not in factory:
+        raise CnnkitError(f"trust_code=True needs factory='FILE.py:FN' (CLI: --trust-code FILE.py:FN): the "
+                          f"file to run is the one you name, never the checkpoint's ({stored})")
+    from ..analysis.target import load_factory
+
+    path, _, fn = factory.rpartition(":")
+    return load_factory(Path(path), fn, num_classes=num_classes, in_channels=in_channels)
