@@ -172,9 +172,10 @@ def save_model(path, model: Classifier, info: dict) -> None:
     """Write a Classifier's weights + ``info`` (JSON) to ``path`` atomically.
 
     ``info["network"]`` (added from ``info["model"]`` when absent) describes the network as data,
-    so that :func:`load` never has to run code (:mod:`cnnkit.train.network`).
+    so that :func:`load` never has to run code (:mod:`cnnkit.train.network`). A task's module that
+    is not a classifier (no ``info["model"]``) is stored as its task describes it.
     """
-    if "network" not in info:
+    if "network" not in info and "model" in info:
         info = {**info, "network": netdesc.describe(info["model"], model.net)}
     data = st_save(_tensors(model.state_dict()), metadata={"cnnkit": json.dumps(info)})
     atomic_write_bytes(path, data)
