@@ -27,6 +27,7 @@ import torch.nn as nn
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from ..console import console as make_console
 from ..errors import CnnkitError
 from ..train import checkpoint as ckpt
 from .distributed import Dist, all_sum, distributed, shard_batch
@@ -60,7 +61,7 @@ def fit(task: Task, model: nn.Module, data: Data, plan: Plan, out=None, *, resum
     out = Path(out) if out is not None else None
     config = json.loads(json.dumps(config or {}))
     with (contextlib.nullcontext(dist) if dist is not None else distributed(device)) as d:
-        console = Console(quiet=quiet or not d.main)
+        console = make_console(quiet=quiet or not d.main)
         model.to(d.device)
         if not quiet and d.main:
             console.print(task.summary(model))

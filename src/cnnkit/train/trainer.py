@@ -18,7 +18,6 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
-from rich.console import Console
 
 from .. import engine
 from ..console import console as make_console
