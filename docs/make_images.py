@@ -1,10 +1,13 @@
 """Make the README's example figures in docs/images/ (about 15 s on one CPU core).
 
     python docs/make_images.py [--data-dir DIR]   # DIR holds mnist/ (default: $CNNKIT_DATA or ../shared/data)
+    python docs/make_images.py --finetuned RUN    # also: Grad-CAM of a bee by a fine-tuned hymenoptera run
 
 A small bias-free global-average-pooling CNN is trained for two epochs on 6,000 MNIST digits (the
 same recipe as tests/test_explain.py), then: Grad-CAM on digits pasted on an 84x84 canvas, the feature
-maps of one digit, filter patterns of its second convolution, and the training curves.
+maps of one digit, filter patterns of its second convolution, and the training curves. With
+``--finetuned RUN`` (``cnnkit finetune --model efficientnet_lite0 --weights imagenet --data
+hymenoptera --out RUN``): Grad-CAM of the run's network on a hymenoptera/val bee photo.
 """
 
 import argparse
@@ -34,7 +37,10 @@ def main() -> None:
     default = os.environ.get("CNNKIT_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=default)
+    parser.add_argument("--finetuned", help="a fine-tuned hymenoptera run: draw its Grad-CAM of a bee")
     args = parser.parse_args()
+    if args.finetuned:
+        return finetuned_gradcam(args.finetuned, Path(args.data_dir))
     torch.set_num_threads(1)
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
@@ -80,6 +86,26 @@ def main() -> None:
     plots.pattern_grid(patterns, OUT / "filter_patterns.png", channels=range(16), layer="layer 4 (ReLU of conv 2)")
     for f in sorted(OUT.glob("*.png")):
         print(f"{f.relative_to(OUT.parent.parent)}  {f.stat().st_size // 1024} KB")
+
+
+def finetuned_gradcam(run: str, data: Path) -> None:
+    """Grad-CAM (at the last ReLU6, 7x7) of a fine-tuned run on one hymenoptera/val bee photo."""
+    import cnnkit
+    from cnnkit.explain.hooks import default_cam_layer
+    from cnnkit.transfer.preprocess import Preprocess, load_photo
+
+    model = cnnkit.load(run)
+    model.tta = ""
+    photo = sorted((data / "hymenoptera" / "val" / "bees").glob("*.jpg"))[3]
+    x = load_photo(photo, Preprocess(tuple(model.input_size), (0.5,) * 3, (0.5,) * 3, 0.875, "bicubic"))
+    layer = default_cam_layer(model, x[None])
+    heat, cls = grad_cam(model, x, None, layer)
+    with torch.no_grad():
+        p = float(model(x[None]).softmax(1)[0, cls])
+    path = OUT / "gradcam_bee_finetuned.png"
+    plots.heatmap_overlay(x, heat, path, label="Grad-CAM", title=f"Fine-tuned efficientnet_lite0: "
+                          f"{model.classes[cls]!r} p={p:.2f}, Grad-CAM at {layer[4:]} ({photo.name})")
+    print(f"{path.relative_to(OUT.parent.parent)}  {path.stat().st_size // 1024} KB")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import torch.nn as nn
 from ..layers import Conv2dSame, ConvNormAct, SqueezeExcite, make_divisible
 from ._common import Classifier, check_args
 from ._registry import register_model
+from .mobilenet_v2 import init_weights
 
 
 @dataclass(frozen=True)
@@ -122,16 +123,9 @@ class EfficientNet(Classifier):
         self.num_features = 4 * channels
         layers.append(ConvNormAct(channels, self.num_features, 1, act_layer=nn.SiLU))
         self.features = nn.Sequential(*layers)  # (B, C, H, W) -> (B, num_features, H/32, W/32)
+        init_weights(self)  # torchvision's, before the classifier exists (its Linear init differs)
         self.num_classes = num_classes
         self.classifier = nn.Sequential(nn.Dropout(dropout, inplace=True), _linear(self.num_features, num_classes))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
