@@ -52,7 +52,9 @@ def open_image(data: bytes, limits: Limits):
         with Image.open(io.BytesIO(data)) as probe:  # reads the header only
             fmt, (w, h) = probe.format, probe.size
             frames = getattr(probe, "n_frames", 1)
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+    except Image.DecompressionBombError as exc:  # Pillow's own bound, far above ours
+        raise Refused(f"the image is refused as a decompression bomb ({exc})", 413) from None
+    except (UnidentifiedImageError, OSError):
         raise Refused("the file is not an image that can be read; upload a PNG or JPEG", 415) from None
     if fmt not in IMAGE_FORMATS:
         raise Refused(f"{fmt} images are not accepted; upload a PNG or JPEG", 415)

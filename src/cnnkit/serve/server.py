@@ -194,6 +194,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def host_warning(host: str) -> str | None:
+    """The warning printed when the workbench listens beyond this machine, else None."""
+    if is_loopback(host):
+        return None
+    return (f"warning: listening on {host}: anyone who can reach this machine can use the workbench "
+            "(analyses, uploads, your runs). Use the default --host 127.0.0.1 unless you mean it.")
+
+
 def make_server(runs=None, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None):
     """A ready (not yet serving) server; ``port=0`` picks a free port (``server.server_address``)."""
     app = Workbench(runs, limits)
@@ -214,10 +222,9 @@ def serve(runs=None, host: str = "127.0.0.1", port: int = 8000) -> None:
     if runs is not None and not Path(runs).is_dir():
         raise CnnkitError(f"--runs {runs}: no such folder; give the folder that holds your run folders")
     server = make_server(runs, host, port)
-    if not is_loopback(host):
-        print(f"warning: listening on {host}: anyone who can reach this machine can use the workbench "
-              "(analyses, uploads, your runs). Use the default --host 127.0.0.1 unless you mean it.",
-              file=sys.stderr)
+    warning = host_warning(host)
+    if warning:
+        print(warning, file=sys.stderr)
     print(f"cnnkit workbench on http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:"
           f"{server.server_address[1]}/  (runs: {server.app.runs.root or 'none'}; Ctrl-C stops)")
     try:

@@ -70,9 +70,10 @@ function draw(res) {
 
 let pending = 0;
 async function update() {
-  const ticket = ++pending;
+  const ticket = ++pending, req = request();
+  const settled = () => { document.body.dataset.drawn = JSON.stringify(req); document.body.dataset.done = String(+(document.body.dataset.done || 0) + 1); };
   try {
-    const res = await ck.api("/api/conv", request());
+    const res = await ck.api("/api/conv", req);
     if (ticket !== pending) return;
     $("conv-error").replaceChildren();
     $("out-size").textContent = res.output.join(" x ");
@@ -80,13 +81,13 @@ async function update() {
       text: `${res.dims.length === 2 ? ["H", "W"][k] : "L"}: pad ${d.pad_before} before, ${d.pad_after} after; ${d.formula}` })));
     $("rule").textContent = res.rule;
     draw(res);
-    document.body.dataset.done = String(+(document.body.dataset.done || 0) + 1);
+    settled();
   } catch (e) {
     if (ticket !== pending) return;
     $("out-size").textContent = "-";
     $("grids").replaceChildren();
     ck.showError($("conv-error"), e.message);
-    document.body.dataset.done = String(+(document.body.dataset.done || 0) + 1);
+    settled();
   }
 }
 
