@@ -384,7 +384,7 @@ def test_predict_a_zoo_model_and_explanations(api, tmp_path):
 
 @pytest.mark.parametrize("fields,files,status,words", [
     ({"model": "mnist_a"}, {"file": ("bomb.png", bomb_png())}, 413, "decompression"),
-    ({"model": "mnist_a"}, {"file": ("bomb.png", bomb_png(5000, 4000))}, 413, "20,000,000 pixels"),
+    ({"model": "mnist_a"}, {"file": ("bomb.png", bomb_png(5000, 4000))}, 413, "5,000 x 4,000 pixels"),
     ({"model": "mnist_a"}, {"file": ("x.png", b"not an image at all")}, 415, "not an image"),
     ({"model": "mnist_a"}, {}, 400, "no image"),
     ({"model": "../mnist_a"}, {"file": ("d.png", None)}, 404, "no run or zoo model"),
