@@ -99,8 +99,8 @@ function renderTimeline(tl) {
   box.append(svg);
   box.append(ck.el("div", { class: "legend" }, ...cats.map((c) => ck.el("span", { style: `--c:${CAT_COLORS[CATS.indexOf(c)] || "#999"}`, text: c }))));
   const tip = (() => { const t = ck.el("div", { class: "tip" }); box.append(t); return t; })();
-  const xs = pts.map((p) => sx(p.index));
-  let last = -1;
+  const xs = pts.map((p) => sx(p.index)), boxW = box.clientWidth;
+  let last = -1, tipW = 0;
   svg.addEventListener("mousemove", (ev) => {
     const r = svg.getBoundingClientRect(), x = (ev.clientX - r.left) * W / r.width;
     let lo = 0, hi = xs.length - 1;              // binary search: smooth for any number of points
@@ -114,13 +114,14 @@ function renderTimeline(tl) {
         .map(([k, v]) => `${ck.esc(k)}: ${ck.bytes(v)}`).join("<br>");
       tip.innerHTML = `<b>op ${p.index}: ${ck.esc(p.op)}</b> (${p.phase}${p.layer ? ", " + ck.esc(p.layer) : ""})<br>` +
         `live ${ck.bytes(p.total)}${p.index === pk.index ? " — the peak" : ""}<br>${rows}`;
+      tip.style.display = "block";
+      tipW = tip.offsetWidth;  // measured once per op shown, not on every move
     }
     cursor.setAttribute("visibility", "visible");
-    tip.style.display = "block";
-    tip.style.left = `${Math.max(0, Math.min(ev.clientX - r.left + 12, box.clientWidth - tip.offsetWidth))}px`;
+    tip.style.left = `${Math.max(0, Math.min(ev.clientX - r.left + 12, boxW - tipW))}px`;
     tip.style.top = `${ev.clientY - r.top + 12}px`;
   });
-  svg.addEventListener("mouseleave", () => { tip.style.display = "none"; cursor.setAttribute("visibility", "hidden"); });
+  svg.addEventListener("mouseleave", () => { tip.style.display = "none"; last = -1; cursor.setAttribute("visibility", "hidden"); });
   const where = pk.op ? `during ${pk.phase} op ${pk.op}${pk.layer ? " in " + pk.layer : ""} (op ${pk.index})` : "before the step";
   $("peak").replaceChildren(ck.el("p", { id: "peak-text", text: `Peak ${ck.int(pk.bytes)} B (${ck.bytes(pk.bytes)}) ${where}; live then:` }),
     ck.el("table", {}, ...Object.entries(pk.breakdown).sort((a, b) => b[1] - a[1]).map(([k, v]) =>
