@@ -96,6 +96,8 @@ def main() -> int:
 
 def shots(browser, base, page, out: Path, args) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    box = page.locator("#peak-line").bounding_box()  # point at the peak: its tooltip names what is live
+    page.mouse.move(box["x"] + 1, box["y"] + 120)
     page.screenshot(path=out / "serve_analyse.png")  # the analyse page as loaded above, 1280x800
     page.goto(f"{base}/conv")
     page.wait_for_selector("body[data-done]")
@@ -125,7 +127,7 @@ def shots(browser, base, page, out: Path, args) -> None:
     phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, device_scale_factor=1)
     phone.goto(f"{base}/analyse?model=keras_mnist_convnet&batch=32&run=1")
     phone.wait_for_selector("body[data-rendered]")
-    phone.evaluate("() => document.getElementById('timeline').scrollIntoView()")
+    phone.evaluate("() => document.getElementById('an-out').scrollIntoView()")
     phone.screenshot(path=out / "serve_phone.png")
     print(f"screenshots in {out}")
 

@@ -345,6 +345,16 @@ def test_run_figures_only_by_name(api, file):
     assert status == 404
 
 
+def test_plot_a_run_then_serve_its_figure(api, runs_root):
+    status, res = api.json("/api/runs/plot", {"run": "group/mnist_b"})
+    assert status == 200 and res["figures"][0] == "curves.png"
+    assert (runs_root / "group" / "mnist_b" / "curves.png").is_file()
+    assert any("curves only" in n for n in res["notes"])  # its dataset is not where the run says
+    status, ctype, raw = api.request("/api/runs/figure?run=group/mnist_b&file=curves.png")
+    assert status == 200 and ctype == "image/png" and raw[:8] == b"\x89PNG\r\n\x1a\n"
+    assert api.json("/api/runs/plot", {"run": "../group/mnist_b"})[0] == 404
+
+
 # ----------------------------------------------------------------------------- predict
 
 def test_predict_gives_the_runs_prediction_and_a_gradcam_png(api, runs_root, tmp_path, monkeypatch):
@@ -369,6 +379,7 @@ def test_predict_gives_the_runs_prediction_and_a_gradcam_png(api, runs_root, tmp
     assert [t["probability"] for t in res["top"]] == pytest.approx([p for _, p in want], abs=1e-5)
     cam = Image.open(io.BytesIO(base64.b64decode(res["gradcam_png"])))
     assert cam.format == "PNG" and cam.size[0] > 300
+    assert res["layers"] == ["features.0.0", "features.1.0", "features.2.0"] and res["layer"].startswith("features.2.")
 
 
 def test_predict_a_zoo_model_and_explanations(api, tmp_path):

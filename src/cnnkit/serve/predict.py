@@ -78,6 +78,7 @@ class Models:
         self.size = size
         self._cache: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
+        self.busy = threading.Lock()  # one explanation at a time: their hooks go on shared modules
 
     def get(self, name):
         from ..explain.target import load_explainable
@@ -143,27 +144,41 @@ def predict(models: Models, fields: dict, limits: Limits) -> dict:
     open_image(data, limits)
     target, kind = models.get(fields.get("model"))
     x = _image_tensor(target, data)
-    top = top_classes(target, x)
-    layer = default_cam_layer(target.model, x[None])
-    heat, cls = grad_cam(target.model, x, top[0]["class"], layer)
+    with models.busy:
+        top = top_classes(target, x)
+        layer = default_cam_layer(target.model, x[None])
+        heat, cls = grad_cam(target.model, x, top[0]["class"], layer)
     fig = plots.heatmap_overlay(x, heat, label="Grad-CAM",
                                 title=f"Grad-CAM for class {top[0]['name']} at {target.user_name(layer)}")
     return {"model": fields.get("model"), "kind": kind, "top": top, "layer": target.user_name(layer),
-            "gradcam_png": _png(fig), "input_size": list(target.input_size)}
+            "gradcam_png": _png(fig), "input_size": list(target.input_size), "layers": conv_layers(target)}
+
+
+def conv_layers(target) -> list[str]:
+    """The convolutions of the network, by the names users give (for the page's layer menu)."""
+    from ..explain import layer_names
+    from ..explain.hooks import is_conv
+
+    return [n for n in layer_names(target.net) if is_conv(target.net.get_submodule(n))]
 
 
 def explain(models: Models, fields: dict, limits: Limits) -> dict:
-    """One of saliency, feature maps, filters, filter patterns (``method``) for the upload."""
-    from .. import plots
-    from ..explain import feature_maps, filter_patterns, filters, grad_cam, layer_names, saliency
-    from ..explain.hooks import default_cam_layer, is_conv
-
+    """One of saliency, feature maps, filters, filter patterns, Grad-CAM (``method``) for the upload."""
     method = fields.get("method", "saliency")
     if method not in METHODS:
         raise Refused(f"method must be one of {', '.join(METHODS)}; received: {method!r}")
-    data = fields.get("file")
     target, _ = models.get(fields.get("model"))
-    convs = [n for n in layer_names(target.net) if is_conv(target.net.get_submodule(n))]
+    with models.busy:
+        return _explain(target, method, fields, limits)
+
+
+def _explain(target, method: str, fields: dict, limits: Limits) -> dict:
+    from .. import plots
+    from ..explain import feature_maps, filter_patterns, filters, grad_cam, saliency
+    from ..explain.hooks import default_cam_layer
+
+    data = fields.get("file")
+    convs = conv_layers(target)
     layer = fields.get("layer") or None
     layer = target.layer(layer) if layer else None
     out = {"method": method, "layers": convs}
@@ -171,7 +186,8 @@ def explain(models: Models, fields: dict, limits: Limits) -> dict:
         name = target.user_name(layer) if layer else (convs[0] if convs else None)
         if name is None:
             raise Refused("the model has no convolution: name a layer")
-        out["png"] = _png(plots.filter_grid(filters(target.net, name), title=f"Filters of {name}"))
+        out["png"] = _png(plots.filter_grid(filters(target.net, name), max_filters=32, max_inputs=4,
+                                                title=f"Filters of {name}"))
         out["layer"] = name
         return out
     if method == "patterns":

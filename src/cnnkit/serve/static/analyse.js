@@ -64,7 +64,7 @@ function renderTimeline(tl) {
   const pts = tl.points, n = tl.ops;
   $("tl-note").textContent = `${ck.int(n)} ops through forward, loss, backward and the optimizer step; ` +
     `${pts.length < n ? `${ck.int(pts.length)} drawn (each stretch's highest and lowest op, the peak always)` : "every op drawn"}.`;
-  const W = Math.max(box.clientWidth || 700, 280), H = 260, L = 60, R = 10, T = 14, B = 24;
+  const W = Math.max(box.clientWidth || 700, 280), H = 260, L = 68, R = 10, T = 14, B = 24;
   const max = tl.peak.bytes * 1.06 || 1;
   const sx = (i) => L + (W - L - R) * i / Math.max(n - 1, 1), sy = (v) => T + (H - T - B) * (1 - v / max);
   const svg = ck.svg("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img", id: "timeline-svg" });

@@ -41,6 +41,7 @@ async function predictNow(ev) {
     $("pr-note").textContent = `${r.model} (${r.kind}), input ${r.input_size.join("x")}; Grad-CAM at layer ${r.layer}`;
     $("cam").replaceChildren(ck.el("img", { class: "result", id: "cam-img", alt: "Grad-CAM", src: `data:image/png;base64,${r.gradcam_png}` }));
     $("ex-go").disabled = false;
+    fillLayers(r.layers);
     document.body.dataset.predicted = r.top[0].name;
   } catch (e) {
     ck.showError($("pr-error"), e.message);
@@ -48,6 +49,12 @@ async function predictNow(ev) {
   } finally {
     $("pr-go").disabled = false;
   }
+}
+
+function fillLayers(layers) {
+  const keep = $("layer").value;
+  $("layer").replaceChildren(ck.el("option", { value: "", text: "default" }), ...layers.map((n) => ck.el("option", { value: n, text: n })));
+  $("layer").value = layers.includes(keep) ? keep : "";
 }
 
 async function explainNow(ev) {
@@ -58,9 +65,7 @@ async function explainNow(ev) {
   $("ex-go").disabled = true;
   try {
     const r = await ck.api("/api/explain", f);
-    const keep = $("layer").value;
-    $("layer").replaceChildren(ck.el("option", { value: "", text: "default" }), ...r.layers.map((n) => ck.el("option", { value: n, text: n })));
-    $("layer").value = keep;
+    fillLayers(r.layers);
     $("ex-title").textContent = `${$("method").selectedOptions[0].text}${r.layer ? " of " + r.layer : ""}`;
     $("ex-out").replaceChildren(ck.el("img", { class: "result", id: "ex-img", alt: r.method, src: `data:image/png;base64,${r.png}` }));
   } catch (e) {
