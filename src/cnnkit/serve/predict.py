@@ -18,6 +18,7 @@ from email.policy import HTTP
 
 import torch
 
+from ..errors import CnnkitError
 from .limits import Limits, Refused
 
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
@@ -186,7 +187,7 @@ def _explain(target, method: str, fields: dict, limits: Limits) -> dict:
         name = target.user_name(layer) if layer else (convs[0] if convs else None)
         if name is None:
             raise Refused("the model has no convolution: name a layer")
-        out["png"] = _png(plots.filter_grid(filters(target.net, name), max_filters=32, max_inputs=4,
+        out["png"] = _png(plots.filter_grid(filters(target.net, name), max_filters=16, max_inputs=4,
                                                 title=f"Filters of {name}"))
         out["layer"] = name
         return out
@@ -195,8 +196,11 @@ def _explain(target, method: str, fields: dict, limits: Limits) -> dict:
             raise Refused("the model has no convolution: name a layer")
         name = layer or target.prefix + convs[-1]
         c, h, w = target.input_size
-        pats = filter_patterns(target.model, name, channels=list(range(8)) if not layer else None,
-                               size=(min(h, 64), min(w, 64)), steps=20)
+        size = (min(h, 64), min(w, 64))
+        try:  # the first 8 filters (a layer with fewer: all of them)
+            pats = filter_patterns(target.model, name, channels=list(range(8)), size=size, steps=20)
+        except CnnkitError:
+            pats = filter_patterns(target.model, name, size=size, steps=20)
         out["png"] = _png(plots.pattern_grid(pats, layer=target.user_name(name)))
         out["layer"] = target.user_name(name)
         return out
@@ -209,7 +213,8 @@ def _explain(target, method: str, fields: dict, limits: Limits) -> dict:
         if name is None:
             raise Refused("the model has no convolution: name a layer")
         maps = feature_maps(target.model, x, [name])
-        out["png"] = _png(plots.feature_map_grid({target.user_name(k): v for k, v in maps.items()}))
+        out["png"] = _png(plots.feature_map_grid({target.user_name(k): v for k, v in maps.items()},
+                                                  max_channels=16, cols=8))
         out["layer"] = target.user_name(name)
     elif method == "saliency":
         heat, cls = saliency(target.model, x)
