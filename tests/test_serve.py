@@ -429,13 +429,15 @@ def test_pages_and_static_files(api):
         assert status == 200 and ctype.startswith("text/html") and b"/static/common.js" in raw
     status, ctype, raw = api.request("/static/common.js")
     assert status == 200 and ctype.startswith("text/javascript")
-    for path in ("/static/../server.py", "/static/%2e%2e/server.py", "/static/nope.js", "/etc/passwd"):
+    for path in ("/static/../server.py", "/static/%2e%2e/server.py", "/static/nope.js", "/etc/passwd",
+                 "/static/layout.html", "/static/conv.part.html"):
         assert api.json(path)[0] == 404
-    status, ctype, _ = api.request("/conv")
     # nothing from outside: no CDN address in any page or script
-    for name in ("conv.html", "analyse.html", "runs.html", "predict.html", "common.js", "analyse.js",
-                 "conv.js", "runs.js", "predict.js", "style.css"):
-        text = api.request(f"/static/{name}")[2].decode()
+    for path in ("/conv", "/analyse", "/runs", "/predict", "/static/common.js", "/static/analyse.js",
+                 "/static/conv.js", "/static/runs.js", "/static/predict.js", "/static/style.css"):
+        status, _, raw = api.request(path)
+        text = raw.decode()
+        assert status == 200
         assert "http://" not in text.replace("http://www.w3.org/2000/svg", "") and "https://" not in text
 
 

@@ -10,6 +10,7 @@ from a page of another origin.
 
 from __future__ import annotations
 
+import html
 import ipaddress
 import json
 import sys
@@ -24,8 +25,9 @@ from .limits import Limits, Refused
 from .runs import Runs
 
 STATIC = Path(__file__).with_name("static")
-PAGES = {"/": "conv.html", "/conv": "conv.html", "/analyse": "analyse.html", "/runs": "runs.html",
-         "/predict": "predict.html"}
+# path -> (page: static/<page>.part.html is its content, static/<page>.js its script; title)
+PAGES = {"/conv": ("conv", "Convolution arithmetic"), "/analyse": ("analyse", "Analyse"),
+         "/runs": ("runs", "Runs"), "/predict": ("predict", "Predict & explain")}
 TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
          ".css": "text/css; charset=utf-8", ".png": "image/png"}
 CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
@@ -40,7 +42,13 @@ class Workbench:
         self.runs = Runs(runs)
         self.analyser = analyse.Analyser(self.limits)
         self.models = predict.Models(self.runs)
-        self.static = {p.name: p for p in STATIC.iterdir() if p.suffix in TYPES}  # what may be served
+        # what may be served: the scripts and the stylesheet, and the pages (one layout around each part)
+        self.static = {p.name: p for p in STATIC.iterdir() if p.suffix in (".js", ".css")}
+        layout = (STATIC / "layout.html").read_text()
+        self.pages = {path: layout.replace("{title}", html.escape(title)).replace("{page}", page)
+                      .replace("{main}", (STATIC / f"{page}.part.html").read_text()).encode()
+                      for path, (page, title) in PAGES.items()}
+        self.pages["/"] = self.pages["/conv"]
         L = self.limits
         self.get_routes = {
             "/api/runs": lambda q: {"root": str(self.runs.root) if self.runs.root else None,
@@ -136,9 +144,10 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         path = url.path
         app = self.app
-        if path in PAGES or path.startswith("/static/"):
-            name = PAGES.get(path) or path[len("/static/"):]
-            file = app.static.get(name)
+        if path in app.pages:
+            return self._send(200, app.pages[path], TYPES[".html"])
+        if path.startswith("/static/"):
+            file = app.static.get(path[len("/static/"):])
             if file is None:
                 raise Refused(f"no such file: {path}", 404)
             return self._send(200, file.read_bytes(), TYPES[file.suffix])
