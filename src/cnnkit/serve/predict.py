@@ -88,23 +88,21 @@ class Models:
         if not isinstance(name, str) or not name:
             raise Refused("name the model: a run from /api/runs or a zoo name")
         with self._lock:
-            if name in self._cache:
-                self._cache.move_to_end(name)
-                return self._cache[name]
-            listed = {r["name"] for r in self.runs.listing()} if self.runs.root else set()
-            if name in listed:
-                target = load_explainable(str(self.runs.checkpoint(name)))
+            if name in self.runs.names():
+                folder = self.runs.checkpoint(name)
+                key = (name, (folder / "model.safetensors").stat().st_mtime_ns)  # a run still training saves anew
                 kind = "run"
             elif name in list_models():
-                target = load_explainable(name)
-                kind = "zoo (random weights)"
+                folder, key, kind = None, (name, 0), "zoo (random weights)"
             else:
                 raise Refused(f"no run or zoo model named {name!r}: name one from /api/runs or "
                               "`cnnkit zoo list`", 404)
-            self._cache[name] = (target, kind)
-            while len(self._cache) > self.size:
-                self._cache.popitem(last=False)
-            return target, kind
+            if key not in self._cache:
+                self._cache[key] = (load_explainable(str(folder) if folder else name), kind)
+                while len(self._cache) > self.size:
+                    self._cache.popitem(last=False)
+            self._cache.move_to_end(key)
+            return self._cache[key]
 
 
 def _image_tensor(target, data: bytes) -> torch.Tensor:

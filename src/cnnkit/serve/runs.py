@@ -47,6 +47,9 @@ class Runs:
             frontier = nxt
         return found
 
+    def names(self) -> set[str]:
+        return set(self._scan())
+
     def folder(self, name) -> Path:
         """The folder of a listed run; a 404 for any other name."""
         if not isinstance(name, str) or not name:
