@@ -233,9 +233,9 @@ def serve(runs=None, host: str = "127.0.0.1", port: int = 8000) -> None:
     server = make_server(runs, host, port)
     warning = host_warning(host)
     if warning:
-        print(warning, file=sys.stderr)
+        print(warning, file=sys.stderr, flush=True)
     print(f"cnnkit workbench on http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:"
-          f"{server.server_address[1]}/  (runs: {server.app.runs.root or 'none'}; Ctrl-C stops)")
+          f"{server.server_address[1]}/  (runs: {server.app.runs.root or 'none'}; Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
     finally:
