@@ -11,6 +11,8 @@ from cnnkit.errors import CnnkitError
 from cnnkit.models import model_info
 
 _MIN_SIDE = {"alexnet": 63, "inception_v3": 75}  # the smallest input their strides and pools accept
+# zoo names whose reference has another name (timm's TF ports carry a "tf_" prefix)
+_REFERENCE_NAME = {f"efficientnet_lite{i}": f"tf_efficientnet_lite{i}" for i in range(5)}
 _BIG = 5_000_000  # parameters of one tensor above which the test skips its gradient (VGG's 25088x4096)
 
 
@@ -34,7 +36,7 @@ def _outputs(y) -> list[torch.Tensor]:
 def test_model(name, reference_state_dicts):
     model = create_model(name)
 
-    ref = reference_state_dicts.get(name)
+    ref = reference_state_dicts.get(_REFERENCE_NAME.get(name, name))
     if ref is not None:  # every key and shape of the reference implementation, and its parameter count
         ours = {k: list(v.shape) for k, v in model.state_dict().items()}
         assert ours == ref["state_dict"], f"{name}: state dict differs from {ref['source']}"
