@@ -62,16 +62,17 @@ def test_centreness_and_distances():
 def test_decode_recovers_boxes_and_suppresses_duplicates():
     pts, _ = grid_points([(4, 4)], [16])
     a = len(pts)
-    out = {"cls": torch.full((1, a, 2), -10.0), "ctr": torch.full((1, a), 10.0), "box": torch.ones(1, a, 4)}
+    out = {"cls": torch.full((1, a, 2), -10.0), "ctr": torch.full((1, a), 10.0), "box": torch.ones(1, a, 4),
+           "points": pts}
     # two neighbouring locations predict the same box of class 1: NMS keeps the better one
     for loc, logit in ((5, 4.0), (6, 2.0)):
         px, py = pts[loc].tolist()
         out["cls"][0, loc, 1] = logit
         out["box"][0, loc] = torch.tensor([px - 10, py - 12, 40 - px, 44 - py])
-    det = decode(out, pts, (64, 64))[0]
+    det = decode(out, (64, 64))[0]
     assert det["labels"].tolist() == [1] and det["boxes"][0].tolist() == pytest.approx([10, 12, 40, 44])
     assert det["scores"].item() == pytest.approx(float(torch.sigmoid(torch.tensor(4.0)) * torch.sigmoid(torch.tensor(10.0))) ** 0.5)
-    assert decode(out, pts, (64, 64), score_threshold=0.999)[0]["boxes"].shape == (0, 4)
+    assert decode(out, (64, 64), score_threshold=0.999)[0]["boxes"].shape == (0, 4)
 
 
 def test_loss_is_lower_for_the_right_answer_and_handles_no_boxes():
@@ -81,12 +82,12 @@ def test_loss_is_lower_for_the_right_answer_and_handles_no_boxes():
     pos = lab[0] >= 0
     good = {"cls": torch.where(pos[None, :, None], 5.0, -5.0).expand(1, 64, 1).clone(),
             "box": torch.stack([pts[:, 0] - 8, pts[:, 1] - 8, 40 - pts[:, 0], 48 - pts[:, 1]], -1)[None].clamp(min=1),
-            "ctr": torch.zeros(1, 64)}
-    bad = {"cls": torch.zeros(1, 64, 1), "box": torch.ones(1, 64, 4) * 3, "ctr": torch.zeros(1, 64)}
-    lg, lb = detection_loss(good, pts, lab, matched), detection_loss(bad, pts, lab, matched)
+            "ctr": torch.zeros(1, 64), "points": pts}
+    bad = {"cls": torch.zeros(1, 64, 1), "box": torch.ones(1, 64, 4) * 3, "ctr": torch.zeros(1, 64), "points": pts}
+    lg, lb = detection_loss(good, lab, matched), detection_loss(bad, lab, matched)
     assert lg["box"] < 1e-4 and lg["cls"] < lb["cls"] and lg["loss"] < lb["loss"]
     none, _ = assign_targets(pts, st, level_ranges(st, [8]), torch.zeros(1, 1, 4), torch.tensor([[-1]]))
-    ln = detection_loss(bad, pts, none, matched)
+    ln = detection_loss(bad, none, matched)
     assert ln["box"] == 0 and ln["loss"] > 0
 
 
@@ -141,7 +142,8 @@ def test_detector_on_a_zoo_pyramid():
     out = model(x)
     a = 8 * 12 + 4 * 6 + 2 * 3
     assert out["cls"].shape == (1, a, 3) and out["box"].shape == (1, a, 4) and out["ctr"].shape == (1, a)
-    assert model.points(x)[0].shape == (a, 2) and (out["box"] > 0).all()
+    assert out["points"].shape == (a, 2) and out["strides"].tolist() == [8] * 96 + [16] * 24 + [32] * 6
+    assert (out["box"] > 0).all()
 
 
 def test_localiser_fits_one_object_per_image():

@@ -81,12 +81,17 @@ def _nms_ref(boxes, scores, t):
 
 
 @pytest.mark.parametrize("t", [0.3, 0.5, 0.7])
-def test_nms_matches_greedy_reference(t):
+@pytest.mark.parametrize("block", [128, 7])
+def test_nms_matches_greedy_reference(t, block):
     g = torch.Generator().manual_seed(1)
     for trial in range(5):
         boxes = random_boxes(60, size=15.0, g=g)
         scores = torch.rand(60, generator=g, dtype=torch.float64)
-        assert nms(boxes, scores, t).tolist() == _nms_ref(boxes.tolist(), scores.tolist(), t)
+        ref = _nms_ref(boxes.tolist(), scores.tolist(), t)
+        assert nms(boxes, scores, t, block=block).tolist() == ref
+        assert nms(boxes, scores, t, max_keep=5, block=block).tolist() == ref[:5]
+    scores = torch.tensor([0.5, 0.9, 0.5, 0.5], dtype=torch.float64)         # ties: earlier index first
+    assert nms(random_boxes(4, size=100.0, g=g), scores, 0.99).tolist() == [1, 0, 2, 3]
 
 
 def test_nms_chain_and_empty():

@@ -177,13 +177,14 @@ def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float
     return (a_t * (1 - p_t) ** gamma * ce).sum()
 
 
-def detection_loss(out: dict[str, torch.Tensor], points: torch.Tensor, labels: torch.Tensor,
-                   matched: torch.Tensor) -> dict[str, torch.Tensor]:
+def detection_loss(out: dict[str, torch.Tensor], labels: torch.Tensor, matched: torch.Tensor
+                   ) -> dict[str, torch.Tensor]:
     """The detector's loss from its raw output and :func:`assign_targets`' result.
 
     Focal loss over all locations and classes / number of positives; GIoU loss on positives weighted
     by their centre-ness target (FCOS); centre-ness BCE on positives. Returns the parts and ``loss``.
     """
+    points = out["points"]
     pos = labels >= 0                                                          # (B, A)
     n_pos = pos.sum().clamp(min=1).float()
     onehot = torch.zeros_like(out["cls"])
@@ -201,7 +202,7 @@ def detection_loss(out: dict[str, torch.Tensor], points: torch.Tensor, labels: t
 
 
 @torch.no_grad()
-def decode(out: dict[str, torch.Tensor], points: torch.Tensor, image_size: tuple[int, int],
+def decode(out: dict[str, torch.Tensor], image_size: tuple[int, int],
            score_threshold: float = 0.05, nms_threshold: float = 0.6, top_k: int = 1000,
            max_detections: int = 100) -> list[dict[str, torch.Tensor]]:
     """Raw output -> per image {"boxes" (k, 4) xyxy pixels, "scores" (k,), "labels" (k,)}.
@@ -211,7 +212,7 @@ def decode(out: dict[str, torch.Tensor], points: torch.Tensor, image_size: tuple
     """
     h, w = image_size
     scores = (torch.sigmoid(out["cls"]) * torch.sigmoid(out["ctr"])[..., None]).sqrt()   # (B, A, C)
-    boxes = distances_to_boxes(points, out["box"])
+    boxes = distances_to_boxes(out["points"], out["box"])
     lim = torch.tensor([w, h, w, h], dtype=boxes.dtype, device=boxes.device)
     boxes = boxes.clamp(min=0).minimum(lim)
     results = []
@@ -223,7 +224,7 @@ def decode(out: dict[str, torch.Tensor], points: torch.Tensor, image_size: tuple
             keep = keep[flat[keep].topk(top_k).indices]
         s, loc, cls = flat[keep], keep // n_classes, keep % n_classes
         b = boxes[i, loc]
-        kept = batched_nms(b, s, cls, nms_threshold)[:max_detections]
+        kept = batched_nms(b, s, cls, nms_threshold, max_keep=max_detections)
         results.append({"boxes": b[kept], "scores": s[kept], "labels": cls[kept]})
     return results
 
@@ -239,7 +240,8 @@ class Detector(nn.Module):
         head_convs: 3x3 convs in the head's tower.
         mean, std: input normalisation (images come in as floats in [0, 1]).
     Input (B, C, H, W) in [0, 1]; output a dict of flattened maps over A = sum of H_i * W_i locations:
-    ``cls`` (B, A, num_classes) logits, ``box`` (B, A, 4) distances in pixels, ``ctr`` (B, A) logits.
+    ``cls`` (B, A, num_classes) logits, ``box`` (B, A, 4) distances in pixels, ``ctr`` (B, A) logits,
+    and where they are: ``points`` (A, 2) pixels, ``strides`` (A,) (see :func:`grid_points`).
     """
 
     def __init__(self, features: nn.Module, num_classes: int, width: int = 64, head_convs: int = 2,
@@ -253,29 +255,24 @@ class Detector(nn.Module):
         self.radius = radius
         self.neck = FPNLite(features.channels, width)
         self.head = DetectionHead(width, num_classes, len(self.strides), head_convs)
-        self._sizes: list[tuple[int, int]] = []
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         maps = self.neck(self.features(self.normalise(x)))
-        self._sizes = [tuple(m.shape[-2:]) for m in maps]
-        return self.head(maps, self.strides)
-
-    def points(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Locations of the last forward's predictions: (A, 2) pixels and (A,) strides."""
-        return grid_points(self._sizes, self.strides, x.device)
+        out = self.head(maps, self.strides)
+        out["points"], out["strides"] = grid_points([m.shape[-2:] for m in maps], self.strides, x.device)
+        return out
 
     def loss(self, x: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Images (B, C, H, W), padded targets (B, M, 4) and (B, M) -> the loss parts."""
         out = self(x)
-        points, strides = self.points(x)
-        assigned, matched = assign_targets(points, strides, level_ranges(strides, self.strides),
-                                           boxes, labels, self.radius)
-        return detection_loss(out, points, assigned, matched)
+        assigned, matched = assign_targets(out["points"], out["strides"],
+                                           level_ranges(out["strides"], self.strides), boxes, labels, self.radius)
+        return detection_loss(out, assigned, matched)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, **decode_args) -> list[dict[str, torch.Tensor]]:
-        out = self(x)
-        return decode(out, self.points(x)[0], tuple(x.shape[-2:]), **decode_args)
+        """Images (B, C, H, W) in [0, 1] -> per image boxes / scores / labels (see :func:`decode`)."""
+        return decode(self(x), tuple(x.shape[-2:]), **decode_args)
 
 
 def create_detector(backbone: str, num_classes: int, weights: str | None = None, in_channels: int = 3,

@@ -5,11 +5,12 @@ Every box tensor is (..., 4) float. Formats:
 height). Areas are ``(x2 - x1) * (y2 - y1)`` with no +1: pixel boxes are half-open [x1, x2).
 
 NMS is greedy NMS (keep the best box, drop every later box that overlaps a kept one by more than
-the threshold), computed without a Python loop per box: see :func:`nms`.
+the threshold), in blocks: see :func:`nms`.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..errors import CnnkitError
@@ -86,32 +87,52 @@ def generalized_box_iou_elementwise(a: torch.Tensor, b: torch.Tensor, eps: float
     return _giou(a, b, eps)
 
 
-def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, max_keep: int | None = None,
+        block: int = 128) -> torch.Tensor:
     """Greedy NMS: (N, 4) xyxy, (N,) scores -> int64 indices of the kept boxes, best score first.
 
     A box is kept when no *kept* box with a higher score overlaps it by IoU > ``iou_threshold``
-    (ties in score keep the earlier index first). Instead of one Python step per box, the kept set is
-    the fixed point of ``keep[i] = not any(keep[j] and S[j, i] for j < i)`` on the sorted boxes, with
-    ``S = triu(IoU > t)``; iterating from ``keep = all`` settles position i once every j < i has
-    settled, so it is exact and takes as many (N x N, vectorised) rounds as the longest chain of
-    suppressions, a handful in practice.
+    (ties in score keep the earlier index first). ``max_keep`` stops after that many (the same first
+    boxes as without it). The sorted boxes go in blocks of ``block``, as GPU NMS kernels do: inside a
+    block a short sequential pass over its small IoU matrix; then one vectorised IoU of the block's
+    kept boxes against every later box removes what they suppress. A suppressed box never gets an
+    IoU row of its own, so the work is about (kept boxes) x N, not N x N.
     """
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
     order = torch.sort(scores, descending=True, stable=True).indices
     b = boxes[order]
-    suppress = (box_iou(b, b) > iou_threshold).triu(diagonal=1).to(torch.float32)  # S[j, i], j < i
-    keep = torch.ones(len(b), dtype=torch.bool, device=b.device)
-    for _ in range(len(b)):
-        new = (keep.to(torch.float32) @ suppress) == 0                # no kept j < i suppresses i
-        if torch.equal(new, keep):
+    n = len(b)
+    alive = torch.ones(n, dtype=torch.bool, device=b.device)
+    kept: list[torch.Tensor] = []
+    count = 0
+    for start in range(0, n, block):
+        end = min(start + block, n)
+        idx = torch.nonzero(alive[start:end]).flatten() + start
+        if len(idx) == 0:
+            continue
+        over = (box_iou(b[idx], b[idx]) > iou_threshold).triu(diagonal=1).cpu().numpy()
+        gone = np.zeros(len(idx), dtype=bool)
+        local = []
+        for i in range(len(idx)):                        # greedy inside the block
+            if gone[i]:
+                continue
+            local.append(i)
+            gone |= over[i]
+            if max_keep is not None and count + len(local) >= max_keep:
+                break
+        k = idx[torch.tensor(local, device=idx.device)]
+        kept.append(k)
+        count += len(local)
+        if max_keep is not None and count >= max_keep:
             break
-        keep = new
-    return order[keep]
+        if end < n:                                      # what this block's kept boxes suppress later
+            alive[end:] &= ~(box_iou(b[k], b[end:]) > iou_threshold).any(0)
+    return order[torch.cat(kept)]
 
 
 def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor,
-                iou_threshold: float) -> torch.Tensor:
+                iou_threshold: float, max_keep: int | None = None) -> torch.Tensor:
     """Class-aware NMS: boxes only suppress boxes of the same group (class, or image * classes + class).
 
     Each group is moved to its own region of the plane (offset by group * (max coordinate + 1)), so one
@@ -121,4 +142,4 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor,
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
     span = boxes.max() - boxes.min() + 1
     shifted = boxes - boxes.min() + (groups.to(boxes.dtype) * span)[:, None]
-    return nms(shifted, scores, iou_threshold)
+    return nms(shifted, scores, iou_threshold, max_keep)
