@@ -201,6 +201,16 @@ def detection_loss(out: dict[str, torch.Tensor], labels: torch.Tensor, matched: 
     return {"loss": cls + box + ctr, "cls": cls, "box": box, "ctr": ctr}
 
 
+def detector_loss(out: dict[str, torch.Tensor], boxes: torch.Tensor, labels: torch.Tensor,
+                  radius: float = 1.5) -> dict[str, torch.Tensor]:
+    """:func:`assign_targets` + :func:`detection_loss` on a :class:`Detector`'s output (a free function,
+    so that a DDP-wrapped model's forward is what runs)."""
+    level_strides = sorted(set(out["strides"].tolist()))
+    assigned, matched = assign_targets(out["points"], out["strides"], level_ranges(out["strides"], level_strides),
+                                       boxes, labels, radius)
+    return detection_loss(out, assigned, matched)
+
+
 @torch.no_grad()
 def decode(out: dict[str, torch.Tensor], image_size: tuple[int, int],
            score_threshold: float = 0.05, nms_threshold: float = 0.6, top_k: int = 1000,
@@ -264,10 +274,7 @@ class Detector(nn.Module):
 
     def loss(self, x: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Images (B, C, H, W), padded targets (B, M, 4) and (B, M) -> the loss parts."""
-        out = self(x)
-        assigned, matched = assign_targets(out["points"], out["strides"],
-                                           level_ranges(out["strides"], self.strides), boxes, labels, self.radius)
-        return detection_loss(out, assigned, matched)
+        return detector_loss(self(x), boxes, labels, self.radius)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, **decode_args) -> list[dict[str, torch.Tensor]]:
