@@ -60,10 +60,12 @@ def register(subparsers) -> None:
     e.set_defaults(func=run_eval)
 
     q = subparsers.add_parser("predict", help="top classes of image files",
-                              description="Classify image files with a trained checkpoint.")
-    q.add_argument("checkpoint", help="run folder or .safetensors file")
+                              description="Classify image files with a trained checkpoint, or with a "
+                                          "zoo model's published ImageNet weights.")
+    q.add_argument("checkpoint", help="run folder, .safetensors file, or zoo name with ImageNet weights "
+                                      "(e.g. efficientnet_lite0)")
     q.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
-    q.add_argument("--top", type=int, default=3, help="classes shown per image (default: 3)")
+    q.add_argument("--top", type=int, help="classes shown per image (default: 3; 5 for a zoo model)")
     q.add_argument("--format", default="table", choices=["table", "json"])
     q.set_defaults(func=run_predict)
 
@@ -137,8 +139,17 @@ def run_predict(args) -> int:
     from ..train.checkpoint import load
     from ..train.predict import predict_files
 
-    model = load(args.checkpoint)
-    rows = predict_files(model, args.images, top=args.top)
+    loader = None
+    if not Path(args.checkpoint).exists() and "/" not in args.checkpoint and not args.checkpoint.endswith(".safetensors"):
+        from functools import partial
+
+        from ..transfer.preprocess import load_photo, pretrained_classifier
+
+        model = pretrained_classifier(args.checkpoint)  # a zoo name: its ImageNet weights and classes
+        loader, top = partial(load_photo, pre=model.preprocess), args.top or 5
+    else:
+        model, top = load(args.checkpoint), args.top or 3
+    rows = predict_files(model, args.images, top=top, loader=loader)
     if args.format == "json":
         print(json.dumps(rows))
         return 0

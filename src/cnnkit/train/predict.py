@@ -37,10 +37,12 @@ def load_image(path: str | Path, input_size: tuple[int, int, int], dark_backgrou
 
 
 @torch.no_grad()
-def predict_files(model: nn.Module, paths: list[str], top: int = 3) -> list[dict]:
-    """Top ``top`` (class, probability) pairs for each image file."""
+def predict_files(model: nn.Module, paths: list[str], top: int = 3, loader=None) -> list[dict]:
+    """Top ``top`` (class, probability) pairs for each image file; ``loader(path) -> (C, H, W)`` reads
+    one (default: :func:`load_image` at the model's input size)."""
     dark = bool(getattr(model, "info", {}).get("dataset", {}).get("dark_background", False))
-    x = torch.stack([load_image(p, model.input_size, dark) for p in paths])  # (N, C, H, W)
+    loader = loader or (lambda p: load_image(p, model.input_size, dark))
+    x = torch.stack([loader(p) for p in paths])  # (N, C, H, W)
     device = next(model.parameters()).device
     probs = model(x.to(device)).float().softmax(1).cpu()
     p, i = probs.topk(min(top, probs.shape[1]), dim=1)

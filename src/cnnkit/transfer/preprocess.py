@@ -24,6 +24,7 @@ class Preprocess:
     mean: tuple[float, ...]            # per channel, on [0, 1] pixels
     std: tuple[float, ...]
     crop_fraction: float = 0.875       # share of the resized image the centre crop keeps (256 -> 224)
+    interpolation: str = "bilinear"    # resampling of the resize: "bilinear" | "bicubic"
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -69,4 +70,30 @@ def preprocess_for(model_name: str, in_channels: int | None = None,
     else:
         mean, std = (0.5,) * c, (0.5,) * c
     crop = 0.875 if min(h, w) >= 64 else 1.0  # small inputs (MNIST-sized) are not centre-cropped
-    return Preprocess((c, h, w), mean, std, crop)
+    interpolation = "bilinear"
+    if c == 3 and model_name in PRETRAINED:
+        crop, interpolation = PRETRAINED[model_name].crop_fraction, PRETRAINED[model_name].interpolation
+    return Preprocess((c, h, w), mean, std, crop, interpolation)
+
+
+def load_photo(path, pre: Preprocess) -> torch.Tensor:
+    """An image file prepared as ``pre`` says (shorter side resized, centre crop): float (C, H, W) in [0, 1]."""
+    from ..data.imagefolder import decode_image
+
+    image = decode_image(path, pre.image_size, pre.input_size[0], "shorter", pre.crop_fraction,
+                         pre.interpolation)
+    return image.float() / 255
+
+
+def pretrained_classifier(model_name: str):
+    """Zoo model ``model_name`` with its published ImageNet weights, normalisation inside, and the
+    1,000 class names: float (N, 3, H, W) in [0, 1] -> logits, as ``cnnkit.load`` returns a run."""
+    from ..models import create_model
+    from ..models.weights import imagenet_classes
+    from ..train.checkpoint import Classifier
+
+    pre = preprocess_for(model_name)
+    net = create_model(model_name, weights="imagenet")
+    model = Classifier(net, pre.mean, pre.std, imagenet_classes(), pre.input_size).eval()
+    model.preprocess = pre
+    return model
