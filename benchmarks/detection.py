@@ -6,9 +6,14 @@ output 7x7, ``sampling_ratio=2`` (torchvision's MultiScaleRoIAlign default) and 
 Decode + NMS runs on a 384x384 image's raw detector output at strides 8/16/32 (3,024 locations),
 with 1 class (Penn-Fudan) and 10 classes (digit scenes) and the logits set so that ``top_k`` = 1000
 candidates reach NMS (the worst case decode allows). Times are medians of ``--repeats`` runs after
-a warm-up. Timed runs go under the shared lock, at normal priority::
+a warm-up. ``digits`` and ``pennfudan`` train the default recipe of ``cnnkit detect train`` (through
+the engine; flags override it) and print test AP and the time it took, then the inference time per
+image (the network, and decode + NMS, separately). Timed runs go under the shared lock, at normal
+priority::
 
     flock /tmp/cnnkit-bench.lock python benchmarks/detection.py ops [--threads 1 2]
+    flock /tmp/cnnkit-bench.lock python benchmarks/detection.py digits --data-dir ../shared/data [--epochs N]
+    flock /tmp/cnnkit-bench.lock python benchmarks/detection.py pennfudan --data-dir ../shared/data [--epochs N]
 """
 
 from __future__ import annotations
@@ -103,15 +108,54 @@ def ops(args) -> None:
     print("targets: RoIAlign < 50 ms, decode + NMS < 5 ms per image")
 
 
+def train_and_time(args) -> None:
+    import os
+
+    from cnnkit.models.detection import decode as decode_fn
+    from cnnkit.tasks.detect import DetectConfig, load_split_data, train
+
+    cfg = DetectConfig(data=args.what, data_dir=args.data_dir, epochs=args.epochs or 0,
+                       image_size=args.image_size or 0, backbone=args.backbone or "", threads=args.threads,
+                       scenes=tuple(args.scenes) if args.scenes else DetectConfig.scenes)
+    out = args.out or f"/tmp/cnnkit-bench-detect-{args.what}"
+    print(f"CPU: {cpu_name()} ({os.cpu_count()} cores), torch {torch.__version__}")
+    run, m = train(cfg, out, quiet=not args.progress)
+    cfg = cfg.resolved()
+    print(f"| {args.what} | {cfg.backbone} ({cfg.weights or 'scratch'}) | {cfg.image_size} | {cfg.epochs} | "
+          f"{run.seconds / 60:.1f} min | {m['AP']:.3f} | {m['AP50']:.3f} | {m['AP75']:.3f} | {m['AR100']:.3f} | "
+          f"{m['VOC_AP50']:.3f} |")
+    _, test_set, _ = load_split_data(cfg)
+    model = run.model.eval()
+    x = test_set.images[:8].float() / 255
+    with torch.no_grad():
+        net = median_ms(lambda: model(x[:1]), 10)
+        out_ = model(x[:1])
+        dec = median_ms(lambda: decode_fn(out_, tuple(x.shape[-2:])), 20)
+    print(f"inference per image at {cfg.image_size}x{cfg.image_size}: network {net:.1f} ms, decode + NMS {dec:.2f} ms "
+          f"({torch.get_num_threads()} threads)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
     p = sub.add_parser("ops", help="RoIAlign and decode + NMS timings")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--repeats", type=int, default=20)
+    for name in ("digits", "pennfudan"):
+        q = sub.add_parser(name, help=f"train the default {name} recipe, print test AP and times")
+        q.add_argument("--data-dir")
+        q.add_argument("--epochs", type=int)
+        q.add_argument("--image-size", type=int)
+        q.add_argument("--backbone")
+        q.add_argument("--scenes", type=int, nargs=2)
+        q.add_argument("--threads", type=int, default=0)
+        q.add_argument("--out")
+        q.add_argument("--progress", action="store_true")
     args = parser.parse_args()
     if args.what == "ops":
         ops(args)
+    else:
+        train_and_time(args)
 
 
 if __name__ == "__main__":
