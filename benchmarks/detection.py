@@ -114,8 +114,8 @@ def train_and_time(args) -> None:
     from cnnkit.models.detection import decode as decode_fn
     from cnnkit.tasks.detect import DetectConfig, load_split_data, train
 
-    cfg = DetectConfig(data=args.what, data_dir=args.data_dir, epochs=args.epochs or 0,
-                       image_size=args.image_size or 0, backbone=args.backbone or "", threads=args.threads,
+    cfg = DetectConfig(data=args.what, data_dir=args.data_dir, epochs=args.epochs,
+                       image_size=args.image_size, backbone=args.backbone or "", threads=args.threads,
                        scenes=tuple(args.scenes) if args.scenes else DetectConfig.scenes)
     out = args.out or f"/tmp/cnnkit-bench-detect-{args.what}"
     print(f"CPU: {cpu_name()} ({os.cpu_count()} cores), torch {torch.__version__}")

@@ -36,12 +36,12 @@ def _rois(boxes, dtype, device) -> torch.Tensor:
     """(K, 5) rois from a (K, 5) tensor or a list of per-image (L_i, 4) tensors."""
     if isinstance(boxes, (list, tuple)):
         parts = [torch.cat([torch.full((len(b), 1), float(i), dtype=dtype, device=device),
-                            b.to(dtype=dtype, device=device)], 1) for i, b in enumerate(boxes)]
+                            b.detach().to(dtype=dtype, device=device)], 1) for i, b in enumerate(boxes)]
         return torch.cat(parts) if parts else torch.zeros(0, 5, dtype=dtype, device=device)
     if boxes.dim() != 2 or boxes.shape[1] != 5:
         raise CnnkitError(f"boxes must be (K, 5) (batch index, x1, y1, x2, y2) or a list of (L, 4) "
                           f"tensors; received shape {tuple(boxes.shape)}")
-    return boxes.to(dtype=dtype, device=device)
+    return boxes.detach().to(dtype=dtype, device=device)       # no gradient to the boxes (as torchvision)
 
 
 def _pair(output_size) -> tuple[int, int]:
@@ -79,7 +79,7 @@ def roi_align(input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.
     """RoIAlign: input (N, C, H, W), boxes (K, 5) or list -> (K, C, out_h, out_w)."""
     n, ch, h, w = input.shape
     ph, pw = _pair(output_size)
-    rois = _rois(boxes, input.dtype, input.device).detach()
+    rois = _rois(boxes, input.dtype, input.device)
     k = len(rois)
     if k == 0:
         return input.new_zeros(0, ch, ph, pw)
@@ -134,7 +134,7 @@ def roi_pool(input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.0
     """RoIPool: input (N, C, H, W), boxes (K, 5) or list -> (K, C, out_h, out_w); empty bins are 0."""
     n, ch, h, w = input.shape
     ph, pw = _pair(output_size)
-    rois = _rois(boxes, input.dtype, input.device).detach()
+    rois = _rois(boxes, input.dtype, input.device)
     k = len(rois)
     if k == 0:
         return input.new_zeros(0, ch, ph, pw)

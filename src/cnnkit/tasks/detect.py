@@ -19,6 +19,7 @@ import torch.nn as nn
 from ..data.detection import Detections, colour_jitter, hflip, letterbox, pad_targets, scale_jitter
 from ..errors import CnnkitError
 from ..metrics.detection import coco_evaluate, voc_evaluate
+from .classify import _Batches  # an epoch's batches made one at a time (shared with classify)
 from ..models.detection import Detector, create_detector, decode, detector_loss
 
 
@@ -134,19 +135,6 @@ class DetectTask:
                 f"{params / 1e6:.2f} M parameters")
 
 
-class _Batches:
-    """An epoch's batches, made one at a time (augmentation draws happen in order)."""
-
-    def __init__(self, chunks, make):
-        self.chunks, self.make = chunks, make
-
-    def __len__(self) -> int:
-        return len(self.chunks)
-
-    def __iter__(self):
-        return (self.make(idx) for idx in self.chunks)
-
-
 @torch.no_grad()
 def predict_set(model: nn.Module, data: DetectionSet, batch_size: int = 16, **decode_args
                 ) -> list[dict[str, torch.Tensor]]:
@@ -231,7 +219,7 @@ class DetectConfig:
     # data
     data: str = "pennfudan"             # "pennfudan" | "digits" | PATH of a COCO JSON file or a YOLO folder
     data_dir: str | None = None         # folder holding pennfudan/ and mnist/ (else $CNNKIT_DATA)
-    image_size: int = 0                 # square side images are letterboxed to (0: 384 photos, 128 digits)
+    image_size: int | None = None       # square side images are letterboxed to (None: 384 photos, 128 digits)
     scenes: tuple[int, int] = (2000, 500)   # digits: train and test scenes
     subset: int = 0                     # train on the first N training images only (0 = all; smoke tests)
     # model
@@ -239,7 +227,7 @@ class DetectConfig:
     weights: str | None = "imagenet"    # backbone weights: "imagenet" | None | a path (digits: None)
     width: int = 64                     # channels of the FPN-lite neck and the head
     # optimisation (the field names cnnkit.train's optimizer and schedule read)
-    epochs: int = 0                     # passes over the training split (0: 24 photos, 8 digits)
+    epochs: int | None = None           # passes over the training split (None: 24 photos, 8 digits)
     batch_size: int = 8                 # global batch
     lr: float = 1e-3                    # peak learning rate
     optimizer: str = "adamw"            # "adamw" | "sgd" | "nadam"
@@ -258,10 +246,11 @@ class DetectConfig:
         from dataclasses import replace
 
         photos = self.data != "digits"
-        return replace(self, image_size=self.image_size or (384 if photos else 128),
+        return replace(self, image_size=self.image_size if self.image_size is not None else (384 if photos else 128),
                        backbone=self.backbone or ("efficientnet_lite0" if photos else "resnet18"),
                        weights=self.weights if photos else (None if self.weights == "imagenet" else self.weights),
-                       epochs=self.epochs or (24 if photos else 8), scenes=tuple(self.scenes))
+                       epochs=self.epochs if self.epochs is not None else (24 if photos else 8),
+                       scenes=tuple(self.scenes))
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
