@@ -1,0 +1,1 @@
+"""Evaluation metrics for the dense tasks (detection: COCO through pycocotools, and VOC AP)."""

@@ -1,0 +1,292 @@
+"""A single-stage anchor-free detector (FCOS-style) on any backbone's feature pyramid.
+
+FCOS: Tian et al., "FCOS: Fully Convolutional One-Stage Object Detection", ICCV 2019,
+https://arxiv.org/abs/1904.01355 (centre sampling and the GIoU box loss from its improved version,
+and YOLOX, https://arxiv.org/abs/2107.08430, which argues the same anchor-free grid for YOLO).
+
+Why anchor-free: each location of each stride predicts a class score, a centre-ness and its distances
+(l, t, r, b) to the four sides of the box it lies in. There are no anchor shapes to tune to a
+dataset, which matters on small data (Penn-Fudan's 120 training photos, digit scenes) where anchor
+statistics are unreliable, and one prediction per location (not 9 anchors) means ~9x fewer
+candidates to decode and NMS. Centre sampling (a location is positive only within ``radius`` strides
+of a box's centre) gives every box a few high-quality positives regardless of its aspect ratio.
+
+Pieces, each a small function tested on its own:
+``grid_points`` (the location of every prediction), ``assign_targets`` (which box each location
+learns), ``detection_loss`` (focal class loss + GIoU box loss + centre-ness BCE), ``decode``
+(scores, boxes, top-k, class-aware NMS). The module is backbone -> :class:`FPNLite` ->
+:class:`DetectionHead`; ``Detector.forward`` returns the raw maps flattened over all levels.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..ops import batched_nms, generalized_box_iou_elementwise
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Normalise(nn.Module):
+    """(x - mean) / std per channel, with mean and std as buffers (they travel in the state dict)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32)[None, :, None, None])
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32)[None, :, None, None])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def default_stats(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """ImageNet mean/std for RGB, 0.5/0.25 for anything else (grey digits)."""
+    return (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.5,) * channels, (0.25,) * channels)
+
+
+def _conv_gn(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.GroupNorm(min(32, cout // 4), cout),
+                         nn.ReLU(inplace=True))
+
+
+class FPNLite(nn.Module):
+    """1x1 laterals to ``width`` channels, a top-down sum (nearest upsampling), a 3x3 conv per level."""
+
+    def __init__(self, channels: Sequence[int], width: int):
+        super().__init__()
+        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in channels)
+        self.output = nn.ModuleList(_conv_gn(width, width) for _ in channels)
+
+    def forward(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        x = [lat(m) for lat, m in zip(self.lateral, maps)]            # (B, width, H_i, W_i)
+        for i in range(len(x) - 2, -1, -1):                           # coarse to fine
+            x[i] = x[i] + F.interpolate(x[i + 1], size=x[i].shape[-2:], mode="nearest")
+        return [out(m) for out, m in zip(self.output, x)]
+
+
+class DetectionHead(nn.Module):
+    """Shared across levels: a conv tower, then class logits (C), box distances (4), centre-ness (1).
+
+    Box distances are ``softplus(raw * scale_level) * stride`` pixels, scale one learnt number per level.
+    """
+
+    def __init__(self, width: int, num_classes: int, levels: int, convs: int = 2, prior: float = 0.01):
+        super().__init__()
+        self.tower = nn.Sequential(*[_conv_gn(width, width) for _ in range(convs)])
+        self.cls = nn.Conv2d(width, num_classes, 3, padding=1)
+        self.box = nn.Conv2d(width, 4, 3, padding=1)
+        self.ctr = nn.Conv2d(width, 1, 3, padding=1)
+        self.scales = nn.Parameter(torch.ones(levels))
+        nn.init.normal_(self.cls.weight, std=0.01)
+        nn.init.constant_(self.cls.bias, -math.log((1 - prior) / prior))   # focal loss's prior (RetinaNet)
+        for conv in (self.box, self.ctr):
+            nn.init.normal_(conv.weight, std=0.01)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, maps: list[torch.Tensor], strides: Sequence[int]) -> dict[str, torch.Tensor]:
+        cls, box, ctr = [], [], []
+        for i, (m, s) in enumerate(zip(maps, strides)):
+            t = self.tower(m)
+            cls.append(self.cls(t).flatten(2).transpose(1, 2))                 # (B, H_i*W_i, C)
+            dist = F.softplus(self.box(t) * self.scales[i]) * s
+            box.append(dist.flatten(2).transpose(1, 2))                        # (B, H_i*W_i, 4) l, t, r, b
+            ctr.append(self.ctr(t).flatten(1))                                 # (B, H_i*W_i)
+        return {"cls": torch.cat(cls, 1), "box": torch.cat(box, 1), "ctr": torch.cat(ctr, 1)}
+
+
+def grid_points(sizes: Sequence[tuple[int, int]], strides: Sequence[int], device=None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centres of every location, level after level: points (A, 2) x, y in pixels and stride (A,).
+
+    Location (i, j) of a stride-s map sits at ((j + 0.5) s, (i + 0.5) s), the centre of its cell.
+    """
+    pts, st = [], []
+    for (h, w), s in zip(sizes, strides):
+        ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+        pts.append(torch.stack([xs, ys], -1).reshape(-1, 2).float().add(0.5).mul(s))
+        st.append(torch.full((h * w,), float(s), device=device))
+    return torch.cat(pts), torch.cat(st)
+
+
+def level_ranges(strides: torch.Tensor, level_strides: Sequence[int], ratio: float = 8.0) -> torch.Tensor:
+    """(A, 2) [lo, hi) of max(l, t, r, b) each location may regress: FCOS's scale assignment with
+    hi = ratio * stride (64, 128, ... for strides 8, 16), the first level from 0 and the last to inf."""
+    bounds = [0.0] + [ratio * s for s in level_strides[:-1]] + [math.inf]
+    lo = torch.zeros_like(strides)
+    hi = torch.zeros_like(strides)
+    for i, s in enumerate(level_strides):
+        at = strides == s
+        lo[at], hi[at] = bounds[i], bounds[i + 1]
+    return torch.stack([lo, hi], 1)
+
+
+def assign_targets(points: torch.Tensor, strides: torch.Tensor, ranges: torch.Tensor, boxes: torch.Tensor,
+                   labels: torch.Tensor, radius: float = 1.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which box each location learns (FCOS with centre sampling).
+
+    points (A, 2), strides (A,), ranges (A, 2); boxes (B, M, 4) xyxy, labels (B, M) with -1 on padding.
+    A location is a candidate for box g when it lies inside g, within ``radius`` strides of g's
+    centre, and max(l, t, r, b) falls in its level's range; among candidates the smallest box wins.
+    Returns labels (B, A) (-1: background) and the matched boxes (B, A, 4).
+    """
+    px, py = points[:, 0][None, :, None], points[:, 1][None, :, None]          # (1, A, 1)
+    x1, y1, x2, y2 = (boxes[..., k][:, None, :] for k in range(4))            # (B, 1, M)
+    ltrb = torch.stack([px - x1, py - y1, x2 - px, y2 - py], -1)              # (B, A, M, 4)
+    inside = ltrb.amin(-1) > 0
+    r = (radius * strides)[None, :, None]
+    near = ((px - (x1 + x2) / 2).abs() < r) & ((py - (y1 + y2) / 2).abs() < r)
+    reach = ltrb.amax(-1)
+    in_range = (reach >= ranges[:, 0][None, :, None]) & (reach < ranges[:, 1][None, :, None])
+    cand = inside & near & in_range & (labels >= 0)[:, None, :]               # (B, A, M)
+    area = ((x2 - x1) * (y2 - y1)).expand_as(cand)
+    area = torch.where(cand, area, torch.full_like(area, math.inf))
+    best_area, best = area.min(-1)                                            # (B, A)
+    matched = boxes.gather(1, best[..., None].expand(-1, -1, 4))              # (B, A, 4)
+    out_labels = torch.where(torch.isfinite(best_area), labels.gather(1, best), torch.full_like(best, -1))
+    return out_labels, matched
+
+
+def centreness(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """FCOS centre-ness sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b)): points (A, 2), boxes (B, A, 4)."""
+    l, t = points[:, 0] - boxes[..., 0], points[:, 1] - boxes[..., 1]
+    r, b = boxes[..., 2] - points[:, 0], boxes[..., 3] - points[:, 1]
+    lr = torch.minimum(l, r).clamp(min=0) / torch.maximum(l, r).clamp(min=1e-6)
+    tb = torch.minimum(t, b).clamp(min=0) / torch.maximum(t, b).clamp(min=1e-6)
+    return (lr * tb).sqrt()
+
+
+def distances_to_boxes(points: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
+    """points (A, 2), dist (B, A, 4) l, t, r, b -> (B, A, 4) xyxy."""
+    return torch.stack([points[:, 0] - dist[..., 0], points[:, 1] - dist[..., 1],
+                        points[:, 0] + dist[..., 2], points[:, 1] + dist[..., 3]], -1)
+
+
+def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25,
+                       gamma: float = 2.0) -> torch.Tensor:
+    """Lin et al. 2017 (https://arxiv.org/abs/1708.02002), summed: -alpha_t (1 - p_t)^gamma log p_t."""
+    p = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    a_t = alpha * targets + (1 - alpha) * (1 - targets)
+    return (a_t * (1 - p_t) ** gamma * ce).sum()
+
+
+def detection_loss(out: dict[str, torch.Tensor], labels: torch.Tensor, matched: torch.Tensor
+                   ) -> dict[str, torch.Tensor]:
+    """The detector's loss from its raw output and :func:`assign_targets`' result.
+
+    Focal loss over all locations and classes / number of positives; GIoU loss on positives weighted
+    by their centre-ness target (FCOS); centre-ness BCE on positives. Returns the parts and ``loss``.
+    """
+    points = out["points"]
+    pos = labels >= 0                                                          # (B, A)
+    n_pos = pos.sum().clamp(min=1).float()
+    onehot = torch.zeros_like(out["cls"])
+    onehot[pos] = F.one_hot(labels[pos], out["cls"].shape[-1]).to(onehot.dtype)
+    cls = sigmoid_focal_loss(out["cls"], onehot) / n_pos
+    if pos.any():
+        pred = distances_to_boxes(points, out["box"])[pos]                     # (P, 4)
+        target_ctr = centreness(points, matched)[pos]
+        giou = generalized_box_iou_elementwise(pred, matched[pos])
+        box = ((1 - giou) * target_ctr).sum() / target_ctr.sum().clamp(min=1e-6)
+        ctr = F.binary_cross_entropy_with_logits(out["ctr"][pos], target_ctr)
+    else:
+        box = ctr = out["box"].sum() * 0
+    return {"loss": cls + box + ctr, "cls": cls, "box": box, "ctr": ctr}
+
+
+def detector_loss(out: dict[str, torch.Tensor], boxes: torch.Tensor, labels: torch.Tensor,
+                  radius: float = 1.5) -> dict[str, torch.Tensor]:
+    """:func:`assign_targets` + :func:`detection_loss` on a :class:`Detector`'s output (a free function,
+    so that a DDP-wrapped model's forward is what runs)."""
+    level_strides = sorted(set(out["strides"].tolist()))
+    assigned, matched = assign_targets(out["points"], out["strides"], level_ranges(out["strides"], level_strides),
+                                       boxes, labels, radius)
+    return detection_loss(out, assigned, matched)
+
+
+@torch.no_grad()
+def decode(out: dict[str, torch.Tensor], image_size: tuple[int, int],
+           score_threshold: float = 0.05, nms_threshold: float = 0.6, top_k: int = 1000,
+           max_detections: int = 100) -> list[dict[str, torch.Tensor]]:
+    """Raw output -> per image {"boxes" (k, 4) xyxy pixels, "scores" (k,), "labels" (k,)}.
+
+    score = sqrt(sigmoid(class) * sigmoid(centre-ness)) (FCOS); keep scores above the threshold,
+    the ``top_k`` best, clip to the image, class-aware NMS, the best ``max_detections``.
+    """
+    h, w = image_size
+    scores = (torch.sigmoid(out["cls"]) * torch.sigmoid(out["ctr"])[..., None]).sqrt()   # (B, A, C)
+    boxes = distances_to_boxes(out["points"], out["box"])
+    lim = torch.tensor([w, h, w, h], dtype=boxes.dtype, device=boxes.device)
+    boxes = boxes.clamp(min=0).minimum(lim)
+    results = []
+    n_classes = scores.shape[-1]
+    for i in range(scores.shape[0]):
+        flat = scores[i].flatten()                                             # (A * C,)
+        keep = torch.nonzero(flat > score_threshold).flatten()
+        if len(keep) > top_k:
+            keep = keep[flat[keep].topk(top_k).indices]
+        s, loc, cls = flat[keep], keep // n_classes, keep % n_classes
+        b = boxes[i, loc]
+        kept = batched_nms(b, s, cls, nms_threshold, max_keep=max_detections)
+        results.append({"boxes": b[kept], "scores": s[kept], "labels": cls[kept]})
+    return results
+
+
+class Detector(nn.Module):
+    """Backbone pyramid -> FPN-lite -> shared anchor-free head.
+
+    Args:
+        features: a module with ``strides`` and ``channels`` lists whose forward returns one map per
+            stride (:func:`cnnkit.models.features.create_features`).
+        num_classes: object classes (no background class: sigmoid scores).
+        width: channels of the neck and head.
+        head_convs: 3x3 convs in the head's tower.
+        mean, std: input normalisation (images come in as floats in [0, 1]).
+    Input (B, C, H, W) in [0, 1]; output a dict of flattened maps over A = sum of H_i * W_i locations:
+    ``cls`` (B, A, num_classes) logits, ``box`` (B, A, 4) distances in pixels, ``ctr`` (B, A) logits,
+    and where they are: ``points`` (A, 2) pixels, ``strides`` (A,) (see :func:`grid_points`).
+    """
+
+    def __init__(self, features: nn.Module, num_classes: int, width: int = 64, head_convs: int = 2,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 radius: float = 1.5):
+        super().__init__()
+        self.normalise = Normalise(mean, std)
+        self.features = features
+        self.strides = list(features.strides)
+        self.num_classes = num_classes
+        self.radius = radius
+        self.neck = FPNLite(features.channels, width)
+        self.head = DetectionHead(width, num_classes, len(self.strides), head_convs)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        maps = self.neck(self.features(self.normalise(x)))
+        out = self.head(maps, self.strides)
+        out["points"], out["strides"] = grid_points([m.shape[-2:] for m in maps], self.strides, x.device)
+        return out
+
+    def loss(self, x: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Images (B, C, H, W), padded targets (B, M, 4) and (B, M) -> the loss parts."""
+        return detector_loss(self(x), boxes, labels, self.radius)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, **decode_args) -> list[dict[str, torch.Tensor]]:
+        """Images (B, C, H, W) in [0, 1] -> per image boxes / scores / labels (see :func:`decode`)."""
+        return decode(self(x), tuple(x.shape[-2:]), **decode_args)
+
+
+def create_detector(backbone: str, num_classes: int, weights: str | None = None, in_channels: int = 3,
+                    out_strides: Sequence[int] = (8, 16, 32), width: int = 64) -> Detector:
+    """A :class:`Detector` on zoo model ``backbone``'s pyramid (see ``create_features``)."""
+    from .features import create_features
+
+    fx = create_features(backbone, weights=weights, out_strides=tuple(out_strides), in_channels=in_channels)
+    mean, std = default_stats(in_channels)
+    return Detector(fx, num_classes, width=width, mean=mean, std=std)

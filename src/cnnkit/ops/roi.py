@@ -1,0 +1,170 @@
+"""RoIAlign and RoIPool: fixed-size features for boxes on a feature map, as torchvision defines them.
+
+RoIAlign is Mask R-CNN's (He et al. 2017, https://arxiv.org/abs/1703.06870): each output bin averages
+``sampling_ratio x sampling_ratio`` bilinear samples at exact (unrounded) positions. RoIPool is Fast
+R-CNN's (Girshick 2015, https://arxiv.org/abs/1504.08083): the box is rounded to the feature grid
+and each bin takes the max of the cells it covers. Both follow torchvision.ops' conventions
+(https://pytorch.org/vision/main/generated/torchvision.ops.roi_align.html) so results agree:
+
+- ``boxes``: a (K, 5) tensor ``(batch_index, x1, y1, x2, y2)`` or a list of (L_i, 4) tensors, one
+  per image, in input-image pixels; ``spatial_scale`` maps them onto the feature map (1 / stride).
+- ``aligned=False`` (the original Mask R-CNN code): a box is scaled as it is and is at least 1 x 1
+  feature cell. ``aligned=True``: the box is shifted by -0.5 cell after scaling, so that a sample
+  at continuous coordinate c reads pixel centre c - 0.5 (pixel i covers [i, i + 1) and its value
+  sits at i + 0.5); no minimum size.
+- ``sampling_ratio > 0``: that many samples per bin along each axis; ``<= 0`` (torchvision's -1 / 0):
+  adaptive, ``ceil(box height / output height)`` (and width) per box.
+- A sample further than one cell outside the map reads 0; one within a cell of it reads the border.
+
+How it is fast: bilinear sampling and the bin average are both linear, so each output bin is a
+weighted sum of at most ``4 * samples`` feature-map cells. All bins of all boxes become one
+``embedding_bag(cell index, per-sample weight)`` over the channels-last map (no Python per box,
+nothing (K, C, bins, samples, 4)-sized materialised), and autograd gives the input gradient for free.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import CnnkitError
+
+
+def _rois(boxes, dtype, device) -> torch.Tensor:
+    """(K, 5) rois from a (K, 5) tensor or a list of per-image (L_i, 4) tensors."""
+    if isinstance(boxes, (list, tuple)):
+        parts = [torch.cat([torch.full((len(b), 1), float(i), dtype=dtype, device=device),
+                            b.detach().to(dtype=dtype, device=device)], 1) for i, b in enumerate(boxes)]
+        return torch.cat(parts) if parts else torch.zeros(0, 5, dtype=dtype, device=device)
+    if boxes.dim() != 2 or boxes.shape[1] != 5:
+        raise CnnkitError(f"boxes must be (K, 5) (batch index, x1, y1, x2, y2) or a list of (L, 4) "
+                          f"tensors; received shape {tuple(boxes.shape)}")
+    return boxes.detach().to(dtype=dtype, device=device)       # no gradient to the boxes (as torchvision)
+
+
+def _pair(output_size) -> tuple[int, int]:
+    if isinstance(output_size, int):
+        return output_size, output_size
+    return int(output_size[0]), int(output_size[1])
+
+
+def _axis_samples(start, length, bins: int, grid, gmax: int, size: int):
+    """Bilinear taps along one axis, torchvision's bilinear_interpolate made batched.
+
+    start, length, grid: (K,). Returns low/high cell index (K, bins, gmax) and their weights, each
+    (K, bins, gmax), with weight 0 for samples past this box's grid or beyond the map's border.
+    """
+    dev, dt = start.device, start.dtype
+    pos = torch.arange(bins, device=dev, dtype=dt)[None, :, None]              # (1, bins, 1)
+    it = torch.arange(gmax, device=dev, dtype=dt)[None, None, :]               # (1, 1, gmax)
+    bin_size = (length / bins)[:, None, None]
+    g = grid.to(dt).clamp(min=1)[:, None, None]
+    c = start[:, None, None] + pos * bin_size + (it + 0.5) * bin_size / g      # (K, bins, gmax)
+    valid = (c >= -1.0) & (c <= size) & (it < grid[:, None, None])
+    c = c.clamp(min=0)
+    low = c.floor().to(torch.int64)
+    at_end = low >= size - 1
+    low = torch.where(at_end, torch.full_like(low, size - 1), low)
+    high = torch.where(at_end, low, low + 1)
+    frac = torch.where(at_end, torch.zeros_like(c), c - low.to(dt))
+    w_high = frac * valid
+    w_low = (1 - frac) * valid
+    return low, high, w_low, w_high
+
+
+def roi_align(input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.0,
+              sampling_ratio: int = -1, aligned: bool = False) -> torch.Tensor:
+    """RoIAlign: input (N, C, H, W), boxes (K, 5) or list -> (K, C, out_h, out_w)."""
+    n, ch, h, w = input.shape
+    ph, pw = _pair(output_size)
+    rois = _rois(boxes, input.dtype, input.device)
+    k = len(rois)
+    if k == 0:
+        return input.new_zeros(0, ch, ph, pw)
+    offset = 0.5 if aligned else 0.0
+    x1, y1, x2, y2 = (rois[:, 1:] * spatial_scale - offset).unbind(1)
+    rw, rh = x2 - x1, y2 - y1
+    if not aligned:
+        rw, rh = rw.clamp(min=1.0), rh.clamp(min=1.0)
+    if sampling_ratio > 0:
+        gy = torch.full((k,), sampling_ratio, dtype=torch.int64, device=input.device)
+        gx = gy
+    else:
+        gy = torch.ceil(rh / ph).clamp(min=0).to(torch.int64)
+        gx = torch.ceil(rw / pw).clamp(min=0).to(torch.int64)
+    gymax, gxmax = max(int(gy.max()), 1), max(int(gx.max()), 1)
+    yl, yh, wyl, wyh = _axis_samples(y1, rh, ph, gy, gymax, h)                  # (K, ph, gy)
+    xl, xh, wxl, wxh = _axis_samples(x1, rw, pw, gx, gxmax, w)                  # (K, pw, gx)
+    count = (gy * gx).clamp(min=1).to(input.dtype)
+    ys = torch.stack([yl, yh], -1)                                              # (K, ph, gy, 2)
+    wy = torch.stack([wyl, wyh], -1) / count[:, None, None, None]
+    xs = torch.stack([xl, xh], -1)                                              # (K, pw, gx, 2)
+    wx = torch.stack([wxl, wxh], -1)
+    rows = rois[:, 0].to(torch.int64)[:, None, None, None] * (h * w) + ys * w   # flat index of each row
+    # cell index and weight of every tap: (K, ph, pw, gy, gx, 2, 2) -> (K * ph * pw, taps)
+    idx = rows.to(torch.int32)[:, :, None, :, None, :, None] + xs.to(torch.int32)[:, None, :, None, :, None, :]
+    wt = wy[:, :, None, :, None, :, None] * wx[:, None, :, None, :, None, :]
+    idx = idx.reshape(k * ph * pw, -1)
+    wt = wt.reshape(k * ph * pw, -1)
+    if bool((gy < gymax).any() or (gx < gxmax).any()):
+        # adaptive grids of different sizes: drop the zero-weight padding taps (exact: they add 0)
+        mask = wt != 0
+        offsets = torch.cat([idx.new_zeros(1), mask.sum(1).cumsum(0)[:-1]])
+        out = F.embedding_bag(idx[mask], _channels_last(input), offsets, mode="sum",
+                              per_sample_weights=wt[mask])
+    else:
+        out = F.embedding_bag(idx, _channels_last(input), mode="sum", per_sample_weights=wt)
+    # (K, C, ph, pw) in channels_last memory format, as conv2d takes it (no 4-byte-per-output copy)
+    return out.view(k, ph, pw, ch).permute(0, 3, 1, 2)
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    n, c, h, w = x.shape
+    return x.permute(0, 2, 3, 1).contiguous().view(n * h * w, c)                # (N*H*W, C)
+
+
+def _round_away(x: torch.Tensor) -> torch.Tensor:
+    """C's round(): halves away from zero (torch.round rounds halves to even)."""
+    return torch.sign(x) * torch.floor(x.abs() + 0.5)
+
+
+def roi_pool(input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.0) -> torch.Tensor:
+    """RoIPool: input (N, C, H, W), boxes (K, 5) or list -> (K, C, out_h, out_w); empty bins are 0."""
+    n, ch, h, w = input.shape
+    ph, pw = _pair(output_size)
+    rois = _rois(boxes, input.dtype, input.device)
+    k = len(rois)
+    if k == 0:
+        return input.new_zeros(0, ch, ph, pw)
+    x1, y1, x2, y2 = _round_away(rois[:, 1:] * spatial_scale).to(torch.int64).unbind(1)
+    rh = (y2 - y1 + 1).clamp(min=1).to(torch.float64)
+    rw = (x2 - x1 + 1).clamp(min=1).to(torch.float64)
+
+    def bounds(start, length, bins, size):                                      # (K, bins) each
+        p = torch.arange(bins, device=input.device, dtype=torch.float64)[None, :]
+        size_ = (length / bins)[:, None]
+        lo = torch.floor(p * size_).to(torch.int64) + start[:, None]
+        hi = torch.ceil((p + 1) * size_).to(torch.int64) + start[:, None]
+        return lo.clamp(0, size), hi.clamp(0, size)
+
+    hs, he = bounds(y1, rh, ph, h)
+    ws, we = bounds(x1, rw, pw, w)
+    lh, lw = max(int((he - hs).max()), 1), max(int((we - ws).max()), 1)
+    feats = _channels_last(input)
+    out = []
+    step = max(1, (1 << 22) // max(1, ph * pw * lh * lw * ch))                   # bound the gather's memory
+    for s in range(0, k, step):
+        sl = slice(s, s + step)
+        rows = hs[sl, :, None] + torch.arange(lh, device=input.device)           # (k, ph, lh)
+        cols = ws[sl, :, None] + torch.arange(lw, device=input.device)           # (k, pw, lw)
+        inside = (rows < he[sl, :, None])[:, :, None, :, None] & (cols < we[sl, :, None])[:, None, :, None, :]
+        idx = (rois[sl, 0].to(torch.int64) * (h * w))[:, None, None, None, None] + \
+            rows.clamp(max=h - 1)[:, :, None, :, None] * w + cols.clamp(max=w - 1)[:, None, :, None, :]
+        vals = feats[idx.reshape(-1)].reshape(*idx.shape, ch)                    # (k, ph, pw, lh, lw, C)
+        vals = torch.where(inside[..., None], vals, torch.full_like(vals, -math.inf))
+        best = vals.flatten(3, 4).max(3).values                                  # (k, ph, pw, C)
+        empty = ~inside.flatten(3).any(3)
+        out.append(torch.where(empty[..., None], torch.zeros_like(best), best))
+    return torch.cat(out).permute(0, 3, 1, 2).contiguous()                      # (K, C, ph, pw)

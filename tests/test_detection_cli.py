@@ -1,0 +1,64 @@
+"""`cnnkit detect train|eval|predict` end to end on a small digit-scene run (through the engine), the
+resume that continues it exactly, and one-line errors for bad input."""
+
+import json
+
+import pytest
+
+from cnnkit.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory, data_dir):
+    out = tmp_path_factory.mktemp("detect") / "run"
+    args = ["detect", "train", "--data", "digits", "--data-dir", str(data_dir), "--scenes", "24", "8",
+            "--image-size", "64", "--backbone", "resnet18", "--width", "16", "--epochs", "1",
+            "--batch-size", "8", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    return out, args
+
+
+def test_train_writes_the_run(digits_run):
+    out, _ = digits_run
+    for name in ("model.safetensors", "resume.safetensors", "metrics.csv", "curves.png", "split.json"):
+        assert (out / name).is_file(), name
+    split = json.loads((out / "split.json").read_text())
+    assert len(split["train"]) == 24 and len(split["test"]) == 8
+    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train_loss", "train_box", "val_AP", "val_AP50"} <= set(header), header
+
+
+def test_eval_json(digits_run, capsys):
+    out, _ = digits_run
+    assert main(["detect", "eval", str(out), "--format", "json"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert {"AP", "AP50", "AP75", "AR100", "images"} <= set(m) and m["images"] == 8
+    assert 0 <= m["AP"] <= m["AP50"] <= 1
+
+
+def test_predict_json_and_png(digits_run, tmp_path, capsys):
+    from PIL import Image
+    import numpy as np
+
+    out, _ = digits_run
+    img = tmp_path / "scene.png"
+    Image.fromarray(np.zeros((50, 90), dtype=np.uint8)).save(img)
+    assert main(["detect", "predict", str(out), str(img), "--score", "0.0", "--format", "json",
+                 "--out-dir", str(tmp_path / "pred")]) == 0
+    row = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert row["image"] == str(img) and set(row) >= {"boxes", "scores", "labels"}
+    assert all(0 <= b[0] <= b[2] <= 90 and 0 <= b[1] <= b[3] <= 50 for b in row["boxes"])
+    assert all(name in [str(d) for d in range(10)] for name in row["labels"])
+    assert Image.open(row["png"]).size == (90, 50)
+
+
+def test_bad_input_is_one_line(tmp_path, capsys):
+    assert main(["detect", "train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not pennfudan, digits, a COCO JSON file or a YOLO folder" in err
+    assert main(["detect", "eval", str(tmp_path)]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err
+    assert main(["detect", "train", "--data", "digits", "--epochs", "0", "--out", str(tmp_path / "r")]) == 2
+    assert "--epochs must be a positive integer" in capsys.readouterr().err

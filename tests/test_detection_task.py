@@ -1,0 +1,89 @@
+"""The detection task's pieces without the engine: data sets, batches, loss sums, evaluation in original
+pixels, and a saved detector that loads back and predicts in the original image's pixels."""
+
+import pytest
+import torch
+
+from cnnkit.data.detection import Detections
+from cnnkit.errors import CnnkitError
+from cnnkit.tasks.detect import (DetectTask, build_detector, from_detections, from_scenes, load_detector,
+                                 new_detector, predict_images, predict_set)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def detections():
+    imgs = [torch.zeros(3, 40, 80, dtype=torch.uint8), torch.zeros(3, 60, 30, dtype=torch.uint8)]
+    imgs[0][:, 10:30, 20:40] = 255
+    imgs[1][:, 5:25, 5:15] = 255
+    boxes = [torch.tensor([[20.0, 10, 40, 30]]), torch.tensor([[5.0, 5, 15, 25], [0, 30, 30, 60]])]
+    labels = [torch.tensor([1]), torch.tensor([0, 1])]
+    return Detections(imgs, boxes, labels, ["a", "b"], ["x.png", "y.png"])
+
+
+def test_detection_set_letterboxes_and_maps_back():
+    s = from_detections(detections(), 64)
+    assert s.images.shape == (2, 3, 64, 64) and s.boxes.shape == (2, 2, 4)
+    assert s.labels.tolist() == [[1, -1], [0, 1]] and s.scales.tolist() == pytest.approx([0.8, 64 / 60])
+    assert s.boxes[0, 0].tolist() == pytest.approx([16, 8, 32, 24])
+    t = s.targets()
+    torch.testing.assert_close(t[1]["boxes"], detections().boxes[1], atol=1e-4, rtol=0)
+    with pytest.raises(CnnkitError, match="empty dataset"):
+        from_detections(Detections([], [], [], ["a"]), 64)
+
+
+def test_batches_are_seeded_and_loss_returns_sums():
+    s = from_detections(detections(), 64)
+    task = DetectTask(classes=["a", "b"], batch_size=2)
+    one = list(task.batches(s, torch.Generator().manual_seed(0), train=True))
+    two = list(task.batches(s, torch.Generator().manual_seed(0), train=True))
+    other = list(task.batches(s, torch.Generator().manual_seed(1), train=True))
+    assert len(one) == 1 and all(torch.equal(a, b) for a, b in zip(one[0], two[0]))
+    assert not torch.equal(one[0][0], other[0][0])
+    val = list(task.batches(s, torch.Generator().manual_seed(0), train=False))
+    assert torch.equal(val[0][0], s.images.float() / 255) and torch.equal(val[0][1], s.boxes)
+    model, info = new_detector("mobilenet_v3_small", ["a", "b"], 3, 64, width=16)
+    loss, logged = task.loss(model, one[0])
+    assert loss.requires_grad and logged["n"] == 2
+    assert logged["loss"] == pytest.approx(2 * loss.item())
+    assert set(logged) == {"loss", "cls", "box", "ctr", "n"}
+
+
+def test_saved_detector_loads_and_predicts_in_original_pixels(tmp_path):
+    from cnnkit.train.checkpoint import FORMAT, save_model
+
+    model, info = new_detector("mobilenet_v3_small", ["a", "b"], 3, 64, width=16)
+    task = DetectTask(classes=["a", "b"], info=info, decode_args={"score_threshold": 0.0})
+    save_model(tmp_path / "model.safetensors", task.deployable(model), {"format": FORMAT, **task.describe(model)})
+    back = load_detector(tmp_path)
+    model.eval()
+    x = torch.rand(1, 3, 64, 64)
+    torch.testing.assert_close(back(x)["cls"], model(x)["cls"])
+    assert back.info["backbone"] == "mobilenet_v3_small" and back.info["classes"] == ["a", "b"]
+    d = detections()
+    s = from_detections(d, 64)
+    by_set = predict_set(back, s, score_threshold=0.0)
+    by_image = predict_images(back, d.images, 64, ["a", "b"], score_threshold=0.0)
+    assert len(by_image[1]["boxes"]) == len(by_set[1]["boxes"]) > 0
+    h, w = d.images[1].shape[1:]
+    ref = by_set[1]["boxes"].clamp(min=0).minimum(torch.tensor([w, h, w, h], dtype=torch.float32))
+    torch.testing.assert_close(torch.tensor(by_image[1]["boxes"]), ref)
+    assert set(by_image[0]["labels"]) <= {"a", "b"}
+    m = task.evaluate(back, s)
+    assert set(m) == {"AP", "AP50", "AP75", "AR100", "VOC_AP50"} and 0 <= m["AP50"] <= 1
+    with pytest.raises(CnnkitError, match="lacks field 'backbone'"):
+        build_detector({"classes": ["a"]})
+
+
+def test_scenes_become_a_detection_set():
+    from cnnkit.data.imageset import ImageSet
+    from cnnkit.data.scenes import digit_scenes
+
+    digits = torch.zeros(10, 1, 28, 28, dtype=torch.uint8)
+    digits[:, :, 6:22, 8:20] = 255
+    src = ImageSet(digits, torch.arange(10), [str(i) for i in range(10)], "toy")
+    sc = digit_scenes("train", n=3, canvas=64, source=src, scale=(0.6, 1.0))
+    s = from_scenes(sc)
+    assert s.images.shape == (3, 1, 64, 64) and s.scales.tolist() == [1, 1, 1]
+    for i in range(3):
+        torch.testing.assert_close(s.targets()[i]["boxes"], sc.boxes[i])
