@@ -1,0 +1,188 @@
+"""Any zoo backbone as a pyramid of feature maps: the maps at output strides 2/4/8/16/32 and their channels.
+
+The idea of timm's ``features_only`` / ``feature_info``: detection and segmentation heads take the
+intermediate maps of a classification network. Each supported family names its *trunk*, the modules
+its ``forward_features`` runs one after the other (``nn.Sequential`` containers counted by their
+children); the map of stride ``s`` is the output of the last trunk module whose output has stride
+``s``, found once by a probe forward at 64x64. ``output_stride=16`` or ``8`` replaces the later
+strides by dilation (atrous convolution, as torchvision's ``replace_stride_with_dilation``): the
+state dict is unchanged, so ImageNet weights still load.
+
+>>> fx = create_features("resnet18", out_strides=(8, 16, 32))
+>>> fx.strides, fx.channels
+([8, 16, 32], [128, 256, 512])
+>>> [tuple(m.shape) for m in fx(torch.zeros(1, 3, 64, 64))]
+[(1, 128, 8, 8), (1, 256, 4, 4), (1, 512, 2, 2)]
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from ..errors import CnnkitError
+from ..layers.conv_same import resolve_padding
+from ._registry import create_model, model_info
+
+STRIDES = (2, 4, 8, 16, 32)
+_PROBE = 64  # side of the probe input that finds each trunk module's stride
+
+
+def _trunk_names(model: nn.Module) -> list[str] | None:
+    """The dotted names of the modules ``forward_features`` runs in order, or None when unsupported."""
+    from .densenet import DenseNet
+    from .mobilenet_v1 import MobileNetV1
+    from .mobilenet_v2 import MobileNetV2
+    from .mobilenet_v3 import MobileNetV3
+    from .resnet import ResNet
+    from .vgg import VGG
+
+    def children(prefix: str, drop_last: int = 0) -> list[str]:
+        names = [f"{prefix}.{n}" for n, _ in model.get_submodule(prefix).named_children()]
+        return names[: len(names) - drop_last]
+
+    if isinstance(model, ResNet):  # (also SE-ResNet) stem, maxpool, four stages
+        return ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
+    if isinstance(model, (VGG, DenseNet)):
+        return children("features")
+    if isinstance(model, MobileNetV1):
+        return ["conv_stem", "bn1", "act1", *children("blocks")]
+    if isinstance(model, (MobileNetV2, MobileNetV3)):
+        return children("features", drop_last=1)  # the blocks; not the 1x1 head conv (as timm)
+    return None
+
+
+class FeatureExtractor(nn.Module):
+    """A zoo backbone that returns its maps at the requested strides (see :func:`create_features`).
+
+    Attributes:
+        backbone: the wrapped zoo model, state-dict names unchanged.
+        strides: effective stride of each returned map (capped by ``output_stride``).
+        channels: channels of each returned map.
+        feature_info: ``[{"stride": s, "channels": c, "module": dotted name in backbone}, ...]``.
+
+    Input shape: (B, C, H, W). Output: a list, map ``i`` of shape
+    (B, channels[i], ceil(H / strides[i]), ceil(W / strides[i])).
+    """
+
+    def __init__(self, backbone: nn.Module, trunk: list[str], taps: list[int], strides: list[int],
+                 channels: list[int]):
+        super().__init__()
+        self.backbone = backbone
+        self._trunk = trunk[: max(taps) + 1]  # later modules are never run
+        self._taps = taps                     # index into the trunk of each returned map
+        self.strides = strides
+        self.channels = channels
+        self.feature_info = [{"stride": s, "channels": c, "module": trunk[t]}
+                             for s, c, t in zip(strides, channels, taps)]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        maps, wanted = [], set(self._taps)
+        for i, name in enumerate(self._trunk):
+            x = self.backbone.get_submodule(name)(x)
+            if i in wanted:
+                maps.append(x)
+        return maps
+
+
+def create_features(name: str, weights: str | None = None, out_strides=(4, 8, 16, 32),
+                    output_stride: int = 32, in_channels: int | None = None) -> FeatureExtractor:
+    """Build zoo model ``name`` (optionally with ``weights``) and return its maps at ``out_strides``.
+
+    Args:
+        name: a zoo name (ResNets, ResNeXt, Wide ResNet, SE-ResNet, VGG, DenseNet, MobileNet v1/v2/v3,
+            EfficientNet-Lite and -B).
+        weights: None, ``"imagenet"`` or a path/URL, as :func:`cnnkit.create_model` takes them.
+        out_strides: an increasing subset of (2, 4, 8, 16, 32).
+        output_stride: 32, 16 or 8; below 32 the later stages are dilated instead of strided.
+        in_channels: image channels (the model's default when None).
+    Raises:
+        CnnkitError: an unsupported model, bad strides, or an ``output_stride`` the model cannot
+            reach by dilation (its later stages pool).
+    """
+    strides = tuple(out_strides)
+    if not strides or any(s not in STRIDES for s in strides) or list(strides) != sorted(set(strides)):
+        raise CnnkitError(f"out_strides must be an increasing subset of {STRIDES}; received: out_strides={out_strides!r}")
+    if output_stride not in (8, 16, 32):
+        raise CnnkitError(f"output_stride must be 8, 16 or 32; received: output_stride={output_stride!r}")
+    model = create_model(name, in_channels=in_channels, weights=weights)
+    trunk = _trunk_names(model)
+    if trunk is None:
+        families = "resnet*, resnext*, wide_resnet*, seresnet50, vgg*, densenet*, mobilenet_v1/v2/v3*, efficientnet_*"
+        raise CnnkitError(f"model {name!r} has no feature pyramid in cnnkit; models that have: {families}")
+    model.reset_classifier(0)  # the classifier is not used; the trunk's names stay as they were
+    trunk_strides, trunk_channels = _probe(model, trunk)
+    taps = []
+    for s in strides:
+        at = [i for i, t in enumerate(trunk_strides) if t == s]
+        if not at:
+            raise CnnkitError(f"model {name!r} has no feature map at stride {s}; its strides: "
+                              f"{sorted(set(trunk_strides))}")
+        taps.append(at[-1])
+    if output_stride < 32:
+        first = trunk_strides.index(output_stride * 2) if output_stride * 2 in trunk_strides else len(trunk)
+        _dilate(model, trunk[first: max(taps) + 1], name, output_stride)
+    return FeatureExtractor(model, trunk, taps, [min(s, output_stride) for s in strides],
+                            [trunk_channels[t] for t in taps])
+
+
+@torch.no_grad()
+def _probe(model: nn.Module, trunk: list[str]) -> tuple[list[int], list[int]]:
+    """Stride and channels of each trunk module's output, from one forward of a 64x64 input in eval mode."""
+    first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    p = first.weight
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        x = torch.zeros(1, first.in_channels, _PROBE, _PROBE, device=p.device, dtype=p.dtype)
+        strides, channels = [], []
+        for name in trunk:
+            x = model.get_submodule(name)(x)
+            strides.append(2 ** round(math.log2(_PROBE / x.shape[-1])))
+            channels.append(x.shape[1])
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    return strides, channels
+
+
+def _dilate(model: nn.Module, names: list[str], name: str, output_stride: int) -> None:
+    """Turn every stride in modules ``names`` into dilation (torchvision's ResNet rule, any conv net).
+
+    In registration order: a strided k x k conv keeps the current dilation and stride 1, and the convs
+    after it dilate by its stride; a strided 1x1 (a shortcut) just loses its stride. A strided pool
+    cannot be dilated: CnnkitError.
+    """
+    dilation = 1
+    for top in names:
+        for sub in model.get_submodule(top).modules():
+            if isinstance(sub, (nn.MaxPool2d, nn.AvgPool2d)) and sub.stride not in (1, (1, 1)):
+                raise CnnkitError(f"model {name!r} pools in its later stages and cannot dilate to "
+                                  f"output_stride={output_stride}; use output_stride=32 or a ResNet, "
+                                  "MobileNet or EfficientNet")
+            if not isinstance(sub, nn.Conv2d):
+                continue
+            stride, kernel = sub.stride[0], sub.kernel_size[0]
+            if stride > 1 and kernel == 1:
+                sub.stride = (1, 1)
+            elif stride > 1:
+                _set_dilation(sub, dilation, name)
+                dilation *= stride
+            elif kernel > 1:
+                _set_dilation(sub, dilation, name)
+
+
+def _set_dilation(conv: nn.Conv2d, dilation: int, name: str) -> None:
+    """Stride 1 and ``dilation``, with the "same" padding recomputed (plain or TF-style convolution)."""
+    k, old = conv.kernel_size, conv.dilation
+    if hasattr(conv, "pad_mode"):  # Conv2dSame: TF "same", fixed once the stride is 1
+        conv.stride, conv.dilation = (1, 1), (dilation, dilation)
+        conv.padding, conv.pad_mode = resolve_padding("same", k, 1, dilation, 2)
+        return
+    if tuple(conv.padding) != tuple((kk - 1) * d // 2 for kk, d in zip(k, old)):
+        raise CnnkitError(f"model {name!r} has a convolution without 'same' padding in its later stages; "
+                          "it cannot dilate: use output_stride=32")
+    conv.stride, conv.dilation = (1, 1), (dilation, dilation)
+    conv.padding = tuple((kk - 1) * dilation // 2 for kk in k)
