@@ -1,0 +1,1 @@
+"""Evaluation metrics as pure tensor functions, one file per task (``segmentation``, ...)."""
