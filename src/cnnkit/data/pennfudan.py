@@ -1,0 +1,64 @@
+"""The Penn-Fudan pedestrian database's files and its one fixed split, shared by detection and segmentation.
+
+``root`` is the folder holding ``PNGImages/``, ``PedMasks/`` and ``Annotation/`` (the original
+``PennFudanPed/`` layout, ``<data_dir>/pennfudan`` in cnnkit). The split is the torchvision tutorial's
+sizes, 120 train / 50 test, drawn once from the 170 sorted image names by a seeded permutation, so
+every task and every run sees the same test images::
+
+    split = pennfudan_split(root)     # {"train": [120 names], "test": [50 names]}, e.g. "FudanPed00001.png"
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import CnnkitError
+from .datasets import default_data_dir
+
+N_TRAIN = 120
+SPLIT_SEED = 0
+
+
+def pennfudan_root(data_dir: str | os.PathLike | None = None) -> Path:
+    """``<data_dir>/pennfudan`` (data_dir as :func:`~cnnkit.data.datasets.default_data_dir`), or data_dir
+    itself when it already is the Penn-Fudan folder."""
+    base = default_data_dir(data_dir)
+    root = base if (base / "PNGImages").is_dir() else base / "pennfudan"
+    if not (root / "PNGImages").is_dir():
+        raise CnnkitError(f"no Penn-Fudan data at {root}: expected {root / 'PNGImages'}; pass --data-dir "
+                          "the folder holding pennfudan/ (the unzipped PennFudanPed/)")
+    return root
+
+
+def pennfudan_images(root: Path) -> list[str]:
+    """The image file names of ``root/PNGImages``, sorted."""
+    names = sorted(p.name for p in (root / "PNGImages").iterdir() if p.suffix.lower() == ".png")
+    if not names:
+        raise CnnkitError(f"no PNG images in {root / 'PNGImages'}")
+    return names
+
+
+def mask_path(root: Path, image_name: str) -> Path:
+    """``PedMasks/<stem>_mask.png``: 0 background, k on pedestrian k."""
+    return root / "PedMasks" / f"{Path(image_name).stem}_mask.png"
+
+
+def split_names(names: list[str], n_train: int, seed: int = SPLIT_SEED) -> dict[str, list[str]]:
+    """A seeded split of ``names``: the first ``n_train`` of a permutation train, the rest test (both sorted).
+
+    The permutation is ``torch.randperm(len(names))`` with ``torch.Generator().manual_seed(seed)``
+    over the sorted names: a pure function of the names and the seed.
+    """
+    names = sorted(names)
+    if not 0 < n_train < len(names):
+        raise CnnkitError(f"a split needs 0 < n_train < {len(names)} (the number of images). Received: n_train={n_train}")
+    order = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed)).tolist()
+    return {"train": sorted(names[i] for i in order[:n_train]), "test": sorted(names[i] for i in order[n_train:])}
+
+
+def pennfudan_split(root: Path, seed: int = SPLIT_SEED) -> dict[str, list[str]]:
+    """The fixed Penn-Fudan split: ``{"train": 120 image names, "test": 50}`` (what runs write to split.json)."""
+    return split_names(pennfudan_images(root), N_TRAIN, seed)
