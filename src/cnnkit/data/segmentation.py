@@ -194,5 +194,5 @@ def _shrink(image: torch.Tensor, mask: torch.Tensor, max_side: int | None) -> tu
     scale = max_side / max(h, w)
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
     image = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False, antialias=True)
-    mask = F.interpolate(mask[None, None].float(), size=size, mode="nearest")
+    mask = F.interpolate(mask[None, None].float(), size=size, mode="nearest-exact")
     return image[0].round().clamp(0, 255).to(torch.uint8), mask[0, 0].to(torch.uint8)

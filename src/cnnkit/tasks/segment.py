@@ -1,0 +1,192 @@
+"""Semantic segmentation as an engine task: image + mask batches (random scale, crop and flip for
+photos), per-pixel cross-entropy ignoring 255, mIoU / pixel accuracy / boundary IoU, and the
+deployable :class:`Segmenter` (normalisation and class names inside).
+
+:class:`SegmentTask` follows :class:`cnnkit.engine.task.Task`; its validation is :func:`evaluate`,
+the function ``cnnkit segment eval`` runs too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..data.segmentation import IGNORE_INDEX, SegmentationSet
+from ..errors import CnnkitError
+from ..metrics.segmentation import SegmentationMeter
+
+
+class Segmenter(nn.Module):
+    """A segmentation network with its input normalisation: float (B, C, H, W) in [0, 1] -> logits
+    (B, K, H, W). Attributes: ``net``, ``classes``, ``config`` (rebuilds ``net``)."""
+
+    def __init__(self, net: nn.Module, mean, std, classes: list[str]):
+        super().__init__()
+        self.net = net
+        c = len(mean)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1))
+        self.classes = list(classes)
+        self.config = dict(getattr(net, "config", {}))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) floats in [0, 1] -> (B, H, W) int64 class indices."""
+        return self(x).argmax(1)
+
+    def describe(self) -> dict:
+        return {"task": "segment", "segmenter": self.config, "classes": self.classes,
+                "mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
+
+    @classmethod
+    def from_info(cls, info: dict) -> "Segmenter":
+        """The (untrained) module a checkpoint's metadata describes; load its state dict after."""
+        from ..models.segmentation import create_segmenter
+
+        if info.get("task") != "segment" or "segmenter" not in info:
+            raise CnnkitError("this checkpoint is not a segmentation model (no 'segmenter' in its metadata)")
+        cfg = dict(info["segmenter"], weights=None)        # the trained weights come from the file
+        return cls(create_segmenter(**cfg), info["mean"], info["std"], info["classes"])
+
+
+def channel_stats(data: SegmentationSet) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the images on [0, 1] (the normalisation a network trains with)."""
+    images = data.images if isinstance(data.images, torch.Tensor) else None
+    if images is None:
+        flat = torch.cat([im.flatten(1) for im in data.images], 1).float().div_(255)   # (C, pixels)
+    else:
+        flat = images.transpose(0, 1).flatten(1).float().div_(255)
+    return flat.mean(1).tolist(), flat.std(1).clamp(min=1e-3).tolist()
+
+
+def random_scale_crop(image: torch.Tensor, mask: torch.Tensor, crop: int, scale: tuple[float, float],
+                      flip: bool, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training sample: resize by a factor drawn from ``scale`` (image bilinear, mask nearest; both half-pixel),
+    pad to at least ``crop`` (image 0, mask 255 = ignored), a random ``crop`` x ``crop`` window, a
+    horizontal flip with probability 1/2. (C, H, W) uint8, (H, W) uint8 -> (C, crop, crop), (crop, crop)."""
+    dev = generator.device
+    u = torch.rand(4, generator=generator, device=dev).tolist()
+    s = scale[0] + (scale[1] - scale[0]) * u[0]
+    h, w = mask.shape
+    size = (max(1, round(h * s)), max(1, round(w * s)))
+    img = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+    msk = F.interpolate(mask[None, None].float(), size=size, mode="nearest-exact")[0, 0]
+    ph, pw = max(crop - size[0], 0), max(crop - size[1], 0)
+    img = F.pad(img, (0, pw, 0, ph), value=0.0)
+    msk = F.pad(msk, (0, pw, 0, ph), value=float(IGNORE_INDEX))
+    top = int(u[1] * (img.shape[1] - crop + 1))
+    left = int(u[2] * (img.shape[2] - crop + 1))
+    img, msk = img[:, top:top + crop, left:left + crop], msk[top:top + crop, left:left + crop]
+    if flip and u[3] < 0.5:
+        img, msk = img.flip(-1), msk.flip(-1)
+    return img, msk
+
+
+@dataclass
+class SegmentTask:
+    batch_size: int = 8                      # global batch
+    crop: int = 256                          # training crop side for photo lists (stacked scenes: whole)
+    scale: tuple[float, float] = (0.5, 1.5)  # random rescaling of training photos
+    flip: bool = True                        # random horizontal flips of training photos
+    boundary_d: int = 3                      # band width (px) of the boundary IoU
+    eval_batch_size: int = 32                # stacked scenes per evaluation batch (photos: one by one)
+    max_batches: int | None = None           # per epoch (a smoke test's couple of batches)
+    val_name: str = "val"
+    info: dict = field(default_factory=dict)  # checkpoint metadata: data, config, ...
+    name: str = "segment"
+    metric: str = "mIoU"
+
+    def batches(self, data: SegmentationSet, generator: torch.Generator, train: bool = True):
+        """Shuffled (x, y) batches: x float (B, C, h, w) on [0, 1], y int64 (B, h, w) with 255 ignored."""
+        n, b = len(data), self.batch_size
+        if n < 2:
+            raise CnnkitError(f"{data.name} has {n} image(s); training needs at least 2 (batch norm)")
+        order = torch.randperm(n, generator=generator, device=generator.device) if train else \
+            torch.arange(n, device=generator.device)
+        chunks = [order[i * b:(i + 1) * b] for i in range(n // b)] or [order]
+        chunks = chunks[:self.max_batches] if self.max_batches else chunks
+        return _Batches(chunks, lambda idx: self._batch(data, idx, generator, train))
+
+    def _batch(self, data: SegmentationSet, idx: torch.Tensor, generator, train: bool):
+        dev = generator.device
+        if isinstance(data.images, torch.Tensor):   # scenes: one size, stacked on the device
+            idx = idx.to(data.images.device)
+            return data.images[idx].to(dev).float().div_(255), data.masks[idx].to(dev).long()
+        pairs = [random_scale_crop(data.images[i], data.masks[i], self.crop, self.scale,
+                                   self.flip and train, generator) for i in idx.tolist()]
+        x = torch.stack([p[0] for p in pairs]).div_(255).to(dev)           # (B, C, crop, crop)
+        y = torch.stack([p[1] for p in pairs]).long().to(dev)              # (B, crop, crop)
+        return x, y
+
+    def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x, y = batch
+        logits = model(x).float()                                          # (B, K, h, w)
+        loss = F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX)
+        valid = y != IGNORE_INDEX
+        n = torch.tensor(float(x.shape[0]), device=y.device)
+        pixel_acc = ((logits.argmax(1) == y) & valid).sum() / valid.sum().clamp(min=1)
+        return loss, {"loss": loss.detach() * x.shape[0], "pixel_acc": pixel_acc.detach() * x.shape[0], "n": n}
+
+    def evaluate(self, model: nn.Module, data: SegmentationSet) -> dict[str, float]:
+        """mIoU, pixel accuracy and mean boundary IoU (the engine's validation row)."""
+        out = evaluate(model, data, self.boundary_d, self.eval_batch_size)
+        return {k: float("nan") if out[k] is None else out[k] for k in ("mIoU", "pixel_accuracy", "boundary_iou")}
+
+    def deployable(self, model: nn.Module) -> nn.Module:
+        return model                          # the Segmenter is trained as it is deployed
+
+    def describe(self, model: Segmenter) -> dict:
+        return {**self.info, **model.describe(), "num_classes": len(model.classes)}
+
+    def summary(self, model: Segmenter) -> str:
+        from ..analysis import summary
+
+        c = model.mean.shape[1]
+        return str(summary(model.net, input_size=(c, self.crop, self.crop), batch_size=self.batch_size))
+
+
+class _Batches:
+    """An epoch's batches, made one at a time (augmentation draws happen in order)."""
+
+    def __init__(self, chunks, make):
+        self.chunks, self.make = chunks, make
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __iter__(self):
+        return (self.make(idx) for idx in self.chunks)
+
+
+@torch.no_grad()
+def predict_masks(model: nn.Module, images, batch_size: int = 32) -> list[torch.Tensor] | torch.Tensor:
+    """Class-index maps for uint8 images: stacked (N, C, H, W) -> (N, H, W) int64, or a list of
+    (C, H, W) -> a list of (H, W), one forward per photo. Eval mode (restored afterwards)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        if isinstance(images, torch.Tensor):
+            return torch.cat([model(images[i:i + batch_size].to(device).float().div_(255)).argmax(1).cpu()
+                              for i in range(0, images.shape[0], batch_size)])
+        return [model(im[None].to(device).float().div_(255)).argmax(1)[0].cpu() for im in images]
+    finally:
+        model.train(was_training)
+
+
+def evaluate(model: nn.Module, data: SegmentationSet, boundary_d: int = 3, batch_size: int = 32) -> dict:
+    """:meth:`SegmentationMeter.compute` of ``model`` over ``data`` (at the data's resolution), plus ``images``."""
+    meter = SegmentationMeter(data.num_classes, IGNORE_INDEX, boundary_d, data.classes)
+    preds = predict_masks(model, data.images, batch_size)
+    if isinstance(preds, torch.Tensor):
+        meter.update(preds, data.masks.long())
+    else:
+        for p, m in zip(preds, data.masks):
+            meter.update(p, m.long())
+    return {**meter.compute(), "images": len(data)}
