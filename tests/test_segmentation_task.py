@@ -75,9 +75,10 @@ def test_loss_ignores_255_and_a_perfect_model_scores_one():
     y = torch.zeros(1, 4, 4, dtype=torch.long)
     y[:, :2] = 1
     loss, stats = task.loss(Oracle(), (x, y))
+    loss = loss.detach()
     y_noisy = y.clone()
     y_noisy[:, 3] = 255 * torch.ones(4, dtype=torch.long)             # ignored row: the loss is unchanged
-    loss2, _ = task.loss(Oracle(), (x, y_noisy))
+    loss2 = task.loss(Oracle(), (x, y_noisy))[0].detach()
     assert float(loss2) == pytest.approx(float(loss)) and stats["pixel_acc"] == 1
     out = evaluate(Oracle(), photos())
     assert out["mIoU"] == 1 and out["pixel_accuracy"] == 1 and out["boundary_iou"] == 1 and out["images"] == 5
@@ -96,3 +97,26 @@ def test_segmenter_normalises_and_rebuilds_from_its_metadata():
     again.load_state_dict(seg.state_dict())
     x = torch.rand(1, 3, 21, 19)
     assert torch.equal(again.eval()(x), seg(x)) and seg.predict(x).shape == (1, 21, 19)
+
+
+def test_prediction_pictures_grey_indices_and_overlay(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from cnnkit.tasks.segment import palette, predict_image, write_prediction
+
+    assert palette(4).tolist() == [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0]]   # VOC's colours
+    image = photos(1).images[0]                                      # (3, 30, 41)
+    seg = Segmenter(Oracle(), [0.0, 0.0, 0.0], [1.0, 1.0, 1.0], ["background", "thing"])
+    mask = predict_image(seg, image, max_side=20)                    # seen at 20 px, answered at 41
+    assert mask.shape == (30, 41)
+    assert (mask == photos(1).masks[0]).float().mean() > 0.9
+    grey, colour = write_prediction(image, mask, 2, tmp_path, "p0")
+    g = np.asarray(Image.open(grey))
+    assert Image.open(grey).mode == "L" and np.array_equal(g, mask.numpy().astype(np.uint8))
+    c = np.asarray(Image.open(colour))
+    assert c.shape == (30, 41, 3)
+    rgb = image.permute(1, 2, 0).numpy().astype(float)
+    fg = mask.numpy() == 1
+    expected = np.where(fg[..., None], np.round(0.5 * rgb + 0.5 * np.array([128, 0, 0])), rgb)   # VOC red, half
+    assert fg.any() and np.array_equal(c, expected.astype(np.uint8))

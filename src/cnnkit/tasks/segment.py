@@ -190,3 +190,63 @@ def evaluate(model: nn.Module, data: SegmentationSet, boundary_d: int = 3, batch
         for p, m in zip(preds, data.masks):
             meter.update(p, m.long())
     return {**meter.compute(), "images": len(data)}
+
+
+# ----------------------------------------------------------------------------- pictures of predictions
+
+def palette(n: int) -> torch.Tensor:
+    """(n, 3) uint8 colours: 0 black, then PASCAL VOC's colour map (bits of the index spread over R, G, B)."""
+    colours = torch.zeros(n, 3, dtype=torch.uint8)
+    for c in range(n):
+        r = g = b = 0
+        v = c
+        for shift in range(7, -1, -1):      # bit 3k of the index -> bit (7 - k) of R, 3k + 1 of G, 3k + 2 of B
+            r |= (v & 1) << shift
+            g |= ((v >> 1) & 1) << shift
+            b |= ((v >> 2) & 1) << shift
+            v >>= 3
+        colours[c] = torch.tensor([r, g, b])
+    return colours
+
+
+def overlay(image: torch.Tensor, mask: torch.Tensor, num_classes: int, alpha: float = 0.5) -> torch.Tensor:
+    """(C, H, W) uint8 image and (H, W) class map -> (3, H, W) uint8: each class's colour blended in
+    (background left as it is)."""
+    rgb = image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
+    colour = palette(max(num_classes, int(mask.max()) + 1))[mask.long()].permute(2, 0, 1).float()   # (3, H, W)
+    fg = (mask > 0)[None]
+    blended = torch.where(fg, (1 - alpha) * rgb.float() + alpha * colour, rgb.float())
+    return blended.round().clamp(0, 255).to(torch.uint8)
+
+
+@torch.no_grad()
+def predict_image(model: Segmenter, image: torch.Tensor, max_side: int | None = None) -> torch.Tensor:
+    """(C, H, W) uint8 photo -> (H, W) int64 class map at the photo's size; with ``max_side`` the
+    network sees the photo shrunk so its longer side is at most that, and its logits are resized back."""
+    from ..layers.upsample import resize
+
+    h, w = image.shape[1:]
+    x = image[None].float().div_(255)
+    if max_side is not None and max(h, w) > max_side:
+        s = max_side / max(h, w)
+        x = F.interpolate(x, size=(max(1, round(h * s)), max(1, round(w * s))), mode="bilinear",
+                          align_corners=False, antialias=True)
+    device = next(model.parameters()).device
+    logits = resize(model.eval()(x.to(device)).float(), (h, w), "bilinear")    # (1, K, H, W)
+    return logits.argmax(1)[0].cpu()
+
+
+def write_prediction(image: torch.Tensor, mask: torch.Tensor, num_classes: int, out_dir, stem: str):
+    """``out_dir/<stem>.png`` (grey class indices, 0 = background) and ``out_dir/<stem>_overlay.png``."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if num_classes > 256:
+        raise CnnkitError(f"a grey PNG holds class indices up to 255; this model has {num_classes} classes")
+    grey, colour = out_dir / f"{stem}.png", out_dir / f"{stem}_overlay.png"
+    Image.fromarray(mask.to(torch.uint8).numpy()).save(grey)                  # 2-D uint8: mode L
+    Image.fromarray(overlay(image, mask, num_classes).permute(1, 2, 0).numpy()).save(colour)
+    return grey, colour
