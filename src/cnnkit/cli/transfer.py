@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -33,7 +35,11 @@ def register(subparsers) -> None:
     p.add_argument("--val-fraction", type=float, default=0.2, help="held out when DIR has no val/ folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default=None, help="run folder to write (default runs/finetune-MODEL)")
+    p.add_argument("--out", default=None, help="run folder, written after every epoch "
+                   "(default runs/finetune-MODEL-TIME)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly (its own "
+                   "settings win over the ones given)")
+    p.add_argument("--quiet", action="store_true", help="no summary and no progress bar")
     p.set_defaults(func=_finetune)
 
     f = subparsers.add_parser(
@@ -46,14 +52,19 @@ def register(subparsers) -> None:
 
 
 def _finetune(args: argparse.Namespace) -> int:
+    import torch
+
     from ..data.imagefolder import load_image_folder
     from ..transfer import NOTES_AUGMENT, Preprocess, finetune, preprocess_for
     from ..transfer.checkpoint import load_backbone, save_finetuned
 
+    if args.resume:
+        args = _resumed_args(args)
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
     if args.epochs < 0 or args.batch_size < 2 or (args.image_size is not None and args.image_size < 8):
         raise CnnkitError(f"--epochs must be >= 0, --batch-size >= 2 and --image-size >= 8; received "
                           f"--epochs {args.epochs} --batch-size {args.batch_size} --image-size {args.image_size}")
+    torch.manual_seed(args.seed)    # a random base (no --weights) and the new head: the same every run
     net, name, own = load_backbone(args.model, args.weights)
     if ":" in name or name.endswith((".yaml", ".yml", ".json")):
         raise CnnkitError(f"--model {name!r}: fine-tuning needs a zoo model; give --model NAME")
@@ -69,27 +80,43 @@ def _finetune(args: argparse.Namespace) -> int:
         train = load_image_folder(args.data, "train", **load)
         has_val = any((Path(args.data) / d).is_dir() for d in ("val", "valid", "validation"))
         val = load_image_folder(args.data, "val", **load) if args.val_fraction > 0 or has_val else None
+    main = os.environ.get("RANK", "0") == "0"          # under torchrun, rank 0 speaks
     for message in dict.fromkeys(str(w.message) for w in caught):
-        print(f"warning: {message}", file=sys.stderr)
-    print(f"{name}: {len(train)} train / {len(val) if val else 0} val images of {len(train.classes)} "
-          f"classes {train.classes}, input {pre.input_size}, stages {','.join(stages)}")
-    history = finetune(net, train, val, stages=stages, freeze_until=args.freeze_until,
-                       augment=NOTES_AUGMENT if args.augment else None, epochs=args.epochs,
-                       batch_size=args.batch_size, lr_head=args.lr, lr_top=args.lr / 10,
-                       lr_all=args.lr / 10, train_bn=args.train_bn, mean=pre.mean, std=pre.std,
-                       seed=args.seed, device=args.device, log=_print_row)
-    out = Path(args.out or f"runs/finetune-{name}")
-    path = save_finetuned(out, net.cpu(), name, train.classes, pre.input_size, pre.mean, pre.std, history,
-                          {"stages": list(stages), "freeze_until": args.freeze_until,
-                           "weights": args.weights, "data": str(args.data), "augment": args.augment})
-    print(f"wrote {path}")
+        if main:
+            print(f"warning: {message}", file=sys.stderr)
+    if main:
+        print(f"{name}: {len(train)} train / {len(val) if val else 0} val images of {len(train.classes)} "
+              f"classes {train.classes}, input {pre.input_size}, stages {','.join(stages)}")
+    out = Path(args.out or f"runs/finetune-{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    about = {"stages": list(stages), "freeze_until": args.freeze_until, "weights": args.weights,
+             "data": str(args.data), "augment": args.augment}
+    cli = {k: v for k, v in vars(args).items() if k not in ("func", "command", "resume", "quiet", "out")}
+    finetune(net, train, val, stages=stages, freeze_until=args.freeze_until,
+             augment=NOTES_AUGMENT if args.augment else None, epochs=args.epochs,
+             batch_size=args.batch_size, lr_head=args.lr, lr_top=args.lr / 10,
+             lr_all=args.lr / 10, train_bn=args.train_bn, mean=pre.mean, std=pre.std,
+             seed=args.seed, device=args.device, out=out, resume=args.resume, quiet=args.quiet,
+             info={"model": name, "dataset": {"name": str(args.data)}, "finetune": about,
+                   "args": cli})
+    path = out / "model.safetensors"
+    if not path.is_file() and main:   # no epoch trained (--epochs 0): the network as it now is
+        save_finetuned(out, net.cpu(), name, train.classes, pre.input_size, pre.mean, pre.std, [], about)
+    if main:
+        print(f"wrote {path}")
     return 0
 
 
-def _print_row(row: dict) -> None:
-    print(f"  {row['stage']:>4} epoch {row['epoch']}: loss {row['train_loss']:.3f} acc "
-          f"{row['train_acc']:.3f} | val loss {row['val_loss']:.3f} acc {row['val_acc']:.3f} | "
-          f"{row['trainable']:,} trainable params, lr {row['lr']:.0e}, {row['seconds']:.1f} s")
+def _resumed_args(args: argparse.Namespace) -> argparse.Namespace:
+    """On --resume the run's own settings win (different ones would not continue *exactly*)."""
+    from ..train.checkpoint import RESUME_FILE, _read
+
+    if not args.out:
+        raise CnnkitError("--resume needs --out RUN_FOLDER (the run to continue)")
+    path = Path(args.out) / RESUME_FILE
+    if not path.is_file():
+        raise CnnkitError(f"nothing to resume in {args.out}: no {RESUME_FILE}; start a new run "
+                          "without --resume")
+    return argparse.Namespace(**{**vars(args), **_read(path)[1]["config"]["args"]})
 
 
 def _fcn(args: argparse.Namespace) -> int:

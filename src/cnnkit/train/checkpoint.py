@@ -168,9 +168,10 @@ def save_ensemble(path, member_files: list[Path]) -> None:
     atomic_write_bytes(path, st_save(tensors, metadata={"cnnkit": json.dumps(meta)}))
 
 
-def write_metrics_csv(path, history: list[dict]) -> None:
+def write_metrics_csv(path, history: list[dict], columns: list[str] | None = None) -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRICS_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns or METRICS_COLUMNS, extrasaction="ignore",
+                            lineterminator="\n")
     writer.writeheader()
     writer.writerows(history)
     atomic_write_bytes(path, buf.getvalue().encode())
@@ -201,9 +202,11 @@ def save_resume(path, model: nn.Module, optimizer: torch.optim.Optimizer, ema: n
     atomic_write_bytes(path, st_save(tensors, metadata={"cnnkit": json.dumps(meta)}))
 
 
-def load_resume(path, model: nn.Module, optimizer: torch.optim.Optimizer, ema: nn.Module | None,
+def load_resume(path, model: nn.Module, optimizer: torch.optim.Optimizer | None, ema: nn.Module | None,
                 generator: torch.Generator) -> tuple[int, list[dict], dict]:
-    """Restore what :func:`save_resume` wrote; returns (epochs done, history, config)."""
+    """Restore what :func:`save_resume` wrote; returns (epochs done, history, config).
+
+    ``optimizer=None`` skips its state: a run resumed where a new phase (a new optimizer) begins."""
     tensors, meta = _read(path)
     model.load_state_dict(_strip(tensors, "model."))
     if ema is not None:
@@ -216,7 +219,8 @@ def load_resume(path, model: nn.Module, optimizer: torch.optim.Optimizer, ema: n
     for key, v in meta["optim_scalars"].items():
         idx, name = key.split(".", 1)
         state.setdefault(int(idx), {})[name] = v
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    if optimizer is not None:
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     torch.set_rng_state(tensors["rng.torch"])
     generator.set_state(tensors["rng.generator"])
     if "rng.cuda" in tensors and torch.cuda.is_available():

@@ -1,65 +1,9 @@
-"""Evaluate a classifier on an ImageSet: loss, accuracy, confusion matrix, per-class precision/recall."""
+"""Evaluate a classifier on an ImageSet: loss, accuracy, confusion matrix, per-class precision/recall.
 
-from __future__ import annotations
+The code lives with the classification task (:mod:`cnnkit.tasks.classify`), whose per-epoch
+validation is this same function; ``cnnkit eval`` and older imports find it here.
+"""
 
-from dataclasses import dataclass
+from ..tasks.classify import Evaluation, evaluate, predict_logits
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-
-from ..data.imageset import ImageSet
-
-
-@dataclass
-class Evaluation:
-    accuracy: float
-    loss: float
-    n: int
-    confusion: torch.Tensor       # (K, K) int64, rows = true class, columns = predicted
-    classes: list[str]
-
-    @property
-    def precision(self) -> torch.Tensor:   # (K,) of each predicted class, correct / predicted
-        return self.confusion.diag() / self.confusion.sum(0).clamp_min(1)
-
-    @property
-    def recall(self) -> torch.Tensor:      # (K,) of each true class, correct / present
-        return self.confusion.diag() / self.confusion.sum(1).clamp_min(1)
-
-    def to_dict(self) -> dict:
-        return {"accuracy": self.accuracy, "loss": self.loss, "n": self.n, "classes": self.classes,
-                "precision": self.precision.tolist(), "recall": self.recall.tolist(),
-                "confusion": self.confusion.tolist()}
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 1000,
-                   channels_last: bool = True) -> torch.Tensor:
-    """Logits (N, K) for uint8 images (N, C, H, W), in batches, on the model's device."""
-    device = next(model.parameters()).device
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    out = []
-    for i in range(0, images.shape[0], batch_size):
-        x = images[i:i + batch_size].to(device).float().div_(255).contiguous(memory_format=fmt)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            out.append(model(x).float())
-    return torch.cat(out)
-
-
-def evaluate(model: nn.Module, data: ImageSet, batch_size: int = 1000,
-             channels_last: bool = True) -> Evaluation:
-    """Run ``model`` (in eval mode; restored afterwards) over every image of ``data``."""
-    was_training = model.training
-    model.eval()
-    try:
-        logits = predict_logits(model, data.images, batch_size, channels_last)
-    finally:
-        model.train(was_training)
-    labels = data.labels.to(logits.device)
-    k = len(data.classes)
-    pred = logits.argmax(1)
-    confusion = torch.bincount(labels * k + pred, minlength=k * k).view(k, k).cpu()
-    return Evaluation(accuracy=(pred == labels).float().mean().item(),
-                      loss=F.cross_entropy(logits, labels).item(), n=int(labels.numel()),
-                      confusion=confusion, classes=list(data.classes))
+__all__ = ["Evaluation", "evaluate", "predict_logits"]

@@ -1,35 +1,35 @@
-"""The trainer: data on the device as tensors, batched augmentation, one-cycle SGD, EMA, checkpoints.
+"""``cnnkit train``: a :class:`TrainConfig` turned into a classification task and a one-phase plan.
 
-``train(config, out)`` prints the model summary, trains with a live progress bar, and after every
-epoch writes ``model.safetensors``, ``resume.safetensors``, ``metrics.csv`` and ``curves.png`` to
-``out`` (atomically; under torchrun only rank 0 writes). ``resume=True`` continues exactly from the
-last completed epoch: same final weights as an uninterrupted run.
+``train(config, out)`` loads the splits onto the device, builds the seeded network inside its
+Classifier, and hands both to the engine (:func:`cnnkit.engine.fit`), which prints the summary,
+trains with a live progress bar and after every epoch writes ``model.safetensors``,
+``resume.safetensors``, ``metrics.csv`` and ``curves.png`` to ``out`` (atomically; under torchrun
+only rank 0 writes). ``resume=True`` continues exactly from the last completed epoch. What is
+classification's own lives here: the one-cycle schedule, the optimizer's parameter groups, ensembles.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from .. import engine
 from ..data.augment import build_augment
 from ..data.datasets import load_dataset
 from ..data.imageset import ImageSet
+from ..engine import Data, Phase, Plan, Setup
+from ..engine.distributed import Dist, distributed
 from ..errors import CnnkitError
+from ..tasks.classify import ClassifyTask, evaluate
 from . import checkpoint as ckpt
 from .config import TrainConfig, validate
-from .distributed import Dist, all_sum, distributed, shard
-from .ema import EMA
-from .evaluate import evaluate
 
 
 @dataclass
@@ -69,96 +69,22 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False, quiet:
 
 def fit(cfg: TrainConfig, out: Path, d: Dist, resume: bool = False, quiet: bool = False,
         on_epoch_end: Callable[[int, dict], None] | None = None) -> TrainResult:
-    """One model: the epoch loop. Everything it calls is a small function below."""
-    console = Console(quiet=quiet or not d.main)
+    """One model: the config as a classification task and a one-phase plan, run by the engine."""
     train_set, val_set = load_splits(cfg, d.device)
     model = build_classifier(cfg, train_set).to(d.device, memory_format=_fmt(cfg))
-    if not quiet and d.main:
-        from ..analysis import summary
-
-        console.print(str(summary(model.net, input_size=model.input_size, batch_size=cfg.batch_size)))
-    optimizer = make_optimizer(model.net, cfg)
-    ema = EMA(model, cfg.ema) if cfg.ema else None
-    gen = torch.Generator(d.device).manual_seed(cfg.seed)    # data order + augmentation
-    start, history = _start(out, resume, model, optimizer, ema, gen, cfg)
-    ddp = nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
-    steps = len(train_set) // cfg.batch_size
-    deploy = ema.module if ema else model
-    t0, images = time.perf_counter(), 0
-    val_label = _val_label(cfg)
-    with _progress(console, quiet or not d.main) as bar:
-        task = bar.add_task("train", total=cfg.epochs * steps, completed=start * steps,
-                            loss=0.0, acc=0.0, ips=0.0, epoch=start + 1)
-        try:
-            for epoch in range(start, cfg.epochs):
-                tick = time.perf_counter()
-                loss, acc = train_epoch(ddp, model, optimizer, ema, train_set, gen, cfg, d, epoch,
-                                        steps, lambda **kw: bar.update(task, **kw))
-                with deploy.without_tta():    # TTA costs 5 passes: only the final answer uses it
-                    val = evaluate(deploy, val_set, cfg.eval_batch_size, cfg.channels_last)
-                seconds = time.perf_counter() - tick
-                images += steps * cfg.batch_size
-                row = dict(epoch=epoch + 1, train_loss=round(loss, 5), train_acc=round(acc, 5),
-                           val_loss=round(val.loss, 5), val_acc=round(val.accuracy, 5),
-                           lr=optimizer.param_groups[0]["lr"], seconds=round(seconds, 2))
-                history.append(row)
-                console.print(f"epoch {epoch + 1}/{cfg.epochs}  train loss {loss:.4f} acc {acc:.2%}  "
-                              f"{val_label} loss {val.loss:.4f} acc {val.accuracy:.2%}  {seconds:.1f} s  "
-                              f"{steps * cfg.batch_size / seconds:,.0f} img/s")
-                if d.main:
-                    save_run(out, cfg, model, deploy, optimizer, ema, gen, epoch + 1, history, train_set)
-                if on_epoch_end is not None:
-                    on_epoch_end(epoch, row)
-        except KeyboardInterrupt:
-            if d.main:
-                ckpt.save_model(out / ckpt.MODEL_FILE, deploy,
-                                {**_info(cfg, deploy, train_set, history), "interrupted": True})
-                console.print(f"interrupted: {out / ckpt.MODEL_FILE} holds the current weights; "
-                              f"`cnnkit train --resume --out {out}` continues from epoch {len(history) + 1}")
-            raise
-    seconds = time.perf_counter() - t0
-    final = evaluate(deploy, val_set, cfg.eval_batch_size, cfg.channels_last).accuracy
-    console.print(f"done: {val_label} acc {final:.2%}{' (with TTA)' if deploy.tta else ''} "
-                  f"in {seconds:.1f} s -> {out}  (test with `cnnkit eval {out}`)")
-    return TrainResult(out, history, final, seconds, images)
-
-
-def train_epoch(ddp: nn.Module, model: nn.Module, optimizer, ema: EMA | None, data: ImageSet,
-                gen: torch.Generator, cfg: TrainConfig, d: Dist, epoch: int, steps: int,
-                report: Callable) -> tuple[float, float]:
-    """One pass over ``data`` in shuffled global batches; returns (mean loss, accuracy)."""
-    model.train()
-    augment = build_augment(cfg.augment)
-    perm = torch.randperm(len(data), generator=gen, device=gen.device)
-    sums = torch.zeros(3, device=d.device)                  # loss * n, correct, n
-    tick, every = time.perf_counter(), 20
-    for i in range(steps):
-        step = epoch * steps + i
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg.epochs * steps, cfg)
-        idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-        x = augment(data.images[idx].float().div_(255), gen)  # the global batch, same on every rank
-        x, y = shard(x, d).contiguous(memory_format=_fmt(cfg)), shard(data.labels[idx], d)
-        with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=d.device.type == "cuda"):
-            logits = ddp(x).float()
-        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if ema is not None:
-            ema.update(model, step)
-        sums += torch.stack([loss.detach() * y.numel(), (logits.argmax(1) == y).sum(), torch.tensor(
-            float(y.numel()), device=d.device)])
-        if (i + 1) % every == 0 or i + 1 == steps:
-            loss_now, acc_now, n = (sums / torch.tensor([sums[2], sums[2], 1.0], device=d.device)).tolist()
-            if not math.isfinite(loss_now):
-                raise CnnkitError(f"the loss became {loss_now} at epoch {epoch + 1}, step {i + 1}: "
-                                  f"training diverged; lower the learning rate (received --lr {cfg.lr})")
-            ips = (i % every + 1) * cfg.batch_size / (time.perf_counter() - tick)
-            tick = time.perf_counter()
-            report(advance=i % every + 1, loss=loss_now, acc=acc_now, ips=ips, epoch=epoch + 1)
-    total = all_sum(sums, d)
-    return (total[0] / total[2]).item(), (total[1] / total[2]).item()
+    task = ClassifyTask(cfg.batch_size, build_augment(cfg.augment), cfg.label_smoothing,
+                        cfg.channels_last, eval_batch_size=cfg.eval_batch_size, val_name=_val_label(cfg),
+                        info=_info(cfg, train_set))
+    plan = Plan([Phase(cfg.epochs, lambda m: Setup(make_optimizer(m.net, cfg),
+                                                   schedule=lambda step, total: lr_at(step, total, cfg)))],
+                seed=cfg.seed, ema=cfg.ema)
+    run = engine.fit(task, model, Data(train_set, val_set), plan, out, resume=resume, quiet=quiet,
+                     dist=d, config=cfg.to_dict(), on_epoch_end=on_epoch_end)
+    final = evaluate(run.model, val_set, cfg.eval_batch_size, cfg.channels_last).accuracy
+    Console(quiet=quiet or not d.main).print(
+        f"done: {_val_label(cfg)} acc {final:.2%}{' (with TTA)' if run.model.tta else ''} in "
+        f"{run.seconds:.1f} s -> {out}  (test with `cnnkit eval {out}`)")
+    return TrainResult(out, run.history, final, run.seconds, run.images)
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -208,38 +134,15 @@ def build_classifier(cfg: TrainConfig, data: ImageSet) -> ckpt.Classifier:
     return ckpt.Classifier(net, mean, std, data.classes, data.image_shape, tta)
 
 
-def save_run(out: Path, cfg, model, deploy, optimizer, ema, gen, epoch, history, train_set) -> None:
-    """Resume state, deployable model, metrics.csv and curves.png (each file atomic)."""
-    ckpt.save_resume(out / ckpt.RESUME_FILE, model, optimizer, ema, gen, epoch, history, cfg.to_dict())
-    ckpt.save_model(out / ckpt.MODEL_FILE, deploy, _info(cfg, deploy, train_set, history))
-    ckpt.write_metrics_csv(out / "metrics.csv", history)
-    from ..plots import training_curves
-
-    training_curves(history, out / "curves.png")
-
-
 def _val_label(cfg: TrainConfig) -> str:
     return "val (trained on)" if cfg.trainval else "val"
 
 
-def _info(cfg: TrainConfig, model: ckpt.Classifier, data: ImageSet, history: list[dict]) -> dict:
-    return {"format": ckpt.FORMAT, "model": ckpt.model_reference(cfg.model),
-            "num_classes": len(model.classes), "input_size": list(model.input_size),
-            "classes": model.classes, "mean": model.mean.flatten().tolist(),
-            "std": model.std.flatten().tolist(), "tta": model.tta,
+def _info(cfg: TrainConfig, data: ImageSet) -> dict:
+    """What the checkpoint says beyond the Classifier's own attributes (ClassifyTask.describe)."""
+    return {"model": ckpt.model_reference(cfg.model),
             "dataset": {"name": cfg.dataset, "dark_background": bool(data.meta.get("dark_background"))},
-            "epoch": len(history), "history": history, "config": cfg.to_dict(), "interrupted": False}
-
-
-def _start(out: Path, resume: bool, model, optimizer, ema, gen, cfg) -> tuple[int, list[dict]]:
-    path = out / ckpt.RESUME_FILE
-    if not resume:
-        if path.exists():
-            raise CnnkitError(f"{out} already holds a run; pass --resume to continue it or choose "
-                              "another --out")
-        return 0, []
-    epoch, history, _ = ckpt.load_resume(path, model, optimizer, ema, gen)
-    return epoch, history
+            "config": cfg.to_dict()}
 
 
 def _resumed_config(out: Path, cfg: TrainConfig) -> TrainConfig:
@@ -255,10 +158,3 @@ def _resumed_config(out: Path, cfg: TrainConfig) -> TrainConfig:
 
 def _fmt(cfg: TrainConfig) -> torch.memory_format:
     return torch.channels_last if cfg.channels_last else torch.contiguous_format
-
-
-def _progress(console: Console, disable: bool) -> Progress:
-    return Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.2%}  "
-                               "{task.fields[ips]:,.0f} img/s"), TimeRemainingColumn(),
-                    console=console, disable=disable, transient=True)

@@ -21,18 +21,18 @@ Works with any model that has the timm interface (``forward_features``, ``forwar
 from __future__ import annotations
 
 import re
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from .. import engine
 from ..data.imageset import ImageSet
+from ..engine import Data, Phase, Plan, Setup
 from ..errors import CnnkitError
-from .preprocess import normalize
+from ..tasks.classify import Classifier, ClassifyTask, Features
+from ..tasks.classify import evaluate as evaluate_classifier
 
 STAGES = ("head", "top", "all")
 _BN = nn.modules.batchnorm._BatchNorm
@@ -73,8 +73,12 @@ class StagePlan:
 
 def finetune(model: nn.Module, train_set: ImageSet, val_set: ImageSet | None = None,
              stages=STAGES, freeze_until: str | None = None, augment=None,
-             config: FinetuneConfig | None = None, **overrides) -> list[dict]:
+             config: FinetuneConfig | None = None, *, out=None, resume: bool = False,
+             quiet: bool = True, info: dict | None = None, **overrides) -> list[dict]:
     """Fine-tune ``model`` in place on ``train_set``'s classes; returns one history row per epoch.
+
+    The stages are a plan (:func:`stage_plan`) run by the training engine, which brings the NaN
+    guard, checkpoints with exact resume, torchrun/DDP, ``metrics.csv`` and ``curves.png``.
 
     Args:
         model: a pretrained network (timm interface or ``nn.Sequential`` with a Flatten head).
@@ -83,89 +87,64 @@ def finetune(model: nn.Module, train_set: ImageSet, val_set: ImageSet | None = N
         freeze_until: the first layer trained in stage ``top`` (module name or Keras-style name).
         augment: a batched ``(x, generator) -> x`` on [0, 1] floats, e.g. :class:`ImageAugment`.
         config: a :class:`FinetuneConfig`; keyword ``overrides`` replace its fields.
+        out: the run folder written after every epoch (None: nothing is written).
+        resume: continue the run in ``out`` (same settings) after its last completed epoch.
+        quiet: no summary, progress bar or epoch lines.
+        info: checkpoint metadata, e.g. ``{"model": "resnet18"}`` so that ``cnnkit.load`` rebuilds it.
 
     Raises:
         CnnkitError: an unknown stage or layer name, a model without a separable head, empty or
-            mismatched datasets. The model is left in eval mode with every parameter trainable.
+            mismatched datasets, a diverging loss. The model is left in eval mode with every
+            parameter trainable.
     """
     cfg, stages = _config(config, overrides, stages, train_set, val_set)
-    dev = torch.device(cfg.device)
-    mean = cfg.mean or (0.5,) * train_set.images.shape[1]
-    std = cfg.std or (0.5,) * train_set.images.shape[1]
-    model.to(dev).eval()  # validation passes run in eval mode; training sets its modes per stage
+    c = train_set.images.shape[1]
+    clf = Classifier(model, cfg.mean or (0.5,) * c, cfg.std or (0.5,) * c, train_set.classes,
+                     train_set.image_shape)
+    clf.to(torch.device(cfg.device)).eval()  # validation runs in eval mode; training sets its modes
     _reset_classifier(model, len(train_set.classes))
-    g = torch.Generator(device=dev).manual_seed(cfg.seed)
-    history: list[dict] = []
-
-    def prepare(images, train):  # uint8 (B, C, H, W) -> normalised float on the device
-        x = images.to(dev).float() / 255
-        if train and augment is not None:
-            x = augment(x, g)
-        return normalize(x, mean, std)
-
-    features, head = _parts(model)
     if "top" in stages:  # a bad --freeze-until fails now, not after the head has trained
         plan_stage(model, "top", freeze_until, train_set.image_shape, cfg)
+    task = ClassifyTask(cfg.batch_size, augment, cfg.label_smoothing, channels_last=False,
+                        drop_last=False, max_batches=cfg.max_batches, eval_batch_size=cfg.batch_size,
+                        info=dict(info or {}))
+    plan = stage_plan(clf, stages, freeze_until, cfg, train_set, val_set)
+    settings = {k: v for k, v in cfg.__dict__.items() if k != "log"}
+    log = (lambda epoch, row: cfg.log(_stage_row(row))) if cfg.log else None
     try:
-        for stage in stages:
-            history += _run_stage(model, stage, features, head, prepare, train_set, val_set,
-                                  freeze_until, cfg, g, dev)
+        run = engine.fit(task, clf, Data(train_set, val_set), plan, out, resume=resume, quiet=quiet,
+                         device=cfg.device, command="cnnkit finetune", on_epoch_end=log,
+                         config={**(info or {}), "finetune": {**settings, "stages": list(stages),
+                                                              "freeze_until": freeze_until}})
     finally:
         for p in model.parameters():
             p.requires_grad_(True)
     model.eval()
-    return history
+    return [_stage_row(r) for r in run.history]
 
 
-def _run_stage(model, stage, features, head, prepare, train_set, val_set, freeze_until, cfg, g, dev):
-    """Train one stage for its epochs; returns its history rows."""
-    plan = plan_stage(model, stage, freeze_until, train_set.image_shape, cfg)
-    epochs = cfg.epochs.get(stage, 0) if isinstance(cfg.epochs, dict) else cfg.epochs
-    if stage == "head" and cfg.cache_features:  # the frozen base runs once per image
-        train = (_features(features, train_set, prepare, cfg), train_set.labels)
-        val = (_features(features, val_set, prepare, cfg), val_set.labels) if val_set else None
-        step, forward = (lambda x, training: x), head
-    else:
-        train = (train_set.images, train_set.labels)
-        val = (val_set.images, val_set.labels) if val_set else None
-        step, forward = prepare, model
-    opt = torch.optim.AdamW(plan.groups, weight_decay=cfg.weight_decay)
-    rows = []
-    for epoch in range(1, epochs + 1):
-        t0 = time.perf_counter()
-        with _train_mode(model, plan.frozen_bn):
-            tr_loss, tr_acc = _run_epoch(forward, train, step, cfg, g, dev, opt)
-        va_loss, va_acc = _run_epoch(forward, val, step, cfg, g, dev) if val else (float("nan"),) * 2
-        rows.append({"stage": stage, "epoch": epoch, "train_loss": tr_loss, "train_acc": tr_acc,
-                     "val_loss": va_loss, "val_acc": va_acc, "lr": max(x["lr"] for x in plan.groups),
-                     "trainable": sum(p.numel() for x in plan.groups for p in x["params"]),
-                     "seconds": time.perf_counter() - t0})
-        if cfg.log:
-            cfg.log(rows[-1])
-    return rows
+def stage_plan(clf: nn.Module, stages, freeze_until: str | None, cfg: FinetuneConfig,
+               train_set: ImageSet, val_set: ImageSet | None = None):
+    """The engine's plan: one phase per stage -- its parameters and LRs (:func:`plan_stage`), its
+    frozen BN layers, and for ``head`` with ``cache_features`` the head alone on cached features."""
+    model = clf.net
+    features, head = _parts(model)
 
+    def begin(stage: str):
+        def setup(_) -> Setup:
+            plan = plan_stage(model, stage, freeze_until, clf.input_size, cfg)
+            opt = torch.optim.AdamW(plan.groups, weight_decay=cfg.weight_decay)
+            row = {"trainable": sum(p.numel() for g in plan.groups for p in g["params"])}
+            if stage != "head" or not cfg.cache_features:
+                return Setup(opt, frozen=plan.frozen_bn, row=row)
+            # the frozen base runs once per image; every epoch trains the head on what it gave
+            cached = Data(_features(features, clf, train_set, cfg),
+                          _features(features, clf, val_set, cfg) if val_set is not None else None)
+            return Setup(opt, module=_Head(clf, head), data=cached, frozen=plan.frozen_bn, row=row)
+        return setup
 
-def _run_epoch(forward, data, step, cfg, g, dev, opt=None) -> tuple[float, float]:
-    """One pass over ``data``; trains when an optimizer is given. Returns (mean loss, accuracy)."""
-    x_all, y_all = data
-    n = len(y_all)
-    order = torch.randperm(n, generator=g, device=dev).cpu() if opt else torch.arange(n)
-    batches = [b for b in order.split(cfg.batch_size) if not (opt and len(b) < 2)]  # BN needs 2
-    batches = batches[:cfg.max_batches] if cfg.max_batches else batches
-    loss_sum, correct, seen = 0.0, 0, 0
-    with torch.set_grad_enabled(opt is not None):
-        for idx in batches:
-            x, y = step(x_all[idx], opt is not None), y_all[idx].to(dev)
-            logits = forward(x.to(dev))
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing if opt else 0.0)
-            if opt is not None:
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += len(y)
-    return loss_sum / max(seen, 1), correct / max(seen, 1)
+    epochs = {s: cfg.epochs.get(s, 0) if isinstance(cfg.epochs, dict) else cfg.epochs for s in stages}
+    return Plan([Phase(epochs[s], begin(s), name=s) for s in stages], seed=cfg.seed)
 
 
 def plan_stage(model: nn.Module, stage: str, freeze_until: str | None = None,
@@ -204,20 +183,6 @@ def plan_stage(model: nn.Module, stage: str, freeze_until: str | None = None,
     groups = [{"params": ps, "lr": r, "names": [names[id(p)] for p in ps]}
               for r, ps in sorted(by_lr.items(), reverse=True) if ps]
     return StagePlan(stage, groups, frozen_bn)
-
-
-@contextmanager
-def _train_mode(model: nn.Module, frozen_bn: list[nn.Module]):
-    """model.train(), except BN layers in ``frozen_bn`` (kept in eval); restores every mode after."""
-    modes = {m: m.training for m in model.modules()}
-    try:
-        model.train()
-        for m in frozen_bn:
-            m.eval()
-        yield
-    finally:
-        for m, training in modes.items():
-            m.training = training
 
 
 # ----------------------------------------------------------------------------- the model's parts
@@ -338,13 +303,41 @@ def _keras_to_module(name: str, leaves) -> str:
 
 # ----------------------------------------------------------------------------- data helpers
 
-def _features(features, data: ImageSet, prepare, cfg) -> torch.Tensor:
+def _features(features, clf: nn.Module, data: ImageSet, cfg):
     """The frozen base's output for every image (eval mode, no grad), kept on the device."""
+    dev = clf.mean.device
+    modes = {m: m.training for m in clf.modules()}
     out = []
-    with torch.no_grad():
-        for idx in torch.arange(len(data)).split(cfg.batch_size * 2):
-            out.append(features(prepare(data.images[idx], False)))
-    return torch.cat(out)
+    try:
+        clf.eval()
+        with torch.no_grad():
+            for idx in torch.arange(len(data)).split(cfg.batch_size * 2):
+                x = data.images[idx].to(dev).float() / 255
+                out.append(features((x - clf.mean) / clf.std))
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    return Features(torch.cat(out), data.labels.to(dev), data.classes)
+
+
+class _Head(nn.Module):
+    """The classifier's head alone (cached features in, logits out), sharing its parameters."""
+
+    def __init__(self, clf: nn.Module, head):
+        super().__init__()
+        self.clf, self.head = clf, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x)
+
+
+def _stage_row(row: dict) -> dict:
+    """An engine history row as fine-tuning reports it: the stage and the epoch within it."""
+    out = {"stage": row["phase"], "epoch": row["phase_epoch"]}
+    out.update((k, v) for k, v in row.items() if k not in ("epoch", "phase", "phase_epoch"))
+    out.setdefault("val_loss", float("nan"))
+    out.setdefault("val_acc", float("nan"))
+    return out
 
 
 def _config(config, overrides, stages, train_set, val_set) -> tuple[FinetuneConfig, list[str]]:
@@ -369,20 +362,9 @@ def _config(config, overrides, stages, train_set, val_set) -> tuple[FinetuneConf
 
 def evaluate(model: nn.Module, data: ImageSet, mean=None, std=None, batch_size: int = 256,
              device: str = "cpu") -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of ``model`` on ``data`` (uint8 images normalised by mean/std)."""
+    """(mean cross-entropy, accuracy) of ``model`` on ``data`` (uint8 images normalised by mean/std),
+    by the classification task's evaluation (the one ``cnnkit eval`` and fine-tuning use)."""
     c = data.images.shape[1]
-    mean, std = mean or (0.5,) * c, std or (0.5,) * c
-    was_training = model.training
-    model.eval()
-    loss_sum, correct = 0.0, 0
-    try:
-        with torch.no_grad():
-            for idx in torch.arange(len(data)).split(batch_size):
-                x = normalize(data.images[idx].to(device).float() / 255, mean, std)
-                y = data.labels[idx].to(device)
-                logits = model(x)
-                loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-                correct += (logits.argmax(1) == y).sum().item()
-    finally:
-        model.train(was_training)
-    return loss_sum / len(data), correct / len(data)
+    clf = Classifier(model, mean or (0.5,) * c, std or (0.5,) * c, data.classes, data.image_shape)
+    result = evaluate_classifier(clf.to(device).train(model.training), data, batch_size, False)
+    return result.loss, result.accuracy

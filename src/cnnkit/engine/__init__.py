@@ -1,0 +1,12 @@
+"""The training engine: one loop (:func:`fit`) that every task and fine-tuning stage runs through.
+
+- :mod:`.task` -- the :class:`Task` protocol (batches, loss, evaluate, deployable, describe) and
+  the :class:`Plan` of :class:`Phase` s the loop trains by (what trains, at which learning rates)
+- :mod:`.loop` -- :func:`fit`: progress, validation, EMA, NaN guard, checkpoints, resume, DDP
+- :mod:`.distributed`, :mod:`.ema` -- processes under torchrun; weight averaging
+"""
+
+from .loop import FitResult, fit
+from .task import Data, Phase, Plan, Setup, Task
+
+__all__ = ["Data", "FitResult", "Phase", "Plan", "Setup", "Task", "fit"]

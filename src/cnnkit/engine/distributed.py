@@ -1,0 +1,83 @@
+"""Several processes through PyTorch's own engine: ``torchrun --nproc_per_node N -m cnnkit train``.
+
+torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT; :func:`distributed`
+joins the process group (gloo on CPU, nccl on GPU) for the duration of a ``with`` block and always
+leaves it. Without those variables it is a no-op describing a single process.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from ..errors import CnnkitError
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        """Only rank 0 prints and writes files."""
+        return self.rank == 0
+
+
+@contextmanager
+def distributed(device: str | None = None):
+    """Yield a :class:`Dist`; inside torchrun, with the process group initialised."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    if use_cuda and not torch.cuda.is_available():
+        raise CnnkitError("--device cuda, but PyTorch sees no CUDA GPU here; use --device cpu")
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if use_cuda and world > 1 and torch.cuda.device_count() < local_world:
+        raise CnnkitError(f"{local_world} processes per node but {torch.cuda.device_count()} GPU(s): "
+                          "nccl needs one GPU per process; use --nproc_per_node "
+                          f"{torch.cuda.device_count()}, or --device cpu for gloo on the CPU")
+    if world <= 1:
+        yield Dist(device=torch.device("cuda" if use_cuda else "cpu"))
+        return
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
+    try:
+        yield Dist(rank, world, local_rank, dev)
+    finally:
+        dist.destroy_process_group()
+
+
+def shard(indices: torch.Tensor, d: Dist) -> torch.Tensor:
+    """This rank's contiguous share of a global batch (a distributed sampler over a tensor set)."""
+    per = indices.shape[0] // d.world
+    return indices[d.rank * per:(d.rank + 1) * per]
+
+
+def shard_batch(batch, d: Dist):
+    """This rank's share of a global batch -- a tensor, or a tuple / list / dict of them (lists of
+    per-sample items are sliced like tensors) -- on this rank's device."""
+    if torch.is_tensor(batch):
+        return shard(batch, d).to(d.device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: shard_batch(v, d) for k, v in batch.items()}
+    if isinstance(batch, tuple):
+        return tuple(shard_batch(v, d) for v in batch)
+    if isinstance(batch, list):
+        per = len(batch) // d.world
+        return [v.to(d.device) if torch.is_tensor(v) else v for v in batch[d.rank * per:(d.rank + 1) * per]]
+    return batch
+
+
+def all_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
+    if d.world > 1:
+        dist.all_reduce(t)
+    return t

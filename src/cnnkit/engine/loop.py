@@ -1,0 +1,247 @@
+"""The one training loop of cnnkit: every task and every fine-tuning stage runs through :func:`fit`.
+
+``fit(task, model, data, plan, out)`` prints the task's summary, then for each phase of the plan
+and each epoch: one pass of optimizer steps with a live progress bar (the NaN/inf guard checks the
+loss every 20 steps and the weights before anything is saved), validation by the task's own
+``evaluate``, and -- when ``out`` is given, on rank 0 only -- ``model.safetensors`` (the task's
+deployable, EMA weights when EMA is on), ``resume.safetensors``, ``metrics.csv`` and ``curves.png``,
+each written atomically. ``resume=True`` continues after the last completed epoch with the same
+final weights as an uninterrupted run. Ctrl-C saves the current weights and says how to resume.
+Under torchrun every process runs the same global batches and trains on its shard of each (DDP).
+The engine knows nothing of classes, boxes or masks: that is the task's business.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from ..errors import CnnkitError
+from ..train import checkpoint as ckpt
+from .distributed import Dist, all_sum, distributed, shard_batch
+from .ema import EMA
+from .task import Data, Plan, Setup, Task
+
+REPORT_EVERY = 20   # steps between progress updates and loss checks (each one syncs with the device)
+
+
+@dataclass
+class FitResult:
+    model: nn.Module        # the trained model to deploy (the EMA copy when EMA is on)
+    history: list[dict]     # one row per epoch, as in metrics.csv
+    seconds: float          # training time of this call (validation included, summary excluded)
+    images: int             # training samples processed by this call (all processes)
+    best: tuple[int, float] | None  # (epoch, value) of the best task.metric on validation
+
+
+def fit(task: Task, model: nn.Module, data: Data, plan: Plan, out=None, *, resume: bool = False,
+        quiet: bool = False, device: str | None = None, dist: Dist | None = None,
+        config: dict | None = None, command: str = "cnnkit train",
+        on_epoch_end: Callable[[int, dict], None] | None = None) -> FitResult:
+    """Train ``model`` by ``plan``; ``out`` (None: write nothing) is the run folder.
+
+    ``config`` (JSON-able) is stored for ``--resume``, which refuses a different one; ``command``
+    names the CLI in the resume hint; ``on_epoch_end(epoch, row)`` runs after each saved epoch.
+    """
+    out = Path(out) if out is not None else None
+    config = json.loads(json.dumps(config or {}))
+    with (contextlib.nullcontext(dist) if dist is not None else distributed(device)) as d:
+        console = Console(quiet=quiet or not d.main)
+        model.to(d.device)
+        if not quiet and d.main:
+            console.print(task.summary(model))
+        gen = torch.Generator(d.device).manual_seed(plan.seed)
+        ema = EMA(model, plan.ema) if plan.ema else None
+        done, history = _start(out, resume, model, ema, gen, config)
+        deploy = ema.module if ema else model
+        t0, images, first = time.perf_counter(), 0, 0
+        try:
+            for phase in plan.phases:                 # phase epochs first .. last - 1 (0-based)
+                last = first + phase.epochs
+                if done < last:
+                    setup = phase.begin(model)
+                    if first < done:                  # resumed inside this phase: its optimizer too
+                        ckpt.load_resume(out / ckpt.RESUME_FILE, model, setup.optimizer, ema, gen)
+                    images += _run_phase(task, model, deploy, ema, data, setup, phase.name, gen, d,
+                                         range(max(first, done), last), first, plan.epochs, history,
+                                         out, config, console, quiet, on_epoch_end)
+                first = last
+        except KeyboardInterrupt:
+            if d.main and out is not None:
+                _save_model(out, task, deploy, history, interrupted=True)
+                console.print(f"interrupted: {out / ckpt.MODEL_FILE} holds the current weights; "
+                              f"`{command} --resume --out {out}` continues from epoch {len(history) + 1}")
+            raise
+        seconds = time.perf_counter() - t0
+        best = _best(history, f"val_{task.metric}")
+        if best is not None:
+            console.print(f"best {getattr(task, 'val_name', 'val')} {task.metric} {best[1]:.4g} "
+                          f"at epoch {best[0]} of {len(history)}")
+        return FitResult(deploy, history, seconds, images, best)
+
+
+def _run_phase(task, model, deploy, ema, data, setup: Setup, name, gen, d, epochs, first, total,
+               history, out, config, console, quiet, on_epoch_end) -> int:
+    """The epochs ``epochs`` of the phase that starts at epoch ``first``; returns samples trained."""
+    net = setup.module or model
+    step_net = nn.parallel.DistributedDataParallel(net) if d.world > 1 else net
+    train, val = setup.data or data
+    evaluated = setup.module or deploy             # a phase's own module is validated on its data
+    peak = max(g["lr"] for g in setup.optimizer.param_groups)   # before any schedule touches it
+    last, images = epochs.stop, 0
+    with _progress(console, quiet or not d.main) as bar:
+        bar_task = None
+        for epoch in epochs:
+            tick = time.perf_counter()
+            batches = task.batches(train, gen, True)
+            label = f"{epoch + 1}{' ' + name if name else ''}"
+            if bar_task is None:
+                bar_task = bar.add_task("train", total=len(epochs) * len(batches), stats="", epoch=label)
+            bar.update(bar_task, epoch=label)
+            with _train_mode(model, setup.frozen):
+                names, sums = train_epoch(task, step_net, model, setup, ema, batches, gen, d, epoch,
+                                          first, last, name, peak,
+                                          lambda **kw: bar.update(bar_task, **kw))
+            sums = all_sum(sums, d)
+            _check_weights(model, epoch, name, peak)
+            metrics = task.evaluate(evaluated, val) if val is not None else {}
+            seconds = time.perf_counter() - tick
+            n = int(sums[-1].item())
+            images += n
+            means = dict(zip(names, (sums[:-1] / sums[-1]).tolist()))
+            row = {"epoch": epoch + 1, **({"phase": name, "phase_epoch": epoch - first + 1} if name else {}),
+                   **setup.row, **{f"train_{k}": round(v, 5) for k, v in means.items()},
+                   **{f"val_{k}": round(v, 5) for k, v in metrics.items()},
+                   "lr": setup.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 2)}
+            history.append(row)
+            console.print(f"epoch {epoch + 1}/{total}{' ' + name if name else ''}  train {_fmt(means)}  "
+                          f"{getattr(task, 'val_name', 'val')} {_fmt(metrics)}  {seconds:.1f} s  "
+                          f"{n / seconds:,.0f} img/s")
+            if d.main and out is not None:
+                _save_run(out, task, model, deploy, setup.optimizer, ema, gen, history, config)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, row)
+    return images
+
+
+def train_epoch(task, step_net, model, setup: Setup, ema, batches, gen, d: Dist, epoch: int,
+                first: int, last: int, name: str, peak: float,
+                report: Callable) -> tuple[list[str], torch.Tensor]:
+    """One pass of optimizer steps: the stats' names and this process's sums (``n`` last)."""
+    steps, opt = len(batches), setup.optimizer
+    names, sums, tick = [], None, time.perf_counter()
+    for i, batch in enumerate(batches):
+        step = (epoch - first) * steps + i                          # counted within the phase
+        if setup.schedule is not None:
+            for group in opt.param_groups:
+                group["lr"] = setup.schedule(step, (last - first) * steps)
+        with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=d.device.type == "cuda"):
+            loss, stats = task.loss(step_net, shard_batch(batch, d))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if ema is not None:
+            ema.update(model, step)
+        names = [k for k in stats if k != "n"]
+        s = torch.stack([stats[k] for k in names] + [stats["n"]])
+        sums = s if sums is None else sums + s
+        if (i + 1) % REPORT_EVERY == 0 or i + 1 == steps:
+            means = dict(zip(names, (sums[:-1] / sums[-1]).tolist()))
+            if not math.isfinite(means["loss"]):
+                raise CnnkitError(f"the loss became {means['loss']} at epoch {epoch + 1}, step {i + 1}"
+                                  f"{' of stage ' + name if name else ''}: training diverged; lower "
+                                  f"the learning rate (received --lr {peak})")
+            ips = (i % REPORT_EVERY + 1) * float(s[-1]) * d.world / (time.perf_counter() - tick)
+            tick = time.perf_counter()
+            report(advance=i % REPORT_EVERY + 1, stats=f"{_fmt(means)}  {ips:,.0f} img/s")
+    return names, sums
+
+
+# ----------------------------------------------------------------------------- helpers
+
+@contextlib.contextmanager
+def _train_mode(model: nn.Module, frozen: list[nn.Module]):
+    """model.train(), except the ``frozen`` modules (kept in eval); every mode restored after."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.train()
+        for m in frozen:
+            m.eval()
+        yield
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+def _check_weights(model: nn.Module, epoch: int, name: str, peak: float) -> None:
+    """The last step's loss was finite, but its update may not be: never save such weights."""
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise CnnkitError(f"the weights became non-finite ({bad[0]}, ...) at the end of epoch "
+                          f"{epoch + 1}{' of stage ' + name if name else ''}: training diverged; "
+                          f"lower the learning rate (received --lr {peak})")
+
+
+def _start(out: Path | None, resume: bool, model, ema, gen, config: dict) -> tuple[int, list[dict]]:
+    """(epochs done, history): 0 and [] for a new run; a resumed run's weights and RNG restored."""
+    path = out / ckpt.RESUME_FILE if out is not None else None
+    if not resume:
+        if path is not None and path.exists():
+            raise CnnkitError(f"{out} already holds a run; pass --resume to continue it or choose "
+                              "another --out")
+        return 0, []
+    if path is None or not path.is_file():
+        raise CnnkitError(f"nothing to resume in {out}: no {ckpt.RESUME_FILE}; start a new run "
+                          "without --resume")
+    epoch, history, saved = ckpt.load_resume(path, model, None, ema, gen)
+    if saved != config:
+        keys = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+        raise CnnkitError(f"{out} was trained with other settings ({', '.join(keys)}); resume it "
+                          "with the same ones or start a new run in another --out")
+    return epoch, history
+
+
+def _save_run(out, task, model, deploy, optimizer, ema, gen, history, config) -> None:
+    """Resume state, deployable model, metrics.csv and curves.png (each file atomic)."""
+    ckpt.save_resume(out / ckpt.RESUME_FILE, model, optimizer, ema, gen, len(history), history, config)
+    _save_model(out, task, deploy, history)
+    ckpt.write_metrics_csv(out / "metrics.csv", history, list(dict.fromkeys(k for r in history for k in r)))
+    from ..plots import training_curves
+
+    training_curves(history, out / "curves.png")
+
+
+def _save_model(out, task, deploy, history, interrupted: bool = False) -> None:
+    info = {"format": ckpt.FORMAT, **task.describe(deploy), "epoch": len(history),
+            "history": history, "interrupted": interrupted}
+    ckpt.save_model(out / ckpt.MODEL_FILE, task.deployable(deploy), info)
+
+
+def _best(history: list[dict], key: str) -> tuple[int, float] | None:
+    """(epoch, value) of the highest ``key`` (the earliest of equals); None without validation."""
+    rows = [r for r in history if isinstance(r.get(key), float) and math.isfinite(r[key])]
+    if not rows:
+        return None
+    top = max(rows, key=lambda r: r[key])
+    return top["epoch"], top[key]
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    """``loss 0.1234 acc 98.76%``: names ending in "acc" as percentages."""
+    return " ".join(f"{k} {v:.2%}" if k.endswith("acc") else f"{k} {v:.4f}" for k, v in metrics.items())
+
+
+def _progress(console: Console, disable: bool) -> Progress:
+    return Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[stats]}"), TimeRemainingColumn(),
+                    console=console, disable=disable, transient=True)
