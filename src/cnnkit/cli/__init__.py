@@ -14,7 +14,7 @@ from importlib import import_module
 from ..errors import CnnkitError
 
 # sub-modules of cnnkit.cli, in the order their commands appear in --help
-_COMMAND_MODULES = ["summary", "zoo", "train", "explain", "transfer"]
+_COMMAND_MODULES = ["summary", "zoo", "train", "explain", "transfer", "segment"]
 
 
 def build_parser() -> argparse.ArgumentParser:

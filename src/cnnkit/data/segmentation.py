@@ -66,7 +66,7 @@ def pennfudan_segmentation(split: str = "train", data_dir: str | os.PathLike | N
     names = (parts["train"] + parts["test"] if split == "all" else parts[split])[:limit]
     images, masks, instances = [], [], []
     for n in names:
-        image = _read_image(root / "PNGImages" / n)
+        image = read_image(root / "PNGImages" / n)
         inst = _read_mask(mask_path(root, n), image)
         image, inst = _shrink(image, inst, max_side)
         images.append(image)
@@ -118,7 +118,7 @@ def mask_folder(root: str | os.PathLike, num_classes: int | None = None, split: 
         names = split_names(names, len(names) - max(1, round(test_fraction * len(names))), seed)[split]
     images, masks = [], []
     for n in names:
-        image = _read_image(image_dir / n)
+        image = read_image(image_dir / n)
         path = mask_dir / f"{Path(n).stem}.png"
         mask = _read_mask(path, image)
         if num_classes is not None:
@@ -144,7 +144,7 @@ def _folder_pair(root: Path) -> tuple[Path, Path]:
                       "(or VOC's JPEGImages/ + SegmentationClass/)")
 
 
-def _read_image(path: Path) -> torch.Tensor:
+def read_image(path: Path) -> torch.Tensor:
     """(3, H, W) uint8 RGB."""
     from PIL import Image
 

@@ -250,3 +250,149 @@ def write_prediction(image: torch.Tensor, mask: torch.Tensor, num_classes: int, 
     Image.fromarray(mask.to(torch.uint8).numpy()).save(grey)                  # 2-D uint8: mode L
     Image.fromarray(overlay(image, mask, num_classes).permute(1, 2, 0).numpy()).save(colour)
     return grey, colour
+
+
+# ----------------------------------------------------------------------------- runs: train, load, eval
+
+DATA_DEFAULTS = {   # what `cnnkit segment train --data X` uses without flags (the recipe the README reports)
+    "pennfudan": dict(arch="unet", backbone="unet", width=16, max_side=256, crop=192, batch_size=8,
+                      epochs=40, lr=2e-3),
+    "digits": dict(arch="fcn8s", backbone="resnet18", canvas=64, scenes=2000, batch_size=32, epochs=8, lr=2e-3),
+    "folder": dict(arch="unet", backbone="unet", width=16, max_side=256, crop=192, batch_size=8,
+                   epochs=40, lr=2e-3),
+}
+
+
+@dataclass
+class SegmentConfig:
+    data: str = "pennfudan"            # "pennfudan" | "digits" | a folder of images/ + masks/
+    data_dir: str | None = None        # holds pennfudan/ and mnist/ (else $CNNKIT_DATA)
+    arch: str | None = None            # fcn32s | fcn16s | fcn8s | unet | deeplabv3 (None: the data's default)
+    backbone: str | None = None        # zoo name for create_features, or "unet" (U-Net's own encoder)
+    weights: str | None = None         # backbone weights: None | "imagenet" | path
+    output_stride: int = 16            # DeepLab: 16 or 8
+    width: int | None = None           # U-Net's own encoder: first-level channels
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None            # peak learning rate (AdamW, one-cycle)
+    weight_decay: float = 1e-4         # on conv weights only
+    optimizer: str = "adamw"           # as cnnkit train: sgd | adamw | nadam
+    momentum: float = 0.9              # sgd only
+    schedule: str = "onecycle"         # onecycle | cosine | constant
+    warmup: float = 0.1                # fraction of the steps warming up (onecycle)
+    crop: int | None = None            # training crop side of photos (px)
+    max_side: int | None = None        # photos shrunk so the longer side is at most this (px)
+    canvas: int | None = None          # digit scenes: side (px)
+    scenes: int | None = None          # digit scenes: training scenes (validation and test: a quarter)
+    boundary_d: int = 3                # boundary IoU band (px)
+    seed: int = 0
+    threads: int | None = None         # torch threads (default: all cores)
+
+    def resolved(self) -> "SegmentConfig":
+        """Every None filled in from DATA_DEFAULTS for this data."""
+        kind = self.data if self.data in ("pennfudan", "digits") else "folder"
+        defaults = dict(DATA_DEFAULTS[kind])
+        if self.backbone is not None and self.backbone != "unet" and self.arch is None:
+            defaults["arch"] = "fcn8s"
+        if self.arch is not None and self.arch != "unet" and self.backbone is None:
+            defaults["backbone"] = "resnet18"
+        from dataclasses import replace
+
+        return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+
+
+def load_splits(cfg: SegmentConfig) -> tuple[SegmentationSet, SegmentationSet, SegmentationSet, dict]:
+    """(train, validation, test, split.json content) for a resolved config."""
+    from ..data.segmentation import digit_segmentation, mask_folder, pennfudan_segmentation
+
+    if cfg.data == "pennfudan":
+        train = pennfudan_segmentation("train", cfg.data_dir, cfg.max_side)
+        test = pennfudan_segmentation("test", cfg.data_dir, cfg.max_side)
+        return train, test, test, {"train": train.names, "test": test.names}
+    if cfg.data == "digits":
+        kw = dict(canvas=cfg.canvas, data_dir=cfg.data_dir, seed=cfg.seed)
+        n_eval = max(2, cfg.scenes // 4)
+        sets = [digit_segmentation(s, n, **kw) for s, n in (("train", cfg.scenes), ("val", n_eval), ("test", n_eval))]
+        return (*sets, {s.meta["split"]: s.meta for s in sets})
+    from pathlib import Path
+
+    if not Path(cfg.data).expanduser().is_dir():
+        raise CnnkitError(f"--data is pennfudan, digits or a folder of images/ + masks/. Received: --data {cfg.data}")
+    train = mask_folder(cfg.data, split="train", seed=cfg.seed, max_side=cfg.max_side)
+    test = mask_folder(cfg.data, num_classes=train.num_classes, split="test", seed=cfg.seed, max_side=cfg.max_side)
+    return train, test, test, {"train": train.names, "test": test.names}
+
+
+def build_model(cfg: SegmentConfig, train: SegmentationSet) -> Segmenter:
+    """The network (seeded init) wrapped with the training images' per-channel mean and std."""
+    from ..models.segmentation import create_segmenter
+
+    torch.manual_seed(cfg.seed)
+    channels = (train.images.shape[1] if isinstance(train.images, torch.Tensor) else train.images[0].shape[0])
+    net = create_segmenter(cfg.arch, cfg.backbone, train.num_classes, in_channels=channels,
+                           output_stride=cfg.output_stride, weights=cfg.weights, width=cfg.width or 32)
+    mean, std = channel_stats(train)
+    return Segmenter(net, mean, std, train.classes)
+
+
+def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = False, device: str | None = None):
+    """Train ``cfg`` through the engine into run folder ``out`` (``split.json`` beside the model).
+
+    Returns the engine's FitResult plus ``test``, the final model's metrics on the test split."""
+    import json
+    import os
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from ..engine import Data, Phase, Plan, Setup, fit
+    from ..train.trainer import lr_at, make_optimizer
+
+    cfg = cfg.resolved()
+    for key in ("epochs", "batch_size", "crop"):
+        if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
+            raise CnnkitError(f"--{key.replace('_', '-')} must be a positive integer. Received: {getattr(cfg, key)}")
+    torch.set_num_threads(cfg.threads or max(1, os.cpu_count() or 1))
+    train_set, val_set, test_set, split = load_splits(cfg)
+    model = build_model(cfg, train_set)
+    task = SegmentTask(cfg.batch_size, cfg.crop or 256, boundary_d=cfg.boundary_d,
+                       val_name="test" if val_set is test_set else "val",
+                       info={"config": asdict(cfg), "data": cfg.data})
+    plan = Plan([Phase(cfg.epochs, lambda m: Setup(make_optimizer(m.net, cfg),
+                                                   schedule=lambda step, total: lr_at(step, total, cfg)))],
+                seed=cfg.seed)
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "split.json").write_text(json.dumps(split, indent=1))
+    result = fit(task, model, Data(train_set, val_set), plan, out, resume=resume, quiet=quiet, device=device,
+                 config=asdict(cfg), command="cnnkit segment train")
+    result.test = evaluate(result.model, test_set, cfg.boundary_d)
+    return result
+
+
+def load_segmenter(path, device: str = "cpu") -> Segmenter:
+    """A run folder (or its model.safetensors) written by ``cnnkit segment train``, in eval mode."""
+    from safetensors.torch import load_file
+
+    from ..train.checkpoint import read_info, resolve
+
+    info = read_info(path)
+    model = Segmenter.from_info(info)
+    model.load_state_dict(load_file(str(resolve(path))))
+    model.info = info
+    return model.to(device).eval()
+
+
+def evaluate_run(path, split: str = "test", data_dir: str | None = None) -> dict:
+    """The metrics of a run's model on its data's ``split`` (test, val or train)."""
+    model = load_segmenter(path)
+    cfg = SegmentConfig(**model.info["config"])
+    if data_dir is not None:
+        cfg.data_dir = data_dir
+    train_set, val_set, test_set, _ = load_splits(cfg)
+    sets = {"train": train_set, "val": val_set, "test": test_set}
+    if split not in sets:
+        raise CnnkitError(f"--split is train, val or test. Received: --split {split}")
+    out = evaluate(model, sets[split], cfg.boundary_d)
+    return {"mIoU": out["mIoU"], "pixel_accuracy": out["pixel_accuracy"], "iou": out["iou_by_class"],
+            "boundary_iou": out["boundary_iou"], "images": out["images"], "split": split,
+            "data": cfg.data, "confusion": out["confusion"]}
