@@ -17,23 +17,18 @@ import torch.nn.functional as F
 from ..data.segmentation import IGNORE_INDEX, SegmentationSet
 from ..errors import CnnkitError
 from ..metrics.segmentation import SegmentationMeter
+from ..train.checkpoint import Classifier
+from .classify import _Batches  # an epoch's batches made one at a time: the same for every task
 
 
-class Segmenter(nn.Module):
+class Segmenter(Classifier):
     """A segmentation network with its input normalisation: float (B, C, H, W) in [0, 1] -> logits
-    (B, K, H, W). Attributes: ``net``, ``classes``, ``config`` (rebuilds ``net``)."""
+    (B, K, H, W). The classifier's wrapper (same buffers, same forward) with a per-pixel ``predict``;
+    attributes ``net``, ``classes``, ``config`` (rebuilds ``net``); ``input_size`` is (C,): any H, W."""
 
     def __init__(self, net: nn.Module, mean, std, classes: list[str]):
-        super().__init__()
-        self.net = net
-        c = len(mean)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1))
-        self.classes = list(classes)
+        super().__init__(net, mean, std, classes, (len(mean),))
         self.config = dict(getattr(net, "config", {}))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.mean) / self.std)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -149,19 +144,6 @@ class SegmentTask:
 
         c = model.mean.shape[1]
         return str(summary(model.net, input_size=(c, self.crop, self.crop), batch_size=self.batch_size))
-
-
-class _Batches:
-    """An epoch's batches, made one at a time (augmentation draws happen in order)."""
-
-    def __init__(self, chunks, make):
-        self.chunks, self.make = chunks, make
-
-    def __len__(self) -> int:
-        return len(self.chunks)
-
-    def __iter__(self):
-        return (self.make(idx) for idx in self.chunks)
 
 
 @torch.no_grad()
