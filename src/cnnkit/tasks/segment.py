@@ -342,11 +342,13 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
     plan = Plan([Phase(cfg.epochs, lambda m: Setup(make_optimizer(m.net, cfg),
                                                    schedule=lambda step, total: lr_at(step, total, cfg)))],
                 seed=cfg.seed)
-    if out is not None:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / "split.json").write_text(json.dumps(split, indent=1))
+
+    def write_split(epoch: int, row: dict) -> None:   # beside the engine's files, once it has written them
+        if out is not None and not (Path(out) / "split.json").is_file():
+            (Path(out) / "split.json").write_text(json.dumps(split, indent=1))
+
     result = fit(task, model, Data(train_set, val_set), plan, out, resume=resume, quiet=quiet, device=device,
-                 config=asdict(cfg), command="cnnkit segment train")
+                 config=asdict(cfg), command="cnnkit segment train", on_epoch_end=write_split)
     result.test = evaluate(result.model, test_set, cfg.boundary_d)
     return result
 
