@@ -238,7 +238,7 @@ def write_prediction(image: torch.Tensor, mask: torch.Tensor, num_classes: int, 
 
 DATA_DEFAULTS = {   # what `cnnkit segment train --data X` uses without flags (the recipe the README reports)
     "pennfudan": dict(arch="unet", backbone="unet", width=16, max_side=256, crop=192, batch_size=8,
-                      epochs=40, lr=3e-3),
+                      epochs=12, lr=3e-3),
     "digits": dict(arch="fcn8s", backbone="resnet18", canvas=64, scenes=2000, batch_size=32, epochs=8, lr=2e-3),
     "folder": dict(arch="unet", backbone="unet", width=16, max_side=256, crop=192, batch_size=8,
                    epochs=40, lr=2e-3),
