@@ -42,10 +42,11 @@ from torch.profiler import ProfilerActivity, profile, record_function
 aten = torch.ops.aten
 
 # ops whose internal allocations are measured (the backend-specific ones that matter for the peak)
-CPU_BACKEND_OPS = {aten.convolution, aten.convolution_backward}
+# (bilinear upsampling: on small maps the CPU kernel allocates about its input and output again)
+CPU_BACKEND_OPS = {aten.convolution, aten.convolution_backward, aten.upsample_bilinear2d}
 
 # which positional arguments carry the batch in dimension 0
-_BATCH_ARGS = {"convolution": (0,), "convolution_backward": (0, 1)}
+_BATCH_ARGS = {"convolution": (0,), "convolution_backward": (0, 1), "upsample_bilinear2d": (0,)}
 # oneDNN picks other kernels for a batch of one, so the line is fitted through batches 2 and 3 (exact
 # from 2 on); a batch of 3 or less is measured as it is
 _CAL_BATCHES = (2, 3)

@@ -155,6 +155,19 @@ def _conv(rank: int, c: int, filters, kernel_size, strides=1, padding="valid", d
     return cls(c, filters, kernel_size, strides, padding, dilation_rate, groups, use_bias)
 
 
+def _conv_transpose(c: int, filters, kernel_size, strides=1, padding="valid", dilation_rate=1, use_bias=True,
+                    kernel_initializer=None):
+    """Keras ``Conv2DTranspose``; ``kernel_initializer: bilinear`` starts it as FCN's bilinear upsampling."""
+    if padding == "same":
+        conv = L.ConvTranspose2dSame(c, filters, kernel_size, strides, dilation_rate, bias=use_bias)
+    else:
+        conv = nn.ConvTranspose2d(c, filters, kernel_size, strides, bias=use_bias, dilation=dilation_rate)
+    if kernel_initializer not in (None, "bilinear"):
+        raise CnnkitError(f"conv2d_transpose's kernel_initializer is the default or 'bilinear'. "
+                          f"Received: kernel_initializer={kernel_initializer!r}")
+    return L.init_bilinear_(conv) if kernel_initializer == "bilinear" else conv
+
+
 def _pool(kind: str, rank: int, pool_size=2, strides=None, padding="valid"):
     if padding == "same":
         return getattr(L, f"{'Max' if kind == 'max' else 'Avg'}Pool{rank}dSame")(pool_size, strides)
@@ -190,11 +203,7 @@ _BUILDERS = {
                          depth_multiplier=1, use_bias=True:
                          L.DepthwiseConv2d(s[0], kernel_size, strides, padding, dilation_rate,
                                            depth_multiplier, use_bias), "depthwise_conv2d"),
-    "conv2d_transpose": (lambda s, filters, kernel_size, strides=1, padding="valid", use_bias=True:
-                         L.ConvTranspose2dSame(s[0], filters, kernel_size, strides, bias=use_bias)
-                         if padding == "same" else
-                         nn.ConvTranspose2d(s[0], filters, kernel_size, strides, bias=use_bias),
-                         "conv2d_transpose"),
+    "conv2d_transpose": (lambda s, **a: _conv_transpose(s[0], **a), "conv2d_transpose"),
     **{f"max_pooling{r}d": (lambda s, r=r, **a: _pool("max", r, **a), f"max_pooling{r}d") for r in (1, 2, 3)},
     **{f"average_pooling{r}d": (lambda s, r=r, **a: _pool("avg", r, **a), f"average_pooling{r}d")
        for r in (1, 2, 3)},
@@ -203,7 +212,7 @@ _BUILDERS = {
     **{f"global_max_pooling{r}d": (lambda s, **a: GlobalPool("max"), f"global_max_pooling{r}d")
        for r in (1, 2, 3)},
     "upsampling2d": (lambda s, size=2, interpolation="nearest":
-                     nn.Upsample(scale_factor=size, mode=interpolation,
+                     nn.Upsample(scale_factor=size, mode=L.check_mode(interpolation),
                                  **({"align_corners": False} if interpolation == "bilinear" else {})),
                      "up_sampling2d"),
     "batch_normalization": (lambda s, **a: _batch_norm(s, **a), "batch_normalization"),

@@ -10,9 +10,12 @@
 - :mod:`.conv_bn_act` -- ``ConvNormAct`` (conv, norm, activation as torchvision numbers them)
 - :mod:`.keras` -- Keras-style ``Conv2D``/``Dense`` (activation inside) and channels-last ``Reshape``
 - :mod:`.divisible` -- ``make_divisible`` channel rounding (MobileNets, SE)
+- :mod:`.upsample` -- ``BilinearConvTranspose2d`` (FCN's bilinear-initialised upsampling), ``Upsample``, ``resize``
+- :mod:`.aspp` -- ``AtrousConv2d``, ``ASPP`` (DeepLab-v3)
 """
 
 from .act import activation_names, get_activation
+from .aspp import ASPP, AtrousConv2d, ImagePooling, aspp_rates
 from .conv_bn_act import ConvNormAct
 from .conv_same import (Conv1dSame, Conv2dSame, Conv3dSame, ConvTranspose2dSame,
                         conv_transpose_same_args, resolve_padding)
@@ -24,6 +27,7 @@ from .pool_same import (AvgPool1dSame, AvgPool2dSame, AvgPool3dSame, MaxPool1dSa
                         MaxPool3dSame)
 from .se import SqueezeExcite
 from .separable import DepthwiseConv2d, SeparableConv2d
+from .upsample import BilinearConvTranspose2d, Upsample, bilinear_kernel, check_mode, init_bilinear_, resize
 
 __all__ = [
     "same_pad", "pad_for", "resolve_padding",
@@ -32,4 +36,6 @@ __all__ = [
     "DepthwiseConv2d", "SeparableConv2d", "LocalResponseNorm", "SqueezeExcite",
     "get_activation", "activation_names", "ConvNormAct", "make_divisible",
     "Conv2D", "Dense", "Reshape",
+    "BilinearConvTranspose2d", "Upsample", "bilinear_kernel", "init_bilinear_", "check_mode", "resize",
+    "ASPP", "AtrousConv2d", "ImagePooling", "aspp_rates",
 ]

@@ -1,1 +1,1 @@
-"""Evaluation metrics for the dense tasks (detection: COCO through pycocotools, and VOC AP)."""
+"""Evaluation metrics, one file per task: ``detection`` (COCO through pycocotools, and VOC AP), ``segmentation`` (IoU, mIoU, boundary IoU)."""

@@ -1,0 +1,198 @@
+"""Semantic-segmentation data as tensors: images with one class index per pixel (0 = background,
+255 = ignore, VOC's "void").
+
+Three sources:
+
+- :func:`pennfudan_segmentation`: Penn-Fudan pedestrians as person-vs-background masks, with the
+  instance ids of ``PedMasks`` (1..n per image) kept beside them, on the split of
+  :mod:`cnnkit.data.pennfudan` (the same 120/50 as detection).
+- :func:`digit_segmentation`: the MNIST digit scenes of :mod:`cnnkit.data.scenes`, 11 classes
+  (background + the digits 0-9, from each digit's ink).
+- :func:`mask_folder`: the format users bring: an image folder beside a mask folder of palette or grey
+  PNGs holding class indices (``root/images`` + ``root/masks``, or VOC's ``JPEGImages`` +
+  ``SegmentationClass``), a mask named as its image with ``.png``.
+
+Photos differ in size, so images and masks are lists of (C, H, W) / (H, W) uint8 tensors; scenes,
+all of one size, are stacked (N, C, H, W) / (N, H, W). ``max_side`` shrinks each photo (bilinear,
+antialiased) and its mask (nearest) so the longer side is at most that many pixels.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import CnnkitError
+from .imagefolder import IMAGE_EXTENSIONS
+from .pennfudan import mask_path, pennfudan_root, pennfudan_split, split_names
+
+IGNORE_INDEX = 255
+
+
+@dataclass
+class SegmentationSet:
+    images: list[torch.Tensor] | torch.Tensor     # each (C, H, W) uint8, or stacked (N, C, H, W)
+    masks: list[torch.Tensor] | torch.Tensor      # each (H, W) uint8 class index (255 ignore), or (N, H, W)
+    classes: list[str]                            # index -> name; 0 is the background
+    names: list[str]                              # an image file name (or "scene_<i>") per sample
+    instances: list[torch.Tensor] | torch.Tensor | None = None   # (H, W) uint8 instance ids, 0 = none
+    name: str = ""                                # e.g. "pennfudan/train"
+    meta: dict = field(default_factory=dict)      # provenance: root, split, seed, sizes
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def pennfudan_segmentation(split: str = "train", data_dir: str | os.PathLike | None = None,
+                           max_side: int | None = None, limit: int | None = None) -> SegmentationSet:
+    """Penn-Fudan ``train`` (120), ``test`` (50) or ``all`` (170) as person (1) vs background (0).
+
+    ``instances`` holds the ``PedMasks`` values (pedestrian k of an image is k); ``limit`` keeps the
+    first that many images of the split (decoding all 170 photos takes about 15 s).
+    """
+    root = pennfudan_root(data_dir)
+    parts = pennfudan_split(root)
+    if split not in ("train", "test", "all"):
+        raise CnnkitError(f"Penn-Fudan splits are train, test and all. Received: split={split!r}")
+    names = (parts["train"] + parts["test"] if split == "all" else parts[split])[:limit]
+    images, masks, instances = [], [], []
+    for n in names:
+        image = read_image(root / "PNGImages" / n)
+        inst = _read_mask(mask_path(root, n), image)
+        image, inst = _shrink(image, inst, max_side)
+        images.append(image)
+        instances.append(inst)
+        masks.append((inst > 0).to(torch.uint8))
+    return SegmentationSet(images, masks, ["background", "person"], names, instances,
+                           f"pennfudan/{split}", {"root": str(root), "split": split, "max_side": max_side})
+
+
+def digit_segmentation(split: str = "train", n: int = 1000, canvas: int = 128,
+                       data_dir: str | os.PathLike | None = None, seed: int = 0, **scene_args) -> SegmentationSet:
+    """``n`` digit scenes (see :func:`cnnkit.data.scenes.digit_scenes`) with 11 per-pixel classes."""
+    from .scenes import digit_scenes
+
+    s = digit_scenes(split, n=n, canvas=canvas, data_dir=data_dir, seed=seed, **scene_args)
+    return SegmentationSet(s.images, s.semantic, ["background", *s.classes], [f"scene_{i}" for i in range(n)],
+                           s.instances, f"digits/{split}", dict(s.meta))
+
+
+def mask_folder(root: str | os.PathLike, num_classes: int | None = None, split: str = "all",
+                test_fraction: float = 0.2, seed: int = 0, max_side: int | None = None,
+                classes: list[str] | None = None) -> SegmentationSet:
+    """A folder of images beside a folder of PNG masks (palette or grey: the value is the class, 255 ignore).
+
+    Args:
+        root: holds ``images/`` and ``masks/`` (or ``JPEGImages/`` and ``SegmentationClass/``).
+        num_classes: labels must be below it (255 aside); None takes the largest label + 1.
+        split: ``all``, or ``train`` / ``test`` of a seeded split holding out ``test_fraction``.
+        classes: class names (default ``background``, ``1``, ``2``...).
+    Raises:
+        CnnkitError: naming the file: a missing mask, a mask of another size than its image, a label
+        outside the classes, a mask that is not palette or grey.
+    """
+    root = Path(root).expanduser()
+    image_dir, mask_dir = _folder_pair(root)
+    names = sorted(p.name for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS
+                   and not p.name.startswith("."))
+    if not names:
+        raise CnnkitError(f"no images in {image_dir} (extensions: {' '.join(IMAGE_EXTENSIONS)})")
+    missing = [n for n in names if not (mask_dir / f"{Path(n).stem}.png").is_file()]
+    if missing:
+        raise CnnkitError(f"missing mask file {mask_dir / (Path(missing[0]).stem + '.png')} for image "
+                          f"{image_dir / missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    if classes is not None:
+        num_classes = len(classes) if num_classes is None else num_classes
+    if split != "all":
+        if split not in ("train", "test"):
+            raise CnnkitError(f"mask-folder splits are all, train and test. Received: split={split!r}")
+        names = split_names(names, len(names) - max(1, round(test_fraction * len(names))), seed)[split]
+    images, masks = [], []
+    for n in names:
+        image = read_image(image_dir / n)
+        path = mask_dir / f"{Path(n).stem}.png"
+        mask = _read_mask(path, image)
+        if num_classes is not None:
+            _check_range(mask, num_classes, path)
+        image, mask = _shrink(image, mask, max_side)
+        images.append(image)
+        masks.append(mask)
+    if num_classes is None:
+        num_classes = 1 + max(int(m[m != IGNORE_INDEX].max()) if (m != IGNORE_INDEX).any() else 0 for m in masks)
+    if classes is None:
+        classes = ["background", *(str(c) for c in range(1, num_classes))]
+    if len(classes) != num_classes:
+        raise CnnkitError(f"{len(classes)} class names for {num_classes} classes; give one name per class")
+    return SegmentationSet(images, masks, list(classes), names, None, f"{root.name}/{split}",
+                           {"root": str(root), "split": split, "seed": seed, "test_fraction": test_fraction})
+
+
+def _folder_pair(root: Path) -> tuple[Path, Path]:
+    for images, masks in (("images", "masks"), ("JPEGImages", "SegmentationClass")):
+        if (root / images).is_dir() and (root / masks).is_dir():
+            return root / images, root / masks
+    raise CnnkitError(f"{root} needs an image folder beside a mask folder: images/ + masks/ "
+                      "(or VOC's JPEGImages/ + SegmentationClass/)")
+
+
+def read_image(path: Path) -> torch.Tensor:
+    """(3, H, W) uint8 RGB."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB"))
+    except (OSError, ValueError) as exc:
+        raise CnnkitError(f"cannot read image {path}: {exc}") from None
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def _read_mask(path: Path, image: torch.Tensor) -> torch.Tensor:
+    """(H, W) uint8 of a palette (P), grey (L) or 1-bit PNG, checked to be the size of ``image``."""
+    from PIL import Image
+
+    if not path.is_file():
+        raise CnnkitError(f"missing mask file {path}")
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            if mode not in ("P", "L", "1"):
+                raise CnnkitError(f"mask {path} is a {mode} image; masks are palette (P) or grey (L) PNGs whose "
+                                  "values are class indices (255 = ignore)")
+            arr = np.asarray(im.convert("L") if mode == "1" else im)
+    except OSError as exc:
+        raise CnnkitError(f"cannot read mask {path}: {exc}") from None
+    if mode == "1":
+        arr = (arr > 0).astype(np.uint8)
+    if arr.shape != tuple(image.shape[1:]):
+        raise CnnkitError(f"mask {path} is {arr.shape[1]}x{arr.shape[0]} px but its image is "
+                          f"{image.shape[2]}x{image.shape[1]}; a mask must be the size of its image")
+    return torch.from_numpy(arr.astype(np.uint8))
+
+
+def _check_range(mask: torch.Tensor, num_classes: int, path: Path) -> None:
+    bad = mask[(mask >= num_classes) & (mask != IGNORE_INDEX)]
+    if bad.numel():
+        raise CnnkitError(f"mask {path} holds label {int(bad.max())}, outside the {num_classes} classes "
+                          f"0..{num_classes - 1} (255 = ignore); fix the mask or pass the right number of classes")
+
+
+def _shrink(image: torch.Tensor, mask: torch.Tensor, max_side: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale image (bilinear, antialiased) and mask (nearest) so the longer side is <= max_side."""
+    h, w = image.shape[1:]
+    if max_side is None or max(h, w) <= max_side:
+        return image, mask
+    scale = max_side / max(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    image = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+    mask = F.interpolate(mask[None, None].float(), size=size, mode="nearest-exact")
+    return image[0].round().clamp(0, 255).to(torch.uint8), mask[0, 0].to(torch.uint8)

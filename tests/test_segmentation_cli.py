@@ -1,0 +1,77 @@
+"""`cnnkit segment train|eval|predict` end to end on a small image + mask folder: a real (short) run
+through the engine, its documented JSON, the prediction PNGs, and one-line errors with exit code 2."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnkit.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def make_folder(root, n=12, size=24):
+    """n photos of a red square (class 1) on a grey background at a random place, with grey masks."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    g = np.random.default_rng(0)
+    for i in range(n):
+        image = np.full((size, size, 3), 90, np.uint8)
+        mask = np.zeros((size, size), np.uint8)
+        y, x, s = *g.integers(0, size - 10, 2), int(g.integers(6, 10))
+        image[y:y + s, x:x + s] = (220, 30, 30)
+        mask[y:y + s, x:x + s] = 1
+        Image.fromarray(image).save(root / "images" / f"im{i:02d}.png")
+        Image.fromarray(mask).save(root / "masks" / f"im{i:02d}.png")
+    return root
+
+
+def test_train_eval_predict(tmp_path, capsys):
+    data, run = make_folder(tmp_path / "data"), tmp_path / "run"
+    code = main(["segment", "train", "--data", str(data), "--arch", "unet", "--backbone", "unet", "--width", "4",
+                 "--epochs", "15", "--batch-size", "5", "--crop", "24", "--lr", "0.02", "--threads", "1",
+                 "--out", str(run), "--quiet"])
+    assert code == 0
+    assert {"model.safetensors", "resume.safetensors", "metrics.csv", "split.json"} <= {p.name for p in run.iterdir()}
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["train"]) == 10 and len(split["test"]) == 2 and not set(split["train"]) & set(split["test"])
+    lines = (run / "metrics.csv").read_text().splitlines()
+    assert lines[0].startswith("epoch,train_loss,train_pixel_acc,val_mIoU") and len(lines) == 16
+    capsys.readouterr()
+    assert main(["segment", "eval", str(run), "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) >= {"mIoU", "pixel_accuracy", "iou", "boundary_iou"} and set(out["iou"]) == {"background", "1"}
+    assert out["images"] == 2 and out["mIoU"] > 0.8, out         # the square is easy: 30 steps learn it
+    photo = np.full((30, 20, 3), 90, np.uint8)                    # another size than the training photos
+    photo[5:14, 4:12] = (220, 30, 30)
+    Image.fromarray(photo).save(tmp_path / "new.png")
+    assert main(["segment", "predict", str(run), str(tmp_path / "new.png"), "--out", str(tmp_path / "pred")]) == 0
+    grey = np.asarray(Image.open(tmp_path / "pred" / "new.png"))
+    assert grey.shape == (30, 20) and set(np.unique(grey)) <= {0, 1}
+    assert (grey[5:14, 4:12] == 1).mean() > 0.8 and (grey[20:] == 0).all()
+    assert np.asarray(Image.open(tmp_path / "pred" / "new_overlay.png")).shape == (30, 20, 3)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["segment", "train", "--data", "no/such/folder"], "--data is pennfudan, digits or a folder"),
+    (["segment", "eval", "no/such/run"], "no checkpoint at no/such/run"),
+    (["segment", "train", "--data", "{data}", "--epochs", "0"], "--epochs must be a positive integer"),
+    (["segment", "train", "--data", "{data}", "--arch", "segnet"], "unknown segmentation architecture"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, argv, message):
+    data = make_folder(tmp_path / "data", n=4)
+    code = main([a.format(data=data) for a in argv] + ["--out", str(tmp_path / "run")] * (argv[1] == "train"))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and "\n" not in err, err
+
+
+def test_missing_mask_names_the_file(tmp_path, capsys):
+    data = make_folder(tmp_path / "data", n=4)
+    (data / "masks" / "im02.png").unlink()
+    assert main(["segment", "train", "--data", str(data), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "missing mask file" in err and "im02.png" in err and "\n" not in err
+    assert not (tmp_path / "run").exists()                         # nothing half-written

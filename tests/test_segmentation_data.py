@@ -1,0 +1,106 @@
+"""Segmentation data: the one Penn-Fudan split, its person and instance masks, digit scenes with 11
+classes, and a user's image + mask folder with its one-line errors naming the file."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnkit.data.imageset import ImageSet
+from cnnkit.data.pennfudan import pennfudan_images, pennfudan_root, pennfudan_split, split_names
+from cnnkit.data.segmentation import digit_segmentation, mask_folder, pennfudan_segmentation
+from cnnkit.errors import CnnkitError
+
+
+def test_split_names_is_seeded_disjoint_and_complete():
+    names = [f"img{i:03d}.png" for i in range(30)]
+    a = split_names(names, 20, seed=0)
+    assert len(a["train"]) == 20 and len(a["test"]) == 10
+    assert set(a["train"]).isdisjoint(a["test"]) and set(a["train"]) | set(a["test"]) == set(names)
+    assert split_names(list(reversed(names)), 20, seed=0) == a       # order of the listing does not matter
+    assert split_names(names, 20, seed=1) != a
+    with pytest.raises(CnnkitError, match="n_train=30"):
+        split_names(names, 30)
+
+
+def test_pennfudan_split_and_masks(data_dir):
+    root = pennfudan_root(data_dir)
+    split = pennfudan_split(root)
+    assert len(split["train"]) == 120 and len(split["test"]) == 50
+    assert sorted(split["train"] + split["test"]) == pennfudan_images(root)
+    s = pennfudan_segmentation("test", data_dir, limit=3)
+    assert s.names == split["test"][:3] and s.classes == ["background", "person"]
+    for image, mask, inst in zip(s.images, s.masks, s.instances):
+        assert image.dtype == torch.uint8 and image.shape[0] == 3 and mask.shape == inst.shape == image.shape[1:]
+        assert torch.equal(mask, (inst > 0).to(torch.uint8))
+        ids = inst.unique().tolist()
+        assert ids == list(range(len(ids)))                          # 0, then pedestrians 1..n
+    small = pennfudan_segmentation("test", data_dir, max_side=200, limit=1)
+    assert max(small.images[0].shape[1:]) == 200 and small.masks[0].shape == small.images[0].shape[1:]
+    assert set(small.instances[0].unique().tolist()) <= set(s.instances[0].unique().tolist())
+    with pytest.raises(CnnkitError, match="no Penn-Fudan data"):
+        pennfudan_root(data_dir / "mnist")
+
+
+def test_digit_scenes_have_eleven_classes_from_the_ink():
+    digits = ImageSet(torch.zeros(10, 1, 28, 28, dtype=torch.uint8), torch.arange(10), [str(d) for d in range(10)])
+    digits.images[:, :, 8:20, 10:18] = 200                          # a block of ink on every digit
+    s = digit_segmentation("train", n=6, canvas=64, seed=3, source=digits, scale=(0.8, 1.2))
+    assert s.images.shape == (6, 1, 64, 64) and s.masks.shape == (6, 64, 64) and s.num_classes == 11
+    assert s.classes[0] == "background" and s.classes[1:] == [str(d) for d in range(10)]
+    ink = s.images[:, 0] >= 64
+    assert torch.equal(s.masks > 0, ink)                            # labelled exactly where the ink is
+    assert int(s.masks.max()) <= 10
+
+
+def _write(root, name, image_size, mask, mode="L", image_dir="images", mask_dir="masks"):
+    (root / image_dir).mkdir(exist_ok=True)
+    (root / mask_dir).mkdir(exist_ok=True)
+    Image.fromarray(np.full((*image_size[::-1], 3), 128, np.uint8)).save(root / image_dir / f"{name}.jpg")
+    im = Image.fromarray(mask)
+    if mode == "P":
+        im = im.convert("P")
+        im.putpalette([v for c in range(256) for v in (c, 255 - c, c // 2)])
+        im.putdata(mask.flatten().tolist())
+    elif mode == "RGB":
+        im = im.convert("RGB")
+    im.save(root / mask_dir / f"{name}.png")
+
+
+def test_mask_folder_palette_grey_and_ignore(tmp_path):
+    m = np.zeros((6, 8), np.uint8)
+    m[1:3, 2:5] = 2
+    m[5, :] = 255
+    _write(tmp_path, "a", (8, 6), m, "P")
+    _write(tmp_path, "b", (8, 6), np.ones((6, 8), np.uint8), "L")
+    s = mask_folder(tmp_path)
+    assert s.names == ["a.jpg", "b.jpg"] and s.num_classes == 3 and s.classes == ["background", "1", "2"]
+    assert torch.equal(s.masks[0], torch.from_numpy(m)) and s.images[0].shape == (3, 6, 8)
+    tr, te = (mask_folder(tmp_path, num_classes=3, split=p, test_fraction=0.5) for p in ("train", "test"))
+    assert len(tr) == len(te) == 1 and tr.names != te.names
+    voc = tmp_path / "voc"
+    voc.mkdir()
+    _write(voc, "x", (8, 6), m, "P", "JPEGImages", "SegmentationClass")
+    assert mask_folder(voc, classes=["bg", "cat", "dog"]).classes == ["bg", "cat", "dog"]
+
+
+@pytest.mark.parametrize("case", ["size", "range", "missing", "rgb"])
+def test_mask_folder_errors_name_the_file(tmp_path, case):
+    m = np.zeros((6, 8), np.uint8)
+    _write(tmp_path, "ok", (8, 6), m)
+    if case == "size":
+        _write(tmp_path, "bad", (9, 6), m)
+    elif case == "range":
+        m[0, 0] = 7
+        _write(tmp_path, "bad", (8, 6), m)
+    elif case == "rgb":
+        _write(tmp_path, "bad", (8, 6), m, "RGB")
+    else:
+        _write(tmp_path, "bad", (8, 6), m)
+        (tmp_path / "masks" / "bad.png").unlink()
+    with pytest.raises(CnnkitError) as err:
+        mask_folder(tmp_path, num_classes=2)
+    msg = str(err.value)
+    assert "\n" not in msg and "bad" in msg
+    assert {"size": "size of its image", "range": "label 7, outside the 2 classes", "missing": "missing mask file",
+            "rgb": "palette (P) or grey (L)"}[case] in msg

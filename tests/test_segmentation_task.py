@@ -1,0 +1,122 @@
+"""The segmentation task's pieces: batches (crops keep image and mask aligned), the loss ignoring 255,
+evaluation through the metrics, and the deployable Segmenter rebuilt from its metadata."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from cnnkit.data.segmentation import SegmentationSet
+from cnnkit.models.segmentation import create_segmenter
+from cnnkit.tasks.segment import SegmentTask, Segmenter, channel_stats, evaluate, random_scale_crop
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def photos(n=5):
+    """Photos of different sizes whose red channel says the class: 200 where the mask is 1, 10 elsewhere."""
+    images, masks = [], []
+    for i in range(n):
+        h, w = 30 + 7 * i, 41 - 3 * i
+        m = torch.zeros(h, w, dtype=torch.uint8)
+        m[5:h - 4, 3 + i:w // 2] = 1
+        im = torch.full((3, h, w), 10, dtype=torch.uint8)
+        im[0][m == 1] = 200
+        images.append(im)
+        masks.append(m)
+    return SegmentationSet(images, masks, ["background", "thing"], [f"p{i}.png" for i in range(n)])
+
+
+class Oracle(nn.Module):
+    """Reads the class from the red channel: a perfect model for ``photos``."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        fg = (x[:, :1] > 0.5).float() * self.w
+        return torch.cat([1 - fg, fg], 1)
+
+
+def test_random_scale_crop_keeps_image_and_mask_aligned():
+    data = photos()
+    g = torch.Generator().manual_seed(0)
+    for im, m in zip(data.images, data.masks):
+        for _ in range(5):
+            x, y = random_scale_crop(im, m, 48, (0.5, 1.5), True, g)
+            assert x.shape == (3, 48, 48) and y.shape == (48, 48)
+            seen = y != 255
+            assert seen.any()
+            # bilinear edges blur the red channel; away from them the mask is what the image says
+            clear = seen & ((x[0] > 190) | (x[0] < 20))
+            assert torch.equal(y[clear] == 1, x[0][clear] > 190)
+            assert (x[:, ~seen] == 0).all()                          # padding: black image, ignored mask
+
+
+def test_batches_for_photos_and_stacked_scenes():
+    task = SegmentTask(batch_size=2, crop=32)
+    g = torch.Generator().manual_seed(1)
+    batches = task.batches(photos(), g, True)
+    assert len(batches) == 2
+    x, y = next(iter(batches))
+    assert x.shape == (2, 3, 32, 32) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    assert y.shape == (2, 32, 32) and y.dtype == torch.int64
+    scenes = SegmentationSet(torch.randint(0, 255, (6, 1, 16, 16), dtype=torch.uint8),
+                             torch.randint(0, 11, (6, 16, 16), dtype=torch.uint8), [str(i) for i in range(11)],
+                             [f"s{i}" for i in range(6)])
+    xs = [b[0] for b in task.batches(scenes, torch.Generator().manual_seed(1), False)]
+    assert torch.equal(torch.cat(xs), scenes.images.float() / 255)   # eval order, whole images
+
+
+def test_loss_ignores_255_and_a_perfect_model_scores_one():
+    task = SegmentTask()
+    x = torch.zeros(1, 3, 4, 4)
+    x[:, 0, :2] = 1.0                                                # rows 0-1 are "thing"
+    y = torch.zeros(1, 4, 4, dtype=torch.long)
+    y[:, :2] = 1
+    loss, stats = task.loss(Oracle(), (x, y))
+    loss = loss.detach()
+    y_noisy = y.clone()
+    y_noisy[:, 3] = 255 * torch.ones(4, dtype=torch.long)             # ignored row: the loss is unchanged
+    loss2 = task.loss(Oracle(), (x, y_noisy))[0].detach()
+    assert float(loss2) == pytest.approx(float(loss)) and stats["pixel_acc"] == 1
+    out = evaluate(Oracle(), photos())
+    assert out["mIoU"] == 1 and out["pixel_accuracy"] == 1 and out["boundary_iou"] == 1 and out["images"] == 5
+    assert task.evaluate(Oracle(), photos()) == {"mIoU": 1.0, "pixel_accuracy": 1.0, "boundary_iou": 1.0}
+
+
+def test_segmenter_normalises_and_rebuilds_from_its_metadata():
+    data = photos()
+    mean, std = channel_stats(data)
+    assert mean[1] == pytest.approx(10 / 255) and std[1] == pytest.approx(1e-3)   # a flat channel: clamped
+    net = create_segmenter("unet", "unet", num_classes=2, in_channels=3, width=4)
+    seg = Segmenter(net, mean, std, data.classes).eval()
+    info = SegmentTask(info={"data": "photos"}).describe(seg)
+    assert info["task"] == "segment" and info["classes"] == ["background", "thing"] and info["data"] == "photos"
+    again = Segmenter.from_info(info)
+    again.load_state_dict(seg.state_dict())
+    x = torch.rand(1, 3, 21, 19)
+    assert torch.equal(again.eval()(x), seg(x)) and seg.predict(x).shape == (1, 21, 19)
+
+
+def test_prediction_pictures_grey_indices_and_overlay(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from cnnkit.tasks.segment import palette, predict_image, write_prediction
+
+    assert palette(4).tolist() == [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0]]   # VOC's colours
+    image = photos(1).images[0]                                      # (3, 30, 41)
+    seg = Segmenter(Oracle(), [0.0, 0.0, 0.0], [1.0, 1.0, 1.0], ["background", "thing"])
+    mask = predict_image(seg, image, max_side=20)                    # seen at 20 px, answered at 41
+    assert mask.shape == (30, 41)
+    assert (mask == photos(1).masks[0]).float().mean() > 0.9
+    grey, colour = write_prediction(image, mask, 2, tmp_path, "p0")
+    g = np.asarray(Image.open(grey))
+    assert Image.open(grey).mode == "L" and np.array_equal(g, mask.numpy().astype(np.uint8))
+    c = np.asarray(Image.open(colour))
+    assert c.shape == (30, 41, 3)
+    rgb = image.permute(1, 2, 0).numpy().astype(float)
+    fg = mask.numpy() == 1
+    expected = np.where(fg[..., None], np.round(0.5 * rgb + 0.5 * np.array([128, 0, 0])), rgb)   # VOC red, half
+    assert fg.any() and np.array_equal(c, expected.astype(np.uint8))
