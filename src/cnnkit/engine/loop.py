@@ -42,7 +42,8 @@ REPORT_EVERY = 20   # steps between progress updates and loss checks (each one s
 class FitResult:
     model: nn.Module        # the trained model to deploy (the EMA copy when EMA is on)
     history: list[dict]     # one row per epoch, as in metrics.csv
-    seconds: float          # training time of this call (validation included, summary excluded)
+    seconds: float          # time in this call's epochs (validation and saving included; the
+                            # summary and each phase's set-up -- optimizer, cached features -- not)
     images: int             # training samples processed by this call (all processes)
     best: tuple[int, float] | None  # (epoch, value) of the best task.metric on validation
     precision: str = "fp32"  # what the steps ran in: "fp32" | "bf16"
@@ -74,7 +75,7 @@ def fit(task: Task, model: nn.Module, data: Data, plan: Plan, out=None, *, resum
         ema = EMA(model, plan.ema) if plan.ema else None
         done, history = _start(out, resume, model, ema, gen, config)
         deploy = ema.module if ema else model
-        t0, images, first = time.perf_counter(), 0, 0
+        seconds, images, first = 0.0, 0, 0
         try:
             for phase in plan.phases:                 # phase epochs first .. last - 1 (0-based)
                 last = first + phase.epochs
@@ -82,9 +83,11 @@ def fit(task: Task, model: nn.Module, data: Data, plan: Plan, out=None, *, resum
                     setup = phase.begin(model)
                     if first < done:                  # resumed inside this phase: its optimizer too
                         ckpt.load_resume(out / ckpt.RESUME_FILE, model, setup.optimizer, ema, gen)
+                    tick = time.perf_counter()
                     images += _run_phase(task, model, deploy, ema, data, setup, phase.name, gen, d,
                                          range(max(first, done), last), first, plan.epochs, history,
                                          out, config, console, quiet, precision, on_epoch_end)
+                    seconds += time.perf_counter() - tick
                 first = last
         except KeyboardInterrupt:
             if d.main and out is not None:
@@ -92,7 +95,6 @@ def fit(task: Task, model: nn.Module, data: Data, plan: Plan, out=None, *, resum
                 console.print(f"interrupted: {out / ckpt.MODEL_FILE} holds the current weights; "
                               f"`{command} --resume --out {out}` continues from epoch {len(history) + 1}")
             raise
-        seconds = time.perf_counter() - t0
         best = _best(history, f"val_{task.metric}")
         if best is not None:
             console.print(f"best {getattr(task, 'val_name', 'val')} {task.metric} {best[1]:.4g} "
