@@ -19,24 +19,16 @@ priority::
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
 import torch
+from cnnkit.engine.precision import cpu_name
 
 from cnnkit.models.detection import decode, grid_points
 from cnnkit.ops import batched_nms, roi_align
 
 
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def median_ms(fn, repeats: int) -> float:

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from cnnkit.engine.precision import cpu_name
 
 from cnnkit.tasks.segment import SegmentConfig, load_segmenter, overlay, predict_masks, train
 
@@ -32,14 +32,6 @@ ARCHS = [("fcn32s", "resnet18"), ("fcn16s", "resnet18"), ("fcn8s", "resnet18"), 
 TARGETS = "targets: digit mIoU >= 0.90; FCN-8s >= FCN-32s + 0.03 mIoU; Penn-Fudan person IoU >= 0.80 in 20 min"
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def digits(args) -> None:

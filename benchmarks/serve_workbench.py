@@ -12,24 +12,16 @@ handler (a frame at 60 Hz is 16.7 ms). Needs chromium (/usr/bin/chromium) and pl
 
 import argparse
 import os
-import platform
 import sys
 import threading
 import time
 from pathlib import Path
+from cnnkit.engine.precision import cpu_name
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def rendered_ms(page, url: str) -> float:

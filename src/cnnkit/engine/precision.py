@@ -34,6 +34,19 @@ def cpu_flags() -> set[str]:
     return flags
 
 
+def cpu_name() -> str:
+    """The processor's model name, for benchmark reports ("AMD EPYC", ...)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown CPU"
+
+
 def native_bf16(device: torch.device) -> bool:
     """Does ``device`` do bfloat16 arithmetic in hardware?"""
     if device.type == "cuda":
