@@ -23,12 +23,10 @@ import statistics
 import time
 
 import torch
-from cnnkit.engine.precision import cpu_name
 
+from cnnkit.engine.precision import cpu_name
 from cnnkit.models.detection import decode, grid_points
 from cnnkit.ops import batched_nms, roi_align
-
-
 
 
 def median_ms(fn, repeats: int) -> float:

@@ -23,15 +23,13 @@ import time
 from pathlib import Path
 
 import torch
-from cnnkit.engine.precision import cpu_name
 
+from cnnkit.engine.precision import cpu_name
 from cnnkit.tasks.segment import SegmentConfig, load_segmenter, overlay, predict_masks, train
 
 ARCHS = [("fcn32s", "resnet18"), ("fcn16s", "resnet18"), ("fcn8s", "resnet18"), ("unet", "resnet18"),
          ("deeplabv3", "resnet18")]
 TARGETS = "targets: digit mIoU >= 0.90; FCN-8s >= FCN-32s + 0.03 mIoU; Penn-Fudan person IoU >= 0.80 in 20 min"
-
-
 
 
 def digits(args) -> None:

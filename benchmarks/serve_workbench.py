@@ -16,12 +16,11 @@ import sys
 import threading
 import time
 from pathlib import Path
+
 from cnnkit.engine.precision import cpu_name
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-
 
 
 def rendered_ms(page, url: str) -> float:
