@@ -6,13 +6,13 @@ takes most of it). Prints the median ms/image over 50 runs after 10 warm-up runs
 
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 
 import torch
 
 from cnnkit import create_model
+from cnnkit.engine.precision import cpu_name
 
 
 def ms_per_image(fn, x, warmup: int = 10, runs: int = 50) -> float:
@@ -46,7 +46,7 @@ def main() -> None:
     assert torch.allclose(out, ref, atol=1e-3), "compiled output differs"
     rows["torch.compile (NCHW)"] = ms_per_image(compiled, x)
     print(f"efficientnet_lite0, 1x3x224x224, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"{platform.processor() or platform.machine()}")
+          f"{cpu_name()}")
     for name, ms in rows.items():
         print(f"  {name:<22} {ms:7.2f} ms/image")
     print(f"  (torch.compile's first call took {compile_s:.0f} s)")
