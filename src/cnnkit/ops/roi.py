@@ -74,12 +74,17 @@ def _axis_samples(start, length, bins: int, grid, gmax: int, size: int):
     return low, high, w_low, w_high
 
 
+def _prepare(input: torch.Tensor, boxes, output_size) -> tuple[torch.Tensor, int, int]:
+    """What RoIAlign and RoIPool both start from: (K, 5) rois in the input's dtype, out_h, out_w."""
+    ph, pw = _pair(output_size)
+    return _rois(boxes, input.dtype, input.device), ph, pw
+
+
 def roi_align(input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.0,
               sampling_ratio: int = -1, aligned: bool = False) -> torch.Tensor:
     """RoIAlign: input (N, C, H, W), boxes (K, 5) or list -> (K, C, out_h, out_w)."""
     n, ch, h, w = input.shape
-    ph, pw = _pair(output_size)
-    rois = _rois(boxes, input.dtype, input.device)
+    rois, ph, pw = _prepare(input, boxes, output_size)
     k = len(rois)
     if k == 0:
         return input.new_zeros(0, ch, ph, pw)
@@ -133,8 +138,7 @@ def _round_away(x: torch.Tensor) -> torch.Tensor:
 def roi_pool(input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.0) -> torch.Tensor:
     """RoIPool: input (N, C, H, W), boxes (K, 5) or list -> (K, C, out_h, out_w); empty bins are 0."""
     n, ch, h, w = input.shape
-    ph, pw = _pair(output_size)
-    rois = _rois(boxes, input.dtype, input.device)
+    rois, ph, pw = _prepare(input, boxes, output_size)
     k = len(rois)
     if k == 0:
         return input.new_zeros(0, ch, ph, pw)
