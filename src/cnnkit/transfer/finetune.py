@@ -20,6 +20,7 @@ Works with any model that has the timm interface (``forward_features``, ``forwar
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Callable
@@ -42,15 +43,18 @@ _POOL = (nn.MaxPool2d, nn.AvgPool2d)
 @dataclass
 class FinetuneConfig:
     # epochs per stage, or {"head": 5, "top": 3, "all": 2}; the head trains on cached features (cheap)
-    epochs: int | dict = field(default_factory=lambda: {"head": 20, "top": 2, "all": 2})
+    epochs: int | dict = field(default_factory=lambda: {"head": 40, "top": 2, "all": 2})
     batch_size: int = 32
-    lr_head: float = 1e-2         # Adam learning rate of the new head (stage "head")
+    lr_head: float = 3e-3         # AdamW peak learning rate of the new head (stage "head")
     lr_top: float = 1e-4          # the unfrozen top and the head (stage "top"): ~10x lower
     lr_all: float = 1e-4          # the head in stage "all"; lower stages get lr_all * lr_decay**depth
     lr_decay: float = 0.5         # discriminative factor per resolution stage, going down
     weight_decay: float = 0.0     # AdamW decoupled weight decay
     label_smoothing: float = 0.0
     cache_features: bool = True   # stage "head": run the frozen base once (then no augmentation there)
+    cache_flips: bool = True      # ... on each training image and its mirror image (twice the data)
+    schedule: str = "cosine"      # every stage's LR: "cosine" from its peak to 0 | "constant"
+    tta: str = "flip"             # the fine-tuned classifier's test-time augmentation ("" | "flip" | "shift")
     train_bn: bool = False        # unfrozen BN layers update their running statistics
     mean: tuple | None = None     # input normalisation on [0, 1] pixels; None: 0.5 per channel
     std: tuple | None = None
@@ -103,7 +107,7 @@ def finetune(model: nn.Module, train_set: ImageSet, val_set: ImageSet | None = N
     cfg, stages = _config(config, overrides, stages, train_set, val_set)
     c = train_set.images.shape[1]
     clf = Classifier(model, cfg.mean or (0.5,) * c, cfg.std or (0.5,) * c, train_set.classes,
-                     train_set.image_shape)
+                     train_set.image_shape, cfg.tta)   # per-epoch validation runs without the TTA
     clf.to(torch.device(cfg.device)).eval()  # validation runs in eval mode; training sets its modes
     _reset_classifier(model, len(train_set.classes))
     if "top" in stages:  # a bad --freeze-until fails now, not after the head has trained
@@ -139,12 +143,19 @@ def stage_plan(clf: nn.Module, stages, freeze_until: str | None, cfg: FinetuneCo
             plan = plan_stage(model, stage, freeze_until, clf.input_size, cfg)
             opt = torch.optim.AdamW(plan.groups, weight_decay=cfg.weight_decay)
             row = {"trainable": sum(p.numel() for g in plan.groups for p in g["params"])}
+            peak = max(g["lr"] for g in plan.groups)
+            for g in opt.param_groups:            # discriminative LRs keep their ratios under the schedule
+                g["lr_scale"] = g["lr"] / peak
+            schedule = (lambda step, steps: peak * 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))) \
+                if cfg.schedule == "cosine" else None
             if stage != "head" or not cfg.cache_features:
-                return Setup(opt, frozen=plan.frozen_bn, row=row)
-            # the frozen base runs once per image; every epoch trains the head on what it gave
-            cached = Data(_features(features, clf, train_set, cfg),
+                return Setup(opt, schedule, frozen=plan.frozen_bn, row=row)
+            # the frozen base runs once per image (and its mirror image); every epoch trains the head
+            # on what it gave
+            cached = Data(_features(features, clf, train_set, cfg, flips=cfg.cache_flips),
                           _features(features, clf, val_set, cfg) if val_set is not None else None)
-            return Setup(opt, module=_Head(clf, head), data=cached, frozen=plan.frozen_bn, row=row)
+            return Setup(opt, schedule, module=_Head(clf, head), data=cached, frozen=plan.frozen_bn,
+                         row=row)
         return setup
 
     epochs = {s: cfg.epochs.get(s, 0) if isinstance(cfg.epochs, dict) else cfg.epochs for s in stages}
@@ -307,8 +318,9 @@ def _keras_to_module(name: str, leaves) -> str:
 
 # ----------------------------------------------------------------------------- data helpers
 
-def _features(features, clf: nn.Module, data: ImageSet, cfg):
-    """The frozen base's output for every image (eval mode, no grad), kept on the device."""
+def _features(features, clf: nn.Module, data: ImageSet, cfg, flips: bool = False):
+    """The frozen base's output for every image (eval mode, no grad), kept on the device; with
+    ``flips`` also for every image mirrored left-right (the cached head's only augmentation)."""
     dev = clf.mean.device
     modes = {m: m.training for m in clf.modules()}
     out = []
@@ -318,10 +330,15 @@ def _features(features, clf: nn.Module, data: ImageSet, cfg):
             for idx in torch.arange(len(data)).split(cfg.batch_size * 2):
                 x = data.images[idx].to(dev).float() / 255
                 out.append(features((x - clf.mean) / clf.std))
+            if flips:
+                for idx in torch.arange(len(data)).split(cfg.batch_size * 2):
+                    x = data.images[idx].to(dev).float().flip(-1) / 255
+                    out.append(features((x - clf.mean) / clf.std))
     finally:
         for m, training in modes.items():
             m.training = training
-    return Features(torch.cat(out), data.labels.to(dev), data.classes)
+    labels = data.labels.to(dev)
+    return Features(torch.cat(out), torch.cat([labels, labels]) if flips else labels, data.classes)
 
 
 class _Head(nn.Module):
@@ -365,10 +382,11 @@ def _config(config, overrides, stages, train_set, val_set) -> tuple[FinetuneConf
 
 
 def evaluate(model: nn.Module, data: ImageSet, mean=None, std=None, batch_size: int = 256,
-             device: str = "cpu") -> tuple[float, float]:
+             device: str = "cpu", tta: str = "") -> tuple[float, float]:
     """(mean cross-entropy, accuracy) of ``model`` on ``data`` (uint8 images normalised by mean/std),
-    by the classification task's evaluation (the one ``cnnkit eval`` and fine-tuning use)."""
+    by the classification task's evaluation (the one ``cnnkit eval`` and fine-tuning use); ``tta``
+    as a fine-tuned checkpoint records it."""
     c = data.images.shape[1]
-    clf = Classifier(model, mean or (0.5,) * c, std or (0.5,) * c, data.classes, data.image_shape)
+    clf = Classifier(model, mean or (0.5,) * c, std or (0.5,) * c, data.classes, data.image_shape, tta)
     result = evaluate_classifier(clf.to(device).train(model.training), data, batch_size, False)
     return result.loss, result.accuracy
