@@ -282,27 +282,18 @@ class Detector(nn.Module):
         """Images (B, C, H, W) in [0, 1] -> per image boxes / scores / labels (see :func:`decode`)."""
         return decode(self(x), tuple(x.shape[-2:]), **decode_args)
 
-    def freeze_backbone(self, stride: int = 0, batchnorm: bool = True) -> "Detector":
-        """Fine-tuning a pretrained backbone on little data: with ``batchnorm`` every BatchNorm of the
-        backbone keeps its ImageNet statistics (eval mode, also under ``train()``), and the backbone
-        modules whose output stride is <= ``stride`` (stem and early stages) are not trained at all
-        (``requires_grad=False``: no backward through the high-resolution maps). Returns self."""
-        self.frozen_bn = batchnorm
+    def freeze_backbone(self, stride: int = 0, batchnorm: bool = True) -> list[nn.Module]:
+        """Fine-tuning a pretrained backbone on little data: the backbone modules whose output stride
+        is <= ``stride`` (stem and early stages) are not trained (``requires_grad=False``: no backward
+        through the high-resolution maps) and, with ``batchnorm``, no BatchNorm of the backbone is.
+        Returns those BatchNorm modules: the engine keeps them in eval mode while training
+        (``Setup.frozen``), so that they keep their ImageNet statistics."""
         for module in _modules_up_to_stride(self.features, stride):
             module.requires_grad_(False)
-        if batchnorm:
-            for m in self.features.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.requires_grad_(False)
-        return self.train(self.training)
-
-    def train(self, mode: bool = True) -> "Detector":
-        super().train(mode)
-        if getattr(self, "frozen_bn", False):
-            for m in self.features.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        return self
+        bns = [m for m in self.features.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if batchnorm else []
+        for m in bns:
+            m.requires_grad_(False)
+        return bns
 
 
 @torch.no_grad()

@@ -204,13 +204,10 @@ def load_detector(path: str | os.PathLike, device: str = "cpu") -> Detector:
 
 
 def new_detector(backbone: str, classes: list[str], in_channels: int, size: int, weights: str | None = None,
-                 out_strides=(8, 16, 32), width: int = 64, freeze: int = -1) -> tuple[Detector, dict]:
-    """A fresh detector and the metadata that rebuilds it (what ``describe`` stores); ``freeze`` >= 0:
-    :meth:`Detector.freeze_backbone` up to that stride (BatchNorm statistics kept)."""
+                 out_strides=(8, 16, 32), width: int = 64) -> tuple[Detector, dict]:
+    """A fresh detector and the metadata that rebuilds it (what ``describe`` stores)."""
     model = create_detector(backbone, len(classes), weights=weights, in_channels=in_channels,
                             out_strides=out_strides, width=width)
-    if freeze >= 0:
-        model.freeze_backbone(freeze)
     info = {"backbone": backbone, "in_channels": in_channels, "out_strides": list(out_strides),
             "width": width, "input_size": [in_channels, size, size], "weights": weights}
     return model, info
@@ -222,8 +219,8 @@ class DetectConfig:
     # data
     data: str = "pennfudan"             # "pennfudan" | "digits" | PATH of a COCO JSON file or a YOLO folder
     data_dir: str | None = None         # folder holding pennfudan/ and mnist/ (else $CNNKIT_DATA)
-    image_size: int | None = None       # square side images are letterboxed to (None: 384 photos, 128 digits)
-    scenes: tuple[int, int] = (6000, 500)   # digits: train and test scenes
+    image_size: int | None = None       # square side images are letterboxed to (None: 320 photos, 128 digits)
+    scenes: tuple[int, int] = (4000, 500)   # digits: train and test scenes
     subset: int = 0                     # train on the first N training images only (0 = all; smoke tests)
     # model
     backbone: str = ""                  # zoo name or "tiny" ("": efficientnet_lite0 for photos, tiny for digits)
@@ -233,8 +230,8 @@ class DetectConfig:
                                         # statistics kept (None: 4 with pretrained weights, -1 = none)
     width: int = 64                     # channels of the FPN-lite neck and the head
     # optimisation (the field names cnnkit.train's optimizer and schedule read)
-    epochs: int | None = None           # passes over the training split (None: 24 photos, 5 digits)
-    batch_size: int | None = None       # global batch (None: 8 photos, 16 digits)
+    epochs: int | None = None           # passes over the training split (None: 12 photos, 2 digits)
+    batch_size: int | None = None       # global batch (None: 4 photos, 16 digits)
     lr: float | None = None             # peak learning rate (None: 1e-3 photos, 4e-3 digits)
     optimizer: str = "adamw"            # "adamw" | "sgd" | "nadam"
     momentum: float = 0.9               # SGD momentum
@@ -254,12 +251,12 @@ class DetectConfig:
         photos = self.data != "digits"
         backbone = self.backbone or ("efficientnet_lite0" if photos else "tiny")
         weights = self.weights if photos and backbone != "tiny" else (None if self.weights == "imagenet" else self.weights)
-        return replace(self, image_size=self.image_size if self.image_size is not None else (384 if photos else 128),
+        return replace(self, image_size=self.image_size if self.image_size is not None else (320 if photos else 128),
                        backbone=backbone, weights=weights,
                        strides=tuple(self.strides) or ((8, 16) if backbone == "tiny" else (8, 16, 32)),
                        freeze=self.freeze if self.freeze is not None else (4 if weights else -1),
-                       epochs=self.epochs if self.epochs is not None else (24 if photos else 5),
-                       batch_size=self.batch_size if self.batch_size is not None else (8 if photos else 16),
+                       epochs=self.epochs if self.epochs is not None else (12 if photos else 2),
+                       batch_size=self.batch_size if self.batch_size is not None else (4 if photos else 16),
                        lr=self.lr if self.lr is not None else (1e-3 if photos else 4e-3),
                        scenes=tuple(self.scenes))
 
@@ -341,12 +338,13 @@ def train(cfg: DetectConfig, out, resume: bool = False, quiet: bool = False):
         torch.manual_seed(cfg.seed)
         channels = train_set.images.shape[1]
         model, info = new_detector(cfg.backbone, train_set.classes, channels, cfg.image_size, cfg.weights,
-                                   out_strides=cfg.strides, width=cfg.width, freeze=cfg.freeze)
+                                   out_strides=cfg.strides, width=cfg.width)
+        frozen = model.freeze_backbone(cfg.freeze) if cfg.freeze >= 0 else []   # BN kept in eval mode
         info["config"] = cfg.to_dict()
         task = DetectTask(train_set.classes, cfg.batch_size, info=info, val_name="test",
                           fill=0.5 if channels == 3 else 0.0, flip=0.5 if cfg.data != "digits" else 0.0,
                           scale=(0.7, 1.3) if cfg.data != "digits" else None)   # a cropped digit is another digit
-        plan = Plan([Phase(cfg.epochs, lambda m: Setup(make_optimizer(m, cfg),
+        plan = Plan([Phase(cfg.epochs, lambda m: Setup(make_optimizer(m, cfg), frozen=frozen,
                                                        schedule=lambda step, total: lr_at(step, total, cfg)))],
                     seed=cfg.seed, ema=cfg.ema)
         run = fit(task, model, Data(_to(train_set, d.device), _to(test_set, d.device)), plan, out, resume=resume,
