@@ -100,6 +100,7 @@ def ops(args) -> None:
 
 def train_and_time(args) -> None:
     import os
+    import tempfile
 
     from cnnkit.models.detection import decode as decode_fn
     from cnnkit.tasks.detect import DetectConfig, load_split_data, train
@@ -107,7 +108,7 @@ def train_and_time(args) -> None:
     cfg = DetectConfig(data=args.what, data_dir=args.data_dir, epochs=args.epochs,
                        image_size=args.image_size, backbone=args.backbone or "", threads=args.threads,
                        scenes=tuple(args.scenes) if args.scenes else DetectConfig.scenes)
-    out = args.out or f"/tmp/cnnkit-bench-detect-{args.what}"
+    out = args.out or tempfile.mkdtemp(prefix=f"cnnkit-bench-detect-{args.what}-")   # a fresh run folder
     print(f"CPU: {cpu_name()} ({os.cpu_count()} cores), torch {torch.__version__}")
     run, m = train(cfg, out, quiet=not args.progress)
     cfg = cfg.resolved()
@@ -121,6 +122,9 @@ def train_and_time(args) -> None:
         net = median_ms(lambda: model(x[:1]), 10)
         out_ = model(x[:1])
         dec = median_ms(lambda: decode_fn(out_, tuple(x.shape[-2:])), 20)
+    budget = 10 if args.what == "digits" else 20
+    target = "AP50 >= 0.97" if args.what == "digits" else "AP50 >= 0.90 and AP >= 0.55"
+    print(f"target: {target} within {budget} min of training; measured {run.seconds / 60:.1f} min")
     print(f"inference per image at {cfg.image_size}x{cfg.image_size}: network {net:.1f} ms, decode + NMS {dec:.2f} ms "
           f"({torch.get_num_threads()} threads)")
 

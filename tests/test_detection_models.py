@@ -165,3 +165,33 @@ def test_localiser_fits_one_object_per_image():
     model.eval()
     after = localisation_metrics(*model(x), labels, boxes)
     assert after["accuracy"] == 1.0 and after["mean_iou"] > 0.7 and after["mean_iou"] > before["mean_iou"] + 0.3, (before, after)
+
+
+def test_tiny_pyramid_and_its_errors():
+    from cnnkit.errors import CnnkitError
+    from cnnkit.models.detection import TinyPyramid
+
+    fx = TinyPyramid(1)
+    maps = fx(torch.rand(2, 1, 64, 96))
+    assert [m.shape for m in maps] == [(2, 32, 16, 24), (2, 64, 8, 12), (2, 96, 4, 6)] and fx.strides == [4, 8, 16]
+    model = create_detector("tiny", num_classes=10, in_channels=1, out_strides=(8, 16), width=16)
+    out = model(torch.rand(1, 1, 64, 64))
+    assert model.features.channels == [64, 96] and out["cls"].shape == (1, 8 * 8 + 4 * 4, 10)
+    with pytest.raises(CnnkitError, match="strides \\(4, 8, 16\\)"):
+        create_detector("tiny", 10, in_channels=1, out_strides=(8, 16, 32))
+    with pytest.raises(CnnkitError, match="no pretrained weights"):
+        create_detector("tiny", 10, weights="imagenet", in_channels=1, out_strides=(8, 16))
+
+
+def test_freeze_backbone_stops_early_stages_and_batchnorm():
+    model = create_detector("resnet18", num_classes=1, out_strides=(8, 16, 32), width=16)
+    bns = model.freeze_backbone(4)
+    bb = model.features.backbone
+    assert not any(p.requires_grad for p in bb.conv1.parameters()) and not any(p.requires_grad for p in bb.layer1.parameters())
+    assert bb.layer2[0].conv1.weight.requires_grad and not bb.layer2[0].bn1.weight.requires_grad
+    assert len(bns) == sum(isinstance(m, nn.BatchNorm2d) for m in model.features.modules()) > 0
+    assert all(p.requires_grad for p in model.head.parameters())
+    tiny = create_detector("tiny", 10, in_channels=1, out_strides=(8, 16), width=16)
+    tiny.freeze_backbone(4, batchnorm=False)
+    assert not any(p.requires_grad for p in tiny.features.stem.parameters())
+    assert all(p.requires_grad for p in tiny.features.stages.parameters())

@@ -6,6 +6,7 @@ import torch
 
 from cnnkit.data.detection import Detections
 from cnnkit.errors import CnnkitError
+from cnnkit.models.detection import Detector
 from cnnkit.tasks.detect import (DetectTask, build_detector, from_detections, from_scenes, load_detector,
                                  new_detector, predict_images, predict_set)
 
@@ -56,6 +57,9 @@ def test_saved_detector_loads_and_predicts_in_original_pixels(tmp_path):
     task = DetectTask(classes=["a", "b"], info=info, decode_args={"score_threshold": 0.0})
     save_model(tmp_path / "model.safetensors", task.deployable(model), {"format": FORMAT, **task.describe(model)})
     back = load_detector(tmp_path)
+    import cnnkit
+
+    assert isinstance(cnnkit.load(tmp_path), Detector)          # the one loader dispatches by task
     model.eval()
     x = torch.rand(1, 3, 64, 64)
     torch.testing.assert_close(back(x)["cls"], model(x)["cls"])

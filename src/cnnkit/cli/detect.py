@@ -20,7 +20,7 @@ def register(subparsers) -> None:
     t.add_argument("--data", default="pennfudan", help="pennfudan | digits | PATH (a COCO JSON file or a YOLO folder)")
     t.add_argument("--data-dir", help="folder holding pennfudan/ and mnist/ (else $CNNKIT_DATA)")
     t.add_argument("--out", help="run folder (default: runs/detect-<data>-<time>)")
-    t.add_argument("--backbone", help="zoo name (default: efficientnet_lite0 for photos, resnet18 for digits)")
+    t.add_argument("--backbone", help="zoo name or tiny (default: efficientnet_lite0 for photos, tiny for digits)")
     t.add_argument("--weights", help="backbone weights: imagenet | none | PATH (default: imagenet for photos)")
     t.add_argument("--image-size", type=int, help="square side images are letterboxed to (default 384; digits 128)")
     t.add_argument("--epochs", type=int)

@@ -219,17 +219,20 @@ class DetectConfig:
     # data
     data: str = "pennfudan"             # "pennfudan" | "digits" | PATH of a COCO JSON file or a YOLO folder
     data_dir: str | None = None         # folder holding pennfudan/ and mnist/ (else $CNNKIT_DATA)
-    image_size: int | None = None       # square side images are letterboxed to (None: 384 photos, 128 digits)
-    scenes: tuple[int, int] = (2000, 500)   # digits: train and test scenes
+    image_size: int | None = None       # square side images are letterboxed to (None: 320 photos, 128 digits)
+    scenes: tuple[int, int] = (4000, 500)   # digits: train and test scenes
     subset: int = 0                     # train on the first N training images only (0 = all; smoke tests)
     # model
-    backbone: str = ""                  # zoo name ("": efficientnet_lite0 for photos, resnet18 for digits)
+    backbone: str = ""                  # zoo name or "tiny" ("": efficientnet_lite0 for photos, tiny for digits)
     weights: str | None = "imagenet"    # backbone weights: "imagenet" | None | a path (digits: None)
+    strides: tuple[int, ...] = ()       # pyramid strides the head runs on (): 8/16/32 photos, 8/16 digits
+    freeze: int | None = None           # backbone modules up to this stride not trained, and its BatchNorm
+                                        # statistics kept (None: 4 with pretrained weights, -1 = none)
     width: int = 64                     # channels of the FPN-lite neck and the head
     # optimisation (the field names cnnkit.train's optimizer and schedule read)
-    epochs: int | None = None           # passes over the training split (None: 24 photos, 8 digits)
-    batch_size: int = 8                 # global batch
-    lr: float = 1e-3                    # peak learning rate
+    epochs: int | None = None           # passes over the training split (None: 12 photos, 2 digits)
+    batch_size: int | None = None       # global batch (None: 4 photos, 16 digits)
+    lr: float | None = None             # peak learning rate (None: 1e-3 photos, 4e-3 digits)
     optimizer: str = "adamw"            # "adamw" | "sgd" | "nadam"
     momentum: float = 0.9               # SGD momentum
     weight_decay: float = 1e-4          # on conv/linear weights only
@@ -246,10 +249,15 @@ class DetectConfig:
         from dataclasses import replace
 
         photos = self.data != "digits"
-        return replace(self, image_size=self.image_size if self.image_size is not None else (384 if photos else 128),
-                       backbone=self.backbone or ("efficientnet_lite0" if photos else "resnet18"),
-                       weights=self.weights if photos else (None if self.weights == "imagenet" else self.weights),
-                       epochs=self.epochs if self.epochs is not None else (24 if photos else 8),
+        backbone = self.backbone or ("efficientnet_lite0" if photos else "tiny")
+        weights = self.weights if photos and backbone != "tiny" else (None if self.weights == "imagenet" else self.weights)
+        return replace(self, image_size=self.image_size if self.image_size is not None else (320 if photos else 128),
+                       backbone=backbone, weights=weights,
+                       strides=tuple(self.strides) or ((8, 16) if backbone == "tiny" else (8, 16, 32)),
+                       freeze=self.freeze if self.freeze is not None else (4 if weights else -1),
+                       epochs=self.epochs if self.epochs is not None else (12 if photos else 2),
+                       batch_size=self.batch_size if self.batch_size is not None else (4 if photos else 16),
+                       lr=self.lr if self.lr is not None else (1e-3 if photos else 4e-3),
                        scenes=tuple(self.scenes))
 
     def to_dict(self) -> dict:
@@ -330,11 +338,13 @@ def train(cfg: DetectConfig, out, resume: bool = False, quiet: bool = False):
         torch.manual_seed(cfg.seed)
         channels = train_set.images.shape[1]
         model, info = new_detector(cfg.backbone, train_set.classes, channels, cfg.image_size, cfg.weights,
-                                   width=cfg.width)
+                                   out_strides=cfg.strides, width=cfg.width)
+        frozen = model.freeze_backbone(cfg.freeze) if cfg.freeze >= 0 else []   # BN kept in eval mode
         info["config"] = cfg.to_dict()
         task = DetectTask(train_set.classes, cfg.batch_size, info=info, val_name="test",
-                          fill=0.5 if channels == 3 else 0.0, flip=0.5 if cfg.data != "digits" else 0.0)
-        plan = Plan([Phase(cfg.epochs, lambda m: Setup(make_optimizer(m, cfg),
+                          fill=0.5 if channels == 3 else 0.0, flip=0.5 if cfg.data != "digits" else 0.0,
+                          scale=(0.7, 1.3) if cfg.data != "digits" else None)   # a cropped digit is another digit
+        plan = Plan([Phase(cfg.epochs, lambda m: Setup(make_optimizer(m, cfg), frozen=frozen,
                                                        schedule=lambda step, total: lr_at(step, total, cfg)))],
                     seed=cfg.seed, ema=cfg.ema)
         run = fit(task, model, Data(_to(train_set, d.device), _to(test_set, d.device)), plan, out, resume=resume,
@@ -394,7 +404,7 @@ def replace_subset(cfg: DetectConfig) -> DetectConfig:
 
 
 def config_from_dict(d: dict) -> DetectConfig:
-    return DetectConfig(**{**d, "scenes": tuple(d["scenes"])})
+    return DetectConfig(**{**d, "scenes": tuple(d["scenes"]), "strides": tuple(d.get("strides", ()))})
 
 
 def draw_detections(image: torch.Tensor, det: dict, path) -> None:

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import tempfile
+from importlib import import_module
 from pathlib import Path
 
 import torch
@@ -387,6 +388,11 @@ def classifier_from_info(info: dict, source="the checkpoint", trust_code: bool =
     return Classifier(net, info["mean"], info["std"], info["classes"], info["input_size"], info.get("tta", ""))
 
 
+# task (the "task" field of a checkpoint's metadata) -> "module:function" that loads its deployable
+# by name, imported only when such a checkpoint is loaded (tasks sit above this module)
+TASK_LOADERS = {"detect": "cnnkit.tasks.detect:load_detector"}
+
+
 def load(path: str | os.PathLike, device: str | torch.device = "cpu", *, trust_code: bool = False,
          factory: str | None = None) -> nn.Module:
     """A trained checkpoint (run folder or ``.safetensors`` file) as an eval-mode ``nn.Module``.
@@ -395,7 +401,8 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", *, trust_c
     attributes ``classes``, ``input_size`` (C, H, W), ``net``. Nothing is unpickled, and nothing is
     imported or run: the network is rebuilt from its description in the metadata. A network that
     only a Python factory builds needs ``trust_code=True, factory="net.py:build"`` (the file as you
-    name it, never the checkpoint's).
+    name it, never the checkpoint's). A detector's checkpoint (``task: detect``) comes back as
+    :func:`cnnkit.tasks.detect.load_detector` returns it (see ``TASK_LOADERS``).
 
     Raises:
         CnnkitError: the path is not a checkpoint, the file is damaged or crafted, its weights do
@@ -403,6 +410,9 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", *, trust_c
     """
     file = resolve(path)
     meta = _metadata(file)
+    if meta.get("task") in TASK_LOADERS:        # another task's deployable: its own loader rebuilds it
+        module, name = TASK_LOADERS[meta["task"]].split(":")
+        return getattr(import_module(module), name)(file, device)
     members = meta.get("ensemble")
     if members is not None and (not isinstance(members, list) or not members
                                 or not all(isinstance(m, dict) for m in members)):
