@@ -44,7 +44,6 @@ def main() -> None:
     # inference: the deployable model on the test split, network + decode + mask pasting per image
     model = load_mask_detector(out)
     _, test_set, _ = load_instance_data(model_cfg := cfg.resolved())
-    torch.set_num_threads(torch.get_num_threads())
     t = time.perf_counter()
     predict_instances(model, test_set, 1, **model.info.get("decode", {}))
     per_image = (time.perf_counter() - t) / len(test_set) * 1000
