@@ -227,7 +227,8 @@ def predict_instances(model: nn.Module, data: DetectionSet, batch_size: int = 16
 
 # ----------------------------------------------------------------------------- building and loading
 def new_mask_detector(cfg: "InstanceConfig", classes: list[str], in_channels: int) -> tuple[MaskDetector, dict]:
-    det, info = new_detector(cfg.backbone, classes, in_channels, cfg.image_size, cfg.weights, width=cfg.width)
+    strides = tuple(getattr(cfg, "strides", ()) or (8, 16, 32))
+    det, info = new_detector(cfg.backbone, classes, in_channels, cfg.image_size, cfg.weights, strides, cfg.width)
     model = MaskDetector(det, cfg.mask_width, cfg.mask_convs)
     return model, {**info, "mask_width": cfg.mask_width, "mask_convs": cfg.mask_convs}
 
@@ -259,6 +260,7 @@ class InstanceConfig(DetectConfig):
     # what differs from `cnnkit detect train` (every other field is DetectConfig's, same meaning)
     image_size: int | None = None       # None: 320 photos (a 20-minute CPU budget), 96 digits
     epochs: int | None = None           # None: 14 photos, 10 digits
+    batch_size: int = 8                 # global batch (pinned here: the measured recipe)
     scenes: tuple[int, int] = (600, 200)   # digits: train and test scenes
     mask_convs: int = 4                 # 3x3 convs of the mask head (the paper: 4)
     mask_width: int = 64                # their channels (the paper: 256)
@@ -272,7 +274,8 @@ class InstanceConfig(DetectConfig):
     def resolved(self) -> "InstanceConfig":
         photos = self.data != "digits"
         cfg = replace(self, image_size=self.image_size if self.image_size is not None else (320 if photos else 96),
-                      epochs=self.epochs if self.epochs is not None else (14 if photos else 10))
+                      epochs=self.epochs if self.epochs is not None else (14 if photos else 10),
+                      backbone=self.backbone or ("efficientnet_lite0" if photos else "resnet18"))
         return DetectConfig.resolved(cfg)
 
 
