@@ -260,7 +260,8 @@ class InstanceConfig(DetectConfig):
     # what differs from `cnnkit detect train` (every other field is DetectConfig's, same meaning)
     image_size: int | None = None       # None: 320 photos (a 20-minute CPU budget), 96 digits
     epochs: int | None = None           # None: 14 photos, 10 digits
-    batch_size: int = 8                 # global batch (pinned here: the measured recipe)
+    batch_size: int = 8                 # global batch (pinned here, with lr: the measured recipe)
+    lr: float = 1e-3                    # peak learning rate
     scenes: tuple[int, int] = (600, 200)   # digits: train and test scenes
     mask_convs: int = 4                 # 3x3 convs of the mask head (the paper: 4)
     mask_width: int = 64                # their channels (the paper: 256)
