@@ -14,7 +14,7 @@ from importlib import import_module
 from ..errors import CnnkitError, disk_full, is_disk_full, is_out_of_memory, out_of_memory
 
 # sub-modules of cnnkit.cli, in the order their commands appear in --help
-_COMMAND_MODULES = ["summary", "zoo", "train", "explain", "transfer", "detect", "segment", "serve"]
+_COMMAND_MODULES = ["summary", "zoo", "train", "explain", "transfer", "detect", "segment", "instance", "serve"]
 
 
 def add_trust_code(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,68 @@
+"""Instance-segmentation benchmark: `cnnkit instance train --data pennfudan` (or digits) with its defaults,
+then COCO mask AP@[.50:.95] and box AP on the test split, the training and inference times and the CPU.
+
+The issue's target: Penn-Fudan mask AP >= 0.50 within 20 minutes of training on this 2-core CPU
+(for scale: the torchvision tutorial's COCO-pretrained Mask R-CNN reaches 0.761 on a GPU). Timed
+runs go under the shared lock, at normal priority; flags override the recipe::
+
+    flock /tmp/cnnkit-bench.lock python benchmarks/instance.py pennfudan --data-dir ../shared/data [--epochs N]
+    flock /tmp/cnnkit-bench.lock python benchmarks/instance.py digits --data-dir ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from cnnkit.engine.precision import cpu_name
+from cnnkit.tasks.instance import InstanceConfig, load_instance_data, load_mask_detector, predict_instances, train
+
+REFERENCE = {"pennfudan": ("torchvision tutorial Mask R-CNN (COCO-pretrained, GPU)", 0.761), "digits": None}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("data", choices=["pennfudan", "digits"])
+    ap.add_argument("--data-dir")
+    ap.add_argument("--out", help="run folder (default: a temporary one)")
+    ap.add_argument("--epochs", type=int)
+    ap.add_argument("--image-size", type=int)
+    ap.add_argument("--lr", type=float)
+    args = ap.parse_args()
+    given = {"epochs": args.epochs, "image_size": args.image_size, "lr": args.lr}
+    cfg = InstanceConfig(data=args.data, data_dir=args.data_dir, **{k: v for k, v in given.items() if v is not None})
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix=f"instance-{args.data}-"))
+    tick = time.perf_counter()
+    run, final = train(cfg, out, quiet=True)
+    wall = time.perf_counter() - tick
+    # inference: the deployable model on the test split, network + decode + mask pasting per image
+    model = load_mask_detector(out)
+    _, test_set, _ = load_instance_data(model_cfg := cfg.resolved())
+    t = time.perf_counter()
+    predict_instances(model, test_set, 1, **model.info.get("decode", {}))
+    per_image = (time.perf_counter() - t) / len(test_set) * 1000
+    cmd = "python benchmarks/instance.py " + " ".join(sys.argv[1:])
+    print(f"CPU: {cpu_name()}, {torch.get_num_threads()} threads; command: {cmd}")
+    print(f"recipe: {model_cfg.backbone} ({model_cfg.weights}), {model_cfg.image_size} px, {model_cfg.epochs} epochs, "
+          f"batch {model_cfg.batch_size}, lr {model_cfg.lr}, freeze stride {model_cfg.freeze_stride}")
+    print(f"{args.data} test ({len(test_set)} images): mask AP {final['mask_AP']:.3f}  AP50 {final['mask_AP50']:.3f}  "
+          f"AP75 {final['mask_AP75']:.3f}  AR100 {final['mask_AR100']:.3f} | box AP {final['box_AP']:.3f}  "
+          f"AP50 {final['box_AP50']:.3f}")
+    print(f"training {run.seconds:.0f} s in the engine ({wall:.0f} s wall with data loading and the final "
+          f"evaluation); inference {per_image:.0f} ms per image (network, decode, pasting at the original size)")
+    ref = REFERENCE[args.data]
+    if ref:
+        print(f"reference: {ref[0]} mask AP {ref[1]:.3f}; target >= 0.50 in 20 minutes: "
+              f"{'met' if final['mask_AP'] >= 0.5 and run.seconds <= 1200 else 'NOT met'}")
+    print(json.dumps({"data": args.data, **final, "train_seconds": round(run.seconds, 1), "wall_seconds": round(wall, 1),
+                      "ms_per_image": round(per_image, 1), "cpu": cpu_name(), "run": str(out)}))
+
+
+if __name__ == "__main__":
+    main()
