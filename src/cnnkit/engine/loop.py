@@ -157,7 +157,7 @@ def train_epoch(task, step_net, model, setup: Setup, ema, batches, gen, d: Dist,
         step = (epoch - first) * steps + i                          # counted within the phase
         if setup.schedule is not None:
             for group in opt.param_groups:
-                group["lr"] = setup.schedule(step, (last - first) * steps)
+                group["lr"] = setup.schedule(step, (last - first) * steps) * group.get("lr_scale", 1.0)
         with autocast(precision, d.device):
             loss, stats = task.loss(step_net, shard_batch(batch, d))
         opt.zero_grad(set_to_none=True)

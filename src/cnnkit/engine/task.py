@@ -54,7 +54,8 @@ class Setup:
     """What one phase trains, built when the phase starts (and again when a run resumes in it)."""
     optimizer: torch.optim.Optimizer
     schedule: Callable[[int, int], float] | None = None  # (step, steps of the phase) -> lr of every
-                                                        # group; None: the groups keep their own lr
+                                                        # group (times its "lr_scale", if it has one);
+                                                        # None: the groups keep their own lr
     module: nn.Module | None = None     # what the step runs instead of the model (sharing its
                                         # parameters; e.g. the head alone on cached features)
     data: Data | None = None            # this phase's data instead of the run's (cached features)
