@@ -266,7 +266,7 @@ DATA_DEFAULTS = {   # what `cnnkit segment train --data X` uses without flags (t
                       freeze_to=4, channels_last=True, encoder_lr=0.1, max_side=256, crop=224, batch_size=8,
                       epochs=30, lr=3e-3, jitter=0.3),
     "digits": dict(arch="unet", backbone="unet", width=16, channels_last=True, canvas=64, scenes=3000,
-                   batch_size=32, epochs=8, lr=3e-3, dice=1.0),
+                   batch_size=16, epochs=8, lr=3e-3, dice=1.0),
     "folder": dict(arch="unet", backbone="efficientnet_lite0", weights="imagenet", finest=4, freeze_bn=True,
                    freeze_to=4, channels_last=True, encoder_lr=0.1, max_side=256, crop=224, batch_size=8,
                    epochs=40, lr=3e-3, jitter=0.3),
