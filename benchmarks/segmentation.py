@@ -6,10 +6,12 @@
 
 Digit scenes (MNIST digits on a dark canvas, 11 classes: background + 0-9 from each digit's ink):
 FCN-32s, FCN-16s, FCN-8s, U-Net and DeepLab-v3 (output stride 16), all on a ResNet-18 encoder
-trained from scratch, with the same data, epochs, batch and learning rate; test mIoU, pixel
+trained from scratch (and U-Net on its own encoder, `--data digits`'s default: `--archs unet-unet`),
+with the same data, epochs, batch, learning rate and loss (cross-entropy + Dice); test mIoU, pixel
 accuracy, boundary IoU (Cheng et al. 2021, band of 3 px) and training time. A figure shows one
 test scene's masks from each. Penn-Fudan: `cnnkit segment train --data pennfudan` with its
-defaults (the recipe a user gets without flags), person IoU on the 50 test photos.
+defaults (the recipe a user gets without flags: ImageNet efficientnet_lite0 U-Net), person IoU on
+the 50 test photos.
 Every run goes through cnnkit's one training engine; the CPU and thread count are printed.
 """
 
