@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -20,11 +21,19 @@ def register(subparsers) -> None:
     t.add_argument("--data-dir", help="folder holding pennfudan/ and mnist/ (else $CNNKIT_DATA)")
     t.add_argument("--arch", help="fcn32s | fcn16s | fcn8s | unet | deeplabv3 (default: the data's recipe)")
     t.add_argument("--backbone", help="zoo name (resnet18, mobilenet_v2, ...) or unet (U-Net's own encoder)")
-    t.add_argument("--weights", help="backbone weights: imagenet or a file")
+    t.add_argument("--weights", help="backbone weights: imagenet, a file or none (Penn-Fudan's default: imagenet)")
     t.add_argument("--output-stride", type=int, default=16, help="DeepLab: 16 or 8 (default 16)")
     t.add_argument("--width", type=int, help="U-Net's own encoder: channels of its first level")
+    t.add_argument("--finest", type=int, help="U-Net on a zoo backbone: finest decoder stride, 2 or 4")
+    t.add_argument("--freeze-to", type=int, help="zoo backbone: layers up to the map of this stride not trained (0: none)")
+    t.add_argument("--encoder-lr", type=float, help="the encoder's learning rate as a fraction of --lr")
+    t.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep the encoder's batch-norm statistics (pretrained encoders: on)")
+    t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC weights and batches (faster on CPUs; on for the built-in recipes)")
     for name, kind in (("epochs", int), ("batch-size", int), ("lr", float), ("crop", int), ("max-side", int),
-                       ("canvas", int), ("scenes", int), ("seed", int), ("threads", int)):
+                       ("jitter", float), ("dice", float), ("canvas", int), ("scenes", int), ("seed", int),
+                       ("threads", int)):
         t.add_argument(f"--{name}", type=kind)
     t.add_argument("--weight-decay", type=float, default=1e-4)
     t.add_argument("--device", choices=["cpu", "cuda"])
@@ -56,7 +65,9 @@ def run_train(args) -> int:
     data = args.data if args.data in ("pennfudan", "digits") else str(Path(args.data).expanduser().resolve())
     cfg = SegmentConfig(data=data, data_dir=str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None,
                         arch=args.arch, backbone=args.backbone, weights=args.weights,
-                        output_stride=args.output_stride, width=args.width, epochs=args.epochs,
+                        output_stride=args.output_stride, width=args.width, finest=args.finest,
+                        freeze_to=args.freeze_to, encoder_lr=args.encoder_lr, freeze_bn=args.freeze_bn,
+                        channels_last=args.channels_last, jitter=args.jitter, dice=args.dice, epochs=args.epochs,
                         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, crop=args.crop,
                         max_side=args.max_side, canvas=args.canvas, scenes=args.scenes,
                         seed=args.seed if args.seed is not None else 0, threads=args.threads)

@@ -79,6 +79,14 @@ class FeatureExtractor(nn.Module):
         self.feature_info = [{"stride": s, "channels": c, "module": trunk[t]}
                              for s, c, t in zip(strides, channels, taps)]
 
+    def stem(self, stride: int) -> list[nn.Module]:
+        """The trunk modules that compute the map at ``stride`` and everything before it (what to
+        freeze so that no gradient flows through the high-resolution layers)."""
+        if stride not in self.strides:
+            raise CnnkitError(f"no returned map at stride {stride}; the maps' strides: {self.strides}")
+        last = self._taps[self.strides.index(stride)]
+        return [self.backbone.get_submodule(n) for n in self._trunk[: last + 1]]
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         maps, wanted = [], set(self._taps)
         for i, name in enumerate(self._trunk):

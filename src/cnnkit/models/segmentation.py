@@ -39,6 +39,8 @@ class SegmenterConfig:
     output_stride: int = 16          # DeepLab only: 16 or 8 (the backbone dilates its later stages)
     weights: str | None = None       # backbone weights: None | "imagenet" | a path (as create_model)
     width: int = 32                  # U-Net's own encoder: channels of its first level (doubling per level)
+    finest: int = 2                  # U-Net on a zoo backbone: the finest stride its decoder reaches (2 or 4;
+                                     # 4 skips the costly stride-2 level, bilinear x4 to the input after)
 
 
 def _crop(x: torch.Tensor, size) -> torch.Tensor:
@@ -147,7 +149,9 @@ class UNet(nn.Module):
 
     def __init__(self, cfg: SegmenterConfig):
         super().__init__()
-        self.encoder = _encoder(cfg, (2, 4, 8, 16, 32))
+        if cfg.finest not in (2, 4):
+            raise CnnkitError(f"U-Net's decoder reaches stride 2 or 4 of a zoo backbone. Received: finest={cfg.finest!r}")
+        self.encoder = _encoder(cfg, (2, 4, 8, 16, 32)[cfg.finest // 4:])
         chans = self.encoder.channels
         self.blocks = nn.ModuleList(UNetDecoderBlock(chans[i + 1], chans[i]) for i in reversed(range(len(chans) - 1)))
         self.score = nn.Conv2d(chans[0], cfg.num_classes, 1)

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..data.detection import colour_jitter
 from ..data.segmentation import IGNORE_INDEX, SegmentationSet
 from ..errors import CnnkitError
 from ..metrics.segmentation import SegmentationMeter
@@ -89,7 +90,10 @@ class SegmentTask:
     crop: int = 256                          # training crop side for photo lists (stacked scenes: whole)
     scale: tuple[float, float] = (0.5, 1.5)  # random rescaling of training photos
     flip: bool = True                        # random horizontal flips of training photos
+    jitter: float = 0.0                      # brightness / contrast / saturation jitter of training photos
     boundary_d: int = 3                      # band width (px) of the boundary IoU
+    dice: float = 0.0                        # weight of the soft Dice loss added to cross-entropy
+    channels_last: bool = False              # NHWC batches (the model's weights too, by the caller)
     eval_batch_size: int = 32                # stacked scenes per evaluation batch (photos: one by one)
     max_batches: int | None = None           # per epoch (a smoke test's couple of batches)
     val_name: str = "val"
@@ -112,18 +116,26 @@ class SegmentTask:
         dev = generator.device
         if isinstance(data.images, torch.Tensor):   # scenes: one size, stacked on the device
             idx = idx.to(data.images.device)
-            return data.images[idx].to(dev).float().div_(255), data.masks[idx].to(dev).long()
+            x = data.images[idx].to(dev).float().div_(255)
+            return x.contiguous(memory_format=self._fmt()), data.masks[idx].to(dev).long()
         pairs = [random_scale_crop(data.images[i], data.masks[i], self.crop, self.scale,
                                    self.flip and train, generator) for i in idx.tolist()]
         x = torch.stack([p[0] for p in pairs]).div_(255).to(dev)           # (B, C, crop, crop)
+        if train and self.jitter > 0:                                      # the detection task's jitter
+            x = colour_jitter(x, None, None, generator, self.jitter, self.jitter, self.jitter)[0]
         y = torch.stack([p[1] for p in pairs]).long().to(dev)              # (B, crop, crop)
-        return x, y
+        return x.contiguous(memory_format=self._fmt()), y
+
+    def _fmt(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
 
     def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x, y = batch
         logits = model(x).float()                                          # (B, K, h, w)
         loss = F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX)
         valid = y != IGNORE_INDEX
+        if self.dice > 0:
+            loss = loss + self.dice * dice_loss(logits, y, valid)
         n = torch.tensor(float(x.shape[0]), device=y.device)
         pixel_acc = ((logits.argmax(1) == y) & valid).sum() / valid.sum().clamp(min=1)
         return loss, {"loss": loss.detach() * x.shape[0], "pixel_acc": pixel_acc.detach() * x.shape[0], "n": n}
@@ -144,6 +156,19 @@ class SegmentTask:
 
         c = model.mean.shape[1]
         return str(summary(model.net, input_size=(c, self.crop, self.crop), batch_size=self.batch_size))
+
+
+def dice_loss(logits: torch.Tensor, y: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """1 - the mean over classes present in the batch of the soft Dice 2|P Y| / (|P| + |Y|) (Milletari et al.
+    2016, https://arxiv.org/abs/1606.04797): every class counts alike, however few its pixels.
+    (B, K, H, W) logits, (B, H, W) labels, (B, H, W) bool of the pixels that count -> scalar."""
+    k = logits.shape[1]
+    p = logits.softmax(1) * valid[:, None]                                      # (B, K, H, W)
+    onehot = F.one_hot(torch.where(valid, y, 0), k).permute(0, 3, 1, 2) * valid[:, None]
+    inter = (p * onehot).sum((0, 2, 3))                                         # (K,)
+    total = p.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
+    present = onehot.sum((0, 2, 3)) > 0
+    return 1 - (2 * inter[present] / total[present].clamp(min=1e-6)).mean()
 
 
 @torch.no_grad()
@@ -237,12 +262,16 @@ def write_prediction(image: torch.Tensor, mask: torch.Tensor, num_classes: int, 
 # ----------------------------------------------------------------------------- runs: train, load, eval
 
 DATA_DEFAULTS = {   # what `cnnkit segment train --data X` uses without flags (the recipe the README reports)
-    "pennfudan": dict(arch="unet", backbone="unet", width=16, max_side=256, crop=192, batch_size=8,
-                      epochs=12, lr=3e-3),
-    "digits": dict(arch="fcn8s", backbone="resnet18", canvas=64, scenes=2000, batch_size=32, epochs=8, lr=2e-3),
-    "folder": dict(arch="unet", backbone="unet", width=16, max_side=256, crop=192, batch_size=8,
-                   epochs=40, lr=2e-3),
+    "pennfudan": dict(arch="unet", backbone="efficientnet_lite0", weights="imagenet", finest=4, freeze_bn=True,
+                      freeze_to=4, channels_last=True, encoder_lr=0.1, max_side=256, crop=224, batch_size=8,
+                      epochs=30, lr=3e-3, jitter=0.3),
+    "digits": dict(arch="unet", backbone="unet", width=16, channels_last=True, canvas=64, scenes=3000,
+                   batch_size=16, epochs=8, lr=3e-3, dice=1.0),
+    "folder": dict(arch="unet", backbone="efficientnet_lite0", weights="imagenet", finest=4, freeze_bn=True,
+                   freeze_to=4, channels_last=True, encoder_lr=0.1, max_side=256, crop=224, batch_size=8,
+                   epochs=40, lr=3e-3, jitter=0.3),
 }
+_SCRATCH = dict(weights=None, freeze_bn=False, freeze_to=0, encoder_lr=1.0)   # what a from-scratch encoder changes
 
 
 @dataclass
@@ -251,9 +280,14 @@ class SegmentConfig:
     data_dir: str | None = None        # holds pennfudan/ and mnist/ (else $CNNKIT_DATA)
     arch: str | None = None            # fcn32s | fcn16s | fcn8s | unet | deeplabv3 (None: the data's default)
     backbone: str | None = None        # zoo name for create_features, or "unet" (U-Net's own encoder)
-    weights: str | None = None         # backbone weights: None | "imagenet" | path
+    weights: str | None = None         # backbone weights: None | "imagenet" | path (the data's default; "none": none)
     output_stride: int = 16            # DeepLab: 16 or 8
     width: int | None = None           # U-Net's own encoder: first-level channels
+    finest: int | None = None          # U-Net on a zoo backbone: finest decoder stride, 2 or 4
+    freeze_bn: bool | None = None      # keep the encoder's batch norms in eval mode (pretrained statistics)
+    encoder_lr: float | None = None    # the encoder's learning rate as a fraction of --lr
+    freeze_to: int | None = None       # zoo encoder: its layers up to the map of this stride not trained (0: none)
+    channels_last: bool | None = None  # NHWC weights and batches (faster depthwise convolutions on CPUs)
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None            # peak learning rate (AdamW, one-cycle)
@@ -264,6 +298,8 @@ class SegmentConfig:
     warmup: float = 0.1                # fraction of the steps warming up (onecycle)
     crop: int | None = None            # training crop side of photos (px)
     max_side: int | None = None        # photos shrunk so the longer side is at most this (px)
+    jitter: float | None = None        # brightness / contrast / saturation jitter of training photos
+    dice: float | None = None          # weight of the soft Dice loss beside cross-entropy
     canvas: int | None = None          # digit scenes: side (px)
     scenes: int | None = None          # digit scenes: training scenes (validation and test: a quarter)
     boundary_d: int = 3                # boundary IoU band (px)
@@ -272,15 +308,19 @@ class SegmentConfig:
 
     def resolved(self) -> "SegmentConfig":
         """Every None filled in from DATA_DEFAULTS for this data."""
-        kind = self.data if self.data in ("pennfudan", "digits") else "folder"
-        defaults = dict(DATA_DEFAULTS[kind])
-        if self.backbone is not None and self.backbone != "unet" and self.arch is None:
-            defaults["arch"] = "fcn8s"
-        if self.arch is not None and self.arch != "unet" and self.backbone is None:
-            defaults["backbone"] = "resnet18"
         from dataclasses import replace
 
-        return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+        kind = self.data if self.data in ("pennfudan", "digits") else "folder"
+        defaults = {"width": 32, "finest": 2, "jitter": 0.0, "dice": 0.0, "channels_last": False, **_SCRATCH,
+                    **DATA_DEFAULTS[kind]}
+        if self.arch is not None and self.arch != "unet" and self.backbone is None:
+            defaults["backbone"] = "resnet18" if defaults["backbone"] == "unet" else defaults["backbone"]
+        backbone = self.backbone or defaults["backbone"]
+        if backbone == "unet" or self.weights == "none" or (self.backbone is not None and
+                                                             self.backbone != defaults["backbone"]):
+            defaults.update(_SCRATCH)          # another encoder than the recipe's: from scratch unless told
+        out = replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+        return replace(out, weights=None) if out.weights == "none" else out
 
 
 def load_splits(cfg: SegmentConfig) -> tuple[SegmentationSet, SegmentationSet, SegmentationSet, dict]:
@@ -312,7 +352,8 @@ def build_model(cfg: SegmentConfig, train: SegmentationSet) -> Segmenter:
     torch.manual_seed(cfg.seed)
     channels = (train.images.shape[1] if isinstance(train.images, torch.Tensor) else train.images[0].shape[0])
     net = create_segmenter(cfg.arch, cfg.backbone, train.num_classes, in_channels=channels,
-                           output_stride=cfg.output_stride, weights=cfg.weights, width=cfg.width or 32)
+                           output_stride=cfg.output_stride, weights=cfg.weights, width=cfg.width,
+                           finest=cfg.finest)
     mean, std = channel_stats(train)
     return Segmenter(net, mean, std, train.classes)
 
@@ -336,19 +377,50 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
     torch.set_num_threads(cfg.threads or max(1, os.cpu_count() or 1))
     train_set, val_set, test_set, split = load_splits(cfg)
     model = build_model(cfg, train_set)
-    task = SegmentTask(cfg.batch_size, cfg.crop or 256, boundary_d=cfg.boundary_d,
-                       val_name="test" if val_set is test_set else "val",
+    task = SegmentTask(cfg.batch_size, cfg.crop or 256, jitter=cfg.jitter, boundary_d=cfg.boundary_d,
+                       channels_last=cfg.channels_last,
+                       dice=cfg.dice, val_name="test" if val_set is test_set else "val",
                        info={"config": asdict(cfg), "data": cfg.data})
-    plan = Plan([Phase(cfg.epochs, lambda m: Setup(make_optimizer(m.net, cfg),
-                                                   schedule=lambda step, total: lr_at(step, total, cfg)))],
-                seed=cfg.seed)
+
+    stem = []
+    if cfg.freeze_to:
+        if not hasattr(model.net.encoder, "stem"):
+            raise CnnkitError("--freeze-to freezes the first layers of a zoo backbone; U-Net's own encoder has none")
+        stem = model.net.encoder.stem(cfg.freeze_to)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+
+    def setup(m: Segmenter) -> Setup:
+        for layer in stem:
+            layer.requires_grad_(False)
+        opt = make_optimizer(m.net, cfg)
+        encoder = {id(p) for p in m.net.encoder.parameters()}
+        if cfg.encoder_lr != 1:       # the encoder's parameters in groups of their own, at a fraction of the lr
+            groups = []
+            for g in opt.param_groups:
+                for mine, scale in ((False, 1.0), (True, cfg.encoder_lr)):
+                    ps = [p for p in g["params"] if (id(p) in encoder) == mine]
+                    if ps:
+                        groups.append({**g, "params": ps, "lr_scale": scale})
+            opt.param_groups.clear()
+            for g in groups:
+                opt.add_param_group(g)
+        frozen = [b for b in m.net.encoder.modules() if isinstance(b, nn.modules.batchnorm._BatchNorm)] \
+            if cfg.freeze_bn else []
+        return Setup(opt, schedule=lambda step, total: lr_at(step, total, cfg), frozen=frozen + stem)
+
+    plan = Plan([Phase(cfg.epochs, setup)], seed=cfg.seed)
 
     def write_split(epoch: int, row: dict) -> None:   # beside the engine's files, once it has written them
         if out is not None and not (Path(out) / "split.json").is_file():
             (Path(out) / "split.json").write_text(json.dumps(split, indent=1))
 
-    result = fit(task, model, Data(train_set, val_set), plan, out, resume=resume, quiet=quiet, device=device,
-                 config=asdict(cfg), command="cnnkit segment train", on_epoch_end=write_split)
+    try:
+        result = fit(task, model, Data(train_set, val_set), plan, out, resume=resume, quiet=quiet, device=device,
+                     config=asdict(cfg), command="cnnkit segment train", on_epoch_end=write_split)
+    finally:
+        for layer in stem:
+            layer.requires_grad_(True)
     result.test = evaluate(result.model, test_set, cfg.boundary_d)
     return result
 
