@@ -43,8 +43,7 @@ def coco_evaluate(predictions: Sequence[dict], targets: Sequence[dict],
     """
     _check(predictions, targets)
     try:
-        from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
+        import pycocotools.cocoeval  # noqa: F401 -- the evaluator coco_summary runs
     except ImportError as exc:  # pragma: no cover - the detect extra installs it
         raise CnnkitError("COCO metrics need pycocotools: pip install 'cnnkit[detect]'") from exc
     n_classes = len(classes) if classes is not None else 1 + max(
@@ -68,6 +67,16 @@ def coco_evaluate(predictions: Sequence[dict], targets: Sequence[dict],
                 out.append(a)
         return out
 
+    return coco_summary(images, categories, anns(targets, False), anns(predictions, True), "bbox")
+
+
+def coco_summary(images: list[dict], categories: list[dict], gt: list[dict], dt: list[dict],
+                 iou_type: str) -> dict:
+    """pycocotools' COCOeval (``iou_type`` "bbox" or "segm") on in-memory COCO lists:
+    {"AP", "AP50", "AP75", "AR100", "per_class_AP" (category name -> AP@[.50:.95]), "images"}."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
     def coco(annotations):
         c = COCO()
         c.dataset = {"images": images, "categories": categories, "annotations": annotations}
@@ -75,8 +84,7 @@ def coco_evaluate(predictions: Sequence[dict], targets: Sequence[dict],
             c.createIndex()
         return c
 
-    gt, dt = coco(anns(targets, False)), coco(anns(predictions, True))
-    ev = COCOeval(gt, dt, iouType="bbox")
+    ev = COCOeval(coco(gt), coco(dt), iouType=iou_type)
     with contextlib.redirect_stdout(io.StringIO()):           # pycocotools prints its progress
         ev.evaluate()
         ev.accumulate()
@@ -84,11 +92,11 @@ def coco_evaluate(predictions: Sequence[dict], targets: Sequence[dict],
     stats = [float(s) for s in ev.stats]
     precision = ev.eval["precision"]                          # (T iou, R recall, K class, A area, M maxDets)
     per_class = {}
-    for k in range(n_classes):
+    for k, cat in enumerate(categories):
         p = precision[:, :, k, 0, -1]
-        per_class[names[k]] = float(p[p > -1].mean()) if (p > -1).any() else -1.0
+        per_class[cat["name"]] = float(p[p > -1].mean()) if (p > -1).any() else -1.0
     return {"AP": stats[0], "AP50": stats[1], "AP75": stats[2], "AR100": stats[8],
-            "per_class_AP": per_class, "images": len(targets)}
+            "per_class_AP": per_class, "images": len(images)}
 
 
 def voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:

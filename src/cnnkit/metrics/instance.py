@@ -11,14 +11,12 @@ Labels are class indices 0..C-1. Images with no instances are fine on either sid
 
 from __future__ import annotations
 
-import contextlib
-import io
 from typing import Sequence
 
 import numpy as np
 
 from ..errors import CnnkitError
-from .detection import _check, _np
+from .detection import _check, _np, coco_summary
 
 
 def encode_masks(masks) -> list[dict]:
@@ -42,8 +40,6 @@ def mask_evaluate(predictions: Sequence[dict], targets: Sequence[dict],
     _check(predictions, targets)
     try:
         from pycocotools import mask as coco_mask
-        from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
     except ImportError as exc:  # pragma: no cover - the detect extra installs it
         raise CnnkitError("COCO metrics need pycocotools: pip install 'cnnkit[detect]'") from exc
     labels = [int(v) for e in [*targets, *predictions] for v in _np(e["labels"])]
@@ -74,24 +70,4 @@ def mask_evaluate(predictions: Sequence[dict], targets: Sequence[dict],
                 out.append(a)
         return out
 
-    def coco(annotations):
-        c = COCO()
-        c.dataset = {"images": images, "categories": categories, "annotations": annotations}
-        with contextlib.redirect_stdout(io.StringIO()):
-            c.createIndex()
-        return c
-
-    gt, dt = coco(anns(targets, False)), coco(anns(predictions, True))
-    ev = COCOeval(gt, dt, iouType="segm")
-    with contextlib.redirect_stdout(io.StringIO()):           # pycocotools prints its progress
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    stats = [float(s) for s in ev.stats]
-    precision = ev.eval["precision"]                          # (T iou, R recall, K class, A area, M maxDets)
-    per_class = {}
-    for k in range(n_classes):
-        p = precision[:, :, k, 0, -1]
-        per_class[names[k]] = float(p[p > -1].mean()) if (p > -1).any() else -1.0
-    return {"AP": stats[0], "AP50": stats[1], "AP75": stats[2], "AR100": stats[8],
-            "per_class_AP": per_class, "images": len(targets)}
+    return coco_summary(images, categories, anns(targets, False), anns(predictions, True), "segm")
