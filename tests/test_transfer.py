@@ -93,8 +93,10 @@ def test_frozen_batch_norm_keeps_its_statistics():
 def test_head_stage_with_cached_features_learns():
     torch.manual_seed(0)
     net = small_vgg()
+    # defaults otherwise (mirror images cached, zero head, cosine); at lr 3e-3 this toy, whose classes
+    # differ by 0.0005 in feature mean, needs ~25 epochs (measured: 0.58 after 15)
     history = finetune(net, toy_set(48), toy_set(48, seed=1), stages=("head",), epochs=15, batch_size=16,
-                       lr_head=3e-3)
+                       lr_head=1e-2)
     assert history[-1]["val_acc"] >= 0.9 and history[-1]["trainable"] == 256 * 32 + 32 + 32 * 2 + 2
 
 
@@ -205,5 +207,6 @@ def test_cli_finetune_from_reference_weights_url_then_from_its_checkpoint(data_d
     assert main(["finetune", "--weights", str(tmp_path / "a"), *common, "--out", str(tmp_path / "b")]) == 0
     second = cnnkit.load(tmp_path / "b")
     assert torch.equal(second.net.layer2[0].conv1.weight, state["layer2.0.conv1.weight"])
-    assert not torch.equal(second.net.fc.weight, first.fc.weight)
+    # a new head for the same classes, from zero, same seed and frozen base: the first run's head again
+    assert torch.equal(second.net.fc.weight, first.fc.weight) and first.fc.weight.abs().sum() > 0
     assert main(["finetune", "--model", "resnet18", "--weights", str(tmp_path / "nope.pth"), *common]) == 2
