@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -18,11 +17,22 @@ def register(subparsers) -> None:
 
     t = sub.add_parser("train", help="train a detector (through the one training engine)")
     t.add_argument("--data", default="pennfudan", help="pennfudan | digits | PATH (a COCO JSON file or a YOLO folder)")
+    add_train_args(t, "detect", "zoo name or tiny (default: efficientnet_lite0 for photos, tiny for digits)",
+                   "default 384; digits 128")
+    t.set_defaults(func=run_train)
+
+    add_eval_predict(sub, "COCO AP / AP50 / AP75 / AR100 on the run's test split",
+                     "boxes of image files, drawn into PNGs", run_eval, run_predict)
+    p.set_defaults(func=lambda args: p.print_help() or 2)
+
+
+def add_train_args(t, kind: str, backbone_help: str, size_default: str) -> None:
+    """The train options `cnnkit detect` and `cnnkit instance` share (after their own --data)."""
     t.add_argument("--data-dir", help="folder holding pennfudan/ and mnist/ (else $CNNKIT_DATA)")
-    t.add_argument("--out", help="run folder (default: runs/detect-<data>-<time>)")
-    t.add_argument("--backbone", help="zoo name or tiny (default: efficientnet_lite0 for photos, tiny for digits)")
+    t.add_argument("--out", help=f"run folder (default: runs/{kind}-<data>-<time>)")
+    t.add_argument("--backbone", help=backbone_help)
     t.add_argument("--weights", help="backbone weights: imagenet | none | PATH (default: imagenet for photos)")
-    t.add_argument("--image-size", type=int, help="square side images are letterboxed to (default 384; digits 128)")
+    t.add_argument("--image-size", type=int, help=f"square side images are letterboxed to ({size_default})")
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float)
@@ -35,37 +45,46 @@ def register(subparsers) -> None:
     t.add_argument("--device", choices=["cpu", "cuda"])
     t.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     t.add_argument("--quiet", action="store_true")
-    t.set_defaults(func=run_train)
 
-    e = sub.add_parser("eval", help="COCO AP / AP50 / AP75 / AR100 on the run's test split")
+
+def add_eval_predict(sub, eval_help: str, predict_help: str, run_eval, run_predict) -> None:
+    e = sub.add_parser("eval", help=eval_help)
     e.add_argument("run", help="run folder or model.safetensors")
     e.add_argument("--data-dir")
     e.add_argument("--format", default="table", choices=["table", "json"])
     e.set_defaults(func=run_eval)
 
-    q = sub.add_parser("predict", help="boxes of image files, drawn into PNGs")
+    q = sub.add_parser("predict", help=predict_help)
     q.add_argument("run", help="run folder or model.safetensors")
     q.add_argument("images", nargs="+")
     q.add_argument("--score", type=float, default=0.3, help="least score shown (default 0.3)")
     q.add_argument("--out-dir", help="where the PNGs go (default: <run>/predictions)")
     q.add_argument("--format", default="table", choices=["table", "json"])
     q.set_defaults(func=run_predict)
-    p.set_defaults(func=lambda args: p.print_help() or 2)
+
+
+def config_args(args, *extra: str) -> dict:
+    """The config fields given on the command line (the shared ones and ``extra``); --weights none -> None."""
+    names = ("data", "backbone", "image_size", "epochs", "batch_size", "lr", "width", "subset", "ema",
+             "seed", "threads", "device", *extra)
+    given = {k: getattr(args, k) for k in names
+             if getattr(args, k) is not None and getattr(args, k) is not False}  # 0 is a value
+    if args.data_dir:
+        given["data_dir"] = str(Path(args.data_dir).expanduser().resolve())
+    if args.scenes:
+        given["scenes"] = tuple(args.scenes)
+    if args.weights is not None:
+        given["weights"] = None if args.weights.lower() == "none" else args.weights
+    return given
 
 
 def run_train(args) -> int:
     from ..tasks.detect import DetectConfig, train
 
-    given = {"data": args.data, "data_dir": str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None,
-             "backbone": args.backbone, "image_size": args.image_size, "epochs": args.epochs,
-             "batch_size": args.batch_size, "lr": args.lr, "width": args.width,
-             "scenes": tuple(args.scenes) if args.scenes else None, "subset": args.subset, "ema": args.ema,
-             "seed": args.seed, "threads": args.threads, "device": args.device}
-    if args.weights is not None:
-        given["weights"] = None if args.weights.lower() == "none" else args.weights
+    given = config_args(args)
     if args.data not in ("pennfudan", "digits"):
         given["data"] = str(Path(args.data).expanduser().resolve())
-    cfg = DetectConfig(**{k: v for k, v in given.items() if v is not None or k == "weights"})
+    cfg = DetectConfig(**given)
     if args.resume and not args.out:
         raise CnnkitError("--resume needs --out RUN_FOLDER (the run to continue)")
     out = args.out or f"runs/detect-{Path(args.data).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
