@@ -309,32 +309,18 @@ def _to(s: DetectionSet, device) -> DetectionSet:
 
 def train(cfg: DetectConfig, out, resume: bool = False, quiet: bool = False):
     """Train a detector by ``cfg`` into the run folder ``out`` through :func:`cnnkit.engine.fit`."""
-    import json
-    import os
     from pathlib import Path
 
     from rich.console import Console
 
     from ..engine import Data, Phase, Plan, Setup, fit
     from ..engine.distributed import distributed
-    from ..train.checkpoint import RESUME_FILE, atomic_write_bytes, read_info
     from ..train.trainer import lr_at, make_optimizer
 
     out = Path(out)
-    if resume:
-        if not (out / RESUME_FILE).is_file():
-            raise CnnkitError(f"nothing to resume in {out}: no {RESUME_FILE}; start a new run without --resume")
-        cfg = config_from_dict(read_info(out / RESUME_FILE)["config"])   # the run's own config wins
-    cfg = validate(cfg.resolved())
+    cfg = run_config(cfg, out, resume, config_from_dict)
     with distributed(cfg.device) as d:
-        torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
-        split = json.loads((out / "split.json").read_text()) if resume and (out / "split.json").is_file() else None
-        train_set, test_set, split = load_split_data(cfg, split)
-        if len(train_set) < cfg.batch_size:
-            raise CnnkitError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(train_set)} images)")
-        if d.main:
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(out / "split.json", json.dumps(split, indent=1).encode())
+        train_set, test_set = run_data(cfg, out, resume, d, load_split_data)
         torch.manual_seed(cfg.seed)
         channels = train_set.images.shape[1]
         model, info = new_detector(cfg.backbone, train_set.classes, channels, cfg.image_size, cfg.weights,
@@ -354,6 +340,35 @@ def train(cfg: DetectConfig, out, resume: bool = False, quiet: bool = False):
             f"done: test AP {final['AP']:.3f}, AP50 {final['AP50']:.3f}, AP75 {final['AP75']:.3f} in "
             f"{run.seconds:.1f} s -> {out}  (`cnnkit detect eval {out}`)")
         return run, final
+
+
+def run_config(cfg, out, resume: bool, from_dict):
+    """The config a run trains with, resolved and validated: on ``resume`` the run's own wins."""
+    from ..train.checkpoint import RESUME_FILE, read_info
+
+    if resume:
+        if not (out / RESUME_FILE).is_file():
+            raise CnnkitError(f"nothing to resume in {out}: no {RESUME_FILE}; start a new run without --resume")
+        cfg = from_dict(read_info(out / RESUME_FILE)["config"])
+    return validate(cfg.resolved())
+
+
+def run_data(cfg, out, resume: bool, d, load):
+    """Threads, then ``load(cfg, split)``'s train and test sets on the run's split (the one in
+    ``out/split.json`` on resume), which rank 0 writes to the run."""
+    import json
+
+    from ..train.checkpoint import atomic_write_bytes
+
+    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    split = json.loads((out / "split.json").read_text()) if resume and (out / "split.json").is_file() else None
+    train_set, test_set, split = load(cfg, split)
+    if len(train_set) < cfg.batch_size:
+        raise CnnkitError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(train_set)} images)")
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out / "split.json", json.dumps(split, indent=1).encode())
+    return train_set, test_set
 
 
 def validate(cfg: DetectConfig) -> DetectConfig:

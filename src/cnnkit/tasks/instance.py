@@ -338,35 +338,22 @@ def _to(s: InstanceSet, device) -> InstanceSet:
 
 def train(cfg: InstanceConfig, out, resume: bool = False, quiet: bool = False):
     """Train a mask detector by ``cfg`` into the run folder ``out`` through :func:`cnnkit.engine.fit`."""
-    import json
     from pathlib import Path
 
     from rich.console import Console
 
     from ..engine import Data, Phase, Plan, Setup, fit
     from ..engine.distributed import distributed
-    from ..train.checkpoint import RESUME_FILE, atomic_write_bytes, read_info
     from ..train.trainer import lr_at, make_optimizer
-    from .detect import validate
+    from .detect import run_config, run_data
 
     out = Path(out)
-    if resume:
-        if not (out / RESUME_FILE).is_file():
-            raise CnnkitError(f"nothing to resume in {out}: no {RESUME_FILE}; start a new run without --resume")
-        cfg = config_from_dict(read_info(out / RESUME_FILE)["config"])   # the run's own config wins
-    cfg = validate(cfg.resolved())
+    cfg = run_config(cfg, out, resume, config_from_dict)
     if cfg.roi_jitter < 0 or cfg.freeze_stride < 0 or cfg.mask_convs < 0 or cfg.mask_width < 1 or cfg.mask_weight < 0:
         raise CnnkitError(f"--roi-jitter, --freeze-stride and --mask-convs must be >= 0, --mask-width >= 1, --mask-weight >= 0; "
                           f"received {cfg.roi_jitter}, {cfg.freeze_stride}, {cfg.mask_convs}, {cfg.mask_width}, {cfg.mask_weight}")
     with distributed(cfg.device) as d:
-        torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
-        split = json.loads((out / "split.json").read_text()) if resume and (out / "split.json").is_file() else None
-        train_set, test_set, split = load_instance_data(cfg, split)
-        if len(train_set) < cfg.batch_size:
-            raise CnnkitError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(train_set)} images)")
-        if d.main:
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(out / "split.json", json.dumps(split, indent=1).encode())
+        train_set, test_set = run_data(cfg, out, resume, d, load_instance_data)
         torch.manual_seed(cfg.seed)
         channels = train_set.images.shape[1]
         model, info = new_mask_detector(cfg, train_set.classes, channels)
