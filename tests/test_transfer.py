@@ -210,3 +210,67 @@ def test_cli_finetune_from_reference_weights_url_then_from_its_checkpoint(data_d
     # a new head for the same classes, from zero, same seed and frozen base: the first run's head again
     assert torch.equal(second.net.fc.weight, first.fc.weight) and first.fc.weight.abs().sum() > 0
     assert main(["finetune", "--model", "resnet18", "--weights", str(tmp_path / "nope.pth"), *common]) == 2
+
+
+def test_class_scores_head_reads_the_old_classifier_and_never_trains_it():
+    from cnnkit.models.heads import ClassScoresHead, attach_class_scores, head_kind
+
+    torch.manual_seed(0)
+    net = small_vgg(num_classes=5)                          # the "pretrained" classifier: 5 classes
+    old = copy.deepcopy(net[-1])
+    head = attach_class_scores(net, 2)
+    assert isinstance(net[-1], ClassScoresHead) and head_kind(net) == {"kind": "class_scores", "source_classes": 5}
+    x = torch.randn(4, 3, 16, 16)
+    feats = net[:-1](x)
+    assert torch.allclose(net(x), head.fc(old(feats).log_softmax(-1)), atol=1e-6)
+    for stage in ("head", "all"):
+        plan = plan_stage(net, stage, None, (3, 16, 16))
+        assert not any(n.startswith("17.source") for n in plan.trainable)
+        assert {"17.fc.weight", "17.fc.bias"} <= set(plan.trainable)
+    with pytest.raises(CnnkitError, match="already a ClassScoresHead"):
+        attach_class_scores(net, 2)
+
+
+def test_auto_head_keeps_the_candidate_with_the_lower_val_loss(tmp_path):
+    """head="auto" trains both candidates as head="features" and head="class_scores" would, keeps
+    the lower validation loss, ends with that run's weights, and its checkpoint loads."""
+    import cnnkit
+    from cnnkit.models import create_model
+
+    train, val = toy_set(48, size=32), toy_set(48, size=32, seed=1)
+    runs = {}
+    for head in ("features", "class_scores", "auto"):
+        torch.manual_seed(0)
+        net = create_model("resnet18")                     # its 1,000-class fc: the old classifier
+        rows = finetune(net, train, val, stages=("head",), epochs=6, batch_size=16, lr_head=1e-2,
+                        head=head, out=tmp_path / head, info={"model": "resnet18"})
+        runs[head] = (net, rows[-1]["val_loss"])
+    chosen = cnnkit.load(tmp_path / "auto").info["finetune_head"]
+    assert chosen["val_loss"] == pytest.approx({k: runs[k][1] for k in ("features", "class_scores")}, abs=1e-4)
+    kind = min(chosen["val_loss"], key=chosen["val_loss"].get)
+    assert chosen["kind"] == kind and runs["auto"][1] == pytest.approx(runs[kind][1], abs=1e-5)
+    for head in ("features", "class_scores", "auto"):      # each checkpoint rebuilds its own head
+        net = runs[head][0].eval()
+        x = torch.rand(3, 3, 32, 32)
+        assert torch.allclose(cnnkit.load(tmp_path / head).net((x - 0.5) / 0.5), net((x - 0.5) / 0.5), atol=1e-5)
+
+
+def test_a_crafted_head_description_is_refused():
+    from cnnkit.train import network as netdesc
+
+    for head in ({"kind": "exec"}, {"kind": "class_scores", "source_classes": 10**9}, "class_scores",
+                 {"kind": "class_scores", "source_classes": True}):
+        with pytest.raises(CnnkitError, match="head"):
+            netdesc.build({"kind": "zoo", "name": "resnet18", "head": head}, 2, 3, "ckpt.safetensors")
+    net = netdesc.build({"kind": "zoo", "name": "resnet18", "head": {"kind": "class_scores", "source_classes": 1000}},
+                        2, 3, "ckpt.safetensors")
+    assert net.fc.source.out_features == 1000 and net.fc.fc.out_features == 2
+
+
+def test_finetune_size_is_nine_sevenths_for_pretrained_weights():
+    from cnnkit.transfer import finetune_preprocess
+
+    assert finetune_preprocess("efficientnet_lite0", True).input_size == (3, 288, 288)
+    assert finetune_preprocess("efficientnet_lite0", False).input_size == (3, 224, 224)
+    assert finetune_preprocess("efficientnet_lite0", True, (64, 64)).input_size == (3, 64, 64)
+    assert finetune_preprocess("efficientnet_lite0", True).mean == (0.5, 0.5, 0.5)

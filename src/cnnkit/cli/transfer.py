@@ -32,7 +32,12 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of the head stage (cosine to 0); "
                    "'top' and 'all' use a thirtieth of it (default 3e-3)")
-    p.add_argument("--image-size", type=int, help="square input size (default: the model's, e.g. 224)")
+    p.add_argument("--image-size", type=int, help="square input size (default: the model's, e.g. 224; "
+                   "with pretrained --weights 9/7 of it, e.g. 288: see cnnkit.transfer.finetune_preprocess)")
+    p.add_argument("--head", default="auto", choices=["auto", "features", "class_scores"],
+                   help="the new classifier: a Linear on the pooled features, one on the pretrained "
+                   "classifier's log-probabilities, or auto (default): both tried on the cached "
+                   "features, the lower validation loss kept")
     p.add_argument("--augment", action="store_true", help="the notes' ImageDataGenerator augmentation "
                    "(rotation 40, shifts 0.2, zoom 0.2, flips)")
     p.add_argument("--train-bn", action="store_true", help="let unfrozen batch-norm layers update their statistics")
@@ -65,7 +70,7 @@ def _finetune(args: argparse.Namespace) -> int:
     import torch
 
     from ..data.imagefolder import load_image_folder
-    from ..transfer import NOTES_AUGMENT, FinetuneConfig, Preprocess, evaluate, finetune, preprocess_for
+    from ..transfer import NOTES_AUGMENT, FinetuneConfig, Preprocess, evaluate, finetune, finetune_preprocess
     from ..transfer.checkpoint import load_backbone, save_finetuned
 
     if args.resume:
@@ -82,7 +87,7 @@ def _finetune(args: argparse.Namespace) -> int:
     if ":" in name or name.endswith((".yaml", ".yml", ".json")):
         raise CnnkitError(f"--model {name!r}: fine-tuning needs a zoo model; give --model NAME")
     size = (args.image_size,) * 2 if args.image_size else None
-    pre = preprocess_for(name, image_size=size)
+    pre = finetune_preprocess(name, args.weights is not None and own is None, size)
     if own is not None:  # a cnnkit checkpoint: keep the normalisation (and size) it was trained with
         pre = Preprocess(tuple(own["input_size"][:1]) + (size or tuple(own["input_size"][1:])),
                          tuple(own["mean"]), tuple(own["std"]), pre.crop_fraction)
@@ -114,7 +119,7 @@ def _finetune(args: argparse.Namespace) -> int:
     finetune(net, train, val, stages=stages, freeze_until=args.freeze_until,
              augment=NOTES_AUGMENT if args.augment else None,
              epochs=args.epochs if args.epochs is not None else FinetuneConfig().epochs,
-             batch_size=args.batch_size, lr_head=args.lr, lr_top=args.lr / 30,
+             batch_size=args.batch_size, head=getattr(args, "head", "auto"), lr_head=args.lr, lr_top=args.lr / 30,
              lr_all=args.lr / 30, train_bn=args.train_bn, mean=pre.mean, std=pre.std,
              seed=args.seed, device=args.device, out=out, resume=args.resume, quiet=args.quiet,
              precision=args.precision,

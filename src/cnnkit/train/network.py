@@ -64,7 +64,10 @@ def describe(model: str, net: nn.Module | None = None) -> dict:
         if tree is not None:
             return {"kind": "modules", "tree": tree, "factory": model}
         return {"kind": "factory", "factory": model}
-    return {"kind": "zoo", "name": model}
+    from ..models.heads import head_kind
+
+    head = head_kind(net) if net is not None else None
+    return {"kind": "zoo", "name": model, **({"head": head} if head else {})}
 
 
 def describe_modules(net: nn.Module) -> dict | None:
@@ -171,7 +174,16 @@ def build(network: dict, num_classes: int, in_channels: int, source: str,
         if name not in list_models():
             raise CnnkitError(f"{source}: the checkpoint names the model {str(name)[:60]!r}, which is not in "
                               "the zoo (`cnnkit zoo` lists them)")
-        make = lambda: create_model(name, num_classes=num_classes, in_channels=in_channels)  # noqa: E731
+        head = network.get("head")
+        if head is None:
+            make = lambda: create_model(name, num_classes=num_classes, in_channels=in_channels)  # noqa: E731
+        else:   # a fine-tuned head on the pretrained classifier's scores (cnnkit.models.heads)
+            n = head.get("source_classes") if isinstance(head, dict) else None
+            if not isinstance(head, dict) or head.get("kind") != "class_scores" or not isinstance(n, int) \
+                    or isinstance(n, bool) or not 1 <= n <= 100_000:
+                raise CnnkitError(f"{source}: the network's head {str(head)[:60]!r} is not "
+                                  "{'kind': 'class_scores', 'source_classes': 1..100000}")
+            make = lambda: _class_scores(name, n, num_classes, in_channels)  # noqa: E731
     elif kind in ("spec", "spec_file"):
         from ..analysis.spec import build_from_spec
 
@@ -185,6 +197,16 @@ def build(network: dict, num_classes: int, in_channels: int, source: str,
     else:
         raise CnnkitError(f"{source}: unknown network kind {str(kind)[:40]!r}; expected zoo, spec or modules")
     return _sized(make, source, input_size)
+
+
+def _class_scores(name: str, source_classes: int, num_classes: int, in_channels: int) -> nn.Module:
+    """A zoo model whose classifier is a ClassScoresHead of ``num_classes`` on ``source_classes``."""
+    from ..models import create_model
+    from ..models.heads import attach_class_scores
+
+    net = create_model(name, num_classes=source_classes, in_channels=in_channels)
+    attach_class_scores(net, num_classes)
+    return net
 
 
 def _sized(make, source: str, input_size: tuple[int, ...] | None) -> nn.Module:

@@ -4,12 +4,13 @@
 - :func:`to_fcn` -- Flatten+Linear heads as convolutions: a classifier that slides over big images
 - :class:`ImageAugment` -- Keras ImageDataGenerator-style batched augmentation
 - :func:`preprocess_for` -- the input size and mean/std a zoo model's weights expect
+- :func:`finetune_preprocess` -- the same at the size fine-tuning uses (9/7 of it for pretrained weights)
 """
 
 from .augment import NOTES_AUGMENT, ImageAugment
 from .fcn import to_fcn, total_stride
 from .finetune import STAGES, FinetuneConfig, StagePlan, evaluate, finetune, plan_stage
-from .preprocess import Preprocess, normalize, preprocess_for
+from .preprocess import Preprocess, finetune_preprocess, normalize, preprocess_for
 
 __all__ = ["FinetuneConfig", "ImageAugment", "NOTES_AUGMENT", "Preprocess", "STAGES", "StagePlan",
-           "evaluate", "finetune", "normalize", "plan_stage", "preprocess_for", "to_fcn", "total_stride"]
+           "evaluate", "finetune", "finetune_preprocess", "normalize", "plan_stage", "preprocess_for", "to_fcn", "total_stride"]

@@ -14,6 +14,13 @@ statistics (learnt on the big dataset) are used and never updated. Unfrozen BN l
 eval mode unless ``train_bn=True`` (Keras' advice: small batches of a small dataset would wreck
 statistics estimated on millions of images).
 
+The new head, stage ``head`` (``head="auto"``): two candidates train on the cached features -- a
+Linear on the pooled features, and a Linear on the pretrained classifier's own log-probabilities
+(:class:`cnnkit.models.heads.ClassScoresHead`: ImageNet already knows ants and bees) -- and the
+one with the lower validation loss is kept; the test split is never looked at. Measured on
+efficientnet_lite0 at 288 px: hymenoptera picks the class scores (val loss 0.06-0.08 against
+0.08; accuracy 0.97-0.98 against 0.95-0.96), flowers the features (0.32 against 0.37).
+
 Works with any model that has the timm interface (``forward_features``, ``forward_head``,
 ``reset_classifier``) and with an ``nn.Sequential`` whose head starts at its ``nn.Flatten``.
 """
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -31,7 +39,9 @@ import torch.nn as nn
 from .. import engine
 from ..data.imageset import ImageSet
 from ..engine import Data, Phase, Plan, Setup
+from ..engine.distributed import Dist
 from ..errors import CnnkitError
+from ..models.heads import HEAD_KINDS, attach_class_scores, frozen_head_parameters, last_linear
 from ..tasks.classify import Classifier, ClassifyTask, Features
 from ..tasks.classify import evaluate as evaluate_classifier
 
@@ -53,6 +63,9 @@ class FinetuneConfig:
     label_smoothing: float = 0.0
     cache_features: bool = True   # stage "head": run the frozen base once (then no augmentation there)
     cache_flips: bool = True      # ... on each training image and its mirror image (twice the data)
+    head: str = "auto"            # the new head: "features" (Linear on the pooled features) |
+                                  # "class_scores" (Linear on the old classifier's log-probabilities) |
+                                  # "auto": both tried on the cached features, the lower val loss kept
     schedule: str = "cosine"      # every stage's LR: "cosine" from its peak to 0 | "constant"
     tta: str = "flip"             # the fine-tuned classifier's test-time augmentation ("" | "flip" | "shift")
     train_bn: bool = False        # unfrozen BN layers update their running statistics
@@ -109,14 +122,28 @@ def finetune(model: nn.Module, train_set: ImageSet, val_set: ImageSet | None = N
     clf = Classifier(model, cfg.mean or (0.5,) * c, cfg.std or (0.5,) * c, train_set.classes,
                      train_set.image_shape, cfg.tta)   # per-epoch validation runs without the TTA
     clf.to(torch.device(cfg.device)).eval()  # validation runs in eval mode; training sets its modes
+    source = _source_classifier(model, cfg, stages, val_set)
     _reset_classifier(model, len(train_set.classes))
     if "top" in stages:  # a bad --freeze-until fails now, not after the head has trained
         plan_stage(model, "top", freeze_until, train_set.image_shape, cfg)
     task = ClassifyTask(cfg.batch_size, augment, cfg.label_smoothing, channels_last=False,
                         drop_last=False, max_batches=cfg.max_batches, eval_batch_size=cfg.batch_size,
                         info=dict(info or {}))
-    plan = stage_plan(clf, stages, freeze_until, cfg, train_set, val_set)
+    cache: dict = {}                                   # the cached features, made once
+    head, choice = cfg.head, {}
+    if source is not None and cfg.head == "auto":
+        head = _saved_head(out) if resume else None
+        if head is None:
+            head, choice = _choose_head(task, clf, source, stages, freeze_until, cfg, train_set, val_set,
+                                        cache, precision)
+            if not quiet:
+                print("head: " + ", ".join(f"{k} val loss {v:.4f}" for k, v in choice.items()) + f" -> {head}")
+    if head == "class_scores" and source is not None:
+        _install_head(model, source, len(train_set.classes))
+    task.info["finetune_head"] = {"kind": head if source is not None else "features", "val_loss": choice}
+    plan = stage_plan(clf, stages, freeze_until, cfg, train_set, val_set, cache)
     settings = {k: v for k, v in cfg.__dict__.items() if k != "log"}
+    settings["head"] = head if source is not None else "features"
     log = (lambda epoch, row: cfg.log(_stage_row(row))) if cfg.log else None
     try:
         run = engine.fit(task, clf, Data(train_set, val_set), plan, out, resume=resume, quiet=quiet,
@@ -132,9 +159,11 @@ def finetune(model: nn.Module, train_set: ImageSet, val_set: ImageSet | None = N
 
 
 def stage_plan(clf: nn.Module, stages, freeze_until: str | None, cfg: FinetuneConfig,
-               train_set: ImageSet, val_set: ImageSet | None = None):
+               train_set: ImageSet, val_set: ImageSet | None = None, cache: dict | None = None):
     """The engine's plan: one phase per stage -- its parameters and LRs (:func:`plan_stage`), its
-    frozen BN layers, and for ``head`` with ``cache_features`` the head alone on cached features."""
+    frozen BN layers, and for ``head`` with ``cache_features`` the head alone on cached features
+    (computed once into ``cache``, which a second plan on the same data may share)."""
+    cache = {} if cache is None else cache
     model = clf.net
     features, head = _parts(model)
 
@@ -152,9 +181,10 @@ def stage_plan(clf: nn.Module, stages, freeze_until: str | None, cfg: FinetuneCo
                 return Setup(opt, schedule, frozen=plan.frozen_bn, row=row)
             # the frozen base runs once per image (and its mirror image); every epoch trains the head
             # on what it gave
-            cached = Data(_features(features, clf, train_set, cfg, flips=cfg.cache_flips),
-                          _features(features, clf, val_set, cfg) if val_set is not None else None)
-            return Setup(opt, schedule, module=_Head(clf, head), data=cached, frozen=plan.frozen_bn,
+            if "data" not in cache:
+                cache["data"] = Data(_features(features, clf, train_set, cfg, flips=cfg.cache_flips),
+                                     _features(features, clf, val_set, cfg) if val_set is not None else None)
+            return Setup(opt, schedule, module=_Head(clf, head), data=cache["data"], frozen=plan.frozen_bn,
                          row=row)
         return setup
 
@@ -170,7 +200,8 @@ def plan_stage(model: nn.Module, stage: str, freeze_until: str | None = None,
     leaves, stage_of = _trace_base(model, features, input_shape)
     base_ids = {id(p) for _, m in leaves for p in m.parameters(recurse=False)}
     names = {id(p): n for n, p in model.named_parameters()}
-    head = [p for p in model.parameters() if id(p) not in base_ids]
+    fixed = frozen_head_parameters(model)               # a ClassScoresHead's old classifier: never trained
+    head = [p for p in model.parameters() if id(p) not in base_ids and id(p) not in fixed]
     if stage == "head":
         first = len(leaves)                               # nothing of the base trains
     elif stage == "top":
@@ -235,6 +266,60 @@ def _reset_classifier(model: nn.Module, num_classes: int) -> None:
                     device=old.weight.device, dtype=old.weight.dtype)
     setattr(parent, name.rpartition(".")[2], new)
     _zero_last_linear(model)
+
+
+def _source_classifier(model: nn.Module, cfg, stages, val_set) -> nn.Linear | None:
+    """A copy of the pretrained classifier when a ClassScoresHead may be tried (else None)."""
+    import copy
+
+    if cfg.head not in HEAD_KINDS + ("auto",):
+        raise CnnkitError(f"unknown head {cfg.head!r}; use auto, {' or '.join(HEAD_KINDS)}")
+    if cfg.head == "features" or (cfg.head == "auto" and ("head" not in stages or not cfg.cache_features
+                                                          or val_set is None)):
+        return None
+    _, _, old = last_linear(model)
+    if not isinstance(old, nn.Linear):
+        return None
+    return copy.deepcopy(old)
+
+
+def _install_head(model: nn.Module, source: nn.Linear, num_classes: int) -> None:
+    """The model's new classifier becomes a ClassScoresHead on (a copy of) the old one, starting at zero."""
+    import copy
+
+    parent, attr, _ = last_linear(model)
+    setattr(parent, attr, copy.deepcopy(source))
+    attach_class_scores(model, num_classes)
+    _zero_last_linear(model)
+
+
+def _choose_head(task, clf, source, stages, freeze_until, cfg, train_set, val_set, cache, precision):
+    """Train each candidate head on the cached features by the engine (as stage ``head`` will) and
+    return (kind with the lower validation loss, {kind: val loss})."""
+    model = clf.net
+    parent, attr, new = last_linear(model)
+    losses = {}
+    for kind in HEAD_KINDS:
+        if kind == "class_scores":
+            _install_head(model, source, len(train_set.classes))
+        plan = stage_plan(clf, ["head"], freeze_until, cfg, train_set, val_set, cache)
+        # one process (under torchrun every rank makes the same choice on all the data)
+        run = engine.fit(task, clf, Data(train_set, val_set), plan, None, quiet=True,
+                         dist=Dist(device=torch.device(cfg.device)), precision=precision)
+        losses[kind] = run.history[-1]["val_loss"]
+        setattr(parent, attr, new)                      # the features head, as it was
+        _zero_last_linear(model)
+    return min(losses, key=losses.get), losses
+
+
+def _saved_head(out) -> str | None:
+    """The head kind a run being resumed chose (its saved settings), if it recorded one."""
+    from ..train.checkpoint import RESUME_FILE, _read
+
+    path = Path(out) / RESUME_FILE if out is not None else None
+    if path is None or not path.is_file():
+        return None
+    return _read(path)[1].get("config", {}).get("finetune", {}).get("head")
 
 
 def _zero_last_linear(model: nn.Module) -> None:

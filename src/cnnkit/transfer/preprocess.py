@@ -76,6 +76,27 @@ def preprocess_for(model_name: str, in_channels: int | None = None,
     return Preprocess((c, h, w), mean, std, crop, interpolation)
 
 
+# Fine-tuning a pretrained network: its input side times 9/7 (224 -> 288). ImageNet training's random
+# resized crops show objects larger than a centre crop of the same size does, so a network tested at
+# its training size sees objects too small (Touvron et al. 2019, "Fixing the train-test resolution
+# discrepancy", https://arxiv.org/abs/1906.06423). Measured with efficientnet_lite0 (linear heads on
+# cached features, 3 seeds): hymenoptera val loss 0.123 at 224, 0.097 at 256, 0.083 at 288, 0.101 at
+# 320 (accuracy 0.95 -> 0.96); flowers test accuracy 0.92 -> 0.93 at 288.
+FINETUNE_SCALE = 9 / 7
+
+
+def finetune_preprocess(model_name: str, pretrained: bool, image_size: tuple[int, int] | None = None,
+                        in_channels: int | None = None) -> Preprocess:
+    """:func:`preprocess_for` at the size fine-tuning uses: ``image_size`` when given, else the
+    model's own size -- times :data:`FINETUNE_SCALE` (to a multiple of 32) for pretrained weights."""
+    if image_size is None and pretrained:
+        from ..models import model_info
+
+        h, w = model_info(model_name).input_size[1:]
+        image_size = tuple(max(32, round(d * FINETUNE_SCALE / 32) * 32) for d in (h, w))
+    return preprocess_for(model_name, in_channels, image_size)
+
+
 def load_photo(path, pre: Preprocess) -> torch.Tensor:
     """An image file prepared as ``pre`` says (shorter side resized, centre crop): float (C, H, W) in [0, 1]."""
     from ..data.imagefolder import decode_image
