@@ -48,8 +48,8 @@ def last_linear(model: nn.Module) -> tuple[nn.Module, str, nn.Module]:
         elif isinstance(m, nn.Linear) and not (found and name.startswith(found[0] + ".")):
             found = (name, m)
     if found is None:
-        raise CnnkitError(f"{type(model).__name__} has no nn.Linear classifier to replace; give a zoo "
-                          "model or an nn.Sequential ending in a Linear")
+        raise CnnkitError(f"{type(model).__name__} has no reset_classifier() and no nn.Linear classifier "
+                          "to replace; give a zoo model or an nn.Sequential ending in a Linear")
     name, module = found
     parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
     return parent, name.rpartition(".")[2], module

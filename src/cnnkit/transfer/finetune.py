@@ -41,7 +41,7 @@ from ..data.imageset import ImageSet
 from ..engine import Data, Phase, Plan, Setup
 from ..engine.distributed import Dist
 from ..errors import CnnkitError
-from ..models.heads import HEAD_KINDS, attach_class_scores, frozen_head_parameters, last_linear
+from ..models.heads import HEAD_KINDS, ClassScoresHead, attach_class_scores, frozen_head_parameters, last_linear
 from ..tasks.classify import Classifier, ClassifyTask, Features
 from ..tasks.classify import evaluate as evaluate_classifier
 
@@ -256,15 +256,12 @@ def _reset_classifier(model: nn.Module, num_classes: int) -> None:
         model.reset_classifier(num_classes)
         _zero_last_linear(model)
         return
-    last = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not last:
-        raise CnnkitError(f"{type(model).__name__} has no reset_classifier() and no nn.Linear to "
-                          "replace; give a zoo model or an nn.Sequential ending in a Linear")
-    name, old = last[-1]
-    parent = model.get_submodule(name.rpartition(".")[0])
+    parent, attr, old = last_linear(model)
+    if isinstance(old, ClassScoresHead):                  # a fine-tuned run fine-tuned again
+        old = old.source
     new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None,
                     device=old.weight.device, dtype=old.weight.dtype)
-    setattr(parent, name.rpartition(".")[2], new)
+    setattr(parent, attr, new)
     _zero_last_linear(model)
 
 
