@@ -145,7 +145,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--figure", default="docs/images/segmentation_digits.png")
-    p.add_argument("--figure-scene", type=int, default=0, help="which test scene the figure shows")
+    p.add_argument("--figure-scene", type=int, default=7, help="which test scene the figure shows (7: four digits)")
     p.add_argument("--keep", default="runs/bench-segmentation", help="run folders of the digit models")
     p.add_argument("--report", action="store_true", help="only print the table and draw the figure of --keep")
     args = p.parse_args()
