@@ -143,3 +143,23 @@ def test_feature_map_filter_pattern_and_heatmap_figures(tmp_path):
     with pytest.raises(CnnkitError, match="does not match the image"):
         plots.heatmap_overlay(torch.rand(3, 20, 30), torch.rand(10, 10))
     assert sorted(os.listdir(tmp_path)) == ["f.png", "fm.png", "frgb.png", "h.png", "p.png"]
+
+
+def test_mask_panels_colours_each_class_and_checks_sizes(tmp_path):
+    image = torch.zeros(1, 8, 8, dtype=torch.uint8)
+    truth = torch.zeros(8, 8, dtype=torch.int64)
+    truth[2:5, 2:5] = 2
+    pred = truth.clone()
+    pred[2, 2] = 1
+    colours = torch.tensor([[0, 0, 0], [255, 0, 0], [0, 0, 255]], dtype=torch.uint8)
+    fig = plots.mask_panels(image, {"truth": truth, "model": pred}, colours, tmp_path / "m.png",
+                            classes=["bg", "one", "two"], title="t")
+    assert [ax.get_title() for ax in fig.axes] == ["image", "truth", "model"]
+    shown = fig.axes[2].get_images()[0].get_array()
+    assert shown.shape == (8, 8, 3) and tuple(shown[2, 2]) == (1.0, 0.0, 0.0) and tuple(shown[3, 3]) == (0.0, 0.0, 1.0)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["bg", "one", "two"]
+    assert png_size(tmp_path / "m.png")[0] > 0
+    with pytest.raises(CnnkitError, match="mask 'model' has shape"):
+        plots.mask_panels(image, {"model": pred[:4]}, colours)
+    with pytest.raises(CnnkitError, match="beyond the 3 colours"):
+        plots.mask_panels(image, {"model": pred + 1}, colours)

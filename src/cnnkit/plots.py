@@ -441,3 +441,45 @@ def heatmap_overlay(image, heatmap, path=None, title: str | None = None, alpha: 
     if title:
         fig.suptitle(title)
     return _finish(fig, path)
+
+
+# ----------------------------------------------------------------------------- segmentation
+
+
+def mask_panels(image, masks: dict, colours, path=None, classes: Sequence[str] | None = None,
+                title: str | None = None) -> Figure:
+    """One image and its class maps side by side: the image, then one panel per ``masks`` entry
+    (``{panel title: (H, W) class indices}``, e.g. the truth and each model's prediction), each class
+    in its colour of ``colours`` ((K, 3) uint8, class k's RGB) with a legend of the classes shown.
+    """
+    arr, cmap = _as_display(image)
+    if not masks:
+        raise CnnkitError("no masks to show; pass at least one {title: (H, W) class map}")
+    lut = _numpy(colours).astype(np.float32) / 255.0
+    if lut.ndim != 2 or lut.shape[1] != 3:
+        raise CnnkitError(f"colours must be (K, 3) RGB values, got shape {tuple(lut.shape)}")
+    shown = set()
+    fig = Figure(figsize=(1.9 * (len(masks) + 1), 2.6), layout="constrained")
+    axes = fig.subplots(1, len(masks) + 1, squeeze=False)[0]
+    axes[0].imshow(arr, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+    axes[0].set_title("image", fontsize=9)
+    for ax, (name, mask) in zip(axes[1:], masks.items()):
+        m = _numpy(mask).astype(np.int64)
+        if m.shape != arr.shape[:2]:
+            raise CnnkitError(f"mask {name!r} has shape {tuple(m.shape)}, the image {arr.shape[:2]}; give masks "
+                              "at the image's size")
+        if m.min(initial=0) < 0 or m.max(initial=0) >= len(lut):
+            raise CnnkitError(f"mask {name!r} holds class {int(m.max())}, beyond the {len(lut)} colours given")
+        shown.update(np.unique(m).tolist())
+        ax.imshow(lut[m], interpolation="nearest")
+        ax.set_title(str(name), fontsize=9)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=tuple(lut[k]), label=_class_name(classes, k)) for k in sorted(shown)]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 11), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _finish(fig, path)
