@@ -224,7 +224,7 @@ class DetectConfig:
     data: str = "pennfudan"             # "pennfudan" | "digits" | PATH of a COCO JSON file or a YOLO folder
     data_dir: str | None = None         # folder holding pennfudan/ and mnist/ (else $CNNKIT_DATA)
     image_size: int | None = None       # square side images are letterboxed to (None: 320 photos, 128 digits)
-    scenes: tuple[int, int] = (10000, 500)  # digits: train and test scenes
+    scenes: tuple[int, int] = (12000, 500)  # digits: train and test scenes
     train_digits: tuple[int, int] | None = None   # digits: least and most digits per training scene (None:
                                         # 4-8 on tiny, 1-4 otherwise; test scenes always hold 1-4). Denser
                                         # scenes = more digits learnt per step: AP50 0.58 -> 0.77 (2-6 -> 4-8)
