@@ -5,9 +5,11 @@ import pytest
 import torch
 import torch.nn as nn
 
+from cnnkit.errors import CnnkitError
 from cnnkit.metrics.detection import coco_evaluate, voc_evaluate
 from cnnkit.models.detection import (Detector, assign_targets, centreness, create_detector, decode,
-                                     detection_loss, distances_to_boxes, grid_points, level_ranges)
+                                     detection_loss, distances_to_boxes, grid_points, level_ranges,
+                                     varifocal_loss)
 from cnnkit.models.localisation import Localiser, localisation_loss, localisation_metrics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -89,6 +91,31 @@ def test_loss_is_lower_for_the_right_answer_and_handles_no_boxes():
     none, _ = assign_targets(pts, st, level_ranges(st, [8]), torch.zeros(1, 1, 4), torch.tensor([[-1]]))
     ln = detection_loss(bad, none, matched)
     assert ln["box"] == 0 and ln["loss"] > 0
+
+
+def test_varifocal_loss_by_hand_and_in_the_detector_loss():
+    import math
+
+    # a positive with IoU target 0.6 and logit 0 (p = 0.5): 0.6 * BCE(0.5 -> 0.6) = 0.6 * ln 2 (BCE to a soft
+    # target is -q ln p - (1 - q) ln(1 - p)); a negative with logit ln 3 (p = 0.75): 0.75 * 0.75^2 * -ln(0.25)
+    got = varifocal_loss(torch.tensor([0.0, math.log(3)]), torch.tensor([0.6, 0.0]))
+    want = 0.6 * math.log(2) + 0.75 * 0.75 ** 2 * -math.log(0.25)
+    assert abs(got.item() - want) < 1e-5
+    pts, st = grid_points([(8, 8)], [8])
+    boxes, labels = torch.tensor([[[8.0, 8, 40, 48]]]), torch.tensor([[1]])
+    lab, matched = assign_targets(pts, st, level_ranges(st, [8]), boxes, labels)
+    pos = lab[0] >= 0
+    right = torch.stack([pts[:, 0] - 8, pts[:, 1] - 8, 40 - pts[:, 0], 48 - pts[:, 1]], -1)[None].clamp(min=1)
+    cls = torch.full((1, 64, 2), -5.0)
+    cls[0, pos, 1] = 5.0
+    good = {"cls": cls, "box": right, "ctr": torch.zeros(1, 64), "points": pts}
+    wrong_class = {**good, "cls": cls.flip(-1)}
+    loose = {**good, "box": right * 0.5}      # same classes, worse boxes: lower IoU targets, higher GIoU loss
+    lg, lw, ll = (detection_loss(o, lab, matched, "varifocal") for o in (good, wrong_class, loose))
+    assert lg["cls"] < lw["cls"] and lg["cls"] < 0.05 and lg["box"] < 1e-4 and ll["box"] > 0.1
+    assert abs(lg["box"] - detection_loss(good, lab, matched)["box"]) < 1e-6   # only the class loss differs
+    with pytest.raises(CnnkitError, match="cls_loss"):
+        detection_loss(good, lab, matched, "softmax")
 
 
 def rectangles(n=6, size=64, seed=0):

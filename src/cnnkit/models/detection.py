@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import CnnkitError
-from ..ops import batched_nms, generalized_box_iou_elementwise
+from ..ops import batched_nms, box_iou_elementwise, generalized_box_iou_elementwise
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -178,19 +178,31 @@ def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float
     return (a_t * (1 - p_t) ** gamma * ce).sum()
 
 
-def detection_loss(out: dict[str, torch.Tensor], labels: torch.Tensor, matched: torch.Tensor
-                   ) -> dict[str, torch.Tensor]:
+def varifocal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.75,
+                   gamma: float = 2.0) -> torch.Tensor:
+    """Zhang et al. 2021 (VarifocalNet, https://arxiv.org/abs/2008.13367), summed: BCE towards the
+    soft target q (the IoU of the predicted box on its positive class, 0 elsewhere), positives
+    weighted by q and not down-weighted, negatives by alpha p^gamma as in focal loss."""
+    p = torch.sigmoid(logits)
+    weight = torch.where(targets > 0, targets, alpha * p.detach() ** gamma)
+    return (weight * F.binary_cross_entropy_with_logits(logits, targets, reduction="none")).sum()
+
+
+def detection_loss(out: dict[str, torch.Tensor], labels: torch.Tensor, matched: torch.Tensor,
+                   cls_loss: str = "focal") -> dict[str, torch.Tensor]:
     """The detector's loss from its raw output and :func:`assign_targets`' result.
 
-    Focal loss over all locations and classes / number of positives; GIoU loss on positives weighted
+    Class loss over all locations and classes / number of positives: ``"focal"`` (one-hot targets)
+    or ``"varifocal"`` (IoU-aware targets, :func:`varifocal_loss`); GIoU loss on positives weighted
     by their centre-ness target (FCOS); centre-ness BCE on positives. Returns the parts and ``loss``.
     """
+    if cls_loss not in ("focal", "varifocal"):
+        raise CnnkitError(f"cls_loss must be focal or varifocal; received {cls_loss!r}")
     points = out["points"]
     pos = labels >= 0                                                          # (B, A)
     n_pos = pos.sum().clamp(min=1).float()
     onehot = torch.zeros_like(out["cls"])
     onehot[pos] = F.one_hot(labels[pos], out["cls"].shape[-1]).to(onehot.dtype)
-    cls = sigmoid_focal_loss(out["cls"], onehot) / n_pos
     if pos.any():
         pred = distances_to_boxes(points, out["box"])[pos]                     # (P, 4)
         target_ctr = centreness(points, matched)[pos]
@@ -199,17 +211,24 @@ def detection_loss(out: dict[str, torch.Tensor], labels: torch.Tensor, matched: 
         ctr = F.binary_cross_entropy_with_logits(out["ctr"][pos], target_ctr)
     else:
         box = ctr = out["box"].sum() * 0
+    if cls_loss == "focal":
+        cls = sigmoid_focal_loss(out["cls"], onehot) / n_pos
+    else:
+        if pos.any():
+            iou = box_iou_elementwise(pred.detach(), matched[pos]).clamp(min=0.01)   # (P,)
+            onehot[pos] = onehot[pos] * iou[:, None]
+        cls = varifocal_loss(out["cls"], onehot) / n_pos
     return {"loss": cls + box + ctr, "cls": cls, "box": box, "ctr": ctr}
 
 
 def detector_loss(out: dict[str, torch.Tensor], boxes: torch.Tensor, labels: torch.Tensor,
-                  radius: float = 1.5) -> dict[str, torch.Tensor]:
+                  radius: float = 1.5, cls_loss: str = "focal") -> dict[str, torch.Tensor]:
     """:func:`assign_targets` + :func:`detection_loss` on a :class:`Detector`'s output (a free function,
     so that a DDP-wrapped model's forward is what runs)."""
     level_strides = sorted(set(out["strides"].tolist()))
     assigned, matched = assign_targets(out["points"], out["strides"], level_ranges(out["strides"], level_strides),
                                        boxes, labels, radius)
-    return detection_loss(out, assigned, matched)
+    return detection_loss(out, assigned, matched, cls_loss)
 
 
 @torch.no_grad()
