@@ -148,15 +148,11 @@ def _finetune(args: argparse.Namespace) -> int:
 
 def _resumed_args(args: argparse.Namespace) -> argparse.Namespace:
     """On --resume the run's own settings win (different ones would not continue *exactly*)."""
-    from ..train.checkpoint import RESUME_FILE, _read
+    from ..train.checkpoint import resumed_config
 
     if not args.out:
         raise CnnkitError("--resume needs --out RUN_FOLDER (the run to continue)")
-    path = Path(args.out) / RESUME_FILE
-    if not path.is_file():
-        raise CnnkitError(f"nothing to resume in {args.out}: no {RESUME_FILE}; start a new run "
-                          "without --resume")
-    return argparse.Namespace(**{**vars(args), **_read(path)[1]["config"]["args"]})
+    return argparse.Namespace(**{**vars(args), **resumed_config(args.out)["args"]})
 
 
 def _fcn(args: argparse.Namespace) -> int:

@@ -366,12 +366,10 @@ def train(cfg: DetectConfig, out, resume: bool = False, quiet: bool = False):
 
 def run_config(cfg, out, resume: bool, from_dict):
     """The config a run trains with, resolved and validated: on ``resume`` the run's own wins."""
-    from ..train.checkpoint import RESUME_FILE, read_info
+    from ..train.checkpoint import resumed_config
 
     if resume:
-        if not (out / RESUME_FILE).is_file():
-            raise CnnkitError(f"nothing to resume in {out}: no {RESUME_FILE}; start a new run without --resume")
-        cfg = from_dict(read_info(out / RESUME_FILE)["config"])
+        cfg = from_dict(resumed_config(out))
     return validate(cfg.resolved())
 
 

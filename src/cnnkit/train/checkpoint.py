@@ -440,6 +440,15 @@ def read_info(path: str | os.PathLike) -> dict:
     return _metadata(resolve(path))
 
 
+def resumed_config(out: str | os.PathLike) -> dict:
+    """The settings the run in folder ``out`` was started with (what ``--resume`` continues), read
+    from its resume file's metadata without loading its tensors."""
+    path = Path(out) / RESUME_FILE
+    if not path.is_file():
+        raise CnnkitError(f"nothing to resume in {out}: no {RESUME_FILE}; start a new run without --resume")
+    return read_info(path)["config"]
+
+
 def trusted_resume_model(stored: str, typed: str | None) -> str:
     """The model a ``--resume`` rebuilds: a Python factory only when the user names it again."""
     if ".py:" not in stored:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -311,12 +310,9 @@ def _choose_head(task, clf, source, stages, freeze_until, cfg, train_set, val_se
 
 def _saved_head(out) -> str | None:
     """The head kind a run being resumed chose (its saved settings), if it recorded one."""
-    from ..train.checkpoint import RESUME_FILE, _read
+    from ..train.checkpoint import resumed_config
 
-    path = Path(out) / RESUME_FILE if out is not None else None
-    if path is None or not path.is_file():
-        return None
-    return _read(path)[1].get("config", {}).get("finetune", {}).get("head")
+    return resumed_config(out).get("finetune", {}).get("head") if out is not None else None
 
 
 def _zero_last_linear(model: nn.Module) -> None:
