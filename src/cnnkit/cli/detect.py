@@ -84,10 +84,14 @@ def run_train(args) -> int:
     given = config_args(args)
     if args.data not in ("pennfudan", "digits"):
         given["data"] = str(Path(args.data).expanduser().resolve())
-    cfg = DetectConfig(**given)
+    return start_run(args, DetectConfig(**given), train, "detect")
+
+
+def start_run(args, cfg, train, kind: str) -> int:
+    """``train(cfg, out)`` in ``--out`` (default ``runs/KIND-DATA-TIME``), resuming with ``--resume``."""
     if args.resume and not args.out:
         raise CnnkitError("--resume needs --out RUN_FOLDER (the run to continue)")
-    out = args.out or f"runs/detect-{Path(args.data).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = args.out or f"runs/{kind}-{Path(args.data).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     train(cfg, out, resume=args.resume, quiet=args.quiet)
     return 0
 

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
-from ..errors import CnnkitError
-from .detect import add_eval_predict, add_train_args, config_args
+from .detect import add_eval_predict, add_train_args, config_args, start_run
 
 
 def register(subparsers) -> None:
@@ -35,11 +33,7 @@ def run_train(args) -> int:
     from ..tasks.instance import InstanceConfig, train
 
     cfg = InstanceConfig(**config_args(args, "mask_convs", "mask_width", "roi_jitter", "validate"))
-    if args.resume and not args.out:
-        raise CnnkitError("--resume needs --out RUN_FOLDER (the run to continue)")
-    out = args.out or f"runs/instance-{args.data}-{time.strftime('%Y%m%d-%H%M%S')}"
-    train(cfg, out, resume=args.resume, quiet=args.quiet)
-    return 0
+    return start_run(args, cfg, train, "instance")
 
 
 def run_eval(args) -> int:

@@ -192,16 +192,22 @@ def build_detector(info: dict) -> Detector:
 
 def load_detector(path: str | os.PathLike, device: str = "cpu") -> Detector:
     """A trained detector from a run folder or its model.safetensors (eval mode; ``.info`` = metadata)."""
+    return load_run_model(path, "detect", "a detection model", build_detector, device)
+
+
+def load_run_model(path: str | os.PathLike, task: str, what: str, build, device: str = "cpu") -> nn.Module:
+    """The model of a ``cnnkit TASK train`` run: its metadata checked to name ``task``, the module
+    made by ``build(info)``, its weights loaded (eval mode on ``device``; ``.info`` = metadata)."""
     from safetensors.torch import load_file
 
     from ..train.checkpoint import read_info, resolve
 
     file = resolve(path)
     info = read_info(file)
-    if info.get("task") != "detect":
-        raise CnnkitError(f"{file} is not a detection model (task {info.get('task', 'classify')!r}); "
-                          "give a run folder written by `cnnkit detect train`")
-    model = build_detector(info)
+    if info.get("task") != task:
+        raise CnnkitError(f"{file} is not {what} (task {info.get('task', 'classify')!r}); "
+                          f"give a run folder written by `cnnkit {task} train`")
+    model = build(info)
     model.load_state_dict(load_file(str(file)))
     model.info = info
     return model.to(device).eval()

@@ -29,7 +29,8 @@ from ..metrics.instance import mask_evaluate
 from ..models.detection import detector_loss
 from ..models.instance import MaskDetector, paste_masks
 from ..ops import box_iou_elementwise, roi_align
-from .detect import DetectConfig, DetectionSet, DetectTask, build_detector, draw_detections, new_detector
+from .detect import (DetectConfig, DetectionSet, DetectTask, build_detector, draw_detections, load_run_model,
+                     new_detector)
 
 MASK_SIZE = 28
 
@@ -235,23 +236,15 @@ def new_mask_detector(cfg: "InstanceConfig", classes: list[str], in_channels: in
 
 def load_mask_detector(path: str | os.PathLike, device: str = "cpu") -> MaskDetector:
     """A trained mask detector from a run folder or its model.safetensors (eval mode; ``.info`` = metadata)."""
-    from safetensors.torch import load_file
+    def build(info: dict) -> MaskDetector:
+        try:
+            return MaskDetector(build_detector(info), int(info["mask_width"]), int(info["mask_convs"]),
+                                bool(info["class_agnostic"]))
+        except KeyError as exc:
+            raise CnnkitError(f"checkpoint metadata lacks field {exc.args[0]!r}: not a `cnnkit instance train` "
+                              "model") from None
 
-    from ..train.checkpoint import read_info, resolve
-
-    file = resolve(path)
-    info = read_info(file)
-    if info.get("task") != "instance":
-        raise CnnkitError(f"{file} is not an instance-segmentation model (task {info.get('task', 'classify')!r}); "
-                          "give a run folder written by `cnnkit instance train`")
-    try:
-        model = MaskDetector(build_detector(info), int(info["mask_width"]), int(info["mask_convs"]),
-                             bool(info["class_agnostic"]))
-    except KeyError as exc:
-        raise CnnkitError(f"checkpoint metadata lacks field {exc.args[0]!r}: not a `cnnkit instance train` model") from None
-    model.load_state_dict(load_file(str(file)))
-    model.info = info
-    return model.to(device).eval()
+    return load_run_model(path, "instance", "an instance-segmentation model", build, device)
 
 
 # ----------------------------------------------------------------------------- the training recipe
