@@ -27,6 +27,7 @@ Works with any model that has the timm interface (``forward_features``, ``forwar
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from dataclasses import dataclass, field
@@ -137,12 +138,13 @@ def finetune(model: nn.Module, train_set: ImageSet, val_set: ImageSet | None = N
                                         cache, precision)
             if not quiet:
                 print("head: " + ", ".join(f"{k} val loss {v:.4f}" for k, v in choice.items()) + f" -> {head}")
-    if head == "class_scores" and source is not None:
+    head = head if source is not None else "features"  # no old classifier to read: the features head
+    if head == "class_scores":
         _install_head(model, source, len(train_set.classes))
-    task.info["finetune_head"] = {"kind": head if source is not None else "features", "val_loss": choice}
+    task.info["finetune_head"] = {"kind": head, "val_loss": choice}
     plan = stage_plan(clf, stages, freeze_until, cfg, train_set, val_set, cache)
     settings = {k: v for k, v in cfg.__dict__.items() if k != "log"}
-    settings["head"] = head if source is not None else "features"
+    settings["head"] = head
     log = (lambda epoch, row: cfg.log(_stage_row(row))) if cfg.log else None
     try:
         run = engine.fit(task, clf, Data(train_set, val_set), plan, out, resume=resume, quiet=quiet,
@@ -266,8 +268,6 @@ def _reset_classifier(model: nn.Module, num_classes: int) -> None:
 
 def _source_classifier(model: nn.Module, cfg, stages, val_set) -> nn.Linear | None:
     """A copy of the pretrained classifier when a ClassScoresHead may be tried (else None)."""
-    import copy
-
     if cfg.head not in HEAD_KINDS + ("auto",):
         raise CnnkitError(f"unknown head {cfg.head!r}; use auto, {' or '.join(HEAD_KINDS)}")
     if cfg.head == "features" or (cfg.head == "auto" and ("head" not in stages or not cfg.cache_features
@@ -281,8 +281,6 @@ def _source_classifier(model: nn.Module, cfg, stages, val_set) -> nn.Linear | No
 
 def _install_head(model: nn.Module, source: nn.Linear, num_classes: int) -> None:
     """The model's new classifier becomes a ClassScoresHead on (a copy of) the old one, starting at zero."""
-    import copy
-
     parent, attr, _ = last_linear(model)
     setattr(parent, attr, copy.deepcopy(source))
     attach_class_scores(model, num_classes)
