@@ -148,19 +148,22 @@ def pretrained_table(data: Path, seeds, rows_wanted, sets=("hymenoptera", "flowe
         "top": ("head + top", True, dict(stages=("head", "top"), lr_top=1e-4)),
         "all": ("head + top + all", True, dict(stages=("head", "top", "all"), lr_top=1e-4, lr_all=1e-4)),
     }
-    out = []
+    out, loaded = [], {}
     for name in sets:
         for key in rows_wanted:
             row, imagenet, kw = runs[key]
             pre = finetune_preprocess("efficientnet_lite0", imagenet)   # as `cnnkit finetune` sizes it
-            load = dict(image_size=pre.image_size, crop_fraction=pre.crop_fraction,
-                        interpolation=pre.interpolation)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                split = dict(val_fraction=0.15, test_fraction=0.15, seed=0) if name == "flowers" else {}
-                train = load_image_folder(data / name, "train", **split, **load)
-                val = load_image_folder(data / name, "val", **split, **load)
-                test = load_image_folder(data / name, "test", **split, **load) if name == "flowers" else val
+            if (name, pre.image_size) not in loaded:                   # rows at one size share the images
+                load = dict(image_size=pre.image_size, crop_fraction=pre.crop_fraction,
+                            interpolation=pre.interpolation)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    split = dict(val_fraction=0.15, test_fraction=0.15, seed=0) if name == "flowers" else {}
+                    parts = [load_image_folder(data / name, s, **split, **load) for s in ("train", "val")]
+                    parts.append(load_image_folder(data / name, "test", **split, **load) if name == "flowers"
+                                 else parts[1])
+                loaded[name, pre.image_size] = parts
+            train, val, test = loaded[name, pre.image_size]
             for seed in seeds:
                 torch.manual_seed(seed)
                 net = create_model("efficientnet_lite0", weights="imagenet" if imagenet else None)
