@@ -100,6 +100,19 @@ def test_head_stage_with_cached_features_learns():
     assert history[-1]["val_acc"] >= 0.9 and history[-1]["trainable"] == 256 * 32 + 32 + 32 * 2 + 2
 
 
+def test_cached_head_stage_trains_without_the_networks_dropout_unless_asked():
+    def net_with_dropout():
+        torch.manual_seed(0)
+        net = small_vgg()
+        net.insert(15, nn.Dropout(1.0))     # after the Flatten: in train mode the head would see zeros
+        return net
+    kw = dict(stages=("head",), epochs=15, batch_size=16, lr_head=1e-2)
+    off = finetune(net_with_dropout(), toy_set(48), toy_set(48, seed=1), **kw)
+    on = finetune(net_with_dropout(), toy_set(48), toy_set(48, seed=1), head_dropout=True, **kw)
+    assert off[-1]["val_acc"] >= 0.9            # as test_head_stage_with_cached_features_learns
+    assert on[-1]["val_acc"] <= 0.6             # the zeroed features taught it nothing (0.5: chance)
+
+
 def test_zoo_model_finetunes_on_hymenoptera_end_to_end(data_dir, tmp_path):
     from cnnkit.data.imagefolder import load_image_folder
     from cnnkit.models import create_model

@@ -63,6 +63,9 @@ class FinetuneConfig:
     label_smoothing: float = 0.0
     cache_features: bool = True   # stage "head": run the frozen base once (then no augmentation there)
     cache_flips: bool = True      # ... on each training image and its mirror image (twice the data)
+    head_dropout: bool = False    # ... and the network's own dropout before its classifier active there
+                                  # (measured, efficientnet_lite0 at 288 px, 3 seeds: flowers val loss
+                                  # 0.31-0.32 without, 0.33 with; hymenoptera equal)
     head: str = "auto"            # the new head: "features" (Linear on the pooled features) |
                                   # "class_scores" (Linear on the old classifier's log-probabilities) |
                                   # "auto": both tried on the cached features, the lower val loss kept
@@ -185,8 +188,9 @@ def stage_plan(clf: nn.Module, stages, freeze_until: str | None, cfg: FinetuneCo
             if "data" not in cache:
                 cache["data"] = Data(_features(features, clf, train_set, cfg, flips=cfg.cache_flips),
                                      _features(features, clf, val_set, cfg) if val_set is not None else None)
-            return Setup(opt, schedule, module=_Head(clf, head), data=cache["data"], frozen=plan.frozen_bn,
-                         row=row)
+            # the whole network in eval mode there (no dropout) unless head_dropout: only the head trains
+            frozen = plan.frozen_bn if cfg.head_dropout else plan.frozen_bn + [model]
+            return Setup(opt, schedule, module=_Head(clf, head), data=cache["data"], frozen=frozen, row=row)
         return setup
 
     epochs = {s: cfg.epochs.get(s, 0) if isinstance(cfg.epochs, dict) else cfg.epochs for s in stages}
