@@ -3,11 +3,14 @@
     python benchmarks/mnist.py --data-dir ../shared/data                 # fast + best + baseline
     python benchmarks/mnist.py --presets fast --seeds 3 --no-baseline    # mean/spread over seeds
     python benchmarks/mnist.py --presets best --trainval --no-baseline   # the refit on all 60,000
+    python benchmarks/mnist.py --presets --plain                         # notes' network: cnnkit vs bare PyTorch
 
 For each preset: training wall time, test accuracy (the test set is only reported, never used to
 choose), training images/s, the model's forward MACs per image, and the achieved GFLOP/s of the
 training step (6 x MACs x images/s: forward + two backward matmuls) against this machine's measured
-fp32 matmul GFLOP/s at the same thread count -- the physical ceiling. The baseline is the notes'
+fp32 matmul GFLOP/s at the same thread count -- the physical ceiling -- and, per row, the fraction of
+the convolution ceiling of the precision it trained in (fp32 and bf16 matmul and the issue's 64->64
+3x3 convolution are measured first; the report says whether this CPU has native bf16). The baseline is the notes'
 network trained the notes' way: Nadam (lr 1e-3), batch 32, 10 epochs, no augmentation.
 """
 
@@ -28,6 +31,7 @@ from rich.table import Table
 import cnnkit
 from cnnkit.data.augment import AugmentConfig
 from cnnkit.data.datasets import load_dataset
+from cnnkit.engine.precision import choose, cpu_name, native_bf16
 from cnnkit.train.config import TrainConfig, preset
 from cnnkit.train.evaluate import evaluate
 from cnnkit.train.trainer import train
@@ -49,11 +53,60 @@ def _best_seconds(fn, repeat: int) -> float:
     return best
 
 
-def matmul_gflops(threads: int, n: int = 2048, repeat: int = 10) -> float:
-    """torch.matmul's fp32 throughput (MKL sgemm): the issue's "measured fp32 matmul" ceiling."""
+def matmul_gflops(threads: int, n: int = 2048, repeat: int = 10, dtype=torch.float32) -> float:
+    """torch.matmul's throughput (fp32: MKL sgemm): the issue's "measured matmul" ceiling."""
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     return 2 * n ** 3 / _best_seconds(lambda: a @ b, repeat) / 1e9
+
+
+def conv_gflops(threads: int, dtype=torch.float32, batch: int = 128, repeat: int = 10) -> float:
+    """The issue's convolution: 64 -> 64 channels, 3x3, 14x14 maps, channels-last, in ``dtype``."""
+    torch.set_num_threads(threads)
+    x = torch.randn(batch, 64, 14, 14, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(64, 64, 3, 3, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    flops = 2 * batch * 14 * 14 * 64 * 64 * 9
+    return flops / _best_seconds(lambda: torch.nn.functional.conv2d(x, w, padding=1), repeat) / 1e9
+
+
+def ceilings(threads: int) -> tuple[dict[str, dict[str, float]], bool]:
+    """({"fp32" | "bf16": {"gemm", "conv"} GFLOP/s}, native bf16?). Emulated bf16 is ~1,000x slower
+    than native, so without native bf16 a smaller problem keeps the measurement to seconds."""
+    native = native_bf16(torch.device("cpu"))
+    n, batch = (2048, 128) if native else (256, 2)
+    return {"fp32": {"gemm": matmul_gflops(threads), "conv": conv_gflops(threads)},
+            "bf16": {"gemm": matmul_gflops(threads, n, dtype=torch.bfloat16),
+                     "conv": conv_gflops(threads, torch.bfloat16, batch)}}, native
+
+
+def plain_pytorch(data_dir, epochs: int, threads: int, seed: int = 0) -> dict:
+    """The notes' network the notes' way (Nadam 1e-3, batch 32, pixels / 255) in a bare PyTorch loop
+    -- no engine, no progress, no checkpoints --, validated after every epoch as Keras' fit does:
+    what cnnkit's engine costs on top of PyTorch itself."""
+    import torch.nn.functional as F
+
+    from cnnkit.models import create_model
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    train_set, val_set = load_dataset("mnist", "train", data_dir), load_dataset("mnist", "val", data_dir)
+    x, y = train_set.images.float().div(255), train_set.labels
+    xv, yv = val_set.images.float().div(255), val_set.labels
+    model = create_model("exercise9_mnist")
+    opt = torch.optim.NAdam(model.parameters(), lr=1e-3)
+    t = time.perf_counter()
+    for _ in range(epochs):
+        model.train()
+        for idx in torch.randperm(len(x)).split(32):
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            val_acc = torch.cat([model(b).argmax(1) for b in xv.split(1000)]).eq(yv).float().mean().item()
+    seconds = time.perf_counter() - t
+    return dict(seconds=seconds, ips=epochs * len(x) / seconds, val_acc=val_acc)
 
 
 def onednn_gemm_gflops(threads: int, n: int = 1024, repeat: int = 10) -> float:
@@ -100,6 +153,7 @@ def run_one(name: str, cfg: TrainConfig, test, workdir: Path, console: Console) 
         model = cnnkit.load(member.out)
         acc = evaluate(model, test).accuracy
         rows.append(dict(name=name, seed=cfg.seed + i, train_s=member.seconds, wall_s=wall, test_acc=acc,
+                         precision=choose(cfg.precision, torch.device(cfg.device or "cpu"))[0],
                          ips=member.images / member.seconds, macs=forward_macs(model.net, model.input_size),
                          flops=train_flops(model.net, model.input_size)))
         console.print(f"{name} seed {cfg.seed + i}: test {acc:.2%}, training {member.seconds:.1f} s, "
@@ -126,6 +180,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     p.add_argument("--no-baseline", action="store_true", help="skip the notes' Keras network")
     p.add_argument("--baseline-epochs", type=int, default=10, help="the notes train 10 epochs")
+    p.add_argument("--plain", action="store_true", help="also the notes' network in a bare PyTorch loop "
+                   "(the engine's overhead)")
     p.add_argument("--out", help="keep the runs here (default: a temporary folder)")
     args = p.parse_args(argv)
 
@@ -134,8 +190,12 @@ def main(argv=None) -> int:
     threads = args.threads or os.cpu_count() or 1
     console = Console(width=120)
     mkl, onednn = matmul_gflops(threads), onednn_gemm_gflops(threads)
-    console.print(f"fp32 GEMM on {threads} threads: torch.matmul (MKL) {mkl:,.0f} GFLOP/s, "
-                  f"oneDNN (1x1 conv) {onednn:,.0f} GFLOP/s")
+    ceiling, native = ceilings(threads)
+    console.print(f"{cpu_name()}, {threads} threads, native bf16: {'yes' if native else 'no (bf16 emulated)'}")
+    console.print(f"fp32 GEMM: torch.matmul (MKL) {mkl:,.0f} GFLOP/s, oneDNN (1x1 conv) {onednn:,.0f} GFLOP/s")
+    for prec, c in ceiling.items():
+        console.print(f"{prec}: matmul {c['gemm']:,.1f} GFLOP/s, conv 64->64 3x3 at 14x14 channels-last "
+                      f"{c['conv']:,.1f} GFLOP/s")
     test = load_dataset("mnist", "test", args.data_dir)
     jobs = [(name + ("+val" if args.trainval else ""), preset(
         name, data_dir=args.data_dir, threads=threads, ensemble=args.ensemble, trainval=args.trainval))
@@ -154,7 +214,7 @@ def main(argv=None) -> int:
     table = Table(title=f"MNIST, {threads} threads; fp32 GEMM ceiling: torch.matmul {mkl:,.0f}, "
                         f"oneDNN {onednn:,.0f} GFLOP/s")
     for col in ("run", "seeds", "test acc", "training s", "img/s", "MMACs/img", "GFLOP/s",
-                "% matmul", "% oneDNN"):
+                "% matmul", "% oneDNN", "precision", "% its conv ceiling"):
         table.add_column(col, justify="left" if col == "run" else "right")
     for name in dict.fromkeys(r["name"] for r in rows):
         rs = [r for r in rows if r["name"] == name]
@@ -165,8 +225,15 @@ def main(argv=None) -> int:
         table.add_row(name, str(len(rs)), f"{statistics.mean(accs):.2%}{spread}",
                       f"{statistics.mean(r['train_s'] for r in rs):.1f}", f"{ips:,.0f}",
                       f"{rs[0]['macs'] / 1e6:.2f}", f"{gflops:.0f}", f"{gflops / mkl:.0%}",
-                      f"{gflops / onednn:.0%}")
+                      f"{gflops / onednn:.0%}", rs[0]["precision"], f"{gflops / ceiling[rs[0]['precision']]['conv']:.0%}")
     console.print(table)
+    if args.plain:
+        plain = plain_pytorch(args.data_dir, args.baseline_epochs, threads)
+        keras = [r for r in rows if r["name"] == "notes-keras"]
+        ratio = f"; cnnkit's notes-keras row {keras[0]['ips'] / plain['ips']:.2f}x its images/s" if keras else ""
+        console.print(f"plain PyTorch loop, the notes' network, {args.baseline_epochs} epochs: "
+                      f"{plain['seconds']:.1f} s, {plain['ips']:,.0f} img/s (validation included), "
+                      f"val acc {plain['val_acc']:.2%}{ratio}")
     return 0
 
 
