@@ -25,3 +25,25 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+class PooledClassifier(Classifier):
+    """A ``features`` trunk, global average pooling and ``classifier = Sequential(Dropout, Linear)``
+    (torchvision's MobileNet v2 and EfficientNet); a subclass gives ``new_linear(in, out)``, its init."""
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)  # (B, C, h, w) -> (B, C)
+        return x if pre_logits else self.classifier(x)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A fresh Linear with ``num_classes`` outputs after the dropout (0: Identity)."""
+        check_args(num_classes, 1)
+        w = self.features[0][0].weight
+        self.classifier[-1] = self.new_linear(self.num_features, num_classes).to(w.device, w.dtype)
+        self.num_classes = num_classes
+
+    def new_linear(self, in_features: int, num_classes: int) -> nn.Module:
+        raise NotImplementedError

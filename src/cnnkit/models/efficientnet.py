@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from ..layers import Conv2dSame, ConvNormAct, SqueezeExcite, make_divisible
-from ._common import Classifier, check_args
+from ._common import Classifier, PooledClassifier, check_args
 from ._registry import register_model
 from .mobilenet_v2 import init_weights
 
@@ -91,7 +91,7 @@ class MBConv(nn.Module):
         return x + drop_path(y, self.drop_prob, self.training) if self.use_res_connect else y
 
 
-class EfficientNet(Classifier):
+class EfficientNet(PooledClassifier):
     """A 3x3 stem, seven MBConv stages, a 1x1 conv to 4x the last width, pooling, dropout, Linear.
 
     Args:
@@ -127,19 +127,8 @@ class EfficientNet(Classifier):
         self.num_classes = num_classes
         self.classifier = nn.Sequential(nn.Dropout(dropout, inplace=True), _linear(self.num_features, num_classes))
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)  # (B, C, h, w) -> (B, C)
-        return x if pre_logits else self.classifier(x)
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """A fresh Linear with ``num_classes`` outputs after the dropout (0: Identity)."""
-        check_args(num_classes, 1)
-        w = self.features[0][0].weight
-        self.classifier[-1] = _linear(self.num_features, num_classes).to(w.device, w.dtype)
-        self.num_classes = num_classes
+    def new_linear(self, in_features: int, num_classes: int) -> nn.Module:
+        return _linear(in_features, num_classes)
 
 
 def _linear(in_features: int, num_classes: int) -> nn.Module:

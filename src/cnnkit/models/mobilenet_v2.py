@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from ..layers import ConvNormAct, make_divisible
-from ._common import Classifier, check_args
+from ._common import PooledClassifier, check_args
 from ._registry import register_model
 
 # t: expansion factor, c: output channels, n: repeats, s: stride of the first repeat (paper Table 2)
@@ -51,7 +51,7 @@ class InvertedResidual(nn.Module):
         return x + self.conv(x) if self.use_res_connect else self.conv(x)
 
 
-class MobileNetV2(Classifier):
+class MobileNetV2(PooledClassifier):
     """A 3x3 stem, 17 inverted residuals, a 1x1 conv to 1280 channels, pooling, dropout, Linear.
 
     Args:
@@ -81,19 +81,8 @@ class MobileNetV2(Classifier):
 
         init_weights(self)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)  # (B, 1280, h, w) -> (B, 1280)
-        return x if pre_logits else self.classifier(x)
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """A fresh Linear with ``num_classes`` outputs after the dropout (0: Identity)."""
-        check_args(num_classes, 1)
-        w = self.features[0][0].weight
-        self.classifier[-1] = _linear(self.num_features, num_classes).to(w.device, w.dtype)
-        self.num_classes = num_classes
+    def new_linear(self, in_features: int, num_classes: int) -> nn.Module:
+        return _linear(in_features, num_classes)
 
 
 def init_weights(model: nn.Module) -> None:
