@@ -48,6 +48,8 @@ def register(subparsers) -> None:
     e.add_argument("--split", default="test", help="train | val | test (default: test)")
     e.add_argument("--data-dir")
     e.add_argument("--format", default="table", choices=["table", "json"])
+    e.add_argument("--tta", choices=["flip", "none"], help="instead of the run's test-time augmentation")
+    e.add_argument("--test-scale", type=float, help="instead of the run's test scale")
     e.set_defaults(func=run_eval)
 
     q = sub.add_parser("predict", help="class-index PNG and colour overlay per image")
@@ -86,7 +88,7 @@ def run_train(args) -> int:
 def run_eval(args) -> int:
     from ..tasks.segment import evaluate_run
 
-    out = evaluate_run(args.run, args.split, args.data_dir)
+    out = evaluate_run(args.run, args.split, args.data_dir, args.tta, args.test_scale)
     if args.format == "json":
         print(json.dumps({k: v for k, v in out.items() if k != "confusion"}))
         return 0

@@ -524,9 +524,19 @@ def load_segmenter(path, device: str = "cpu") -> Segmenter:
     return model.to(device).eval()
 
 
-def evaluate_run(path, split: str = "test", data_dir: str | None = None) -> dict:
-    """The metrics of a run's model on its data's ``split`` (test, val or train)."""
+def evaluate_run(path, split: str = "test", data_dir: str | None = None, tta: str | None = None,
+                 test_scale: float | None = None) -> dict:
+    """The metrics of a run's model on its data's ``split`` (test, val or train); ``tta`` ("flip" |
+    "none") and ``test_scale`` replace the test-time procedure the run saved."""
+    if tta is not None and tta not in ("flip", "none"):
+        raise CnnkitError(f"--tta is flip or none. Received: --tta {tta}")
+    if test_scale is not None and not test_scale > 0:
+        raise CnnkitError(f"--test-scale must be a positive number. Received: --test-scale {test_scale}")
     model = load_segmenter(path)
+    if tta is not None:
+        model.tta = "" if tta == "none" else tta
+    if test_scale is not None:
+        model.test_scale = float(test_scale)
     cfg = SegmentConfig(**model.info["config"])
     if data_dir is not None:
         cfg.data_dir = data_dir
