@@ -126,7 +126,8 @@ def pennfudan(args) -> None:
     print(f"\nPenn-Fudan (cnnkit segment train --data pennfudan: {r.arch} on {r.backbone} (weights {r.weights}, "
           f"BN frozen {r.freeze_bn}, layers to stride {r.freeze_to} frozen, encoder lr x{r.encoder_lr}), decoder to "
           f"stride {r.finest}, photos shrunk to {r.max_side} px, crops {r.crop}, colour jitter {r.jitter}, "
-          f"{r.epochs} epochs, batch {r.batch_size}, AdamW lr {r.lr} one-cycle)")
+          f"{r.epochs} epochs, batch {r.batch_size}, AdamW lr {r.lr} one-cycle, cross-entropy + {r.lovasz} x "
+          f"Lovasz; tested with tta {r.tta} at scale {r.test_scale})")
     print(f"person IoU {test['iou'][1]:.4f}  mIoU {test['mIoU']:.4f}  pixel acc {test['pixel_accuracy']:.4f}  "
           f"boundary IoU {test['boundary_iou']:.4f}  on {test['images']} test photos; training "
           f"{result.seconds:.0f} s (wall {wall:.0f} s)")

@@ -45,6 +45,8 @@ def test_train_eval_predict(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert set(out) >= {"mIoU", "pixel_accuracy", "iou", "boundary_iou"} and set(out["iou"]) == {"background", "1"}
     assert out["images"] == 2 and out["mIoU"] > 0.8, out         # the square is easy: 30 steps learn it
+    assert main(["segment", "eval", str(run), "--format", "json", "--tta", "flip", "--test-scale", "1.5"]) == 0
+    assert json.loads(capsys.readouterr().out)["mIoU"] > 0.8      # the mirrored, enlarged square too
     photo = np.full((30, 20, 3), 90, np.uint8)                    # another size than the training photos
     photo[5:14, 4:12] = (220, 30, 30)
     Image.fromarray(photo).save(tmp_path / "new.png")
@@ -58,6 +60,7 @@ def test_train_eval_predict(tmp_path, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["segment", "train", "--data", "no/such/folder"], "--data is pennfudan, digits or a folder"),
     (["segment", "eval", "no/such/run"], "no checkpoint at no/such/run"),
+    (["segment", "eval", "no/such/run", "--test-scale", "0"], "--test-scale must be a positive number"),
     (["segment", "train", "--data", "{data}", "--epochs", "0"], "--epochs must be a positive integer"),
     (["segment", "train", "--data", "{data}", "--arch", "segnet"], "unknown segmentation architecture"),
 ])

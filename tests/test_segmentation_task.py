@@ -189,3 +189,56 @@ def test_digits_recipe_short_real_run(data_dir):
     cfg = SegmentConfig(data="digits", data_dir=str(data_dir), scenes=400, canvas=64, epochs=4, batch_size=8, threads=1)
     result = train(cfg, None, quiet=True)
     assert result.test["mIoU"] > 0.12 and result.test["iou"][0] > 0.9, result.test["iou"]
+
+
+def test_lovasz_softmax_of_sure_predictions_is_one_minus_the_mean_iou():
+    """At one-hot probabilities the Lovasz extension equals the set function: 1 - IoU per class."""
+    from cnnkit.tasks.segment import lovasz_softmax
+
+    g = torch.Generator().manual_seed(0)
+    y, pred = torch.randint(0, 3, (2, 9, 7), generator=g), torch.randint(0, 3, (2, 9, 7), generator=g)
+    valid = torch.ones_like(y, dtype=torch.bool)
+    valid[0, 0] = False                                           # an ignored pixel counts for nothing
+    sure = torch.nn.functional.one_hot(pred, 3).permute(0, 3, 1, 2).float() * 100
+    p, t = pred[valid], y[valid]
+    iou = torch.stack([((p == c) & (t == c)).sum() / ((p == c) | (t == c)).sum() for c in range(3)])
+    assert float(lovasz_softmax(sure, y, valid)) == pytest.approx(float(1 - iou.mean()), abs=1e-5)
+    perfect = torch.nn.functional.one_hot(y, 3).permute(0, 3, 1, 2).float() * 100
+    assert float(lovasz_softmax(perfect, y, valid)) == pytest.approx(0, abs=1e-6)
+    logits = torch.randn(2, 3, 9, 7, requires_grad=True)
+    lovasz_softmax(logits, y, valid).backward()
+    assert logits.grad.abs().sum() > 0 and logits.grad[0, :, 0, 0].abs().sum() == 0
+
+
+def test_segmenter_test_time_procedure_flip_and_scale():
+    """Eval mode: mirrored answers averaged and mirrored back, the image seen at test_scale and the answer
+    at the input's size; without_tta() answers from the image alone; the metadata keeps both."""
+    torch.manual_seed(0)
+    net = nn.Conv2d(3, 2, 3, padding=1)
+    x = torch.rand(1, 3, 13, 10)
+    plain = Segmenter(net, [0.5] * 3, [0.5] * 3, ["background", "thing"]).eval()
+    flip = Segmenter(net, [0.5] * 3, [0.5] * 3, ["background", "thing"], tta="flip").eval()
+    z = (x - 0.5) / 0.5
+    expect = ((net(z).softmax(1) + net(z.flip(-1)).softmax(1).flip(-1)) / 2).log()
+    assert torch.allclose(flip(x), expect, atol=1e-5)
+    assert torch.allclose(flip(x.flip(-1)).flip(-1), flip(x), atol=1e-5)      # mirror-symmetric answers
+    scaled = Segmenter(nn.Conv2d(3, 2, 1), [0.5] * 3, [0.5] * 3, ["b", "t"], test_scale=1.5).eval()
+    flat = torch.full((2, 3, 13, 10), 0.3)
+    out = scaled(flat)
+    assert out.shape == (2, 2, 13, 10) and torch.allclose(out, scaled.net((flat - 0.5) / 0.5).log_softmax(1), atol=1e-5)
+    with flip.without_tta(), scaled.without_tta():
+        assert torch.equal(flip(x), net(z)) and (flip.tta, scaled.test_scale) == ("", 1.0)
+    assert (flip.tta, scaled.test_scale) == ("flip", 1.5)
+    info = SegmentTask().describe(scaled)
+    again = Segmenter.from_info({**info, "segmenter": {"arch": "unet", "backbone": "unet", "width": 4}})
+    assert (again.tta, again.test_scale) == ("", 1.5)
+    with pytest.raises(Exception, match="'' or 'flip'"):
+        Segmenter(net, [0.5] * 3, [0.5] * 3, ["b", "t"], tta="shift")
+
+
+def test_input_stats_are_the_pretrained_weights_own():
+    from cnnkit.tasks.segment import SegmentConfig, input_stats
+
+    data = photos()
+    assert input_stats(SegmentConfig(data="pennfudan").resolved(), data) == ([0.5] * 3, [0.5] * 3)
+    assert input_stats(SegmentConfig(data="pennfudan", weights="none").resolved(), data) == channel_stats(data)

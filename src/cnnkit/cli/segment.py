@@ -32,9 +32,10 @@ def register(subparsers) -> None:
     t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC weights and batches (faster on CPUs; on for the built-in recipes)")
     for name, kind in (("epochs", int), ("batch-size", int), ("lr", float), ("crop", int), ("max-side", int),
-                       ("jitter", float), ("dice", float), ("canvas", int), ("scenes", int), ("seed", int),
+                       ("jitter", float), ("dice", float), ("lovasz", float), ("test-scale", float), ("canvas", int), ("scenes", int), ("seed", int),
                        ("threads", int)):
         t.add_argument(f"--{name}", type=kind)
+    t.add_argument("--tta", choices=["flip", "none"], help="test-time augmentation (Penn-Fudan's default: flip)")
     t.add_argument("--weight-decay", type=float, default=1e-4)
     t.add_argument("--device", choices=["cpu", "cuda"])
     t.add_argument("--out", help="run folder (default: runs/segment-<data>-<time>)")
@@ -47,6 +48,8 @@ def register(subparsers) -> None:
     e.add_argument("--split", default="test", help="train | val | test (default: test)")
     e.add_argument("--data-dir")
     e.add_argument("--format", default="table", choices=["table", "json"])
+    e.add_argument("--tta", choices=["flip", "none"], help="instead of the run's test-time augmentation")
+    e.add_argument("--test-scale", type=float, help="instead of the run's test scale")
     e.set_defaults(func=run_eval)
 
     q = sub.add_parser("predict", help="class-index PNG and colour overlay per image")
@@ -67,7 +70,8 @@ def run_train(args) -> int:
                         arch=args.arch, backbone=args.backbone, weights=args.weights,
                         output_stride=args.output_stride, width=args.width, finest=args.finest,
                         freeze_to=args.freeze_to, encoder_lr=args.encoder_lr, freeze_bn=args.freeze_bn,
-                        channels_last=args.channels_last, jitter=args.jitter, dice=args.dice, epochs=args.epochs,
+                        channels_last=args.channels_last, jitter=args.jitter, dice=args.dice, lovasz=args.lovasz,
+                        tta=args.tta, test_scale=args.test_scale, epochs=args.epochs,
                         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, crop=args.crop,
                         max_side=args.max_side, canvas=args.canvas, scenes=args.scenes,
                         seed=args.seed if args.seed is not None else 0, threads=args.threads)
@@ -84,7 +88,7 @@ def run_train(args) -> int:
 def run_eval(args) -> int:
     from ..tasks.segment import evaluate_run
 
-    out = evaluate_run(args.run, args.split, args.data_dir)
+    out = evaluate_run(args.run, args.split, args.data_dir, args.tta, args.test_scale)
     if args.format == "json":
         print(json.dumps({k: v for k, v in out.items() if k != "confusion"}))
         return 0
