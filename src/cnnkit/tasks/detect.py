@@ -264,7 +264,8 @@ class DetectConfig:
     warmup: float = 0.1                 # fraction of the steps spent warming up
     ema: float = 0.0                    # EMA decay of the weights per step (0 = off)
     cls_loss: str | None = None         # class loss: "focal" | "varifocal" (IoU-aware targets; None:
-                                        # varifocal on tiny, focal otherwise)
+                                        # varifocal: it ranks the better-placed boxes first, Penn-Fudan
+                                        # validation AP75 0.52 vs 0.42 with focal, AP 0.515 vs 0.511)
     channels_last: bool | None = None   # NHWC weights and batches (None: on for tiny, whose oneDNN
                                         # convs run ~15% faster so; other backbones unmeasured, off)
     seed: int = 0                       # model init, data order and augmentation
@@ -290,7 +291,7 @@ class DetectConfig:
                        separate_towers=self.separate_towers if self.separate_towers is not None else not tiny,
                        batch_size=self.batch_size if self.batch_size is not None else (4 if photos else 8),
                        lr=self.lr if self.lr is not None else (1e-3 if photos else 4e-3),
-                       cls_loss=self.cls_loss or ("varifocal" if tiny else "focal"),
+                       cls_loss=self.cls_loss or "varifocal",
                        channels_last=self.channels_last if self.channels_last is not None else tiny,
                        threads=self.threads if self.threads is not None else 1,
                        scenes=tuple(self.scenes),
