@@ -13,7 +13,7 @@ of a box's centre) gives every box a few high-quality positives regardless of it
 
 Pieces, each a small function tested on its own:
 ``grid_points`` (the location of every prediction), ``assign_targets`` (which box each location
-learns), ``detection_loss`` (focal class loss + GIoU box loss + centre-ness BCE), ``decode``
+learns), ``detection_loss`` (focal or varifocal class loss + GIoU box loss + centre-ness BCE), ``decode``
 (scores, boxes, top-k, class-aware NMS). The module is backbone -> :class:`FPNLite` ->
 :class:`DetectionHead`; ``Detector.forward`` returns the raw maps flattened over all levels.
 """
