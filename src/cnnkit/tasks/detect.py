@@ -251,7 +251,7 @@ class DetectConfig:
     head_convs: int = 2                 # 3x3 convs per head tower
     separate_towers: bool | None = None  # one head tower for the classes, another for boxes + centre-ness
                                         # (None: on for photos -- Penn-Fudan validation AP 0.511 vs 0.504 at
-                                        # 20 epochs, ahead at 12 of 15 epochs -- off on tiny, tuned without)
+                                        # 20 epochs, ahead at 12 of epochs 5-20 -- off on tiny, tuned without)
     box_weight: float = 1.0             # GIoU loss weight
     # optimisation (the field names cnnkit.train's optimizer and schedule read)
     epochs: int | None = None           # passes over the training split (None: 24 photos, 5 digits)
