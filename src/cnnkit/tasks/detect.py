@@ -420,6 +420,8 @@ def validate(cfg: DetectConfig) -> DetectConfig:
               ("optimizer", cfg.optimizer in ("sgd", "adamw", "nadam"), "sgd, adamw or nadam"),
               ("schedule", cfg.schedule in ("onecycle", "cosine", "constant"), "onecycle, cosine or constant"),
               ("width", cfg.width >= 8, "at least 8"),
+              ("head_convs", cfg.head_convs >= 0, "an integer >= 0"),
+              ("box_weight", cfg.box_weight >= 0, "a number >= 0"),
               ("device", cfg.device in (None, "cpu", "cuda"), "cpu or cuda")]
     for name, ok, want in checks:
         if not ok:
@@ -460,7 +462,8 @@ def replace_subset(cfg: DetectConfig) -> DetectConfig:
 
 def config_from_dict(d: dict) -> DetectConfig:
     return DetectConfig(**{**d, "scenes": tuple(d["scenes"]), "strides": tuple(d.get("strides", ())),
-                           "train_digits": tuple(d.get("train_digits") or (1, 4))})
+                           "train_digits": tuple(d.get("train_digits") or (1, 4)),
+                           "separate_towers": d.get("separate_towers", False)})   # runs from before the option
 
 
 def draw_detections(image: torch.Tensor, det: dict, path) -> None:

@@ -287,7 +287,8 @@ def frozen_stem(features: nn.Module, stride: int) -> list[nn.Module]:
 
 
 def config_from_dict(d: dict) -> InstanceConfig:
-    return InstanceConfig(**{**d, "scenes": tuple(d["scenes"])})
+    return InstanceConfig(**{**d, "scenes": tuple(d["scenes"]),
+                             "separate_towers": d.get("separate_towers", False)})   # runs from before the option
 
 
 def load_instance_data(cfg: InstanceConfig, split: dict | None = None) -> tuple[InstanceSet, InstanceSet, dict]:
