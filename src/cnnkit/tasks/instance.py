@@ -165,7 +165,7 @@ class InstanceTask(DetectTask):
     def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x, boxes, labels, rois = batch
         out = model(x, [r[0] for r in rois])
-        parts = detector_loss(out, boxes, labels)
+        parts = detector_loss(out, boxes, labels, cls_loss=self.cls_loss, box_weight=self.box_weight)
         roi_labels = torch.cat([r[1] for r in rois])
         targets = torch.cat([r[2] for r in rois])
         if len(targets):
@@ -355,7 +355,8 @@ def train(cfg: InstanceConfig, out, resume: bool = False, quiet: bool = False):
         info["config"] = cfg.to_dict()
         task = InstanceTask(train_set.classes, cfg.batch_size, info=info, val_name="test",
                             fill=0.5 if channels == 3 else 0.0, flip=0.5 if cfg.data != "digits" else 0.0,
-                            roi_jitter=cfg.roi_jitter, mask_weight=cfg.mask_weight)
+                            roi_jitter=cfg.roi_jitter, mask_weight=cfg.mask_weight, cls_loss=cfg.cls_loss,
+                            box_weight=cfg.box_weight)
         def begin(m: MaskDetector) -> Setup:
             frozen = frozen_stem(m.detector.features, cfg.freeze_stride) if cfg.weights else []
             for module in frozen:
