@@ -142,7 +142,7 @@ def main() -> None:
         q.add_argument("--image-size", type=int)
         q.add_argument("--backbone")
         q.add_argument("--scenes", type=int, nargs=2)
-        q.add_argument("--threads", type=int, help="torch threads (default: the recipe's, 1 on tiny)")
+        q.add_argument("--threads", type=int, help="torch threads (default: the recipe's, 1)")
         q.add_argument("--out")
         q.add_argument("--progress", action="store_true")
     args = parser.parse_args()

@@ -9,7 +9,7 @@ from cnnkit.errors import CnnkitError
 from cnnkit.metrics.detection import coco_evaluate, voc_evaluate
 from cnnkit.models.detection import (Detector, assign_targets, centreness, create_detector, decode,
                                      detection_loss, distances_to_boxes, grid_points, level_ranges,
-                                     varifocal_loss)
+                                     detector_loss, varifocal_loss)
 from cnnkit.models.localisation import Localiser, localisation_loss, localisation_metrics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -222,3 +222,21 @@ def test_freeze_backbone_stops_early_stages_and_batchnorm():
     tiny.freeze_backbone(4, batchnorm=False)
     assert not any(p.requires_grad for p in tiny.features.stem.parameters())
     assert all(p.requires_grad for p in tiny.features.stages.parameters())
+
+
+def test_separate_towers_and_box_weight():
+    torch.manual_seed(0)
+    model = Detector(TinyFeatures(), num_classes=2, width=32, head_convs=2, separate_towers=True)
+    shared = Detector(TinyFeatures(), num_classes=2, width=32, head_convs=2)
+    head_params = lambda m: sum(p.numel() for p in m.head.parameters())  # noqa: E731
+    assert head_params(model) - head_params(shared) == 2 * (9 * 32 * 32 + 2 * 32)   # a second tower of 2 conv+GN
+    x, boxes, labels = rectangles(2)
+    out = model(x)
+    assert out["cls"].shape == (2, 64 + 16, 2) and out["box"].shape == (2, 80, 4)
+    # the class logits read the first tower only, the boxes and centre-ness the second only
+    grads = torch.autograd.grad(out["box"].sum() + out["ctr"].sum(), [model.head.tower[0][0].weight,
+                                                                     model.head.box_tower[0][0].weight],
+                                allow_unused=True)
+    assert grads[0] is None and grads[1].abs().sum() > 0
+    one, two = (detector_loss(out, boxes, labels, box_weight=w) for w in (1.0, 2.0))
+    assert torch.allclose(two["loss"] - one["loss"], one["box"]) and one["box"] > 0

@@ -91,3 +91,13 @@ def test_scenes_become_a_detection_set():
     assert s.images.shape == (3, 1, 64, 64) and s.scales.tolist() == [1, 1, 1]
     for i in range(3):
         torch.testing.assert_close(s.targets()[i]["boxes"], sc.boxes[i])
+
+
+def test_build_detector_rebuilds_the_head_layout():
+    model, info = new_detector("tiny", ["a", "b"], 1, 64, out_strides=(8,), width=16, head_convs=3, separate_towers=True)
+    rebuilt = build_detector({**info, "classes": ["a", "b"]})
+    assert len(rebuilt.head.tower) == 3 and rebuilt.head.box_tower is not None
+    rebuilt.load_state_dict(model.state_dict())            # strict: the same keys and shapes
+    old = {k: v for k, v in info.items() if k not in ("head_convs", "separate_towers")}   # a checkpoint before them
+    plain = build_detector({**old, "classes": ["a", "b"]})
+    assert len(plain.head.tower) == 2 and plain.head.box_tower is None

@@ -18,7 +18,7 @@ def register(subparsers) -> None:
     t = sub.add_parser("train", help="train a detector (through the one training engine)")
     t.add_argument("--data", default="pennfudan", help="pennfudan | digits | PATH (a COCO JSON file or a YOLO folder)")
     add_train_args(t, "detect", "zoo name or tiny (default: efficientnet_lite0 for photos, tiny for digits)",
-                   "default 384; digits 128")
+                   "default 320; digits 128")
     t.set_defaults(func=run_train)
 
     add_eval_predict(sub, "COCO AP / AP50 / AP75 / AR100 on the run's test split",

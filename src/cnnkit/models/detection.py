@@ -13,7 +13,7 @@ of a box's centre) gives every box a few high-quality positives regardless of it
 
 Pieces, each a small function tested on its own:
 ``grid_points`` (the location of every prediction), ``assign_targets`` (which box each location
-learns), ``detection_loss`` (focal class loss + GIoU box loss + centre-ness BCE), ``decode``
+learns), ``detection_loss`` (focal or varifocal class loss + GIoU box loss + centre-ness BCE), ``decode``
 (scores, boxes, top-k, class-aware NMS). The module is backbone -> :class:`FPNLite` ->
 :class:`DetectionHead`; ``Detector.forward`` returns the raw maps flattened over all levels.
 """
@@ -74,12 +74,16 @@ class FPNLite(nn.Module):
 class DetectionHead(nn.Module):
     """Shared across levels: a conv tower, then class logits (C), box distances (4), centre-ness (1).
 
-    Box distances are ``softplus(raw * scale_level) * stride`` pixels, scale one learnt number per level.
+    With ``separate`` the class logits read one tower and the box distances and centre-ness a second
+    (FCOS's layout: classification and localisation want different features); else one tower feeds all
+    three. Box distances are ``softplus(raw * scale_level) * stride`` pixels, scale one learnt number per level.
     """
 
-    def __init__(self, width: int, num_classes: int, levels: int, convs: int = 2, prior: float = 0.01):
+    def __init__(self, width: int, num_classes: int, levels: int, convs: int = 2, prior: float = 0.01,
+                 separate: bool = False):
         super().__init__()
         self.tower = nn.Sequential(*[_conv_gn(width, width) for _ in range(convs)])
+        self.box_tower = nn.Sequential(*[_conv_gn(width, width) for _ in range(convs)]) if separate else None
         self.cls = nn.Conv2d(width, num_classes, 3, padding=1)
         self.box = nn.Conv2d(width, 4, 3, padding=1)
         self.ctr = nn.Conv2d(width, 1, 3, padding=1)
@@ -94,10 +98,11 @@ class DetectionHead(nn.Module):
         cls, box, ctr = [], [], []
         for i, (m, s) in enumerate(zip(maps, strides)):
             t = self.tower(m)
+            tb = self.box_tower(m) if self.box_tower is not None else t
             cls.append(self.cls(t).flatten(2).transpose(1, 2))                 # (B, H_i*W_i, C)
-            dist = F.softplus(self.box(t) * self.scales[i]) * s
+            dist = F.softplus(self.box(tb) * self.scales[i]) * s
             box.append(dist.flatten(2).transpose(1, 2))                        # (B, H_i*W_i, 4) l, t, r, b
-            ctr.append(self.ctr(t).flatten(1))                                 # (B, H_i*W_i)
+            ctr.append(self.ctr(tb).flatten(1))                                # (B, H_i*W_i)
         return {"cls": torch.cat(cls, 1), "box": torch.cat(box, 1), "ctr": torch.cat(ctr, 1)}
 
 
@@ -189,12 +194,13 @@ def varifocal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0
 
 
 def detection_loss(out: dict[str, torch.Tensor], labels: torch.Tensor, matched: torch.Tensor,
-                   cls_loss: str = "focal") -> dict[str, torch.Tensor]:
+                   cls_loss: str = "focal", box_weight: float = 1.0) -> dict[str, torch.Tensor]:
     """The detector's loss from its raw output and :func:`assign_targets`' result.
 
     Class loss over all locations and classes / number of positives: ``"focal"`` (one-hot targets)
     or ``"varifocal"`` (IoU-aware targets, :func:`varifocal_loss`); GIoU loss on positives weighted
-    by their centre-ness target (FCOS); centre-ness BCE on positives. Returns the parts and ``loss``.
+    by their centre-ness target (FCOS) and by ``box_weight`` (2 in GFL and VarifocalNet); centre-ness BCE
+    on positives. Returns the parts (``box`` unweighted) and ``loss``.
     """
     if cls_loss not in ("focal", "varifocal"):
         raise CnnkitError(f"cls_loss must be focal or varifocal; received {cls_loss!r}")
@@ -218,17 +224,17 @@ def detection_loss(out: dict[str, torch.Tensor], labels: torch.Tensor, matched: 
             iou = box_iou_elementwise(pred.detach(), matched[pos]).clamp(min=0.01)   # (P,)
             onehot[pos] = onehot[pos] * iou[:, None]
         cls = varifocal_loss(out["cls"], onehot) / n_pos
-    return {"loss": cls + box + ctr, "cls": cls, "box": box, "ctr": ctr}
+    return {"loss": cls + box_weight * box + ctr, "cls": cls, "box": box, "ctr": ctr}
 
 
 def detector_loss(out: dict[str, torch.Tensor], boxes: torch.Tensor, labels: torch.Tensor,
-                  radius: float = 1.5, cls_loss: str = "focal") -> dict[str, torch.Tensor]:
+                  radius: float = 1.5, cls_loss: str = "focal", box_weight: float = 1.0) -> dict[str, torch.Tensor]:
     """:func:`assign_targets` + :func:`detection_loss` on a :class:`Detector`'s output (a free function,
     so that a DDP-wrapped model's forward is what runs)."""
     level_strides = sorted(set(out["strides"].tolist()))
     assigned, matched = assign_targets(out["points"], out["strides"], level_ranges(out["strides"], level_strides),
                                        boxes, labels, radius)
-    return detection_loss(out, assigned, matched, cls_loss)
+    return detection_loss(out, assigned, matched, cls_loss, box_weight)
 
 
 @torch.no_grad()
@@ -267,7 +273,8 @@ class Detector(nn.Module):
             stride (:func:`cnnkit.models.features.create_features`).
         num_classes: object classes (no background class: sigmoid scores).
         width: channels of the neck and head.
-        head_convs: 3x3 convs in the head's tower.
+        head_convs: 3x3 convs in the head's tower (in each tower, with ``separate_towers``).
+        separate_towers: one tower for the class logits, another for box distances and centre-ness.
         mean, std: input normalisation (images come in as floats in [0, 1]).
     Input (B, C, H, W) in [0, 1]; output a dict of flattened maps over A = sum of H_i * W_i locations:
     ``cls`` (B, A, num_classes) logits, ``box`` (B, A, 4) distances in pixels, ``ctr`` (B, A) logits,
@@ -276,7 +283,7 @@ class Detector(nn.Module):
 
     def __init__(self, features: nn.Module, num_classes: int, width: int = 64, head_convs: int = 2,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 radius: float = 1.5):
+                 radius: float = 1.5, separate_towers: bool = False):
         super().__init__()
         self.normalise = Normalise(mean, std)
         self.features = features
@@ -284,7 +291,7 @@ class Detector(nn.Module):
         self.num_classes = num_classes
         self.radius = radius
         self.neck = FPNLite(features.channels, width)
-        self.head = DetectionHead(width, num_classes, len(self.strides), head_convs)
+        self.head = DetectionHead(width, num_classes, len(self.strides), head_convs, separate=separate_towers)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         maps = self.neck(self.features(self.normalise(x)))
@@ -372,7 +379,8 @@ class TinyPyramid(nn.Module):
 
 
 def create_detector(backbone: str, num_classes: int, weights: str | None = None, in_channels: int = 3,
-                    out_strides: Sequence[int] = (8, 16, 32), width: int = 64) -> Detector:
+                    out_strides: Sequence[int] = (8, 16, 32), width: int = 64, head_convs: int = 2,
+                    separate_towers: bool = False) -> Detector:
     """A :class:`Detector` on zoo model ``backbone``'s pyramid (see ``create_features``), or on
     :class:`TinyPyramid` for ``backbone="tiny"`` (from scratch: ``weights`` must be None)."""
     from .features import create_features
@@ -384,4 +392,5 @@ def create_detector(backbone: str, num_classes: int, weights: str | None = None,
     else:
         fx = create_features(backbone, weights=weights, out_strides=tuple(out_strides), in_channels=in_channels)
     mean, std = default_stats(in_channels)
-    return Detector(fx, num_classes, width=width, mean=mean, std=std)
+    return Detector(fx, num_classes, width=width, head_convs=head_convs, mean=mean, std=std,
+                    separate_towers=separate_towers)
