@@ -391,6 +391,8 @@ def create_detector(backbone: str, num_classes: int, weights: str | None = None,
         fx = TinyPyramid(in_channels, out_strides=tuple(out_strides))
     else:
         fx = create_features(backbone, weights=weights, out_strides=tuple(out_strides), in_channels=in_channels)
-    mean, std = default_stats(in_channels)
+    from .weights import weights_stats
+
+    mean, std = weights_stats(backbone, weights, in_channels) or default_stats(in_channels)
     return Detector(fx, num_classes, width=width, head_convs=head_convs, mean=mean, std=std,
                     separate_towers=separate_towers)

@@ -58,6 +58,15 @@ def _wheel(package: str, member: str, sha256: str, **preprocessing) -> Pretraine
                              package=package, member=member, **preprocessing)
 
 
+def weights_stats(backbone: str, weights, channels: int = 3) -> tuple[tuple, tuple] | None:
+    """(mean, std) of the input normalisation ``backbone``'s published ImageNet weights were trained
+    with, when ``weights == "imagenet"`` and the input is RGB; else None. A network whose batch norms
+    stay frozen needs exactly these inputs (efficientnet_lite0: [-1, 1], not ImageNet's mean/std)."""
+    if weights != "imagenet" or channels != 3 or backbone not in PRETRAINED:
+        return None
+    return tuple(PRETRAINED[backbone].mean), tuple(PRETRAINED[backbone].std)
+
+
 # EfficientNet-Lite (TF's, converted): the preprocessing that gave the best zero-shot accuracy on
 # hymenoptera/val of 16 tried (benchmarks/transfer.py --zero-shot): pixels to [-1, 1] (TF's
 # (x - 127) / 128), a bicubic resize of the shorter side to 256 and the centre 224 (crop 0.875)
