@@ -240,3 +240,14 @@ def test_separate_towers_and_box_weight():
     assert grads[0] is None and grads[1].abs().sum() > 0
     one, two = (detector_loss(out, boxes, labels, box_weight=w) for w in (1.0, 2.0))
     assert torch.allclose(two["loss"] - one["loss"], one["box"]) and one["box"] > 0
+
+
+def test_a_pretrained_backbone_gets_the_input_normalisation_of_its_weights():
+    from cnnkit.models.weights import IMAGENET_MEAN, IMAGENET_STD, weights_stats
+
+    # efficientnet_lite0's TF weights saw [-1, 1] pixels; with frozen batch norms nothing else will do
+    assert weights_stats("efficientnet_lite0", "imagenet") == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    assert weights_stats("resnet18", "imagenet") == (IMAGENET_MEAN, IMAGENET_STD)
+    assert weights_stats("efficientnet_lite0", None) is None and weights_stats("efficientnet_lite0", "imagenet", 1) is None
+    random = create_detector("efficientnet_lite0", 1, weights=None)        # no weights: ImageNet's statistics
+    assert random.normalise.mean.flatten().tolist() == pytest.approx(list(IMAGENET_MEAN))
