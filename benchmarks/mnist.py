@@ -189,8 +189,8 @@ def main(argv=None) -> int:
 
     threads = args.threads or os.cpu_count() or 1
     console = Console(width=120)
-    mkl, onednn = matmul_gflops(threads), onednn_gemm_gflops(threads)
     ceiling, native = ceilings(threads)
+    mkl, onednn = ceiling["fp32"]["gemm"], onednn_gemm_gflops(threads)   # the fp32 matmul measured once
     console.print(f"{cpu_name()}, {threads} threads, native bf16: {'yes' if native else 'no (bf16 emulated)'}")
     console.print(f"fp32 GEMM: torch.matmul (MKL) {mkl:,.0f} GFLOP/s, oneDNN (1x1 conv) {onednn:,.0f} GFLOP/s")
     for prec, c in ceiling.items():

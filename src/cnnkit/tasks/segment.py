@@ -423,9 +423,14 @@ def build_model(cfg: SegmentConfig, train: SegmentationSet) -> Segmenter:
                            output_stride=cfg.output_stride, weights=cfg.weights, width=cfg.width,
                            finest=cfg.finest)
     mean, std = input_stats(cfg, train)
-    if cfg.tta not in ("flip", "none"):
-        raise CnnkitError(f"--tta is flip or none. Received: --tta {cfg.tta}")
-    return Segmenter(net, mean, std, train.classes, "" if cfg.tta == "none" else cfg.tta, cfg.test_scale)
+    return Segmenter(net, mean, std, train.classes, _segmenter_tta(cfg.tta), cfg.test_scale)
+
+
+def _segmenter_tta(tta: str) -> str:
+    """``--tta`` (flip | none) -> a :class:`Segmenter`'s ``tta`` ("flip" | "")."""
+    if tta not in ("flip", "none"):
+        raise CnnkitError(f"--tta is flip or none. Received: --tta {tta}")
+    return "" if tta == "none" else tta
 
 
 def _channels(data: SegmentationSet) -> int:
@@ -526,13 +531,12 @@ def evaluate_run(path, split: str = "test", data_dir: str | None = None, tta: st
                  test_scale: float | None = None) -> dict:
     """The metrics of a run's model on its data's ``split`` (test, val or train); ``tta`` ("flip" |
     "none") and ``test_scale`` replace the test-time procedure the run saved."""
-    if tta is not None and tta not in ("flip", "none"):
-        raise CnnkitError(f"--tta is flip or none. Received: --tta {tta}")
+    tta = _segmenter_tta(tta) if tta is not None else None
     if test_scale is not None and not test_scale > 0:
         raise CnnkitError(f"--test-scale must be a positive number. Received: --test-scale {test_scale}")
     model = load_segmenter(path)
     if tta is not None:
-        model.tta = "" if tta == "none" else tta
+        model.tta = tta
     if test_scale is not None:
         model.test_scale = float(test_scale)
     cfg = SegmentConfig(**model.info["config"])
