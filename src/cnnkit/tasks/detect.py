@@ -110,9 +110,13 @@ class DetectTask:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, boxes, labels
 
+    def detector_parts(self, out: dict, boxes, labels) -> dict[str, torch.Tensor]:
+        """The detector's loss parts on ``out`` with this task's settings (the instance task's loss too)."""
+        return detector_loss(out, boxes, labels, cls_loss=self.cls_loss, box_weight=self.box_weight)
+
     def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x, boxes, labels = batch
-        parts = detector_loss(model(x), boxes, labels, cls_loss=self.cls_loss, box_weight=self.box_weight)
+        parts = self.detector_parts(model(x), boxes, labels)
         n = torch.tensor(float(x.shape[0]), device=x.device)
         logged = {k: v.detach() * n for k, v in parts.items()}
         return parts["loss"], {**logged, "n": n}

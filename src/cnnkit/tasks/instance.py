@@ -3,7 +3,7 @@
 :class:`InstanceTask` extends :class:`~cnnkit.tasks.detect.DetectTask`: the same batches and
 augmentation (each instance mask rides along as an extra image channel through ``hflip`` and
 ``scale_jitter``, so it moves exactly with the pixels), the same detector loss
-(:func:`~cnnkit.models.detection.detector_loss`, called as it is), plus the mask head's per-pixel
+(:func:`~cnnkit.models.detection.detector_loss` through `DetectTask.detector_parts`, the detection task's own settings), plus the mask head's per-pixel
 binary cross-entropy on its 28 x 28 logits for each ground-truth box and ``roi_jitter`` jittered
 copies of it (IoU >= 0.5 with their box: the positive RoIs Mask R-CNN trains on). The target of a
 RoI is its instance mask RoIAligned to 28 x 28 and thresholded at 0.5. Validation is COCO mask AP
@@ -26,7 +26,6 @@ from ..data.detection import colour_jitter, hflip, letterbox, pad_targets, scale
 from ..errors import CnnkitError
 from ..metrics.detection import coco_evaluate
 from ..metrics.instance import mask_evaluate
-from ..models.detection import detector_loss
 from ..models.instance import MaskDetector, paste_masks
 from ..ops import box_iou_elementwise, roi_align
 from .detect import (DetectConfig, DetectionSet, DetectTask, build_detector, draw_detections, load_run_model,
@@ -165,7 +164,7 @@ class InstanceTask(DetectTask):
     def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x, boxes, labels, rois = batch
         out = model(x, [r[0] for r in rois])
-        parts = detector_loss(out, boxes, labels, cls_loss=self.cls_loss, box_weight=self.box_weight)
+        parts = self.detector_parts(out, boxes, labels)
         roi_labels = torch.cat([r[1] for r in rois])
         targets = torch.cat([r[2] for r in rois])
         if len(targets):
