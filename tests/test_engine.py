@@ -140,3 +140,23 @@ def test_bf16_autocasts_the_step_and_keeps_fp32_weights(tmp_path, precision, dty
 
     slow = precision == "bf16" and not cpu_flags() & _CPU_BF16_FLAGS
     assert err.count("it will be slow") == (1 if slow else 0) and err.count("\n") == (1 if slow else 0)
+
+
+def test_val_every_validates_every_kth_epoch_and_the_last(tmp_path):
+    calls = []
+
+    class Counted(LineTask):
+        def evaluate(self, model, data):
+            calls.append(1)
+            return super().evaluate(model, data)
+
+    plan = _plan(epochs=(2, 3))
+    plan.val_every = 2
+    torch.manual_seed(0)
+    run = fit(Counted(), nn.Linear(1, 1), _data(), plan, tmp_path / "r", quiet=True)
+    assert len(calls) == 3                                   # after epochs 2, 4 and 5 (the last)
+    assert [("val_mse" in r) for r in run.history] == [False, True, False, True, True]
+    lines = (tmp_path / "r" / "metrics.csv").read_text().splitlines()
+    assert lines[0] == "epoch,phase,phase_epoch,opt,train_loss,val_mse,val_score,lr,seconds"
+    assert lines[1].split(",")[5:7] == ["", ""]              # epoch 1: no validation, empty cells
+    assert run.best[0] in (2, 4, 5)

@@ -40,6 +40,7 @@ def add_train_args(t, kind: str, backbone_help: str, size_default: str) -> None:
     t.add_argument("--scenes", type=int, nargs=2, metavar=("TRAIN", "TEST"), help="digits: number of scenes")
     t.add_argument("--subset", type=int, help="train on the first N training images only (smoke tests)")
     t.add_argument("--ema", type=float)
+    t.add_argument("--val-every", type=int, help="validate after every k-th epoch and the last (photos 4, digits 1)")
     t.add_argument("--seed", type=int)
     t.add_argument("--threads", type=int)
     t.add_argument("--device", choices=["cpu", "cuda"])
@@ -66,7 +67,7 @@ def add_eval_predict(sub, eval_help: str, predict_help: str, run_eval, run_predi
 def config_args(args, *extra: str) -> dict:
     """The config fields given on the command line (the shared ones and ``extra``); --weights none -> None."""
     names = ("data", "backbone", "image_size", "epochs", "batch_size", "lr", "width", "subset", "ema",
-             "seed", "threads", "device", *extra)
+             "val_every", "seed", "threads", "device", *extra)
     given = {k: getattr(args, k) for k in names
              if getattr(args, k) is not None and getattr(args, k) is not False}  # 0 is a value
     if args.data_dir:

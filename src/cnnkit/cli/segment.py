@@ -33,7 +33,7 @@ def register(subparsers) -> None:
                    help="NHWC weights and batches (faster on CPUs; on for the built-in recipes)")
     for name, kind in (("epochs", int), ("batch-size", int), ("lr", float), ("crop", int), ("max-side", int),
                        ("jitter", float), ("dice", float), ("lovasz", float), ("test-scale", float), ("canvas", int), ("scenes", int), ("seed", int),
-                       ("threads", int)):
+                       ("threads", int), ("val-every", int)):
         t.add_argument(f"--{name}", type=kind)
     t.add_argument("--tta", choices=["flip", "none"], help="test-time augmentation (Penn-Fudan's default: flip)")
     t.add_argument("--weight-decay", type=float, default=1e-4)
@@ -74,7 +74,8 @@ def run_train(args) -> int:
                         tta=args.tta, test_scale=args.test_scale, epochs=args.epochs,
                         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, crop=args.crop,
                         max_side=args.max_side, canvas=args.canvas, scenes=args.scenes,
-                        seed=args.seed if args.seed is not None else 0, threads=args.threads)
+                        seed=args.seed if args.seed is not None else 0, threads=args.threads,
+                        val_every=args.val_every)
     if args.resume and not args.out:
         raise CnnkitError("--resume needs --out RUN, the run folder to continue")
     out = args.out or f"runs/segment-{Path(data).name}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -86,7 +86,8 @@ def fit(task: Task, model: nn.Module, data: Data, plan: Plan, out=None, *, resum
                     tick = time.perf_counter()
                     images += _run_phase(task, model, deploy, ema, data, setup, phase.name, gen, d,
                                          range(max(first, done), last), first, plan.epochs, history,
-                                         out, config, console, quiet, precision, on_epoch_end)
+                                         out, config, console, quiet, precision, on_epoch_end,
+                                         plan.val_every)
                     seconds += time.perf_counter() - tick
                 first = last
         except KeyboardInterrupt:
@@ -103,8 +104,9 @@ def fit(task: Task, model: nn.Module, data: Data, plan: Plan, out=None, *, resum
 
 
 def _run_phase(task, model, deploy, ema, data, setup: Setup, name, gen, d, epochs, first, total,
-               history, out, config, console, quiet, precision, on_epoch_end) -> int:
-    """The epochs ``epochs`` of the phase that starts at epoch ``first``; returns samples trained."""
+               history, out, config, console, quiet, precision, on_epoch_end, val_every: int = 1) -> int:
+    """The epochs ``epochs`` of the phase that starts at epoch ``first``; returns samples trained.
+    Validation runs after every ``val_every``-th epoch of the plan and after its last."""
     net = setup.module or model
     step_net = nn.parallel.DistributedDataParallel(net) if d.world > 1 else net
     train, val = setup.data or data
@@ -126,8 +128,9 @@ def _run_phase(task, model, deploy, ema, data, setup: Setup, name, gen, d, epoch
                                           lambda **kw: bar.update(bar_task, **kw))
             sums = all_sum(sums, d)
             _check_weights(model, epoch, name, peak)
+            due = (epoch + 1) % val_every == 0 or epoch + 1 == total
             with autocast(precision, d.device):
-                metrics = task.evaluate(evaluated, val) if val is not None else {}
+                metrics = task.evaluate(evaluated, val) if val is not None and due else {}
             seconds = time.perf_counter() - tick
             n = int(sums[-1].item())
             images += n
@@ -138,7 +141,7 @@ def _run_phase(task, model, deploy, ema, data, setup: Setup, name, gen, d, epoch
                    "lr": setup.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 2)}
             history.append(row)
             console.print(f"epoch {epoch + 1}/{total}{' ' + name if name else ''}  train {_fmt(means)}  "
-                          f"{getattr(task, 'val_name', 'val')} {_fmt(metrics)}  {seconds:.1f} s  "
+                          f"{getattr(task, 'val_name', 'val') + ' ' + _fmt(metrics) + '  ' if metrics else ''}{seconds:.1f} s  "
                           f"{n / seconds:,.0f} img/s")
             if d.main and out is not None:
                 _save_run(out, task, model, deploy, setup.optimizer, ema, gen, history, config, precision)
@@ -228,7 +231,8 @@ def _save_run(out, task, model, deploy, optimizer, ema, gen, history, config, pr
     """Resume state, deployable model, metrics.csv and curves.png (each file atomic)."""
     ckpt.save_resume(out / ckpt.RESUME_FILE, model, optimizer, ema, gen, len(history), history, config)
     _save_model(out, task, deploy, history, precision)
-    ckpt.write_metrics_csv(out / "metrics.csv", history, list(dict.fromkeys(k for r in history for k in r)))
+    keys = [k for k in dict.fromkeys(k for r in history for k in r) if k not in ("lr", "seconds")]
+    ckpt.write_metrics_csv(out / "metrics.csv", history, keys + ["lr", "seconds"])   # rows without validation too
     from ..plots import training_curves
 
     training_curves(history, out / "curves.png")

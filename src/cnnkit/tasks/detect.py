@@ -267,6 +267,8 @@ class DetectConfig:
     schedule: str = "onecycle"          # linear warm-up then cosine to 0 | "cosine" | "constant"
     warmup: float = 0.1                 # fraction of the steps spent warming up
     ema: float = 0.0                    # EMA decay of the weights per step (0 = off)
+    val_every: int | None = None        # validate after every k-th epoch and the last (None: 4 photos --
+                                        # 50 test photos take 8.5 s against ~30 s of training -- 1 digits)
     cls_loss: str | None = None         # class loss: "focal" | "varifocal" (IoU-aware targets; None:
                                         # varifocal: it ranks the better-placed boxes first, Penn-Fudan
                                         # validation AP75 0.52 vs 0.42 with focal, AP 0.515 vs 0.511)
@@ -298,6 +300,7 @@ class DetectConfig:
                        cls_loss=self.cls_loss or "varifocal",
                        channels_last=self.channels_last if self.channels_last is not None else tiny,
                        threads=self.threads if self.threads is not None else 1,
+                       val_every=self.val_every if self.val_every is not None else (4 if photos else 1),
                        scenes=tuple(self.scenes),
                        train_digits=tuple(self.train_digits or ((4, 8) if tiny else (1, 4))))
 
@@ -378,7 +381,7 @@ def train(cfg: DetectConfig, out, resume: bool = False, quiet: bool = False):
                           channels_last=cfg.channels_last, cls_loss=cfg.cls_loss, box_weight=cfg.box_weight)
         plan = Plan([Phase(cfg.epochs, lambda m: Setup(make_optimizer(m, cfg), frozen=frozen,
                                                        schedule=lambda step, total: lr_at(step, total, cfg)))],
-                    seed=cfg.seed, ema=cfg.ema)
+                    seed=cfg.seed, ema=cfg.ema, val_every=cfg.val_every)
         run = fit(task, model, Data(_to(train_set, d.device), _to(test_set, d.device)), plan, out, resume=resume,
                   quiet=quiet, dist=d, config=cfg.to_dict(), command="cnnkit detect train")
         final = task.evaluate(run.model, _to(test_set, d.device))
@@ -426,6 +429,7 @@ def validate(cfg: DetectConfig) -> DetectConfig:
               ("width", cfg.width >= 8, "at least 8"),
               ("head_convs", cfg.head_convs >= 0, "an integer >= 0"),
               ("box_weight", cfg.box_weight >= 0, "a number >= 0"),
+              ("val_every", cfg.val_every >= 1, "a positive integer"),
               ("device", cfg.device in (None, "cpu", "cuda"), "cpu or cuda")]
     for name, ok, want in checks:
         if not ok:

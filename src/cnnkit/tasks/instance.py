@@ -362,7 +362,7 @@ def train(cfg: InstanceConfig, out, resume: bool = False, quiet: bool = False):
                 module.requires_grad_(False)
             return Setup(make_optimizer(m, cfg), schedule=lambda step, total: lr_at(step, total, cfg), frozen=frozen)
 
-        plan = Plan([Phase(cfg.epochs, begin)], seed=cfg.seed, ema=cfg.ema)
+        plan = Plan([Phase(cfg.epochs, begin)], seed=cfg.seed, ema=cfg.ema, val_every=cfg.val_every)
         run = fit(task, model, Data(_to(train_set, d.device), _to(test_set, d.device) if cfg.validate else None), plan, out, resume=resume,
                   quiet=quiet, dist=d, config=cfg.to_dict(), command="cnnkit instance train")
         final = task.evaluate(run.model, _to(test_set, d.device))

@@ -329,7 +329,7 @@ def write_prediction(image: torch.Tensor, mask: torch.Tensor, num_classes: int, 
 DATA_DEFAULTS = {   # what `cnnkit segment train --data X` uses without flags (the recipe the README reports)
     "pennfudan": dict(arch="unet", backbone="efficientnet_lite0", weights="imagenet", finest=4, freeze_bn=True,
                       freeze_to=4, channels_last=True, encoder_lr=0.1, max_side=384, crop=320, batch_size=8,
-                      epochs=24, lr=3e-3, jitter=0.3, lovasz=1.0, tta="flip", test_scale=1.5),
+                      epochs=24, lr=3e-3, jitter=0.3, lovasz=1.0, tta="flip", test_scale=1.5, val_every=4),
     "digits": dict(arch="unet", backbone="unet", width=8, channels_last=True, canvas=64, scenes=6000,
                    batch_size=8, epochs=10, lr=3e-3, dice=1.0),
     "folder": dict(arch="unet", backbone="efficientnet_lite0", weights="imagenet", finest=4, freeze_bn=True,
@@ -371,6 +371,7 @@ class SegmentConfig:
     tta: str | None = None             # test-time augmentation: "flip" (image and mirror averaged) | "none"
     test_scale: float | None = None    # the network answers on the image resized by this (1: as it is)
     boundary_d: int = 3                # boundary IoU band (px)
+    val_every: int | None = None       # validate after every k-th epoch and the last (photos: 4, else 1)
     seed: int = 0
     threads: int | None = None         # torch threads (default: all cores)
 
@@ -379,7 +380,7 @@ class SegmentConfig:
         from dataclasses import replace
 
         kind = self.data if self.data in ("pennfudan", "digits") else "folder"
-        defaults = {"width": 32, "finest": 2, "jitter": 0.0, "dice": 0.0, "lovasz": 0.0, "tta": "none", "test_scale": 1.0,
+        defaults = {"width": 32, "finest": 2, "val_every": 1, "jitter": 0.0, "dice": 0.0, "lovasz": 0.0, "tta": "none", "test_scale": 1.0,
                     "channels_last": False, **_SCRATCH,
                     **DATA_DEFAULTS[kind]}
         if self.arch is not None and self.arch != "unet" and self.backbone is None:
@@ -460,7 +461,7 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
     from ..train.trainer import lr_at, make_optimizer
 
     cfg = cfg.resolved()
-    for key in ("epochs", "batch_size", "crop"):
+    for key in ("epochs", "batch_size", "crop", "val_every"):
         if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
             raise CnnkitError(f"--{key.replace('_', '-')} must be a positive integer. Received: {getattr(cfg, key)}")
     torch.set_num_threads(cfg.threads or max(1, os.cpu_count() or 1))
@@ -498,7 +499,7 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
             if cfg.freeze_bn else []
         return Setup(opt, schedule=lambda step, total: lr_at(step, total, cfg), frozen=frozen + stem)
 
-    plan = Plan([Phase(cfg.epochs, setup)], seed=cfg.seed)
+    plan = Plan([Phase(cfg.epochs, setup)], seed=cfg.seed, val_every=cfg.val_every)
 
     def write_split(epoch: int, row: dict) -> None:   # beside the engine's files, once it has written them
         if out is not None and not (Path(out) / "split.json").is_file():
