@@ -4,6 +4,7 @@
     python benchmarks/mnist.py --presets fast --seeds 3 --no-baseline    # mean/spread over seeds
     python benchmarks/mnist.py --presets best --trainval --no-baseline   # the refit on all 60,000
     python benchmarks/mnist.py --presets --plain                         # notes' network: cnnkit vs bare PyTorch
+    python benchmarks/mnist.py --presets --no-baseline --step             # the step's variants (compile, ...)
 
 For each preset: training wall time, test accuracy (the test set is only reported, never used to
 choose), training images/s, the model's forward MACs per image, and the achieved GFLOP/s of the
@@ -109,6 +110,55 @@ def plain_pytorch(data_dir, epochs: int, threads: int, seed: int = 0) -> dict:
     return dict(seconds=seconds, ips=epochs * len(x) / seconds, val_acc=val_acc)
 
 
+def step_variants(threads: int, name: str = "mnist_fast", batch: int = 128, steps: int = 40) -> list[dict]:
+    """The training step of preset ``fast``'s network (SGD Nesterov, batch 128) in the variants issue
+    20 asks to measure: NCHW vs channels-last, ``torch.compile`` (inductor's generated C++, its
+    compile time shown apart), and the optimizer's for-loop / ``foreach`` / ``fused`` paths. Median
+    ms per step after 5 warm-up steps, on random digits (the step's cost does not depend on them)."""
+    import torch.nn.functional as F
+
+    from cnnkit.models import create_model
+
+    import torch._inductor.config as inductor
+
+    inductor.force_disable_caches = True          # the compile time counted, not read from a cache
+    torch.set_num_threads(threads)
+    variants = [("NCHW, eager", False, False, {}), ("channels-last, eager (the engine's)", True, False, {}),
+                ("NCHW, torch.compile", False, True, {}), ("channels-last, torch.compile", True, True, {}),
+                ("channels-last, SGD foreach", True, False, {"foreach": True}),
+                ("channels-last, SGD fused", True, False, {"fused": True})]
+    rows = []
+    for label, cl, compiled, opt_kw in variants:
+        torch.manual_seed(0)
+        model = create_model(name)
+        fmt = torch.channels_last if cl else torch.contiguous_format
+        model = model.to(memory_format=fmt)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, **opt_kw)
+        net = torch.compile(model) if compiled else model
+        x = torch.rand(batch, 1, 28, 28).contiguous(memory_format=fmt)
+        y = torch.randint(0, 10, (batch,))
+
+        def step():
+            loss = F.cross_entropy(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        t = time.perf_counter()
+        step()
+        first = time.perf_counter() - t
+        for _ in range(4):
+            step()
+        times = []
+        for _ in range(steps):
+            t = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t)
+        ms = statistics.median(times) * 1000
+        rows.append(dict(variant=label, first_s=first, ms=ms, ips=batch / ms * 1000))
+    return rows
+
+
 def onednn_gemm_gflops(threads: int, n: int = 1024, repeat: int = 10) -> float:
     """The same fp32 GEMM (n x n times n x n) run as a 1x1 convolution, i.e. by oneDNN, the library
     PyTorch's CPU convolutions use. On CPUs where MKL picks a narrower kernel than the hardware has
@@ -182,6 +232,8 @@ def main(argv=None) -> int:
     p.add_argument("--baseline-epochs", type=int, default=10, help="the notes train 10 epochs")
     p.add_argument("--plain", action="store_true", help="also the notes' network in a bare PyTorch loop "
                    "(the engine's overhead)")
+    p.add_argument("--step", action="store_true", help="also time the training step's variants: "
+                   "channels-last, torch.compile, the optimizer's foreach/fused paths")
     p.add_argument("--out", help="keep the runs here (default: a temporary folder)")
     args = p.parse_args(argv)
 
@@ -226,7 +278,8 @@ def main(argv=None) -> int:
                       f"{statistics.mean(r['train_s'] for r in rs):.1f}", f"{ips:,.0f}",
                       f"{rs[0]['macs'] / 1e6:.2f}", f"{gflops:.0f}", f"{gflops / mkl:.0%}",
                       f"{gflops / onednn:.0%}", rs[0]["precision"], f"{gflops / ceiling[rs[0]['precision']]['conv']:.0%}")
-    console.print(table)
+    if rows:
+        console.print(table)
     if args.plain:
         plain = plain_pytorch(args.data_dir, args.baseline_epochs, threads)
         keras = [r for r in rows if r["name"] == "notes-keras"]
@@ -234,6 +287,16 @@ def main(argv=None) -> int:
         console.print(f"plain PyTorch loop, the notes' network, {args.baseline_epochs} epochs: "
                       f"{plain['seconds']:.1f} s, {plain['ips']:,.0f} img/s (validation included), "
                       f"val acc {plain['val_acc']:.2%}{ratio}")
+    if args.step:
+        steps = step_variants(threads)
+        base = steps[1]["ms"]
+        table = Table(title=f"training step of preset fast's network, batch 128, {threads} threads")
+        for col in ("variant", "first step s", "ms/step", "img/s", "vs the engine's"):
+            table.add_column(col, justify="left" if col == "variant" else "right")
+        for r in steps:
+            table.add_row(r["variant"], f"{r['first_s']:.1f}", f"{r['ms']:.1f}", f"{r['ips']:,.0f}",
+                          f"{base / r['ms']:.2f}x")
+        console.print(table)
     return 0
 
 
