@@ -11,7 +11,7 @@ import torch
 
 from cnnkit.errors import CnnkitError
 from cnnkit.metrics.instance import encode_masks, mask_evaluate
-from cnnkit.models.instance import MaskDetector, MaskHead, paste_masks
+from cnnkit.models.instance import MaskDetector, MaskHead, maskness, paste_masks
 from cnnkit.tasks.instance import (InstanceConfig, InstanceTask, from_instances, jitter_boxes, load_mask_detector,
                                    new_mask_detector, predict_files, roi_mask_targets)
 
@@ -41,6 +41,15 @@ def test_mask_head_and_detector_shapes():
     model.eval()
     dets = model.predict(x, score_threshold=0.0, max_detections=5)
     assert [d["masks"].shape for d in dets] == [(5, 28, 28)] * 2 and 0 <= float(dets[0]["masks"].min())
+    torch.testing.assert_close(dets[0]["mask_scores"], dets[0]["scores"] * maskness(dets[0]["masks"]))
+
+
+def test_maskness_by_hand():
+    p = torch.full((3, 4, 4), 0.1)
+    p[0, :2, :2] = 0.9                      # 4 sure pixels -> 0.9
+    p[1, 0, :2] = torch.tensor([0.5, 0.7])  # 2 pixels at >= 0.5 (0.5 counts) -> 0.6
+    # p[2]: nothing reaches 0.5 -> 0
+    torch.testing.assert_close(maskness(p), torch.tensor([0.9, 0.6, 0.0]))
 
 
 def test_paste_masks_by_hand():
@@ -216,7 +225,8 @@ def test_saved_model_loads_and_predicts_an_overlay_png(tmp_path):
     rows = predict_files(back, [photo], tmp_path / "pred", score=0.0)
     with Image.open(rows[0]["png"]) as im:
         assert im.size == (70, 50) and im.mode == "RGB"
-    assert len(rows[0]["boxes"]) == len(rows[0]["mask_pixels"]) > 0
+    assert len(rows[0]["boxes"]) == len(rows[0]["mask_pixels"]) == len(rows[0]["mask_scores"]) > 0
+    assert all(m <= s + 1e-6 for m, s in zip(rows[0]["mask_scores"], rows[0]["scores"]))
     with pytest.raises(CnnkitError, match="missing image"):
         predict_files(back, [tmp_path / "nope.png"], tmp_path / "pred")
     from cnnkit.models.detection import Detector  # noqa: F401  (a detect model is refused)

@@ -181,7 +181,8 @@ class InstanceTask(DetectTask):
     def evaluate(self, model: nn.Module, data: InstanceSet) -> dict[str, float]:
         """COCO mask AP / AP50 / AP75 (pycocotools segm) in original pixels, and box AP beside it."""
         predictions = predict_instances(model, data, self.eval_batch_size, **self.decode_args)
-        m = mask_evaluate(predictions, data.mask_targets(), classes=data.classes)
+        masks = [{**p, "scores": p["mask_scores"]} for p in predictions]      # masks ranked by score x maskness
+        m = mask_evaluate(masks, data.mask_targets(), classes=data.classes)
         b = coco_evaluate(predictions, data.targets(), classes=data.classes)
         return {"mask_AP": m["AP"], "mask_AP50": m["AP50"], "mask_AP75": m["AP75"], "mask_AR100": m["AR100"],
                 "box_AP": b["AP"], "box_AP50": b["AP50"]}
@@ -204,7 +205,8 @@ class InstanceTask(DetectTask):
 def predict_instances(model: nn.Module, data: DetectionSet, batch_size: int = 16, sizes=None, **decode_args
                       ) -> list[dict[str, torch.Tensor]]:
     """Detections with masks for every image of ``data``, in its original pixels (model in eval mode,
-    restored): {"boxes", "scores", "labels", "masks" (k, H, W) bool}. ``sizes``: each original (H, W)
+    restored): {"boxes", "scores", "labels", "masks" (k, H, W) bool, "mask_scores" (what ranks the
+    masks: score x maskness)}. ``sizes``: each original (H, W)
     (default: the sizes of ``data.originals``)."""
     net = model.module if hasattr(model, "module") else model
     sizes = sizes or [tuple(o.shape[-2:]) for o in data.originals]
@@ -219,6 +221,7 @@ def predict_instances(model: nn.Module, data: DetectionSet, batch_size: int = 16
                 s, size = float(data.scales[i + j]), sizes[i + j]
                 boxes = det["boxes"].cpu() / s
                 out.append({"boxes": boxes, "scores": det["scores"].cpu(), "labels": det["labels"].cpu(),
+                            "mask_scores": det["mask_scores"].cpu(),
                             "masks": paste_masks(det["masks"].cpu(), boxes, size)})
     finally:
         net.train(was)
@@ -392,7 +395,7 @@ def evaluate_run(run, data_dir: str | None = None) -> dict:
 @torch.no_grad()
 def predict_files(model: MaskDetector, paths, out_dir, score: float = 0.3) -> list[dict]:
     """Each image file -> ``out_dir/<stem>.png``: the image with its instance masks (one colour each)
-    and boxes drawn; returns per image {"image", "png", "boxes", "scores", "labels", "mask_pixels"}."""
+    and boxes drawn; returns per image {"image", "png", "boxes", "scores", "labels", "mask_scores", "mask_pixels"}."""
     from pathlib import Path
 
     from ..data.detection import read_image
@@ -413,7 +416,7 @@ def predict_files(model: MaskDetector, paths, out_dir, score: float = 0.3) -> li
         det["boxes"] = det["boxes"].clamp(min=0).minimum(torch.tensor([w, h, w, h], dtype=torch.float32))
         png = out_dir / f"{Path(p).stem}.png"
         shown = {"boxes": det["boxes"].tolist(), "scores": det["scores"].tolist(),
-                 "labels": [classes[k] for k in det["labels"].tolist()]}
+                 "labels": [classes[k] for k in det["labels"].tolist()], "mask_scores": det["mask_scores"].tolist()}
         draw_detections(overlay_instances(img, det["masks"]), shown, png)
         results.append({"image": str(p), "png": str(png), **shown,
                         "mask_pixels": det["masks"].flatten(1).sum(1).tolist()})
