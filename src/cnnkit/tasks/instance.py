@@ -153,6 +153,8 @@ class InstanceTask(DetectTask):
                 x, masks = xm[:, :c], xm[:, c:] - self.fill
             if self.colour > 0:
                 x, boxes, labels = colour_jitter(x, boxes, labels, generator, self.colour, self.colour, self.colour)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         rois = []
         for i in range(len(idx)):                   # per image: (RoI boxes, their labels, their 28x28 targets)
             keep = torch.nonzero(labels[i] >= 0).flatten()
@@ -354,11 +356,13 @@ def train(cfg: InstanceConfig, out, resume: bool = False, quiet: bool = False):
         torch.manual_seed(cfg.seed)
         channels = train_set.images.shape[1]
         model, info = new_mask_detector(cfg, train_set.classes, channels)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         info["config"] = cfg.to_dict()
         task = InstanceTask(train_set.classes, cfg.batch_size, info=info, val_name="test",
                             fill=0.5 if channels == 3 else 0.0, flip=0.5 if cfg.data != "digits" else 0.0,
                             roi_jitter=cfg.roi_jitter, mask_weight=cfg.mask_weight, cls_loss=cfg.cls_loss,
-                            box_weight=cfg.box_weight)
+                            box_weight=cfg.box_weight, channels_last=cfg.channels_last)
         def begin(m: MaskDetector) -> Setup:
             frozen = frozen_stem(m.detector.features, cfg.freeze_stride) if cfg.weights else []
             for module in frozen:
