@@ -329,7 +329,7 @@ def write_prediction(image: torch.Tensor, mask: torch.Tensor, num_classes: int, 
 DATA_DEFAULTS = {   # what `cnnkit segment train --data X` uses without flags (the recipe the README reports)
     "pennfudan": dict(arch="unet", backbone="efficientnet_lite0", weights="imagenet", finest=4, freeze_bn=True,
                       freeze_to=4, channels_last=True, encoder_lr=0.1, max_side=384, crop=320, batch_size=8,
-                      epochs=36, lr=3e-3, jitter=0.3, lovasz=1.0, tta="flip", test_scale=1.5, val_every=4,
+                      epochs=40, lr=3e-3, jitter=0.3, lovasz=1.0, tta="flip", test_scale=1.5, val_every=4,
                       threads=1),      # one thread, as detection: the measured run (a busy second core stalls every op)
     "digits": dict(arch="unet", backbone="unet", width=8, channels_last=True, canvas=64, scenes=6000,
                    batch_size=8, epochs=10, lr=3e-3, dice=1.0),
