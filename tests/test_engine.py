@@ -94,6 +94,9 @@ def test_a_two_phase_plan_learns_writes_and_resumes_exactly(tmp_path):
     with pytest.raises(CnnkitError, match=r"other settings \(lr\)"):
         fit(LineTask(), nn.Linear(1, 1), _data(), _plan(), tmp_path / "full", quiet=True,
             config={"lr": 0.2}, resume=True)
+    again = fit(LineTask(), nn.Linear(1, 1), _data(), _plan(), tmp_path / "full", quiet=True,
+                config={"lr": 0.1, "val_every": 4}, resume=True)       # a setting the run predates
+    assert len(again.history) == 3 and again.images == 0              # resumed (done), not refused
 
 
 def test_divergence_is_caught_before_anything_is_saved(tmp_path):
@@ -160,3 +163,8 @@ def test_val_every_validates_every_kth_epoch_and_the_last(tmp_path):
     assert lines[0] == "epoch,phase,phase_epoch,opt,train_loss,val_mse,val_score,lr,seconds"
     assert lines[1].split(",")[5:7] == ["", ""]              # epoch 1: no validation, empty cells
     assert run.best[0] in (2, 4, 5)
+    calls.clear()
+    plan.val_every = 0                                       # never: no validation while training
+    torch.manual_seed(0)
+    run = fit(Counted(), nn.Linear(1, 1), _data(), plan, None, quiet=True)
+    assert calls == [] and run.best is None and not any("val_mse" in r for r in run.history)

@@ -263,3 +263,15 @@ def test_a_short_training_run_learns_digit_masks(data_dir):
     m = task.evaluate(run.model, data)
     assert run.history[-1]["train_mask"] < 0.5 * run.history[0]["train_mask"]
     assert m["box_AP"] >= 0.6 and m["mask_AP"] >= 0.25 and m["mask_AP50"] >= 0.6
+
+
+def test_validation_is_off_by_default_and_old_runs_validate_flag_maps_to_val_every():
+    from dataclasses import asdict
+
+    from cnnkit.tasks.instance import config_from_dict
+
+    assert InstanceConfig(data="pennfudan").resolved().val_every == 0          # once, after training
+    assert InstanceConfig(data="pennfudan", val_every=2).resolved().val_every == 2
+    old = {k: v for k, v in asdict(InstanceConfig()).items() if k != "val_every"}
+    assert config_from_dict({**old, "validate": True}).val_every == 1            # a run saved before val_every
+    assert config_from_dict({**old, "validate": False}).val_every == 0

@@ -62,7 +62,7 @@ def test_train_eval_predict(tmp_path, capsys):
     (["segment", "eval", "no/such/run"], "no checkpoint at no/such/run"),
     (["segment", "eval", "no/such/run", "--test-scale", "0"], "--test-scale must be a positive number"),
     (["segment", "train", "--data", "{data}", "--epochs", "0"], "--epochs must be a positive integer"),
-    (["segment", "train", "--data", "{data}", "--val-every", "0"], "--val-every must be a positive integer"),
+    (["segment", "train", "--data", "{data}", "--val-every", "-1"], "--val-every must be an integer >= 0"),
     (["segment", "train", "--data", "{data}", "--arch", "segnet"], "unknown segmentation architecture"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, argv, message):

@@ -40,7 +40,8 @@ def add_train_args(t, kind: str, backbone_help: str, size_default: str) -> None:
     t.add_argument("--scenes", type=int, nargs=2, metavar=("TRAIN", "TEST"), help="digits: number of scenes")
     t.add_argument("--subset", type=int, help="train on the first N training images only (smoke tests)")
     t.add_argument("--ema", type=float)
-    t.add_argument("--val-every", type=int, help="validate after every k-th epoch and the last (photos 4, digits 1)")
+    t.add_argument("--val-every", type=int, help="validate after every k-th epoch and the last; 0: not while "
+                   "training (detect: photos 4, digits 1; instance: 0)")
     t.add_argument("--seed", type=int)
     t.add_argument("--threads", type=int)
     t.add_argument("--device", choices=["cpu", "cuda"])

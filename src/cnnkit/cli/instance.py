@@ -21,7 +21,6 @@ def register(subparsers) -> None:
     t.add_argument("--mask-convs", type=int, help="3x3 convs of the mask head (default 4)")
     t.add_argument("--mask-width", type=int, help="channels of the mask head (default 64)")
     t.add_argument("--roi-jitter", type=int, help="jittered copies of each box the mask head trains on (default 2)")
-    t.add_argument("--validate", action="store_true", help="mask AP on the test split after every epoch")
     t.set_defaults(func=run_train)
 
     add_eval_predict(sub, "COCO mask AP (and box AP) on the run's test split",
@@ -32,7 +31,7 @@ def register(subparsers) -> None:
 def run_train(args) -> int:
     from ..tasks.instance import InstanceConfig, train
 
-    cfg = InstanceConfig(**config_args(args, "mask_convs", "mask_width", "roi_jitter", "validate"))
+    cfg = InstanceConfig(**config_args(args, "mask_convs", "mask_width", "roi_jitter"))
     return start_run(args, cfg, train, "instance")
 
 

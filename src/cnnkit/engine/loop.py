@@ -106,7 +106,7 @@ def fit(task: Task, model: nn.Module, data: Data, plan: Plan, out=None, *, resum
 def _run_phase(task, model, deploy, ema, data, setup: Setup, name, gen, d, epochs, first, total,
                history, out, config, console, quiet, precision, on_epoch_end, val_every: int = 1) -> int:
     """The epochs ``epochs`` of the phase that starts at epoch ``first``; returns samples trained.
-    Validation runs after every ``val_every``-th epoch of the plan and after its last."""
+    Validation runs after every ``val_every``-th epoch of the plan and after its last (0: never)."""
     net = setup.module or model
     step_net = nn.parallel.DistributedDataParallel(net) if d.world > 1 else net
     train, val = setup.data or data
@@ -128,7 +128,7 @@ def _run_phase(task, model, deploy, ema, data, setup: Setup, name, gen, d, epoch
                                           lambda **kw: bar.update(bar_task, **kw))
             sums = all_sum(sums, d)
             _check_weights(model, epoch, name, peak)
-            due = (epoch + 1) % val_every == 0 or epoch + 1 == total
+            due = val_every > 0 and ((epoch + 1) % val_every == 0 or epoch + 1 == total)
             with autocast(precision, d.device):
                 metrics = task.evaluate(evaluated, val) if val is not None and due else {}
             seconds = time.perf_counter() - tick
@@ -220,8 +220,8 @@ def _start(out: Path | None, resume: bool, model, ema, gen, config: dict) -> tup
         raise CnnkitError(f"nothing to resume in {out}: no {ckpt.RESUME_FILE}; start a new run "
                           "without --resume")
     epoch, history, saved = ckpt.load_resume(path, model, None, ema, gen)
-    if saved != config:
-        keys = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+    keys = sorted(k for k in set(saved) & set(config) if saved[k] != config[k])   # a setting one side
+    if keys:                                 # lacks is one a newer cnnkit added or dropped: not a difference
         raise CnnkitError(f"{out} was trained with other settings ({', '.join(keys)}); resume it "
                           "with the same ones or start a new run in another --out")
     return epoch, history

@@ -76,7 +76,7 @@ class Plan:
     seed: int = 0                        # the generator of data order and augmentation
     ema: float = 0.0                     # EMA decay of the weights per step (0 = off)
     val_every: int = 1                   # validate after every k-th epoch and the last (k > 1 when
-                                         # validation costs a sizeable share of an epoch)
+                                         # validation costs a sizeable share of an epoch; 0: never)
 
     @property
     def epochs(self) -> int:

@@ -433,7 +433,7 @@ def validate(cfg: DetectConfig) -> DetectConfig:
               ("width", cfg.width >= 8, "at least 8"),
               ("head_convs", cfg.head_convs >= 0, "an integer >= 0"),
               ("box_weight", cfg.box_weight >= 0, "a number >= 0"),
-              ("val_every", cfg.val_every >= 1, "a positive integer"),
+              ("val_every", cfg.val_every >= 0, "an integer >= 0 (0: no validation while training)"),
               ("device", cfg.device in (None, "cpu", "cuda"), "cpu or cuda")]
     for name, ok, want in checks:
         if not ok:

@@ -268,14 +268,15 @@ class InstanceConfig(DetectConfig):
     mask_weight: float = 1.0            # weight of the mask loss beside the detector's
     freeze_stride: int = 4              # pretrained backbone modules up to this stride stay frozen (BN in eval
                                         # mode too), as detectron2 freezes the stem and res2; 0: train all
-    validate: bool = False              # mask AP on the test split after every epoch (off: once at the
-                                        # end; on a 2-core CPU each pass costs ~30 s of the budget)
+    val_every: int | None = None        # mask AP on the test split after every k-th epoch (None: 0, none
+                                        # until the end; on a 2-core CPU each pass costs ~30 s of the budget)
 
     def resolved(self) -> "InstanceConfig":
         photos = self.data != "digits"
         cfg = replace(self, image_size=self.image_size if self.image_size is not None else (320 if photos else 96),
                       epochs=self.epochs if self.epochs is not None else (40 if photos else 10),
-                      backbone=self.backbone or ("efficientnet_lite0" if photos else "resnet18"))
+                      backbone=self.backbone or ("efficientnet_lite0" if photos else "resnet18"),
+                      val_every=self.val_every if self.val_every is not None else 0)
         return DetectConfig.resolved(cfg)
 
 
@@ -292,8 +293,11 @@ def frozen_stem(features: nn.Module, stride: int) -> list[nn.Module]:
 
 
 def config_from_dict(d: dict) -> InstanceConfig:
+    d = dict(d)
+    validate = d.pop("validate", False)      # runs from before val_every: validate (bool) = every epoch
     return InstanceConfig(**{**d, "scenes": tuple(d["scenes"]),
-                             "separate_towers": d.get("separate_towers", False)})   # runs from before the option
+                             "separate_towers": d.get("separate_towers", False),   # runs from before the option
+                             "val_every": d.get("val_every", 1 if validate else 0)})
 
 
 def load_instance_data(cfg: InstanceConfig, split: dict | None = None) -> tuple[InstanceSet, InstanceSet, dict]:
@@ -371,7 +375,7 @@ def train(cfg: InstanceConfig, out, resume: bool = False, quiet: bool = False):
             return Setup(make_optimizer(m, cfg), schedule=lambda step, total: lr_at(step, total, cfg), frozen=frozen)
 
         plan = Plan([Phase(cfg.epochs, begin)], seed=cfg.seed, ema=cfg.ema, val_every=cfg.val_every)
-        run = fit(task, model, Data(_to(train_set, d.device), _to(test_set, d.device) if cfg.validate else None), plan, out, resume=resume,
+        run = fit(task, model, Data(_to(train_set, d.device), _to(test_set, d.device)), plan, out, resume=resume,
                   quiet=quiet, dist=d, config=cfg.to_dict(), command="cnnkit instance train")
         final = task.evaluate(run.model, _to(test_set, d.device))
         Console(quiet=quiet or not d.main).print(

@@ -372,7 +372,7 @@ class SegmentConfig:
     tta: str | None = None             # test-time augmentation: "flip" (image and mirror averaged) | "none"
     test_scale: float | None = None    # the network answers on the image resized by this (1: as it is)
     boundary_d: int = 3                # boundary IoU band (px)
-    val_every: int | None = None       # validate after every k-th epoch and the last (photos: 4, else 1)
+    val_every: int | None = None       # validate after every k-th epoch and the last (photos: 4, else 1; 0: never)
     seed: int = 0
     threads: int | None = None         # torch threads (None: 1 on Penn-Fudan, else all cores; 0: all cores)
 
@@ -462,9 +462,11 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
     from ..train.trainer import lr_at, make_optimizer
 
     cfg = cfg.resolved()
-    for key in ("epochs", "batch_size", "crop", "val_every"):
+    for key in ("epochs", "batch_size", "crop"):
         if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
             raise CnnkitError(f"--{key.replace('_', '-')} must be a positive integer. Received: {getattr(cfg, key)}")
+    if cfg.val_every < 0:
+        raise CnnkitError(f"--val-every must be an integer >= 0 (0: no validation while training). Received: {cfg.val_every}")
     torch.set_num_threads(cfg.threads or max(1, os.cpu_count() or 1))
     train_set, val_set, test_set, split = load_splits(cfg)
     model = build_model(cfg, train_set)
