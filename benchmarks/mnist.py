@@ -4,6 +4,7 @@
     python benchmarks/mnist.py --presets fast --seeds 3 --no-baseline    # mean/spread over seeds
     python benchmarks/mnist.py --presets best --trainval --no-baseline   # the refit on all 60,000
     python benchmarks/mnist.py --presets --plain                         # notes' network: cnnkit vs bare PyTorch
+    python benchmarks/mnist.py --presets --keras /path/to/tf/bin/python  # ... and vs Keras on TensorFlow
     python benchmarks/mnist.py --presets --no-baseline --step             # the step's variants (compile, ...)
 
 For each preset: training wall time, test accuracy (the test set is only reported, never used to
@@ -12,13 +13,17 @@ training step (6 x MACs x images/s: forward + two backward matmuls) against this
 fp32 matmul GFLOP/s at the same thread count -- the physical ceiling -- and, per row, the fraction of
 the convolution ceiling of the precision it trained in (fp32 and bf16 matmul and the issue's 64->64
 3x3 convolution are measured first; the report says whether this CPU has native bf16). The baseline is the notes'
-network trained the notes' way: Nadam (lr 1e-3), batch 32, 10 epochs, no augmentation.
+network trained the notes' way: Nadam (lr 1e-3), batch 32, 10 epochs, no augmentation; with
+``--keras`` the same network and settings in Keras (`benchmarks/keras_mnist.py`, run by a Python that
+has TensorFlow, in its own process right after cnnkit's) and the ratio of the two images/s.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -108,6 +113,26 @@ def plain_pytorch(data_dir, epochs: int, threads: int, seed: int = 0) -> dict:
             val_acc = torch.cat([model(b).argmax(1) for b in xv.split(1000)]).eq(yv).float().mean().item()
     seconds = time.perf_counter() - t
     return dict(seconds=seconds, ips=epochs * len(x) / seconds, val_acc=val_acc)
+
+
+def keras_row(python: str, data_dir, epochs: int, threads: int) -> dict:
+    """benchmarks/keras_mnist.py under ``python`` (one with TensorFlow): its JSON line as a dict."""
+    script = Path(__file__).with_name("keras_mnist.py")
+    cmd = [python, str(script), "--epochs", str(epochs), "--threads", str(threads)]
+    if data_dir:
+        cmd += ["--data-dir", str(data_dir)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SystemExit(f"error: the Keras run failed ({' '.join(cmd)}): {tail}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def default_keras_python() -> str | None:
+    """This Python when it can import TensorFlow (checked without importing it here), else None."""
+    import importlib.util
+
+    return sys.executable if importlib.util.find_spec("tensorflow") else None
 
 
 def step_variants(threads: int, name: str = "mnist_fast", batch: int = 128, steps: int = 40) -> list[dict]:
@@ -232,10 +257,18 @@ def main(argv=None) -> int:
     p.add_argument("--baseline-epochs", type=int, default=10, help="the notes train 10 epochs")
     p.add_argument("--plain", action="store_true", help="also the notes' network in a bare PyTorch loop "
                    "(the engine's overhead)")
+    p.add_argument("--keras", nargs="?", const="auto", metavar="PYTHON",
+                   help="also train the notes' network in Keras, under PYTHON (one with TensorFlow; "
+                        "default: this Python if it has TensorFlow), and print cnnkit's images/s ratio")
     p.add_argument("--step", action="store_true", help="also time the training step's variants: "
                    "channels-last, torch.compile, the optimizer's foreach/fused paths")
     p.add_argument("--out", help="keep the runs here (default: a temporary folder)")
     args = p.parse_args(argv)
+    keras_python = default_keras_python() if args.keras == "auto" else args.keras
+    if args.keras and not keras_python:
+        p.error("--keras: this Python has no TensorFlow; name one that has: --keras /path/to/bin/python")
+    if args.keras and args.no_baseline:
+        p.error("--keras compares with the notes' network: drop --no-baseline")
 
     import os
 
@@ -262,6 +295,15 @@ def main(argv=None) -> int:
             seeds = 1 if name == "notes-keras" or cfg.ensemble > 1 else args.seeds
             for seed in range(seeds):
                 rows += run_one(name, replace(cfg, seed=seed), test, workdir, console)
+    if keras_python:
+        k = keras_row(keras_python, args.data_dir, args.baseline_epochs, threads)
+        notes = next(r for r in rows if r["name"] == "notes-keras")
+        rows.append(dict(notes, name=f"Keras {k['keras']} (TF {k['tensorflow']})", train_s=k["seconds"],
+                         ips=k["ips"], test_acc=k["test_acc"], precision="fp32"))
+        console.print(f"Keras {k['keras']} on TensorFlow {k['tensorflow']}, the notes' network, "
+                      f"{k['epochs']} epochs: {k['seconds']:.1f} s, {k['ips']:,.0f} img/s (validation "
+                      f"included), val {k['val_acc']:.2%}, test {k['test_acc']:.2%}; cnnkit "
+                      f"{notes['ips'] / k['ips']:.2f}x Keras's images/s")
 
     table = Table(title=f"MNIST, {threads} threads; fp32 GEMM ceiling: torch.matmul {mkl:,.0f}, "
                         f"oneDNN {onednn:,.0f} GFLOP/s")

@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cnnkit.errors import CnnkitError
-from cnnkit.layers import (AvgPool1dSame, AvgPool2dSame, Conv1dSame, Conv2dSame, Conv3dSame,
+from cnnkit.layers import (AvgPool1dSame, AvgPool2dSame, Conv1dSame, Conv2dSame, Conv3dSame, Dropout,
                            ConvTranspose2dSame, DepthwiseConv2d, LocalResponseNorm, MaxPool2dSame,
                            MaxPool3dSame, SeparableConv2d, SqueezeExcite, conv_transpose_same_args,
                            get_activation, pad_for, same_pad)
@@ -215,3 +215,38 @@ def test_keras_conv2d_dense_reshape():
     assert ConvNormAct(3, 16, 1, norm_layer=None, act_layer=None)[0].bias is not None
     assert [make_divisible(v) for v in (4, 20, 24, 32 * 0.75, 60)] == [8, 24, 24, 24, 64]
     assert make_divisible(576 // 4) == 144 and make_divisible(256 / 16, round_limit=0) == 16
+
+
+# ---------------------------------------------------------------- dropout
+@pytest.mark.parametrize("p", [0.25, 0.5, 0.1])
+def test_dropout_keeps_one_minus_p_scaled_and_backward_is_the_mask(p):
+    torch.manual_seed(0)
+    x = torch.rand(400, 2500) + 0.5                      # no zeros: a zero in the output means dropped
+    x.requires_grad_()
+    drop = Dropout(p).train()
+    y = drop(x)
+    kept = y != 0
+    n = kept.numel()
+    assert abs(kept.float().mean().item() - (1 - p)) < 4 * (p * (1 - p) / n) ** 0.5   # 4 sigma of 1e6 draws
+    assert torch.allclose(y[kept], x[kept] / (1 - p))
+    y.sum().backward()
+    assert torch.equal(x.grad, kept.float() / (1 - p))
+    rows = kept.float().mean(1)                          # no structure: every row near 1 - p
+    assert rows.min() > 1 - p - 0.05 and rows.max() < 1 - p + 0.05
+
+
+def test_dropout_is_nn_dropout_seeded_identity_in_eval_and_edge_rates():
+    drop = Dropout(0.25)
+    assert isinstance(drop, nn.Dropout) and drop.p == 0.25
+    x = torch.rand(64, 300)
+    torch.manual_seed(3)
+    a = drop.train()(x)
+    torch.manual_seed(3)
+    assert torch.equal(drop(x), a)                       # the default generator replays it
+    assert not torch.equal(drop(x), a)
+    assert torch.equal(drop.eval()(x), x)
+    assert torch.equal(Dropout(0.0).train()(x), x)
+    assert torch.equal(Dropout(1.0).train()(x), torch.zeros_like(x))
+    y = x.clone()
+    torch.manual_seed(3)
+    assert Dropout(0.25, inplace=True).train()(y) is y and torch.equal(y, a)

@@ -218,7 +218,7 @@ _BUILDERS = {
     "batch_normalization": (lambda s, **a: _batch_norm(s, **a), "batch_normalization"),
     "local_response_normalization": (lambda s, depth_radius=5, bias=1.0, alpha=1.0, beta=0.5:
                                      L.LocalResponseNorm(depth_radius, bias, alpha, beta), "lrn"),
-    "dropout": (lambda s, rate=0.5: nn.Dropout(rate), "dropout"),
+    "dropout": (lambda s, rate=0.5: L.Dropout(rate), "dropout"),
     "flatten": (lambda s: nn.Flatten(), "flatten"),
     "reshape": (lambda s, target_shape: Reshape(target_shape), "reshape"),
     "dense": (lambda s, **a: _dense(s, **a), "dense"),

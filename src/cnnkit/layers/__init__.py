@@ -8,6 +8,7 @@
 - :mod:`.se` -- ``SqueezeExcite``
 - :mod:`.act` -- ``get_activation`` by Keras name
 - :mod:`.conv_bn_act` -- ``ConvNormAct`` (conv, norm, activation as torchvision numbers them)
+- :mod:`.dropout` -- ``Dropout`` (``nn.Dropout`` with a 4x cheaper mask on the CPU)
 - :mod:`.keras` -- Keras-style ``Conv2D``/``Dense`` (activation inside) and channels-last ``Reshape``
 - :mod:`.divisible` -- ``make_divisible`` channel rounding (MobileNets, SE)
 - :mod:`.upsample` -- ``BilinearConvTranspose2d`` (FCN's bilinear-initialised upsampling), ``Upsample``, ``resize``
@@ -20,6 +21,7 @@ from .conv_bn_act import ConvNormAct
 from .conv_same import (Conv1dSame, Conv2dSame, Conv3dSame, ConvTranspose2dSame,
                         conv_transpose_same_args, resolve_padding)
 from .divisible import make_divisible
+from .dropout import Dropout
 from .keras import Conv2D, Dense, Reshape
 from .lrn import LocalResponseNorm
 from .padding import pad_for, same_pad
@@ -35,7 +37,7 @@ __all__ = [
     "MaxPool1dSame", "MaxPool2dSame", "MaxPool3dSame", "AvgPool1dSame", "AvgPool2dSame", "AvgPool3dSame",
     "DepthwiseConv2d", "SeparableConv2d", "LocalResponseNorm", "SqueezeExcite",
     "get_activation", "activation_names", "ConvNormAct", "make_divisible",
-    "Conv2D", "Dense", "Reshape",
+    "Conv2D", "Dense", "Reshape", "Dropout",
     "BilinearConvTranspose2d", "Upsample", "bilinear_kernel", "init_bilinear_", "check_mode", "resize",
     "ASPP", "AtrousConv2d", "ImagePooling", "aspp_rates",
 ]

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import CnnkitError
-from ..layers import Conv2D, Dense, Reshape
+from ..layers import Conv2D, Dense, Dropout, Reshape
 from ._common import Classifier, check_args
 from ._registry import register_model
 
@@ -123,9 +123,9 @@ def exercise9_mnist(num_classes: int = 10, in_channels: int = 1) -> KerasNet:
     ]
     head = [
         ("flatten_1", nn.Flatten()),                                  # -> (B, 12544)
-        ("dropout_1", nn.Dropout(0.25)),
+        ("dropout_1", Dropout(0.25)),
         ("dense_1", Dense(14 * 14 * 64, 128, activation="relu")),     # -> (B, 128)
-        ("dropout_2", nn.Dropout(0.5)),
+        ("dropout_2", Dropout(0.5)),
         ("dense_2", _logits(128, num_classes)),                       # -> (B, 10), softmax in the loss
     ]
     return KerasNet(trunk, head, 128, num_classes)

@@ -107,7 +107,9 @@ def make_optimizer(net: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr)
-    return torch.optim.NAdam(groups, lr=cfg.lr)
+    # foreach: the notes' network at batch 32 (1.6 M of its 1.7 M weights in one Dense layer) steps
+    # in 30 ms instead of 32.5 on 2 cores; NAdam's for-loop alone takes 10.4 ms there, foreach 4.0
+    return torch.optim.NAdam(groups, lr=cfg.lr, foreach=True)
 
 
 def load_splits(cfg: TrainConfig, device: torch.device) -> tuple[ImageSet, ImageSet]:
