@@ -6,6 +6,7 @@
     python benchmarks/mnist.py --presets --plain                         # notes' network: cnnkit vs bare PyTorch
     python benchmarks/mnist.py --presets --keras /path/to/tf/bin/python  # ... and vs Keras on TensorFlow
     python benchmarks/mnist.py --presets --no-baseline --step             # the step's variants (compile, ...)
+    python benchmarks/mnist.py --presets fast --seeds 3 --no-baseline --precisions fp32 bf16   # bf16 parity
 
 For each preset: training wall time, test accuracy (the test set is only reported, never used to
 choose), training images/s, the model's forward MACs per image, and the achieved GFLOP/s of the
@@ -228,14 +229,15 @@ def run_one(name: str, cfg: TrainConfig, test, workdir: Path, console: Console) 
         model = cnnkit.load(member.out)
         acc = evaluate(model, test).accuracy
         rows.append(dict(name=name, seed=cfg.seed + i, train_s=member.seconds, wall_s=wall, test_acc=acc,
+                         val_acc=member.val_acc,
                          precision=choose(cfg.precision, torch.device(cfg.device or "cpu"))[0],
                          ips=member.images / member.seconds, macs=forward_macs(model.net, model.input_size),
                          flops=train_flops(model.net, model.input_size)))
-        console.print(f"{name} seed {cfg.seed + i}: test {acc:.2%}, training {member.seconds:.1f} s, "
+        console.print(f"{name} seed {cfg.seed + i}: val {member.val_acc:.2%}, test {acc:.2%}, training {member.seconds:.1f} s, "
                       f"{rows[-1]['ips']:,.0f} img/s")
     if cfg.ensemble > 1:
         acc = evaluate(cnnkit.load(out), test).accuracy
-        rows.append(dict(rows[-1], name=f"{name} ensemble of {cfg.ensemble}", test_acc=acc,
+        rows.append(dict(rows[-1], name=f"{name} ensemble of {cfg.ensemble}", test_acc=acc, val_acc=result.val_acc,
                          train_s=result.seconds, ips=result.images / result.seconds))
         console.print(f"{name} ensemble of {cfg.ensemble}: test {acc:.2%}, training {result.seconds:.1f} s")
     return rows
@@ -253,6 +255,10 @@ def main(argv=None) -> int:
     p.add_argument("--trainval", action="store_true",
                    help="the presets' final refit on train + val (all 60,000 images; rows named PRESET+val)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    p.add_argument("--precisions", nargs="+", default=["auto"], choices=["auto", "fp32", "bf16"],
+                   help="train each preset in each of these (rows named PRESET PRECISION when more than "
+                        "one): fp32 bf16 measures bf16's accuracy parity (bf16 without native support "
+                        "runs emulated, about 10x slower, with the same rounding)")
     p.add_argument("--no-baseline", action="store_true", help="skip the notes' Keras network")
     p.add_argument("--baseline-epochs", type=int, default=10, help="the notes train 10 epochs")
     p.add_argument("--plain", action="store_true", help="also the notes' network in a bare PyTorch loop "
@@ -273,7 +279,7 @@ def main(argv=None) -> int:
     import os
 
     threads = args.threads or os.cpu_count() or 1
-    console = Console(width=120)
+    console = Console(width=170)
     ceiling, native = ceilings(threads)
     mkl, onednn = ceiling["fp32"]["gemm"], onednn_gemm_gflops(threads)   # the fp32 matmul measured once
     console.print(f"{cpu_name()}, {threads} threads, native bf16: {'yes' if native else 'no (bf16 emulated)'}")
@@ -282,9 +288,10 @@ def main(argv=None) -> int:
         console.print(f"{prec}: matmul {c['gemm']:,.1f} GFLOP/s, conv 64->64 3x3 at 14x14 channels-last "
                       f"{c['conv']:,.1f} GFLOP/s")
     test = load_dataset("mnist", "test", args.data_dir)
-    jobs = [(name + ("+val" if args.trainval else ""), preset(
-        name, data_dir=args.data_dir, threads=threads, ensemble=args.ensemble, trainval=args.trainval))
-            for name in args.presets]
+    jobs = [(name + ("+val" if args.trainval else "") + (f" {prec}" if len(args.precisions) > 1 else ""),
+             preset(name, data_dir=args.data_dir, threads=threads, ensemble=args.ensemble,
+                    trainval=args.trainval, precision=prec))
+            for name in args.presets for prec in args.precisions]
     if not args.no_baseline:
         jobs.append(("notes-keras", replace(TrainConfig(data_dir=args.data_dir, threads=threads),
                                             **{**BASELINE, "epochs": args.baseline_epochs})))
@@ -299,7 +306,7 @@ def main(argv=None) -> int:
         k = keras_row(keras_python, args.data_dir, args.baseline_epochs, threads)
         notes = next(r for r in rows if r["name"] == "notes-keras")
         rows.append(dict(notes, name=f"Keras {k['keras']} (TF {k['tensorflow']})", train_s=k["seconds"],
-                         ips=k["ips"], test_acc=k["test_acc"], precision="fp32"))
+                         ips=k["ips"], test_acc=k["test_acc"], val_acc=k["val_acc"], precision="fp32"))
         console.print(f"Keras {k['keras']} on TensorFlow {k['tensorflow']}, the notes' network, "
                       f"{k['epochs']} epochs: {k['seconds']:.1f} s, {k['ips']:,.0f} img/s (validation "
                       f"included), val {k['val_acc']:.2%}, test {k['test_acc']:.2%}; cnnkit "
@@ -307,7 +314,7 @@ def main(argv=None) -> int:
 
     table = Table(title=f"MNIST, {threads} threads; fp32 GEMM ceiling: torch.matmul {mkl:,.0f}, "
                         f"oneDNN {onednn:,.0f} GFLOP/s")
-    for col in ("run", "seeds", "test acc", "training s", "img/s", "MMACs/img", "GFLOP/s",
+    for col in ("run", "seeds", "val acc", "test acc", "training s", "img/s", "MMACs/img", "GFLOP/s",
                 "% matmul", "% oneDNN", "precision", "% its conv ceiling"):
         table.add_column(col, justify="left" if col == "run" else "right")
     for name in dict.fromkeys(r["name"] for r in rows):
@@ -316,7 +323,9 @@ def main(argv=None) -> int:
         spread = f" ± {statistics.stdev(accs):.2%} (min {min(accs):.2%})" if len(accs) > 1 else ""
         ips = statistics.mean(r["ips"] for r in rs)
         gflops = rs[0]["flops"] * ips / 1e9          # forward + backward FLOPs per image
-        table.add_row(name, str(len(rs)), f"{statistics.mean(accs):.2%}{spread}",
+        vals = [r["val_acc"] for r in rs]
+        vspread = f" ± {statistics.stdev(vals):.2%} (min {min(vals):.2%})" if len(vals) > 1 else ""
+        table.add_row(name, str(len(rs)), f"{statistics.mean(vals):.2%}{vspread}", f"{statistics.mean(accs):.2%}{spread}",
                       f"{statistics.mean(r['train_s'] for r in rs):.1f}", f"{ips:,.0f}",
                       f"{rs[0]['macs'] / 1e6:.2f}", f"{gflops:.0f}", f"{gflops / mkl:.0%}",
                       f"{gflops / onednn:.0%}", rs[0]["precision"], f"{gflops / ceiling[rs[0]['precision']]['conv']:.0%}")
