@@ -8,7 +8,7 @@
 - :mod:`.se` -- ``SqueezeExcite``
 - :mod:`.act` -- ``get_activation`` by Keras name
 - :mod:`.conv_bn_act` -- ``ConvNormAct`` (conv, norm, activation as torchvision numbers them)
-- :mod:`.dropout` -- ``Dropout`` (``nn.Dropout`` with a 4x cheaper mask on the CPU)
+- :mod:`.dropout` -- ``Dropout`` (``nn.Dropout`` with a 2.5x cheaper mask on the CPU)
 - :mod:`.keras` -- Keras-style ``Conv2D``/``Dense`` (activation inside) and channels-last ``Reshape``
 - :mod:`.divisible` -- ``make_divisible`` channel rounding (MobileNets, SE)
 - :mod:`.upsample` -- ``BilinearConvTranspose2d`` (FCN's bilinear-initialised upsampling), ``Upsample``, ``resize``
