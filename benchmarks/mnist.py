@@ -49,15 +49,20 @@ BASELINE = dict(model="exercise9_mnist", epochs=10, batch_size=32, lr=1e-3, opti
                 augment=AugmentConfig())
 
 
-def _best_seconds(fn, repeat: int) -> float:
-    for _ in range(3):
+def _seconds(fn, repeat: int, warmup: int = 3) -> list[float]:
+    """Wall seconds of each of ``repeat`` calls of ``fn``, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
         fn()
-    best = float("inf")
+    times = []
     for _ in range(repeat):
         t = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def _best_seconds(fn, repeat: int) -> float:
+    return min(_seconds(fn, repeat))
 
 
 def matmul_gflops(threads: int, n: int = 2048, repeat: int = 10, dtype=torch.float32) -> float:
@@ -173,14 +178,7 @@ def step_variants(threads: int, name: str = "mnist_fast", batch: int = 128, step
         t = time.perf_counter()
         step()
         first = time.perf_counter() - t
-        for _ in range(4):
-            step()
-        times = []
-        for _ in range(steps):
-            t = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t)
-        ms = statistics.median(times) * 1000
+        ms = statistics.median(_seconds(step, steps, warmup=4)) * 1000
         rows.append(dict(variant=label, first_s=first, ms=ms, ips=batch / ms * 1000))
     return rows
 
