@@ -9,8 +9,8 @@
     python benchmarks/mnist.py --presets fast --seeds 3 --no-baseline --precisions fp32 bf16   # bf16 parity
 
 For each preset: training wall time, test accuracy (the test set is only reported, never used to
-choose), training images/s, the model's forward MACs per image, and the achieved GFLOP/s of the
-training step (6 x MACs x images/s: forward + two backward matmuls) against this machine's measured
+choose), training images/s, the model's forward MACs per training image (at the size it trains on: `fast`'s
+24x24 windows), and the achieved GFLOP/s of the training step (6 x MACs x images/s: forward + two backward matmuls) against this machine's measured
 fp32 matmul GFLOP/s at the same thread count -- the physical ceiling -- and, per row, the fraction of
 the convolution ceiling of the precision it trained in (fp32 and bf16 matmul and the issue's 64->64
 3x3 convolution are measured first; the report says whether this CPU has native bf16). The baseline is the notes'
@@ -39,6 +39,7 @@ import cnnkit
 from cnnkit.data.augment import AugmentConfig
 from cnnkit.data.datasets import load_dataset
 from cnnkit.engine.precision import choose, cpu_name, native_bf16
+from cnnkit.train.checkpoint import read_info
 from cnnkit.train.config import TrainConfig, preset
 from cnnkit.train.evaluate import evaluate
 from cnnkit.train.trainer import train
@@ -154,6 +155,7 @@ def step_variants(threads: int, name: str = "mnist_fast", batch: int = 128, step
 
     inductor.force_disable_caches = True          # the compile time counted, not read from a cache
     torch.set_num_threads(threads)
+    side = preset("fast").augment.crop or 28      # the windows the preset trains on
     variants = [("NCHW, eager", False, False, {}), ("channels-last, eager (the engine's)", True, False, {}),
                 ("NCHW, torch.compile", False, True, {}), ("channels-last, torch.compile", True, True, {}),
                 ("channels-last, SGD foreach", True, False, {"foreach": True}),
@@ -166,7 +168,7 @@ def step_variants(threads: int, name: str = "mnist_fast", batch: int = 128, step
         model = model.to(memory_format=fmt)
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, **opt_kw)
         net = torch.compile(model) if compiled else model
-        x = torch.rand(batch, 1, 28, 28).contiguous(memory_format=fmt)
+        x = torch.rand(batch, 1, side, side).contiguous(memory_format=fmt)
         y = torch.randint(0, 10, (batch,))
 
         def step():
@@ -225,12 +227,14 @@ def run_one(name: str, cfg: TrainConfig, test, workdir: Path, console: Console) 
     rows = []
     for i, member in enumerate(members):
         model = cnnkit.load(member.out)
+        crop = read_info(member.out)["config"]["augment"]["crop"]   # the size trained on (fast: 24x24)
+        size = (model.input_size[0], crop, crop) if crop else model.input_size
         acc = evaluate(model, test).accuracy
         rows.append(dict(name=name, seed=cfg.seed + i, train_s=member.seconds, wall_s=wall, test_acc=acc,
                          val_acc=member.val_acc,
                          precision=choose(cfg.precision, torch.device(cfg.device or "cpu"))[0],
-                         ips=member.images / member.seconds, macs=forward_macs(model.net, model.input_size),
-                         flops=train_flops(model.net, model.input_size)))
+                         ips=member.images / member.seconds, macs=forward_macs(model.net, size),
+                         flops=train_flops(model.net, size)))
         console.print(f"{name} seed {cfg.seed + i}: val {member.val_acc:.2%}, test {acc:.2%}, training {member.seconds:.1f} s, "
                       f"{rows[-1]['ips']:,.0f} img/s")
     if cfg.ensemble > 1:

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnkit.data import augment as A
+from cnnkit.errors import CnnkitError
 
 
 
@@ -48,6 +49,24 @@ def test_crop_is_an_exact_shift(batch):
     for i in range(8):
         shifts = [torch.equal(out[i], padded[i, :, dy:dy + 28, dx:dx + 28]) for dy in range(3) for dx in range(3)]
         assert any(shifts)
+
+
+def test_crop_takes_a_smaller_window_at_a_random_offset(batch):
+    """AugmentConfig(crop=24), the fast preset's: 24x24 windows of the unpadded 28x28 digits."""
+    out = A.build_augment(A.AugmentConfig(crop=24))(batch, torch.Generator().manual_seed(0))
+    assert out.shape == (64, 1, 24, 24)
+    assert torch.equal(out, A.random_crop(batch, torch.Generator().manual_seed(0), 0, size=24))
+    offsets = set()
+    for i in range(64):
+        hits = [(dy, dx) for dy in range(5) for dx in range(5)
+                if torch.equal(out[i], batch[i, :, dy:dy + 24, dx:dx + 24])]
+        assert len(hits) == 1
+        offsets |= set(hits)
+    assert len(offsets) >= 15                     # of the 25 offsets, drawn per image
+    whole = A.random_crop(batch, torch.Generator().manual_seed(0), 2, size=32)   # the padded image
+    assert torch.equal(whole, F.pad(batch, (2, 2, 2, 2)))
+    with pytest.raises(CnnkitError, match="a random crop of 33x33 does not fit a 28x28 image padded by 2"):
+        A.random_crop(batch, torch.Generator(), 2, size=33)
 
 
 def test_identity_affine_and_full_flip(batch):

@@ -11,6 +11,7 @@ import cnnkit
 from cnnkit.cli import main
 from cnnkit.data.datasets import load_dataset
 from cnnkit.errors import CnnkitError
+from cnnkit.data.augment import AugmentConfig
 from cnnkit.train.config import preset
 from cnnkit.train.evaluate import evaluate
 from cnnkit.train.trainer import train
@@ -41,7 +42,8 @@ def tiny(tmp_path):
 
 def small(data_dir, **kw):
     """A few hundred steps at most, one thread: seconds, not minutes."""
-    values = dict(data_dir=str(data_dir), subset=8192, epochs=2, batch_size=128, threads=1, tta=False)
+    values = dict(data_dir=str(data_dir), subset=8192, epochs=2, batch_size=128, threads=1, tta=False,
+                  augment=AugmentConfig(shift=2))             # whole images: any net of the tests
     return preset("fast", **{**values, **kw})
 
 
@@ -95,6 +97,27 @@ def test_resume_gives_the_same_weights(data_dir, tmp_path, tiny):
         for k in a:
             if not k.startswith("rng"):
                 assert torch.equal(a[k], b[k]), k
+
+
+def test_fast_crops_for_nets_of_any_size_and_shifts_for_fixed_size_ones(data_dir, tmp_path, capsys):
+    """The fast preset's 24x24 windows reach a net that takes any size; a Flatten -> Linear net gets
+    the same +-2 px shifts of whole images, said in one line; a crop too large fails before any file."""
+    from cnnkit.train.checkpoint import build_network
+    from cnnkit.train.trainer import trainable_augment
+
+    cfg = preset("fast", data_dir=str(data_dir))
+    assert cfg.augment == AugmentConfig(crop=24)
+    data = load_dataset("mnist", "val", data_dir)
+    assert trainable_augment(cfg, build_network("mnist_fast", 10, 1), data) == AugmentConfig(crop=24)
+    fixed = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10))
+    capsys.readouterr()
+    assert trainable_augment(cfg, fixed, data) == AugmentConfig(shift=2)
+    assert "takes only 28x28 inputs: training on shifts of up to 2 px of whole images instead of 24x24 " \
+        "crops" in capsys.readouterr().out
+    assert fixed.training                                          # the probe restored the mode
+    with pytest.raises(CnnkitError, match="crop 33 is larger than the 28x28 images padded by their shift 2"):
+        train(small(data_dir, augment=AugmentConfig(shift=2, crop=33)), tmp_path / "r", quiet=True)
+    assert not (tmp_path / "r").exists()
 
 
 def test_nan_loss_stops_with_a_clear_message(data_dir, tmp_path, tiny):

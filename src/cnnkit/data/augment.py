@@ -18,6 +18,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..errors import CnnkitError
+
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
@@ -26,18 +28,24 @@ def _uniform(n: int, low: float, high: float, g: torch.Generator, device) -> tor
 
 
 def random_crop(x: torch.Tensor, g: torch.Generator, padding: int = 2,
-                mode: str = "constant") -> torch.Tensor:
-    """Pad by ``padding`` pixels then crop back at a random offset: a shift of up to +-padding px."""
-    if padding <= 0:
-        return x
+                mode: str = "constant", size: int | None = None) -> torch.Tensor:
+    """Pad by ``padding`` pixels, then take a ``size`` x ``size`` window (default: the input's own
+    H x W, a shift of up to +-padding px) at a random offset per image: (N, C, size, size)."""
     n, c, h, w = x.shape
-    xp = F.pad(x, (padding,) * 4, mode=mode)                      # (N, C, H+2p, W+2p)
-    dy = torch.randint(0, 2 * padding + 1, (n,), generator=g, device=x.device)
-    dx = torch.randint(0, 2 * padding + 1, (n,), generator=g, device=x.device)
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (N, 1, H, 1)
-    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (N, 1, 1, W)
-    xp = xp.gather(2, rows.expand(n, c, h, w + 2 * padding))      # (N, C, H, W+2p)
-    return xp.gather(3, cols.expand(n, c, h, w))                  # (N, C, H, W)
+    sh, sw = (h, w) if size is None else (size, size)
+    if padding <= 0 and (sh, sw) == (h, w):
+        return x
+    if sh > h + 2 * padding or sw > w + 2 * padding:
+        raise CnnkitError(f"a random crop of {sh}x{sw} does not fit a {h}x{w} image padded by "
+                          f"{padding}; use a crop of at most {min(h, w) + 2 * padding}")
+    xp = F.pad(x, (padding,) * 4, mode=mode) if padding > 0 else x   # (N, C, H+2p, W+2p)
+    hp, wp = h + 2 * padding, w + 2 * padding
+    dy = torch.randint(0, hp - sh + 1, (n,), generator=g, device=x.device)
+    dx = torch.randint(0, wp - sw + 1, (n,), generator=g, device=x.device)
+    rows = (dy[:, None] + torch.arange(sh, device=x.device))[:, None, :, None]  # (N, 1, sh, 1)
+    cols = (dx[:, None] + torch.arange(sw, device=x.device))[:, None, None, :]  # (N, 1, 1, sw)
+    xp = xp.gather(2, rows.expand(n, c, sh, wp))                  # (N, C, sh, W+2p)
+    return xp.gather(3, cols.expand(n, c, sh, sw))                # (N, C, sh, sw)
 
 
 def affine_matrices(n: int, g: torch.Generator, device, degrees: float = 0.0,
@@ -153,6 +161,8 @@ class Compose:
 @dataclass(frozen=True)
 class AugmentConfig:
     shift: int = 0              # random crop after padding: max shift in pixels (0 = off)
+    crop: int = 0               # side of the random training window, taken after the shift's
+                                # padding (0 = the whole image); evaluation sees whole images
     degrees: float = 0.0        # max rotation, degrees
     scale: float = 0.0          # max relative zoom, e.g. 0.1 -> scale in [0.9, 1.1]
     shear: float = 0.0          # max shear, degrees
@@ -175,8 +185,8 @@ def build_augment(cfg: AugmentConfig) -> Compose:
         def _affine(x, g, c=cfg):
             return random_affine(x, g, c.degrees, (1 - c.scale, 1 + c.scale), c.shear, c.translate)
         steps.append(_affine)
-    if cfg.shift:
-        steps.append(lambda x, g, p=cfg.shift: random_crop(x, g, p))
+    if cfg.shift or cfg.crop:
+        steps.append(lambda x, g, p=cfg.shift, s=cfg.crop or None: random_crop(x, g, p, size=s))
     if cfg.flip:
         steps.append(random_flip)
     if cfg.cutout:

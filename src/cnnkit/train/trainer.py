@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from .. import engine
 from ..console import console as make_console
-from ..data.augment import build_augment
+from ..data.augment import AugmentConfig, build_augment
 from ..data.datasets import load_dataset
 from ..data.imageset import ImageSet
 from ..engine import Data, Phase, Plan, Setup
@@ -73,6 +73,7 @@ def fit(cfg: TrainConfig, out: Path, d: Dist, resume: bool = False, quiet: bool 
     """One model: the config as a classification task and a one-phase plan, run by the engine."""
     train_set, val_set = load_splits(cfg, d.device)
     model = build_classifier(cfg, train_set).to(d.device, memory_format=_fmt(cfg))
+    cfg = replace(cfg, augment=trainable_augment(cfg, model.net, train_set, quiet or not d.main))
     task = ClassifyTask(cfg.batch_size, build_augment(cfg.augment), cfg.label_smoothing,
                         cfg.channels_last, eval_batch_size=cfg.eval_batch_size, val_name=_val_label(cfg),
                         info=_info(cfg, train_set))
@@ -86,6 +87,31 @@ def fit(cfg: TrainConfig, out: Path, d: Dist, resume: bool = False, quiet: bool 
         f"done: {_val_label(cfg)} acc {final:.2%}{' (with TTA)' if run.model.tta else ''} in "
         f"{run.seconds:.1f} s -> {out}  (test with `cnnkit eval {out}`)")
     return TrainResult(out, run.history, final, run.seconds, run.images)
+
+
+def trainable_augment(cfg: TrainConfig, net: nn.Module, data: ImageSet, quiet: bool = False) -> AugmentConfig:
+    """``cfg.augment``, unless its random window (``crop``) differs from the images' size and the
+    network takes only that size (a Flatten into a Linear): then the same shifts of whole images
+    (as many offsets: ``shift`` = (side + 2 * shift - crop) / 2), said in one line."""
+    a, (c, h, w) = cfg.augment, data.image_shape
+    if not a.crop or a.crop == h == w:
+        return a
+    if a.crop > min(h, w) + 2 * a.shift:
+        raise CnnkitError(f"the augmentation's crop {a.crop} is larger than the {h}x{w} images padded "
+                          f"by their shift {a.shift}; use a crop of at most {min(h, w) + 2 * a.shift}")
+    probe = torch.zeros(2, c, a.crop, a.crop, device=data.images.device).contiguous(memory_format=_fmt(cfg))
+    was = net.training
+    try:
+        with torch.no_grad():
+            net.eval()(probe)
+        return a
+    except Exception:                      # any failure at that size: the net takes only its own
+        shift = (min(h, w) + 2 * a.shift - a.crop) // 2
+        make_console(quiet=quiet).print(f"{cfg.model} takes only {h}x{w} inputs: training on shifts of "
+                                        f"up to {shift} px of whole images instead of {a.crop}x{a.crop} crops")
+        return replace(a, crop=0, shift=shift)
+    finally:
+        net.train(was)
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
