@@ -14,7 +14,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import CnnkitError
 from ._common import Classifier, check_args as _check_args
 from ._registry import register_model
 
@@ -111,10 +110,7 @@ class GoogLeNet(Classifier):
     def __init__(self, num_classes: int = 1000, in_channels: int = 3, transform_input: bool = False,
                  dropout: float = 0.2) -> None:
         super().__init__()
-        _check_args(num_classes, in_channels)
-        if transform_input and in_channels != 3:
-            raise CnnkitError(f"transform_input re-normalises 3 RGB channels; received: in_channels={in_channels}; "
-                              f"use transform_input=False")
+        _check_args(num_classes, in_channels, transform_input)
         self.transform_input = transform_input
 
         self.conv1 = BasicConv2d(in_channels, 64, kernel_size=7, stride=2, padding=3)

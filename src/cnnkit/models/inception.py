@@ -14,7 +14,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import CnnkitError
 from ._common import Classifier, check_args as _check_args
 from ._registry import register_model
 from .googlenet import BasicConv2d, _classifier, _trunc_normal, inception_input_transform
@@ -174,10 +173,7 @@ class Inception3(Classifier):
     def __init__(self, num_classes: int = 1000, in_channels: int = 3, transform_input: bool = False,
                  dropout: float = 0.5) -> None:
         super().__init__()
-        _check_args(num_classes, in_channels)
-        if transform_input and in_channels != 3:
-            raise CnnkitError(f"transform_input re-scales 3 RGB channels; received: in_channels={in_channels}; "
-                              f"use transform_input=False")
+        _check_args(num_classes, in_channels, transform_input)
         self.transform_input = transform_input
         self.Conv2d_1a_3x3 = BasicConv2d(in_channels, 32, kernel_size=3, stride=2)
         self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
