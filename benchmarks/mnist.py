@@ -9,10 +9,10 @@
     python benchmarks/mnist.py --presets fast --seeds 3 --no-baseline --precisions fp32 bf16   # bf16 parity
 
 For each preset: training wall time, test accuracy (the test set is only reported, never used to
-choose), training images/s, the model's forward MACs per training image (at the size it trains on: `fast`'s
-24x24 windows), and the achieved GFLOP/s of the training step (6 x MACs x images/s: forward + two backward matmuls) against this machine's measured
-fp32 matmul GFLOP/s at the same thread count -- the physical ceiling -- and, per row, the fraction of
-the convolution ceiling of the precision it trained in (fp32 and bf16 matmul and the issue's 64->64
+choose), training images/s, the model's forward MACs per training image (at the size it trains
+on: `fast`'s 24x24 windows), and the achieved GFLOP/s of the training step (6 x MACs x images/s:
+forward + two backward matmuls) against this machine's measured fp32 matmul GFLOP/s at the same
+thread count -- the physical ceiling -- and, per row, the fraction of the convolution ceiling of the precision it trained in (fp32 and bf16 matmul and the issue's 64->64
 3x3 convolution are measured first; the report says whether this CPU has native bf16). The baseline is the notes'
 network trained the notes' way: Nadam (lr 1e-3), batch 32, 10 epochs, no augmentation; with
 ``--keras`` the same network and settings in Keras (`benchmarks/keras_mnist.py`, run by a Python that
@@ -227,7 +227,7 @@ def run_one(name: str, cfg: TrainConfig, test, workdir: Path, console: Console) 
     rows = []
     for i, member in enumerate(members):
         model = cnnkit.load(member.out)
-        crop = read_info(member.out)["config"]["augment"]["crop"]   # the size trained on (fast: 24x24)
+        crop = read_info(member.out)["config"]["augment"].get("crop", 0)   # the size trained on (fast: 24x24)
         size = (model.input_size[0], crop, crop) if crop else model.input_size
         acc = evaluate(model, test).accuracy
         rows.append(dict(name=name, seed=cfg.seed + i, train_s=member.seconds, wall_s=wall, test_acc=acc,
