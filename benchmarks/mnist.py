@@ -9,14 +9,15 @@
     python benchmarks/mnist.py --presets fast --seeds 3 --no-baseline --precisions fp32 bf16   # bf16 parity
 
 For each preset: training wall time, test accuracy (the test set is only reported, never used to
-choose), training images/s, the model's forward MACs per training image (at the size it trains
-on: `fast`'s 24x24 windows), and the achieved GFLOP/s of the training step (6 x MACs x images/s:
-forward + two backward matmuls) against this machine's measured fp32 matmul GFLOP/s at the same
-thread count -- the physical ceiling -- and, per row, the fraction of the convolution ceiling of the precision it trained in (fp32 and bf16 matmul and the issue's 64->64
-3x3 convolution are measured first; the report says whether this CPU has native bf16). The baseline is the notes'
-network trained the notes' way: Nadam (lr 1e-3), batch 32, 10 epochs, no augmentation; with
-``--keras`` the same network and settings in Keras (`benchmarks/keras_mnist.py`, run by a Python that
-has TensorFlow, in its own process right after cnnkit's) and the ratio of the two images/s.
+choose), training images/s, the model's forward MACs per training image (at the size it trains on:
+`fast`'s 24x24 windows), and the achieved GFLOP/s of the training step (6 x MACs x images/s: forward
++ two backward matmuls) against this machine's measured fp32 matmul GFLOP/s at the same thread count
+-- the physical ceiling -- and, per row, the fraction of the convolution ceiling of the precision it
+trained in (fp32 and bf16 matmul and the issue's 64->64 3x3 convolution are measured first; the
+report says whether this CPU has native bf16). The baseline is the notes' network trained the notes'
+way: Nadam (lr 1e-3), batch 32, 10 epochs, no augmentation; with ``--keras`` the same network and
+settings in Keras (`benchmarks/keras_mnist.py`, run by a Python that has TensorFlow, in its own
+process right after cnnkit's) and the ratio of the two images/s.
 """
 
 from __future__ import annotations
