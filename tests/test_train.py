@@ -9,9 +9,9 @@ from safetensors.torch import load_file
 
 import cnnkit
 from cnnkit.cli import main
+from cnnkit.data.augment import AugmentConfig
 from cnnkit.data.datasets import load_dataset
 from cnnkit.errors import CnnkitError
-from cnnkit.data.augment import AugmentConfig
 from cnnkit.train.config import preset
 from cnnkit.train.evaluate import evaluate
 from cnnkit.train.trainer import train
