@@ -9,6 +9,8 @@ this scores, for each trained run given, the same images seen as:
 - ``center``: the central window of the training size;
 - ``windows``: every window offset, at most 5 per axis (25 views for 24 of 28).
 
+The shift TTA is the library's own (``cnnkit.train.checkpoint.tta_logits``).
+
 It prints each run's errors, their mean accuracy and the errors of the runs' averaged
 probabilities (an ensemble). Choose on ``--split val``; report ``test``.
 
@@ -19,13 +21,14 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Callable
 
 import torch
 
 import cnnkit
 from cnnkit.data.datasets import load_dataset
 from cnnkit.engine.precision import cpu_name
-from cnnkit.train.checkpoint import read_info
+from cnnkit.train.checkpoint import read_info, tta_logits
 
 
 def offsets(free: int, most: int = 5) -> list[int]:
@@ -34,21 +37,29 @@ def offsets(free: int, most: int = 5) -> list[int]:
     return sorted({round(i * free / max(1, n - 1)) for i in range(n)})
 
 
-def views(x: torch.Tensor, window: int) -> dict[str, list[torch.Tensor]]:
-    h, w = x.shape[-2:]
-    pad = torch.nn.functional.pad(x, (1, 1, 1, 1))
-    shift = [x] + [pad[..., 1 + dy:1 + dy + h, 1 + dx:1 + dx + w] for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1))]
-    cut = lambda dy, dx: x[..., dy:dy + window, dx:dx + window].contiguous(memory_format=torch.channels_last)
-    return {"whole": [x], "shift": shift, "center": [cut((h - window) // 2, (w - window) // 2)],
-            "windows": [cut(dy, dx) for dy in offsets(h - window) for dx in offsets(w - window)]}
+def window_views(z: torch.Tensor, window: int, every: bool) -> list[torch.Tensor]:
+    """The central ``window`` x ``window`` window of the batch, or (``every``) all offsets."""
+    h, w = z.shape[-2:]
+    at = [(dy, dx) for dy in offsets(h - window) for dx in offsets(w - window)] if every else \
+        [((h - window) // 2, (w - window) // 2)]
+    return [z[..., dy:dy + window, dx:dx + window].contiguous(memory_format=torch.channels_last)
+            for dy, dx in at]
+
+
+def schemes(window: int) -> dict[str, Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]]:
+    """name -> (bare net, normalised batch) -> the views' averaged probabilities."""
+    crops = lambda every: lambda net, z: torch.stack(
+        [net(v).float().softmax(1) for v in window_views(z, window, every)]).mean(0)
+    return {"whole": lambda net, z: tta_logits(net, z, "").exp(),
+            "shift": lambda net, z: tta_logits(net, z, "shift").exp(),    # the presets' TTA
+            "center": crops(False), "windows": crops(True)}
 
 
 @torch.no_grad()
-def probabilities(model, images: list[torch.Tensor], batch: int = 1000) -> torch.Tensor:
-    """The views' softmax averaged, through the bare net (the Classifier's normalisation applied)."""
-    per_view = [torch.cat([model.net((v[i:i + batch] - model.mean) / model.std).float().softmax(1)
-                           for i in range(0, len(v), batch)]) for v in images]
-    return torch.stack(per_view).mean(0)
+def probabilities(model, x: torch.Tensor, scheme, batch: int = 1000) -> torch.Tensor:
+    """A scheme's probabilities for every image of ``x``, after the Classifier's normalisation."""
+    return torch.cat([scheme(model.net, (x[i:i + batch] - model.mean) / model.std)
+                      for i in range(0, len(x), batch)])
 
 
 def main() -> None:
@@ -63,16 +74,16 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"CPU: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    first = read_info(args.runs[0])
-    data = load_dataset(first["dataset"]["name"], args.split, args.data_dir)
+    infos = [read_info(run) for run in args.runs]
+    data = load_dataset(infos[0]["dataset"]["name"], args.split, args.data_dir)
     x = data.images.float().div(255).contiguous(memory_format=torch.channels_last)
     errors: dict[str, list[int]] = {}
     summed: dict[str, torch.Tensor] = {}
-    for run in args.runs:
-        window = args.window or read_info(run)["config"]["augment"].get("crop", 0) or x.shape[-1]
+    for run, info in zip(args.runs, infos):
+        window = args.window or info["config"]["augment"].get("crop", 0) or x.shape[-1]
         model = cnnkit.load(run)
-        for name, images in views(x, window).items():
-            p = probabilities(model, images)
+        for name, scheme in schemes(window).items():
+            p = probabilities(model, x, scheme)
             summed[name] = summed.get(name, 0) + p
             errors.setdefault(name, []).append(int((p.argmax(1) != data.labels).sum()))
         print(f"{run}: trained on {window}x{window} windows")
@@ -80,7 +91,7 @@ def main() -> None:
     print(f"{args.split} ({n} images) | view | errors per run | mean accuracy | ensemble errors")
     for name, errs in errors.items():
         ensemble = int((summed[name].argmax(1) != data.labels).sum())
-        print(f"| {name} ({len(views(x[:1], window)[name])} views) | {errs} | "
+        print(f"| {name} | {errs} | "
               f"{1 - sum(errs) / len(errs) / n:.2%} | {ensemble} |")
 
 
