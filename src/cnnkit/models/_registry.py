@@ -22,13 +22,14 @@ class ModelInfo:
     input_size: tuple[int, ...]  # default input, channels first, e.g. (3, 224, 224)
     paper: str                   # short citation shown by `cnnkit zoo`
     family: str                  # e.g. "resnet"; groups the zoo table
+    task: str = "classify"       # what the network's output means: classify | detect | segment | ...
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
 def register_model(name: str | None = None, *, input_size=(3, 224, 224), paper: str = "",
-                   family: str = ""):
+                   family: str = "", task: str = "classify"):
     """Decorator: register a builder ``fn(num_classes=..., in_channels=..., **kw) -> nn.Module``.
 
     Registering the same name twice is a bug and fails loudly.
@@ -38,16 +39,17 @@ def register_model(name: str | None = None, *, input_size=(3, 224, 224), paper: 
         key = name or fn.__name__
         if key in _REGISTRY:
             raise RuntimeError(f"model {key!r} is registered twice")
-        _REGISTRY[key] = ModelInfo(key, fn, tuple(input_size), paper, family or fn.__module__.rsplit(".", 1)[-1])
+        _REGISTRY[key] = ModelInfo(key, fn, tuple(input_size), paper,
+                                   family or fn.__module__.rsplit(".", 1)[-1], task)
         return fn
 
     return wrap
 
 
-def list_models() -> list[str]:
-    """Names of every registered model, sorted."""
+def list_models(task: str | None = None) -> list[str]:
+    """Names of every registered model (of one ``task`` when given), sorted."""
     _import_all()
-    return sorted(_REGISTRY)
+    return sorted(k for k, info in _REGISTRY.items() if task is None or info.task == task)
 
 
 def model_info(name: str) -> ModelInfo:
