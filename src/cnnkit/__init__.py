@@ -15,7 +15,7 @@ value, or a missing, damaged or crafted file.
 
 from importlib import import_module
 
-from .errors import CnnkitError
+from cnnkit.errors import CnnkitError
 
 __version__ = "0.1.0"
 

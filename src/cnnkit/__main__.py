@@ -2,6 +2,6 @@
 
 import sys
 
-from .cli import main
+from cnnkit.cli import main
 
 sys.exit(main())

@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .errors import CnnkitError
+from cnnkit.errors import CnnkitError
 
 _CHUNK = 1 << 20
 

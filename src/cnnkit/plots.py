@@ -21,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.gridspec import GridSpec
 
-from .errors import CnnkitError
+from cnnkit.errors import CnnkitError
 
 DPI = 100
 
@@ -258,7 +258,7 @@ def errors_gallery(images, labels, probs, classes: Sequence[str] | None, path=No
         images: (N, C, H, W) uint8 or float images; labels: (N,) true classes;
         probs: (N, K) class probabilities (softmax of the logits).
     """
-    from .explain.mistakes import most_confident_errors
+    from cnnkit.explain.mistakes import most_confident_errors
 
     probs_t = torch.as_tensor(_numpy(probs))
     labels_t = torch.as_tensor(_numpy(labels)).long()

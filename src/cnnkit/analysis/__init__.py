@@ -4,7 +4,7 @@ inference and of a training step, exactly as PyTorch allocates it, with the text
 Record (``trace``, ``backend``) -> aggregate (``summary``, ``textbook``, ``fit``) -> format (``report``).
 """
 
-from .fit import fit
-from .summary import Summary, summary
+from cnnkit.analysis.fit import fit
+from cnnkit.analysis.summary import Summary, summary
 
 __all__ = ["Summary", "fit", "summary"]

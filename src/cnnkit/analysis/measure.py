@@ -14,8 +14,8 @@ import torch.nn as nn
 from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
-from .backend import quiet_stderr
-from .trace import make_optimizer, training_step
+from cnnkit.analysis.backend import quiet_stderr
+from cnnkit.analysis.trace import make_optimizer, training_step
 
 
 def _resident_bytes(tensors) -> int:

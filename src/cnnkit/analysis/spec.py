@@ -28,9 +28,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import layers as L
-from ..errors import CnnkitError, check_fits
-from .target import parse_input_size
+from cnnkit import layers as L
+from cnnkit.errors import CnnkitError, check_fits
+from cnnkit.analysis.target import parse_input_size
 
 _ACTIVATIONS = {
     None: None, "linear": None, "relu": F.relu, "relu6": F.relu6, "sigmoid": torch.sigmoid,

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from ..errors import CnnkitError
-from . import backend
-from .target import parse_input_size, resolve_target
-from .textbook import textbook_memory
-from .trace import trace
+from cnnkit.errors import CnnkitError
+from cnnkit.analysis import backend
+from cnnkit.analysis.target import parse_input_size, resolve_target
+from cnnkit.analysis.textbook import textbook_memory
+from cnnkit.analysis.trace import trace
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 OPTIMIZERS = ("none", "sgd", "momentum", "adam", "adamw")
@@ -47,12 +47,12 @@ class Summary:
         }
 
     def __str__(self) -> str:
-        from .report import render_text
+        from cnnkit.analysis.report import render_text
 
         return render_text(self)
 
     def __rich_console__(self, console, options):
-        from .report import renderables
+        from cnnkit.analysis.report import renderables
 
         yield from renderables(self)
 
@@ -164,7 +164,7 @@ def _failing_layer(model: nn.Module, shape):
     """Re-run on meta with hooks to find the innermost module whose forward raised."""
     from torch.func import functional_call
 
-    from .trace import meta_state
+    from cnnkit.analysis.trace import meta_state
 
     found = []
     handles = []

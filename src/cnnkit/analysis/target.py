@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from ..errors import CnnkitError
+from cnnkit.errors import CnnkitError
 
 
 def parse_input_size(text) -> tuple[int, ...]:
@@ -42,7 +42,7 @@ def resolve_target(target) -> tuple[nn.Module, tuple[int, ...] | None, str]:
     text = str(target)
     path = Path(text)
     if path.suffix.lower() in (".yaml", ".yml", ".json"):
-        from .spec import build_from_spec
+        from cnnkit.analysis.spec import build_from_spec
 
         model, input_size = build_from_spec(path)
         return model, input_size, path.stem
@@ -51,7 +51,7 @@ def resolve_target(target) -> tuple[nn.Module, tuple[int, ...] | None, str]:
         return load_factory(Path(m["file"]), m["fn"]), None, f"{Path(m['file']).stem}:{m['fn']}"
     if text.endswith(".py"):
         raise CnnkitError(f"name the factory function too: {text}:FUNCTION (a function returning an nn.Module)")
-    from ..models import create_model, model_info
+    from cnnkit.models import create_model, model_info
 
     info = model_info(text)  # raises with close matches for an unknown name
     return create_model(text), info.input_size, text

@@ -8,10 +8,10 @@ same backend model (oneDNN's buffers inside convolutions) and the same peak as `
 
 from __future__ import annotations
 
-from . import backend
-from .summary import DTYPES, OPTIMIZERS
-from .target import parse_input_size, resolve_target
-from .trace import trace
+from cnnkit.analysis import backend
+from cnnkit.analysis.summary import DTYPES, OPTIMIZERS
+from cnnkit.analysis.target import parse_input_size, resolve_target
+from cnnkit.analysis.trace import trace
 
 RUNNING = "running op: outputs + workspace"   # the breakdown's own name for what the op adds
 PHASES = ("forward", "loss", "backward", "optimizer")
@@ -74,7 +74,7 @@ def memory_timeline(target, input_size=None, batch_size: int = 1, dtype: str = "
     ``baseline`` (bytes live before the step), and ``peak`` (``index``, ``bytes``, ``op``, ``phase``,
     ``layer``, ``breakdown``: exactly ``training_peak_bytes`` / ``training_breakdown`` of the summary).
     """
-    from ..errors import CnnkitError
+    from cnnkit.errors import CnnkitError
 
     if dtype not in DTYPES:
         raise CnnkitError(f"--dtype must be one of {', '.join(DTYPES)}; received: {dtype!r}")

@@ -11,7 +11,7 @@ import argparse
 import sys
 from importlib import import_module
 
-from ..errors import CnnkitError, disk_full, is_disk_full, is_out_of_memory, out_of_memory
+from cnnkit.errors import CnnkitError, disk_full, is_disk_full, is_out_of_memory, out_of_memory
 
 # sub-modules of cnnkit.cli, in the order their commands appear in --help
 _COMMAND_MODULES = ["summary", "zoo", "train", "explain", "transfer", "detect", "segment", "instance", "serve"]
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convolutional neural networks, exact and fast: analyse, build, train, "
         "transfer and explain CNNs.",
     )
-    from .. import __version__
+    from cnnkit import __version__
 
     parser.add_argument("--version", action="version", version=f"cnnkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from ..errors import CnnkitError
+from cnnkit.errors import CnnkitError
 
 
 def register(subparsers) -> None:
@@ -81,7 +81,7 @@ def config_args(args, *extra: str) -> dict:
 
 
 def run_train(args) -> int:
-    from ..tasks.detect import DetectConfig, train
+    from cnnkit.tasks.detect import DetectConfig, train
 
     given = config_args(args)
     if args.data not in ("pennfudan", "digits"):
@@ -99,7 +99,7 @@ def start_run(args, cfg, train, kind: str) -> int:
 
 
 def run_eval(args) -> int:
-    from ..tasks.detect import evaluate_run
+    from cnnkit.tasks.detect import evaluate_run
 
     m = evaluate_run(args.run, args.data_dir)
     if args.format == "json":
@@ -113,9 +113,9 @@ def run_eval(args) -> int:
 
 
 def run_predict(args) -> int:
-    from ..data.detection import read_image
-    from ..tasks.detect import draw_detections, load_detector, predict_images
-    from ..train.checkpoint import resolve
+    from cnnkit.data.detection import read_image
+    from cnnkit.tasks.detect import draw_detections, load_detector, predict_images
+    from cnnkit.train.checkpoint import resolve
 
     model = load_detector(args.run)
     size = model.info["input_size"][-1]

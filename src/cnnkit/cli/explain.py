@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import CnnkitError
-from . import add_trust_code, existing_data_dir, trust
+from cnnkit.errors import CnnkitError
+from cnnkit.cli import add_trust_code, existing_data_dir, trust
 
 METHODS = ["featuremaps", "filters", "patterns", "gradcam", "saliency"]
 
@@ -48,10 +48,10 @@ def register(subparsers) -> None:
 
 
 def run_explain(args) -> int:
-    from .. import plots
-    from ..explain import feature_maps, filter_patterns, filters, grad_cam, layer_names, saliency
-    from ..explain.hooks import default_cam_layer, is_conv
-    from ..explain.target import load_explainable, read_image
+    from cnnkit import plots
+    from cnnkit.explain import feature_maps, filter_patterns, filters, grad_cam, layer_names, saliency
+    from cnnkit.explain.hooks import default_cam_layer, is_conv
+    from cnnkit.explain.target import load_explainable, read_image
 
     target = load_explainable(args.model, weights=args.weights, imagenet_norm=args.imagenet_norm,
                               factory=args.trust_code)
@@ -108,7 +108,7 @@ def run_explain(args) -> int:
 
 
 def run_plot(args) -> int:
-    from ..explain.run import plot_run
+    from cnnkit.explain.run import plot_run
 
     existing_data_dir(args.data_dir)
     if args.max_images < 1:

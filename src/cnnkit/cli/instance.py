@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .detect import add_eval_predict, add_train_args, config_args, start_run
+from cnnkit.cli.detect import add_eval_predict, add_train_args, config_args, start_run
 
 
 def register(subparsers) -> None:
@@ -29,14 +29,14 @@ def register(subparsers) -> None:
 
 
 def run_train(args) -> int:
-    from ..tasks.instance import InstanceConfig, train
+    from cnnkit.tasks.instance import InstanceConfig, train
 
     cfg = InstanceConfig(**config_args(args, "mask_convs", "mask_width", "roi_jitter"))
     return start_run(args, cfg, train, "instance")
 
 
 def run_eval(args) -> int:
-    from ..tasks.instance import evaluate_run
+    from cnnkit.tasks.instance import evaluate_run
 
     m = evaluate_run(args.run, args.data_dir)
     if args.format == "json":
@@ -48,8 +48,8 @@ def run_eval(args) -> int:
 
 
 def run_predict(args) -> int:
-    from ..tasks.instance import load_mask_detector, predict_files
-    from ..train.checkpoint import resolve
+    from cnnkit.tasks.instance import load_mask_detector, predict_files
+    from cnnkit.train.checkpoint import resolve
 
     model = load_mask_detector(args.run)
     out_dir = Path(args.out_dir) if args.out_dir else resolve(args.run).parent / "predictions"

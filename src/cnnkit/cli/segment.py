@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import CnnkitError
+from cnnkit.errors import CnnkitError
 
 
 def register(subparsers) -> None:
@@ -63,7 +63,7 @@ def register(subparsers) -> None:
 def run_train(args) -> int:
     import time
 
-    from ..tasks.segment import SegmentConfig, train
+    from cnnkit.tasks.segment import SegmentConfig, train
 
     data = args.data if args.data in ("pennfudan", "digits") else str(Path(args.data).expanduser().resolve())
     cfg = SegmentConfig(data=data, data_dir=str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None,
@@ -87,7 +87,7 @@ def run_train(args) -> int:
 
 
 def run_eval(args) -> int:
-    from ..tasks.segment import evaluate_run
+    from cnnkit.tasks.segment import evaluate_run
 
     out = evaluate_run(args.run, args.split, args.data_dir, args.tta, args.test_scale)
     if args.format == "json":
@@ -101,8 +101,8 @@ def run_eval(args) -> int:
 
 
 def run_predict(args) -> int:
-    from ..data.segmentation import read_image
-    from ..tasks.segment import load_segmenter, predict_image, write_prediction
+    from cnnkit.data.segmentation import read_image
+    from cnnkit.tasks.segment import load_segmenter, predict_image, write_prediction
 
     model = load_segmenter(args.run)
     max_side = model.info.get("config", {}).get("max_side")

@@ -17,7 +17,7 @@ def register(subparsers) -> None:
 
 
 def run_serve(args) -> int:
-    from ..serve import serve
+    from cnnkit.serve import serve
 
     serve(args.runs, args.host, args.port)
     return 0

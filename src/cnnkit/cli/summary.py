@@ -42,8 +42,8 @@ def register(subparsers) -> None:
 
 
 def run_summary(args) -> int:
-    from ..analysis import summary
-    from ..analysis.report import render_csv, render_json
+    from cnnkit.analysis import summary
+    from cnnkit.analysis.report import render_csv, render_json
 
     s = summary(args.target, input_size=args.input, batch_size=args.batch, dtype=args.dtype,
                 optimizer=args.optimizer, device=args.device)
@@ -52,16 +52,16 @@ def run_summary(args) -> int:
     elif args.format == "csv":
         print(render_csv(s), end="")
     else:
-        from ..console import console
+        from cnnkit.console import console
 
         console(min_width=120).print(s)
     return 0
 
 
 def run_fit(args) -> int:
-    from ..analysis import fit
-    from ..analysis.report import human_bytes
-    from ..errors import CnnkitError
+    from cnnkit.analysis import fit
+    from cnnkit.analysis.report import human_bytes
+    from cnnkit.errors import CnnkitError
 
     if args.batch is not None and args.batch < 1:
         raise CnnkitError(f"--batch must be a positive integer; received: {args.batch}")

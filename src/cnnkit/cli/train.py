@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import CnnkitError
-from . import add_trust_code, existing_data_dir, trust
+from cnnkit.errors import CnnkitError
+from cnnkit.cli import add_trust_code, existing_data_dir, trust
 
 
 def register(subparsers) -> None:
@@ -82,8 +82,8 @@ def register(subparsers) -> None:
 
 
 def run_train(args) -> int:
-    from ..train.config import preset
-    from ..train.trainer import train
+    from cnnkit.train.config import preset
+    from cnnkit.train.trainer import train
 
     if args.ensemble is not None and args.ensemble < 1:
         raise CnnkitError(f"--ensemble must be a positive integer; received {args.ensemble}")
@@ -116,12 +116,12 @@ def run_train(args) -> int:
 
 
 def run_eval(args) -> int:
-    from ..console import console
+    from cnnkit.console import console
     from rich.table import Table
 
-    from ..data.datasets import load_dataset
-    from ..train.checkpoint import load, resolve
-    from ..train.evaluate import evaluate
+    from cnnkit.data.datasets import load_dataset
+    from cnnkit.train.checkpoint import load, resolve
+    from cnnkit.train.evaluate import evaluate
 
     existing_data_dir(args.data_dir)
     model = load(args.checkpoint, **trust(args))
@@ -132,7 +132,7 @@ def run_eval(args) -> int:
         # `cnnkit finetune`: its image folder, split and cropped the way it was trained on
         import warnings
 
-        from ..data.imagefolder import load_image_folder
+        from cnnkit.data.imagefolder import load_image_folder
 
         with warnings.catch_warnings():            # skipped files were reported when it trained
             warnings.simplefilter("ignore")
@@ -157,7 +157,7 @@ def run_eval(args) -> int:
               "not a held-out estimate", file=sys.stderr)
     result = evaluate(model, data, precision=args.precision)
     png = Path(args.confusion) if args.confusion else resolve(args.checkpoint).parent / f"confusion_{args.split}.png"
-    from ..plots import confusion_matrix
+    from cnnkit.plots import confusion_matrix
 
     confusion_matrix(result.confusion, result.classes, png)
     if args.format == "json":
@@ -177,10 +177,10 @@ def run_eval(args) -> int:
 
 
 def run_predict(args) -> int:
-    from ..train.checkpoint import load
-    from ..train.predict import predict_files
+    from cnnkit.train.checkpoint import load
+    from cnnkit.train.predict import predict_files
 
-    from ..engine.precision import autocast
+    from cnnkit.engine.precision import autocast
 
     if args.top is not None and args.top < 1:
         raise CnnkitError(f"--top must be a positive integer; received {args.top}")
@@ -188,7 +188,7 @@ def run_predict(args) -> int:
     if not Path(args.checkpoint).exists() and "/" not in args.checkpoint and not args.checkpoint.endswith(".safetensors"):
         from functools import partial
 
-        from ..transfer.preprocess import load_photo, pretrained_classifier
+        from cnnkit.transfer.preprocess import load_photo, pretrained_classifier
 
         model = pretrained_classifier(args.checkpoint)  # a zoo name: its ImageNet weights and classes
         loader, top = partial(load_photo, pre=model.preprocess), args.top or 5

@@ -10,8 +10,8 @@ import time
 import warnings
 from pathlib import Path
 
-from ..errors import CnnkitError
-from . import add_trust_code, trust
+from cnnkit.errors import CnnkitError
+from cnnkit.cli import add_trust_code, trust
 
 
 def register(subparsers) -> None:
@@ -69,9 +69,9 @@ def register(subparsers) -> None:
 def _finetune(args: argparse.Namespace) -> int:
     import torch
 
-    from ..data.imagefolder import load_image_folder
-    from ..transfer import NOTES_AUGMENT, FinetuneConfig, Preprocess, evaluate, finetune, finetune_preprocess
-    from ..transfer.checkpoint import load_backbone, save_finetuned
+    from cnnkit.data.imagefolder import load_image_folder
+    from cnnkit.transfer import NOTES_AUGMENT, FinetuneConfig, Preprocess, evaluate, finetune, finetune_preprocess
+    from cnnkit.transfer.checkpoint import load_backbone, save_finetuned
 
     if args.resume:
         args = _resumed_args(args)
@@ -148,7 +148,7 @@ def _finetune(args: argparse.Namespace) -> int:
 
 def _resumed_args(args: argparse.Namespace) -> argparse.Namespace:
     """On --resume the run's own settings win (different ones would not continue *exactly*)."""
-    from ..train.checkpoint import resumed_config
+    from cnnkit.train.checkpoint import resumed_config
 
     if not args.out:
         raise CnnkitError("--resume needs --out RUN_FOLDER (the run to continue)")
@@ -156,7 +156,7 @@ def _resumed_args(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def _fcn(args: argparse.Namespace) -> int:
-    from ..transfer.checkpoint import convert_to_fcn
+    from cnnkit.transfer.checkpoint import convert_to_fcn
 
     path, fcn, info = convert_to_fcn(args.checkpoint, args.out, **trust(args))
     convs = sum(1 for m in fcn.modules() if type(m).__name__ == "Conv2d")

@@ -21,10 +21,10 @@ def zoo_rows(names: list[str]) -> list[dict]:
     """One dict per model: name, family, params, macs (None if the analyser cannot take its input), ..."""
     import torch
 
-    from ..analysis import summary
-    from ..errors import CnnkitError
-    from ..models import create_model, model_info
-    from ..models.weights import PRETRAINED
+    from cnnkit.analysis import summary
+    from cnnkit.errors import CnnkitError
+    from cnnkit.models import create_model, model_info
+    from cnnkit.models.weights import PRETRAINED
 
     rows = []
     for name in names:
@@ -45,8 +45,8 @@ def zoo_rows(names: list[str]) -> list[dict]:
 
 
 def run_zoo(args) -> int:
-    from ..errors import CnnkitError
-    from ..models import list_models, model_info
+    from cnnkit.errors import CnnkitError
+    from cnnkit.models import list_models, model_info
 
     names = args.names or list_models()
     for name in names:
@@ -61,7 +61,7 @@ def run_zoo(args) -> int:
     if args.format == "json":
         print(json.dumps(rows, indent=2))
         return 0
-    from ..console import console
+    from cnnkit.console import console
     from rich.table import Table
 
     table = Table(title=f"cnnkit zoo: {len(rows)} models", title_justify="left")

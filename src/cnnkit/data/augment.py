@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..errors import CnnkitError
+from cnnkit.errors import CnnkitError
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import CnnkitError
-from .idx import read_idx
-from .imageset import ImageSet
+from cnnkit.errors import CnnkitError
+from cnnkit.data.idx import read_idx
+from cnnkit.data.imageset import ImageSet
 
 SPLITS = ("train", "val", "trainval", "test")
 VAL_SIZE = 5000  # the last 5,000 training images, as in the notes
@@ -119,7 +119,7 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | 
         root = Path(name).expanduser() if name != "folder" else data_dir
         if root is None:
             raise CnnkitError("--dataset folder needs --data-dir DIR (a folder of <class>/ image folders)")
-        from .imagefolder import load_image_folder
+        from cnnkit.data.imagefolder import load_image_folder
 
         kw = dict(image_size=tuple(image_size or (224, 224)), channels=channels, seed=seed)
         if split == "trainval":                        # the folder's train and val splits, joined
@@ -154,7 +154,7 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | 
 def fetch(info: DatasetInfo, data_dir=None, download: bool = True,
           mirrors: tuple[str, ...] | None = None) -> Path:
     """Make sure every file of ``info`` is in ``<data_dir>/<folder>``; returns that folder."""
-    from ..download import download_url
+    from cnnkit.download import download_url
 
     folder = default_data_dir(data_dir) / info.folder
     missing = [f for f in info.files if not (folder / f).is_file()]
@@ -195,7 +195,7 @@ def _extract(archive: Path, names: list[str], folder: Path) -> None:
 
 def _read_cifar10(archive: Path, test: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """CIFAR-10's binary version: records of 1 label byte + 3072 pixel bytes (R, G, B planes)."""
-    from ..download import check_file
+    from cnnkit.download import check_file
 
     check_file(archive, DATASETS["cifar10"].files[archive.name])
     names = ["test_batch.bin"] if test else [f"data_batch_{i}.bin" for i in range(1, 6)]

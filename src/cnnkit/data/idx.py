@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..download import file_digest
-from ..errors import CnnkitError, memory_available
+from cnnkit.download import file_digest
+from cnnkit.errors import CnnkitError, memory_available
 
 # type byte -> big-endian numpy dtype
 _DTYPES = {

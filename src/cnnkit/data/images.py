@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import CnnkitError, is_out_of_memory, out_of_memory
+from cnnkit.errors import CnnkitError, is_out_of_memory, out_of_memory
 
 # Pillow's own decompression-bomb threshold (89.5 M pixels, ~ 0.25 GB as RGB): a header claiming
 # more is refused before a single pixel is decoded

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CnnkitError
-from .datasets import default_data_dir
+from cnnkit.errors import CnnkitError
+from cnnkit.data.datasets import default_data_dir
 
 N_TRAIN = 120
 SPLIT_SEED = 0

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import CnnkitError
-from .imagefolder import IMAGE_EXTENSIONS
-from .pennfudan import mask_path, pennfudan_root, pennfudan_split, split_names
+from cnnkit.errors import CnnkitError
+from cnnkit.data.imagefolder import IMAGE_EXTENSIONS
+from cnnkit.data.pennfudan import mask_path, pennfudan_root, pennfudan_split, split_names
 
 IGNORE_INDEX = 255
 
@@ -79,7 +79,7 @@ def pennfudan_segmentation(split: str = "train", data_dir: str | os.PathLike | N
 def digit_segmentation(split: str = "train", n: int = 1000, canvas: int = 128,
                        data_dir: str | os.PathLike | None = None, seed: int = 0, **scene_args) -> SegmentationSet:
     """``n`` digit scenes (see :func:`cnnkit.data.scenes.digit_scenes`) with 11 per-pixel classes."""
-    from .scenes import digit_scenes
+    from cnnkit.data.scenes import digit_scenes
 
     s = digit_scenes(split, n=n, canvas=canvas, data_dir=data_dir, seed=seed, **scene_args)
     return SegmentationSet(s.images, s.semantic, ["background", *s.classes], [f"scene_{i}" for i in range(n)],

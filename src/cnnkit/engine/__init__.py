@@ -6,7 +6,7 @@
 - :mod:`.distributed`, :mod:`.ema` -- processes under torchrun; weight averaging
 """
 
-from .loop import FitResult, fit
-from .task import Data, Phase, Plan, Setup, Task
+from cnnkit.engine.loop import FitResult, fit
+from cnnkit.engine.task import Data, Phase, Plan, Setup, Task
 
 __all__ = ["Data", "FitResult", "Phase", "Plan", "Setup", "Task", "fit"]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..errors import CnnkitError
+from cnnkit.errors import CnnkitError
 
 
 @dataclass(frozen=True)

@@ -27,13 +27,13 @@ import torch.nn as nn
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..console import console as make_console
-from ..errors import CnnkitError
-from ..train import checkpoint as ckpt
-from .distributed import Dist, all_sum, distributed, shard_batch
-from .ema import EMA
-from .precision import autocast, choose
-from .task import Data, Plan, Setup, Task
+from cnnkit.console import console as make_console
+from cnnkit.errors import CnnkitError
+from cnnkit.train import checkpoint as ckpt
+from cnnkit.engine.distributed import Dist, all_sum, distributed, shard_batch
+from cnnkit.engine.ema import EMA
+from cnnkit.engine.precision import autocast, choose
+from cnnkit.engine.task import Data, Plan, Setup, Task
 
 REPORT_EVERY = 20   # steps between progress updates and loss checks (each one syncs with the device)
 
@@ -233,7 +233,7 @@ def _save_run(out, task, model, deploy, optimizer, ema, gen, history, config, pr
     _save_model(out, task, deploy, history, precision)
     keys = [k for k in dict.fromkeys(k for r in history for k in r) if k not in ("lr", "seconds")]
     ckpt.write_metrics_csv(out / "metrics.csv", history, keys + ["lr", "seconds"])   # rows without validation too
-    from ..plots import training_curves
+    from cnnkit.plots import training_curves
 
     training_curves(history, out / "curves.png")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CnnkitError
+from cnnkit.errors import CnnkitError
 
 PRECISIONS = ("auto", "fp32", "bf16")
 _CPU_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}   # x86 flags; "bf16" in Arm's Features line

@@ -4,13 +4,13 @@ Each method lives in its own file over a small base (:mod:`.base`) and hooks tha
 (:mod:`.hooks`); the figures are drawn by :mod:`cnnkit.plots`.
 """
 
-from .feature_maps import feature_maps
-from .filters import filters
-from .grad_cam import grad_cam
-from .hooks import frozen, guided_relus, last_conv_layer, layer_names, recording, resolve_layer
-from .mistakes import confusion_counts, most_confident_errors
-from .patterns import filter_patterns, mean_activation
-from .saliency import saliency
+from cnnkit.explain.feature_maps import feature_maps
+from cnnkit.explain.filters import filters
+from cnnkit.explain.grad_cam import grad_cam
+from cnnkit.explain.hooks import frozen, guided_relus, last_conv_layer, layer_names, recording, resolve_layer
+from cnnkit.explain.mistakes import confusion_counts, most_confident_errors
+from cnnkit.explain.patterns import filter_patterns, mean_activation
+from cnnkit.explain.saliency import saliency
 
 __all__ = [
     "feature_maps", "filters", "filter_patterns", "mean_activation", "grad_cam", "saliency",

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..errors import CnnkitError
-from .base import as_batch, run_model
-from .hooks import frozen, is_conv, recording
+from cnnkit.errors import CnnkitError
+from cnnkit.explain.base import as_batch, run_model
+from cnnkit.explain.hooks import frozen, is_conv, recording
 
 
 def feature_maps(model: nn.Module, image: torch.Tensor, layers: list[str] | None = None) -> dict[str, torch.Tensor]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .hooks import conv_layer
+from cnnkit.explain.hooks import conv_layer
 
 
 def filters(model: nn.Module, layer: str) -> torch.Tensor:

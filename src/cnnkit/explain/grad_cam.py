@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import as_batch, forward_scores, normalise_max, selected_score, target_classes
-from .hooks import default_cam_layer, frozen, recording
+from cnnkit.explain.base import as_batch, forward_scores, normalise_max, selected_score, target_classes
+from cnnkit.explain.hooks import default_cam_layer, frozen, recording
 
 
 def grad_cam(model: nn.Module, image: torch.Tensor, target_class: int | None = None,

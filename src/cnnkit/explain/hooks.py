@@ -13,8 +13,8 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 
-from ..errors import CnnkitError
-from .base import run_model
+from cnnkit.errors import CnnkitError
+from cnnkit.explain.base import run_model
 
 _CONV = (nn.modules.conv._ConvNd,)
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..errors import CnnkitError
-from .base import model_device
-from .hooks import frozen, is_conv, resolve_layer, run_until
+from cnnkit.errors import CnnkitError
+from cnnkit.explain.base import model_device
+from cnnkit.explain.hooks import frozen, is_conv, resolve_layer, run_until
 
 
 def default_input_size(model: nn.Module, size=None) -> tuple[int, int, int]:

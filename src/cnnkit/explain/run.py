@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CnnkitError
-from .mistakes import confusion_counts
+from cnnkit.errors import CnnkitError
+from cnnkit.explain.mistakes import confusion_counts
 
 
 def read_metrics(run: str | Path) -> list[dict]:
@@ -39,15 +39,15 @@ def plot_run(run: str | Path, data_dir: str | None = None, split: str | None = N
     Returns:
         (files written, notes on what could not be drawn and why).
     """
-    from .. import plots
+    from cnnkit import plots
 
     run = Path(run)
     written = [plots.save_figure(plots.training_curves(read_metrics(run), title=f"Training curves: {run.name}"),
                                  run / "curves.png")]
     notes: list[str] = []
     try:
-        from ..data.datasets import load_dataset
-        from ..train.checkpoint import load
+        from cnnkit.data.datasets import load_dataset
+        from cnnkit.train.checkpoint import load
 
         model = load(run, trust_code=trust_code, factory=factory)
         info = getattr(model, "info", {}) or {}

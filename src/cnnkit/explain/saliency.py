@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..errors import CnnkitError
-from .base import as_batch, forward_scores, normalise_max, selected_score, target_classes
-from .hooks import frozen, guided_relus
+from cnnkit.errors import CnnkitError
+from cnnkit.explain.base import as_batch, forward_scores, normalise_max, selected_score, target_classes
+from cnnkit.explain.hooks import frozen, guided_relus
 
 METHODS = ("vanilla", "guided")
 

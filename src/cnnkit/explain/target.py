@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..data.images import read_image  # noqa: F401 -- re-exported: explain reads images with it
-from ..errors import CnnkitError, is_out_of_memory, out_of_memory
+from cnnkit.data.images import read_image  # noqa: F401 -- re-exported: explain reads images with it
+from cnnkit.errors import CnnkitError, is_out_of_memory, out_of_memory
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -42,7 +42,7 @@ class Explainable:
 
     def layer(self, name: str) -> str:
         """A user's layer name (relative to ``net``) as a name in ``model``; CnnkitError if unknown."""
-        from .hooks import resolve_layer
+        from cnnkit.explain.hooks import resolve_layer
 
         resolve_layer(self.net, name)
         return self.prefix + name
@@ -75,7 +75,7 @@ def load_explainable(source: str, weights: str | None = None, imagenet_norm: boo
     if path.exists():
         if weights:
             raise CnnkitError(f"--weights is for zoo models; {source} is a checkpoint that has its own")
-        from ..train.checkpoint import load
+        from cnnkit.train.checkpoint import load
 
         model = load(path, trust_code=factory is not None, factory=factory)
         if hasattr(model, "tta"):
@@ -83,11 +83,11 @@ def load_explainable(source: str, weights: str | None = None, imagenet_norm: boo
         info = getattr(model, "info", {}) or {}
         dark = bool(info.get("dataset", {}).get("dark_background", False))
         return Explainable(model, "net.", list(model.classes), tuple(model.input_size), dark)
-    from ..models import create_model, list_models, model_info
+    from cnnkit.models import create_model, list_models, model_info
 
     if source not in list_models():
         model_info(source)  # raises "unknown model name ..., did you mean ..."
-    from ..models.weights import PRETRAINED, imagenet_classes
+    from cnnkit.models.weights import PRETRAINED, imagenet_classes
 
     info = model_info(source)
     net = create_model(source, weights=weights).eval()

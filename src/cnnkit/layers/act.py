@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from ..errors import CnnkitError
+from cnnkit.errors import CnnkitError
 
 # Keras name -> factory. "leaky_relu" uses keras.activations.leaky_relu's slope 0.2
 # (the LeakyReLU *layer* defaults to 0.3: build nn.LeakyReLU(0.3) yourself for that).

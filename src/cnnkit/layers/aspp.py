@@ -14,9 +14,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from ..errors import CnnkitError
-from .conv_bn_act import ConvNormAct
-from .upsample import resize
+from cnnkit.errors import CnnkitError
+from cnnkit.layers.conv_bn_act import ConvNormAct
+from cnnkit.layers.upsample import resize
 
 
 class AtrousConv2d(ConvNormAct):

@@ -12,8 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import CnnkitError
-from .padding import PAD_MODES, _ntuple, is_static_pad, pad_for
+from cnnkit.errors import CnnkitError
+from cnnkit.layers.padding import PAD_MODES, _ntuple, is_static_pad, pad_for
 
 
 def resolve_padding(padding, kernel, stride, dilation, n: int):

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .act import get_activation
-from .conv_same import _DynamicPad, resolve_padding
+from cnnkit.layers.act import get_activation
+from cnnkit.layers.conv_same import _DynamicPad, resolve_padding
 
 
 class Conv2D(_DynamicPad, nn.Conv2d):

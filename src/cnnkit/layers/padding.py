@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from ..errors import CnnkitError
+from cnnkit.errors import CnnkitError
 
 PAD_MODES = ("same", "caffe", "valid")
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .padding import _ntuple, pad_for
+from cnnkit.layers.padding import _ntuple, pad_for
 
 
 class _PoolSame(nn.Module):

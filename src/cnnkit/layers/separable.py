@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .conv_same import _DynamicPad, resolve_padding
+from cnnkit.layers.conv_same import _DynamicPad, resolve_padding
 
 
 class DepthwiseConv2d(_DynamicPad, nn.Conv2d):

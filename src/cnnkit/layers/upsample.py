@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import CnnkitError
+from cnnkit.errors import CnnkitError
 
 MODES = ("nearest", "bilinear")
 

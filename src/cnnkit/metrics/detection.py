@@ -19,8 +19,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..errors import CnnkitError
-from ..ops import box_iou
+from cnnkit.errors import CnnkitError
+from cnnkit.ops import box_iou
 
 
 def _np(x, shape_tail=()) -> np.ndarray:

@@ -15,8 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import CnnkitError
-from .detection import _check, _np, coco_summary
+from cnnkit.errors import CnnkitError
+from cnnkit.metrics.detection import _check, _np, coco_summary
 
 
 def encode_masks(masks) -> list[dict]:

@@ -18,7 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..errors import CnnkitError
+from cnnkit.errors import CnnkitError
 
 IGNORE_INDEX = 255
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..errors import CnnkitError
+from cnnkit.errors import CnnkitError
 
 
 def check_args(num_classes: int, in_channels: int, transform_input: bool = False) -> None:

@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch.nn as nn
 
-from ..errors import CnnkitError
+from cnnkit.errors import CnnkitError
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def create_model(name: str, num_classes: int | None = None, in_channels: int | N
     except TypeError as exc:
         raise CnnkitError(f"model {name!r} does not take these arguments: {exc}") from None
     if weights is not None:
-        from .weights import load_weights, pretrained_url
+        from cnnkit.models.weights import load_weights, pretrained_url
 
         if weights == "imagenet":  # the reference implementation's published weights
             weights = pretrained_url(name)
@@ -94,6 +94,6 @@ def create_model(name: str, num_classes: int | None = None, in_channels: int | N
 
 
 def _import_all() -> None:
-    from . import _import_model_modules
+    from cnnkit.models import _import_model_modules
 
     _import_model_modules()

@@ -17,8 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._common import Classifier, check_args as _check_args
-from ._registry import register_model
+from cnnkit.models._common import Classifier, check_args as _check_args
+from cnnkit.models._registry import register_model
 
 
 class _DenseLayer(nn.Module):

@@ -27,8 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import CnnkitError
-from ..ops import batched_nms, box_iou_elementwise, generalized_box_iou_elementwise
+from cnnkit.errors import CnnkitError
+from cnnkit.ops import batched_nms, box_iou_elementwise, generalized_box_iou_elementwise
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -383,7 +383,7 @@ def create_detector(backbone: str, num_classes: int, weights: str | None = None,
                     separate_towers: bool = False) -> Detector:
     """A :class:`Detector` on zoo model ``backbone``'s pyramid (see ``create_features``), or on
     :class:`TinyPyramid` for ``backbone="tiny"`` (from scratch: ``weights`` must be None)."""
-    from .features import create_features
+    from cnnkit.models.features import create_features
 
     if backbone == "tiny":
         if weights is not None:
@@ -391,7 +391,7 @@ def create_detector(backbone: str, num_classes: int, weights: str | None = None,
         fx = TinyPyramid(in_channels, out_strides=tuple(out_strides))
     else:
         fx = create_features(backbone, weights=weights, out_strides=tuple(out_strides), in_channels=in_channels)
-    from .weights import weights_stats
+    from cnnkit.models.weights import weights_stats
 
     mean, std = weights_stats(backbone, weights, in_channels) or default_stats(in_channels)
     return Detector(fx, num_classes, width=width, head_convs=head_convs, mean=mean, std=std,

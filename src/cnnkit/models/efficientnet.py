@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..layers import Conv2dSame, ConvNormAct, SqueezeExcite, make_divisible
-from ._common import Classifier, PooledClassifier, check_args
-from ._registry import register_model
-from .mobilenet_v2 import init_weights
+from cnnkit.layers import Conv2dSame, ConvNormAct, SqueezeExcite, make_divisible
+from cnnkit.models._common import Classifier, PooledClassifier, check_args
+from cnnkit.models._registry import register_model
+from cnnkit.models.mobilenet_v2 import init_weights
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,9 @@ import math
 import torch
 import torch.nn as nn
 
-from ..errors import CnnkitError
-from ..layers.conv_same import resolve_padding
-from ._registry import create_model, model_info
+from cnnkit.errors import CnnkitError
+from cnnkit.layers.conv_same import resolve_padding
+from cnnkit.models._registry import create_model, model_info
 
 STRIDES = (2, 4, 8, 16, 32)
 _PROBE = 64  # side of the probe input that finds each trunk module's stride
@@ -32,13 +32,13 @@ _PROBE = 64  # side of the probe input that finds each trunk module's stride
 
 def _trunk_names(model: nn.Module) -> list[str] | None:
     """The dotted names of the modules ``forward_features`` runs in order, or None when unsupported."""
-    from .densenet import DenseNet
-    from .efficientnet import EfficientNet, EfficientNetLite
-    from .mobilenet_v1 import MobileNetV1
-    from .mobilenet_v2 import MobileNetV2
-    from .mobilenet_v3 import MobileNetV3
-    from .resnet import ResNet
-    from .vgg import VGG
+    from cnnkit.models.densenet import DenseNet
+    from cnnkit.models.efficientnet import EfficientNet, EfficientNetLite
+    from cnnkit.models.mobilenet_v1 import MobileNetV1
+    from cnnkit.models.mobilenet_v2 import MobileNetV2
+    from cnnkit.models.mobilenet_v3 import MobileNetV3
+    from cnnkit.models.resnet import ResNet
+    from cnnkit.models.vgg import VGG
 
     def children(prefix: str, drop_last: int = 0) -> list[str]:
         names = [f"{prefix}.{n}" for n, _ in model.get_submodule(prefix).named_children()]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..errors import CnnkitError
+from cnnkit.errors import CnnkitError
 
 HEAD_KINDS = ("features", "class_scores")
 

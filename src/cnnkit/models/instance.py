@@ -22,8 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import roi_align
-from .detection import Detector, decode, grid_points
+from cnnkit.ops import roi_align
+from cnnkit.models.detection import Detector, decode, grid_points
 
 ROI_SIZE = 14          # RoIAlign output side (the paper's 14 x 14)
 

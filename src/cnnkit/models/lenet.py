@@ -19,9 +19,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..errors import CnnkitError
-from ._common import Classifier, check_args
-from ._registry import register_model
+from cnnkit.errors import CnnkitError
+from cnnkit.models._common import Classifier, check_args
+from cnnkit.models._registry import register_model
 
 # Paper Table I: the S2 maps each C3 map reads. 0-5: three neighbours, 6-11: four neighbours,
 # 12-14: four non-neighbours, 15: all six.

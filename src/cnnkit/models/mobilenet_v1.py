@@ -13,9 +13,9 @@ import math
 import torch
 import torch.nn as nn
 
-from ..layers import make_divisible
-from ._common import Classifier, check_args
-from ._registry import register_model
+from cnnkit.layers import make_divisible
+from cnnkit.models._common import Classifier, check_args
+from cnnkit.models._registry import register_model
 
 # one row per stage: (output channels, repeats, stride of the first repeat) -- paper Table 1
 _STAGES = [(64, 1, 1), (128, 2, 2), (256, 2, 2), (512, 6, 2), (1024, 2, 2)]

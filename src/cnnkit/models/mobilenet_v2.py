@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..layers import ConvNormAct, make_divisible
-from ._common import PooledClassifier, check_args
-from ._registry import register_model
+from cnnkit.layers import ConvNormAct, make_divisible
+from cnnkit.models._common import PooledClassifier, check_args
+from cnnkit.models._registry import register_model
 
 # t: expansion factor, c: output channels, n: repeats, s: stride of the first repeat (paper Table 2)
 _SETTING = [

@@ -14,10 +14,10 @@ from functools import partial
 import torch
 import torch.nn as nn
 
-from ..layers import ConvNormAct, SqueezeExcite, make_divisible
-from ._common import Classifier, check_args
-from ._registry import register_model
-from .mobilenet_v2 import _linear, init_weights
+from cnnkit.layers import ConvNormAct, SqueezeExcite, make_divisible
+from cnnkit.models._common import Classifier, check_args
+from cnnkit.models._registry import register_model
+from cnnkit.models.mobilenet_v2 import _linear, init_weights
 
 _NORM = partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)
 

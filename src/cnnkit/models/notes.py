@@ -21,10 +21,10 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
-from ..errors import CnnkitError
-from ..layers import Conv2D, Dense, Dropout, Reshape
-from ._common import Classifier, check_args
-from ._registry import register_model
+from cnnkit.errors import CnnkitError
+from cnnkit.layers import Conv2D, Dense, Dropout, Reshape
+from cnnkit.models._common import Classifier, check_args
+from cnnkit.models._registry import register_model
 
 
 class KerasNet(Classifier):

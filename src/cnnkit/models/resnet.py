@@ -16,9 +16,9 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from ..errors import CnnkitError
-from ._common import Classifier, check_args as _check_args
-from ._registry import register_model
+from cnnkit.errors import CnnkitError
+from cnnkit.models._common import Classifier, check_args as _check_args
+from cnnkit.models._registry import register_model
 
 NormLayer = Callable[[int], nn.Module]
 

@@ -23,8 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import CnnkitError
-from ..layers import ASPP, BilinearConvTranspose2d, ConvNormAct, aspp_rates, resize
+from cnnkit.errors import CnnkitError
+from cnnkit.layers import ASPP, BilinearConvTranspose2d, ConvNormAct, aspp_rates, resize
 
 ARCHS = ("fcn32s", "fcn16s", "fcn8s", "unet", "deeplabv3")
 UNET_ENCODER = "unet"   # the backbone name of U-Net's own encoder
@@ -92,7 +92,7 @@ def _encoder(cfg: SegmenterConfig, out_strides, output_stride: int = 32) -> nn.M
             raise CnnkitError(f"backbone 'unet' (U-Net's own encoder) is for arch unet; {cfg.arch} needs a "
                               "zoo backbone such as resnet18 or mobilenet_v2")
         return UNetEncoder(cfg.in_channels or 3, cfg.width)
-    from .features import create_features
+    from cnnkit.models.features import create_features
 
     return create_features(cfg.backbone, weights=cfg.weights, out_strides=out_strides,
                            output_stride=output_stride, in_channels=cfg.in_channels)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..layers import SqueezeExcite, make_divisible
-from ._registry import register_model
-from .resnet import Bottleneck, ResNet
+from cnnkit.layers import SqueezeExcite, make_divisible
+from cnnkit.models._registry import register_model
+from cnnkit.models.resnet import Bottleneck, ResNet
 
 
 class SEBottleneck(Bottleneck):

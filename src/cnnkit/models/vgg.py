@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..errors import CnnkitError
-from ._common import Classifier, check_args as _check_args
-from ._registry import register_model
+from cnnkit.errors import CnnkitError
+from cnnkit.models._common import Classifier, check_args as _check_args
+from cnnkit.models._registry import register_model
 
 # variant -> layers; the letters are the paper's Table 1 columns
 CFGS: dict[str, list[int | str]] = {

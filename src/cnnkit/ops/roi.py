@@ -29,7 +29,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..errors import CnnkitError
+from cnnkit.errors import CnnkitError
 
 
 def _rois(boxes, dtype, device) -> torch.Tensor:

@@ -22,7 +22,7 @@ SVG code in ``static/common.js``: no chart library, no CDN, nothing fetched at r
 - :mod:`.server`  the HTTP handler, the routes, ``make_server`` / ``serve``
 """
 
-from .limits import Limits
-from .server import Workbench, make_server, serve
+from cnnkit.serve.limits import Limits
+from cnnkit.serve.server import Workbench, make_server, serve
 
 __all__ = ["Limits", "Workbench", "make_server", "serve"]

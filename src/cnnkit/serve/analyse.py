@@ -17,8 +17,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 import torch
 
-from ..errors import CnnkitError
-from .limits import Limits, Refused
+from cnnkit.errors import CnnkitError
+from cnnkit.serve.limits import Limits, Refused
 
 CACHE_SIZE = 32
 
@@ -57,7 +57,7 @@ def _check_numbers(obj, limits: Limits, where: str = "spec") -> None:
 
 def resolve(target, limits: Limits):
     """The request's ``target`` -> (what :func:`cnnkit.analysis.summary` takes, a cache key)."""
-    from ..models import list_models, model_info
+    from cnnkit.models import list_models, model_info
 
     if isinstance(target, str) and "\n" not in target and ":" not in target:
         name = target.strip()
@@ -79,7 +79,7 @@ def resolve(target, limits: Limits):
     _check_numbers(spec, limits)
     import json
 
-    from ..analysis.spec import build_from_spec
+    from cnnkit.analysis.spec import build_from_spec
 
     key = ("spec", json.dumps(spec, sort_keys=True, default=str))
     try:
@@ -103,9 +103,9 @@ def _int(body: dict, key: str, default, low: int, high: int):
 
 def _precheck(target, input_size, limits: Limits) -> None:
     """One meta inference pass at batch 1 (no backend): refuse what would be too big or too slow."""
-    from ..analysis.summary import DTYPES
-    from ..analysis.target import parse_input_size, resolve_target
-    from ..analysis.trace import trace
+    from cnnkit.analysis.summary import DTYPES
+    from cnnkit.analysis.target import parse_input_size, resolve_target
+    from cnnkit.analysis.trace import trace
 
     model, default, name = resolve_target(target)
     size = parse_input_size(input_size) if input_size is not None else default
@@ -152,7 +152,7 @@ class Analyser:
     def options(self, body: dict) -> dict:
         dtype = body.get("dtype", "float32")
         optimizer = body.get("optimizer", "sgd")
-        from ..analysis.summary import DTYPES, OPTIMIZERS
+        from cnnkit.analysis.summary import DTYPES, OPTIMIZERS
 
         if dtype not in DTYPES:
             raise Refused(f"dtype must be one of {', '.join(DTYPES)}; received: {dtype!r}")
@@ -162,7 +162,7 @@ class Analyser:
         if size is not None and not isinstance(size, (str, list)):
             raise Refused(f"input must look like 3x224x224; received: {size!r}")
         if size is not None:
-            from ..analysis.target import parse_input_size
+            from cnnkit.analysis.target import parse_input_size
 
             size = tuple(parse_input_size(size))
         return {"input_size": size, "batch_size": _int(body, "batch", 1, 1, self.limits.batch),
@@ -205,7 +205,7 @@ class Analyser:
 
 
 def summary_json(target, input_size, batch_size, dtype, optimizer) -> dict:
-    from ..analysis import summary
+    from cnnkit.analysis import summary
 
     s = summary(target, input_size=input_size, batch_size=batch_size, dtype=dtype, optimizer=optimizer)
     if not isinstance(target, str):
@@ -214,7 +214,7 @@ def summary_json(target, input_size, batch_size, dtype, optimizer) -> dict:
 
 
 def timeline_json(target, input_size, batch_size, dtype, optimizer, max_points: int = 800) -> dict:
-    from ..analysis.timeline import memory_timeline
+    from cnnkit.analysis.timeline import memory_timeline
 
     t = memory_timeline(target, input_size=input_size, batch_size=batch_size, dtype=dtype,
                         optimizer=optimizer, max_points=max_points)
@@ -225,7 +225,7 @@ def timeline_json(target, input_size, batch_size, dtype, optimizer, max_points: 
 
 def fit_json(body: dict, limits: Limits):
     """``cnnkit fit`` for the body's ``memory`` (e.g. "8GiB") and optional ``fit_batch``."""
-    from ..analysis import fit
+    from cnnkit.analysis import fit
 
     memory = body.get("memory", "8GiB")
     if not isinstance(memory, (str, int)):

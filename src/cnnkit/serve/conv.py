@@ -7,8 +7,8 @@ pixel at the end, bottom/right; Caffe's: at the start, top/left), the rule cnnki
 
 from __future__ import annotations
 
-from ..layers.padding import PAD_MODES, same_pad
-from .limits import Refused
+from cnnkit.layers.padding import PAD_MODES, same_pad
+from cnnkit.serve.limits import Refused
 
 MAX_SIZE = 100_000   # input length per dimension
 MAX_DRAWN = 64       # up to this size per dimension, the cells each output reads are listed

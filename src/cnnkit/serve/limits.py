@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import CnnkitError
+from cnnkit.errors import CnnkitError
 
 
 class Refused(CnnkitError):

@@ -19,8 +19,8 @@ from email.policy import HTTP
 
 import torch
 
-from ..errors import CnnkitError
-from .limits import Limits, Refused
+from cnnkit.errors import CnnkitError
+from cnnkit.serve.limits import Limits, Refused
 
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
 METHODS = ("gradcam", "saliency", "featuremaps", "filters", "patterns")
@@ -83,9 +83,9 @@ class Models:
         self.busy = threading.Lock()  # one explanation at a time: their hooks go on shared modules
 
     def get(self, name):
-        from ..explain.target import load_explainable
-        from ..models import list_models
-        from ..models.weights import installed
+        from cnnkit.explain.target import load_explainable
+        from cnnkit.models import list_models
+        from cnnkit.models.weights import installed
 
         if not isinstance(name, str) or not name:
             raise Refused("name the model: a run from /api/runs or a zoo name")
@@ -111,7 +111,7 @@ class Models:
 
 
 def _image_tensor(target, data: bytes) -> torch.Tensor:
-    from ..explain.target import read_image
+    from cnnkit.explain.target import read_image
 
     c, h, w = target.input_size
     return read_image(io.BytesIO(data), c, (h, w), target.dark_background)  # resized as `cnnkit predict` does
@@ -138,9 +138,9 @@ def top_classes(target, x: torch.Tensor, top: int = 5) -> list[dict]:
 
 def predict(models: Models, fields: dict, limits: Limits) -> dict:
     """Top classes and the Grad-CAM overlay (base64 PNG) of the upload in ``fields``."""
-    from .. import plots
-    from ..explain import grad_cam
-    from ..explain.hooks import default_cam_layer
+    from cnnkit import plots
+    from cnnkit.explain import grad_cam
+    from cnnkit.explain.hooks import default_cam_layer
 
     data = fields.get("file")
     if not isinstance(data, bytes):
@@ -160,8 +160,8 @@ def predict(models: Models, fields: dict, limits: Limits) -> dict:
 
 def conv_layers(target) -> list[str]:
     """The convolutions of the network, by the names users give (for the page's layer menu)."""
-    from ..explain import layer_names
-    from ..explain.hooks import is_conv
+    from cnnkit.explain import layer_names
+    from cnnkit.explain.hooks import is_conv
 
     return [n for n in layer_names(target.net) if is_conv(target.net.get_submodule(n))]
 
@@ -177,9 +177,9 @@ def explain(models: Models, fields: dict, limits: Limits) -> dict:
 
 
 def _explain(target, method: str, fields: dict, limits: Limits) -> dict:
-    from .. import plots
-    from ..explain import feature_maps, filter_patterns, filters, grad_cam, saliency
-    from ..explain.hooks import default_cam_layer
+    from cnnkit import plots
+    from cnnkit.explain import feature_maps, filter_patterns, filters, grad_cam, saliency
+    from cnnkit.explain.hooks import default_cam_layer
 
     data = fields.get("file")
     convs = conv_layers(target)

@@ -19,10 +19,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from ..errors import CnnkitError
-from . import analyse, conv, predict
-from .limits import Limits, Refused
-from .runs import Runs
+from cnnkit.errors import CnnkitError
+from cnnkit.serve import analyse, conv, predict
+from cnnkit.serve.limits import Limits, Refused
+from cnnkit.serve.runs import Runs
 
 STATIC = Path(__file__).with_name("static")
 # path -> (page: static/<page>.part.html is its content, static/<page>.js its script; title)
@@ -72,7 +72,7 @@ class Workbench:
 
     @staticmethod
     def _zoo() -> dict:
-        from ..models import list_models, model_info
+        from cnnkit.models import list_models, model_info
 
         return {"models": [{"name": n, "input_size": list(model_info(n).input_size or [])}
                            for n in list_models()]}

@@ -17,9 +17,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..data.imageset import ImageSet
-from ..engine.precision import autocast
-from ..train.checkpoint import Classifier
+from cnnkit.data.imageset import ImageSet
+from cnnkit.engine.precision import autocast
+from cnnkit.train.checkpoint import Classifier
 
 __all__ = ["Classifier", "ClassifyTask", "Evaluation", "Features", "evaluate", "predict_logits"]
 
@@ -94,7 +94,7 @@ class ClassifyTask:
                 "std": model.std.flatten().tolist(), "tta": model.tta}
 
     def summary(self, model: Classifier) -> str:
-        from ..analysis import summary
+        from cnnkit.analysis import summary
 
         return str(summary(model.net, input_size=model.input_size, batch_size=self.batch_size))
 

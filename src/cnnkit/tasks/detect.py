@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from ..data.detection import Detections, colour_jitter, hflip, letterbox, pad_targets, scale_jitter
-from ..errors import CnnkitError
-from ..metrics.detection import coco_evaluate, voc_evaluate
-from .classify import _Batches  # an epoch's batches made one at a time (shared with classify)
-from ..models.detection import Detector, create_detector, decode, detector_loss
+from cnnkit.data.detection import Detections, colour_jitter, hflip, letterbox, pad_targets, scale_jitter
+from cnnkit.errors import CnnkitError
+from cnnkit.metrics.detection import coco_evaluate, voc_evaluate
+from cnnkit.tasks.classify import _Batches  # an epoch's batches made one at a time (shared with classify)
+from cnnkit.models.detection import Detector, create_detector, decode, detector_loss
 
 
 @dataclass
@@ -206,7 +206,7 @@ def load_run_model(path: str | os.PathLike, task: str, what: str, build, device:
     made by ``build(info)``, its weights loaded (eval mode on ``device``; ``.info`` = metadata)."""
     from safetensors.torch import load_file
 
-    from ..train.checkpoint import read_info, resolve
+    from cnnkit.train.checkpoint import read_info, resolve
 
     file = resolve(path)
     info = read_info(file)
@@ -319,15 +319,15 @@ def load_split_data(cfg: DetectConfig, split: dict | None = None) -> tuple[Detec
     from pathlib import Path
 
     if cfg.data == "digits":
-        from ..data.scenes import digit_scenes
+        from cnnkit.data.scenes import digit_scenes
 
         tr = from_scenes(digit_scenes("train", cfg.scenes[0], cfg.image_size, cfg.data_dir, cfg.seed,
                                       digits=tuple(cfg.train_digits)))
         te = from_scenes(digit_scenes("test", cfg.scenes[1], cfg.image_size, cfg.data_dir, cfg.seed))
         split = {"train": tr.names, "test": te.names}
     else:
-        from ..data.detection import load_coco, load_pennfudan, load_yolo
-        from ..data.pennfudan import pennfudan_root, pennfudan_split, split_names
+        from cnnkit.data.detection import load_coco, load_pennfudan, load_yolo
+        from cnnkit.data.pennfudan import pennfudan_root, pennfudan_split, split_names
 
         if cfg.data == "pennfudan":
             root = pennfudan_root(cfg.data_dir)
@@ -362,9 +362,9 @@ def train(cfg: DetectConfig, out, resume: bool = False, quiet: bool = False):
 
     from rich.console import Console
 
-    from ..engine import Data, Phase, Plan, Setup, fit
-    from ..engine.distributed import distributed
-    from ..train.trainer import lr_at, make_optimizer
+    from cnnkit.engine import Data, Phase, Plan, Setup, fit
+    from cnnkit.engine.distributed import distributed
+    from cnnkit.train.trainer import lr_at, make_optimizer
 
     out = Path(out)
     cfg = run_config(cfg, out, resume, config_from_dict)
@@ -397,7 +397,7 @@ def train(cfg: DetectConfig, out, resume: bool = False, quiet: bool = False):
 
 def run_config(cfg, out, resume: bool, from_dict):
     """The config a run trains with, resolved and validated: on ``resume`` the run's own wins."""
-    from ..train.checkpoint import resumed_config
+    from cnnkit.train.checkpoint import resumed_config
 
     if resume:
         cfg = from_dict(resumed_config(out))
@@ -409,7 +409,7 @@ def run_data(cfg, out, resume: bool, d, load):
     ``out/split.json`` on resume), which rank 0 writes to the run."""
     import json
 
-    from ..train.checkpoint import atomic_write_bytes
+    from cnnkit.train.checkpoint import atomic_write_bytes
 
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     split = json.loads((out / "split.json").read_text()) if resume and (out / "split.json").is_file() else None
@@ -446,7 +446,7 @@ def evaluate_run(run, data_dir: str | None = None) -> dict:
     import json
     from pathlib import Path
 
-    from ..train.checkpoint import resolve
+    from cnnkit.train.checkpoint import resolve
 
     model = load_detector(run)
     cfg = config_from_dict(model.info["config"])

@@ -22,13 +22,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..data.detection import colour_jitter, hflip, letterbox, pad_targets, scale_jitter
-from ..errors import CnnkitError
-from ..metrics.detection import coco_evaluate
-from ..metrics.instance import mask_evaluate
-from ..models.instance import MaskDetector, paste_masks
-from ..ops import box_iou_elementwise, roi_align
-from .detect import (DetectConfig, DetectionSet, DetectTask, build_detector, draw_detections, load_run_model,
+from cnnkit.data.detection import colour_jitter, hflip, letterbox, pad_targets, scale_jitter
+from cnnkit.errors import CnnkitError
+from cnnkit.metrics.detection import coco_evaluate
+from cnnkit.metrics.instance import mask_evaluate
+from cnnkit.models.instance import MaskDetector, paste_masks
+from cnnkit.ops import box_iou_elementwise, roi_align
+from cnnkit.tasks.detect import (DetectConfig, DetectionSet, DetectTask, build_detector, draw_detections, load_run_model,
                      new_detector)
 
 MASK_SIZE = 28
@@ -283,7 +283,7 @@ class InstanceConfig(DetectConfig):
 def frozen_stem(features: nn.Module, stride: int) -> list[nn.Module]:
     """The trunk modules of a :func:`~cnnkit.models.features.create_features` pyramid whose output stride
     is at most ``stride`` (the stem and the stride-4 blocks for 4): what fine-tuning keeps frozen."""
-    from ..models.features import _probe   # each trunk module's output stride, by a 64x64 probe
+    from cnnkit.models.features import _probe   # each trunk module's output stride, by a 64x64 probe
 
     trunk = getattr(features, "_trunk", None)
     if stride < 2 or trunk is None:
@@ -303,7 +303,7 @@ def config_from_dict(d: dict) -> InstanceConfig:
 def load_instance_data(cfg: InstanceConfig, split: dict | None = None) -> tuple[InstanceSet, InstanceSet, dict]:
     """(train, test, split) of a resolved config: Penn-Fudan's instances on its fixed split, or digit scenes."""
     if cfg.data == "digits":
-        from ..data.scenes import digit_scenes
+        from cnnkit.data.scenes import digit_scenes
 
         sets = []
         for part, n in zip(("train", "test"), cfg.scenes):
@@ -313,8 +313,8 @@ def load_instance_data(cfg: InstanceConfig, split: dict | None = None) -> tuple[
         tr, te = sets
         split = {"train": tr.names, "test": te.names}
     elif cfg.data == "pennfudan":
-        from ..data.pennfudan import pennfudan_root, pennfudan_split
-        from ..data.segmentation import pennfudan_segmentation
+        from cnnkit.data.pennfudan import pennfudan_root, pennfudan_split
+        from cnnkit.data.segmentation import pennfudan_segmentation
 
         root = pennfudan_root(cfg.data_dir)
         if split is not None and split != pennfudan_split(root):
@@ -346,10 +346,10 @@ def train(cfg: InstanceConfig, out, resume: bool = False, quiet: bool = False):
 
     from rich.console import Console
 
-    from ..engine import Data, Phase, Plan, Setup, fit
-    from ..engine.distributed import distributed
-    from ..train.trainer import lr_at, make_optimizer
-    from .detect import run_config, run_data
+    from cnnkit.engine import Data, Phase, Plan, Setup, fit
+    from cnnkit.engine.distributed import distributed
+    from cnnkit.train.trainer import lr_at, make_optimizer
+    from cnnkit.tasks.detect import run_config, run_data
 
     out = Path(out)
     cfg = run_config(cfg, out, resume, config_from_dict)
@@ -388,7 +388,7 @@ def evaluate_run(run, data_dir: str | None = None) -> dict:
     """``cnnkit instance eval``: the run's model on its test split -> {"mask_AP", "mask_AP50", ..., "box_AP"}."""
     import json
 
-    from ..train.checkpoint import resolve
+    from cnnkit.train.checkpoint import resolve
 
     model = load_mask_detector(run)
     cfg = config_from_dict(model.info["config"])
@@ -407,7 +407,7 @@ def predict_files(model: MaskDetector, paths, out_dir, score: float = 0.3) -> li
     and boxes drawn; returns per image {"image", "png", "boxes", "scores", "labels", "mask_scores", "mask_pixels"}."""
     from pathlib import Path
 
-    from ..data.detection import read_image
+    from cnnkit.data.detection import read_image
 
     size = int(model.info["input_size"][-1])
     c = model.normalise.mean.shape[1]
@@ -435,7 +435,7 @@ def predict_files(model: MaskDetector, paths, out_dir, score: float = 0.3) -> li
 def overlay_instances(image: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """(C, H, W) uint8 and (k, H, W) bool (best first) -> (3, H, W) uint8 with instance j tinted in
     palette colour j + 1 (:func:`cnnkit.tasks.segment.overlay`); where masks overlap the better one shows."""
-    from .segment import overlay
+    from cnnkit.tasks.segment import overlay
 
     ids = torch.zeros(image.shape[1:], dtype=torch.int64)
     for j in range(len(masks) - 1, -1, -1):

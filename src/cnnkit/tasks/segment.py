@@ -15,12 +15,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..data.detection import colour_jitter
-from ..data.segmentation import IGNORE_INDEX, SegmentationSet
-from ..errors import CnnkitError
-from ..metrics.segmentation import SegmentationMeter
-from ..train.checkpoint import Classifier
-from .classify import _Batches  # an epoch's batches made one at a time: the same for every task
+from cnnkit.data.detection import colour_jitter
+from cnnkit.data.segmentation import IGNORE_INDEX, SegmentationSet
+from cnnkit.errors import CnnkitError
+from cnnkit.metrics.segmentation import SegmentationMeter
+from cnnkit.train.checkpoint import Classifier
+from cnnkit.tasks.classify import _Batches  # an epoch's batches made one at a time: the same for every task
 
 
 class Segmenter(Classifier):
@@ -53,7 +53,7 @@ class Segmenter(Classifier):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training or (not self.tta and self.test_scale == 1.0):
             return self.net((x - self.mean) / self.std)
-        from ..layers.upsample import resize
+        from cnnkit.layers.upsample import resize
 
         h, w = x.shape[-2:]
         if self.test_scale != 1.0:
@@ -78,7 +78,7 @@ class Segmenter(Classifier):
     @classmethod
     def from_info(cls, info: dict) -> "Segmenter":
         """The (untrained) module a checkpoint's metadata describes; load its state dict after."""
-        from ..models.segmentation import create_segmenter
+        from cnnkit.models.segmentation import create_segmenter
 
         if info.get("task") != "segment" or "segmenter" not in info:
             raise CnnkitError("this checkpoint is not a segmentation model (no 'segmenter' in its metadata)")
@@ -193,7 +193,7 @@ class SegmentTask:
         return {**self.info, **model.describe(), "num_classes": len(model.classes)}
 
     def summary(self, model: Segmenter) -> str:
-        from ..analysis import summary
+        from cnnkit.analysis import summary
 
         c = model.mean.shape[1]
         return str(summary(model.net, input_size=(c, self.crop, self.crop), batch_size=self.batch_size))
@@ -295,7 +295,7 @@ def overlay(image: torch.Tensor, mask: torch.Tensor, num_classes: int, alpha: fl
 def predict_image(model: Segmenter, image: torch.Tensor, max_side: int | None = None) -> torch.Tensor:
     """(C, H, W) uint8 photo -> (H, W) int64 class map at the photo's size; with ``max_side`` the
     network sees the photo shrunk so its longer side is at most that, and its logits are resized back."""
-    from ..layers.upsample import resize
+    from cnnkit.layers.upsample import resize
 
     h, w = image.shape[1:]
     x = image[None].float().div_(255)
@@ -396,7 +396,7 @@ class SegmentConfig:
 
 def load_splits(cfg: SegmentConfig) -> tuple[SegmentationSet, SegmentationSet, SegmentationSet, dict]:
     """(train, validation, test, split.json content) for a resolved config."""
-    from ..data.segmentation import digit_segmentation, mask_folder, pennfudan_segmentation
+    from cnnkit.data.segmentation import digit_segmentation, mask_folder, pennfudan_segmentation
 
     if cfg.data == "pennfudan":
         train = pennfudan_segmentation("train", cfg.data_dir, cfg.max_side)
@@ -418,7 +418,7 @@ def load_splits(cfg: SegmentConfig) -> tuple[SegmentationSet, SegmentationSet, S
 
 def build_model(cfg: SegmentConfig, train: SegmentationSet) -> Segmenter:
     """The network (seeded init) wrapped with its input normalisation (:func:`input_stats`)."""
-    from ..models.segmentation import create_segmenter
+    from cnnkit.models.segmentation import create_segmenter
 
     torch.manual_seed(cfg.seed)
     net = create_segmenter(cfg.arch, cfg.backbone, train.num_classes, in_channels=_channels(train),
@@ -443,7 +443,7 @@ def input_stats(cfg: SegmentConfig, train: SegmentationSet) -> tuple[list[float]
     """The input normalisation: the mean/std the backbone's published weights were trained with when
     ``cfg`` starts from them (their frozen batch norms expect those inputs; measured on Penn-Fudan, 10
     epochs: person IoU 0.720 against 0.699 with the photos' own statistics), else :func:`channel_stats`."""
-    from ..models.weights import weights_stats
+    from cnnkit.models.weights import weights_stats
 
     stats = weights_stats(cfg.backbone, cfg.weights, _channels(train))
     return (list(stats[0]), list(stats[1])) if stats else channel_stats(train)
@@ -458,8 +458,8 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
     from dataclasses import asdict
     from pathlib import Path
 
-    from ..engine import Data, Phase, Plan, Setup, fit
-    from ..train.trainer import lr_at, make_optimizer
+    from cnnkit.engine import Data, Phase, Plan, Setup, fit
+    from cnnkit.train.trainer import lr_at, make_optimizer
 
     cfg = cfg.resolved()
     for key in ("epochs", "batch_size", "crop"):
@@ -522,7 +522,7 @@ def load_segmenter(path, device: str = "cpu") -> Segmenter:
     """A run folder (or its model.safetensors) written by ``cnnkit segment train``, in eval mode."""
     from safetensors.torch import load_file
 
-    from ..train.checkpoint import read_info, resolve
+    from cnnkit.train.checkpoint import read_info, resolve
 
     info = read_info(path)
     model = Segmenter.from_info(info)

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from ..errors import CnnkitError, disk_full, is_disk_full
-from . import network as netdesc
+from cnnkit.errors import CnnkitError, disk_full, is_disk_full
+from cnnkit.train import network as netdesc
 
 FORMAT = "cnnkit.checkpoint/1"
 MODEL_FILE = "model.safetensors"
@@ -107,15 +107,15 @@ def build_network(model: str, num_classes: int, in_channels: int) -> nn.Module:
     if model.endswith((".yaml", ".yml", ".json")):
         if not Path(model).is_file():
             raise CnnkitError(f"--model spec file not found: {model}; give a .yaml/.json network spec")
-        from ..analysis.spec import build_from_spec
+        from cnnkit.analysis.spec import build_from_spec
 
         return build_from_spec(model, logits=True)[0]     # a final softmax is the loss's job
     if ".py:" in model:
-        from ..analysis.target import load_factory
+        from cnnkit.analysis.target import load_factory
 
         path, _, factory = model.rpartition(":")
         return load_factory(Path(path), factory, num_classes=num_classes, in_channels=in_channels)
-    from ..models import create_model
+    from cnnkit.models import create_model
 
     return create_model(model, num_classes=num_classes, in_channels=in_channels)
 
@@ -312,7 +312,7 @@ def _read(path) -> tuple[dict[str, torch.Tensor], dict]:
     try:
         tensors = st_load(Path(path).read_bytes())
     except MemoryError:
-        from ..errors import out_of_memory
+        from cnnkit.errors import out_of_memory
 
         raise out_of_memory(f"reading {path}", Path(path).stat().st_size) from None
     except Exception as exc:  # noqa: BLE001 -- truncated data, bad offsets: SafetensorError
@@ -382,7 +382,7 @@ def classifier_from_info(info: dict, source="the checkpoint", trust_code: bool =
     net = netdesc.build(network_of(info), info["num_classes"], info["input_size"][0], str(source),
                         trust_code=trust_code, factory=factory, input_size=tuple(info["input_size"]))
     if info.get("fcn"):  # written by `cnnkit fcn`: the dense head was turned into convolutions
-        from ..transfer.fcn import to_fcn
+        from cnnkit.transfer.fcn import to_fcn
 
         net = to_fcn(net, tuple(info["fcn"]["input_size"]))
     return Classifier(net, info["mean"], info["std"], info["classes"], info["input_size"], info.get("tta", ""))

@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from ..data.augment import AugmentConfig
-from ..errors import CnnkitError
+from cnnkit.data.augment import AugmentConfig
+from cnnkit.errors import CnnkitError
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """Moved to :mod:`cnnkit.engine.ema` (the engine owns weight averaging); this name keeps working."""
 
-from ..engine.ema import EMA
+from cnnkit.engine.ema import EMA
 
 __all__ = ["EMA"]

@@ -4,6 +4,6 @@ The code lives with the classification task (:mod:`cnnkit.tasks.classify`), whos
 validation is this same function; ``cnnkit eval`` and older imports find it here.
 """
 
-from ..tasks.classify import Evaluation, evaluate, predict_logits
+from cnnkit.tasks.classify import Evaluation, evaluate, predict_logits
 
 __all__ = ["Evaluation", "evaluate", "predict_logits"]

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..errors import CnnkitError, check_fits
+from cnnkit.errors import CnnkitError, check_fits
 
 TRUST_HINT = ("if you trust that code, load with trust_code=True, factory='FILE.py:FN' "
               "(CLI: --trust-code FILE.py:FN), naming the file yourself")
@@ -56,7 +56,7 @@ _MAX_LAYERS = 10_000
 def describe(model: str, net: nn.Module | None = None) -> dict:
     """The ``"network"`` entry for a network built from ``model`` (what the user typed at training)."""
     if model.endswith((".yaml", ".yml", ".json")):
-        from ..analysis.spec import load_spec
+        from cnnkit.analysis.spec import load_spec
 
         return {"kind": "spec", "spec": load_spec(model)}
     if ".py:" in model:
@@ -64,7 +64,7 @@ def describe(model: str, net: nn.Module | None = None) -> dict:
         if tree is not None:
             return {"kind": "modules", "tree": tree, "factory": model}
         return {"kind": "factory", "factory": model}
-    from ..models.heads import head_kind
+    from cnnkit.models.heads import head_kind
 
     head = head_kind(net) if net is not None else None
     return {"kind": "zoo", "name": model, **({"head": head} if head else {})}
@@ -168,7 +168,7 @@ def build(network: dict, num_classes: int, in_channels: int, source: str,
     if kind == "factory" or factory is not None:
         return _from_factory(network, num_classes, in_channels, source, trust_code, factory)
     if kind == "zoo":
-        from ..models import create_model, list_models
+        from cnnkit.models import create_model, list_models
 
         name = network.get("name")
         if name not in list_models():
@@ -185,7 +185,7 @@ def build(network: dict, num_classes: int, in_channels: int, source: str,
                                   "{'kind': 'class_scores', 'source_classes': 1..100000}")
             make = lambda: _class_scores(name, n, num_classes, in_channels)  # noqa: E731
     elif kind in ("spec", "spec_file"):
-        from ..analysis.spec import build_from_spec
+        from cnnkit.analysis.spec import build_from_spec
 
         spec = network.get("spec") if kind == "spec" else network.get("path")
         if kind == "spec_file" and not Path(str(spec)).is_file():
@@ -201,8 +201,8 @@ def build(network: dict, num_classes: int, in_channels: int, source: str,
 
 def _class_scores(name: str, source_classes: int, num_classes: int, in_channels: int) -> nn.Module:
     """A zoo model whose classifier is a ClassScoresHead of ``num_classes`` on ``source_classes``."""
-    from ..models import create_model
-    from ..models.heads import attach_class_scores
+    from cnnkit.models import create_model
+    from cnnkit.models.heads import attach_class_scores
 
     net = create_model(name, num_classes=source_classes, in_channels=in_channels)
     attach_class_scores(net, num_classes)
@@ -235,7 +235,7 @@ def _from_factory(network: dict, num_classes: int, in_channels: int, source: str
     if factory is None or ".py:" not in factory:
         raise CnnkitError(f"trust_code=True needs factory='FILE.py:FN' (CLI: --trust-code FILE.py:FN): the "
                           f"file to run is the one you name, never the checkpoint's ({stored})")
-    from ..analysis.target import load_factory
+    from cnnkit.analysis.target import load_factory
 
     path, _, fn = factory.rpartition(":")
     return load_factory(Path(path), fn, num_classes=num_classes, in_channels=in_channels)

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..data.images import read_image
+from cnnkit.data.images import read_image
 
 
 def load_image(path: str | Path, input_size: tuple[int, int, int], dark_background: bool) -> torch.Tensor:

@@ -19,17 +19,17 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .. import engine
-from ..console import console as make_console
-from ..data.augment import AugmentConfig, build_augment
-from ..data.datasets import load_dataset
-from ..data.imageset import ImageSet
-from ..engine import Data, Phase, Plan, Setup
-from ..engine.distributed import Dist, distributed
-from ..errors import CnnkitError
-from ..tasks.classify import ClassifyTask, evaluate
-from . import checkpoint as ckpt
-from .config import TrainConfig, validate
+from cnnkit import engine
+from cnnkit.console import console as make_console
+from cnnkit.data.augment import AugmentConfig, build_augment
+from cnnkit.data.datasets import load_dataset
+from cnnkit.data.imageset import ImageSet
+from cnnkit.engine import Data, Phase, Plan, Setup
+from cnnkit.engine.distributed import Dist, distributed
+from cnnkit.errors import CnnkitError
+from cnnkit.tasks.classify import ClassifyTask, evaluate
+from cnnkit.train import checkpoint as ckpt
+from cnnkit.train.config import TrainConfig, validate
 
 
 @dataclass

@@ -7,10 +7,10 @@
 - :func:`finetune_preprocess` -- the same at the size fine-tuning uses (9/7 of it for pretrained weights)
 """
 
-from .augment import NOTES_AUGMENT, ImageAugment
-from .fcn import to_fcn, total_stride
-from .finetune import STAGES, FinetuneConfig, StagePlan, evaluate, finetune, plan_stage
-from .preprocess import Preprocess, finetune_preprocess, normalize, preprocess_for
+from cnnkit.transfer.augment import NOTES_AUGMENT, ImageAugment
+from cnnkit.transfer.fcn import to_fcn, total_stride
+from cnnkit.transfer.finetune import STAGES, FinetuneConfig, StagePlan, evaluate, finetune, plan_stage
+from cnnkit.transfer.preprocess import Preprocess, finetune_preprocess, normalize, preprocess_for
 
 __all__ = ["FinetuneConfig", "ImageAugment", "NOTES_AUGMENT", "Preprocess", "STAGES", "StagePlan",
            "evaluate", "finetune", "finetune_preprocess", "normalize", "plan_stage", "preprocess_for", "to_fcn", "total_stride"]

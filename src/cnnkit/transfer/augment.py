@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..data.augment import affine_matrices
-from ..errors import CnnkitError
+from cnnkit.data.augment import affine_matrices
+from cnnkit.errors import CnnkitError
 
 # fill_mode -> grid_sample padding_mode ("constant" pads with cval, see __call__)
 _FILL = {"nearest": "border", "reflect": "reflection", "constant": "zeros"}

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from ..errors import CnnkitError
-from ..train import checkpoint as ckpt
-from ..train import network as netdesc
-from .fcn import to_fcn
+from cnnkit.errors import CnnkitError
+from cnnkit.train import checkpoint as ckpt
+from cnnkit.train import network as netdesc
+from cnnkit.transfer.fcn import to_fcn
 
 
 def is_cnnkit_checkpoint(path: str | os.PathLike) -> bool:
@@ -44,13 +44,13 @@ def load_backbone(model_name: str | None, weights: str | None,
         raise CnnkitError("--model is required unless --weights is a cnnkit checkpoint; e.g. "
                           "--model resnet18 --weights resnet18-f37072fd.pth")
     if weights == "imagenet":  # the published reference weights, downloaded once and checksummed
-        from ..models.weights import pretrained_url
+        from cnnkit.models.weights import pretrained_url
 
         weights = pretrained_url(model_name)
     if weights is not None and not Path(weights).is_file() and "://" not in weights:
         raise CnnkitError(f"--weights file not found: {weights}; give a .pth/.safetensors file in the "
                           "reference implementation's format or a cnnkit checkpoint")
-    from ..models import create_model
+    from cnnkit.models import create_model
 
     return create_model(model_name, in_channels=in_channels, weights=weights), model_name, None
 

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 
-from ..errors import CnnkitError
+from cnnkit.errors import CnnkitError
 
 # layers that act on each feature independently: they work unchanged on (B, C, H, W) maps
 _ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh,

@@ -36,14 +36,14 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .. import engine
-from ..data.imageset import ImageSet
-from ..engine import Data, Phase, Plan, Setup
-from ..engine.distributed import Dist
-from ..errors import CnnkitError
-from ..models.heads import HEAD_KINDS, ClassScoresHead, attach_class_scores, frozen_head_parameters, last_linear
-from ..tasks.classify import Classifier, ClassifyTask, Features
-from ..tasks.classify import evaluate as evaluate_classifier
+from cnnkit import engine
+from cnnkit.data.imageset import ImageSet
+from cnnkit.engine import Data, Phase, Plan, Setup
+from cnnkit.engine.distributed import Dist
+from cnnkit.errors import CnnkitError
+from cnnkit.models.heads import HEAD_KINDS, ClassScoresHead, attach_class_scores, frozen_head_parameters, last_linear
+from cnnkit.tasks.classify import Classifier, ClassifyTask, Features
+from cnnkit.tasks.classify import evaluate as evaluate_classifier
 
 STAGES = ("head", "top", "all")
 _BN = nn.modules.batchnorm._BatchNorm
@@ -312,7 +312,7 @@ def _choose_head(task, clf, source, stages, freeze_until, cfg, train_set, val_se
 
 def _saved_head(out) -> str | None:
     """The head kind a run being resumed chose (its saved settings), if it recorded one."""
-    from ..train.checkpoint import resumed_config
+    from cnnkit.train.checkpoint import resumed_config
 
     return resumed_config(out).get("finetune", {}).get("head") if out is not None else None
 

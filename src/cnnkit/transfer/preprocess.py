@@ -53,8 +53,8 @@ def preprocess_for(model_name: str, in_channels: int | None = None,
         in_channels: override the channel count (1 gives grey mean/std 0.5).
         image_size: override ``(H, W)`` (e.g. smaller images for a quick run); the crop share stays.
     """
-    from ..models import model_info
-    from ..models.weights import PRETRAINED
+    from cnnkit.models import model_info
+    from cnnkit.models.weights import PRETRAINED
 
     info = model_info(model_name)
     c = in_channels if in_channels is not None else info.input_size[0]
@@ -90,7 +90,7 @@ def finetune_preprocess(model_name: str, pretrained: bool, image_size: tuple[int
     """:func:`preprocess_for` at the size fine-tuning uses: ``image_size`` when given, else the
     model's own size -- times :data:`FINETUNE_SCALE` (to a multiple of 32) for pretrained weights."""
     if image_size is None and pretrained:
-        from ..models import model_info
+        from cnnkit.models import model_info
 
         h, w = model_info(model_name).input_size[1:]
         image_size = tuple(max(32, round(d * FINETUNE_SCALE / 32) * 32) for d in (h, w))
@@ -99,7 +99,7 @@ def finetune_preprocess(model_name: str, pretrained: bool, image_size: tuple[int
 
 def load_photo(path, pre: Preprocess) -> torch.Tensor:
     """An image file prepared as ``pre`` says (shorter side resized, centre crop): float (C, H, W) in [0, 1]."""
-    from ..data.imagefolder import decode_image
+    from cnnkit.data.imagefolder import decode_image
 
     image = decode_image(path, pre.image_size, pre.input_size[0], "shorter", pre.crop_fraction,
                          pre.interpolation)
@@ -109,9 +109,9 @@ def load_photo(path, pre: Preprocess) -> torch.Tensor:
 def pretrained_classifier(model_name: str):
     """Zoo model ``model_name`` with its published ImageNet weights, normalisation inside, and the
     1,000 class names: float (N, 3, H, W) in [0, 1] -> logits, as ``cnnkit.load`` returns a run."""
-    from ..models import create_model
-    from ..models.weights import imagenet_classes
-    from ..train.checkpoint import Classifier
+    from cnnkit.models import create_model
+    from cnnkit.models.weights import imagenet_classes
+    from cnnkit.train.checkpoint import Classifier
 
     pre = preprocess_for(model_name)
     net = create_model(model_name, weights="imagenet")
