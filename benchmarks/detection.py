@@ -103,7 +103,9 @@ def train_and_time(args) -> None:
     import tempfile
 
     from cnnkit.models.detection import decode as decode_fn
-    from cnnkit.tasks.detect import DetectConfig, load_split_data, train
+    from cnnkit.tasks.detect.config import DetectConfig
+    from cnnkit.tasks.detect.data import load_split_data
+    from cnnkit.tasks.detect.train import train
 
     cfg = DetectConfig(data=args.what, data_dir=args.data_dir, epochs=args.epochs,
                        image_size=args.image_size, backbone=args.backbone or "", threads=args.threads,

@@ -23,7 +23,8 @@ import torch.nn as nn
 from cnnkit import to_fcn
 from cnnkit.data.idx import read_idx
 from cnnkit.data.imageset import ImageSet
-from cnnkit.transfer import evaluate, finetune, total_stride
+from cnnkit.models.fcn import total_stride
+from cnnkit.tasks.classify.finetune import evaluate, finetune
 
 MEAN, STD = (0.1307,), (0.3081,)
 CANVAS = 112

@@ -21,7 +21,11 @@ from pathlib import Path
 import torch
 
 from cnnkit.engine.precision import cpu_name
-from cnnkit.tasks.instance import InstanceConfig, load_instance_data, load_mask_detector, predict_instances, train
+from cnnkit.tasks.instance.config import InstanceConfig
+from cnnkit.tasks.instance.data import load_instance_data
+from cnnkit.tasks.instance.load import load_mask_detector
+from cnnkit.tasks.instance.predict import predict_instances
+from cnnkit.tasks.instance.train import train
 
 REFERENCE = {"pennfudan": ("torchvision tutorial Mask R-CNN (COCO-pretrained, GPU)", 0.761), "digits": None}
 

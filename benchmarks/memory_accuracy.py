@@ -28,7 +28,7 @@ import torch
 
 import cnnkit
 from cnnkit.analysis.measure import measure_peak
-from cnnkit.analysis.target import resolve_target
+from cnnkit.models.network import resolve_target
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

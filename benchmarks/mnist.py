@@ -40,10 +40,10 @@ import cnnkit
 from cnnkit.data.augment import AugmentConfig
 from cnnkit.data.datasets import load_dataset
 from cnnkit.engine.precision import choose, cpu_name, native_bf16
-from cnnkit.train.checkpoint import read_info
-from cnnkit.train.config import TrainConfig, preset
-from cnnkit.train.evaluate import evaluate
-from cnnkit.train.trainer import train
+from cnnkit.engine.runfolder import read_info
+from cnnkit.tasks.classify.config import TrainConfig, preset
+from cnnkit.tasks.classify.evaluate import evaluate
+from cnnkit.tasks.classify.train import train
 
 # the notes' exercise 9, the notes' way (Keras defaults: Nadam lr 1e-3, batch 32, 10 epochs)
 BASELINE = dict(model="exercise9_mnist", epochs=10, batch_size=32, lr=1e-3, optimizer="nadam",
@@ -148,11 +148,10 @@ def step_variants(threads: int, name: str = "mnist_fast", batch: int = 128, step
     20 asks to measure: NCHW vs channels-last, ``torch.compile`` (inductor's generated C++, its
     compile time shown apart), and the optimizer's for-loop / ``foreach`` / ``fused`` paths. Median
     ms per step after 5 warm-up steps, on random digits (the step's cost does not depend on them)."""
+    import torch._inductor.config as inductor
     import torch.nn.functional as F
 
     from cnnkit.models import create_model
-
-    import torch._inductor.config as inductor
 
     inductor.force_disable_caches = True          # the compile time counted, not read from a cache
     torch.set_num_threads(threads)

@@ -9,7 +9,7 @@ this scores, for each trained run given, the same images seen as:
 - ``center``: the central window of the training size;
 - ``windows``: every window offset, at most 5 per axis (25 views for 24 of 28).
 
-The shift TTA is the library's own (``cnnkit.train.checkpoint.tta_logits``).
+The shift TTA is the library's own (``cnnkit.models.deploy.tta_logits``).
 
 It prints each run's errors, their mean accuracy and the errors of the runs' averaged
 probabilities (an ensemble). Choose on ``--split val``; report ``test``.
@@ -28,7 +28,8 @@ import torch
 import cnnkit
 from cnnkit.data.datasets import load_dataset
 from cnnkit.engine.precision import cpu_name
-from cnnkit.train.checkpoint import read_info, tta_logits
+from cnnkit.engine.runfolder import read_info
+from cnnkit.models.deploy import tta_logits
 
 
 def offsets(free: int, most: int = 5) -> list[int]:

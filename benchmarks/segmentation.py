@@ -28,7 +28,10 @@ from pathlib import Path
 import torch
 
 from cnnkit.engine.precision import cpu_name
-from cnnkit.tasks.segment import SegmentConfig, load_segmenter, predict_masks, train
+from cnnkit.tasks.segment.config import SegmentConfig
+from cnnkit.tasks.segment.load import load_segmenter
+from cnnkit.tasks.segment.predict import predict_masks
+from cnnkit.tasks.segment.train import train
 
 TARGETS = "targets: digit mIoU >= 0.90; FCN-8s >= FCN-32s + 0.03 mIoU; Penn-Fudan person IoU >= 0.80 in 20 min"
 ARCHS = ["fcn32s", "fcn16s", "fcn8s", "deeplabv3", "unet"]   # unet: `--data digits`'s default, its own encoder
@@ -98,7 +101,8 @@ def figure(args, rows: list[dict], keep: Path) -> None:
     """One test scene: the image, its truth and each model's mask (cnnkit.plots.mask_panels)."""
     from cnnkit import plots
     from cnnkit.metrics.segmentation import SegmentationMeter
-    from cnnkit.tasks.segment import load_splits, palette
+    from cnnkit.tasks.segment.data import load_splits
+    from cnnkit.tasks.segment.predict import palette
 
     st = rows[0]["settings"]
     cfg = SegmentConfig(data="digits", data_dir=args.data_dir, scenes=st["scenes"], canvas=st["canvas"]).resolved()

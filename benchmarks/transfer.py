@@ -37,13 +37,15 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from fcn import notes_convnet  # benchmarks/fcn.py: the notes' Keras MNIST convnet
 
+from cnnkit.data.augment import NOTES_AUGMENT
 from cnnkit.data.idx import read_idx
 from cnnkit.data.imagefolder import load_image_folder
 from cnnkit.data.imageset import ImageSet
 from cnnkit.models import create_model
-from cnnkit.transfer import NOTES_AUGMENT, STAGES, evaluate, finetune, preprocess_for
-from fcn import notes_convnet  # benchmarks/fcn.py: the notes' Keras MNIST convnet
+from cnnkit.models.preprocess import preprocess_for
+from cnnkit.tasks.classify.finetune import STAGES, evaluate, finetune
 
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 SHOTS = 100              # labelled training images per new class
@@ -138,7 +140,8 @@ def hymenoptera_table(data: Path) -> list[tuple]:
 
 def pretrained_table(data: Path, seeds, rows_wanted, sets=("hymenoptera", "flowers")) -> list[tuple]:
     """Table 3: efficientnet_lite0 from ImageNet on hymenoptera and flowers; (set, row, seed, acc, s)."""
-    from cnnkit.transfer import FinetuneConfig, finetune_preprocess
+    from cnnkit.models.preprocess import finetune_preprocess
+    from cnnkit.tasks.classify.finetune import FinetuneConfig
 
     default = FinetuneConfig().epochs
     runs = {  # --rows id -> (row, ImageNet weights?, finetune arguments)
@@ -178,8 +181,7 @@ def pretrained_table(data: Path, seeds, rows_wanted, sets=("hymenoptera", "flowe
 
 def zero_shot(data: Path) -> None:
     """Print pair (ant vs bee logit) and top-1 accuracy of each preprocessing candidate."""
-    from cnnkit.transfer.preprocess import Preprocess, load_photo
-    from cnnkit.transfer import normalize
+    from cnnkit.models.preprocess import Preprocess, load_photo, normalize
 
     net = create_model("efficientnet_lite0", weights="imagenet").eval()
     files = sorted((data / "hymenoptera" / "val").glob("*/*.jpg"))

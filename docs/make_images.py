@@ -92,7 +92,7 @@ def finetuned_gradcam(run: str, data: Path) -> None:
     """Grad-CAM (at the last ReLU6: 7x7 at 224 px, 9x9 at 288) of a fine-tuned run on one hymenoptera/val bee photo."""
     import cnnkit
     from cnnkit.explain.hooks import default_cam_layer
-    from cnnkit.transfer.preprocess import Preprocess, load_photo
+    from cnnkit.models.preprocess import Preprocess, load_photo
 
     model = cnnkit.load(run)
     model.tta = ""

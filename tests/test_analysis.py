@@ -17,8 +17,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import cnnkit
 from cnnkit.analysis.measure import measure_peak
-from cnnkit.analysis.spec import build_from_spec
 from cnnkit.cli import main as cli_main
+from cnnkit.models.spec import build_from_spec
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

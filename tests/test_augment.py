@@ -9,8 +9,6 @@ import torch.nn.functional as F
 from cnnkit.data import augment as A
 from cnnkit.errors import CnnkitError
 
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture

@@ -39,8 +39,8 @@ def test_eval_json(digits_run, capsys):
 
 
 def test_predict_json_and_png(digits_run, tmp_path, capsys):
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     out, _ = digits_run
     img = tmp_path / "scene.png"

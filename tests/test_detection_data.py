@@ -8,8 +8,17 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnkit.data.detection import (colour_jitter, hflip, letterbox, load_coco, load_pennfudan, load_yolo,
-                                   pad_targets, read_pascal_annotation, scale_jitter)
+from cnnkit.data.detection import (
+    colour_jitter,
+    hflip,
+    letterbox,
+    load_coco,
+    load_pennfudan,
+    load_yolo,
+    pad_targets,
+    read_pascal_annotation,
+    scale_jitter,
+)
 from cnnkit.errors import CnnkitError
 
 pytestmark = pytest.mark.usefixtures("one_thread")

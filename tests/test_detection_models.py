@@ -7,10 +7,24 @@ import torch.nn as nn
 
 from cnnkit.errors import CnnkitError
 from cnnkit.metrics.detection import coco_evaluate, voc_evaluate
-from cnnkit.models.detection import (Detector, assign_targets, centreness, create_detector, decode,
-                                     detection_loss, distances_to_boxes, grid_points, level_ranges,
-                                     detector_loss, varifocal_loss)
-from cnnkit.models.localisation import Localiser, localisation_loss, localisation_metrics
+from cnnkit.models.detection import (
+    Detector,
+    assign_targets,
+    centreness,
+    create_detector,
+    decode,
+    detection_loss,
+    detector_loss,
+    distances_to_boxes,
+    grid_points,
+    level_ranges,
+    varifocal_loss,
+)
+from cnnkit.models.localisation import (
+    Localiser,
+    localisation_loss,
+    localisation_metrics,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

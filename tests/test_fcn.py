@@ -7,8 +7,7 @@ import torch.nn as nn
 
 from cnnkit import to_fcn
 from cnnkit.errors import CnnkitError
-from cnnkit.transfer import total_stride
-
+from cnnkit.models.fcn import total_stride
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -114,7 +113,8 @@ def test_unconvertible_layers_are_named(model, size, match):
 
 def test_cli_fcn_round_trip(tmp_path, capsys):
     from cnnkit.cli import main
-    from cnnkit.transfer.checkpoint import load_fcn, save_finetuned
+    from cnnkit.tasks.classify.fcn import load_fcn
+    from cnnkit.tasks.classify.finetune import save_finetuned
 
     (tmp_path / "net.py").write_text(
         "import torch.nn as nn\n"

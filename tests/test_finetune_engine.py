@@ -7,15 +7,15 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_distributed import _free_port
+from test_transfer import small_vgg, toy_set
 
 import cnnkit
 import cnnkit.engine.loop as loop
 from cnnkit.cli import main
+from cnnkit.engine.runfolder import read_info
 from cnnkit.errors import CnnkitError
-from cnnkit.train.checkpoint import read_info
-from cnnkit.transfer import finetune
-from test_distributed import _free_port
-from test_transfer import small_vgg, toy_set
+from cnnkit.tasks.classify.finetune import finetune
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

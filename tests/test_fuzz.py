@@ -115,7 +115,7 @@ def spec(draw):
 @fuzz(350)
 @given(spec())
 def test_generated_specs_build_or_fail_cleanly(s):
-    from cnnkit.analysis.spec import build_from_spec
+    from cnnkit.models.spec import build_from_spec
 
     out = clean(build_from_spec, s)
     if isinstance(out, tuple):                   # it built: it must also run on its own input size
@@ -128,7 +128,7 @@ def test_generated_specs_build_or_fail_cleanly(s):
 @fuzz(80)
 @given(st.text(max_size=200), st.sampled_from([".yaml", ".json"]))
 def test_spec_text_never_crashes_the_reader(tmp_path_factory, text, suffix):
-    from cnnkit.analysis.spec import load_spec
+    from cnnkit.models.spec import load_spec
 
     path = tmp_path_factory.mktemp("spec") / f"s{suffix}"
     path.write_text(text)
@@ -146,7 +146,7 @@ def tree(draw, depth=0):
     kind = draw(st.sampled_from(NN_TYPES))
     if kind == "Sequential" and depth < 3:
         return {"type": kind, "layers": draw(st.lists(tree(depth + 1), max_size=4))}
-    from cnnkit.train.network import LAYERS
+    from cnnkit.models.network import LAYERS
 
     args = {a: draw(ODD) for a in LAYERS.get(kind, ("command",)) if draw(st.integers(0, 5))}
     return {"type": kind, **args}
@@ -155,7 +155,7 @@ def tree(draw, depth=0):
 @fuzz(200)
 @given(tree())
 def test_generated_network_descriptions_build_or_fail_cleanly(t):
-    from cnnkit.train.network import build
+    from cnnkit.models.network import build
 
     clean(build, {"kind": "modules", "tree": t}, 2, 1, "fuzz.safetensors", input_size=(1, 8, 8))
 
@@ -164,7 +164,7 @@ def test_generated_network_descriptions_build_or_fail_cleanly(t):
 
 @pytest.fixture(scope="module")
 def good_checkpoint(tmp_path_factory) -> bytes:
-    from cnnkit.transfer.checkpoint import save_finetuned
+    from cnnkit.tasks.classify.finetune import save_finetuned
 
     net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 6 * 6, 2))
     out = tmp_path_factory.mktemp("good")

@@ -12,8 +12,9 @@ from safetensors.torch import save as st_save
 
 import cnnkit
 from cnnkit.cli import main
+from cnnkit.engine.runfolder import FORMAT, atomic_write_bytes, read_info
 from cnnkit.errors import CnnkitError
-from cnnkit.train import checkpoint as ckpt
+from cnnkit.models.deploy import Classifier
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -41,7 +42,7 @@ def build(num_classes=2, in_channels=1):
 
 
 def _info(**kw) -> dict:
-    info = {"format": ckpt.FORMAT, "model": "mnist_fast", "num_classes": 2, "input_size": [1, 8, 8],
+    info = {"format": FORMAT, "model": "mnist_fast", "num_classes": 2, "input_size": [1, 8, 8],
             "classes": ["a", "b"], "mean": [0.5], "std": [0.25], "tta": "",
             "dataset": {"name": "mnist"}, "config": {"dataset": "mnist", "data_dir": None, "seed": 0}}
     return {**info, **kw}
@@ -51,7 +52,7 @@ def _write(path, info: dict, tensors: dict | None = None):
     if tensors is None:
         net = nn.Sequential()
         net.fc = nn.Linear(64, 2)
-        clf = ckpt.Classifier(net, [0.5], [0.25], ["a", "b"], (1, 8, 8))
+        clf = Classifier(net, [0.5], [0.25], ["a", "b"], (1, 8, 8))
         tensors = {k.replace("net.fc", "net.fc"): v for k, v in clf.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(st_save(tensors, metadata={"cnnkit": json.dumps(info)}))
@@ -119,14 +120,14 @@ def test_trust_code_runs_the_file_the_user_names(crafted, tmp_path, capsys):
 
 
 def test_a_factory_returning_plain_layers_is_saved_as_data(tmp_path, capsys):
-    from cnnkit.transfer.checkpoint import save_finetuned
+    from cnnkit.tasks.classify.finetune import save_finetuned
 
     (tmp_path / "net.py").write_text("raise SystemExit('never imported')\n")
     net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
                         nn.Flatten(), nn.Dropout(0.1), nn.Linear(4 * 4 * 4, 3))
     path = save_finetuned(tmp_path / "r", net, f"{tmp_path / 'net.py'}:build", ["a", "b", "c"], (1, 8, 8),
                           (0.5,), (0.25,), [], {"stages": []})
-    info = ckpt.read_info(path)
+    info = read_info(path)
     assert info["network"]["kind"] == "modules"
     assert [n["type"] for n in info["network"]["tree"]["layers"]] == [
         "Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d", "Flatten", "Dropout", "Linear"]
@@ -142,7 +143,9 @@ def test_a_spec_is_embedded_so_the_checkpoint_loads_without_its_file(tmp_path):
     spec = tmp_path / "net.yaml"
     spec.write_text("input: 1x8x8\nlayers:\n  - conv2d: {filters: 4, kernel_size: 3}\n"
                     "  - flatten: {}\n  - dense: {units: 2}\n")
-    from cnnkit.train.checkpoint import Classifier, build_network, model_reference, save_model
+    from cnnkit.engine.runfolder import save_model
+    from cnnkit.models.deploy import Classifier
+    from cnnkit.models.network import build_network, model_reference
 
     net = build_network(str(spec), 2, 1)
     save_model(tmp_path / "m.safetensors", Classifier(net, [0.5], [0.25], ["a", "b"], (1, 8, 8)),
@@ -155,7 +158,7 @@ def test_a_spec_is_embedded_so_the_checkpoint_loads_without_its_file(tmp_path):
 
 def test_old_zoo_checkpoints_still_load(tmp_path):
     net = cnnkit.create_model("lenet5", num_classes=2, in_channels=1)
-    clf = ckpt.Classifier(net, [0.5], [0.25], ["a", "b"], (1, 32, 32))
+    clf = Classifier(net, [0.5], [0.25], ["a", "b"], (1, 32, 32))
     _write(tmp_path / "old.safetensors", _info(model="lenet5", input_size=[1, 32, 32]),   # no "network"
            {k: v.contiguous() for k, v in clf.state_dict().items()})
     assert cnnkit.load(tmp_path / "old.safetensors")(torch.rand(1, 1, 32, 32)).shape == (1, 2)
@@ -165,7 +168,7 @@ def test_old_zoo_checkpoints_still_load(tmp_path):
 
 def _good_checkpoint(tmp_path):
     net = nn.Sequential(nn.Flatten(), nn.Linear(64, 2))
-    from cnnkit.transfer.checkpoint import save_finetuned
+    from cnnkit.tasks.classify.finetune import save_finetuned
 
     return save_finetuned(tmp_path / "good", net, "x.py:build", ["a", "b"], (1, 8, 8), (0.5,), (0.25,), [],
                           {"stages": []})
@@ -190,7 +193,7 @@ def test_damaged_checkpoints_are_one_line_errors(tmp_path, damage, capsys):
         bad.write_bytes(st_save({"w": torch.zeros(2)}, metadata={"cnnkit": "{not json"}))
     elif damage == "resume_file":
         bad.write_bytes(st_save({"w": torch.zeros(2)}, metadata={"cnnkit": json.dumps(
-            {"format": ckpt.FORMAT, "epoch": 1})}))
+            {"format": FORMAT, "epoch": 1})}))
     else:
         info = json.loads(good[8:8 + n])["__metadata__"]["cnnkit"]
         info = json.loads(info)
@@ -254,7 +257,7 @@ def test_idx_gzip_and_header_damage(tmp_path):
 def test_atomic_save_cleans_stale_tmp_and_reports_a_full_disk(tmp_path, monkeypatch):
     (tmp_path / ".m.safetensors.abc123.tmp").write_bytes(b"x" * 100)        # a save killed midway
     (tmp_path / ".other.bin.abc.tmp").write_bytes(b"x")                     # another file's: kept
-    ckpt.atomic_write_bytes(tmp_path / "m.safetensors", b"new")
+    atomic_write_bytes(tmp_path / "m.safetensors", b"new")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.bin.abc.tmp", "m.safetensors"]
     import errno
 
@@ -264,7 +267,7 @@ def test_atomic_save_cleans_stale_tmp_and_reports_a_full_disk(tmp_path, monkeypa
     monkeypatch.setattr(os, "fsync", full)
     with pytest.raises(CnnkitError, match=r"disk full writing .*m.safetensors: 3.0 MB were to be written; "
                                           "the previous version is kept"):
-        ckpt.atomic_write_bytes(tmp_path / "m.safetensors", b"\0" * 3_000_000)
+        atomic_write_bytes(tmp_path / "m.safetensors", b"\0" * 3_000_000)
     assert (tmp_path / "m.safetensors").read_bytes() == b"new"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.bin.abc.tmp", "m.safetensors"]
 
@@ -283,7 +286,7 @@ def test_atomic_save_cleans_stale_tmp_and_reports_a_full_disk(tmp_path, monkeypa
     ("{dropout: {rate: 1.5}}", "rate must be a number in"),
 ])
 def test_spec_values_are_checked_where_they_enter(tmp_path, layer, match):
-    from cnnkit.analysis.spec import build_from_spec
+    from cnnkit.models.spec import build_from_spec
 
     spec = tmp_path / "s.yaml"
     spec.write_text(f"input: 3x16x16\nlayers:\n  - {layer}\n  - flatten\n")
@@ -292,7 +295,7 @@ def test_spec_values_are_checked_where_they_enter(tmp_path, layer, match):
 
 
 def test_spec_shapes_that_become_vectors_or_too_large(tmp_path, monkeypatch):
-    from cnnkit.analysis.spec import build_from_spec
+    from cnnkit.models.spec import build_from_spec
 
     for after in ("batch_normalization", "conv2d: {filters: 4, kernel_size: 1}",
                   "global_average_pooling2d", "max_pooling2d"):
@@ -372,16 +375,16 @@ def test_tables_in_a_pipe_are_not_wrapped_at_80_columns(monkeypatch):
 
 
 def test_resume_of_a_crafted_run_runs_no_code(crafted, capsys):
-    from cnnkit.train.config import TrainConfig
+    from cnnkit.tasks.classify.config import TrainConfig
 
     tmp, marker = crafted
     cfg = TrainConfig(model=f"{tmp / 'evil.py'}:build").to_dict()
-    _write(tmp / "run" / "resume.safetensors", {"format": ckpt.FORMAT, "epoch": 1, "config": cfg},
+    _write(tmp / "run" / "resume.safetensors", {"format": FORMAT, "epoch": 1, "config": cfg},
            {"w": torch.zeros(1)})
     assert main(["train", "--resume", "--out", str(tmp / "run")]) == 2
     err = capsys.readouterr().err
     assert "resuming would run it" in err and f"--model {tmp / 'evil.py'}:build" in err
-    _write(tmp / "run" / "resume.safetensors", {"format": ckpt.FORMAT, "config": {**cfg, "epochs": "abc"}},
+    _write(tmp / "run" / "resume.safetensors", {"format": FORMAT, "config": {**cfg, "epochs": "abc"}},
            {"w": torch.zeros(1)})
     assert main(["train", "--resume", "--out", str(tmp / "run")]) == 2
     assert err.count("\n") == 1 and not marker.exists()

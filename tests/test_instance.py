@@ -12,8 +12,11 @@ import torch
 from cnnkit.errors import CnnkitError
 from cnnkit.metrics.instance import encode_masks, mask_evaluate
 from cnnkit.models.instance import MaskDetector, MaskHead, maskness, paste_masks
-from cnnkit.tasks.instance import (InstanceConfig, InstanceTask, from_instances, jitter_boxes, load_mask_detector,
-                                   new_mask_detector, predict_files, roi_mask_targets)
+from cnnkit.tasks.instance.config import InstanceConfig
+from cnnkit.tasks.instance.data import from_instances, jitter_boxes, roi_mask_targets
+from cnnkit.tasks.instance.load import load_mask_detector, new_mask_detector
+from cnnkit.tasks.instance.predict import predict_files
+from cnnkit.tasks.instance.task import InstanceTask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -210,7 +213,7 @@ def test_mask_metric_bad_input():
 def test_saved_model_loads_and_predicts_an_overlay_png(tmp_path):
     from PIL import Image
 
-    from cnnkit.train.checkpoint import FORMAT, save_model
+    from cnnkit.engine.runfolder import FORMAT, save_model
 
     model, info = small_model()
     task = InstanceTask(["a", "b"], info=info, decode_args={"score_threshold": 0.0})
@@ -230,7 +233,7 @@ def test_saved_model_loads_and_predicts_an_overlay_png(tmp_path):
     with pytest.raises(CnnkitError, match="missing image"):
         predict_files(back, [tmp_path / "nope.png"], tmp_path / "pred")
     from cnnkit.models.detection import Detector  # noqa: F401  (a detect model is refused)
-    from cnnkit.tasks.detect import DetectTask
+    from cnnkit.tasks.detect.task import DetectTask
     det_task = DetectTask(["a", "b"], info=info)
     save_model(tmp_path / "d" / "model.safetensors", model.detector, {"format": FORMAT, **det_task.describe(model.detector)})
     with pytest.raises(CnnkitError, match="not an instance-segmentation model"):
@@ -268,7 +271,7 @@ def test_a_short_training_run_learns_digit_masks(data_dir):
 def test_validation_is_off_by_default_and_old_runs_validate_flag_maps_to_val_every():
     from dataclasses import asdict
 
-    from cnnkit.tasks.instance import config_from_dict
+    from cnnkit.tasks.instance.config import config_from_dict
 
     assert InstanceConfig(data="pennfudan").resolved().val_every == 0          # once, after training
     assert InstanceConfig(data="pennfudan", val_every=2).resolved().val_every == 2

@@ -8,10 +8,25 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cnnkit.errors import CnnkitError
-from cnnkit.layers import (AvgPool1dSame, AvgPool2dSame, Conv1dSame, Conv2dSame, Conv3dSame, Dropout,
-                           ConvTranspose2dSame, DepthwiseConv2d, LocalResponseNorm, MaxPool2dSame,
-                           MaxPool3dSame, SeparableConv2d, SqueezeExcite, conv_transpose_same_args,
-                           get_activation, pad_for, same_pad)
+from cnnkit.layers import (
+    AvgPool1dSame,
+    AvgPool2dSame,
+    Conv1dSame,
+    Conv2dSame,
+    Conv3dSame,
+    ConvTranspose2dSame,
+    DepthwiseConv2d,
+    Dropout,
+    LocalResponseNorm,
+    MaxPool2dSame,
+    MaxPool3dSame,
+    SeparableConv2d,
+    SqueezeExcite,
+    conv_transpose_same_args,
+    get_activation,
+    pad_for,
+    same_pad,
+)
 
 
 # ---------------------------------------------------------------- padding arithmetic

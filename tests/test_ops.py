@@ -7,8 +7,18 @@ import pytest
 import torch
 
 from cnnkit.errors import CnnkitError
-from cnnkit.ops import (batched_nms, box_area, box_convert, box_iou, box_iou_elementwise,
-                        generalized_box_iou, generalized_box_iou_elementwise, nms, roi_align, roi_pool)
+from cnnkit.ops import (
+    batched_nms,
+    box_area,
+    box_convert,
+    box_iou,
+    box_iou_elementwise,
+    generalized_box_iou,
+    generalized_box_iou_elementwise,
+    nms,
+    roi_align,
+    roi_pool,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,8 +7,17 @@ import torch
 from PIL import Image
 
 from cnnkit.data.imageset import ImageSet
-from cnnkit.data.pennfudan import pennfudan_images, pennfudan_root, pennfudan_split, split_names
-from cnnkit.data.segmentation import digit_segmentation, mask_folder, pennfudan_segmentation
+from cnnkit.data.pennfudan import (
+    pennfudan_images,
+    pennfudan_root,
+    pennfudan_split,
+    split_names,
+)
+from cnnkit.data.segmentation import (
+    digit_segmentation,
+    mask_folder,
+    pennfudan_segmentation,
+)
 from cnnkit.errors import CnnkitError
 
 

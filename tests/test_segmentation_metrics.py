@@ -4,8 +4,15 @@ import pytest
 import torch
 
 from cnnkit.errors import CnnkitError
-from cnnkit.metrics.segmentation import (SegmentationMeter, boundary_band, boundary_iou, confusion_matrix,
-                                         iou_per_class, mean_iou, pixel_accuracy)
+from cnnkit.metrics.segmentation import (
+    SegmentationMeter,
+    boundary_band,
+    boundary_iou,
+    confusion_matrix,
+    iou_per_class,
+    mean_iou,
+    pixel_accuracy,
+)
 
 
 def squares():

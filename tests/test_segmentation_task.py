@@ -7,7 +7,10 @@ import torch.nn as nn
 
 from cnnkit.data.segmentation import SegmentationSet
 from cnnkit.models.segmentation import create_segmenter
-from cnnkit.tasks.segment import SegmentTask, Segmenter, channel_stats, evaluate, random_scale_crop
+from cnnkit.tasks.segment.data import channel_stats, random_scale_crop
+from cnnkit.tasks.segment.evaluate import evaluate
+from cnnkit.tasks.segment.predict import Segmenter
+from cnnkit.tasks.segment.task import SegmentTask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -103,7 +106,7 @@ def test_prediction_pictures_grey_indices_and_overlay(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from cnnkit.tasks.segment import palette, predict_image, write_prediction
+    from cnnkit.tasks.segment.predict import palette, predict_image, write_prediction
 
     assert palette(4).tolist() == [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0]]   # VOC's colours
     image = photos(1).images[0]                                      # (3, 30, 41)
@@ -123,7 +126,7 @@ def test_prediction_pictures_grey_indices_and_overlay(tmp_path):
 
 
 def test_dice_loss_by_hand():
-    from cnnkit.tasks.segment import dice_loss
+    from cnnkit.tasks.segment.task import dice_loss
 
     y = torch.tensor([[[0, 0, 1, 1]]])                                # (1, 1, 4): two pixels each
     valid = torch.ones_like(y, dtype=torch.bool)
@@ -136,7 +139,7 @@ def test_dice_loss_by_hand():
 
 
 def test_recipes_resolve_and_a_scratch_encoder_drops_the_pretrained_settings():
-    from cnnkit.tasks.segment import SegmentConfig
+    from cnnkit.tasks.segment.config import SegmentConfig
 
     pf = SegmentConfig(data="pennfudan").resolved()
     assert (pf.arch, pf.backbone, pf.weights, pf.freeze_bn, pf.freeze_to) == ("unet", "efficientnet_lite0", "imagenet", True, 4)
@@ -186,7 +189,8 @@ def test_digits_recipe_short_real_run(data_dir):
     shortened to 400 scenes of 64 px, 4 epochs of batch 8 (200 steps, one thread; 18-28 s niced here, was 40 s at
     width 16): measured test mIoU 0.157 over the 11 classes (all-background scores 0.083). The full
     recipe (6,000 scenes, 7,500 steps) reaches 0.937; its figure is in the README."""
-    from cnnkit.tasks.segment import SegmentConfig, train
+    from cnnkit.tasks.segment.config import SegmentConfig
+    from cnnkit.tasks.segment.train import train
 
     cfg = SegmentConfig(data="digits", data_dir=str(data_dir), scenes=400, canvas=64, epochs=4, batch_size=8, threads=1)
     result = train(cfg, None, quiet=True)
@@ -195,7 +199,7 @@ def test_digits_recipe_short_real_run(data_dir):
 
 def test_lovasz_softmax_of_sure_predictions_is_one_minus_the_mean_iou():
     """At one-hot probabilities the Lovasz extension equals the set function: 1 - IoU per class."""
-    from cnnkit.tasks.segment import lovasz_softmax
+    from cnnkit.tasks.segment.task import lovasz_softmax
 
     g = torch.Generator().manual_seed(0)
     y, pred = torch.randint(0, 3, (2, 9, 7), generator=g), torch.randint(0, 3, (2, 9, 7), generator=g)
@@ -218,7 +222,7 @@ def test_segmenter_test_time_procedure_flip_and_scale():
     torch.manual_seed(0)
     net = nn.Conv2d(3, 2, 3, padding=1)
     x = torch.rand(1, 3, 13, 10)
-    plain = Segmenter(net, [0.5] * 3, [0.5] * 3, ["background", "thing"]).eval()
+    Segmenter(net, [0.5] * 3, [0.5] * 3, ["background", "thing"]).eval()
     flip = Segmenter(net, [0.5] * 3, [0.5] * 3, ["background", "thing"], tta="flip").eval()
     z = (x - 0.5) / 0.5
     expect = ((net(z).softmax(1) + net(z.flip(-1)).softmax(1).flip(-1)) / 2).log()
@@ -239,7 +243,8 @@ def test_segmenter_test_time_procedure_flip_and_scale():
 
 
 def test_input_stats_are_the_pretrained_weights_own():
-    from cnnkit.tasks.segment import SegmentConfig, input_stats
+    from cnnkit.tasks.segment.config import SegmentConfig
+    from cnnkit.tasks.segment.data import input_stats
 
     data = photos()
     assert input_stats(SegmentConfig(data="pennfudan").resolved(), data) == ([0.5] * 3, [0.5] * 3)

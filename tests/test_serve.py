@@ -34,27 +34,34 @@ layers:
 
 def make_run(folder: Path, epochs: int = 3, tta: str = "", model_ref: str = "mnist_fast") -> Path:
     """A run folder as `cnnkit train` writes it: an (untrained) mnist_fast checkpoint and metrics.csv."""
+    from cnnkit.engine.runfolder import (
+        FORMAT,
+        MODEL_FILE,
+        save_model,
+    )
     from cnnkit.models import create_model
-    from cnnkit.train import checkpoint as ckpt
+    from cnnkit.models.deploy import Classifier
 
     torch.manual_seed(0)
-    clf = ckpt.Classifier(create_model("mnist_fast", num_classes=10, in_channels=1), [0.13], [0.31],
+    clf = Classifier(create_model("mnist_fast", num_classes=10, in_channels=1), [0.13], [0.31],
                           [str(k) for k in range(10)], (1, 28, 28), tta=tta)
-    info = {"format": ckpt.FORMAT, "model": model_ref, "num_classes": 10, "input_size": [1, 28, 28],
+    info = {"format": FORMAT, "model": model_ref, "num_classes": 10, "input_size": [1, 28, 28],
             "classes": clf.classes, "mean": [0.13], "std": [0.31], "tta": tta,
             "dataset": {"name": "mnist", "dark_background": True}, "config": {}}
     folder.mkdir(parents=True)
-    ckpt.save_model(folder / ckpt.MODEL_FILE, clf, info)
+    save_model(folder / MODEL_FILE, clf, info)
     write_metrics(folder, epochs)
     return folder
 
 
 def write_metrics(folder: Path, epochs: int) -> None:
-    from cnnkit.train import checkpoint as ckpt
+    from cnnkit.engine.runfolder import (
+        write_metrics_csv,
+    )
 
     rows = [{"epoch": e, "train_loss": 1 / e, "train_acc": 1 - 0.1 / e, "val_loss": 1.2 / e,
              "val_acc": 1 - 0.2 / e, "lr": 0.01, "seconds": 1.5} for e in range(1, epochs + 1)]
-    ckpt.write_metrics_csv(folder / "metrics.csv", rows)
+    write_metrics_csv(folder / "metrics.csv", rows)
 
 
 def digit_png(path: Path, digit: int = 3) -> Path:
@@ -363,7 +370,7 @@ def test_predict_gives_the_runs_prediction_and_a_gradcam_png(api, runs_root, tmp
     from PIL import Image
 
     import cnnkit
-    from cnnkit.train.predict import predict_files
+    from cnnkit.tasks.classify.predict import predict_files
 
     png = digit_png(tmp_path / "three.png")
     want = predict_files(cnnkit.load(runs_root / "group" / "mnist_b"), [str(png)], top=5)[0]["top"]

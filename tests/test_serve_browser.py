@@ -12,8 +12,17 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from test_serve import CONV_CASES, SPEC, _torch_conv, bomb_png, digit_png, make_run, start, stop, write_metrics
+from test_serve import (
+    CONV_CASES,
+    SPEC,
+    _torch_conv,
+    bomb_png,
+    digit_png,
+    make_run,
+    start,
+    stop,
+    write_metrics,
+)
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -191,7 +200,7 @@ def test_runs_page_overlays_runs_and_follows_a_training_run(page, site):
 
 def test_predict_page_gets_the_runs_prediction_and_a_gradcam(page, site, tmp_path):
     import cnnkit
-    from cnnkit.train.predict import predict_files
+    from cnnkit.tasks.classify.predict import predict_files
 
     root, _ = site
     png = digit_png(tmp_path / "digit.png")

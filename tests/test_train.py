@@ -12,10 +12,9 @@ from cnnkit.cli import main
 from cnnkit.data.augment import AugmentConfig
 from cnnkit.data.datasets import load_dataset
 from cnnkit.errors import CnnkitError
-from cnnkit.train.config import preset
-from cnnkit.train.evaluate import evaluate
-from cnnkit.train.trainer import train
-
+from cnnkit.tasks.classify.config import preset
+from cnnkit.tasks.classify.evaluate import evaluate
+from cnnkit.tasks.classify.train import train
 
 TINY = """
 import torch.nn as nn
@@ -102,8 +101,8 @@ def test_resume_gives_the_same_weights(data_dir, tmp_path, tiny):
 def test_fast_crops_for_nets_of_any_size_and_shifts_for_fixed_size_ones(data_dir, tmp_path, capsys):
     """The fast preset's 24x24 windows reach a net that takes any size; a Flatten -> Linear net gets
     the same +-2 px shifts of whole images, said in one line; a crop too large fails before any file."""
-    from cnnkit.train.checkpoint import build_network
-    from cnnkit.train.trainer import trainable_augment
+    from cnnkit.models.network import build_network
+    from cnnkit.tasks.classify.train import trainable_augment
 
     cfg = preset("fast", data_dir=str(data_dir))
     assert cfg.augment == AugmentConfig(crop=24)
@@ -155,7 +154,7 @@ def test_epochs_validate_without_tta_and_the_result_with_it(data_dir, tmp_path, 
 
 
 def test_trainval_trains_on_all_60000_and_the_cli_records_it(data_dir, tmp_path, tiny, capsys):
-    from cnnkit.train.trainer import load_splits
+    from cnnkit.tasks.classify.train import load_splits
 
     train_set, val_set = load_splits(small(data_dir, subset=0, trainval=True), torch.device("cpu"))
     plain = load_dataset("mnist", "train", data_dir)

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn as nn
 
+from cnnkit.data.augment import ImageAugment
 from cnnkit.data.imageset import ImageSet
 from cnnkit.errors import CnnkitError
-from cnnkit.transfer import ImageAugment, finetune, plan_stage
-
+from cnnkit.tasks.classify.finetune import finetune, plan_stage
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -114,9 +114,11 @@ def test_cached_head_stage_trains_without_the_networks_dropout_unless_asked():
 
 
 def test_zoo_model_finetunes_on_hymenoptera_end_to_end(data_dir, tmp_path):
+    from cnnkit.data.augment import NOTES_AUGMENT
     from cnnkit.data.imagefolder import load_image_folder
     from cnnkit.models import create_model
-    from cnnkit.transfer import NOTES_AUGMENT, evaluate, preprocess_for
+    from cnnkit.models.preprocess import preprocess_for
+    from cnnkit.tasks.classify.finetune import evaluate
 
     pre = preprocess_for("resnet18", image_size=(32, 32))
     with warnings.catch_warnings():
@@ -269,19 +271,19 @@ def test_auto_head_keeps_the_candidate_with_the_lower_val_loss(tmp_path):
 
 
 def test_a_crafted_head_description_is_refused():
-    from cnnkit.train import network as netdesc
+    from cnnkit.models.network import build
 
     for head in ({"kind": "exec"}, {"kind": "class_scores", "source_classes": 10**9}, "class_scores",
                  {"kind": "class_scores", "source_classes": True}):
         with pytest.raises(CnnkitError, match="head"):
-            netdesc.build({"kind": "zoo", "name": "resnet18", "head": head}, 2, 3, "ckpt.safetensors")
-    net = netdesc.build({"kind": "zoo", "name": "resnet18", "head": {"kind": "class_scores", "source_classes": 1000}},
+            build({"kind": "zoo", "name": "resnet18", "head": head}, 2, 3, "ckpt.safetensors")
+    net = build({"kind": "zoo", "name": "resnet18", "head": {"kind": "class_scores", "source_classes": 1000}},
                         2, 3, "ckpt.safetensors")
     assert net.fc.source.out_features == 1000 and net.fc.fc.out_features == 2
 
 
 def test_finetune_size_is_nine_sevenths_for_pretrained_weights():
-    from cnnkit.transfer import finetune_preprocess
+    from cnnkit.models.preprocess import finetune_preprocess
 
     assert finetune_preprocess("efficientnet_lite0", True).input_size == (3, 288, 288)
     assert finetune_preprocess("efficientnet_lite0", False).input_size == (3, 224, 224)

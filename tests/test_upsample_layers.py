@@ -10,10 +10,16 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import cnnkit
 from cnnkit.analysis.measure import measure_peak
-from cnnkit.analysis.spec import build_from_spec
 from cnnkit.errors import CnnkitError
-from cnnkit.layers import (ASPP, AtrousConv2d, BilinearConvTranspose2d, Upsample, aspp_rates,
-                           bilinear_kernel)
+from cnnkit.layers import (
+    ASPP,
+    AtrousConv2d,
+    BilinearConvTranspose2d,
+    Upsample,
+    aspp_rates,
+    bilinear_kernel,
+)
+from cnnkit.models.spec import build_from_spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

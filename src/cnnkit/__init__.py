@@ -27,8 +27,8 @@ _LAZY = {
     "create_model": "cnnkit.models",
     "list_models": "cnnkit.models",
     "register_model": "cnnkit.models",
-    "load": "cnnkit.train.checkpoint",
-    "to_fcn": "cnnkit.transfer.fcn",
+    "load": "cnnkit.tasks.load",
+    "to_fcn": "cnnkit.models.fcn",
 }
 
 __all__ = ["CnnkitError", "__version__", *_LAZY]

@@ -258,7 +258,7 @@ def errors_gallery(images, labels, probs, classes: Sequence[str] | None, path=No
         images: (N, C, H, W) uint8 or float images; labels: (N,) true classes;
         probs: (N, K) class probabilities (softmax of the logits).
     """
-    from cnnkit.explain.mistakes import most_confident_errors
+    from cnnkit.metrics.classification import most_confident_errors
 
     probs_t = torch.as_tensor(_numpy(probs))
     labels_t = torch.as_tensor(_numpy(labels)).long()

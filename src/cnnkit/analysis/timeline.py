@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from cnnkit.analysis import backend
 from cnnkit.analysis.summary import DTYPES, OPTIMIZERS
-from cnnkit.analysis.target import parse_input_size, resolve_target
 from cnnkit.analysis.trace import trace
+from cnnkit.models.network import parse_input_size, resolve_target
 
 RUNNING = "running op: outputs + workspace"   # the breakdown's own name for what the op adds
 PHASES = ("forward", "loss", "backward", "optimizer")

@@ -11,7 +11,13 @@ import argparse
 import sys
 from importlib import import_module
 
-from cnnkit.errors import CnnkitError, disk_full, is_disk_full, is_out_of_memory, out_of_memory
+from cnnkit.errors import (
+    CnnkitError,
+    disk_full,
+    is_disk_full,
+    is_out_of_memory,
+    out_of_memory,
+)
 
 # sub-modules of cnnkit.cli, in the order their commands appear in --help
 _COMMAND_MODULES = ["summary", "zoo", "train", "explain", "transfer", "detect", "segment", "instance", "serve"]

@@ -81,7 +81,8 @@ def config_args(args, *extra: str) -> dict:
 
 
 def run_train(args) -> int:
-    from cnnkit.tasks.detect import DetectConfig, train
+    from cnnkit.tasks.detect.config import DetectConfig
+    from cnnkit.tasks.detect.train import train
 
     given = config_args(args)
     if args.data not in ("pennfudan", "digits"):
@@ -99,7 +100,7 @@ def start_run(args, cfg, train, kind: str) -> int:
 
 
 def run_eval(args) -> int:
-    from cnnkit.tasks.detect import evaluate_run
+    from cnnkit.tasks.detect.evaluate import evaluate_run
 
     m = evaluate_run(args.run, args.data_dir)
     if args.format == "json":
@@ -114,8 +115,9 @@ def run_eval(args) -> int:
 
 def run_predict(args) -> int:
     from cnnkit.data.detection import read_image
-    from cnnkit.tasks.detect import draw_detections, load_detector, predict_images
-    from cnnkit.train.checkpoint import resolve
+    from cnnkit.engine.runfolder import resolve
+    from cnnkit.tasks.detect.load import load_detector
+    from cnnkit.tasks.detect.predict import draw_detections, predict_images
 
     model = load_detector(args.run)
     size = model.info["input_size"][-1]

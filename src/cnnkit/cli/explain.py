@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cnnkit.errors import CnnkitError
 from cnnkit.cli import add_trust_code, existing_data_dir, trust
+from cnnkit.errors import CnnkitError
 
 METHODS = ["featuremaps", "filters", "patterns", "gradcam", "saliency"]
 
@@ -49,9 +49,17 @@ def register(subparsers) -> None:
 
 def run_explain(args) -> int:
     from cnnkit import plots
-    from cnnkit.explain import feature_maps, filter_patterns, filters, grad_cam, layer_names, saliency
+    from cnnkit.explain import (
+        feature_maps,
+        filter_patterns,
+        filters,
+        grad_cam,
+        layer_names,
+        saliency,
+    )
     from cnnkit.explain.hooks import default_cam_layer, is_conv
-    from cnnkit.explain.target import load_explainable, read_image
+    from cnnkit.explain.target import read_image
+    from cnnkit.tasks.classify.explain import load_explainable
 
     target = load_explainable(args.model, weights=args.weights, imagenet_norm=args.imagenet_norm,
                               factory=args.trust_code)
@@ -108,7 +116,7 @@ def run_explain(args) -> int:
 
 
 def run_plot(args) -> int:
-    from cnnkit.explain.run import plot_run
+    from cnnkit.tasks.classify.plot import plot_run
 
     existing_data_dir(args.data_dir)
     if args.max_images < 1:

@@ -29,14 +29,15 @@ def register(subparsers) -> None:
 
 
 def run_train(args) -> int:
-    from cnnkit.tasks.instance import InstanceConfig, train
+    from cnnkit.tasks.instance.config import InstanceConfig
+    from cnnkit.tasks.instance.train import train
 
     cfg = InstanceConfig(**config_args(args, "mask_convs", "mask_width", "roi_jitter"))
     return start_run(args, cfg, train, "instance")
 
 
 def run_eval(args) -> int:
-    from cnnkit.tasks.instance import evaluate_run
+    from cnnkit.tasks.instance.evaluate import evaluate_run
 
     m = evaluate_run(args.run, args.data_dir)
     if args.format == "json":
@@ -48,8 +49,9 @@ def run_eval(args) -> int:
 
 
 def run_predict(args) -> int:
-    from cnnkit.tasks.instance import load_mask_detector, predict_files
-    from cnnkit.train.checkpoint import resolve
+    from cnnkit.engine.runfolder import resolve
+    from cnnkit.tasks.instance.load import load_mask_detector
+    from cnnkit.tasks.instance.predict import predict_files
 
     model = load_mask_detector(args.run)
     out_dir = Path(args.out_dir) if args.out_dir else resolve(args.run).parent / "predictions"

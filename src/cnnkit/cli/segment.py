@@ -63,7 +63,8 @@ def register(subparsers) -> None:
 def run_train(args) -> int:
     import time
 
-    from cnnkit.tasks.segment import SegmentConfig, train
+    from cnnkit.tasks.segment.config import SegmentConfig
+    from cnnkit.tasks.segment.train import train
 
     data = args.data if args.data in ("pennfudan", "digits") else str(Path(args.data).expanduser().resolve())
     cfg = SegmentConfig(data=data, data_dir=str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None,
@@ -87,7 +88,7 @@ def run_train(args) -> int:
 
 
 def run_eval(args) -> int:
-    from cnnkit.tasks.segment import evaluate_run
+    from cnnkit.tasks.segment.evaluate import evaluate_run
 
     out = evaluate_run(args.run, args.split, args.data_dir, args.tta, args.test_scale)
     if args.format == "json":
@@ -102,7 +103,8 @@ def run_eval(args) -> int:
 
 def run_predict(args) -> int:
     from cnnkit.data.segmentation import read_image
-    from cnnkit.tasks.segment import load_segmenter, predict_image, write_prediction
+    from cnnkit.tasks.segment.load import load_segmenter
+    from cnnkit.tasks.segment.predict import predict_image, write_prediction
 
     model = load_segmenter(args.run)
     max_side = model.info.get("config", {}).get("max_side")

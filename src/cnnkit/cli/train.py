@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from cnnkit.errors import CnnkitError
 from cnnkit.cli import add_trust_code, existing_data_dir, trust
+from cnnkit.errors import CnnkitError
 
 
 def register(subparsers) -> None:
@@ -82,8 +82,8 @@ def register(subparsers) -> None:
 
 
 def run_train(args) -> int:
-    from cnnkit.train.config import preset
-    from cnnkit.train.trainer import train
+    from cnnkit.tasks.classify.config import preset
+    from cnnkit.tasks.classify.train import train
 
     if args.ensemble is not None and args.ensemble < 1:
         raise CnnkitError(f"--ensemble must be a positive integer; received {args.ensemble}")
@@ -116,15 +116,16 @@ def run_train(args) -> int:
 
 
 def run_eval(args) -> int:
-    from cnnkit.console import console
     from rich.table import Table
 
+    from cnnkit.console import console
     from cnnkit.data.datasets import load_dataset
-    from cnnkit.train.checkpoint import load, resolve
-    from cnnkit.train.evaluate import evaluate
+    from cnnkit.engine.runfolder import resolve
+    from cnnkit.tasks.classify.evaluate import evaluate
+    from cnnkit.tasks.classify.load import load_classifier
 
     existing_data_dir(args.data_dir)
-    model = load(args.checkpoint, **trust(args))
+    model = load_classifier(args.checkpoint, **trust(args))
     info = model.info
     cfg = info.get("config") or (info.get("ensemble") or [{}])[0].get("config") or {}
     tuned = info.get("finetune") if not args.dataset else None
@@ -177,10 +178,9 @@ def run_eval(args) -> int:
 
 
 def run_predict(args) -> int:
-    from cnnkit.train.checkpoint import load
-    from cnnkit.train.predict import predict_files
-
     from cnnkit.engine.precision import autocast
+    from cnnkit.tasks.classify.load import load_classifier
+    from cnnkit.tasks.classify.predict import predict_files
 
     if args.top is not None and args.top < 1:
         raise CnnkitError(f"--top must be a positive integer; received {args.top}")
@@ -188,12 +188,12 @@ def run_predict(args) -> int:
     if not Path(args.checkpoint).exists() and "/" not in args.checkpoint and not args.checkpoint.endswith(".safetensors"):
         from functools import partial
 
-        from cnnkit.transfer.preprocess import load_photo, pretrained_classifier
+        from cnnkit.models.preprocess import load_photo, pretrained_classifier
 
         model = pretrained_classifier(args.checkpoint)  # a zoo name: its ImageNet weights and classes
         loader, top = partial(load_photo, pre=model.preprocess), args.top or 5
     else:
-        model, top = load(args.checkpoint, **trust(args)), args.top or 3
+        model, top = load_classifier(args.checkpoint, **trust(args)), args.top or 3
     with autocast(args.precision, next(model.parameters()).device):
         rows = predict_files(model, args.images, top=top, loader=loader)
     if args.format == "json":

@@ -10,8 +10,8 @@ import time
 import warnings
 from pathlib import Path
 
-from cnnkit.errors import CnnkitError
 from cnnkit.cli import add_trust_code, trust
+from cnnkit.errors import CnnkitError
 
 
 def register(subparsers) -> None:
@@ -33,7 +33,7 @@ def register(subparsers) -> None:
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of the head stage (cosine to 0); "
                    "'top' and 'all' use a thirtieth of it (default 3e-3)")
     p.add_argument("--image-size", type=int, help="square input size (default: the model's, e.g. 224; "
-                   "with pretrained --weights 9/7 of it, e.g. 288: see cnnkit.transfer.finetune_preprocess)")
+                   "with pretrained --weights 9/7 of it, e.g. 288: see cnnkit.models.preprocess.finetune_preprocess)")
     p.add_argument("--head", default="auto", choices=["auto", "features", "class_scores"],
                    help="the new classifier: a Linear on the pooled features, one on the pretrained "
                    "classifier's log-probabilities, or auto (default): both tried on the cached "
@@ -69,9 +69,16 @@ def register(subparsers) -> None:
 def _finetune(args: argparse.Namespace) -> int:
     import torch
 
+    from cnnkit.data.augment import NOTES_AUGMENT
     from cnnkit.data.imagefolder import load_image_folder
-    from cnnkit.transfer import NOTES_AUGMENT, FinetuneConfig, Preprocess, evaluate, finetune, finetune_preprocess
-    from cnnkit.transfer.checkpoint import load_backbone, save_finetuned
+    from cnnkit.models.preprocess import Preprocess, finetune_preprocess
+    from cnnkit.tasks.classify.finetune import (
+        FinetuneConfig,
+        evaluate,
+        finetune,
+        load_backbone,
+        save_finetuned,
+    )
 
     if args.resume:
         args = _resumed_args(args)
@@ -148,7 +155,7 @@ def _finetune(args: argparse.Namespace) -> int:
 
 def _resumed_args(args: argparse.Namespace) -> argparse.Namespace:
     """On --resume the run's own settings win (different ones would not continue *exactly*)."""
-    from cnnkit.train.checkpoint import resumed_config
+    from cnnkit.engine.runfolder import resumed_config
 
     if not args.out:
         raise CnnkitError("--resume needs --out RUN_FOLDER (the run to continue)")
@@ -156,7 +163,7 @@ def _resumed_args(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def _fcn(args: argparse.Namespace) -> int:
-    from cnnkit.transfer.checkpoint import convert_to_fcn
+    from cnnkit.tasks.classify.fcn import convert_to_fcn
 
     path, fcn, info = convert_to_fcn(args.checkpoint, args.out, **trust(args))
     convs = sum(1 for m in fcn.modules() if type(m).__name__ == "Conv2d")

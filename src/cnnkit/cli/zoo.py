@@ -61,8 +61,9 @@ def run_zoo(args) -> int:
     if args.format == "json":
         print(json.dumps(rows, indent=2))
         return 0
-    from cnnkit.console import console
     from rich.table import Table
+
+    from cnnkit.console import console
 
     table = Table(title=f"cnnkit zoo: {len(rows)} models", title_justify="left")
     for col, justify in (("name", "left"), ("family", "left"), ("params", "right"), ("MACs", "right"),

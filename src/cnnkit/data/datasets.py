@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnkit.errors import CnnkitError
 from cnnkit.data.idx import read_idx
 from cnnkit.data.imageset import ImageSet
+from cnnkit.errors import CnnkitError
 
 SPLITS = ("train", "val", "trainval", "test")
 VAL_SIZE = 5000  # the last 5,000 training images, as in the notes

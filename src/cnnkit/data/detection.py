@@ -54,8 +54,8 @@ class Detections:
 
 def read_image(path: Path, channels: int = 3) -> torch.Tensor:
     """An image file -> (C, H, W) uint8 (RGB, or L for channels=1)."""
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     if not path.is_file():
         raise CnnkitError(f"missing image {path}: the annotation names it but there is no such file")

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import torch
 
-from cnnkit.errors import CnnkitError
 from cnnkit.data.images import MAX_DECODE_PIXELS
 from cnnkit.data.imageset import ImageSet
+from cnnkit.errors import CnnkitError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 SPLIT_DIRS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}

@@ -48,3 +48,14 @@ class ImageSet:
 
     def class_counts(self) -> torch.Tensor:
         return torch.bincount(self.labels, minlength=len(self.classes))
+
+
+@dataclass
+class Features:
+    """Inputs already computed (a frozen base's output), with their labels: batched as they are."""
+    x: torch.Tensor             # (N, ...) float
+    labels: torch.Tensor        # (N,) int64
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return self.x.shape[0]

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from cnnkit.errors import CnnkitError
 from cnnkit.data.datasets import default_data_dir
+from cnnkit.errors import CnnkitError
 
 N_TRAIN = 120
 SPLIT_SEED = 0

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from cnnkit.errors import CnnkitError
 from cnnkit.data.datasets import load_dataset
+from cnnkit.errors import CnnkitError
 
 INK = 64            # a resized digit's pixel is ink when >= this (of 255)
 _SPLIT_SALT = {"train": 0, "val": 1, "test": 2}   # different random streams per split, same seed

@@ -27,9 +27,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnkit.errors import CnnkitError
 from cnnkit.data.imagefolder import IMAGE_EXTENSIONS
-from cnnkit.data.pennfudan import mask_path, pennfudan_root, pennfudan_split, split_names
+from cnnkit.data.pennfudan import (
+    mask_path,
+    pennfudan_root,
+    pennfudan_split,
+    split_names,
+)
+from cnnkit.errors import CnnkitError
 
 IGNORE_INDEX = 255
 

@@ -25,15 +25,29 @@ from typing import Callable
 import torch
 import torch.nn as nn
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
 from cnnkit.console import console as make_console
-from cnnkit.errors import CnnkitError
-from cnnkit.train import checkpoint as ckpt
 from cnnkit.engine.distributed import Dist, all_sum, distributed, shard_batch
 from cnnkit.engine.ema import EMA
 from cnnkit.engine.precision import autocast, choose
+from cnnkit.engine.runfolder import (
+    FORMAT,
+    MODEL_FILE,
+    RESUME_FILE,
+    load_resume,
+    save_model,
+    save_resume,
+    write_metrics_csv,
+)
 from cnnkit.engine.task import Data, Plan, Setup, Task
+from cnnkit.errors import CnnkitError
 
 REPORT_EVERY = 20   # steps between progress updates and loss checks (each one syncs with the device)
 
@@ -82,7 +96,7 @@ def fit(task: Task, model: nn.Module, data: Data, plan: Plan, out=None, *, resum
                 if done < last:
                     setup = phase.begin(model)
                     if first < done:                  # resumed inside this phase: its optimizer too
-                        ckpt.load_resume(out / ckpt.RESUME_FILE, model, setup.optimizer, ema, gen)
+                        load_resume(out / RESUME_FILE, model, setup.optimizer, ema, gen)
                     tick = time.perf_counter()
                     images += _run_phase(task, model, deploy, ema, data, setup, phase.name, gen, d,
                                          range(max(first, done), last), first, plan.epochs, history,
@@ -93,7 +107,7 @@ def fit(task: Task, model: nn.Module, data: Data, plan: Plan, out=None, *, resum
         except KeyboardInterrupt:
             if d.main and out is not None:
                 _save_model(out, task, deploy, history, precision, interrupted=True)
-                console.print(f"interrupted: {out / ckpt.MODEL_FILE} holds the current weights; "
+                console.print(f"interrupted: {out / MODEL_FILE} holds the current weights; "
                               f"`{command} --resume --out {out}` continues from epoch {len(history) + 1}")
             raise
         best = _best(history, f"val_{task.metric}")
@@ -210,16 +224,16 @@ def _check_weights(model: nn.Module, epoch: int, name: str, peak: float) -> None
 
 def _start(out: Path | None, resume: bool, model, ema, gen, config: dict) -> tuple[int, list[dict]]:
     """(epochs done, history): 0 and [] for a new run; a resumed run's weights and RNG restored."""
-    path = out / ckpt.RESUME_FILE if out is not None else None
+    path = out / RESUME_FILE if out is not None else None
     if not resume:
         if path is not None and path.exists():
             raise CnnkitError(f"{out} already holds a run; pass --resume to continue it or choose "
                               "another --out")
         return 0, []
     if path is None or not path.is_file():
-        raise CnnkitError(f"nothing to resume in {out}: no {ckpt.RESUME_FILE}; start a new run "
+        raise CnnkitError(f"nothing to resume in {out}: no {RESUME_FILE}; start a new run "
                           "without --resume")
-    epoch, history, saved = ckpt.load_resume(path, model, None, ema, gen)
+    epoch, history, saved = load_resume(path, model, None, ema, gen)
     keys = sorted(k for k in set(saved) & set(config) if saved[k] != config[k])   # a setting one side
     if keys:                                 # lacks is one a newer cnnkit added or dropped: not a difference
         raise CnnkitError(f"{out} was trained with other settings ({', '.join(keys)}); resume it "
@@ -229,19 +243,19 @@ def _start(out: Path | None, resume: bool, model, ema, gen, config: dict) -> tup
 
 def _save_run(out, task, model, deploy, optimizer, ema, gen, history, config, precision) -> None:
     """Resume state, deployable model, metrics.csv and curves.png (each file atomic)."""
-    ckpt.save_resume(out / ckpt.RESUME_FILE, model, optimizer, ema, gen, len(history), history, config)
+    save_resume(out / RESUME_FILE, model, optimizer, ema, gen, len(history), history, config)
     _save_model(out, task, deploy, history, precision)
     keys = [k for k in dict.fromkeys(k for r in history for k in r) if k not in ("lr", "seconds")]
-    ckpt.write_metrics_csv(out / "metrics.csv", history, keys + ["lr", "seconds"])   # rows without validation too
+    write_metrics_csv(out / "metrics.csv", history, keys + ["lr", "seconds"])   # rows without validation too
     from cnnkit.plots import training_curves
 
     training_curves(history, out / "curves.png")
 
 
 def _save_model(out, task, deploy, history, precision: str, interrupted: bool = False) -> None:
-    info = {"format": ckpt.FORMAT, **task.describe(deploy), "epoch": len(history),
+    info = {"format": FORMAT, **task.describe(deploy), "epoch": len(history),
             "history": history, "precision": precision, "interrupted": interrupted}
-    ckpt.save_model(out / ckpt.MODEL_FILE, task.deployable(deploy), info)
+    save_model(out / MODEL_FILE, task.deployable(deploy), info)
 
 
 def _best(history: list[dict], key: str) -> tuple[int, float] | None:

@@ -1,6 +1,6 @@
 """What the engine asks of a task, and what a task receives: the plan of phases it trains by.
 
-A task (``cnnkit.tasks.classify``, later ``detect`` and ``segment``) supplies what differs: batches
+A task (``cnnkit.tasks.classify.task``, later ``detect`` and ``segment``) supplies what differs: batches
 (augmentation included), the loss, validation metrics, and the module ``cnnkit.load`` returns. A
 :class:`Plan` says what trains when: one :class:`Phase` for ordinary training, one per stage for
 fine-tuning. The engine (:mod:`cnnkit.engine.loop`) does everything else.

@@ -7,10 +7,17 @@ Each method lives in its own file over a small base (:mod:`.base`) and hooks tha
 from cnnkit.explain.feature_maps import feature_maps
 from cnnkit.explain.filters import filters
 from cnnkit.explain.grad_cam import grad_cam
-from cnnkit.explain.hooks import frozen, guided_relus, last_conv_layer, layer_names, recording, resolve_layer
-from cnnkit.explain.mistakes import confusion_counts, most_confident_errors
+from cnnkit.explain.hooks import (
+    frozen,
+    guided_relus,
+    last_conv_layer,
+    layer_names,
+    recording,
+    resolve_layer,
+)
 from cnnkit.explain.patterns import filter_patterns, mean_activation
 from cnnkit.explain.saliency import saliency
+from cnnkit.metrics.classification import confusion_counts, most_confident_errors
 
 __all__ = [
     "feature_maps", "filters", "filter_patterns", "mean_activation", "grad_cam", "saliency",

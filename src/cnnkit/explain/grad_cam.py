@@ -16,7 +16,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cnnkit.explain.base import as_batch, forward_scores, normalise_max, selected_score, target_classes
+from cnnkit.explain.base import (
+    as_batch,
+    forward_scores,
+    normalise_max,
+    selected_score,
+    target_classes,
+)
 from cnnkit.explain.hooks import default_cam_layer, frozen, recording
 
 

@@ -11,7 +11,13 @@ import torch
 import torch.nn as nn
 
 from cnnkit.errors import CnnkitError
-from cnnkit.explain.base import as_batch, forward_scores, normalise_max, selected_score, target_classes
+from cnnkit.explain.base import (
+    as_batch,
+    forward_scores,
+    normalise_max,
+    selected_score,
+    target_classes,
+)
 from cnnkit.explain.hooks import frozen, guided_relus
 
 METHODS = ("vanilla", "guided")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -12,6 +11,8 @@ from cnnkit.data.images import read_image  # noqa: F401 -- re-exported: explain 
 from cnnkit.errors import CnnkitError, is_out_of_memory, out_of_memory
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
+
+
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
@@ -61,43 +62,3 @@ class Explainable:
 
     def user_name(self, name: str) -> str:
         return name[len(self.prefix):] if self.prefix and name.startswith(self.prefix) else name
-
-
-def load_explainable(source: str, weights: str | None = None, imagenet_norm: bool = False,
-                     factory: str | None = None) -> Explainable:
-    """A run folder / ``.safetensors`` checkpoint (via :func:`cnnkit.load`) or a zoo model name.
-
-    Checkpoints are explained without test-time augmentation (one forward per image), through their
-    own input normalisation; layer names are those of the bare network (``model.net``). ``factory``
-    (``FILE.py:FN``) is for a checkpoint whose network only code builds (``cnnkit.load``'s trust_code).
-    """
-    path = Path(source)
-    if path.exists():
-        if weights:
-            raise CnnkitError(f"--weights is for zoo models; {source} is a checkpoint that has its own")
-        from cnnkit.train.checkpoint import load
-
-        model = load(path, trust_code=factory is not None, factory=factory)
-        if hasattr(model, "tta"):
-            model.tta = ""
-        info = getattr(model, "info", {}) or {}
-        dark = bool(info.get("dataset", {}).get("dark_background", False))
-        return Explainable(model, "net.", list(model.classes), tuple(model.input_size), dark)
-    from cnnkit.models import create_model, list_models, model_info
-
-    if source not in list_models():
-        model_info(source)  # raises "unknown model name ..., did you mean ..."
-    from cnnkit.models.weights import PRETRAINED, imagenet_classes
-
-    info = model_info(source)
-    net = create_model(source, weights=weights).eval()
-    published = PRETRAINED.get(source)
-    imagenet_norm = imagenet_norm or (weights == "imagenet" and published is not None)
-    norm = (published.mean, published.std) if published is not None else (IMAGENET_MEAN, IMAGENET_STD)
-    model, prefix = (Normalised(net, *norm).eval(), "net.") if imagenet_norm else (net, "")
-    num_classes = getattr(net, "num_classes", None)
-    if num_classes is None:
-        last = [m for m in net.modules() if isinstance(m, nn.Linear)]
-        num_classes = last[-1].out_features if last else 0
-    classes = imagenet_classes() if weights == "imagenet" and num_classes == 1000 else [str(k) for k in range(num_classes)]
-    return Explainable(model, prefix, classes, tuple(info.input_size))

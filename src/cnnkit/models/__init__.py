@@ -2,7 +2,13 @@
 
 from importlib import import_module
 
-from cnnkit.models._registry import ModelInfo, create_model, list_models, model_info, register_model
+from cnnkit.models._registry import (
+    ModelInfo,
+    create_model,
+    list_models,
+    model_info,
+    register_model,
+)
 
 # one family per file; importing a file registers its variants
 _MODEL_MODULES = [

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from cnnkit.models._common import Classifier, check_args as _check_args
+from cnnkit.models._common import Classifier
+from cnnkit.models._common import check_args as _check_args
 from cnnkit.models._registry import register_model
 
 

@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from cnnkit.errors import CnnkitError
 from cnnkit.layers.conv_same import resolve_padding
-from cnnkit.models._registry import create_model, model_info
+from cnnkit.models._registry import create_model
 
 STRIDES = (2, 4, 8, 16, 32)
 _PROBE = 64  # side of the probe input that finds each trunk module's stride

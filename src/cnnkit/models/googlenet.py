@@ -14,7 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cnnkit.models._common import Classifier, check_args as _check_args
+from cnnkit.models._common import Classifier
+from cnnkit.models._common import check_args as _check_args
 from cnnkit.models._registry import register_model
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)

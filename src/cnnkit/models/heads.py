@@ -8,7 +8,7 @@ https://arxiv.org/abs/2007.02869, taken as a fixed feature). The old classifier 
 Measured (linear heads on cached efficientnet_lite0 features at 288 px, 3 seeds): hymenoptera val
 0.974-0.980 against 0.954-0.961 from the pooled features; on flowers (daisy, tulips: not ImageNet
 classes) 0.82-0.84 test against 0.93 -- which is why fine-tuning chooses between the two by
-validation loss (:mod:`cnnkit.transfer.finetune`).
+validation loss (:mod:`cnnkit.tasks.classify.finetune`).
 """
 
 from __future__ import annotations

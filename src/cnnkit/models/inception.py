@@ -14,9 +14,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cnnkit.models._common import Classifier, check_args as _check_args
+from cnnkit.models._common import Classifier
+from cnnkit.models._common import check_args as _check_args
 from cnnkit.models._registry import register_model
-from cnnkit.models.googlenet import BasicConv2d, _classifier, _trunc_normal, inception_input_transform
+from cnnkit.models.googlenet import (
+    BasicConv2d,
+    _classifier,
+    _trunc_normal,
+    inception_input_transform,
+)
 
 # torchvision: normal(0, 0.1) truncated to [-2, 2] for every conv and Linear (the aux head's
 # 0.01 / 0.001 exceptions do not apply here)

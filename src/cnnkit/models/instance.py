@@ -17,13 +17,12 @@ The detector is used by composition: :class:`MaskDetector` holds a
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cnnkit.ops import roi_align
 from cnnkit.models.detection import Detector, decode, grid_points
+from cnnkit.ops import roi_align
 
 ROI_SIZE = 14          # RoIAlign output side (the paper's 14 x 14)
 
@@ -146,7 +145,7 @@ def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int],
     Only the pixels of each box's bounding window are computed.
     """
     h, w = size
-    k, m = masks.shape[0], masks.shape[-1]
+    k, _m = masks.shape[0], masks.shape[-1]
     out = torch.zeros(k, h, w, dtype=torch.bool, device=masks.device)
     for i in range(k):
         x1, y1, x2, y2 = boxes[i].tolist()

@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cnnkit.models.detection import Normalise
 from cnnkit.ops import box_convert, box_iou_elementwise, generalized_box_iou_elementwise
-from cnnkit.models.detection import Normalise, default_stats
 
 
 class Localiser(nn.Module):

@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 
 from cnnkit.errors import CnnkitError
-from cnnkit.models._common import Classifier, check_args as _check_args
+from cnnkit.models._common import Classifier
+from cnnkit.models._common import check_args as _check_args
 from cnnkit.models._registry import register_model
 
 # variant -> layers; the letters are the paper's Table 1 columns

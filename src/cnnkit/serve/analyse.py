@@ -3,7 +3,7 @@ timeline of a training step, and ``cnnkit fit``.
 
 Targets are never paths and never Python: a string is a zoo name, or spec text parsed with
 ``yaml.safe_load`` (aliases refused, size and numbers bounded) and built by
-:func:`cnnkit.analysis.spec.build_from_spec` on the *meta* device, so a spec's parameters take no
+:func:`cnnkit.models.spec.build_from_spec` on the *meta* device, so a spec's parameters take no
 memory. Before the real analysis one inference trace at batch 1 (meta, no backend) measures the cost;
 a network over :class:`~cnnkit.serve.limits.Limits` is refused with the number that was too large.
 """
@@ -79,7 +79,7 @@ def resolve(target, limits: Limits):
     _check_numbers(spec, limits)
     import json
 
-    from cnnkit.analysis.spec import build_from_spec
+    from cnnkit.models.spec import build_from_spec
 
     key = ("spec", json.dumps(spec, sort_keys=True, default=str))
     try:
@@ -104,8 +104,8 @@ def _int(body: dict, key: str, default, low: int, high: int):
 def _precheck(target, input_size, limits: Limits) -> None:
     """One meta inference pass at batch 1 (no backend): refuse what would be too big or too slow."""
     from cnnkit.analysis.summary import DTYPES
-    from cnnkit.analysis.target import parse_input_size, resolve_target
     from cnnkit.analysis.trace import trace
+    from cnnkit.models.network import parse_input_size, resolve_target
 
     model, default, name = resolve_target(target)
     size = parse_input_size(input_size) if input_size is not None else default
@@ -162,7 +162,7 @@ class Analyser:
         if size is not None and not isinstance(size, (str, list)):
             raise Refused(f"input must look like 3x224x224; received: {size!r}")
         if size is not None:
-            from cnnkit.analysis.target import parse_input_size
+            from cnnkit.models.network import parse_input_size
 
             size = tuple(parse_input_size(size))
         return {"input_size": size, "batch_size": _int(body, "batch", 1, 1, self.limits.batch),

@@ -83,9 +83,9 @@ class Models:
         self.busy = threading.Lock()  # one explanation at a time: their hooks go on shared modules
 
     def get(self, name):
-        from cnnkit.explain.target import load_explainable
         from cnnkit.models import list_models
         from cnnkit.models.weights import installed
+        from cnnkit.tasks.classify.explain import load_explainable
 
         if not isinstance(name, str) or not name:
             raise Refused("name the model: a run from /api/runs or a zoo name")
@@ -178,7 +178,13 @@ def explain(models: Models, fields: dict, limits: Limits) -> dict:
 
 def _explain(target, method: str, fields: dict, limits: Limits) -> dict:
     from cnnkit import plots
-    from cnnkit.explain import feature_maps, filter_patterns, filters, grad_cam, saliency
+    from cnnkit.explain import (
+        feature_maps,
+        filter_patterns,
+        filters,
+        grad_cam,
+        saliency,
+    )
     from cnnkit.explain.hooks import default_cam_layer
 
     data = fields.get("file")

@@ -60,7 +60,7 @@ class Runs:
         return runs[name]
 
     def listing(self) -> list[dict]:
-        from cnnkit.explain.run import read_metrics
+        from cnnkit.tasks.classify.plot import read_metrics
 
         out = []
         for name, folder in self._scan().items():
@@ -86,7 +86,7 @@ class Runs:
 
     @staticmethod
     def info(folder: Path) -> dict:
-        from cnnkit.train.checkpoint import read_info
+        from cnnkit.engine.runfolder import read_info
 
         try:
             return read_info(folder)
@@ -94,7 +94,7 @@ class Runs:
             raise Refused(f"{folder.name}: the checkpoint cannot be read ({exc})") from None
 
     def metrics(self, name) -> dict:
-        from cnnkit.explain.run import read_metrics
+        from cnnkit.tasks.classify.plot import read_metrics
 
         folder = self.folder(name)
         try:
@@ -111,7 +111,7 @@ class Runs:
 
     def plot(self, name) -> dict:
         """``cnnkit plot`` for a listed run: curves, and the confusion matrix when its data loads."""
-        from cnnkit.explain.run import plot_run
+        from cnnkit.tasks.classify.plot import plot_run
 
         written, notes = plot_run(self.folder(name))
         return {"run": name, "figures": [p.name for p in written], "notes": notes}

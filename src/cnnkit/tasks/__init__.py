@@ -1,5 +1,5 @@
 """What differs per task, handed to the one training loop (:mod:`cnnkit.engine`).
 
 - :mod:`.classify` -- image classification: batches with augmentation, cross-entropy, accuracy
-  (the same :func:`~cnnkit.tasks.classify.evaluate` as ``cnnkit eval``), the deployable Classifier
+  (the same :func:`~cnnkit.tasks.classify.task.evaluate` as ``cnnkit eval``), the deployable Classifier
 """

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from cnnkit import layers as L
 from cnnkit.errors import CnnkitError, check_fits
-from cnnkit.analysis.target import parse_input_size
+from cnnkit.models.network import parse_input_size
 
 _ACTIVATIONS = {
     None: None, "linear": None, "relu": F.relu, "relu6": F.relu6, "sigmoid": torch.sigmoid,

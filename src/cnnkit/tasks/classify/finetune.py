@@ -29,21 +29,33 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn as nn
 
 from cnnkit import engine
-from cnnkit.data.imageset import ImageSet
+from cnnkit.data.imageset import Features, ImageSet
 from cnnkit.engine import Data, Phase, Plan, Setup
 from cnnkit.engine.distributed import Dist
+from cnnkit.engine.runfolder import FORMAT, MODEL_FILE, read_info, save_model
 from cnnkit.errors import CnnkitError
-from cnnkit.models.heads import HEAD_KINDS, ClassScoresHead, attach_class_scores, frozen_head_parameters, last_linear
-from cnnkit.tasks.classify import Classifier, ClassifyTask, Features
-from cnnkit.tasks.classify import evaluate as evaluate_classifier
+from cnnkit.models.deploy import Classifier
+from cnnkit.models.heads import (
+    HEAD_KINDS,
+    ClassScoresHead,
+    attach_class_scores,
+    frozen_head_parameters,
+    last_linear,
+)
+from cnnkit.models.network import model_reference
+from cnnkit.tasks.classify.evaluate import evaluate as evaluate_classifier
+from cnnkit.tasks.classify.load import load_classifier
+from cnnkit.tasks.classify.task import ClassifyTask
 
 STAGES = ("head", "top", "all")
 _BN = nn.modules.batchnorm._BatchNorm
@@ -312,7 +324,7 @@ def _choose_head(task, clf, source, stages, freeze_until, cfg, train_set, val_se
 
 def _saved_head(out) -> str | None:
     """The head kind a run being resumed chose (its saved settings), if it recorded one."""
-    from cnnkit.train.checkpoint import resumed_config
+    from cnnkit.engine.runfolder import resumed_config
 
     return resumed_config(out).get("finetune", {}).get("head") if out is not None else None
 
@@ -484,3 +496,51 @@ def evaluate(model: nn.Module, data: ImageSet, mean=None, std=None, batch_size: 
     clf = Classifier(model, mean or (0.5,) * c, std or (0.5,) * c, data.classes, data.image_shape, tta)
     result = evaluate_classifier(clf.to(device).train(model.training), data, batch_size, False)
     return result.loss, result.accuracy
+
+
+def is_cnnkit_checkpoint(path: str | os.PathLike) -> bool:
+    """True for a run folder or .safetensors file written by cnnkit (train, finetune, fcn)."""
+    try:
+        return read_info(path).get("format") == FORMAT
+    except Exception:  # noqa: BLE001 -- any unreadable file is simply "not ours"
+        return False
+
+
+def load_backbone(model_name: str | None, weights: str | None,
+                  in_channels: int = 3) -> tuple[nn.Module, str, dict | None]:
+    """(network, model name) from a cnnkit checkpoint, or a zoo name plus reference-format weights:
+    a local file, an ``http(s)://``/``file://`` URL, or ``"imagenet"`` for the published URL.
+    The third item is a checkpoint's own ``{"mean", "std", "input_size"}`` (None for zoo weights)."""
+    if weights is not None and is_cnnkit_checkpoint(weights):
+        info = read_info(weights)
+        if info.get("ensemble") or info.get("fcn"):
+            raise CnnkitError(f"--weights {weights} is an ensemble or FCN checkpoint; give a single "
+                              "classifier to fine-tune")
+        own = {k: info[k] for k in ("mean", "std", "input_size")}
+        return load_classifier(weights).net, info["model"], own
+    if model_name is None:
+        raise CnnkitError("--model is required unless --weights is a cnnkit checkpoint; e.g. "
+                          "--model resnet18 --weights resnet18-f37072fd.pth")
+    if weights == "imagenet":  # the published reference weights, downloaded once and checksummed
+        from cnnkit.models.weights import pretrained_url
+
+        weights = pretrained_url(model_name)
+    if weights is not None and not Path(weights).is_file() and "://" not in weights:
+        raise CnnkitError(f"--weights file not found: {weights}; give a .pth/.safetensors file in the "
+                          "reference implementation's format or a cnnkit checkpoint")
+    from cnnkit.models import create_model
+
+    return create_model(model_name, in_channels=in_channels, weights=weights), model_name, None
+
+
+def save_finetuned(out: str | os.PathLike, net: nn.Module, model_name: str, classes: list[str],
+                   input_size, mean, std, history: list[dict], finetune: dict) -> Path:
+    """Write ``out/model.safetensors`` atomically; returns its path."""
+    clf = Classifier(net, mean, std, classes, input_size)
+    info = {"format": FORMAT, "model": model_reference(model_name), "num_classes": len(classes),
+            "input_size": list(input_size), "classes": list(classes), "mean": list(mean),
+            "std": list(std), "tta": "", "dataset": {"name": finetune.get("data", "")},
+            "epoch": len(history), "history": history, "finetune": finetune, "interrupted": False}
+    path = Path(out) / MODEL_FILE
+    save_model(path, clf, info)
+    return path

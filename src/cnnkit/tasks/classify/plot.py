@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from cnnkit.errors import CnnkitError
-from cnnkit.explain.mistakes import confusion_counts
+from cnnkit.metrics.classification import confusion_counts
 
 
 def read_metrics(run: str | Path) -> list[dict]:
@@ -47,9 +47,9 @@ def plot_run(run: str | Path, data_dir: str | None = None, split: str | None = N
     notes: list[str] = []
     try:
         from cnnkit.data.datasets import load_dataset
-        from cnnkit.train.checkpoint import load
+        from cnnkit.tasks.classify.load import load_classifier
 
-        model = load(run, trust_code=trust_code, factory=factory)
+        model = load_classifier(run, trust_code=trust_code, factory=factory)
         info = getattr(model, "info", {}) or {}
         name = info.get("dataset", {}).get("name")
         if not name:

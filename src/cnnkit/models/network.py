@@ -16,6 +16,9 @@ goes through the spec builder, module names through the allow-list :data:`LAYERS
 
 from __future__ import annotations
 
+import importlib.util
+import re
+import sys
 from pathlib import Path
 
 import torch
@@ -56,7 +59,7 @@ _MAX_LAYERS = 10_000
 def describe(model: str, net: nn.Module | None = None) -> dict:
     """The ``"network"`` entry for a network built from ``model`` (what the user typed at training)."""
     if model.endswith((".yaml", ".yml", ".json")):
-        from cnnkit.analysis.spec import load_spec
+        from cnnkit.models.spec import load_spec
 
         return {"kind": "spec", "spec": load_spec(model)}
     if ".py:" in model:
@@ -185,7 +188,7 @@ def build(network: dict, num_classes: int, in_channels: int, source: str,
                                   "{'kind': 'class_scores', 'source_classes': 1..100000}")
             make = lambda: _class_scores(name, n, num_classes, in_channels)  # noqa: E731
     elif kind in ("spec", "spec_file"):
-        from cnnkit.analysis.spec import build_from_spec
+        from cnnkit.models.spec import build_from_spec
 
         spec = network.get("spec") if kind == "spec" else network.get("path")
         if kind == "spec_file" and not Path(str(spec)).is_file():
@@ -235,7 +238,121 @@ def _from_factory(network: dict, num_classes: int, in_channels: int, source: str
     if factory is None or ".py:" not in factory:
         raise CnnkitError(f"trust_code=True needs factory='FILE.py:FN' (CLI: --trust-code FILE.py:FN): the "
                           f"file to run is the one you name, never the checkpoint's ({stored})")
-    from cnnkit.analysis.target import load_factory
+    from cnnkit.models.network import load_factory
 
     path, _, fn = factory.rpartition(":")
     return load_factory(Path(path), fn, num_classes=num_classes, in_channels=in_channels)
+
+
+def build_network(model: str, num_classes: int, in_channels: int) -> nn.Module:
+    """A zoo name, a ``spec.yaml``/``.json`` file, or ``file.py:factory`` -> an ``nn.Module``."""
+    if model.endswith((".yaml", ".yml", ".json")):
+        if not Path(model).is_file():
+            raise CnnkitError(f"--model spec file not found: {model}; give a .yaml/.json network spec")
+        from cnnkit.models.spec import build_from_spec
+
+        return build_from_spec(model, logits=True)[0]     # a final softmax is the loss's job
+    if ".py:" in model:
+        from cnnkit.models.network import load_factory
+
+        path, _, factory = model.rpartition(":")
+        return load_factory(Path(path), factory, num_classes=num_classes, in_channels=in_channels)
+    from cnnkit.models import create_model
+
+    return create_model(model, num_classes=num_classes, in_channels=in_channels)
+
+
+def model_reference(model: str) -> str:
+    """The model string to store, for messages: file paths made absolute. (The network itself is
+    stored as data in ``info["network"]``; loading never goes back to these files.)"""
+    if model.endswith((".yaml", ".yml", ".json")):
+        return str(Path(model).resolve())
+    if ".py:" in model:
+        path, _, factory = model.rpartition(":")
+        return f"{Path(path).resolve()}:{factory}"
+    return model
+
+
+def trusted_resume_model(stored: str, typed: str | None) -> str:
+    """The model a ``--resume`` rebuilds: a Python factory only when the user names it again."""
+    if ".py:" not in stored:
+        return stored
+    if typed is not None and model_reference(typed) == stored:
+        return typed
+    raise CnnkitError(f"this run's network is built by Python code ({stored}); resuming would run it: if "
+                      f"you trust that code, pass --model {stored} again to resume")
+
+
+def parse_input_size(text) -> tuple[int, ...]:
+    """``"3x224x224"``, ``"3,224,224"``, ``"1x100"`` (1-D), ``"1x16x64x64"`` (3-D) or ``"100"`` (a vector,
+    e.g. a GAN generator's noise) -> a tuple, channels first."""
+    if isinstance(text, (tuple, list)):
+        dims = tuple(int(d) for d in text)
+    else:
+        parts = [p for p in re.split(r"[x,X*\s]+", str(text).strip()) if p]
+        try:
+            dims = tuple(int(p) for p in parts)
+        except ValueError:
+            raise CnnkitError(f"--input must look like CxHxW (e.g. 3x224x224), CxL or CxDxHxW; "
+                              f"received: {text!r}") from None
+    if not 1 <= len(dims) <= 4:
+        raise CnnkitError(f"--input needs 1 to 4 sizes (F for a vector, CxL, CxHxW or CxDxHxW); "
+                          f"received: {text!r}")
+    if any(d <= 0 for d in dims):
+        raise CnnkitError(f"--input sizes must be positive; received: {text!r}")
+    return dims
+
+
+def resolve_target(target) -> tuple[nn.Module, tuple[int, ...] | None, str]:
+    """Return ``(model, default_input_size or None, display_name)`` for any analysable target."""
+    if isinstance(target, nn.Module):
+        return target, getattr(target, "input_size", None), type(target).__name__
+    if not isinstance(target, (str, Path)):
+        raise CnnkitError(f"cannot analyse a {type(target).__name__}: give an nn.Module, a model name, "
+                          "a .yaml/.json spec or file.py:factory")
+    text = str(target)
+    path = Path(text)
+    if path.suffix.lower() in (".yaml", ".yml", ".json"):
+        from cnnkit.models.spec import build_from_spec
+
+        model, input_size = build_from_spec(path)
+        return model, input_size, path.stem
+    m = re.match(r"^(?P<file>.+\.py):(?P<fn>[A-Za-z_]\w*)$", text)
+    if m:
+        return load_factory(Path(m["file"]), m["fn"]), None, f"{Path(m['file']).stem}:{m['fn']}"
+    if text.endswith(".py"):
+        raise CnnkitError(f"name the factory function too: {text}:FUNCTION (a function returning an nn.Module)")
+    from cnnkit.models import create_model, model_info
+
+    info = model_info(text)  # raises with close matches for an unknown name
+    return create_model(text), info.input_size, text
+
+
+def load_factory(path: Path, fn_name: str, **kwargs) -> nn.Module:
+    """Import ``path`` and call ``fn_name`` with those of ``kwargs`` its signature accepts."""
+    if not path.is_file():
+        raise CnnkitError(f"no such Python file: {path}")
+    name = f"_cnnkit_user_{abs(hash(path.resolve()))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.parent.resolve()))
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # the user's code: report it in one line
+        raise CnnkitError(f"{path} raised {type(exc).__name__} on import: {exc}") from None
+    finally:
+        sys.path.pop(0)
+    factory = getattr(module, fn_name, None)
+    if not callable(factory):
+        raise CnnkitError(f"{path} has no function {fn_name!r}; define `def {fn_name}(): return MyNet()`")
+    import inspect
+
+    try:
+        accepted = inspect.signature(factory).parameters
+        model = factory(**{k: v for k, v in kwargs.items() if k in accepted})
+    except Exception as exc:
+        raise CnnkitError(f"{path}:{fn_name}() raised {type(exc).__name__}: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise CnnkitError(f"{path}:{fn_name}() must return a torch.nn.Module; it returned "
+                          f"{type(model).__name__}")
+    return model

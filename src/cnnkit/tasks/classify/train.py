@@ -10,7 +10,6 @@ classification's own lives here: the one-cycle schedule, the optimizer's paramet
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,10 +25,15 @@ from cnnkit.data.datasets import load_dataset
 from cnnkit.data.imageset import ImageSet
 from cnnkit.engine import Data, Phase, Plan, Setup
 from cnnkit.engine.distributed import Dist, distributed
+from cnnkit.engine.optim import lr_at, make_optimizer
+from cnnkit.engine.runfolder import MODEL_FILE, RESUME_FILE, read_checkpoint
 from cnnkit.errors import CnnkitError
-from cnnkit.tasks.classify import ClassifyTask, evaluate
-from cnnkit.train import checkpoint as ckpt
-from cnnkit.train.config import TrainConfig, validate
+from cnnkit.models.deploy import Classifier
+from cnnkit.models.network import build_network, model_reference, trusted_resume_model
+from cnnkit.tasks.classify.config import TrainConfig, validate
+from cnnkit.tasks.classify.evaluate import evaluate
+from cnnkit.tasks.classify.load import load_classifier, save_ensemble
+from cnnkit.tasks.classify.task import ClassifyTask
 
 
 @dataclass
@@ -55,11 +59,11 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False, quiet:
         if cfg.ensemble == 1:
             return fit(cfg, out, d, resume, quiet, on_epoch_end)
         runs = [fit(replace(cfg, seed=cfg.seed + i), out / f"member{i}", d,   # config keeps K: resumable
-                    resume and (out / f"member{i}" / ckpt.RESUME_FILE).is_file(), quiet, on_epoch_end)
+                    resume and (out / f"member{i}" / RESUME_FILE).is_file(), quiet, on_epoch_end)
                 for i in range(cfg.ensemble)]
         if d.main:
-            ckpt.save_ensemble(out / ckpt.MODEL_FILE, [r.out / ckpt.MODEL_FILE for r in runs])
-        val = evaluate(ckpt.load(out, d.device), load_dataset(cfg.dataset, "val", cfg.data_dir,
+            save_ensemble(out / MODEL_FILE, [r.out / MODEL_FILE for r in runs])
+        val = evaluate(load_classifier(out, d.device), load_dataset(cfg.dataset, "val", cfg.data_dir,
                        image_size=cfg.image_size, seed=cfg.seed), cfg.eval_batch_size,
                        precision=cfg.precision)
         if d.main and not quiet:
@@ -114,30 +118,6 @@ def trainable_augment(cfg: TrainConfig, net: nn.Module, data: ImageSet, quiet: b
         net.train(was)
 
 
-def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    """onecycle: linear from lr/25 to lr over the warm-up, then cosine to 0; cosine: lr -> 0."""
-    if cfg.schedule == "constant":
-        return cfg.lr
-    warm = int(cfg.warmup * total) if cfg.schedule == "onecycle" else 0
-    if step < warm:
-        return cfg.lr * (0.04 + 0.96 * step / warm)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-
-
-def make_optimizer(net: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Weight decay on conv/linear weights only; BN parameters and biases are not decayed."""
-    decay = [p for p in net.parameters() if p.requires_grad and p.ndim > 1]
-    other = [p for p in net.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-    # foreach: the notes' network at batch 32 (1.6 M of its 1.7 M weights in one Dense layer) steps
-    # in 30 ms instead of 32.5 on 2 cores; NAdam's for-loop alone takes 10.4 ms there, foreach 4.0
-    return torch.optim.NAdam(groups, lr=cfg.lr, foreach=True)
-
-
 def load_splits(cfg: TrainConfig, device: torch.device) -> tuple[ImageSet, ImageSet]:
     """The train and validation splits, on ``device``."""
     kw = dict(data_dir=cfg.data_dir, image_size=cfg.image_size, seed=cfg.seed)
@@ -153,14 +133,14 @@ def load_splits(cfg: TrainConfig, device: torch.device) -> tuple[ImageSet, Image
             for s in (train_set, val_set))
 
 
-def build_classifier(cfg: TrainConfig, data: ImageSet) -> ckpt.Classifier:
+def build_classifier(cfg: TrainConfig, data: ImageSet) -> Classifier:
     """The network (seeded init) wrapped with the training set's per-channel mean/std."""
     torch.manual_seed(cfg.seed)
-    net = ckpt.build_network(cfg.model, len(data.classes), data.image_shape[0])
+    net = build_network(cfg.model, len(data.classes), data.image_shape[0])
     x = data.images[:10000].float().div(255)                  # a fixed sample is plenty
     mean, std = x.mean((0, 2, 3)).tolist(), x.std((0, 2, 3)).clamp_min(1e-3).tolist()
     tta = ("flip" if cfg.augment.flip else "shift") if cfg.tta else ""
-    return ckpt.Classifier(net, mean, std, data.classes, data.image_shape, tta)
+    return Classifier(net, mean, std, data.classes, data.image_shape, tta)
 
 
 def _val_label(cfg: TrainConfig) -> str:
@@ -169,26 +149,26 @@ def _val_label(cfg: TrainConfig) -> str:
 
 def _info(cfg: TrainConfig, data: ImageSet) -> dict:
     """What the checkpoint says beyond the Classifier's own attributes (ClassifyTask.describe)."""
-    return {"model": ckpt.model_reference(cfg.model),
+    return {"model": model_reference(cfg.model),
             "dataset": {"name": cfg.dataset, "dark_background": bool(data.meta.get("dark_background"))},
             "config": cfg.to_dict()}
 
 
 def _resumed_config(out: Path, cfg: TrainConfig) -> TrainConfig:
     """On --resume the run's own config wins (a different one would not continue *exactly*)."""
-    path = out / ckpt.RESUME_FILE
-    member = out / "member0" / ckpt.RESUME_FILE
+    path = out / RESUME_FILE
+    member = out / "member0" / RESUME_FILE
     if not path.is_file() and not member.is_file():
-        raise CnnkitError(f"nothing to resume in {out}: no {ckpt.RESUME_FILE}; start a new run "
+        raise CnnkitError(f"nothing to resume in {out}: no {RESUME_FILE}; start a new run "
                           "without --resume")
-    _, meta = ckpt._read(path if path.is_file() else member)
+    _, meta = read_checkpoint(path if path.is_file() else member)
     if not isinstance(meta.get("config"), dict) or not isinstance(meta["config"].get("model"), str):
         raise CnnkitError(f"{path}: the resume state holds no training config; start a new run")
     try:
         stored = validate(TrainConfig.from_dict(meta["config"]))   # member 0's seed is the run's seed
     except TypeError as exc:
         raise CnnkitError(f"{path}: the stored training config is damaged ({exc}); start a new run") from None
-    return replace(stored, model=ckpt.trusted_resume_model(stored.model, cfg.model))
+    return replace(stored, model=trusted_resume_model(stored.model, cfg.model))
 
 
 def _fmt(cfg: TrainConfig) -> torch.memory_format:

@@ -28,6 +28,8 @@ from cnnkit.errors import CnnkitError
 # layers that act on each feature independently: they work unchanged on (B, C, H, W) maps
 _ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh,
                 nn.Hardswish, nn.Hardsigmoid, nn.Mish, nn.PReLU, nn.Dropout, nn.Identity)
+
+
 _ADAPTIVE = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 

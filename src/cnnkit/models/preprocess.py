@@ -110,8 +110,8 @@ def pretrained_classifier(model_name: str):
     """Zoo model ``model_name`` with its published ImageNet weights, normalisation inside, and the
     1,000 class names: float (N, 3, H, W) in [0, 1] -> logits, as ``cnnkit.load`` returns a run."""
     from cnnkit.models import create_model
+    from cnnkit.models.deploy import Classifier
     from cnnkit.models.weights import imagenet_classes
-    from cnnkit.train.checkpoint import Classifier
 
     pre = preprocess_for(model_name)
     net = create_model(model_name, weights="imagenet")

@@ -1,0 +1,265 @@
+"""Checkpoints without pickles: safetensors weights with their JSON description in the metadata.
+
+A run folder holds
+- ``model.safetensors``: the deployable model (EMA weights when EMA is on). Its metadata key
+  ``"cnnkit"`` is a JSON document: model spec, classes, input size, normalisation, TTA, config,
+  history. :func:`load` rebuilds an eval-mode :class:`Classifier` from it.
+- ``resume.safetensors``: everything ``--resume`` needs (weights, EMA, optimizer state, RNG states,
+  epoch, history), self-contained so it never disagrees with itself.
+- ``metrics.csv`` and ``curves.png``.
+Every file is written to a temporary file beside it, then renamed: never half-written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import glob
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from cnnkit.errors import CnnkitError, disk_full, is_disk_full
+from cnnkit.models.deploy import Classifier
+from cnnkit.models.network import describe
+
+FORMAT = "cnnkit.checkpoint/1"
+
+
+MODEL_FILE = "model.safetensors"
+
+
+RESUME_FILE = "resume.safetensors"
+
+
+METRICS_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, then rename it: never half-written.
+
+    A ``.<name>.*.tmp`` left by an earlier save that was killed is removed first; a full disk is
+    a :class:`CnnkitError` naming the size (the previous version of ``path`` stays as it was).
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CnnkitError(f"cannot create the folder {path.parent} ({exc.strerror}); choose another --out") from None
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(path, len(data)) from None
+        raise CnnkitError(f"cannot write {path} ({exc.strerror or exc}); check the folder's permissions "
+                          "or choose another --out") from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def cpu_tensors(state: dict, prefix: str = "") -> dict[str, torch.Tensor]:
+    return {prefix + k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def save_model(path, model: Classifier, info: dict) -> None:
+    """Write a Classifier's weights + ``info`` (JSON) to ``path`` atomically.
+
+    ``info["network"]`` (added from ``info["model"]`` when absent) describes the network as data,
+    so that :func:`load` never has to run code (:mod:`cnnkit.models.network`). A task's module that
+    is not a classifier (no ``info["model"]``) is stored as its task describes it.
+    """
+    if "network" not in info and "model" in info:
+        info = {**info, "network": describe(info["model"], model.net)}
+    data = st_save(cpu_tensors(model.state_dict()), metadata={"cnnkit": json.dumps(info)})
+    atomic_write_bytes(path, data)
+
+
+def write_metrics_csv(path, history: list[dict], columns: list[str] | None = None) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns or METRICS_COLUMNS, extrasaction="ignore",
+                            lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def save_resume(path, model: nn.Module, optimizer: torch.optim.Optimizer, ema: nn.Module | None,
+                generator: torch.Generator, epoch: int, history: list[dict], config: dict) -> None:
+    """Everything needed to continue exactly after ``epoch`` epochs."""
+    tensors = cpu_tensors(model.state_dict(), "model.")
+    if ema is not None:
+        tensors.update(cpu_tensors(ema.state_dict(), "ema."))
+    opt = optimizer.state_dict()
+    scalars = {}
+    for idx, st in opt["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"optim.{idx}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars[f"{idx}.{k}"] = v
+    tensors["rng.torch"] = torch.get_rng_state()
+    tensors["rng.generator"] = generator.get_state().cpu()
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    meta = {"format": FORMAT, "epoch": epoch, "history": history, "config": config,
+            "param_groups": opt["param_groups"], "optim_scalars": scalars}
+    atomic_write_bytes(path, st_save(tensors, metadata={"cnnkit": json.dumps(meta)}))
+
+
+def load_resume(path, model: nn.Module, optimizer: torch.optim.Optimizer | None, ema: nn.Module | None,
+                generator: torch.Generator) -> tuple[int, list[dict], dict]:
+    """Restore what :func:`save_resume` wrote; returns (epochs done, history, config).
+
+    ``optimizer=None`` skips its state: a run resumed where a new phase (a new optimizer) begins."""
+    tensors, meta = read_checkpoint(path)
+    try:
+        model.load_state_dict(strip_prefix(tensors, "model."))
+        if ema is not None:
+            ema.load_state_dict(strip_prefix(tensors, "ema."))
+        state: dict = {}
+        for key, v in tensors.items():
+            if key.startswith("optim."):
+                _, idx, name = key.split(".", 2)
+                state.setdefault(int(idx), {})[name] = v
+        for key, v in meta["optim_scalars"].items():
+            idx, name = key.split(".", 1)
+            state.setdefault(int(idx), {})[name] = v
+        if optimizer is not None:
+            optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        torch.set_rng_state(tensors["rng.torch"])
+        generator.set_state(tensors["rng.generator"])
+        if "rng.cuda" in tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state(tensors["rng.cuda"])
+    except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as exc:
+        raise CnnkitError(f"{path}: the resume state is damaged or does not match this run ({short_error(exc)}); "
+                          "start a new run without --resume, or resume the run that wrote it") from None
+
+    return meta.get("epoch", 0), meta.get("history", []), meta.get("config", {})
+
+
+def strip_prefix(tensors: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+CHECKPOINT_HINT = "give a run folder or model.safetensors written by `cnnkit train`, `finetune` or `fcn`"
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """A run folder or a checkpoint file -> the ``model.safetensors`` to read."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / MODEL_FILE
+    if not p.is_file():
+        raise CnnkitError(f"no checkpoint at {path}: give a run folder (holding {MODEL_FILE}) or a "
+                          ".safetensors file written by `cnnkit train`")
+    return p
+
+
+def read_metadata(path) -> dict:
+    """The ``"cnnkit"`` JSON of a safetensors file, read from its header alone."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            text = (f.metadata() or {}).get("cnnkit")
+    except Exception as exc:  # noqa: BLE001 -- SafetensorError, OSError, ...: the file is not ours
+        raise CnnkitError(f"{path} is not a readable safetensors file ({short_error(exc)}); {CHECKPOINT_HINT}") from None
+    if text is None:
+        raise CnnkitError(f"{path} is a safetensors file without cnnkit's description (plain weights?); "
+                          f"{CHECKPOINT_HINT}, or pass plain weights as --weights with --model NAME")
+    try:
+        meta = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise CnnkitError(f"{path}: its cnnkit description is not valid JSON ({short_error(exc)}); {CHECKPOINT_HINT}") from None
+    if not isinstance(meta, dict):
+        raise CnnkitError(f"{path}: its cnnkit description is not a JSON object; {CHECKPOINT_HINT}")
+    if meta.get("format") != FORMAT:
+        raise CnnkitError(f"{path}: unknown checkpoint format {str(meta.get('format'))[:40]!r}; expected {FORMAT}")
+    return meta
+
+
+def read_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict]:
+    meta = read_metadata(path)
+    try:
+        tensors = st_load(Path(path).read_bytes())
+    except MemoryError:
+        from cnnkit.errors import out_of_memory
+
+        raise out_of_memory(f"reading {path}", Path(path).stat().st_size) from None
+    except Exception as exc:  # noqa: BLE001 -- truncated data, bad offsets: SafetensorError
+        raise CnnkitError(f"{path} is damaged ({short_error(exc)}); {CHECKPOINT_HINT}") from None
+    return tensors, meta
+
+
+def short_error(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def read_info(path: str | os.PathLike) -> dict:
+    """The JSON description stored in a checkpoint (without building the model)."""
+    return read_metadata(resolve(path))
+
+
+def resumed_config(out: str | os.PathLike) -> dict:
+    """The settings the run in folder ``out`` was started with (what ``--resume`` continues), read
+    from its resume file's metadata without loading its tensors."""
+    path = Path(out) / RESUME_FILE
+    if not path.is_file():
+        raise CnnkitError(f"nothing to resume in {out}: no {RESUME_FILE}; start a new run without --resume")
+    return read_info(path)["config"]
+
+
+def load_run_model(path: str | os.PathLike, task: str, build, device: str | torch.device = "cpu") -> nn.Module:
+    """The deployable of a ``cnnkit TASK train`` run, rebuilt from data and never from code.
+
+    Args:
+        path: a run folder or its ``model.safetensors``.
+        task: the task the run must have been trained for (its metadata's ``"task"``).
+        build: ``build(info) -> nn.Module``: the task's network, built from the metadata alone.
+        device: where the model goes.
+
+    Returns:
+        The model in eval mode, with its metadata as ``.info``.
+
+    Raises:
+        CnnkitError: not a checkpoint, another task's run, metadata that builds nothing, or weights
+            that do not fit the network the metadata describes.
+    """
+    file = resolve(path)
+    info = read_metadata(file)
+    if info.get("task", "classify") != task:
+        raise CnnkitError(f"{file} is a {str(info.get('task', 'classify'))[:20]!r} run, not a {task!r} one; "
+                          f"use `cnnkit {str(info.get('task', 'classify'))[:20]} eval|predict` for it")
+    try:
+        model = build(info)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        if isinstance(exc, CnnkitError):
+            raise
+        raise CnnkitError(f"{file}: its metadata does not describe a {task} model ({short_error(exc)}); "
+                          f"the file is damaged or was edited: {CHECKPOINT_HINT}") from None
+    tensors, _ = read_checkpoint(file)
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as exc:  # missing/unexpected keys, wrong shapes
+        raise CnnkitError(f"{file}: its weights do not fit the network it describes ({short_error(exc)}); "
+                          f"the file is damaged or was edited: {CHECKPOINT_HINT}") from None
+    model.info = info
+    return model.to(device).eval()

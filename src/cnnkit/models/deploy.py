@@ -1,0 +1,71 @@
+"""Deployable classifiers: a network with its input normalisation and test-time augmentation inside."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Classifier(nn.Module):
+    """A network with its input normalisation inside: float (N, C, H, W) in [0, 1] -> logits.
+
+    Attributes: ``net`` (the bare network), ``classes``, ``input_size`` (C, H, W), ``tta``
+    ("" | "shift" | "flip": test-time augmentation applied in eval mode).
+    """
+
+    def __init__(self, net: nn.Module, mean, std, classes: list[str], input_size, tta: str = ""):
+        super().__init__()
+        self.net = net
+        c = len(mean)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1))
+        self.classes = list(classes)
+        self.input_size = tuple(input_size)
+        self.tta = tta
+
+    @contextlib.contextmanager
+    def without_tta(self):
+        """Within the block the model answers from the image alone (cheap per-epoch validation)."""
+        tta, self.tta = self.tta, ""
+        try:
+            yield self
+        finally:
+            self.tta = tta
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        if self.tta and not self.training:
+            return tta_logits(self.net, x, self.tta)
+        return self.net(x)
+
+
+class Ensemble(nn.Module):
+    """Members' probabilities averaged; returns their log (valid logits)."""
+
+    def __init__(self, members: list[Classifier]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.net = nn.ModuleList(m.net for m in members)
+        self.classes = members[0].classes
+        self.input_size = members[0].input_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([m(x).float().softmax(1) for m in self.members]).mean(0)
+        return probs.clamp_min(1e-12).log()
+
+
+def tta_logits(net: nn.Module, x: torch.Tensor, kind: str) -> torch.Tensor:
+    """Average the probabilities of the image and shifted (by 1 px) or flipped copies."""
+    views = [x]
+    if kind == "shift":
+        p = F.pad(x, (1, 1, 1, 1))                                   # (N, C, H+2, W+2)
+        h, w = x.shape[-2:]
+        views += [p[..., 1 + dy:1 + dy + h, 1 + dx:1 + dx + w] for dy, dx in
+                  ((-1, 0), (1, 0), (0, -1), (0, 1))]
+    elif kind == "flip":
+        views.append(x.flip(-1))
+    probs = torch.stack([net(v).float().softmax(1) for v in views]).mean(0)
+    return probs.clamp_min(1e-12).log()

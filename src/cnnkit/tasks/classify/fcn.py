@@ -1,0 +1,46 @@
+"""``cnnkit classify fcn``: a classification run copied with its dense head turned into convolutions."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch.nn as nn
+
+from cnnkit.engine.runfolder import FORMAT, MODEL_FILE, read_info, save_model
+from cnnkit.errors import CnnkitError
+from cnnkit.models.deploy import Classifier
+from cnnkit.models.fcn import to_fcn
+from cnnkit.models.network import describe
+from cnnkit.tasks.classify.load import load_classifier
+
+
+def convert_to_fcn(src: str | os.PathLike, dst: str | os.PathLike, trust_code: bool = False,
+                   factory: str | None = None) -> tuple[Path, nn.Module, dict]:
+    """Read a classifier checkpoint, convert its network with :func:`to_fcn`, write ``dst``.
+
+    ``trust_code``/``factory`` as for :func:`cnnkit.load` (only a Python-built network needs them).
+    """
+    info = read_info(src)
+    if info.get("format") != FORMAT or info.get("ensemble"):
+        raise CnnkitError(f"{src} is not a single-model cnnkit checkpoint; give a run folder or "
+                          "model.safetensors written by `cnnkit train` or `cnnkit finetune`")
+    if info.get("fcn"):
+        raise CnnkitError(f"{src} is already fully convolutional")
+    clf = load_classifier(src, trust_code=trust_code, factory=factory)
+    network = info.get("network") or describe(info["model"], clf.net)  # the net before to_fcn
+    fcn = to_fcn(clf.net, tuple(clf.input_size))
+    new = Classifier(fcn, info["mean"], info["std"], info["classes"], info["input_size"])
+    dst = Path(dst)
+    path = dst / MODEL_FILE if dst.suffix != ".safetensors" else dst
+    save_model(path, new, {**info, "network": network, "tta": "",
+                                "fcn": {"input_size": list(clf.input_size)}})
+    return path, fcn, info
+
+
+def load_fcn(path: str | os.PathLike, trust_code: bool = False, factory: str | None = None) -> nn.Module:
+    """An FCN checkpoint as an eval-mode Classifier whose output is a (N, classes, h, w) score map."""
+    if not read_info(path).get("fcn"):
+        raise CnnkitError(f"{path} is not an FCN checkpoint; use cnnkit.load, or convert it with "
+                          "`cnnkit fcn`")
+    return load_classifier(path, trust_code=trust_code, factory=factory)

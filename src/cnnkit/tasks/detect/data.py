@@ -1,0 +1,100 @@
+"""Detection data as the task trains on it: letterboxed images with boxes in tensors, and the run's split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from cnnkit.data.detection import (
+    Detections,
+    letterbox,
+    pad_targets,
+)
+from cnnkit.errors import CnnkitError
+from cnnkit.tasks.detect.config import DetectConfig
+
+
+@dataclass
+class DetectionSet:
+    """Images of one square size with their boxes, ready for batching (everything a tensor)."""
+    images: torch.Tensor          # (N, C, S, S) uint8, letterboxed
+    boxes: torch.Tensor           # (N, M, 4) float xyxy in letterboxed pixels
+    labels: torch.Tensor          # (N, M) int64, -1 on padding rows
+    scales: torch.Tensor          # (N,) letterbox scale: original pixels = letterboxed / scale
+    classes: list[str]
+    names: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def targets(self) -> list[dict[str, torch.Tensor]]:
+        """Ground truth per image in original pixels (what the metrics compare)."""
+        out = []
+        for b, lab, s in zip(self.boxes, self.labels, self.scales):
+            keep = lab >= 0
+            out.append({"boxes": b[keep] / s, "labels": lab[keep]})
+        return out
+
+
+def from_detections(d: Detections, size: int, fill: float = 0.0) -> DetectionSet:
+    """Letterbox every image of ``d`` to ``size`` x ``size`` (longest side = size)."""
+    if len(d) == 0:
+        raise CnnkitError("empty dataset: no images to detect in")
+    images, boxes, scales = [], [], []
+    for img, b in zip(d.images, d.boxes):
+        x, sb, scale = letterbox(img, b, size, fill)
+        images.append((x * 255).round().to(torch.uint8))
+        boxes.append(sb)
+        scales.append(scale)
+    b, lab = pad_targets(boxes, d.labels)
+    return DetectionSet(torch.stack(images), b, lab, torch.tensor(scales), list(d.classes), list(d.names))
+
+
+def from_scenes(scenes) -> DetectionSet:
+    """Digit scenes (:func:`cnnkit.data.scenes.digit_scenes`) as they are: already square, scale 1."""
+    b, lab = pad_targets(scenes.boxes, scenes.labels)
+    n = len(scenes)
+    return DetectionSet(scenes.images, b, lab, torch.ones(n), list(scenes.classes), [f"scene{i:05d}" for i in range(n)])
+
+
+def load_split_data(cfg: DetectConfig, split: dict | None = None) -> tuple[DetectionSet, DetectionSet, dict]:
+    """(train, test, split) for a resolved config; ``split`` (names) as a run's split.json has it."""
+    from pathlib import Path
+
+    if cfg.data == "digits":
+        from cnnkit.data.scenes import digit_scenes
+
+        tr = from_scenes(digit_scenes("train", cfg.scenes[0], cfg.image_size, cfg.data_dir, cfg.seed,
+                                      digits=tuple(cfg.train_digits)))
+        te = from_scenes(digit_scenes("test", cfg.scenes[1], cfg.image_size, cfg.data_dir, cfg.seed))
+        split = {"train": tr.names, "test": te.names}
+    else:
+        from cnnkit.data.detection import load_coco, load_pennfudan, load_yolo
+        from cnnkit.data.pennfudan import pennfudan_root, pennfudan_split, split_names
+
+        if cfg.data == "pennfudan":
+            root = pennfudan_root(cfg.data_dir)
+            split = split or pennfudan_split(root)
+            data = load_pennfudan(root, split["train"] + split["test"])
+        else:
+            path = Path(cfg.data).expanduser()
+            if path.is_file():
+                data = load_coco(path)
+            elif path.is_dir():
+                data = load_yolo(path)
+            else:
+                raise CnnkitError(f"--data {cfg.data!r} is not pennfudan, digits, a COCO JSON file or a YOLO folder")
+            if len(data) < 2:
+                raise CnnkitError(f"{path} holds {len(data)} image: a train/test split needs at least 2")
+            split = split or split_names(data.names, max(1, round(0.8 * len(data))), cfg.seed)
+        tr = from_detections(data.subset(split["train"]), cfg.image_size)
+        te = from_detections(data.subset(split["test"]), cfg.image_size)
+    if cfg.subset:
+        tr = DetectionSet(tr.images[:cfg.subset], tr.boxes[:cfg.subset], tr.labels[:cfg.subset],
+                          tr.scales[:cfg.subset], tr.classes, tr.names[:cfg.subset])
+    return tr, te, split
+
+
+def _to(s: DetectionSet, device) -> DetectionSet:
+    return DetectionSet(s.images.to(device), s.boxes.to(device), s.labels.to(device), s.scales, s.classes, s.names)

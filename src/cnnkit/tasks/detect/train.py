@@ -1,0 +1,79 @@
+"""The detection recipe ``cnnkit detect train`` runs, through the one engine."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from cnnkit.errors import CnnkitError
+from cnnkit.tasks.detect.config import DetectConfig, config_from_dict, validate
+from cnnkit.tasks.detect.data import _to, load_split_data
+from cnnkit.tasks.detect.load import new_detector
+from cnnkit.tasks.detect.task import DetectTask
+
+
+def train(cfg: DetectConfig, out, resume: bool = False, quiet: bool = False):
+    """Train a detector by ``cfg`` into the run folder ``out`` through :func:`cnnkit.engine.fit`."""
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from cnnkit.engine import Data, Phase, Plan, Setup, fit
+    from cnnkit.engine.distributed import distributed
+    from cnnkit.engine.optim import lr_at, make_optimizer
+
+    out = Path(out)
+    cfg = run_config(cfg, out, resume, config_from_dict)
+    with distributed(cfg.device) as d:
+        train_set, test_set = run_data(cfg, out, resume, d, load_split_data)
+        torch.manual_seed(cfg.seed)
+        channels = train_set.images.shape[1]
+        model, info = new_detector(cfg.backbone, train_set.classes, channels, cfg.image_size, cfg.weights,
+                                   out_strides=cfg.strides, width=cfg.width, head_convs=cfg.head_convs,
+                                   separate_towers=cfg.separate_towers)
+        frozen = model.freeze_backbone(cfg.freeze) if cfg.freeze >= 0 else []   # BN kept in eval mode
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        info["config"] = cfg.to_dict()
+        task = DetectTask(train_set.classes, cfg.batch_size, info=info, val_name="test",
+                          fill=0.5 if channels == 3 else 0.0, flip=0.5 if cfg.data != "digits" else 0.0,
+                          scale=(0.7, 1.3) if cfg.data != "digits" else None,   # a cropped digit is another digit
+                          channels_last=cfg.channels_last, cls_loss=cfg.cls_loss, box_weight=cfg.box_weight)
+        plan = Plan([Phase(cfg.epochs, lambda m: Setup(make_optimizer(m, cfg), frozen=frozen,
+                                                       schedule=lambda step, total: lr_at(step, total, cfg)))],
+                    seed=cfg.seed, ema=cfg.ema, val_every=cfg.val_every)
+        run = fit(task, model, Data(_to(train_set, d.device), _to(test_set, d.device)), plan, out, resume=resume,
+                  quiet=quiet, dist=d, config=cfg.to_dict(), command="cnnkit detect train")
+        final = task.evaluate(run.model, _to(test_set, d.device))
+        Console(quiet=quiet or not d.main).print(
+            f"done: test AP {final['AP']:.3f}, AP50 {final['AP50']:.3f}, AP75 {final['AP75']:.3f} in "
+            f"{run.seconds:.1f} s -> {out}  (`cnnkit detect eval {out}`)")
+        return run, final
+
+
+def run_config(cfg, out, resume: bool, from_dict):
+    """The config a run trains with, resolved and validated: on ``resume`` the run's own wins."""
+    from cnnkit.engine.runfolder import resumed_config
+
+    if resume:
+        cfg = from_dict(resumed_config(out))
+    return validate(cfg.resolved())
+
+
+def run_data(cfg, out, resume: bool, d, load):
+    """Threads, then ``load(cfg, split)``'s train and test sets on the run's split (the one in
+    ``out/split.json`` on resume), which rank 0 writes to the run."""
+    import json
+
+    from cnnkit.engine.runfolder import atomic_write_bytes
+
+    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    split = json.loads((out / "split.json").read_text()) if resume and (out / "split.json").is_file() else None
+    train_set, test_set, split = load(cfg, split)
+    if len(train_set) < cfg.batch_size:
+        raise CnnkitError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(train_set)} images)")
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out / "split.json", json.dumps(split, indent=1).encode())
+    return train_set, test_set

@@ -1,0 +1,94 @@
+"""Instance segmentation as an engine task: the detector's loss plus a mask loss on RoIs; box and mask AP."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cnnkit.data.detection import (
+    colour_jitter,
+    hflip,
+    scale_jitter,
+)
+from cnnkit.metrics.detection import coco_evaluate
+from cnnkit.metrics.instance import mask_evaluate
+from cnnkit.models.instance import MaskDetector
+from cnnkit.tasks.detect.task import DetectTask
+from cnnkit.tasks.instance.data import InstanceSet, jitter_boxes, roi_mask_targets
+from cnnkit.tasks.instance.predict import predict_instances
+
+
+@dataclass
+class InstanceTask(DetectTask):
+    roi_jitter: int = 2                        # jittered copies of each box the mask head trains on
+    mask_weight: float = 1.0                   # the mask loss's weight beside the detector's
+    name: str = "instance"
+    metric: str = "mask_AP"
+
+    def _batch(self, data: InstanceSet, idx, generator, train):
+        idx = idx.to(data.images.device)
+        x = data.images[idx].float().div_(255)
+        c = x.shape[1]
+        boxes, labels = data.boxes[idx], data.labels[idx]
+        masks = data.masks[idx].float()                                   # (B, M, S, S)
+        if train:
+            if self.flip > 0:                       # masks as extra channels move with the pixels
+                xm, boxes, labels = hflip(torch.cat([x, masks], 1), boxes, labels, generator, self.flip)
+                x, masks = xm[:, :c], xm[:, c:]
+            if self.scale is not None:              # the jitter pads with `fill`: shift masks by it
+                xm, boxes, labels = scale_jitter(torch.cat([x, masks + self.fill], 1), boxes, labels,
+                                                 generator, self.scale, self.fill)
+                x, masks = xm[:, :c], xm[:, c:] - self.fill
+            if self.colour > 0:
+                x, boxes, labels = colour_jitter(x, boxes, labels, generator, self.colour, self.colour, self.colour)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        rois = []
+        for i in range(len(idx)):                   # per image: (RoI boxes, their labels, their 28x28 targets)
+            keep = torch.nonzero(labels[i] >= 0).flatten()
+            copies = self.roi_jitter if train else 0
+            b, src = jitter_boxes(boxes[i, keep], copies, generator, size=tuple(x.shape[-2:]))
+            rois.append((b, labels[i, keep][src], roi_mask_targets(masks[i, keep][src], b)))
+        return x, boxes, labels, rois
+
+    def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x, boxes, labels, rois = batch
+        out = model(x, [r[0] for r in rois])
+        parts = self.detector_parts(out, boxes, labels)
+        roi_labels = torch.cat([r[1] for r in rois])
+        targets = torch.cat([r[2] for r in rois])
+        if len(targets):
+            net = model.module if hasattr(model, "module") else model
+            mask = F.binary_cross_entropy_with_logits(net.select(out["masks"], roi_labels), targets)
+        else:
+            mask = out["masks"].sum() * 0
+        parts["mask"] = mask
+        parts["loss"] = parts["loss"] + self.mask_weight * mask
+        n = torch.tensor(float(x.shape[0]), device=x.device)
+        logged = {k: v.detach() * n for k, v in parts.items()}
+        return parts["loss"], {**logged, "n": n}
+
+    def evaluate(self, model: nn.Module, data: InstanceSet) -> dict[str, float]:
+        """COCO mask AP / AP50 / AP75 (pycocotools segm) in original pixels, and box AP beside it."""
+        predictions = predict_instances(model, data, self.eval_batch_size, **self.decode_args)
+        masks = [{**p, "scores": p["mask_scores"]} for p in predictions]      # masks ranked by score x maskness
+        m = mask_evaluate(masks, data.mask_targets(), classes=data.classes)
+        b = coco_evaluate(predictions, data.targets(), classes=data.classes)
+        return {"mask_AP": m["AP"], "mask_AP50": m["AP50"], "mask_AP75": m["AP75"], "mask_AR100": m["AR100"],
+                "box_AP": b["AP"], "box_AP50": b["AP50"]}
+
+    def describe(self, model: MaskDetector) -> dict:
+        det = super().describe(model)
+        return {**det, "task": "instance", "mask_convs": len(model.mask_head.fcn) // 2,
+                "mask_width": model.mask_head.logits.in_channels, "class_agnostic": model.class_agnostic}
+
+    def summary(self, model: MaskDetector) -> str:
+        params = sum(p.numel() for p in model.parameters())
+        head = sum(p.numel() for p in model.mask_head.parameters())
+        return (f"mask detector: {self.info.get('backbone', '?')} pyramid at strides {model.strides} -> "
+                f"FPN-lite -> anchor-free head + mask head (RoIAlign 14x14 at stride {model.mask_stride}, "
+                f"{len(model.mask_head.fcn) // 2} convs, 28x28 masks, {head / 1e6:.2f} M), {len(self.classes)} "
+                f"classes, {params / 1e6:.2f} M parameters")

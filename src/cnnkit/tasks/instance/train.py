@@ -1,0 +1,71 @@
+"""The instance recipe ``cnnkit instance train`` runs, through the one engine."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from cnnkit.errors import CnnkitError
+from cnnkit.models.instance import MaskDetector
+from cnnkit.tasks.instance.config import InstanceConfig, config_from_dict
+from cnnkit.tasks.instance.data import _to, load_instance_data
+from cnnkit.tasks.instance.load import new_mask_detector
+from cnnkit.tasks.instance.task import InstanceTask
+
+
+def frozen_stem(features: nn.Module, stride: int) -> list[nn.Module]:
+    """The trunk modules of a :func:`~cnnkit.models.features.create_features` pyramid whose output stride
+    is at most ``stride`` (the stem and the stride-4 blocks for 4): what fine-tuning keeps frozen."""
+    from cnnkit.models.features import (
+        _probe,  # each trunk module's output stride, by a 64x64 probe
+    )
+
+    trunk = getattr(features, "_trunk", None)
+    if stride < 2 or trunk is None:
+        return []
+    strides, _ = _probe(features.backbone, trunk)
+    return [features.backbone.get_submodule(n) for n, s in zip(trunk, strides) if s <= stride]
+
+
+def train(cfg: InstanceConfig, out, resume: bool = False, quiet: bool = False):
+    """Train a mask detector by ``cfg`` into the run folder ``out`` through :func:`cnnkit.engine.fit`."""
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from cnnkit.engine import Data, Phase, Plan, Setup, fit
+    from cnnkit.engine.distributed import distributed
+    from cnnkit.engine.optim import lr_at, make_optimizer
+    from cnnkit.tasks.detect.train import run_config, run_data
+
+    out = Path(out)
+    cfg = run_config(cfg, out, resume, config_from_dict)
+    if cfg.roi_jitter < 0 or cfg.freeze_stride < 0 or cfg.mask_convs < 0 or cfg.mask_width < 1 or cfg.mask_weight < 0:
+        raise CnnkitError(f"--roi-jitter, --freeze-stride and --mask-convs must be >= 0, --mask-width >= 1, --mask-weight >= 0; "
+                          f"received {cfg.roi_jitter}, {cfg.freeze_stride}, {cfg.mask_convs}, {cfg.mask_width}, {cfg.mask_weight}")
+    with distributed(cfg.device) as d:
+        train_set, test_set = run_data(cfg, out, resume, d, load_instance_data)
+        torch.manual_seed(cfg.seed)
+        channels = train_set.images.shape[1]
+        model, info = new_mask_detector(cfg, train_set.classes, channels)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        info["config"] = cfg.to_dict()
+        task = InstanceTask(train_set.classes, cfg.batch_size, info=info, val_name="test",
+                            fill=0.5 if channels == 3 else 0.0, flip=0.5 if cfg.data != "digits" else 0.0,
+                            roi_jitter=cfg.roi_jitter, mask_weight=cfg.mask_weight, cls_loss=cfg.cls_loss,
+                            box_weight=cfg.box_weight, channels_last=cfg.channels_last)
+        def begin(m: MaskDetector) -> Setup:
+            frozen = frozen_stem(m.detector.features, cfg.freeze_stride) if cfg.weights else []
+            for module in frozen:
+                module.requires_grad_(False)
+            return Setup(make_optimizer(m, cfg), schedule=lambda step, total: lr_at(step, total, cfg), frozen=frozen)
+
+        plan = Plan([Phase(cfg.epochs, begin)], seed=cfg.seed, ema=cfg.ema, val_every=cfg.val_every)
+        run = fit(task, model, Data(_to(train_set, d.device), _to(test_set, d.device)), plan, out, resume=resume,
+                  quiet=quiet, dist=d, config=cfg.to_dict(), command="cnnkit instance train")
+        final = task.evaluate(run.model, _to(test_set, d.device))
+        Console(quiet=quiet or not d.main).print(
+            f"done: test mask AP {final['mask_AP']:.3f} (AP50 {final['mask_AP50']:.3f}), box AP {final['box_AP']:.3f} "
+            f"in {run.seconds:.1f} s -> {out}  (`cnnkit instance eval {out}`)")
+        return run, final

@@ -1,0 +1,51 @@
+"""IoU, pixel accuracy and boundary F-score of a segmenter on a data set or a run's split."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from cnnkit.data.segmentation import IGNORE_INDEX, SegmentationSet
+from cnnkit.errors import CnnkitError
+from cnnkit.metrics.segmentation import SegmentationMeter
+from cnnkit.tasks.segment.config import SegmentConfig
+from cnnkit.tasks.segment.data import load_splits
+from cnnkit.tasks.segment.load import _segmenter_tta, load_segmenter
+from cnnkit.tasks.segment.predict import predict_masks
+
+
+def evaluate(model: nn.Module, data: SegmentationSet, boundary_d: int = 3, batch_size: int = 32) -> dict:
+    """:meth:`SegmentationMeter.compute` of ``model`` over ``data`` (at the data's resolution), plus ``images``."""
+    meter = SegmentationMeter(data.num_classes, IGNORE_INDEX, boundary_d, data.classes)
+    preds = predict_masks(model, data.images, batch_size)
+    if isinstance(preds, torch.Tensor):
+        meter.update(preds, data.masks.long())
+    else:
+        for p, m in zip(preds, data.masks):
+            meter.update(p, m.long())
+    return {**meter.compute(), "images": len(data)}
+
+
+def evaluate_run(path, split: str = "test", data_dir: str | None = None, tta: str | None = None,
+                 test_scale: float | None = None) -> dict:
+    """The metrics of a run's model on its data's ``split`` (test, val or train); ``tta`` ("flip" |
+    "none") and ``test_scale`` replace the test-time procedure the run saved."""
+    tta = _segmenter_tta(tta) if tta is not None else None
+    if test_scale is not None and not test_scale > 0:
+        raise CnnkitError(f"--test-scale must be a positive number. Received: --test-scale {test_scale}")
+    model = load_segmenter(path)
+    if tta is not None:
+        model.tta = tta
+    if test_scale is not None:
+        model.test_scale = float(test_scale)
+    cfg = SegmentConfig(**model.info["config"])
+    if data_dir is not None:
+        cfg.data_dir = data_dir
+    train_set, val_set, test_set, _ = load_splits(cfg)
+    sets = {"train": train_set, "val": val_set, "test": test_set}
+    if split not in sets:
+        raise CnnkitError(f"--split is train, val or test. Received: --split {split}")
+    out = evaluate(model, sets[split], cfg.boundary_d)
+    return {"mIoU": out["mIoU"], "pixel_accuracy": out["pixel_accuracy"], "iou": out["iou_by_class"],
+            "boundary_iou": out["boundary_iou"], "images": out["images"], "split": split,
+            "data": cfg.data, "confusion": out["confusion"]}

@@ -1,0 +1,150 @@
+"""The deployable :class:`Segmenter` and its label maps on images, drawn as overlays."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cnnkit.errors import CnnkitError
+from cnnkit.models.deploy import Classifier
+
+
+class Segmenter(Classifier):
+    """A segmentation network with its input normalisation: float (B, C, H, W) in [0, 1] -> logits
+    (B, K, H, W). The classifier's wrapper (same buffers) with a per-pixel ``predict``; attributes
+    ``net``, ``classes``, ``config`` (rebuilds ``net``); ``input_size`` is (C,): any H, W.
+
+    In eval mode it answers by its test-time procedure: the image resized by ``test_scale`` (the
+    log-probabilities resized back to (H, W)), and with ``tta="flip"`` the probabilities of the image and
+    of its mirror image (mirrored back) averaged. ``without_tta()`` turns both off (per-epoch validation)."""
+
+    def __init__(self, net: nn.Module, mean, std, classes: list[str], tta: str = "", test_scale: float = 1.0):
+        if tta not in ("", "flip"):
+            raise CnnkitError(f"a segmenter's test-time augmentation is '' or 'flip'. Received: tta={tta!r}")
+        if not test_scale > 0:
+            raise CnnkitError(f"test_scale must be a positive number. Received: test_scale={test_scale!r}")
+        super().__init__(net, mean, std, classes, (len(mean),), tta)
+        self.test_scale = float(test_scale)
+        self.config = dict(getattr(net, "config", {}))
+
+    @contextlib.contextmanager
+    def without_tta(self):
+        scale, self.test_scale = self.test_scale, 1.0
+        try:
+            with super().without_tta():
+                yield self
+        finally:
+            self.test_scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training or (not self.tta and self.test_scale == 1.0):
+            return self.net((x - self.mean) / self.std)
+        from cnnkit.layers.upsample import resize
+
+        h, w = x.shape[-2:]
+        if self.test_scale != 1.0:
+            size = (max(1, round(h * self.test_scale)), max(1, round(w * self.test_scale)))
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=self.test_scale < 1)
+        x = (x - self.mean) / self.std
+        probs = self.net(x).float().softmax(1)                             # (B, K, h', w')
+        if self.tta == "flip":
+            probs = (probs + self.net(x.flip(-1)).float().softmax(1).flip(-1)) / 2
+        return resize(probs.clamp_min(1e-12).log(), (h, w), "bilinear")    # (B, K, H, W)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) floats in [0, 1] -> (B, H, W) int64 class indices."""
+        return self(x).argmax(1)
+
+    def describe(self) -> dict:
+        return {"task": "segment", "segmenter": self.config, "classes": self.classes,
+                "mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist(),
+                "tta": self.tta, "test_scale": self.test_scale}
+
+    @classmethod
+    def from_info(cls, info: dict) -> "Segmenter":
+        """The (untrained) module a checkpoint's metadata describes; load its state dict after."""
+        from cnnkit.models.segmentation import create_segmenter
+
+        if info.get("task") != "segment" or "segmenter" not in info:
+            raise CnnkitError("this checkpoint is not a segmentation model (no 'segmenter' in its metadata)")
+        cfg = dict(info["segmenter"], weights=None)        # the trained weights come from the file
+        return cls(create_segmenter(**cfg), info["mean"], info["std"], info["classes"],
+                   info.get("tta", ""), info.get("test_scale", 1.0))
+
+
+@torch.no_grad()
+def predict_masks(model: nn.Module, images, batch_size: int = 32) -> list[torch.Tensor] | torch.Tensor:
+    """Class-index maps for uint8 images: stacked (N, C, H, W) -> (N, H, W) int64, or a list of
+    (C, H, W) -> a list of (H, W), one forward per photo. Eval mode (restored afterwards)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        if isinstance(images, torch.Tensor):
+            return torch.cat([model(images[i:i + batch_size].to(device).float().div_(255)).argmax(1).cpu()
+                              for i in range(0, images.shape[0], batch_size)])
+        return [model(im[None].to(device).float().div_(255)).argmax(1)[0].cpu() for im in images]
+    finally:
+        model.train(was_training)
+
+
+def palette(n: int) -> torch.Tensor:
+    """(n, 3) uint8 colours: 0 black, then PASCAL VOC's colour map (bits of the index spread over R, G, B)."""
+    colours = torch.zeros(n, 3, dtype=torch.uint8)
+    for c in range(n):
+        r = g = b = 0
+        v = c
+        for shift in range(7, -1, -1):      # bit 3k of the index -> bit (7 - k) of R, 3k + 1 of G, 3k + 2 of B
+            r |= (v & 1) << shift
+            g |= ((v >> 1) & 1) << shift
+            b |= ((v >> 2) & 1) << shift
+            v >>= 3
+        colours[c] = torch.tensor([r, g, b])
+    return colours
+
+
+def overlay(image: torch.Tensor, mask: torch.Tensor, num_classes: int, alpha: float = 0.5) -> torch.Tensor:
+    """(C, H, W) uint8 image and (H, W) class map -> (3, H, W) uint8: each class's colour blended in
+    (background left as it is)."""
+    rgb = image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
+    colour = palette(max(num_classes, int(mask.max()) + 1))[mask.long()].permute(2, 0, 1).float()   # (3, H, W)
+    fg = (mask > 0)[None]
+    blended = torch.where(fg, (1 - alpha) * rgb.float() + alpha * colour, rgb.float())
+    return blended.round().clamp(0, 255).to(torch.uint8)
+
+
+@torch.no_grad()
+def predict_image(model: Segmenter, image: torch.Tensor, max_side: int | None = None) -> torch.Tensor:
+    """(C, H, W) uint8 photo -> (H, W) int64 class map at the photo's size; with ``max_side`` the
+    network sees the photo shrunk so its longer side is at most that, and its logits are resized back."""
+    from cnnkit.layers.upsample import resize
+
+    h, w = image.shape[1:]
+    x = image[None].float().div_(255)
+    if max_side is not None and max(h, w) > max_side:
+        s = max_side / max(h, w)
+        x = F.interpolate(x, size=(max(1, round(h * s)), max(1, round(w * s))), mode="bilinear",
+                          align_corners=False, antialias=True)
+    device = next(model.parameters()).device
+    logits = resize(model.eval()(x.to(device)).float(), (h, w), "bilinear")    # (1, K, H, W)
+    return logits.argmax(1)[0].cpu()
+
+
+def write_prediction(image: torch.Tensor, mask: torch.Tensor, num_classes: int, out_dir, stem: str):
+    """``out_dir/<stem>.png`` (grey class indices, 0 = background) and ``out_dir/<stem>_overlay.png``."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if num_classes > 256:
+        raise CnnkitError(f"a grey PNG holds class indices up to 255; this model has {num_classes} classes")
+    grey, colour = out_dir / f"{stem}.png", out_dir / f"{stem}_overlay.png"
+    Image.fromarray(mask.to(torch.uint8).numpy()).save(grey)                  # 2-D uint8: mode L
+    Image.fromarray(overlay(image, mask, num_classes).permute(1, 2, 0).numpy()).save(colour)
+    return grey, colour

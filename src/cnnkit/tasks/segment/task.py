@@ -1,0 +1,136 @@
+"""Semantic segmentation as an engine task: crops with jitter, cross-entropy (+ Dice / Lovasz), IoU."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cnnkit.data.detection import colour_jitter
+from cnnkit.data.segmentation import IGNORE_INDEX, SegmentationSet
+from cnnkit.errors import CnnkitError
+from cnnkit.tasks.classify.task import (
+    _Batches,  # an epoch's batches made one at a time: the same for every task
+)
+from cnnkit.tasks.segment.data import random_scale_crop
+from cnnkit.tasks.segment.evaluate import evaluate
+from cnnkit.tasks.segment.predict import Segmenter
+
+
+@dataclass
+class SegmentTask:
+    batch_size: int = 8                      # global batch
+    crop: int = 256                          # training crop side for photo lists (stacked scenes: whole)
+    scale: tuple[float, float] = (0.5, 1.5)  # random rescaling of training photos
+    flip: bool = True                        # random horizontal flips of training photos
+    jitter: float = 0.0                      # brightness / contrast / saturation jitter of training photos
+    boundary_d: int = 3                      # band width (px) of the boundary IoU
+    dice: float = 0.0                        # weight of the soft Dice loss added to cross-entropy
+    lovasz: float = 0.0                      # weight of the Lovasz-softmax loss added to cross-entropy
+    channels_last: bool = False              # NHWC batches (the model's weights too, by the caller)
+    eval_batch_size: int = 32                # stacked scenes per evaluation batch (photos: one by one)
+    max_batches: int | None = None           # per epoch (a smoke test's couple of batches)
+    val_name: str = "val"
+    info: dict = field(default_factory=dict)  # checkpoint metadata: data, config, ...
+    name: str = "segment"
+    metric: str = "mIoU"
+
+    def batches(self, data: SegmentationSet, generator: torch.Generator, train: bool = True):
+        """Shuffled (x, y) batches: x float (B, C, h, w) on [0, 1], y int64 (B, h, w) with 255 ignored."""
+        n, b = len(data), self.batch_size
+        if n < 2:
+            raise CnnkitError(f"{data.name} has {n} image(s); training needs at least 2 (batch norm)")
+        order = torch.randperm(n, generator=generator, device=generator.device) if train else \
+            torch.arange(n, device=generator.device)
+        chunks = [order[i * b:(i + 1) * b] for i in range(n // b)] or [order]
+        chunks = chunks[:self.max_batches] if self.max_batches else chunks
+        return _Batches(chunks, lambda idx: self._batch(data, idx, generator, train))
+
+    def _batch(self, data: SegmentationSet, idx: torch.Tensor, generator, train: bool):
+        dev = generator.device
+        if isinstance(data.images, torch.Tensor):   # scenes: one size, stacked on the device
+            idx = idx.to(data.images.device)
+            x = data.images[idx].to(dev).float().div_(255)
+            return x.contiguous(memory_format=self._fmt()), data.masks[idx].to(dev).long()
+        pairs = [random_scale_crop(data.images[i], data.masks[i], self.crop, self.scale,
+                                   self.flip and train, generator) for i in idx.tolist()]
+        x = torch.stack([p[0] for p in pairs]).div_(255).to(dev)           # (B, C, crop, crop)
+        if train and self.jitter > 0:                                      # the detection task's jitter
+            x = colour_jitter(x, None, None, generator, self.jitter, self.jitter, self.jitter)[0]
+        y = torch.stack([p[1] for p in pairs]).long().to(dev)              # (B, crop, crop)
+        return x.contiguous(memory_format=self._fmt()), y
+
+    def _fmt(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x, y = batch
+        logits = model(x).float()                                          # (B, K, h, w)
+        loss = F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX)
+        valid = y != IGNORE_INDEX
+        if self.dice > 0:
+            loss = loss + self.dice * dice_loss(logits, y, valid)
+        if self.lovasz > 0:
+            loss = loss + self.lovasz * lovasz_softmax(logits, y, valid)
+        n = torch.tensor(float(x.shape[0]), device=y.device)
+        pixel_acc = ((logits.argmax(1) == y) & valid).sum() / valid.sum().clamp(min=1)
+        return loss, {"loss": loss.detach() * x.shape[0], "pixel_acc": pixel_acc.detach() * x.shape[0], "n": n}
+
+    def evaluate(self, model: nn.Module, data: SegmentationSet) -> dict[str, float]:
+        """mIoU, pixel accuracy and mean boundary IoU (the engine's validation row): the image alone,
+        without the model's test-time procedure (the final test in :func:`train` has it)."""
+        with (model.without_tta() if hasattr(model, "without_tta") else contextlib.nullcontext()):
+            out = evaluate(model, data, self.boundary_d, self.eval_batch_size)
+        return {k: float("nan") if out[k] is None else out[k] for k in ("mIoU", "pixel_accuracy", "boundary_iou")}
+
+    def deployable(self, model: nn.Module) -> nn.Module:
+        return model                          # the Segmenter is trained as it is deployed
+
+    def describe(self, model: Segmenter) -> dict:
+        return {**self.info, **model.describe(), "num_classes": len(model.classes)}
+
+    def summary(self, model: Segmenter) -> str:
+        from cnnkit.analysis import summary
+
+        c = model.mean.shape[1]
+        return str(summary(model.net, input_size=(c, self.crop, self.crop), batch_size=self.batch_size))
+
+
+def dice_loss(logits: torch.Tensor, y: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """1 - the mean over classes present in the batch of the soft Dice 2|P Y| / (|P| + |Y|) (Milletari et al.
+    2016, https://arxiv.org/abs/1606.04797): every class counts alike, however few its pixels.
+    (B, K, H, W) logits, (B, H, W) labels, (B, H, W) bool of the pixels that count -> scalar."""
+    k = logits.shape[1]
+    p = logits.softmax(1) * valid[:, None]                                      # (B, K, H, W)
+    onehot = F.one_hot(torch.where(valid, y, 0), k).permute(0, 3, 1, 2) * valid[:, None]
+    inter = (p * onehot).sum((0, 2, 3))                                         # (K,)
+    total = p.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
+    present = onehot.sum((0, 2, 3)) > 0
+    return 1 - (2 * inter[present] / total[present].clamp(min=1e-6)).mean()
+
+
+def lovasz_softmax(logits: torch.Tensor, y: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The Lovasz-softmax loss (Berman, Rannen Triki & Blaschko 2018, https://arxiv.org/abs/1705.08790):
+    per class present in the batch, the Lovasz extension of the Jaccard loss 1 - IoU evaluated at the
+    pixels' errors |[y = c] - p_c| (sorted, largest first, each weighted by how much it raises 1 - IoU),
+    averaged over those classes: a convex surrogate of 1 - IoU itself.
+    (B, K, H, W) logits, (B, H, W) labels, (B, H, W) bool of the pixels that count -> scalar."""
+    k = logits.shape[1]
+    p = logits.softmax(1).permute(0, 2, 3, 1)[valid]                          # (N, K) valid pixels
+    labels = y[valid]                                                          # (N,)
+    losses = []
+    for c in range(k):
+        fg = (labels == c).float()                                             # (N,)
+        if fg.sum() == 0:
+            continue
+        errors, order = (fg - p[:, c]).abs().sort(descending=True)
+        fg = fg[order]
+        inter = fg.sum() - fg.cumsum(0)                                        # |Y \ first i errors|
+        union = fg.sum() + (1 - fg).cumsum(0)
+        jaccard = 1 - inter / union                                            # 1 - IoU with the first i wrong
+        grad = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])            # its increments
+        losses.append(errors @ grad)
+    return torch.stack(losses).mean() if losses else logits.sum() * 0

@@ -1,0 +1,83 @@
+"""The segmentation recipe ``cnnkit segment train`` runs, through the one engine."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from cnnkit.errors import CnnkitError
+from cnnkit.tasks.segment.config import SegmentConfig
+from cnnkit.tasks.segment.data import load_splits
+from cnnkit.tasks.segment.evaluate import evaluate
+from cnnkit.tasks.segment.load import build_model
+from cnnkit.tasks.segment.predict import Segmenter
+from cnnkit.tasks.segment.task import SegmentTask
+
+
+def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = False, device: str | None = None):
+    """Train ``cfg`` through the engine into run folder ``out`` (``split.json`` beside the model).
+
+    Returns the engine's FitResult plus ``test``, the final model's metrics on the test split."""
+    import json
+    import os
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from cnnkit.engine import Data, Phase, Plan, Setup, fit
+    from cnnkit.engine.optim import lr_at, make_optimizer
+
+    cfg = cfg.resolved()
+    for key in ("epochs", "batch_size", "crop"):
+        if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
+            raise CnnkitError(f"--{key.replace('_', '-')} must be a positive integer. Received: {getattr(cfg, key)}")
+    if cfg.val_every < 0:
+        raise CnnkitError(f"--val-every must be an integer >= 0 (0: no validation while training). Received: {cfg.val_every}")
+    torch.set_num_threads(cfg.threads or max(1, os.cpu_count() or 1))
+    train_set, val_set, test_set, split = load_splits(cfg)
+    model = build_model(cfg, train_set)
+    task = SegmentTask(cfg.batch_size, cfg.crop or 256, jitter=cfg.jitter, boundary_d=cfg.boundary_d,
+                       channels_last=cfg.channels_last,
+                       dice=cfg.dice, lovasz=cfg.lovasz, val_name="test" if val_set is test_set else "val",
+                       info={"config": asdict(cfg), "data": cfg.data})
+
+    stem = []
+    if cfg.freeze_to:
+        if not hasattr(model.net.encoder, "stem"):
+            raise CnnkitError("--freeze-to freezes the first layers of a zoo backbone; U-Net's own encoder has none")
+        stem = model.net.encoder.stem(cfg.freeze_to)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+
+    def setup(m: Segmenter) -> Setup:
+        for layer in stem:
+            layer.requires_grad_(False)
+        opt = make_optimizer(m.net, cfg)
+        encoder = {id(p) for p in m.net.encoder.parameters()}
+        if cfg.encoder_lr != 1:       # the encoder's parameters in groups of their own, at a fraction of the lr
+            groups = []
+            for g in opt.param_groups:
+                for mine, scale in ((False, 1.0), (True, cfg.encoder_lr)):
+                    ps = [p for p in g["params"] if (id(p) in encoder) == mine]
+                    if ps:
+                        groups.append({**g, "params": ps, "lr_scale": scale})
+            opt.param_groups.clear()
+            for g in groups:
+                opt.add_param_group(g)
+        frozen = [b for b in m.net.encoder.modules() if isinstance(b, nn.modules.batchnorm._BatchNorm)] \
+            if cfg.freeze_bn else []
+        return Setup(opt, schedule=lambda step, total: lr_at(step, total, cfg), frozen=frozen + stem)
+
+    plan = Plan([Phase(cfg.epochs, setup)], seed=cfg.seed, val_every=cfg.val_every)
+
+    def write_split(epoch: int, row: dict) -> None:   # beside the engine's files, once it has written them
+        if out is not None and not (Path(out) / "split.json").is_file():
+            (Path(out) / "split.json").write_text(json.dumps(split, indent=1))
+
+    try:
+        result = fit(task, model, Data(train_set, val_set), plan, out, resume=resume, quiet=quiet, device=device,
+                     config=asdict(cfg), command="cnnkit segment train", on_epoch_end=write_split)
+    finally:
+        for layer in stem:
+            layer.requires_grad_(True)
+    result.test = evaluate(result.model, test_set, cfg.boundary_d)
+    return result
