@@ -141,9 +141,9 @@ def hymenoptera_table(data: Path) -> list[tuple]:
 def pretrained_table(data: Path, seeds, rows_wanted, sets=("hymenoptera", "flowers")) -> list[tuple]:
     """Table 3: efficientnet_lite0 from ImageNet on hymenoptera and flowers; (set, row, seed, acc, s)."""
     from cnnkit.models.preprocess import finetune_preprocess
-    from cnnkit.tasks.classify.finetune import FinetuneConfig
+    from cnnkit.tasks.classify.finetune import FinetuneRecipe
 
-    default = FinetuneConfig().epochs
+    default = FinetuneRecipe().epochs
     runs = {  # --rows id -> (row, ImageNet weights?, finetune arguments)
         "scratch": ("from scratch (random init), all, 10 epochs", False,
                     dict(stages=("all",), epochs=10, lr_all=1e-3, lr_decay=1.0)),
@@ -173,7 +173,7 @@ def pretrained_table(data: Path, seeds, rows_wanted, sets=("hymenoptera", "flowe
                 t0 = time.perf_counter()
                 finetune(net, train, val, mean=pre.mean, std=pre.std, seed=seed, **{"epochs": default, **kw})
                 sec = time.perf_counter() - t0
-                tta = FinetuneConfig().tta                     # as the checkpoint answers
+                tta = FinetuneRecipe().tta                     # as the checkpoint answers
                 out.append((name, row, seed, evaluate(net, test, pre.mean, pre.std, tta=tta)[1], sec))
                 print(f"  {name} | {row} | seed {seed}: {out[-1][3]:.4f} ({sec:.0f} s)", flush=True)
     return out

@@ -198,7 +198,7 @@ def test_cli_table_and_csv(capsys):
 
 def test_fit_finds_the_largest_batch():
     budget = 200_000_000
-    r = cnnkit.fit(str(EXAMPLES / "exercise2.yaml"), memory=budget, batch_size=64)
+    r = cnnkit.memory_plan(str(EXAMPLES / "exercise2.yaml"), memory=budget, batch_size=64)
     best = r["training"]["max_batch"]
     assert best > 0
     at = lambda b: cnnkit.summary(str(EXAMPLES / "exercise2.yaml"), batch_size=b).memory["training_peak_bytes"]  # noqa: E731

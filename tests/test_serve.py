@@ -286,11 +286,11 @@ def test_timeline_downsampling_never_drops_the_peak():
 
 
 def test_fit_route_is_cnnkit_fit(api):
-    from cnnkit.analysis import fit
+    from cnnkit.analysis import memory_plan
 
     status, res = api.json("/api/fit", {"target": "keras_mnist_convnet", "memory": "8MB", "fit_batch": 64})
     assert status == 200
-    assert res == json.loads(json.dumps(fit("keras_mnist_convnet", memory="8MB", batch_size=64)))
+    assert res == json.loads(json.dumps(memory_plan("keras_mnist_convnet", memory="8MB", batch_size=64)))
     assert res["training"]["max_batch"] >= 1 and res["remedies"]
 
 

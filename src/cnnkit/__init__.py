@@ -3,7 +3,7 @@
 The public API is re-exported lazily so that ``import cnnkit`` stays cheap:
 
 - ``cnnkit.summary(target, input_size=..., batch_size=...)`` -- shapes, parameters, MACs, memory
-- ``cnnkit.fit(target, input_size=..., memory=...)`` -- the largest batch that fits, and remedies
+- ``cnnkit.memory_plan(target, input_size=..., memory=...)`` -- the largest batch that fits, and remedies
 - ``cnnkit.create_model(name, ...)`` / ``cnnkit.list_models()`` -- the model zoo
 - ``cnnkit.load(path)`` -- a trained checkpoint as an eval-mode ``nn.Module`` (never runs code from
   the file: ``trust_code=True, factory="net.py:build"`` for a network only Python builds)
@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _LAZY = {
     "summary": "cnnkit.analysis",
-    "fit": "cnnkit.analysis",
+    "memory_plan": "cnnkit.analysis",
     "Summary": "cnnkit.analysis",
     "create_model": "cnnkit.models",
     "list_models": "cnnkit.models",

@@ -1,10 +1,10 @@
 """The analyser: what every layer does to the shape, its parameters and MACs, and the memory of
 inference and of a training step, exactly as PyTorch allocates it, with the textbook's hand method beside.
 
-Record (``trace``, ``backend``) -> aggregate (``summary``, ``textbook``, ``fit``) -> format (``report``).
+Record (``trace``, ``backend``) -> aggregate (``summary``, ``textbook``, ``memory``) -> format (``report``).
 """
 
-from cnnkit.analysis.fit import fit
+from cnnkit.analysis.memory import memory_plan
 from cnnkit.analysis.summary import Summary, summary
 
-__all__ = ["Summary", "fit", "summary"]
+__all__ = ["Summary", "memory_plan", "summary"]

@@ -20,7 +20,7 @@ from cnnkit.errors import (
 )
 
 # sub-modules of cnnkit.cli, in the order their commands appear in --help
-_COMMAND_MODULES = ["summary", "zoo", "train", "explain", "transfer", "detect", "segment", "instance", "serve"]
+_COMMAND_MODULES = ["classify", "detect", "segment", "instance", "summary", "zoo", "explain", "serve"]
 
 
 def add_trust_code(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +28,33 @@ def add_trust_code(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-code", metavar="FILE.py:FN", dest="trust_code",
                         help="load a checkpoint whose network is built by a Python factory, running "
                              "FILE.py:FN as you name it (never the file the checkpoint names)")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, default_out: str) -> None:
+    """``--out``, ``--resume`` and ``--quiet``: where a training run goes, and how it talks."""
+    parser.add_argument("--out", help=f"run folder, written after every epoch (default: {default_out})")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out exactly (its own "
+                                                              "settings win over the ones given)")
+    parser.add_argument("--quiet", action="store_true", help="no summary and no progress bar")
+
+
+def train_config(cls, args, builtin: tuple[str, ...] = ()) -> dict:
+    """The run config's values from ``--config`` and the typed flags, with paths made absolute (a run
+    stores where its data is) and ``--weights none`` as None. ``builtin``: data names that are not paths."""
+    from pathlib import Path
+
+    from cnnkit.engine.config import config_from_args
+
+    values = config_from_args(cls, args)
+    existing_data_dir(values.get("data_dir"))
+    if values.get("data_dir"):
+        values["data_dir"] = str(Path(values["data_dir"]).expanduser().resolve())
+    data = values.get("data")
+    if data and data not in builtin:
+        values["data"] = str(Path(data).expanduser().resolve())
+    if isinstance(values.get("weights"), str) and values["weights"].lower() == "none":
+        values["weights"] = None
+    return values
 
 
 def trust(args) -> dict:

@@ -6,7 +6,10 @@ import json
 import time
 from pathlib import Path
 
+from cnnkit.cli import add_run_arguments, train_config
+from cnnkit.engine.config import add_config_arguments
 from cnnkit.errors import CnnkitError
+from cnnkit.tasks.detect.config import DetectConfig
 
 
 def register(subparsers) -> None:
@@ -15,38 +18,16 @@ def register(subparsers) -> None:
                                           "JSON file or a YOLO folder; evaluate it (COCO AP); draw its boxes.")
     sub = p.add_subparsers(dest="detect_command", metavar="ACTION")
 
-    t = sub.add_parser("train", help="train a detector (through the one training engine)")
-    t.add_argument("--data", default="pennfudan", help="pennfudan | digits | PATH (a COCO JSON file or a YOLO folder)")
-    add_train_args(t, "detect", "zoo name or tiny (default: efficientnet_lite0 for photos, tiny for digits)",
-                   "default 320; digits 128")
+    t = sub.add_parser("train", help="train a detector (through the one training engine)",
+                       description="Train an anchor-free detector; the run folder holds model.safetensors, "
+                                   "resume.safetensors, metrics.csv, curves.png, config.yaml and split.json.")
+    add_config_arguments(t, DetectConfig)
+    add_run_arguments(t, "runs/detect-<data>-<time>")
     t.set_defaults(func=run_train)
 
     add_eval_predict(sub, "COCO AP / AP50 / AP75 / AR100 on the run's test split",
                      "boxes of image files, drawn into PNGs", run_eval, run_predict)
     p.set_defaults(func=lambda args: p.print_help() or 2)
-
-
-def add_train_args(t, kind: str, backbone_help: str, size_default: str) -> None:
-    """The train options `cnnkit detect` and `cnnkit instance` share (after their own --data)."""
-    t.add_argument("--data-dir", help="folder holding pennfudan/ and mnist/ (else $CNNKIT_DATA)")
-    t.add_argument("--out", help=f"run folder (default: runs/{kind}-<data>-<time>)")
-    t.add_argument("--backbone", help=backbone_help)
-    t.add_argument("--weights", help="backbone weights: imagenet | none | PATH (default: imagenet for photos)")
-    t.add_argument("--image-size", type=int, help=f"square side images are letterboxed to ({size_default})")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--width", type=int, help="channels of the neck and head (default 64)")
-    t.add_argument("--scenes", type=int, nargs=2, metavar=("TRAIN", "TEST"), help="digits: number of scenes")
-    t.add_argument("--subset", type=int, help="train on the first N training images only (smoke tests)")
-    t.add_argument("--ema", type=float)
-    t.add_argument("--val-every", type=int, help="validate after every k-th epoch and the last; 0: not while "
-                   "training (detect: photos 4, digits 1; instance: 0)")
-    t.add_argument("--seed", type=int)
-    t.add_argument("--threads", type=int)
-    t.add_argument("--device", choices=["cpu", "cuda"])
-    t.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
-    t.add_argument("--quiet", action="store_true")
 
 
 def add_eval_predict(sub, eval_help: str, predict_help: str, run_eval, run_predict) -> None:
@@ -65,36 +46,18 @@ def add_eval_predict(sub, eval_help: str, predict_help: str, run_eval, run_predi
     q.set_defaults(func=run_predict)
 
 
-def config_args(args, *extra: str) -> dict:
-    """The config fields given on the command line (the shared ones and ``extra``); --weights none -> None."""
-    names = ("data", "backbone", "image_size", "epochs", "batch_size", "lr", "width", "subset", "ema",
-             "val_every", "seed", "threads", "device", *extra)
-    given = {k: getattr(args, k) for k in names
-             if getattr(args, k) is not None and getattr(args, k) is not False}  # 0 is a value
-    if args.data_dir:
-        given["data_dir"] = str(Path(args.data_dir).expanduser().resolve())
-    if args.scenes:
-        given["scenes"] = tuple(args.scenes)
-    if args.weights is not None:
-        given["weights"] = None if args.weights.lower() == "none" else args.weights
-    return given
-
-
 def run_train(args) -> int:
-    from cnnkit.tasks.detect.config import DetectConfig
     from cnnkit.tasks.detect.train import train
 
-    given = config_args(args)
-    if args.data not in ("pennfudan", "digits"):
-        given["data"] = str(Path(args.data).expanduser().resolve())
-    return start_run(args, DetectConfig(**given), train, "detect")
+    cfg = DetectConfig(**train_config(DetectConfig, args, ("pennfudan", "digits")))
+    return start_run(args, cfg, train, "detect")
 
 
 def start_run(args, cfg, train, kind: str) -> int:
     """``train(cfg, out)`` in ``--out`` (default ``runs/KIND-DATA-TIME``), resuming with ``--resume``."""
     if args.resume and not args.out:
         raise CnnkitError("--resume needs --out RUN_FOLDER (the run to continue)")
-    out = args.out or f"runs/{kind}-{Path(args.data).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = args.out or f"runs/{kind}-{Path(cfg.data).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     train(cfg, out, resume=args.resume, quiet=args.quiet)
     return 0
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cnnkit.cli.detect import add_eval_predict, add_train_args, config_args, start_run
+from cnnkit.cli import add_run_arguments, train_config
+from cnnkit.cli.detect import add_eval_predict, start_run
+from cnnkit.engine.config import add_config_arguments
+from cnnkit.tasks.instance.config import InstanceConfig
 
 
 def register(subparsers) -> None:
@@ -14,13 +17,11 @@ def register(subparsers) -> None:
                                           "Penn-Fudan or digit scenes; evaluate it (COCO mask AP); draw its masks.")
     sub = p.add_subparsers(dest="instance_command", metavar="ACTION")
 
-    t = sub.add_parser("train", help="train a mask detector (through the one training engine)")
-    t.add_argument("--data", default="pennfudan", choices=["pennfudan", "digits"])
-    add_train_args(t, "instance", "zoo name (default: efficientnet_lite0 for photos, resnet18 for digits)",
-                   "default 320; digits 96")
-    t.add_argument("--mask-convs", type=int, help="3x3 convs of the mask head (default 4)")
-    t.add_argument("--mask-width", type=int, help="channels of the mask head (default 64)")
-    t.add_argument("--roi-jitter", type=int, help="jittered copies of each box the mask head trains on (default 2)")
+    t = sub.add_parser("train", help="train a mask detector (through the one training engine)",
+                       description="Train the detector with a Mask R-CNN-style mask head; the run folder holds "
+                                   "model.safetensors, resume.safetensors, metrics.csv, curves.png and config.yaml.")
+    add_config_arguments(t, InstanceConfig)
+    add_run_arguments(t, "runs/instance-<data>-<time>")
     t.set_defaults(func=run_train)
 
     add_eval_predict(sub, "COCO mask AP (and box AP) on the run's test split",
@@ -29,10 +30,9 @@ def register(subparsers) -> None:
 
 
 def run_train(args) -> int:
-    from cnnkit.tasks.instance.config import InstanceConfig
     from cnnkit.tasks.instance.train import train
 
-    cfg = InstanceConfig(**config_args(args, "mask_convs", "mask_width", "roi_jitter"))
+    cfg = InstanceConfig(**train_config(InstanceConfig, args, ("pennfudan", "digits")))
     return start_run(args, cfg, train, "instance")
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
+from cnnkit.cli import add_run_arguments, train_config
+from cnnkit.engine.config import add_config_arguments
 from cnnkit.errors import CnnkitError
+from cnnkit.tasks.segment.config import SegmentConfig
 
 
 def register(subparsers) -> None:
@@ -16,31 +18,10 @@ def register(subparsers) -> None:
 
     t = sub.add_parser("train", help="train a segmentation network (default data: Penn-Fudan)",
                        description="Train through the shared engine; the run folder holds model.safetensors, "
-                                   "resume.safetensors, metrics.csv, curves.png and split.json.")
-    t.add_argument("--data", default="pennfudan", help="pennfudan | digits | DIR (images/ + masks/)")
-    t.add_argument("--data-dir", help="folder holding pennfudan/ and mnist/ (else $CNNKIT_DATA)")
-    t.add_argument("--arch", help="fcn32s | fcn16s | fcn8s | unet | deeplabv3 (default: the data's recipe)")
-    t.add_argument("--backbone", help="zoo name (resnet18, mobilenet_v2, ...) or unet (U-Net's own encoder)")
-    t.add_argument("--weights", help="backbone weights: imagenet, a file or none (Penn-Fudan's default: imagenet)")
-    t.add_argument("--output-stride", type=int, default=16, help="DeepLab: 16 or 8 (default 16)")
-    t.add_argument("--width", type=int, help="U-Net's own encoder: channels of its first level")
-    t.add_argument("--finest", type=int, help="U-Net on a zoo backbone: finest decoder stride, 2 or 4")
-    t.add_argument("--freeze-to", type=int, help="zoo backbone: layers up to the map of this stride not trained (0: none)")
-    t.add_argument("--encoder-lr", type=float, help="the encoder's learning rate as a fraction of --lr")
-    t.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=None,
-                   help="keep the encoder's batch-norm statistics (pretrained encoders: on)")
-    t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="NHWC weights and batches (faster on CPUs; on for the built-in recipes)")
-    for name, kind in (("epochs", int), ("batch-size", int), ("lr", float), ("crop", int), ("max-side", int),
-                       ("jitter", float), ("dice", float), ("lovasz", float), ("test-scale", float), ("canvas", int), ("scenes", int), ("seed", int),
-                       ("threads", int), ("val-every", int)):
-        t.add_argument(f"--{name}", type=kind)
-    t.add_argument("--tta", choices=["flip", "none"], help="test-time augmentation (Penn-Fudan's default: flip)")
-    t.add_argument("--weight-decay", type=float, default=1e-4)
-    t.add_argument("--device", choices=["cpu", "cuda"])
-    t.add_argument("--out", help="run folder (default: runs/segment-<data>-<time>)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
-    t.add_argument("--quiet", action="store_true")
+                                   "resume.safetensors, metrics.csv, curves.png, config.yaml and split.json. "
+                                   "Unset options take the data's recipe (DATA_DEFAULTS).")
+    add_config_arguments(t, SegmentConfig)
+    add_run_arguments(t, "runs/segment-<data>-<time>")
     t.set_defaults(func=run_train)
 
     e = sub.add_parser("eval", help="mIoU, pixel accuracy, per-class and boundary IoU of a run")
@@ -63,24 +44,13 @@ def register(subparsers) -> None:
 def run_train(args) -> int:
     import time
 
-    from cnnkit.tasks.segment.config import SegmentConfig
     from cnnkit.tasks.segment.train import train
 
-    data = args.data if args.data in ("pennfudan", "digits") else str(Path(args.data).expanduser().resolve())
-    cfg = SegmentConfig(data=data, data_dir=str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None,
-                        arch=args.arch, backbone=args.backbone, weights=args.weights,
-                        output_stride=args.output_stride, width=args.width, finest=args.finest,
-                        freeze_to=args.freeze_to, encoder_lr=args.encoder_lr, freeze_bn=args.freeze_bn,
-                        channels_last=args.channels_last, jitter=args.jitter, dice=args.dice, lovasz=args.lovasz,
-                        tta=args.tta, test_scale=args.test_scale, epochs=args.epochs,
-                        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, crop=args.crop,
-                        max_side=args.max_side, canvas=args.canvas, scenes=args.scenes,
-                        seed=args.seed if args.seed is not None else 0, threads=args.threads,
-                        val_every=args.val_every)
+    cfg = SegmentConfig(**train_config(SegmentConfig, args, ("pennfudan", "digits")))
     if args.resume and not args.out:
         raise CnnkitError("--resume needs --out RUN, the run folder to continue")
-    out = args.out or f"runs/segment-{Path(data).name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    result = train(cfg, out, resume=args.resume, quiet=args.quiet, device=args.device)
+    out = args.out or f"runs/segment-{Path(cfg.data).name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    result = train(cfg, out, resume=args.resume, quiet=args.quiet)
     t = result.test
     print(f"done: test mIoU {t['mIoU']:.4f}, pixel accuracy {t['pixel_accuracy']:.4f}, boundary IoU "
           f"{t['boundary_iou']:.4f} in {result.seconds:.1f} s -> {out}  (`cnnkit segment eval {out}`)")

@@ -1,4 +1,4 @@
-"""``cnnkit summary`` and ``cnnkit fit``: thin wrappers over :mod:`cnnkit.analysis`."""
+"""``cnnkit summary`` and ``cnnkit memory``: thin wrappers over :mod:`cnnkit.analysis`."""
 
 from __future__ import annotations
 
@@ -25,20 +25,20 @@ def register(subparsers) -> None:
         "and of one training step at the batch, as PyTorch really allocates it, with the notes' "
         "textbook calculation beside it.")
     _common(p)
-    p.add_argument("--batch", type=int, default=1, help="batch size (default: 1)")
+    p.add_argument("--batch-size", "--batch", dest="batch", type=int, default=1, help="batch size (default: 1)")
     p.add_argument("--format", default="table", choices=["table", "json", "csv"])
     p.set_defaults(func=run_summary)
 
     f = subparsers.add_parser(
-        "fit", help="the largest batch that fits in memory, and what each remedy saves",
+        "memory", help="the largest batch that fits in memory, and what each remedy saves",
         description="Largest batch for training and for inference within --memory; at --batch, "
         "whether it fits and, if not, what each of the notes' remedies would save.")
     _common(f)
     f.add_argument("--memory", required=True, help="memory budget, e.g. 8GiB, 16GB, 500MB")
-    f.add_argument("--batch", type=int, help="the batch you want to train with")
+    f.add_argument("--batch-size", "--batch", dest="batch", type=int, help="the batch size you want to train with")
     f.add_argument("--devices", type=int, default=2, help="devices for the 'spread over N' remedy")
     f.add_argument("--format", default="table", choices=["table", "json"])
-    f.set_defaults(func=run_fit)
+    f.set_defaults(func=run_memory)
 
 
 def run_summary(args) -> int:
@@ -58,14 +58,14 @@ def run_summary(args) -> int:
     return 0
 
 
-def run_fit(args) -> int:
-    from cnnkit.analysis import fit
+def run_memory(args) -> int:
+    from cnnkit.analysis import memory_plan
     from cnnkit.analysis.report import human_bytes
     from cnnkit.errors import CnnkitError
 
     if args.batch is not None and args.batch < 1:
         raise CnnkitError(f"--batch must be a positive integer; received: {args.batch}")
-    r = fit(args.target, input_size=args.input, memory=args.memory, batch_size=args.batch,
+    r = memory_plan(args.target, input_size=args.input, memory=args.memory, batch_size=args.batch,
             dtype=args.dtype, optimizer=args.optimizer, device=args.device, devices=args.devices)
     if args.format == "json":
         print(json.dumps(r, indent=2))

@@ -34,13 +34,16 @@ from rich.progress import (
 )
 
 from cnnkit.console import console as make_console
+from cnnkit.engine.config import config_yaml
 from cnnkit.engine.distributed import Dist, all_sum, distributed, shard_batch
 from cnnkit.engine.ema import EMA
 from cnnkit.engine.precision import autocast, choose
 from cnnkit.engine.runfolder import (
+    CONFIG_FILE,
     FORMAT,
     MODEL_FILE,
     RESUME_FILE,
+    atomic_write_bytes,
     load_resume,
     save_model,
     save_resume,
@@ -242,7 +245,9 @@ def _start(out: Path | None, resume: bool, model, ema, gen, config: dict) -> tup
 
 
 def _save_run(out, task, model, deploy, optimizer, ema, gen, history, config, precision) -> None:
-    """Resume state, deployable model, metrics.csv and curves.png (each file atomic)."""
+    """Resume state, deployable model, config.yaml, metrics.csv and curves.png (each file atomic)."""
+    if config and not (out / CONFIG_FILE).is_file():
+        atomic_write_bytes(out / CONFIG_FILE, config_yaml(config.get("args", config)))
     save_resume(out / RESUME_FILE, model, optimizer, ema, gen, len(history), history, config)
     _save_model(out, task, deploy, history, precision)
     keys = [k for k in dict.fromkeys(k for r in history for k in r) if k not in ("lr", "seconds")]

@@ -37,6 +37,7 @@ MODEL_FILE = "model.safetensors"
 
 
 RESUME_FILE = "resume.safetensors"
+CONFIG_FILE = "config.yaml"     # the resolved settings, readable by --config
 
 
 METRICS_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]

@@ -225,7 +225,7 @@ def timeline_json(target, input_size, batch_size, dtype, optimizer, max_points: 
 
 def fit_json(body: dict, limits: Limits):
     """``cnnkit fit`` for the body's ``memory`` (e.g. "8GiB") and optional ``fit_batch``."""
-    from cnnkit.analysis import fit
+    from cnnkit.analysis import memory_plan
 
     memory = body.get("memory", "8GiB")
     if not isinstance(memory, (str, int)):
@@ -233,7 +233,7 @@ def fit_json(body: dict, limits: Limits):
     want = _int(body, "fit_batch", None, 1, limits.batch)
 
     def run(target, input_size, batch_size, dtype, optimizer):
-        r = fit(target, input_size=input_size, memory=memory, batch_size=want, dtype=dtype,
+        r = memory_plan(target, input_size=input_size, memory=memory, batch_size=want, dtype=dtype,
                 optimizer=optimizer)
         if not isinstance(target, str):
             r["model"] = "spec"

@@ -8,48 +8,41 @@ target is not met yet, see the README). Any field can be overridden on top of a 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from cnnkit.data.augment import AugmentConfig
+from cnnkit.engine.config import RunConfig, option
 from cnnkit.errors import CnnkitError
 
 
 @dataclass
-class TrainConfig:
-    # data
-    dataset: str = "mnist"          # a built-in dataset name, "folder", or the path of an image folder
-    data_dir: str | None = None     # data folder (else $CNNKIT_DATA, else ~/.cache/cnnkit/data)
-    image_size: tuple[int, int] | None = None  # (H, W) to resize image folders to (None: 224x224)
-    subset: int = 0                 # train on the first N training images only (0 = all; for tests)
-    trainval: bool = False          # the final refit: train on train + val once the settings are chosen
-                                    # on val (MNIST: all 60,000); validation then scores seen images
-    # model
-    model: str = "mnist_fast"       # zoo name, spec.yaml/.json, or file.py:factory
-    # optimisation
-    epochs: int = 6                 # passes over the training split
-    batch_size: int = 256           # global batch (split across processes under torchrun)
-    lr: float = 0.2                 # peak learning rate of the schedule
-    optimizer: str = "sgd"          # "sgd" (Nesterov momentum) | "adamw" | "nadam"
-    momentum: float = 0.9           # SGD momentum
-    weight_decay: float = 5e-4      # L2 on conv/linear weights only (not BN, not biases)
-    schedule: str = "onecycle"      # "onecycle" (linear warm-up, cosine down) | "cosine" | "constant"
-    warmup: float = 0.2             # fraction of all steps spent warming up (onecycle)
-    label_smoothing: float = 0.1    # cross-entropy label smoothing
-    ema: float = 0.0                # EMA decay of the weights per step (0 = off; e.g. 0.999)
-    tta: bool = False               # test-time augmentation at evaluation (shifted copies)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)  # see cnnkit.data.augment
-    # run
-    seed: int = 0                   # seeds data order, augmentation and initialisation
-    threads: int = 0                # torch threads per process (0 = all cores / processes)
-    device: str | None = None       # "cpu" | "cuda" (None: CUDA when a GPU is visible, else CPU)
-    channels_last: bool = True      # NHWC memory format (2x faster convs on CPU with oneDNN)
-    precision: str = "auto"         # "auto" (bf16 autocast where the device has native bf16, else
-                                    # fp32) | "fp32" | "bf16"; weights and checkpoints stay fp32
-    eval_batch_size: int = 1000     # batch size for validation
-    ensemble: int = 1               # number of members (different seeds) to train
+class TrainConfig(RunConfig):
+    """The settings of ``cnnkit classify train`` (``cnnkit train``); :func:`preset` gives the tuned ones."""
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    unsupported = ("weights",)
+
+    data: str = option("mnist", help="mnist | fashion_mnist | kmnist | emnist_digits | cifar10 | folder | PATH "
+                                     "of an image folder")
+    image_size: tuple[int, int] | None = option(None, help="H W that image folders are resized to (default: "
+                                                           "224 224)", metavar="N")
+    trainval: bool = option(False, help="the final refit: train on train + val once the settings are chosen "
+                                        "on val (MNIST: all 60,000 images); validation then scores seen images")
+    model: str = option("mnist_fast", help="the network: a zoo name (`cnnkit zoo`), a spec .yaml/.json or "
+                                           "FILE.py:FUNCTION")
+    epochs: int = 6
+    batch_size: int = 256
+    lr: float = 0.2
+    weight_decay: float = 5e-4
+    warmup: float = 0.2
+    label_smoothing: float = option(0.1, help="cross-entropy label smoothing")
+    tta: bool = option(False, help="test-time augmentation in the saved model (the image and its 1-pixel "
+                                   "shifts averaged)")
+    augment: AugmentConfig = option(factory=AugmentConfig, help="batched augmentation of the training images "
+                                                                "(cnnkit.data.augment.AugmentConfig)", cli=False)
+    threads: int = 0
+    channels_last: bool = option(True, help="NHWC memory format (oneDNN's convolutions run faster on CPUs)")
+    eval_batch_size: int = option(1000, help="batch size of validation")
+    ensemble: int = option(1, help="members to train, with seeds seed .. seed+K-1; the saved model averages them")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":

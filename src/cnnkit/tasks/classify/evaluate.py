@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from cnnkit.data.imageset import Features, ImageSet
 from cnnkit.engine.precision import autocast
+from cnnkit.errors import CnnkitError
 
 
 @dataclass
@@ -73,3 +74,61 @@ def evaluate(model: nn.Module, data: ImageSet | Features, batch_size: int = 1000
 
 def _fmt(channels_last: bool) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def evaluate_run(run, split: str = "test", data: str | None = None, data_dir: str | None = None,
+                 precision: str = "auto", trust_code: bool = False,
+                 factory: str | None = None) -> tuple[Evaluation, ImageSet, nn.Module]:
+    """Score a classification run on a split of the data it was trained on (or of ``data``).
+
+    A fine-tuning run's image folder is split and cropped the way it was trained on; a run of a
+    built-in data set reads that data set from ``data_dir`` (else the one it was trained with).
+
+    Args:
+        run: a run folder or its ``model.safetensors``.
+        split: train | val | test.
+        data: another data set name or image folder (its classes must be the run's).
+        data_dir: the folder holding the built-in data sets.
+        precision: auto | fp32 | bf16.
+        trust_code, factory: as for :func:`cnnkit.load`.
+
+    Returns:
+        (the evaluation, the data it scored, the model).
+
+    Raises:
+        CnnkitError: not a classification run, data that cannot be found, or other classes.
+    """
+    import sys
+    import warnings
+
+    from cnnkit.data.datasets import load_dataset
+    from cnnkit.data.imagefolder import load_image_folder
+    from cnnkit.tasks.classify.load import load_classifier
+
+    model = load_classifier(run, trust_code=trust_code, factory=factory)
+    info = model.info
+    cfg = info.get("config") or (info.get("ensemble") or [{}])[0].get("config") or {}
+    tuned = info.get("finetune") if not data else None
+    if tuned and isinstance(tuned, dict) and tuned.get("data"):
+        with warnings.catch_warnings():            # skipped files were reported when it trained
+            warnings.simplefilter("ignore")
+            images = load_image_folder(tuned["data"], split, tuple(model.input_size[1:]),
+                                       model.input_size[0], tuned.get("val_fraction", 0.2),
+                                       tuned.get("test_fraction", 0.0), seed=tuned.get("seed", 0),
+                                       crop_fraction=tuned.get("crop_fraction", 1.0),
+                                       interpolation=tuned.get("interpolation", "bilinear"))
+    else:
+        trained_on = cfg.get("data") or cfg.get("dataset") if isinstance(cfg, dict) else None
+        if not (data or trained_on):
+            raise CnnkitError(f"{run} does not record the data it was trained on (a converted model?); "
+                              "pass --data NAME or --data PATH")
+        images = load_dataset(data or trained_on, split, data_dir or (cfg.get("data_dir") if not data else None),
+                              image_size=tuple(model.input_size[1:]), channels=model.input_size[0],
+                              seed=cfg.get("seed", 0))
+    if images.classes != model.classes:
+        raise CnnkitError(f"{images.name} has classes {images.classes[:5]}..., the model "
+                          f"{model.classes[:5]}...; evaluate on the data it was trained on")
+    if split == "val" and cfg.get("trainval"):
+        print("note: this model was trained on the val split too (--trainval): its val accuracy is "
+              "not a held-out estimate", file=sys.stderr)
+    return evaluate(model, images, precision=precision), images, model

@@ -28,6 +28,7 @@ Works with any model that has the timm interface (``forward_features``, ``forwar
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import re
@@ -41,8 +42,16 @@ import torch.nn as nn
 from cnnkit import engine
 from cnnkit.data.imageset import Features, ImageSet
 from cnnkit.engine import Data, Phase, Plan, Setup
+from cnnkit.engine.config import RunConfig, option
 from cnnkit.engine.distributed import Dist
-from cnnkit.engine.runfolder import FORMAT, MODEL_FILE, read_info, save_model
+from cnnkit.engine.runfolder import (
+    FORMAT,
+    MODEL_FILE,
+    atomic_write_bytes,
+    read_info,
+    resumed_config,
+    save_model,
+)
 from cnnkit.errors import CnnkitError
 from cnnkit.models.deploy import Classifier
 from cnnkit.models.heads import (
@@ -63,7 +72,44 @@ _POOL = (nn.MaxPool2d, nn.AvgPool2d)
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(RunConfig):
+    """The settings of ``cnnkit classify finetune``: a pretrained network on the classes of a folder."""
+
+    data: str | None = option(None, help="DIR/<class>/* or DIR/{train,val[,test]}/<class>/* (required unless "
+                                         "--resume)")
+    model: str | None = option(None, help="a zoo name (`cnnkit zoo`); optional when --weights is a cnnkit "
+                                          "checkpoint")
+    weights: str | None = option(None, help="reference-format .pth/.safetensors file or URL, imagenet for the "
+                                            "published weights (downloaded once), or a cnnkit checkpoint")
+    freeze_until: str | None = option(None, help="first layer trained in stage 'top': layer4, features.24, "
+                                                 "block5_conv1 (default: the last block)")
+    stages: str = option("head", help="comma-separated subset of head,top,all (default head: the top stage "
+                                      "lowered validation accuracy on hymenoptera and flowers)")
+    epochs: int | None = option(None, help="epochs of every stage (default: head 40 on cached features of "
+                                           "each image and its mirror image, top 2, all 2)")
+    batch_size: int = 32
+    lr: float = option(3e-3, help="peak learning rate of the head stage (cosine to 0); 'top' and 'all' use a "
+                                  "thirtieth of it")
+    image_size: int | None = option(None, help="square input size (default: the model's, e.g. 224; with "
+                                               "pretrained --weights 9/7 of it, e.g. 288)")
+    head: str = option("auto", help="the new classifier: a Linear on the pooled features, one on the "
+                                    "pretrained classifier's log-probabilities, or auto: both tried on the "
+                                    "cached features, the lower validation loss kept",
+                       choices=("auto", "features", "class_scores"))
+    augment: bool = option(False, help="the notes' ImageDataGenerator augmentation (rotation 40, shifts 0.2, "
+                                       "zoom 0.2, flips)")
+    train_bn: bool = option(False, help="let unfrozen batch-norm layers update their statistics")
+    val_fraction: float = option(0.15, help="held out for validation when DIR has no val/ folder")
+    test_fraction: float = option(0.15, help="held out for a final test when DIR has no split folders at all "
+                                             "(evaluated once, after training)")
+    device: str = "cpu"
+
+    unsupported = ("optimizer", "momentum", "schedule", "warmup", "weight_decay", "ema", "threads",
+                   "val_every", "subset")
+
+
+@dataclass
+class FinetuneRecipe:
     # epochs per stage, or {"head": 5, "top": 3, "all": 2}; the head trains on cached features (cheap)
     epochs: int | dict = field(default_factory=lambda: {"head": 40, "top": 2, "all": 2})
     batch_size: int = 32
@@ -106,7 +152,7 @@ class StagePlan:
 
 def finetune(model: nn.Module, train_set: ImageSet, val_set: ImageSet | None = None,
              stages=STAGES, freeze_until: str | None = None, augment=None,
-             config: FinetuneConfig | None = None, *, out=None, resume: bool = False,
+             config: FinetuneRecipe | None = None, *, out=None, resume: bool = False,
              quiet: bool = True, info: dict | None = None, precision: str = "auto",
              **overrides) -> list[dict]:
     """Fine-tune ``model`` in place on ``train_set``'s classes; returns one history row per epoch.
@@ -120,7 +166,7 @@ def finetune(model: nn.Module, train_set: ImageSet, val_set: ImageSet | None = N
         stages: a subset of ``("head", "top", "all")``, run in that order.
         freeze_until: the first layer trained in stage ``top`` (module name or Keras-style name).
         augment: a batched ``(x, generator) -> x`` on [0, 1] floats, e.g. :class:`ImageAugment`.
-        config: a :class:`FinetuneConfig`; keyword ``overrides`` replace its fields.
+        config: a :class:`FinetuneRecipe`; keyword ``overrides`` replace its fields.
         out: the run folder written after every epoch (None: nothing is written).
         resume: continue the run in ``out`` (same settings) after its last completed epoch.
         quiet: no summary, progress bar or epoch lines.
@@ -174,7 +220,7 @@ def finetune(model: nn.Module, train_set: ImageSet, val_set: ImageSet | None = N
     return [_stage_row(r) for r in run.history]
 
 
-def stage_plan(clf: nn.Module, stages, freeze_until: str | None, cfg: FinetuneConfig,
+def stage_plan(clf: nn.Module, stages, freeze_until: str | None, cfg: FinetuneRecipe,
                train_set: ImageSet, val_set: ImageSet | None = None, cache: dict | None = None):
     """The engine's plan: one phase per stage -- its parameters and LRs (:func:`plan_stage`), its
     frozen BN layers, and for ``head`` with ``cache_features`` the head alone on cached features
@@ -210,9 +256,9 @@ def stage_plan(clf: nn.Module, stages, freeze_until: str | None, cfg: FinetuneCo
 
 
 def plan_stage(model: nn.Module, stage: str, freeze_until: str | None = None,
-               input_shape=(3, 224, 224), config: FinetuneConfig | None = None) -> StagePlan:
+               input_shape=(3, 224, 224), config: FinetuneRecipe | None = None) -> StagePlan:
     """Set ``requires_grad`` for ``stage`` and return its parameter groups and frozen BN layers."""
-    cfg = config or FinetuneConfig()
+    cfg = config or FinetuneRecipe()
     features, _ = _parts(model)
     leaves, stage_of = _trace_base(model, features, input_shape)
     base_ids = {id(p) for _, m in leaves for p in m.parameters(recurse=False)}
@@ -324,8 +370,6 @@ def _choose_head(task, clf, source, stages, freeze_until, cfg, train_set, val_se
 
 def _saved_head(out) -> str | None:
     """The head kind a run being resumed chose (its saved settings), if it recorded one."""
-    from cnnkit.engine.runfolder import resumed_config
-
     return resumed_config(out).get("finetune", {}).get("head") if out is not None else None
 
 
@@ -467,9 +511,9 @@ def _stage_row(row: dict) -> dict:
     return out
 
 
-def _config(config, overrides, stages, train_set, val_set) -> tuple[FinetuneConfig, list[str]]:
-    cfg = FinetuneConfig(**{**(config.__dict__ if config else {}), **overrides}) if overrides or config \
-        else FinetuneConfig()
+def _config(config, overrides, stages, train_set, val_set) -> tuple[FinetuneRecipe, list[str]]:
+    cfg = FinetuneRecipe(**{**(config.__dict__ if config else {}), **overrides}) if overrides or config \
+        else FinetuneRecipe()
     stages = [stages] if isinstance(stages, str) else list(stages)
     bad = [s for s in stages if s not in STAGES]
     if bad or not stages:
@@ -544,3 +588,120 @@ def save_finetuned(out: str | os.PathLike, net: nn.Module, model_name: str, clas
     path = Path(out) / MODEL_FILE
     save_model(path, clf, info)
     return path
+
+
+def run_finetune(cfg: FinetuneConfig, out: str | os.PathLike | None = None, resume: bool = False,
+                 quiet: bool = False) -> dict:
+    """The recipe ``cnnkit classify finetune`` runs: data, network, stages, split and test score.
+
+    The folder's images are split (a flat ``DIR/<class>/*`` folder gets a seeded, stratified
+    train/val/test split, written to the run as ``split.json``), the network is fine-tuned by
+    :func:`finetune`, and the held-out test split, if any, is scored once at the end
+    (``test.json``).
+
+    Args:
+        cfg: the settings; on ``resume`` the run's own settings replace them.
+        out: the run folder (default ``runs/finetune-MODEL-TIME``).
+        resume: continue the run in ``out`` exactly.
+        quiet: no summary and no progress bar.
+
+    Returns:
+        ``{"out": folder, "val_acc": ..., "test_acc": ...}`` (accuracies None where there is no split).
+
+    Raises:
+        CnnkitError: a missing or unreadable folder, a bad setting, a network that cannot be
+            fine-tuned, or a run to resume that is not a fine-tuning run.
+    """
+    import json
+    import sys
+    import time
+    import warnings
+
+    from cnnkit.data.augment import NOTES_AUGMENT
+    from cnnkit.data.imagefolder import load_image_folder
+    from cnnkit.models.preprocess import Preprocess, finetune_preprocess
+
+    if resume:
+        if out is None:
+            raise CnnkitError("--resume needs --out RUN_FOLDER (the run to continue)")
+        saved = resumed_config(out)
+        if "finetune" not in saved or not isinstance(saved.get("args"), dict):
+            raise CnnkitError(f"{out} is not a fine-tuning run; resume it with the command that started it")
+        known = {f.name for f in dataclasses.fields(FinetuneConfig)}
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in saved["args"].items() if k in known})
+    if not cfg.data:
+        raise CnnkitError("--data DIR is required: a folder of <class>/ image folders (or of train/ and val/ "
+                          "folders of them)")
+    stages = tuple(s.strip() for s in cfg.stages.split(",") if s.strip())
+    if ((cfg.epochs is not None and cfg.epochs < 0) or cfg.batch_size < 2
+            or (cfg.image_size is not None and cfg.image_size < 8)):
+        raise CnnkitError(f"--epochs must be >= 0, --batch-size >= 2 and --image-size >= 8; received --epochs "
+                          f"{cfg.epochs} --batch-size {cfg.batch_size} --image-size {cfg.image_size}")
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise CnnkitError(f"--lr must be a positive number; received {cfg.lr}")
+    for name in ("val_fraction", "test_fraction"):
+        if not 0 <= getattr(cfg, name) < 1:
+            raise CnnkitError(f"--{name.replace('_', '-')} must be in [0, 1); received {getattr(cfg, name)}")
+    torch.manual_seed(cfg.seed)    # a random base (no --weights) and the new head: the same every run
+    net, name, own = load_backbone(cfg.model, cfg.weights)
+    if ":" in name or name.endswith((".yaml", ".yml", ".json")):
+        raise CnnkitError(f"--model {name!r}: fine-tuning needs a zoo model; give --model NAME")
+    size = (cfg.image_size,) * 2 if cfg.image_size else None
+    pre = finetune_preprocess(name, cfg.weights is not None and own is None, size)
+    if own is not None:  # a cnnkit checkpoint: keep the normalisation (and size) it was trained with
+        pre = Preprocess(tuple(own["input_size"][:1]) + (size or tuple(own["input_size"][1:])),
+                         tuple(own["mean"]), tuple(own["std"]), pre.crop_fraction)
+    flat = not any((Path(cfg.data) / d).is_dir() for d in ("train", "val", "valid", "validation", "test"))
+    load = dict(image_size=pre.image_size, channels=pre.input_size[0], val_fraction=cfg.val_fraction,
+                test_fraction=cfg.test_fraction if flat else 0.0, seed=cfg.seed,
+                crop_fraction=pre.crop_fraction, interpolation=pre.interpolation)
+    with warnings.catch_warnings(record=True) as caught:  # each data warning printed once, one line
+        warnings.simplefilter("always")
+        train = load_image_folder(cfg.data, "train", **load)
+        has_val = any((Path(cfg.data) / d).is_dir() for d in ("val", "valid", "validation"))
+        val = load_image_folder(cfg.data, "val", **load) if cfg.val_fraction > 0 or has_val else None
+        has_test = (Path(cfg.data) / "test").is_dir() or (flat and cfg.test_fraction > 0)
+        test = load_image_folder(cfg.data, "test", **load) if has_test else None
+    main = os.environ.get("RANK", "0") == "0"          # under torchrun, rank 0 speaks
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        if main:
+            print(f"warning: {message}", file=sys.stderr)
+    if main and not quiet:
+        print(f"{name}: {len(train)} train / {len(val) if val else 0} val images of {len(train.classes)} "
+              f"classes {train.classes}, input {pre.input_size}, stages {','.join(stages)}")
+    out = Path(out or f"runs/finetune-{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    about = {"stages": list(stages), "freeze_until": cfg.freeze_until, "weights": cfg.weights,
+             "data": str(cfg.data), "augment": cfg.augment, "val_fraction": cfg.val_fraction,
+             "test_fraction": load["test_fraction"], "seed": cfg.seed, "crop_fraction": pre.crop_fraction,
+             "interpolation": pre.interpolation}
+    finetune(net, train, val, stages=stages, freeze_until=cfg.freeze_until,
+             augment=NOTES_AUGMENT if cfg.augment else None,
+             epochs=cfg.epochs if cfg.epochs is not None else FinetuneRecipe().epochs,
+             batch_size=cfg.batch_size, head=cfg.head, lr_head=cfg.lr, lr_top=cfg.lr / 30,
+             lr_all=cfg.lr / 30, train_bn=cfg.train_bn, mean=pre.mean, std=pre.std,
+             seed=cfg.seed, device=cfg.device, out=out, resume=resume, quiet=quiet,
+             precision=cfg.precision,
+             info={"model": name, "dataset": {"name": str(cfg.data)}, "finetune": about,
+                   "args": cfg.to_dict()})
+    result: dict = {"out": str(out), "val_acc": None, "test_acc": None}
+    path = out / MODEL_FILE
+    if not main:
+        return result
+    if not path.is_file():   # no epoch trained (--epochs 0): the network as it now is
+        save_finetuned(out, net.cpu(), name, train.classes, pre.input_size, pre.mean, pre.std, [], about)
+    split = {part: ds.meta["files"] for part, ds in (("train", train), ("val", val), ("test", test)) if ds}
+    atomic_write_bytes(out / "split.json", json.dumps({"seed": cfg.seed, "val_fraction": cfg.val_fraction,
+                                                       "test_fraction": load["test_fraction"], **split},
+                                                      indent=1).encode())
+    tta = FinetuneRecipe().tta            # as the checkpoint answers (cnnkit eval, predict)
+    if val is not None:
+        _, result["val_acc"] = evaluate(net.cpu(), val, pre.mean, pre.std, tta=tta)
+        print(f"val accuracy {result['val_acc']:.4f} on {len(val)} images (with {tta or 'no'} TTA)")
+    if test is not None:  # once, after training: nothing was chosen by it
+        _, result["test_acc"] = evaluate(net.cpu(), test, pre.mean, pre.std, tta=tta)
+        atomic_write_bytes(out / "test.json", json.dumps({"test_acc": result["test_acc"], "n": len(test),
+                                                          "tta": tta}).encode())
+        print(f"test accuracy {result['test_acc']:.4f} on {len(test)} held-out images (used for nothing else; "
+              f"with {tta or 'no'} TTA)")
+    print(f"wrote {path}")
+    return result

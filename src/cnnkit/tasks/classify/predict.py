@@ -32,3 +32,25 @@ def predict_files(model: nn.Module, paths: list[str], top: int = 3, loader=None)
     p, i = probs.topk(min(top, probs.shape[1]), dim=1)
     return [{"image": str(path), "top": [(model.classes[k], float(v)) for v, k in zip(pv, ik)]}
             for path, pv, ik in zip(paths, p.tolist(), i.tolist())]
+
+
+def predictor(source: str, top: int | None = None, trust_code: bool = False, factory: str | None = None):
+    """What ``cnnkit classify predict`` runs: ``(model, loader, top)``.
+
+    Args:
+        source: a run folder or ``model.safetensors``, or a zoo name with published ImageNet weights.
+        top: classes shown per image (default: 3 for a run, 5 for a zoo model).
+        trust_code, factory: as for :func:`cnnkit.load`.
+
+    Returns:
+        The classifier, the image loader for :func:`predict_files` (None: the run's own), and ``top``.
+    """
+    from functools import partial
+
+    from cnnkit.models.preprocess import load_photo, pretrained_classifier
+    from cnnkit.tasks.classify.load import load_classifier
+
+    if not Path(source).exists() and "/" not in source and not source.endswith(".safetensors"):
+        model = pretrained_classifier(source)  # a zoo name: its ImageNet weights and classes
+        return model, partial(load_photo, pre=model.preprocess), top or 5
+    return load_classifier(source, trust_code=trust_code, factory=factory), None, top or 3

@@ -57,13 +57,13 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False, quiet:
         torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1)
                                                   // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
         if cfg.ensemble == 1:
-            return fit(cfg, out, d, resume, quiet, on_epoch_end)
-        runs = [fit(replace(cfg, seed=cfg.seed + i), out / f"member{i}", d,   # config keeps K: resumable
+            return train_one(cfg, out, d, resume, quiet, on_epoch_end)
+        runs = [train_one(replace(cfg, seed=cfg.seed + i), out / f"member{i}", d,   # config keeps K: resumable
                     resume and (out / f"member{i}" / RESUME_FILE).is_file(), quiet, on_epoch_end)
                 for i in range(cfg.ensemble)]
         if d.main:
             save_ensemble(out / MODEL_FILE, [r.out / MODEL_FILE for r in runs])
-        val = evaluate(load_classifier(out, d.device), load_dataset(cfg.dataset, "val", cfg.data_dir,
+        val = evaluate(load_classifier(out, d.device), load_dataset(cfg.data, "val", cfg.data_dir,
                        image_size=cfg.image_size, seed=cfg.seed), cfg.eval_batch_size,
                        precision=cfg.precision)
         if d.main and not quiet:
@@ -72,7 +72,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False, quiet:
                            sum(r.images for r in runs), runs)
 
 
-def fit(cfg: TrainConfig, out: Path, d: Dist, resume: bool = False, quiet: bool = False,
+def train_one(cfg: TrainConfig, out: Path, d: Dist, resume: bool = False, quiet: bool = False,
         on_epoch_end: Callable[[int, dict], None] | None = None) -> TrainResult:
     """One model: the config as a classification task and a one-phase plan, run by the engine."""
     train_set, val_set = load_splits(cfg, d.device)
@@ -83,7 +83,7 @@ def fit(cfg: TrainConfig, out: Path, d: Dist, resume: bool = False, quiet: bool 
                         info=_info(cfg, train_set))
     plan = Plan([Phase(cfg.epochs, lambda m: Setup(make_optimizer(m.net, cfg),
                                                    schedule=lambda step, total: lr_at(step, total, cfg)))],
-                seed=cfg.seed, ema=cfg.ema)
+                seed=cfg.seed, ema=cfg.ema, val_every=1 if cfg.val_every is None else cfg.val_every)
     run = engine.fit(task, model, Data(train_set, val_set), plan, out, resume=resume, quiet=quiet,
                      dist=d, config=cfg.to_dict(), precision=cfg.precision, on_epoch_end=on_epoch_end)
     final = evaluate(run.model, val_set, cfg.eval_batch_size, cfg.channels_last, run.precision).accuracy
@@ -121,7 +121,7 @@ def trainable_augment(cfg: TrainConfig, net: nn.Module, data: ImageSet, quiet: b
 def load_splits(cfg: TrainConfig, device: torch.device) -> tuple[ImageSet, ImageSet]:
     """The train and validation splits, on ``device``."""
     kw = dict(data_dir=cfg.data_dir, image_size=cfg.image_size, seed=cfg.seed)
-    train_set, val_set = (load_dataset(cfg.dataset, s, **kw) for s in ("train", "val"))
+    train_set, val_set = (load_dataset(cfg.data, s, **kw) for s in ("train", "val"))
     if cfg.trainval:                       # the final refit: val is trained on (and still reported)
         train_set = train_set.cat(val_set, f"{train_set.name}+val")
     if cfg.subset:
@@ -150,7 +150,7 @@ def _val_label(cfg: TrainConfig) -> str:
 def _info(cfg: TrainConfig, data: ImageSet) -> dict:
     """What the checkpoint says beyond the Classifier's own attributes (ClassifyTask.describe)."""
     return {"model": model_reference(cfg.model),
-            "dataset": {"name": cfg.dataset, "dark_background": bool(data.meta.get("dark_background"))},
+            "dataset": {"name": cfg.data, "dark_background": bool(data.meta.get("dark_background"))},
             "config": cfg.to_dict()}
 
 

@@ -29,7 +29,7 @@ def train(cfg: DetectConfig, out, resume: bool = False, quiet: bool = False):
         train_set, test_set = run_data(cfg, out, resume, d, load_split_data)
         torch.manual_seed(cfg.seed)
         channels = train_set.images.shape[1]
-        model, info = new_detector(cfg.backbone, train_set.classes, channels, cfg.image_size, cfg.weights,
+        model, info = new_detector(cfg.model, train_set.classes, channels, cfg.image_size, cfg.weights,
                                    out_strides=cfg.strides, width=cfg.width, head_convs=cfg.head_convs,
                                    separate_towers=cfg.separate_towers)
         frozen = model.freeze_backbone(cfg.freeze) if cfg.freeze >= 0 else []   # BN kept in eval mode
@@ -44,7 +44,7 @@ def train(cfg: DetectConfig, out, resume: bool = False, quiet: bool = False):
                                                        schedule=lambda step, total: lr_at(step, total, cfg)))],
                     seed=cfg.seed, ema=cfg.ema, val_every=cfg.val_every)
         run = fit(task, model, Data(_to(train_set, d.device), _to(test_set, d.device)), plan, out, resume=resume,
-                  quiet=quiet, dist=d, config=cfg.to_dict(), command="cnnkit detect train")
+                  quiet=quiet, dist=d, config=cfg.to_dict(), command="cnnkit detect train", precision=cfg.precision)
         final = task.evaluate(run.model, _to(test_set, d.device))
         Console(quiet=quiet or not d.main).print(
             f"done: test AP {final['AP']:.3f}, AP50 {final['AP50']:.3f}, AP75 {final['AP75']:.3f} in "

@@ -63,7 +63,7 @@ def train(cfg: InstanceConfig, out, resume: bool = False, quiet: bool = False):
 
         plan = Plan([Phase(cfg.epochs, begin)], seed=cfg.seed, ema=cfg.ema, val_every=cfg.val_every)
         run = fit(task, model, Data(_to(train_set, d.device), _to(test_set, d.device)), plan, out, resume=resume,
-                  quiet=quiet, dist=d, config=cfg.to_dict(), command="cnnkit instance train")
+                  quiet=quiet, dist=d, config=cfg.to_dict(), command="cnnkit instance train", precision=cfg.precision)
         final = task.evaluate(run.model, _to(test_set, d.device))
         Console(quiet=quiet or not d.main).print(
             f"done: test mask AP {final['mask_AP']:.3f} (AP50 {final['mask_AP50']:.3f}), box AP {final['box_AP']:.3f} "

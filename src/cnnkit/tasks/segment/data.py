@@ -79,5 +79,5 @@ def input_stats(cfg: SegmentConfig, train: SegmentationSet) -> tuple[list[float]
     epochs: person IoU 0.720 against 0.699 with the photos' own statistics), else :func:`channel_stats`."""
     from cnnkit.models.weights import weights_stats
 
-    stats = weights_stats(cfg.backbone, cfg.weights, _channels(train))
+    stats = weights_stats(cfg.model, cfg.weights, _channels(train))
     return (list(stats[0]), list(stats[1])) if stats else channel_stats(train)

@@ -17,7 +17,7 @@ def build_model(cfg: SegmentConfig, train: SegmentationSet) -> Segmenter:
     from cnnkit.models.segmentation import create_segmenter
 
     torch.manual_seed(cfg.seed)
-    net = create_segmenter(cfg.arch, cfg.backbone, train.num_classes, in_channels=_channels(train),
+    net = create_segmenter(cfg.arch, cfg.model, train.num_classes, in_channels=_channels(train),
                            output_stride=cfg.output_stride, weights=cfg.weights, width=cfg.width,
                            finest=cfg.finest)
     mean, std = input_stats(cfg, train)

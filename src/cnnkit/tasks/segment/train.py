@@ -67,15 +67,16 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
             if cfg.freeze_bn else []
         return Setup(opt, schedule=lambda step, total: lr_at(step, total, cfg), frozen=frozen + stem)
 
-    plan = Plan([Phase(cfg.epochs, setup)], seed=cfg.seed, val_every=cfg.val_every)
+    plan = Plan([Phase(cfg.epochs, setup)], seed=cfg.seed, ema=cfg.ema, val_every=cfg.val_every)
 
     def write_split(epoch: int, row: dict) -> None:   # beside the engine's files, once it has written them
         if out is not None and not (Path(out) / "split.json").is_file():
             (Path(out) / "split.json").write_text(json.dumps(split, indent=1))
 
     try:
-        result = fit(task, model, Data(train_set, val_set), plan, out, resume=resume, quiet=quiet, device=device,
-                     config=asdict(cfg), command="cnnkit segment train", on_epoch_end=write_split)
+        result = fit(task, model, Data(train_set, val_set), plan, out, resume=resume, quiet=quiet,
+                     device=device or cfg.device, config=cfg.to_dict(), command="cnnkit segment train",
+                     precision=cfg.precision, on_epoch_end=write_split)
     finally:
         for layer in stem:
             layer.requires_grad_(True)

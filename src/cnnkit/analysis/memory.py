@@ -1,4 +1,4 @@
-"""``cnnkit fit``: will it fit in memory, the largest batch that does, and what each remedy would save.
+"""``cnnkit memory``: will it fit in memory, the largest batch that does, and what each remedy would save.
 
 A CNN's peak memory is affine in the batch size (``fixed + per_sample * batch``: parameters, gradients
 and optimizer state do not grow with the batch, activations and workspaces do), so two exact analyses
@@ -58,7 +58,7 @@ def _small_batch_max(target, s1, memory, key, dtype, optimizer, device, limit: i
     return best
 
 
-def fit(target, input_size=None, memory="8GiB", batch_size: int | None = None, dtype: str = "float32",
+def memory_plan(target, input_size=None, memory="8GiB", batch_size: int | None = None, dtype: str = "float32",
         optimizer: str = "sgd", device: str = "cpu", devices: int = 2) -> dict:
     """The largest batch that fits ``memory`` for training and inference, and the remedies' savings."""
     budget = parse_bytes(memory)

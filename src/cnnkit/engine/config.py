@@ -1,0 +1,254 @@
+"""One run config for every task: the fields all tasks share, each documented once.
+
+A task's config (``TrainConfig``, ``FinetuneRecipe``, ``DetectConfig``, ``SegmentConfig``,
+``InstanceConfig``) is a dataclass deriving from :class:`RunConfig`. It may give a shared field
+another default (by declaring it again, plainly) and adds its own fields with :func:`option`. A
+field's help is written once, at the field: :func:`add_config_arguments` turns the fields into the
+command's flags (``batch_size`` -> ``--batch-size``) with that help, :func:`read_config_file` reads
+any of them from ``--config FILE.yaml``, and the generated configuration reference of the docs
+lists them. A run folder keeps the resolved config as ``config.yaml``.
+
+``None`` in a field means "the task's default for this data"; a task's ``resolved()`` fills it in
+before training, so the run stores the values it really used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+from cnnkit.errors import CnnkitError
+
+MAX_CONFIG_BYTES = 1 << 20   # a --config file larger than this is not a config
+
+
+def option(default: Any = MISSING, help: str = "", *, factory: Any = MISSING, choices=None,
+           metavar: str | None = None, cli: bool = True) -> Any:
+    """A config field with its help text (the one place it is written).
+
+    Args:
+        default: the field's default (``factory`` for a mutable one).
+        help: what the field means, its units and accepted values: the ``--help`` text, the
+            configuration reference and the docstring of the field.
+        factory: a callable making the default (lists, dicts, nested configs).
+        choices: the accepted values, checked by the command line.
+        metavar: how ``--help`` names the value.
+        cli: False for fields only a config file or Python sets (nested settings, callbacks).
+
+    Returns:
+        A :func:`dataclasses.field`.
+    """
+    metadata = {"help": help, "choices": choices, "metavar": metavar, "cli": cli}
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class RunConfig:
+    """The settings every task's run shares. ``None``: the task's default for the data."""
+
+    data: str | None = option(None, help="what to train on: a built-in data set's name or a PATH")
+    data_dir: str | None = option(None, help="the folder holding the built-in data sets (else $CNNKIT_DATA, "
+                                             "else ~/.cache/cnnkit/data)")
+    model: str | None = option(None, help="the network: a zoo name (`cnnkit zoo`), a spec .yaml/.json or "
+                                          "FILE.py:FUNCTION")
+    weights: str | None = option(None, help="initial weights: imagenet (the published ones) | none | PATH")
+    epochs: int | None = option(None, help="passes over the training split")
+    batch_size: int | None = option(None, help="global batch size (split across processes under torchrun)")
+    lr: float | None = option(None, help="peak learning rate of the schedule")
+    optimizer: str = option("sgd", help="sgd (Nesterov momentum) | adamw | nadam",
+                            choices=("sgd", "adamw", "nadam"))
+    momentum: float = option(0.9, help="SGD momentum")
+    weight_decay: float = option(0.0, help="L2 weight decay of conv and linear weights (not batch norm, "
+                                           "not biases)")
+    schedule: str = option("onecycle", help="learning rate over the steps: onecycle (linear warm-up, then "
+                                            "cosine to 0) | cosine | constant",
+                           choices=("onecycle", "cosine", "constant"))
+    warmup: float = option(0.1, help="share of the steps spent warming up (onecycle)")
+    ema: float = option(0.0, help="exponential moving average of the weights, decay per step (0: off; "
+                                  "e.g. 0.999); the saved model holds the average")
+    seed: int = option(0, help="seeds initialisation, data order, splits and augmentation")
+    threads: int | None = option(None, help="torch threads per process (0: all cores)")
+    device: str | None = option(None, help="cpu | cuda (default: cuda when PyTorch sees a GPU, else cpu)")
+    precision: str = option("auto", help="auto: bf16 autocast where the device has native bf16 arithmetic "
+                                         "(CUDA, AVX-512-BF16/AMX CPUs), else fp32 | fp32 | bf16",
+                            choices=("auto", "fp32", "bf16"))
+    val_every: int | None = option(None, help="validate after every k-th epoch and after the last (0: not "
+                                              "while training)")
+    subset: int = option(0, help="train on the first N training images only (0: all; smoke tests)")
+
+    # shared fields a task does not use: no flag, and a config file that sets one is refused
+    unsupported: ClassVar[tuple[str, ...]] = ()
+
+    def to_dict(self) -> dict:
+        """The config as plain JSON/YAML values (nested configs as dicts, tuples as lists)."""
+        return _plain(dataclasses.asdict(self))
+
+
+def field_help(cls: type, name: str) -> dict:
+    """A field's metadata (help, choices, metavar, cli): its own, else the nearest base's."""
+    for klass in cls.__mro__:
+        own = {f.name: f for f in fields(klass)} if dataclasses.is_dataclass(klass) else {}
+        f = own.get(name)
+        if f is not None and f.metadata.get("help"):
+            return dict(f.metadata)
+    return {"help": "", "choices": None, "metavar": None, "cli": True}
+
+
+def config_fields(cls: type) -> list[tuple[dataclasses.Field, dict, Any]]:
+    """(field, metadata, type) of every field of a config class, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    return [(f, field_help(cls, f.name), hints[f.name]) for f in fields(cls)]
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()) -> None:
+    """One flag per field of ``cls`` (``batch_size`` -> ``--batch-size``), plus ``--config FILE.yaml``.
+
+    Flags the user does not type leave no value (``argparse.SUPPRESS``): :func:`config_from_args`
+    then keeps the config file's value, or the task's default.
+
+    Args:
+        parser: the command's parser.
+        cls: the task's config class.
+        skip: fields the command sets in another way.
+    """
+    defaults = {f.name: _default(f) for f in fields(cls)}
+    for f, meta, kind in config_fields(cls):
+        if f.name in skip or f.name in cls.unsupported or not meta.get("cli", True):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        value = defaults[f.name]
+        shown = "the task's default" if value is None else _show(value)
+        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
+                              "help": f"{meta['help']} (default: {shown})".replace("%", "%%")}
+        base, nargs = _cli_type(kind)
+        if base is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = base
+            if nargs:
+                kw["nargs"] = nargs
+            if meta.get("choices"):
+                kw["choices"] = meta["choices"]
+            if meta.get("metavar"):
+                kw["metavar"] = meta["metavar"]
+        parser.add_argument(flag, **kw)
+    parser.add_argument("--config", metavar="FILE.yaml", dest="config_file",
+                        help="read any of these settings from a YAML file (flags given on the command "
+                             "line win); a run folder's config.yaml is one")
+
+
+def config_from_args(cls: type, args: argparse.Namespace, base: dict | None = None) -> dict:
+    """The settings for ``cls`` from ``base``, then ``--config FILE.yaml``, then the typed flags.
+
+    Returns:
+        A dict of field values (only those set somewhere), for ``cls(**values)`` or a preset.
+    """
+    values = dict(base or {})
+    path = getattr(args, "config_file", None)
+    if path:
+        values.update(read_config_file(path, cls))
+    names = {f.name for f in fields(cls)}
+    for name in names:
+        if name in vars(args):
+            values[name] = _coerce(cls, name, getattr(args, name), "the command line")
+    return values
+
+
+def read_config_file(path: str | Path, cls: type) -> dict:
+    """The settings of a YAML config file, checked against the fields of ``cls``.
+
+    Raises:
+        CnnkitError: the file is missing, too large, not YAML, not a mapping, names an unknown
+            setting or gives a value of the wrong type.
+    """
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise CnnkitError(f"--config {path}: no such file; give a YAML file of settings (a run's config.yaml)")
+    if p.stat().st_size > MAX_CONFIG_BYTES:
+        raise CnnkitError(f"--config {path} is larger than {MAX_CONFIG_BYTES // 1024} KiB: not a config file")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:
+        raise CnnkitError(f"--config {path} is not valid YAML ({' '.join(str(exc).split())[:160]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+        raise CnnkitError(f"--config {path} must be a mapping of setting: value; received a "
+                          f"{type(data).__name__}")
+    known = [f.name for f in fields(cls) if f.name not in cls.unsupported]
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise CnnkitError(f"--config {path}: unknown setting {unknown[0]!r}; known: {', '.join(known)}")
+    return {k: _coerce(cls, k, v, f"--config {path}") for k, v in data.items()}
+
+
+def config_yaml(config: dict) -> bytes:
+    """The resolved config as YAML (what a run folder's ``config.yaml`` holds, for ``--config``)."""
+    import yaml
+
+    return yaml.safe_dump(_plain(config), sort_keys=False, allow_unicode=True).encode()
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return None
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return " ".join(map(str, value)) if value else "none"
+    return str(value)
+
+
+def _cli_type(kind: Any) -> tuple[Any, Any]:
+    """(scalar type, nargs) a flag parses for a field annotated ``kind``; (None, None) for nested."""
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    if typing.get_origin(kind) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args:
+        scalars = [a for a in args if a in (int, float, str, bool)]
+        if len(args) > 1 and scalars:          # int | dict and the like: the scalar form on the command line
+            return scalars[0], None
+        return _cli_type(args[0])
+    if typing.get_origin(kind) is tuple:
+        inner = typing.get_args(kind)
+        if len(inner) == 2 and inner[1] is Ellipsis:
+            return inner[0], "*"
+        return inner[0], len(inner)
+    if kind in (int, float, str, bool):
+        return kind, None
+    return str, None
+
+
+def _coerce(cls: type, name: str, value: Any, where: str) -> Any:
+    """A value for field ``name``: lists to tuples for tuple fields, ints accepted for floats."""
+    kind = typing.get_type_hints(cls)[name]
+    base, nargs = _cli_type(kind)
+    if value is None:
+        return None
+    if isinstance(value, list) and nargs:
+        return tuple(value)
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if base in (int, float, str, bool) and not nargs and not isinstance(value, (base, dict)):
+        raise CnnkitError(f"{where}: {name} must be a {base.__name__}; received {str(value)[:60]!r}")
+    return value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if not callable(v)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
