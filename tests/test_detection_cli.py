@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def digits_run(tmp_path_factory, data_dir):
     out = tmp_path_factory.mktemp("detect") / "run"
     args = ["detect", "train", "--data", "digits", "--data-dir", str(data_dir), "--scenes", "24", "8",
-            "--image-size", "64", "--backbone", "resnet18", "--width", "16", "--epochs", "1",
+            "--image-size", "64", "--model", "resnet18", "--width", "16", "--epochs", "1",
             "--batch-size", "8", "--out", str(out), "--quiet"]
     assert main(args) == 0
     return out, args

@@ -129,7 +129,7 @@ def test_cli_fcn_round_trip(tmp_path, capsys):
     net = module.build(3, 1)
     save_finetuned(tmp_path / "run", net, f"{tmp_path / 'net.py'}:build", ["a", "b", "c"], (1, 12, 12),
                    (0.5,), (0.25,), [], {"stages": []})
-    assert main(["fcn", str(tmp_path / "run"), "--out", str(tmp_path / "fcn")]) == 0
+    assert main(["classify", "fcn", str(tmp_path / "run"), "--out", str(tmp_path / "fcn")]) == 0
     assert "wrote" in capsys.readouterr().out
     import cnnkit
 
@@ -140,4 +140,4 @@ def test_cli_fcn_round_trip(tmp_path, capsys):
         assert (model(x).flatten(1) - net.eval()((x - 0.5) / 0.25)).abs().max() < 1e-5
         assert model(torch.rand(1, 1, 20, 20)).shape == (1, 3, 5, 5)
     assert model.classes == ["a", "b", "c"]
-    assert main(["fcn", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
+    assert main(["classify", "fcn", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2

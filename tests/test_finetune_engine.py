@@ -77,7 +77,7 @@ def test_diverging_finetune_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def _cli(data_dir, out, *more):
-    return ["finetune", "--model", "resnet18", "--data", str(data_dir / "hymenoptera"), "--image-size",
+    return ["classify", "finetune", "--model", "resnet18", "--data", str(data_dir / "hymenoptera"), "--image-size",
             "32", "--stages", "head,top", "--epochs", "1", "--batch-size", "16", "--quiet",
             "--out", str(out), *more]
 
@@ -98,7 +98,7 @@ def test_cli_finetune_resumes_exactly_and_torchrun_matches_one_process(data_dir,
     assert main(_cli(data_dir, tmp_path / "cut")) == 130
     monkeypatch.setattr(loop, "_save_run", save)
     assert cnnkit.load(tmp_path / "cut").info["interrupted"] is True
-    assert main(["finetune", "--resume", "--out", str(tmp_path / "cut"), "--quiet"]) == 0
+    assert main(["classify", "finetune", "--resume", "--out", str(tmp_path / "cut"), "--quiet"]) == 0
     _same_files(tmp_path / "one", tmp_path / "cut")
     assert cnnkit.load(tmp_path / "cut").info["finetune"]["stages"] == ["head", "top"]
 

@@ -87,15 +87,15 @@ def test_a_crafted_checkpoint_runs_no_code_through_any_door(crafted, which, caps
     with pytest.raises(CnnkitError, match="trust_code=True|not one of the plain torch.nn layers"):
         cnnkit.load(run)
     commands = [["predict", run, str(tmp / "x.png")], ["eval", run], ["explain", run, str(tmp / "x.png")],
-                ["fcn", run, "--out", str(tmp / "fcn")], ["plot", run],
-                ["finetune", "--weights", run, "--data", str(tmp)]]
+                ["classify", "fcn", run, "--out", str(tmp / "fcn")], ["plot", run],
+                ["classify", "finetune", "--weights", run, "--data", str(tmp)]]
     (tmp / which / "metrics.csv").write_text("epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds\n"
                                              "1,1,0.5,1,0.5,0.1,1\n")
     for argv in commands:
         code = main(argv)
         err = capsys.readouterr().err
         assert code == (0 if argv[0] == "plot" else 2), (argv, err)   # plot draws the curves only
-        if argv[0] in ("predict", "eval", "explain", "fcn"):
+        if argv[0] in ("predict", "eval", "explain") or argv[:2] == ["classify", "fcn"]:
             assert err.count("\n") == 1 and ("--trust-code" in err or "torch.nn layers" in err), err
     assert not marker.exists()
     assert not (tmp / "fcn").exists()
@@ -209,7 +209,7 @@ def test_damaged_checkpoints_are_one_line_errors(tmp_path, damage, capsys):
     with pytest.raises(CnnkitError) as err:
         cnnkit.load(bad)
     assert str(bad) in str(err.value)
-    for argv in (["predict", str(bad), "x.png"], ["eval", str(bad)], ["fcn", str(bad), "--out", str(tmp_path / "f")],
+    for argv in (["predict", str(bad), "x.png"], ["eval", str(bad)], ["classify", "fcn", str(bad), "--out", str(tmp_path / "f")],
                  ["explain", str(bad), "x.png"]):
         assert main(argv) == 2
         err_text = capsys.readouterr().err

@@ -30,7 +30,7 @@ def make_folder(root, n=12, size=24):
 
 def test_train_eval_predict(tmp_path, capsys):
     data, run = make_folder(tmp_path / "data"), tmp_path / "run"
-    code = main(["segment", "train", "--data", str(data), "--arch", "unet", "--backbone", "unet", "--width", "4",
+    code = main(["segment", "train", "--data", str(data), "--arch", "unet", "--model", "unet", "--width", "4",
                  "--epochs", "15", "--batch-size", "5", "--crop", "24", "--lr", "0.02", "--threads", "1",
                  "--out", str(run), "--quiet"])
     assert code == 0

@@ -191,7 +191,7 @@ def test_cli_eval_and_predict(run, data_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["train", "--epochs", "0"], "--epochs must be a positive integer; received 0"),
-    (["train", "--dataset", "mnsit"], "unknown dataset 'mnsit'"),
+    (["train", "--data", "mnsit"], "unknown dataset 'mnsit'"),
     (["train", "--resume"], "--resume needs --out"),
     (["eval", "no/such/run"], "no checkpoint at no/such/run"),
     (["predict", "no/such/run", "x.png"], "no checkpoint at no/such/run"),

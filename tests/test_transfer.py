@@ -144,7 +144,7 @@ def test_cli_finetune_writes_a_loadable_checkpoint(data_dir, tmp_path, monkeypat
     from cnnkit.cli import main
 
     monkeypatch.setenv("CNNKIT_HOME", str(tmp_path / "home"))
-    args = ["finetune", "--model", "resnet18", "--data", str(data_dir / "hymenoptera"), "--image-size", "32",
+    args = ["classify", "finetune", "--model", "resnet18", "--data", str(data_dir / "hymenoptera"), "--image-size", "32",
             "--stages", "head", "--epochs", "1", "--out", str(tmp_path / "run")]
     assert main(args) == 0
     out, err = capsys.readouterr()
@@ -215,16 +215,16 @@ def test_cli_finetune_from_reference_weights_url_then_from_its_checkpoint(data_d
     common = ["--data", str(data_dir / "hymenoptera"), "--image-size", "32", "--stages", "head",
               "--epochs", "1"]
     url = (tmp_path / f"resnet18-{sha[:8]}.pth").as_uri()
-    assert main(["finetune", "--model", "resnet18", "--weights", url, *common, "--out", str(tmp_path / "a")]) == 0
+    assert main(["classify", "finetune", "--model", "resnet18", "--weights", url, *common, "--out", str(tmp_path / "a")]) == 0
     first = cnnkit.load(tmp_path / "a").net
     assert torch.equal(first.layer2[0].conv1.weight, state["layer2.0.conv1.weight"])  # loaded, then frozen
     assert (tmp_path / "home" / "weights" / f"resnet18-{sha[:8]}.pth").is_file()     # downloaded once
-    assert main(["finetune", "--weights", str(tmp_path / "a"), *common, "--out", str(tmp_path / "b")]) == 0
+    assert main(["classify", "finetune", "--weights", str(tmp_path / "a"), *common, "--out", str(tmp_path / "b")]) == 0
     second = cnnkit.load(tmp_path / "b")
     assert torch.equal(second.net.layer2[0].conv1.weight, state["layer2.0.conv1.weight"])
     # a new head for the same classes, from zero, same seed and frozen base: the first run's head again
     assert torch.equal(second.net.fc.weight, first.fc.weight) and first.fc.weight.abs().sum() > 0
-    assert main(["finetune", "--model", "resnet18", "--weights", str(tmp_path / "nope.pth"), *common]) == 2
+    assert main(["classify", "finetune", "--model", "resnet18", "--weights", str(tmp_path / "nope.pth"), *common]) == 2
 
 
 def test_class_scores_head_reads_the_old_classifier_and_never_trains_it():

@@ -15,7 +15,8 @@ from cnnkit.analysis import backend
 from cnnkit.analysis.textbook import textbook_memory
 from cnnkit.analysis.trace import trace
 from cnnkit.errors import CnnkitError
-from cnnkit.models.network import parse_input_size, resolve_target
+from cnnkit.models.network import resolve_target
+from cnnkit.models.spec import parse_input_size
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 OPTIMIZERS = ("none", "sgd", "momentum", "adam", "adamw")

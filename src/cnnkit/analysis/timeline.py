@@ -11,7 +11,8 @@ from __future__ import annotations
 from cnnkit.analysis import backend
 from cnnkit.analysis.summary import DTYPES, OPTIMIZERS
 from cnnkit.analysis.trace import trace
-from cnnkit.models.network import parse_input_size, resolve_target
+from cnnkit.models.network import resolve_target
+from cnnkit.models.spec import parse_input_size
 
 RUNNING = "running op: outputs + workspace"   # the breakdown's own name for what the op adds
 PHASES = ("forward", "loss", "backward", "optimizer")

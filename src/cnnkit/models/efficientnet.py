@@ -127,6 +127,12 @@ class EfficientNet(PooledClassifier):
         self.num_classes = num_classes
         self.classifier = nn.Sequential(nn.Dropout(dropout, inplace=True), _linear(self.num_features, num_classes))
 
+    def remap_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """EfficientNet-PyTorch's keys (``_blocks.1._expand_conv``) as this network's; others as they are."""
+        if "_conv_stem.weight" in state and "_conv_stem.weight" not in self.state_dict():
+            return from_efficientnet_pytorch(state, self)
+        return state
+
     def new_linear(self, in_features: int, num_classes: int) -> nn.Module:
         return _linear(in_features, num_classes)
 
@@ -261,6 +267,12 @@ class EfficientNetLite(Classifier):
         nn.init.uniform_(fc.weight, -bound, bound)
         nn.init.zeros_(fc.bias)
         return fc
+
+    def remap_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """EfficientNet-PyTorch's keys (``_blocks.1._expand_conv``) as this network's; others as they are."""
+        if "_conv_stem.weight" in state and "_conv_stem.weight" not in self.state_dict():
+            return from_efficientnet_pytorch(state, self)
+        return state
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act1(self.bn1(self.conv_stem(x)))  # (B, C, H, W) -> (B, 32, H/2, W/2)

@@ -283,24 +283,6 @@ def trusted_resume_model(stored: str, typed: str | None) -> str:
                       f"you trust that code, pass --model {stored} again to resume")
 
 
-def parse_input_size(text) -> tuple[int, ...]:
-    """``"3x224x224"``, ``"3,224,224"``, ``"1x100"`` (1-D), ``"1x16x64x64"`` (3-D) or ``"100"`` (a vector,
-    e.g. a GAN generator's noise) -> a tuple, channels first."""
-    if isinstance(text, (tuple, list)):
-        dims = tuple(int(d) for d in text)
-    else:
-        parts = [p for p in re.split(r"[x,X*\s]+", str(text).strip()) if p]
-        try:
-            dims = tuple(int(p) for p in parts)
-        except ValueError:
-            raise CnnkitError(f"--input must look like CxHxW (e.g. 3x224x224), CxL or CxDxHxW; "
-                              f"received: {text!r}") from None
-    if not 1 <= len(dims) <= 4:
-        raise CnnkitError(f"--input needs 1 to 4 sizes (F for a vector, CxL, CxHxW or CxDxHxW); "
-                          f"received: {text!r}")
-    if any(d <= 0 for d in dims):
-        raise CnnkitError(f"--input sizes must be positive; received: {text!r}")
-    return dims
 
 
 def resolve_target(target) -> tuple[nn.Module, tuple[int, ...] | None, str]:

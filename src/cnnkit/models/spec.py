@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from functools import partial
 from pathlib import Path
 
@@ -30,7 +31,6 @@ import torch.nn.functional as F
 
 from cnnkit import layers as L
 from cnnkit.errors import CnnkitError, check_fits
-from cnnkit.models.network import parse_input_size
 
 _ACTIVATIONS = {
     None: None, "linear": None, "relu": F.relu, "relu6": F.relu6, "sigmoid": torch.sigmoid,
@@ -501,3 +501,22 @@ def _meta_forward(module: nn.Module, xs):
 
 def _fmt(shape) -> str:
     return "x".join(str(d) for d in shape)
+
+def parse_input_size(text) -> tuple[int, ...]:
+    """``"3x224x224"``, ``"3,224,224"``, ``"1x100"`` (1-D), ``"1x16x64x64"`` (3-D) or ``"100"`` (a vector,
+    e.g. a GAN generator's noise) -> a tuple, channels first."""
+    if isinstance(text, (tuple, list)):
+        dims = tuple(int(d) for d in text)
+    else:
+        parts = [p for p in re.split(r"[x,X*\s]+", str(text).strip()) if p]
+        try:
+            dims = tuple(int(p) for p in parts)
+        except ValueError:
+            raise CnnkitError(f"--input must look like CxHxW (e.g. 3x224x224), CxL or CxDxHxW; "
+                              f"received: {text!r}") from None
+    if not 1 <= len(dims) <= 4:
+        raise CnnkitError(f"--input needs 1 to 4 sizes (F for a vector, CxL, CxHxW or CxDxHxW); "
+                          f"received: {text!r}")
+    if any(d <= 0 for d in dims):
+        raise CnnkitError(f"--input sizes must be positive; received: {text!r}")
+    return dims

@@ -220,10 +220,9 @@ def _normalise(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, to
     """Strip wrapper prefixes; rename torchvision's legacy DenseNet keys (``norm.1`` -> ``norm1``) and
     EfficientNet-PyTorch's keys (``_blocks.1._expand_conv`` -> ``blocks.1.0.conv_pw``)."""
     own = model.state_dict()
-    if "_conv_stem.weight" in state and "_conv_stem.weight" not in own:
-        from cnnkit.models.efficientnet import from_efficientnet_pytorch
-
-        state = from_efficientnet_pytorch(state, model)
+    remap = getattr(model, "remap_state_dict", None)   # a family that reads another layout's keys
+    if remap is not None:
+        state = remap(state)
     for prefix in _PREFIXES:
         if state and all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in own):
             state = {k[len(prefix):]: v for k, v in state.items()}

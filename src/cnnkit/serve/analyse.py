@@ -105,7 +105,8 @@ def _precheck(target, input_size, limits: Limits) -> None:
     """One meta inference pass at batch 1 (no backend): refuse what would be too big or too slow."""
     from cnnkit.analysis.summary import DTYPES
     from cnnkit.analysis.trace import trace
-    from cnnkit.models.network import parse_input_size, resolve_target
+    from cnnkit.models.network import resolve_target
+    from cnnkit.models.spec import parse_input_size
 
     model, default, name = resolve_target(target)
     size = parse_input_size(input_size) if input_size is not None else default
@@ -162,7 +163,7 @@ class Analyser:
         if size is not None and not isinstance(size, (str, list)):
             raise Refused(f"input must look like 3x224x224; received: {size!r}")
         if size is not None:
-            from cnnkit.models.network import parse_input_size
+            from cnnkit.models.spec import parse_input_size
 
             size = tuple(parse_input_size(size))
         return {"input_size": size, "batch_size": _int(body, "batch", 1, 1, self.limits.batch),
