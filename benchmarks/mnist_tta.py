@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -49,8 +49,9 @@ def window_views(z: torch.Tensor, window: int, every: bool) -> list[torch.Tensor
 
 def schemes(window: int) -> dict[str, Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]]:
     """name -> (bare net, normalised batch) -> the views' averaged probabilities."""
-    crops = lambda every: lambda net, z: torch.stack(
-        [net(v).float().softmax(1) for v in window_views(z, window, every)]).mean(0)
+    def crops(every):
+        return lambda net, z: torch.stack(
+            [net(v).float().softmax(1) for v in window_views(z, window, every)]).mean(0)
     return {"whole": lambda net, z: tta_logits(net, z, "").exp(),
             "shift": lambda net, z: tta_logits(net, z, "shift").exp(),    # the presets' TTA
             "center": crops(False), "windows": crops(True)}

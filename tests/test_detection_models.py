@@ -164,7 +164,7 @@ def test_detector_fits_a_handful_of_scenes():
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
-    for step in range(250):                       # a minimal step loop, not a trainer
+    for _step in range(250):                       # a minimal step loop, not a trainer
         parts = model.loss(x, boxes, labels)
         opt.zero_grad()
         parts["loss"].backward()
@@ -198,7 +198,7 @@ def test_localiser_fits_one_object_per_image():
     model.eval()
     before = localisation_metrics(*model(x), labels, boxes)
     model.train()
-    for step in range(200):
+    for _step in range(200):
         loss = localisation_loss(*model(x), labels, boxes, (64, 64))["loss"]
         opt.zero_grad()
         loss.backward()

@@ -94,7 +94,7 @@ def _nms_ref(boxes, scores, t):
 @pytest.mark.parametrize("block", [128, 7])
 def test_nms_matches_greedy_reference(t, block):
     g = torch.Generator().manual_seed(1)
-    for trial in range(5):
+    for _trial in range(5):
         boxes = random_boxes(60, size=15.0, g=g)
         scores = torch.rand(60, generator=g, dtype=torch.float64)
         ref = _nms_ref(boxes.tolist(), scores.tolist(), t)

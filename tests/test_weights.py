@@ -123,7 +123,7 @@ def test_legacy_densenet_keys_are_renamed(tmp_path):
 
 
 def test_pretrained_table():
-    for name, w in PRETRAINED.items():
+    for _name, w in PRETRAINED.items():
         assert w.url.startswith("https://")
         if w.source == "torchvision":
             assert w.url.endswith(f"-{w.sha256}.pth") and len(w.sha256) == 8

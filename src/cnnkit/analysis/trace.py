@@ -78,7 +78,7 @@ class Trace:
     baseline: dict[str, int]              # bytes live before the step, by category
     peak_index: int                       # index in ops where the ATen-level peak happened
     peak_bytes: int                       # ATen-level peak (outputs only, no backend temporaries)
-    storages: "_Storages"                 # allocation history, to replay the live set at any op
+    storages: _Storages                 # allocation history, to replay the live set at any op
     saved_bytes: int = 0                  # all activations saved for backward
 
     def peak(self, op_bytes: dict[tuple, int] | None = None) -> tuple[int, int]:

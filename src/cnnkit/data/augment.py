@@ -12,8 +12,8 @@ Compose them with :class:`Compose`, or build the standard pipeline from a config
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F

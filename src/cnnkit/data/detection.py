@@ -42,7 +42,7 @@ class Detections:
     def __len__(self) -> int:
         return len(self.images)
 
-    def subset(self, names: list[str]) -> "Detections":
+    def subset(self, names: list[str]) -> Detections:
         index = {n: i for i, n in enumerate(self.names)}
         missing = [n for n in names if n not in index]
         if missing:

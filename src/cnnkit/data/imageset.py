@@ -34,12 +34,12 @@ class ImageSet:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[1:])
 
-    def subset(self, index: torch.Tensor, name: str | None = None) -> "ImageSet":
+    def subset(self, index: torch.Tensor, name: str | None = None) -> ImageSet:
         """The images at ``index`` (a LongTensor or bool mask), sharing class names."""
         return ImageSet(self.images[index], self.labels[index], self.classes,
                         name if name is not None else self.name, dict(self.meta))
 
-    def cat(self, other: "ImageSet", name: str) -> "ImageSet":
+    def cat(self, other: ImageSet, name: str) -> ImageSet:
         """These images followed by ``other``'s (same classes), e.g. train + val for the final refit."""
         if other.classes != self.classes:
             raise ValueError(f"cannot join {self.name} and {other.name}: their classes differ")

@@ -119,7 +119,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tu
     """
     defaults = {f.name: _default(f) for f in fields(cls)}
     for f, meta, kind in config_fields(cls):
-        if f.name in skip or f.name in cls.unsupported or not meta.get("cli", True):
+        if f.name in skip or f.name in getattr(cls, "unsupported", ()) or not meta.get("cli", True):
             continue
         flag = "--" + f.name.replace("_", "-")
         value = defaults[f.name]
@@ -183,7 +183,7 @@ def read_config_file(path: str | Path, cls: type) -> dict:
     if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
         raise CnnkitError(f"--config {path} must be a mapping of setting: value; received a "
                           f"{type(data).__name__}")
-    known = [f.name for f in fields(cls) if f.name not in cls.unsupported]
+    known = [f.name for f in fields(cls) if f.name not in getattr(cls, "unsupported", ())]
     unknown = sorted(set(data) - set(known))
     if unknown:
         raise CnnkitError(f"--config {path}: unknown setting {unknown[0]!r}; known: {', '.join(known)}")

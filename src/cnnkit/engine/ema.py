@@ -22,7 +22,7 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         d = min(self.decay, (1 + step) / (10 + step))
-        ema_p = [p for p in self.module.parameters()]
+        ema_p: list[torch.Tensor] = list(self.module.parameters())
         torch._foreach_lerp_(ema_p, [p.detach() for p in model.parameters()], 1.0 - d)
         for e, b in zip(self.module.buffers(), model.buffers()):
             e.copy_(b)

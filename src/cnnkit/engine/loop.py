@@ -18,9 +18,9 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -143,6 +143,9 @@ def _run_phase(task, model, deploy, ema, data, setup: Setup, name, gen, d, epoch
                 names, sums = train_epoch(task, step_net, model, setup, ema, batches, gen, d, epoch,
                                           first, last, name, peak, precision,
                                           lambda **kw: bar.update(bar_task, **kw))
+            if sums is None:
+                raise CnnkitError(f"epoch {epoch + 1} had no training batch: the training split is smaller than "
+                                  "one batch; lower --batch-size or give more data")
             sums = all_sum(sums, d)
             _check_weights(model, epoch, name, peak)
             due = val_every > 0 and ((epoch + 1) % val_every == 0 or epoch + 1 == total)
@@ -169,7 +172,7 @@ def _run_phase(task, model, deploy, ema, data, setup: Setup, name, gen, d, epoch
 
 def train_epoch(task, step_net, model, setup: Setup, ema, batches, gen, d: Dist, epoch: int,
                 first: int, last: int, name: str, peak: float, precision: str,
-                report: Callable) -> tuple[list[str], torch.Tensor]:
+                report: Callable) -> tuple[list[str], torch.Tensor | None]:
     """One pass of optimizer steps: the stats' names and this process's sums (``n`` last)."""
     steps, opt = len(batches), setup.optimizer
     names, sums, tick = [], None, time.perf_counter()

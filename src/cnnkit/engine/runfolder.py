@@ -26,6 +26,7 @@ import torch.nn as nn
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from cnnkit.engine.ema import EMA
 from cnnkit.errors import CnnkitError, disk_full, is_disk_full
 from cnnkit.models.deploy import Classifier
 from cnnkit.models.network import describe
@@ -101,7 +102,7 @@ def write_metrics_csv(path, history: list[dict], columns: list[str] | None = Non
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
-def save_resume(path, model: nn.Module, optimizer: torch.optim.Optimizer, ema: nn.Module | None,
+def save_resume(path, model: nn.Module, optimizer: torch.optim.Optimizer, ema: EMA | None,
                 generator: torch.Generator, epoch: int, history: list[dict], config: dict) -> None:
     """Everything needed to continue exactly after ``epoch`` epochs."""
     tensors = cpu_tensors(model.state_dict(), "model.")
@@ -124,7 +125,7 @@ def save_resume(path, model: nn.Module, optimizer: torch.optim.Optimizer, ema: n
     atomic_write_bytes(path, st_save(tensors, metadata={"cnnkit": json.dumps(meta)}))
 
 
-def load_resume(path, model: nn.Module, optimizer: torch.optim.Optimizer | None, ema: nn.Module | None,
+def load_resume(path, model: nn.Module, optimizer: torch.optim.Optimizer | None, ema: EMA | None,
                 generator: torch.Generator) -> tuple[int, list[dict], dict]:
     """Restore what :func:`save_resume` wrote; returns (epochs done, history, config).
 

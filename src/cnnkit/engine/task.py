@@ -8,8 +8,9 @@ fine-tuning. The engine (:mod:`cnnkit.engine.loop`) does everything else.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, NamedTuple, Protocol, Sized
+from typing import Any, NamedTuple, Protocol
 
 import torch
 import torch.nn as nn

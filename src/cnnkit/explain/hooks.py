@@ -7,8 +7,8 @@ state (training mode, ``requires_grad``) is undone on the way out, also when the
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 import torch.nn as nn

@@ -80,7 +80,7 @@ def filter_patterns(model: nn.Module, layer: str, channels: list[int] | None = N
         x = ((128.0 + 20.0 * torch.rand(len(chans), c, h, w, generator=gen)) / 255.0).to(device)
         step = torch.full((len(chans), 1, 1, 1), float(step_size), device=device)
         score, grad = objective(x) if steps else (None, None)
-        for t in range(steps):
+        for _t in range(steps):
             grad = grad / (grad.pow(2).flatten(1).mean(dim=1).sqrt()[:, None, None, None] + 1e-5)
             trial = x + step * grad
             trial_score, trial_grad = objective(trial)

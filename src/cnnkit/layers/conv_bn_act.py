@@ -6,7 +6,7 @@ Children are numbered ``0`` (conv), ``1`` (norm), ``2`` (activation), so state-d
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch.nn as nn
 

@@ -11,7 +11,7 @@ Labels are class indices 0..C-1. Images with no instances are fine on either sid
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -7,8 +7,8 @@ Model files decorate one tiny builder function per variant with :func:`register_
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch.nn as nn
 

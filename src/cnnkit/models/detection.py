@@ -21,7 +21,7 @@ learns), ``detection_loss`` (focal or varifocal class loss + GIoU box loss + cen
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn

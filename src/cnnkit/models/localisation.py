@@ -7,7 +7,7 @@ logits and another the object's box, as sigmoid-normalised centre and size of th
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn

@@ -11,7 +11,7 @@ This is "ResNet v1.5" as torchvision builds it: a Bottleneck downsamples with th
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn

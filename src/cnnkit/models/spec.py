@@ -132,7 +132,7 @@ def _with_activation(module: nn.Module, activation) -> nn.Module:
     return module
 
 
-def _drop_output_activation(model: "SpecNet") -> None:
+def _drop_output_activation(model: SpecNet) -> None:
     """Keras networks end in softmax/sigmoid; PyTorch's losses take logits: remove that last step."""
     last = getattr(model, model.graph[-1][0])
     if isinstance(last, Activation) and last.name in ("softmax", "sigmoid"):

@@ -57,4 +57,4 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", *, trust_c
     if task not in LOADERS:
         raise CnnkitError(f"{file}: unknown task {str(task)[:40]!r} in its metadata; this cnnkit reads "
                           f"runs of {', '.join(['classify', *LOADERS])}")
-    return LOADERS[task](file, device)
+    return LOADERS[task](file, str(device))

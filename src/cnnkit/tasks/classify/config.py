@@ -45,7 +45,7 @@ class TrainConfig(RunConfig):
     ensemble: int = option(1, help="members to train, with seeds seed .. seed+K-1; the saved model averages them")
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         d = dict(d)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known

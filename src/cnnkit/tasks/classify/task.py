@@ -10,8 +10,8 @@ trained on cached features gets :class:`Features` instead of an ImageSet: same b
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn as nn

@@ -11,9 +11,9 @@ classification's own lives here: the one-cycle schedule, the optimizer's paramet
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -43,7 +43,7 @@ class TrainResult:
     val_acc: float          # final validation accuracy of the saved model (with TTA if enabled)
     seconds: float          # training time of this call (excludes data loading and the summary)
     images: int             # training images processed by this call (all processes)
-    members: list["TrainResult"] = field(default_factory=list)  # an ensemble's members, in order
+    members: list[TrainResult] = field(default_factory=list)  # an ensemble's members, in order
 
 
 def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False, quiet: bool = False,

@@ -42,7 +42,7 @@ class DetectConfig(RunConfig):
     channels_last: bool | None = option(None, help="NHWC weights and batches (default: on; oneDNN's 1x1 "
                                                    "convolutions run faster channels-last)")
 
-    def resolved(self) -> "DetectConfig":
+    def resolved(self) -> DetectConfig:
         """Fill the data-dependent defaults (what the run stores, so eval/resume see the same)."""
         from dataclasses import replace
 

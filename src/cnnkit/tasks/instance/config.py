@@ -28,7 +28,7 @@ class InstanceConfig(DetectConfig):
     freeze_stride: int = option(4, help="pretrained backbone modules up to this stride stay frozen, batch norm in eval mode too, as detectron2 freezes the stem and res2 (0: train all)")
     val_every: int | None = None
 
-    def resolved(self) -> "InstanceConfig":
+    def resolved(self) -> InstanceConfig:
         photos = self.data != "digits"
         cfg = replace(self, image_size=self.image_size if self.image_size is not None else (320 if photos else 96),
                       epochs=self.epochs if self.epochs is not None else (40 if photos else 10),

@@ -12,7 +12,7 @@ from cnnkit.tasks.instance.config import InstanceConfig
 
 
 # ----------------------------------------------------------------------------- building and loading
-def new_mask_detector(cfg: "InstanceConfig", classes: list[str], in_channels: int) -> tuple[MaskDetector, dict]:
+def new_mask_detector(cfg: InstanceConfig, classes: list[str], in_channels: int) -> tuple[MaskDetector, dict]:
     strides = tuple(getattr(cfg, "strides", ()) or (8, 16, 32))
     det, info = new_detector(cfg.model, classes, in_channels, cfg.image_size, cfg.weights, strides, cfg.width,
                              cfg.head_convs, bool(cfg.separate_towers))

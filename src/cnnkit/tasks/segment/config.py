@@ -58,7 +58,7 @@ class SegmentConfig(RunConfig):
     boundary_d: int = option(3, help="boundary IoU band (px)")
     val_every: int | None = None
 
-    def resolved(self) -> "SegmentConfig":
+    def resolved(self) -> SegmentConfig:
         """Every None filled in from DATA_DEFAULTS for this data."""
         from dataclasses import replace
 

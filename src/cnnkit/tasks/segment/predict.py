@@ -65,7 +65,7 @@ class Segmenter(Classifier):
                 "tta": self.tta, "test_scale": self.test_scale}
 
     @classmethod
-    def from_info(cls, info: dict) -> "Segmenter":
+    def from_info(cls, info: dict) -> Segmenter:
         """The (untrained) module a checkpoint's metadata describes; load its state dict after."""
         from cnnkit.models.segmentation import create_segmenter
 
