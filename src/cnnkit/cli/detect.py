@@ -77,7 +77,7 @@ def run_eval(args) -> int:
 
 
 def run_predict(args) -> int:
-    from cnnkit.data.detection import read_image
+    from cnnkit.data.images import read_pixels
     from cnnkit.engine.runfolder import resolve
     from cnnkit.tasks.detect.load import load_detector
     from cnnkit.tasks.detect.predict import draw_detections, predict_images
@@ -85,7 +85,7 @@ def run_predict(args) -> int:
     model = load_detector(args.run)
     size = model.info["input_size"][-1]
     paths = [Path(p) for p in args.images]
-    images = [read_image(p) for p in paths]                # CnnkitError on a missing file, before any work
+    images = [read_pixels(p) for p in paths]                # CnnkitError on a missing file, before any work
     results = predict_images(model, images, size, model.info["classes"], score_threshold=args.score)
     out_dir = Path(args.out_dir) if args.out_dir else resolve(args.run).parent / "predictions"
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -72,7 +72,7 @@ def run_eval(args) -> int:
 
 
 def run_predict(args) -> int:
-    from cnnkit.data.segmentation import read_image
+    from cnnkit.data.images import read_pixels
     from cnnkit.tasks.segment.load import load_segmenter
     from cnnkit.tasks.segment.predict import predict_image, write_prediction
 
@@ -83,7 +83,7 @@ def run_predict(args) -> int:
     if missing:
         raise CnnkitError(f"no such image file: {missing[0]}")
     for path in paths:
-        image = read_image(path)
+        image = read_pixels(path)
         if model.mean.shape[1] == 1:
             image = image.float().mean(0, keepdim=True).round().to(image.dtype)   # grey networks
         mask = predict_image(model, image, max_side)

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from cnnkit.data.images import read_pixels
 from cnnkit.errors import CnnkitError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -52,20 +53,11 @@ class Detections:
                           [self.labels[i] for i in idx], self.classes, list(names))
 
 
-def read_image(path: Path, channels: int = 3) -> torch.Tensor:
-    """An image file -> (C, H, W) uint8 (RGB, or L for channels=1)."""
-    import numpy as np
-    from PIL import Image
-
+def _annotated(path: Path) -> torch.Tensor:
+    """The (3, H, W) uint8 image an annotation names (the one guarded reader)."""
     if not path.is_file():
         raise CnnkitError(f"missing image {path}: the annotation names it but there is no such file")
-    try:
-        with Image.open(path) as im:
-            a = np.asarray(im.convert("RGB" if channels == 3 else "L"))
-    except OSError as exc:
-        raise CnnkitError(f"cannot read image {path}: {exc}") from exc
-    t = torch.from_numpy(a.copy())
-    return t.permute(2, 0, 1) if t.dim() == 3 else t[None]
+    return read_pixels(path)
 
 
 def check_boxes(boxes: torch.Tensor, width: int, height: int, where: str, tol: float = 0.0) -> None:
@@ -133,7 +125,7 @@ def load_pennfudan(root: str | os.PathLike, names: list[str] | None = None) -> D
         if not ann.is_file():
             raise CnnkitError(f"missing annotation {ann} for image {name}")
         w, h, b, _ = read_pascal_annotation(ann)
-        img = read_image(root / "PNGImages" / name)
+        img = _annotated(root / "PNGImages" / name)
         if tuple(img.shape[1:]) != (h, w):
             raise CnnkitError(f"{ann} 'Image size': says {w} x {h} but {name} is {img.shape[2]} x {img.shape[1]}")
         images.append(img)
@@ -189,7 +181,7 @@ def load_coco(path: str | os.PathLike, image_dir: str | os.PathLike | None = Non
             raise CnnkitError(f"{path}: images[{i}] needs 'id', 'file_name', 'width' and 'height' ({exc!r})") from exc
         b = torch.tensor([r[0] for r in rows], dtype=torch.float32).reshape(-1, 4)
         check_boxes(b, width, height, f"{path} annotations 'bbox' of image {name!r}")
-        img = read_image(folder / name)
+        img = _annotated(folder / name)
         if tuple(img.shape[1:]) != (height, width):
             raise CnnkitError(f"{path}: images[{i}] 'width'/'height' say {width} x {height} but {name} is "
                               f"{img.shape[2]} x {img.shape[1]}")
@@ -239,7 +231,7 @@ def load_yolo(root: str | os.PathLike) -> Detections:
     images, boxes, labels = [], [], []
     top = -1
     for p in files:
-        img = read_image(p)
+        img = _annotated(p)
         h, w = img.shape[1:]
         rows, cls = [], []
         lab = lab_dir / f"{p.stem}.txt"

@@ -94,3 +94,27 @@ def _too_large(path, size: str, max_pixels: int) -> str:
 def _short(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= 160 else text[:157] + "..."
+
+
+def read_pixels(path: str | Path, channels: int = 3, max_pixels: int = MAX_DECODE_PIXELS) -> torch.Tensor:
+    """An image file -> (C, H, W) uint8 at its own size: RGB (``channels=3``) or grey (1).
+
+    The one reader of the data sets' photos (detection, segmentation, instance masks' images): the
+    size in the header is checked before decoding (:func:`open_image`), odd modes (palette, CMYK,
+    16-bit, alpha) are converted, and a missing, truncated or non-image file is a one-line
+    :class:`CnnkitError` naming it.
+
+    Args:
+        path: the image file.
+        channels: 3 for RGB, 1 for grey.
+        max_pixels: the most pixels (width x height) decoded.
+
+    Returns:
+        A (C, H, W) uint8 tensor.
+    """
+    if channels not in (1, 3):
+        raise CnnkitError(f"images are read as 1 (grey) or 3 (RGB) channels; received channels={channels}")
+    with open_image(path, max_pixels) as im:
+        arr = np.asarray(im.convert("L" if channels == 1 else "RGB"))
+    t = torch.from_numpy(arr.copy())
+    return (t.permute(2, 0, 1) if t.dim() == 3 else t[None]).contiguous()

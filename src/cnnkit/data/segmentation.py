@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnkit.data.imagefolder import IMAGE_EXTENSIONS
+from cnnkit.data.images import open_image, read_pixels
 from cnnkit.data.pennfudan import (
     mask_path,
     pennfudan_root,
@@ -71,7 +72,7 @@ def pennfudan_segmentation(split: str = "train", data_dir: str | os.PathLike | N
     names = (parts["train"] + parts["test"] if split == "all" else parts[split])[:limit]
     images, masks, instances = [], [], []
     for n in names:
-        image = read_image(root / "PNGImages" / n)
+        image = read_pixels(root / "PNGImages" / n)
         inst = _read_mask(mask_path(root, n), image)
         image, inst = _shrink(image, inst, max_side)
         images.append(image)
@@ -123,7 +124,7 @@ def mask_folder(root: str | os.PathLike, num_classes: int | None = None, split: 
         names = split_names(names, len(names) - max(1, round(test_fraction * len(names))), seed)[split]
     images, masks = [], []
     for n in names:
-        image = read_image(image_dir / n)
+        image = read_pixels(image_dir / n)
         path = mask_dir / f"{Path(n).stem}.png"
         mask = _read_mask(path, image)
         if num_classes is not None:
@@ -149,33 +150,17 @@ def _folder_pair(root: Path) -> tuple[Path, Path]:
                       "(or VOC's JPEGImages/ + SegmentationClass/)")
 
 
-def read_image(path: Path) -> torch.Tensor:
-    """(3, H, W) uint8 RGB."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"))
-    except (OSError, ValueError) as exc:
-        raise CnnkitError(f"cannot read image {path}: {exc}") from None
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
-
-
 def _read_mask(path: Path, image: torch.Tensor) -> torch.Tensor:
-    """(H, W) uint8 of a palette (P), grey (L) or 1-bit PNG, checked to be the size of ``image``."""
-    from PIL import Image
-
+    """(H, W) uint8 of a palette (P), grey (L) or 1-bit PNG, checked to be the size of ``image``; read
+    through the one guarded reader (the header's size checked before decoding)."""
     if not path.is_file():
         raise CnnkitError(f"missing mask file {path}")
-    try:
-        with Image.open(path) as im:
-            mode = im.mode
-            if mode not in ("P", "L", "1"):
-                raise CnnkitError(f"mask {path} is a {mode} image; masks are palette (P) or grey (L) PNGs whose "
-                                  "values are class indices (255 = ignore)")
-            arr = np.asarray(im.convert("L") if mode == "1" else im)
-    except OSError as exc:
-        raise CnnkitError(f"cannot read mask {path}: {exc}") from None
+    with open_image(path) as im:
+        mode = im.mode
+        if mode not in ("P", "L", "1"):
+            raise CnnkitError(f"mask {path} is a {mode} image; masks are palette (P) or grey (L) PNGs whose "
+                              "values are class indices (255 = ignore)")
+        arr = np.asarray(im.convert("L") if mode == "1" else im)
     if mode == "1":
         arr = (arr > 0).astype(np.uint8)
     if arr.shape != tuple(image.shape[1:]):

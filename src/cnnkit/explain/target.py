@@ -7,13 +7,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from cnnkit.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from cnnkit.data.images import read_image  # noqa: F401 -- re-exported: explain reads images with it
 from cnnkit.errors import CnnkitError, is_out_of_memory, out_of_memory
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-
-
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class Normalised(nn.Module):

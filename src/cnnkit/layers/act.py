@@ -6,8 +6,11 @@ import torch.nn as nn
 
 from cnnkit.errors import CnnkitError
 
-# Keras name -> factory. "leaky_relu" uses keras.activations.leaky_relu's slope 0.2
-# (the LeakyReLU *layer* defaults to 0.3: build nn.LeakyReLU(0.3) yourself for that).
+# keras.activations.leaky_relu's slope (the LeakyReLU *layer* defaults to 0.3: build
+# nn.LeakyReLU(0.3) yourself for that); the spec builder's "leaky_relu" uses it too
+LEAKY_RELU_SLOPE = 0.2
+
+# Keras name -> factory
 _ACTIVATIONS = {
     "linear": nn.Identity,
     "relu": nn.ReLU,
@@ -25,7 +28,7 @@ _ACTIVATIONS = {
     "hard_silu": nn.Hardswish,
     "gelu": nn.GELU,
     "mish": nn.Mish,
-    "leaky_relu": lambda: nn.LeakyReLU(0.2),
+    "leaky_relu": lambda: nn.LeakyReLU(LEAKY_RELU_SLOPE),
     "softplus": nn.Softplus,
     "softsign": nn.Softsign,
 }

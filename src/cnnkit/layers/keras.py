@@ -48,21 +48,28 @@ class Dense(nn.Linear):
 
 
 class Reshape(nn.Module):
-    """``keras.layers.Reshape(target_shape)`` with Keras's channels-last ``target_shape`` (H, W, C).
+    """``keras.layers.Reshape(target_shape)``: (B, N) -> (B, C, *spatial), channels first.
 
-    The flat vector is read in Keras's order (H, W, C) and returned channels first (B, C, H, W), so a
-    Dense layer ported from Keras feeds the same pixels as in Keras.
+    With ``channels_last`` (Keras' own layout, the default) ``target_shape`` is (*spatial, C): the flat
+    vector is read in Keras' order and returned channels first, so a Dense layer ported from Keras
+    feeds the same pixels as in Keras. Without it, ``target_shape`` is (C, *spatial), PyTorch's order
+    (what a network spec writes).
     """
 
-    def __init__(self, target_shape: tuple[int, int, int]):
+    def __init__(self, target_shape, channels_last: bool = True):
         super().__init__()
-        self.target_shape = tuple(target_shape)
+        self.target_shape = tuple(int(d) for d in target_shape)
+        self.channels_last = channels_last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(x.shape[0], *self.target_shape).permute(0, 3, 1, 2)  # (B, H*W*C) -> (B, C, H, W)
+        y = x.reshape(x.shape[0], *self.target_shape)
+        if self.channels_last and y.dim() >= 3:
+            y = y.movedim(-1, 1)                     # (B, *spatial, C) -> (B, C, *spatial)
+        return y
 
     def extra_repr(self) -> str:
-        return f"target_shape={self.target_shape} (channels last, output channels first)"
+        return f"target_shape={self.target_shape}" + (" (channels last, output channels first)"
+                                                       if self.channels_last else "")
 
 
 def _glorot(layer: nn.Module) -> None:

@@ -27,11 +27,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cnnkit.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from cnnkit.errors import CnnkitError
 from cnnkit.ops import batched_nms, box_iou_elementwise, generalized_box_iou_elementwise
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class Normalise(nn.Module):

@@ -14,12 +14,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cnnkit.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from cnnkit.models._common import Classifier
 from cnnkit.models._common import check_args as _check_args
 from cnnkit.models._registry import register_model
-
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def inception_input_transform(x: torch.Tensor) -> torch.Tensor:
@@ -28,8 +26,8 @@ def inception_input_transform(x: torch.Tensor) -> torch.Tensor:
     ``x_c * (std_c / 0.5) + (mean_c - 0.5) / 0.5``: undo ``(x - mean) / std``, then map [0, 1] to [-1, 1].
     Input and output shape: (B, 3, H, W).
     """
-    scale = torch.tensor([s / 0.5 for s in _IMAGENET_STD], dtype=x.dtype, device=x.device)
-    shift = torch.tensor([(m - 0.5) / 0.5 for m in _IMAGENET_MEAN], dtype=x.dtype, device=x.device)
+    scale = torch.tensor([s / 0.5 for s in IMAGENET_STD], dtype=x.dtype, device=x.device)
+    shift = torch.tensor([(m - 0.5) / 0.5 for m in IMAGENET_MEAN], dtype=x.dtype, device=x.device)
     return x * scale.view(1, 3, 1, 1) + shift.view(1, 3, 1, 1)
 
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+from cnnkit.data.constants import IMAGENET_MEAN, IMAGENET_STD
+
 INCEPTION_MEAN, INCEPTION_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)     # x / 127.5 - 1
 GREY_MEAN, GREY_STD = (0.5,), (0.5,)                                   # one channel: [0,1] -> [-1,1]
 # families whose reference weights expect [-1, 1] inputs; every other 3-channel family: ImageNet

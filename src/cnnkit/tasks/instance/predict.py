@@ -44,12 +44,12 @@ def predict_files(model: MaskDetector, paths, out_dir, score: float = 0.3) -> li
     and boxes drawn; returns per image {"image", "png", "boxes", "scores", "labels", "mask_scores", "mask_pixels"}."""
     from pathlib import Path
 
-    from cnnkit.data.detection import read_image
+    from cnnkit.data.images import read_pixels
 
     size = int(model.info["input_size"][-1])
     c = model.normalise.mean.shape[1]
     classes = list(model.info["classes"])
-    images = [read_image(Path(p), channels=c) for p in paths]     # a missing file fails before any work
+    images = [read_pixels(Path(p), channels=c) for p in paths]     # a missing file fails before any work
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
