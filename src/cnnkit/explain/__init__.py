@@ -11,9 +11,10 @@ from .hooks import frozen, guided_relus, last_conv_layer, layer_names, recording
 from .mistakes import confusion_counts, most_confident_errors
 from .patterns import filter_patterns, mean_activation
 from .saliency import saliency
+from .series_cam import class_activation_map
 
 __all__ = [
     "feature_maps", "filters", "filter_patterns", "mean_activation", "grad_cam", "saliency",
     "frozen", "guided_relus", "last_conv_layer", "layer_names", "recording", "resolve_layer",
-    "confusion_counts", "most_confident_errors",
+    "confusion_counts", "most_confident_errors", "class_activation_map",
 ]
