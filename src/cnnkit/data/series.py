@@ -62,6 +62,11 @@ _MISSING = {"?": "nan", "": "nan"}
 
 @dataclass
 class SeriesSet:
+    """A set of labelled series in memory, the time-series twin of :class:`~cnnkit.data.imageset.ImageSet`.
+
+    Batches are slices of ``values``; a network that ends in global average pooling takes any L.
+    """
+
     values: torch.Tensor          # (N, C, L) float32: z-normalised per series and channel, zero-padded
     labels: torch.Tensor          # (N,) int64 class indices; -1 for an unlabelled series
     classes: list[str]            # class names (the file's labels), index -> name
