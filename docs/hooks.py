@@ -5,7 +5,9 @@ its usage line and every option with its help, so the page cannot disagree with 
 is committed so that the page also reads on a code host; the build replaces it with a fresh one, and
 ``tests/test_docs.py`` fails when the copy is stale (``python docs/hooks.py --write`` refreshes it).
 ``reference/config.md`` is generated from the run-config dataclasses by :func:`config_reference`
-once :data:`CONFIG_CLASSES` names them.
+once :data:`CONFIG_CLASSES` names them. In ``reference/api.md`` the ``<!-- api -->`` line becomes one
+mkdocstrings block per name of :data:`PUBLIC_API`, taken from the module that defines it, so the page
+follows the code when a function moves.
 
 Run ``python docs/hooks.py`` to print the CLI reference without building the site.
 """
@@ -20,6 +22,9 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 CLI_PAGE = Path(__file__).resolve().parent / "reference" / "cli.md"
+
+# the top-level names the API page documents, in this order
+PUBLIC_API = ["create_model", "list_models", "summary", "load", "to_fcn", "CnnkitError"]
 
 # WIRE AFTER THE REDESIGN: the run-config dataclasses whose fields make the configuration reference,
 # as "module:Class" (e.g. "cnnkit.engine.config:RunConfig", "cnnkit.tasks.classify.config:ClassifyConfig").
@@ -101,8 +106,8 @@ def cli_reference() -> str:
     parser = build_parser()
     parser.prog = "cnnkit"
     out = ["# Command-line reference\n",
-           "Generated from the argument parsers when the site is built (`docs/hooks.py`); "
-           "`cnnkit COMMAND --help` prints the same text.\n"]
+           ("Generated from the argument parsers when the site is built (`docs/hooks.py`); "
+            "`cnnkit COMMAND --help` prints the same text.\n")]
     _command(parser, ["cnnkit"], "", out)
     return "\n".join(out) + "\n"
 
@@ -125,9 +130,9 @@ def config_reference(classes: list[type]) -> str:
         TypeError: if an entry of ``classes`` is not a dataclass.
     """
     out = ["# Configuration reference\n",
-           "Generated from the configuration dataclasses when the site is built (`docs/hooks.py`). "
-           "Every field is a command-line flag (`--batch-size` for `batch_size`) and a key of "
-           "`--config FILE.yaml`.\n"]
+           ("Generated from the configuration dataclasses when the site is built (`docs/hooks.py`). "
+            "Every field is a command-line flag (`--batch-size` for `batch_size`) and a key of "
+            "`--config FILE.yaml`.\n")]
     shown: set[str] = set()
     for cls in classes:
         if not dataclasses.is_dataclass(cls):
@@ -152,6 +157,35 @@ def config_reference(classes: list[type]) -> str:
                        f"{_cell(field.metadata.get('help', ''))} |")
         out.append("")
     return "\n".join(out) + "\n"
+
+
+def api_blocks(names: list[str] = PUBLIC_API) -> str:
+    """One mkdocstrings block (``::: module.name``) per top-level name of ``cnnkit``.
+
+    ``import cnnkit`` re-exports its API lazily (``cnnkit._LAZY``: name -> module), which static
+    analysis cannot follow, so each block names the module that holds the function.
+
+    Args:
+        names: top-level names of ``cnnkit``.
+
+    Returns:
+        The blocks as Markdown, one per name.
+
+    Raises:
+        KeyError: if a name is not part of ``cnnkit``'s top-level API.
+    """
+    import cnnkit
+
+    lazy = dict(getattr(cnnkit, "_LAZY", {}))
+    lazy.setdefault("CnnkitError", "cnnkit.errors")
+    return "\n\n".join(f"::: {lazy[name]}.{name}" for name in names) + "\n"
+
+
+def on_page_markdown(markdown, page, config, files):
+    """MkDocs event: fill the API page's ``<!-- api -->`` line with the mkdocstrings blocks."""
+    if page.file.src_uri == "reference/api.md":
+        return markdown.replace("<!-- api -->", api_blocks())
+    return markdown
 
 
 def _import(spec: str) -> type:

@@ -148,12 +148,12 @@ def test_config_reference_renders_each_field_once():
 def test_site_builds_strict(tmp_path):
     done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict",
                            "-f", str(REPO / "mkdocs.yml"), "-d", str(tmp_path / "site")],
-                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+                          check=False, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert (tmp_path / "site" / "reference" / "cli" / "index.html").is_file()
     api = (tmp_path / "site" / "reference" / "api" / "index.html").read_text(encoding="utf-8")
     for name in ("create_model", "list_models", "summary", "load", "to_fcn"):
-        assert f'id="cnnkit.' in api and name in api, name
+        assert re.search(rf'id="cnnkit(\.\w+)*\.{name}"', api), f"no section for {name} in the API reference"
 
 
 def test_some_commands_are_marked_runnable():
@@ -194,7 +194,7 @@ def test_runnable_commands_succeed(tmp_path):
         argvs.append(args[1:])
     report = tmp_path / "results.json"
     done = subprocess.run([sys.executable, "-c", _DRIVER, json.dumps(argvs), str(report)], cwd=REPO,
-                          env=_env(), capture_output=True, text=True, timeout=300)
+                          check=False, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     failed = [f"{page}: `{command}` exited {r['code']}\n{r['stderr']}"
               for (command, page), r in zip(where.items(), json.loads(report.read_text())) if r["code"] != 0]
