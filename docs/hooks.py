@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import re
 import sys
 from pathlib import Path
 
@@ -131,16 +132,16 @@ def config_reference(classes: list[type]) -> str:
     """
     out = ["# Configuration reference\n",
            ("Generated from the configuration dataclasses when the site is built (`docs/hooks.py`). "
-            "Every field is a command-line flag (`--batch-size` for `batch_size`) and a key of "
-            "`--config FILE.yaml`.\n")]
+            "A field is set on the command line by its flag (`--batch-size` for `batch_size`) and in "
+            "`--config FILE.yaml` by its name.\n")]
     shown: set[str] = set()
     for cls in classes:
         if not dataclasses.is_dataclass(cls):
             raise TypeError(f"config_reference takes dataclasses; received {cls!r}")
         out.append(f"## `{cls.__name__}`\n")
         doc = (cls.__doc__ or "").strip().splitlines()
-        if doc and not doc[0].startswith(cls.__name__ + "("):
-            out.append(doc[0] + "\n")
+        if doc and not doc[0].startswith(cls.__name__ + "("):  # a dataclass without a docstring gets its signature
+            out.append(_rst_to_markdown(doc[0]) + "\n")
         out.append("| field | type | default | meaning |\n| --- | --- | --- | --- |")
         for field in dataclasses.fields(cls):
             if field.name.startswith("_") or field.name in shown:  # private, or inherited and shown above
@@ -154,7 +155,7 @@ def config_reference(classes: list[type]) -> str:
                 default = "required"
             kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
             out.append(f"| `{field.name}` | `{_cell(str(kind))}` | `{_cell(default)}` | "
-                       f"{_cell(field.metadata.get('help', ''))} |")
+                       f"{_cell(_rst_to_markdown(field.metadata.get('help', '')))} |")
         out.append("")
     return "\n".join(out) + "\n"
 
@@ -186,6 +187,12 @@ def on_page_markdown(markdown, page, config, files):
     if page.file.src_uri == "reference/api.md":
         return markdown.replace("<!-- api -->", api_blocks())
     return markdown
+
+
+def _rst_to_markdown(text: str) -> str:
+    """Docstring markup in Markdown: ``:func:`x``` and ````x```` become ```x```."""
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"`\1`", text)
+    return re.sub(r"``([^`]+)``", r"`\1`", text)
 
 
 def _import(spec: str) -> type:
