@@ -1,4 +1,4 @@
-"""Make the README's example figures in docs/images/ (about 15 s on one CPU core).
+"""Make the documentation's example figures in docs/images/ (about 15 s on one CPU core).
 
     python docs/make_images.py [--data-dir DIR]   # DIR holds mnist/ (default: $CNNKIT_DATA or ../shared/data)
     python docs/make_images.py --finetuned RUN    # also: Grad-CAM of a bee by a fine-tuned hymenoptera run
@@ -6,7 +6,7 @@
 A small bias-free global-average-pooling CNN is trained for two epochs on 6,000 MNIST digits (the
 same recipe as tests/test_explain.py), then: Grad-CAM on digits pasted on an 84x84 canvas, the feature
 maps of one digit, filter patterns of its second convolution, and the training curves. With
-``--finetuned RUN`` (``cnnkit finetune --model efficientnet_lite0 --weights imagenet --data
+``--finetuned RUN`` (``cnnkit classify finetune --model efficientnet_lite0 --weights imagenet --data
 hymenoptera --out RUN``): Grad-CAM of the run's network on a hymenoptera/val bee photo.
 """
 

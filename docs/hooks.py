@@ -1,0 +1,224 @@
+"""MkDocs hooks: the generated reference pages, written at build time (``hooks:`` in mkdocs.yml).
+
+``reference/cli.md`` is generated from ``cnnkit.cli.build_parser()``: every command and sub-command,
+its usage line and every option with its help, so the page cannot disagree with ``--help``. A copy
+is committed so that the page also reads on a code host; the build replaces it with a fresh one, and
+``tests/test_docs.py`` fails when the copy is stale (``python docs/hooks.py --write`` refreshes it).
+``reference/config.md`` is generated from the run-config dataclasses by :func:`config_reference`
+once :data:`CONFIG_CLASSES` names them. In ``reference/api.md`` the ``<!-- api -->`` line becomes one
+mkdocstrings block per name of :data:`PUBLIC_API`, taken from the module that defines it, so the page
+follows the code when a function moves.
+
+Run ``python docs/hooks.py`` to print the CLI reference without building the site.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import re
+import sys
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+CLI_PAGE = Path(__file__).resolve().parent / "reference" / "cli.md"
+
+# the top-level names the API page documents, in this order
+PUBLIC_API = ["create_model", "list_models", "summary", "load", "to_fcn", "CnnkitError"]
+
+# WIRE AFTER THE REDESIGN: the run-config dataclasses whose fields make the configuration reference,
+# as "module:Class" (e.g. "cnnkit.engine.config:RunConfig", "cnnkit.tasks.classify.config:ClassifyConfig").
+# While this list is empty no configuration page is generated; add "reference/config.md" to the nav of
+# mkdocs.yml when it is filled.
+CONFIG_CLASSES: list[str] = []
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[tuple[str, str, argparse.ArgumentParser]]:
+    """The (name, help, parser) of each sub-command of ``parser``, in the order --help lists them."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help or "" for choice in action._choices_actions}
+            seen = set()
+            for name, sub in action.choices.items():
+                if id(sub) in seen:  # an alias of a command already listed
+                    continue
+                seen.add(id(sub))
+                found.append((name, helps.get(name, ""), sub))
+    return found
+
+
+def _options(parser: argparse.ArgumentParser) -> list[str]:
+    """Markdown rows, one per argument of ``parser``: the flags (or the name) and the help."""
+    rows = []
+    for action in parser._actions:
+        if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+            continue
+        if action.help == argparse.SUPPRESS:
+            continue
+        if action.option_strings:
+            metavar = ""
+            if action.nargs != 0:
+                metavar = " " + " ".join(parser._get_formatter()._format_args(action, action.dest.upper()).split())
+            names = ", ".join(f"`{flag}{metavar}`" for flag in action.option_strings)
+        else:
+            names = f"`{action.metavar or action.dest}`"
+        text = (action.help or "").replace("%(default)s", str(action.default)).replace("%%", "%")
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) \
+                and "default" not in text:
+            text = f"{text} (default: {action.default})".strip()
+        rows.append(f"| {names} | {_cell(text)} |")
+    return rows
+
+
+def _cell(text: str) -> str:
+    """One table cell: on one line, pipes escaped."""
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _command(parser: argparse.ArgumentParser, path: list[str], summary: str, out: list[str]) -> None:
+    """Append the section of one command, then of each of its sub-commands, depth first."""
+    level = min(len(path) + 1, 6)
+    out.append(f"{'#' * level} `{' '.join(path)}`\n")
+    if summary:
+        out.append(f"{summary[0].upper()}{summary[1:]}.\n" if not summary.endswith(".") else f"{summary}\n")
+    if parser.description and parser.description != summary:
+        out.append(" ".join(parser.description.split()) + "\n")
+    usage = " ".join(parser.format_usage().split())
+    out.append(f"```text\n{usage}\n```\n")
+    rows = _options(parser)
+    if rows:
+        out.append("| argument | meaning |\n| --- | --- |")
+        out.extend(rows)
+        out.append("")
+    for name, help_text, sub in _subparsers(parser):
+        _command(sub, [*path, name], help_text, out)
+
+
+def cli_reference() -> str:
+    """The CLI reference page: every command and sub-command of ``cnnkit`` with usage and options.
+
+    Returns:
+        The page as Markdown.
+    """
+    from cnnkit.cli import build_parser
+
+    parser = build_parser()
+    parser.prog = "cnnkit"
+    out = ["# Command-line reference\n",
+           ("Generated from the argument parsers when the site is built (`docs/hooks.py`); "
+            "`cnnkit COMMAND --help` prints the same text.\n")]
+    _command(parser, ["cnnkit"], "", out)
+    return "\n".join(out) + "\n"
+
+
+def config_reference(classes: list[type]) -> str:
+    """The configuration reference page: one table per run-config dataclass.
+
+    Each row is a field: its name (the same as the CLI flag with ``-`` for ``_`` and the key of
+    ``--config FILE.yaml``), its type, its default and ``field.metadata["help"]``, the one place where
+    an option is explained.
+
+    Args:
+        classes: dataclass types, base classes first (e.g. ``RunConfig`` then each task's config);
+            a field inherited from a class already shown is not repeated.
+
+    Returns:
+        The page as Markdown.
+
+    Raises:
+        TypeError: if an entry of ``classes`` is not a dataclass.
+    """
+    out = ["# Configuration reference\n",
+           ("Generated from the configuration dataclasses when the site is built (`docs/hooks.py`). "
+            "A field is set on the command line by its flag (`--batch-size` for `batch_size`) and in "
+            "`--config FILE.yaml` by its name.\n")]
+    shown: set[str] = set()
+    for cls in classes:
+        if not dataclasses.is_dataclass(cls):
+            raise TypeError(f"config_reference takes dataclasses; received {cls!r}")
+        out.append(f"## `{cls.__name__}`\n")
+        doc = (cls.__doc__ or "").strip().splitlines()
+        if doc and not doc[0].startswith(cls.__name__ + "("):  # a dataclass without a docstring gets its signature
+            out.append(_rst_to_markdown(doc[0]) + "\n")
+        out.append("| field | type | default | meaning |\n| --- | --- | --- | --- |")
+        for field in dataclasses.fields(cls):
+            if field.name.startswith("_") or field.name in shown:  # private, or inherited and shown above
+                continue
+            shown.add(field.name)
+            if field.default is not dataclasses.MISSING:
+                default = repr(field.default)
+            elif field.default_factory is not dataclasses.MISSING:
+                default = repr(field.default_factory())
+            else:
+                default = "required"
+            kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
+            out.append(f"| `{field.name}` | `{_cell(str(kind))}` | `{_cell(default)}` | "
+                       f"{_cell(_rst_to_markdown(field.metadata.get('help', '')))} |")
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
+def api_blocks(names: list[str] = PUBLIC_API) -> str:
+    """One mkdocstrings block (``::: module.name``) per top-level name of ``cnnkit``.
+
+    ``import cnnkit`` re-exports its API lazily (``cnnkit._LAZY``: name -> module), which static
+    analysis cannot follow, so each block names the module that holds the function.
+
+    Args:
+        names: top-level names of ``cnnkit``.
+
+    Returns:
+        The blocks as Markdown, one per name.
+
+    Raises:
+        KeyError: if a name is not part of ``cnnkit``'s top-level API.
+    """
+    import cnnkit
+
+    lazy = dict(getattr(cnnkit, "_LAZY", {}))
+    lazy.setdefault("CnnkitError", "cnnkit.errors")
+    return "\n\n".join(f"::: {lazy[name]}.{name}" for name in names) + "\n"
+
+
+def on_page_markdown(markdown, page, config, files):
+    """MkDocs event: fill the API page's ``<!-- api -->`` line with the mkdocstrings blocks."""
+    if page.file.src_uri == "reference/api.md":
+        return markdown.replace("<!-- api -->", api_blocks())
+    return markdown
+
+
+def _rst_to_markdown(text: str) -> str:
+    """Docstring markup in Markdown: ``:func:`x``` and ````x```` become ```x```."""
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"`\1`", text)
+    return re.sub(r"``([^`]+)``", r"`\1`", text)
+
+
+def _import(spec: str) -> type:
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def on_files(files, config):
+    """MkDocs event: add the generated pages to the site's files before the navigation is built."""
+    from mkdocs.structure.files import File
+
+    if str(SRC) not in sys.path:
+        sys.path.insert(0, str(SRC))
+    committed = files.get_file_from_path("reference/cli.md")
+    if committed is not None:
+        files.remove(committed)
+    files.append(File.generated(config, "reference/cli.md", content=cli_reference()))
+    if CONFIG_CLASSES:
+        page = config_reference([_import(spec) for spec in CONFIG_CLASSES])
+        files.append(File.generated(config, "reference/config.md", content=page))
+    return files
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(SRC))
+    if sys.argv[1:] == ["--write"]:
+        CLI_PAGE.write_text(cli_reference())
+    else:
+        sys.stdout.write(cli_reference())

@@ -1,0 +1,201 @@
+"""The documentation is tested: its size, its voice, its links, the site build and its runnable commands.
+
+A shell block in README.md or docs/ that follows a ``<!-- runnable -->`` line is run here, one
+``cnnkit ...`` line at a time, with this checkout's cnnkit; keep such blocks to commands of seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+DOCS = REPO / "docs"
+SRC = REPO / "src"
+
+# words about who measured what, what else ran on the machine, or what was tried and dropped:
+# such text belongs in docs/experiments/, not in the README, the guides or the code
+HISTORY = re.compile(r"niced|this session|shared the (cpu|cores)|bench lock|not adopted|helpers'", re.IGNORECASE)
+RUNNABLE = re.compile(r"<!--\s*runnable\s*-->\s*\n```(?:bash|sh|console)\n(.*?)```", re.DOTALL)
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def _user_pages() -> list[Path]:
+    """README.md and every Markdown page of docs/ except the dated experiment records."""
+    return [README] + sorted(p for p in DOCS.rglob("*.md") if "experiments" not in p.relative_to(DOCS).parts)
+
+
+def _history_lines(paths: list[Path]) -> list[str]:
+    return [f"{p.relative_to(REPO)}:{i}: {line.strip()}"
+            for p in paths for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+            if HISTORY.search(line)]
+
+
+def _env() -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    env.setdefault("NO_MKDOCS_2_WARNING", "1")
+    return env
+
+
+def _runnable_commands() -> list[tuple[str, str]]:
+    """(where, command line) of every line in a block marked runnable."""
+    found = []
+    for page in _user_pages():
+        for block in RUNNABLE.findall(page.read_text(encoding="utf-8")):
+            for line in block.splitlines():
+                if line.strip() and not line.lstrip().startswith("#"):
+                    found.append((str(page.relative_to(REPO)), line.strip()))
+    return found
+
+
+def test_readme_is_short():
+    lines = README.read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 250, f"README.md has {len(lines)} lines; keep it to 250 and move detail into docs/"
+
+
+def test_readme_starts_with_the_quick_start():
+    text = README.read_text(encoding="utf-8")
+    headings = re.findall(r"^## (.+)$", text, re.MULTILINE)
+    assert headings[0] == "Quick start"
+    quick = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    assert ".venv/bin/cnnkit train --data-dir ../shared/data" in quick
+    assert ".venv/bin/python -m pytest -q" in quick
+
+
+def test_no_history_words_in_readme_or_docs():
+    found = _history_lines(_user_pages())
+    assert not found, "history belongs in docs/experiments/ (dated), not here:\n" + "\n".join(found)
+
+
+def test_no_history_words_in_source():
+    found = _history_lines(sorted(SRC.rglob("*.py")))
+    assert not found, "comments and docstrings say what and why, not how a number was found:\n" + "\n".join(found)
+
+
+def test_local_links_resolve():
+    """Every relative link of README.md and the pages points to a file that exists."""
+    broken = []
+    for page in _user_pages():
+        for target in LINK.findall(page.read_text(encoding="utf-8")):
+            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+                continue
+            path = (page.parent / target.split("#", 1)[0]).resolve()
+            if not path.exists():
+                broken.append(f"{page.relative_to(REPO)} -> {target}")
+    assert not broken, "links to missing files:\n" + "\n".join(broken)
+
+
+def test_images_the_pages_show_exist():
+    for name in ["serve_analyse.png", "training_curves.png", "gradcam_mnist_canvas.png",
+                 "gradcam_bee_finetuned.png", "segmentation_digits.png"]:
+        assert (DOCS / "images" / name).stat().st_size > 1000, name
+
+
+def test_committed_cli_reference_is_current():
+    sys.path.insert(0, str(DOCS))
+    try:
+        import hooks
+    finally:
+        sys.path.remove(str(DOCS))
+    page = hooks.cli_reference()
+    assert "## `cnnkit`" in page and "`cnnkit summary`" in page and "--batch" in page
+    assert (DOCS / "reference" / "cli.md").read_text(encoding="utf-8") == page, \
+        "docs/reference/cli.md is stale: run `python docs/hooks.py --write`"
+
+
+def test_config_reference_renders_each_field_once():
+    sys.path.insert(0, str(DOCS))
+    try:
+        import hooks
+    finally:
+        sys.path.remove(str(DOCS))
+
+    @dataclasses.dataclass
+    class Base:
+        """Fields every task shares."""
+        epochs: int = dataclasses.field(default=4, metadata={"help": "passes over the training set"})
+        lr: float = dataclasses.field(default=0.1, metadata={"help": "peak learning rate"})
+
+    @dataclasses.dataclass
+    class Child(Base):
+        """A task's own fields."""
+        crop: int = dataclasses.field(default=24, metadata={"help": "training window | side in px"})
+        tags: list = dataclasses.field(default_factory=list)
+
+    page = hooks.config_reference([Base, Child])
+    rows = [line for line in page.splitlines() if line.startswith("| `")]
+    assert rows == [
+        "| `epochs` | `int` | `4` | passes over the training set |",
+        "| `lr` | `float` | `0.1` | peak learning rate |",
+        "| `crop` | `int` | `24` | training window \\| side in px |",
+        "| `tags` | `list` | `[]` |  |",
+    ]
+    with pytest.raises(TypeError):
+        hooks.config_reference([int])
+
+
+@pytest.mark.skipif(not all(importlib.util.find_spec(m) for m in ("mkdocs", "material", "mkdocstrings")),
+                    reason="mkdocs, mkdocs-material and mkdocstrings[python] are not installed")
+def test_site_builds_strict(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict",
+                           "-f", str(REPO / "mkdocs.yml"), "-d", str(tmp_path / "site")],
+                          check=False, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "site" / "reference" / "cli" / "index.html").is_file()
+    api = (tmp_path / "site" / "reference" / "api" / "index.html").read_text(encoding="utf-8")
+    for name in ("create_model", "list_models", "summary", "load", "to_fcn"):
+        assert re.search(rf'id="cnnkit(\.\w+)*\.{name}"', api), f"no section for {name} in the API reference"
+
+
+def test_some_commands_are_marked_runnable():
+    commands = [c for _, c in _runnable_commands()]
+    assert "cnnkit summary resnet50 --batch 32" in commands
+    assert "cnnkit --help" in commands
+
+
+# runs every command in one interpreter, so that PyTorch is imported once
+_DRIVER = """
+import contextlib, io, json, sys
+from cnnkit.cli import main
+results = []
+for args in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        try:
+            code = main(args)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    results.append({"code": code, "stderr": err.getvalue()[-2000:]})
+with open(sys.argv[2], "w") as f:
+    json.dump(results, f)
+"""
+
+
+def test_runnable_commands_succeed(tmp_path):
+    """Every ``cnnkit`` line of a block marked runnable exits 0 with this checkout's cnnkit."""
+    import json
+
+    where: dict[str, str] = {}
+    for page, command in _runnable_commands():
+        where.setdefault(command, page)
+    argvs = []
+    for command, page in where.items():
+        args = shlex.split(command, comments=True)
+        assert args[0] == "cnnkit", f"{page}: only cnnkit commands may be marked runnable: {command}"
+        argvs.append(args[1:])
+    report = tmp_path / "results.json"
+    done = subprocess.run([sys.executable, "-c", _DRIVER, json.dumps(argvs), str(report)], cwd=REPO,
+                          check=False, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    failed = [f"{page}: `{command}` exited {r['code']}\n{r['stderr']}"
+              for (command, page), r in zip(where.items(), json.loads(report.read_text())) if r["code"] != 0]
+    assert not failed, "\n".join(failed)
