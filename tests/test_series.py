@@ -263,7 +263,7 @@ def _resnet_params(c_in, classes):
 
 def _inception_params(c_in, classes):
     total, c = 0, c_in
-    for block in range(2):
+    for _block in range(2):
         block_in = c
         for _ in range(3):
             z = 32 if c > 1 else c                                     # no bottleneck for one channel
