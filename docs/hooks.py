@@ -31,7 +31,14 @@ PUBLIC_API = ["create_model", "list_models", "summary", "load", "to_fcn", "Cnnki
 # as "module:Class" (e.g. "cnnkit.engine.config:RunConfig", "cnnkit.tasks.classify.config:ClassifyConfig").
 # While this list is empty no configuration page is generated; add "reference/config.md" to the nav of
 # mkdocs.yml when it is filled.
-CONFIG_CLASSES: list[str] = []
+CONFIG_CLASSES: list[str] = [
+    "cnnkit.engine.config:RunConfig",
+    "cnnkit.tasks.classify.config:TrainConfig",
+    "cnnkit.tasks.classify.finetune:FinetuneConfig",
+    "cnnkit.tasks.detect.config:DetectConfig",
+    "cnnkit.tasks.segment.config:SegmentConfig",
+    "cnnkit.tasks.instance.config:InstanceConfig",
+]
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> list[tuple[str, str, argparse.ArgumentParser]]:
@@ -134,28 +141,40 @@ def config_reference(classes: list[type]) -> str:
            ("Generated from the configuration dataclasses when the site is built (`docs/hooks.py`). "
             "A field is set on the command line by its flag (`--batch-size` for `batch_size`) and in "
             "`--config FILE.yaml` by its name.\n")]
-    shown: set[str] = set()
+    def default_of(field) -> str:
+        if field.default is not dataclasses.MISSING:
+            return repr(field.default)
+        if field.default_factory is not dataclasses.MISSING:
+            return repr(field.default_factory())
+        return "required"
+
+    def help_of(klass, name: str) -> str:
+        for k in klass.__mro__:            # a field declared again for another default keeps its help
+            own = {f.name: f for f in dataclasses.fields(k)} if dataclasses.is_dataclass(k) else {}
+            if name in own and own[name].metadata.get("help"):
+                return own[name].metadata["help"]
+        return ""
+
     for cls in classes:
         if not dataclasses.is_dataclass(cls):
             raise TypeError(f"config_reference takes dataclasses; received {cls!r}")
+        parent = next((b for b in cls.__mro__[1:] if dataclasses.is_dataclass(b)), None)
+        inherited = {f.name: f for f in dataclasses.fields(parent)} if parent else {}
         out.append(f"## `{cls.__name__}`\n")
         doc = (cls.__doc__ or "").strip().splitlines()
         if doc and not doc[0].startswith(cls.__name__ + "("):  # a dataclass without a docstring gets its signature
             out.append(_rst_to_markdown(doc[0]) + "\n")
+        if parent is not None:
+            out.append(f"Every field of `{parent.__name__}`, with these added or given another default:\n")
         out.append("| field | type | default | meaning |\n| --- | --- | --- | --- |")
         for field in dataclasses.fields(cls):
-            if field.name.startswith("_") or field.name in shown:  # private, or inherited and shown above
+            same = field.name in inherited and default_of(inherited[field.name]) == default_of(field) \
+                and help_of(cls, field.name) == help_of(parent, field.name)
+            if field.name.startswith("_") or field.name in getattr(cls, "unsupported", ()) or same:
                 continue
-            shown.add(field.name)
-            if field.default is not dataclasses.MISSING:
-                default = repr(field.default)
-            elif field.default_factory is not dataclasses.MISSING:
-                default = repr(field.default_factory())
-            else:
-                default = "required"
             kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
-            out.append(f"| `{field.name}` | `{_cell(str(kind))}` | `{_cell(default)}` | "
-                       f"{_cell(_rst_to_markdown(field.metadata.get('help', '')))} |")
+            out.append(f"| `{field.name}` | `{_cell(str(kind))}` | `{_cell(default_of(field))}` | "
+                       f"{_cell(_rst_to_markdown(help_of(cls, field.name)))} |")
         out.append("")
     return "\n".join(out) + "\n"
 
