@@ -84,6 +84,26 @@ class RunConfig:
 
     # shared fields a task does not use: no flag, and a config file that sets one is refused
     unsupported: ClassVar[tuple[str, ...]] = ()
+    # names that runs of earlier versions stored -> today's names (their runs still load and evaluate)
+    renamed: ClassVar[dict[str, str]] = {"backbone": "model", "dataset": "data"}
+
+    @classmethod
+    def from_dict(cls, values: dict, strict: bool = True):
+        """The config a run stored (or a dict of settings): old names renamed, lists made tuples.
+
+        Args:
+            values: field name -> value.
+            strict: refuse names that are no field; False drops them (a run of another version).
+
+        Raises:
+            CnnkitError: an unknown setting (when ``strict``) or a value of the wrong type.
+        """
+        given = {cls.renamed.get(k, k): v for k, v in values.items()}
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(given) - set(known))
+        if unknown and strict:
+            raise CnnkitError(f"unknown setting {unknown[0]!r}; known: {', '.join(known)}")
+        return cls(**{k: _coerce(cls, k, v, "the settings") for k, v in given.items() if k in known})
 
     def to_dict(self) -> dict:
         """The config as plain JSON/YAML values (nested configs as dicts, tuples as lists)."""

@@ -7,7 +7,6 @@ target is not met yet, see the README). Any field can be overridden on top of a 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from cnnkit.data.augment import AugmentConfig
@@ -45,17 +44,12 @@ class TrainConfig(RunConfig):
     ensemble: int = option(1, help="members to train, with seeds seed .. seed+K-1; the saved model averages them")
 
     @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        d = dict(d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise CnnkitError(f"unknown training settings {sorted(unknown)}; known: {sorted(known)}")
-        if isinstance(d.get("augment"), dict):
-            d["augment"] = AugmentConfig(**d["augment"])
-        if d.get("image_size") is not None:
-            d["image_size"] = tuple(d["image_size"])
-        return cls(**d)
+    def from_dict(cls, values: dict, strict: bool = True) -> TrainConfig:
+        """As :meth:`RunConfig.from_dict`, with the nested augmentation settings."""
+        values = dict(values)
+        if isinstance(values.get("augment"), dict):
+            values["augment"] = AugmentConfig(**values["augment"])
+        return super().from_dict(values, strict)
 
 
 PRESETS: dict[str, dict] = {

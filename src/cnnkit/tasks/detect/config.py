@@ -93,6 +93,6 @@ def replace_subset(cfg: DetectConfig) -> DetectConfig:
 
 
 def config_from_dict(d: dict) -> DetectConfig:
-    return DetectConfig(**{**d, "scenes": tuple(d["scenes"]), "strides": tuple(d.get("strides", ())),
-                           "train_digits": tuple(d.get("train_digits") or (1, 4)),
-                           "separate_towers": d.get("separate_towers", False)})   # runs from before the option
+    """The settings a detection run stored (runs of earlier versions included)."""
+    return DetectConfig.from_dict({**d, "train_digits": d.get("train_digits") or (1, 4),
+                                   "separate_towers": d.get("separate_towers", False)}, strict=False)

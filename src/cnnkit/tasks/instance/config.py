@@ -40,6 +40,5 @@ class InstanceConfig(DetectConfig):
 def config_from_dict(d: dict) -> InstanceConfig:
     d = dict(d)
     validate = d.pop("validate", False)      # runs from before val_every: validate (bool) = every epoch
-    return InstanceConfig(**{**d, "scenes": tuple(d["scenes"]),
-                             "separate_towers": d.get("separate_towers", False),   # runs from before the option
-                             "val_every": d.get("val_every", 1 if validate else 0)})
+    return InstanceConfig.from_dict({**d, "separate_towers": d.get("separate_towers", False),
+                                     "val_every": d.get("val_every", 1 if validate else 0)}, strict=False)

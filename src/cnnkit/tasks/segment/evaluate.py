@@ -38,7 +38,7 @@ def evaluate_run(path, split: str = "test", data_dir: str | None = None, tta: st
         model.tta = tta
     if test_scale is not None:
         model.test_scale = float(test_scale)
-    cfg = SegmentConfig(**model.info["config"])
+    cfg = SegmentConfig.from_dict(model.info["config"], strict=False)
     if data_dir is not None:
         cfg.data_dir = data_dir
     train_set, val_set, test_set, _ = load_splits(cfg)
