@@ -132,7 +132,7 @@ class Runs:
         task = task_of(info)
         if task not in PREDICT_TASKS:
             raise Refused(f"run {name!r} is a {task} run; the Predict page handles classification runs: "
-                          f"use `cnnkit {task} predict {name} IMAGE`", 400)
+                          f"use `cnnkit {task} predict {folder} IMAGE`", 400)
         members = info.get("ensemble") or [info]
         for m in members:
             if ".py:" in str(m.get("model", "")):
