@@ -352,7 +352,8 @@ def test_run_figures_only_by_name(api, file):
     assert status == 404
 
 
-def test_plot_a_run_then_serve_its_figure(api, runs_root):
+def test_plot_a_run_then_serve_its_figure(api, runs_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNKIT_DATA", str(tmp_path))  # no MNIST where the run looks for it
     status, res = api.json("/api/runs/plot", {"run": "group/mnist_b"})
     assert status == 200 and res["figures"][0] == "curves.png"
     assert (runs_root / "group" / "mnist_b" / "curves.png").is_file()

@@ -9,9 +9,11 @@ that callers and tests can inspect it (``len(fig.axes)``, titles, ...).
 
 from __future__ import annotations
 
+import glob
 import math
 import os
 import tempfile
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -30,12 +32,18 @@ DPI = 100
 
 
 def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
-    """Write ``fig`` as a PNG at ``path`` atomically: a temp file beside it, then ``os.replace``."""
+    """Write ``fig`` as a PNG at ``path`` atomically: a temp file beside it, then ``os.replace``.
+
+    The temp file is ``.<name>.<pid>.<random>.tmp``: removed on any exception, and one left by a
+    killed process (its pid no longer alive, or older than :data:`STALE_SECONDS`) is removed by the
+    next write of the same figure.
+    """
     path = Path(path)
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)  # attach the Agg canvas (Figure() alone has no renderer)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             fig.savefig(f, format="png", dpi=DPI)
@@ -46,6 +54,35 @@ def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+STALE_SECONDS = 3600  # a temp file this old is left over whatever its pid says (pids are reused)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:  # 0 and negatives would name process groups
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, as another user's
+        return True
+    return True
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Remove ``.<name>.<pid>[.<random>].tmp`` beside ``path`` left by a process that is gone."""
+    prefix = f".{path.name}."
+    now = time.time()
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(prefix):-len(".tmp")].split(".")[0]
+        try:
+            stale = not (pid.isdigit() and _pid_alive(int(pid))) or now - tmp.stat().st_mtime > STALE_SECONDS
+            if stale:
+                tmp.unlink()
+        except OSError:  # gone already (another writer cleaned it), or not ours to remove
+            pass
 
 
 def _finish(fig: Figure, path) -> Figure:

@@ -27,6 +27,7 @@ _DTYPES = {
 }
 _GZIP_MAGIC = b"\x1f\x8b"
 MAX_BYTES = 8 << 30          # the largest IDX set (EMNIST by_class) is ~0.7 GB
+_CHUNK = 16 << 20            # gzip is inflated this much at a time: memory grows with the data only
 
 
 def read_idx(path: str | os.PathLike, md5: str | None = None) -> torch.Tensor:
@@ -57,11 +58,10 @@ def read_idx(path: str | os.PathLike, md5: str | None = None) -> torch.Tensor:
     if raw[:2] == _GZIP_MAGIC:
         limit = min(memory_available() // 2, MAX_BYTES)   # a gzip bomb stops here, not in the allocator
         try:
-            with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
-                raw = f.read(limit + 1)
+            raw = _gunzip(raw, limit)
         except (EOFError, OSError, zlib.error) as exc:
             _corrupt(path, f"gzip stream is broken ({exc})", md5)
-        if len(raw) > limit:
+        if raw is None:
             _corrupt(path, f"it decompresses to more than {limit:,} bytes", md5)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES or not 1 <= raw[3] <= 4:
         _corrupt(path, f"bad IDX magic number {raw[:4].hex() or '(empty)'}", md5)
@@ -76,6 +76,21 @@ def read_idx(path: str | os.PathLike, md5: str | None = None) -> torch.Tensor:
         _corrupt(path, f"{what}: {len(raw)} bytes after decompression, dims {dims} need {expected}", md5)
     array = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
     return torch.from_numpy(array.astype(dtype.newbyteorder("="), copy=True))
+
+
+def _gunzip(data: bytes, limit: int) -> bytearray | None:
+    """The inflated bytes of a gzip stream, or None past ``limit`` bytes.
+
+    Inflated chunk by chunk: ``GzipFile.read(n)`` allocates ``n`` bytes up front, so reading with the
+    bound as ``n`` would reserve gigabytes of address space for a 47 MB file (and fail under ``ulimit -v``).
+    """
+    out = bytearray()
+    with gzip.GzipFile(fileobj=io.BytesIO(data)) as f:
+        while chunk := f.read(_CHUNK):
+            out += chunk
+            if len(out) > limit:
+                return None
+    return out
 
 
 def _corrupt(path: Path, problem: str, md5: str | None, got: str | None = None) -> None:

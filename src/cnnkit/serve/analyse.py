@@ -28,11 +28,20 @@ def _spec_from_text(text: str, limits: Limits) -> dict:
 
     if len(text.encode()) > limits.spec_bytes:
         raise Refused(f"the spec is {len(text.encode()):,} bytes; at most {limits.spec_bytes:,} are accepted")
-    try:
+    try:  # the event stream first (the parser does not recurse; the composer of safe_load does)
+        depth = 0
         for event in yaml.parse(text, Loader=yaml.SafeLoader):
             if isinstance(event, yaml.AliasEvent):
                 raise Refused("YAML aliases (*name) are not accepted in a spec; write each layer out")
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > limits.nesting:
+                    raise Refused(f"the spec is nested more than {limits.nesting} levels deep; flatten it")
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
         spec = yaml.safe_load(text)
+    except RecursionError:  # not expected after the depth check; a 400 all the same
+        raise Refused(f"the spec is nested too deeply to read; at most {limits.nesting} levels") from None
     except yaml.YAMLError as exc:
         first = " ".join(line.strip() for line in str(exc).strip().splitlines()[:3])
         raise Refused(f"the spec is not valid YAML: {first}") from None
@@ -73,6 +82,7 @@ def resolve(target, limits: Limits):
         spec = target
     else:
         raise Refused(f"target must be a zoo name or a YAML spec; received: {type(target).__name__}")
+    limits.check_nesting(spec, "the spec")
     layers = spec.get("layers")
     if isinstance(layers, list) and len(layers) > limits.spec_layers:
         raise Refused(f"the spec has {len(layers)} layers; at most {limits.spec_layers} are accepted")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from cnnkit.errors import CnnkitError
@@ -34,11 +35,38 @@ class Limits:
     macs_per_sample: int = 40_000_000_000  # forward MACs of one sample (ResNet-50: 4.1 G, VGG-16: 15.5 G)
     analysis_seconds: float = 120.0        # an analysis still running then is answered with 503
     busy_seconds: float = 30.0             # how long a request waits for the one analysis slot
+    connection_seconds: float = 30.0       # a connection silent this long (half a request, a body that
+                                           # stops, an answer not read) is dropped
+    nesting: int = 64                      # deepest nesting of lists/mappings in a JSON body or YAML spec
 
-    def check_body(self, length: int | None, multipart: bool) -> None:
-        if length is None:
+    def check_body(self, lengths: list[str] | None, multipart: bool) -> int:
+        """The body's length from its ``Content-Length`` header(s), refused unless it is one plain
+        non-negative integer within the cap (checked before a byte of the body is read).
+
+        Raises:
+            Refused: 411 without the header, 400 for a malformed or repeated one, 413 over the cap.
+        """
+        if not lengths:
             raise Refused("the request needs a Content-Length header", 411)
+        if len(set(lengths)) > 1:
+            raise Refused(f"the request has {len(lengths)} different Content-Length headers; send one")
+        raw = lengths[0].strip()
+        if not re.fullmatch(r"[0-9]{1,20}", raw):
+            raise Refused(f"bad Content-Length {lengths[0][:40]!r}: it must be the body's size in bytes, "
+                          "a non-negative integer")
+        length = int(raw)
         cap = self.body_bytes if multipart else self.json_bytes
         if length > cap:
             raise Refused(f"the request body is {length:,} bytes; the workbench accepts at most {cap:,}"
                           + (" (upload a smaller image)" if multipart else ""), 413)
+        return length
+
+    def check_nesting(self, obj, what: str) -> None:
+        """Refuse lists/dicts nested deeper than ``nesting`` (walked without recursion)."""
+        stack = [(obj, 1)]
+        while stack:
+            item, depth = stack.pop()
+            if isinstance(item, (list, dict)):
+                if depth > self.nesting:
+                    raise Refused(f"{what} is nested more than {self.nesting} levels deep; flatten it")
+                stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import threading
 from collections import OrderedDict
 from email.parser import BytesParser
@@ -24,14 +25,23 @@ from cnnkit.serve.limits import Limits, Refused
 
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
 METHODS = ("gradcam", "saliency", "featuremaps", "filters", "patterns")
+MAX_NESTED = 8  # multipart parts within the body (a form's upload has none)
+_NESTED = re.compile(rb"^content-type:[ \t]*multipart/", re.IGNORECASE | re.MULTILINE)
 
 
 def parse_multipart(content_type: str, body: bytes) -> dict[str, bytes | str]:
     """A multipart/form-data body -> {field: str, or bytes for a file}, with the stdlib's MIME parser."""
     if not content_type.startswith("multipart/form-data") or "boundary=" not in content_type:
         raise Refused("send the image as multipart/form-data with fields 'file' and 'model'", 415)
-    msg = BytesParser(policy=HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode("latin-1") + b"\r\nMIME-Version: 1.0\r\n\r\n" + body)
+    # a part that is itself a multipart: the stdlib parser recurses (and slows) with each level, and a
+    # browser's form never sends one; counted before parsing, a RecursionError caught after
+    if len(_NESTED.findall(body)) > MAX_NESTED:
+        raise Refused("the multipart body nests multiparts too deeply; send fields 'file' and 'model'")
+    try:
+        msg = BytesParser(policy=HTTP).parsebytes(
+            b"Content-Type: " + content_type.encode("latin-1") + b"\r\nMIME-Version: 1.0\r\n\r\n" + body)
+    except RecursionError:
+        raise Refused("the multipart body nests multiparts too deeply; send fields 'file' and 'model'") from None
     if not msg.is_multipart():
         raise Refused("the multipart body could not be parsed; send fields 'file' and 'model'")
     fields: dict[str, bytes | str] = {}

@@ -3,6 +3,8 @@
 A run is a folder (at most three levels below the root, never through a link that leaves it) that
 holds ``metrics.csv`` or ``model.safetensors``. Its name is its path relative to the root, with
 ``/``; a request naming anything else -- a path, ``..``, a run that is not listed -- gets a 404.
+Each run is listed with its task (the ``task`` of its metadata; ``classify`` when it names none):
+the Predict page takes classification runs only, and refuses the others by name.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from cnnkit.serve.limits import Refused
 
 MAX_DEPTH = 3
 MAX_RUNS = 500
+PREDICT_TASKS = ("classify",)  # the tasks whose runs /api/predict and /api/explain accept
 # the figures a run folder may hold (curves by `cnnkit train`, the others by `cnnkit plot`)
 FIGURE = re.compile(r"^(curves|confusion_[A-Za-z0-9_]+|errors_[A-Za-z0-9_]+)\.png$")
 
@@ -65,7 +68,7 @@ class Runs:
         out = []
         for name, folder in self._scan().items():
             item = {"name": name, "has_model": (folder / "model.safetensors").is_file(), "epochs": 0,
-                    "last": None, "model": None, "dataset": None,
+                    "last": None, "model": None, "dataset": None, "task": None,
                     "figures": sorted(p.name for p in folder.glob("*.png") if FIGURE.match(p.name))}
             try:
                 rows = read_metrics(folder)
@@ -75,17 +78,21 @@ class Runs:
             if item["has_model"]:
                 try:
                     info = self.info(folder)
-                    item["model"] = info.get("model") if not info.get("ensemble") else \
-                        f"ensemble of {len(info['ensemble'])}"
+                    item["task"] = task_of(info)
+                    if info.get("ensemble"):
+                        item["model"] = f"ensemble of {len(info['ensemble'])}"
+                    else:  # a classifier names its network; a detector, its backbone
+                        item["model"] = info.get("model") or info.get("backbone")
                     item["dataset"] = (info.get("dataset") or {}).get("name")
                     item["classes"] = info.get("classes")
-                except (CnnkitError, OSError, ValueError):
+                except (CnnkitError, OSError, ValueError, AttributeError, TypeError):
                     item["has_model"] = False
             out.append(item)
         return out
 
     @staticmethod
     def info(folder: Path) -> dict:
+        """A run's metadata (from its model.safetensors header; no tensor is read)."""
         from cnnkit.engine.runfolder import read_info
 
         try:
@@ -122,9 +129,21 @@ class Runs:
         if not (folder / "model.safetensors").is_file():
             raise Refused(f"run {name!r} has no model.safetensors yet (it is still in its first epoch?)", 404)
         info = self.info(folder)
+        task = task_of(info)
+        if task not in PREDICT_TASKS:
+            raise Refused(f"run {name!r} is a {task} run; the Predict page handles classification runs: "
+                          f"use `cnnkit {task} predict {folder} IMAGE`", 400)
         members = info.get("ensemble") or [info]
         for m in members:
             if ".py:" in str(m.get("model", "")):
                 raise Refused(f"run {name!r} builds its network with Python code ({m['model']}); the "
                               "workbench runs no code: use `cnnkit explain` on the command line", 400)
         return folder
+
+
+def task_of(info: dict) -> str:
+    """The task a run's metadata names (``classify`` when it names none, as classifier runs do)."""
+    task = info.get("task", "classify")
+    if not isinstance(task, str) or not task.isidentifier():
+        raise Refused(f"the run's metadata names an unknown task {str(task)[:40]!r}; the file was edited?")
+    return task

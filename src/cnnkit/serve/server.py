@@ -5,7 +5,9 @@ Content-Security-Policy that allows nothing from outside (``default-src 'self'``
 ``{"error": message}`` with a 4xx (or 503 when busy/too slow); an unexpected exception is logged on
 the server's stderr and answered with a 500 that names only its type -- never a traceback.
 Requests whose Host is not the server's own name are refused (no DNS rebinding), and so are POSTs
-from a page of another origin.
+from a page of another origin. A body is read only after its ``Content-Length`` passed the caps, a
+connection silent for :attr:`Limits.connection_seconds` is dropped, and a client that hangs up is one
+log line.
 """
 
 from __future__ import annotations
@@ -89,6 +91,14 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format, *args):  # one short line per request, on stderr
         sys.stderr.write(f"{self.address_string()} {format % args}\n")
 
+    def handle_one_request(self) -> None:
+        """The stdlib's, with a client that hangs up (at any moment) logged as one line."""
+        try:
+            super().handle_one_request()
+        except ConnectionError as exc:  # BrokenPipeError, ConnectionResetError, ConnectionAbortedError
+            self.close_connection = True
+            self.log_message("client hung up (%s)", type(exc).__name__)
+
     # ------------------------------------------------------------------ answering
     def _send(self, status: int, body: bytes, ctype: str) -> None:
         self.send_response(status)
@@ -114,10 +124,10 @@ class Handler(BaseHTTPRequestHandler):
             fn()
         except Refused as exc:
             self._error(exc.status, str(exc))
+        except (ConnectionError, TimeoutError):
+            raise  # the client is gone or silent: nothing to answer (handle_one_request logs it)
         except CnnkitError as exc:
             self._error(400, str(exc))
-        except (BrokenPipeError, ConnectionResetError):
-            pass
         except Exception as exc:  # noqa: BLE001 -- a bug: logged here, never sent to the page
             traceback.print_exc(file=sys.stderr)
             self._error(500, f"internal error ({type(exc).__name__}); the server's log has the details")
@@ -161,13 +171,19 @@ class Handler(BaseHTTPRequestHandler):
         self._json(200, route(query))
 
     def _read_body(self, multipart: bool) -> bytes:
-        length = self.headers.get("Content-Length")
+        """The body, after its Content-Length passed the caps; never more bytes than that, never a wait
+        longer than the connection timeout."""
+        if self.headers.get("Transfer-Encoding"):
+            raise Refused("a Transfer-Encoding (chunked) body is not accepted; send a Content-Length", 411)
+        n = self.app.limits.check_body(self.headers.get_all("Content-Length"), multipart)
         try:
-            n = int(length) if length is not None else None
-        except ValueError:
-            raise Refused(f"bad Content-Length {length!r}") from None
-        self.app.limits.check_body(n, multipart)
-        return self.rfile.read(n)
+            body = self.rfile.read(n)
+        except TimeoutError:
+            raise Refused(f"the request body did not arrive within {self.timeout:g} s", 408) from None
+        if len(body) < n:
+            raise Refused(f"the request body ended after {len(body):,} of the {n:,} bytes its "
+                          "Content-Length announced")
+        return body
 
     def _post(self) -> None:
         path = urlsplit(self.path).path
@@ -184,8 +200,11 @@ class Handler(BaseHTTPRequestHandler):
             body = json.loads(raw or b"{}")
         except (ValueError, UnicodeDecodeError) as exc:
             raise Refused(f"the body is not valid JSON ({exc})") from None
+        except RecursionError:
+            raise Refused(f"the JSON body is nested more than {app.limits.nesting} levels deep; flatten it") from None
         if not isinstance(body, dict):
             raise Refused("the body must be a JSON object")
+        app.limits.check_nesting(body, "the JSON body")
         self._json(200, route(body))
 
 
@@ -214,7 +233,8 @@ def host_warning(host: str) -> str | None:
 def make_server(runs=None, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None):
     """A ready (not yet serving) server; ``port=0`` picks a free port (``server.server_address``)."""
     app = Workbench(runs, limits)
-    handler = type("WorkbenchHandler", (Handler,), {"app": app})
+    # `timeout` is the socket timeout of each connection (StreamRequestHandler.setup applies it)
+    handler = type("WorkbenchHandler", (Handler,), {"app": app, "timeout": app.limits.connection_seconds})
     try:
         server = _Server((host, port), handler)
     except OSError as exc:

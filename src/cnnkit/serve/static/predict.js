@@ -89,7 +89,7 @@ document.addEventListener("DOMContentLoaded", async () => {
   });
   try {
     const [runs, zoo] = await Promise.all([ck.api("/api/runs"), ck.api("/api/zoo")]);
-    const withModel = runs.runs.filter((r) => r.has_model);
+    const withModel = runs.runs.filter((r) => r.has_model && r.task === "classify");  // other tasks: `cnnkit TASK predict`
     const groups = [];
     if (withModel.length) groups.push(ck.el("optgroup", { label: "runs" }, ...withModel.map((r) => ck.el("option", { value: r.name, text: r.name }))));
     groups.push(ck.el("optgroup", { label: "zoo (random weights)" }, ...zoo.models.map((m) => ck.el("option", { value: m.name, text: m.name }))));

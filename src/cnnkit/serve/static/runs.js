@@ -22,7 +22,7 @@ function details() {
     const rows = state.rows[name] || [];
     const last = rows[rows.length - 1];
     const card = ck.el("div", { class: "card", "data-run": name }, ck.el("h2", { text: name }),
-      ck.el("p", { class: "muted", text: `${run.model || "no model yet"}${run.dataset ? " on " + run.dataset : ""} · ${rows.length} epoch(s)` }));
+      ck.el("p", { class: "muted", text: `${run.task && run.task !== "classify" ? run.task + " · " : ""}${run.model || "no model yet"}${run.dataset ? " on " + run.dataset : ""} · ${rows.length} epoch(s)` }));
     if (last) {
       const keys = Object.keys(last);
       card.append(ck.el("table", {}, ck.el("tr", {}, ...keys.map((k) => ck.el("th", { text: k }))),
@@ -32,7 +32,7 @@ function details() {
       ck.el("figure", {}, ck.el("img", { class: "result", alt: f, src: `/api/runs/figure?run=${encodeURIComponent(name)}&file=${encodeURIComponent(f)}&t=${rows.length}` }),
         ck.el("figcaption", { class: "muted", text: f }))));
     card.append(figs);
-    if (run.has_model && !run.figures.some((f) => f.startsWith("confusion_"))) {
+    if (run.has_model && run.task === "classify" && !run.figures.some((f) => f.startsWith("confusion_"))) {
       const b = ck.el("button", { type: "button", text: "Draw the confusion matrix (cnnkit plot)" });
       const note = ck.el("div", { class: "muted" });
       b.addEventListener("click", async () => {
