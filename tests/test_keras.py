@@ -27,7 +27,6 @@ from keras import layers  # noqa: E402
 from cnnkit.errors import CnnkitError  # noqa: E402
 from cnnkit.models.keras import build_from_keras_config, load_keras, read_keras_config  # noqa: E402
 
-
 # ----------------------------------------------------------------------------- the Keras fixtures
 
 def exercise9():
@@ -151,6 +150,9 @@ def _keras2(src, dst) -> None:
             cfg = layer["config"]
             if "batch_shape" in cfg:
                 cfg["batch_input_shape"] = cfg.pop("batch_shape")
+            if "inbound_nodes" in layer:    # Keras 2: [[[name, node, tensor, kwargs], ...], ...]
+                layer["inbound_nodes"] = [[[*t["config"]["keras_history"], {}] for t in _tensors(node["args"])]
+                                          for node in layer["inbound_nodes"]]
         f_out.attrs["model_config"] = json.dumps(config)
         out = f_out.create_group("model_weights")
         for lname, group in f_in["model_weights"].items():
@@ -162,6 +164,12 @@ def _keras2(src, dst) -> None:
                 g.create_dataset(new, data=group[n][()])
                 names.append(new.encode())
             g.attrs["weight_names"] = np.array(names, dtype="S") if names else np.array([], dtype="S1")
+
+
+def _tensors(x) -> list[dict]:
+    if isinstance(x, dict):
+        return [x] if x.get("class_name") == "__keras_tensor__" else []
+    return [t for v in x for t in _tensors(v)] if isinstance(x, list) else []
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +239,7 @@ def test_mnist_convnet_has_the_notes_parameter_count(saved):
 
 
 def test_logits_drop_the_final_softmax(saved):
-    model, paths = saved["exercise9"]
+    _, paths = saved["exercise9"]
     probs_net, size = load_keras(paths["keras"])
     logit_net, _ = load_keras(paths["keras"], logits=True)
     x = torch.rand(2, *size)
@@ -241,7 +249,7 @@ def test_logits_drop_the_final_softmax(saved):
 
 
 def test_rebuilt_from_config_has_the_same_structure(saved):
-    model, paths = saved["residual"]
+    _, paths = saved["residual"]
     config = read_keras_config(paths["keras"])
     fresh = build_from_keras_config(config)
     loaded, _ = load_keras(paths["keras"])
@@ -255,8 +263,8 @@ def test_rebuilt_from_config_has_the_same_structure(saved):
 def test_nested_model(tmp_path):
     """A Sequential holding a functional base (the notes' VGG16 fine-tune shape): both formats."""
     base_in = keras.Input((10, 10, 3))
-    base = keras.Model(base_in, layers.MaxPooling2D()(layers.Conv2D(4, 3, padding="same", name="block1_conv1")(base_in)),
-                       name="base")
+    conv = layers.Conv2D(4, 3, padding="same", name="block1_conv1")(base_in)
+    base = keras.Model(base_in, layers.MaxPooling2D()(conv), name="base")
     model = keras.Sequential([keras.Input((10, 10, 3)), base, layers.Flatten(), layers.Dense(2)])
     _randomise(model, 9)
     x = torch.rand(2, 3, 10, 10)

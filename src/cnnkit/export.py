@@ -121,7 +121,7 @@ def _export(flat: nn.Module, example: torch.Tensor, tmp: str, names: list[str], 
     ``exporter="auto"`` tries the dynamo exporter (``torch.export`` + onnxscript, PyTorch's default)
     and falls back to the TorchScript one; ``batched[i]`` says whether output i has the batch axis.
     """
-    common = dict(input_names=["input"], output_names=names, external_data=False)
+    common = {"input_names": ["input"], "output_names": names, "external_data": False}
     if opset is not None:
         common["opset_version"] = opset
     why = None
@@ -144,7 +144,8 @@ def _export(flat: nn.Module, example: torch.Tensor, tmp: str, names: list[str], 
             torch.onnx.export(flat, (example,), tmp, dynamo=False, dynamic_axes=axes, **common)
     except Exception as exc:  # noqa: BLE001 -- the model cannot be exported: say why, with both exporters' reasons
         before = f"dynamo exporter: {why}; " if why else ""
-        raise CnnkitError(f"the model cannot be exported to ONNX: {before}TorchScript exporter: {_short(exc)}") from None
+        raise CnnkitError(f"the model cannot be exported to ONNX: {before}TorchScript exporter: "
+                          f"{_short(exc)}") from None
     return "torchscript", why
 
 

@@ -60,7 +60,8 @@ def _class_names(spec: str | None, n: int) -> list[str]:
     names = Path(spec).read_text().split("\n") if Path(spec).is_file() else spec.split(",")
     names = [c.strip() for c in names if c.strip()]
     if len(names) != n:
-        raise CnnkitError(f"the model has {n} outputs but --classes gives {len(names)} names. Received: --classes {spec}")
+        raise CnnkitError(f"the model has {n} outputs but --classes gives {len(names)} names. "
+                          f"Received: --classes {spec}")
     return names
 
 

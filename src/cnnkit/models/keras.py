@@ -30,6 +30,7 @@ import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +41,7 @@ import torch.nn.functional as F
 from ..errors import CnnkitError
 from ..layers import get_activation
 from ..layers.conv_same import ConvTranspose2dSame, _DynamicPad, resolve_padding
-from ..layers.pool_same import (AvgPool1dSame, AvgPool2dSame, AvgPool3dSame, MaxPool1dSame, MaxPool2dSame,
-                                MaxPool3dSame)
+from ..layers.pool_same import AvgPool1dSame, AvgPool2dSame, AvgPool3dSame, MaxPool1dSame, MaxPool2dSame, MaxPool3dSame
 
 PROBE_SIDE = 224          # a spatial size the file leaves open (None) is taken as this
 MAX_CONFIG_BYTES = 64 << 20
@@ -353,11 +353,13 @@ def _batchnorm(cfg: dict, shape: tuple[int, ...]) -> _Layer:
                           "(axis=-1) are read")
     if cfg.get("renorm") or cfg.get("synchronized") or cfg.get("virtual_batch_size"):
         raise CnnkitError(f"BatchNormalization {cfg.get('name')!r} uses renorm/virtual batches; not read")
+    scale, center = bool(cfg.get("scale", True)), bool(cfg.get("center", True))
     bn = {1: nn.BatchNorm1d, 2: nn.BatchNorm1d, 3: nn.BatchNorm2d, 4: nn.BatchNorm3d}[len(shape)](
-        shape[0], eps=cfg.get("epsilon", 1e-3), momentum=1 - cfg.get("momentum", 0.99), affine=False)
-    # Keras may drop gamma (scale=False) or beta (center=False): only the ones it has are parameters
-    bn.weight = nn.Parameter(torch.ones(shape[0])) if cfg.get("scale", True) else None
-    bn.bias = nn.Parameter(torch.zeros(shape[0])) if cfg.get("center", True) else None
+        shape[0], eps=cfg.get("epsilon", 1e-3), momentum=round(1 - cfg.get("momentum", 0.99), 12),
+        affine=scale and center)
+    if not (scale and center):   # Keras dropped gamma (scale=False) or beta (center=False): only the others learn
+        bn.weight = nn.Parameter(torch.ones(shape[0])) if scale else None
+        bn.bias = nn.Parameter(torch.zeros(shape[0])) if center else None
     return _Layer(bn, shape, _load_batchnorm)
 
 
@@ -449,7 +451,7 @@ def _zero_padding(cfg: dict, shape) -> _Layer:
     return _Layer(m, _probe(m, shape))
 
 
-def _simple(kind: str, cfg: dict, shape) -> _Layer:
+def _simple(cfg: dict, shape, kind: str) -> _Layer:
     if kind == "Dropout":
         return _Layer(nn.Dropout(float(cfg.get("rate", 0.5))), shape)
     if kind == "Flatten":
@@ -467,23 +469,17 @@ def _simple(kind: str, cfg: dict, shape) -> _Layer:
 # Keras class name -> builder(config, input shape(s) channels first without the batch) -> _Layer.
 # The allow-list: nothing else is built, and nothing here runs code named by the file.
 LAYERS: dict[str, Callable[[dict, object], _Layer]] = {
-    **{f"Conv{n}D": (lambda n: lambda c, s: _conv(c, s, n, f"Conv{n}D"))(n) for n in (1, 2, 3)},
-    "Conv2DTranspose": lambda c, s: _conv(c, s, 2, "Conv2DTranspose"),
-    "SeparableConv2D": lambda c, s: _conv(c, s, 2, "SeparableConv2D"),
-    "DepthwiseConv2D": lambda c, s: _conv(c, s, 2, "DepthwiseConv2D"),
-    **{f"{p}Pooling{n}D": (lambda p, n: lambda c, s: _pool(c, s, n, f"{p}Pooling{n}D"))(p, n)
-       for p in ("Max", "Average") for n in (1, 2, 3)},
-    **{f"Global{p}Pooling{n}D": (lambda k: lambda c, s: _simple(k, c, s))(f"Global{p}Pooling{n}D")
+    **{f"Conv{n}D": partial(_conv, n=n, kind=f"Conv{n}D") for n in (1, 2, 3)},
+    **{k: partial(_conv, n=2, kind=k) for k in ("Conv2DTranspose", "SeparableConv2D", "DepthwiseConv2D")},
+    **{f"{p}Pooling{n}D": partial(_pool, n=n, kind=f"{p}Pooling{n}D") for p in ("Max", "Average") for n in (1, 2, 3)},
+    **{f"Global{p}Pooling{n}D": partial(_simple, kind=f"Global{p}Pooling{n}D")
        for p in ("Average", "Max") for n in (1, 2, 3)},
+    **{k: partial(_simple, kind=k) for k in ("Dropout", "Flatten", "Rescaling")},
+    **{k: partial(_merge, kind=k) for k in ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum",
+                                            "Concatenate")},
+    **{k: partial(_activation_layer, kind=k) for k in ("Activation", "ReLU", "LeakyReLU", "ELU", "Softmax")},
     "BatchNormalization": _batchnorm,
-    "Dropout": lambda c, s: _simple("Dropout", c, s),
-    "Flatten": lambda c, s: _simple("Flatten", c, s),
     "Dense": _dense,
-    **{k: (lambda k: lambda c, s: _merge(c, s, k))(k)
-       for k in ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate")},
-    **{k: (lambda k: lambda c, s: _activation_layer(c, s, k))(k)
-       for k in ("Activation", "ReLU", "LeakyReLU", "ELU", "Softmax")},
-    "Rescaling": lambda c, s: _simple("Rescaling", c, s),
     "Normalization": _normalization,
     "ZeroPadding2D": _zero_padding,
     "UpSampling2D": _upsampling,
@@ -721,7 +717,8 @@ def _build_layer(kind: str, cfg: dict, lname: str, layer: dict, shape, depth: in
     if kind not in LAYERS:
         raise _refuse(kind, lname)
     if (kind in _MERGING) != isinstance(shape, list):
-        raise CnnkitError(f"layer {lname!r} ({kind}) gets {'several inputs' if isinstance(shape, list) else 'one input'}"
+        got = "several inputs" if isinstance(shape, list) else "one input"
+        raise CnnkitError(f"layer {lname!r} ({kind}) gets {got}"
                           f"; {'a merge layer takes several' if kind in _MERGING else 'it takes one'}")
     try:
         return LAYERS[kind](cfg, shape)
@@ -992,7 +989,8 @@ def _open(path: Path, weights: bool):
             msg = " ".join(str(exc).split())[:120] or type(exc).__name__
             raise CnnkitError(f"{path} is a damaged HDF5 file ({msg}); save the model again") from None
         return config, ("h5", None)
-    raise CnnkitError(f"{path} is neither a .keras (zip) nor an HDF5 .h5 file; give a file saved by Keras' model.save()")
+    raise CnnkitError(f"{path} is neither a .keras (zip) nor an HDF5 .h5 file; give a file saved by Keras' "
+                      "model.save()")
 
 
 def build_from_keras_config(config: dict, logits: bool = False) -> nn.Module:
@@ -1077,5 +1075,6 @@ def load_keras(path: str | Path, logits: bool = False) -> tuple[nn.Module, tuple
         raise CnnkitError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
     except Exception as exc:  # noqa: BLE001 -- damaged HDF5 data: OSError, KeyError, ValueError from h5py
         msg = " ".join(str(exc).split())[:120] or type(exc).__name__
-        raise CnnkitError(f"{path}: its weights cannot be read ({msg}); the file is damaged: save the model again") from None
+        raise CnnkitError(f"{path}: its weights cannot be read ({msg}); the file is damaged: save the model "
+                          "again") from None
     return net.eval(), tuple(net.input_size)
