@@ -159,6 +159,26 @@ def test_keras_network_from_config_exports(tmp_path):
         assert _close(OnnxModel(tmp_path / "k.onnx")(batch), net(batch))
 
 
+def test_keras_network_head_interface():
+    torch.manual_seed(0)
+    net = build_from_keras_config(KERAS_CONFIG, logits=True)
+    x = torch.rand(2, 3, 13, 12)
+    with torch.no_grad():
+        features = net.forward_features(x)
+        assert features.shape == (2, 4, 7, 6)                                  # ceil(13 / 2), ceil(12 / 2)
+        assert torch.equal(net.forward_head(features), net(x))
+        assert net.forward_head(features, pre_logits=True).shape == (2, 4 * 7 * 6)
+    net.reset_classifier(3)
+    assert net(x).shape == (2, 3) and float(net.dense.bias.abs().sum()) == 0.0
+    dense = [layer for layer in net.keras_config["config"]["layers"] if layer["config"]["name"] == "dense"][0]
+    assert dense["config"]["units"] == 3 and dense["config"]["activation"] == "linear"
+    assert KERAS_CONFIG["config"]["layers"][-1]["config"]["units"] == 5          # the caller's dict is untouched
+    rebuilt = build_from_keras_config(net.keras_config)
+    rebuilt.load_state_dict(net.state_dict())                                  # the description follows the net
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), net(x))
+
+
 def _parser():
     from cnnkit.cli import convert, export
 

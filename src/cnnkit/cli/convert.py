@@ -81,7 +81,7 @@ def convert_keras(model: str | os.PathLike, out: str | os.PathLike, classes: str
     import torch
 
     from ..errors import CnnkitError
-    from ..models.keras import load_keras, read_keras_config
+    from ..models.keras import load_keras
     from ..train import checkpoint as ckpt
 
     net, size = load_keras(model, logits=True)
@@ -101,7 +101,7 @@ def convert_keras(model: str | os.PathLike, out: str | os.PathLike, classes: str
     info = {"format": ckpt.FORMAT, "model": f"keras:{Path(model).name}", "num_classes": n,
             "input_size": list(size), "classes": names, "mean": mean, "std": std, "tta": "",
             "dataset": {"name": ""}, "epoch": 0, "history": [], "interrupted": False,
-            "network": {"kind": "keras", "config": read_keras_config(model), "logits": True},
+            "network": {"kind": "keras", "config": net.keras_config, "logits": True},
             "source": {"keras_file": str(Path(model).resolve())}}
     path = Path(out) / ckpt.MODEL_FILE
     ckpt.save_model(path, clf, info)

@@ -23,6 +23,7 @@ torch.Size([1, 10])
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
@@ -236,15 +237,23 @@ class KerasNetwork(nn.Module):
     ``nodes`` are (output key, layer name, input keys) in an order where every input exists when a
     node runs; keys are ``"layer_name:node_index"``. Called with one tensor per Keras input
     (channels first); returns one tensor, or a tuple when the model has several outputs.
+
+    A chain (one input, each layer fed by the one before, as a Sequential) that ends in
+    ``Flatten``/global pooling and ``Dense`` layers also has timm's interface: ``forward_features``
+    (up to the last feature map), ``forward_head(x, pre_logits)`` and ``reset_classifier(n)``; the
+    top-level network keeps its Keras config in ``keras_config`` (what a checkpoint stores), updated
+    when the classifier is replaced.
     """
 
     def __init__(self, name: str, inputs: list[str], nodes: list[tuple[str, str, list[str]]],
-                 outputs: list[str], layers: dict[str, nn.Module]):
+                 outputs: list[str], layers: dict[str, nn.Module], keras_names: dict[str, str] | None = None):
         super().__init__()
         self.keras_name = name
         for layer_name, module in layers.items():
             self.add_module(layer_name, module)
         self.inputs, self.nodes, self.outputs = list(inputs), [tuple(n) for n in nodes], list(outputs)
+        self.keras_names = dict(keras_names or {n: n for n in layers})     # child name -> Keras layer name
+        self.keras_config: dict | None = None
         self._merging = {n for n, m in layers.items() if isinstance(m, Merge)}
 
     def forward(self, *xs: torch.Tensor):
@@ -259,6 +268,49 @@ class KerasNetwork(nn.Module):
                 values[key] = module(*[values[a] for a in args])
         out = [values[k] for k in self.outputs]
         return out[0] if len(out) == 1 else tuple(out)
+
+    def _head_start(self) -> int:
+        """Index of the node where the head begins (the last Flatten / global pooling of a chain)."""
+        chain = len(self.inputs) == 1 and len(self.outputs) == 1 and self.outputs[0] == self.nodes[-1][0] and all(
+            args == [prev[0] if prev else self.inputs[0]]
+            for prev, (_, _, args) in zip([None, *self.nodes[:-1]], self.nodes))
+        starts = [i for i, (_, layer, _) in enumerate(self.nodes)
+                  if isinstance(getattr(self, layer), (Flatten, GlobalPool))]
+        if not chain or not starts or not isinstance(getattr(self, self.nodes[-1][1]), Dense):
+            raise CnnkitError(f"the Keras model {self.keras_name!r} is not a chain of layers ending in Flatten or "
+                              "global pooling and Dense; its head cannot be told apart")
+        return starts[-1]
+
+    def _run(self, x: torch.Tensor, nodes) -> torch.Tensor:
+        for _, layer, _ in nodes:
+            x = getattr(self, layer)(x)
+        return x
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map, before the head's Flatten / global pooling."""
+        return self._run(x, self.nodes[: self._head_start()])
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """The head on a feature map; ``pre_logits``: the input of the last Dense."""
+        x = self._run(x, self.nodes[self._head_start(): -1])
+        return x if pre_logits else self._run(x, self.nodes[-1:])
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A fresh last Dense of ``num_classes`` logits (Keras' Glorot init, zero bias), no activation."""
+        self._head_start()
+        child = self.nodes[-1][1]
+        old = getattr(self, child)
+        new = Dense(old.in_features, num_classes, bias=old.bias is not None,
+                    device=old.weight.device, dtype=old.weight.dtype)
+        new.activation = nn.Identity()
+        nn.init.xavier_uniform_(new.weight)
+        if new.bias is not None:
+            nn.init.zeros_(new.bias)
+        setattr(self, child, new)
+        if self.keras_config is not None:     # the stored description follows: the same network rebuilds
+            for layer in self.keras_config["config"]["layers"]:
+                if (layer.get("name") or layer["config"].get("name")) == self.keras_names[child]:
+                    layer["config"].update(units=num_classes, activation="linear")
 
 
 # ----------------------------------------------------------------------------- the table of layers
@@ -753,7 +805,7 @@ def _build_sequential(name, cfg, layers, input_shapes, depth):
         input_shapes = [_channels_first(keras_shape, name)]
     shape = input_shapes[0]
     taken: set[str] = set()
-    modules, nodes, records = {}, [], []
+    modules, nodes, records, names = {}, [], [], {}
     prev = "input:0"
     for layer in layers:
         kind, lcfg, lname = _unwrap(layer)
@@ -761,11 +813,11 @@ def _build_sequential(name, cfg, layers, input_shapes, depth):
             continue
         rec = _build_layer(kind, lcfg, lname, layer, shape, depth)
         child = _safe_name(lname, taken)
-        modules[child] = rec.module
+        modules[child], names[child] = rec.module, lname
         nodes.append((f"{child}:0", child, [prev]))
         records.append((kind, lname, rec))
         prev, shape = f"{child}:0", rec.shape
-    return KerasNetwork(name, ["input:0"], nodes, [prev], modules), input_shapes, records
+    return KerasNetwork(name, ["input:0"], nodes, [prev], modules, names), input_shapes, records
 
 
 def _build_functional(name, cfg, layers, input_shapes, depth):
@@ -835,7 +887,7 @@ def _build_functional(name, cfg, layers, input_shapes, depth):
     for k in out_keys:
         if k not in shapes:
             raise CnnkitError(f"the model {name!r} outputs {k}, which no layer makes")
-    net = KerasNetwork(name, input_keys, nodes, out_keys, modules)
+    net = KerasNetwork(name, input_keys, nodes, out_keys, modules, {c: n for n, c in child_of.items() if c in modules})
     return net, [shapes[k] for k in input_keys], records
 
 
@@ -1015,6 +1067,7 @@ def _network(config: dict, logits: bool):
     if not isinstance(config, dict):
         raise CnnkitError("a Keras model config is a JSON object with 'class_name' and 'config'")
     net, input_shapes, records = _build_model(config, None)
+    net.keras_config = copy.deepcopy(config)
     if logits:
         _drop_final_activation(net)
     net.input_size = input_shapes[0] if len(input_shapes) == 1 else tuple(input_shapes)
