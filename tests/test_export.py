@@ -79,6 +79,34 @@ def test_dict_outputs_become_named_outputs(tmp_path, exporter):
     assert out["cls"].shape == (3, 2, 64) and out["box"].shape == (3, 4, 64) and out["grid"].shape == (3, 2)
 
 
+def test_dynamic_image_size(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    report = export_onnx(model, torch.rand(1, 3, 20, 20), tmp_path / "any.onnx", dynamic_size=True)
+    assert report.input_shapes == ((1, 3, 20, 20), (2, 3, 20, 20), (1, 3, 52, 52), (1, 3, 53, 53))
+    x = torch.rand(2, 3, 75, 50)
+    with torch.no_grad():
+        assert _close(OnnxModel(tmp_path / "any.onnx")(x), model(x))
+
+
+def test_dynamic_size_refused_when_the_export_fixed_the_padding(tmp_path):
+    """TF "same" padding computed from the input size in Python: the exporters bake the example's pads."""
+    model = create_model("efficientnet_lite0", num_classes=3).eval()
+    with pytest.raises(CnnkitError, match="differs from PyTorch|cannot run"):
+        export_onnx(model, torch.rand(1, 3, 64, 64), tmp_path / "same.onnx", dynamic_size=True,
+                    exporter="torchscript")
+    assert not (tmp_path / "same.onnx").exists() and _no_temporaries(tmp_path)
+
+
+def test_dynamic_size_refused_by_a_fixed_size_network(tmp_path):
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 6 * 6, 3)).eval()
+    with pytest.raises(CnnkitError, match="runs only at its example's size"):
+        export_onnx(model, torch.rand(1, 1, 8, 8), tmp_path / "fixed.onnx", dynamic_size=True,
+                    exporter="torchscript")
+    assert not (tmp_path / "fixed.onnx").exists() and _no_temporaries(tmp_path)
+
+
 def test_tuple_outputs(tmp_path):
     class Pair(nn.Module):
         def forward(self, x):
@@ -170,7 +198,7 @@ def test_keras_network_head_interface():
         assert net.forward_head(features, pre_logits=True).shape == (2, 4 * 7 * 6)
     net.reset_classifier(3)
     assert net(x).shape == (2, 3) and float(net.dense.bias.abs().sum()) == 0.0
-    dense = [layer for layer in net.keras_config["config"]["layers"] if layer["config"]["name"] == "dense"][0]
+    dense = next(layer for layer in net.keras_config["config"]["layers"] if layer["config"]["name"] == "dense")
     assert dense["config"]["units"] == 3 and dense["config"]["activation"] == "linear"
     assert KERAS_CONFIG["config"]["layers"][-1]["config"]["units"] == 5          # the caller's dict is untouched
     rebuilt = build_from_keras_config(net.keras_config)

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .errors import CnnkitError
 
@@ -47,17 +48,25 @@ class ExportReport:
     fallback: str | None        # why the dynamo exporter was not used (None when it was)
     outputs: list[str]          # the ONNX output names, in order
     dynamic_batch: bool
+    dynamic_size: bool          # the spatial axes are free too
     checked: bool               # ONNX Runtime ran it and agreed with PyTorch
-    batch_sizes: tuple[int, ...]  # the batch sizes it was checked on
+    input_shapes: tuple[tuple[int, ...], ...]   # the inputs it was checked on
     max_diff: float             # the largest max|ort - torch| / max|torch| over outputs and batches
     size_bytes: int
 
     def __str__(self) -> str:
-        check = (f"ONNX Runtime matches PyTorch (max diff {self.max_diff:.1e} of the output scale, batches "
-                 f"{', '.join(map(str, self.batch_sizes))})" if self.checked else "not checked")
+        shapes = ", ".join("x".join(map(str, s)) for s in self.input_shapes)
+        check = (f"ONNX Runtime matches PyTorch (max diff {self.max_diff:.1e} of the output scale, inputs "
+                 f"{shapes})" if self.checked else "not checked")
         via = self.exporter + (f" (dynamo failed: {self.fallback})" if self.fallback else "")
+        free = [axis for axis, on in (("batch", self.dynamic_batch), ("size", self.dynamic_size)) if on]
         return (f"wrote {self.path} ({self.size_bytes / 1e6:.1f} MB, exporter {via}, outputs "
-                f"{', '.join(self.outputs)}{', dynamic batch' if self.dynamic_batch else ''}); {check}")
+                f"{', '.join(self.outputs)}{', dynamic ' + ' and '.join(free) if free else ''}); {check}")
+
+    @property
+    def batch_sizes(self) -> tuple[int, ...]:
+        """The batch sizes it was checked on."""
+        return tuple(s[0] for s in self.input_shapes)
 
 
 class _Flat(nn.Module):
@@ -115,7 +124,7 @@ def _quiet():
 
 
 def _export(flat: nn.Module, example: torch.Tensor, tmp: str, names: list[str], batched: list[bool],
-            dynamic_batch: bool, opset: int | None, exporter: str) -> tuple[str, str | None]:
+            dynamic_batch: bool, dynamic_size: bool, opset: int | None, exporter: str) -> tuple[str, str | None]:
     """Write ``flat`` to ``tmp``; returns (the exporter used, why dynamo was not).
 
     ``exporter="auto"`` tries the dynamo exporter (``torch.export`` + onnxscript, PyTorch's default)
@@ -128,7 +137,10 @@ def _export(flat: nn.Module, example: torch.Tensor, tmp: str, names: list[str], 
     if exporter in ("auto", "dynamo"):
         try:
             with _quiet():
-                shapes = ({0: torch.export.Dim("batch", min=1, max=1 << 16)},) if dynamic_batch else None
+                dims = {0: torch.export.Dim("batch", min=1, max=1 << 16)} if dynamic_batch else {}
+                if dynamic_size:    # AUTO: torch.export finds the sizes the network allows (or specialises)
+                    dims.update({i: torch.export.Dim.AUTO for i in range(2, example.dim())})
+                shapes = (dims,) if dims else None
                 torch.onnx.export(flat, (example,), tmp, dynamo=True, dynamic_shapes=shapes, verbose=False,
                                   **common)
             return "dynamo", None
@@ -137,8 +149,12 @@ def _export(flat: nn.Module, example: torch.Tensor, tmp: str, names: list[str], 
             if exporter == "dynamo":
                 raise CnnkitError(f"the dynamo ONNX exporter failed: {why}; try exporter='torchscript'") from None
     axes = None
-    if dynamic_batch:
-        axes = {"input": {0: "batch"}, **{n: {0: "batch"} for n, b in zip(names, batched) if b}}
+    if dynamic_batch or dynamic_size:
+        axes = {"input": {**({0: "batch"} if dynamic_batch else {}),
+                          **({i: f"size_{i}" for i in range(2, example.dim())} if dynamic_size else {})}}
+        for n, b in zip(names, batched):
+            if b and dynamic_batch:
+                axes[n] = {0: "batch"}
     try:
         with _quiet():
             torch.onnx.export(flat, (example,), tmp, dynamo=False, dynamic_axes=axes, **common)
@@ -184,12 +200,26 @@ def _add_metadata(path: str, props: dict[str, str]) -> None:
     onnx.save(model, path)
 
 
-def _compare(sess, flat: nn.Module, x: torch.Tensor, rtol: float, atol: float, names: list[str]) -> float:
-    """The worst max|ort - torch| / max|torch| over the outputs; CnnkitError past ``atol + rtol * scale``."""
-    with torch.no_grad():
-        ref = flat(x)
+def _compare(sess, flat: nn.Module, x: torch.Tensor, rtol: float, atol: float, names: list[str],
+             optional: bool = False) -> float | None:
+    """The worst max|ort - torch| / max|torch| over the outputs; CnnkitError past ``atol + rtol * scale``.
+
+    ``optional``: an input PyTorch itself cannot run (a size the network does not take) gives None.
+    """
+    try:
+        with torch.no_grad():
+            ref = flat(x)
+    except RuntimeError:
+        if optional:
+            return None
+        raise
     ref = [ref] if isinstance(ref, torch.Tensor) else list(ref)
-    got = sess.run(None, {sess.get_inputs()[0].name: x.detach().cpu().float().numpy()})
+    try:
+        got = sess.run(None, {sess.get_inputs()[0].name: x.detach().cpu().float().numpy()})
+    except Exception as exc:  # noqa: BLE001 -- ORT's Fail / InvalidArgument: the graph fixed a size that varies
+        raise CnnkitError(f"ONNX Runtime cannot run the export on an input of shape {tuple(x.shape)} ({_short(exc)}); "
+                          "the export was not kept (without dynamic_size / --dynamic-size the image size is fixed)"
+                          ) from None
     worst = 0.0
     for name, r, g in zip(names, ref, got, strict=True):
         r = r.detach().cpu().float().numpy()
@@ -207,8 +237,8 @@ def _compare(sess, flat: nn.Module, x: torch.Tensor, rtol: float, atol: float, n
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike, *, dynamic_batch: bool = True,
-                check: bool = True, rtol: float = 1e-4, atol: float = 1e-6, opset: int | None = None,
-                exporter: str = "auto", metadata: dict[str, str] | None = None) -> ExportReport:
+                dynamic_size: bool = False, check: bool = True, rtol: float = 1e-4, atol: float = 1e-6,
+                opset: int | None = None, exporter: str = "auto", metadata: dict[str, str] | None = None) -> ExportReport:
     """Write ``model`` (in eval mode) to one ONNX file and prove ONNX Runtime gives PyTorch's outputs.
 
     Args:
@@ -217,6 +247,8 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike
         example: a real input (N, C, ...) (a batch of images as the model expects them).
         path: the ``.onnx`` file to write; its folder is created.
         dynamic_batch: the batch axis is free (checked on the example and a batch of another size).
+        dynamic_size: the spatial axes are free too, where the network allows it (checked on the
+            example resized by +32 per axis; a network that fixes its size fails the check).
         check: run the file in ONNX Runtime and compare with PyTorch before keeping it.
         rtol: allowed ``max |ort - torch|`` as a fraction of ``max |torch|``, per output.
         atol: allowed absolute difference on top (for outputs that are all near zero).
@@ -258,24 +290,40 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike
         except OSError as exc:
             raise CnnkitError(f"cannot write in {path.parent} ({exc.strerror or exc}); choose another --out") from None
         try:
-            used, why = _export(flat, traced, tmp, names, batched, dynamic_batch, opset, exporter)
+            used, why = _export(flat, traced, tmp, names, batched, dynamic_batch, dynamic_size, opset, exporter)
             _add_metadata(tmp, {OUTPUTS_KEY: json.dumps({"kind": kind, "names": names}),
                                 **(metadata or {})})
-            batches: tuple[int, ...] = ()
+            checked: tuple[tuple[int, ...], ...] = ()
             worst = 0.0
             if check:
                 sess = _session(tmp)
-                other = torch.cat([example, example[:1].flip(-1)])       # another batch size, real values
-                for x in (example, other) if dynamic_batch else (example,):
-                    worst = max(worst, _compare(sess, flat, x, rtol, atol, names))
-                    batches += (len(x),)
+                inputs = [(example, False)]
+                if dynamic_batch:       # another batch size, real values
+                    inputs.append((torch.cat([example, example[:1].flip(-1)]), False))
+                if dynamic_size:        # other sizes: +32 keeps a multiple of the network's total stride, +33
+                    for extra in (32, 33):  # changes the parity (a padding computed once would show)
+                        size = [s + extra for s in example.shape[2:]]
+                        inputs.append((F.interpolate(example, size=size, mode="nearest"), True))
+                for x, optional in inputs:
+                    try:
+                        diff = _compare(sess, flat, x, rtol, atol, names, optional)
+                    except CnnkitError as exc:
+                        via = used + (f" (dynamo failed: {why})" if why else "")
+                        raise CnnkitError(f"{exc}; exporter: {via}") from None
+                    if diff is not None:
+                        worst = max(worst, diff)
+                        checked += (tuple(x.shape),)
+                if dynamic_size and len(checked) == len(inputs) - 2:
+                    raise CnnkitError(f"the network runs only at its example's size {tuple(example.shape[2:])} "
+                                      "(PyTorch itself fails at others); export it without dynamic_size")
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
     finally:
         model.train(was_training)
-    return ExportReport(path, used, why, names, dynamic_batch, check, batches, worst, path.stat().st_size)
+    return ExportReport(path, used, why, names, dynamic_batch, dynamic_size, check, checked, worst,
+                        path.stat().st_size)
 
 
 class OnnxModel:

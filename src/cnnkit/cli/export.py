@@ -22,6 +22,8 @@ def register(subparsers) -> None:
     p.add_argument("--batch", type=int, default=1, help="batch of the example input (default: 1)")
     p.add_argument("--input", metavar="CxHxW", help="input size when the run does not state one")
     p.add_argument("--static-batch", action="store_true", help="fix the batch axis to --batch")
+    p.add_argument("--dynamic-size", action="store_true",
+                   help="free image size too, where the network allows it (checked at another size)")
     p.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "torchscript"],
                    help="auto: PyTorch's dynamo exporter, falling back to the TorchScript one")
     p.add_argument("--rtol", type=float, default=1e-4,
@@ -66,7 +68,8 @@ def run_export(args) -> int:
     meta["cnnkit.task"] = str(task)
     no_tta = model.without_tta() if hasattr(model, "without_tta") else contextlib.nullcontext()
     with no_tta:
-        report = export_onnx(model, example, args.out, dynamic_batch=not args.static_batch, check=not args.no_check,
+        report = export_onnx(model, example, args.out, dynamic_batch=not args.static_batch,
+                             dynamic_size=args.dynamic_size, check=not args.no_check,
                              rtol=args.rtol, exporter=args.exporter, metadata=meta)
     print(report)
     return 0
