@@ -335,3 +335,15 @@ def test_not_a_keras_file_is_refused(tmp_path):
         load_keras(tmp_path / "x.keras")
     with pytest.raises(CnnkitError, match="no Keras model"):
         load_keras(tmp_path / "missing.keras")
+
+
+def test_reading_needs_neither_keras_nor_tensorflow(saved, monkeypatch):
+    """The reader is json + zipfile + h5py: with Keras and TensorFlow unimportable it still reads both formats."""
+    import sys
+
+    for name in ("keras", "tensorflow", "tf_keras"):
+        monkeypatch.setitem(sys.modules, name, None)     # `import keras` now raises ImportError
+    _, paths = saved["residual"]
+    for fmt in ("keras", "h5"):
+        net, size = load_keras(paths[fmt])
+        assert size == (3, 12, 10) and net(torch.rand(1, *size)).shape == (1, 5)
