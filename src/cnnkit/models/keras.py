@@ -1,0 +1,1133 @@
+"""Keras models read from their files: ``.keras`` (Keras 3) and legacy HDF5 ``.h5`` (Keras 2 and 3).
+
+A Keras file is data: a JSON description of the layers and an HDF5 file of weights. This module reads
+both with ``json``, ``zipfile`` and ``h5py`` alone (no TensorFlow, no Keras) and rebuilds the network
+on PyTorch with Keras' semantics, so the converted network gives Keras' outputs:
+
+- inputs and feature maps are channels first, (N, C, H, W); kernels are transposed once at loading
+  (Keras (kH, kW, C_in, C_out) -> PyTorch (C_out, C_in, kH, kW)); a ``Flatten`` or ``Reshape`` reads
+  the feature map in Keras' (H, W, C) order, so a ``Dense`` after it keeps its weights unchanged;
+- ``padding="same"`` pads as TensorFlow does (the odd extra pixel at the bottom/right, any stride);
+- ``BatchNormalization`` keeps Keras' epsilon (1e-3 by default) and momentum (PyTorch's
+  ``momentum = 1 - keras_momentum``); activations are looked up by their Keras names.
+
+Reading never runs code from the file: a layer outside :data:`LAYERS` (``Lambda``, custom objects,
+anything unknown) is refused by name with a :class:`CnnkitError`. Each converted layer is a child
+module named as in Keras (``conv2d_1``, ``dense``), so summaries and Grad-CAM layer names read like
+``model.summary()``.
+
+>>> net, input_size = load_keras("mnist_convnet.keras")   # doctest: +SKIP
+>>> net(torch.rand(1, *input_size)).shape                 # doctest: +SKIP
+torch.Size([1, 10])
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+import zipfile
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import CnnkitError
+from ..layers import get_activation
+from ..layers.conv_same import ConvTranspose2dSame, _DynamicPad, resolve_padding
+from ..layers.pool_same import AvgPool1dSame, AvgPool2dSame, AvgPool3dSame, MaxPool1dSame, MaxPool2dSame, MaxPool3dSame
+
+PROBE_SIDE = 224          # a spatial size the file leaves open (None) is taken as this
+MAX_CONFIG_BYTES = 64 << 20
+MAX_LAYERS = 10_000
+_MODELS = ("Sequential", "Functional", "Model")
+
+
+# ----------------------------------------------------------------------------- layers with Keras semantics
+
+class _Activated:
+    """Mixin: ``activation(layer(x))``, the activation a Keras layer carries inside."""
+
+    activation: nn.Module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(super().forward(x))
+
+
+class Conv1D(_Activated, _DynamicPad, nn.Conv1d):
+    """Keras ``Conv1D``: (N, C, L) -> (N, filters, L')."""
+
+
+class Conv2D(_Activated, _DynamicPad, nn.Conv2d):
+    """Keras ``Conv2D``: (N, C, H, W) -> (N, filters, H', W')."""
+
+
+class Conv3D(_Activated, _DynamicPad, nn.Conv3d):
+    """Keras ``Conv3D``: (N, C, D, H, W) -> (N, filters, D', H', W')."""
+
+
+class DepthwiseConv2D(_Activated, _DynamicPad, nn.Conv2d):
+    """Keras ``DepthwiseConv2D``: ``groups = C``; output channel ``c * depth_multiplier + m``."""
+
+
+class Conv2DTranspose(_Activated, ConvTranspose2dSame):
+    """Keras ``Conv2DTranspose``; "valid": ``H -> (H - 1) * s + max(k, s)``, "same": ``H -> H * s``."""
+
+
+class SeparableConv2D(nn.Module):
+    """Keras ``SeparableConv2D``: a depthwise k x k (no bias), a pointwise 1x1 (bias), the activation."""
+
+    def __init__(self, depthwise: nn.Conv2d, pointwise: nn.Conv2d, activation: nn.Module):
+        super().__init__()
+        self.depthwise, self.pointwise, self.activation = depthwise, pointwise, activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.pointwise(self.depthwise(x)))
+
+
+class Dense(_Activated, nn.Linear):
+    """Keras ``Dense`` on the last Keras axis: the channels of a feature map (dim 1), else features."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() > 2:   # (N, C, ...) -> (N, ..., C) -> Dense -> (N, units, ...)
+            return super().forward(x.movedim(1, -1)).movedim(-1, 1)
+        return super().forward(x)
+
+
+class Flatten(nn.Module):
+    """Keras ``Flatten``: (N, C, H, W) -> (N, H * W * C) in Keras' (H, W, C) order."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.movedim(1, -1) if x.dim() > 2 else x).flatten(1)
+
+
+class Reshape(nn.Module):
+    """Keras ``Reshape(target_shape)``: ``target_shape`` channels last, the result channels first."""
+
+    def __init__(self, target_shape: tuple[int, ...]):
+        super().__init__()
+        self.target_shape = tuple(target_shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.movedim(1, -1) if x.dim() > 2 else x                  # channels last, as Keras sees it
+        x = x.reshape(x.shape[0], *self.target_shape)
+        return x.movedim(-1, 1) if x.dim() > 2 else x               # back to channels first
+
+    def extra_repr(self) -> str:
+        return f"target_shape={self.target_shape} (channels last)"
+
+
+class GlobalPool(nn.Module):
+    """Keras ``GlobalAveragePooling*D`` / ``GlobalMaxPooling*D``: (N, C, ...) -> (N, C) (or keepdims)."""
+
+    def __init__(self, mode: str, keepdims: bool = False):
+        super().__init__()
+        self.mode, self.keepdims = mode, keepdims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = tuple(range(2, x.dim()))
+        if self.mode == "max":
+            return x.amax(dim=dims, keepdim=self.keepdims)
+        return x.mean(dim=dims, keepdim=self.keepdims)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode}, keepdims={self.keepdims}"
+
+
+class Merge(nn.Module):
+    """Keras ``Add``, ``Subtract``, ``Multiply``, ``Average``, ``Maximum``, ``Minimum``, ``Concatenate``."""
+
+    def __init__(self, op: str, dim: int = 1):
+        super().__init__()
+        self.op, self.dim = op, dim
+
+    def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        if self.op == "concatenate":
+            return torch.cat(xs, dim=self.dim)
+        if self.op == "subtract":
+            return xs[0] - xs[1]
+        out = xs[0]
+        for x in xs[1:]:
+            out = {"add": torch.add, "average": torch.add, "multiply": torch.mul, "maximum": torch.maximum,
+                   "minimum": torch.minimum}[self.op](out, x)
+        return out / len(xs) if self.op == "average" else out
+
+    def extra_repr(self) -> str:
+        return f"op={self.op}" + (f", dim={self.dim}" if self.op == "concatenate" else "")
+
+
+class Rescaling(nn.Module):
+    """Keras ``Rescaling``: ``x * scale + offset`` (per channel when they are lists)."""
+
+    def __init__(self, scale, offset):
+        super().__init__()
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32), persistent=False)
+        self.register_buffer("offset", torch.tensor(offset, dtype=torch.float32), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * _per_channel(self.scale, x) + _per_channel(self.offset, x)
+
+
+class Normalization(nn.Module):
+    """Keras ``Normalization`` on the channels: ``(x - mean) / max(sqrt(variance), 1e-7)``, or its inverse."""
+
+    def __init__(self, channels: int, invert: bool = False, mean=None, variance=None):
+        super().__init__()
+        self.invert = invert
+        # adapted statistics are weights in Keras (mean, variance, count); given ones live in the config
+        given = mean is not None
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(-1).expand(channels).clone()
+                             if given else torch.zeros(channels), persistent=not given)
+        self.register_buffer("variance", torch.tensor(variance, dtype=torch.float32).reshape(-1).expand(channels)
+                             .clone() if given else torch.ones(channels), persistent=not given)
+        if not given:
+            self.register_buffer("count", torch.zeros((), dtype=torch.int64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean, std = _per_channel(self.mean, x), _per_channel(self.variance.sqrt().clamp_min(1e-7), x)
+        return mean + x * std if self.invert else (x - mean) / std
+
+
+def _per_channel(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A scalar or a (C,) vector shaped to broadcast over the channels (dim 1) of ``x``."""
+    return v if v.dim() == 0 or x.dim() == 2 else v.view(1, -1, *([1] * (x.dim() - 2)))
+
+
+class ZeroPadding2D(nn.Module):
+    """Keras ``ZeroPadding2D(((top, bottom), (left, right)))``."""
+
+    def __init__(self, padding: tuple[tuple[int, int], tuple[int, int]]):
+        super().__init__()
+        (self.top, self.bottom), (self.left, self.right) = padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, (self.left, self.right, self.top, self.bottom))
+
+    def extra_repr(self) -> str:
+        return f"padding=(({self.top}, {self.bottom}), ({self.left}, {self.right}))"
+
+
+class UpSampling2D(nn.Module):
+    """Keras ``UpSampling2D(size, interpolation)``: (H, W) -> (H * sh, W * sw), half-pixel bilinear."""
+
+    def __init__(self, size: tuple[int, int], interpolation: str = "nearest"):
+        super().__init__()
+        self.size, self.interpolation = tuple(size), interpolation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = (x.shape[-2] * self.size[0], x.shape[-1] * self.size[1])
+        if self.interpolation == "nearest":
+            return F.interpolate(x, size=out, mode="nearest")
+        return F.interpolate(x, size=out, mode="bilinear", align_corners=False)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, interpolation={self.interpolation}"
+
+
+class KerasNetwork(nn.Module):
+    """A Keras model's graph over PyTorch modules named as the Keras layers.
+
+    ``nodes`` are (output key, layer name, input keys) in an order where every input exists when a
+    node runs; keys are ``"layer_name:node_index"``. Called with one tensor per Keras input
+    (channels first); returns one tensor, or a tuple when the model has several outputs.
+
+    A chain (one input, each layer fed by the one before, as a Sequential) that ends in
+    ``Flatten``/global pooling and ``Dense`` layers also has timm's interface: ``forward_features``
+    (up to the last feature map), ``forward_head(x, pre_logits)`` and ``reset_classifier(n)``; the
+    top-level network keeps its Keras config in ``keras_config`` (what a checkpoint stores), updated
+    when the classifier is replaced.
+    """
+
+    def __init__(self, name: str, inputs: list[str], nodes: list[tuple[str, str, list[str]]],
+                 outputs: list[str], layers: dict[str, nn.Module], keras_names: dict[str, str] | None = None):
+        super().__init__()
+        self.keras_name = name
+        for layer_name, module in layers.items():
+            self.add_module(layer_name, module)
+        self.inputs, self.nodes, self.outputs = list(inputs), [tuple(n) for n in nodes], list(outputs)
+        self.keras_names = dict(keras_names or {n: n for n in layers})     # child name -> Keras layer name
+        self.keras_config: dict | None = None
+        self._merging = {n for n, m in layers.items() if isinstance(m, Merge)}
+
+    def forward(self, *xs: torch.Tensor):
+        if len(xs) != len(self.inputs):
+            raise CnnkitError(f"{self.keras_name} takes {len(self.inputs)} input(s). Received: {len(xs)}")
+        values = dict(zip(self.inputs, xs))
+        for key, layer, args in self.nodes:
+            module = getattr(self, layer)
+            if layer in self._merging:
+                values[key] = module([values[a] for a in args])
+            else:
+                values[key] = module(*[values[a] for a in args])
+        out = [values[k] for k in self.outputs]
+        return out[0] if len(out) == 1 else tuple(out)
+
+    def _head_start(self) -> int:
+        """Index of the node where the head begins (the last Flatten / global pooling of a chain)."""
+        chain = len(self.inputs) == 1 and len(self.outputs) == 1 and self.outputs[0] == self.nodes[-1][0] and all(
+            args == [prev[0] if prev else self.inputs[0]]
+            for prev, (_, _, args) in zip([None, *self.nodes[:-1]], self.nodes))
+        starts = [i for i, (_, layer, _) in enumerate(self.nodes)
+                  if isinstance(getattr(self, layer), (Flatten, GlobalPool))]
+        if not chain or not starts or not isinstance(getattr(self, self.nodes[-1][1]), Dense):
+            raise CnnkitError(f"the Keras model {self.keras_name!r} is not a chain of layers ending in Flatten or "
+                              "global pooling and Dense; its head cannot be told apart")
+        return starts[-1]
+
+    def _run(self, x: torch.Tensor, nodes) -> torch.Tensor:
+        for _, layer, _ in nodes:
+            x = getattr(self, layer)(x)
+        return x
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map, before the head's Flatten / global pooling."""
+        return self._run(x, self.nodes[: self._head_start()])
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """The head on a feature map; ``pre_logits``: the input of the last Dense."""
+        x = self._run(x, self.nodes[self._head_start(): -1])
+        return x if pre_logits else self._run(x, self.nodes[-1:])
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A fresh last Dense of ``num_classes`` logits (Keras' Glorot init, zero bias), no activation."""
+        self._head_start()
+        child = self.nodes[-1][1]
+        old = getattr(self, child)
+        new = Dense(old.in_features, num_classes, bias=old.bias is not None,
+                    device=old.weight.device, dtype=old.weight.dtype)
+        new.activation = nn.Identity()
+        nn.init.xavier_uniform_(new.weight)
+        if new.bias is not None:
+            nn.init.zeros_(new.bias)
+        setattr(self, child, new)
+        if self.keras_config is not None:     # the stored description follows: the same network rebuilds
+            for layer in self.keras_config["config"]["layers"]:
+                if (layer.get("name") or layer["config"].get("name")) == self.keras_names[child]:
+                    layer["config"].update(units=num_classes, activation="linear")
+
+
+# ----------------------------------------------------------------------------- the table of layers
+
+@dataclass
+class _Layer:
+    """A converted layer: its module, the output shape (channels first, no batch) and its weight loader."""
+
+    module: nn.Module
+    shape: tuple[int, ...]
+    load: Callable[[nn.Module, list[np.ndarray]], None] | None = None
+    children: list = field(default_factory=list)     # a nested model's records
+
+
+def _ints(v, n: int, what: str) -> tuple[int, ...]:
+    v = [v] * n if isinstance(v, int) else list(v)
+    if len(v) != n or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v):
+        raise CnnkitError(f"{what} must be {n} non-negative integers. Received: {v!r}")
+    return tuple(v)
+
+
+def _check_channels_last(cfg: dict, kind: str) -> None:
+    fmt = cfg.get("data_format") or "channels_last"
+    if fmt != "channels_last":
+        raise CnnkitError(f"{kind} {cfg.get('name')!r} has data_format={fmt!r}; only channels_last Keras models "
+                          "are read (the Keras default)")
+
+
+def _act(cfg: dict) -> nn.Module:
+    name = cfg.get("activation")
+    if name is not None and not isinstance(name, str):      # a serialised function or object: code
+        raise CnnkitError(f"layer {cfg.get('name')!r} has a custom activation {str(name)[:60]}; only Keras' "
+                          "named activations are read")
+    return get_activation(name)
+
+
+def _conv(cfg: dict, shape: tuple[int, ...], n: int, kind: str) -> _Layer:
+    _check_channels_last(cfg, kind)
+    if cfg.get("padding") not in ("valid", "same"):
+        raise CnnkitError(f"{kind} {cfg.get('name')!r} has padding={cfg.get('padding')!r}; "
+                          "'valid' and 'same' are read")
+    c_in = shape[0]
+    k, s = _ints(cfg["kernel_size"], n, "kernel_size"), _ints(cfg.get("strides", 1), n, "strides")
+    d = _ints(cfg.get("dilation_rate", 1), n, "dilation_rate")
+    bias = bool(cfg.get("use_bias", True))
+    if kind == "Conv2DTranspose":
+        if cfg.get("output_padding") is not None:
+            raise CnnkitError(f"Conv2DTranspose {cfg.get('name')!r} sets output_padding; it is not read")
+        m = Conv2DTranspose(c_in, cfg["filters"], k, s, d, bias=bias)
+        if cfg["padding"] == "valid":   # H -> (H - 1) s + d (k - 1) + 1, plus zeros up to H * s when s > k
+            m.padding = (0, 0)
+            m.output_padding = tuple(max(si - (di * (ki - 1) + 1), 0) for ki, si, di in zip(k, s, d))
+            m.crop_end = (0, 0)
+        m.activation = _act(cfg)
+        return _Layer(m, _probe(m, shape), _load_conv)
+    if kind in ("DepthwiseConv2D", "SeparableConv2D"):    # one filter per input channel and multiplier
+        cls, out, groups = DepthwiseConv2D, c_in * cfg.get("depth_multiplier", 1), c_in
+    else:
+        cls, out, groups = {1: Conv1D, 2: Conv2D, 3: Conv3D}[n], cfg["filters"], cfg.get("groups", 1)
+    fixed, pad_mode = resolve_padding(cfg["padding"], k, s, d, n)
+    conv = cls(c_in, out, k, stride=s, padding=fixed, dilation=d, groups=groups,
+               bias=bias and kind != "SeparableConv2D")
+    conv.pad_mode = pad_mode
+    if kind == "SeparableConv2D":
+        conv.activation = nn.Identity()
+        m = SeparableConv2D(conv, nn.Conv2d(out, cfg["filters"], 1, bias=bias), _act(cfg))
+        return _Layer(m, _probe(m, shape), _load_separable)
+    conv.activation = _act(cfg)
+    return _Layer(conv, _probe(conv, shape), _load_depthwise if kind == "DepthwiseConv2D" else _load_conv)
+
+
+def _pool(cfg: dict, shape: tuple[int, ...], n: int, kind: str) -> _Layer:
+    _check_channels_last(cfg, kind)
+    k = _ints(cfg.get("pool_size", 2), n, "pool_size")
+    s = _ints(cfg.get("strides") or k, n, "strides")
+    is_max = kind.startswith("Max")
+    if cfg.get("padding", "valid") == "same":
+        m = {(1, True): MaxPool1dSame, (2, True): MaxPool2dSame, (3, True): MaxPool3dSame, (1, False): AvgPool1dSame,
+             (2, False): AvgPool2dSame, (3, False): AvgPool3dSame}[n, is_max](k, s)
+    elif cfg.get("padding", "valid") == "valid":
+        m = getattr(nn, f"{'Max' if is_max else 'Avg'}Pool{n}d")(k, s)
+    else:
+        raise CnnkitError(f"{kind} {cfg.get('name')!r} has padding={cfg.get('padding')!r}; 'valid' and 'same' are read")
+    return _Layer(m, _probe(m, shape))
+
+
+def _batchnorm(cfg: dict, shape: tuple[int, ...]) -> _Layer:
+    axis = cfg.get("axis", -1)
+    axis = axis[0] if isinstance(axis, list) and len(axis) == 1 else axis
+    if axis not in (-1, len(shape)):
+        raise CnnkitError(f"BatchNormalization {cfg.get('name')!r} normalises axis {axis!r}; only the channels "
+                          "(axis=-1) are read")
+    if cfg.get("renorm") or cfg.get("synchronized") or cfg.get("virtual_batch_size"):
+        raise CnnkitError(f"BatchNormalization {cfg.get('name')!r} uses renorm/virtual batches; not read")
+    scale, center = bool(cfg.get("scale", True)), bool(cfg.get("center", True))
+    bn = {1: nn.BatchNorm1d, 2: nn.BatchNorm1d, 3: nn.BatchNorm2d, 4: nn.BatchNorm3d}[len(shape)](
+        shape[0], eps=cfg.get("epsilon", 1e-3), momentum=round(1 - cfg.get("momentum", 0.99), 12),
+        affine=scale and center)
+    if not (scale and center):   # Keras dropped gamma (scale=False) or beta (center=False): only the others learn
+        bn.weight = nn.Parameter(torch.ones(shape[0])) if scale else None
+        bn.bias = nn.Parameter(torch.zeros(shape[0])) if center else None
+    return _Layer(bn, shape, _load_batchnorm)
+
+
+def _dense(cfg: dict, shape: tuple[int, ...]) -> _Layer:
+    m = Dense(shape[0], cfg["units"], bias=bool(cfg.get("use_bias", True)))
+    m.activation = _act(cfg)
+    nn.init.xavier_uniform_(m.weight)     # Keras' glorot_uniform and zero bias, for a network built untrained
+    if m.bias is not None:
+        nn.init.zeros_(m.bias)
+    return _Layer(m, (cfg["units"], *shape[1:]), _load_dense)
+
+
+def _reshape(cfg: dict, shape: tuple[int, ...]) -> _Layer:
+    target = list(cfg["target_shape"])
+    if not all(isinstance(t, int) for t in target):
+        raise CnnkitError(f"Reshape {cfg.get('name')!r} has target_shape={target!r}; integers are read")
+    keras_shape = shape[1:] + shape[:1] if len(shape) > 1 else shape
+    total = math.prod(keras_shape)
+    if target.count(-1) == 1:
+        known = math.prod(t for t in target if t != -1)
+        target[target.index(-1)] = total // known if known else 0
+    if math.prod(target) != total:
+        raise CnnkitError(f"Reshape {cfg.get('name')!r}: target_shape {tuple(cfg['target_shape'])} does not hold "
+                          f"the {total} values of its input")
+    out = tuple(target[-1:] + target[:-1]) if len(target) > 1 else tuple(target)
+    return _Layer(Reshape(tuple(target)), out)
+
+
+def _merge(cfg: dict, shapes: list[tuple[int, ...]], kind: str) -> _Layer:
+    op = {"Add": "add", "Subtract": "subtract", "Multiply": "multiply", "Average": "average",
+          "Maximum": "maximum", "Minimum": "minimum", "Concatenate": "concatenate"}[kind]
+    rank = len(shapes[0]) + 1
+    dim = 1
+    if op == "concatenate":
+        axis = cfg.get("axis", -1) % rank
+        if axis == 0:
+            raise CnnkitError(f"Concatenate {cfg.get('name')!r} joins along the batch axis; not read")
+        dim = 1 if axis == rank - 1 or rank == 2 else axis + 1        # Keras (N, H, W, C) -> (N, C, H, W)
+    m = Merge(op, dim)
+    return _Layer(m, _probe(m, shapes))
+
+
+def _activation_layer(cfg: dict, shape, kind: str) -> _Layer:
+    if kind == "Activation":
+        m = _act(cfg)
+    elif kind == "ReLU":
+        if cfg.get("threshold", 0) or cfg.get("negative_slope", 0):
+            raise CnnkitError(f"ReLU {cfg.get('name')!r} sets threshold/negative_slope; not read")
+        m = nn.ReLU6() if cfg.get("max_value") == 6 else nn.ReLU() if cfg.get("max_value") is None else None
+        if m is None:
+            raise CnnkitError(f"ReLU {cfg.get('name')!r} has max_value={cfg.get('max_value')!r}; None or 6 are read")
+    elif kind == "LeakyReLU":      # Keras 3 names the slope negative_slope, Keras 2 alpha; both default 0.3
+        m = nn.LeakyReLU(cfg.get("negative_slope", cfg.get("alpha", 0.3)))
+    elif kind == "ELU":
+        m = nn.ELU(cfg.get("alpha", 1.0))
+    else:   # Softmax
+        if cfg.get("axis", -1) != -1:
+            raise CnnkitError(f"Softmax {cfg.get('name')!r} has axis={cfg.get('axis')!r}; only axis=-1 is read")
+        m = nn.Softmax(dim=1)
+    return _Layer(m, shape)
+
+
+def _normalization(cfg: dict, shape) -> _Layer:
+    axis = cfg.get("axis", -1)
+    if axis not in (-1, [-1], (-1,), len(shape), [len(shape)]):
+        raise CnnkitError(f"Normalization {cfg.get('name')!r} normalises axis {axis!r}; only the channels are read")
+    m = Normalization(shape[0], bool(cfg.get("invert", False)), cfg.get("mean"), cfg.get("variance"))
+    return _Layer(m, shape, None if cfg.get("mean") is not None else _load_normalization)
+
+
+def _upsampling(cfg: dict, shape) -> _Layer:
+    _check_channels_last(cfg, "UpSampling2D")
+    mode = cfg.get("interpolation", "nearest")
+    if mode not in ("nearest", "bilinear"):
+        raise CnnkitError(f"UpSampling2D {cfg.get('name')!r} has interpolation={mode!r}; nearest and bilinear "
+                          "are read")
+    m = UpSampling2D(_ints(cfg.get("size", 2), 2, "size"), mode)
+    return _Layer(m, _probe(m, shape))
+
+
+def _zero_padding(cfg: dict, shape) -> _Layer:
+    _check_channels_last(cfg, "ZeroPadding2D")
+    p = cfg.get("padding", 1)
+    if isinstance(p, int):
+        p = ((p, p), (p, p))
+    elif all(isinstance(v, int) for v in p):
+        p = ((p[0], p[0]), (p[1], p[1]))
+    m = ZeroPadding2D((_ints(p[0], 2, "padding"), _ints(p[1], 2, "padding")))
+    return _Layer(m, _probe(m, shape))
+
+
+def _simple(cfg: dict, shape, kind: str) -> _Layer:
+    if kind == "Dropout":
+        return _Layer(nn.Dropout(float(cfg.get("rate", 0.5))), shape)
+    if kind == "Flatten":
+        return _Layer(Flatten(), (math.prod(shape),))
+    if kind == "Rescaling":
+        return _Layer(Rescaling(cfg.get("scale", 1.0), cfg.get("offset", 0.0)), shape)
+    if kind.startswith("Global"):
+        _check_channels_last(cfg, kind)
+        keep = bool(cfg.get("keepdims", False))
+        m = GlobalPool("max" if "Max" in kind else "avg", keep)
+        return _Layer(m, (shape[0],) + ((1,) * (len(shape) - 1) if keep else ()))
+    raise AssertionError(kind)
+
+
+# Keras class name -> builder(config, input shape(s) channels first without the batch) -> _Layer.
+# The allow-list: nothing else is built, and nothing here runs code named by the file.
+LAYERS: dict[str, Callable[[dict, object], _Layer]] = {
+    **{f"Conv{n}D": partial(_conv, n=n, kind=f"Conv{n}D") for n in (1, 2, 3)},
+    **{k: partial(_conv, n=2, kind=k) for k in ("Conv2DTranspose", "SeparableConv2D", "DepthwiseConv2D")},
+    **{f"{p}Pooling{n}D": partial(_pool, n=n, kind=f"{p}Pooling{n}D") for p in ("Max", "Average") for n in (1, 2, 3)},
+    **{f"Global{p}Pooling{n}D": partial(_simple, kind=f"Global{p}Pooling{n}D")
+       for p in ("Average", "Max") for n in (1, 2, 3)},
+    **{k: partial(_simple, kind=k) for k in ("Dropout", "Flatten", "Rescaling")},
+    **{k: partial(_merge, kind=k) for k in ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum",
+                                            "Concatenate")},
+    **{k: partial(_activation_layer, kind=k) for k in ("Activation", "ReLU", "LeakyReLU", "ELU", "Softmax")},
+    "BatchNormalization": _batchnorm,
+    "Dense": _dense,
+    "Normalization": _normalization,
+    "ZeroPadding2D": _zero_padding,
+    "UpSampling2D": _upsampling,
+    "Reshape": _reshape,
+}
+# the names older Keras versions wrote for the same layers
+_ALIASES = {"MaxPool1D": "MaxPooling1D", "MaxPool2D": "MaxPooling2D", "MaxPool3D": "MaxPooling3D",
+            "AvgPool1D": "AveragePooling1D", "AvgPool2D": "AveragePooling2D", "AvgPool3D": "AveragePooling3D",
+            "GlobalAvgPool1D": "GlobalAveragePooling1D", "GlobalAvgPool2D": "GlobalAveragePooling2D",
+            "GlobalAvgPool3D": "GlobalAveragePooling3D", "GlobalMaxPool1D": "GlobalMaxPooling1D",
+            "GlobalMaxPool2D": "GlobalMaxPooling2D", "GlobalMaxPool3D": "GlobalMaxPooling3D",
+            "Convolution1D": "Conv1D", "Convolution2D": "Conv2D", "Convolution3D": "Conv3D",
+            "Deconvolution2D": "Conv2DTranspose", "SeparableConvolution2D": "SeparableConv2D"}
+_MERGING = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate")
+
+
+def _probe(module: nn.Module, shape) -> tuple[int, ...]:
+    """The output shape (no batch) of ``module`` on inputs of ``shape`` (one shape, or a list of them)."""
+    with torch.no_grad():
+        if isinstance(shape, list):
+            out = module([torch.zeros(1, *s) for s in shape])
+        else:
+            out = module.eval()(torch.zeros(1, *shape))
+    return tuple(out.shape[1:])
+
+
+# ----------------------------------------------------------------------------- weights: Keras -> PyTorch
+
+def _take(arrays: list[np.ndarray], n: int, module: nn.Module) -> list[torch.Tensor]:
+    if len(arrays) != n:
+        raise CnnkitError(f"layer {type(module).__name__} expects {n} weight arrays in the file; found {len(arrays)}")
+    return [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in arrays]
+
+
+def _set(param: torch.Tensor, value: torch.Tensor, what: str) -> None:
+    if tuple(param.shape) != tuple(value.shape):
+        raise CnnkitError(f"{what}: the file holds shape {tuple(value.shape)}, the layer needs {tuple(param.shape)}; "
+                          "the weights do not fit the model's description")
+    with torch.no_grad():
+        param.copy_(value)
+
+
+def _kernel(k: torch.Tensor) -> torch.Tensor:
+    """(*spatial, C_in, C_out) -> (C_out, C_in, *spatial): Keras' kernel in PyTorch's layout.
+
+    For a transposed convolution Keras stores (*spatial, C_out, C_in) and PyTorch wants
+    (C_in, C_out, *spatial): the same permutation.
+    """
+    n = k.dim() - 2
+    return k.permute(n + 1, n, *range(n))
+
+
+def _load_conv(m: nn.Module, arrays) -> None:
+    ts = _take(arrays, 1 + (m.bias is not None), m)
+    _set(m.weight, _kernel(ts[0]), "kernel")
+    if m.bias is not None:
+        _set(m.bias, ts[1], "bias")
+
+
+def _depthwise(k: torch.Tensor) -> torch.Tensor:
+    # (kH, kW, C, M) -> (C * M, 1, kH, kW): output channel c * M + m filters input channel c
+    kh, kw, c, mult = k.shape
+    return k.reshape(kh, kw, c * mult).permute(2, 0, 1).unsqueeze(1)
+
+
+def _load_depthwise(m: nn.Module, arrays) -> None:
+    ts = _take(arrays, 1 + (m.bias is not None), m)
+    _set(m.weight, _depthwise(ts[0]), "depthwise kernel")
+    if m.bias is not None:
+        _set(m.bias, ts[1], "bias")
+
+
+def _load_separable(m: SeparableConv2D, arrays) -> None:
+    ts = _take(arrays, 2 + (m.pointwise.bias is not None), m)
+    _set(m.depthwise.weight, _depthwise(ts[0]), "depthwise kernel")
+    _set(m.pointwise.weight, _kernel(ts[1]), "pointwise kernel")
+    if m.pointwise.bias is not None:
+        _set(m.pointwise.bias, ts[2], "bias")
+
+
+def _load_dense(m: Dense, arrays) -> None:
+    ts = _take(arrays, 1 + (m.bias is not None), m)
+    _set(m.weight, ts[0].t(), "kernel")
+    if m.bias is not None:
+        _set(m.bias, ts[1], "bias")
+
+
+def _load_batchnorm(m: nn.Module, arrays) -> None:
+    # Keras' order: gamma (if scale), beta (if center), moving_mean, moving_variance
+    targets = [p for p in (m.weight, m.bias) if p is not None] + [m.running_mean, m.running_var]
+    for t, v in zip(targets, _take(arrays, len(targets), m)):
+        _set(t, v, "batch normalization")
+
+
+def _load_normalization(m: Normalization, arrays) -> None:
+    if len(arrays) != 3:
+        raise CnnkitError(f"Normalization expects mean, variance and count in the file; found {len(arrays)} arrays")
+    c = m.mean.numel()
+    for t, v in ((m.mean, arrays[0]), (m.variance, arrays[1])):
+        v = np.asarray(v, np.float32).ravel()
+        _set(t, torch.from_numpy(np.array(np.broadcast_to(v, (c,)))), "normalization")
+    m.count.fill_(int(np.asarray(arrays[2]).ravel()[0]) if np.asarray(arrays[2]).size else 0)
+
+
+def _num_vars(rec: _Layer) -> int:
+    """How many arrays the file holds for this layer (what :func:`_assign` hands its loader)."""
+    if rec.load is None:
+        return 0
+    m = rec.module
+    if isinstance(m, SeparableConv2D):
+        return 2 + (m.pointwise.bias is not None)
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        return (m.weight is not None) + (m.bias is not None) + 2
+    if isinstance(m, Normalization):
+        return 3
+    return 1 + (m.bias is not None)
+
+
+# ----------------------------------------------------------------------------- the graph
+
+def _unwrap(layer: dict) -> tuple[str, dict, str]:
+    """(class name, its config, its name) of one entry of a model's ``layers``."""
+    if not isinstance(layer, dict) or not isinstance(layer.get("config"), dict):
+        raise CnnkitError("a layer entry in the model's config is not a JSON object with a 'config'")
+    kind = str(layer.get("class_name"))
+    cfg = layer["config"]
+    name = layer.get("name") or cfg.get("name")
+    if not isinstance(name, str) or not name:
+        raise CnnkitError(f"a {kind} layer in the model's config has no name")
+    return _ALIASES.get(kind, kind), cfg, name
+
+
+def _refuse(kind: str, name: str) -> CnnkitError:
+    if kind == "Lambda":
+        why = "it holds Python code, which cnnkit never runs from a file"
+    elif kind == "TFOpLambda" or kind.startswith(("__", "TF")):
+        why = "it is a TensorFlow operation recorded as code"
+    else:
+        why = "it is not in the table of layers cnnkit reads"
+    return CnnkitError(f"layer {name!r} is a {kind}: {why}; rebuild the model without it (cnnkit reads "
+                       f"{', '.join(sorted(set(LAYERS) | set(_MODELS) | {'InputLayer'}))})")
+
+
+def _input_shape(cfg: dict) -> tuple | None:
+    """The Keras input shape (no batch) stated by an InputLayer's or a first layer's config."""
+    for key in ("batch_shape", "batch_input_shape"):
+        if cfg.get(key) is not None:
+            return tuple(cfg[key][1:])
+    return None
+
+
+def _channels_first(keras_shape, where: str) -> tuple[int, ...]:
+    """Keras (H, W, C) (None allowed for the spatial sizes) -> PyTorch (C, H, W)."""
+    shape = [PROBE_SIDE if d is None else d for d in keras_shape]
+    if not shape or keras_shape[-1] is None or not all(isinstance(d, int) and 0 < d <= 1 << 16 for d in shape):
+        raise CnnkitError(f"{where}: the input shape {tuple(keras_shape)} is not a list of positive sizes "
+                          "with a known number of channels")
+    return tuple(shape[-1:] + shape[:-1]) if len(shape) > 1 else tuple(shape)
+
+
+def _safe_name(name: str, taken: set[str]) -> str:
+    """A Keras layer name usable as a PyTorch child name (no dots; not an nn.Module attribute)."""
+    base = re.sub(r"[^0-9A-Za-z_]", "_", name) or "layer"
+    if base[0].isdigit() or hasattr(nn.Module, base) or base in ("inputs", "nodes", "outputs", "keras_name"):
+        base = f"layer_{base}"
+    out, i = base, 1
+    while out in taken:
+        out, i = f"{base}_{i}", i + 1
+    taken.add(out)
+    return out
+
+
+def _history(x) -> list[tuple[str, int]]:
+    """The (layer name, node index) of every tensor named in a node's arguments, in order.
+
+    Keras 3: ``{"class_name": "__keras_tensor__", "config": {"keras_history": [name, node, tensor]}}``
+    nested in lists; Keras 2: ``[name, node, tensor, kwargs]`` lists.
+    """
+    if isinstance(x, dict):
+        if x.get("class_name") == "__keras_tensor__":
+            h = x["config"]["keras_history"]
+            return [(str(h[0]), int(h[1]))]
+        return [t for v in x.values() for t in _history(v)]
+    if isinstance(x, list):
+        if len(x) >= 3 and isinstance(x[0], str) and isinstance(x[1], int) and isinstance(x[2], int):
+            return [(x[0], x[1])]
+        return [t for v in x for t in _history(v)]
+    return []
+
+
+def _node_inputs(node) -> list[tuple[str, int]]:
+    if isinstance(node, dict):     # Keras 3: {"args": [...], "kwargs": {...}}; tensors in kwargs are ignored
+        return _history(node.get("args", []))
+    return _history(node)          # Keras 2: [[name, node, tensor, kwargs], ...]
+
+
+def _endpoints(spec) -> list[tuple[str, int]]:
+    """``input_layers`` / ``output_layers``: one [name, node, tensor] or a list of them (or a dict)."""
+    if isinstance(spec, dict):
+        spec = list(spec.values())
+    if isinstance(spec, list) and len(spec) >= 3 and isinstance(spec[0], str):
+        spec = [spec]
+    if not isinstance(spec, list) or not spec:
+        raise CnnkitError("the model's config names no inputs or outputs")
+    return [(str(s[0]), int(s[1])) for s in spec]
+
+
+def _build_model(config: dict, input_shapes: list[tuple[int, ...]] | None, depth: int = 0
+                 ) -> tuple[KerasNetwork, list[tuple[int, ...]], list[tuple[str, str, _Layer]]]:
+    """A Keras model config -> (network, its input shapes channels first, records in config order).
+
+    A record is (Keras class name, layer name, _Layer); a nested model's record holds its own records.
+    ``input_shapes`` is given for a nested model (what its caller feeds it).
+    """
+    if depth > 8:
+        raise CnnkitError("the Keras model nests models more than 8 deep")
+    kind = config.get("class_name")
+    cfg = config.get("config")
+    if kind not in _MODELS or not isinstance(cfg, dict):
+        raise CnnkitError(f"the file describes a {str(kind)[:40]!r}, not a Keras Sequential or functional model")
+    layers = cfg.get("layers")
+    if not isinstance(layers, list) or len(layers) > MAX_LAYERS:
+        raise CnnkitError(f"the model's config has no list of layers (or more than {MAX_LAYERS})")
+    name = str(cfg.get("name", "model"))
+    if kind == "Sequential":
+        return _build_sequential(name, cfg, layers, input_shapes, depth)
+    return _build_functional(name, cfg, layers, input_shapes, depth)
+
+
+def _build_layer(kind: str, cfg: dict, lname: str, layer: dict, shape, depth: int) -> _Layer:
+    if kind in _MODELS:
+        net, _, records = _build_model(layer, shape if isinstance(shape, list) else [shape], depth + 1)
+        out = _probe_net(net, shape if isinstance(shape, list) else [shape])
+        return _Layer(net, out, None, records)
+    if kind not in LAYERS:
+        raise _refuse(kind, lname)
+    if (kind in _MERGING) != isinstance(shape, list):
+        got = "several inputs" if isinstance(shape, list) else "one input"
+        raise CnnkitError(f"layer {lname!r} ({kind}) gets {got}"
+                          f"; {'a merge layer takes several' if kind in _MERGING else 'it takes one'}")
+    try:
+        return LAYERS[kind](cfg, shape)
+    except CnnkitError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, ZeroDivisionError) as exc:
+        text = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise CnnkitError(f"layer {lname!r} ({kind}) cannot be built from its config on input {shape} "
+                          f"(channels first): {text}") from None
+
+
+def _probe_net(net: KerasNetwork, shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
+    with torch.no_grad():
+        out = net.eval()(*[torch.zeros(1, *s) for s in shapes])
+    if isinstance(out, tuple):
+        raise CnnkitError(f"the nested model {net.keras_name!r} has several outputs; not read")
+    return tuple(out.shape[1:])
+
+
+def _build_sequential(name, cfg, layers, input_shapes, depth):
+    if input_shapes is None:
+        first = layers[0] if layers and isinstance(layers[0], dict) else {}
+        keras_shape = _input_shape(first.get("config") or {})
+        if keras_shape is None and cfg.get("build_input_shape"):
+            keras_shape = tuple(cfg["build_input_shape"][1:])
+        if keras_shape is None:
+            build = first.get("build_config") or {}
+            keras_shape = tuple(build["input_shape"][1:]) if build.get("input_shape") else None
+        if keras_shape is None:
+            raise CnnkitError(f"the Sequential model {name!r} states no input shape; build it in Keras "
+                              "(keras.Input(shape) as its first layer) before saving")
+        input_shapes = [_channels_first(keras_shape, name)]
+    shape = input_shapes[0]
+    taken: set[str] = set()
+    modules, nodes, records, names = {}, [], [], {}
+    prev = "input:0"
+    for layer in layers:
+        kind, lcfg, lname = _unwrap(layer)
+        if kind == "InputLayer":
+            continue
+        rec = _build_layer(kind, lcfg, lname, layer, shape, depth)
+        child = _safe_name(lname, taken)
+        modules[child], names[child] = rec.module, lname
+        nodes.append((f"{child}:0", child, [prev]))
+        records.append((kind, lname, rec))
+        prev, shape = f"{child}:0", rec.shape
+    return KerasNetwork(name, ["input:0"], nodes, [prev], modules, names), input_shapes, records
+
+
+def _build_functional(name, cfg, layers, input_shapes, depth):
+    entries = [_unwrap(layer) + (layer,) for layer in layers]
+    by_name = {e[2]: e for e in entries}
+    if len(by_name) != len(entries):
+        raise CnnkitError(f"the model {name!r} names two layers alike")
+    inputs = _endpoints(cfg.get("input_layers"))
+    outputs = _endpoints(cfg.get("output_layers"))
+    taken: set[str] = set()
+    child_of = {e[2]: _safe_name(e[2], taken) for e in entries}
+    shapes: dict[str, tuple[int, ...]] = {}
+    input_keys = []
+    for i, (lname, node) in enumerate(inputs):
+        if lname not in by_name or by_name[lname][0] != "InputLayer":
+            raise CnnkitError(f"the model {name!r} takes input from {lname!r}, which is not one of its InputLayers")
+        key = f"{child_of[lname]}:{node}"
+        if input_shapes is not None:
+            if i >= len(input_shapes):
+                raise CnnkitError(f"the nested model {name!r} takes more inputs than it is given")
+            shapes[key] = input_shapes[i]
+        else:
+            keras_shape = _input_shape(by_name[lname][1])
+            if keras_shape is None:
+                raise CnnkitError(f"the input {lname!r} of {name!r} states no shape")
+            shapes[key] = _channels_first(keras_shape, lname)
+        input_keys.append(key)
+    # every call of every layer, run once all its inputs exist (the config's order, then retries)
+    pending = []
+    for kind, lcfg, lname, layer in entries:
+        if kind == "InputLayer":
+            continue
+        calls = layer.get("inbound_nodes") or []
+        if not isinstance(calls, list):
+            raise CnnkitError(f"layer {lname!r} has malformed inbound_nodes")
+        for idx, node in enumerate(calls):
+            args = [f"{child_of.get(n, n)}:{k}" for n, k in _node_inputs(node)]
+            if not args:
+                raise CnnkitError(f"layer {lname!r} is called on no tensor; the config is malformed")
+            pending.append((kind, lcfg, lname, layer, idx, args))
+    modules, nodes, records, built = {}, [], [], {}
+    while pending:
+        ready = [p for p in pending if all(a in shapes for a in p[5])]
+        if not ready:
+            missing = sorted({a for p in pending for a in p[5] if a not in shapes})[:3]
+            raise CnnkitError(f"the model {name!r} has layers fed by tensors no layer makes ({', '.join(missing)}); "
+                              "the config is malformed")
+        for p in ready:
+            kind, lcfg, lname, layer, idx, args = p
+            in_shape = [shapes[a] for a in args] if kind in _MERGING or len(args) > 1 else shapes[args[0]]
+            child = child_of[lname]
+            if lname in built:                  # a shared layer called again: same module, same weights
+                rec = built[lname]
+                out = _probe(rec.module, in_shape) if not isinstance(rec.module, KerasNetwork) else \
+                    _probe_net(rec.module, in_shape if isinstance(in_shape, list) else [in_shape])
+            else:
+                rec = _build_layer(kind, lcfg, lname, layer, in_shape, depth)
+                built[lname] = rec
+                modules[child] = rec.module
+                out = rec.shape
+            shapes[f"{child}:{idx}"] = out
+            nodes.append((f"{child}:{idx}", child, args))
+        pending = [p for p in pending if p not in ready]
+    # records in the config's order: the order Keras saves the weights in
+    records = [(kind, lname, built[lname]) for kind, _, lname, _ in entries if lname in built]
+    out_keys = [f"{child_of.get(n, n)}:{k}" for n, k in outputs]
+    for k in out_keys:
+        if k not in shapes:
+            raise CnnkitError(f"the model {name!r} outputs {k}, which no layer makes")
+    net = KerasNetwork(name, input_keys, nodes, out_keys, modules, {c: n for n, c in child_of.items() if c in modules})
+    return net, [shapes[k] for k in input_keys], records
+
+
+# ----------------------------------------------------------------------------- the files
+
+def _snake(name: str) -> str:
+    """Keras' ``to_snake_case``: ``MaxPooling2D`` -> ``max_pooling2d`` (the group names in .keras files)."""
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def _assign_keras_v3(h5, records, prefix: str, source) -> None:
+    """Load weights from a ``model.weights.h5`` (groups ``layers/<class_snake>[_i]/vars/<n>``).
+
+    The groups are named after each layer's class, numbered in the order of the model's layers
+    (InputLayer included), not after the layer's name.
+    """
+    used: dict[str, int] = {}
+
+    def group_name(kind: str) -> str:
+        base = _snake(kind)
+        if base in used:
+            used[base] += 1
+            return f"{base}_{used[base]}"
+        used[base] = 0
+        return base
+
+    for kind, lname, rec in records:
+        path = f"{prefix}/{group_name(kind)}"
+        if rec.children:
+            _assign_keras_v3(h5, rec.children, f"{path}/layers", source)
+            continue
+        n = _num_vars(rec)
+        if n == 0:
+            continue
+        group = h5.get(f"{path}/vars")
+        if group is None:
+            raise CnnkitError(f"{source}: no weights for layer {lname!r} ({kind}) at {path}/vars")
+        arrays = [group[str(i)][()] for i in range(len(group))]
+        rec.load(rec.module, arrays)
+
+
+def _arrays_v2(h5, lname: str, source: str) -> list[np.ndarray]:
+    """A legacy ``.h5`` layer group's arrays in its ``weight_names`` order."""
+    group = h5.get(lname)
+    if group is None:
+        raise CnnkitError(f"{source}: no weights for layer {lname!r} in model_weights")
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs.get("weight_names", [])]
+    try:
+        return [group[n][()] for n in names]
+    except KeyError as exc:
+        raise CnnkitError(f"{source}: layer {lname!r} lists a weight the file lacks ({exc})") from None
+
+
+def _assign_legacy(h5, records, source: str) -> None:
+    for kind, lname, rec in records:
+        arrays = _arrays_v2(h5, lname, source)
+        if rec.children:            # a nested model: one group with all its layers' weights in order
+            _distribute(arrays, rec.children, lname, source)
+        elif _num_vars(rec):
+            rec.load(rec.module, arrays)
+        elif arrays:
+            raise CnnkitError(f"{source}: layer {lname!r} ({kind}) has weights in the file but none in Keras' table")
+
+
+def _distribute(arrays: list, records, lname: str, source: str) -> None:
+    for kind, inner, rec in records:
+        if rec.children:
+            n = sum(_num_vars(r) for _, _, r in _flatten(rec.children))
+            _distribute(arrays[:n], rec.children, inner, source)
+        else:
+            n = _num_vars(rec)
+            if n:
+                rec.load(rec.module, arrays[:n])
+        arrays = arrays[n:]
+    if arrays:
+        raise CnnkitError(f"{source}: the nested model {lname!r} has {len(arrays)} more weight arrays than its layers")
+
+
+def _flatten(records):
+    for r in records:
+        yield from (_flatten(r[2].children) if r[2].children else [r])
+
+
+def _read_json(text: bytes, what: str, source) -> dict:
+    if len(text) > MAX_CONFIG_BYTES:
+        raise CnnkitError(f"{source}: {what} is larger than {MAX_CONFIG_BYTES >> 20} MB; not a Keras model config")
+    try:
+        out = json.loads(text)
+    except (ValueError, RecursionError, UnicodeDecodeError) as exc:
+        msg = " ".join(str(exc).split())[:120]
+        raise CnnkitError(f"{source}: {what} is not valid JSON ({msg}); the file is damaged or not a Keras "
+                          "model") from None
+    if not isinstance(out, dict):
+        raise CnnkitError(f"{source}: {what} is not a JSON object; the file is not a Keras model")
+    return out
+
+
+def _h5py():
+    try:
+        import h5py
+    except ImportError:
+        raise CnnkitError("reading Keras files needs h5py: pip install 'cnnkit[keras]'") from None
+    return h5py
+
+
+def read_keras_config(path: str | Path) -> dict:
+    """The model config (``{"class_name": ..., "config": ...}``) of a ``.keras`` or ``.h5`` file, unread weights.
+
+    Raises:
+        CnnkitError: the file is missing, not a Keras model, or damaged.
+    """
+    return _open(Path(path), weights=False)[0]
+
+
+def _open(path: Path, weights: bool):
+    """(config, weight reader or None) for a .keras zip or a legacy .h5 file."""
+    if not path.is_file():
+        raise CnnkitError(f"no Keras model at {path}: give a .keras or .h5 file saved by model.save()")
+    with open(path, "rb") as f:
+        magic = f.read(8)
+    if magic.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = set(z.namelist())
+                if "config.json" not in names:
+                    raise CnnkitError(f"{path} is a zip without config.json; not a .keras model file")
+                if z.getinfo("config.json").file_size > MAX_CONFIG_BYTES:
+                    raise CnnkitError(f"{path}: config.json is larger than {MAX_CONFIG_BYTES >> 20} MB")
+                config = _read_json(z.read("config.json"), "config.json", path)
+                blob = z.read("model.weights.h5") if weights and "model.weights.h5" in names else None
+                if weights and blob is None:
+                    raise CnnkitError(f"{path} holds no model.weights.h5; save the model with its weights")
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+            msg = " ".join(str(exc).split())[:120] or type(exc).__name__
+            raise CnnkitError(f"{path} is a damaged .keras file ({msg}); save the model again") from None
+        return config, ("v3", blob)
+    if magic == b"\x89HDF\r\n\x1a\n":
+        h5py = _h5py()
+        try:
+            with h5py.File(path, "r") as h5:
+                text = h5.attrs.get("model_config")
+                if text is None:
+                    raise CnnkitError(f"{path} is an HDF5 file without model_config: weights only? save the whole "
+                                      "model with model.save()")
+                config = _read_json(text if isinstance(text, bytes) else str(text).encode(), "model_config", path)
+        except CnnkitError:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- h5py raises OSError/KeyError/RuntimeError on damaged files
+            msg = " ".join(str(exc).split())[:120] or type(exc).__name__
+            raise CnnkitError(f"{path} is a damaged HDF5 file ({msg}); save the model again") from None
+        return config, ("h5", None)
+    raise CnnkitError(f"{path} is neither a .keras (zip) nor an HDF5 .h5 file; give a file saved by Keras' "
+                      "model.save()")
+
+
+def build_from_keras_config(config: dict, logits: bool = False) -> nn.Module:
+    """The PyTorch network a Keras model config describes, with fresh weights; no code is run.
+
+    Args:
+        config: ``{"class_name": "Sequential" | "Functional", "config": {...}}`` as in a
+            ``.keras`` file's ``config.json`` or a ``.h5`` file's ``model_config``.
+        logits: drop a final softmax/sigmoid activation, so the network returns logits
+            (cnnkit's classifiers do; the loss applies the softmax).
+
+    Returns:
+        An eval-mode :class:`KerasNetwork` (attribute ``input_size``, channels first).
+
+    Raises:
+        CnnkitError: a layer is not in :data:`LAYERS` (``Lambda``, custom objects), or the config is malformed.
+    """
+    return _network(config, logits)[0]
+
+
+def _network(config: dict, logits: bool):
+    if not isinstance(config, dict):
+        raise CnnkitError("a Keras model config is a JSON object with 'class_name' and 'config'")
+    net, input_shapes, records = _build_model(config, None)
+    net.keras_config = copy.deepcopy(config)
+    if logits:
+        _drop_final_activation(net)
+    net.input_size = input_shapes[0] if len(input_shapes) == 1 else tuple(input_shapes)
+    return net.eval(), records
+
+
+def _drop_final_activation(net: KerasNetwork) -> None:
+    """Replace a softmax/sigmoid that ends the (single) output by the identity."""
+    if len(net.outputs) != 1:
+        return
+    layer = net.outputs[0].rpartition(":")[0]
+    m = getattr(net, layer)
+    if isinstance(getattr(m, "activation", None), (nn.Softmax, nn.Sigmoid)):
+        m.activation = nn.Identity()
+    elif isinstance(m, (nn.Softmax, nn.Sigmoid)):
+        setattr(net, layer, nn.Identity())
+
+
+def load_keras(path: str | Path, logits: bool = False) -> tuple[nn.Module, tuple[int, ...]]:
+    """A Keras ``.keras`` or legacy ``.h5`` model file as an eval-mode PyTorch network, and its input size.
+
+    Reads only JSON and HDF5 (``json``, ``zipfile``, ``h5py``); never imports Keras or runs code from
+    the file. The network takes channels-first inputs (N, C, H, W) and returns what Keras returns
+    for the same (N, H, W, C) input.
+
+    Args:
+        path: a file written by ``model.save("x.keras")`` or ``model.save("x.h5")`` (Keras 2 or 3).
+        logits: drop a final softmax/sigmoid, for a cnnkit classifier that returns logits.
+
+    Returns:
+        ``(network, input_size)``: a :class:`KerasNetwork` and its input size channels first, e.g. (1, 28, 28).
+
+    Raises:
+        CnnkitError: the file is missing, damaged or not a Keras model; a layer is not one cnnkit reads
+            (``Lambda``, custom objects); the weights do not fit the layers.
+
+    Example:
+        >>> net, size = load_keras("mnist.keras")      # doctest: +SKIP
+        >>> net(torch.rand(8, *size)).shape             # doctest: +SKIP
+        torch.Size([8, 10])
+    """
+    path = Path(path)
+    config, (kind, blob) = _open(path, weights=True)
+    net, records = _network(config, logits)
+    h5py = _h5py()
+    try:
+        if kind == "v3":
+            import io
+
+            with h5py.File(io.BytesIO(blob), "r") as h5:
+                _assign_keras_v3(h5, records, "layers", path)
+        else:
+            with h5py.File(path, "r") as h5:
+                group = h5.get("model_weights", h5)
+                _assign_legacy(group, records, path)
+    except CnnkitError as exc:
+        msg = str(exc)
+        raise CnnkitError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
+    except Exception as exc:  # noqa: BLE001 -- damaged HDF5 data: OSError, KeyError, ValueError from h5py
+        msg = " ".join(str(exc).split())[:120] or type(exc).__name__
+        raise CnnkitError(f"{path}: its weights cannot be read ({msg}); the file is damaged: save the model "
+                          "again") from None
+    return net.eval(), tuple(net.input_size)
