@@ -11,6 +11,8 @@ The public API is re-exported lazily so that ``import cnnkit`` stays cheap:
 Every function here raises :class:`CnnkitError` (and nothing else) for input it cannot use: a bad
 value, or a missing, damaged or crafted file.
 - ``cnnkit.to_fcn(model)`` -- dense heads turned into convolutions
+- ``cnnkit.load_keras(path)`` -- a Keras ``.keras`` / ``.h5`` model as a PyTorch network (read as data)
+- ``cnnkit.export_onnx(model, example, path)`` / ``cnnkit.OnnxModel(path)`` -- ONNX out, checked in ONNX Runtime
 """
 
 from importlib import import_module
@@ -29,6 +31,9 @@ _LAZY = {
     "register_model": "cnnkit.models",
     "load": "cnnkit.tasks.load",
     "to_fcn": "cnnkit.models.fcn",
+    "load_keras": "cnnkit.models.keras",
+    "export_onnx": "cnnkit.export",
+    "OnnxModel": "cnnkit.export",
 }
 
 __all__ = ["CnnkitError", "__version__", *_LAZY]

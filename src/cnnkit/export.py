@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import CnnkitError
+from cnnkit.errors import CnnkitError
 
 OUTPUTS_KEY = "cnnkit.outputs"      # metadata_props entry: {"kind": "tensor" | "tuple" | "dict", "names": [...]}
 

@@ -20,7 +20,8 @@ from cnnkit.errors import (
 )
 
 # sub-modules of cnnkit.cli, in the order their commands appear in --help
-_COMMAND_MODULES = ["classify", "detect", "segment", "instance", "summary", "zoo", "explain", "serve"]
+_COMMAND_MODULES = ["classify", "detect", "segment", "instance", "summary", "zoo", "explain", "convert", "export",
+                    "serve"]
 
 
 def add_trust_code(parser: argparse.ArgumentParser) -> None:

@@ -8,8 +8,8 @@ network from that JSON with :func:`cnnkit.models.keras.build_from_keras_config`,
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
+
+from cnnkit.tasks.classify.convert import convert_keras
 
 
 def register(subparsers) -> None:
@@ -31,7 +31,7 @@ def register(subparsers) -> None:
 
 
 def _floats(text: str | None, name: str) -> list[float] | None:
-    from ..errors import CnnkitError
+    from cnnkit.errors import CnnkitError
 
     if text is None:
         return None
@@ -39,73 +39,6 @@ def _floats(text: str | None, name: str) -> list[float] | None:
         return [float(v) for v in text.split(",")]
     except ValueError:
         raise CnnkitError(f"--{name} takes numbers separated by commas. Received: --{name} {text}") from None
-
-
-def _per_channel(values: list[float] | None, channels: int, name: str, default: float) -> list[float]:
-    from ..errors import CnnkitError
-
-    values = [default] if values is None else list(values)
-    if len(values) == 1:
-        values *= channels
-    if len(values) != channels:
-        raise CnnkitError(f"{name} needs 1 or {channels} values (one per channel). Received: {name}={values}")
-    return values
-
-
-def _class_names(spec: str | None, n: int) -> list[str]:
-    from ..errors import CnnkitError
-
-    if spec is None:
-        return [f"class_{i}" for i in range(n)]
-    names = Path(spec).read_text().split("\n") if Path(spec).is_file() else spec.split(",")
-    names = [c.strip() for c in names if c.strip()]
-    if len(names) != n:
-        raise CnnkitError(f"the model has {n} outputs but --classes gives {len(names)} names. "
-                          f"Received: --classes {spec}")
-    return names
-
-
-def convert_keras(model: str | os.PathLike, out: str | os.PathLike, classes: str | None = None,
-                  mean: list[float] | None = None, std: list[float] | None = None,
-                  raw_pixels: bool = False) -> tuple[Path, dict]:
-    """Write ``out/model.safetensors`` from a Keras classifier file; returns (its path, its info).
-
-    The network returns logits: a final softmax/sigmoid is dropped (``logits=True``). The run's
-    Classifier feeds the network ``(x - mean) / std`` of [0, 1] pixels (default: the pixels as they
-    are; ``raw_pixels``: multiplied by 255, for a Keras model trained on 0-255 values).
-
-    Raises:
-        CnnkitError: the file is not a Keras model cnnkit reads, or it is not an image classifier
-            (one image input, one (N, classes) output).
-    """
-    import torch
-
-    from ..errors import CnnkitError
-    from ..models.keras import load_keras
-    from ..train import checkpoint as ckpt
-
-    net, size = load_keras(model, logits=True)
-    if not (isinstance(size, tuple) and len(size) == 3 and all(isinstance(d, int) for d in size)):
-        raise CnnkitError(f"{model}: a run folder holds an image classifier with one (C, H, W) input; this model "
-                          f"takes {size}. Use cnnkit.models.keras.load_keras(path) for it in Python")
-    with torch.no_grad():
-        out_shape = net(torch.zeros(1, *size)).shape if len(net.outputs) == 1 else None
-    if out_shape is None or len(out_shape) != 2:
-        raise CnnkitError(f"{model}: a run folder holds a classifier with one (N, classes) output; this model "
-                          f"returns {'several outputs' if out_shape is None else tuple(out_shape)}")
-    n = int(out_shape[1])
-    names = _class_names(classes, n)
-    mean = _per_channel(mean, size[0], "mean", 0.0)
-    std = [s / 255 if raw_pixels else s for s in _per_channel(std, size[0], "std", 1.0)]
-    clf = ckpt.Classifier(net, mean, std, names, size)
-    info = {"format": ckpt.FORMAT, "model": f"keras:{Path(model).name}", "num_classes": n,
-            "input_size": list(size), "classes": names, "mean": mean, "std": std, "tta": "",
-            "dataset": {"name": ""}, "epoch": 0, "history": [], "interrupted": False,
-            "network": {"kind": "keras", "config": net.keras_config, "logits": True},
-            "source": {"keras_file": str(Path(model).resolve())}}
-    path = Path(out) / ckpt.MODEL_FILE
-    ckpt.save_model(path, clf, info)
-    return path, info
 
 
 def run_convert(args) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from . import add_trust_code, trust
+from cnnkit.cli import add_trust_code, trust
 
 
 def register(subparsers) -> None:
@@ -34,7 +34,7 @@ def register(subparsers) -> None:
 
 
 def _size(model, text: str | None) -> tuple[int, ...]:
-    from ..errors import CnnkitError
+    from cnnkit.errors import CnnkitError
 
     if text is not None:
         try:
@@ -52,9 +52,9 @@ def run_export(args) -> int:
 
     import torch
 
-    from ..errors import CnnkitError
-    from ..export import export_onnx
-    from ..train.checkpoint import load
+    from cnnkit.errors import CnnkitError
+    from cnnkit.export import export_onnx
+    from cnnkit.tasks.classify.load import load
 
     if args.batch < 1:
         raise CnnkitError(f"--batch must be at least 1. Received: --batch {args.batch}")

@@ -39,10 +39,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import CnnkitError
-from ..layers import get_activation
-from ..layers.conv_same import ConvTranspose2dSame, _DynamicPad, resolve_padding
-from ..layers.pool_same import AvgPool1dSame, AvgPool2dSame, AvgPool3dSame, MaxPool1dSame, MaxPool2dSame, MaxPool3dSame
+from cnnkit.errors import CnnkitError
+from cnnkit.layers import get_activation
+from cnnkit.layers.conv_same import ConvTranspose2dSame, _DynamicPad, resolve_padding
+from cnnkit.layers.pool_same import (
+    AvgPool1dSame,
+    AvgPool2dSame,
+    AvgPool3dSame,
+    MaxPool1dSame,
+    MaxPool2dSame,
+    MaxPool3dSame,
+)
 
 PROBE_SIDE = 224          # a spatial size the file leaves open (None) is taken as this
 MAX_CONFIG_BYTES = 64 << 20
@@ -955,7 +962,7 @@ def _assign_legacy(h5, records, source: str) -> None:
 
 
 def _distribute(arrays: list, records, lname: str, source: str) -> None:
-    for kind, inner, rec in records:
+    for _kind, inner, rec in records:
         if rec.children:
             n = sum(_num_vars(r) for _, _, r in _flatten(rec.children))
             _distribute(arrays[:n], rec.children, inner, source)

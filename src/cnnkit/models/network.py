@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from cnnkit.errors import CnnkitError, check_fits
+from cnnkit.models.keras import build_from_keras_config, load_keras
 
 TRUST_HINT = ("if you trust that code, load with trust_code=True, factory='FILE.py:FN' "
               "(CLI: --trust-code FILE.py:FN), naming the file yourself")
@@ -197,8 +198,10 @@ def build(network: dict, num_classes: int, in_channels: int, source: str,
         make = lambda: build_from_spec(spec, logits=True)[0]  # noqa: E731
     elif kind == "modules":
         make = lambda: build_modules(network.get("tree"))  # noqa: E731
+    elif kind == "keras":   # a converted Keras model: its own config, rebuilt by the Keras reader (no code run)
+        make = lambda: build_from_keras_config(network.get("config"), logits=bool(network.get("logits", True)))  # noqa: E731
     else:
-        raise CnnkitError(f"{source}: unknown network kind {str(kind)[:40]!r}; expected zoo, spec or modules")
+        raise CnnkitError(f"{source}: unknown network kind {str(kind)[:40]!r}; expected zoo, spec, modules or keras")
     return _sized(make, source, input_size)
 
 
@@ -298,6 +301,9 @@ def resolve_target(target) -> tuple[nn.Module, tuple[int, ...] | None, str]:
         from cnnkit.models.spec import build_from_spec
 
         model, input_size = build_from_spec(path)
+        return model, input_size, path.stem
+    if path.suffix.lower() in (".keras", ".h5"):        # read as data: no code in the file runs
+        model, input_size = load_keras(path)
         return model, input_size, path.stem
     m = re.match(r"^(?P<file>.+\.py):(?P<fn>[A-Za-z_]\w*)$", text)
     if m:
