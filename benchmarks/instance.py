@@ -54,7 +54,7 @@ def main() -> None:
     cmd = "python benchmarks/instance.py " + " ".join(sys.argv[1:])
     print(f"CPU: {cpu_name()}, {torch.get_num_threads()} threads; command: {cmd}")
     print(f"recipe: {model_cfg.backbone} ({model_cfg.weights}), {model_cfg.image_size} px, {model_cfg.epochs} epochs, "
-          f"batch {model_cfg.batch_size}, lr {model_cfg.lr}, freeze stride {model_cfg.freeze_stride}")
+          f"batch {model_cfg.batch_size}, lr {model_cfg.lr}, freeze to stride {model_cfg.freeze_to}")
     print(f"{args.data} test ({len(test_set)} images): mask AP {final['mask_AP']:.3f}  AP50 {final['mask_AP50']:.3f}  "
           f"AP75 {final['mask_AP75']:.3f}  AR100 {final['mask_AR100']:.3f} | box AP {final['box_AP']:.3f}  "
           f"AP50 {final['box_AP50']:.3f}")

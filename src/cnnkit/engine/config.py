@@ -85,7 +85,8 @@ class RunConfig:
     # shared fields a task does not use: no flag, and a config file that sets one is refused
     unsupported: ClassVar[tuple[str, ...]] = ()
     # names that runs of earlier versions stored -> today's names (their runs still load and evaluate)
-    renamed: ClassVar[dict[str, str]] = {"backbone": "model", "dataset": "data"}
+    renamed: ClassVar[dict[str, str]] = {"backbone": "model", "dataset": "data", "freeze": "freeze_to",
+                                         "freeze_stride": "freeze_to"}
 
     @classmethod
     def from_dict(cls, values: dict, strict: bool = True):

@@ -312,35 +312,12 @@ class Detector(nn.Module):
         through the high-resolution maps) and, with ``batchnorm``, no BatchNorm of the backbone is.
         Returns those BatchNorm modules: the engine keeps them in eval mode while training
         (``Setup.frozen``), so that they keep their ImageNet statistics."""
-        for module in _modules_up_to_stride(self.features, stride):
+        for module in self.features.up_to_stride(stride):
             module.requires_grad_(False)
         bns = [m for m in self.features.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if batchnorm else []
         for m in bns:
             m.requires_grad_(False)
         return bns
-
-
-@torch.no_grad()
-def _modules_up_to_stride(features: nn.Module, stride: int) -> list[nn.Module]:
-    """The leading trunk modules of a :func:`~cnnkit.models.features.create_features` pyramid (or a
-    :class:`TinyPyramid`) whose output stride is at most ``stride`` (found by a 64x64 probe)."""
-    if stride <= 1:
-        return []
-    if isinstance(features, TinyPyramid):
-        return [features.stem] if stride >= 4 else []
-    mods = [features.backbone.get_submodule(n) for n in features._trunk]
-    first = next(m for m in features.modules() if isinstance(m, nn.Conv2d))
-    was = features.training
-    features.eval()
-    x = torch.zeros(1, first.in_channels, 64, 64)
-    out = []
-    for m in mods:
-        x = m(x)
-        if 64 // x.shape[-1] > stride:
-            break
-        out.append(m)
-    features.train(was)
-    return out
 
 
 def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -368,6 +345,10 @@ class TinyPyramid(nn.Module):
         self.strides = list(out_strides)
         self._taps = [(4, 8, 16).index(st) for st in out_strides]
         self.channels = [list(channels)[i] for i in self._taps]
+
+    def up_to_stride(self, stride: int) -> list[nn.Module]:
+        """The stem (output stride 4) when ``stride`` >= 4: as :meth:`FeatureExtractor.up_to_stride`."""
+        return [self.stem] if stride >= 4 else []
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         maps = [self.stem(x)]                                              # (B, c_4, H/4, W/4)

@@ -80,12 +80,18 @@ class FeatureExtractor(nn.Module):
                              for s, c, t in zip(strides, channels, taps)]
 
     def stem(self, stride: int) -> list[nn.Module]:
-        """The trunk modules that compute the map at ``stride`` and everything before it (what to
-        freeze so that no gradient flows through the high-resolution layers)."""
+        """The trunk modules that compute the returned map at ``stride`` and everything before it."""
         if stride not in self.strides:
             raise CnnkitError(f"no returned map at stride {stride}; the maps' strides: {self.strides}")
-        last = self._taps[self.strides.index(stride)]
-        return [self.backbone.get_submodule(n) for n in self._trunk[: last + 1]]
+        return self.up_to_stride(stride)
+
+    def up_to_stride(self, stride: int) -> list[nn.Module]:
+        """The leading trunk modules whose output stride is at most ``stride`` (found by a 64x64 probe):
+        what fine-tuning freezes so that no gradient flows through the high-resolution layers."""
+        if stride < 2:
+            return []
+        strides, _ = _probe(self.backbone, self._trunk)
+        return [self.backbone.get_submodule(n) for n, s in zip(self._trunk, strides) if s <= stride]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         maps, wanted = [], set(self._taps)

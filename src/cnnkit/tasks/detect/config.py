@@ -24,8 +24,9 @@ class DetectConfig(RunConfig):
     weights: str | None = "imagenet"
     strides: tuple[int, ...] = option((), help="pyramid strides the head runs on (default: 8 16 32 for photos, "
                                                "8 on tiny)")
-    freeze: int | None = option(None, help="backbone modules up to this stride are not trained and keep their "
-                                           "batch-norm statistics (default: 4 with pretrained weights; -1: none)")
+    freeze_to: int | None = option(None, help="pretrained backbone modules up to this output stride are not "
+                                              "trained and keep their batch-norm statistics, as detectron2 freezes "
+                                              "the stem and res2 (default: 4 with pretrained weights; 0: none)")
     width: int = option(64, help="channels of the FPN-lite neck and the head")
     head_convs: int = option(2, help="3x3 convolutions per head tower")
     separate_towers: bool | None = option(None, help="one head tower for the classes, another for boxes and "
@@ -53,7 +54,7 @@ class DetectConfig(RunConfig):
         return replace(self, image_size=self.image_size if self.image_size is not None else (320 if photos else 128),
                        model=backbone, weights=weights,
                        strides=tuple(self.strides) or ((8,) if tiny else (8, 16, 32)),
-                       freeze=self.freeze if self.freeze is not None else (4 if weights else -1),
+                       freeze_to=self.freeze_to if self.freeze_to is not None else (4 if weights else 0),
                        epochs=self.epochs if self.epochs is not None else (40 if photos else 5),
                        separate_towers=self.separate_towers if self.separate_towers is not None else not tiny,
                        batch_size=self.batch_size if self.batch_size is not None else (4 if photos else 8),

@@ -32,7 +32,7 @@ def train(cfg: DetectConfig, out, resume: bool = False, quiet: bool = False):
         model, info = new_detector(cfg.model, train_set.classes, channels, cfg.image_size, cfg.weights,
                                    out_strides=cfg.strides, width=cfg.width, head_convs=cfg.head_convs,
                                    separate_towers=cfg.separate_towers)
-        frozen = model.freeze_backbone(cfg.freeze) if cfg.freeze >= 0 else []   # BN kept in eval mode
+        frozen = model.freeze_backbone(cfg.freeze_to) if cfg.freeze_to > 0 else []   # BN kept in eval mode
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         info["config"] = cfg.to_dict()

@@ -25,7 +25,7 @@ class InstanceConfig(DetectConfig):
     mask_width: int = option(64, help="channels of the mask head (Mask R-CNN: 256)")
     roi_jitter: int = option(2, help="jittered copies of each ground-truth box the mask head trains on")
     mask_weight: float = option(1.0, help="weight of the mask loss beside the detector's")
-    freeze_stride: int = option(4, help="pretrained backbone modules up to this stride stay frozen, batch norm in eval mode too, as detectron2 freezes the stem and res2 (0: train all)")
+    freeze_to: int | None = 4
     val_every: int | None = None
 
     def resolved(self) -> InstanceConfig:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 
 from cnnkit.errors import CnnkitError
 from cnnkit.models.instance import MaskDetector
@@ -11,20 +10,6 @@ from cnnkit.tasks.instance.config import InstanceConfig, config_from_dict
 from cnnkit.tasks.instance.data import _to, load_instance_data
 from cnnkit.tasks.instance.load import new_mask_detector
 from cnnkit.tasks.instance.task import InstanceTask
-
-
-def frozen_stem(features: nn.Module, stride: int) -> list[nn.Module]:
-    """The trunk modules of a :func:`~cnnkit.models.features.create_features` pyramid whose output stride
-    is at most ``stride`` (the stem and the stride-4 blocks for 4): what fine-tuning keeps frozen."""
-    from cnnkit.models.features import (
-        _probe,  # each trunk module's output stride, by a 64x64 probe
-    )
-
-    trunk = getattr(features, "_trunk", None)
-    if stride < 2 or trunk is None:
-        return []
-    strides, _ = _probe(features.backbone, trunk)
-    return [features.backbone.get_submodule(n) for n, s in zip(trunk, strides) if s <= stride]
 
 
 def train(cfg: InstanceConfig, out, resume: bool = False, quiet: bool = False):
@@ -40,9 +25,9 @@ def train(cfg: InstanceConfig, out, resume: bool = False, quiet: bool = False):
 
     out = Path(out)
     cfg = run_config(cfg, out, resume, config_from_dict)
-    if cfg.roi_jitter < 0 or cfg.freeze_stride < 0 or cfg.mask_convs < 0 or cfg.mask_width < 1 or cfg.mask_weight < 0:
-        raise CnnkitError(f"--roi-jitter, --freeze-stride and --mask-convs must be >= 0, --mask-width >= 1, --mask-weight >= 0; "
-                          f"received {cfg.roi_jitter}, {cfg.freeze_stride}, {cfg.mask_convs}, {cfg.mask_width}, {cfg.mask_weight}")
+    if cfg.roi_jitter < 0 or cfg.freeze_to < 0 or cfg.mask_convs < 0 or cfg.mask_width < 1 or cfg.mask_weight < 0:
+        raise CnnkitError(f"--roi-jitter, --freeze-to and --mask-convs must be >= 0, --mask-width >= 1, --mask-weight >= 0; "
+                          f"received {cfg.roi_jitter}, {cfg.freeze_to}, {cfg.mask_convs}, {cfg.mask_width}, {cfg.mask_weight}")
     with distributed(cfg.device) as d:
         train_set, test_set = run_data(cfg, out, resume, d, load_instance_data)
         torch.manual_seed(cfg.seed)
@@ -56,7 +41,7 @@ def train(cfg: InstanceConfig, out, resume: bool = False, quiet: bool = False):
                             roi_jitter=cfg.roi_jitter, mask_weight=cfg.mask_weight, cls_loss=cfg.cls_loss,
                             box_weight=cfg.box_weight, channels_last=cfg.channels_last)
         def begin(m: MaskDetector) -> Setup:
-            frozen = frozen_stem(m.detector.features, cfg.freeze_stride) if cfg.weights else []
+            frozen = m.detector.features.up_to_stride(cfg.freeze_to) if cfg.weights else []
             for module in frozen:
                 module.requires_grad_(False)
             return Setup(make_optimizer(m, cfg), schedule=lambda step, total: lr_at(step, total, cfg), frozen=frozen)
