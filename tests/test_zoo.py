@@ -107,3 +107,20 @@ def test_cli_zoo_json(capsys):
     assert rows["lenet5"]["input_size"] == [1, 32, 32] and rows["lenet5"]["weights"] is None
     assert main(["zoo", "mobilenet_v4"]) == 2
     assert "did you mean" in capsys.readouterr().err
+
+
+def test_dense_models_are_in_the_registry_with_their_task(capsys):
+    import torch
+
+    from cnnkit.cli import main
+
+    assert list_models("detect") == ["fcos"] and list_models("instance") == ["mask_fcos"]
+    assert list_models("segment") == ["deeplabv3", "fcn16s", "fcn32s", "fcn8s", "unet"]
+    assert not set(list_models("segment")) & set(list_models())        # the default lists classifiers
+    seg = create_model("fcn8s", num_classes=3, backbone="resnet18").eval()
+    assert seg(torch.zeros(1, 3, 64, 64)).shape == (1, 3, 64, 64)      # a class map at the input's size
+    det = create_model("fcos", num_classes=2, backbone="tiny", in_channels=1, out_strides=(8,)).eval()
+    out = det(torch.zeros(1, 1, 64, 64))
+    assert out["cls"].shape[-1] == 2
+    assert main(["zoo", "--task", "detect", "--format", "json"]) == 0
+    assert [r["name"] for r in __import__("json").loads(capsys.readouterr().out)] == ["fcos"]

@@ -13,6 +13,8 @@ def register(subparsers) -> None:
         "reference ImageNet weights are published (load them with --weights / load_weights).")
     p.add_argument("names", nargs="*", metavar="NAME", help="only these models (default: all)")
     p.add_argument("--family", help="only this family, e.g. resnet, mobilenet, notes")
+    p.add_argument("--task", default="classify", help="the models of this task: classify (default) | detect | "
+                                                      "segment | instance | all")
     p.add_argument("--format", default="table", choices=["table", "json"])
     p.set_defaults(func=run_zoo)
 
@@ -48,7 +50,7 @@ def run_zoo(args) -> int:
     from cnnkit.errors import CnnkitError
     from cnnkit.models import list_models, model_info
 
-    names = args.names or list_models()
+    names = args.names or list_models(None if args.task == "all" else args.task)
     for name in names:
         model_info(name)  # an unknown name fails here, with close matches
     if args.family:

@@ -46,8 +46,9 @@ def register_model(name: str | None = None, *, input_size=(3, 224, 224), paper: 
     return wrap
 
 
-def list_models(task: str | None = None) -> list[str]:
-    """Names of every registered model (of one ``task`` when given), sorted."""
+def list_models(task: str | None = "classify") -> list[str]:
+    """Names of the registered models of one ``task`` (classify | detect | segment | instance | ...;
+    None: every task), sorted."""
     _import_all()
     return sorted(k for k, info in _REGISTRY.items() if task is None or info.task == task)
 
