@@ -148,6 +148,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tu
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
                               "help": f"{meta['help']} (default: {shown})".replace("%", "%%")}
         base, nargs = _cli_type(kind)
+        if base is None:
+            continue
         if base is bool:
             kw["action"] = argparse.BooleanOptionalAction
         else:
@@ -249,7 +251,7 @@ def _cli_type(kind: Any) -> tuple[Any, Any]:
         return inner[0], len(inner)
     if kind in (int, float, str, bool):
         return kind, None
-    return str, None
+    return None, None                          # a nested config: set by a config file or Python
 
 
 def _coerce(cls: type, name: str, value: Any, where: str) -> Any:

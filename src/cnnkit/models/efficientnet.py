@@ -91,6 +91,13 @@ class MBConv(nn.Module):
         return x + drop_path(y, self.drop_prob, self.training) if self.use_res_connect else y
 
 
+def _remap_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """EfficientNet-PyTorch's keys (``_blocks.1._expand_conv``) as this network's; others as they are."""
+    if "_conv_stem.weight" in state and "_conv_stem.weight" not in self.state_dict():
+        return from_efficientnet_pytorch(state, self)
+    return state
+
+
 class EfficientNet(PooledClassifier):
     """A 3x3 stem, seven MBConv stages, a 1x1 conv to 4x the last width, pooling, dropout, Linear.
 
@@ -127,11 +134,7 @@ class EfficientNet(PooledClassifier):
         self.num_classes = num_classes
         self.classifier = nn.Sequential(nn.Dropout(dropout, inplace=True), _linear(self.num_features, num_classes))
 
-    def remap_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """EfficientNet-PyTorch's keys (``_blocks.1._expand_conv``) as this network's; others as they are."""
-        if "_conv_stem.weight" in state and "_conv_stem.weight" not in self.state_dict():
-            return from_efficientnet_pytorch(state, self)
-        return state
+    remap_state_dict = _remap_state_dict    # EfficientNet-PyTorch's keys read as this network's
 
     def new_linear(self, in_features: int, num_classes: int) -> nn.Module:
         return _linear(in_features, num_classes)
@@ -268,11 +271,7 @@ class EfficientNetLite(Classifier):
         nn.init.zeros_(fc.bias)
         return fc
 
-    def remap_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """EfficientNet-PyTorch's keys (``_blocks.1._expand_conv``) as this network's; others as they are."""
-        if "_conv_stem.weight" in state and "_conv_stem.weight" not in self.state_dict():
-            return from_efficientnet_pytorch(state, self)
-        return state
+    remap_state_dict = _remap_state_dict    # EfficientNet-PyTorch's keys read as this network's
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act1(self.bn1(self.conv_stem(x)))  # (B, C, H, W) -> (B, 32, H/2, W/2)
