@@ -8,7 +8,7 @@ from ._registry import ModelInfo, create_model, list_models, model_info, registe
 _MODEL_MODULES = [
     "alexnet", "vgg", "googlenet", "inception", "resnet", "densenet",
     "senet", "xception", "mobilenet_v1", "mobilenet_v2", "mobilenet_v3", "efficientnet",
-    "lenet", "notes", "mnist_nets",
+    "lenet", "notes", "mnist_nets", "video",
 ]
 _imported = False
 
