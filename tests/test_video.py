@@ -247,7 +247,7 @@ def test_networks_shapes_and_parameters():
         with torch.no_grad():
             assert m(torch.rand(2, 10, 1, 64, 64)).shape == (2, 10, 1, 64, 64)
         assert sum(p.numel() for p in m.parameters()) == params
-    paper = SimVP(SimVPConfig(hid_s=64, hid_t=512, n_t=8))             # OpenSTL lists 58.0 M
+    paper = SimVP(SimVPConfig())                                        # OpenSTL lists 58.0 M
     assert sum(p.numel() for p in paper.parameters()) == 57_946_113
     with pytest.raises(CnnkitError, match=r"SimVP takes \(B, T=10, C=1, H, W\)"):
         create_model("simvp_tiny")(torch.rand(1, 9, 1, 64, 64))

@@ -133,14 +133,14 @@ def r2plus1d_small(num_classes: int = 10, in_channels: int = 1, dropout: float =
 
 @dataclass(frozen=True)
 class SimVPConfig:
-    """SimVP's sizes (the paper's names in brackets)."""
+    """SimVP's sizes (the paper's names in brackets); the defaults are its Moving MNIST model."""
 
     frames: int = 10                         # frames in, and out (T)
     channels: int = 1                        # channels of a frame (C)
-    hid_s: int = 32                          # width of the spatial encoder and decoder (hid_S)
-    hid_t: int = 128                         # width of the temporal translator (hid_T)
+    hid_s: int = 64                          # width of the spatial encoder and decoder (hid_S)
+    hid_t: int = 512                         # width of the temporal translator (hid_T)
     n_s: int = 4                             # encoder (and decoder) layers; every second halves H, W (N_S)
-    n_t: int = 4                             # Inception blocks in each half of the translator (N_T)
+    n_t: int = 8                             # Inception blocks in each half of the translator (N_T)
     kernels: tuple[int, ...] = (3, 5, 7, 11)  # kernel sizes of an Inception block's branches
     groups: int = 8                          # groups of the branches' convolutions
     stride_first: bool = False               # halve H, W in the first encoder layer (SimVP: the second)
@@ -149,7 +149,7 @@ class SimVPConfig:
 SIMVP_CFGS = {
     # the Moving MNIST model of the paper and of OpenSTL (57.9 M weights, OpenSTL lists 58.0 M):
     # a reference row, far too slow to train on a CPU
-    "simvp_paper": SimVPConfig(hid_s=64, hid_t=512, n_t=8),
+    "simvp_paper": SimVPConfig(),
     "simvp": SimVPConfig(hid_s=16, hid_t=64, n_t=2, stride_first=True),
     "simvp_tiny": SimVPConfig(hid_s=8, hid_t=48, n_t=2, stride_first=True),
 }
@@ -250,16 +250,17 @@ class SimVP(nn.Module):
             raise CnnkitError(f"SimVP takes (B, T={self.cfg.frames}, C={self.cfg.channels}, H, W) frames; "
                               f"received shape {tuple(x.shape)}")
         b, t, c, h, w = x.shape
+        # shapes for the registered rows (n_s = 4, stride_first): H, W halve in layers 1 and 3
         z = x.reshape(b * t, c, h, w)                               # frames into the batch
-        z = skip = self.encoder[0](z)                               # (BT, C, H, W) -> (BT, hid_S, H, W)
+        z = skip = self.encoder[0](z)                               # (BT, C, H, W) -> (BT, hid_S, H/2, W/2)
         for layer in self.encoder[1:]:
-            z = layer(z)                                            # -> (BT, hid_S, H/4, W/4) for n_s = 4
+            z = layer(z)                                            # -> (BT, hid_S, H/4, W/4)
         _, s, h2, w2 = z.shape
         z = self.translator(z.reshape(b, t * s, h2, w2))            # frames into the channels: (B, T hid_S, h, w)
-        z = z.reshape(b * t, s, h2, w2)
+        z = z.reshape(b * t, s, h2, w2)                             # -> (BT, hid_S, H/4, W/4)
         for layer in self.decoder[:-1]:
-            z = layer(z)                                            # -> (BT, hid_S, H, W)
-        z = self.decoder[-1](z + skip)                              # the skip from the first encoder layer
+            z = layer(z)                                            # -> (BT, hid_S, H/2, W/2)
+        z = self.decoder[-1](z + skip)                              # skip from encoder[0]; -> (BT, hid_S, H, W)
         return self.readout(z).reshape(b, t, c, h, w)               # -> (B, T, C, H, W)
 
 
