@@ -14,7 +14,7 @@ from cnnkit.models._registry import (
 _MODEL_MODULES = [
     "alexnet", "vgg", "googlenet", "inception", "resnet", "densenet",
     "senet", "xception", "mobilenet_v1", "mobilenet_v2", "mobilenet_v3", "efficientnet",
-    "lenet", "notes", "mnist_nets", "dense", "series",
+    "lenet", "notes", "mnist_nets", "dense", "series", "video",
 ]
 _imported = False
 
