@@ -217,23 +217,7 @@ def _parser():
     return parser
 
 
-def _keras_loader_hook(monkeypatch):
-    """What ``cnnkit.train.network.build`` does for ``{"kind": "keras"}`` (the loader change listed for the lead)."""
-    from cnnkit.train import network as netdesc
-
-    original = netdesc.build
-
-    def build(network, num_classes, in_channels, source, trust_code=False, factory=None, input_size=None):
-        if isinstance(network, dict) and network.get("kind") == "keras":
-            return netdesc._sized(lambda: build_from_keras_config(network.get("config"),
-                                                                  logits=bool(network.get("logits", True))),
-                                  source, input_size)
-        return original(network, num_classes, in_channels, source, trust_code, factory, input_size)
-
-    monkeypatch.setattr(netdesc, "build", build)
-
-
-def test_convert_then_load_then_export(tmp_path, monkeypatch, capsys):
+def test_convert_then_load_then_export(tmp_path, capsys):
     h5py = pytest.importorskip("h5py", reason="writing the Keras fixture file needs h5py")
     import zipfile
 
@@ -258,7 +242,6 @@ def test_convert_then_load_then_export(tmp_path, monkeypatch, capsys):
     assert args.func(args) == 0
     assert "5 classes" in capsys.readouterr().out
 
-    _keras_loader_hook(monkeypatch)
     import cnnkit
     from cnnkit.models.keras import load_keras
 

@@ -145,6 +145,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tu
         flag = "--" + f.name.replace("_", "-")
         value = defaults[f.name]
         shown = "the task's default" if value is None else _show(value)
+        if meta.get("choices") and "|" not in meta["help"]:
+            meta = {**meta, "help": f"{meta['help']}: {' | '.join(map(str, meta['choices']))}"}
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
                               "help": f"{meta['help']} (default: {shown})".replace("%", "%%")}
         base, nargs = _cli_type(kind)
@@ -156,8 +158,6 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tu
             kw["type"] = base
             if nargs:
                 kw["nargs"] = nargs
-            if meta.get("choices"):
-                kw["choices"] = meta["choices"]
             if meta.get("metavar"):
                 kw["metavar"] = meta["metavar"]
         parser.add_argument(flag, **kw)
@@ -180,6 +180,11 @@ def config_from_args(cls: type, args: argparse.Namespace, base: dict | None = No
     for name in names:
         if name in vars(args):
             values[name] = _coerce(cls, name, getattr(args, name), "the command line")
+    for name, value in values.items():      # checked here, so that a bad value is one line, not argparse's usage
+        choices = field_help(cls, name).get("choices")
+        if choices and value is not None and value not in choices:
+            raise CnnkitError(f"--{name.replace('_', '-')} must be one of {', '.join(map(str, choices))}; "
+                              f"received {str(value)[:60]!r}")
     return values
 
 

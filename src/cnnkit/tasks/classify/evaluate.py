@@ -120,7 +120,7 @@ def evaluate_run(run, split: str = "test", data: str | None = None, data_dir: st
     else:
         trained_on = cfg.get("data") or cfg.get("dataset") if isinstance(cfg, dict) else None
         if not (data or trained_on):
-            raise CnnkitError(f"{run} does not record the data it was trained on (a converted model?); "
+            raise CnnkitError(f"{run} does not record the dataset it was trained on (a converted model?); "
                               "pass --data NAME or --data PATH")
         images = load_dataset(data or trained_on, split, data_dir or (cfg.get("data_dir") if not data else None),
                               image_size=tuple(model.input_size[1:]), channels=model.input_size[0],
