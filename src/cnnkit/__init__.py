@@ -5,14 +5,15 @@ The public API is re-exported lazily so that ``import cnnkit`` stays cheap:
 - ``cnnkit.summary(target, input_size=..., batch_size=...)`` -- shapes, parameters, MACs, memory
 - ``cnnkit.memory_plan(target, input_size=..., memory=...)`` -- the largest batch that fits, and remedies
 - ``cnnkit.create_model(name, ...)`` / ``cnnkit.list_models()`` -- the model zoo
-- ``cnnkit.load(path)`` -- a trained checkpoint as an eval-mode ``nn.Module`` (never runs code from
-  the file: ``trust_code=True, factory="net.py:build"`` for a network only Python builds)
-
-Every function here raises :class:`CnnkitError` (and nothing else) for input it cannot use: a bad
-value, or a missing, damaged or crafted file.
+- ``cnnkit.load(path)`` -- a trained run of any task as an eval-mode ``nn.Module`` (never runs code
+  from the file: ``trust_code=True, factory="net.py:build"`` for a network only Python builds)
 - ``cnnkit.to_fcn(model)`` -- dense heads turned into convolutions
 - ``cnnkit.load_keras(path)`` -- a Keras ``.keras`` / ``.h5`` model as a PyTorch network (read as data)
 - ``cnnkit.export_onnx(model, example, path)`` / ``cnnkit.OnnxModel(path)`` -- ONNX out, checked in ONNX Runtime
+
+Every function here raises :class:`CnnkitError` (and nothing else) for input it cannot use: a bad
+value, or a missing, damaged or crafted file. Each task's own entry points (config, train,
+evaluate, predict, load) are in :mod:`cnnkit.tasks.classify`, ``detect``, ``segment`` and ``instance``.
 """
 
 from importlib import import_module

@@ -14,7 +14,21 @@ import os
 
 
 class CnnkitError(ValueError):
-    """Bad input: the message names what was wrong, the value received, and the fix."""
+    """Bad input: the message names what was wrong, the value received, and the fix.
+
+    The one exception cnnkit raises for input it cannot use: a bad value, or a missing, damaged or
+    crafted file. The CLI prints it as one line on stderr and exits with code 2; any other
+    exception is a bug in cnnkit. It derives from ``ValueError``, so existing handlers catch it.
+    Its one argument is the message: one line saying what was wrong, the value received, and what
+    to do instead.
+
+    Example:
+        >>> try:
+        ...     cnnkit.create_model("resnet5")          # doctest: +SKIP
+        ... except cnnkit.CnnkitError as exc:
+        ...     print(exc)
+        unknown model name 'resnet5'; did you mean resnet50, resnet152, seresnet50, resnet34, resnet1d?
+    """
 
 
 def human_bytes(n: float) -> str:

@@ -334,7 +334,14 @@ class OnnxModel:
             then come back as a tensor, or a tuple for several).
         threads: ONNX Runtime's intra-op threads (default: its own choice).
 
-    Attributes: ``input_name``, ``output_names``, ``metadata`` (the file's ``metadata_props``).
+    Attributes:
+        path: the ONNX file.
+        input_name: the name of the model's one input.
+        output_names: the names of its outputs, in order.
+        metadata: the file's ``metadata_props`` (e.g. classes, input size).
+
+    Raises:
+        CnnkitError: no file at ``path``, or a model with more than one input.
 
     Example:
         >>> model = OnnxModel("model.onnx")             # doctest: +SKIP

@@ -60,7 +60,35 @@ def _small_batch_max(target, s1, memory, key, dtype, optimizer, device, limit: i
 
 def memory_plan(target, input_size=None, memory="8GiB", batch_size: int | None = None, dtype: str = "float32",
         optimizer: str = "sgd", device: str = "cpu", devices: int = 2) -> dict:
-    """The largest batch that fits ``memory`` for training and inference, and the remedies' savings."""
+    """The largest batch that fits ``memory`` for training and inference, and the remedies' savings.
+
+    Peak memory is affine in the batch, so two exact analyses (:func:`~cnnkit.summary` at batches 4
+    and 5) give it at every batch; batches below 4 are analysed one by one.
+
+    Args:
+        target: an ``nn.Module``, a zoo name, a ``.yaml``/``.json`` spec or ``file.py:factory``.
+        input_size: ``(C, H, W)`` or ``"3x224x224"``; defaults to the model's own where it has one.
+        memory: the budget: ``"8GiB"``, ``"16GB"``, ``"500MB"`` or a number of bytes.
+        batch_size: a batch to check against the budget; when it does not fit, the remedies are
+            listed with what each saves.
+        dtype: ``float32``, ``float16`` or ``bfloat16`` for parameters and activations.
+        optimizer: the optimizer of the training step (``none`` = forward and backward only).
+        device: ``cpu`` or ``cuda``: which allocator's behaviour to predict.
+        devices: the number of devices the data-parallel remedy spreads the batch over.
+
+    Returns:
+        A JSON-able dict: ``model``, ``input_size``, ``memory_bytes``, and for ``inference`` and
+        ``training`` each ``{"fixed_bytes", "per_sample_bytes", "max_batch"}`` (with ``peak_bytes``
+        and ``fits`` when ``batch_size`` is given); ``remedies`` (a list of ``{"remedy", "detail",
+        "peak_bytes", "saves_bytes"}``) when that batch does not fit.
+
+    Raises:
+        CnnkitError: a budget that is not a size, bad arguments, or a model that fails on the input.
+
+    Example:
+        >>> plan = memory_plan("resnet50", memory="8GiB", batch_size=256)    # doctest: +SKIP
+        >>> plan["training"]["max_batch"]                                   # doctest: +SKIP
+    """
     budget = parse_bytes(memory)
     s1 = summary(target, input_size, _B1, dtype, optimizer, device)
     s2 = summary(target, s1.input_size, _B2, dtype, optimizer, device)

@@ -25,7 +25,25 @@ CUDA_BLOCK = 512  # the CUDA caching allocator rounds every block up to a multip
 
 @dataclass
 class Summary:
-    """Everything ``cnnkit summary`` reports, for the given input and batch."""
+    """Everything ``cnnkit summary`` reports, for the given input and batch.
+
+    ``str(summary)`` is the text table ``cnnkit summary`` prints; :meth:`to_dict` the JSON of
+    ``--json``.
+
+    Attributes:
+        model: the model's name (zoo name, spec file or class name).
+        input_size: one input's shape, channels first, without the batch.
+        batch_size: the batch the MACs and memory are counted for.
+        dtype: ``float32`` | ``float16`` | ``bfloat16`` of parameters and activations.
+        optimizer: the optimizer whose state the training memory includes (``none``: none).
+        device: ``cpu`` | ``cuda``: whose allocator the memory figures predict.
+        layers: one row per layer: name, type, output shape, parameters, MACs, activation bytes.
+        totals: ``params``, ``trainable_params``, ``non_trainable_params``, ``macs``, ``other_ops``,
+            ``training_macs`` (None without a training step), ``param_bytes``, ``buffer_bytes``.
+        memory: peak memory of inference and of a training step, and what makes it up.
+        textbook: the textbook estimate (parameters plus every layer's output) beside the measured peak.
+        notes: lines explaining the figures (e.g. why no training step could be traced).
+    """
 
     model: str
     input_size: tuple[int, ...]    # channels first, without the batch
@@ -60,9 +78,12 @@ class Summary:
 
 def summary(target, input_size=None, batch_size: int = 1, dtype: str = "float32",
             optimizer: str = "sgd", device: str = "cpu", backend_model: bool = True) -> Summary:
-    """Analyse ``target`` (an ``nn.Module``, a zoo name, a ``.yaml``/``.json`` spec or ``file.py:factory``).
+    """Analyse a network: shapes, parameters, MACs and memory of inference and of a training step.
+
+    The network runs on the meta device (no memory is allocated for real), so any size can be asked.
 
     Args:
+        target: an ``nn.Module``, a zoo name, a ``.yaml``/``.json`` spec or ``file.py:factory``.
         input_size: ``(C, H, W)`` / ``"3x224x224"`` (also ``CxL`` and ``CxDxHxW``); defaults to the
             model's own default input size where it has one.
         batch_size: the batch for MACs and memory.
@@ -72,10 +93,14 @@ def summary(target, input_size=None, batch_size: int = 1, dtype: str = "float32"
         backend_model: measure what the CPU backend (oneDNN) allocates inside convolutions; off, the
             peak is the ATen-level one (what the tensors alone add up to).
 
+    Returns:
+        The :class:`Summary`: ``print()`` it for the table, ``.totals`` / ``.to_dict()`` for numbers.
+
     Raises:
         CnnkitError: for bad arguments, or a model that fails on the given input (naming the layer).
 
-    >>> s = summary("keras_mnist_convnet", input_size="1x28x28")  # doctest: +SKIP
+    Example:
+        >>> s = summary("keras_mnist_convnet", input_size="1x28x28")  # doctest: +SKIP
     >>> s.totals["params"]                                         # doctest: +SKIP
     93322
     """

@@ -57,6 +57,18 @@ REPORT_EVERY = 20   # steps between progress updates and loss checks (each one s
 
 @dataclass
 class FitResult:
+    """What :func:`fit` returns.
+
+    Attributes:
+        model: the trained model to deploy (the EMA copy when EMA is on).
+        history: one row per epoch, as in ``metrics.csv``.
+        seconds: time in this call's epochs, validation and saving included (the summary and each
+            phase's set-up -- optimizer, cached features -- not).
+        images: training samples processed by this call, all processes together.
+        best: ``(epoch, value)`` of the best ``task.metric`` on validation; None without validation.
+        precision: what the steps ran in: ``"fp32"`` | ``"bf16"``.
+    """
+
     model: nn.Module        # the trained model to deploy (the EMA copy when EMA is on)
     history: list[dict]     # one row per epoch, as in metrics.csv
     seconds: float          # time in this call's epochs (validation and saving included; the
@@ -70,11 +82,44 @@ def fit(task: Task, model: nn.Module, data: Data, plan: Plan, out=None, *, resum
         quiet: bool = False, device: str | None = None, dist: Dist | None = None,
         config: dict | None = None, command: str = "cnnkit train", precision: str = "auto",
         on_epoch_end: Callable[[int, dict], None] | None = None) -> FitResult:
-    """Train ``model`` by ``plan``; ``out`` (None: write nothing) is the run folder.
+    """Train ``model`` by ``plan``: the one training loop every task and fine-tuning stage runs through.
 
-    ``config`` (JSON-able) is stored for ``--resume``, which refuses a different one; ``command``
-    names the CLI in the resume hint; ``precision`` is ``auto | fp32 | bf16`` (:mod:`.precision`)
-    for the training steps and validation; ``on_epoch_end(epoch, row)`` runs after each saved epoch.
+    Each phase of the plan builds its optimizer (``phase.begin``), then trains its epochs with a
+    live progress bar; the loss is checked for NaN/inf every 20 steps. After each epoch the task's
+    ``evaluate`` validates (every ``plan.val_every`` epochs and after the last), and on rank 0
+    ``out`` receives ``model.safetensors``, ``resume.safetensors``, ``metrics.csv``, ``curves.png``
+    and ``config.yaml``, each written atomically. Ctrl-C saves the current weights and says how to
+    resume.
+
+    Args:
+        task: what differs per task (:class:`~cnnkit.engine.task.Task`): batches, loss, evaluation,
+            the deployable and its description.
+        model: the network to train (moved to the device).
+        data: the training split and the validation split (or None).
+        plan: the phases, seed, EMA and validation interval.
+        out: the run folder; None writes nothing.
+        resume: continue the run in ``out`` after its last completed epoch; the final weights equal
+            those of an uninterrupted run.
+        quiet: no summary, progress bar or epoch lines.
+        device: ``cpu`` | ``cuda`` (default: cuda when available); ignored when ``dist`` is given.
+        dist: the process group of a caller that already started one (torchrun).
+        config: JSON-able settings stored with the run; ``resume`` refuses a different one.
+        command: the CLI command named in the resume hint.
+        precision: ``auto`` | ``fp32`` | ``bf16`` for the training steps and validation
+            (:mod:`cnnkit.engine.precision`).
+        on_epoch_end: ``fn(epoch, row)`` called after each saved epoch.
+
+    Returns:
+        A :class:`FitResult`: the deployable model, the history, time, samples and best epoch.
+
+    Raises:
+        CnnkitError: an epoch without a training batch, a diverging loss or non-finite weights,
+            ``out`` already holding a run without ``resume``, a run to resume that holds no resume
+            state or was trained with another config, or an ``out`` that cannot be written.
+
+    Example:
+        >>> plan = Plan([Phase(3, lambda m: Setup(torch.optim.SGD(m.parameters(), lr=0.1)))])  # doctest: +SKIP
+        >>> result = fit(task, model, Data(train_set, val_set), plan, "runs/demo")            # doctest: +SKIP
     """
     out = Path(out) if out is not None else None
     config = json.loads(json.dumps(config or {}))

@@ -1,6 +1,6 @@
 """What the engine asks of a task, and what a task receives: the plan of phases it trains by.
 
-A task (``cnnkit.tasks.classify.task``, later ``detect`` and ``segment``) supplies what differs: batches
+A task (one per package of :mod:`cnnkit.tasks`: classify, detect, segment, instance) supplies what differs: batches
 (augmentation included), the loss, validation metrics, and the module ``cnnkit.load`` returns. A
 :class:`Plan` says what trains when: one :class:`Phase` for ordinary training, one per stage for
 fine-tuning. The engine (:mod:`cnnkit.engine.loop`) does everything else.
@@ -17,8 +17,16 @@ import torch.nn as nn
 
 
 class Data(NamedTuple):
-    train: Any                 # whatever the task's batches() and evaluate() take (an ImageSet, ...)
-    val: Any = None            # None: no validation
+    """The splits a run trains and validates on.
+
+    Attributes:
+        train: whatever the task's ``batches()`` and ``evaluate()`` take (an ImageSet, a
+            DetectionSet, ...).
+        val: the validation split, of the same kind; None: no validation.
+    """
+
+    train: Any
+    val: Any = None
 
 
 class Batches(Sized, Iterable, Protocol):
@@ -26,8 +34,21 @@ class Batches(Sized, Iterable, Protocol):
 
 
 class Task(Protocol):
-    name: str                  # "classify" | "detect" | "segment"
-    metric: str                # the validation number that names "best" (higher is better)
+    """What the engine asks of a task: everything that differs between classification, detection, ....
+
+    :func:`~cnnkit.engine.fit` calls ``summary`` once, then per epoch ``batches`` and ``loss`` for
+    each step, ``evaluate`` to validate, and ``deployable`` / ``describe`` to save the model that
+    ``cnnkit.load`` rebuilds. Implementations: :class:`~cnnkit.tasks.classify.ClassifyTask`,
+    :class:`~cnnkit.tasks.detect.DetectTask`, :class:`~cnnkit.tasks.segment.SegmentTask`,
+    :class:`~cnnkit.tasks.instance.InstanceTask`.
+
+    Attributes:
+        name: the task's name, stored in the checkpoint: ``classify`` | ``detect`` | ``segment`` | ...
+        metric: the validation number that names the best epoch (higher is better), e.g. ``acc``.
+    """
+
+    name: str
+    metric: str
 
     def batches(self, data, generator: torch.Generator, train: bool) -> Batches:
         """The epoch's global batches (tensors, or tuples/lists/dicts of them), augmentation
@@ -52,33 +73,67 @@ class Task(Protocol):
 
 @dataclass
 class Setup:
-    """What one phase trains, built when the phase starts (and again when a run resumes in it)."""
+    """What one phase trains, built when the phase starts (and again when a run resumes in it).
+
+    Attributes:
+        optimizer: over the parameters this phase trains (the others have ``requires_grad`` off).
+        schedule: ``(step, steps of the phase) -> lr`` of every group (times the group's
+            ``"lr_scale"``, if it has one); None: the groups keep their own lr.
+        module: what the step runs instead of the model, sharing its parameters (e.g. the head
+            alone on cached features); None: the model.
+        data: this phase's data instead of the run's (cached features); None: the run's.
+        frozen: modules kept in eval mode while training (batch norms whose statistics stay fixed).
+        row: extra history columns of this phase (e.g. the number of trainable parameters).
+    """
+
     optimizer: torch.optim.Optimizer
-    schedule: Callable[[int, int], float] | None = None  # (step, steps of the phase) -> lr of every
-                                                        # group (times its "lr_scale", if it has one);
-                                                        # None: the groups keep their own lr
-    module: nn.Module | None = None     # what the step runs instead of the model (sharing its
-                                        # parameters; e.g. the head alone on cached features)
-    data: Data | None = None            # this phase's data instead of the run's (cached features)
-    frozen: list[nn.Module] = field(default_factory=list)  # kept in eval mode while training (BN)
-    row: dict = field(default_factory=dict)                # extra history columns of this phase
+    schedule: Callable[[int, int], float] | None = None
+    module: nn.Module | None = None
+    data: Data | None = None
+    frozen: list[nn.Module] = field(default_factory=list)
+    row: dict = field(default_factory=dict)
 
 
 @dataclass
 class Phase:
+    """Epochs trained with one :class:`Setup`.
+
+    Attributes:
+        epochs: how many epochs the phase trains.
+        begin: ``fn(model) -> Setup``: freezes and unfreezes, builds the optimizer; called when the
+            phase starts and again when a run resumes inside it.
+        name: ``""`` for plain training; a fine-tuning stage's ``"head"``, ``"top"`` or ``"all"``
+            (shown in the progress bar and the history).
+    """
+
     epochs: int
-    begin: Callable[[nn.Module], Setup]  # freezes / unfreezes, builds the optimizer
-    name: str = ""                       # "" for plain training; "head", "top", "all" fine-tuning
+    begin: Callable[[nn.Module], Setup]
+    name: str = ""
 
 
 @dataclass
 class Plan:
+    """What trains when: the phases :func:`~cnnkit.engine.fit` runs in order.
+
+    Attributes:
+        phases: one :class:`Phase` for ordinary training, one per stage for fine-tuning.
+        seed: seeds the generator of data order and augmentation.
+        ema: decay per step of the exponential moving average of the weights (0: off); the saved
+            model holds the average.
+        val_every: validate after every k-th epoch and after the last (k > 1 when validation costs
+            a sizeable share of an epoch; 0: never).
+
+    Example:
+        >>> Plan([Phase(5, lambda m: Setup(torch.optim.AdamW(m.parameters(), lr=1e-3)))], ema=0.999).epochs
+        5
+    """
+
     phases: list[Phase]
-    seed: int = 0                        # the generator of data order and augmentation
-    ema: float = 0.0                     # EMA decay of the weights per step (0 = off)
-    val_every: int = 1                   # validate after every k-th epoch and the last (k > 1 when
-                                         # validation costs a sizeable share of an epoch; 0: never)
+    seed: int = 0
+    ema: float = 0.0
+    val_every: int = 1
 
     @property
     def epochs(self) -> int:
+        """Epochs of every phase together."""
         return sum(p.epochs for p in self.phases)

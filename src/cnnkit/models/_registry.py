@@ -17,6 +17,17 @@ from cnnkit.errors import CnnkitError
 
 @dataclass(frozen=True)
 class ModelInfo:
+    """A zoo entry: how to build a model and what it is.
+
+    Attributes:
+        name: the zoo name.
+        builder: ``fn(num_classes=..., in_channels=..., **kw) -> nn.Module``.
+        input_size: the default input, channels first, e.g. ``(3, 224, 224)``.
+        paper: a short citation shown by ``cnnkit zoo``.
+        family: groups the zoo table, e.g. ``"resnet"``.
+        task: what the network's output means: classify | detect | segment | ...
+    """
+
     name: str
     builder: Callable[..., nn.Module]
     input_size: tuple[int, ...]  # default input, channels first, e.g. (3, 224, 224)
@@ -32,7 +43,27 @@ def register_model(name: str | None = None, *, input_size=(3, 224, 224), paper: 
                    family: str = "", task: str = "classify"):
     """Decorator: register a builder ``fn(num_classes=..., in_channels=..., **kw) -> nn.Module``.
 
-    Registering the same name twice is a bug and fails loudly.
+    Registering the same name twice is a bug and fails loudly. A model family's file must also be
+    listed in ``_MODEL_MODULES`` of :mod:`cnnkit.models` so that importing the zoo registers it.
+
+    Args:
+        name: the zoo name (default: the builder's function name).
+        input_size: the default input, channels first, e.g. ``(3, 224, 224)``; ``cnnkit summary``
+            uses it when no input is given.
+        paper: a short citation shown by ``cnnkit zoo``, e.g. ``"He et al. 2016"``.
+        family: groups the zoo table (default: the module's file name).
+        task: what the output means: classify | detect | segment | instance | sequence | ...
+
+    Returns:
+        The decorator; it returns the builder unchanged.
+
+    Raises:
+        RuntimeError: the name is already registered (a bug in cnnkit, not bad input).
+
+    Example:
+        >>> @register_model("tiny_net", input_size=(1, 28, 28), paper="", family="tiny")  # doctest: +SKIP
+        ... def tiny_net(num_classes=10, in_channels=1):
+        ...     return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 28 * 28, num_classes))
     """
 
     def wrap(fn):
@@ -47,8 +78,18 @@ def register_model(name: str | None = None, *, input_size=(3, 224, 224), paper: 
 
 
 def list_models(task: str | None = "classify") -> list[str]:
-    """Names of the registered models of one ``task`` (classify | detect | segment | instance | ...;
-    None: every task), sorted."""
+    """Names of the registered models of one task, sorted.
+
+    Args:
+        task: classify | detect | segment | instance | ...; None for every task.
+
+    Returns:
+        The zoo names, each one :func:`create_model` builds.
+
+    Example:
+        >>> "resnet50" in list_models()                            # doctest: +SKIP
+        True
+    """
     _import_all()
     return sorted(k for k, info in _REGISTRY.items() if task is None or info.task == task)
 
@@ -75,6 +116,19 @@ def create_model(name: str, num_classes: int | None = None, in_channels: int | N
             reference implementation's format, or ``"imagenet"`` for the reference's published weights
             (downloaded once and checksummed; see :mod:`cnnkit.models.weights`).
         strict: require every state-dict key to match when loading ``weights``.
+        **kwargs: the builder's own arguments (e.g. ``dropout``).
+
+    Returns:
+        The network, in training mode, with random or the given weights.
+
+    Raises:
+        CnnkitError: an unknown name (the error suggests close ones), arguments the builder does not
+            take, or weights that cannot be read or do not fit.
+
+    Example:
+        >>> net = create_model("resnet18", num_classes=10)        # doctest: +SKIP
+        >>> net(torch.rand(2, 3, 224, 224)).shape                 # doctest: +SKIP
+        torch.Size([2, 10])
     """
     info = model_info(name)
     if num_classes is not None:

@@ -50,9 +50,10 @@ def to_fcn(model: nn.Module, input_size: tuple[int, int, int] | None = None) -> 
         CnnkitError: a ``Linear`` not reached through a ``Flatten``, a layer between them that is
             not elementwise, or no dense head at all; the message names the layers.
 
-    >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
-    >>> to_fcn(net, (1, 8, 8))(torch.zeros(1, 1, 12, 12)).shape
-    torch.Size([1, 10, 5, 5])
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
+        >>> to_fcn(net, (1, 8, 8))(torch.zeros(1, 1, 12, 12)).shape
+        torch.Size([1, 10, 5, 5])
     """
     input_size = _check_input_size(model, input_size)
     if not any(isinstance(m, (nn.Linear, nn.Flatten)) for m in model.modules()):

@@ -16,7 +16,19 @@ from cnnkit.errors import CnnkitError
 
 @dataclass
 class TrainConfig(RunConfig):
-    """The settings of ``cnnkit classify train`` (``cnnkit train``); :func:`preset` gives the tuned ones."""
+    """The settings of ``cnnkit classify train`` (``cnnkit train``); :func:`preset` gives the tuned ones.
+
+    Every field is a command-line flag (``batch_size`` -> ``--batch-size``) and a key of a
+    ``--config`` file; the shared ones come from :class:`~cnnkit.engine.config.RunConfig`.
+
+    Each field is documented once, at the field (``option(help=...)``): the configuration
+    reference and ``cnnkit train --help`` show that text.
+
+    Example:
+        >>> cfg = TrainConfig(epochs=2, batch_size=128)
+        >>> cfg.model
+        'mnist_fast'
+    """
 
     unsupported = ("weights",)
 
@@ -68,7 +80,24 @@ PRESETS: dict[str, dict] = {
 
 
 def preset(name: str = "fast", **overrides) -> TrainConfig:
-    """A preset's config with ``overrides`` (None values are ignored) on top."""
+    """A named, tuned configuration with ``overrides`` on top.
+
+    Args:
+        name: ``fast`` (the quick-start network: a few epochs, EMA and test-time augmentation) or
+            ``best`` (a larger network, 30 epochs of affine and elastic augmentation).
+        **overrides: any :class:`TrainConfig` field; None values are ignored, so unset CLI flags
+            can be passed straight through.
+
+    Returns:
+        The :class:`TrainConfig`.
+
+    Raises:
+        CnnkitError: an unknown preset name.
+
+    Example:
+        >>> preset("fast", epochs=1).epochs
+        1
+    """
     if name not in PRESETS:
         raise CnnkitError(f"unknown preset {name!r}; use one of {', '.join(PRESETS)}")
     values = {**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}}

@@ -33,15 +33,32 @@ def _class_names(spec: str | None, n: int) -> list[str]:
 def convert_keras(model: str | os.PathLike, out: str | os.PathLike, classes: str | None = None,
                   mean: list[float] | None = None, std: list[float] | None = None,
                   raw_pixels: bool = False) -> tuple[Path, dict]:
-    """Write ``out/model.safetensors`` from a Keras classifier file; returns (its path, its info).
+    """A Keras image classifier (``.keras`` / ``.h5``) as a cnnkit classification run (``cnnkit convert``).
 
-    The network returns logits: a final softmax/sigmoid is dropped (``logits=True``). The run's
-    Classifier feeds the network ``(x - mean) / std`` of [0, 1] pixels (default: the pixels as they
-    are; ``raw_pixels``: multiplied by 255, for a Keras model trained on 0-255 values).
+    The Keras file is read as data (no code from it runs) and rebuilt in PyTorch by
+    :func:`cnnkit.load_keras`. The network returns logits: a final softmax/sigmoid is dropped. The
+    run's Classifier feeds the network ``(x - mean) / std`` of [0, 1] pixels, so ``cnnkit eval``,
+    ``predict``, ``explain`` and ``serve`` take the run like any other.
+
+    Args:
+        model: the ``.keras`` or ``.h5`` file.
+        out: the run folder; ``out/model.safetensors`` is written.
+        classes: the class names: comma-separated, or a text file with one per line (default:
+            ``class_0``, ``class_1``, ...).
+        mean: per-channel mean subtracted from [0, 1] pixels (one value: every channel; default 0).
+        std: per-channel divisor (one value: every channel; default 1).
+        raw_pixels: the Keras model was trained on 0-255 values: the pixels are multiplied by 255.
+
+    Returns:
+        (the path of ``model.safetensors``, the metadata written into it).
 
     Raises:
         CnnkitError: the file is not a Keras model cnnkit reads, or it is not an image classifier
-            (one image input, one (N, classes) output).
+            (one image input, one (N, classes) output), or ``classes``, ``mean`` or ``std`` do not
+            match its outputs and channels.
+
+    Example:
+        >>> path, info = convert_keras("mnist.keras", "runs/keras_mnist", classes="0,1,2,3,4,5,6,7,8,9")  # doctest: +SKIP
     """
     import torch
 

@@ -16,21 +16,34 @@ from cnnkit.errors import CnnkitError
 
 @dataclass
 class Evaluation:
+    """A classifier's scores on a data set (what ``cnnkit eval`` prints).
+
+    Attributes:
+        accuracy: the share of images whose top class is the true one.
+        loss: mean cross-entropy of the logits.
+        n: the number of images scored.
+        confusion: (K, K) int64 counts, rows = true class, columns = predicted.
+        classes: the K class names, in index order.
+    """
+
     accuracy: float
     loss: float
     n: int
-    confusion: torch.Tensor       # (K, K) int64, rows = true class, columns = predicted
+    confusion: torch.Tensor
     classes: list[str]
 
     @property
-    def precision(self) -> torch.Tensor:   # (K,) of each predicted class, correct / predicted
+    def precision(self) -> torch.Tensor:
+        """(K,) precision of each predicted class: correct / predicted (0 where none was predicted)."""
         return self.confusion.diag() / self.confusion.sum(0).clamp_min(1)
 
     @property
-    def recall(self) -> torch.Tensor:      # (K,) of each true class, correct / present
+    def recall(self) -> torch.Tensor:
+        """(K,) recall of each true class: correct / present (0 where the class is absent)."""
         return self.confusion.diag() / self.confusion.sum(1).clamp_min(1)
 
     def to_dict(self) -> dict:
+        """The scores as JSON-able lists and numbers (``cnnkit eval --json``)."""
         return {"accuracy": self.accuracy, "loss": self.loss, "n": self.n, "classes": self.classes,
                 "precision": self.precision.tolist(), "recall": self.recall.tolist(),
                 "confusion": self.confusion.tolist()}
@@ -55,7 +68,27 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 100
 
 def evaluate(model: nn.Module, data: ImageSet | Features, batch_size: int = 1000,
              channels_last: bool = True, precision: str | None = "auto") -> Evaluation:
-    """Run ``model`` (in eval mode; restored afterwards) over every image of ``data``."""
+    """Accuracy, loss and confusion matrix of a classifier over every image of ``data``.
+
+    The model runs in eval mode (its own mode is restored afterwards), with whatever test-time
+    augmentation it carries; :func:`evaluate_run` scores a run folder on its own data.
+
+    Args:
+        model: takes float images (N, C, H, W) in [0, 1] and returns logits (N, K), e.g. what
+            :func:`cnnkit.load` returns.
+        data: uint8 images with labels (an :class:`~cnnkit.data.imageset.ImageSet`), or cached
+            float features (:class:`~cnnkit.data.imageset.Features`) for a head alone.
+        batch_size: images per forward pass.
+        channels_last: feed NHWC batches (faster convolutions on CPUs).
+        precision: ``auto`` | ``fp32`` | ``bf16``, or None to run in the caller's autocast context.
+
+    Returns:
+        The :class:`Evaluation`.
+
+    Example:
+        >>> result = evaluate(cnnkit.load("runs/mnist"), test_set)     # doctest: +SKIP
+        >>> f"{result.accuracy:.2%}"                                   # doctest: +SKIP
+    """
     was_training = model.training
     model.eval()
     try:
@@ -90,7 +123,8 @@ def evaluate_run(run, split: str = "test", data: str | None = None, data_dir: st
         data: another data set name or image folder (its classes must be the run's).
         data_dir: the folder holding the built-in data sets.
         precision: auto | fp32 | bf16.
-        trust_code, factory: as for :func:`cnnkit.load`.
+        trust_code: allow building a network by running ``factory`` (as for :func:`cnnkit.load`).
+        factory: ``FILE.py:FUNCTION`` that builds the network (with ``trust_code``).
 
     Returns:
         (the evaluation, the data it scored, the model).

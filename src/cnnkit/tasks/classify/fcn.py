@@ -17,9 +17,29 @@ from cnnkit.tasks.classify.load import load_classifier
 
 def convert_to_fcn(src: str | os.PathLike, dst: str | os.PathLike, trust_code: bool = False,
                    factory: str | None = None) -> tuple[Path, nn.Module, dict]:
-    """Read a classifier checkpoint, convert its network with :func:`to_fcn`, write ``dst``.
+    """Copy a classification run with its dense head turned into convolutions (``cnnkit classify fcn``).
 
-    ``trust_code``/``factory`` as for :func:`cnnkit.load` (only a Python-built network needs them).
+    The network is converted by :func:`cnnkit.to_fcn`: the copy accepts larger images and returns a
+    map of class scores, one per window of the trained input size. Test-time augmentation is off in
+    the copy.
+
+    Args:
+        src: a run folder or ``model.safetensors`` of a single classifier (not an ensemble).
+        dst: a folder (``model.safetensors`` is written in it) or a ``.safetensors`` path.
+        trust_code: allow building the network by running ``factory`` (as for :func:`cnnkit.load`;
+            only a Python-built network needs it).
+        factory: ``FILE.py:FUNCTION`` that builds the network (with ``trust_code``).
+
+    Returns:
+        (the written checkpoint's path, the converted network, the source checkpoint's metadata).
+
+    Raises:
+        CnnkitError: ``src`` is not a single-model cnnkit checkpoint, is already fully
+            convolutional, or cannot be read.
+
+    Example:
+        >>> path, net, _ = convert_to_fcn("runs/mnist", "runs/mnist_fcn")    # doctest: +SKIP
+        >>> net(torch.rand(1, 1, 56, 56)).shape                             # doctest: +SKIP
     """
     info = read_info(src)
     if info.get("format") != FORMAT or info.get("ensemble"):
@@ -39,7 +59,19 @@ def convert_to_fcn(src: str | os.PathLike, dst: str | os.PathLike, trust_code: b
 
 
 def load_fcn(path: str | os.PathLike, trust_code: bool = False, factory: str | None = None) -> nn.Module:
-    """An FCN checkpoint as an eval-mode Classifier whose output is a (N, classes, h, w) score map."""
+    """An FCN checkpoint as an eval-mode Classifier whose output is a (N, classes, h, w) score map.
+
+    Args:
+        path: a run folder or ``model.safetensors`` written by :func:`convert_to_fcn`.
+        trust_code: allow building the network by running ``factory`` (as for :func:`cnnkit.load`).
+        factory: ``FILE.py:FUNCTION`` that builds the network (with ``trust_code``).
+
+    Returns:
+        The classifier; it takes images of any size at least its trained input.
+
+    Raises:
+        CnnkitError: the checkpoint is not an FCN one, or cannot be read.
+    """
     if not read_info(path).get("fcn"):
         raise CnnkitError(f"{path} is not an FCN checkpoint; use cnnkit.load, or convert it with "
                           "`cnnkit fcn`")

@@ -73,7 +73,20 @@ _POOL = (nn.MaxPool2d, nn.AvgPool2d)
 
 @dataclass
 class FinetuneConfig(RunConfig):
-    """The settings of ``cnnkit classify finetune``: a pretrained network on the classes of a folder."""
+    """The settings of ``cnnkit classify finetune``: a pretrained network on the classes of a folder.
+
+    :func:`run_finetune` runs them. Every field is a command-line flag (``freeze_until`` ->
+    ``--freeze-until``) and a key of a ``--config`` file; the shared ones come from
+    :class:`~cnnkit.engine.config.RunConfig`.
+
+    Each field is documented once, at the field (``option(help=...)``): the configuration
+    reference and ``cnnkit finetune --help`` show that text.
+
+    Example:
+        >>> cfg = FinetuneConfig(data="hymenoptera", model="resnet18", weights="imagenet")
+        >>> cfg.stages
+        'head'
+    """
 
     data: str | None = option(None, help="DIR/<class>/* or DIR/{train,val[,test]}/<class>/* (required unless "
                                          "--resume)")
@@ -172,11 +185,20 @@ def finetune(model: nn.Module, train_set: ImageSet, val_set: ImageSet | None = N
         quiet: no summary, progress bar or epoch lines.
         info: checkpoint metadata, e.g. ``{"model": "resnet18"}`` so that ``cnnkit.load`` rebuilds it.
         precision: ``auto`` (bf16 autocast where the device has native bf16, else fp32) | ``fp32`` | ``bf16``.
+        **overrides: :class:`FinetuneRecipe` fields (``lr_head=1e-3``, ``epochs={"head": 5}``, ...).
+
+    Returns:
+        One history row per epoch: its ``stage``, the ``epoch`` within the stage, training and
+        validation loss and accuracy, the number of trainable parameters.
 
     Raises:
         CnnkitError: an unknown stage or layer name, a model without a separable head, empty or
             mismatched datasets, a diverging loss. The model is left in eval mode with every
             parameter trainable.
+
+    Example:
+        >>> net = create_model("resnet18", weights="imagenet")                      # doctest: +SKIP
+        >>> history = finetune(net, train_set, val_set, stages=("head", "top"), epochs=3)  # doctest: +SKIP
     """
     cfg, stages = _config(config, overrides, stages, train_set, val_set)
     c = train_set.images.shape[1]

@@ -120,9 +120,24 @@ def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu",
     only a Python factory builds needs ``trust_code=True, factory="net.py:build"`` (the file as you
     name it, never the checkpoint's). :func:`cnnkit.load` reads the run of any task.
 
+    Args:
+        path: a run folder or its ``model.safetensors`` (an ensemble's file too).
+        device: where the model goes (``"cpu"``, ``"cuda"``).
+        trust_code: allow building the network by running ``factory``.
+        factory: ``FILE.py:FUNCTION`` that builds the network (with ``trust_code``).
+
+    Returns:
+        The :class:`~cnnkit.models.deploy.Classifier` (an :class:`~cnnkit.models.deploy.Ensemble`
+        of them for an ensemble run) in eval mode, the checkpoint's metadata as ``.info``.
+
     Raises:
-        CnnkitError: the path is not a checkpoint, the file is damaged or crafted, its weights do
-            not fit its description, or it needs code that was not trusted.
+        CnnkitError: the path is not a checkpoint or not a classification run, the file is damaged
+            or crafted, its weights do not fit its description, or it needs code that was not trusted.
+
+    Example:
+        >>> model = load_classifier("runs/mnist")                # doctest: +SKIP
+        >>> model.classes[:3], model.input_size                  # doctest: +SKIP
+        (['0', '1', '2'], (1, 28, 28))
     """
     file = resolve(path)
     meta = read_metadata(file)

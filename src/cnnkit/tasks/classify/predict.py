@@ -22,8 +22,25 @@ def load_image(path: str | Path, input_size: tuple[int, int, int], dark_backgrou
 
 @torch.no_grad()
 def predict_files(model: nn.Module, paths: list[str], top: int = 3, loader=None) -> list[dict]:
-    """Top ``top`` (class, probability) pairs for each image file; ``loader(path) -> (C, H, W)`` reads
-    one (default: :func:`load_image` at the model's input size)."""
+    """The most probable classes of each image file.
+
+    Args:
+        model: a classifier with ``classes`` and ``input_size`` (what :func:`cnnkit.load` returns).
+        paths: image files (PNG, JPEG, ...).
+        top: how many (class, probability) pairs to keep per image.
+        loader: ``fn(path) -> (C, H, W)`` float tensor in [0, 1] that reads one image (default: the
+            file converted and resized to the model's input the way its training images were).
+
+    Returns:
+        Per image ``{"image": path, "top": [(class name, probability), ...]}``, most probable first.
+
+    Raises:
+        CnnkitError: a file that is missing or not a readable image.
+
+    Example:
+        >>> predict_files(cnnkit.load("runs/mnist"), ["seven.png"], top=1)   # doctest: +SKIP
+        [{'image': 'seven.png', 'top': [('7', 0.99)]}]
+    """
     dark = bool(getattr(model, "info", {}).get("dataset", {}).get("dark_background", False))
     loader = loader or (lambda p: load_image(p, model.input_size, dark))
     x = torch.stack([loader(p) for p in paths])  # (N, C, H, W)
@@ -40,10 +57,14 @@ def predictor(source: str, top: int | None = None, trust_code: bool = False, fac
     Args:
         source: a run folder or ``model.safetensors``, or a zoo name with published ImageNet weights.
         top: classes shown per image (default: 3 for a run, 5 for a zoo model).
-        trust_code, factory: as for :func:`cnnkit.load`.
+        trust_code: allow building a network by running ``factory`` (as for :func:`cnnkit.load`).
+        factory: ``FILE.py:FUNCTION`` that builds the network (with ``trust_code``).
 
     Returns:
         The classifier, the image loader for :func:`predict_files` (None: the run's own), and ``top``.
+
+    Raises:
+        CnnkitError: an unknown zoo name, or a checkpoint that cannot be read.
     """
     from functools import partial
 

@@ -24,15 +24,42 @@ from cnnkit.tasks.classify.evaluate import _fmt, evaluate
 
 @dataclass
 class ClassifyTask:
-    batch_size: int                          # global batch (split across processes under torchrun)
-    augment: Callable | None = None          # batched (x, generator) -> x on [0, 1] floats
-    label_smoothing: float = 0.0             # of the training loss (validation: plain cross-entropy)
-    channels_last: bool = True               # NHWC batches (the model's weights too, by the caller)
-    drop_last: bool = True                   # full batches only; False keeps the tail (>= 2 images)
-    max_batches: int | None = None           # per epoch (a smoke test's couple of batches)
+    """Image classification as an engine :class:`~cnnkit.engine.Task`, for :func:`cnnkit.engine.fit`.
+
+    :func:`~cnnkit.tasks.classify.train` and :func:`~cnnkit.tasks.classify.finetune` build one.
+    Batches are uint8 images scaled to [0, 1] and augmented on the fly (or cached features, passed
+    as they are); the loss is cross-entropy; validation is :func:`evaluate`, the function
+    ``cnnkit eval`` runs, without test-time augmentation. The trained
+    :class:`~cnnkit.models.deploy.Classifier` is saved as it is.
+
+    Attributes:
+        batch_size: the global batch (split across processes under torchrun).
+        augment: batched ``(x, generator) -> x`` on [0, 1] floats, or None.
+        label_smoothing: of the training loss (validation: plain cross-entropy).
+        channels_last: NHWC batches (the caller converts the model's weights too).
+        drop_last: full batches only; False keeps the tail when it holds at least 2 images.
+        max_batches: batches per epoch at most (a smoke test's couple); None: all.
+        eval_batch_size: images per forward pass in validation.
+        val_name: how the validation split is named in the log (``val``, ``test``).
+        info: checkpoint metadata beside the classifier's own: model, dataset, config, ...
+        name: ``"classify"``, stored as the checkpoint's task.
+        metric: ``"acc"``: validation accuracy names the best epoch.
+
+    Example:
+        >>> task = ClassifyTask(batch_size=128, label_smoothing=0.1)
+        >>> task.metric
+        'acc'
+    """
+
+    batch_size: int
+    augment: Callable | None = None
+    label_smoothing: float = 0.0
+    channels_last: bool = True
+    drop_last: bool = True
+    max_batches: int | None = None
     eval_batch_size: int = 1000
-    val_name: str = "val"                    # how the validation split is named in the log
-    info: dict = field(default_factory=dict)  # checkpoint metadata: model, dataset, config, ...
+    val_name: str = "val"
+    info: dict = field(default_factory=dict)
     name: str = "classify"
     metric: str = "acc"
 
@@ -59,6 +86,7 @@ class ClassifyTask:
         return x.contiguous(memory_format=_fmt(self.channels_last)), data.labels[idx]
 
     def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Label-smoothed cross-entropy, and the batch's sums of loss and correct answers to log."""
         x, y = batch
         logits = model(x).float()
         loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
@@ -73,14 +101,17 @@ class ClassifyTask:
         return {"loss": result.loss, "acc": result.accuracy}
 
     def deployable(self, model: nn.Module) -> nn.Module:
-        return model                     # the Classifier is trained as it is deployed
+        """The model itself: the Classifier is trained as it is deployed."""
+        return model
 
     def describe(self, model: Classifier) -> dict:
+        """The checkpoint's metadata: ``info`` plus classes, input size, normalisation and TTA."""
         return {**self.info, "num_classes": len(model.classes), "input_size": list(model.input_size),
                 "classes": model.classes, "mean": model.mean.flatten().tolist(),
                 "std": model.std.flatten().tolist(), "tta": model.tta}
 
     def summary(self, model: Classifier) -> str:
+        """The network's :func:`cnnkit.summary` at the training batch, printed before training."""
         from cnnkit.analysis import summary
 
         return str(summary(model.net, input_size=model.input_size, batch_size=self.batch_size))

@@ -38,17 +38,55 @@ from cnnkit.tasks.classify.task import ClassifyTask
 
 @dataclass
 class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes:
+        out: the run folder.
+        history: one row per epoch, as in ``metrics.csv`` (an ensemble: its last member's).
+        val_acc: validation accuracy of the saved model (with its test-time augmentation, if any).
+        seconds: training time of this call (data loading and the summary excluded).
+        images: training images processed by this call, all processes together.
+        members: an ensemble's members' results, in order; empty for a single model.
+    """
+
     out: Path
-    history: list[dict]     # one row per epoch, as in metrics.csv
-    val_acc: float          # final validation accuracy of the saved model (with TTA if enabled)
-    seconds: float          # training time of this call (excludes data loading and the summary)
-    images: int             # training images processed by this call (all processes)
-    members: list[TrainResult] = field(default_factory=list)  # an ensemble's members, in order
+    history: list[dict]
+    val_acc: float
+    seconds: float
+    images: int
+    members: list[TrainResult] = field(default_factory=list)
 
 
 def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False, quiet: bool = False,
           on_epoch_end: Callable[[int, dict], None] | None = None) -> TrainResult:
-    """Train ``cfg`` into the run folder ``out`` (``cfg.ensemble`` members when > 1)."""
+    """Train an image classifier by ``cfg`` into the run folder ``out``: what ``cnnkit train`` runs.
+
+    The splits are loaded onto the device, the seeded network is wrapped in its
+    :class:`~cnnkit.models.deploy.Classifier` (normalisation, class names, test-time augmentation)
+    and trained by :func:`cnnkit.engine.fit`, which writes ``model.safetensors``,
+    ``resume.safetensors``, ``metrics.csv`` and ``curves.png`` after every epoch. With
+    ``cfg.ensemble`` > 1 the members train into ``out/member<i>`` with seeds ``seed + i`` and
+    ``out/model.safetensors`` averages them.
+
+    Args:
+        cfg: the settings (:func:`preset` gives tuned ones).
+        out: the run folder.
+        resume: continue the run in ``out`` exactly, after its last completed epoch; the run's
+            own config replaces ``cfg`` (only its ``model`` reference is checked against it).
+        quiet: no summary, progress bar or epoch lines.
+        on_epoch_end: ``fn(epoch, row)`` called after each saved epoch.
+
+    Returns:
+        A :class:`TrainResult`: the folder, the history and the final validation accuracy.
+
+    Raises:
+        CnnkitError: a bad setting, data that cannot be found or read, a batch larger than the
+            training set, a diverging loss, or nothing to resume in ``out``.
+
+    Example:
+        >>> result = train(preset("fast"), "runs/mnist")      # doctest: +SKIP
+        >>> round(result.val_acc, 3)                          # doctest: +SKIP
+    """
     out = Path(out)
     if resume:
         cfg = _resumed_config(out, cfg)

@@ -17,11 +17,21 @@ from cnnkit.tasks.detect.config import DetectConfig
 
 @dataclass
 class DetectionSet:
-    """Images of one square size with their boxes, ready for batching (everything a tensor)."""
-    images: torch.Tensor          # (N, C, S, S) uint8, letterboxed
-    boxes: torch.Tensor           # (N, M, 4) float xyxy in letterboxed pixels
-    labels: torch.Tensor          # (N, M) int64, -1 on padding rows
-    scales: torch.Tensor          # (N,) letterbox scale: original pixels = letterboxed / scale
+    """Images of one square size with their boxes, ready for batching (everything a tensor).
+
+    Attributes:
+        images: (N, C, S, S) uint8, letterboxed (the longer side scaled to S, the rest padded).
+        boxes: (N, M, 4) float x1, y1, x2, y2 in letterboxed pixels, M the most boxes of an image.
+        labels: (N, M) int64 class indices, -1 on padding rows.
+        scales: (N,) letterbox scale: original pixels = letterboxed pixels / scale.
+        classes: the class names, in index order.
+        names: the images' file names, where they have them.
+    """
+
+    images: torch.Tensor
+    boxes: torch.Tensor
+    labels: torch.Tensor
+    scales: torch.Tensor
     classes: list[str]
     names: list[str] = field(default_factory=list)
 

@@ -11,7 +11,23 @@ from cnnkit.tasks.detect.task import DetectTask
 
 
 def evaluate_run(run, data_dir: str | None = None) -> dict:
-    """``cnnkit detect eval``: the run's detector on its test split -> {"AP", "AP50", "AP75", "AR100", ...}."""
+    """COCO AP of a detection run on its test split: what ``cnnkit detect eval`` reports.
+
+    The test split is the run's own (its ``split.json``), read with the run's stored settings.
+
+    Args:
+        run: a run folder or its ``model.safetensors``.
+        data_dir: the folder holding the built-in data sets (default: the run's).
+
+    Returns:
+        ``{"AP", "AP50", "AP75", "AR100", "VOC_AP50", "per_class_AP", "images", "data", "split"}``.
+
+    Raises:
+        CnnkitError: not a detection run, a damaged checkpoint, or data that cannot be found.
+
+    Example:
+        >>> evaluate_run("runs/pennfudan")["AP"]         # doctest: +SKIP
+    """
     import json
 
     from cnnkit.engine.runfolder import resolve

@@ -28,7 +28,24 @@ def build_detector(info: dict) -> Detector:
 
 
 def load_detector(path: str | os.PathLike, device: str = "cpu") -> Detector:
-    """A trained detector from a run folder or its model.safetensors (eval mode; ``.info`` = metadata)."""
+    """A trained detector from a run folder or its ``model.safetensors``, rebuilt from data, never code.
+
+    Args:
+        path: a run folder or its ``model.safetensors`` written by ``cnnkit detect train``.
+        device: where the model goes (``"cpu"``, ``"cuda"``).
+
+    Returns:
+        The :class:`~cnnkit.models.detection.Detector` in eval mode, the checkpoint's metadata as
+        ``.info`` (classes, input size, decoding settings, config).
+
+    Raises:
+        CnnkitError: not a detection run, or a damaged or crafted file.
+
+    Example:
+        >>> model = load_detector("runs/pennfudan")      # doctest: +SKIP
+        >>> model.info["classes"]                        # doctest: +SKIP
+        ['person']
+    """
     return load_run_model(path, "detect", build_detector, device)
 
 

@@ -15,7 +15,20 @@ from cnnkit.tasks.detect.data import DetectionSet
 @torch.no_grad()
 def predict_set(model: nn.Module, data: DetectionSet, batch_size: int = 16, **decode_args
                 ) -> list[dict[str, torch.Tensor]]:
-    """Detections for every image of ``data`` in its original pixels (model in eval mode, restored)."""
+    """Detections for every image of ``data``, in its original pixels.
+
+    The model runs in eval mode; its own mode is restored afterwards.
+
+    Args:
+        model: a :class:`~cnnkit.models.detection.Detector`.
+        data: the letterboxed images (their ``scales`` map the boxes back).
+        batch_size: images per forward pass.
+        **decode_args: :func:`cnnkit.models.detection.decode`'s ``score_threshold``,
+            ``nms_threshold``, ``top_k``, ``max_detections`` (a run stores its own as ``info["decode"]``).
+
+    Returns:
+        Per image ``{"boxes" (k, 4) x1 y1 x2 y2, "scores" (k,), "labels" (k,) int64}``, best first.
+    """
     was = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -32,7 +45,24 @@ def predict_set(model: nn.Module, data: DetectionSet, batch_size: int = 16, **de
 
 @torch.no_grad()
 def predict_images(model: nn.Module, images: list[torch.Tensor], size: int, classes: list[str], **decode_args) -> list[dict]:
-    """uint8 (C, H, W) images of any size -> per image {"boxes" (original pixels), "scores", "labels" (names)}."""
+    """Detections on images of any size: each is letterboxed to ``size`` and its boxes mapped back.
+
+    Args:
+        model: a :class:`~cnnkit.models.detection.Detector`.
+        images: uint8 (C, H, W) tensors; grey or colour is converted to the model's channels.
+        size: the square side the model was trained at (``model.info["input_size"][-1]``).
+        classes: the class names, in index order.
+        **decode_args: :func:`cnnkit.models.detection.decode`'s ``score_threshold``,
+            ``nms_threshold``, ``top_k``, ``max_detections`` (a run stores its own as ``info["decode"]``).
+
+    Returns:
+        Per image ``{"boxes": [[x1, y1, x2, y2], ...] (original pixels), "scores": [...],
+        "labels": [class names]}`` as plain lists.
+
+    Example:
+        >>> model = load_detector("runs/pennfudan")                                   # doctest: +SKIP
+        >>> predict_images(model, [read_pixels("street.jpg")], 320, model.info["classes"])  # doctest: +SKIP
+    """
     c = model.normalise.mean.shape[1]
     results = []
     for img in images:
@@ -49,7 +79,14 @@ def predict_images(model: nn.Module, images: list[torch.Tensor], size: int, clas
 
 
 def draw_detections(image: torch.Tensor, det: dict, path) -> None:
-    """Write ``image`` (C, H, W) uint8 with its boxes, labels and scores drawn as a PNG (Pillow)."""
+    """Write ``image`` with its boxes, labels and scores drawn, as a PNG (Pillow).
+
+    Args:
+        image: uint8 (C, H, W), grey or RGB.
+        det: ``{"boxes", "scores", "labels"}`` as :func:`predict_images` gives them (boxes in the
+            image's pixels, labels as names).
+        path: the PNG file to write.
+    """
     from PIL import Image, ImageDraw
 
     arr = image.expand(3, -1, -1) if image.shape[0] == 1 else image

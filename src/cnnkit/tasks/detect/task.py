@@ -23,24 +23,51 @@ from cnnkit.tasks.detect.predict import predict_set
 
 @dataclass
 class DetectTask:
+    """Object detection as an engine :class:`~cnnkit.engine.Task`, for :func:`cnnkit.engine.fit`.
+
+    Batches are letterboxed images with their boxes, flipped and jittered on the fly; the loss is
+    the detector's (focal or varifocal class loss, GIoU box loss, centre-ness); validation is COCO
+    AP in original pixels, as ``cnnkit detect eval`` reports it.
+
+    Attributes:
+        classes: the object class names (no background class).
+        batch_size: the global batch.
+        flip: probability of a horizontal flip (0: off).
+        scale: zoom range of the scale-and-crop jitter (None: off).
+        colour: brightness / contrast / saturation jitter (0: off).
+        fill: value in [0, 1] of the padding the jitter brings in.
+        channels_last: NHWC batches (the caller converts the model's weights too).
+        cls_loss: ``"focal"`` | ``"varifocal"`` (IoU-aware targets).
+        box_weight: weight of the GIoU box loss beside the class loss.
+        eval_batch_size: images per forward pass in validation.
+        max_batches: batches per epoch at most (a smoke test's couple); None: all.
+        decode_args: :func:`~cnnkit.models.detection.decode`'s ``score_threshold``,
+            ``nms_threshold``, ... for validation and the saved model.
+        info: checkpoint metadata: backbone, dataset, config.
+        val_name: how the validation split is named in the log.
+        name: ``"detect"``, stored as the checkpoint's task.
+        metric: ``"AP"``: COCO AP@[.5:.95] names the best epoch.
+    """
+
     classes: list[str]
-    batch_size: int = 8                        # global batch
-    flip: float = 0.5                          # probability of a horizontal flip (0: off)
-    scale: tuple[float, float] | None = (0.7, 1.3)   # zoom range of the scale/crop jitter (None: off)
-    colour: float = 0.2                        # brightness/contrast/saturation jitter (0: off)
-    fill: float = 0.0                          # value of the padding the jitter brings in ([0, 1])
-    channels_last: bool = False                # NHWC batches (the model's weights too, by the caller)
-    cls_loss: str = "focal"                    # "focal" | "varifocal" (IoU-aware targets)
-    box_weight: float = 1.0                    # weight of the GIoU loss beside the class loss
+    batch_size: int = 8
+    flip: float = 0.5
+    scale: tuple[float, float] | None = (0.7, 1.3)
+    colour: float = 0.2
+    fill: float = 0.0
+    channels_last: bool = False
+    cls_loss: str = "focal"
+    box_weight: float = 1.0
     eval_batch_size: int = 16
-    max_batches: int | None = None             # per epoch (a smoke test's couple of batches)
-    decode_args: dict = field(default_factory=dict)   # score_threshold, nms_threshold, ... of decode
-    info: dict = field(default_factory=dict)   # checkpoint metadata: backbone, dataset, config
-    val_name: str = "val"                      # how validation is named in the log
+    max_batches: int | None = None
+    decode_args: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+    val_name: str = "val"
     name: str = "detect"
     metric: str = "AP"
 
     def batches(self, data: DetectionSet, generator: torch.Generator, train: bool = True):
+        """Shuffled (x, boxes, labels) batches: x float (B, C, S, S) on [0, 1], augmented when training."""
         n, b = len(data), self.batch_size
         order = torch.randperm(n, generator=generator, device=generator.device) if train else \
             torch.arange(n, device=generator.device)
@@ -70,6 +97,7 @@ class DetectTask:
         return detector_loss(out, boxes, labels, cls_loss=self.cls_loss, box_weight=self.box_weight)
 
     def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The detector's loss, and the batch's sums of each of its parts to log."""
         x, boxes, labels = batch
         parts = self.detector_parts(model(x), boxes, labels)
         n = torch.tensor(float(x.shape[0]), device=x.device)
@@ -85,14 +113,17 @@ class DetectTask:
         return {"AP": m["AP"], "AP50": m["AP50"], "AP75": m["AP75"], "AR100": m["AR100"], "VOC_AP50": voc["mAP"]}
 
     def deployable(self, model: nn.Module) -> nn.Module:
+        """The model itself: the detector is trained as it is deployed."""
         return model
 
     def describe(self, model: Detector) -> dict:
+        """The checkpoint's metadata: ``info`` plus classes, normalisation and decoding settings."""
         return {**self.info, "task": "detect", "classes": list(self.classes),
                 "num_classes": model.num_classes, "mean": model.normalise.mean.flatten().tolist(),
                 "std": model.normalise.std.flatten().tolist(), "decode": dict(self.decode_args)}
 
     def summary(self, model: Detector) -> str:
+        """One line: backbone, pyramid strides, classes and parameters, printed before training."""
         params = sum(p.numel() for p in model.parameters())
         return (f"detector: {self.info.get('backbone', type(model.features).__name__)} pyramid at strides "
                 f"{model.strides} -> FPN-lite -> anchor-free head, {len(self.classes)} classes, "

@@ -14,7 +14,30 @@ from cnnkit.tasks.detect.task import DetectTask
 
 
 def train(cfg: DetectConfig, out, resume: bool = False, quiet: bool = False):
-    """Train a detector by ``cfg`` into the run folder ``out`` through :func:`cnnkit.engine.fit`."""
+    """Train a detector by ``cfg`` into the run folder ``out``: what ``cnnkit detect train`` runs.
+
+    The data's split is written to ``out/split.json`` (and reused on resume); the detector (an
+    anchor-free FCOS-style head on a backbone's pyramid) trains through :func:`cnnkit.engine.fit`,
+    and the final model is scored on the test split.
+
+    Args:
+        cfg: the settings; None fields take the data's defaults (:meth:`DetectConfig.resolved`).
+        out: the run folder.
+        resume: continue the run in ``out`` exactly; the run's own config replaces ``cfg``.
+        quiet: no summary, progress bar or epoch lines.
+
+    Returns:
+        (the engine's :class:`~cnnkit.engine.FitResult`, the final test metrics ``{"AP", "AP50",
+        "AP75", "AR100", "VOC_AP50"}``).
+
+    Raises:
+        CnnkitError: a bad setting, data that cannot be found or read, a batch larger than the
+            training set, a diverging loss, or nothing to resume in ``out``.
+
+    Example:
+        >>> run, test = train(DetectConfig(data="pennfudan", epochs=40), "runs/pennfudan")  # doctest: +SKIP
+        >>> test["AP50"]                                                                  # doctest: +SKIP
+    """
     from pathlib import Path
 
     from rich.console import Console

@@ -13,7 +13,16 @@ MASK_SIZE = 28
 # ----------------------------------------------------------------------------- the training recipe
 @dataclass
 class InstanceConfig(DetectConfig):
-    """The settings of ``cnnkit instance train``: detection's, with other defaults, plus the mask head's."""
+    """The settings of ``cnnkit instance train``: detection's, with other defaults, plus the mask head's.
+
+    Each field is documented once, at the field (``option(help=...)``): the configuration
+    reference and ``cnnkit instance train --help`` show that text; the detector's fields are
+    :class:`~cnnkit.tasks.detect.DetectConfig`'s.
+
+    Example:
+        >>> InstanceConfig(data="digits").resolved().model
+        'resnet18'
+    """
 
     image_size: int | None = None
     model: str = ""
@@ -29,6 +38,11 @@ class InstanceConfig(DetectConfig):
     val_every: int | None = None
 
     def resolved(self) -> InstanceConfig:
+        """A copy with the data-dependent defaults filled in (instance's own, then detection's).
+
+        Returns:
+            The resolved :class:`InstanceConfig`.
+        """
         photos = self.data != "digits"
         cfg = replace(self, image_size=self.image_size if self.image_size is not None else (320 if photos else 96),
                       epochs=self.epochs if self.epochs is not None else (40 if photos else 10),

@@ -11,7 +11,22 @@ from cnnkit.tasks.instance.task import InstanceTask
 
 
 def evaluate_run(run, data_dir: str | None = None) -> dict:
-    """``cnnkit instance eval``: the run's model on its test split -> {"mask_AP", "mask_AP50", ..., "box_AP"}."""
+    """Mask and box AP of an instance run on its test split: what ``cnnkit instance eval`` reports.
+
+    Args:
+        run: a run folder or its ``model.safetensors``.
+        data_dir: the folder holding the built-in data sets (default: the run's).
+
+    Returns:
+        ``{"mask_AP", "mask_AP50", "mask_AP75", "mask_AR100", "box_AP", "box_AP50", "images",
+        "data", "split"}``.
+
+    Raises:
+        CnnkitError: not an instance run, a damaged checkpoint, or data that cannot be found.
+
+    Example:
+        >>> evaluate_run("runs/inst")["mask_AP"]         # doctest: +SKIP
+    """
     import json
 
     from cnnkit.engine.runfolder import resolve

@@ -21,7 +21,22 @@ def new_mask_detector(cfg: InstanceConfig, classes: list[str], in_channels: int)
 
 
 def load_mask_detector(path: str | os.PathLike, device: str = "cpu") -> MaskDetector:
-    """A trained mask detector from a run folder or its model.safetensors (eval mode; ``.info`` = metadata)."""
+    """A trained mask detector from a run folder or its ``model.safetensors``, rebuilt from data, never code.
+
+    Args:
+        path: a run folder or its ``model.safetensors`` written by ``cnnkit instance train``.
+        device: where the model goes (``"cpu"``, ``"cuda"``).
+
+    Returns:
+        The :class:`~cnnkit.models.instance.MaskDetector` in eval mode, the checkpoint's metadata
+        as ``.info``.
+
+    Raises:
+        CnnkitError: not an instance run, or a damaged or crafted file.
+
+    Example:
+        >>> model = load_mask_detector("runs/inst")      # doctest: +SKIP
+    """
     def build(info: dict) -> MaskDetector:
         try:
             return MaskDetector(build_detector(info), int(info["mask_width"]), int(info["mask_convs"]),

@@ -14,10 +14,22 @@ from cnnkit.tasks.instance.data import from_instances
 @torch.no_grad()
 def predict_instances(model: nn.Module, data: DetectionSet, batch_size: int = 16, sizes=None, **decode_args
                       ) -> list[dict[str, torch.Tensor]]:
-    """Detections with masks for every image of ``data``, in its original pixels (model in eval mode,
-    restored): {"boxes", "scores", "labels", "masks" (k, H, W) bool, "mask_scores" (what ranks the
-    masks: score x maskness)}. ``sizes``: each original (H, W)
-    (default: the sizes of ``data.originals``)."""
+    """Detections with masks for every image of ``data``, in its original pixels.
+
+    The model runs in eval mode; its own mode is restored afterwards.
+
+    Args:
+        model: a :class:`~cnnkit.models.instance.MaskDetector` (or a DDP wrapper of one).
+        data: the letterboxed images (their ``scales`` map the boxes back).
+        batch_size: images per forward pass.
+        sizes: each image's original (H, W) (default: the sizes of ``data.originals``).
+        **decode_args: :func:`cnnkit.models.detection.decode`'s ``score_threshold``,
+            ``nms_threshold``, ... (a run stores its own as ``info["decode"]``).
+
+    Returns:
+        Per image ``{"boxes" (k, 4), "scores" (k,), "labels" (k,), "masks" (k, H, W) bool,
+        "mask_scores" (k,)}``; the mask scores (score x maskness) rank the masks.
+    """
     net = model.module if hasattr(model, "module") else model
     sizes = sizes or [tuple(o.shape[-2:]) for o in data.originals]
     was = net.training
@@ -40,8 +52,25 @@ def predict_instances(model: nn.Module, data: DetectionSet, batch_size: int = 16
 
 @torch.no_grad()
 def predict_files(model: MaskDetector, paths, out_dir, score: float = 0.3) -> list[dict]:
-    """Each image file -> ``out_dir/<stem>.png``: the image with its instance masks (one colour each)
-    and boxes drawn; returns per image {"image", "png", "boxes", "scores", "labels", "mask_scores", "mask_pixels"}."""
+    """Instances in image files, each drawn to ``out_dir/<stem>.png``: masks (one colour each) and boxes.
+
+    Args:
+        model: a :class:`~cnnkit.models.instance.MaskDetector` with its ``.info`` (what
+            :func:`load_mask_detector` returns).
+        paths: image files (PNG, JPEG, ...).
+        out_dir: the folder of the drawings (created if missing).
+        score: the least detection score kept.
+
+    Returns:
+        Per image ``{"image", "png", "boxes", "scores", "labels" (names), "mask_scores",
+        "mask_pixels"}`` as plain lists.
+
+    Raises:
+        CnnkitError: a file that is missing or not a readable image (before any work is done).
+
+    Example:
+        >>> predict_files(load_mask_detector("runs/inst"), ["street.jpg"], "out/")   # doctest: +SKIP
+    """
     from pathlib import Path
 
     from cnnkit.data.images import read_pixels

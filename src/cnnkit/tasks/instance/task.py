@@ -23,8 +23,22 @@ from cnnkit.tasks.instance.predict import predict_instances
 
 @dataclass
 class InstanceTask(DetectTask):
-    roi_jitter: int = 2                        # jittered copies of each box the mask head trains on
-    mask_weight: float = 1.0                   # the mask loss's weight beside the detector's
+    """Instance segmentation as an engine :class:`~cnnkit.engine.Task`, for :func:`cnnkit.engine.fit`.
+
+    Detection's batches and loss (:class:`~cnnkit.tasks.detect.DetectTask`), plus a mask loss on
+    RoIs: each ground-truth box and jittered copies of it, against the instance's mask RoIAligned
+    over the box. Validation is COCO mask AP, with box AP beside it. The fields not listed here
+    are :class:`~cnnkit.tasks.detect.DetectTask`'s.
+
+    Attributes:
+        roi_jitter: jittered copies of each ground-truth box the mask head trains on.
+        mask_weight: the mask loss's weight beside the detector's.
+        name: ``"instance"``, stored as the checkpoint's task.
+        metric: ``"mask_AP"``: COCO mask AP names the best epoch.
+    """
+
+    roi_jitter: int = 2
+    mask_weight: float = 1.0
     name: str = "instance"
     metric: str = "mask_AP"
 
@@ -81,11 +95,13 @@ class InstanceTask(DetectTask):
                 "box_AP": b["AP"], "box_AP50": b["AP50"]}
 
     def describe(self, model: MaskDetector) -> dict:
+        """The checkpoint's metadata: detection's plus the mask head's shape."""
         det = super().describe(model)
         return {**det, "task": "instance", "mask_convs": len(model.mask_head.fcn) // 2,
                 "mask_width": model.mask_head.logits.in_channels, "class_agnostic": model.class_agnostic}
 
     def summary(self, model: MaskDetector) -> str:
+        """One line: backbone, strides, mask head, classes and parameters, printed before training."""
         params = sum(p.numel() for p in model.parameters())
         head = sum(p.numel() for p in model.mask_head.parameters())
         return (f"mask detector: {self.info.get('backbone', '?')} pyramid at strides {model.strides} -> "

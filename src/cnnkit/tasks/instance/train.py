@@ -13,7 +13,30 @@ from cnnkit.tasks.instance.task import InstanceTask
 
 
 def train(cfg: InstanceConfig, out, resume: bool = False, quiet: bool = False):
-    """Train a mask detector by ``cfg`` into the run folder ``out`` through :func:`cnnkit.engine.fit`."""
+    """Train a mask detector by ``cfg`` into the run folder ``out``: what ``cnnkit instance train`` runs.
+
+    A detector with a Mask R-CNN-style mask head on RoIAligned features trains through
+    :func:`cnnkit.engine.fit`; the split is written to ``out/split.json``; the final model is scored
+    on the test split.
+
+    Args:
+        cfg: the settings; None fields take the data's defaults (:meth:`InstanceConfig.resolved`).
+        out: the run folder.
+        resume: continue the run in ``out`` exactly; the run's own config replaces ``cfg``.
+        quiet: no summary, progress bar or epoch lines.
+
+    Returns:
+        (the engine's :class:`~cnnkit.engine.FitResult`, the final test metrics ``{"mask_AP",
+        "mask_AP50", "mask_AP75", "mask_AR100", "box_AP", "box_AP50"}``).
+
+    Raises:
+        CnnkitError: a bad setting, data that cannot be found or read, a diverging loss, or
+            nothing to resume in ``out``.
+
+    Example:
+        >>> run, test = train(InstanceConfig(data="pennfudan"), "runs/inst")   # doctest: +SKIP
+        >>> test["mask_AP"]                                                     # doctest: +SKIP
+    """
     from pathlib import Path
 
     from rich.console import Console

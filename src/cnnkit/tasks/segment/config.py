@@ -24,7 +24,18 @@ _SCRATCH = dict(weights=None, freeze_bn=False, freeze_to=0, encoder_lr=1.0)   # 
 
 @dataclass
 class SegmentConfig(RunConfig):
-    """The settings of ``cnnkit segment train``. ``None``: the default of the data (``DATA_DEFAULTS``)."""
+    """The settings of ``cnnkit segment train``. ``None``: the default of the data (``DATA_DEFAULTS``).
+
+    :meth:`resolved` fills the defaults in: Penn-Fudan and image folders train a U-Net decoder on a
+    pretrained encoder, digit scenes U-Net's own small encoder from scratch.
+
+    Each field is documented once, at the field (``option(help=...)``): the configuration
+    reference and ``cnnkit segment train --help`` show that text.
+
+    Example:
+        >>> SegmentConfig(data="digits").resolved().arch
+        'unet'
+    """
 
     unsupported = ("subset",)
 
@@ -59,7 +70,14 @@ class SegmentConfig(RunConfig):
     val_every: int | None = None
 
     def resolved(self) -> SegmentConfig:
-        """Every None filled in from DATA_DEFAULTS for this data."""
+        """A copy with every None filled in from ``DATA_DEFAULTS`` for this data.
+
+        An encoder other than the recipe's trains from scratch (no weights, nothing frozen) unless
+        told otherwise; ``weights="none"`` becomes None.
+
+        Returns:
+            The resolved :class:`SegmentConfig`.
+        """
         from dataclasses import replace
 
         kind = self.data if self.data in ("pennfudan", "digits") else "folder"

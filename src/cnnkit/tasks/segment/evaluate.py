@@ -15,7 +15,21 @@ from cnnkit.tasks.segment.predict import predict_masks
 
 
 def evaluate(model: nn.Module, data: SegmentationSet, boundary_d: int = 3, batch_size: int = 32) -> dict:
-    """:meth:`SegmentationMeter.compute` of ``model`` over ``data`` (at the data's resolution), plus ``images``."""
+    """IoU, pixel accuracy and boundary IoU of a segmenter over every image of ``data``.
+
+    The model answers at the data's resolution, by its test-time procedure when in eval mode.
+
+    Args:
+        model: float (B, C, H, W) in [0, 1] -> logits (B, K, H, W), e.g. a :class:`Segmenter`.
+        data: images with their masks (255: ignored pixels).
+        boundary_d: band width (px) of the boundary IoU (0: none).
+        batch_size: stacked images per forward pass (a list of photos goes one by one).
+
+    Returns:
+        :meth:`~cnnkit.metrics.segmentation.SegmentationMeter.compute`'s ``{"mIoU",
+        "pixel_accuracy", "iou", "iou_by_class", "boundary_iou", "boundary_iou_per_class",
+        "confusion"}`` (None where undefined), plus ``images``.
+    """
     meter = SegmentationMeter(data.num_classes, IGNORE_INDEX, boundary_d, data.classes)
     preds = predict_masks(model, data.images, batch_size)
     if isinstance(preds, torch.Tensor):
@@ -28,8 +42,26 @@ def evaluate(model: nn.Module, data: SegmentationSet, boundary_d: int = 3, batch
 
 def evaluate_run(path, split: str = "test", data_dir: str | None = None, tta: str | None = None,
                  test_scale: float | None = None) -> dict:
-    """The metrics of a run's model on its data's ``split`` (test, val or train); ``tta`` ("flip" |
-    "none") and ``test_scale`` replace the test-time procedure the run saved."""
+    """The metrics of a segmentation run on a split of its data: what ``cnnkit segment eval`` reports.
+
+    Args:
+        path: a run folder or its ``model.safetensors``.
+        split: ``test``, ``val`` or ``train`` of the run's own split.
+        data_dir: the folder holding the built-in data sets (default: the run's).
+        tta: ``"flip"`` | ``"none"`` instead of the test-time augmentation the run saved.
+        test_scale: the factor the image is resized by before the network, instead of the saved one.
+
+    Returns:
+        ``{"mIoU", "pixel_accuracy", "iou" (by class name), "boundary_iou", "images", "split",
+        "data", "confusion"}``.
+
+    Raises:
+        CnnkitError: not a segmentation run, an unknown split, a bad ``tta`` or ``test_scale``, or
+            data that cannot be found.
+
+    Example:
+        >>> evaluate_run("runs/seg", tta="none")["mIoU"]     # doctest: +SKIP
+    """
     tta = _segmenter_tta(tta) if tta is not None else None
     if test_scale is not None and not test_scale > 0:
         raise CnnkitError(f"--test-scale must be a positive number. Received: --test-scale {test_scale}")

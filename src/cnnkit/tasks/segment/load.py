@@ -32,5 +32,21 @@ def _segmenter_tta(tta: str) -> str:
 
 
 def load_segmenter(path, device: str = "cpu") -> Segmenter:
-    """A run folder (or its model.safetensors) written by ``cnnkit segment train``, in eval mode."""
+    """A trained segmenter from a run folder or its ``model.safetensors``, rebuilt from data, never code.
+
+    Args:
+        path: a run folder or its ``model.safetensors`` written by ``cnnkit segment train``.
+        device: where the model goes (``"cpu"``, ``"cuda"``).
+
+    Returns:
+        The :class:`Segmenter` in eval mode, the checkpoint's metadata as ``.info``.
+
+    Raises:
+        CnnkitError: not a segmentation run, or a damaged or crafted file.
+
+    Example:
+        >>> model = load_segmenter("runs/seg")                   # doctest: +SKIP
+        >>> model.predict(torch.rand(1, 3, 320, 320)).shape      # doctest: +SKIP
+        torch.Size([1, 320, 320])
+    """
     return load_run_model(path, "segment", Segmenter.from_info, device)

@@ -13,13 +13,32 @@ from cnnkit.models.deploy import Classifier
 
 
 class Segmenter(Classifier):
-    """A segmentation network with its input normalisation: float (B, C, H, W) in [0, 1] -> logits
-    (B, K, H, W). The classifier's wrapper (same buffers) with a per-pixel ``predict``; attributes
-    ``net``, ``classes``, ``config`` (rebuilds ``net``); ``input_size`` is (C,): any H, W.
+    """A segmentation network with its input normalisation: float (B, C, H, W) in [0, 1] -> logits (B, K, H, W).
 
-    In eval mode it answers by its test-time procedure: the image resized by ``test_scale`` (the
-    log-probabilities resized back to (H, W)), and with ``tta="flip"`` the probabilities of the image and
-    of its mirror image (mirrored back) averaged. ``without_tta()`` turns both off (per-epoch validation)."""
+    The classifier's wrapper (same buffers) with a per-pixel :meth:`predict`. In eval mode it
+    answers by its test-time procedure: the image resized by ``test_scale`` (the log-probabilities
+    resized back to (H, W)), and with ``tta="flip"`` the probabilities of the image and of its
+    mirror image (mirrored back) averaged. ``without_tta()`` turns both off (per-epoch validation).
+
+    Args:
+        net: the segmentation network (``create_segmenter``); its ``config`` rebuilds it.
+        mean: per-channel mean of the input normalisation, on [0, 1] pixels.
+        std: per-channel standard deviation of the input normalisation.
+        classes: the class names, background first.
+        tta: ``""`` or ``"flip"``.
+        test_scale: the factor the image is resized by before the network in eval mode.
+
+    Attributes:
+        net: the network.
+        classes: the class names.
+        config: the arguments that rebuild ``net``.
+        input_size: ``(C,)``: any H, W.
+        tta: ``""`` | ``"flip"``.
+        test_scale: as above.
+
+    Raises:
+        CnnkitError: an unknown ``tta`` or a ``test_scale`` that is not positive.
+    """
 
     def __init__(self, net: nn.Module, mean, std, classes: list[str], tta: str = "", test_scale: float = 1.0):
         if tta not in ("", "flip"):
@@ -32,6 +51,7 @@ class Segmenter(Classifier):
 
     @contextlib.contextmanager
     def without_tta(self):
+        """A context in which the segmenter answers on the image alone: no flip, no rescaling."""
         scale, self.test_scale = self.test_scale, 1.0
         try:
             with super().without_tta():
@@ -60,6 +80,7 @@ class Segmenter(Classifier):
         return self(x).argmax(1)
 
     def describe(self) -> dict:
+        """The checkpoint's metadata that :meth:`from_info` rebuilds the module from."""
         return {"task": "segment", "segmenter": self.config, "classes": self.classes,
                 "mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist(),
                 "tta": self.tta, "test_scale": self.test_scale}
@@ -78,8 +99,18 @@ class Segmenter(Classifier):
 
 @torch.no_grad()
 def predict_masks(model: nn.Module, images, batch_size: int = 32) -> list[torch.Tensor] | torch.Tensor:
-    """Class-index maps for uint8 images: stacked (N, C, H, W) -> (N, H, W) int64, or a list of
-    (C, H, W) -> a list of (H, W), one forward per photo. Eval mode (restored afterwards)."""
+    """Class-index maps for uint8 images, one per image at its own size.
+
+    The model runs in eval mode (its test-time procedure included); its own mode is restored.
+
+    Args:
+        model: a :class:`Segmenter` (or any float (B, C, H, W) in [0, 1] -> (B, K, H, W) logits).
+        images: stacked uint8 (N, C, H, W), or a list of uint8 (C, H, W) photos of any sizes.
+        batch_size: stacked images per forward pass (a list goes one photo at a time).
+
+    Returns:
+        (N, H, W) int64 for stacked images, a list of (H, W) int64 for a list.
+    """
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -119,8 +150,20 @@ def overlay(image: torch.Tensor, mask: torch.Tensor, num_classes: int, alpha: fl
 
 @torch.no_grad()
 def predict_image(model: Segmenter, image: torch.Tensor, max_side: int | None = None) -> torch.Tensor:
-    """(C, H, W) uint8 photo -> (H, W) int64 class map at the photo's size; with ``max_side`` the
-    network sees the photo shrunk so its longer side is at most that, and its logits are resized back."""
+    """The class map of one photo, at the photo's size.
+
+    Args:
+        model: a :class:`Segmenter` (put in eval mode).
+        image: uint8 (C, H, W).
+        max_side: the network sees the photo shrunk so its longer side is at most this, and its
+            logits are resized back (None: as it is).
+
+    Returns:
+        (H, W) int64 class indices.
+
+    Example:
+        >>> mask = predict_image(load_segmenter("runs/seg"), read_pixels("street.jpg"), max_side=384)  # doctest: +SKIP
+    """
     from cnnkit.layers.upsample import resize
 
     h, w = image.shape[1:]
@@ -135,7 +178,21 @@ def predict_image(model: Segmenter, image: torch.Tensor, max_side: int | None = 
 
 
 def write_prediction(image: torch.Tensor, mask: torch.Tensor, num_classes: int, out_dir, stem: str):
-    """``out_dir/<stem>.png`` (grey class indices, 0 = background) and ``out_dir/<stem>_overlay.png``."""
+    """Write a class map as a grey PNG of class indices and as a colour overlay on the image.
+
+    Args:
+        image: uint8 (C, H, W).
+        mask: (H, W) class indices, 0 = background.
+        num_classes: the number of classes (at most 256: a grey PNG holds 0-255).
+        out_dir: the folder (created if missing).
+        stem: the files' name without extension.
+
+    Returns:
+        (``out_dir/<stem>.png``, ``out_dir/<stem>_overlay.png``).
+
+    Raises:
+        CnnkitError: more than 256 classes.
+    """
     from pathlib import Path
 
     from PIL import Image

@@ -22,19 +22,43 @@ from cnnkit.tasks.segment.predict import Segmenter
 
 @dataclass
 class SegmentTask:
-    batch_size: int = 8                      # global batch
-    crop: int = 256                          # training crop side for photo lists (stacked scenes: whole)
-    scale: tuple[float, float] = (0.5, 1.5)  # random rescaling of training photos
-    flip: bool = True                        # random horizontal flips of training photos
-    jitter: float = 0.0                      # brightness / contrast / saturation jitter of training photos
-    boundary_d: int = 3                      # band width (px) of the boundary IoU
-    dice: float = 0.0                        # weight of the soft Dice loss added to cross-entropy
-    lovasz: float = 0.0                      # weight of the Lovasz-softmax loss added to cross-entropy
-    channels_last: bool = False              # NHWC batches (the model's weights too, by the caller)
-    eval_batch_size: int = 32                # stacked scenes per evaluation batch (photos: one by one)
-    max_batches: int | None = None           # per epoch (a smoke test's couple of batches)
+    """Semantic segmentation as an engine :class:`~cnnkit.engine.Task`, for :func:`cnnkit.engine.fit`.
+
+    Batches are random scaled, flipped and jittered crops of the photos (digit scenes: whole); the
+    loss is cross-entropy, plus soft Dice and Lovasz-softmax where weighted; validation is mIoU,
+    pixel accuracy and boundary IoU, without the model's test-time procedure.
+
+    Attributes:
+        batch_size: the global batch.
+        crop: training crop side of photos (px); stacked scenes are taken whole.
+        scale: range of the random rescaling of training photos.
+        flip: random horizontal flips of training photos.
+        jitter: brightness / contrast / saturation jitter of training photos (0: off).
+        boundary_d: band width (px) of the boundary IoU.
+        dice: weight of the soft Dice loss added to cross-entropy.
+        lovasz: weight of the Lovasz-softmax loss added to cross-entropy.
+        channels_last: NHWC batches (the caller converts the model's weights too).
+        eval_batch_size: stacked scenes per validation batch (photos go one by one).
+        max_batches: batches per epoch at most (a smoke test's couple); None: all.
+        val_name: how the validation split is named in the log.
+        info: checkpoint metadata: data, config, ...
+        name: ``"segment"``, stored as the checkpoint's task.
+        metric: ``"mIoU"``: mean IoU names the best epoch.
+    """
+
+    batch_size: int = 8
+    crop: int = 256
+    scale: tuple[float, float] = (0.5, 1.5)
+    flip: bool = True
+    jitter: float = 0.0
+    boundary_d: int = 3
+    dice: float = 0.0
+    lovasz: float = 0.0
+    channels_last: bool = False
+    eval_batch_size: int = 32
+    max_batches: int | None = None
     val_name: str = "val"
-    info: dict = field(default_factory=dict)  # checkpoint metadata: data, config, ...
+    info: dict = field(default_factory=dict)
     name: str = "segment"
     metric: str = "mIoU"
 
@@ -67,6 +91,7 @@ class SegmentTask:
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
     def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Cross-entropy (+ weighted Dice / Lovasz), and the batch's sums of loss and pixel accuracy."""
         x, y = batch
         logits = model(x).float()                                          # (B, K, h, w)
         loss = F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX)
@@ -87,12 +112,15 @@ class SegmentTask:
         return {k: float("nan") if out[k] is None else out[k] for k in ("mIoU", "pixel_accuracy", "boundary_iou")}
 
     def deployable(self, model: nn.Module) -> nn.Module:
-        return model                          # the Segmenter is trained as it is deployed
+        """The model itself: the Segmenter is trained as it is deployed."""
+        return model
 
     def describe(self, model: Segmenter) -> dict:
+        """The checkpoint's metadata: ``info`` plus the Segmenter's own description."""
         return {**self.info, **model.describe(), "num_classes": len(model.classes)}
 
     def summary(self, model: Segmenter) -> str:
+        """The network's :func:`cnnkit.summary` on a training crop, printed before training."""
         from cnnkit.analysis import summary
 
         c = model.mean.shape[1]

@@ -15,9 +15,32 @@ from cnnkit.tasks.segment.task import SegmentTask
 
 
 def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = False, device: str | None = None):
-    """Train ``cfg`` through the engine into run folder ``out`` (``split.json`` beside the model).
+    """Train a segmenter by ``cfg`` into the run folder ``out``: what ``cnnkit segment train`` runs.
 
-    Returns the engine's FitResult plus ``test``, the final model's metrics on the test split."""
+    The encoder's batch norms and first layers can stay frozen and its learning rate be a fraction
+    of the decoder's (the data's defaults do so for a pretrained encoder); the split is written to
+    ``out/split.json`` beside the model; the final model is scored on the test split with its
+    test-time procedure.
+
+    Args:
+        cfg: the settings; None fields take the data's defaults (:meth:`SegmentConfig.resolved`).
+        out: the run folder; None writes nothing.
+        resume: continue the run in ``out`` exactly.
+        quiet: no summary, progress bar or epoch lines.
+        device: ``cpu`` | ``cuda`` (default: ``cfg.device``).
+
+    Returns:
+        The engine's :class:`~cnnkit.engine.FitResult`, with ``.test``: the final model's metrics
+        on the test split (as :func:`evaluate` gives them).
+
+    Raises:
+        CnnkitError: a bad setting, data that cannot be found or read, ``--freeze-to`` on an
+            encoder without a stem, a diverging loss, or nothing to resume in ``out``.
+
+    Example:
+        >>> result = train(SegmentConfig(data="pennfudan"), "runs/seg")   # doctest: +SKIP
+        >>> result.test["mIoU"]                                           # doctest: +SKIP
+    """
     import json
     import os
     from dataclasses import asdict
