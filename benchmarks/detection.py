@@ -108,13 +108,13 @@ def train_and_time(args) -> None:
     from cnnkit.tasks.detect.train import train
 
     cfg = DetectConfig(data=args.what, data_dir=args.data_dir, epochs=args.epochs,
-                       image_size=args.image_size, backbone=args.backbone or "", threads=args.threads,
+                       image_size=args.image_size, model=args.backbone or "", threads=args.threads,
                        scenes=tuple(args.scenes) if args.scenes else DetectConfig.scenes)
     out = args.out or tempfile.mkdtemp(prefix=f"cnnkit-bench-detect-{args.what}-")   # a fresh run folder
     print(f"CPU: {cpu_name()} ({os.cpu_count()} cores), torch {torch.__version__}")
     run, m = train(cfg, out, quiet=not args.progress)
     cfg = cfg.resolved()
-    print(f"| {args.what} | {cfg.backbone} ({cfg.weights or 'scratch'}) | {cfg.image_size} | {cfg.epochs} | "
+    print(f"| {args.what} | {cfg.model} ({cfg.weights or 'scratch'}) | {cfg.image_size} | {cfg.epochs} | "
           f"{run.seconds / 60:.1f} min | {m['AP']:.3f} | {m['AP50']:.3f} | {m['AP75']:.3f} | {m['AR100']:.3f} | "
           f"{m['VOC_AP50']:.3f} |")
     _, test_set, _ = load_split_data(cfg)

@@ -53,7 +53,7 @@ def main() -> None:
     per_image = (time.perf_counter() - t) / len(test_set) * 1000
     cmd = "python benchmarks/instance.py " + " ".join(sys.argv[1:])
     print(f"CPU: {cpu_name()}, {torch.get_num_threads()} threads; command: {cmd}")
-    print(f"recipe: {model_cfg.backbone} ({model_cfg.weights}), {model_cfg.image_size} px, {model_cfg.epochs} epochs, "
+    print(f"recipe: {model_cfg.model} ({model_cfg.weights}), {model_cfg.image_size} px, {model_cfg.epochs} epochs, "
           f"batch {model_cfg.batch_size}, lr {model_cfg.lr}, freeze to stride {model_cfg.freeze_to}")
     print(f"{args.data} test ({len(test_set)} images): mask AP {final['mask_AP']:.3f}  AP50 {final['mask_AP50']:.3f}  "
           f"AP75 {final['mask_AP75']:.3f}  AR100 {final['mask_AR100']:.3f} | box AP {final['box_AP']:.3f}  "

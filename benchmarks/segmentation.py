@@ -46,7 +46,7 @@ def digits(args) -> None:
     data, epochs, batch, learning rate and loss; the U-Net also at the digits default's width."""
     keep = Path(args.keep)
     for arch in args.archs:
-        cfg = SegmentConfig(data="digits", data_dir=args.data_dir, arch=arch, backbone=_backbone(arch, args),
+        cfg = SegmentConfig(data="digits", data_dir=args.data_dir, arch=arch, model=_backbone(arch, args),
                             epochs=args.epochs, scenes=args.scenes, canvas=args.canvas,
                             batch_size=args.batch_size, lr=args.lr, threads=args.threads, output_stride=16)
         out = keep / arch
@@ -56,7 +56,7 @@ def digits(args) -> None:
         result = train(cfg, out, quiet=True)
         wall = time.perf_counter() - t
         test, r = result.test, cfg.resolved()
-        row = {"arch": arch, "backbone": r.backbone, "mIoU": test["mIoU"], "pixel_accuracy": test["pixel_accuracy"],
+        row = {"arch": arch, "backbone": r.model, "mIoU": test["mIoU"], "pixel_accuracy": test["pixel_accuracy"],
                "boundary_iou": test["boundary_iou"], "seconds": result.seconds, "wall": wall,
                "params": sum(p.numel() for p in result.model.net.parameters()), "iou": test["iou"],
                "command": " ".join(["python benchmarks/segmentation.py", *sys.argv[1:]]), "cpu": cpu_name(),
@@ -64,7 +64,7 @@ def digits(args) -> None:
                "settings": {k: getattr(r, k) for k in ("canvas", "scenes", "epochs", "batch_size", "lr", "dice",
                                                        "width", "channels_last", "weights")}}
         (out / "bench.json").write_text(json.dumps(row, indent=1))
-        print(f"{arch:>9} ({r.backbone}): test mIoU {row['mIoU']:.4f}  pixel acc {row['pixel_accuracy']:.4f}  "
+        print(f"{arch:>9} ({r.model}): test mIoU {row['mIoU']:.4f}  pixel acc {row['pixel_accuracy']:.4f}  "
               f"boundary IoU {row['boundary_iou']:.4f}  training {row['seconds']:.0f} s (wall {wall:.0f} s)", flush=True)
 
 

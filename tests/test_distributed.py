@@ -48,4 +48,4 @@ def test_two_processes_match_one(data_dir, tmp_path):
     lines = (tmp_path / "two" / "metrics.csv").read_text().splitlines()
     assert len(lines) == 3                                          # one row per epoch, by rank 0
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
-        "curves.png", "metrics.csv", "model.safetensors", "resume.safetensors"]
+        "config.yaml", "curves.png", "metrics.csv", "model.safetensors", "resume.safetensors"]

@@ -110,7 +110,7 @@ def test_cli_finetune_resumes_exactly_and_torchrun_matches_one_process(data_dir,
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("244 train / 153 val images") == 1          # rank 0 speaks, and writes:
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
-        "curves.png", "metrics.csv", "model.safetensors", "resume.safetensors", "split.json"]
+        "config.yaml", "curves.png", "metrics.csv", "model.safetensors", "resume.safetensors", "split.json"]
     _same_files(tmp_path / "one", tmp_path / "two", exact=False)
 
 

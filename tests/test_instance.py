@@ -22,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_model(classes=("a", "b")):
-    cfg = InstanceConfig(backbone="mobilenet_v3_small", weights=None, image_size=64, width=16, mask_width=8,
+    cfg = InstanceConfig(model="mobilenet_v3_small", weights=None, image_size=64, width=16, mask_width=8,
                          mask_convs=2)
     return new_mask_detector(cfg, list(classes), 3)
 
@@ -256,7 +256,7 @@ def test_a_short_training_run_learns_digit_masks(data_dir):
 
     s = digit_scenes("train", 8, 64, data_dir, 0, digits=(1, 2), scale=(1.2, 1.8))
     data = from_instances(s.images, s.instances, s.labels, s.classes, 64)
-    cfg = InstanceConfig(data="digits", backbone="resnet18", weights=None, image_size=64, width=32, mask_width=32)
+    cfg = InstanceConfig(data="digits", model="resnet18", weights=None, image_size=64, width=32, mask_width=32)
     model, info = new_mask_detector(cfg, data.classes, 1)
     task = InstanceTask(data.classes, 8, flip=0.0, scale=None, colour=0.0, info=info)
     lr = 3e-3

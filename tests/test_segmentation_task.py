@@ -142,15 +142,15 @@ def test_recipes_resolve_and_a_scratch_encoder_drops_the_pretrained_settings():
     from cnnkit.tasks.segment.config import SegmentConfig
 
     pf = SegmentConfig(data="pennfudan").resolved()
-    assert (pf.arch, pf.backbone, pf.weights, pf.freeze_bn, pf.freeze_to) == ("unet", "efficientnet_lite0", "imagenet", True, 4)
+    assert (pf.arch, pf.model, pf.weights, pf.freeze_bn, pf.freeze_to) == ("unet", "efficientnet_lite0", "imagenet", True, 4)
     assert (pf.epochs, pf.val_every, pf.threads) == (40, 4, 1)          # the measured recipe
     assert SegmentConfig(data="pennfudan", threads=0).resolved().threads == 0   # 0 = all cores, kept
-    for other in (SegmentConfig(data="pennfudan", backbone="unet"), SegmentConfig(data="pennfudan", weights="none"),
-                  SegmentConfig(data="pennfudan", backbone="resnet18")):
+    for other in (SegmentConfig(data="pennfudan", model="unet"), SegmentConfig(data="pennfudan", weights="none"),
+                  SegmentConfig(data="pennfudan", model="resnet18")):
         r = other.resolved()
         assert (r.weights, r.freeze_bn, r.freeze_to, r.encoder_lr) == (None, False, 0, 1.0)
     dg = SegmentConfig(data="digits", arch="fcn8s").resolved()
-    assert (dg.backbone, dg.weights, dg.dice, dg.val_every, dg.threads) == ("resnet18", None, 1.0, 1, None)
+    assert (dg.model, dg.weights, dg.dice, dg.val_every, dg.threads) == ("resnet18", None, 1.0, 1, None)
 
 
 def test_frozen_stem_and_the_encoder_lr_fraction(tmp_path):

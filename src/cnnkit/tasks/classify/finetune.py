@@ -688,7 +688,7 @@ def run_finetune(cfg: FinetuneConfig, out: str | os.PathLike | None = None, resu
     for message in dict.fromkeys(str(w.message) for w in caught):
         if main:
             print(f"warning: {message}", file=sys.stderr)
-    if main and not quiet:
+    if main:
         print(f"{name}: {len(train)} train / {len(val) if val else 0} val images of {len(train.classes)} "
               f"classes {train.classes}, input {pre.input_size}, stages {','.join(stages)}")
     out = Path(out or f"runs/finetune-{name}-{time.strftime('%Y%m%d-%H%M%S')}")
