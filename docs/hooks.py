@@ -23,6 +23,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 CLI_PAGE = Path(__file__).resolve().parent / "reference" / "cli.md"
+CONFIG_PAGE = CLI_PAGE.with_name("config.md")   # committed too, so that links to it work on a code host
 
 # the top-level names the API page documents, in this order
 PUBLIC_API = ["create_model", "list_models", "summary", "load", "to_fcn", "CnnkitError"]
@@ -230,6 +231,9 @@ def on_files(files, config):
         files.remove(committed)
     files.append(File.generated(config, "reference/cli.md", content=cli_reference()))
     if CONFIG_CLASSES:
+        committed = files.get_file_from_path("reference/config.md")
+        if committed is not None:
+            files.remove(committed)
         page = config_reference([_import(spec) for spec in CONFIG_CLASSES])
         files.append(File.generated(config, "reference/config.md", content=page))
     return files
@@ -239,5 +243,6 @@ if __name__ == "__main__":
     sys.path.insert(0, str(SRC))
     if sys.argv[1:] == ["--write"]:
         CLI_PAGE.write_text(cli_reference())
+        CONFIG_PAGE.write_text(config_reference([_import(spec) for spec in CONFIG_CLASSES]))
     else:
         sys.stdout.write(cli_reference())
