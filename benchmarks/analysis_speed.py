@@ -42,8 +42,10 @@ def main() -> int:
     if torchinfo:
         torchinfo.summary(warm, input_size=(2, 3, 32, 32), verbose=0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"{'model':<12} {'batch':>5} {'cold':>8} {'warm':>8} {'aten-only':>9} | {'torchinfo':>9} "
-          f"{'(batch)':>7} {'torchinfo/warm':>14}")
+    print(
+        f"{'model':<12} {'batch':>5} {'cold':>8} {'warm':>8} {'aten-only':>9} | {'torchinfo':>9} "
+        f"{'(batch)':>7} {'torchinfo/warm':>14}"
+    )
     for name, batch, ti_batch in CASES:
         model = cnnkit.create_model(name)
         size = (3, 224, 224)
@@ -56,8 +58,10 @@ def main() -> int:
         else:
             ti_txt = f"{'n/a':>9} {'':>7} {'':>14}"
         print(f"{name:<12} {batch:>5} {cold:>7.2f}s {warm_t:>7.2f}s {aten:>8.2f}s | {ti_txt}", flush=True)
-    print("cold = first analysis of these convolution shapes on this machine; warm = cached "
-          f"(cache in {home}); torchinfo runs a real forward at its batch")
+    print(
+        "cold = first analysis of these convolution shapes on this machine; warm = cached "
+        f"(cache in {home}); torchinfo runs a real forward at its batch"
+    )
     return 0
 
 

@@ -62,8 +62,10 @@ def ops(args) -> None:
     x = torch.randn(1, 256, 64, 64, generator=g)
     boxes = roi_boxes(512, 64, g)
     print(f"CPU: {cpu_name()}, torch {torch.__version__}")
-    print("| threads | RoIAlign 512 boxes, ratio 2 (ms) | ratio -1 (ms) | aligned, ratio 2 (ms) "
-          "| decode, 1 class (ms) | NMS (ms) | decode, 10 classes (ms) | NMS (ms) |")
+    print(
+        "| threads | RoIAlign 512 boxes, ratio 2 (ms) | ratio -1 (ms) | aligned, ratio 2 (ms) "
+        "| decode, 1 class (ms) | NMS (ms) | decode, 10 classes (ms) | NMS (ms) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for threads in args.threads:
         torch.set_num_threads(threads)
@@ -92,8 +94,10 @@ def ops(args) -> None:
             nms = median_ms(lambda: batched_nms(nms_in["b"], nms_in["s"], nms_in["c"], 0.6, max_keep=100), args.repeats)
             total = median_ms(lambda: decode(out, (384, 384)), args.repeats)
             row += [dec, nms]
-            print(f"  ({classes} class{'es' if classes > 1 else ''}: decode() end to end {total:.2f} ms, "
-                  f"{len(decode(out, (384, 384))[0]['boxes'])} boxes kept of {len(nms_in['b'])})")
+            print(
+                f"  ({classes} class{'es' if classes > 1 else ''}: decode() end to end {total:.2f} ms, "
+                f"{len(decode(out, (384, 384))[0]['boxes'])} boxes kept of {len(nms_in['b'])})"
+            )
         print(f"| {threads} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
     print("targets: RoIAlign < 50 ms, decode + NMS < 5 ms per image")
 
@@ -107,16 +111,24 @@ def train_and_time(args) -> None:
     from cnnkit.tasks.detect.data import load_split_data
     from cnnkit.tasks.detect.train import train
 
-    cfg = DetectConfig(data=args.what, data_dir=args.data_dir, epochs=args.epochs,
-                       image_size=args.image_size, model=args.backbone or "", threads=args.threads,
-                       scenes=tuple(args.scenes) if args.scenes else DetectConfig.scenes)
-    out = args.out or tempfile.mkdtemp(prefix=f"cnnkit-bench-detect-{args.what}-")   # a fresh run folder
+    cfg = DetectConfig(
+        data=args.what,
+        data_dir=args.data_dir,
+        epochs=args.epochs,
+        image_size=args.image_size,
+        model=args.backbone or "",
+        threads=args.threads,
+        scenes=tuple(args.scenes) if args.scenes else DetectConfig.scenes,
+    )
+    out = args.out or tempfile.mkdtemp(prefix=f"cnnkit-bench-detect-{args.what}-")  # a fresh run folder
     print(f"CPU: {cpu_name()} ({os.cpu_count()} cores), torch {torch.__version__}")
     run, m = train(cfg, out, quiet=not args.progress)
     cfg = cfg.resolved()
-    print(f"| {args.what} | {cfg.model} ({cfg.weights or 'scratch'}) | {cfg.image_size} | {cfg.epochs} | "
-          f"{run.seconds / 60:.1f} min | {m['AP']:.3f} | {m['AP50']:.3f} | {m['AP75']:.3f} | {m['AR100']:.3f} | "
-          f"{m['VOC_AP50']:.3f} |")
+    print(
+        f"| {args.what} | {cfg.model} ({cfg.weights or 'scratch'}) | {cfg.image_size} | {cfg.epochs} | "
+        f"{run.seconds / 60:.1f} min | {m['AP']:.3f} | {m['AP50']:.3f} | {m['AP75']:.3f} | {m['AR100']:.3f} | "
+        f"{m['VOC_AP50']:.3f} |"
+    )
     _, test_set, _ = load_split_data(cfg)
     model = run.model.eval()
     x = test_set.images[:8].float() / 255
@@ -127,8 +139,10 @@ def train_and_time(args) -> None:
     budget = 10 if args.what == "digits" else 20
     target = "AP50 >= 0.97" if args.what == "digits" else "AP50 >= 0.90 and AP >= 0.55"
     print(f"target: {target} within {budget} min of training; measured {run.seconds / 60:.1f} min")
-    print(f"inference per image at {cfg.image_size}x{cfg.image_size}: network {net:.1f} ms, decode + NMS {dec:.2f} ms "
-          f"({torch.get_num_threads()} threads)")
+    print(
+        f"inference per image at {cfg.image_size}x{cfg.image_size}: network {net:.1f} ms, decode + NMS {dec:.2f} ms "
+        f"({torch.get_num_threads()} threads)"
+    )
 
 
 def main() -> None:

@@ -47,10 +47,12 @@ def rows() -> list[tuple[str, torch.nn.Module, tuple[int, ...]]]:
         ("efficientnet_lite0 224, batch 32", effnet, (32, 3, 224, 224)),
         ("keras_mnist_convnet 28, batch 1", mnist, (1, 1, 28, 28)),
         ("keras_mnist_convnet 28, batch 256", mnist, (256, 1, 28, 28)),
-        ("Penn-Fudan detector 320, batch 1", create_detector("efficientnet_lite0", 1, weights=None),
-         (1, 3, 320, 320)),
-        ("Penn-Fudan U-Net 288x384, batch 1",
-         create_segmenter("unet", backbone="efficientnet_lite0", num_classes=2, finest=4), (1, 3, 288, 384)),
+        ("Penn-Fudan detector 320, batch 1", create_detector("efficientnet_lite0", 1, weights=None), (1, 3, 320, 320)),
+        (
+            "Penn-Fudan U-Net 288x384, batch 1",
+            create_segmenter("unet", backbone="efficientnet_lite0", num_classes=2, finest=4),
+            (1, 3, 288, 384),
+        ),
     ]
 
 
@@ -62,11 +64,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     import onnxruntime
 
-    print(f"{cpu_name()}, {args.threads} threads each; torch {torch.__version__}, onnxruntime "
-          f"{onnxruntime.__version__}; median ms per image\n")
+    print(
+        f"{cpu_name()}, {args.threads} threads each; torch {torch.__version__}, onnxruntime "
+        f"{onnxruntime.__version__}; median ms per image\n"
+    )
     print("| model | PyTorch eager | ONNX Runtime | ORT / eager | exporter | max diff |")
     print("|---|---:|---:|---:|---|---:|")
-    exported: dict[int, tuple] = {}      # one export per model, whatever the batch
+    exported: dict[int, tuple] = {}  # one export per model, whatever the batch
     with tempfile.TemporaryDirectory() as tmp:
         for i, (label, model, shape) in enumerate(rows()):
             model.eval()
@@ -82,8 +86,11 @@ def main() -> None:
             onnx_model = OnnxModel(path, threads=args.threads)
             ort = median_ms(onnx_model, x) / shape[0]
             del onnx_model
-            print(f"| {label} | {eager:.2f} | {ort:.2f} | {ort / eager:.2f} | {report.exporter} | "
-                  f"{report.max_diff:.1e} |", flush=True)
+            print(
+                f"| {label} | {eager:.2f} | {ort:.2f} | {ort / eager:.2f} | {report.exporter} | "
+                f"{report.max_diff:.1e} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -32,10 +32,19 @@ CANVAS = 112
 
 def notes_convnet() -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2),    # (B, 1, 28, 28) -> (B, 32, 13, 13)
-        nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),   # -> (B, 64, 5, 5)
-        nn.Conv2d(64, 64, 3), nn.ReLU(),                    # -> (B, 64, 3, 3)
-        nn.Flatten(), nn.Linear(64 * 3 * 3, 64), nn.ReLU(), nn.Linear(64, 10))  # -> (B, 10)
+        nn.Conv2d(1, 32, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),  # (B, 1, 28, 28) -> (B, 32, 13, 13)
+        nn.Conv2d(32, 64, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),  # -> (B, 64, 5, 5)
+        nn.Conv2d(64, 64, 3),
+        nn.ReLU(),  # -> (B, 64, 3, 3)
+        nn.Flatten(),
+        nn.Linear(64 * 3 * 3, 64),
+        nn.ReLU(),
+        nn.Linear(64, 10),
+    )  # -> (B, 10)
 
 
 def canvas_of_digits(images: torch.Tensor, labels: torch.Tensor, seed: int = 0):
@@ -45,7 +54,7 @@ def canvas_of_digits(images: torch.Tensor, labels: torch.Tensor, seed: int = 0):
     spots = [(4, 4), (0, 44), (8, 80), (40, 16), (48, 60), (80, 36)]  # on the 4-px grid, no overlaps
     placed = []
     for (y, x), i in zip(spots, torch.randperm(len(images), generator=g)[:6].tolist()):
-        canvas[0, 0, y:y + 28, x:x + 28] = images[i].float() / 255
+        canvas[0, 0, y : y + 28, x : x + 28] = images[i].float() / 255
         placed.append((int(labels[i]), y, x))
     return canvas, placed
 
@@ -53,24 +62,33 @@ def canvas_of_digits(images: torch.Tensor, labels: torch.Tensor, seed: int = 0):
 def main() -> None:
     repo = Path(__file__).resolve().parents[1]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("CNNKIT_DATA", repo.parent / "shared" / "data")))
+    parser.add_argument(
+        "--data", type=Path, default=Path(os.environ.get("CNNKIT_DATA", repo.parent / "shared" / "data"))
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/fcn_class_map.png"))
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     mnist = args.data / "mnist"
-    train = ImageSet(read_idx(mnist / "train-images-idx3-ubyte.gz")[:, None].contiguous(),
-                     read_idx(mnist / "train-labels-idx1-ubyte.gz").long(), [str(d) for d in range(10)])
-    test = ImageSet(read_idx(mnist / "t10k-images-idx3-ubyte.gz")[:, None].contiguous(),
-                    read_idx(mnist / "t10k-labels-idx1-ubyte.gz").long(), train.classes)
+    train = ImageSet(
+        read_idx(mnist / "train-images-idx3-ubyte.gz")[:, None].contiguous(),
+        read_idx(mnist / "train-labels-idx1-ubyte.gz").long(),
+        [str(d) for d in range(10)],
+    )
+    test = ImageSet(
+        read_idx(mnist / "t10k-images-idx3-ubyte.gz")[:, None].contiguous(),
+        read_idx(mnist / "t10k-labels-idx1-ubyte.gz").long(),
+        train.classes,
+    )
 
     t0 = time.perf_counter()
     net = notes_convnet()
-    finetune(net, train, None, stages=("all",), epochs=1, batch_size=128, lr_all=2e-3, lr_decay=1.0,
-             mean=MEAN, std=STD)
-    print(f"trained the notes' convnet 1 epoch on 60,000 digits: test accuracy "
-          f"{evaluate(net, test, MEAN, STD)[1]:.4f} ({time.perf_counter() - t0:.0f} s)")
+    finetune(net, train, None, stages=("all",), epochs=1, batch_size=128, lr_all=2e-3, lr_decay=1.0, mean=MEAN, std=STD)
+    print(
+        f"trained the notes' convnet 1 epoch on 60,000 digits: test accuracy "
+        f"{evaluate(net, test, MEAN, STD)[1]:.4f} ({time.perf_counter() - t0:.0f} s)"
+    )
 
     fcn = to_fcn(net, (1, 28, 28)).eval()
     s = total_stride(fcn)
@@ -84,36 +102,43 @@ def main() -> None:
     with torch.no_grad():
         fcn(xc)  # warm-up (oneDNN primitive creation)
         t0 = time.perf_counter()
-        scores = fcn(xc)                                  # (1, 10, 22, 22)
+        scores = fcn(xc)  # (1, 10, 22, 22)
         t_fcn = time.perf_counter() - t0
         n = scores.shape[-1]
         t0 = time.perf_counter()
         loop = torch.empty_like(scores)
         for i in range(n):
             for j in range(n):
-                loop[0, :, i, j] = net(xc[..., i * s:i * s + 28, j * s:j * s + 28])[0]
+                loop[0, :, i, j] = net(xc[..., i * s : i * s + 28, j * s : j * s + 28])[0]
         t_loop = time.perf_counter() - t0
     diff = (scores - loop).abs().max().item()
-    print(f"{CANVAS}x{CANVAS} canvas -> class map {tuple(scores.shape)} at total stride {s}: "
-          f"max abs diff vs {n * n} windows {diff:.2e}")
-    print(f"one FCN pass {t_fcn * 1e3:.1f} ms; window loop {t_loop * 1e3:.1f} ms; "
-          f"speed-up {t_loop / t_fcn:.0f}x (timings noisy: shared CPU)")
+    print(
+        f"{CANVAS}x{CANVAS} canvas -> class map {tuple(scores.shape)} at total stride {s}: "
+        f"max abs diff vs {n * n} windows {diff:.2e}"
+    )
+    print(
+        f"one FCN pass {t_fcn * 1e3:.1f} ms; window loop {t_loop * 1e3:.1f} ms; "
+        f"speed-up {t_loop / t_fcn:.0f}x (timings noisy: shared CPU)"
+    )
     probs = scores.softmax(1)[0]
     for label, y, xx in placed:
         i, j = y // s, xx // s  # the window exactly on the digit
-        print(f"  digit {label} at ({y}, {xx}): window ({i}, {j}) predicts {int(probs[:, i, j].argmax())} "
-              f"p={float(probs[:, i, j].max()):.3f}")
+        print(
+            f"  digit {label} at ({y}, {xx}): window ({i}, {j}) predicts {int(probs[:, i, j].argmax())} "
+            f"p={float(probs[:, i, j].max()):.3f}"
+        )
     print(f"wrote {plot(canvas, probs, placed, s, args.out)}")
 
 
 def plot(canvas, probs, placed, stride, out: Path) -> Path:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from cnnkit.plots import save_figure
 
-    conf, cls = probs.max(0)                              # (22, 22) each
+    conf, cls = probs.max(0)  # (22, 22) each
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 5))
     a.imshow(canvas[0, 0], cmap="gray")
     a.set_title(f"{CANVAS}x{CANVAS} canvas: " + " ".join(str(lbl) for lbl, _, _ in placed), fontsize=10)
@@ -124,8 +149,15 @@ def plot(canvas, probs, placed, stride, out: Path) -> Path:
     for i in range(n):
         for j in range(n):
             if conf[i, j] > 0.99:
-                b.text(14 + j * stride, 14 + i * stride, str(int(cls[i, j])), ha="center", va="center",
-                       fontsize=6, color="black")
+                b.text(
+                    14 + j * stride,
+                    14 + i * stride,
+                    str(int(cls[i, j])),
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="black",
+                )
     b.set_xlim(0, CANVAS)
     b.set_ylim(CANVAS, 0)
     b.set_title(f"FCN class map {n}x{n}, stride {stride} (p > 0.5)", fontsize=10)

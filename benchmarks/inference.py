@@ -45,8 +45,9 @@ def main() -> None:
     compile_s = time.perf_counter() - t0
     assert torch.allclose(out, ref, atol=1e-3), "compiled output differs"
     rows["torch.compile (NCHW)"] = ms_per_image(compiled, x)
-    print(f"efficientnet_lite0, 1x3x224x224, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"{cpu_name()}")
+    print(
+        f"efficientnet_lite0, 1x3x224x224, {torch.get_num_threads()} threads, torch {torch.__version__}, {cpu_name()}"
+    )
     for name, ms in rows.items():
         print(f"  {name:<22} {ms:7.2f} ms/image")
     print(f"  (torch.compile's first call took {compile_s:.0f} s)")

@@ -53,19 +53,38 @@ def main() -> None:
     per_image = (time.perf_counter() - t) / len(test_set) * 1000
     cmd = "python benchmarks/instance.py " + " ".join(sys.argv[1:])
     print(f"CPU: {cpu_name()}, {torch.get_num_threads()} threads; command: {cmd}")
-    print(f"recipe: {model_cfg.model} ({model_cfg.weights}), {model_cfg.image_size} px, {model_cfg.epochs} epochs, "
-          f"batch {model_cfg.batch_size}, lr {model_cfg.lr}, freeze to stride {model_cfg.freeze_to}")
-    print(f"{args.data} test ({len(test_set)} images): mask AP {final['mask_AP']:.3f}  AP50 {final['mask_AP50']:.3f}  "
-          f"AP75 {final['mask_AP75']:.3f}  AR100 {final['mask_AR100']:.3f} | box AP {final['box_AP']:.3f}  "
-          f"AP50 {final['box_AP50']:.3f}")
-    print(f"training {run.seconds:.0f} s in the engine ({wall:.0f} s wall with data loading and the final "
-          f"evaluation); inference {per_image:.0f} ms per image (network, decode, pasting at the original size)")
+    print(
+        f"recipe: {model_cfg.model} ({model_cfg.weights}), {model_cfg.image_size} px, {model_cfg.epochs} epochs, "
+        f"batch {model_cfg.batch_size}, lr {model_cfg.lr}, freeze to stride {model_cfg.freeze_to}"
+    )
+    print(
+        f"{args.data} test ({len(test_set)} images): mask AP {final['mask_AP']:.3f}  AP50 {final['mask_AP50']:.3f}  "
+        f"AP75 {final['mask_AP75']:.3f}  AR100 {final['mask_AR100']:.3f} | box AP {final['box_AP']:.3f}  "
+        f"AP50 {final['box_AP50']:.3f}"
+    )
+    print(
+        f"training {run.seconds:.0f} s in the engine ({wall:.0f} s wall with data loading and the final "
+        f"evaluation); inference {per_image:.0f} ms per image (network, decode, pasting at the original size)"
+    )
     ref = REFERENCE[args.data]
     if ref:
-        print(f"reference: {ref[0]} mask AP {ref[1]:.3f}; target >= 0.50 in 20 minutes: "
-              f"{'met' if final['mask_AP'] >= 0.5 and run.seconds <= 1200 else 'NOT met'}")
-    print(json.dumps({"data": args.data, **final, "train_seconds": round(run.seconds, 1), "wall_seconds": round(wall, 1),
-                      "ms_per_image": round(per_image, 1), "cpu": cpu_name(), "run": str(out)}))
+        print(
+            f"reference: {ref[0]} mask AP {ref[1]:.3f}; target >= 0.50 in 20 minutes: "
+            f"{'met' if final['mask_AP'] >= 0.5 and run.seconds <= 1200 else 'NOT met'}"
+        )
+    print(
+        json.dumps(
+            {
+                "data": args.data,
+                **final,
+                "train_seconds": round(run.seconds, 1),
+                "wall_seconds": round(wall, 1),
+                "ms_per_image": round(per_image, 1),
+                "cpu": cpu_name(),
+                "run": str(out),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

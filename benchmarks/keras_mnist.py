@@ -20,8 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-         "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
 
 
 def read_idx(path: Path):
@@ -30,7 +32,7 @@ def read_idx(path: Path):
 
     raw = gzip.decompress(path.read_bytes())
     dims = raw[3]
-    shape = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(dims)]
+    shape = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
     return np.frombuffer(raw, np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
@@ -60,27 +62,39 @@ def main(argv=None) -> int:
     x, y = load(Path(args.data_dir), "train")
     xt, yt = load(Path(args.data_dir), "test")
     x, y, xv, yv = x[:55000], y[:55000], x[55000:], y[55000:]
-    model = keras.Sequential([                       # the notes' exercise 9 (= cnnkit's exercise9_mnist)
-        keras.Input((28, 28, 1)),
-        layers.Conv2D(32, 3, padding="same", activation="relu"),
-        layers.MaxPooling2D(2),
-        layers.Conv2D(64, 3, padding="same", activation="relu"),
-        layers.Conv2D(64, 3, padding="same", activation="relu"),
-        layers.Flatten(),
-        layers.Dropout(0.25),
-        layers.Dense(128, activation="relu"),
-        layers.Dropout(0.5),
-        layers.Dense(10, activation="softmax"),
-    ])
-    model.compile(optimizer=keras.optimizers.Nadam(1e-3), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    model = keras.Sequential(
+        [  # the notes' exercise 9 (= cnnkit's exercise9_mnist)
+            keras.Input((28, 28, 1)),
+            layers.Conv2D(32, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Conv2D(64, 3, padding="same", activation="relu"),
+            layers.Conv2D(64, 3, padding="same", activation="relu"),
+            layers.Flatten(),
+            layers.Dropout(0.25),
+            layers.Dense(128, activation="relu"),
+            layers.Dropout(0.5),
+            layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(optimizer=keras.optimizers.Nadam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     t = time.perf_counter()
     history = model.fit(x, y, batch_size=32, epochs=args.epochs, validation_data=(xv, yv), verbose=0)
     seconds = time.perf_counter() - t
     test_acc = model.evaluate(xt, yt, batch_size=1000, verbose=0)[1]
-    print(json.dumps(dict(seconds=seconds, epochs=args.epochs, ips=args.epochs * len(x) / seconds,
-                          val_acc=history.history["val_accuracy"][-1], test_acc=test_acc, threads=threads,
-                          keras=keras.__version__, tensorflow=tf.__version__)))
+    print(
+        json.dumps(
+            dict(
+                seconds=seconds,
+                epochs=args.epochs,
+                ips=args.epochs * len(x) / seconds,
+                val_acc=history.history["val_accuracy"][-1],
+                test_acc=test_acc,
+                threads=threads,
+                keras=keras.__version__,
+                tensorflow=tf.__version__,
+            )
+        )
+    )
     return 0
 
 

@@ -54,7 +54,6 @@ CASES = [
     ("vgg11", (3, 512, 512), 1, True, "adam", "large"),
     ("mobilenet_v2", (3, 1024, 1024), 2, True, "sgd", "large"),
     ("densenet121", (3, 512, 512), 1, False, "sgd", "large"),
-
 ]
 
 
@@ -74,10 +73,14 @@ def main() -> int:
     args = ap.parse_args()
     groups = {"large"} if args.large else {"quick"} if args.quick else {"quick", "full", "large"}
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
-    header = (f"{'model':<16} {'input':>10} {'batch':>5} {'step':<14} {'predicted':>15} {'measured':>15} "
-              f"{'error':>7} {'textbook':>15} {'torchinfo':>15} {'ti err':>7} {'t(pred)':>7}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}"
+    )
+    header = (
+        f"{'model':<16} {'input':>10} {'batch':>5} {'step':<14} {'predicted':>15} {'measured':>15} "
+        f"{'error':>7} {'textbook':>15} {'torchinfo':>15} {'ti err':>7} {'t(pred)':>7}"
+    )
     print(header)
     print("-" * len(header))
     worst = 0.0
@@ -89,7 +92,7 @@ def main() -> int:
         except cnnkit.CnnkitError as exc:
             print(f"{Path(target).stem:<16} skipped: {exc}")
             continue
-        os.environ["CNNKIT_HOME"] = tempfile.mkdtemp(prefix="cnnkit-bench-")   # no cached calibration
+        os.environ["CNNKIT_HOME"] = tempfile.mkdtemp(prefix="cnnkit-bench-")  # no cached calibration
         t0 = time.perf_counter()
         s = cnnkit.summary(model, input_size=size, batch_size=batch, optimizer=opt)
         t_pred = time.perf_counter() - t0
@@ -102,8 +105,11 @@ def main() -> int:
         ti_txt = f"{ti:>15,}" if ti is not None else f"{'n/a':>15}"
         ti_err = f"{(ti - measured) / measured:>+7.0%}" if ti is not None else f"{'':>7}"
         step = f"train/{opt}" if training else "inference"
-        print(f"{Path(name).stem:<16} {'x'.join(map(str, size)):>10} {batch:>5} {step:<14} {predicted:>15,} "
-              f"{measured:>15,} {err:>+7.2%} {book:>15,} {ti_txt} {ti_err} {t_pred:>6.2f}s", flush=True)
+        print(
+            f"{Path(name).stem:<16} {'x'.join(map(str, size)):>10} {batch:>5} {step:<14} {predicted:>15,} "
+            f"{measured:>15,} {err:>+7.2%} {book:>15,} {ti_txt} {ti_err} {t_pred:>6.2f}s",
+            flush=True,
+        )
     print(f"worst |error|: {worst:.2%} (target: within 5%)")
     return 0 if worst <= 0.05 else 1
 

@@ -46,9 +46,19 @@ from cnnkit.tasks.classify.evaluate import evaluate
 from cnnkit.tasks.classify.train import train
 
 # the notes' exercise 9, the notes' way (Keras defaults: Nadam lr 1e-3, batch 32, 10 epochs)
-BASELINE = dict(model="exercise9_mnist", epochs=10, batch_size=32, lr=1e-3, optimizer="nadam",
-                schedule="constant", weight_decay=0.0, label_smoothing=0.0, ema=0.0, tta=False,
-                augment=AugmentConfig())
+BASELINE = dict(
+    model="exercise9_mnist",
+    epochs=10,
+    batch_size=32,
+    lr=1e-3,
+    optimizer="nadam",
+    schedule="constant",
+    weight_decay=0.0,
+    label_smoothing=0.0,
+    ema=0.0,
+    tta=False,
+    augment=AugmentConfig(),
+)
 
 
 def _seconds(fn, repeat: int, warmup: int = 3) -> list[float]:
@@ -71,7 +81,7 @@ def matmul_gflops(threads: int, n: int = 2048, repeat: int = 10, dtype=torch.flo
     """torch.matmul's throughput (fp32: MKL sgemm): the issue's "measured matmul" ceiling."""
     torch.set_num_threads(threads)
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    return 2 * n ** 3 / _best_seconds(lambda: a @ b, repeat) / 1e9
+    return 2 * n**3 / _best_seconds(lambda: a @ b, repeat) / 1e9
 
 
 def conv_gflops(threads: int, dtype=torch.float32, batch: int = 128, repeat: int = 10) -> float:
@@ -88,9 +98,13 @@ def ceilings(threads: int) -> tuple[dict[str, dict[str, float]], bool]:
     than native, so without native bf16 a smaller problem keeps the measurement to seconds."""
     native = native_bf16(torch.device("cpu"))
     n, batch = (2048, 128) if native else (256, 2)
-    return {"fp32": {"gemm": matmul_gflops(threads), "conv": conv_gflops(threads)},
-            "bf16": {"gemm": matmul_gflops(threads, n, dtype=torch.bfloat16),
-                     "conv": conv_gflops(threads, torch.bfloat16, batch)}}, native
+    return {
+        "fp32": {"gemm": matmul_gflops(threads), "conv": conv_gflops(threads)},
+        "bf16": {
+            "gemm": matmul_gflops(threads, n, dtype=torch.bfloat16),
+            "conv": conv_gflops(threads, torch.bfloat16, batch),
+        },
+    }, native
 
 
 def plain_pytorch(data_dir, epochs: int, threads: int, seed: int = 0) -> dict:
@@ -153,13 +167,17 @@ def step_variants(threads: int, name: str = "mnist_fast", batch: int = 128, step
 
     from cnnkit.models import create_model
 
-    inductor.force_disable_caches = True          # the compile time counted, not read from a cache
+    inductor.force_disable_caches = True  # the compile time counted, not read from a cache
     torch.set_num_threads(threads)
-    side = preset("fast").augment.crop or 28      # the windows the preset trains on
-    variants = [("NCHW, eager", False, False, {}), ("channels-last, eager (the engine's)", True, False, {}),
-                ("NCHW, torch.compile", False, True, {}), ("channels-last, torch.compile", True, True, {}),
-                ("channels-last, SGD foreach", True, False, {"foreach": True}),
-                ("channels-last, SGD fused", True, False, {"fused": True})]
+    side = preset("fast").augment.crop or 28  # the windows the preset trains on
+    variants = [
+        ("NCHW, eager", False, False, {}),
+        ("channels-last, eager (the engine's)", True, False, {}),
+        ("NCHW, torch.compile", False, True, {}),
+        ("channels-last, torch.compile", True, True, {}),
+        ("channels-last, SGD foreach", True, False, {"foreach": True}),
+        ("channels-last, SGD fused", True, False, {"fused": True}),
+    ]
     rows = []
     for label, cl, compiled, opt_kw in variants:
         torch.manual_seed(0)
@@ -192,7 +210,7 @@ def onednn_gemm_gflops(threads: int, n: int = 1024, repeat: int = 10) -> float:
     torch.set_num_threads(threads)
     x = torch.randn(1, n, 32, n // 32).contiguous(memory_format=torch.channels_last)  # n pixels, n channels
     w = torch.randn(n, n, 1, 1).contiguous(memory_format=torch.channels_last)
-    return 2 * n ** 3 / _best_seconds(lambda: torch.nn.functional.conv2d(x, w), repeat) / 1e9
+    return 2 * n**3 / _best_seconds(lambda: torch.nn.functional.conv2d(x, w), repeat) / 1e9
 
 
 def forward_macs(model: torch.nn.Module, input_size) -> float:
@@ -227,20 +245,39 @@ def run_one(name: str, cfg: TrainConfig, test, workdir: Path, console: Console) 
     rows = []
     for i, member in enumerate(members):
         model = cnnkit.load(member.out)
-        crop = read_info(member.out)["config"]["augment"].get("crop", 0)   # the size trained on (fast: 24x24)
+        crop = read_info(member.out)["config"]["augment"].get("crop", 0)  # the size trained on (fast: 24x24)
         size = (model.input_size[0], crop, crop) if crop else model.input_size
         acc = evaluate(model, test).accuracy
-        rows.append(dict(name=name, seed=cfg.seed + i, train_s=member.seconds, wall_s=wall, test_acc=acc,
-                         val_acc=member.val_acc,
-                         precision=choose(cfg.precision, torch.device(cfg.device or "cpu"))[0],
-                         ips=member.images / member.seconds, macs=forward_macs(model.net, size),
-                         flops=train_flops(model.net, size)))
-        console.print(f"{name} seed {cfg.seed + i}: val {member.val_acc:.2%}, test {acc:.2%}, training {member.seconds:.1f} s, "
-                      f"{rows[-1]['ips']:,.0f} img/s")
+        rows.append(
+            dict(
+                name=name,
+                seed=cfg.seed + i,
+                train_s=member.seconds,
+                wall_s=wall,
+                test_acc=acc,
+                val_acc=member.val_acc,
+                precision=choose(cfg.precision, torch.device(cfg.device or "cpu"))[0],
+                ips=member.images / member.seconds,
+                macs=forward_macs(model.net, size),
+                flops=train_flops(model.net, size),
+            )
+        )
+        console.print(
+            f"{name} seed {cfg.seed + i}: val {member.val_acc:.2%}, test {acc:.2%}, training {member.seconds:.1f} s, "
+            f"{rows[-1]['ips']:,.0f} img/s"
+        )
     if cfg.ensemble > 1:
         acc = evaluate(cnnkit.load(out), test).accuracy
-        rows.append(dict(rows[-1], name=f"{name} ensemble of {cfg.ensemble}", test_acc=acc, val_acc=result.val_acc,
-                         train_s=result.seconds, ips=result.images / result.seconds))
+        rows.append(
+            dict(
+                rows[-1],
+                name=f"{name} ensemble of {cfg.ensemble}",
+                test_acc=acc,
+                val_acc=result.val_acc,
+                train_s=result.seconds,
+                ips=result.images / result.seconds,
+            )
+        )
         console.print(f"{name} ensemble of {cfg.ensemble}: test {acc:.2%}, training {result.seconds:.1f} s")
     return rows
 
@@ -248,28 +285,48 @@ def run_one(name: str, cfg: TrainConfig, test, workdir: Path, console: Console) 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", help="folder holding mnist/ (else $CNNKIT_DATA)")
-    p.add_argument("--presets", nargs="*", default=["fast", "best"],
-                   help="presets to train (none: only the baseline)")
+    p.add_argument("--presets", nargs="*", default=["fast", "best"], help="presets to train (none: only the baseline)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per preset (mean and spread)")
-    p.add_argument("--ensemble", type=int, default=1,
-                   help="train each preset as `--ensemble K` (members are seeds 0..K-1) and report "
-                        "every member and the ensemble")
-    p.add_argument("--trainval", action="store_true",
-                   help="the presets' final refit on train + val (all 60,000 images; rows named PRESET+val)")
+    p.add_argument(
+        "--ensemble",
+        type=int,
+        default=1,
+        help="train each preset as `--ensemble K` (members are seeds 0..K-1) and report every member and the ensemble",
+    )
+    p.add_argument(
+        "--trainval",
+        action="store_true",
+        help="the presets' final refit on train + val (all 60,000 images; rows named PRESET+val)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
-    p.add_argument("--precisions", nargs="+", default=["auto"], choices=["auto", "fp32", "bf16"],
-                   help="train each preset in each of these (rows named PRESET PRECISION when more than "
-                        "one): fp32 bf16 measures bf16's accuracy parity (bf16 without native support "
-                        "runs emulated, about 10x slower, with the same rounding)")
+    p.add_argument(
+        "--precisions",
+        nargs="+",
+        default=["auto"],
+        choices=["auto", "fp32", "bf16"],
+        help="train each preset in each of these (rows named PRESET PRECISION when more than "
+        "one): fp32 bf16 measures bf16's accuracy parity (bf16 without native support "
+        "runs emulated, about 10x slower, with the same rounding)",
+    )
     p.add_argument("--no-baseline", action="store_true", help="skip the notes' Keras network")
     p.add_argument("--baseline-epochs", type=int, default=10, help="the notes train 10 epochs")
-    p.add_argument("--plain", action="store_true", help="also the notes' network in a bare PyTorch loop "
-                   "(the engine's overhead)")
-    p.add_argument("--keras", nargs="?", const="auto", metavar="PYTHON",
-                   help="also train the notes' network in Keras, under PYTHON (one with TensorFlow; "
-                        "default: this Python if it has TensorFlow), and print cnnkit's images/s ratio")
-    p.add_argument("--step", action="store_true", help="also time the training step's variants: "
-                   "channels-last, torch.compile, the optimizer's foreach/fused paths")
+    p.add_argument(
+        "--plain", action="store_true", help="also the notes' network in a bare PyTorch loop (the engine's overhead)"
+    )
+    p.add_argument(
+        "--keras",
+        nargs="?",
+        const="auto",
+        metavar="PYTHON",
+        help="also train the notes' network in Keras, under PYTHON (one with TensorFlow; "
+        "default: this Python if it has TensorFlow), and print cnnkit's images/s ratio",
+    )
+    p.add_argument(
+        "--step",
+        action="store_true",
+        help="also time the training step's variants: "
+        "channels-last, torch.compile, the optimizer's foreach/fused paths",
+    )
     p.add_argument("--out", help="keep the runs here (default: a temporary folder)")
     args = p.parse_args(argv)
     keras_python = default_keras_python() if args.keras == "auto" else args.keras
@@ -283,20 +340,38 @@ def main(argv=None) -> int:
     threads = args.threads or os.cpu_count() or 1
     console = Console(width=170)
     ceiling, native = ceilings(threads)
-    mkl, onednn = ceiling["fp32"]["gemm"], onednn_gemm_gflops(threads)   # the fp32 matmul measured once
+    mkl, onednn = ceiling["fp32"]["gemm"], onednn_gemm_gflops(threads)  # the fp32 matmul measured once
     console.print(f"{cpu_name()}, {threads} threads, native bf16: {'yes' if native else 'no (bf16 emulated)'}")
     console.print(f"fp32 GEMM: torch.matmul (MKL) {mkl:,.0f} GFLOP/s, oneDNN (1x1 conv) {onednn:,.0f} GFLOP/s")
     for prec, c in ceiling.items():
-        console.print(f"{prec}: matmul {c['gemm']:,.1f} GFLOP/s, conv 64->64 3x3 at 14x14 channels-last "
-                      f"{c['conv']:,.1f} GFLOP/s")
+        console.print(
+            f"{prec}: matmul {c['gemm']:,.1f} GFLOP/s, conv 64->64 3x3 at 14x14 channels-last {c['conv']:,.1f} GFLOP/s"
+        )
     test = load_dataset("mnist", "test", args.data_dir)
-    jobs = [(name + ("+val" if args.trainval else "") + (f" {prec}" if len(args.precisions) > 1 else ""),
-             preset(name, data_dir=args.data_dir, threads=threads, ensemble=args.ensemble,
-                    trainval=args.trainval, precision=prec))
-            for name in args.presets for prec in args.precisions]
+    jobs = [
+        (
+            name + ("+val" if args.trainval else "") + (f" {prec}" if len(args.precisions) > 1 else ""),
+            preset(
+                name,
+                data_dir=args.data_dir,
+                threads=threads,
+                ensemble=args.ensemble,
+                trainval=args.trainval,
+                precision=prec,
+            ),
+        )
+        for name in args.presets
+        for prec in args.precisions
+    ]
     if not args.no_baseline:
-        jobs.append(("notes-keras", replace(TrainConfig(data_dir=args.data_dir, threads=threads),
-                                            **{**BASELINE, "epochs": args.baseline_epochs})))
+        jobs.append(
+            (
+                "notes-keras",
+                replace(
+                    TrainConfig(data_dir=args.data_dir, threads=threads), **{**BASELINE, "epochs": args.baseline_epochs}
+                ),
+            )
+        )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(args.out or tmp)
@@ -307,39 +382,75 @@ def main(argv=None) -> int:
     if keras_python:
         k = keras_row(keras_python, args.data_dir, args.baseline_epochs, threads)
         notes = next(r for r in rows if r["name"] == "notes-keras")
-        rows.append(dict(notes, name=f"Keras {k['keras']} (TF {k['tensorflow']})", train_s=k["seconds"],
-                         ips=k["ips"], test_acc=k["test_acc"], val_acc=k["val_acc"], precision="fp32"))
-        console.print(f"Keras {k['keras']} on TensorFlow {k['tensorflow']}, the notes' network, "
-                      f"{k['epochs']} epochs: {k['seconds']:.1f} s, {k['ips']:,.0f} img/s (validation "
-                      f"included), val {k['val_acc']:.2%}, test {k['test_acc']:.2%}; cnnkit "
-                      f"{notes['ips'] / k['ips']:.2f}x Keras's images/s")
+        rows.append(
+            dict(
+                notes,
+                name=f"Keras {k['keras']} (TF {k['tensorflow']})",
+                train_s=k["seconds"],
+                ips=k["ips"],
+                test_acc=k["test_acc"],
+                val_acc=k["val_acc"],
+                precision="fp32",
+            )
+        )
+        console.print(
+            f"Keras {k['keras']} on TensorFlow {k['tensorflow']}, the notes' network, "
+            f"{k['epochs']} epochs: {k['seconds']:.1f} s, {k['ips']:,.0f} img/s (validation "
+            f"included), val {k['val_acc']:.2%}, test {k['test_acc']:.2%}; cnnkit "
+            f"{notes['ips'] / k['ips']:.2f}x Keras's images/s"
+        )
 
-    table = Table(title=f"MNIST, {threads} threads; fp32 GEMM ceiling: torch.matmul {mkl:,.0f}, "
-                        f"oneDNN {onednn:,.0f} GFLOP/s")
-    for col in ("run", "seeds", "val acc", "test acc", "training s", "img/s", "MMACs/img", "GFLOP/s",
-                "% matmul", "% oneDNN", "precision", "% its conv ceiling"):
+    table = Table(
+        title=f"MNIST, {threads} threads; fp32 GEMM ceiling: torch.matmul {mkl:,.0f}, oneDNN {onednn:,.0f} GFLOP/s"
+    )
+    for col in (
+        "run",
+        "seeds",
+        "val acc",
+        "test acc",
+        "training s",
+        "img/s",
+        "MMACs/img",
+        "GFLOP/s",
+        "% matmul",
+        "% oneDNN",
+        "precision",
+        "% its conv ceiling",
+    ):
         table.add_column(col, justify="left" if col == "run" else "right")
     for name in dict.fromkeys(r["name"] for r in rows):
         rs = [r for r in rows if r["name"] == name]
         accs = [r["test_acc"] for r in rs]
         spread = f" ± {statistics.stdev(accs):.2%} (min {min(accs):.2%})" if len(accs) > 1 else ""
         ips = statistics.mean(r["ips"] for r in rs)
-        gflops = rs[0]["flops"] * ips / 1e9          # forward + backward FLOPs per image
+        gflops = rs[0]["flops"] * ips / 1e9  # forward + backward FLOPs per image
         vals = [r["val_acc"] for r in rs]
         vspread = f" ± {statistics.stdev(vals):.2%} (min {min(vals):.2%})" if len(vals) > 1 else ""
-        table.add_row(name, str(len(rs)), f"{statistics.mean(vals):.2%}{vspread}", f"{statistics.mean(accs):.2%}{spread}",
-                      f"{statistics.mean(r['train_s'] for r in rs):.1f}", f"{ips:,.0f}",
-                      f"{rs[0]['macs'] / 1e6:.2f}", f"{gflops:.0f}", f"{gflops / mkl:.0%}",
-                      f"{gflops / onednn:.0%}", rs[0]["precision"], f"{gflops / ceiling[rs[0]['precision']]['conv']:.0%}")
+        table.add_row(
+            name,
+            str(len(rs)),
+            f"{statistics.mean(vals):.2%}{vspread}",
+            f"{statistics.mean(accs):.2%}{spread}",
+            f"{statistics.mean(r['train_s'] for r in rs):.1f}",
+            f"{ips:,.0f}",
+            f"{rs[0]['macs'] / 1e6:.2f}",
+            f"{gflops:.0f}",
+            f"{gflops / mkl:.0%}",
+            f"{gflops / onednn:.0%}",
+            rs[0]["precision"],
+            f"{gflops / ceiling[rs[0]['precision']]['conv']:.0%}",
+        )
     if rows:
         console.print(table)
     if args.plain:
         plain = plain_pytorch(args.data_dir, args.baseline_epochs, threads)
         keras = [r for r in rows if r["name"] == "notes-keras"]
         ratio = f"; cnnkit's notes-keras row {keras[0]['ips'] / plain['ips']:.2f}x its images/s" if keras else ""
-        console.print(f"plain PyTorch loop, the notes' network, {args.baseline_epochs} epochs: "
-                      f"{plain['seconds']:.1f} s, {plain['ips']:,.0f} img/s (validation included), "
-                      f"val acc {plain['val_acc']:.2%}{ratio}")
+        console.print(
+            f"plain PyTorch loop, the notes' network, {args.baseline_epochs} epochs: "
+            f"{plain['seconds']:.1f} s, {plain['ips']:,.0f} img/s (validation included), "
+            f"val acc {plain['val_acc']:.2%}{ratio}"
+        )
     if args.step:
         steps = step_variants(threads)
         base = steps[1]["ms"]
@@ -347,8 +458,9 @@ def main(argv=None) -> int:
         for col in ("variant", "first step s", "ms/step", "img/s", "vs the engine's"):
             table.add_column(col, justify="left" if col == "variant" else "right")
         for r in steps:
-            table.add_row(r["variant"], f"{r['first_s']:.1f}", f"{r['ms']:.1f}", f"{r['ips']:,.0f}",
-                          f"{base / r['ms']:.2f}x")
+            table.add_row(
+                r["variant"], f"{r['first_s']:.1f}", f"{r['ms']:.1f}", f"{r['ips']:,.0f}", f"{base / r['ms']:.2f}x"
+            )
         console.print(table)
     return 0
 

@@ -41,27 +41,32 @@ def offsets(free: int, most: int = 5) -> list[int]:
 def window_views(z: torch.Tensor, window: int, every: bool) -> list[torch.Tensor]:
     """The central ``window`` x ``window`` window of the batch, or (``every``) all offsets."""
     h, w = z.shape[-2:]
-    at = [(dy, dx) for dy in offsets(h - window) for dx in offsets(w - window)] if every else \
-        [((h - window) // 2, (w - window) // 2)]
-    return [z[..., dy:dy + window, dx:dx + window].contiguous(memory_format=torch.channels_last)
-            for dy, dx in at]
+    at = (
+        [(dy, dx) for dy in offsets(h - window) for dx in offsets(w - window)]
+        if every
+        else [((h - window) // 2, (w - window) // 2)]
+    )
+    return [z[..., dy : dy + window, dx : dx + window].contiguous(memory_format=torch.channels_last) for dy, dx in at]
 
 
 def schemes(window: int) -> dict[str, Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]]:
     """name -> (bare net, normalised batch) -> the views' averaged probabilities."""
+
     def crops(every):
-        return lambda net, z: torch.stack(
-            [net(v).float().softmax(1) for v in window_views(z, window, every)]).mean(0)
-    return {"whole": lambda net, z: tta_logits(net, z, "").exp(),
-            "shift": lambda net, z: tta_logits(net, z, "shift").exp(),    # the presets' TTA
-            "center": crops(False), "windows": crops(True)}
+        return lambda net, z: torch.stack([net(v).float().softmax(1) for v in window_views(z, window, every)]).mean(0)
+
+    return {
+        "whole": lambda net, z: tta_logits(net, z, "").exp(),
+        "shift": lambda net, z: tta_logits(net, z, "shift").exp(),  # the presets' TTA
+        "center": crops(False),
+        "windows": crops(True),
+    }
 
 
 @torch.no_grad()
 def probabilities(model, x: torch.Tensor, scheme, batch: int = 1000) -> torch.Tensor:
     """A scheme's probabilities for every image of ``x``, after the Classifier's normalisation."""
-    return torch.cat([scheme(model.net, (x[i:i + batch] - model.mean) / model.std)
-                      for i in range(0, len(x), batch)])
+    return torch.cat([scheme(model.net, (x[i : i + batch] - model.mean) / model.std) for i in range(0, len(x), batch)])
 
 
 def main() -> None:
@@ -69,8 +74,9 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", help="trained run folders (cnnkit train)")
     ap.add_argument("--data-dir", default=os.environ.get("CNNKIT_DATA"))
     ap.add_argument("--split", default="val", choices=["val", "test"])
-    ap.add_argument("--window", type=int, default=0,
-                    help="the training window's side (default: the crop in each run's config)")
+    ap.add_argument(
+        "--window", type=int, default=0, help="the training window's side (default: the crop in each run's config)"
+    )
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
     if args.threads:
@@ -93,8 +99,7 @@ def main() -> None:
     print(f"{args.split} ({n} images) | view | errors per run | mean accuracy | ensemble errors")
     for name, errs in errors.items():
         ensemble = int((summed[name].argmax(1) != data.labels).sum())
-        print(f"| {name} | {errs} | "
-              f"{1 - sum(errs) / len(errs) / n:.2%} | {ensemble} |")
+        print(f"| {name} | {errs} | {1 - sum(errs) / len(errs) / n:.2%} | {ensemble} |")
 
 
 if __name__ == "__main__":

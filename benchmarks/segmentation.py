@@ -34,7 +34,7 @@ from cnnkit.tasks.segment.predict import predict_masks
 from cnnkit.tasks.segment.train import train
 
 TARGETS = "targets: digit mIoU >= 0.90; FCN-8s >= FCN-32s + 0.03 mIoU; Penn-Fudan person IoU >= 0.80 in 20 min"
-ARCHS = ["fcn32s", "fcn16s", "fcn8s", "deeplabv3", "unet"]   # unet: `--data digits`'s default, its own encoder
+ARCHS = ["fcn32s", "fcn16s", "fcn8s", "deeplabv3", "unet"]  # unet: `--data digits`'s default, its own encoder
 
 
 def _backbone(arch: str, args) -> str:
@@ -46,9 +46,19 @@ def digits(args) -> None:
     data, epochs, batch, learning rate and loss; the U-Net also at the digits default's width."""
     keep = Path(args.keep)
     for arch in args.archs:
-        cfg = SegmentConfig(data="digits", data_dir=args.data_dir, arch=arch, model=_backbone(arch, args),
-                            epochs=args.epochs, scenes=args.scenes, canvas=args.canvas,
-                            batch_size=args.batch_size, lr=args.lr, threads=args.threads, output_stride=16)
+        cfg = SegmentConfig(
+            data="digits",
+            data_dir=args.data_dir,
+            arch=arch,
+            model=_backbone(arch, args),
+            epochs=args.epochs,
+            scenes=args.scenes,
+            canvas=args.canvas,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            threads=args.threads,
+            output_stride=16,
+        )
         out = keep / arch
         if out.exists():
             shutil.rmtree(out)
@@ -56,19 +66,39 @@ def digits(args) -> None:
         result = train(cfg, out, quiet=True)
         wall = time.perf_counter() - t
         test, r = result.test, cfg.resolved()
-        row = {"arch": arch, "backbone": r.model, "mIoU": test["mIoU"], "pixel_accuracy": test["pixel_accuracy"],
-               "boundary_iou": test["boundary_iou"], "seconds": result.seconds, "wall": wall,
-               "params": sum(p.numel() for p in result.model.net.parameters()), "iou": test["iou"],
-               "command": " ".join(["python benchmarks/segmentation.py", *sys.argv[1:]]), "cpu": cpu_name(),
-               "threads": torch.get_num_threads(),
-               "settings": {k: getattr(r, k) for k in ("canvas", "scenes", "epochs", "batch_size", "lr", "dice",
-                                                       "width", "channels_last", "weights")}}
+        row = {
+            "arch": arch,
+            "backbone": r.model,
+            "mIoU": test["mIoU"],
+            "pixel_accuracy": test["pixel_accuracy"],
+            "boundary_iou": test["boundary_iou"],
+            "seconds": result.seconds,
+            "wall": wall,
+            "params": sum(p.numel() for p in result.model.net.parameters()),
+            "iou": test["iou"],
+            "command": " ".join(["python benchmarks/segmentation.py", *sys.argv[1:]]),
+            "cpu": cpu_name(),
+            "threads": torch.get_num_threads(),
+            "settings": {
+                k: getattr(r, k)
+                for k in ("canvas", "scenes", "epochs", "batch_size", "lr", "dice", "width", "channels_last", "weights")
+            },
+        }
         (out / "bench.json").write_text(json.dumps(row, indent=1))
-        print(f"{arch:>9} ({r.model}): test mIoU {row['mIoU']:.4f}  pixel acc {row['pixel_accuracy']:.4f}  "
-              f"boundary IoU {row['boundary_iou']:.4f}  training {row['seconds']:.0f} s (wall {wall:.0f} s)", flush=True)
+        print(
+            f"{arch:>9} ({r.model}): test mIoU {row['mIoU']:.4f}  pixel acc {row['pixel_accuracy']:.4f}  "
+            f"boundary IoU {row['boundary_iou']:.4f}  training {row['seconds']:.0f} s (wall {wall:.0f} s)",
+            flush=True,
+        )
 
 
-NAMES = {"fcn32s": "FCN-32s", "fcn16s": "FCN-16s", "fcn8s": "FCN-8s", "deeplabv3": "DeepLab-v3 (OS 16)", "unet": "U-Net"}
+NAMES = {
+    "fcn32s": "FCN-32s",
+    "fcn16s": "FCN-16s",
+    "fcn8s": "FCN-8s",
+    "deeplabv3": "DeepLab-v3 (OS 16)",
+    "unet": "U-Net",
+}
 
 
 def report(args) -> None:
@@ -78,17 +108,21 @@ def report(args) -> None:
     if not rows:
         return
     st = rows[0]["settings"]
-    print(f"\ndigit scenes: canvas {st['canvas']} px, {st['scenes']} train / {max(2, st['scenes'] // 4)} test scenes, "
-          f"{st['epochs']} epochs, batch {st['batch_size']}, AdamW lr {st['lr']} one-cycle, cross-entropy + "
-          f"{st['dice']} x Dice, channels-last {st['channels_last']}, every encoder from scratch")
+    print(
+        f"\ndigit scenes: canvas {st['canvas']} px, {st['scenes']} train / {max(2, st['scenes'] // 4)} test scenes, "
+        f"{st['epochs']} epochs, batch {st['batch_size']}, AdamW lr {st['lr']} one-cycle, cross-entropy + "
+        f"{st['dice']} x Dice, channels-last {st['channels_last']}, every encoder from scratch"
+    )
     for r in rows:
         print(f"  {r['arch']}: {r['command']}  ({r['cpu']}, {r['threads']} thread(s))")
     print("| model | encoder | test mIoU | pixel accuracy | boundary IoU (3 px) | training time | params |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         enc = f"own (width {r['settings']['width']})" if r["backbone"] == "unet" else r["backbone"]
-        print(f"| {NAMES[r['arch']]} | {enc} | {r['mIoU']:.4f} | {r['pixel_accuracy']:.4f} | "
-              f"{r['boundary_iou']:.4f} | {r['seconds']:.0f} s | {r['params'] / 1e6:.2f}M |")
+        print(
+            f"| {NAMES[r['arch']]} | {enc} | {r['mIoU']:.4f} | {r['pixel_accuracy']:.4f} | "
+            f"{r['boundary_iou']:.4f} | {r['seconds']:.0f} s | {r['params'] / 1e6:.2f}M |"
+        )
     by = {r["arch"]: r for r in rows}
     if "fcn8s" in by and "fcn32s" in by:
         d, b = by["fcn8s"]["mIoU"] - by["fcn32s"]["mIoU"], by["fcn8s"]["boundary_iou"] - by["fcn32s"]["boundary_iou"]
@@ -111,12 +145,18 @@ def figure(args, rows: list[dict], keep: Path) -> None:
     truth = scenes.masks[i].long()
     masks = {"truth": truth}
     for r in rows:
-        pred = predict_masks(load_segmenter(keep / r["arch"]), scenes.images[i:i + 1])[0]
+        pred = predict_masks(load_segmenter(keep / r["arch"]), scenes.images[i : i + 1])[0]
         meter = SegmentationMeter(scenes.num_classes, 255, 3, scenes.classes)
         meter.update(pred[None], truth[None])
         masks[f"{NAMES[r['arch']].split(' ')[0]}\nmIoU {meter.compute()['mIoU']:.2f}"] = pred
-    plots.mask_panels(scenes.images[i], masks, palette(scenes.num_classes), args.figure, classes=scenes.classes,
-                      title=f"test scene {i}: each model's mask (mIoU over the classes in this scene)")
+    plots.mask_panels(
+        scenes.images[i],
+        masks,
+        palette(scenes.num_classes),
+        args.figure,
+        classes=scenes.classes,
+        title=f"test scene {i}: each model's mask (mIoU over the classes in this scene)",
+    )
     print(f"figure: {args.figure} (test scene {i})")
 
 
@@ -127,14 +167,18 @@ def pennfudan(args) -> None:
         result = train(cfg, out, quiet=True)
         wall = time.perf_counter() - t
     test, r = result.test, cfg.resolved()
-    print(f"\nPenn-Fudan (cnnkit segment train --data pennfudan: {r.arch} on {r.backbone} (weights {r.weights}, "
-          f"BN frozen {r.freeze_bn}, layers to stride {r.freeze_to} frozen, encoder lr x{r.encoder_lr}), decoder to "
-          f"stride {r.finest}, photos shrunk to {r.max_side} px, crops {r.crop}, colour jitter {r.jitter}, "
-          f"{r.epochs} epochs, batch {r.batch_size}, AdamW lr {r.lr} one-cycle, cross-entropy + {r.lovasz} x "
-          f"Lovasz; tested with tta {r.tta} at scale {r.test_scale})")
-    print(f"person IoU {test['iou'][1]:.4f}  mIoU {test['mIoU']:.4f}  pixel acc {test['pixel_accuracy']:.4f}  "
-          f"boundary IoU {test['boundary_iou']:.4f}  on {test['images']} test photos; training "
-          f"{result.seconds:.0f} s (wall {wall:.0f} s)")
+    print(
+        f"\nPenn-Fudan (cnnkit segment train --data pennfudan: {r.arch} on {r.backbone} (weights {r.weights}, "
+        f"BN frozen {r.freeze_bn}, layers to stride {r.freeze_to} frozen, encoder lr x{r.encoder_lr}), decoder to "
+        f"stride {r.finest}, photos shrunk to {r.max_side} px, crops {r.crop}, colour jitter {r.jitter}, "
+        f"{r.epochs} epochs, batch {r.batch_size}, AdamW lr {r.lr} one-cycle, cross-entropy + {r.lovasz} x "
+        f"Lovasz; tested with tta {r.tta} at scale {r.test_scale})"
+    )
+    print(
+        f"person IoU {test['iou'][1]:.4f}  mIoU {test['mIoU']:.4f}  pixel acc {test['pixel_accuracy']:.4f}  "
+        f"boundary IoU {test['boundary_iou']:.4f}  on {test['images']} test photos; training "
+        f"{result.seconds:.0f} s (wall {wall:.0f} s)"
+    )
 
 
 def main() -> None:

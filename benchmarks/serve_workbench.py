@@ -19,8 +19,15 @@ from pathlib import Path
 
 from cnnkit.engine.precision import cpu_name
 
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def rendered_ms(page, url: str) -> float:
@@ -32,7 +39,9 @@ def rendered_ms(page, url: str) -> float:
 
 def hover_cost(page, moves: int = 300) -> tuple[float, float, float]:
     """(mean, 95th percentile, max) milliseconds that one mousemove over the timeline costs its handler."""
-    return tuple(page.evaluate("""(n) => {
+    return tuple(
+        page.evaluate(
+            """(n) => {
         const svg = document.getElementById('timeline-svg'), r = svg.getBoundingClientRect();
         const times = [];
         for (let i = 0; i < n; i++) {
@@ -42,7 +51,10 @@ def hover_cost(page, moves: int = 300) -> tuple[float, float, float]:
         }
         const sorted = [...times].sort((a, b) => a - b);
         return [times.reduce((a, b) => a + b, 0) / n, sorted[Math.floor(0.95 * n)], sorted[n - 1]];
-    }""", moves))
+    }""",
+            moves,
+        )
+    )
 
 
 def main() -> int:
@@ -62,22 +74,30 @@ def main() -> int:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
     url = f"{base}/analyse?model={args.model}&batch={args.batch}&run=1"
-    print(f"{args.model} batch {args.batch}; CPU: {cpu_name()}, {os.cpu_count()} cores, torch threads "
-          f"{__import__('torch').get_num_threads()}; Python {sys.version.split()[0]}")
+    print(
+        f"{args.model} batch {args.batch}; CPU: {cpu_name()}, {os.cpu_count()} cores, torch threads "
+        f"{__import__('torch').get_num_threads()}; Python {sys.version.split()[0]}"
+    )
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         t = time.perf_counter()
         cold = rendered_ms(page, url)
-        print(f"cold (the server analyses): rendered {cold / 1000:.2f} s after navigation "
-              f"(wall {time.perf_counter() - t:.2f} s)")
+        print(
+            f"cold (the server analyses): rendered {cold / 1000:.2f} s after navigation "
+            f"(wall {time.perf_counter() - t:.2f} s)"
+        )
         warm = [rendered_ms(page, url) for _ in range(3)]
-        print(f"warm (the server's cache): rendered {min(warm) / 1000:.3f} s after navigation "
-              f"(3 loads: {', '.join(f'{w / 1000:.3f}' for w in warm)} s; target < 2 s)")
+        print(
+            f"warm (the server's cache): rendered {min(warm) / 1000:.3f} s after navigation "
+            f"(3 loads: {', '.join(f'{w / 1000:.3f}' for w in warm)} s; target < 2 s)"
+        )
         note = page.inner_text("#tl-note")
         mean, p95, worst = hover_cost(page)
-        print(f"timeline: {note}\nhover: {mean:.2f} ms per pointer move on average, {p95:.2f} ms at the "
-              f"95th percentile, {worst:.2f} ms the slowest of 300 (a 60 Hz frame is 16.7 ms)")
+        print(
+            f"timeline: {note}\nhover: {mean:.2f} ms per pointer move on average, {p95:.2f} ms at the "
+            f"95th percentile, {worst:.2f} ms the slowest of 300 (a 60 Hz frame is 16.7 ms)"
+        )
         if args.screenshots:
             shots(browser, base, page, Path(args.screenshots), args)
         browser.close()

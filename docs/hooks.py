@@ -23,7 +23,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 CLI_PAGE = Path(__file__).resolve().parent / "reference" / "cli.md"
-CONFIG_PAGE = CLI_PAGE.with_name("config.md")   # committed too, so that links to it work on a code host
+CONFIG_PAGE = CLI_PAGE.with_name("config.md")  # committed too, so that links to it work on a code host
 
 # the top-level names the API page documents, in this order
 PUBLIC_API = ["create_model", "list_models", "summary", "load", "to_fcn", "CnnkitError"]
@@ -73,8 +73,7 @@ def _options(parser: argparse.ArgumentParser) -> list[str]:
         else:
             names = f"`{action.metavar or action.dest}`"
         text = (action.help or "").replace("%(default)s", str(action.default)).replace("%%", "%")
-        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) \
-                and "default" not in text:
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
             text = f"{text} (default: {action.default})".strip()
         rows.append(f"| {names} | {_cell(text)} |")
     return rows
@@ -114,9 +113,13 @@ def cli_reference() -> str:
 
     parser = build_parser()
     parser.prog = "cnnkit"
-    out = ["# Command-line reference\n",
-           ("Generated from the argument parsers when the site is built (`docs/hooks.py`); "
-            "`cnnkit COMMAND --help` prints the same text.\n")]
+    out = [
+        "# Command-line reference\n",
+        (
+            "Generated from the argument parsers when the site is built (`docs/hooks.py`); "
+            "`cnnkit COMMAND --help` prints the same text.\n"
+        ),
+    ]
     _command(parser, ["cnnkit"], "", out)
     return "\n".join(out) + "\n"
 
@@ -138,10 +141,15 @@ def config_reference(classes: list[type]) -> str:
     Raises:
         TypeError: if an entry of ``classes`` is not a dataclass.
     """
-    out = ["# Configuration reference\n",
-           ("Generated from the configuration dataclasses when the site is built (`docs/hooks.py`). "
+    out = [
+        "# Configuration reference\n",
+        (
+            "Generated from the configuration dataclasses when the site is built (`docs/hooks.py`). "
             "A field is set on the command line by its flag (`--batch-size` for `batch_size`) and in "
-            "`--config FILE.yaml` by its name.\n")]
+            "`--config FILE.yaml` by its name.\n"
+        ),
+    ]
+
     def default_of(field) -> str:
         if field.default is not dataclasses.MISSING:
             return repr(field.default)
@@ -150,7 +158,7 @@ def config_reference(classes: list[type]) -> str:
         return "required"
 
     def help_of(klass, name: str) -> str:
-        for k in klass.__mro__:            # a field declared again for another default keeps its help
+        for k in klass.__mro__:  # a field declared again for another default keeps its help
             own = {f.name: f for f in dataclasses.fields(k)} if dataclasses.is_dataclass(k) else {}
             if name in own and own[name].metadata.get("help"):
                 return own[name].metadata["help"]
@@ -169,13 +177,18 @@ def config_reference(classes: list[type]) -> str:
             out.append(f"Every field of `{parent.__name__}`, with these added or given another default:\n")
         out.append("| field | type | default | meaning |\n| --- | --- | --- | --- |")
         for field in dataclasses.fields(cls):
-            same = field.name in inherited and default_of(inherited[field.name]) == default_of(field) \
+            same = (
+                field.name in inherited
+                and default_of(inherited[field.name]) == default_of(field)
                 and help_of(cls, field.name) == help_of(parent, field.name)
+            )
             if field.name.startswith("_") or field.name in getattr(cls, "unsupported", ()) or same:
                 continue
             kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
-            out.append(f"| `{field.name}` | `{_cell(str(kind))}` | `{_cell(default_of(field))}` | "
-                       f"{_cell(_rst_to_markdown(help_of(cls, field.name)))} |")
+            out.append(
+                f"| `{field.name}` | `{_cell(str(kind))}` | `{_cell(default_of(field))}` | "
+                f"{_cell(_rst_to_markdown(help_of(cls, field.name)))} |"
+            )
         out.append("")
     return "\n".join(out) + "\n"
 

@@ -28,9 +28,21 @@ OUT = Path(__file__).resolve().parent / "images"
 
 def gap_net() -> nn.Sequential:
     conv = lambda i, o: nn.Conv2d(i, o, 3, padding=1, bias=False)  # noqa: E731
-    return nn.Sequential(conv(1, 16), nn.ReLU(), nn.MaxPool2d(2), conv(16, 32), nn.ReLU(), nn.MaxPool2d(2),
-                         conv(32, 64), nn.ReLU(), conv(64, 64), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10, bias=False))
+    return nn.Sequential(
+        conv(1, 16),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        conv(16, 32),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        conv(32, 64),
+        nn.ReLU(),
+        conv(64, 64),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, 10, bias=False),
+    )
 
 
 def main() -> None:
@@ -57,7 +69,7 @@ def main() -> None:
         t0, net = time.time(), net.train()
         perm, total, correct = torch.randperm(6000, generator=gen), 0.0, 0
         for i in range(0, 6000, 64):
-            b = perm[i:i + 64]
+            b = perm[i : i + 64]
             shift = torch.randint(-3, 4, (2,), generator=gen).tolist()
             out = net(x[b].roll(shift, dims=(2, 3)))
             loss = F.cross_entropy(out, y[b])
@@ -69,19 +81,38 @@ def main() -> None:
         net.eval()
         with torch.no_grad():
             out = net(xv)
-        history.append({"epoch": epoch, "train_loss": total / 6000, "train_acc": correct / 6000,
-                        "val_loss": float(F.cross_entropy(out, yv)), "val_acc": float((out.argmax(1) == yv).float().mean()),
-                        "lr": 5e-3, "seconds": time.time() - t0})
-    plots.training_curves(history, OUT / "training_curves.png", title="Training curves: a GAP CNN on 6,000 MNIST digits")
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": total / 6000,
+                "train_acc": correct / 6000,
+                "val_loss": float(F.cross_entropy(out, yv)),
+                "val_acc": float((out.argmax(1) == yv).float().mean()),
+                "lr": 5e-3,
+                "seconds": time.time() - t0,
+            }
+        )
+    plots.training_curves(
+        history, OUT / "training_curves.png", title="Training curves: a GAP CNN on 6,000 MNIST digits"
+    )
 
     canvas = torch.zeros(1, 84, 84)
     canvas[:, 40:68, 12:40] = xt[0]  # a 7 pasted off-centre
     heat, cls = grad_cam(net, canvas)
-    plots.heatmap_overlay(canvas, heat, OUT / "gradcam_mnist_canvas.png",
-                          title=f"Grad-CAM for class {cls} on an 84x84 canvas (digit pasted at rows 40-67, cols 12-39)")
+    plots.heatmap_overlay(
+        canvas,
+        heat,
+        OUT / "gradcam_mnist_canvas.png",
+        title=f"Grad-CAM for class {cls} on an 84x84 canvas (digit pasted at rows 40-67, cols 12-39)",
+    )
     maps = feature_maps(net, xt[0], layers=["1", "4", "9"])
-    plots.feature_map_grid(maps, OUT / "feature_maps.png", max_channels=16, cols=16,
-                           title=f"Feature maps (after each ReLU) of a test digit {int(yt[0])}")
+    plots.feature_map_grid(
+        maps,
+        OUT / "feature_maps.png",
+        max_channels=16,
+        cols=16,
+        title=f"Feature maps (after each ReLU) of a test digit {int(yt[0])}",
+    )
     patterns = filter_patterns(net, "4", channels=list(range(16)), size=28)
     plots.pattern_grid(patterns, OUT / "filter_patterns.png", channels=range(16), layer="layer 4 (ReLU of conv 2)")
     for f in sorted(OUT.glob("*.png")):
@@ -103,8 +134,14 @@ def finetuned_gradcam(run: str, data: Path) -> None:
     with torch.no_grad():
         p = float(model(x[None]).softmax(1)[0, cls])
     path = OUT / "gradcam_bee_finetuned.png"
-    plots.heatmap_overlay(x, heat, path, label="Grad-CAM", title=f"Fine-tuned efficientnet_lite0: "
-                          f"{model.classes[cls]!r} p={p:.2f}, Grad-CAM at {layer[4:]} ({photo.name})")
+    plots.heatmap_overlay(
+        x,
+        heat,
+        path,
+        label="Grad-CAM",
+        title=f"Fine-tuned efficientnet_lite0: "
+        f"{model.classes[cls]!r} p={p:.2f}, Grad-CAM at {layer[4:]} ({photo.name})",
+    )
     print(f"{path.relative_to(OUT.parent.parent)}  {path.stat().st_size // 1024} KB")
 
 

@@ -29,6 +29,7 @@ def spec(layers, input_size):
 
 # --- the notes' worked examples -------------------------------------------------------------------
 
+
 def test_exercise2_parameters_shapes_and_textbook_memory():
     s1 = cnnkit.summary(str(EXAMPLES / "exercise2.yaml"), batch_size=1)
     assert s1.totals["params"] == 903_400
@@ -58,7 +59,15 @@ def test_keras_mnist_network_matches_its_keras_summary():
     assert s.totals["params"] == 93_322
     assert [r["params"] for r in s.layers] == [320, 0, 18_496, 0, 36_928, 0, 36_928, 650]
     assert [r["output_shape"] for r in s.layers] == [
-        [32, 26, 26], [32, 13, 13], [64, 11, 11], [64, 5, 5], [64, 3, 3], [576], [64], [10]]
+        [32, 26, 26],
+        [32, 13, 13],
+        [64, 11, 11],
+        [64, 5, 5],
+        [64, 3, 3],
+        [576],
+        [64],
+        [10],
+    ]
 
 
 def test_alexnet_first_conv_227_to_55():
@@ -76,12 +85,14 @@ def test_separable_vs_standard_convolution_weights():
 @pytest.mark.parametrize("size,stride,expected", [(200, 2, 100), (75, 2, 38), (7, 3, 3), (8, 3, 3), (5, 1, 5)])
 def test_same_padding_output_is_ceil_of_input_over_stride(size, stride, expected):
     for mode in ("same", "caffe"):
-        model = spec([{"conv2d": {"filters": 4, "kernel_size": 3, "strides": stride, "padding": mode}}],
-                     [2, size, size])
+        model = spec(
+            [{"conv2d": {"filters": 4, "kernel_size": 3, "strides": stride, "padding": mode}}], [2, size, size]
+        )
         assert model(torch.zeros(1, 2, size, size)).shape[-2:] == (expected, expected)
 
 
 # --- MACs agree with torch.utils.flop_counter on convolutions and matmuls --------------------------
+
 
 class Functional(nn.Module):
     """Functional calls inside forward: F.conv2d, grouped/dilated/transposed convs, x @ w, cat and +."""
@@ -94,9 +105,9 @@ class Functional(nn.Module):
         self.proj = nn.Parameter(torch.randn(4 * 16 * 16 + 8 * 8 * 8, 10))
 
     def forward(self, x):
-        a = F.conv2d(x, self.w, padding=1)                 # (B, 8, 8, 8)
-        b = self.up(self.grouped(a))                         # (B, 4, 16, 16)
-        flat = torch.cat([b.flatten(1), a.flatten(1)], 1)    # (B, 1536)
+        a = F.conv2d(x, self.w, padding=1)  # (B, 8, 8, 8)
+        b = self.up(self.grouped(a))  # (B, 4, 16, 16)
+        flat = torch.cat([b.flatten(1), a.flatten(1)], 1)  # (B, 1536)
         return flat @ self.proj + 1.0
 
 
@@ -126,13 +137,17 @@ def test_macs_agree_with_flop_counter(name):
 
 # --- memory against what the allocator really does ----------------------------------------------
 
-@pytest.mark.parametrize("case", [
-    ("exercise2", (3, 200, 300), 4, False, "sgd"),
-    ("exercise2", (3, 200, 300), 4, True, "sgd"),
-    ("keras_mnist", (1, 28, 28), 64, True, "adam"),
-    ("residual_block", (64, 56, 56), 2, True, "momentum"),
-    ("functional", (3, 8, 8), 16, True, "adamw"),
-])
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ("exercise2", (3, 200, 300), 4, False, "sgd"),
+        ("exercise2", (3, 200, 300), 4, True, "sgd"),
+        ("keras_mnist", (1, 28, 28), 64, True, "adam"),
+        ("residual_block", (64, 56, 56), 2, True, "momentum"),
+        ("functional", (3, 8, 8), 16, True, "adamw"),
+    ],
+)
 def test_predicted_peak_within_5_percent_of_measured(case):
     name, size, batch, training, opt = case
     model = Functional() if name == "functional" else build_from_spec(EXAMPLES / f"{name}.yaml")[0]
@@ -154,8 +169,12 @@ def test_training_breakdown_has_the_step_categories():
 
 
 def test_peak_is_affine_in_the_batch_and_dtype_halves_it():
-    peaks = [cnnkit.summary(str(EXAMPLES / "exercise2.yaml"), batch_size=b, backend_model=False)
-             .memory["training_peak_bytes"] for b in (4, 5, 6)]
+    peaks = [
+        cnnkit.summary(str(EXAMPLES / "exercise2.yaml"), batch_size=b, backend_model=False).memory[
+            "training_peak_bytes"
+        ]
+        for b in (4, 5, 6)
+    ]
     assert peaks[2] - peaks[1] == peaks[1] - peaks[0] > 0
     f32 = cnnkit.summary(str(EXAMPLES / "exercise2.yaml"), batch_size=4, backend_model=False)
     bf16 = cnnkit.summary(str(EXAMPLES / "exercise2.yaml"), batch_size=4, dtype="bfloat16", backend_model=False)
@@ -176,6 +195,7 @@ def test_zoo_model_analysis_is_fast_and_leaves_the_model_alone():
 
 
 # --- JSON, CSV and fit --------------------------------------------------------------------------
+
 
 def test_cli_json_is_the_documented_interface(capsys):
     assert cli_main(["summary", str(EXAMPLES / "exercise2.yaml"), "--batch", "50", "--format", "json"]) == 0
@@ -212,6 +232,7 @@ def test_fit_finds_the_largest_batch():
 
 # --- bad input: one line, exit code 2, no traceback ----------------------------------------------
 
+
 def run_cli(*args, cwd=None):
     p = subprocess.run([sys.executable, "-m", "cnnkit", *args], capture_output=True, text=True, cwd=cwd)
     return p.returncode, p.stdout, p.stderr
@@ -223,27 +244,65 @@ def write(tmp_path, name, text):
     return str(path)
 
 
-@pytest.mark.parametrize("kind", ["unknown_layer", "unknown_model", "kernel_too_big", "channels",
-                                  "bad_size", "zero_size", "malformed_yaml", "factory_raises",
-                                  "forward_fails", "add_mismatch"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "unknown_layer",
+        "unknown_model",
+        "kernel_too_big",
+        "channels",
+        "bad_size",
+        "zero_size",
+        "malformed_yaml",
+        "factory_raises",
+        "forward_fails",
+        "add_mismatch",
+    ],
+)
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, kind):
     args = {
         "unknown_layer": [write(tmp_path, "a.yaml", "input: 3x32x32\nlayers:\n  - conv2dd: {filters: 3}\n")],
         "unknown_model": ["resnet51"],
-        "kernel_too_big": [write(tmp_path, "k.yaml", "input: 3x4x4\nlayers:\n  - conv2d: {filters: 8, kernel_size: 7}\n")],
-        "channels": [write(tmp_path, "c.py", "import torch.nn as nn\ndef net():\n"
-                           "    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(16, 4, 3))\n") + ":net",
-                     "--input", "3x32x32"],
+        "kernel_too_big": [
+            write(tmp_path, "k.yaml", "input: 3x4x4\nlayers:\n  - conv2d: {filters: 8, kernel_size: 7}\n")
+        ],
+        "channels": [
+            write(
+                tmp_path,
+                "c.py",
+                "import torch.nn as nn\ndef net():\n"
+                "    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(16, 4, 3))\n",
+            )
+            + ":net",
+            "--input",
+            "3x32x32",
+        ],
         "bad_size": [str(EXAMPLES / "exercise2.yaml"), "--input", "3x-5x5"],
         "zero_size": [str(EXAMPLES / "exercise2.yaml"), "--batch", "0"],
         "malformed_yaml": [write(tmp_path, "m.yaml", "input: 3x32x32\nlayers: [conv2d: {filters: 3\n")],
-        "factory_raises": [write(tmp_path, "f.py", "def net():\n    raise ValueError('boom')\n") + ":net",
-                           "--input", "3x8x8"],
-        "forward_fails": [write(tmp_path, "g.py", "import torch.nn as nn\ndef net():\n"
-                                "    return nn.Sequential(nn.Flatten(), nn.Linear(10, 2))\n") + ":net",
-                          "--input", "3x8x8"],
-        "add_mismatch": [write(tmp_path, "r.yaml", "input: 3x8x8\nlayers:\n  - {type: conv2d, name: a, filters: 4, kernel_size: 1}\n"
-                               "  - {type: conv2d, name: b, filters: 5, kernel_size: 1}\n  - {type: add, inputs: [a, b]}\n")],
+        "factory_raises": [
+            write(tmp_path, "f.py", "def net():\n    raise ValueError('boom')\n") + ":net",
+            "--input",
+            "3x8x8",
+        ],
+        "forward_fails": [
+            write(
+                tmp_path,
+                "g.py",
+                "import torch.nn as nn\ndef net():\n    return nn.Sequential(nn.Flatten(), nn.Linear(10, 2))\n",
+            )
+            + ":net",
+            "--input",
+            "3x8x8",
+        ],
+        "add_mismatch": [
+            write(
+                tmp_path,
+                "r.yaml",
+                "input: 3x8x8\nlayers:\n  - {type: conv2d, name: a, filters: 4, kernel_size: 1}\n"
+                "  - {type: conv2d, name: b, filters: 5, kernel_size: 1}\n  - {type: add, inputs: [a, b]}\n",
+            )
+        ],
     }[kind]
     code, out, err = run_cli("summary", *args)
     assert code == 2, (out, err)
@@ -252,10 +311,15 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, kind):
     assert len(lines) == 1, err
     line = lines[0]
     expect = {
-        "unknown_layer": ["conv2dd", "conv2d"], "unknown_model": ["resnet51", "resnet50"],
-        "kernel_too_big": ["conv2d_1", "kernel"], "channels": ["'1'", "Conv2d", "16"],
-        "bad_size": ["-5"], "zero_size": ["--batch"], "malformed_yaml": ["not valid YAML"],
-        "factory_raises": ["boom", "ValueError"], "forward_fails": ["'1'", "Linear"],
+        "unknown_layer": ["conv2dd", "conv2d"],
+        "unknown_model": ["resnet51", "resnet50"],
+        "kernel_too_big": ["conv2d_1", "kernel"],
+        "channels": ["'1'", "Conv2d", "16"],
+        "bad_size": ["-5"],
+        "zero_size": ["--batch"],
+        "malformed_yaml": ["not valid YAML"],
+        "factory_raises": ["boom", "ValueError"],
+        "forward_fails": ["'1'", "Linear"],
         "add_mismatch": ["4x8x8", "5x8x8"],
     }[kind]
     for word in expect:
@@ -272,17 +336,38 @@ def test_summary_table_matches_golden_file():
 
 
 def test_1d_3d_and_generator_specs():
-    s1 = spec([{"conv1d": {"filters": 8, "kernel_size": 5, "strides": 2, "padding": "same"}},
-               {"max_pooling1d": {"pool_size": 2, "padding": "same"}}], "2x100")
+    s1 = spec(
+        [
+            {"conv1d": {"filters": 8, "kernel_size": 5, "strides": 2, "padding": "same"}},
+            {"max_pooling1d": {"pool_size": 2, "padding": "same"}},
+        ],
+        "2x100",
+    )
     assert s1(torch.zeros(1, 2, 100)).shape == (1, 8, 25)
-    s3 = cnnkit.summary(spec([{"conv3d": {"filters": 4, "kernel_size": 3, "padding": "same"}},
-                              "batch_normalization", {"average_pooling3d": {"pool_size": 2}}], "1x8x16x16"),
-                        input_size="1x8x16x16")
+    s3 = cnnkit.summary(
+        spec(
+            [
+                {"conv3d": {"filters": 4, "kernel_size": 3, "padding": "same"}},
+                "batch_normalization",
+                {"average_pooling3d": {"pool_size": 2}},
+            ],
+            "1x8x16x16",
+        ),
+        input_size="1x8x16x16",
+    )
     assert [r["output_shape"] for r in s3.layers] == [[4, 8, 16, 16], [4, 8, 16, 16], [4, 4, 8, 8]]
     assert s3.layers[0]["params"] == 4 * 27 + 4
-    gen = spec([{"dense": {"units": 6272, "use_bias": False}}, "batch_normalization", "leaky_relu",
-                {"reshape": {"target_shape": [128, 7, 7]}}, {"upsampling2d": {"size": 2}},
-                {"conv2d_transpose": {"filters": 1, "kernel_size": 5, "strides": 2, "padding": "same"}}], [100])
+    gen = spec(
+        [
+            {"dense": {"units": 6272, "use_bias": False}},
+            "batch_normalization",
+            "leaky_relu",
+            {"reshape": {"target_shape": [128, 7, 7]}},
+            {"upsampling2d": {"size": 2}},
+            {"conv2d_transpose": {"filters": 1, "kernel_size": 5, "strides": 2, "padding": "same"}},
+        ],
+        [100],
+    )
     assert gen.eval()(torch.zeros(2, 100)).shape == (2, 1, 28, 28)
 
 

@@ -11,6 +11,7 @@ from cnnkit.errors import CnnkitError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+
 @pytest.fixture
 def batch():
     g = torch.Generator().manual_seed(1)
@@ -23,8 +24,9 @@ STEPS = {
     "elastic": lambda x, g: A.elastic(x, g, 34, 4),
     "flip": A.random_flip,
     "cutout": lambda x, g: A.cutout(x, g, 8),
-    "all": A.build_augment(A.AugmentConfig(shift=2, degrees=10, scale=0.1, shear=5, translate=0.1,
-                                           elastic=30, flip=True, cutout=6)),
+    "all": A.build_augment(
+        A.AugmentConfig(shift=2, degrees=10, scale=0.1, shear=5, translate=0.1, elastic=30, flip=True, cutout=6)
+    ),
 }
 
 
@@ -36,8 +38,8 @@ def test_shape_range_determinism(batch, name):
     c = f(batch, torch.Generator().manual_seed(1))
     assert a.shape == batch.shape and a.dtype == batch.dtype
     assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0 + 1e-6
-    assert torch.equal(a, b)                      # same seed, same batch
-    assert not torch.equal(a, c)                  # another seed, another batch
+    assert torch.equal(a, b)  # same seed, same batch
+    assert not torch.equal(a, c)  # another seed, another batch
     assert not torch.equal(a, batch)
 
 
@@ -45,7 +47,7 @@ def test_crop_is_an_exact_shift(batch):
     out = A.random_crop(batch, torch.Generator().manual_seed(0), 1)
     padded = F.pad(batch, (1, 1, 1, 1))
     for i in range(8):
-        shifts = [torch.equal(out[i], padded[i, :, dy:dy + 28, dx:dx + 28]) for dy in range(3) for dx in range(3)]
+        shifts = [torch.equal(out[i], padded[i, :, dy : dy + 28, dx : dx + 28]) for dy in range(3) for dx in range(3)]
         assert any(shifts)
 
 
@@ -56,12 +58,16 @@ def test_crop_takes_a_smaller_window_at_a_random_offset(batch):
     assert torch.equal(out, A.random_crop(batch, torch.Generator().manual_seed(0), 0, size=24))
     offsets = set()
     for i in range(64):
-        hits = [(dy, dx) for dy in range(5) for dx in range(5)
-                if torch.equal(out[i], batch[i, :, dy:dy + 24, dx:dx + 24])]
+        hits = [
+            (dy, dx)
+            for dy in range(5)
+            for dx in range(5)
+            if torch.equal(out[i], batch[i, :, dy : dy + 24, dx : dx + 24])
+        ]
         assert len(hits) == 1
         offsets |= set(hits)
-    assert len(offsets) >= 15                     # of the 25 offsets, drawn per image
-    whole = A.random_crop(batch, torch.Generator().manual_seed(0), 2, size=32)   # the padded image
+    assert len(offsets) >= 15  # of the 25 offsets, drawn per image
+    whole = A.random_crop(batch, torch.Generator().manual_seed(0), 2, size=32)  # the padded image
     assert torch.equal(whole, F.pad(batch, (2, 2, 2, 2)))
     with pytest.raises(CnnkitError, match="a random crop of 33x33 does not fit a 28x28 image padded by 2"):
         A.random_crop(batch, torch.Generator(), 2, size=33)
@@ -78,12 +84,12 @@ def test_elastic_field_matches_simard_full_resolution():
     not 16x more (a field 16x too strong turns a third of a batch into noise)."""
     g = torch.Generator().manual_seed(0)
     coarse = A.elastic_field(2000, 28, 28, g, alpha=34.0, sigma=4.0)
-    noise = torch.rand(2000, 2, 28, 28, generator=g) * 2 - 1          # Simard: full resolution
+    noise = torch.rand(2000, 2, 28, 28, generator=g) * 2 - 1  # Simard: full resolution
     simard = A._gaussian_blur(noise, 4.0) * 34.0
-    inner = (slice(None), slice(None), slice(8, 20), slice(8, 20))      # away from the zero padding
+    inner = (slice(None), slice(None), slice(8, 20), slice(8, 20))  # away from the zero padding
     ratio = float(coarse[inner].std() / simard[inner].std())
     assert 0.8 < ratio < 1.25, ratio
-    assert 0.8 < float(simard[inner].std()) < 1.8                       # ~1 px, as in the paper
+    assert 0.8 < float(simard[inner].std()) < 1.8  # ~1 px, as in the paper
 
 
 def test_cutout_zeroes_one_square(batch):
@@ -92,7 +98,7 @@ def test_cutout_zeroes_one_square(batch):
     # an 8x8 square (rows c-4..c+3), clipped at the border: 64 zeros inside, at least 4x4 at a corner
     assert zeros.max() == 64 and zeros.min() >= 16
     odd = (A.cutout(batch + 0.5, torch.Generator().manual_seed(0), 5) == 0).flatten(1).sum(1)
-    assert odd.max() == 25 and odd.min() >= 9           # 5x5, rows c-2..c+2
+    assert odd.max() == 25 and odd.min() >= 9  # 5x5, rows c-2..c+2
 
 
 def test_normalize():

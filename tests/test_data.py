@@ -30,7 +30,7 @@ def test_splits(data_dir):
     assert sizes == {"train": 55000, "val": 5000, "test": 10000}
     val = load_dataset("mnist", "val", data_dir)
     full = read_idx(data_dir / "mnist" / "train-labels-idx1-ubyte.gz")
-    assert torch.equal(val.labels, full[-5000:].long())          # the notes' last 5,000
+    assert torch.equal(val.labels, full[-5000:].long())  # the notes' last 5,000
     assert val.images.shape == (5000, 1, 28, 28) and val.classes[3] == "3"
 
 
@@ -47,7 +47,7 @@ def test_raw_file_bad_magic_and_truncation(data_dir, tmp_path):
     raw = gzip.decompress((data_dir / "mnist" / "t10k-labels-idx1-ubyte.gz").read_bytes())
     ok = tmp_path / "labels.idx1"
     ok.write_bytes(raw)
-    assert read_idx(ok).shape == (10000,)                         # raw files work too
+    assert read_idx(ok).shape == (10000,)  # raw files work too
     (tmp_path / "magic").write_bytes(b"\x01\x02" + raw[2:])
     with pytest.raises(CnnkitError, match="bad IDX magic"):
         read_idx(tmp_path / "magic")
@@ -66,7 +66,8 @@ def test_download_from_mirror(data_dir, tmp_path):
     test = load_dataset("mnist", "test", tmp_path, mirrors=(mirror,))
     assert torch.bincount(test.labels).tolist() == TEST_COUNTS
     assert sorted(p.name for p in (tmp_path / "mnist").iterdir()) == sorted(
-        p.name for p in (data_dir / "mnist").glob("*.gz"))        # no temporary files left
+        p.name for p in (data_dir / "mnist").glob("*.gz")
+    )  # no temporary files left
 
 
 def test_download_corrupt_mirror_leaves_nothing(data_dir, tmp_path):
@@ -123,9 +124,9 @@ def test_emnist_digits_from_its_zip_archive(tmp_path, monkeypatch):
     monkeypatch.setitem(datasets.DATASETS, "emnist_digits", info)
     test = load_dataset("emnist_digits", "test", tmp_path / "data", mirrors=(mirror.as_uri(),))
     assert test.images.shape == (12, 1, 28, 28) and test.classes == [str(d) for d in range(10)]
-    assert torch.equal(test.images[:, 0], torch.from_numpy(images))   # transposed back to rows
+    assert torch.equal(test.images[:, 0], torch.from_numpy(images))  # transposed back to rows
     assert torch.equal(test.labels, torch.from_numpy(labels).long())
-    assert not list((tmp_path / "data" / "emnist").glob(".*part*"))   # no temporary files left
+    assert not list((tmp_path / "data" / "emnist").glob(".*part*"))  # no temporary files left
     bad = dataclasses.replace(info, archive_md5="0" * 32)
     monkeypatch.setitem(datasets.DATASETS, "emnist_digits", bad)
     with pytest.raises(CnnkitError, match="gzip.zip"):
@@ -146,9 +147,9 @@ def test_cifar10_binary_archive(tmp_path, monkeypatch):
 
     def batch(first: int, n: int = 10000) -> bytes:
         records = np.zeros((n, 3073), dtype=np.uint8)
-        records[:, 0] = (np.arange(n) + first) % 10                   # labels
-        records[:, 1] = np.arange(n) % 251                             # R plane, pixel (0, 0)
-        records[:, 1 + 1024 + 33] = 7                                  # G plane, pixel (1, 1)
+        records[:, 0] = (np.arange(n) + first) % 10  # labels
+        records[:, 1] = np.arange(n) % 251  # R plane, pixel (0, 0)
+        records[:, 1 + 1024 + 33] = 7  # G plane, pixel (1, 1)
         return records.tobytes()
 
     def archive(path, short: bool = False) -> None:

@@ -13,9 +13,30 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory, data_dir):
     out = tmp_path_factory.mktemp("detect") / "run"
-    args = ["detect", "train", "--data", "digits", "--data-dir", str(data_dir), "--scenes", "24", "8",
-            "--image-size", "64", "--model", "resnet18", "--width", "16", "--epochs", "1",
-            "--batch-size", "8", "--out", str(out), "--quiet"]
+    args = [
+        "detect",
+        "train",
+        "--data",
+        "digits",
+        "--data-dir",
+        str(data_dir),
+        "--scenes",
+        "24",
+        "8",
+        "--image-size",
+        "64",
+        "--model",
+        "resnet18",
+        "--width",
+        "16",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     assert main(args) == 0
     return out, args
 
@@ -45,8 +66,23 @@ def test_predict_json_and_png(digits_run, tmp_path, capsys):
     out, _ = digits_run
     img = tmp_path / "scene.png"
     Image.fromarray(np.zeros((50, 90), dtype=np.uint8)).save(img)
-    assert main(["detect", "predict", str(out), str(img), "--score", "0.0", "--format", "json",
-                 "--out-dir", str(tmp_path / "pred")]) == 0
+    assert (
+        main(
+            [
+                "detect",
+                "predict",
+                str(out),
+                str(img),
+                "--score",
+                "0.0",
+                "--format",
+                "json",
+                "--out-dir",
+                str(tmp_path / "pred"),
+            ]
+        )
+        == 0
+    )
     row = json.loads(capsys.readouterr().out.splitlines()[0])
     assert row["image"] == str(img) and set(row) >= {"boxes", "scores", "labels"}
     assert all(0 <= b[0] <= b[2] <= 90 and 0 <= b[1] <= b[3] <= 50 for b in row["boxes"])

@@ -40,8 +40,10 @@ def write_png(path: Path, w=40, h=30):
 def pennfudan_folder(tmp_path, boxes=((1, 1, 10, 20),), n=None):
     root = tmp_path / "pf"
     write_png(root / "PNGImages" / "A.png")
-    lines = "\n".join(f'Bounding box for object {j + 1} "PASpersonWalking" (Xmin, Ymin) - (Xmax, Ymax) : '
-                      f"({a}, {b}) - ({c}, {d})" for j, (a, b, c, d) in enumerate(boxes))
+    lines = "\n".join(
+        f'Bounding box for object {j + 1} "PASpersonWalking" (Xmin, Ymin) - (Xmax, Ymax) : ({a}, {b}) - ({c}, {d})'
+        for j, (a, b, c, d) in enumerate(boxes)
+    )
     (root / "Annotation").mkdir()
     (root / "Annotation" / "A.txt").write_text(PASCAL.format(name="A", n=len(boxes) if n is None else n, boxes=lines))
     return root
@@ -54,11 +56,14 @@ def test_pascal_boxes_are_one_based_inclusive(tmp_path):
     assert d.boxes[0].tolist() == [[0, 0, 10, 20], [4, 5, 40, 30]] and d.labels[0].tolist() == [0, 0]
 
 
-@pytest.mark.parametrize("boxes, n, match", [
-    (((1, 1, 41, 20),), None, r"A.txt 'Bounding box': box 0 .* outside its 40 x 30 image"),
-    (((10, 1, 5, 20),), None, r"A.txt 'Bounding box': box 0 has x2 < x1"),
-    (((1, 1, 10, 20),), 2, r"A.txt: 'Objects with ground truth' says 2 but 1"),
-])
+@pytest.mark.parametrize(
+    "boxes, n, match",
+    [
+        (((1, 1, 41, 20),), None, r"A.txt 'Bounding box': box 0 .* outside its 40 x 30 image"),
+        (((10, 1, 5, 20),), None, r"A.txt 'Bounding box': box 0 has x2 < x1"),
+        (((1, 1, 10, 20),), 2, r"A.txt: 'Objects with ground truth' says 2 but 1"),
+    ],
+)
 def test_pascal_errors_name_file_and_field(tmp_path, boxes, n, match):
     root = pennfudan_folder(tmp_path, boxes=boxes, n=n)
     with pytest.raises(CnnkitError, match=match):
@@ -87,7 +92,7 @@ def test_real_pennfudan_annotations(data_dir):
     root = pennfudan_root(data_dir)
     files = sorted((root / "Annotation").glob("*.txt"))
     counts = [len(read_pascal_annotation(f)[2]) for f in files]
-    assert len(files) == 170 and sum(counts) == 423                      # the data README's numbers
+    assert len(files) == 170 and sum(counts) == 423  # the data README's numbers
     split = pennfudan_split(root)
     assert (len(split["train"]), len(split["test"])) == (120, 50)
     d = load_pennfudan(root, names=split["test"][:2])
@@ -96,29 +101,43 @@ def test_real_pennfudan_annotations(data_dir):
 
 def coco_folder(tmp_path, annotations, images=None):
     write_png(tmp_path / "a.png")
-    data = {"images": images or [{"id": 7, "file_name": "a.png", "width": 40, "height": 30}],
-            "annotations": annotations,
-            "categories": [{"id": 3, "name": "cat"}, {"id": 1, "name": "dog"}]}
+    data = {
+        "images": images or [{"id": 7, "file_name": "a.png", "width": 40, "height": 30}],
+        "annotations": annotations,
+        "categories": [{"id": 3, "name": "cat"}, {"id": 1, "name": "dog"}],
+    }
     (tmp_path / "ann.json").write_text(json.dumps(data))
     return tmp_path / "ann.json"
 
 
 def test_coco_reader(tmp_path):
-    path = coco_folder(tmp_path, [{"id": 1, "image_id": 7, "category_id": 3, "bbox": [2, 3, 10, 5]},
-                                  {"id": 2, "image_id": 7, "category_id": 1, "bbox": [0, 0, 40, 30]}])
+    path = coco_folder(
+        tmp_path,
+        [
+            {"id": 1, "image_id": 7, "category_id": 3, "bbox": [2, 3, 10, 5]},
+            {"id": 2, "image_id": 7, "category_id": 1, "bbox": [0, 0, 40, 30]},
+        ],
+    )
     d = load_coco(path)
     assert d.classes == ["dog", "cat"] and d.names == ["a.png"]
     assert d.boxes[0].tolist() == [[2, 3, 12, 8], [0, 0, 40, 30]] and d.labels[0].tolist() == [1, 0]
 
 
-@pytest.mark.parametrize("annotations, images, match", [
-    ([{"id": 1, "image_id": 7, "category_id": 3, "bbox": [35, 3, 10, 5]}], None, r"ann.json annotations 'bbox' of image 'a.png': box 0 .* outside"),
-    ([{"id": 1, "image_id": 7, "category_id": 3, "bbox": [5, 3, -2, 5]}], None, r"box 0 has x2 < x1"),
-    ([{"id": 1, "image_id": 7, "category_id": 3, "bbox": "x"}], None, r"annotations\[0\] field 'bbox'"),
-    ([{"id": 1, "image_id": 7, "bbox": [1, 1, 2, 2]}], None, r"annotations\[0\] field 'category_id'"),
-    ([], [{"id": 7, "file_name": "nope.png", "width": 40, "height": 30}], r"missing image .*nope.png"),
-    ([], [], "empty dataset"),
-])
+@pytest.mark.parametrize(
+    "annotations, images, match",
+    [
+        (
+            [{"id": 1, "image_id": 7, "category_id": 3, "bbox": [35, 3, 10, 5]}],
+            None,
+            r"ann.json annotations 'bbox' of image 'a.png': box 0 .* outside",
+        ),
+        ([{"id": 1, "image_id": 7, "category_id": 3, "bbox": [5, 3, -2, 5]}], None, r"box 0 has x2 < x1"),
+        ([{"id": 1, "image_id": 7, "category_id": 3, "bbox": "x"}], None, r"annotations\[0\] field 'bbox'"),
+        ([{"id": 1, "image_id": 7, "bbox": [1, 1, 2, 2]}], None, r"annotations\[0\] field 'category_id'"),
+        ([], [{"id": 7, "file_name": "nope.png", "width": 40, "height": 30}], r"missing image .*nope.png"),
+        ([], [], "empty dataset"),
+    ],
+)
 def test_coco_errors(tmp_path, annotations, images, match):
     path = coco_folder(tmp_path, annotations, images)
     if images == []:
@@ -134,7 +153,7 @@ def test_coco_errors(tmp_path, annotations, images, match):
 
 def test_yolo_reader_and_errors(tmp_path):
     write_png(tmp_path / "images" / "a.png")
-    write_png(tmp_path / "images" / "b.png")                             # no label file: no objects
+    write_png(tmp_path / "images" / "b.png")  # no label file: no objects
     (tmp_path / "labels").mkdir()
     (tmp_path / "labels" / "a.txt").write_text("1 0.5 0.5 0.5 0.2\n\n0 0.25 0.5 0.5 1.0\n")
     (tmp_path / "classes.txt").write_text("cat\ndog\n")
@@ -165,7 +184,7 @@ def drawn(n=4, size=64):
     for i in range(n):
         x1, y1 = torch.randint(4, 30, (2,), generator=g).tolist()
         w, h = torch.randint(10, 28, (2,), generator=g).tolist()
-        x[i, :, y1:y1 + h, x1:x1 + w] = 1
+        x[i, :, y1 : y1 + h, x1 : x1 + w] = 1
         boxes.append(torch.tensor([[x1, y1, x1 + w, y1 + h]], dtype=torch.float32))
     b, lab = pad_targets(boxes, [torch.zeros(1, dtype=torch.int64)] * n)
     return x, b, lab
@@ -176,10 +195,12 @@ def assert_box_on_pixels(x, boxes, labels, margin=1.5):
         if labels[i, 0] < 0:
             continue
         x1, y1, x2, y2 = boxes[i, 0].tolist()
-        inner = x[i, 0, int(np.ceil(y1 + margin)):int(y2 - margin), int(np.ceil(x1 + margin)):int(x2 - margin)]
+        inner = x[i, 0, int(np.ceil(y1 + margin)) : int(y2 - margin), int(np.ceil(x1 + margin)) : int(x2 - margin)]
         assert inner.numel() > 0 and inner.min() > 0.95, (i, boxes[i, 0])
         outside = x[i, 0].clone()
-        outside[max(0, int(y1 - margin)):int(np.ceil(y2 + margin)), max(0, int(x1 - margin)):int(np.ceil(x2 + margin))] = 0
+        outside[
+            max(0, int(y1 - margin)) : int(np.ceil(y2 + margin)), max(0, int(x1 - margin)) : int(np.ceil(x2 + margin))
+        ] = 0
         assert outside.max() < 0.05, (i, boxes[i, 0])
 
 
@@ -187,7 +208,7 @@ def test_hflip_moves_boxes_with_pixels():
     x, b, lab = drawn()
     g = torch.Generator().manual_seed(1)
     fx, fb, fl = hflip(x, b, lab, g, p=0.5)
-    assert not torch.equal(fx, x) and not torch.equal(fx, x.flip(-1))   # some flipped, some not
+    assert not torch.equal(fx, x) and not torch.equal(fx, x.flip(-1))  # some flipped, some not
     assert_box_on_pixels(fx, fb, fl, margin=0)
 
 
@@ -216,4 +237,4 @@ def test_letterbox_scales_boxes():
     out, boxes, scale = letterbox(img, torch.tensor([[30.0, 10, 50, 20]]), 32)
     assert out.shape == (3, 32, 32) and scale == pytest.approx(32 / 60)
     assert boxes[0].tolist() == pytest.approx([16, 16 / 3, 80 / 3, 32 / 3], abs=1e-4)
-    assert out[0, 16:32].sum() == 0                                         # padding below the image
+    assert out[0, 16:32].sum() == 0  # padding below the image

@@ -17,15 +17,16 @@ def T(*rows):
 
 def scene():
     """Three images: two classes, one image with no boxes at all."""
-    targets = [{"boxes": T([10, 10, 50, 60], [60, 20, 90, 80]), "labels": torch.tensor([0, 1])},
-               {"boxes": T([5, 5, 40, 40]), "labels": torch.tensor([1])},
-               {"boxes": T(), "labels": torch.zeros(0, dtype=torch.int64)}]
+    targets = [
+        {"boxes": T([10, 10, 50, 60], [60, 20, 90, 80]), "labels": torch.tensor([0, 1])},
+        {"boxes": T([5, 5, 40, 40]), "labels": torch.tensor([1])},
+        {"boxes": T(), "labels": torch.zeros(0, dtype=torch.int64)},
+    ]
     return targets
 
 
 def perfect(targets):
-    return [{"boxes": t["boxes"], "labels": t["labels"], "scores": torch.ones(len(t["labels"]))}
-            for t in targets]
+    return [{"boxes": t["boxes"], "labels": t["labels"], "scores": torch.ones(len(t["labels"]))} for t in targets]
 
 
 def test_perfect_predictions_score_one():
@@ -73,7 +74,7 @@ def test_no_predictions_and_no_ground_truth():
     assert m["AP"] == 0.0 and m["AR100"] == 0.0
     empty_targets = [{"boxes": T(), "labels": torch.zeros(0, dtype=torch.int64)}]
     m = coco_evaluate(none[:1], empty_targets, classes=["a"])
-    assert m["AP"] == -1.0 and m["per_class_AP"] == {"a": -1.0}     # pycocotools: undefined
+    assert m["AP"] == -1.0 and m["per_class_AP"] == {"a": -1.0}  # pycocotools: undefined
     assert math.isnan(voc_evaluate(none[:1], empty_targets, 1)["mAP"])
     with pytest.raises(CnnkitError, match="one entry per image"):
         coco_evaluate(none, targets[:1])
@@ -81,13 +82,22 @@ def test_no_predictions_and_no_ground_truth():
 
 def test_voc_ap_hand_computed():
     # one class, two ground-truth boxes in two images; detections by score: TP, FP (duplicate), TP
-    targets = [{"boxes": T([0, 0, 10, 10]), "labels": torch.tensor([0])},
-               {"boxes": T([20, 20, 30, 30]), "labels": torch.tensor([0])}]
-    preds = [{"boxes": T([0, 0, 10, 10], [1, 0, 10, 10]), "labels": torch.tensor([0, 0]),
-              "scores": torch.tensor([0.9, 0.8])},
-             {"boxes": T([20, 20, 30, 31]), "labels": torch.tensor([0]), "scores": torch.tensor([0.7])}]
+    targets = [
+        {"boxes": T([0, 0, 10, 10]), "labels": torch.tensor([0])},
+        {"boxes": T([20, 20, 30, 30]), "labels": torch.tensor([0])},
+    ]
+    preds = [
+        {
+            "boxes": T([0, 0, 10, 10], [1, 0, 10, 10]),
+            "labels": torch.tensor([0, 0]),
+            "scores": torch.tensor([0.9, 0.8]),
+        },
+        {"boxes": T([20, 20, 30, 31]), "labels": torch.tensor([0]), "scores": torch.tensor([0.7])},
+    ]
     # precision 1, 1/2, 2/3 at recall 1/2, 1/2, 1 -> envelope 1 on (0, 1/2], 2/3 on (1/2, 1]
     assert voc_evaluate(preds, targets, 1)["mAP"] == pytest.approx(0.5 + 0.5 * 2 / 3)
     import numpy as np
+
     assert voc_ap(np.array([0.25, 0.5, 0.5, 0.75]), np.array([1.0, 0.5, 0.4, 0.6])) == pytest.approx(
-        0.25 * 1.0 + 0.25 * 0.6 + 0.25 * 0.6)
+        0.25 * 1.0 + 0.25 * 0.6 + 0.25 * 0.6
+    )

@@ -53,7 +53,7 @@ def test_grid_points_and_ranges():
 
 
 def test_assign_targets_centre_sampling_smallest_box_and_padding():
-    pts, st = grid_points([(8, 8)], [8])                        # a 64 x 64 image at stride 8
+    pts, st = grid_points([(8, 8)], [8])  # a 64 x 64 image at stride 8
     ranges = level_ranges(st, [8])
     boxes = torch.tensor([[[0.0, 0, 64, 64], [16, 16, 32, 32], [0, 0, 0, 0]]])
     labels = torch.tensor([[0, 1, -1]])
@@ -63,8 +63,8 @@ def test_assign_targets_centre_sampling_smallest_box_and_padding():
     assert (lab[2:4, 2:4] == 1).all() and matched.reshape(8, 8, 4)[2, 2].tolist() == [16, 16, 32, 32]
     # the big box (centre 32) takes locations within 1.5 strides = 12 px of its centre: 28 and 36 -> rows 3, 4
     big = (lab == 0).nonzero().tolist()
-    assert sorted(big) == [[3, 4], [4, 3], [4, 4]]           # (3, 3) went to the smaller box
-    assert (lab >= 0).sum() == 7                              # padding row never assigned
+    assert sorted(big) == [[3, 4], [4, 3], [4, 4]]  # (3, 3) went to the smaller box
+    assert (lab >= 0).sum() == 7  # padding row never assigned
 
 
 def test_centreness_and_distances():
@@ -78,8 +78,12 @@ def test_centreness_and_distances():
 def test_decode_recovers_boxes_and_suppresses_duplicates():
     pts, _ = grid_points([(4, 4)], [16])
     a = len(pts)
-    out = {"cls": torch.full((1, a, 2), -10.0), "ctr": torch.full((1, a), 10.0), "box": torch.ones(1, a, 4),
-           "points": pts}
+    out = {
+        "cls": torch.full((1, a, 2), -10.0),
+        "ctr": torch.full((1, a), 10.0),
+        "box": torch.ones(1, a, 4),
+        "points": pts,
+    }
     # two neighbouring locations predict the same box of class 1: NMS keeps the better one
     for loc, logit in ((5, 4.0), (6, 2.0)):
         px, py = pts[loc].tolist()
@@ -87,7 +91,9 @@ def test_decode_recovers_boxes_and_suppresses_duplicates():
         out["box"][0, loc] = torch.tensor([px - 10, py - 12, 40 - px, 44 - py])
     det = decode(out, (64, 64))[0]
     assert det["labels"].tolist() == [1] and det["boxes"][0].tolist() == pytest.approx([10, 12, 40, 44])
-    assert det["scores"].item() == pytest.approx(float(torch.sigmoid(torch.tensor(4.0)) * torch.sigmoid(torch.tensor(10.0))) ** 0.5)
+    assert det["scores"].item() == pytest.approx(
+        float(torch.sigmoid(torch.tensor(4.0)) * torch.sigmoid(torch.tensor(10.0))) ** 0.5
+    )
     assert decode(out, (64, 64), score_threshold=0.999)[0]["boxes"].shape == (0, 4)
 
 
@@ -96,9 +102,12 @@ def test_loss_is_lower_for_the_right_answer_and_handles_no_boxes():
     boxes, labels = torch.tensor([[[8.0, 8, 40, 48]]]), torch.tensor([[0]])
     lab, matched = assign_targets(pts, st, level_ranges(st, [8]), boxes, labels)
     pos = lab[0] >= 0
-    good = {"cls": torch.where(pos[None, :, None], 5.0, -5.0).expand(1, 64, 1).clone(),
-            "box": torch.stack([pts[:, 0] - 8, pts[:, 1] - 8, 40 - pts[:, 0], 48 - pts[:, 1]], -1)[None].clamp(min=1),
-            "ctr": torch.zeros(1, 64), "points": pts}
+    good = {
+        "cls": torch.where(pos[None, :, None], 5.0, -5.0).expand(1, 64, 1).clone(),
+        "box": torch.stack([pts[:, 0] - 8, pts[:, 1] - 8, 40 - pts[:, 0], 48 - pts[:, 1]], -1)[None].clamp(min=1),
+        "ctr": torch.zeros(1, 64),
+        "points": pts,
+    }
     bad = {"cls": torch.zeros(1, 64, 1), "box": torch.ones(1, 64, 4) * 3, "ctr": torch.zeros(1, 64), "points": pts}
     lg, lb = detection_loss(good, lab, matched), detection_loss(bad, lab, matched)
     assert lg["box"] < 1e-4 and lg["cls"] < lb["cls"] and lg["loss"] < lb["loss"]
@@ -113,7 +122,7 @@ def test_varifocal_loss_by_hand_and_in_the_detector_loss():
     # a positive with IoU target 0.6 and logit 0 (p = 0.5): 0.6 * BCE(0.5 -> 0.6) = 0.6 * ln 2 (BCE to a soft
     # target is -q ln p - (1 - q) ln(1 - p)); a negative with logit ln 3 (p = 0.75): 0.75 * 0.75^2 * -ln(0.25)
     got = varifocal_loss(torch.tensor([0.0, math.log(3)]), torch.tensor([0.6, 0.0]))
-    want = 0.6 * math.log(2) + 0.75 * 0.75 ** 2 * -math.log(0.25)
+    want = 0.6 * math.log(2) + 0.75 * 0.75**2 * -math.log(0.25)
     assert abs(got.item() - want) < 1e-5
     pts, st = grid_points([(8, 8)], [8])
     boxes, labels = torch.tensor([[[8.0, 8, 40, 48]]]), torch.tensor([[1]])
@@ -124,10 +133,10 @@ def test_varifocal_loss_by_hand_and_in_the_detector_loss():
     cls[0, pos, 1] = 5.0
     good = {"cls": cls, "box": right, "ctr": torch.zeros(1, 64), "points": pts}
     wrong_class = {**good, "cls": cls.flip(-1)}
-    loose = {**good, "box": right * 0.5}      # same classes, worse boxes: lower IoU targets, higher GIoU loss
+    loose = {**good, "box": right * 0.5}  # same classes, worse boxes: lower IoU targets, higher GIoU loss
     lg, lw, ll = (detection_loss(o, lab, matched, "varifocal") for o in (good, wrong_class, loose))
     assert lg["cls"] < lw["cls"] and lg["cls"] < 0.05 and lg["box"] < 1e-4 and ll["box"] > 0.1
-    assert abs(lg["box"] - detection_loss(good, lab, matched)["box"]) < 1e-6   # only the class loss differs
+    assert abs(lg["box"] - detection_loss(good, lab, matched)["box"]) < 1e-6  # only the class loss differs
     with pytest.raises(CnnkitError, match="cls_loss"):
         detection_loss(good, lab, matched, "softmax")
 
@@ -144,7 +153,7 @@ def rectangles(n=6, size=64, seed=0):
             x1 = 2 + j * 32 + int(torch.randint(0, 30 - w + 1 if w < 30 else 1, (1,), generator=g))
             y1 = int(torch.randint(0, size - h, (1,), generator=g))
             c = int(torch.randint(0, 2, (1,), generator=g))
-            x[i, c, y1:y1 + h, x1:x1 + w] = 1
+            x[i, c, y1 : y1 + h, x1 : x1 + w] = 1
             boxes[i, j] = torch.tensor([x1, y1, x1 + w, y1 + h])
             labels[i, j] = c
     return x, boxes, labels
@@ -164,12 +173,12 @@ def test_detector_fits_a_handful_of_scenes():
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
-    for _step in range(250):                       # a minimal step loop, not a trainer
+    for _step in range(250):  # a minimal step loop, not a trainer
         parts = model.loss(x, boxes, labels)
         opt.zero_grad()
         parts["loss"].backward()
         opt.step()
-        losses.append((parts["cls"] + parts["box"]).item())   # centre-ness BCE has an entropy floor
+        losses.append((parts["cls"] + parts["box"]).item())  # centre-ness BCE has an entropy floor
     model.eval()
     pred = model.predict(x)
     after, voc = coco_evaluate(pred, targets), voc_evaluate(pred, targets, 2)
@@ -192,7 +201,7 @@ def test_localiser_fits_one_object_per_image():
     x, boxes, labels = rectangles(n=8, seed=1)
     boxes, labels = boxes[:, 0], labels[:, 0]
     x = x.clone()
-    x[:, :, :, 34:] = 0                           # keep the first rectangle only
+    x[:, :, :, 34:] = 0  # keep the first rectangle only
     model = Localiser(TinyFeatures(), num_classes=2, mean=(0.5,) * 3, std=(0.25,) * 3)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.eval()
@@ -205,7 +214,10 @@ def test_localiser_fits_one_object_per_image():
         opt.step()
     model.eval()
     after = localisation_metrics(*model(x), labels, boxes)
-    assert after["accuracy"] == 1.0 and after["mean_iou"] > 0.7 and after["mean_iou"] > before["mean_iou"] + 0.3, (before, after)
+    assert after["accuracy"] == 1.0 and after["mean_iou"] > 0.7 and after["mean_iou"] > before["mean_iou"] + 0.3, (
+        before,
+        after,
+    )
 
 
 def test_tiny_pyramid_and_its_errors():
@@ -228,7 +240,9 @@ def test_freeze_backbone_stops_early_stages_and_batchnorm():
     model = create_detector("resnet18", num_classes=1, out_strides=(8, 16, 32), width=16)
     bns = model.freeze_backbone(4)
     bb = model.features.backbone
-    assert not any(p.requires_grad for p in bb.conv1.parameters()) and not any(p.requires_grad for p in bb.layer1.parameters())
+    assert not any(p.requires_grad for p in bb.conv1.parameters()) and not any(
+        p.requires_grad for p in bb.layer1.parameters()
+    )
     assert bb.layer2[0].conv1.weight.requires_grad and not bb.layer2[0].bn1.weight.requires_grad
     assert len(bns) == sum(isinstance(m, nn.BatchNorm2d) for m in model.features.modules()) > 0
     assert all(p.requires_grad for p in model.head.parameters())
@@ -243,14 +257,16 @@ def test_separate_towers_and_box_weight():
     model = Detector(TinyFeatures(), num_classes=2, width=32, head_convs=2, separate_towers=True)
     shared = Detector(TinyFeatures(), num_classes=2, width=32, head_convs=2)
     head_params = lambda m: sum(p.numel() for p in m.head.parameters())  # noqa: E731
-    assert head_params(model) - head_params(shared) == 2 * (9 * 32 * 32 + 2 * 32)   # a second tower of 2 conv+GN
+    assert head_params(model) - head_params(shared) == 2 * (9 * 32 * 32 + 2 * 32)  # a second tower of 2 conv+GN
     x, boxes, labels = rectangles(2)
     out = model(x)
     assert out["cls"].shape == (2, 64 + 16, 2) and out["box"].shape == (2, 80, 4)
     # the class logits read the first tower only, the boxes and centre-ness the second only
-    grads = torch.autograd.grad(out["box"].sum() + out["ctr"].sum(), [model.head.tower[0][0].weight,
-                                                                     model.head.box_tower[0][0].weight],
-                                allow_unused=True)
+    grads = torch.autograd.grad(
+        out["box"].sum() + out["ctr"].sum(),
+        [model.head.tower[0][0].weight, model.head.box_tower[0][0].weight],
+        allow_unused=True,
+    )
     assert grads[0] is None and grads[1].abs().sum() > 0
     one, two = (detector_loss(out, boxes, labels, box_weight=w) for w in (1.0, 2.0))
     assert torch.allclose(two["loss"] - one["loss"], one["box"]) and one["box"] > 0
@@ -262,6 +278,8 @@ def test_a_pretrained_backbone_gets_the_input_normalisation_of_its_weights():
     # efficientnet_lite0's TF weights saw [-1, 1] pixels; with frozen batch norms nothing else will do
     assert weights_stats("efficientnet_lite0", "imagenet") == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     assert weights_stats("resnet18", "imagenet") == (IMAGENET_MEAN, IMAGENET_STD)
-    assert weights_stats("efficientnet_lite0", None) is None and weights_stats("efficientnet_lite0", "imagenet", 1) is None
-    random = create_detector("efficientnet_lite0", 1, weights=None)        # no weights: ImageNet's statistics
+    assert (
+        weights_stats("efficientnet_lite0", None) is None and weights_stats("efficientnet_lite0", "imagenet", 1) is None
+    )
+    random = create_detector("efficientnet_lite0", 1, weights=None)  # no weights: ImageNet's statistics
     assert random.normalise.mean.flatten().tolist() == pytest.approx(list(IMAGENET_MEAN))

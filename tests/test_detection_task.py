@@ -61,7 +61,7 @@ def test_saved_detector_loads_and_predicts_in_original_pixels(tmp_path):
     back = load_detector(tmp_path)
     import cnnkit
 
-    assert isinstance(cnnkit.load(tmp_path), Detector)          # the one loader dispatches by task
+    assert isinstance(cnnkit.load(tmp_path), Detector)  # the one loader dispatches by task
     model.eval()
     x = torch.rand(1, 3, 64, 64)
     torch.testing.assert_close(back(x)["cls"], model(x)["cls"])
@@ -96,10 +96,12 @@ def test_scenes_become_a_detection_set():
 
 
 def test_build_detector_rebuilds_the_head_layout():
-    model, info = new_detector("tiny", ["a", "b"], 1, 64, out_strides=(8,), width=16, head_convs=3, separate_towers=True)
+    model, info = new_detector(
+        "tiny", ["a", "b"], 1, 64, out_strides=(8,), width=16, head_convs=3, separate_towers=True
+    )
     rebuilt = build_detector({**info, "classes": ["a", "b"]})
     assert len(rebuilt.head.tower) == 3 and rebuilt.head.box_tower is not None
-    rebuilt.load_state_dict(model.state_dict())            # strict: the same keys and shapes
-    old = {k: v for k, v in info.items() if k not in ("head_convs", "separate_towers")}   # a checkpoint before them
+    rebuilt.load_state_dict(model.state_dict())  # strict: the same keys and shapes
+    old = {k: v for k, v in info.items() if k not in ("head_convs", "separate_towers")}  # a checkpoint before them
     plain = build_detector({**old, "classes": ["a", "b"]})
     assert len(plain.head.tower) == 2 and plain.head.box_tower is None

@@ -35,9 +35,12 @@ def _user_pages() -> list[Path]:
 
 
 def _history_lines(paths: list[Path]) -> list[str]:
-    return [f"{p.relative_to(REPO)}:{i}: {line.strip()}"
-            for p in paths for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
-            if HISTORY.search(line)]
+    return [
+        f"{p.relative_to(REPO)}:{i}: {line.strip()}"
+        for p in paths
+        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+        if HISTORY.search(line)
+    ]
 
 
 def _env() -> dict:
@@ -95,8 +98,13 @@ def test_local_links_resolve():
 
 
 def test_images_the_pages_show_exist():
-    for name in ["serve_analyse.png", "training_curves.png", "gradcam_mnist_canvas.png",
-                 "gradcam_bee_finetuned.png", "segmentation_digits.png"]:
+    for name in [
+        "serve_analyse.png",
+        "training_curves.png",
+        "gradcam_mnist_canvas.png",
+        "gradcam_bee_finetuned.png",
+        "segmentation_digits.png",
+    ]:
         assert (DOCS / "images" / name).stat().st_size > 1000, name
 
 
@@ -108,12 +116,14 @@ def test_committed_cli_reference_is_current():
         sys.path.remove(str(DOCS))
     page = hooks.cli_reference()
     assert "## `cnnkit`" in page and "`cnnkit summary`" in page and "--batch" in page
-    assert (DOCS / "reference" / "cli.md").read_text(encoding="utf-8") == page, \
+    assert (DOCS / "reference" / "cli.md").read_text(encoding="utf-8") == page, (
         "docs/reference/cli.md is stale: run `python docs/hooks.py --write`"
+    )
     config = hooks.config_reference([hooks._import(spec) for spec in hooks.CONFIG_CLASSES])
     assert "## `RunConfig`" in config and "`freeze_to`" in config
-    assert (DOCS / "reference" / "config.md").read_text(encoding="utf-8") == config, \
+    assert (DOCS / "reference" / "config.md").read_text(encoding="utf-8") == config, (
         "docs/reference/config.md is stale: run `python docs/hooks.py --write`"
+    )
 
 
 def test_config_reference_renders_each_field_once():
@@ -126,12 +136,14 @@ def test_config_reference_renders_each_field_once():
     @dataclasses.dataclass
     class Base:
         """Fields every task shares."""
+
         epochs: int = dataclasses.field(default=4, metadata={"help": "passes over the training set"})
         lr: float = dataclasses.field(default=0.1, metadata={"help": "peak learning rate"})
 
     @dataclasses.dataclass
     class Child(Base):
         """A task's own fields."""
+
         crop: int = dataclasses.field(default=24, metadata={"help": "training window | side in px"})
         tags: list = dataclasses.field(default_factory=list)
 
@@ -147,12 +159,30 @@ def test_config_reference_renders_each_field_once():
         hooks.config_reference([int])
 
 
-@pytest.mark.skipif(not all(importlib.util.find_spec(m) for m in ("mkdocs", "material", "mkdocstrings")),
-                    reason="mkdocs, mkdocs-material and mkdocstrings[python] are not installed")
+@pytest.mark.skipif(
+    not all(importlib.util.find_spec(m) for m in ("mkdocs", "material", "mkdocstrings")),
+    reason="mkdocs, mkdocs-material and mkdocstrings[python] are not installed",
+)
 def test_site_builds_strict(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict",
-                           "-f", str(REPO / "mkdocs.yml"), "-d", str(tmp_path / "site")],
-                          check=False, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "-f",
+            str(REPO / "mkdocs.yml"),
+            "-d",
+            str(tmp_path / "site"),
+        ],
+        check=False,
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert (tmp_path / "site" / "reference" / "cli" / "index.html").is_file()
     api = (tmp_path / "site" / "reference" / "api" / "index.html").read_text(encoding="utf-8")
@@ -197,9 +227,19 @@ def test_runnable_commands_succeed(tmp_path):
         assert args[0] == "cnnkit", f"{page}: only cnnkit commands may be marked runnable: {command}"
         argvs.append(args[1:])
     report = tmp_path / "results.json"
-    done = subprocess.run([sys.executable, "-c", _DRIVER, json.dumps(argvs), str(report)], cwd=REPO,
-                          check=False, env=_env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", _DRIVER, json.dumps(argvs), str(report)],
+        cwd=REPO,
+        check=False,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    failed = [f"{page}: `{command}` exited {r['code']}\n{r['stderr']}"
-              for (command, page), r in zip(where.items(), json.loads(report.read_text())) if r["code"] != 0]
+    failed = [
+        f"{page}: `{command}` exited {r['code']}\n{r['stderr']}"
+        for (command, page), r in zip(where.items(), json.loads(report.read_text()))
+        if r["code"] != 0
+    ]
     assert not failed, "\n".join(failed)

@@ -17,8 +17,14 @@ import inspect
 
 from cnnkit.engine.config import RunConfig, field_help
 
-PACKAGES = ["cnnkit", "cnnkit.tasks.classify", "cnnkit.tasks.detect", "cnnkit.tasks.segment",
-            "cnnkit.tasks.instance", "cnnkit.engine"]
+PACKAGES = [
+    "cnnkit",
+    "cnnkit.tasks.classify",
+    "cnnkit.tasks.detect",
+    "cnnkit.tasks.segment",
+    "cnnkit.tasks.instance",
+    "cnnkit.engine",
+]
 
 
 def _public() -> list[tuple[str, object]]:
@@ -36,7 +42,7 @@ def _public() -> list[tuple[str, object]]:
 def _parameters(obj) -> list[inspect.Parameter]:
     try:
         sig = inspect.signature(obj)
-    except (TypeError, ValueError):              # a builtin without a signature: nothing to document
+    except (TypeError, ValueError):  # a builtin without a signature: nothing to document
         return []
     return [p for p in sig.parameters.values() if p.name not in ("self", "cls")]
 
@@ -47,7 +53,7 @@ def _returns_none(fn) -> bool:
 
 
 def _problems(qualname: str, obj) -> list[str]:
-    doc = obj.__doc__                            # the object's own docstring, never an inherited one
+    doc = obj.__doc__  # the object's own docstring, never an inherited one
     if not doc or not doc.strip():
         return [f"{qualname}: no docstring"]
     doc = inspect.cleandoc(doc)
@@ -57,8 +63,11 @@ def _problems(qualname: str, obj) -> list[str]:
     if inspect.isclass(obj) and issubclass(obj, RunConfig):
         if "configuration reference" not in " ".join(doc.split()):
             problems.append(f"{qualname}: the docstring does not point to the configuration reference")
-        bare = [f.name for f in dataclasses.fields(obj)
-                if f.name not in getattr(obj, "unsupported", ()) and not field_help(obj, f.name)["help"]]
+        bare = [
+            f.name
+            for f in dataclasses.fields(obj)
+            if f.name not in getattr(obj, "unsupported", ()) and not field_help(obj, f.name)["help"]
+        ]
         if bare:
             problems.append(f"{qualname}: fields without option(help=...): {', '.join(bare)}")
         return problems

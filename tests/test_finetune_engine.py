@@ -35,8 +35,14 @@ def _same_files(a, b, exact=True):
 def test_interrupted_stages_resume_to_the_same_weights(tmp_path):
     """Cut after epoch 1 (inside the cached head stage), 2 (the head/top boundary: a new optimizer)
     and 3 (inside top, Adam state restored): the same bytes as one uninterrupted run."""
-    kw = dict(stages=("head", "top"), epochs=2, batch_size=8, lr_head=1e-2, lr_top=1e-2,
-              augment=lambda x, g: x + 0.01 * torch.rand(x.shape, generator=g))   # draws from g
+    kw = dict(
+        stages=("head", "top"),
+        epochs=2,
+        batch_size=8,
+        lr_head=1e-2,
+        lr_top=1e-2,
+        augment=lambda x, g: x + 0.01 * torch.rand(x.shape, generator=g),
+    )  # draws from g
 
     def run(out, **more):
         torch.manual_seed(0)
@@ -46,9 +52,11 @@ def test_interrupted_stages_resume_to_the_same_weights(tmp_path):
     full_net, full = run(tmp_path / "full")
     cut = tmp_path / "cut"
     for stop in (1, 2, 3):
-        def interrupt(row, stop=stop):                  # after the epoch's files are written
+
+        def interrupt(row, stop=stop):  # after the epoch's files are written
             if read_info(cut)["epoch"] == stop:
                 raise KeyboardInterrupt
+
         with pytest.raises(KeyboardInterrupt):
             run(cut, resume=stop > 1, log=interrupt)
     net, rows = run(cut, resume=True)
@@ -67,8 +75,16 @@ def test_interrupted_stages_resume_to_the_same_weights(tmp_path):
 def test_diverging_finetune_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     torch.manual_seed(0)
     with pytest.raises(CnnkitError, match=r"at epoch 2, step \d+ in phase top: training diverged"):
-        finetune(small_vgg(), toy_set(), toy_set(seed=1), stages=("head", "top"), epochs=1,
-                 batch_size=8, lr_top=1e30, out=tmp_path)
+        finetune(
+            small_vgg(),
+            toy_set(),
+            toy_set(seed=1),
+            stages=("head", "top"),
+            epochs=1,
+            batch_size=8,
+            lr_top=1e30,
+            out=tmp_path,
+        )
     info = read_info(tmp_path)
     assert info["epoch"] == 1 and [r["phase"] for r in info["history"]] == ["head"]
     for name in ("model.safetensors", "resume.safetensors"):
@@ -77,9 +93,26 @@ def test_diverging_finetune_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def _cli(data_dir, out, *more):
-    return ["classify", "finetune", "--model", "resnet18", "--data", str(data_dir / "hymenoptera"), "--image-size",
-            "32", "--stages", "head,top", "--epochs", "1", "--batch-size", "16", "--quiet",
-            "--out", str(out), *more]
+    return [
+        "classify",
+        "finetune",
+        "--model",
+        "resnet18",
+        "--data",
+        str(data_dir / "hymenoptera"),
+        "--image-size",
+        "32",
+        "--stages",
+        "head,top",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--quiet",
+        "--out",
+        str(out),
+        *more,
+    ]
 
 
 def test_cli_finetune_resumes_exactly_and_torchrun_matches_one_process(data_dir, tmp_path, monkeypatch):
@@ -92,7 +125,7 @@ def test_cli_finetune_resumes_exactly_and_torchrun_matches_one_process(data_dir,
 
     def save_then_stop(out, *args):
         save(out, *args)
-        raise KeyboardInterrupt                      # Ctrl-C right after the first epoch's files
+        raise KeyboardInterrupt  # Ctrl-C right after the first epoch's files
 
     monkeypatch.setattr(loop, "_save_run", save_then_stop)
     assert main(_cli(data_dir, tmp_path / "cut")) == 130
@@ -102,15 +135,34 @@ def test_cli_finetune_resumes_exactly_and_torchrun_matches_one_process(data_dir,
     _same_files(tmp_path / "one", tmp_path / "cut")
     assert cnnkit.load(tmp_path / "cut").info["finetune"]["stages"] == ["head", "top"]
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           "-m", "cnnkit", *_cli(data_dir, tmp_path / "two")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "cnnkit",
+        *_cli(data_dir, tmp_path / "two"),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("244 train / 153 val images") == 1          # rank 0 speaks, and writes:
+    assert proc.stdout.count("244 train / 153 val images") == 1  # rank 0 speaks, and writes:
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
-        "config.yaml", "curves.png", "metrics.csv", "model.safetensors", "resume.safetensors", "split.json"]
+        "config.yaml",
+        "curves.png",
+        "metrics.csv",
+        "model.safetensors",
+        "resume.safetensors",
+        "split.json",
+    ]
     _same_files(tmp_path / "one", tmp_path / "two", exact=False)
 
 
@@ -119,9 +171,32 @@ def test_bf16_training_checkpoint_loads_and_predicts_in_fp32(data_dir, tmp_path,
     from test_train import TINY
 
     (tmp_path / "tiny.py").write_text(TINY)
-    assert main(["train", "--model", f"{tmp_path / 'tiny.py'}:tiny", "--subset", "512", "--epochs", "1",
-                 "--batch-size", "128", "--threads", "1", "--no-tta", "--precision", "bf16", "--quiet",
-                 "--data-dir", str(data_dir), "--out", str(tmp_path / "r")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                f"{tmp_path / 'tiny.py'}:tiny",
+                "--subset",
+                "512",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "128",
+                "--threads",
+                "1",
+                "--no-tta",
+                "--precision",
+                "bf16",
+                "--quiet",
+                "--data-dir",
+                str(data_dir),
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 0
+    )
     model = cnnkit.load(tmp_path / "r")
     assert model.info["precision"] == "bf16" and model.info["config"]["precision"] == "bf16"
     assert all(p.dtype == torch.float32 for p in model.parameters())
@@ -131,4 +206,4 @@ def test_bf16_training_checkpoint_loads_and_predicts_in_fp32(data_dir, tmp_path,
     import json
 
     acc = json.loads(capsys.readouterr().out)["accuracy"]
-    assert acc == pytest.approx(model.info["history"][-1]["val_acc"], abs=0.02)   # bf16 vs fp32 answers
+    assert acc == pytest.approx(model.info["history"][-1]["val_acc"], abs=0.02)  # bf16 vs fp32 answers

@@ -29,9 +29,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fuzz(n: int, deadline_ms: int = 3000):
-    return settings(max_examples=n, derandomize=True, database=None, deadline=deadline_ms,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                                           HealthCheck.data_too_large])
+    return settings(
+        max_examples=n,
+        derandomize=True,
+        database=None,
+        deadline=deadline_ms,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
+    )
 
 
 def clean(fn, *args, **kwargs):
@@ -47,37 +51,109 @@ def clean(fn, *args, **kwargs):
 
 # the odd values a user (or a crafted file) may put anywhere
 ODD = st.one_of(
-    st.integers(-3, 40), st.integers(-(2 ** 70), 2 ** 70), st.sampled_from([0, 1, 2, 3, 10 ** 8, -1]),
-    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([3.7, 0.5, -0.0]),
-    st.text(max_size=8), st.sampled_from(["abc", "same", "valid", "caffe", "", "relu", "3x3"]),
-    st.booleans(), st.none(), st.lists(st.integers(-2, 9), max_size=4),
+    st.integers(-3, 40),
+    st.integers(-(2**70), 2**70),
+    st.sampled_from([0, 1, 2, 3, 10**8, -1]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([3.7, 0.5, -0.0]),
+    st.text(max_size=8),
+    st.sampled_from(["abc", "same", "valid", "caffe", "", "relu", "3x3"]),
+    st.booleans(),
+    st.none(),
+    st.lists(st.integers(-2, 9), max_size=4),
 )
 SIZES = st.integers(1, 6)
 
-LAYER_TYPES = ["conv2d", "conv1d", "conv3d", "separable_conv2d", "depthwise_conv2d", "conv2d_transpose",
-               "max_pooling2d", "average_pooling2d", "global_average_pooling2d", "global_max_pooling2d",
-               "upsampling2d", "batch_normalization", "dropout", "flatten", "dense", "activation",
-               "reshape", "relu", "softmax", "lrn", "add", "concatenate", "no_such_layer"]
-ARG_NAMES = ["filters", "kernel_size", "strides", "padding", "dilation_rate", "groups", "units",
-             "pool_size", "rate", "size", "activation", "use_bias", "depth_multiplier", "target_shape",
-             "inputs", "name", "bogus"]
+LAYER_TYPES = [
+    "conv2d",
+    "conv1d",
+    "conv3d",
+    "separable_conv2d",
+    "depthwise_conv2d",
+    "conv2d_transpose",
+    "max_pooling2d",
+    "average_pooling2d",
+    "global_average_pooling2d",
+    "global_max_pooling2d",
+    "upsampling2d",
+    "batch_normalization",
+    "dropout",
+    "flatten",
+    "dense",
+    "activation",
+    "reshape",
+    "relu",
+    "softmax",
+    "lrn",
+    "add",
+    "concatenate",
+    "no_such_layer",
+]
+ARG_NAMES = [
+    "filters",
+    "kernel_size",
+    "strides",
+    "padding",
+    "dilation_rate",
+    "groups",
+    "units",
+    "pool_size",
+    "rate",
+    "size",
+    "activation",
+    "use_bias",
+    "depth_multiplier",
+    "target_shape",
+    "inputs",
+    "name",
+    "bogus",
+]
 
 
-REQUIRED = {"conv1d": ("filters", "kernel_size"), "conv2d": ("filters", "kernel_size"),
-            "conv3d": ("filters", "kernel_size"), "separable_conv2d": ("filters", "kernel_size"),
-            "conv2d_transpose": ("filters", "kernel_size"), "depthwise_conv2d": ("kernel_size",),
-            "dense": ("units",), "activation": ("activation",)}
-PLAUSIBLE_TYPES = ["conv2d", "conv2d", "separable_conv2d", "depthwise_conv2d", "conv2d_transpose",
-                   "max_pooling2d", "average_pooling2d", "batch_normalization", "dropout", "relu",
-                   "activation", "upsampling2d", "global_average_pooling2d", "flatten", "dense"]
+REQUIRED = {
+    "conv1d": ("filters", "kernel_size"),
+    "conv2d": ("filters", "kernel_size"),
+    "conv3d": ("filters", "kernel_size"),
+    "separable_conv2d": ("filters", "kernel_size"),
+    "conv2d_transpose": ("filters", "kernel_size"),
+    "depthwise_conv2d": ("kernel_size",),
+    "dense": ("units",),
+    "activation": ("activation",),
+}
+PLAUSIBLE_TYPES = [
+    "conv2d",
+    "conv2d",
+    "separable_conv2d",
+    "depthwise_conv2d",
+    "conv2d_transpose",
+    "max_pooling2d",
+    "average_pooling2d",
+    "batch_normalization",
+    "dropout",
+    "relu",
+    "activation",
+    "upsampling2d",
+    "global_average_pooling2d",
+    "flatten",
+    "dense",
+]
 
 
 def _plausible(arg: str):
-    return {"filters": st.integers(1, 8), "units": st.integers(1, 8), "kernel_size": st.integers(1, 3),
-            "strides": st.integers(1, 2), "padding": st.sampled_from(["same", "valid"]),
-            "dilation_rate": st.integers(1, 2), "pool_size": st.integers(1, 2), "rate": st.floats(0, 0.9),
-            "size": st.integers(1, 2), "use_bias": st.booleans(), "depth_multiplier": st.integers(1, 2),
-            "activation": st.sampled_from(["relu", "tanh", "softmax", "linear", "nope"])}.get(arg, ODD)
+    return {
+        "filters": st.integers(1, 8),
+        "units": st.integers(1, 8),
+        "kernel_size": st.integers(1, 3),
+        "strides": st.integers(1, 2),
+        "padding": st.sampled_from(["same", "valid"]),
+        "dilation_rate": st.integers(1, 2),
+        "pool_size": st.integers(1, 2),
+        "rate": st.floats(0, 0.9),
+        "size": st.integers(1, 2),
+        "use_bias": st.booleans(),
+        "depth_multiplier": st.integers(1, 2),
+        "activation": st.sampled_from(["relu", "tanh", "softmax", "linear", "nope"]),
+    }.get(arg, ODD)
 
 
 @st.composite
@@ -92,9 +168,14 @@ def layer(draw):
         kind = draw(st.sampled_from(PLAUSIBLE_TYPES))
         optional = ["strides", "padding", "dilation_rate", "pool_size", "rate", "size", "use_bias"]
         names = list(REQUIRED.get(kind, ())) + draw(st.lists(st.sampled_from(optional), max_size=2, unique=True))
-        allowed = {"max_pooling2d": {"pool_size", "strides", "padding"}, "average_pooling2d":
-                   {"pool_size", "strides", "padding"}, "dropout": {"rate"}, "upsampling2d": {"size"},
-                   "dense": {"units", "use_bias"}, "activation": {"activation"}}.get(kind)
+        allowed = {
+            "max_pooling2d": {"pool_size", "strides", "padding"},
+            "average_pooling2d": {"pool_size", "strides", "padding"},
+            "dropout": {"rate"},
+            "upsampling2d": {"size"},
+            "dense": {"units", "use_bias"},
+            "activation": {"activation"},
+        }.get(kind)
         args = {a: draw(_plausible(a)) for a in names if allowed is None or a in allowed}
         if kind in ("batch_normalization", "relu", "flatten", "global_average_pooling2d"):
             args = {}
@@ -108,8 +189,10 @@ def spec(draw):
     else:
         dims = draw(st.lists(SIZES, min_size=1, max_size=4))
     text = draw(st.sampled_from(["x", ","]))
-    return {"input": text.join(map(str, dims)) if draw(st.booleans()) else dims,
-            "layers": draw(st.lists(layer(), min_size=1, max_size=5))}
+    return {
+        "input": text.join(map(str, dims)) if draw(st.booleans()) else dims,
+        "layers": draw(st.lists(layer(), min_size=1, max_size=5)),
+    }
 
 
 @fuzz(350)
@@ -118,7 +201,7 @@ def test_generated_specs_build_or_fail_cleanly(s):
     from cnnkit.models.spec import build_from_spec
 
     out = clean(build_from_spec, s)
-    if isinstance(out, tuple):                   # it built: it must also run on its own input size
+    if isinstance(out, tuple):  # it built: it must also run on its own input size
         model, size = out
         with torch.no_grad():
             y = model.eval()(torch.rand(2, *size))
@@ -137,8 +220,21 @@ def test_spec_text_never_crashes_the_reader(tmp_path_factory, text, suffix):
 
 # ----------------------------------------------------------------------------- network descriptions
 
-NN_TYPES = ["Sequential", "Conv2d", "Linear", "BatchNorm2d", "ReLU", "MaxPool2d", "Flatten", "Dropout",
-            "AdaptiveAvgPool2d", "Softmax", "os.system", "Module", "__import__"]
+NN_TYPES = [
+    "Sequential",
+    "Conv2d",
+    "Linear",
+    "BatchNorm2d",
+    "ReLU",
+    "MaxPool2d",
+    "Flatten",
+    "Dropout",
+    "AdaptiveAvgPool2d",
+    "Softmax",
+    "os.system",
+    "Module",
+    "__import__",
+]
 
 
 @st.composite
@@ -162,20 +258,27 @@ def test_generated_network_descriptions_build_or_fail_cleanly(t):
 
 # ----------------------------------------------------------------------------- checkpoints
 
+
 @pytest.fixture(scope="module")
 def good_checkpoint(tmp_path_factory) -> bytes:
     from cnnkit.tasks.classify.finetune import save_finetuned
 
     net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 6 * 6, 2))
     out = tmp_path_factory.mktemp("good")
-    return save_finetuned(out, net, "net.py:build", ["a", "b"], (1, 8, 8), (0.5,), (0.25,), [],
-                          {"stages": []}).read_bytes()
+    return save_finetuned(
+        out, net, "net.py:build", ["a", "b"], (1, 8, 8), (0.5,), (0.25,), [], {"stages": []}
+    ).read_bytes()
 
 
 @st.composite
 def byte_damage(draw, n: int):
-    ops = draw(st.lists(st.tuples(st.sampled_from(["cut", "flip", "insert", "zero8"]), st.integers(0, n - 1),
-                                  st.integers(0, 255)), min_size=1, max_size=4))
+    ops = draw(
+        st.lists(
+            st.tuples(st.sampled_from(["cut", "flip", "insert", "zero8"]), st.integers(0, n - 1), st.integers(0, 255)),
+            min_size=1,
+            max_size=4,
+        )
+    )
     return ops
 
 
@@ -190,7 +293,7 @@ def _damage(data: bytes, ops) -> bytes:
         elif op == "insert":
             b[pos:pos] = bytes([val]) * (val % 7 + 1)
         elif op == "zero8":
-            b[pos:pos + 8] = b"\xff" * 8 if val % 2 else b"\x00" * 8
+            b[pos : pos + 8] = b"\xff" * 8 if val % 2 else b"\x00" * 8
     return bytes(b)
 
 
@@ -206,17 +309,32 @@ def test_corrupted_checkpoints_load_or_fail_cleanly(tmp_path_factory, good_check
             assert out(torch.rand(1, *out.input_size)).shape[0] == 1
 
 
-INFO_KEYS = ["num_classes", "input_size", "classes", "mean", "std", "tta", "fcn", "network", "ensemble",
-             "model", "format"]
+INFO_KEYS = [
+    "num_classes",
+    "input_size",
+    "classes",
+    "mean",
+    "std",
+    "tta",
+    "fcn",
+    "network",
+    "ensemble",
+    "model",
+    "format",
+]
 
 
 @fuzz(150)
-@given(st.dictionaries(st.sampled_from(INFO_KEYS), st.one_of(ODD, st.lists(ODD, max_size=3),
-                                                               st.dictionaries(st.text(max_size=5), ODD,
-                                                                               max_size=3)), max_size=4))
+@given(
+    st.dictionaries(
+        st.sampled_from(INFO_KEYS),
+        st.one_of(ODD, st.lists(ODD, max_size=3), st.dictionaries(st.text(max_size=5), ODD, max_size=3)),
+        max_size=4,
+    )
+)
 def test_crafted_metadata_loads_or_fails_cleanly(tmp_path_factory, good_checkpoint, edits):
     n = int.from_bytes(good_checkpoint[:8], "little")
-    header = json.loads(good_checkpoint[8:8 + n])
+    header = json.loads(good_checkpoint[8 : 8 + n])
     info = json.loads(header["__metadata__"]["cnnkit"])
     info.update(edits)
     from safetensors.torch import load as st_load
@@ -232,15 +350,22 @@ def test_crafted_metadata_loads_or_fails_cleanly(tmp_path_factory, good_checkpoi
 
 # ----------------------------------------------------------------------------- data files and images
 
+
 def _idx(dims, dtype=0x08) -> bytes:
     body = bytes(int(torch.tensor(dims).prod()) if dims else 0)
     return bytes([0, 0, dtype, len(dims)]) + b"".join(struct.pack(">I", d) for d in dims) + body
 
 
 @fuzz(120)
-@given(st.lists(st.integers(0, 6), min_size=1, max_size=3), st.sampled_from([0x08, 0x09, 0x0D, 0x07]),
-       st.booleans(), st.lists(st.tuples(st.sampled_from(["cut", "flip", "insert", "zero8"]),
-                                         st.integers(0, 80), st.integers(0, 255)), max_size=3))
+@given(
+    st.lists(st.integers(0, 6), min_size=1, max_size=3),
+    st.sampled_from([0x08, 0x09, 0x0D, 0x07]),
+    st.booleans(),
+    st.lists(
+        st.tuples(st.sampled_from(["cut", "flip", "insert", "zero8"]), st.integers(0, 80), st.integers(0, 255)),
+        max_size=3,
+    ),
+)
 def test_corrupted_idx_files_read_or_fail_cleanly(tmp_path_factory, dims, dtype, gz, ops):
     import gzip
 
@@ -272,8 +397,8 @@ def test_corrupted_images_read_or_fail_cleanly(tmp_path_factory, images, fmt, da
     good = images[fmt]
     ops = data.draw(byte_damage(len(good)))
     damaged = bytearray(_damage(good, ops))
-    if fmt == "PNG" and len(damaged) > 33 and data.draw(st.booleans()):   # a header that lies, valid CRC
-        w, h = data.draw(st.integers(0, 2 ** 31 - 1)), data.draw(st.integers(0, 2 ** 31 - 1))
+    if fmt == "PNG" and len(damaged) > 33 and data.draw(st.booleans()):  # a header that lies, valid CRC
+        w, h = data.draw(st.integers(0, 2**31 - 1)), data.draw(st.integers(0, 2**31 - 1))
         damaged[16:24] = struct.pack(">II", w, h)
         damaged[29:33] = struct.pack(">I", zlib.crc32(bytes(damaged[12:29])))
     path = tmp_path_factory.mktemp("img") / f"x.{fmt.lower()}"
@@ -286,23 +411,28 @@ def test_corrupted_images_read_or_fail_cleanly(tmp_path_factory, images, fmt, da
 # ----------------------------------------------------------------------------- the command line
 
 INTS = st.one_of(st.integers(-5, 3), st.sampled_from(["0", "-5", "1e9", "abc", "3.7", "99999999999999999999"]))
-INPUTS = st.one_of(st.sampled_from(["3x16x16", "0x8x8", "3x-1x8", "3xx8", "abc", "3x8x8x8x8", "1x4",
-                                    "3x100000x100000", "1x1x1", "3x1x1"]),
-                   st.lists(st.integers(-2, 40), min_size=1, max_size=5).map(lambda d: "x".join(map(str, d))))
+INPUTS = st.one_of(
+    st.sampled_from(
+        ["3x16x16", "0x8x8", "3x-1x8", "3xx8", "abc", "3x8x8x8x8", "1x4", "3x100000x100000", "1x1x1", "3x1x1"]
+    ),
+    st.lists(st.integers(-2, 40), min_size=1, max_size=5).map(lambda d: "x".join(map(str, d))),
+)
 
 
 @pytest.fixture(scope="module")
 def small_spec(tmp_path_factory):
     path = tmp_path_factory.mktemp("cli") / "net.yaml"
-    path.write_text("input: 3x16x16\nlayers:\n  - conv2d: {filters: 4, kernel_size: 3, padding: same}\n"
-                    "  - global_average_pooling2d\n  - dense: {units: 2}\n")
+    path.write_text(
+        "input: 3x16x16\nlayers:\n  - conv2d: {filters: 4, kernel_size: 3, padding: same}\n"
+        "  - global_average_pooling2d\n  - dense: {units: 2}\n"
+    )
     return str(path)
 
 
 def _exit(argv) -> int:
     try:
         return main(argv)
-    except SystemExit as exc:                    # argparse: a bad flag or type, usage line, exit 2
+    except SystemExit as exc:  # argparse: a bad flag or type, usage line, exit 2
         return exc.code
 
 
@@ -310,8 +440,7 @@ def _exit(argv) -> int:
 @given(INPUTS, INTS, st.sampled_from(["float32", "bfloat16"]), st.sampled_from(["table", "json"]))
 def test_cli_summary_with_absurd_values(small_spec, capsys, monkeypatch, tmp_path_factory, size, batch, dtype, fmt):
     monkeypatch.setenv("CNNKIT_HOME", str(tmp_path_factory.getbasetemp() / "home"))
-    code = _exit(["summary", small_spec, "--input", size, "--batch", str(batch), "--dtype", dtype,
-                  "--format", fmt])
+    code = _exit(["summary", small_spec, "--input", size, "--batch", str(batch), "--dtype", dtype, "--format", fmt])
     err = capsys.readouterr().err
     assert code in (0, 2), err
     if code == 2 and "usage:" not in err:
@@ -319,11 +448,19 @@ def test_cli_summary_with_absurd_values(small_spec, capsys, monkeypatch, tmp_pat
 
 
 ABSURD_TRAIN = {
-    "--epochs": ["0", "-5", "abc", "1e9"], "--batch-size": ["0", "-5", "abc"], "--subset": ["0", "-5", "abc"],
-    "--threads": ["0", "-5"], "--ensemble": ["0", "-5"], "--image-size": ["0", "-5", "100000"],
-    "--lr": ["0", "-5", "nan", "inf", "-inf", "abc", "1e999"], "--ema": ["-5", "nan", "inf", "1.5", "1"],
-    "--label-smoothing": ["-0.5", "nan", "1.5", "1"], "--weight-decay": ["-0.5", "nan", "inf"],
-    "--optimizer": ["sgdd", ""], "--schedule": ["cosin"], "--preset": ["fastest"],
+    "--epochs": ["0", "-5", "abc", "1e9"],
+    "--batch-size": ["0", "-5", "abc"],
+    "--subset": ["0", "-5", "abc"],
+    "--threads": ["0", "-5"],
+    "--ensemble": ["0", "-5"],
+    "--image-size": ["0", "-5", "100000"],
+    "--lr": ["0", "-5", "nan", "inf", "-inf", "abc", "1e999"],
+    "--ema": ["-5", "nan", "inf", "1.5", "1"],
+    "--label-smoothing": ["-0.5", "nan", "1.5", "1"],
+    "--weight-decay": ["-0.5", "nan", "inf"],
+    "--optimizer": ["sgdd", ""],
+    "--schedule": ["cosin"],
+    "--preset": ["fastest"],
 }
 
 
@@ -337,13 +474,16 @@ def test_cli_train_refuses_absurd_values_before_any_work(data_dir, tmp_path_fact
     err = capsys.readouterr().err
     assert code == 2, err
     name = flag.lstrip("-").replace("-", "_")
-    assert flag in err or name in err or "invalid" in err, err       # the value is named
+    assert flag in err or name in err or "invalid" in err, err  # the value is named
     assert not out.exists()
 
 
 @fuzz(60, deadline_ms=None)
-@given(st.sampled_from(["--memory"]), st.sampled_from(["0", "-1GB", "abc", "1e999GB", "8GiB", "1KB", "nanGB",
-                                                       "10**9", "3.5TB", ""]), INTS)
+@given(
+    st.sampled_from(["--memory"]),
+    st.sampled_from(["0", "-1GB", "abc", "1e999GB", "8GiB", "1KB", "nanGB", "10**9", "3.5TB", ""]),
+    INTS,
+)
 def test_cli_fit_with_absurd_values(small_spec, capsys, monkeypatch, tmp_path_factory, flag, memory, batch):
     monkeypatch.setenv("CNNKIT_HOME", str(tmp_path_factory.getbasetemp() / "home"))
     code = _exit(["memory", small_spec, flag, memory, "--batch", str(batch)])

@@ -35,6 +35,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 # ----------------------------------------------------------------------------- raw HTTP
 
+
 def connect(server, timeout: float = 10.0) -> socket.socket:
     return socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=timeout)
 
@@ -56,8 +57,9 @@ def answer(s: socket.socket) -> tuple[int, dict]:
     return status, body
 
 
-def post_raw(server, path: str, headers: dict, body: bytes = b"", close_write: bool = False,
-             timeout: float = 10.0) -> tuple[int, dict]:
+def post_raw(
+    server, path: str, headers: dict, body: bytes = b"", close_write: bool = False, timeout: float = 10.0
+) -> tuple[int, dict]:
     s = connect(server, timeout)
     s.sendall(head(server, "POST", path, headers) + body)
     if close_write:
@@ -74,21 +76,29 @@ def bench():
 
 # ----------------------------------------------------------------------------- Content-Length
 
-@pytest.mark.parametrize("length,status,words", [
-    ("-1", 400, "bad Content-Length '-1'"),
-    ("abc", 400, "bad Content-Length"),
-    ("+5", 400, "bad Content-Length"),
-    ("1_0", 400, "bad Content-Length"),       # int() would take it
-    ("0x10", 400, "bad Content-Length"),
-    ("99999999999999999999999", 400, "bad Content-Length"),
-    ("5000", 413, "at most 1,000"),
-])
+
+@pytest.mark.parametrize(
+    "length,status,words",
+    [
+        ("-1", 400, "bad Content-Length '-1'"),
+        ("abc", 400, "bad Content-Length"),
+        ("+5", 400, "bad Content-Length"),
+        ("1_0", 400, "bad Content-Length"),  # int() would take it
+        ("0x10", 400, "bad Content-Length"),
+        ("99999999999999999999999", 400, "bad Content-Length"),
+        ("5000", 413, "at most 1,000"),
+    ],
+)
 def test_a_bad_content_length_is_refused_before_the_body_is_read(bench, length, status, words):
     """The body follows and the connection stays open: a server that read to the end would hang."""
     server, _ = bench
     t0 = time.monotonic()
-    got, res = post_raw(server, "/api/conv", {"Content-Type": "application/json", "Content-Length": length},
-                        b'{"input": [5], "kernel": 3}' + b" " * 2000)
+    got, res = post_raw(
+        server,
+        "/api/conv",
+        {"Content-Type": "application/json", "Content-Length": length},
+        b'{"input": [5], "kernel": 3}' + b" " * 2000,
+    )
     assert (got, res["status"]) == (status, status) and words in res["error"], res
     assert time.monotonic() - t0 < 0.9  # answered at once, not after the connection timeout
 
@@ -124,12 +134,14 @@ def test_a_body_shorter_than_announced_is_refused(bench):
 def test_a_correct_body_still_works(bench):
     server, _ = bench
     body = json.dumps({"input": [7], "kernel": 3}).encode()
-    got, res = post_raw(server, "/api/conv", {"Content-Type": "application/json",
-                                              "Content-Length": str(len(body))}, body)
+    got, res = post_raw(
+        server, "/api/conv", {"Content-Type": "application/json", "Content-Length": str(len(body))}, body
+    )
     assert got == 200 and res["output"] == [5], res
 
 
 # ----------------------------------------------------------------------------- slow and stalled clients
+
 
 def test_stalled_clients_are_dropped_and_others_are_served():
     """Three clients send half a request and stall; eight others are answered meanwhile; the stalled
@@ -145,6 +157,7 @@ def test_stalled_clients_are_dropped_and_others_are_served():
 
         def one(k):
             results.append(client.json("/api/conv", {"input": [7 + k], "kernel": 3}))
+
         threads = [threading.Thread(target=one, args=(k,)) for k in range(8)]
         for t in threads:
             t.start()
@@ -163,6 +176,7 @@ def test_stalled_clients_are_dropped_and_others_are_served():
 
 # ----------------------------------------------------------------------------- hang-ups
 
+
 def _hang_up(server, request: bytes, wait: float) -> None:
     s = connect(server)
     s.sendall(request)
@@ -177,11 +191,14 @@ def test_a_client_that_hangs_up_is_one_log_line(capsys):
     def slow_refusal(query):
         time.sleep(0.3)  # the client has gone by then: the error answer meets a reset connection
         raise Refused("no such thing", 404)
+
     server.app.get_routes["/api/slow"] = slow_refusal
     try:
         err = ""
-        cases = [head(server, "GET", "/api/slow", {}),                       # hangs up before the answer
-                 head(server, "GET", "/api/runs", {})[:30]]                  # hangs up amid the headers
+        cases = [
+            head(server, "GET", "/api/slow", {}),  # hangs up before the answer
+            head(server, "GET", "/api/runs", {})[:30],
+        ]  # hangs up amid the headers
         for k, request in enumerate(cases, 1):
             _hang_up(server, request, 0.05)
             deadline = time.monotonic() + 5
@@ -198,12 +215,14 @@ def test_a_client_that_hangs_up_is_one_log_line(capsys):
 
 # ----------------------------------------------------------------------------- nesting
 
+
 def _one_line_400(status: int, res: dict, words: str) -> None:
     assert status == 400 and words in res["error"] and "\n" not in res["error"], (status, res)
 
 
-@pytest.mark.parametrize("body", [b"[" * 100_000, b'{"target": ' + b"[" * 100_000,
-                                  b'{"target": ' + b'{"a": ' * 500 + b"1" + b"}" * 501])
+@pytest.mark.parametrize(
+    "body", [b"[" * 100_000, b'{"target": ' + b"[" * 100_000, b'{"target": ' + b'{"a": ' * 500 + b"1" + b"}" * 501]
+)
 def test_deeply_nested_json_is_a_400(body):
     server, client = start(None)
     try:
@@ -213,8 +232,15 @@ def test_deeply_nested_json_is_a_400(body):
         stop(server)
 
 
-@pytest.mark.parametrize("layers", ["\n" + "- " * 3000 + "conv2d", " " + "[" * 60_000, " " + "{a: " * 10_000,
-                                    "\n" + "".join(" " * (i + 1) + "a:\n" for i in range(300))])
+@pytest.mark.parametrize(
+    "layers",
+    [
+        "\n" + "- " * 3000 + "conv2d",
+        " " + "[" * 60_000,
+        " " + "{a: " * 10_000,
+        "\n" + "".join(" " * (i + 1) + "a:\n" for i in range(300)),
+    ],
+)
 def test_deeply_nested_yaml_spec_is_a_400_in_a_second(layers):
     server, client = start(None)
     try:
@@ -241,8 +267,14 @@ def test_deeply_nested_multipart_is_a_400(tmp_path):
     try:
         body = b"x"
         for i in reversed(range(2000)):  # each part a multipart of the next boundary
-            body = (f"--b{i}\r\nContent-Type: multipart/mixed; boundary=b{i + 1}\r\n"
-                    f'Content-Disposition: form-data; name="file"\r\n\r\n').encode() + body + f"\r\n--b{i}--\r\n".encode()
+            body = (
+                (
+                    f"--b{i}\r\nContent-Type: multipart/mixed; boundary=b{i + 1}\r\n"
+                    f'Content-Disposition: form-data; name="file"\r\n\r\n'
+                ).encode()
+                + body
+                + f"\r\n--b{i}--\r\n".encode()
+            )
         status, _, raw = client.request("/api/predict", body, {"Content-Type": "multipart/form-data; boundary=b0"})
         _one_line_400(status, json.loads(raw), "nests multiparts too deeply")
     finally:
@@ -251,6 +283,7 @@ def test_deeply_nested_multipart_is_a_400(tmp_path):
 
 # ----------------------------------------------------------------------------- runs of other tasks
 
+
 def fake_task_run(folder: Path, task: str) -> Path:
     """A run folder whose model.safetensors metadata names another task (metadata as `cnnkit detect
     train` writes it; one stand-in tensor: the workbench must refuse before it loads weights)."""
@@ -258,9 +291,21 @@ def fake_task_run(folder: Path, task: str) -> Path:
 
     from cnnkit.engine.runfolder import FORMAT
 
-    info = {"format": FORMAT, "task": task, "backbone": "tiny", "in_channels": 1, "out_strides": [8],
-            "width": 64, "head_convs": 2, "input_size": [1, 64, 64], "classes": [str(k) for k in range(10)],
-            "num_classes": 10, "mean": [0.5], "std": [0.25], "decode": {}}
+    info = {
+        "format": FORMAT,
+        "task": task,
+        "backbone": "tiny",
+        "in_channels": 1,
+        "out_strides": [8],
+        "width": 64,
+        "head_convs": 2,
+        "input_size": [1, 64, 64],
+        "classes": [str(k) for k in range(10)],
+        "num_classes": 10,
+        "mean": [0.5],
+        "std": [0.25],
+        "decode": {},
+    }
     folder.mkdir(parents=True)
     save_file({"w": torch.zeros(1)}, str(folder / "model.safetensors"), metadata={"cnnkit": json.dumps(info)})
     (folder / "metrics.csv").write_text("epoch,train_loss,val_AP,lr,seconds\n1,1.8,0.1,0.004,9.0\n")
@@ -282,19 +327,28 @@ def test_runs_are_listed_with_their_task(task_runs):
     status, res = task_runs.json("/api/runs")
     assert status == 200
     tasks = {r["name"]: (r["task"], r["has_model"], r["model"]) for r in res["runs"]}
-    assert tasks == {"digits": ("classify", True, "mnist_fast"), "detect_run": ("detect", True, "tiny"),
-                     "segment_run": ("segment", True, "tiny"), "instance_run": ("instance", True, "tiny")}
+    assert tasks == {
+        "digits": ("classify", True, "mnist_fast"),
+        "detect_run": ("detect", True, "tiny"),
+        "segment_run": ("segment", True, "tiny"),
+        "instance_run": ("instance", True, "tiny"),
+    }
 
 
 @pytest.mark.parametrize("task", ["detect", "segment", "instance"])
-@pytest.mark.parametrize("path,fields", [("/api/predict", {}), ("/api/explain", {"method": "saliency"}),
-                                         ("/api/explain", {"method": "filters"})])
+@pytest.mark.parametrize(
+    "path,fields",
+    [("/api/predict", {}), ("/api/explain", {"method": "saliency"}), ("/api/explain", {"method": "filters"})],
+)
 def test_predict_refuses_a_run_of_another_task_by_name(task_runs, tmp_path, task, path, fields):
     png = digit_png(tmp_path / "d.png").read_bytes()
     status, res = task_runs.upload(path, {"model": f"{task}_run", **fields}, {"file": ("d.png", png)})
     assert status == 400, res
-    assert re.fullmatch(f"run '{task}_run' is a {task} run; the Predict page handles classification "
-                        f"runs: use `cnnkit {task} predict /.+/{task}_run IMAGE`", res["error"]), res
+    assert re.fullmatch(
+        f"run '{task}_run' is a {task} run; the Predict page handles classification "
+        f"runs: use `cnnkit {task} predict /.+/{task}_run IMAGE`",
+        res["error"],
+    ), res
 
 
 def test_the_classification_run_beside_them_still_predicts(task_runs, tmp_path):
@@ -325,8 +379,14 @@ print(tuple(x.shape), int(x.sum()))
 
 def _read_under_limit(path, extra: int = 0, limit: int = 0) -> str:
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    r = subprocess.run([sys.executable, "-c", _UNDER_LIMIT, str(path), str(extra), str(limit)],
-                       env=env, capture_output=True, text=True, timeout=120, check=False)
+    r = subprocess.run(
+        [sys.executable, "-c", _UNDER_LIMIT, str(path), str(extra), str(limit)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     return r.stdout.strip()
 
@@ -349,6 +409,7 @@ def test_mnist_loads_under_a_3_gb_address_space_limit(data_dir):
 
 # ----------------------------------------------------------------------------- figures: no temp file left for good
 
+
 def _dead_pid() -> int:
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()
@@ -365,9 +426,9 @@ def _curves(path):
 def test_a_temp_file_left_by_a_killed_writer_goes_at_the_next_write(tmp_path):
     dead = tmp_path / f".curves.png.{_dead_pid()}.tmp"
     dead_random = tmp_path / f".curves.png.{_dead_pid()}.k3x9q_1a.tmp"
-    live = tmp_path / f".curves.png.{os.getpid()}.zz.tmp"      # a writer still at work: kept
-    old_live = tmp_path / f".curves.png.{os.getppid()}.tmp"     # alive, but hours old: pid reused
-    other = tmp_path / ".confusion_test.png.1.tmp"              # another figure's: not this write's business
+    live = tmp_path / f".curves.png.{os.getpid()}.zz.tmp"  # a writer still at work: kept
+    old_live = tmp_path / f".curves.png.{os.getppid()}.tmp"  # alive, but hours old: pid reused
+    other = tmp_path / ".confusion_test.png.1.tmp"  # another figure's: not this write's business
     for f in (dead, dead_random, live, old_live, other):
         f.write_bytes(b"half a png")
     os.utime(old_live, (time.time() - 7200, time.time() - 7200))
@@ -384,6 +445,7 @@ def test_a_failed_write_leaves_no_temp_file(tmp_path, monkeypatch):
 
     def fail(self, *a, **k):
         raise KeyboardInterrupt  # a Ctrl-C amid the write
+
     monkeypatch.setattr(Figure, "savefig", fail)
     with pytest.raises(KeyboardInterrupt):
         _curves(tmp_path / "curves.png")

@@ -80,10 +80,9 @@ def test_stratified_seeded_split_without_split_folders(tmp_path):
     with pytest.warns(ImageFolderWarning) as record:
         parts = {s: load_image_folder(tmp_path / "data", s, **kw) for s in ("train", "val", "test")}
     messages = [str(w.message) for w in record]
-    assert sum("skipped 2 files" in m for m in messages) == 3        # notes.txt + broken.jpg, per load
+    assert sum("skipped 2 files" in m for m in messages) == 3  # notes.txt + broken.jpg, per load
     assert any("'a' (10), 'b' (20)" in m and "fewer than 100" in m for m in messages)
-    assert {s: p.class_counts().tolist() for s, p in parts.items()} == \
-        {"train": [7, 14], "val": [2, 4], "test": [1, 2]}
+    assert {s: p.class_counts().tolist() for s, p in parts.items()} == {"train": [7, 14], "val": [2, 4], "test": [1, 2]}
     files = [set(p.meta["files"]) for p in parts.values()]
     assert not (files[0] & files[1] or files[0] & files[2] or files[1] & files[2])
     assert len(files[0] | files[1] | files[2]) == 30
@@ -112,19 +111,23 @@ def test_exact_resize_and_grey(tmp_path):
     _make_folder(tmp_path / "data", {"a": 2, "b": 2}, junk=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        grey = load_image_folder(tmp_path / "data", image_size=(10, 10), channels=1, resize="exact",
-                                 val_fraction=0, cache=False)
+        grey = load_image_folder(
+            tmp_path / "data", image_size=(10, 10), channels=1, resize="exact", val_fraction=0, cache=False
+        )
     assert grey.images.shape == (4, 1, 10, 10)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(root="missing"), "image folder not found"),
-    (dict(split="holdout"), "unknown split 'holdout'"),
-    (dict(image_size=(0, 5)), "image_size must be"),
-    (dict(channels=2), "channels must be 1"),
-    (dict(val_fraction=0.7, test_fraction=0.4), "sum below 1"),
-    (dict(resize="crop"), "resize must be"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(root="missing"), "image folder not found"),
+        (dict(split="holdout"), "unknown split 'holdout'"),
+        (dict(image_size=(0, 5)), "image_size must be"),
+        (dict(channels=2), "channels must be 1"),
+        (dict(val_fraction=0.7, test_fraction=0.4), "sum below 1"),
+        (dict(resize="crop"), "resize must be"),
+    ],
+)
 def test_bad_arguments(tmp_path, kwargs, match):
     _make_folder(tmp_path / "data", {"a": 2}, junk=False)
     kwargs = {"root": tmp_path / "data", **kwargs}

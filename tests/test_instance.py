@@ -22,8 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_model(classes=("a", "b")):
-    cfg = InstanceConfig(model="mobilenet_v3_small", weights=None, image_size=64, width=16, mask_width=8,
-                         mask_convs=2)
+    cfg = InstanceConfig(model="mobilenet_v3_small", weights=None, image_size=64, width=16, mask_width=8, mask_convs=2)
     return new_mask_detector(cfg, list(classes), 3)
 
 
@@ -49,7 +48,7 @@ def test_mask_head_and_detector_shapes():
 
 def test_maskness_by_hand():
     p = torch.full((3, 4, 4), 0.1)
-    p[0, :2, :2] = 0.9                      # 4 sure pixels -> 0.9
+    p[0, :2, :2] = 0.9  # 4 sure pixels -> 0.9
     p[1, 0, :2] = torch.tensor([0.5, 0.7])  # 2 pixels at >= 0.5 (0.5 counts) -> 0.6
     # p[2]: nothing reaches 0.5 -> 0
     torch.testing.assert_close(maskness(p), torch.tensor([0.9, 0.6, 0.0]))
@@ -63,21 +62,21 @@ def test_paste_masks_by_hand():
     out = paste_masks(m, torch.tensor([[2.0, 1, 6, 5]]), (8, 8))
     want = torch.zeros(8, 8, dtype=torch.bool)
     want[1:5, 2:4] = True
-    want[1, 2] = want[1, 3] = want[4, 2] = want[4, 3] = True    # 0.75 * 0.75 = 0.5625 >= 0.5
+    want[1, 2] = want[1, 3] = want[4, 2] = want[4, 3] = True  # 0.75 * 0.75 = 0.5625 >= 0.5
     assert torch.equal(out[0], want)
     full = paste_masks(torch.ones(2, 28, 28), torch.tensor([[3.0, 2, 9, 7], [-4, -4, 3, 20]]), (10, 12))
     box = torch.zeros(10, 12, dtype=torch.bool)
     box[2:7, 3:9] = True
-    assert torch.equal(full[0], box)                           # an all-on mask fills its box exactly
+    assert torch.equal(full[0], box)  # an all-on mask fills its box exactly
     clipped = torch.zeros(10, 12, dtype=torch.bool)
     clipped[0:10, 0:3] = True
-    assert torch.equal(full[1], clipped)                       # a box past the border is clipped to the image
+    assert torch.equal(full[1], clipped)  # a box past the border is clipped to the image
     assert paste_masks(torch.ones(1, 28, 28), torch.tensor([[5.0, 5, 5, 9]]), (10, 10)).sum() == 0
 
 
 def test_roi_targets_and_jittered_boxes():
     masks = torch.zeros(1, 40, 40)
-    masks[0, 10:30, 10:20] = 1                                 # left half of the box 10..30
+    masks[0, 10:30, 10:20] = 1  # left half of the box 10..30
     t = roi_mask_targets(masks, torch.tensor([[10.0, 10, 30, 30]]))
     want = torch.zeros(28, 28)
     want[:, :14] = 1
@@ -86,6 +85,7 @@ def test_roi_targets_and_jittered_boxes():
     j, src = jitter_boxes(boxes, 3, torch.Generator().manual_seed(0), size=(40, 40))
     assert j.shape == (8, 4) and src.tolist() == [0, 1] * 4 and torch.equal(j[:2], boxes)
     from cnnkit.ops import box_iou_elementwise
+
     assert bool((box_iou_elementwise(j, boxes[src]) >= 0.5).all()) and not torch.equal(j[2:], boxes.repeat(3, 1))
 
 
@@ -93,7 +93,7 @@ def instance_images():
     img = torch.zeros(3, 40, 80, dtype=torch.uint8)
     inst = torch.zeros(40, 80, dtype=torch.uint8)
     inst[5:25, 10:30] = 1
-    inst[10:40, 50:60] = 3                                     # ids need not be consecutive
+    inst[10:40, 50:60] = 3  # ids need not be consecutive
     img[:, inst > 0] = 255
     return [img], [inst]
 
@@ -101,7 +101,11 @@ def instance_images():
 def test_instance_set_boxes_masks_and_originals():
     imgs, insts = instance_images()
     s = from_instances(imgs, insts, [torch.tensor([0, 0, 1])], ["a", "b"], 64, ["x.png"])
-    assert s.images.shape == (1, 3, 64, 64) and s.masks.shape == (1, 2, 64, 64) and s.scales.tolist() == pytest.approx([0.8])
+    assert (
+        s.images.shape == (1, 3, 64, 64)
+        and s.masks.shape == (1, 2, 64, 64)
+        and s.scales.tolist() == pytest.approx([0.8])
+    )
     assert s.labels.tolist() == [[0, 1]]
     torch.testing.assert_close(s.boxes[0], torch.tensor([[8.0, 4, 24, 20], [40, 8, 48, 32]]))
     assert s.masks[0, 0, 4:20, 8:24].all() and s.masks[0, 0].sum() == 16 * 16 and s.masks[0, 1].sum() == 8 * 24
@@ -120,14 +124,14 @@ def test_masks_move_with_the_pixels():
     data.images[:, 0] = (127.5 + 127.5 * data.masks[:, 0]).round().to(torch.uint8)
     task = InstanceTask(["a"], batch_size=2, flip=1.0, scale=(0.6, 0.8), colour=0.0, fill=0.5, roi_jitter=1)
     x, boxes, labels, rois = next(iter(task.batches(data, torch.Generator().manual_seed(3), True)))
-    assert not torch.equal(x[:, 0], data.images[:, 0].float() / 255)        # it did move
+    assert not torch.equal(x[:, 0], data.images[:, 0].float() / 255)  # it did move
     b, lab, target = rois[0]
     assert labels[0].tolist() == [0, 0] and len(b) == 4 and target.shape == (4, 28, 28)
     moved = ((x[0, 0] - 0.5) * 2)[None].expand(2, -1, -1)
-    want = roi_mask_targets(moved, b[[0, 2]])                              # rows 0, 2: instance 0 and its copy
+    want = roi_mask_targets(moved, b[[0, 2]])  # rows 0, 2: instance 0 and its copy
     assert (want != target[[0, 2]]).float().mean() < 0.01
-    assert float(target[0].mean()) > 0.9                                   # a full square fills its own box
-    assert (x[0, 0] == 0.5).any()                                          # zoomed out: padded with the fill
+    assert float(target[0].mean()) > 0.9  # a full square fills its own box
+    assert (x[0, 0] == 0.5).any()  # zoomed out: padded with the fill
 
 
 def coco_direct(predictions, targets):
@@ -142,13 +146,28 @@ def coco_direct(predictions, targets):
         images.append({"id": i + 1, "height": h, "width": w})
         for m, c in zip(t["masks"], t["labels"]):
             rle = cm.encode(np.asfortranarray(m.numpy().astype(np.uint8)))
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": int(c) + 1, "segmentation": rle,
-                         "area": float(cm.area(rle)), "bbox": cm.toBbox(rle).tolist(), "iscrowd": 0})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": int(c) + 1,
+                    "segmentation": rle,
+                    "area": float(cm.area(rle)),
+                    "bbox": cm.toBbox(rle).tolist(),
+                    "iscrowd": 0,
+                }
+            )
     results = []
     for i, p in enumerate(predictions):
         for m, c, s in zip(p["masks"], p["labels"], p["scores"]):
-            results.append({"image_id": i + 1, "category_id": int(c) + 1, "score": float(s),
-                            "segmentation": cm.encode(np.asfortranarray(m.numpy().astype(np.uint8)))})
+            results.append(
+                {
+                    "image_id": i + 1,
+                    "category_id": int(c) + 1,
+                    "score": float(s),
+                    "segmentation": cm.encode(np.asfortranarray(m.numpy().astype(np.uint8))),
+                }
+            )
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO()
         gt.dataset = {"images": images, "categories": [{"id": 1}, {"id": 2}], "annotations": anns}
@@ -169,21 +188,37 @@ def blob(h, w, y0, y1, x0, x1):
 
 def mask_cases():
     a, b = blob(30, 40, 2, 20, 3, 15), blob(30, 40, 5, 28, 20, 38)
-    shifted = blob(30, 40, 4, 22, 5, 17)                        # IoU 0.6 with a
+    shifted = blob(30, 40, 4, 22, 5, 17)  # IoU 0.6 with a
     none = torch.zeros(0, 30, 40, dtype=torch.bool)
-    perfect = ([{"masks": torch.stack([a, b]), "scores": torch.tensor([0.9, 0.8]), "labels": torch.tensor([0, 0])}],
-               [{"masks": torch.stack([a, b]), "labels": torch.tensor([0, 0])}])
-    shift = ([{"masks": torch.stack([shifted, b]), "scores": torch.tensor([0.9, 0.7]), "labels": torch.tensor([0, 0])}],
-             [{"masks": torch.stack([a, b]), "labels": torch.tensor([0, 0])}])
-    empty = ([{"masks": none, "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)},
-              {"masks": a[None], "scores": torch.tensor([0.5]), "labels": torch.tensor([0])}],
-             [{"masks": none, "labels": torch.zeros(0, dtype=torch.int64)},
-              {"masks": a[None], "labels": torch.tensor([0])}])
-    multi = ([{"masks": torch.stack([b, shifted, a, blob(30, 40, 0, 10, 30, 40)]),
-               "scores": torch.tensor([0.95, 0.6, 0.3, 0.8]), "labels": torch.tensor([1, 0, 0, 1])},
-              {"masks": torch.stack([b, a]), "scores": torch.tensor([0.4, 0.9]), "labels": torch.tensor([0, 0])}],
-             [{"masks": torch.stack([a, b]), "labels": torch.tensor([0, 1])},
-              {"masks": torch.stack([a, b, blob(30, 40, 22, 30, 0, 10)]), "labels": torch.tensor([0, 0, 1])}])
+    perfect = (
+        [{"masks": torch.stack([a, b]), "scores": torch.tensor([0.9, 0.8]), "labels": torch.tensor([0, 0])}],
+        [{"masks": torch.stack([a, b]), "labels": torch.tensor([0, 0])}],
+    )
+    shift = (
+        [{"masks": torch.stack([shifted, b]), "scores": torch.tensor([0.9, 0.7]), "labels": torch.tensor([0, 0])}],
+        [{"masks": torch.stack([a, b]), "labels": torch.tensor([0, 0])}],
+    )
+    empty = (
+        [
+            {"masks": none, "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)},
+            {"masks": a[None], "scores": torch.tensor([0.5]), "labels": torch.tensor([0])},
+        ],
+        [{"masks": none, "labels": torch.zeros(0, dtype=torch.int64)}, {"masks": a[None], "labels": torch.tensor([0])}],
+    )
+    multi = (
+        [
+            {
+                "masks": torch.stack([b, shifted, a, blob(30, 40, 0, 10, 30, 40)]),
+                "scores": torch.tensor([0.95, 0.6, 0.3, 0.8]),
+                "labels": torch.tensor([1, 0, 0, 1]),
+            },
+            {"masks": torch.stack([b, a]), "scores": torch.tensor([0.4, 0.9]), "labels": torch.tensor([0, 0])},
+        ],
+        [
+            {"masks": torch.stack([a, b]), "labels": torch.tensor([0, 1])},
+            {"masks": torch.stack([a, b, blob(30, 40, 22, 30, 0, 10)]), "labels": torch.tensor([0, 0, 1])},
+        ],
+    )
     return {"perfect": perfect, "shifted": shift, "empty_image": empty, "multi_instance": multi}
 
 
@@ -192,10 +227,12 @@ def test_mask_ap_agrees_with_pycocotools(case):
     predictions, targets = mask_cases()[case]
     ours = mask_evaluate(predictions, targets, classes=["a", "b"])
     stats = coco_direct(predictions, targets)
-    assert [ours["AP"], ours["AP50"], ours["AP75"], ours["AR100"]] == pytest.approx([stats[0], stats[1], stats[2], stats[8]])
+    assert [ours["AP"], ours["AP50"], ours["AP75"], ours["AR100"]] == pytest.approx(
+        [stats[0], stats[1], stats[2], stats[8]]
+    )
     if case == "perfect":
         assert ours["AP"] == pytest.approx(1.0) and ours["per_class_AP"]["b"] == -1
-    if case == "shifted":                                       # IoU 0.6: a hit at 0.5-0.6 only
+    if case == "shifted":  # IoU 0.6: a hit at 0.5-0.6 only
         assert 0.3 < ours["AP"] < 0.9 and ours["AP50"] == pytest.approx(1.0)
 
 
@@ -221,8 +258,9 @@ def test_saved_model_loads_and_predicts_an_overlay_png(tmp_path):
     back = load_mask_detector(tmp_path)
     x = torch.rand(1, 3, 64, 64)
     model.eval()
-    torch.testing.assert_close(back(x, [torch.tensor([[4.0, 4, 40, 50]])])["masks"],
-                               model(x, [torch.tensor([[4.0, 4, 40, 50]])])["masks"])
+    torch.testing.assert_close(
+        back(x, [torch.tensor([[4.0, 4, 40, 50]])])["masks"], model(x, [torch.tensor([[4.0, 4, 40, 50]])])["masks"]
+    )
     photo = tmp_path / "photo.png"
     Image.fromarray((np.random.default_rng(0).random((50, 70, 3)) * 255).astype(np.uint8)).save(photo)
     rows = predict_files(back, [photo], tmp_path / "pred", score=0.0)
@@ -234,8 +272,11 @@ def test_saved_model_loads_and_predicts_an_overlay_png(tmp_path):
         predict_files(back, [tmp_path / "nope.png"], tmp_path / "pred")
     from cnnkit.models.detection import Detector  # noqa: F401  (a detect model is refused)
     from cnnkit.tasks.detect.task import DetectTask
+
     det_task = DetectTask(["a", "b"], info=info)
-    save_model(tmp_path / "d" / "model.safetensors", model.detector, {"format": FORMAT, **det_task.describe(model.detector)})
+    save_model(
+        tmp_path / "d" / "model.safetensors", model.detector, {"format": FORMAT, **det_task.describe(model.detector)}
+    )
     with pytest.raises(CnnkitError, match="not an instance-segmentation model"):
         load_mask_detector(tmp_path / "d")
 
@@ -260,8 +301,17 @@ def test_a_short_training_run_learns_digit_masks(data_dir):
     model, info = new_mask_detector(cfg, data.classes, 1)
     task = InstanceTask(data.classes, 8, flip=0.0, scale=None, colour=0.0, info=info)
     lr = 3e-3
-    plan = Plan([Phase(40, lambda m: Setup(torch.optim.AdamW(m.parameters(), lr),
-                                           schedule=lambda st, tot: lr * min(1, (st + 1) / 10) * (1 - st / tot)))])
+    plan = Plan(
+        [
+            Phase(
+                40,
+                lambda m: Setup(
+                    torch.optim.AdamW(m.parameters(), lr),
+                    schedule=lambda st, tot: lr * min(1, (st + 1) / 10) * (1 - st / tot),
+                ),
+            )
+        ]
+    )
     run = fit(task, model, Data(data, None), plan, quiet=True)
     m = task.evaluate(run.model, data)
     assert run.history[-1]["train_mask"] < 0.5 * run.history[0]["train_mask"]
@@ -273,8 +323,8 @@ def test_validation_is_off_by_default_and_old_runs_validate_flag_maps_to_val_eve
 
     from cnnkit.tasks.instance.config import config_from_dict
 
-    assert InstanceConfig(data="pennfudan").resolved().val_every == 0          # once, after training
+    assert InstanceConfig(data="pennfudan").resolved().val_every == 0  # once, after training
     assert InstanceConfig(data="pennfudan", val_every=2).resolved().val_every == 2
     old = {k: v for k, v in asdict(InstanceConfig()).items() if k != "val_every"}
-    assert config_from_dict({**old, "validate": True}).val_every == 1            # a run saved before val_every
+    assert config_from_dict({**old, "validate": True}).val_every == 1  # a run saved before val_every
     assert config_from_dict({**old, "validate": False}).val_every == 0

@@ -29,31 +29,40 @@ from cnnkit.models.keras import build_from_keras_config, load_keras, read_keras_
 
 # ----------------------------------------------------------------------------- the Keras fixtures
 
+
 def exercise9():
     """Géron ch. 14, exercise 9 (the notes' Keras code)."""
-    return keras.Sequential([
-        keras.Input((28, 28, 1)),
-        layers.Conv2D(32, kernel_size=3, padding="same", activation="relu"),
-        layers.MaxPool2D(),
-        layers.Conv2D(64, kernel_size=3, padding="same", activation="relu"),
-        layers.Conv2D(64, kernel_size=3, padding="same", activation="relu"),
-        layers.Flatten(),
-        layers.Dropout(0.25),
-        layers.Dense(128, activation="relu"),
-        layers.Dropout(0.5),
-        layers.Dense(10, activation="softmax"),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            layers.Conv2D(32, kernel_size=3, padding="same", activation="relu"),
+            layers.MaxPool2D(),
+            layers.Conv2D(64, kernel_size=3, padding="same", activation="relu"),
+            layers.Conv2D(64, kernel_size=3, padding="same", activation="relu"),
+            layers.Flatten(),
+            layers.Dropout(0.25),
+            layers.Dense(128, activation="relu"),
+            layers.Dropout(0.5),
+            layers.Dense(10, activation="softmax"),
+        ]
+    )
 
 
 def mnist_convnet():
     """Chollet's first convnet (seed 004): 93,322 parameters."""
-    return keras.Sequential([
-        keras.Input((28, 28, 1)),
-        layers.Conv2D(32, (3, 3), activation="relu"), layers.MaxPooling2D((2, 2)),
-        layers.Conv2D(64, (3, 3), activation="relu"), layers.MaxPooling2D((2, 2)),
-        layers.Conv2D(64, (3, 3), activation="relu"),
-        layers.Flatten(), layers.Dense(64, activation="relu"), layers.Dense(10, activation="softmax"),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            layers.Conv2D(32, (3, 3), activation="relu"),
+            layers.MaxPooling2D((2, 2)),
+            layers.Conv2D(64, (3, 3), activation="relu"),
+            layers.MaxPooling2D((2, 2)),
+            layers.Conv2D(64, (3, 3), activation="relu"),
+            layers.Flatten(),
+            layers.Dense(64, activation="relu"),
+            layers.Dense(10, activation="softmax"),
+        ]
+    )
 
 
 def residual():
@@ -74,27 +83,34 @@ def residual():
 
 def vgg_block():
     """A VGG-style block with padding="same" and stride 2 on odd sizes (TF's asymmetric padding)."""
-    return keras.Sequential([
-        keras.Input((15, 17, 3)),
-        layers.Conv2D(8, 3, strides=2, padding="same", activation="relu"),
-        layers.Conv2D(8, 3, padding="same", activation="relu"),
-        layers.MaxPooling2D(3, strides=2, padding="same"),
-        layers.Conv2D(16, 4, strides=2, padding="same", activation="relu"),
-        layers.AveragePooling2D(2, padding="same"),
-        layers.Flatten(), layers.Dense(6),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((15, 17, 3)),
+            layers.Conv2D(8, 3, strides=2, padding="same", activation="relu"),
+            layers.Conv2D(8, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(3, strides=2, padding="same"),
+            layers.Conv2D(16, 4, strides=2, padding="same", activation="relu"),
+            layers.AveragePooling2D(2, padding="same"),
+            layers.Flatten(),
+            layers.Dense(6),
+        ]
+    )
 
 
 def conv1d():
     """A Conv1D net on a (length 50, 2 channels) series."""
-    return keras.Sequential([
-        keras.Input((50, 2)),
-        layers.Conv1D(8, 5, strides=2, padding="same", activation="relu"),
-        layers.BatchNormalization(),
-        layers.MaxPooling1D(2),
-        layers.Conv1D(8, 3, activation="tanh"), layers.AveragePooling1D(2, padding="same"),
-        layers.Flatten(), layers.Dense(3, activation="softmax"),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((50, 2)),
+            layers.Conv1D(8, 5, strides=2, padding="same", activation="relu"),
+            layers.BatchNormalization(),
+            layers.MaxPooling1D(2),
+            layers.Conv1D(8, 3, activation="tanh"),
+            layers.AveragePooling1D(2, padding="same"),
+            layers.Flatten(),
+            layers.Dense(3, activation="softmax"),
+        ]
+    )
 
 
 def the_rest():
@@ -118,13 +134,26 @@ def the_rest():
 
 
 def conv3d():
-    return keras.Sequential([keras.Input((5, 6, 7, 2)), layers.Conv3D(4, 3, strides=2, padding="same"),
-                             layers.MaxPooling3D(2, padding="same"), layers.GlobalAveragePooling3D(),
-                             layers.Dense(2)])
+    return keras.Sequential(
+        [
+            keras.Input((5, 6, 7, 2)),
+            layers.Conv3D(4, 3, strides=2, padding="same"),
+            layers.MaxPooling3D(2, padding="same"),
+            layers.GlobalAveragePooling3D(),
+            layers.Dense(2),
+        ]
+    )
 
 
-FIXTURES = {"exercise9": exercise9, "mnist_convnet": mnist_convnet, "residual": residual,
-            "vgg_block": vgg_block, "conv1d": conv1d, "the_rest": the_rest, "conv3d": conv3d}
+FIXTURES = {
+    "exercise9": exercise9,
+    "mnist_convnet": mnist_convnet,
+    "residual": residual,
+    "vgg_block": vgg_block,
+    "conv1d": conv1d,
+    "the_rest": the_rest,
+    "conv3d": conv3d,
+}
 
 
 def _randomise(model, seed: int) -> None:
@@ -150,9 +179,11 @@ def _keras2(src, dst) -> None:
             cfg = layer["config"]
             if "batch_shape" in cfg:
                 cfg["batch_input_shape"] = cfg.pop("batch_shape")
-            if "inbound_nodes" in layer:    # Keras 2: [[[name, node, tensor, kwargs], ...], ...]
-                layer["inbound_nodes"] = [[[*t["config"]["keras_history"], {}] for t in _tensors(node["args"])]
-                                          for node in layer["inbound_nodes"]]
+            if "inbound_nodes" in layer:  # Keras 2: [[[name, node, tensor, kwargs], ...], ...]
+                layer["inbound_nodes"] = [
+                    [[*t["config"]["keras_history"], {}] for t in _tensors(node["args"])]
+                    for node in layer["inbound_nodes"]
+                ]
         f_out.attrs["model_config"] = json.dumps(config)
         out = f_out.create_group("model_weights")
         for lname, group in f_in["model_weights"].items():
@@ -202,7 +233,7 @@ def _ours(net, x) -> list[np.ndarray]:
     out = out if isinstance(out, tuple) else (out,)
     res = []
     for o in out:
-        o = o.movedim(1, -1) if o.dim() > 2 else o      # channels last again, to compare with Keras
+        o = o.movedim(1, -1) if o.dim() > 2 else o  # channels last again, to compare with Keras
         res.append(o.numpy())
     return res
 
@@ -277,6 +308,7 @@ def test_nested_model(tmp_path):
 
 # ----------------------------------------------------------------------------- refusals
 
+
 def _one_line(exc_info) -> str:
     msg = str(exc_info.value)
     assert "\n" not in msg
@@ -342,7 +374,7 @@ def test_reading_needs_neither_keras_nor_tensorflow(saved, monkeypatch):
     import sys
 
     for name in ("keras", "tensorflow", "tf_keras"):
-        monkeypatch.setitem(sys.modules, name, None)     # `import keras` now raises ImportError
+        monkeypatch.setitem(sys.modules, name, None)  # `import keras` now raises ImportError
     _, paths = saved["residual"]
     for fmt in ("keras", "h5"):
         net, size = load_keras(paths[fmt])

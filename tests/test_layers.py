@@ -31,8 +31,10 @@ from cnnkit.layers import (
 
 # ---------------------------------------------------------------- padding arithmetic
 @pytest.mark.parametrize("size", [5, 6, 7, 8, 224, 225])
-@pytest.mark.parametrize("kernel,stride,dilation", [(1, 1, 1), (2, 1, 1), (3, 1, 1), (3, 2, 1), (3, 3, 1),
-                                                    (5, 2, 1), (4, 3, 1), (3, 1, 2), (3, 2, 3), (7, 2, 1)])
+@pytest.mark.parametrize(
+    "kernel,stride,dilation",
+    [(1, 1, 1), (2, 1, 1), (3, 1, 1), (3, 2, 1), (3, 3, 1), (5, 2, 1), (4, 3, 1), (3, 1, 2), (3, 2, 3), (7, 2, 1)],
+)
 def test_same_pad_gives_ceil_size_over_stride(size, kernel, stride, dilation):
     before, after = same_pad(size, kernel, stride, dilation)
     assert 0 <= after - before <= 1  # the odd extra at the end (TensorFlow)
@@ -42,10 +44,10 @@ def test_same_pad_gives_ceil_size_over_stride(size, kernel, stride, dilation):
 
 
 def test_same_pad_hand_values_and_chain():
-    assert same_pad(5, 3, 2) == (1, 1)      # out 3, total (3-1)*2 + 3 - 5 = 2
-    assert same_pad(6, 3, 2) == (0, 1)      # out 3, total 1: extra at the end
+    assert same_pad(5, 3, 2) == (1, 1)  # out 3, total (3-1)*2 + 3 - 5 = 2
+    assert same_pad(6, 3, 2) == (0, 1)  # out 3, total 1: extra at the end
     assert same_pad(6, 3, 2, mode="caffe") == (1, 0)
-    assert same_pad(8, 1, 3) == (0, 0)      # total would be negative
+    assert same_pad(8, 1, 3) == (0, 0)  # total would be negative
     assert same_pad(7, 3, 1, mode="valid") == (0, 0)
     conv = Conv2dSame(1, 1, 3, stride=2)
     x, sizes = torch.zeros(1, 1, 200, 300), []
@@ -61,8 +63,9 @@ def test_same_pad_hand_values_and_chain():
 
 # ---------------------------------------------------------------- convolutions
 @pytest.mark.parametrize("mode", ["same", "caffe"])
-@pytest.mark.parametrize("kernel,stride,dilation", [(3, 1, 1), (2, 1, 1), (3, 2, 1), (4, 2, 1), (5, 3, 1),
-                                                    (3, 2, 2), (1, 2, 1)])
+@pytest.mark.parametrize(
+    "kernel,stride,dilation", [(3, 1, 1), (2, 1, 1), (3, 2, 1), (4, 2, 1), (5, 3, 1), (3, 2, 2), (1, 2, 1)]
+)
 def test_conv2d_same_matches_explicit_padding(mode, kernel, stride, dilation):
     conv = Conv2dSame(3, 4, kernel, stride=stride, dilation=dilation, mode=mode)
     for h, w in [(9, 10), (16, 17)]:
@@ -128,7 +131,7 @@ def _pool_reference(x, k, s, reduce):
     out = torch.empty(*x.shape[:-2], oh, ow)
     for i, j in itertools.product(range(oh), range(ow)):
         r0, c0 = i * s - top, j * s - left
-        win = x[..., max(r0, 0):r0 + k, max(c0, 0):c0 + k]
+        win = x[..., max(r0, 0) : r0 + k, max(c0, 0) : c0 + k]
         out[..., i, j] = reduce(win.flatten(-2), -1)
     return out
 
@@ -174,7 +177,7 @@ def test_lrn_matches_loop_and_torch_relation():
     r, k, alpha, beta = 2, 2.0, 1e-1, 0.75  # AlexNet's k, n=5, beta; alpha enlarged to matter
     ref = torch.empty_like(x)
     for c in range(7):
-        sq = (x[:, max(0, c - r):c + r + 1] ** 2).sum(1)
+        sq = (x[:, max(0, c - r) : c + r + 1] ** 2).sum(1)
         ref[:, c] = x[:, c] / (k + alpha * sq) ** beta
     lrn = LocalResponseNorm(depth_radius=r, bias=k, alpha=alpha, beta=beta)
     torch.testing.assert_close(lrn(x), ref)
@@ -187,7 +190,7 @@ def test_squeeze_excite_by_hand():
     assert se.fc1.weight.shape == (2, 32, 1, 1) and se.fc2.weight.shape == (32, 2, 1, 1)
     assert sorted(se.state_dict()) == ["fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight"]
     x = torch.randn(2, 32, 5, 6)
-    m = x.mean((2, 3))                                             # (B, C)
+    m = x.mean((2, 3))  # (B, C)
     h = torch.relu(m @ se.fc1.weight[:, :, 0, 0].T + se.fc1.bias)  # (B, 2)
     g = torch.sigmoid(h @ se.fc2.weight[:, :, 0, 0].T + se.fc2.bias)
     torch.testing.assert_close(se(x), x * g[:, :, None, None])
@@ -236,17 +239,17 @@ def test_keras_conv2d_dense_reshape():
 @pytest.mark.parametrize("p", [0.25, 0.5, 0.1])
 def test_dropout_keeps_one_minus_p_scaled_and_backward_is_the_mask(p):
     torch.manual_seed(0)
-    x = torch.rand(400, 2500) + 0.5                      # no zeros: a zero in the output means dropped
+    x = torch.rand(400, 2500) + 0.5  # no zeros: a zero in the output means dropped
     x.requires_grad_()
     drop = Dropout(p).train()
     y = drop(x)
     kept = y != 0
     n = kept.numel()
-    assert abs(kept.float().mean().item() - (1 - p)) < 4 * (p * (1 - p) / n) ** 0.5   # 4 sigma of 1e6 draws
+    assert abs(kept.float().mean().item() - (1 - p)) < 4 * (p * (1 - p) / n) ** 0.5  # 4 sigma of 1e6 draws
     assert torch.allclose(y[kept], x[kept] / (1 - p))
     y.sum().backward()
     assert torch.equal(x.grad, kept.float() / (1 - p))
-    rows = kept.float().mean(1)                          # no structure: every row near 1 - p
+    rows = kept.float().mean(1)  # no structure: every row near 1 - p
     assert rows.min() > 1 - p - 0.05 and rows.max() < 1 - p + 0.05
 
 
@@ -257,7 +260,7 @@ def test_dropout_is_nn_dropout_seeded_identity_in_eval_and_edge_rates():
     torch.manual_seed(3)
     a = drop.train()(x)
     torch.manual_seed(3)
-    assert torch.equal(drop(x), a)                       # the default generator replays it
+    assert torch.equal(drop(x), a)  # the default generator replays it
     assert not torch.equal(drop(x), a)
     assert torch.equal(drop.eval()(x), x)
     assert torch.equal(Dropout(0.0).train()(x), x)

@@ -20,9 +20,25 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-RANK = {"errors": 0, "console": 0, "download": 0, "ops": 1, "layers": 1, "data": 2, "models": 3, "metrics": 3,
-        "plots": 4, "analysis": 5, "explain": 5, "engine": 5, "export": 5, "tasks": 6, "cli": 7, "serve": 7,
-        "__main__": 7}
+RANK = {
+    "errors": 0,
+    "console": 0,
+    "download": 0,
+    "ops": 1,
+    "layers": 1,
+    "data": 2,
+    "models": 3,
+    "metrics": 3,
+    "plots": 4,
+    "analysis": 5,
+    "explain": 5,
+    "engine": 5,
+    "export": 5,
+    "tasks": 6,
+    "cli": 7,
+    "serve": 7,
+    "__main__": 7,
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -65,7 +81,7 @@ def test_no_module_imports_from_a_layer_above_it():
     wrong = []
     for name, path in modules.items():
         me = _layer(name)
-        if me == "cnnkit":            # the package's lazy public API may name anything
+        if me == "cnnkit":  # the package's lazy public API may name anything
             continue
         for other, line in _imports(path, modules, top_only=False):
             them = _layer(other)
@@ -84,7 +100,7 @@ def test_no_import_cycle(top_only):
     for name, path in modules.items():
         deps = set()
         for other, _ in _imports(path, modules, top_only):
-            if other != name and not name.startswith(other + "."):   # a package's own __init__ is no cycle
+            if other != name and not name.startswith(other + "."):  # a package's own __init__ is no cycle
                 deps.add(other)
         graph[name] = deps
     state: dict[str, int] = {}
@@ -95,7 +111,7 @@ def test_no_import_cycle(top_only):
         stack.append(n)
         for m in sorted(graph[n]):
             if state.get(m) == 1:
-                return stack[stack.index(m):] + [m]
+                return stack[stack.index(m) :] + [m]
             if m not in state and (cycle := visit(m)):
                 return cycle
         stack.pop()

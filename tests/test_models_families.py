@@ -15,12 +15,15 @@ from cnnkit.models._registry import model_info
 
 BUILDERS = {
     "alexnet": alexnet.alexnet,
-    **{n: getattr(vgg, n) for n in ["vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn",
-                                     "vgg19_bn"]},
+    **{
+        n: getattr(vgg, n) for n in ["vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn"]
+    },
     "googlenet": googlenet.googlenet,
     "inception_v3": inception.inception_v3,
-    **{n: getattr(resnet, n) for n in ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-                                        "resnext50_32x4d", "wide_resnet50_2"]},
+    **{
+        n: getattr(resnet, n)
+        for n in ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "wide_resnet50_2"]
+    },
     **{n: getattr(densenet, n) for n in ["densenet121", "densenet169", "densenet201"]},
 }
 # the smallest family member, and the smallest square input it accepts
@@ -76,6 +79,7 @@ def test_in_channels_changes_only_the_first_conv():
 
 # --- the blocks on their own ---------------------------------------------------------------
 
+
 def test_basic_block_against_functional_reference():
     block = resnet.BasicBlock(8, 16, stride=2, downsample=nn.Sequential(resnet.conv1x1(8, 16, 2), nn.BatchNorm2d(16)))
     for bn in (block.bn1, block.bn2, block.downsample[1]):  # non-trivial eval-mode statistics
@@ -129,13 +133,16 @@ def test_googlenet_inception_module():
     assert block(torch.randn(1, 192, 7, 7)).shape == (1, 256, 7, 7)
 
 
-@pytest.mark.parametrize("block, c_in, out_shape", [
-    (lambda: inception.InceptionA(192, pool_features=32), 192, (1, 256, 9, 9)),
-    (lambda: inception.InceptionB(288), 288, (1, 768, 4, 4)),
-    (lambda: inception.InceptionC(768, channels_7x7=128), 768, (1, 768, 9, 9)),
-    (lambda: inception.InceptionD(768), 768, (1, 1280, 4, 4)),
-    (lambda: inception.InceptionE(1280), 1280, (1, 2048, 9, 9)),
-])
+@pytest.mark.parametrize(
+    "block, c_in, out_shape",
+    [
+        (lambda: inception.InceptionA(192, pool_features=32), 192, (1, 256, 9, 9)),
+        (lambda: inception.InceptionB(288), 288, (1, 768, 4, 4)),
+        (lambda: inception.InceptionC(768, channels_7x7=128), 768, (1, 768, 9, 9)),
+        (lambda: inception.InceptionD(768), 768, (1, 1280, 4, 4)),
+        (lambda: inception.InceptionE(1280), 1280, (1, 2048, 9, 9)),
+    ],
+)
 def test_inception_v3_modules(block, c_in, out_shape):
     with torch.no_grad():
         assert block()(torch.randn(1, c_in, 9, 9)).shape == out_shape
@@ -160,6 +167,7 @@ def test_dense_layer_block_transition():
 
 # --- whole models: forward, heads, small inputs ---------------------------------------------
 
+
 @pytest.mark.parametrize("name, size", [("googlenet", 224), ("inception_v3", 299)])
 def test_forward_at_default_size(name, size):
     model = BUILDERS[name]().eval()  # the reference initialisation, really run
@@ -180,10 +188,17 @@ def test_forward_is_head_of_features():
         torch.testing.assert_close(model(x), model.fc(pooled))
 
 
-@pytest.mark.parametrize("name, feats, pooled", [
-    ("alexnet", (256, 6, 6), 4096), ("vgg16_bn", (512, 7, 7), 4096), ("googlenet", (1024, 7, 7), 1024),
-    ("inception_v3", (2048, 5, 5), 2048), ("resnet50", (2048, 7, 7), 2048), ("densenet169", (1664, 7, 7), 1664),
-])
+@pytest.mark.parametrize(
+    "name, feats, pooled",
+    [
+        ("alexnet", (256, 6, 6), 4096),
+        ("vgg16_bn", (512, 7, 7), 4096),
+        ("googlenet", (1024, 7, 7), 1024),
+        ("inception_v3", (2048, 5, 5), 2048),
+        ("resnet50", (2048, 7, 7), 2048),
+        ("densenet169", (1664, 7, 7), 1664),
+    ],
+)
 def test_features_and_pre_logits_shapes(name, feats, pooled):
     model = _meta(name)  # shapes propagate on the meta device without computing anything
     f = model.forward_features(torch.empty(2, 3, 224, 224, device="meta"))  # inception: 5x5 at 224
@@ -194,8 +209,10 @@ def test_features_and_pre_logits_shapes(name, feats, pooled):
 
 def test_googlenet_transform_input_matches_torchvision_formula():
     x = torch.randn(2, 3, 5, 5)
-    chans = [x[:, c:c + 1] * (s / 0.5) + (m - 0.5) / 0.5
-             for c, (m, s) in enumerate(zip((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))]
+    chans = [
+        x[:, c : c + 1] * (s / 0.5) + (m - 0.5) / 0.5
+        for c, (m, s) in enumerate(zip((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
+    ]
     torch.testing.assert_close(googlenet.inception_input_transform(x), torch.cat(chans, 1), rtol=0, atol=0)
     model = _meta("googlenet", transform_input=True)
     assert model.transform_input and not _meta("googlenet").transform_input
@@ -245,12 +262,15 @@ def test_bad_arguments_raise_cnnkit_error(kw, match):
         _meta("resnet18", **kw)
 
 
-@pytest.mark.parametrize("make, c_in", [
-    (lambda: resnet.resnet18(num_classes=3), 3),
-    (lambda: densenet._DenseBlock(2, 16, bn_size=4, growth_rate=8), 16),
-    (lambda: googlenet.Inception(16, 8, 8, 8, 4, 4, 4), 16),
-    (lambda: inception.InceptionE(16), 16),
-])
+@pytest.mark.parametrize(
+    "make, c_in",
+    [
+        (lambda: resnet.resnet18(num_classes=3), 3),
+        (lambda: densenet._DenseBlock(2, 16, bn_size=4, growth_rate=8), 16),
+        (lambda: googlenet.Inception(16, 8, 8, 8, 4, 4, 4), 16),
+        (lambda: inception.InceptionE(16), 16),
+    ],
+)
 def test_train_mode_backward(make, c_in):
     # the in-place ReLUs must not clobber a tensor autograd still needs
     module = make().train()

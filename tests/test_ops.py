@@ -38,8 +38,9 @@ def test_box_convert_round_trips_and_hand_values():
     for fmt in ("xywh", "cxcywh"):
         back = box_convert(box_convert(boxes, "xyxy", fmt), fmt, "xyxy")
         torch.testing.assert_close(back, boxes)
-    torch.testing.assert_close(box_convert(box_convert(boxes, "xyxy", "xywh"), "xywh", "cxcywh"),
-                               box_convert(boxes, "xyxy", "cxcywh"))
+    torch.testing.assert_close(
+        box_convert(box_convert(boxes, "xyxy", "xywh"), "xywh", "cxcywh"), box_convert(boxes, "xyxy", "cxcywh")
+    )
     with pytest.raises(CnnkitError, match="unknown box format 'yxyx'"):
         box_convert(b, "yxyx", "xyxy")
 
@@ -100,7 +101,7 @@ def test_nms_matches_greedy_reference(t, block):
         ref = _nms_ref(boxes.tolist(), scores.tolist(), t)
         assert nms(boxes, scores, t, block=block).tolist() == ref
         assert nms(boxes, scores, t, max_keep=5, block=block).tolist() == ref[:5]
-    scores = torch.tensor([0.5, 0.9, 0.5, 0.5], dtype=torch.float64)         # ties: earlier index first
+    scores = torch.tensor([0.5, 0.9, 0.5, 0.5], dtype=torch.float64)  # ties: earlier index first
     assert nms(random_boxes(4, size=100.0, g=g), scores, 0.99).tolist() == [1, 0, 2, 3]
 
 
@@ -202,8 +203,8 @@ def _roi_pool_ref(x, rois, out, scale):
 
 def _rois(g, n=6, batch=2, size=12.0):
     b = random_boxes(n, size=size, g=g)
-    b[0] = torch.tensor([-3.0, -2.0, 4.0, 20.0], dtype=torch.float64)      # partly off the map
-    b[1] = torch.tensor([2.0, 3.0, 2.3, 3.2], dtype=torch.float64)         # smaller than a cell
+    b[0] = torch.tensor([-3.0, -2.0, 4.0, 20.0], dtype=torch.float64)  # partly off the map
+    b[1] = torch.tensor([2.0, 3.0, 2.3, 3.2], dtype=torch.float64)  # smaller than a cell
     idx = torch.randint(0, batch, (n, 1), generator=g).to(torch.float64)
     return torch.cat([idx, b], 1)
 
@@ -221,7 +222,7 @@ def test_roi_align_matches_torchvision_kernel(ratio, aligned, scale):
 
 def test_roi_align_hand_values_and_list_boxes():
     # a linear ramp f(y, x) = x: RoIAlign with aligned=True over [0, 4) samples pixel centres exactly
-    x = torch.arange(4.0).repeat(4, 1)[None, None]                          # (1, 1, 4, 4), f = x
+    x = torch.arange(4.0).repeat(4, 1)[None, None]  # (1, 1, 4, 4), f = x
     got = roi_align(x, [torch.tensor([[0.0, 0.0, 4.0, 4.0]])], 2, aligned=True, sampling_ratio=2)
     # bin 0 covers continuous x in [-0.5, 1.5): samples at 0.0 and 1.0 -> mean 0.5; bin 1: 2.0, 3.0
     assert got[0, 0].tolist() == [[0.5, 2.5], [0.5, 2.5]]

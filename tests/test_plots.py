@@ -21,9 +21,17 @@ def png_size(path):
 def history(epochs=5, with_val=True):
     rows = []
     for e in range(1, epochs + 1):
-        rows.append({"epoch": str(e), "train_loss": f"{1 / e:.4f}", "train_acc": f"{1 - 0.5 / e:.4f}",
-                     "val_loss": f"{1.1 / e:.4f}" if with_val else "", "val_acc": f"{1 - 0.6 / e:.4f}" if with_val else "",
-                     "lr": f"{0.1 / e:.4f}", "seconds": "2.0"})
+        rows.append(
+            {
+                "epoch": str(e),
+                "train_loss": f"{1 / e:.4f}",
+                "train_acc": f"{1 - 0.5 / e:.4f}",
+                "val_loss": f"{1.1 / e:.4f}" if with_val else "",
+                "val_acc": f"{1 - 0.6 / e:.4f}" if with_val else "",
+                "lr": f"{0.1 / e:.4f}",
+                "seconds": "2.0",
+            }
+        )
     return rows
 
 
@@ -152,8 +160,9 @@ def test_mask_panels_colours_each_class_and_checks_sizes(tmp_path):
     pred = truth.clone()
     pred[2, 2] = 1
     colours = torch.tensor([[0, 0, 0], [255, 0, 0], [0, 0, 255]], dtype=torch.uint8)
-    fig = plots.mask_panels(image, {"truth": truth, "model": pred}, colours, tmp_path / "m.png",
-                            classes=["bg", "one", "two"], title="t")
+    fig = plots.mask_panels(
+        image, {"truth": truth, "model": pred}, colours, tmp_path / "m.png", classes=["bg", "one", "two"], title="t"
+    )
     assert [ax.get_title() for ax in fig.axes] == ["image", "truth", "model"]
     shown = fig.axes[2].get_images()[0].get_array()
     assert shown.shape == (8, 8, 3) and tuple(shown[2, 2]) == (1.0, 0.0, 0.0) and tuple(shown[3, 3]) == (0.0, 0.0, 1.0)

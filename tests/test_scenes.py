@@ -12,7 +12,7 @@ def _pool(n=20):
     """Digits drawn as filled squares of known size: the ink is exactly known."""
     images = torch.zeros(n, 1, 28, 28, dtype=torch.uint8)
     for i in range(n):
-        images[i, 0, 4:4 + 10 + i % 8, 6:6 + 8 + i % 5] = 255
+        images[i, 0, 4 : 4 + 10 + i % 8, 6 : 6 + 8 + i % 5] = 255
     return ImageSet(images, torch.arange(n) % 10, [str(d) for d in range(10)], "squares")
 
 
@@ -56,8 +56,9 @@ def test_real_mnist_scenes_use_the_split_digits(data_dir):
     assert sizes.min() >= 8 and sizes.max() <= 56
 
 
-@pytest.mark.parametrize("kwargs", [dict(split="dev"), dict(n=0), dict(digits=(3, 2)), dict(canvas=40),
-                                    dict(scale=(0.1, 1.0))])
+@pytest.mark.parametrize(
+    "kwargs", [dict(split="dev"), dict(n=0), dict(digits=(3, 2)), dict(canvas=40), dict(scale=(0.1, 1.0))]
+)
 def test_bad_arguments_are_one_line_errors(kwargs):
     with pytest.raises(CnnkitError):
         digit_scenes(**{"source": _pool(), **kwargs})

@@ -21,8 +21,8 @@ def make_folder(root, n=12, size=24):
         image = np.full((size, size, 3), 90, np.uint8)
         mask = np.zeros((size, size), np.uint8)
         y, x, s = *g.integers(0, size - 10, 2), int(g.integers(6, 10))
-        image[y:y + s, x:x + s] = (220, 30, 30)
-        mask[y:y + s, x:x + s] = 1
+        image[y : y + s, x : x + s] = (220, 30, 30)
+        mask[y : y + s, x : x + s] = 1
         Image.fromarray(image).save(root / "images" / f"im{i:02d}.png")
         Image.fromarray(mask).save(root / "masks" / f"im{i:02d}.png")
     return root
@@ -30,9 +30,33 @@ def make_folder(root, n=12, size=24):
 
 def test_train_eval_predict(tmp_path, capsys):
     data, run = make_folder(tmp_path / "data"), tmp_path / "run"
-    code = main(["segment", "train", "--data", str(data), "--arch", "unet", "--model", "unet", "--width", "4",
-                 "--epochs", "15", "--batch-size", "5", "--crop", "24", "--lr", "0.02", "--threads", "1",
-                 "--out", str(run), "--quiet"])
+    code = main(
+        [
+            "segment",
+            "train",
+            "--data",
+            str(data),
+            "--arch",
+            "unet",
+            "--model",
+            "unet",
+            "--width",
+            "4",
+            "--epochs",
+            "15",
+            "--batch-size",
+            "5",
+            "--crop",
+            "24",
+            "--lr",
+            "0.02",
+            "--threads",
+            "1",
+            "--out",
+            str(run),
+            "--quiet",
+        ]
+    )
     assert code == 0
     assert {"model.safetensors", "resume.safetensors", "metrics.csv", "split.json"} <= {p.name for p in run.iterdir()}
     split = json.loads((run / "split.json").read_text())
@@ -43,10 +67,10 @@ def test_train_eval_predict(tmp_path, capsys):
     assert main(["segment", "eval", str(run), "--format", "json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out) >= {"mIoU", "pixel_accuracy", "iou", "boundary_iou"} and set(out["iou"]) == {"background", "1"}
-    assert out["images"] == 2 and out["mIoU"] > 0.8, out         # the square is easy: 30 steps learn it
+    assert out["images"] == 2 and out["mIoU"] > 0.8, out  # the square is easy: 30 steps learn it
     assert main(["segment", "eval", str(run), "--format", "json", "--tta", "flip", "--test-scale", "1.5"]) == 0
-    assert json.loads(capsys.readouterr().out)["mIoU"] > 0.8      # the mirrored, enlarged square too
-    photo = np.full((30, 20, 3), 90, np.uint8)                    # another size than the training photos
+    assert json.loads(capsys.readouterr().out)["mIoU"] > 0.8  # the mirrored, enlarged square too
+    photo = np.full((30, 20, 3), 90, np.uint8)  # another size than the training photos
     photo[5:14, 4:12] = (220, 30, 30)
     Image.fromarray(photo).save(tmp_path / "new.png")
     assert main(["segment", "predict", str(run), str(tmp_path / "new.png"), "--out", str(tmp_path / "pred")]) == 0
@@ -56,14 +80,17 @@ def test_train_eval_predict(tmp_path, capsys):
     assert np.asarray(Image.open(tmp_path / "pred" / "new_overlay.png")).shape == (30, 20, 3)
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["segment", "train", "--data", "no/such/folder"], "--data is pennfudan, digits or a folder"),
-    (["segment", "eval", "no/such/run"], "no checkpoint at no/such/run"),
-    (["segment", "eval", "no/such/run", "--test-scale", "0"], "--test-scale must be a positive number"),
-    (["segment", "train", "--data", "{data}", "--epochs", "0"], "--epochs must be a positive integer"),
-    (["segment", "train", "--data", "{data}", "--val-every", "-1"], "--val-every must be an integer >= 0"),
-    (["segment", "train", "--data", "{data}", "--arch", "segnet"], "unknown segmentation architecture"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["segment", "train", "--data", "no/such/folder"], "--data is pennfudan, digits or a folder"),
+        (["segment", "eval", "no/such/run"], "no checkpoint at no/such/run"),
+        (["segment", "eval", "no/such/run", "--test-scale", "0"], "--test-scale must be a positive number"),
+        (["segment", "train", "--data", "{data}", "--epochs", "0"], "--epochs must be a positive integer"),
+        (["segment", "train", "--data", "{data}", "--val-every", "-1"], "--val-every must be an integer >= 0"),
+        (["segment", "train", "--data", "{data}", "--arch", "segnet"], "unknown segmentation architecture"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, argv, message):
     data = make_folder(tmp_path / "data", n=4)
     code = main([a.format(data=data) for a in argv] + ["--out", str(tmp_path / "run")] * (argv[1] == "train"))
@@ -77,4 +104,4 @@ def test_missing_mask_names_the_file(tmp_path, capsys):
     assert main(["segment", "train", "--data", str(data), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()
     assert "missing mask file" in err and "im02.png" in err and "\n" not in err
-    assert not (tmp_path / "run").exists()                         # nothing half-written
+    assert not (tmp_path / "run").exists()  # nothing half-written

@@ -26,7 +26,7 @@ def test_split_names_is_seeded_disjoint_and_complete():
     a = split_names(names, 20, seed=0)
     assert len(a["train"]) == 20 and len(a["test"]) == 10
     assert set(a["train"]).isdisjoint(a["test"]) and set(a["train"]) | set(a["test"]) == set(names)
-    assert split_names(list(reversed(names)), 20, seed=0) == a       # order of the listing does not matter
+    assert split_names(list(reversed(names)), 20, seed=0) == a  # order of the listing does not matter
     assert split_names(names, 20, seed=1) != a
     with pytest.raises(CnnkitError, match="n_train=30"):
         split_names(names, 30)
@@ -43,7 +43,7 @@ def test_pennfudan_split_and_masks(data_dir):
         assert image.dtype == torch.uint8 and image.shape[0] == 3 and mask.shape == inst.shape == image.shape[1:]
         assert torch.equal(mask, (inst > 0).to(torch.uint8))
         ids = inst.unique().tolist()
-        assert ids == list(range(len(ids)))                          # 0, then pedestrians 1..n
+        assert ids == list(range(len(ids)))  # 0, then pedestrians 1..n
     small = pennfudan_segmentation("test", data_dir, max_side=200, limit=1)
     assert max(small.images[0].shape[1:]) == 200 and small.masks[0].shape == small.images[0].shape[1:]
     assert set(small.instances[0].unique().tolist()) <= set(s.instances[0].unique().tolist())
@@ -53,12 +53,12 @@ def test_pennfudan_split_and_masks(data_dir):
 
 def test_digit_scenes_have_eleven_classes_from_the_ink():
     digits = ImageSet(torch.zeros(10, 1, 28, 28, dtype=torch.uint8), torch.arange(10), [str(d) for d in range(10)])
-    digits.images[:, :, 8:20, 10:18] = 200                          # a block of ink on every digit
+    digits.images[:, :, 8:20, 10:18] = 200  # a block of ink on every digit
     s = digit_segmentation("train", n=6, canvas=64, seed=3, source=digits, scale=(0.8, 1.2))
     assert s.images.shape == (6, 1, 64, 64) and s.masks.shape == (6, 64, 64) and s.num_classes == 11
     assert s.classes[0] == "background" and s.classes[1:] == [str(d) for d in range(10)]
     ink = s.images[:, 0] >= 64
-    assert torch.equal(s.masks > 0, ink)                            # labelled exactly where the ink is
+    assert torch.equal(s.masks > 0, ink)  # labelled exactly where the ink is
     assert int(s.masks.max()) <= 10
 
 
@@ -111,5 +111,9 @@ def test_mask_folder_errors_name_the_file(tmp_path, case):
         mask_folder(tmp_path, num_classes=2)
     msg = str(err.value)
     assert "\n" not in msg and "bad" in msg
-    assert {"size": "size of its image", "range": "label 7, outside the 2 classes", "missing": "missing mask file",
-            "rgb": "palette (P) or grey (L)"}[case] in msg
+    assert {
+        "size": "size of its image",
+        "range": "label 7, outside the 2 classes",
+        "missing": "missing mask file",
+        "rgb": "palette (P) or grey (L)",
+    }[case] in msg

@@ -38,23 +38,23 @@ def test_confusion_iou_miou_pixel_accuracy_by_hand():
 
 def test_ignore_index_and_absent_classes():
     pred, target = squares()
-    target[0, 0] = 255                                   # a background pixel predicted background: gone
+    target[0, 0] = 255  # a background pixel predicted background: gone
     cm = confusion_matrix(pred, target, 3)
     assert cm.sum() == 35 and cm[0, 0] == 15
     iou = iou_per_class(cm)
-    assert iou[0] == pytest.approx(15 / 23) and torch.isnan(iou[2])     # class 2 is never seen
-    assert mean_iou(cm) == pytest.approx((15 / 23 + 12 / 20) / 2)       # the mean skips it
+    assert iou[0] == pytest.approx(15 / 23) and torch.isnan(iou[2])  # class 2 is never seen
+    assert mean_iou(cm) == pytest.approx((15 / 23 + 12 / 20) / 2)  # the mean skips it
 
 
 def test_boundary_band_is_the_mask_minus_its_erosion():
     pred, target = squares()
     band = boundary_band(target == 1, 1)
-    assert band.sum() == 12 and not band[2:4, 2:4].any()               # the 4x4 ring, not its 2x2 core
-    pband = boundary_band(pred == 1, 1)                                 # the image border is a contour
+    assert band.sum() == 12 and not band[2:4, 2:4].any()  # the 4x4 ring, not its 2x2 core
+    pband = boundary_band(pred == 1, 1)  # the image border is a contour
     assert pband.sum() == 12 and pband[1:5, 5].all() and not pband[2:4, 3:5].any()
-    assert boundary_band(target == 1, 2).sum() == 16                    # erosion by 2 leaves nothing
+    assert boundary_band(target == 1, 2).sum() == 16  # erosion by 2 leaves nothing
     full = torch.ones(5, 5, dtype=torch.bool)
-    assert boundary_band(full, 1).sum() == 16                           # a full image: its outer ring
+    assert boundary_band(full, 1).sum() == 16  # a full image: its outer ring
     with pytest.raises(CnnkitError, match="d=0"):
         boundary_band(full, 0)
 
@@ -68,13 +68,13 @@ def test_boundary_iou_by_hand():
     assert biou.tolist() == pytest.approx([16 / 24, 6 / 18])
     # wide enough, the band is the whole mask and the boundary IoU is the mask IoU (the paper's limit)
     assert boundary_iou(pred, target, 2, d=3)[1] == pytest.approx(12 / 20)
-    target[0, 0] = 255                                                  # ignored: out of the union
+    target[0, 0] = 255  # ignored: out of the union
     assert boundary_iou(pred, target, 2, d=1)[0] == pytest.approx(15 / 23)
 
 
 def test_meter_accumulates_over_batches_as_one_set():
     pred, target = squares()
-    other_pred = torch.zeros(6, 6, dtype=torch.long)                    # a second image: all background
+    other_pred = torch.zeros(6, 6, dtype=torch.long)  # a second image: all background
     meter = SegmentationMeter(2, boundary_d=1, class_names=["background", "square"])
     meter.update(pred[None], target[None])
     meter.update(other_pred[None], target[None])

@@ -21,7 +21,7 @@ def photos(n=5):
     for i in range(n):
         h, w = 30 + 7 * i, 41 - 3 * i
         m = torch.zeros(h, w, dtype=torch.uint8)
-        m[5:h - 4, 3 + i:w // 2] = 1
+        m[5 : h - 4, 3 + i : w // 2] = 1
         im = torch.full((3, h, w), 10, dtype=torch.uint8)
         im[0][m == 1] = 200
         images.append(im)
@@ -53,7 +53,7 @@ def test_random_scale_crop_keeps_image_and_mask_aligned():
             # bilinear edges blur the red channel; away from them the mask is what the image says
             clear = seen & ((x[0] > 190) | (x[0] < 20))
             assert torch.equal(y[clear] == 1, x[0][clear] > 190)
-            assert (x[:, ~seen] == 0).all()                          # padding: black image, ignored mask
+            assert (x[:, ~seen] == 0).all()  # padding: black image, ignored mask
 
 
 def test_batches_for_photos_and_stacked_scenes():
@@ -64,23 +64,26 @@ def test_batches_for_photos_and_stacked_scenes():
     x, y = next(iter(batches))
     assert x.shape == (2, 3, 32, 32) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
     assert y.shape == (2, 32, 32) and y.dtype == torch.int64
-    scenes = SegmentationSet(torch.randint(0, 255, (6, 1, 16, 16), dtype=torch.uint8),
-                             torch.randint(0, 11, (6, 16, 16), dtype=torch.uint8), [str(i) for i in range(11)],
-                             [f"s{i}" for i in range(6)])
+    scenes = SegmentationSet(
+        torch.randint(0, 255, (6, 1, 16, 16), dtype=torch.uint8),
+        torch.randint(0, 11, (6, 16, 16), dtype=torch.uint8),
+        [str(i) for i in range(11)],
+        [f"s{i}" for i in range(6)],
+    )
     xs = [b[0] for b in task.batches(scenes, torch.Generator().manual_seed(1), False)]
-    assert torch.equal(torch.cat(xs), scenes.images.float() / 255)   # eval order, whole images
+    assert torch.equal(torch.cat(xs), scenes.images.float() / 255)  # eval order, whole images
 
 
 def test_loss_ignores_255_and_a_perfect_model_scores_one():
     task = SegmentTask()
     x = torch.zeros(1, 3, 4, 4)
-    x[:, 0, :2] = 1.0                                                # rows 0-1 are "thing"
+    x[:, 0, :2] = 1.0  # rows 0-1 are "thing"
     y = torch.zeros(1, 4, 4, dtype=torch.long)
     y[:, :2] = 1
     loss, stats = task.loss(Oracle(), (x, y))
     loss = loss.detach()
     y_noisy = y.clone()
-    y_noisy[:, 3] = 255 * torch.ones(4, dtype=torch.long)             # ignored row: the loss is unchanged
+    y_noisy[:, 3] = 255 * torch.ones(4, dtype=torch.long)  # ignored row: the loss is unchanged
     loss2 = task.loss(Oracle(), (x, y_noisy))[0].detach()
     assert float(loss2) == pytest.approx(float(loss)) and stats["pixel_acc"] == 1
     out = evaluate(Oracle(), photos())
@@ -91,7 +94,7 @@ def test_loss_ignores_255_and_a_perfect_model_scores_one():
 def test_segmenter_normalises_and_rebuilds_from_its_metadata():
     data = photos()
     mean, std = channel_stats(data)
-    assert mean[1] == pytest.approx(10 / 255) and std[1] == pytest.approx(1e-3)   # a flat channel: clamped
+    assert mean[1] == pytest.approx(10 / 255) and std[1] == pytest.approx(1e-3)  # a flat channel: clamped
     net = create_segmenter("unet", "unet", num_classes=2, in_channels=3, width=4)
     seg = Segmenter(net, mean, std, data.classes).eval()
     info = SegmentTask(info={"data": "photos"}).describe(seg)
@@ -108,10 +111,10 @@ def test_prediction_pictures_grey_indices_and_overlay(tmp_path):
 
     from cnnkit.tasks.segment.predict import palette, predict_image, write_prediction
 
-    assert palette(4).tolist() == [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0]]   # VOC's colours
-    image = photos(1).images[0]                                      # (3, 30, 41)
+    assert palette(4).tolist() == [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0]]  # VOC's colours
+    image = photos(1).images[0]  # (3, 30, 41)
     seg = Segmenter(Oracle(), [0.0, 0.0, 0.0], [1.0, 1.0, 1.0], ["background", "thing"])
-    mask = predict_image(seg, image, max_side=20)                    # seen at 20 px, answered at 41
+    mask = predict_image(seg, image, max_side=20)  # seen at 20 px, answered at 41
     assert mask.shape == (30, 41)
     assert (mask == photos(1).masks[0]).float().mean() > 0.9
     grey, colour = write_prediction(image, mask, 2, tmp_path, "p0")
@@ -121,20 +124,20 @@ def test_prediction_pictures_grey_indices_and_overlay(tmp_path):
     assert c.shape == (30, 41, 3)
     rgb = image.permute(1, 2, 0).numpy().astype(float)
     fg = mask.numpy() == 1
-    expected = np.where(fg[..., None], np.round(0.5 * rgb + 0.5 * np.array([128, 0, 0])), rgb)   # VOC red, half
+    expected = np.where(fg[..., None], np.round(0.5 * rgb + 0.5 * np.array([128, 0, 0])), rgb)  # VOC red, half
     assert fg.any() and np.array_equal(c, expected.astype(np.uint8))
 
 
 def test_dice_loss_by_hand():
     from cnnkit.tasks.segment.task import dice_loss
 
-    y = torch.tensor([[[0, 0, 1, 1]]])                                # (1, 1, 4): two pixels each
+    y = torch.tensor([[[0, 0, 1, 1]]])  # (1, 1, 4): two pixels each
     valid = torch.ones_like(y, dtype=torch.bool)
-    sure = torch.tensor([[[[9.0, 9, -9, -9]], [[-9.0, -9, 9, 9]]]])   # (1, 2, 1, 4): right, almost surely
+    sure = torch.tensor([[[[9.0, 9, -9, -9]], [[-9.0, -9, 9, 9]]]])  # (1, 2, 1, 4): right, almost surely
     assert float(dice_loss(sure, y, valid)) == pytest.approx(0, abs=1e-6)
-    even = torch.zeros(1, 2, 1, 4)                                    # p = 1/2 everywhere: 2 * 1 / (2 + 2)
+    even = torch.zeros(1, 2, 1, 4)  # p = 1/2 everywhere: 2 * 1 / (2 + 2)
     assert float(dice_loss(even, y, valid)) == pytest.approx(0.5)
-    valid[0, 0, 2:] = False                                           # class 1 ignored: only class 0 counts
+    valid[0, 0, 2:] = False  # class 1 ignored: only class 0 counts
     assert float(dice_loss(even, y, valid)) == pytest.approx(1 - 2 * 1 / (1 + 2))
 
 
@@ -142,11 +145,20 @@ def test_recipes_resolve_and_a_scratch_encoder_drops_the_pretrained_settings():
     from cnnkit.tasks.segment.config import SegmentConfig
 
     pf = SegmentConfig(data="pennfudan").resolved()
-    assert (pf.arch, pf.model, pf.weights, pf.freeze_bn, pf.freeze_to) == ("unet", "efficientnet_lite0", "imagenet", True, 4)
-    assert (pf.epochs, pf.val_every, pf.threads) == (40, 4, 1)          # the measured recipe
-    assert SegmentConfig(data="pennfudan", threads=0).resolved().threads == 0   # 0 = all cores, kept
-    for other in (SegmentConfig(data="pennfudan", model="unet"), SegmentConfig(data="pennfudan", weights="none"),
-                  SegmentConfig(data="pennfudan", model="resnet18")):
+    assert (pf.arch, pf.model, pf.weights, pf.freeze_bn, pf.freeze_to) == (
+        "unet",
+        "efficientnet_lite0",
+        "imagenet",
+        True,
+        4,
+    )
+    assert (pf.epochs, pf.val_every, pf.threads) == (40, 4, 1)  # the measured recipe
+    assert SegmentConfig(data="pennfudan", threads=0).resolved().threads == 0  # 0 = all cores, kept
+    for other in (
+        SegmentConfig(data="pennfudan", model="unet"),
+        SegmentConfig(data="pennfudan", weights="none"),
+        SegmentConfig(data="pennfudan", model="resnet18"),
+    ):
         r = other.resolved()
         assert (r.weights, r.freeze_bn, r.freeze_to, r.encoder_lr) == (None, False, 0, 1.0)
     dg = SegmentConfig(data="digits", arch="fcn8s").resolved()
@@ -174,8 +186,11 @@ def test_frozen_stem_and_the_encoder_lr_fraction(tmp_path):
     def setup(m):
         for layer in stem:
             layer.requires_grad_(False)
-        opts.append(torch.optim.SGD([{"params": [p for p in enc if p.requires_grad], "lr_scale": 0.1},
-                                     {"params": head}], lr=1.0))
+        opts.append(
+            torch.optim.SGD(
+                [{"params": [p for p in enc if p.requires_grad], "lr_scale": 0.1}, {"params": head}], lr=1.0
+            )
+        )
         return Setup(opts[-1], schedule=lambda step, total: 0.5, frozen=stem)
 
     task = SegmentTask(batch_size=2, crop=32, max_batches=1)
@@ -204,7 +219,7 @@ def test_lovasz_softmax_of_sure_predictions_is_one_minus_the_mean_iou():
     g = torch.Generator().manual_seed(0)
     y, pred = torch.randint(0, 3, (2, 9, 7), generator=g), torch.randint(0, 3, (2, 9, 7), generator=g)
     valid = torch.ones_like(y, dtype=torch.bool)
-    valid[0, 0] = False                                           # an ignored pixel counts for nothing
+    valid[0, 0] = False  # an ignored pixel counts for nothing
     sure = torch.nn.functional.one_hot(pred, 3).permute(0, 3, 1, 2).float() * 100
     p, t = pred[valid], y[valid]
     iou = torch.stack([((p == c) & (t == c)).sum() / ((p == c) | (t == c)).sum() for c in range(3)])
@@ -227,7 +242,7 @@ def test_segmenter_test_time_procedure_flip_and_scale():
     z = (x - 0.5) / 0.5
     expect = ((net(z).softmax(1) + net(z.flip(-1)).softmax(1).flip(-1)) / 2).log()
     assert torch.allclose(flip(x), expect, atol=1e-5)
-    assert torch.allclose(flip(x.flip(-1)).flip(-1), flip(x), atol=1e-5)      # mirror-symmetric answers
+    assert torch.allclose(flip(x.flip(-1)).flip(-1), flip(x), atol=1e-5)  # mirror-symmetric answers
     scaled = Segmenter(nn.Conv2d(3, 2, 1), [0.5] * 3, [0.5] * 3, ["b", "t"], test_scale=1.5).eval()
     flat = torch.full((2, 3, 13, 10), 0.3)
     out = scaled(flat)

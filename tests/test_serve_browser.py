@@ -25,15 +25,23 @@ from test_serve import (
 )
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 PAGES = ["/conv", "/analyse", "/runs", "/predict"]
 
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: "
-                                   "pip install playwright (the 'test' extra has it)")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed: pip install playwright (the 'test' extra has it)"
+    )
     if not Path(CHROMIUM).is_file():
         pytest.skip("no chromium at /usr/bin/chromium: apt-get install -y chromium (.ci/run does)")
     with sync_api.sync_playwright() as p:
@@ -98,8 +106,9 @@ def test_conv_page_sizes_are_pytorchs(page):
         _fill_conv(page, size, kernel, stride, padding, dilation)
         conv = _torch_conv(size, kernel, stride, padding, dilation)
         want = list(conv(torch.zeros(1, 1, *size)).shape[2:])
-        page.wait_for_function("(w) => document.getElementById('out-size').textContent === w",
-                               arg=" x ".join(map(str, want)), timeout=5000)
+        page.wait_for_function(
+            "(w) => document.getElementById('out-size').textContent === w", arg=" x ".join(map(str, want)), timeout=5000
+        )
     assert page.errors == []
 
 
@@ -115,8 +124,9 @@ def test_conv_page_lights_the_cells_an_output_reads_and_pads_like_tensorflow_or_
         lit = page.eval_on_selector_all(".input-grid rect.read", "es => es.map(e => [+e.dataset.r, +e.dataset.c])")
         assert len(lit) == 9
         start = 1 if mode == "caffe" else 0  # the caffe grid starts with a padding row and column
-        assert sorted(lit) == [[r, c] for r in range(3) for c in range(3)] and \
-            all((r < start or c < start) == ([r, c] in pads) for r, c in lit)
+        assert sorted(lit) == [[r, c] for r in range(3) for c in range(3)] and all(
+            (r < start or c < start) == ([r, c] in pads) for r, c in lit
+        )
 
 
 def _analyse(pg, target=None, spec=None, batch=8):
@@ -145,11 +155,15 @@ def _check_numbers(pg, s):
     for kind in ("inference", "training"):
         assert _num(pg.inner_text(f"#versus-table tr[data-kind='{kind}'] .real")) == s["memory"][f"{kind}_peak_bytes"]
         assert _num(pg.inner_text(f"#versus-table tr[data-kind='{kind}'] .book")) == s["textbook"][f"{kind}_bytes"]
-    rows = pg.eval_on_selector_all("#layers tr[data-name]", "es => es.map(e => [e.dataset.name, "
-                                   "e.querySelector('.params').textContent, e.querySelector('.macs').textContent, "
-                                   "e.querySelector('.saved').textContent])")
-    assert [(n, _num(p), _num(m), _num(v)) for n, p, m, v in rows] == \
-        [(r["name"], r["params"], r["macs"], r.get("saved_bytes")) for r in s["layers"]]
+    rows = pg.eval_on_selector_all(
+        "#layers tr[data-name]",
+        "es => es.map(e => [e.dataset.name, "
+        "e.querySelector('.params').textContent, e.querySelector('.macs').textContent, "
+        "e.querySelector('.saved').textContent])",
+    )
+    assert [(n, _num(p), _num(m), _num(v)) for n, p, m, v in rows] == [
+        (r["name"], r["params"], r["macs"], r.get("saved_bytes")) for r in s["layers"]
+    ]
     assert f"Peak {s['memory']['training_peak_bytes']:,} B" in pg.inner_text("#peak-text")
 
 
@@ -192,8 +206,12 @@ def test_runs_page_overlays_runs_and_follows_a_training_run(page, site):
     page.wait_for_function("() => document.querySelectorAll('#curves polyline.series').length === 2")
     write_metrics(root / first, 4 if first == "mnist_a" else 3)  # the run trains on: one more epoch
     want = 4 if first == "mnist_a" else 3
-    page.wait_for_function("([name, n]) => [...document.querySelectorAll('#curves polyline.series')].some("
-                           "e => e.dataset.name === name && +e.dataset.points === n)", arg=[first, want], timeout=10000)
+    page.wait_for_function(
+        "([name, n]) => [...document.querySelectorAll('#curves polyline.series')].some("
+        "e => e.dataset.name === name && +e.dataset.points === n)",
+        arg=[first, want],
+        timeout=10000,
+    )
     write_metrics(root / first, 3 if first == "mnist_a" else 2)
     assert page.errors == []
 
@@ -216,7 +234,9 @@ def test_predict_page_gets_the_runs_prediction_and_a_gradcam(page, site, tmp_pat
     assert page.get_attribute("#cam-img", "src").startswith("data:image/png;base64,")
     page.select_option("#method", "saliency")
     page.click("#ex-go")
-    page.wait_for_function("() => document.getElementById('ex-img') && document.getElementById('ex-img').naturalWidth > 300")
+    page.wait_for_function(
+        "() => document.getElementById('ex-img') && document.getElementById('ex-img').naturalWidth > 300"
+    )
     assert page.errors == []
 
 

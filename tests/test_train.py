@@ -41,8 +41,15 @@ def tiny(tmp_path):
 
 def small(data_dir, **kw):
     """A few hundred steps at most, one thread: seconds, not minutes."""
-    values = dict(data_dir=str(data_dir), subset=8192, epochs=2, batch_size=128, threads=1, tta=False,
-                  augment=AugmentConfig(shift=2))             # whole images: any net of the tests
+    values = dict(
+        data_dir=str(data_dir),
+        subset=8192,
+        epochs=2,
+        batch_size=128,
+        threads=1,
+        tta=False,
+        augment=AugmentConfig(shift=2),
+    )  # whole images: any net of the tests
     return preset("fast", **{**values, **kw})
 
 
@@ -87,7 +94,7 @@ def test_resume_gives_the_same_weights(data_dir, tmp_path, tiny):
     train(cfg, tmp_path / "full", quiet=True)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "cut", quiet=True, on_epoch_end=stop_after_first)
-    assert cnnkit.load(tmp_path / "cut").info["epoch"] == 1      # Ctrl-C left a usable checkpoint
+    assert cnnkit.load(tmp_path / "cut").info["epoch"] == 1  # Ctrl-C left a usable checkpoint
     resumed = train(cfg, tmp_path / "cut", resume=True, quiet=True)
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
     for name in ("model.safetensors", "resume.safetensors"):
@@ -111,9 +118,11 @@ def test_fast_crops_for_nets_of_any_size_and_shifts_for_fixed_size_ones(data_dir
     fixed = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10))
     capsys.readouterr()
     assert trainable_augment(cfg, fixed, data) == AugmentConfig(shift=2)
-    assert "takes only 28x28 inputs: training on shifts of up to 2 px of whole images instead of 24x24 " \
+    assert (
+        "takes only 28x28 inputs: training on shifts of up to 2 px of whole images instead of 24x24 "
         "crops" in capsys.readouterr().out
-    assert fixed.training                                          # the probe restored the mode
+    )
+    assert fixed.training  # the probe restored the mode
     with pytest.raises(CnnkitError, match="crop 33 is larger than the 28x28 images padded by their shift 2"):
         train(small(data_dir, augment=AugmentConfig(shift=2, crop=33)), tmp_path / "r", quiet=True)
     assert not (tmp_path / "r").exists()
@@ -125,8 +134,7 @@ def test_nan_loss_stops_with_a_clear_message(data_dir, tmp_path, tiny):
 
 
 def test_ensemble_averages_probabilities(data_dir, tmp_path, tiny):
-    res = train(small(data_dir, model=tiny + ":tiny", subset=1024, epochs=1, ensemble=2),
-                tmp_path / "e", quiet=True)
+    res = train(small(data_dir, model=tiny + ":tiny", subset=1024, epochs=1, ensemble=2), tmp_path / "e", quiet=True)
     tmp_path = tmp_path / "e"
     ens = cnnkit.load(tmp_path)
     members = [cnnkit.load(tmp_path / f"member{i}") for i in range(2)]
@@ -138,8 +146,7 @@ def test_ensemble_averages_probabilities(data_dir, tmp_path, tiny):
 
 
 def test_epochs_validate_without_tta_and_the_result_with_it(data_dir, tmp_path, tiny):
-    res = train(small(data_dir, model=tiny + ":tiny", subset=1024, epochs=1, tta=True), tmp_path / "t",
-                quiet=True)
+    res = train(small(data_dir, model=tiny + ":tiny", subset=1024, epochs=1, tta=True), tmp_path / "t", quiet=True)
     model = cnnkit.load(tmp_path / "t")
     val = load_dataset("mnist", "val", data_dir)
     # on CUDA the run validated under bf16 autocast and this CPU copy runs fp32: a near-random net's
@@ -148,9 +155,9 @@ def test_epochs_validate_without_tta_and_the_result_with_it(data_dir, tmp_path, 
     assert model.tta == "shift" and res.val_acc == pytest.approx(evaluate(model, val).accuracy, abs=tol)
     with model.without_tta():
         plain = evaluate(model, val).accuracy
-    assert model.tta == "shift"                                       # restored after the block
+    assert model.tta == "shift"  # restored after the block
     assert res.history[-1]["val_acc"] == pytest.approx(plain, abs=max(tol, 1e-4))
-    assert res.val_acc != pytest.approx(plain, abs=1e-6)              # five views answer differently
+    assert res.val_acc != pytest.approx(plain, abs=1e-6)  # five views answer differently
 
 
 def test_trainval_trains_on_all_60000_and_the_cli_records_it(data_dir, tmp_path, tiny, capsys):
@@ -162,9 +169,29 @@ def test_trainval_trains_on_all_60000_and_the_cli_records_it(data_dir, tmp_path,
     assert torch.equal(train_set.images[:55000], plain.images)
     assert torch.equal(train_set.images[55000:], val_set.images)
     assert torch.equal(train_set.labels[55000:], val_set.labels)
-    assert main(["train", "--trainval", "--model", tiny + ":tiny", "--subset", "512", "--epochs", "1",
-                 "--batch-size", "128", "--threads", "1", "--data-dir", str(data_dir),
-                 "--out", str(tmp_path / "tv")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--trainval",
+                "--model",
+                tiny + ":tiny",
+                "--subset",
+                "512",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "128",
+                "--threads",
+                "1",
+                "--data-dir",
+                str(data_dir),
+                "--out",
+                str(tmp_path / "tv"),
+            ]
+        )
+        == 0
+    )
     assert "val (trained on) acc" in capsys.readouterr().out
     assert cnnkit.load(tmp_path / "tv").info["config"]["trainval"] is True
     assert main(["eval", str(tmp_path / "tv"), "--split", "val", "--format", "json"]) == 0
@@ -173,12 +200,13 @@ def test_trainval_trains_on_all_60000_and_the_cli_records_it(data_dir, tmp_path,
 
 
 def test_cli_eval_and_predict(run, data_dir, tmp_path, capsys):
-    assert main(["eval", str(run.out), "--split", "val", "--format", "json",
-                 "--confusion", str(tmp_path / "cm.png")]) == 0
+    assert (
+        main(["eval", str(run.out), "--split", "val", "--format", "json", "--confusion", str(tmp_path / "cm.png")]) == 0
+    )
     out, err = capsys.readouterr()
     result = json.loads(out)
     assert result["n"] == 5000 and result["accuracy"] == pytest.approx(run.history[-1]["val_acc"], abs=1e-4)
-    assert "trained on the val split" not in err                      # held out: no note
+    assert "trained on the val split" not in err  # held out: no note
     assert (tmp_path / "cm.png").stat().st_size > 1000
     test = load_dataset("mnist", "test", data_dir)
     # black-on-white, 56x56 RGB: converted, resized and inverted like the training digits
@@ -189,13 +217,16 @@ def test_cli_eval_and_predict(run, data_dir, tmp_path, capsys):
     assert top[0][0] == str(int(test.labels[0])) and top[0][1] > 0.5
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["train", "--epochs", "0"], "--epochs must be a positive integer; received 0"),
-    (["train", "--data", "mnsit"], "unknown dataset 'mnsit'"),
-    (["train", "--resume"], "--resume needs --out"),
-    (["eval", "no/such/run"], "no checkpoint at no/such/run"),
-    (["predict", "no/such/run", "x.png"], "no checkpoint at no/such/run"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--epochs", "0"], "--epochs must be a positive integer; received 0"),
+        (["train", "--data", "mnsit"], "unknown dataset 'mnsit'"),
+        (["train", "--resume"], "--resume needs --out"),
+        (["eval", "no/such/run"], "no checkpoint at no/such/run"),
+        (["predict", "no/such/run", "x.png"], "no checkpoint at no/such/run"),
+    ],
+)
 def test_cli_bad_input_is_one_line_and_exit_2(argv, message, capsys, data_dir):
     assert main(argv + (["--data-dir", str(data_dir)] if argv[0] == "train" else [])) == 2
     err = capsys.readouterr().err
@@ -207,7 +238,7 @@ def test_cli_device_cuda_without_a_gpu(capsys, data_dir, tmp_path):
     assert main(["train", "--device", "cuda", "--data-dir", str(data_dir), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "--device cuda, but PyTorch sees no CUDA GPU here; use --device cpu" in err and err.count("\n") == 1
-    assert not (tmp_path / "r").exists()                      # nothing written
+    assert not (tmp_path / "r").exists()  # nothing written
 
 
 def test_cli_predict_bad_image(run, tmp_path, capsys):

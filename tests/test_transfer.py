@@ -18,11 +18,22 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def small_vgg(num_classes=3):
     """Two VGG blocks with BN (Keras names block1_conv1 .. block2_pool), a Flatten head."""
+
     def conv_bn(i, o):
         return [nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU()]
-    return nn.Sequential(*conv_bn(3, 8), *conv_bn(8, 8), nn.MaxPool2d(2),     # block 1: (B, 8, 8, 8)
-                         *conv_bn(8, 16), *conv_bn(16, 16), nn.MaxPool2d(2),  # block 2: (B, 16, 4, 4)
-                         nn.Flatten(), nn.Linear(256, 32), nn.ReLU(), nn.Linear(32, num_classes))
+
+    return nn.Sequential(
+        *conv_bn(3, 8),
+        *conv_bn(8, 8),
+        nn.MaxPool2d(2),  # block 1: (B, 8, 8, 8)
+        *conv_bn(8, 16),
+        *conv_bn(16, 16),
+        nn.MaxPool2d(2),  # block 2: (B, 16, 4, 4)
+        nn.Flatten(),
+        nn.Linear(256, 32),
+        nn.ReLU(),
+        nn.Linear(32, num_classes),
+    )
 
 
 def toy_set(n=24, classes=("a", "b"), size=16, seed=0):
@@ -42,15 +53,15 @@ def test_stage_plans_set_requires_grad():
     head = {"15.weight", "15.bias", "17.weight", "17.bias"}
     plan = plan_stage(net, "head", None, (3, 16, 16))
     assert _requires_grad(net) == head and set(plan.trainable) == head
-    assert len(plan.frozen_bn) == 4                                   # every BN of the base in eval
-    plan = plan_stage(net, "top", None, (3, 16, 16))                  # default: the last block
+    assert len(plan.frozen_bn) == 4  # every BN of the base in eval
+    plan = plan_stage(net, "top", None, (3, 16, 16))  # default: the last block
     assert _requires_grad(net) == head | {f"{i}.{w}" for i in (7, 8, 10, 11) for w in ("weight", "bias")}
-    assert len(plan.frozen_bn) == 4                                   # train_bn=False: all stay eval
-    plan_stage(net, "top", "block2_conv2", (3, 16, 16))               # Keras name -> module 10
+    assert len(plan.frozen_bn) == 4  # train_bn=False: all stay eval
+    plan_stage(net, "top", "block2_conv2", (3, 16, 16))  # Keras name -> module 10
     assert _requires_grad(net) == head | {"10.weight", "10.bias", "11.weight", "11.bias"}
     plan = plan_stage(net, "all", None, (3, 16, 16))
     assert _requires_grad(net) == {n for n, _ in net.named_parameters()}
-    lrs = {n: g["lr"] for g in plan.groups for n in g["names"]}       # discriminative: deeper, lower
+    lrs = {n: g["lr"] for g in plan.groups for n in g["names"]}  # discriminative: deeper, lower
     assert lrs["17.weight"] == 1e-4 and lrs["7.weight"] == 5e-5 and lrs["0.weight"] == 2.5e-5
 
 
@@ -62,7 +73,7 @@ def test_resnet_layer_names():
     assert {n.split(".")[0] for n in _requires_grad(net)} == {"layer4", "fc"}
     plan_stage(net, "top", "layer3", (3, 32, 32))
     assert {n.split(".")[0] for n in _requires_grad(net)} == {"layer3", "layer4", "fc"}
-    plan_stage(net, "top", "conv5_block2_1_conv", (3, 32, 32))       # Keras ResNet name: layer4.1.conv1
+    plan_stage(net, "top", "conv5_block2_1_conv", (3, 32, 32))  # Keras ResNet name: layer4.1.conv1
     assert min(_requires_grad(net) - {"fc.weight", "fc.bias"}) == "layer4.1.bn1.bias"
     with pytest.raises(CnnkitError, match="unknown layer freeze_until='layer9'.*layer4"):
         plan_stage(net, "top", "layer9", (3, 32, 32))
@@ -73,18 +84,19 @@ def test_frozen_batch_norm_keeps_its_statistics():
     net = small_vgg(num_classes=5)
     net.train()(torch.randn(8, 3, 16, 16))  # give the BN layers non-trivial statistics
     before = copy.deepcopy(net.state_dict())
-    history = finetune(net, toy_set(), toy_set(seed=1), stages=("head", "top"), epochs=2, batch_size=8,
-                       lr_head=1e-2, lr_top=1e-2)
+    history = finetune(
+        net, toy_set(), toy_set(seed=1), stages=("head", "top"), epochs=2, batch_size=8, lr_head=1e-2, lr_top=1e-2
+    )
     after = net.state_dict()
     assert [(r["stage"], r["epoch"]) for r in history] == [("head", 1), ("head", 2), ("top", 1), ("top", 2)]
-    assert net[17].out_features == 2 and not net.training           # a new classifier; eval mode
+    assert net[17].out_features == 2 and not net.training  # a new classifier; eval mode
     for key in before:
-        if key.startswith(("0.", "1.", "3.", "4.")):                  # block 1: frozen throughout
+        if key.startswith(("0.", "1.", "3.", "4.")):  # block 1: frozen throughout
             assert torch.equal(before[key], after[key]), key
     for key in ("8.running_mean", "8.running_var", "11.running_mean", "11.running_var"):
-        assert torch.equal(before[key], after[key]), key              # unfrozen BN, train_bn=False
-    assert not torch.equal(before["7.weight"], after["7.weight"])     # block 2 conv trained in "top"
-    assert all(p.requires_grad for p in net.parameters())             # flags restored afterwards
+        assert torch.equal(before[key], after[key]), key  # unfrozen BN, train_bn=False
+    assert not torch.equal(before["7.weight"], after["7.weight"])  # block 2 conv trained in "top"
+    assert all(p.requires_grad for p in net.parameters())  # flags restored afterwards
     finetune(net, toy_set(), None, stages=("top",), epochs=1, batch_size=8, train_bn=True)
     assert not torch.equal(before["8.running_mean"], net.state_dict()["8.running_mean"])
     assert torch.equal(before["1.running_mean"], net.state_dict()["1.running_mean"])
@@ -95,8 +107,7 @@ def test_head_stage_with_cached_features_learns():
     net = small_vgg()
     # defaults otherwise (mirror images cached, zero head, cosine); at lr 3e-3 this toy, whose classes
     # differ by 0.0005 in feature mean, needs ~25 epochs (measured: 0.58 after 15)
-    history = finetune(net, toy_set(48), toy_set(48, seed=1), stages=("head",), epochs=15, batch_size=16,
-                       lr_head=1e-2)
+    history = finetune(net, toy_set(48), toy_set(48, seed=1), stages=("head",), epochs=15, batch_size=16, lr_head=1e-2)
     assert history[-1]["val_acc"] >= 0.9 and history[-1]["trainable"] == 256 * 32 + 32 + 32 * 2 + 2
 
 
@@ -104,13 +115,14 @@ def test_cached_head_stage_trains_without_the_networks_dropout_unless_asked():
     def net_with_dropout():
         torch.manual_seed(0)
         net = small_vgg()
-        net.insert(15, nn.Dropout(1.0))     # after the Flatten: in train mode the head would see zeros
+        net.insert(15, nn.Dropout(1.0))  # after the Flatten: in train mode the head would see zeros
         return net
+
     kw = dict(stages=("head",), epochs=15, batch_size=16, lr_head=1e-2)
     off = finetune(net_with_dropout(), toy_set(48), toy_set(48, seed=1), **kw)
     on = finetune(net_with_dropout(), toy_set(48), toy_set(48, seed=1), head_dropout=True, **kw)
-    assert off[-1]["val_acc"] >= 0.9            # as test_head_stage_with_cached_features_learns
-    assert on[-1]["val_acc"] <= 0.6             # the zeroed features taught it nothing (0.5: chance)
+    assert off[-1]["val_acc"] >= 0.9  # as test_head_stage_with_cached_features_learns
+    assert on[-1]["val_acc"] <= 0.6  # the zeroed features taught it nothing (0.5: chance)
 
 
 def test_zoo_model_finetunes_on_hymenoptera_end_to_end(data_dir, tmp_path):
@@ -129,9 +141,18 @@ def test_zoo_model_finetunes_on_hymenoptera_end_to_end(data_dir, tmp_path):
     net = create_model("resnet18")
     fc_before = net.layer1[0].conv1.weight.clone()
     rows = []
-    finetune(net, train.subset(torch.arange(0, 244, 8)), val.subset(torch.arange(0, 153, 8)),
-             augment=NOTES_AUGMENT, epochs=1, batch_size=8, max_batches=2, mean=pre.mean, std=pre.std,
-             log=rows.append)
+    finetune(
+        net,
+        train.subset(torch.arange(0, 244, 8)),
+        val.subset(torch.arange(0, 153, 8)),
+        augment=NOTES_AUGMENT,
+        epochs=1,
+        batch_size=8,
+        max_batches=2,
+        mean=pre.mean,
+        std=pre.std,
+        log=rows.append,
+    )
     assert [r["stage"] for r in rows] == ["head", "top", "all"]
     assert rows[0]["trainable"] == 512 * 2 + 2 and rows[2]["trainable"] == 11_177_538
     assert net.fc.out_features == 2 and not torch.equal(fc_before, net.layer1[0].conv1.weight)
@@ -144,8 +165,22 @@ def test_cli_finetune_writes_a_loadable_checkpoint(data_dir, tmp_path, monkeypat
     from cnnkit.cli import main
 
     monkeypatch.setenv("CNNKIT_HOME", str(tmp_path / "home"))
-    args = ["classify", "finetune", "--model", "resnet18", "--data", str(data_dir / "hymenoptera"), "--image-size", "32",
-            "--stages", "head", "--epochs", "1", "--out", str(tmp_path / "run")]
+    args = [
+        "classify",
+        "finetune",
+        "--model",
+        "resnet18",
+        "--data",
+        str(data_dir / "hymenoptera"),
+        "--image-size",
+        "32",
+        "--stages",
+        "head",
+        "--epochs",
+        "1",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     assert main(args) == 0
     out, err = capsys.readouterr()
     assert "244 train / 153 val images" in out and err.count("skipped 1 file") == 1
@@ -159,25 +194,37 @@ def test_cli_finetune_writes_a_loadable_checkpoint(data_dir, tmp_path, monkeypat
 
 def test_augment_is_batched_seeded_and_keras_like():
     x = torch.rand(6, 3, 20, 30)
-    aug = ImageAugment(rotation_range=30, width_shift_range=0.2, height_shift_range=0.1, shear_range=10,
-                       zoom_range=0.2, horizontal_flip=True, fill_mode="reflect")
+    aug = ImageAugment(
+        rotation_range=30,
+        width_shift_range=0.2,
+        height_shift_range=0.1,
+        shear_range=10,
+        zoom_range=0.2,
+        horizontal_flip=True,
+        fill_mode="reflect",
+    )
     a = aug(x, torch.Generator().manual_seed(1))
     assert a.shape == x.shape and torch.equal(a, aug(x, torch.Generator().manual_seed(1)))
     assert not torch.equal(a, aug(x, torch.Generator().manual_seed(2)))
     assert torch.allclose(ImageAugment()(x, torch.Generator()), x, atol=1e-5)  # nothing asked: identity
     ones = torch.ones(4, 1, 16, 16)
-    shifted = ImageAugment(width_shift_range=0.5, fill_mode="constant", cval=0.25)(ones, torch.Generator().manual_seed(0))
+    shifted = ImageAugment(width_shift_range=0.5, fill_mode="constant", cval=0.25)(
+        ones, torch.Generator().manual_seed(0)
+    )
     assert set(shifted.unique().round(decimals=4).tolist()) <= {0.25, 1.0} or shifted.min() >= 0.25 - 1e-5
-    assert (shifted - 0.25).abs().min() < 1e-5                       # the fill is cval, not 0
+    assert (shifted - 0.25).abs().min() < 1e-5  # the fill is cval, not 0
     assert (ImageAugment(width_shift_range=0.5)(ones, torch.Generator().manual_seed(0)) - 1).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(stages=("head", "middle")), "unknown stages"),
-    (dict(batch_size=1), "batch_size must be >= 2"),
-    (dict(val_set=toy_set(classes=("x", "y"))), "same classes"),
-    (dict(freeze_until="block9_conv1"), "block9_conv1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(stages=("head", "middle")), "unknown stages"),
+        (dict(batch_size=1), "batch_size must be >= 2"),
+        (dict(val_set=toy_set(classes=("x", "y"))), "same classes"),
+        (dict(freeze_until="block9_conv1"), "block9_conv1"),
+    ],
+)
 def test_bad_finetune_input(kwargs, match):
     kwargs = {"val_set": None, **kwargs}
     with pytest.raises(CnnkitError, match=match):
@@ -208,17 +255,19 @@ def test_cli_finetune_from_reference_weights_url_then_from_its_checkpoint(data_d
     from cnnkit.models import create_model
 
     monkeypatch.setenv("CNNKIT_HOME", str(tmp_path / "home"))
-    state = create_model("resnet18").state_dict()                     # stands in for ImageNet weights
+    state = create_model("resnet18").state_dict()  # stands in for ImageNet weights
     torch.save(state, tmp_path / "w.pth")
     sha = hashlib.sha256((tmp_path / "w.pth").read_bytes()).hexdigest()
     (tmp_path / "w.pth").rename(tmp_path / f"resnet18-{sha[:8]}.pth")  # torchvision's naming: checked
-    common = ["--data", str(data_dir / "hymenoptera"), "--image-size", "32", "--stages", "head",
-              "--epochs", "1"]
+    common = ["--data", str(data_dir / "hymenoptera"), "--image-size", "32", "--stages", "head", "--epochs", "1"]
     url = (tmp_path / f"resnet18-{sha[:8]}.pth").as_uri()
-    assert main(["classify", "finetune", "--model", "resnet18", "--weights", url, *common, "--out", str(tmp_path / "a")]) == 0
+    assert (
+        main(["classify", "finetune", "--model", "resnet18", "--weights", url, *common, "--out", str(tmp_path / "a")])
+        == 0
+    )
     first = cnnkit.load(tmp_path / "a").net
     assert torch.equal(first.layer2[0].conv1.weight, state["layer2.0.conv1.weight"])  # loaded, then frozen
-    assert (tmp_path / "home" / "weights" / f"resnet18-{sha[:8]}.pth").is_file()     # downloaded once
+    assert (tmp_path / "home" / "weights" / f"resnet18-{sha[:8]}.pth").is_file()  # downloaded once
     assert main(["classify", "finetune", "--weights", str(tmp_path / "a"), *common, "--out", str(tmp_path / "b")]) == 0
     second = cnnkit.load(tmp_path / "b")
     assert torch.equal(second.net.layer2[0].conv1.weight, state["layer2.0.conv1.weight"])
@@ -231,7 +280,7 @@ def test_class_scores_head_reads_the_old_classifier_and_never_trains_it():
     from cnnkit.models.heads import ClassScoresHead, attach_class_scores, head_kind
 
     torch.manual_seed(0)
-    net = small_vgg(num_classes=5)                          # the "pretrained" classifier: 5 classes
+    net = small_vgg(num_classes=5)  # the "pretrained" classifier: 5 classes
     old = copy.deepcopy(net[-1])
     head = attach_class_scores(net, 2)
     assert isinstance(net[-1], ClassScoresHead) and head_kind(net) == {"kind": "class_scores", "source_classes": 5}
@@ -256,15 +305,25 @@ def test_auto_head_keeps_the_candidate_with_the_lower_val_loss(tmp_path):
     runs = {}
     for head in ("features", "class_scores", "auto"):
         torch.manual_seed(0)
-        net = create_model("resnet18")                     # its 1,000-class fc: the old classifier
-        rows = finetune(net, train, val, stages=("head",), epochs=6, batch_size=16, lr_head=1e-2,
-                        head=head, out=tmp_path / head, info={"model": "resnet18"})
+        net = create_model("resnet18")  # its 1,000-class fc: the old classifier
+        rows = finetune(
+            net,
+            train,
+            val,
+            stages=("head",),
+            epochs=6,
+            batch_size=16,
+            lr_head=1e-2,
+            head=head,
+            out=tmp_path / head,
+            info={"model": "resnet18"},
+        )
         runs[head] = (net, rows[-1]["val_loss"])
     chosen = cnnkit.load(tmp_path / "auto").info["finetune_head"]
     assert chosen["val_loss"] == pytest.approx({k: runs[k][1] for k in ("features", "class_scores")}, abs=1e-4)
     kind = min(chosen["val_loss"], key=chosen["val_loss"].get)
     assert chosen["kind"] == kind and runs["auto"][1] == pytest.approx(runs[kind][1], abs=1e-5)
-    for head in ("features", "class_scores", "auto"):      # each checkpoint rebuilds its own head
+    for head in ("features", "class_scores", "auto"):  # each checkpoint rebuilds its own head
         net = runs[head][0].eval()
         x = torch.rand(3, 3, 32, 32)
         assert torch.allclose(cnnkit.load(tmp_path / head).net((x - 0.5) / 0.5), net((x - 0.5) / 0.5), atol=1e-5)
@@ -273,12 +332,20 @@ def test_auto_head_keeps_the_candidate_with_the_lower_val_loss(tmp_path):
 def test_a_crafted_head_description_is_refused():
     from cnnkit.models.network import build
 
-    for head in ({"kind": "exec"}, {"kind": "class_scores", "source_classes": 10**9}, "class_scores",
-                 {"kind": "class_scores", "source_classes": True}):
+    for head in (
+        {"kind": "exec"},
+        {"kind": "class_scores", "source_classes": 10**9},
+        "class_scores",
+        {"kind": "class_scores", "source_classes": True},
+    ):
         with pytest.raises(CnnkitError, match="head"):
             build({"kind": "zoo", "name": "resnet18", "head": head}, 2, 3, "ckpt.safetensors")
-    net = build({"kind": "zoo", "name": "resnet18", "head": {"kind": "class_scores", "source_classes": 1000}},
-                        2, 3, "ckpt.safetensors")
+    net = build(
+        {"kind": "zoo", "name": "resnet18", "head": {"kind": "class_scores", "source_classes": 1000}},
+        2,
+        3,
+        "ckpt.safetensors",
+    )
     assert net.fc.source.out_features == 1000 and net.fc.fc.out_features == 2
 
 

@@ -28,7 +28,7 @@ def test_bilinear_kernel_is_fcns_filter():
     k2 = bilinear_kernel(2)
     assert k2.shape == (4, 4)
     assert torch.allclose(k2[0], torch.tensor([1, 3, 3, 1]) / 16)
-    k3 = bilinear_kernel(3)                                 # odd factor: odd kernel with a centre tap of 1
+    k3 = bilinear_kernel(3)  # odd factor: odd kernel with a centre tap of 1
     assert k3.shape == (5, 5) and k3[2, 2] == 1 and torch.allclose(k3[2], torch.tensor([1, 2, 3, 2, 1]) / 3)
     with pytest.raises(CnnkitError, match="factor=0"):
         bilinear_kernel(0)
@@ -40,11 +40,11 @@ def test_bilinear_conv_transpose_is_interpolate_half_pixel_except_an_f_over_2_bo
     up = BilinearConvTranspose2d(3, factor)
     ref = F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)
     with torch.no_grad():
-        y = up(x)                                                      # (2, 3, 7f, 9f)
+        y = up(x)  # (2, 3, 7f, 9f)
         assert y.shape == ref.shape == (2, 3, 7 * factor, 9 * factor)
         b = factor // 2
         diff = (y - ref).abs()
-        assert diff[..., b:y.shape[-2] - b, b:y.shape[-1] - b].max() < 1e-5   # interior: identical
+        assert diff[..., b : y.shape[-2] - b, b : y.shape[-1] - b].max() < 1e-5  # interior: identical
         if b:  # the border strip is exactly f // 2 wide: zeros beyond the image against clamped edges
             assert diff[..., b - 1, b:-b].min() > 0 and diff[..., b:-b, -b].min() > 0
         # with the edge pixels repeated one step out (what interpolate does) it agrees everywhere
@@ -52,9 +52,9 @@ def test_bilinear_conv_transpose_is_interpolate_half_pixel_except_an_f_over_2_bo
         assert (padded - ref).abs().max() < 1e-5
         # align_corners=True is another function altogether
         corners = F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=True)
-        assert (y - corners)[..., b:-b or None, b:-b or None].abs().max() > 1e-2
+        assert (y - corners)[..., b : -b or None, b : -b or None].abs().max() > 1e-2
     assert up.weight.requires_grad and up.bias is None
-    assert up.weight[0, 1].abs().sum() == 0                             # channel c only into channel c
+    assert up.weight[0, 1].abs().sum() == 0  # channel c only into channel c
 
 
 def test_upsample_module_and_atrous_conv():
@@ -84,17 +84,28 @@ def test_aspp_branches_rates_and_shape():
     x = torch.randn(2, 32, 9, 7)
     assert aspp(x).shape == (2, 16, 9, 7)
     aspp.eval()
-    pooled = aspp.branches[4](x)                                # image pooling: constant over the map
+    pooled = aspp.branches[4](x)  # image pooling: constant over the map
     assert torch.allclose(pooled, pooled[..., :1, :1].expand_as(pooled))
 
 
 def test_spec_keywords_build_these_layers():
-    spec = {"input": "2x6x5", "layers": [
-        {"conv2d": {"filters": 4, "kernel_size": 3, "padding": "same", "dilation_rate": 2}},
-        {"conv2d_transpose": {"filters": 4, "kernel_size": 4, "strides": 2, "padding": "same",
-                              "kernel_initializer": "bilinear"}},
-        {"upsampling2d": {"size": 2, "interpolation": "bilinear"}},
-        {"upsampling2d": {"size": 3}}]}
+    spec = {
+        "input": "2x6x5",
+        "layers": [
+            {"conv2d": {"filters": 4, "kernel_size": 3, "padding": "same", "dilation_rate": 2}},
+            {
+                "conv2d_transpose": {
+                    "filters": 4,
+                    "kernel_size": 4,
+                    "strides": 2,
+                    "padding": "same",
+                    "kernel_initializer": "bilinear",
+                }
+            },
+            {"upsampling2d": {"size": 2, "interpolation": "bilinear"}},
+            {"upsampling2d": {"size": 3}},
+        ],
+    }
     model, size = build_from_spec(spec)
     conv, up, bil, near = model.conv2d_1, model.conv2d_transpose_1, model.up_sampling2d_1, model.up_sampling2d_2
     assert conv.dilation == (2, 2) and near.mode == "nearest" and bil.mode == "bilinear"
@@ -103,11 +114,14 @@ def test_spec_keywords_build_these_layers():
         ref = F.interpolate(h, scale_factor=2, mode="bilinear", align_corners=False)
         assert (up(h) - ref)[..., 1:-1, 1:-1].abs().max() < 1e-5
         assert model(torch.randn(1, *size)).shape == (1, 4, 6 * 12, 5 * 12)
-    for layer, match in [({"upsampling2d": {"interpolation": "cubic"}}, "interpolation='cubic'"),
-                         ({"conv2d_transpose": {"filters": 2, "kernel_size": 3, "strides": 2,
-                                                "kernel_initializer": "bilinear"}}, "kernel_size = 2"),
-                         ({"conv2d_transpose": {"filters": 2, "kernel_size": 4, "kernel_initializer": "he"}},
-                          "kernel_initializer='he'")]:
+    for layer, match in [
+        ({"upsampling2d": {"interpolation": "cubic"}}, "interpolation='cubic'"),
+        (
+            {"conv2d_transpose": {"filters": 2, "kernel_size": 3, "strides": 2, "kernel_initializer": "bilinear"}},
+            "kernel_size = 2",
+        ),
+        ({"conv2d_transpose": {"filters": 2, "kernel_size": 4, "kernel_initializer": "he"}}, "kernel_initializer='he'"),
+    ]:
         with pytest.raises(CnnkitError, match=match) as err:
             build_from_spec({"input": "2x6x5", "layers": [layer]})
         assert "\n" not in str(err.value)
@@ -119,12 +133,12 @@ class Decoder(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.stem = nn.Conv2d(3, 16, 3, stride=4, padding=1)        # (B, 3, 32, 28) -> (B, 16, 8, 7)
+        self.stem = nn.Conv2d(3, 16, 3, stride=4, padding=1)  # (B, 3, 32, 28) -> (B, 16, 8, 7)
         self.aspp = ASPP(16, 8, (2, 4, 6))
         self.score = nn.Conv2d(8, 5, 1)
-        self.up2 = BilinearConvTranspose2d(5, 2)                     # -> (B, 5, 16, 14)
+        self.up2 = BilinearConvTranspose2d(5, 2)  # -> (B, 5, 16, 14)
         self.near = Upsample(1, "nearest")
-        self.bil = Upsample(2, "bilinear")                           # -> (B, 5, 32, 28)
+        self.bil = Upsample(2, "bilinear")  # -> (B, 5, 32, 28)
 
     def forward(self, x):
         return self.bil(self.near(self.up2(self.score(self.aspp(self.stem(x))))))

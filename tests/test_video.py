@@ -21,6 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # --- the generator ------------------------------------------------------------------------------
 
+
 def test_generator_is_deterministic_and_typed(data_dir):
     a = MovingMnist("test", 64, data_dir=data_dir)
     b = MovingMnist("test", 64, data_dir=data_dir)
@@ -61,7 +62,7 @@ def test_test_set_uses_mnist_test_digits_and_walks_them(data_dir):
     clips, _ = ds.batch(range(300))
     for i in (0, 17, 299):  # the first frame holds the test digit at its position, nothing else
         top, left = ds.positions[i, 0, 0].tolist()
-        assert torch.equal(clips[i, 0, top:top + 28, left:left + 28], mnist.images[ds.index[i, 0], 0])
+        assert torch.equal(clips[i, 0, top : top + 28, left : left + 28], mnist.images[ds.index[i, 0], 0])
         assert clips[i, 0].sum() == mnist.images[ds.index[i, 0]].sum()
     assert torch.equal(ds.labels[:, 0], mnist.labels[ds.index[:, 0]])
     assert len(set(ds.index[:, 0].tolist())) == 300  # a shuffled walk: no digit twice within a pass
@@ -72,20 +73,20 @@ def test_test_set_uses_mnist_test_digits_and_walks_them(data_dir):
 def test_digits_stay_inside_and_bounce_off_the_edges(data_dir):
     ds = MovingMnist("train", 100, seed=7, data_dir=data_dir, spec=MovingMnistSpec(num_digits=1))
     clips, _ = ds.batch(range(100))
-    pos = ds.positions[:, 0].long()                                     # (N, T, 2)
-    assert pos.min() == 0 and pos.max() == 36                           # 64 - 28: inside the frame
-    ink = clips.flatten(2).sum(2)                                       # nothing cropped, ever
+    pos = ds.positions[:, 0].long()  # (N, T, 2)
+    assert pos.min() == 0 and pos.max() == 36  # 64 - 28: inside the frame
+    ink = clips.flatten(2).sum(2)  # nothing cropped, ever
     assert torch.equal(ink, ds.digits[ds.index[:, 0]].flatten(1).sum(1, keepdim=True).long().expand(-1, 20))
     # the digit's ink box moves with its position (track it from the pixels alone)
-    rows, cols = clips.amax(3) > 0, clips.amax(2) > 0                   # (N, T, 64)
+    rows, cols = clips.amax(3) > 0, clips.amax(2) > 0  # (N, T, 64)
     box = torch.stack([rows.float().argmax(2), cols.float().argmax(2)], 2)  # top, left of the ink
     offset = box - pos
     assert torch.equal(offset, offset[:, :1].expand_as(offset))
-    step = box.diff(dim=1)                                              # (N, T-1, 2) pixels per frame
-    assert step.abs().max() <= 4                                        # 3.6 pixels a frame
-    assert step.float().square().sum(2).sqrt().median() > 3             # ... away from the edges
+    step = box.diff(dim=1)  # (N, T-1, 2) pixels per frame
+    assert step.abs().max() <= 4  # 3.6 pixels a frame
+    assert step.float().square().sum(2).sqrt().median() > 3  # ... away from the edges
     # the velocity flips sign exactly where the digit touches an edge
-    flips = (step[:, 1:] * step[:, :-1] < 0)                            # (N, T-2, 2)
+    flips = step[:, 1:] * step[:, :-1] < 0  # (N, T-2, 2)
     at_edge = (pos[:, 1:-1] == 0) | (pos[:, 1:-1] == 36)
     assert flips.sum() > 20 and not (flips & ~at_edge).any()
     # from an edge, the digit can only move back inside
@@ -96,7 +97,7 @@ def test_render_combines_overlaps_with_max():
     digits = torch.zeros(1, 2, 28, 28, dtype=torch.uint8)
     digits[0, 0, :, :] = 100
     digits[0, 1, 10:, 10:] = 200
-    positions = torch.tensor([[[[0, 0]], [[5, 5]]]])                      # (N=1, D=2, T=1, 2)
+    positions = torch.tensor([[[[0, 0]], [[5, 5]]]])  # (N=1, D=2, T=1, 2)
     frame = render(digits, positions)[0, 0]
     assert frame[0, 0] == 100 and frame[15, 15] == 200 and frame[30, 30] == 200 and frame[5, 5] == 100
     assert frame[40, 40] == 0 and frame[31, 3] == 0 and frame.shape == (64, 64)
@@ -128,15 +129,16 @@ def test_bad_generator_arguments(data_dir):
 
 # --- the clip readers ---------------------------------------------------------------------------
 
+
 def test_video_clips_reads_frame_folders_and_npy(tmp_path):
     from PIL import Image
 
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (5, 12, 16), dtype=np.uint8)
     (tmp_path / "a_clip").mkdir()
-    for t in range(5):                                   # names sort 000 < 001 ...; a 10-frame name order
+    for t in range(5):  # names sort 000 < 001 ...; a 10-frame name order
         Image.fromarray(frames[t]).save(tmp_path / "a_clip" / f"{t:03d}.png")
-    np.save(tmp_path / "b.npy", frames)                                  # (T, H, W) uint8
+    np.save(tmp_path / "b.npy", frames)  # (T, H, W) uint8
     np.save(tmp_path / "c.npy", frames[:, None].astype(np.float32) / 255)  # (T, C, H, W) float
     ds = VideoClips(tmp_path)
     assert len(ds) == 3 and [p.name for p in ds.clips] == ["a_clip", "b.npy", "c.npy"]
@@ -187,9 +189,10 @@ def test_video_clips_bad_input_names_the_file(tmp_path, case):
 
 # --- the metrics --------------------------------------------------------------------------------
 
+
 def test_mse_mae_are_summed_per_frame():
     pred, target = torch.zeros(2, 3, 64, 64), torch.zeros(2, 3, 64, 64)
-    target[0, 1, :10, :10] = 0.5                                        # 100 pixels off by 0.5
+    target[0, 1, :10, :10] = 0.5  # 100 pixels off by 0.5
     assert frame_mse(pred, target).tolist() == [[0, 25, 0], [0, 0, 0]]
     assert frame_mae(pred, target).tolist() == [[0, 50, 0], [0, 0, 0]]
     assert frame_mse(pred[:, :, None], target[:, :, None]).shape == (2, 3)  # (B, T, C, H, W)
@@ -205,7 +208,7 @@ def test_mse_mae_are_summed_per_frame():
 
 def test_ssim_hand_computed_case():
     # constant frames a and b: means a, b, no variance -> SSIM = (2ab + C1) / (a^2 + b^2 + C1)
-    a, b, c1 = 0.2, 0.7, 0.01 ** 2
+    a, b, c1 = 0.2, 0.7, 0.01**2
     pred, target = torch.full((1, 2, 16, 16), a), torch.full((1, 2, 16, 16), b)
     assert frame_ssim(pred, target)[0].tolist() == pytest.approx([(2 * a * b + c1) / (a * a + b * b + c1)] * 2)
     assert frame_ssim(target, target).flatten().tolist() == pytest.approx([1.0, 1.0])
@@ -217,13 +220,25 @@ def test_ssim_against_scikit_image():
     target = torch.rand(2, 3, 64, 64, generator=g)
     pred = (target + 0.2 * torch.randn(2, 3, 64, 64, generator=g)).clamp(0, 1)
     ours = frame_ssim(pred, target)
-    ref = [[metrics.structural_similarity(pred[i, t].double().numpy(), target[i, t].double().numpy(),
-                                          gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-                                          data_range=1.0) for t in range(3)] for i in range(2)]
+    ref = [
+        [
+            metrics.structural_similarity(
+                pred[i, t].double().numpy(),
+                target[i, t].double().numpy(),
+                gaussian_weights=True,
+                sigma=1.5,
+                use_sample_covariance=False,
+                data_range=1.0,
+            )
+            for t in range(3)
+        ]
+        for i in range(2)
+    ]
     assert ours.flatten().tolist() == pytest.approx(np.ravel(ref), abs=1e-10)
 
 
 # --- the networks -------------------------------------------------------------------------------
+
 
 def test_networks_shapes_and_parameters():
     assert set(list_models(task="video")) == {"c3d_small", "r2plus1d_small"}
@@ -247,7 +262,7 @@ def test_networks_shapes_and_parameters():
         with torch.no_grad():
             assert m(torch.rand(2, 10, 1, 64, 64)).shape == (2, 10, 1, 64, 64)
         assert sum(p.numel() for p in m.parameters()) == params
-    paper = SimVP(SimVPConfig())                                        # OpenSTL lists 58.0 M
+    paper = SimVP(SimVPConfig())  # OpenSTL lists 58.0 M
     assert sum(p.numel() for p in paper.parameters()) == 57_946_113
     with pytest.raises(CnnkitError, match=r"SimVP takes \(B, T=10, C=1, H, W\)"):
         create_model("simvp_tiny")(torch.rand(1, 9, 1, 64, 64))
@@ -272,7 +287,7 @@ def test_simvp_learns_in_seconds(data_dir):
     # 20 Adam steps on 4 clips: measured 169.3 per frame (black frames: 181.8, copy-last: 290.4)
     torch.manual_seed(0)
     clips, _ = MovingMnist("train", 4, seed=1, data_dir=data_dir, as_float=True).batch(range(4))
-    x, y = clips[:, :10, None], clips[:, 10:, None]                     # (4, 10, 1, 64, 64) each
+    x, y = clips[:, :10, None], clips[:, 10:, None]  # (4, 10, 1, 64, 64) each
     zero = frame_mse(torch.zeros_like(y), y).mean().item()
     copy = frame_mse(x[:, -1:].expand_as(y), y).mean().item()
     assert zero == pytest.approx(181.80, abs=0.01) and copy == pytest.approx(290.38, abs=0.01)

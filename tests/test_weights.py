@@ -115,8 +115,10 @@ def test_legacy_densenet_keys_are_renamed(tmp_path):
     layer.conv1 = nn.Conv2d(2, 2, 1, bias=False)
     model = nn.Module()
     model.denselayer1 = layer
-    old = {k.replace("norm1", "norm.1").replace("conv1", "conv.1"): v + 1 if v.is_floating_point() else v
-           for k, v in model.state_dict().items()}
+    old = {
+        k.replace("norm1", "norm.1").replace("conv1", "conv.1"): v + 1 if v.is_floating_point() else v
+        for k, v in model.state_dict().items()
+    }
     torch.save(old, tmp_path / "dn.pth")
     load_weights(model, tmp_path / "dn.pth")
     assert torch.equal(model.denselayer1.norm1.weight, torch.full((2,), 2.0))

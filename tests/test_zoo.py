@@ -16,8 +16,8 @@ _REFERENCE_NAME = {f"efficientnet_lite{i}": f"tf_efficientnet_lite{i}" for i in 
 _BIG = 5_000_000  # parameters of one tensor above which the test skips its gradient (VGG's 25088x4096)
 
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _small_input(name: str) -> tuple[int, ...]:
     """Batch 2 at the default size for the small nets (their Flatten fixes it), else 32x32 or the minimum."""
@@ -32,7 +32,9 @@ def _outputs(y) -> list[torch.Tensor]:
     return list(y) if isinstance(y, (tuple, list)) else [y]  # GoogLeNet/Inception: aux logits in training
 
 
-@pytest.mark.parametrize("name", [n for n in list_models(None) if model_info(n).task not in ("detect", "segment", "instance")])
+@pytest.mark.parametrize(
+    "name", [n for n in list_models(None) if model_info(n).task not in ("detect", "segment", "instance")]
+)
 def test_model(name, reference_state_dicts):
     model = create_model(name)
 
@@ -95,8 +97,16 @@ def test_notes_networks_read_like_their_keras_summaries():
         shapes.append(tuple(x.shape[1:]))
     assert shapes == [(32, 26, 26), (32, 13, 13), (64, 11, 11), (64, 5, 5), (64, 3, 3), (576,)]
     params = {n: sum(p.numel() for p in c.parameters()) for n, c in m.named_children()}
-    assert params == {"conv2d_1": 320, "max_pooling2d_1": 0, "conv2d_2": 18496, "max_pooling2d_2": 0,
-                      "conv2d_3": 36928, "flatten_1": 0, "dense_1": 36928, "dense_2": 650}
+    assert params == {
+        "conv2d_1": 320,
+        "max_pooling2d_1": 0,
+        "conv2d_2": 18496,
+        "max_pooling2d_2": 0,
+        "conv2d_3": 36928,
+        "flatten_1": 0,
+        "dense_1": 36928,
+        "dense_2": 650,
+    }
     assert sum(p.numel() for p in create_model("keras_cats_dogs_convnet").parameters()) == 3_453_121
     lenet = create_model("lenet5", c3_table=True)
     assert int((lenet.c3.weight != 0).sum()) == 60 * 25  # the paper's 60 connections of 5x5
@@ -119,9 +129,9 @@ def test_dense_models_are_in_the_registry_with_their_task(capsys):
 
     assert list_models("detect") == ["fcos"] and list_models("instance") == ["mask_fcos"]
     assert list_models("segment") == ["deeplabv3", "fcn16s", "fcn32s", "fcn8s", "unet"]
-    assert not set(list_models("segment")) & set(list_models())        # the default lists classifiers
+    assert not set(list_models("segment")) & set(list_models())  # the default lists classifiers
     seg = create_model("fcn8s", num_classes=3, backbone="resnet18").eval()
-    assert seg(torch.zeros(1, 3, 64, 64)).shape == (1, 3, 64, 64)      # a class map at the input's size
+    assert seg(torch.zeros(1, 3, 64, 64)).shape == (1, 3, 64, 64)  # a class map at the input's size
     det = create_model("fcos", num_classes=2, backbone="tiny", in_channels=1, out_strides=(8,)).eval()
     out = det(torch.zeros(1, 1, 64, 64))
     assert out["cls"].shape[-1] == 2

@@ -74,8 +74,7 @@ def download_url(
             response = urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (checksummed)
         except (urllib.error.URLError, OSError, ValueError) as exc:
             raise CnnkitError(
-                f"could not download {url}: {exc}; check the connection, or put the file at {dest} "
-                "yourself"
+                f"could not download {url}: {exc}; check the connection, or put the file at {dest} yourself"
             ) from None
         total = int(response.headers.get("Content-Length") or 0) or None
         with response, out:
@@ -106,7 +105,8 @@ def _progress(name: str, total: int | None):
         TransferSpeedColumn,
     )
 
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                   TransferSpeedColumn(), transient=True)
+    bar = Progress(
+        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), transient=True
+    )
     bar.start()
     return bar, bar.add_task(f"downloading {name}", total=total)

@@ -58,27 +58,34 @@ def check_fits(nbytes: int, what: str) -> None:
     """Refuse, before allocating, ``nbytes`` that would not fit in the memory available now."""
     free = memory_available()
     if nbytes > free:
-        raise CnnkitError(f"{what} needs {human_bytes(nbytes)}, more than the {human_bytes(free)} of memory "
-                          "available; use a smaller network or input")
+        raise CnnkitError(
+            f"{what} needs {human_bytes(nbytes)}, more than the {human_bytes(free)} of memory "
+            "available; use a smaller network or input"
+        )
 
 
 def out_of_memory(what: str, nbytes: int | None = None) -> CnnkitError:
     """The error for a failed allocation (``MemoryError`` or the allocator's RuntimeError)."""
-    need = f" ({human_bytes(nbytes)} were needed, {human_bytes(memory_available())} are available)" \
-        if nbytes else f" ({human_bytes(memory_available())} available)"
+    need = (
+        f" ({human_bytes(nbytes)} were needed, {human_bytes(memory_available())} are available)"
+        if nbytes
+        else f" ({human_bytes(memory_available())} available)"
+    )
     return CnnkitError(f"out of memory while {what}{need}; use a smaller batch, input or network")
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or (
-        isinstance(exc, RuntimeError) and ("can't allocate memory" in str(exc) or "out of memory" in str(exc)))
+        isinstance(exc, RuntimeError) and ("can't allocate memory" in str(exc) or "out of memory" in str(exc))
+    )
 
 
 def disk_full(path, nbytes: int | None = None) -> CnnkitError:
     """The error for ENOSPC/EDQUOT while writing ``path`` (the previous file is left as it was)."""
     need = f"{human_bytes(nbytes)} were to be written" if nbytes else "the file did not fit"
-    return CnnkitError(f"disk full writing {path}: {need}; the previous version is kept: free some space "
-                       "or write elsewhere (--out)")
+    return CnnkitError(
+        f"disk full writing {path}: {need}; the previous version is kept: free some space or write elsewhere (--out)"
+    )
 
 
 def is_disk_full(exc: BaseException) -> bool:

@@ -36,32 +36,37 @@ import torch.nn.functional as F
 
 from cnnkit.errors import CnnkitError
 
-OUTPUTS_KEY = "cnnkit.outputs"      # metadata_props entry: {"kind": "tensor" | "tuple" | "dict", "names": [...]}
+OUTPUTS_KEY = "cnnkit.outputs"  # metadata_props entry: {"kind": "tensor" | "tuple" | "dict", "names": [...]}
 
 
 @dataclass
 class ExportReport:
     """What :func:`export_onnx` wrote and how closely ONNX Runtime reproduced PyTorch."""
 
-    path: Path                  # the .onnx file
-    exporter: str               # "dynamo" (torch.export + onnxscript) or "torchscript"
-    fallback: str | None        # why the dynamo exporter was not used (None when it was)
-    outputs: list[str]          # the ONNX output names, in order
+    path: Path  # the .onnx file
+    exporter: str  # "dynamo" (torch.export + onnxscript) or "torchscript"
+    fallback: str | None  # why the dynamo exporter was not used (None when it was)
+    outputs: list[str]  # the ONNX output names, in order
     dynamic_batch: bool
-    dynamic_size: bool          # the spatial axes are free too
-    checked: bool               # ONNX Runtime ran it and agreed with PyTorch
-    input_shapes: tuple[tuple[int, ...], ...]   # the inputs it was checked on
-    max_diff: float             # the largest max|ort - torch| / max|torch| over outputs and batches
+    dynamic_size: bool  # the spatial axes are free too
+    checked: bool  # ONNX Runtime ran it and agreed with PyTorch
+    input_shapes: tuple[tuple[int, ...], ...]  # the inputs it was checked on
+    max_diff: float  # the largest max|ort - torch| / max|torch| over outputs and batches
     size_bytes: int
 
     def __str__(self) -> str:
         shapes = ", ".join("x".join(map(str, s)) for s in self.input_shapes)
-        check = (f"ONNX Runtime matches PyTorch (max diff {self.max_diff:.1e} of the output scale, inputs "
-                 f"{shapes})" if self.checked else "not checked")
+        check = (
+            f"ONNX Runtime matches PyTorch (max diff {self.max_diff:.1e} of the output scale, inputs {shapes})"
+            if self.checked
+            else "not checked"
+        )
         via = self.exporter + (f" (dynamo failed: {self.fallback})" if self.fallback else "")
         free = [axis for axis, on in (("batch", self.dynamic_batch), ("size", self.dynamic_size)) if on]
-        return (f"wrote {self.path} ({self.size_bytes / 1e6:.1f} MB, exporter {via}, outputs "
-                f"{', '.join(self.outputs)}{', dynamic ' + ' and '.join(free) if free else ''}); {check}")
+        return (
+            f"wrote {self.path} ({self.size_bytes / 1e6:.1f} MB, exporter {via}, outputs "
+            f"{', '.join(self.outputs)}{', dynamic ' + ' and '.join(free) if free else ''}); {check}"
+        )
 
     @property
     def batch_sizes(self) -> tuple[int, ...]:
@@ -96,8 +101,10 @@ def _structure(out) -> tuple[str, list[str], list[torch.Tensor]]:
         return "dict", names, list(out.values())
     if isinstance(out, (tuple, list)) and out and all(isinstance(v, torch.Tensor) for v in out):
         return "tuple", [f"output_{i}" for i in range(len(out))], list(out)
-    raise CnnkitError(f"ONNX export needs a model that returns a tensor, a tuple or a dict of tensors; this one "
-                      f"returns {type(out).__name__}")
+    raise CnnkitError(
+        f"ONNX export needs a model that returns a tensor, a tuple or a dict of tensors; this one "
+        f"returns {type(out).__name__}"
+    )
 
 
 def _short(exc: BaseException) -> str:
@@ -123,8 +130,17 @@ def _quiet():
         logger.setLevel(level)
 
 
-def _export(flat: nn.Module, example: torch.Tensor, tmp: str, names: list[str], batched: list[bool],
-            dynamic_batch: bool, dynamic_size: bool, opset: int | None, exporter: str) -> tuple[str, str | None]:
+def _export(
+    flat: nn.Module,
+    example: torch.Tensor,
+    tmp: str,
+    names: list[str],
+    batched: list[bool],
+    dynamic_batch: bool,
+    dynamic_size: bool,
+    opset: int | None,
+    exporter: str,
+) -> tuple[str, str | None]:
     """Write ``flat`` to ``tmp``; returns (the exporter used, why dynamo was not).
 
     ``exporter="auto"`` tries the dynamo exporter (``torch.export`` + onnxscript, PyTorch's default)
@@ -138,11 +154,10 @@ def _export(flat: nn.Module, example: torch.Tensor, tmp: str, names: list[str], 
         try:
             with _quiet():
                 dims = {0: torch.export.Dim("batch", min=1, max=1 << 16)} if dynamic_batch else {}
-                if dynamic_size:    # AUTO: torch.export finds the sizes the network allows (or specialises)
+                if dynamic_size:  # AUTO: torch.export finds the sizes the network allows (or specialises)
                     dims.update({i: torch.export.Dim.AUTO for i in range(2, example.dim())})
                 shapes = (dims,) if dims else None
-                torch.onnx.export(flat, (example,), tmp, dynamo=True, dynamic_shapes=shapes, verbose=False,
-                                  **common)
+                torch.onnx.export(flat, (example,), tmp, dynamo=True, dynamic_shapes=shapes, verbose=False, **common)
             return "dynamo", None
         except Exception as exc:  # noqa: BLE001 -- any failure of the new exporter: try the TorchScript one
             why = _short(exc)
@@ -150,8 +165,12 @@ def _export(flat: nn.Module, example: torch.Tensor, tmp: str, names: list[str], 
                 raise CnnkitError(f"the dynamo ONNX exporter failed: {why}; try exporter='torchscript'") from None
     axes = None
     if dynamic_batch or dynamic_size:
-        axes = {"input": {**({0: "batch"} if dynamic_batch else {}),
-                          **({i: f"size_{i}" for i in range(2, example.dim())} if dynamic_size else {})}}
+        axes = {
+            "input": {
+                **({0: "batch"} if dynamic_batch else {}),
+                **({i: f"size_{i}" for i in range(2, example.dim())} if dynamic_size else {}),
+            }
+        }
         for n, b in zip(names, batched):
             if b and dynamic_batch:
                 axes[n] = {0: "batch"}
@@ -160,8 +179,9 @@ def _export(flat: nn.Module, example: torch.Tensor, tmp: str, names: list[str], 
             torch.onnx.export(flat, (example,), tmp, dynamo=False, dynamic_axes=axes, **common)
     except Exception as exc:  # noqa: BLE001 -- the model cannot be exported: say why, with both exporters' reasons
         before = f"dynamo exporter: {why}; " if why else ""
-        raise CnnkitError(f"the model cannot be exported to ONNX: {before}TorchScript exporter: "
-                          f"{_short(exc)}") from None
+        raise CnnkitError(
+            f"the model cannot be exported to ONNX: {before}TorchScript exporter: {_short(exc)}"
+        ) from None
     return "torchscript", why
 
 
@@ -183,8 +203,9 @@ def _session(path, threads: int | None = None):
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 -- InvalidProtobuf, Fail, ...: not an ONNX model ORT can run
-        raise CnnkitError(f"{path} is not an ONNX model ONNX Runtime can run ({_short(exc)}); give a file written "
-                          "by `cnnkit export`") from None
+        raise CnnkitError(
+            f"{path} is not an ONNX model ONNX Runtime can run ({_short(exc)}); give a file written by `cnnkit export`"
+        ) from None
 
 
 def _add_metadata(path: str, props: dict[str, str]) -> None:
@@ -200,8 +221,9 @@ def _add_metadata(path: str, props: dict[str, str]) -> None:
     onnx.save(model, path)
 
 
-def _compare(sess, flat: nn.Module, x: torch.Tensor, rtol: float, atol: float, names: list[str],
-             optional: bool = False) -> float | None:
+def _compare(
+    sess, flat: nn.Module, x: torch.Tensor, rtol: float, atol: float, names: list[str], optional: bool = False
+) -> float | None:
     """The worst max|ort - torch| / max|torch| over the outputs; CnnkitError past ``atol + rtol * scale``.
 
     ``optional``: an input PyTorch itself cannot run (a size the network does not take) gives None.
@@ -217,28 +239,44 @@ def _compare(sess, flat: nn.Module, x: torch.Tensor, rtol: float, atol: float, n
     try:
         got = sess.run(None, {sess.get_inputs()[0].name: x.detach().cpu().float().numpy()})
     except Exception as exc:  # noqa: BLE001 -- ORT's Fail / InvalidArgument: the graph fixed a size that varies
-        raise CnnkitError(f"ONNX Runtime cannot run the export on an input of shape {tuple(x.shape)} ({_short(exc)}); "
-                          "the export was not kept (without dynamic_size / --dynamic-size the image size is fixed)"
-                          ) from None
+        raise CnnkitError(
+            f"ONNX Runtime cannot run the export on an input of shape {tuple(x.shape)} ({_short(exc)}); "
+            "the export was not kept (without dynamic_size / --dynamic-size the image size is fixed)"
+        ) from None
     worst = 0.0
     for name, r, g in zip(names, ref, got, strict=True):
         r = r.detach().cpu().float().numpy()
         if r.shape != g.shape:
-            raise CnnkitError(f"ONNX Runtime's output {name} has shape {g.shape} for a batch of {len(x)}, PyTorch's "
-                              f"{r.shape}; the export is wrong and was not kept")
+            raise CnnkitError(
+                f"ONNX Runtime's output {name} has shape {g.shape} for a batch of {len(x)}, PyTorch's "
+                f"{r.shape}; the export is wrong and was not kept"
+            )
         diff = float(np.abs(r - g).max()) if r.size else 0.0
         scale = float(np.abs(r).max()) if r.size else 0.0
         if not np.isfinite(diff) or diff > atol + rtol * scale:
-            raise CnnkitError(f"ONNX Runtime's output {name} differs from PyTorch's by {diff:.3g} (output scale "
-                              f"{scale:.3g}, allowed {atol + rtol * scale:.3g}) on a batch of {len(x)}; the export "
-                              "was not kept")
+            raise CnnkitError(
+                f"ONNX Runtime's output {name} differs from PyTorch's by {diff:.3g} (output scale "
+                f"{scale:.3g}, allowed {atol + rtol * scale:.3g}) on a batch of {len(x)}; the export "
+                "was not kept"
+            )
         worst = max(worst, diff / scale if scale > 0 else diff)
     return worst
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike, *, dynamic_batch: bool = True,
-                dynamic_size: bool = False, check: bool = True, rtol: float = 1e-4, atol: float = 1e-6,
-                opset: int | None = None, exporter: str = "auto", metadata: dict[str, str] | None = None) -> ExportReport:
+def export_onnx(
+    model: nn.Module,
+    example: torch.Tensor,
+    path: str | os.PathLike,
+    *,
+    dynamic_batch: bool = True,
+    dynamic_size: bool = False,
+    check: bool = True,
+    rtol: float = 1e-4,
+    atol: float = 1e-6,
+    opset: int | None = None,
+    exporter: str = "auto",
+    metadata: dict[str, str] | None = None,
+) -> ExportReport:
     """Write ``model`` (in eval mode) to one ONNX file and prove ONNX Runtime gives PyTorch's outputs.
 
     Args:
@@ -264,8 +302,10 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike
         CnnkitError: the model cannot be exported, or ONNX Runtime disagrees with PyTorch; no file is left.
     """
     if not isinstance(example, torch.Tensor) or example.dim() < 1 or example.shape[0] < 1:
-        raise CnnkitError(f"export_onnx needs an example input tensor with a batch axis. Received: "
-                          f"{type(example).__name__} {tuple(getattr(example, 'shape', ()))}")
+        raise CnnkitError(
+            f"export_onnx needs an example input tensor with a batch axis. Received: "
+            f"{type(example).__name__} {tuple(getattr(example, 'shape', ()))}"
+        )
     path = Path(path)
     if path.is_dir():
         raise CnnkitError(f"{path} is a folder; give the .onnx file to write (--out model.onnx)")
@@ -291,16 +331,15 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike
             raise CnnkitError(f"cannot write in {path.parent} ({exc.strerror or exc}); choose another --out") from None
         try:
             used, why = _export(flat, traced, tmp, names, batched, dynamic_batch, dynamic_size, opset, exporter)
-            _add_metadata(tmp, {OUTPUTS_KEY: json.dumps({"kind": kind, "names": names}),
-                                **(metadata or {})})
+            _add_metadata(tmp, {OUTPUTS_KEY: json.dumps({"kind": kind, "names": names}), **(metadata or {})})
             checked: tuple[tuple[int, ...], ...] = ()
             worst = 0.0
             if check:
                 sess = _session(tmp)
                 inputs = [(example, False)]
-                if dynamic_batch:       # another batch size, real values
+                if dynamic_batch:  # another batch size, real values
                     inputs.append((torch.cat([example, example[:1].flip(-1)]), False))
-                if dynamic_size:        # other sizes: +32 keeps a multiple of the network's total stride, +33
+                if dynamic_size:  # other sizes: +32 keeps a multiple of the network's total stride, +33
                     for extra in (32, 33):  # changes the parity (a padding computed once would show)
                         size = [s + extra for s in example.shape[2:]]
                         inputs.append((F.interpolate(example, size=size, mode="nearest"), True))
@@ -314,16 +353,17 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike
                         worst = max(worst, diff)
                         checked += (tuple(x.shape),)
                 if dynamic_size and len(checked) == len(inputs) - 2:
-                    raise CnnkitError(f"the network runs only at its example's size {tuple(example.shape[2:])} "
-                                      "(PyTorch itself fails at others); export it without dynamic_size")
+                    raise CnnkitError(
+                        f"the network runs only at its example's size {tuple(example.shape[2:])} "
+                        "(PyTorch itself fails at others); export it without dynamic_size"
+                    )
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
     finally:
         model.train(was_training)
-    return ExportReport(path, used, why, names, dynamic_batch, dynamic_size, check, checked, worst,
-                        path.stat().st_size)
+    return ExportReport(path, used, why, names, dynamic_batch, dynamic_size, check, checked, worst, path.stat().st_size)
 
 
 class OnnxModel:

@@ -76,7 +76,7 @@ def _remove_stale_temps(path: Path) -> None:
     prefix = f".{path.name}."
     now = time.time()
     for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        pid = tmp.name[len(prefix):-len(".tmp")].split(".")[0]
+        pid = tmp.name[len(prefix) : -len(".tmp")].split(".")[0]
         try:
             stale = not (pid.isdigit() and _pid_alive(int(pid))) or now - tmp.stat().st_mtime > STALE_SECONDS
             if stale:
@@ -109,8 +109,9 @@ def _as_display(image) -> tuple[np.ndarray, str | None]:
     if arr.ndim == 3 and arr.shape[0] in (1, 3):
         arr = arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)
     if arr.ndim not in (2, 3):
-        raise CnnkitError(f"cannot display an image of shape {tuple(arr.shape)}; expected (C,H,W) with "
-                          f"C in (1, 3) or (H,W)")
+        raise CnnkitError(
+            f"cannot display an image of shape {tuple(arr.shape)}; expected (C,H,W) with C in (1, 3) or (H,W)"
+        )
     return np.clip(arr, 0.0, 1.0), ("gray" if arr.ndim == 2 else None)
 
 
@@ -181,8 +182,14 @@ def training_curves(history: list[dict], path=None, title: str | None = None) ->
     val_acc = col("val_acc")
     if (~np.isnan(val_acc)).any():
         best = int(np.nanargmax(val_acc))
-        ax_acc.annotate(f"best {val_acc[best]:.4g} (epoch {epochs[best]:g})", (epochs[best], val_acc[best]),
-                        xytext=(0, -18), textcoords="offset points", ha="center", fontsize=8)
+        ax_acc.annotate(
+            f"best {val_acc[best]:.4g} (epoch {epochs[best]:g})",
+            (epochs[best], val_acc[best]),
+            xytext=(0, -18),
+            textcoords="offset points",
+            ha="center",
+            fontsize=8,
+        )
     lr = col("lr")
     if (~np.isnan(lr)).any():
         ax_lr.plot(epochs, lr, color="tab:green", marker=marker, ms=3)
@@ -230,8 +237,15 @@ def confusion_matrix(matrix, classes: Sequence[str] | None, path=None, title: st
             for j in range(k):
                 value = m[i, j]
                 text = f"{value:.2f}" if np.issubdtype(m.dtype, np.floating) and value % 1 else f"{int(value)}"
-                ax.text(j, i, text, ha="center", va="center", fontsize=8 if k > 10 else 10,
-                        color="white" if value > threshold else "black")
+                ax.text(
+                    j,
+                    i,
+                    text,
+                    ha="center",
+                    va="center",
+                    fontsize=8 if k > 10 else 10,
+                    color="white" if value > threshold else "black",
+                )
     ax.set_title(title or f"Confusion matrix ({int(total)} images, accuracy {acc:.2%})")
     return _finish(fig, path)
 
@@ -261,8 +275,15 @@ def class_distribution(labels, classes: Sequence[str] | None, path=None, title: 
     return _finish(fig, path)
 
 
-def sample_grid(images, labels, classes: Sequence[str] | None, path=None, predictions=None,
-                max_cols: int = 8, title: str | None = None) -> Figure:
+def sample_grid(
+    images,
+    labels,
+    classes: Sequence[str] | None,
+    path=None,
+    predictions=None,
+    max_cols: int = 8,
+    title: str | None = None,
+) -> Figure:
     """A grid of images titled with their labels; with ``predictions``, ``true / pred``, wrong in red."""
     n = len(images)
     if n == 0:
@@ -287,8 +308,9 @@ def sample_grid(images, labels, classes: Sequence[str] | None, path=None, predic
     return _finish(fig, path)
 
 
-def errors_gallery(images, labels, probs, classes: Sequence[str] | None, path=None, n: int = 16,
-                   max_cols: int = 8) -> Figure:
+def errors_gallery(
+    images, labels, probs, classes: Sequence[str] | None, path=None, n: int = 16, max_cols: int = 8
+) -> Figure:
     """The ``n`` most confidently misclassified images, titled ``pred p=… / true``.
 
     Args:
@@ -310,13 +332,16 @@ def errors_gallery(images, labels, probs, classes: Sequence[str] | None, path=No
         arr, cmap = _as_display(images[i])
         ax.imshow(arr, cmap=cmap, vmin=0, vmax=1)
         pred = int(probs_t[i].argmax())
-        ax.set_title(f"{_class_name(classes, pred)} p={float(probs_t[i, pred]):.2f}\n"
-                     f"true {_class_name(classes, int(labels_t[i]))}", fontsize=8, color="tab:red")
+        ax.set_title(
+            f"{_class_name(classes, pred)} p={float(probs_t[i, pred]):.2f}\n"
+            f"true {_class_name(classes, int(labels_t[i]))}",
+            fontsize=8,
+            color="tab:red",
+        )
     wrong = int((probs_t.argmax(1) != labels_t).sum())
     if len(index) == 0:
         axes.flat[0].text(0.5, 0.5, "no misclassified images", ha="center", va="center")
-    fig.suptitle(f"Most confident mistakes ({len(index)} of {wrong} wrong, out of {len(labels_t)}):"
-                 f" predicted p / true")
+    fig.suptitle(f"Most confident mistakes ({len(index)} of {wrong} wrong, out of {len(labels_t)}): predicted p / true")
     return _finish(fig, path)
 
 
@@ -330,8 +355,7 @@ def _standardise(x: np.ndarray) -> np.ndarray:
     return np.clip(0.5 + 0.15 * x, 0.0, 1.0)
 
 
-def feature_map_grid(maps: dict, path=None, max_channels: int = 32, cols: int = 16,
-                     title: str | None = None) -> Figure:
+def feature_map_grid(maps: dict, path=None, max_channels: int = 32, cols: int = 16, title: str | None = None) -> Figure:
     """Every channel of every chosen layer: one block of rows per layer titled ``name (C x h x w)``.
 
     Args:
@@ -426,8 +450,14 @@ def filter_grid(weights, path=None, max_filters: int = 64, max_inputs: int = 8, 
     return _finish(fig, path)
 
 
-def pattern_grid(patterns, path=None, channels: Iterable[int] | None = None, layer: str = "",
-                 max_cols: int = 8, title: str | None = None) -> Figure:
+def pattern_grid(
+    patterns,
+    path=None,
+    channels: Iterable[int] | None = None,
+    layer: str = "",
+    max_cols: int = 8,
+    title: str | None = None,
+) -> Figure:
     """Inputs that maximally excite each filter (from :func:`cnnkit.explain.filter_patterns`).
 
     Each pattern is standardised for display as in the notes' ``deprocess_image``.
@@ -450,8 +480,9 @@ def pattern_grid(patterns, path=None, channels: Iterable[int] | None = None, lay
     return _finish(fig, path)
 
 
-def heatmap_overlay(image, heatmap, path=None, title: str | None = None, alpha: float = 0.45,
-                    label: str = "Grad-CAM") -> Figure:
+def heatmap_overlay(
+    image, heatmap, path=None, title: str | None = None, alpha: float = 0.45, label: str = "Grad-CAM"
+) -> Figure:
     """Three panels: the image, the heatmap (with colour bar), and the heatmap over the image.
 
     Args:
@@ -460,8 +491,10 @@ def heatmap_overlay(image, heatmap, path=None, title: str | None = None, alpha: 
     arr, cmap = _as_display(image)
     hm = _numpy(heatmap).astype(np.float32)
     if hm.shape != arr.shape[:2]:
-        raise CnnkitError(f"heatmap shape {tuple(hm.shape)} does not match the image's {arr.shape[:2]}; "
-                          f"upsample it to the image size first")
+        raise CnnkitError(
+            f"heatmap shape {tuple(hm.shape)} does not match the image's {arr.shape[:2]}; "
+            f"upsample it to the image size first"
+        )
     fig = Figure(figsize=(11, 4.0), layout="constrained")
     ax_img, ax_hm, ax_ov = fig.subplots(1, 3)
     ax_img.imshow(arr, cmap=cmap, vmin=0, vmax=1)
@@ -483,8 +516,9 @@ def heatmap_overlay(image, heatmap, path=None, title: str | None = None, alpha: 
 # ----------------------------------------------------------------------------- segmentation
 
 
-def mask_panels(image, masks: dict, colours, path=None, classes: Sequence[str] | None = None,
-                title: str | None = None) -> Figure:
+def mask_panels(
+    image, masks: dict, colours, path=None, classes: Sequence[str] | None = None, title: str | None = None
+) -> Figure:
     """One image and its class maps side by side: the image, then one panel per ``masks`` entry
     (``{panel title: (H, W) class indices}``, e.g. the truth and each model's prediction), each class
     in its colour of ``colours`` ((K, 3) uint8, class k's RGB) with a legend of the classes shown.
@@ -503,8 +537,9 @@ def mask_panels(image, masks: dict, colours, path=None, classes: Sequence[str] |
     for ax, (name, mask) in zip(axes[1:], masks.items()):
         m = _numpy(mask).astype(np.int64)
         if m.shape != arr.shape[:2]:
-            raise CnnkitError(f"mask {name!r} has shape {tuple(m.shape)}, the image {arr.shape[:2]}; give masks "
-                              "at the image's size")
+            raise CnnkitError(
+                f"mask {name!r} has shape {tuple(m.shape)}, the image {arr.shape[:2]}; give masks at the image's size"
+            )
         if m.min(initial=0) < 0 or m.max(initial=0) >= len(lut):
             raise CnnkitError(f"mask {name!r} holds class {int(m.max())}, beyond the {len(lut)} colours given")
         shown.update(np.unique(m).tolist())

@@ -50,13 +50,13 @@ _BATCH_ARGS = {"convolution": (0,), "convolution_backward": (0, 1), "upsample_bi
 # oneDNN picks other kernels for a batch of one, so the line is fitted through batches 2 and 3 (exact
 # from 2 on); a batch of 3 or less is measured as it is
 _CAL_BATCHES = (2, 3)
-DIRECT_BYTES = 64 << 20     # an op whose tensors at batch 3 stay within this is measured at its own size
-MAX_CAL_BYTES = 8 << 20     # the largest scaled-down copy measured when the fit needs checking again
-FIT_TOLERANCE = 0.02        # the fit must predict the check run within 2%
+DIRECT_BYTES = 64 << 20  # an op whose tensors at batch 3 stay within this is measured at its own size
+MAX_CAL_BYTES = 8 << 20  # the largest scaled-down copy measured when the fit needs checking again
+FIT_TOLERANCE = 0.02  # the fit must predict the check run within 2%
 # (tensor bytes, multiply-adds) at batch 2 of the four fitting runs: the smaller limit decides
 _FIT_RUNS = ((1 << 18, 12_500_000), (1 << 19, 25_000_000), (1 << 20, 50_000_000), (2 << 20, 100_000_000))
 _REFIT_RUNS = ((MAX_CAL_BYTES // 2, 200_000_000), (MAX_CAL_BYTES, 400_000_000))
-_MIN_SIDE = 6                 # output pixels per side at the least: smaller images run other kernels
+_MIN_SIDE = 6  # output pixels per side at the least: smaller images run other kernels
 
 
 @contextmanager
@@ -133,7 +133,7 @@ def _make_args(args: tuple, batch_args: tuple, full_batch: int, batch: int) -> l
             # the same strides as in the model (a gradient may be a non-contiguous slice: the op then
             # copies it, and that copy is part of what it allocates)
             t = torch.empty_strided(shape, stride, dtype=dtype)
-            if not dtype.is_floating_point:   # float values do not change what is allocated: left as they are
+            if not dtype.is_floating_point:  # float values do not change what is allocated: left as they are
                 t.zero_()
             real.append(t)
         else:
@@ -161,7 +161,7 @@ def _peaks_by_label(prof) -> dict[str, int]:
                 for _, size in acc:
                     cur += size
                     peak = max(peak, cur)
-                out[n.name[len("cnnkit-cal:"):]] = peak
+                out[n.name[len("cnnkit-cal:") :]] = peak
             else:
                 walk(n.children)
 
@@ -194,11 +194,11 @@ def _restride(shape: tuple, stride: tuple, new: tuple) -> tuple:
     """Strides for ``new`` with the layout of (``shape``, ``stride``): the same dimension order, and a
     slice of a larger tensor (a gradient of a concatenation) stays a slice with the same margin."""
     n = len(shape)
-    order = sorted(range(n), key=lambda d: (stride[d], -d))      # innermost first
+    order = sorted(range(n), key=lambda d: (stride[d], -d))  # innermost first
     out = [0] * n
     acc = 1
     for j, d in enumerate(order):
-        if stride[d] == 0:                                        # broadcast: stays broadcast
+        if stride[d] == 0:  # broadcast: stays broadcast
             continue
         out[d] = acc
         if j + 1 < n and stride[d] > 0:
@@ -212,8 +212,10 @@ def _restride(shape: tuple, stride: tuple, new: tuple) -> tuple:
 def _scaled_args(name: str, args: tuple, sizes: tuple) -> tuple:
     """The op's arguments with the input's spatial sizes set to ``sizes`` (the output's follow)."""
     _, kernel, stride, padding, dilation, transposed, opad = _conv_geometry(name, args)
-    outs = tuple(_out_size(h, k, s_, p, d, transposed, o)
-                 for h, k, s_, p, d, o in zip(sizes, kernel, stride, padding, dilation, opad))
+    outs = tuple(
+        _out_size(h, k, s_, p, d, transposed, o)
+        for h, k, s_, p, d, o in zip(sizes, kernel, stride, padding, dilation, opad)
+    )
     new = list(args)
     roles = {"convolution": {0: sizes}, "convolution_backward": {0: outs, 1: sizes}}[name]
     for i, spatial in roles.items():
@@ -226,8 +228,10 @@ def _scaled_args(name: str, args: tuple, sizes: tuple) -> tuple:
 def _pixels(name: str, args: tuple) -> tuple[int, int]:
     """(input pixels, output pixels) per sample of a conv's arguments."""
     sizes, kernel, stride, padding, dilation, transposed, opad = _conv_geometry(name, args)
-    outs = [_out_size(h, k, s_, p, d, transposed, o)
-            for h, k, s_, p, d, o in zip(sizes, kernel, stride, padding, dilation, opad)]
+    outs = [
+        _out_size(h, k, s_, p, d, transposed, o)
+        for h, k, s_, p, d, o in zip(sizes, kernel, stride, padding, dilation, opad)
+    ]
     return math.prod(sizes), math.prod(outs)
 
 
@@ -241,7 +245,7 @@ def _tensor_bytes(args: tuple, batch_args: tuple, full_batch: int, batch: int, n
             if i in batch_args and shape and shape[0] == full_batch:
                 n = n // max(full_batch, 1) * batch
             total += n * torch.empty((), dtype=dtype).element_size()
-    if name == "convolution":                   # + the output; a backward's results match its inputs
+    if name == "convolution":  # + the output; a backward's results match its inputs
         shape, _, dtype = args[0]
         weight = args[1][0]
         channels = weight[1] * args[8] if args[6] else weight[0]
@@ -258,8 +262,9 @@ def _macs(name: str, args: tuple, batch: int) -> int:
     return batch * math.prod(weight) * (x if args[6 if name == "convolution" else 7] else y)
 
 
-def _fit_sizes(name: str, args: tuple, batch_args: tuple, batch: int,
-               targets: tuple[tuple[int, int], ...] = ()) -> list[tuple[int, ...]]:
+def _fit_sizes(
+    name: str, args: tuple, batch_args: tuple, batch: int, targets: tuple[tuple[int, int], ...] = ()
+) -> list[tuple[int, ...]]:
     """Scaled-down input sizes whose runs (at batch 2) hold about the target tensor bytes and
     multiply-adds (:data:`_FIT_RUNS`), each keeping the remainder of the real size modulo the stride
     (the same borders), smallest first."""
@@ -273,7 +278,7 @@ def _fit_sizes(name: str, args: tuple, batch_args: tuple, batch: int,
         cand = []
         for h, s_, lo in zip(sizes, stride, minimum):
             g = max(lo + s_, _MIN_SIDE * s_, int(h * f))
-            g -= (g - h) % s_                                     # same remainder modulo the stride
+            g -= (g - h) % s_  # same remainder modulo the stride
             cand.append(max(lo, min(h, g)))
         cand = tuple(cand)
         if cand not in seen and min(_pixels(name, _scaled_args(name, args, cand))) >= 1:
@@ -294,7 +299,7 @@ class _Runner:
     def run(self) -> dict[str, int]:
         if not self.jobs:
             return {}
-        denormal = torch.set_flush_denormal(True)      # uninitialised floats must not slow the runs
+        denormal = torch.set_flush_denormal(True)  # uninitialised floats must not slow the runs
         with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             for label, name, args, batch_args, full_batch, b in self.jobs:
                 real = _make_args(args, batch_args, full_batch, b)
@@ -337,9 +342,11 @@ def _extrapolate(ops: dict[str, tuple], batch: int) -> dict[str, list[float]]:
     peaks = runner.run()
     out, refit = {}, {}
     for ck, (name, args, batch_args, plan, held) in plans.items():
-        points = [(b, *_pixels(name, _scaled_args(name, args, sz)), peaks.get(f"{ck}#{n}", 0))
-                  for n, (b, sz) in enumerate(plan)]
-        check = points.pop(held)                                  # the largest run, held out
+        points = [
+            (b, *_pixels(name, _scaled_args(name, args, sz)), peaks.get(f"{ck}#{n}", 0))
+            for n, (b, sz) in enumerate(plan)
+        ]
+        check = points.pop(held)  # the largest run, held out
         coef = _fit(points)
         if abs(_predict(coef, *check[:3]) - check[3]) <= FIT_TOLERANCE * max(check[3], 1):
             out[ck] = _fit(points + [check])
@@ -353,9 +360,11 @@ def _extrapolate(ops: dict[str, tuple], batch: int) -> dict[str, list[float]]:
             runner.add(f"{ck}#big{n}", name, _scaled_args(name, args, sz), batch_args, batch, b)
     peaks = runner.run()
     for ck, (name, args, points, more) in refit.items():
-        large = [(b, *_pixels(name, _scaled_args(name, args, sz)), peaks.get(f"{ck}#big{n}", 0))
-                 for n, (b, sz) in enumerate(more)]
-        out[ck] = _fit(points + large * 4)                        # the large runs weigh most
+        large = [
+            (b, *_pixels(name, _scaled_args(name, args, sz)), peaks.get(f"{ck}#big{n}", 0))
+            for n, (b, sz) in enumerate(more)
+        ]
+        out[ck] = _fit(points + large * 4)  # the large runs weigh most
     return out
 
 
@@ -387,8 +396,9 @@ def op_peaks(records, batch: int, use_cache: bool = True) -> dict[tuple, int]:
             batch_args = _BATCH_ARGS.get(name, ())
             scalable = batch > _CAL_BATCHES[-1] and any(
                 i < len(args) and isinstance(args[i], tuple) and args[i][0] and args[i][0][0] == batch
-                for i in batch_args)
-            for b in (_CAL_BATCHES if scalable else (batch,)):
+                for i in batch_args
+            )
+            for b in _CAL_BATCHES if scalable else (batch,):
                 runner.add(f"{n}:{b}", name, args, batch_args, batch, b)
             runs.append((n, ck, scalable))
         peaks = runner.run()
@@ -397,7 +407,7 @@ def op_peaks(records, batch: int, use_cache: bool = True) -> dict[tuple, int]:
                 (b1, b2) = _CAL_BATCHES
                 p1, p2 = peaks.get(f"{n}:{b1}", 0), peaks.get(f"{n}:{b2}", 0)
                 slope = (p2 - p1) // (b2 - b1)
-                cache[ck] = [p1 - slope * b1, slope]      # a, b of a + b * batch
+                cache[ck] = [p1 - slope * b1, slope]  # a, b of a + b * batch
             else:
                 cache[ck] = [peaks.get(f"{n}:{batch}", 0), 0]
     if fitted:
@@ -412,6 +422,7 @@ def op_peaks(records, batch: int, use_cache: bool = True) -> dict[tuple, int]:
             a, b = cache[_cache_key(key, batch_args, batch)]
             out[key] = int(a + b * batch)
         else:
-            out[key] = int(_predict(cache[_cache_key(key, batch_args, batch, scaled=True)], batch,
-                                    *_pixels(name, args)))
+            out[key] = int(
+                _predict(cache[_cache_key(key, batch_args, batch, scaled=True)], batch, *_pixels(name, args))
+            )
     return out

@@ -45,8 +45,14 @@ def _cpu_peak(fn) -> int:
     return peak
 
 
-def measure_peak(model: nn.Module, input_shape: tuple[int, ...], dtype: torch.dtype = torch.float32,
-                 training: bool = False, optimizer: str = "sgd", device: str = "cpu") -> int:
+def measure_peak(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    dtype: torch.dtype = torch.float32,
+    training: bool = False,
+    optimizer: str = "sgd",
+    device: str = "cpu",
+) -> int:
     """Run one real inference pass (eval, no_grad) or one real training step (after a warm-up step)
     and return the peak bytes allocated, parameters, buffers, input and optimizer state included.
 
@@ -64,13 +70,19 @@ def measure_peak(model: nn.Module, input_shape: tuple[int, ...], dtype: torch.dt
             training_step(forward, opt)  # warm-up: the optimizer state exists from here on
             run = lambda: training_step(forward, opt)  # noqa: E731
         else:
+
             def run():
                 with torch.no_grad():
                     forward()
+
         resident = [*model.parameters(), *model.buffers(), x]
         if opt is not None:
-            resident += [v for s in opt.state.values() for v in s.values()
-                         if isinstance(v, torch.Tensor) and v.device.type == torch.device(device).type]
+            resident += [
+                v
+                for s in opt.state.values()
+                for v in s.values()
+                if isinstance(v, torch.Tensor) and v.device.type == torch.device(device).type
+            ]
         base = _resident_bytes(resident)
         if device.startswith("cuda"):
             torch.cuda.synchronize()

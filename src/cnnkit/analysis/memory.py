@@ -14,8 +14,18 @@ import re
 from cnnkit.analysis.summary import summary
 from cnnkit.errors import CnnkitError
 
-_UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1e3,
+    "mb": 1e6,
+    "gb": 1e9,
+    "tb": 1e12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 
 
 def parse_bytes(text) -> int:
@@ -58,8 +68,16 @@ def _small_batch_max(target, s1, memory, key, dtype, optimizer, device, limit: i
     return best
 
 
-def memory_plan(target, input_size=None, memory="8GiB", batch_size: int | None = None, dtype: str = "float32",
-        optimizer: str = "sgd", device: str = "cpu", devices: int = 2) -> dict:
+def memory_plan(
+    target,
+    input_size=None,
+    memory="8GiB",
+    batch_size: int | None = None,
+    dtype: str = "float32",
+    optimizer: str = "sgd",
+    device: str = "cpu",
+    devices: int = 2,
+) -> dict:
     """The largest batch that fits ``memory`` for training and inference, and the remedies' savings.
 
     Peak memory is affine in the batch, so two exact analyses (:func:`~cnnkit.summary` at batches 4
@@ -92,8 +110,14 @@ def memory_plan(target, input_size=None, memory="8GiB", batch_size: int | None =
     budget = parse_bytes(memory)
     s1 = summary(target, input_size, _B1, dtype, optimizer, device)
     s2 = summary(target, s1.input_size, _B2, dtype, optimizer, device)
-    out = {"model": s1.model, "input_size": list(s1.input_size), "memory_bytes": budget, "dtype": dtype,
-           "optimizer": optimizer, "device": device}
+    out = {
+        "model": s1.model,
+        "input_size": list(s1.input_size),
+        "memory_bytes": budget,
+        "dtype": dtype,
+        "optimizer": optimizer,
+        "device": device,
+    }
     kinds = [("inference", "inference_peak_bytes")]
     if s1.memory["training_peak_bytes"] is not None:
         kinds.append(("training", "training_peak_bytes"))
@@ -103,8 +127,16 @@ def memory_plan(target, input_size=None, memory="8GiB", batch_size: int | None =
         lines[kind] = (fixed, per)
         best = _max_batch(fixed, per, budget)
         if best < _B1:
-            best = _small_batch_max(target, summary(target, s1.input_size, 1, dtype, optimizer, device),
-                                    budget, key, dtype, optimizer, device, _B1)
+            best = _small_batch_max(
+                target,
+                summary(target, s1.input_size, 1, dtype, optimizer, device),
+                budget,
+                key,
+                dtype,
+                optimizer,
+                device,
+                _B1,
+            )
         out[kind] = {"fixed_bytes": fixed, "per_sample_bytes": per, "max_batch": best}
     if batch_size is not None:
         out["batch_size"] = batch_size
@@ -116,8 +148,7 @@ def memory_plan(target, input_size=None, memory="8GiB", batch_size: int | None =
         fixed, per = lines.get("training", lines["inference"])
         need = fixed + per * batch_size
         if need > budget:
-            out["remedies"] = _remedies(target, s1, batch_size, fixed, per, budget, dtype, optimizer, device,
-                                        devices)
+            out["remedies"] = _remedies(target, s1, batch_size, fixed, per, budget, dtype, optimizer, device, devices)
     return out
 
 
@@ -125,31 +156,66 @@ def _remedies(target, s1, batch, fixed, per, budget, dtype, optimizer, device, d
     need = fixed + per * batch
     rem = []
     fits_batch = _max_batch(fixed, per, budget)
-    rem.append({"remedy": "reduce the mini-batch", "detail": f"batch {fits_batch} fits",
-                "peak_bytes": fixed + per * fits_batch, "saves_bytes": need - (fixed + per * fits_batch)})
+    rem.append(
+        {
+            "remedy": "reduce the mini-batch",
+            "detail": f"batch {fits_batch} fits",
+            "peak_bytes": fixed + per * fits_batch,
+            "saves_bytes": need - (fixed + per * fits_batch),
+        }
+    )
     if dtype == "float32":
         h = summary(target, s1.input_size, batch, "bfloat16", optimizer, device)
         p = h.memory["training_peak_bytes"]
-        rem.append({"remedy": "use 16-bit floats (bfloat16)", "detail": "parameters and activations in 16 bits",
-                    "peak_bytes": p, "saves_bytes": need - p})
+        rem.append(
+            {
+                "remedy": "use 16-bit floats (bfloat16)",
+                "detail": "parameters and activations in 16 bits",
+                "peak_bytes": p,
+                "saves_bytes": need - p,
+            }
+        )
     saved = (s1.memory.get("saved_activation_bytes") or 0) // s1.batch_size  # per sample
     # checkpointing every layer boundary keeps ~sqrt(n) segments' activations; a conservative half
     ck = need - batch * saved // 2
-    rem.append({"remedy": "activation checkpointing (torch.utils.checkpoint)",
-                "detail": "recompute half of the saved activations in backward (about 1/3 more compute)",
-                "peak_bytes": ck, "saves_bytes": need - ck, "estimate": True})
+    rem.append(
+        {
+            "remedy": "activation checkpointing (torch.utils.checkpoint)",
+            "detail": "recompute half of the saved activations in backward (about 1/3 more compute)",
+            "peak_bytes": ck,
+            "saves_bytes": need - ck,
+            "estimate": True,
+        }
+    )
     per_dev = fixed + per * -(-batch // devices)
-    rem.append({"remedy": f"spread over {devices} devices (DistributedDataParallel)",
-                "detail": f"each device holds the model and batch {-(-batch // devices)}",
-                "peak_bytes": per_dev, "saves_bytes": need - per_dev})
+    rem.append(
+        {
+            "remedy": f"spread over {devices} devices (DistributedDataParallel)",
+            "detail": f"each device holds the model and batch {-(-batch // devices)}",
+            "peak_bytes": per_dev,
+            "saves_bytes": need - per_dev,
+        }
+    )
     dom = s1.memory.get("dominant_layers") or []
     if dom:
         d = dict(dom[0], saved_bytes=dom[0]["saved_bytes"] // s1.batch_size)  # per sample
-        rem.append({"remedy": f"a larger stride (or pooling) before {d['name']}",
-                    "detail": "stride 2 there quarters the maps after it; its saved activations alone are "
-                              f"{d['saved_bytes'] * batch:,} bytes at this batch",
-                    "peak_bytes": need - d["saved_bytes"] * batch * 3 // 4, "estimate": True,
-                    "saves_bytes": d["saved_bytes"] * batch * 3 // 4})
-        rem.append({"remedy": f"remove layer {d['name']}", "detail": "the layer saving the most for backward",
-                    "estimate": True, "peak_bytes": need - d["saved_bytes"] * batch, "saves_bytes": d["saved_bytes"] * batch})
+        rem.append(
+            {
+                "remedy": f"a larger stride (or pooling) before {d['name']}",
+                "detail": "stride 2 there quarters the maps after it; its saved activations alone are "
+                f"{d['saved_bytes'] * batch:,} bytes at this batch",
+                "peak_bytes": need - d["saved_bytes"] * batch * 3 // 4,
+                "estimate": True,
+                "saves_bytes": d["saved_bytes"] * batch * 3 // 4,
+            }
+        )
+        rem.append(
+            {
+                "remedy": f"remove layer {d['name']}",
+                "detail": "the layer saving the most for backward",
+                "estimate": True,
+                "peak_bytes": need - d["saved_bytes"] * batch,
+                "saves_bytes": d["saved_bytes"] * batch,
+            }
+        )
     return rem

@@ -26,8 +26,10 @@ def _shape(s) -> str:
 
 
 def renderables(s):
-    title = (f"{s.model}  input {_shape(s.input_size)}  batch {s.batch_size}  {s.dtype}  "
-             f"optimizer {s.optimizer}  device {s.device}")
+    title = (
+        f"{s.model}  input {_shape(s.input_size)}  batch {s.batch_size}  {s.dtype}  "
+        f"optimizer {s.optimizer}  device {s.device}"
+    )
     layers = Table(title=title, title_justify="left", show_lines=False, header_style="bold")
     layers.add_column("Layer")
     layers.add_column("Type")
@@ -37,8 +39,15 @@ def renderables(s):
     layers.add_column("MACs", justify="right")
     layers.add_column("Other ops", justify="right")
     for r in s.layers:
-        layers.add_row(r["name"], r["type"], _shape(r["output_shape"]), f"{r['params']:,}",
-                       f"{r['trainable_params']:,}", f"{r['macs']:,}", f"{r['other_ops']:,}")
+        layers.add_row(
+            r["name"],
+            r["type"],
+            _shape(r["output_shape"]),
+            f"{r['params']:,}",
+            f"{r['trainable_params']:,}",
+            f"{r['macs']:,}",
+            f"{r['other_ops']:,}",
+        )
     t = s.totals
     totals = Table(show_header=False, box=None, pad_edge=False)
     totals.add_column(style="bold")
@@ -58,17 +67,22 @@ def renderables(s):
     mem.add_row("Peak", _b(m["inference_peak_bytes"]), _b(m["training_peak_bytes"]))
     cats = list(dict.fromkeys([*(m["inference_breakdown"] or {}), *(m["training_breakdown"] or {})]))
     for c in cats:
-        mem.add_row(f"  {c}", _b((m["inference_breakdown"] or {}).get(c)),
-                    _b((m["training_breakdown"] or {}).get(c)))
+        mem.add_row(f"  {c}", _b((m["inference_breakdown"] or {}).get(c)), _b((m["training_breakdown"] or {}).get(c)))
     tb = s.textbook
     mem.add_row("Textbook (the notes' hand method)", _b(tb["inference_bytes"]), _b(tb["training_bytes"]))
     ratio = lambda a, b: f"{a / b:.2f}x" if a and b else "-"  # noqa: E731
-    mem.add_row("Real / textbook", ratio(m["inference_peak_bytes"], tb["inference_bytes"]),
-                ratio(m["training_peak_bytes"], tb["training_bytes"]))
+    mem.add_row(
+        "Real / textbook",
+        ratio(m["inference_peak_bytes"], tb["inference_bytes"]),
+        ratio(m["training_peak_bytes"], tb["training_bytes"]),
+    )
     parts = [layers, totals, mem]
     if m.get("dominant_layers"):
-        dom = Table(title="Layers that dominate the training peak (activations saved for backward)",
-                    title_justify="left", header_style="bold")
+        dom = Table(
+            title="Layers that dominate the training peak (activations saved for backward)",
+            title_justify="left",
+            header_style="bold",
+        )
         dom.add_column("Layer")
         dom.add_column("Type")
         dom.add_column("Saved", justify="right")

@@ -46,7 +46,7 @@ class Summary:
     """
 
     model: str
-    input_size: tuple[int, ...]    # channels first, without the batch
+    input_size: tuple[int, ...]  # channels first, without the batch
     batch_size: int
     dtype: str
     optimizer: str
@@ -59,10 +59,17 @@ class Summary:
 
     def to_dict(self) -> dict:
         return {
-            "model": self.model, "input_size": list(self.input_size), "batch_size": self.batch_size,
-            "dtype": self.dtype, "optimizer": self.optimizer, "device": self.device,
-            "layers": self.layers, "totals": self.totals, "memory": self.memory,
-            "textbook": self.textbook, "notes": self.notes,
+            "model": self.model,
+            "input_size": list(self.input_size),
+            "batch_size": self.batch_size,
+            "dtype": self.dtype,
+            "optimizer": self.optimizer,
+            "device": self.device,
+            "layers": self.layers,
+            "totals": self.totals,
+            "memory": self.memory,
+            "textbook": self.textbook,
+            "notes": self.notes,
         }
 
     def __str__(self) -> str:
@@ -76,8 +83,15 @@ class Summary:
         yield from renderables(self)
 
 
-def summary(target, input_size=None, batch_size: int = 1, dtype: str = "float32",
-            optimizer: str = "sgd", device: str = "cpu", backend_model: bool = True) -> Summary:
+def summary(
+    target,
+    input_size=None,
+    batch_size: int = 1,
+    dtype: str = "float32",
+    optimizer: str = "sgd",
+    device: str = "cpu",
+    backend_model: bool = True,
+) -> Summary:
     """Analyse a network: shapes, parameters, MACs and memory of inference and of a training step.
 
     The network runs on the meta device (no memory is allocated for real), so any size can be asked.
@@ -145,8 +159,7 @@ def summary(target, input_size=None, batch_size: int = 1, dtype: str = "float32"
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     itemsize = torch.empty((), dtype=torch_dtype).element_size()
-    param_bytes = sum(p.numel() * (itemsize if p.is_floating_point() else p.element_size())
-                      for p in model.parameters())
+    param_bytes = sum(p.numel() * (itemsize if p.is_floating_point() else p.element_size()) for p in model.parameters())
     totals = {
         "params": params,
         "trainable_params": trainable,
@@ -162,8 +175,7 @@ def summary(target, input_size=None, batch_size: int = 1, dtype: str = "float32"
     notes = _explain(memory, textbook, use_backend, device)
     if train_error:
         notes.insert(0, train_error)
-    return Summary(name, input_size, batch_size, dtype, optimizer, device, rows, totals, memory, textbook,
-                   notes)
+    return Summary(name, input_size, batch_size, dtype, optimizer, device, rows, totals, memory, textbook, notes)
 
 
 def _run_trace(model, shape, dtype, training, optimizer, ops, name):
@@ -182,8 +194,7 @@ def _failure_message(model: nn.Module, shape, exc: Exception, name: str) -> str:
     where = f" at layer {layer[0]!r} ({layer[1]}) with input {layer[2]}" if layer else ""
     if layer and layer[3]:
         where += f" (it expects {layer[3]})"
-    return (f"{name} fails on input {tuple(shape[1:])}{where}: {msg}; fix the layer's sizes or pass "
-            "another --input")
+    return f"{name} fails on input {tuple(shape[1:])}{where}: {msg}; fix the layer's sizes or pass another --input"
 
 
 def _failing_layer(model: nn.Module, shape):
@@ -197,10 +208,15 @@ def _failing_layer(model: nn.Module, shape):
 
     def pre(name):
         def hook(mod, inp):
-            expects = ", ".join(f"{a}={getattr(mod, a)}" for a in ("in_channels", "in_features", "num_features")
-                                if isinstance(getattr(mod, a, None), int))
-            found.append((name, type(mod).__name__,
-                          [tuple(t.shape[1:]) for t in inp if isinstance(t, torch.Tensor)], expects))
+            expects = ", ".join(
+                f"{a}={getattr(mod, a)}"
+                for a in ("in_channels", "in_features", "num_features")
+                if isinstance(getattr(mod, a, None), int)
+            )
+            found.append(
+                (name, type(mod).__name__, [tuple(t.shape[1:]) for t in inp if isinstance(t, torch.Tensor)], expects)
+            )
+
         return hook
 
     def post(mod, inp, out):
@@ -231,11 +247,18 @@ def _rows(inf) -> list[dict]:
     for r in sorted(inf.layers.values(), key=lambda r: r.order):
         if not r.is_leaf and not r.params:
             continue
-        rows.append({
-            "name": r.name, "type": r.type if not r.op_names else f"{r.type}({', '.join(r.op_names)})",
-            "input_shape": list(r.input_shape), "output_shape": list(r.output_shape), "params": r.params,
-            "trainable_params": r.trainable_params, "macs": r.macs, "other_ops": r.other_ops,
-        })
+        rows.append(
+            {
+                "name": r.name,
+                "type": r.type if not r.op_names else f"{r.type}({', '.join(r.op_names)})",
+                "input_shape": list(r.input_shape),
+                "output_shape": list(r.output_shape),
+                "params": r.params,
+                "trainable_params": r.trainable_params,
+                "macs": r.macs,
+                "other_ops": r.other_ops,
+            }
+        )
     return rows
 
 
@@ -253,16 +276,20 @@ def _memory(inf, tr, op_bytes, device) -> dict:
         "training_breakdown": None,
         "training_peak_at": None,
         "saved_activation_bytes": None,
-        "aten_level": {"inference_peak_bytes": inf.peak_bytes,
-                       "training_peak_bytes": tr.peak_bytes if tr else None},
+        "aten_level": {"inference_peak_bytes": inf.peak_bytes, "training_peak_bytes": tr.peak_bytes if tr else None},
     }
     if tr is not None:
         tr_peak, tr_i = tr.peak(op_bytes)
-        mem.update(training_peak_bytes=tr_peak, training_breakdown=tr.breakdown(tr_i, op_bytes),
-                   training_peak_at=_where(tr, tr_i), saved_activation_bytes=tr.saved_bytes)
+        mem.update(
+            training_peak_bytes=tr_peak,
+            training_breakdown=tr.breakdown(tr_i, op_bytes),
+            training_peak_at=_where(tr, tr_i),
+            saved_activation_bytes=tr.saved_bytes,
+        )
         top = sorted(tr.layers.values(), key=lambda r: -r.saved_bytes)[:5]
-        mem["dominant_layers"] = [{"name": r.name, "type": r.type, "saved_bytes": r.saved_bytes}
-                                  for r in top if r.saved_bytes]
+        mem["dominant_layers"] = [
+            {"name": r.name, "type": r.type, "saved_bytes": r.saved_bytes} for r in top if r.saved_bytes
+        ]
     if device == "cuda":  # the caching allocator's 512-byte blocks
         for k in ("inference_peak_bytes", "training_peak_bytes"):
             if mem[k] is not None:
@@ -288,18 +315,28 @@ def _explain(memory: dict, textbook: dict, backend_on: bool, device: str) -> lis
         bd = memory[f"{kind}_breakdown"]
         parts = ", ".join(f"{k} {v:,}" for k, v in sorted(bd.items(), key=lambda kv: -kv[1]) if v)
         at = memory[f"{kind}_peak_at"]
-        where = f" during {at['phase']} op {at['op']}" + (f" in {at['layer']}" if at["layer"] else "") \
-            if at["op"] else ""
-        notes.append(f"{kind}: real peak {real:,} B is {ratio:.2f}x the textbook's {book:,} B{where}; "
-                     f"live then: {parts}.")
+        where = (
+            f" during {at['phase']} op {at['op']}" + (f" in {at['layer']}" if at["layer"] else "") if at["op"] else ""
+        )
+        notes.append(
+            f"{kind}: real peak {real:,} B is {ratio:.2f}x the textbook's {book:,} B{where}; live then: {parts}."
+        )
     if memory["training_peak_bytes"] is not None:
-        notes.append("why they differ: the textbook counts each layer's output once; PyTorch also holds "
-                     "gradients, optimizer state, what autograd saves (inputs of convolutions, "
-                     "batch-norm statistics, pooling indices, dropout masks), backward's temporaries"
-                     + (", and oneDNN's blocked copies of inputs, weights and outputs inside each "
-                        "convolution" if backend_on else "") + "; it also frees some outputs the textbook "
-                     "keeps (in-place ReLU, views).")
+        notes.append(
+            "why they differ: the textbook counts each layer's output once; PyTorch also holds "
+            "gradients, optimizer state, what autograd saves (inputs of convolutions, "
+            "batch-norm statistics, pooling indices, dropout masks), backward's temporaries"
+            + (
+                ", and oneDNN's blocked copies of inputs, weights and outputs inside each convolution"
+                if backend_on
+                else ""
+            )
+            + "; it also frees some outputs the textbook "
+            "keeps (in-place ReLU, views)."
+        )
     if device == "cuda":
-        notes.append("cuda: predicted from the ATen-level trace with the caching allocator's 512-byte "
-                     "rounding; cuDNN workspaces are not included (no GPU was measured).")
+        notes.append(
+            "cuda: predicted from the ATen-level trace with the caching allocator's 512-byte "
+            "rounding; cuDNN workspaces are not included (no GPU was measured)."
+        )
     return notes

@@ -15,8 +15,9 @@ def _fmt(n: int) -> str:
     return f"{n:,}"
 
 
-def textbook_memory(rows: list[dict], input_shape: tuple[int, ...], batch: int, itemsize: int,
-                    param_count: int) -> dict:
+def textbook_memory(
+    rows: list[dict], input_shape: tuple[int, ...], batch: int, itemsize: int, param_count: int
+) -> dict:
     """``rows``: the summary's layers (dicts with ``name`` and ``output_shape``), in execution order."""
     outs = [(r["name"], prod(r["output_shape"]) * itemsize) for r in rows if r.get("output_shape")]
     in_bytes = prod(input_shape) * itemsize
@@ -34,7 +35,8 @@ def textbook_memory(rows: list[dict], input_shape: tuple[int, ...], batch: int, 
     training = batch * per_instance + batch * in_bytes + param_bytes
     steps = [
         f"bytes per value: {itemsize}",
-        "layer outputs, one instance: " + ", ".join(f"{name} {_fmt(n)}" for name, n in outs[:12])
+        "layer outputs, one instance: "
+        + ", ".join(f"{name} {_fmt(n)}" for name, n in outs[:12])
         + (f", ... ({len(outs)} layers)" if len(outs) > 12 else ""),
         f"inference: largest consecutive pair {pair[0]} + {pair[1]} = {_fmt(best)} x batch {batch}; "
         f"+ parameters {param_count:,} x {itemsize} = {_fmt(param_bytes)}; total {_fmt(inference)} bytes",
@@ -47,10 +49,16 @@ def textbook_memory(rows: list[dict], input_shape: tuple[int, ...], batch: int, 
         ins, outs_ = r.get("input_shape") or [], r.get("output_shape") or []
         if r["type"].startswith("Conv") and len(ins) == 3 and len(outs_) == 3:
             per_map = prod(outs_[1:]) * prod(ins)
-            dense.append({"name": r["name"], "conv_params": r["params"], "dense_weights_per_map": per_map,
-                          "dense_weights": per_map * outs_[0],
-                          "arithmetic": f"{outs_[1]}x{outs_[2]} neurons per map, each connected to "
-                                        f"{'x'.join(map(str, ins))} inputs = {per_map:,} weights per map"})
+            dense.append(
+                {
+                    "name": r["name"],
+                    "conv_params": r["params"],
+                    "dense_weights_per_map": per_map,
+                    "dense_weights": per_map * outs_[0],
+                    "arithmetic": f"{outs_[1]}x{outs_[2]} neurons per map, each connected to "
+                    f"{'x'.join(map(str, ins))} inputs = {per_map:,} weights per map",
+                }
+            )
     return {
         "conv_vs_dense": dense,
         "inference_bytes": inference,

@@ -14,7 +14,7 @@ from cnnkit.analysis.trace import trace
 from cnnkit.models.network import resolve_target
 from cnnkit.models.spec import parse_input_size
 
-RUNNING = "running op: outputs + workspace"   # the breakdown's own name for what the op adds
+RUNNING = "running op: outputs + workspace"  # the breakdown's own name for what the op adds
 PHASES = ("forward", "loss", "backward", "optimizer")
 
 
@@ -63,8 +63,15 @@ def _keep(totals: list[int], max_points: int, must: set[int]) -> list[int]:
     return sorted(keep)
 
 
-def memory_timeline(target, input_size=None, batch_size: int = 1, dtype: str = "float32",
-                    optimizer: str = "sgd", backend_model: bool = True, max_points: int = 1200) -> dict:
+def memory_timeline(
+    target,
+    input_size=None,
+    batch_size: int = 1,
+    dtype: str = "float32",
+    optimizer: str = "sgd",
+    backend_model: bool = True,
+    max_points: int = 1200,
+) -> dict:
     """Live bytes op by op through forward, loss, backward and the optimizer step of one training step.
 
     Args: as :func:`~cnnkit.analysis.summary.summary` (CPU allocator); ``max_points``: at most about
@@ -108,16 +115,33 @@ def memory_timeline(target, input_size=None, batch_size: int = 1, dtype: str = "
     points = []
     for i in _keep(totals, max_points, {peak_i, *phases.values()} - {-1}):
         op = tr.ops[i]
-        points.append({"index": i, "phase": op.phase, "op": op.name, "layer": op.module or None,
-                       "total": totals[i], "by_category": {**cats[i], RUNNING: during(op)}})
+        points.append(
+            {
+                "index": i,
+                "phase": op.phase,
+                "op": op.name,
+                "layer": op.module or None,
+                "total": totals[i],
+                "by_category": {**cats[i], RUNNING: during(op)},
+            }
+        )
     peak_op = tr.ops[peak_i] if peak_i >= 0 else None
     return {
-        "model": name, "input_size": list(input_size), "batch_size": batch_size, "dtype": dtype,
-        "optimizer": optimizer, "ops": len(tr.ops), "baseline": dict(tr.baseline),
+        "model": name,
+        "input_size": list(input_size),
+        "batch_size": batch_size,
+        "dtype": dtype,
+        "optimizer": optimizer,
+        "ops": len(tr.ops),
+        "baseline": dict(tr.baseline),
         "phases": [{"phase": p, "first_op": i} for p, i in phases.items()],
         "points": points,
-        "peak": {"index": peak_i, "bytes": peak_bytes, "op": peak_op.name if peak_op else None,
-                 "phase": peak_op.phase if peak_op else None,
-                 "layer": (peak_op.module or None) if peak_op else None,
-                 "breakdown": tr.breakdown(peak_i, op_bytes)},
+        "peak": {
+            "index": peak_i,
+            "bytes": peak_bytes,
+            "op": peak_op.name if peak_op else None,
+            "phase": peak_op.phase if peak_op else None,
+            "layer": (peak_op.module or None) if peak_op else None,
+            "breakdown": tr.breakdown(peak_i, op_bytes),
+        },
     }

@@ -27,12 +27,53 @@ aten = torch.ops.aten
 
 # ops that do no arithmetic worth reporting (views, copies of metadata, allocation)
 _NO_WORK = {
-    "view", "_unsafe_view", "reshape", "t", "transpose", "permute", "expand", "squeeze", "unsqueeze",
-    "detach", "alias", "as_strided", "slice", "select", "split", "split_with_sizes", "unbind",
-    "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "zeros", "zeros_like",
-    "ones", "ones_like", "full", "full_like", "new_zeros", "new_ones", "scalar_tensor", "lift_fresh",
-    "_to_copy", "clone", "copy_", "contiguous", "flatten", "_reshape_alias", "lift_fresh_copy",
-    "fill_", "zero_", "constant_pad_nd", "sym_size", "sym_stride", "is_same_size", "_local_scalar_dense", "item",
+    "view",
+    "_unsafe_view",
+    "reshape",
+    "t",
+    "transpose",
+    "permute",
+    "expand",
+    "squeeze",
+    "unsqueeze",
+    "detach",
+    "alias",
+    "as_strided",
+    "slice",
+    "select",
+    "split",
+    "split_with_sizes",
+    "unbind",
+    "empty",
+    "empty_like",
+    "empty_strided",
+    "new_empty",
+    "new_empty_strided",
+    "zeros",
+    "zeros_like",
+    "ones",
+    "ones_like",
+    "full",
+    "full_like",
+    "new_zeros",
+    "new_ones",
+    "scalar_tensor",
+    "lift_fresh",
+    "_to_copy",
+    "clone",
+    "copy_",
+    "contiguous",
+    "flatten",
+    "_reshape_alias",
+    "lift_fresh_copy",
+    "fill_",
+    "zero_",
+    "constant_pad_nd",
+    "sym_size",
+    "sym_stride",
+    "is_same_size",
+    "_local_scalar_dense",
+    "item",
 }
 
 
@@ -40,17 +81,17 @@ _NO_WORK = {
 class OpRecord:
     """One ATen op as dispatched."""
 
-    name: str                 # e.g. "convolution"
-    func: object              # the OpOverload
-    module: str               # innermost module running it ("" = top level or backward engine)
-    phase: str                # "forward", "backward" or "optimizer"
-    live_before: int          # bytes live when the op started
-    out_bytes: int            # bytes of the new storages it returned
-    macs: int                 # multiply-accumulates (conv / matmul family), 0 otherwise
-    elements: int             # output elements (the "other ops" work measure)
-    out_shape: tuple = ()     # shape of the first output, batch dimension dropped
+    name: str  # e.g. "convolution"
+    func: object  # the OpOverload
+    module: str  # innermost module running it ("" = top level or backward engine)
+    phase: str  # "forward", "backward" or "optimizer"
+    live_before: int  # bytes live when the op started
+    out_bytes: int  # bytes of the new storages it returned
+    macs: int  # multiply-accumulates (conv / matmul family), 0 otherwise
+    elements: int  # output elements (the "other ops" work measure)
+    out_shape: tuple = ()  # shape of the first output, batch dimension dropped
     backend_key: tuple | None = None  # set when the backend may allocate inside this op
-    args_meta: tuple = ()     # (shape, stride, dtype) of tensor args, for the backend model
+    args_meta: tuple = ()  # (shape, stride, dtype) of tensor args, for the backend model
 
 
 @dataclass
@@ -64,22 +105,22 @@ class LayerRecord:
     params: int = 0
     trainable_params: int = 0
     macs: int = 0
-    other_ops: int = 0                    # elements produced by norms, pooling, elementwise ops
+    other_ops: int = 0  # elements produced by norms, pooling, elementwise ops
     op_names: list = field(default_factory=list)
-    saved_bytes: int = 0                  # activations saved for backward (training trace)
-    order: int = 0                        # index of its first op: rows are shown in execution order
-    is_leaf: bool = True                  # False for a container (shown only through its ":ops" row)
+    saved_bytes: int = 0  # activations saved for backward (training trace)
+    order: int = 0  # index of its first op: rows are shown in execution order
+    is_leaf: bool = True  # False for a container (shown only through its ":ops" row)
 
 
 @dataclass
 class Trace:
     ops: list[OpRecord]
     layers: dict[str, LayerRecord]
-    baseline: dict[str, int]              # bytes live before the step, by category
-    peak_index: int                       # index in ops where the ATen-level peak happened
-    peak_bytes: int                       # ATen-level peak (outputs only, no backend temporaries)
-    storages: _Storages                 # allocation history, to replay the live set at any op
-    saved_bytes: int = 0                  # all activations saved for backward
+    baseline: dict[str, int]  # bytes live before the step, by category
+    peak_index: int  # index in ops where the ATen-level peak happened
+    peak_bytes: int  # ATen-level peak (outputs only, no backend temporaries)
+    storages: _Storages  # allocation history, to replay the live set at any op
+    saved_bytes: int = 0  # all activations saved for backward
 
     def peak(self, op_bytes: dict[tuple, int] | None = None) -> tuple[int, int]:
         """(peak bytes, op index): ATen-level, or with ``op_bytes`` replacing the outputs of backend ops."""
@@ -112,9 +153,9 @@ class _Storages:
 
     def __init__(self, op_count):
         self.live = 0
-        self.uid_of: dict[int, int] = {}      # live storage key -> uid
-        self.size: dict[int, int] = {}        # uid -> bytes
-        self.category: dict[int, str] = {}    # uid -> category label
+        self.uid_of: dict[int, int] = {}  # live storage key -> uid
+        self.size: dict[int, int] = {}  # uid -> bytes
+        self.category: dict[int, str] = {}  # uid -> category label
         self.events: list[tuple[int, int, int, int]] = []  # (op index, 0 before / 1 its outputs, +1/-1, uid)
         self._op_count = op_count
         self._finalizers = []
@@ -208,8 +249,9 @@ def _is_pure(func) -> bool:
     schema = func._schema
     if schema.is_mutable or any(r.alias_info is not None for r in schema.returns):
         return False
-    return all(r.type.kind() == "TensorType" for r in schema.returns) or \
-        (len(schema.returns) > 0 and all(str(r.type) in ("Tensor", "Tensor[]") for r in schema.returns))
+    return all(r.type.kind() == "TensorType" for r in schema.returns) or (
+        len(schema.returns) > 0 and all(str(r.type) in ("Tensor", "Tensor[]") for r in schema.returns)
+    )
 
 
 class _Recorder(TorchDispatchMode):
@@ -242,8 +284,17 @@ class _Recorder(TorchDispatchMode):
         elements = 0
         if not macs and name.rstrip("_") not in _NO_WORK and outs:
             elements = sum(t.numel() for t in outs if t.dtype.is_floating_point)
-        rec = OpRecord(name, func, self.stack[-1] if self.stack else "", self.phase[0], before, new,
-                       macs, elements, tuple(outs[0].shape[1:]) if outs else ())
+        rec = OpRecord(
+            name,
+            func,
+            self.stack[-1] if self.stack else "",
+            self.phase[0],
+            before,
+            new,
+            macs,
+            elements,
+            tuple(outs[0].shape[1:]) if outs else (),
+        )
         if packet in self.backend_ops:
             rec.args_meta = tuple(_freeze(a) for a in args)
             rec.backend_key = (name, rec.args_meta)
@@ -272,8 +323,7 @@ class _Recorder(TorchDispatchMode):
 
 
 @contextmanager
-def _module_hooks(model: nn.Module, stack: list[str], layers: dict[str, LayerRecord], phase: list[str],
-                  op_count):
+def _module_hooks(model: nn.Module, stack: list[str], layers: dict[str, LayerRecord], phase: list[str], op_count):
     """Forward pre/post hooks that keep the stack of running modules and record output shapes."""
     handles = []
     seen_params: set[int] = set()
@@ -288,6 +338,7 @@ def _module_hooks(model: nn.Module, stack: list[str], layers: dict[str, LayerRec
                     first_op[name] = op_count()
                     first = next(iter(_tensors(inp)), None)
                     first_in[name] = tuple(first.shape[1:]) if first is not None else ()
+
         return hook
 
     def post(name):
@@ -299,8 +350,13 @@ def _module_hooks(model: nn.Module, stack: list[str], layers: dict[str, LayerRec
             if rec is None:
                 act = getattr(mod, "activation", None)  # a Keras-style fused activation (spec layers)
                 kind = type(mod).__name__ + (f"+{act}" if isinstance(act, str) else "")
-                rec = layers[name] = LayerRecord(name, kind, input_shape=first_in[name], order=first_op[name],
-                                                 is_leaf=not any(True for _ in mod.children()))
+                rec = layers[name] = LayerRecord(
+                    name,
+                    kind,
+                    input_shape=first_in[name],
+                    order=first_op[name],
+                    is_leaf=not any(True for _ in mod.children()),
+                )
                 for p in mod.parameters(recurse=False):
                     if id(p) not in seen_params:
                         seen_params.add(id(p))
@@ -309,6 +365,7 @@ def _module_hooks(model: nn.Module, stack: list[str], layers: dict[str, LayerRec
             first = next(iter(_tensors(out)), None)
             if first is not None:
                 rec.output_shape = tuple(first.shape[1:])
+
         return hook
 
     try:
@@ -327,11 +384,11 @@ def meta_state(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Meta copies of the parameters and buffers, floating ones in ``dtype``, same requires_grad."""
     state = {}
     for name, p in model.named_parameters():
-        state[name] = torch.empty(p.shape, dtype=dtype if p.is_floating_point() else p.dtype,
-                                  device="meta").requires_grad_(p.requires_grad)
+        state[name] = torch.empty(
+            p.shape, dtype=dtype if p.is_floating_point() else p.dtype, device="meta"
+        ).requires_grad_(p.requires_grad)
     for name, b in model.named_buffers():
-        state[name] = torch.empty(b.shape, dtype=dtype if b.is_floating_point() else b.dtype,
-                                  device="meta")
+        state[name] = torch.empty(b.shape, dtype=dtype if b.is_floating_point() else b.dtype, device="meta")
     return state
 
 
@@ -369,8 +426,14 @@ def training_step(forward, optimizer) -> None:
         optimizer.zero_grad(set_to_none=True)
 
 
-def trace(model: nn.Module, input_shape: tuple[int, ...], dtype: torch.dtype, training: bool,
-          optimizer: str = "sgd", backend_ops: set | None = None) -> Trace:
+def trace(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    dtype: torch.dtype,
+    training: bool,
+    optimizer: str = "sgd",
+    backend_ops: set | None = None,
+) -> Trace:
     """Run ``model`` on a meta input of ``input_shape`` (batch included) and record everything.
 
     Inference: eval mode under ``torch.no_grad``. Training: train mode, one warm-up step (so that the
@@ -457,12 +520,15 @@ def trace(model: nn.Module, input_shape: tuple[int, ...], dtype: torch.dtype, tr
             layers[name].saved_bytes += storages.size[uid]
     own = list(model.parameters(recurse=False))
     if own:  # parameters of the model itself (not of a sub-module) get a row of their own
-        layers["(model)"] = LayerRecord("(model)", type(model).__name__, params=sum(p.numel() for p in own),
-                                        trainable_params=sum(p.numel() for p in own if p.requires_grad),
-                                        order=-1)
+        layers["(model)"] = LayerRecord(
+            "(model)",
+            type(model).__name__,
+            params=sum(p.numel() for p in own),
+            trainable_params=sum(p.numel() for p in own if p.requires_grad),
+            order=-1,
+        )
     _attribute_ops(ops, layers)
-    return Trace(ops, layers, baseline, peak_i, peak, storages,
-                 sum(storages.size[uid] for uid in saved))
+    return Trace(ops, layers, baseline, peak_i, peak, storages, sum(storages.size[uid] for uid in saved))
 
 
 def _attribute_ops(ops: list[OpRecord], layers: dict[str, LayerRecord]) -> None:

@@ -20,22 +20,39 @@ from cnnkit.errors import (
 )
 
 # sub-modules of cnnkit.cli, in the order their commands appear in --help
-_COMMAND_MODULES = ["classify", "detect", "segment", "instance", "summary", "zoo", "explain", "convert", "export",
-                    "serve"]
+_COMMAND_MODULES = [
+    "classify",
+    "detect",
+    "segment",
+    "instance",
+    "summary",
+    "zoo",
+    "explain",
+    "convert",
+    "export",
+    "serve",
+]
 
 
 def add_trust_code(parser: argparse.ArgumentParser) -> None:
     """``--trust-code FILE.py:FN``: the one way to load a checkpoint whose network only code builds."""
-    parser.add_argument("--trust-code", metavar="FILE.py:FN", dest="trust_code",
-                        help="load a checkpoint whose network is built by a Python factory, running "
-                             "FILE.py:FN as you name it (never the file the checkpoint names)")
+    parser.add_argument(
+        "--trust-code",
+        metavar="FILE.py:FN",
+        dest="trust_code",
+        help="load a checkpoint whose network is built by a Python factory, running "
+        "FILE.py:FN as you name it (never the file the checkpoint names)",
+    )
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, default_out: str) -> None:
     """``--out``, ``--resume`` and ``--quiet``: where a training run goes, and how it talks."""
     parser.add_argument("--out", help=f"run folder, written after every epoch (default: {default_out})")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out exactly (its own "
-                                                              "settings win over the ones given)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out exactly (its own settings win over the ones given)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no summary and no progress bar")
 
 
@@ -69,15 +86,16 @@ def existing_data_dir(data_dir: str | None) -> None:
     from pathlib import Path
 
     if data_dir is not None and not Path(data_dir).expanduser().is_dir():
-        raise CnnkitError(f"--data-dir {data_dir} is not a folder; fix the path, or create it first to "
-                          "download the dataset into it (without --data-dir: $CNNKIT_DATA or ~/.cache/cnnkit/data)")
+        raise CnnkitError(
+            f"--data-dir {data_dir} is not a folder; fix the path, or create it first to "
+            "download the dataset into it (without --data-dir: $CNNKIT_DATA or ~/.cache/cnnkit/data)"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cnnkit",
-        description="Convolutional neural networks, exact and fast: analyse, build, train, "
-        "transfer and explain CNNs.",
+        description="Convolutional neural networks, exact and fast: analyse, build, train, transfer and explain CNNs.",
     )
     from cnnkit import __version__
 

@@ -19,10 +19,13 @@ from cnnkit.tasks.classify.finetune import FinetuneConfig
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("classify", help="image classification: train, eval, predict, finetune, fcn",
-                              description="Classify images: train a CNN (MNIST by default), evaluate or run "
-                                          "it, fine-tune a pretrained network on your own photos, or turn "
-                                          "a dense head into convolutions.")
+    p = subparsers.add_parser(
+        "classify",
+        help="image classification: train, eval, predict, finetune, fcn",
+        description="Classify images: train a CNN (MNIST by default), evaluate or run "
+        "it, fine-tune a pretrained network on your own photos, or turn "
+        "a dense head into convolutions.",
+    )
     modes = p.add_subparsers(dest="mode", metavar="MODE")
     add_modes(modes, short=False)
     p.set_defaults(func=lambda args: p.print_help() or 2)
@@ -31,56 +34,82 @@ def register(subparsers) -> None:
 
 def add_modes(sub, short: bool) -> None:
     """The classification modes; ``short``: the top-level ``train``, ``eval`` and ``predict`` only."""
-    t = sub.add_parser("train", help="train a CNN (default: MNIST, the `fast` preset)"
-                       + (" = cnnkit classify train" if short else ""),
-                       description="Train a CNN on MNIST (default), another built-in data set or an image "
-                                   "folder. Under `torchrun --nproc_per_node N -m cnnkit classify train ...` "
-                                   "it trains with DDP. Unset options take the preset's values.")
-    t.add_argument("--preset", default="fast", choices=sorted(PRESETS),
-                   help="the tuned settings the other options change (default: fast)")
+    t = sub.add_parser(
+        "train",
+        help="train a CNN (default: MNIST, the `fast` preset)" + (" = cnnkit classify train" if short else ""),
+        description="Train a CNN on MNIST (default), another built-in data set or an image "
+        "folder. Under `torchrun --nproc_per_node N -m cnnkit classify train ...` "
+        "it trains with DDP. Unset options take the preset's values.",
+    )
+    t.add_argument(
+        "--preset",
+        default="fast",
+        choices=sorted(PRESETS),
+        help="the tuned settings the other options change (default: fast)",
+    )
     add_config_arguments(t, TrainConfig)
     add_run_arguments(t, "runs/<model>-<time>")
     t.set_defaults(func=run_train)
 
-    e = sub.add_parser("eval", help="accuracy, per-class precision/recall, confusion matrix",
-                       description="Evaluate a trained classification run on a split of its data.")
+    e = sub.add_parser(
+        "eval",
+        help="accuracy, per-class precision/recall, confusion matrix",
+        description="Evaluate a trained classification run on a split of its data.",
+    )
     e.add_argument("run", help="run folder or model.safetensors")
     e.add_argument("--data", help="another data set name or image folder (default: the run's own)")
     e.add_argument("--data-dir", help="the folder holding the built-in data sets (default: the run's)")
     e.add_argument("--split", default="test", choices=["train", "val", "test"], help="default: test")
     e.add_argument("--format", default="table", choices=["table", "json"])
     e.add_argument("--confusion", help="confusion-matrix PNG (default: <run>/confusion_<split>.png)")
-    e.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="auto (default): bf16 autocast where the device has native bf16, else fp32")
+    e.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="auto (default): bf16 autocast where the device has native bf16, else fp32",
+    )
     add_trust_code(e)
     e.set_defaults(func=run_eval)
 
-    q = sub.add_parser("predict", help="top classes of image files",
-                       description="Classify image files with a trained run, or with a zoo model's "
-                                   "published ImageNet weights.")
-    q.add_argument("run", help="run folder, model.safetensors, or a zoo name with ImageNet weights "
-                               "(e.g. efficientnet_lite0)")
+    q = sub.add_parser(
+        "predict",
+        help="top classes of image files",
+        description="Classify image files with a trained run, or with a zoo model's published ImageNet weights.",
+    )
+    q.add_argument(
+        "run", help="run folder, model.safetensors, or a zoo name with ImageNet weights (e.g. efficientnet_lite0)"
+    )
     q.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     q.add_argument("--top", type=int, help="classes shown per image (default: 3; 5 for a zoo model)")
     q.add_argument("--format", default="table", choices=["table", "json"])
-    q.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="auto (default): bf16 autocast where the device has native bf16, else fp32")
+    q.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="auto (default): bf16 autocast where the device has native bf16, else fp32",
+    )
     add_trust_code(q)
     q.set_defaults(func=run_predict)
     if short:
         return
 
-    f = sub.add_parser("finetune", help="fine-tune a (pretrained) zoo network on a folder of your own images",
-                       description="Replace the classifier for the folder's classes, train it with the base "
-                                   "frozen, then unfreeze the top block (and optionally everything) with lower "
-                                   "learning rates.")
+    f = sub.add_parser(
+        "finetune",
+        help="fine-tune a (pretrained) zoo network on a folder of your own images",
+        description="Replace the classifier for the folder's classes, train it with the base "
+        "frozen, then unfreeze the top block (and optionally everything) with lower "
+        "learning rates.",
+    )
     add_config_arguments(f, FinetuneConfig)
     add_run_arguments(f, "runs/finetune-<model>-<time>")
     f.set_defaults(func=run_finetune)
 
-    c = sub.add_parser("fcn", help="turn a run's Flatten+Linear head into convolutions (any input size)",
-                       description="Write a copy of a classification run whose dense layers are "
-                                   "convolutions: on a larger image it outputs a map of class scores.")
+    c = sub.add_parser(
+        "fcn",
+        help="turn a run's Flatten+Linear head into convolutions (any input size)",
+        description="Write a copy of a classification run whose dense layers are "
+        "convolutions: on a larger image it outputs a map of class scores.",
+    )
     c.add_argument("run", help="run folder or model.safetensors written by classify train|finetune")
     c.add_argument("--out", required=True, help="run folder (or .safetensors file) to write")
     add_trust_code(c)
@@ -93,8 +122,10 @@ def run_train(args) -> int:
     values = config_from_args(TrainConfig, args)
     for name in ("subset", "threads", "ensemble"):
         if values.get(name) is not None and values[name] < (0 if name == "threads" else 1):
-            raise CnnkitError(f"--{name} must be a positive integer; received {values[name]}"
-                              + (" (leave --subset out to train on every image)" if name == "subset" else ""))
+            raise CnnkitError(
+                f"--{name} must be a positive integer; received {values[name]}"
+                + (" (leave --subset out to train on every image)" if name == "subset" else "")
+            )
     size = values.get("image_size")
     if size is not None and not all(1 <= v <= 8192 for v in size):
         raise CnnkitError(f"--image-size H W must be between 1 and 8192; received {' '.join(map(str, size))}")
@@ -103,7 +134,7 @@ def run_train(args) -> int:
             raise CnnkitError(f"--{name.replace('_', '-')} must be a finite number; received {values[name]}")
     existing_data_dir(values.get("data_dir"))
     data = values.get("data")
-    if data and Path(data).expanduser().is_dir():       # an image folder: stored absolute for `eval`
+    if data and Path(data).expanduser().is_dir():  # an image folder: stored absolute for `eval`
         values["data"] = str(Path(data).expanduser().resolve())
     if values.get("data_dir"):
         values["data_dir"] = str(Path(values["data_dir"]).expanduser().resolve())
@@ -130,8 +161,10 @@ def run_eval(args) -> int:
     if args.format == "json":
         print(json.dumps({**result.to_dict(), "split": args.split, "dataset": data.name, "confusion_png": str(png)}))
         return 0
-    table = Table(title=f"{data.name}: accuracy {result.accuracy:.2%} on {result.n:,} images "
-                        f"({result.n - round(result.accuracy * result.n)} errors)")
+    table = Table(
+        title=f"{data.name}: accuracy {result.accuracy:.2%} on {result.n:,} images "
+        f"({result.n - round(result.accuracy * result.n)} errors)"
+    )
     for col in ("class", "precision", "recall", "n"):
         table.add_column(col, justify="left" if col == "class" else "right")
     counts = result.confusion.sum(1)
@@ -173,6 +206,8 @@ def run_fcn(args) -> int:
 
     path, fcn, info = convert_to_fcn(args.run, args.out, **trust(args))
     convs = sum(1 for m in fcn.modules() if type(m).__name__ == "Conv2d")
-    print(f"{info['model']}: dense head converted ({convs} conv layers now), trained on "
-          f"{tuple(info['input_size'])}; wrote {path}")
+    print(
+        f"{info['model']}: dense head converted ({convs} conv layers now), trained on "
+        f"{tuple(info['input_size'])}; wrote {path}"
+    )
     return 0

@@ -14,17 +14,24 @@ from cnnkit.tasks.classify.convert import convert_keras
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "convert", help="a Keras .keras/.h5 model as a cnnkit run (predict, explain, eval, finetune)",
+        "convert",
+        help="a Keras .keras/.h5 model as a cnnkit run (predict, explain, eval, finetune)",
         description="Read a Keras model file (.keras, or legacy .h5 from Keras 2 or 3) without TensorFlow and "
         "without running code from it, rebuild it on PyTorch with Keras' semantics and write a run folder "
         "that `cnnkit predict`, `explain`, `eval`, `finetune` and `export` take. The network returns logits "
-        "(a final softmax is left to the loss, as in every cnnkit classifier).")
+        "(a final softmax is left to the loss, as in every cnnkit classifier).",
+    )
     p.add_argument("model", metavar="MODEL.keras", help="a file written by Keras' model.save()")
     p.add_argument("--out", required=True, metavar="RUN", help="the run folder to write")
-    p.add_argument("--classes", help="class names, comma-separated, or a text file with one per line "
-                   "(default: class_0, class_1, ...)")
-    p.add_argument("--raw-pixels", action="store_true",
-                   help="the Keras model was fed raw 0-255 pixels (cnnkit feeds [0, 1]: they are scaled by 255)")
+    p.add_argument(
+        "--classes",
+        help="class names, comma-separated, or a text file with one per line (default: class_0, class_1, ...)",
+    )
+    p.add_argument(
+        "--raw-pixels",
+        action="store_true",
+        help="the Keras model was fed raw 0-255 pixels (cnnkit feeds [0, 1]: they are scaled by 255)",
+    )
     p.add_argument("--mean", help="per-channel mean subtracted from [0, 1] pixels before the network, comma-separated")
     p.add_argument("--std", help="per-channel std the pixels are divided by, comma-separated")
     p.set_defaults(func=run_convert)
@@ -42,8 +49,11 @@ def _floats(text: str | None, name: str) -> list[float] | None:
 
 
 def run_convert(args) -> int:
-    path, info = convert_keras(args.model, args.out, args.classes, _floats(args.mean, "mean"),
-                               _floats(args.std, "std"), args.raw_pixels)
-    print(f"wrote {path}: {info['model']} -> {info['num_classes']} classes, input "
-          f"{'x'.join(map(str, info['input_size']))}; mean {json.dumps(info['mean'])}, std {json.dumps(info['std'])}")
+    path, info = convert_keras(
+        args.model, args.out, args.classes, _floats(args.mean, "mean"), _floats(args.std, "std"), args.raw_pixels
+    )
+    print(
+        f"wrote {path}: {info['model']} -> {info['num_classes']} classes, input "
+        f"{'x'.join(map(str, info['input_size']))}; mean {json.dumps(info['mean'])}, std {json.dumps(info['std'])}"
+    )
     return 0

@@ -13,20 +13,31 @@ from cnnkit.tasks.detect.config import DetectConfig
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("detect", help="object detection: train, eval, predict",
-                              description="Train an anchor-free detector on Penn-Fudan, digit scenes, a COCO "
-                                          "JSON file or a YOLO folder; evaluate it (COCO AP); draw its boxes.")
+    p = subparsers.add_parser(
+        "detect",
+        help="object detection: train, eval, predict",
+        description="Train an anchor-free detector on Penn-Fudan, digit scenes, a COCO "
+        "JSON file or a YOLO folder; evaluate it (COCO AP); draw its boxes.",
+    )
     sub = p.add_subparsers(dest="detect_command", metavar="ACTION")
 
-    t = sub.add_parser("train", help="train a detector (through the one training engine)",
-                       description="Train an anchor-free detector; the run folder holds model.safetensors, "
-                                   "resume.safetensors, metrics.csv, curves.png, config.yaml and split.json.")
+    t = sub.add_parser(
+        "train",
+        help="train a detector (through the one training engine)",
+        description="Train an anchor-free detector; the run folder holds model.safetensors, "
+        "resume.safetensors, metrics.csv, curves.png, config.yaml and split.json.",
+    )
     add_config_arguments(t, DetectConfig)
     add_run_arguments(t, "runs/detect-<data>-<time>")
     t.set_defaults(func=run_train)
 
-    add_eval_predict(sub, "COCO AP / AP50 / AP75 / AR100 on the run's test split",
-                     "boxes of image files, drawn into PNGs", run_eval, run_predict)
+    add_eval_predict(
+        sub,
+        "COCO AP / AP50 / AP75 / AR100 on the run's test split",
+        "boxes of image files, drawn into PNGs",
+        run_eval,
+        run_predict,
+    )
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
 
@@ -69,8 +80,10 @@ def run_eval(args) -> int:
     if args.format == "json":
         print(json.dumps(m))
         return 0
-    print(f"{m['data']} {m['split']} ({m['images']} images): AP {m['AP']:.3f}  AP50 {m['AP50']:.3f}  "
-          f"AP75 {m['AP75']:.3f}  AR100 {m['AR100']:.3f}  VOC AP50 {m['VOC_AP50']:.3f}")
+    print(
+        f"{m['data']} {m['split']} ({m['images']} images): AP {m['AP']:.3f}  AP50 {m['AP50']:.3f}  "
+        f"AP75 {m['AP75']:.3f}  AR100 {m['AR100']:.3f}  VOC AP50 {m['VOC_AP50']:.3f}"
+    )
     for name, ap in m["per_class_AP"].items():
         print(f"  {name}: AP {ap:.3f}")
     return 0
@@ -85,7 +98,7 @@ def run_predict(args) -> int:
     model = load_detector(args.run)
     size = model.info["input_size"][-1]
     paths = [Path(p) for p in args.images]
-    images = [read_pixels(p) for p in paths]                # CnnkitError on a missing file, before any work
+    images = [read_pixels(p) for p in paths]  # CnnkitError on a missing file, before any work
     results = predict_images(model, images, size, model.info["classes"], score_threshold=args.score)
     out_dir = Path(args.out_dir) if args.out_dir else resolve(args.run).parent / "predictions"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -94,7 +107,7 @@ def run_predict(args) -> int:
         png = out_dir / f"{path.stem}_boxes.png"
         draw_detections(img, det, png)
         rows.append({"image": str(path), **det, "png": str(png)})
-    if args.format == "json":                              # one JSON object per image, one per line
+    if args.format == "json":  # one JSON object per image, one per line
         for r in rows:
             print(json.dumps(r))
         return 0

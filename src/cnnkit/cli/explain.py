@@ -12,37 +12,58 @@ METHODS = ["featuremaps", "filters", "patterns", "gradcam", "saliency"]
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "explain", help="feature maps, filters, filter patterns, Grad-CAM or saliency as a PNG",
+        "explain",
+        help="feature maps, filters, filter patterns, Grad-CAM or saliency as a PNG",
         description="Look inside a CNN: a trained run / checkpoint or a zoo model, on one image file "
-                    "(grey or colour, converted to the model's channels; kept at its size unless --resize).")
+        "(grey or colour, converted to the model's channels; kept at its size unless --resize).",
+    )
     p.add_argument("model", metavar="CKPT_OR_MODEL", help="run folder, .safetensors checkpoint, or zoo name")
     p.add_argument("image", metavar="IMAGE", help="image file (PNG, JPEG, ...)")
     p.add_argument("--method", choices=METHODS, default="gradcam", help="what to draw (default: gradcam)")
-    p.add_argument("--layer", help="layer name (see `cnnkit summary`); default: the last convolution "
-                                   "(gradcam, patterns), the first (filters), every one (featuremaps)")
-    p.add_argument("--class", dest="target_class", type=int, metavar="K",
-                   help="class index to explain (default: the predicted class)")
+    p.add_argument(
+        "--layer",
+        help="layer name (see `cnnkit summary`); default: the last convolution "
+        "(gradcam, patterns), the first (filters), every one (featuremaps)",
+    )
+    p.add_argument(
+        "--class",
+        dest="target_class",
+        type=int,
+        metavar="K",
+        help="class index to explain (default: the predicted class)",
+    )
     p.add_argument("--guided", action="store_true", help="saliency by guided backpropagation")
-    p.add_argument("--channels", type=int, nargs="+", metavar="C", help="patterns: the filters to draw "
-                                                                           "(default: the first 16)")
+    p.add_argument(
+        "--channels", type=int, nargs="+", metavar="C", help="patterns: the filters to draw (default: the first 16)"
+    )
     p.add_argument("--steps", type=int, default=40, help="patterns: gradient-ascent steps (default: 40)")
     p.add_argument("--resize", action="store_true", help="resize the image to the model's input size")
     p.add_argument("--weights", help="zoo models: a weights file or URL (reference key names)")
-    p.add_argument("--imagenet-norm", action="store_true",
-                   help="zoo models: normalise the input with ImageNet's mean/std (for ImageNet weights)")
+    p.add_argument(
+        "--imagenet-norm",
+        action="store_true",
+        help="zoo models: normalise the input with ImageNet's mean/std (for ImageNet weights)",
+    )
     p.add_argument("--out", help="PNG to write (default: <image>_<method>.png here)")
     add_trust_code(p)
     p.set_defaults(func=run_explain)
 
-    q = subparsers.add_parser("plot", help="training curves, confusion matrix and mistakes of a run",
-                              description="Draw a run's curves (from RUN/metrics.csv) and, when its "
-                                          "checkpoint and dataset load, its confusion matrix and most "
-                                          "confident mistakes, as PNGs in the run folder.")
+    q = subparsers.add_parser(
+        "plot",
+        help="training curves, confusion matrix and mistakes of a run",
+        description="Draw a run's curves (from RUN/metrics.csv) and, when its "
+        "checkpoint and dataset load, its confusion matrix and most "
+        "confident mistakes, as PNGs in the run folder.",
+    )
     q.add_argument("run", metavar="RUN", help="run folder written by `cnnkit train`")
     q.add_argument("--data-dir", help="where the run's dataset lives (default: the one it trained on)")
     q.add_argument("--split", help="test | val (default: test, else val)")
-    q.add_argument("--max-images", type=int, default=10000,
-                   help="images used for the confusion matrix and mistakes (default: 10000)")
+    q.add_argument(
+        "--max-images",
+        type=int,
+        default=10000,
+        help="images used for the confusion matrix and mistakes (default: 10000)",
+    )
     add_trust_code(q)
     q.set_defaults(func=run_plot)
 
@@ -61,8 +82,9 @@ def run_explain(args) -> int:
     from cnnkit.explain.target import read_image
     from cnnkit.tasks.classify.explain import load_explainable
 
-    target = load_explainable(args.model, weights=args.weights, imagenet_norm=args.imagenet_norm,
-                              factory=args.trust_code)
+    target = load_explainable(
+        args.model, weights=args.weights, imagenet_norm=args.imagenet_norm, factory=args.trust_code
+    )
     c, h, w = target.input_size
     x = read_image(args.image, c, (h, w) if args.resize else None, target.dark_background)
     target.check_accepts(x, f" ({args.image})")
@@ -76,8 +98,9 @@ def run_explain(args) -> int:
     if args.method == "featuremaps":
         names = [layer] if layer else [target.prefix + n for n in convs]
         maps = feature_maps(target.model, x, names)
-        fig = plots.feature_map_grid({target.user_name(k): v for k, v in maps.items()},
-                                     title=f"Feature maps of {Path(args.image).name}")
+        fig = plots.feature_map_grid(
+            {target.user_name(k): v for k, v in maps.items()}, title=f"Feature maps of {Path(args.image).name}"
+        )
         summary = f"{len(maps)} layer(s)"
     elif args.method == "filters":
         name = target.user_name(layer) if layer else convs[0]
@@ -87,8 +110,7 @@ def run_explain(args) -> int:
         name = layer or target.prefix + convs[-1]
         if args.steps < 0:
             raise CnnkitError(f"--steps must be 0 or more; received {args.steps}")
-        pats = filter_patterns(target.model, name, channels=args.channels, size=tuple(x.shape[-2:]),
-                               steps=args.steps)
+        pats = filter_patterns(target.model, name, channels=args.channels, size=tuple(x.shape[-2:]), steps=args.steps)
         chans = args.channels or list(range(pats.shape[0]))
         fig = plots.pattern_grid(pats, channels=chans, layer=target.user_name(name))
         summary = f"layer {target.user_name(name)}, {len(chans)} filter(s)"
@@ -107,8 +129,9 @@ def run_explain(args) -> int:
         with torch.no_grad():
             prob = float(target.model(x[None]).float().softmax(1)[0, cls])
         cname = target.classes[cls] if cls < len(target.classes) else str(cls)
-        fig = plots.heatmap_overlay(x, heat, label=label,
-                                    title=f"{label} for class {cls} ({cname!r}, p={prob:.2f}){where}")
+        fig = plots.heatmap_overlay(
+            x, heat, label=label, title=f"{label} for class {cls} ({cname!r}, p={prob:.2f}){where}"
+        )
         summary = f"class {cls} ({cname}) p={prob:.3f}{where}"
     plots.save_figure(fig, out)
     print(f"{args.method}: {summary} -> {out}")
@@ -121,8 +144,9 @@ def run_plot(args) -> int:
     existing_data_dir(args.data_dir)
     if args.max_images < 1:
         raise CnnkitError(f"--max-images must be a positive integer; received {args.max_images}")
-    written, notes = plot_run(args.run, data_dir=args.data_dir, split=args.split, max_images=args.max_images,
-                              **trust(args))
+    written, notes = plot_run(
+        args.run, data_dir=args.data_dir, split=args.split, max_images=args.max_images, **trust(args)
+    )
     for note in notes:
         print(f"note: {note}")
     for path in written:

@@ -9,25 +9,38 @@ from cnnkit.cli import add_trust_code, trust
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "export", help="a trained run as one ONNX file that ONNX Runtime runs as PyTorch does",
+        "export",
+        help="a trained run as one ONNX file that ONNX Runtime runs as PyTorch does",
         description="Load a run (cnnkit.load), export its deployable model to ONE .onnx file (weights inside) "
         "with a dynamic batch axis, run it in ONNX Runtime on example images (the batch given and one more) "
         "and keep it only if its outputs match PyTorch's within --rtol of their scale. A classifier is "
         "exported with its input normalisation and without test-time augmentation: it takes [0, 1] pixels "
         "(N, C, H, W) and returns logits. A detector is exported up to its raw outputs; decoding and NMS stay "
-        "in Python (cnnkit.models.detection.decode).")
+        "in Python (cnnkit.models.detection.decode).",
+    )
     p.add_argument("run", metavar="RUN", help="a run folder or model.safetensors")
     p.add_argument("--format", default="onnx", choices=["onnx"], help="the only format: onnx")
     p.add_argument("--out", required=True, metavar="FILE.onnx", help="the file to write")
     p.add_argument("--batch", type=int, default=1, help="batch of the example input (default: 1)")
     p.add_argument("--input", metavar="CxHxW", help="input size when the run does not state one")
     p.add_argument("--static-batch", action="store_true", help="fix the batch axis to --batch")
-    p.add_argument("--dynamic-size", action="store_true",
-                   help="free image size too, where the network allows it (checked at another size)")
-    p.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "torchscript"],
-                   help="auto: PyTorch's dynamo exporter, falling back to the TorchScript one")
-    p.add_argument("--rtol", type=float, default=1e-4,
-                   help="allowed max |onnxruntime - pytorch| as a fraction of the output's scale (default: 1e-4)")
+    p.add_argument(
+        "--dynamic-size",
+        action="store_true",
+        help="free image size too, where the network allows it (checked at another size)",
+    )
+    p.add_argument(
+        "--exporter",
+        default="auto",
+        choices=["auto", "dynamo", "torchscript"],
+        help="auto: PyTorch's dynamo exporter, falling back to the TorchScript one",
+    )
+    p.add_argument(
+        "--rtol",
+        type=float,
+        default=1e-4,
+        help="allowed max |onnxruntime - pytorch| as a fraction of the output's scale (default: 1e-4)",
+    )
     p.add_argument("--no-check", action="store_true", help="do not run the file in ONNX Runtime (not recommended)")
     add_trust_code(p)
     p.set_defaults(func=run_export)
@@ -68,8 +81,16 @@ def run_export(args) -> int:
     meta["cnnkit.task"] = str(task)
     no_tta = model.without_tta() if hasattr(model, "without_tta") else contextlib.nullcontext()
     with no_tta:
-        report = export_onnx(model, example, args.out, dynamic_batch=not args.static_batch,
-                             dynamic_size=args.dynamic_size, check=not args.no_check,
-                             rtol=args.rtol, exporter=args.exporter, metadata=meta)
+        report = export_onnx(
+            model,
+            example,
+            args.out,
+            dynamic_batch=not args.static_batch,
+            dynamic_size=args.dynamic_size,
+            check=not args.no_check,
+            rtol=args.rtol,
+            exporter=args.exporter,
+            metadata=meta,
+        )
     print(report)
     return 0

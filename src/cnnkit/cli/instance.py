@@ -12,20 +12,31 @@ from cnnkit.tasks.instance.config import InstanceConfig
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("instance", help="instance segmentation (masks per object): train, eval, predict",
-                              description="Train the anchor-free detector with a Mask R-CNN-style mask head on "
-                                          "Penn-Fudan or digit scenes; evaluate it (COCO mask AP); draw its masks.")
+    p = subparsers.add_parser(
+        "instance",
+        help="instance segmentation (masks per object): train, eval, predict",
+        description="Train the anchor-free detector with a Mask R-CNN-style mask head on "
+        "Penn-Fudan or digit scenes; evaluate it (COCO mask AP); draw its masks.",
+    )
     sub = p.add_subparsers(dest="instance_command", metavar="ACTION")
 
-    t = sub.add_parser("train", help="train a mask detector (through the one training engine)",
-                       description="Train the detector with a Mask R-CNN-style mask head; the run folder holds "
-                                   "model.safetensors, resume.safetensors, metrics.csv, curves.png and config.yaml.")
+    t = sub.add_parser(
+        "train",
+        help="train a mask detector (through the one training engine)",
+        description="Train the detector with a Mask R-CNN-style mask head; the run folder holds "
+        "model.safetensors, resume.safetensors, metrics.csv, curves.png and config.yaml.",
+    )
     add_config_arguments(t, InstanceConfig)
     add_run_arguments(t, "runs/instance-<data>-<time>")
     t.set_defaults(func=run_train)
 
-    add_eval_predict(sub, "COCO mask AP (and box AP) on the run's test split",
-                     "instance masks and boxes of image files, drawn into PNGs", run_eval, run_predict)
+    add_eval_predict(
+        sub,
+        "COCO mask AP (and box AP) on the run's test split",
+        "instance masks and boxes of image files, drawn into PNGs",
+        run_eval,
+        run_predict,
+    )
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
 
@@ -43,8 +54,10 @@ def run_eval(args) -> int:
     if args.format == "json":
         print(json.dumps(m))
         return 0
-    print(f"{m['data']} {m['split']} ({m['images']} images): mask AP {m['mask_AP']:.3f}  AP50 {m['mask_AP50']:.3f}  "
-          f"AP75 {m['mask_AP75']:.3f}  AR100 {m['mask_AR100']:.3f}  box AP {m['box_AP']:.3f}  box AP50 {m['box_AP50']:.3f}")
+    print(
+        f"{m['data']} {m['split']} ({m['images']} images): mask AP {m['mask_AP']:.3f}  AP50 {m['mask_AP50']:.3f}  "
+        f"AP75 {m['mask_AP75']:.3f}  AR100 {m['mask_AR100']:.3f}  box AP {m['box_AP']:.3f}  box AP50 {m['box_AP50']:.3f}"
+    )
     return 0
 
 
@@ -56,7 +69,7 @@ def run_predict(args) -> int:
     model = load_mask_detector(args.run)
     out_dir = Path(args.out_dir) if args.out_dir else resolve(args.run).parent / "predictions"
     rows = predict_files(model, [Path(p) for p in args.images], out_dir, args.score)
-    if args.format == "json":                              # one JSON object per image, one per line
+    if args.format == "json":  # one JSON object per image, one per line
         for r in rows:
             print(json.dumps(r))
         return 0

@@ -12,14 +12,20 @@ from cnnkit.tasks.segment.config import SegmentConfig
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("segment", help="semantic segmentation: train, eval, predict",
-                              description="Per-pixel classes: FCN-32s/16s/8s, U-Net, DeepLab-v3 on zoo backbones.")
+    p = subparsers.add_parser(
+        "segment",
+        help="semantic segmentation: train, eval, predict",
+        description="Per-pixel classes: FCN-32s/16s/8s, U-Net, DeepLab-v3 on zoo backbones.",
+    )
     sub = p.add_subparsers(dest="segment_command", metavar="ACTION")
 
-    t = sub.add_parser("train", help="train a segmentation network (default data: Penn-Fudan)",
-                       description="Train through the shared engine; the run folder holds model.safetensors, "
-                                   "resume.safetensors, metrics.csv, curves.png, config.yaml and split.json. "
-                                   "Unset options take the data's recipe (DATA_DEFAULTS).")
+    t = sub.add_parser(
+        "train",
+        help="train a segmentation network (default data: Penn-Fudan)",
+        description="Train through the shared engine; the run folder holds model.safetensors, "
+        "resume.safetensors, metrics.csv, curves.png, config.yaml and split.json. "
+        "Unset options take the data's recipe (DATA_DEFAULTS).",
+    )
     add_config_arguments(t, SegmentConfig)
     add_run_arguments(t, "runs/segment-<data>-<time>")
     t.set_defaults(func=run_train)
@@ -52,8 +58,10 @@ def run_train(args) -> int:
     out = args.out or f"runs/segment-{Path(cfg.data).name}-{time.strftime('%Y%m%d-%H%M%S')}"
     result = train(cfg, out, resume=args.resume, quiet=args.quiet)
     t = result.test
-    print(f"done: test mIoU {t['mIoU']:.4f}, pixel accuracy {t['pixel_accuracy']:.4f}, boundary IoU "
-          f"{t['boundary_iou']:.4f} in {result.seconds:.1f} s -> {out}  (`cnnkit segment eval {out}`)")
+    print(
+        f"done: test mIoU {t['mIoU']:.4f}, pixel accuracy {t['pixel_accuracy']:.4f}, boundary IoU "
+        f"{t['boundary_iou']:.4f} in {result.seconds:.1f} s -> {out}  (`cnnkit segment eval {out}`)"
+    )
     return 0
 
 
@@ -64,8 +72,10 @@ def run_eval(args) -> int:
     if args.format == "json":
         print(json.dumps({k: v for k, v in out.items() if k != "confusion"}))
         return 0
-    print(f"{out['data']} {out['split']} ({out['images']} images): mIoU {out['mIoU']:.4f}  pixel accuracy "
-          f"{out['pixel_accuracy']:.4f}  boundary IoU {out['boundary_iou']:.4f}")
+    print(
+        f"{out['data']} {out['split']} ({out['images']} images): mIoU {out['mIoU']:.4f}  pixel accuracy "
+        f"{out['pixel_accuracy']:.4f}  boundary IoU {out['boundary_iou']:.4f}"
+    )
     for name, iou in out["iou"].items():
         print(f"  {name:>12}  IoU {'-' if iou is None else f'{iou:.4f}'}")
     return 0
@@ -85,7 +95,7 @@ def run_predict(args) -> int:
     for path in paths:
         image = read_pixels(path)
         if model.mean.shape[1] == 1:
-            image = image.float().mean(0, keepdim=True).round().to(image.dtype)   # grey networks
+            image = image.float().mean(0, keepdim=True).round().to(image.dtype)  # grey networks
         mask = predict_image(model, image, max_side)
         grey, colour = write_prediction(image, mask, len(model.classes), args.out, path.stem)
         print(f"{path}: {grey} {colour}")

@@ -4,35 +4,47 @@ from __future__ import annotations
 
 import json
 
-_TARGET_HELP = ("a zoo model name, a .yaml/.json network spec, or path/to/file.py:factory "
-                "(a function returning a torch.nn.Module)")
+_TARGET_HELP = (
+    "a zoo model name, a .yaml/.json network spec, or path/to/file.py:factory (a function returning a torch.nn.Module)"
+)
 
 
 def _common(p) -> None:
     p.add_argument("target", help=_TARGET_HELP)
-    p.add_argument("--input", metavar="CxHxW", help="input size without the batch: 3x224x224, 3,224,224, "
-                   "CxL (1-D) or CxDxHxW (3-D); default: the model's own")
+    p.add_argument(
+        "--input",
+        metavar="CxHxW",
+        help="input size without the batch: 3x224x224, 3,224,224, CxL (1-D) or CxDxHxW (3-D); default: the model's own",
+    )
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    p.add_argument("--optimizer", default="sgd", choices=["none", "sgd", "momentum", "adam", "adamw"],
-                   help="optimizer of the analysed training step (default: sgd)")
+    p.add_argument(
+        "--optimizer",
+        default="sgd",
+        choices=["none", "sgd", "momentum", "adam", "adamw"],
+        help="optimizer of the analysed training step (default: sgd)",
+    )
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="whose allocator to predict")
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "summary", help="shapes, parameters, MACs and memory of a CNN",
+        "summary",
+        help="shapes, parameters, MACs and memory of a CNN",
         description="Per layer: output shape, parameters, MACs. Totals. The peak memory of inference "
         "and of one training step at the batch, as PyTorch really allocates it, with the notes' "
-        "textbook calculation beside it.")
+        "textbook calculation beside it.",
+    )
     _common(p)
     p.add_argument("--batch-size", "--batch", dest="batch", type=int, default=1, help="batch size (default: 1)")
     p.add_argument("--format", default="table", choices=["table", "json", "csv"])
     p.set_defaults(func=run_summary)
 
     f = subparsers.add_parser(
-        "memory", help="the largest batch that fits in memory, and what each remedy saves",
+        "memory",
+        help="the largest batch that fits in memory, and what each remedy saves",
         description="Largest batch for training and for inference within --memory; at --batch, "
-        "whether it fits and, if not, what each of the notes' remedies would save.")
+        "whether it fits and, if not, what each of the notes' remedies would save.",
+    )
     _common(f)
     f.add_argument("--memory", required=True, help="memory budget, e.g. 8GiB, 16GB, 500MB")
     f.add_argument("--batch-size", "--batch", dest="batch", type=int, help="the batch size you want to train with")
@@ -45,8 +57,14 @@ def run_summary(args) -> int:
     from cnnkit.analysis import summary
     from cnnkit.analysis.report import render_csv, render_json
 
-    s = summary(args.target, input_size=args.input, batch_size=args.batch, dtype=args.dtype,
-                optimizer=args.optimizer, device=args.device)
+    s = summary(
+        args.target,
+        input_size=args.input,
+        batch_size=args.batch,
+        dtype=args.dtype,
+        optimizer=args.optimizer,
+        device=args.device,
+    )
     if args.format == "json":
         print(render_json(s))
     elif args.format == "csv":
@@ -65,24 +83,40 @@ def run_memory(args) -> int:
 
     if args.batch is not None and args.batch < 1:
         raise CnnkitError(f"--batch must be a positive integer; received: {args.batch}")
-    r = memory_plan(args.target, input_size=args.input, memory=args.memory, batch_size=args.batch,
-            dtype=args.dtype, optimizer=args.optimizer, device=args.device, devices=args.devices)
+    r = memory_plan(
+        args.target,
+        input_size=args.input,
+        memory=args.memory,
+        batch_size=args.batch,
+        dtype=args.dtype,
+        optimizer=args.optimizer,
+        device=args.device,
+        devices=args.devices,
+    )
     if args.format == "json":
         print(json.dumps(r, indent=2))
         return 0
-    print(f"{r['model']}  input {'x'.join(map(str, r['input_size']))}  {r['dtype']}  "
-          f"optimizer {r['optimizer']}  budget {r['memory_bytes']:,} B ({human_bytes(r['memory_bytes'])})")
+    print(
+        f"{r['model']}  input {'x'.join(map(str, r['input_size']))}  {r['dtype']}  "
+        f"optimizer {r['optimizer']}  budget {r['memory_bytes']:,} B ({human_bytes(r['memory_bytes'])})"
+    )
     for kind in ("training", "inference"):
         if kind in r:
             k = r[kind]
-            line = (f"{kind:>9}: peak = {k['fixed_bytes']:,} + {k['per_sample_bytes']:,} x batch  ->  "
-                    f"largest batch that fits: {k['max_batch']:,}")
+            line = (
+                f"{kind:>9}: peak = {k['fixed_bytes']:,} + {k['per_sample_bytes']:,} x batch  ->  "
+                f"largest batch that fits: {k['max_batch']:,}"
+            )
             if "peak_bytes" in k:
-                line += (f"; at batch {r['batch_size']}: {k['peak_bytes']:,} B "
-                         f"({human_bytes(k['peak_bytes'])}) {'fits' if k['fits'] else 'does NOT fit'}")
+                line += (
+                    f"; at batch {r['batch_size']}: {k['peak_bytes']:,} B "
+                    f"({human_bytes(k['peak_bytes'])}) {'fits' if k['fits'] else 'does NOT fit'}"
+                )
             print(line)
     for rem in r.get("remedies", []):
         est = " (estimate)" if rem.get("estimate") else ""
-        print(f"  - {rem['remedy']}: peak {human_bytes(rem['peak_bytes'])}, saves "
-              f"{human_bytes(rem['saves_bytes'])}{est} -- {rem['detail']}")
+        print(
+            f"  - {rem['remedy']}: peak {human_bytes(rem['peak_bytes'])}, saves "
+            f"{human_bytes(rem['saves_bytes'])}{est} -- {rem['detail']}"
+        )
     return 0

@@ -7,14 +7,19 @@ import json
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "zoo", help="list the model zoo: parameters, MACs, input size, paper",
+        "zoo",
+        help="list the model zoo: parameters, MACs, input size, paper",
         description="Every registered model (or the NAMEs given) with its parameters, its MACs for one "
         "image at its default input size (from the analyser), that input size, its paper, and whether "
-        "reference ImageNet weights are published (load them with --weights / load_weights).")
+        "reference ImageNet weights are published (load them with --weights / load_weights).",
+    )
     p.add_argument("names", nargs="*", metavar="NAME", help="only these models (default: all)")
     p.add_argument("--family", help="only this family, e.g. resnet, mobilenet, notes")
-    p.add_argument("--task", default="classify", help="the models of this task: classify (default) | detect | "
-                                                      "segment | instance | all")
+    p.add_argument(
+        "--task",
+        default="classify",
+        help="the models of this task: classify (default) | detect | segment | instance | all",
+    )
     p.add_argument("--format", default="table", choices=["table", "json"])
     p.set_defaults(func=run_zoo)
 
@@ -34,15 +39,20 @@ def zoo_rows(names: list[str]) -> list[dict]:
         with torch.device("meta"):  # shapes only: nothing is allocated or initialised for real
             model = create_model(name)
         try:
-            macs = summary(model, input_size=info.input_size, optimizer="none",
-                           backend_model=False).totals["macs"]
+            macs = summary(model, input_size=info.input_size, optimizer="none", backend_model=False).totals["macs"]
         except CnnkitError:  # e.g. a generator fed a latent vector: no image input to trace
             macs = None
-        rows.append({
-            "name": name, "family": info.family, "params": sum(p.numel() for p in model.parameters()),
-            "macs": macs, "input_size": list(info.input_size), "paper": info.paper,
-            "weights": PRETRAINED[name].url if name in PRETRAINED else None,
-        })
+        rows.append(
+            {
+                "name": name,
+                "family": info.family,
+                "params": sum(p.numel() for p in model.parameters()),
+                "macs": macs,
+                "input_size": list(info.input_size),
+                "paper": info.paper,
+                "weights": PRETRAINED[name].url if name in PRETRAINED else None,
+            }
+        )
     return rows
 
 
@@ -56,8 +66,9 @@ def run_zoo(args) -> int:
     if args.family:
         families = sorted({model_info(n).family for n in names})
         if args.family not in families:
-            raise CnnkitError(f"unknown family {args.family!r}; families: {', '.join(families)}. "
-                              f"Received: --family {args.family}")
+            raise CnnkitError(
+                f"unknown family {args.family!r}; families: {', '.join(families)}. Received: --family {args.family}"
+            )
         names = [n for n in names if model_info(n).family == args.family]
     rows = sorted(zoo_rows(names), key=lambda r: (r["family"], r["name"]))
     if args.format == "json":
@@ -68,12 +79,26 @@ def run_zoo(args) -> int:
     from cnnkit.console import console
 
     table = Table(title=f"cnnkit zoo: {len(rows)} models", title_justify="left")
-    for col, justify in (("name", "left"), ("family", "left"), ("params", "right"), ("MACs", "right"),
-                         ("input", "left"), ("paper", "left"), ("weights", "center")):
+    for col, justify in (
+        ("name", "left"),
+        ("family", "left"),
+        ("params", "right"),
+        ("MACs", "right"),
+        ("input", "left"),
+        ("paper", "left"),
+        ("weights", "center"),
+    ):
         table.add_column(col, justify=justify, no_wrap=True)
     for r in rows:
-        table.add_row(r["name"], r["family"], f"{r['params']:,}", _si(r["macs"]),
-                      "x".join(map(str, r["input_size"])), r["paper"], "yes" if r["weights"] else "")
+        table.add_row(
+            r["name"],
+            r["family"],
+            f"{r['params']:,}",
+            _si(r["macs"]),
+            "x".join(map(str, r["input_size"])),
+            r["paper"],
+            "yes" if r["weights"] else "",
+        )
     console(min_width=130).print(table)
     return 0
 

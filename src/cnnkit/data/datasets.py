@@ -32,16 +32,16 @@ VAL_SIZE = 5000  # the last 5,000 training images, as in the notes
 @dataclass(frozen=True)
 class DatasetInfo:
     name: str
-    folder: str                            # sub-folder of the data dir
-    mirrors: tuple[str, ...]               # base URLs tried in order
-    files: dict                            # file name -> md5 (as published)
+    folder: str  # sub-folder of the data dir
+    mirrors: tuple[str, ...]  # base URLs tried in order
+    files: dict  # file name -> md5 (as published)
     classes: tuple[str, ...]
     train: tuple[str, str] = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")
     test: tuple[str, str] = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
-    archive: str | None = None             # files come out of this archive (EMNIST's zip)
+    archive: str | None = None  # files come out of this archive (EMNIST's zip)
     archive_md5: str | None = None
-    transpose: bool = False                # EMNIST stores images column-major
-    dark_background: bool = True           # white strokes on black, like MNIST
+    transpose: bool = False  # EMNIST stores images column-major
+    dark_background: bool = True  # white strokes on black, like MNIST
     paper: str = ""
 
 
@@ -52,38 +52,76 @@ _MNIST_FILES = {
     "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
 }
 _DIGITS = tuple(str(d) for d in range(10))
-_EMNIST = ("emnist-digits-train-images-idx3-ubyte.gz", "emnist-digits-train-labels-idx1-ubyte.gz",
-           "emnist-digits-test-images-idx3-ubyte.gz", "emnist-digits-test-labels-idx1-ubyte.gz")
+_EMNIST = (
+    "emnist-digits-train-images-idx3-ubyte.gz",
+    "emnist-digits-train-labels-idx1-ubyte.gz",
+    "emnist-digits-test-images-idx3-ubyte.gz",
+    "emnist-digits-test-labels-idx1-ubyte.gz",
+)
 
-DATASETS: dict[str, DatasetInfo] = {d.name: d for d in (
-    DatasetInfo("mnist", "mnist",
-                ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
-                _MNIST_FILES, _DIGITS, paper="LeCun et al. 1998"),
-    DatasetInfo("fashion_mnist", "fashion_mnist",
-                ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
-                {"train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-                 "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
-                 "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
-                 "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310"},
-                ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-                 "Bag", "Ankle boot"), paper="Xiao, Rasul & Vollgraf 2017"),
-    DatasetInfo("kmnist", "kmnist", ("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
-                {"train-images-idx3-ubyte.gz": "bdb82020997e1d708af4cf47b453dcf7",
-                 "train-labels-idx1-ubyte.gz": "e144d726b3acfaa3e44228e80efcd344",
-                 "t10k-images-idx3-ubyte.gz": "5c965bf0a639b31b8f53240b1b52f4d7",
-                 "t10k-labels-idx1-ubyte.gz": "7320c461ea6c1c855c0b718fb2a4b134"},
-                ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
-                paper="Clanuwat et al. 2018"),
-    DatasetInfo("emnist_digits", "emnist", ("https://biometrics.nist.gov/cs_links/EMNIST/",),
-                {f: None for f in _EMNIST}, _DIGITS, train=_EMNIST[:2], test=_EMNIST[2:],
-                archive="gzip.zip", archive_md5="58c8d27c78d21e728a6bc7b3cc06412e", transpose=True,
-                paper="Cohen et al. 2017"),
-    DatasetInfo("cifar10", "cifar10", ("https://www.cs.toronto.edu/~kriz/",),
-                {"cifar-10-binary.tar.gz": "c32a1d4ab5d03f1284b67883e8d87530"},
-                ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-                 "truck"), train=("cifar-10-binary.tar.gz", ""), test=("cifar-10-binary.tar.gz", ""),
-                dark_background=False, paper="Krizhevsky 2009"),
-)}
+DATASETS: dict[str, DatasetInfo] = {
+    d.name: d
+    for d in (
+        DatasetInfo(
+            "mnist",
+            "mnist",
+            ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
+            _MNIST_FILES,
+            _DIGITS,
+            paper="LeCun et al. 1998",
+        ),
+        DatasetInfo(
+            "fashion_mnist",
+            "fashion_mnist",
+            ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+            {
+                "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+                "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+                "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+            },
+            ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+            paper="Xiao, Rasul & Vollgraf 2017",
+        ),
+        DatasetInfo(
+            "kmnist",
+            "kmnist",
+            ("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
+            {
+                "train-images-idx3-ubyte.gz": "bdb82020997e1d708af4cf47b453dcf7",
+                "train-labels-idx1-ubyte.gz": "e144d726b3acfaa3e44228e80efcd344",
+                "t10k-images-idx3-ubyte.gz": "5c965bf0a639b31b8f53240b1b52f4d7",
+                "t10k-labels-idx1-ubyte.gz": "7320c461ea6c1c855c0b718fb2a4b134",
+            },
+            ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
+            paper="Clanuwat et al. 2018",
+        ),
+        DatasetInfo(
+            "emnist_digits",
+            "emnist",
+            ("https://biometrics.nist.gov/cs_links/EMNIST/",),
+            {f: None for f in _EMNIST},
+            _DIGITS,
+            train=_EMNIST[:2],
+            test=_EMNIST[2:],
+            archive="gzip.zip",
+            archive_md5="58c8d27c78d21e728a6bc7b3cc06412e",
+            transpose=True,
+            paper="Cohen et al. 2017",
+        ),
+        DatasetInfo(
+            "cifar10",
+            "cifar10",
+            ("https://www.cs.toronto.edu/~kriz/",),
+            {"cifar-10-binary.tar.gz": "c32a1d4ab5d03f1284b67883e8d87530"},
+            ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+            train=("cifar-10-binary.tar.gz", ""),
+            test=("cifar-10-binary.tar.gz", ""),
+            dark_background=False,
+            paper="Krizhevsky 2009",
+        ),
+    )
+}
 
 
 def default_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
@@ -98,10 +136,16 @@ def list_datasets() -> list[str]:
     return sorted(DATASETS) + ["folder"]
 
 
-def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | None = None,
-                 download: bool = True, mirrors: tuple[str, ...] | None = None,
-                 image_size: tuple[int, int] | None = None, channels: int = 3,
-                 seed: int = 0) -> ImageSet:
+def load_dataset(
+    name: str,
+    split: str = "train",
+    data_dir: str | os.PathLike | None = None,
+    download: bool = True,
+    mirrors: tuple[str, ...] | None = None,
+    image_size: tuple[int, int] | None = None,
+    channels: int = 3,
+    seed: int = 0,
+) -> ImageSet:
     """Load one split of a dataset as an :class:`ImageSet` of uint8 images.
 
     Args:
@@ -122,13 +166,15 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | 
         from cnnkit.data.imagefolder import load_image_folder
 
         kw = dict(image_size=tuple(image_size or (224, 224)), channels=channels, seed=seed)
-        if split == "trainval":                        # the folder's train and val splits, joined
-            return load_image_folder(root, "train", **kw).cat(load_image_folder(root, "val", **kw),
-                                                              f"{Path(root).name}/trainval")
+        if split == "trainval":  # the folder's train and val splits, joined
+            return load_image_folder(root, "train", **kw).cat(
+                load_image_folder(root, "val", **kw), f"{Path(root).name}/trainval"
+            )
         return load_image_folder(root, split=split, **kw)
     if name not in DATASETS:
-        raise CnnkitError(f"unknown dataset {name!r}; use one of {', '.join(list_datasets())} "
-                          "or the path of an image folder")
+        raise CnnkitError(
+            f"unknown dataset {name!r}; use one of {', '.join(list_datasets())} or the path of an image folder"
+        )
     info = DATASETS[name]
     folder = fetch(info, data_dir, download=download, mirrors=mirrors)
     if info.name == "cifar10":
@@ -138,21 +184,26 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | 
         images = read_idx(folder / image_file, info.files[image_file])
         labels = read_idx(folder / label_file, info.files[label_file]).long()
         if images.dim() != 3 or labels.shape != images.shape[:1]:
-            raise CnnkitError(f"{folder / image_file}: expected (N, H, W) images matching "
-                              f"{tuple(labels.shape)} labels, got {tuple(images.shape)}")
+            raise CnnkitError(
+                f"{folder / image_file}: expected (N, H, W) images matching "
+                f"{tuple(labels.shape)} labels, got {tuple(images.shape)}"
+            )
         if info.transpose:
             images = images.transpose(1, 2)
         images = images.unsqueeze(1).contiguous()  # (N, H, W) -> (N, 1, H, W)
     if split in ("train", "val"):
         cut = images.shape[0] - VAL_SIZE
         images, labels = (images[:cut], labels[:cut]) if split == "train" else (images[cut:], labels[cut:])
-    return ImageSet(images, labels, list(info.classes), name=f"{name}/{split}",
-                    meta={"dataset": name, "split": split, "folder": str(folder),
-                          "dark_background": info.dark_background})
+    return ImageSet(
+        images,
+        labels,
+        list(info.classes),
+        name=f"{name}/{split}",
+        meta={"dataset": name, "split": split, "folder": str(folder), "dark_background": info.dark_background},
+    )
 
 
-def fetch(info: DatasetInfo, data_dir=None, download: bool = True,
-          mirrors: tuple[str, ...] | None = None) -> Path:
+def fetch(info: DatasetInfo, data_dir=None, download: bool = True, mirrors: tuple[str, ...] | None = None) -> Path:
     """Make sure every file of ``info`` is in ``<data_dir>/<folder>``; returns that folder."""
     from cnnkit.download import download_url
 
@@ -161,8 +212,10 @@ def fetch(info: DatasetInfo, data_dir=None, download: bool = True,
     if not missing:
         return folder
     if not download:
-        raise CnnkitError(f"{info.name}: missing {', '.join(missing)} in {folder}; pass --data-dir "
-                          f"pointing to the folder that holds {info.folder}/, or allow downloads")
+        raise CnnkitError(
+            f"{info.name}: missing {', '.join(missing)} in {folder}; pass --data-dir "
+            f"pointing to the folder that holds {info.folder}/, or allow downloads"
+        )
     wanted = [info.archive] if info.archive else missing
     md5s = {info.archive: info.archive_md5} if info.archive else info.files
     for name in wanted:
@@ -174,8 +227,10 @@ def fetch(info: DatasetInfo, data_dir=None, download: bool = True,
             except CnnkitError as exc:
                 errors.append(str(exc))
         else:
-            raise CnnkitError(f"{info.name}: could not download {name} from any mirror "
-                              f"({'; '.join(errors)}); put the file in {folder} yourself")
+            raise CnnkitError(
+                f"{info.name}: could not download {name} from any mirror "
+                f"({'; '.join(errors)}); put the file in {folder} yourself"
+            )
     if info.archive:
         _extract(folder / info.archive, missing, folder)
     return folder
@@ -205,8 +260,10 @@ def _read_cifar10(archive: Path, test: bool) -> tuple[torch.Tensor, torch.Tensor
             member = tf.extractfile(f"cifar-10-batches-bin/{name}")
             data = np.frombuffer(member.read(), dtype=np.uint8)
             if data.size != 10000 * 3073:
-                raise CnnkitError(f"{archive}:{name} has {data.size} bytes, expected {10000 * 3073}: "
-                                  "delete the archive and download it again")
+                raise CnnkitError(
+                    f"{archive}:{name} has {data.size} bytes, expected {10000 * 3073}: "
+                    "delete the archive and download it again"
+                )
             chunks.append(data.reshape(10000, 3073))
     records = np.concatenate(chunks)
     images = torch.from_numpy(records[:, 1:].reshape(-1, 3, 32, 32).copy())

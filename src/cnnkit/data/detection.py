@@ -34,11 +34,11 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 @dataclass
 class Detections:
-    images: list[torch.Tensor]           # N x (C, H_i, W_i) uint8
-    boxes: list[torch.Tensor]            # N x (k_i, 4) float32 xyxy pixels, half-open
-    labels: list[torch.Tensor]           # N x (k_i,) int64 indices into classes
+    images: list[torch.Tensor]  # N x (C, H_i, W_i) uint8
+    boxes: list[torch.Tensor]  # N x (k_i, 4) float32 xyxy pixels, half-open
+    labels: list[torch.Tensor]  # N x (k_i,) int64 indices into classes
     classes: list[str]
-    names: list[str] = field(default_factory=list)   # image file names (what split.json lists)
+    names: list[str] = field(default_factory=list)  # image file names (what split.json lists)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -49,8 +49,13 @@ class Detections:
         if missing:
             raise CnnkitError(f"split names images that are not in the data: {missing[:3]}")
         idx = [index[n] for n in names]
-        return Detections([self.images[i] for i in idx], [self.boxes[i] for i in idx],
-                          [self.labels[i] for i in idx], self.classes, list(names))
+        return Detections(
+            [self.images[i] for i in idx],
+            [self.boxes[i] for i in idx],
+            [self.labels[i] for i in idx],
+            self.classes,
+            list(names),
+        )
 
 
 def _annotated(path: Path) -> torch.Tensor:
@@ -67,8 +72,9 @@ def check_boxes(boxes: torch.Tensor, width: int, height: int, where: str, tol: f
         if x2 < x1 or y2 < y1:
             raise CnnkitError(f"{where}: box {j} has x2 < x1 or y2 < y1: {[x1, y1, x2, y2]} (xyxy)")
         if x1 < -tol or y1 < -tol or x2 > width + tol or y2 > height + tol:
-            raise CnnkitError(f"{where}: box {j} {[x1, y1, x2, y2]} (xyxy) reaches outside its "
-                              f"{width} x {height} image")
+            raise CnnkitError(
+                f"{where}: box {j} {[x1, y1, x2, y2]} (xyxy) reaches outside its {width} x {height} image"
+            )
 
 
 def _nonempty(d: Detections, source) -> Detections:
@@ -79,8 +85,10 @@ def _nonempty(d: Detections, source) -> Detections:
 
 # ---------------------------------------------------------------- Penn-Fudan (PASCAL v1.00 text)
 _SIZE = re.compile(r"Image size \(X x Y x C\)\s*:\s*(\d+)\s*x\s*(\d+)")
-_BOX = re.compile(r'Bounding box for object (\d+) "([^"]*)" \(Xmin, Ymin\) - \(Xmax, Ymax\)\s*:\s*'
-                  r"\((-?\d+),\s*(-?\d+)\)\s*-\s*\((-?\d+),\s*(-?\d+)\)")
+_BOX = re.compile(
+    r'Bounding box for object (\d+) "([^"]*)" \(Xmin, Ymin\) - \(Xmax, Ymax\)\s*:\s*'
+    r"\((-?\d+),\s*(-?\d+)\)\s*-\s*\((-?\d+),\s*(-?\d+)\)"
+)
 _COUNT = re.compile(r"Objects with ground truth\s*:\s*(\d+)")
 
 
@@ -102,8 +110,10 @@ def read_pascal_annotation(path: Path) -> tuple[int, int, torch.Tensor, list[str
     if not count:
         raise CnnkitError(f"{path}: no 'Objects with ground truth : N' line; the annotation does not parse")
     if int(count.group(1)) != len(found):
-        raise CnnkitError(f"{path}: 'Objects with ground truth' says {count.group(1)} but {len(found)} "
-                          "'Bounding box for object' lines parse")
+        raise CnnkitError(
+            f"{path}: 'Objects with ground truth' says {count.group(1)} but {len(found)} "
+            "'Bounding box for object' lines parse"
+        )
     w, h = int(size.group(1)), int(size.group(2))
     rows = [[int(a) - 1, int(b) - 1, int(c), int(d)] for _, _, a, b, c, d in found]
     boxes = torch.tensor(rows, dtype=torch.float32).reshape(-1, 4)
@@ -148,8 +158,10 @@ def load_coco(path: str | os.PathLike, image_dir: str | os.PathLike | None = Non
         raise CnnkitError(f"{path}: not a readable COCO JSON file ({exc})") from exc
     for key in ("images", "annotations", "categories"):
         if not isinstance(data, dict) or not isinstance(data.get(key), list):
-            raise CnnkitError(f"{path}: field '{key}' is missing or not a list; a COCO detection file has "
-                              "'images', 'annotations' and 'categories'")
+            raise CnnkitError(
+                f"{path}: field '{key}' is missing or not a list; a COCO detection file has "
+                "'images', 'annotations' and 'categories'"
+            )
     try:
         cats = sorted(data["categories"], key=lambda c: c["id"])
         cat_index = {c["id"]: i for i, c in enumerate(cats)}
@@ -168,10 +180,13 @@ def load_coco(path: str | os.PathLike, image_dir: str | os.PathLike | None = Non
             x, y, w, h = (float(v) for v in a["bbox"])
             per_image.setdefault(a["image_id"], []).append(([x, y, x + w, y + h], cat_index[a["category_id"]]))
         except KeyError as exc:
-            raise CnnkitError(f"{path}: annotations[{j}] field {exc.args[0]!r} is missing or names no category") from exc
+            raise CnnkitError(
+                f"{path}: annotations[{j}] field {exc.args[0]!r} is missing or names no category"
+            ) from exc
         except (TypeError, ValueError) as exc:
-            raise CnnkitError(f"{path}: annotations[{j}] field 'bbox' must be 4 numbers [x, y, w, h]; "
-                              f"received {a.get('bbox')!r}") from exc
+            raise CnnkitError(
+                f"{path}: annotations[{j}] field 'bbox' must be 4 numbers [x, y, w, h]; received {a.get('bbox')!r}"
+            ) from exc
     images, boxes, labels, names = [], [], [], []
     for i, im in enumerate(data["images"]):
         try:
@@ -183,8 +198,10 @@ def load_coco(path: str | os.PathLike, image_dir: str | os.PathLike | None = Non
         check_boxes(b, width, height, f"{path} annotations 'bbox' of image {name!r}")
         img = _annotated(folder / name)
         if tuple(img.shape[1:]) != (height, width):
-            raise CnnkitError(f"{path}: images[{i}] 'width'/'height' say {width} x {height} but {name} is "
-                              f"{img.shape[2]} x {img.shape[1]}")
+            raise CnnkitError(
+                f"{path}: images[{i}] 'width'/'height' say {width} x {height} but {name} is "
+                f"{img.shape[2]} x {img.shape[1]}"
+            )
         images.append(img)
         boxes.append(b)
         labels.append(torch.tensor([r[1] for r in rows], dtype=torch.int64))
@@ -246,12 +263,14 @@ def load_yolo(root: str | os.PathLike) -> Detections:
                     if c < 0:
                         raise ValueError
                 except (ValueError, IndexError):
-                    raise CnnkitError(f"{lab} line {n}: expected 'class cx cy w h' (an integer class >= 0 and "
-                                      f"4 numbers); received {line.strip()!r}") from None
+                    raise CnnkitError(
+                        f"{lab} line {n}: expected 'class cx cy w h' (an integer class >= 0 and "
+                        f"4 numbers); received {line.strip()!r}"
+                    ) from None
                 rows.append([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h])
                 cls.append(c)
         b = torch.tensor(rows, dtype=torch.float32).reshape(-1, 4)
-        check_boxes(b, w, h, f"{lab} 'cx cy w h'", tol=0.5)     # normalised floats round a little
+        check_boxes(b, w, h, f"{lab} 'cx cy w h'", tol=0.5)  # normalised floats round a little
         images.append(img)
         boxes.append(b.clamp(min=0).minimum(torch.tensor([w, h, w, h], dtype=torch.float32)))
         labels.append(torch.tensor(cls, dtype=torch.int64))
@@ -264,16 +283,18 @@ def load_yolo(root: str | os.PathLike) -> Detections:
 
 
 # ---------------------------------------------------------------- batching
-def letterbox(image: torch.Tensor, boxes: torch.Tensor, size: int, fill: float = 0.0
-              ) -> tuple[torch.Tensor, torch.Tensor, float]:
+def letterbox(
+    image: torch.Tensor, boxes: torch.Tensor, size: int, fill: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor, float]:
     """(C, H, W) uint8 -> (C, size, size) float in [0, 1], the longest side scaled to ``size`` and the rest
     padded with ``fill`` at the bottom/right; boxes scaled alike. Returns (image, boxes, scale);
     original pixels = letterboxed / scale."""
     c, h, w = image.shape
     scale = size / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    x = F.interpolate(image[None].float() / 255, size=(nh, nw), mode="bilinear", align_corners=False,
-                      antialias=scale < 1)[0]
+    x = F.interpolate(
+        image[None].float() / 255, size=(nh, nw), mode="bilinear", align_corners=False, antialias=scale < 1
+    )[0]
     out = torch.full((c, size, size), fill, dtype=x.dtype)
     out[:, :nh, :nw] = x
     sb = boxes * torch.tensor([nw / w, nh / h, nw / w, nh / h])
@@ -286,8 +307,8 @@ def pad_targets(boxes: list[torch.Tensor], labels: list[torch.Tensor]) -> tuple[
     out_b = torch.zeros(len(boxes), m, 4)
     out_l = torch.full((len(boxes), m), -1, dtype=torch.int64)
     for i, (b, lab) in enumerate(zip(boxes, labels)):
-        out_b[i, :len(b)] = b
-        out_l[i, :len(b)] = lab
+        out_b[i, : len(b)] = b
+        out_l[i, : len(b)] = lab
     return out_b, out_l
 
 
@@ -301,8 +322,15 @@ def hflip(x: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, g: torch.G
     return x, torch.where(flip[:, None, None], mirrored, boxes), labels
 
 
-def scale_jitter(x: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, g: torch.Generator,
-                 scale: tuple[float, float] = (0.6, 1.4), fill: float = 0.0, min_visible: float = 0.4):
+def scale_jitter(
+    x: torch.Tensor,
+    boxes: torch.Tensor,
+    labels: torch.Tensor,
+    g: torch.Generator,
+    scale: tuple[float, float] = (0.6, 1.4),
+    fill: float = 0.0,
+    min_visible: float = 0.4,
+):
     """Zoom each image by s ~ U(scale) about a random point and crop/pad back to (H, W).
 
     Pixel p moves to s * p + t (per image, t keeps the image covering the canvas when zooming in and
@@ -322,15 +350,23 @@ def scale_jitter(x: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, g: 
     # pixels: p_out = s * p_in + size / 2 * (1 - s + d)
     tx, ty = w / 2 * (1 - s + d[:, 0]), h / 2 * (1 - s + d[:, 1])
     moved = boxes * s[:, None, None] + torch.stack([tx, ty, tx, ty], -1)[:, None, :]
-    clipped = torch.stack([moved[..., 0].clamp(0, w), moved[..., 1].clamp(0, h),
-                           moved[..., 2].clamp(0, w), moved[..., 3].clamp(0, h)], -1)
+    clipped = torch.stack(
+        [moved[..., 0].clamp(0, w), moved[..., 1].clamp(0, h), moved[..., 2].clamp(0, w), moved[..., 3].clamp(0, h)], -1
+    )
     area = lambda b: (b[..., 2] - b[..., 0]).clamp(min=0) * (b[..., 3] - b[..., 1]).clamp(min=0)  # noqa: E731
     keep = (labels >= 0) & (area(clipped) >= min_visible * area(moved)) & (area(clipped) > 0)
     return x, torch.where(keep[..., None], clipped, torch.zeros_like(clipped)), torch.where(keep, labels, -1)
 
 
-def colour_jitter(x: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, g: torch.Generator,
-                  brightness: float = 0.3, contrast: float = 0.3, saturation: float = 0.3):
+def colour_jitter(
+    x: torch.Tensor,
+    boxes: torch.Tensor,
+    labels: torch.Tensor,
+    g: torch.Generator,
+    brightness: float = 0.3,
+    contrast: float = 0.3,
+    saturation: float = 0.3,
+):
     """Per-image brightness, contrast and saturation factors ~ U(1 - v, 1 + v); boxes unchanged."""
     n = x.shape[0]
     dev = x.device
@@ -342,6 +378,8 @@ def colour_jitter(x: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, g:
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = (x - mean) * factor(contrast) + mean
     if x.shape[1] == 3:
-        grey = (x * torch.tensor([0.299, 0.587, 0.114], device=dev, dtype=x.dtype)[None, :, None, None]).sum(1, keepdim=True)
+        grey = (x * torch.tensor([0.299, 0.587, 0.114], device=dev, dtype=x.dtype)[None, :, None, None]).sum(
+            1, keepdim=True
+        )
         x = (x - grey) * factor(saturation) + grey
     return x.clamp(0, 1), boxes, labels

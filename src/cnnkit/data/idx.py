@@ -22,12 +22,16 @@ from cnnkit.errors import CnnkitError, memory_available
 
 # type byte -> big-endian numpy dtype
 _DTYPES = {
-    0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8"),
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
 }
 _GZIP_MAGIC = b"\x1f\x8b"
-MAX_BYTES = 8 << 30          # the largest IDX set (EMNIST by_class) is ~0.7 GB
-_CHUNK = 16 << 20            # gzip is inflated this much at a time: memory grows with the data only
+MAX_BYTES = 8 << 30  # the largest IDX set (EMNIST by_class) is ~0.7 GB
+_CHUNK = 16 << 20  # gzip is inflated this much at a time: memory grows with the data only
 
 
 def read_idx(path: str | os.PathLike, md5: str | None = None) -> torch.Tensor:
@@ -56,7 +60,7 @@ def read_idx(path: str | os.PathLike, md5: str | None = None) -> torch.Tensor:
     except OSError as exc:
         raise CnnkitError(f"cannot read {path} ({exc.strerror or exc}); check the file's permissions") from None
     if raw[:2] == _GZIP_MAGIC:
-        limit = min(memory_available() // 2, MAX_BYTES)   # a gzip bomb stops here, not in the allocator
+        limit = min(memory_available() // 2, MAX_BYTES)  # a gzip bomb stops here, not in the allocator
         try:
             raw = _gunzip(raw, limit)
         except (EOFError, OSError, zlib.error) as exc:
@@ -69,8 +73,8 @@ def read_idx(path: str | os.PathLike, md5: str | None = None) -> torch.Tensor:
     header = 4 + 4 * ndim
     if len(raw) < header:
         _corrupt(path, f"header truncated ({len(raw)} bytes)", md5)
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    expected = header + math.prod(dims) * dtype.itemsize          # Python ints: no overflow
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    expected = header + math.prod(dims) * dtype.itemsize  # Python ints: no overflow
     if len(raw) != expected:
         what = "truncated" if len(raw) < expected else "has trailing bytes"
         _corrupt(path, f"{what}: {len(raw)} bytes after decompression, dims {dims} need {expected}", md5)

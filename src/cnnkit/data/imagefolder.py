@@ -47,11 +47,19 @@ class ImageFolderWarning(UserWarning):
     """Something about the folder the user should know: skipped files, small classes."""
 
 
-def load_image_folder(root: str | os.PathLike, split: str = "train",
-                      image_size: tuple[int, int] = (224, 224), channels: int = 3,
-                      val_fraction: float = 0.2, test_fraction: float = 0.0, seed: int = 0,
-                      resize: str = "shorter", cache: bool | str | os.PathLike = True,
-                      crop_fraction: float = 1.0, interpolation: str = "bilinear") -> ImageSet:
+def load_image_folder(
+    root: str | os.PathLike,
+    split: str = "train",
+    image_size: tuple[int, int] = (224, 224),
+    channels: int = 3,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.0,
+    seed: int = 0,
+    resize: str = "shorter",
+    cache: bool | str | os.PathLike = True,
+    crop_fraction: float = 1.0,
+    interpolation: str = "bilinear",
+) -> ImageSet:
     """Load one split of an image folder as uint8 tensors.
 
     Args:
@@ -82,33 +90,33 @@ def load_image_folder(root: str | os.PathLike, split: str = "train",
         fewer than 100 images in the whole folder.
     """
     root = Path(root).expanduser()
-    size = _check_args(root, split, image_size, channels, val_fraction, test_fraction, resize,
-                       crop_fraction)
-    layout = _scan(root)                              # split -> class -> [relative paths]
+    size = _check_args(root, split, image_size, channels, val_fraction, test_fraction, resize, crop_fraction)
+    layout = _scan(root)  # split -> class -> [relative paths]
     _check_split(layout, split, val_fraction, test_fraction, root)
     classes = sorted({c for per_class in layout.values() for c in per_class})
     candidates = sorted({p for per_class in layout.values() for ps in per_class.values() for p in ps})
     if interpolation not in _INTERPOLATIONS:
-        raise CnnkitError(f"interpolation must be one of {', '.join(_INTERPOLATIONS)}; received: "
-                          f"interpolation={interpolation!r}")
+        raise CnnkitError(
+            f"interpolation must be one of {', '.join(_INTERPOLATIONS)}; received: interpolation={interpolation!r}"
+        )
     params = {"image_size": size, "channels": channels, "resize": resize, "crop_fraction": crop_fraction}
     if interpolation != "bilinear":  # (kept out of the cache key otherwise: old caches stay valid)
         params["interpolation"] = interpolation
     images, decoded, bad = _decode_all(root, candidates, params, cache)  # images[i] is decoded[i]
     _warn_skipped(root, bad)
     index = {p: i for i, p in enumerate(decoded)}
-    layout = {s: {c: [p for p in ps if p in index] for c, ps in per_class.items()}
-              for s, per_class in layout.items()}
+    layout = {s: {c: [p for p in ps if p in index] for c, ps in per_class.items()} for s, per_class in layout.items()}
     _check_classes(root, classes, layout)
     _warn_small_classes(root, classes, layout)
     files = _select(layout, split, classes, val_fraction, test_fraction, seed, root)
     if not files:
-        raise CnnkitError(f"{root}: the {split!r} split is empty; put images in {root}/{split}/<class>/ "
-                          "or change val_fraction/test_fraction")
+        raise CnnkitError(
+            f"{root}: the {split!r} split is empty; put images in {root}/{split}/<class>/ "
+            "or change val_fraction/test_fraction"
+        )
     rows = torch.tensor([index[p] for p, _ in files], dtype=torch.long)
     labels = torch.tensor([classes.index(c) for _, c in files], dtype=torch.long)
-    meta = {"root": str(root), "split": split, "seed": seed, "files": [p for p, _ in files], **params,
-            "skipped": bad}
+    meta = {"root": str(root), "split": split, "seed": seed, "files": [p for p, _ in files], **params, "skipped": bad}
     return ImageSet(images[rows], labels, classes, f"{root.name}/{split}", meta)
 
 
@@ -129,18 +137,23 @@ def _check_args(root, split, image_size, channels, val_fraction, test_fraction, 
     except (TypeError, ValueError):
         size = ()
     if len(size) != 2 or min(size) <= 0:
-        raise CnnkitError(f"image_size must be (H, W) with positive sizes, got image_size={image_size!r}; "
-                          "e.g. (224, 224)")
+        raise CnnkitError(
+            f"image_size must be (H, W) with positive sizes, got image_size={image_size!r}; e.g. (224, 224)"
+        )
     if channels not in (1, 3):
         raise CnnkitError(f"channels must be 1 (grey) or 3 (RGB), got channels={channels!r}")
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise CnnkitError(f"val_fraction and test_fraction must be in [0, 1) with a sum below 1, got "
-                          f"val_fraction={val_fraction}, test_fraction={test_fraction}")
+        raise CnnkitError(
+            f"val_fraction and test_fraction must be in [0, 1) with a sum below 1, got "
+            f"val_fraction={val_fraction}, test_fraction={test_fraction}"
+        )
     if resize not in ("shorter", "exact"):
         raise CnnkitError(f"resize must be 'shorter' or 'exact', got resize={resize!r}")
     if not 0 < crop_fraction <= 1:
-        raise CnnkitError(f"crop_fraction must be in (0, 1], got crop_fraction={crop_fraction}; "
-                          "0.875 is torchvision's 256 -> 224 centre crop")
+        raise CnnkitError(
+            f"crop_fraction must be in (0, 1], got crop_fraction={crop_fraction}; "
+            "0.875 is torchvision's 256 -> 224 centre crop"
+        )
     return size
 
 
@@ -152,12 +165,16 @@ def _scan(root: Path) -> dict[str, dict[str, list[str]]]:
         split_dirs = {"": root}  # root/<class>/*
     layout = {}
     for split, folder in split_dirs.items():
-        layout[split] = {d.name: sorted(str(f.relative_to(root)) for f in d.rglob("*")
-                                        if f.is_file() and not f.name.startswith("."))
-                         for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")}
+        layout[split] = {
+            d.name: sorted(str(f.relative_to(root)) for f in d.rglob("*") if f.is_file() and not f.name.startswith("."))
+            for d in sorted(folder.iterdir())
+            if d.is_dir() and not d.name.startswith(".")
+        }
     if not any(layout.values()):
-        raise CnnkitError(f"{root} has no class folders; arrange the images as {root}/<class>/<image> "
-                          f"(or {root}/train/<class>/<image> and {root}/val/<class>/<image>)")
+        raise CnnkitError(
+            f"{root} has no class folders; arrange the images as {root}/<class>/<image> "
+            f"(or {root}/train/<class>/<image> and {root}/val/<class>/<image>)"
+        )
     return layout
 
 
@@ -174,16 +191,14 @@ def _select(layout, split, classes, val_fraction, test_fraction, seed, root) -> 
         order = torch.randperm(len(files), generator=g).tolist()
         n_test = round(len(files) * fractions["test"])
         n_val = round(len(files) * fractions["val"])
-        parts = {"test": order[:n_test], "val": order[n_test:n_test + n_val],
-                 "train": order[n_test + n_val:]}
+        parts = {"test": order[:n_test], "val": order[n_test : n_test + n_val], "train": order[n_test + n_val :]}
         out += [(files[i], c) for i in sorted(parts[split])]
     return out
 
 
 def _carved_fractions(layout, val_fraction, test_fraction) -> dict[str, float]:
     """The share of the training pool carved out for each split the folder does not have."""
-    return {"val": val_fraction if "val" not in layout else 0.0,
-            "test": test_fraction if "test" not in layout else 0.0}
+    return {"val": val_fraction if "val" not in layout else 0.0, "test": test_fraction if "test" not in layout else 0.0}
 
 
 def _check_split(layout, split, val_fraction, test_fraction, root) -> None:
@@ -191,8 +206,10 @@ def _check_split(layout, split, val_fraction, test_fraction, root) -> None:
         return
     if _carved_fractions(layout, val_fraction, test_fraction)[split] == 0:
         have = ", ".join(s for s in layout if s) or "no split folders"
-        raise CnnkitError(f"{root} has no {split!r} split ({have}); pass {split}_fraction=0.2 to hold "
-                          f"out a share of the training images, or add {root}/{split}/<class>/ folders")
+        raise CnnkitError(
+            f"{root} has no {split!r} split ({have}); pass {split}_fraction=0.2 to hold "
+            f"out a share of the training images, or add {root}/{split}/<class>/ folders"
+        )
 
 
 def _decode_all(root: Path, files: list[str], params: dict, cache) -> tuple[torch.Tensor, list[str], list[str]]:
@@ -224,9 +241,14 @@ def _decode_all(root: Path, files: list[str], params: dict, cache) -> tuple[torc
     return images, decoded, bad
 
 
-def decode_image(path: str | os.PathLike, image_size: tuple[int, int], channels: int = 3,
-                 resize: str = "shorter", crop_fraction: float = 1.0,
-                 interpolation: str = "bilinear") -> torch.Tensor:
+def decode_image(
+    path: str | os.PathLike,
+    image_size: tuple[int, int],
+    channels: int = 3,
+    resize: str = "shorter",
+    crop_fraction: float = 1.0,
+    interpolation: str = "bilinear",
+) -> torch.Tensor:
     """One image file decoded exactly as :func:`load_image_folder` decodes it: (C, H, W) uint8.
 
     Raises:
@@ -235,8 +257,13 @@ def decode_image(path: str | os.PathLike, image_size: tuple[int, int], channels:
     path = Path(path)
     if not path.is_file():
         raise CnnkitError(f"image not found: {path}; give the path of a PNG or JPEG file")
-    params = {"image_size": tuple(image_size), "channels": channels, "resize": resize,
-              "crop_fraction": crop_fraction, "interpolation": interpolation}
+    params = {
+        "image_size": tuple(image_size),
+        "channels": channels,
+        "resize": resize,
+        "crop_fraction": crop_fraction,
+        "interpolation": interpolation,
+    }
     image = _decode(path, params)
     if image is None:
         raise CnnkitError(f"cannot read {path} as an image; give a PNG or JPEG file")
@@ -251,7 +278,7 @@ def _decode(path: Path, params: dict) -> torch.Tensor | None:
     h, w = params["image_size"]
     try:
         with Image.open(path) as im:
-            if im.width * im.height > MAX_DECODE_PIXELS:    # a decompression bomb: skipped, counted
+            if im.width * im.height > MAX_DECODE_PIXELS:  # a decompression bomb: skipped, counted
                 return None
             if params["resize"] == "shorter":
                 scale = max(h / im.height, w / im.width) / params["crop_fraction"]
@@ -293,12 +320,16 @@ def _write_cache(path: Path, images: torch.Tensor, decoded: list[str], bad: list
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
         os.close(fd)
     except OSError as exc:
-        warnings.warn(f"cannot write the image cache {path} ({exc}); images will be decoded again "
-                      "next time", ImageFolderWarning, stacklevel=4)
+        warnings.warn(
+            f"cannot write the image cache {path} ({exc}); images will be decoded again next time",
+            ImageFolderWarning,
+            stacklevel=4,
+        )
         return
     try:
-        save_file({"images": images.contiguous()}, tmp,
-                  metadata={"files": json.dumps({"decoded": decoded, "skipped": bad})})
+        save_file(
+            {"images": images.contiguous()}, tmp, metadata={"files": json.dumps({"decoded": decoded, "skipped": bad})}
+        )
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -308,9 +339,13 @@ def _write_cache(path: Path, images: torch.Tensor, decoded: list[str], bad: list
 def _warn_skipped(root: Path, bad: list[str]) -> None:
     if bad:
         shown = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
-        warnings.warn(f"{root}: skipped {len(bad)} file{'s' * (len(bad) != 1)} that "
-                      f"{'are' if len(bad) != 1 else 'is'} not a readable still image ({shown}); "
-                      f"accepted: {' '.join(IMAGE_EXTENSIONS)}", ImageFolderWarning, stacklevel=3)
+        warnings.warn(
+            f"{root}: skipped {len(bad)} file{'s' * (len(bad) != 1)} that "
+            f"{'are' if len(bad) != 1 else 'is'} not a readable still image ({shown}); "
+            f"accepted: {' '.join(IMAGE_EXTENSIONS)}",
+            ImageFolderWarning,
+            stacklevel=3,
+        )
 
 
 def _check_classes(root: Path, classes: list[str], layout) -> None:
@@ -318,11 +353,15 @@ def _check_classes(root: Path, classes: list[str], layout) -> None:
     counts = {c: sum(len(per_class.get(c, [])) for per_class in layout.values()) for c in classes}
     empty = sorted(c for c, n in counts.items() if n == 0)
     if empty:
-        raise CnnkitError(f"{root}: the class folder{'s' * (len(empty) > 1)} {', '.join(map(repr, empty[:5]))} "
-                          "hold no readable image; add images or remove the folder")
+        raise CnnkitError(
+            f"{root}: the class folder{'s' * (len(empty) > 1)} {', '.join(map(repr, empty[:5]))} "
+            "hold no readable image; add images or remove the folder"
+        )
     if len(classes) < 2:
-        raise CnnkitError(f"{root} has {len(classes)} class folder ({', '.join(map(repr, classes))}); a "
-                          "classifier needs at least two: arrange the images as <class>/<image>")
+        raise CnnkitError(
+            f"{root} has {len(classes)} class folder ({', '.join(map(repr, classes))}); a "
+            "classifier needs at least two: arrange the images as <class>/<image>"
+        )
 
 
 def _warn_small_classes(root: Path, classes: list[str], layout) -> None:
@@ -330,7 +369,10 @@ def _warn_small_classes(root: Path, classes: list[str], layout) -> None:
     small = {c: n for c, n in counts.items() if n < MIN_IMAGES_PER_CLASS}
     if small:
         listed = ", ".join(f"{c!r} ({n})" for c, n in sorted(small.items()))
-        warnings.warn(f"{root}: {len(small)} class{'es' * (len(small) != 1)} with fewer than "
-                      f"{MIN_IMAGES_PER_CLASS} images: {listed}; expect a noisy validation score and "
-                      "overfitting -- add images, or rely on augmentation and a frozen base",
-                      ImageFolderWarning, stacklevel=3)
+        warnings.warn(
+            f"{root}: {len(small)} class{'es' * (len(small) != 1)} with fewer than "
+            f"{MIN_IMAGES_PER_CLASS} images: {listed}; expect a noisy validation score and "
+            "overfitting -- add images, or rely on augmentation and a frozen base",
+            ImageFolderWarning,
+            stacklevel=3,
+        )

@@ -26,16 +26,18 @@ def open_image(path: str | Path, max_pixels: int = MAX_DECODE_PIXELS):
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with warnings.catch_warnings():       # the size is checked below, with the number in the error
+        with warnings.catch_warnings():  # the size is checked below, with the number in the error
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(path)
     except FileNotFoundError:
         raise CnnkitError(f"image not found: {path}; give the path of a PNG or JPEG file") from None
     except IsADirectoryError:
         raise CnnkitError(f"{path} is a folder, not an image file; give a PNG or JPEG file") from None
-    except Image.DecompressionBombError as exc:      # Pillow's own limit (twice ours) struck first
+    except Image.DecompressionBombError as exc:  # Pillow's own limit (twice ours) struck first
         pixels = re.search(r"\((\d+) pixels\)", str(exc))
-        raise CnnkitError(_too_large(path, f"{int(pixels[1]):,} pixels" if pixels else "an image", max_pixels)) from None
+        raise CnnkitError(
+            _too_large(path, f"{int(pixels[1]):,} pixels" if pixels else "an image", max_pixels)
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise CnnkitError(f"cannot read {path} as an image ({_short(exc)}); give a PNG or JPEG file") from None
     with im:
@@ -47,16 +49,22 @@ def open_image(path: str | Path, max_pixels: int = MAX_DECODE_PIXELS):
         try:
             yield im
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            raise CnnkitError(f"cannot decode {path} ({_short(exc)}): the file is truncated or damaged; "
-                              "give a PNG or JPEG file") from None
+            raise CnnkitError(
+                f"cannot decode {path} ({_short(exc)}): the file is truncated or damaged; give a PNG or JPEG file"
+            ) from None
         except (MemoryError, RuntimeError) as exc:
             if is_out_of_memory(exc):
                 raise out_of_memory(f"decoding {path}", w * h * 4) from None
             raise
 
 
-def read_image(path: str | Path, channels: int, size: tuple[int, int] | None = None,
-               dark_background: bool = False, max_native_pixels: int = MAX_NATIVE_PIXELS) -> torch.Tensor:
+def read_image(
+    path: str | Path,
+    channels: int,
+    size: tuple[int, int] | None = None,
+    dark_background: bool = False,
+    max_native_pixels: int = MAX_NATIVE_PIXELS,
+) -> torch.Tensor:
     """An image file -> float (C, H, W) in [0, 1] with the model's channels (grey or RGB).
 
     Resized to ``size`` (H, W) with bilinear filtering when given, else kept at its own size (at most
@@ -66,13 +74,16 @@ def read_image(path: str | Path, channels: int, size: tuple[int, int] | None = N
     from PIL import Image
 
     if channels not in (1, 3):
-        raise CnnkitError(f"the model takes {channels}-channel images; only 1 (grey) and 3 (RGB) can be "
-                          f"read from files")
+        raise CnnkitError(
+            f"the model takes {channels}-channel images; only 1 (grey) and 3 (RGB) can be read from files"
+        )
     with open_image(path) as im:
         if size is None and im.width * im.height > max_native_pixels:
-            raise CnnkitError(f"{path} is {im.width}x{im.height} = {im.width * im.height:,} pixels; at its own "
-                              f"size at most {max_native_pixels:,} are run through a network: pass --resize "
-                              "(the model's input size) or shrink the image")
+            raise CnnkitError(
+                f"{path} is {im.width}x{im.height} = {im.width * im.height:,} pixels; at its own "
+                f"size at most {max_native_pixels:,} are run through a network: pass --resize "
+                "(the model's input size) or shrink the image"
+            )
         im = im.convert("L" if channels == 1 else "RGB")
         if size is not None:
             im = im.resize((size[1], size[0]), Image.BILINEAR)
@@ -87,8 +98,10 @@ def read_image(path: str | Path, channels: int, size: tuple[int, int] | None = N
 
 
 def _too_large(path, size: str, max_pixels: int) -> str:
-    return (f"{path} is {size}, more than the {max_pixels:,} cnnkit decodes (a decompression bomb, or a "
-            "photo far larger than any network input); shrink it first")
+    return (
+        f"{path} is {size}, more than the {max_pixels:,} cnnkit decodes (a decompression bomb, or a "
+        "photo far larger than any network input); shrink it first"
+    )
 
 
 def _short(exc: BaseException) -> str:

@@ -14,16 +14,17 @@ import torch
 
 @dataclass
 class ImageSet:
-    images: torch.Tensor          # (N, C, H, W) uint8, pixel values 0..255
-    labels: torch.Tensor          # (N,) int64 class indices
-    classes: list[str]            # class names, index -> name
-    name: str = ""                # e.g. "mnist/train"
+    images: torch.Tensor  # (N, C, H, W) uint8, pixel values 0..255
+    labels: torch.Tensor  # (N,) int64 class indices
+    classes: list[str]  # class names, index -> name
+    name: str = ""  # e.g. "mnist/train"
     meta: dict = field(default_factory=dict)  # free-form provenance (paths, split seed, ...)
 
     def __post_init__(self):
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
-            raise ValueError(f"images must be a (N, C, H, W) uint8 tensor, got {self.images.dtype} "
-                             f"{tuple(self.images.shape)}")
+            raise ValueError(
+                f"images must be a (N, C, H, W) uint8 tensor, got {self.images.dtype} {tuple(self.images.shape)}"
+            )
         if self.labels.shape != (self.images.shape[0],):
             raise ValueError(f"labels must be ({self.images.shape[0]},), got {tuple(self.labels.shape)}")
 
@@ -36,15 +37,25 @@ class ImageSet:
 
     def subset(self, index: torch.Tensor, name: str | None = None) -> ImageSet:
         """The images at ``index`` (a LongTensor or bool mask), sharing class names."""
-        return ImageSet(self.images[index], self.labels[index], self.classes,
-                        name if name is not None else self.name, dict(self.meta))
+        return ImageSet(
+            self.images[index],
+            self.labels[index],
+            self.classes,
+            name if name is not None else self.name,
+            dict(self.meta),
+        )
 
     def cat(self, other: ImageSet, name: str) -> ImageSet:
         """These images followed by ``other``'s (same classes), e.g. train + val for the final refit."""
         if other.classes != self.classes:
             raise ValueError(f"cannot join {self.name} and {other.name}: their classes differ")
-        return ImageSet(torch.cat([self.images, other.images]), torch.cat([self.labels, other.labels]),
-                        self.classes, name, dict(self.meta))
+        return ImageSet(
+            torch.cat([self.images, other.images]),
+            torch.cat([self.labels, other.labels]),
+            self.classes,
+            name,
+            dict(self.meta),
+        )
 
     def class_counts(self) -> torch.Tensor:
         return torch.bincount(self.labels, minlength=len(self.classes))
@@ -53,8 +64,9 @@ class ImageSet:
 @dataclass
 class Features:
     """Inputs already computed (a frozen base's output), with their labels: batched as they are."""
-    x: torch.Tensor             # (N, ...) float
-    labels: torch.Tensor        # (N,) int64
+
+    x: torch.Tensor  # (N, ...) float
+    labels: torch.Tensor  # (N,) int64
     classes: list[str]
 
     def __len__(self) -> int:

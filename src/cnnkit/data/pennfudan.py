@@ -28,8 +28,10 @@ def pennfudan_root(data_dir: str | os.PathLike | None = None) -> Path:
     base = default_data_dir(data_dir)
     root = base if (base / "PNGImages").is_dir() else base / "pennfudan"
     if not (root / "PNGImages").is_dir():
-        raise CnnkitError(f"no Penn-Fudan data at {root}: expected {root / 'PNGImages'}; pass --data-dir "
-                          "the folder holding pennfudan/ (the unzipped PennFudanPed/)")
+        raise CnnkitError(
+            f"no Penn-Fudan data at {root}: expected {root / 'PNGImages'}; pass --data-dir "
+            "the folder holding pennfudan/ (the unzipped PennFudanPed/)"
+        )
     return root
 
 
@@ -54,7 +56,9 @@ def split_names(names: list[str], n_train: int, seed: int = SPLIT_SEED) -> dict[
     """
     names = sorted(names)
     if not 0 < n_train < len(names):
-        raise CnnkitError(f"a split needs 0 < n_train < {len(names)} (the number of images). Received: n_train={n_train}")
+        raise CnnkitError(
+            f"a split needs 0 < n_train < {len(names)} (the number of images). Received: n_train={n_train}"
+        )
     order = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed)).tolist()
     return {"train": sorted(names[i] for i in order[:n_train]), "test": sorted(names[i] for i in order[n_train:])}
 

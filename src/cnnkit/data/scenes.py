@@ -27,17 +27,17 @@ import torch.nn.functional as F
 from cnnkit.data.datasets import load_dataset
 from cnnkit.errors import CnnkitError
 
-INK = 64            # a resized digit's pixel is ink when >= this (of 255)
-_SPLIT_SALT = {"train": 0, "val": 1, "test": 2}   # different random streams per split, same seed
+INK = 64  # a resized digit's pixel is ink when >= this (of 255)
+_SPLIT_SALT = {"train": 0, "val": 1, "test": 2}  # different random streams per split, same seed
 
 
 @dataclass
 class Scenes:
-    images: torch.Tensor                 # (N, 1, S, S) uint8
-    boxes: list[torch.Tensor]            # N x (k_i, 4) float32 x1, y1, x2, y2 (x2, y2 exclusive)
-    labels: list[torch.Tensor]           # N x (k_i,) int64, 0..9
-    semantic: torch.Tensor               # (N, S, S) uint8, 0 = background, 1 + digit
-    instances: torch.Tensor              # (N, S, S) uint8, 0 = background, j + 1 = j-th digit
+    images: torch.Tensor  # (N, 1, S, S) uint8
+    boxes: list[torch.Tensor]  # N x (k_i, 4) float32 x1, y1, x2, y2 (x2, y2 exclusive)
+    labels: list[torch.Tensor]  # N x (k_i,) int64, 0..9
+    semantic: torch.Tensor  # (N, S, S) uint8, 0 = background, 1 + digit
+    instances: torch.Tensor  # (N, S, S) uint8, 0 = background, j + 1 = j-th digit
     classes: list[str] = field(default_factory=lambda: [str(d) for d in range(10)])
     meta: dict = field(default_factory=dict)
 
@@ -45,9 +45,16 @@ class Scenes:
         return self.images.shape[0]
 
 
-def digit_scenes(split: str = "train", n: int = 1000, canvas: int = 128, data_dir=None, seed: int = 0,
-                 digits: tuple[int, int] = (1, 4), scale: tuple[float, float] = (0.6, 2.0),
-                 source=None) -> Scenes:
+def digit_scenes(
+    split: str = "train",
+    n: int = 1000,
+    canvas: int = 128,
+    data_dir=None,
+    seed: int = 0,
+    digits: tuple[int, int] = (1, 4),
+    scale: tuple[float, float] = (0.6, 2.0),
+    source=None,
+) -> Scenes:
     """``n`` scenes of MNIST digits on a ``canvas``-pixel square (see the module docstring).
 
     Args:
@@ -75,8 +82,9 @@ def digit_scenes(split: str = "train", n: int = 1000, canvas: int = 128, data_di
         raise CnnkitError(f"digit scale must satisfy 0.25 <= least <= most. Received: scale={scale!r}")
     largest = round(28 * scale[1])
     if not largest <= canvas <= 4096:
-        raise CnnkitError(f"the canvas must hold the largest digit ({largest} px) and be at most 4096 px. "
-                          f"Received: canvas={canvas!r}")
+        raise CnnkitError(
+            f"the canvas must hold the largest digit ({largest} px) and be at most 4096 px. Received: canvas={canvas!r}"
+        )
     pool = source if source is not None else load_dataset("mnist", split, data_dir)
     g = torch.Generator().manual_seed(seed * 3 + _SPLIT_SALT[split])
     images = torch.zeros(n, 1, canvas, canvas, dtype=torch.uint8)
@@ -87,35 +95,43 @@ def digit_scenes(split: str = "train", n: int = 1000, canvas: int = 128, data_di
     for i in range(n):
         want = int(torch.randint(lo, hi + 1, (1,), generator=g))
         boxes, labels = [], []
-        for _ in range(want * 20):                    # placement attempts; crowded canvases get fewer digits
+        for _ in range(want * 20):  # placement attempts; crowded canvases get fewer digits
             if len(boxes) == want:
                 break
             k = int(torch.randint(len(pool), (1,), generator=g))
             size = round(28 * float(torch.empty(1, dtype=torch.float64).uniform_(log_lo, log_hi, generator=g).exp()))
-            digit = _resize(pool.images[k, 0], size)                     # (size, size) uint8
+            digit = _resize(pool.images[k, 0], size)  # (size, size) uint8
             ink = digit >= INK
             if not ink.any():
                 continue
             rows, cols = ink.any(1).nonzero()[:, 0], ink.any(0).nonzero()[:, 0]
             y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-            digit, ink = digit[y0:y1, x0:x1], ink[y0:y1, x0:x1]           # crop to the ink's box
+            digit, ink = digit[y0:y1, x0:x1], ink[y0:y1, x0:x1]  # crop to the ink's box
             h, w = ink.shape
             top = int(torch.randint(canvas - h + 1, (1,), generator=g))
             left = int(torch.randint(canvas - w + 1, (1,), generator=g))
             box = (left, top, left + w, top + h)
             if any(_touch(box, b) for b in boxes):
                 continue
-            region = images[i, 0, top:top + h, left:left + w]
+            region = images[i, 0, top : top + h, left : left + w]
             torch.maximum(region, digit, out=region)
             label = int(pool.labels[k])
-            semantic[i, top:top + h, left:left + w][ink] = 1 + label
-            instances[i, top:top + h, left:left + w][ink] = len(boxes) + 1
+            semantic[i, top : top + h, left : left + w][ink] = 1 + label
+            instances[i, top : top + h, left : left + w][ink] = len(boxes) + 1
             boxes.append(box)
             labels.append(label)
         all_boxes.append(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
         all_labels.append(torch.tensor(labels, dtype=torch.int64))
-    meta = {"split": split, "n": n, "canvas": canvas, "seed": seed, "digits": list(digits),
-            "scale": list(scale), "source": pool.name, "ink_threshold": INK}
+    meta = {
+        "split": split,
+        "n": n,
+        "canvas": canvas,
+        "seed": seed,
+        "digits": list(digits),
+        "scale": list(scale),
+        "source": pool.name,
+        "ink_threshold": INK,
+    }
     return Scenes(images, all_boxes, all_labels, semantic, instances, meta=meta)
 
 

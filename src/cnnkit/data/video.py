@@ -51,10 +51,10 @@ from cnnkit.data.datasets import load_dataset
 from cnnkit.data.images import read_image
 from cnnkit.errors import CnnkitError
 
-TEST_SEED = 2015          # the fixed seed of the 10,000-clip test set
-TEST_SIZE = 10_000        # clips in the test set, as the released file
-NUM_CLASSES = 10          # digits 0-9: the multi-label target of the classification task
-BLOCK = 1000              # clips whose trajectories come from one seed (see MovingMnist.set_epoch)
+TEST_SEED = 2015  # the fixed seed of the 10,000-clip test set
+TEST_SIZE = 10_000  # clips in the test set, as the released file
+NUM_CLASSES = 10  # digits 0-9: the multi-label target of the classification task
+BLOCK = 1000  # clips whose trajectories come from one seed (see MovingMnist.set_epoch)
 _SPLITS = ("train", "val", "trainval", "test")
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -63,23 +63,29 @@ _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".w
 class MovingMnistSpec:
     """The generator's parameters; the defaults are the published ones."""
 
-    num_frames: int = 20       # frames per clip (10 observed + 10 to predict)
-    image_size: int = 64       # side of a square frame, pixels
-    num_digits: int = 2        # digits per clip
-    step_length: float = 0.1   # speed, as a fraction of the canvas of top-left corners per frame
-    digit_size: int = 28       # side of an MNIST digit, pixels
+    num_frames: int = 20  # frames per clip (10 observed + 10 to predict)
+    image_size: int = 64  # side of a square frame, pixels
+    num_digits: int = 2  # digits per clip
+    step_length: float = 0.1  # speed, as a fraction of the canvas of top-left corners per frame
+    digit_size: int = 28  # side of an MNIST digit, pixels
 
     def check(self) -> None:
         """Raise a :class:`CnnkitError` for parameters that cannot make a clip."""
         if self.num_frames < 1 or self.num_digits < 1:
-            raise CnnkitError(f"Moving MNIST needs num_frames >= 1 and num_digits >= 1; received: "
-                              f"num_frames={self.num_frames}, num_digits={self.num_digits}")
+            raise CnnkitError(
+                f"Moving MNIST needs num_frames >= 1 and num_digits >= 1; received: "
+                f"num_frames={self.num_frames}, num_digits={self.num_digits}"
+            )
         if self.image_size < self.digit_size:
-            raise CnnkitError(f"Moving MNIST frames must be at least the digit's {self.digit_size} pixels; "
-                              f"received: image_size={self.image_size}")
+            raise CnnkitError(
+                f"Moving MNIST frames must be at least the digit's {self.digit_size} pixels; "
+                f"received: image_size={self.image_size}"
+            )
         if not 0 <= self.step_length <= 1:
-            raise CnnkitError(f"step_length is a fraction of the canvas per frame, in [0, 1]; "
-                              f"received: step_length={self.step_length}")
+            raise CnnkitError(
+                f"step_length is a fraction of the canvas per frame, in [0, 1]; "
+                f"received: step_length={self.step_length}"
+            )
 
 
 def trajectories(rng: np.random.Generator, n: int, spec: MovingMnistSpec = MovingMnistSpec()) -> np.ndarray:
@@ -91,16 +97,16 @@ def trajectories(rng: np.random.Generator, n: int, spec: MovingMnistSpec = Movin
     canvas = spec.image_size - spec.digit_size
     y, x = rng.random(n), rng.random(n)
     theta = rng.random(n) * 2 * np.pi
-    v = np.stack([np.sin(theta), np.cos(theta)], 1) * spec.step_length   # (n, 2) per-frame step
-    pos = np.stack([y, x], 1)                                            # (n, 2) in the unit square
+    v = np.stack([np.sin(theta), np.cos(theta)], 1) * spec.step_length  # (n, 2) per-frame step
+    pos = np.stack([y, x], 1)  # (n, 2) in the unit square
     out = np.empty((n, spec.num_frames, 2), np.float64)
     for t in range(spec.num_frames):
-        pos = pos + v                                                    # step first, then draw
+        pos = pos + v  # step first, then draw
         low, high = pos <= 0, pos >= 1
-        v = np.where(low | high, -v, v)                                  # bounce
+        v = np.where(low | high, -v, v)  # bounce
         pos = np.clip(pos, 0.0, 1.0)
         out[:, t] = pos
-    return (canvas * out).astype(np.int16)                               # truncation, as astype(int32)
+    return (canvas * out).astype(np.int16)  # truncation, as astype(int32)
 
 
 def _digit_walk(rng: np.random.Generator, pool: int, n: int) -> np.ndarray:
@@ -129,13 +135,13 @@ def render(digits: torch.Tensor, positions: torch.Tensor, image_size: int = 64) 
     digits, positions = digits.numpy(), positions.numpy()
     out = np.empty((n, t, image_size, image_size), np.uint8)
     for lo in range(0, n, 256):
-        chunk = out[lo:lo + 256]
+        chunk = out[lo : lo + 256]
         chunk.fill(0)
         win = sliding_window_view(chunk, (s, s), axis=(2, 3), writeable=True)  # (n, T, 37, 37, 28, 28)
-        clip, frame = np.arange(len(chunk))[:, None], np.arange(t)[None]       # (n, 1), (1, T)
+        clip, frame = np.arange(len(chunk))[:, None], np.arange(t)[None]  # (n, 1), (1, T)
         for k in range(d):
-            top, left = positions[lo:lo + 256, k, :, 0], positions[lo:lo + 256, k, :, 1]  # (n, T)
-            ink = digits[lo:lo + 256, k, None]                                  # (n, 1, 28, 28)
+            top, left = positions[lo : lo + 256, k, :, 0], positions[lo : lo + 256, k, :, 1]  # (n, T)
+            ink = digits[lo : lo + 256, k, None]  # (n, 1, 28, 28)
             win[clip, frame, top, left] = np.maximum(win[clip, frame, top, left], ink)
     return torch.from_numpy(out)
 
@@ -173,20 +179,30 @@ class MovingMnist(Dataset):
         >>> clips, targets = test.batch(range(8))           # (8, 20, 64, 64) uint8, (8, 10)
     """
 
-    def __init__(self, split: str = "train", num_sequences: int = TEST_SIZE, seed: int | None = None,
-                 fresh: bool = False, data_dir: str | os.PathLike | None = None,
-                 spec: MovingMnistSpec = MovingMnistSpec(), as_float: bool = False, download: bool = True):
+    def __init__(
+        self,
+        split: str = "train",
+        num_sequences: int = TEST_SIZE,
+        seed: int | None = None,
+        fresh: bool = False,
+        data_dir: str | os.PathLike | None = None,
+        spec: MovingMnistSpec = MovingMnistSpec(),
+        as_float: bool = False,
+        download: bool = True,
+    ):
         if split not in _SPLITS:
             raise CnnkitError(f"unknown Moving MNIST split {split!r}; use one of {', '.join(_SPLITS)}")
         if isinstance(num_sequences, bool) or not isinstance(num_sequences, int) or num_sequences < 1:
             raise CnnkitError(f"num_sequences must be an integer >= 1; received: {num_sequences!r}")
         spec.check()
         mnist = load_dataset("mnist", split, data_dir=data_dir, download=download)
-        self.digits = mnist.images[:, 0]          # (M, 1, 28, 28) -> (M, 28, 28) uint8
-        self.digit_labels = mnist.labels          # (M,)
+        self.digits = mnist.images[:, 0]  # (M, 1, 28, 28) -> (M, 28, 28) uint8
+        self.digit_labels = mnist.labels  # (M,)
         if self.digits.shape[-1] != spec.digit_size:
-            raise CnnkitError(f"MNIST digits are {tuple(self.digits.shape[1:])}, expected "
-                              f"{spec.digit_size}x{spec.digit_size}: check {data_dir}")
+            raise CnnkitError(
+                f"MNIST digits are {tuple(self.digits.shape[1:])}, expected "
+                f"{spec.digit_size}x{spec.digit_size}: check {data_dir}"
+            )
         self.split, self.spec, self.fresh, self.as_float = split, spec, fresh, as_float
         self.num_sequences = num_sequences
         self.seed = (TEST_SEED if split == "test" else 0) if seed is None else seed
@@ -201,13 +217,14 @@ class MovingMnist(Dataset):
         """
         key = [self.seed, epoch] if self.fresh else [self.seed]
         n, d = self.num_sequences, self.spec.num_digits
-        blocks = [trajectories(np.random.default_rng([*key, 0, b]), BLOCK * d, self.spec)
-                  for b in range(math.ceil(n / BLOCK))]
-        pos = np.concatenate(blocks)[:n * d]                           # (N*D, T, 2)
+        blocks = [
+            trajectories(np.random.default_rng([*key, 0, b]), BLOCK * d, self.spec) for b in range(math.ceil(n / BLOCK))
+        ]
+        pos = np.concatenate(blocks)[: n * d]  # (N*D, T, 2)
         self.positions = torch.from_numpy(pos).view(n, d, self.spec.num_frames, 2)
         walk = _digit_walk(np.random.default_rng([*key, 1]), len(self.digits), n * d)
-        self.index = torch.from_numpy(walk).view(n, d)                 # (N, D) rows of ``digits``
-        self.labels = self.digit_labels[self.index]                    # (N, D) the digits of each clip
+        self.index = torch.from_numpy(walk).view(n, d)  # (N, D) rows of ``digits``
+        self.labels = self.digit_labels[self.index]  # (N, D) the digits of each clip
 
     def __len__(self) -> int:
         return self.num_sequences
@@ -248,12 +265,19 @@ class VideoClips(Dataset):
             shape, dtype or range, an unreadable or damaged file, frames of different sizes.
     """
 
-    def __init__(self, root: str | os.PathLike, channels: int = 1, size: tuple[int, int] | None = None,
-                 num_frames: int | None = None):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        channels: int = 1,
+        size: tuple[int, int] | None = None,
+        num_frames: int | None = None,
+    ):
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
-            raise CnnkitError(f"clip folder not found: {self.root}; give a folder holding one sub-folder of "
-                              "frames or one .npy array per clip")
+            raise CnnkitError(
+                f"clip folder not found: {self.root}; give a folder holding one sub-folder of "
+                "frames or one .npy array per clip"
+            )
         if channels not in (1, 3):
             raise CnnkitError(f"clips have 1 (grey) or 3 (RGB) channels; received: channels={channels}")
         if num_frames is not None and num_frames < 1:
@@ -265,24 +289,27 @@ class VideoClips(Dataset):
             if p.name.startswith("."):
                 continue
             if not (p.is_dir() or p.suffix.lower() == ".npy"):
-                raise CnnkitError(f"{p} is neither a folder of frames nor a .npy array; move it out of "
-                                  f"{self.root}")
+                raise CnnkitError(f"{p} is neither a folder of frames nor a .npy array; move it out of {self.root}")
             self.clips.append(p)
         if not self.clips:
-            raise CnnkitError(f"{self.root} holds no clips; put one sub-folder of frame images or one .npy "
-                              "array (T, H, W) or (T, C, H, W) per clip in it")
+            raise CnnkitError(
+                f"{self.root} holds no clips; put one sub-folder of frame images or one .npy "
+                "array (T, H, W) or (T, C, H, W) per clip in it"
+            )
 
     def __len__(self) -> int:
         return len(self.clips)
 
     def __getitem__(self, i: int) -> torch.Tensor:
         path = self.clips[i]
-        clip = self._read_frames(path) if path.is_dir() else self._read_npy(path)   # (T, C, H, W)
+        clip = self._read_frames(path) if path.is_dir() else self._read_npy(path)  # (T, C, H, W)
         if self.num_frames is not None:
             if clip.shape[0] < self.num_frames:
-                raise CnnkitError(f"{path} has {clip.shape[0]} frames, fewer than num_frames="
-                                  f"{self.num_frames}; give longer clips or a smaller num_frames")
-            clip = clip[:self.num_frames]
+                raise CnnkitError(
+                    f"{path} has {clip.shape[0]} frames, fewer than num_frames="
+                    f"{self.num_frames}; give longer clips or a smaller num_frames"
+                )
+            clip = clip[: self.num_frames]
         if self.size is not None and tuple(clip.shape[-2:]) != self.size:
             clip = F.interpolate(clip, size=self.size, mode="bilinear", align_corners=False).clamp_(0, 1)
         return clip.contiguous()
@@ -295,38 +322,46 @@ class VideoClips(Dataset):
             if p.is_dir() or p.suffix.lower() not in _IMAGE_SUFFIXES:
                 raise CnnkitError(f"{p} is not a frame image (PNG, JPEG, ...); a clip folder holds only its frames")
         if self.num_frames is not None:
-            frames = frames[:self.num_frames]                                     # read only what is used
+            frames = frames[: self.num_frames]  # read only what is used
         out = []
         for p in frames:
-            x = read_image(p, self.channels, self.size)                           # (C, H, W) in [0, 1]
+            x = read_image(p, self.channels, self.size)  # (C, H, W) in [0, 1]
             if out and x.shape != out[0].shape:
-                raise CnnkitError(f"{p} is {x.shape[2]}x{x.shape[1]} but {frames[0].name} is "
-                                  f"{out[0].shape[2]}x{out[0].shape[1]}: frames of one clip share a size "
-                                  "(or pass size=(H, W))")
+                raise CnnkitError(
+                    f"{p} is {x.shape[2]}x{x.shape[1]} but {frames[0].name} is "
+                    f"{out[0].shape[2]}x{out[0].shape[1]}: frames of one clip share a size "
+                    "(or pass size=(H, W))"
+                )
             out.append(x)
-        return torch.stack(out)                                                   # (T, C, H, W)
+        return torch.stack(out)  # (T, C, H, W)
 
     def _read_npy(self, path: Path) -> torch.Tensor:
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
-            raise CnnkitError(f"cannot read {path} as a .npy array ({' '.join(str(exc).split())[:160]}); "
-                              "save clips with numpy.save(path, array)") from None
+            raise CnnkitError(
+                f"cannot read {path} as a .npy array ({' '.join(str(exc).split())[:160]}); "
+                "save clips with numpy.save(path, array)"
+            ) from None
         if not isinstance(arr, np.ndarray):
             raise CnnkitError(f"{path} is not a single .npy array; save each clip with numpy.save")
         if arr.dtype != np.uint8 and arr.dtype.kind != "f":
             raise CnnkitError(f"{path} holds {arr.dtype} values; clips are uint8 (0-255) or float in [0, 1]")
         if arr.ndim == 3:
-            arr = arr[:, None]                                                    # (T, H, W) -> (T, 1, H, W)
+            arr = arr[:, None]  # (T, H, W) -> (T, 1, H, W)
         if arr.ndim != 4 or arr.shape[1] != self.channels or min(arr.shape) < 1:
-            raise CnnkitError(f"{path} has shape {arr.shape}; a clip is (T, H, W) or (T, C, H, W) with "
-                              f"C = {self.channels} channels and no empty axis")
+            raise CnnkitError(
+                f"{path} has shape {arr.shape}; a clip is (T, H, W) or (T, C, H, W) with "
+                f"C = {self.channels} channels and no empty axis"
+            )
         if self.num_frames is not None:
-            arr = arr[:self.num_frames]                                           # read only what is used
-        x = torch.from_numpy(np.array(arr, dtype=np.float32))                     # copies off the map
+            arr = arr[: self.num_frames]  # read only what is used
+        x = torch.from_numpy(np.array(arr, dtype=np.float32))  # copies off the map
         if arr.dtype == np.uint8:
             return x.div_(255)
         if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
-            raise CnnkitError(f"{path} holds float values outside [0, 1] (min {x.min().item():.3g}, max "
-                              f"{x.max().item():.3g}); scale clips to [0, 1] or save them as uint8")
+            raise CnnkitError(
+                f"{path} holds float values outside [0, 1] (min {x.min().item():.3g}, max "
+                f"{x.max().item():.3g}); scale clips to [0, 1] or save them as uint8"
+            )
         return x

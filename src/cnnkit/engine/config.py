@@ -23,11 +23,18 @@ from typing import Any, ClassVar
 
 from cnnkit.errors import CnnkitError
 
-MAX_CONFIG_BYTES = 1 << 20   # a --config file larger than this is not a config
+MAX_CONFIG_BYTES = 1 << 20  # a --config file larger than this is not a config
 
 
-def option(default: Any = MISSING, help: str = "", *, factory: Any = MISSING, choices=None,
-           metavar: str | None = None, cli: bool = True) -> Any:
+def option(
+    default: Any = MISSING,
+    help: str = "",
+    *,
+    factory: Any = MISSING,
+    choices=None,
+    metavar: str | None = None,
+    cli: bool = True,
+) -> Any:
     """A config field with its help text (the one place it is written).
 
     Args:
@@ -53,40 +60,53 @@ class RunConfig:
     """The settings every task's run shares. ``None``: the task's default for the data."""
 
     data: str | None = option(None, help="what to train on: a built-in data set's name or a PATH")
-    data_dir: str | None = option(None, help="the folder holding the built-in data sets (else $CNNKIT_DATA, "
-                                             "else ~/.cache/cnnkit/data)")
-    model: str | None = option(None, help="the network: a zoo name (`cnnkit zoo`), a spec .yaml/.json or "
-                                          "FILE.py:FUNCTION")
+    data_dir: str | None = option(
+        None, help="the folder holding the built-in data sets (else $CNNKIT_DATA, else ~/.cache/cnnkit/data)"
+    )
+    model: str | None = option(
+        None, help="the network: a zoo name (`cnnkit zoo`), a spec .yaml/.json or FILE.py:FUNCTION"
+    )
     weights: str | None = option(None, help="initial weights: imagenet (the published ones) | none | PATH")
     epochs: int | None = option(None, help="passes over the training split")
     batch_size: int | None = option(None, help="global batch size (split across processes under torchrun)")
     lr: float | None = option(None, help="peak learning rate of the schedule")
-    optimizer: str = option("sgd", help="sgd (Nesterov momentum) | adamw | nadam",
-                            choices=("sgd", "adamw", "nadam"))
+    optimizer: str = option("sgd", help="sgd (Nesterov momentum) | adamw | nadam", choices=("sgd", "adamw", "nadam"))
     momentum: float = option(0.9, help="SGD momentum")
-    weight_decay: float = option(0.0, help="L2 weight decay of conv and linear weights (not batch norm, "
-                                           "not biases)")
-    schedule: str = option("onecycle", help="learning rate over the steps: onecycle (linear warm-up, then "
-                                            "cosine to 0) | cosine | constant",
-                           choices=("onecycle", "cosine", "constant"))
+    weight_decay: float = option(0.0, help="L2 weight decay of conv and linear weights (not batch norm, not biases)")
+    schedule: str = option(
+        "onecycle",
+        help="learning rate over the steps: onecycle (linear warm-up, then cosine to 0) | cosine | constant",
+        choices=("onecycle", "cosine", "constant"),
+    )
     warmup: float = option(0.1, help="share of the steps spent warming up (onecycle)")
-    ema: float = option(0.0, help="exponential moving average of the weights, decay per step (0: off; "
-                                  "e.g. 0.999); the saved model holds the average")
+    ema: float = option(
+        0.0,
+        help="exponential moving average of the weights, decay per step (0: off; "
+        "e.g. 0.999); the saved model holds the average",
+    )
     seed: int = option(0, help="seeds initialisation, data order, splits and augmentation")
     threads: int | None = option(None, help="torch threads per process (0: all cores)")
     device: str | None = option(None, help="cpu | cuda (default: cuda when PyTorch sees a GPU, else cpu)")
-    precision: str = option("auto", help="auto: bf16 autocast where the device has native bf16 arithmetic "
-                                         "(CUDA, AVX-512-BF16/AMX CPUs), else fp32 | fp32 | bf16",
-                            choices=("auto", "fp32", "bf16"))
-    val_every: int | None = option(None, help="validate after every k-th epoch and after the last (0: not "
-                                              "while training)")
+    precision: str = option(
+        "auto",
+        help="auto: bf16 autocast where the device has native bf16 arithmetic "
+        "(CUDA, AVX-512-BF16/AMX CPUs), else fp32 | fp32 | bf16",
+        choices=("auto", "fp32", "bf16"),
+    )
+    val_every: int | None = option(
+        None, help="validate after every k-th epoch and after the last (0: not while training)"
+    )
     subset: int = option(0, help="train on the first N training images only (0: all; smoke tests)")
 
     # shared fields a task does not use: no flag, and a config file that sets one is refused
     unsupported: ClassVar[tuple[str, ...]] = ()
     # names that runs of earlier versions stored -> today's names (their runs still load and evaluate)
-    renamed: ClassVar[dict[str, str]] = {"backbone": "model", "dataset": "data", "freeze": "freeze_to",
-                                         "freeze_stride": "freeze_to"}
+    renamed: ClassVar[dict[str, str]] = {
+        "backbone": "model",
+        "dataset": "data",
+        "freeze": "freeze_to",
+        "freeze_stride": "freeze_to",
+    }
 
     @classmethod
     def from_dict(cls, values: dict, strict: bool = True):
@@ -147,8 +167,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tu
         shown = "the task's default" if value is None else _show(value)
         if meta.get("choices") and "|" not in meta["help"]:
             meta = {**meta, "help": f"{meta['help']}: {' | '.join(map(str, meta['choices']))}"}
-        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
-                              "help": f"{meta['help']} (default: {shown})".replace("%", "%%")}
+        kw: dict[str, Any] = {
+            "dest": f.name,
+            "default": argparse.SUPPRESS,
+            "help": f"{meta['help']} (default: {shown})".replace("%", "%%"),
+        }
         base, nargs = _cli_type(kind)
         if base is None:
             continue
@@ -161,9 +184,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tu
             if meta.get("metavar"):
                 kw["metavar"] = meta["metavar"]
         parser.add_argument(flag, **kw)
-    parser.add_argument("--config", metavar="FILE.yaml", dest="config_file",
-                        help="read any of these settings from a YAML file (flags given on the command "
-                             "line win); a run folder's config.yaml is one")
+    parser.add_argument(
+        "--config",
+        metavar="FILE.yaml",
+        dest="config_file",
+        help="read any of these settings from a YAML file (flags given on the command "
+        "line win); a run folder's config.yaml is one",
+    )
 
 
 def config_from_args(cls: type, args: argparse.Namespace, base: dict | None = None) -> dict:
@@ -180,11 +207,13 @@ def config_from_args(cls: type, args: argparse.Namespace, base: dict | None = No
     for name in names:
         if name in vars(args):
             values[name] = _coerce(cls, name, getattr(args, name), "the command line")
-    for name, value in values.items():      # checked here, so that a bad value is one line, not argparse's usage
+    for name, value in values.items():  # checked here, so that a bad value is one line, not argparse's usage
         choices = field_help(cls, name).get("choices")
         if choices and value is not None and value not in choices:
-            raise CnnkitError(f"--{name.replace('_', '-')} must be one of {', '.join(map(str, choices))}; "
-                              f"received {str(value)[:60]!r}")
+            raise CnnkitError(
+                f"--{name.replace('_', '-')} must be one of {', '.join(map(str, choices))}; "
+                f"received {str(value)[:60]!r}"
+            )
     return values
 
 
@@ -209,8 +238,7 @@ def read_config_file(path: str | Path, cls: type) -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
-        raise CnnkitError(f"--config {path} must be a mapping of setting: value; received a "
-                          f"{type(data).__name__}")
+        raise CnnkitError(f"--config {path} must be a mapping of setting: value; received a {type(data).__name__}")
     known = [f.name for f in fields(cls) if f.name not in getattr(cls, "unsupported", ())]
     unknown = sorted(set(data) - set(known))
     if unknown:
@@ -226,6 +254,7 @@ def config_yaml(config: dict) -> bytes:
 
 
 # ----------------------------------------------------------------------------- helpers
+
 
 def _default(f: dataclasses.Field) -> Any:
     if f.default is not MISSING:
@@ -246,7 +275,7 @@ def _cli_type(kind: Any) -> tuple[Any, Any]:
     args = [a for a in typing.get_args(kind) if a is not type(None)]
     if typing.get_origin(kind) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args:
         scalars = [a for a in args if a in (int, float, str, bool)]
-        if len(args) > 1 and scalars:          # int | dict and the like: the scalar form on the command line
+        if len(args) > 1 and scalars:  # int | dict and the like: the scalar form on the command line
             return scalars[0], None
         return _cli_type(args[0])
     if typing.get_origin(kind) is tuple:
@@ -256,7 +285,7 @@ def _cli_type(kind: Any) -> tuple[Any, Any]:
         return inner[0], len(inner)
     if kind in (int, float, str, bool):
         return kind, None
-    return None, None                          # a nested config: set by a config file or Python
+    return None, None  # a nested config: set by a config file or Python
 
 
 def _coerce(cls: type, name: str, value: Any, where: str) -> Any:

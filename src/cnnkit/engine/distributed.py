@@ -39,9 +39,11 @@ def distributed(device: str | None = None):
         raise CnnkitError("--device cuda, but PyTorch sees no CUDA GPU here; use --device cpu")
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if use_cuda and world > 1 and torch.cuda.device_count() < local_world:
-        raise CnnkitError(f"{local_world} processes per node but {torch.cuda.device_count()} GPU(s): "
-                          "nccl needs one GPU per process; use --nproc_per_node "
-                          f"{torch.cuda.device_count()}, or --device cpu for gloo on the CPU")
+        raise CnnkitError(
+            f"{local_world} processes per node but {torch.cuda.device_count()} GPU(s): "
+            "nccl needs one GPU per process; use --nproc_per_node "
+            f"{torch.cuda.device_count()}, or --device cpu for gloo on the CPU"
+        )
     if world <= 1:
         yield Dist(device=torch.device("cuda" if use_cuda else "cpu"))
         return
@@ -59,7 +61,7 @@ def distributed(device: str | None = None):
 def shard(indices: torch.Tensor, d: Dist) -> torch.Tensor:
     """This rank's contiguous share of a global batch (a distributed sampler over a tensor set)."""
     per = indices.shape[0] // d.world
-    return indices[d.rank * per:(d.rank + 1) * per]
+    return indices[d.rank * per : (d.rank + 1) * per]
 
 
 def shard_batch(batch, d: Dist):
@@ -73,7 +75,7 @@ def shard_batch(batch, d: Dist):
         return tuple(shard_batch(v, d) for v in batch)
     if isinstance(batch, list):
         per = len(batch) // d.world
-        return [v.to(d.device) if torch.is_tensor(v) else v for v in batch[d.rank * per:(d.rank + 1) * per]]
+        return [v.to(d.device) if torch.is_tensor(v) else v for v in batch[d.rank * per : (d.rank + 1) * per]]
     return batch
 
 

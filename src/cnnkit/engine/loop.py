@@ -52,7 +52,7 @@ from cnnkit.engine.runfolder import (
 from cnnkit.engine.task import Data, Plan, Setup, Task
 from cnnkit.errors import CnnkitError
 
-REPORT_EVERY = 20   # steps between progress updates and loss checks (each one syncs with the device)
+REPORT_EVERY = 20  # steps between progress updates and loss checks (each one syncs with the device)
 
 
 @dataclass
@@ -69,19 +69,31 @@ class FitResult:
         precision: what the steps ran in: ``"fp32"`` | ``"bf16"``.
     """
 
-    model: nn.Module        # the trained model to deploy (the EMA copy when EMA is on)
-    history: list[dict]     # one row per epoch, as in metrics.csv
-    seconds: float          # time in this call's epochs (validation and saving included; the
-                            # summary and each phase's set-up -- optimizer, cached features -- not)
-    images: int             # training samples processed by this call (all processes)
+    model: nn.Module  # the trained model to deploy (the EMA copy when EMA is on)
+    history: list[dict]  # one row per epoch, as in metrics.csv
+    seconds: float  # time in this call's epochs (validation and saving included; the
+    # summary and each phase's set-up -- optimizer, cached features -- not)
+    images: int  # training samples processed by this call (all processes)
     best: tuple[int, float] | None  # (epoch, value) of the best task.metric on validation
     precision: str = "fp32"  # what the steps ran in: "fp32" | "bf16"
 
 
-def fit(task: Task, model: nn.Module, data: Data, plan: Plan, out=None, *, resume: bool = False,
-        quiet: bool = False, device: str | None = None, dist: Dist | None = None,
-        config: dict | None = None, command: str = "cnnkit train", precision: str = "auto",
-        on_epoch_end: Callable[[int, dict], None] | None = None) -> FitResult:
+def fit(
+    task: Task,
+    model: nn.Module,
+    data: Data,
+    plan: Plan,
+    out=None,
+    *,
+    resume: bool = False,
+    quiet: bool = False,
+    device: str | None = None,
+    dist: Dist | None = None,
+    config: dict | None = None,
+    command: str = "cnnkit train",
+    precision: str = "auto",
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+) -> FitResult:
     """Train ``model`` by ``plan``: the one training loop every task and fine-tuning stage runs through.
 
     Each phase of the plan builds its optimizer (``phase.begin``), then trains its epochs with a
@@ -123,7 +135,7 @@ def fit(task: Task, model: nn.Module, data: Data, plan: Plan, out=None, *, resum
     """
     out = Path(out) if out is not None else None
     config = json.loads(json.dumps(config or {}))
-    with (contextlib.nullcontext(dist) if dist is not None else distributed(device)) as d:
+    with contextlib.nullcontext(dist) if dist is not None else distributed(device) as d:
         console = make_console(quiet=quiet or not d.main)
         model.to(d.device)
         if not quiet and d.main:
@@ -131,7 +143,7 @@ def fit(task: Task, model: nn.Module, data: Data, plan: Plan, out=None, *, resum
         precision, why = choose(precision, d.device)
         if "slow" not in why:
             console.print(f"precision: {precision} ({why})")
-        elif d.main:                                    # said even when quiet, on one line
+        elif d.main:  # said even when quiet, on one line
             print(f"note: --precision bf16 {why}; --precision auto picks fp32 here", file=sys.stderr)
         gen = torch.Generator(d.device).manual_seed(plan.seed)
         ema = EMA(model, plan.ema) if plan.ema else None
@@ -139,41 +151,83 @@ def fit(task: Task, model: nn.Module, data: Data, plan: Plan, out=None, *, resum
         deploy = ema.module if ema else model
         seconds, images, first = 0.0, 0, 0
         try:
-            for phase in plan.phases:                 # phase epochs first .. last - 1 (0-based)
+            for phase in plan.phases:  # phase epochs first .. last - 1 (0-based)
                 last = first + phase.epochs
                 if done < last:
                     setup = phase.begin(model)
-                    if first < done:                  # resumed inside this phase: its optimizer too
+                    if first < done:  # resumed inside this phase: its optimizer too
                         load_resume(out / RESUME_FILE, model, setup.optimizer, ema, gen)
                     tick = time.perf_counter()
-                    images += _run_phase(task, model, deploy, ema, data, setup, phase.name, gen, d,
-                                         range(max(first, done), last), first, plan.epochs, history,
-                                         out, config, console, quiet, precision, on_epoch_end,
-                                         plan.val_every)
+                    images += _run_phase(
+                        task,
+                        model,
+                        deploy,
+                        ema,
+                        data,
+                        setup,
+                        phase.name,
+                        gen,
+                        d,
+                        range(max(first, done), last),
+                        first,
+                        plan.epochs,
+                        history,
+                        out,
+                        config,
+                        console,
+                        quiet,
+                        precision,
+                        on_epoch_end,
+                        plan.val_every,
+                    )
                     seconds += time.perf_counter() - tick
                 first = last
         except KeyboardInterrupt:
             if d.main and out is not None:
                 _save_model(out, task, deploy, history, precision, interrupted=True)
-                console.print(f"interrupted: {out / MODEL_FILE} holds the current weights; "
-                              f"`{command} --resume --out {out}` continues from epoch {len(history) + 1}")
+                console.print(
+                    f"interrupted: {out / MODEL_FILE} holds the current weights; "
+                    f"`{command} --resume --out {out}` continues from epoch {len(history) + 1}"
+                )
             raise
         best = _best(history, f"val_{task.metric}")
         if best is not None:
-            console.print(f"best {getattr(task, 'val_name', 'val')} {task.metric} {best[1]:.4g} "
-                          f"at epoch {best[0]} of {len(history)}")
+            console.print(
+                f"best {getattr(task, 'val_name', 'val')} {task.metric} {best[1]:.4g} "
+                f"at epoch {best[0]} of {len(history)}"
+            )
         return FitResult(deploy, history, seconds, images, best, precision)
 
 
-def _run_phase(task, model, deploy, ema, data, setup: Setup, name, gen, d, epochs, first, total,
-               history, out, config, console, quiet, precision, on_epoch_end, val_every: int = 1) -> int:
+def _run_phase(
+    task,
+    model,
+    deploy,
+    ema,
+    data,
+    setup: Setup,
+    name,
+    gen,
+    d,
+    epochs,
+    first,
+    total,
+    history,
+    out,
+    config,
+    console,
+    quiet,
+    precision,
+    on_epoch_end,
+    val_every: int = 1,
+) -> int:
     """The epochs ``epochs`` of the phase that starts at epoch ``first``; returns samples trained.
     Validation runs after every ``val_every``-th epoch of the plan and after its last (0: never)."""
     net = setup.module or model
     step_net = nn.parallel.DistributedDataParallel(net) if d.world > 1 else net
     train, val = setup.data or data
-    evaluated = setup.module or deploy             # a phase's own module is validated on its data
-    peak = max(g["lr"] for g in setup.optimizer.param_groups)   # before any schedule touches it
+    evaluated = setup.module or deploy  # a phase's own module is validated on its data
+    peak = max(g["lr"] for g in setup.optimizer.param_groups)  # before any schedule touches it
     last, images = epochs.stop, 0
     with _progress(console, quiet or not d.main) as bar:
         bar_task = None
@@ -185,12 +239,28 @@ def _run_phase(task, model, deploy, ema, data, setup: Setup, name, gen, d, epoch
                 bar_task = bar.add_task("train", total=len(epochs) * len(batches), stats="", epoch=label)
             bar.update(bar_task, epoch=label)
             with _train_mode(model, setup.frozen):
-                names, sums = train_epoch(task, step_net, model, setup, ema, batches, gen, d, epoch,
-                                          first, last, name, peak, precision,
-                                          lambda **kw: bar.update(bar_task, **kw))
+                names, sums = train_epoch(
+                    task,
+                    step_net,
+                    model,
+                    setup,
+                    ema,
+                    batches,
+                    gen,
+                    d,
+                    epoch,
+                    first,
+                    last,
+                    name,
+                    peak,
+                    precision,
+                    lambda **kw: bar.update(bar_task, **kw),
+                )
             if sums is None:
-                raise CnnkitError(f"epoch {epoch + 1} had no training batch: the training split is smaller than "
-                                  "one batch; lower --batch-size or give more data")
+                raise CnnkitError(
+                    f"epoch {epoch + 1} had no training batch: the training split is smaller than "
+                    "one batch; lower --batch-size or give more data"
+                )
             sums = all_sum(sums, d)
             _check_weights(model, epoch, name, peak)
             due = val_every > 0 and ((epoch + 1) % val_every == 0 or epoch + 1 == total)
@@ -200,14 +270,21 @@ def _run_phase(task, model, deploy, ema, data, setup: Setup, name, gen, d, epoch
             n = int(sums[-1].item())
             images += n
             means = dict(zip(names, (sums[:-1] / sums[-1]).tolist()))
-            row = {"epoch": epoch + 1, **({"phase": name, "phase_epoch": epoch - first + 1} if name else {}),
-                   **setup.row, **{f"train_{k}": round(v, 5) for k, v in means.items()},
-                   **{f"val_{k}": round(v, 5) for k, v in metrics.items()},
-                   "lr": setup.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 2)}
+            row = {
+                "epoch": epoch + 1,
+                **({"phase": name, "phase_epoch": epoch - first + 1} if name else {}),
+                **setup.row,
+                **{f"train_{k}": round(v, 5) for k, v in means.items()},
+                **{f"val_{k}": round(v, 5) for k, v in metrics.items()},
+                "lr": setup.optimizer.param_groups[0]["lr"],
+                "seconds": round(seconds, 2),
+            }
             history.append(row)
-            console.print(f"epoch {epoch + 1}/{total}{' ' + name if name else ''}  train {_fmt(means)}  "
-                          f"{getattr(task, 'val_name', 'val') + ' ' + _fmt(metrics) + '  ' if metrics else ''}{seconds:.1f} s  "
-                          f"{n / seconds:,.0f} img/s")
+            console.print(
+                f"epoch {epoch + 1}/{total}{' ' + name if name else ''}  train {_fmt(means)}  "
+                f"{getattr(task, 'val_name', 'val') + ' ' + _fmt(metrics) + '  ' if metrics else ''}{seconds:.1f} s  "
+                f"{n / seconds:,.0f} img/s"
+            )
             if d.main and out is not None:
                 _save_run(out, task, model, deploy, setup.optimizer, ema, gen, history, config, precision)
             if on_epoch_end is not None:
@@ -215,14 +292,28 @@ def _run_phase(task, model, deploy, ema, data, setup: Setup, name, gen, d, epoch
     return images
 
 
-def train_epoch(task, step_net, model, setup: Setup, ema, batches, gen, d: Dist, epoch: int,
-                first: int, last: int, name: str, peak: float, precision: str,
-                report: Callable) -> tuple[list[str], torch.Tensor | None]:
+def train_epoch(
+    task,
+    step_net,
+    model,
+    setup: Setup,
+    ema,
+    batches,
+    gen,
+    d: Dist,
+    epoch: int,
+    first: int,
+    last: int,
+    name: str,
+    peak: float,
+    precision: str,
+    report: Callable,
+) -> tuple[list[str], torch.Tensor | None]:
     """One pass of optimizer steps: the stats' names and this process's sums (``n`` last)."""
     steps, opt = len(batches), setup.optimizer
     names, sums, tick = [], None, time.perf_counter()
     for i, batch in enumerate(batches):
-        step = (epoch - first) * steps + i                          # counted within the phase
+        step = (epoch - first) * steps + i  # counted within the phase
         if setup.schedule is not None:
             for group in opt.param_groups:
                 group["lr"] = setup.schedule(step, (last - first) * steps) * group.get("lr_scale", 1.0)
@@ -239,9 +330,11 @@ def train_epoch(task, step_net, model, setup: Setup, ema, batches, gen, d: Dist,
         if (i + 1) % REPORT_EVERY == 0 or i + 1 == steps:
             means = dict(zip(names, (sums[:-1] / sums[-1]).tolist()))
             if not math.isfinite(means["loss"]):
-                raise CnnkitError(f"the loss became {means['loss']} at epoch {epoch + 1}, step {i + 1}"
-                                  f"{' in phase ' + name if name else ''}: training diverged; lower "
-                                  f"the learning rate (received --lr {peak})")
+                raise CnnkitError(
+                    f"the loss became {means['loss']} at epoch {epoch + 1}, step {i + 1}"
+                    f"{' in phase ' + name if name else ''}: training diverged; lower "
+                    f"the learning rate (received --lr {peak})"
+                )
             ips = (i % REPORT_EVERY + 1) * float(s[-1]) * d.world / (time.perf_counter() - tick)
             tick = time.perf_counter()
             report(advance=i % REPORT_EVERY + 1, stats=f"{_fmt(means)}  {ips:,.0f} img/s")
@@ -249,6 +342,7 @@ def train_epoch(task, step_net, model, setup: Setup, ema, batches, gen, d: Dist,
 
 
 # ----------------------------------------------------------------------------- helpers
+
 
 @contextlib.contextmanager
 def _train_mode(model: nn.Module, frozen: list[nn.Module]):
@@ -268,9 +362,11 @@ def _check_weights(model: nn.Module, epoch: int, name: str, peak: float) -> None
     """The last step's loss was finite, but its update may not be: never save such weights."""
     bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
     if bad:
-        raise CnnkitError(f"the weights became non-finite ({bad[0]}, ...) at the end of epoch "
-                          f"{epoch + 1}{' in phase ' + name if name else ''}: training diverged; "
-                          f"lower the learning rate (received --lr {peak})")
+        raise CnnkitError(
+            f"the weights became non-finite ({bad[0]}, ...) at the end of epoch "
+            f"{epoch + 1}{' in phase ' + name if name else ''}: training diverged; "
+            f"lower the learning rate (received --lr {peak})"
+        )
 
 
 def _start(out: Path | None, resume: bool, model, ema, gen, config: dict) -> tuple[int, list[dict]]:
@@ -278,17 +374,17 @@ def _start(out: Path | None, resume: bool, model, ema, gen, config: dict) -> tup
     path = out / RESUME_FILE if out is not None else None
     if not resume:
         if path is not None and path.exists():
-            raise CnnkitError(f"{out} already holds a run; pass --resume to continue it or choose "
-                              "another --out")
+            raise CnnkitError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
         return 0, []
     if path is None or not path.is_file():
-        raise CnnkitError(f"nothing to resume in {out}: no {RESUME_FILE}; start a new run "
-                          "without --resume")
+        raise CnnkitError(f"nothing to resume in {out}: no {RESUME_FILE}; start a new run without --resume")
     epoch, history, saved = load_resume(path, model, None, ema, gen)
-    keys = sorted(k for k in set(saved) & set(config) if saved[k] != config[k])   # a setting one side
-    if keys:                                 # lacks is one a newer cnnkit added or dropped: not a difference
-        raise CnnkitError(f"{out} was trained with other settings ({', '.join(keys)}); resume it "
-                          "with the same ones or start a new run in another --out")
+    keys = sorted(k for k in set(saved) & set(config) if saved[k] != config[k])  # a setting one side
+    if keys:  # lacks is one a newer cnnkit added or dropped: not a difference
+        raise CnnkitError(
+            f"{out} was trained with other settings ({', '.join(keys)}); resume it "
+            "with the same ones or start a new run in another --out"
+        )
     return epoch, history
 
 
@@ -299,15 +395,21 @@ def _save_run(out, task, model, deploy, optimizer, ema, gen, history, config, pr
     save_resume(out / RESUME_FILE, model, optimizer, ema, gen, len(history), history, config)
     _save_model(out, task, deploy, history, precision)
     keys = [k for k in dict.fromkeys(k for r in history for k in r) if k not in ("lr", "seconds")]
-    write_metrics_csv(out / "metrics.csv", history, keys + ["lr", "seconds"])   # rows without validation too
+    write_metrics_csv(out / "metrics.csv", history, keys + ["lr", "seconds"])  # rows without validation too
     from cnnkit.plots import training_curves
 
     training_curves(history, out / "curves.png")
 
 
 def _save_model(out, task, deploy, history, precision: str, interrupted: bool = False) -> None:
-    info = {"format": FORMAT, **task.describe(deploy), "epoch": len(history),
-            "history": history, "precision": precision, "interrupted": interrupted}
+    info = {
+        "format": FORMAT,
+        **task.describe(deploy),
+        "epoch": len(history),
+        "history": history,
+        "precision": precision,
+        "interrupted": interrupted,
+    }
     save_model(out / MODEL_FILE, task.deployable(deploy), info)
 
 
@@ -326,6 +428,13 @@ def _fmt(metrics: dict[str, float]) -> str:
 
 
 def _progress(console: Console, disable: bool) -> Progress:
-    return Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[stats]}"), TimeRemainingColumn(),
-                    console=console, disable=disable, transient=True)
+    return Progress(
+        TextColumn("epoch {task.fields[epoch]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=disable,
+        transient=True,
+    )

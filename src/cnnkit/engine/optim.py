@@ -11,12 +11,13 @@ import torch.nn as nn
 
 class Recipe(Protocol):
     """The optimisation fields of a run config (every task's config has them)."""
-    lr: float               # peak learning rate
-    schedule: str           # onecycle | cosine | constant
-    warmup: float           # share of the steps spent warming up (onecycle)
-    optimizer: str          # sgd | adamw | nadam
-    momentum: float         # SGD momentum (Nesterov when > 0)
-    weight_decay: float     # on conv and linear weights only
+
+    lr: float  # peak learning rate
+    schedule: str  # onecycle | cosine | constant
+    warmup: float  # share of the steps spent warming up (onecycle)
+    optimizer: str  # sgd | adamw | nadam
+    momentum: float  # SGD momentum (Nesterov when > 0)
+    weight_decay: float  # on conv and linear weights only
 
 
 def lr_at(step: int, total: int, cfg: Recipe) -> float:

@@ -17,7 +17,7 @@ import torch
 from cnnkit.errors import CnnkitError
 
 PRECISIONS = ("auto", "fp32", "bf16")
-_CPU_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}   # x86 flags; "bf16" in Arm's Features line
+_CPU_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 flags; "bf16" in Arm's Features line
 
 
 def cpu_flags() -> set[str]:
@@ -63,8 +63,10 @@ def choose(asked: str, device: torch.device, native: bool | None = None) -> tupl
     if asked == "fp32":
         return "fp32", "asked for"
     if asked == "bf16":
-        return "bf16", "asked for" if native else \
-            f"on {where}, which has no native bf16 arithmetic: it will be slow (emulated)"
+        return (
+            "bf16",
+            "asked for" if native else f"on {where}, which has no native bf16 arithmetic: it will be slow (emulated)",
+        )
     if native:
         return "bf16", f"auto: {where} has native bf16 arithmetic"
     return "fp32", f"auto: {where} has no native bf16 arithmetic"

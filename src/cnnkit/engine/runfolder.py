@@ -38,7 +38,7 @@ MODEL_FILE = "model.safetensors"
 
 
 RESUME_FILE = "resume.safetensors"
-CONFIG_FILE = "config.yaml"     # the resolved settings, readable by --config
+CONFIG_FILE = "config.yaml"  # the resolved settings, readable by --config
 
 
 METRICS_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
@@ -69,8 +69,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     except OSError as exc:
         if is_disk_full(exc):
             raise disk_full(path, len(data)) from None
-        raise CnnkitError(f"cannot write {path} ({exc.strerror or exc}); check the folder's permissions "
-                          "or choose another --out") from None
+        raise CnnkitError(
+            f"cannot write {path} ({exc.strerror or exc}); check the folder's permissions or choose another --out"
+        ) from None
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
@@ -95,15 +96,22 @@ def save_model(path, model: Classifier, info: dict) -> None:
 
 def write_metrics_csv(path, history: list[dict], columns: list[str] | None = None) -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns or METRICS_COLUMNS, extrasaction="ignore",
-                            lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns or METRICS_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(history)
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
-def save_resume(path, model: nn.Module, optimizer: torch.optim.Optimizer, ema: EMA | None,
-                generator: torch.Generator, epoch: int, history: list[dict], config: dict) -> None:
+def save_resume(
+    path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ema: EMA | None,
+    generator: torch.Generator,
+    epoch: int,
+    history: list[dict],
+    config: dict,
+) -> None:
     """Everything needed to continue exactly after ``epoch`` epochs."""
     tensors = cpu_tensors(model.state_dict(), "model.")
     if ema is not None:
@@ -120,13 +128,20 @@ def save_resume(path, model: nn.Module, optimizer: torch.optim.Optimizer, ema: E
     tensors["rng.generator"] = generator.get_state().cpu()
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    meta = {"format": FORMAT, "epoch": epoch, "history": history, "config": config,
-            "param_groups": opt["param_groups"], "optim_scalars": scalars}
+    meta = {
+        "format": FORMAT,
+        "epoch": epoch,
+        "history": history,
+        "config": config,
+        "param_groups": opt["param_groups"],
+        "optim_scalars": scalars,
+    }
     atomic_write_bytes(path, st_save(tensors, metadata={"cnnkit": json.dumps(meta)}))
 
 
-def load_resume(path, model: nn.Module, optimizer: torch.optim.Optimizer | None, ema: EMA | None,
-                generator: torch.Generator) -> tuple[int, list[dict], dict]:
+def load_resume(
+    path, model: nn.Module, optimizer: torch.optim.Optimizer | None, ema: EMA | None, generator: torch.Generator
+) -> tuple[int, list[dict], dict]:
     """Restore what :func:`save_resume` wrote; returns (epochs done, history, config).
 
     ``optimizer=None`` skips its state: a run resumed where a new phase (a new optimizer) begins."""
@@ -150,14 +165,16 @@ def load_resume(path, model: nn.Module, optimizer: torch.optim.Optimizer | None,
         if "rng.cuda" in tensors and torch.cuda.is_available():
             torch.cuda.set_rng_state(tensors["rng.cuda"])
     except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as exc:
-        raise CnnkitError(f"{path}: the resume state is damaged or does not match this run ({short_error(exc)}); "
-                          "start a new run without --resume, or resume the run that wrote it") from None
+        raise CnnkitError(
+            f"{path}: the resume state is damaged or does not match this run ({short_error(exc)}); "
+            "start a new run without --resume, or resume the run that wrote it"
+        ) from None
 
     return meta.get("epoch", 0), meta.get("history", []), meta.get("config", {})
 
 
 def strip_prefix(tensors: dict, prefix: str) -> dict:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 CHECKPOINT_HINT = "give a run folder or model.safetensors written by `cnnkit train`, `finetune` or `fcn`"
@@ -169,8 +186,10 @@ def resolve(path: str | os.PathLike) -> Path:
     if p.is_dir():
         p = p / MODEL_FILE
     if not p.is_file():
-        raise CnnkitError(f"no checkpoint at {path}: give a run folder (holding {MODEL_FILE}) or a "
-                          ".safetensors file written by `cnnkit train`")
+        raise CnnkitError(
+            f"no checkpoint at {path}: give a run folder (holding {MODEL_FILE}) or a "
+            ".safetensors file written by `cnnkit train`"
+        )
     return p
 
 
@@ -182,14 +201,20 @@ def read_metadata(path) -> dict:
         with safe_open(str(path), framework="pt") as f:
             text = (f.metadata() or {}).get("cnnkit")
     except Exception as exc:  # noqa: BLE001 -- SafetensorError, OSError, ...: the file is not ours
-        raise CnnkitError(f"{path} is not a readable safetensors file ({short_error(exc)}); {CHECKPOINT_HINT}") from None
+        raise CnnkitError(
+            f"{path} is not a readable safetensors file ({short_error(exc)}); {CHECKPOINT_HINT}"
+        ) from None
     if text is None:
-        raise CnnkitError(f"{path} is a safetensors file without cnnkit's description (plain weights?); "
-                          f"{CHECKPOINT_HINT}, or pass plain weights as --weights with --model NAME")
+        raise CnnkitError(
+            f"{path} is a safetensors file without cnnkit's description (plain weights?); "
+            f"{CHECKPOINT_HINT}, or pass plain weights as --weights with --model NAME"
+        )
     try:
         meta = json.loads(text)
     except (ValueError, RecursionError) as exc:
-        raise CnnkitError(f"{path}: its cnnkit description is not valid JSON ({short_error(exc)}); {CHECKPOINT_HINT}") from None
+        raise CnnkitError(
+            f"{path}: its cnnkit description is not valid JSON ({short_error(exc)}); {CHECKPOINT_HINT}"
+        ) from None
     if not isinstance(meta, dict):
         raise CnnkitError(f"{path}: its cnnkit description is not a JSON object; {CHECKPOINT_HINT}")
     if meta.get("format") != FORMAT:
@@ -248,20 +273,26 @@ def load_run_model(path: str | os.PathLike, task: str, build, device: str | torc
     file = resolve(path)
     info = read_metadata(file)
     if info.get("task", "classify") != task:
-        raise CnnkitError(f"{file} is a {str(info.get('task', 'classify'))[:20]!r} run, not a {task!r} one; "
-                          f"use `cnnkit {str(info.get('task', 'classify'))[:20]} eval|predict` for it")
+        raise CnnkitError(
+            f"{file} is a {str(info.get('task', 'classify'))[:20]!r} run, not a {task!r} one; "
+            f"use `cnnkit {str(info.get('task', 'classify'))[:20]} eval|predict` for it"
+        )
     try:
         model = build(info)
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         if isinstance(exc, CnnkitError):
             raise
-        raise CnnkitError(f"{file}: its metadata does not describe a {task} model ({short_error(exc)}); "
-                          f"the file is damaged or was edited: {CHECKPOINT_HINT}") from None
+        raise CnnkitError(
+            f"{file}: its metadata does not describe a {task} model ({short_error(exc)}); "
+            f"the file is damaged or was edited: {CHECKPOINT_HINT}"
+        ) from None
     tensors, _ = read_checkpoint(file)
     try:
         model.load_state_dict(tensors)
     except RuntimeError as exc:  # missing/unexpected keys, wrong shapes
-        raise CnnkitError(f"{file}: its weights do not fit the network it describes ({short_error(exc)}); "
-                          f"the file is damaged or was edited: {CHECKPOINT_HINT}") from None
+        raise CnnkitError(
+            f"{file}: its weights do not fit the network it describes ({short_error(exc)}); "
+            f"the file is damaged or was edited: {CHECKPOINT_HINT}"
+        ) from None
     model.info = info
     return model.to(device).eval()

@@ -21,7 +21,19 @@ from cnnkit.explain.series_cam import class_activation_map
 from cnnkit.metrics.classification import confusion_counts, most_confident_errors
 
 __all__ = [
-    "feature_maps", "filters", "filter_patterns", "mean_activation", "grad_cam", "saliency",
-    "frozen", "guided_relus", "last_conv_layer", "layer_names", "recording", "resolve_layer",
-    "confusion_counts", "most_confident_errors", "class_activation_map",
+    "feature_maps",
+    "filters",
+    "filter_patterns",
+    "mean_activation",
+    "grad_cam",
+    "saliency",
+    "frozen",
+    "guided_relus",
+    "last_conv_layer",
+    "layer_names",
+    "recording",
+    "resolve_layer",
+    "confusion_counts",
+    "most_confident_errors",
+    "class_activation_map",
 ]

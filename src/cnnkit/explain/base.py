@@ -35,8 +35,10 @@ def run_model(model: nn.Module, x: torch.Tensor):
         return model(x)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CnnkitError(f"the model does not accept an input of shape {tuple(x.shape)} ({first}); "
-                          f"resize the image to the size the model was built for") from None
+        raise CnnkitError(
+            f"the model does not accept an input of shape {tuple(x.shape)} ({first}); "
+            f"resize the image to the size the model was built for"
+        ) from None
 
 
 def forward_scores(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -45,8 +47,7 @@ def forward_scores(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if isinstance(out, (tuple, list)):  # e.g. (logits, aux_logits): explain the main head
         out = out[0]
     if out.dim() != 2:
-        raise CnnkitError(f"the model's output has shape {tuple(out.shape)}; explanations need class "
-                          f"scores (N, K)")
+        raise CnnkitError(f"the model's output has shape {tuple(out.shape)}; explanations need class scores (N, K)")
     return out
 
 
@@ -60,8 +61,10 @@ def target_classes(scores: torch.Tensor, target_class) -> torch.Tensor:
         raise CnnkitError(f"target_class must be one int or {n} ints (one per image), got {wanted.numel()}")
     bad = wanted[(wanted < 0) | (wanted >= k)]
     if bad.numel():
-        raise CnnkitError(f"class index {int(bad[0])} is out of range: the model has {k} classes "
-                          f"(0..{k - 1}); pass a class between 0 and {k - 1}")
+        raise CnnkitError(
+            f"class index {int(bad[0])} is out of range: the model has {k} classes "
+            f"(0..{k - 1}); pass a class between 0 and {k - 1}"
+        )
     return wanted.expand(n).clone()
 
 

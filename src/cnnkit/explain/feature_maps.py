@@ -28,10 +28,11 @@ def feature_maps(model: nn.Module, image: torch.Tensor, layers: list[str] | None
     acts = rec["activations"]
     missing = [name for name in layers if name not in acts]
     if missing:
-        raise CnnkitError(f"layer(s) {', '.join(missing)} did not run in the forward pass; pick layers "
-                          f"the model uses")
+        raise CnnkitError(f"layer(s) {', '.join(missing)} did not run in the forward pass; pick layers the model uses")
     bad = [f"{n} {tuple(acts[n].shape)}" for n in layers if acts[n].dim() != 4]
     if bad:
-        raise CnnkitError(f"feature maps need layers with (1, C, h, w) outputs, got {', '.join(bad)}; "
-                          f"pick convolution or pooling layers")
+        raise CnnkitError(
+            f"feature maps need layers with (1, C, h, w) outputs, got {', '.join(bad)}; "
+            f"pick convolution or pooling layers"
+        )
     return {name: acts[name][0].detach().cpu() for name in layers}

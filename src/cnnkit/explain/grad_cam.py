@@ -26,8 +26,7 @@ from cnnkit.explain.base import (
 from cnnkit.explain.hooks import default_cam_layer, frozen, recording
 
 
-def grad_cam(model: nn.Module, image: torch.Tensor, target_class: int | None = None,
-             layer: str | None = None):
+def grad_cam(model: nn.Module, image: torch.Tensor, target_class: int | None = None, layer: str | None = None):
     """The Grad-CAM heatmap of ``target_class`` (default: the predicted class) at ``layer``.
 
     Args:
@@ -49,8 +48,8 @@ def grad_cam(model: nn.Module, image: torch.Tensor, target_class: int | None = N
         scores = forward_scores(model, x)  # (N, K)
         classes = target_classes(scores, target_class)
         selected_score(scores, classes).backward()
-    acts = rec["activations"][layer].detach()   # (N, K, h, w)
-    grads = rec["gradients"][layer]             # (N, K, h, w)
+    acts = rec["activations"][layer].detach()  # (N, K, h, w)
+    grads = rec["gradients"][layer]  # (N, K, h, w)
     alpha = grads.mean(dim=(2, 3), keepdim=True)  # (N, K, 1, 1)
     cam = F.relu((alpha * acts).sum(dim=1, keepdim=True))  # (N, 1, h, w)
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)  # (N, 1, H, W)

@@ -45,8 +45,10 @@ def last_conv_layer(model: nn.Module) -> str:
     """The name of the model's last convolution (registration order), Grad-CAM's default layer."""
     convs = [name for name, m in model.named_modules() if name and is_conv(m)]
     if not convs:
-        raise CnnkitError(f"model {type(model).__name__} has no convolutional layer; pass layer=NAME, "
-                          f"one of: {', '.join(layer_names(model)[:12])}")
+        raise CnnkitError(
+            f"model {type(model).__name__} has no convolutional layer; pass layer=NAME, "
+            f"one of: {', '.join(layer_names(model)[:12])}"
+        )
     return convs[-1]
 
 
@@ -55,8 +57,10 @@ def conv_layer(model: nn.Module, name: str) -> nn.Conv2d:
     module = resolve_layer(model, name)
     if not isinstance(module, nn.Conv2d):
         convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-        raise CnnkitError(f"layer {name!r} is a {type(module).__name__}, not a Conv2d; "
-                          f"pick one of: {', '.join(convs[:12]) or '(none)'}")
+        raise CnnkitError(
+            f"layer {name!r} is a {type(module).__name__}, not a Conv2d; "
+            f"pick one of: {', '.join(convs[:12]) or '(none)'}"
+        )
     return module
 
 
@@ -75,6 +79,7 @@ def default_cam_layer(model: nn.Module, x: torch.Tensor) -> str:
         def hook(module, inputs, output):
             if isinstance(output, torch.Tensor):
                 calls.append((name, module, tuple(output.shape)))
+
         return hook
 
     try:
@@ -95,7 +100,7 @@ def default_cam_layer(model: nn.Module, x: torch.Tensor) -> str:
     for call_name, _, _ in calls:
         times_called[call_name] = times_called.get(call_name, 0) + 1
     name, _, shape = calls[last]
-    for follower, _, out_shape in calls[last + 1:]:
+    for follower, _, out_shape in calls[last + 1 :]:
         # stop at a shape change, or at a module used more than once (its record is its last call)
         if out_shape != shape or times_called[follower] > 1:
             break
@@ -139,11 +144,14 @@ def recording(model: nn.Module, names: list[str], grads: bool = False) -> Iterat
     def hook_for(name):
         def forward_hook(module, inputs, output):
             if not isinstance(output, torch.Tensor):
-                raise CnnkitError(f"layer {name!r} returns {type(output).__name__}, not a tensor; pick a "
-                                  f"layer whose output is one image tensor (a convolution, say)")
+                raise CnnkitError(
+                    f"layer {name!r} returns {type(output).__name__}, not a tensor; pick a "
+                    f"layer whose output is one image tensor (a convolution, say)"
+                )
             # a copy: an in-place op after this layer (ReLU(inplace=True)) would overwrite the output
             record["activations"][name] = output.detach().clone()
             if grads and output.requires_grad:
+
                 def save_grad(grad):  # a tensor hook: lives and dies with this output tensor
                     record["gradients"][name] = grad
 

@@ -35,8 +35,15 @@ def default_input_size(model: nn.Module, size=None) -> tuple[int, int, int]:
     return channels, int(h), int(w)
 
 
-def filter_patterns(model: nn.Module, layer: str, channels: list[int] | None = None, size=None,
-                    steps: int = 40, step_size: float = 1.0, seed: int = 0) -> torch.Tensor:
+def filter_patterns(
+    model: nn.Module,
+    layer: str,
+    channels: list[int] | None = None,
+    size=None,
+    steps: int = 40,
+    step_size: float = 1.0,
+    seed: int = 0,
+) -> torch.Tensor:
     """Inputs that maximise the mean activation of each chosen channel of ``layer``.
 
     Args:
@@ -64,8 +71,7 @@ def filter_patterns(model: nn.Module, layer: str, channels: list[int] | None = N
         chans = list(range(min(16, n_out))) if channels is None else [int(k) for k in channels]
         bad = [k for k in chans if not 0 <= k < n_out]
         if bad:
-            raise CnnkitError(f"channel(s) {bad} out of range: layer {layer!r} has {n_out} channels "
-                              f"(0..{n_out - 1})")
+            raise CnnkitError(f"channel(s) {bad} out of range: layer {layer!r} has {n_out} channels (0..{n_out - 1})")
         index = torch.tensor(chans, device=device)
         rows = torch.arange(len(chans), device=device)
 

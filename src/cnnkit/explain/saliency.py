@@ -23,8 +23,7 @@ from cnnkit.explain.hooks import frozen, guided_relus
 METHODS = ("vanilla", "guided")
 
 
-def saliency(model: nn.Module, image: torch.Tensor, target_class: int | None = None,
-             method: str = "vanilla"):
+def saliency(model: nn.Module, image: torch.Tensor, target_class: int | None = None, method: str = "vanilla"):
     """The saliency map of ``target_class`` (default: the predicted class).
 
     Returns:

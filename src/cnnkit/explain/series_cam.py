@@ -49,18 +49,22 @@ def class_activation_map(model: nn.Module, series: torch.Tensor, target_class: i
         raise CnnkitError(f"a series must be a tensor (C, L) or (N, C, L); received: {shape}")
     fc = getattr(model, "fc", None)
     if not hasattr(model, "forward_features") or not isinstance(fc, nn.Linear):
-        raise CnnkitError(f"a class activation map needs a model with forward_features, global average "
-                          f"pooling and a linear layer fc (fcn1d, resnet1d, inception_time); received: "
-                          f"{type(model).__name__}")
+        raise CnnkitError(
+            f"a class activation map needs a model with forward_features, global average "
+            f"pooling and a linear layer fc (fcn1d, resnet1d, inception_time); received: "
+            f"{type(model).__name__}"
+        )
     single = series.dim() == 2
     x = (series[None] if single else series).float().to(model_device(model))
     with frozen(model), torch.no_grad():
-        feats = model.forward_features(x)                        # (N, K, L')
+        feats = model.forward_features(x)  # (N, K, L')
         if feats.dim() != 3 or feats.shape[1] != fc.in_features:
-            raise CnnkitError(f"the model's features have shape {tuple(feats.shape)}; a class activation map "
-                              f"needs (N, {fc.in_features}, L) for its linear layer fc")
-        scores = model.forward_head(feats)                       # (N, classes)
-        classes = target_classes(scores, target_class)           # (N,)
+            raise CnnkitError(
+                f"the model's features have shape {tuple(feats.shape)}; a class activation map "
+                f"needs (N, {fc.in_features}, L) for its linear layer fc"
+            )
+        scores = model.forward_head(feats)  # (N, classes)
+        classes = target_classes(scores, target_class)  # (N,)
         cam = torch.einsum("nk,nkt->nt", fc.weight[classes], feats)  # (N, L')
     if cam.shape[1] != x.shape[2]:
         cam = F.interpolate(cam[:, None], size=x.shape[2], mode="linear", align_corners=False)[:, 0]  # (N, L)

@@ -27,11 +27,11 @@ class Normalised(nn.Module):
 
 @dataclass
 class Explainable:
-    model: nn.Module                 # eval mode; takes float (N, C, H, W) in [0, 1]
-    prefix: str                      # layer names users give are relative to this sub-module ("net.")
-    classes: list[str]               # class names, index -> name
+    model: nn.Module  # eval mode; takes float (N, C, H, W) in [0, 1]
+    prefix: str  # layer names users give are relative to this sub-module ("net.")
+    classes: list[str]  # class names, index -> name
     input_size: tuple[int, int, int]  # (C, H, W) the model was built for
-    dark_background: bool = False    # digit-like data: light-background images are inverted
+    dark_background: bool = False  # digit-like data: light-background images are inverted
 
     @property
     def net(self) -> nn.Module:
@@ -53,8 +53,10 @@ class Explainable:
             if is_out_of_memory(exc):
                 raise out_of_memory(f"running the model on the {x.shape[-2]}x{x.shape[-1]} image{source}") from None
             c, h, w = self.input_size
-            raise CnnkitError(f"the model does not accept a {x.shape[-2]}x{x.shape[-1]} image{source}; it was "
-                              f"built for {h}x{w}: pass --resize (or resize the image)") from None
+            raise CnnkitError(
+                f"the model does not accept a {x.shape[-2]}x{x.shape[-1]} image{source}; it was "
+                f"built for {h}x{w}: pass --resize (or resize the image)"
+            ) from None
 
     def user_name(self, name: str) -> str:
-        return name[len(self.prefix):] if self.prefix and name.startswith(self.prefix) else name
+        return name[len(self.prefix) :] if self.prefix and name.startswith(self.prefix) else name

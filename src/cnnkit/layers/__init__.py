@@ -19,12 +19,12 @@ from cnnkit.layers.act import activation_names, get_activation
 from cnnkit.layers.aspp import ASPP, AtrousConv2d, ImagePooling, aspp_rates
 from cnnkit.layers.conv_bn_act import ConvNormAct
 from cnnkit.layers.conv_same import (
-                        Conv1dSame,
-                        Conv2dSame,
-                        Conv3dSame,
-                        ConvTranspose2dSame,
-                        conv_transpose_same_args,
-                        resolve_padding,
+    Conv1dSame,
+    Conv2dSame,
+    Conv3dSame,
+    ConvTranspose2dSame,
+    conv_transpose_same_args,
+    resolve_padding,
 )
 from cnnkit.layers.divisible import make_divisible
 from cnnkit.layers.dropout import Dropout
@@ -32,31 +32,59 @@ from cnnkit.layers.keras import Conv2D, Dense, Reshape
 from cnnkit.layers.lrn import LocalResponseNorm
 from cnnkit.layers.padding import pad_for, same_pad
 from cnnkit.layers.pool_same import (
-                        AvgPool1dSame,
-                        AvgPool2dSame,
-                        AvgPool3dSame,
-                        MaxPool1dSame,
-                        MaxPool2dSame,
-                        MaxPool3dSame,
+    AvgPool1dSame,
+    AvgPool2dSame,
+    AvgPool3dSame,
+    MaxPool1dSame,
+    MaxPool2dSame,
+    MaxPool3dSame,
 )
 from cnnkit.layers.se import SqueezeExcite
 from cnnkit.layers.separable import DepthwiseConv2d, SeparableConv2d
 from cnnkit.layers.upsample import (
-                        BilinearConvTranspose2d,
-                        Upsample,
-                        bilinear_kernel,
-                        check_mode,
-                        init_bilinear_,
-                        resize,
+    BilinearConvTranspose2d,
+    Upsample,
+    bilinear_kernel,
+    check_mode,
+    init_bilinear_,
+    resize,
 )
 
 __all__ = [
-    "same_pad", "pad_for", "resolve_padding",
-    "Conv1dSame", "Conv2dSame", "Conv3dSame", "ConvTranspose2dSame", "conv_transpose_same_args",
-    "MaxPool1dSame", "MaxPool2dSame", "MaxPool3dSame", "AvgPool1dSame", "AvgPool2dSame", "AvgPool3dSame",
-    "DepthwiseConv2d", "SeparableConv2d", "LocalResponseNorm", "SqueezeExcite",
-    "get_activation", "activation_names", "ConvNormAct", "make_divisible",
-    "Conv2D", "Dense", "Reshape", "Dropout",
-    "BilinearConvTranspose2d", "Upsample", "bilinear_kernel", "init_bilinear_", "check_mode", "resize",
-    "ASPP", "AtrousConv2d", "ImagePooling", "aspp_rates",
+    "same_pad",
+    "pad_for",
+    "resolve_padding",
+    "Conv1dSame",
+    "Conv2dSame",
+    "Conv3dSame",
+    "ConvTranspose2dSame",
+    "conv_transpose_same_args",
+    "MaxPool1dSame",
+    "MaxPool2dSame",
+    "MaxPool3dSame",
+    "AvgPool1dSame",
+    "AvgPool2dSame",
+    "AvgPool3dSame",
+    "DepthwiseConv2d",
+    "SeparableConv2d",
+    "LocalResponseNorm",
+    "SqueezeExcite",
+    "get_activation",
+    "activation_names",
+    "ConvNormAct",
+    "make_divisible",
+    "Conv2D",
+    "Dense",
+    "Reshape",
+    "Dropout",
+    "BilinearConvTranspose2d",
+    "Upsample",
+    "bilinear_kernel",
+    "init_bilinear_",
+    "check_mode",
+    "resize",
+    "ASPP",
+    "AtrousConv2d",
+    "ImagePooling",
+    "aspp_rates",
 ]

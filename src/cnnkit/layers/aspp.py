@@ -53,20 +53,22 @@ class ASPP(nn.Module):
     Shape: (B, C_in, H, W) -> (B, out_channels, H, W).
     """
 
-    def __init__(self, in_channels: int, out_channels: int = 256, rates: Sequence[int] = (6, 12, 18),
-                 dropout: float = 0.1):
+    def __init__(
+        self, in_channels: int, out_channels: int = 256, rates: Sequence[int] = (6, 12, 18), dropout: float = 0.1
+    ):
         super().__init__()
         self.branches = nn.ModuleList(
             [ConvNormAct(in_channels, out_channels, 1)]
             + [AtrousConv2d(in_channels, out_channels, r) for r in rates]
-            + [ImagePooling(in_channels, out_channels)])
+            + [ImagePooling(in_channels, out_channels)]
+        )
         self.project = ConvNormAct(out_channels * len(self.branches), out_channels, 1)
         self.dropout = nn.Dropout(dropout)
         self.rates = tuple(rates)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.cat([b(x) for b in self.branches], 1)  # (B, 5 * C', H, W)
-        return self.dropout(self.project(y))              # (B, C', H, W)
+        return self.dropout(self.project(y))  # (B, C', H, W)
 
 
 def aspp_rates(output_stride: int) -> tuple[int, int, int]:

@@ -20,13 +20,30 @@ class ConvNormAct(nn.Sequential):
     Shape: (B, C_in, H, W) -> (B, C_out, ceil(H / stride), ceil(W / stride)) for odd kernels.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
-                 groups: int = 1, dilation: int = 1,
-                 norm_layer: Callable[[int], nn.Module] | None = nn.BatchNorm2d,
-                 act_layer: Callable[..., nn.Module] | None = nn.ReLU):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        dilation: int = 1,
+        norm_layer: Callable[[int], nn.Module] | None = nn.BatchNorm2d,
+        act_layer: Callable[..., nn.Module] | None = nn.ReLU,
+    ):
         padding = (kernel_size - 1) // 2 * dilation
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding,
-                                             dilation=dilation, groups=groups, bias=norm_layer is None)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride,
+                padding,
+                dilation=dilation,
+                groups=groups,
+                bias=norm_layer is None,
+            )
+        ]
         if norm_layer is not None:
             layers.append(norm_layer(out_channels))
         if act_layer is not None:
@@ -36,5 +53,12 @@ class ConvNormAct(nn.Sequential):
 
 
 def _takes_inplace(act_layer) -> bool:
-    return isinstance(act_layer, type) and act_layer in (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid,
-                                                         nn.SiLU, nn.ELU, nn.LeakyReLU)
+    return isinstance(act_layer, type) and act_layer in (
+        nn.ReLU,
+        nn.ReLU6,
+        nn.Hardswish,
+        nn.Hardsigmoid,
+        nn.SiLU,
+        nn.ELU,
+        nn.LeakyReLU,
+    )

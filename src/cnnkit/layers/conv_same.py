@@ -55,18 +55,35 @@ def _init_same(conv, base, n, in_channels, out_channels, kernel_size, stride, di
     if mode not in ("same", "caffe"):
         raise CnnkitError(f"{type(conv).__name__} pads 'same' or 'caffe'. Received: mode={mode!r}")
     fixed, pad_mode = resolve_padding(mode, kernel_size, stride, dilation, n)
-    base.__init__(conv, in_channels, out_channels, kernel_size, stride=stride, padding=fixed,
-                  dilation=dilation, groups=groups, bias=bias)
+    base.__init__(
+        conv,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=stride,
+        padding=fixed,
+        dilation=dilation,
+        groups=groups,
+        bias=bias,
+    )
     conv.pad_mode = pad_mode
 
 
 class Conv1dSame(_DynamicPad, nn.Conv1d):
     """``nn.Conv1d`` with TF "same" padding: ``L_out = ceil(L / stride)``."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, dilation=1,
-                 groups: int = 1, bias: bool = True, mode: str = "same"):
-        _init_same(self, nn.Conv1d, 1, in_channels, out_channels, kernel_size, stride, dilation, groups,
-                   bias, mode)
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        dilation=1,
+        groups: int = 1,
+        bias: bool = True,
+        mode: str = "same",
+    ):
+        _init_same(self, nn.Conv1d, 1, in_channels, out_channels, kernel_size, stride, dilation, groups, bias, mode)
 
 
 class Conv2dSame(_DynamicPad, nn.Conv2d):
@@ -76,19 +93,35 @@ class Conv2dSame(_DynamicPad, nn.Conv2d):
     torch.Size([1, 8, 100, 150])
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, dilation=1,
-                 groups: int = 1, bias: bool = True, mode: str = "same"):
-        _init_same(self, nn.Conv2d, 2, in_channels, out_channels, kernel_size, stride, dilation, groups,
-                   bias, mode)
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        dilation=1,
+        groups: int = 1,
+        bias: bool = True,
+        mode: str = "same",
+    ):
+        _init_same(self, nn.Conv2d, 2, in_channels, out_channels, kernel_size, stride, dilation, groups, bias, mode)
 
 
 class Conv3dSame(_DynamicPad, nn.Conv3d):
     """``nn.Conv3d`` with TF "same" padding: each of (D, H, W) becomes ``ceil(size / stride)``."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, dilation=1,
-                 groups: int = 1, bias: bool = True, mode: str = "same"):
-        _init_same(self, nn.Conv3d, 3, in_channels, out_channels, kernel_size, stride, dilation, groups,
-                   bias, mode)
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        dilation=1,
+        groups: int = 1,
+        bias: bool = True,
+        mode: str = "same",
+    ):
+        _init_same(self, nn.Conv3d, 3, in_channels, out_channels, kernel_size, stride, dilation, groups, bias, mode)
 
 
 def conv_transpose_same_args(kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
@@ -113,8 +146,9 @@ class ConvTranspose2dSame(nn.ConvTranspose2d):
     State dict ``weight`` (in, out // groups, kH, kW) and ``bias``, as ``nn.ConvTranspose2d``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, dilation=1,
-                 groups: int = 1, bias: bool = True):
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size, stride=1, dilation=1, groups: int = 1, bias: bool = True
+    ):
         ks, ss, ds = _ntuple(kernel_size, 2), _ntuple(stride, 2), _ntuple(dilation, 2)
         totals = [d * (k - 1) + 1 - s for k, s, d in zip(ks, ss, ds)]
         # total <= 0: zeros (plus bias) appended at the end = output_padding; total > 0: crop total // 2
@@ -122,8 +156,17 @@ class ConvTranspose2dSame(nn.ConvTranspose2d):
         padding = tuple(max(t, 0) // 2 for t in totals)
         output_padding = tuple(-t if t < 0 else 0 for t in totals)
         self.crop_end = tuple(t % 2 if t > 0 else 0 for t in totals)
-        super().__init__(in_channels, out_channels, ks, stride=ss, padding=padding,
-                         output_padding=output_padding, groups=groups, bias=bias, dilation=ds)
+        super().__init__(
+            in_channels,
+            out_channels,
+            ks,
+            stride=ss,
+            padding=padding,
+            output_padding=output_padding,
+            groups=groups,
+            bias=bias,
+            dilation=ds,
+        )
 
     def forward(self, x: torch.Tensor, output_size=None) -> torch.Tensor:
         y = super().forward(x)  # (B, C, H*s + crop_h, W*s + crop_w)

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 
-def make_divisible(value: float, divisor: int = 8, min_value: int | None = None,
-                   round_limit: float = 0.9) -> int:
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9) -> int:
     """The multiple of ``divisor`` nearest to ``value``, at least ``min_value`` (default ``divisor``).
 
     If rounding down lost more than ``1 - round_limit`` of ``value``, one ``divisor`` is added

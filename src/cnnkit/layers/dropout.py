@@ -19,7 +19,7 @@ import torch.nn.functional as F
 def keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
     """Bool tensor of ``shape``, each element True with probability 1 - p (to within 2**-17)."""
     n = shape.numel()
-    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-2 ** 63, None)
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None)
     return bits.view(torch.int16)[:n].view(shape) >= -32768 + round(p * 65536)
 
 

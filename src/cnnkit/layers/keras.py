@@ -22,11 +22,21 @@ class Conv2D(_DynamicPad, nn.Conv2d):
     Shape: "valid": H -> (H - k) // s + 1; "same": H -> ceil(H / s).
     """
 
-    def __init__(self, in_channels: int, filters: int, kernel_size, strides=1, padding: str | int = "valid",
-                 activation: str | None = None, dilation_rate=1, use_bias: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        filters: int,
+        kernel_size,
+        strides=1,
+        padding: str | int = "valid",
+        activation: str | None = None,
+        dilation_rate=1,
+        use_bias: bool = True,
+    ):
         fixed, pad_mode = resolve_padding(padding, kernel_size, strides, dilation_rate, 2)
-        super().__init__(in_channels, filters, kernel_size, stride=strides, padding=fixed,
-                         dilation=dilation_rate, bias=use_bias)
+        super().__init__(
+            in_channels, filters, kernel_size, stride=strides, padding=fixed, dilation=dilation_rate, bias=use_bias
+        )
         self.pad_mode = pad_mode
         self.activation = get_activation(activation)
         _glorot(self)
@@ -64,12 +74,13 @@ class Reshape(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x.reshape(x.shape[0], *self.target_shape)
         if self.channels_last and y.dim() >= 3:
-            y = y.movedim(-1, 1)                     # (B, *spatial, C) -> (B, C, *spatial)
+            y = y.movedim(-1, 1)  # (B, *spatial, C) -> (B, C, *spatial)
         return y
 
     def extra_repr(self) -> str:
-        return f"target_shape={self.target_shape}" + (" (channels last, output channels first)"
-                                                       if self.channels_last else "")
+        return f"target_shape={self.target_shape}" + (
+            " (channels last, output channels first)" if self.channels_last else ""
+        )
 
 
 def _glorot(layer: nn.Module) -> None:

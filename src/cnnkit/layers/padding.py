@@ -22,13 +22,10 @@ PAD_MODES = ("same", "caffe", "valid")
 
 def _check_mode(mode: str) -> None:
     if mode not in PAD_MODES:
-        raise CnnkitError(
-            f"unknown padding mode {mode!r}; use one of {', '.join(PAD_MODES)}. Received: mode={mode!r}"
-        )
+        raise CnnkitError(f"unknown padding mode {mode!r}; use one of {', '.join(PAD_MODES)}. Received: mode={mode!r}")
 
 
-def same_pad(size: int, kernel: int, stride: int = 1, dilation: int = 1,
-             mode: str = "same") -> tuple[int, int]:
+def same_pad(size: int, kernel: int, stride: int = 1, dilation: int = 1, mode: str = "same") -> tuple[int, int]:
     """Padding ``(before, after)`` of one dimension so that ``output = ceil(size / stride)``.
 
     ``total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)``;
@@ -52,8 +49,7 @@ def _ntuple(value, n: int) -> tuple[int, ...]:
     return (int(value),) * n
 
 
-def pad_for(x_spatial_sizes: Sequence[int], kernel, stride=1, dilation=1,
-            mode: str = "same") -> list[int]:
+def pad_for(x_spatial_sizes: Sequence[int], kernel, stride=1, dilation=1, mode: str = "same") -> list[int]:
     """The ``pad`` list for :func:`torch.nn.functional.pad`: last dimension first.
 
     For a 2-D input of height H and width W: ``[left, right, top, bottom]``.

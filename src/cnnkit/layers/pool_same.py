@@ -25,7 +25,7 @@ class _PoolSame(nn.Module):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding=same"
 
     def _pad(self, x: torch.Tensor) -> list[int]:
-        return pad_for(x.shape[-self.n:], self.kernel_size, self.stride, 1, "same")
+        return pad_for(x.shape[-self.n :], self.kernel_size, self.stride, 1, "same")
 
 
 class _MaxPoolSame(_PoolSame):
@@ -41,7 +41,7 @@ class _AvgPoolSame(_PoolSame):
             return _AVG[self.n](x, self.kernel_size, self.stride)
         pool = _AVG[self.n]
         mean = pool(F.pad(x, pad), self.kernel_size, self.stride)  # sum / window size
-        ones = torch.ones((1, 1, *x.shape[-self.n:]), dtype=x.dtype, device=x.device)
+        ones = torch.ones((1, 1, *x.shape[-self.n :]), dtype=x.dtype, device=x.device)
         frac = pool(F.pad(ones, pad), self.kernel_size, self.stride)  # real cells / window size
         return mean / frac  # sum / real cells
 
@@ -52,29 +52,35 @@ _AVG = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 
 class MaxPool1dSame(_MaxPoolSame):
     """Keras ``MaxPooling1D(padding="same")``: ``L -> ceil(L / stride)``; stride defaults to the kernel."""
+
     n = 1
 
 
 class MaxPool2dSame(_MaxPoolSame):
     """Keras ``MaxPooling2D(padding="same")``: ``(H, W) -> (ceil(H / s), ceil(W / s))``."""
+
     n = 2
 
 
 class MaxPool3dSame(_MaxPoolSame):
     """Keras ``MaxPooling3D(padding="same")``."""
+
     n = 3
 
 
 class AvgPool1dSame(_AvgPoolSame):
     """Keras ``AveragePooling1D(padding="same")``: padded cells are not counted."""
+
     n = 1
 
 
 class AvgPool2dSame(_AvgPoolSame):
     """Keras ``AveragePooling2D(padding="same")``: padded cells are not counted."""
+
     n = 2
 
 
 class AvgPool3dSame(_AvgPoolSame):
     """Keras ``AveragePooling3D(padding="same")``: padded cells are not counted."""
+
     n = 3

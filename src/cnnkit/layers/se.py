@@ -24,8 +24,14 @@ class SqueezeExcite(nn.Module):
     Shape: (B, C, H, W) -> (B, C, H, W).
     """
 
-    def __init__(self, channels: int, rd_channels: int | None = None, reduction: int = 16,
-                 act: type[nn.Module] = nn.ReLU, gate: type[nn.Module] = nn.Sigmoid):
+    def __init__(
+        self,
+        channels: int,
+        rd_channels: int | None = None,
+        reduction: int = 16,
+        act: type[nn.Module] = nn.ReLU,
+        gate: type[nn.Module] = nn.Sigmoid,
+    ):
         super().__init__()
         rd_channels = rd_channels or max(1, channels // reduction)
         self.fc1 = nn.Conv2d(channels, rd_channels, 1)
@@ -34,6 +40,6 @@ class SqueezeExcite(nn.Module):
         self.gate = gate()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = x.mean((2, 3), keepdim=True)           # (B, C, H, W) -> (B, C, 1, 1)
-        s = self.fc2(self.act(self.fc1(s)))         # (B, C, 1, 1) -> (B, rd, 1, 1) -> (B, C, 1, 1)
+        s = x.mean((2, 3), keepdim=True)  # (B, C, H, W) -> (B, C, 1, 1)
+        s = self.fc2(self.act(self.fc1(s)))  # (B, C, 1, 1) -> (B, rd, 1, 1) -> (B, C, 1, 1)
         return x * self.gate(s)

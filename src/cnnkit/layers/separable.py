@@ -25,11 +25,27 @@ class DepthwiseConv2d(_DynamicPad, nn.Conv2d):
     Shape: (B, C, H, W) -> (B, C * depth_multiplier, H', W').
     """
 
-    def __init__(self, in_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 depth_multiplier: int = 1, bias: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        depth_multiplier: int = 1,
+        bias: bool = True,
+    ):
         fixed, pad_mode = resolve_padding(padding, kernel_size, stride, dilation, 2)
-        super().__init__(in_channels, in_channels * depth_multiplier, kernel_size, stride=stride,
-                         padding=fixed, dilation=dilation, groups=in_channels, bias=bias)
+        super().__init__(
+            in_channels,
+            in_channels * depth_multiplier,
+            kernel_size,
+            stride=stride,
+            padding=fixed,
+            dilation=dilation,
+            groups=in_channels,
+            bias=bias,
+        )
         self.pad_mode = pad_mode
 
 
@@ -39,11 +55,21 @@ class SeparableConv2d(nn.Module):
     Shape: (B, C_in, H, W) -> (B, C_out, H', W').
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                 dilation=1, depth_multiplier: int = 1, bias: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        depth_multiplier: int = 1,
+        bias: bool = True,
+    ):
         super().__init__()
-        self.depthwise = DepthwiseConv2d(in_channels, kernel_size, stride, padding, dilation,
-                                         depth_multiplier, bias=False)
+        self.depthwise = DepthwiseConv2d(
+            in_channels, kernel_size, stride, padding, dilation, depth_multiplier, bias=False
+        )
         self.pointwise = nn.Conv2d(in_channels * depth_multiplier, out_channels, 1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -32,8 +32,8 @@ def bilinear_kernel(factor: int) -> torch.Tensor:
         raise CnnkitError(f"an upsampling factor is an integer >= 1. Received: factor={factor!r}")
     k = 2 * factor - factor % 2
     centre = factor - 1 if k % 2 else factor - 0.5
-    w = 1 - (torch.arange(k, dtype=torch.float64) - centre).abs() / factor   # (k,)
-    return (w[:, None] * w[None, :]).float()                                  # (k, k)
+    w = 1 - (torch.arange(k, dtype=torch.float64) - centre).abs() / factor  # (k,)
+    return (w[:, None] * w[None, :]).float()  # (k, k)
 
 
 class BilinearConvTranspose2d(nn.ConvTranspose2d):
@@ -66,13 +66,15 @@ def init_bilinear_(conv: nn.ConvTranspose2d) -> nn.ConvTranspose2d:
     """
     (s, s2), k, c_in = conv.stride, conv.kernel_size, conv.in_channels
     if s != s2 or k != (2 * s - s % 2,) * 2 or c_in != conv.out_channels or conv.groups != 1:
-        raise CnnkitError(f"a bilinear initialisation needs equal strides, kernel_size = 2 * strides - strides % 2 "
-                          f"({2 * s - s % 2} for strides {s}) and filters = input channels ({c_in}). "
-                          f"Received: kernel_size={k}, strides={conv.stride}, filters={conv.out_channels}")
+        raise CnnkitError(
+            f"a bilinear initialisation needs equal strides, kernel_size = 2 * strides - strides % 2 "
+            f"({2 * s - s % 2} for strides {s}) and filters = input channels ({c_in}). "
+            f"Received: kernel_size={k}, strides={conv.stride}, filters={conv.out_channels}"
+        )
     with torch.no_grad():
         conv.weight.zero_()
         idx = torch.arange(c_in)
-        conv.weight[idx, idx] = bilinear_kernel(s).to(conv.weight.dtype)   # weight: (C_in, C_out, k, k)
+        conv.weight[idx, idx] = bilinear_kernel(s).to(conv.weight.dtype)  # weight: (C_in, C_out, k, k)
         if conv.bias is not None:
             conv.bias.zero_()
     return conv

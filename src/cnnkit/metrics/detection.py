@@ -30,12 +30,13 @@ def _np(x, shape_tail=()) -> np.ndarray:
 
 def _check(predictions: Sequence[dict], targets: Sequence[dict]) -> None:
     if len(predictions) != len(targets):
-        raise CnnkitError(f"predictions and targets must have one entry per image; received "
-                          f"{len(predictions)} predictions and {len(targets)} targets")
+        raise CnnkitError(
+            f"predictions and targets must have one entry per image; received "
+            f"{len(predictions)} predictions and {len(targets)} targets"
+        )
 
 
-def coco_evaluate(predictions: Sequence[dict], targets: Sequence[dict],
-                  classes: Sequence[str] | None = None) -> dict:
+def coco_evaluate(predictions: Sequence[dict], targets: Sequence[dict], classes: Sequence[str] | None = None) -> dict:
     """COCO bbox metrics by pycocotools' COCOeval: {"AP", "AP50", "AP75", "AR100", "per_class_AP", "images"}.
 
     A value COCO cannot define (no ground truth at all, or for that class) is -1, as in pycocotools.
@@ -46,9 +47,16 @@ def coco_evaluate(predictions: Sequence[dict], targets: Sequence[dict],
         import pycocotools.cocoeval  # noqa: F401 -- the evaluator coco_summary runs
     except ImportError as exc:  # pragma: no cover - the detect extra installs it
         raise CnnkitError("COCO metrics need pycocotools: pip install 'cnnkit[detect]'") from exc
-    n_classes = len(classes) if classes is not None else 1 + max(
-        [int(_np(t["labels"]).max()) for t in targets if len(_np(t["labels"]))] +
-        [int(_np(p["labels"]).max()) for p in predictions if len(_np(p["labels"]))] + [0])
+    n_classes = (
+        len(classes)
+        if classes is not None
+        else 1
+        + max(
+            [int(_np(t["labels"]).max()) for t in targets if len(_np(t["labels"]))]
+            + [int(_np(p["labels"]).max()) for p in predictions if len(_np(p["labels"]))]
+            + [0]
+        )
+    )
     names = list(classes) if classes is not None else [str(c) for c in range(n_classes)]
     images = [{"id": i + 1} for i in range(len(targets))]
     categories = [{"id": c + 1, "name": names[c]} for c in range(n_classes)]
@@ -60,8 +68,14 @@ def coco_evaluate(predictions: Sequence[dict], targets: Sequence[dict],
             scores = _np(e["scores"]).astype(float) if with_scores else None
             for j, (b, c) in enumerate(zip(boxes, labels)):
                 w, h = b[2] - b[0], b[3] - b[1]
-                a = {"id": len(out) + 1, "image_id": i + 1, "category_id": int(c) + 1,
-                     "bbox": [b[0], b[1], w, h], "area": w * h, "iscrowd": 0}
+                a = {
+                    "id": len(out) + 1,
+                    "image_id": i + 1,
+                    "category_id": int(c) + 1,
+                    "bbox": [b[0], b[1], w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
                 if with_scores:
                     a["score"] = scores[j]
                 out.append(a)
@@ -70,8 +84,7 @@ def coco_evaluate(predictions: Sequence[dict], targets: Sequence[dict],
     return coco_summary(images, categories, anns(targets, False), anns(predictions, True), "bbox")
 
 
-def coco_summary(images: list[dict], categories: list[dict], gt: list[dict], dt: list[dict],
-                 iou_type: str) -> dict:
+def coco_summary(images: list[dict], categories: list[dict], gt: list[dict], dt: list[dict], iou_type: str) -> dict:
     """pycocotools' COCOeval (``iou_type`` "bbox" or "segm") on in-memory COCO lists:
     {"AP", "AP50", "AP75", "AR100", "per_class_AP" (category name -> AP@[.50:.95]), "images"}."""
     from pycocotools.coco import COCO
@@ -85,31 +98,38 @@ def coco_summary(images: list[dict], categories: list[dict], gt: list[dict], dt:
         return c
 
     ev = COCOeval(coco(gt), coco(dt), iouType=iou_type)
-    with contextlib.redirect_stdout(io.StringIO()):           # pycocotools prints its progress
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
     stats = [float(s) for s in ev.stats]
-    precision = ev.eval["precision"]                          # (T iou, R recall, K class, A area, M maxDets)
+    precision = ev.eval["precision"]  # (T iou, R recall, K class, A area, M maxDets)
     per_class = {}
     for k, cat in enumerate(categories):
         p = precision[:, :, k, 0, -1]
         per_class[cat["name"]] = float(p[p > -1].mean()) if (p > -1).any() else -1.0
-    return {"AP": stats[0], "AP50": stats[1], "AP75": stats[2], "AR100": stats[8],
-            "per_class_AP": per_class, "images": len(images)}
+    return {
+        "AP": stats[0],
+        "AP50": stats[1],
+        "AP75": stats[2],
+        "AR100": stats[8],
+        "per_class_AP": per_class,
+        "images": len(images),
+    }
 
 
 def voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
     """Area under the precision envelope (all-point interpolation, VOC 2010+)."""
     mrec = np.concatenate([[0.0], recall, [1.0]])
     mpre = np.concatenate([[0.0], precision, [0.0]])
-    mpre = np.maximum.accumulate(mpre[::-1])[::-1]            # precision envelope: max to the right
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]  # precision envelope: max to the right
     steps = np.nonzero(mrec[1:] != mrec[:-1])[0]
     return float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]))
 
 
-def voc_evaluate(predictions: Sequence[dict], targets: Sequence[dict], num_classes: int,
-                 iou_threshold: float = 0.5) -> dict:
+def voc_evaluate(
+    predictions: Sequence[dict], targets: Sequence[dict], num_classes: int, iou_threshold: float = 0.5
+) -> dict:
     """VOC AP@0.5: {"mAP": mean over classes that have ground truth, "per_class_AP": [...]}
 
     Matching follows the VOC devkit: detections of a class in descending score; each is matched to

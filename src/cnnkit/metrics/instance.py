@@ -31,8 +31,7 @@ def encode_masks(masks) -> list[dict]:
     return coco_mask.encode(np.asfortranarray(m.transpose(1, 2, 0).astype(np.uint8)))
 
 
-def mask_evaluate(predictions: Sequence[dict], targets: Sequence[dict],
-                  classes: Sequence[str] | None = None) -> dict:
+def mask_evaluate(predictions: Sequence[dict], targets: Sequence[dict], classes: Sequence[str] | None = None) -> dict:
     """COCO segm metrics by COCOeval: {"AP", "AP50", "AP75", "AR100", "per_class_AP", "images"}.
 
     A value COCO cannot define (no ground truth at all, or for that class) is -1, as in pycocotools.
@@ -59,12 +58,21 @@ def mask_evaluate(predictions: Sequence[dict], targets: Sequence[dict],
             if len(rles) != len(ls):
                 raise CnnkitError(f"image {i}: {len(rles)} masks but {len(ls)} labels; give one label per mask")
             if rles and tuple(rles[0]["size"]) != (images[i]["height"], images[i]["width"]):
-                raise CnnkitError(f"image {i}: masks are {rles[0]['size'][1]}x{rles[0]['size'][0]} px but the "
-                                  f"ground truth is {images[i]['width']}x{images[i]['height']}; paste masks at the image's size")
+                raise CnnkitError(
+                    f"image {i}: masks are {rles[0]['size'][1]}x{rles[0]['size'][0]} px but the "
+                    f"ground truth is {images[i]['width']}x{images[i]['height']}; paste masks at the image's size"
+                )
             scores = _np(e["scores"]).astype(float) if with_scores else None
             for j, (rle, c) in enumerate(zip(rles, ls)):
-                a = {"id": len(out) + 1, "image_id": i + 1, "category_id": int(c) + 1, "segmentation": rle,
-                     "area": float(coco_mask.area(rle)), "bbox": coco_mask.toBbox(rle).tolist(), "iscrowd": 0}
+                a = {
+                    "id": len(out) + 1,
+                    "image_id": i + 1,
+                    "category_id": int(c) + 1,
+                    "segmentation": rle,
+                    "area": float(coco_mask.area(rle)),
+                    "bbox": coco_mask.toBbox(rle).tolist(),
+                    "iscrowd": 0,
+                }
                 if with_scores:
                     a["score"] = scores[j]
                 out.append(a)

@@ -27,12 +27,15 @@ def _check_labels(labels: torch.Tensor, num_classes: int, ignore_index: int | No
     valid = labels if ignore_index is None else labels[labels != ignore_index]
     if valid.numel() and (valid.min() < 0 or valid.max() >= num_classes):
         bad = int(valid.max() if valid.max() >= num_classes else valid.min())
-        raise CnnkitError(f"{what} holds label {bad}, outside the {num_classes} classes 0..{num_classes - 1}"
-                          + (f" (and the ignore index {ignore_index})" if ignore_index is not None else ""))
+        raise CnnkitError(
+            f"{what} holds label {bad}, outside the {num_classes} classes 0..{num_classes - 1}"
+            + (f" (and the ignore index {ignore_index})" if ignore_index is not None else "")
+        )
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
-                     ignore_index: int | None = IGNORE_INDEX) -> torch.Tensor:
+def confusion_matrix(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int | None = IGNORE_INDEX
+) -> torch.Tensor:
     """(N, N) int64 counts, row = true class, column = predicted class, over pixels not ignored.
 
     ``pred`` and ``target`` are integer label maps of the same shape, e.g. (B, H, W).
@@ -45,7 +48,7 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
         pred, target = pred[keep], target[keep]
     _check_labels(target, num_classes, None, "the target")
     _check_labels(pred, num_classes, None, "the prediction")
-    return torch.bincount(target * num_classes + pred, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+    return torch.bincount(target * num_classes + pred, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
 def iou_per_class(cm: torch.Tensor) -> torch.Tensor:
@@ -79,13 +82,14 @@ def boundary_band(mask: torch.Tensor, d: int) -> torch.Tensor:
         raise CnnkitError(f"the boundary width d is at least 1 pixel. Received: d={d!r}")
     shape = mask.shape
     x = mask.reshape(-1, 1, *shape[-2:]).float()
-    background = F.pad(1 - x, (d, d, d, d), value=1.0)                 # (M, 1, H + 2d, W + 2d)
-    near_background = F.max_pool2d(background, 2 * d + 1, stride=1)   # (M, 1, H, W)
+    background = F.pad(1 - x, (d, d, d, d), value=1.0)  # (M, 1, H + 2d, W + 2d)
+    near_background = F.max_pool2d(background, 2 * d + 1, stride=1)  # (M, 1, H, W)
     return (mask.reshape(x.shape) & (near_background > 0)).reshape(shape)
 
 
-def boundary_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int, d: int,
-                    ignore_index: int | None = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
+def boundary_counts(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, d: int, ignore_index: int | None = IGNORE_INDEX
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per class: |G_d n P_d| and |G_d u P_d|, with G_d (P_d) the boundary band of the class's target
     (predicted) mask, summed over the batch. ``pred``, ``target``: (B, H, W) or (H, W) label maps."""
     if pred.shape != target.shape:
@@ -96,7 +100,7 @@ def boundary_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int, 
     keep = (target != ignore_index) if ignore_index is not None else torch.ones_like(target, dtype=torch.bool)
     inter = torch.zeros(num_classes, dtype=torch.long)
     union = torch.zeros(num_classes, dtype=torch.long)
-    for c in range(num_classes):                      # one class at a time: (B, H, W) bool maps only
+    for c in range(num_classes):  # one class at a time: (B, H, W) bool maps only
         g = boundary_band(target == c, d) & keep
         p = boundary_band(pred == c, d) & keep
         inter[c] = (g & p).sum()
@@ -104,8 +108,9 @@ def boundary_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int, 
     return inter, union
 
 
-def boundary_iou(pred: torch.Tensor, target: torch.Tensor, num_classes: int, d: int = 3,
-                 ignore_index: int | None = IGNORE_INDEX) -> torch.Tensor:
+def boundary_iou(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, d: int = 3, ignore_index: int | None = IGNORE_INDEX
+) -> torch.Tensor:
     """Per-class boundary IoU (Cheng et al. 2021) of label maps; NaN for a class in neither."""
     inter, union = boundary_counts(pred, target, num_classes, d, ignore_index)
     return _ratio(inter, union)
@@ -126,8 +131,13 @@ class SegmentationMeter:
         class_names: names for the per-class dict entries (default "0".."N-1").
     """
 
-    def __init__(self, num_classes: int, ignore_index: int | None = IGNORE_INDEX, boundary_d: int = 3,
-                 class_names: list[str] | None = None):
+    def __init__(
+        self,
+        num_classes: int,
+        ignore_index: int | None = IGNORE_INDEX,
+        boundary_d: int = 3,
+        class_names: list[str] | None = None,
+    ):
         self.num_classes, self.ignore_index, self.boundary_d = num_classes, ignore_index, boundary_d
         self.class_names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
         self.cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
@@ -147,9 +157,13 @@ class SegmentationMeter:
         """``{"mIoU", "pixel_accuracy", "iou": [per class], "iou_by_class": {name: IoU},
         "boundary_iou" (mean), "boundary_iou_per_class", "confusion": N x N lists}``; NaN as None."""
         iou = iou_per_class(self.cm)
-        out = {"mIoU": mean_iou(self.cm), "pixel_accuracy": pixel_accuracy(self.cm),
-               "iou": _floats(iou), "iou_by_class": dict(zip(self.class_names, _floats(iou))),
-               "confusion": self.cm.tolist()}
+        out = {
+            "mIoU": mean_iou(self.cm),
+            "pixel_accuracy": pixel_accuracy(self.cm),
+            "iou": _floats(iou),
+            "iou_by_class": dict(zip(self.class_names, _floats(iou))),
+            "confusion": self.cm.tolist(),
+        }
         if self.boundary_d:
             biou = _ratio(self.b_inter, self.b_union)
             out["boundary_iou"] = float(biou.nanmean()) if (~biou.isnan()).any() else math.nan

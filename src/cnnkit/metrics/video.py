@@ -25,8 +25,8 @@ import torch.nn.functional as F
 
 from cnnkit.errors import CnnkitError
 
-SSIM_WINDOW = 11     # side of the Gaussian window, pixels
-SSIM_SIGMA = 1.5     # its standard deviation, pixels
+SSIM_WINDOW = 11  # side of the Gaussian window, pixels
+SSIM_SIGMA = 1.5  # its standard deviation, pixels
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 
 
@@ -34,8 +34,9 @@ def _check(pred: torch.Tensor, target: torch.Tensor) -> None:
     if pred.shape != target.shape:
         raise CnnkitError(f"prediction shape {tuple(pred.shape)} differs from target shape {tuple(target.shape)}")
     if pred.dim() not in (4, 5):
-        raise CnnkitError(f"video metrics take (B, T, H, W) or (B, T, C, H, W) clips; received shape "
-                          f"{tuple(pred.shape)}")
+        raise CnnkitError(
+            f"video metrics take (B, T, H, W) or (B, T, C, H, W) clips; received shape {tuple(pred.shape)}"
+        )
 
 
 def frame_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -53,7 +54,7 @@ def frame_mae(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> torch.Tensor:
     """The normalised 1-D Gaussian, float64 (size,): w_i = exp(-(i - c)^2 / 2 sigma^2) / sum."""
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    w = torch.exp(-x.square() / (2 * sigma ** 2))
+    w = torch.exp(-x.square() / (2 * sigma**2))
     return w / w.sum()
 
 
@@ -72,11 +73,11 @@ def frame_ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0
     if min(h, w) < SSIM_WINDOW:
         raise CnnkitError(f"SSIM needs frames of at least {SSIM_WINDOW}x{SSIM_WINDOW}; received {h}x{w}")
     b, t = pred.shape[:2]
-    x = pred.double().reshape(-1, 1, h, w)                          # (B*T*C, 1, H, W)
+    x = pred.double().reshape(-1, 1, h, w)  # (B*T*C, 1, H, W)
     y = target.double().reshape(-1, 1, h, w)
     g = gaussian_window()
 
-    def blur(z: torch.Tensor) -> torch.Tensor:                      # (n, 1, H, W) -> (n, 1, H-10, W-10)
+    def blur(z: torch.Tensor) -> torch.Tensor:  # (n, 1, H, W) -> (n, 1, H-10, W-10)
         z = F.conv2d(z, g.view(1, 1, -1, 1))
         return F.conv2d(z, g.view(1, 1, 1, -1))
 
@@ -86,7 +87,7 @@ def frame_ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0
     cov = blur(x * y) - mu_x * mu_y
     c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
     s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x.square() + mu_y.square() + c1) * (var_x + var_y + c2))
-    return s.reshape(b, t, -1).mean(2)                              # mean over channels and positions
+    return s.reshape(b, t, -1).mean(2)  # mean over channels and positions
 
 
 class VideoPredictionMeter:
@@ -110,10 +111,12 @@ class VideoPredictionMeter:
         if self.ssim:
             values["ssim"] = frame_ssim(pred, target)
         for k, v in values.items():
-            s = v.sum(0)                                             # (T,) summed over the clips
+            s = v.sum(0)  # (T,) summed over the clips
             if k in self.sums and self.sums[k].shape != s.shape:
-                raise CnnkitError(f"this batch predicts {s.shape[0]} frames, earlier ones "
-                                  f"{self.sums[k].shape[0]}; every clip must predict the same number")
+                raise CnnkitError(
+                    f"this batch predicts {s.shape[0]} frames, earlier ones "
+                    f"{self.sums[k].shape[0]}; every clip must predict the same number"
+                )
             self.sums[k] = self.sums[k] + s if k in self.sums else s
         self.clips += pred.shape[0]
 

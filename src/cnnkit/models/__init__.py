@@ -12,9 +12,24 @@ from cnnkit.models._registry import (
 
 # one family per file; importing a file registers its variants
 _MODEL_MODULES = [
-    "alexnet", "vgg", "googlenet", "inception", "resnet", "densenet",
-    "senet", "xception", "mobilenet_v1", "mobilenet_v2", "mobilenet_v3", "efficientnet",
-    "lenet", "notes", "mnist_nets", "dense", "series", "video",
+    "alexnet",
+    "vgg",
+    "googlenet",
+    "inception",
+    "resnet",
+    "densenet",
+    "senet",
+    "xception",
+    "mobilenet_v1",
+    "mobilenet_v2",
+    "mobilenet_v3",
+    "efficientnet",
+    "lenet",
+    "notes",
+    "mnist_nets",
+    "dense",
+    "series",
+    "video",
 ]
 _imported = False
 

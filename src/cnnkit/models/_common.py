@@ -12,14 +12,17 @@ def check_args(num_classes: int, in_channels: int, transform_input: bool = False
     """Raise a one-line :class:`CnnkitError` for a bad ``num_classes`` (>= 0) or ``in_channels`` (>= 1),
     or for ``transform_input`` (the Inception nets' ImageNet -> [-1, 1] re-scaling) without 3 channels."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-        raise CnnkitError(f"num_classes must be an integer >= 0 (0 removes the classifier); "
-                          f"received: num_classes={num_classes!r}")
+        raise CnnkitError(
+            f"num_classes must be an integer >= 0 (0 removes the classifier); received: num_classes={num_classes!r}"
+        )
     if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-        raise CnnkitError(f"in_channels must be an integer >= 1 (3 for RGB, 1 for grayscale); "
-                          f"received: in_channels={in_channels!r}")
+        raise CnnkitError(
+            f"in_channels must be an integer >= 1 (3 for RGB, 1 for grayscale); received: in_channels={in_channels!r}"
+        )
     if transform_input and in_channels != 3:
-        raise CnnkitError(f"transform_input re-scales 3 RGB channels; received: in_channels={in_channels}; "
-                          f"use transform_input=False")
+        raise CnnkitError(
+            f"transform_input re-scales 3 RGB channels; received: in_channels={in_channels}; use transform_input=False"
+        )
 
 
 class Classifier(nn.Module):

@@ -31,16 +31,17 @@ class ModelInfo:
     name: str
     builder: Callable[..., nn.Module]
     input_size: tuple[int, ...]  # default input, channels first, e.g. (3, 224, 224)
-    paper: str                   # short citation shown by `cnnkit zoo`
-    family: str                  # e.g. "resnet"; groups the zoo table
-    task: str = "classify"       # what the network's output means: classify | detect | segment | ...
+    paper: str  # short citation shown by `cnnkit zoo`
+    family: str  # e.g. "resnet"; groups the zoo table
+    task: str = "classify"  # what the network's output means: classify | detect | segment | ...
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
-def register_model(name: str | None = None, *, input_size=(3, 224, 224), paper: str = "",
-                   family: str = "", task: str = "classify"):
+def register_model(
+    name: str | None = None, *, input_size=(3, 224, 224), paper: str = "", family: str = "", task: str = "classify"
+):
     """Decorator: register a builder ``fn(num_classes=..., in_channels=..., **kw) -> nn.Module``.
 
     Registering the same name twice is a bug and fails loudly. A model family's file must also be
@@ -70,8 +71,7 @@ def register_model(name: str | None = None, *, input_size=(3, 224, 224), paper: 
         key = name or fn.__name__
         if key in _REGISTRY:
             raise RuntimeError(f"model {key!r} is registered twice")
-        _REGISTRY[key] = ModelInfo(key, fn, tuple(input_size), paper,
-                                   family or fn.__module__.rsplit(".", 1)[-1], task)
+        _REGISTRY[key] = ModelInfo(key, fn, tuple(input_size), paper, family or fn.__module__.rsplit(".", 1)[-1], task)
         return fn
 
     return wrap
@@ -104,8 +104,14 @@ def model_info(name: str) -> ModelInfo:
         raise CnnkitError(f"unknown model name {name!r}{hint}") from None
 
 
-def create_model(name: str, num_classes: int | None = None, in_channels: int | None = None,
-                 weights: str | None = None, strict: bool = True, **kwargs) -> nn.Module:
+def create_model(
+    name: str,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    weights: str | None = None,
+    strict: bool = True,
+    **kwargs,
+) -> nn.Module:
     """Build a registered model by name.
 
     Args:

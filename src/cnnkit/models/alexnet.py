@@ -38,17 +38,17 @@ class AlexNet(Classifier):
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 64, kernel_size=11, stride=4, padding=2),  # (B, C, 224, 224) -> (B, 64, 55, 55)
             nn.ReLU(inplace=True),
-            nn.MaxPool2d(kernel_size=3, stride=2),                            # -> (B, 64, 27, 27)
-            nn.Conv2d(64, 192, kernel_size=5, padding=2),                     # -> (B, 192, 27, 27)
+            nn.MaxPool2d(kernel_size=3, stride=2),  # -> (B, 64, 27, 27)
+            nn.Conv2d(64, 192, kernel_size=5, padding=2),  # -> (B, 192, 27, 27)
             nn.ReLU(inplace=True),
-            nn.MaxPool2d(kernel_size=3, stride=2),                            # -> (B, 192, 13, 13)
-            nn.Conv2d(192, 384, kernel_size=3, padding=1),                    # -> (B, 384, 13, 13)
+            nn.MaxPool2d(kernel_size=3, stride=2),  # -> (B, 192, 13, 13)
+            nn.Conv2d(192, 384, kernel_size=3, padding=1),  # -> (B, 384, 13, 13)
             nn.ReLU(inplace=True),
-            nn.Conv2d(384, 256, kernel_size=3, padding=1),                    # -> (B, 256, 13, 13)
+            nn.Conv2d(384, 256, kernel_size=3, padding=1),  # -> (B, 256, 13, 13)
             nn.ReLU(inplace=True),
-            nn.Conv2d(256, 256, kernel_size=3, padding=1),                    # -> (B, 256, 13, 13)
+            nn.Conv2d(256, 256, kernel_size=3, padding=1),  # -> (B, 256, 13, 13)
             nn.ReLU(inplace=True),
-            nn.MaxPool2d(kernel_size=3, stride=2),                            # -> (B, 256, 6, 6)
+            nn.MaxPool2d(kernel_size=3, stride=2),  # -> (B, 256, 6, 6)
         )
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
         self.num_features = 4096
@@ -68,7 +68,7 @@ class AlexNet(Classifier):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = torch.flatten(self.avgpool(x), 1)  # (B, 256, h, w) -> (B, 256 * 6 * 6)
-        x = self.classifier[:-1](x)            # -> (B, 4096)
+        x = self.classifier[:-1](x)  # -> (B, 4096)
         return x if pre_logits else self.classifier[-1](x)
 
     def reset_classifier(self, num_classes: int) -> None:
@@ -82,8 +82,6 @@ class AlexNet(Classifier):
 def _classifier(num_features: int, num_classes: int) -> nn.Module:
     # PyTorch's default Linear initialisation, as in torchvision's AlexNet
     return nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
-
-
 
 
 @register_model(input_size=(3, 224, 224), paper="Krizhevsky et al. 2012", family="alexnet")

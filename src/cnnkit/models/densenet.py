@@ -49,7 +49,7 @@ class _DenseLayer(nn.Module):
     def forward(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
             x = torch.cat(x, 1)  # [(B, c_i, H, W)] -> (B, sum c_i, H, W)
-        out = self.conv1(self.relu1(self.norm1(x)))    # -> (B, bn_size * growth_rate, H, W)
+        out = self.conv1(self.relu1(self.norm1(x)))  # -> (B, bn_size * growth_rate, H, W)
         out = self.conv2(self.relu2(self.norm2(out)))  # -> (B, growth_rate, H, W)
         if self.drop_rate > 0:
             out = F.dropout(out, p=self.drop_rate, training=self.training)
@@ -63,8 +63,9 @@ class _DenseBlock(nn.ModuleDict):
     Output shape: (B, num_input_features + num_layers * growth_rate, H, W).
     """
 
-    def __init__(self, num_layers: int, num_input_features: int, bn_size: int, growth_rate: int,
-                 drop_rate: float = 0.0) -> None:
+    def __init__(
+        self, num_layers: int, num_input_features: int, bn_size: int, growth_rate: int, drop_rate: float = 0.0
+    ) -> None:
         super().__init__()
         for i in range(num_layers):
             layer = _DenseLayer(num_input_features + i * growth_rate, growth_rate, bn_size, drop_rate)
@@ -107,17 +108,31 @@ class DenseNet(Classifier):
     Output shape: (B, num_classes).
     """
 
-    def __init__(self, growth_rate: int = 32, block_config: tuple[int, ...] = (6, 12, 24, 16),
-                 num_init_features: int = 64, bn_size: int = 4, drop_rate: float = 0.0,
-                 num_classes: int = 1000, in_channels: int = 3) -> None:
+    def __init__(
+        self,
+        growth_rate: int = 32,
+        block_config: tuple[int, ...] = (6, 12, 24, 16),
+        num_init_features: int = 64,
+        bn_size: int = 4,
+        drop_rate: float = 0.0,
+        num_classes: int = 1000,
+        in_channels: int = 3,
+    ) -> None:
         super().__init__()
         _check_args(num_classes, in_channels)
-        self.features = nn.Sequential(OrderedDict([
-            ("conv0", nn.Conv2d(in_channels, num_init_features, kernel_size=7, stride=2, padding=3, bias=False)),
-            ("norm0", nn.BatchNorm2d(num_init_features)),
-            ("relu0", nn.ReLU(inplace=True)),
-            ("pool0", nn.MaxPool2d(kernel_size=3, stride=2, padding=1)),  # (B, C, H, W) -> (B, init, H/4, W/4)
-        ]))
+        self.features = nn.Sequential(
+            OrderedDict(
+                [
+                    (
+                        "conv0",
+                        nn.Conv2d(in_channels, num_init_features, kernel_size=7, stride=2, padding=3, bias=False),
+                    ),
+                    ("norm0", nn.BatchNorm2d(num_init_features)),
+                    ("relu0", nn.ReLU(inplace=True)),
+                    ("pool0", nn.MaxPool2d(kernel_size=3, stride=2, padding=1)),  # (B, C, H, W) -> (B, init, H/4, W/4)
+                ]
+            )
+        )
         num_features = num_init_features
         for i, num_layers in enumerate(block_config):
             block = _DenseBlock(num_layers, num_features, bn_size, growth_rate, drop_rate)
@@ -164,8 +179,6 @@ def _classifier(num_features: int, num_classes: int) -> nn.Module:
     fc = nn.Linear(num_features, num_classes)  # default weight init, zero bias, as torchvision
     nn.init.constant_(fc.bias, 0)
     return fc
-
-
 
 
 _PAPER = "Huang et al. 2016"

@@ -61,10 +61,9 @@ def tta_logits(net: nn.Module, x: torch.Tensor, kind: str) -> torch.Tensor:
     """Average the probabilities of the image and shifted (by 1 px) or flipped copies."""
     views = [x]
     if kind == "shift":
-        p = F.pad(x, (1, 1, 1, 1))                                   # (N, C, H+2, W+2)
+        p = F.pad(x, (1, 1, 1, 1))  # (N, C, H+2, W+2)
         h, w = x.shape[-2:]
-        views += [p[..., 1 + dy:1 + dy + h, 1 + dx:1 + dx + w] for dy, dx in
-                  ((-1, 0), (1, 0), (0, -1), (0, 1))]
+        views += [p[..., 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w] for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1))]
     elif kind == "flip":
         views.append(x.flip(-1))
     probs = torch.stack([net(v).float().softmax(1) for v in views]).mean(0)

@@ -50,8 +50,9 @@ def default_stats(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 def _conv_gn(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.GroupNorm(min(32, cout // 4), cout),
-                         nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.GroupNorm(min(32, cout // 4), cout), nn.ReLU(inplace=True)
+    )
 
 
 class FPNLite(nn.Module):
@@ -63,8 +64,8 @@ class FPNLite(nn.Module):
         self.output = nn.ModuleList(_conv_gn(width, width) for _ in channels)
 
     def forward(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
-        x = [lat(m) for lat, m in zip(self.lateral, maps)]            # (B, width, H_i, W_i)
-        for i in range(len(x) - 2, -1, -1):                           # coarse to fine
+        x = [lat(m) for lat, m in zip(self.lateral, maps)]  # (B, width, H_i, W_i)
+        for i in range(len(x) - 2, -1, -1):  # coarse to fine
             x[i] = x[i] + F.interpolate(x[i + 1], size=x[i].shape[-2:], mode="nearest")
         return [out(m) for out, m in zip(self.output, x)]
 
@@ -77,8 +78,9 @@ class DetectionHead(nn.Module):
     three. Box distances are ``softplus(raw * scale_level) * stride`` pixels, scale one learnt number per level.
     """
 
-    def __init__(self, width: int, num_classes: int, levels: int, convs: int = 2, prior: float = 0.01,
-                 separate: bool = False):
+    def __init__(
+        self, width: int, num_classes: int, levels: int, convs: int = 2, prior: float = 0.01, separate: bool = False
+    ):
         super().__init__()
         self.tower = nn.Sequential(*[_conv_gn(width, width) for _ in range(convs)])
         self.box_tower = nn.Sequential(*[_conv_gn(width, width) for _ in range(convs)]) if separate else None
@@ -87,7 +89,7 @@ class DetectionHead(nn.Module):
         self.ctr = nn.Conv2d(width, 1, 3, padding=1)
         self.scales = nn.Parameter(torch.ones(levels))
         nn.init.normal_(self.cls.weight, std=0.01)
-        nn.init.constant_(self.cls.bias, -math.log((1 - prior) / prior))   # focal loss's prior (RetinaNet)
+        nn.init.constant_(self.cls.bias, -math.log((1 - prior) / prior))  # focal loss's prior (RetinaNet)
         for conv in (self.box, self.ctr):
             nn.init.normal_(conv.weight, std=0.01)
             nn.init.zeros_(conv.bias)
@@ -97,15 +99,16 @@ class DetectionHead(nn.Module):
         for i, (m, s) in enumerate(zip(maps, strides)):
             t = self.tower(m)
             tb = self.box_tower(m) if self.box_tower is not None else t
-            cls.append(self.cls(t).flatten(2).transpose(1, 2))                 # (B, H_i*W_i, C)
+            cls.append(self.cls(t).flatten(2).transpose(1, 2))  # (B, H_i*W_i, C)
             dist = F.softplus(self.box(tb) * self.scales[i]) * s
-            box.append(dist.flatten(2).transpose(1, 2))                        # (B, H_i*W_i, 4) l, t, r, b
-            ctr.append(self.ctr(tb).flatten(1))                                # (B, H_i*W_i)
+            box.append(dist.flatten(2).transpose(1, 2))  # (B, H_i*W_i, 4) l, t, r, b
+            ctr.append(self.ctr(tb).flatten(1))  # (B, H_i*W_i)
         return {"cls": torch.cat(cls, 1), "box": torch.cat(box, 1), "ctr": torch.cat(ctr, 1)}
 
 
-def grid_points(sizes: Sequence[tuple[int, int]], strides: Sequence[int], device=None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def grid_points(
+    sizes: Sequence[tuple[int, int]], strides: Sequence[int], device=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Centres of every location, level after level: points (A, 2) x, y in pixels and stride (A,).
 
     Location (i, j) of a stride-s map sits at ((j + 0.5) s, (i + 0.5) s), the centre of its cell.
@@ -130,8 +133,14 @@ def level_ranges(strides: torch.Tensor, level_strides: Sequence[int], ratio: flo
     return torch.stack([lo, hi], 1)
 
 
-def assign_targets(points: torch.Tensor, strides: torch.Tensor, ranges: torch.Tensor, boxes: torch.Tensor,
-                   labels: torch.Tensor, radius: float = 1.5) -> tuple[torch.Tensor, torch.Tensor]:
+def assign_targets(
+    points: torch.Tensor,
+    strides: torch.Tensor,
+    ranges: torch.Tensor,
+    boxes: torch.Tensor,
+    labels: torch.Tensor,
+    radius: float = 1.5,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Which box each location learns (FCOS with centre sampling).
 
     points (A, 2), strides (A,), ranges (A, 2); boxes (B, M, 4) xyxy, labels (B, M) with -1 on padding.
@@ -139,19 +148,19 @@ def assign_targets(points: torch.Tensor, strides: torch.Tensor, ranges: torch.Te
     centre, and max(l, t, r, b) falls in its level's range; among candidates the smallest box wins.
     Returns labels (B, A) (-1: background) and the matched boxes (B, A, 4).
     """
-    px, py = points[:, 0][None, :, None], points[:, 1][None, :, None]          # (1, A, 1)
-    x1, y1, x2, y2 = (boxes[..., k][:, None, :] for k in range(4))            # (B, 1, M)
-    ltrb = torch.stack([px - x1, py - y1, x2 - px, y2 - py], -1)              # (B, A, M, 4)
+    px, py = points[:, 0][None, :, None], points[:, 1][None, :, None]  # (1, A, 1)
+    x1, y1, x2, y2 = (boxes[..., k][:, None, :] for k in range(4))  # (B, 1, M)
+    ltrb = torch.stack([px - x1, py - y1, x2 - px, y2 - py], -1)  # (B, A, M, 4)
     inside = ltrb.amin(-1) > 0
     r = (radius * strides)[None, :, None]
     near = ((px - (x1 + x2) / 2).abs() < r) & ((py - (y1 + y2) / 2).abs() < r)
     reach = ltrb.amax(-1)
     in_range = (reach >= ranges[:, 0][None, :, None]) & (reach < ranges[:, 1][None, :, None])
-    cand = inside & near & in_range & (labels >= 0)[:, None, :]               # (B, A, M)
+    cand = inside & near & in_range & (labels >= 0)[:, None, :]  # (B, A, M)
     area = ((x2 - x1) * (y2 - y1)).expand_as(cand)
     area = torch.where(cand, area, torch.full_like(area, math.inf))
-    best_area, best = area.min(-1)                                            # (B, A)
-    matched = boxes.gather(1, best[..., None].expand(-1, -1, 4))              # (B, A, 4)
+    best_area, best = area.min(-1)  # (B, A)
+    matched = boxes.gather(1, best[..., None].expand(-1, -1, 4))  # (B, A, 4)
     out_labels = torch.where(torch.isfinite(best_area), labels.gather(1, best), torch.full_like(best, -1))
     return out_labels, matched
 
@@ -167,12 +176,20 @@ def centreness(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
 
 def distances_to_boxes(points: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
     """points (A, 2), dist (B, A, 4) l, t, r, b -> (B, A, 4) xyxy."""
-    return torch.stack([points[:, 0] - dist[..., 0], points[:, 1] - dist[..., 1],
-                        points[:, 0] + dist[..., 2], points[:, 1] + dist[..., 3]], -1)
+    return torch.stack(
+        [
+            points[:, 0] - dist[..., 0],
+            points[:, 1] - dist[..., 1],
+            points[:, 0] + dist[..., 2],
+            points[:, 1] + dist[..., 3],
+        ],
+        -1,
+    )
 
 
-def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25,
-                       gamma: float = 2.0) -> torch.Tensor:
+def sigmoid_focal_loss(
+    logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0
+) -> torch.Tensor:
     """Lin et al. 2017 (https://arxiv.org/abs/1708.02002), summed: -alpha_t (1 - p_t)^gamma log p_t."""
     p = torch.sigmoid(logits)
     ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
@@ -181,8 +198,9 @@ def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float
     return (a_t * (1 - p_t) ** gamma * ce).sum()
 
 
-def varifocal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.75,
-                   gamma: float = 2.0) -> torch.Tensor:
+def varifocal_loss(
+    logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.75, gamma: float = 2.0
+) -> torch.Tensor:
     """Zhang et al. 2021 (VarifocalNet, https://arxiv.org/abs/2008.13367), summed: BCE towards the
     soft target q (the IoU of the predicted box on its positive class, 0 elsewhere), positives
     weighted by q and not down-weighted, negatives by alpha p^gamma as in focal loss."""
@@ -191,8 +209,13 @@ def varifocal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0
     return (weight * F.binary_cross_entropy_with_logits(logits, targets, reduction="none")).sum()
 
 
-def detection_loss(out: dict[str, torch.Tensor], labels: torch.Tensor, matched: torch.Tensor,
-                   cls_loss: str = "focal", box_weight: float = 1.0) -> dict[str, torch.Tensor]:
+def detection_loss(
+    out: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    matched: torch.Tensor,
+    cls_loss: str = "focal",
+    box_weight: float = 1.0,
+) -> dict[str, torch.Tensor]:
     """The detector's loss from its raw output and :func:`assign_targets`' result.
 
     Class loss over all locations and classes / number of positives: ``"focal"`` (one-hot targets)
@@ -203,12 +226,12 @@ def detection_loss(out: dict[str, torch.Tensor], labels: torch.Tensor, matched: 
     if cls_loss not in ("focal", "varifocal"):
         raise CnnkitError(f"cls_loss must be focal or varifocal; received {cls_loss!r}")
     points = out["points"]
-    pos = labels >= 0                                                          # (B, A)
+    pos = labels >= 0  # (B, A)
     n_pos = pos.sum().clamp(min=1).float()
     onehot = torch.zeros_like(out["cls"])
     onehot[pos] = F.one_hot(labels[pos], out["cls"].shape[-1]).to(onehot.dtype)
     if pos.any():
-        pred = distances_to_boxes(points, out["box"])[pos]                     # (P, 4)
+        pred = distances_to_boxes(points, out["box"])[pos]  # (P, 4)
         target_ctr = centreness(points, matched)[pos]
         giou = generalized_box_iou_elementwise(pred, matched[pos])
         box = ((1 - giou) * target_ctr).sum() / target_ctr.sum().clamp(min=1e-6)
@@ -219,40 +242,52 @@ def detection_loss(out: dict[str, torch.Tensor], labels: torch.Tensor, matched: 
         cls = sigmoid_focal_loss(out["cls"], onehot) / n_pos
     else:
         if pos.any():
-            iou = box_iou_elementwise(pred.detach(), matched[pos]).clamp(min=0.01)   # (P,)
+            iou = box_iou_elementwise(pred.detach(), matched[pos]).clamp(min=0.01)  # (P,)
             onehot[pos] = onehot[pos] * iou[:, None]
         cls = varifocal_loss(out["cls"], onehot) / n_pos
     return {"loss": cls + box_weight * box + ctr, "cls": cls, "box": box, "ctr": ctr}
 
 
-def detector_loss(out: dict[str, torch.Tensor], boxes: torch.Tensor, labels: torch.Tensor,
-                  radius: float = 1.5, cls_loss: str = "focal", box_weight: float = 1.0) -> dict[str, torch.Tensor]:
+def detector_loss(
+    out: dict[str, torch.Tensor],
+    boxes: torch.Tensor,
+    labels: torch.Tensor,
+    radius: float = 1.5,
+    cls_loss: str = "focal",
+    box_weight: float = 1.0,
+) -> dict[str, torch.Tensor]:
     """:func:`assign_targets` + :func:`detection_loss` on a :class:`Detector`'s output (a free function,
     so that a DDP-wrapped model's forward is what runs)."""
     level_strides = sorted(set(out["strides"].tolist()))
-    assigned, matched = assign_targets(out["points"], out["strides"], level_ranges(out["strides"], level_strides),
-                                       boxes, labels, radius)
+    assigned, matched = assign_targets(
+        out["points"], out["strides"], level_ranges(out["strides"], level_strides), boxes, labels, radius
+    )
     return detection_loss(out, assigned, matched, cls_loss, box_weight)
 
 
 @torch.no_grad()
-def decode(out: dict[str, torch.Tensor], image_size: tuple[int, int],
-           score_threshold: float = 0.05, nms_threshold: float = 0.6, top_k: int = 1000,
-           max_detections: int = 100) -> list[dict[str, torch.Tensor]]:
+def decode(
+    out: dict[str, torch.Tensor],
+    image_size: tuple[int, int],
+    score_threshold: float = 0.05,
+    nms_threshold: float = 0.6,
+    top_k: int = 1000,
+    max_detections: int = 100,
+) -> list[dict[str, torch.Tensor]]:
     """Raw output -> per image {"boxes" (k, 4) xyxy pixels, "scores" (k,), "labels" (k,)}.
 
     score = sqrt(sigmoid(class) * sigmoid(centre-ness)) (FCOS); keep scores above the threshold,
     the ``top_k`` best, clip to the image, class-aware NMS, the best ``max_detections``.
     """
     h, w = image_size
-    scores = (torch.sigmoid(out["cls"]) * torch.sigmoid(out["ctr"])[..., None]).sqrt()   # (B, A, C)
+    scores = (torch.sigmoid(out["cls"]) * torch.sigmoid(out["ctr"])[..., None]).sqrt()  # (B, A, C)
     boxes = distances_to_boxes(out["points"], out["box"])
     lim = torch.tensor([w, h, w, h], dtype=boxes.dtype, device=boxes.device)
     boxes = boxes.clamp(min=0).minimum(lim)
     results = []
     n_classes = scores.shape[-1]
     for i in range(scores.shape[0]):
-        flat = scores[i].flatten()                                             # (A * C,)
+        flat = scores[i].flatten()  # (A * C,)
         keep = torch.nonzero(flat > score_threshold).flatten()
         if len(keep) > top_k:
             keep = keep[flat[keep].topk(top_k).indices]
@@ -279,9 +314,17 @@ class Detector(nn.Module):
     and where they are: ``points`` (A, 2) pixels, ``strides`` (A,) (see :func:`grid_points`).
     """
 
-    def __init__(self, features: nn.Module, num_classes: int, width: int = 64, head_convs: int = 2,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 radius: float = 1.5, separate_towers: bool = False):
+    def __init__(
+        self,
+        features: nn.Module,
+        num_classes: int,
+        width: int = 64,
+        head_convs: int = 2,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        radius: float = 1.5,
+        separate_towers: bool = False,
+    ):
         super().__init__()
         self.normalise = Normalise(mean, std)
         self.features = features
@@ -314,7 +357,9 @@ class Detector(nn.Module):
         (``Setup.frozen``), so that they keep their ImageNet statistics."""
         for module in self.features.up_to_stride(stride):
             module.requires_grad_(False)
-        bns = [m for m in self.features.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if batchnorm else []
+        bns = (
+            [m for m in self.features.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if batchnorm else []
+        )
         for m in bns:
             m.requires_grad_(False)
         return bns
@@ -336,12 +381,20 @@ class TinyPyramid(nn.Module):
 
     def __init__(self, in_channels: int = 1, channels: Sequence[int] = (32, 64, 96), out_strides=(4, 8, 16)):
         super().__init__()
-        if not out_strides or any(st not in (4, 8, 16) for st in out_strides) or list(out_strides) != sorted(set(out_strides)):
+        if (
+            not out_strides
+            or any(st not in (4, 8, 16) for st in out_strides)
+            or list(out_strides) != sorted(set(out_strides))
+        ):
             raise CnnkitError(f"backbone 'tiny' has maps at strides (4, 8, 16); received: out_strides={out_strides!r}")
         c4, c8, c16 = channels
         self.stem = nn.Sequential(_conv_bn(in_channels, c4 // 2, 2), _conv_bn(c4 // 2, c4, 2), _conv_bn(c4, c4))
-        self.stages = nn.ModuleList([nn.Sequential(_conv_bn(c4, c8, 2), _conv_bn(c8, c8)),
-                                     nn.Sequential(_conv_bn(c8, c16, 2), _conv_bn(c16, c16))])
+        self.stages = nn.ModuleList(
+            [
+                nn.Sequential(_conv_bn(c4, c8, 2), _conv_bn(c8, c8)),
+                nn.Sequential(_conv_bn(c8, c16, 2), _conv_bn(c16, c16)),
+            ]
+        )
         self.strides = list(out_strides)
         self._taps = [(4, 8, 16).index(st) for st in out_strides]
         self.channels = [list(channels)[i] for i in self._taps]
@@ -351,15 +404,22 @@ class TinyPyramid(nn.Module):
         return [self.stem] if stride >= 4 else []
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        maps = [self.stem(x)]                                              # (B, c_4, H/4, W/4)
-        for stage in self.stages[:self._taps[-1]]:
-            maps.append(stage(maps[-1]))                                   # halves H, W
+        maps = [self.stem(x)]  # (B, c_4, H/4, W/4)
+        for stage in self.stages[: self._taps[-1]]:
+            maps.append(stage(maps[-1]))  # halves H, W
         return [maps[i] for i in self._taps]
 
 
-def create_detector(backbone: str, num_classes: int, weights: str | None = None, in_channels: int = 3,
-                    out_strides: Sequence[int] = (8, 16, 32), width: int = 64, head_convs: int = 2,
-                    separate_towers: bool = False) -> Detector:
+def create_detector(
+    backbone: str,
+    num_classes: int,
+    weights: str | None = None,
+    in_channels: int = 3,
+    out_strides: Sequence[int] = (8, 16, 32),
+    width: int = 64,
+    head_convs: int = 2,
+    separate_towers: bool = False,
+) -> Detector:
     """A :class:`Detector` on zoo model ``backbone``'s pyramid (see ``create_features``), or on
     :class:`TinyPyramid` for ``backbone="tiny"`` (from scratch: ``weights`` must be None)."""
     from cnnkit.models.features import create_features
@@ -373,5 +433,6 @@ def create_detector(backbone: str, num_classes: int, weights: str | None = None,
     from cnnkit.models.weights import weights_stats
 
     mean, std = weights_stats(backbone, weights, in_channels) or default_stats(in_channels)
-    return Detector(fx, num_classes, width=width, head_convs=head_convs, mean=mean, std=std,
-                    separate_towers=separate_towers)
+    return Detector(
+        fx, num_classes, width=width, head_convs=head_convs, mean=mean, std=std, separate_towers=separate_towers
+    )

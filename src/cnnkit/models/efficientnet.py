@@ -27,11 +27,11 @@ from cnnkit.models.mobilenet_v2 import init_weights
 
 @dataclass(frozen=True)
 class Stage:
-    expand: int    # expansion ratio of the inverted bottleneck (1: no expand conv)
-    kernel: int    # depthwise kernel size
-    stride: int    # stride of the stage's first block
+    expand: int  # expansion ratio of the inverted bottleneck (1: no expand conv)
+    kernel: int  # depthwise kernel size
+    stride: int  # stride of the stage's first block
     channels: int  # output channels (B0's; scaled by the width multiplier)
-    repeats: int   # number of blocks (B0's; scaled by the depth multiplier)
+    repeats: int  # number of blocks (B0's; scaled by the depth multiplier)
 
 
 # EfficientNet-B0, paper Table 1 (stages 2-8; stage 1 is the 3x3 stem, stage 9 the 1x1 head)
@@ -63,6 +63,7 @@ def _depth(repeats: int, mult: float) -> int:
 # EfficientNet-B, torchvision's layout
 # ---------------------------------------------------------------------------------------------
 
+
 class MBConv(nn.Module):
     """1x1 expand (SiLU) -> k x k depthwise (SiLU) -> squeeze-excite -> 1x1 linear project, + ``x``.
 
@@ -70,8 +71,7 @@ class MBConv(nn.Module):
     Shape: (B, C_in, H, W) -> (B, C_out, ceil(H / stride), ceil(W / stride)).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, expand: int,
-                 drop_prob: float):
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, expand: int, drop_prob: float):
         super().__init__()
         hidden = in_channels * expand
         layers: list[nn.Module] = []
@@ -110,8 +110,15 @@ class EfficientNet(PooledClassifier):
     Input shape: (B, in_channels, H, W). Output shape: (B, num_classes).
     """
 
-    def __init__(self, width_mult: float, depth_mult: float, num_classes: int = 1000, in_channels: int = 3,
-                 dropout: float = 0.2, stochastic_depth: float = 0.2):
+    def __init__(
+        self,
+        width_mult: float,
+        depth_mult: float,
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        dropout: float = 0.2,
+        stochastic_depth: float = 0.2,
+    ):
         super().__init__()
         check_args(num_classes, in_channels)
         width = lambda c: make_divisible(c * width_mult)  # noqa: E731
@@ -122,8 +129,16 @@ class EfficientNet(PooledClassifier):
         for s in B0_STAGES:
             blocks = []
             for i in range(_depth(s.repeats, depth_mult)):
-                blocks.append(MBConv(channels, width(s.channels), s.kernel, s.stride if i == 0 else 1, s.expand,
-                                     stochastic_depth * block_id / total))
+                blocks.append(
+                    MBConv(
+                        channels,
+                        width(s.channels),
+                        s.kernel,
+                        s.stride if i == 0 else 1,
+                        s.expand,
+                        stochastic_depth * block_id / total,
+                    )
+                )
                 channels = width(s.channels)
                 block_id += 1
             layers.append(nn.Sequential(*blocks))
@@ -134,7 +149,7 @@ class EfficientNet(PooledClassifier):
         self.num_classes = num_classes
         self.classifier = nn.Sequential(nn.Dropout(dropout, inplace=True), _linear(self.num_features, num_classes))
 
-    remap_state_dict = _remap_state_dict    # EfficientNet-PyTorch's keys read as this network's
+    remap_state_dict = _remap_state_dict  # EfficientNet-PyTorch's keys read as this network's
 
     def new_linear(self, in_features: int, num_classes: int) -> nn.Module:
         return _linear(in_features, num_classes)
@@ -180,7 +195,7 @@ class DepthwiseSeparable(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.act1(self.bn1(self.conv_dw(x)))  # (B, C_in, H, W) -> (B, C_in, H/s, W/s)
-        y = self.bn2(self.conv_pw(y))             # -> (B, C_out, H/s, W/s)
+        y = self.bn2(self.conv_pw(y))  # -> (B, C_out, H/s, W/s)
         return x + drop_path(y, self.drop_prob, self.training) if self.has_skip else y
 
 
@@ -190,8 +205,9 @@ class InvertedResidual(nn.Module):
     Shape: (B, C_in, H, W) -> (B, C_out, ceil(H / stride), ceil(W / stride)).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, expand: int,
-                 drop_prob: float = 0.0):
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel: int, stride: int, expand: int, drop_prob: float = 0.0
+    ):
         super().__init__()
         hidden = in_channels * expand
         self.conv_pw = Conv2dSame(in_channels, hidden, 1, bias=False)
@@ -208,7 +224,7 @@ class InvertedResidual(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.act1(self.bn1(self.conv_pw(x)))  # (B, C_in, H, W) -> (B, hidden, H, W)
         y = self.act2(self.bn2(self.conv_dw(y)))  # -> (B, hidden, H/s, W/s)
-        y = self.bn3(self.conv_pwl(y))            # -> (B, C_out, H/s, W/s)
+        y = self.bn3(self.conv_pwl(y))  # -> (B, C_out, H/s, W/s)
         return x + drop_path(y, self.drop_prob, self.training) if self.has_skip else y
 
 
@@ -227,8 +243,15 @@ class EfficientNetLite(Classifier):
     Input shape: (B, in_channels, H, W). Output shape: (B, num_classes).
     """
 
-    def __init__(self, width_mult: float, depth_mult: float, num_classes: int = 1000, in_channels: int = 3,
-                 dropout: float = 0.2, drop_path_rate: float = 0.0):
+    def __init__(
+        self,
+        width_mult: float,
+        depth_mult: float,
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        dropout: float = 0.2,
+        drop_path_rate: float = 0.0,
+    ):
         super().__init__()
         check_args(num_classes, in_channels)
         self.conv_stem = Conv2dSame(in_channels, 32, 3, 2, bias=False)  # (B, C, H, W) -> (B, 32, H/2, W/2)
@@ -242,8 +265,11 @@ class EfficientNetLite(Classifier):
             out, blocks = make_divisible(s.channels * width_mult), []
             for i in range(n):
                 stride, p = s.stride if i == 0 else 1, drop_path_rate * block_id / total
-                blocks.append(DepthwiseSeparable(channels, out, s.kernel, stride, p) if s.expand == 1
-                              else InvertedResidual(channels, out, s.kernel, stride, s.expand, p))
+                blocks.append(
+                    DepthwiseSeparable(channels, out, s.kernel, stride, p)
+                    if s.expand == 1
+                    else InvertedResidual(channels, out, s.kernel, stride, s.expand, p)
+                )
                 channels, block_id = out, block_id + 1
             stages.append(nn.Sequential(*blocks))
         self.blocks = nn.Sequential(*stages)  # -> (B, 320 * width, H/32, W/32)
@@ -271,11 +297,11 @@ class EfficientNetLite(Classifier):
         nn.init.zeros_(fc.bias)
         return fc
 
-    remap_state_dict = _remap_state_dict    # EfficientNet-PyTorch's keys read as this network's
+    remap_state_dict = _remap_state_dict  # EfficientNet-PyTorch's keys read as this network's
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act1(self.bn1(self.conv_stem(x)))  # (B, C, H, W) -> (B, 32, H/2, W/2)
-        x = self.blocks(x)                           # -> (B, 320 * width, H/32, W/32)
+        x = self.blocks(x)  # -> (B, 320 * width, H/32, W/32)
         return self.act2(self.bn2(self.conv_head(x)))  # -> (B, 1280, H/32, W/32)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -294,8 +320,13 @@ class EfficientNetLite(Classifier):
 
 # (width, depth, resolution, dropout): torchvision's efficientnet_b0..b3 and TF's lite0..4
 _B = {"b0": (1.0, 1.0, 224, 0.2), "b1": (1.0, 1.1, 240, 0.2), "b2": (1.1, 1.2, 260, 0.3), "b3": (1.2, 1.4, 300, 0.3)}
-_LITE = {"lite0": (1.0, 1.0, 224, 0.2), "lite1": (1.0, 1.1, 240, 0.2), "lite2": (1.1, 1.2, 260, 0.3),
-         "lite3": (1.2, 1.4, 280, 0.3), "lite4": (1.4, 1.8, 300, 0.3)}
+_LITE = {
+    "lite0": (1.0, 1.0, 224, 0.2),
+    "lite1": (1.0, 1.1, 240, 0.2),
+    "lite2": (1.1, 1.2, 260, 0.3),
+    "lite3": (1.2, 1.4, 280, 0.3),
+    "lite4": (1.4, 1.8, 300, 0.3),
+}
 _PAPER = "Tan & Le 2019"
 
 
@@ -329,8 +360,14 @@ for _v in _LITE:
 
 # EfficientNet-PyTorch (lukemelas' layout, used by the converted TF Lite weights) -> timm's names
 _EP_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
-_EP_IR = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-          "_project_conv": "conv_pwl", "_bn2": "bn3"}
+_EP_IR = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
 _EP_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
 
 

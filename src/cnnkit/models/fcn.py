@@ -26,8 +26,22 @@ import torch.nn as nn
 from cnnkit.errors import CnnkitError
 
 # layers that act on each feature independently: they work unchanged on (B, C, H, W) maps
-_ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh,
-                nn.Hardswish, nn.Hardsigmoid, nn.Mish, nn.PReLU, nn.Dropout, nn.Identity)
+_ELEMENTWISE = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Mish,
+    nn.PReLU,
+    nn.Dropout,
+    nn.Identity,
+)
 
 
 _ADAPTIVE = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
@@ -57,8 +71,9 @@ def to_fcn(model: nn.Module, input_size: tuple[int, int, int] | None = None) -> 
     """
     input_size = _check_input_size(model, input_size)
     if not any(isinstance(m, (nn.Linear, nn.Flatten)) for m in model.modules()):
-        raise CnnkitError(f"{type(model).__name__} has no Flatten+Linear head to convert (it may "
-                          "already be fully convolutional)")
+        raise CnnkitError(
+            f"{type(model).__name__} has no Flatten+Linear head to convert (it may already be fully convolutional)"
+        )
     map_sizes = _trace_flatten_inputs(model, input_size)  # id(Flatten) -> (C, h, w) it received
     fcn = copy.deepcopy(model)
     names = {id(m): n for n, m in model.named_modules()}
@@ -67,13 +82,18 @@ def to_fcn(model: nn.Module, input_size: tuple[int, int, int] | None = None) -> 
     for container in list(fcn.modules()):
         if isinstance(container, nn.Sequential):
             _convert_sequential(container, map_sizes, originals, names, converted)
-    leftover = [names[id(originals[id(m)])] for m in fcn.modules()
-                if isinstance(m, (nn.Linear, nn.Flatten)) and id(m) not in converted]
+    leftover = [
+        names[id(originals[id(m)])]
+        for m in fcn.modules()
+        if isinstance(m, (nn.Linear, nn.Flatten)) and id(m) not in converted
+    ]
     if leftover:
-        raise CnnkitError(f"cannot convert layers {', '.join(leftover)}: a Linear must follow an "
-                          "nn.Flatten in the same nn.Sequential, with only elementwise layers "
-                          "(ReLU, Dropout, ...) between the Linears; restructure the head that way "
-                          "(a flatten inside forward(), like torchvision's ResNet, cannot be converted)")
+        raise CnnkitError(
+            f"cannot convert layers {', '.join(leftover)}: a Linear must follow an "
+            "nn.Flatten in the same nn.Sequential, with only elementwise layers "
+            "(ReLU, Dropout, ...) between the Linears; restructure the head that way "
+            "(a flatten inside forward(), like torchvision's ResNet, cannot be converted)"
+        )
     return fcn
 
 
@@ -93,11 +113,11 @@ def total_stride(model: nn.Module) -> int:
 def _check_input_size(model, input_size):
     input_size = input_size if input_size is not None else getattr(model, "input_size", None)
     if input_size is None:
-        raise CnnkitError("to_fcn needs the training input size: pass input_size=(C, H, W), "
-                          "e.g. (1, 28, 28) for MNIST")
+        raise CnnkitError("to_fcn needs the training input size: pass input_size=(C, H, W), e.g. (1, 28, 28) for MNIST")
     if len(tuple(input_size)) != 3 or any(int(v) <= 0 for v in input_size):
-        raise CnnkitError(f"input_size must be (C, H, W) with positive sizes, got "
-                          f"input_size={tuple(input_size)}; e.g. (3, 224, 224)")
+        raise CnnkitError(
+            f"input_size must be (C, H, W) with positive sizes, got input_size={tuple(input_size)}; e.g. (3, 224, 224)"
+        )
     return tuple(int(v) for v in input_size)
 
 
@@ -121,15 +141,21 @@ def _trace_flatten_inputs(model, input_size) -> dict[int, tuple[int, ...]]:
     watched = [m for m in model.modules() if isinstance(m, (nn.Flatten, *_ADAPTIVE))]
     was_training = model.training
     param = next(model.parameters(), None)
-    x = torch.zeros(1, *input_size, device=param.device if param is not None else "cpu",
-                    dtype=param.dtype if param is not None else torch.float32)
+    x = torch.zeros(
+        1,
+        *input_size,
+        device=param.device if param is not None else "cpu",
+        dtype=param.dtype if param is not None else torch.float32,
+    )
     try:
         model.eval()
         with _hooks(watched, record), torch.no_grad():
             model(x)
     except RuntimeError as exc:
-        raise CnnkitError(f"a forward pass at input_size={input_size} failed ({exc}); pass the "
-                          "(C, H, W) size the model was trained on") from None
+        raise CnnkitError(
+            f"a forward pass at input_size={input_size} failed ({exc}); pass the "
+            "(C, H, W) size the model was trained on"
+        ) from None
     finally:
         model.train(was_training)
     return seen
@@ -147,13 +173,14 @@ def _convert_sequential(seq: nn.Sequential, map_sizes, originals, names, convert
             continue
         where = names[id(original)]
         if flat.start_dim != 1 or flat.end_dim != -1:
-            raise CnnkitError(f"cannot convert {where} (Flatten(start_dim={flat.start_dim}, "
-                              f"end_dim={flat.end_dim})): only Flatten(1, -1) before a Linear is supported")
+            raise CnnkitError(
+                f"cannot convert {where} (Flatten(start_dim={flat.start_dim}, "
+                f"end_dim={flat.end_dim})): only Flatten(1, -1) before a Linear is supported"
+            )
         c, h, w = map_sizes[id(original)]  # the map the Flatten received, e.g. (64, 3, 3)
         if i > 0 and isinstance(children[i - 1][1], _ADAPTIVE):
             pkey, pool = children[i - 1]
-            seq._modules[pkey] = _fixed_pool(pool, map_sizes[id(originals[id(pool)])],
-                                             names[id(originals[id(pool)])])
+            seq._modules[pkey] = _fixed_pool(pool, map_sizes[id(originals[id(pool)])], names[id(originals[id(pool)])])
         seq._modules[key] = nn.Identity()
         converted.add(id(flat))
         first, j = True, i + 1
@@ -170,14 +197,15 @@ def _convert_sequential(seq: nn.Sequential, map_sizes, originals, names, convert
                 seq._modules[jkey] = _bn1d_to_bn2d(layer)
             elif not isinstance(layer, _ELEMENTWISE):
                 if first:
-                    raise CnnkitError(f"cannot convert {names[id(originals[id(layer)])]} "
-                                      f"({type(layer).__name__}) between {where} (Flatten) and the "
-                                      "first Linear: only elementwise layers (ReLU, Dropout) may sit there")
+                    raise CnnkitError(
+                        f"cannot convert {names[id(originals[id(layer)])]} "
+                        f"({type(layer).__name__}) between {where} (Flatten) and the "
+                        "first Linear: only elementwise layers (ReLU, Dropout) may sit there"
+                    )
                 break  # the head ends here; what follows works on maps by itself or fails loudly
             j += 1
         if first:
-            raise CnnkitError(f"cannot convert {where}: the Flatten is not followed by a Linear in "
-                              "its nn.Sequential")
+            raise CnnkitError(f"cannot convert {where}: the Flatten is not followed by a Linear in its nn.Sequential")
         i = j
 
 
@@ -186,10 +214,18 @@ def _linear_to_conv(linear: nn.Linear, kernel: tuple[int, int], where: str) -> n
     out_f, in_f = linear.weight.shape
     kh, kw = kernel
     if in_f % (kh * kw):
-        raise CnnkitError(f"cannot convert {where} (Linear in_features={in_f}): it does not match "
-                          f"a flattened map of size {kh}x{kw}; check input_size")
-    conv = nn.Conv2d(in_f // (kh * kw), out_f, kernel, bias=linear.bias is not None,
-                     device=linear.weight.device, dtype=linear.weight.dtype)
+        raise CnnkitError(
+            f"cannot convert {where} (Linear in_features={in_f}): it does not match "
+            f"a flattened map of size {kh}x{kw}; check input_size"
+        )
+    conv = nn.Conv2d(
+        in_f // (kh * kw),
+        out_f,
+        kernel,
+        bias=linear.bias is not None,
+        device=linear.weight.device,
+        dtype=linear.weight.dtype,
+    )
     with torch.no_grad():
         # Flatten orders features (C, h, w) row-major, exactly the layout of a conv kernel
         conv.weight.copy_(linear.weight.reshape(out_f, in_f // (kh * kw), kh, kw))
@@ -200,8 +236,14 @@ def _linear_to_conv(linear: nn.Linear, kernel: tuple[int, int], where: str) -> n
 
 
 def _bn1d_to_bn2d(bn: nn.BatchNorm1d) -> nn.BatchNorm2d:
-    new = nn.BatchNorm2d(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
-                         device=bn.weight.device if bn.affine else None)
+    new = nn.BatchNorm2d(
+        bn.num_features,
+        bn.eps,
+        bn.momentum,
+        bn.affine,
+        bn.track_running_stats,
+        device=bn.weight.device if bn.affine else None,
+    )
     new.load_state_dict(bn.state_dict())
     new.train(bn.training)
     return new
@@ -218,6 +260,8 @@ def _fixed_pool(pool: nn.Module, in_size: tuple[int, ...], where: str) -> nn.Mod
     if (oh, ow) == (1, 1):
         return cls((h, w), stride=1)  # global pooling -> a window of the training map, sliding by 1
     if h % oh or w % ow:
-        raise CnnkitError(f"cannot convert {where} ({type(pool).__name__}({out})): its {h}x{w} input "
-                          f"at the training size is not a multiple of its output; use a fixed pooling")
+        raise CnnkitError(
+            f"cannot convert {where} ({type(pool).__name__}({out})): its {h}x{w} input "
+            f"at the training size is not a multiple of its output; use a fixed pooling"
+        )
     return cls((h // oh, w // ow), stride=(h // oh, w // ow))

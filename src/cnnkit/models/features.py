@@ -68,16 +68,16 @@ class FeatureExtractor(nn.Module):
     (B, channels[i], ceil(H / strides[i]), ceil(W / strides[i])).
     """
 
-    def __init__(self, backbone: nn.Module, trunk: list[str], taps: list[int], strides: list[int],
-                 channels: list[int]):
+    def __init__(self, backbone: nn.Module, trunk: list[str], taps: list[int], strides: list[int], channels: list[int]):
         super().__init__()
         self.backbone = backbone
         self._trunk = trunk[: max(taps) + 1]  # later modules are never run
-        self._taps = taps                     # index into the trunk of each returned map
+        self._taps = taps  # index into the trunk of each returned map
         self.strides = strides
         self.channels = channels
-        self.feature_info = [{"stride": s, "channels": c, "module": trunk[t]}
-                             for s, c, t in zip(strides, channels, taps)]
+        self.feature_info = [
+            {"stride": s, "channels": c, "module": trunk[t]} for s, c, t in zip(strides, channels, taps)
+        ]
 
     def stem(self, stride: int) -> list[nn.Module]:
         """The trunk modules that compute the returned map at ``stride`` and everything before it."""
@@ -102,8 +102,13 @@ class FeatureExtractor(nn.Module):
         return maps
 
 
-def create_features(name: str, weights: str | None = None, out_strides=(4, 8, 16, 32),
-                    output_stride: int = 32, in_channels: int | None = None) -> FeatureExtractor:
+def create_features(
+    name: str,
+    weights: str | None = None,
+    out_strides=(4, 8, 16, 32),
+    output_stride: int = 32,
+    in_channels: int | None = None,
+) -> FeatureExtractor:
     """Build zoo model ``name`` (optionally with ``weights``) and return its maps at ``out_strides``.
 
     Args:
@@ -119,7 +124,9 @@ def create_features(name: str, weights: str | None = None, out_strides=(4, 8, 16
     """
     strides = tuple(out_strides)
     if not strides or any(s not in STRIDES for s in strides) or list(strides) != sorted(set(strides)):
-        raise CnnkitError(f"out_strides must be an increasing subset of {STRIDES}; received: out_strides={out_strides!r}")
+        raise CnnkitError(
+            f"out_strides must be an increasing subset of {STRIDES}; received: out_strides={out_strides!r}"
+        )
     if output_stride not in (8, 16, 32):
         raise CnnkitError(f"output_stride must be 8, 16 or 32; received: output_stride={output_stride!r}")
     model = create_model(name, in_channels=in_channels, weights=weights)
@@ -133,14 +140,16 @@ def create_features(name: str, weights: str | None = None, out_strides=(4, 8, 16
     for s in strides:
         at = [i for i, t in enumerate(trunk_strides) if t == s]
         if not at:
-            raise CnnkitError(f"model {name!r} has no feature map at stride {s}; its strides: "
-                              f"{sorted(set(trunk_strides))}")
+            raise CnnkitError(
+                f"model {name!r} has no feature map at stride {s}; its strides: {sorted(set(trunk_strides))}"
+            )
         taps.append(at[-1])
     if output_stride < 32:
         first = trunk_strides.index(output_stride * 2) if output_stride * 2 in trunk_strides else len(trunk)
-        _dilate(model, trunk[first: max(taps) + 1], name, output_stride)
-    return FeatureExtractor(model, trunk, taps, [min(s, output_stride) for s in strides],
-                            [trunk_channels[t] for t in taps])
+        _dilate(model, trunk[first : max(taps) + 1], name, output_stride)
+    return FeatureExtractor(
+        model, trunk, taps, [min(s, output_stride) for s in strides], [trunk_channels[t] for t in taps]
+    )
 
 
 @torch.no_grad()
@@ -174,9 +183,11 @@ def _dilate(model: nn.Module, names: list[str], name: str, output_stride: int) -
     for top in names:
         for sub in model.get_submodule(top).modules():
             if isinstance(sub, (nn.MaxPool2d, nn.AvgPool2d)) and sub.stride not in (1, (1, 1)):
-                raise CnnkitError(f"model {name!r} pools in its later stages and cannot dilate to "
-                                  f"output_stride={output_stride}; use output_stride=32 or a ResNet, "
-                                  "MobileNet or EfficientNet")
+                raise CnnkitError(
+                    f"model {name!r} pools in its later stages and cannot dilate to "
+                    f"output_stride={output_stride}; use output_stride=32 or a ResNet, "
+                    "MobileNet or EfficientNet"
+                )
             if not isinstance(sub, nn.Conv2d):
                 continue
             stride, kernel = sub.stride[0], sub.kernel_size[0]
@@ -197,7 +208,9 @@ def _set_dilation(conv: nn.Conv2d, dilation: int, name: str) -> None:
         conv.padding, conv.pad_mode = resolve_padding("same", k, 1, dilation, 2)
         return
     if tuple(conv.padding) != tuple((kk - 1) * d // 2 for kk, d in zip(k, old)):
-        raise CnnkitError(f"model {name!r} has a convolution without 'same' padding in its later stages; "
-                          "it cannot dilate: use output_stride=32")
+        raise CnnkitError(
+            f"model {name!r} has a convolution without 'same' padding in its later stages; "
+            "it cannot dilate: use output_stride=32"
+        )
     conv.stride, conv.dilation = (1, 1), (dilation, dilation)
     conv.padding = tuple((kk - 1) * dilation // 2 for kk in k)

@@ -41,8 +41,14 @@ class BasicConv2d(nn.Module):
     Input shape: (B, in_channels, H, W). Output shape: (B, out_channels, H', W') as ``nn.Conv2d``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
-                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+    ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=False)
         self.bn = nn.BatchNorm2d(out_channels, eps=0.001)
@@ -68,8 +74,9 @@ class Inception(nn.Module):
     Output shape: (B, ch1x1 + ch3x3 + ch5x5 + pool_proj, H, W).
     """
 
-    def __init__(self, in_channels: int, ch1x1: int, ch3x3red: int, ch3x3: int, ch5x5red: int, ch5x5: int,
-                 pool_proj: int) -> None:
+    def __init__(
+        self, in_channels: int, ch1x1: int, ch3x3red: int, ch3x3: int, ch5x5red: int, ch5x5: int, pool_proj: int
+    ) -> None:
         super().__init__()
         self.out_channels = ch1x1 + ch3x3 + ch5x5 + pool_proj
         self.branch1 = BasicConv2d(in_channels, ch1x1, kernel_size=1)
@@ -106,8 +113,9 @@ class GoogLeNet(Classifier):
     Output shape: (B, num_classes).
     """
 
-    def __init__(self, num_classes: int = 1000, in_channels: int = 3, transform_input: bool = False,
-                 dropout: float = 0.2) -> None:
+    def __init__(
+        self, num_classes: int = 1000, in_channels: int = 3, transform_input: bool = False, dropout: float = 0.2
+    ) -> None:
         super().__init__()
         _check_args(num_classes, in_channels, transform_input)
         self.transform_input = transform_input
@@ -149,16 +157,16 @@ class GoogLeNet(Classifier):
         if self.transform_input:
             x = inception_input_transform(x)
         x = self.maxpool1(self.conv1(x))  # (B, C, 224, 224) -> (B, 64, 56, 56)
-        x = self.conv3(self.conv2(x))     # -> (B, 192, 56, 56)
-        x = self.maxpool2(x)              # -> (B, 192, 28, 28)
+        x = self.conv3(self.conv2(x))  # -> (B, 192, 56, 56)
+        x = self.maxpool2(x)  # -> (B, 192, 28, 28)
         x = self.inception3b(self.inception3a(x))  # -> (B, 480, 28, 28)
-        x = self.maxpool3(x)                       # -> (B, 480, 14, 14)
+        x = self.maxpool3(x)  # -> (B, 480, 14, 14)
         x = self.inception4a(x)
         x = self.inception4b(x)
         x = self.inception4c(x)
         x = self.inception4d(x)
         x = self.inception4e(x)  # -> (B, 832, 14, 14)
-        x = self.maxpool4(x)     # -> (B, 832, 7, 7)
+        x = self.maxpool4(x)  # -> (B, 832, 7, 7)
         x = self.inception5a(x)
         return self.inception5b(x)  # -> (B, 1024, 7, 7)
 
@@ -186,8 +194,6 @@ def _classifier(num_features: int, num_classes: int, std: float = 0.01) -> nn.Mo
     fc = nn.Linear(num_features, num_classes)
     _trunc_normal(fc.weight, std)  # the bias keeps PyTorch's default, as in torchvision
     return fc
-
-
 
 
 @register_model(input_size=(3, 224, 224), paper="Szegedy et al. 2014", family="googlenet")

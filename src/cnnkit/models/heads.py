@@ -29,11 +29,10 @@ class ClassScoresHead(nn.Module):
         self.source = source
         for p in self.source.parameters():
             p.requires_grad_(False)
-        self.fc = nn.Linear(source.out_features, num_classes, device=source.weight.device,
-                            dtype=source.weight.dtype)
+        self.fc = nn.Linear(source.out_features, num_classes, device=source.weight.device, dtype=source.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.source(x).log_softmax(-1))   # (B, F) -> (B, source classes) -> (B, classes)
+        return self.fc(self.source(x).log_softmax(-1))  # (B, F) -> (B, source classes) -> (B, classes)
 
     def extra_repr(self) -> str:
         return f"source classes={self.source.out_features}, classes={self.fc.out_features}"
@@ -48,8 +47,10 @@ def last_linear(model: nn.Module) -> tuple[nn.Module, str, nn.Module]:
         elif isinstance(m, nn.Linear) and not (found and name.startswith(found[0] + ".")):
             found = (name, m)
     if found is None:
-        raise CnnkitError(f"{type(model).__name__} has no reset_classifier() and no nn.Linear classifier "
-                          "to replace; give a zoo model or an nn.Sequential ending in a Linear")
+        raise CnnkitError(
+            f"{type(model).__name__} has no reset_classifier() and no nn.Linear classifier "
+            "to replace; give a zoo model or an nn.Sequential ending in a Linear"
+        )
     name, module = found
     parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
     return parent, name.rpartition(".")[2], module

@@ -176,8 +176,9 @@ class Inception3(Classifier):
     Output shape: (B, num_classes).
     """
 
-    def __init__(self, num_classes: int = 1000, in_channels: int = 3, transform_input: bool = False,
-                 dropout: float = 0.5) -> None:
+    def __init__(
+        self, num_classes: int = 1000, in_channels: int = 3, transform_input: bool = False, dropout: float = 0.5
+    ) -> None:
         super().__init__()
         _check_args(num_classes, in_channels, transform_input)
         self.transform_input = transform_input
@@ -218,21 +219,21 @@ class Inception3(Classifier):
         x = self.Conv2d_1a_3x3(x)  # (B, C, 299, 299) -> (B, 32, 149, 149)
         x = self.Conv2d_2a_3x3(x)  # -> (B, 32, 147, 147)
         x = self.Conv2d_2b_3x3(x)  # -> (B, 64, 147, 147)
-        x = self.maxpool1(x)       # -> (B, 64, 73, 73)
+        x = self.maxpool1(x)  # -> (B, 64, 73, 73)
         x = self.Conv2d_3b_1x1(x)  # -> (B, 80, 73, 73)
         x = self.Conv2d_4a_3x3(x)  # -> (B, 192, 71, 71)
-        x = self.maxpool2(x)       # -> (B, 192, 35, 35)
-        x = self.Mixed_5b(x)       # -> (B, 256, 35, 35)
-        x = self.Mixed_5c(x)       # -> (B, 288, 35, 35)
-        x = self.Mixed_5d(x)       # -> (B, 288, 35, 35)
-        x = self.Mixed_6a(x)       # -> (B, 768, 17, 17)
+        x = self.maxpool2(x)  # -> (B, 192, 35, 35)
+        x = self.Mixed_5b(x)  # -> (B, 256, 35, 35)
+        x = self.Mixed_5c(x)  # -> (B, 288, 35, 35)
+        x = self.Mixed_5d(x)  # -> (B, 288, 35, 35)
+        x = self.Mixed_6a(x)  # -> (B, 768, 17, 17)
         x = self.Mixed_6b(x)
         x = self.Mixed_6c(x)
         x = self.Mixed_6d(x)
-        x = self.Mixed_6e(x)       # -> (B, 768, 17, 17)
-        x = self.Mixed_7a(x)       # -> (B, 1280, 8, 8)
-        x = self.Mixed_7b(x)       # -> (B, 2048, 8, 8)
-        return self.Mixed_7c(x)    # -> (B, 2048, 8, 8)
+        x = self.Mixed_6e(x)  # -> (B, 768, 17, 17)
+        x = self.Mixed_7a(x)  # -> (B, 1280, 8, 8)
+        x = self.Mixed_7b(x)  # -> (B, 2048, 8, 8)
+        return self.Mixed_7c(x)  # -> (B, 2048, 8, 8)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = torch.flatten(self.dropout(self.avgpool(x)), 1)  # (B, 2048, h, w) -> (B, 2048)
@@ -244,10 +245,6 @@ class Inception3(Classifier):
         ref = self.Conv2d_1a_3x3.conv.weight
         self.fc = _classifier(self.num_features, num_classes, _STD).to(ref.device, ref.dtype)
         self.num_classes = num_classes
-
-
-
-
 
 
 @register_model(input_size=(3, 299, 299), paper="Szegedy et al. 2015", family="inception")

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from cnnkit.models.detection import Detector, decode, grid_points
 from cnnkit.ops import roi_align
 
-ROI_SIZE = 14          # RoIAlign output side (the paper's 14 x 14)
+ROI_SIZE = 14  # RoIAlign output side (the paper's 14 x 14)
 
 
 class MaskHead(nn.Module):
@@ -48,9 +48,9 @@ class MaskHead(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.fcn(x)                                  # (K, width, 14, 14)
-        x = F.relu(self.up(x))                           # (K, width, 28, 28)
-        return self.logits(x)                            # (K, num_masks, 28, 28)
+        x = self.fcn(x)  # (K, width, 14, 14)
+        x = F.relu(self.up(x))  # (K, width, 28, 28)
+        return self.logits(x)  # (K, num_masks, 28, 28)
 
 
 class MaskDetector(nn.Module):
@@ -61,7 +61,9 @@ class MaskDetector(nn.Module):
     both, so that a DDP-wrapped model computes every gradient inside its forward.
     """
 
-    def __init__(self, detector: Detector, mask_width: int = 64, mask_convs: int = 4, class_agnostic: bool | None = None):
+    def __init__(
+        self, detector: Detector, mask_width: int = 64, mask_convs: int = 4, class_agnostic: bool | None = None
+    ):
         super().__init__()
         self.detector = detector
         self.num_classes = detector.num_classes
@@ -101,7 +103,7 @@ class MaskDetector(nn.Module):
         """rois (K, 5) ``(image index, x1, y1, x2, y2)`` or per-image (L_i, 4) boxes, input pixels
         -> (K, num_masks, 28, 28) logits: RoIAlign 14 x 14 on the finest map, then the mask head."""
         feats = roi_align(maps[0], rois, ROI_SIZE, 1 / self.mask_stride, sampling_ratio=2, aligned=True)
-        return self.mask_head(feats)                              # (K, C, 14, 14) -> (K, num_masks, 28, 28)
+        return self.mask_head(feats)  # (K, C, 14, 14) -> (K, num_masks, 28, 28)
 
     def select(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """(K, num_masks, 28, 28) -> (K, 28, 28): each box's own class map (the only one if agnostic)."""
@@ -135,8 +137,9 @@ def maskness(probs: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     return (probs * fg).flatten(1).sum(1) / fg.flatten(1).sum(1).clamp(min=1)
 
 
-def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int], threshold: float = 0.5
-                ) -> torch.Tensor:
+def paste_masks(
+    masks: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int], threshold: float = 0.5
+) -> torch.Tensor:
     """Masks (K, m, m) of probabilities over their boxes (K, 4) xyxy -> (K, H, W) bool in the image.
 
     The m x m grid spans its box exactly: image pixel (i, j), centre (j + 0.5, i + 0.5), reads the
@@ -157,8 +160,9 @@ def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int],
             continue
         xs = (torch.arange(c0, c1, device=masks.device, dtype=masks.dtype) + 0.5 - x1) / (x2 - x1) * 2 - 1
         ys = (torch.arange(r0, r1, device=masks.device, dtype=masks.dtype) + 0.5 - y1) / (y2 - y1) * 2 - 1
-        grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], -1)[None]     # (1, r, c, 2) x, y
-        window = F.grid_sample(masks[i][None, None].to(grid.dtype), grid, mode="bilinear",
-                               padding_mode="zeros", align_corners=False)[0, 0]       # (r, c)
+        grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], -1)[None]  # (1, r, c, 2) x, y
+        window = F.grid_sample(
+            masks[i][None, None].to(grid.dtype), grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        )[0, 0]  # (r, c)
         out[i, r0:r1, c0:c1] = window >= threshold
     return out

@@ -51,13 +51,14 @@ from cnnkit.layers.pool_same import (
     MaxPool3dSame,
 )
 
-PROBE_SIDE = 224          # a spatial size the file leaves open (None) is taken as this
+PROBE_SIDE = 224  # a spatial size the file leaves open (None) is taken as this
 MAX_CONFIG_BYTES = 64 << 20
 MAX_LAYERS = 10_000
 _MODELS = ("Sequential", "Functional", "Model")
 
 
 # ----------------------------------------------------------------------------- layers with Keras semantics
+
 
 class _Activated:
     """Mixin: ``activation(layer(x))``, the activation a Keras layer carries inside."""
@@ -103,7 +104,7 @@ class Dense(_Activated, nn.Linear):
     """Keras ``Dense`` on the last Keras axis: the channels of a feature map (dim 1), else features."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() > 2:   # (N, C, ...) -> (N, ..., C) -> Dense -> (N, units, ...)
+        if x.dim() > 2:  # (N, C, ...) -> (N, ..., C) -> Dense -> (N, units, ...)
             return super().forward(x.movedim(1, -1)).movedim(-1, 1)
         return super().forward(x)
 
@@ -123,9 +124,9 @@ class Reshape(nn.Module):
         self.target_shape = tuple(target_shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.movedim(1, -1) if x.dim() > 2 else x                  # channels last, as Keras sees it
+        x = x.movedim(1, -1) if x.dim() > 2 else x  # channels last, as Keras sees it
         x = x.reshape(x.shape[0], *self.target_shape)
-        return x.movedim(-1, 1) if x.dim() > 2 else x               # back to channels first
+        return x.movedim(-1, 1) if x.dim() > 2 else x  # back to channels first
 
     def extra_repr(self) -> str:
         return f"target_shape={self.target_shape} (channels last)"
@@ -162,8 +163,13 @@ class Merge(nn.Module):
             return xs[0] - xs[1]
         out = xs[0]
         for x in xs[1:]:
-            out = {"add": torch.add, "average": torch.add, "multiply": torch.mul, "maximum": torch.maximum,
-                   "minimum": torch.minimum}[self.op](out, x)
+            out = {
+                "add": torch.add,
+                "average": torch.add,
+                "multiply": torch.mul,
+                "maximum": torch.maximum,
+                "minimum": torch.minimum,
+            }[self.op](out, x)
         return out / len(xs) if self.op == "average" else out
 
     def extra_repr(self) -> str:
@@ -190,10 +196,20 @@ class Normalization(nn.Module):
         self.invert = invert
         # adapted statistics are weights in Keras (mean, variance, count); given ones live in the config
         given = mean is not None
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(-1).expand(channels).clone()
-                             if given else torch.zeros(channels), persistent=not given)
-        self.register_buffer("variance", torch.tensor(variance, dtype=torch.float32).reshape(-1).expand(channels)
-                             .clone() if given else torch.ones(channels), persistent=not given)
+        self.register_buffer(
+            "mean",
+            torch.tensor(mean, dtype=torch.float32).reshape(-1).expand(channels).clone()
+            if given
+            else torch.zeros(channels),
+            persistent=not given,
+        )
+        self.register_buffer(
+            "variance",
+            torch.tensor(variance, dtype=torch.float32).reshape(-1).expand(channels).clone()
+            if given
+            else torch.ones(channels),
+            persistent=not given,
+        )
         if not given:
             self.register_buffer("count", torch.zeros((), dtype=torch.int64))
 
@@ -252,14 +268,21 @@ class KerasNetwork(nn.Module):
     when the classifier is replaced.
     """
 
-    def __init__(self, name: str, inputs: list[str], nodes: list[tuple[str, str, list[str]]],
-                 outputs: list[str], layers: dict[str, nn.Module], keras_names: dict[str, str] | None = None):
+    def __init__(
+        self,
+        name: str,
+        inputs: list[str],
+        nodes: list[tuple[str, str, list[str]]],
+        outputs: list[str],
+        layers: dict[str, nn.Module],
+        keras_names: dict[str, str] | None = None,
+    ):
         super().__init__()
         self.keras_name = name
         for layer_name, module in layers.items():
             self.add_module(layer_name, module)
         self.inputs, self.nodes, self.outputs = list(inputs), [tuple(n) for n in nodes], list(outputs)
-        self.keras_names = dict(keras_names or {n: n for n in layers})     # child name -> Keras layer name
+        self.keras_names = dict(keras_names or {n: n for n in layers})  # child name -> Keras layer name
         self.keras_config: dict | None = None
         self._merging = {n for n, m in layers.items() if isinstance(m, Merge)}
 
@@ -278,14 +301,23 @@ class KerasNetwork(nn.Module):
 
     def _head_start(self) -> int:
         """Index of the node where the head begins (the last Flatten / global pooling of a chain)."""
-        chain = len(self.inputs) == 1 and len(self.outputs) == 1 and self.outputs[0] == self.nodes[-1][0] and all(
-            args == [prev[0] if prev else self.inputs[0]]
-            for prev, (_, _, args) in zip([None, *self.nodes[:-1]], self.nodes))
-        starts = [i for i, (_, layer, _) in enumerate(self.nodes)
-                  if isinstance(getattr(self, layer), (Flatten, GlobalPool))]
+        chain = (
+            len(self.inputs) == 1
+            and len(self.outputs) == 1
+            and self.outputs[0] == self.nodes[-1][0]
+            and all(
+                args == [prev[0] if prev else self.inputs[0]]
+                for prev, (_, _, args) in zip([None, *self.nodes[:-1]], self.nodes)
+            )
+        )
+        starts = [
+            i for i, (_, layer, _) in enumerate(self.nodes) if isinstance(getattr(self, layer), (Flatten, GlobalPool))
+        ]
         if not chain or not starts or not isinstance(getattr(self, self.nodes[-1][1]), Dense):
-            raise CnnkitError(f"the Keras model {self.keras_name!r} is not a chain of layers ending in Flatten or "
-                              "global pooling and Dense; its head cannot be told apart")
+            raise CnnkitError(
+                f"the Keras model {self.keras_name!r} is not a chain of layers ending in Flatten or "
+                "global pooling and Dense; its head cannot be told apart"
+            )
         return starts[-1]
 
     def _run(self, x: torch.Tensor, nodes) -> torch.Tensor:
@@ -299,7 +331,7 @@ class KerasNetwork(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """The head on a feature map; ``pre_logits``: the input of the last Dense."""
-        x = self._run(x, self.nodes[self._head_start(): -1])
+        x = self._run(x, self.nodes[self._head_start() : -1])
         return x if pre_logits else self._run(x, self.nodes[-1:])
 
     def reset_classifier(self, num_classes: int) -> None:
@@ -307,20 +339,22 @@ class KerasNetwork(nn.Module):
         self._head_start()
         child = self.nodes[-1][1]
         old = getattr(self, child)
-        new = Dense(old.in_features, num_classes, bias=old.bias is not None,
-                    device=old.weight.device, dtype=old.weight.dtype)
+        new = Dense(
+            old.in_features, num_classes, bias=old.bias is not None, device=old.weight.device, dtype=old.weight.dtype
+        )
         new.activation = nn.Identity()
         nn.init.xavier_uniform_(new.weight)
         if new.bias is not None:
             nn.init.zeros_(new.bias)
         setattr(self, child, new)
-        if self.keras_config is not None:     # the stored description follows: the same network rebuilds
+        if self.keras_config is not None:  # the stored description follows: the same network rebuilds
             for layer in self.keras_config["config"]["layers"]:
                 if (layer.get("name") or layer["config"].get("name")) == self.keras_names[child]:
                     layer["config"].update(units=num_classes, activation="linear")
 
 
 # ----------------------------------------------------------------------------- the table of layers
+
 
 @dataclass
 class _Layer:
@@ -329,7 +363,7 @@ class _Layer:
     module: nn.Module
     shape: tuple[int, ...]
     load: Callable[[nn.Module, list[np.ndarray]], None] | None = None
-    children: list = field(default_factory=list)     # a nested model's records
+    children: list = field(default_factory=list)  # a nested model's records
 
 
 def _ints(v, n: int, what: str) -> tuple[int, ...]:
@@ -342,23 +376,26 @@ def _ints(v, n: int, what: str) -> tuple[int, ...]:
 def _check_channels_last(cfg: dict, kind: str) -> None:
     fmt = cfg.get("data_format") or "channels_last"
     if fmt != "channels_last":
-        raise CnnkitError(f"{kind} {cfg.get('name')!r} has data_format={fmt!r}; only channels_last Keras models "
-                          "are read (the Keras default)")
+        raise CnnkitError(
+            f"{kind} {cfg.get('name')!r} has data_format={fmt!r}; only channels_last Keras models "
+            "are read (the Keras default)"
+        )
 
 
 def _act(cfg: dict) -> nn.Module:
     name = cfg.get("activation")
-    if name is not None and not isinstance(name, str):      # a serialised function or object: code
-        raise CnnkitError(f"layer {cfg.get('name')!r} has a custom activation {str(name)[:60]}; only Keras' "
-                          "named activations are read")
+    if name is not None and not isinstance(name, str):  # a serialised function or object: code
+        raise CnnkitError(
+            f"layer {cfg.get('name')!r} has a custom activation {str(name)[:60]}; only Keras' "
+            "named activations are read"
+        )
     return get_activation(name)
 
 
 def _conv(cfg: dict, shape: tuple[int, ...], n: int, kind: str) -> _Layer:
     _check_channels_last(cfg, kind)
     if cfg.get("padding") not in ("valid", "same"):
-        raise CnnkitError(f"{kind} {cfg.get('name')!r} has padding={cfg.get('padding')!r}; "
-                          "'valid' and 'same' are read")
+        raise CnnkitError(f"{kind} {cfg.get('name')!r} has padding={cfg.get('padding')!r}; 'valid' and 'same' are read")
     c_in = shape[0]
     k, s = _ints(cfg["kernel_size"], n, "kernel_size"), _ints(cfg.get("strides", 1), n, "strides")
     d = _ints(cfg.get("dilation_rate", 1), n, "dilation_rate")
@@ -367,19 +404,20 @@ def _conv(cfg: dict, shape: tuple[int, ...], n: int, kind: str) -> _Layer:
         if cfg.get("output_padding") is not None:
             raise CnnkitError(f"Conv2DTranspose {cfg.get('name')!r} sets output_padding; it is not read")
         m = Conv2DTranspose(c_in, cfg["filters"], k, s, d, bias=bias)
-        if cfg["padding"] == "valid":   # H -> (H - 1) s + d (k - 1) + 1, plus zeros up to H * s when s > k
+        if cfg["padding"] == "valid":  # H -> (H - 1) s + d (k - 1) + 1, plus zeros up to H * s when s > k
             m.padding = (0, 0)
             m.output_padding = tuple(max(si - (di * (ki - 1) + 1), 0) for ki, si, di in zip(k, s, d))
             m.crop_end = (0, 0)
         m.activation = _act(cfg)
         return _Layer(m, _probe(m, shape), _load_conv)
-    if kind in ("DepthwiseConv2D", "SeparableConv2D"):    # one filter per input channel and multiplier
+    if kind in ("DepthwiseConv2D", "SeparableConv2D"):  # one filter per input channel and multiplier
         cls, out, groups = DepthwiseConv2D, c_in * cfg.get("depth_multiplier", 1), c_in
     else:
         cls, out, groups = {1: Conv1D, 2: Conv2D, 3: Conv3D}[n], cfg["filters"], cfg.get("groups", 1)
     fixed, pad_mode = resolve_padding(cfg["padding"], k, s, d, n)
-    conv = cls(c_in, out, k, stride=s, padding=fixed, dilation=d, groups=groups,
-               bias=bias and kind != "SeparableConv2D")
+    conv = cls(
+        c_in, out, k, stride=s, padding=fixed, dilation=d, groups=groups, bias=bias and kind != "SeparableConv2D"
+    )
     conv.pad_mode = pad_mode
     if kind == "SeparableConv2D":
         conv.activation = nn.Identity()
@@ -395,8 +433,14 @@ def _pool(cfg: dict, shape: tuple[int, ...], n: int, kind: str) -> _Layer:
     s = _ints(cfg.get("strides") or k, n, "strides")
     is_max = kind.startswith("Max")
     if cfg.get("padding", "valid") == "same":
-        m = {(1, True): MaxPool1dSame, (2, True): MaxPool2dSame, (3, True): MaxPool3dSame, (1, False): AvgPool1dSame,
-             (2, False): AvgPool2dSame, (3, False): AvgPool3dSame}[n, is_max](k, s)
+        m = {
+            (1, True): MaxPool1dSame,
+            (2, True): MaxPool2dSame,
+            (3, True): MaxPool3dSame,
+            (1, False): AvgPool1dSame,
+            (2, False): AvgPool2dSame,
+            (3, False): AvgPool3dSame,
+        }[n, is_max](k, s)
     elif cfg.get("padding", "valid") == "valid":
         m = getattr(nn, f"{'Max' if is_max else 'Avg'}Pool{n}d")(k, s)
     else:
@@ -408,15 +452,19 @@ def _batchnorm(cfg: dict, shape: tuple[int, ...]) -> _Layer:
     axis = cfg.get("axis", -1)
     axis = axis[0] if isinstance(axis, list) and len(axis) == 1 else axis
     if axis not in (-1, len(shape)):
-        raise CnnkitError(f"BatchNormalization {cfg.get('name')!r} normalises axis {axis!r}; only the channels "
-                          "(axis=-1) are read")
+        raise CnnkitError(
+            f"BatchNormalization {cfg.get('name')!r} normalises axis {axis!r}; only the channels (axis=-1) are read"
+        )
     if cfg.get("renorm") or cfg.get("synchronized") or cfg.get("virtual_batch_size"):
         raise CnnkitError(f"BatchNormalization {cfg.get('name')!r} uses renorm/virtual batches; not read")
     scale, center = bool(cfg.get("scale", True)), bool(cfg.get("center", True))
     bn = {1: nn.BatchNorm1d, 2: nn.BatchNorm1d, 3: nn.BatchNorm2d, 4: nn.BatchNorm3d}[len(shape)](
-        shape[0], eps=cfg.get("epsilon", 1e-3), momentum=round(1 - cfg.get("momentum", 0.99), 12),
-        affine=scale and center)
-    if not (scale and center):   # Keras dropped gamma (scale=False) or beta (center=False): only the others learn
+        shape[0],
+        eps=cfg.get("epsilon", 1e-3),
+        momentum=round(1 - cfg.get("momentum", 0.99), 12),
+        affine=scale and center,
+    )
+    if not (scale and center):  # Keras dropped gamma (scale=False) or beta (center=False): only the others learn
         bn.weight = nn.Parameter(torch.ones(shape[0])) if scale else None
         bn.bias = nn.Parameter(torch.zeros(shape[0])) if center else None
     return _Layer(bn, shape, _load_batchnorm)
@@ -425,7 +473,7 @@ def _batchnorm(cfg: dict, shape: tuple[int, ...]) -> _Layer:
 def _dense(cfg: dict, shape: tuple[int, ...]) -> _Layer:
     m = Dense(shape[0], cfg["units"], bias=bool(cfg.get("use_bias", True)))
     m.activation = _act(cfg)
-    nn.init.xavier_uniform_(m.weight)     # Keras' glorot_uniform and zero bias, for a network built untrained
+    nn.init.xavier_uniform_(m.weight)  # Keras' glorot_uniform and zero bias, for a network built untrained
     if m.bias is not None:
         nn.init.zeros_(m.bias)
     return _Layer(m, (cfg["units"], *shape[1:]), _load_dense)
@@ -441,22 +489,31 @@ def _reshape(cfg: dict, shape: tuple[int, ...]) -> _Layer:
         known = math.prod(t for t in target if t != -1)
         target[target.index(-1)] = total // known if known else 0
     if math.prod(target) != total:
-        raise CnnkitError(f"Reshape {cfg.get('name')!r}: target_shape {tuple(cfg['target_shape'])} does not hold "
-                          f"the {total} values of its input")
+        raise CnnkitError(
+            f"Reshape {cfg.get('name')!r}: target_shape {tuple(cfg['target_shape'])} does not hold "
+            f"the {total} values of its input"
+        )
     out = tuple(target[-1:] + target[:-1]) if len(target) > 1 else tuple(target)
     return _Layer(Reshape(tuple(target)), out)
 
 
 def _merge(cfg: dict, shapes: list[tuple[int, ...]], kind: str) -> _Layer:
-    op = {"Add": "add", "Subtract": "subtract", "Multiply": "multiply", "Average": "average",
-          "Maximum": "maximum", "Minimum": "minimum", "Concatenate": "concatenate"}[kind]
+    op = {
+        "Add": "add",
+        "Subtract": "subtract",
+        "Multiply": "multiply",
+        "Average": "average",
+        "Maximum": "maximum",
+        "Minimum": "minimum",
+        "Concatenate": "concatenate",
+    }[kind]
     rank = len(shapes[0]) + 1
     dim = 1
     if op == "concatenate":
         axis = cfg.get("axis", -1) % rank
         if axis == 0:
             raise CnnkitError(f"Concatenate {cfg.get('name')!r} joins along the batch axis; not read")
-        dim = 1 if axis == rank - 1 or rank == 2 else axis + 1        # Keras (N, H, W, C) -> (N, C, H, W)
+        dim = 1 if axis == rank - 1 or rank == 2 else axis + 1  # Keras (N, H, W, C) -> (N, C, H, W)
     m = Merge(op, dim)
     return _Layer(m, _probe(m, shapes))
 
@@ -470,11 +527,11 @@ def _activation_layer(cfg: dict, shape, kind: str) -> _Layer:
         m = nn.ReLU6() if cfg.get("max_value") == 6 else nn.ReLU() if cfg.get("max_value") is None else None
         if m is None:
             raise CnnkitError(f"ReLU {cfg.get('name')!r} has max_value={cfg.get('max_value')!r}; None or 6 are read")
-    elif kind == "LeakyReLU":      # Keras 3 names the slope negative_slope, Keras 2 alpha; both default 0.3
+    elif kind == "LeakyReLU":  # Keras 3 names the slope negative_slope, Keras 2 alpha; both default 0.3
         m = nn.LeakyReLU(cfg.get("negative_slope", cfg.get("alpha", 0.3)))
     elif kind == "ELU":
         m = nn.ELU(cfg.get("alpha", 1.0))
-    else:   # Softmax
+    else:  # Softmax
         if cfg.get("axis", -1) != -1:
             raise CnnkitError(f"Softmax {cfg.get('name')!r} has axis={cfg.get('axis')!r}; only axis=-1 is read")
         m = nn.Softmax(dim=1)
@@ -493,8 +550,7 @@ def _upsampling(cfg: dict, shape) -> _Layer:
     _check_channels_last(cfg, "UpSampling2D")
     mode = cfg.get("interpolation", "nearest")
     if mode not in ("nearest", "bilinear"):
-        raise CnnkitError(f"UpSampling2D {cfg.get('name')!r} has interpolation={mode!r}; nearest and bilinear "
-                          "are read")
+        raise CnnkitError(f"UpSampling2D {cfg.get('name')!r} has interpolation={mode!r}; nearest and bilinear are read")
     m = UpSampling2D(_ints(cfg.get("size", 2), 2, "size"), mode)
     return _Layer(m, _probe(m, shape))
 
@@ -531,11 +587,16 @@ LAYERS: dict[str, Callable[[dict, object], _Layer]] = {
     **{f"Conv{n}D": partial(_conv, n=n, kind=f"Conv{n}D") for n in (1, 2, 3)},
     **{k: partial(_conv, n=2, kind=k) for k in ("Conv2DTranspose", "SeparableConv2D", "DepthwiseConv2D")},
     **{f"{p}Pooling{n}D": partial(_pool, n=n, kind=f"{p}Pooling{n}D") for p in ("Max", "Average") for n in (1, 2, 3)},
-    **{f"Global{p}Pooling{n}D": partial(_simple, kind=f"Global{p}Pooling{n}D")
-       for p in ("Average", "Max") for n in (1, 2, 3)},
+    **{
+        f"Global{p}Pooling{n}D": partial(_simple, kind=f"Global{p}Pooling{n}D")
+        for p in ("Average", "Max")
+        for n in (1, 2, 3)
+    },
     **{k: partial(_simple, kind=k) for k in ("Dropout", "Flatten", "Rescaling")},
-    **{k: partial(_merge, kind=k) for k in ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum",
-                                            "Concatenate")},
+    **{
+        k: partial(_merge, kind=k)
+        for k in ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate")
+    },
     **{k: partial(_activation_layer, kind=k) for k in ("Activation", "ReLU", "LeakyReLU", "ELU", "Softmax")},
     "BatchNormalization": _batchnorm,
     "Dense": _dense,
@@ -545,13 +606,25 @@ LAYERS: dict[str, Callable[[dict, object], _Layer]] = {
     "Reshape": _reshape,
 }
 # the names older Keras versions wrote for the same layers
-_ALIASES = {"MaxPool1D": "MaxPooling1D", "MaxPool2D": "MaxPooling2D", "MaxPool3D": "MaxPooling3D",
-            "AvgPool1D": "AveragePooling1D", "AvgPool2D": "AveragePooling2D", "AvgPool3D": "AveragePooling3D",
-            "GlobalAvgPool1D": "GlobalAveragePooling1D", "GlobalAvgPool2D": "GlobalAveragePooling2D",
-            "GlobalAvgPool3D": "GlobalAveragePooling3D", "GlobalMaxPool1D": "GlobalMaxPooling1D",
-            "GlobalMaxPool2D": "GlobalMaxPooling2D", "GlobalMaxPool3D": "GlobalMaxPooling3D",
-            "Convolution1D": "Conv1D", "Convolution2D": "Conv2D", "Convolution3D": "Conv3D",
-            "Deconvolution2D": "Conv2DTranspose", "SeparableConvolution2D": "SeparableConv2D"}
+_ALIASES = {
+    "MaxPool1D": "MaxPooling1D",
+    "MaxPool2D": "MaxPooling2D",
+    "MaxPool3D": "MaxPooling3D",
+    "AvgPool1D": "AveragePooling1D",
+    "AvgPool2D": "AveragePooling2D",
+    "AvgPool3D": "AveragePooling3D",
+    "GlobalAvgPool1D": "GlobalAveragePooling1D",
+    "GlobalAvgPool2D": "GlobalAveragePooling2D",
+    "GlobalAvgPool3D": "GlobalAveragePooling3D",
+    "GlobalMaxPool1D": "GlobalMaxPooling1D",
+    "GlobalMaxPool2D": "GlobalMaxPooling2D",
+    "GlobalMaxPool3D": "GlobalMaxPooling3D",
+    "Convolution1D": "Conv1D",
+    "Convolution2D": "Conv2D",
+    "Convolution3D": "Conv3D",
+    "Deconvolution2D": "Conv2DTranspose",
+    "SeparableConvolution2D": "SeparableConv2D",
+}
 _MERGING = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate")
 
 
@@ -567,6 +640,7 @@ def _probe(module: nn.Module, shape) -> tuple[int, ...]:
 
 # ----------------------------------------------------------------------------- weights: Keras -> PyTorch
 
+
 def _take(arrays: list[np.ndarray], n: int, module: nn.Module) -> list[torch.Tensor]:
     if len(arrays) != n:
         raise CnnkitError(f"layer {type(module).__name__} expects {n} weight arrays in the file; found {len(arrays)}")
@@ -575,8 +649,10 @@ def _take(arrays: list[np.ndarray], n: int, module: nn.Module) -> list[torch.Ten
 
 def _set(param: torch.Tensor, value: torch.Tensor, what: str) -> None:
     if tuple(param.shape) != tuple(value.shape):
-        raise CnnkitError(f"{what}: the file holds shape {tuple(value.shape)}, the layer needs {tuple(param.shape)}; "
-                          "the weights do not fit the model's description")
+        raise CnnkitError(
+            f"{what}: the file holds shape {tuple(value.shape)}, the layer needs {tuple(param.shape)}; "
+            "the weights do not fit the model's description"
+        )
     with torch.no_grad():
         param.copy_(value)
 
@@ -659,6 +735,7 @@ def _num_vars(rec: _Layer) -> int:
 
 # ----------------------------------------------------------------------------- the graph
 
+
 def _unwrap(layer: dict) -> tuple[str, dict, str]:
     """(class name, its config, its name) of one entry of a model's ``layers``."""
     if not isinstance(layer, dict) or not isinstance(layer.get("config"), dict):
@@ -678,8 +755,10 @@ def _refuse(kind: str, name: str) -> CnnkitError:
         why = "it is a TensorFlow operation recorded as code"
     else:
         why = "it is not in the table of layers cnnkit reads"
-    return CnnkitError(f"layer {name!r} is a {kind}: {why}; rebuild the model without it (cnnkit reads "
-                       f"{', '.join(sorted(set(LAYERS) | set(_MODELS) | {'InputLayer'}))})")
+    return CnnkitError(
+        f"layer {name!r} is a {kind}: {why}; rebuild the model without it (cnnkit reads "
+        f"{', '.join(sorted(set(LAYERS) | set(_MODELS) | {'InputLayer'}))})"
+    )
 
 
 def _input_shape(cfg: dict) -> tuple | None:
@@ -694,8 +773,10 @@ def _channels_first(keras_shape, where: str) -> tuple[int, ...]:
     """Keras (H, W, C) (None allowed for the spatial sizes) -> PyTorch (C, H, W)."""
     shape = [PROBE_SIDE if d is None else d for d in keras_shape]
     if not shape or keras_shape[-1] is None or not all(isinstance(d, int) and 0 < d <= 1 << 16 for d in shape):
-        raise CnnkitError(f"{where}: the input shape {tuple(keras_shape)} is not a list of positive sizes "
-                          "with a known number of channels")
+        raise CnnkitError(
+            f"{where}: the input shape {tuple(keras_shape)} is not a list of positive sizes "
+            "with a known number of channels"
+        )
     return tuple(shape[-1:] + shape[:-1]) if len(shape) > 1 else tuple(shape)
 
 
@@ -730,9 +811,9 @@ def _history(x) -> list[tuple[str, int]]:
 
 
 def _node_inputs(node) -> list[tuple[str, int]]:
-    if isinstance(node, dict):     # Keras 3: {"args": [...], "kwargs": {...}}; tensors in kwargs are ignored
+    if isinstance(node, dict):  # Keras 3: {"args": [...], "kwargs": {...}}; tensors in kwargs are ignored
         return _history(node.get("args", []))
-    return _history(node)          # Keras 2: [[name, node, tensor, kwargs], ...]
+    return _history(node)  # Keras 2: [[name, node, tensor, kwargs], ...]
 
 
 def _endpoints(spec) -> list[tuple[str, int]]:
@@ -746,8 +827,9 @@ def _endpoints(spec) -> list[tuple[str, int]]:
     return [(str(s[0]), int(s[1])) for s in spec]
 
 
-def _build_model(config: dict, input_shapes: list[tuple[int, ...]] | None, depth: int = 0
-                 ) -> tuple[KerasNetwork, list[tuple[int, ...]], list[tuple[str, str, _Layer]]]:
+def _build_model(
+    config: dict, input_shapes: list[tuple[int, ...]] | None, depth: int = 0
+) -> tuple[KerasNetwork, list[tuple[int, ...]], list[tuple[str, str, _Layer]]]:
     """A Keras model config -> (network, its input shapes channels first, records in config order).
 
     A record is (Keras class name, layer name, _Layer); a nested model's record holds its own records.
@@ -777,16 +859,19 @@ def _build_layer(kind: str, cfg: dict, lname: str, layer: dict, shape, depth: in
         raise _refuse(kind, lname)
     if (kind in _MERGING) != isinstance(shape, list):
         got = "several inputs" if isinstance(shape, list) else "one input"
-        raise CnnkitError(f"layer {lname!r} ({kind}) gets {got}"
-                          f"; {'a merge layer takes several' if kind in _MERGING else 'it takes one'}")
+        raise CnnkitError(
+            f"layer {lname!r} ({kind}) gets {got}"
+            f"; {'a merge layer takes several' if kind in _MERGING else 'it takes one'}"
+        )
     try:
         return LAYERS[kind](cfg, shape)
     except CnnkitError:
         raise
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError, ZeroDivisionError) as exc:
         text = " ".join(str(exc).split())[:160] or type(exc).__name__
-        raise CnnkitError(f"layer {lname!r} ({kind}) cannot be built from its config on input {shape} "
-                          f"(channels first): {text}") from None
+        raise CnnkitError(
+            f"layer {lname!r} ({kind}) cannot be built from its config on input {shape} (channels first): {text}"
+        ) from None
 
 
 def _probe_net(net: KerasNetwork, shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
@@ -807,8 +892,10 @@ def _build_sequential(name, cfg, layers, input_shapes, depth):
             build = first.get("build_config") or {}
             keras_shape = tuple(build["input_shape"][1:]) if build.get("input_shape") else None
         if keras_shape is None:
-            raise CnnkitError(f"the Sequential model {name!r} states no input shape; build it in Keras "
-                              "(keras.Input(shape) as its first layer) before saving")
+            raise CnnkitError(
+                f"the Sequential model {name!r} states no input shape; build it in Keras "
+                "(keras.Input(shape) as its first layer) before saving"
+            )
         input_shapes = [_channels_first(keras_shape, name)]
     shape = input_shapes[0]
     taken: set[str] = set()
@@ -870,16 +957,21 @@ def _build_functional(name, cfg, layers, input_shapes, depth):
         ready = [p for p in pending if all(a in shapes for a in p[5])]
         if not ready:
             missing = sorted({a for p in pending for a in p[5] if a not in shapes})[:3]
-            raise CnnkitError(f"the model {name!r} has layers fed by tensors no layer makes ({', '.join(missing)}); "
-                              "the config is malformed")
+            raise CnnkitError(
+                f"the model {name!r} has layers fed by tensors no layer makes ({', '.join(missing)}); "
+                "the config is malformed"
+            )
         for p in ready:
             kind, lcfg, lname, layer, idx, args = p
             in_shape = [shapes[a] for a in args] if kind in _MERGING or len(args) > 1 else shapes[args[0]]
             child = child_of[lname]
-            if lname in built:                  # a shared layer called again: same module, same weights
+            if lname in built:  # a shared layer called again: same module, same weights
                 rec = built[lname]
-                out = _probe(rec.module, in_shape) if not isinstance(rec.module, KerasNetwork) else \
-                    _probe_net(rec.module, in_shape if isinstance(in_shape, list) else [in_shape])
+                out = (
+                    _probe(rec.module, in_shape)
+                    if not isinstance(rec.module, KerasNetwork)
+                    else _probe_net(rec.module, in_shape if isinstance(in_shape, list) else [in_shape])
+                )
             else:
                 rec = _build_layer(kind, lcfg, lname, layer, in_shape, depth)
                 built[lname] = rec
@@ -899,6 +991,7 @@ def _build_functional(name, cfg, layers, input_shapes, depth):
 
 
 # ----------------------------------------------------------------------------- the files
+
 
 def _snake(name: str) -> str:
     """Keras' ``to_snake_case``: ``MaxPooling2D`` -> ``max_pooling2d`` (the group names in .keras files)."""
@@ -953,7 +1046,7 @@ def _arrays_v2(h5, lname: str, source: str) -> list[np.ndarray]:
 def _assign_legacy(h5, records, source: str) -> None:
     for kind, lname, rec in records:
         arrays = _arrays_v2(h5, lname, source)
-        if rec.children:            # a nested model: one group with all its layers' weights in order
+        if rec.children:  # a nested model: one group with all its layers' weights in order
             _distribute(arrays, rec.children, lname, source)
         elif _num_vars(rec):
             rec.load(rec.module, arrays)
@@ -987,8 +1080,9 @@ def _read_json(text: bytes, what: str, source) -> dict:
         out = json.loads(text)
     except (ValueError, RecursionError, UnicodeDecodeError) as exc:
         msg = " ".join(str(exc).split())[:120]
-        raise CnnkitError(f"{source}: {what} is not valid JSON ({msg}); the file is damaged or not a Keras "
-                          "model") from None
+        raise CnnkitError(
+            f"{source}: {what} is not valid JSON ({msg}); the file is damaged or not a Keras model"
+        ) from None
     if not isinstance(out, dict):
         raise CnnkitError(f"{source}: {what} is not a JSON object; the file is not a Keras model")
     return out
@@ -1039,8 +1133,10 @@ def _open(path: Path, weights: bool):
             with h5py.File(path, "r") as h5:
                 text = h5.attrs.get("model_config")
                 if text is None:
-                    raise CnnkitError(f"{path} is an HDF5 file without model_config: weights only? save the whole "
-                                      "model with model.save()")
+                    raise CnnkitError(
+                        f"{path} is an HDF5 file without model_config: weights only? save the whole "
+                        "model with model.save()"
+                    )
                 config = _read_json(text if isinstance(text, bytes) else str(text).encode(), "model_config", path)
         except CnnkitError:
             raise
@@ -1048,8 +1144,9 @@ def _open(path: Path, weights: bool):
             msg = " ".join(str(exc).split())[:120] or type(exc).__name__
             raise CnnkitError(f"{path} is a damaged HDF5 file ({msg}); save the model again") from None
         return config, ("h5", None)
-    raise CnnkitError(f"{path} is neither a .keras (zip) nor an HDF5 .h5 file; give a file saved by Keras' "
-                      "model.save()")
+    raise CnnkitError(
+        f"{path} is neither a .keras (zip) nor an HDF5 .h5 file; give a file saved by Keras' model.save()"
+    )
 
 
 def build_from_keras_config(config: dict, logits: bool = False) -> nn.Module:
@@ -1135,6 +1232,7 @@ def load_keras(path: str | Path, logits: bool = False) -> tuple[nn.Module, tuple
         raise CnnkitError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
     except Exception as exc:  # noqa: BLE001 -- damaged HDF5 data: OSError, KeyError, ValueError from h5py
         msg = " ".join(str(exc).split())[:120] or type(exc).__name__
-        raise CnnkitError(f"{path}: its weights cannot be read ({msg}); the file is damaged: save the model "
-                          "again") from None
+        raise CnnkitError(
+            f"{path}: its weights cannot be read ({msg}); the file is damaged: save the model again"
+        ) from None
     return net.eval(), tuple(net.input_size)

@@ -26,9 +26,21 @@ from cnnkit.models._registry import register_model
 # Paper Table I: the S2 maps each C3 map reads. 0-5: three neighbours, 6-11: four neighbours,
 # 12-14: four non-neighbours, 15: all six.
 C3_TABLE = [
-    (0, 1, 2), (1, 2, 3), (2, 3, 4), (3, 4, 5), (4, 5, 0), (5, 0, 1),
-    (0, 1, 2, 3), (1, 2, 3, 4), (2, 3, 4, 5), (3, 4, 5, 0), (4, 5, 0, 1), (5, 0, 1, 2),
-    (0, 1, 3, 4), (1, 2, 4, 5), (0, 2, 3, 5),
+    (0, 1, 2),
+    (1, 2, 3),
+    (2, 3, 4),
+    (3, 4, 5),
+    (4, 5, 0),
+    (5, 0, 1),
+    (0, 1, 2, 3),
+    (1, 2, 3, 4),
+    (2, 3, 4, 5),
+    (3, 4, 5, 0),
+    (4, 5, 0, 1),
+    (5, 0, 1, 2),
+    (0, 1, 3, 4),
+    (1, 2, 4, 5),
+    (0, 2, 3, 5),
     (0, 1, 2, 3, 4, 5),
 ]
 
@@ -59,13 +71,15 @@ class LeNet5(Classifier):
         super().__init__()
         check_args(num_classes, in_channels)
         if c3_table and in_channels != 1:
-            raise CnnkitError(f"the C3 connection table assumes 6 C1 maps from one channel; received: "
-                              f"in_channels={in_channels}; use c3_table=False")
-        self.c1 = nn.Conv2d(in_channels, 6, 5)                                    # (B, 1, 32, 32) -> (B, 6, 28, 28)
-        self.s2 = nn.AvgPool2d(2)                                                 # -> (B, 6, 14, 14)
+            raise CnnkitError(
+                f"the C3 connection table assumes 6 C1 maps from one channel; received: "
+                f"in_channels={in_channels}; use c3_table=False"
+            )
+        self.c1 = nn.Conv2d(in_channels, 6, 5)  # (B, 1, 32, 32) -> (B, 6, 28, 28)
+        self.s2 = nn.AvgPool2d(2)  # -> (B, 6, 14, 14)
         self.c3 = TableConv2d(6, 16, 5, C3_TABLE) if c3_table else nn.Conv2d(6, 16, 5)  # -> (B, 16, 10, 10)
-        self.s4 = nn.AvgPool2d(2)                                                 # -> (B, 16, 5, 5)
-        self.c5 = nn.Conv2d(16, 120, 5)                                           # -> (B, 120, 1, 1)
+        self.s4 = nn.AvgPool2d(2)  # -> (B, 16, 5, 5)
+        self.c5 = nn.Conv2d(16, 120, 5)  # -> (B, 120, 1, 1)
         self.act = nn.Tanh()
         self.num_features = 84
         self.f6 = nn.Linear(120, 84)

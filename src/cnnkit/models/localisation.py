@@ -33,13 +33,19 @@ class Localiser(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h, w = x.shape[-2:]
-        f = self.features(self.normalise(x))[-1].mean((2, 3))                  # (B, C_last)
+        f = self.features(self.normalise(x))[-1].mean((2, 3))  # (B, C_last)
         cxcywh = torch.sigmoid(self.box(f)) * torch.tensor([w, h, w, h], dtype=f.dtype, device=f.device)
-        return self.classifier(f), box_convert(cxcywh, "cxcywh", "xyxy")       # (B, K), (B, 4)
+        return self.classifier(f), box_convert(cxcywh, "cxcywh", "xyxy")  # (B, K), (B, 4)
 
 
-def localisation_loss(logits: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, gt: torch.Tensor,
-                      image_size: tuple[int, int], box_weight: float = 2.0) -> dict[str, torch.Tensor]:
+def localisation_loss(
+    logits: torch.Tensor,
+    boxes: torch.Tensor,
+    labels: torch.Tensor,
+    gt: torch.Tensor,
+    image_size: tuple[int, int],
+    box_weight: float = 2.0,
+) -> dict[str, torch.Tensor]:
     """Cross-entropy + box_weight * (GIoU loss + L1 on boxes in image-size units)."""
     h, w = image_size
     scale = torch.tensor([w, h, w, h], dtype=boxes.dtype, device=boxes.device)
@@ -54,5 +60,8 @@ def localisation_metrics(logits: torch.Tensor, boxes: torch.Tensor, labels: torc
     """{"accuracy", "mean_iou", "hit@0.5" (right class and IoU >= 0.5)}."""
     right = logits.argmax(1) == labels
     iou = box_iou_elementwise(boxes, gt)
-    return {"accuracy": right.float().mean().item(), "mean_iou": iou.mean().item(),
-            "hit@0.5": (right & (iou >= 0.5)).float().mean().item()}
+    return {
+        "accuracy": right.float().mean().item(),
+        "mean_iou": iou.mean().item(),
+        "hit@0.5": (right & (iou >= 0.5)).float().mean().item(),
+    }

@@ -29,23 +29,28 @@ CFGS: dict[str, tuple[list, bool, float]] = {
 def conv_bn(in_channels: int, out_channels: int, kernel_size: int = 3, pool: bool = False) -> nn.Sequential:
     """Conv (no bias) -> [2x2 max pool] -> BatchNorm -> ReLU, "same" padding."""
     conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
-    return nn.Sequential(conv, *([nn.MaxPool2d(2)] if pool else []),   # (B, C, H, W) -> (B, C, H/2, W/2)
-                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        conv,
+        *([nn.MaxPool2d(2)] if pool else []),  # (B, C, H, W) -> (B, C, H/2, W/2)
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
 
 
 class MnistNet(Classifier):
     """Conv-BN-ReLU stages from a row of data, then global max+avg pooling and a linear classifier."""
 
-    def __init__(self, cfg: list, num_classes: int = 10, in_channels: int = 1, stem5: bool = False,
-                 dropout: float = 0.0):
+    def __init__(
+        self, cfg: list, num_classes: int = 10, in_channels: int = 1, stem5: bool = False, dropout: float = 0.0
+    ):
         super().__init__()
         check_args(num_classes, in_channels)
         layers: list[nn.Module] = []
         c = in_channels
         for i, v in enumerate(cfg):
-            pooled = i > 0 and cfg[i - 1] != "M" and v == "M"       # already inside the conv block
+            pooled = i > 0 and cfg[i - 1] != "M" and v == "M"  # already inside the conv block
             if v == "M" and not pooled:
-                layers.append(nn.MaxPool2d(2))               # (B, C, H, W) -> (B, C, H/2, W/2)
+                layers.append(nn.MaxPool2d(2))  # (B, C, H, W) -> (B, C, H/2, W/2)
             elif v != "M":
                 pool = i + 1 < len(cfg) and cfg[i + 1] == "M"
                 layers.append(conv_bn(c, v, 5 if (i == 0 and stem5) else 3, pool))
@@ -58,10 +63,10 @@ class MnistNet(Classifier):
         self.logit_scale = 0.125
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)                              # (B, 1, 28, 28) -> (B, C, 7, 7)
+        return self.features(x)  # (B, 1, 28, 28) -> (B, C, 7, 7)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = torch.cat([x.amax((2, 3)), x.mean((2, 3))], 1)   # (B, C, 7, 7) -> (B, 2C)
+        x = torch.cat([x.amax((2, 3)), x.mean((2, 3))], 1)  # (B, C, 7, 7) -> (B, 2C)
         x = self.dropout(x)
         return x if pre_logits else self.fc(x) * self.logit_scale  # (B, 2C) -> (B, num_classes)
 
@@ -69,7 +74,8 @@ class MnistNet(Classifier):
         check_args(num_classes, 1)
         ref = self.fc.weight if isinstance(self.fc, nn.Linear) else next(self.parameters())
         self.fc = (nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()).to(
-            ref.device, ref.dtype)
+            ref.device, ref.dtype
+        )
         self.num_classes = num_classes
 
 

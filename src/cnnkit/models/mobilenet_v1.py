@@ -37,7 +37,7 @@ class DepthwiseSeparable(nn.Module):
         self.act2 = nn.ReLU6(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act1(self.bn1(self.conv_dw(x)))     # (B, C_in, H, W) -> (B, C_in, H/s, W/s)
+        x = self.act1(self.bn1(self.conv_dw(x)))  # (B, C_in, H, W) -> (B, C_in, H/s, W/s)
         return self.act2(self.bn2(self.conv_pw(x)))  # -> (B, C_out, H/s, W/s)
 
 

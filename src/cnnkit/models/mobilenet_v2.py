@@ -62,8 +62,7 @@ class MobileNetV2(PooledClassifier):
     Input shape: (B, in_channels, H, W). Output shape: (B, num_classes).
     """
 
-    def __init__(self, num_classes: int = 1000, in_channels: int = 3, width_mult: float = 1.0,
-                 dropout: float = 0.2):
+    def __init__(self, num_classes: int = 1000, in_channels: int = 3, width_mult: float = 1.0, dropout: float = 0.2):
         super().__init__()
         check_args(num_classes, in_channels)
         channels = make_divisible(32 * width_mult)

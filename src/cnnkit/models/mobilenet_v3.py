@@ -25,13 +25,14 @@ _NORM = partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)
 @dataclass(frozen=True)
 class BlockConfig:
     """One inverted-residual block of paper Tables 1-2 (a row of data, not a subclass)."""
-    in_channels: int   # input channels
-    kernel: int        # depthwise kernel size (3 or 5)
-    expanded: int      # channels after the 1x1 expansion ("exp size")
+
+    in_channels: int  # input channels
+    kernel: int  # depthwise kernel size (3 or 5)
+    expanded: int  # channels after the 1x1 expansion ("exp size")
     out_channels: int  # output channels
-    use_se: bool       # squeeze-excite after the depthwise conv
-    hard_swish: bool   # hard-swish ("HS") instead of ReLU ("RE")
-    stride: int        # stride of the depthwise conv
+    use_se: bool  # squeeze-excite after the depthwise conv
+    hard_swish: bool  # hard-swish ("HS") instead of ReLU ("RE")
+    stride: int  # stride of the depthwise conv
 
 
 def _rows(table, width_mult: float) -> list[BlockConfig]:
@@ -40,32 +41,36 @@ def _rows(table, width_mult: float) -> list[BlockConfig]:
 
 
 #            in  k  exp  out  SE     act  s
-_LARGE = [(16, 3, 16, 16, False, "RE", 1),
-          (16, 3, 64, 24, False, "RE", 2),
-          (24, 3, 72, 24, False, "RE", 1),
-          (24, 5, 72, 40, True, "RE", 2),
-          (40, 5, 120, 40, True, "RE", 1),
-          (40, 5, 120, 40, True, "RE", 1),
-          (40, 3, 240, 80, False, "HS", 2),
-          (80, 3, 200, 80, False, "HS", 1),
-          (80, 3, 184, 80, False, "HS", 1),
-          (80, 3, 184, 80, False, "HS", 1),
-          (80, 3, 480, 112, True, "HS", 1),
-          (112, 3, 672, 112, True, "HS", 1),
-          (112, 5, 672, 160, True, "HS", 2),
-          (160, 5, 960, 160, True, "HS", 1),
-          (160, 5, 960, 160, True, "HS", 1)]
-_SMALL = [(16, 3, 16, 16, True, "RE", 2),
-          (16, 3, 72, 24, False, "RE", 2),
-          (24, 3, 88, 24, False, "RE", 1),
-          (24, 5, 96, 40, True, "HS", 2),
-          (40, 5, 240, 40, True, "HS", 1),
-          (40, 5, 240, 40, True, "HS", 1),
-          (40, 5, 120, 48, True, "HS", 1),
-          (48, 5, 144, 48, True, "HS", 1),
-          (48, 5, 288, 96, True, "HS", 2),
-          (96, 5, 576, 96, True, "HS", 1),
-          (96, 5, 576, 96, True, "HS", 1)]
+_LARGE = [
+    (16, 3, 16, 16, False, "RE", 1),
+    (16, 3, 64, 24, False, "RE", 2),
+    (24, 3, 72, 24, False, "RE", 1),
+    (24, 5, 72, 40, True, "RE", 2),
+    (40, 5, 120, 40, True, "RE", 1),
+    (40, 5, 120, 40, True, "RE", 1),
+    (40, 3, 240, 80, False, "HS", 2),
+    (80, 3, 200, 80, False, "HS", 1),
+    (80, 3, 184, 80, False, "HS", 1),
+    (80, 3, 184, 80, False, "HS", 1),
+    (80, 3, 480, 112, True, "HS", 1),
+    (112, 3, 672, 112, True, "HS", 1),
+    (112, 5, 672, 160, True, "HS", 2),
+    (160, 5, 960, 160, True, "HS", 1),
+    (160, 5, 960, 160, True, "HS", 1),
+]
+_SMALL = [
+    (16, 3, 16, 16, True, "RE", 2),
+    (16, 3, 72, 24, False, "RE", 2),
+    (24, 3, 88, 24, False, "RE", 1),
+    (24, 5, 96, 40, True, "HS", 2),
+    (40, 5, 240, 40, True, "HS", 1),
+    (40, 5, 240, 40, True, "HS", 1),
+    (40, 5, 120, 48, True, "HS", 1),
+    (48, 5, 144, 48, True, "HS", 1),
+    (48, 5, 288, 96, True, "HS", 2),
+    (96, 5, 576, 96, True, "HS", 1),
+    (96, 5, 576, 96, True, "HS", 1),
+]
 
 
 class InvertedResidual(nn.Module):
@@ -78,11 +83,15 @@ class InvertedResidual(nn.Module):
         layers: list[nn.Module] = []
         if cfg.expanded != cfg.in_channels:
             layers.append(ConvNormAct(cfg.in_channels, cfg.expanded, 1, norm_layer=_NORM, act_layer=act))
-        layers.append(ConvNormAct(cfg.expanded, cfg.expanded, cfg.kernel, cfg.stride, groups=cfg.expanded,
-                                  norm_layer=_NORM, act_layer=act))
+        layers.append(
+            ConvNormAct(
+                cfg.expanded, cfg.expanded, cfg.kernel, cfg.stride, groups=cfg.expanded, norm_layer=_NORM, act_layer=act
+            )
+        )
         if cfg.use_se:  # the SE bottleneck is expanded // 4, rounded to a multiple of 8
-            layers.append(SqueezeExcite(cfg.expanded, make_divisible(cfg.expanded // 4), act=nn.ReLU,
-                                        gate=nn.Hardsigmoid))
+            layers.append(
+                SqueezeExcite(cfg.expanded, make_divisible(cfg.expanded // 4), act=nn.ReLU, gate=nn.Hardsigmoid)
+            )
         layers.append(ConvNormAct(cfg.expanded, cfg.out_channels, 1, norm_layer=_NORM, act_layer=None))
         self.block = nn.Sequential(*layers)
         self.out_channels = cfg.out_channels
@@ -105,8 +114,14 @@ class MobileNetV3(Classifier):
     (960 large, 576 small).
     """
 
-    def __init__(self, blocks: list[BlockConfig], last_channel: int, num_classes: int = 1000,
-                 in_channels: int = 3, dropout: float = 0.2):
+    def __init__(
+        self,
+        blocks: list[BlockConfig],
+        last_channel: int,
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        dropout: float = 0.2,
+    ):
         super().__init__()
         check_args(num_classes, in_channels)
         first = blocks[0].in_channels
@@ -131,7 +146,7 @@ class MobileNetV3(Classifier):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)  # (B, C, h, w) -> (B, C)
-        x = self.classifier[:-1](x)                                   # -> (B, last_channel)
+        x = self.classifier[:-1](x)  # -> (B, last_channel)
         return x if pre_logits else self.classifier[-1](x)
 
     def reset_classifier(self, num_classes: int) -> None:
@@ -146,14 +161,10 @@ _PAPER = "Howard et al. 2019"
 
 
 @register_model(input_size=(3, 224, 224), paper=_PAPER, family="mobilenet")
-def mobilenet_v3_large(num_classes: int = 1000, in_channels: int = 3, width_mult: float = 1.0,
-                       **kw) -> MobileNetV3:
-    return MobileNetV3(_rows(_LARGE, width_mult), make_divisible(1280 * width_mult), num_classes, in_channels,
-                       **kw)
+def mobilenet_v3_large(num_classes: int = 1000, in_channels: int = 3, width_mult: float = 1.0, **kw) -> MobileNetV3:
+    return MobileNetV3(_rows(_LARGE, width_mult), make_divisible(1280 * width_mult), num_classes, in_channels, **kw)
 
 
 @register_model(input_size=(3, 224, 224), paper=_PAPER, family="mobilenet")
-def mobilenet_v3_small(num_classes: int = 1000, in_channels: int = 3, width_mult: float = 1.0,
-                       **kw) -> MobileNetV3:
-    return MobileNetV3(_rows(_SMALL, width_mult), make_divisible(1024 * width_mult), num_classes, in_channels,
-                       **kw)
+def mobilenet_v3_small(num_classes: int = 1000, in_channels: int = 3, width_mult: float = 1.0, **kw) -> MobileNetV3:
+    return MobileNetV3(_rows(_SMALL, width_mult), make_divisible(1024 * width_mult), num_classes, in_channels, **kw)

@@ -27,35 +27,67 @@ import torch.nn as nn
 from cnnkit.errors import CnnkitError, check_fits
 from cnnkit.models.keras import build_from_keras_config, load_keras
 
-TRUST_HINT = ("if you trust that code, load with trust_code=True, factory='FILE.py:FN' "
-              "(CLI: --trust-code FILE.py:FN), naming the file yourself")
+TRUST_HINT = (
+    "if you trust that code, load with trust_code=True, factory='FILE.py:FN' "
+    "(CLI: --trust-code FILE.py:FN), naming the file yourself"
+)
 
-_CONV = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
-         "bias", "padding_mode")
+_CONV = (
+    "in_channels",
+    "out_channels",
+    "kernel_size",
+    "stride",
+    "padding",
+    "dilation",
+    "groups",
+    "bias",
+    "padding_mode",
+)
 _BN = ("num_features", "eps", "momentum", "affine", "track_running_stats")
 _POOL = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
 _AVG = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad")
 # class name -> constructor arguments read back from the module's attributes (an allow-list)
 LAYERS: dict[str, tuple[str, ...]] = {
-    "Sequential": (), "Identity": (), "Flatten": ("start_dim", "end_dim"),
-    "Conv1d": _CONV, "Conv2d": _CONV, "Conv3d": _CONV,
+    "Sequential": (),
+    "Identity": (),
+    "Flatten": ("start_dim", "end_dim"),
+    "Conv1d": _CONV,
+    "Conv2d": _CONV,
+    "Conv3d": _CONV,
     "ConvTranspose2d": _CONV[:5] + ("output_padding", "groups", "bias", "dilation"),
     "Linear": ("in_features", "out_features", "bias"),
-    "BatchNorm1d": _BN, "BatchNorm2d": _BN, "BatchNorm3d": _BN,
+    "BatchNorm1d": _BN,
+    "BatchNorm2d": _BN,
+    "BatchNorm3d": _BN,
     "GroupNorm": ("num_groups", "num_channels", "eps", "affine"),
     "LayerNorm": ("normalized_shape", "eps", "elementwise_affine"),
-    "MaxPool1d": _POOL, "MaxPool2d": _POOL, "MaxPool3d": _POOL, "AvgPool2d": _AVG,
-    "AdaptiveAvgPool2d": ("output_size",), "AdaptiveMaxPool2d": ("output_size",),
-    "Dropout": ("p",), "Dropout2d": ("p",),
-    "ReLU": ("inplace",), "ReLU6": ("inplace",), "SiLU": ("inplace",), "Hardswish": ("inplace",),
-    "Hardsigmoid": ("inplace",), "ELU": ("alpha", "inplace"), "LeakyReLU": ("negative_slope", "inplace"),
-    "GELU": ("approximate",), "Tanh": (), "Sigmoid": (), "Softmax": ("dim",), "LogSoftmax": ("dim",),
+    "MaxPool1d": _POOL,
+    "MaxPool2d": _POOL,
+    "MaxPool3d": _POOL,
+    "AvgPool2d": _AVG,
+    "AdaptiveAvgPool2d": ("output_size",),
+    "AdaptiveMaxPool2d": ("output_size",),
+    "Dropout": ("p",),
+    "Dropout2d": ("p",),
+    "ReLU": ("inplace",),
+    "ReLU6": ("inplace",),
+    "SiLU": ("inplace",),
+    "Hardswish": ("inplace",),
+    "Hardsigmoid": ("inplace",),
+    "ELU": ("alpha", "inplace"),
+    "LeakyReLU": ("negative_slope", "inplace"),
+    "GELU": ("approximate",),
+    "Tanh": (),
+    "Sigmoid": (),
+    "Softmax": ("dim",),
+    "LogSoftmax": ("dim",),
 }
 _MAX_DEPTH = 32
 _MAX_LAYERS = 10_000
 
 
 # ----------------------------------------------------------------------------- describing
+
 
 def describe(model: str, net: nn.Module | None = None) -> dict:
     """The ``"network"`` entry for a network built from ``model`` (what the user typed at training)."""
@@ -76,6 +108,7 @@ def describe(model: str, net: nn.Module | None = None) -> dict:
 
 def describe_modules(net: nn.Module) -> dict | None:
     """``net`` as a JSON tree of allow-listed layers, or None when some part is not one."""
+
     def tree(m: nn.Module, depth: int) -> dict | None:
         name = type(m).__name__
         if depth > _MAX_DEPTH or name not in LAYERS or type(m) is not getattr(nn, name):
@@ -100,16 +133,18 @@ def describe_modules(net: nn.Module) -> dict | None:
         out = tree(net, 0)
         if out is None:
             return None
-        with torch.device("meta"):         # a round trip that allocates nothing and draws no random numbers
+        with torch.device("meta"):  # a round trip that allocates nothing and draws no random numbers
             rebuilt = build_modules(out)
     except (CnnkitError, TypeError, ValueError, AttributeError):
         return None
-    same = repr(rebuilt) == repr(net) and [(k, v.shape) for k, v in rebuilt.state_dict().items()] == \
-        [(k, v.shape) for k, v in net.state_dict().items()]
+    same = repr(rebuilt) == repr(net) and [(k, v.shape) for k, v in rebuilt.state_dict().items()] == [
+        (k, v.shape) for k, v in net.state_dict().items()
+    ]
     return out if same else None
 
 
 # ----------------------------------------------------------------------------- building
+
 
 def build_modules(tree: dict) -> nn.Module:
     """Rebuild what :func:`describe_modules` wrote; anything outside :data:`LAYERS` is refused."""
@@ -118,12 +153,12 @@ def build_modules(tree: dict) -> nn.Module:
     def build(node, depth: int) -> nn.Module:
         count[0] += 1
         if depth > _MAX_DEPTH or count[0] > _MAX_LAYERS:
-            raise CnnkitError(f"the network tree is deeper than {_MAX_DEPTH} or has more than "
-                              f"{_MAX_LAYERS} layers")
+            raise CnnkitError(f"the network tree is deeper than {_MAX_DEPTH} or has more than {_MAX_LAYERS} layers")
         if not isinstance(node, dict) or node.get("type") not in LAYERS:
             kind = node.get("type") if isinstance(node, dict) else type(node).__name__
-            raise CnnkitError(f"layer type {str(kind)[:60]!r} is not one of the plain torch.nn layers "
-                              "a checkpoint may name")
+            raise CnnkitError(
+                f"layer type {str(kind)[:60]!r} is not one of the plain torch.nn layers a checkpoint may name"
+            )
         name = node["type"]
         if name == "Sequential":
             layers = node.get("layers")
@@ -136,8 +171,8 @@ def build_modules(tree: dict) -> nn.Module:
                 raise CnnkitError(f"{name} lacks its argument {arg!r}")
             value = node[arg]
             if not isinstance(value, (int, float, str, bool, list)) or (
-                    isinstance(value, list) and not all(isinstance(v, int) and not isinstance(v, bool)
-                                                        for v in value)):
+                isinstance(value, list) and not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            ):
                 raise CnnkitError(f"{name} argument {arg}={str(value)[:40]!r} is not a number, flag or word")
             args[arg] = tuple(value) if isinstance(value, list) else value
         try:
@@ -153,13 +188,19 @@ def legacy(model: str) -> dict:
     if ".py:" in model:
         return {"kind": "factory", "factory": model}
     if model.endswith((".yaml", ".yml", ".json")):
-        return {"kind": "spec_file", "path": model}      # a spec file is data: read, never run
+        return {"kind": "spec_file", "path": model}  # a spec file is data: read, never run
     return {"kind": "zoo", "name": model}
 
 
-def build(network: dict, num_classes: int, in_channels: int, source: str,
-          trust_code: bool = False, factory: str | None = None,
-          input_size: tuple[int, ...] | None = None) -> nn.Module:
+def build(
+    network: dict,
+    num_classes: int,
+    in_channels: int,
+    source: str,
+    trust_code: bool = False,
+    factory: str | None = None,
+    input_size: tuple[int, ...] | None = None,
+) -> nn.Module:
     """An ``nn.Module`` from a ``"network"`` description (``source`` names the checkpoint in errors).
 
     Sizes are checked on the meta device first: a network whose parameters would not fit in memory
@@ -176,29 +217,40 @@ def build(network: dict, num_classes: int, in_channels: int, source: str,
 
         name = network.get("name")
         if name not in list_models():
-            raise CnnkitError(f"{source}: the checkpoint names the model {str(name)[:60]!r}, which is not in "
-                              "the zoo (`cnnkit zoo` lists them)")
+            raise CnnkitError(
+                f"{source}: the checkpoint names the model {str(name)[:60]!r}, which is not in "
+                "the zoo (`cnnkit zoo` lists them)"
+            )
         head = network.get("head")
         if head is None:
             make = lambda: create_model(name, num_classes=num_classes, in_channels=in_channels)  # noqa: E731
-        else:   # a fine-tuned head on the pretrained classifier's scores (cnnkit.models.heads)
+        else:  # a fine-tuned head on the pretrained classifier's scores (cnnkit.models.heads)
             n = head.get("source_classes") if isinstance(head, dict) else None
-            if not isinstance(head, dict) or head.get("kind") != "class_scores" or not isinstance(n, int) \
-                    or isinstance(n, bool) or not 1 <= n <= 100_000:
-                raise CnnkitError(f"{source}: the network's head {str(head)[:60]!r} is not "
-                                  "{'kind': 'class_scores', 'source_classes': 1..100000}")
+            if (
+                not isinstance(head, dict)
+                or head.get("kind") != "class_scores"
+                or not isinstance(n, int)
+                or isinstance(n, bool)
+                or not 1 <= n <= 100_000
+            ):
+                raise CnnkitError(
+                    f"{source}: the network's head {str(head)[:60]!r} is not "
+                    "{'kind': 'class_scores', 'source_classes': 1..100000}"
+                )
             make = lambda: _class_scores(name, n, num_classes, in_channels)  # noqa: E731
     elif kind in ("spec", "spec_file"):
         from cnnkit.models.spec import build_from_spec
 
         spec = network.get("spec") if kind == "spec" else network.get("path")
         if kind == "spec_file" and not Path(str(spec)).is_file():
-            raise CnnkitError(f"{source}: the network's spec file {spec} is gone; this checkpoint (from an "
-                              "older cnnkit) stored only its path: restore the file or retrain")
+            raise CnnkitError(
+                f"{source}: the network's spec file {spec} is gone; this checkpoint (from an "
+                "older cnnkit) stored only its path: restore the file or retrain"
+            )
         make = lambda: build_from_spec(spec, logits=True)[0]  # noqa: E731
     elif kind == "modules":
         make = lambda: build_modules(network.get("tree"))  # noqa: E731
-    elif kind == "keras":   # a converted Keras model: its own config, rebuilt by the Keras reader (no code run)
+    elif kind == "keras":  # a converted Keras model: its own config, rebuilt by the Keras reader (no code run)
         make = lambda: build_from_keras_config(network.get("config"), logits=bool(network.get("logits", True)))  # noqa: E731
     else:
         raise CnnkitError(f"{source}: unknown network kind {str(kind)[:40]!r}; expected zoo, spec, modules or keras")
@@ -227,20 +279,27 @@ def _sized(make, source: str, input_size: tuple[int, ...] | None) -> nn.Module:
                 probe.eval()(torch.empty(1, *input_size, device="meta"))
         except Exception as exc:  # noqa: BLE001 -- any failure: the description does not fit its input
             text = " ".join(str(exc).split())[:160] or type(exc).__name__
-            raise CnnkitError(f"{source}: its network does not run on its own input size "
-                              f"{'x'.join(map(str, input_size))} ({text}); the file is damaged or was edited") from None
+            raise CnnkitError(
+                f"{source}: its network does not run on its own input size "
+                f"{'x'.join(map(str, input_size))} ({text}); the file is damaged or was edited"
+            ) from None
     return make()
 
 
-def _from_factory(network: dict, num_classes: int, in_channels: int, source: str, trust_code: bool,
-                  factory: str | None) -> nn.Module:
+def _from_factory(
+    network: dict, num_classes: int, in_channels: int, source: str, trust_code: bool, factory: str | None
+) -> nn.Module:
     stored = str(network.get("factory", "a Python file"))[:200]
     if not trust_code:
-        raise CnnkitError(f"{source}: its network is built by Python code ({stored}); loading it would run "
-                          f"that code, so it is not loaded: {TRUST_HINT}")
+        raise CnnkitError(
+            f"{source}: its network is built by Python code ({stored}); loading it would run "
+            f"that code, so it is not loaded: {TRUST_HINT}"
+        )
     if factory is None or ".py:" not in factory:
-        raise CnnkitError(f"trust_code=True needs factory='FILE.py:FN' (CLI: --trust-code FILE.py:FN): the "
-                          f"file to run is the one you name, never the checkpoint's ({stored})")
+        raise CnnkitError(
+            f"trust_code=True needs factory='FILE.py:FN' (CLI: --trust-code FILE.py:FN): the "
+            f"file to run is the one you name, never the checkpoint's ({stored})"
+        )
     from cnnkit.models.network import load_factory
 
     path, _, fn = factory.rpartition(":")
@@ -254,7 +313,7 @@ def build_network(model: str, num_classes: int, in_channels: int) -> nn.Module:
             raise CnnkitError(f"--model spec file not found: {model}; give a .yaml/.json network spec")
         from cnnkit.models.spec import build_from_spec
 
-        return build_from_spec(model, logits=True)[0]     # a final softmax is the loss's job
+        return build_from_spec(model, logits=True)[0]  # a final softmax is the loss's job
     if ".py:" in model:
         from cnnkit.models.network import load_factory
 
@@ -282,10 +341,10 @@ def trusted_resume_model(stored: str, typed: str | None) -> str:
         return stored
     if typed is not None and model_reference(typed) == stored:
         return typed
-    raise CnnkitError(f"this run's network is built by Python code ({stored}); resuming would run it: if "
-                      f"you trust that code, pass --model {stored} again to resume")
-
-
+    raise CnnkitError(
+        f"this run's network is built by Python code ({stored}); resuming would run it: if "
+        f"you trust that code, pass --model {stored} again to resume"
+    )
 
 
 def resolve_target(target) -> tuple[nn.Module, tuple[int, ...] | None, str]:
@@ -293,8 +352,10 @@ def resolve_target(target) -> tuple[nn.Module, tuple[int, ...] | None, str]:
     if isinstance(target, nn.Module):
         return target, getattr(target, "input_size", None), type(target).__name__
     if not isinstance(target, (str, Path)):
-        raise CnnkitError(f"cannot analyse a {type(target).__name__}: give an nn.Module, a model name, "
-                          "a .yaml/.json spec or file.py:factory")
+        raise CnnkitError(
+            f"cannot analyse a {type(target).__name__}: give an nn.Module, a model name, "
+            "a .yaml/.json spec or file.py:factory"
+        )
     text = str(target)
     path = Path(text)
     if path.suffix.lower() in (".yaml", ".yml", ".json"):
@@ -302,7 +363,7 @@ def resolve_target(target) -> tuple[nn.Module, tuple[int, ...] | None, str]:
 
         model, input_size = build_from_spec(path)
         return model, input_size, path.stem
-    if path.suffix.lower() in (".keras", ".h5"):        # read as data: no code in the file runs
+    if path.suffix.lower() in (".keras", ".h5"):  # read as data: no code in the file runs
         model, input_size = load_keras(path)
         return model, input_size, path.stem
     m = re.match(r"^(?P<file>.+\.py):(?P<fn>[A-Za-z_]\w*)$", text)
@@ -341,6 +402,5 @@ def load_factory(path: Path, fn_name: str, **kwargs) -> nn.Module:
     except Exception as exc:
         raise CnnkitError(f"{path}:{fn_name}() raised {type(exc).__name__}: {exc}") from None
     if not isinstance(model, nn.Module):
-        raise CnnkitError(f"{path}:{fn_name}() must return a torch.nn.Module; it returned "
-                          f"{type(model).__name__}")
+        raise CnnkitError(f"{path}:{fn_name}() must return a torch.nn.Module; it returned {type(model).__name__}")
     return model

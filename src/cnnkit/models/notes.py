@@ -40,8 +40,9 @@ class KerasNet(Classifier):
         num_classes: its output width.
     """
 
-    def __init__(self, trunk: list[tuple[str, nn.Module]], head: list[tuple[str, nn.Module]],
-                 num_features: int, num_classes: int):
+    def __init__(
+        self, trunk: list[tuple[str, nn.Module]], head: list[tuple[str, nn.Module]], num_features: int, num_classes: int
+    ):
         super().__init__()
         for name, layer in trunk + head:
             self.add_module(name, layer)
@@ -78,15 +79,15 @@ def keras_mnist_convnet(num_classes: int = 10, in_channels: int = 1) -> KerasNet
     check_args(num_classes, in_channels)
     trunk = [
         ("conv2d_1", Conv2D(in_channels, 32, 3, activation="relu")),  # (B, 1, 28, 28) -> (B, 32, 26, 26)
-        ("max_pooling2d_1", nn.MaxPool2d(2)),                         # -> (B, 32, 13, 13)
-        ("conv2d_2", Conv2D(32, 64, 3, activation="relu")),           # -> (B, 64, 11, 11)
-        ("max_pooling2d_2", nn.MaxPool2d(2)),                         # -> (B, 64, 5, 5)
-        ("conv2d_3", Conv2D(64, 64, 3, activation="relu")),           # -> (B, 64, 3, 3)
+        ("max_pooling2d_1", nn.MaxPool2d(2)),  # -> (B, 32, 13, 13)
+        ("conv2d_2", Conv2D(32, 64, 3, activation="relu")),  # -> (B, 64, 11, 11)
+        ("max_pooling2d_2", nn.MaxPool2d(2)),  # -> (B, 64, 5, 5)
+        ("conv2d_3", Conv2D(64, 64, 3, activation="relu")),  # -> (B, 64, 3, 3)
     ]
     head = [
-        ("flatten_1", nn.Flatten()),                                  # -> (B, 576)
-        ("dense_1", Dense(576, 64, activation="relu")),               # -> (B, 64)
-        ("dense_2", _logits(64, num_classes)),                        # -> (B, 10), softmax in the loss
+        ("flatten_1", nn.Flatten()),  # -> (B, 576)
+        ("dense_1", Dense(576, 64, activation="relu")),  # -> (B, 64)
+        ("dense_2", _logits(64, num_classes)),  # -> (B, 10), softmax in the loss
     ]
     return KerasNet(trunk, head, 64, num_classes)
 
@@ -96,18 +97,18 @@ def keras_cats_dogs_convnet(num_classes: int = 1, in_channels: int = 3) -> Keras
     check_args(num_classes, in_channels)
     trunk = [
         ("conv2d_1", Conv2D(in_channels, 32, 3, activation="relu")),  # (B, 3, 150, 150) -> (B, 32, 148, 148)
-        ("max_pooling2d_1", nn.MaxPool2d(2)),                         # -> (B, 32, 74, 74)
-        ("conv2d_2", Conv2D(32, 64, 3, activation="relu")),           # -> (B, 64, 72, 72)
-        ("max_pooling2d_2", nn.MaxPool2d(2)),                         # -> (B, 64, 36, 36)
-        ("conv2d_3", Conv2D(64, 128, 3, activation="relu")),          # -> (B, 128, 34, 34)
-        ("max_pooling2d_3", nn.MaxPool2d(2)),                         # -> (B, 128, 17, 17)
-        ("conv2d_4", Conv2D(128, 128, 3, activation="relu")),         # -> (B, 128, 15, 15)
-        ("max_pooling2d_4", nn.MaxPool2d(2)),                         # -> (B, 128, 7, 7)
+        ("max_pooling2d_1", nn.MaxPool2d(2)),  # -> (B, 32, 74, 74)
+        ("conv2d_2", Conv2D(32, 64, 3, activation="relu")),  # -> (B, 64, 72, 72)
+        ("max_pooling2d_2", nn.MaxPool2d(2)),  # -> (B, 64, 36, 36)
+        ("conv2d_3", Conv2D(64, 128, 3, activation="relu")),  # -> (B, 128, 34, 34)
+        ("max_pooling2d_3", nn.MaxPool2d(2)),  # -> (B, 128, 17, 17)
+        ("conv2d_4", Conv2D(128, 128, 3, activation="relu")),  # -> (B, 128, 15, 15)
+        ("max_pooling2d_4", nn.MaxPool2d(2)),  # -> (B, 128, 7, 7)
     ]
     head = [
-        ("flatten_1", nn.Flatten()),                                  # -> (B, 6272)
-        ("dense_1", Dense(7 * 7 * 128, 512, activation="relu")),      # -> (B, 512)
-        ("dense_2", _logits(512, num_classes)),                       # -> (B, 1), sigmoid in the loss
+        ("flatten_1", nn.Flatten()),  # -> (B, 6272)
+        ("dense_1", Dense(7 * 7 * 128, 512, activation="relu")),  # -> (B, 512)
+        ("dense_2", _logits(512, num_classes)),  # -> (B, 1), sigmoid in the loss
     ]
     return KerasNet(trunk, head, 512, num_classes)
 
@@ -117,16 +118,16 @@ def exercise9_mnist(num_classes: int = 10, in_channels: int = 1) -> KerasNet:
     check_args(num_classes, in_channels)
     trunk = [
         ("conv2d_1", Conv2D(in_channels, 32, 3, padding="same", activation="relu")),  # -> (B, 32, 28, 28)
-        ("max_pooling2d_1", nn.MaxPool2d(2)),                                         # -> (B, 32, 14, 14)
-        ("conv2d_2", Conv2D(32, 64, 3, padding="same", activation="relu")),           # -> (B, 64, 14, 14)
-        ("conv2d_3", Conv2D(64, 64, 3, padding="same", activation="relu")),           # -> (B, 64, 14, 14)
+        ("max_pooling2d_1", nn.MaxPool2d(2)),  # -> (B, 32, 14, 14)
+        ("conv2d_2", Conv2D(32, 64, 3, padding="same", activation="relu")),  # -> (B, 64, 14, 14)
+        ("conv2d_3", Conv2D(64, 64, 3, padding="same", activation="relu")),  # -> (B, 64, 14, 14)
     ]
     head = [
-        ("flatten_1", nn.Flatten()),                                  # -> (B, 12544)
+        ("flatten_1", nn.Flatten()),  # -> (B, 12544)
         ("dropout_1", Dropout(0.25)),
-        ("dense_1", Dense(14 * 14 * 64, 128, activation="relu")),     # -> (B, 128)
+        ("dense_1", Dense(14 * 14 * 64, 128, activation="relu")),  # -> (B, 128)
         ("dropout_2", Dropout(0.5)),
-        ("dense_2", _logits(128, num_classes)),                       # -> (B, 10), softmax in the loss
+        ("dense_2", _logits(128, num_classes)),  # -> (B, 10), softmax in the loss
     ]
     return KerasNet(trunk, head, 128, num_classes)
 
@@ -138,31 +139,36 @@ class GanGenerator(nn.Sequential):
     """
 
     def __init__(self, latent_dim: int = 100, out_channels: int = 1):
-        super().__init__(OrderedDict([
-            ("dense_1", Dense(latent_dim, 1024)),                     # (B, 100) -> (B, 1024)
-            ("activation_1", nn.Tanh()),
-            ("dense_2", Dense(1024, 128 * 7 * 7)),                    # -> (B, 6272)
-            ("batch_normalization_1", nn.BatchNorm1d(128 * 7 * 7, eps=1e-3, momentum=0.01)),
-            ("activation_2", nn.Tanh()),
-            ("reshape_1", Reshape((7, 7, 128))),                      # -> (B, 128, 7, 7), Keras's HWC order
-            ("up_sampling2d_1", nn.Upsample(scale_factor=2, mode="nearest")),  # -> (B, 128, 14, 14)
-            ("conv2d_1", Conv2D(128, 64, 5, padding="same")),         # -> (B, 64, 14, 14)
-            ("activation_3", nn.Tanh()),
-            ("up_sampling2d_2", nn.Upsample(scale_factor=2, mode="nearest")),  # -> (B, 64, 28, 28)
-            ("conv2d_2", Conv2D(64, out_channels, 5, padding="same")),  # -> (B, 1, 28, 28)
-            ("activation_4", nn.Tanh()),
-        ]))
+        super().__init__(
+            OrderedDict(
+                [
+                    ("dense_1", Dense(latent_dim, 1024)),  # (B, 100) -> (B, 1024)
+                    ("activation_1", nn.Tanh()),
+                    ("dense_2", Dense(1024, 128 * 7 * 7)),  # -> (B, 6272)
+                    ("batch_normalization_1", nn.BatchNorm1d(128 * 7 * 7, eps=1e-3, momentum=0.01)),
+                    ("activation_2", nn.Tanh()),
+                    ("reshape_1", Reshape((7, 7, 128))),  # -> (B, 128, 7, 7), Keras's HWC order
+                    ("up_sampling2d_1", nn.Upsample(scale_factor=2, mode="nearest")),  # -> (B, 128, 14, 14)
+                    ("conv2d_1", Conv2D(128, 64, 5, padding="same")),  # -> (B, 64, 14, 14)
+                    ("activation_3", nn.Tanh()),
+                    ("up_sampling2d_2", nn.Upsample(scale_factor=2, mode="nearest")),  # -> (B, 64, 28, 28)
+                    ("conv2d_2", Conv2D(64, out_channels, 5, padding="same")),  # -> (B, 1, 28, 28)
+                    ("activation_4", nn.Tanh()),
+                ]
+            )
+        )
         self.latent_dim = latent_dim
         self.out_channels = out_channels
 
 
 @register_model(input_size=(100,), paper="DCGAN-like, study notes", family="gan")
-def gan_generator(latent_dim: int = 100, out_channels: int = 1, num_classes=None,
-                  in_channels=None) -> GanGenerator:
+def gan_generator(latent_dim: int = 100, out_channels: int = 1, num_classes=None, in_channels=None) -> GanGenerator:
     if num_classes is not None or in_channels is not None:
-        raise CnnkitError(f"gan_generator is a generator: it takes a latent vector (latent_dim=100) and has "
-                          f"no classifier; received: num_classes={num_classes}, in_channels={in_channels}; "
-                          f"use latent_dim= and out_channels= instead")
+        raise CnnkitError(
+            f"gan_generator is a generator: it takes a latent vector (latent_dim=100) and has "
+            f"no classifier; received: num_classes={num_classes}, in_channels={in_channels}; "
+            f"use latent_dim= and out_channels= instead"
+        )
     for name, value in (("latent_dim", latent_dim), ("out_channels", out_channels)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise CnnkitError(f"{name} must be an integer >= 1; received: {name}={value!r}")

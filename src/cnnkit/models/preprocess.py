@@ -13,19 +13,19 @@ import torch
 
 from cnnkit.data.constants import IMAGENET_MEAN, IMAGENET_STD
 
-INCEPTION_MEAN, INCEPTION_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)     # x / 127.5 - 1
-GREY_MEAN, GREY_STD = (0.5,), (0.5,)                                   # one channel: [0,1] -> [-1,1]
+INCEPTION_MEAN, INCEPTION_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # x / 127.5 - 1
+GREY_MEAN, GREY_STD = (0.5,), (0.5,)  # one channel: [0,1] -> [-1,1]
 # families whose reference weights expect [-1, 1] inputs; every other 3-channel family: ImageNet
 _INCEPTION_FAMILIES = ("xception",)
 
 
 @dataclass(frozen=True)
 class Preprocess:
-    input_size: tuple[int, int, int]   # (C, H, W) the network sees
-    mean: tuple[float, ...]            # per channel, on [0, 1] pixels
+    input_size: tuple[int, int, int]  # (C, H, W) the network sees
+    mean: tuple[float, ...]  # per channel, on [0, 1] pixels
     std: tuple[float, ...]
-    crop_fraction: float = 0.875       # share of the resized image the centre crop keeps (256 -> 224)
-    interpolation: str = "bilinear"    # resampling of the resize: "bilinear" | "bicubic"
+    crop_fraction: float = 0.875  # share of the resized image the centre crop keeps (256 -> 224)
+    interpolation: str = "bilinear"  # resampling of the resize: "bilinear" | "bicubic"
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -44,8 +44,9 @@ def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     return (x - m) / s
 
 
-def preprocess_for(model_name: str, in_channels: int | None = None,
-                   image_size: tuple[int, int] | None = None) -> Preprocess:
+def preprocess_for(
+    model_name: str, in_channels: int | None = None, image_size: tuple[int, int] | None = None
+) -> Preprocess:
     """The preprocessing a zoo model's reference weights expect.
 
     Args:
@@ -86,8 +87,9 @@ def preprocess_for(model_name: str, in_channels: int | None = None,
 FINETUNE_SCALE = 9 / 7
 
 
-def finetune_preprocess(model_name: str, pretrained: bool, image_size: tuple[int, int] | None = None,
-                        in_channels: int | None = None) -> Preprocess:
+def finetune_preprocess(
+    model_name: str, pretrained: bool, image_size: tuple[int, int] | None = None, in_channels: int | None = None
+) -> Preprocess:
     """:func:`preprocess_for` at the size fine-tuning uses: ``image_size`` when given, else the
     model's own size -- times :data:`FINETUNE_SCALE` (to a multiple of 32) for pretrained weights."""
     if image_size is None and pretrained:
@@ -102,8 +104,7 @@ def load_photo(path, pre: Preprocess) -> torch.Tensor:
     """An image file prepared as ``pre`` says (shorter side resized, centre crop): float (C, H, W) in [0, 1]."""
     from cnnkit.data.imagefolder import decode_image
 
-    image = decode_image(path, pre.image_size, pre.input_size[0], "shorter", pre.crop_fraction,
-                         pre.interpolation)
+    image = decode_image(path, pre.image_size, pre.input_size[0], "shorter", pre.crop_fraction, pre.interpolation)
     return image.float() / 255
 
 

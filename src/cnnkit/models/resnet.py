@@ -53,12 +53,22 @@ class BasicBlock(nn.Module):
 
     expansion: int = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 groups: int = 1, base_width: int = 64, norm_layer: NormLayer | None = None) -> None:
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        groups: int = 1,
+        base_width: int = 64,
+        norm_layer: NormLayer | None = None,
+    ) -> None:
         super().__init__()
         if groups != 1 or base_width != 64:
-            raise CnnkitError(f"BasicBlock supports only groups=1 and base_width=64; received: "
-                              f"groups={groups}, base_width={base_width}; use Bottleneck for ResNeXt/Wide ResNet")
+            raise CnnkitError(
+                f"BasicBlock supports only groups=1 and base_width=64; received: "
+                f"groups={groups}, base_width={base_width}; use Bottleneck for ResNeXt/Wide ResNet"
+            )
         norm_layer = norm_layer or nn.BatchNorm2d
         self.conv1 = conv3x3(inplanes, planes, stride)
         self.bn1 = norm_layer(planes)
@@ -95,8 +105,16 @@ class Bottleneck(nn.Module):
 
     expansion: int = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 groups: int = 1, base_width: int = 64, norm_layer: NormLayer | None = None) -> None:
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        groups: int = 1,
+        base_width: int = 64,
+        norm_layer: NormLayer | None = None,
+    ) -> None:
         super().__init__()
         norm_layer = norm_layer or nn.BatchNorm2d
         width = int(planes * (base_width / 64.0)) * groups
@@ -112,9 +130,9 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))    # (B, inplanes, H, W) -> (B, width, H, W)
+        out = self.relu(self.bn1(self.conv1(x)))  # (B, inplanes, H, W) -> (B, width, H, W)
         out = self.relu(self.bn2(self.conv2(out)))  # -> (B, width, H/s, W/s)
-        out = self.bn3(self.conv3(out))             # -> (B, 4 * planes, H/s, W/s)
+        out = self.bn3(self.conv3(out))  # -> (B, 4 * planes, H/s, W/s)
         return self.relu(out + identity)
 
 
@@ -135,9 +153,17 @@ class ResNet(Classifier):
     Output shape: (B, num_classes).
     """
 
-    def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: list[int], num_classes: int = 1000,
-                 in_channels: int = 3, groups: int = 1, width_per_group: int = 64,
-                 zero_init_residual: bool = False, norm_layer: NormLayer | None = None) -> None:
+    def __init__(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        layers: list[int],
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        groups: int = 1,
+        width_per_group: int = 64,
+        zero_init_residual: bool = False,
+        norm_layer: NormLayer | None = None,
+    ) -> None:
         super().__init__()
         _check_args(num_classes, in_channels)
         if len(layers) != 4:
@@ -173,8 +199,9 @@ class ResNet(Classifier):
                 elif isinstance(m, BasicBlock):
                     nn.init.constant_(m.bn2.weight, 0)
 
-    def _make_layer(self, block: type[BasicBlock] | type[Bottleneck], planes: int, blocks: int,
-                    stride: int = 1) -> nn.Sequential:
+    def _make_layer(
+        self, block: type[BasicBlock] | type[Bottleneck], planes: int, blocks: int, stride: int = 1
+    ) -> nn.Sequential:
         """One stage: the first block may downsample (stride) and widen; the others keep the shape."""
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
@@ -185,8 +212,11 @@ class ResNet(Classifier):
         layers = [block(self.inplanes, planes, stride, downsample, self.groups, self.base_width, self._norm_layer)]
         self.inplanes = planes * block.expansion
         for _ in range(1, blocks):
-            layers.append(block(self.inplanes, planes, groups=self.groups, base_width=self.base_width,
-                                norm_layer=self._norm_layer))
+            layers.append(
+                block(
+                    self.inplanes, planes, groups=self.groups, base_width=self.base_width, norm_layer=self._norm_layer
+                )
+            )
         return nn.Sequential(*layers)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -210,8 +240,6 @@ class ResNet(Classifier):
 def _classifier(num_features: int, num_classes: int) -> nn.Module:
     # torchvision leaves the Linear at PyTorch's default initialisation
     return nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
-
-
 
 
 _PAPER = "He et al. 2015"
@@ -244,12 +272,14 @@ def resnet152(num_classes: int = 1000, in_channels: int = 3, **kw) -> ResNet:
 
 @register_model(input_size=(3, 224, 224), paper="Xie et al. 2016", family="resnet")
 def resnext50_32x4d(num_classes: int = 1000, in_channels: int = 3, **kw) -> ResNet:
-    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes=num_classes, in_channels=in_channels,
-                  groups=32, width_per_group=4, **kw)
+    return ResNet(
+        Bottleneck, [3, 4, 6, 3], num_classes=num_classes, in_channels=in_channels, groups=32, width_per_group=4, **kw
+    )
 
 
 @register_model(input_size=(3, 224, 224), paper="Zagoruyko & Komodakis 2016", family="resnet")
 def wide_resnet50_2(num_classes: int = 1000, in_channels: int = 3, **kw) -> ResNet:
     # twice the Bottleneck's inner width; the block outputs (planes * 4) stay as in ResNet-50
-    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes=num_classes, in_channels=in_channels,
-                  width_per_group=64 * 2, **kw)
+    return ResNet(
+        Bottleneck, [3, 4, 6, 3], num_classes=num_classes, in_channels=in_channels, width_per_group=64 * 2, **kw
+    )

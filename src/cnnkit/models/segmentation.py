@@ -27,20 +27,20 @@ from cnnkit.errors import CnnkitError
 from cnnkit.layers import ASPP, BilinearConvTranspose2d, ConvNormAct, aspp_rates, resize
 
 ARCHS = ("fcn32s", "fcn16s", "fcn8s", "unet", "deeplabv3")
-UNET_ENCODER = "unet"   # the backbone name of U-Net's own encoder
+UNET_ENCODER = "unet"  # the backbone name of U-Net's own encoder
 
 
 @dataclass
 class SegmenterConfig:
-    arch: str                        # one of ARCHS
-    backbone: str = "resnet18"       # a zoo name for create_features, or "unet" (U-Net's own encoder)
-    num_classes: int = 2             # output channels, background included
-    in_channels: int | None = None   # image channels (the backbone's default when None)
-    output_stride: int = 16          # DeepLab only: 16 or 8 (the backbone dilates its later stages)
-    weights: str | None = None       # backbone weights: None | "imagenet" | a path (as create_model)
-    width: int = 32                  # U-Net's own encoder: channels of its first level (doubling per level)
-    finest: int = 2                  # U-Net on a zoo backbone: the finest stride its decoder reaches (2 or 4;
-                                     # 4 skips the costly stride-2 level, bilinear x4 to the input after)
+    arch: str  # one of ARCHS
+    backbone: str = "resnet18"  # a zoo name for create_features, or "unet" (U-Net's own encoder)
+    num_classes: int = 2  # output channels, background included
+    in_channels: int | None = None  # image channels (the backbone's default when None)
+    output_stride: int = 16  # DeepLab only: 16 or 8 (the backbone dilates its later stages)
+    weights: str | None = None  # backbone weights: None | "imagenet" | a path (as create_model)
+    width: int = 32  # U-Net's own encoder: channels of its first level (doubling per level)
+    finest: int = 2  # U-Net on a zoo backbone: the finest stride its decoder reaches (2 or 4;
+    # 4 skips the costly stride-2 level, bilinear x4 to the input after)
 
 
 def _crop(x: torch.Tensor, size) -> torch.Tensor:
@@ -67,21 +67,23 @@ class UNetEncoder(nn.Module):
 
     def __init__(self, in_channels: int = 3, width: int = 32, levels: int = 5):
         super().__init__()
-        chans = [width * 2 ** i for i in range(levels)]
+        chans = [width * 2**i for i in range(levels)]
         self.levels = nn.ModuleList()
         for i, c in enumerate(chans):
-            self.levels.append(nn.Sequential(ConvNormAct(in_channels if i == 0 else chans[i - 1], c),
-                                             ConvNormAct(c, c)))
+            self.levels.append(
+                nn.Sequential(ConvNormAct(in_channels if i == 0 else chans[i - 1], c), ConvNormAct(c, c))
+            )
         self.pool = nn.MaxPool2d(2, ceil_mode=True)
-        self.strides = [2 ** i for i in range(levels)]
+        self.strides = [2**i for i in range(levels)]
         self.channels = chans
-        self.feature_info = [{"stride": s, "channels": c, "module": f"levels.{i}"}
-                             for i, (s, c) in enumerate(zip(self.strides, chans))]
+        self.feature_info = [
+            {"stride": s, "channels": c, "module": f"levels.{i}"} for i, (s, c) in enumerate(zip(self.strides, chans))
+        ]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         maps = []
         for i, level in enumerate(self.levels):
-            x = level(x if i == 0 else self.pool(x))   # (B, C_i, ceil(H / 2^i), ceil(W / 2^i))
+            x = level(x if i == 0 else self.pool(x))  # (B, C_i, ceil(H / 2^i), ceil(W / 2^i))
             maps.append(x)
         return maps
 
@@ -89,13 +91,20 @@ class UNetEncoder(nn.Module):
 def _encoder(cfg: SegmenterConfig, out_strides, output_stride: int = 32) -> nn.Module:
     if cfg.backbone == UNET_ENCODER:
         if cfg.arch != "unet":
-            raise CnnkitError(f"backbone 'unet' (U-Net's own encoder) is for arch unet; {cfg.arch} needs a "
-                              "zoo backbone such as resnet18 or mobilenet_v2")
+            raise CnnkitError(
+                f"backbone 'unet' (U-Net's own encoder) is for arch unet; {cfg.arch} needs a "
+                "zoo backbone such as resnet18 or mobilenet_v2"
+            )
         return UNetEncoder(cfg.in_channels or 3, cfg.width)
     from cnnkit.models.features import create_features
 
-    return create_features(cfg.backbone, weights=cfg.weights, out_strides=out_strides,
-                           output_stride=output_stride, in_channels=cfg.in_channels)
+    return create_features(
+        cfg.backbone,
+        weights=cfg.weights,
+        out_strides=out_strides,
+        output_stride=output_stride,
+        in_channels=cfg.in_channels,
+    )
 
 
 class FCN(nn.Module):
@@ -108,10 +117,10 @@ class FCN(nn.Module):
     def __init__(self, cfg: SegmenterConfig):
         super().__init__()
         skips = {"fcn32s": 0, "fcn16s": 1, "fcn8s": 2}[cfg.arch]
-        self.encoder = _encoder(cfg, (8, 16, 32)[2 - skips:])
+        self.encoder = _encoder(cfg, (8, 16, 32)[2 - skips :])
         k = cfg.num_classes
         chans = self.encoder.channels
-        self.score = nn.Conv2d(chans[-1], k, 1)                         # on the stride-32 map
+        self.score = nn.Conv2d(chans[-1], k, 1)  # on the stride-32 map
         self.score_skips = nn.ModuleList(nn.Conv2d(c, k, 1) for c in reversed(chans[:-1]))  # 16, then 8
         for conv in self.score_skips:
             nn.init.zeros_(conv.weight)
@@ -120,12 +129,12 @@ class FCN(nn.Module):
         self.final_stride = self.encoder.strides[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        maps = self.encoder(x)                       # strides (8,) 16, 32
-        y = self.score(maps[-1])                     # (B, K, H/32, W/32)
+        maps = self.encoder(x)  # strides (8,) 16, 32
+        y = self.score(maps[-1])  # (B, K, H/32, W/32)
         for up, score, skip in zip(self.up2, self.score_skips, reversed(maps[:-1])):
-            s = score(skip)                          # (B, K, H/16, W/16), then H/8
+            s = score(skip)  # (B, K, H/16, W/16), then H/8
             y = _crop(up(y), s.shape[-2:]) + s
-        return upsample_crop(y, self.final_stride, x.shape[-2:])   # (B, K, H, W)
+        return upsample_crop(y, self.final_stride, x.shape[-2:])  # (B, K, H, W)
 
 
 class UNetDecoderBlock(nn.Module):
@@ -138,8 +147,8 @@ class UNetDecoderBlock(nn.Module):
         self.convs = nn.Sequential(ConvNormAct(2 * skip, skip), ConvNormAct(skip, skip))
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        x = _crop(self.up(x), skip.shape[-2:])       # (B, C_skip, H, W)
-        return self.convs(torch.cat([x, skip], 1))   # (B, 2 C_skip, H, W) -> (B, C_skip, H, W)
+        x = _crop(self.up(x), skip.shape[-2:])  # (B, C_skip, H, W)
+        return self.convs(torch.cat([x, skip], 1))  # (B, 2 C_skip, H, W) -> (B, C_skip, H, W)
 
 
 class UNet(nn.Module):
@@ -150,8 +159,10 @@ class UNet(nn.Module):
     def __init__(self, cfg: SegmenterConfig):
         super().__init__()
         if cfg.finest not in (2, 4):
-            raise CnnkitError(f"U-Net's decoder reaches stride 2 or 4 of a zoo backbone. Received: finest={cfg.finest!r}")
-        self.encoder = _encoder(cfg, (2, 4, 8, 16, 32)[cfg.finest // 4:])
+            raise CnnkitError(
+                f"U-Net's decoder reaches stride 2 or 4 of a zoo backbone. Received: finest={cfg.finest!r}"
+            )
+        self.encoder = _encoder(cfg, (2, 4, 8, 16, 32)[cfg.finest // 4 :])
         chans = self.encoder.channels
         self.blocks = nn.ModuleList(UNetDecoderBlock(chans[i + 1], chans[i]) for i in reversed(range(len(chans) - 1)))
         self.score = nn.Conv2d(chans[0], cfg.num_classes, 1)
@@ -161,8 +172,8 @@ class UNet(nn.Module):
         maps = self.encoder(x)
         y = maps[-1]
         for block, skip in zip(self.blocks, reversed(maps[:-1])):
-            y = block(y, skip)                        # one level finer
-        return upsample_crop(self.score(y), self.final_stride, x.shape[-2:])   # (B, K, H, W)
+            y = block(y, skip)  # one level finer
+        return upsample_crop(self.score(y), self.final_stride, x.shape[-2:])  # (B, K, H, W)
 
 
 class DeepLabV3(nn.Module):
@@ -172,15 +183,17 @@ class DeepLabV3(nn.Module):
     def __init__(self, cfg: SegmenterConfig):
         super().__init__()
         if cfg.output_stride not in (8, 16):
-            raise CnnkitError(f"DeepLab-v3 runs at output_stride 16 or 8. Received: output_stride={cfg.output_stride!r}")
+            raise CnnkitError(
+                f"DeepLab-v3 runs at output_stride 16 or 8. Received: output_stride={cfg.output_stride!r}"
+            )
         self.encoder = _encoder(cfg, (32,), cfg.output_stride)
         self.aspp = ASPP(self.encoder.channels[-1], 256, aspp_rates(cfg.output_stride))
         self.head = nn.Sequential(ConvNormAct(256, 256), nn.Conv2d(256, cfg.num_classes, 1))
         self.final_stride = self.encoder.strides[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.encoder(x)[-1]                       # (B, C, H/os, W/os)
-        y = self.head(self.aspp(y))                   # (B, K, H/os, W/os)
+        y = self.encoder(x)[-1]  # (B, C, H/os, W/os)
+        y = self.head(self.aspp(y))  # (B, K, H/os, W/os)
         return upsample_crop(y, self.final_stride, x.shape[-2:])
 
 
@@ -199,7 +212,9 @@ def create_segmenter(arch: str, backbone: str = "resnet18", num_classes: int = 2
     try:
         cfg = SegmenterConfig(arch, backbone, num_classes, **kwargs)
     except TypeError as exc:
-        raise CnnkitError(f"create_segmenter: {exc}; its options are {', '.join(SegmenterConfig.__dataclass_fields__)}") from None
+        raise CnnkitError(
+            f"create_segmenter: {exc}; its options are {', '.join(SegmenterConfig.__dataclass_fields__)}"
+        ) from None
     model = _ARCH_CLASSES[arch](cfg)
     model.config = asdict(cfg)
     return model

@@ -23,17 +23,26 @@ class SEBottleneck(Bottleneck):
     The SE bottleneck is ``C / 16`` channels (timm rounds to a multiple of 8, never up: ``round_limit=0``).
     """
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 groups: int = 1, base_width: int = 64, norm_layer=None, reduction: int = 16) -> None:
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        groups: int = 1,
+        base_width: int = 64,
+        norm_layer=None,
+        reduction: int = 16,
+    ) -> None:
         super().__init__(inplanes, planes, stride, downsample, groups, base_width, norm_layer)
         channels = planes * self.expansion
         self.se = SqueezeExcite(channels, make_divisible(channels / reduction, 8, round_limit=0.0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))    # (B, inplanes, H, W) -> (B, width, H, W)
+        out = self.relu(self.bn1(self.conv1(x)))  # (B, inplanes, H, W) -> (B, width, H, W)
         out = self.relu(self.bn2(self.conv2(out)))  # -> (B, width, H/s, W/s)
-        out = self.se(self.bn3(self.conv3(out)))    # -> (B, 4 * planes, H/s, W/s), channels rescaled
+        out = self.se(self.bn3(self.conv3(out)))  # -> (B, 4 * planes, H/s, W/s), channels rescaled
         return self.relu(out + identity)
 
 

@@ -32,8 +32,7 @@ INPUT_SIZE = (1, 128)  # (C, L): the networks take any length; 128 is a typical 
 
 def conv_bn(in_channels: int, out_channels: int, kernel_size: int, relu: bool = True) -> nn.Sequential:
     """Conv1d (Keras "same" padding, with bias) -> BatchNorm1d [-> ReLU]: (B, in, L) -> (B, out, L)."""
-    layers = OrderedDict(conv=Conv1dSame(in_channels, out_channels, kernel_size),
-                         bn=nn.BatchNorm1d(out_channels))
+    layers = OrderedDict(conv=Conv1dSame(in_channels, out_channels, kernel_size), bn=nn.BatchNorm1d(out_channels))
     if relu:
         layers["relu"] = nn.ReLU(inplace=True)
     return nn.Sequential(layers)
@@ -50,11 +49,11 @@ class SeriesClassifier(Classifier):
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)                 # (B, C_in, L) -> (B, num_features, L)
+        return self.features(x)  # (B, C_in, L) -> (B, num_features, L)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.mean(dim=2)                        # (B, num_features, L) -> (B, num_features)
-        return x if pre_logits else self.fc(x)   # -> (B, num_classes)
+        x = x.mean(dim=2)  # (B, num_features, L) -> (B, num_features)
+        return x if pre_logits else self.fc(x)  # -> (B, num_classes)
 
     def reset_classifier(self, num_classes: int) -> None:
         """A fresh linear layer with ``num_classes`` outputs (0: Identity)."""
@@ -71,8 +70,13 @@ class FCN1d(SeriesClassifier):
     layer is ``features.block3`` (its ReLU output is ``forward_features``).
     """
 
-    def __init__(self, num_classes: int = 2, in_channels: int = 1,
-                 widths: tuple[int, ...] = (128, 256, 128), kernels: tuple[int, ...] = (8, 5, 3)):
+    def __init__(
+        self,
+        num_classes: int = 2,
+        in_channels: int = 1,
+        widths: tuple[int, ...] = (128, 256, 128),
+        kernels: tuple[int, ...] = (8, 5, 3),
+    ):
         super().__init__()
         check_args(num_classes, in_channels)
         if len(widths) != len(kernels):
@@ -103,8 +107,9 @@ class ResidualBlock1d(nn.Module):
             c = out_channels
         self.body = nn.Sequential(layers)
         if in_channels != out_channels:
-            self.shortcut = nn.Sequential(OrderedDict(conv=nn.Conv1d(in_channels, out_channels, 1),
-                                                      bn=nn.BatchNorm1d(out_channels)))
+            self.shortcut = nn.Sequential(
+                OrderedDict(conv=nn.Conv1d(in_channels, out_channels, 1), bn=nn.BatchNorm1d(out_channels))
+            )
         else:
             self.shortcut = nn.Sequential(OrderedDict(bn=nn.BatchNorm1d(out_channels)))
         self.relu = nn.ReLU(inplace=True)
@@ -139,8 +144,9 @@ class InceptionModule1d(nn.Module):
     Input shape: (B, in_channels, L). Output shape: (B, 4 * filters, L).
     """
 
-    def __init__(self, in_channels: int, filters: int = 32, bottleneck: int = 32,
-                 kernels: tuple[int, ...] = (39, 19, 9)):
+    def __init__(
+        self, in_channels: int, filters: int = 32, bottleneck: int = 32, kernels: tuple[int, ...] = (39, 19, 9)
+    ):
         super().__init__()
         use_bottleneck = bottleneck > 0 and in_channels > 1
         self.bottleneck = nn.Conv1d(in_channels, bottleneck, 1, bias=False) if use_bottleneck else nn.Identity()
@@ -152,10 +158,10 @@ class InceptionModule1d(nn.Module):
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.bottleneck(x)                                      # (B, in, L) -> (B, 32, L)
-        branches = [conv(z) for conv in self.convs]                 # 3 x (B, 32, L)
-        branches.append(self.pool_conv(self.pool(x)))               # (B, 32, L)
-        return self.relu(self.bn(torch.cat(branches, dim=1)))       # (B, 128, L)
+        z = self.bottleneck(x)  # (B, in, L) -> (B, 32, L)
+        branches = [conv(z) for conv in self.convs]  # 3 x (B, 32, L)
+        branches.append(self.pool_conv(self.pool(x)))  # (B, 32, L)
+        return self.relu(self.bn(torch.cat(branches, dim=1)))  # (B, 128, L)
 
 
 class InceptionBlock1d(nn.Module):
@@ -167,14 +173,16 @@ class InceptionBlock1d(nn.Module):
     def __init__(self, in_channels: int, filters: int = 32, bottleneck: int = 32, modules: int = 3):
         super().__init__()
         out = 4 * filters
-        self.inception = nn.Sequential(*(InceptionModule1d(in_channels if i == 0 else out, filters, bottleneck)
-                                         for i in range(modules)))
-        self.shortcut = nn.Sequential(OrderedDict(conv=nn.Conv1d(in_channels, out, 1, bias=False),
-                                                  bn=nn.BatchNorm1d(out)))
+        self.inception = nn.Sequential(
+            *(InceptionModule1d(in_channels if i == 0 else out, filters, bottleneck) for i in range(modules))
+        )
+        self.shortcut = nn.Sequential(
+            OrderedDict(conv=nn.Conv1d(in_channels, out, 1, bias=False), bn=nn.BatchNorm1d(out))
+        )
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        residual = self.shortcut(x)                               # (B, in, L) -> (B, 128, L)
+        residual = self.shortcut(x)  # (B, in, L) -> (B, 128, L)
         return self.relu(self.inception(x) + residual)
 
 
@@ -184,13 +192,16 @@ class InceptionTime(SeriesClassifier):
     Input shape: (B, in_channels, L). Output shape: (B, num_classes).
     """
 
-    def __init__(self, num_classes: int = 2, in_channels: int = 1, depth: int = 6, filters: int = 32,
-                 bottleneck: int = 32):
+    def __init__(
+        self, num_classes: int = 2, in_channels: int = 1, depth: int = 6, filters: int = 32, bottleneck: int = 32
+    ):
         super().__init__()
         check_args(num_classes, in_channels)
         if depth < 3 or depth % 3:
-            raise CnnkitError(f"InceptionTime's depth must be a positive multiple of 3 (a residual connection "
-                              f"every 3 modules); received: depth={depth}")
+            raise CnnkitError(
+                f"InceptionTime's depth must be a positive multiple of 3 (a residual connection "
+                f"every 3 modules); received: depth={depth}"
+            )
         blocks, c = OrderedDict(), in_channels
         for i in range(depth // 3):
             blocks[f"block{i + 1}"] = InceptionBlock1d(c, filters, bottleneck)  # (B, c, L) -> (B, 4 * filters, L)

@@ -35,11 +35,26 @@ from cnnkit.layers.act import LEAKY_RELU_SLOPE
 
 # the functional form of every activation cnnkit.layers.act knows by its Keras name (same names, same slopes)
 _ACTIVATIONS = {
-    None: None, "linear": None, "relu": F.relu, "relu6": F.relu6, "sigmoid": torch.sigmoid,
-    "tanh": torch.tanh, "softmax": partial(F.softmax, dim=1), "log_softmax": partial(F.log_softmax, dim=1),
-    "elu": F.elu, "selu": F.selu, "swish": F.silu, "silu": F.silu, "gelu": F.gelu, "mish": F.mish,
-    "leaky_relu": partial(F.leaky_relu, negative_slope=LEAKY_RELU_SLOPE), "softplus": F.softplus,
-    "softsign": F.softsign, "hard_sigmoid": F.hardsigmoid, "hard_swish": F.hardswish, "hard_silu": F.hardswish,
+    None: None,
+    "linear": None,
+    "relu": F.relu,
+    "relu6": F.relu6,
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+    "softmax": partial(F.softmax, dim=1),
+    "log_softmax": partial(F.log_softmax, dim=1),
+    "elu": F.elu,
+    "selu": F.selu,
+    "swish": F.silu,
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "mish": F.mish,
+    "leaky_relu": partial(F.leaky_relu, negative_slope=LEAKY_RELU_SLOPE),
+    "softplus": F.softplus,
+    "softsign": F.softsign,
+    "hard_sigmoid": F.hardsigmoid,
+    "hard_swish": F.hardswish,
+    "hard_silu": F.hardswish,
 }
 
 
@@ -62,8 +77,10 @@ class Activation(nn.Module):
         super().__init__()
         if not isinstance(activation, str) or activation not in _ACTIVATIONS:
             close = difflib.get_close_matches(str(activation)[:64], [a for a in _ACTIVATIONS if a], n=3)
-            raise CnnkitError(f"unknown activation {_brief(repr(activation))}"
-                              + (f"; did you mean {', '.join(close)}?" if close else ""))
+            raise CnnkitError(
+                f"unknown activation {_brief(repr(activation))}"
+                + (f"; did you mean {', '.join(close)}?" if close else "")
+            )
         self.name = activation
         self.fn = _ACTIVATIONS[activation]
 
@@ -94,8 +111,7 @@ class Concatenate(nn.Module):
 class SpecNet(nn.Module):
     """A network built from a spec: named layers evaluated in order, each on its named inputs."""
 
-    def __init__(self, graph: list[tuple[str, list[str]]], modules: dict[str, nn.Module],
-                 input_size: tuple[int, ...]):
+    def __init__(self, graph: list[tuple[str, list[str]]], modules: dict[str, nn.Module], input_size: tuple[int, ...]):
         super().__init__()
         self.graph = graph
         self.input_size = input_size
@@ -115,8 +131,9 @@ def _with_activation(module: nn.Module, activation) -> nn.Module:
     """Apply a Keras ``activation=`` inside the layer (a forward hook), so the layer stays one row."""
     if not (activation is None or isinstance(activation, str)) or activation not in _ACTIVATIONS:
         close = difflib.get_close_matches(str(activation)[:64], [a for a in _ACTIVATIONS if a], n=3)
-        raise CnnkitError(f"unknown activation {_brief(repr(activation))}"
-                          + (f"; did you mean {', '.join(close)}?" if close else ""))
+        raise CnnkitError(
+            f"unknown activation {_brief(repr(activation))}" + (f"; did you mean {', '.join(close)}?" if close else "")
+        )
     fn = _ACTIVATIONS[activation]
     if fn is not None:
         module.activation_hook = module.register_forward_hook(lambda mod, inp, out: fn(out))
@@ -134,8 +151,9 @@ def _drop_output_activation(model: SpecNet) -> None:
         last.activation = None
 
 
-def _conv(rank: int, c: int, filters, kernel_size, strides=1, padding="valid", dilation_rate=1, groups=1,
-          use_bias=True):
+def _conv(
+    rank: int, c: int, filters, kernel_size, strides=1, padding="valid", dilation_rate=1, groups=1, use_bias=True
+):
     cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[rank]
     same = {1: L.Conv1dSame, 2: L.Conv2dSame, 3: L.Conv3dSame}[rank]
     if c % groups or filters % groups:
@@ -147,16 +165,19 @@ def _conv(rank: int, c: int, filters, kernel_size, strides=1, padding="valid", d
     return cls(c, filters, kernel_size, strides, padding, dilation_rate, groups, use_bias)
 
 
-def _conv_transpose(c: int, filters, kernel_size, strides=1, padding="valid", dilation_rate=1, use_bias=True,
-                    kernel_initializer=None):
+def _conv_transpose(
+    c: int, filters, kernel_size, strides=1, padding="valid", dilation_rate=1, use_bias=True, kernel_initializer=None
+):
     """Keras ``Conv2DTranspose``; ``kernel_initializer: bilinear`` starts it as FCN's bilinear upsampling."""
     if padding == "same":
         conv = L.ConvTranspose2dSame(c, filters, kernel_size, strides, dilation_rate, bias=use_bias)
     else:
         conv = nn.ConvTranspose2d(c, filters, kernel_size, strides, bias=use_bias, dilation=dilation_rate)
     if kernel_initializer not in (None, "bilinear"):
-        raise CnnkitError(f"conv2d_transpose's kernel_initializer is the default or 'bilinear'. "
-                          f"Received: kernel_initializer={kernel_initializer!r}")
+        raise CnnkitError(
+            f"conv2d_transpose's kernel_initializer is the default or 'bilinear'. "
+            f"Received: kernel_initializer={kernel_initializer!r}"
+        )
     return L.init_bilinear_(conv) if kernel_initializer == "bilinear" else conv
 
 
@@ -179,37 +200,48 @@ def _batch_norm(shape, momentum=0.99, epsilon=1e-3, center=True, scale=True):
 
 def _dense(shape, units, use_bias=True):
     if len(shape) != 1:
-        raise CnnkitError(f"dense needs a flat input, got shape {tuple(shape)}: put a flatten (or global "
-                          "pooling) layer before it")
+        raise CnnkitError(
+            f"dense needs a flat input, got shape {tuple(shape)}: put a flatten (or global pooling) layer before it"
+        )
     return nn.Linear(shape[0], units, bias=use_bias)
 
 
 # layer type -> (builder(shape, **args) -> module, Keras-style base name for automatic names)
 _BUILDERS = {
     **{f"conv{r}d": (lambda s, r=r, **a: _conv(r, s[0], **a), f"conv{r}d") for r in (1, 2, 3)},
-    "separable_conv2d": (lambda s, filters, kernel_size, strides=1, padding="valid", dilation_rate=1,
-                         depth_multiplier=1, use_bias=True:
-                         L.SeparableConv2d(s[0], filters, kernel_size, strides, padding, dilation_rate,
-                                           depth_multiplier, use_bias), "separable_conv2d"),
-    "depthwise_conv2d": (lambda s, kernel_size, strides=1, padding="valid", dilation_rate=1,
-                         depth_multiplier=1, use_bias=True:
-                         L.DepthwiseConv2d(s[0], kernel_size, strides, padding, dilation_rate,
-                                           depth_multiplier, use_bias), "depthwise_conv2d"),
+    "separable_conv2d": (
+        lambda s, filters, kernel_size, strides=1, padding="valid", dilation_rate=1, depth_multiplier=1, use_bias=True: (
+            L.SeparableConv2d(s[0], filters, kernel_size, strides, padding, dilation_rate, depth_multiplier, use_bias)
+        ),
+        "separable_conv2d",
+    ),
+    "depthwise_conv2d": (
+        lambda s, kernel_size, strides=1, padding="valid", dilation_rate=1, depth_multiplier=1, use_bias=True: (
+            L.DepthwiseConv2d(s[0], kernel_size, strides, padding, dilation_rate, depth_multiplier, use_bias)
+        ),
+        "depthwise_conv2d",
+    ),
     "conv2d_transpose": (lambda s, **a: _conv_transpose(s[0], **a), "conv2d_transpose"),
     **{f"max_pooling{r}d": (lambda s, r=r, **a: _pool("max", r, **a), f"max_pooling{r}d") for r in (1, 2, 3)},
-    **{f"average_pooling{r}d": (lambda s, r=r, **a: _pool("avg", r, **a), f"average_pooling{r}d")
-       for r in (1, 2, 3)},
-    **{f"global_average_pooling{r}d": (lambda s, **a: GlobalPool("avg"), f"global_average_pooling{r}d")
-       for r in (1, 2, 3)},
-    **{f"global_max_pooling{r}d": (lambda s, **a: GlobalPool("max"), f"global_max_pooling{r}d")
-       for r in (1, 2, 3)},
-    "upsampling2d": (lambda s, size=2, interpolation="nearest":
-                     nn.Upsample(scale_factor=size, mode=L.check_mode(interpolation),
-                                 **({"align_corners": False} if interpolation == "bilinear" else {})),
-                     "up_sampling2d"),
+    **{f"average_pooling{r}d": (lambda s, r=r, **a: _pool("avg", r, **a), f"average_pooling{r}d") for r in (1, 2, 3)},
+    **{
+        f"global_average_pooling{r}d": (lambda s, **a: GlobalPool("avg"), f"global_average_pooling{r}d")
+        for r in (1, 2, 3)
+    },
+    **{f"global_max_pooling{r}d": (lambda s, **a: GlobalPool("max"), f"global_max_pooling{r}d") for r in (1, 2, 3)},
+    "upsampling2d": (
+        lambda s, size=2, interpolation="nearest": nn.Upsample(
+            scale_factor=size,
+            mode=L.check_mode(interpolation),
+            **({"align_corners": False} if interpolation == "bilinear" else {}),
+        ),
+        "up_sampling2d",
+    ),
     "batch_normalization": (lambda s, **a: _batch_norm(s, **a), "batch_normalization"),
-    "local_response_normalization": (lambda s, depth_radius=5, bias=1.0, alpha=1.0, beta=0.5:
-                                     L.LocalResponseNorm(depth_radius, bias, alpha, beta), "lrn"),
+    "local_response_normalization": (
+        lambda s, depth_radius=5, bias=1.0, alpha=1.0, beta=0.5: L.LocalResponseNorm(depth_radius, bias, alpha, beta),
+        "lrn",
+    ),
     "dropout": (lambda s, rate=0.5: L.Dropout(rate), "dropout"),
     "flatten": (lambda s: nn.Flatten(), "flatten"),
     "reshape": (lambda s, target_shape: L.Reshape(target_shape, channels_last=False), "reshape"),
@@ -219,17 +251,30 @@ _BUILDERS = {
     "concatenate": (lambda s, axis=1: Concatenate(axis), "concatenate"),
 }
 _ALIASES = {
-    "conv": "conv2d", "maxpool2d": "max_pooling2d", "max_pool2d": "max_pooling2d", "maxpooling2d":
-    "max_pooling2d", "avg_pooling2d": "average_pooling2d", "avgpool2d": "average_pooling2d",
-    "avg_pool2d": "average_pooling2d", "max_pool1d": "max_pooling1d", "max_pool3d": "max_pooling3d",
-    "avg_pooling1d": "average_pooling1d", "avg_pooling3d": "average_pooling3d",
-    "global_avg_pooling2d": "global_average_pooling2d", "batch_norm": "batch_normalization",
-    "batchnorm": "batch_normalization", "lrn": "local_response_normalization", "upsampling": "upsampling2d",
-    "up_sampling2d": "upsampling2d", "linear": "dense", "concat": "concatenate", "separableconv2d":
-    "separable_conv2d", "depthwiseconv2d": "depthwise_conv2d", "conv2dtranspose": "conv2d_transpose",
+    "conv": "conv2d",
+    "maxpool2d": "max_pooling2d",
+    "max_pool2d": "max_pooling2d",
+    "maxpooling2d": "max_pooling2d",
+    "avg_pooling2d": "average_pooling2d",
+    "avgpool2d": "average_pooling2d",
+    "avg_pool2d": "average_pooling2d",
+    "max_pool1d": "max_pooling1d",
+    "max_pool3d": "max_pooling3d",
+    "avg_pooling1d": "average_pooling1d",
+    "avg_pooling3d": "average_pooling3d",
+    "global_avg_pooling2d": "global_average_pooling2d",
+    "batch_norm": "batch_normalization",
+    "batchnorm": "batch_normalization",
+    "lrn": "local_response_normalization",
+    "upsampling": "upsampling2d",
+    "up_sampling2d": "upsampling2d",
+    "linear": "dense",
+    "concat": "concatenate",
+    "separableconv2d": "separable_conv2d",
+    "depthwiseconv2d": "depthwise_conv2d",
+    "conv2dtranspose": "conv2d_transpose",
 }
-_TAKES_ACTIVATION = {"conv1d", "conv2d", "conv3d", "separable_conv2d", "depthwise_conv2d", "conv2d_transpose",
-                     "dense"}
+_TAKES_ACTIVATION = {"conv1d", "conv2d", "conv3d", "separable_conv2d", "depthwise_conv2d", "conv2d_transpose", "dense"}
 for _act in [a for a in _ACTIVATIONS if a]:
     _BUILDERS.setdefault(_act, (lambda s, _a=_act: Activation(_a), _act))
 
@@ -238,8 +283,8 @@ def layer_types() -> list[str]:
     return sorted(_BUILDERS)
 
 
-MAX_SPEC_BYTES = 4 << 20       # a spec is a page of text; 4 MB is not one
-MAX_SPEC_NODES = 200_000       # values after YAML aliases are expanded ("billion laughs" stops here)
+MAX_SPEC_BYTES = 4 << 20  # a spec is a page of text; 4 MB is not one
+MAX_SPEC_NODES = 200_000  # values after YAML aliases are expanded ("billion laughs" stops here)
 
 
 def load_spec(path) -> dict:
@@ -250,12 +295,16 @@ def load_spec(path) -> dict:
     kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
     try:
         if path.stat().st_size > MAX_SPEC_BYTES:
-            raise CnnkitError(f"{path} is {path.stat().st_size:,} bytes; a network spec is at most "
-                              f"{MAX_SPEC_BYTES:,}: is it the right file?")
+            raise CnnkitError(
+                f"{path} is {path.stat().st_size:,} bytes; a network spec is at most "
+                f"{MAX_SPEC_BYTES:,}: is it the right file?"
+            )
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise CnnkitError(f"cannot read the spec {path} ({exc.__class__.__name__}: {_brief(exc, 80)}); "
-                          "give a UTF-8 .yaml or .json file") from None
+        raise CnnkitError(
+            f"cannot read the spec {path} ({exc.__class__.__name__}: {_brief(exc, 80)}); "
+            "give a UTF-8 .yaml or .json file"
+        ) from None
     try:
         if kind == "JSON":
             spec = json.loads(text)
@@ -268,8 +317,9 @@ def load_spec(path) -> dict:
         raise
     except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError / RecursionError: one line
         first = str(exc).strip().splitlines() or [type(exc).__name__]
-        raise CnnkitError(f"{path} is not valid {kind}: "
-                          f"{_brief(' '.join(l.strip() for l in first[:3]), 200)}") from None
+        raise CnnkitError(
+            f"{path} is not valid {kind}: {_brief(' '.join(l.strip() for l in first[:3]), 200)}"
+        ) from None
     if not isinstance(spec, dict) or "layers" not in spec:
         raise CnnkitError(f"{path}: a spec is a mapping with 'input' (e.g. 3x224x224) and a list of 'layers'")
     return spec
@@ -286,7 +336,7 @@ def _check_yaml_size(root, path) -> None:
             return memo[id(node)]
         if depth > 200:
             raise CnnkitError(f"{path} nests deeper than 200 levels; a network spec does not")
-        memo[id(node)] = 1                 # a recursive alias counts once (safe_load refuses it)
+        memo[id(node)] = 1  # a recursive alias counts once (safe_load refuses it)
         if isinstance(node, yaml.SequenceNode):
             n = 1 + sum(size(c, depth + 1) for c in node.value)
         elif isinstance(node, yaml.MappingNode):
@@ -297,8 +347,10 @@ def _check_yaml_size(root, path) -> None:
         return n
 
     if root is not None and size(root) > MAX_SPEC_NODES:
-        raise CnnkitError(f"{path} expands (through YAML aliases &/*) to more than {MAX_SPEC_NODES:,} values; "
-                          "a network spec needs no aliases: write the layers out")
+        raise CnnkitError(
+            f"{path} expands (through YAML aliases &/*) to more than {MAX_SPEC_NODES:,} values; "
+            "a network spec needs no aliases: write the layers out"
+        )
 
 
 def _brief(value, n: int = 60) -> str:
@@ -307,7 +359,7 @@ def _brief(value, n: int = 60) -> str:
     if isinstance(value, BaseException):
         text = str(value)
     text = " ".join(text.split())
-    return text if len(text) <= n else text[:n - 3] + "..."
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def build_from_spec(spec, logits: bool = False) -> tuple[nn.Module, tuple[int, ...] | None]:
@@ -325,16 +377,17 @@ def build_from_spec(spec, logits: bool = False) -> tuple[nn.Module, tuple[int, .
         raise CnnkitError("'layers' must be a non-empty list")
     shapes = {"input": input_size}
     graph, modules, counters = [], {}, {}
-    total = [0]                                   # parameter bytes so far
+    total = [0]  # parameter bytes so far
     previous = "input"
     for i, entry in enumerate(entries, 1):
         kind, args = _split_entry(entry, i)
         kind = _ALIASES.get(kind, kind)
         if kind not in _BUILDERS:
             close = difflib.get_close_matches(kind, layer_types(), n=3) if len(kind) < 64 else []
-            raise CnnkitError(f"layer {i}: unknown layer type {_brief(repr(kind))}"
-                              + (f"; did you mean {', '.join(close)}?" if close else
-                                 f"; known types: {', '.join(layer_types())}"))
+            raise CnnkitError(
+                f"layer {i}: unknown layer type {_brief(repr(kind))}"
+                + (f"; did you mean {', '.join(close)}?" if close else f"; known types: {', '.join(layer_types())}")
+            )
         builder, base = _BUILDERS[kind]
         counters[base] = counters.get(base, 0) + 1
         name = str(args.pop("name", f"{base}_{counters[base]}"))
@@ -348,8 +401,9 @@ def build_from_spec(spec, logits: bool = False) -> tuple[nn.Module, tuple[int, .
             raise CnnkitError(f"layer {name}: 'inputs' must name earlier layers; received {_brief(inputs)}")
         for src in inputs:
             if not isinstance(src, str) or src not in shapes:
-                raise CnnkitError(f"layer {name}: input {_brief(repr(src))} is not an earlier layer "
-                                  f"(known: {', '.join(shapes)})")
+                raise CnnkitError(
+                    f"layer {name}: input {_brief(repr(src))} is not an earlier layer (known: {', '.join(shapes)})"
+                )
         activation = args.pop("activation", None) if kind in _TAKES_ACTIVATION else None
         in_shapes = [shapes[s] for s in inputs]
         module = _build_layer(builder, kind, name, in_shapes[0], args, total)
@@ -369,34 +423,50 @@ def _split_entry(entry, i: int) -> tuple[str, dict]:
     if isinstance(entry, str):
         return entry.lower(), {}
     if not isinstance(entry, dict) or not entry:
-        raise CnnkitError(f"layer {i}: expected a mapping like {{conv2d: {{filters: 32, kernel_size: 3}}}}; "
-                          f"received: {_brief(entry)}")
+        raise CnnkitError(
+            f"layer {i}: expected a mapping like {{conv2d: {{filters: 32, kernel_size: 3}}}}; received: {_brief(entry)}"
+        )
     if "type" in entry:
         args = dict(entry)
         return str(args.pop("type")).lower(), args
     if len(entry) == 1:
-        (kind, args), = entry.items()
+        ((kind, args),) = entry.items()
         return str(kind).lower(), dict(args or {})
     keys = [k for k in entry if isinstance(entry[k], dict) or entry[k] is None]
     if len(keys) == 1:  # {conv2d: {...}, name: c1, inputs: [...]}
         args = dict(entry[keys[0]] or {})
         args.update({k: v for k, v in entry.items() if k != keys[0]})
         return str(keys[0]).lower(), args
-    raise CnnkitError(f"layer {i}: give the layer type as 'type: conv2d' or as the only key; "
-                      f"received: {_brief(entry)}")
+    raise CnnkitError(f"layer {i}: give the layer type as 'type: conv2d' or as the only key; received: {_brief(entry)}")
 
 
 # argument -> (smallest value, what it is); a list/tuple of such integers is accepted for sizes
-_INT_ARGS = {"filters": 1, "units": 1, "kernel_size": 1, "strides": 1, "dilation_rate": 1, "groups": 1,
-             "depth_multiplier": 1, "pool_size": 1, "size": 1, "depth_radius": 0}
-_MAX_INT = 1 << 24             # 16 M: no layer of a network has more filters, units or kernel taps
-_RANK = {**{f"conv{r}d": r for r in (1, 2, 3)}, "separable_conv2d": 2, "depthwise_conv2d": 2,
-         "conv2d_transpose": 2, "upsampling2d": 2,
-         **{f"{k}_pooling{r}d": r for r in (1, 2, 3) for k in ("max", "average", "global_average", "global_max")}}
+_INT_ARGS = {
+    "filters": 1,
+    "units": 1,
+    "kernel_size": 1,
+    "strides": 1,
+    "dilation_rate": 1,
+    "groups": 1,
+    "depth_multiplier": 1,
+    "pool_size": 1,
+    "size": 1,
+    "depth_radius": 0,
+}
+_MAX_INT = 1 << 24  # 16 M: no layer of a network has more filters, units or kernel taps
+_RANK = {
+    **{f"conv{r}d": r for r in (1, 2, 3)},
+    "separable_conv2d": 2,
+    "depthwise_conv2d": 2,
+    "conv2d_transpose": 2,
+    "upsampling2d": 2,
+    **{f"{k}_pooling{r}d": r for r in (1, 2, 3) for k in ("max", "average", "global_average", "global_max")},
+}
 
 
 def _check_args(kind: str, name: str, shape: tuple, args: dict) -> None:
     """Every number a layer takes, checked where it enters (before PyTorch sees it)."""
+
     def bad(arg, value, want):
         return CnnkitError(f"layer {name} ({kind}): {arg} must be {want}; received {arg}={_brief(value)}")
 
@@ -405,32 +475,43 @@ def _check_args(kind: str, name: str, shape: tuple, args: dict) -> None:
             continue
         value = args[arg]
         items = value if isinstance(value, (list, tuple)) else [value]
-        want = f"an integer >= {low}" + (" (or a list of them)" if arg in ("kernel_size", "strides",
-                                                                          "dilation_rate", "pool_size", "size") else "")
-        if not items or not all(isinstance(v, int) and not isinstance(v, bool) and low <= v <= _MAX_INT
-                                for v in items):
+        want = f"an integer >= {low}" + (
+            " (or a list of them)" if arg in ("kernel_size", "strides", "dilation_rate", "pool_size", "size") else ""
+        )
+        if not items or not all(isinstance(v, int) and not isinstance(v, bool) and low <= v <= _MAX_INT for v in items):
             raise bad(arg, value, want + f" and at most {_MAX_INT:,}")
     if "padding" in args:
         p = args["padding"]
-        ok = p in ("valid", "same", "caffe") if isinstance(p, str) else all(
-            isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= _MAX_INT
-            for v in (p if isinstance(p, (list, tuple)) and p else [p]))
+        ok = (
+            p in ("valid", "same", "caffe")
+            if isinstance(p, str)
+            else all(
+                isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= _MAX_INT
+                for v in (p if isinstance(p, (list, tuple)) and p else [p])
+            )
+        )
         if not ok:
             raise bad("padding", p, "'valid', 'same' or a non-negative integer")
-    if "rate" in args and not (isinstance(args["rate"], (int, float)) and not isinstance(args["rate"], bool)
-                               and 0 <= args["rate"] < 1):
+    if "rate" in args and not (
+        isinstance(args["rate"], (int, float)) and not isinstance(args["rate"], bool) and 0 <= args["rate"] < 1
+    ):
         raise bad("rate", args["rate"], "a number in [0, 1)")
     if "target_shape" in args:
         t = args["target_shape"]
-        if not isinstance(t, (list, tuple)) or not t or not all(
-                isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in t):
+        if (
+            not isinstance(t, (list, tuple))
+            or not t
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in t)
+        ):
             raise bad("target_shape", t, "a list of positive sizes, channels first")
     rank = _RANK.get(kind)
     if rank is not None and len(shape) != rank + 1:
         got = "a vector" if len(shape) == 1 else f"a {len(shape) - 1}-D map"
-        raise CnnkitError(f"layer {name} ({kind}) needs a ({['C, L', 'C, H, W', 'C, D, H, W'][rank - 1]}) "
-                          f"input; it receives {got} {_fmt(shape)}: a global pooling, flatten or dense layer "
-                          "before it removed the spatial sizes")
+        raise CnnkitError(
+            f"layer {name} ({kind}) needs a ({['C, L', 'C, H, W', 'C, D, H, W'][rank - 1]}) "
+            f"input; it receives {got} {_fmt(shape)}: a global pooling, flatten or dense layer "
+            "before it removed the spatial sizes"
+        )
     if kind == "batch_normalization" and not 1 <= len(shape) <= 4:
         raise CnnkitError(f"layer {name} (batch_normalization) cannot normalise shape {_fmt(shape)}")
 
@@ -457,13 +538,16 @@ def _infer_shape(module, kind, name, in_shapes) -> tuple[int, ...]:
     if kind in ("add", "concatenate") and len(in_shapes) < 2:
         raise CnnkitError(f"layer {name} ({kind}) needs at least two inputs; list them in 'inputs'")
     if kind == "add" and len(set(in_shapes)) > 1:
-        raise CnnkitError(f"layer {name} (add): input shapes differ: {', '.join(_fmt(s) for s in in_shapes)}; "
-                          "add needs equal shapes (use a 1x1 conv to match channels)")
+        raise CnnkitError(
+            f"layer {name} (add): input shapes differ: {', '.join(_fmt(s) for s in in_shapes)}; "
+            "add needs equal shapes (use a 1x1 conv to match channels)"
+        )
     if kind == "concatenate":
         rest = {s[:0] + s[1:] for s in in_shapes}
         if len(rest) > 1:
-            raise CnnkitError(f"layer {name} (concatenate): sizes other than channels differ: "
-                              f"{', '.join(_fmt(s) for s in in_shapes)}")
+            raise CnnkitError(
+                f"layer {name} (concatenate): sizes other than channels differ: {', '.join(_fmt(s) for s in in_shapes)}"
+            )
     xs = [torch.empty((1, *s), device="meta") for s in in_shapes]
     try:
         with torch.no_grad():
@@ -473,26 +557,33 @@ def _infer_shape(module, kind, name, in_shapes) -> tuple[int, ...]:
     except Exception as exc:  # noqa: BLE001 -- turned into one line naming the layer
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         ks = getattr(module, "kernel_size", None)
-        hint = (f"kernel {ks} is larger than the padded input {_fmt(in_shapes[0][1:])}: use padding 'same' "
-                "or a smaller kernel") if ks is not None and "size" in detail.lower() else "check its arguments"
+        hint = (
+            (
+                f"kernel {ks} is larger than the padded input {_fmt(in_shapes[0][1:])}: use padding 'same' "
+                "or a smaller kernel"
+            )
+            if ks is not None and "size" in detail.lower()
+            else "check its arguments"
+        )
         raise CnnkitError(f"layer {name} ({kind}) fails on input {_fmt(in_shapes[0])}: {detail}; {hint}") from None
     shape = tuple(y.shape[1:])
     if any(d <= 0 for d in shape):
-        raise CnnkitError(f"layer {name} ({kind}) turns input {_fmt(in_shapes[0])} into {_fmt(shape)}: "
-                          "the input is too small for it")
+        raise CnnkitError(
+            f"layer {name} ({kind}) turns input {_fmt(in_shapes[0])} into {_fmt(shape)}: the input is too small for it"
+        )
     return shape
 
 
 def _meta_forward(module: nn.Module, xs):
     from torch.func import functional_call
 
-    state = {n: torch.empty_like(t, device="meta") for n, t in
-             [*module.named_parameters(), *module.named_buffers()]}
+    state = {n: torch.empty_like(t, device="meta") for n, t in [*module.named_parameters(), *module.named_buffers()]}
     return functional_call(module, state, tuple(xs), strict=False)
 
 
 def _fmt(shape) -> str:
     return "x".join(str(d) for d in shape)
+
 
 def parse_input_size(text) -> tuple[int, ...]:
     """``"3x224x224"``, ``"3,224,224"``, ``"1x100"`` (1-D), ``"1x16x64x64"`` (3-D) or ``"100"`` (a vector,
@@ -504,11 +595,11 @@ def parse_input_size(text) -> tuple[int, ...]:
         try:
             dims = tuple(int(p) for p in parts)
         except ValueError:
-            raise CnnkitError(f"--input must look like CxHxW (e.g. 3x224x224), CxL or CxDxHxW; "
-                              f"received: {text!r}") from None
+            raise CnnkitError(
+                f"--input must look like CxHxW (e.g. 3x224x224), CxL or CxDxHxW; received: {text!r}"
+            ) from None
     if not 1 <= len(dims) <= 4:
-        raise CnnkitError(f"--input needs 1 to 4 sizes (F for a vector, CxL, CxHxW or CxDxHxW); "
-                          f"received: {text!r}")
+        raise CnnkitError(f"--input needs 1 to 4 sizes (F for a vector, CxL, CxHxW or CxDxHxW); received: {text!r}")
     if any(d <= 0 for d in dims):
         raise CnnkitError(f"--input sizes must be positive; received: {text!r}")
     return dims

@@ -22,8 +22,29 @@ CFGS: dict[str, list[int | str]] = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],  # A
     "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],  # B
     "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],  # D
-    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
-              512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],  # E
+    "vgg19": [
+        64,
+        64,
+        "M",
+        128,
+        128,
+        "M",
+        256,
+        256,
+        256,
+        256,
+        "M",
+        512,
+        512,
+        512,
+        512,
+        "M",
+        512,
+        512,
+        512,
+        512,
+        "M",
+    ],  # E
 }
 
 
@@ -64,8 +85,14 @@ class VGG(Classifier):
     Output shape: (B, num_classes).
     """
 
-    def __init__(self, cfg: list[int | str], batch_norm: bool = False, num_classes: int = 1000,
-                 in_channels: int = 3, dropout: float = 0.5) -> None:
+    def __init__(
+        self,
+        cfg: list[int | str],
+        batch_norm: bool = False,
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        dropout: float = 0.5,
+    ) -> None:
         super().__init__()
         _check_args(num_classes, in_channels)
         widths = [v for v in cfg if v != "M"]
@@ -100,7 +127,7 @@ class VGG(Classifier):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = torch.flatten(self.avgpool(x), 1)  # (B, 512, h, w) -> (B, 512 * 7 * 7)
-        x = self.classifier[:-1](x)            # -> (B, 4096)
+        x = self.classifier[:-1](x)  # -> (B, 4096)
         return x if pre_logits else self.classifier[-1](x)
 
     def reset_classifier(self, num_classes: int) -> None:
@@ -118,8 +145,6 @@ def _classifier(num_features: int, num_classes: int) -> nn.Module:
     nn.init.normal_(fc.weight, 0, 0.01)  # as torchvision initialises every VGG Linear
     nn.init.constant_(fc.bias, 0)
     return fc
-
-
 
 
 _PAPER = "Simonyan & Zisserman 2014"

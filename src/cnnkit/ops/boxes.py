@@ -58,7 +58,7 @@ def _giou(a: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
     lt = torch.minimum(a[..., :2], b[..., :2])
     rb = torch.maximum(a[..., 2:], b[..., 2:])
     wh = (rb - lt).clamp(min=0)
-    hull = wh[..., 0] * wh[..., 1]                        # area of the smallest enclosing box
+    hull = wh[..., 0] * wh[..., 1]  # area of the smallest enclosing box
     return iou - (hull - union) / hull.clamp(min=eps)
 
 
@@ -87,8 +87,9 @@ def generalized_box_iou_elementwise(a: torch.Tensor, b: torch.Tensor, eps: float
     return _giou(a, b, eps)
 
 
-def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, max_keep: int | None = None,
-        block: int = 128) -> torch.Tensor:
+def nms(
+    boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, max_keep: int | None = None, block: int = 128
+) -> torch.Tensor:
     """Greedy NMS: (N, 4) xyxy, (N,) scores -> int64 indices of the kept boxes, best score first.
 
     A box is kept when no *kept* box with a higher score overlaps it by IoU > ``iou_threshold``
@@ -114,7 +115,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, max_kee
         over = (box_iou(b[idx], b[idx]) > iou_threshold).triu(diagonal=1).cpu().numpy()
         gone = np.zeros(len(idx), dtype=bool)
         local = []
-        for i in range(len(idx)):                        # greedy inside the block
+        for i in range(len(idx)):  # greedy inside the block
             if gone[i]:
                 continue
             local.append(i)
@@ -126,13 +127,14 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, max_kee
         count += len(local)
         if max_keep is not None and count >= max_keep:
             break
-        if end < n:                                      # what this block's kept boxes suppress later
+        if end < n:  # what this block's kept boxes suppress later
             alive[end:] &= ~(box_iou(b[k], b[end:]) > iou_threshold).any(0)
     return order[torch.cat(kept)]
 
 
-def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor,
-                iou_threshold: float, max_keep: int | None = None) -> torch.Tensor:
+def batched_nms(
+    boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou_threshold: float, max_keep: int | None = None
+) -> torch.Tensor:
     """Class-aware NMS: boxes only suppress boxes of the same group (class, or image * classes + class).
 
     Each group is moved to its own region of the plane (offset by group * (max coordinate + 1)), so one

@@ -35,13 +35,23 @@ from cnnkit.errors import CnnkitError
 def _rois(boxes, dtype, device) -> torch.Tensor:
     """(K, 5) rois from a (K, 5) tensor or a list of per-image (L_i, 4) tensors."""
     if isinstance(boxes, (list, tuple)):
-        parts = [torch.cat([torch.full((len(b), 1), float(i), dtype=dtype, device=device),
-                            b.detach().to(dtype=dtype, device=device)], 1) for i, b in enumerate(boxes)]
+        parts = [
+            torch.cat(
+                [
+                    torch.full((len(b), 1), float(i), dtype=dtype, device=device),
+                    b.detach().to(dtype=dtype, device=device),
+                ],
+                1,
+            )
+            for i, b in enumerate(boxes)
+        ]
         return torch.cat(parts) if parts else torch.zeros(0, 5, dtype=dtype, device=device)
     if boxes.dim() != 2 or boxes.shape[1] != 5:
-        raise CnnkitError(f"boxes must be (K, 5) (batch index, x1, y1, x2, y2) or a list of (L, 4) "
-                          f"tensors; received shape {tuple(boxes.shape)}")
-    return boxes.detach().to(dtype=dtype, device=device)       # no gradient to the boxes (as torchvision)
+        raise CnnkitError(
+            f"boxes must be (K, 5) (batch index, x1, y1, x2, y2) or a list of (L, 4) "
+            f"tensors; received shape {tuple(boxes.shape)}"
+        )
+    return boxes.detach().to(dtype=dtype, device=device)  # no gradient to the boxes (as torchvision)
 
 
 def _pair(output_size) -> tuple[int, int]:
@@ -57,11 +67,11 @@ def _axis_samples(start, length, bins: int, grid, gmax: int, size: int):
     (K, bins, gmax), with weight 0 for samples past this box's grid or beyond the map's border.
     """
     dev, dt = start.device, start.dtype
-    pos = torch.arange(bins, device=dev, dtype=dt)[None, :, None]              # (1, bins, 1)
-    it = torch.arange(gmax, device=dev, dtype=dt)[None, None, :]               # (1, 1, gmax)
+    pos = torch.arange(bins, device=dev, dtype=dt)[None, :, None]  # (1, bins, 1)
+    it = torch.arange(gmax, device=dev, dtype=dt)[None, None, :]  # (1, 1, gmax)
     bin_size = (length / bins)[:, None, None]
     g = grid.to(dt).clamp(min=1)[:, None, None]
-    c = start[:, None, None] + pos * bin_size + (it + 0.5) * bin_size / g      # (K, bins, gmax)
+    c = start[:, None, None] + pos * bin_size + (it + 0.5) * bin_size / g  # (K, bins, gmax)
     valid = (c >= -1.0) & (c <= size) & (it < grid[:, None, None])
     c = c.clamp(min=0)
     low = c.floor().to(torch.int64)
@@ -80,8 +90,9 @@ def _prepare(input: torch.Tensor, boxes, output_size) -> tuple[torch.Tensor, int
     return _rois(boxes, input.dtype, input.device), ph, pw
 
 
-def roi_align(input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.0,
-              sampling_ratio: int = -1, aligned: bool = False) -> torch.Tensor:
+def roi_align(
+    input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.0, sampling_ratio: int = -1, aligned: bool = False
+) -> torch.Tensor:
     """RoIAlign: input (N, C, H, W), boxes (K, 5) or list -> (K, C, out_h, out_w)."""
     n, ch, h, w = input.shape
     rois, ph, pw = _prepare(input, boxes, output_size)
@@ -100,14 +111,14 @@ def roi_align(input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.
         gy = torch.ceil(rh / ph).clamp(min=0).to(torch.int64)
         gx = torch.ceil(rw / pw).clamp(min=0).to(torch.int64)
     gymax, gxmax = max(int(gy.max()), 1), max(int(gx.max()), 1)
-    yl, yh, wyl, wyh = _axis_samples(y1, rh, ph, gy, gymax, h)                  # (K, ph, gy)
-    xl, xh, wxl, wxh = _axis_samples(x1, rw, pw, gx, gxmax, w)                  # (K, pw, gx)
+    yl, yh, wyl, wyh = _axis_samples(y1, rh, ph, gy, gymax, h)  # (K, ph, gy)
+    xl, xh, wxl, wxh = _axis_samples(x1, rw, pw, gx, gxmax, w)  # (K, pw, gx)
     count = (gy * gx).clamp(min=1).to(input.dtype)
-    ys = torch.stack([yl, yh], -1)                                              # (K, ph, gy, 2)
+    ys = torch.stack([yl, yh], -1)  # (K, ph, gy, 2)
     wy = torch.stack([wyl, wyh], -1) / count[:, None, None, None]
-    xs = torch.stack([xl, xh], -1)                                              # (K, pw, gx, 2)
+    xs = torch.stack([xl, xh], -1)  # (K, pw, gx, 2)
     wx = torch.stack([wxl, wxh], -1)
-    rows = rois[:, 0].to(torch.int64)[:, None, None, None] * (h * w) + ys * w   # flat index of each row
+    rows = rois[:, 0].to(torch.int64)[:, None, None, None] * (h * w) + ys * w  # flat index of each row
     # cell index and weight of every tap: (K, ph, pw, gy, gx, 2, 2) -> (K * ph * pw, taps)
     idx = rows.to(torch.int32)[:, :, None, :, None, :, None] + xs.to(torch.int32)[:, None, :, None, :, None, :]
     wt = wy[:, :, None, :, None, :, None] * wx[:, None, :, None, :, None, :]
@@ -117,8 +128,7 @@ def roi_align(input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.
         # adaptive grids of different sizes: drop the zero-weight padding taps (exact: they add 0)
         mask = wt != 0
         offsets = torch.cat([idx.new_zeros(1), mask.sum(1).cumsum(0)[:-1]])
-        out = F.embedding_bag(idx[mask], _channels_last(input), offsets, mode="sum",
-                              per_sample_weights=wt[mask])
+        out = F.embedding_bag(idx[mask], _channels_last(input), offsets, mode="sum", per_sample_weights=wt[mask])
     else:
         out = F.embedding_bag(idx, _channels_last(input), mode="sum", per_sample_weights=wt)
     # (K, C, ph, pw) in channels_last memory format, as conv2d takes it (no 4-byte-per-output copy)
@@ -127,7 +137,7 @@ def roi_align(input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
     n, c, h, w = x.shape
-    return x.permute(0, 2, 3, 1).contiguous().view(n * h * w, c)                # (N*H*W, C)
+    return x.permute(0, 2, 3, 1).contiguous().view(n * h * w, c)  # (N*H*W, C)
 
 
 def _round_away(x: torch.Tensor) -> torch.Tensor:
@@ -146,7 +156,7 @@ def roi_pool(input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.0
     rh = (y2 - y1 + 1).clamp(min=1).to(torch.float64)
     rw = (x2 - x1 + 1).clamp(min=1).to(torch.float64)
 
-    def bounds(start, length, bins, size):                                      # (K, bins) each
+    def bounds(start, length, bins, size):  # (K, bins) each
         p = torch.arange(bins, device=input.device, dtype=torch.float64)[None, :]
         size_ = (length / bins)[:, None]
         lo = torch.floor(p * size_).to(torch.int64) + start[:, None]
@@ -158,17 +168,20 @@ def roi_pool(input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.0
     lh, lw = max(int((he - hs).max()), 1), max(int((we - ws).max()), 1)
     feats = _channels_last(input)
     out = []
-    step = max(1, (1 << 22) // max(1, ph * pw * lh * lw * ch))                   # bound the gather's memory
+    step = max(1, (1 << 22) // max(1, ph * pw * lh * lw * ch))  # bound the gather's memory
     for s in range(0, k, step):
         sl = slice(s, s + step)
-        rows = hs[sl, :, None] + torch.arange(lh, device=input.device)           # (k, ph, lh)
-        cols = ws[sl, :, None] + torch.arange(lw, device=input.device)           # (k, pw, lw)
+        rows = hs[sl, :, None] + torch.arange(lh, device=input.device)  # (k, ph, lh)
+        cols = ws[sl, :, None] + torch.arange(lw, device=input.device)  # (k, pw, lw)
         inside = (rows < he[sl, :, None])[:, :, None, :, None] & (cols < we[sl, :, None])[:, None, :, None, :]
-        idx = (rois[sl, 0].to(torch.int64) * (h * w))[:, None, None, None, None] + \
-            rows.clamp(max=h - 1)[:, :, None, :, None] * w + cols.clamp(max=w - 1)[:, None, :, None, :]
-        vals = feats[idx.reshape(-1)].reshape(*idx.shape, ch)                    # (k, ph, pw, lh, lw, C)
+        idx = (
+            (rois[sl, 0].to(torch.int64) * (h * w))[:, None, None, None, None]
+            + rows.clamp(max=h - 1)[:, :, None, :, None] * w
+            + cols.clamp(max=w - 1)[:, None, :, None, :]
+        )
+        vals = feats[idx.reshape(-1)].reshape(*idx.shape, ch)  # (k, ph, pw, lh, lw, C)
         vals = torch.where(inside[..., None], vals, torch.full_like(vals, -math.inf))
-        best = vals.flatten(3, 4).max(3).values                                  # (k, ph, pw, C)
+        best = vals.flatten(3, 4).max(3).values  # (k, ph, pw, C)
         empty = ~inside.flatten(3).any(3)
         out.append(torch.where(empty[..., None], torch.zeros_like(best), best))
-    return torch.cat(out).permute(0, 3, 1, 2).contiguous()                      # (K, C, ph, pw)
+    return torch.cat(out).permute(0, 3, 1, 2).contiguous()  # (K, C, ph, pw)

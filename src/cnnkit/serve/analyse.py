@@ -54,8 +54,9 @@ def _check_numbers(obj, limits: Limits, where: str = "spec") -> None:
     if isinstance(obj, bool):
         return
     if isinstance(obj, (int, float)) and abs(obj) > limits.spec_number:
-        raise Refused(f"{where}: the number {obj} is larger than {limits.spec_number:,}, the largest a spec "
-                      "may hold here")
+        raise Refused(
+            f"{where}: the number {obj} is larger than {limits.spec_number:,}, the largest a spec may hold here"
+        )
     if isinstance(obj, dict):
         for k, v in obj.items():
             _check_numbers(v, limits, f"{where}.{k}")
@@ -126,8 +127,10 @@ def _precheck(target, input_size, limits: Limits) -> None:
     for d in size:
         elements *= d
     if elements > limits.input_elements:
-        raise Refused(f"an input of {'x'.join(map(str, size))} is {elements:,} values per sample; the "
-                      f"workbench analyses at most {limits.input_elements:,}")
+        raise Refused(
+            f"an input of {'x'.join(map(str, size))} is {elements:,} values per sample; the "
+            f"workbench analyses at most {limits.input_elements:,}"
+        )
     params = sum(p.numel() for p in model.parameters())
     if params > limits.params:
         raise Refused(f"{name} has {params:,} parameters; the workbench analyses at most {limits.params:,}")
@@ -139,12 +142,17 @@ def _precheck(target, input_size, limits: Limits) -> None:
         return  # the summary itself names the failing layer
     biggest = max((op.out_bytes for op in tr.ops), default=0)
     macs = sum(op.macs for op in tr.ops)
-    for what, value, cap in (("ATen ops", len(tr.ops), limits.ops),
-                             ("bytes in its largest tensor of one sample", biggest, limits.sample_bytes),
-                             ("MACs per sample", macs, limits.macs_per_sample)):
+    for what, value, cap in (
+        ("ATen ops", len(tr.ops), limits.ops),
+        ("bytes in its largest tensor of one sample", biggest, limits.sample_bytes),
+        ("MACs per sample", macs, limits.macs_per_sample),
+    ):
         if value > cap:
-            raise Refused(f"too big to analyse here: {name} at {'x'.join(map(str, size))} has {value:,} "
-                          f"{what} (the limit is {cap:,}); analyse it with `cnnkit summary` instead", 422)
+            raise Refused(
+                f"too big to analyse here: {name} at {'x'.join(map(str, size))} has {value:,} "
+                f"{what} (the limit is {cap:,}); analyse it with `cnnkit summary` instead",
+                422,
+            )
 
 
 class Analyser:
@@ -153,8 +161,8 @@ class Analyser:
     def __init__(self, limits: Limits):
         self.limits = limits
         self._cache: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()           # guards the cache
-        self._slot = threading.Semaphore(1)     # one analysis at a time
+        self._lock = threading.Lock()  # guards the cache
+        self._slot = threading.Semaphore(1)  # one analysis at a time
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cnnkit-analyse")
 
     def close(self) -> None:
@@ -176,15 +184,19 @@ class Analyser:
             from cnnkit.models.spec import parse_input_size
 
             size = tuple(parse_input_size(size))
-        return {"input_size": size, "batch_size": _int(body, "batch", 1, 1, self.limits.batch),
-                "dtype": dtype, "optimizer": optimizer}
+        return {
+            "input_size": size,
+            "batch_size": _int(body, "batch", 1, 1, self.limits.batch),
+            "dtype": dtype,
+            "optimizer": optimizer,
+        }
 
     def run(self, kind: str, body: dict, fn):
         """``fn(target, **options)`` for the request, cached on (kind, target, options)."""
         if not isinstance(body, dict):
-            raise Refused("the body must be a JSON object like {\"target\": \"resnet18\", \"batch\": 8}")
+            raise Refused('the body must be a JSON object like {"target": "resnet18", "batch": 8}')
         if "target" not in body:
-            raise Refused("the body needs a \"target\": a zoo name or a YAML spec")
+            raise Refused('the body needs a "target": a zoo name or a YAML spec')
         opts = self.options(body)
         extra = {k: body.get(k) for k in ("memory", "fit_batch") if k in body}
         target, tkey = resolve(body["target"], self.limits)
@@ -200,8 +212,11 @@ class Analyser:
             try:
                 result = future.result(timeout=self.limits.analysis_seconds)
             except FutureTimeout:
-                raise Refused(f"the analysis took longer than {self.limits.analysis_seconds:.0f} s and was "
-                              "abandoned; try a smaller input or batch, or `cnnkit summary`", 503) from None
+                raise Refused(
+                    f"the analysis took longer than {self.limits.analysis_seconds:.0f} s and was "
+                    "abandoned; try a smaller input or batch, or `cnnkit summary`",
+                    503,
+                ) from None
         finally:
             self._slot.release()
         with self._lock:
@@ -227,8 +242,9 @@ def summary_json(target, input_size, batch_size, dtype, optimizer) -> dict:
 def timeline_json(target, input_size, batch_size, dtype, optimizer, max_points: int = 800) -> dict:
     from cnnkit.analysis.timeline import memory_timeline
 
-    t = memory_timeline(target, input_size=input_size, batch_size=batch_size, dtype=dtype,
-                        optimizer=optimizer, max_points=max_points)
+    t = memory_timeline(
+        target, input_size=input_size, batch_size=batch_size, dtype=dtype, optimizer=optimizer, max_points=max_points
+    )
     if not isinstance(target, str):
         t["model"] = "spec"
     return t
@@ -244,9 +260,9 @@ def fit_json(body: dict, limits: Limits):
     want = _int(body, "fit_batch", None, 1, limits.batch)
 
     def run(target, input_size, batch_size, dtype, optimizer):
-        r = memory_plan(target, input_size=input_size, memory=memory, batch_size=want, dtype=dtype,
-                optimizer=optimizer)
+        r = memory_plan(target, input_size=input_size, memory=memory, batch_size=want, dtype=dtype, optimizer=optimizer)
         if not isinstance(target, str):
             r["model"] = "spec"
         return r
+
     return run

@@ -10,8 +10,8 @@ from __future__ import annotations
 from cnnkit.layers.padding import PAD_MODES, same_pad
 from cnnkit.serve.limits import Refused
 
-MAX_SIZE = 100_000   # input length per dimension
-MAX_DRAWN = 64       # up to this size per dimension, the cells each output reads are listed
+MAX_SIZE = 100_000  # input length per dimension
+MAX_DRAWN = 64  # up to this size per dimension, the cells each output reads are listed
 
 
 def _positive(body: dict, key: str, dims: int, low: int = 1) -> list[int]:
@@ -44,28 +44,45 @@ def conv_arithmetic(body: dict) -> dict:
     padding = body.get("padding", "valid")
     if isinstance(padding, str) and padding.strip().isdigit():
         padding = int(padding)
-    if not (padding in PAD_MODES or (isinstance(padding, int) and not isinstance(padding, bool)
-                                     and 0 <= padding <= MAX_SIZE)):
+    if not (
+        padding in PAD_MODES
+        or (isinstance(padding, int) and not isinstance(padding, bool) and 0 <= padding <= MAX_SIZE)
+    ):
         raise Refused(f"padding must be valid, same, caffe or a number of cells; received: {padding!r}")
     out = []
     for n, k, s, d in zip(size, kernel, stride, dilation):
         before, after = (padding, padding) if isinstance(padding, int) else same_pad(n, k, s, d, padding)
-        span = d * (k - 1) + 1                    # cells one kernel covers, dilation included
+        span = d * (k - 1) + 1  # cells one kernel covers, dilation included
         room = n + before + after - span
         if room < 0:
-            raise Refused(f"the kernel spans {span} cells (dilation {d} x (kernel {k} - 1) + 1) but the "
-                          f"padded input has {n + before + after}: make the kernel smaller or pad more")
-        o = room // s + 1                         # floor((n + p_before + p_after - d(k-1) - 1) / s) + 1
-        dim = {"input": n, "kernel": k, "stride": s, "dilation": d, "pad_before": before,
-               "pad_after": after, "output": o,
-               "formula": f"floor(({n} + {before} + {after} - {d}*({k}-1) - 1) / {s}) + 1 "
-                          f"= floor({room} / {s}) + 1 = {o}"}
+            raise Refused(
+                f"the kernel spans {span} cells (dilation {d} x (kernel {k} - 1) + 1) but the "
+                f"padded input has {n + before + after}: make the kernel smaller or pad more"
+            )
+        o = room // s + 1  # floor((n + p_before + p_after - d(k-1) - 1) / s) + 1
+        dim = {
+            "input": n,
+            "kernel": k,
+            "stride": s,
+            "dilation": d,
+            "pad_before": before,
+            "pad_after": after,
+            "output": o,
+            "formula": f"floor(({n} + {before} + {after} - {d}*({k}-1) - 1) / {s}) + 1 = floor({room} / {s}) + 1 = {o}",
+        }
         if n + before + after <= MAX_DRAWN * 2 and n <= MAX_DRAWN:
             # output i reads padded cells i*s + j*d, j < k; padded cell c is input cell c - before
             dim["reads_padded"] = [[i * s + j * d for j in range(k)] for i in range(o)]
         out.append(dim)
-    return {"dims": out, "output": [d["output"] for d in out], "padding": padding,
-            "rule": "TensorFlow 'same': the odd extra padding cell goes at the end (bottom/right)"
-            if padding == "same" else "Caffe: the odd extra padding cell goes at the start (top/left)"
-            if padding == "caffe" else "no padding" if padding == "valid" else
-            f"{padding} cell(s) on every side"}
+    return {
+        "dims": out,
+        "output": [d["output"] for d in out],
+        "padding": padding,
+        "rule": "TensorFlow 'same': the odd extra padding cell goes at the end (bottom/right)"
+        if padding == "same"
+        else "Caffe: the odd extra padding cell goes at the start (top/left)"
+        if padding == "caffe"
+        else "no padding"
+        if padding == "valid"
+        else f"{padding} cell(s) on every side",
+    }

@@ -20,24 +20,24 @@ class Refused(CnnkitError):
 class Limits:
     """Bounds on what one request may ask for (the defaults suit one person on a laptop)."""
 
-    body_bytes: int = 8 * 2**20            # largest request body, an image upload included
-    json_bytes: int = 256 * 2**10          # largest JSON body (a typed spec is inside it)
-    image_pixels: int = 16_000_000         # width x height of an upload, checked before decoding
-    spec_bytes: int = 64 * 2**10           # largest YAML spec text
-    spec_layers: int = 500                 # layers in a spec
-    spec_number: int = 1 << 16             # largest integer in a spec (filters, units, kernel...)
-    batch: int = 4096                      # largest analysed batch
+    body_bytes: int = 8 * 2**20  # largest request body, an image upload included
+    json_bytes: int = 256 * 2**10  # largest JSON body (a typed spec is inside it)
+    image_pixels: int = 16_000_000  # width x height of an upload, checked before decoding
+    spec_bytes: int = 64 * 2**10  # largest YAML spec text
+    spec_layers: int = 500  # layers in a spec
+    spec_number: int = 1 << 16  # largest integer in a spec (filters, units, kernel...)
+    batch: int = 4096  # largest analysed batch
     input_elements: int = 3 * 1024 * 1024  # C x H x W of one analysed sample
-    params: int = 2_000_000_000            # parameters of an analysed network
-    ops: int = 20_000                      # ATen ops of one inference pass (trace time grows with it)
-    sample_bytes: int = 128 * 2**20        # the largest tensor of one sample (convolutions run for real
-                                           # at batch 3 to measure the backend: this bounds their memory)
+    params: int = 2_000_000_000  # parameters of an analysed network
+    ops: int = 20_000  # ATen ops of one inference pass (trace time grows with it)
+    sample_bytes: int = 128 * 2**20  # the largest tensor of one sample (convolutions run for real
+    # at batch 3 to measure the backend: this bounds their memory)
     macs_per_sample: int = 40_000_000_000  # forward MACs of one sample (ResNet-50: 4.1 G, VGG-16: 15.5 G)
-    analysis_seconds: float = 120.0        # an analysis still running then is answered with 503
-    busy_seconds: float = 30.0             # how long a request waits for the one analysis slot
-    connection_seconds: float = 30.0       # a connection silent this long (half a request, a body that
-                                           # stops, an answer not read) is dropped
-    nesting: int = 64                      # deepest nesting of lists/mappings in a JSON body or YAML spec
+    analysis_seconds: float = 120.0  # an analysis still running then is answered with 503
+    busy_seconds: float = 30.0  # how long a request waits for the one analysis slot
+    connection_seconds: float = 30.0  # a connection silent this long (half a request, a body that
+    # stops, an answer not read) is dropped
+    nesting: int = 64  # deepest nesting of lists/mappings in a JSON body or YAML spec
 
     def check_body(self, lengths: list[str] | None, multipart: bool) -> int:
         """The body's length from its ``Content-Length`` header(s), refused unless it is one plain
@@ -52,13 +52,17 @@ class Limits:
             raise Refused(f"the request has {len(lengths)} different Content-Length headers; send one")
         raw = lengths[0].strip()
         if not re.fullmatch(r"[0-9]{1,20}", raw):
-            raise Refused(f"bad Content-Length {lengths[0][:40]!r}: it must be the body's size in bytes, "
-                          "a non-negative integer")
+            raise Refused(
+                f"bad Content-Length {lengths[0][:40]!r}: it must be the body's size in bytes, a non-negative integer"
+            )
         length = int(raw)
         cap = self.body_bytes if multipart else self.json_bytes
         if length > cap:
-            raise Refused(f"the request body is {length:,} bytes; the workbench accepts at most {cap:,}"
-                          + (" (upload a smaller image)" if multipart else ""), 413)
+            raise Refused(
+                f"the request body is {length:,} bytes; the workbench accepts at most {cap:,}"
+                + (" (upload a smaller image)" if multipart else ""),
+                413,
+            )
         return length
 
     def check_nesting(self, obj, what: str) -> None:

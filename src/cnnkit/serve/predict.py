@@ -39,7 +39,8 @@ def parse_multipart(content_type: str, body: bytes) -> dict[str, bytes | str]:
         raise Refused("the multipart body nests multiparts too deeply; send fields 'file' and 'model'")
     try:
         msg = BytesParser(policy=HTTP).parsebytes(
-            b"Content-Type: " + content_type.encode("latin-1") + b"\r\nMIME-Version: 1.0\r\n\r\n" + body)
+            b"Content-Type: " + content_type.encode("latin-1") + b"\r\nMIME-Version: 1.0\r\n\r\n" + body
+        )
     except RecursionError:
         raise Refused("the multipart body nests multiparts too deeply; send fields 'file' and 'model'") from None
     if not msg.is_multipart():
@@ -71,8 +72,11 @@ def open_image(data: bytes, limits: Limits):
     if fmt not in IMAGE_FORMATS:
         raise Refused(f"{fmt} images are not accepted; upload a PNG or JPEG", 415)
     if w * h > limits.image_pixels or frames > 1 and w * h * frames > limits.image_pixels:
-        raise Refused(f"the image is {w:,} x {h:,} pixels{f' x {frames} frames' if frames > 1 else ''}; at "
-                      f"most {limits.image_pixels:,} pixels are accepted (decompression bombs are refused)", 413)
+        raise Refused(
+            f"the image is {w:,} x {h:,} pixels{f' x {frames} frames' if frames > 1 else ''}; at "
+            f"most {limits.image_pixels:,} pixels are accepted (decompression bombs are refused)",
+            413,
+        )
     return data
 
 
@@ -109,11 +113,12 @@ class Models:
                 folder, key = None, (name, weights)
                 kind = "zoo (ImageNet weights)" if weights else "zoo (random weights)"
             else:
-                raise Refused(f"no run or zoo model named {name!r}: name one from /api/runs or "
-                              "`cnnkit zoo list`", 404)
+                raise Refused(f"no run or zoo model named {name!r}: name one from /api/runs or `cnnkit zoo list`", 404)
             if key not in self._cache:
-                self._cache[key] = (load_explainable(str(folder) if folder else name,
-                                                     weights=None if folder else key[1]), kind)
+                self._cache[key] = (
+                    load_explainable(str(folder) if folder else name, weights=None if folder else key[1]),
+                    kind,
+                )
                 while len(self._cache) > self.size:
                     self._cache.popitem(last=False)
             self._cache.move_to_end(key)
@@ -142,8 +147,10 @@ def top_classes(target, x: torch.Tensor, top: int = 5) -> list[dict]:
             model.tta = had
     p, i = probs.topk(min(top, probs.numel()))
     names = target.classes
-    return [{"class": int(k), "name": names[k] if k < len(names) else str(k), "probability": float(v)}
-            for v, k in zip(p.tolist(), i.tolist())]
+    return [
+        {"class": int(k), "name": names[k] if k < len(names) else str(k), "probability": float(v)}
+        for v, k in zip(p.tolist(), i.tolist())
+    ]
 
 
 def predict(models: Models, fields: dict, limits: Limits) -> dict:
@@ -162,10 +169,18 @@ def predict(models: Models, fields: dict, limits: Limits) -> dict:
         top = top_classes(target, x)
         layer = default_cam_layer(target.model, x[None])
         heat, cls = grad_cam(target.model, x, top[0]["class"], layer)
-    fig = plots.heatmap_overlay(x, heat, label="Grad-CAM",
-                                title=f"Grad-CAM for class {top[0]['name']} at {target.user_name(layer)}")
-    return {"model": fields.get("model"), "kind": kind, "top": top, "layer": target.user_name(layer),
-            "gradcam_png": _png(fig), "input_size": list(target.input_size), "layers": conv_layers(target)}
+    fig = plots.heatmap_overlay(
+        x, heat, label="Grad-CAM", title=f"Grad-CAM for class {top[0]['name']} at {target.user_name(layer)}"
+    )
+    return {
+        "model": fields.get("model"),
+        "kind": kind,
+        "top": top,
+        "layer": target.user_name(layer),
+        "gradcam_png": _png(fig),
+        "input_size": list(target.input_size),
+        "layers": conv_layers(target),
+    }
 
 
 def conv_layers(target) -> list[str]:
@@ -206,8 +221,9 @@ def _explain(target, method: str, fields: dict, limits: Limits) -> dict:
         name = target.user_name(layer) if layer else (convs[0] if convs else None)
         if name is None:
             raise Refused("the model has no convolution: name a layer")
-        out["png"] = _png(plots.filter_grid(filters(target.net, name), max_filters=16, max_inputs=4,
-                                                title=f"Filters of {name}"))
+        out["png"] = _png(
+            plots.filter_grid(filters(target.net, name), max_filters=16, max_inputs=4, title=f"Filters of {name}")
+        )
         out["layer"] = name
         return out
     if method == "patterns":
@@ -232,8 +248,9 @@ def _explain(target, method: str, fields: dict, limits: Limits) -> dict:
         if name is None:
             raise Refused("the model has no convolution: name a layer")
         maps = feature_maps(target.model, x, [name])
-        out["png"] = _png(plots.feature_map_grid({target.user_name(k): v for k, v in maps.items()},
-                                                  max_channels=16, cols=8))
+        out["png"] = _png(
+            plots.feature_map_grid({target.user_name(k): v for k, v in maps.items()}, max_channels=16, cols=8)
+        )
         out["layer"] = target.user_name(name)
     elif method == "saliency":
         heat, cls = saliency(target.model, x)
@@ -244,4 +261,3 @@ def _explain(target, method: str, fields: dict, limits: Limits) -> dict:
         out["png"] = _png(plots.heatmap_overlay(x, heat, title=f"Grad-CAM for class {cls}"))
         out["layer"] = target.user_name(name)
     return out
-

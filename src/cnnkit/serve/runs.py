@@ -67,9 +67,16 @@ class Runs:
 
         out = []
         for name, folder in self._scan().items():
-            item = {"name": name, "has_model": (folder / "model.safetensors").is_file(), "epochs": 0,
-                    "last": None, "model": None, "dataset": None, "task": None,
-                    "figures": sorted(p.name for p in folder.glob("*.png") if FIGURE.match(p.name))}
+            item = {
+                "name": name,
+                "has_model": (folder / "model.safetensors").is_file(),
+                "epochs": 0,
+                "last": None,
+                "model": None,
+                "dataset": None,
+                "task": None,
+                "figures": sorted(p.name for p in folder.glob("*.png") if FIGURE.match(p.name)),
+            }
             try:
                 rows = read_metrics(folder)
                 item["epochs"], item["last"] = len(rows), rows[-1]
@@ -131,13 +138,19 @@ class Runs:
         info = self.info(folder)
         task = task_of(info)
         if task not in PREDICT_TASKS:
-            raise Refused(f"run {name!r} is a {task} run; the Predict page handles classification runs: "
-                          f"use `cnnkit {task} predict {folder} IMAGE`", 400)
+            raise Refused(
+                f"run {name!r} is a {task} run; the Predict page handles classification runs: "
+                f"use `cnnkit {task} predict {folder} IMAGE`",
+                400,
+            )
         members = info.get("ensemble") or [info]
         for m in members:
             if ".py:" in str(m.get("model", "")):
-                raise Refused(f"run {name!r} builds its network with Python code ({m['model']}); the "
-                              "workbench runs no code: use `cnnkit explain` on the command line", 400)
+                raise Refused(
+                    f"run {name!r} builds its network with Python code ({m['model']}); the "
+                    "workbench runs no code: use `cnnkit explain` on the command line",
+                    400,
+                )
         return folder
 
 

@@ -28,12 +28,22 @@ from cnnkit.serve.runs import Runs
 
 STATIC = Path(__file__).with_name("static")
 # path -> (page: static/<page>.part.html is its content, static/<page>.js its script; title)
-PAGES = {"/conv": ("conv", "Convolution arithmetic"), "/analyse": ("analyse", "Analyse"),
-         "/runs": ("runs", "Runs"), "/predict": ("predict", "Predict & explain")}
-TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-         ".css": "text/css; charset=utf-8", ".png": "image/png"}
-CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
-       "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+PAGES = {
+    "/conv": ("conv", "Convolution arithmetic"),
+    "/analyse": ("analyse", "Analyse"),
+    "/runs": ("runs", "Runs"),
+    "/predict": ("predict", "Predict & explain"),
+}
+TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".png": "image/png",
+}
+CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
 
 
 class Workbench:
@@ -47,18 +57,28 @@ class Workbench:
         # what may be served: the scripts and the stylesheet, and the pages (one layout around each part)
         self.static = {p.name: p for p in STATIC.iterdir() if p.suffix in (".js", ".css")}
         layout = (STATIC / "layout.html").read_text()
-        self.pages = {path: layout.replace("{title}", html.escape(title)).replace("{page}", page)
-                      .replace("{main}", (STATIC / f"{page}.part.html").read_text()).encode()
-                      for path, (page, title) in PAGES.items()}
+        self.pages = {
+            path: layout.replace("{title}", html.escape(title))
+            .replace("{page}", page)
+            .replace("{main}", (STATIC / f"{page}.part.html").read_text())
+            .encode()
+            for path, (page, title) in PAGES.items()
+        }
         self.pages["/"] = self.pages["/conv"]
         L = self.limits
         self.get_routes = {
-            "/api/runs": lambda q: {"root": str(self.runs.root) if self.runs.root else None,
-                                    "runs": self.runs.listing()},
+            "/api/runs": lambda q: {
+                "root": str(self.runs.root) if self.runs.root else None,
+                "runs": self.runs.listing(),
+            },
             "/api/runs/metrics": lambda q: self.runs.metrics(q.get("run")),
             "/api/zoo": lambda q: self._zoo(),
-            "/api/limits": lambda q: {"upload_bytes": L.body_bytes, "image_pixels": L.image_pixels,
-                                      "spec_bytes": L.spec_bytes, "batch": L.batch},
+            "/api/limits": lambda q: {
+                "upload_bytes": L.body_bytes,
+                "image_pixels": L.image_pixels,
+                "spec_bytes": L.spec_bytes,
+                "batch": L.batch,
+            },
         }
         self.post_json = {
             "/api/conv": conv.conv_arithmetic,
@@ -76,8 +96,7 @@ class Workbench:
     def _zoo() -> dict:
         from cnnkit.models import list_models, model_info
 
-        return {"models": [{"name": n, "input_size": list(model_info(n).input_size or [])}
-                           for n in list_models()]}
+        return {"models": [{"name": n, "input_size": list(model_info(n).input_size or [])} for n in list_models()]}
 
     def close(self) -> None:
         self.analyser.close()
@@ -157,7 +176,7 @@ class Handler(BaseHTTPRequestHandler):
         if path in app.pages:
             return self._send(200, app.pages[path], TYPES[".html"])
         if path.startswith("/static/"):
-            file = app.static.get(path[len("/static/"):])
+            file = app.static.get(path[len("/static/") :])
             if file is None:
                 raise Refused(f"no such file: {path}", 404)
             return self._send(200, file.read_bytes(), TYPES[file.suffix])
@@ -181,8 +200,7 @@ class Handler(BaseHTTPRequestHandler):
         except TimeoutError:
             raise Refused(f"the request body did not arrive within {self.timeout:g} s", 408) from None
         if len(body) < n:
-            raise Refused(f"the request body ended after {len(body):,} of the {n:,} bytes its "
-                          "Content-Length announced")
+            raise Refused(f"the request body ended after {len(body):,} of the {n:,} bytes its Content-Length announced")
         return body
 
     def _post(self) -> None:
@@ -226,8 +244,10 @@ def host_warning(host: str) -> str | None:
     """The warning printed when the workbench listens beyond this machine, else None."""
     if is_loopback(host):
         return None
-    return (f"warning: listening on {host}: anyone who can reach this machine can use the workbench "
-            "(analyses, uploads, your runs). Use the default --host 127.0.0.1 unless you mean it.")
+    return (
+        f"warning: listening on {host}: anyone who can reach this machine can use the workbench "
+        "(analyses, uploads, your runs). Use the default --host 127.0.0.1 unless you mean it."
+    )
 
 
 def make_server(runs=None, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None):
@@ -254,8 +274,11 @@ def serve(runs=None, host: str = "127.0.0.1", port: int = 8000) -> None:
     warning = host_warning(host)
     if warning:
         print(warning, file=sys.stderr, flush=True)
-    print(f"cnnkit workbench on http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:"
-          f"{server.server_address[1]}/  (runs: {server.app.runs.root or 'none'}; Ctrl-C stops)", flush=True)
+    print(
+        f"cnnkit workbench on http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:"
+        f"{server.server_address[1]}/  (runs: {server.app.runs.root or 'none'}; Ctrl-C stops)",
+        flush=True,
+    )
     try:
         server.serve_forever()
     finally:

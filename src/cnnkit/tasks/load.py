@@ -23,8 +23,9 @@ from cnnkit.tasks.segment.load import load_segmenter
 LOADERS = {"detect": load_detector, "segment": load_segmenter, "instance": load_mask_detector}
 
 
-def load(path: str | os.PathLike, device: str | torch.device = "cpu", *, trust_code: bool = False,
-         factory: str | None = None) -> nn.Module:
+def load(
+    path: str | os.PathLike, device: str | torch.device = "cpu", *, trust_code: bool = False, factory: str | None = None
+) -> nn.Module:
     """A trained run of any task (run folder or ``.safetensors`` file) as an eval-mode ``nn.Module``.
 
     Nothing is unpickled, imported or run: the network is rebuilt from its description in the
@@ -55,6 +56,8 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", *, trust_c
     if task == "classify":
         return load_classifier(file, device, trust_code=trust_code, factory=factory)
     if task not in LOADERS:
-        raise CnnkitError(f"{file}: unknown task {str(task)[:40]!r} in its metadata; this cnnkit reads "
-                          f"runs of {', '.join(['classify', *LOADERS])}")
+        raise CnnkitError(
+            f"{file}: unknown task {str(task)[:40]!r} in its metadata; this cnnkit reads "
+            f"runs of {', '.join(['classify', *LOADERS])}"
+        )
     return LOADERS[task](file, str(device))

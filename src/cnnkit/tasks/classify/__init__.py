@@ -16,7 +16,21 @@ from cnnkit.tasks.classify.task import ClassifyTask
 from cnnkit.tasks.classify.train import TrainResult, train
 
 __all__ = [
-    "ClassifyTask", "Evaluation", "FinetuneConfig", "TrainConfig", "TrainResult", "convert_keras",
-    "convert_to_fcn", "evaluate", "evaluate_run", "finetune", "load_classifier", "load_fcn", "predict_files",
-    "predictor", "preset", "run_finetune", "train",
+    "ClassifyTask",
+    "Evaluation",
+    "FinetuneConfig",
+    "TrainConfig",
+    "TrainResult",
+    "convert_keras",
+    "convert_to_fcn",
+    "evaluate",
+    "evaluate_run",
+    "finetune",
+    "load_classifier",
+    "load_fcn",
+    "predict_files",
+    "predictor",
+    "preset",
+    "run_finetune",
+    "train",
 ]

@@ -32,24 +32,34 @@ class TrainConfig(RunConfig):
 
     unsupported = ("weights",)
 
-    data: str = option("mnist", help="mnist | fashion_mnist | kmnist | emnist_digits | cifar10 | folder | PATH "
-                                     "of an image folder")
-    image_size: tuple[int, int] | None = option(None, help="H W that image folders are resized to (default: "
-                                                           "224 224)", metavar="N")
-    trainval: bool = option(False, help="the final refit: train on train + val once the settings are chosen "
-                                        "on val (MNIST: all 60,000 images); validation then scores seen images")
-    model: str = option("mnist_fast", help="the network: a zoo name (`cnnkit zoo`), a spec .yaml/.json or "
-                                           "FILE.py:FUNCTION")
+    data: str = option(
+        "mnist", help="mnist | fashion_mnist | kmnist | emnist_digits | cifar10 | folder | PATH of an image folder"
+    )
+    image_size: tuple[int, int] | None = option(
+        None, help="H W that image folders are resized to (default: 224 224)", metavar="N"
+    )
+    trainval: bool = option(
+        False,
+        help="the final refit: train on train + val once the settings are chosen "
+        "on val (MNIST: all 60,000 images); validation then scores seen images",
+    )
+    model: str = option(
+        "mnist_fast", help="the network: a zoo name (`cnnkit zoo`), a spec .yaml/.json or FILE.py:FUNCTION"
+    )
     epochs: int = 6
     batch_size: int = 256
     lr: float = 0.2
     weight_decay: float = 5e-4
     warmup: float = 0.2
     label_smoothing: float = option(0.1, help="cross-entropy label smoothing")
-    tta: bool = option(False, help="test-time augmentation in the saved model (the image and its 1-pixel "
-                                   "shifts averaged)")
-    augment: AugmentConfig = option(factory=AugmentConfig, help="batched augmentation of the training images "
-                                                                "(cnnkit.data.augment.AugmentConfig)", cli=False)
+    tta: bool = option(
+        False, help="test-time augmentation in the saved model (the image and its 1-pixel shifts averaged)"
+    )
+    augment: AugmentConfig = option(
+        factory=AugmentConfig,
+        help="batched augmentation of the training images (cnnkit.data.augment.AugmentConfig)",
+        cli=False,
+    )
     threads: int = 0
     channels_last: bool = option(True, help="NHWC memory format (oneDNN's convolutions run faster on CPUs)")
     eval_batch_size: int = option(1000, help="batch size of validation")
@@ -69,13 +79,20 @@ PRESETS: dict[str, dict] = {
     # CPU (the activations stay in cache) and gives twice the steps per epoch. It trains on random
     # 24x24 windows of the 28x28 digits: a +-2 px shift whose border MNIST's centred digits rarely
     # use, at 24^2/28^2 = 73% of the MACs (evaluation sees whole images; 22x22 validates lower)
-    "fast": dict(model="mnist_fast", epochs=4, batch_size=128, lr=0.3, ema=0.99, tta=True,
-                 augment=AugmentConfig(crop=24)),
+    "fast": dict(
+        model="mnist_fast", epochs=4, batch_size=128, lr=0.3, ema=0.99, tta=True, augment=AugmentConfig(crop=24)
+    ),
     # ~22 M MAC net, 30 epochs of affine + elastic distortion and 24x24 windows (16.4 M MACs a
     # training image; 3 seeds validate at 99.77% vs 99.74% on whole images, in 75% of the time), EMA, TTA
-    "best": dict(model="mnist_best", epochs=30, batch_size=256, lr=0.2, ema=0.999, tta=True,
-                 augment=AugmentConfig(degrees=10, scale=0.1, shear=10, translate=0.1,
-                                       elastic=30.0, elastic_p=0.3, crop=24)),
+    "best": dict(
+        model="mnist_best",
+        epochs=30,
+        batch_size=256,
+        lr=0.2,
+        ema=0.999,
+        tta=True,
+        augment=AugmentConfig(degrees=10, scale=0.1, shear=10, translate=0.1, elastic=30.0, elastic_p=0.3, crop=24),
+    ),
 }
 
 

@@ -25,14 +25,20 @@ def _class_names(spec: str | None, n: int) -> list[str]:
     names = Path(spec).read_text().split("\n") if Path(spec).is_file() else spec.split(",")
     names = [c.strip() for c in names if c.strip()]
     if len(names) != n:
-        raise CnnkitError(f"the model has {n} outputs but --classes gives {len(names)} names. "
-                          f"Received: --classes {spec}")
+        raise CnnkitError(
+            f"the model has {n} outputs but --classes gives {len(names)} names. Received: --classes {spec}"
+        )
     return names
 
 
-def convert_keras(model: str | os.PathLike, out: str | os.PathLike, classes: str | None = None,
-                  mean: list[float] | None = None, std: list[float] | None = None,
-                  raw_pixels: bool = False) -> tuple[Path, dict]:
+def convert_keras(
+    model: str | os.PathLike,
+    out: str | os.PathLike,
+    classes: str | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+    raw_pixels: bool = False,
+) -> tuple[Path, dict]:
     """A Keras image classifier (``.keras`` / ``.h5``) as a cnnkit classification run (``cnnkit convert``).
 
     The Keras file is read as data (no code from it runs) and rebuilt in PyTorch by
@@ -69,23 +75,38 @@ def convert_keras(model: str | os.PathLike, out: str | os.PathLike, classes: str
 
     net, size = load_keras(model, logits=True)
     if not (isinstance(size, tuple) and len(size) == 3 and all(isinstance(d, int) for d in size)):
-        raise CnnkitError(f"{model}: a run folder holds an image classifier with one (C, H, W) input; this model "
-                          f"takes {size}. Use cnnkit.models.keras.load_keras(path) for it in Python")
+        raise CnnkitError(
+            f"{model}: a run folder holds an image classifier with one (C, H, W) input; this model "
+            f"takes {size}. Use cnnkit.models.keras.load_keras(path) for it in Python"
+        )
     with torch.no_grad():
         out_shape = net(torch.zeros(1, *size)).shape if len(net.outputs) == 1 else None
     if out_shape is None or len(out_shape) != 2:
-        raise CnnkitError(f"{model}: a run folder holds a classifier with one (N, classes) output; this model "
-                          f"returns {'several outputs' if out_shape is None else tuple(out_shape)}")
+        raise CnnkitError(
+            f"{model}: a run folder holds a classifier with one (N, classes) output; this model "
+            f"returns {'several outputs' if out_shape is None else tuple(out_shape)}"
+        )
     n = int(out_shape[1])
     names = _class_names(classes, n)
     mean = _per_channel(mean, size[0], "mean", 0.0)
     std = [s / 255 if raw_pixels else s for s in _per_channel(std, size[0], "std", 1.0)]
     clf = Classifier(net, mean, std, names, size)
-    info = {"format": FORMAT, "model": f"keras:{Path(model).name}", "num_classes": n,
-            "input_size": list(size), "classes": names, "mean": mean, "std": std, "tta": "",
-            "dataset": {"name": ""}, "epoch": 0, "history": [], "interrupted": False,
-            "network": {"kind": "keras", "config": net.keras_config, "logits": True},
-            "source": {"keras_file": str(Path(model).resolve())}}
+    info = {
+        "format": FORMAT,
+        "model": f"keras:{Path(model).name}",
+        "num_classes": n,
+        "input_size": list(size),
+        "classes": names,
+        "mean": mean,
+        "std": std,
+        "tta": "",
+        "dataset": {"name": ""},
+        "epoch": 0,
+        "history": [],
+        "interrupted": False,
+        "network": {"kind": "keras", "config": net.keras_config, "logits": True},
+        "source": {"keras_file": str(Path(model).resolve())},
+    }
     path = Path(out) / MODEL_FILE
     save_model(path, clf, info)
     return path, info

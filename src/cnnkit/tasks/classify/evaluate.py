@@ -44,21 +44,32 @@ class Evaluation:
 
     def to_dict(self) -> dict:
         """The scores as JSON-able lists and numbers (``cnnkit eval --json``)."""
-        return {"accuracy": self.accuracy, "loss": self.loss, "n": self.n, "classes": self.classes,
-                "precision": self.precision.tolist(), "recall": self.recall.tolist(),
-                "confusion": self.confusion.tolist()}
+        return {
+            "accuracy": self.accuracy,
+            "loss": self.loss,
+            "n": self.n,
+            "classes": self.classes,
+            "precision": self.precision.tolist(),
+            "recall": self.recall.tolist(),
+            "confusion": self.confusion.tolist(),
+        }
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 1000,
-                   channels_last: bool = True, precision: str | None = "auto") -> torch.Tensor:
+def predict_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    batch_size: int = 1000,
+    channels_last: bool = True,
+    precision: str | None = "auto",
+) -> torch.Tensor:
     """Logits (N, K) for uint8 images (N, C, H, W) -- or float features -- in batches, on the
     model's device. ``precision``: auto | fp32 | bf16, or None for the caller's autocast context."""
     device = next(model.parameters()).device
     context = autocast(precision, device) if precision is not None else contextlib.nullcontext()
     out = []
     for i in range(0, images.shape[0], batch_size):
-        x = images[i:i + batch_size].to(device)
+        x = images[i : i + batch_size].to(device)
         if x.dtype == torch.uint8:
             x = x.float().div_(255).contiguous(memory_format=_fmt(channels_last))
         with context:
@@ -66,8 +77,13 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 100
     return torch.cat(out)
 
 
-def evaluate(model: nn.Module, data: ImageSet | Features, batch_size: int = 1000,
-             channels_last: bool = True, precision: str | None = "auto") -> Evaluation:
+def evaluate(
+    model: nn.Module,
+    data: ImageSet | Features,
+    batch_size: int = 1000,
+    channels_last: bool = True,
+    precision: str | None = "auto",
+) -> Evaluation:
     """Accuracy, loss and confusion matrix of a classifier over every image of ``data``.
 
     The model runs in eval mode (its own mode is restored afterwards), with whatever test-time
@@ -92,26 +108,37 @@ def evaluate(model: nn.Module, data: ImageSet | Features, batch_size: int = 1000
     was_training = model.training
     model.eval()
     try:
-        logits = predict_logits(model, data.x if isinstance(data, Features) else data.images,
-                                batch_size, channels_last, precision)
+        logits = predict_logits(
+            model, data.x if isinstance(data, Features) else data.images, batch_size, channels_last, precision
+        )
     finally:
         model.train(was_training)
     labels = data.labels.to(logits.device)
     k = len(data.classes)
     pred = logits.argmax(1)
     confusion = torch.bincount(labels * k + pred, minlength=k * k).view(k, k).cpu()
-    return Evaluation(accuracy=(pred == labels).float().mean().item(),
-                      loss=F.cross_entropy(logits, labels).item(), n=int(labels.numel()),
-                      confusion=confusion, classes=list(data.classes))
+    return Evaluation(
+        accuracy=(pred == labels).float().mean().item(),
+        loss=F.cross_entropy(logits, labels).item(),
+        n=int(labels.numel()),
+        confusion=confusion,
+        classes=list(data.classes),
+    )
 
 
 def _fmt(channels_last: bool) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
-def evaluate_run(run, split: str = "test", data: str | None = None, data_dir: str | None = None,
-                 precision: str = "auto", trust_code: bool = False,
-                 factory: str | None = None) -> tuple[Evaluation, ImageSet, nn.Module]:
+def evaluate_run(
+    run,
+    split: str = "test",
+    data: str | None = None,
+    data_dir: str | None = None,
+    precision: str = "auto",
+    trust_code: bool = False,
+    factory: str | None = None,
+) -> tuple[Evaluation, ImageSet, nn.Module]:
     """Score a classification run on a split of the data it was trained on (or of ``data``).
 
     A fine-tuning run's image folder is split and cropped the way it was trained on; a run of a
@@ -144,25 +171,43 @@ def evaluate_run(run, split: str = "test", data: str | None = None, data_dir: st
     cfg = info.get("config") or (info.get("ensemble") or [{}])[0].get("config") or {}
     tuned = info.get("finetune") if not data else None
     if tuned and isinstance(tuned, dict) and tuned.get("data"):
-        with warnings.catch_warnings():            # skipped files were reported when it trained
+        with warnings.catch_warnings():  # skipped files were reported when it trained
             warnings.simplefilter("ignore")
-            images = load_image_folder(tuned["data"], split, tuple(model.input_size[1:]),
-                                       model.input_size[0], tuned.get("val_fraction", 0.2),
-                                       tuned.get("test_fraction", 0.0), seed=tuned.get("seed", 0),
-                                       crop_fraction=tuned.get("crop_fraction", 1.0),
-                                       interpolation=tuned.get("interpolation", "bilinear"))
+            images = load_image_folder(
+                tuned["data"],
+                split,
+                tuple(model.input_size[1:]),
+                model.input_size[0],
+                tuned.get("val_fraction", 0.2),
+                tuned.get("test_fraction", 0.0),
+                seed=tuned.get("seed", 0),
+                crop_fraction=tuned.get("crop_fraction", 1.0),
+                interpolation=tuned.get("interpolation", "bilinear"),
+            )
     else:
         trained_on = cfg.get("data") or cfg.get("dataset") if isinstance(cfg, dict) else None
         if not (data or trained_on):
-            raise CnnkitError(f"{run} does not record the dataset it was trained on (a converted model?); "
-                              "pass --data NAME or --data PATH")
-        images = load_dataset(data or trained_on, split, data_dir or (cfg.get("data_dir") if not data else None),
-                              image_size=tuple(model.input_size[1:]), channels=model.input_size[0],
-                              seed=cfg.get("seed", 0))
+            raise CnnkitError(
+                f"{run} does not record the dataset it was trained on (a converted model?); "
+                "pass --data NAME or --data PATH"
+            )
+        images = load_dataset(
+            data or trained_on,
+            split,
+            data_dir or (cfg.get("data_dir") if not data else None),
+            image_size=tuple(model.input_size[1:]),
+            channels=model.input_size[0],
+            seed=cfg.get("seed", 0),
+        )
     if images.classes != model.classes:
-        raise CnnkitError(f"{images.name} has classes {images.classes[:5]}..., the model "
-                          f"{model.classes[:5]}...; evaluate on the data it was trained on")
+        raise CnnkitError(
+            f"{images.name} has classes {images.classes[:5]}..., the model "
+            f"{model.classes[:5]}...; evaluate on the data it was trained on"
+        )
     if split == "val" and cfg.get("trainval"):
-        print("note: this model was trained on the val split too (--trainval): its val accuracy is "
-              "not a held-out estimate", file=sys.stderr)
+        print(
+            "note: this model was trained on the val split too (--trainval): its val accuracy is "
+            "not a held-out estimate",
+            file=sys.stderr,
+        )
     return evaluate(model, images, precision=precision), images, model

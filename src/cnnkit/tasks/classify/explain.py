@@ -12,8 +12,9 @@ from cnnkit.errors import CnnkitError
 from cnnkit.explain.target import Explainable, Normalised
 
 
-def load_explainable(source: str, weights: str | None = None, imagenet_norm: bool = False,
-                     factory: str | None = None) -> Explainable:
+def load_explainable(
+    source: str, weights: str | None = None, imagenet_norm: bool = False, factory: str | None = None
+) -> Explainable:
     """A run folder / ``.safetensors`` checkpoint (via :func:`cnnkit.load`) or a zoo model name.
 
     Checkpoints are explained without test-time augmentation (one forward per image), through their
@@ -48,5 +49,7 @@ def load_explainable(source: str, weights: str | None = None, imagenet_norm: boo
     if num_classes is None:
         last = [m for m in net.modules() if isinstance(m, nn.Linear)]
         num_classes = last[-1].out_features if last else 0
-    classes = imagenet_classes() if weights == "imagenet" and num_classes == 1000 else [str(k) for k in range(num_classes)]
+    classes = (
+        imagenet_classes() if weights == "imagenet" and num_classes == 1000 else [str(k) for k in range(num_classes)]
+    )
     return Explainable(model, prefix, classes, tuple(info.input_size))

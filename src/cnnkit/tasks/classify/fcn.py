@@ -15,8 +15,9 @@ from cnnkit.models.network import describe
 from cnnkit.tasks.classify.load import load_classifier
 
 
-def convert_to_fcn(src: str | os.PathLike, dst: str | os.PathLike, trust_code: bool = False,
-                   factory: str | None = None) -> tuple[Path, nn.Module, dict]:
+def convert_to_fcn(
+    src: str | os.PathLike, dst: str | os.PathLike, trust_code: bool = False, factory: str | None = None
+) -> tuple[Path, nn.Module, dict]:
     """Copy a classification run with its dense head turned into convolutions (``cnnkit classify fcn``).
 
     The network is converted by :func:`cnnkit.to_fcn`: the copy accepts larger images and returns a
@@ -43,8 +44,10 @@ def convert_to_fcn(src: str | os.PathLike, dst: str | os.PathLike, trust_code: b
     """
     info = read_info(src)
     if info.get("format") != FORMAT or info.get("ensemble"):
-        raise CnnkitError(f"{src} is not a single-model cnnkit checkpoint; give a run folder or "
-                          "model.safetensors written by `cnnkit train` or `cnnkit finetune`")
+        raise CnnkitError(
+            f"{src} is not a single-model cnnkit checkpoint; give a run folder or "
+            "model.safetensors written by `cnnkit train` or `cnnkit finetune`"
+        )
     if info.get("fcn"):
         raise CnnkitError(f"{src} is already fully convolutional")
     clf = load_classifier(src, trust_code=trust_code, factory=factory)
@@ -53,8 +56,7 @@ def convert_to_fcn(src: str | os.PathLike, dst: str | os.PathLike, trust_code: b
     new = Classifier(fcn, info["mean"], info["std"], info["classes"], info["input_size"])
     dst = Path(dst)
     path = dst / MODEL_FILE if dst.suffix != ".safetensors" else dst
-    save_model(path, new, {**info, "network": network, "tta": "",
-                                "fcn": {"input_size": list(clf.input_size)}})
+    save_model(path, new, {**info, "network": network, "tta": "", "fcn": {"input_size": list(clf.input_size)}})
     return path, fcn, info
 
 
@@ -73,6 +75,5 @@ def load_fcn(path: str | os.PathLike, trust_code: bool = False, factory: str | N
         CnnkitError: the checkpoint is not an FCN one, or cannot be read.
     """
     if not read_info(path).get("fcn"):
-        raise CnnkitError(f"{path} is not an FCN checkpoint; use cnnkit.load, or convert it with "
-                          "`cnnkit fcn`")
+        raise CnnkitError(f"{path} is not an FCN checkpoint; use cnnkit.load, or convert it with `cnnkit fcn`")
     return load_classifier(path, trust_code=trust_code, factory=factory)

@@ -88,37 +88,61 @@ class FinetuneConfig(RunConfig):
         'head'
     """
 
-    data: str | None = option(None, help="DIR/<class>/* or DIR/{train,val[,test]}/<class>/* (required unless "
-                                         "--resume)")
-    model: str | None = option(None, help="a zoo name (`cnnkit zoo`); optional when --weights is a cnnkit "
-                                          "checkpoint")
-    weights: str | None = option(None, help="reference-format .pth/.safetensors file or URL, imagenet for the "
-                                            "published weights (downloaded once), or a cnnkit checkpoint")
-    freeze_until: str | None = option(None, help="first layer trained in stage 'top': layer4, features.24, "
-                                                 "block5_conv1 (default: the last block)")
-    stages: str = option("head", help="comma-separated subset of head,top,all (default head: the top stage "
-                                      "lowered validation accuracy on hymenoptera and flowers)")
-    epochs: int | None = option(None, help="epochs of every stage (default: head 40 on cached features of "
-                                           "each image and its mirror image, top 2, all 2)")
+    data: str | None = option(None, help="DIR/<class>/* or DIR/{train,val[,test]}/<class>/* (required unless --resume)")
+    model: str | None = option(None, help="a zoo name (`cnnkit zoo`); optional when --weights is a cnnkit checkpoint")
+    weights: str | None = option(
+        None,
+        help="reference-format .pth/.safetensors file or URL, imagenet for the "
+        "published weights (downloaded once), or a cnnkit checkpoint",
+    )
+    freeze_until: str | None = option(
+        None, help="first layer trained in stage 'top': layer4, features.24, block5_conv1 (default: the last block)"
+    )
+    stages: str = option(
+        "head",
+        help="comma-separated subset of head,top,all (default head: the top stage "
+        "lowered validation accuracy on hymenoptera and flowers)",
+    )
+    epochs: int | None = option(
+        None,
+        help="epochs of every stage (default: head 40 on cached features of "
+        "each image and its mirror image, top 2, all 2)",
+    )
     batch_size: int = 32
-    lr: float = option(3e-3, help="peak learning rate of the head stage (cosine to 0); 'top' and 'all' use a "
-                                  "thirtieth of it")
-    image_size: int | None = option(None, help="square input size (default: the model's, e.g. 224; with "
-                                               "pretrained --weights 9/7 of it, e.g. 288)")
-    head: str = option("auto", help="the new classifier: a Linear on the pooled features, one on the "
-                                    "pretrained classifier's log-probabilities, or auto: both tried on the "
-                                    "cached features, the lower validation loss kept",
-                       choices=("auto", "features", "class_scores"))
-    augment: bool = option(False, help="the notes' ImageDataGenerator augmentation (rotation 40, shifts 0.2, "
-                                       "zoom 0.2, flips)")
+    lr: float = option(
+        3e-3, help="peak learning rate of the head stage (cosine to 0); 'top' and 'all' use a thirtieth of it"
+    )
+    image_size: int | None = option(
+        None, help="square input size (default: the model's, e.g. 224; with pretrained --weights 9/7 of it, e.g. 288)"
+    )
+    head: str = option(
+        "auto",
+        help="the new classifier: a Linear on the pooled features, one on the "
+        "pretrained classifier's log-probabilities, or auto: both tried on the "
+        "cached features, the lower validation loss kept",
+        choices=("auto", "features", "class_scores"),
+    )
+    augment: bool = option(
+        False, help="the notes' ImageDataGenerator augmentation (rotation 40, shifts 0.2, zoom 0.2, flips)"
+    )
     train_bn: bool = option(False, help="let unfrozen batch-norm layers update their statistics")
     val_fraction: float = option(0.15, help="held out for validation when DIR has no val/ folder")
-    test_fraction: float = option(0.15, help="held out for a final test when DIR has no split folders at all "
-                                             "(evaluated once, after training)")
+    test_fraction: float = option(
+        0.15, help="held out for a final test when DIR has no split folders at all (evaluated once, after training)"
+    )
     device: str = "cpu"
 
-    unsupported = ("optimizer", "momentum", "schedule", "warmup", "weight_decay", "ema", "threads",
-                   "val_every", "subset")
+    unsupported = (
+        "optimizer",
+        "momentum",
+        "schedule",
+        "warmup",
+        "weight_decay",
+        "ema",
+        "threads",
+        "val_every",
+        "subset",
+    )
 
 
 @dataclass
@@ -126,26 +150,26 @@ class FinetuneRecipe:
     # epochs per stage, or {"head": 5, "top": 3, "all": 2}; the head trains on cached features (cheap)
     epochs: int | dict = field(default_factory=lambda: {"head": 40, "top": 2, "all": 2})
     batch_size: int = 32
-    lr_head: float = 3e-3         # AdamW peak learning rate of the new head (stage "head")
-    lr_top: float = 1e-4          # the unfrozen top and the head (stage "top"): ~10x lower
-    lr_all: float = 1e-4          # the head in stage "all"; lower stages get lr_all * lr_decay**depth
-    lr_decay: float = 0.5         # discriminative factor per resolution stage, going down
-    weight_decay: float = 0.0     # AdamW decoupled weight decay
+    lr_head: float = 3e-3  # AdamW peak learning rate of the new head (stage "head")
+    lr_top: float = 1e-4  # the unfrozen top and the head (stage "top"): ~10x lower
+    lr_all: float = 1e-4  # the head in stage "all"; lower stages get lr_all * lr_decay**depth
+    lr_decay: float = 0.5  # discriminative factor per resolution stage, going down
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
     label_smoothing: float = 0.0
-    cache_features: bool = True   # stage "head": run the frozen base once (then no augmentation there)
-    cache_flips: bool = True      # ... on each training image and its mirror image (twice the data)
-    head_dropout: bool = False    # ... and the network's own dropout before its classifier active there
-                                  # (measured, efficientnet_lite0 at 288 px, 3 seeds: flowers val loss
-                                  # 0.31-0.32 without, 0.33 with; hymenoptera equal)
-    head: str = "auto"            # the new head: "features" (Linear on the pooled features) |
-                                  # "class_scores" (Linear on the old classifier's log-probabilities) |
-                                  # "auto": both tried on the cached features, the lower val loss kept
-    schedule: str = "cosine"      # every stage's LR: "cosine" from its peak to 0 | "constant"
-    tta: str = "flip"             # the fine-tuned classifier's test-time augmentation ("" | "flip" | "shift")
-    train_bn: bool = False        # unfrozen BN layers update their running statistics
-    mean: tuple | None = None     # input normalisation on [0, 1] pixels; None: 0.5 per channel
+    cache_features: bool = True  # stage "head": run the frozen base once (then no augmentation there)
+    cache_flips: bool = True  # ... on each training image and its mirror image (twice the data)
+    head_dropout: bool = False  # ... and the network's own dropout before its classifier active there
+    # (measured, efficientnet_lite0 at 288 px, 3 seeds: flowers val loss
+    # 0.31-0.32 without, 0.33 with; hymenoptera equal)
+    head: str = "auto"  # the new head: "features" (Linear on the pooled features) |
+    # "class_scores" (Linear on the old classifier's log-probabilities) |
+    # "auto": both tried on the cached features, the lower val loss kept
+    schedule: str = "cosine"  # every stage's LR: "cosine" from its peak to 0 | "constant"
+    tta: str = "flip"  # the fine-tuned classifier's test-time augmentation ("" | "flip" | "shift")
+    train_bn: bool = False  # unfrozen BN layers update their running statistics
+    mean: tuple | None = None  # input normalisation on [0, 1] pixels; None: 0.5 per channel
     std: tuple | None = None
-    seed: int = 0                 # batch order and augmentation
+    seed: int = 0  # batch order and augmentation
     device: str = "cpu"
     max_batches: int | None = None  # per epoch; a smoke test's couple of batches
     log: Callable[[dict], None] | None = None  # called with each history row
@@ -154,8 +178,9 @@ class FinetuneRecipe:
 @dataclass
 class StagePlan:
     """What one stage trains: parameter groups with their learning rate, and BN layers kept in eval."""
+
     stage: str
-    groups: list[dict]                     # torch.optim param groups: {"params", "lr", "names"}
+    groups: list[dict]  # torch.optim param groups: {"params", "lr", "names"}
     frozen_bn: list[nn.Module] = field(default_factory=list)
 
     @property
@@ -163,11 +188,22 @@ class StagePlan:
         return [n for g in self.groups for n in g["names"]]
 
 
-def finetune(model: nn.Module, train_set: ImageSet, val_set: ImageSet | None = None,
-             stages=STAGES, freeze_until: str | None = None, augment=None,
-             config: FinetuneRecipe | None = None, *, out=None, resume: bool = False,
-             quiet: bool = True, info: dict | None = None, precision: str = "auto",
-             **overrides) -> list[dict]:
+def finetune(
+    model: nn.Module,
+    train_set: ImageSet,
+    val_set: ImageSet | None = None,
+    stages=STAGES,
+    freeze_until: str | None = None,
+    augment=None,
+    config: FinetuneRecipe | None = None,
+    *,
+    out=None,
+    resume: bool = False,
+    quiet: bool = True,
+    info: dict | None = None,
+    precision: str = "auto",
+    **overrides,
+) -> list[dict]:
     """Fine-tune ``model`` in place on ``train_set``'s classes; returns one history row per epoch.
 
     The stages are a plan (:func:`stage_plan`) run by the training engine, which brings the NaN
@@ -202,23 +238,32 @@ def finetune(model: nn.Module, train_set: ImageSet, val_set: ImageSet | None = N
     """
     cfg, stages = _config(config, overrides, stages, train_set, val_set)
     c = train_set.images.shape[1]
-    clf = Classifier(model, cfg.mean or (0.5,) * c, cfg.std or (0.5,) * c, train_set.classes,
-                     train_set.image_shape, cfg.tta)   # per-epoch validation runs without the TTA
+    clf = Classifier(
+        model, cfg.mean or (0.5,) * c, cfg.std or (0.5,) * c, train_set.classes, train_set.image_shape, cfg.tta
+    )  # per-epoch validation runs without the TTA
     clf.to(torch.device(cfg.device)).eval()  # validation runs in eval mode; training sets its modes
     source = _source_classifier(model, cfg, stages, val_set)
     _reset_classifier(model, len(train_set.classes))
     if "top" in stages:  # a bad --freeze-until fails now, not after the head has trained
         plan_stage(model, "top", freeze_until, train_set.image_shape, cfg)
-    task = ClassifyTask(cfg.batch_size, augment, cfg.label_smoothing, channels_last=False,
-                        drop_last=False, max_batches=cfg.max_batches, eval_batch_size=cfg.batch_size,
-                        info=dict(info or {}))
-    cache: dict = {}                                   # the cached features, made once
+    task = ClassifyTask(
+        cfg.batch_size,
+        augment,
+        cfg.label_smoothing,
+        channels_last=False,
+        drop_last=False,
+        max_batches=cfg.max_batches,
+        eval_batch_size=cfg.batch_size,
+        info=dict(info or {}),
+    )
+    cache: dict = {}  # the cached features, made once
     head, choice = cfg.head, {}
     if source is not None and cfg.head == "auto":
         head = _saved_head(out) if resume else None
         if head is None:
-            head, choice = _choose_head(task, clf, source, stages, freeze_until, cfg, train_set, val_set,
-                                        cache, precision)
+            head, choice = _choose_head(
+                task, clf, source, stages, freeze_until, cfg, train_set, val_set, cache, precision
+            )
             if not quiet:
                 print("head: " + ", ".join(f"{k} val loss {v:.4f}" for k, v in choice.items()) + f" -> {head}")
     head = head if source is not None else "features"  # no old classifier to read: the features head
@@ -230,11 +275,20 @@ def finetune(model: nn.Module, train_set: ImageSet, val_set: ImageSet | None = N
     settings["head"] = head
     log = (lambda epoch, row: cfg.log(_stage_row(row))) if cfg.log else None
     try:
-        run = engine.fit(task, clf, Data(train_set, val_set), plan, out, resume=resume, quiet=quiet,
-                         device=cfg.device, command="cnnkit finetune", on_epoch_end=log,
-                         precision=precision,
-                         config={**(info or {}), "finetune": {**settings, "stages": list(stages),
-                                                              "freeze_until": freeze_until}})
+        run = engine.fit(
+            task,
+            clf,
+            Data(train_set, val_set),
+            plan,
+            out,
+            resume=resume,
+            quiet=quiet,
+            device=cfg.device,
+            command="cnnkit finetune",
+            on_epoch_end=log,
+            precision=precision,
+            config={**(info or {}), "finetune": {**settings, "stages": list(stages), "freeze_until": freeze_until}},
+        )
     finally:
         for p in model.parameters():
             p.requires_grad_(True)
@@ -242,8 +296,15 @@ def finetune(model: nn.Module, train_set: ImageSet, val_set: ImageSet | None = N
     return [_stage_row(r) for r in run.history]
 
 
-def stage_plan(clf: nn.Module, stages, freeze_until: str | None, cfg: FinetuneRecipe,
-               train_set: ImageSet, val_set: ImageSet | None = None, cache: dict | None = None):
+def stage_plan(
+    clf: nn.Module,
+    stages,
+    freeze_until: str | None,
+    cfg: FinetuneRecipe,
+    train_set: ImageSet,
+    val_set: ImageSet | None = None,
+    cache: dict | None = None,
+):
     """The engine's plan: one phase per stage -- its parameters and LRs (:func:`plan_stage`), its
     frozen BN layers, and for ``head`` with ``cache_features`` the head alone on cached features
     (computed once into ``cache``, which a second plan on the same data may share)."""
@@ -257,41 +318,51 @@ def stage_plan(clf: nn.Module, stages, freeze_until: str | None, cfg: FinetuneRe
             opt = torch.optim.AdamW(plan.groups, weight_decay=cfg.weight_decay)
             row = {"trainable": sum(p.numel() for g in plan.groups for p in g["params"])}
             peak = max(g["lr"] for g in plan.groups)
-            for g in opt.param_groups:            # discriminative LRs keep their ratios under the schedule
+            for g in opt.param_groups:  # discriminative LRs keep their ratios under the schedule
                 g["lr_scale"] = g["lr"] / peak
-            schedule = (lambda step, steps: peak * 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))) \
-                if cfg.schedule == "cosine" else None
+            schedule = (
+                (lambda step, steps: peak * 0.5 * (1 + math.cos(math.pi * step / max(1, steps))))
+                if cfg.schedule == "cosine"
+                else None
+            )
             if stage != "head" or not cfg.cache_features:
                 return Setup(opt, schedule, frozen=plan.frozen_bn, row=row)
             # the frozen base runs once per image (and its mirror image); every epoch trains the head
             # on what it gave
             if "data" not in cache:
-                cache["data"] = Data(_features(features, clf, train_set, cfg, flips=cfg.cache_flips),
-                                     _features(features, clf, val_set, cfg) if val_set is not None else None)
+                cache["data"] = Data(
+                    _features(features, clf, train_set, cfg, flips=cfg.cache_flips),
+                    _features(features, clf, val_set, cfg) if val_set is not None else None,
+                )
             # the whole network in eval mode there (no dropout) unless head_dropout: only the head trains
             frozen = plan.frozen_bn if cfg.head_dropout else plan.frozen_bn + [model]
             return Setup(opt, schedule, module=_Head(clf, head), data=cache["data"], frozen=frozen, row=row)
+
         return setup
 
     epochs = {s: cfg.epochs.get(s, 0) if isinstance(cfg.epochs, dict) else cfg.epochs for s in stages}
     return Plan([Phase(epochs[s], begin(s), name=s) for s in stages], seed=cfg.seed)
 
 
-def plan_stage(model: nn.Module, stage: str, freeze_until: str | None = None,
-               input_shape=(3, 224, 224), config: FinetuneRecipe | None = None) -> StagePlan:
+def plan_stage(
+    model: nn.Module,
+    stage: str,
+    freeze_until: str | None = None,
+    input_shape=(3, 224, 224),
+    config: FinetuneRecipe | None = None,
+) -> StagePlan:
     """Set ``requires_grad`` for ``stage`` and return its parameter groups and frozen BN layers."""
     cfg = config or FinetuneRecipe()
     features, _ = _parts(model)
     leaves, stage_of = _trace_base(model, features, input_shape)
     base_ids = {id(p) for _, m in leaves for p in m.parameters(recurse=False)}
     names = {id(p): n for n, p in model.named_parameters()}
-    fixed = frozen_head_parameters(model)               # a ClassScoresHead's old classifier: never trained
+    fixed = frozen_head_parameters(model)  # a ClassScoresHead's old classifier: never trained
     head = [p for p in model.parameters() if id(p) not in base_ids and id(p) not in fixed]
     if stage == "head":
-        first = len(leaves)                               # nothing of the base trains
+        first = len(leaves)  # nothing of the base trains
     elif stage == "top":
-        first = _resolve_layer(freeze_until, leaves, stage_of) if freeze_until else \
-            _top_block_start(leaves, stage_of)
+        first = _resolve_layer(freeze_until, leaves, stage_of) if freeze_until else _top_block_start(leaves, stage_of)
     elif stage == "all":
         first = 0
     else:
@@ -303,20 +374,23 @@ def plan_stage(model: nn.Module, stage: str, freeze_until: str | None = None,
     by_lr: dict[float, list] = {lr: list(head)}
     for i, (_, m) in enumerate(leaves):
         for p in m.parameters(recurse=False):
-            if i >= first:   # "all": a stage at depth d trains at lr * decay**d
+            if i >= first:  # "all": a stage at depth d trains at lr * decay**d
                 mult = cfg.lr_decay ** depth[stage_of[i]] if stage == "all" else 1.0
                 by_lr.setdefault(lr * mult, []).append(p)
     trainable = {id(p) for ps in by_lr.values() for p in ps}
     for p in model.parameters():
         p.requires_grad_(id(p) in trainable)
-    frozen_bn = [m for i, (_, m) in enumerate(leaves) if isinstance(m, _BN)
-                 and (i < first or not cfg.train_bn)]
-    groups = [{"params": ps, "lr": r, "names": [names[id(p)] for p in ps]}
-              for r, ps in sorted(by_lr.items(), reverse=True) if ps]
+    frozen_bn = [m for i, (_, m) in enumerate(leaves) if isinstance(m, _BN) and (i < first or not cfg.train_bn)]
+    groups = [
+        {"params": ps, "lr": r, "names": [names[id(p)] for p in ps]}
+        for r, ps in sorted(by_lr.items(), reverse=True)
+        if ps
+    ]
     return StagePlan(stage, groups, frozen_bn)
 
 
 # ----------------------------------------------------------------------------- the model's parts
+
 
 def _parts(model: nn.Module) -> tuple[Callable, Callable]:
     """(features, head) callables: the timm interface, or a Sequential split at its head."""
@@ -327,9 +401,11 @@ def _parts(model: nn.Module) -> tuple[Callable, Callable]:
         for i, m in enumerate(children):
             if isinstance(m, nn.Flatten) or any(isinstance(s, (nn.Linear, nn.Flatten)) for s in m.modules()):
                 return nn.Sequential(*children[:i]), nn.Sequential(*children[i:])
-    raise CnnkitError(f"cannot find the head of {type(model).__name__}: give a model with "
-                      "forward_features/forward_head (every zoo model) or an nn.Sequential whose "
-                      "classifier starts at an nn.Flatten")
+    raise CnnkitError(
+        f"cannot find the head of {type(model).__name__}: give a model with "
+        "forward_features/forward_head (every zoo model) or an nn.Sequential whose "
+        "classifier starts at an nn.Flatten"
+    )
 
 
 def _reset_classifier(model: nn.Module, num_classes: int) -> None:
@@ -342,10 +418,11 @@ def _reset_classifier(model: nn.Module, num_classes: int) -> None:
         _zero_last_linear(model)
         return
     parent, attr, old = last_linear(model)
-    if isinstance(old, ClassScoresHead):                  # a fine-tuned run fine-tuned again
+    if isinstance(old, ClassScoresHead):  # a fine-tuned run fine-tuned again
         old = old.source
-    new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None,
-                    device=old.weight.device, dtype=old.weight.dtype)
+    new = nn.Linear(
+        old.in_features, num_classes, bias=old.bias is not None, device=old.weight.device, dtype=old.weight.dtype
+    )
     setattr(parent, attr, new)
     _zero_last_linear(model)
 
@@ -354,8 +431,9 @@ def _source_classifier(model: nn.Module, cfg, stages, val_set) -> nn.Linear | No
     """A copy of the pretrained classifier when a ClassScoresHead may be tried (else None)."""
     if cfg.head not in HEAD_KINDS + ("auto",):
         raise CnnkitError(f"unknown head {cfg.head!r}; use auto, {' or '.join(HEAD_KINDS)}")
-    if cfg.head == "features" or (cfg.head == "auto" and ("head" not in stages or not cfg.cache_features
-                                                          or val_set is None)):
+    if cfg.head == "features" or (
+        cfg.head == "auto" and ("head" not in stages or not cfg.cache_features or val_set is None)
+    ):
         return None
     _, _, old = last_linear(model)
     if not isinstance(old, nn.Linear):
@@ -382,10 +460,18 @@ def _choose_head(task, clf, source, stages, freeze_until, cfg, train_set, val_se
             _install_head(model, source, len(train_set.classes))
         plan = stage_plan(clf, ["head"], freeze_until, cfg, train_set, val_set, cache)
         # one process (under torchrun every rank makes the same choice on all the data)
-        run = engine.fit(task, clf, Data(train_set, val_set), plan, None, quiet=True,
-                         dist=Dist(device=torch.device(cfg.device)), precision=precision)
+        run = engine.fit(
+            task,
+            clf,
+            Data(train_set, val_set),
+            plan,
+            None,
+            quiet=True,
+            dist=Dist(device=torch.device(cfg.device)),
+            precision=precision,
+        )
         losses[kind] = run.history[-1]["val_loss"]
-        setattr(parent, attr, new)                      # the features head, as it was
+        setattr(parent, attr, new)  # the features head, as it was
         _zero_last_linear(model)
     return min(losses, key=losses.get), losses
 
@@ -458,8 +544,10 @@ def _resolve_layer(name: str, leaves, stage_of) -> int:
         if n == module or n.startswith(module + "."):
             return i
     tops = list(dict.fromkeys(n.split(".")[0] for n, _ in leaves))  # top-level names, in order
-    raise CnnkitError(f"unknown layer freeze_until={name!r}; give a module name of the base such as "
-                      f"{', '.join(tops[-4:])} (or a Keras name like block5_conv1)")
+    raise CnnkitError(
+        f"unknown layer freeze_until={name!r}; give a module name of the base such as "
+        f"{', '.join(tops[-4:])} (or a Keras name like block5_conv1)"
+    )
 
 
 def _keras_to_module(name: str, leaves) -> str:
@@ -484,11 +572,14 @@ def _keras_to_module(name: str, leaves) -> str:
             count += 1
             if kind == "conv" and count == k:
                 return n
-    raise CnnkitError(f"freeze_until={name!r} does not exist in this model (block {block} has "
-                      f"{count} conv layers); check the block and layer numbers")
+    raise CnnkitError(
+        f"freeze_until={name!r} does not exist in this model (block {block} has "
+        f"{count} conv layers); check the block and layer numbers"
+    )
 
 
 # ----------------------------------------------------------------------------- data helpers
+
 
 def _features(features, clf: nn.Module, data: ImageSet, cfg, flips: bool = False):
     """The frozen base's output for every image (eval mode, no grad), kept on the device; with
@@ -534,27 +625,39 @@ def _stage_row(row: dict) -> dict:
 
 
 def _config(config, overrides, stages, train_set, val_set) -> tuple[FinetuneRecipe, list[str]]:
-    cfg = FinetuneRecipe(**{**(config.__dict__ if config else {}), **overrides}) if overrides or config \
+    cfg = (
+        FinetuneRecipe(**{**(config.__dict__ if config else {}), **overrides})
+        if overrides or config
         else FinetuneRecipe()
+    )
     stages = [stages] if isinstance(stages, str) else list(stages)
     bad = [s for s in stages if s not in STAGES]
     if bad or not stages:
-        raise CnnkitError(f"unknown stages {bad or stages}; use some of {', '.join(STAGES)}, "
-                          "e.g. stages=('head', 'top')")
+        raise CnnkitError(
+            f"unknown stages {bad or stages}; use some of {', '.join(STAGES)}, e.g. stages=('head', 'top')"
+        )
     if not isinstance(train_set, ImageSet) or len(train_set) == 0:
-        raise CnnkitError(f"train_set must be a non-empty ImageSet, got {type(train_set).__name__} "
-                          f"of {len(train_set) if isinstance(train_set, ImageSet) else '?'} images")
-    if val_set is not None and (not isinstance(val_set, ImageSet) or val_set.classes != train_set.classes
-                                or val_set.image_shape != train_set.image_shape):
-        raise CnnkitError("val_set must be an ImageSet with the same classes and image shape as "
-                          f"train_set ({train_set.classes}, {train_set.image_shape})")
+        raise CnnkitError(
+            f"train_set must be a non-empty ImageSet, got {type(train_set).__name__} "
+            f"of {len(train_set) if isinstance(train_set, ImageSet) else '?'} images"
+        )
+    if val_set is not None and (
+        not isinstance(val_set, ImageSet)
+        or val_set.classes != train_set.classes
+        or val_set.image_shape != train_set.image_shape
+    ):
+        raise CnnkitError(
+            "val_set must be an ImageSet with the same classes and image shape as "
+            f"train_set ({train_set.classes}, {train_set.image_shape})"
+        )
     if cfg.batch_size < 2:
         raise CnnkitError(f"batch_size must be >= 2, got batch_size={cfg.batch_size}")
     return cfg, [s for s in STAGES if s in stages]  # always head -> top -> all
 
 
-def evaluate(model: nn.Module, data: ImageSet, mean=None, std=None, batch_size: int = 256,
-             device: str = "cpu", tta: str = "") -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, data: ImageSet, mean=None, std=None, batch_size: int = 256, device: str = "cpu", tta: str = ""
+) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) of ``model`` on ``data`` (uint8 images normalised by mean/std),
     by the classification task's evaluation (the one ``cnnkit eval`` and fine-tuning use); ``tta``
     as a fine-tuned checkpoint records it."""
@@ -572,48 +675,75 @@ def is_cnnkit_checkpoint(path: str | os.PathLike) -> bool:
         return False
 
 
-def load_backbone(model_name: str | None, weights: str | None,
-                  in_channels: int = 3) -> tuple[nn.Module, str, dict | None]:
+def load_backbone(
+    model_name: str | None, weights: str | None, in_channels: int = 3
+) -> tuple[nn.Module, str, dict | None]:
     """(network, model name) from a cnnkit checkpoint, or a zoo name plus reference-format weights:
     a local file, an ``http(s)://``/``file://`` URL, or ``"imagenet"`` for the published URL.
     The third item is a checkpoint's own ``{"mean", "std", "input_size"}`` (None for zoo weights)."""
     if weights is not None and is_cnnkit_checkpoint(weights):
         info = read_info(weights)
         if info.get("ensemble") or info.get("fcn"):
-            raise CnnkitError(f"--weights {weights} is an ensemble or FCN checkpoint; give a single "
-                              "classifier to fine-tune")
+            raise CnnkitError(
+                f"--weights {weights} is an ensemble or FCN checkpoint; give a single classifier to fine-tune"
+            )
         own = {k: info[k] for k in ("mean", "std", "input_size")}
         return load_classifier(weights).net, info["model"], own
     if model_name is None:
-        raise CnnkitError("--model is required unless --weights is a cnnkit checkpoint; e.g. "
-                          "--model resnet18 --weights resnet18-f37072fd.pth")
+        raise CnnkitError(
+            "--model is required unless --weights is a cnnkit checkpoint; e.g. "
+            "--model resnet18 --weights resnet18-f37072fd.pth"
+        )
     if weights == "imagenet":  # the published reference weights, downloaded once and checksummed
         from cnnkit.models.weights import pretrained_url
 
         weights = pretrained_url(model_name)
     if weights is not None and not Path(weights).is_file() and "://" not in weights:
-        raise CnnkitError(f"--weights file not found: {weights}; give a .pth/.safetensors file in the "
-                          "reference implementation's format or a cnnkit checkpoint")
+        raise CnnkitError(
+            f"--weights file not found: {weights}; give a .pth/.safetensors file in the "
+            "reference implementation's format or a cnnkit checkpoint"
+        )
     from cnnkit.models import create_model
 
     return create_model(model_name, in_channels=in_channels, weights=weights), model_name, None
 
 
-def save_finetuned(out: str | os.PathLike, net: nn.Module, model_name: str, classes: list[str],
-                   input_size, mean, std, history: list[dict], finetune: dict) -> Path:
+def save_finetuned(
+    out: str | os.PathLike,
+    net: nn.Module,
+    model_name: str,
+    classes: list[str],
+    input_size,
+    mean,
+    std,
+    history: list[dict],
+    finetune: dict,
+) -> Path:
     """Write ``out/model.safetensors`` atomically; returns its path."""
     clf = Classifier(net, mean, std, classes, input_size)
-    info = {"format": FORMAT, "model": model_reference(model_name), "num_classes": len(classes),
-            "input_size": list(input_size), "classes": list(classes), "mean": list(mean),
-            "std": list(std), "tta": "", "dataset": {"name": finetune.get("data", "")},
-            "epoch": len(history), "history": history, "finetune": finetune, "interrupted": False}
+    info = {
+        "format": FORMAT,
+        "model": model_reference(model_name),
+        "num_classes": len(classes),
+        "input_size": list(input_size),
+        "classes": list(classes),
+        "mean": list(mean),
+        "std": list(std),
+        "tta": "",
+        "dataset": {"name": finetune.get("data", "")},
+        "epoch": len(history),
+        "history": history,
+        "finetune": finetune,
+        "interrupted": False,
+    }
     path = Path(out) / MODEL_FILE
     save_model(path, clf, info)
     return path
 
 
-def run_finetune(cfg: FinetuneConfig, out: str | os.PathLike | None = None, resume: bool = False,
-                 quiet: bool = False) -> dict:
+def run_finetune(
+    cfg: FinetuneConfig, out: str | os.PathLike | None = None, resume: bool = False, quiet: bool = False
+) -> dict:
     """The recipe ``cnnkit classify finetune`` runs: data, network, stages, split and test score.
 
     The folder's images are split (a flat ``DIR/<class>/*`` folder gets a seeded, stratified
@@ -652,31 +782,47 @@ def run_finetune(cfg: FinetuneConfig, out: str | os.PathLike | None = None, resu
         known = {f.name for f in dataclasses.fields(FinetuneConfig)}
         cfg = dataclasses.replace(cfg, **{k: v for k, v in saved["args"].items() if k in known})
     if not cfg.data:
-        raise CnnkitError("--data DIR is required: a folder of <class>/ image folders (or of train/ and val/ "
-                          "folders of them)")
+        raise CnnkitError(
+            "--data DIR is required: a folder of <class>/ image folders (or of train/ and val/ folders of them)"
+        )
     stages = tuple(s.strip() for s in cfg.stages.split(",") if s.strip())
-    if ((cfg.epochs is not None and cfg.epochs < 0) or cfg.batch_size < 2
-            or (cfg.image_size is not None and cfg.image_size < 8)):
-        raise CnnkitError(f"--epochs must be >= 0, --batch-size >= 2 and --image-size >= 8; received --epochs "
-                          f"{cfg.epochs} --batch-size {cfg.batch_size} --image-size {cfg.image_size}")
+    if (
+        (cfg.epochs is not None and cfg.epochs < 0)
+        or cfg.batch_size < 2
+        or (cfg.image_size is not None and cfg.image_size < 8)
+    ):
+        raise CnnkitError(
+            f"--epochs must be >= 0, --batch-size >= 2 and --image-size >= 8; received --epochs "
+            f"{cfg.epochs} --batch-size {cfg.batch_size} --image-size {cfg.image_size}"
+        )
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):
         raise CnnkitError(f"--lr must be a positive number; received {cfg.lr}")
     for name in ("val_fraction", "test_fraction"):
         if not 0 <= getattr(cfg, name) < 1:
             raise CnnkitError(f"--{name.replace('_', '-')} must be in [0, 1); received {getattr(cfg, name)}")
-    torch.manual_seed(cfg.seed)    # a random base (no --weights) and the new head: the same every run
+    torch.manual_seed(cfg.seed)  # a random base (no --weights) and the new head: the same every run
     net, name, own = load_backbone(cfg.model, cfg.weights)
     if ":" in name or name.endswith((".yaml", ".yml", ".json")):
         raise CnnkitError(f"--model {name!r}: fine-tuning needs a zoo model; give --model NAME")
     size = (cfg.image_size,) * 2 if cfg.image_size else None
     pre = finetune_preprocess(name, cfg.weights is not None and own is None, size)
     if own is not None:  # a cnnkit checkpoint: keep the normalisation (and size) it was trained with
-        pre = Preprocess(tuple(own["input_size"][:1]) + (size or tuple(own["input_size"][1:])),
-                         tuple(own["mean"]), tuple(own["std"]), pre.crop_fraction)
+        pre = Preprocess(
+            tuple(own["input_size"][:1]) + (size or tuple(own["input_size"][1:])),
+            tuple(own["mean"]),
+            tuple(own["std"]),
+            pre.crop_fraction,
+        )
     flat = not any((Path(cfg.data) / d).is_dir() for d in ("train", "val", "valid", "validation", "test"))
-    load = dict(image_size=pre.image_size, channels=pre.input_size[0], val_fraction=cfg.val_fraction,
-                test_fraction=cfg.test_fraction if flat else 0.0, seed=cfg.seed,
-                crop_fraction=pre.crop_fraction, interpolation=pre.interpolation)
+    load = dict(
+        image_size=pre.image_size,
+        channels=pre.input_size[0],
+        val_fraction=cfg.val_fraction,
+        test_fraction=cfg.test_fraction if flat else 0.0,
+        seed=cfg.seed,
+        crop_fraction=pre.crop_fraction,
+        interpolation=pre.interpolation,
+    )
     with warnings.catch_warnings(record=True) as caught:  # each data warning printed once, one line
         warnings.simplefilter("always")
         train = load_image_folder(cfg.data, "train", **load)
@@ -684,46 +830,78 @@ def run_finetune(cfg: FinetuneConfig, out: str | os.PathLike | None = None, resu
         val = load_image_folder(cfg.data, "val", **load) if cfg.val_fraction > 0 or has_val else None
         has_test = (Path(cfg.data) / "test").is_dir() or (flat and cfg.test_fraction > 0)
         test = load_image_folder(cfg.data, "test", **load) if has_test else None
-    main = os.environ.get("RANK", "0") == "0"          # under torchrun, rank 0 speaks
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks
     for message in dict.fromkeys(str(w.message) for w in caught):
         if main:
             print(f"warning: {message}", file=sys.stderr)
     if main:
-        print(f"{name}: {len(train)} train / {len(val) if val else 0} val images of {len(train.classes)} "
-              f"classes {train.classes}, input {pre.input_size}, stages {','.join(stages)}")
+        print(
+            f"{name}: {len(train)} train / {len(val) if val else 0} val images of {len(train.classes)} "
+            f"classes {train.classes}, input {pre.input_size}, stages {','.join(stages)}"
+        )
     out = Path(out or f"runs/finetune-{name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    about = {"stages": list(stages), "freeze_until": cfg.freeze_until, "weights": cfg.weights,
-             "data": str(cfg.data), "augment": cfg.augment, "val_fraction": cfg.val_fraction,
-             "test_fraction": load["test_fraction"], "seed": cfg.seed, "crop_fraction": pre.crop_fraction,
-             "interpolation": pre.interpolation}
-    finetune(net, train, val, stages=stages, freeze_until=cfg.freeze_until,
-             augment=NOTES_AUGMENT if cfg.augment else None,
-             epochs=cfg.epochs if cfg.epochs is not None else FinetuneRecipe().epochs,
-             batch_size=cfg.batch_size, head=cfg.head, lr_head=cfg.lr, lr_top=cfg.lr / 30,
-             lr_all=cfg.lr / 30, train_bn=cfg.train_bn, mean=pre.mean, std=pre.std,
-             seed=cfg.seed, device=cfg.device, out=out, resume=resume, quiet=quiet,
-             precision=cfg.precision,
-             info={"model": name, "dataset": {"name": str(cfg.data)}, "finetune": about,
-                   "args": cfg.to_dict()})
+    about = {
+        "stages": list(stages),
+        "freeze_until": cfg.freeze_until,
+        "weights": cfg.weights,
+        "data": str(cfg.data),
+        "augment": cfg.augment,
+        "val_fraction": cfg.val_fraction,
+        "test_fraction": load["test_fraction"],
+        "seed": cfg.seed,
+        "crop_fraction": pre.crop_fraction,
+        "interpolation": pre.interpolation,
+    }
+    finetune(
+        net,
+        train,
+        val,
+        stages=stages,
+        freeze_until=cfg.freeze_until,
+        augment=NOTES_AUGMENT if cfg.augment else None,
+        epochs=cfg.epochs if cfg.epochs is not None else FinetuneRecipe().epochs,
+        batch_size=cfg.batch_size,
+        head=cfg.head,
+        lr_head=cfg.lr,
+        lr_top=cfg.lr / 30,
+        lr_all=cfg.lr / 30,
+        train_bn=cfg.train_bn,
+        mean=pre.mean,
+        std=pre.std,
+        seed=cfg.seed,
+        device=cfg.device,
+        out=out,
+        resume=resume,
+        quiet=quiet,
+        precision=cfg.precision,
+        info={"model": name, "dataset": {"name": str(cfg.data)}, "finetune": about, "args": cfg.to_dict()},
+    )
     result: dict = {"out": str(out), "val_acc": None, "test_acc": None}
     path = out / MODEL_FILE
     if not main:
         return result
-    if not path.is_file():   # no epoch trained (--epochs 0): the network as it now is
+    if not path.is_file():  # no epoch trained (--epochs 0): the network as it now is
         save_finetuned(out, net.cpu(), name, train.classes, pre.input_size, pre.mean, pre.std, [], about)
     split = {part: ds.meta["files"] for part, ds in (("train", train), ("val", val), ("test", test)) if ds}
-    atomic_write_bytes(out / "split.json", json.dumps({"seed": cfg.seed, "val_fraction": cfg.val_fraction,
-                                                       "test_fraction": load["test_fraction"], **split},
-                                                      indent=1).encode())
-    tta = FinetuneRecipe().tta            # as the checkpoint answers (cnnkit eval, predict)
+    atomic_write_bytes(
+        out / "split.json",
+        json.dumps(
+            {"seed": cfg.seed, "val_fraction": cfg.val_fraction, "test_fraction": load["test_fraction"], **split},
+            indent=1,
+        ).encode(),
+    )
+    tta = FinetuneRecipe().tta  # as the checkpoint answers (cnnkit eval, predict)
     if val is not None:
         _, result["val_acc"] = evaluate(net.cpu(), val, pre.mean, pre.std, tta=tta)
         print(f"val accuracy {result['val_acc']:.4f} on {len(val)} images (with {tta or 'no'} TTA)")
     if test is not None:  # once, after training: nothing was chosen by it
         _, result["test_acc"] = evaluate(net.cpu(), test, pre.mean, pre.std, tta=tta)
-        atomic_write_bytes(out / "test.json", json.dumps({"test_acc": result["test_acc"], "n": len(test),
-                                                          "tta": tta}).encode())
-        print(f"test accuracy {result['test_acc']:.4f} on {len(test)} held-out images (used for nothing else; "
-              f"with {tta or 'no'} TTA)")
+        atomic_write_bytes(
+            out / "test.json", json.dumps({"test_acc": result["test_acc"], "n": len(test), "tta": tta}).encode()
+        )
+        print(
+            f"test accuracy {result['test_acc']:.4f} on {len(test)} held-out images (used for nothing else; "
+            f"with {tta or 'no'} TTA)"
+        )
     print(f"wrote {path}")
     return result

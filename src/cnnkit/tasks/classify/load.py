@@ -40,20 +40,23 @@ def save_ensemble(path, member_files: list[Path]) -> None:
     atomic_write_bytes(path, st_save(tensors, metadata={"cnnkit": json.dumps(meta)}))
 
 
-MAX_CLASSES = 1_000_000     # a checkpoint claiming more is corrupt, not ambitious
+MAX_CLASSES = 1_000_000  # a checkpoint claiming more is corrupt, not ambitious
 
 
-MAX_SIDE = 16_384           # pixels per input side stored in a checkpoint
+MAX_SIDE = 16_384  # pixels per input side stored in a checkpoint
 
 
-MAX_PIXELS = 1 << 25        # 33.5 M values per input image (C x H x W): 3 x 3344 x 3344
+MAX_PIXELS = 1 << 25  # 33.5 M values per input image (C x H x W): 3 x 3344 x 3344
 
 
 def check_info(info: dict, source) -> None:
     """The sizes a checkpoint claims, checked before anything is built from them."""
+
     def bad(what: str, value) -> CnnkitError:
-        return CnnkitError(f"{source}: the checkpoint's {what} is {str(value)[:60]!r}, which is not valid; "
-                           f"the file is corrupt or was not written by cnnkit: {CHECKPOINT_HINT}")
+        return CnnkitError(
+            f"{source}: the checkpoint's {what} is {str(value)[:60]!r}, which is not valid; "
+            f"the file is corrupt or was not written by cnnkit: {CHECKPOINT_HINT}"
+        )
 
     for key in ("num_classes", "input_size", "classes", "mean", "std"):
         if key not in info:
@@ -69,14 +72,18 @@ def check_info(info: dict, source) -> None:
         raise bad("class list (it must hold num_classes names)", str(classes)[:60])
     for key in ("mean", "std"):
         v = info[key]
-        if (not isinstance(v, list) or len(v) != size[0]
-                or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in v)):
+        if (
+            not isinstance(v, list)
+            or len(v) != size[0]
+            or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in v)
+        ):
             raise bad(f"{key} (one finite number per channel)", v)
     if any(x <= 0 for x in info["std"]):
         raise bad("std (it must be positive)", info["std"])
     fcn = info.get("fcn")
-    if fcn is not None and (not isinstance(fcn, dict) or not _valid_size(fcn.get("input_size"))
-                            or len(fcn["input_size"]) != len(size)):
+    if fcn is not None and (
+        not isinstance(fcn, dict) or not _valid_size(fcn.get("input_size")) or len(fcn["input_size"]) != len(size)
+    ):
         raise bad("fcn entry", fcn)
     if info.get("tta", "") not in ("", "shift", "flip"):
         raise bad("tta", info.get("tta"))
@@ -84,9 +91,12 @@ def check_info(info: dict, source) -> None:
 
 def _valid_size(size) -> bool:
     """(C, H, W) of positive integers within the caps (types checked before anything is multiplied)."""
-    return (isinstance(size, list) and len(size) == 3
-            and all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_SIDE for d in size)
-            and math.prod(size) <= MAX_PIXELS)
+    return (
+        isinstance(size, list)
+        and len(size) == 3
+        and all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_SIDE for d in size)
+        and math.prod(size) <= MAX_PIXELS
+    )
 
 
 def network_of(info: dict) -> dict:
@@ -99,19 +109,28 @@ def network_of(info: dict) -> dict:
     return legacy(model)
 
 
-def classifier_from_info(info: dict, source="the checkpoint", trust_code: bool = False,
-                         factory: str | None = None) -> Classifier:
+def classifier_from_info(
+    info: dict, source="the checkpoint", trust_code: bool = False, factory: str | None = None
+) -> Classifier:
     """The Classifier a checkpoint describes, with fresh weights; no code is run unless trusted."""
     check_info(info, source)
-    net = build(network_of(info), info["num_classes"], info["input_size"][0], str(source),
-                        trust_code=trust_code, factory=factory, input_size=tuple(info["input_size"]))
+    net = build(
+        network_of(info),
+        info["num_classes"],
+        info["input_size"][0],
+        str(source),
+        trust_code=trust_code,
+        factory=factory,
+        input_size=tuple(info["input_size"]),
+    )
     if info.get("fcn"):  # written by `cnnkit fcn`: the dense head was turned into convolutions
         net = to_fcn(net, tuple(info["fcn"]["input_size"]))
     return Classifier(net, info["mean"], info["std"], info["classes"], info["input_size"], info.get("tta", ""))
 
 
-def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu", *, trust_code: bool = False,
-         factory: str | None = None) -> nn.Module:
+def load_classifier(
+    path: str | os.PathLike, device: str | torch.device = "cpu", *, trust_code: bool = False, factory: str | None = None
+) -> nn.Module:
     """A trained checkpoint (run folder or ``.safetensors`` file) as an eval-mode ``nn.Module``.
 
     The module takes a float tensor (N, C, H, W) with pixel values in [0, 1] and returns logits;
@@ -143,11 +162,14 @@ def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu",
     meta = read_metadata(file)
     task = meta.get("task", "classify")
     if task != "classify":
-        raise CnnkitError(f"{file} is a {str(task)[:20]!r} run, not a classifier; use `cnnkit {str(task)[:20]} "
-                          "eval|predict` for it, or give a run written by `cnnkit classify train|finetune`")
+        raise CnnkitError(
+            f"{file} is a {str(task)[:20]!r} run, not a classifier; use `cnnkit {str(task)[:20]} "
+            "eval|predict` for it, or give a run written by `cnnkit classify train|finetune`"
+        )
     members = meta.get("ensemble")
-    if members is not None and (not isinstance(members, list) or not members
-                                or not all(isinstance(m, dict) for m in members)):
+    if members is not None and (
+        not isinstance(members, list) or not members or not all(isinstance(m, dict) for m in members)
+    ):
         raise CnnkitError(f"{file}: its ensemble entry is not a list of member descriptions; {CHECKPOINT_HINT}")
     # every network is built (and its size checked) before the weights are read
     built = [classifier_from_info(info, file, trust_code, factory) for info in (members or [meta])]
@@ -161,7 +183,9 @@ def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu",
             model = built[0]
             model.load_state_dict(tensors)
     except RuntimeError as exc:  # missing/unexpected keys, wrong shapes
-        raise CnnkitError(f"{file}: its weights do not fit the network it describes ({short_error(exc)}); "
-                          f"the file is damaged or was edited: {CHECKPOINT_HINT}") from None
+        raise CnnkitError(
+            f"{file}: its weights do not fit the network it describes ({short_error(exc)}); "
+            f"the file is damaged or was edited: {CHECKPOINT_HINT}"
+        ) from None
     model.info = meta
     return model.to(device).eval()

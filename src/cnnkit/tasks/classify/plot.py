@@ -26,14 +26,21 @@ def read_metrics(run: str | Path) -> list[dict]:
 @torch.no_grad()
 def predict_probs(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """Class probabilities (N, K) for uint8 images (N, C, H, W), in batches."""
-    out = [model(images[i:i + batch_size].float() / 255).float().softmax(1)
-           for i in range(0, images.shape[0], batch_size)]
+    out = [
+        model(images[i : i + batch_size].float() / 255).float().softmax(1)
+        for i in range(0, images.shape[0], batch_size)
+    ]
     return torch.cat(out)
 
 
-def plot_run(run: str | Path, data_dir: str | None = None, split: str | None = None,
-             max_images: int = 10000, trust_code: bool = False,
-             factory: str | None = None) -> tuple[list[Path], list[str]]:
+def plot_run(
+    run: str | Path,
+    data_dir: str | None = None,
+    split: str | None = None,
+    max_images: int = 10000,
+    trust_code: bool = False,
+    factory: str | None = None,
+) -> tuple[list[Path], list[str]]:
     """Write ``curves.png`` and, when possible, ``confusion_<split>.png`` and ``errors_<split>.png``.
 
     Returns:
@@ -42,8 +49,11 @@ def plot_run(run: str | Path, data_dir: str | None = None, split: str | None = N
     from cnnkit import plots
 
     run = Path(run)
-    written = [plots.save_figure(plots.training_curves(read_metrics(run), title=f"Training curves: {run.name}"),
-                                 run / "curves.png")]
+    written = [
+        plots.save_figure(
+            plots.training_curves(read_metrics(run), title=f"Training curves: {run.name}"), run / "curves.png"
+        )
+    ]
     notes: list[str] = []
     try:
         from cnnkit.data.datasets import load_dataset
@@ -57,7 +67,7 @@ def plot_run(run: str | Path, data_dir: str | None = None, split: str | None = N
         data_dir = data_dir or info.get("config", {}).get("data_dir")
         c, h, w = model.input_size
         data, errors = None, []
-        for s in ([split] if split else ["test", "val"]):
+        for s in [split] if split else ["test", "val"]:
             try:
                 data = load_dataset(name, s, data_dir, download=False, image_size=(h, w), channels=c)
                 break
@@ -74,8 +84,12 @@ def plot_run(run: str | Path, data_dir: str | None = None, split: str | None = N
     probs = predict_probs(model, data.images)
     matrix = confusion_counts(data.labels, probs.argmax(1), len(data.classes))
     tag = data.name.split("/")[-1] or "test"
-    written.append(plots.save_figure(plots.confusion_matrix(matrix, data.classes,
-                                                            title=None), run / f"confusion_{tag}.png"))
-    written.append(plots.save_figure(plots.errors_gallery(data.images, data.labels, probs, data.classes),
-                                     run / f"errors_{tag}.png"))
+    written.append(
+        plots.save_figure(plots.confusion_matrix(matrix, data.classes, title=None), run / f"confusion_{tag}.png")
+    )
+    written.append(
+        plots.save_figure(
+            plots.errors_gallery(data.images, data.labels, probs, data.classes), run / f"errors_{tag}.png"
+        )
+    )
     return written, notes

@@ -47,8 +47,10 @@ def predict_files(model: nn.Module, paths: list[str], top: int = 3, loader=None)
     device = next(model.parameters()).device
     probs = model(x.to(device)).float().softmax(1).cpu()
     p, i = probs.topk(min(top, probs.shape[1]), dim=1)
-    return [{"image": str(path), "top": [(model.classes[k], float(v)) for v, k in zip(pv, ik)]}
-            for path, pv, ik in zip(paths, p.tolist(), i.tolist())]
+    return [
+        {"image": str(path), "top": [(model.classes[k], float(v)) for v, k in zip(pv, ik)]}
+        for path, pv, ik in zip(paths, p.tolist(), i.tolist())
+    ]
 
 
 def predictor(source: str, top: int | None = None, trust_code: bool = False, factory: str | None = None):

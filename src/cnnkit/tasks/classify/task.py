@@ -66,13 +66,16 @@ class ClassifyTask:
     def batches(self, data: ImageSet | Features, generator: torch.Generator, train: bool = True):
         """Shuffled (x, y) batches: uint8 images scaled to [0, 1] and augmented; features as they are."""
         n, b = len(data), self.batch_size
-        order = torch.randperm(n, generator=generator, device=generator.device) if train else \
-            torch.arange(n, device=generator.device)
+        order = (
+            torch.randperm(n, generator=generator, device=generator.device)
+            if train
+            else torch.arange(n, device=generator.device)
+        )
         if self.drop_last:
-            chunks = [order[i * b:(i + 1) * b] for i in range(n // b)]
+            chunks = [order[i * b : (i + 1) * b] for i in range(n // b)]
         else:
-            chunks = [c for c in order.split(b) if len(c) >= 2]      # BatchNorm needs 2
-        chunks = chunks[:self.max_batches] if self.max_batches else chunks
+            chunks = [c for c in order.split(b) if len(c) >= 2]  # BatchNorm needs 2
+        chunks = chunks[: self.max_batches] if self.max_batches else chunks
         return _Batches(chunks, lambda idx: self._batch(data, idx, generator, train))
 
     def _batch(self, data, idx, generator, train):
@@ -96,7 +99,7 @@ class ClassifyTask:
     def evaluate(self, model: nn.Module, data: ImageSet | Features) -> dict[str, float]:
         """Loss and accuracy without TTA (5 passes: only the final answer and `cnnkit eval` use it),
         in the engine's precision (its autocast context)."""
-        with (model.without_tta() if hasattr(model, "without_tta") else contextlib.nullcontext()):
+        with model.without_tta() if hasattr(model, "without_tta") else contextlib.nullcontext():
             result = evaluate(model, data, self.eval_batch_size, self.channels_last, precision=None)
         return {"loss": result.loss, "acc": result.accuracy}
 
@@ -106,9 +109,15 @@ class ClassifyTask:
 
     def describe(self, model: Classifier) -> dict:
         """The checkpoint's metadata: ``info`` plus classes, input size, normalisation and TTA."""
-        return {**self.info, "num_classes": len(model.classes), "input_size": list(model.input_size),
-                "classes": model.classes, "mean": model.mean.flatten().tolist(),
-                "std": model.std.flatten().tolist(), "tta": model.tta}
+        return {
+            **self.info,
+            "num_classes": len(model.classes),
+            "input_size": list(model.input_size),
+            "classes": model.classes,
+            "mean": model.mean.flatten().tolist(),
+            "std": model.std.flatten().tolist(),
+            "tta": model.tta,
+        }
 
     def summary(self, model: Classifier) -> str:
         """The network's :func:`cnnkit.summary` at the training batch, printed before training."""

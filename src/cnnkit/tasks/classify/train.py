@@ -57,8 +57,13 @@ class TrainResult:
     members: list[TrainResult] = field(default_factory=list)
 
 
-def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False, quiet: bool = False,
-          on_epoch_end: Callable[[int, dict], None] | None = None) -> TrainResult:
+def train(
+    cfg: TrainConfig,
+    out: str | os.PathLike,
+    resume: bool = False,
+    quiet: bool = False,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+) -> TrainResult:
     """Train an image classifier by ``cfg`` into the run folder ``out``: what ``cnnkit train`` runs.
 
     The splits are loaded onto the device, the seeded network is wrapped in its
@@ -92,42 +97,87 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False, quiet:
         cfg = _resumed_config(out, cfg)
     validate(cfg)
     with distributed(cfg.device) as d:
-        torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1)
-                                                  // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+        torch.set_num_threads(
+            cfg.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        )
         if cfg.ensemble == 1:
             return train_one(cfg, out, d, resume, quiet, on_epoch_end)
-        runs = [train_one(replace(cfg, seed=cfg.seed + i), out / f"member{i}", d,   # config keeps K: resumable
-                    resume and (out / f"member{i}" / RESUME_FILE).is_file(), quiet, on_epoch_end)
-                for i in range(cfg.ensemble)]
+        runs = [
+            train_one(
+                replace(cfg, seed=cfg.seed + i),
+                out / f"member{i}",
+                d,  # config keeps K: resumable
+                resume and (out / f"member{i}" / RESUME_FILE).is_file(),
+                quiet,
+                on_epoch_end,
+            )
+            for i in range(cfg.ensemble)
+        ]
         if d.main:
             save_ensemble(out / MODEL_FILE, [r.out / MODEL_FILE for r in runs])
-        val = evaluate(load_classifier(out, d.device), load_dataset(cfg.data, "val", cfg.data_dir,
-                       image_size=cfg.image_size, seed=cfg.seed), cfg.eval_batch_size,
-                       precision=cfg.precision)
+        val = evaluate(
+            load_classifier(out, d.device),
+            load_dataset(cfg.data, "val", cfg.data_dir, image_size=cfg.image_size, seed=cfg.seed),
+            cfg.eval_batch_size,
+            precision=cfg.precision,
+        )
         if d.main and not quiet:
             make_console().print(f"ensemble of {cfg.ensemble}: {_val_label(cfg)} acc {val.accuracy:.2%} -> {out}")
-        return TrainResult(out, runs[-1].history, val.accuracy, sum(r.seconds for r in runs),
-                           sum(r.images for r in runs), runs)
+        return TrainResult(
+            out, runs[-1].history, val.accuracy, sum(r.seconds for r in runs), sum(r.images for r in runs), runs
+        )
 
 
-def train_one(cfg: TrainConfig, out: Path, d: Dist, resume: bool = False, quiet: bool = False,
-        on_epoch_end: Callable[[int, dict], None] | None = None) -> TrainResult:
+def train_one(
+    cfg: TrainConfig,
+    out: Path,
+    d: Dist,
+    resume: bool = False,
+    quiet: bool = False,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+) -> TrainResult:
     """One model: the config as a classification task and a one-phase plan, run by the engine."""
     train_set, val_set = load_splits(cfg, d.device)
     model = build_classifier(cfg, train_set).to(d.device, memory_format=_fmt(cfg))
     cfg = replace(cfg, augment=trainable_augment(cfg, model.net, train_set, quiet or not d.main))
-    task = ClassifyTask(cfg.batch_size, build_augment(cfg.augment), cfg.label_smoothing,
-                        cfg.channels_last, eval_batch_size=cfg.eval_batch_size, val_name=_val_label(cfg),
-                        info=_info(cfg, train_set))
-    plan = Plan([Phase(cfg.epochs, lambda m: Setup(make_optimizer(m.net, cfg),
-                                                   schedule=lambda step, total: lr_at(step, total, cfg)))],
-                seed=cfg.seed, ema=cfg.ema, val_every=1 if cfg.val_every is None else cfg.val_every)
-    run = engine.fit(task, model, Data(train_set, val_set), plan, out, resume=resume, quiet=quiet,
-                     dist=d, config=cfg.to_dict(), precision=cfg.precision, on_epoch_end=on_epoch_end)
+    task = ClassifyTask(
+        cfg.batch_size,
+        build_augment(cfg.augment),
+        cfg.label_smoothing,
+        cfg.channels_last,
+        eval_batch_size=cfg.eval_batch_size,
+        val_name=_val_label(cfg),
+        info=_info(cfg, train_set),
+    )
+    plan = Plan(
+        [
+            Phase(
+                cfg.epochs,
+                lambda m: Setup(make_optimizer(m.net, cfg), schedule=lambda step, total: lr_at(step, total, cfg)),
+            )
+        ],
+        seed=cfg.seed,
+        ema=cfg.ema,
+        val_every=1 if cfg.val_every is None else cfg.val_every,
+    )
+    run = engine.fit(
+        task,
+        model,
+        Data(train_set, val_set),
+        plan,
+        out,
+        resume=resume,
+        quiet=quiet,
+        dist=d,
+        config=cfg.to_dict(),
+        precision=cfg.precision,
+        on_epoch_end=on_epoch_end,
+    )
     final = evaluate(run.model, val_set, cfg.eval_batch_size, cfg.channels_last, run.precision).accuracy
     make_console(quiet=quiet or not d.main).print(
         f"done: {_val_label(cfg)} acc {final:.2%}{' (with TTA)' if run.model.tta else ''} in "
-        f"{run.seconds:.1f} s -> {out}  (test with `cnnkit eval {out}`)")
+        f"{run.seconds:.1f} s -> {out}  (test with `cnnkit eval {out}`)"
+    )
     return TrainResult(out, run.history, final, run.seconds, run.images)
 
 
@@ -139,18 +189,22 @@ def trainable_augment(cfg: TrainConfig, net: nn.Module, data: ImageSet, quiet: b
     if not a.crop or a.crop == h == w:
         return a
     if a.crop > min(h, w) + 2 * a.shift:
-        raise CnnkitError(f"the augmentation's crop {a.crop} is larger than the {h}x{w} images padded "
-                          f"by their shift {a.shift}; use a crop of at most {min(h, w) + 2 * a.shift}")
+        raise CnnkitError(
+            f"the augmentation's crop {a.crop} is larger than the {h}x{w} images padded "
+            f"by their shift {a.shift}; use a crop of at most {min(h, w) + 2 * a.shift}"
+        )
     probe = torch.zeros(2, c, a.crop, a.crop, device=data.images.device).contiguous(memory_format=_fmt(cfg))
     was = net.training
     try:
         with torch.no_grad():
             net.eval()(probe)
         return a
-    except Exception:                      # any failure at that size: the net takes only its own
+    except Exception:  # any failure at that size: the net takes only its own
         shift = (min(h, w) + 2 * a.shift - a.crop) // 2
-        make_console(quiet=quiet).print(f"{cfg.model} takes only {h}x{w} inputs: training on shifts of "
-                                        f"up to {shift} px of whole images instead of {a.crop}x{a.crop} crops")
+        make_console(quiet=quiet).print(
+            f"{cfg.model} takes only {h}x{w} inputs: training on shifts of "
+            f"up to {shift} px of whole images instead of {a.crop}x{a.crop} crops"
+        )
         return replace(a, crop=0, shift=shift)
     finally:
         net.train(was)
@@ -160,22 +214,23 @@ def load_splits(cfg: TrainConfig, device: torch.device) -> tuple[ImageSet, Image
     """The train and validation splits, on ``device``."""
     kw = dict(data_dir=cfg.data_dir, image_size=cfg.image_size, seed=cfg.seed)
     train_set, val_set = (load_dataset(cfg.data, s, **kw) for s in ("train", "val"))
-    if cfg.trainval:                       # the final refit: val is trained on (and still reported)
+    if cfg.trainval:  # the final refit: val is trained on (and still reported)
         train_set = train_set.cat(val_set, f"{train_set.name}+val")
     if cfg.subset:
         train_set = train_set.subset(torch.arange(min(cfg.subset, len(train_set))))
     if len(train_set) < cfg.batch_size:
-        raise CnnkitError(f"--batch-size {cfg.batch_size} is larger than the training set "
-                          f"({len(train_set)} images); use a smaller batch")
-    return (ImageSet(s.images.to(device), s.labels.to(device), s.classes, s.name, s.meta)
-            for s in (train_set, val_set))
+        raise CnnkitError(
+            f"--batch-size {cfg.batch_size} is larger than the training set "
+            f"({len(train_set)} images); use a smaller batch"
+        )
+    return (ImageSet(s.images.to(device), s.labels.to(device), s.classes, s.name, s.meta) for s in (train_set, val_set))
 
 
 def build_classifier(cfg: TrainConfig, data: ImageSet) -> Classifier:
     """The network (seeded init) wrapped with the training set's per-channel mean/std."""
     torch.manual_seed(cfg.seed)
     net = build_network(cfg.model, len(data.classes), data.image_shape[0])
-    x = data.images[:10000].float().div(255)                  # a fixed sample is plenty
+    x = data.images[:10000].float().div(255)  # a fixed sample is plenty
     mean, std = x.mean((0, 2, 3)).tolist(), x.std((0, 2, 3)).clamp_min(1e-3).tolist()
     tta = ("flip" if cfg.augment.flip else "shift") if cfg.tta else ""
     return Classifier(net, mean, std, data.classes, data.image_shape, tta)
@@ -187,9 +242,11 @@ def _val_label(cfg: TrainConfig) -> str:
 
 def _info(cfg: TrainConfig, data: ImageSet) -> dict:
     """What the checkpoint says beyond the Classifier's own attributes (ClassifyTask.describe)."""
-    return {"model": model_reference(cfg.model),
-            "dataset": {"name": cfg.data, "dark_background": bool(data.meta.get("dark_background"))},
-            "config": cfg.to_dict()}
+    return {
+        "model": model_reference(cfg.model),
+        "dataset": {"name": cfg.data, "dark_background": bool(data.meta.get("dark_background"))},
+        "config": cfg.to_dict(),
+    }
 
 
 def _resumed_config(out: Path, cfg: TrainConfig) -> TrainConfig:
@@ -197,13 +254,12 @@ def _resumed_config(out: Path, cfg: TrainConfig) -> TrainConfig:
     path = out / RESUME_FILE
     member = out / "member0" / RESUME_FILE
     if not path.is_file() and not member.is_file():
-        raise CnnkitError(f"nothing to resume in {out}: no {RESUME_FILE}; start a new run "
-                          "without --resume")
+        raise CnnkitError(f"nothing to resume in {out}: no {RESUME_FILE}; start a new run without --resume")
     _, meta = read_checkpoint(path if path.is_file() else member)
     if not isinstance(meta.get("config"), dict) or not isinstance(meta["config"].get("model"), str):
         raise CnnkitError(f"{path}: the resume state holds no training config; start a new run")
     try:
-        stored = validate(TrainConfig.from_dict(meta["config"]))   # member 0's seed is the run's seed
+        stored = validate(TrainConfig.from_dict(meta["config"]))  # member 0's seed is the run's seed
     except TypeError as exc:
         raise CnnkitError(f"{path}: the stored training config is damaged ({exc}); start a new run") from None
     return replace(stored, model=trusted_resume_model(stored.model, cfg.model))

@@ -12,6 +12,13 @@ from cnnkit.tasks.detect.task import DetectTask
 from cnnkit.tasks.detect.train import train
 
 __all__ = [
-    "DetectConfig", "DetectTask", "DetectionSet", "draw_detections", "evaluate_run", "load_detector",
-    "predict_images", "predict_set", "train",
+    "DetectConfig",
+    "DetectTask",
+    "DetectionSet",
+    "draw_detections",
+    "evaluate_run",
+    "load_detector",
+    "predict_images",
+    "predict_set",
+    "train",
 ]

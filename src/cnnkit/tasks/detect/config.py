@@ -25,34 +25,46 @@ class DetectConfig(RunConfig):
     """
 
     data: str = option("pennfudan", help="pennfudan | digits | PATH of a COCO JSON file or a YOLO folder")
-    image_size: int | None = option(None, help="square side images are letterboxed to (default: 320 for "
-                                               "photos, 128 for digits)")
+    image_size: int | None = option(
+        None, help="square side images are letterboxed to (default: 320 for photos, 128 for digits)"
+    )
     scenes: tuple[int, int] = option((12000, 500), help="digits: numbers of training and test scenes")
-    train_digits: tuple[int, int] | None = option(None, help="digits: least and most digits per training scene "
-                                                             "(default: 4-8 on tiny, else 1-4; test scenes hold 1-4)")
-    model: str = option("", help="the backbone: a zoo name or tiny (default: efficientnet_lite0 for photos, "
-                                 "tiny for digits)")
+    train_digits: tuple[int, int] | None = option(
+        None,
+        help="digits: least and most digits per training scene (default: 4-8 on tiny, else 1-4; test scenes hold 1-4)",
+    )
+    model: str = option(
+        "", help="the backbone: a zoo name or tiny (default: efficientnet_lite0 for photos, tiny for digits)"
+    )
     weights: str | None = "imagenet"
-    strides: tuple[int, ...] = option((), help="pyramid strides the head runs on (default: 8 16 32 for photos, "
-                                               "8 on tiny)")
-    freeze_to: int | None = option(None, help="pretrained backbone modules up to this output stride are not "
-                                              "trained and keep their batch-norm statistics, as detectron2 freezes "
-                                              "the stem and res2 (default: 4 with pretrained weights; 0: none)")
+    strides: tuple[int, ...] = option(
+        (), help="pyramid strides the head runs on (default: 8 16 32 for photos, 8 on tiny)"
+    )
+    freeze_to: int | None = option(
+        None,
+        help="pretrained backbone modules up to this output stride are not "
+        "trained and keep their batch-norm statistics, as detectron2 freezes "
+        "the stem and res2 (default: 4 with pretrained weights; 0: none)",
+    )
     width: int = option(64, help="channels of the FPN-lite neck and the head")
     head_convs: int = option(2, help="3x3 convolutions per head tower")
-    separate_towers: bool | None = option(None, help="one head tower for the classes, another for boxes and "
-                                                     "centre-ness (default: on, off on tiny)")
+    separate_towers: bool | None = option(
+        None, help="one head tower for the classes, another for boxes and centre-ness (default: on, off on tiny)"
+    )
     box_weight: float = option(1.0, help="weight of the GIoU box loss")
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
     optimizer: str = "adamw"
     weight_decay: float = 1e-4
-    cls_loss: str | None = option(None, help="class loss: focal | varifocal (IoU-aware targets; the default: it "
-                                             "ranks the better-placed boxes first)",
-                                  choices=("focal", "varifocal"))
-    channels_last: bool | None = option(None, help="NHWC weights and batches (default: on; oneDNN's 1x1 "
-                                                   "convolutions run faster channels-last)")
+    cls_loss: str | None = option(
+        None,
+        help="class loss: focal | varifocal (IoU-aware targets; the default: it ranks the better-placed boxes first)",
+        choices=("focal", "varifocal"),
+    )
+    channels_last: bool | None = option(
+        None, help="NHWC weights and batches (default: on; oneDNN's 1x1 convolutions run faster channels-last)"
+    )
 
     def resolved(self) -> DetectConfig:
         """A copy with the data-dependent defaults filled in: what the run stores, so eval and resume
@@ -67,36 +79,41 @@ class DetectConfig(RunConfig):
         backbone = self.model or ("efficientnet_lite0" if photos else "tiny")
         tiny = backbone == "tiny"
         weights = self.weights if photos and not tiny else (None if self.weights == "imagenet" else self.weights)
-        return replace(self, image_size=self.image_size if self.image_size is not None else (320 if photos else 128),
-                       model=backbone, weights=weights,
-                       strides=tuple(self.strides) or ((8,) if tiny else (8, 16, 32)),
-                       freeze_to=self.freeze_to if self.freeze_to is not None else (4 if weights else 0),
-                       epochs=self.epochs if self.epochs is not None else (40 if photos else 5),
-                       separate_towers=self.separate_towers if self.separate_towers is not None else not tiny,
-                       batch_size=self.batch_size if self.batch_size is not None else (4 if photos else 8),
-                       lr=self.lr if self.lr is not None else (1e-3 if photos else 4e-3),
-                       cls_loss=self.cls_loss or "varifocal",
-                       channels_last=self.channels_last if self.channels_last is not None else True,
-                       threads=self.threads if self.threads is not None else 1,
-                       val_every=self.val_every if self.val_every is not None else (4 if photos else 1),
-                       scenes=tuple(self.scenes),
-                       train_digits=tuple(self.train_digits or ((4, 8) if tiny else (1, 4))))
-
+        return replace(
+            self,
+            image_size=self.image_size if self.image_size is not None else (320 if photos else 128),
+            model=backbone,
+            weights=weights,
+            strides=tuple(self.strides) or ((8,) if tiny else (8, 16, 32)),
+            freeze_to=self.freeze_to if self.freeze_to is not None else (4 if weights else 0),
+            epochs=self.epochs if self.epochs is not None else (40 if photos else 5),
+            separate_towers=self.separate_towers if self.separate_towers is not None else not tiny,
+            batch_size=self.batch_size if self.batch_size is not None else (4 if photos else 8),
+            lr=self.lr if self.lr is not None else (1e-3 if photos else 4e-3),
+            cls_loss=self.cls_loss or "varifocal",
+            channels_last=self.channels_last if self.channels_last is not None else True,
+            threads=self.threads if self.threads is not None else 1,
+            val_every=self.val_every if self.val_every is not None else (4 if photos else 1),
+            scenes=tuple(self.scenes),
+            train_digits=tuple(self.train_digits or ((4, 8) if tiny else (1, 4))),
+        )
 
 
 def validate(cfg: DetectConfig) -> DetectConfig:
     """Raise CnnkitError naming the first bad value."""
-    checks = [("epochs", cfg.epochs >= 1, "a positive integer"),
-              ("batch_size", cfg.batch_size >= 2, "an integer >= 2"),
-              ("lr", cfg.lr > 0, "a positive number"),
-              ("image_size", cfg.image_size >= 32, "at least 32"),
-              ("optimizer", cfg.optimizer in ("sgd", "adamw", "nadam"), "sgd, adamw or nadam"),
-              ("schedule", cfg.schedule in ("onecycle", "cosine", "constant"), "onecycle, cosine or constant"),
-              ("width", cfg.width >= 8, "at least 8"),
-              ("head_convs", cfg.head_convs >= 0, "an integer >= 0"),
-              ("box_weight", cfg.box_weight >= 0, "a number >= 0"),
-              ("val_every", cfg.val_every >= 0, "an integer >= 0 (0: no validation while training)"),
-              ("device", cfg.device in (None, "cpu", "cuda"), "cpu or cuda")]
+    checks = [
+        ("epochs", cfg.epochs >= 1, "a positive integer"),
+        ("batch_size", cfg.batch_size >= 2, "an integer >= 2"),
+        ("lr", cfg.lr > 0, "a positive number"),
+        ("image_size", cfg.image_size >= 32, "at least 32"),
+        ("optimizer", cfg.optimizer in ("sgd", "adamw", "nadam"), "sgd, adamw or nadam"),
+        ("schedule", cfg.schedule in ("onecycle", "cosine", "constant"), "onecycle, cosine or constant"),
+        ("width", cfg.width >= 8, "at least 8"),
+        ("head_convs", cfg.head_convs >= 0, "an integer >= 0"),
+        ("box_weight", cfg.box_weight >= 0, "a number >= 0"),
+        ("val_every", cfg.val_every >= 0, "an integer >= 0 (0: no validation while training)"),
+        ("device", cfg.device in (None, "cpu", "cuda"), "cpu or cuda"),
+    ]
     for name, ok, want in checks:
         if not ok:
             raise CnnkitError(f"--{name.replace('_', '-')} must be {want}; received {getattr(cfg, name)!r}")
@@ -111,5 +128,7 @@ def replace_subset(cfg: DetectConfig) -> DetectConfig:
 
 def config_from_dict(d: dict) -> DetectConfig:
     """The settings a detection run stored (runs of earlier versions included)."""
-    return DetectConfig.from_dict({**d, "train_digits": d.get("train_digits") or (1, 4),
-                                   "separate_towers": d.get("separate_towers", False)}, strict=False)
+    return DetectConfig.from_dict(
+        {**d, "train_digits": d.get("train_digits") or (1, 4), "separate_towers": d.get("separate_towers", False)},
+        strict=False,
+    )

@@ -75,8 +75,9 @@ def load_split_data(cfg: DetectConfig, split: dict | None = None) -> tuple[Detec
     if cfg.data == "digits":
         from cnnkit.data.scenes import digit_scenes
 
-        tr = from_scenes(digit_scenes("train", cfg.scenes[0], cfg.image_size, cfg.data_dir, cfg.seed,
-                                      digits=tuple(cfg.train_digits)))
+        tr = from_scenes(
+            digit_scenes("train", cfg.scenes[0], cfg.image_size, cfg.data_dir, cfg.seed, digits=tuple(cfg.train_digits))
+        )
         te = from_scenes(digit_scenes("test", cfg.scenes[1], cfg.image_size, cfg.data_dir, cfg.seed))
         split = {"train": tr.names, "test": te.names}
     else:
@@ -101,8 +102,14 @@ def load_split_data(cfg: DetectConfig, split: dict | None = None) -> tuple[Detec
         tr = from_detections(data.subset(split["train"]), cfg.image_size)
         te = from_detections(data.subset(split["test"]), cfg.image_size)
     if cfg.subset:
-        tr = DetectionSet(tr.images[:cfg.subset], tr.boxes[:cfg.subset], tr.labels[:cfg.subset],
-                          tr.scales[:cfg.subset], tr.classes, tr.names[:cfg.subset])
+        tr = DetectionSet(
+            tr.images[: cfg.subset],
+            tr.boxes[: cfg.subset],
+            tr.labels[: cfg.subset],
+            tr.scales[: cfg.subset],
+            tr.classes,
+            tr.names[: cfg.subset],
+        )
     return tr, te, split
 
 

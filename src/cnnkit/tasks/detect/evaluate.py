@@ -46,5 +46,14 @@ def evaluate_run(run, data_dir: str | None = None) -> dict:
     targets = test_set.targets()
     m = coco_evaluate(predictions, targets, classes=test_set.classes)
     voc = voc_evaluate(predictions, targets, len(test_set.classes))
-    return {"AP": m["AP"], "AP50": m["AP50"], "AP75": m["AP75"], "AR100": m["AR100"], "images": m["images"],
-            "VOC_AP50": voc["mAP"], "per_class_AP": m["per_class_AP"], "data": cfg.data, "split": "test"}
+    return {
+        "AP": m["AP"],
+        "AP50": m["AP50"],
+        "AP75": m["AP75"],
+        "AR100": m["AR100"],
+        "images": m["images"],
+        "VOC_AP50": voc["mAP"],
+        "per_class_AP": m["per_class_AP"],
+        "data": cfg.data,
+        "split": "test",
+    }

@@ -14,12 +14,20 @@ from cnnkit.models.detection import Detector, create_detector
 def build_detector(info: dict) -> Detector:
     """The (untrained) detector a checkpoint's metadata describes."""
     try:
-        model = create_detector(info["backbone"], len(info["classes"]), weights=None,
-                                in_channels=int(info["in_channels"]), out_strides=tuple(info["out_strides"]),
-                                width=int(info["width"]), head_convs=int(info.get("head_convs", 2)),
-                                separate_towers=bool(info.get("separate_towers", False)))
+        model = create_detector(
+            info["backbone"],
+            len(info["classes"]),
+            weights=None,
+            in_channels=int(info["in_channels"]),
+            out_strides=tuple(info["out_strides"]),
+            width=int(info["width"]),
+            head_convs=int(info.get("head_convs", 2)),
+            separate_towers=bool(info.get("separate_towers", False)),
+        )
     except KeyError as exc:
-        raise CnnkitError(f"checkpoint metadata lacks field {exc.args[0]!r}: not a `cnnkit detect train` model") from None
+        raise CnnkitError(
+            f"checkpoint metadata lacks field {exc.args[0]!r}: not a `cnnkit detect train` model"
+        ) from None
     mean, std = info.get("mean"), info.get("std")
     if mean is not None:
         model.normalise.mean.copy_(torch.tensor(mean)[None, :, None, None])
@@ -49,14 +57,36 @@ def load_detector(path: str | os.PathLike, device: str = "cpu") -> Detector:
     return load_run_model(path, "detect", build_detector, device)
 
 
-def new_detector(backbone: str, classes: list[str], in_channels: int, size: int, weights: str | None = None,
-                 out_strides=(8, 16, 32), width: int = 64, head_convs: int = 2,
-                 separate_towers: bool = False) -> tuple[Detector, dict]:
+def new_detector(
+    backbone: str,
+    classes: list[str],
+    in_channels: int,
+    size: int,
+    weights: str | None = None,
+    out_strides=(8, 16, 32),
+    width: int = 64,
+    head_convs: int = 2,
+    separate_towers: bool = False,
+) -> tuple[Detector, dict]:
     """A fresh detector and the metadata that rebuilds it (what ``describe`` stores)."""
-    model = create_detector(backbone, len(classes), weights=weights, in_channels=in_channels,
-                            out_strides=out_strides, width=width, head_convs=head_convs,
-                            separate_towers=separate_towers)
-    info = {"backbone": backbone, "in_channels": in_channels, "out_strides": list(out_strides),
-            "width": width, "head_convs": head_convs, "separate_towers": separate_towers,
-            "input_size": [in_channels, size, size], "weights": weights}
+    model = create_detector(
+        backbone,
+        len(classes),
+        weights=weights,
+        in_channels=in_channels,
+        out_strides=out_strides,
+        width=width,
+        head_convs=head_convs,
+        separate_towers=separate_towers,
+    )
+    info = {
+        "backbone": backbone,
+        "in_channels": in_channels,
+        "out_strides": list(out_strides),
+        "width": width,
+        "head_convs": head_convs,
+        "separate_towers": separate_towers,
+        "input_size": [in_channels, size, size],
+        "weights": weights,
+    }
     return model, info

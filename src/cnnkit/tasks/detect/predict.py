@@ -13,8 +13,9 @@ from cnnkit.tasks.detect.data import DetectionSet
 
 
 @torch.no_grad()
-def predict_set(model: nn.Module, data: DetectionSet, batch_size: int = 16, **decode_args
-                ) -> list[dict[str, torch.Tensor]]:
+def predict_set(
+    model: nn.Module, data: DetectionSet, batch_size: int = 16, **decode_args
+) -> list[dict[str, torch.Tensor]]:
     """Detections for every image of ``data``, in its original pixels.
 
     The model runs in eval mode; its own mode is restored afterwards.
@@ -35,16 +36,20 @@ def predict_set(model: nn.Module, data: DetectionSet, batch_size: int = 16, **de
     out = []
     try:
         for i in range(0, len(data), batch_size):
-            x = data.images[i:i + batch_size].to(device).float().div_(255)
-            for det, s in zip(decode(model(x), tuple(x.shape[-2:]), **decode_args), data.scales[i:i + batch_size]):
-                out.append({"boxes": det["boxes"].cpu() / s, "scores": det["scores"].cpu(), "labels": det["labels"].cpu()})
+            x = data.images[i : i + batch_size].to(device).float().div_(255)
+            for det, s in zip(decode(model(x), tuple(x.shape[-2:]), **decode_args), data.scales[i : i + batch_size]):
+                out.append(
+                    {"boxes": det["boxes"].cpu() / s, "scores": det["scores"].cpu(), "labels": det["labels"].cpu()}
+                )
     finally:
         model.train(was)
     return out
 
 
 @torch.no_grad()
-def predict_images(model: nn.Module, images: list[torch.Tensor], size: int, classes: list[str], **decode_args) -> list[dict]:
+def predict_images(
+    model: nn.Module, images: list[torch.Tensor], size: int, classes: list[str], **decode_args
+) -> list[dict]:
     """Detections on images of any size: each is letterboxed to ``size`` and its boxes mapped back.
 
     Args:
@@ -69,12 +74,27 @@ def predict_images(model: nn.Module, images: list[torch.Tensor], size: int, clas
         if img.shape[0] != c:
             img = img[:1] if c == 1 else img.expand(c, -1, -1)
         x, _, scale = letterbox(img, torch.zeros(0, 4), size)
-        det = predict_set(model, DetectionSet((x[None] * 255).round().to(torch.uint8), torch.zeros(1, 1, 4),
-                                              torch.full((1, 1), -1), torch.tensor([scale]), classes), 1, **decode_args)[0]
+        det = predict_set(
+            model,
+            DetectionSet(
+                (x[None] * 255).round().to(torch.uint8),
+                torch.zeros(1, 1, 4),
+                torch.full((1, 1), -1),
+                torch.tensor([scale]),
+                classes,
+            ),
+            1,
+            **decode_args,
+        )[0]
         h, w = img.shape[1:]
         boxes = det["boxes"].clamp(min=0).minimum(torch.tensor([w, h, w, h], dtype=torch.float32))
-        results.append({"boxes": boxes.tolist(), "scores": det["scores"].tolist(),
-                        "labels": [classes[k] for k in det["labels"].tolist()]})
+        results.append(
+            {
+                "boxes": boxes.tolist(),
+                "scores": det["scores"].tolist(),
+                "labels": [classes[k] for k in det["labels"].tolist()],
+            }
+        )
     return results
 
 
@@ -93,6 +113,8 @@ def draw_detections(image: torch.Tensor, det: dict, path) -> None:
     im = Image.fromarray(arr.permute(1, 2, 0).contiguous().numpy())
     draw = ImageDraw.Draw(im)
     for (x1, y1, x2, y2), s, name in zip(det["boxes"], det["scores"], det["labels"]):
-        draw.rectangle([x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)], outline=(255, 40, 40), width=max(1, round(max(im.size) / 250)))
+        draw.rectangle(
+            [x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)], outline=(255, 40, 40), width=max(1, round(max(im.size) / 250))
+        )
         draw.text((x1 + 2, max(0, y1 - 11)), f"{name} {s:.2f}", fill=(255, 255, 0))
     im.save(path, format="PNG")

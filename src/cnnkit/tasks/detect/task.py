@@ -69,12 +69,15 @@ class DetectTask:
     def batches(self, data: DetectionSet, generator: torch.Generator, train: bool = True):
         """Shuffled (x, boxes, labels) batches: x float (B, C, S, S) on [0, 1], augmented when training."""
         n, b = len(data), self.batch_size
-        order = torch.randperm(n, generator=generator, device=generator.device) if train else \
-            torch.arange(n, device=generator.device)
+        order = (
+            torch.randperm(n, generator=generator, device=generator.device)
+            if train
+            else torch.arange(n, device=generator.device)
+        )
         chunks = [c for c in order.split(b) if len(c) >= 2 or not train]
         if train and n >= b:
             chunks = [c for c in chunks if len(c) == b]
-        chunks = chunks[:self.max_batches] if self.max_batches else chunks
+        chunks = chunks[: self.max_batches] if self.max_batches else chunks
         return _Batches(chunks, lambda idx: self._batch(data, idx, generator, train))
 
     def _batch(self, data: DetectionSet, idx, generator, train):
@@ -118,13 +121,21 @@ class DetectTask:
 
     def describe(self, model: Detector) -> dict:
         """The checkpoint's metadata: ``info`` plus classes, normalisation and decoding settings."""
-        return {**self.info, "task": "detect", "classes": list(self.classes),
-                "num_classes": model.num_classes, "mean": model.normalise.mean.flatten().tolist(),
-                "std": model.normalise.std.flatten().tolist(), "decode": dict(self.decode_args)}
+        return {
+            **self.info,
+            "task": "detect",
+            "classes": list(self.classes),
+            "num_classes": model.num_classes,
+            "mean": model.normalise.mean.flatten().tolist(),
+            "std": model.normalise.std.flatten().tolist(),
+            "decode": dict(self.decode_args),
+        }
 
     def summary(self, model: Detector) -> str:
         """One line: backbone, pyramid strides, classes and parameters, printed before training."""
         params = sum(p.numel() for p in model.parameters())
-        return (f"detector: {self.info.get('backbone', type(model.features).__name__)} pyramid at strides "
-                f"{model.strides} -> FPN-lite -> anchor-free head, {len(self.classes)} classes, "
-                f"{params / 1e6:.2f} M parameters")
+        return (
+            f"detector: {self.info.get('backbone', type(model.features).__name__)} pyramid at strides "
+            f"{model.strides} -> FPN-lite -> anchor-free head, {len(self.classes)} classes, "
+            f"{params / 1e6:.2f} M parameters"
+        )

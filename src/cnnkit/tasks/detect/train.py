@@ -52,26 +52,64 @@ def train(cfg: DetectConfig, out, resume: bool = False, quiet: bool = False):
         train_set, test_set = run_data(cfg, out, resume, d, load_split_data)
         torch.manual_seed(cfg.seed)
         channels = train_set.images.shape[1]
-        model, info = new_detector(cfg.model, train_set.classes, channels, cfg.image_size, cfg.weights,
-                                   out_strides=cfg.strides, width=cfg.width, head_convs=cfg.head_convs,
-                                   separate_towers=cfg.separate_towers)
-        frozen = model.freeze_backbone(cfg.freeze_to) if cfg.freeze_to > 0 else []   # BN kept in eval mode
+        model, info = new_detector(
+            cfg.model,
+            train_set.classes,
+            channels,
+            cfg.image_size,
+            cfg.weights,
+            out_strides=cfg.strides,
+            width=cfg.width,
+            head_convs=cfg.head_convs,
+            separate_towers=cfg.separate_towers,
+        )
+        frozen = model.freeze_backbone(cfg.freeze_to) if cfg.freeze_to > 0 else []  # BN kept in eval mode
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         info["config"] = cfg.to_dict()
-        task = DetectTask(train_set.classes, cfg.batch_size, info=info, val_name="test",
-                          fill=0.5 if channels == 3 else 0.0, flip=0.5 if cfg.data != "digits" else 0.0,
-                          scale=(0.7, 1.3) if cfg.data != "digits" else None,   # a cropped digit is another digit
-                          channels_last=cfg.channels_last, cls_loss=cfg.cls_loss, box_weight=cfg.box_weight)
-        plan = Plan([Phase(cfg.epochs, lambda m: Setup(make_optimizer(m, cfg), frozen=frozen,
-                                                       schedule=lambda step, total: lr_at(step, total, cfg)))],
-                    seed=cfg.seed, ema=cfg.ema, val_every=cfg.val_every)
-        run = fit(task, model, Data(_to(train_set, d.device), _to(test_set, d.device)), plan, out, resume=resume,
-                  quiet=quiet, dist=d, config=cfg.to_dict(), command="cnnkit detect train", precision=cfg.precision)
+        task = DetectTask(
+            train_set.classes,
+            cfg.batch_size,
+            info=info,
+            val_name="test",
+            fill=0.5 if channels == 3 else 0.0,
+            flip=0.5 if cfg.data != "digits" else 0.0,
+            scale=(0.7, 1.3) if cfg.data != "digits" else None,  # a cropped digit is another digit
+            channels_last=cfg.channels_last,
+            cls_loss=cfg.cls_loss,
+            box_weight=cfg.box_weight,
+        )
+        plan = Plan(
+            [
+                Phase(
+                    cfg.epochs,
+                    lambda m: Setup(
+                        make_optimizer(m, cfg), frozen=frozen, schedule=lambda step, total: lr_at(step, total, cfg)
+                    ),
+                )
+            ],
+            seed=cfg.seed,
+            ema=cfg.ema,
+            val_every=cfg.val_every,
+        )
+        run = fit(
+            task,
+            model,
+            Data(_to(train_set, d.device), _to(test_set, d.device)),
+            plan,
+            out,
+            resume=resume,
+            quiet=quiet,
+            dist=d,
+            config=cfg.to_dict(),
+            command="cnnkit detect train",
+            precision=cfg.precision,
+        )
         final = task.evaluate(run.model, _to(test_set, d.device))
         Console(quiet=quiet or not d.main).print(
             f"done: test AP {final['AP']:.3f}, AP50 {final['AP50']:.3f}, AP75 {final['AP75']:.3f} in "
-            f"{run.seconds:.1f} s -> {out}  (`cnnkit detect eval {out}`)")
+            f"{run.seconds:.1f} s -> {out}  (`cnnkit detect eval {out}`)"
+        )
         return run, final
 
 

@@ -11,6 +11,11 @@ from cnnkit.tasks.instance.task import InstanceTask
 from cnnkit.tasks.instance.train import train
 
 __all__ = [
-    "InstanceConfig", "InstanceTask", "evaluate_run", "load_mask_detector", "predict_files", "predict_instances",
+    "InstanceConfig",
+    "InstanceTask",
+    "evaluate_run",
+    "load_mask_detector",
+    "predict_files",
+    "predict_instances",
     "train",
 ]

@@ -44,15 +44,24 @@ class InstanceConfig(DetectConfig):
             The resolved :class:`InstanceConfig`.
         """
         photos = self.data != "digits"
-        cfg = replace(self, image_size=self.image_size if self.image_size is not None else (320 if photos else 96),
-                      epochs=self.epochs if self.epochs is not None else (40 if photos else 10),
-                      model=self.model or ("efficientnet_lite0" if photos else "resnet18"),
-                      val_every=self.val_every if self.val_every is not None else 0)
+        cfg = replace(
+            self,
+            image_size=self.image_size if self.image_size is not None else (320 if photos else 96),
+            epochs=self.epochs if self.epochs is not None else (40 if photos else 10),
+            model=self.model or ("efficientnet_lite0" if photos else "resnet18"),
+            val_every=self.val_every if self.val_every is not None else 0,
+        )
         return DetectConfig.resolved(cfg)
 
 
 def config_from_dict(d: dict) -> InstanceConfig:
     d = dict(d)
-    validate = d.pop("validate", False)      # runs from before val_every: validate (bool) = every epoch
-    return InstanceConfig.from_dict({**d, "separate_towers": d.get("separate_towers", False),
-                                     "val_every": d.get("val_every", 1 if validate else 0)}, strict=False)
+    validate = d.pop("validate", False)  # runs from before val_every: validate (bool) = every epoch
+    return InstanceConfig.from_dict(
+        {
+            **d,
+            "separate_towers": d.get("separate_towers", False),
+            "val_every": d.get("val_every", 1 if validate else 0),
+        },
+        strict=False,
+    )

@@ -20,8 +20,9 @@ from cnnkit.tasks.instance.config import MASK_SIZE, InstanceConfig
 @dataclass
 class InstanceSet(DetectionSet):
     """A :class:`DetectionSet` whose boxes each have an instance mask."""
-    masks: torch.Tensor | None = None          # (N, M, S, S) uint8 0/1, letterboxed, row j = box j
-    originals: list[torch.Tensor] = field(default_factory=list)   # N x (m_i, H_i, W_i) bool, original pixels
+
+    masks: torch.Tensor | None = None  # (N, M, S, S) uint8 0/1, letterboxed, row j = box j
+    originals: list[torch.Tensor] = field(default_factory=list)  # N x (m_i, H_i, W_i) bool, original pixels
 
     def mask_targets(self) -> list[dict[str, torch.Tensor]]:
         """Ground truth per image in original pixels: {"masks" (m, H, W) bool, "labels" (m,)}."""
@@ -36,8 +37,9 @@ def mask_box(mask: torch.Tensor) -> torch.Tensor:
     return torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32)
 
 
-def from_instances(images, instances, labels, classes: list[str], size: int, names: list[str] | None = None,
-                   fill: float = 0.0) -> InstanceSet:
+def from_instances(
+    images, instances, labels, classes: list[str], size: int, names: list[str] | None = None, fill: float = 0.0
+) -> InstanceSet:
     """Images (C, H, W) uint8 with instance-id maps (H, W) (0 none, 1..n) -> an :class:`InstanceSet`.
 
     ``labels[i]`` gives the class of ids 1..n of image i in order (a tensor, or None for class 0).
@@ -49,19 +51,26 @@ def from_instances(images, instances, labels, classes: list[str], size: int, nam
     xs, boxes, labs, scales, small, originals = [], [], [], [], [], []
     for i, (img, inst) in enumerate(zip(images, instances)):
         if tuple(inst.shape) != tuple(img.shape[1:]):
-            raise CnnkitError(f"image {names[i] if names else i}: instance map {tuple(inst.shape)} is not the "
-                              f"image's size {tuple(img.shape[1:])}")
+            raise CnnkitError(
+                f"image {names[i] if names else i}: instance map {tuple(inst.shape)} is not the "
+                f"image's size {tuple(img.shape[1:])}"
+            )
         ids = [int(v) for v in torch.unique(inst) if v > 0]
         m = torch.stack([inst == v for v in ids]) if ids else torch.zeros(0, *inst.shape, dtype=torch.bool)
-        lab = labels[i] if labels is not None and labels[i] is not None else torch.zeros(int(inst.max()), dtype=torch.int64)
+        lab = (
+            labels[i]
+            if labels is not None and labels[i] is not None
+            else torch.zeros(int(inst.max()), dtype=torch.int64)
+        )
         lab = torch.as_tensor([int(lab[v - 1]) for v in ids], dtype=torch.int64)
         b = torch.stack([mask_box(k) for k in m]) if ids else torch.zeros(0, 4)
         x, sb, scale = letterbox(img, b, size, fill)
         nh, nw = max(1, round(img.shape[1] * scale)), max(1, round(img.shape[2] * scale))
         sm = torch.zeros(len(ids), size, size, dtype=torch.uint8)
         if ids:
-            sm[:, :nh, :nw] = (F.interpolate(m[None].float(), size=(nh, nw), mode="bilinear",
-                                             align_corners=False)[0] >= 0.5).to(torch.uint8)
+            sm[:, :nh, :nw] = (
+                F.interpolate(m[None].float(), size=(nh, nw), mode="bilinear", align_corners=False)[0] >= 0.5
+            ).to(torch.uint8)
         xs.append((x * 255).round().to(torch.uint8))
         boxes.append(sb)
         labs.append(lab)
@@ -71,14 +80,28 @@ def from_instances(images, instances, labels, classes: list[str], size: int, nam
     b, lab = pad_targets(boxes, labs)
     masks = torch.zeros(len(xs), b.shape[1], size, size, dtype=torch.uint8)
     for i, sm in enumerate(small):
-        masks[i, :len(sm)] = sm
-    return InstanceSet(torch.stack(xs), b, lab, torch.tensor(scales), list(classes),
-                       list(names) if names else [f"image{i:05d}" for i in range(len(xs))], masks, originals)
+        masks[i, : len(sm)] = sm
+    return InstanceSet(
+        torch.stack(xs),
+        b,
+        lab,
+        torch.tensor(scales),
+        list(classes),
+        list(names) if names else [f"image{i:05d}" for i in range(len(xs))],
+        masks,
+        originals,
+    )
 
 
-def jitter_boxes(boxes: torch.Tensor, copies: int, g: torch.Generator, shift: float = 0.1,
-                 scale: float = 0.15, min_iou: float = 0.5, size: tuple[int, int] | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def jitter_boxes(
+    boxes: torch.Tensor,
+    copies: int,
+    g: torch.Generator,
+    shift: float = 0.1,
+    scale: float = 0.15,
+    min_iou: float = 0.5,
+    size: tuple[int, int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(L, 4) boxes -> (L * (1 + copies), 4) with index: the boxes, then ``copies`` jittered copies each.
 
     A copy moves its centre by U(-shift, shift) of the box's width/height and scales each side by
@@ -121,8 +144,11 @@ def load_instance_data(cfg: InstanceConfig, split: dict | None = None) -> tuple[
         sets = []
         for part, n in zip(("train", "test"), cfg.scenes):
             s = digit_scenes(part, n, cfg.image_size, cfg.data_dir, cfg.seed)
-            sets.append(from_instances(s.images, s.instances, s.labels, s.classes, cfg.image_size,
-                                       [f"scene{i:05d}" for i in range(n)]))
+            sets.append(
+                from_instances(
+                    s.images, s.instances, s.labels, s.classes, cfg.image_size, [f"scene{i:05d}" for i in range(n)]
+                )
+            )
         tr, te = sets
         split = {"train": tr.names, "test": te.names}
     elif cfg.data == "pennfudan":
@@ -131,8 +157,10 @@ def load_instance_data(cfg: InstanceConfig, split: dict | None = None) -> tuple[
 
         root = pennfudan_root(cfg.data_dir)
         if split is not None and split != pennfudan_split(root):
-            raise CnnkitError("the run's split.json is not Penn-Fudan's fixed split; this run was not written by "
-                              "`cnnkit instance train --data pennfudan`")
+            raise CnnkitError(
+                "the run's split.json is not Penn-Fudan's fixed split; this run was not written by "
+                "`cnnkit instance train --data pennfudan`"
+            )
         sets = []
         for part in ("train", "test"):
             s = pennfudan_segmentation(part, cfg.data_dir)
@@ -143,11 +171,20 @@ def load_instance_data(cfg: InstanceConfig, split: dict | None = None) -> tuple[
         raise CnnkitError(f"--data {cfg.data!r}: instance segmentation reads pennfudan or digits")
     if cfg.subset:
         k = cfg.subset
-        tr = InstanceSet(tr.images[:k], tr.boxes[:k], tr.labels[:k], tr.scales[:k], tr.classes, tr.names[:k],
-                         tr.masks[:k], tr.originals[:k])
+        tr = InstanceSet(
+            tr.images[:k],
+            tr.boxes[:k],
+            tr.labels[:k],
+            tr.scales[:k],
+            tr.classes,
+            tr.names[:k],
+            tr.masks[:k],
+            tr.originals[:k],
+        )
     return tr, te, split
 
 
 def _to(s: InstanceSet, device) -> InstanceSet:
-    return replace(s, images=s.images.to(device), boxes=s.boxes.to(device), labels=s.labels.to(device),
-                   masks=s.masks.to(device))
+    return replace(
+        s, images=s.images.to(device), boxes=s.boxes.to(device), labels=s.labels.to(device), masks=s.masks.to(device)
+    )

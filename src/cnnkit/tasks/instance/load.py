@@ -14,8 +14,17 @@ from cnnkit.tasks.instance.config import InstanceConfig
 # ----------------------------------------------------------------------------- building and loading
 def new_mask_detector(cfg: InstanceConfig, classes: list[str], in_channels: int) -> tuple[MaskDetector, dict]:
     strides = tuple(getattr(cfg, "strides", ()) or (8, 16, 32))
-    det, info = new_detector(cfg.model, classes, in_channels, cfg.image_size, cfg.weights, strides, cfg.width,
-                             cfg.head_convs, bool(cfg.separate_towers))
+    det, info = new_detector(
+        cfg.model,
+        classes,
+        in_channels,
+        cfg.image_size,
+        cfg.weights,
+        strides,
+        cfg.width,
+        cfg.head_convs,
+        bool(cfg.separate_towers),
+    )
     model = MaskDetector(det, cfg.mask_width, cfg.mask_convs)
     return model, {**info, "mask_width": cfg.mask_width, "mask_convs": cfg.mask_convs}
 
@@ -37,12 +46,15 @@ def load_mask_detector(path: str | os.PathLike, device: str = "cpu") -> MaskDete
     Example:
         >>> model = load_mask_detector("runs/inst")      # doctest: +SKIP
     """
+
     def build(info: dict) -> MaskDetector:
         try:
-            return MaskDetector(build_detector(info), int(info["mask_width"]), int(info["mask_convs"]),
-                                bool(info["class_agnostic"]))
+            return MaskDetector(
+                build_detector(info), int(info["mask_width"]), int(info["mask_convs"]), bool(info["class_agnostic"])
+            )
         except KeyError as exc:
-            raise CnnkitError(f"checkpoint metadata lacks field {exc.args[0]!r}: not a `cnnkit instance train` "
-                              "model") from None
+            raise CnnkitError(
+                f"checkpoint metadata lacks field {exc.args[0]!r}: not a `cnnkit instance train` model"
+            ) from None
 
     return load_run_model(path, "instance", build, device)

@@ -12,8 +12,9 @@ from cnnkit.tasks.instance.data import from_instances
 
 
 @torch.no_grad()
-def predict_instances(model: nn.Module, data: DetectionSet, batch_size: int = 16, sizes=None, **decode_args
-                      ) -> list[dict[str, torch.Tensor]]:
+def predict_instances(
+    model: nn.Module, data: DetectionSet, batch_size: int = 16, sizes=None, **decode_args
+) -> list[dict[str, torch.Tensor]]:
     """Detections with masks for every image of ``data``, in its original pixels.
 
     The model runs in eval mode; its own mode is restored afterwards.
@@ -38,13 +39,19 @@ def predict_instances(model: nn.Module, data: DetectionSet, batch_size: int = 16
     out = []
     try:
         for i in range(0, len(data), batch_size):
-            x = data.images[i:i + batch_size].to(device).float().div_(255)
+            x = data.images[i : i + batch_size].to(device).float().div_(255)
             for j, det in enumerate(net.predict(x, **decode_args)):
                 s, size = float(data.scales[i + j]), sizes[i + j]
                 boxes = det["boxes"].cpu() / s
-                out.append({"boxes": boxes, "scores": det["scores"].cpu(), "labels": det["labels"].cpu(),
-                            "mask_scores": det["mask_scores"].cpu(),
-                            "masks": paste_masks(det["masks"].cpu(), boxes, size)})
+                out.append(
+                    {
+                        "boxes": boxes,
+                        "scores": det["scores"].cpu(),
+                        "labels": det["labels"].cpu(),
+                        "mask_scores": det["mask_scores"].cpu(),
+                        "masks": paste_masks(det["masks"].cpu(), boxes, size),
+                    }
+                )
     finally:
         net.train(was)
     return out
@@ -78,7 +85,7 @@ def predict_files(model: MaskDetector, paths, out_dir, score: float = 0.3) -> li
     size = int(model.info["input_size"][-1])
     c = model.normalise.mean.shape[1]
     classes = list(model.info["classes"])
-    images = [read_pixels(Path(p), channels=c) for p in paths]     # a missing file fails before any work
+    images = [read_pixels(Path(p), channels=c) for p in paths]  # a missing file fails before any work
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
@@ -90,11 +97,16 @@ def predict_files(model: MaskDetector, paths, out_dir, score: float = 0.3) -> li
         h, w = img.shape[1:]
         det["boxes"] = det["boxes"].clamp(min=0).minimum(torch.tensor([w, h, w, h], dtype=torch.float32))
         png = out_dir / f"{Path(p).stem}.png"
-        shown = {"boxes": det["boxes"].tolist(), "scores": det["scores"].tolist(),
-                 "labels": [classes[k] for k in det["labels"].tolist()], "mask_scores": det["mask_scores"].tolist()}
+        shown = {
+            "boxes": det["boxes"].tolist(),
+            "scores": det["scores"].tolist(),
+            "labels": [classes[k] for k in det["labels"].tolist()],
+            "mask_scores": det["mask_scores"].tolist(),
+        }
         draw_detections(overlay_instances(img, det["masks"]), shown, png)
-        results.append({"image": str(p), "png": str(png), **shown,
-                        "mask_pixels": det["masks"].flatten(1).sum(1).tolist()})
+        results.append(
+            {"image": str(p), "png": str(png), **shown, "mask_pixels": det["masks"].flatten(1).sum(1).tolist()}
+        )
     return results
 
 

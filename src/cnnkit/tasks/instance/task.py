@@ -47,21 +47,22 @@ class InstanceTask(DetectTask):
         x = data.images[idx].float().div_(255)
         c = x.shape[1]
         boxes, labels = data.boxes[idx], data.labels[idx]
-        masks = data.masks[idx].float()                                   # (B, M, S, S)
+        masks = data.masks[idx].float()  # (B, M, S, S)
         if train:
-            if self.flip > 0:                       # masks as extra channels move with the pixels
+            if self.flip > 0:  # masks as extra channels move with the pixels
                 xm, boxes, labels = hflip(torch.cat([x, masks], 1), boxes, labels, generator, self.flip)
                 x, masks = xm[:, :c], xm[:, c:]
-            if self.scale is not None:              # the jitter pads with `fill`: shift masks by it
-                xm, boxes, labels = scale_jitter(torch.cat([x, masks + self.fill], 1), boxes, labels,
-                                                 generator, self.scale, self.fill)
+            if self.scale is not None:  # the jitter pads with `fill`: shift masks by it
+                xm, boxes, labels = scale_jitter(
+                    torch.cat([x, masks + self.fill], 1), boxes, labels, generator, self.scale, self.fill
+                )
                 x, masks = xm[:, :c], xm[:, c:] - self.fill
             if self.colour > 0:
                 x, boxes, labels = colour_jitter(x, boxes, labels, generator, self.colour, self.colour, self.colour)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         rois = []
-        for i in range(len(idx)):                   # per image: (RoI boxes, their labels, their 28x28 targets)
+        for i in range(len(idx)):  # per image: (RoI boxes, their labels, their 28x28 targets)
             keep = torch.nonzero(labels[i] >= 0).flatten()
             copies = self.roi_jitter if train else 0
             b, src = jitter_boxes(boxes[i, keep], copies, generator, size=tuple(x.shape[-2:]))
@@ -88,23 +89,36 @@ class InstanceTask(DetectTask):
     def evaluate(self, model: nn.Module, data: InstanceSet) -> dict[str, float]:
         """COCO mask AP / AP50 / AP75 (pycocotools segm) in original pixels, and box AP beside it."""
         predictions = predict_instances(model, data, self.eval_batch_size, **self.decode_args)
-        masks = [{**p, "scores": p["mask_scores"]} for p in predictions]      # masks ranked by score x maskness
+        masks = [{**p, "scores": p["mask_scores"]} for p in predictions]  # masks ranked by score x maskness
         m = mask_evaluate(masks, data.mask_targets(), classes=data.classes)
         b = coco_evaluate(predictions, data.targets(), classes=data.classes)
-        return {"mask_AP": m["AP"], "mask_AP50": m["AP50"], "mask_AP75": m["AP75"], "mask_AR100": m["AR100"],
-                "box_AP": b["AP"], "box_AP50": b["AP50"]}
+        return {
+            "mask_AP": m["AP"],
+            "mask_AP50": m["AP50"],
+            "mask_AP75": m["AP75"],
+            "mask_AR100": m["AR100"],
+            "box_AP": b["AP"],
+            "box_AP50": b["AP50"],
+        }
 
     def describe(self, model: MaskDetector) -> dict:
         """The checkpoint's metadata: detection's plus the mask head's shape."""
         det = super().describe(model)
-        return {**det, "task": "instance", "mask_convs": len(model.mask_head.fcn) // 2,
-                "mask_width": model.mask_head.logits.in_channels, "class_agnostic": model.class_agnostic}
+        return {
+            **det,
+            "task": "instance",
+            "mask_convs": len(model.mask_head.fcn) // 2,
+            "mask_width": model.mask_head.logits.in_channels,
+            "class_agnostic": model.class_agnostic,
+        }
 
     def summary(self, model: MaskDetector) -> str:
         """One line: backbone, strides, mask head, classes and parameters, printed before training."""
         params = sum(p.numel() for p in model.parameters())
         head = sum(p.numel() for p in model.mask_head.parameters())
-        return (f"mask detector: {self.info.get('backbone', '?')} pyramid at strides {model.strides} -> "
-                f"FPN-lite -> anchor-free head + mask head (RoIAlign 14x14 at stride {model.mask_stride}, "
-                f"{len(model.mask_head.fcn) // 2} convs, 28x28 masks, {head / 1e6:.2f} M), {len(self.classes)} "
-                f"classes, {params / 1e6:.2f} M parameters")
+        return (
+            f"mask detector: {self.info.get('backbone', '?')} pyramid at strides {model.strides} -> "
+            f"FPN-lite -> anchor-free head + mask head (RoIAlign 14x14 at stride {model.mask_stride}, "
+            f"{len(model.mask_head.fcn) // 2} convs, 28x28 masks, {head / 1e6:.2f} M), {len(self.classes)} "
+            f"classes, {params / 1e6:.2f} M parameters"
+        )

@@ -49,8 +49,10 @@ def train(cfg: InstanceConfig, out, resume: bool = False, quiet: bool = False):
     out = Path(out)
     cfg = run_config(cfg, out, resume, config_from_dict)
     if cfg.roi_jitter < 0 or cfg.freeze_to < 0 or cfg.mask_convs < 0 or cfg.mask_width < 1 or cfg.mask_weight < 0:
-        raise CnnkitError(f"--roi-jitter, --freeze-to and --mask-convs must be >= 0, --mask-width >= 1, --mask-weight >= 0; "
-                          f"received {cfg.roi_jitter}, {cfg.freeze_to}, {cfg.mask_convs}, {cfg.mask_width}, {cfg.mask_weight}")
+        raise CnnkitError(
+            f"--roi-jitter, --freeze-to and --mask-convs must be >= 0, --mask-width >= 1, --mask-weight >= 0; "
+            f"received {cfg.roi_jitter}, {cfg.freeze_to}, {cfg.mask_convs}, {cfg.mask_width}, {cfg.mask_weight}"
+        )
     with distributed(cfg.device) as d:
         train_set, test_set = run_data(cfg, out, resume, d, load_instance_data)
         torch.manual_seed(cfg.seed)
@@ -59,10 +61,20 @@ def train(cfg: InstanceConfig, out, resume: bool = False, quiet: bool = False):
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         info["config"] = cfg.to_dict()
-        task = InstanceTask(train_set.classes, cfg.batch_size, info=info, val_name="test",
-                            fill=0.5 if channels == 3 else 0.0, flip=0.5 if cfg.data != "digits" else 0.0,
-                            roi_jitter=cfg.roi_jitter, mask_weight=cfg.mask_weight, cls_loss=cfg.cls_loss,
-                            box_weight=cfg.box_weight, channels_last=cfg.channels_last)
+        task = InstanceTask(
+            train_set.classes,
+            cfg.batch_size,
+            info=info,
+            val_name="test",
+            fill=0.5 if channels == 3 else 0.0,
+            flip=0.5 if cfg.data != "digits" else 0.0,
+            roi_jitter=cfg.roi_jitter,
+            mask_weight=cfg.mask_weight,
+            cls_loss=cfg.cls_loss,
+            box_weight=cfg.box_weight,
+            channels_last=cfg.channels_last,
+        )
+
         def begin(m: MaskDetector) -> Setup:
             frozen = m.detector.features.up_to_stride(cfg.freeze_to) if cfg.weights else []
             for module in frozen:
@@ -70,10 +82,22 @@ def train(cfg: InstanceConfig, out, resume: bool = False, quiet: bool = False):
             return Setup(make_optimizer(m, cfg), schedule=lambda step, total: lr_at(step, total, cfg), frozen=frozen)
 
         plan = Plan([Phase(cfg.epochs, begin)], seed=cfg.seed, ema=cfg.ema, val_every=cfg.val_every)
-        run = fit(task, model, Data(_to(train_set, d.device), _to(test_set, d.device)), plan, out, resume=resume,
-                  quiet=quiet, dist=d, config=cfg.to_dict(), command="cnnkit instance train", precision=cfg.precision)
+        run = fit(
+            task,
+            model,
+            Data(_to(train_set, d.device), _to(test_set, d.device)),
+            plan,
+            out,
+            resume=resume,
+            quiet=quiet,
+            dist=d,
+            config=cfg.to_dict(),
+            command="cnnkit instance train",
+            precision=cfg.precision,
+        )
         final = task.evaluate(run.model, _to(test_set, d.device))
         Console(quiet=quiet or not d.main).print(
             f"done: test mask AP {final['mask_AP']:.3f} (AP50 {final['mask_AP50']:.3f}), box AP {final['box_AP']:.3f} "
-            f"in {run.seconds:.1f} s -> {out}  (`cnnkit instance eval {out}`)")
+            f"in {run.seconds:.1f} s -> {out}  (`cnnkit instance eval {out}`)"
+        )
         return run, final

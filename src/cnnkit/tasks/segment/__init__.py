@@ -11,6 +11,14 @@ from cnnkit.tasks.segment.task import SegmentTask
 from cnnkit.tasks.segment.train import train
 
 __all__ = [
-    "SegmentConfig", "SegmentTask", "Segmenter", "evaluate", "evaluate_run", "load_segmenter", "predict_image",
-    "predict_masks", "train", "write_prediction",
+    "SegmentConfig",
+    "SegmentTask",
+    "Segmenter",
+    "evaluate",
+    "evaluate_run",
+    "load_segmenter",
+    "predict_image",
+    "predict_masks",
+    "train",
+    "write_prediction",
 ]

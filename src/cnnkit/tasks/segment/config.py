@@ -6,20 +6,60 @@ from dataclasses import dataclass
 
 from cnnkit.engine.config import RunConfig, option
 
-DATA_DEFAULTS = {   # what `cnnkit segment train --data X` uses without flags (the recipe the README reports)
-    "pennfudan": dict(arch="unet", model="efficientnet_lite0", weights="imagenet", finest=4, freeze_bn=True,
-                      freeze_to=4, channels_last=True, encoder_lr=0.1, max_side=384, crop=320, batch_size=8,
-                      epochs=40, lr=3e-3, jitter=0.3, lovasz=1.0, tta="flip", test_scale=1.5, val_every=4,
-                      threads=1),      # one thread, as detection: the measured run (a busy second core stalls every op)
-    "digits": dict(arch="unet", model="unet", width=8, channels_last=True, canvas=64, scenes=6000,
-                   batch_size=8, epochs=10, lr=3e-3, dice=1.0),
-    "folder": dict(arch="unet", model="efficientnet_lite0", weights="imagenet", finest=4, freeze_bn=True,
-                   freeze_to=4, channels_last=True, encoder_lr=0.1, max_side=256, crop=224, batch_size=8,
-                   epochs=40, lr=3e-3, jitter=0.3),
+DATA_DEFAULTS = {  # what `cnnkit segment train --data X` uses without flags (the recipe the README reports)
+    "pennfudan": dict(
+        arch="unet",
+        model="efficientnet_lite0",
+        weights="imagenet",
+        finest=4,
+        freeze_bn=True,
+        freeze_to=4,
+        channels_last=True,
+        encoder_lr=0.1,
+        max_side=384,
+        crop=320,
+        batch_size=8,
+        epochs=40,
+        lr=3e-3,
+        jitter=0.3,
+        lovasz=1.0,
+        tta="flip",
+        test_scale=1.5,
+        val_every=4,
+        threads=1,
+    ),  # one thread, as detection: the measured run (a busy second core stalls every op)
+    "digits": dict(
+        arch="unet",
+        model="unet",
+        width=8,
+        channels_last=True,
+        canvas=64,
+        scenes=6000,
+        batch_size=8,
+        epochs=10,
+        lr=3e-3,
+        dice=1.0,
+    ),
+    "folder": dict(
+        arch="unet",
+        model="efficientnet_lite0",
+        weights="imagenet",
+        finest=4,
+        freeze_bn=True,
+        freeze_to=4,
+        channels_last=True,
+        encoder_lr=0.1,
+        max_side=256,
+        crop=224,
+        batch_size=8,
+        epochs=40,
+        lr=3e-3,
+        jitter=0.3,
+    ),
 }
 
 
-_SCRATCH = dict(weights=None, freeze_bn=False, freeze_to=0, encoder_lr=1.0)   # what a from-scratch encoder changes
+_SCRATCH = dict(weights=None, freeze_bn=False, freeze_to=0, encoder_lr=1.0)  # what a from-scratch encoder changes
 
 
 @dataclass
@@ -40,8 +80,11 @@ class SegmentConfig(RunConfig):
     unsupported = ("subset",)
 
     data: str = option("pennfudan", help="pennfudan | digits | a folder of images/ + masks/")
-    arch: str | None = option(None, help="the decoder: fcn32s | fcn16s | fcn8s | unet | deeplabv3",
-                              choices=("fcn32s", "fcn16s", "fcn8s", "unet", "deeplabv3"))
+    arch: str | None = option(
+        None,
+        help="the decoder: fcn32s | fcn16s | fcn8s | unet | deeplabv3",
+        choices=("fcn32s", "fcn16s", "fcn8s", "unet", "deeplabv3"),
+    )
     model: str | None = option(None, help="the encoder: a zoo name, or unet (U-Net's own encoder)")
     weights: str | None = None
     output_stride: int = option(16, help="DeepLab: 16 or 8")
@@ -49,7 +92,9 @@ class SegmentConfig(RunConfig):
     finest: int | None = option(None, help="U-Net on a zoo backbone: finest decoder stride, 2 or 4")
     freeze_bn: bool | None = option(None, help="keep the encoder's batch norms in eval mode (pretrained statistics)")
     encoder_lr: float | None = option(None, help="the encoder's learning rate as a fraction of --lr")
-    freeze_to: int | None = option(None, help="zoo encoder: its layers up to the map of this stride not trained (0: none)")
+    freeze_to: int | None = option(
+        None, help="zoo encoder: its layers up to the map of this stride not trained (0: none)"
+    )
     channels_last: bool | None = option(None, help="NHWC weights and batches (faster depthwise convolutions on CPUs)")
     epochs: int | None = None
     batch_size: int | None = None
@@ -63,8 +108,9 @@ class SegmentConfig(RunConfig):
     lovasz: float | None = option(None, help="weight of the Lovasz-softmax loss beside cross-entropy")
     canvas: int | None = option(None, help="digit scenes: side (px)")
     scenes: int | None = option(None, help="digit scenes: training scenes (validation and test: a quarter)")
-    tta: str | None = option(None, help="test-time augmentation: flip (image and mirror averaged) | none",
-                             choices=("flip", "none"))
+    tta: str | None = option(
+        None, help="test-time augmentation: flip (image and mirror averaged) | none", choices=("flip", "none")
+    )
     test_scale: float | None = option(None, help="the network answers on the image resized by this (1: as it is)")
     boundary_d: int = option(3, help="boundary IoU band (px)")
     val_every: int | None = None
@@ -81,14 +127,23 @@ class SegmentConfig(RunConfig):
         from dataclasses import replace
 
         kind = self.data if self.data in ("pennfudan", "digits") else "folder"
-        defaults = {"width": 32, "finest": 2, "val_every": 1, "jitter": 0.0, "dice": 0.0, "lovasz": 0.0, "tta": "none", "test_scale": 1.0,
-                    "channels_last": False, **_SCRATCH,
-                    **DATA_DEFAULTS[kind]}
+        defaults = {
+            "width": 32,
+            "finest": 2,
+            "val_every": 1,
+            "jitter": 0.0,
+            "dice": 0.0,
+            "lovasz": 0.0,
+            "tta": "none",
+            "test_scale": 1.0,
+            "channels_last": False,
+            **_SCRATCH,
+            **DATA_DEFAULTS[kind],
+        }
         if self.arch is not None and self.arch != "unet" and self.model is None:
             defaults["model"] = "resnet18" if defaults["model"] == "unet" else defaults["model"]
         backbone = self.model or defaults["model"]
-        if backbone == "unet" or self.weights == "none" or (self.model is not None and
-                                                             self.model != defaults["model"]):
-            defaults.update(_SCRATCH)          # another encoder than the recipe's: from scratch unless told
+        if backbone == "unet" or self.weights == "none" or (self.model is not None and self.model != defaults["model"]):
+            defaults.update(_SCRATCH)  # another encoder than the recipe's: from scratch unless told
         out = replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
         return replace(out, weights=None) if out.weights == "none" else out

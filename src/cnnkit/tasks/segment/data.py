@@ -14,14 +14,20 @@ def channel_stats(data: SegmentationSet) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of the images on [0, 1] (the normalisation a network trains with)."""
     images = data.images if isinstance(data.images, torch.Tensor) else None
     if images is None:
-        flat = torch.cat([im.flatten(1) for im in data.images], 1).float().div_(255)   # (C, pixels)
+        flat = torch.cat([im.flatten(1) for im in data.images], 1).float().div_(255)  # (C, pixels)
     else:
         flat = images.transpose(0, 1).flatten(1).float().div_(255)
     return flat.mean(1).tolist(), flat.std(1).clamp(min=1e-3).tolist()
 
 
-def random_scale_crop(image: torch.Tensor, mask: torch.Tensor, crop: int, scale: tuple[float, float],
-                      flip: bool, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def random_scale_crop(
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    crop: int,
+    scale: tuple[float, float],
+    flip: bool,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One training sample: resize by a factor drawn from ``scale`` (image bilinear, mask nearest; both half-pixel),
     pad to at least ``crop`` (image 0, mask 255 = ignored), a random ``crop`` x ``crop`` window, a
     horizontal flip with probability 1/2. (C, H, W) uint8, (H, W) uint8 -> (C, crop, crop), (crop, crop)."""
@@ -37,7 +43,7 @@ def random_scale_crop(image: torch.Tensor, mask: torch.Tensor, crop: int, scale:
     msk = F.pad(msk, (0, pw, 0, ph), value=float(IGNORE_INDEX))
     top = int(u[1] * (img.shape[1] - crop + 1))
     left = int(u[2] * (img.shape[2] - crop + 1))
-    img, msk = img[:, top:top + crop, left:left + crop], msk[top:top + crop, left:left + crop]
+    img, msk = img[:, top : top + crop, left : left + crop], msk[top : top + crop, left : left + crop]
     if flip and u[3] < 0.5:
         img, msk = img.flip(-1), msk.flip(-1)
     return img, msk

@@ -40,8 +40,9 @@ def evaluate(model: nn.Module, data: SegmentationSet, boundary_d: int = 3, batch
     return {**meter.compute(), "images": len(data)}
 
 
-def evaluate_run(path, split: str = "test", data_dir: str | None = None, tta: str | None = None,
-                 test_scale: float | None = None) -> dict:
+def evaluate_run(
+    path, split: str = "test", data_dir: str | None = None, tta: str | None = None, test_scale: float | None = None
+) -> dict:
     """The metrics of a segmentation run on a split of its data: what ``cnnkit segment eval`` reports.
 
     Args:
@@ -78,6 +79,13 @@ def evaluate_run(path, split: str = "test", data_dir: str | None = None, tta: st
     if split not in sets:
         raise CnnkitError(f"--split is train, val or test. Received: --split {split}")
     out = evaluate(model, sets[split], cfg.boundary_d)
-    return {"mIoU": out["mIoU"], "pixel_accuracy": out["pixel_accuracy"], "iou": out["iou_by_class"],
-            "boundary_iou": out["boundary_iou"], "images": out["images"], "split": split,
-            "data": cfg.data, "confusion": out["confusion"]}
+    return {
+        "mIoU": out["mIoU"],
+        "pixel_accuracy": out["pixel_accuracy"],
+        "iou": out["iou_by_class"],
+        "boundary_iou": out["boundary_iou"],
+        "images": out["images"],
+        "split": split,
+        "data": cfg.data,
+        "confusion": out["confusion"],
+    }

@@ -17,9 +17,16 @@ def build_model(cfg: SegmentConfig, train: SegmentationSet) -> Segmenter:
     from cnnkit.models.segmentation import create_segmenter
 
     torch.manual_seed(cfg.seed)
-    net = create_segmenter(cfg.arch, cfg.model, train.num_classes, in_channels=_channels(train),
-                           output_stride=cfg.output_stride, weights=cfg.weights, width=cfg.width,
-                           finest=cfg.finest)
+    net = create_segmenter(
+        cfg.arch,
+        cfg.model,
+        train.num_classes,
+        in_channels=_channels(train),
+        output_stride=cfg.output_stride,
+        weights=cfg.weights,
+        width=cfg.width,
+        finest=cfg.finest,
+    )
     mean, std = input_stats(cfg, train)
     return Segmenter(net, mean, std, train.classes, _segmenter_tta(cfg.tta), cfg.test_scale)
 

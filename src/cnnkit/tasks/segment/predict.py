@@ -69,10 +69,10 @@ class Segmenter(Classifier):
             size = (max(1, round(h * self.test_scale)), max(1, round(w * self.test_scale)))
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=self.test_scale < 1)
         x = (x - self.mean) / self.std
-        probs = self.net(x).float().softmax(1)                             # (B, K, h', w')
+        probs = self.net(x).float().softmax(1)  # (B, K, h', w')
         if self.tta == "flip":
             probs = (probs + self.net(x.flip(-1)).float().softmax(1).flip(-1)) / 2
-        return resize(probs.clamp_min(1e-12).log(), (h, w), "bilinear")    # (B, K, H, W)
+        return resize(probs.clamp_min(1e-12).log(), (h, w), "bilinear")  # (B, K, H, W)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -81,9 +81,15 @@ class Segmenter(Classifier):
 
     def describe(self) -> dict:
         """The checkpoint's metadata that :meth:`from_info` rebuilds the module from."""
-        return {"task": "segment", "segmenter": self.config, "classes": self.classes,
-                "mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist(),
-                "tta": self.tta, "test_scale": self.test_scale}
+        return {
+            "task": "segment",
+            "segmenter": self.config,
+            "classes": self.classes,
+            "mean": self.mean.flatten().tolist(),
+            "std": self.std.flatten().tolist(),
+            "tta": self.tta,
+            "test_scale": self.test_scale,
+        }
 
     @classmethod
     def from_info(cls, info: dict) -> Segmenter:
@@ -92,9 +98,15 @@ class Segmenter(Classifier):
 
         if info.get("task") != "segment" or "segmenter" not in info:
             raise CnnkitError("this checkpoint is not a segmentation model (no 'segmenter' in its metadata)")
-        cfg = dict(info["segmenter"], weights=None)        # the trained weights come from the file
-        return cls(create_segmenter(**cfg), info["mean"], info["std"], info["classes"],
-                   info.get("tta", ""), info.get("test_scale", 1.0))
+        cfg = dict(info["segmenter"], weights=None)  # the trained weights come from the file
+        return cls(
+            create_segmenter(**cfg),
+            info["mean"],
+            info["std"],
+            info["classes"],
+            info.get("tta", ""),
+            info.get("test_scale", 1.0),
+        )
 
 
 @torch.no_grad()
@@ -116,8 +128,12 @@ def predict_masks(model: nn.Module, images, batch_size: int = 32) -> list[torch.
     model.eval()
     try:
         if isinstance(images, torch.Tensor):
-            return torch.cat([model(images[i:i + batch_size].to(device).float().div_(255)).argmax(1).cpu()
-                              for i in range(0, images.shape[0], batch_size)])
+            return torch.cat(
+                [
+                    model(images[i : i + batch_size].to(device).float().div_(255)).argmax(1).cpu()
+                    for i in range(0, images.shape[0], batch_size)
+                ]
+            )
         return [model(im[None].to(device).float().div_(255)).argmax(1)[0].cpu() for im in images]
     finally:
         model.train(was_training)
@@ -129,7 +145,7 @@ def palette(n: int) -> torch.Tensor:
     for c in range(n):
         r = g = b = 0
         v = c
-        for shift in range(7, -1, -1):      # bit 3k of the index -> bit (7 - k) of R, 3k + 1 of G, 3k + 2 of B
+        for shift in range(7, -1, -1):  # bit 3k of the index -> bit (7 - k) of R, 3k + 1 of G, 3k + 2 of B
             r |= (v & 1) << shift
             g |= ((v >> 1) & 1) << shift
             b |= ((v >> 2) & 1) << shift
@@ -142,7 +158,7 @@ def overlay(image: torch.Tensor, mask: torch.Tensor, num_classes: int, alpha: fl
     """(C, H, W) uint8 image and (H, W) class map -> (3, H, W) uint8: each class's colour blended in
     (background left as it is)."""
     rgb = image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
-    colour = palette(max(num_classes, int(mask.max()) + 1))[mask.long()].permute(2, 0, 1).float()   # (3, H, W)
+    colour = palette(max(num_classes, int(mask.max()) + 1))[mask.long()].permute(2, 0, 1).float()  # (3, H, W)
     fg = (mask > 0)[None]
     blended = torch.where(fg, (1 - alpha) * rgb.float() + alpha * colour, rgb.float())
     return blended.round().clamp(0, 255).to(torch.uint8)
@@ -170,10 +186,11 @@ def predict_image(model: Segmenter, image: torch.Tensor, max_side: int | None = 
     x = image[None].float().div_(255)
     if max_side is not None and max(h, w) > max_side:
         s = max_side / max(h, w)
-        x = F.interpolate(x, size=(max(1, round(h * s)), max(1, round(w * s))), mode="bilinear",
-                          align_corners=False, antialias=True)
+        x = F.interpolate(
+            x, size=(max(1, round(h * s)), max(1, round(w * s))), mode="bilinear", align_corners=False, antialias=True
+        )
     device = next(model.parameters()).device
-    logits = resize(model.eval()(x.to(device)).float(), (h, w), "bilinear")    # (1, K, H, W)
+    logits = resize(model.eval()(x.to(device)).float(), (h, w), "bilinear")  # (1, K, H, W)
     return logits.argmax(1)[0].cpu()
 
 
@@ -202,6 +219,6 @@ def write_prediction(image: torch.Tensor, mask: torch.Tensor, num_classes: int, 
     if num_classes > 256:
         raise CnnkitError(f"a grey PNG holds class indices up to 255; this model has {num_classes} classes")
     grey, colour = out_dir / f"{stem}.png", out_dir / f"{stem}_overlay.png"
-    Image.fromarray(mask.to(torch.uint8).numpy()).save(grey)                  # 2-D uint8: mode L
+    Image.fromarray(mask.to(torch.uint8).numpy()).save(grey)  # 2-D uint8: mode L
     Image.fromarray(overlay(image, mask, num_classes).permute(1, 2, 0).numpy()).save(colour)
     return grey, colour

@@ -67,24 +67,29 @@ class SegmentTask:
         n, b = len(data), self.batch_size
         if n < 2:
             raise CnnkitError(f"{data.name} has {n} image(s); training needs at least 2 (batch norm)")
-        order = torch.randperm(n, generator=generator, device=generator.device) if train else \
-            torch.arange(n, device=generator.device)
-        chunks = [order[i * b:(i + 1) * b] for i in range(n // b)] or [order]
-        chunks = chunks[:self.max_batches] if self.max_batches else chunks
+        order = (
+            torch.randperm(n, generator=generator, device=generator.device)
+            if train
+            else torch.arange(n, device=generator.device)
+        )
+        chunks = [order[i * b : (i + 1) * b] for i in range(n // b)] or [order]
+        chunks = chunks[: self.max_batches] if self.max_batches else chunks
         return _Batches(chunks, lambda idx: self._batch(data, idx, generator, train))
 
     def _batch(self, data: SegmentationSet, idx: torch.Tensor, generator, train: bool):
         dev = generator.device
-        if isinstance(data.images, torch.Tensor):   # scenes: one size, stacked on the device
+        if isinstance(data.images, torch.Tensor):  # scenes: one size, stacked on the device
             idx = idx.to(data.images.device)
             x = data.images[idx].to(dev).float().div_(255)
             return x.contiguous(memory_format=self._fmt()), data.masks[idx].to(dev).long()
-        pairs = [random_scale_crop(data.images[i], data.masks[i], self.crop, self.scale,
-                                   self.flip and train, generator) for i in idx.tolist()]
-        x = torch.stack([p[0] for p in pairs]).div_(255).to(dev)           # (B, C, crop, crop)
-        if train and self.jitter > 0:                                      # the detection task's jitter
+        pairs = [
+            random_scale_crop(data.images[i], data.masks[i], self.crop, self.scale, self.flip and train, generator)
+            for i in idx.tolist()
+        ]
+        x = torch.stack([p[0] for p in pairs]).div_(255).to(dev)  # (B, C, crop, crop)
+        if train and self.jitter > 0:  # the detection task's jitter
             x = colour_jitter(x, None, None, generator, self.jitter, self.jitter, self.jitter)[0]
-        y = torch.stack([p[1] for p in pairs]).long().to(dev)              # (B, crop, crop)
+        y = torch.stack([p[1] for p in pairs]).long().to(dev)  # (B, crop, crop)
         return x.contiguous(memory_format=self._fmt()), y
 
     def _fmt(self) -> torch.memory_format:
@@ -93,7 +98,7 @@ class SegmentTask:
     def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Cross-entropy (+ weighted Dice / Lovasz), and the batch's sums of loss and pixel accuracy."""
         x, y = batch
-        logits = model(x).float()                                          # (B, K, h, w)
+        logits = model(x).float()  # (B, K, h, w)
         loss = F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX)
         valid = y != IGNORE_INDEX
         if self.dice > 0:
@@ -107,7 +112,7 @@ class SegmentTask:
     def evaluate(self, model: nn.Module, data: SegmentationSet) -> dict[str, float]:
         """mIoU, pixel accuracy and mean boundary IoU (the engine's validation row): the image alone,
         without the model's test-time procedure (the final test in :func:`train` has it)."""
-        with (model.without_tta() if hasattr(model, "without_tta") else contextlib.nullcontext()):
+        with model.without_tta() if hasattr(model, "without_tta") else contextlib.nullcontext():
             out = evaluate(model, data, self.boundary_d, self.eval_batch_size)
         return {k: float("nan") if out[k] is None else out[k] for k in ("mIoU", "pixel_accuracy", "boundary_iou")}
 
@@ -132,9 +137,9 @@ def dice_loss(logits: torch.Tensor, y: torch.Tensor, valid: torch.Tensor) -> tor
     2016, https://arxiv.org/abs/1606.04797): every class counts alike, however few its pixels.
     (B, K, H, W) logits, (B, H, W) labels, (B, H, W) bool of the pixels that count -> scalar."""
     k = logits.shape[1]
-    p = logits.softmax(1) * valid[:, None]                                      # (B, K, H, W)
+    p = logits.softmax(1) * valid[:, None]  # (B, K, H, W)
     onehot = F.one_hot(torch.where(valid, y, 0), k).permute(0, 3, 1, 2) * valid[:, None]
-    inter = (p * onehot).sum((0, 2, 3))                                         # (K,)
+    inter = (p * onehot).sum((0, 2, 3))  # (K,)
     total = p.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
     present = onehot.sum((0, 2, 3)) > 0
     return 1 - (2 * inter[present] / total[present].clamp(min=1e-6)).mean()
@@ -147,18 +152,18 @@ def lovasz_softmax(logits: torch.Tensor, y: torch.Tensor, valid: torch.Tensor) -
     averaged over those classes: a convex surrogate of 1 - IoU itself.
     (B, K, H, W) logits, (B, H, W) labels, (B, H, W) bool of the pixels that count -> scalar."""
     k = logits.shape[1]
-    p = logits.softmax(1).permute(0, 2, 3, 1)[valid]                          # (N, K) valid pixels
-    labels = y[valid]                                                          # (N,)
+    p = logits.softmax(1).permute(0, 2, 3, 1)[valid]  # (N, K) valid pixels
+    labels = y[valid]  # (N,)
     losses = []
     for c in range(k):
-        fg = (labels == c).float()                                             # (N,)
+        fg = (labels == c).float()  # (N,)
         if fg.sum() == 0:
             continue
         errors, order = (fg - p[:, c]).abs().sort(descending=True)
         fg = fg[order]
-        inter = fg.sum() - fg.cumsum(0)                                        # |Y \ first i errors|
+        inter = fg.sum() - fg.cumsum(0)  # |Y \ first i errors|
         union = fg.sum() + (1 - fg).cumsum(0)
-        jaccard = 1 - inter / union                                            # 1 - IoU with the first i wrong
-        grad = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])            # its increments
+        jaccard = 1 - inter / union  # 1 - IoU with the first i wrong
+        grad = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])  # its increments
         losses.append(errors @ grad)
     return torch.stack(losses).mean() if losses else logits.sum() * 0

@@ -54,14 +54,23 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
         if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
             raise CnnkitError(f"--{key.replace('_', '-')} must be a positive integer. Received: {getattr(cfg, key)}")
     if cfg.val_every < 0:
-        raise CnnkitError(f"--val-every must be an integer >= 0 (0: no validation while training). Received: {cfg.val_every}")
+        raise CnnkitError(
+            f"--val-every must be an integer >= 0 (0: no validation while training). Received: {cfg.val_every}"
+        )
     torch.set_num_threads(cfg.threads or max(1, os.cpu_count() or 1))
     train_set, val_set, test_set, split = load_splits(cfg)
     model = build_model(cfg, train_set)
-    task = SegmentTask(cfg.batch_size, cfg.crop or 256, jitter=cfg.jitter, boundary_d=cfg.boundary_d,
-                       channels_last=cfg.channels_last,
-                       dice=cfg.dice, lovasz=cfg.lovasz, val_name="test" if val_set is test_set else "val",
-                       info={"config": asdict(cfg), "data": cfg.data})
+    task = SegmentTask(
+        cfg.batch_size,
+        cfg.crop or 256,
+        jitter=cfg.jitter,
+        boundary_d=cfg.boundary_d,
+        channels_last=cfg.channels_last,
+        dice=cfg.dice,
+        lovasz=cfg.lovasz,
+        val_name="test" if val_set is test_set else "val",
+        info={"config": asdict(cfg), "data": cfg.data},
+    )
 
     stem = []
     if cfg.freeze_to:
@@ -76,7 +85,7 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
             layer.requires_grad_(False)
         opt = make_optimizer(m.net, cfg)
         encoder = {id(p) for p in m.net.encoder.parameters()}
-        if cfg.encoder_lr != 1:       # the encoder's parameters in groups of their own, at a fraction of the lr
+        if cfg.encoder_lr != 1:  # the encoder's parameters in groups of their own, at a fraction of the lr
             groups = []
             for g in opt.param_groups:
                 for mine, scale in ((False, 1.0), (True, cfg.encoder_lr)):
@@ -86,20 +95,34 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
             opt.param_groups.clear()
             for g in groups:
                 opt.add_param_group(g)
-        frozen = [b for b in m.net.encoder.modules() if isinstance(b, nn.modules.batchnorm._BatchNorm)] \
-            if cfg.freeze_bn else []
+        frozen = (
+            [b for b in m.net.encoder.modules() if isinstance(b, nn.modules.batchnorm._BatchNorm)]
+            if cfg.freeze_bn
+            else []
+        )
         return Setup(opt, schedule=lambda step, total: lr_at(step, total, cfg), frozen=frozen + stem)
 
     plan = Plan([Phase(cfg.epochs, setup)], seed=cfg.seed, ema=cfg.ema, val_every=cfg.val_every)
 
-    def write_split(epoch: int, row: dict) -> None:   # beside the engine's files, once it has written them
+    def write_split(epoch: int, row: dict) -> None:  # beside the engine's files, once it has written them
         if out is not None and not (Path(out) / "split.json").is_file():
             (Path(out) / "split.json").write_text(json.dumps(split, indent=1))
 
     try:
-        result = fit(task, model, Data(train_set, val_set), plan, out, resume=resume, quiet=quiet,
-                     device=device or cfg.device, config=cfg.to_dict(), command="cnnkit segment train",
-                     precision=cfg.precision, on_epoch_end=write_split)
+        result = fit(
+            task,
+            model,
+            Data(train_set, val_set),
+            plan,
+            out,
+            resume=resume,
+            quiet=quiet,
+            device=device or cfg.device,
+            config=cfg.to_dict(),
+            command="cnnkit segment train",
+            precision=cfg.precision,
+            on_epoch_end=write_split,
+        )
     finally:
         for layer in stem:
             layer.requires_grad_(True)
