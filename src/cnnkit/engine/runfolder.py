@@ -287,6 +287,13 @@ def load_run_model(path: str | os.PathLike, task: str, build, device: str | torc
             f"the file is damaged or was edited: {CHECKPOINT_HINT}"
         ) from None
     tensors, _ = read_checkpoint(file)
+    load_checked(model, tensors, file)
+    model.info = info
+    return model.to(device).eval()
+
+
+def load_checked(model: nn.Module, tensors: dict[str, torch.Tensor], file) -> None:
+    """``model.load_state_dict(tensors)``, strict; weights that do not fit are a one-line error naming ``file``."""
     try:
         model.load_state_dict(tensors)
     except RuntimeError as exc:  # missing/unexpected keys, wrong shapes
@@ -294,5 +301,3 @@ def load_run_model(path: str | os.PathLike, task: str, build, device: str | torc
             f"{file}: its weights do not fit the network it describes ({short_error(exc)}); "
             f"the file is damaged or was edited: {CHECKPOINT_HINT}"
         ) from None
-    model.info = info
-    return model.to(device).eval()

@@ -14,10 +14,10 @@ from safetensors.torch import save as st_save
 from cnnkit.engine.runfolder import (
     CHECKPOINT_HINT,
     atomic_write_bytes,
+    load_checked,
     read_checkpoint,
     read_metadata,
     resolve,
-    short_error,
     strip_prefix,
 )
 from cnnkit.errors import CnnkitError
@@ -174,18 +174,12 @@ def load_classifier(
     # every network is built (and its size checked) before the weights are read
     built = [classifier_from_info(info, file, trust_code, factory) for info in (members or [meta])]
     tensors, _ = read_checkpoint(file)
-    try:
-        if members:
-            for i, m in enumerate(built):
-                m.load_state_dict(strip_prefix(tensors, f"members.{i}."))
-            model: nn.Module = Ensemble(built)
-        else:
-            model = built[0]
-            model.load_state_dict(tensors)
-    except RuntimeError as exc:  # missing/unexpected keys, wrong shapes
-        raise CnnkitError(
-            f"{file}: its weights do not fit the network it describes ({short_error(exc)}); "
-            f"the file is damaged or was edited: {CHECKPOINT_HINT}"
-        ) from None
+    if members:
+        for i, m in enumerate(built):
+            load_checked(m, strip_prefix(tensors, f"members.{i}."), file)
+        model: nn.Module = Ensemble(built)
+    else:
+        model = built[0]
+        load_checked(model, tensors, file)
     model.info = meta
     return model.to(device).eval()
