@@ -91,7 +91,7 @@ def run_eval(args) -> int:
 
 def run_predict(args) -> int:
     from cnnkit.data.images import read_pixels
-    from cnnkit.engine.runfolder import resolve
+    from cnnkit.engine.runfolder import output_stems, resolve
     from cnnkit.tasks.detect.load import load_detector
     from cnnkit.tasks.detect.predict import draw_detections, predict_images
 
@@ -101,10 +101,11 @@ def run_predict(args) -> int:
     images = [read_pixels(p) for p in paths]  # CnnkitError on a missing file, before any work
     results = predict_images(model, images, size, model.info["classes"], score_threshold=args.score)
     out_dir = Path(args.out_dir) if args.out_dir else resolve(args.run).parent / "predictions"
+    stems = output_stems(paths, out_dir, ("_boxes.png",))  # unique, and never an input's own name
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for path, img, det in zip(paths, images, results):
-        png = out_dir / f"{path.stem}_boxes.png"
+    for path, stem, img, det in zip(paths, stems, images, results):
+        png = out_dir / f"{stem}_boxes.png"
         draw_detections(img, det, png)
         rows.append({"image": str(path), **det, "png": str(png)})
     if args.format == "json":  # one JSON object per image, one per line

@@ -83,20 +83,22 @@ def run_eval(args) -> int:
 
 def run_predict(args) -> int:
     from cnnkit.data.images import read_pixels
+    from cnnkit.engine.runfolder import output_stems
     from cnnkit.tasks.segment.load import load_segmenter
     from cnnkit.tasks.segment.predict import predict_image, write_prediction
 
+    paths = [Path(p) for p in args.images]
+    stems = output_stems(paths, args.out, (".png", "_overlay.png"))  # before any work: nothing overwritten
     model = load_segmenter(args.run)
     max_side = model.info.get("config", {}).get("max_side")
-    paths = [Path(p) for p in args.images]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise CnnkitError(f"no such image file: {missing[0]}")
-    for path in paths:
+    for path, stem in zip(paths, stems):
         image = read_pixels(path)
         if model.mean.shape[1] == 1:
             image = image.float().mean(0, keepdim=True).round().to(image.dtype)  # grey networks
         mask = predict_image(model, image, max_side)
-        grey, colour = write_prediction(image, mask, len(model.classes), args.out, path.stem)
+        grey, colour = write_prediction(image, mask, len(model.classes), args.out, stem)
         print(f"{path}: {grey} {colour}")
     return 0

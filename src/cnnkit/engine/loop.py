@@ -44,6 +44,7 @@ from cnnkit.engine.runfolder import (
     MODEL_FILE,
     RESUME_FILE,
     atomic_write_bytes,
+    check_new_run,
     load_resume,
     save_model,
     save_resume,
@@ -372,12 +373,11 @@ def _check_weights(model: nn.Module, epoch: int, name: str, peak: float) -> None
 def _start(out: Path | None, resume: bool, model, ema, gen, config: dict) -> tuple[int, list[dict]]:
     """(epochs done, history): 0 and [] for a new run; a resumed run's weights and RNG restored."""
     path = out / RESUME_FILE if out is not None else None
+    if resume and out is None:
+        raise CnnkitError("nothing to resume: no run folder given; pass --out with the run to continue")
+    check_new_run(out, resume)
     if not resume:
-        if path is not None and path.exists():
-            raise CnnkitError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
         return 0, []
-    if path is None or not path.is_file():
-        raise CnnkitError(f"nothing to resume in {out}: no {RESUME_FILE}; start a new run without --resume")
     epoch, history, saved = load_resume(path, model, None, ema, gen)
     keys = sorted(k for k in set(saved) & set(config) if saved[k] != config[k])  # a setting one side
     if keys:  # lacks is one a newer cnnkit added or dropped: not a difference

@@ -240,6 +240,56 @@ def short_error(exc: BaseException) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
+def output_stems(inputs: list, out_dir, suffixes: tuple[str, ...]) -> list[str]:
+    """The file stem each input's outputs get in ``out_dir``: unique (two ``x.png`` from different
+    folders become ``x`` and ``x_2``), and never the name of an input itself.
+
+    Args:
+        inputs: the input files, in order.
+        out_dir: the folder the outputs go to.
+        suffixes: what each input's outputs add to the stem and extension, e.g. ``(".png", "_overlay.png")``.
+
+    Returns:
+        One stem per input.
+
+    Raises:
+        CnnkitError: an output would replace one of the inputs (``--out`` is the images' own folder and
+            an output keeps an input's name): nothing is written.
+    """
+    stems: list[str] = []
+    for path in map(Path, inputs):
+        stem, k = path.stem, 2
+        while stem in stems:
+            stem, k = f"{path.stem}_{k}", k + 1
+        stems.append(stem)
+    given = {Path(p).resolve() for p in inputs}
+    for stem in stems:
+        for suffix in suffixes:
+            target = (Path(out_dir) / f"{stem}{suffix}").resolve()
+            if target in given:
+                raise CnnkitError(
+                    f"writing {target} would replace your image of that name; choose another --out "
+                    "folder (nothing was written)"
+                )
+    return stems
+
+
+def check_new_run(out, resume: bool) -> None:
+    """Before anything is written to ``out``: a new run must not go where a run is (``--resume``
+    continues one), and ``--resume`` needs one there.
+
+    Raises:
+        CnnkitError: ``out`` holds a run and ``resume`` is False, or holds none and it is True.
+    """
+    if out is None:
+        return
+    path = Path(out) / RESUME_FILE
+    if not resume and path.exists():
+        raise CnnkitError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if resume and not path.is_file():
+        raise CnnkitError(f"nothing to resume in {out}: no {RESUME_FILE}; start a new run without --resume")
+
+
 def read_info(path: str | os.PathLike) -> dict:
     """The JSON description stored in a checkpoint (without building the model)."""
     return read_metadata(resolve(path))

@@ -115,8 +115,9 @@ def train(cfg: DetectConfig, out, resume: bool = False, quiet: bool = False):
 
 def run_config(cfg, out, resume: bool, from_dict):
     """The config a run trains with, resolved and validated: on ``resume`` the run's own wins."""
-    from cnnkit.engine.runfolder import resumed_config
+    from cnnkit.engine.runfolder import check_new_run, resumed_config
 
+    check_new_run(out, resume)  # before split.json is written: a refused run leaves the folder as it was
     if resume:
         cfg = from_dict(resumed_config(out))
     return validate(cfg.resolved())

@@ -81,22 +81,24 @@ def predict_files(model: MaskDetector, paths, out_dir, score: float = 0.3) -> li
     from pathlib import Path
 
     from cnnkit.data.images import read_pixels
+    from cnnkit.engine.runfolder import output_stems
 
     size = int(model.info["input_size"][-1])
     c = model.normalise.mean.shape[1]
     classes = list(model.info["classes"])
     images = [read_pixels(Path(p), channels=c) for p in paths]  # a missing file fails before any work
     out_dir = Path(out_dir)
+    stems = output_stems(paths, out_dir, (".png",))  # unique, and never an input's own name
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
-    for p, img in zip(paths, images):
+    for p, stem, img in zip(paths, stems, images):
         data = from_instances([img], [torch.zeros(img.shape[1:], dtype=torch.uint8)], None, classes, size)
         det = predict_instances(model, data, 1, sizes=[tuple(img.shape[1:])], **model.info.get("decode", {}))[0]
         keep = det["scores"] >= score
         det = {k: v[keep] for k, v in det.items()}
         h, w = img.shape[1:]
         det["boxes"] = det["boxes"].clamp(min=0).minimum(torch.tensor([w, h, w, h], dtype=torch.float32))
-        png = out_dir / f"{Path(p).stem}.png"
+        png = out_dir / f"{stem}.png"
         shown = {
             "boxes": det["boxes"].tolist(),
             "scores": det["scores"].tolist(),

@@ -80,11 +80,7 @@ class SegmentConfig(RunConfig):
     unsupported = ("subset",)
 
     data: str = option("pennfudan", help="pennfudan | digits | a folder of images/ + masks/")
-    arch: str | None = option(
-        None,
-        help="the decoder: fcn32s | fcn16s | fcn8s | unet | deeplabv3",
-        choices=("fcn32s", "fcn16s", "fcn8s", "unet", "deeplabv3"),
-    )
+    arch: str | None = option(None, help="the decoder: fcn32s | fcn16s | fcn8s | unet | deeplabv3")
     model: str | None = option(None, help="the encoder: a zoo name, or unet (U-Net's own encoder)")
     weights: str | None = None
     output_stride: int = option(16, help="DeepLab: 16 or 8")

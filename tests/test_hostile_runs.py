@@ -1,0 +1,78 @@
+"""Nothing lost: a refused run leaves the folder as it was, and prediction never replaces an input."""
+
+from __future__ import annotations
+
+import pytest
+
+from cnnkit.engine.runfolder import RESUME_FILE, check_new_run, output_stems
+from cnnkit.errors import CnnkitError
+
+
+def test_outputs_never_replace_an_input_and_equal_names_stay_apart(tmp_path):
+    a, b = tmp_path / "a" / "x.png", tmp_path / "b" / "x.png"
+    for p in (a, b):
+        p.parent.mkdir()
+        p.write_bytes(b"photo")
+    assert output_stems([a, b, tmp_path / "a" / "y.png"], tmp_path / "out", (".png",)) == ["x", "x_2", "y"]
+    with pytest.raises(CnnkitError, match="would replace your image") as err:
+        output_stems([a], tmp_path / "a", (".png", "_overlay.png"))  # --out is the photo's own folder
+    assert "\n" not in str(err.value)
+    assert output_stems([a], tmp_path / "a", ("_boxes.png",)) == ["x"]  # another name: allowed
+    assert a.read_bytes() == b"photo"
+
+
+def test_a_refused_run_touches_nothing(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / RESUME_FILE).write_bytes(b"state")
+    (run / "split.json").write_text('{"train": ["a"]}')
+    with pytest.raises(CnnkitError, match="already holds a run"):
+        check_new_run(run, resume=False)
+    with pytest.raises(CnnkitError, match="nothing to resume"):
+        check_new_run(tmp_path / "empty", resume=True)
+    check_new_run(run, resume=True)
+    check_new_run(tmp_path / "new", resume=False)
+    assert (run / "split.json").read_text() == '{"train": ["a"]}'
+
+
+def test_detect_train_into_an_existing_run_is_refused_before_its_split_is_rewritten(tmp_path, data_dir, capsys):
+    from cnnkit.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / RESUME_FILE).write_bytes(b"state")
+    (run / "split.json").write_text("original")
+    argv = [
+        "detect",
+        "train",
+        "--data",
+        "digits",
+        "--data-dir",
+        str(data_dir),
+        "--scenes",
+        "16",
+        "8",
+        "--seed",
+        "7",
+        "--out",
+        str(run),
+        "--quiet",
+    ]
+    assert main(argv) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (run / "split.json").read_text() == "original"
+
+
+def test_segment_predict_into_the_photos_folder_is_refused(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from cnnkit.cli import main
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photo)
+    before = photo.read_bytes()
+    run = tmp_path / "missing-run"
+    code = main(["segment", "predict", str(run), str(photo), "--out", str(tmp_path)])
+    assert code == 2 and photo.read_bytes() == before
+    assert "would replace your image" in capsys.readouterr().err  # refused before the run is even read
