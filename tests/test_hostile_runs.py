@@ -76,3 +76,44 @@ def test_segment_predict_into_the_photos_folder_is_refused(tmp_path, capsys):
     code = main(["segment", "predict", str(run), str(photo), "--out", str(tmp_path)])
     assert code == 2 and photo.read_bytes() == before
     assert "would replace your image" in capsys.readouterr().err  # refused before the run is even read
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["detect", "train", "--ema", "nan"], "--ema must be a finite number"),
+        (["detect", "train", "--ema", "5"], "--ema must be at least 0 and below 1"),
+        (["train", "--subset", "-1"], "--subset must be"),
+        (["segment", "train", "--max-side", "0"], "--max-side must be at least 16"),
+        (["segment", "train", "--jitter", "nan"], "--jitter must be a finite number"),
+        (["segment", "train", "--lr", "nan"], "--lr must be a finite number"),
+        (["segment", "train", "--weight-decay", "nan"], "--weight-decay must be a finite number"),
+        (["instance", "train", "--threads", "-1"], "--threads must be at least 0"),
+        (["train", "--seed", str(2**70)], "--seed must be at least 0 and below"),
+        (["classify", "finetune", "--data", "x", "--lr", "-1"], "--lr must be"),
+        (["detect", "train", "--optimizer", "adam"], "--optimizer must be one of sgd, adamw, nadam"),
+    ],
+)
+def test_settings_out_of_bounds_are_one_line_before_any_work(argv, message, tmp_path, capsys):
+    from cnnkit.cli import main
+
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_non_finite_ema_copy_is_never_saved(tmp_path):
+    import torch
+    import torch.nn as nn
+
+    from cnnkit.engine.ema import EMA
+    from cnnkit.engine.loop import _check_weights
+
+    model = nn.Linear(2, 1)
+    ema = EMA(model, 0.9)
+    with torch.no_grad():
+        ema.module.weight.fill_(float("nan"))
+    _check_weights(model, 0, "", 0.1)  # the trained weights alone are fine
+    with pytest.raises(CnnkitError, match="non-finite"):
+        _check_weights(model, 0, "", 0.1, ema)

@@ -34,6 +34,8 @@ def option(
     choices=None,
     metavar: str | None = None,
     cli: bool = True,
+    minimum: float | None = None,
+    below: float | None = None,
 ) -> Any:
     """A config field with its help text (the one place it is written).
 
@@ -45,11 +47,13 @@ def option(
         choices: the accepted values, checked by the command line.
         metavar: how ``--help`` names the value.
         cli: False for fields only a config file or Python sets (nested settings, callbacks).
+        minimum: the smallest value accepted (numbers).
+        below: values must be smaller than this (numbers).
 
     Returns:
         A :func:`dataclasses.field`.
     """
-    metadata = {"help": help, "choices": choices, "metavar": metavar, "cli": cli}
+    metadata = {"help": help, "choices": choices, "metavar": metavar, "cli": cli, "minimum": minimum, "below": below}
     if factory is not MISSING:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -67,25 +71,29 @@ class RunConfig:
         None, help="the network: a zoo name (`cnnkit zoo`), a spec .yaml/.json or FILE.py:FUNCTION"
     )
     weights: str | None = option(None, help="initial weights: imagenet (the published ones) | none | PATH")
-    epochs: int | None = option(None, help="passes over the training split")
-    batch_size: int | None = option(None, help="global batch size (split across processes under torchrun)")
-    lr: float | None = option(None, help="peak learning rate of the schedule")
+    epochs: int | None = option(None, help="passes over the training split", minimum=0)
+    batch_size: int | None = option(None, help="global batch size (split across processes under torchrun)", minimum=1)
+    lr: float | None = option(None, help="peak learning rate of the schedule", minimum=1e-12)
     optimizer: str = option("sgd", help="sgd (Nesterov momentum) | adamw | nadam", choices=("sgd", "adamw", "nadam"))
-    momentum: float = option(0.9, help="SGD momentum")
-    weight_decay: float = option(0.0, help="L2 weight decay of conv and linear weights (not batch norm, not biases)")
+    momentum: float = option(0.9, help="SGD momentum", minimum=0, below=1)
+    weight_decay: float = option(
+        0.0, help="L2 weight decay of conv and linear weights (not batch norm, not biases)", minimum=0
+    )
     schedule: str = option(
         "onecycle",
         help="learning rate over the steps: onecycle (linear warm-up, then cosine to 0) | cosine | constant",
         choices=("onecycle", "cosine", "constant"),
     )
-    warmup: float = option(0.1, help="share of the steps spent warming up (onecycle)")
+    warmup: float = option(0.1, help="share of the steps spent warming up (onecycle)", minimum=0, below=1.0000001)
     ema: float = option(
         0.0,
         help="exponential moving average of the weights, decay per step (0: off; "
         "e.g. 0.999); the saved model holds the average",
+        minimum=0,
+        below=1,
     )
-    seed: int = option(0, help="seeds initialisation, data order, splits and augmentation")
-    threads: int | None = option(None, help="torch threads per process (0: all cores)")
+    seed: int = option(0, help="seeds initialisation, data order, splits and augmentation", minimum=0, below=2**63)
+    threads: int | None = option(None, help="torch threads per process (0: all cores)", minimum=0)
     device: str | None = option(None, help="cpu | cuda (default: cuda when PyTorch sees a GPU, else cpu)")
     precision: str = option(
         "auto",
@@ -94,9 +102,9 @@ class RunConfig:
         choices=("auto", "fp32", "bf16"),
     )
     val_every: int | None = option(
-        None, help="validate after every k-th epoch and after the last (0: not while training)"
+        None, help="validate after every k-th epoch and after the last (0: not while training)", minimum=0
     )
-    subset: int = option(0, help="train on the first N training images only (0: all; smoke tests)")
+    subset: int = option(0, help="train on the first N training images only (0: all; smoke tests)", minimum=0)
 
     # shared fields a task does not use: no flag, and a config file that sets one is refused
     unsupported: ClassVar[tuple[str, ...]] = ()
@@ -207,14 +215,35 @@ def config_from_args(cls: type, args: argparse.Namespace, base: dict | None = No
     for name in names:
         if name in vars(args):
             values[name] = _coerce(cls, name, getattr(args, name), "the command line")
-    for name, value in values.items():  # checked here, so that a bad value is one line, not argparse's usage
-        choices = field_help(cls, name).get("choices")
-        if choices and value is not None and value not in choices:
-            raise CnnkitError(
-                f"--{name.replace('_', '-')} must be one of {', '.join(map(str, choices))}; "
-                f"received {str(value)[:60]!r}"
-            )
+    check_values(cls, values)
     return values
+
+
+def check_values(cls: type, values: dict) -> None:
+    """Every value within its field's bounds: its choices, ``minimum`` / ``below``, and numbers finite.
+
+    Checked where settings come in (the command line, ``--config``), so that a bad value is one line
+    naming its flag, before any work.
+
+    Raises:
+        CnnkitError: the first value out of bounds.
+    """
+    import math
+
+    for name, value in values.items():
+        meta, flag = field_help(cls, name), "--" + name.replace("_", "-")
+        choices = meta.get("choices")
+        if choices and value is not None and value not in choices:
+            raise CnnkitError(f"{flag} must be one of {', '.join(map(str, choices))}; received {str(value)[:60]!r}")
+        for v in value if isinstance(value, tuple) else (value,):
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                continue
+            if isinstance(v, float) and not math.isfinite(v):
+                raise CnnkitError(f"{flag} must be a finite number; received {v}")
+            low, high = meta.get("minimum"), meta.get("below")
+            if (low is not None and v < low) or (high is not None and v >= high):
+                want = f"at least {low}" if high is None else f"at least {low} and below {high}"
+                raise CnnkitError(f"{flag} must be {want}; received {v}")
 
 
 def read_config_file(path: str | Path, cls: type) -> dict:

@@ -263,7 +263,7 @@ def _run_phase(
                     "one batch; lower --batch-size or give more data"
                 )
             sums = all_sum(sums, d)
-            _check_weights(model, epoch, name, peak)
+            _check_weights(model, epoch, name, peak, ema)
             due = val_every > 0 and ((epoch + 1) % val_every == 0 or epoch + 1 == total)
             with autocast(precision, d.device):
                 metrics = task.evaluate(evaluated, val) if val is not None and due else {}
@@ -359,9 +359,11 @@ def _train_mode(model: nn.Module, frozen: list[nn.Module]):
             m.training = training
 
 
-def _check_weights(model: nn.Module, epoch: int, name: str, peak: float) -> None:
-    """The last step's loss was finite, but its update may not be: never save such weights."""
-    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+def _check_weights(model: nn.Module, epoch: int, name: str, peak: float, ema: EMA | None = None) -> None:
+    """The last step's loss was finite, but its update may not be: never save such weights (the EMA
+    copy, which is what gets saved when EMA is on, is checked too)."""
+    modules = [model] + ([ema.module] if ema is not None else [])
+    bad = [n for m in modules for n, p in m.named_parameters() if not torch.isfinite(p).all()]
     if bad:
         raise CnnkitError(
             f"the weights became non-finite ({bad[0]}, ...) at the end of epoch "

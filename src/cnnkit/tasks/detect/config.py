@@ -26,7 +26,7 @@ class DetectConfig(RunConfig):
 
     data: str = option("pennfudan", help="pennfudan | digits | PATH of a COCO JSON file or a YOLO folder")
     image_size: int | None = option(
-        None, help="square side images are letterboxed to (default: 320 for photos, 128 for digits)"
+        None, help="square side images are letterboxed to (default: 320 for photos, 128 for digits)", minimum=32
     )
     scenes: tuple[int, int] = option((12000, 500), help="digits: numbers of training and test scenes")
     train_digits: tuple[int, int] | None = option(

@@ -97,17 +97,19 @@ class SegmentConfig(RunConfig):
     lr: float | None = None
     weight_decay: float = 1e-4
     optimizer: str = "adamw"
-    crop: int | None = option(None, help="training crop side of photos (px)")
-    max_side: int | None = option(None, help="photos shrunk so the longer side is at most this (px)")
+    crop: int | None = option(None, help="training crop side of photos (px)", minimum=16)
+    max_side: int | None = option(None, help="photos shrunk so the longer side is at most this (px)", minimum=16)
     jitter: float | None = option(None, help="brightness / contrast / saturation jitter of training photos")
     dice: float | None = option(None, help="weight of the soft Dice loss beside cross-entropy")
     lovasz: float | None = option(None, help="weight of the Lovasz-softmax loss beside cross-entropy")
-    canvas: int | None = option(None, help="digit scenes: side (px)")
+    canvas: int | None = option(None, help="digit scenes: side (px)", minimum=16)
     scenes: int | None = option(None, help="digit scenes: training scenes (validation and test: a quarter)")
     tta: str | None = option(
         None, help="test-time augmentation: flip (image and mirror averaged) | none", choices=("flip", "none")
     )
-    test_scale: float | None = option(None, help="the network answers on the image resized by this (1: as it is)")
+    test_scale: float | None = option(
+        None, help="the network answers on the image resized by this (1: as it is)", minimum=0.01
+    )
     boundary_d: int = option(3, help="boundary IoU band (px)")
     val_every: int | None = None
 
