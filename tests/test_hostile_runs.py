@@ -117,3 +117,22 @@ def test_a_non_finite_ema_copy_is_never_saved(tmp_path):
     _check_weights(model, 0, "", 0.1)  # the trained weights alone are fine
     with pytest.raises(CnnkitError, match="non-finite"):
         _check_weights(model, 0, "", 0.1, ema)
+
+
+def test_resuming_another_tasks_run_is_refused(tmp_path):
+    import json
+
+    import torch
+    from safetensors.torch import save
+
+    from cnnkit.engine.runfolder import FORMAT, MODEL_FILE, atomic_write_bytes, resumed_config
+
+    run = tmp_path / "seg"
+    for name, meta in (
+        (MODEL_FILE, {"format": FORMAT, "task": "segment"}),
+        (RESUME_FILE, {"format": FORMAT, "config": {"data": "pennfudan"}}),
+    ):
+        atomic_write_bytes(run / name, save({"w": torch.zeros(1)}, metadata={"cnnkit": json.dumps(meta)}))
+    assert resumed_config(run, "segment") == {"data": "pennfudan"}
+    with pytest.raises(CnnkitError, match="is a 'segment' run, not a 'detect' one"):
+        resumed_config(run, "detect")

@@ -94,7 +94,9 @@ class RunConfig:
     )
     seed: int = option(0, help="seeds initialisation, data order, splits and augmentation", minimum=0, below=2**63)
     threads: int | None = option(None, help="torch threads per process (0: all cores)", minimum=0)
-    device: str | None = option(None, help="cpu | cuda (default: cuda when PyTorch sees a GPU, else cpu)")
+    device: str | None = option(
+        None, help="cpu | cuda (default: cuda when PyTorch sees a GPU, else cpu)", choices=("cpu", "cuda", None)
+    )
     precision: str = option(
         "auto",
         help="auto: bf16 autocast where the device has native bf16 arithmetic "
@@ -234,7 +236,9 @@ def check_values(cls: type, values: dict) -> None:
         meta, flag = field_help(cls, name), "--" + name.replace("_", "-")
         choices = meta.get("choices")
         if choices and value is not None and value not in choices:
-            raise CnnkitError(f"{flag} must be one of {', '.join(map(str, choices))}; received {str(value)[:60]!r}")
+            raise CnnkitError(
+                f"{flag} must be one of {', '.join(str(c) for c in choices if c is not None)}; received {str(value)[:60]!r}"
+            )
         for v in value if isinstance(value, tuple) else (value,):
             if not isinstance(v, (int, float)) or isinstance(v, bool):
                 continue

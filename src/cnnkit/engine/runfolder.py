@@ -295,13 +295,30 @@ def read_info(path: str | os.PathLike) -> dict:
     return read_metadata(resolve(path))
 
 
-def resumed_config(out: str | os.PathLike) -> dict:
+def resumed_config(out: str | os.PathLike, task: str | None = None) -> dict:
     """The settings the run in folder ``out`` was started with (what ``--resume`` continues), read
-    from its resume file's metadata without loading its tensors."""
+    from its resume file's metadata without loading its tensors.
+
+    Args:
+        out: the run folder.
+        task: the task resuming it: another task's run is refused.
+
+    Raises:
+        CnnkitError: no run to resume, a damaged resume file, or a run of another task.
+    """
     path = Path(out) / RESUME_FILE
     if not path.is_file():
         raise CnnkitError(f"nothing to resume in {out}: no {RESUME_FILE}; start a new run without --resume")
-    return read_info(path)["config"]
+    model = Path(out) / MODEL_FILE
+    found = str(read_info(model).get("task", "classify"))[:20] if model.is_file() else None
+    if task is not None and found is not None and found != task:
+        raise CnnkitError(
+            f"{out} is a {found!r} run, not a {task!r} one; resume it with `cnnkit {found} train --resume --out {out}`"
+        )
+    config = read_info(path).get("config")
+    if not isinstance(config, dict):
+        raise CnnkitError(f"{path}: the resume state holds no settings; start a new run")
+    return config
 
 
 def load_run_model(path: str | os.PathLike, task: str, build, device: str | torch.device = "cpu") -> nn.Module:

@@ -776,7 +776,7 @@ def run_finetune(
     if resume:
         if out is None:
             raise CnnkitError("--resume needs --out RUN_FOLDER (the run to continue)")
-        saved = resumed_config(out)
+        saved = resumed_config(out, "classify")
         if "finetune" not in saved or not isinstance(saved.get("args"), dict):
             raise CnnkitError(f"{out} is not a fine-tuning run; resume it with the command that started it")
         known = {f.name for f in dataclasses.fields(FinetuneConfig)}

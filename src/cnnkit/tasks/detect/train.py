@@ -113,13 +113,13 @@ def train(cfg: DetectConfig, out, resume: bool = False, quiet: bool = False):
         return run, final
 
 
-def run_config(cfg, out, resume: bool, from_dict):
+def run_config(cfg, out, resume: bool, from_dict, task: str = "detect"):
     """The config a run trains with, resolved and validated: on ``resume`` the run's own wins."""
     from cnnkit.engine.runfolder import check_new_run, resumed_config
 
     check_new_run(out, resume)  # before split.json is written: a refused run leaves the folder as it was
     if resume:
-        cfg = from_dict(resumed_config(out))
+        cfg = from_dict(resumed_config(out, task))
     return validate(cfg.resolved())
 
 

@@ -47,7 +47,7 @@ def train(cfg: InstanceConfig, out, resume: bool = False, quiet: bool = False):
     from cnnkit.tasks.detect.train import run_config, run_data
 
     out = Path(out)
-    cfg = run_config(cfg, out, resume, config_from_dict)
+    cfg = run_config(cfg, out, resume, config_from_dict, "instance")
     if cfg.roi_jitter < 0 or cfg.freeze_to < 0 or cfg.mask_convs < 0 or cfg.mask_width < 1 or cfg.mask_weight < 0:
         raise CnnkitError(
             f"--roi-jitter, --freeze-to and --mask-convs must be >= 0, --mask-width >= 1, --mask-weight >= 0; "
