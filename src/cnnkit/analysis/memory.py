@@ -9,6 +9,7 @@ exercise 3) plus activation checkpointing, each as a number.
 
 from __future__ import annotations
 
+import math
 import re
 
 from cnnkit.analysis.summary import summary
@@ -36,7 +37,10 @@ def parse_bytes(text) -> int:
         m = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
         if not m or m[2].lower() not in _UNITS:
             raise CnnkitError(f"--memory must look like 8GiB, 16GB or 500MB; received: {text!r}")
-        n = int(float(m[1]) * _UNITS[m[2].lower()])
+        value = float(m[1]) * _UNITS[m[2].lower()]
+        if not math.isfinite(value):
+            raise CnnkitError(f"--memory must be a finite size such as 8GiB; received: {text!r}")
+        n = int(value)
     if n <= 0:
         raise CnnkitError(f"--memory must be positive; received: {text!r}")
     return n
