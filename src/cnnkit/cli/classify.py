@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from cnnkit.cli import add_run_arguments, add_trust_code, existing_data_dir, trust
-from cnnkit.engine.config import add_config_arguments, config_from_args
+from cnnkit.engine.config import add_config_arguments, check_values, config_from_args
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.classify.config import PRESETS, TrainConfig, preset
 from cnnkit.tasks.classify.finetune import FinetuneConfig
@@ -119,7 +119,7 @@ def add_modes(sub, short: bool) -> None:
 def run_train(args) -> int:
     from cnnkit.tasks.classify.train import train
 
-    values = config_from_args(TrainConfig, args)
+    values = config_from_args(TrainConfig, args, check=False)  # the command's own messages first
     for name in ("subset", "threads", "ensemble"):
         if values.get(name) is not None and values[name] < (0 if name == "threads" else 1):
             raise CnnkitError(
@@ -132,6 +132,7 @@ def run_train(args) -> int:
     for name in ("lr", "weight_decay", "label_smoothing", "ema", "momentum", "warmup"):
         if values.get(name) is not None and not math.isfinite(values[name]):
             raise CnnkitError(f"--{name.replace('_', '-')} must be a finite number; received {values[name]}")
+    check_values(TrainConfig, values)
     existing_data_dir(values.get("data_dir"))
     data = values.get("data")
     if data and Path(data).expanduser().is_dir():  # an image folder: stored absolute for `eval`

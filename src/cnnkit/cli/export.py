@@ -67,7 +67,7 @@ def run_export(args) -> int:
 
     from cnnkit.errors import CnnkitError
     from cnnkit.export import export_onnx
-    from cnnkit.tasks.classify.load import load
+    from cnnkit.tasks.load import load
 
     if args.batch < 1:
         raise CnnkitError(f"--batch must be at least 1. Received: --batch {args.batch}")

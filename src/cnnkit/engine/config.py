@@ -203,7 +203,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tu
     )
 
 
-def config_from_args(cls: type, args: argparse.Namespace, base: dict | None = None) -> dict:
+def config_from_args(cls: type, args: argparse.Namespace, base: dict | None = None, check: bool = True) -> dict:
     """The settings for ``cls`` from ``base``, then ``--config FILE.yaml``, then the typed flags.
 
     Returns:
@@ -217,7 +217,8 @@ def config_from_args(cls: type, args: argparse.Namespace, base: dict | None = No
     for name in names:
         if name in vars(args):
             values[name] = _coerce(cls, name, getattr(args, name), "the command line")
-    check_values(cls, values)
+    if check:
+        check_values(cls, values)
     return values
 
 
@@ -246,7 +247,10 @@ def check_values(cls: type, values: dict) -> None:
                 raise CnnkitError(f"{flag} must be a finite number; received {v}")
             low, high = meta.get("minimum"), meta.get("below")
             if (low is not None and v < low) or (high is not None and v >= high):
-                want = f"at least {low}" if high is None else f"at least {low} and below {high}"
+                if isinstance(v, int) and high is None and low in (0, 1):
+                    want = "an integer >= 0" if low == 0 else "a positive integer"
+                else:
+                    want = f"at least {low}" if high is None else f"at least {low} and below {high}"
                 raise CnnkitError(f"{flag} must be {want}; received {v}")
 
 

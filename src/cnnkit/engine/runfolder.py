@@ -38,7 +38,14 @@ MODEL_FILE = "model.safetensors"
 
 
 RESUME_FILE = "resume.safetensors"
-CONFIG_FILE = "config.yaml"  # the resolved settings, readable by --config
+CONFIG_FILE = "config.yaml"
+# what each task's deployable is called in messages
+TASK_MODELS = {
+    "classify": "a classifier",
+    "detect": "a detection model",
+    "segment": "a segmentation model",
+    "instance": "an instance-segmentation model",
+}  # the resolved settings, readable by --config
 
 
 METRICS_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
@@ -340,9 +347,10 @@ def load_run_model(path: str | os.PathLike, task: str, build, device: str | torc
     file = resolve(path)
     info = read_metadata(file)
     if info.get("task", "classify") != task:
+        found = str(info.get("task", "classify"))[:20]
         raise CnnkitError(
-            f"{file} is a {str(info.get('task', 'classify'))[:20]!r} run, not a {task!r} one; "
-            f"use `cnnkit {str(info.get('task', 'classify'))[:20]} eval|predict` for it"
+            f"{file} is not {TASK_MODELS.get(task, f'a {task} model')} (task {found!r}); give a run folder "
+            f"written by `cnnkit {task} train`, or use `cnnkit {found} eval|predict` for this one"
         )
     try:
         model = build(info)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from cnnkit.errors import CnnkitError
 from cnnkit.models.instance import MaskDetector, paste_masks
 from cnnkit.tasks.detect.data import DetectionSet
 from cnnkit.tasks.detect.predict import draw_detections
@@ -86,6 +87,9 @@ def predict_files(model: MaskDetector, paths, out_dir, score: float = 0.3) -> li
     size = int(model.info["input_size"][-1])
     c = model.normalise.mean.shape[1]
     classes = list(model.info["classes"])
+    for p in paths:
+        if not Path(p).is_file():
+            raise CnnkitError(f"missing image {p}: no such file")
     images = [read_pixels(Path(p), channels=c) for p in paths]  # a missing file fails before any work
     out_dir = Path(out_dir)
     stems = output_stems(paths, out_dir, (".png",))  # unique, and never an input's own name
