@@ -50,7 +50,7 @@ def mask_fcos(
     **options,
 ) -> nn.Module:
     """The detector with a mask head on its RoIs: what ``cnnkit instance train`` trains."""
-    detector = create_detector(backbone, num_classes, weights=backbone_weights, in_channels=in_channels, **options)
+    detector = fcos(num_classes, in_channels, backbone, backbone_weights, **options)
     return MaskDetector(detector, mask_width, mask_convs)
 
 
