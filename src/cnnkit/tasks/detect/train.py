@@ -6,6 +6,7 @@ import os
 
 import torch
 
+from cnnkit.engine import Data, fit
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.detect.config import DetectConfig, config_from_dict, validate
 from cnnkit.tasks.detect.data import _to, load_split_data
@@ -42,7 +43,7 @@ def train(cfg: DetectConfig, out, resume: bool = False, quiet: bool = False):
 
     from rich.console import Console
 
-    from cnnkit.engine import Data, Phase, Plan, Setup, fit
+    from cnnkit.engine import Phase, Plan, Setup
     from cnnkit.engine.distributed import distributed
     from cnnkit.engine.optim import lr_at, make_optimizer
 
@@ -92,25 +93,33 @@ def train(cfg: DetectConfig, out, resume: bool = False, quiet: bool = False):
             ema=cfg.ema,
             val_every=cfg.val_every,
         )
-        run = fit(
-            task,
-            model,
-            Data(_to(train_set, d.device), _to(test_set, d.device)),
-            plan,
-            out,
-            resume=resume,
-            quiet=quiet,
-            dist=d,
-            config=cfg.to_dict(),
-            command="cnnkit detect train",
-            precision=cfg.precision,
-        )
-        final = task.evaluate(run.model, _to(test_set, d.device))
+        run, final = fit_and_test(task, model, train_set, test_set, plan, cfg, out, resume, quiet, d, "detect")
         Console(quiet=quiet or not d.main).print(
             f"done: test AP {final['AP']:.3f}, AP50 {final['AP50']:.3f}, AP75 {final['AP75']:.3f} in "
             f"{run.seconds:.1f} s -> {out}  (`cnnkit detect eval {out}`)"
         )
         return run, final
+
+
+def fit_and_test(task, model, train_set, test_set, plan, cfg, out, resume: bool, quiet: bool, d, kind: str):
+    """``engine.fit`` on the run's split (the test split validates, every ``cfg.val_every`` epochs),
+    then the trained model scored once on the test split: ``(FitResult, metrics)``. Shared by
+    ``cnnkit detect train`` and ``cnnkit instance train`` (``kind``)."""
+    test_set = _to(test_set, d.device)
+    run = fit(
+        task,
+        model,
+        Data(_to(train_set, d.device), test_set),
+        plan,
+        out,
+        resume=resume,
+        quiet=quiet,
+        dist=d,
+        config=cfg.to_dict(),
+        command=f"cnnkit {kind} train",
+        precision=cfg.precision,
+    )
+    return run, task.evaluate(run.model, test_set)
 
 
 def run_config(cfg, out, resume: bool, from_dict, task: str = "detect"):

@@ -7,7 +7,7 @@ import torch
 from cnnkit.errors import CnnkitError
 from cnnkit.models.instance import MaskDetector
 from cnnkit.tasks.instance.config import InstanceConfig, config_from_dict
-from cnnkit.tasks.instance.data import _to, load_instance_data
+from cnnkit.tasks.instance.data import load_instance_data
 from cnnkit.tasks.instance.load import new_mask_detector
 from cnnkit.tasks.instance.task import InstanceTask
 
@@ -41,10 +41,10 @@ def train(cfg: InstanceConfig, out, resume: bool = False, quiet: bool = False):
 
     from rich.console import Console
 
-    from cnnkit.engine import Data, Phase, Plan, Setup, fit
+    from cnnkit.engine import Phase, Plan, Setup
     from cnnkit.engine.distributed import distributed
     from cnnkit.engine.optim import lr_at, make_optimizer
-    from cnnkit.tasks.detect.train import run_config, run_data
+    from cnnkit.tasks.detect.train import fit_and_test, run_config, run_data
 
     out = Path(out)
     cfg = run_config(cfg, out, resume, config_from_dict, "instance")
@@ -82,20 +82,7 @@ def train(cfg: InstanceConfig, out, resume: bool = False, quiet: bool = False):
             return Setup(make_optimizer(m, cfg), schedule=lambda step, total: lr_at(step, total, cfg), frozen=frozen)
 
         plan = Plan([Phase(cfg.epochs, begin)], seed=cfg.seed, ema=cfg.ema, val_every=cfg.val_every)
-        run = fit(
-            task,
-            model,
-            Data(_to(train_set, d.device), _to(test_set, d.device)),
-            plan,
-            out,
-            resume=resume,
-            quiet=quiet,
-            dist=d,
-            config=cfg.to_dict(),
-            command="cnnkit instance train",
-            precision=cfg.precision,
-        )
-        final = task.evaluate(run.model, _to(test_set, d.device))
+        run, final = fit_and_test(task, model, train_set, test_set, plan, cfg, out, resume, quiet, d, "instance")
         Console(quiet=quiet or not d.main).print(
             f"done: test mask AP {final['mask_AP']:.3f} (AP50 {final['mask_AP50']:.3f}), box AP {final['box_AP']:.3f} "
             f"in {run.seconds:.1f} s -> {out}  (`cnnkit instance eval {out}`)"
