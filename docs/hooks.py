@@ -5,7 +5,7 @@ its usage line and every option with its help, so the page cannot disagree with 
 is committed so that the page also reads on a code host; the build replaces it with a fresh one, and
 ``tests/test_docs.py`` fails when the copy is stale (``python docs/hooks.py --write`` refreshes it).
 ``reference/config.md`` is generated from the run-config dataclasses by :func:`config_reference`
-once :data:`CONFIG_CLASSES` names them. In ``reference/api.md`` the ``<!-- api -->`` line becomes one
+that :func:`task_configs` finds. In ``reference/api.md`` the ``<!-- api -->`` line becomes one
 mkdocstrings block per name of :data:`PUBLIC_API`, taken from the module that defines it, so the page
 follows the code when a function moves.
 
@@ -28,18 +28,42 @@ CONFIG_PAGE = CLI_PAGE.with_name("config.md")  # committed too, so that links to
 # the top-level names the API page documents, in this order
 PUBLIC_API = ["create_model", "list_models", "summary", "load", "to_fcn", "CnnkitError"]
 
-# WIRE AFTER THE REDESIGN: the run-config dataclasses whose fields make the configuration reference,
-# as "module:Class" (e.g. "cnnkit.engine.config:RunConfig", "cnnkit.tasks.classify.config:ClassifyConfig").
-# While this list is empty no configuration page is generated; add "reference/config.md" to the nav of
-# mkdocs.yml when it is filled.
-CONFIG_CLASSES: list[str] = [
-    "cnnkit.engine.config:RunConfig",
-    "cnnkit.tasks.classify.config:TrainConfig",
-    "cnnkit.tasks.classify.finetune:FinetuneConfig",
-    "cnnkit.tasks.detect.config:DetectConfig",
-    "cnnkit.tasks.segment.config:SegmentConfig",
-    "cnnkit.tasks.instance.config:InstanceConfig",
-]
+
+def task_configs() -> list[str]:
+    """``"module:Class"`` of :class:`~cnnkit.engine.config.RunConfig` and of every dataclass deriving
+    from it in a task package's ``config.py`` (or the classify fine-tuning module), in package order.
+
+    Returns:
+        The specs, RunConfig first.
+    """
+    import dataclasses as dc
+    import inspect
+    import pkgutil
+
+    import cnnkit.tasks
+    from cnnkit.engine.config import RunConfig
+
+    specs = ["cnnkit.engine.config:RunConfig"]
+    for info in pkgutil.iter_modules(cnnkit.tasks.__path__):
+        if not info.ispkg:
+            continue
+        for leaf in ("config", "finetune"):
+            name = f"cnnkit.tasks.{info.name}.{leaf}"
+            try:
+                module = importlib.import_module(name)
+            except ModuleNotFoundError:
+                continue
+            for cls_name, cls in inspect.getmembers(module, inspect.isclass):
+                if (
+                    cls.__module__ == name
+                    and dc.is_dataclass(cls)
+                    and issubclass(cls, RunConfig)
+                    and not cls_name.startswith("_")
+                ):
+                    if cls_name.endswith("Recipe"):  # internal recipes are not run configs
+                        continue
+                    specs.append(f"{name}:{cls_name}")
+    return specs
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> list[tuple[str, str, argparse.ArgumentParser]]:
@@ -215,10 +239,52 @@ def api_blocks(names: list[str] = PUBLIC_API) -> str:
     return "\n\n".join(f"::: {lazy[name]}.{name}" for name in names) + "\n"
 
 
+def api_packages() -> list[str]:
+    """The sub-packages the API page documents after the top-level names: the engine, then every
+    task package (a new task's package is listed as soon as it exists and has ``__all__``).
+
+    Returns:
+        Dotted package names.
+    """
+    import pkgutil
+
+    import cnnkit.tasks
+
+    tasks = [f"cnnkit.tasks.{m.name}" for m in pkgutil.iter_modules(cnnkit.tasks.__path__) if m.ispkg]
+    return ["cnnkit.engine", *tasks]
+
+
+def package_blocks(packages: list[str] | None = None) -> str:
+    """A section per package: its docstring's first line, then one mkdocstrings block per name of its
+    ``__all__``, taken from the module that defines the name.
+
+    Args:
+        packages: dotted package names (default: :func:`api_packages`).
+
+    Returns:
+        The sections as Markdown.
+    """
+    out = []
+    for name in packages or api_packages():
+        package = importlib.import_module(name)
+        names = getattr(package, "__all__", [])
+        if not names:
+            continue
+        summary = (package.__doc__ or "").strip().splitlines()[0] if package.__doc__ else ""
+        out.append(f"## `{name}`\n\n{summary}\n")
+        for attr in names:
+            obj = getattr(package, attr)
+            module = getattr(obj, "__module__", name) if callable(obj) else name
+            out.append(f"::: {module}.{attr}\n    options:\n      heading_level: 3\n")
+    return "\n".join(out)
+
+
 def on_page_markdown(markdown, page, config, files):
-    """MkDocs event: fill the API page's ``<!-- api -->`` line with the mkdocstrings blocks."""
+    """MkDocs event: fill the API page's ``<!-- api -->`` line with the mkdocstrings blocks of the
+    top-level names, and ``<!-- api-packages -->`` with a section per sub-package."""
     if page.file.src_uri == "reference/api.md":
-        return markdown.replace("<!-- api -->", api_blocks())
+        markdown = markdown.replace("<!-- api -->", api_blocks())
+        return markdown.replace("<!-- api-packages -->", package_blocks())
     return markdown
 
 
@@ -243,12 +309,11 @@ def on_files(files, config):
     if committed is not None:
         files.remove(committed)
     files.append(File.generated(config, "reference/cli.md", content=cli_reference()))
-    if CONFIG_CLASSES:
-        committed = files.get_file_from_path("reference/config.md")
-        if committed is not None:
-            files.remove(committed)
-        page = config_reference([_import(spec) for spec in CONFIG_CLASSES])
-        files.append(File.generated(config, "reference/config.md", content=page))
+    committed = files.get_file_from_path("reference/config.md")
+    if committed is not None:
+        files.remove(committed)
+    page = config_reference([_import(spec) for spec in task_configs()])
+    files.append(File.generated(config, "reference/config.md", content=page))
     return files
 
 
@@ -256,6 +321,6 @@ if __name__ == "__main__":
     sys.path.insert(0, str(SRC))
     if sys.argv[1:] == ["--write"]:
         CLI_PAGE.write_text(cli_reference())
-        CONFIG_PAGE.write_text(config_reference([_import(spec) for spec in CONFIG_CLASSES]))
+        CONFIG_PAGE.write_text(config_reference([_import(spec) for spec in task_configs()]))
     else:
         sys.stdout.write(cli_reference())

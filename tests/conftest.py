@@ -34,7 +34,7 @@ def _seed():
 
 @pytest.fixture(scope="module")
 def one_thread():
-    """Tiny tensors: one torch thread is as fast, and far faster than two on a busy 2-core machine.
+    """Tiny tensors: one torch thread is as fast, and far faster than two when another process uses the second core.
     Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

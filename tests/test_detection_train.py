@@ -1,7 +1,7 @@
 """A short real training run of the default digit recipe (tiny pyramid at stride 8, varifocal class
 loss, dense 4-8-digit training scenes, batch 8) on 64-pixel digit scenes through the engine: the stated
-AP after 3 epochs of 600 scenes on one CPU thread (18.7 s under the bench lock on the shared 2-core
-machine: AP50 0.233, AP 0.145, AR100 0.648; an untrained detector scores 0)."""
+AP after 3 epochs of 600 scenes on one CPU thread (about 20 s; AP50 0.233, AP 0.145, AR100 0.648;
+an untrained detector scores 0)."""
 
 import pytest
 

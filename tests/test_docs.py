@@ -119,7 +119,7 @@ def test_committed_cli_reference_is_current():
     assert (DOCS / "reference" / "cli.md").read_text(encoding="utf-8") == page, (
         "docs/reference/cli.md is stale: run `python docs/hooks.py --write`"
     )
-    config = hooks.config_reference([hooks._import(spec) for spec in hooks.CONFIG_CLASSES])
+    config = hooks.config_reference([hooks._import(spec) for spec in hooks.task_configs()])
     assert "## `RunConfig`" in config and "`freeze_to`" in config
     assert (DOCS / "reference" / "config.md").read_text(encoding="utf-8") == config, (
         "docs/reference/config.md is stale: run `python docs/hooks.py --write`"

@@ -1,11 +1,10 @@
 """``Dropout`` with a cheaper mask on the CPU: ``nn.Dropout`` everywhere else.
 
 PyTorch's CPU dropout draws one Bernoulli sample per element (``bernoulli_``), which on the notes'
-exercise-9 network (dropout on the 12,544 flattened features, batch 32) is a quarter of the whole
-training step on a 2-core CPU. This one draws one 64-bit random number per 4 elements and keeps an
-element when its 16 bits clear the threshold ``p * 65536``: fwd + bwd 2.2 ms instead of 5.4 ms on
-that (32, 12544) tensor. The rate is exact when ``p * 65536`` is whole (0.1 becomes 0.100006), the
-draws come from PyTorch's default CPU generator (so ``torch.manual_seed`` and a saved RNG state
+exercise-9 network (dropout on the 12,544 flattened features, batch 32) costs a large share of a
+training step. This one draws one 64-bit random number per 4 elements and keeps an element when its
+16 bits clear the threshold ``p * 65536``: a quarter of the random draws. The rate is exact when
+``p * 65536`` is whole (0.1 becomes 0.100006), the draws come from PyTorch's default CPU generator (so ``torch.manual_seed`` and a saved RNG state
 replay them), and what backward keeps is a bool mask, as PyTorch's own dropout keeps.
 """
 

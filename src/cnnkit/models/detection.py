@@ -375,7 +375,7 @@ class TinyPyramid(nn.Module):
 
     Two stride-2 convs to stride 4, then per stride a stride-2 conv and a 3x3 conv (Conv-BN-ReLU).
     Digits of 10-56 px need neither ImageNet features nor a ResNet's depth; a few channels at stride
-    4 are what lets a 2-core CPU see tens of thousands of scenes in minutes.
+    4 are what lets a laptop CPU see tens of thousands of scenes in minutes.
     (B, C, H, W) -> [(B, c_4, H/4, W/4), (B, c_8, H/8, W/8), (B, c_16, H/16, W/16)].
     """
 

@@ -86,7 +86,7 @@ def _build(name: str, num_classes: int, in_channels: int) -> MnistNet:
 
 @register_model(input_size=(1, 28, 28), paper="cnnkit 2024 (VGG-style, BN)", family="mnist_nets")
 def mnist_fast(num_classes: int = 10, in_channels: int = 1) -> MnistNet:
-    """~5.4 M MACs: the `fast` preset's net (>= 99.5% on MNIST in under a minute of 2-core CPU)."""
+    """~5.4 M MACs: the `fast` preset's net (>= 99.5% on MNIST in about a minute of laptop CPU)."""
     return _build("mnist_fast", num_classes, in_channels)
 
 

@@ -1,8 +1,8 @@
 """Training configuration: one dataclass with a comment per field, and the named presets.
 
-``fast`` is the README's first command: >= 99.5% MNIST test accuracy in under a minute on a 2-core
-CPU. ``best`` trades about 21 minutes of a 2-core Zen 3 for 99.73% (mean of 3 seeds; the 99.75%
-target is not met yet, see the README). Any field can be overridden on top of a preset.
+``fast`` is the README's first command (MNIST in about a minute on a laptop CPU); ``best`` trains
+longer for the last tenths of a percent. Their current figures are in the docs' benchmarks page.
+Any field can be overridden on top of a preset.
 """
 
 from __future__ import annotations

@@ -17,9 +17,9 @@ statistics estimated on millions of images).
 The new head, stage ``head`` (``head="auto"``): two candidates train on the cached features -- a
 Linear on the pooled features, and a Linear on the pretrained classifier's own log-probabilities
 (:class:`cnnkit.models.heads.ClassScoresHead`: ImageNet already knows ants and bees) -- and the
-one with the lower validation loss is kept; the test split is never looked at. Measured on
-efficientnet_lite0 at 288 px: hymenoptera picks the class scores (val loss 0.06-0.08 against
-0.08; accuracy 0.97-0.98 against 0.95-0.96), flowers the features (0.32 against 0.37).
+one with the lower validation loss is kept; the test split is never looked at. Classes that
+ImageNet already has (ants, bees) favour the class scores, new ones (flowers) the features: see
+``docs/experiments/2026-12-01-finetune-defaults.md``.
 
 Works with any model that has the timm interface (``forward_features``, ``forward_head``,
 ``reset_classifier``) and with an ``nn.Sequential`` whose head starts at its ``nn.Flatten``.
@@ -159,8 +159,6 @@ class FinetuneRecipe:
     cache_features: bool = True  # stage "head": run the frozen base once (then no augmentation there)
     cache_flips: bool = True  # ... on each training image and its mirror image (twice the data)
     head_dropout: bool = False  # ... and the network's own dropout before its classifier active there
-    # (measured, efficientnet_lite0 at 288 px, 3 seeds: flowers val loss
-    # 0.31-0.32 without, 0.33 with; hymenoptera equal)
     head: str = "auto"  # the new head: "features" (Linear on the pooled features) |
     # "class_scores" (Linear on the old classifier's log-probabilities) |
     # "auto": both tried on the cached features, the lower val loss kept
