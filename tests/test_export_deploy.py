@@ -200,3 +200,42 @@ def test_missing_onnxruntime_names_the_extra(classifier_onnx, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
     with pytest.raises(CnnkitError, match=r"pip install 'cnnkit\[onnx\]'"):
         onnx_classifier(path)
+
+
+def test_detector_predicts_from_its_exported_file(tmp_path, capsys):
+    from PIL import Image
+
+    from cnnkit.models.detection import create_detector
+    from cnnkit.tasks.detect.load import onnx_detector
+    from cnnkit.tasks.detect.predict import predict_images
+
+    torch.manual_seed(0)
+    model = create_detector("tiny", 2, out_strides=(4, 8, 16)).eval()
+    model.info = {"task": "detect", "classes": ["person", "bike"], "input_size": [3, 64, 64]}
+    path = tmp_path / "det.onnx"
+    report = export_onnx(model, torch.rand(1, 3, 64, 64), path, exporter="torchscript")
+    assert report.outputs[:3] == ["cls", "box", "ctr"] and "points" in report.outputs
+    onnx_model = onnx_detector(path)
+    images = [(torch.rand(3, 50, 90) * 255).byte(), (torch.rand(3, 70, 40) * 255).byte()]
+    args = {"score_threshold": 0.0, "max_detections": 5}
+    expected = predict_images(model, images, 64, model.info["classes"], **args)
+    got = predict_images(onnx_model, images, 64, onnx_model.classes, **args)
+    for g, e in zip(got, expected):
+        assert g["labels"] == e["labels"] and len(g["boxes"]) == 5
+        assert torch.allclose(torch.tensor(g["boxes"]), torch.tensor(e["boxes"]), atol=1e-3)
+        assert torch.allclose(torch.tensor(g["scores"]), torch.tensor(e["scores"]), atol=1e-5)
+    photo = tmp_path / "street.png"
+    Image.fromarray(images[0].permute(1, 2, 0).numpy()).save(photo)
+    assert main(["detect", "predict", str(path), str(photo), "--score", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"{photo}: 100 boxes -> {tmp_path / 'predictions' / 'street_boxes.png'}")
+    assert (tmp_path / "predictions" / "street_boxes.png").is_file()
+    with pytest.raises(CnnkitError, match="not a detector"):
+        onnx_detector(_classifier_file(tmp_path))
+
+
+def _classifier_file(tmp_path):
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 2))
+    path = tmp_path / "clf.onnx"
+    export_onnx(net, torch.rand(1, 3, 4, 4), path, exporter="torchscript")
+    return path

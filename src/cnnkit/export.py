@@ -420,9 +420,22 @@ def deploy_metadata(model: nn.Module, example: torch.Tensor) -> dict[str, str]:
     dataset = info.get("dataset")
     if isinstance(dataset, dict) and "dark_background" in dataset:
         props[DARK_KEY] = json.dumps(bool(dataset["dark_background"]))
-    if hasattr(model, "mean") and hasattr(model, "std"):  # its normalisation is inside the graph
+    if (hasattr(model, "mean") and hasattr(model, "std")) or hasattr(model, "normalise"):  # inside the graph
         props[INPUT_KEY] = json.dumps("pixels in [0, 1]; the normalisation is inside the graph")
     return props
+
+
+def model_device(model) -> torch.device:
+    """Where a model's inputs go: its weights' device, the CPU for an :class:`OnnxModel` or no weights.
+
+    Args:
+        model: an ``nn.Module`` or an :class:`OnnxModel`.
+
+    Returns:
+        The device.
+    """
+    param = next(model.parameters(), None) if isinstance(model, nn.Module) else None
+    return param.device if param is not None else torch.device("cpu")
 
 
 class OnnxModel:
@@ -444,7 +457,10 @@ class OnnxModel:
         input_size: the input without the batch axis (``cnnkit.input_size``, else the graph's own
             input shape where it is fixed), or None.
         task: the task it was trained for (``cnnkit.task``), or None.
-        info: ``{"task", "input_size", "dataset": {"dark_background"}}`` as a run's metadata has them.
+        info: ``{"task", "input_size", "classes", "dataset": {"dark_background"}}`` as a run's
+            metadata has them.
+        training: always False: the graph is the model in eval mode (``eval()`` and ``train()``
+            are accepted and change nothing, so code written for a module runs it).
 
     Raises:
         CnnkitError: no file at ``path``, a model with more than one input, or metadata that is not
@@ -478,7 +494,21 @@ class OnnxModel:
         if self.task is not None and not 0 < len(self.task) <= 40:
             raise self._bad(TASK_KEY, "a task name of 1 to 40 characters")
         dark = self._meta(DARK_KEY, bool)
-        self.info = {"task": self.task, "input_size": self.input_size, "dataset": {"dark_background": bool(dark)}}
+        self.info = {
+            "task": self.task,
+            "input_size": self.input_size,
+            "classes": self.classes,
+            "dataset": {"dark_background": bool(dark)},
+        }
+        self.training = False
+
+    def eval(self) -> OnnxModel:
+        """The graph is already the eval-mode model: returns itself."""
+        return self
+
+    def train(self, mode: bool = True) -> OnnxModel:
+        """Nothing to switch (the graph cannot train): returns itself."""
+        return self
 
     def _bad(self, key: str, expected: str) -> CnnkitError:
         value = self.metadata.get(key, "")

@@ -180,7 +180,8 @@ def run_eval(args) -> int:
 
 def run_predict(args) -> int:
     from cnnkit.engine.precision import autocast
-    from cnnkit.tasks.classify.predict import model_device, predict_files, predictor
+    from cnnkit.export import model_device
+    from cnnkit.tasks.classify.predict import predict_files, predictor
 
     if args.top is not None and args.top < 1:
         raise CnnkitError(f"--top must be a positive integer; received {args.top}")

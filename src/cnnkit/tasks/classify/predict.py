@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from cnnkit.data.images import read_image
 from cnnkit.errors import CnnkitError
-from cnnkit.export import OnnxModel
+from cnnkit.export import OnnxModel, model_device
 
 
 def load_image(path: str | Path, input_size: tuple[int, int, int], dark_background: bool) -> torch.Tensor:
@@ -53,19 +53,6 @@ def predict_files(model: nn.Module, paths: list[str], top: int = 3, loader=None)
         {"image": str(path), "top": [(model.classes[k], float(v)) for v, k in zip(pv, ik)]}
         for path, pv, ik in zip(paths, p.tolist(), i.tolist())
     ]
-
-
-def model_device(model) -> torch.device:
-    """Where the model's weights are (the CPU for an ONNX file or a model without weights).
-
-    Args:
-        model: an ``nn.Module`` or an :class:`~cnnkit.export.OnnxModel`.
-
-    Returns:
-        The device its inputs go to.
-    """
-    param = next(model.parameters(), None) if isinstance(model, nn.Module) else None
-    return param.device if param is not None else torch.device("cpu")
 
 
 def onnx_classifier(path: str | Path) -> OnnxModel:
