@@ -8,6 +8,7 @@ import math
 import shutil
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -239,3 +240,36 @@ def _classifier_file(tmp_path):
     path = tmp_path / "clf.onnx"
     export_onnx(net, torch.rand(1, 3, 4, 4), path, exporter="torchscript")
     return path
+
+
+def test_segmenter_predicts_from_its_exported_file(tmp_path, capsys):
+    from PIL import Image
+
+    from cnnkit.models.segmentation import create_segmenter
+    from cnnkit.tasks.segment.load import onnx_segmenter
+    from cnnkit.tasks.segment.predict import Segmenter, predict_image
+
+    torch.manual_seed(0)
+    net = create_segmenter("unet", backbone="unet", num_classes=2, width=4)
+    model = Segmenter(net, [0.5, 0.4, 0.3], [0.2, 0.2, 0.2], ["background", "person"]).eval()
+    model.input_size = (3, 32, 48)
+    model.info = {"task": "segment", "config": {"max_side": 40}}
+    path = tmp_path / "seg.onnx"
+    export_onnx(model, torch.rand(1, 3, 32, 48), path, dynamic_size=True, exporter="torchscript")
+    onnx_model = onnx_segmenter(path)
+    assert onnx_model.info["config"]["max_side"] == 40 and onnx_model.classes == ["background", "person"]
+    image = (torch.rand(3, 45, 30) * 255).byte()  # shrunk to 40 x 27 for the network, the mask at 45 x 30
+    mask = predict_image(onnx_model, image, 40)
+    assert mask.shape == (45, 30) and torch.equal(mask, predict_image(model, image, 40))
+    photo = tmp_path / "walk.png"
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(photo)
+    assert main(["segment", "predict", str(path), str(photo), "--out", str(tmp_path / "pred")]) == 0
+    assert capsys.readouterr().out.startswith(f"{photo}: ")
+    written = Image.open(tmp_path / "pred" / "walk.png")
+    assert written.size == (30, 45) and torch.equal(torch.from_numpy(np.array(written)).long(), mask)
+    fixed = tmp_path / "fixed.onnx"  # a network without the size free: refused, with the fix
+    small = Segmenter(torch.nn.Conv2d(3, 2, 1), [0.5] * 3, [0.2] * 3, ["background", "person"]).eval()
+    small.input_size, small.info = (3, 8, 8), {"task": "segment"}
+    export_onnx(small, torch.rand(1, 3, 8, 8), fixed, exporter="torchscript")
+    with pytest.raises(CnnkitError, match="--dynamic-size"):
+        onnx_segmenter(fixed)

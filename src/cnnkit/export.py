@@ -41,7 +41,7 @@ OUTPUTS_KEY = "cnnkit.outputs"  # metadata_props entry: {"kind": "tensor" | "tup
 # the batch axis, the task, whether digit-like images are inverted to white on black, and what the
 # graph takes (a classifier's normalisation is inside it: it takes [0, 1] pixels)
 CLASSES_KEY, SIZE_KEY, TASK_KEY = "cnnkit.classes", "cnnkit.input_size", "cnnkit.task"
-DARK_KEY, INPUT_KEY = "cnnkit.dark_background", "cnnkit.input"
+DARK_KEY, INPUT_KEY, MAX_SIDE_KEY = "cnnkit.dark_background", "cnnkit.input", "cnnkit.max_side"
 MAX_META_CHARS = 1 << 20  # a metadata value longer than this is refused, not parsed
 MAX_CLASSES = 100_000
 
@@ -408,7 +408,8 @@ def deploy_metadata(model: nn.Module, example: torch.Tensor) -> dict[str, str]:
 
     Returns:
         JSON strings under ``cnnkit.classes``, ``cnnkit.input_size``, ``cnnkit.task``,
-        ``cnnkit.dark_background`` and ``cnnkit.input`` (what the graph takes).
+        ``cnnkit.dark_background``, ``cnnkit.max_side`` (a segmenter's photo size) and
+        ``cnnkit.input`` (what the graph takes).
     """
     info = getattr(model, "info", None)
     info = info if isinstance(info, dict) else {}
@@ -417,6 +418,9 @@ def deploy_metadata(model: nn.Module, example: torch.Tensor) -> dict[str, str]:
     classes = getattr(model, "classes", None) or info.get("classes")
     if classes is not None:
         props[CLASSES_KEY] = json.dumps([str(c) for c in classes])
+    config = info.get("config")
+    if isinstance(config, dict) and isinstance(config.get("max_side"), int):  # a segmenter's photo size
+        props[MAX_SIDE_KEY] = json.dumps(config["max_side"])
     dataset = info.get("dataset")
     if isinstance(dataset, dict) and "dark_background" in dataset:
         props[DARK_KEY] = json.dumps(bool(dataset["dark_background"]))
@@ -484,16 +488,16 @@ class OnnxModel:
         self.input_name = inputs[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
-        spec = self._meta(OUTPUTS_KEY, dict)
+        spec = self.meta_value(OUTPUTS_KEY, dict)
         self.kind = spec.get("kind") if spec else None
         if self.kind not in ("tensor", "tuple", "dict"):
             self.kind = "tensor" if len(self.output_names) == 1 else "tuple"
         self.classes = self._classes()
         self.input_size = self._input_size(inputs[0].shape)
-        self.task = self._meta(TASK_KEY, str)
+        self.task = self.meta_value(TASK_KEY, str)
         if self.task is not None and not 0 < len(self.task) <= 40:
             raise self._bad(TASK_KEY, "a task name of 1 to 40 characters")
-        dark = self._meta(DARK_KEY, bool)
+        dark = self.meta_value(DARK_KEY, bool)
         self.info = {
             "task": self.task,
             "input_size": self.input_size,
@@ -518,8 +522,19 @@ class OnnxModel:
             "with `cnnkit export`"
         )
 
-    def _meta(self, key: str, kind: type):
-        """The JSON value stored under ``key`` if it is a ``kind``; None when absent."""
+    def meta_value(self, key: str, kind: type):
+        """The JSON value stored in the file's metadata under ``key``, checked to be a ``kind``.
+
+        Args:
+            key: the ``metadata_props`` key, e.g. ``"cnnkit.classes"``.
+            kind: the Python type the JSON value must have (``list``, ``dict``, ``str``, ``int``, ``bool``).
+
+        Returns:
+            The value, or None when the file has no such entry.
+
+        Raises:
+            CnnkitError: a value longer than ``MAX_META_CHARS``, not JSON, or not a ``kind``.
+        """
         if key not in self.metadata:
             return None
         text = self.metadata[key]
@@ -537,7 +552,7 @@ class OnnxModel:
         return value
 
     def _classes(self) -> list[str] | None:
-        classes = self._meta(CLASSES_KEY, list)
+        classes = self.meta_value(CLASSES_KEY, list)
         if classes is None:
             return None
         if not 0 < len(classes) <= MAX_CLASSES or not all(isinstance(c, str) and len(c) <= 200 for c in classes):
@@ -548,7 +563,7 @@ class OnnxModel:
         return classes
 
     def _input_size(self, graph_shape) -> tuple[int, ...] | None:
-        size = self._meta(SIZE_KEY, list)
+        size = self.meta_value(SIZE_KEY, list)
         if size is None:  # the graph's own shape, where it is fixed
             fixed = list(graph_shape[1:])
             return tuple(fixed) if fixed and all(isinstance(v, int) and v > 0 for v in fixed) else None
