@@ -118,6 +118,10 @@ def export_model(
     if size is None:
         raise CnnkitError("the run does not state its input size; give it with --input CxHxW")
     size = tuple(int(v) for v in size)
+    if len(size) == 1:  # a segmenter states only its channels: it takes any H, W
+        raise CnnkitError(
+            f"the run takes {size[0]} channels at any size; give the example's size with --input {size[0]}x288x384"
+        )
     model.input_size = size  # what the file states (a --input given wins)
     example = torch.rand(batch, *size, generator=torch.Generator().manual_seed(0))  # pixels in [0, 1)
     meta = {"cnnkit.source": json.dumps(str(source))}
