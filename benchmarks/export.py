@@ -7,12 +7,17 @@ convnet (``keras_mnist_convnet``), and the Penn-Fudan detector and segmenter wit
 (the architectures ``cnnkit detect/segment train --data pennfudan`` trains: FCOS-style detector on
 efficientnet_lite0 at 320x320, U-Net on efficientnet_lite0 on a 288x384 photo).
 
-Run: ``nice python benchmarks/export.py [--threads 2]`` (a few minutes, most of it batch 32).
+The two sides are timed in alternating blocks (eager, ORT, eager, ORT, ...) and each gets the
+median: on a shared machine a change of load falls on both alike. ``--profile`` adds ONNX Runtime's
+own profile (the op types that take the most time) per model.
+
+Run: ``nice python benchmarks/export.py [--threads 2] [--profile]`` (a few minutes, most of it batch 32).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -27,16 +32,60 @@ from cnnkit.models.detection import create_detector
 from cnnkit.models.segmentation import create_segmenter
 
 
-def median_ms(fn, x: torch.Tensor, budget_s: float = 4.0, min_runs: int = 3, max_runs: int = 50) -> float:
-    """Median wall time of ``fn(x)`` in ms, after one warm-up call; runs until ``budget_s`` is spent."""
-    fn(x)
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() - start < budget_s):
+def block_ms(fn, x: torch.Tensor, runs: int) -> list[float]:
+    """Wall times of ``runs`` calls of ``fn(x)`` in ms."""
+    times = []
+    for _ in range(runs):
         t0 = time.perf_counter()
         fn(x)
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
+        times.append(1000 * (time.perf_counter() - t0))
+    return times
+
+
+def interleaved_ms(fns: dict, x: torch.Tensor, rounds: int, budget_s: float) -> dict[str, float]:
+    """Median ms of each ``fns[name](x)``, timed in alternating blocks (A B A B ...).
+
+    Each function is called once to warm up and once to size its blocks (about ``budget_s / rounds``
+    seconds each); then ``rounds`` blocks of each alternate, so that a change of load on a shared
+    machine falls on both sides alike.
+    """
+    runs = {}
+    for name, fn in fns.items():
+        fn(x)
+        t0 = time.perf_counter()
+        fn(x)
+        runs[name] = max(1, min(20, int(budget_s / rounds / max(time.perf_counter() - t0, 1e-4))))
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name] += block_ms(fn, x, runs[name])
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def top_ops(path: Path, x: torch.Tensor, threads: int, n: int = 4) -> str:
+    """ONNX Runtime's own profile of a few runs: the op types that take the most time, with shares."""
+    import json
+
+    import onnxruntime
+
+    opts = onnxruntime.SessionOptions()
+    opts.enable_profiling = True
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    opts.profile_file_prefix = str(path.with_suffix(""))
+    sess = onnxruntime.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    feed = {sess.get_inputs()[0].name: x.numpy()}
+    for _ in range(3):
+        sess.run(None, feed)
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    per_op: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            op = e.get("args", {}).get("op_name", "?")
+            per_op[op] = per_op.get(op, 0.0) + e.get("dur", 0)
+    total = sum(per_op.values()) or 1.0
+    ranked = sorted(per_op.items(), key=lambda kv: -kv[1])[:n]
+    return ", ".join(f"{op} {100 * d / total:.0f}%" for op, d in ranked)
 
 
 def rows() -> list[tuple[str, torch.nn.Module, tuple[int, ...]]]:
@@ -59,6 +108,11 @@ def rows() -> list[tuple[str, torch.nn.Module, tuple[int, ...]]]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2, help="threads for PyTorch and for ONNX Runtime (default: 2)")
+    p.add_argument("--rounds", type=int, default=6, help="alternating timing blocks per side (default: 6)")
+    p.add_argument("--budget", type=float, default=6.0, help="seconds of timing per side and model (default: 6)")
+    p.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "torchscript"])
+    p.add_argument("--profile", action="store_true", help="also print ONNX Runtime's slowest op types per model")
+    p.add_argument("--only", help="run the rows whose label contains this text")
     args = p.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -66,31 +120,43 @@ def main() -> None:
 
     print(
         f"{cpu_name()}, {args.threads} threads each; torch {torch.__version__}, onnxruntime "
-        f"{onnxruntime.__version__}; median ms per image\n"
+        f"{onnxruntime.__version__}; median ms per image over {args.rounds} alternating blocks per side; "
+        f"load average before: {os.getloadavg()[0]:.1f}\n"
     )
     print("| model | PyTorch eager | ONNX Runtime | ORT / eager | exporter | max diff |")
     print("|---|---:|---:|---:|---|---:|")
     exported: dict[int, tuple] = {}  # one export per model, whatever the batch
+    profiles = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, (label, model, shape) in enumerate(rows()):
+            if args.only and args.only not in label:
+                continue
             model.eval()
             x = torch.rand(*shape, generator=torch.Generator().manual_seed(1))
             if id(model) not in exported:
                 path = Path(tmp) / f"model{i}.onnx"
-                exported[id(model)] = (export_onnx(model, x[:2], path), path)
+                exported[id(model)] = (export_onnx(model, x[:2], path, exporter=args.exporter), path)
             report, path = exported[id(model)]
-            # PyTorch first, before any ONNX Runtime session exists: ORT's idle threads spin for a while
-            # after each run and would take the cores PyTorch is timed on
-            with torch.inference_mode():
-                eager = median_ms(model, x) / shape[0]
-            onnx_model = OnnxModel(path, threads=args.threads)
-            ort = median_ms(onnx_model, x) / shape[0]
+            # no spinning: ORT's idle threads would otherwise busy-wait and take the cores the
+            # PyTorch blocks in between are timed on
+            onnx_model = OnnxModel(path, threads=args.threads, spin=False)
+
+            def eager(v, model=model):
+                with torch.inference_mode():
+                    return model(v)
+
+            ms = interleaved_ms({"eager": eager, "ort": onnx_model}, x, args.rounds, args.budget)
+            e, o = ms["eager"] / shape[0], ms["ort"] / shape[0]
             del onnx_model
             print(
-                f"| {label} | {eager:.2f} | {ort:.2f} | {ort / eager:.2f} | {report.exporter} | "
-                f"{report.max_diff:.1e} |",
+                f"| {label} | {e:.2f} | {o:.2f} | {o / e:.2f} | {report.exporter} | {report.max_diff:.1e} |",
                 flush=True,
             )
+            if args.profile:
+                profiles.append(f"{label}: {top_ops(path, x, args.threads)}")
+    print(f"\nload average after: {os.getloadavg()[0]:.1f}")
+    for line in profiles:
+        print(line)
 
 
 if __name__ == "__main__":

@@ -26,17 +26,24 @@ import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from cnnkit.errors import CnnkitError
 
 OUTPUTS_KEY = "cnnkit.outputs"  # metadata_props entry: {"kind": "tensor" | "tuple" | "dict", "names": [...]}
+# what predict needs, as metadata_props entries (JSON values): the class names, the input size without
+# the batch axis, the task, whether digit-like images are inverted to white on black, and what the
+# graph takes (a classifier's normalisation is inside it: it takes [0, 1] pixels)
+CLASSES_KEY, SIZE_KEY, TASK_KEY = "cnnkit.classes", "cnnkit.input_size", "cnnkit.task"
+DARK_KEY, INPUT_KEY, MAX_SIDE_KEY = "cnnkit.dark_background", "cnnkit.input", "cnnkit.max_side"
+MAX_META_CHARS = 1 << 20  # a metadata value longer than this is refused, not parsed
+MAX_CLASSES = 100_000
 
 
 @dataclass
@@ -48,11 +55,12 @@ class ExportReport:
     fallback: str | None  # why the dynamo exporter was not used (None when it was)
     outputs: list[str]  # the ONNX output names, in order
     dynamic_batch: bool
-    dynamic_size: bool  # the spatial axes are free too
+    dynamic_size: bool  # axes besides the batch are free too (size_axes)
     checked: bool  # ONNX Runtime ran it and agreed with PyTorch
     input_shapes: tuple[tuple[int, ...], ...]  # the inputs it was checked on
     max_diff: float  # the largest max|ort - torch| / max|torch| over outputs and batches
     size_bytes: int
+    size_axes: tuple[int, ...] = ()  # the free input axes besides the batch
 
     def __str__(self) -> str:
         shapes = ", ".join("x".join(map(str, s)) for s in self.input_shapes)
@@ -137,14 +145,15 @@ def _export(
     names: list[str],
     batched: list[bool],
     dynamic_batch: bool,
-    dynamic_size: bool,
+    size_axes: tuple[int, ...],
     opset: int | None,
     exporter: str,
 ) -> tuple[str, str | None]:
     """Write ``flat`` to ``tmp``; returns (the exporter used, why dynamo was not).
 
     ``exporter="auto"`` tries the dynamo exporter (``torch.export`` + onnxscript, PyTorch's default)
-    and falls back to the TorchScript one; ``batched[i]`` says whether output i has the batch axis.
+    and falls back to the TorchScript one; ``batched[i]`` says whether output i has the batch axis;
+    ``size_axes``: the input axes besides the batch that stay free.
     """
     common = {"input_names": ["input"], "output_names": names, "external_data": False}
     if opset is not None:
@@ -154,8 +163,8 @@ def _export(
         try:
             with _quiet():
                 dims = {0: torch.export.Dim("batch", min=1, max=1 << 16)} if dynamic_batch else {}
-                if dynamic_size:  # AUTO: torch.export finds the sizes the network allows (or specialises)
-                    dims.update({i: torch.export.Dim.AUTO for i in range(2, example.dim())})
+                # AUTO: torch.export finds the sizes the network allows (or specialises)
+                dims.update({i: torch.export.Dim.AUTO for i in size_axes})
                 shapes = (dims,) if dims else None
                 torch.onnx.export(flat, (example,), tmp, dynamo=True, dynamic_shapes=shapes, verbose=False, **common)
             return "dynamo", None
@@ -164,13 +173,8 @@ def _export(
             if exporter == "dynamo":
                 raise CnnkitError(f"the dynamo ONNX exporter failed: {why}; try exporter='torchscript'") from None
     axes = None
-    if dynamic_batch or dynamic_size:
-        axes = {
-            "input": {
-                **({0: "batch"} if dynamic_batch else {}),
-                **({i: f"size_{i}" for i in range(2, example.dim())} if dynamic_size else {}),
-            }
-        }
+    if dynamic_batch or size_axes:
+        axes = {"input": {**({0: "batch"} if dynamic_batch else {}), **{i: f"size_{i}" for i in size_axes}}}
         for n, b in zip(names, batched):
             if b and dynamic_batch:
                 axes[n] = {0: "batch"}
@@ -193,13 +197,15 @@ def _ort():
     return onnxruntime
 
 
-def _session(path, threads: int | None = None):
+def _session(path, threads: int | None = None, spin: bool = True):
     ort = _ort()
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+    if not spin:  # idle worker threads sleep instead of busy-waiting for the next run
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 -- InvalidProtobuf, Fail, ...: not an ONNX model ORT can run
@@ -269,7 +275,7 @@ def export_onnx(
     path: str | os.PathLike,
     *,
     dynamic_batch: bool = True,
-    dynamic_size: bool = False,
+    dynamic_size: bool | Sequence[int] = False,
     check: bool = True,
     rtol: float = 1e-4,
     atol: float = 1e-6,
@@ -285,8 +291,10 @@ def export_onnx(
         example: a real input (N, C, ...) (a batch of images as the model expects them).
         path: the ``.onnx`` file to write; its folder is created.
         dynamic_batch: the batch axis is free (checked on the example and a batch of another size).
-        dynamic_size: the spatial axes are free too, where the network allows it (checked on the
-            example resized by +32 per axis; a network that fixes its size fails the check).
+        dynamic_size: True: every axis after the channels (``2 ..``: length, frames, height,
+            width) is free too, where the network allows it; or the input axes to free, e.g.
+            ``(3, 4)`` for clips (N, T, C, H, W) whose frame count the network fixes. Checked on the
+            example resized by +32 and +33 along those axes (a network that fixes them fails the check).
         check: run the file in ONNX Runtime and compare with PyTorch before keeping it.
         rtol: allowed ``max |ort - torch|`` as a fraction of ``max |torch|``, per output.
         atol: allowed absolute difference on top (for outputs that are all near zero).
@@ -311,6 +319,7 @@ def export_onnx(
         raise CnnkitError(f"{path} is a folder; give the .onnx file to write (--out model.onnx)")
     if exporter not in EXPORTERS:
         raise CnnkitError(f"unknown exporter {exporter!r}; use one of {', '.join(EXPORTERS)}. Received: {exporter!r}")
+    size_axes = _size_axes(dynamic_size, example.dim())
     if check:
         _ort()
     was_training = model.training
@@ -330,8 +339,9 @@ def export_onnx(
         except OSError as exc:
             raise CnnkitError(f"cannot write in {path.parent} ({exc.strerror or exc}); choose another --out") from None
         try:
-            used, why = _export(flat, traced, tmp, names, batched, dynamic_batch, dynamic_size, opset, exporter)
-            _add_metadata(tmp, {OUTPUTS_KEY: json.dumps({"kind": kind, "names": names}), **(metadata or {})})
+            used, why = _export(flat, traced, tmp, names, batched, dynamic_batch, size_axes, opset, exporter)
+            props = {**deploy_metadata(model, example), **(metadata or {})}
+            _add_metadata(tmp, {OUTPUTS_KEY: json.dumps({"kind": kind, "names": names}), **props})
             checked: tuple[tuple[int, ...], ...] = ()
             worst = 0.0
             if check:
@@ -339,10 +349,9 @@ def export_onnx(
                 inputs = [(example, False)]
                 if dynamic_batch:  # another batch size, real values
                     inputs.append((torch.cat([example, example[:1].flip(-1)]), False))
-                if dynamic_size:  # other sizes: +32 keeps a multiple of the network's total stride, +33
+                if size_axes:  # other sizes: +32 keeps a multiple of the network's total stride, +33
                     for extra in (32, 33):  # changes the parity (a padding computed once would show)
-                        size = [s + extra for s in example.shape[2:]]
-                        inputs.append((F.interpolate(example, size=size, mode="nearest"), True))
+                        inputs.append((_resized(example, size_axes, extra), True))
                 for x, optional in inputs:
                     try:
                         diff = _compare(sess, flat, x, rtol, atol, names, optional)
@@ -352,10 +361,10 @@ def export_onnx(
                     if diff is not None:
                         worst = max(worst, diff)
                         checked += (tuple(x.shape),)
-                if dynamic_size and len(checked) == len(inputs) - 2:
+                if size_axes and len(checked) == len(inputs) - 2:
                     raise CnnkitError(
-                        f"the network runs only at its example's size {tuple(example.shape[2:])} "
-                        "(PyTorch itself fails at others); export it without dynamic_size"
+                        f"the network runs only at its example's size {tuple(example.shape[1:])} along axes "
+                        f"{list(size_axes)} (PyTorch itself fails at others); export it without dynamic_size"
                     )
             os.replace(tmp, path)
         finally:
@@ -363,7 +372,74 @@ def export_onnx(
                 os.unlink(tmp)
     finally:
         model.train(was_training)
-    return ExportReport(path, used, why, names, dynamic_batch, dynamic_size, check, checked, worst, path.stat().st_size)
+    size = path.stat().st_size
+    return ExportReport(path, used, why, names, dynamic_batch, bool(size_axes), check, checked, worst, size, size_axes)
+
+
+def _size_axes(dynamic_size: bool | Sequence[int], dims: int) -> tuple[int, ...]:
+    """The free input axes besides the batch: True means all after the channels."""
+    if dynamic_size is True:
+        return tuple(range(2, dims))
+    if dynamic_size is False or dynamic_size is None:
+        return ()
+    axes = tuple(dynamic_size)
+    if not all(isinstance(a, int) and 1 <= a < dims for a in axes) or len(set(axes)) != len(axes):
+        raise CnnkitError(
+            f"dynamic_size names input axes 1..{dims - 1} (0 is the batch), each once. Received: {list(axes)}"
+        )
+    return tuple(sorted(axes))
+
+
+def _resized(x: torch.Tensor, axes: tuple[int, ...], extra: int) -> torch.Tensor:
+    """``x`` stretched by ``extra`` along each of ``axes`` (nearest neighbour: real values, other sizes)."""
+    for axis in axes:
+        n = x.shape[axis]
+        x = x.index_select(axis, torch.arange(n + extra) * n // (n + extra))
+    return x
+
+
+def deploy_metadata(model: nn.Module, example: torch.Tensor) -> dict[str, str]:
+    """What a deployed file needs besides its graph, read off the model, as ONNX ``metadata_props``.
+
+    Args:
+        model: the exported module; its ``classes``, ``input_size`` and ``info`` (a run's metadata:
+            ``task``, ``dataset.dark_background``) are used where it has them.
+        example: the example input; its shape without the batch is the input size otherwise.
+
+    Returns:
+        JSON strings under ``cnnkit.classes``, ``cnnkit.input_size``, ``cnnkit.task``,
+        ``cnnkit.dark_background``, ``cnnkit.max_side`` (a segmenter's photo size) and
+        ``cnnkit.input`` (what the graph takes).
+    """
+    info = getattr(model, "info", None)
+    info = info if isinstance(info, dict) else {}
+    size = getattr(model, "input_size", None) or info.get("input_size") or tuple(example.shape[1:])
+    props = {SIZE_KEY: json.dumps([int(v) for v in size]), TASK_KEY: json.dumps(str(info.get("task", "classify")))}
+    classes = getattr(model, "classes", None) or info.get("classes")
+    if classes is not None:
+        props[CLASSES_KEY] = json.dumps([str(c) for c in classes])
+    config = info.get("config")
+    if isinstance(config, dict) and isinstance(config.get("max_side"), int):  # a segmenter's photo size
+        props[MAX_SIDE_KEY] = json.dumps(config["max_side"])
+    dataset = info.get("dataset")
+    if isinstance(dataset, dict) and "dark_background" in dataset:
+        props[DARK_KEY] = json.dumps(bool(dataset["dark_background"]))
+    if (hasattr(model, "mean") and hasattr(model, "std")) or hasattr(model, "normalise"):  # inside the graph
+        props[INPUT_KEY] = json.dumps("pixels in [0, 1]; the normalisation is inside the graph")
+    return props
+
+
+def model_device(model) -> torch.device:
+    """Where a model's inputs go: its weights' device, the CPU for an :class:`OnnxModel` or no weights.
+
+    Args:
+        model: an ``nn.Module`` or an :class:`OnnxModel`.
+
+    Returns:
+        The device.
+    """
+    param = next(model.parameters(), None) if isinstance(model, nn.Module) else None
+    return param.device if param is not None else torch.device("cpu")
 
 
 class OnnxModel:
@@ -373,15 +449,26 @@ class OnnxModel:
         path: a file written by :func:`export_onnx` (any single-input ONNX model runs; its outputs
             then come back as a tensor, or a tuple for several).
         threads: ONNX Runtime's intra-op threads (default: its own choice).
+        spin: let idle worker threads busy-wait for the next run (ONNX Runtime's default; False
+            leaves the cores free between calls, for a process that also runs PyTorch).
 
     Attributes:
         path: the ONNX file.
         input_name: the name of the model's one input.
         output_names: the names of its outputs, in order.
         metadata: the file's ``metadata_props`` (e.g. classes, input size).
+        classes: the class names (``cnnkit.classes``), or None.
+        input_size: the input without the batch axis (``cnnkit.input_size``, else the graph's own
+            input shape where it is fixed), or None.
+        task: the task it was trained for (``cnnkit.task``), or None.
+        info: ``{"task", "input_size", "classes", "dataset": {"dark_background"}}`` as a run's
+            metadata has them.
+        training: always False: the graph is the model in eval mode (``eval()`` and ``train()``
+            are accepted and change nothing, so code written for a module runs it).
 
     Raises:
-        CnnkitError: no file at ``path``, or a model with more than one input.
+        CnnkitError: no file at ``path``, a model with more than one input, or metadata that is not
+            what ``cnnkit export`` writes (too long, not JSON, wrong types).
 
     Example:
         >>> model = OnnxModel("model.onnx")             # doctest: +SKIP
@@ -389,25 +476,100 @@ class OnnxModel:
         torch.Size([2, 1000])
     """
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, spin: bool = True):
         path = Path(path)
         if not path.is_file():
             raise CnnkitError(f"no ONNX file at {path}; give a file written by `cnnkit export`")
         self.path = path
-        self.session = _session(path, threads)
+        self.session = _session(path, threads, spin)
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             raise CnnkitError(f"{path} takes {len(inputs)} inputs; OnnxModel runs models with one input")
         self.input_name = inputs[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
-        try:
-            spec = json.loads(self.metadata.get(OUTPUTS_KEY, "{}"))
-        except ValueError:
-            spec = {}
-        self.kind = spec.get("kind") if isinstance(spec, dict) else None
+        spec = self.meta_value(OUTPUTS_KEY, dict)
+        self.kind = spec.get("kind") if spec else None
         if self.kind not in ("tensor", "tuple", "dict"):
             self.kind = "tensor" if len(self.output_names) == 1 else "tuple"
+        self.classes = self._classes()
+        self.input_size = self._input_size(inputs[0].shape)
+        self.task = self.meta_value(TASK_KEY, str)
+        if self.task is not None and not 0 < len(self.task) <= 40:
+            raise self._bad(TASK_KEY, "a task name of 1 to 40 characters")
+        dark = self.meta_value(DARK_KEY, bool)
+        self.info = {
+            "task": self.task,
+            "input_size": self.input_size,
+            "classes": self.classes,
+            "dataset": {"dark_background": bool(dark)},
+        }
+        self.training = False
+
+    def eval(self) -> OnnxModel:
+        """The graph is already the eval-mode model: returns itself."""
+        return self
+
+    def train(self, mode: bool = True) -> OnnxModel:
+        """Nothing to switch (the graph cannot train): returns itself."""
+        return self
+
+    def _bad(self, key: str, expected: str) -> CnnkitError:
+        value = self.metadata.get(key, "")
+        shown = value if len(value) <= 60 else value[:57] + "..."
+        return CnnkitError(
+            f"{self.path}: metadata {key} is not {expected} (received {shown!r}); export the model again "
+            "with `cnnkit export`"
+        )
+
+    def meta_value(self, key: str, kind: type):
+        """The JSON value stored in the file's metadata under ``key``, checked to be a ``kind``.
+
+        Args:
+            key: the ``metadata_props`` key, e.g. ``"cnnkit.classes"``.
+            kind: the Python type the JSON value must have (``list``, ``dict``, ``str``, ``int``, ``bool``).
+
+        Returns:
+            The value, or None when the file has no such entry.
+
+        Raises:
+            CnnkitError: a value longer than ``MAX_META_CHARS``, not JSON, or not a ``kind``.
+        """
+        if key not in self.metadata:
+            return None
+        text = self.metadata[key]
+        if len(text) > MAX_META_CHARS:
+            raise CnnkitError(
+                f"{self.path}: metadata {key} is {len(text)} characters long (at most {MAX_META_CHARS} "
+                "are read); export the model again with `cnnkit export`"
+            )
+        try:
+            value = json.loads(text)
+        except ValueError:
+            raise self._bad(key, "JSON") from None
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise self._bad(key, f"a JSON {kind.__name__}")
+        return value
+
+    def _classes(self) -> list[str] | None:
+        classes = self.meta_value(CLASSES_KEY, list)
+        if classes is None:
+            return None
+        if not 0 < len(classes) <= MAX_CLASSES or not all(isinstance(c, str) and len(c) <= 200 for c in classes):
+            raise self._bad(CLASSES_KEY, f"a list of 1 to {MAX_CLASSES} class names of at most 200 characters")
+        out = self.session.get_outputs()[0].shape
+        if self.kind == "tensor" and len(out) == 2 and isinstance(out[1], int) and out[1] != len(classes):
+            raise self._bad(CLASSES_KEY, f"a list of {out[1]} class names (the model's outputs)")
+        return classes
+
+    def _input_size(self, graph_shape) -> tuple[int, ...] | None:
+        size = self.meta_value(SIZE_KEY, list)
+        if size is None:  # the graph's own shape, where it is fixed
+            fixed = list(graph_shape[1:])
+            return tuple(fixed) if fixed and all(isinstance(v, int) and v > 0 for v in fixed) else None
+        if not 0 < len(size) <= 4 or not all(type(v) is int and 0 < v <= 1 << 16 for v in size):
+            raise self._bad(SIZE_KEY, "a list of 1 to 4 sizes from 1 to 65536")
+        return tuple(size)
 
     def __call__(self, x: torch.Tensor):
         out = self.session.run(None, {self.input_name: x.detach().cpu().float().numpy()})

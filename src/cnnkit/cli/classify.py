@@ -77,7 +77,9 @@ def add_modes(sub, short: bool) -> None:
         description="Classify image files with a trained run, or with a zoo model's published ImageNet weights.",
     )
     q.add_argument(
-        "run", help="run folder, model.safetensors, or a zoo name with ImageNet weights (e.g. efficientnet_lite0)"
+        "run",
+        help="run folder, model.safetensors, a .onnx file from `cnnkit export` (run by ONNX Runtime), "
+        "or a zoo name with ImageNet weights (e.g. efficientnet_lite0)",
     )
     q.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     q.add_argument("--top", type=int, help="classes shown per image (default: 3; 5 for a zoo model)")
@@ -178,12 +180,13 @@ def run_eval(args) -> int:
 
 def run_predict(args) -> int:
     from cnnkit.engine.precision import autocast
+    from cnnkit.export import model_device
     from cnnkit.tasks.classify.predict import predict_files, predictor
 
     if args.top is not None and args.top < 1:
         raise CnnkitError(f"--top must be a positive integer; received {args.top}")
     model, loader, top = predictor(args.run, args.top, **trust(args))
-    with autocast(args.precision, next(model.parameters()).device):
+    with autocast(args.precision, model_device(model)):
         rows = predict_files(model, args.images, top=top, loader=loader)
     if args.format == "json":
         print(json.dumps(rows))

@@ -49,7 +49,7 @@ def add_eval_predict(sub, eval_help: str, predict_help: str, run_eval, run_predi
     e.set_defaults(func=run_eval)
 
     q = sub.add_parser("predict", help=predict_help)
-    q.add_argument("run", help="run folder or model.safetensors")
+    q.add_argument("run", help="run folder or model.safetensors (detect: also a .onnx file from `cnnkit export`)")
     q.add_argument("images", nargs="+")
     q.add_argument("--score", type=float, default=0.3, help="least score shown (default 0.3)")
     q.add_argument("--out-dir", help="where the PNGs go (default: <run>/predictions)")
@@ -92,15 +92,17 @@ def run_eval(args) -> int:
 def run_predict(args) -> int:
     from cnnkit.data.images import read_pixels
     from cnnkit.engine.runfolder import output_stems, resolve
-    from cnnkit.tasks.detect.load import load_detector
+    from cnnkit.tasks.detect.load import load_detector, onnx_detector
     from cnnkit.tasks.detect.predict import draw_detections, predict_images
 
-    model = load_detector(args.run)
+    exported = args.run.lower().endswith(".onnx")
+    model = onnx_detector(args.run) if exported else load_detector(args.run)
     size = model.info["input_size"][-1]
     paths = [Path(p) for p in args.images]
     images = [read_pixels(p) for p in paths]  # CnnkitError on a missing file, before any work
     results = predict_images(model, images, size, model.info["classes"], score_threshold=args.score)
-    out_dir = Path(args.out_dir) if args.out_dir else resolve(args.run).parent / "predictions"
+    folder = Path(args.run).parent if exported else resolve(args.run).parent
+    out_dir = Path(args.out_dir) if args.out_dir else folder / "predictions"
     stems = output_stems(paths, out_dir, ("_boxes.png",))  # unique, and never an input's own name
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []

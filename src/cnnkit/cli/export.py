@@ -2,32 +2,34 @@
 
 from __future__ import annotations
 
-import json
-
 from cnnkit.cli import add_trust_code, trust
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "export",
-        help="a trained run as one ONNX file that ONNX Runtime runs as PyTorch does",
-        description="Load a run (cnnkit.load), export its deployable model to ONE .onnx file (weights inside) "
-        "with a dynamic batch axis, run it in ONNX Runtime on example images (the batch given and one more) "
-        "and keep it only if its outputs match PyTorch's within --rtol of their scale. A classifier is "
-        "exported with its input normalisation and without test-time augmentation: it takes [0, 1] pixels "
-        "(N, C, H, W) and returns logits. A detector is exported up to its raw outputs; decoding and NMS stay "
-        "in Python (cnnkit.models.detection.decode).",
+        help="a trained run (or a zoo network) as one ONNX file that ONNX Runtime runs as PyTorch does",
+        description="Load a run of any task (cnnkit.load), or build a zoo network by name with random weights, "
+        "export it to ONE .onnx file (weights inside) with a dynamic batch axis, run it in ONNX Runtime on "
+        "example inputs (the batch given and one more) and keep it only if its outputs match PyTorch's within "
+        "--rtol of their scale. A classifier is exported with its input normalisation and without test-time "
+        "augmentation: it takes [0, 1] pixels (N, C, H, W) and returns logits; its classes and input size "
+        "go in the file's metadata, so `cnnkit predict FILE.onnx image.jpg` runs it. A detector is exported "
+        "up to its raw outputs; decoding and NMS stay in Python (cnnkit.models.detection.decode).",
     )
-    p.add_argument("run", metavar="RUN", help="a run folder or model.safetensors")
+    p.add_argument("run", metavar="RUN", help="a run folder, model.safetensors, or a zoo name (random weights)")
     p.add_argument("--format", default="onnx", choices=["onnx"], help="the only format: onnx")
     p.add_argument("--out", required=True, metavar="FILE.onnx", help="the file to write")
     p.add_argument("--batch", type=int, default=1, help="batch of the example input (default: 1)")
-    p.add_argument("--input", metavar="CxHxW", help="input size when the run does not state one")
+    p.add_argument("--input", metavar="CxHxW", help="input size without the batch (default: the run's or zoo's)")
     p.add_argument("--static-batch", action="store_true", help="fix the batch axis to --batch")
     p.add_argument(
         "--dynamic-size",
-        action="store_true",
-        help="free image size too, where the network allows it (checked at another size)",
+        nargs="?",
+        const="all",
+        metavar="AXES",
+        help="free the axes after the channels too (length, frames, height, width) where the network allows "
+        "it, checked at other sizes; or only the input axes given, e.g. 3,4 for SimVP clips (N, T, C, H, W)",
     )
     p.add_argument(
         "--exporter",
@@ -46,51 +48,33 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_export)
 
 
-def _size(model, text: str | None) -> tuple[int, ...]:
+def _axes(text: str | None) -> bool | tuple[int, ...]:
     from cnnkit.errors import CnnkitError
 
-    if text is not None:
-        try:
-            return tuple(int(v) for v in text.replace(",", "x").split("x"))
-        except ValueError:
-            raise CnnkitError(f"--input takes sizes like 3x224x224. Received: --input {text}") from None
-    size = getattr(model, "input_size", None)
-    if size is None:
-        raise CnnkitError("the run does not state its input size; give it with --input CxHxW")
-    return tuple(int(v) for v in size)
+    if text is None:
+        return False
+    if text == "all":
+        return True
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise CnnkitError(f"--dynamic-size takes input axes like 3,4 (or nothing). Received: {text}") from None
 
 
 def run_export(args) -> int:
-    import contextlib
+    from cnnkit.tasks.export import export_model, parse_size
 
-    import torch
-
-    from cnnkit.errors import CnnkitError
-    from cnnkit.export import export_onnx
-    from cnnkit.tasks.load import load
-
-    if args.batch < 1:
-        raise CnnkitError(f"--batch must be at least 1. Received: --batch {args.batch}")
-    model = load(args.run, **trust(args))
-    size = _size(model, args.input)
-    example = torch.rand(args.batch, *size, generator=torch.Generator().manual_seed(0))  # pixels in [0, 1)
-    meta = {"cnnkit.input_size": json.dumps(list(size)), "cnnkit.source": str(args.run)}
-    if getattr(model, "classes", None) is not None:
-        meta["cnnkit.classes"] = json.dumps(list(model.classes))
-    task = (getattr(model, "info", None) or {}).get("task", "classify")
-    meta["cnnkit.task"] = str(task)
-    no_tta = model.without_tta() if hasattr(model, "without_tta") else contextlib.nullcontext()
-    with no_tta:
-        report = export_onnx(
-            model,
-            example,
-            args.out,
-            dynamic_batch=not args.static_batch,
-            dynamic_size=args.dynamic_size,
-            check=not args.no_check,
-            rtol=args.rtol,
-            exporter=args.exporter,
-            metadata=meta,
-        )
+    report = export_model(
+        args.run,
+        args.out,
+        batch=args.batch,
+        input_size=parse_size(args.input) if args.input is not None else None,
+        dynamic_batch=not args.static_batch,
+        dynamic_size=_axes(args.dynamic_size),
+        check=not args.no_check,
+        rtol=args.rtol,
+        exporter=args.exporter,
+        **trust(args),
+    )
     print(report)
     return 0

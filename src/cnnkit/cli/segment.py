@@ -40,7 +40,7 @@ def register(subparsers) -> None:
     e.set_defaults(func=run_eval)
 
     q = sub.add_parser("predict", help="class-index PNG and colour overlay per image")
-    q.add_argument("run", help="run folder or model.safetensors")
+    q.add_argument("run", help="run folder, model.safetensors, or its .onnx from `cnnkit export RUN --dynamic-size`")
     q.add_argument("images", nargs="+", help="image files")
     q.add_argument("--out", required=True, help="folder for <stem>.png (grey class indices) and <stem>_overlay.png")
     q.set_defaults(func=run_predict)
@@ -84,19 +84,20 @@ def run_eval(args) -> int:
 def run_predict(args) -> int:
     from cnnkit.data.images import read_pixels
     from cnnkit.engine.runfolder import output_stems
-    from cnnkit.tasks.segment.load import load_segmenter
+    from cnnkit.tasks.segment.load import load_segmenter, onnx_segmenter
     from cnnkit.tasks.segment.predict import predict_image, write_prediction
 
     paths = [Path(p) for p in args.images]
     stems = output_stems(paths, args.out, (".png", "_overlay.png"))  # before any work: nothing overwritten
-    model = load_segmenter(args.run)
+    model = onnx_segmenter(args.run) if args.run.lower().endswith(".onnx") else load_segmenter(args.run)
+    channels = model.mean.shape[1] if hasattr(model, "mean") else model.input_size[0]
     max_side = model.info.get("config", {}).get("max_side")
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise CnnkitError(f"no such image file: {missing[0]}")
     for path, stem in zip(paths, stems):
         image = read_pixels(path)
-        if model.mean.shape[1] == 1:
+        if channels == 1:
             image = image.float().mean(0, keepdim=True).round().to(image.dtype)  # grey networks
         mask = predict_image(model, image, max_side)
         grey, colour = write_prediction(image, mask, len(model.classes), args.out, stem)

@@ -12,8 +12,9 @@ PyTorch's ``padding="same"`` only works for stride 1; TensorFlow/Keras pads so t
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
+
+import torch
 
 from cnnkit.errors import CnnkitError
 
@@ -28,17 +29,45 @@ def _check_mode(mode: str) -> None:
 def same_pad(size: int, kernel: int, stride: int = 1, dilation: int = 1, mode: str = "same") -> tuple[int, int]:
     """Padding ``(before, after)`` of one dimension so that ``output = ceil(size / stride)``.
 
-    ``total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)``;
-    ``mode="same"`` puts ``total // 2`` before and the odd extra after (TensorFlow),
-    ``mode="caffe"`` puts the odd extra before, ``mode="valid"`` pads nothing.
+    ``total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)``, which is
+    ``max((kernel - 1) * dilation - (size - 1) % stride, 0)``; ``mode="same"`` puts ``total // 2``
+    before and the odd extra after (TensorFlow), ``mode="caffe"`` puts the odd extra before,
+    ``mode="valid"`` pads nothing. Only integer operators touch ``size``, so an exporter that
+    traces it symbolically (``torch.export``, the TorchScript tracer) keeps the padding a function
+    of the input size instead of baking the example's value into the graph.
+
+    Args:
+        size: the input's length along the dimension (an int, or a symbolic size while exporting).
+        kernel: the kernel's length.
+        stride: the stride.
+        dilation: the dilation.
+        mode: "same", "caffe" or "valid".
+
+    Returns:
+        ``(before, after)``.
+
+    Raises:
+        CnnkitError: an unknown ``mode``.
     """
     _check_mode(mode)
-    if mode == "valid":
+    span = (kernel - 1) * dilation
+    if mode == "valid" or span == 0:
         return 0, 0
-    out = math.ceil(size / stride)
-    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
-    small, large = total // 2, total - total // 2
+    total = span - (size - 1) % stride
+    if span < stride - 1:  # only then can it be negative
+        total = _max0(total)
+    small = total // 2
+    large = total - small
     return (small, large) if mode == "same" else (large, small)
+
+
+def _max0(value):
+    """``max(value, 0)`` for an int, a symbolic int or a traced size."""
+    if isinstance(value, torch.Tensor):
+        return value.clamp(min=0)
+    if isinstance(value, int):
+        return max(value, 0)
+    return torch.sym_max(value, 0)
 
 
 def _ntuple(value, n: int) -> tuple[int, ...]:
@@ -59,7 +88,7 @@ def pad_for(x_spatial_sizes: Sequence[int], kernel, stride=1, dilation=1, mode: 
     ks, ss, ds = _ntuple(kernel, n), _ntuple(stride, n), _ntuple(dilation, n)
     pad: list[int] = []
     for size, k, s, d in reversed(list(zip(x_spatial_sizes, ks, ss, ds))):
-        pad.extend(same_pad(int(size), k, s, d, mode))
+        pad.extend(same_pad(size, k, s, d, mode))
     return pad
 
 

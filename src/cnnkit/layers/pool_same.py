@@ -37,11 +37,11 @@ class _MaxPoolSame(_PoolSame):
 class _AvgPoolSame(_PoolSame):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pad = self._pad(x)
-        if not any(pad):
+        if all(isinstance(p, int) for p in pad) and not any(pad):  # sizes known: no padding at all
             return _AVG[self.n](x, self.kernel_size, self.stride)
         pool = _AVG[self.n]
         mean = pool(F.pad(x, pad), self.kernel_size, self.stride)  # sum / window size
-        ones = torch.ones((1, 1, *x.shape[-self.n :]), dtype=x.dtype, device=x.device)
+        ones = torch.ones_like(x[:1, :1])  # (1, 1, *spatial), its size followed when exported
         frac = pool(F.pad(ones, pad), self.kernel_size, self.stride)  # real cells / window size
         return mean / frac  # sum / real cells
 

@@ -105,9 +105,14 @@ def check_mode(mode: str) -> str:
 
 
 def resize(x: torch.Tensor, size, mode: str = "bilinear") -> torch.Tensor:
-    """(B, C, h, w) -> (B, C, *size) by nearest or bilinear (half-pixel) interpolation."""
-    size = tuple(int(s) for s in size)
-    if tuple(x.shape[-2:]) == size:
+    """(B, C, h, w) -> (B, C, *size) by nearest or bilinear (half-pixel) interpolation.
+
+    Sizes an exporter traces (symbolic, or tensors under the TorchScript tracer) are kept as they
+    are, so the exported graph resizes to the input's size, not the example's.
+    """
+    size = tuple(int(s) if isinstance(s, (int, float)) else s for s in size)
+    known = all(isinstance(s, int) for s in (*x.shape[-2:], *size))
+    if known and tuple(x.shape[-2:]) == size:
         return x
     if mode == "nearest":
         return F.interpolate(x, size=size, mode="nearest")

@@ -8,6 +8,8 @@ import torch
 import torch.nn as nn
 
 from cnnkit.data.images import read_image
+from cnnkit.errors import CnnkitError
+from cnnkit.export import OnnxModel, model_device
 
 
 def load_image(path: str | Path, input_size: tuple[int, int, int], dark_background: bool) -> torch.Tensor:
@@ -25,7 +27,8 @@ def predict_files(model: nn.Module, paths: list[str], top: int = 3, loader=None)
     """The most probable classes of each image file.
 
     Args:
-        model: a classifier with ``classes`` and ``input_size`` (what :func:`cnnkit.load` returns).
+        model: a classifier with ``classes`` and ``input_size`` (what :func:`cnnkit.load` returns,
+            or an exported file's :func:`onnx_classifier`).
         paths: image files (PNG, JPEG, ...).
         top: how many (class, probability) pairs to keep per image.
         loader: ``fn(path) -> (C, H, W)`` float tensor in [0, 1] that reads one image (default: the
@@ -44,8 +47,7 @@ def predict_files(model: nn.Module, paths: list[str], top: int = 3, loader=None)
     dark = bool(getattr(model, "info", {}).get("dataset", {}).get("dark_background", False))
     loader = loader or (lambda p: load_image(p, model.input_size, dark))
     x = torch.stack([loader(p) for p in paths])  # (N, C, H, W)
-    device = next(model.parameters()).device
-    probs = model(x.to(device)).float().softmax(1).cpu()
+    probs = model(x.to(model_device(model))).float().softmax(1).cpu()
     p, i = probs.topk(min(top, probs.shape[1]), dim=1)
     return [
         {"image": str(path), "top": [(model.classes[k], float(v)) for v, k in zip(pv, ik)]}
@@ -53,11 +55,41 @@ def predict_files(model: nn.Module, paths: list[str], top: int = 3, loader=None)
     ]
 
 
+def onnx_classifier(path: str | Path) -> OnnxModel:
+    """An exported classifier (``cnnkit export``) run by ONNX Runtime, ready for :func:`predict_files`.
+
+    Args:
+        path: the ``.onnx`` file; its metadata gives the classes and the input size.
+
+    Returns:
+        An :class:`~cnnkit.export.OnnxModel` with ``classes``, ``input_size`` and ``info``.
+
+    Raises:
+        CnnkitError: onnxruntime is not installed, the file is not an ONNX model, its metadata is
+            damaged, or it is not a classifier of images.
+    """
+    model = OnnxModel(path)
+    if model.task not in (None, "classify"):
+        raise CnnkitError(f"{path} is a {model.task} model (metadata cnnkit.task); classify predict runs classifiers")
+    if model.input_size is None or len(model.input_size) != 3 or model.input_size[0] not in (1, 3):
+        raise CnnkitError(
+            f"{path} does not state an image input size (C, H, W) with 1 or 3 channels (received "
+            f"{model.input_size}); export it with `cnnkit export RUN --out FILE.onnx`"
+        )
+    if model.classes is None:
+        out = model.session.get_outputs()[0].shape
+        if len(out) != 2 or not isinstance(out[1], int):
+            raise CnnkitError(f"{path} names no classes (metadata cnnkit.classes); export it with `cnnkit export`")
+        model.classes = [str(i) for i in range(out[1])]  # a foreign file: its class indices
+    return model
+
+
 def predictor(source: str, top: int | None = None, trust_code: bool = False, factory: str | None = None):
     """What ``cnnkit classify predict`` runs: ``(model, loader, top)``.
 
     Args:
-        source: a run folder or ``model.safetensors``, or a zoo name with published ImageNet weights.
+        source: a run folder or ``model.safetensors``, an exported ``.onnx`` file (run by ONNX
+            Runtime), or a zoo name with published ImageNet weights.
         top: classes shown per image (default: 3 for a run, 5 for a zoo model).
         trust_code: allow building a network by running ``factory`` (as for :func:`cnnkit.load`).
         factory: ``FILE.py:FUNCTION`` that builds the network (with ``trust_code``).
@@ -73,6 +105,8 @@ def predictor(source: str, top: int | None = None, trust_code: bool = False, fac
     from cnnkit.models.preprocess import load_photo, pretrained_classifier
     from cnnkit.tasks.classify.load import load_classifier
 
+    if str(source).lower().endswith(".onnx"):
+        return onnx_classifier(source), None, top or 3
     if not Path(source).exists() and "/" not in source and not source.endswith(".safetensors"):
         model = pretrained_classifier(source)  # a zoo name: its ImageNet weights and classes
         return model, partial(load_photo, pre=model.preprocess), top or 5

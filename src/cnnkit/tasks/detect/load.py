@@ -8,6 +8,7 @@ import torch
 
 from cnnkit.engine.runfolder import load_run_model
 from cnnkit.errors import CnnkitError
+from cnnkit.export import OnnxModel
 from cnnkit.models.detection import Detector, create_detector
 
 
@@ -90,3 +91,33 @@ def new_detector(
         "weights": weights,
     }
     return model, info
+
+
+def onnx_detector(path: str | os.PathLike) -> OnnxModel:
+    """A detector exported by ``cnnkit export``, run by ONNX Runtime, for ``predict_images``.
+
+    The file returns the raw maps (``cls``, ``box``, ``ctr``, ``points``); decoding and NMS run
+    in Python as for the PyTorch model.
+
+    Args:
+        path: the ``.onnx`` file.
+
+    Returns:
+        An :class:`~cnnkit.export.OnnxModel` whose ``info`` has the classes and input size.
+
+    Raises:
+        CnnkitError: onnxruntime is missing, the file is not an ONNX model, its metadata is damaged,
+            or it is not a detector exported with its classes and square input size.
+    """
+    model = OnnxModel(path)
+    if model.task != "detect" or not {"cls", "box", "ctr", "points"} <= set(model.output_names):
+        raise CnnkitError(
+            f"{path} is not a detector exported by `cnnkit export` (task {model.task}, outputs "
+            f"{', '.join(model.output_names)[:80]}); export a `cnnkit detect train` run"
+        )
+    size = model.input_size
+    if model.classes is None or size is None or len(size) != 3 or size[1] != size[2]:
+        raise CnnkitError(
+            f"{path} does not state its classes and a square input size (received {size}); export it with `cnnkit export`"
+        )
+    return model

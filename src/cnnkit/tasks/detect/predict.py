@@ -8,6 +8,7 @@ import torch.nn as nn
 from cnnkit.data.detection import (
     letterbox,
 )
+from cnnkit.export import model_device
 from cnnkit.models.detection import decode
 from cnnkit.tasks.detect.data import DetectionSet
 
@@ -32,7 +33,7 @@ def predict_set(
     """
     was = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     out = []
     try:
         for i in range(0, len(data), batch_size):
@@ -53,7 +54,8 @@ def predict_images(
     """Detections on images of any size: each is letterboxed to ``size`` and its boxes mapped back.
 
     Args:
-        model: a :class:`~cnnkit.models.detection.Detector`.
+        model: a :class:`~cnnkit.models.detection.Detector`, or its exported file
+            (:func:`cnnkit.tasks.detect.load.onnx_detector`).
         images: uint8 (C, H, W) tensors; grey or colour is converted to the model's channels.
         size: the square side the model was trained at (``model.info["input_size"][-1]``).
         classes: the class names, in index order.
@@ -68,7 +70,7 @@ def predict_images(
         >>> model = load_detector("runs/pennfudan")                                   # doctest: +SKIP
         >>> predict_images(model, [read_pixels("street.jpg")], 320, model.info["classes"])  # doctest: +SKIP
     """
-    c = model.normalise.mean.shape[1]
+    c = model.normalise.mean.shape[1] if hasattr(model, "normalise") else model.input_size[0]  # an OnnxModel
     results = []
     for img in images:
         if img.shape[0] != c:

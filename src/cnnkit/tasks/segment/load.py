@@ -7,6 +7,7 @@ import torch
 from cnnkit.data.segmentation import SegmentationSet
 from cnnkit.engine.runfolder import load_run_model
 from cnnkit.errors import CnnkitError
+from cnnkit.export import MAX_SIDE_KEY, OnnxModel
 from cnnkit.tasks.segment.config import SegmentConfig
 from cnnkit.tasks.segment.data import _channels, input_stats
 from cnnkit.tasks.segment.predict import Segmenter
@@ -57,3 +58,35 @@ def load_segmenter(path, device: str = "cpu") -> Segmenter:
         torch.Size([1, 320, 320])
     """
     return load_run_model(path, "segment", Segmenter.from_info, device)
+
+
+def onnx_segmenter(path) -> OnnxModel:
+    """A segmenter exported by ``cnnkit export --dynamic-size``, run by ONNX Runtime, for ``predict_image``.
+
+    Args:
+        path: the ``.onnx`` file.
+
+    Returns:
+        An :class:`~cnnkit.export.OnnxModel` with ``classes``, ``input_size`` and ``info["config"]["max_side"]``.
+
+    Raises:
+        CnnkitError: onnxruntime is missing, the file is not an ONNX model, its metadata is damaged,
+            or it is not a segmenter exported with its classes and a free image size.
+    """
+    model = OnnxModel(path)
+    size = model.input_size
+    if model.task != "segment" or model.classes is None or size is None or len(size) != 3 or size[0] not in (1, 3):
+        raise CnnkitError(
+            f"{path} is not a segmenter exported by `cnnkit export` (task {model.task}, input {size}); "
+            "export a `cnnkit segment train` run"
+        )
+    shape = model.session.get_inputs()[0].shape
+    if len(shape) != 4 or isinstance(shape[2], int) or isinstance(shape[3], int):
+        raise CnnkitError(
+            f"{path} takes only {shape[2]}x{shape[3]} images; export the run with `cnnkit export RUN --dynamic-size`"
+        )
+    max_side = model.meta_value(MAX_SIDE_KEY, int)
+    if max_side is not None and not 16 <= max_side <= 1 << 16:
+        raise CnnkitError(f"{path}: metadata {MAX_SIDE_KEY} is {max_side}, not 16..65536; export the run again")
+    model.info["config"] = {"max_side": max_side}
+    return model

@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cnnkit.errors import CnnkitError
+from cnnkit.export import model_device
 from cnnkit.models.deploy import Classifier
 
 
@@ -169,7 +170,8 @@ def predict_image(model: Segmenter, image: torch.Tensor, max_side: int | None = 
     """The class map of one photo, at the photo's size.
 
     Args:
-        model: a :class:`Segmenter` (put in eval mode).
+        model: a :class:`Segmenter` (put in eval mode), or its exported file
+            (:func:`cnnkit.tasks.segment.load.onnx_segmenter`).
         image: uint8 (C, H, W).
         max_side: the network sees the photo shrunk so its longer side is at most this, and its
             logits are resized back (None: as it is).
@@ -189,7 +191,7 @@ def predict_image(model: Segmenter, image: torch.Tensor, max_side: int | None = 
         x = F.interpolate(
             x, size=(max(1, round(h * s)), max(1, round(w * s))), mode="bilinear", align_corners=False, antialias=True
         )
-    device = next(model.parameters()).device
+    device = model_device(model)
     logits = resize(model.eval()(x.to(device)).float(), (h, w), "bilinear")  # (1, K, H, W)
     return logits.argmax(1)[0].cpu()
 

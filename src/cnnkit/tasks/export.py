@@ -1,0 +1,140 @@
+"""What ``cnnkit export`` runs: a trained run of any task, or a zoo network, as one checked ONNX file.
+
+A run is loaded with :func:`cnnkit.load` (its task's deployable: a classifier with its normalisation
+inside and test-time augmentation off, a detector up to its raw maps, a segmenter, a series or video
+network); a zoo name builds that network with its registered input size and random weights (an
+architecture to deploy or time before training). The file carries what ``cnnkit predict`` needs as
+metadata (:func:`cnnkit.export.deploy_metadata`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from cnnkit.errors import CnnkitError
+from cnnkit.export import ExportReport, export_onnx
+from cnnkit.models import create_model, model_info
+from cnnkit.tasks.load import load
+
+
+def export_source(source: str, trust_code: bool = False, factory: str | None = None) -> nn.Module:
+    """The model ``cnnkit export`` exports: a run's deployable, or a zoo network by name.
+
+    Args:
+        source: a run folder or ``model.safetensors``, or a zoo name (``cnnkit zoo``) when no such
+            path exists.
+        trust_code: allow building a classifier's network by running ``factory`` (as :func:`cnnkit.load`).
+        factory: ``FILE.py:FUNCTION`` that builds the network (with ``trust_code``).
+
+    Returns:
+        The model in eval mode; a zoo network has ``input_size`` (its registered one) and an
+        ``info`` with its task, and random weights.
+
+    Raises:
+        CnnkitError: neither a checkpoint nor a zoo name, or a checkpoint that cannot be loaded.
+    """
+    if not Path(source).exists() and "/" not in source and not source.endswith(".safetensors"):
+        try:
+            spec = model_info(source)
+        except CnnkitError as exc:
+            raise CnnkitError(f"no run folder or .safetensors file at {source}, and {exc}") from None
+        model = create_model(source).eval()
+        model.input_size = tuple(spec.input_size)
+        model.info = {"task": spec.task, "input_size": list(spec.input_size), "weights": "random"}
+        return model
+    return load(source, trust_code=trust_code, factory=factory)
+
+
+def parse_size(text: str) -> tuple[int, ...]:
+    """``"3x224x224"`` -> ``(3, 224, 224)``: an input size without the batch axis.
+
+    Args:
+        text: sizes joined by ``x`` (or commas), 1 to 4 of them, each from 1 to 65536.
+
+    Returns:
+        The sizes.
+
+    Raises:
+        CnnkitError: anything else.
+    """
+    try:
+        size = tuple(int(v) for v in text.replace(",", "x").split("x"))
+    except ValueError:
+        size = ()
+    if not 0 < len(size) <= 4 or not all(0 < v <= 1 << 16 for v in size):
+        raise CnnkitError(f"--input takes 1 to 4 sizes like 3x224x224 (each 1..65536). Received: --input {text}")
+    return size
+
+
+def export_model(
+    source: str,
+    out: str | Path,
+    *,
+    batch: int = 1,
+    input_size: Sequence[int] | None = None,
+    dynamic_batch: bool = True,
+    dynamic_size: bool | Sequence[int] = False,
+    check: bool = True,
+    rtol: float = 1e-4,
+    exporter: str = "auto",
+    trust_code: bool = False,
+    factory: str | None = None,
+) -> ExportReport:
+    """Export a run or a zoo network to one ONNX file, checked in ONNX Runtime against PyTorch.
+
+    Args:
+        source: a run folder, ``model.safetensors``, or a zoo name (random weights).
+        out: the ``.onnx`` file to write.
+        batch: the example's batch size.
+        input_size: the input without the batch axis (default: the run's or the zoo entry's).
+        dynamic_batch: the batch axis stays free.
+        dynamic_size: free the axes after the channels too (True), or the input axes given.
+        check: run the file in ONNX Runtime and compare with PyTorch before keeping it.
+        rtol: allowed difference as a fraction of each output's scale.
+        exporter: "auto", "dynamo" or "torchscript".
+        trust_code: allow a classifier's Python factory (as :func:`cnnkit.load`).
+        factory: ``FILE.py:FUNCTION`` (with ``trust_code``).
+
+    Returns:
+        The :class:`~cnnkit.export.ExportReport`.
+
+    Raises:
+        CnnkitError: a bad source, size or batch, or an export that fails its check (no file is left).
+
+    Example:
+        >>> print(export_model("runs/mnist", "mnist.onnx"))   # doctest: +SKIP
+    """
+    if batch < 1:
+        raise CnnkitError(f"--batch must be at least 1. Received: --batch {batch}")
+    model = export_source(source, trust_code, factory)
+    info = getattr(model, "info", None) or {}
+    size = input_size or getattr(model, "input_size", None) or info.get("input_size")
+    if size is None:
+        raise CnnkitError("the run does not state its input size; give it with --input CxHxW")
+    size = tuple(int(v) for v in size)
+    if len(size) == 1:  # a segmenter states only its channels: it takes any H, W
+        raise CnnkitError(
+            f"the run takes {size[0]} channels at any size; give the example's size with --input {size[0]}x288x384"
+        )
+    model.input_size = size  # what the file states (a --input given wins)
+    example = torch.rand(batch, *size, generator=torch.Generator().manual_seed(0))  # pixels in [0, 1)
+    meta = {"cnnkit.source": json.dumps(str(source))}
+    no_tta = model.without_tta() if hasattr(model, "without_tta") else contextlib.nullcontext()
+    with no_tta:
+        return export_onnx(
+            model,
+            example,
+            out,
+            dynamic_batch=dynamic_batch,
+            dynamic_size=dynamic_size,
+            check=check,
+            rtol=rtol,
+            exporter=exporter,
+            metadata=meta,
+        )
