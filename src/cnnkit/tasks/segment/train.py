@@ -19,8 +19,9 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
 
     The encoder's batch norms and first layers can stay frozen and its learning rate be a fraction
     of the decoder's (the data's defaults do so for a pretrained encoder); the split is written to
-    ``out/split.json`` beside the model; the final model is scored on the test split with its
-    test-time procedure.
+    ``out/split.json`` beside the model (train, the validation part carved from it, test); every
+    epoch's validation runs on the validation part, and the final model is scored once on the test
+    split with its test-time procedure, at the photos' own size (as ``cnnkit segment predict`` answers).
 
     Args:
         cfg: the settings; None fields take the data's defaults (:meth:`SegmentConfig.resolved`).
@@ -68,7 +69,7 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
         channels_last=cfg.channels_last,
         dice=cfg.dice,
         lovasz=cfg.lovasz,
-        val_name="test" if val_set is test_set else "val",
+        val_name="val",
         info={"config": asdict(cfg), "data": cfg.data},
     )
 
@@ -126,5 +127,5 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
     finally:
         for layer in stem:
             layer.requires_grad_(True)
-    result.test = evaluate(result.model, test_set, cfg.boundary_d)
+    result.test = evaluate(result.model, test_set, cfg.boundary_d, max_side=cfg.max_side)  # at the photos' own size
     return result
