@@ -81,3 +81,30 @@ def test_carve_validation_is_seeded_and_keeps_a_given_val():
     assert a == b and len(a["val"]) == 4 and len(a["train"]) == 20 and a["test"] == split["test"]
     assert sorted(a["train"] + a["val"]) == split["train"]
     assert carve_validation(a) == a  # a run's split.json with val is kept as it is
+
+
+def test_run_metadata_says_the_threads_it_used(run):
+    from cnnkit.tasks.segment.load import load_segmenter
+
+    assert load_segmenter(run[1]).info["threads"] == 1  # --threads 1 wins
+
+
+@pytest.mark.parametrize(
+    ("cores", "load", "world", "expected"),
+    [(2, 0.05, None, 2), (2, 1.2, None, 1), (2, 9.0, None, 1), (16, 3.4, None, 13), (16, 0.0, 4, 4), (8, 0.6, 1, 7)],
+)
+def test_free_cores_is_the_affinity_less_the_load(monkeypatch, cores, load, world, expected):
+    import os
+
+    from cnnkit.engine.config import free_cores, use_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert free_cores(world) == expected
+    before = torch.get_num_threads()
+    try:
+        assert use_threads(3) == 3 and torch.get_num_threads() == 3  # --threads wins
+        assert use_threads(0) == free_cores() == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)

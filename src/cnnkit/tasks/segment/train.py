@@ -43,11 +43,11 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
         >>> result.test["mIoU"]                                           # doctest: +SKIP
     """
     import json
-    import os
     from dataclasses import asdict
     from pathlib import Path
 
     from cnnkit.engine import Data, Phase, Plan, Setup, fit
+    from cnnkit.engine.config import use_threads
     from cnnkit.engine.optim import lr_at, make_optimizer
 
     cfg = cfg.resolved()
@@ -58,7 +58,7 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
         raise CnnkitError(
             f"--val-every must be an integer >= 0 (0: no validation while training). Received: {cfg.val_every}"
         )
-    torch.set_num_threads(cfg.threads or max(1, os.cpu_count() or 1))
+    threads = use_threads(cfg.threads)
     train_set, val_set, test_set, split = load_splits(cfg)
     model = build_model(cfg, train_set)
     task = SegmentTask(
@@ -70,7 +70,7 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
         dice=cfg.dice,
         lovasz=cfg.lovasz,
         val_name="val",
-        info={"config": asdict(cfg), "data": cfg.data},
+        info={"config": asdict(cfg), "data": cfg.data, "threads": threads},
     )
 
     stem = []
