@@ -108,3 +108,14 @@ def test_free_cores_is_the_affinity_less_the_load(monkeypatch, cores, load, worl
         assert use_threads(0) == free_cores() == torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
+
+
+def test_moving_an_instance_set_keeps_its_masks():
+    from cnnkit.tasks.detect.data import _to
+    from cnnkit.tasks.instance.data import InstanceSet, from_instances
+
+    inst = torch.zeros(1, 20, 30, dtype=torch.uint8)
+    inst[0, 4:10, 5:15] = 1
+    s = from_instances(torch.zeros(1, 3, 20, 30, dtype=torch.uint8), inst, None, ["person"], 32)
+    moved = _to(s, "cpu")
+    assert isinstance(moved, InstanceSet) and torch.equal(moved.masks, s.masks) and moved.originals is s.originals

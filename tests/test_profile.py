@@ -107,3 +107,19 @@ def test_time_breakdown_draws_one_bar_per_run(tmp_path):
         time_breakdown({})
     with pytest.raises(CnnkitError):
         time_breakdown({"a": {"data": 0.0}})
+
+
+def test_flop_counter_counts_a_depthwise_backward_as_two_forwards():
+    from cnnkit.analysis.profile import flop_counter
+
+    conv = nn.Conv2d(64, 64, 3, padding=1, groups=64)
+    x = torch.randn(2, 64, 16, 16, requires_grad=True)
+    with flop_counter() as f:
+        y = conv(x)
+        fwd = f.get_total_flops()
+        y.sum().backward()
+    assert fwd == 2 * 2 * 64 * 9 * 16 * 16  # (B, C, H, W) outputs x 9 taps, one multiply-add each
+    assert f.get_total_flops() - fwd == 2 * fwd  # input and weight gradients
+    with flop_counter() as f:
+        conv(torch.randn(2, 64, 16, 16)).sum().backward()  # no input gradient asked
+    assert f.get_total_flops() == 2 * fwd

@@ -122,4 +122,12 @@ def load_split_data(
 
 
 def _to(s: DetectionSet, device) -> DetectionSet:
-    return DetectionSet(s.images.to(device), s.boxes.to(device), s.labels.to(device), s.scales, s.classes, s.names)
+    """The set (an :class:`~cnnkit.tasks.instance.data.InstanceSet` too, its masks included) on ``device``."""
+    from dataclasses import replace
+
+    moved = {
+        k: getattr(s, k).to(device)
+        for k in ("images", "boxes", "labels", "masks")
+        if hasattr(getattr(s, k, None), "to")
+    }
+    return replace(s, **moved)
