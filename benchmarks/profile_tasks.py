@@ -180,13 +180,13 @@ def main() -> None:
             "load": os.getloadavg()[0],
         }
         bars[name] = {"prepare": times["prepare"], **prof.seconds, "test": times["test"]}
+        if args.json:  # after every task: a later task's failure keeps the earlier numbers
+            Path(args.json).write_text(json.dumps({"cpu": cpu_name(), "runs": results}, indent=1))
     if args.plot:
         from cnnkit.plots import time_breakdown
 
         time_breakdown(bars, args.plot, title=f"Where the time goes ({cpu_name()})")
         print(f"\nchart: {args.plot}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"cpu": cpu_name(), "runs": results}, indent=1))
 
 
 if __name__ == "__main__":
