@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.gridspec import GridSpec
@@ -578,7 +579,8 @@ def time_breakdown(runs: dict[str, dict[str, float]], path=None, title: str | No
     names = list(runs)
     fig = Figure(figsize=(9, 0.55 * len(names) + 1.6), layout="constrained")
     ax = fig.add_subplot()
-    colours = [f"C{i % 10}" for i in range(len(parts))]
+    table = colormaps["tab20"].colors  # the strong shades first, then the light ones: 20 distinct parts
+    colours = [table[(2 * i) % 20 + (2 * i) // 20 % 2] for i in range(len(parts))]
     for y, name in enumerate(names):
         total = sum(runs[name].values())
         if not total > 0:
