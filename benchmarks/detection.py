@@ -129,7 +129,7 @@ def train_and_time(args) -> None:
         f"{run.seconds / 60:.1f} min | {m['AP']:.3f} | {m['AP50']:.3f} | {m['AP75']:.3f} | {m['AR100']:.3f} | "
         f"{m['VOC_AP50']:.3f} |"
     )
-    _, test_set, _ = load_split_data(cfg)
+    _, _, test_set, _ = load_split_data(cfg)
     model = run.model.eval()
     x = test_set.images[:8].float() / 255
     with torch.no_grad():

@@ -47,7 +47,7 @@ def main() -> None:
     wall = time.perf_counter() - tick
     # inference: the deployable model on the test split, network + decode + mask pasting per image
     model = load_mask_detector(out)
-    _, test_set, _ = load_instance_data(model_cfg := cfg.resolved())
+    _, _, test_set, _ = load_instance_data(model_cfg := cfg.resolved())
     t = time.perf_counter()
     predict_instances(model, test_set, 1, **model.info.get("decode", {}))
     per_image = (time.perf_counter() - t) / len(test_set) * 1000

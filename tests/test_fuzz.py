@@ -451,7 +451,7 @@ ABSURD_TRAIN = {
     "--epochs": ["0", "-5", "abc", "1e9"],
     "--batch-size": ["0", "-5", "abc"],
     "--subset": ["0", "-5", "abc"],
-    "--threads": ["-1", "-5"],  # 0 is a value: all cores
+    "--threads": ["-1", "-5"],  # 0 is a value: the free cores
     "--ensemble": ["0", "-5"],
     "--image-size": ["0", "-5", "100000"],
     "--lr": ["0", "-5", "nan", "inf", "-inf", "abc", "1e999"],

@@ -45,7 +45,7 @@ def test_train_eval_predict(tmp_path, capsys):
             "--epochs",
             "15",
             "--batch-size",
-            "5",
+            "4",
             "--crop",
             "24",
             "--lr",
@@ -60,7 +60,8 @@ def test_train_eval_predict(tmp_path, capsys):
     assert code == 0
     assert {"model.safetensors", "resume.safetensors", "metrics.csv", "split.json"} <= {p.name for p in run.iterdir()}
     split = json.loads((run / "split.json").read_text())
-    assert len(split["train"]) == 10 and len(split["test"]) == 2 and not set(split["train"]) & set(split["test"])
+    assert [len(split[k]) for k in ("train", "val", "test")] == [8, 2, 2]  # validation carved from the 10 training
+    assert not set(split["train"]) & set(split["test"]) and not set(split["val"]) & set(split["test"])
     lines = (run / "metrics.csv").read_text().splitlines()
     assert lines[0].startswith("epoch,train_loss,train_pixel_acc,val_mIoU") and len(lines) == 16
     capsys.readouterr()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.gridspec import GridSpec
@@ -554,4 +555,52 @@ def mask_panels(
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 11), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
+    return _finish(fig, path)
+
+
+def time_breakdown(runs: dict[str, dict[str, float]], path=None, title: str | None = None) -> Figure:
+    """Where each run's seconds go: one horizontal bar per run, split into its parts' shares.
+
+    Args:
+        runs: ``{run name: {part: seconds}}`` (e.g. :class:`cnnkit.analysis.profile.StepProfiler`'s
+            ``seconds`` per task); parts keep the order they first appear in.
+        path: where to save the PNG (``None``: do not save).
+        title: the figure's title.
+
+    Returns:
+        the figure: one axis, one bar segment per (run, part) with time.
+
+    Raises:
+        CnnkitError: no runs, or a run without any time.
+    """
+    if not runs:
+        raise CnnkitError("no runs to plot; pass {run name: {part: seconds}}")
+    parts = list(dict.fromkeys(p for r in runs.values() for p, s in r.items() if s > 0))
+    names = list(runs)
+    fig = Figure(figsize=(9, 0.55 * len(names) + 1.6), layout="constrained")
+    ax = fig.add_subplot()
+    table = colormaps["tab20"].colors  # the strong shades first, then the light ones: 20 distinct parts
+    colours = [table[(2 * i) % 20 + (2 * i) // 20 % 2] for i in range(len(parts))]
+    for y, name in enumerate(names):
+        total = sum(runs[name].values())
+        if not total > 0:
+            raise CnnkitError(f"run {name!r} has no time to show: {runs[name]}")
+        left = 0.0
+        for part, colour in zip(parts, colours):
+            share = runs[name].get(part, 0.0) / total
+            if share > 0:
+                ax.barh(y, share, left=left, color=colour)
+                if share >= 0.06:
+                    ax.text(left + share / 2, y, f"{share:.0%}", ha="center", va="center", fontsize=7, color="white")
+                left += share
+        ax.text(1.01, y, f"{total:.1f} s", va="center", fontsize=8)
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.12)
+    ax.set_xlabel("share of the run's time")
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=c, label=p) for p, c in zip(parts, colours)]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(parts), 5), fontsize=8, frameon=False)
+    ax.set_title(title or "Where the time goes")
     return _finish(fig, path)

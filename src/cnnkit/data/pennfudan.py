@@ -6,6 +6,10 @@ sizes, 120 train / 50 test, drawn once from the 170 sorted image names by a seed
 every task and every run sees the same test images::
 
     split = pennfudan_split(root)     # {"train": [120 names], "test": [50 names]}, e.g. "FudanPed00001.png"
+    carve_validation(split)           # {"train": [100], "val": [20], "test": [50]}: what runs train by
+
+Per-epoch validation and every recipe choice use the validation names carved from the training ones
+(:func:`carve_validation`, shared by every task's split); the test names are scored once, at the end.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from cnnkit.errors import CnnkitError
 
 N_TRAIN = 120
 SPLIT_SEED = 0
+VAL_FRACTION = 1 / 6  # of the training names carved out for validation: Penn-Fudan 100 train / 20 val
 
 
 def pennfudan_root(data_dir: str | os.PathLike | None = None) -> Path:
@@ -66,3 +71,38 @@ def split_names(names: list[str], n_train: int, seed: int = SPLIT_SEED) -> dict[
 def pennfudan_split(root: Path, seed: int = SPLIT_SEED) -> dict[str, list[str]]:
     """The fixed Penn-Fudan split: ``{"train": 120 image names, "test": 50}`` (what runs write to split.json)."""
     return split_names(pennfudan_images(root), N_TRAIN, seed)
+
+
+def carve_validation(split: dict[str, list[str]], fraction: float = VAL_FRACTION, seed: int = SPLIT_SEED) -> dict:
+    """The split with a validation part carved from its training names: ``{"train", "val", "test"}``.
+
+    ``round(fraction * len(train))`` names (at least 1) drawn by :func:`split_names` with ``seed``
+    become ``val``, the rest stay ``train``; ``test`` is unchanged. A split that already has ``val``
+    (a run's split.json) is returned as it is, so a run and its ``eval`` see the same three parts.
+
+    Args:
+        split: ``{"train": names, "test": names}`` (and possibly ``"val"``).
+        fraction: the share of the training names that validate.
+        seed: the permutation's seed.
+
+    Returns:
+        ``{"train": names, "val": names, "test": names}``, each sorted.
+
+    Raises:
+        CnnkitError: fewer than 2 training names (nothing left to train on after the carve).
+
+    Example:
+        >>> parts = carve_validation({"train": [f"{i}.png" for i in range(12)], "test": ["t.png"]})
+        >>> len(parts["train"]), len(parts["val"]), parts["test"]
+        (10, 2, ['t.png'])
+    """
+    if "val" in split:
+        return {"train": list(split["train"]), "val": list(split["val"]), "test": list(split.get("test", []))}
+    train = list(split["train"])
+    if len(train) < 2:
+        raise CnnkitError(
+            f"carving a validation split needs at least 2 training images. Received: {len(train)}; give more data"
+        )
+    n_val = min(len(train) - 1, max(1, round(fraction * len(train))))
+    parts = split_names(train, len(train) - n_val, seed)
+    return {"train": parts["train"], "val": parts["test"], "test": list(split.get("test", []))}

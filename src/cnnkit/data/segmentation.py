@@ -63,17 +63,21 @@ def pennfudan_segmentation(
     data_dir: str | os.PathLike | None = None,
     max_side: int | None = None,
     limit: int | None = None,
+    names: list[str] | None = None,
 ) -> SegmentationSet:
     """Penn-Fudan ``train`` (120), ``test`` (50) or ``all`` (170) as person (1) vs background (0).
 
     ``instances`` holds the ``PedMasks`` values (pedestrian k of an image is k); ``limit`` keeps the
-    first that many images of the split (decoding all 170 photos takes about 15 s).
+    first that many images of the split (decoding all 170 photos takes about 15 s); ``names`` reads
+    these image names instead (e.g. a carved validation part), ``split`` then only naming the set.
     """
     root = pennfudan_root(data_dir)
     parts = pennfudan_split(root)
-    if split not in ("train", "test", "all"):
+    if names is None and split not in ("train", "test", "all"):
         raise CnnkitError(f"Penn-Fudan splits are train, test and all. Received: split={split!r}")
-    names = (parts["train"] + parts["test"] if split == "all" else parts[split])[:limit]
+    if names is None:
+        names = parts["train"] + parts["test"] if split == "all" else parts[split]
+    names = list(names)[:limit]
     images, masks, instances = [], [], []
     for n in names:
         image = read_pixels(root / "PNGImages" / n)

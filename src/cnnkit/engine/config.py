@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import typing
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -93,7 +94,12 @@ class RunConfig:
         below=1,
     )
     seed: int = option(0, help="seeds initialisation, data order, splits and augmentation", minimum=0, below=2**63)
-    threads: int | None = option(None, help="torch threads per process (0: all cores)", minimum=0)
+    threads: int | None = option(
+        None,
+        help="torch threads per process (0: the free cores: those this process may use less the "
+        "1-minute load average, at least 1)",
+        minimum=0,
+    )
     device: str | None = option(
         None, help="cpu | cuda (default: cuda when PyTorch sees a GPU, else cpu)", choices=("cpu", "cuda", None)
     )
@@ -346,3 +352,51 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+def free_cores(world: int | None = None) -> int:
+    """Torch threads per process that use the cores this machine has free now.
+
+    The cores this process may run on (``os.sched_getaffinity``; ``os.cpu_count`` where that is
+    missing) less the one-minute load average (``os.getloadavg``: processes running or waiting for
+    a core), rounded to whole cores, at least 1, shared among the ``world`` processes of a torchrun
+    job (default: ``LOCAL_WORLD_SIZE``, else 1). An idle 2-core machine gives 2; one other busy
+    process on it, 1. The load is read once, before the run adds to it.
+
+    Args:
+        world: processes sharing the cores (None: ``LOCAL_WORLD_SIZE`` or 1).
+
+    Returns:
+        The number of threads, >= 1.
+
+    Example:
+        >>> free_cores() >= 1
+        True
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    world = world or int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    free = min(cores, max(1, round(cores - load)))
+    return max(1, free // max(1, world))
+
+
+def use_threads(threads: int | None) -> int:
+    """Set torch's threads to ``threads`` (``--threads``, when > 0) or :func:`free_cores`; return the number.
+
+    Args:
+        threads: the user's ``--threads``; None or 0: decide from the free cores.
+
+    Returns:
+        The number of threads set (what a run stores as ``threads`` in its metadata).
+    """
+    import torch
+
+    n = threads if threads else free_cores()
+    torch.set_num_threads(n)
+    return n

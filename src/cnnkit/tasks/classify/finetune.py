@@ -42,7 +42,7 @@ import torch.nn as nn
 from cnnkit import engine
 from cnnkit.data.imageset import Features, ImageSet
 from cnnkit.engine import Data, Phase, Plan, Setup
-from cnnkit.engine.config import RunConfig, option
+from cnnkit.engine.config import RunConfig, option, use_threads
 from cnnkit.engine.distributed import Dist
 from cnnkit.engine.runfolder import (
     FORMAT,
@@ -821,6 +821,7 @@ def run_finetune(
         crop_fraction=pre.crop_fraction,
         interpolation=pre.interpolation,
     )
+    threads = use_threads(None)  # the cores free now (fine-tuning has no --threads)
     with warnings.catch_warnings(record=True) as caught:  # each data warning printed once, one line
         warnings.simplefilter("always")
         train = load_image_folder(cfg.data, "train", **load)
@@ -872,7 +873,13 @@ def run_finetune(
         resume=resume,
         quiet=quiet,
         precision=cfg.precision,
-        info={"model": name, "dataset": {"name": str(cfg.data)}, "finetune": about, "args": cfg.to_dict()},
+        info={
+            "model": name,
+            "dataset": {"name": str(cfg.data)},
+            "finetune": about,
+            "args": cfg.to_dict(),
+            "threads": threads,
+        },
     )
     result: dict = {"out": str(out), "val_acc": None, "test_acc": None}
     path = out / MODEL_FILE

@@ -24,6 +24,7 @@ from cnnkit.data.augment import AugmentConfig, build_augment
 from cnnkit.data.datasets import load_dataset
 from cnnkit.data.imageset import ImageSet
 from cnnkit.engine import Data, Phase, Plan, Setup
+from cnnkit.engine.config import use_threads
 from cnnkit.engine.distributed import Dist, distributed
 from cnnkit.engine.optim import lr_at, make_optimizer
 from cnnkit.engine.runfolder import MODEL_FILE, RESUME_FILE, read_checkpoint
@@ -97,9 +98,7 @@ def train(
         cfg = _resumed_config(out, cfg)
     validate(cfg)
     with distributed(cfg.device) as d:
-        torch.set_num_threads(
-            cfg.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-        )
+        use_threads(cfg.threads)
         if cfg.ensemble == 1:
             return train_one(cfg, out, d, resume, quiet, on_epoch_end)
         runs = [
@@ -246,6 +245,7 @@ def _info(cfg: TrainConfig, data: ImageSet) -> dict:
         "model": model_reference(cfg.model),
         "dataset": {"name": cfg.data, "dark_background": bool(data.meta.get("dark_background"))},
         "config": cfg.to_dict(),
+        "threads": torch.get_num_threads(),  # what train() set: --threads or the free cores
     }
 
 

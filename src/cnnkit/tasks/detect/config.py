@@ -92,7 +92,7 @@ class DetectConfig(RunConfig):
             lr=self.lr if self.lr is not None else (1e-3 if photos else 4e-3),
             cls_loss=self.cls_loss or "varifocal",
             channels_last=self.channels_last if self.channels_last is not None else True,
-            threads=self.threads if self.threads is not None else 1,
+            threads=self.threads or 0,  # 0: the cores free when the run starts (engine.config.free_cores)
             val_every=self.val_every if self.val_every is not None else (4 if photos else 1),
             scenes=tuple(self.scenes),
             train_digits=tuple(self.train_digits or ((4, 8) if tiny else (1, 4))),

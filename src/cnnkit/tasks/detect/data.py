@@ -68,8 +68,15 @@ def from_scenes(scenes) -> DetectionSet:
     return DetectionSet(scenes.images, b, lab, torch.ones(n), list(scenes.classes), [f"scene{i:05d}" for i in range(n)])
 
 
-def load_split_data(cfg: DetectConfig, split: dict | None = None) -> tuple[DetectionSet, DetectionSet, dict]:
-    """(train, test, split) for a resolved config; ``split`` (names) as a run's split.json has it."""
+def load_split_data(
+    cfg: DetectConfig, split: dict | None = None
+) -> tuple[DetectionSet, DetectionSet, DetectionSet, dict]:
+    """(train, validation, test, split) for a resolved config; ``split`` (names) as a run's split.json has it.
+
+    Photos: the validation part is carved from the training names
+    (:func:`~cnnkit.data.pennfudan.carve_validation`, the same for every task; a split.json without
+    one gets the same carve); digit scenes: validation scenes of their own.
+    """
     from pathlib import Path
 
     if cfg.data == "digits":
@@ -78,16 +85,18 @@ def load_split_data(cfg: DetectConfig, split: dict | None = None) -> tuple[Detec
         tr = from_scenes(
             digit_scenes("train", cfg.scenes[0], cfg.image_size, cfg.data_dir, cfg.seed, digits=tuple(cfg.train_digits))
         )
-        te = from_scenes(digit_scenes("test", cfg.scenes[1], cfg.image_size, cfg.data_dir, cfg.seed))
-        split = {"train": tr.names, "test": te.names}
+        va, te = (
+            from_scenes(digit_scenes(k, cfg.scenes[1], cfg.image_size, cfg.data_dir, cfg.seed)) for k in ("val", "test")
+        )
+        split = {"train": tr.names, "val": va.names, "test": te.names}
     else:
         from cnnkit.data.detection import load_coco, load_pennfudan, load_yolo
-        from cnnkit.data.pennfudan import pennfudan_root, pennfudan_split, split_names
+        from cnnkit.data.pennfudan import carve_validation, pennfudan_root, pennfudan_split, split_names
 
         if cfg.data == "pennfudan":
             root = pennfudan_root(cfg.data_dir)
-            split = split or pennfudan_split(root)
-            data = load_pennfudan(root, split["train"] + split["test"])
+            split = carve_validation(split or pennfudan_split(root))
+            data = load_pennfudan(root, split["train"] + split["val"] + split["test"])
         else:
             path = Path(cfg.data).expanduser()
             if path.is_file():
@@ -96,11 +105,10 @@ def load_split_data(cfg: DetectConfig, split: dict | None = None) -> tuple[Detec
                 data = load_yolo(path)
             else:
                 raise CnnkitError(f"--data {cfg.data!r} is not pennfudan, digits, a COCO JSON file or a YOLO folder")
-            if len(data) < 2:
-                raise CnnkitError(f"{path} holds {len(data)} image: a train/test split needs at least 2")
-            split = split or split_names(data.names, max(1, round(0.8 * len(data))), cfg.seed)
-        tr = from_detections(data.subset(split["train"]), cfg.image_size)
-        te = from_detections(data.subset(split["test"]), cfg.image_size)
+            if len(data) < 3:
+                raise CnnkitError(f"{path} holds {len(data)} image(s): a train/val/test split needs at least 3")
+            split = carve_validation(split or split_names(data.names, max(2, round(0.8 * len(data))), cfg.seed))
+        tr, va, te = (from_detections(data.subset(split[k]), cfg.image_size) for k in ("train", "val", "test"))
     if cfg.subset:
         tr = DetectionSet(
             tr.images[: cfg.subset],
@@ -110,8 +118,16 @@ def load_split_data(cfg: DetectConfig, split: dict | None = None) -> tuple[Detec
             tr.classes,
             tr.names[: cfg.subset],
         )
-    return tr, te, split
+    return tr, va, te, split
 
 
 def _to(s: DetectionSet, device) -> DetectionSet:
-    return DetectionSet(s.images.to(device), s.boxes.to(device), s.labels.to(device), s.scales, s.classes, s.names)
+    """The set (an :class:`~cnnkit.tasks.instance.data.InstanceSet` too, its masks included) on ``device``."""
+    from dataclasses import replace
+
+    moved = {
+        k: getattr(s, k).to(device)
+        for k in ("images", "boxes", "labels", "masks")
+        if hasattr(getattr(s, k, None), "to")
+    }
+    return replace(s, **moved)

@@ -40,7 +40,7 @@ def evaluate_run(run, data_dir: str | None = None) -> dict:
         cfg = replace(cfg, data_dir=data_dir)
     split_file = resolve(run).parent / "split.json"
     split = json.loads(split_file.read_text()) if split_file.is_file() and cfg.data != "digits" else None
-    _, test_set, _ = load_split_data(replace_subset(cfg), split)
+    _, _, test_set, _ = load_split_data(replace_subset(cfg), split)
     task = DetectTask(model.info["classes"], info=model.info, decode_args=model.info.get("decode", {}))
     predictions = predict_set(model, test_set, task.eval_batch_size, **task.decode_args)
     targets = test_set.targets()

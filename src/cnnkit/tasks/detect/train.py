@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from cnnkit.engine import Data, fit
+from cnnkit.engine.config import use_threads
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.detect.config import DetectConfig, config_from_dict, validate
 from cnnkit.tasks.detect.data import _to, load_split_data
@@ -19,7 +18,8 @@ def train(cfg: DetectConfig, out, resume: bool = False, quiet: bool = False):
 
     The data's split is written to ``out/split.json`` (and reused on resume); the detector (an
     anchor-free FCOS-style head on a backbone's pyramid) trains through :func:`cnnkit.engine.fit`,
-    and the final model is scored on the test split.
+    validated on a part carved from the training images, and the final model is scored once on the
+    test split.
 
     Args:
         cfg: the settings; None fields take the data's defaults (:meth:`DetectConfig.resolved`).
@@ -50,7 +50,7 @@ def train(cfg: DetectConfig, out, resume: bool = False, quiet: bool = False):
     out = Path(out)
     cfg = run_config(cfg, out, resume, config_from_dict)
     with distributed(cfg.device) as d:
-        train_set, test_set = run_data(cfg, out, resume, d, load_split_data)
+        train_set, val_set, test_set = run_data(cfg, out, resume, d, load_split_data)
         torch.manual_seed(cfg.seed)
         channels = train_set.images.shape[1]
         model, info = new_detector(
@@ -68,11 +68,12 @@ def train(cfg: DetectConfig, out, resume: bool = False, quiet: bool = False):
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         info["config"] = cfg.to_dict()
+        info["threads"] = torch.get_num_threads()
         task = DetectTask(
             train_set.classes,
             cfg.batch_size,
             info=info,
-            val_name="test",
+            val_name="val",
             fill=0.5 if channels == 3 else 0.0,
             flip=0.5 if cfg.data != "digits" else 0.0,
             scale=(0.7, 1.3) if cfg.data != "digits" else None,  # a cropped digit is another digit
@@ -93,7 +94,7 @@ def train(cfg: DetectConfig, out, resume: bool = False, quiet: bool = False):
             ema=cfg.ema,
             val_every=cfg.val_every,
         )
-        run, final = fit_and_test(task, model, train_set, test_set, plan, cfg, out, resume, quiet, d, "detect")
+        run, final = fit_and_test(task, model, train_set, val_set, test_set, plan, cfg, out, resume, quiet, d, "detect")
         Console(quiet=quiet or not d.main).print(
             f"done: test AP {final['AP']:.3f}, AP50 {final['AP50']:.3f}, AP75 {final['AP75']:.3f} in "
             f"{run.seconds:.1f} s -> {out}  (`cnnkit detect eval {out}`)"
@@ -101,15 +102,15 @@ def train(cfg: DetectConfig, out, resume: bool = False, quiet: bool = False):
         return run, final
 
 
-def fit_and_test(task, model, train_set, test_set, plan, cfg, out, resume: bool, quiet: bool, d, kind: str):
-    """``engine.fit`` on the run's split (the test split validates, every ``cfg.val_every`` epochs),
-    then the trained model scored once on the test split: ``(FitResult, metrics)``. Shared by
-    ``cnnkit detect train`` and ``cnnkit instance train`` (``kind``)."""
+def fit_and_test(task, model, train_set, val_set, test_set, plan, cfg, out, resume: bool, quiet: bool, d, kind: str):
+    """``engine.fit`` on the run's split (the validation part, carved from the training images,
+    validates every ``cfg.val_every`` epochs), then the trained model scored once on the test split:
+    ``(FitResult, metrics)``. Shared by ``cnnkit detect train`` and ``cnnkit instance train`` (``kind``)."""
     test_set = _to(test_set, d.device)
     run = fit(
         task,
         model,
-        Data(_to(train_set, d.device), test_set),
+        Data(_to(train_set, d.device), _to(val_set, d.device)),
         plan,
         out,
         resume=resume,
@@ -133,18 +134,18 @@ def run_config(cfg, out, resume: bool, from_dict, task: str = "detect"):
 
 
 def run_data(cfg, out, resume: bool, d, load):
-    """Threads, then ``load(cfg, split)``'s train and test sets on the run's split (the one in
-    ``out/split.json`` on resume), which rank 0 writes to the run."""
+    """Threads, then ``load(cfg, split)``'s train, validation and test sets on the run's split (the
+    one in ``out/split.json`` on resume), which rank 0 writes to the run."""
     import json
 
     from cnnkit.engine.runfolder import atomic_write_bytes
 
-    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    use_threads(cfg.threads)
     split = json.loads((out / "split.json").read_text()) if resume and (out / "split.json").is_file() else None
-    train_set, test_set, split = load(cfg, split)
+    train_set, val_set, test_set, split = load(cfg, split)
     if len(train_set) < cfg.batch_size:
         raise CnnkitError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(train_set)} images)")
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out / "split.json", json.dumps(split, indent=1).encode())
-    return train_set, test_set
+    return train_set, val_set, test_set

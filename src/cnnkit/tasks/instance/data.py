@@ -136,37 +136,42 @@ def roi_mask_targets(masks: torch.Tensor, rois: torch.Tensor, size: int = MASK_S
     return (crop[:, 0] >= 0.5).float()
 
 
-def load_instance_data(cfg: InstanceConfig, split: dict | None = None) -> tuple[InstanceSet, InstanceSet, dict]:
-    """(train, test, split) of a resolved config: Penn-Fudan's instances on its fixed split, or digit scenes."""
+def load_instance_data(
+    cfg: InstanceConfig, split: dict | None = None
+) -> tuple[InstanceSet, InstanceSet, InstanceSet, dict]:
+    """(train, validation, test, split) of a resolved config: Penn-Fudan's instances on its fixed split
+    with the validation part carved from the training photos
+    (:func:`~cnnkit.data.pennfudan.carve_validation`), or digit scenes with validation scenes of their own."""
     if cfg.data == "digits":
         from cnnkit.data.scenes import digit_scenes
 
         sets = []
-        for part, n in zip(("train", "test"), cfg.scenes):
+        for part, n in zip(("train", "val", "test"), (cfg.scenes[0], cfg.scenes[1], cfg.scenes[1])):
             s = digit_scenes(part, n, cfg.image_size, cfg.data_dir, cfg.seed)
             sets.append(
                 from_instances(
                     s.images, s.instances, s.labels, s.classes, cfg.image_size, [f"scene{i:05d}" for i in range(n)]
                 )
             )
-        tr, te = sets
-        split = {"train": tr.names, "test": te.names}
+        tr, va, te = sets
+        split = {"train": tr.names, "val": va.names, "test": te.names}
     elif cfg.data == "pennfudan":
-        from cnnkit.data.pennfudan import pennfudan_root, pennfudan_split
+        from cnnkit.data.pennfudan import carve_validation, pennfudan_root, pennfudan_split
         from cnnkit.data.segmentation import pennfudan_segmentation
 
         root = pennfudan_root(cfg.data_dir)
-        if split is not None and split != pennfudan_split(root):
+        fixed = carve_validation(pennfudan_split(root))
+        if split is not None and carve_validation(split) != fixed:
             raise CnnkitError(
                 "the run's split.json is not Penn-Fudan's fixed split; this run was not written by "
                 "`cnnkit instance train --data pennfudan`"
             )
         sets = []
-        for part in ("train", "test"):
-            s = pennfudan_segmentation(part, cfg.data_dir)
+        for part in ("train", "val", "test"):
+            s = pennfudan_segmentation(part, cfg.data_dir, names=fixed[part])
             sets.append(from_instances(s.images, s.instances, None, ["person"], cfg.image_size, s.names))
-        tr, te = sets
-        split = {"train": tr.names, "test": te.names}
+        tr, va, te = sets
+        split = fixed
     else:
         raise CnnkitError(f"--data {cfg.data!r}: instance segmentation reads pennfudan or digits")
     if cfg.subset:
@@ -181,7 +186,7 @@ def load_instance_data(cfg: InstanceConfig, split: dict | None = None) -> tuple[
             tr.masks[:k],
             tr.originals[:k],
         )
-    return tr, te, split
+    return tr, va, te, split
 
 
 def _to(s: InstanceSet, device) -> InstanceSet:

@@ -36,7 +36,7 @@ def evaluate_run(run, data_dir: str | None = None) -> dict:
     cfg = replace(cfg, subset=0, data_dir=data_dir or cfg.data_dir)
     split_file = resolve(run).parent / "split.json"
     split = json.loads(split_file.read_text()) if split_file.is_file() and cfg.data != "digits" else None
-    _, test_set, _ = load_instance_data(cfg, split)
+    _, _, test_set, _ = load_instance_data(cfg, split)
     task = InstanceTask(model.info["classes"], info=model.info, decode_args=model.info.get("decode", {}))
     m = task.evaluate(model, test_set)
     return {**m, "images": len(test_set), "data": cfg.data, "split": "test"}

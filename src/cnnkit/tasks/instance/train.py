@@ -54,18 +54,19 @@ def train(cfg: InstanceConfig, out, resume: bool = False, quiet: bool = False):
             f"received {cfg.roi_jitter}, {cfg.freeze_to}, {cfg.mask_convs}, {cfg.mask_width}, {cfg.mask_weight}"
         )
     with distributed(cfg.device) as d:
-        train_set, test_set = run_data(cfg, out, resume, d, load_instance_data)
+        train_set, val_set, test_set = run_data(cfg, out, resume, d, load_instance_data)
         torch.manual_seed(cfg.seed)
         channels = train_set.images.shape[1]
         model, info = new_mask_detector(cfg, train_set.classes, channels)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         info["config"] = cfg.to_dict()
+        info["threads"] = torch.get_num_threads()  # set by run_data
         task = InstanceTask(
             train_set.classes,
             cfg.batch_size,
             info=info,
-            val_name="test",
+            val_name="val",
             fill=0.5 if channels == 3 else 0.0,
             flip=0.5 if cfg.data != "digits" else 0.0,
             roi_jitter=cfg.roi_jitter,
@@ -82,7 +83,9 @@ def train(cfg: InstanceConfig, out, resume: bool = False, quiet: bool = False):
             return Setup(make_optimizer(m, cfg), schedule=lambda step, total: lr_at(step, total, cfg), frozen=frozen)
 
         plan = Plan([Phase(cfg.epochs, begin)], seed=cfg.seed, ema=cfg.ema, val_every=cfg.val_every)
-        run, final = fit_and_test(task, model, train_set, test_set, plan, cfg, out, resume, quiet, d, "instance")
+        run, final = fit_and_test(
+            task, model, train_set, val_set, test_set, plan, cfg, out, resume, quiet, d, "instance"
+        )
         Console(quiet=quiet or not d.main).print(
             f"done: test mask AP {final['mask_AP']:.3f} (AP50 {final['mask_AP50']:.3f}), box AP {final['box_AP']:.3f} "
             f"in {run.seconds:.1f} s -> {out}  (`cnnkit instance eval {out}`)"

@@ -26,8 +26,7 @@ DATA_DEFAULTS = {  # what `cnnkit segment train --data X` uses without flags (th
         tta="flip",
         test_scale=1.5,
         val_every=4,
-        threads=1,
-    ),  # one thread, as detection: a busy second core would stall every op
+    ),
     "digits": dict(
         arch="unet",
         model="unet",

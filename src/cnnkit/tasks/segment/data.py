@@ -49,18 +49,33 @@ def random_scale_crop(
     return img, msk
 
 
-def load_splits(cfg: SegmentConfig) -> tuple[SegmentationSet, SegmentationSet, SegmentationSet, dict]:
-    """(train, validation, test, split.json content) for a resolved config."""
+def load_splits(
+    cfg: SegmentConfig, own_size: bool = False
+) -> tuple[SegmentationSet, SegmentationSet, SegmentationSet, dict]:
+    """(train, validation, test, split.json content) for a resolved config.
+
+    Photos (Penn-Fudan, a mask folder): the validation part is carved from the training photos
+    (:func:`~cnnkit.data.pennfudan.carve_validation`, the same for every task); train and validation
+    are shrunk to ``cfg.max_side`` as training sees them, the test photos kept at their own size
+    (they are scored as ``predict`` answers: :func:`~cnnkit.tasks.segment.evaluate.evaluate` with
+    ``max_side``). ``own_size``: every split at the photos' own size (what ``eval`` scores).
+    Digit scenes have their own validation scenes, all of one size.
+    """
+    from cnnkit.data.pennfudan import carve_validation, pennfudan_root, pennfudan_split
     from cnnkit.data.segmentation import (
         digit_segmentation,
         mask_folder,
         pennfudan_segmentation,
     )
 
+    side = None if own_size else cfg.max_side
     if cfg.data == "pennfudan":
-        train = pennfudan_segmentation("train", cfg.data_dir, cfg.max_side)
-        test = pennfudan_segmentation("test", cfg.data_dir, cfg.max_side)
-        return train, test, test, {"train": train.names, "test": test.names}
+        parts = carve_validation(pennfudan_split(pennfudan_root(cfg.data_dir)))
+        train, val, test = (
+            pennfudan_segmentation(k, cfg.data_dir, s, names=parts[k])
+            for k, s in (("train", side), ("val", side), ("test", None))
+        )
+        return train, val, test, parts
     if cfg.data == "digits":
         kw = dict(canvas=cfg.canvas, data_dir=cfg.data_dir, seed=cfg.seed)
         n_eval = max(2, cfg.scenes // 4)
@@ -70,9 +85,31 @@ def load_splits(cfg: SegmentConfig) -> tuple[SegmentationSet, SegmentationSet, S
 
     if not Path(cfg.data).expanduser().is_dir():
         raise CnnkitError(f"--data is pennfudan, digits or a folder of images/ + masks/. Received: --data {cfg.data}")
-    train = mask_folder(cfg.data, split="train", seed=cfg.seed, max_side=cfg.max_side)
-    test = mask_folder(cfg.data, num_classes=train.num_classes, split="test", seed=cfg.seed, max_side=cfg.max_side)
-    return train, test, test, {"train": train.names, "test": test.names}
+    trainval = mask_folder(cfg.data, split="train", seed=cfg.seed, max_side=side)
+    test = mask_folder(cfg.data, num_classes=trainval.num_classes, split="test", seed=cfg.seed)
+    parts = carve_validation({"train": trainval.names, "test": test.names})
+    return take(trainval, parts["train"], "train"), take(trainval, parts["val"], "val"), test, parts
+
+
+def take(data: SegmentationSet, names: list[str], part: str) -> SegmentationSet:
+    """The images of ``data`` with these ``names``, in that order, as the split ``part``."""
+    from dataclasses import replace
+
+    where = {n: i for i, n in enumerate(data.names)}
+    idx = [where[n] for n in names]
+
+    def pick(xs):
+        return None if xs is None else [xs[i] for i in idx]
+
+    return replace(
+        data,
+        images=pick(data.images),
+        masks=pick(data.masks),
+        names=list(names),
+        instances=pick(data.instances),
+        name=f"{data.name.rsplit('/', 1)[0]}/{part}",
+        meta={**data.meta, "split": part},
+    )
 
 
 def _channels(data: SegmentationSet) -> int:

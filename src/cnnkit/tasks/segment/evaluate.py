@@ -11,19 +11,26 @@ from cnnkit.metrics.segmentation import SegmentationMeter
 from cnnkit.tasks.segment.config import SegmentConfig
 from cnnkit.tasks.segment.data import load_splits
 from cnnkit.tasks.segment.load import _segmenter_tta, load_segmenter
-from cnnkit.tasks.segment.predict import predict_masks
+from cnnkit.tasks.segment.predict import predict_image, predict_masks
 
 
-def evaluate(model: nn.Module, data: SegmentationSet, boundary_d: int = 3, batch_size: int = 32) -> dict:
+def evaluate(
+    model: nn.Module, data: SegmentationSet, boundary_d: int = 3, batch_size: int = 32, max_side: int | None = None
+) -> dict:
     """IoU, pixel accuracy and boundary IoU of a segmenter over every image of ``data``.
 
-    The model answers at the data's resolution, by its test-time procedure when in eval mode.
+    The model answers by its test-time procedure when in eval mode, and is scored at the data's own
+    resolution: with ``max_side`` each photo goes through :func:`predict_image` (the network sees it
+    shrunk, its logits are resized back to the photo), exactly the label map ``cnnkit segment
+    predict`` writes.
 
     Args:
         model: float (B, C, H, W) in [0, 1] -> logits (B, K, H, W), e.g. a :class:`Segmenter`.
         data: images with their masks (255: ignored pixels).
         boundary_d: band width (px) of the boundary IoU (0: none).
         batch_size: stacked images per forward pass (a list of photos goes one by one).
+        max_side: photos longer than this are shrunk for the network (the run's ``max_side``);
+            None: the network sees each image as it is.
 
     Returns:
         :meth:`~cnnkit.metrics.segmentation.SegmentationMeter.compute`'s ``{"mIoU",
@@ -31,7 +38,12 @@ def evaluate(model: nn.Module, data: SegmentationSet, boundary_d: int = 3, batch
         "confusion"}`` (None where undefined), plus ``images``.
     """
     meter = SegmentationMeter(data.num_classes, IGNORE_INDEX, boundary_d, data.classes)
-    preds = predict_masks(model, data.images, batch_size)
+    if max_side is not None and not isinstance(data.images, torch.Tensor):
+        was_training = model.training
+        preds = [predict_image(model, im, max_side) for im in data.images]
+        model.train(was_training)
+    else:
+        preds = predict_masks(model, data.images, batch_size)
     if isinstance(preds, torch.Tensor):
         meter.update(preds, data.masks.long())
     else:
@@ -44,6 +56,9 @@ def evaluate_run(
     path, split: str = "test", data_dir: str | None = None, tta: str | None = None, test_scale: float | None = None
 ) -> dict:
     """The metrics of a segmentation run on a split of its data: what ``cnnkit segment eval`` reports.
+
+    Photos are scored at their own size, by the procedure ``cnnkit segment predict`` writes its
+    label maps with (shrunk to the run's ``max_side`` for the network, the answer resized back).
 
     Args:
         path: a run folder or its ``model.safetensors``.
@@ -74,11 +89,11 @@ def evaluate_run(
     cfg = SegmentConfig.from_dict(model.info["config"], strict=False)
     if data_dir is not None:
         cfg.data_dir = data_dir
-    train_set, val_set, test_set, _ = load_splits(cfg)
-    sets = {"train": train_set, "val": val_set, "test": test_set}
-    if split not in sets:
+    if split not in ("train", "val", "test"):
         raise CnnkitError(f"--split is train, val or test. Received: --split {split}")
-    out = evaluate(model, sets[split], cfg.boundary_d)
+    train_set, val_set, test_set, _ = load_splits(cfg, own_size=True)
+    sets = {"train": train_set, "val": val_set, "test": test_set}
+    out = evaluate(model, sets[split], cfg.boundary_d, max_side=cfg.max_side)
     return {
         "mIoU": out["mIoU"],
         "pixel_accuracy": out["pixel_accuracy"],

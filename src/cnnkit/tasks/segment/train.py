@@ -19,8 +19,9 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
 
     The encoder's batch norms and first layers can stay frozen and its learning rate be a fraction
     of the decoder's (the data's defaults do so for a pretrained encoder); the split is written to
-    ``out/split.json`` beside the model; the final model is scored on the test split with its
-    test-time procedure.
+    ``out/split.json`` beside the model (train, the validation part carved from it, test); every
+    epoch's validation runs on the validation part, and the final model is scored once on the test
+    split with its test-time procedure, at the photos' own size (as ``cnnkit segment predict`` answers).
 
     Args:
         cfg: the settings; None fields take the data's defaults (:meth:`SegmentConfig.resolved`).
@@ -42,11 +43,11 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
         >>> result.test["mIoU"]                                           # doctest: +SKIP
     """
     import json
-    import os
     from dataclasses import asdict
     from pathlib import Path
 
     from cnnkit.engine import Data, Phase, Plan, Setup, fit
+    from cnnkit.engine.config import use_threads
     from cnnkit.engine.optim import lr_at, make_optimizer
 
     cfg = cfg.resolved()
@@ -57,7 +58,7 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
         raise CnnkitError(
             f"--val-every must be an integer >= 0 (0: no validation while training). Received: {cfg.val_every}"
         )
-    torch.set_num_threads(cfg.threads or max(1, os.cpu_count() or 1))
+    threads = use_threads(cfg.threads)
     train_set, val_set, test_set, split = load_splits(cfg)
     model = build_model(cfg, train_set)
     task = SegmentTask(
@@ -68,8 +69,8 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
         channels_last=cfg.channels_last,
         dice=cfg.dice,
         lovasz=cfg.lovasz,
-        val_name="test" if val_set is test_set else "val",
-        info={"config": asdict(cfg), "data": cfg.data},
+        val_name="val",
+        info={"config": asdict(cfg), "data": cfg.data, "threads": threads},
     )
 
     stem = []
@@ -126,5 +127,5 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
     finally:
         for layer in stem:
             layer.requires_grad_(True)
-    result.test = evaluate(result.model, test_set, cfg.boundary_d)
+    result.test = evaluate(result.model, test_set, cfg.boundary_d, max_side=cfg.max_side)  # at the photos' own size
     return result

@@ -1,0 +1,121 @@
+"""Honest numbers: `segment eval` scores what `segment predict` writes, at each photo's own size, and
+per-epoch validation runs on a part carved from the training photos, never on the test split."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnkit.cli import main
+from cnnkit.data.pennfudan import carve_validation, split_names
+from cnnkit.metrics.segmentation import SegmentationMeter
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def photos(root, n=14):
+    """n photos of several sizes (all longer than the run's max_side) with a red square of class 1."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    g = np.random.default_rng(1)
+    for i in range(n):
+        h, w = int(g.integers(26, 40)), int(g.integers(26, 40))
+        image = np.full((h, w, 3), 90, np.uint8)
+        mask = np.zeros((h, w), np.uint8)
+        y, x, s = int(g.integers(0, h - 12)), int(g.integers(0, w - 12)), int(g.integers(7, 12))
+        image[y : y + s, x : x + s] = (220, 30, 30)
+        mask[y : y + s, x : x + s] = 1
+        Image.fromarray(image).save(root / "images" / f"im{i:02d}.png")
+        Image.fromarray(mask).save(root / "masks" / f"im{i:02d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("honest")
+    data, out = photos(tmp / "data"), tmp / "run"
+    argv = "--arch unet --model unet --width 4 --epochs 3 --batch-size 4 --crop 16 --max-side 20 --lr 0.02"
+    assert (
+        main(["segment", "train", "--data", str(data), *argv.split(), "--threads", "1", "--out", str(out), "--quiet"])
+        == 0
+    )
+    return data, out
+
+
+def test_split_has_train_val_test_and_validation_never_sees_test(run):
+    data, out = run
+    split = json.loads((out / "split.json").read_text())
+    assert list(split) == ["train", "val", "test"]
+    assert (len(split["train"]), len(split["val"]), len(split["test"])) == (9, 2, 3)  # 11 train -> 9 + 2
+    assert not (set(split["train"]) & set(split["val"]) or set(split["val"]) & set(split["test"]))
+    assert set(split["train"]) | set(split["val"]) | set(split["test"]) == {f"im{i:02d}.png" for i in range(14)}
+    header = (out / "metrics.csv").read_text().splitlines()[0]
+    assert "val_mIoU" in header
+
+
+def test_eval_equals_scoring_predicts_files_at_own_size(run, tmp_path, capsys):
+    data, out = run
+    split = json.loads((out / "split.json").read_text())
+    tests = [data / "images" / n for n in split["test"]]
+    assert main(["segment", "predict", str(out), *map(str, tests), "--out", str(tmp_path / "pred")]) == 0
+    meter = SegmentationMeter(2, 255, 3, ["background", "1"])
+    for path in tests:
+        pred = torch.from_numpy(np.array(Image.open(tmp_path / "pred" / path.name))).long()
+        truth = torch.from_numpy(np.array(Image.open(data / "masks" / path.name))).long()
+        assert pred.shape == truth.shape and max(truth.shape) > 20  # the photo's own size, not max_side
+        meter.update(pred, truth)
+    mine = meter.compute()
+    capsys.readouterr()
+    assert main(["segment", "eval", str(out), "--format", "json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["images"] == 3
+    assert got["mIoU"] == pytest.approx(mine["mIoU"], abs=1e-12)
+    assert got["pixel_accuracy"] == pytest.approx(mine["pixel_accuracy"], abs=1e-12)
+
+
+def test_carve_validation_is_seeded_and_keeps_a_given_val():
+    split = split_names([f"{i}.png" for i in range(30)], 24)
+    a, b = carve_validation(split), carve_validation(split)
+    assert a == b and len(a["val"]) == 4 and len(a["train"]) == 20 and a["test"] == split["test"]
+    assert sorted(a["train"] + a["val"]) == split["train"]
+    assert carve_validation(a) == a  # a run's split.json with val is kept as it is
+
+
+def test_run_metadata_says_the_threads_it_used(run):
+    from cnnkit.tasks.segment.load import load_segmenter
+
+    assert load_segmenter(run[1]).info["threads"] == 1  # --threads 1 wins
+
+
+@pytest.mark.parametrize(
+    ("cores", "load", "world", "expected"),
+    [(2, 0.05, None, 2), (2, 1.2, None, 1), (2, 9.0, None, 1), (16, 3.4, None, 13), (16, 0.0, 4, 4), (8, 0.6, 1, 7)],
+)
+def test_free_cores_is_the_affinity_less_the_load(monkeypatch, cores, load, world, expected):
+    import os
+
+    from cnnkit.engine.config import free_cores, use_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert free_cores(world) == expected
+    before = torch.get_num_threads()
+    try:
+        assert use_threads(3) == 3 and torch.get_num_threads() == 3  # --threads wins
+        assert use_threads(0) == free_cores() == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_moving_an_instance_set_keeps_its_masks():
+    from cnnkit.tasks.detect.data import _to
+    from cnnkit.tasks.instance.data import InstanceSet, from_instances
+
+    inst = torch.zeros(1, 20, 30, dtype=torch.uint8)
+    inst[0, 4:10, 5:15] = 1
+    s = from_instances(torch.zeros(1, 3, 20, 30, dtype=torch.uint8), inst, None, ["person"], 32)
+    moved = _to(s, "cpu")
+    assert isinstance(moved, InstanceSet) and torch.equal(moved.masks, s.masks) and moved.originals is s.originals
