@@ -6,6 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
+# runs that leave --threads unset take the free cores, which depend on the machine's load; the suite
+# fixes them (OMP_NUM_THREADS wins over the load, engine.config.free_cores) so that its numbers and
+# its exact-resume comparisons do not depend on what else runs
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("CNNKIT_DATA", REPO.parent / "shared" / "data"))
 

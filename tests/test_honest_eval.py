@@ -101,6 +101,9 @@ def test_free_cores_is_the_affinity_less_the_load(monkeypatch, cores, load, worl
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
     monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert free_cores(world) == 3  # a fixed OMP_NUM_THREADS wins over the load
+    monkeypatch.delenv("OMP_NUM_THREADS")
     assert free_cores(world) == expected
     before = torch.get_num_threads()
     try:

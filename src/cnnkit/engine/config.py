@@ -357,7 +357,9 @@ def _plain(value: Any) -> Any:
 def free_cores(world: int | None = None) -> int:
     """Torch threads per process that use the cores this machine has free now.
 
-    The cores this process may run on (``os.sched_getaffinity``; ``os.cpu_count`` where that is
+    ``OMP_NUM_THREADS``, when the environment sets it to a positive number, is taken as it is (the
+    usual way to fix a process's threads, and what makes a run's arithmetic independent of the
+    machine's load). Otherwise: the cores this process may run on (``os.sched_getaffinity``; ``os.cpu_count`` where that is
     missing) less the one-minute load average (``os.getloadavg``: processes running or waiting for
     a core), rounded to whole cores, at least 1, shared among the ``world`` processes of a torchrun
     job (default: ``LOCAL_WORLD_SIZE``, else 1). An idle 2-core machine gives 2; one other busy
@@ -373,6 +375,9 @@ def free_cores(world: int | None = None) -> int:
         >>> free_cores() >= 1
         True
     """
+    fixed = os.environ.get("OMP_NUM_THREADS", "")
+    if fixed.isdigit() and int(fixed) > 0:
+        return int(fixed)
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
