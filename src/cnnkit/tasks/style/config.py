@@ -13,18 +13,18 @@ NETWORKS: dict[str, dict] = {
     "efficientnet_lite0": dict(
         style_layers=("stem", "blocks.0", "blocks.1", "blocks.2", "blocks.3"),
         content_layers=("blocks.3",),
-        gram="robust",  # Wang et al. 2021: softmax over positions before the Gram matrix
+        robust_layers=("blocks.2", "blocks.3"),  # Wang et al. 2021: softmax before the Gram matrix
         content_weight=1.0,
-        style_weight=10.0,
-        tv_weight=3.0,
+        style_weight=100.0,
+        tv_weight=10.0,
     ),
     "vgg19": dict(
         style_layers=("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"),
         content_layers=("relu4_2",),
-        gram="plain",  # Gatys et al. 2016
+        robust_layers=(),  # Gatys et al. 2016: plain Gram matrices
         content_weight=1.0,
-        style_weight=10.0,
-        tv_weight=3.0,
+        style_weight=100.0,
+        tv_weight=10.0,
     ),
 }
 
@@ -33,8 +33,13 @@ NETWORKS: dict[str, dict] = {
 class TransferConfig:
     """The settings of ``cnnkit style transfer``: Gatys et al.'s optimisation of one image.
 
-    ``None``: the loss network's recipe (:data:`NETWORKS`). Each field is documented once, at the
-    field; ``cnnkit style transfer --help`` shows that text.
+    ``None``: the loss network's recipe (:data:`NETWORKS`).
+
+    Attributes:
+        network, weights, size, style_size, steps, optimizer, lr, content_weight, style_weight,
+            tv_weight, style_layers, content_layers, robust_layers, init, seed, threads: each is
+            documented once, at the field (``option(help=...)``); ``cnnkit style transfer --help``
+            shows that text.
 
     Example:
         >>> TransferConfig().resolved().style_layers[0]
@@ -51,18 +56,18 @@ class TransferConfig:
     style_size: int | None = option(None, help="the style image's longer side (px) (default: --size)", minimum=16)
     steps: int = option(300, help="optimisation steps (each one forward and backward pass)", minimum=1)
     optimizer: str = option(
-        "adam",
-        help="adam | lbfgs (one L-BFGS iteration a step; adam wins here at equal time)",
-        choices=("adam", "lbfgs"),
+        "lbfgs",
+        help="lbfgs (one iteration a step) | adam; L-BFGS reaches the lower loss in equal time",
+        choices=("lbfgs", "adam"),
     )
-    lr: float | None = option(None, help="step size (default: adam 0.02 on pixels in [0, 1], lbfgs 1)", minimum=1e-12)
+    lr: float | None = option(None, help="step size (default: lbfgs 1, adam 0.02 on pixels in [0, 1])", minimum=1e-12)
     content_weight: float | None = option(None, help="weight of the content loss", minimum=0)
     style_weight: float | None = option(None, help="weight of the style loss", minimum=0)
     tv_weight: float | None = option(None, help="weight of the total variation loss (smoothness)", minimum=0)
     style_layers: tuple[str, ...] | None = option(None, help="layers whose Gram matrices are matched")
     content_layers: tuple[str, ...] | None = option(None, help="layers whose features are matched")
-    gram: str | None = option(
-        None, help="robust (softmax before the Gram matrix) | plain", choices=("robust", "plain", None)
+    robust_layers: tuple[str, ...] | None = option(
+        None, help="style layers whose Gram matrix follows a softmax over positions (Wang et al.'s robust loss)"
     )
     init: str = option("content", help="the starting image: content | noise", choices=("content", "noise"))
     seed: int = option(0, help="seeds the noise start", minimum=0, below=2**63)
@@ -92,7 +97,8 @@ class StyleTrainConfig(RunConfig):
     """The settings of ``cnnkit style train``: Johnson et al.'s transformation network for one style.
 
     The loss is :class:`TransferConfig`'s (content + style + total variation through the loss
-    network), on random crops of the photos in ``data``.
+    network), on random crops of the photos in ``data``. Each field is documented once, at the field
+    (``option(help=...)``): the configuration reference and ``cnnkit style train --help`` show that text.
 
     Example:
         >>> StyleTrainConfig(style="udnie.jpg", data="photos").resolved().model
@@ -119,7 +125,7 @@ class StyleTrainConfig(RunConfig):
     tv_weight: float | None = option(None, help="weight of the total variation loss", minimum=0)
     style_layers: tuple[str, ...] | None = option(None, help="layers whose Gram matrices are matched")
     content_layers: tuple[str, ...] | None = option(None, help="layers whose features are matched")
-    gram: str | None = option(None, help="robust | plain", choices=("robust", "plain", None))
+    robust_layers: tuple[str, ...] | None = option(None, help="style layers with the robust (softmax) Gram matrix")
 
     def resolved(self) -> StyleTrainConfig:
         """A copy with every None filled in: the loss network's recipe and the training defaults.
@@ -134,7 +140,7 @@ class StyleTrainConfig(RunConfig):
             "batch_size": 4,
             "lr": 1e-3,
             "weights": loss.weights,
-            **{k: getattr(loss, k) for k in ("style_layers", "content_layers", "gram", "content_weight")},
+            **{k: getattr(loss, k) for k in ("style_layers", "content_layers", "robust_layers", "content_weight")},
             "style_weight": loss.style_weight,
             "tv_weight": loss.tv_weight,
         }

@@ -19,7 +19,14 @@ from cnnkit.errors import CnnkitError
 
 
 def gram(f: torch.Tensor) -> torch.Tensor:
-    """The Gram matrix of features per image, over positions: (B, C, H, W) -> (B, C, C), G = F F^T / (H W)."""
+    """The Gram matrix of features per image, over positions: G = F F^T / (H W).
+
+    Args:
+        f: features (B, C, H, W).
+
+    Returns:
+        (B, C, C): channel i against channel j, averaged over the positions.
+    """
     b, c, h, w = f.shape
     x = f.reshape(b, c, h * w)
     return x @ x.transpose(1, 2) / (h * w)
@@ -29,7 +36,11 @@ def robust_gram(f: torch.Tensor) -> torch.Tensor:
     """Wang et al.'s smoothed Gram matrix: :func:`gram` of each channel's softmax over its positions,
     times the number of positions (so a flat channel is 1 everywhere, at any image size).
 
-    (B, C, H, W) -> (B, C, C).
+    Args:
+        f: features (B, C, H, W).
+
+    Returns:
+        (B, C, C), computed in float32.
     """
     b, c, h, w = f.shape
     s = torch.softmax(f.reshape(b, c, h * w).float(), dim=-1) * (h * w)  # (B, C, HW), mean 1 per channel
@@ -37,7 +48,14 @@ def robust_gram(f: torch.Tensor) -> torch.Tensor:
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
-    """Mean squared difference of neighbouring pixels (vertical and horizontal): (B, C, H, W) -> scalar."""
+    """Mean squared difference of neighbouring pixels, vertical plus horizontal.
+
+    Args:
+        x: images (B, C, H, W).
+
+    Returns:
+        A scalar tensor: 0 for a flat image.
+    """
     return (x[..., 1:, :] - x[..., :-1, :]).square().mean() + (x[..., :, 1:] - x[..., :, :-1]).square().mean()
 
 
@@ -153,11 +171,11 @@ class PerceptualLoss(nn.Module):
         style: (1, 3, H, W) on [0, 1]: the style image.
         style_layers: layers whose Gram matrices are matched.
         content_layers: layers whose features are matched.
-        gram_kind: ``robust`` (:func:`robust_gram`) | ``plain`` (:func:`gram`).
+        robust_layers: the style layers whose Gram matrix is :func:`robust_gram` (the others: :func:`gram`).
         content_weight, style_weight, tv_weight: the weights of the three terms.
 
     Raises:
-        CnnkitError: a layer the network does not have, or an unknown Gram kind.
+        CnnkitError: a layer the network does not have, or a robust layer that is no style layer.
     """
 
     def __init__(
@@ -166,7 +184,7 @@ class PerceptualLoss(nn.Module):
         style: torch.Tensor,
         style_layers: Sequence[str],
         content_layers: Sequence[str],
-        gram_kind: str = "robust",
+        robust_layers: Sequence[str] = (),
         content_weight: float = 1.0,
         style_weight: float = 10.0,
         tv_weight: float = 0.0,
@@ -174,16 +192,17 @@ class PerceptualLoss(nn.Module):
         super().__init__()
         net.check(style_layers, "--style-layers")
         net.check(content_layers, "--content-layers")
-        if gram_kind not in ("robust", "plain"):
-            raise CnnkitError(f"--gram is robust or plain. Received: --gram {gram_kind}")
+        extra = [n for n in robust_layers if n not in style_layers]
+        if extra:
+            raise CnnkitError(f"--robust-layers: {extra[0]} is not one of the style layers ({', '.join(style_layers)})")
         self.net = net
         self.style_layers, self.content_layers = list(style_layers), list(content_layers)
-        self.gram = robust_gram if gram_kind == "robust" else gram
+        self.grams = [robust_gram if n in robust_layers else gram for n in self.style_layers]
         self.weights = (content_weight, style_weight, tv_weight)
         with torch.no_grad():
             feats = net(style, self.style_layers)
             for i, name in enumerate(self.style_layers):  # (1, C, C) targets, buffers: they follow .to()
-                self.register_buffer(f"target{i}", self.gram(feats[name]))
+                self.register_buffer(f"target{i}", self.grams[i](feats[name]))
 
     def content_targets(self, content: torch.Tensor) -> dict[str, torch.Tensor]:
         """The content layers' features of (B, 3, H, W) photos, without gradients."""
@@ -196,7 +215,7 @@ class PerceptualLoss(nn.Module):
         """(weighted total, {"content", "style", "tv"} unweighted) of images ``x`` (B, 3, H, W) on [0, 1]."""
         feats = self.net(x, self.style_layers + self.content_layers)
         style = sum(
-            _relative(self.gram(feats[n]), getattr(self, f"target{i}").expand(x.shape[0], -1, -1))
+            _relative(self.grams[i](feats[n]), getattr(self, f"target{i}").expand(x.shape[0], -1, -1))
             for i, n in enumerate(self.style_layers)
         ) / len(self.style_layers)
         content_loss = sum(_relative(feats[n], content[n]) for n in self.content_layers) / len(self.content_layers)

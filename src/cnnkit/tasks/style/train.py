@@ -70,7 +70,7 @@ def train(
         tv_weight=cfg.tv_weight,
         style_layers=cfg.style_layers,
         content_layers=cfg.content_layers,
-        gram=cfg.gram,
+        robust_layers=cfg.robust_layers,
     ).resolved()
     torch.manual_seed(cfg.seed)
     model = build_network(cfg.model)

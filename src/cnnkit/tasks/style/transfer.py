@@ -49,7 +49,7 @@ def perceptual_loss(cfg: TransferConfig, style: torch.Tensor) -> PerceptualLoss:
         resize_longer(style, cfg.style_size),
         cfg.style_layers,
         cfg.content_layers,
-        cfg.gram,
+        cfg.robust_layers,
         cfg.content_weight,
         cfg.style_weight,
         cfg.tv_weight,
