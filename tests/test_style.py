@@ -133,7 +133,7 @@ def test_fast_network_trains_resumes_exactly_and_predicts(photos, tmp_path):
             train(cfg, part, **kw)
     finally:
         loop._save_run = original
-    resumed = train(cfg, part, resume=True, **kw)
+    resumed = train(StyleTrainConfig(), part, resume=True, **kw)  # the run's own settings
     a, b = full.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -188,7 +188,15 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(photos, tmp_path, caps
     assert "image not found" in _one_line_error(
         capsys, ["style", "predict", str(tmp_path), str(tmp_path / "nope.jpg"), "--out", str(tmp_path / "d")]
     )
-    assert not out.exists() and not out.with_suffix(".csv").exists() and not (tmp_path / "d").exists()
+    assert "--style and --data are required" in _one_line_error(
+        capsys, ["style", "train", "--style", str(style), "--out", str(tmp_path / "run")]
+    )
+    assert (
+        not out.exists()
+        and not out.with_suffix(".csv").exists()
+        and not (tmp_path / "run").exists()
+        and not (tmp_path / "d").exists()
+    )
 
     assert main(["style", "transfer", str(content), str(style), "--out", str(out), *fast]) == 0
     rows = out.with_suffix(".csv").read_text().splitlines()

@@ -33,7 +33,7 @@ def train(
     Args:
         cfg: the settings; None fields take the defaults (:meth:`StyleTrainConfig.resolved`).
         out: the run folder; None writes nothing.
-        resume: continue the run in ``out`` exactly.
+        resume: continue the run in ``out`` exactly, with the settings it was started with.
         quiet: no summary, progress bar or epoch lines.
         device: ``cpu`` | ``cuda`` (default: ``cfg.device``).
         max_batches: steps per epoch at most (smoke tests); None: every photo once per epoch.
@@ -51,13 +51,20 @@ def train(
     """
     from cnnkit.engine import Data, Phase, Plan, Setup, fit
     from cnnkit.engine.optim import make_optimizer
+    from cnnkit.engine.runfolder import check_new_run, resumed_config
 
+    check_new_run(out, resume)  # before any work: a refused run leaves the folder as it was
+    if resume:  # the run's own settings win
+        cfg = StyleTrainConfig.from_dict(resumed_config(out, "style"))
     cfg = cfg.resolved()
     for key in ("epochs", "batch_size"):
         if getattr(cfg, key) < 1:
             raise CnnkitError(f"--{key.replace('_', '-')} must be a positive integer. Received: {getattr(cfg, key)}")
-    if not cfg.style:
-        raise CnnkitError("--style is required: the style image (PNG or JPEG)")
+    if not cfg.style or not cfg.data:
+        raise CnnkitError(
+            f"--style and --data are required: the style image and a folder of photos. Received: "
+            f"--style {cfg.style or '(none)'} --data {cfg.data or '(none)'}"
+        )
     torch.set_num_threads(cfg.threads or max(1, os.cpu_count() or 1))
     style = read_photo(cfg.style)
     photos = load_photos(cfg.data, cfg.crop, cfg.photos)
