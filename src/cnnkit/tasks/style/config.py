@@ -53,14 +53,16 @@ class TransferConfig:
         "torchvision's vgg19 state dict, e.g. vgg19-dcbb9e9d.pth) | none (random; tests only)",
     )
     size: int = option(512, help="the output's longer side (px); the content photo is resized to it", minimum=16)
-    style_size: int | None = option(None, help="the style image's longer side (px) (default: --size)", minimum=16)
+    style_size: int | None = option(None, help="the style image's longer side (px); unset: --size", minimum=16)
     steps: int = option(300, help="optimisation steps (each one forward and backward pass)", minimum=1)
     optimizer: str = option(
         "lbfgs",
         help="lbfgs (one iteration a step) | adam; L-BFGS reaches the lower loss in equal time",
         choices=("lbfgs", "adam"),
     )
-    lr: float | None = option(None, help="step size (default: lbfgs 1, adam 0.02 on pixels in [0, 1])", minimum=1e-12)
+    lr: float | None = option(
+        None, help="step size; unset: 1 for lbfgs, 0.02 for adam (pixels on [0, 1])", minimum=1e-12
+    )
     content_weight: float | None = option(None, help="weight of the content loss", minimum=0)
     style_weight: float | None = option(None, help="weight of the style loss", minimum=0)
     tv_weight: float | None = option(None, help="weight of the total variation loss (smoothness)", minimum=0)
