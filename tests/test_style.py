@@ -12,7 +12,7 @@ import cnnkit
 from cnnkit.cli import main
 from cnnkit.errors import CnnkitError
 from cnnkit.models import create_model, list_models
-from cnnkit.models.vgg import CFGS
+from cnnkit.models.vgg import CFGS, make_layers
 from cnnkit.tasks.style import (
     StyleTrainConfig,
     TransferConfig,
@@ -74,7 +74,7 @@ def test_a_style_step_lowers_the_style_loss():
 
 
 def test_vgg19_reads_torchvision_weights_from_a_file_strictly(tmp_path):
-    names = vgg_layer_names(create_model("vgg11").features)
+    names = vgg_layer_names(make_layers(CFGS["vgg11"]))
     assert names[:4] == ["conv1_1", "relu1_1", "pool1", "conv2_1"]
     shapes, index, c = {}, 0, 3  # torchvision's vgg19 keys and shapes, from the paper's configuration E
     for v in CFGS["vgg19"]:

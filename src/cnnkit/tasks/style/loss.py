@@ -130,7 +130,7 @@ def loss_network(network: str, weights: str | None) -> LossNetwork:
     Args:
         network: ``efficientnet_lite0`` | ``vgg19``.
         weights: ``imagenet`` (EfficientNet-Lite0's published weights), a state-dict file
-            (VGG19: torchvision's, loaded strictly), or None (random: tests only).
+            (VGG19: torchvision's, every key and shape checked), or None (random: tests only).
 
     Returns:
         The :class:`LossNetwork` in eval mode, its parameters frozen.
@@ -154,13 +154,42 @@ def loss_network(network: str, weights: str | None) -> LossNetwork:
                 "--network vgg19 needs --weights PATH: torchvision's vgg19 state dict (vgg19-dcbb9e9d.pth), "
                 "which cnnkit does not download here. Received: --weights imagenet"
             )
-        net = create_model(network, weights=weights)
-        for layer in net.features:
+        features = _vgg19_features(weights)
+        for layer in features:
             if isinstance(layer, nn.ReLU):
                 layer.inplace = False  # a tapped conv output must stay as it was
         pre = PRETRAINED[network]
-        return LossNetwork(list(zip(vgg_layer_names(net.features), net.features)), pre.mean, pre.std)
+        return LossNetwork(list(zip(vgg_layer_names(features), features)), pre.mean, pre.std)
     raise CnnkitError(f"--network is efficientnet_lite0 or vgg19. Received: --network {network}")
+
+
+def _vgg19_features(weights: str | None) -> nn.Sequential:
+    """VGG19's convolutional trunk, with the weights of a torchvision ``vgg19`` state-dict file whose
+    every key and shape is checked (the classifier's too, which the loss does not keep)."""
+    from cnnkit.models import create_model
+    from cnnkit.models.vgg import CFGS, make_layers
+    from cnnkit.models.weights import read_state_dict
+
+    features = make_layers(CFGS["vgg19"])
+    if weights is None:
+        return features
+    with torch.device("meta"):  # the shapes alone: no memory, no initialisation
+        expected = {k: tuple(v.shape) for k, v in create_model("vgg19").state_dict().items()}
+    state = read_state_dict(weights)
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if found != expected:
+        missing = [k for k in expected if k not in found]
+        unexpected = [k for k in found if k not in expected]
+        shapes = [
+            f"{k} {found[k]} (expected {expected[k]})" for k in found if k in expected and found[k] != expected[k]
+        ]
+        raise CnnkitError(
+            f"{weights} is not torchvision's vgg19 state dict (missing: {', '.join(missing[:3]) or 'none'}; "
+            f"unexpected: {', '.join(unexpected[:3]) or 'none'}; other shapes: {', '.join(shapes[:3]) or 'none'}); "
+            "give vgg19-dcbb9e9d.pth"
+        )
+    features.load_state_dict({k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")})
+    return features
 
 
 class PerceptualLoss(nn.Module):
