@@ -1,6 +1,6 @@
 """Make the style transfer guide's figure: docs/images/style_transfer.jpg.
 
-    python docs/style_images.py [--data-dir DIR] [--fast RUN] [--size 512] [--steps N]
+    python docs/style_images.py [--data-dir DIR] [--fast RUN] [--size 512] [--steps N] [--threads N]
 
 One row per style image of DIR/styles/ (Udnie, mosaic): the content photo (a hymenoptera/val bee),
 the style image, the result of ``cnnkit style transfer`` with its defaults (EfficientNet-Lite0
@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--fast", help="a `cnnkit style train` run folder")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=None, help="default: cnnkit style transfer's")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     args = parser.parse_args()
     data = Path(args.data_dir)
     content = read_photo(data / CONTENT)
@@ -46,10 +47,10 @@ def main() -> None:
     rows = []
     for style_file in sorted((data / "styles").glob("*.jpg")):
         style = read_photo(style_file)
-        cfg = TransferConfig(size=args.size, **({"steps": args.steps} if args.steps else {}))
+        cfg = TransferConfig(size=args.size, threads=args.threads, **({"steps": args.steps} if args.steps else {}))
         tick = time.perf_counter()
         out = transfer(content, style, cfg)
-        print(f"{style_file.name}: {len(out.history)} steps in {time.perf_counter() - tick:.0f} s")
+        print(f"{style_file.name}: {len(out.history)} steps in {time.perf_counter() - tick:.0f} s", flush=True)
         panels = [_pil(read_photo(data / CONTENT, args.size)), _pil(style), _pil(out.image)]
         if fast is not None:
             same = fast.info.get("style") == style_file.name
