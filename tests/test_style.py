@@ -101,8 +101,8 @@ def test_vgg19_reads_torchvision_weights_from_a_file_strictly(tmp_path):
     torch.save(state, tmp_path / "short.pth")
     with pytest.raises(CnnkitError, match="classifier.6.bias"):
         loss_network("vgg19", str(tmp_path / "short.pth"))
-    with pytest.raises(CnnkitError, match="needs --weights PATH"):
-        loss_network("vgg19", "imagenet")
+    with pytest.raises(CnnkitError, match="needs --weights PATH"):  # never random VGG19 features unasked
+        transfer(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32), TransferConfig(network="vgg19", size=32))
 
 
 def test_fast_network_trains_resumes_exactly_and_predicts(photos, tmp_path):

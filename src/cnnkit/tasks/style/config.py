@@ -89,7 +89,7 @@ class TransferConfig:
             **NETWORKS[self.network],
             "style_size": self.size,
             "lr": 1.0 if self.optimizer == "lbfgs" else 0.02,
-            "weights": "imagenet" if self.network == "efficientnet_lite0" else None,
+            "weights": "imagenet",  # vgg19: refused by the loss network, which names --weights PATH
         }
         return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
 
