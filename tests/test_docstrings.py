@@ -23,6 +23,7 @@ PACKAGES = [
     "cnnkit.tasks.detect",
     "cnnkit.tasks.segment",
     "cnnkit.tasks.instance",
+    "cnnkit.tasks.style",
     "cnnkit.engine",
 ]
 

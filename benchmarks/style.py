@@ -1,0 +1,122 @@
+"""Style transfer benchmark: the optimisation of one 512 px image, and the fast network.
+
+    python benchmarks/style.py transfer --data-dir ../shared/data          # default steps at 512 px
+    python benchmarks/style.py optimizers --data-dir ../shared/data --seconds 60   # adam vs lbfgs, equal time
+    python benchmarks/style.py fast --data-dir ../shared/data --out runs/udnie-fast  # train, then time predict
+
+``transfer`` runs ``cnnkit style transfer``'s defaults (EfficientNet-Lite0, robust Gram loss) on a
+hymenoptera photo with Udnie at 512 px and reports the wall time, the process's CPU time and the
+seconds per step. ``optimizers`` gives Adam and L-BFGS the same wall-clock budget each and reports
+the loss each reached. ``fast`` trains ``johnson_style_slim`` on the flower photos (``--minutes``
+caps the epochs by a first epoch's time), then stylises a 512 px photo (median of 5). Every report
+names the CPU, the torch threads and the load average beside the target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from cnnkit.engine.precision import cpu_name
+from cnnkit.tasks.style import StyleTrainConfig, TransferConfig, load_stylizer, stylize, train, transfer
+from cnnkit.tasks.style.data import read_photo, write_image
+
+TARGETS = "targets: 512 px transfer <= 120 s with the default steps; fast network < 1 s a 512 px photo after <= 30 min"
+CONTENT = "hymenoptera/val/bees/1032546534_06907fe3b3.jpg"
+
+
+def _machine(threads: int) -> str:
+    return f"{cpu_name()}, {threads} torch thread(s), load average {os.getloadavg()[0]:.2f}"
+
+
+def run_transfer(args) -> None:
+    data = Path(args.data_dir)
+    cfg = TransferConfig(size=args.size, steps=args.steps, threads=args.threads)
+    content, style = read_photo(data / CONTENT), read_photo(data / "styles" / args.style)
+    cpu = time.process_time()
+    out = transfer(content, style, cfg, quiet=True)
+    cpu = time.process_time() - cpu
+    if args.save:
+        write_image(out.image, args.save)
+    last = out.history[-1]
+    print(f"{_machine(torch.get_num_threads())}\n{TARGETS}")
+    print(
+        f"transfer {args.size} px, {cfg.steps} steps ({cfg.resolved().optimizer}): {out.seconds:.1f} s wall, "
+        f"{cpu:.1f} s CPU, {out.seconds / cfg.steps:.3f} s/step; loss {out.history[0]['loss']:.4f} -> "
+        f"{last['loss']:.4f} (style {out.history[0]['style']:.4f} -> {last['style']:.4f})"
+    )
+
+
+def run_optimizers(args) -> None:
+    data = Path(args.data_dir)
+    content, style = read_photo(data / CONTENT), read_photo(data / "styles" / args.style)
+    print(f"{_machine(args.threads or torch.get_num_threads())}\n{args.seconds} s each at {args.size} px")
+    for opt in ("adam", "lbfgs"):
+        probe = transfer(content, style, TransferConfig(size=args.size, steps=5, optimizer=opt, threads=args.threads))
+        steps = max(5, int(args.seconds / (probe.seconds / 5)))  # the budget in this optimizer's own steps
+        out = transfer(content, style, TransferConfig(size=args.size, steps=steps, optimizer=opt, threads=args.threads))
+        last = out.history[-1]
+        print(
+            f"{opt:>5}: {steps} steps in {out.seconds:.1f} s, loss {last['loss']:.4f} (content {last['content']:.4f}, "
+            f"style {last['style']:.4f}, tv {last['tv']:.4f}); load average {os.getloadavg()[0]:.2f}"
+        )
+
+
+def run_fast(args) -> None:
+    data = Path(args.data_dir)
+    cfg = StyleTrainConfig(
+        style=str(data / "styles" / args.style),
+        data=str(data / args.photos),
+        epochs=args.epochs,
+        photos=args.limit,
+        threads=args.threads,
+    )
+    tick = time.perf_counter()
+    if not (Path(args.out) / "model.safetensors").is_file():
+        result = train(cfg, args.out, quiet=args.quiet)
+        print(f"trained {len(result.history)} epochs in {result.seconds:.0f} s ({result.images} crops)")
+    print(f"training + set-up: {time.perf_counter() - tick:.0f} s")
+    net = load_stylizer(args.out)
+    x = read_photo(data / CONTENT, 512)
+    times = []
+    for _ in range(6):
+        t = time.perf_counter()
+        y = stylize(net, x)
+        times.append(time.perf_counter() - t)
+    if args.save:
+        write_image(y, args.save)
+    print(f"{_machine(torch.get_num_threads())}\n{TARGETS}")
+    print(
+        f"fast network {net.info['arch']}: a {x.shape[-1]}x{x.shape[-2]} photo in "
+        f"{statistics.median(times[1:]):.3f} s (median of 5 after one warm-up)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("part", choices=["transfer", "optimizers", "fast"])
+    parser.add_argument("--data-dir", default=os.environ.get("CNNKIT_DATA", "../shared/data"))
+    parser.add_argument("--style", default="udnie.jpg")
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=None, help="transfer: steps (default: the command's)")
+    parser.add_argument("--seconds", type=float, default=60.0, help="optimizers: wall-clock budget of each")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--photos", default="flowers", help="fast: the training photos' folder under --data-dir")
+    parser.add_argument("--limit", type=int, default=0, help="fast: the first N photos only (0: all)")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--out", default="runs/style-fast")
+    parser.add_argument("--save", help="write the result image here")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args()
+    if args.steps is None:
+        args.steps = TransferConfig().steps
+    {"transfer": run_transfer, "optimizers": run_optimizers, "fast": run_fast}[args.part](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Stylise photos with a trained transformation network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from cnnkit.engine.runfolder import output_stems
+from cnnkit.errors import CnnkitError
+from cnnkit.tasks.style.data import read_photo, write_image
+from cnnkit.tasks.style.load import load_stylizer
+
+
+@torch.inference_mode()
+def stylize(model: nn.Module, image: torch.Tensor) -> torch.Tensor:
+    """One forward pass: (B, 3, H, W) on [0, 1] -> the stylised images, same shape, on [0, 1].
+
+    Args:
+        model: a transformation network (:func:`~cnnkit.tasks.style.load.load_stylizer`).
+        image: the photos.
+
+    Returns:
+        The stylised photos.
+    """
+    device = next(model.parameters()).device
+    return model(image.to(device)).float().cpu()
+
+
+def predict_files(run, images: list, out_dir, max_side: int | None = None) -> list[Path]:
+    """``cnnkit style predict RUN photos... --out DIR``: each photo stylised to ``DIR/<stem>.png``.
+
+    Output names are checked before any work: none replaces an input.
+
+    Args:
+        run: a run folder of ``cnnkit style train``, or its ``model.safetensors``.
+        images: the photos (PNG or JPEG).
+        out_dir: the folder for the outputs (created).
+        max_side: photos are first shrunk so their longer side is at most this (px); None: their own size.
+
+    Returns:
+        The files written, in the order of ``images``.
+
+    Raises:
+        CnnkitError: not a style run, a missing or unreadable photo, or an output that would replace an input.
+    """
+    paths = [Path(p) for p in images]
+    stems = output_stems(paths, out_dir, (".png",))
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:  # before any output is written
+        raise CnnkitError(f"image not found: {missing[0]}; give the paths of PNG or JPEG files")
+    model = load_stylizer(run)
+    written = []
+    for path, stem in zip(paths, stems):
+        x = read_photo(path)
+        if max_side and max(x.shape[-2:]) > max_side:
+            x = read_photo(path, max_side)
+        target = Path(out_dir) / f"{stem}.png"
+        write_image(stylize(model, x), target)
+        written.append(target)
+    return written
