@@ -54,6 +54,7 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default=os.environ.get("CNNKIT_DATA"), help="folder holding mnist/")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     p.add_argument("--only", nargs="*", help="network names to run (default: all three)")
+    p.add_argument("--set", nargs="*", default=[], help="flags added to `cnnkit train` (e.g. --set=--lr=0.002)")
     args = p.parse_args(argv)
     if not args.data_dir:
         p.error("--data-dir (or $CNNKIT_DATA) must name the folder holding mnist/")
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
         out = Path(tempfile.mkdtemp(prefix=f"cnnkit-{name}-")) / "run"
         argv = ["train", "--model", model, "--epochs", "1", "--data-dir", args.data_dir, "--out", str(out)]
         start = time.perf_counter()
-        code = cli([*argv, "--threads", str(args.threads), "--quiet"])
+        code = cli([*argv, "--threads", str(args.threads), "--quiet", *(a for f in args.set for a in f.split("="))])
         seconds = time.perf_counter() - start
         if code != 0:
             print(f"{name}: cnnkit train exited {code}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -114,4 +114,6 @@ def load_split_data(cfg: DetectConfig, split: dict | None = None) -> tuple[Detec
 
 
 def _to(s: DetectionSet, device) -> DetectionSet:
-    return DetectionSet(s.images.to(device), s.boxes.to(device), s.labels.to(device), s.scales, s.classes, s.names)
+    """``s`` with its batched tensors on ``device``, of its own class (an InstanceSet keeps its masks)."""
+    fields = ("images", "boxes", "labels", "masks")
+    return replace(s, **{k: getattr(s, k).to(device) for k in fields if isinstance(getattr(s, k, None), torch.Tensor)})
