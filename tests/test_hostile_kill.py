@@ -18,9 +18,18 @@ from safetensors.torch import load_file
 from cnnkit.cli import main
 
 pytestmark = [
-    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.usefixtures("one_thread", "quick_curves"),
     pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork"),
 ]
+
+
+@pytest.fixture
+def quick_curves(monkeypatch):
+    """curves.png as a stand-in written the same atomic way (matplotlib's drawing would be most of
+    these tiny runs' time; the kill property is the temporary file's, not the plot's)."""
+    from cnnkit.engine.runfolder import atomic_write_bytes
+
+    monkeypatch.setattr("cnnkit.plots.training_curves", lambda history, path: atomic_write_bytes(path, b"curves"))
 
 
 def _first_write(out) -> bool:  # the first epoch's files are being written

@@ -63,7 +63,8 @@ def test_the_rule(tmp_path):
         check_resume_settings(run, "segment", {})
 
 
-def test_a_segment_run_resumes_with_its_own_settings(tmp_path, capsys):
+def test_a_segment_run_resumes_with_its_own_settings(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("cnnkit.plots.training_curves", lambda history, path: None)  # matplotlib: most of the time
     from test_segmentation_cli import make_folder
 
     data, run = make_folder(tmp_path / "data", n=6, size=16), tmp_path / "run"
