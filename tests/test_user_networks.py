@@ -1,4 +1,4 @@
-"""A network other than the preset's own trains with AdamW at 1e-3 (the presets' SGD at lr 0.3 is
+"""A network other than the preset's own trains with AdamW at 2e-3 (the presets' SGD at lr 0.3 is
 tuned for their batch-normalised networks); the run records which recipe it used."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ def test_the_presets_own_network_keeps_the_preset():
 def test_another_network_gets_the_user_network_recipe_and_records_it():
     for model in ("keras_mnist_convnet", "lenet5", "net.py:build", "spec.yaml"):
         cfg = preset("fast", model=model)
-        assert (cfg.optimizer, cfg.lr) == (USER_NETWORK["optimizer"], USER_NETWORK["lr"]) == ("adamw", 1e-3)
+        assert (cfg.optimizer, cfg.lr) == (USER_NETWORK["optimizer"], USER_NETWORK["lr"]) == ("adamw", 2e-3)
         assert cfg.recipe == "fast+user-network" and cfg.to_dict()["recipe"] == "fast+user-network"
         assert (cfg.epochs, cfg.batch_size, cfg.ema) == (4, 128, 0.99)  # the rest is the preset's
     mine = preset("fast", model="lenet5", lr=0.05, optimizer="sgd")  # what the user sets wins

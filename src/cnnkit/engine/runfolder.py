@@ -355,9 +355,9 @@ def check_resume_settings(
     """
     stored = resumed_config(out, task)
     if key is not None:
-        stored = stored.get(key)
-        if not isinstance(stored, dict):
+        if not isinstance(stored.get(key), dict):
             raise CnnkitError(f"{out}: the resume state holds no '{key}' settings; start a new run")
+        stored = stored[key]
     changed = [k for k, v in given.items() if k not in free and k in stored and _plain(v) != _plain(stored[k])]
     if changed:
         shown = ", ".join(f"--{k.replace('_', '-')} {_brief(stored[k])} (given {_brief(given[k])})" for k in changed)

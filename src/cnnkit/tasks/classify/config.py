@@ -67,7 +67,7 @@ class TrainConfig(RunConfig):
     recipe: str = option(
         "",
         help="the recipe :func:`preset` chose: the preset's name for its own network, "
-        "'<preset>+user-network' (AdamW at 1e-3) for any other",
+        "'<preset>+user-network' (AdamW at 2e-3) for any other",
         cli=False,
     )
 
@@ -102,10 +102,10 @@ PRESETS: dict[str, dict] = {
 }
 
 
-# the recipe for a network other than the preset's own: AdamW at 1e-3 under the preset's schedule,
-# as Keras' fit trains with Adam. The presets' SGD at lr 0.2-0.3 is tuned for their batch-normalised
-# networks and diverges on a plain convnet without batch norm.
-USER_NETWORK = dict(optimizer="adamw", lr=1e-3)
+# the recipe for a network other than the preset's own: AdamW at a peak of 2e-3 under the preset's
+# one-cycle schedule (Keras' fit trains such networks with Adam). The presets' SGD at lr 0.2-0.3 is
+# tuned for their batch-normalised networks and diverges on a plain convnet without batch norm.
+USER_NETWORK = dict(optimizer="adamw", lr=2e-3)
 
 
 def preset(name: str = "fast", **overrides) -> TrainConfig:
