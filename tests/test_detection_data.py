@@ -131,7 +131,11 @@ def test_coco_reader(tmp_path):
             None,
             r"ann.json annotations 'bbox' of image 'a.png': box 0 .* outside",
         ),
-        ([{"id": 1, "image_id": 7, "category_id": 3, "bbox": [5, 3, -2, 5]}], None, r"box 0 has x2 < x1"),
+        (
+            [{"id": 1, "image_id": 7, "category_id": 3, "bbox": [5, 3, -2, 5]}],
+            None,
+            r"annotations\[0\] field .bbox. has a negative width",
+        ),
         ([{"id": 1, "image_id": 7, "category_id": 3, "bbox": "x"}], None, r"annotations\[0\] field 'bbox'"),
         ([{"id": 1, "image_id": 7, "bbox": [1, 1, 2, 2]}], None, r"annotations\[0\] field 'category_id'"),
         ([], [{"id": 7, "file_name": "nope.png", "width": 40, "height": 30}], r"missing image .*nope.png"),

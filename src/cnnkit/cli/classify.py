@@ -13,7 +13,9 @@ from pathlib import Path
 
 from cnnkit.cli import add_run_arguments, add_trust_code, existing_data_dir, trust
 from cnnkit.engine.config import add_config_arguments, check_values, config_from_args
+from cnnkit.engine.runfolder import check_resume_settings
 from cnnkit.errors import CnnkitError
+from cnnkit.models.network import model_reference
 from cnnkit.tasks.classify.config import PRESETS, TrainConfig, preset
 from cnnkit.tasks.classify.finetune import FinetuneConfig
 
@@ -145,6 +147,9 @@ def run_train(args) -> int:
     out = args.out or f"runs/{Path(cfg.model).stem.split(':')[0]}-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.resume and not args.out:
         raise CnnkitError("--resume needs --out RUN_FOLDER (the run to continue)")
+    if args.resume:  # the run continues with its own settings; the ones typed must equal them
+        typed = {**values, **({"model": model_reference(values["model"])} if values.get("model") else {})}
+        check_resume_settings(out, "classify", typed)
     train(cfg, out, resume=args.resume, quiet=args.quiet)
     return 0
 
@@ -200,7 +205,10 @@ def run_predict(args) -> int:
 def run_finetune(args) -> int:
     from cnnkit.tasks.classify.finetune import run_finetune as finetune_run
 
-    cfg = FinetuneConfig(**config_from_args(FinetuneConfig, args))
+    values = config_from_args(FinetuneConfig, args)
+    if args.resume and args.out:  # the run continues with its own settings; the ones typed must equal them
+        check_resume_settings(args.out, "classify", values, key="args")
+    cfg = FinetuneConfig(**values)
     finetune_run(cfg, args.out, resume=args.resume, quiet=args.quiet)
     return 0
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from cnnkit.cli import add_run_arguments, train_config
 from cnnkit.engine.config import add_config_arguments
+from cnnkit.engine.runfolder import check_resume_settings
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.detect.config import DetectConfig
 
@@ -60,14 +61,17 @@ def add_eval_predict(sub, eval_help: str, predict_help: str, run_eval, run_predi
 def run_train(args) -> int:
     from cnnkit.tasks.detect.train import train
 
-    cfg = DetectConfig(**train_config(DetectConfig, args, ("pennfudan", "digits")))
-    return start_run(args, cfg, train, "detect")
+    values = train_config(DetectConfig, args, ("pennfudan", "digits"))
+    return start_run(args, DetectConfig(**values), train, "detect", values)
 
 
-def start_run(args, cfg, train, kind: str) -> int:
-    """``train(cfg, out)`` in ``--out`` (default ``runs/KIND-DATA-TIME``), resuming with ``--resume``."""
+def start_run(args, cfg, train, kind: str, given: dict) -> int:
+    """``train(cfg, out)`` in ``--out`` (default ``runs/KIND-DATA-TIME``), resuming with ``--resume``
+    (the settings ``given`` on the command line checked against the run's own)."""
     if args.resume and not args.out:
         raise CnnkitError("--resume needs --out RUN_FOLDER (the run to continue)")
+    if args.resume:
+        check_resume_settings(args.out, kind, given)
     out = args.out or f"runs/{kind}-{Path(cfg.data).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     train(cfg, out, resume=args.resume, quiet=args.quiet)
     return 0

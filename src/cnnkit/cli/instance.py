@@ -43,8 +43,8 @@ def register(subparsers) -> None:
 def run_train(args) -> int:
     from cnnkit.tasks.instance.train import train
 
-    cfg = InstanceConfig(**train_config(InstanceConfig, args, ("pennfudan", "digits")))
-    return start_run(args, cfg, train, "instance")
+    values = train_config(InstanceConfig, args, ("pennfudan", "digits"))
+    return start_run(args, InstanceConfig(**values), train, "instance", values)
 
 
 def run_eval(args) -> int:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from cnnkit.cli import add_run_arguments, train_config
 from cnnkit.engine.config import add_config_arguments
+from cnnkit.engine.runfolder import check_resume_settings
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.segment.config import SegmentConfig
 
@@ -52,9 +53,12 @@ def run_train(args) -> int:
 
     from cnnkit.tasks.segment.train import train
 
-    cfg = SegmentConfig(**train_config(SegmentConfig, args, ("pennfudan", "digits")))
+    values = train_config(SegmentConfig, args, ("pennfudan", "digits"))
     if args.resume and not args.out:
         raise CnnkitError("--resume needs --out RUN, the run folder to continue")
+    if args.resume:  # the run's own settings, the ones typed checked against them
+        values = check_resume_settings(args.out, "segment", values)
+    cfg = SegmentConfig.from_dict(values)
     out = args.out or f"runs/segment-{Path(cfg.data).name}-{time.strftime('%Y%m%d-%H%M%S')}"
     result = train(cfg, out, resume=args.resume, quiet=args.quiet)
     t = result.test

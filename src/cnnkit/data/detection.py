@@ -18,15 +18,16 @@ For training, :func:`letterbox` brings every image to one square size (boxes sca
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import torch
 import torch.nn.functional as F
 
-from cnnkit.data.images import read_pixels
+from cnnkit.data.images import MAX_DECODE_PIXELS, read_pixels
 from cnnkit.errors import CnnkitError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -69,6 +70,8 @@ def check_boxes(boxes: torch.Tensor, width: int, height: int, where: str, tol: f
     """CnnkitError naming ``where`` if a box has x2 < x1, y2 < y1, or reaches outside the image
     by more than ``tol`` pixels."""
     for j, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
+        if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+            raise CnnkitError(f"{where}: box {j} has a coordinate that is not a finite number: {[x1, y1, x2, y2]}")
         if x2 < x1 or y2 < y1:
             raise CnnkitError(f"{where}: box {j} has x2 < x1 or y2 < y1: {[x1, y1, x2, y2]} (xyxy)")
         if x1 < -tol or y1 < -tol or x2 > width + tol or y2 > height + tol:
@@ -145,58 +148,171 @@ def load_pennfudan(root: str | os.PathLike, names: list[str] | None = None) -> D
 
 
 # ---------------------------------------------------------------- COCO JSON
+# the most classes a data set may declare (LVIS has 1,203), and the highest class id a YOLO label may
+# use when no classes.txt / data.yaml declares them: a stray id must not build a detector of that size
+MAX_CLASSES = 10_000
+MAX_UNDECLARED_CLASS = 999
+MAX_NAMES_BYTES = 1 << 20  # classes.txt / data.yaml: class names, not data
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _shown(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _entries(path: Path, data, key: str) -> list[dict]:
+    """``data[key]``, checked to be a list of objects."""
+    if not isinstance(data, dict) or not isinstance(data.get(key), list):
+        raise CnnkitError(
+            f"{path}: field '{key}' is missing or not a list; a COCO detection file has "
+            "'images', 'annotations' and 'categories'"
+        )
+    for j, e in enumerate(data[key]):
+        if not isinstance(e, dict):
+            raise CnnkitError(f"{path}: {key}[{j}] is {_shown(e)}, not an object {{...}}")
+    return data[key]
+
+
+def _coco_id(path: Path, where: str, record: dict, key: str) -> int:
+    if key not in record:
+        raise CnnkitError(f"{path}: {where} field '{key}' is missing")
+    v = record[key]
+    if not _is_int(v):
+        raise CnnkitError(
+            f"{path}: {where} field '{key}' must be an integer id; received {_shown(v)} ({type(v).__name__})"
+        )
+    return v
+
+
+def _coco_size(path: Path, where: str, record: dict, key: str) -> int:
+    v = record.get(key)
+    if not _is_number(v) or not math.isfinite(v) or v != int(v) or not 1 <= v <= 1_000_000:
+        raise CnnkitError(f"{path}: {where} field '{key}' must be a whole number of pixels >= 1; received {_shown(v)}")
+    return int(v)
+
+
+def _coco_bbox(path: Path, where: str, record: dict) -> list[float]:
+    v = record.get("bbox")
+    if not isinstance(v, list) or len(v) != 4 or not all(_is_number(c) and math.isfinite(c) for c in v):
+        raise CnnkitError(f"{path}: {where} field 'bbox' must be 4 finite numbers [x, y, w, h]; received {_shown(v)}")
+    x, y, w, h = (float(c) for c in v)
+    if w < 0 or h < 0:
+        raise CnnkitError(f"{path}: {where} field 'bbox' has a negative width or height: {_shown(v)}")
+    return [x, y, x + w, y + h]
+
+
+def _relative_name(path: Path, where: str, name) -> str:
+    """A ``file_name`` that stays inside the data folder (a relative path without '..')."""
+    if not isinstance(name, str) or not name.strip():
+        raise CnnkitError(f"{path}: {where} field 'file_name' must be a file name; received {_shown(name)}")
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or PureWindowsPath(name).drive:
+        raise CnnkitError(
+            f"{path}: {where} 'file_name' {name!r} is an absolute path; annotation files name images "
+            "relative to the data folder"
+        )
+    if ".." in parts:
+        raise CnnkitError(
+            f"{path}: {where} 'file_name' {name!r} climbs out of the data folder ('..'); annotation files "
+            "name images inside it"
+        )
+    return name
+
+
 def load_coco(path: str | os.PathLike, image_dir: str | os.PathLike | None = None) -> Detections:
     """A COCO instances JSON (``images``, ``annotations`` with ``bbox`` [x, y, w, h], ``categories``).
 
     Images are read from ``image_dir`` (default: the JSON's folder, then its ``images/``) by
-    ``file_name``; classes are the categories in id order. Crowd annotations are skipped.
+    ``file_name`` (relative, inside that folder); classes are the categories in id order. Crowd
+    annotations are skipped. Ids are integers; every record is checked before an image is read.
+
+    Args:
+        path: the COCO JSON file.
+        image_dir: the folder the ``file_name`` entries are relative to.
+
+    Returns:
+        The images with their boxes and labels.
+
+    Raises:
+        CnnkitError: one line naming the file and the record: an entry that is not an object, a
+        missing or non-integer id, a duplicate id or file name, an annotation naming no image or
+        category, a bbox that is not 4 finite numbers, a size that is not a positive whole number, a
+        ``file_name`` that is absolute or climbs out of the folder, an image that does not match its size.
     """
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CnnkitError(f"{path}: not a readable COCO JSON file ({exc})") from exc
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data, dict) or not isinstance(data.get(key), list):
+        raise CnnkitError(f"{path}: not a readable COCO JSON file ({' '.join(str(exc).split())[:160]})") from None
+    except RecursionError:
+        raise CnnkitError(f"{path}: nested too deeply to be a COCO JSON file") from None
+    images_, anns, cats = (_entries(path, data, k) for k in ("images", "annotations", "categories"))
+    cat_index: dict[int, int] = {}
+    for j, c in enumerate(cats):
+        cid = _coco_id(path, f"categories[{j}]", c, "id")
+        if cid in cat_index:
+            raise CnnkitError(f"{path}: categories[{j}] repeats category id {cid}")
+        if not isinstance(c.get("name"), (str, int)) or isinstance(c.get("name"), bool):
+            raise CnnkitError(f"{path}: categories[{j}] field 'name' must be a name; received {_shown(c.get('name'))}")
+        cat_index[cid] = j
+    if len(cat_index) > MAX_CLASSES:
+        raise CnnkitError(f"{path}: {len(cat_index):,} categories; cnnkit trains at most {MAX_CLASSES:,} classes")
+    order = sorted(cat_index)
+    classes = [str(cats[cat_index[cid]]["name"]) for cid in order]
+    label_of = {cid: i for i, cid in enumerate(order)}
+    records: dict[int, tuple[int, str, int, int]] = {}
+    seen_names: dict[str, int] = {}
+    for i, im in enumerate(images_):
+        where = f"images[{i}]"
+        iid = _coco_id(path, where, im, "id")
+        if iid in records:
+            raise CnnkitError(f"{path}: {where} repeats image id {iid} (images[{records[iid][0]}] has it)")
+        name = _relative_name(path, where, im.get("file_name"))
+        if name in seen_names:
+            raise CnnkitError(f"{path}: {where} repeats file_name {name!r} (images[{seen_names[name]}] has it)")
+        seen_names[name] = i
+        width, height = _coco_size(path, where, im, "width"), _coco_size(path, where, im, "height")
+        if width * height > MAX_DECODE_PIXELS:
             raise CnnkitError(
-                f"{path}: field '{key}' is missing or not a list; a COCO detection file has "
-                "'images', 'annotations' and 'categories'"
+                f"{path}: {where} says {width} x {height} pixels, more than the {MAX_DECODE_PIXELS:,} cnnkit decodes"
             )
-    try:
-        cats = sorted(data["categories"], key=lambda c: c["id"])
-        cat_index = {c["id"]: i for i, c in enumerate(cats)}
-        classes = [str(c["name"]) for c in cats]
-    except (KeyError, TypeError) as exc:
-        raise CnnkitError(f"{path}: field 'categories' needs 'id' and 'name' in every entry ({exc!r} missing)") from exc
+        records[iid] = (i, name, width, height)
+    per_image: dict[int, list] = {}
+    for j, a in enumerate(anns):
+        where = f"annotations[{j}]"
+        crowd = a.get("iscrowd", 0)
+        if crowd not in (0, 1):  # True/False compare equal to 1/0
+            raise CnnkitError(f"{path}: {where} field 'iscrowd' must be 0 or 1; received {_shown(crowd)}")
+        iid = _coco_id(path, where, a, "image_id")
+        cid = _coco_id(path, where, a, "category_id")
+        if iid not in records:
+            raise CnnkitError(f"{path}: {where} 'image_id' {iid} names no entry of 'images'")
+        if cid not in label_of:
+            raise CnnkitError(f"{path}: {where} 'category_id' {cid} names no entry of 'categories'")
+        box = _coco_bbox(path, where, a)
+        if not crowd:
+            per_image.setdefault(iid, []).append((box, label_of[cid]))
     folder = Path(image_dir) if image_dir is not None else path.parent
-    if image_dir is None and not any((folder / str(im.get("file_name", ""))).is_file() for im in data["images"][:1]):
-        if (folder / "images").is_dir():
+    if image_dir is None and records and (folder / "images").is_dir():
+        first = next(iter(records.values()))[1]
+        if not (folder / first).is_file():
             folder = folder / "images"
-    per_image: dict = {}
-    for j, a in enumerate(data["annotations"]):
-        try:
-            if a.get("iscrowd", 0):
-                continue
-            x, y, w, h = (float(v) for v in a["bbox"])
-            per_image.setdefault(a["image_id"], []).append(([x, y, x + w, y + h], cat_index[a["category_id"]]))
-        except KeyError as exc:
-            raise CnnkitError(
-                f"{path}: annotations[{j}] field {exc.args[0]!r} is missing or names no category"
-            ) from exc
-        except (TypeError, ValueError) as exc:
-            raise CnnkitError(
-                f"{path}: annotations[{j}] field 'bbox' must be 4 numbers [x, y, w, h]; received {a.get('bbox')!r}"
-            ) from exc
     images, boxes, labels, names = [], [], [], []
-    for i, im in enumerate(data["images"]):
-        try:
-            name, width, height = str(im["file_name"]), int(im["width"]), int(im["height"])
-            rows = per_image.get(im["id"], [])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CnnkitError(f"{path}: images[{i}] needs 'id', 'file_name', 'width' and 'height' ({exc!r})") from exc
+    for iid, (i, name, width, height) in records.items():
+        rows = per_image.get(iid, [])
         b = torch.tensor([r[0] for r in rows], dtype=torch.float32).reshape(-1, 4)
         check_boxes(b, width, height, f"{path} annotations 'bbox' of image {name!r}")
-        img = _annotated(folder / name)
+        if not (folder / name).is_file():
+            raise CnnkitError(f"{path}: images[{i}]: missing image {folder / name}: the file it names does not exist")
+        img = read_pixels(folder / name)
         if tuple(img.shape[1:]) != (height, width):
             raise CnnkitError(
                 f"{path}: images[{i}] 'width'/'height' say {width} x {height} but {name} is "
@@ -210,31 +326,112 @@ def load_coco(path: str | os.PathLike, image_dir: str | os.PathLike | None = Non
 
 
 # ---------------------------------------------------------------- YOLO txt folders
+def _read_text(path: Path, what: str) -> str:
+    try:
+        if path.stat().st_size > MAX_NAMES_BYTES and what == "class names":
+            raise CnnkitError(
+                f"{path} is {path.stat().st_size:,} bytes; a file of {what} is at most {MAX_NAMES_BYTES:,}"
+            )
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise CnnkitError(f"{path}: not UTF-8 text (byte {exc.start}); a file of {what} is plain text") from None
+    except OSError as exc:
+        raise CnnkitError(f"cannot read {path} ({exc.strerror or exc})") from None
+
+
 def _yolo_classes(root: Path) -> list[str] | None:
     for name in ("classes.txt", "obj.names"):
         if (root / name).is_file():
-            return [line.strip() for line in (root / name).read_text().splitlines() if line.strip()]
+            return _bounded(
+                root / name, [s.strip() for s in _read_text(root / name, "class names").splitlines() if s.strip()]
+            )
     for name in ("data.yaml", "dataset.yaml"):
         if (root / name).is_file():
             import yaml
 
+            path = root / name
+            text = _read_text(path, "class names")
             try:
-                names = yaml.safe_load((root / name).read_text()).get("names")
-            except (yaml.YAMLError, AttributeError) as exc:
-                raise CnnkitError(f"{root / name}: field 'names' does not parse ({exc})") from exc
+                doc = yaml.safe_load(text)
+            except (yaml.YAMLError, RecursionError) as exc:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise CnnkitError(f"{path}: not valid YAML ({first[:160]})") from None
+            if not isinstance(doc, dict) or "names" not in doc:
+                raise CnnkitError(f"{path}: needs a field 'names' (a list of class names, or a mapping id: name)")
+            names = doc["names"]
             if isinstance(names, dict):
-                names = [names[k] for k in sorted(names)]
-            if not isinstance(names, list):
-                raise CnnkitError(f"{root / name}: field 'names' must be a list of class names")
-            return [str(n) for n in names]
+                keys = list(names)
+                if not all(_is_int(k) for k in keys) or sorted(keys) != list(range(len(keys))):
+                    raise CnnkitError(
+                        f"{path}: field 'names' as a mapping needs the integer keys 0..{len(keys) - 1}; "
+                        f"received keys {_shown(keys)}"
+                    )
+                names = [names[k] for k in range(len(keys))]
+            if not isinstance(names, list) or not all(
+                isinstance(n, (str, int, float)) and not isinstance(n, bool) for n in names
+            ):
+                raise CnnkitError(f"{path}: field 'names' must be a list of class names; received {_shown(names)}")
+            return _bounded(path, [str(n) for n in names])
     return None
+
+
+def _bounded(path: Path, classes: list[str]) -> list[str]:
+    if not classes or len(classes) > MAX_CLASSES:
+        raise CnnkitError(f"{path} names {len(classes):,} classes; a data set has 1 to {MAX_CLASSES:,}")
+    return classes
+
+
+def _yolo_rows(lab: Path, w: int, h: int, limit: int | None) -> tuple[list[list[float]], list[int]]:
+    """The boxes (xyxy pixels) and classes of one YOLO label file, every row checked."""
+    rows, cls = [], []
+    for n, line in enumerate(_read_text(lab, "YOLO labels").splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        try:
+            if len(parts) != 5:
+                raise ValueError
+            c = int(parts[0])
+            cx, cy, bw, bh = (float(v) for v in parts[1:])
+            if c < 0 or not all(math.isfinite(v) for v in (cx, cy, bw, bh)) or bw < 0 or bh < 0:
+                raise ValueError
+        except ValueError:
+            raise CnnkitError(
+                f"{lab} line {n}: expected 'class cx cy w h' (an integer class >= 0 and 4 finite numbers, "
+                f"w and h >= 0); received {_shown(line.strip())}"
+            ) from None
+        top = MAX_UNDECLARED_CLASS if limit is None else limit - 1
+        if c > top:
+            raise CnnkitError(
+                f"{lab} line {n}: uses class {c} but "
+                + (
+                    f"classes.txt/data.yaml names only {limit} (ids 0..{limit - 1})"
+                    if limit is not None
+                    else f"no classes.txt or data.yaml declares the classes (ids above {top} need one)"
+                )
+            )
+        rows.append([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h])
+        cls.append(c)
+    return rows, cls
 
 
 def load_yolo(root: str | os.PathLike) -> Detections:
     """A YOLO folder: ``images/NAME.jpg|png`` with ``labels/NAME.txt`` rows ``class cx cy w h``
     (normalised to 0..1), class names in ``classes.txt`` (or ``data.yaml`` ``names``).
 
-    An image without a label file has no objects.
+    An image without a label file has no objects. Class ids are bounded by the declared classes (or
+    by ``MAX_UNDECLARED_CLASS`` without a declaration) before anything is allocated for them.
+
+    Args:
+        root: the YOLO folder.
+
+    Returns:
+        The images with their boxes and labels.
+
+    Raises:
+        CnnkitError: one line naming the file and line: a label file that is not UTF-8 text, a row
+        that is not 'class cx cy w h' with finite numbers, a class id outside the classes, a data.yaml
+        whose 'names' is not a list (or a mapping 0..n-1) of names.
     """
     root = Path(root)
     img_dir, lab_dir = root / "images", root / "labels"
@@ -242,33 +439,17 @@ def load_yolo(root: str | os.PathLike) -> Detections:
         raise CnnkitError(f"{root} is not a YOLO folder: expected {img_dir} and {lab_dir}")
     classes = _yolo_classes(root)
     files = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    stems = {p.stem for p in files}
     for lab in sorted(lab_dir.glob("*.txt")):
-        if not any(p.stem == lab.stem for p in files):
+        if lab.stem not in stems:
             raise CnnkitError(f"missing image for {lab}: no {img_dir / lab.stem}.png/.jpg")
     images, boxes, labels = [], [], []
     top = -1
     for p in files:
         img = _annotated(p)
         h, w = img.shape[1:]
-        rows, cls = [], []
         lab = lab_dir / f"{p.stem}.txt"
-        if lab.is_file():
-            for n, line in enumerate(lab.read_text().splitlines(), 1):
-                if not line.strip():
-                    continue
-                parts = line.split()
-                try:
-                    c = int(parts[0])
-                    cx, cy, bw, bh = (float(v) for v in parts[1:])
-                    if c < 0:
-                        raise ValueError
-                except (ValueError, IndexError):
-                    raise CnnkitError(
-                        f"{lab} line {n}: expected 'class cx cy w h' (an integer class >= 0 and "
-                        f"4 numbers); received {line.strip()!r}"
-                    ) from None
-                rows.append([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h])
-                cls.append(c)
+        rows, cls = _yolo_rows(lab, w, h, None if classes is None else len(classes)) if lab.is_file() else ([], [])
         b = torch.tensor(rows, dtype=torch.float32).reshape(-1, 4)
         check_boxes(b, w, h, f"{lab} 'cx cy w h'", tol=0.5)  # normalised floats round a little
         images.append(img)
@@ -277,8 +458,6 @@ def load_yolo(root: str | os.PathLike) -> Detections:
         top = max([top] + cls)
     if classes is None:
         classes = [str(c) for c in range(top + 1)]
-    elif top >= len(classes):
-        raise CnnkitError(f"{root}: a label file uses class {top} but classes.txt/data.yaml names only {len(classes)}")
     return _nonempty(Detections(images, boxes, labels, classes, [p.name for p in files]), root)
 
 

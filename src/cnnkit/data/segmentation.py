@@ -170,7 +170,7 @@ def mask_folder(
         images.append(image)
         masks.append(mask)
     if num_classes is None:
-        num_classes = 1 + max(int(m[m != IGNORE_INDEX].max()) if (m != IGNORE_INDEX).any() else 0 for m in masks)
+        num_classes = _inferred_classes(masks, [mask_dir / f"{Path(n).stem}.png" for n in names])
     if classes is None:
         classes = ["background", *(str(c) for c in range(1, num_classes))]
     if len(classes) != num_classes:
@@ -217,6 +217,27 @@ def _read_mask(path: Path, image: torch.Tensor) -> torch.Tensor:
             f"{image.shape[2]}x{image.shape[1]}; a mask must be the size of its image"
         )
     return torch.from_numpy(arr.astype(np.uint8))
+
+
+def _inferred_classes(masks: list[torch.Tensor], paths: list[Path]) -> int:
+    """The number of classes the masks hold, 0..max (255 aside), every one of them present in some mask:
+    a label above a gap (a stray 7 among 0/1 masks) is a damaged mask, refused naming its file."""
+    present = torch.zeros(IGNORE_INDEX, dtype=torch.bool)
+    where: dict[int, Path] = {}
+    for m, path in zip(masks, paths):
+        values = torch.unique(m[m != IGNORE_INDEX]).long()
+        present[values] = True
+        for v in values.tolist():
+            where.setdefault(v, path)
+    top = int(present.nonzero().max()) if present.any() else 0
+    absent = [v for v in range(1, top) if not present[v]]
+    if absent:
+        shown = ", ".join(str(v) for v in absent[:5]) + (" ..." if len(absent) > 5 else "")
+        raise CnnkitError(
+            f"mask {where[top]} holds label {top} but no mask holds {shown}: class indices are consecutive "
+            "0..N-1 (255 = ignore), so a lone high value is a damaged mask; fix or renumber the masks"
+        )
+    return top + 1
 
 
 def _check_range(mask: torch.Tensor, num_classes: int, path: Path) -> None:

@@ -43,6 +43,7 @@ from cnnkit.engine.runfolder import (
     FORMAT,
     MODEL_FILE,
     RESUME_FILE,
+    RESUME_FREE,
     atomic_write_bytes,
     check_new_run,
     load_resume,
@@ -381,8 +382,10 @@ def _start(out: Path | None, resume: bool, model, ema, gen, config: dict) -> tup
     if not resume:
         return 0, []
     epoch, history, saved = load_resume(path, model, None, ema, gen)
-    keys = sorted(k for k in set(saved) & set(config) if saved[k] != config[k])  # a setting one side
-    if keys:  # lacks is one a newer cnnkit added or dropped: not a difference
+    # a setting one side lacks is one a newer cnnkit added or dropped, not a difference; where the run
+    # computes (RESUME_FREE) may change
+    keys = sorted(k for k in set(saved) & set(config) - set(RESUME_FREE) if saved[k] != config[k])
+    if keys:
         raise CnnkitError(
             f"{out} was trained with other settings ({', '.join(keys)}); resume it "
             "with the same ones or start a new run in another --out"

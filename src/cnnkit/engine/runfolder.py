@@ -314,6 +314,8 @@ def resumed_config(out: str | os.PathLike, task: str | None = None) -> dict:
         CnnkitError: no run to resume, a damaged resume file, or a run of another task.
     """
     path = Path(out) / RESUME_FILE
+    if not path.is_file() and (Path(out) / "member0" / RESUME_FILE).is_file():  # an ensemble: member 0's
+        path = Path(out) / "member0" / RESUME_FILE
     if not path.is_file():
         raise CnnkitError(f"nothing to resume in {out}: no {RESUME_FILE}; start a new run without --resume")
     model = Path(out) / MODEL_FILE
@@ -326,6 +328,54 @@ def resumed_config(out: str | os.PathLike, task: str | None = None) -> dict:
     if not isinstance(config, dict):
         raise CnnkitError(f"{path}: the resume state holds no settings; start a new run")
     return config
+
+
+# settings that change where or how fast a run computes, not what it computes: a resumed run may change them
+RESUME_FREE = ("device", "threads", "data_dir")
+
+
+def check_resume_settings(
+    out: str | os.PathLike, task: str, given: dict, key: str | None = None, free: tuple[str, ...] = RESUME_FREE
+) -> dict:
+    """The one rule of ``--resume`` in every task: the run continues with its own settings, and a
+    setting the user gave (a flag or a ``--config`` key) must equal the run's, else nothing runs.
+
+    Args:
+        out: the run folder.
+        task: the task resuming it (another task's run is refused).
+        given: the settings the user typed, as the command line parsed them.
+        key: where in the stored config the settings are (``"args"`` for fine-tuning), None for the top.
+        free: settings that may differ (where the run computes, not what).
+
+    Returns:
+        The run's stored settings, with the ``free`` ones the user gave.
+
+    Raises:
+        CnnkitError: one line naming every changed setting with the run's value and the one given.
+    """
+    stored = resumed_config(out, task)
+    if key is not None:
+        if not isinstance(stored.get(key), dict):
+            raise CnnkitError(f"{out}: the resume state holds no '{key}' settings; start a new run")
+        stored = stored[key]
+    changed = [k for k, v in given.items() if k not in free and k in stored and _plain(v) != _plain(stored[k])]
+    if changed:
+        shown = ", ".join(f"--{k.replace('_', '-')} {_brief(stored[k])} (given {_brief(given[k])})" for k in changed)
+        raise CnnkitError(
+            f"{out} was trained with {shown}; --resume continues a run with its own settings: leave "
+            "those flags out, or start a new run in another --out"
+        )
+    return {**stored, **{k: v for k, v in given.items() if k in free}}
+
+
+def _plain(value):
+    """Tuples as lists (JSON's view), so a parsed flag and a stored value compare."""
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def _brief(value) -> str:
+    text = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def load_run_model(path: str | os.PathLike, task: str, build, device: str | torch.device = "cpu") -> nn.Module:

@@ -64,6 +64,12 @@ class TrainConfig(RunConfig):
     channels_last: bool = option(True, help="NHWC memory format (oneDNN's convolutions run faster on CPUs)")
     eval_batch_size: int = option(1000, help="batch size of validation")
     ensemble: int = option(1, help="members to train, with seeds seed .. seed+K-1; the saved model averages them")
+    recipe: str = option(
+        "",
+        help="the recipe :func:`preset` chose: the preset's name for its own network, "
+        "'<preset>+user-network' (AdamW at 2e-3) for any other",
+        cli=False,
+    )
 
     @classmethod
     def from_dict(cls, values: dict, strict: bool = True) -> TrainConfig:
@@ -96,8 +102,18 @@ PRESETS: dict[str, dict] = {
 }
 
 
+# the recipe for a network other than the preset's own: AdamW at a peak of 2e-3 under the preset's
+# one-cycle schedule (Keras' fit trains such networks with Adam). The presets' SGD at lr 0.2-0.3 is
+# tuned for their batch-normalised networks and diverges on a plain convnet without batch norm.
+USER_NETWORK = dict(optimizer="adamw", lr=2e-3)
+
+
 def preset(name: str = "fast", **overrides) -> TrainConfig:
     """A named, tuned configuration with ``overrides`` on top.
+
+    When ``model`` names a network other than the preset's own (a zoo name, a spec, FILE.py:FUNCTION),
+    the optimizer and learning rate are :data:`USER_NETWORK`'s (the rest is the preset's), unless
+    ``overrides`` set them; ``recipe`` records which was used.
 
     Args:
         name: ``fast`` (the quick-start network: a few epochs, EMA and test-time augmentation) or
@@ -117,8 +133,10 @@ def preset(name: str = "fast", **overrides) -> TrainConfig:
     """
     if name not in PRESETS:
         raise CnnkitError(f"unknown preset {name!r}; use one of {', '.join(PRESETS)}")
-    values = {**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}}
-    return TrainConfig.from_dict(values)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    own = given.get("model", PRESETS[name]["model"]) == PRESETS[name]["model"]
+    recipe = {"recipe": name} if own else {**USER_NETWORK, "recipe": f"{name}+user-network"}
+    return TrainConfig.from_dict({**PRESETS[name], **recipe, **given})
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:

@@ -199,6 +199,15 @@ def trainable_augment(cfg: TrainConfig, net: nn.Module, data: ImageSet, quiet: b
             net.eval()(probe)
         return a
     except Exception:  # any failure at that size: the net takes only its own
+        try:
+            with torch.no_grad():
+                net(probe.new_zeros(2, c, h, w))
+        except Exception as exc:  # not the images' size either: say so before training, in one line
+            text = " ".join(str(exc).split())[:160]
+            raise CnnkitError(
+                f"{cfg.model} cannot run on the data's {c}x{h}x{w} images ({type(exc).__name__}: {text}); "
+                "choose a network that takes them"
+            ) from None
         shift = (min(h, w) + 2 * a.shift - a.crop) // 2
         make_console(quiet=quiet).print(
             f"{cfg.model} takes only {h}x{w} inputs: training on shifts of "

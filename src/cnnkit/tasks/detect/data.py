@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -122,12 +122,6 @@ def load_split_data(
 
 
 def _to(s: DetectionSet, device) -> DetectionSet:
-    """The set (an :class:`~cnnkit.tasks.instance.data.InstanceSet` too, its masks included) on ``device``."""
-    from dataclasses import replace
-
-    moved = {
-        k: getattr(s, k).to(device)
-        for k in ("images", "boxes", "labels", "masks")
-        if hasattr(getattr(s, k, None), "to")
-    }
-    return replace(s, **moved)
+    """``s`` with its batched tensors on ``device``, of its own class (an InstanceSet keeps its masks)."""
+    fields = ("images", "boxes", "labels", "masks")
+    return replace(s, **{k: getattr(s, k).to(device) for k in fields if isinstance(getattr(s, k, None), torch.Tensor)})

@@ -125,11 +125,14 @@ def fit_and_test(task, model, train_set, val_set, test_set, plan, cfg, out, resu
 
 def run_config(cfg, out, resume: bool, from_dict, task: str = "detect"):
     """The config a run trains with, resolved and validated: on ``resume`` the run's own wins."""
-    from cnnkit.engine.runfolder import check_new_run, resumed_config
+    import dataclasses
+
+    from cnnkit.engine.runfolder import RESUME_FREE, check_new_run, resumed_config
 
     check_new_run(out, resume)  # before split.json is written: a refused run leaves the folder as it was
-    if resume:
-        cfg = from_dict(resumed_config(out, task))
+    if resume:  # where the run computes (device, threads, data folder) may change; what it computes may not
+        moved = {k: getattr(cfg, k) for k in RESUME_FREE if getattr(cfg, k, None) is not None}
+        cfg = dataclasses.replace(from_dict(resumed_config(out, task)), **moved)
     return validate(cfg.resolved())
 
 

@@ -1,0 +1,78 @@
+"""One rule for ``--resume`` in every task: the run continues with its own settings; a setting typed
+on the command line that differs from the run's is a one-line refusal naming it, before any work."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save
+
+from cnnkit.cli import main
+from cnnkit.engine.runfolder import FORMAT, MODEL_FILE, RESUME_FILE, atomic_write_bytes, check_resume_settings
+from cnnkit.errors import CnnkitError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _run(folder, task: str, config: dict):
+    """A run folder as far as --resume reads it: the model's task and the resume state's settings."""
+    for name, meta in (
+        (MODEL_FILE, {"format": FORMAT, "task": task}),
+        (RESUME_FILE, {"format": FORMAT, "config": config}),
+    ):
+        atomic_write_bytes(folder / name, save({"w": torch.zeros(1)}, metadata={"cnnkit": json.dumps(meta)}))
+    return folder
+
+
+CASES = [
+    ("classify", ["train"], {"data": "mnist", "model": "lenet5", "epochs": 1, "batch_size": 64}),
+    ("detect", ["detect", "train"], {"data": "digits", "epochs": 1, "batch_size": 8}),
+    ("segment", ["segment", "train"], {"data": "digits", "epochs": 1, "batch_size": 8}),
+    ("instance", ["instance", "train"], {"data": "digits", "epochs": 1, "batch_size": 8}),
+]
+
+
+@pytest.mark.parametrize(("task", "command", "config"), CASES, ids=[c[0] for c in CASES])
+def test_a_changed_setting_is_refused_the_same_way_in_every_task(tmp_path, capsys, task, command, config):
+    run = _run(tmp_path / "run", task, config)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    code = main([*command, "--resume", "--out", str(run), "--epochs", "3", "--batch-size", str(config["batch_size"])])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err, err
+    assert f"{run} was trained with --epochs 1 (given 3); --resume continues a run with its own settings" in err, err
+    assert "--batch-size" not in err  # typed, but equal to the run's
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing written
+
+
+def test_finetune_compares_its_own_settings(tmp_path, capsys):
+    run = _run(tmp_path / "run", "classify", {"finetune": {"head": "linear"}, "args": {"data": "x", "lr": 0.01}})
+    assert main(["classify", "finetune", "--resume", "--out", str(run), "--lr", "0.1"]) == 2
+    assert "was trained with --lr 0.01 (given 0.1)" in capsys.readouterr().err
+
+
+def test_the_rule(tmp_path):
+    run = _run(tmp_path / "run", "detect", {"epochs": 2, "image_size": [64, 64], "device": "cpu", "threads": 1})
+    # where a run computes may change; lists and tuples (a parsed flag) compare equal
+    got = check_resume_settings(run, "detect", {"image_size": (64, 64), "device": "cuda", "threads": 4})
+    assert got == {"epochs": 2, "image_size": [64, 64], "device": "cuda", "threads": 4}
+    with pytest.raises(CnnkitError, match=r"--epochs 2 \(given 5\), --image-size 64 64 \(given 32 32\)"):
+        check_resume_settings(run, "detect", {"epochs": 5, "image_size": (32, 32)})
+    with pytest.raises(CnnkitError, match="is a 'detect' run, not a 'segment' one"):
+        check_resume_settings(run, "segment", {})
+
+
+def test_a_segment_run_resumes_with_its_own_settings(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("cnnkit.plots.training_curves", lambda history, path: None)  # matplotlib: most of the time
+    from test_segmentation_cli import make_folder
+
+    data, run = make_folder(tmp_path / "data", n=6, size=16), tmp_path / "run"
+    args = ["--data", str(data), "--arch", "unet", "--model", "unet", "--width", "4", "--batch-size", "5"]
+    args += ["--crop", "16", "--threads", "1", "--out", str(run), "--quiet"]
+    assert main(["segment", "train", *args, "--epochs", "1"]) == 0
+    assert main(["segment", "train", "--resume", "--out", str(run), "--epochs", "2", "--quiet"]) == 2
+    assert "was trained with --epochs 1 (given 2)" in capsys.readouterr().err
+    # no flags: the run's own settings (its data, model, crop), and nothing left to train
+    assert main(["segment", "train", "--resume", "--out", str(run), "--threads", "1", "--quiet"]) == 0
+    assert len((run / "metrics.csv").read_text().splitlines()) == 2

@@ -1,0 +1,35 @@
+"""A network other than the preset's own trains with AdamW at 2e-3 (the presets' SGD at lr 0.3 is
+tuned for their batch-normalised networks); the run records which recipe it used."""
+
+from __future__ import annotations
+
+from cnnkit.tasks.classify.config import PRESETS, USER_NETWORK, TrainConfig, preset
+
+
+def test_the_presets_own_network_keeps_the_preset():
+    for name in PRESETS:
+        cfg = preset(name)
+        assert (cfg.optimizer, cfg.lr, cfg.recipe) == ("sgd", PRESETS[name]["lr"], name)
+        assert preset(name, model=PRESETS[name]["model"]).recipe == name
+
+
+def test_another_network_gets_the_user_network_recipe_and_records_it():
+    for model in ("keras_mnist_convnet", "lenet5", "net.py:build", "spec.yaml"):
+        cfg = preset("fast", model=model)
+        assert (cfg.optimizer, cfg.lr) == (USER_NETWORK["optimizer"], USER_NETWORK["lr"]) == ("adamw", 2e-3)
+        assert cfg.recipe == "fast+user-network" and cfg.to_dict()["recipe"] == "fast+user-network"
+        assert (cfg.epochs, cfg.batch_size, cfg.ema) == (4, 128, 0.99)  # the rest is the preset's
+    mine = preset("fast", model="lenet5", lr=0.05, optimizer="sgd")  # what the user sets wins
+    assert (mine.optimizer, mine.lr, mine.recipe) == ("sgd", 0.05, "fast+user-network")
+    assert TrainConfig.from_dict({**preset("fast").to_dict()}).recipe == "fast"  # stored and read back
+
+
+def test_a_network_that_cannot_take_the_images_is_one_line_before_training(data_dir, tmp_path, capsys):
+    from cnnkit.cli import main
+
+    out = tmp_path / "run"
+    argv = ["train", "--model", "lenet5", "--data-dir", str(data_dir), "--subset", "256", "--out", str(out)]
+    assert main([*argv, "--epochs", "1", "--threads", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "lenet5 cannot run on the data's 1x28x28 images" in err and "\n" not in err, err
+    assert not out.exists()
