@@ -18,9 +18,15 @@ from cnnkit.tasks.classify.load import load_classifier
 from cnnkit.tasks.detect.load import load_detector
 from cnnkit.tasks.instance.load import load_mask_detector
 from cnnkit.tasks.segment.load import load_segmenter
+from cnnkit.tasks.sequence.load import load_sequence
 
 # the "task" of a run's metadata -> the function that rebuilds its deployable (path, device)
-LOADERS = {"detect": load_detector, "segment": load_segmenter, "instance": load_mask_detector}
+LOADERS = {
+    "detect": load_detector,
+    "segment": load_segmenter,
+    "instance": load_mask_detector,
+    "sequence": load_sequence,
+}
 
 
 def load(
