@@ -28,14 +28,14 @@ class SequenceConfig(RunConfig):
     Example:
         >>> cfg = SequenceConfig(data="ucr:GunPoint").resolved_for(40)
         >>> cfg.batch_size, cfg.steps_per_epoch
-        (4, 150)
+        (4, 100)
     """
 
     unsupported = ("weights", "subset", "momentum")
 
     data: str = option("ucr:GunPoint", help="ucr:NAME | a NAME_TRAIN .ts/.tsv/.csv file | a folder holding one")
     model: str = option("fcn1d", help="the network: fcn1d | resnet1d | inception_time", choices=MODELS)
-    steps: int = option(1500, help="optimizer steps of one network (rounded up to whole epochs)", minimum=1)
+    steps: int = option(1000, help="optimizer steps of one network (rounded up to a multiple of --epochs)", minimum=1)
     epochs: int = option(10, help="rounds the steps are cut into: validation and a checkpoint after each", minimum=1)
     batch_size: int | None = None
     lr: float = 1e-3

@@ -66,13 +66,15 @@ class SequenceTask:
         """The model itself: a :class:`SeriesModel` is trained as it is deployed."""
         return model
 
-    def describe(self, model: SeriesModel) -> dict:
+    def describe(self, model: nn.Module) -> dict:
         """The checkpoint's metadata: ``info`` plus the model's own description."""
+        assert isinstance(model, SeriesModel)
         return {**self.info, **model.describe()}
 
-    def summary(self, model: SeriesModel) -> str:
+    def summary(self, model: nn.Module) -> str:
         """The network's :func:`cnnkit.summary` on one training series, printed before training."""
         from cnnkit.analysis import summary
 
+        assert isinstance(model, SeriesModel)
         c, length = model.input_size
         return str(summary(model.net, input_size=(c, length), batch_size=self.batch_size))

@@ -117,6 +117,7 @@ def train(cfg: SequenceConfig, out=None, resume: bool = False, quiet: bool = Fal
 def _train_one(cfg: SequenceConfig, train_set, val_set, out, resume: bool, quiet: bool) -> SequenceResult:
     """One network: the seeded model, the task and a one-phase plan, run by the engine."""
     model = build_model(cfg.model, train_set.classes, train_set.channels, train_set.length, cfg.seed)
+    assert cfg.batch_size is not None  # resolved_for filled it in
     task = SequenceTask(cfg.batch_size, cfg.steps_per_epoch, info={"config": cfg.to_dict(), "data": cfg.data})
 
     def setup(m: nn.Module) -> Setup:
