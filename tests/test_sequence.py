@@ -51,6 +51,9 @@ def test_train_through_the_cli_learns_italy_power_demand(italy_run, capsys):
     assert val["series"] == 14  # 20 % of each class of TRAIN's 67, stratified
     model = load_sequence(italy_run)
     assert model.classes == ["1", "2"] and model.input_size == (1, 24) and not model.training
+    import cnnkit
+
+    assert type(cnnkit.load(italy_run)) is type(model)  # the one loader knows the task
 
 
 def test_eval_and_predict_on_a_series_file(italy_run, ucr_dir, tmp_path, capsys):
@@ -154,3 +157,14 @@ def test_malformed_input_is_one_line_at_the_cli(argv, message, italy_run, ucr_di
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and re.search(message, err), err
+
+
+def test_critical_difference_diagram(tmp_path):
+    from cnnkit.plots import critical_difference
+
+    ranks = {"a": 1.5, "b": 2.0, "c": 3.1, "d": 3.4}
+    fig = critical_difference(ranks, 1.2, [["a", "b"], ["c", "d"]], tmp_path / "cd.png", title="t")
+    assert (tmp_path / "cd.png").read_bytes()[:4] == b"\x89PNG"
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert "CD = 1.20" in texts and "a (1.50)" in texts and "d (3.40)" in texts
+    assert len(fig.axes[0].lines) >= 4 + 1 + 4 + 2  # ticks, the CD bar, four leaders, two cliques

@@ -644,23 +644,24 @@ def critical_difference(
     fig = Figure(figsize=(8, 1.6 + 0.35 * k), layout="constrained")
     ax = fig.subplots()
     ax.set_xlim(lo - 0.3, hi + 0.3)
-    ax.set_ylim(-(k // 2 + 2.5), 2.0)
+    half = (k + 1) // 2
+    ax.set_ylim(-(half * 0.6 + 0.4 + 0.15 * len(cliques)), 1.8)
     ax.axhline(0, color="black", linewidth=1)
     for r in range(lo, hi + 1):
         ax.plot([r, r], [0, 0.15], color="black", linewidth=1)
         ax.text(r, 0.3, str(r), ha="center", fontsize=9)
     ax.plot([lo, lo + cd], [1.2, 1.2], color="black", linewidth=2)
     ax.text(lo + cd / 2, 1.4, f"CD = {cd:.2f}", ha="center", fontsize=9)
-    half = (k + 1) // 2
+    top = 0.25 + 0.15 * len(cliques)  # the labels below the clique bars
     for i, name in enumerate(names):
         left = i < half
-        y = -(i + 1) * 0.6 if left else -(k - i) * 0.6
+        y = -top - (i * 0.6 if left else (k - 1 - i) * 0.6)
         x_end = lo - 0.2 if left else hi + 0.2
         ax.plot([ranks[name], ranks[name], x_end], [0, y, y], color="black", linewidth=0.8)
         ax.text(x_end, y + 0.08, f"{name} ({ranks[name]:.2f})", ha="left" if left else "right", fontsize=9)
     for j, group in enumerate(cliques):
         rs = [ranks[g] for g in group]
-        y = -0.25 - 0.18 * j
+        y = -0.15 - 0.15 * j
         ax.plot([min(rs) - 0.03, max(rs) + 0.03], [y, y], color="tab:red", linewidth=3)
     ax.axis("off")
     if title:
