@@ -4,8 +4,9 @@
     python benchmarks/ucr.py --plan                                    # the per-set budget, no training
     python benchmarks/ucr.py --report                                  # the summary of the TSV so far
 
-The recipe (``RECIPE``) is the same for every set and was chosen on validation splits of TRAIN by
-``benchmarks/ucr_recipe.py``; here it trains on all of TRAIN and TEST is scored once. Each set gets
+The recipe (``RECIPE``) is the same for every set; its candidates are compared on validation splits
+of TRAIN by ``benchmarks/ucr_recipe.py`` (TEST is never read there); here it trains on all of TRAIN
+and TEST is scored once. Each set gets
 at most ``STEPS`` optimizer steps and at most ``BUDGET_MACS`` multiply-accumulates of training
 (forward + backward counted as 3x the forward MACs that :func:`cnnkit.summary` gives for one series):
 54 installed sets x 200 s = 3 h, and 200 s at the assumed ``MACS_PER_SECOND`` of FCN training on
