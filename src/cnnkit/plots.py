@@ -603,4 +603,113 @@ def time_breakdown(runs: dict[str, dict[str, float]], path=None, title: str | No
     handles = [Patch(color=c, label=p) for p, c in zip(parts, colours)]
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(parts), 5), fontsize=8, frameon=False)
     ax.set_title(title or "Where the time goes")
+# ----------------------------------------------------------------------------- time series
+
+
+def series_cam(
+    series, cam, path=None, title: str | None = None, lengths: int | None = None, channel_names=None
+) -> Figure:
+    """A series drawn as a line coloured by its class activation map: which stretch of the signal decided.
+
+    One panel per channel (the CAM is shared by every channel), and the map itself below as a
+    filled curve (above zero: for the class; below: against). Red is for, blue against, on a
+    scale symmetric about zero.
+
+    Args:
+        series: (C, L) or (L,) values as the network took them (z-normalised).
+        cam: (L,) class activation map (:func:`cnnkit.explain.class_activation_map`).
+        path: PNG to write; None: only return the figure.
+        title: the figure's title.
+        lengths: the series' true length (its padding is not drawn); default L.
+        channel_names: names of the channels (default ``channel 1``, ...).
+
+    Returns:
+        The figure (``len(fig.axes)`` = channels + 1, plus the colour bar).
+
+    Raises:
+        CnnkitError: a map whose length is not the series'.
+    """
+    from matplotlib.collections import LineCollection
+    from matplotlib.colors import TwoSlopeNorm
+
+    x = _numpy(series).astype(np.float32)
+    x = x[None] if x.ndim == 1 else x
+    c_map = _numpy(cam).astype(np.float32).reshape(-1)
+    if c_map.shape[0] != x.shape[1]:
+        raise CnnkitError(
+            f"the map has {c_map.shape[0]} steps, the series {x.shape[1]}; give the map at the series' length"
+        )
+    n = int(lengths or x.shape[1])
+    x, c_map = x[:, :n], c_map[:n]
+    bound = float(np.abs(c_map).max()) or 1.0
+    norm = TwoSlopeNorm(vmin=-bound, vcenter=0.0, vmax=bound)
+    t = np.arange(n)
+    fig = Figure(figsize=(10, 1.9 * x.shape[0] + 1.8), layout="constrained")
+    axes = fig.subplots(x.shape[0] + 1, 1, sharex=True, height_ratios=[2] * x.shape[0] + [1])
+    for k, ax in enumerate(axes[:-1]):
+        points = np.stack([t, x[k]], 1)[:, None]  # (n, 1, 2)
+        segments = np.concatenate([points[:-1], points[1:]], 1)  # (n-1, 2, 2)
+        lines = LineCollection(segments, cmap="coolwarm", norm=norm, linewidth=2.5)
+        lines.set_array((c_map[:-1] + c_map[1:]) / 2)
+        ax.add_collection(lines)
+        ax.set_xlim(0, max(n - 1, 1))
+        pad = 0.1 * (float(x[k].max() - x[k].min()) or 1.0)
+        ax.set_ylim(float(x[k].min()) - pad, float(x[k].max()) + pad)
+        ax.set_ylabel(channel_names[k] if channel_names else f"channel {k + 1}" if x.shape[0] > 1 else "value")
+    ax = axes[-1]
+    ax.fill_between(t, c_map, 0, where=c_map >= 0, color="tab:red", alpha=0.6, step="mid")
+    ax.fill_between(t, c_map, 0, where=c_map < 0, color="tab:blue", alpha=0.6, step="mid")
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.set_ylabel("CAM")
+    ax.set_xlabel("time step")
+    fig.colorbar(lines, ax=list(axes), shrink=0.8, label="class activation (for > 0 > against)")
+    if title:
+        fig.suptitle(title)
+    return _finish(fig, path)
+
+
+def critical_difference(
+    ranks: dict[str, float], cd: float, cliques: list[list[str]], path=None, title: str | None = None
+) -> Figure:
+    """A critical-difference diagram (Demšar 2006): methods on an axis of mean rank (1 = best, left), a
+    bar of length ``cd`` and a thick line joining each group whose ranks do not differ significantly.
+
+    Args:
+        ranks: method -> mean rank over the data sets.
+        cd: the critical difference of the Nemenyi test (in ranks).
+        cliques: groups of methods not significantly different (each of two or more).
+        path: PNG to write; None: only return the figure.
+        title: the figure's title.
+
+    Returns:
+        The figure.
+    """
+    names = sorted(ranks, key=ranks.get)
+    k = len(names)
+    lo, hi = 1, max(k, 2)
+    fig = Figure(figsize=(8, 1.6 + 0.35 * k), layout="constrained")
+    ax = fig.subplots()
+    ax.set_xlim(lo - 0.3, hi + 0.3)
+    half = (k + 1) // 2
+    ax.set_ylim(-(half * 0.6 + 0.4 + 0.15 * len(cliques)), 1.8)
+    ax.axhline(0, color="black", linewidth=1)
+    for r in range(lo, hi + 1):
+        ax.plot([r, r], [0, 0.15], color="black", linewidth=1)
+        ax.text(r, 0.3, str(r), ha="center", fontsize=9)
+    ax.plot([lo, lo + cd], [1.2, 1.2], color="black", linewidth=2)
+    ax.text(lo + cd / 2, 1.4, f"CD = {cd:.2f}", ha="center", fontsize=9)
+    top = 0.25 + 0.15 * len(cliques)  # the labels below the clique bars
+    for i, name in enumerate(names):
+        left = i < half
+        y = -top - (i * 0.6 if left else (k - 1 - i) * 0.6)
+        x_end = lo - 0.2 if left else hi + 0.2
+        ax.plot([ranks[name], ranks[name], x_end], [0, y, y], color="black", linewidth=0.8)
+        ax.text(x_end, y + 0.08, f"{name} ({ranks[name]:.2f})", ha="left" if left else "right", fontsize=9)
+    for j, group in enumerate(cliques):
+        rs = [ranks[g] for g in group]
+        y = -0.15 - 0.15 * j
+        ax.plot([min(rs) - 0.03, max(rs) + 0.03], [y, y], color="tab:red", linewidth=3)
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=10)
     return _finish(fig, path)

@@ -26,6 +26,7 @@ _COMMAND_MODULES = [
     "segment",
     "instance",
     "style",
+    "sequence",
     "summary",
     "zoo",
     "explain",

@@ -18,7 +18,9 @@ def register(subparsers) -> None:
         "(grey or colour, converted to the model's channels; kept at its size unless --resize).",
     )
     p.add_argument("model", metavar="CKPT_OR_MODEL", help="run folder, .safetensors checkpoint, or zoo name")
-    p.add_argument("image", metavar="IMAGE", help="image file (PNG, JPEG, ...)")
+    p.add_argument(
+        "image", metavar="IMAGE", help="image file (PNG, JPEG, ...); for a sequence run, a series file (.ts/.tsv/.csv)"
+    )
     p.add_argument("--method", choices=METHODS, default="gradcam", help="what to draw (default: gradcam)")
     p.add_argument(
         "--layer",
@@ -44,6 +46,7 @@ def register(subparsers) -> None:
         action="store_true",
         help="zoo models: normalise the input with ImageNet's mean/std (for ImageNet weights)",
     )
+    p.add_argument("--index", type=int, default=0, help="sequence runs: which series of the file (default: 0)")
     p.add_argument("--out", help="PNG to write (default: <image>_<method>.png here)")
     add_trust_code(p)
     p.set_defaults(func=run_explain)
@@ -69,6 +72,8 @@ def register(subparsers) -> None:
 
 
 def run_explain(args) -> int:
+    if _is_sequence_run(args.model):
+        return run_explain_series(args)
     from cnnkit import plots
     from cnnkit.explain import (
         feature_maps,
@@ -135,6 +140,36 @@ def run_explain(args) -> int:
         summary = f"class {cls} ({cname}) p={prob:.3f}{where}"
     plots.save_figure(fig, out)
     print(f"{args.method}: {summary} -> {out}")
+    return 0
+
+
+def _is_sequence_run(model: str) -> bool:
+    """A run folder or checkpoint whose metadata names the sequence task (a zoo name is not a path)."""
+    from cnnkit.engine.runfolder import read_metadata, resolve
+
+    path = Path(model)
+    if not (path.is_dir() and (path / "model.safetensors").is_file()) and not (
+        path.is_file() and path.suffix == ".safetensors"
+    ):
+        return False
+    return read_metadata(resolve(path)).get("task") == "sequence"
+
+
+def run_explain_series(args) -> int:
+    """``cnnkit explain RUN SERIES_FILE`` for a time-series run: the class activation map over the series."""
+    from cnnkit import plots
+    from cnnkit.tasks.sequence.explain import explain_series
+
+    out = Path(args.out or f"{Path(args.image).stem}_{args.index}_cam.png")
+    if out.suffix.lower() != ".png":
+        raise CnnkitError(f"--out must be a .png file, got {str(out)!r}")
+    if args.method != "gradcam":  # the default; a series run has one method
+        raise CnnkitError(f"a sequence run is explained by its class activation map; drop --method {args.method}")
+    r = explain_series(args.model, args.image, args.index, args.target_class)
+    given = f", file's label {r['label']!r}" if r["label"] is not None else ""
+    title = f"CAM for class {r['class']} ({r['class_name']!r}, p={r['probability']:.2f}{given})"
+    plots.series_cam(r["series"], r["cam"], out, title=f"{Path(args.image).name}[{args.index}]: {title}")
+    print(f"cam: class {r['class']} ({r['class_name']}) p={r['probability']:.3f} -> {out}")
     return 0
 
 

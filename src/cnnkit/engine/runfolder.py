@@ -45,6 +45,7 @@ TASK_MODELS = {
     "detect": "a detection model",
     "segment": "a segmentation model",
     "instance": "an instance-segmentation model",
+    "sequence": "a time-series classifier",
 }  # the resolved settings, readable by --config
 
 

@@ -19,6 +19,7 @@ from cnnkit.tasks.detect.load import load_detector
 from cnnkit.tasks.instance.load import load_mask_detector
 from cnnkit.tasks.segment.load import load_segmenter
 from cnnkit.tasks.style.load import load_stylizer
+from cnnkit.tasks.sequence.load import load_sequence
 
 # the "task" of a run's metadata -> the function that rebuilds its deployable (path, device)
 LOADERS = {
@@ -26,6 +27,7 @@ LOADERS = {
     "segment": load_segmenter,
     "instance": load_mask_detector,
     "style": load_stylizer,
+    "sequence": load_sequence,
 }
 
 

@@ -1,0 +1,207 @@
+"""UCR benchmark: one recipe over every installed set, beside the published FCN, ResNet and InceptionTime.
+
+    PYTHONPATH=src nice -n 10 python benchmarks/ucr.py                 # train what is not in the TSV yet
+    python benchmarks/ucr.py --plan                                    # the per-set budget, no training
+    python benchmarks/ucr.py --report                                  # the summary of the TSV so far
+
+The recipe (``RECIPE``) is the same for every set; its candidates are compared on validation splits
+of TRAIN by ``benchmarks/ucr_recipe.py`` (TEST is never read there); here it trains on all of TRAIN
+and TEST is scored once. Each set gets
+at most ``STEPS`` optimizer steps and at most ``BUDGET_MACS`` multiply-accumulates of training
+(forward + backward counted as 3x the forward MACs that :func:`cnnkit.summary` gives for one series):
+54 installed sets x 200 s = 3 h, and 200 s at the assumed ``MACS_PER_SECOND`` of FCN training on
+2 cores is the MAC budget (``--plan`` prints each set's steps and projected seconds, and their sum).
+Results are appended to a TSV, one row per set as it finishes; a set already in it is skipped, so an
+interrupted run resumes. The summary: mean test error, mean rank across the four methods (1 = best,
+ties shared), win/tie/loss against each published baseline (errors compared at the published 3
+decimals), and a critical-difference diagram (Nemenyi test, alpha 0.05; Demšar 2006).
+Published errors: ``../shared/reference/ucr_published.tsv`` (DL4TSC's FCN and ResNet, 2018 archive,
+mean of 5 runs; InceptionTime, an ensemble of 5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from cnnkit.analysis import summary
+from cnnkit.data.series import load_series, ucr_names
+from cnnkit.engine.precision import cpu_name
+from cnnkit.models import create_model
+from cnnkit.tasks.sequence import SequenceConfig, train
+
+RECIPE = dict(model="fcn1d", lr=1e-3, optimizer="adamw", weight_decay=0.0, schedule="cosine", val_fraction=0.0)
+STEPS = 1000  # most optimizer steps a set gets
+HOURS = 3.0  # the whole run's target on 2 quiet cores
+SETS_INSTALLED = 54  # 51 of the wheel + GunPoint, ItalyPowerDemand, BasicMotions in shared/data/ucr
+MACS_PER_SECOND = 8e9  # FCN training throughput assumed for 2 cores (forward + backward MACs a second)
+BUDGET_MACS = HOURS * 3600 / SETS_INSTALLED * MACS_PER_SECOND  # per set: 200 s at that rate
+BASELINES = ["fcn_dl4tsc", "resnet_dl4tsc", "inceptiontime"]
+COLUMNS = ["dataset", "channels", "train", "test", "length", "classes", "batch", "steps", "test_error"]
+COLUMNS += ["train_seconds", "load", *BASELINES]
+Q_NEMENYI_05 = {2: 1.960, 3: 2.343, 4: 2.569, 5: 2.728}  # Demšar 2006, Table 5(a)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def published(path: Path) -> dict[str, dict[str, float | None]]:
+    """dataset -> {baseline: error or None} from the reference table."""
+    lines = [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
+    rows = csv.DictReader(lines, delimiter="\t")
+    return {r["dataset"]: {b: None if r[b] in ("-", "") else float(r[b]) for b in BASELINES} for r in rows}
+
+
+def plan(name: str, data_dir) -> dict:
+    """A set's sizes, the recipe's batch and its steps under the budget."""
+    train_set = load_series(f"ucr:{name}", "train", data_dir)
+    cfg = SequenceConfig(data=f"ucr:{name}", steps=STEPS, epochs=1, **RECIPE).resolved_for(len(train_set))
+    net = create_model(RECIPE["model"], num_classes=len(train_set.classes), in_channels=train_set.channels)
+    macs = summary(net, input_size=(train_set.channels, train_set.length), optimizer="none", backend_model=False)
+    step_macs = 3 * cfg.batch_size * macs.totals["macs"]  # forward + backward of one batch
+    steps = max(1, min(STEPS, int(BUDGET_MACS // step_macs)))
+    return dict(
+        dataset=name,
+        channels=train_set.channels,
+        train=len(train_set),
+        length=train_set.length,
+        classes=len(train_set.classes),
+        batch=cfg.batch_size,
+        steps=steps,
+        seconds=steps * step_macs / MACS_PER_SECOND,
+    )
+
+
+def run_set(p: dict, data_dir, threads: int) -> dict:
+    """Train the recipe on one set's TRAIN and score TEST once."""
+    cfg = SequenceConfig(
+        data=f"ucr:{p['dataset']}",
+        data_dir=data_dir,
+        steps=p["steps"],
+        epochs=1,
+        val_every=0,
+        threads=threads,
+        **RECIPE,
+    )
+    r = train(cfg, None, quiet=True)
+    return {
+        **p,
+        "test": r.test["series"],
+        "test_error": round(r.test["error"], 4),
+        "train_seconds": round(r.seconds, 1),
+    }
+
+
+def ranks(errors: list[float]) -> list[float]:
+    """Ranks of errors, 1 = lowest, ties sharing the mean of their places."""
+    order = sorted(range(len(errors)), key=errors.__getitem__)
+    out = [0.0] * len(errors)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and errors[order[j + 1]] == errors[order[i]]:
+            j += 1
+        for m in order[i : j + 1]:
+            out[m] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def report(rows: list[dict], figure: Path | None) -> str:
+    """Mean error, mean rank, win/tie/loss and the critical difference over sets with every baseline."""
+    methods = ["cnnkit", *BASELINES]
+    full = [r for r in rows if all(r[b] not in ("", None) for b in BASELINES)]
+    if not full:
+        return "no set with all published baselines yet"
+    errs = [[round(float(r["test_error"]), 3)] + [float(r[b]) for b in BASELINES] for r in full]
+    mean_err = [sum(e[i] for e in errs) / len(errs) for i in range(4)]
+    mean_rank = [sum(ranks(e)[i] for e in errs) / len(errs) for i in range(4)]
+    lines = [f"{len(full)} sets with all three published baselines", "", "| method | mean error | mean rank |"]
+    lines += ["|---|---|---|"] + [f"| {m} | {e:.4f} | {k:.2f} |" for m, e, k in zip(methods, mean_err, mean_rank)]
+    lines += ["", "| cnnkit vs | wins | ties | losses |", "|---|---|---|---|"]
+    for i, b in enumerate(BASELINES, 1):
+        w = sum(e[0] < e[i] for e in errs)
+        t = sum(e[0] == e[i] for e in errs)
+        lines.append(f"| {b} | {w} | {t} | {len(errs) - w - t} |")
+    cd = Q_NEMENYI_05[4] * math.sqrt(4 * 5 / (6 * len(errs)))
+    lines.append(f"\ncritical difference (Nemenyi, alpha 0.05, {len(errs)} sets): {cd:.2f} ranks")
+    if figure is not None:
+        from cnnkit.plots import critical_difference
+
+        rank_of = dict(zip(methods, mean_rank))
+        srt = sorted(methods, key=rank_of.get)
+        cliques = []
+        for i in range(len(srt)):
+            group = [m for m in srt[i:] if rank_of[m] - rank_of[srt[i]] < cd]
+            if len(group) > 1 and not any(set(group) <= set(c) for c in cliques):
+                cliques.append(group)
+        critical_difference(rank_of, cd, cliques, figure, title=f"UCR test error, {len(errs)} sets")
+        lines.append(f"figure: {figure}")
+    return "\n".join(lines)
+
+
+def read_rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return list(csv.DictReader(path.read_text().splitlines(), delimiter="\t"))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", default=os.environ.get("CNNKIT_DATA"))
+    p.add_argument("--sets", nargs="+", help="these sets only (default: every installed one, cheapest first)")
+    p.add_argument("--results", default="benchmarks/results/ucr.tsv", help="TSV appended per set")
+    p.add_argument("--figure", default="benchmarks/results/ucr_cd.png")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    p.add_argument("--published", help="the reference table (default: reference/ beside the data folder)")
+    p.add_argument("--plan", action="store_true", help="print the per-set budget and stop")
+    p.add_argument("--report", action="store_true", help="summarise the TSV and stop")
+    args = p.parse_args()
+    shared = Path(args.data_dir).parent if args.data_dir else REPO.parent / "shared"
+    results = Path(args.results)
+    table = published(Path(args.published) if args.published else shared / "reference" / "ucr_published.tsv")
+    print(f"cpu: {cpu_name()}  load average: {os.getloadavg()[0]:.1f}  recipe: {RECIPE}, steps <= {STEPS}", flush=True)
+    print(f"budget: {BUDGET_MACS / 1e12:.2f} T training MACs a set ({MACS_PER_SECOND / 1e9:.0f} G/s assumed)")
+    if args.report:
+        print(report(read_rows(results), Path(args.figure)))
+        return
+    names = args.sets or ucr_names(args.data_dir)
+    plans = sorted((plan(n, args.data_dir) for n in names), key=lambda q: q["seconds"])
+    if args.plan:
+        for q in plans:
+            print(
+                f"{q['dataset']:30s} N {q['train']:5d} L {q['length']:5d} batch {q['batch']:2d} "
+                f"steps {q['steps']:5d}  ~{q['seconds']:6.0f} s"
+            )
+        print(f"projected: {sum(q['seconds'] for q in plans) / 3600:.2f} h for {len(plans)} sets")
+        return
+    done = {r["dataset"] for r in read_rows(results)}
+    results.parent.mkdir(parents=True, exist_ok=True)
+    for q in plans:
+        if q["dataset"] in done:
+            continue
+        tick = time.perf_counter()
+        row = run_set(q, args.data_dir, args.threads)
+        pub = table.get(q["dataset"], {})
+        row.update({b: "" if pub.get(b) is None else pub[b] for b in BASELINES}, load=round(os.getloadavg()[0], 1))
+        new = not results.is_file()
+        with results.open("a") as f:
+            if new:
+                f.write("\t".join(COLUMNS) + "\n")
+            f.write("\t".join(str(row[c]) for c in COLUMNS) + "\n")
+        print(
+            f"{q['dataset']:30s} error {row['test_error']:.4f}  published FCN {pub.get('fcn_dl4tsc')} ResNet "
+            f"{pub.get('resnet_dl4tsc')} InceptionTime {pub.get('inceptiontime')}  {row['train_seconds']} s train, "
+            f"{time.perf_counter() - tick:.0f} s in all, load {row['load']}",
+            flush=True,
+        )
+    print(report(read_rows(results), Path(args.figure)))
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    main()

@@ -1,0 +1,105 @@
+"""``cnnkit sequence train|eval|predict``: thin wrappers over :mod:`cnnkit.tasks.sequence`."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+from cnnkit.cli import add_run_arguments, train_config
+from cnnkit.engine.config import add_config_arguments
+from cnnkit.errors import CnnkitError
+from cnnkit.tasks.sequence.config import SequenceConfig
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "sequence",
+        help="time-series classification with 1-D CNNs: train, eval, predict",
+        description="FCN, ResNet and InceptionTime on UCR-style series (ucr:NAME, .ts, .tsv, .csv).",
+    )
+    sub = p.add_subparsers(dest="sequence_command", metavar="ACTION")
+
+    t = sub.add_parser(
+        "train",
+        help="train a 1-D CNN on a UCR set or your own NAME_TRAIN file",
+        description="Train through the shared engine on TRAIN less a validation part; TEST is scored "
+        "once at the end. The run folder holds model.safetensors, resume.safetensors, metrics.csv, "
+        "curves.png and config.yaml.",
+    )
+    add_config_arguments(t, SequenceConfig)
+    add_run_arguments(t, "runs/sequence-<data>-<time>")
+    t.set_defaults(func=run_train)
+
+    e = sub.add_parser("eval", help="accuracy, error and confusion of a run")
+    e.add_argument("run", help="run folder or model.safetensors")
+    e.add_argument("--split", default="test", help="train | val | test of the run's data (default: test)")
+    e.add_argument("--data", help="a labelled series file to evaluate on instead")
+    e.add_argument("--data-dir")
+    e.add_argument("--format", default="table", choices=["table", "json"])
+    e.set_defaults(func=run_eval)
+
+    q = sub.add_parser("predict", help="class and probabilities of every series in a file")
+    q.add_argument("run", help="run folder or model.safetensors")
+    q.add_argument("series", nargs="+", help=".ts / .tsv / .txt / .csv files")
+    q.add_argument("--format", default="table", choices=["table", "json"])
+    q.set_defaults(func=run_predict)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def run_train(args) -> int:
+    from cnnkit.tasks.sequence.train import train
+
+    data = getattr(args, "data", None)
+    named = (data,) if data and data.lower().startswith("ucr:") else ()
+    cfg = SequenceConfig(**train_config(SequenceConfig, args, ("ucr:GunPoint", *named)))
+    if args.resume and not args.out:
+        raise CnnkitError("--resume needs --out RUN, the run folder to continue")
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", cfg.data.split("/")[-1].removeprefix("ucr:"))
+    out = args.out or f"runs/sequence-{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    r = train(cfg, out, resume=args.resume, quiet=args.quiet)
+    test = f"test error {r.test['error']:.4f} ({r.test['errors']}/{r.test['series']})" if r.test else "no test split"
+    val = f", val accuracy {r.val['accuracy']:.4f}" if r.val else ""
+    print(f"done: {test}{val}, {r.steps} steps in {r.seconds:.1f} s -> {out}  (`cnnkit sequence eval {out}`)")
+    return 0
+
+
+def run_eval(args) -> int:
+    from cnnkit.tasks.sequence.evaluate import evaluate_run
+
+    out = evaluate_run(args.run, args.split, args.data, args.data_dir)
+    if args.format == "json":
+        print(json.dumps(out))
+        return 0
+    print(
+        f"{out['data']} {out['split']} ({out['series']} series): accuracy {out['accuracy']:.4f}  "
+        f"error {out['error']:.4f} ({out['errors']} wrong)  loss {out['loss']:.4f}"
+    )
+    width = max(len(c) for c in out["classes"])
+    head = "true / answer"
+    width = max(width, len(head))
+    print(f"  {head:>{width}}  " + " ".join(f"{c:>6}" for c in out["classes"]))
+    for name, row in zip(out["classes"], out["confusion"]):
+        print(f"  {name:>{width}}  " + " ".join(f"{v:6d}" for v in row))
+    return 0
+
+
+def run_predict(args) -> int:
+    from pathlib import Path
+
+    from cnnkit.tasks.sequence.load import load_sequence
+    from cnnkit.tasks.sequence.predict import predict_file
+
+    missing = [p for p in args.series if not Path(p).is_file()]
+    if missing:
+        raise CnnkitError(f"no such series file: {missing[0]}")
+    model = load_sequence(args.run)
+    for path in args.series:
+        rows = predict_file(model, path)
+        for r in rows:
+            if args.format == "json":
+                print(json.dumps({"file": path, **r}))
+            else:
+                given = f"  (file's label {r['label']})" if r["label"] is not None else ""
+                print(f"{path}[{r['index']}]: {r['class']}  p={r['probability']:.3f}{given}")
+    return 0

@@ -1,0 +1,82 @@
+"""The time-series run's settings: :class:`SequenceConfig`, one recipe for every UCR set."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from cnnkit.engine.config import RunConfig, option
+from cnnkit.errors import CnnkitError
+
+MODELS = ("fcn1d", "resnet1d", "inception_time")
+
+
+@dataclass
+class SequenceConfig(RunConfig):
+    """The settings of ``cnnkit sequence train``: one recipe, the same for every set.
+
+    Training runs for a number of optimizer *steps* (``steps``), not passes over the data, so that a
+    set of 20 series and one of 8,000 get the same number of updates; the steps are cut into
+    ``epochs`` rounds of equal length (the engine validates and checkpoints after each), every round
+    drawn from successive shuffled passes over the training split. The batch follows the reference
+    code of Wang et al. 2017 (``min(N / 10, 16)``, at least 2 for batch norm) unless ``batch_size``
+    is given.
+
+    Each field is documented once, at the field (``option(help=...)``): the configuration
+    reference and ``cnnkit sequence train --help`` show that text.
+
+    Example:
+        >>> cfg = SequenceConfig(data="ucr:GunPoint").resolved_for(40)
+        >>> cfg.batch_size, cfg.steps_per_epoch
+        (4, 100)
+    """
+
+    unsupported = ("weights", "subset", "momentum")
+
+    data: str = option("ucr:GunPoint", help="ucr:NAME | a NAME_TRAIN .ts/.tsv/.csv file | a folder holding one")
+    model: str = option("fcn1d", help="the network: fcn1d | resnet1d | inception_time", choices=MODELS)
+    steps: int = option(1000, help="optimizer steps of one network (rounded up to a multiple of --epochs)", minimum=1)
+    epochs: int = option(10, help="rounds the steps are cut into: validation and a checkpoint after each", minimum=1)
+    batch_size: int | None = None
+    lr: float = 1e-3
+    optimizer: str = "adamw"
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    val_fraction: float = option(
+        0.2, help="share of each class of TRAIN held out for validation (0: train on all of TRAIN)", minimum=0, below=1
+    )
+    ensemble: int = option(
+        1,
+        help="networks trained with seeds seed .. seed+K-1, their probabilities averaged (5: InceptionTime)",
+        minimum=1,
+    )
+    threads: int | None = option(1, help="torch threads per process (0: all cores); series nets are small", minimum=0)
+    val_every: int = option(
+        1, help="validate after every k-th round and after the last (0: only the final model)", minimum=0
+    )
+
+    def resolved_for(self, n_train: int) -> SequenceConfig:
+        """A copy with the batch filled in for ``n_train`` training series, and ``steps`` a multiple of ``epochs``.
+
+        Args:
+            n_train: series in the training split (after the validation split is carved out).
+
+        Returns:
+            The resolved :class:`SequenceConfig`.
+
+        Raises:
+            CnnkitError: a bad setting.
+        """
+        if self.model not in MODELS:
+            raise CnnkitError(f"--model is one of {', '.join(MODELS)}. Received: --model {self.model}")
+        if n_train < 2:
+            raise CnnkitError(f"training needs at least 2 series; the training split has {n_train}")
+        batch = self.batch_size or max(2, min(n_train // 10, 16))
+        batch = min(batch, n_train)
+        steps = math.ceil(self.steps / self.epochs) * self.epochs
+        return replace(self, batch_size=batch, steps=steps)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps of one round (``steps / epochs``, rounded up)."""
+        return math.ceil(self.steps / self.epochs)

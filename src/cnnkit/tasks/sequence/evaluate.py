@@ -1,0 +1,100 @@
+"""Accuracy, error and confusion of a series classifier on a set, or of a run on a split of its data."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cnnkit.data.series import SeriesSet, read_series
+from cnnkit.errors import CnnkitError
+from cnnkit.tasks.sequence.config import SequenceConfig
+from cnnkit.tasks.sequence.data import load_splits
+from cnnkit.tasks.sequence.load import load_sequence
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, values: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Class probabilities (N, K) of (N, C, L) series, in eval mode (the model's mode is restored)."""
+    training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        out = [model(chunk.to(device)).float().softmax(1).cpu() for chunk in values.split(batch_size)]
+    finally:
+        model.train(training)
+    return torch.cat(out) if out else torch.zeros(0, len(model.classes))
+
+
+def evaluate(model: nn.Module, data: SeriesSet, batch_size: int = 256) -> dict:
+    """Accuracy, error (1 - accuracy, the archive's figure), mean cross-entropy and the confusion matrix.
+
+    Args:
+        model: (N, C, L) -> logits over ``data.classes`` (a :class:`SeriesModel` or an ensemble).
+        data: labelled series with the model's classes and channels.
+        batch_size: series per forward pass.
+
+    Returns:
+        ``{"accuracy", "error", "loss", "series", "errors", "confusion"}``; ``confusion[i][j]``
+        counts series of class i answered j.
+
+    Raises:
+        CnnkitError: unlabelled series, or another number of channels than the model's.
+    """
+    if len(data) and int(data.labels.min()) < 0:
+        raise CnnkitError(f"{data.meta.get('path', data.name)}: evaluation needs a label on every series")
+    channels = getattr(model, "input_size", (data.channels,))[0]
+    if data.channels != channels:
+        raise CnnkitError(
+            f"{data.meta.get('path', data.name)} has {data.channels} channel(s); the model takes {channels}"
+        )
+    probs = predict_proba(model, data.values, batch_size)
+    k = probs.shape[1]
+    pred = probs.argmax(1)
+    errors = int((pred != data.labels).sum())
+    n = max(1, len(data))
+    loss = F.nll_loss(probs.clamp_min(1e-12).log(), data.labels, reduction="sum").item() / n if len(data) else 0.0
+    confusion = torch.bincount(data.labels * k + pred, minlength=k * k).view(k, k)
+    return {
+        "accuracy": 1 - errors / n,
+        "error": errors / n,
+        "loss": loss,
+        "series": len(data),
+        "errors": errors,
+        "confusion": confusion.tolist(),
+    }
+
+
+def evaluate_run(path, split: str = "test", data: str | None = None, data_dir: str | None = None) -> dict:
+    """The metrics of a sequence run on a split of its data, or on a labelled series file.
+
+    Args:
+        path: a run folder or its ``model.safetensors``.
+        split: ``test``, ``val`` or ``train`` of the run's own data (``val`` and ``train`` as the
+            run carved them from TRAIN).
+        data: a labelled series file to evaluate on instead (``.ts`` / ``.tsv`` / ``.csv``).
+        data_dir: the folder holding named sets (default: the run's).
+
+    Returns:
+        :func:`evaluate`'s dict plus ``split``, ``data`` and ``classes``.
+
+    Raises:
+        CnnkitError: not a sequence run, an unknown split, a split the run does not have, or data
+            that cannot be found or read.
+
+    Example:
+        >>> evaluate_run("runs/gunpoint")["error"]    # doctest: +SKIP
+    """
+    if split not in ("train", "val", "test"):
+        raise CnnkitError(f"--split is train, val or test. Received: --split {split}")
+    model = load_sequence(path)
+    if data is not None:
+        series = read_series(data, classes=model.classes)
+        return {**evaluate(model, series), "split": "file", "data": str(data), "classes": model.classes}
+    cfg = SequenceConfig.from_dict(model.info["config"], strict=False)
+    if data_dir is not None:
+        cfg.data_dir = data_dir
+    sets = dict(zip(("train", "val", "test"), load_splits(cfg)))
+    if sets[split] is None:
+        raise CnnkitError(f"the run {path} has no {split} split (data {cfg.data}); evaluate on a file with --data FILE")
+    return {**evaluate(model, sets[split]), "split": split, "data": cfg.data, "classes": model.classes}

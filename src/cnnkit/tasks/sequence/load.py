@@ -1,0 +1,136 @@
+"""The deployable series classifier, built for a run and rebuilt from its checkpoint (data, never code)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors.torch import save as st_save
+
+from cnnkit.engine.runfolder import (
+    CHECKPOINT_HINT,
+    atomic_write_bytes,
+    load_checked,
+    read_checkpoint,
+    read_metadata,
+    resolve,
+    strip_prefix,
+)
+from cnnkit.errors import CnnkitError
+from cnnkit.models import create_model
+from cnnkit.models.deploy import Ensemble
+from cnnkit.tasks.sequence.config import MODELS
+
+MAX_CLASSES = 100_000  # a checkpoint claiming more is damaged
+MAX_CHANNELS = 10_000
+
+
+class SeriesModel(nn.Module):
+    """A 1-D network with its class names: float (N, C, L) z-normalised series -> logits (N, K).
+
+    The series are z-normalised by the reader (:mod:`cnnkit.data.series`), so the model holds no
+    normalisation; any length L works (global average pooling).
+
+    Attributes: ``net`` (the zoo network), ``name`` (its zoo name), ``classes``, ``input_size``
+    (C, L of the training series).
+    """
+
+    def __init__(self, net: nn.Module, name: str, classes: list[str], input_size: tuple[int, int]):
+        super().__init__()
+        self.net = net
+        self.name = name
+        self.classes = list(classes)
+        self.input_size = tuple(input_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # (N, C, L) -> (N, K)
+
+    def describe(self) -> dict:
+        """The checkpoint's metadata that :meth:`from_info` rebuilds the module from."""
+        return {"task": "sequence", "net": self.name, "classes": self.classes, "input_size": list(self.input_size)}
+
+    @classmethod
+    def from_info(cls, info: dict) -> SeriesModel:
+        """The (untrained) module a checkpoint's metadata describes; load its state dict after."""
+        name, classes, size = info["net"], info["classes"], info["input_size"]
+        ok = (
+            name in MODELS
+            and isinstance(classes, list)
+            and 1 <= len(classes) <= MAX_CLASSES
+            and isinstance(size, list)
+            and len(size) == 2
+            and all(isinstance(v, int) and v >= 1 for v in size)
+            and size[0] <= MAX_CHANNELS
+        )
+        if not ok:
+            raise CnnkitError(f"the checkpoint's description of its network is not valid; {CHECKPOINT_HINT}")
+        net = create_model(name, num_classes=len(classes), in_channels=size[0])
+        return cls(net, name, [str(c) for c in classes], tuple(size))
+
+
+def build_model(name: str, classes: list[str], channels: int, length: int, seed: int) -> SeriesModel:
+    """A fresh network from the zoo (seeded init) for ``channels``-channel series of ``classes``."""
+    torch.manual_seed(seed)
+    return SeriesModel(
+        create_model(name, num_classes=len(classes), in_channels=channels), name, classes, (channels, length)
+    )
+
+
+def save_ensemble(path, member_files: list[Path]) -> None:
+    """One checkpoint holding every member's weights (``members.<i>.``) and their descriptions."""
+    tensors, infos = {}, []
+    for i, f in enumerate(member_files):
+        t, info = read_checkpoint(f)
+        tensors.update({f"members.{i}.{k}": v for k, v in t.items()})
+        infos.append(info)
+    head = {k: infos[0][k] for k in ("format", "task", "classes", "input_size", "config", "data")}
+    meta = {**head, "net": infos[0]["net"], "ensemble": infos}
+    atomic_write_bytes(path, st_save(tensors, metadata={"cnnkit": json.dumps(meta)}))
+
+
+def load_sequence(path, device: str = "cpu") -> nn.Module:
+    """A trained series classifier (or ensemble) from a run folder or its ``model.safetensors``.
+
+    Args:
+        path: a run folder or its ``model.safetensors`` written by ``cnnkit sequence train``.
+        device: where the model goes (``"cpu"``, ``"cuda"``).
+
+    Returns:
+        The :class:`SeriesModel` -- or an :class:`~cnnkit.models.deploy.Ensemble` of them for a run
+        with ``--ensemble K`` -- in eval mode, taking (N, C, L) z-normalised series and returning
+        logits; the checkpoint's metadata as ``.info``.
+
+    Raises:
+        CnnkitError: not a sequence run, or a damaged or crafted file.
+
+    Example:
+        >>> model = load_sequence("runs/gunpoint")                # doctest: +SKIP
+        >>> model(torch.randn(1, 1, 150)).softmax(1)              # doctest: +SKIP
+    """
+    file = resolve(path)
+    info = read_metadata(file)
+    if info.get("task") != "sequence":
+        found = str(info.get("task", "classify"))[:20]
+        raise CnnkitError(
+            f"{file} is not a time-series classifier (task {found!r}); give a run folder written by "
+            f"`cnnkit sequence train`, or use `cnnkit {found} eval|predict` for this one"
+        )
+    members = info.get("ensemble") or [info]
+    if not isinstance(members, list) or not all(isinstance(m, dict) for m in members):
+        raise CnnkitError(f"{file}: its ensemble entry is not a list of member descriptions; {CHECKPOINT_HINT}")
+    try:
+        built = [SeriesModel.from_info(m) for m in members]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CnnkitError(f"{file}: its metadata does not describe a series model ({exc}); {CHECKPOINT_HINT}") from None
+    tensors, _ = read_checkpoint(file)
+    if info.get("ensemble"):
+        for i, m in enumerate(built):
+            load_checked(m, strip_prefix(tensors, f"members.{i}."), file)
+        model: nn.Module = Ensemble(built)  # type: ignore[arg-type]
+    else:
+        model = built[0]
+        load_checked(model, tensors, file)
+    model.info = info
+    return model.to(device).eval()

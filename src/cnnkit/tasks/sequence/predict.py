@@ -1,0 +1,53 @@
+"""Classes and probabilities of the series in a file, by a trained sequence run."""
+
+from __future__ import annotations
+
+import os
+
+import torch.nn as nn
+
+from cnnkit.data.series import read_series
+from cnnkit.errors import CnnkitError
+from cnnkit.tasks.sequence.evaluate import predict_proba
+
+
+def predict_file(model: nn.Module, path: str | os.PathLike) -> list[dict]:
+    """The predicted class and every class's probability for each series of a file.
+
+    The file is read as training files are (:func:`~cnnkit.data.series.read_series`: z-normalised,
+    any length); a label in it, if it has one, is returned as ``label`` beside the answer.
+
+    Args:
+        model: a trained :class:`~cnnkit.tasks.sequence.load.SeriesModel` or ensemble.
+        path: a ``.ts`` / ``.tsv`` / ``.txt`` / ``.csv`` file of series.
+
+    Returns:
+        One ``{"index", "class", "probability", "probabilities" (class -> p), "label"}`` per
+        series, in file order (``label`` None for an unlabelled ``.ts`` series).
+
+    Raises:
+        CnnkitError: a malformed file, or series with another number of channels than the model's.
+
+    Example:
+        >>> predict_file(load_sequence("runs/gunpoint"), "GunPoint_TEST.ts")[0]["class"]   # doctest: +SKIP
+        '1'
+    """
+    data = read_series(path)
+    channels = model.input_size[0]
+    if data.channels != channels:
+        raise CnnkitError(f"{path} has {data.channels} channel(s) per series; the model takes {channels}")
+    probs = predict_proba(model, data.values)
+    rows = []
+    for i, p in enumerate(probs.tolist()):
+        k = max(range(len(p)), key=p.__getitem__)
+        label = int(data.labels[i])
+        rows.append(
+            {
+                "index": i,
+                "class": model.classes[k],
+                "probability": p[k],
+                "probabilities": dict(zip(model.classes, p)),
+                "label": data.classes[label] if label >= 0 else None,
+            }
+        )
+    return rows

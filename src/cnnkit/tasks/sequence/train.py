@@ -1,0 +1,140 @@
+"""The recipe ``cnnkit sequence train`` runs, through the one engine: one network or an ensemble."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from cnnkit.engine import Data, Phase, Plan, Setup, fit
+from cnnkit.engine.optim import lr_at, make_optimizer
+from cnnkit.engine.runfolder import MODEL_FILE, RESUME_FILE, resumed_config
+from cnnkit.errors import CnnkitError
+from cnnkit.tasks.sequence.config import SequenceConfig
+from cnnkit.tasks.sequence.data import load_splits
+from cnnkit.tasks.sequence.evaluate import evaluate
+from cnnkit.tasks.sequence.load import build_model, load_sequence, save_ensemble
+from cnnkit.tasks.sequence.task import SequenceTask
+
+
+@dataclass
+class SequenceResult:
+    """What :func:`train` returns.
+
+    Attributes:
+        model: the trained model (an ensemble's average for ``--ensemble K``), in eval mode.
+        config: the resolved settings (batch, epochs filled in).
+        history: one row per epoch of the (last) network, as in ``metrics.csv``.
+        seconds: training time of every network together (validation and saving included).
+        steps: optimizer steps of every network together.
+        val: :func:`~cnnkit.tasks.sequence.evaluate.evaluate` on the validation split (None without one).
+        test: the same on the TEST split, evaluated once at the end (None when the data has none).
+    """
+
+    model: nn.Module
+    config: SequenceConfig
+    history: list[dict]
+    seconds: float
+    steps: int
+    val: dict | None = None
+    test: dict | None = None
+    members: list = field(default_factory=list)
+
+
+def train(cfg: SequenceConfig, out=None, resume: bool = False, quiet: bool = False) -> SequenceResult:
+    """Train a time-series classifier by ``cfg`` into the run folder ``out``: ``cnnkit sequence train``.
+
+    The training split is the archive's TRAIN less a stratified validation part
+    (``cfg.val_fraction``); TEST is evaluated once, by the final model. With ``cfg.ensemble`` K > 1
+    the networks train into ``out/member<i>`` with seeds ``seed + i`` and ``out/model.safetensors``
+    averages their probabilities (the InceptionTime ensemble of Ismail Fawaz et al. 2020 is
+    ``model="inception_time", ensemble=5``).
+
+    Args:
+        cfg: the settings; ``batch_size`` None is filled in (:meth:`SequenceConfig.resolved_for`).
+        out: the run folder; None writes nothing (single network only).
+        resume: continue the run in ``out`` exactly; its own settings replace ``cfg``.
+        quiet: no summary, progress bar or epoch lines.
+
+    Returns:
+        A :class:`SequenceResult`.
+
+    Raises:
+        CnnkitError: a bad setting, data that cannot be found or read, a diverging loss, or nothing
+            to resume in ``out``.
+
+    Example:
+        >>> r = train(SequenceConfig(data="ucr:GunPoint"), "runs/gunpoint")   # doctest: +SKIP
+        >>> r.test["error"]                                                    # doctest: +SKIP
+    """
+    if resume:
+        if out is None:
+            raise CnnkitError("--resume needs --out RUN, the run folder to continue")
+        first = Path(out) / RESUME_FILE
+        stored = resumed_config(out if first.is_file() else Path(out) / "member0", "sequence")
+        cfg = SequenceConfig.from_dict(stored, strict=False)
+    if cfg.ensemble > 1 and out is None:
+        raise CnnkitError("--ensemble K > 1 needs --out: each network is a run folder of its own")
+    if cfg.ensemble < 1:
+        raise CnnkitError(f"--ensemble must be a positive integer. Received: --ensemble {cfg.ensemble}")
+    torch.set_num_threads(cfg.threads or max(1, os.cpu_count() or 1))
+    train_set, val_set, test_set = load_splits(cfg)
+    cfg = cfg.resolved_for(len(train_set))
+    if cfg.ensemble == 1:
+        run = _train_one(cfg, train_set, val_set, out, resume, quiet)
+        model, members = run.model, []
+    else:
+        members = [
+            _train_one(
+                replace(cfg, seed=cfg.seed + i),
+                train_set,
+                val_set,
+                Path(out) / f"member{i}",
+                resume and (Path(out) / f"member{i}" / RESUME_FILE).is_file(),
+                quiet,
+            )
+            for i in range(cfg.ensemble)
+        ]
+        save_ensemble(Path(out) / MODEL_FILE, [Path(out) / f"member{i}" / MODEL_FILE for i in range(cfg.ensemble)])
+        model, run = load_sequence(out), members[-1]
+    model.eval()
+    runs = members or [run]
+    return SequenceResult(
+        model,
+        cfg,
+        run.history,
+        sum(r.seconds for r in runs),
+        sum(r.steps for r in runs),
+        evaluate(model, val_set) if val_set is not None else None,
+        evaluate(model, test_set) if test_set is not None else None,
+        members,
+    )
+
+
+def _train_one(cfg: SequenceConfig, train_set, val_set, out, resume: bool, quiet: bool) -> SequenceResult:
+    """One network: the seeded model, the task and a one-phase plan, run by the engine."""
+    model = build_model(cfg.model, train_set.classes, train_set.channels, train_set.length, cfg.seed)
+    assert cfg.batch_size is not None  # resolved_for filled it in
+    task = SequenceTask(cfg.batch_size, cfg.steps_per_epoch, info={"config": cfg.to_dict(), "data": cfg.data})
+
+    def setup(m: nn.Module) -> Setup:
+        return Setup(make_optimizer(m, cfg), schedule=lambda step, total: lr_at(step, total, cfg))
+
+    plan = Plan([Phase(cfg.epochs, setup)], seed=cfg.seed, ema=cfg.ema, val_every=cfg.val_every if val_set else 0)
+    result = fit(
+        task,
+        model,
+        Data(train_set, val_set),
+        plan,
+        out,
+        resume=resume,
+        quiet=quiet,
+        device=cfg.device,
+        config=cfg.to_dict(),
+        command="cnnkit sequence train",
+        precision=cfg.precision,
+    )
+    return SequenceResult(result.model, cfg, result.history, result.seconds, cfg.steps)
