@@ -18,8 +18,8 @@ from cnnkit.tasks.classify.load import load_classifier
 from cnnkit.tasks.detect.load import load_detector
 from cnnkit.tasks.instance.load import load_mask_detector
 from cnnkit.tasks.segment.load import load_segmenter
-from cnnkit.tasks.style.load import load_stylizer
 from cnnkit.tasks.sequence.load import load_sequence
+from cnnkit.tasks.style.load import load_stylizer
 
 # the "task" of a run's metadata -> the function that rebuilds its deployable (path, device)
 LOADERS = {
