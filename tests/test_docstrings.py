@@ -1,7 +1,7 @@
 """Every public function and class carries a Google-style docstring: a summary line, Args, Returns.
 
-Public means named in ``cnnkit.__all__``, in a task package's ``__all__`` (``cnnkit.tasks.classify``,
-``detect``, ``segment``, ``instance``) or in ``cnnkit.engine.__all__``. A function needs ``Args:``
+Public means named in ``cnnkit.__all__``, in any task package's ``__all__`` (``cnnkit.tasks.classify``,
+``detect``, ...) or in ``cnnkit.engine.__all__``. A function needs ``Args:``
 when it takes arguments and ``Returns:`` unless it is annotated to return None; a class needs
 ``Args:`` or ``Attributes:`` (a dataclass documents its fields) when its constructor takes arguments.
 A run configuration (a :class:`~cnnkit.engine.config.RunConfig`) documents each field once, at the
@@ -14,16 +14,15 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import pkgutil
 
+import cnnkit.tasks
 from cnnkit.engine.config import RunConfig, field_help
 
+# the top level, every task package (found, so that a new task is checked from its first commit), the engine
 PACKAGES = [
     "cnnkit",
-    "cnnkit.tasks.classify",
-    "cnnkit.tasks.detect",
-    "cnnkit.tasks.segment",
-    "cnnkit.tasks.instance",
-    "cnnkit.tasks.style",
+    *(f"cnnkit.tasks.{m.name}" for m in pkgutil.iter_modules(cnnkit.tasks.__path__) if m.ispkg),
     "cnnkit.engine",
 ]
 

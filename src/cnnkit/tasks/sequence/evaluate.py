@@ -15,7 +15,16 @@ from cnnkit.tasks.sequence.load import load_sequence
 
 @torch.no_grad()
 def predict_proba(model: nn.Module, values: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Class probabilities (N, K) of (N, C, L) series, in eval mode (the model's mode is restored)."""
+    """Class probabilities of series, in eval mode (the model's mode is restored after).
+
+    Args:
+        model: a sequence classifier (``classes`` attribute; logits out).
+        values: (N, C, L) series, z-normalised as the reader gives them.
+        batch_size: series per forward pass.
+
+    Returns:
+        (N, K) probabilities, K the model's classes.
+    """
     training = model.training
     model.eval()
     try:
