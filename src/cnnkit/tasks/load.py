@@ -18,9 +18,17 @@ from cnnkit.tasks.classify.load import load_classifier
 from cnnkit.tasks.detect.load import load_detector
 from cnnkit.tasks.instance.load import load_mask_detector
 from cnnkit.tasks.segment.load import load_segmenter
+from cnnkit.tasks.video.load import load_video_classifier
+from cnnkit.tasks.video_predict.load import load_predictor
 
 # the "task" of a run's metadata -> the function that rebuilds its deployable (path, device)
-LOADERS = {"detect": load_detector, "segment": load_segmenter, "instance": load_mask_detector}
+LOADERS = {
+    "detect": load_detector,
+    "segment": load_segmenter,
+    "instance": load_mask_detector,
+    "video": load_video_classifier,
+    "video_predict": load_predictor,
+}
 
 
 def load(
