@@ -21,6 +21,7 @@ def train(
     quiet: bool = False,
     device: str | None = None,
     max_batches: int | None = None,
+    on_epoch_end=None,
 ):
     """Train a frame predictor by ``cfg`` into the run folder ``out``: what ``cnnkit video-predict train`` runs.
 
@@ -34,6 +35,7 @@ def train(
         quiet: no summary, progress bar or epoch lines.
         device: ``cpu`` | ``cuda`` (default: ``cfg.device``).
         max_batches: batches per epoch at most (smoke tests); None: all.
+        on_epoch_end: ``fn(epoch, row)`` called after each saved epoch (:func:`~cnnkit.engine.fit`).
 
     Returns:
         The engine's :class:`~cnnkit.engine.FitResult`, with ``.test``: :func:`evaluate`'s numbers
@@ -79,6 +81,7 @@ def train(
         config=cfg.to_dict(),
         command="cnnkit video-predict train",
         precision=cfg.precision,
+        on_epoch_end=on_epoch_end,
     )
     result.test = evaluate(result.model, test_set, cfg.frames)
     return result
