@@ -16,6 +16,9 @@ class VideoConfig(RunConfig):
     from its test digits. The network sees every ``stride``-th frame, resized to ``size``: the cost
     of a 3-D convolution grows with frames x pixels, and the digits stay readable at 32x32.
 
+    Each field is documented once, at the field (``option(help=...)``): the configuration
+    reference and ``cnnkit video train --help`` show that text.
+
     Example:
         >>> VideoConfig().model
         'c3d_small'

@@ -135,7 +135,16 @@ def clip_network(name: str, num_classes: int, channels: int, frames: int) -> nn.
 
 @torch.no_grad()
 def predict_clips(model: VideoClassifier, clips: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-    """Class probabilities (sigmoid) of clips (N, T, C, H, W) in [0, 1]: (N, K), on CPU; eval mode, restored after."""
+    """Class probabilities (sigmoid) of clips; the model runs in eval mode, its own mode restored after.
+
+    Args:
+        model: a :class:`VideoClassifier`.
+        clips: float (N, T, C, H, W) in [0, 1].
+        batch_size: clips per forward pass.
+
+    Returns:
+        (N, K) probabilities, on CPU.
+    """
     was = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -151,10 +160,21 @@ def predict_clips(model: VideoClassifier, clips: torch.Tensor, batch_size: int =
 
 
 def frame_strip(rows: list[torch.Tensor], gap: int = 2, scale: int = 1) -> torch.Tensor:
-    """Rows of frames side by side: a list of (T, C, H, W) clips in [0, 1] -> (3, rows*H', T*W') uint8.
+    """Rows of frames side by side, as one RGB picture.
 
-    Rows may have different numbers of frames (missing ones are left black); a grey clip is drawn
-    grey, and ``gap`` pixels of mid grey separate the frames. ``scale`` enlarges every frame (nearest).
+    Rows may have different numbers of frames (the missing ones are left mid grey); a grey clip is
+    drawn grey, and ``gap`` pixels of mid grey separate the frames.
+
+    Args:
+        rows: clips (T, C, H, W) in [0, 1], one per row, all of one H, W.
+        gap: pixels between frames and rows.
+        scale: every frame enlarged this many times (nearest).
+
+    Returns:
+        (3, rows * (H' + gap) - gap, T * (W' + gap) - gap) uint8, H' = scale H.
+
+    Raises:
+        CnnkitError: no rows.
     """
     if not rows:
         raise CnnkitError("a strip needs at least one row of frames")
@@ -175,14 +195,23 @@ def frame_strip(rows: list[torch.Tensor], gap: int = 2, scale: int = 1) -> torch
 
 
 def heat_overlay(clip: torch.Tensor, cam: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
-    """A clip (T, C, H, W) in [0, 1] with a heat map (T, H, W) in [0, 1] laid over it in red: (T, 3, H, W)."""
+    """A heat map laid over a clip in red.
+
+    Args:
+        clip: (T, C, H, W) in [0, 1] (drawn grey).
+        cam: (T, H, W) in [0, 1], e.g. from :func:`~cnnkit.explain.clip_cam.clip_grad_cam`.
+        alpha: the heat map's weight where it is 1.
+
+    Returns:
+        (T, 3, H, W) in [0, 1].
+    """
     grey = clip.float().mean(1, keepdim=True).expand(-1, 3, -1, -1)  # (T, 3, H, W)
     red = torch.stack([cam, torch.zeros_like(cam), torch.zeros_like(cam)], 1)  # (T, 3, H, W)
     return ((1 - alpha * cam[:, None]) * grey + alpha * red).clamp(0, 1)
 
 
 def save_png(image: torch.Tensor, path) -> None:
-    """(3, H, W) uint8 -> a PNG file."""
+    """Write a (3, H, W) uint8 picture as a PNG file at ``path``."""
     from PIL import Image
 
     Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)

@@ -16,6 +16,9 @@ class PredictConfig(RunConfig):
     a folder of a user's clips (one sub-folder of frames or one ``.npy`` per clip; split by ``seed``
     into 80% training, 10% validation, 10% test).
 
+    Each field is documented once, at the field (``option(help=...)``): the configuration
+    reference and ``cnnkit video-predict train --help`` show that text.
+
     Example:
         >>> PredictConfig().model
         'simvp_tiny'

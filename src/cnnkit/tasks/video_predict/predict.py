@@ -60,7 +60,15 @@ class FramePredictor(nn.Module):
 
 @torch.no_grad()
 def predict_frames(model: FramePredictor, inputs: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-    """The next frames of (N, T, C, H, W) inputs in [0, 1]: (N, T, C, H, W) in [0, 1], on CPU.
+    """The next frames of clips; the model runs in eval mode, its own mode restored after.
+
+    Args:
+        model: a :class:`FramePredictor`.
+        inputs: float (N, T, C, H, W) in [0, 1], T the model's frames.
+        batch_size: clips per forward pass.
+
+    Returns:
+        (N, T, C, H, W) in [0, 1], on CPU.
 
     Raises:
         CnnkitError: inputs of another number of frames, channels or size than the model's.
