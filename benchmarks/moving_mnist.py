@@ -3,6 +3,7 @@
     python benchmarks/moving_mnist.py baselines --clips 1000                  # zero and copy-last on test clips
     python benchmarks/moving_mnist.py predict --name long --epochs 6 --clips 1000
     python benchmarks/moving_mnist.py classify --models c3d_small r2plus1d_small frames2d_small
+    python benchmarks/moving_mnist.py speed                                   # clips per CPU-second, each model
     python benchmarks/moving_mnist.py report                                  # the tables of what ran
 
 Prediction (Srivastava et al. 2015's procedure, data.video.MovingMnist): 10 frames in, 10 out; MSE
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import time
 from dataclasses import asdict
@@ -44,6 +46,11 @@ TARGETS = "targets (2 quiet cores): prediction MSE <= 103.3 within 30 min of tra
 
 def _load() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
+
+
+def _cpu_seconds() -> float:
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    return use.ru_utime + use.ru_stime
 
 
 def _save(folder: Path, record: dict) -> None:
@@ -113,9 +120,9 @@ def _train(args, command: str, cfg, train, name: str | None = None) -> None:
     flags = " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in asdict(cfg).items() if v is not None and k not in ("data_dir",)
     )
-    load_before, tick = _load(), time.perf_counter()
+    load_before, tick, cpu = _load(), time.perf_counter(), _cpu_seconds()
     result = train(cfg, folder / "run", quiet=args.quiet)
-    seconds = time.perf_counter() - tick
+    seconds, cpu = time.perf_counter() - tick, _cpu_seconds() - cpu
     net = result.model.net
     m = result.model
     size = (m.channels, m.frames, m.size, m.size) if hasattr(m, "stride") else (m.frames, m.channels, *m.size)
@@ -131,12 +138,54 @@ def _train(args, command: str, cfg, train, name: str | None = None) -> None:
         "clips_trained": result.images,
         "train_seconds": round(result.seconds, 1),
         "seconds_with_test": round(seconds, 1),
+        "cpu_seconds_with_test": round(cpu, 1),  # user + system time of this process: what the work cost
         "macs_per_clip": macs,
         "params": sum(p.numel() for p in net.parameters()),
         "test": result.test,
         "history": result.history,
     }
     _save(folder, record)
+
+
+def speed(args) -> None:
+    """Training clips per CPU-second of one thread, each model on the clip it sees: the cost of a step
+    measured as this process's CPU time (user + system), so other work on the machine does not count."""
+    import torch.nn.functional as F
+
+    from cnnkit.tasks.video.config import VideoConfig
+    from cnnkit.tasks.video.load import build_model
+    from cnnkit.tasks.video_predict.config import PredictConfig
+    from cnnkit.tasks.video_predict.load import build_model as build_predictor
+
+    torch.set_num_threads(1)
+    b = 16
+    rows = []
+    for name in ["c3d_small", "c3d_small+channels_last_3d", "r2plus1d_small", "frames2d_small", "simvp_tiny", "simvp"]:
+        model_name = name.split("+")[0]
+        if model_name.startswith("simvp"):
+            m: torch.nn.Module = build_predictor(PredictConfig(model=model_name))
+            x, y = torch.rand(b, 10, 1, 64, 64), torch.rand(b, 10, 1, 64, 64)
+            step = lambda: F.mse_loss(m(x), y)  # noqa: E731
+        else:
+            m = build_model(VideoConfig(model=model_name, stride=args.stride, size=args.size))
+            if "channels_last" in name:
+                for p in m.net.parameters():
+                    if p.dim() == 5:
+                        p.data = p.data.contiguous(memory_format=torch.channels_last_3d)
+            x, y = torch.rand(b, 20, 1, 64, 64), (torch.rand(b, 10) < 0.2).float()
+            step = lambda: F.binary_cross_entropy_with_logits(m(x), y)  # noqa: E731
+        opt = torch.optim.AdamW(m.parameters(), 1e-3)
+        for i in range(args.epochs):  # the first step warms up (oneDNN picks its kernels) and is not counted
+            if i == 1:
+                cpu = _cpu_seconds()
+            loss = step()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        rate = b * (args.epochs - 1) / (_cpu_seconds() - cpu)
+        rows.append((name, round(rate, 1)))
+        print(f"{name:<28} {rate:7.1f} training clips per CPU-second (batch {b}, 1 thread)")
+    _save(Path(args.keep) / "speed", {"clips_per_cpu_second": dict(rows), "cpu": cpu_name(), "load": _load()})
 
 
 def report(args) -> None:
@@ -176,7 +225,7 @@ def report(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["baselines", "predict", "classify", "report"])
+    p.add_argument("what", choices=["baselines", "predict", "classify", "speed", "report"])
     p.add_argument("--data-dir", default=os.environ.get("CNNKIT_DATA"))
     p.add_argument("--keep", default="runs/moving_mnist", help="folder of the runs and their result.json")
     p.add_argument("--name", default="predictor", help="predict: the run's folder name")
@@ -202,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    {"baselines": baselines, "predict": predict, "classify": classify, "report": report}[args.what](args)
+    {"baselines": baselines, "predict": predict, "classify": classify, "speed": speed, "report": report}[args.what](
+        args
+    )
     return 0
 
 

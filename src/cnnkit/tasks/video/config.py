@@ -41,5 +41,5 @@ class VideoConfig(RunConfig):
     frames: int = option(20, help="frames of a Moving MNIST clip", minimum=1)
     stride: int = option(2, help="the network sees every stride-th frame", minimum=1)
     size: int = option(32, help="frames resized to size x size for the network (px)", minimum=8)
-    channels_last: bool = option(False, help="NDHWC weights and batches (channels_last_3d)")
+    channels_last: bool = option(False, help="NDHWC weights and batches of the 3-D convolutions (channels_last_3d)")
     val_every: int = option(1, help="validate after every k-th epoch and after the last (0: never)", minimum=0)

@@ -72,7 +72,8 @@ class VideoClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.prepare(x)
-        if next(self.net.parameters()).is_contiguous(memory_format=torch.channels_last_3d):
+        w = next(self.net.parameters())
+        if w.dim() == 5 and w.is_contiguous(memory_format=torch.channels_last_3d):  # NDHWC weights: NDHWC clips
             x = x.contiguous(memory_format=torch.channels_last_3d)
         return self.net(x)
 

@@ -60,8 +60,10 @@ def train(
         cfg.clips, cfg.val_clips, cfg.test_clips, cfg.frames, cfg.data_dir, cfg.seed
     )
     model = build_model(cfg)
-    if cfg.channels_last:
-        model.net.to(memory_format=torch.channels_last_3d)
+    if cfg.channels_last:  # the 3-D convolutions' weights NDHWC (a 2-D network is left as it is)
+        for p in model.net.parameters():
+            if p.dim() == 5:
+                p.data = p.data.contiguous(memory_format=torch.channels_last_3d)
     task = VideoTask(
         cfg.batch_size, cfg.channels_last, max_batches=max_batches, info={"config": asdict(cfg), "data": cfg.data}
     )
