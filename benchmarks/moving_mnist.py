@@ -117,9 +117,9 @@ def classify(args) -> None:
 
 def _train(args, command: str, cfg, train, name: str | None = None) -> None:
     folder = Path(args.keep) / (name or args.name)
-    flags = " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in asdict(cfg).items() if v is not None and k not in ("data_dir",)
-    )
+    default = asdict(type(cfg)())
+    changed = {k: v for k, v in asdict(cfg).items() if v != default[k] and k != "data_dir"}
+    flags = " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in changed.items())
     load_before, tick, cpu = _load(), time.perf_counter(), _cpu_seconds()
     result = train(cfg, folder / "run", quiet=args.quiet)
     seconds, cpu = time.perf_counter() - tick, _cpu_seconds() - cpu
