@@ -241,7 +241,11 @@ def test_ssim_against_scikit_image():
 
 
 def test_networks_shapes_and_parameters():
-    assert set(list_models(task="video")) == {"c3d_small", "r2plus1d_small"}
+    assert set(list_models(task="video")) == {"c3d_small", "r2plus1d_small", "frames2d_small"}
+    stack = create_model("frames2d_small").eval()  # the 2-D baseline: the frames as channels
+    with torch.no_grad():
+        assert stack(torch.rand(2, 1, 10, 32, 32)).shape == (2, 10)
+    assert stack.features[0][0].in_channels == 10
     assert set(list_models(task="video_predict")) == {"simvp", "simvp_tiny"}
     x = torch.rand(2, 1, 20, 64, 64)
     counts = {}

@@ -27,6 +27,7 @@ _COMMAND_MODULES = [
     "instance",
     "style",
     "sequence",
+    "video",
     "summary",
     "zoo",
     "explain",

@@ -46,6 +46,8 @@ TASK_MODELS = {
     "segment": "a segmentation model",
     "instance": "an instance-segmentation model",
     "sequence": "a time-series classifier",
+    "video": "a clip classifier",
+    "video_predict": "a frame predictor",
 }  # the resolved settings, readable by --config
 
 
@@ -401,7 +403,7 @@ def load_run_model(path: str | os.PathLike, task: str, build, device: str | torc
         found = str(info.get("task", "classify"))[:20]
         raise CnnkitError(
             f"{file} is not {TASK_MODELS.get(task, f'a {task} model')} (task {found!r}); give a run folder "
-            f"written by `cnnkit {task} train`, or use `cnnkit {found} eval|predict` for this one"
+            f"written by `cnnkit {task.replace('_', '-')} train`, or use `cnnkit {found.replace('_', '-')} eval|predict` for this one"
         )
     try:
         model = build(info)

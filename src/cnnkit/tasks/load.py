@@ -20,6 +20,8 @@ from cnnkit.tasks.instance.load import load_mask_detector
 from cnnkit.tasks.segment.load import load_segmenter
 from cnnkit.tasks.sequence.load import load_sequence
 from cnnkit.tasks.style.load import load_stylizer
+from cnnkit.tasks.video.load import load_video_classifier
+from cnnkit.tasks.video_predict.load import load_predictor
 
 # the "task" of a run's metadata -> the function that rebuilds its deployable (path, device)
 LOADERS = {
@@ -28,6 +30,8 @@ LOADERS = {
     "instance": load_mask_detector,
     "style": load_stylizer,
     "sequence": load_sequence,
+    "video": load_video_classifier,
+    "video_predict": load_predictor,
 }
 
 

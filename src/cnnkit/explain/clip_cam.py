@@ -1,0 +1,83 @@
+"""Grad-CAM over a clip: where *and when* the evidence for a class lies.
+
+Grad-CAM (Selvaraju et al. 2017, https://arxiv.org/abs/1610.02391) with the gradients averaged over
+time as well as space. For the class score ``y_c`` and the activations ``A`` (K, t, h, w) of a 3-D
+convolutional layer::
+
+    alpha_k = mean_{t,i,j} d y_c / d A_k[t, i, j]      # (K,) channel weights
+    cam     = ReLU( sum_k alpha_k * A_k )              # (t, h, w)
+
+then ``cam`` is upsampled (trilinear) to the clip's frames and pixels and divided by its maximum.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cnnkit.errors import CnnkitError
+from cnnkit.explain.base import model_device, normalise_max, selected_score, target_classes
+from cnnkit.explain.hooks import frozen, recording
+
+
+def last_conv3d_block(model: nn.Module) -> str:
+    """The name of the module holding the last ``nn.Conv3d`` (its block: conv, norm and ReLU).
+
+    Raises:
+        CnnkitError: the model has no 3-D convolution.
+    """
+    names = [name for name, m in model.named_modules() if isinstance(m, nn.Conv3d)]
+    if not names:
+        raise CnnkitError(f"Grad-CAM over a clip needs a network of 3-D convolutions; {type(model).__name__} has none")
+    return names[-1].rpartition(".")[0] or names[-1]
+
+
+def clip_grad_cam(
+    model: nn.Module, clip: torch.Tensor, target_class: int | None = None, layer: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Grad-CAM of ``target_class`` (default: the top class) over a clip, in time and space.
+
+    Args:
+        model: a clip classifier, clips (N, T, C, H, W) -> scores (N, K); run in eval mode.
+        clip: one clip (T, C, H, W) or a batch (N, T, C, H, W), as the model takes it.
+        target_class: the class to explain; None explains each clip's top class.
+        layer: the layer whose activations (N, K, t, h, w) are weighted; default the block of the
+            last 3-D convolution (:func:`last_conv3d_block`).
+
+    Returns:
+        ``(cam, classes)``: cam (T, H, W) in [0, 1] for one clip, (N, T, H, W) for a batch, at the
+        clip's frames and pixels; classes () or (N,) int64. On CPU.
+
+    Raises:
+        CnnkitError: a clip of the wrong rank, a layer whose output is not 5-D, a model without
+            3-D convolutions, a class out of range.
+
+    Example:
+        >>> cam, cls = clip_grad_cam(model, clip)     # doctest: +SKIP
+        >>> cam.shape                                 # (T, H, W)
+    """
+    if not isinstance(clip, torch.Tensor) or clip.dim() not in (4, 5):
+        shape = tuple(clip.shape) if isinstance(clip, torch.Tensor) else type(clip).__name__
+        raise CnnkitError(f"a clip is a tensor (T, C, H, W) or (N, T, C, H, W); received: {shape}")
+    single = clip.dim() == 4
+    x = (clip[None] if single else clip).float().to(model_device(model))
+    layer = layer or last_conv3d_block(model)
+    x.requires_grad_(True)
+    with frozen(model), recording(model, [layer], grads=True) as rec, torch.enable_grad():
+        scores = model(x)  # (N, K)
+        classes = target_classes(scores, target_class)
+        selected_score(scores, classes).backward()
+    acts = rec["activations"][layer].detach()  # (N, K, t, h, w)
+    if acts.dim() != 5:
+        raise CnnkitError(
+            f"layer {layer!r} gives shape {tuple(acts.shape)}; Grad-CAM over a clip needs (N, K, t, h, w)"
+        )
+    grads = rec["gradients"][layer]
+    alpha = grads.mean(dim=(2, 3, 4), keepdim=True)  # (N, K, 1, 1, 1)
+    cam = F.relu((alpha * acts).sum(1, keepdim=True))  # (N, 1, t, h, w)
+    t, h, w = x.shape[1], x.shape[3], x.shape[4]
+    cam = F.interpolate(cam, size=(t, h, w), mode="trilinear", align_corners=False)[:, 0]  # (N, T, H, W)
+    cam = normalise_max(cam.flatten(1, 2)).view(-1, t, h, w).cpu()
+    classes = classes.cpu()
+    return (cam[0], classes[0]) if single else (cam, classes)

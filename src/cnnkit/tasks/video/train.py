@@ -1,0 +1,90 @@
+"""The clip-classification recipe ``cnnkit video train`` runs, through the one engine."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from cnnkit.errors import CnnkitError
+from cnnkit.tasks.video.config import VideoConfig
+from cnnkit.tasks.video.data import moving_mnist_splits
+from cnnkit.tasks.video.evaluate import evaluate
+from cnnkit.tasks.video.load import build_model
+from cnnkit.tasks.video.task import VideoTask
+
+
+def train(
+    cfg: VideoConfig,
+    out=None,
+    resume: bool = False,
+    quiet: bool = False,
+    device: str | None = None,
+    max_batches: int | None = None,
+    on_epoch_end=None,
+):
+    """Train a clip classifier by ``cfg`` into the run folder ``out``: what ``cnnkit video train`` runs.
+
+    Training clips are new every epoch, validation clips come from held-out training digits, and the
+    final model is scored once on the test clips (MNIST's test digits).
+
+    Args:
+        cfg: the settings.
+        out: the run folder; None writes nothing.
+        resume: continue the run in ``out`` exactly.
+        quiet: no summary, progress bar or epoch lines.
+        device: ``cpu`` | ``cuda`` (default: ``cfg.device``).
+        max_batches: batches per epoch at most (smoke tests); None: all.
+        on_epoch_end: ``fn(epoch, row)`` called after each saved epoch (:func:`~cnnkit.engine.fit`).
+
+    Returns:
+        The engine's :class:`~cnnkit.engine.FitResult`, with ``.test``: :func:`evaluate`'s numbers
+        on the test clips.
+
+    Raises:
+        CnnkitError: a bad setting, MNIST missing, a diverging loss, or nothing to resume in ``out``.
+
+    Example:
+        >>> result = train(VideoConfig(epochs=5), "runs/video")     # doctest: +SKIP
+        >>> result.test["both"]                                     # doctest: +SKIP
+    """
+    from dataclasses import asdict
+
+    from cnnkit.engine import Data, Phase, Plan, Setup, fit
+    from cnnkit.engine.optim import lr_at, make_optimizer
+
+    if cfg.clips < cfg.batch_size:
+        raise CnnkitError(f"--clips ({cfg.clips}) must be at least --batch-size ({cfg.batch_size})")
+    torch.set_num_threads(cfg.threads or max(1, os.cpu_count() or 1))
+    train_set, val_set, test_set = moving_mnist_splits(
+        cfg.clips, cfg.val_clips, cfg.test_clips, cfg.frames, cfg.data_dir, cfg.seed
+    )
+    model = build_model(cfg)
+    if cfg.channels_last:  # the 3-D convolutions' weights NDHWC (a 2-D network is left as it is)
+        for p in model.net.parameters():
+            if p.dim() == 5:
+                p.data = p.data.contiguous(memory_format=torch.channels_last_3d)
+    task = VideoTask(
+        cfg.batch_size, cfg.channels_last, max_batches=max_batches, info={"config": asdict(cfg), "data": cfg.data}
+    )
+
+    def setup(m) -> Setup:
+        return Setup(make_optimizer(m.net, cfg), schedule=lambda step, total: lr_at(step, total, cfg))
+
+    plan = Plan([Phase(cfg.epochs, setup)], seed=cfg.seed, ema=cfg.ema, val_every=cfg.val_every)
+    result = fit(
+        task,
+        model,
+        Data(train_set, val_set),
+        plan,
+        out,
+        resume=resume,
+        quiet=quiet,
+        device=device or cfg.device,
+        config=cfg.to_dict(),
+        command="cnnkit video train",
+        precision=cfg.precision,
+        on_epoch_end=on_epoch_end,
+    )
+    result.test = evaluate(result.model, test_set)
+    return result

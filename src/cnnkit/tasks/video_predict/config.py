@@ -1,0 +1,42 @@
+"""The frame-prediction run's settings: :class:`PredictConfig`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cnnkit.engine.config import RunConfig, option
+
+
+@dataclass
+class PredictConfig(RunConfig):
+    """The settings of ``cnnkit video-predict train``: 10 frames in, the next 10 out.
+
+    ``data`` is ``moving_mnist`` (training clips new every epoch from MNIST's first 55,000 training
+    digits, validation clips from the last 5,000, the fixed seeded test set from its test digits) or
+    a folder of a user's clips (one sub-folder of frames or one ``.npy`` per clip; split by ``seed``
+    into 80% training, 10% validation, 10% test).
+
+    Each field is documented once, at the field (``option(help=...)``): the configuration
+    reference and ``cnnkit video-predict train --help`` show that text.
+
+    Example:
+        >>> PredictConfig().model
+        'simvp_tiny'
+    """
+
+    unsupported = ("subset", "weights")
+
+    data: str = option("moving_mnist", help="moving_mnist | a folder of clips (sub-folders of frames or .npy)")
+    model: str = option("simvp_tiny", help="the predictor: a zoo model of task video_predict (simvp, simvp_tiny)")
+    epochs: int = option(10, help="passes over the training clips", minimum=1)
+    batch_size: int = option(16, help="global batch size", minimum=1)
+    lr: float = option(5e-3, help="peak learning rate of the schedule", minimum=1e-12)
+    optimizer: str = option("adamw", help="sgd | adamw | nadam", choices=("sgd", "adamw", "nadam"))
+    weight_decay: float = option(0.0, help="L2 weight decay of conv and linear weights", minimum=0)
+    clips: int = option(2000, help="Moving MNIST: training clips per epoch (new ones every epoch)", minimum=1)
+    val_clips: int = option(200, help="Moving MNIST: validation clips (held-out training digits)", minimum=0)
+    test_clips: int = option(10_000, help="Moving MNIST: test clips, the first N of the fixed test set", minimum=1)
+    frames: int = option(10, help="frames in, and as many predicted", minimum=1)
+    size: int = option(64, help="a folder's clips: frames resized to size x size (px)", minimum=8)
+    channels: int = option(1, help="a folder's clips: 1 (grey) or 3 (RGB)", choices=(1, 3))
+    val_every: int = option(1, help="validate after every k-th epoch and after the last (0: never)", minimum=0)

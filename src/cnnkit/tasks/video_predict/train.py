@@ -1,0 +1,87 @@
+"""The frame-prediction recipe ``cnnkit video-predict train`` runs, through the one engine."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from cnnkit.errors import CnnkitError
+from cnnkit.tasks.video_predict.config import PredictConfig
+from cnnkit.tasks.video_predict.data import load_splits
+from cnnkit.tasks.video_predict.evaluate import evaluate
+from cnnkit.tasks.video_predict.load import build_model
+from cnnkit.tasks.video_predict.task import PredictTask
+
+
+def train(
+    cfg: PredictConfig,
+    out=None,
+    resume: bool = False,
+    quiet: bool = False,
+    device: str | None = None,
+    max_batches: int | None = None,
+    on_epoch_end=None,
+):
+    """Train a frame predictor by ``cfg`` into the run folder ``out``: what ``cnnkit video-predict train`` runs.
+
+    Moving MNIST training clips are new every epoch; validation clips come from held-out training
+    digits (a folder: 10% of its clips); the final model is scored once on the test clips.
+
+    Args:
+        cfg: the settings.
+        out: the run folder; None writes nothing.
+        resume: continue the run in ``out`` exactly.
+        quiet: no summary, progress bar or epoch lines.
+        device: ``cpu`` | ``cuda`` (default: ``cfg.device``).
+        max_batches: batches per epoch at most (smoke tests); None: all.
+        on_epoch_end: ``fn(epoch, row)`` called after each saved epoch (:func:`~cnnkit.engine.fit`).
+
+    Returns:
+        The engine's :class:`~cnnkit.engine.FitResult`, with ``.test``: :func:`evaluate`'s numbers
+        on the test clips (MSE, MAE, SSIM and their per-step lists).
+
+    Raises:
+        CnnkitError: a bad setting, data that cannot be found or read, a diverging loss, or nothing
+            to resume in ``out``.
+
+    Example:
+        >>> result = train(PredictConfig(epochs=5), "runs/predict")     # doctest: +SKIP
+        >>> result.test["mse"]                                          # doctest: +SKIP
+    """
+    from dataclasses import asdict
+
+    from cnnkit.engine import Data, Phase, Plan, Setup, fit
+    from cnnkit.engine.optim import lr_at, make_optimizer
+
+    torch.set_num_threads(cfg.threads or max(1, os.cpu_count() or 1))
+    train_set, val_set, test_set = load_splits(cfg)
+    if len(train_set) < cfg.batch_size:
+        raise CnnkitError(f"{len(train_set)} training clips are fewer than --batch-size {cfg.batch_size}")
+    first = train_set[0][0] if cfg.data == "moving_mnist" else train_set[0]  # (T, H, W) or (T, C, H, W)
+    channels = 1 if cfg.data == "moving_mnist" else first.shape[1]
+    model = build_model(cfg, tuple(first.shape[-2:]), channels)
+    task = PredictTask(
+        cfg.batch_size, cfg.frames, max_batches=max_batches, info={"config": asdict(cfg), "data": cfg.data}
+    )
+
+    def setup(m) -> Setup:
+        return Setup(make_optimizer(m.net, cfg), schedule=lambda step, total: lr_at(step, total, cfg))
+
+    plan = Plan([Phase(cfg.epochs, setup)], seed=cfg.seed, ema=cfg.ema, val_every=cfg.val_every)
+    result = fit(
+        task,
+        model,
+        Data(train_set, val_set),
+        plan,
+        out,
+        resume=resume,
+        quiet=quiet,
+        device=device or cfg.device,
+        config=cfg.to_dict(),
+        command="cnnkit video-predict train",
+        precision=cfg.precision,
+        on_epoch_end=on_epoch_end,
+    )
+    result.test = evaluate(result.model, test_set, cfg.frames)
+    return result

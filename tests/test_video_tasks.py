@@ -1,0 +1,162 @@
+"""The video tasks: clip classification and frame prediction through the engine, their CLI and Grad-CAM."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import cnnkit
+from cnnkit.cli import main
+from cnnkit.data.video import MovingMnist, MovingMnistSpec
+from cnnkit.engine.runfolder import read_checkpoint
+from cnnkit.explain.clip_cam import clip_grad_cam
+from cnnkit.models import create_model
+from cnnkit.tasks.video import VideoConfig, VideoTask, evaluate, load_video_classifier
+from cnnkit.tasks.video import train as train_video
+from cnnkit.tasks.video.data import clip_batch
+from cnnkit.tasks.video.load import build_model
+from cnnkit.tasks.video_predict import PredictConfig, PredictTask, load_predictor
+from cnnkit.tasks.video_predict import evaluate as evaluate_predictor
+from cnnkit.tasks.video_predict import train as train_predictor
+from cnnkit.tasks.video_predict.load import build_model as build_predictor
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# tiny settings: the classifier sees 8 frames of 16x16 (every 2nd of 16)
+VIDEO = dict(epochs=2, clips=8, val_clips=4, test_clips=4, batch_size=4, frames=16, stride=2, size=16, threads=1)
+PREDICT = dict(epochs=2, clips=4, val_clips=0, test_clips=2, batch_size=2, frames=4, threads=1)
+
+
+def _steps(task, model, batch, n=6, lr=3e-3):
+    opt = torch.optim.Adam(model.parameters(), lr)
+    losses = []
+    for _ in range(n):
+        loss = task.loss(model, batch)[0]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_classifier_steps_lower_the_loss_and_eval_counts(data_dir):
+    cfg = VideoConfig(data_dir=str(data_dir), **VIDEO)
+    model, task = build_model(cfg), VideoTask(8)
+    data = MovingMnist("val", 8, data_dir=data_dir, spec=MovingMnistSpec(num_frames=16))
+    x, y = clip_batch(data, range(8))
+    assert x.shape == (8, 16, 1, 64, 64) and y.shape == (8, 10)
+    assert model.prepare(x).shape == (8, 1, 8, 16, 16)  # every 2nd of the first 15 frames, 16x16
+    losses = _steps(task, model, (x, y))
+    assert losses[-1] < 0.8 * losses[0]
+    # evaluate counts against a hand count: both = named set exactly the truth
+    out = evaluate(model, data)
+    with torch.no_grad():
+        named = model.eval()(x) > 0
+    assert out["clips"] == 8 and out["both"] == pytest.approx(float((named == (y > 0.5)).all(1).float().mean()))
+    assert out["digit_acc"] == pytest.approx(float((named == (y > 0.5)).float().mean()))
+
+
+def test_predictor_steps_lower_the_loss_and_mse_is_the_tables(data_dir):
+    cfg = PredictConfig(data_dir=str(data_dir), **PREDICT)
+    model, task = build_predictor(cfg), PredictTask(8, frames=4)
+    data = MovingMnist("val", 8, data_dir=data_dir)
+    batch = next(iter(task.batches(data, torch.Generator().manual_seed(0), train=False)))
+    assert batch[0].shape == batch[1].shape == (8, 4, 1, 64, 64)
+    losses = _steps(task, model, batch, lr=1e-2)
+    assert losses[-1] < 0.7 * losses[0]
+    out = evaluate_predictor(model, data, frames=4)
+    with torch.no_grad():
+        pred = model.eval()(batch[0]).clamp(0, 1)
+    per_frame = (pred.double() - batch[1].double()).square().sum((2, 3, 4))  # (8, 4) summed over pixels
+    assert out["mse"] == pytest.approx(float(per_frame.mean()), rel=1e-6)
+    assert out["mse_per_step"] == pytest.approx(per_frame.mean(0).tolist(), rel=1e-6)
+    assert len(out["ssim_per_step"]) == 4 and out["clips"] == 8
+
+
+@pytest.mark.parametrize("kind", ["video", "video_predict"])
+def test_resume_is_exact(kind, data_dir, tmp_path):
+    if kind == "video":
+        cfg, train, load = VideoConfig(data_dir=str(data_dir), **VIDEO), train_video, load_video_classifier
+    else:
+        cfg, train, load = PredictConfig(data_dir=str(data_dir), **PREDICT), train_predictor, load_predictor
+    full = train(cfg, tmp_path / "full", quiet=True)
+
+    def stop(epoch, row):
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "cut", quiet=True, on_epoch_end=stop)
+    cut = train(cfg, tmp_path / "cut", resume=True, quiet=True)
+    a, b = (
+        read_checkpoint(tmp_path / "full" / "model.safetensors")[0],
+        read_checkpoint(tmp_path / "cut" / "model.safetensors")[0],
+    )
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert full.test == cut.test
+    assert [r["train_loss"] for r in full.history] == [r["train_loss"] for r in cut.history]
+    model = cnnkit.load(tmp_path / "full")  # the one loader knows the task
+    assert type(model) is type(load(tmp_path / "full")) and model.info["task"] == kind
+
+
+def test_grad_cam_over_a_clip_has_the_clips_shape(data_dir):
+    cfg = VideoConfig(data_dir=str(data_dir), **VIDEO)
+    model = build_model(cfg).eval()
+    clip = clip_batch(MovingMnist("test", 2, data_dir=data_dir), [0, 1])[0]  # (2, 20, 1, 64, 64)
+    cam, cls = clip_grad_cam(model, clip[0])
+    assert cam.shape == (20, 64, 64) and cam.min() >= 0 and cam.max() == pytest.approx(1.0)
+    assert 0 <= int(cls) < 10
+    cams, classes = clip_grad_cam(model, clip, target_class=3)
+    assert cams.shape == (2, 20, 64, 64) and classes.tolist() == [3, 3]
+    # (2+1)-D blocks have 3-D convolutions too; the 2-D frame stacker has none: a one-line error
+    wrapped = build_model(VideoConfig(data_dir=str(data_dir), **{**VIDEO, "model": "r2plus1d_small"})).eval()
+    assert clip_grad_cam(wrapped, clip[0])[0].shape == (20, 64, 64)
+    with pytest.raises(cnnkit.errors.CnnkitError, match="3-D convolutions"):
+        clip_grad_cam(create_model("frames2d_small", frames=20), clip[0].transpose(0, 1))
+
+
+def test_cli_predict_writes_strip_and_gif_and_reads_user_clips(data_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["video-predict", "train", "--data-dir", str(data_dir), "--out", str(run), "--quiet"]
+    args += ["--epochs", "1", "--clips", "2", "--val-clips", "0", "--test-clips", "2", "--batch-size", "2"]
+    assert main([*args, "--frames", "4", "--threads", "1"]) == 0
+    assert "test MSE per frame" in capsys.readouterr().out
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    np.save(clips / "mine.npy", (np.random.default_rng(0).random((8, 64, 64)) * 255).astype(np.uint8))
+    frames = clips / "folder"
+    frames.mkdir()
+    for i in range(5):  # 5 frames: 4 in, no truth to show
+        Image.fromarray(np.full((32, 32), 40 * i, np.uint8)).save(frames / f"{i:02d}.png")
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "video-predict",
+                "predict",
+                str(run),
+                str(clips / "mine.npy"),
+                str(frames),
+                "--test",
+                "1",
+                "--data-dir",
+                str(data_dir),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    gif = Image.open(out / "test0000.gif")
+    assert gif.n_frames == 8  # 4 in + 4 predicted
+    strip = Image.open(out / "test0000.png")
+    assert strip.size == (4 * 128 + 3 * 2, 3 * 128 + 2 * 2)  # 3 rows (input, truth, prediction) of 4 frames at 2x
+    assert Image.open(out / "folder.png").size[1] == 2 * 128 + 2  # no truth: input and prediction
+    assert Image.open(out / "mine.gif").n_frames == 8
+    assert main(["video-predict", "eval", str(run), "--clips", "2", "--format", "json"]) == 0
+    ev = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert ev["clips"] == 2 and len(ev["mse_per_step"]) == 4 and ev["split"] == "test"
+    assert main(["video", "eval", str(run)]) == 2  # another task's run: a one-line error
+    assert "is not a clip classifier (task 'video_predict')" in capsys.readouterr().err
