@@ -25,6 +25,7 @@ _COMMAND_MODULES = [
     "detect",
     "segment",
     "instance",
+    "generate",
     "summary",
     "zoo",
     "explain",

@@ -30,6 +30,7 @@ _MODEL_MODULES = [
     "dense",
     "series",
     "video",
+    "gan",
 ]
 _imported = False
 

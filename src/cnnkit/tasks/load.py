@@ -16,11 +16,17 @@ from cnnkit.engine.runfolder import read_metadata, resolve
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.classify.load import load_classifier
 from cnnkit.tasks.detect.load import load_detector
+from cnnkit.tasks.generate.load import load_generator
 from cnnkit.tasks.instance.load import load_mask_detector
 from cnnkit.tasks.segment.load import load_segmenter
 
 # the "task" of a run's metadata -> the function that rebuilds its deployable (path, device)
-LOADERS = {"detect": load_detector, "segment": load_segmenter, "instance": load_mask_detector}
+LOADERS = {
+    "detect": load_detector,
+    "segment": load_segmenter,
+    "instance": load_mask_detector,
+    "generate": load_generator,
+}
 
 
 def load(
