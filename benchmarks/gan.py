@@ -44,6 +44,7 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=50, help="at most this many epochs")
     p.add_argument("--threads", type=int, default=1, help="torch threads of training")
     p.add_argument("--count", type=int, default=10000, help="digits scored per set")
+    p.add_argument("--subset", type=int, default=0, help="train on the first N digits (0: all 60,000)")
     p.add_argument("--only", choices=["uncond", "cond"], help="one of the two runs")
     p.add_argument("--eval-only", action="store_true", help="score the runs already in --out")
     p.add_argument("--data-dir", default=os.environ.get("CNNKIT_DATA"))
@@ -57,6 +58,7 @@ def main() -> int:
                 epochs=args.epochs,
                 minutes=args.minutes,
                 threads=args.threads,
+                subset=args.subset,
                 data_dir=args.data_dir,
             )
             load = os.getloadavg()

@@ -104,7 +104,7 @@ class DCGANDiscriminator(Classifier):
     def reset_classifier(self, num_classes: int) -> None:
         """A fresh linear head with ``num_classes`` outputs (0: none)."""
         check_args(num_classes, 1)
-        w = self.features[0].weight
+        w = next(self.parameters())
         head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
         self.classifier = head.to(w.device, w.dtype)
         self.num_classes = num_classes

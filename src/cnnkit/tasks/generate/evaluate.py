@@ -144,7 +144,7 @@ def evaluate_run(
     if isinstance(count, bool) or not isinstance(count, int) or count < 2:
         raise CnnkitError(f"--count must be an integer >= 2. Received: --count {count}")
     sampler = load_generator(path, device)
-    clf = load_classifier(classifier, device) if not isinstance(classifier, nn.Module) else classifier.to(device)
+    clf: nn.Module = classifier.to(device) if isinstance(classifier, nn.Module) else load_classifier(classifier, device)
     config = sampler.info.get("config", {})
     data = config.get("data", "mnist")
     data_dir = data_dir or config.get("data_dir")
