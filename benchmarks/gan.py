@@ -2,7 +2,7 @@
 
 Trains an unconditional and a class-conditional DCGAN (``cnnkit generate train``) for ``--minutes``
 of training each, then scores ``--count`` digits of each with a cnnkit-trained MNIST classifier
-(``--classifier``, e.g. made by ``cnnkit train --data mnist --out runs/mnist``) and prints the same
+(``--classifier``, e.g. made by ``cnnkit train --data mnist --label-smoothing 0 --out runs/mnist``) and prints the same
 figures for real held-out test digits, measured in the same run. Also prints the CPU, the load
 average and the training samples each run processed (timings on a shared machine mean little alone).
 
@@ -75,6 +75,8 @@ def main() -> int:
         )
         print(f"  MNIST score     generated {g['score']:.3f}   real test digits {r['score']:.3f}")
         print(f"  Frechet dist.   generated {g['fd']:.3f}   real test digits {r['fd']:.3f}")
+        if "note" in out:
+            print(f"  note: {out['note']}")
         if "accuracy" in g:
             worst = min(g["accuracy_by_class"].items(), key=lambda kv: kv[1])
             print(

@@ -35,7 +35,8 @@ def register(subparsers) -> None:
         "eval",
         help="MNIST score and Frechet distance of generated digits, beside real test digits",
         description="Scores --count generated digits with a cnnkit-trained classifier of the same digits "
-        "(`cnnkit train --data mnist --out runs/mnist`), and real held-out test digits the same way.",
+        "(`cnnkit train --data mnist --label-smoothing 0 --out runs/mnist`), and real held-out test digits "
+        "the same way.",
     )
     e.add_argument("run", help="run folder or model.safetensors of `cnnkit generate train`")
     e.add_argument("--classifier", required=True, metavar="RUN", help="a `cnnkit train` run of the same digits")
@@ -89,6 +90,8 @@ def run_eval(args) -> int:
         print(f"  classified as asked          {g['accuracy']:9.2%}    {r['accuracy']:9.2%}")
         for name, acc in g["accuracy_by_class"].items():
             print(f"    {name:>3}                        {acc:9.2%}")
+    if "note" in out:
+        print(f"note: {out['note']}")
     return 0
 
 

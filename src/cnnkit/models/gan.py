@@ -48,7 +48,7 @@ class DCGANGenerator(nn.Module):
         out_channels: channels of the image it makes.
     """
 
-    def __init__(self, latent_dim: int = 100, out_channels: int = 1, classes: int = 0, width: int = 64):
+    def __init__(self, latent_dim: int = 100, out_channels: int = 1, classes: int = 0, width: int = 32):
         super().__init__()
         self.latent_dim, self.classes, self.out_channels, self.width = latent_dim, classes, out_channels, width
         self.project = nn.Sequential(
@@ -80,7 +80,7 @@ class DCGANDiscriminator(Classifier):
         num_features: the head's input width (2 * width * 7 * 7).
     """
 
-    def __init__(self, num_classes: int = 1, in_channels: int = 1, width: int = 64):
+    def __init__(self, num_classes: int = 1, in_channels: int = 1, width: int = 32):
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, width, 4, 2, 1),  # (B, C, 28, 28) -> (B, w, 14, 14)
@@ -130,7 +130,7 @@ def _generator(latent_dim, out_channels, classes, width, num_classes, in_channel
 
 @register_model(input_size=(100,), paper="Radford et al. 2016", family="gan", task="generate")
 def dcgan_generator(
-    latent_dim: int = 100, out_channels: int = 1, classes: int = 0, width: int = 64, num_classes=None, in_channels=None
+    latent_dim: int = 100, out_channels: int = 1, classes: int = 0, width: int = 32, num_classes=None, in_channels=None
 ) -> DCGANGenerator:
     """The DCGAN generator for 28x28 images: (B, latent_dim + classes) -> (B, out_channels, 28, 28)."""
     return _generator(latent_dim, out_channels, classes, width, num_classes, in_channels)
@@ -138,14 +138,14 @@ def dcgan_generator(
 
 @register_model(input_size=(110,), paper="Radford et al. 2016; Mirza & Osindero 2014", family="gan", task="generate")
 def dcgan_generator_cond(
-    latent_dim: int = 100, out_channels: int = 1, classes: int = 10, width: int = 64, num_classes=None, in_channels=None
+    latent_dim: int = 100, out_channels: int = 1, classes: int = 10, width: int = 32, num_classes=None, in_channels=None
 ) -> DCGANGenerator:
     """The class-conditional DCGAN generator: noise and a one-hot class (B, 110) -> (B, 1, 28, 28)."""
     return _generator(latent_dim, out_channels, classes, width, num_classes, in_channels)
 
 
 @register_model(input_size=(1, 28, 28), paper="Radford et al. 2016", family="gan_discriminator", task="generate")
-def dcgan_discriminator(num_classes: int = 1, in_channels: int = 1, width: int = 64) -> DCGANDiscriminator:
+def dcgan_discriminator(num_classes: int = 1, in_channels: int = 1, width: int = 32) -> DCGANDiscriminator:
     """The DCGAN discriminator for 28x28 images: (B, in_channels, 28, 28) -> (B, 1) logit."""
     check_args(num_classes, in_channels)
     _positive(width=width)
@@ -158,7 +158,7 @@ def dcgan_discriminator(num_classes: int = 1, in_channels: int = 1, width: int =
     family="gan_discriminator",
     task="generate",
 )
-def dcgan_discriminator_cond(num_classes: int = 1, in_channels: int = 11, width: int = 64) -> DCGANDiscriminator:
+def dcgan_discriminator_cond(num_classes: int = 1, in_channels: int = 11, width: int = 32) -> DCGANDiscriminator:
     """The class-conditional DCGAN discriminator: a digit and 10 class planes (B, 11, 28, 28) -> (B, 1) logit."""
     check_args(num_classes, in_channels)
     _positive(width=width)

@@ -133,7 +133,8 @@ def evaluate_run(
 
     Returns:
         ``{"generated": {"score", "fd"[, "accuracy", "accuracy_by_class"]}, "real": {"score", "fd",
-        "accuracy"}, "count", "data", "conditional"}``: accuracies in [0, 1].
+        "accuracy"}, "count", "data", "conditional"[, "note"]}``: accuracies in [0, 1]; ``note``
+        says when the classifier's label smoothing caps every score.
 
     Raises:
         CnnkitError: not a generator's run, a classifier of other images or classes, a bad count.
@@ -179,6 +180,12 @@ def evaluate_run(
         "data": data,
         "conditional": bool(sampler.classes),
     }
+    smoothing = (getattr(clf, "info", {}) or {}).get("config", {}).get("label_smoothing", 0) or 0
+    if smoothing > 0:  # its probabilities never exceed 1 - smoothing: real digits cannot score near 10
+        out["note"] = (
+            f"the classifier was trained with label smoothing {smoothing:g}, which caps its confidence "
+            "and so the MNIST score of any digits; one trained with --label-smoothing 0 gives the usual scale"
+        )
     if labels is not None:
         hit = p_fake.argmax(1) == labels
         out["generated"]["accuracy"] = float(hit.double().mean())
