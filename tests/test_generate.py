@@ -115,7 +115,7 @@ def runs(tmp_path_factory, data_dir):
     cfg = GenerateConfig(**kw, threads=1, minutes=1e-9)  # the budget stops the first call after epoch 1
     first = train(cfg, root / "resumed", quiet=True, device="cpu")
     assert len(first.history) == 1 and not (root / "resumed" / "samples" / "epoch_002.png").exists()
-    train(cfg, root / "resumed", resume=True, quiet=True, device="cpu")
+    train(GenerateConfig(), root / "resumed", resume=True, quiet=True, device="cpu")  # the run's own settings win
     return root
 
 

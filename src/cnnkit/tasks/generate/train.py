@@ -11,6 +11,7 @@ import torch
 from cnnkit.data.datasets import load_dataset
 from cnnkit.data.imageset import ImageSet
 from cnnkit.engine import Data, FitResult, Phase, Plan, Setup, fit
+from cnnkit.engine.runfolder import check_new_run, resumed_config
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.generate.config import GenerateConfig
 from cnnkit.tasks.generate.predict import Sampler, write_grid
@@ -61,7 +62,7 @@ def train(cfg: GenerateConfig, out=None, resume: bool = False, quiet: bool = Fal
     generator; ``resume.safetensors`` both networks and both optimisers; ``curves.png`` both losses).
 
     Args:
-        cfg: the settings.
+        cfg: the settings (on ``resume``: ignored, the run's own are used).
         out: the run folder; None writes nothing.
         resume: continue the run in ``out`` exactly.
         quiet: no summary, progress bar or epoch lines.
@@ -77,6 +78,9 @@ def train(cfg: GenerateConfig, out=None, resume: bool = False, quiet: bool = Fal
     Example:
         >>> result = train(GenerateConfig(conditional=True), "runs/cgan")   # doctest: +SKIP
     """
+    check_new_run(out, resume)
+    if resume:  # the run's own settings win over the ones given
+        cfg = GenerateConfig.from_dict(resumed_config(out, "generate"))
     torch.set_num_threads(cfg.threads or max(1, os.cpu_count() or 1))
     digits = load_digits(cfg)
     torch.manual_seed(cfg.seed)
