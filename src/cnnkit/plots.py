@@ -146,6 +146,9 @@ def _class_name(classes: Sequence[str] | None, k: int) -> str:
 def training_curves(history: list[dict], path=None, title: str | None = None) -> Figure:
     """Loss and accuracy (train vs validation) and the learning rate per epoch, one GridSpec figure.
 
+    Every ``train_*_loss`` / ``val_*_loss`` column (a task's own losses, e.g. a GAN's two) is drawn
+    on the loss axes too.
+
     Args:
         history: rows as in a run's ``metrics.csv`` (``epoch, train_loss, train_acc, val_loss,
             val_acc, lr, seconds``); values may be strings; ``val_*`` may be missing or empty.
@@ -167,6 +170,16 @@ def training_curves(history: list[dict], path=None, title: str | None = None) ->
     gs = GridSpec(2, 2, figure=fig, height_ratios=[2.2, 1])
     ax_loss, ax_acc, ax_lr = fig.add_subplot(gs[0, 0]), fig.add_subplot(gs[0, 1]), fig.add_subplot(gs[1, :])
     marker = "o" if len(history) <= 30 else None
+    columns = dict.fromkeys(k for row in history for k in row)
+    for key in columns:  # a task's own losses (a GAN's train_d_loss, train_g_loss), beside the loss
+        if key.endswith("_loss") and key.startswith(("train_", "val_")) and key not in ("train_loss", "val_loss"):
+            y = col(key)
+            ok = ~np.isnan(y)
+            if ok.any():
+                split, name = key.split("_", 1)
+                ax_loss.plot(
+                    epochs[ok], y[ok], marker=marker, ms=3, label=f"{'validation' if split == 'val' else split} {name}"
+                )
     for ax, metric, label in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):
         for split, colour in (("train", "tab:blue"), ("val", "tab:orange")):
             y = col(f"{split}_{metric}")

@@ -28,6 +28,7 @@ _COMMAND_MODULES = [
     "style",
     "sequence",
     "video",
+    "generate",
     "summary",
     "zoo",
     "explain",

@@ -1,14 +1,16 @@
 """The one training loop of cnnkit: every task and every fine-tuning stage runs through :func:`fit`.
 
 ``fit(task, model, data, plan, out)`` prints the task's summary, then for each phase of the plan
-and each epoch: one pass of optimizer steps with a live progress bar (the NaN/inf guard checks the
-loss every 20 steps and the weights before anything is saved), validation by the task's own
+and each epoch: one pass of optimizer steps with a live progress bar (the NaN/inf guard checks every
+logged loss every 20 steps and the weights before anything is saved), validation by the task's own
 ``evaluate``, and -- when ``out`` is given, on rank 0 only -- ``model.safetensors`` (the task's
-deployable, EMA weights when EMA is on), ``resume.safetensors``, ``metrics.csv`` and ``curves.png``,
+deployable, EMA weights when EMA is on), ``resume.safetensors`` (every optimizer of the phase), ``metrics.csv`` and ``curves.png``,
 each written atomically. ``resume=True`` continues after the last completed epoch with the same
 final weights as an uninterrupted run. Ctrl-C saves the current weights and says how to resume.
 Under torchrun every process runs the same global batches and trains on its shard of each (DDP).
-The engine knows nothing of classes, boxes or masks: that is the task's business.
+A task whose step is not one loss (a GAN's two alternating updates) defines ``step`` and gets
+every optimizer of its :class:`~cnnkit.engine.task.Setup`. The engine knows nothing of classes,
+boxes or masks: that is the task's business.
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ def fit(
     """Train ``model`` by ``plan``: the one training loop every task and fine-tuning stage runs through.
 
     Each phase of the plan builds its optimizer (``phase.begin``), then trains its epochs with a
-    live progress bar; the loss is checked for NaN/inf every 20 steps. After each epoch the task's
+    live progress bar; every logged loss is checked for NaN/inf every 20 steps. After each epoch the task's
     ``evaluate`` validates (every ``plan.val_every`` epochs and after the last), and on rank 0
     ``out`` receives ``model.safetensors``, ``resume.safetensors``, ``metrics.csv``, ``curves.png``
     and ``config.yaml``, each written atomically. Ctrl-C saves the current weights and says how to
@@ -158,7 +160,7 @@ def fit(
                 if done < last:
                     setup = phase.begin(model)
                     if first < done:  # resumed inside this phase: its optimizer too
-                        load_resume(out / RESUME_FILE, model, setup.optimizer, ema, gen)
+                        load_resume(out / RESUME_FILE, model, setup.optimizers, ema, gen)
                     tick = time.perf_counter()
                     images += _run_phase(
                         task,
@@ -226,6 +228,8 @@ def _run_phase(
     """The epochs ``epochs`` of the phase that starts at epoch ``first``; returns samples trained.
     Validation runs after every ``val_every``-th epoch of the plan and after its last (0: never)."""
     net = setup.module or model
+    if d.world > 1 and hasattr(task, "step"):
+        raise CnnkitError(f"the {task.name} task trains on one process; run it without torchrun")
     step_net = nn.parallel.DistributedDataParallel(net) if d.world > 1 else net
     train, val = setup.data or data
     evaluated = setup.module or deploy  # a phase's own module is validated on its data
@@ -288,7 +292,7 @@ def _run_phase(
                 f"{n / seconds:,.0f} img/s"
             )
             if d.main and out is not None:
-                _save_run(out, task, model, deploy, setup.optimizer, ema, gen, history, config, precision)
+                _save_run(out, task, model, deploy, setup.optimizers, ema, gen, history, config, precision)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, row)
     return images
@@ -311,19 +315,27 @@ def train_epoch(
     precision: str,
     report: Callable,
 ) -> tuple[list[str], torch.Tensor | None]:
-    """One pass of optimizer steps: the stats' names and this process's sums (``n`` last)."""
+    """One pass of optimizer steps: the stats' names and this process's sums (``n`` last).
+
+    A task with a ``step`` method makes each step itself (with every optimizer of ``setup``);
+    otherwise the engine minimises ``task.loss`` with ``setup.optimizer``."""
     steps, opt = len(batches), setup.optimizer
+    own_step = getattr(task, "step", None)
     names, sums, tick = [], None, time.perf_counter()
     for i, batch in enumerate(batches):
         step = (epoch - first) * steps + i  # counted within the phase
         if setup.schedule is not None:
-            for group in opt.param_groups:
+            for group in (g for o in setup.optimizers for g in o.param_groups):
                 group["lr"] = setup.schedule(step, (last - first) * steps) * group.get("lr_scale", 1.0)
-        with autocast(precision, d.device):
-            loss, stats = task.loss(step_net, shard_batch(batch, d))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        if own_step is not None:
+            with autocast(precision, d.device):
+                stats = own_step(step_net, shard_batch(batch, d), setup.optimizers)
+        else:
+            with autocast(precision, d.device):
+                loss, stats = task.loss(step_net, shard_batch(batch, d))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
         if ema is not None:
             ema.update(model, step)
         names = [k for k in stats if k != "n"]
@@ -331,9 +343,10 @@ def train_epoch(
         sums = s if sums is None else sums + s
         if (i + 1) % REPORT_EVERY == 0 or i + 1 == steps:
             means = dict(zip(names, (sums[:-1] / sums[-1]).tolist()))
-            if not math.isfinite(means["loss"]):
+            bad = [k for k in names if k.endswith("loss") and not math.isfinite(means[k])]
+            if bad:
                 raise CnnkitError(
-                    f"the loss became {means['loss']} at epoch {epoch + 1}, step {i + 1}"
+                    f"the {bad[0].replace('_', ' ')} became {means[bad[0]]} at epoch {epoch + 1}, step {i + 1}"
                     f"{' in phase ' + name if name else ''}: training diverged; lower "
                     f"the learning rate (received --lr {peak})"
                 )
@@ -393,11 +406,11 @@ def _start(out: Path | None, resume: bool, model, ema, gen, config: dict) -> tup
     return epoch, history
 
 
-def _save_run(out, task, model, deploy, optimizer, ema, gen, history, config, precision) -> None:
+def _save_run(out, task, model, deploy, optimizers, ema, gen, history, config, precision) -> None:
     """Resume state, deployable model, config.yaml, metrics.csv and curves.png (each file atomic)."""
     if config and not (out / CONFIG_FILE).is_file():
         atomic_write_bytes(out / CONFIG_FILE, config_yaml(config.get("args", config)))
-    save_resume(out / RESUME_FILE, model, optimizer, ema, gen, len(history), history, config)
+    save_resume(out / RESUME_FILE, model, optimizers, ema, gen, len(history), history, config)
     _save_model(out, task, deploy, history, precision)
     keys = [k for k in dict.fromkeys(k for r in history for k in r) if k not in ("lr", "seconds")]
     write_metrics_csv(out / "metrics.csv", history, keys + ["lr", "seconds"])  # rows without validation too

@@ -4,8 +4,8 @@ A run folder holds
 - ``model.safetensors``: the deployable model (EMA weights when EMA is on). Its metadata key
   ``"cnnkit"`` is a JSON document: model spec, classes, input size, normalisation, TTA, config,
   history. :func:`load` rebuilds an eval-mode :class:`Classifier` from it.
-- ``resume.safetensors``: everything ``--resume`` needs (weights, EMA, optimizer state, RNG states,
-  epoch, history), self-contained so it never disagrees with itself.
+- ``resume.safetensors``: everything ``--resume`` needs (weights, EMA, the state of every optimizer,
+  RNG states, epoch, history), self-contained so it never disagrees with itself.
 - ``metrics.csv`` and ``curves.png``.
 Every file is written to a temporary file beside it, then renamed: never half-written.
 """
@@ -48,6 +48,7 @@ TASK_MODELS = {
     "sequence": "a time-series classifier",
     "video": "a clip classifier",
     "video_predict": "a frame predictor",
+    "generate": "a generator",
 }  # the resolved settings, readable by --config
 
 
@@ -112,64 +113,87 @@ def write_metrics_csv(path, history: list[dict], columns: list[str] | None = Non
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
+def _optim_keys(j: int) -> tuple[str, str, str]:
+    """(tensor prefix, param-groups key, scalars key) of the ``j``-th optimizer in a resume file; the
+    first one's are those of a file with a single optimizer, so either kind of file reads as the other."""
+    return (
+        ("optim.", "param_groups", "optim_scalars")
+        if j == 0
+        else (f"optim{j}.", f"param_groups{j}", f"optim_scalars{j}")
+    )
+
+
 def save_resume(
     path,
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | list[torch.optim.Optimizer],
     ema: EMA | None,
     generator: torch.Generator,
     epoch: int,
     history: list[dict],
     config: dict,
 ) -> None:
-    """Everything needed to continue exactly after ``epoch`` epochs."""
+    """Everything needed to continue exactly after ``epoch`` epochs.
+
+    Args:
+        path: the resume file.
+        model: the model in training (all its weights and buffers).
+        optimizer: the phase's optimizer, or all of them in order (a task with its own ``step``).
+        ema: the weights' moving average, or None.
+        generator: the data-order generator.
+        epoch: epochs completed.
+        history: one row per epoch.
+        config: the run's settings.
+    """
     tensors = cpu_tensors(model.state_dict(), "model.")
     if ema is not None:
         tensors.update(cpu_tensors(ema.state_dict(), "ema."))
-    opt = optimizer.state_dict()
-    scalars = {}
-    for idx, st in opt["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"optim.{idx}.{k}"] = v.detach().cpu().contiguous()
-            else:
-                scalars[f"{idx}.{k}"] = v
+    meta = {"format": FORMAT, "epoch": epoch, "history": history, "config": config}
+    for j, one in enumerate(optimizer if isinstance(optimizer, list) else [optimizer]):
+        prefix, groups_key, scalars_key = _optim_keys(j)
+        opt = one.state_dict()
+        scalars = {}
+        for idx, st in opt["state"].items():
+            for k, v in st.items():
+                if torch.is_tensor(v):
+                    tensors[f"{prefix}{idx}.{k}"] = v.detach().cpu().contiguous()
+                else:
+                    scalars[f"{idx}.{k}"] = v
+        meta[groups_key], meta[scalars_key] = opt["param_groups"], scalars
     tensors["rng.torch"] = torch.get_rng_state()
     tensors["rng.generator"] = generator.get_state().cpu()
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    meta = {
-        "format": FORMAT,
-        "epoch": epoch,
-        "history": history,
-        "config": config,
-        "param_groups": opt["param_groups"],
-        "optim_scalars": scalars,
-    }
     atomic_write_bytes(path, st_save(tensors, metadata={"cnnkit": json.dumps(meta)}))
 
 
 def load_resume(
-    path, model: nn.Module, optimizer: torch.optim.Optimizer | None, ema: EMA | None, generator: torch.Generator
+    path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | list[torch.optim.Optimizer] | None,
+    ema: EMA | None,
+    generator: torch.Generator,
 ) -> tuple[int, list[dict], dict]:
     """Restore what :func:`save_resume` wrote; returns (epochs done, history, config).
 
-    ``optimizer=None`` skips its state: a run resumed where a new phase (a new optimizer) begins."""
+    ``optimizer=None`` skips its state: a run resumed where a new phase (a new optimizer) begins.
+    A list restores each optimizer saved in that order."""
     tensors, meta = read_checkpoint(path)
     try:
         model.load_state_dict(strip_prefix(tensors, "model."))
         if ema is not None:
             ema.load_state_dict(strip_prefix(tensors, "ema."))
-        state: dict = {}
-        for key, v in tensors.items():
-            if key.startswith("optim."):
-                _, idx, name = key.split(".", 2)
+        optimizers = [] if optimizer is None else optimizer if isinstance(optimizer, list) else [optimizer]
+        for j, one in enumerate(optimizers):
+            prefix, groups_key, scalars_key = _optim_keys(j)
+            state: dict = {}
+            for key, v in strip_prefix(tensors, prefix).items():
+                idx, name = key.split(".", 1)
                 state.setdefault(int(idx), {})[name] = v
-        for key, v in meta["optim_scalars"].items():
-            idx, name = key.split(".", 1)
-            state.setdefault(int(idx), {})[name] = v
-        if optimizer is not None:
-            optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+            for key, v in meta[scalars_key].items():
+                idx, name = key.split(".", 1)
+                state.setdefault(int(idx), {})[name] = v
+            one.load_state_dict({"state": state, "param_groups": meta[groups_key]})
         torch.set_rng_state(tensors["rng.torch"])
         generator.set_state(tensors["rng.generator"])
         if "rng.cuda" in tensors and torch.cuda.is_available():

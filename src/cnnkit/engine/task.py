@@ -1,7 +1,8 @@
 """What the engine asks of a task, and what a task receives: the plan of phases it trains by.
 
-A task (one per package of :mod:`cnnkit.tasks`: classify, detect, segment, instance) supplies what differs: batches
-(augmentation included), the loss, validation metrics, and the module ``cnnkit.load`` returns. A
+A task (one per package of :mod:`cnnkit.tasks`: classify, detect, segment, instance, generate) supplies what
+differs: batches (augmentation included), the loss -- or, for a task that is not one loss, the whole
+step (a GAN's two alternating updates) --, validation metrics, and the module ``cnnkit.load`` returns. A
 :class:`Plan` says what trains when: one :class:`Phase` for ordinary training, one per stage for
 fine-tuning. The engine (:mod:`cnnkit.engine.loop`) does everything else.
 """
@@ -40,7 +41,15 @@ class Task(Protocol):
     each step, ``evaluate`` to validate, and ``deployable`` / ``describe`` to save the model that
     ``cnnkit.load`` rebuilds. Implementations: :class:`~cnnkit.tasks.classify.ClassifyTask`,
     :class:`~cnnkit.tasks.detect.DetectTask`, :class:`~cnnkit.tasks.segment.SegmentTask`,
-    :class:`~cnnkit.tasks.instance.InstanceTask`.
+    :class:`~cnnkit.tasks.instance.InstanceTask`, :class:`~cnnkit.tasks.generate.GenerateTask`.
+
+    A task whose step is not "one loss, one backward, one optimizer step" (a GAN: the discriminator's
+    update, then the generator's) defines ``step(model, batch, optimizers) -> stats`` as well: the
+    engine then calls it instead of ``loss`` and does no backward or optimizer step of its own. It
+    receives :attr:`Setup.optimizers` (every optimizer of the phase, in order) and returns the same
+    sums as ``loss`` does. Every logged stat whose name ends in ``loss`` is checked for NaN/inf
+    and drawn in ``curves.png``; every optimizer is saved in the resume file. Such a task trains on
+    one process (no DDP).
 
     Attributes:
         name: the task's name, stored in the checkpoint: ``classify`` | ``detect`` | ``segment`` | ...
@@ -77,6 +86,8 @@ class Setup:
 
     Attributes:
         optimizer: over the parameters this phase trains (the others have ``requires_grad`` off).
+        others: further optimizers, for a task that defines ``step`` (a GAN's discriminator's);
+            each is scheduled, checkpointed and restored as ``optimizer`` is.
         schedule: ``(step, steps of the phase) -> lr`` of every group (times the group's
             ``"lr_scale"``, if it has one); None: the groups keep their own lr.
         module: what the step runs instead of the model, sharing its parameters (e.g. the head
@@ -92,6 +103,12 @@ class Setup:
     data: Data | None = None
     frozen: list[nn.Module] = field(default_factory=list)
     row: dict = field(default_factory=dict)
+    others: list[torch.optim.Optimizer] = field(default_factory=list)
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """``optimizer`` followed by ``others``: what a task's ``step`` receives."""
+        return [self.optimizer, *self.others]
 
 
 @dataclass

@@ -31,6 +31,7 @@ _MODEL_MODULES = [
     "series",
     "video",
     "style",
+    "gan",
 ]
 _imported = False
 

@@ -16,6 +16,7 @@ from cnnkit.engine.runfolder import read_metadata, resolve
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.classify.load import load_classifier
 from cnnkit.tasks.detect.load import load_detector
+from cnnkit.tasks.generate.load import load_generator
 from cnnkit.tasks.instance.load import load_mask_detector
 from cnnkit.tasks.segment.load import load_segmenter
 from cnnkit.tasks.sequence.load import load_sequence
@@ -32,6 +33,7 @@ LOADERS = {
     "sequence": load_sequence,
     "video": load_video_classifier,
     "video_predict": load_predictor,
+    "generate": load_generator,
 }
 
 

@@ -1,0 +1,44 @@
+"""The GAN run's settings: :class:`GenerateConfig`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cnnkit.engine.config import RunConfig, option
+
+
+@dataclass
+class GenerateConfig(RunConfig):
+    """The settings of ``cnnkit generate train``: DCGAN on MNIST digits, with the paper's optimiser.
+
+    Both networks train with Adam (Radford et al. 2016: lr 2e-4, beta1 0.5) at a constant learning
+    rate; each step updates the discriminator on a real and a generated batch, then the generator.
+
+    Example:
+        >>> GenerateConfig(conditional=True).batch_size
+        64
+    """
+
+    unsupported = (
+        "model",
+        "weights",
+        "optimizer",
+        "momentum",
+        "weight_decay",
+        "schedule",
+        "warmup",
+        "ema",
+        "val_every",
+    )
+
+    data: str = option("mnist", help="mnist | fashion_mnist | kmnist | emnist_digits (28x28 grey digits)")
+    conditional: bool = option(False, help="class-conditional: the generator is told which digit to draw")
+    latent_dim: int = option(100, help="length of the generator's noise vector", minimum=1)
+    width: int = option(32, help="channels of the discriminator's first convolution (the generator's last)", minimum=1)
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 2e-4
+    beta1: float = option(0.5, help="Adam's beta1 (the paper's 0.5 steadies the game)", minimum=0, below=1)
+    minutes: float = option(
+        0.0, help="stop after the epoch that passes this much training time (0: all epochs)", minimum=0
+    )

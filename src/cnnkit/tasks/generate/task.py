@@ -1,0 +1,154 @@
+"""A GAN as an engine task: two networks, two optimisers, one step that alternates between them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cnnkit.data.imageset import ImageSet
+from cnnkit.errors import CnnkitError
+from cnnkit.models.gan import DCGANDiscriminator, DCGANGenerator
+from cnnkit.tasks.classify.task import (
+    _Batches,  # an epoch's batches made one at a time: the same for every task
+)
+from cnnkit.tasks.generate.predict import Sampler
+
+
+class GAN(nn.Module):
+    """The pair that trains: a generator (as its deployable :class:`Sampler`) and a discriminator.
+
+    Args:
+        generator: the sampler wrapping the generator network.
+        discriminator: image (+ class planes when conditional) -> real-vs-generated logit.
+    """
+
+    def __init__(self, generator: Sampler, discriminator: DCGANDiscriminator):
+        super().__init__()
+        self.generator = generator
+        self.discriminator = discriminator
+
+    def judge(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) images in [-1, 1] and their (B,) classes -> (B,) logits (classes ignored when
+        unconditional); a conditional discriminator reads one constant plane per class after the image."""
+        k = len(self.generator.classes)
+        if k:
+            planes = F.one_hot(labels, k).to(x.dtype)[:, :, None, None].expand(-1, -1, *x.shape[2:])
+            x = torch.cat([x, planes], 1)  # (B, C + K, H, W)
+        return self.discriminator(x)[:, 0]
+
+
+def build_gan(latent_dim: int, width: int, classes: list[str], channels: int = 1) -> GAN:
+    """A DCGAN pair (the paper's N(0, 0.02) initialisation) for 28x28 images, conditional when
+    ``classes`` is not empty."""
+    k = len(classes)
+    generator = Sampler(DCGANGenerator(latent_dim, channels, k, width), classes)
+    return GAN(generator, DCGANDiscriminator(1, channels + k, width))
+
+
+@dataclass
+class GenerateTask:
+    """GAN training as an engine :class:`~cnnkit.engine.Task` with its own ``step``.
+
+    Each step draws a real batch, noise and (conditional) the classes to draw; updates the
+    discriminator on the real batch (target 1) and the generated one (target 0), then the generator
+    so that the discriminator calls its images real (the non-saturating loss of Goodfellow et al.
+    2014). Optimisers: ``[generator's, discriminator's]``.
+
+    Attributes:
+        batch_size: real digits per step.
+        latent_dim: length of the noise vector.
+        max_batches: batches per epoch at most (a smoke test's couple); None: all.
+        info: checkpoint metadata: data, config, ...
+        name: ``"generate"``, stored as the checkpoint's task.
+        metric: ``"score"``: the MNIST score, when a run is evaluated.
+    """
+
+    batch_size: int = 64
+    latent_dim: int = 100
+    max_batches: int | None = None
+    info: dict = field(default_factory=dict)
+    name: str = "generate"
+    metric: str = "score"
+
+    def batches(self, data: ImageSet, generator: torch.Generator, train: bool = True):
+        """Shuffled ``(x, y, z, fake_y)``: real images (B, C, H, W) in [-1, 1] with their classes, the
+        noise (B, latent_dim) and the classes to draw (B,), all drawn from ``generator``."""
+        n, b = len(data), self.batch_size
+        if n < b:
+            raise CnnkitError(f"{data.name} has {n} image(s), fewer than one batch of {b}; lower --batch-size")
+        dev = generator.device
+        order = torch.randperm(n, generator=generator, device=dev)
+        chunks = [order[i * b : (i + 1) * b] for i in range(n // b)]
+        chunks = chunks[: self.max_batches] if self.max_batches else chunks
+        k = len(data.classes)
+
+        def make(idx: torch.Tensor):
+            idx = idx.to(data.images.device)
+            x = data.images[idx].to(dev).float().div_(127.5).sub_(1)  # uint8 -> [-1, 1]
+            z = torch.randn(len(idx), self.latent_dim, generator=generator, device=dev)
+            fake_y = torch.randint(k, (len(idx),), generator=generator, device=dev)
+            return x, data.labels[idx].to(dev), z, fake_y
+
+        return _Batches(chunks, make)
+
+    def step(self, model: GAN, batch, optimizers: list[torch.optim.Optimizer]) -> dict[str, torch.Tensor]:
+        """One discriminator update, then one generator update; the batch's sums of both losses and
+        of the discriminator's mean belief that real and generated images are real."""
+        opt_g, opt_d = optimizers
+        x, y, z, fake_y = batch
+        n = x.shape[0]
+        fake = model.generator.net(model.generator.condition(z, fake_y))  # (B, C, H, W) in [-1, 1]
+        real_logit = model.judge(x, y)
+        fake_logit = model.judge(fake.detach(), fake_y)
+        d_loss = F.binary_cross_entropy_with_logits(
+            real_logit, torch.ones_like(real_logit)
+        ) + F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit))
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+        g_logit = model.judge(fake, fake_y)  # the updated discriminator
+        g_loss = F.binary_cross_entropy_with_logits(g_logit, torch.ones_like(g_logit))
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        opt_g.step()
+        return {
+            "d_loss": d_loss.detach() * n,
+            "g_loss": g_loss.detach() * n,
+            "d_real": torch.sigmoid(real_logit.detach()).sum(),
+            "d_fake": torch.sigmoid(fake_logit.detach()).sum(),
+            "n": torch.tensor(float(n), device=x.device),
+        }
+
+    def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Not used: a GAN's step is :meth:`step` (two losses, two optimisers)."""
+        raise CnnkitError("a GAN trains by GenerateTask.step, not by one loss")
+
+    def evaluate(self, model: nn.Module, data) -> dict[str, float]:
+        """No validation while training (the MNIST score needs a classifier: ``cnnkit generate eval``)."""
+        return {}
+
+    def deployable(self, model: GAN) -> nn.Module:
+        """The generator: what ``model.safetensors`` holds and ``cnnkit.load`` rebuilds."""
+        return model.generator
+
+    def describe(self, model: GAN) -> dict:
+        """The checkpoint's metadata: ``info`` plus the generator's own description."""
+        return {**self.info, **model.generator.describe()}
+
+    def summary(self, model: GAN) -> str:
+        """Both networks' :func:`cnnkit.summary`, printed before training."""
+        from cnnkit.analysis import summary
+
+        g, d = model.generator.net, model.discriminator
+        k = g.classes
+        return "\n".join(
+            [
+                "generator",
+                str(summary(g, input_size=(g.latent_dim + k,), batch_size=self.batch_size)),
+                "discriminator",
+                str(summary(d, input_size=(g.out_channels + k, 28, 28), batch_size=self.batch_size)),
+            ]
+        )

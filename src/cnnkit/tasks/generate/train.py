@@ -1,0 +1,127 @@
+"""The DCGAN recipe ``cnnkit generate train`` runs, through the one engine."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from cnnkit.data.datasets import load_dataset
+from cnnkit.data.imageset import ImageSet
+from cnnkit.engine import Data, FitResult, Phase, Plan, Setup, fit
+from cnnkit.engine.runfolder import check_new_run, resumed_config
+from cnnkit.errors import CnnkitError
+from cnnkit.tasks.generate.config import GenerateConfig
+from cnnkit.tasks.generate.predict import Sampler, write_grid
+from cnnkit.tasks.generate.task import GAN, GenerateTask, build_gan
+
+SAMPLES_DIR = "samples"  # the run folder's sub-folder of per-epoch grids
+GRID_SEED = 1234  # the fixed noise of the per-epoch grids: the same digits, epoch after epoch
+
+
+def load_digits(cfg: GenerateConfig) -> ImageSet:
+    """The training digits: all of the data set's training file (its test file is held out for
+    ``cnnkit generate eval``), the first ``cfg.subset`` when set."""
+    digits = load_dataset(cfg.data, "trainval", data_dir=cfg.data_dir)
+    if digits.image_shape[1:] != (28, 28):
+        raise CnnkitError(f"DCGAN here draws 28x28 images; {cfg.data} has {digits.image_shape[1:]} ones")
+    if cfg.subset:
+        digits = digits.subset(torch.arange(min(cfg.subset, len(digits))))
+    return digits
+
+
+def fixed_grid(sampler: Sampler, seed: int = GRID_SEED) -> torch.Tensor:
+    """100 digits from fixed noise: ten of each class by row for a conditional generator.
+
+    Args:
+        sampler: the generator (left in the mode it was in).
+        seed: seeds the noise.
+
+    Returns:
+        (100, C, 28, 28) images in [0, 1].
+    """
+    was = sampler.training
+    labels = torch.arange(10).repeat_interleave(10) % len(sampler.classes) if sampler.classes else None
+    try:
+        return sampler.eval().sample(100, labels, seed)
+    finally:
+        sampler.train(was)
+
+
+class _Budget(Exception):
+    """Raised after the epoch that used up ``--minutes``: training stops there, saved."""
+
+
+def train(cfg: GenerateConfig, out=None, resume: bool = False, quiet: bool = False, device: str | None = None):
+    """Train a DCGAN by ``cfg`` into the run folder ``out``: what ``cnnkit generate train`` runs.
+
+    After every epoch ``out/samples/epoch_NNN.png`` shows 100 digits drawn from the same fixed noise
+    (a row per class when conditional), beside the engine's files (``model.safetensors`` holds the
+    generator; ``resume.safetensors`` both networks and both optimisers; ``curves.png`` both losses).
+
+    Args:
+        cfg: the settings (on ``resume``: ignored, the run's own are used).
+        out: the run folder; None writes nothing.
+        resume: continue the run in ``out`` exactly.
+        quiet: no summary, progress bar or epoch lines.
+        device: ``cpu`` | ``cuda`` (default: ``cfg.device``).
+
+    Returns:
+        The engine's :class:`~cnnkit.engine.FitResult`; its ``model`` is the :class:`GAN` pair (its
+        ``generator`` the deployable sampler).
+
+    Raises:
+        CnnkitError: a bad setting, digits that cannot be found, a diverging loss, or nothing to resume.
+
+    Example:
+        >>> result = train(GenerateConfig(conditional=True), "runs/cgan")   # doctest: +SKIP
+    """
+    check_new_run(out, resume)
+    if resume:  # the run's own settings win over the ones given
+        cfg = GenerateConfig.from_dict(resumed_config(out, "generate"))
+    torch.set_num_threads(cfg.threads or max(1, os.cpu_count() or 1))
+    digits = load_digits(cfg)
+    torch.manual_seed(cfg.seed)
+    model = build_gan(cfg.latent_dim, cfg.width, digits.classes if cfg.conditional else [], digits.image_shape[0])
+    task = GenerateTask(cfg.batch_size, cfg.latent_dim, info={"config": cfg.to_dict(), "data": cfg.data})
+
+    def setup(m: GAN) -> Setup:
+        betas = (cfg.beta1, 0.999)
+        opt_g = torch.optim.Adam(m.generator.parameters(), lr=cfg.lr, betas=betas)
+        opt_d = torch.optim.Adam(m.discriminator.parameters(), lr=cfg.lr, betas=betas)
+        return Setup(opt_g, others=[opt_d])
+
+    plan = Plan([Phase(cfg.epochs, setup)], seed=cfg.seed)
+    rows: list[dict] = []
+
+    def after_epoch(epoch: int, row: dict) -> None:
+        rows.append(row)
+        if out is not None:
+            write_grid(fixed_grid(model.generator), Path(out) / SAMPLES_DIR / f"epoch_{epoch + 1:03d}.png", cols=10)
+        if cfg.minutes and sum(r["seconds"] for r in rows) >= cfg.minutes * 60 and epoch + 1 < cfg.epochs:
+            raise _Budget
+
+    tick = time.perf_counter()
+    try:
+        return fit(
+            task,
+            model,
+            Data(digits, None),
+            plan,
+            out,
+            resume=resume,
+            quiet=quiet,
+            device=device or cfg.device,
+            config=cfg.to_dict(),
+            command="cnnkit generate train",
+            precision=cfg.precision,
+            on_epoch_end=after_epoch,
+        )
+    except _Budget:
+        if not quiet:
+            print(f"--minutes {cfg.minutes:g} used up: stopped after epoch {len(rows)} of {cfg.epochs}")
+        seconds = time.perf_counter() - tick
+        steps = len(digits) // cfg.batch_size
+        return FitResult(model, rows, seconds, len(rows) * steps * cfg.batch_size, None)

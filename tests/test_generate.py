@@ -1,0 +1,200 @@
+"""The GAN task: the engine's own-step path, exact resume with two optimisers, the quality scores, predict."""
+
+import math
+
+import pytest
+import torch
+
+import cnnkit
+from cnnkit.cli import main
+from cnnkit.data.imageset import ImageSet
+from cnnkit.engine import Data, Phase, Plan, Setup, fit
+from cnnkit.engine.runfolder import read_checkpoint
+from cnnkit.errors import CnnkitError
+from cnnkit.models.deploy import Classifier
+from cnnkit.tasks.generate import (
+    GenerateConfig,
+    GenerateTask,
+    build_gan,
+    evaluate_run,
+    frechet_distance,
+    mnist_score,
+    predict,
+    train,
+)
+from cnnkit.tasks.generate.predict import grid_size
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+DIGITS = [str(d) for d in range(10)]
+
+
+def tiny(conditional: bool = True):
+    return build_gan(8, 4, DIGITS if conditional else [])
+
+
+def fake_digits(n: int = 64) -> ImageSet:
+    g = torch.Generator().manual_seed(1)
+    return ImageSet(torch.randint(0, 256, (n, 1, 28, 28), generator=g, dtype=torch.uint8), torch.arange(n) % 10, DIGITS)
+
+
+def optimizers(model, lr: float = 2e-4):
+    return [
+        torch.optim.Adam(model.generator.parameters(), lr, betas=(0.5, 0.999)),
+        torch.optim.Adam(model.discriminator.parameters(), lr, betas=(0.5, 0.999)),
+    ]
+
+
+def setup(model) -> Setup:
+    opt_g, opt_d = optimizers(model)
+    return Setup(opt_g, others=[opt_d])
+
+
+def test_a_gan_step_moves_both_networks_and_both_losses():
+    model, task = tiny(), GenerateTask(batch_size=16, latent_dim=8)
+    batch = next(iter(task.batches(fake_digits(), torch.Generator().manual_seed(0))))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def losses():  # both losses on the same batch at the current weights, without updating anything
+        with torch.no_grad():
+            x, y, z, fy = batch
+            fake = model.generator.net(model.generator.condition(z, fy))
+            bce = torch.nn.functional.binary_cross_entropy_with_logits
+            d = bce(model.judge(x, y), torch.ones(16)) + bce(model.judge(fake, fy), torch.zeros(16))
+            return float(d), float(bce(model.judge(fake, fy), torch.ones(16)))
+
+    model.eval()
+    d0, g0 = losses()
+    model.train()
+    stats = task.step(model, batch, optimizers(model, lr=1e-2))  # Adam moves every weight by about lr
+    model.eval()
+    d1, g1 = losses()
+    assert set(stats) == {"d_loss", "g_loss", "d_real", "d_fake", "n"} and float(stats["n"]) == 16
+    assert all(math.isfinite(float(v)) for v in stats.values())
+    assert abs(d1 - d0) > 1e-4 and abs(g1 - g0) > 1e-4
+    moved = {
+        k.split(".")[0]
+        for k, v in model.state_dict().items()
+        if v.is_floating_point() and not torch.equal(v, before[k])
+    }
+    assert moved == {"generator", "discriminator"}
+    # every weight of both networks moved (the generator's through the discriminator's judgement)
+    for name, p in model.named_parameters():
+        assert not torch.equal(p, before[name]), name
+
+
+def test_the_engine_runs_a_task_step_logs_every_loss_and_guards_each(tmp_path):
+    model, task = tiny(False), GenerateTask(batch_size=16, latent_dim=8)
+    plan = Plan([Phase(2, setup)])
+    result = fit(task, model, Data(fake_digits(), None), plan, tmp_path / "run", quiet=True, device="cpu")
+    assert [list(r)[:5] for r in result.history] == [
+        ["epoch", "train_d_loss", "train_g_loss", "train_d_real", "train_d_fake"]
+    ] * 2
+    assert result.images == 2 * 64
+    tensors, meta = read_checkpoint(tmp_path / "run" / "resume.safetensors")
+    assert any(k.startswith("optim.") for k in tensors) and any(k.startswith("optim1.") for k in tensors)
+    assert "param_groups1" in meta
+    assert cnnkit.load(tmp_path / "run").info["task"] == "generate"
+
+    class Diverging(GenerateTask):
+        def step(self, model, batch, optimizers):
+            stats = super().step(model, batch, optimizers)
+            return {**stats, "g_loss": stats["g_loss"] * float("nan")}
+
+    plan = Plan([Phase(1, setup)])
+    with pytest.raises(CnnkitError, match=r"the g loss became nan at epoch 1, step 4: training diverged"):
+        fit(Diverging(16, 8), tiny(False), Data(fake_digits(), None), plan, quiet=True, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, data_dir):
+    """Two epochs straight, and one epoch then one more resumed: a tiny conditional GAN on 96 digits."""
+    root = tmp_path_factory.mktemp("gan")
+    kw = dict(conditional=True, latent_dim=8, width=4, epochs=2, batch_size=32, subset=96, data_dir=str(data_dir))
+    train(GenerateConfig(**kw, threads=1), root / "straight", quiet=True, device="cpu")
+    cfg = GenerateConfig(**kw, threads=1, minutes=1e-9)  # the budget stops the first call after epoch 1
+    first = train(cfg, root / "resumed", quiet=True, device="cpu")
+    assert len(first.history) == 1 and not (root / "resumed" / "samples" / "epoch_002.png").exists()
+    train(GenerateConfig(), root / "resumed", resume=True, quiet=True, device="cpu")  # the run's own settings win
+    return root
+
+
+def test_resume_is_exact_for_both_networks_and_both_optimisers(runs):
+    a, _ = read_checkpoint(runs / "straight" / "resume.safetensors")
+    b, meta = read_checkpoint(runs / "resumed" / "resume.safetensors")
+    assert meta["epoch"] == 2 and set(a) == set(b)
+    assert any(k.startswith("model.discriminator.") for k in a) and any(k.startswith("optim1.") for k in a)
+    for key in a:
+        if not key.startswith("rng."):
+            assert torch.equal(a[key], b[key]), key
+    grids = sorted(p.name for p in (runs / "resumed" / "samples").iterdir())
+    assert grids == ["epoch_001.png", "epoch_002.png"]
+    from PIL import Image
+
+    with Image.open(runs / "straight" / "samples" / "epoch_002.png") as im:
+        assert im.size == grid_size(100, 10)  # ten digits a row, a row per class
+    assert (runs / "straight" / "curves.png").stat().st_size > 0
+    header = (runs / "straight" / "metrics.csv").read_text().splitlines()[0]
+    assert header.startswith("epoch,train_d_loss,train_g_loss")
+
+
+def test_scores_on_known_inputs():
+    assert mnist_score(torch.full((50, 10), 0.1)) == pytest.approx(1.0)
+    assert mnist_score(torch.eye(10).repeat(5, 1)) == pytest.approx(10.0)
+    assert mnist_score(torch.eye(10)[[3] * 20]) == pytest.approx(1.0)  # confident, but all one digit
+    # by hand: p(y) = (0.75, 0.25); KL = log(4/3) and 0.5 log(2/3) + 0.5 log 2
+    expected = math.exp((math.log(4 / 3) + 0.5 * math.log(2 / 3) + 0.5 * math.log(2)) / 2)
+    assert mnist_score(torch.tensor([[1.0, 0.0], [0.5, 0.5]])) == pytest.approx(expected, rel=1e-9)
+    x = torch.randn(200, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-8)
+    shift = torch.arange(16.0, dtype=torch.float64) / 10
+    assert frechet_distance(x, x + shift) == pytest.approx(float(shift.square().sum()), rel=1e-9)
+    # two Gaussians' covariances differing by a scale s: tr(S + s^2 S - 2 s S) = (1 - s)^2 tr(S)
+    assert frechet_distance(x, 3 * x) == pytest.approx(
+        4 * float(torch.cov(x.T).trace()) + 4 * float(x.mean(0).square().sum()), rel=1e-6
+    )
+    with pytest.raises(CnnkitError, match="at least 2 vectors"):
+        frechet_distance(x[:1], x)
+
+
+def test_predict_writes_a_grid_of_the_right_size(runs, tmp_path):
+    from PIL import Image
+
+    assert (
+        main(
+            [
+                "generate",
+                "predict",
+                str(runs / "resumed"),
+                "--out",
+                str(tmp_path / "g.png"),
+                "--count",
+                "10",
+                "--digit",
+                "3",
+            ]
+        )
+        == 0
+    )
+    with Image.open(tmp_path / "g.png") as im:
+        assert im.size == grid_size(10) == ((4 * 30 + 2) * 2, (3 * 30 + 2) * 2)
+    sampler = cnnkit.load(runs / "resumed")
+    path = predict(sampler, tmp_path / "wide.png", count=12, digit=0, cols=12)
+    with Image.open(path) as im:
+        assert im.size == grid_size(12, 12)
+    with pytest.raises(CnnkitError, match="conditional: pass --digit 0..9"):
+        predict(sampler, tmp_path / "x.png", count=4)
+    with pytest.raises(CnnkitError, match="unconditional"):
+        predict(tiny(False).generator, tmp_path / "x.png", count=4, digit=1)
+
+
+def test_evaluate_run_scores_generated_and_real_digits(runs):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
+    clf = Classifier(net, [0.13], [0.31], DIGITS, (1, 28, 28))
+    out = evaluate_run(runs / "resumed", clf, count=40)
+    g, r = out["generated"], out["real"]
+    assert out["conditional"] and out["count"] == 40
+    assert 1 <= g["score"] <= 10 and 1 <= r["score"] <= 10 and g["fd"] >= 0 and r["fd"] >= 0
+    assert len(g["accuracy_by_class"]) == 10
+    assert g["accuracy"] == pytest.approx(sum(g["accuracy_by_class"].values()) / 10)  # four of each class
