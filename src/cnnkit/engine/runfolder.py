@@ -49,6 +49,7 @@ TASK_MODELS = {
     "video": "a clip classifier",
     "video_predict": "a frame predictor",
     "generate": "a generator",
+    "style": "a style transformation network",
 }  # the resolved settings, readable by --config
 
 
