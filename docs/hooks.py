@@ -30,8 +30,9 @@ PUBLIC_API = ["create_model", "list_models", "summary", "load", "to_fcn", "Cnnki
 
 
 def task_configs() -> list[str]:
-    """``"module:Class"`` of :class:`~cnnkit.engine.config.RunConfig` and of every dataclass deriving
-    from it in a task package's ``config.py`` (or the classify fine-tuning module), in package order.
+    """``"module:Class"`` of :class:`~cnnkit.engine.config.RunConfig` and of every settings dataclass
+    (deriving from it, or declaring every field with ``option()``) in a task package's ``config.py``
+    (or the classify fine-tuning module), in package order.
 
     Returns:
         The specs, RunConfig first.
@@ -57,7 +58,7 @@ def task_configs() -> list[str]:
                 if (
                     cls.__module__ == name
                     and dc.is_dataclass(cls)
-                    and issubclass(cls, RunConfig)
+                    and (issubclass(cls, RunConfig) or all("help" in f.metadata for f in dc.fields(cls)))
                     and not cls_name.startswith("_")
                 ):
                     if cls_name.endswith("Recipe"):  # internal recipes are not run configs

@@ -52,6 +52,13 @@ def _returns_none(fn) -> bool:
     return annotation in (None, type(None), "None")
 
 
+def _is_settings(cls: type) -> bool:
+    """A run config, or any other settings dataclass whose fields are all declared with option()."""
+    if issubclass(cls, RunConfig):
+        return True
+    return dataclasses.is_dataclass(cls) and all("help" in f.metadata for f in dataclasses.fields(cls))
+
+
 def _problems(qualname: str, obj) -> list[str]:
     doc = obj.__doc__  # the object's own docstring, never an inherited one
     if not doc or not doc.strip():
@@ -60,7 +67,7 @@ def _problems(qualname: str, obj) -> list[str]:
     problems = []
     if not doc.splitlines()[0].strip():
         problems.append(f"{qualname}: the docstring does not start with a summary line")
-    if inspect.isclass(obj) and issubclass(obj, RunConfig):
+    if inspect.isclass(obj) and _is_settings(obj):
         if "configuration reference" not in " ".join(doc.split()):
             problems.append(f"{qualname}: the docstring does not point to the configuration reference")
         bare = [

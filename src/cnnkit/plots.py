@@ -616,6 +616,7 @@ def time_breakdown(runs: dict[str, dict[str, float]], path=None, title: str | No
     handles = [Patch(color=c, label=p) for p, c in zip(parts, colours)]
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(parts), 5), fontsize=8, frameon=False)
     ax.set_title(title or "Where the time goes")
+    return _finish(fig, path)
 
 
 # ----------------------------------------------------------------------------- time series

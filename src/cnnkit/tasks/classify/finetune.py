@@ -209,7 +209,8 @@ def finetune(
 
     Args:
         model: a pretrained network (timm interface or ``nn.Sequential`` with a Flatten head).
-        train_set, val_set: uint8 :class:`ImageSet` s at the model's input size.
+        train_set: uint8 :class:`ImageSet` at the model's input size.
+        val_set: the validation split, of the same kind.
         stages: a subset of ``("head", "top", "all")``, run in that order.
         freeze_until: the first layer trained in stage ``top`` (module name or Keras-style name).
         augment: a batched ``(x, generator) -> x`` on [0, 1] floats, e.g. :class:`ImageAugment`.

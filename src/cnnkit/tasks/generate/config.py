@@ -13,6 +13,8 @@ class GenerateConfig(RunConfig):
 
     Both networks train with Adam (Radford et al. 2016: lr 2e-4, beta1 0.5) at a constant learning
     rate; each step updates the discriminator on a real and a generated batch, then the generator.
+    Each field is documented once, at the field (``option(help=...)``): the configuration reference
+    and ``cnnkit generate train --help`` show that text.
 
     Example:
         >>> GenerateConfig(conditional=True).batch_size

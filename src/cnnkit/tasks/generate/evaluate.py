@@ -140,7 +140,8 @@ def evaluate_run(
         CnnkitError: not a generator's run, a classifier of other images or classes, a bad count.
 
     Example:
-        >>> evaluate_run("runs/cgan", "runs/mnist")["generated"]["accuracy"]   # doctest: +SKIP
+        >>> generated = evaluate_run("runs/cgan", "runs/mnist")["generated"]   # doctest: +SKIP
+        >>> generated["accuracy"]                                               # doctest: +SKIP
     """
     if isinstance(count, bool) or not isinstance(count, int) or count < 2:
         raise CnnkitError(f"--count must be an integer >= 2. Received: --count {count}")

@@ -41,8 +41,17 @@ class GAN(nn.Module):
 
 
 def build_gan(latent_dim: int, width: int, classes: list[str], channels: int = 1) -> GAN:
-    """A DCGAN pair (the paper's N(0, 0.02) initialisation) for 28x28 images, conditional when
-    ``classes`` is not empty."""
+    """A DCGAN pair (the paper's N(0, 0.02) initialisation) for 28x28 images.
+
+    Args:
+        latent_dim: the length of the generator's noise vector.
+        width: the networks' base channel count.
+        classes: the class names of a conditional pair; empty: unconditional.
+        channels: image channels.
+
+    Returns:
+        The :class:`GAN`: a :class:`Sampler` around the generator, and the discriminator.
+    """
     k = len(classes)
     generator = Sampler(DCGANGenerator(latent_dim, channels, k, width), classes)
     return GAN(generator, DCGANDiscriminator(1, channels + k, width))

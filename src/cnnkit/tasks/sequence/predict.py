@@ -29,7 +29,8 @@ def predict_file(model: nn.Module, path: str | os.PathLike) -> list[dict]:
         CnnkitError: a malformed file, or series with another number of channels than the model's.
 
     Example:
-        >>> predict_file(load_sequence("runs/gunpoint"), "GunPoint_TEST.ts")[0]["class"]   # doctest: +SKIP
+        >>> first = predict_file(load_sequence("runs/gunpoint"), "GunPoint_TEST.ts")[0]   # doctest: +SKIP
+        >>> first["class"]                                                             # doctest: +SKIP
         '1'
     """
     data = read_series(path)

@@ -33,13 +33,9 @@ NETWORKS: dict[str, dict] = {
 class TransferConfig:
     """The settings of ``cnnkit style transfer``: Gatys et al.'s optimisation of one image.
 
-    ``None``: the loss network's recipe (:data:`NETWORKS`).
-
-    Attributes:
-        network, weights, size, style_size, steps, optimizer, lr, content_weight, style_weight,
-            tv_weight, style_layers, content_layers, robust_layers, init, seed, threads: each is
-            documented once, at the field (``option(help=...)``); ``cnnkit style transfer --help``
-            shows that text.
+    ``None``: the loss network's recipe (:data:`NETWORKS`). Each field is documented once, at the
+    field (``option(help=...)``): the configuration reference and ``cnnkit style transfer --help``
+    show that text.
 
     Example:
         >>> TransferConfig().resolved().style_layers[0]

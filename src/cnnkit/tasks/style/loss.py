@@ -201,7 +201,9 @@ class PerceptualLoss(nn.Module):
         style_layers: layers whose Gram matrices are matched.
         content_layers: layers whose features are matched.
         robust_layers: the style layers whose Gram matrix is :func:`robust_gram` (the others: :func:`gram`).
-        content_weight, style_weight, tv_weight: the weights of the three terms.
+        content_weight: the weight of the content term.
+        style_weight: the weight of the style term.
+        tv_weight: the weight of the total variation term.
 
     Raises:
         CnnkitError: a layer the network does not have, or a robust layer that is no style layer.

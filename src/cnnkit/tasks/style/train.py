@@ -47,7 +47,8 @@ def train(
 
     Example:
         >>> cfg = StyleTrainConfig(style="styles/udnie.jpg", data="photos")   # doctest: +SKIP
-        >>> train(cfg, "runs/udnie").history[-1]["train_style"]              # doctest: +SKIP
+        >>> last = train(cfg, "runs/udnie").history[-1]                       # doctest: +SKIP
+        >>> last["train_style"]                                               # doctest: +SKIP
     """
     from cnnkit.engine import Data, Phase, Plan, Setup, fit
     from cnnkit.engine.optim import make_optimizer
