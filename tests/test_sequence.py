@@ -102,7 +102,7 @@ def test_explain_writes_the_cam_plot(italy_run, ucr_dir, tmp_path, capsys):
 def test_resume_continues_exactly(ucr_dir, tmp_path, monkeypatch):
     cfg = SequenceConfig(data="ucr:ItalyPowerDemand", data_dir=str(ucr_dir.parent), steps=8, epochs=2)
     whole = train(cfg, tmp_path / "whole", quiet=True)
-    real_fit = train_module.fit
+    real_fit = train_module.fit_run
 
     def cut_after_first_epoch(*args, **kwargs):
         def stop(epoch, row):
@@ -110,10 +110,10 @@ def test_resume_continues_exactly(ucr_dir, tmp_path, monkeypatch):
 
         return real_fit(*args, **kwargs, on_epoch_end=stop)
 
-    monkeypatch.setattr(train_module, "fit", cut_after_first_epoch)
+    monkeypatch.setattr(train_module, "fit_run", cut_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "cut", quiet=True)
-    monkeypatch.setattr(train_module, "fit", real_fit)
+    monkeypatch.setattr(train_module, "fit_run", real_fit)
     resumed = train(SequenceConfig(data="ignored"), tmp_path / "cut", resume=True, quiet=True)
     a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -6,7 +6,8 @@
 - :mod:`.distributed`, :mod:`.ema` -- processes under torchrun; weight averaging
 """
 
-from cnnkit.engine.loop import FitResult, fit
+from cnnkit.engine.loop import FitResult, fit, fit_run
+from cnnkit.engine.optim import single_phase_plan
 from cnnkit.engine.task import Data, Phase, Plan, Setup, Task
 
-__all__ = ["Data", "FitResult", "Phase", "Plan", "Setup", "Task", "fit"]
+__all__ = ["Data", "FitResult", "Phase", "Plan", "Setup", "Task", "fit", "fit_run", "single_phase_plan"]

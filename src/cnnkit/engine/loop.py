@@ -203,6 +203,59 @@ def fit(
         return FitResult(deploy, history, seconds, images, best, precision)
 
 
+def fit_run(
+    task: Task,
+    model: nn.Module,
+    data: Data,
+    plan: Plan,
+    cfg,
+    out=None,
+    *,
+    command: str,
+    resume: bool = False,
+    quiet: bool = False,
+    device: str | None = None,
+    dist: Dist | None = None,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+) -> FitResult:
+    """:func:`fit` with a run config's own settings: what every task's ``train`` calls.
+
+    Args:
+        task: the task (:class:`~cnnkit.engine.task.Task`).
+        model: the network to train.
+        data: the training and validation splits.
+        plan: the phases (e.g. :func:`~cnnkit.engine.optim.single_phase_plan`).
+        cfg: the run config (:class:`~cnnkit.engine.config.RunConfig`): its ``device`` and
+            ``precision`` are used, and its ``to_dict()`` is stored with the run (``--resume``
+            compares it).
+        out: the run folder; None writes nothing.
+        command: the CLI command named in the resume hint, e.g. ``"cnnkit video train"``.
+        resume: continue the run in ``out``.
+        quiet: no summary, progress bar or epoch lines.
+        device: instead of ``cfg.device``.
+        dist: the process group of a caller that already started one (torchrun).
+        on_epoch_end: ``fn(epoch, row)`` called after each saved epoch.
+
+    Returns:
+        :func:`fit`'s :class:`FitResult`.
+    """
+    return fit(
+        task,
+        model,
+        data,
+        plan,
+        out,
+        resume=resume,
+        quiet=quiet,
+        device=device or cfg.device,
+        dist=dist,
+        config=cfg.to_dict(),
+        command=command,
+        precision=cfg.precision,
+        on_epoch_end=on_epoch_end,
+    )
+
+
 def _run_phase(
     task,
     model,

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
 import torch.nn as nn
+
+from cnnkit.engine.task import Phase, Plan, Setup
 
 
 class Recipe(Protocol):
@@ -42,3 +45,27 @@ def make_optimizer(net: nn.Module, cfg: Recipe) -> torch.optim.Optimizer:
     # foreach: the notes' network at batch 32 (1.6 M of its 1.7 M weights in one Dense layer) steps
     # in 30 ms instead of 32.5 on 2 cores; NAdam's for-loop alone takes 10.4 ms there, foreach 4.0
     return torch.optim.NAdam(groups, lr=cfg.lr, foreach=True)
+
+
+def single_phase_plan(
+    cfg, params: Callable[[nn.Module], nn.Module] | None = None, val_every: int | None = None
+) -> Plan:
+    """The plan of ordinary training: one phase of ``cfg.epochs`` epochs.
+
+    Args:
+        cfg: the run config (its epochs, optimisation fields, seed, EMA and ``val_every``).
+        params: ``fn(model) -> module`` whose parameters train (default: the model's own), e.g. the
+            network inside a deployable wrapper.
+        val_every: instead of ``cfg.val_every``.
+
+    Returns:
+        A :class:`~cnnkit.engine.task.Plan` whose phase builds :func:`make_optimizer` and follows
+        :func:`lr_at`.
+    """
+
+    def begin(model: nn.Module) -> Setup:
+        net = params(model) if params is not None else model
+        return Setup(make_optimizer(net, cfg), schedule=lambda step, total: lr_at(step, total, cfg))
+
+    every = cfg.val_every if val_every is None else val_every
+    return Plan([Phase(cfg.epochs, begin)], seed=cfg.seed, ema=cfg.ema, val_every=every)

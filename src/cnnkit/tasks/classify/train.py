@@ -23,10 +23,9 @@ from cnnkit.console import console as make_console
 from cnnkit.data.augment import AugmentConfig, build_augment
 from cnnkit.data.datasets import load_dataset
 from cnnkit.data.imageset import ImageSet
-from cnnkit.engine import Data, Phase, Plan, Setup
+from cnnkit.engine import Data, single_phase_plan
 from cnnkit.engine.config import use_threads
 from cnnkit.engine.distributed import Dist, distributed
-from cnnkit.engine.optim import lr_at, make_optimizer
 from cnnkit.engine.runfolder import MODEL_FILE, RESUME_FILE, read_checkpoint
 from cnnkit.errors import CnnkitError
 from cnnkit.models.deploy import Classifier
@@ -148,28 +147,18 @@ def train_one(
         val_name=_val_label(cfg),
         info=_info(cfg, train_set),
     )
-    plan = Plan(
-        [
-            Phase(
-                cfg.epochs,
-                lambda m: Setup(make_optimizer(m.net, cfg), schedule=lambda step, total: lr_at(step, total, cfg)),
-            )
-        ],
-        seed=cfg.seed,
-        ema=cfg.ema,
-        val_every=1 if cfg.val_every is None else cfg.val_every,
-    )
-    run = engine.fit(
+    plan = single_phase_plan(cfg, lambda m: m.net, val_every=1 if cfg.val_every is None else cfg.val_every)
+    run = engine.fit_run(
         task,
         model,
         Data(train_set, val_set),
         plan,
+        cfg,
         out,
+        command="cnnkit train",
         resume=resume,
         quiet=quiet,
         dist=d,
-        config=cfg.to_dict(),
-        precision=cfg.precision,
         on_epoch_end=on_epoch_end,
     )
     final = evaluate(run.model, val_set, cfg.eval_batch_size, cfg.channels_last, run.precision).accuracy

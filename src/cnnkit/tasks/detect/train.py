@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cnnkit.engine import Data, fit
+from cnnkit.engine import Data, fit_run
 from cnnkit.engine.config import use_threads
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.detect.config import DetectConfig, config_from_dict, validate
@@ -107,18 +107,17 @@ def fit_and_test(task, model, train_set, val_set, test_set, plan, cfg, out, resu
     validates every ``cfg.val_every`` epochs), then the trained model scored once on the test split:
     ``(FitResult, metrics)``. Shared by ``cnnkit detect train`` and ``cnnkit instance train`` (``kind``)."""
     test_set = _to(test_set, d.device)
-    run = fit(
+    run = fit_run(
         task,
         model,
         Data(_to(train_set, d.device), _to(val_set, d.device)),
         plan,
+        cfg,
         out,
+        command=f"cnnkit {kind} train",
         resume=resume,
         quiet=quiet,
         dist=d,
-        config=cfg.to_dict(),
-        command=f"cnnkit {kind} train",
-        precision=cfg.precision,
     )
     return run, task.evaluate(run.model, test_set)
 

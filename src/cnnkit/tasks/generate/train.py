@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -10,7 +9,8 @@ import torch
 
 from cnnkit.data.datasets import load_dataset
 from cnnkit.data.imageset import ImageSet
-from cnnkit.engine import Data, FitResult, Phase, Plan, Setup, fit
+from cnnkit.engine import Data, FitResult, Phase, Plan, Setup, fit_run
+from cnnkit.engine.config import use_threads
 from cnnkit.engine.runfolder import check_new_run, resumed_config
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.generate.config import GenerateConfig
@@ -81,7 +81,7 @@ def train(cfg: GenerateConfig, out=None, resume: bool = False, quiet: bool = Fal
     check_new_run(out, resume)
     if resume:  # the run's own settings win over the ones given
         cfg = GenerateConfig.from_dict(resumed_config(out, "generate"))
-    torch.set_num_threads(cfg.threads or max(1, os.cpu_count() or 1))
+    use_threads(cfg.threads)
     digits = load_digits(cfg)
     torch.manual_seed(cfg.seed)
     model = build_gan(cfg.latent_dim, cfg.width, digits.classes if cfg.conditional else [], digits.image_shape[0])
@@ -105,18 +105,17 @@ def train(cfg: GenerateConfig, out=None, resume: bool = False, quiet: bool = Fal
 
     tick = time.perf_counter()
     try:
-        return fit(
+        return fit_run(
             task,
             model,
             Data(digits, None),
             plan,
+            cfg,
             out,
+            command="cnnkit generate train",
             resume=resume,
             quiet=quiet,
-            device=device or cfg.device,
-            config=cfg.to_dict(),
-            command="cnnkit generate train",
-            precision=cfg.precision,
+            device=device,
             on_epoch_end=after_epoch,
         )
     except _Budget:

@@ -46,7 +46,7 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
     from dataclasses import asdict
     from pathlib import Path
 
-    from cnnkit.engine import Data, Phase, Plan, Setup, fit
+    from cnnkit.engine import Data, Phase, Plan, Setup, fit_run
     from cnnkit.engine.config import use_threads
     from cnnkit.engine.optim import lr_at, make_optimizer
 
@@ -110,18 +110,17 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
             (Path(out) / "split.json").write_text(json.dumps(split, indent=1))
 
     try:
-        result = fit(
+        result = fit_run(
             task,
             model,
             Data(train_set, val_set),
             plan,
+            cfg,
             out,
+            command="cnnkit segment train",
             resume=resume,
             quiet=quiet,
-            device=device or cfg.device,
-            config=cfg.to_dict(),
-            command="cnnkit segment train",
-            precision=cfg.precision,
+            device=device,
             on_epoch_end=write_split,
         )
     finally:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import torch
 import torch.nn as nn
 
-from cnnkit.engine import Data, Phase, Plan, Setup, fit
-from cnnkit.engine.optim import lr_at, make_optimizer
+from cnnkit.engine import Data, fit_run, single_phase_plan
+from cnnkit.engine.config import use_threads
 from cnnkit.engine.runfolder import MODEL_FILE, RESUME_FILE, resumed_config
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.sequence.config import SequenceConfig
@@ -80,7 +78,7 @@ def train(cfg: SequenceConfig, out=None, resume: bool = False, quiet: bool = Fal
         raise CnnkitError("--ensemble K > 1 needs --out: each network is a run folder of its own")
     if cfg.ensemble < 1:
         raise CnnkitError(f"--ensemble must be a positive integer. Received: --ensemble {cfg.ensemble}")
-    torch.set_num_threads(cfg.threads or max(1, os.cpu_count() or 1))
+    use_threads(cfg.threads)
     train_set, val_set, test_set = load_splits(cfg)
     cfg = cfg.resolved_for(len(train_set))
     if cfg.ensemble == 1:
@@ -120,21 +118,16 @@ def _train_one(cfg: SequenceConfig, train_set, val_set, out, resume: bool, quiet
     assert cfg.batch_size is not None  # resolved_for filled it in
     task = SequenceTask(cfg.batch_size, cfg.steps_per_epoch, info={"config": cfg.to_dict(), "data": cfg.data})
 
-    def setup(m: nn.Module) -> Setup:
-        return Setup(make_optimizer(m, cfg), schedule=lambda step, total: lr_at(step, total, cfg))
-
-    plan = Plan([Phase(cfg.epochs, setup)], seed=cfg.seed, ema=cfg.ema, val_every=cfg.val_every if val_set else 0)
-    result = fit(
+    plan = single_phase_plan(cfg, val_every=cfg.val_every if val_set else 0)
+    result = fit_run(
         task,
         model,
         Data(train_set, val_set),
         plan,
+        cfg,
         out,
+        command="cnnkit sequence train",
         resume=resume,
         quiet=quiet,
-        device=cfg.device,
-        config=cfg.to_dict(),
-        command="cnnkit sequence train",
-        precision=cfg.precision,
     )
     return SequenceResult(result.model, cfg, result.history, result.seconds, cfg.steps)

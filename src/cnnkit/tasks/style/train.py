@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from cnnkit.engine.config import use_threads
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.style.config import StyleTrainConfig, TransferConfig
 from cnnkit.tasks.style.data import load_photos, read_photo
@@ -50,7 +50,7 @@ def train(
         >>> last = train(cfg, "runs/udnie").history[-1]                       # doctest: +SKIP
         >>> last["train_style"]                                               # doctest: +SKIP
     """
-    from cnnkit.engine import Data, Phase, Plan, Setup, fit
+    from cnnkit.engine import Data, Phase, Plan, Setup, fit_run
     from cnnkit.engine.optim import make_optimizer
     from cnnkit.engine.runfolder import check_new_run, resumed_config
 
@@ -66,7 +66,7 @@ def train(
             f"--style and --data are required: the style image and a folder of photos. Received: "
             f"--style {cfg.style or '(none)'} --data {cfg.data or '(none)'}"
         )
-    torch.set_num_threads(cfg.threads or max(1, os.cpu_count() or 1))
+    use_threads(cfg.threads)
     style = read_photo(cfg.style)
     photos = load_photos(cfg.data, cfg.crop, cfg.photos)
     loss_cfg = TransferConfig(
@@ -85,16 +85,15 @@ def train(
     info = {"arch": cfg.model, "style": Path(cfg.style).name, "config": asdict(cfg), "photos": len(photos)}
     task = StyleTask(perceptual_loss(loss_cfg, style), cfg.batch_size, cfg.crop, max_batches, info)
     plan = Plan([Phase(cfg.epochs, lambda m: Setup(make_optimizer(m, cfg)))], seed=cfg.seed, val_every=0)
-    return fit(
+    return fit_run(
         task,
         model,
         Data(photos, None),
         plan,
+        cfg,
         out,
+        command="cnnkit style train",
         resume=resume,
         quiet=quiet,
-        device=device or cfg.device,
-        config=cfg.to_dict(),
-        command="cnnkit style train",
-        precision=cfg.precision,
+        device=device,
     )

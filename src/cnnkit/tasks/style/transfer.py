@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import torch
 
 from cnnkit.console import console as make_console
+from cnnkit.engine.config import use_threads
 from cnnkit.engine.runfolder import atomic_write_bytes
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.style.config import TransferConfig
@@ -86,7 +86,7 @@ def transfer(
 
     cfg = (cfg or TransferConfig()).resolved()
     if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads or max(1, os.cpu_count() or 1))
+        use_threads(cfg.threads)
     loss_fn = perceptual_loss(cfg, style)
     photo = resize_longer(content, cfg.size)
     targets = loss_fn.content_targets(photo)

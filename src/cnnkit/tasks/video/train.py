@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 
+from cnnkit.engine.config import use_threads
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.video.config import VideoConfig
 from cnnkit.tasks.video.data import moving_mnist_splits
@@ -50,12 +49,11 @@ def train(
     """
     from dataclasses import asdict
 
-    from cnnkit.engine import Data, Phase, Plan, Setup, fit
-    from cnnkit.engine.optim import lr_at, make_optimizer
+    from cnnkit.engine import Data, fit_run, single_phase_plan
 
     if cfg.clips < cfg.batch_size:
         raise CnnkitError(f"--clips ({cfg.clips}) must be at least --batch-size ({cfg.batch_size})")
-    torch.set_num_threads(cfg.threads or max(1, os.cpu_count() or 1))
+    use_threads(cfg.threads)
     train_set, val_set, test_set = moving_mnist_splits(
         cfg.clips, cfg.val_clips, cfg.test_clips, cfg.frames, cfg.data_dir, cfg.seed
     )
@@ -68,22 +66,18 @@ def train(
         cfg.batch_size, cfg.channels_last, max_batches=max_batches, info={"config": asdict(cfg), "data": cfg.data}
     )
 
-    def setup(m) -> Setup:
-        return Setup(make_optimizer(m.net, cfg), schedule=lambda step, total: lr_at(step, total, cfg))
-
-    plan = Plan([Phase(cfg.epochs, setup)], seed=cfg.seed, ema=cfg.ema, val_every=cfg.val_every)
-    result = fit(
+    plan = single_phase_plan(cfg, lambda m: m.net)
+    result = fit_run(
         task,
         model,
         Data(train_set, val_set),
         plan,
+        cfg,
         out,
+        command="cnnkit video train",
         resume=resume,
         quiet=quiet,
-        device=device or cfg.device,
-        config=cfg.to_dict(),
-        command="cnnkit video train",
-        precision=cfg.precision,
+        device=device,
         on_epoch_end=on_epoch_end,
     )
     result.test = evaluate(result.model, test_set)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-
-import torch
-
+from cnnkit.engine.config import use_threads
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.video_predict.config import PredictConfig
 from cnnkit.tasks.video_predict.data import load_splits
@@ -51,10 +48,9 @@ def train(
     """
     from dataclasses import asdict
 
-    from cnnkit.engine import Data, Phase, Plan, Setup, fit
-    from cnnkit.engine.optim import lr_at, make_optimizer
+    from cnnkit.engine import Data, fit_run, single_phase_plan
 
-    torch.set_num_threads(cfg.threads or max(1, os.cpu_count() or 1))
+    use_threads(cfg.threads)
     train_set, val_set, test_set = load_splits(cfg)
     if len(train_set) < cfg.batch_size:
         raise CnnkitError(f"{len(train_set)} training clips are fewer than --batch-size {cfg.batch_size}")
@@ -65,22 +61,18 @@ def train(
         cfg.batch_size, cfg.frames, max_batches=max_batches, info={"config": asdict(cfg), "data": cfg.data}
     )
 
-    def setup(m) -> Setup:
-        return Setup(make_optimizer(m.net, cfg), schedule=lambda step, total: lr_at(step, total, cfg))
-
-    plan = Plan([Phase(cfg.epochs, setup)], seed=cfg.seed, ema=cfg.ema, val_every=cfg.val_every)
-    result = fit(
+    plan = single_phase_plan(cfg, lambda m: m.net)
+    result = fit_run(
         task,
         model,
         Data(train_set, val_set),
         plan,
+        cfg,
         out,
+        command="cnnkit video-predict train",
         resume=resume,
         quiet=quiet,
-        device=device or cfg.device,
-        config=cfg.to_dict(),
-        command="cnnkit video-predict train",
-        precision=cfg.precision,
+        device=device,
         on_epoch_end=on_epoch_end,
     )
     result.test = evaluate(result.model, test_set, cfg.frames)
