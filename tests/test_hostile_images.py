@@ -201,7 +201,6 @@ META_VALUES = st.one_of(
 )
 
 
-@pytest.mark.skip(reason="finds tracebacks in the detect/segment/instance loaders (e.g. in_channels edited)")
 @settings(
     max_examples=120,
     derandomize=True,

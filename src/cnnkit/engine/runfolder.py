@@ -432,9 +432,14 @@ def load_run_model(path: str | os.PathLike, task: str, build, device: str | torc
         )
     try:
         model = build(info)
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError, ZeroDivisionError) as exc:
         if isinstance(exc, CnnkitError):
             raise
+        raise CnnkitError(
+            f"{file}: its metadata does not describe a {task} model ({short_error(exc)}); "
+            f"the file is damaged or was edited: {CHECKPOINT_HINT}"
+        ) from None
+    except RuntimeError as exc:  # sizes the metadata gives that do not fit together (e.g. channels)
         raise CnnkitError(
             f"{file}: its metadata does not describe a {task} model ({short_error(exc)}); "
             f"the file is damaged or was edited: {CHECKPOINT_HINT}"
