@@ -53,6 +53,34 @@ def evaluate(model: nn.Module, data, batch_size: int = 64) -> dict:
     return {"both": both / n, "digit_acc": right / (n * 10), "top2": top2 / max(pairs, 1), "clips": n}
 
 
+def eval_config(model, config_cls, split: str, data_dir: str | None, clips: int | None):
+    """The run config a video run is evaluated with: its own, ``data_dir`` and ``clips`` applied.
+
+    Args:
+        model: the loaded run's deployable (its ``info["config"]``).
+        config_cls: the task's config class (``VideoConfig``, ``PredictConfig``).
+        split: ``test`` or ``val`` (checked here).
+        data_dir: instead of the run's data folder (None: the run's).
+        clips: the first N clips of the split (None: the run's number).
+
+    Returns:
+        The config, ``test_clips`` and ``val_clips`` set to ``clips`` when given.
+
+    Raises:
+        CnnkitError: an unknown split or a ``clips`` below 1.
+    """
+    if split not in ("test", "val"):
+        raise CnnkitError(f"--split is test or val. Received: --split {split}")
+    cfg = config_cls.from_dict(model.info["config"], strict=False)
+    if data_dir is not None:
+        cfg.data_dir = data_dir
+    if clips is not None:
+        if clips < 1:
+            raise CnnkitError(f"--clips must be a positive integer. Received: --clips {clips}")
+        cfg.test_clips = cfg.val_clips = clips
+    return cfg
+
+
 def evaluate_run(path, split: str = "test", data_dir: str | None = None, clips: int | None = None) -> dict:
     """The metrics of a clip-classification run on a split: what ``cnnkit video eval`` reports.
 
@@ -71,15 +99,7 @@ def evaluate_run(path, split: str = "test", data_dir: str | None = None, clips: 
     Example:
         >>> evaluate_run("runs/video", clips=1000)["both"]    # doctest: +SKIP
     """
-    if split not in ("test", "val"):
-        raise CnnkitError(f"--split is test or val. Received: --split {split}")
     model = load_video_classifier(path)
-    cfg = VideoConfig.from_dict(model.info["config"], strict=False)
-    if data_dir is not None:
-        cfg.data_dir = data_dir
-    if clips is not None:
-        if clips < 1:
-            raise CnnkitError(f"--clips must be a positive integer. Received: --clips {clips}")
-        cfg.test_clips = cfg.val_clips = clips
+    cfg = eval_config(model, VideoConfig, split, data_dir, clips)
     _, val, test = moving_mnist_splits(1, max(cfg.val_clips, 1), cfg.test_clips, cfg.frames, cfg.data_dir, cfg.seed)
     return {**evaluate(model, test if split == "test" else val), "split": split}

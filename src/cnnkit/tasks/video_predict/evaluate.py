@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from cnnkit.errors import CnnkitError
 from cnnkit.metrics.video import VideoPredictionMeter
 from cnnkit.tasks.video.data import clip_batch
+from cnnkit.tasks.video.evaluate import eval_config
 from cnnkit.tasks.video_predict.config import PredictConfig
 from cnnkit.tasks.video_predict.data import load_splits
 from cnnkit.tasks.video_predict.load import load_predictor
@@ -61,16 +61,8 @@ def evaluate_run(path, split: str = "test", data_dir: str | None = None, clips: 
     Example:
         >>> evaluate_run("runs/predict", clips=1000)["mse"]    # doctest: +SKIP
     """
-    if split not in ("test", "val"):
-        raise CnnkitError(f"--split is test or val. Received: --split {split}")
     model = load_predictor(path)
-    cfg = PredictConfig.from_dict(model.info["config"], strict=False)
-    if data_dir is not None:
-        cfg.data_dir = data_dir
-    if clips is not None:
-        if clips < 1:
-            raise CnnkitError(f"--clips must be a positive integer. Received: --clips {clips}")
-        cfg.test_clips = cfg.val_clips = clips
+    cfg = eval_config(model, PredictConfig, split, data_dir, clips)
     cfg.clips, cfg.val_clips = 1, max(cfg.val_clips, 1)
     _, val, test = load_splits(cfg)
     out = evaluate(model, test if split == "test" else val, cfg.frames)
