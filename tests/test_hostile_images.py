@@ -202,7 +202,7 @@ META_VALUES = st.one_of(
 
 
 @settings(
-    max_examples=120,
+    max_examples=1000,
     derandomize=True,
     database=None,
     deadline=None,

@@ -430,24 +430,56 @@ def load_run_model(path: str | os.PathLike, task: str, build, device: str | torc
             f"{file} is not {TASK_MODELS.get(task, f'a {task} model')} (task {found!r}); give a run folder "
             f"written by `cnnkit {task.replace('_', '-')} train`, or use `cnnkit {found.replace('_', '-')} eval|predict` for this one"
         )
-    try:
-        model = build(info)
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError, ZeroDivisionError) as exc:
-        if isinstance(exc, CnnkitError):
-            raise
-        raise CnnkitError(
-            f"{file}: its metadata does not describe a {task} model ({short_error(exc)}); "
-            f"the file is damaged or was edited: {CHECKPOINT_HINT}"
-        ) from None
-    except RuntimeError as exc:  # sizes the metadata gives that do not fit together (e.g. channels)
-        raise CnnkitError(
-            f"{file}: its metadata does not describe a {task} model ({short_error(exc)}); "
-            f"the file is damaged or was edited: {CHECKPOINT_HINT}"
-        ) from None
     tensors, _ = read_checkpoint(file)
+    skeleton = _build_from_metadata(build, info, file, task, meta=True)
+    if skeleton is not None:  # sizes compared before any memory is given to the network
+        _check_shapes(skeleton, tensors, file)
+    model = _build_from_metadata(build, info, file, task, meta=False)
     load_checked(model, tensors, file)
     model.info = info
     return model.to(device).eval()
+
+
+def _build_from_metadata(build, info: dict, file, task: str, meta: bool) -> nn.Module | None:
+    """``build(info)``, on the meta device when ``meta`` (no memory; None where a builder needs real
+    tensors); what the metadata cannot build is a one-line error."""
+    try:
+        if meta:
+            with torch.device("meta"):
+                return build(info)
+        return build(info)
+    except CnnkitError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError, ZeroDivisionError) as exc:
+        reason = short_error(exc)
+    except RuntimeError as exc:  # sizes the metadata gives that do not fit together (e.g. channels)
+        if meta:
+            return None
+        reason = short_error(exc)
+    raise CnnkitError(
+        f"{file}: its metadata does not describe a {task} model ({reason}); "
+        f"the file is damaged or was edited: {CHECKPOINT_HINT}"
+    )
+
+
+def _check_shapes(model: nn.Module, tensors: dict[str, torch.Tensor], file) -> None:
+    """The checkpoint's keys and shapes equal ``model``'s, else a one-line error naming ``file``."""
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in tensors.items()}
+    if want == have:
+        return
+    missing, extra = sorted(want.keys() - have.keys()), sorted(have.keys() - want.keys())
+    wrong = [k for k in sorted(want.keys() & have.keys()) if want[k] != have[k]]
+    if wrong:
+        reason = f"{wrong[0]} has shape {list(have[wrong[0]])}, the network {list(want[wrong[0]])}"
+    elif missing:
+        reason = f"{len(missing)} weights missing, e.g. {missing[0]}"
+    else:
+        reason = f"{len(extra)} unexpected weights, e.g. {extra[0]}"
+    raise CnnkitError(
+        f"{file}: its weights do not fit the network it describes ({reason[:160]}); "
+        f"the file is damaged or was edited: {CHECKPOINT_HINT}"
+    )
 
 
 def load_checked(model: nn.Module, tensors: dict[str, torch.Tensor], file) -> None:

@@ -12,11 +12,13 @@ import torch.nn.functional as F
 class Classifier(nn.Module):
     """A network with its input normalisation inside: float (N, C, H, W) in [0, 1] -> logits.
 
-    Attributes: ``net`` (the bare network), ``classes``, ``input_size`` (C, H, W), ``tta``
-    ("" | "shift" | "flip": test-time augmentation applied in eval mode).
+    Attributes: ``net`` (the bare network), ``classes``, ``input_size`` (C, H, W) of the images it
+    takes, ``tta`` ("" | "shift" | "flip": test-time augmentation applied in eval mode), ``pad``
+    (pixels of black added on every side before the network: LeNet-5 takes MNIST's 28x28 digits
+    padded to its 32x32, as LeCun et al. did).
     """
 
-    def __init__(self, net: nn.Module, mean, std, classes: list[str], input_size, tta: str = ""):
+    def __init__(self, net: nn.Module, mean, std, classes: list[str], input_size, tta: str = "", pad: int = 0):
         super().__init__()
         self.net = net
         c = len(mean)
@@ -25,6 +27,13 @@ class Classifier(nn.Module):
         self.classes = list(classes)
         self.input_size = tuple(input_size)
         self.tta = tta
+        self.pad = int(pad)
+
+    @property
+    def net_input_size(self) -> tuple[int, ...]:
+        """(C, H, W) that ``net`` itself sees: ``input_size`` grown by ``pad`` on every side."""
+        c, h, w = self.input_size
+        return (c, h + 2 * self.pad, w + 2 * self.pad)
 
     @contextlib.contextmanager
     def without_tta(self):
@@ -36,6 +45,8 @@ class Classifier(nn.Module):
             self.tta = tta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pad:
+            x = F.pad(x, (self.pad,) * 4)
         x = (x - self.mean) / self.std
         if self.tta and not self.training:
             return tta_logits(self.net, x, self.tta)

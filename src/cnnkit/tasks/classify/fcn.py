@@ -52,11 +52,11 @@ def convert_to_fcn(
         raise CnnkitError(f"{src} is already fully convolutional")
     clf = load_classifier(src, trust_code=trust_code, factory=factory)
     network = info.get("network") or describe(info["model"], clf.net)  # the net before to_fcn
-    fcn = to_fcn(clf.net, tuple(clf.input_size))
-    new = Classifier(fcn, info["mean"], info["std"], info["classes"], info["input_size"])
+    fcn = to_fcn(clf.net, clf.net_input_size)
+    new = Classifier(fcn, info["mean"], info["std"], info["classes"], info["input_size"], pad=clf.pad)
     dst = Path(dst)
     path = dst / MODEL_FILE if dst.suffix != ".safetensors" else dst
-    save_model(path, new, {**info, "network": network, "tta": "", "fcn": {"input_size": list(clf.input_size)}})
+    save_model(path, new, {**info, "network": network, "tta": "", "fcn": {"input_size": list(clf.net_input_size)}})
     return path, fcn, info
 
 

@@ -87,6 +87,9 @@ def check_info(info: dict, source) -> None:
         raise bad("fcn entry", fcn)
     if info.get("tta", "") not in ("", "shift", "flip"):
         raise bad("tta", info.get("tta"))
+    pad = info.get("pad", 0)
+    if not isinstance(pad, int) or isinstance(pad, bool) or not 0 <= pad <= 64:
+        raise bad("pad (0 to 64 pixels)", pad)
 
 
 def _valid_size(size) -> bool:
@@ -114,6 +117,8 @@ def classifier_from_info(
 ) -> Classifier:
     """The Classifier a checkpoint describes, with fresh weights; no code is run unless trusted."""
     check_info(info, source)
+    pad = info.get("pad", 0)
+    c, h, w = info["input_size"]
     net = build(
         network_of(info),
         info["num_classes"],
@@ -121,11 +126,11 @@ def classifier_from_info(
         str(source),
         trust_code=trust_code,
         factory=factory,
-        input_size=tuple(info["input_size"]),
+        input_size=(c, h + 2 * pad, w + 2 * pad),
     )
     if info.get("fcn"):  # written by `cnnkit fcn`: the dense head was turned into convolutions
         net = to_fcn(net, tuple(info["fcn"]["input_size"]))
-    return Classifier(net, info["mean"], info["std"], info["classes"], info["input_size"], info.get("tta", ""))
+    return Classifier(net, info["mean"], info["std"], info["classes"], info["input_size"], info.get("tta", ""), pad)
 
 
 def load_classifier(

@@ -117,13 +117,14 @@ class ClassifyTask:
             "mean": model.mean.flatten().tolist(),
             "std": model.std.flatten().tolist(),
             "tta": model.tta,
+            **({"pad": model.pad} if model.pad else {}),
         }
 
     def summary(self, model: Classifier) -> str:
         """The network's :func:`cnnkit.summary` at the training batch, printed before training."""
         from cnnkit.analysis import summary
 
-        return str(summary(model.net, input_size=model.input_size, batch_size=self.batch_size))
+        return str(summary(model.net, input_size=model.net_input_size, batch_size=self.batch_size))
 
 
 class _Batches:

@@ -28,6 +28,7 @@ from cnnkit.engine.config import use_threads
 from cnnkit.engine.distributed import Dist, distributed
 from cnnkit.engine.runfolder import MODEL_FILE, RESUME_FILE, read_checkpoint
 from cnnkit.errors import CnnkitError
+from cnnkit.models import model_info
 from cnnkit.models.deploy import Classifier
 from cnnkit.models.network import build_network, model_reference, trusted_resume_model
 from cnnkit.tasks.classify.config import TrainConfig, validate
@@ -137,7 +138,11 @@ def train_one(
     """One model: the config as a classification task and a one-phase plan, run by the engine."""
     train_set, val_set = load_splits(cfg, d.device)
     model = build_classifier(cfg, train_set).to(d.device, memory_format=_fmt(cfg))
-    cfg = replace(cfg, augment=trainable_augment(cfg, model.net, train_set, quiet or not d.main))
+    say = make_console(quiet=quiet or not d.main).print
+    if model.pad:
+        (_, h, w), (_, hp, wp) = model.input_size, model.net_input_size
+        say(f"{cfg.model} takes {hp}x{wp} inputs: the {h}x{w} images get {model.pad} px of black on every side")
+    cfg = replace(cfg, augment=trainable_augment(cfg, model.net, train_set, quiet or not d.main, model.pad))
     task = ClassifyTask(
         cfg.batch_size,
         build_augment(cfg.augment),
@@ -169,10 +174,13 @@ def train_one(
     return TrainResult(out, run.history, final, run.seconds, run.images)
 
 
-def trainable_augment(cfg: TrainConfig, net: nn.Module, data: ImageSet, quiet: bool = False) -> AugmentConfig:
+def trainable_augment(
+    cfg: TrainConfig, net: nn.Module, data: ImageSet, quiet: bool = False, pad: int = 0
+) -> AugmentConfig:
     """``cfg.augment``, unless its random window (``crop``) differs from the images' size and the
     network takes only that size (a Flatten into a Linear): then the same shifts of whole images
-    (as many offsets: ``shift`` = (side + 2 * shift - crop) / 2), said in one line."""
+    (as many offsets: ``shift`` = (side + 2 * shift - crop) / 2), said in one line. ``pad``: the
+    pixels the Classifier adds on every side before ``net``."""
     a, (c, h, w) = cfg.augment, data.image_shape
     if not a.crop or a.crop == h == w:
         return a
@@ -181,7 +189,8 @@ def trainable_augment(cfg: TrainConfig, net: nn.Module, data: ImageSet, quiet: b
             f"the augmentation's crop {a.crop} is larger than the {h}x{w} images padded "
             f"by their shift {a.shift}; use a crop of at most {min(h, w) + 2 * a.shift}"
         )
-    probe = torch.zeros(2, c, a.crop, a.crop, device=data.images.device).contiguous(memory_format=_fmt(cfg))
+    probe = torch.zeros(2, c, a.crop + 2 * pad, a.crop + 2 * pad, device=data.images.device)
+    probe = probe.contiguous(memory_format=_fmt(cfg))
     was = net.training
     try:
         with torch.no_grad():
@@ -190,7 +199,7 @@ def trainable_augment(cfg: TrainConfig, net: nn.Module, data: ImageSet, quiet: b
     except Exception:  # any failure at that size: the net takes only its own
         try:
             with torch.no_grad():
-                net(probe.new_zeros(2, c, h, w))
+                net(probe.new_zeros(2, c, h + 2 * pad, w + 2 * pad))
         except Exception as exc:  # not the images' size either: say so before training, in one line
             text = " ".join(str(exc).split())[:160]
             raise CnnkitError(
@@ -230,7 +239,32 @@ def build_classifier(cfg: TrainConfig, data: ImageSet) -> Classifier:
     x = data.images[:10000].float().div(255)  # a fixed sample is plenty
     mean, std = x.mean((0, 2, 3)).tolist(), x.std((0, 2, 3)).clamp_min(1e-3).tolist()
     tta = ("flip" if cfg.augment.flip else "shift") if cfg.tta else ""
-    return Classifier(net, mean, std, data.classes, data.image_shape, tta)
+    return Classifier(
+        net, mean, std, data.classes, data.image_shape, tta, declared_pad(cfg.model, net, data.image_shape)
+    )
+
+
+def declared_pad(model: str, net: nn.Module, shape: tuple[int, int, int]) -> int:
+    """Pixels of black on every side that bring the images to the size a zoo network declares, when
+    it cannot take them as they are and the border is narrow (at most a quarter of the side: LeNet-5
+    declares 32x32, and LeCun et al. padded MNIST's 28x28 digits so); else 0."""
+    c, h, w = shape
+    try:
+        size = model_info(model).input_size
+    except CnnkitError:  # a spec, a file or a Keras model: no declared size
+        return 0
+    grow = size[-1] - w
+    if len(size) != 3 or size[-2] - h != grow or not 0 < grow <= min(h, w) // 4 or grow % 2:
+        return 0
+    was = net.training
+    try:
+        with torch.no_grad():
+            net.eval()(torch.zeros(2, c, h, w))
+        return 0
+    except Exception:  # noqa: BLE001 -- any failure at the images' own size
+        return grow // 2
+    finally:
+        net.train(was)
 
 
 def _val_label(cfg: TrainConfig) -> str:

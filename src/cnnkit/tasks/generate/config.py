@@ -42,5 +42,5 @@ class GenerateConfig(RunConfig):
     lr: float = 2e-4
     beta1: float = option(0.5, help="Adam's beta1 (the paper's 0.5 steadies the game)", minimum=0, below=1)
     minutes: float = option(
-        0.0, help="stop after the epoch that passes this much training time (0: all epochs)", minimum=0
+        0.0, help="training time budget: stop before an epoch that would pass it (0: all epochs)", minimum=0
     )

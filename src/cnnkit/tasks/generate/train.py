@@ -51,7 +51,7 @@ def fixed_grid(sampler: Sampler, seed: int = GRID_SEED) -> torch.Tensor:
 
 
 class _Budget(Exception):
-    """Raised after the epoch that used up ``--minutes``: training stops there, saved."""
+    """Raised after an epoch when the next one would pass ``--minutes``: training stops there, saved."""
 
 
 def train(cfg: GenerateConfig, out=None, resume: bool = False, quiet: bool = False, device: str | None = None):
@@ -100,7 +100,8 @@ def train(cfg: GenerateConfig, out=None, resume: bool = False, quiet: bool = Fal
         rows.append(row)
         if out is not None:
             write_grid(fixed_grid(model.generator), Path(out) / SAMPLES_DIR / f"epoch_{epoch + 1:03d}.png", cols=10)
-        if cfg.minutes and sum(r["seconds"] for r in rows) >= cfg.minutes * 60 and epoch + 1 < cfg.epochs:
+        spent = sum(r["seconds"] for r in rows)  # the next epoch is assumed to take as long as this one
+        if cfg.minutes and spent + row["seconds"] > cfg.minutes * 60 and epoch + 1 < cfg.epochs:
             raise _Budget
 
     tick = time.perf_counter()
