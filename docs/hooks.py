@@ -32,7 +32,8 @@ PUBLIC_API = ["create_model", "list_models", "summary", "load", "to_fcn", "Cnnki
 def task_configs() -> list[str]:
     """``"module:Class"`` of :class:`~cnnkit.engine.config.RunConfig` and of every settings dataclass
     (deriving from it, or declaring every field with ``option()``) in a task package's ``config.py``
-    (or the classify fine-tuning module), in package order.
+    (or the classify fine-tuning module), in package order; within a module, the run configs first,
+    each group in the order the module defines them.
 
     Returns:
         The specs, RunConfig first.
@@ -54,7 +55,9 @@ def task_configs() -> list[str]:
                 module = importlib.import_module(name)
             except ModuleNotFoundError:
                 continue
-            for cls_name, cls in inspect.getmembers(module, inspect.isclass):
+            classes = [(n, c) for n, c in vars(module).items() if inspect.isclass(c)]
+            classes.sort(key=lambda item: not issubclass(item[1], RunConfig))  # stable: definition order
+            for cls_name, cls in classes:
                 if (
                     cls.__module__ == name
                     and dc.is_dataclass(cls)

@@ -3,6 +3,7 @@
 Layers, lowest first (a module may import from its own layer's package and from lower layers only):
 
     errors, console, download       the one error type, printing, the one module that touches the network
+    _lazy                           lazy re-exports for package __init__ files
     ops, layers                     pure tensor functions, building blocks
     data                            readers, data sets, augmentation
     models, metrics                 the zoo and model building; scores
@@ -24,6 +25,7 @@ RANK = {
     "errors": 0,
     "console": 0,
     "download": 0,
+    "_lazy": 0,
     "ops": 1,
     "layers": 1,
     "data": 2,

@@ -13,11 +13,8 @@ from pathlib import Path
 
 from cnnkit.cli import add_run_arguments, add_trust_code, existing_data_dir, trust
 from cnnkit.engine.config import add_config_arguments, check_values, config_from_args
-from cnnkit.engine.runfolder import check_resume_settings
 from cnnkit.errors import CnnkitError
-from cnnkit.models.network import model_reference
-from cnnkit.tasks.classify.config import PRESETS, TrainConfig, preset
-from cnnkit.tasks.classify.finetune import FinetuneConfig
+from cnnkit.tasks.classify.config import PRESETS, FinetuneConfig, TrainConfig, preset
 
 
 def register(subparsers) -> None:
@@ -121,6 +118,8 @@ def add_modes(sub, short: bool) -> None:
 
 
 def run_train(args) -> int:
+    from cnnkit.engine.runfolder import check_resume_settings
+    from cnnkit.models.network import model_reference
     from cnnkit.tasks.classify.train import train
 
     values = config_from_args(TrainConfig, args, check=False)  # the command's own messages first
@@ -203,6 +202,7 @@ def run_predict(args) -> int:
 
 
 def run_finetune(args) -> int:
+    from cnnkit.engine.runfolder import check_resume_settings
     from cnnkit.tasks.classify.finetune import run_finetune as finetune_run
 
     values = config_from_args(FinetuneConfig, args)

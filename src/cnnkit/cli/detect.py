@@ -8,7 +8,6 @@ from pathlib import Path
 
 from cnnkit.cli import add_run_arguments, train_config
 from cnnkit.engine.config import add_config_arguments
-from cnnkit.engine.runfolder import check_resume_settings
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.detect.config import DetectConfig
 
@@ -68,6 +67,8 @@ def run_train(args) -> int:
 def start_run(args, cfg, train, kind: str, given: dict) -> int:
     """``train(cfg, out)`` in ``--out`` (default ``runs/KIND-DATA-TIME``), resuming with ``--resume``
     (the settings ``given`` on the command line checked against the run's own)."""
+    from cnnkit.engine.runfolder import check_resume_settings
+
     if args.resume and not args.out:
         raise CnnkitError("--resume needs --out RUN_FOLDER (the run to continue)")
     if args.resume:

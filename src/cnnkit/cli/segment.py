@@ -7,7 +7,6 @@ from pathlib import Path
 
 from cnnkit.cli import add_run_arguments, train_config
 from cnnkit.engine.config import add_config_arguments
-from cnnkit.engine.runfolder import check_resume_settings
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.segment.config import SegmentConfig
 
@@ -51,6 +50,7 @@ def register(subparsers) -> None:
 def run_train(args) -> int:
     import time
 
+    from cnnkit.engine.runfolder import check_resume_settings
     from cnnkit.tasks.segment.train import train
 
     values = train_config(SegmentConfig, args, ("pennfudan", "digits"))

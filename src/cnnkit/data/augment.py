@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from cnnkit.data.augment_config import AugmentConfig
 from cnnkit.errors import CnnkitError
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -178,21 +179,6 @@ class Compose:
 
     def __repr__(self) -> str:
         return f"Compose({[getattr(s, '__name__', repr(s)) for s in self.steps]})"
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    shift: int = 0  # random crop after padding: max shift in pixels (0 = off)
-    crop: int = 0  # side of the random training window, taken after the shift's
-    # padding (0 = the whole image); evaluation sees whole images
-    degrees: float = 0.0  # max rotation, degrees
-    scale: float = 0.0  # max relative zoom, e.g. 0.1 -> scale in [0.9, 1.1]
-    shear: float = 0.0  # max shear, degrees
-    translate: float = 0.0  # max affine translation, fraction of the image size
-    elastic: float = 0.0  # elastic alpha in pixels (0 = off); sigma 4 px
-    elastic_p: float = 0.5  # fraction of each batch that gets the elastic distortion
-    flip: bool = False  # horizontal flips (natural images only)
-    cutout: int = 0  # cutout square side in pixels (0 = off)
 
 
 def build_augment(cfg: AugmentConfig) -> Compose:

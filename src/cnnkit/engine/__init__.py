@@ -6,8 +6,23 @@
 - :mod:`.distributed`, :mod:`.ema` -- processes under torchrun; weight averaging
 """
 
-from cnnkit.engine.loop import FitResult, fit, fit_run
-from cnnkit.engine.optim import single_phase_plan
-from cnnkit.engine.task import Data, Phase, Plan, Setup, Task
+from typing import TYPE_CHECKING
+
+from cnnkit._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from cnnkit.engine.loop import FitResult, fit, fit_run
+    from cnnkit.engine.optim import single_phase_plan
+    from cnnkit.engine.task import Data, Phase, Plan, Setup, Task
+
+# imported on first use: the torch-free engine.config (the CLI's parsers) must not load the loop
+lazy_exports(
+    __name__,
+    {
+        "loop": ["FitResult", "fit", "fit_run"],
+        "optim": ["single_phase_plan"],
+        "task": ["Data", "Phase", "Plan", "Setup", "Task"],
+    },
+)
 
 __all__ = ["Data", "FitResult", "Phase", "Plan", "Setup", "Task", "fit", "fit_run", "single_phase_plan"]

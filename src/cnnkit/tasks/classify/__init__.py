@@ -5,15 +5,36 @@ adds fine-tuning (``finetune``), dense heads turned into convolutions (``fcn``) 
 (``convert``).
 """
 
-from cnnkit.tasks.classify.config import TrainConfig, preset
-from cnnkit.tasks.classify.convert import convert_keras
-from cnnkit.tasks.classify.evaluate import Evaluation, evaluate, evaluate_run
-from cnnkit.tasks.classify.fcn import convert_to_fcn, load_fcn
-from cnnkit.tasks.classify.finetune import FinetuneConfig, finetune, run_finetune
-from cnnkit.tasks.classify.load import load_classifier
-from cnnkit.tasks.classify.predict import predict_files, predictor
-from cnnkit.tasks.classify.task import ClassifyTask
-from cnnkit.tasks.classify.train import TrainResult, train
+from typing import TYPE_CHECKING
+
+from cnnkit._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from cnnkit.tasks.classify.config import FinetuneConfig, TrainConfig, preset
+    from cnnkit.tasks.classify.convert import convert_keras
+    from cnnkit.tasks.classify.evaluate import Evaluation, evaluate, evaluate_run
+    from cnnkit.tasks.classify.fcn import convert_to_fcn, load_fcn
+    from cnnkit.tasks.classify.finetune import finetune, run_finetune
+    from cnnkit.tasks.classify.load import load_classifier
+    from cnnkit.tasks.classify.predict import predict_files, predictor
+    from cnnkit.tasks.classify.task import ClassifyTask
+    from cnnkit.tasks.classify.train import TrainResult, train
+
+# imported on first use: `cnnkit --help` builds its parsers from the torch-free config module
+lazy_exports(
+    __name__,
+    {
+        "config": ["FinetuneConfig", "TrainConfig", "preset"],
+        "convert": ["convert_keras"],
+        "evaluate": ["Evaluation", "evaluate", "evaluate_run"],
+        "fcn": ["convert_to_fcn", "load_fcn"],
+        "finetune": ["finetune", "run_finetune"],
+        "load": ["load_classifier"],
+        "predict": ["predict_files", "predictor"],
+        "task": ["ClassifyTask"],
+        "train": ["TrainResult", "train"],
+    },
+)
 
 __all__ = [
     "ClassifyTask",

@@ -1,15 +1,19 @@
-"""Training configuration: one dataclass with a comment per field, and the named presets.
+"""The settings of classification: training (:class:`TrainConfig` and its named presets) and
+fine-tuning (:class:`FinetuneConfig`), one dataclass each with the help text at every field.
 
 ``fast`` is the README's first command (MNIST in about a minute on a laptop CPU); ``best`` trains
 longer for the last tenths of a percent. Their current figures are in the docs' benchmarks page.
 Any field can be overridden on top of a preset.
+
+Like every task's ``config`` module this one imports no torch: ``cnnkit --help`` builds its parsers
+from them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cnnkit.data.augment import AugmentConfig
+from cnnkit.data.augment_config import AugmentConfig
 from cnnkit.engine.config import RunConfig, option
 from cnnkit.errors import CnnkitError
 
@@ -159,3 +163,77 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             flag = "--" + name.replace("_", "-")
             raise CnnkitError(f"{flag} must be {want}; received {getattr(cfg, name)!r}")
     return cfg
+
+
+@dataclass
+class FinetuneConfig(RunConfig):
+    """The settings of ``cnnkit classify finetune``: a pretrained network on the classes of a folder.
+
+    :func:`~cnnkit.tasks.classify.finetune.run_finetune` runs them. Every field is a command-line
+    flag (``freeze_until`` -> ``--freeze-until``) and a key of a ``--config`` file; the shared ones
+    come from :class:`~cnnkit.engine.config.RunConfig`.
+
+    Each field is documented once, at the field (``option(help=...)``): the configuration
+    reference and ``cnnkit finetune --help`` show that text.
+
+    Example:
+        >>> cfg = FinetuneConfig(data="hymenoptera", model="resnet18", weights="imagenet")
+        >>> cfg.stages
+        'head'
+    """
+
+    data: str | None = option(None, help="DIR/<class>/* or DIR/{train,val[,test]}/<class>/* (required unless --resume)")
+    model: str | None = option(None, help="a zoo name (`cnnkit zoo`); optional when --weights is a cnnkit checkpoint")
+    weights: str | None = option(
+        None,
+        help="reference-format .pth/.safetensors file or URL, imagenet for the "
+        "published weights (downloaded once), or a cnnkit checkpoint",
+    )
+    freeze_until: str | None = option(
+        None, help="first layer trained in stage 'top': layer4, features.24, block5_conv1 (default: the last block)"
+    )
+    stages: str = option(
+        "head",
+        help="comma-separated subset of head,top,all (default head: the top stage "
+        "lowered validation accuracy on hymenoptera and flowers)",
+    )
+    epochs: int | None = option(
+        None,
+        help="epochs of every stage (default: head 40 on cached features of "
+        "each image and its mirror image, top 2, all 2)",
+    )
+    batch_size: int = 32
+    lr: float = option(
+        3e-3, help="peak learning rate of the head stage (cosine to 0); 'top' and 'all' use a thirtieth of it"
+    )
+    image_size: int | None = option(
+        None, help="square input size (default: the model's, e.g. 224; with pretrained --weights 9/7 of it, e.g. 288)"
+    )
+    head: str = option(
+        "auto",
+        help="the new classifier: a Linear on the pooled features, one on the "
+        "pretrained classifier's log-probabilities, or auto: both tried on the "
+        "cached features, the lower validation loss kept",
+        choices=("auto", "features", "class_scores"),
+    )
+    augment: bool = option(
+        False, help="the notes' ImageDataGenerator augmentation (rotation 40, shifts 0.2, zoom 0.2, flips)"
+    )
+    train_bn: bool = option(False, help="let unfrozen batch-norm layers update their statistics")
+    val_fraction: float = option(0.15, help="held out for validation when DIR has no val/ folder")
+    test_fraction: float = option(
+        0.15, help="held out for a final test when DIR has no split folders at all (evaluated once, after training)"
+    )
+    device: str = "cpu"
+
+    unsupported = (
+        "optimizer",
+        "momentum",
+        "schedule",
+        "warmup",
+        "weight_decay",
+        "ema",
+        "threads",
+        "val_every",
+        "subset",
+    )

@@ -42,7 +42,7 @@ import torch.nn as nn
 from cnnkit import engine
 from cnnkit.data.imageset import Features, ImageSet
 from cnnkit.engine import Data, Phase, Plan, Setup
-from cnnkit.engine.config import RunConfig, option, use_threads
+from cnnkit.engine.config import use_threads
 from cnnkit.engine.distributed import Dist
 from cnnkit.engine.runfolder import (
     FORMAT,
@@ -62,6 +62,7 @@ from cnnkit.models.heads import (
     last_linear,
 )
 from cnnkit.models.network import model_reference
+from cnnkit.tasks.classify.config import FinetuneConfig
 from cnnkit.tasks.classify.evaluate import evaluate as evaluate_classifier
 from cnnkit.tasks.classify.load import load_classifier
 from cnnkit.tasks.classify.task import ClassifyTask
@@ -69,80 +70,6 @@ from cnnkit.tasks.classify.task import ClassifyTask
 STAGES = ("head", "top", "all")
 _BN = nn.modules.batchnorm._BatchNorm
 _POOL = (nn.MaxPool2d, nn.AvgPool2d)
-
-
-@dataclass
-class FinetuneConfig(RunConfig):
-    """The settings of ``cnnkit classify finetune``: a pretrained network on the classes of a folder.
-
-    :func:`run_finetune` runs them. Every field is a command-line flag (``freeze_until`` ->
-    ``--freeze-until``) and a key of a ``--config`` file; the shared ones come from
-    :class:`~cnnkit.engine.config.RunConfig`.
-
-    Each field is documented once, at the field (``option(help=...)``): the configuration
-    reference and ``cnnkit finetune --help`` show that text.
-
-    Example:
-        >>> cfg = FinetuneConfig(data="hymenoptera", model="resnet18", weights="imagenet")
-        >>> cfg.stages
-        'head'
-    """
-
-    data: str | None = option(None, help="DIR/<class>/* or DIR/{train,val[,test]}/<class>/* (required unless --resume)")
-    model: str | None = option(None, help="a zoo name (`cnnkit zoo`); optional when --weights is a cnnkit checkpoint")
-    weights: str | None = option(
-        None,
-        help="reference-format .pth/.safetensors file or URL, imagenet for the "
-        "published weights (downloaded once), or a cnnkit checkpoint",
-    )
-    freeze_until: str | None = option(
-        None, help="first layer trained in stage 'top': layer4, features.24, block5_conv1 (default: the last block)"
-    )
-    stages: str = option(
-        "head",
-        help="comma-separated subset of head,top,all (default head: the top stage "
-        "lowered validation accuracy on hymenoptera and flowers)",
-    )
-    epochs: int | None = option(
-        None,
-        help="epochs of every stage (default: head 40 on cached features of "
-        "each image and its mirror image, top 2, all 2)",
-    )
-    batch_size: int = 32
-    lr: float = option(
-        3e-3, help="peak learning rate of the head stage (cosine to 0); 'top' and 'all' use a thirtieth of it"
-    )
-    image_size: int | None = option(
-        None, help="square input size (default: the model's, e.g. 224; with pretrained --weights 9/7 of it, e.g. 288)"
-    )
-    head: str = option(
-        "auto",
-        help="the new classifier: a Linear on the pooled features, one on the "
-        "pretrained classifier's log-probabilities, or auto: both tried on the "
-        "cached features, the lower validation loss kept",
-        choices=("auto", "features", "class_scores"),
-    )
-    augment: bool = option(
-        False, help="the notes' ImageDataGenerator augmentation (rotation 40, shifts 0.2, zoom 0.2, flips)"
-    )
-    train_bn: bool = option(False, help="let unfrozen batch-norm layers update their statistics")
-    val_fraction: float = option(0.15, help="held out for validation when DIR has no val/ folder")
-    test_fraction: float = option(
-        0.15, help="held out for a final test when DIR has no split folders at all (evaluated once, after training)"
-    )
-    device: str = "cpu"
-
-    unsupported = (
-        "optimizer",
-        "momentum",
-        "schedule",
-        "warmup",
-        "weight_decay",
-        "ema",
-        "threads",
-        "val_every",
-        "subset",
-    )
 
 
 @dataclass

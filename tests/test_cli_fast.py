@@ -1,0 +1,121 @@
+"""``cnnkit --help`` answers without importing torch, for the command and every sub-command.
+
+The parsers are built from torch-free config modules; the engine and the task packages re-export
+their heavy modules lazily (:mod:`cnnkit._lazy`). Each check runs in a fresh interpreter, where
+nothing has imported torch yet.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+# every command path of the parser; --help of each; the paths after which torch was imported
+_HELP_ALL = textwrap.dedent(
+    """
+    import argparse, contextlib, io, json, sys
+    from cnnkit.cli import build_parser, main
+
+    def paths(parser, prefix):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield [*prefix, name]
+                    yield from paths(sub, [*prefix, name])
+
+    torch_after = []
+    commands = [[]] + list(paths(build_parser(), []))
+    if "torch" in sys.modules:
+        torch_after.append("build_parser()")
+    for path in commands:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            try:
+                main([*path, "--help"])
+            except SystemExit as exc:
+                assert exc.code == 0, (path, exc.code)
+        assert out.getvalue().startswith("usage: cnnkit"), (path, out.getvalue()[:200])
+        if "torch" in sys.modules and not torch_after:
+            torch_after.append(" ".join(["cnnkit", *path, "--help"]))
+    print(json.dumps({"commands": [" ".join(p) for p in commands], "torch_after": torch_after}))
+    """
+)
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_help_of_every_command_imports_no_torch():
+    out = _python(_HELP_ALL)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.splitlines()[-1])
+    commands = result["commands"]
+    assert {"classify", "classify train", "detect train", "segment predict", "zoo", "serve"} <= set(commands)
+    assert len(commands) > 30
+    assert result["torch_after"] == [], f"torch imported by {result['torch_after'][0]}"
+
+
+def test_help_exits_zero_without_torch():
+    out = _python(
+        "import sys\nfrom cnnkit.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit as e:\n"
+        "    code = e.code\nprint(code, 'torch' in sys.modules)"
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "0 False"
+    assert "usage: cnnkit" in out.stdout
+
+
+def test_lazy_name_survives_import_of_same_named_module(tmp_path, monkeypatch):
+    """A package re-exporting ``train`` from ``train.py`` keeps the function even when the module is
+    imported first (the import system binds the module on the package)."""
+    pkg = tmp_path / "lazypkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        "from cnnkit._lazy import lazy_exports\n"
+        "lazy_exports(__name__, {'train': ['train', 'Result'], 'config': ['Config']})\n"
+        "__all__ = ['Config', 'Result', 'train']\n"
+    )
+    (pkg / "train.py").write_text("class Result: ...\ndef train():\n    return 'trained'\n")
+    (pkg / "config.py").write_text("class Config: ...\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in sys.modules if m.startswith("lazypkg")]:
+        monkeypatch.delitem(sys.modules, name)
+    package = importlib.import_module("lazypkg")
+    assert "lazypkg.train" not in sys.modules  # nothing imported before first use
+    module = importlib.import_module("lazypkg.train")
+    assert package.train is module.train and package.train() == "trained"
+    from lazypkg import Config, train
+
+    assert train() == "trained" and Config.__module__ == "lazypkg.config"
+    assert {"Config", "Result", "train"} <= set(dir(package))
+    with pytest.raises(AttributeError, match="no attribute 'missing'"):
+        package.missing  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["cnnkit.engine"] + [f"cnnkit.tasks.{p.name}" for p in sorted((SRC / "cnnkit" / "tasks").iterdir()) if p.is_dir()],
+)
+def test_lazy_packages_export_what_all_names(name):
+    """Every name of a lazy package's ``__all__`` is exported, and is the object its module defines."""
+    package = importlib.import_module(name)
+    if not hasattr(package, "__all__"):
+        pytest.skip(f"{name} has no __all__")
+    exports = package.__dict__["_exports"]
+    assert set(exports) == set(package.__all__)
+    for attr in package.__all__:
+        value = getattr(package, attr)
+        assert not isinstance(value, ModuleType), f"{name}.{attr} is a module"
+        assert value is getattr(importlib.import_module(exports[attr]), attr)
