@@ -2,12 +2,16 @@
 
     python docs/make_images.py [--data-dir DIR]   # DIR holds mnist/ (default: $CNNKIT_DATA or ../shared/data)
     python docs/make_images.py --finetuned RUN    # also: Grad-CAM of a bee by a fine-tuned hymenoptera run
+    python docs/make_images.py --detect RUN --segment RUN --instance RUN   # Penn-Fudan runs' test photos
 
 A small bias-free global-average-pooling CNN is trained for two epochs on 6,000 MNIST digits (the
 same recipe as tests/test_explain.py), then: Grad-CAM on digits pasted on an 84x84 canvas, the feature
 maps of one digit, filter patterns of its second convolution, and the training curves. With
 ``--finetuned RUN`` (``cnnkit classify finetune --model efficientnet_lite0 --weights imagenet --data
-hymenoptera --out RUN``): Grad-CAM of the run's network on a hymenoptera/val bee photo.
+hymenoptera --out RUN``): Grad-CAM of the run's network on a hymenoptera/val bee photo. With
+``--detect``, ``--segment``, ``--instance`` (runs of ``cnnkit detect train``, ``cnnkit segment
+train``, ``cnnkit instance train`` on Penn-Fudan): what each predicts on the first three photos of its
+test split, drawn by its own ``predict`` command, side by side.
 """
 
 import argparse
@@ -50,9 +54,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=default)
     parser.add_argument("--finetuned", help="a fine-tuned hymenoptera run: draw its Grad-CAM of a bee")
+    for task in PENNFUDAN_TASKS:
+        parser.add_argument(
+            f"--{task}", metavar="RUN", help=f"a Penn-Fudan `cnnkit {task} train` run: draw its test photos"
+        )
     args = parser.parse_args()
     if args.finetuned:
         return finetuned_gradcam(args.finetuned, Path(args.data_dir))
+    runs = {task: getattr(args, task) for task in PENNFUDAN_TASKS if getattr(args, task)}
+    if runs:
+        return pennfudan(runs, Path(args.data_dir))
     torch.set_num_threads(1)
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
@@ -143,6 +154,43 @@ def finetuned_gradcam(run: str, data: Path) -> None:
         f"{model.classes[cls]!r} p={p:.2f}, Grad-CAM at {layer[4:]} ({photo.name})",
     )
     print(f"{path.relative_to(OUT.parent.parent)}  {path.stat().st_size // 1024} KB")
+
+
+PENNFUDAN_PHOTOS = 3  # the first three photos of a run's test split
+# task: (its predict command's options, the output flag, the suffix of the drawn PNGs)
+PENNFUDAN_TASKS = {
+    "detect": (["--score", "0.5"], "--out-dir", "_boxes"),
+    "segment": ([], "--out", "_overlay"),
+    "instance": (["--score", "0.5"], "--out-dir", ""),
+}
+
+
+def pennfudan(runs: dict[str, str], data: Path) -> None:
+    """Each run's ``predict`` output on the first test photos of its split, as one strip per task."""
+    import json
+    import tempfile
+
+    from PIL import Image
+
+    from cnnkit.cli import main as cnnkit
+
+    for task, run in runs.items():
+        test = json.loads((Path(run) / "split.json").read_text())["test"][:PENNFUDAN_PHOTOS]
+        photos = [str(data / "pennfudan" / "PNGImages" / name) for name in test]
+        options, flag, suffix = PENNFUDAN_TASKS[task]
+        with tempfile.TemporaryDirectory() as tmp:
+            if cnnkit([task, "predict", run, *photos, *options, flag, tmp]) != 0:
+                raise SystemExit(f"cnnkit {task} predict failed")
+            tiles = [Image.open(Path(tmp) / f"{Path(p).stem}{suffix}.png").convert("RGB") for p in photos]
+        tiles = [t.resize((round(t.width * 360 / t.height), 360), Image.Resampling.LANCZOS) for t in tiles]
+        strip = Image.new("RGB", (sum(t.width for t in tiles) + 8 * (len(tiles) - 1), 360), "white")
+        x = 0
+        for t in tiles:
+            strip.paste(t, (x, 0))
+            x += t.width + 8
+        path = OUT / f"pennfudan_{task}.jpg"
+        strip.save(path, quality=88)
+        print(f"{path.relative_to(OUT.parent.parent)}  {path.stat().st_size // 1024} KB")
 
 
 if __name__ == "__main__":

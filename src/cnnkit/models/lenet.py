@@ -5,8 +5,8 @@ Input 1x32x32 (MNIST's 28x28 digits padded by 2, as in the paper). Layers keep t
 C1 (6@5x5) -> S2 -> C3 (16@5x5) -> S4 -> C5 (120@5x5, a convolution whose output is 1x1) -> F6 (84)
 -> output (10). Choices, against the paper:
 
-- activation: ``tanh`` (the paper uses the scaled ``1.7159 * tanh(2a/3)``);
-- S2/S4: parameter-free 2x2 average pooling followed by tanh (the paper's subsampling has a
+- activation: the paper's scaled ``1.7159 * tanh(2a/3)`` (:class:`ScaledTanh`);
+- S2/S4: parameter-free 2x2 average pooling followed by the activation (the paper's subsampling has a
   trainable coefficient and bias per map: 12 + 32 parameters not reproduced);
 - C3: fully connected to S2 by default (2,416 parameters, as most re-implementations do);
   ``c3_table=True`` applies the paper's Table I connection table with a fixed mask (60 of 96
@@ -61,6 +61,14 @@ class TableConv2d(nn.Conv2d):
         return self._conv_forward(x, self.weight * self.mask, self.bias)
 
 
+class ScaledTanh(nn.Module):
+    """The paper's squashing function ``1.7159 * tanh(2a / 3)`` (LeCun et al. 1998, appendix A):
+    f(1) = 1 and f(-1) = -1, so unit-variance inputs keep unit variance."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 1.7159 * torch.tanh(x * (2.0 / 3.0))
+
+
 class LeNet5(Classifier):
     """C1-S2-C3-S4-C5 trunk, F6 and output head. Shapes are for the default 1x32x32 input.
 
@@ -80,7 +88,7 @@ class LeNet5(Classifier):
         self.c3 = TableConv2d(6, 16, 5, C3_TABLE) if c3_table else nn.Conv2d(6, 16, 5)  # -> (B, 16, 10, 10)
         self.s4 = nn.AvgPool2d(2)  # -> (B, 16, 5, 5)
         self.c5 = nn.Conv2d(16, 120, 5)  # -> (B, 120, 1, 1)
-        self.act = nn.Tanh()
+        self.act = ScaledTanh()
         self.num_features = 84
         self.f6 = nn.Linear(120, 84)
         self.num_classes = num_classes

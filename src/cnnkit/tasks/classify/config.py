@@ -71,7 +71,7 @@ class TrainConfig(RunConfig):
     recipe: str = option(
         "",
         help="the recipe :func:`preset` chose: the preset's name for its own network, "
-        "'<preset>+user-network' (AdamW at 2e-3) for any other",
+        "'<preset>+user-network' (AdamW at 5e-3, batch 32) for any other",
         cli=False,
     )
 
@@ -106,17 +106,18 @@ PRESETS: dict[str, dict] = {
 }
 
 
-# the recipe for a network other than the preset's own: AdamW at a peak of 2e-3 under the preset's
-# one-cycle schedule (Keras' fit trains such networks with Adam). The presets' SGD at lr 0.2-0.3 is
-# tuned for their batch-normalised networks and diverges on a plain convnet without batch norm.
-USER_NETWORK = dict(optimizer="adamw", lr=2e-3)
+# the recipe for a network other than the preset's own: AdamW at a peak of 5e-3 under the preset's
+# one-cycle schedule, batches of 32 (Keras' fit trains such networks with Adam and batches of 32).
+# The presets' SGD at lr 0.2-0.3 is tuned for their batch-normalised networks and diverges on a
+# plain convnet without batch norm. Measured: docs/experiments/2026-12-03-user-networks.md.
+USER_NETWORK = dict(optimizer="adamw", lr=5e-3, batch_size=32)
 
 
 def preset(name: str = "fast", **overrides) -> TrainConfig:
     """A named, tuned configuration with ``overrides`` on top.
 
     When ``model`` names a network other than the preset's own (a zoo name, a spec, FILE.py:FUNCTION),
-    the optimizer and learning rate are :data:`USER_NETWORK`'s (the rest is the preset's), unless
+    the optimizer, learning rate and batch size are :data:`USER_NETWORK`'s (the rest is the preset's), unless
     ``overrides`` set them; ``recipe`` records which was used.
 
     Args:
