@@ -54,7 +54,7 @@ _BATCH_ARGS = {"convolution": (0,), "convolution_backward": (0, 1), "upsample_bi
 _CAL_BATCHES = (2, 3)
 # PyTorch's own kernel or oneDNN (ConvParams::use_mkldnn): on one thread, a float32 convolution whose
 # kernel is 1 high and 1 wide (a 1x1, or a 3-D 3x1x1 temporal one), neither strided nor dilated, runs
-# PyTorch's kernel below a batch of 16 (it allocates the im2col columns) and oneDNN from 16 on; such
+# PyTorch's kernel below a batch of 16 (which allocates otherwise) and oneDNN from 16 on; such
 # an op's line is fitted through batches 16 and 17 when the batch is 16 or more
 _ONEDNN_FROM = 16
 DIRECT_BYTES = 64 << 20  # an op whose tensors at batch 3 stay within this is measured at its own size
@@ -127,7 +127,9 @@ def _kernel_switches(name: str, args: tuple) -> bool:
 
 def cal_batches(name: str, args: tuple, batch: int) -> tuple[int, int]:
     """The two batches an op's peak is measured at and extended from to ``batch``: (2, 3), or
-    (16, 17) for an op that runs another kernel from a batch of 16 on (:data:`_ONEDNN_FROM`).
+    (16, 17) for an op that runs another kernel from a batch of 16 on (:data:`_ONEDNN_FROM`), or
+    for a grouped convolution the two batches up to ``batch`` (at most 17): oneDNN changes its
+    kernels at batches 4 (forward) and 9 to 16 (backward) there, and its line holds from 16 on.
 
     Args:
         name: the ATen op's name (``convolution``, ``convolution_backward`` ...).
@@ -139,6 +141,10 @@ def cal_batches(name: str, args: tuple, batch: int) -> tuple[int, int]:
     """
     if batch >= _ONEDNN_FROM and _kernel_switches(name, args):
         return (_ONEDNN_FROM, _ONEDNN_FROM + 1)
+    groups = args[8] if name == "convolution" else args[9] if name == "convolution_backward" else 1
+    if groups > 1 and batch > _CAL_BATCHES[-1]:
+        top = min(batch, _ONEDNN_FROM + 1)
+        return (top - 1, top)
     return _CAL_BATCHES
 
 
