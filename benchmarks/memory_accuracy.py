@@ -8,6 +8,7 @@ torchinfo's "Estimated Total Size" (input + "forward/backward pass size" + param
     python benchmarks/memory_accuracy.py            # all cases (a few minutes on 2 cores)
     python benchmarks/memory_accuracy.py --quick    # the small ones
     python benchmarks/memory_accuracy.py --large    # 512-2048 px: the backend extrapolated from small copies
+    python benchmarks/memory_accuracy.py --video    # 3-D convolutions and the frame predictor (seconds)
 
 Each prediction starts from an empty backend cache (a temporary $CNNKIT_HOME), so t(pred) includes
 the backend's calibration runs.
@@ -25,15 +26,45 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
 import cnnkit
 from cnnkit.analysis.measure import measure_peak
 from cnnkit.models.network import resolve_target
+from cnnkit.tasks.video.config import VideoConfig
+from cnnkit.tasks.video.load import build_model
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
-# (target, input CxHxW, batch, training?, optimizer, group): group 'quick' runs with --quick,
-# 'large' (512-2048 px: the backend's convolutions extrapolated from small copies) with --large
+
+def conv3d_stack() -> nn.Module:
+    """A plain Conv3d network: two 3x3x3 conv-BN-ReLU-pool stages, a 3x1x1 temporal conv, a classifier."""
+    return nn.Sequential(
+        nn.Conv3d(1, 16, 3, padding=1),
+        nn.BatchNorm3d(16),
+        nn.ReLU(inplace=True),
+        nn.MaxPool3d(2),  # (B, 16, T, H, W) -> (B, 16, T/2, H/2, W/2)
+        nn.Conv3d(16, 32, 3, padding=1),
+        nn.BatchNorm3d(32),
+        nn.ReLU(inplace=True),
+        nn.MaxPool3d(2),
+        nn.Conv3d(32, 32, (3, 1, 1), padding=(1, 0, 0)),
+        nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool3d(1),
+        nn.Flatten(),  # (B, 32, 1, 1, 1) -> (B, 32)
+        nn.Linear(32, 10),
+    )
+
+
+def c3d_small_as_trained() -> nn.Module:
+    """c3d_small inside the video task's VideoClassifier: the step ``cnnkit video train`` runs, on the
+    (B, 20, 1, 64, 64) Moving MNIST clips (every second frame, resized to 32x32, normalised)."""
+    return build_model(VideoConfig(model="c3d_small"))
+
+
+# (target, input (C, ...) without the batch, batch, training?, optimizer, group): group 'quick' runs
+# with --quick, 'large' (512-2048 px: the backend's convolutions extrapolated from small copies) with
+# --large, 'video' with --video; a target is a zoo name, a spec file or a function returning a model
 CASES = [
     (str(EXAMPLES / "exercise2.yaml"), (3, 200, 300), 1, False, "sgd", "quick"),
     (str(EXAMPLES / "exercise2.yaml"), (3, 200, 300), 50, False, "sgd", "quick"),
@@ -54,6 +85,15 @@ CASES = [
     ("vgg11", (3, 512, 512), 1, True, "adam", "large"),
     ("mobilenet_v2", (3, 1024, 1024), 2, True, "sgd", "large"),
     ("densenet121", (3, 512, 512), 1, False, "sgd", "large"),
+    # the video task's networks on what they see (10 frames of 32x32) and its optimizer (AdamW)
+    ("c3d_small", (1, 10, 32, 32), 16, True, "adamw", "video"),
+    ("c3d_small", (1, 10, 32, 32), 32, True, "adamw", "video"),
+    ("r2plus1d_small", (1, 10, 32, 32), 16, True, "adamw", "video"),
+    ("r2plus1d_small", (1, 10, 32, 32), 32, True, "adamw", "video"),
+    (conv3d_stack, (1, 10, 32, 32), 32, True, "adamw", "video"),
+    (c3d_small_as_trained, (20, 1, 64, 64), 32, True, "adamw", "video"),
+    ("simvp_tiny", (10, 1, 64, 64), 8, True, "adamw", "video"),
+    ("simvp_tiny", (10, 1, 64, 64), 32, True, "adamw", "video"),
 ]
 
 
@@ -70,15 +110,17 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="only the small cases")
     ap.add_argument("--large", action="store_true", help="only the 512-2048 px cases (extrapolated backend)")
+    ap.add_argument("--video", action="store_true", help="only the 3-D convolution and frame predictor cases")
     args = ap.parse_args()
-    groups = {"large"} if args.large else {"quick"} if args.quick else {"quick", "full", "large"}
+    picked = {g for g in ("quick", "large", "video") if getattr(args, g)}
+    groups = picked or {"quick", "full", "large", "video"}
     torch.manual_seed(0)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"CPU capability {torch.backends.cpu.get_cpu_capability()}"
     )
     header = (
-        f"{'model':<16} {'input':>10} {'batch':>5} {'step':<14} {'predicted':>15} {'measured':>15} "
+        f"{'model':<20} {'input':>10} {'batch':>5} {'step':<14} {'predicted':>15} {'measured':>15} "
         f"{'error':>7} {'textbook':>15} {'torchinfo':>15} {'ti err':>7} {'t(pred)':>7}"
     )
     print(header)
@@ -88,7 +130,7 @@ def main() -> int:
         if group not in groups:
             continue
         try:
-            model, _, name = resolve_target(target)
+            model, _, name = (target(), None, target.__name__) if callable(target) else resolve_target(target)
         except cnnkit.CnnkitError as exc:
             print(f"{Path(target).stem:<16} skipped: {exc}")
             continue
@@ -106,7 +148,7 @@ def main() -> int:
         ti_err = f"{(ti - measured) / measured:>+7.0%}" if ti is not None else f"{'':>7}"
         step = f"train/{opt}" if training else "inference"
         print(
-            f"{Path(name).stem:<16} {'x'.join(map(str, size)):>10} {batch:>5} {step:<14} {predicted:>15,} "
+            f"{Path(name).stem:<20} {'x'.join(map(str, size)):>10} {batch:>5} {step:<14} {predicted:>15,} "
             f"{measured:>15,} {err:>+7.2%} {book:>15,} {ti_txt} {ti_err} {t_pred:>6.2f}s",
             flush=True,
         )

@@ -10,7 +10,9 @@ under the profiler's memory events -- never at the model's full size, so the ana
 bounded whatever the input (``cnnkit summary resnet18 --input 3x8000x8000``: seconds, well under 1 GB):
 - an op small enough (its tensors at batch 3 within :data:`DIRECT_BYTES`) is run at batches 2 and 3 at
   its real spatial size; everything it allocates is affine in the batch (``a + b * batch``: reordered
-  weights are fixed, reordered activations scale), so two points give the value at any batch;
+  weights are fixed, reordered activations scale), so two points give the value at any batch. The
+  batch is the op's own (its input's leading size: SimVP folds the frames into it), and an op whose
+  kernel changes at a batch of 16 (a 1x1 convolution on one thread) is run at 16 and 17 instead;
 - a larger op is run on copies whose spatial sizes are scaled down (same channels, kernel, stride,
   padding, memory layout). Reordered activations are proportional to the pixels of the input and of
   the output, so its peak is ``a + batch * (alpha * input_pixels + beta * output_pixels)``; the three
@@ -50,6 +52,11 @@ _BATCH_ARGS = {"convolution": (0,), "convolution_backward": (0, 1), "upsample_bi
 # oneDNN picks other kernels for a batch of one, so the line is fitted through batches 2 and 3 (exact
 # from 2 on); a batch of 3 or less is measured as it is
 _CAL_BATCHES = (2, 3)
+# PyTorch's own kernel or oneDNN (ConvParams::use_mkldnn): on one thread, a float32 convolution whose
+# kernel is 1 high and 1 wide (a 1x1, or a 3-D 3x1x1 temporal one), neither strided nor dilated, runs
+# PyTorch's kernel below a batch of 16 (which allocates otherwise) and oneDNN from 16 on; such
+# an op's line is fitted through batches 16 and 17 when the batch is 16 or more
+_ONEDNN_FROM = 16
 DIRECT_BYTES = 64 << 20  # an op whose tensors at batch 3 stay within this is measured at its own size
 MAX_CAL_BYTES = 8 << 20  # the largest scaled-down copy measured when the fit needs checking again
 FIT_TOLERANCE = 0.02  # the fit must predict the check run within 2%
@@ -103,10 +110,58 @@ def _is_tensor(a) -> bool:
     return isinstance(a, tuple) and len(a) == 3 and isinstance(a[2], torch.dtype)
 
 
+def _kernel_switches(name: str, args: tuple) -> bool:
+    """True for a convolution whose CPU kernel changes at a batch of :data:`_ONEDNN_FROM`."""
+    if name not in _SPATIAL_ARGS or torch.get_num_threads() > 1:
+        return False
+    inp = args[0] if name == "convolution" else args[1]
+    _, kernel, stride, _, dilation, _, _ = _conv_geometry(name, args)
+    # a 1-D convolution runs as a 2-D one of height 1: its kernel's last two sizes are (1, k)
+    return (
+        inp[2] == torch.float32
+        and all(k == 1 for k in kernel[-2:])
+        and all(s_ == 1 for s_ in stride)
+        and all(d == 1 for d in dilation)
+    )
+
+
+def cal_batches(name: str, args: tuple, batch: int) -> tuple[int, int]:
+    """The two batches an op's peak is measured at and extended from to ``batch``: (2, 3), or
+    (16, 17) for an op that runs another kernel from a batch of 16 on (:data:`_ONEDNN_FROM`), or
+    for a grouped convolution the two batches up to ``batch`` (at most 17): oneDNN changes its
+    kernels at batches 4 (forward) and 9 to 16 (backward) there, and its line holds from 16 on.
+
+    Args:
+        name: the ATen op's name (``convolution``, ``convolution_backward`` ...).
+        args: its arguments as recorded by the trace (tensors as ``(shape, stride, dtype)``).
+        batch: the batch of the analysed step.
+
+    Returns:
+        The two calibration batches, smaller first.
+    """
+    if batch >= _ONEDNN_FROM and _kernel_switches(name, args):
+        return (_ONEDNN_FROM, _ONEDNN_FROM + 1)
+    groups = args[8] if name == "convolution" else args[9] if name == "convolution_backward" else 1
+    if groups > 1 and batch > _CAL_BATCHES[-1]:
+        top = min(batch, _ONEDNN_FROM + 1)
+        return (top - 1, top)
+    return _CAL_BATCHES
+
+
+def _is_direct(name: str, args: tuple, batch: int) -> bool:
+    """True for an op measured at its own size (at its calibration batches), not extrapolated."""
+    if name not in _SPATIAL_ARGS:
+        return True
+    top = cal_batches(name, args, batch)[-1]
+    return _tensor_bytes(args, _BATCH_ARGS.get(name, ()), batch, min(batch, top), name) <= DIRECT_BYTES
+
+
 def _cache_key(key: tuple, batch_args: tuple, batch: int, scaled: bool = False) -> str:
     """The op's signature with the batch dimension replaced by 'B' (so every batch shares it); for an
     extrapolated op the spatial sizes are replaced by 'S' too and strides by the layout order."""
     name, args = key
+    cal = cal_batches(name, args, batch)
+    tag = "" if cal == _CAL_BATCHES else str(cal[0])  # the kernel from batch 16 on: a line of its own
     norm = []
     for i, a in enumerate(args):
         if _is_tensor(a):
@@ -119,7 +174,7 @@ def _cache_key(key: tuple, batch_args: tuple, batch: int, scaled: bool = False) 
             norm.append((shape, stride, str(dtype)))
         else:
             norm.append(a)
-    mode = "fit" if scaled else "scaled" if batch > _CAL_BATCHES[-1] else batch
+    mode = f"fit{tag}" if scaled else f"scaled{tag}" if batch > cal[-1] else batch
     return repr((name, tuple(norm), mode))
 
 
@@ -263,14 +318,19 @@ def _macs(name: str, args: tuple, batch: int) -> int:
 
 
 def _fit_sizes(
-    name: str, args: tuple, batch_args: tuple, batch: int, targets: tuple[tuple[int, int], ...] = ()
+    name: str,
+    args: tuple,
+    batch_args: tuple,
+    batch: int,
+    targets: tuple[tuple[int, int], ...] = (),
+    at: int = 2,
 ) -> list[tuple[int, ...]]:
-    """Scaled-down input sizes whose runs (at batch 2) hold about the target tensor bytes and
+    """Scaled-down input sizes whose runs (at batch ``at``) hold about the target tensor bytes and
     multiply-adds (:data:`_FIT_RUNS`), each keeping the remainder of the real size modulo the stride
     (the same borders), smallest first."""
     sizes, kernel, stride, padding, dilation, transposed, opad = _conv_geometry(name, args)
-    full_bytes = _tensor_bytes(args, batch_args, batch, 2, name)
-    full_macs = max(_macs(name, args, 2), 1)
+    full_bytes = _tensor_bytes(args, batch_args, batch, at, name)
+    full_macs = max(_macs(name, args, at), 1)
     minimum = [max(1, d * (k - 1) + 1 - 2 * p) for k, p, d in zip(kernel, padding, dilation)]
     out, seen = [], set()
     for nbytes, macs in targets or _FIT_RUNS:
@@ -328,20 +388,30 @@ def _predict(coef, batch: int, x: int, y: int) -> float:
     return a + batch * (alpha * x + beta * y)
 
 
-def _extrapolate(ops: dict[str, tuple], batch: int) -> dict[str, list[float]]:
+def _lead(name: str, args: tuple) -> int:
+    """The op's batch: the leading size of its input (a network may fold frames or groups into it,
+    so it need not be the step's batch)."""
+    for i in _BATCH_ARGS.get(name, ()):
+        if i < len(args) and _is_tensor(args[i]) and args[i][0]:
+            return int(args[i][0][0])
+    return 1
+
+
+def _extrapolate(ops: dict[str, tuple]) -> dict[str, list[float]]:
     """For each op (cache key -> backend key): the fit of its peak on scaled-down copies, checked on a
     larger one (see the module docstring). All runs share one profiler session (two with re-fits)."""
     runner, plans = _Runner(), {}
     for ck, (name, args) in ops.items():
-        batch_args = _BATCH_ARGS.get(name, ())
-        sizes = _fit_sizes(name, args, batch_args, batch)
-        plan = [(2, sz) for sz in sizes] + [(3, sizes[-2] if len(sizes) > 1 else sizes[-1])]
-        plans[ck] = (name, args, batch_args, plan, len(sizes) - 1)
+        batch_args, lead = _BATCH_ARGS.get(name, ()), _lead(name, args)
+        b1, b2 = cal_batches(name, args, lead)
+        sizes = _fit_sizes(name, args, batch_args, lead, at=b1)
+        plan = [(b1, sz) for sz in sizes] + [(b2, sizes[-2] if len(sizes) > 1 else sizes[-1])]
+        plans[ck] = (name, args, batch_args, lead, plan, len(sizes) - 1)
         for n, (b, sz) in enumerate(plan):
-            runner.add(f"{ck}#{n}", name, _scaled_args(name, args, sz), batch_args, batch, b)
+            runner.add(f"{ck}#{n}", name, _scaled_args(name, args, sz), batch_args, lead, b)
     peaks = runner.run()
     out, refit = {}, {}
-    for ck, (name, args, batch_args, plan, held) in plans.items():
+    for ck, (name, args, batch_args, lead, plan, held) in plans.items():
         points = [
             (b, *_pixels(name, _scaled_args(name, args, sz)), peaks.get(f"{ck}#{n}", 0))
             for n, (b, sz) in enumerate(plan)
@@ -353,11 +423,12 @@ def _extrapolate(ops: dict[str, tuple], batch: int) -> dict[str, list[float]]:
             continue
         # the relation does not hold at these sizes (the backend picks other kernels for small
         # images): fit it again with larger copies, where the real size's kernels run
-        big = _fit_sizes(name, args, batch_args, batch, _REFIT_RUNS)
-        more = [(2, big[0]), (2, big[-1]), (3, big[0])]
+        b1, b2 = cal_batches(name, args, lead)
+        big = _fit_sizes(name, args, batch_args, lead, _REFIT_RUNS, at=b1)
+        more = [(b1, big[0]), (b1, big[-1]), (b2, big[0])]
         refit[ck] = (name, args, points + [check], more)
         for n, (b, sz) in enumerate(more):
-            runner.add(f"{ck}#big{n}", name, _scaled_args(name, args, sz), batch_args, batch, b)
+            runner.add(f"{ck}#big{n}", name, _scaled_args(name, args, sz), batch_args, lead, b)
     peaks = runner.run()
     for ck, (name, args, points, more) in refit.items():
         large = [
@@ -368,10 +439,19 @@ def _extrapolate(ops: dict[str, tuple], batch: int) -> dict[str, list[float]]:
     return out
 
 
-def op_peaks(records, batch: int, use_cache: bool = True) -> dict[tuple, int]:
+def op_peaks(records, use_cache: bool = True) -> dict[tuple, int]:
     """For each distinct ``backend_key`` among ``records``: the bytes the op really allocates at its peak.
 
-    The value replaces the op's meta output bytes in the memory timeline (it includes the outputs).
+    Each op is measured (or extrapolated) at its own batch, the leading size of its input.
+
+    Args:
+        records: the trace's :class:`~cnnkit.analysis.trace.OpRecord` s (those without a backend key
+            are skipped).
+        use_cache: read and extend the on-disk cache of earlier measurements.
+
+    Returns:
+        Backend key -> peak bytes: the value replaces the op's meta output bytes in the memory
+        timeline (it includes the outputs).
     """
     keys = {r.backend_key for r in records if r.backend_key is not None}
     if not keys:
@@ -380,49 +460,45 @@ def op_peaks(records, batch: int, use_cache: bool = True) -> dict[tuple, int]:
     direct, fitted = {}, {}
     for key in keys:
         name, args = key
-        batch_args = _BATCH_ARGS.get(name, ())
-        if _tensor_bytes(args, batch_args, batch, min(batch, 3), name) <= DIRECT_BYTES or name not in _SPATIAL_ARGS:
-            ck = _cache_key(key, batch_args, batch)
+        batch_args, lead = _BATCH_ARGS.get(name, ()), _lead(name, args)
+        if _is_direct(name, args, lead):
+            ck = _cache_key(key, batch_args, lead)
             if ck not in cache:
                 direct[ck] = key
         else:
-            ck = _cache_key(key, batch_args, batch, scaled=True)
+            ck = _cache_key(key, batch_args, lead, scaled=True)
             if ck not in cache:
                 fitted[ck] = key
     if direct:
         runner, runs = _Runner(), []
         for n, (ck, key) in enumerate(direct.items()):
             name, args = key
-            batch_args = _BATCH_ARGS.get(name, ())
-            scalable = batch > _CAL_BATCHES[-1] and any(
-                i < len(args) and isinstance(args[i], tuple) and args[i][0] and args[i][0][0] == batch
-                for i in batch_args
-            )
-            for b in _CAL_BATCHES if scalable else (batch,):
-                runner.add(f"{n}:{b}", name, args, batch_args, batch, b)
-            runs.append((n, ck, scalable))
+            batch_args, lead = _BATCH_ARGS.get(name, ()), _lead(name, args)
+            cal = cal_batches(name, args, lead)
+            scalable = lead > cal[-1]
+            for b in cal if scalable else (lead,):
+                runner.add(f"{n}:{b}", name, args, batch_args, lead, b)
+            runs.append((n, ck, scalable, cal, lead))
         peaks = runner.run()
-        for n, ck, scalable in runs:
+        for n, ck, scalable, (b1, b2), lead in runs:
             if scalable:
-                (b1, b2) = _CAL_BATCHES
                 p1, p2 = peaks.get(f"{n}:{b1}", 0), peaks.get(f"{n}:{b2}", 0)
                 slope = (p2 - p1) // (b2 - b1)
                 cache[ck] = [p1 - slope * b1, slope]  # a, b of a + b * batch
             else:
-                cache[ck] = [peaks.get(f"{n}:{batch}", 0), 0]
+                cache[ck] = [peaks.get(f"{n}:{lead}", 0), 0]
     if fitted:
-        cache.update(_extrapolate(fitted, batch))
+        cache.update(_extrapolate(fitted))
     if use_cache and (direct or fitted):
         _save_cache(cache)
     out = {}
     for key in keys:
         name, args = key
-        batch_args = _BATCH_ARGS.get(name, ())
-        if _tensor_bytes(args, batch_args, batch, min(batch, 3), name) <= DIRECT_BYTES or name not in _SPATIAL_ARGS:
-            a, b = cache[_cache_key(key, batch_args, batch)]
-            out[key] = int(a + b * batch)
+        batch_args, lead = _BATCH_ARGS.get(name, ()), _lead(name, args)
+        if _is_direct(name, args, lead):
+            a, b = cache[_cache_key(key, batch_args, lead)]
+            out[key] = int(a + b * lead)
         else:
-            out[key] = int(
-                _predict(cache[_cache_key(key, batch_args, batch, scaled=True)], batch, *_pixels(name, args))
-            )
+            coef = cache[_cache_key(key, batch_args, lead, scaled=True)]
+            out[key] = int(_predict(coef, lead, *_pixels(name, args)))
     return out

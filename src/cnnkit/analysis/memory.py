@@ -2,8 +2,9 @@
 
 A CNN's peak memory is affine in the batch size (``fixed + per_sample * batch``: parameters, gradients
 and optimizer state do not grow with the batch, activations and workspaces do), so two exact analyses
-(batches 4 and 5: oneDNN treats a batch of one differently) give the peak at every batch from 4 on;
-smaller batches are analysed as they are. The remedies are the notes' five (Géron, ch. 14,
+give the peak at every batch: batches 16 and 17 from 16 on, batches 4 and 5 from 4 to 15 (PyTorch picks
+other convolution kernels for a batch of one, and on one thread for 1x1 convolutions below 16); smaller
+batches are analysed as they are. The remedies are the notes' five (Géron, ch. 14,
 exercise 3) plus activation checkpointing, each as a number.
 """
 
@@ -46,12 +47,14 @@ def parse_bytes(text) -> int:
     return n
 
 
-_B1, _B2 = 4, 5  # the two batches the line is fitted through
+_B1, _B2 = 4, 5  # the two batches the line of batches 4 to 15 is fitted through
+_B3, _B4 = 16, 17  # and the line from 16 on (backend.cal_batches: a kernel may change at 16)
 
 
-def _affine(p1: int, p2: int) -> tuple[int, int]:
+def _affine(p1: int, p2: int, at: int) -> tuple[int, int]:
+    """(fixed, per sample) of the line through the peaks ``p1`` at batch ``at`` and ``p2`` at ``at + 1``."""
     per = p2 - p1
-    return p1 - _B1 * per, per  # fixed, per sample
+    return p1 - at * per, per
 
 
 def _max_batch(fixed: int, per: int, memory: int) -> int:
@@ -84,8 +87,9 @@ def memory_plan(
 ) -> dict:
     """The largest batch that fits ``memory`` for training and inference, and the remedies' savings.
 
-    Peak memory is affine in the batch, so two exact analyses (:func:`~cnnkit.summary` at batches 4
-    and 5) give it at every batch; batches below 4 are analysed one by one.
+    Peak memory is affine in the batch, so two exact analyses (:func:`~cnnkit.summary` at batches 16
+    and 17) give it at every batch from 16 on, two more (4 and 5) the batches from 4 to 15; batches
+    below 4 are analysed one by one.
 
     Args:
         target: an ``nn.Module``, a zoo name, a ``.yaml``/``.json`` spec or ``file.py:factory``.
@@ -100,8 +104,9 @@ def memory_plan(
 
     Returns:
         A JSON-able dict: ``model``, ``input_size``, ``memory_bytes``, and for ``inference`` and
-        ``training`` each ``{"fixed_bytes", "per_sample_bytes", "max_batch"}`` (with ``peak_bytes``
-        and ``fits`` when ``batch_size`` is given); ``remedies`` (a list of ``{"remedy", "detail",
+        ``training`` each ``{"fixed_bytes", "per_sample_bytes", "max_batch"}`` (the line from batch 16
+        on; ``"below_16": {"fixed_bytes", "per_sample_bytes"}`` too where batches 4 to 15 lie on
+        another; with ``peak_bytes`` and ``fits`` when ``batch_size`` is given); ``remedies`` (a list of ``{"remedy", "detail",
         "peak_bytes", "saves_bytes"}``) when that batch does not fit.
 
     Raises:
@@ -114,6 +119,8 @@ def memory_plan(
     budget = parse_bytes(memory)
     s1 = summary(target, input_size, _B1, dtype, optimizer, device)
     s2 = summary(target, s1.input_size, _B2, dtype, optimizer, device)
+    s3 = summary(target, s1.input_size, _B3, dtype, optimizer, device)
+    s4 = summary(target, s1.input_size, _B4, dtype, optimizer, device)
     out = {
         "model": s1.model,
         "input_size": list(s1.input_size),
@@ -127,9 +134,12 @@ def memory_plan(
         kinds.append(("training", "training_peak_bytes"))
     lines = {}
     for kind, key in kinds:
-        fixed, per = _affine(s1.memory[key], s2.memory[key])
-        lines[kind] = (fixed, per)
+        small = _affine(s1.memory[key], s2.memory[key], _B1)
+        fixed, per = _affine(s3.memory[key], s4.memory[key], _B3)
+        lines[kind] = (small, (fixed, per))
         best = _max_batch(fixed, per, budget)
+        if best < _B3:
+            best = min(_max_batch(*small, budget), _B3 - 1)
         if best < _B1:
             best = _small_batch_max(
                 target,
@@ -142,30 +152,39 @@ def memory_plan(
                 _B1,
             )
         out[kind] = {"fixed_bytes": fixed, "per_sample_bytes": per, "max_batch": best}
+        if small != (fixed, per):
+            out[kind]["below_16"] = {"fixed_bytes": small[0], "per_sample_bytes": small[1]}
     if batch_size is not None:
         out["batch_size"] = batch_size
         exact = {} if batch_size >= _B1 else summary(target, s1.input_size, batch_size, dtype, optimizer, device).memory
-        for kind, (fixed, per) in lines.items():
+        for kind, two in lines.items():
             key = f"{kind}_peak_bytes"
-            need = exact[key] if exact else fixed + per * batch_size
+            need = exact[key] if exact else _on_lines(two, batch_size)
             out[kind].update(peak_bytes=need, fits=need <= budget)
-        fixed, per = lines.get("training", lines["inference"])
-        need = fixed + per * batch_size
-        if need > budget:
-            out["remedies"] = _remedies(target, s1, batch_size, fixed, per, budget, dtype, optimizer, device, devices)
+        two = lines.get("training", lines["inference"])
+        if _on_lines(two, batch_size) > budget:
+            out["remedies"] = _remedies(target, s1, batch_size, two, budget, dtype, optimizer, device, devices)
     return out
 
 
-def _remedies(target, s1, batch, fixed, per, budget, dtype, optimizer, device, devices) -> list[dict]:
-    need = fixed + per * batch
+def _on_lines(two: tuple, batch: int) -> int:
+    """The peak at ``batch`` on the line from 16 on, or below 16 on the line through batches 4 and 5."""
+    fixed, per = two[0] if batch < _B3 else two[1]
+    return fixed + per * batch
+
+
+def _remedies(target, s1, batch, two, budget, dtype, optimizer, device, devices) -> list[dict]:
+    need = _on_lines(two, batch)
     rem = []
-    fits_batch = _max_batch(fixed, per, budget)
+    fits_batch = _max_batch(*two[1], budget)
+    if fits_batch < _B3:
+        fits_batch = min(_max_batch(*two[0], budget), _B3 - 1)
     rem.append(
         {
             "remedy": "reduce the mini-batch",
             "detail": f"batch {fits_batch} fits",
-            "peak_bytes": fixed + per * fits_batch,
-            "saves_bytes": need - (fixed + per * fits_batch),
+            "peak_bytes": _on_lines(two, fits_batch),
+            "saves_bytes": need - _on_lines(two, fits_batch),
         }
     )
     if dtype == "float32":
@@ -191,7 +210,7 @@ def _remedies(target, s1, batch, fixed, per, budget, dtype, optimizer, device, d
             "estimate": True,
         }
     )
-    per_dev = fixed + per * -(-batch // devices)
+    per_dev = _on_lines(two, -(-batch // devices))
     rem.append(
         {
             "remedy": f"spread over {devices} devices (DistributedDataParallel)",

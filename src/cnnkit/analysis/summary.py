@@ -149,7 +149,7 @@ def summary(
     op_bytes = {}
     if use_backend:
         with backend.quiet_stderr():
-            op_bytes = backend.op_peaks(inf.ops + (tr.ops if tr else []), batch_size)
+            op_bytes = backend.op_peaks(inf.ops + (tr.ops if tr else []))
 
     rows = _rows(inf)
     if tr is not None:

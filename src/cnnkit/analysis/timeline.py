@@ -101,7 +101,7 @@ def memory_timeline(
     op_bytes = {}
     if backend_model:
         with backend.quiet_stderr():
-            op_bytes = backend.op_peaks(tr.ops, batch_size)
+            op_bytes = backend.op_peaks(tr.ops)
 
     def during(op):
         return op_bytes.get(op.backend_key, op.out_bytes) if op.backend_key else op.out_bytes
