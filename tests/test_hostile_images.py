@@ -9,6 +9,7 @@ is exit 0. The runs are untrained and built once per module (no training here).
 from __future__ import annotations
 
 import io
+import os
 import zlib
 
 import numpy as np
@@ -202,7 +203,7 @@ META_VALUES = st.one_of(
 
 
 @settings(
-    max_examples=1000,
+    max_examples=int(os.environ.get("CNNKIT_FUZZ_EXAMPLES", "120")),  # 1,000 and more: set the variable
     derandomize=True,
     database=None,
     deadline=None,

@@ -69,3 +69,19 @@ def single_phase_plan(
 
     every = cfg.val_every if val_every is None else val_every
     return Plan([Phase(cfg.epochs, begin)], seed=cfg.seed, ema=cfg.ema, val_every=every)
+
+
+def analysed_optimizer(config: dict) -> str:
+    """The optimizer of a run's ``config`` as :func:`cnnkit.summary` names it (its state's size):
+    ``sgd`` with momentum is ``momentum``, ``nadam`` keeps Adam's two moments (``adam``).
+
+    Args:
+        config: a run config as a dict (``optimizer``, ``momentum``).
+
+    Returns:
+        ``sgd`` | ``momentum`` | ``adam`` | ``adamw``.
+    """
+    name = str(config.get("optimizer", "sgd"))
+    if name == "sgd":
+        return "momentum" if float(config.get("momentum") or 0) > 0 else "sgd"
+    return {"nadam": "adam"}.get(name, name if name in ("adam", "adamw") else "adam")

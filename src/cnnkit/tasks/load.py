@@ -69,7 +69,7 @@ def load(
     task = read_metadata(file).get("task", "classify")
     if task == "classify":
         return load_classifier(file, device, trust_code=trust_code, factory=factory)
-    if task not in LOADERS:
+    if not isinstance(task, str) or task not in LOADERS:
         raise CnnkitError(
             f"{file}: unknown task {str(task)[:40]!r} in its metadata; this cnnkit reads "
             f"runs of {', '.join(['classify', *LOADERS])}"

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cnnkit.engine.optim import analysed_optimizer
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.classify.task import (
     _Batches,  # an epoch's batches made one at a time: the same for every task
@@ -85,8 +86,15 @@ class VideoTask:
         return {**self.info, **model.describe(), "num_classes": len(model.classes)}
 
     def summary(self, model: VideoClassifier) -> str:
-        """The network's :func:`cnnkit.summary` on the clip it sees, printed before training."""
+        """:func:`cnnkit.summary` of the training step, printed before training: on Moving MNIST the
+        whole model on the clips as they come (frame sampling and resizing included), else the
+        network on the clip it sees; with the run's optimizer."""
         from cnnkit.analysis import summary
 
+        config = self.info.get("config", {})
+        optimizer = analysed_optimizer(config)
+        if self.info.get("data") == "moving_mnist":
+            size = (int(config.get("frames", 20)), model.channels, 64, 64)
+            return str(summary(model, input_size=size, batch_size=self.batch_size, optimizer=optimizer))
         size = (model.channels, model.frames, model.size, model.size)
-        return str(summary(model.net, input_size=size, batch_size=self.batch_size))
+        return str(summary(model.net, input_size=size, batch_size=self.batch_size, optimizer=optimizer))

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cnnkit.engine.optim import analysed_optimizer
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.classify.task import (
     _Batches,  # an epoch's batches made one at a time: the same for every task
@@ -89,4 +90,5 @@ class PredictTask:
         from cnnkit.analysis import summary
 
         size = (model.frames, model.channels, *model.size)
-        return str(summary(model.net, input_size=size, batch_size=self.batch_size))
+        optimizer = analysed_optimizer(self.info.get("config", {}))
+        return str(summary(model.net, input_size=size, batch_size=self.batch_size, optimizer=optimizer))
