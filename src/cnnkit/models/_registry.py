@@ -144,7 +144,8 @@ def create_model(
     try:
         model = info.builder(**kwargs)
     except TypeError as exc:
-        raise CnnkitError(f"model {name!r} does not take these arguments: {exc}") from None
+        text = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__  # torch appends C++ frames
+        raise CnnkitError(f"model {name!r} does not take these arguments: {text}") from None
     if weights is not None:
         from cnnkit.models.weights import load_weights, pretrained_url
 
