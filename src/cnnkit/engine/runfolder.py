@@ -20,6 +20,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -434,7 +435,7 @@ def load_run_model(path: str | os.PathLike, task: str, build, device: str | torc
     skeleton = _build_from_metadata(build, info, file, task, meta=True)
     if skeleton is not None:  # sizes compared before any memory is given to the network
         _check_shapes(skeleton, tensors, file)
-    model = _build_from_metadata(build, info, file, task, meta=False)
+    model: Any = _build_from_metadata(build, info, file, task, meta=False)  # the network or a raise
     load_checked(model, tensors, file)
     model.info = info
     return model.to(device).eval()
