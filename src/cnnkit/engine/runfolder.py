@@ -432,11 +432,16 @@ def load_run_model(path: str | os.PathLike, task: str, build, device: str | torc
             f"written by `cnnkit {task.replace('_', '-')} train`, or use `cnnkit {found.replace('_', '-')} eval|predict` for this one"
         )
     tensors, _ = read_checkpoint(file)
-    skeleton = _build_from_metadata(build, info, file, task, meta=True)
-    if skeleton is not None:  # sizes compared before any memory is given to the network
-        _check_shapes(skeleton, tensors, file)
-    model: Any = _build_from_metadata(build, info, file, task, meta=False)  # the network or a raise
-    load_checked(model, tensors, file)
+    model: Any = _build_from_metadata(build, info, file, task, meta=True)
+    if model is not None:  # sizes compared before any memory is given to the network
+        _check_shapes(model, tensors, file)
+        want = model.state_dict()
+        model.load_state_dict({k: v.to(want[k].dtype) for k, v in tensors.items()}, assign=True)
+        if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+            model = None  # state the checkpoint does not hold (e.g. a computed buffer): built for real
+    if model is None:
+        model = _build_from_metadata(build, info, file, task, meta=False)  # the network or a raise
+        load_checked(model, tensors, file)
     model.info = info
     return model.to(device).eval()
 
