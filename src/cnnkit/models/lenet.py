@@ -6,8 +6,10 @@ C1 (6@5x5) -> S2 -> C3 (16@5x5) -> S4 -> C5 (120@5x5, a convolution whose output
 -> output (10). Choices, against the paper:
 
 - activation: the paper's scaled ``1.7159 * tanh(2a/3)`` (:class:`ScaledTanh`);
-- S2/S4: parameter-free 2x2 average pooling followed by the activation (the paper's subsampling has a
-  trainable coefficient and bias per map: 12 + 32 parameters not reproduced);
+- S2/S4: the paper's subsampling (:class:`Subsample`): each map's 2x2 average times a trainable
+  coefficient plus a trainable bias (12 + 32 parameters), followed by the activation;
+- initialisation: normal with standard deviation ``fan_in ** -0.5`` and zero biases (LeCun et al.
+  1998b, "Efficient BackProp"), so the scaled tanh sees unit-variance inputs;
 - C3: fully connected to S2 by default (2,416 parameters, as most re-implementations do);
   ``c3_table=True`` applies the paper's Table I connection table with a fixed mask (60 of 96
   map pairs; 1,516 effective parameters, the masked weights stay at zero);
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from cnnkit.errors import CnnkitError
 from cnnkit.models._common import Classifier, check_args
@@ -61,6 +64,19 @@ class TableConv2d(nn.Conv2d):
         return self._conv_forward(x, self.weight * self.mask, self.bias)
 
 
+class Subsample(nn.Module):
+    """The paper's subsampling: each map's 2x2 average times a trainable coefficient plus a trainable
+    bias (two parameters per map)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(x, 2) * self.weight.view(-1, 1, 1) + self.bias.view(-1, 1, 1)
+
+
 class ScaledTanh(nn.Module):
     """The paper's squashing function ``1.7159 * tanh(2a / 3)`` (LeCun et al. 1998, appendix A):
     f(1) = 1 and f(-1) = -1, so unit-variance inputs keep unit variance."""
@@ -84,15 +100,22 @@ class LeNet5(Classifier):
                 f"in_channels={in_channels}; use c3_table=False"
             )
         self.c1 = nn.Conv2d(in_channels, 6, 5)  # (B, 1, 32, 32) -> (B, 6, 28, 28)
-        self.s2 = nn.AvgPool2d(2)  # -> (B, 6, 14, 14)
+        self.s2 = Subsample(6)  # -> (B, 6, 14, 14)
         self.c3 = TableConv2d(6, 16, 5, C3_TABLE) if c3_table else nn.Conv2d(6, 16, 5)  # -> (B, 16, 10, 10)
-        self.s4 = nn.AvgPool2d(2)  # -> (B, 16, 5, 5)
+        self.s4 = Subsample(16)  # -> (B, 16, 5, 5)
         self.c5 = nn.Conv2d(16, 120, 5)  # -> (B, 120, 1, 1)
         self.act = ScaledTanh()
         self.num_features = 84
         self.f6 = nn.Linear(120, 84)
         self.num_classes = num_classes
         self.output = _linear(84, num_classes)
+        for m in self.modules():  # LeCun's initialisation (see the module's docstring)
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.normal_(m.weight, 0.0, m.weight[0].numel() ** -0.5)
+                nn.init.zeros_(m.bias)
+        if isinstance(self.c3, TableConv2d):
+            with torch.no_grad():
+                self.c3.weight.mul_(self.c3.mask)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.s2(self.act(self.c1(x))))
