@@ -6,7 +6,7 @@ import torch.nn as nn
 from safetensors.torch import load_file
 
 from cnnkit.engine import Data, Phase, Plan, Setup, fit
-from cnnkit.engine.runfolder import read_info
+from cnnkit.engine.runfolder import read_checkpoint, read_info
 from cnnkit.errors import CnnkitError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -201,3 +201,19 @@ def test_val_every_validates_every_kth_epoch_and_the_last(tmp_path):
     torch.manual_seed(0)
     run = fit(Counted(), nn.Linear(1, 1), _data(), plan, None, quiet=True)
     assert calls == [] and run.best is None and not any("val_mse" in r for r in run.history)
+
+
+def test_a_time_budget_stops_after_a_saved_epoch_and_resume_finishes_the_plan(tmp_path, capsys):
+    plan = _plan(epochs=(2, 1))
+    plan.minutes = 1e-9  # any epoch passes it: training stops after the first
+    torch.manual_seed(0)
+    cut = fit(LineTask(), nn.Linear(1, 1), _data(), plan, tmp_path / "r", config={"lr": 0.1})
+    assert len(cut.history) == 1 and cut.images == 256
+    assert "time budget of 1e-09 min used up: stopped after epoch 1 of 3" in capsys.readouterr().out
+    assert read_checkpoint(tmp_path / "r" / "resume.safetensors")[1]["epoch"] == 1
+    full = _run(tmp_path / "full")
+    plan.minutes = 0.0
+    torch.manual_seed(0)
+    rest = fit(LineTask(), nn.Linear(1, 1), _data(), plan, tmp_path / "r", quiet=True, config={"lr": 0.1}, resume=True)
+    assert len(rest.history) == 3
+    assert torch.equal(rest.model.weight, full.model.weight)

@@ -93,6 +93,9 @@ class RunConfig:
         minimum=0,
         below=1,
     )
+    minutes: float = option(
+        0.0, help="training time budget: stop, saved, before an epoch that would pass it (0: every epoch)", minimum=0
+    )
     seed: int = option(0, help="seeds initialisation, data order, splits and augmentation", minimum=0, below=2**63)
     threads: int | None = option(
         None,

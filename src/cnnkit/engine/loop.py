@@ -16,6 +16,7 @@ boxes or masks: that is the task's business.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import sys
@@ -162,28 +163,38 @@ def fit(
                     if first < done:  # resumed inside this phase: its optimizer too
                         load_resume(out / RESUME_FILE, model, setup.optimizers, ema, gen)
                     tick = time.perf_counter()
-                    images += _run_phase(
-                        task,
-                        model,
-                        deploy,
-                        ema,
-                        data,
-                        setup,
-                        phase.name,
-                        gen,
-                        d,
-                        range(max(first, done), last),
-                        first,
-                        plan.epochs,
-                        history,
-                        out,
-                        config,
-                        console,
-                        quiet,
-                        precision,
-                        on_epoch_end,
-                        plan.val_every,
-                    )
+                    try:
+                        images += _run_phase(
+                            task,
+                            model,
+                            deploy,
+                            ema,
+                            data,
+                            setup,
+                            phase.name,
+                            gen,
+                            d,
+                            range(max(first, done), last),
+                            first,
+                            plan.epochs,
+                            history,
+                            out,
+                            config,
+                            console,
+                            quiet,
+                            precision,
+                            on_epoch_end,
+                            plan.val_every,
+                            plan.minutes,
+                        )
+                    except _OutOfTime as stop:
+                        images += stop.images
+                        seconds += time.perf_counter() - tick
+                        console.print(
+                            f"time budget of {plan.minutes:g} min used up: stopped after epoch {len(history)} "
+                            f"of {plan.epochs}"
+                        )
+                        break
                     seconds += time.perf_counter() - tick
                 first = last
         except KeyboardInterrupt:
@@ -225,8 +236,8 @@ def fit_run(
         model: the network to train.
         data: the training and validation splits.
         plan: the phases (e.g. :func:`~cnnkit.engine.optim.single_phase_plan`).
-        cfg: the run config (:class:`~cnnkit.engine.config.RunConfig`): its ``device`` and
-            ``precision`` are used, and its ``to_dict()`` is stored with the run (``--resume``
+        cfg: the run config (:class:`~cnnkit.engine.config.RunConfig`): its ``device``,
+            ``precision`` and ``minutes`` (the plan's time budget) are used, and its ``to_dict()`` is stored with the run (``--resume``
             compares it).
         out: the run folder; None writes nothing.
         command: the CLI command named in the resume hint, e.g. ``"cnnkit video train"``.
@@ -239,6 +250,8 @@ def fit_run(
     Returns:
         :func:`fit`'s :class:`FitResult`.
     """
+    if getattr(cfg, "minutes", 0) and not plan.minutes:
+        plan = dataclasses.replace(plan, minutes=cfg.minutes)
     return fit(
         task,
         model,
@@ -277,9 +290,12 @@ def _run_phase(
     precision,
     on_epoch_end,
     val_every: int = 1,
+    minutes: float = 0.0,
 ) -> int:
     """The epochs ``epochs`` of the phase that starts at epoch ``first``; returns samples trained.
-    Validation runs after every ``val_every``-th epoch of the plan and after its last (0: never)."""
+    Validation runs after every ``val_every``-th epoch of the plan and after its last (0: never).
+    With a ``minutes`` budget, :class:`_OutOfTime` ends training after an epoch when the next one
+    would pass it."""
     net = setup.module or model
     if d.world > 1 and hasattr(task, "step"):
         raise CnnkitError(f"the {task.name} task trains on one process; run it without torchrun")
@@ -348,7 +364,20 @@ def _run_phase(
                 _save_run(out, task, model, deploy, setup.optimizers, ema, gen, history, config, precision)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, row)
+            if minutes and epoch + 1 < total:  # every process stops when one of them would overrun
+                spent = sum(r["seconds"] for r in history)
+                over = torch.tensor([float(spent + row["seconds"] > minutes * 60)], device=d.device)
+                if all_sum(over, d).item() > 0:
+                    raise _OutOfTime(images)
     return images
+
+
+class _OutOfTime(Exception):
+    """Raised after a saved epoch when the next one would pass the plan's ``minutes``."""
+
+    def __init__(self, images: int):
+        super().__init__(images)
+        self.images = images
 
 
 def train_epoch(

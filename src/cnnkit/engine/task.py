@@ -139,6 +139,8 @@ class Plan:
             model holds the average.
         val_every: validate after every k-th epoch and after the last (k > 1 when validation costs
             a sizeable share of an epoch; 0: never).
+        minutes: a training time budget: stop, saved, before an epoch that would pass it (the next
+            epoch is taken to last as long as the one before; 0: every epoch).
 
     Example:
         >>> Plan([Phase(5, lambda m: Setup(torch.optim.AdamW(m.parameters(), lr=1e-3)))], ema=0.999).epochs
@@ -149,6 +151,7 @@ class Plan:
     seed: int = 0
     ema: float = 0.0
     val_every: int = 1
+    minutes: float = 0.0
 
     @property
     def epochs(self) -> int:

@@ -13,6 +13,8 @@ class GenerateConfig(RunConfig):
 
     Both networks train with Adam (Radford et al. 2016: lr 2e-4, beta1 0.5) at a constant learning
     rate; each step updates the discriminator on a real and a generated batch, then the generator.
+    The generator that is saved is the exponential moving average of its weights over the steps
+    (Yazici et al. 2019, "The Unusual Effectiveness of Averaging in GAN Training").
     Each field is documented once, at the field (``option(help=...)``): the configuration reference
     and ``cnnkit generate train --help`` show that text.
 
@@ -29,7 +31,6 @@ class GenerateConfig(RunConfig):
         "weight_decay",
         "schedule",
         "warmup",
-        "ema",
         "val_every",
     )
 
@@ -41,6 +42,10 @@ class GenerateConfig(RunConfig):
     batch_size: int = 64
     lr: float = 2e-4
     beta1: float = option(0.5, help="Adam's beta1 (the paper's 0.5 steadies the game)", minimum=0, below=1)
-    minutes: float = option(
-        0.0, help="training time budget: stop before an epoch that would pass it (0: all epochs)", minimum=0
+    ema: float = option(
+        0.999,
+        help="exponential moving average of the generator's weights, decay per step (0: off); "
+        "the saved generator and the per-epoch grids are the average",
+        minimum=0,
+        below=1,
     )

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
 
 from cnnkit.data.datasets import load_dataset
 from cnnkit.data.imageset import ImageSet
-from cnnkit.engine import Data, FitResult, Phase, Plan, Setup, fit_run
+from cnnkit.engine import Data, Phase, Plan, Setup, fit_run
 from cnnkit.engine.config import use_threads
 from cnnkit.engine.runfolder import check_new_run, resumed_config
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.generate.config import GenerateConfig
+from cnnkit.tasks.generate.load import load_generator
 from cnnkit.tasks.generate.predict import Sampler, write_grid
 from cnnkit.tasks.generate.task import GAN, GenerateTask, build_gan
 
@@ -50,15 +50,11 @@ def fixed_grid(sampler: Sampler, seed: int = GRID_SEED) -> torch.Tensor:
         sampler.train(was)
 
 
-class _Budget(Exception):
-    """Raised after an epoch when the next one would pass ``--minutes``: training stops there, saved."""
-
-
 def train(cfg: GenerateConfig, out=None, resume: bool = False, quiet: bool = False, device: str | None = None):
     """Train a DCGAN by ``cfg`` into the run folder ``out``: what ``cnnkit generate train`` runs.
 
-    After every epoch ``out/samples/epoch_NNN.png`` shows 100 digits drawn from the same fixed noise
-    (a row per class when conditional), beside the engine's files (``model.safetensors`` holds the
+    After every epoch ``out/samples/epoch_NNN.png`` shows 100 digits that the saved generator draws
+    from the same fixed noise (a row per class when conditional), beside the engine's files (``model.safetensors`` holds the
     generator; ``resume.safetensors`` both networks and both optimisers; ``curves.png`` both losses).
 
     Args:
@@ -93,35 +89,23 @@ def train(cfg: GenerateConfig, out=None, resume: bool = False, quiet: bool = Fal
         opt_d = torch.optim.Adam(m.discriminator.parameters(), lr=cfg.lr, betas=betas)
         return Setup(opt_g, others=[opt_d])
 
-    plan = Plan([Phase(cfg.epochs, setup)], seed=cfg.seed)
-    rows: list[dict] = []
+    plan = Plan([Phase(cfg.epochs, setup)], seed=cfg.seed, ema=cfg.ema)
 
     def after_epoch(epoch: int, row: dict) -> None:
-        rows.append(row)
-        if out is not None:
-            write_grid(fixed_grid(model.generator), Path(out) / SAMPLES_DIR / f"epoch_{epoch + 1:03d}.png", cols=10)
-        spent = sum(r["seconds"] for r in rows)  # the next epoch is assumed to take as long as this one
-        if cfg.minutes and spent + row["seconds"] > cfg.minutes * 60 and epoch + 1 < cfg.epochs:
-            raise _Budget
+        if out is not None:  # the generator just saved (the moving average when --ema is on)
+            saved = load_generator(out, device=str(next(model.parameters()).device))
+            write_grid(fixed_grid(saved), Path(out) / SAMPLES_DIR / f"epoch_{epoch + 1:03d}.png", cols=10)
 
-    tick = time.perf_counter()
-    try:
-        return fit_run(
-            task,
-            model,
-            Data(digits, None),
-            plan,
-            cfg,
-            out,
-            command="cnnkit generate train",
-            resume=resume,
-            quiet=quiet,
-            device=device,
-            on_epoch_end=after_epoch,
-        )
-    except _Budget:
-        if not quiet:
-            print(f"--minutes {cfg.minutes:g} used up: stopped after epoch {len(rows)} of {cfg.epochs}")
-        seconds = time.perf_counter() - tick
-        steps = len(digits) // cfg.batch_size
-        return FitResult(model, rows, seconds, len(rows) * steps * cfg.batch_size, None)
+    return fit_run(
+        task,
+        model,
+        Data(digits, None),
+        plan,
+        cfg,
+        out,
+        command="cnnkit generate train",
+        resume=resume,
+        quiet=quiet,
+        device=device,
+        on_epoch_end=after_epoch,
+    )
