@@ -121,10 +121,13 @@ class ClassifyTask:
         }
 
     def summary(self, model: Classifier) -> str:
-        """The network's :func:`cnnkit.summary` at the training batch, printed before training."""
+        """The network's :func:`cnnkit.summary` at the training batch,
+        with the run's optimizer, printed before training."""
         from cnnkit.analysis import summary
+        from cnnkit.engine.optim import analysed_optimizer
 
-        return str(summary(model.net, input_size=model.net_input_size, batch_size=self.batch_size))
+        optimizer = analysed_optimizer(self.info.get("config", {}))
+        return str(summary(model.net, input_size=model.net_input_size, batch_size=self.batch_size, optimizer=optimizer))
 
 
 class _Batches:

@@ -148,7 +148,7 @@ class GenerateTask:
         return {**self.info, **model.generator.describe()}
 
     def summary(self, model: GAN) -> str:
-        """Both networks' :func:`cnnkit.summary`, printed before training."""
+        """Both networks' :func:`cnnkit.summary` with their Adam optimisers, printed before training."""
         from cnnkit.analysis import summary
 
         g, d = model.generator.net, model.discriminator
@@ -156,8 +156,8 @@ class GenerateTask:
         return "\n".join(
             [
                 "generator",
-                str(summary(g, input_size=(g.latent_dim + k,), batch_size=self.batch_size)),
+                str(summary(g, input_size=(g.latent_dim + k,), batch_size=self.batch_size, optimizer="adam")),
                 "discriminator",
-                str(summary(d, input_size=(g.out_channels + k, 28, 28), batch_size=self.batch_size)),
+                str(summary(d, input_size=(g.out_channels + k, 28, 28), batch_size=self.batch_size, optimizer="adam")),
             ]
         )

@@ -125,11 +125,16 @@ class SegmentTask:
         return {**self.info, **model.describe(), "num_classes": len(model.classes)}
 
     def summary(self, model: Segmenter) -> str:
-        """The network's :func:`cnnkit.summary` on a training crop, printed before training."""
+        """The network's :func:`cnnkit.summary` on a training crop,
+        with the run's optimizer, printed before training."""
         from cnnkit.analysis import summary
+        from cnnkit.engine.optim import analysed_optimizer
 
         c = model.mean.shape[1]
-        return str(summary(model.net, input_size=(c, self.crop, self.crop), batch_size=self.batch_size))
+        optimizer = analysed_optimizer(self.info.get("config", {}))
+        return str(
+            summary(model.net, input_size=(c, self.crop, self.crop), batch_size=self.batch_size, optimizer=optimizer)
+        )
 
 
 def dice_loss(logits: torch.Tensor, y: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -72,9 +72,12 @@ class SequenceTask:
         return {**self.info, **model.describe()}
 
     def summary(self, model: nn.Module) -> str:
-        """The network's :func:`cnnkit.summary` on one training series, printed before training."""
+        """The network's :func:`cnnkit.summary` on one training series,
+        with the run's optimizer, printed before training."""
         from cnnkit.analysis import summary
+        from cnnkit.engine.optim import analysed_optimizer
 
         assert isinstance(model, SeriesModel)
         c, length = model.input_size
-        return str(summary(model.net, input_size=(c, length), batch_size=self.batch_size))
+        optimizer = analysed_optimizer(self.info.get("config", {}))
+        return str(summary(model.net, input_size=(c, length), batch_size=self.batch_size, optimizer=optimizer))

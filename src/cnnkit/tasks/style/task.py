@@ -96,7 +96,12 @@ class StyleTask:
         return {**self.info, "task": self.name}
 
     def summary(self, model: nn.Module) -> str:
-        """The network's :func:`cnnkit.summary` on a training crop, printed before training."""
+        """The network's :func:`cnnkit.summary` on a training crop with the run's optimizer, printed
+        before training."""
         from cnnkit.analysis import summary
+        from cnnkit.engine.optim import analysed_optimizer
 
-        return str(summary(model, input_size=(3, self.crop, self.crop), batch_size=self.batch_size))
+        optimizer = analysed_optimizer(self.info.get("config", {}))
+        return str(
+            summary(model, input_size=(3, self.crop, self.crop), batch_size=self.batch_size, optimizer=optimizer)
+        )
