@@ -231,3 +231,23 @@ def test_fuzzed_run_metadata_loads_or_fails_cleanly(runs, tmp_path_factory, task
         cnnkit.load(out)
     except CnnkitError as exc:
         assert str(exc).strip() and "\n" not in str(exc).strip()
+
+
+def test_metadata_asking_for_a_billion_layers_is_refused_quickly(runs, tmp_path):
+    import json
+    import time
+
+    from safetensors.torch import load_file, save_file
+
+    import cnnkit
+    from cnnkit.engine.runfolder import read_metadata
+    from cnnkit.errors import CnnkitError
+
+    src = runs / "detect" / "model.safetensors"
+    info = {**read_metadata(src), "head_convs": 10**9}
+    out = tmp_path / "model.safetensors"
+    save_file(load_file(src), str(out), metadata={"cnnkit": json.dumps(info)})
+    tick = time.perf_counter()
+    with pytest.raises(CnnkitError, match=r"asks for more than [\d,]+ layers for [\d,]+ weight tensors"):
+        cnnkit.load(out)
+    assert time.perf_counter() - tick < 10

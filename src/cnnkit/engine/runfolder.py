@@ -432,7 +432,8 @@ def load_run_model(path: str | os.PathLike, task: str, build, device: str | torc
             f"written by `cnnkit {task.replace('_', '-')} train`, or use `cnnkit {found.replace('_', '-')} eval|predict` for this one"
         )
     tensors, _ = read_checkpoint(file)
-    model: Any = _build_from_metadata(build, info, file, task, meta=True)
+    limit = 8 * len(tensors) + 1000  # modules a network with this many weight tensors may have
+    model: Any = _build_from_metadata(build, info, file, task, meta=True, limit=limit)
     if model is not None:  # sizes compared before any memory is given to the network
         _check_shapes(model, tensors, file)
         want = model.state_dict()
@@ -440,20 +441,35 @@ def load_run_model(path: str | os.PathLike, task: str, build, device: str | torc
         if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
             model = None  # state the checkpoint does not hold (e.g. a computed buffer): built for real
     if model is None:
-        model = _build_from_metadata(build, info, file, task, meta=False)  # the network or a raise
+        model = _build_from_metadata(build, info, file, task, meta=False, limit=limit)  # the network or a raise
         load_checked(model, tensors, file)
     model.info = info
     return model.to(device).eval()
 
 
-def _build_from_metadata(build, info: dict, file, task: str, meta: bool) -> nn.Module | None:
+class _TooManyModules(Exception):
+    """Raised while building when the metadata asks for more layers than the file has weights for."""
+
+
+def _build_from_metadata(build, info: dict, file, task: str, meta: bool, limit: int) -> nn.Module | None:
     """``build(info)``, on the meta device when ``meta`` (no memory; None where a builder needs real
-    tensors); what the metadata cannot build is a one-line error."""
+    tensors), stopped once it has made ``limit`` modules (metadata asking for millions of layers);
+    what the metadata cannot build is a one-line error."""
+    made = [0]
+
+    def count(module, name, submodule):
+        made[0] += 1
+        if made[0] > limit:
+            raise _TooManyModules
+
+    hook = torch.nn.modules.module.register_module_module_registration_hook(count)
     try:
         if meta:
             with torch.device("meta"):
                 return build(info)
         return build(info)
+    except _TooManyModules:
+        reason = f"it asks for more than {limit:,} layers for {(limit - 1000) // 8:,} weight tensors"
     except CnnkitError:
         raise
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError, ZeroDivisionError) as exc:
@@ -462,6 +478,8 @@ def _build_from_metadata(build, info: dict, file, task: str, meta: bool) -> nn.M
         if meta and (isinstance(exc, NotImplementedError) or "meta" in str(exc).lower()):
             return None  # the builder needs real tensors: it is built once, for real
         reason = short_error(exc)
+    finally:
+        hook.remove()
     raise CnnkitError(
         f"{file}: its metadata does not describe a {task} model ({reason}); "
         f"the file is damaged or was edited: {CHECKPOINT_HINT}"
