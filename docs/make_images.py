@@ -3,6 +3,7 @@
     python docs/make_images.py [--data-dir DIR]   # DIR holds mnist/ (default: $CNNKIT_DATA or ../shared/data)
     python docs/make_images.py --finetuned RUN    # also: Grad-CAM of a bee by a fine-tuned hymenoptera run
     python docs/make_images.py --detect RUN --segment RUN --instance RUN   # Penn-Fudan runs' test photos
+    python docs/make_images.py --generate RUN     # a conditional GAN run's digits, a row per class
 
 A small bias-free global-average-pooling CNN is trained for two epochs on 6,000 MNIST digits (the
 same recipe as tests/test_explain.py), then: Grad-CAM on digits pasted on an 84x84 canvas, the feature
@@ -11,7 +12,9 @@ maps of one digit, filter patterns of its second convolution, and the training c
 hymenoptera --out RUN``): Grad-CAM of the run's network on a hymenoptera/val bee photo. With
 ``--detect``, ``--segment``, ``--instance`` (runs of ``cnnkit detect train``, ``cnnkit segment
 train``, ``cnnkit instance train`` on Penn-Fudan): what each predicts on the first three photos of its
-test split, drawn by its own ``predict`` command, side by side.
+test split, drawn by its own ``predict`` command, side by side. With ``--generate RUN`` (``cnnkit
+generate train --conditional``): 100 digits of the run's generator from the fixed noise of its
+per-epoch grids, ten of each digit.
 """
 
 import argparse
@@ -58,7 +61,10 @@ def main() -> None:
         parser.add_argument(
             f"--{task}", metavar="RUN", help=f"a Penn-Fudan `cnnkit {task} train` run: draw its test photos"
         )
+    parser.add_argument("--generate", metavar="RUN", help="a conditional `cnnkit generate train` run: draw its digits")
     args = parser.parse_args()
+    if args.generate:
+        return gan_grid(args.generate)
     if args.finetuned:
         return finetuned_gradcam(args.finetuned, Path(args.data_dir))
     runs = {task: getattr(args, task) for task in PENNFUDAN_TASKS if getattr(args, task)}
@@ -128,6 +134,16 @@ def main() -> None:
     plots.pattern_grid(patterns, OUT / "filter_patterns.png", channels=range(16), layer="layer 4 (ReLU of conv 2)")
     for f in sorted(OUT.glob("*.png")):
         print(f"{f.relative_to(OUT.parent.parent)}  {f.stat().st_size // 1024} KB")
+
+
+def gan_grid(run: str) -> None:
+    from cnnkit.tasks.generate.load import load_generator
+    from cnnkit.tasks.generate.predict import write_grid
+    from cnnkit.tasks.generate.train import fixed_grid
+
+    out = OUT / "gan_mnist_cond.png"
+    write_grid(fixed_grid(load_generator(run)), out, cols=10)
+    print(f"{out.relative_to(OUT.parent.parent)}  {out.stat().st_size // 1024} KB")
 
 
 def finetuned_gradcam(run: str, data: Path) -> None:

@@ -474,6 +474,8 @@ def _build_from_metadata(build, info: dict, file, task: str, meta: bool, limit: 
         raise
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError, ZeroDivisionError) as exc:
         reason = short_error(exc)
+    except MemoryError:
+        reason = "it describes a network too large for this machine's memory"
     except RuntimeError as exc:  # sizes the metadata gives that do not fit together (e.g. channels)
         if meta and (isinstance(exc, NotImplementedError) or "meta" in str(exc).lower()):
             return None  # the builder needs real tensors: it is built once, for real

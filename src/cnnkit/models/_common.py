@@ -8,16 +8,21 @@ import torch.nn as nn
 from cnnkit.errors import CnnkitError
 
 
+MAX_CHANNELS = 65_536  # input channels a network may take: more is a typo or a damaged file
+
+
 def check_args(num_classes: int, in_channels: int, transform_input: bool = False) -> None:
-    """Raise a one-line :class:`CnnkitError` for a bad ``num_classes`` (>= 0) or ``in_channels`` (>= 1),
-    or for ``transform_input`` (the Inception nets' ImageNet -> [-1, 1] re-scaling) without 3 channels."""
+    """Raise a one-line :class:`CnnkitError` for a bad ``num_classes`` (>= 0) or ``in_channels`` (1 to
+    :data:`MAX_CHANNELS`), or for ``transform_input`` (the Inception nets' ImageNet -> [-1, 1] re-scaling)
+    without 3 channels."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
         raise CnnkitError(
             f"num_classes must be an integer >= 0 (0 removes the classifier); received: num_classes={num_classes!r}"
         )
-    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
+    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or not 1 <= in_channels <= MAX_CHANNELS:
         raise CnnkitError(
-            f"in_channels must be an integer >= 1 (3 for RGB, 1 for grayscale); received: in_channels={in_channels!r}"
+            f"in_channels must be an integer from 1 to {MAX_CHANNELS:,} (3 for RGB, 1 for grayscale); "
+            f"received: in_channels={in_channels!r}"
         )
     if transform_input and in_channels != 3:
         raise CnnkitError(

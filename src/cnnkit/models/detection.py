@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from cnnkit.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from cnnkit.errors import CnnkitError
+from cnnkit.models._common import check_args
 from cnnkit.ops import batched_nms, box_iou_elementwise, generalized_box_iou_elementwise
 
 
@@ -424,6 +425,7 @@ def create_detector(
     :class:`TinyPyramid` for ``backbone="tiny"`` (from scratch: ``weights`` must be None)."""
     from cnnkit.models.features import create_features
 
+    check_args(num_classes, in_channels)
     if backbone == "tiny":
         if weights is not None:
             raise CnnkitError(f"backbone 'tiny' has no pretrained weights; received: weights={weights!r}")
