@@ -7,7 +7,6 @@ import torch.nn as nn
 
 from cnnkit.errors import CnnkitError
 
-
 MAX_CHANNELS = 65_536  # input channels a network may take: more is a typo or a damaged file
 
 
