@@ -176,7 +176,7 @@ def fit(
                             d,
                             range(max(first, done), last),
                             first,
-                            plan.epochs,
+                            plan,
                             history,
                             out,
                             config,
@@ -184,8 +184,6 @@ def fit(
                             quiet,
                             precision,
                             on_epoch_end,
-                            plan.val_every,
-                            plan.minutes,
                         )
                     except _OutOfTime as stop:
                         images += stop.images
@@ -237,7 +235,8 @@ def fit_run(
         data: the training and validation splits.
         plan: the phases (e.g. :func:`~cnnkit.engine.optim.single_phase_plan`).
         cfg: the run config (:class:`~cnnkit.engine.config.RunConfig`): its ``device``,
-            ``precision`` and ``minutes`` (the plan's time budget) are used, and its ``to_dict()`` is stored with the run (``--resume``
+            ``precision`` and ``minutes`` (the plan's time budget) are used, and its ``to_dict()``
+            is stored with the run (``--resume``
             compares it).
         out: the run folder; None writes nothing.
         command: the CLI command named in the resume hint, e.g. ``"cnnkit video train"``.
@@ -281,7 +280,7 @@ def _run_phase(
     d,
     epochs,
     first,
-    total,
+    plan: Plan,
     history,
     out,
     config,
@@ -289,13 +288,12 @@ def _run_phase(
     quiet,
     precision,
     on_epoch_end,
-    val_every: int = 1,
-    minutes: float = 0.0,
 ) -> int:
     """The epochs ``epochs`` of the phase that starts at epoch ``first``; returns samples trained.
-    Validation runs after every ``val_every``-th epoch of the plan and after its last (0: never).
-    With a ``minutes`` budget, :class:`_OutOfTime` ends training after an epoch when the next one
-    would pass it."""
+    Validation runs after every ``plan.val_every``-th epoch of the plan and after its last (0: never).
+    With a ``plan.minutes`` budget, :class:`_OutOfTime` ends training after an epoch when the next
+    one would pass it."""
+    total, val_every, minutes = plan.epochs, plan.val_every, plan.minutes
     net = setup.module or model
     if d.world > 1 and hasattr(task, "step"):
         raise CnnkitError(f"the {task.name} task trains on one process; run it without torchrun")
