@@ -89,6 +89,7 @@ def predict(args) -> None:
         batch_size=args.batch_size,
         lr=args.lr,
         threads=args.threads,
+        minutes=args.minutes,
     )
     _train(args, "cnnkit video-predict train", cfg, train)
 
@@ -111,6 +112,7 @@ def classify(args) -> None:
             size=args.size,
             threads=args.threads,
             channels_last=args.channels_last,
+            minutes=args.minutes,
         )
         _train(args, "cnnkit video train", cfg, train, name=model)
 
@@ -241,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--minutes", type=float, default=0, help="stop training after the epoch that uses this up (0: no limit)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     defaults = {

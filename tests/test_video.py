@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from cnnkit.analysis.measure import measure_peak
@@ -241,7 +242,7 @@ def test_ssim_against_scikit_image():
 
 
 def test_networks_shapes_and_parameters():
-    assert set(list_models(task="video")) == {"c3d_small", "r2plus1d_small", "frames2d_small"}
+    assert set(list_models(task="video")) == {"c3d_small", "c3d_deep", "r2plus1d_small", "frames2d_small"}
     stack = create_model("frames2d_small").eval()  # the 2-D baseline: the frames as channels
     with torch.no_grad():
         assert stack(torch.rand(2, 1, 10, 32, 32)).shape == (2, 10)
@@ -249,14 +250,18 @@ def test_networks_shapes_and_parameters():
     assert set(list_models(task="video_predict")) == {"simvp", "simvp_tiny"}
     x = torch.rand(2, 1, 20, 64, 64)
     counts = {}
-    for name in ("c3d_small", "r2plus1d_small"):
+    for name in ("c3d_small", "c3d_deep", "r2plus1d_small"):
         m = create_model(name).eval()
         assert model_info(name).input_size == (1, 20, 64, 64)
         with torch.no_grad():
             assert m.forward_features(x).shape == (2, 128, 2, 4, 4)
             assert m(x).shape == (2, 10)
         counts[name] = sum(p.numel() for p in m.parameters())
-    assert counts == {"c3d_small": 292_506, "r2plus1d_small": 292_667}
+    assert counts == {"c3d_small": 292_506, "c3d_deep": 845_850, "r2plus1d_small": 292_667}
+    # C3D's layout: the deeper stages hold two convolutions, the second keeping the width
+    deep = create_model("c3d_deep").features
+    assert [sum(isinstance(b, nn.Conv3d) for b in s.modules()) for s in deep] == [1, 1, 2, 2]
+    assert deep[2][1].conv.in_channels == deep[2][1].conv.out_channels == 64
     # each (2+1)-D pair has at most the 3x3x3 conv's weights, and within 10% of them (the floor of M)
     for cin, cout in ((1, 16), (16, 32), (32, 64), (64, 128)):
         m = r2plus1d_width(cin, cout)

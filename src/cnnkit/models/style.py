@@ -74,6 +74,11 @@ class TransformNet(nn.Module):
         blocks: residual blocks at quarter resolution (the paper: 5).
         in_channels: image channels in and out.
 
+    The decoder's output is added to the input's logit before the sigmoid, and its last convolution
+    starts at zero: an untrained network returns its input, so training starts from the photo's
+    content and learns only the change the style asks for (the paper's network starts from noise
+    and must first learn to reproduce the photo).
+
     Input shape: (B, in_channels, H, W) on [0, 1], H and W divisible by 4 (others are padded by
     reflection and cropped back). Output shape: the same, on (0, 1) (a sigmoid).
     """
@@ -99,13 +104,15 @@ class TransformNet(nn.Module):
             nn.ReflectionPad2d(4),
             nn.Conv2d(a, in_channels, 9),  # -> (B, 3, H, W)
         )
+        nn.init.zeros_(self.decoder[-1].weight)  # the untrained network is the identity
+        nn.init.zeros_(self.decoder[-1].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         ph, pw = -h % 4, -w % 4
         if ph or pw:  # reflection up to a multiple of 4, cropped back at the end
             x = F.pad(x, (0, pw, 0, ph), mode="reflect")
-        y = self.decoder(self.residual(self.encoder(x)))
+        y = self.decoder(self.residual(self.encoder(x))) + torch.logit(x, eps=1e-3)  # a change to the input
         return torch.sigmoid(y[..., :h, :w])
 
 

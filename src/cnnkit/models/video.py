@@ -9,6 +9,8 @@ or into the channels).
 
 - ``c3d_small``: stages of a 3x3x3 conv-BN-ReLU and a 3-D max pool (the first pools space only, as
   C3D's pool1, so early motion is kept), global average pooling, a linear layer.
+- ``c3d_deep``: C3D's own layout at the same widths: two convolutions in each of the two deeper
+  stages, where they run on small maps (1.77x the MACs of ``c3d_small``, about 1.4x its step time).
 - ``r2plus1d_small``: the same stages with each 3x3x3 convolution factorised into a 1x3x3 spatial
   and a 3x1x1 temporal convolution with BN-ReLU between; the intermediate width
   ``M = floor(27 N_in N_out / (9 N_in + 3 N_out))`` makes the pair's weights as many as the 3-D
@@ -38,9 +40,12 @@ from cnnkit.models._registry import register_model
 
 # --- the clip classifiers -----------------------------------------------------------------------
 
-# a variant is a row: (width, 3-D max-pool size (T, H, W)) per stage
-CLIP_CFGS: dict[str, list[tuple[int, tuple[int, int, int]]]] = {
+# a variant is a row: (width, 3-D max-pool size (T, H, W)[, convolutions]) per stage; one
+# convolution unless a third number says more
+CLIP_CFGS: dict[str, list[tuple]] = {
     "small": [(16, (1, 2, 2)), (32, (2, 2, 2)), (64, (2, 2, 2)), (128, (2, 2, 2))],
+    # C3D's own layout (conv3a/3b, conv4a/4b): two convolutions in the two deeper stages
+    "deep": [(16, (1, 2, 2)), (32, (2, 2, 2)), (64, (2, 2, 2), 2), (128, (2, 2, 2), 2)],
 }
 
 
@@ -78,7 +83,7 @@ class ClipClassifier(Classifier):
     """Stages of ``block`` + 3-D max pool, global average pooling, dropout and a linear classifier.
 
     Args:
-        cfg: a row of :data:`CLIP_CFGS`: (width, pool size) per stage.
+        cfg: a row of :data:`CLIP_CFGS`: (width, pool size[, convolutions]) per stage.
         block: the conv block class, ``Conv3dBlock`` or ``Conv2Plus1dBlock``.
         num_classes: outputs (10: the multi-label "which digits appear"; 0 removes the classifier).
         in_channels: channels of a frame.
@@ -98,8 +103,9 @@ class ClipClassifier(Classifier):
         super().__init__()
         check_args(num_classes, in_channels)
         stages, c = [], in_channels
-        for width, pool in cfg:  # (B, c, T, H, W) -> (B, width, T/pt, H/ph, W/pw)
-            stages.append(nn.Sequential(block(c, width), nn.MaxPool3d(pool)))
+        for width, pool, *convs in cfg:  # (B, c, T, H, W) -> (B, width, T/pt, H/ph, W/pw)
+            blocks = [block(c if i == 0 else width, width) for i in range(convs[0] if convs else 1)]
+            stages.append(nn.Sequential(*blocks, nn.MaxPool3d(pool)))
             c = width
         self.features = nn.Sequential(*stages)
         self.num_classes, self.num_features = num_classes, c
@@ -128,6 +134,12 @@ class ClipClassifier(Classifier):
 def c3d_small(num_classes: int = 10, in_channels: int = 1, dropout: float = 0.0) -> ClipClassifier:
     """C3D-style: four 3x3x3 conv stages (16-32-64-128), 0.53 G MACs for a 20x64x64 clip."""
     return ClipClassifier(CLIP_CFGS["small"], Conv3dBlock, num_classes, in_channels, dropout)
+
+
+@register_model(input_size=(1, 20, 64, 64), paper="Tran et al. 2015 (C3D)", family="video", task="video")
+def c3d_deep(num_classes: int = 10, in_channels: int = 1, dropout: float = 0.0) -> ClipClassifier:
+    """c3d_small with C3D's two 3x3x3 convolutions in each of the two deeper stages: 1.77x the MACs."""
+    return ClipClassifier(CLIP_CFGS["deep"], Conv3dBlock, num_classes, in_channels, dropout)
 
 
 @register_model(input_size=(1, 20, 64, 64), paper="Tran et al. 2018 (R(2+1)D)", family="video", task="video")

@@ -136,7 +136,7 @@ class StyleTrainConfig(RunConfig):
             "model": "johnson_style_slim",
             "epochs": 8,
             "batch_size": 4,
-            "lr": 1e-3,
+            "lr": 3e-4,
             "weights": loss.weights,
             **{k: getattr(loss, k) for k in ("style_layers", "content_layers", "robust_layers", "content_weight")},
             "style_weight": loss.style_weight,
