@@ -46,6 +46,7 @@ def main() -> int:
     p.add_argument("--count", type=int, default=10000, help="digits scored per set")
     p.add_argument("--subset", type=int, default=0, help="train on the first N digits (0: all 60,000)")
     p.add_argument("--only", choices=["uncond", "cond"], help="one of the two runs")
+    p.add_argument("--codes", type=int, default=0, help="the unconditional run's InfoGAN code (0: none)")
     p.add_argument("--eval-only", action="store_true", help="score the runs already in --out")
     p.add_argument("--data-dir", default=os.environ.get("CNNKIT_DATA"))
     args = p.parse_args()
@@ -55,6 +56,7 @@ def main() -> int:
         if not args.eval_only:
             cfg = GenerateConfig(
                 conditional=kind == "cond",
+                codes=args.codes if kind == "uncond" else 0,
                 epochs=args.epochs,
                 minutes=args.minutes,
                 threads=args.threads,

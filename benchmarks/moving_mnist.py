@@ -243,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--minutes", type=float, default=0, help="stop training after the epoch that uses this up (0: no limit)")
+    p.add_argument(
+        "--minutes", type=float, default=0, help="stop training after the epoch that uses this up (0: no limit)"
+    )
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     defaults = {

@@ -60,8 +60,8 @@ def test_a_gan_step_moves_both_networks_and_both_losses():
             x, y, z, fy = batch
             fake = model.generator.net(model.generator.condition(z, fy))
             bce = torch.nn.functional.binary_cross_entropy_with_logits
-            d = bce(model.judge(x, y), torch.ones(16)) + bce(model.judge(fake, fy), torch.zeros(16))
-            return float(d), float(bce(model.judge(fake, fy), torch.ones(16)))
+            d = bce(model.judge(x, y)[:, 0], torch.ones(16)) + bce(model.judge(fake, fy)[:, 0], torch.zeros(16))
+            return float(d), float(bce(model.judge(fake, fy)[:, 0], torch.ones(16)))
 
     model.eval()
     d0, g0 = losses()
@@ -81,6 +81,38 @@ def test_a_gan_step_moves_both_networks_and_both_losses():
     # every weight of both networks moved (the generator's through the discriminator's judgement)
     for name, p in model.named_parameters():
         assert not torch.equal(p, before[name]), name
+
+
+def test_an_infogan_code_is_learnt_by_both_networks_and_kept_by_the_sampler():
+    torch.manual_seed(0)
+    model = build_gan(8, 4, [], codes=10)  # unconditional, with a 10-way code (InfoGAN)
+    assert model.discriminator.classifier.out_features == 11 and model.generator.net.classes == 10
+    task = GenerateTask(batch_size=32, latent_dim=8, codes=10)
+    opts = optimizers(model, lr=2e-3)
+    data, g = fake_digits(), torch.Generator().manual_seed(0)
+
+    def code_loss():  # how well the discriminator reads the code of fresh generated digits
+        with torch.no_grad():
+            z, c = torch.randn(256, 8, generator=g), torch.arange(256) % 10
+            fake = model.generator.net(model.generator.condition(z, c))
+            return float(torch.nn.functional.cross_entropy(model.judge(fake, c)[:, 1:], c))
+
+    before = code_loss()
+    for _ in range(30):
+        for batch in task.batches(data, g):
+            task.step(model, batch, opts)
+    after = code_loss()
+    assert before > 2.0 and after < 0.5 * before  # ln 10 = 2.30: the code went from unread to read
+    sampler = model.generator.eval()
+    a, b = sampler.sample(12, seed=3), sampler.sample(12, seed=3)
+    assert torch.equal(a, b) and a.shape == (12, 1, 28, 28)  # the drawn codes follow the seed
+    info = sampler.describe()
+    assert info["codes"] == 10 and info["classes"] == []
+    rebuilt = type(sampler).from_info(info)
+    rebuilt.load_state_dict(sampler.state_dict())
+    assert torch.equal(rebuilt.eval().sample(12, seed=3), a)
+    with pytest.raises(CnnkitError, match="--codes is for an unconditional generator"):
+        train(GenerateConfig(conditional=True, codes=10), quiet=True)
 
 
 def test_the_engine_runs_a_task_step_logs_every_loss_and_guards_each(tmp_path):

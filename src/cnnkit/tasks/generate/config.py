@@ -36,6 +36,13 @@ class GenerateConfig(RunConfig):
 
     data: str = option("mnist", help="mnist | fashion_mnist | kmnist | emnist_digits (28x28 grey digits)")
     conditional: bool = option(False, help="class-conditional: the generator is told which digit to draw")
+    codes: int = option(
+        0,
+        help="unconditional only: a categorical code of N values that the generator reads and the "
+        "discriminator must read back (InfoGAN, Chen et al. 2016; no labels used); 0: none",
+        minimum=0,
+        below=1001,
+    )
     latent_dim: int = option(100, help="length of the generator's noise vector", minimum=1)
     width: int = option(32, help="channels of the discriminator's first convolution (the generator's last)", minimum=1)
     epochs: int = 20

@@ -20,6 +20,9 @@ class Sampler(nn.Module):
     Args:
         net: the generator network, (B, latent_dim + classes) -> (B, C, H, W) in [-1, 1].
         classes: names of the classes it is conditioned on ([]: unconditional).
+        codes: an unconditional generator's categorical code (InfoGAN, Chen et al. 2016): its
+            one-hot follows the noise like a class's, but no class is named; drawn at random when
+            none is given (0: no code).
 
     Example:
         >>> sampler = Sampler(DCGANGenerator(classes=10), [str(d) for d in range(10)]).eval()
@@ -27,25 +30,34 @@ class Sampler(nn.Module):
         torch.Size([4, 1, 28, 28])
     """
 
-    def __init__(self, net: DCGANGenerator, classes: list[str]):
+    def __init__(self, net: DCGANGenerator, classes: list[str], codes: int = 0):
         super().__init__()
-        if len(classes) != net.classes:
-            raise CnnkitError(f"the generator is conditioned on {net.classes} classes; received {len(classes)} names")
+        if classes and codes:
+            raise CnnkitError("a generator is conditioned on named classes or on an unnamed code, not both")
+        if len(classes) + codes != net.classes:
+            raise CnnkitError(
+                f"the generator reads a {net.classes}-way one-hot; received {len(classes)} class names and {codes} codes"
+            )
         self.net = net
         self.classes = list(classes)
+        self.codes = int(codes)
         self.latent_dim = net.latent_dim
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, latent_dim) noise and (B,) class indices (conditional only) -> (B, C, 28, 28) in [0, 1]."""
+        """(B, latent_dim) noise and (B,) class or code indices -> (B, C, 28, 28) in [0, 1]."""
         return self.net(self.condition(z, labels)).add(1).div(2)
 
     def condition(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        """The generator's input: the noise, followed by the one-hot class when conditional."""
-        if not self.classes:
+        """The generator's input: the noise, followed by the one-hot class (or code) when it reads one;
+        a code not given is drawn at random."""
+        k = len(self.classes) or self.codes
+        if not k:
             return z
+        if labels is None and self.codes:
+            labels = torch.randint(self.codes, (z.shape[0],), device=z.device)
         if labels is None:
             raise CnnkitError(f"this generator draws a chosen digit: give one of {len(self.classes)} classes (--digit)")
-        return torch.cat([z, F.one_hot(labels.long(), len(self.classes)).to(z.dtype)], 1)
+        return torch.cat([z, F.one_hot(labels.long(), k).to(z.dtype)], 1)
 
     @torch.no_grad()
     def sample(
@@ -55,7 +67,8 @@ class Sampler(nn.Module):
 
         Args:
             count: how many images.
-            labels: (count,) class of each image (conditional generators; None: unconditional).
+            labels: (count,) class of each image (conditional generators), or code (None: codes
+                drawn at random; unconditional generators without a code take none).
             seed: seeds the noise (the same seed draws the same images).
             batch_size: images per forward pass.
 
@@ -63,7 +76,10 @@ class Sampler(nn.Module):
             (count, C, 28, 28) float images in [0, 1], on the module's device.
         """
         device = next(self.parameters()).device
-        z = torch.randn(count, self.latent_dim, generator=torch.Generator().manual_seed(seed)).to(device)
+        rng = torch.Generator().manual_seed(seed)
+        z = torch.randn(count, self.latent_dim, generator=rng).to(device)
+        if labels is None and self.codes:  # an unconditional generator's code: drawn from the same seed
+            labels = torch.randint(self.codes, (count,), generator=rng)
         labels = None if labels is None else labels.to(device)
         parts = [
             self(z[i : i + batch_size], None if labels is None else labels[i : i + batch_size])
@@ -83,6 +99,7 @@ class Sampler(nn.Module):
                 "width": net.width,
             },
             "classes": self.classes,
+            "codes": self.codes,
         }
 
     @classmethod
@@ -92,7 +109,7 @@ class Sampler(nn.Module):
             raise CnnkitError("this checkpoint is not a generator (no 'generator' in its metadata)")
         g = info["generator"]
         net = DCGANGenerator(int(g["latent_dim"]), int(g["out_channels"]), int(g["classes"]), int(g["width"]))
-        return cls(net, [str(c) for c in info["classes"]])
+        return cls(net, [str(c) for c in info["classes"]], int(info.get("codes", 0)))
 
 
 def grid_size(count: int, cols: int | None = None, side: int = 28, pad: int = 2, scale: int = 2) -> tuple[int, int]:

@@ -31,16 +31,17 @@ class GAN(nn.Module):
         self.discriminator = discriminator
 
     def judge(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) images in [-1, 1] and their (B,) classes -> (B,) logits (classes ignored when
-        unconditional); a conditional discriminator reads one constant plane per class after the image."""
+        """(B, C, H, W) images in [-1, 1] and their (B,) classes -> (B, 1 + codes) logits: real vs
+        generated first, then (InfoGAN) the code read from the image. Classes are ignored when
+        unconditional; a conditional discriminator reads one constant plane per class after the image."""
         k = len(self.generator.classes)
         if k:
             planes = F.one_hot(labels, k).to(x.dtype)[:, :, None, None].expand(-1, -1, *x.shape[2:])
             x = torch.cat([x, planes], 1)  # (B, C + K, H, W)
-        return self.discriminator(x)[:, 0]
+        return self.discriminator(x)
 
 
-def build_gan(latent_dim: int, width: int, classes: list[str], channels: int = 1) -> GAN:
+def build_gan(latent_dim: int, width: int, classes: list[str], channels: int = 1, codes: int = 0) -> GAN:
     """A DCGAN pair (the paper's N(0, 0.02) initialisation) for 28x28 images.
 
     Args:
@@ -48,13 +49,15 @@ def build_gan(latent_dim: int, width: int, classes: list[str], channels: int = 1
         width: the networks' base channel count.
         classes: the class names of a conditional pair; empty: unconditional.
         channels: image channels.
+        codes: an unconditional pair's categorical code (InfoGAN): the generator reads its one-hot,
+            the discriminator has ``codes`` more outputs that read it back.
 
     Returns:
         The :class:`GAN`: a :class:`Sampler` around the generator, and the discriminator.
     """
     k = len(classes)
-    generator = Sampler(DCGANGenerator(latent_dim, channels, k, width), classes)
-    return GAN(generator, DCGANDiscriminator(1, channels + k, width))
+    generator = Sampler(DCGANGenerator(latent_dim, channels, k + codes, width), classes, codes)
+    return GAN(generator, DCGANDiscriminator(1 + codes, channels + k, width))
 
 
 @dataclass
@@ -64,11 +67,16 @@ class GenerateTask:
     Each step draws a real batch, noise and (conditional) the classes to draw; updates the
     discriminator on the real batch (target 1) and the generated one (target 0), then the generator
     so that the discriminator calls its images real (the non-saturating loss of Goodfellow et al.
-    2014). Optimisers: ``[generator's, discriminator's]``.
+    2014). Optimisers: ``[generator's, discriminator's]``. With a code (InfoGAN, Chen et al. 2016),
+    both updates also minimise the cross-entropy of the discriminator's reading of the generated
+    images' code (weight ``info_weight``: the paper's 1 for a categorical code), which ties each
+    code to a kind of image the discriminator can tell apart: for digits, mostly one digit a code.
 
     Attributes:
         batch_size: real digits per step.
         latent_dim: length of the noise vector.
+        codes: values of the unconditional generator's categorical code (0: none).
+        info_weight: weight of the code's cross-entropy in both losses.
         max_batches: batches per epoch at most (a smoke test's couple); None: all.
         info: checkpoint metadata: data, config, ...
         name: ``"generate"``, stored as the checkpoint's task.
@@ -77,6 +85,8 @@ class GenerateTask:
 
     batch_size: int = 64
     latent_dim: int = 100
+    codes: int = 0
+    info_weight: float = 1.0
     max_batches: int | None = None
     info: dict = field(default_factory=dict)
     name: str = "generate"
@@ -92,7 +102,7 @@ class GenerateTask:
         order = torch.randperm(n, generator=generator, device=dev)
         chunks = [order[i * b : (i + 1) * b] for i in range(n // b)]
         chunks = chunks[: self.max_batches] if self.max_batches else chunks
-        k = len(data.classes)
+        k = self.codes or len(data.classes)
 
         def make(idx: torch.Tensor):
             idx = idx.to(data.images.device)
@@ -110,16 +120,22 @@ class GenerateTask:
         x, y, z, fake_y = batch
         n = x.shape[0]
         fake = model.generator.net(model.generator.condition(z, fake_y))  # (B, C, H, W) in [-1, 1]
-        real_logit = model.judge(x, y)
-        fake_logit = model.judge(fake.detach(), fake_y)
+        real_logit = model.judge(x, y)[:, 0]
+        fake_out = model.judge(fake.detach(), fake_y)  # (B, 1 + codes)
+        fake_logit = fake_out[:, 0]
         d_loss = F.binary_cross_entropy_with_logits(
             real_logit, torch.ones_like(real_logit)
         ) + F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit))
+        if self.codes:  # the discriminator learns to read the code back
+            d_loss = d_loss + self.info_weight * F.cross_entropy(fake_out[:, 1:], fake_y)
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
-        g_logit = model.judge(fake, fake_y)  # the updated discriminator
+        g_out = model.judge(fake, fake_y)  # the updated discriminator
+        g_logit = g_out[:, 0]
         g_loss = F.binary_cross_entropy_with_logits(g_logit, torch.ones_like(g_logit))
+        if self.codes:  # ... and the generator to draw it legibly
+            g_loss = g_loss + self.info_weight * F.cross_entropy(g_out[:, 1:], fake_y)
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
@@ -152,11 +168,11 @@ class GenerateTask:
         from cnnkit.analysis import summary
 
         g, d = model.generator.net, model.discriminator
-        k = g.classes
+        k = len(model.generator.classes)
         return "\n".join(
             [
                 "generator",
-                str(summary(g, input_size=(g.latent_dim + k,), batch_size=self.batch_size, optimizer="adam")),
+                str(summary(g, input_size=(g.latent_dim + g.classes,), batch_size=self.batch_size, optimizer="adam")),
                 "discriminator",
                 str(summary(d, input_size=(g.out_channels + k, 28, 28), batch_size=self.batch_size, optimizer="adam")),
             ]

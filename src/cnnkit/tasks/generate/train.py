@@ -33,7 +33,7 @@ def load_digits(cfg: GenerateConfig) -> ImageSet:
 
 
 def fixed_grid(sampler: Sampler, seed: int = GRID_SEED) -> torch.Tensor:
-    """100 digits from fixed noise: ten of each class by row for a conditional generator.
+    """100 digits from fixed noise: ten of each class (or code) by row for a generator that reads one.
 
     Args:
         sampler: the generator (left in the mode it was in).
@@ -43,7 +43,8 @@ def fixed_grid(sampler: Sampler, seed: int = GRID_SEED) -> torch.Tensor:
         (100, C, 28, 28) images in [0, 1].
     """
     was = sampler.training
-    labels = torch.arange(10).repeat_interleave(10) % len(sampler.classes) if sampler.classes else None
+    k = len(sampler.classes) or sampler.codes
+    labels = torch.arange(10).repeat_interleave(10) % k if k else None
     try:
         return sampler.eval().sample(100, labels, seed)
     finally:
@@ -77,11 +78,17 @@ def train(cfg: GenerateConfig, out=None, resume: bool = False, quiet: bool = Fal
     check_new_run(out, resume)
     if resume:  # the run's own settings win over the ones given
         cfg = GenerateConfig.from_dict(resumed_config(out, "generate"))
+    if cfg.conditional and cfg.codes:
+        raise CnnkitError(
+            f"--codes is for an unconditional generator; a conditional one is told its digit. "
+            f"Received: --conditional --codes {cfg.codes}"
+        )
     use_threads(cfg.threads)
     digits = load_digits(cfg)
     torch.manual_seed(cfg.seed)
-    model = build_gan(cfg.latent_dim, cfg.width, digits.classes if cfg.conditional else [], digits.image_shape[0])
-    task = GenerateTask(cfg.batch_size, cfg.latent_dim, info={"config": cfg.to_dict(), "data": cfg.data})
+    classes = digits.classes if cfg.conditional else []
+    model = build_gan(cfg.latent_dim, cfg.width, classes, digits.image_shape[0], cfg.codes)
+    task = GenerateTask(cfg.batch_size, cfg.latent_dim, cfg.codes, info={"config": cfg.to_dict(), "data": cfg.data})
 
     def setup(m: GAN) -> Setup:
         betas = (cfg.beta1, 0.999)
