@@ -244,7 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument(
-        "--minutes", type=float, default=0, help="stop training after the epoch that uses this up (0: no limit)"
+        "--minutes",
+        type=float,
+        default=0,
+        help="training time budget: stop, saved, before an epoch that would pass it (0: every epoch)",
     )
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)

@@ -50,7 +50,7 @@ class Sampler(nn.Module):
     def condition(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """The generator's input: the noise, followed by the one-hot class (or code) when it reads one;
         a code not given is drawn at random."""
-        k = len(self.classes) or self.codes
+        k = self.net.classes  # the width of the one-hot it reads: its classes or its code's values
         if not k:
             return z
         if labels is None and self.codes:

@@ -43,7 +43,7 @@ def fixed_grid(sampler: Sampler, seed: int = GRID_SEED) -> torch.Tensor:
         (100, C, 28, 28) images in [0, 1].
     """
     was = sampler.training
-    k = len(sampler.classes) or sampler.codes
+    k = sampler.net.classes  # classes or code values
     labels = torch.arange(10).repeat_interleave(10) % k if k else None
     try:
         return sampler.eval().sample(100, labels, seed)
