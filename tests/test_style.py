@@ -153,6 +153,12 @@ def test_the_transformation_networks_are_style_models_of_the_zoo():
         y = net(torch.rand(1, 3, 30, 42))
     assert y.shape == (1, 3, 30, 42) and 0 < y.min() and y.max() < 1
     assert sum(p.numel() for p in create_model("johnson_style").parameters()) == 1_679_235
+    # untrained, a network returns its input (clamped to [1e-3, 1 - 1e-3] by the logit), at any size
+    x = torch.rand(2, 3, 30, 42)
+    with torch.no_grad():
+        for name in ("johnson_style", "johnson_style_slim"):
+            out = create_model(name).eval()(x)
+            assert (out - x.clamp(1e-3, 1 - 1e-3)).abs().max() < 1e-5
     with pytest.raises(CnnkitError, match="not class scores"):
         create_model("johnson_style", num_classes=10)
 
