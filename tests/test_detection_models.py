@@ -272,6 +272,24 @@ def test_separate_towers_and_box_weight():
     assert torch.allclose(two["loss"] - one["loss"], one["box"]) and one["box"] > 0
 
 
+def test_under_bf16_autocast_the_head_answers_in_fp32_and_the_loss_and_decoding_run():
+    """A CPU with native bf16 trains under bf16 autocast by default: box distances in pixels, the
+    losses and the decoded boxes stay fp32 (8 bits of mantissa are a pixel or two at 300 px)."""
+    torch.manual_seed(0)
+    model = Detector(TinyFeatures(), num_classes=2, width=32, head_convs=1)
+    x, boxes, labels = rectangles(2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+        parts = detector_loss(out, boxes, labels, cls_loss="varifocal")
+        model.eval()
+        dets = model.predict(x, score_threshold=0.0, max_detections=3)
+    assert {k: v.dtype for k, v in out.items() if k != "points"} == dict.fromkeys(
+        ("cls", "box", "ctr", "strides"), torch.float32
+    )
+    assert parts["loss"].dtype == torch.float32 and torch.isfinite(parts["loss"])
+    assert dets[0]["boxes"].dtype == torch.float32 and len(dets[0]["boxes"]) == 3
+
+
 def test_a_pretrained_backbone_gets_the_input_normalisation_of_its_weights():
     from cnnkit.models.weights import IMAGENET_MEAN, IMAGENET_STD, weights_stats
 

@@ -298,6 +298,7 @@ def test_a_short_training_run_learns_digit_masks(data_dir):
     s = digit_scenes("train", 8, 64, data_dir, 0, digits=(1, 2), scale=(1.2, 1.8))
     data = from_instances(s.images, s.instances, s.labels, s.classes, 64)
     cfg = InstanceConfig(data="digits", model="resnet18", weights=None, image_size=64, width=32, mask_width=32)
+    torch.manual_seed(0)
     model, info = new_mask_detector(cfg, data.classes, 1)
     task = InstanceTask(data.classes, 8, flip=0.0, scale=None, colour=0.0, info=info)
     lr = 3e-3
@@ -314,7 +315,8 @@ def test_a_short_training_run_learns_digit_masks(data_dir):
     )
     run = fit(task, model, Data(data, None), plan, quiet=True)
     m = task.evaluate(run.model, data)
-    assert run.history[-1]["train_mask"] < 0.5 * run.history[0]["train_mask"]
+    # measured 0.49 of the first epoch's in fp32 and in bf16; 0.67 with bf16 RoI positions (a bug)
+    assert run.history[-1]["train_mask"] < 0.55 * run.history[0]["train_mask"]
     assert m["box_AP"] >= 0.6 and m["mask_AP"] >= 0.25 and m["mask_AP50"] >= 0.6
 
 

@@ -234,6 +234,18 @@ def test_roi_align_hand_values_and_list_boxes():
         roi_align(x, torch.zeros(3, 4), 2)
 
 
+def test_roi_align_on_a_bf16_map_samples_at_fp32_positions():
+    """Under bf16 autocast the map is bf16; the boxes and the sample positions must not be: near x =
+    250 bf16 steps by 1 pixel, which moved every mask target of an instance run."""
+    x = (torch.arange(320.0) % 32).repeat(4, 1)[None, None]  # f(y, x) = x - 224 on [224, 256)
+    rois = torch.tensor([[0.0, 250.3, 0.4, 254.7, 3.6]])
+    exact = roi_align(x, rois, (2, 4), 1.0, 2, aligned=True)
+    half = roi_align(x.bfloat16(), rois, (2, 4), 1.0, 2, aligned=True)
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), exact, atol=0.07, rtol=0)  # the values' own rounding only
+    assert exact[0, 0, 0].tolist() == pytest.approx([26.35, 27.45, 28.55, 29.65], abs=1e-4)
+
+
 @pytest.mark.parametrize("scale", [1.0, 0.5, 0.25])
 def test_roi_pool_matches_torchvision_kernel(scale):
     g = torch.Generator().manual_seed(4)

@@ -363,8 +363,8 @@ def _run_phase(
             if on_epoch_end is not None:
                 on_epoch_end(epoch, row)
             if minutes and epoch + 1 < total:  # every process stops when one of them would overrun
-                spent = sum(r["seconds"] for r in history)
-                over = torch.tensor([float(spent + row["seconds"] > minutes * 60)], device=d.device)
+                spent = sum(r["seconds"] for r in history[:-1]) + seconds  # this epoch's unrounded time
+                over = torch.tensor([float(spent + seconds > minutes * 60)], device=d.device)
                 if all_sum(over, d).item() > 0:
                     raise _OutOfTime(images)
     return images

@@ -100,10 +100,11 @@ class DetectionHead(nn.Module):
         for i, (m, s) in enumerate(zip(maps, strides)):
             t = self.tower(m)
             tb = self.box_tower(m) if self.box_tower is not None else t
-            cls.append(self.cls(t).flatten(2).transpose(1, 2))  # (B, H_i*W_i, C)
-            dist = F.softplus(self.box(tb) * self.scales[i]) * s
+            # outputs in fp32 under bf16 autocast: box distances in pixels, the losses and decoding
+            cls.append(self.cls(t).float().flatten(2).transpose(1, 2))  # (B, H_i*W_i, C)
+            dist = F.softplus(self.box(tb).float() * self.scales[i]) * s
             box.append(dist.flatten(2).transpose(1, 2))  # (B, H_i*W_i, 4) l, t, r, b
-            ctr.append(self.ctr(tb).flatten(1))  # (B, H_i*W_i)
+            ctr.append(self.ctr(tb).float().flatten(1))  # (B, H_i*W_i)
         return {"cls": torch.cat(cls, 1), "box": torch.cat(box, 1), "ctr": torch.cat(ctr, 1)}
 
 

@@ -103,7 +103,7 @@ class MaskDetector(nn.Module):
         """rois (K, 5) ``(image index, x1, y1, x2, y2)`` or per-image (L_i, 4) boxes, input pixels
         -> (K, num_masks, 28, 28) logits: RoIAlign 14 x 14 on the finest map, then the mask head."""
         feats = roi_align(maps[0], rois, ROI_SIZE, 1 / self.mask_stride, sampling_ratio=2, aligned=True)
-        return self.mask_head(feats)  # (K, C, 14, 14) -> (K, num_masks, 28, 28)
+        return self.mask_head(feats).float()  # (K, C, 14, 14) -> (K, num_masks, 28, 28), fp32 under autocast
 
     def select(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """(K, num_masks, 28, 28) -> (K, 28, 28): each box's own class map (the only one if agnostic)."""

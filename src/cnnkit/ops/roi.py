@@ -85,9 +85,11 @@ def _axis_samples(start, length, bins: int, grid, gmax: int, size: int):
 
 
 def _prepare(input: torch.Tensor, boxes, output_size) -> tuple[torch.Tensor, int, int]:
-    """What RoIAlign and RoIPool both start from: (K, 5) rois in the input's dtype, out_h, out_w."""
+    """What RoIAlign and RoIPool both start from: (K, 5) rois, out_h, out_w. The rois keep at least
+    fp32 for a bf16 or fp16 map: box corners and sample positions in 8 bits of mantissa would be off by
+    a pixel or more at a few hundred pixels."""
     ph, pw = _pair(output_size)
-    return _rois(boxes, input.dtype, input.device), ph, pw
+    return _rois(boxes, torch.promote_types(input.dtype, torch.float32), input.device), ph, pw
 
 
 def roi_align(
@@ -113,7 +115,7 @@ def roi_align(
     gymax, gxmax = max(int(gy.max()), 1), max(int(gx.max()), 1)
     yl, yh, wyl, wyh = _axis_samples(y1, rh, ph, gy, gymax, h)  # (K, ph, gy)
     xl, xh, wxl, wxh = _axis_samples(x1, rw, pw, gx, gxmax, w)  # (K, pw, gx)
-    count = (gy * gx).clamp(min=1).to(input.dtype)
+    count = (gy * gx).clamp(min=1).to(rois.dtype)
     ys = torch.stack([yl, yh], -1)  # (K, ph, gy, 2)
     wy = torch.stack([wyl, wyh], -1) / count[:, None, None, None]
     xs = torch.stack([xl, xh], -1)  # (K, pw, gx, 2)
@@ -123,7 +125,7 @@ def roi_align(
     idx = rows.to(torch.int32)[:, :, None, :, None, :, None] + xs.to(torch.int32)[:, None, :, None, :, None, :]
     wt = wy[:, :, None, :, None, :, None] * wx[:, None, :, None, :, None, :]
     idx = idx.reshape(k * ph * pw, -1)
-    wt = wt.reshape(k * ph * pw, -1)
+    wt = wt.reshape(k * ph * pw, -1).to(input.dtype)
     if bool((gy < gymax).any() or (gx < gxmax).any()):
         # adaptive grids of different sizes: drop the zero-weight padding taps (exact: they add 0)
         mask = wt != 0
