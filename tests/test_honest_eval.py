@@ -83,6 +83,27 @@ def test_carve_validation_is_seeded_and_keeps_a_given_val():
     assert carve_validation(a) == a  # a run's split.json with val is kept as it is
 
 
+def test_busy_cores_reads_the_cores_busy_now(monkeypatch):
+    """Two /proc/stat readings a quarter-second apart: the busy share of the ticks times the cores;
+    without /proc/stat, the load average."""
+    import builtins
+    import io
+    import os
+
+    from cnnkit.engine.config import busy_cores
+
+    lines = iter(["cpu  100 0 100 800 0 0 0 0 0 0\n", "cpu  250 0 150 1000 0 0 0 0 0 0\n"])
+    real_open = builtins.open
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(
+        builtins, "open", lambda p, *a, **k: io.StringIO(next(lines)) if p == "/proc/stat" else real_open(p, *a, **k)
+    )
+    assert busy_cores(0.0) == pytest.approx(2 * 200 / 400)  # 200 busy ticks of 400: one core
+    monkeypatch.setattr(builtins, "open", lambda *a, **k: (_ for _ in ()).throw(OSError("no /proc")))
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.7, 0.0, 0.0))
+    assert busy_cores(0.0) == 1.7
+
+
 def test_run_metadata_says_the_threads_it_used(run):
     from cnnkit.tasks.segment.load import load_segmenter
 
@@ -93,13 +114,14 @@ def test_run_metadata_says_the_threads_it_used(run):
     ("cores", "load", "world", "expected"),
     [(2, 0.05, None, 2), (2, 1.2, None, 1), (2, 9.0, None, 1), (16, 3.4, None, 13), (16, 0.0, 4, 4), (8, 0.6, 1, 7)],
 )
-def test_free_cores_is_the_affinity_less_the_load(monkeypatch, cores, load, world, expected):
+def test_free_cores_is_the_affinity_less_the_busy_cores(monkeypatch, cores, load, world, expected):
     import os
 
+    from cnnkit.engine import config
     from cnnkit.engine.config import free_cores, use_threads
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
-    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(config, "busy_cores", lambda: load)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert free_cores(world) == 3  # a fixed OMP_NUM_THREADS wins over the load

@@ -268,3 +268,25 @@ def test_dropout_is_nn_dropout_seeded_identity_in_eval_and_edge_rates():
     y = x.clone()
     torch.manual_seed(3)
     assert Dropout(0.25, inplace=True).train()(y) is y and torch.equal(y, a)
+
+
+def test_wide_depthwise_convolutions_run_in_fp32_under_cpu_bf16_autocast():
+    """oneDNN's bf16 weight gradient of a 5x5 depthwise convolution is many times its fp32 one: those
+    layers (EfficientNet's Conv2dSame, MobileNetV3's ConvNormAct) leave bf16 autocast; 3x3 depthwise
+    and dense convolutions stay in bf16. Same state-dict keys, same values outside autocast."""
+    from cnnkit.layers.conv_bn_act import ConvNormAct
+    from cnnkit.layers.conv_same import Conv2dSame, DepthwiseConv2d
+
+    x = torch.randn(2, 8, 12, 12)
+    wide, narrow, dense = Conv2dSame(8, 8, 5, 2, groups=8), Conv2dSame(8, 8, 3, groups=8), Conv2dSame(8, 16, 5)
+    block = ConvNormAct(8, 8, 5, groups=8)
+    assert isinstance(block[0], DepthwiseConv2d) and list(block.state_dict())[0] == "0.weight"
+    assert type(ConvNormAct(8, 8, 3, groups=8)[0]) is nn.Conv2d
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert wide(x).dtype == block[0](x).dtype == torch.float32
+        assert narrow(x).dtype == dense(x).dtype == torch.bfloat16
+        y = wide(x)
+    y.sum().backward()
+    assert wide.weight.grad.dtype == torch.float32
+    torch.testing.assert_close(y, wide(x))  # fp32 inside autocast = fp32 outside it
+    torch.testing.assert_close(block[0](x), F.conv2d(x, block[0].weight, block[0].bias, 1, 2, groups=8))

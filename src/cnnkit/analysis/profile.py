@@ -269,14 +269,15 @@ class _TimedBatches:
             yield batch
 
 
-def fp32_ceiling(repeats: int = 5, batch: int = 8, n: int = 2048) -> dict[str, float]:
-    """This CPU's fp32 rate at the current thread count: the best of ``repeats`` timings of a large
+def fp32_ceiling(repeats: int = 5, batch: int = 8, n: int = 2048, precision: str = "fp32") -> dict[str, float]:
+    """This CPU's fp32 (or bf16) rate at the current thread count: the best of ``repeats`` timings of a large
     3x3 convolution (batch x 128 x 56 x 56, 128 filters: 7.4 GFLOP at batch 8) and of an n x n matrix product.
 
     Args:
         repeats: timed calls of each (after one untimed).
         batch: the convolution's batch.
         n: the matrices' side.
+        precision: ``"bf16"`` times both under CPU bf16 autocast instead (the ceiling of a bf16 run).
 
     Returns:
         ``{"conv": GFLOP/s, "gemm": GFLOP/s, "threads": torch threads}``.
@@ -295,7 +296,7 @@ def fp32_ceiling(repeats: int = 5, batch: int = 8, n: int = 2048) -> dict[str, f
             times.append(time.perf_counter() - t)
         return min(times)
 
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
         conv = conv_flops / best(lambda: F.conv2d(x, w, padding=1)) / 1e9
         gemm = gemm_flops / best(lambda: a @ b) / 1e9
     return {"conv": conv, "gemm": gemm, "threads": torch.get_num_threads()}

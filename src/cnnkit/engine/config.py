@@ -357,16 +357,49 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def busy_cores(interval: float = 0.25) -> float:
+    """How many cores the machine's other work keeps busy now: the busy share of all cores' time in
+    ``/proc/stat`` over ``interval`` seconds, times the cores. Where ``/proc/stat`` cannot be read, the
+    one-minute load average (``os.getloadavg``), which still counts a job that ended a minute ago.
+
+    Args:
+        interval: seconds between the two readings.
+
+    Returns:
+        Busy cores, >= 0 (fractional).
+    """
+    import time
+
+    def ticks() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+        return sum(values[:8]), idle  # user .. steal; guest time is already in user
+
+    try:
+        total0, idle0 = ticks()
+        time.sleep(interval)
+        total1, idle1 = ticks()
+        cpus = os.cpu_count() or 1
+        return max(0.0, (1 - (idle1 - idle0) / max(1, total1 - total0)) * cpus)
+    except (OSError, ValueError, IndexError):
+        try:
+            return os.getloadavg()[0]
+        except (AttributeError, OSError):
+            return 0.0
+
+
 def free_cores(world: int | None = None) -> int:
     """Torch threads per process that use the cores this machine has free now.
 
     ``OMP_NUM_THREADS``, when the environment sets it to a positive number, is taken as it is (the
     usual way to fix a process's threads, and what makes a run's arithmetic independent of the
-    machine's load). Otherwise: the cores this process may run on (``os.sched_getaffinity``; ``os.cpu_count`` where that is
-    missing) less the one-minute load average (``os.getloadavg``: processes running or waiting for
-    a core), rounded to whole cores, at least 1, shared among the ``world`` processes of a torchrun
-    job (default: ``LOCAL_WORLD_SIZE``, else 1). An idle 2-core machine gives 2; one other busy
-    process on it, 1. The load is read once, before the run adds to it.
+    machine's load). Otherwise: the cores this process may run on (``os.sched_getaffinity``;
+    ``os.cpu_count`` where that is missing) less the cores other work keeps busy now
+    (:func:`busy_cores`, a quarter-second reading), rounded to whole cores, at least 1, shared among
+    the ``world`` processes of a torchrun job (default: ``LOCAL_WORLD_SIZE``, else 1). An idle
+    2-core machine gives 2; one other busy process on it, 1. The cores are read once, before the run
+    adds to their load.
 
     Args:
         world: processes sharing the cores (None: ``LOCAL_WORLD_SIZE`` or 1).
@@ -385,12 +418,8 @@ def free_cores(world: int | None = None) -> int:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        load = 0.0
     world = world or int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-    free = min(cores, max(1, round(cores - load)))
+    free = min(cores, max(1, round(cores - busy_cores())))
     return max(1, free // max(1, world))
 
 

@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 import torch.nn as nn
 
+from cnnkit.layers.conv_same import DepthwiseConv2d
+
 
 class ConvNormAct(nn.Sequential):
     """``Conv2d(padding=(k - 1) // 2 * dilation)`` -> norm -> activation; the conv has a bias only without a norm.
@@ -32,8 +34,9 @@ class ConvNormAct(nn.Sequential):
         act_layer: Callable[..., nn.Module] | None = nn.ReLU,
     ):
         padding = (kernel_size - 1) // 2 * dilation
+        wide_depthwise = groups > 1 and groups == in_channels and kernel_size > 3
         layers: list[nn.Module] = [
-            nn.Conv2d(
+            (DepthwiseConv2d if wide_depthwise else nn.Conv2d)(
                 in_channels,
                 out_channels,
                 kernel_size,
