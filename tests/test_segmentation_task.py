@@ -229,6 +229,18 @@ def test_lovasz_softmax_of_sure_predictions_is_one_minus_the_mean_iou():
     logits = torch.randn(2, 3, 9, 7, requires_grad=True)
     lovasz_softmax(logits, y, valid).backward()
     assert logits.grad.abs().sum() > 0 and logits.grad[0, :, 0, 0].abs().sum() == 0
+    # the loss of a float sort (the paper's) on random logits; under bf16 autocast still fp32
+    q = logits.detach().softmax(1).permute(0, 2, 3, 1)[valid]
+    ref = []
+    for c in range(3):
+        fg = (y[valid] == c).float()
+        errors, order = (fg - q[:, c]).abs().sort(descending=True)
+        fg = fg[order]
+        jac = 1 - (fg.sum() - fg.cumsum(0)) / (fg.sum() + (1 - fg).cumsum(0))
+        ref.append(errors @ torch.cat([jac[:1], jac[1:] - jac[:-1]]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = lovasz_softmax(logits.detach(), y, valid)
+    assert got.dtype == torch.float32 and float(got) == pytest.approx(float(torch.stack(ref).mean()), abs=1e-6)
 
 
 def test_segmenter_test_time_procedure_flip_and_scale():

@@ -99,8 +99,8 @@ class RunConfig:
     seed: int = option(0, help="seeds initialisation, data order, splits and augmentation", minimum=0, below=2**63)
     threads: int | None = option(
         None,
-        help="torch threads per process (0: the free cores: those this process may use less the "
-        "1-minute load average, at least 1)",
+        help="torch threads per process (0: the free cores: those this process may use less those "
+        "busy now, at least 1)",
         minimum=0,
     )
     device: str | None = option(

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from cnnkit.data.imageset import Features, ImageSet
 from cnnkit.engine.precision import autocast
 from cnnkit.errors import CnnkitError
+from cnnkit.models.fold import fold_batchnorm
 
 
 @dataclass
@@ -108,8 +109,12 @@ def evaluate(
     was_training = model.training
     model.eval()
     try:
+        net = model
+        if not isinstance(data, Features) and len(data.images):  # a copy with its batch norms folded
+            example = data.images[:1].to(next(model.parameters()).device).float().div_(255)
+            net = fold_batchnorm(model, example.contiguous(memory_format=_fmt(channels_last)))[0]
         logits = predict_logits(
-            model, data.x if isinstance(data, Features) else data.images, batch_size, channels_last, precision
+            net, data.x if isinstance(data, Features) else data.images, batch_size, channels_last, precision
         )
     finally:
         model.train(was_training)

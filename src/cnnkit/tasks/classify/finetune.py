@@ -44,6 +44,7 @@ from cnnkit.data.imageset import Features, ImageSet
 from cnnkit.engine import Data, Phase, Plan, Setup
 from cnnkit.engine.config import use_threads
 from cnnkit.engine.distributed import Dist
+from cnnkit.engine.precision import autocast
 from cnnkit.engine.runfolder import (
     FORMAT,
     MODEL_FILE,
@@ -54,6 +55,7 @@ from cnnkit.engine.runfolder import (
 )
 from cnnkit.errors import CnnkitError
 from cnnkit.models.deploy import Classifier
+from cnnkit.models.fold import fold_batchnorm
 from cnnkit.models.heads import (
     HEAD_KINDS,
     ClassScoresHead,
@@ -196,7 +198,7 @@ def finetune(
     if head == "class_scores":
         _install_head(model, source, len(train_set.classes))
     task.info["finetune_head"] = {"kind": head, "val_loss": choice}
-    plan = stage_plan(clf, stages, freeze_until, cfg, train_set, val_set, cache)
+    plan = stage_plan(clf, stages, freeze_until, cfg, train_set, val_set, cache, precision)
     settings = {k: v for k, v in cfg.__dict__.items() if k != "log"}
     settings["head"] = head
     log = (lambda epoch, row: cfg.log(_stage_row(row))) if cfg.log else None
@@ -230,13 +232,14 @@ def stage_plan(
     train_set: ImageSet,
     val_set: ImageSet | None = None,
     cache: dict | None = None,
+    precision: str = "auto",
 ):
     """The engine's plan: one phase per stage -- its parameters and LRs (:func:`plan_stage`), its
     frozen BN layers, and for ``head`` with ``cache_features`` the head alone on cached features
-    (computed once into ``cache``, which a second plan on the same data may share)."""
+    (computed once into ``cache``, which a second plan on the same data may share, in ``precision``)."""
     cache = {} if cache is None else cache
     model = clf.net
-    features, head = _parts(model)
+    head = _parts(model)[1]
 
     def begin(stage: str):
         def setup(_) -> Setup:
@@ -257,8 +260,8 @@ def stage_plan(
             # on what it gave
             if "data" not in cache:
                 cache["data"] = Data(
-                    _features(features, clf, train_set, cfg, flips=cfg.cache_flips),
-                    _features(features, clf, val_set, cfg) if val_set is not None else None,
+                    _features(clf, train_set, cfg, cfg.cache_flips, precision),
+                    _features(clf, val_set, cfg, False, precision) if val_set is not None else None,
                 )
             # the whole network in eval mode there (no dropout) unless head_dropout: only the head trains
             frozen = plan.frozen_bn if cfg.head_dropout else plan.frozen_bn + [model]
@@ -384,7 +387,7 @@ def _choose_head(task, clf, source, stages, freeze_until, cfg, train_set, val_se
     for kind in HEAD_KINDS:
         if kind == "class_scores":
             _install_head(model, source, len(train_set.classes))
-        plan = stage_plan(clf, ["head"], freeze_until, cfg, train_set, val_set, cache)
+        plan = stage_plan(clf, ["head"], freeze_until, cfg, train_set, val_set, cache, precision)
         # one process (under torchrun every rank makes the same choice on all the data)
         run = engine.fit(
             task,
@@ -507,22 +510,25 @@ def _keras_to_module(name: str, leaves) -> str:
 # ----------------------------------------------------------------------------- data helpers
 
 
-def _features(features, clf: nn.Module, data: ImageSet, cfg, flips: bool = False):
-    """The frozen base's output for every image (eval mode, no grad), kept on the device; with
-    ``flips`` also for every image mirrored left-right (the cached head's only augmentation)."""
+def _features(clf: nn.Module, data: ImageSet, cfg, flips: bool = False, precision: str = "auto"):
+    """The frozen base's output for every image (eval mode, no grad, channels-last batches, in
+    ``precision``), kept on the device as fp32; with ``flips`` also for every image mirrored
+    left-right (the cached head's only augmentation)."""
     dev = clf.mean.device
     modes = {m: m.training for m in clf.modules()}
     out = []
     try:
         clf.eval()
-        with torch.no_grad():
-            for idx in torch.arange(len(data)).split(cfg.batch_size * 2):
-                x = data.images[idx].to(dev).float() / 255
-                out.append(features((x - clf.mean) / clf.std))
-            if flips:
+        example = ((data.images[:1].to(dev).float() / 255 - clf.mean) / clf.std).contiguous(
+            memory_format=torch.channels_last
+        )
+        features = _parts(fold_batchnorm(clf.net, example)[0])[0]  # a copy, batch norms merged into convolutions
+        with torch.no_grad(), autocast(precision, dev):
+            for flip in (False, True) if flips else (False,):
                 for idx in torch.arange(len(data)).split(cfg.batch_size * 2):
-                    x = data.images[idx].to(dev).float().flip(-1) / 255
-                    out.append(features((x - clf.mean) / clf.std))
+                    x = data.images[idx].to(dev).float() / 255
+                    x = ((x.flip(-1) if flip else x) - clf.mean) / clf.std
+                    out.append(features(x.contiguous(memory_format=torch.channels_last)).float())
     finally:
         for m, training in modes.items():
             m.training = training
@@ -589,7 +595,7 @@ def evaluate(
     as a fine-tuned checkpoint records it."""
     c = data.images.shape[1]
     clf = Classifier(model, mean or (0.5,) * c, std or (0.5,) * c, data.classes, data.image_shape, tta)
-    result = evaluate_classifier(clf.to(device).train(model.training), data, batch_size, False)
+    result = evaluate_classifier(clf.to(device).train(model.training), data, batch_size)  # channels-last
     return result.loss, result.accuracy
 
 

@@ -1,0 +1,67 @@
+"""Batch norm folded into the convolution before it (cnnkit.models.fold)."""
+
+import torch
+import torch.nn as nn
+
+from cnnkit.models import create_model
+from cnnkit.models.fold import fold_batchnorm
+
+
+def _randomise_norms(net: nn.Module, g: torch.Generator) -> None:
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.5, generator=g)
+            m.running_var.uniform_(0.5, 2.0, generator=g)
+            m.weight.data.uniform_(0.5, 1.5, generator=g)
+            m.bias.data.normal_(0, 0.2, generator=g)
+
+
+def test_a_zoo_network_folds_every_conv_norm_pair_and_answers_the_same():
+    g = torch.Generator().manual_seed(0)
+    net = create_model("efficientnet_lite0", num_classes=5).eval()
+    _randomise_norms(net, g)
+    x = torch.rand(2, 3, 64, 64, generator=g)
+    folded, n = fold_batchnorm(net, x[:1])
+    norms = sum(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    assert n == norms == 49 and not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) == norms  # the original is untouched
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), net(x), atol=1e-4, rtol=1e-4)
+    assert set(folded.state_dict()) != set(net.state_dict())  # a copy for inference, not for saving
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # found and checked in fp32 all the same
+        assert fold_batchnorm(net, x[:1])[1] == 49
+
+
+def test_a_norm_after_something_else_or_a_conv_used_twice_is_left_alone():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.pool_bn = nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3), nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            y = self.bn(self.conv(x))
+            return self.pool_bn(nn.functional.max_pool2d(self.conv(y), 2))  # conv runs twice; pool_bn after a pool
+
+    net = Twice().eval()
+    _randomise_norms(net, torch.Generator().manual_seed(1))
+    folded, n = fold_batchnorm(net, torch.rand(1, 3, 8, 8))
+    assert n == 0 and isinstance(folded.bn, nn.BatchNorm2d) and isinstance(folded.pool_bn, nn.BatchNorm2d)
+
+
+def test_an_answer_that_would_change_keeps_the_unfolded_copy():
+    class Reused(nn.Module):  # the conv's output feeds the norm and, again, the sum: folding would change it
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y
+
+    net = Reused().eval()
+    _randomise_norms(net, torch.Generator().manual_seed(2))
+    x = torch.rand(1, 3, 4, 4)
+    folded, n = fold_batchnorm(net, x)
+    assert n == 0 and isinstance(folded.bn, nn.BatchNorm2d)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), net(x))
