@@ -44,7 +44,6 @@ from cnnkit.data.imageset import Features, ImageSet
 from cnnkit.engine import Data, Phase, Plan, Setup
 from cnnkit.engine.config import use_threads
 from cnnkit.engine.distributed import Dist
-from cnnkit.engine.precision import autocast
 from cnnkit.engine.runfolder import (
     FORMAT,
     MODEL_FILE,
@@ -198,7 +197,7 @@ def finetune(
     if head == "class_scores":
         _install_head(model, source, len(train_set.classes))
     task.info["finetune_head"] = {"kind": head, "val_loss": choice}
-    plan = stage_plan(clf, stages, freeze_until, cfg, train_set, val_set, cache, precision)
+    plan = stage_plan(clf, stages, freeze_until, cfg, train_set, val_set, cache)
     settings = {k: v for k, v in cfg.__dict__.items() if k != "log"}
     settings["head"] = head
     log = (lambda epoch, row: cfg.log(_stage_row(row))) if cfg.log else None
@@ -232,11 +231,10 @@ def stage_plan(
     train_set: ImageSet,
     val_set: ImageSet | None = None,
     cache: dict | None = None,
-    precision: str = "auto",
 ):
     """The engine's plan: one phase per stage -- its parameters and LRs (:func:`plan_stage`), its
     frozen BN layers, and for ``head`` with ``cache_features`` the head alone on cached features
-    (computed once into ``cache``, which a second plan on the same data may share, in ``precision``)."""
+    (computed once into ``cache``, which a second plan on the same data may share)."""
     cache = {} if cache is None else cache
     model = clf.net
     head = _parts(model)[1]
@@ -260,8 +258,8 @@ def stage_plan(
             # on what it gave
             if "data" not in cache:
                 cache["data"] = Data(
-                    _features(clf, train_set, cfg, cfg.cache_flips, precision),
-                    _features(clf, val_set, cfg, False, precision) if val_set is not None else None,
+                    _features(clf, train_set, cfg, cfg.cache_flips),
+                    _features(clf, val_set, cfg) if val_set is not None else None,
                 )
             # the whole network in eval mode there (no dropout) unless head_dropout: only the head trains
             frozen = plan.frozen_bn if cfg.head_dropout else plan.frozen_bn + [model]
@@ -387,7 +385,7 @@ def _choose_head(task, clf, source, stages, freeze_until, cfg, train_set, val_se
     for kind in HEAD_KINDS:
         if kind == "class_scores":
             _install_head(model, source, len(train_set.classes))
-        plan = stage_plan(clf, ["head"], freeze_until, cfg, train_set, val_set, cache, precision)
+        plan = stage_plan(clf, ["head"], freeze_until, cfg, train_set, val_set, cache)
         # one process (under torchrun every rank makes the same choice on all the data)
         run = engine.fit(
             task,
@@ -510,10 +508,12 @@ def _keras_to_module(name: str, leaves) -> str:
 # ----------------------------------------------------------------------------- data helpers
 
 
-def _features(clf: nn.Module, data: ImageSet, cfg, flips: bool = False, precision: str = "auto"):
-    """The frozen base's output for every image (eval mode, no grad, channels-last batches, in
-    ``precision``), kept on the device as fp32; with ``flips`` also for every image mirrored
-    left-right (the cached head's only augmentation)."""
+def _features(clf: nn.Module, data: ImageSet, cfg, flips: bool = False):
+    """The frozen base's output for every image (eval mode, no grad, channels-last batches, batch
+    norms folded), kept on the device; with ``flips`` also for every image mirrored left-right (the
+    cached head's only augmentation). In fp32 whatever the run's precision: the head trains on these
+    for every epoch, and bf16 features cost 0.45 points of test accuracy on each of three flowers
+    splits for 9 s less."""
     dev = clf.mean.device
     modes = {m: m.training for m in clf.modules()}
     out = []
@@ -523,7 +523,7 @@ def _features(clf: nn.Module, data: ImageSet, cfg, flips: bool = False, precisio
             memory_format=torch.channels_last
         )
         features = _parts(fold_batchnorm(clf.net, example)[0])[0]  # a copy, batch norms merged into convolutions
-        with torch.no_grad(), autocast(precision, dev):
+        with torch.no_grad(), torch.autocast(dev.type, enabled=False):
             for flip in (False, True) if flips else (False,):
                 for idx in torch.arange(len(data)).split(cfg.batch_size * 2):
                     x = data.images[idx].to(dev).float() / 255
