@@ -63,5 +63,6 @@ def test_an_answer_that_would_change_keeps_the_unfolded_copy():
     x = torch.rand(1, 3, 4, 4)
     folded, n = fold_batchnorm(net, x)
     assert n == 0 and isinstance(folded.bn, nn.BatchNorm2d)
+    assert fold_batchnorm(net, torch.zeros(0, 3, 4, 4))[1] == 0  # an empty batch finds nothing
     with torch.no_grad():
         torch.testing.assert_close(folded(x), net(x))

@@ -39,6 +39,8 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor, atol: float = 1e-4) 
         (1, 'Identity')
     """
     net = copy.deepcopy(model).eval()
+    if example.numel() == 0:  # nothing to find the pairs with
+        return net, 0
     convs = {m for m in net.modules() if isinstance(m, nn.Conv2d)}
     norms = {m for m in net.modules() if isinstance(m, nn.BatchNorm2d) and m.track_running_stats}
     calls: dict[nn.Module, int] = {}
