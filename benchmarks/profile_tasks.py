@@ -5,7 +5,13 @@
 
     python benchmarks/profile_tasks.py mnist                 # classify mnist `fast`, the first 40 steps' worth
     python benchmarks/profile_tasks.py segment detect        # Penn-Fudan tasks, a short run each
-    python benchmarks/profile_tasks.py all --plot docs/assets/profile.png
+    python benchmarks/profile_tasks.py all --plot docs/images/profile.png
+    python benchmarks/profile_tasks.py all --full             # time to result: every default in full
+
+``--full`` trains each command's defaults in full (MNIST `fast` and flowers over ``--seeds`` seeds,
+3 by default; flowers' seed also draws its split), scores the test split and ends with one line per
+task: its mean time (training, or command to score for flowers) and scores against the issue's
+target and against the figures the issue started from (AMD EPYC Zen 3, fp32).
 
 Each task runs its own recipe (the defaults of its command) for a few dozen optimizer steps through
 the one engine, with the task and the plan wrapped by :class:`cnnkit.analysis.profile.StepProfiler`
