@@ -66,3 +66,27 @@ def test_an_answer_that_would_change_keeps_the_unfolded_copy():
     assert fold_batchnorm(net, torch.zeros(0, 3, 4, 4))[1] == 0  # an empty batch finds nothing
     with torch.no_grad():
         torch.testing.assert_close(folded(x), net(x))
+
+
+def test_cpu_evaluation_batches_hold_a_bounded_number_of_pixels():
+    """Large photos go through the network a few at a time on a CPU (their activations stay in the
+    caches); small images keep the asked batch."""
+    from cnnkit.tasks.classify.evaluate import CPU_BATCH_PIXELS, predict_logits
+
+    sizes = []
+
+    class Count(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            sizes.append(len(x))
+            return x.mean((1, 2, 3))[:, None] * self.w
+
+    side = int((CPU_BATCH_PIXELS // 2) ** 0.5)  # two such images fill a batch
+    predict_logits(Count(), torch.zeros(5, 1, side, side, dtype=torch.uint8), batch_size=100, precision="fp32")
+    assert sizes == [2, 2, 1]
+    sizes.clear()
+    predict_logits(Count(), torch.zeros(30, 1, 28, 28, dtype=torch.uint8), batch_size=16, precision="fp32")
+    assert sizes == [16, 14]

@@ -14,6 +14,8 @@ from cnnkit.engine.precision import autocast
 from cnnkit.errors import CnnkitError
 from cnnkit.models.fold import fold_batchnorm
 
+CPU_BATCH_PIXELS = 1 << 19  # 6 photos of 288 x 288, 668 MNIST digits
+
 
 @dataclass
 class Evaluation:
@@ -65,9 +67,14 @@ def predict_logits(
     precision: str | None = "auto",
 ) -> torch.Tensor:
     """Logits (N, K) for uint8 images (N, C, H, W) -- or float features -- in batches, on the
-    model's device. ``precision``: auto | fp32 | bf16, or None for the caller's autocast context."""
+    model's device. ``precision``: auto | fp32 | bf16, or None for the caller's autocast context.
+    On a CPU a batch holds at most :data:`CPU_BATCH_PIXELS` pixels (and ``batch_size`` images): its
+    activations then stay in the caches (EfficientNet-Lite0 on 225 photos of 288 px, two threads:
+    6.0 s at 8 a batch, 9.5 s at 32, 19.9 s at 1,000)."""
     device = next(model.parameters()).device
     context = autocast(precision, device) if precision is not None else contextlib.nullcontext()
+    if device.type == "cpu" and images.dim() == 4:
+        batch_size = max(1, min(batch_size, CPU_BATCH_PIXELS // (images.shape[-2] * images.shape[-1])))
     out = []
     for i in range(0, images.shape[0], batch_size):
         x = images[i : i + batch_size].to(device)
