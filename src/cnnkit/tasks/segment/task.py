@@ -178,5 +178,5 @@ def _lovasz_softmax(logits: torch.Tensor, y: torch.Tensor, valid: torch.Tensor) 
         union = fg.sum() + (1 - fg).cumsum(0)
         jaccard = 1 - inter / union  # 1 - IoU with the first i wrong
         grad = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])  # its increments
-        losses.append((errors * grad).sum())
+        losses.append(errors @ grad)
     return torch.stack(losses).mean() if losses else logits.sum() * 0
