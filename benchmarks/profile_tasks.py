@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 import cnnkit.engine
-from cnnkit.analysis.profile import StepProfiler, fp32_ceiling
+from cnnkit.analysis.profile import StepProfiler, compute_ceiling
 from cnnkit.engine.precision import choose, cpu_name
 
 TASKS = ("mnist", "flowers", "detect", "segment", "instance")
@@ -223,7 +223,7 @@ def main() -> None:
         for seed in range(seeds if name in ("mnist", "flowers") else 1):
             with tempfile.TemporaryDirectory() as tmp:
                 prof, times = run_task(name, args, Path(tmp) / "run", seed)
-            ceiling = fp32_ceiling(precision=times["precision"])  # at the thread count the run used
+            ceiling = compute_ceiling(precision=times["precision"])  # at the thread count the run used
             g = prof.gflops()
             label = f"{name}" + (f" seed {seed}" if seeds > 1 and name in ("mnist", "flowers") else "")
             print(f"\n== {label}: {times['threads']} threads, {times['precision']}, load {os.getloadavg()[0]:.2f}")

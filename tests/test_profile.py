@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cnnkit.analysis.profile import PARTS, StepProfiler, fp32_ceiling
+from cnnkit.analysis.profile import PARTS, StepProfiler, compute_ceiling
 from cnnkit.engine import Data, Phase, Plan, Setup, fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -90,8 +90,8 @@ def test_profiler_charges_each_part_and_counts_the_layers_flops(tmp_path):
     assert (tmp_path / "run" / "model.safetensors").is_file()
 
 
-def test_fp32_ceiling_is_a_positive_rate():
-    c = fp32_ceiling(repeats=1, batch=1, n=256)
+def test_the_compute_ceiling_is_a_positive_rate():
+    c = compute_ceiling(repeats=1, batch=1, n=256)
     assert c["conv"] > 0.1 and c["gemm"] > 0.1 and c["threads"] == 1
 
 

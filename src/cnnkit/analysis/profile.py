@@ -10,12 +10,12 @@ less validation, is ``checkpoint`` (the engine saves the run there). The first `
 (allocation, first-call dispatch) are kept apart. The floating-point operations of one step's
 forward and backward pass are counted on the first step with :class:`torch.utils.flop_counter.FlopCounterMode`
 (convolutions and matrix products, on the actual batch), so the achieved GFLOP/s of the compute part
-can be set against the machine's fp32 ceiling (:func:`fp32_ceiling`, measured at the same thread count)::
+can be set against the machine's fp32 or bf16 ceiling (:func:`compute_ceiling`, measured at the same thread count)::
 
     prof = StepProfiler()
     result = fit(prof.task(task), model, data, prof.plan(plan), out)
     prof.stop()
-    print(prof.table(fp32_ceiling()))
+    print(prof.table(compute_ceiling()["conv"]))
 """
 
 from __future__ import annotations
@@ -269,7 +269,7 @@ class _TimedBatches:
             yield batch
 
 
-def fp32_ceiling(repeats: int = 5, batch: int = 8, n: int = 2048, precision: str = "fp32") -> dict[str, float]:
+def compute_ceiling(repeats: int = 5, batch: int = 8, n: int = 2048, precision: str = "fp32") -> dict[str, float]:
     """This CPU's fp32 (or bf16) rate at the current thread count: the best of ``repeats`` timings of a large
     3x3 convolution (batch x 128 x 56 x 56, 128 filters: 7.4 GFLOP at batch 8) and of an n x n matrix product.
 
