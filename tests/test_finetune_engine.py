@@ -208,3 +208,103 @@ def test_bf16_training_checkpoint_loads_and_predicts_in_fp32(data_dir, tmp_path,
 
     acc = json.loads(capsys.readouterr().out)["accuracy"]
     assert acc == pytest.approx(model.info["history"][-1]["val_acc"], abs=0.02)  # bf16 vs fp32 answers
+
+
+def test_stage_top_on_cached_activations_trains_as_on_the_whole_network():
+    """Without augmentation, stage top trains its layers on the activations entering them, computed
+    once (the layers below are frozen): the same weights as running the whole network every step."""
+    from cnnkit.tasks.classify.finetune import _halves
+
+    kw = dict(
+        stages=("head", "top"),
+        epochs=2,
+        batch_size=8,
+        lr_head=1e-2,
+        lr_top=1e-2,
+        cache_flips=False,
+        head="features",
+        precision="fp32",
+    )
+    nets = []
+    for cache in (True, False):
+        torch.manual_seed(0)
+        net = small_vgg()
+        finetune(net, toy_set(), toy_set(seed=1), cache_features=cache, **kw)
+        nets.append(net)
+    cached, whole = (dict(n.named_parameters()) for n in nets)
+    assert max((cached[k] - whole[k]).abs().max().item() for k in cached) < 1e-4
+    moved = (cached["10.weight"] - small_vgg_at_seed_0()["10.weight"]).abs().max().item()
+    assert moved > 1e-3  # the last convolution did train
+    below, above = _halves(nets[0].eval(), "10", torch.rand(1, 3, 16, 16))
+    assert len(below) == 10 and len(above) == 4  # split before it: conv, BN, ReLU, pool above
+
+
+def small_vgg_at_seed_0():
+    torch.manual_seed(0)
+    return dict(small_vgg().named_parameters())
+
+
+def test_a_network_whose_forward_is_not_a_chain_is_not_split_and_stage_top_still_trains():
+    from cnnkit.tasks.classify.finetune import _halves
+
+    class Skip(torch.nn.Module):  # forward_features adds its input back: not its modules in turn
+        def __init__(self):
+            super().__init__()
+            self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.block = torch.nn.Conv2d(8, 8, 3, padding=1)
+            self.fc = torch.nn.Linear(8, 2)
+
+        def forward_features(self, x):
+            x = self.stem(x)
+            return x + self.block(x)
+
+        def forward_head(self, x):
+            return self.fc(x.mean((2, 3)))
+
+        def forward(self, x):
+            return self.forward_head(self.forward_features(x))
+
+    torch.manual_seed(0)
+    net = Skip()
+    assert _halves(net.eval(), "block", torch.rand(1, 3, 16, 16)) is None
+    before = net.block.weight.detach().clone()
+    history = finetune(
+        net,
+        toy_set(),
+        toy_set(seed=1),
+        stages=("head", "top"),
+        freeze_until="block",
+        epochs=1,
+        batch_size=8,
+        lr_top=1e-2,
+    )
+    assert [r["stage"] for r in history] == ["head", "top"]
+    assert (net.block.weight - before).abs().max().item() > 1e-4
+
+
+def test_auto_stages_try_head_and_top_on_the_cache_and_keep_the_lower_val_loss(tmp_path):
+    """``stages="auto"``: both candidates train on the cached data from the same start; the run is
+    the one with the lower validation loss, recorded in the checkpoint, and a resumed run keeps it."""
+    from cnnkit.engine.runfolder import resumed_config
+
+    kw = dict(epochs=2, batch_size=8, lr_head=1e-2, lr_top=1e-2, head="features", precision="fp32")
+    torch.manual_seed(0)
+    net = small_vgg()
+    history = finetune(net, toy_set(), toy_set(seed=1), stages="auto", out=tmp_path / "run", **kw)
+    info = read_info(tmp_path / "run")
+    losses = info["finetune_stages"]["val_loss"]
+    assert set(losses) == {"head", "top"} and losses["head"] != losses["top"]
+    chosen = min(losses, key=losses.get)
+    assert info["finetune_stages"]["stages"] == [chosen] and {r["stage"] for r in history} == {chosen}
+    assert resumed_config(tmp_path / "run")["finetune"]["stages"] == [chosen]
+    # the chosen stage alone, run as such, ends with the trial's validation loss
+    torch.manual_seed(0)
+    alone = finetune(small_vgg(), toy_set(), toy_set(seed=1), stages=(chosen,), **kw)
+    assert alone[-1]["val_loss"] == pytest.approx(losses[chosen], rel=1e-5)
+    assert history[-1]["val_loss"] == pytest.approx(losses[chosen], rel=1e-5)
+
+
+def test_auto_stages_without_a_validation_split_train_the_head():
+    torch.manual_seed(0)
+    history = finetune(small_vgg(), toy_set(), None, stages="auto", epochs=1, batch_size=8, precision="fp32")
+    assert [r["stage"] for r in history] == ["head"]

@@ -54,11 +54,11 @@ def test_stage_plans_set_requires_grad():
     plan = plan_stage(net, "head", None, (3, 16, 16))
     assert _requires_grad(net) == head and set(plan.trainable) == head
     assert len(plan.frozen_bn) == 4  # every BN of the base in eval
-    plan = plan_stage(net, "top", None, (3, 16, 16))  # default: the last block
-    assert _requires_grad(net) == head | {f"{i}.{w}" for i in (7, 8, 10, 11) for w in ("weight", "bias")}
-    assert len(plan.frozen_bn) == 4  # train_bn=False: all stay eval
-    plan_stage(net, "top", "block2_conv2", (3, 16, 16))  # Keras name -> module 10
+    plan = plan_stage(net, "top", None, (3, 16, 16))  # default: the last convolution (10) on
     assert _requires_grad(net) == head | {"10.weight", "10.bias", "11.weight", "11.bias"}
+    assert len(plan.frozen_bn) == 4  # train_bn=False: all stay eval
+    plan_stage(net, "top", "block2_conv1", (3, 16, 16))  # Keras name -> module 7: the last block
+    assert _requires_grad(net) == head | {f"{i}.{w}" for i in (7, 8, 10, 11) for w in ("weight", "bias")}
     plan = plan_stage(net, "all", None, (3, 16, 16))
     assert _requires_grad(net) == {n for n, _ in net.named_parameters()}
     lrs = {n: g["lr"] for g in plan.groups for n in g["names"]}  # discriminative: deeper, lower
@@ -95,11 +95,12 @@ def test_frozen_batch_norm_keeps_its_statistics():
             assert torch.equal(before[key], after[key]), key
     for key in ("8.running_mean", "8.running_var", "11.running_mean", "11.running_var"):
         assert torch.equal(before[key], after[key]), key  # unfrozen BN, train_bn=False
-    assert not torch.equal(before["7.weight"], after["7.weight"])  # block 2 conv trained in "top"
+    assert not torch.equal(before["10.weight"], after["10.weight"])  # the last conv trained in "top"
+    assert torch.equal(before["7.weight"], after["7.weight"])  # below it: frozen
     assert all(p.requires_grad for p in net.parameters())  # flags restored afterwards
     finetune(net, toy_set(), None, stages=("top",), epochs=1, batch_size=8, train_bn=True)
-    assert not torch.equal(before["8.running_mean"], net.state_dict()["8.running_mean"])
-    assert torch.equal(before["1.running_mean"], net.state_dict()["1.running_mean"])
+    assert not torch.equal(before["11.running_mean"], net.state_dict()["11.running_mean"])
+    assert torch.equal(before["8.running_mean"], net.state_dict()["8.running_mean"])
 
 
 def test_head_stage_with_cached_features_learns():

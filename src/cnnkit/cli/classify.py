@@ -97,9 +97,9 @@ def add_modes(sub, short: bool) -> None:
     f = sub.add_parser(
         "finetune",
         help="fine-tune a (pretrained) zoo network on a folder of your own images",
-        description="Replace the classifier for the folder's classes, train it with the base "
-        "frozen, then unfreeze the top block (and optionally everything) with lower "
-        "learning rates.",
+        description="Replace the classifier for the folder's classes and train it with the last "
+        "convolution on the cached activations of the frozen layers below (stage top); stages head "
+        "(the classifier alone) and all (everything, lower learning rates) on request.",
     )
     add_config_arguments(f, FinetuneConfig)
     add_run_arguments(f, "runs/finetune-<model>-<time>")

@@ -180,7 +180,7 @@ class FinetuneConfig(RunConfig):
     Example:
         >>> cfg = FinetuneConfig(data="hymenoptera", model="resnet18", weights="imagenet")
         >>> cfg.stages
-        'head'
+        'auto'
     """
 
     data: str | None = option(None, help="DIR/<class>/* or DIR/{train,val[,test]}/<class>/* (required unless --resume)")
@@ -191,21 +191,23 @@ class FinetuneConfig(RunConfig):
         "published weights (downloaded once), or a cnnkit checkpoint",
     )
     freeze_until: str | None = option(
-        None, help="first layer trained in stage 'top': layer4, features.24, block5_conv1 (default: the last block)"
+        None,
+        help="first layer trained in stage 'top': layer4, features.24, block5_conv1 (default: the last "
+        "convolution, e.g. EfficientNet's conv_head)",
     )
     stages: str = option(
-        "head",
-        help="comma-separated subset of head,top,all (default head: the top stage "
-        "lowered validation accuracy on hymenoptera and flowers)",
+        "auto",
+        help="comma-separated subset of head,top,all, or auto: head (the new classifier alone) and top "
+        "(it and the last convolution) each tried on the cached activations, the lower validation loss kept",
     )
     epochs: int | None = option(
         None,
-        help="epochs of every stage (default: head 40 on cached features of "
-        "each image and its mirror image, top 2, all 2)",
+        help="epochs of every stage (default: head 40, top 8, all 2; head and top train on what the "
+        "frozen layers give for each image and its mirror image, computed once)",
     )
     batch_size: int = 32
     lr: float = option(
-        3e-3, help="peak learning rate of the head stage (cosine to 0); 'top' and 'all' use a thirtieth of it"
+        3e-3, help="peak learning rate of stage head (cosine to 0); stage top uses a third of it, all a thirtieth"
     )
     image_size: int | None = option(
         None, help="square input size (default: the model's, e.g. 224; with pretrained --weights 9/7 of it, e.g. 288)"
