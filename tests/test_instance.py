@@ -320,12 +320,13 @@ def test_a_short_training_run_learns_digit_masks(data_dir):
     assert m["box_AP"] >= 0.6 and m["mask_AP"] >= 0.25 and m["mask_AP50"] >= 0.6
 
 
-def test_validation_is_off_by_default_and_old_runs_validate_flag_maps_to_val_every():
+def test_photos_validate_every_8th_epoch_by_default_and_old_runs_validate_flag_maps_to_val_every():
     from dataclasses import asdict
 
     from cnnkit.tasks.instance.config import config_from_dict
 
-    assert InstanceConfig(data="pennfudan").resolved().val_every == 0  # once, after training
+    assert InstanceConfig(data="pennfudan").resolved().val_every == 8  # and after the last epoch
+    assert InstanceConfig(data="digits").resolved().val_every == 0  # the suite's short runs: none
     assert InstanceConfig(data="pennfudan", val_every=2).resolved().val_every == 2
     old = {k: v for k, v in asdict(InstanceConfig()).items() if k != "val_every"}
     assert config_from_dict({**old, "validate": True}).val_every == 1  # a run saved before val_every

@@ -49,7 +49,7 @@ class InstanceConfig(DetectConfig):
             image_size=self.image_size if self.image_size is not None else (320 if photos else 96),
             epochs=self.epochs if self.epochs is not None else (40 if photos else 10),
             model=self.model or ("efficientnet_lite0" if photos else "resnet18"),
-            val_every=self.val_every if self.val_every is not None else 0,
+            val_every=self.val_every if self.val_every is not None else (8 if photos else 0),
         )
         return DetectConfig.resolved(cfg)
 
