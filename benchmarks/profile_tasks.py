@@ -154,6 +154,8 @@ def run_task(name: str, args, out: Path, seed: int = 0) -> tuple[StepProfiler, d
     with profiled(prof, marks):
         score = go()
     end = time.perf_counter()
+    for key, value in last_validation(out).items():  # what the returned scores do not already say
+        score.setdefault(key, value)
     times = {
         "prepare": marks["fit_start"] - start,
         "fit": marks["fit_end"] - marks["fit_start"],
@@ -163,6 +165,20 @@ def run_task(name: str, args, out: Path, seed: int = 0) -> tuple[StepProfiler, d
         "precision": choose(args.precision, torch.device("cpu"))[0],
     }
     return prof, {**times, **score}
+
+
+def last_validation(out: Path) -> dict:
+    """The run's last validated epoch as its ``metrics.csv`` has it (``{"val_AP": ...}``, the
+    validation split carved from the training photos), or {} without one: what the recipes' epoch
+    counts are chosen by."""
+    import csv
+
+    path = out / "metrics.csv"
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if any(k.startswith("val_") and v for k, v in r.items())]
+    return {k: float(v) for k, v in rows[-1].items() if k.startswith("val_") and v} if rows else {}
 
 
 def verdict(name: str, runs: list[dict]) -> str:
