@@ -18,6 +18,7 @@ from cnnkit.errors import CnnkitError
 from cnnkit.tasks.classify.finetune import finetune
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+STAGED = dict(stages=("head", "top"), epochs=2, batch_size=8, lr_head=1e-2, lr_top=1e-2)  # two short stages
 
 
 def _same_files(a, b, exact=True):
@@ -35,14 +36,7 @@ def _same_files(a, b, exact=True):
 def test_interrupted_stages_resume_to_the_same_weights(tmp_path):
     """Cut after epoch 1 (inside the cached head stage), 2 (the head/top boundary: a new optimizer)
     and 3 (inside top, Adam state restored): the same bytes as one uninterrupted run."""
-    kw = dict(
-        stages=("head", "top"),
-        epochs=2,
-        batch_size=8,
-        lr_head=1e-2,
-        lr_top=1e-2,
-        augment=lambda x, g: x + 0.01 * torch.rand(x.shape, generator=g),
-    )  # draws from g
+    kw = dict(STAGED, augment=lambda x, g: x + 0.01 * torch.rand(x.shape, generator=g))  # draws from g
 
     def run(out, **more):
         torch.manual_seed(0)
@@ -216,11 +210,7 @@ def test_stage_top_on_cached_activations_trains_as_on_the_whole_network():
     from cnnkit.tasks.classify.finetune import _halves
 
     kw = dict(
-        stages=("head", "top"),
-        epochs=2,
-        batch_size=8,
-        lr_head=1e-2,
-        lr_top=1e-2,
+        STAGED,
         cache_flips=False,
         head="features",
         precision="fp32",
