@@ -189,8 +189,10 @@ def test_cli_finetune_writes_a_loadable_checkpoint(data_dir, tmp_path, monkeypat
     assert model.classes == ["ants", "bees"] and tuple(model.input_size) == (3, 32, 32)
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 2)
     assert main(args[:-2] + ["--stages", "head,middle", "--out", str(tmp_path / "bad")]) == 2
-    assert "unknown stages ['middle']" in capsys.readouterr().err
+    assert "--stages 'head,middle': give auto, or some of head,top,all" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+    assert main(args[:-2] + ["--stages", "auto,top", "--out", str(tmp_path / "bad")]) == 2  # auto alone
+    assert "--stages 'auto,top'" in capsys.readouterr().err
 
 
 def test_augment_is_batched_seeded_and_keras_like():

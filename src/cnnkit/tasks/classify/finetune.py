@@ -173,7 +173,7 @@ def finetune(
         >>> net = create_model("resnet18", weights="imagenet")                      # doctest: +SKIP
         >>> history = finetune(net, train_set, val_set, stages=("head", "top"), epochs=3)  # doctest: +SKIP
     """
-    auto = [stages] == ["auto"] or list(stages) == ["auto"]
+    auto = stages == "auto" or tuple(stages) == ("auto",)
     cfg, stages = _config(config, overrides, ["head", "top"] if auto else stages, train_set, val_set)
     c = train_set.images.shape[1]
     clf = Classifier(
@@ -851,6 +851,8 @@ def run_finetune(
             "--data DIR is required: a folder of <class>/ image folders (or of train/ and val/ folders of them)"
         )
     stages = tuple(s.strip() for s in cfg.stages.split(",") if s.strip())
+    if not stages or (stages != ("auto",) and any(s not in STAGES for s in stages)):  # before any decoding
+        raise CnnkitError(f"--stages {cfg.stages!r}: give auto, or some of {','.join(STAGES)} (e.g. head,top)")
     if (
         (cfg.epochs is not None and cfg.epochs < 0)
         or cfg.batch_size < 2
