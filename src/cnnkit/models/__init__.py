@@ -29,6 +29,7 @@ _MODEL_MODULES = [
     "mnist_nets",
     "dense",
     "series",
+    "rocket",
     "video",
     "style",
     "gan",

@@ -8,7 +8,8 @@ from dataclasses import dataclass, replace
 from cnnkit.engine.config import RunConfig, option
 from cnnkit.errors import CnnkitError
 
-MODELS = ("fcn1d", "resnet1d", "inception_time")
+MODELS = ("fcn1d", "resnet1d", "inception_time", "multirocket")
+FITTED = ("multirocket",)  # fitted in closed form (no optimizer steps): the step and optimizer settings do not apply
 
 
 @dataclass
@@ -34,7 +35,12 @@ class SequenceConfig(RunConfig):
     unsupported = ("weights", "subset", "momentum")
 
     data: str = option("ucr:GunPoint", help="ucr:NAME | a NAME_TRAIN .ts/.tsv/.csv file | a folder holding one")
-    model: str = option("fcn1d", help="the network: fcn1d | resnet1d | inception_time", choices=MODELS)
+    model: str = option(
+        "fcn1d",
+        help="the network: fcn1d | resnet1d | inception_time (trained by gradient steps) | multirocket "
+        "(fixed convolutions and a ridge classifier, fitted in one pass)",
+        choices=MODELS,
+    )
     steps: int = option(1000, help="optimizer steps of one network (rounded up to a multiple of --epochs)", minimum=1)
     epochs: int = option(10, help="rounds the steps are cut into: validation and a checkpoint after each", minimum=1)
     batch_size: int | None = None

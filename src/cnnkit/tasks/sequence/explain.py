@@ -9,6 +9,7 @@ import torch
 from cnnkit.data.series import read_series
 from cnnkit.errors import CnnkitError
 from cnnkit.explain.series_cam import class_activation_map
+from cnnkit.tasks.sequence.config import FITTED
 from cnnkit.tasks.sequence.load import load_sequence
 
 
@@ -30,10 +31,16 @@ def explain_series(run, path: str | os.PathLike, index: int = 0, target_class: i
         and the file's label for it (None without one).
 
     Raises:
-        CnnkitError: not a sequence run, a malformed file, an index or class out of range,
+        CnnkitError: not a sequence run or a MultiRocket one (no time axis to map), a malformed file, an index or class out of range,
             another number of channels than the model's.
     """
     model = load_sequence(run)
+    name = model.members[0].name if hasattr(model, "members") else model.name
+    if name in FITTED:
+        raise CnnkitError(
+            f"{run} is a {name} run: its features are pooled statistics with no time axis, so it has no class "
+            "activation map; explain a run of fcn1d, resnet1d or inception_time"
+        )
     data = read_series(path)
     if not 0 <= index < len(data):
         raise CnnkitError(f"{path} has {len(data)} series; --index must be in 0..{len(data) - 1}. Received: {index}")

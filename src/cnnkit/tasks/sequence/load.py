@@ -21,7 +21,7 @@ from cnnkit.engine.runfolder import (
 from cnnkit.errors import CnnkitError
 from cnnkit.models import create_model
 from cnnkit.models.deploy import Ensemble
-from cnnkit.tasks.sequence.config import MODELS
+from cnnkit.tasks.sequence.config import FITTED, MODELS
 
 MAX_CLASSES = 100_000  # a checkpoint claiming more is damaged
 MAX_CHANNELS = 10_000
@@ -66,16 +66,20 @@ class SeriesModel(nn.Module):
         )
         if not ok:
             raise CnnkitError(f"the checkpoint's description of its network is not valid; {CHECKPOINT_HINT}")
-        net = create_model(name, num_classes=len(classes), in_channels=size[0])
-        return cls(net, name, [str(c) for c in classes], tuple(size))
+        return cls(_net(name, len(classes), *size), name, [str(c) for c in classes], tuple(size))
 
 
 def build_model(name: str, classes: list[str], channels: int, length: int, seed: int) -> SeriesModel:
     """A fresh network from the zoo (seeded init) for ``channels``-channel series of ``classes``."""
     torch.manual_seed(seed)
-    return SeriesModel(
-        create_model(name, num_classes=len(classes), in_channels=channels), name, classes, (channels, length)
-    )
+    return SeriesModel(_net(name, len(classes), channels, length, seed), name, classes, (channels, length))
+
+
+def _net(name: str, classes: int, channels: int, length: int, seed: int = 0) -> nn.Module:
+    """The zoo network; MultiRocket's layout (dilations, biases) depends on the training length and seed."""
+    if name in FITTED:
+        return create_model(name, num_classes=classes, in_channels=channels, length=length, seed=seed)
+    return create_model(name, num_classes=classes, in_channels=channels)
 
 
 def save_ensemble(path, member_files: list[Path]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from cnnkit.engine import Data, fit_run, single_phase_plan
 from cnnkit.engine.config import use_threads
 from cnnkit.engine.runfolder import MODEL_FILE, RESUME_FILE, resumed_config
 from cnnkit.errors import CnnkitError
-from cnnkit.tasks.sequence.config import SequenceConfig
+from cnnkit.tasks.sequence.config import FITTED, SequenceConfig
 from cnnkit.tasks.sequence.data import load_splits
 from cnnkit.tasks.sequence.evaluate import evaluate
 from cnnkit.tasks.sequence.load import build_model, load_sequence, save_ensemble
@@ -115,6 +116,8 @@ def train(cfg: SequenceConfig, out=None, resume: bool = False, quiet: bool = Fal
 def _train_one(cfg: SequenceConfig, train_set, val_set, out, resume: bool, quiet: bool) -> SequenceResult:
     """One network: the seeded model, the task and a one-phase plan, run by the engine."""
     model = build_model(cfg.model, train_set.classes, train_set.channels, train_set.length, cfg.seed)
+    if cfg.model in FITTED:
+        return _fit_closed_form(cfg, model, train_set, val_set, out, resume, quiet)
     assert cfg.batch_size is not None  # resolved_for filled it in
     task = SequenceTask(cfg.batch_size, cfg.steps_per_epoch, info={"config": cfg.to_dict(), "data": cfg.data})
 
@@ -131,3 +134,45 @@ def _train_one(cfg: SequenceConfig, train_set, val_set, out, resume: bool, quiet
         quiet=quiet,
     )
     return SequenceResult(result.model, cfg, result.history, result.seconds, cfg.steps)
+
+
+def _fit_closed_form(cfg: SequenceConfig, model, train_set, val_set, out, resume: bool, quiet: bool) -> SequenceResult:
+    """MultiRocket: biases and ridge classifier fitted in one pass (:mod:`cnnkit.tasks.sequence.rocket`),
+    then the run folder the engine would write: ``config.yaml``, ``model.safetensors``, ``metrics.csv``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from cnnkit.console import console as make_console
+    from cnnkit.engine.config import config_yaml
+    from cnnkit.engine.runfolder import CONFIG_FILE, FORMAT, atomic_write_bytes, save_model, write_metrics_csv
+    from cnnkit.tasks.sequence import rocket
+
+    if resume:
+        raise CnnkitError(f"a {cfg.model} run is fitted in one pass and has nothing to resume; start a new --out")
+    if out is not None and (Path(out) / MODEL_FILE).exists():
+        raise CnnkitError(f"{out} already holds a run; choose another --out")
+    tick = time.perf_counter()
+    columns = (TextColumn(f"{cfg.model}: transforming"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=make_console(), disable=quiet, transient=True) as progress:
+        bar = progress.add_task("series", total=len(train_set))
+        fitted = rocket.fit(model.net, train_set, progress=lambda done, _: progress.update(bar, completed=done))
+    row = {"epoch": 1, "train_loo_acc": 1 - fitted["loo_error"], "alpha": fitted["alpha"]}
+    if val_set is not None:
+        scores = evaluate(model, val_set)
+        row.update(val_loss=scores["loss"], val_acc=scores["accuracy"])
+    row["seconds"] = time.perf_counter() - tick
+    if not quiet:
+        print(
+            f"{cfg.model}: {fitted['features']:,} features, ridge alpha {fitted['alpha']:.3g}, leave-one-out "
+            f"accuracy {1 - fitted['loo_error']:.2%}"
+            + (f", validation accuracy {row['val_acc']:.2%}" if val_set is not None else "")
+            + f" ({row['seconds']:.1f} s)"
+        )
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        info = {"config": cfg.to_dict(), "data": cfg.data}
+        meta = {"format": FORMAT, **info, **model.describe(), "epoch": 1, "history": [row], "fit": fitted}
+        atomic_write_bytes(out / CONFIG_FILE, config_yaml(cfg.to_dict()))
+        write_metrics_csv(out / "metrics.csv", [row], list(row))
+        save_model(out / MODEL_FILE, model, meta)
+    return SequenceResult(model.eval(), cfg, [row], row["seconds"], 0)

@@ -1,0 +1,242 @@
+"""MultiRocket: one layer of fixed dilated convolutions, four pooling operators, one linear layer.
+
+Dempster, Schmidt & Webb 2021, "MINIROCKET: A very fast (almost) deterministic transform for time
+series classification" (https://arxiv.org/abs/2012.08791), and Tan, Dempster, Bergmeir & Webb 2022,
+"MultiRocket: multiple pooling operators and transformations for fast and effective time series
+classification" (https://arxiv.org/abs/2102.00457).
+
+The network is a 1-D CNN whose convolution weights are not learned:
+
+- **84 kernels of length 9**, every choice of 3 of the 9 taps weighted 2 and the other 6 weighted
+  -1 (each kernel sums to zero, so it answers to shape, not to level);
+- **dilations** 1 ... (L - 1) / 8, spaced exponentially (at most 32 distinct), so that a kernel's
+  receptive field reaches from 9 samples to the whole series;
+- "same" zero padding for half the (kernel, dilation) pairs and none for the other half
+  (alternating), as MiniRocket does;
+- for each (kernel, dilation) several **biases**, quantiles of that kernel's response to one
+  training series (:meth:`MultiRocket1d.fit_biases`: the only use of data before the classifier);
+- each response minus each bias pooled four ways: the proportion of positive values (PPV), the mean
+  of the positive values (MPV), the mean index of the positive values (MIPV, -1 when there are none)
+  and the longest stretch of positive values (LSPV);
+- the same on the series' first difference (MultiRocket's second representation);
+- a linear layer ``fc`` on the standardised features (``mean``/``scale`` buffers).
+
+Multichannel series: each (kernel, dilation) sums its response over a random subset of the channels
+(MiniRocket's multivariate rule). Variable-length series arrive zero-padded to one length (the
+reader's convention, :mod:`cnnkit.data.series`) and are pooled whole, padding included, in training
+and prediction alike. The features' order: representation, dilation, kernel, bias, then the four
+pools.
+
+Input shape: (B, C, L). Output shape: (B, num_classes). ``forward_features`` returns (B, F).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+import torch.nn as nn
+
+from cnnkit.errors import CnnkitError
+from cnnkit.models._common import Classifier, check_args
+from cnnkit.models._registry import register_model
+
+KERNEL = 9
+POOLS = ("ppv", "mpv", "mipv", "lspv")
+_CHUNK = 1 << 20  # elements of one (B, kernels, biases, L) pooling tensor: small enough for the caches
+
+
+def kernel_weights() -> torch.Tensor:
+    """The 84 MiniRocket kernels: (84, 9), 2 at three taps and -1 at the other six."""
+    rows = []
+    for taps in itertools.combinations(range(KERNEL), 3):
+        w = torch.full((KERNEL,), -1.0)
+        w[list(taps)] = 2.0
+        rows.append(w)
+    return torch.stack(rows)
+
+
+def dilations_for(length: int, per_kernel: int, max_dilations: int = 32) -> tuple[list[int], list[int]]:
+    """MiniRocket's dilations for series of ``length`` and the biases each gets per kernel.
+
+    Args:
+        length: the series' length.
+        per_kernel: biases a kernel gets over all its dilations.
+        max_dilations: at most this many exponentially spaced dilations before duplicates are merged.
+
+    Returns:
+        (dilations, biases per kernel at each dilation); the second sums to ``per_kernel``.
+    """
+    n = max(1, min(per_kernel, max_dilations))
+    top = math.log2(max(length - 1, 1) / (KERNEL - 1)) if length > KERNEL else 0.0
+    raw = [int(2 ** (top * i / (n - 1))) if n > 1 else 1 for i in range(n)]
+    dilations = sorted(set(raw))
+    counts = [int(raw.count(d) * per_kernel / n) for d in dilations]
+    i = 0
+    while sum(counts) < per_kernel:  # the remainder, one at a time from the smallest dilation
+        counts[i % len(counts)] += 1
+        i += 1
+    return dilations, counts
+
+
+def quantile_sequence(n: int) -> torch.Tensor:
+    """The low-discrepancy quantiles MiniRocket draws its biases at: (k * golden ratio) mod 1, k = 1..n."""
+    k = torch.arange(1, n + 1, dtype=torch.float64)
+    return (k * (math.sqrt(5) + 1) / 2) % 1
+
+
+class RocketBranch(nn.Module):
+    """The fixed convolutions of one representation (the series or its difference) and their pooling.
+
+    Input shape: (B, C, L). Output shape: (B, 84 * biases * 4).
+    """
+
+    def __init__(self, in_channels: int, length: int, per_kernel: int, generator: torch.Generator):
+        super().__init__()
+        self.dilations, self.counts = dilations_for(length, per_kernel)
+        w = kernel_weights()
+        k = w.shape[0]
+        convs, flags = [], []
+        for i, d in enumerate(self.dilations):
+            if in_channels == 1:
+                mask = torch.ones(k, 1)
+            else:  # a random subset of the channels per kernel (MiniRocket's multivariate rule)
+                limit = min(in_channels, 9)
+                sizes = torch.floor(2 ** (torch.rand(k, generator=generator) * math.log2(limit + 1))).long()
+                mask = torch.zeros(k, in_channels)
+                for j, s in enumerate(sizes.clamp(1, in_channels).tolist()):
+                    mask[j, torch.randperm(in_channels, generator=generator)[:s]] = 1.0
+            conv = nn.Conv1d(in_channels, k, KERNEL, padding=(KERNEL - 1) // 2 * d, dilation=d, bias=False)
+            conv.weight.data.copy_(w[:, None, :] * mask[:, :, None])  # (84, C, 9)
+            conv.weight.requires_grad_(False)  # fixed, never trained
+            convs.append(conv)
+            flags.append(torch.tensor([(i + j) % 2 for j in range(k)], dtype=torch.bool))  # True: valid part only
+        self.convs = nn.ModuleList(convs)  # one per dilation: (B, C, L) -> (B, 84, L)
+        self.register_buffer("valid_only", torch.cat(flags))  # (dilations * 84,)
+        self.register_buffer("bias", torch.zeros(k * sum(self.counts)))  # fitted by fit_biases
+        self.kernels = k
+        self.num_features = k * sum(self.counts) * len(POOLS)
+
+    @torch.no_grad()
+    def fit_biases(self, x: torch.Tensor, generator: torch.Generator) -> None:
+        """Each (kernel, dilation)'s biases: quantiles of its response to one random training series."""
+        k = self.kernels
+        q = quantile_sequence(k * sum(self.counts)).to(x.dtype)
+        out, start = [], 0
+        for i, c in enumerate(self.counts):
+            pick = torch.randint(len(x), (k,), generator=generator)
+            r = self.convs[i](x[pick])  # (84, 84, L): kernel j's response on the row it picked is [j, j]
+            r = r[torch.arange(k), torch.arange(k)].sort(dim=1).values  # (84, L)
+            qs = q[start : start + k * c].view(k, c) * (r.shape[1] - 1)  # positions in the sorted response
+            lo = qs.floor().long()
+            hi = (lo + 1).clamp(max=r.shape[1] - 1)
+            frac = qs - lo
+            out.append((r.gather(1, lo) * (1 - frac) + r.gather(1, hi) * frac).flatten())
+            start += k * c
+        self.bias.copy_(torch.cat(out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        length = x.shape[2]
+        t = torch.arange(length, device=x.device)
+        feats, start = [], 0
+        for i, c in enumerate(self.counts):
+            r = self.convs[i](x)  # (B, 84, L)
+            pad = (KERNEL - 1) // 2 * self.dilations[i]
+            if length > 2 * pad:
+                valid = (t >= pad) & (t < length - pad)  # (L,): no tap in the zero padding
+            else:  # a series shorter than the receptive field: all of it
+                valid = torch.ones_like(t, dtype=torch.bool)
+            flags = self.valid_only[i * self.kernels : (i + 1) * self.kernels]
+            mask = flags[:, None] <= valid[None, :]  # (84, L): the valid part, or everything
+            bias = self.bias[start * self.kernels : (start + c) * self.kernels].view(self.kernels, c)
+            feats.append(_pool(r, mask, bias))  # (B, 84 * c * 4)
+            start += c
+        return torch.cat(feats, dim=1)
+
+
+def _pool(r: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """(B, K, L) responses, (K, L) mask of the positions pooled, (K, c) biases -> (B, K * c * 4):
+    PPV, MPV, MIPV, LSPV of each response minus each of its biases."""
+    b, k, length = r.shape
+    step = max(1, _CHUNK // max(1, k * bias.shape[1] * length))
+    out = []
+    t = torch.arange(length, device=r.device, dtype=r.dtype)
+    for s in range(0, b, step):
+        z = r[s : s + step, :, None, :] - bias[None, :, :, None]  # (b, K, c, L)
+        m = mask[None, :, None, :]
+        pos = (z > 0) & m
+        count = pos.sum(dim=3).to(r.dtype)  # (b, K, c)
+        n = m.sum(dim=3).to(r.dtype).clamp(min=1)
+        ppv = count / n
+        some = count.clamp(min=1)
+        mpv = torch.where(pos, z, 0).sum(dim=3) / some
+        mipv = torch.where(count > 0, torch.where(pos, t, 0).sum(dim=3) / some, -1.0)
+        idx = torch.arange(length, device=r.device, dtype=torch.int32).expand_as(pos)
+        last_off = torch.where(pos, -1, idx).cummax(dim=3).values  # the last non-positive index so far
+        lspv = (idx - last_off).amax(dim=3).to(r.dtype) * (count > 0)
+        out.append(torch.stack([ppv, mpv, mipv, lspv], dim=3).flatten(1))
+    return torch.cat(out)
+
+
+class MultiRocket1d(Classifier):
+    """MultiRocket's fixed convolutional transform (series and first difference), standardisation and ``fc``.
+
+    Build it for the training series' channels and length, call :meth:`fit_biases` with the training
+    series, then fit ``fc`` (``cnnkit sequence train`` solves a ridge regression for it).
+
+    Input shape: (B, C, L), zero-padded after each series' end. Output shape: (B, num_classes).
+    """
+
+    def __init__(
+        self, num_classes: int = 2, in_channels: int = 1, length: int = 128, features: int = 50_000, seed: int = 0
+    ):
+        super().__init__()
+        check_args(num_classes, in_channels)
+        if length < 2:
+            raise CnnkitError(f"MultiRocket needs series of at least 2 samples; received: length={length}")
+        per_kernel = max(1, features // (2 * len(POOLS) * len(kernel_weights())))
+        g = torch.Generator().manual_seed(seed)
+        self.raw = RocketBranch(in_channels, length, per_kernel, g)
+        self.diff = RocketBranch(in_channels, length - 1, per_kernel, g)
+        self.num_features = self.raw.num_features + self.diff.num_features
+        self.register_buffer("mean", torch.zeros(self.num_features))
+        self.register_buffer("scale", torch.ones(self.num_features))
+        self.seed = seed
+        self._init_head(num_classes)
+
+    def _init_head(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        nn.init.zeros_(self.fc.weight) if num_classes else None
+        nn.init.zeros_(self.fc.bias) if num_classes else None
+
+    @torch.no_grad()
+    def fit_biases(self, x: torch.Tensor) -> None:
+        """The biases of every (kernel, dilation) from the training series ``x`` (N, C, L), seeded by ``seed``."""
+        g = torch.Generator().manual_seed(self.seed + 1)
+        self.raw.fit_biases(x, g)
+        self.diff.fit_biases(x.diff(dim=2), g)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, L) series -> (B, F) pooled features, standardised."""
+        f = torch.cat([self.raw(x), self.diff(x.diff(dim=2))], dim=1)
+        return (f - self.mean) / self.scale
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return x if pre_logits else self.fc(x)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A fresh (zero) linear layer with ``num_classes`` outputs (0: Identity)."""
+        check_args(num_classes, 1)
+        self._init_head(num_classes)
+        self.fc.to(self.mean.device)
+
+
+@register_model(input_size=(1, 128), paper="Tan et al. 2022", family="series", task="classify")
+def multirocket(
+    num_classes: int = 2, in_channels: int = 1, length: int = 128, features: int = 50_000, seed: int = 0
+) -> MultiRocket1d:
+    """MultiRocket: 84 fixed length-9 kernels at exponentially spaced dilations, on the series and its
+    difference, four pools per bias (PPV, MPV, MIPV, LSPV), about ``features`` features, linear."""
+    return MultiRocket1d(num_classes, in_channels, length, features, seed)

@@ -1,0 +1,97 @@
+"""MultiRocket: fixed dilated convolutions, four pooling operators, a ridge classifier fitted in closed form."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cnnkit.cli import main
+from cnnkit.models import create_model
+from cnnkit.models.rocket import _pool, dilations_for, kernel_weights, quantile_sequence
+from cnnkit.tasks.sequence import load_sequence
+from cnnkit.tasks.sequence.rocket import ridge_loo
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_the_84_kernels_sum_to_zero_with_three_taps_of_two():
+    w = kernel_weights()
+    assert w.shape == (84, 9) and len({tuple(r.tolist()) for r in w}) == 84
+    assert torch.equal(w.sum(1), torch.zeros(84)) and torch.equal((w == 2).sum(1), torch.full((84,), 3))
+
+
+@pytest.mark.parametrize("length, per_kernel", [(150, 74), (24, 74), (1751, 74), (10, 5)])
+def test_dilations_reach_the_series_length_and_share_the_biases(length, per_kernel):
+    dilations, counts = dilations_for(length, per_kernel)
+    assert dilations[0] == 1 and dilations == sorted(set(dilations)) and len(dilations) <= 32
+    assert 8 * dilations[-1] <= max(length - 1, 8)  # the widest kernel spans the series, no more
+    assert sum(counts) == per_kernel and min(counts) >= 1
+
+
+def test_quantiles_are_the_golden_ratio_sequence():
+    q = quantile_sequence(3)
+    phi = (5**0.5 + 1) / 2
+    torch.testing.assert_close(q, torch.tensor([phi % 1, 2 * phi % 1, 3 * phi % 1], dtype=torch.float64))
+
+
+def test_the_four_pools_on_a_hand_example():
+    """Response 1, -1, 2, 3, -2 less bias 0: 3 of 5 positive, their mean 2, mean index 5/3, longest run 2;
+    less bias 5: nothing positive (MIPV -1); the last position masked out, bias 0.5: 3 of 4, mean 1.5."""
+    r = torch.tensor([[[1.0, -1.0, 2.0, 3.0, -2.0]]])
+    every = torch.ones(1, 5, dtype=torch.bool)
+    out = _pool(r, every, torch.tensor([[0.0, 5.0]]))
+    torch.testing.assert_close(out, torch.tensor([[0.6, 2.0, 5 / 3, 2.0, 0.0, 0.0, -1.0, 0.0]]))
+    masked = _pool(r, torch.tensor([[True, True, True, True, False]]), torch.tensor([[0.5]]))
+    torch.testing.assert_close(masked, torch.tensor([[0.75, 1.5, 5 / 3, 2.0]]))
+
+
+def test_ridge_leave_one_out_equals_refitting_without_each_series():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(12, 30, generator=g, dtype=torch.float64)
+    y = torch.where(torch.randn(12, 2, generator=g) > 0, 1.0, -1.0).double()
+    w, b, alpha, loo = ridge_loo(x, y, [0.5])
+    torch.testing.assert_close(x @ w + b, _ridge(x, y, alpha)(x))  # the fit itself
+    for i in range(12):
+        keep = torch.arange(12) != i
+        torch.testing.assert_close(loo[i], _ridge(x[keep], y[keep], alpha)(x[i : i + 1])[0])
+
+
+def _ridge(x, y, alpha):
+    """Ridge with an unpenalised intercept by the normal equations (the reference)."""
+    xm, ym = x.mean(0), y.mean(0)
+    xc = x - xm
+    w = torch.linalg.solve(xc.T @ xc + alpha * torch.eye(x.shape[1], dtype=x.dtype), xc.T @ (y - ym))
+    return lambda z: (z - xm) @ w + ym
+
+
+def test_fit_through_the_cli_classifies_gunpoint(data_dir, tmp_path, capsys):
+    """GunPoint (50 training series, 150 test): 0 or 1 test errors (the issue's target), in seconds."""
+    if not (data_dir / "ucr" / "GunPoint_TRAIN.ts").is_file():
+        pytest.skip("no UCR data")
+    run = tmp_path / "gp"
+    argv = ["sequence", "train", "--data", "ucr:GunPoint", "--data-dir", str(data_dir), "--model", "multirocket"]
+    assert main([*argv, "--val-fraction", "0", "--out", str(run), "--quiet"]) == 0
+    assert {p.name for p in run.iterdir()} == {"model.safetensors", "metrics.csv", "config.yaml"}
+    capsys.readouterr()
+    assert main(["sequence", "eval", str(run), "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["series"] == 150 and out["errors"] <= 1, out
+    model = load_sequence(run)
+    assert model.input_size == (1, 150) and model.net.num_features == 49_728
+    rebuilt = create_model("multirocket", num_classes=2, length=150)
+    assert rebuilt.raw.dilations == model.net.raw.dilations  # the layout follows the training length
+    assert main([*argv, "--out", str(run), "--quiet"]) == 2  # never over a run
+    assert "already holds a run" in capsys.readouterr().err
+    assert main([*argv, "--out", str(run), "--resume", "--quiet"]) == 2
+    assert main(["explain", str(run), str(data_dir / "ucr" / "GunPoint_TEST.ts")]) == 2
+    assert "no class activation map" in capsys.readouterr().err
+
+
+def test_multichannel_series_use_channel_subsets():
+    net = create_model("multirocket", num_classes=4, in_channels=6, length=100)
+    used = torch.stack([(c.weight.abs().sum(2) > 0) for c in net.raw.convs])  # (dilations, 84, 6)
+    assert used.any(2).all() and not used.all()  # every kernel sees a channel; not every kernel all six
+    net.fit_biases(torch.randn(8, 6, 100))
+    assert net(torch.randn(3, 6, 100)).shape == (3, 4)
