@@ -32,7 +32,7 @@ def italy_run(ucr_dir, tmp_path_factory):
     """60 steps of FCN on ItalyPowerDemand (TRAIN 67 series less 14 for validation), through the CLI."""
     run = tmp_path_factory.mktemp("seq") / "italy"
     argv = ["sequence", "train", "--data", "ucr:ItalyPowerDemand", "--data-dir", str(ucr_dir.parent)]
-    assert main([*argv, "--steps", "60", "--epochs", "2", "--out", str(run), "--quiet"]) == 0
+    assert main([*argv, "--model", "fcn1d", "--steps", "60", "--epochs", "2", "--out", str(run), "--quiet"]) == 0
     return run
 
 
@@ -100,7 +100,7 @@ def test_explain_writes_the_cam_plot(italy_run, ucr_dir, tmp_path, capsys):
 
 
 def test_resume_continues_exactly(ucr_dir, tmp_path, monkeypatch):
-    cfg = SequenceConfig(data="ucr:ItalyPowerDemand", data_dir=str(ucr_dir.parent), steps=8, epochs=2)
+    cfg = SequenceConfig(data="ucr:ItalyPowerDemand", data_dir=str(ucr_dir.parent), model="fcn1d", steps=8, epochs=2)
     whole = train(cfg, tmp_path / "whole", quiet=True)
     real_fit = train_module.fit_run
 
@@ -122,7 +122,9 @@ def test_resume_continues_exactly(ucr_dir, tmp_path, monkeypatch):
 
 
 def test_ensemble_averages_its_members(ucr_dir, tmp_path):
-    cfg = SequenceConfig(data="ucr:ItalyPowerDemand", data_dir=str(ucr_dir.parent), steps=6, epochs=1, ensemble=2)
+    cfg = SequenceConfig(
+        data="ucr:ItalyPowerDemand", data_dir=str(ucr_dir.parent), model="fcn1d", steps=6, epochs=1, ensemble=2
+    )
     r = train(cfg, tmp_path / "ens", quiet=True)
     members = [load_sequence(tmp_path / "ens" / f"member{i}") for i in range(2)]
     x = torch.randn(3, 1, 24)
@@ -138,7 +140,8 @@ BAD_CLI = [
     (["sequence", "train", "--data", "ucr:GunPiont"], "did you mean GunPoint"),
     (["sequence", "train", "--data", "no/such/file.tsv"], "neither a file, a folder nor ucr:NAME"),
     (["sequence", "train", "--data", "ucr:ItalyPowerDemand", "--model", "resnet50"], "--model"),
-    (["sequence", "train", "--data", "BAD", "--steps", "1", "--epochs", "1", "--quiet"], "line 2: value 'x'"),
+    (["sequence", "train", "--data", "BAD", "--quiet"], "line 2: value 'x'"),
+    (["sequence", "train", "--data", "ucr:ItalyPowerDemand", "--lr", "0.1"], "--lr: a gradient-training setting"),
     (["sequence", "eval", "RUN", "--split", "dev"], "--split is train, val or test"),
     (["sequence", "predict", "RUN", "BAD"], "line 2: value 'x'"),
     (["sequence", "predict", "RUN", "no_such.ts"], "no such series file: no_such.ts"),

@@ -28,6 +28,9 @@ def _small_input(name: str) -> tuple[int, ...]:
     return (2, size[0], side, side)
 
 
+POOLED = {"multirocket"}  # features are per-bias statistics of the whole series (PPV, MPV, MIPV, LSPV)
+
+
 def _outputs(y) -> list[torch.Tensor]:
     return list(y) if isinstance(y, (tuple, list)) else [y]  # GoogLeNet/Inception: aux logits in training
 
@@ -68,7 +71,10 @@ def test_model(name, reference_state_dicts):
         feats = model.forward_features(x)
         pre = model.forward_head(feats, pre_logits=True)
     assert y.shape == (2, 7) and model.num_classes == 7
-    assert feats.dim() in (3, 4, 5)  # a feature map, for Grad-CAM and feature extraction
+    if name in POOLED:  # fixed convolutions pooled to statistics: no map to draw a CAM on
+        assert feats.shape == (2, model.num_features)
+    else:
+        assert feats.dim() in (3, 4, 5)  # a feature map, for Grad-CAM and feature extraction
     assert pre.shape == (2, model.num_features)  # what a new classifier takes
 
 

@@ -60,7 +60,8 @@ def run_train(args) -> int:
     r = train(cfg, out, resume=args.resume, quiet=args.quiet)
     test = f"test error {r.test['error']:.4f} ({r.test['errors']}/{r.test['series']})" if r.test else "no test split"
     val = f", val accuracy {r.val['accuracy']:.4f}" if r.val else ""
-    print(f"done: {test}{val}, {r.steps} steps in {r.seconds:.1f} s -> {out}  (`cnnkit sequence eval {out}`)")
+    how = f"{r.steps} steps" if r.steps else "fitted"
+    print(f"done: {test}{val}, {how} in {r.seconds:.1f} s -> {out}  (`cnnkit sequence eval {out}`)")
     return 0
 
 

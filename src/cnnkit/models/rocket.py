@@ -122,7 +122,7 @@ class RocketBranch(nn.Module):
     def fit_biases(self, x: torch.Tensor, generator: torch.Generator) -> None:
         """Each (kernel, dilation)'s biases: quantiles of its response to one random training series."""
         k = self.kernels
-        q = quantile_sequence(k * sum(self.counts)).to(x.dtype)
+        q = quantile_sequence(k * sum(self.counts)).to(x.device, x.dtype)
         out, start = [], 0
         for i, c in enumerate(self.counts):
             pick = torch.randint(len(x), (k,), generator=generator)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from cnnkit.engine.config import RunConfig, option
 from cnnkit.errors import CnnkitError
 
-MODELS = ("fcn1d", "resnet1d", "inception_time", "multirocket")
+MODELS = ("multirocket", "fcn1d", "resnet1d", "inception_time")
 FITTED = ("multirocket",)  # fitted in closed form (no optimizer steps): the step and optimizer settings do not apply
 
 
@@ -16,7 +16,13 @@ FITTED = ("multirocket",)  # fitted in closed form (no optimizer steps): the ste
 class SequenceConfig(RunConfig):
     """The settings of ``cnnkit sequence train``: one recipe, the same for every set.
 
-    Training runs for a number of optimizer *steps* (``steps``), not passes over the data, so that a
+    The default model, ``multirocket`` (:mod:`cnnkit.models.rocket`), is fitted in one pass: its
+    convolutions are fixed and its linear layer is a ridge regression solved in closed form
+    (:mod:`cnnkit.tasks.sequence.rocket`), so the settings below that steer gradient training
+    (steps, epochs, batch, learning rate, optimizer, schedule, EMA, minutes) are refused with it.
+    They are for the trained networks ``fcn1d``, ``resnet1d`` and ``inception_time``.
+
+    Training of those runs for a number of optimizer *steps* (``steps``), not passes over the data, so that a
     set of 20 series and one of 8,000 get the same number of updates; the steps are cut into
     ``epochs`` rounds of equal length (the engine validates and checkpoints after each), every round
     drawn from successive shuffled passes over the training split. The batch follows the reference
@@ -36,9 +42,9 @@ class SequenceConfig(RunConfig):
 
     data: str = option("ucr:GunPoint", help="ucr:NAME | a NAME_TRAIN .ts/.tsv/.csv file | a folder holding one")
     model: str = option(
-        "fcn1d",
-        help="the network: fcn1d | resnet1d | inception_time (trained by gradient steps) | multirocket "
-        "(fixed convolutions and a ridge classifier, fitted in one pass)",
+        "multirocket",
+        help="multirocket (fixed convolutions and a ridge classifier, fitted in one pass) | fcn1d | resnet1d | "
+        "inception_time (trained by gradient steps)",
         choices=MODELS,
     )
     steps: int = option(1000, help="optimizer steps of one network (rounded up to a multiple of --epochs)", minimum=1)

@@ -26,12 +26,12 @@ BATCH = 256  # series transformed at a time
 @torch.no_grad()
 def transform(net: MultiRocket1d, data: SeriesSet, progress=None) -> torch.Tensor:
     """(N, F) standardised features of ``data``."""
-    out = []
+    out, device = [], net.mean.device
     for s in range(0, len(data), BATCH):
-        out.append(net.forward_features(data.values[s : s + BATCH]))
+        out.append(net.forward_features(data.values[s : s + BATCH].to(device)))
         if progress is not None:
             progress(min(s + BATCH, len(data)), len(data))
-    return torch.cat(out) if out else data.values.new_zeros(0, net.num_features)
+    return torch.cat(out) if out else data.values.new_zeros(0, net.num_features, device=device)
 
 
 @torch.no_grad()
@@ -51,7 +51,7 @@ def fit(net: MultiRocket1d, train: SeriesSet, alphas=ALPHAS, progress=None) -> d
     tick = time.perf_counter()
     net.mean.zero_()
     net.scale.fill_(1.0)
-    net.fit_biases(train.values)
+    net.fit_biases(train.values.to(net.mean.device))
     x = transform(net, train, progress).double()
     mean = x.mean(dim=0)
     scale = x.std(dim=0, unbiased=False)
@@ -60,9 +60,9 @@ def fit(net: MultiRocket1d, train: SeriesSet, alphas=ALPHAS, progress=None) -> d
     net.mean.copy_(mean.float())
     net.scale.copy_(scale.float())
     transformed = time.perf_counter()
-    y = train.labels
+    y = train.labels.to(x.device)
     k = net.num_classes
-    targets = -torch.ones(len(y), k, dtype=torch.float64)
+    targets = -torch.ones(len(y), k, dtype=torch.float64, device=x.device)
     targets[torch.arange(len(y)), y] = 1.0
     if k == 2:
         targets = targets[:, 1:]  # one column: +1 for the second class

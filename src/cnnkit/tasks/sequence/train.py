@@ -1,7 +1,8 @@
-"""The recipe ``cnnkit sequence train`` runs, through the one engine: one network or an ensemble."""
+"""The recipe ``cnnkit sequence train`` runs: a network trained through the one engine (or an ensemble), or MultiRocket fitted in closed form."""
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -10,6 +11,7 @@ import torch.nn as nn
 
 from cnnkit.engine import Data, fit_run, single_phase_plan
 from cnnkit.engine.config import use_threads
+from cnnkit.engine.distributed import distributed
 from cnnkit.engine.runfolder import MODEL_FILE, RESUME_FILE, resumed_config
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.sequence.config import FITTED, SequenceConfig
@@ -17,6 +19,9 @@ from cnnkit.tasks.sequence.data import load_splits
 from cnnkit.tasks.sequence.evaluate import evaluate
 from cnnkit.tasks.sequence.load import build_model, load_sequence, save_ensemble
 from cnnkit.tasks.sequence.task import SequenceTask
+
+GRADIENT_ONLY = ("steps", "epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "warmup", "ema")
+GRADIENT_ONLY += ("minutes",)
 
 
 @dataclass
@@ -79,6 +84,8 @@ def train(cfg: SequenceConfig, out=None, resume: bool = False, quiet: bool = Fal
         raise CnnkitError("--ensemble K > 1 needs --out: each network is a run folder of its own")
     if cfg.ensemble < 1:
         raise CnnkitError(f"--ensemble must be a positive integer. Received: --ensemble {cfg.ensemble}")
+    if cfg.model in FITTED:
+        _check_fitted(cfg)
     use_threads(cfg.threads)
     train_set, val_set, test_set = load_splits(cfg)
     cfg = cfg.resolved_for(len(train_set))
@@ -136,6 +143,20 @@ def _train_one(cfg: SequenceConfig, train_set, val_set, out, resume: bool, quiet
     return SequenceResult(result.model, cfg, result.history, result.seconds, cfg.steps)
 
 
+def _check_fitted(cfg: SequenceConfig) -> None:
+    """A closed-form model takes no gradient-training setting and no torchrun."""
+    defaults = SequenceConfig()
+    given = [k for k in GRADIENT_ONLY if getattr(cfg, k) != getattr(defaults, k)]
+    if given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise CnnkitError(
+            f"{flags}: a gradient-training setting, which --model {cfg.model} does not use (fixed convolutions "
+            f"and a ridge classifier fitted in one pass); drop it, or choose --model fcn1d, resnet1d or inception_time"
+        )
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise CnnkitError(f"--model {cfg.model} fits in one process; run it without torchrun")
+
+
 def _fit_closed_form(cfg: SequenceConfig, model, train_set, val_set, out, resume: bool, quiet: bool) -> SequenceResult:
     """MultiRocket: biases and ridge classifier fitted in one pass (:mod:`cnnkit.tasks.sequence.rocket`),
     then the run folder the engine would write: ``config.yaml``, ``model.safetensors``, ``metrics.csv``."""
@@ -150,6 +171,8 @@ def _fit_closed_form(cfg: SequenceConfig, model, train_set, val_set, out, resume
         raise CnnkitError(f"a {cfg.model} run is fitted in one pass and has nothing to resume; start a new --out")
     if out is not None and (Path(out) / MODEL_FILE).exists():
         raise CnnkitError(f"{out} already holds a run; choose another --out")
+    with distributed(cfg.device) as d:
+        model.to(d.device)
     tick = time.perf_counter()
     columns = (TextColumn(f"{cfg.model}: transforming"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=make_console(), disable=quiet, transient=True) as progress:
@@ -175,4 +198,4 @@ def _fit_closed_form(cfg: SequenceConfig, model, train_set, val_set, out, resume
         atomic_write_bytes(out / CONFIG_FILE, config_yaml(cfg.to_dict()))
         write_metrics_csv(out / "metrics.csv", [row], list(row))
         save_model(out / MODEL_FILE, model, meta)
-    return SequenceResult(model.eval(), cfg, [row], row["seconds"], 0)
+    return SequenceResult(model.cpu().eval(), cfg, [row], row["seconds"], 0)
