@@ -24,6 +24,7 @@ import io
 import json
 import logging
 import os
+import sys
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -126,15 +127,27 @@ EXPORTERS = ("auto", "dynamo", "torchscript")
 
 @contextlib.contextmanager
 def _quiet():
-    """The exporters' progress lines, warnings and log records kept off the console."""
+    """The exporters' progress lines, warnings and log records kept off the console -- also what their
+    C++ parts write to the process's own stdout and stderr (the TorchScript exporter prints the whole
+    graph when an operator has no ONNX counterpart)."""
     sink, logger = io.StringIO(), logging.getLogger("torch.onnx")
     level = logger.level
     logger.setLevel(logging.ERROR)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    null = os.open(os.devnull, os.O_WRONLY)
     try:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
         with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, null):
+            os.close(fd)
         logger.setLevel(level)
 
 
