@@ -159,22 +159,23 @@ def _pool(r: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor) -> torch.Tens
     """(B, K, L) responses, (K, L) mask of the positions pooled, (K, c) biases -> (B, K * c * 4):
     PPV, MPV, MIPV, LSPV of each response minus each of its biases."""
     b, k, length = r.shape
+    r = r.masked_fill(~mask, float("-inf"))  # a position left out is never positive
+    n = mask.sum(dim=1).to(r.dtype).clamp(min=1)[None, :, None]  # (1, K, 1) positions pooled
+    t = torch.arange(length, device=r.device, dtype=r.dtype)
+    t1 = torch.arange(1, length + 1, device=r.device, dtype=torch.int16 if length < 2**15 else torch.int32)
     step = max(1, _CHUNK // max(1, k * bias.shape[1] * length))
     out = []
-    t = torch.arange(length, device=r.device, dtype=r.dtype)
     for s in range(0, b, step):
         z = r[s : s + step, :, None, :] - bias[None, :, :, None]  # (b, K, c, L)
-        m = mask[None, :, None, :]
-        pos = (z > 0) & m
-        count = pos.sum(dim=3).to(r.dtype)  # (b, K, c)
-        n = m.sum(dim=3).to(r.dtype).clamp(min=1)
-        ppv = count / n
+        pos = z > 0
+        posf = pos.to(r.dtype)
+        count = posf.sum(dim=3)  # (b, K, c)
         some = count.clamp(min=1)
-        mpv = torch.where(pos, z, 0).sum(dim=3) / some
-        mipv = torch.where(count > 0, torch.where(pos, t, 0).sum(dim=3) / some, -1.0)
-        idx = torch.arange(length, device=r.device, dtype=torch.int32).expand_as(pos)
-        last_off = torch.where(pos, -1, idx).cummax(dim=3).values  # the last non-positive index so far
-        lspv = (idx - last_off).amax(dim=3).to(r.dtype) * (count > 0)
+        ppv = count / n
+        mpv = torch.relu(z).sum(dim=3) / some
+        mipv = ((posf @ t) / some).masked_fill(count == 0, -1.0)
+        last_off = ((~pos).to(t1.dtype) * t1).cummax(dim=3).values  # 1 + the last non-positive index so far
+        lspv = (t1 - last_off).amax(dim=3).to(r.dtype)
         out.append(torch.stack([ppv, mpv, mipv, lspv], dim=3).flatten(1))
     return torch.cat(out)
 
