@@ -9,7 +9,7 @@ import torch
 
 from cnnkit.cli import main
 from cnnkit.models import create_model
-from cnnkit.models.rocket import _pool, dilations_for, kernel_weights, quantile_sequence
+from cnnkit.models.rocket import _pool, dilations_for, kernel_weights, quantile_sequence, series_lengths
 from cnnkit.tasks.sequence import load_sequence
 from cnnkit.tasks.sequence.rocket import ridge_loo
 
@@ -40,10 +40,10 @@ def test_the_four_pools_on_a_hand_example():
     """Response 1, -1, 2, 3, -2 less bias 0: 3 of 5 positive, their mean 2, mean index 5/3, longest run 2;
     less bias 5: nothing positive (MIPV -1); the last position masked out, bias 0.5: 3 of 4, mean 1.5."""
     r = torch.tensor([[[1.0, -1.0, 2.0, 3.0, -2.0]]])
-    every = torch.ones(1, 5, dtype=torch.bool)
+    every = torch.ones(1, 1, 5, dtype=torch.bool)
     out = _pool(r, every, torch.tensor([[0.0, 5.0]]))
     torch.testing.assert_close(out, torch.tensor([[0.6, 2.0, 5 / 3, 2.0, 0.0, 0.0, -1.0, 0.0]]))
-    masked = _pool(r, torch.tensor([[True, True, True, True, False]]), torch.tensor([[0.5]]))
+    masked = _pool(r, torch.tensor([[[True, True, True, True, False]]]), torch.tensor([[0.5]]))
     torch.testing.assert_close(masked, torch.tensor([[0.75, 1.5, 5 / 3, 2.0]]))
 
 
@@ -96,3 +96,20 @@ def test_multichannel_series_use_channel_subsets():
     assert used.any(2).all() and not used.all()  # every kernel sees a channel; not every kernel all six
     net.fit_biases(torch.randn(8, 6, 100))
     assert net(torch.randn(3, 6, 100)).shape == (3, 4)
+
+
+def test_padding_a_series_further_changes_no_feature():
+    """A file's longest series sets its padding: the same series padded to 90 or 120 samples (and a
+    training set padded to 100) must give the same features."""
+    g = torch.Generator().manual_seed(0)
+    train = torch.zeros(16, 1, 100)
+    for i in range(16):
+        n = 60 + 2 * i
+        train[i, 0, :n] = torch.randn(n, generator=g)
+    net = create_model("multirocket", num_classes=2, length=100)
+    net.fit_biases(train)
+    series = torch.randn(1, 1, 70, generator=g)
+    a = net.forward_features(torch.nn.functional.pad(series, (0, 20)))
+    b = net.forward_features(torch.nn.functional.pad(series, (0, 50)))
+    torch.testing.assert_close(a, b)
+    assert series_lengths(torch.nn.functional.pad(series, (0, 50))).tolist() == [70]

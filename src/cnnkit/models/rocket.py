@@ -23,9 +23,10 @@ The network is a 1-D CNN whose convolution weights are not learned:
 
 Multichannel series: each (kernel, dilation) sums its response over a random subset of the channels
 (MiniRocket's multivariate rule). Variable-length series arrive zero-padded to one length (the
-reader's convention, :mod:`cnnkit.data.series`) and are pooled whole, padding included, in training
-and prediction alike. The features' order: representation, dilation, kernel, bias, then the four
-pools.
+reader's convention, :mod:`cnnkit.data.series`): each series is pooled over its own length, up to
+its last non-zero sample, so that the features do not depend on how far a file's series were
+padded (a test file's longest series sets its padding, not the training file's). The features'
+order: representation, dilation, kernel, bias, then the four pools.
 
 Input shape: (B, C, L). Output shape: (B, num_classes). ``forward_features`` returns (B, F).
 """
@@ -89,7 +90,7 @@ def quantile_sequence(n: int) -> torch.Tensor:
 class RocketBranch(nn.Module):
     """The fixed convolutions of one representation (the series or its difference) and their pooling.
 
-    Input shape: (B, C, L). Output shape: (B, 84 * biases * 4).
+    Input shape: (B, C, L) and the (B,) series lengths. Output shape: (B, 84 * biases * 4).
     """
 
     def __init__(self, in_channels: int, length: int, per_kernel: int, generator: torch.Generator):
@@ -119,48 +120,60 @@ class RocketBranch(nn.Module):
         self.num_features = k * sum(self.counts) * len(POOLS)
 
     @torch.no_grad()
-    def fit_biases(self, x: torch.Tensor, generator: torch.Generator) -> None:
-        """Each (kernel, dilation)'s biases: quantiles of its response to one random training series."""
+    def fit_biases(self, x: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator) -> None:
+        """Each (kernel, dilation)'s biases: quantiles of its response to one random training series
+        (over that series' own length)."""
         k = self.kernels
         q = quantile_sequence(k * sum(self.counts)).to(x.device, x.dtype)
+        t = torch.arange(x.shape[2], device=x.device)
         out, start = [], 0
         for i, c in enumerate(self.counts):
-            pick = torch.randint(len(x), (k,), generator=generator)
+            pick = torch.randint(len(x), (k,), generator=generator).to(x.device)
             r = self.convs[i](x[pick])  # (84, 84, L): kernel j's response on the row it picked is [j, j]
-            r = r[torch.arange(k), torch.arange(k)].sort(dim=1).values  # (84, L)
-            qs = q[start : start + k * c].view(k, c) * (r.shape[1] - 1)  # positions in the sorted response
+            r = r[torch.arange(k), torch.arange(k)]  # (84, L)
+            n = lengths[pick]  # (84,) each picked series' length
+            r = r.masked_fill(t[None, :] >= n[:, None], float("inf")).sort(dim=1).values  # its padding last
+            qs = q[start : start + k * c].view(k, c) * (n[:, None] - 1).to(q.dtype)  # positions in the sorted
             lo = qs.floor().long()
-            hi = (lo + 1).clamp(max=r.shape[1] - 1)
+            hi = torch.minimum(lo + 1, (n[:, None] - 1).clamp(min=0))
             frac = qs - lo
             out.append((r.gather(1, lo) * (1 - frac) + r.gather(1, hi) * frac).flatten())
             start += k * c
         self.bias.copy_(torch.cat(out))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         length = x.shape[2]
         t = torch.arange(length, device=x.device)
+        inside = t[None, :] < lengths[:, None]  # (B, L): each series, not its padding
         feats, start = [], 0
         for i, c in enumerate(self.counts):
             r = self.convs[i](x)  # (B, 84, L)
             pad = (KERNEL - 1) // 2 * self.dilations[i]
-            if length > 2 * pad:
-                valid = (t >= pad) & (t < length - pad)  # (L,): no tap in the zero padding
-            else:  # a series shorter than the receptive field: all of it
-                valid = torch.ones_like(t, dtype=torch.bool)
+            valid = (t[None, :] >= pad) & (t[None, :] < lengths[:, None] - pad)  # (B, L): no tap in the padding
+            short = (lengths <= 2 * pad)[:, None]  # a series shorter than the receptive field: all of it
+            valid = torch.where(short, inside, valid)
             flags = self.valid_only[i * self.kernels : (i + 1) * self.kernels]
-            mask = flags[:, None] <= valid[None, :]  # (84, L): the valid part, or everything
+            mask = torch.where(flags[None, :, None], valid[:, None, :], inside[:, None, :])  # (B, 84, L)
             bias = self.bias[start * self.kernels : (start + c) * self.kernels].view(self.kernels, c)
             feats.append(_pool(r, mask, bias))  # (B, 84 * c * 4)
             start += c
         return torch.cat(feats, dim=1)
 
 
+def series_lengths(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, L) zero-padded series -> (B,) lengths: up to the last sample that is not 0 in some channel
+    (the reader pads with exact zeros; an all-zero series keeps its whole length)."""
+    nonzero = (x != 0).any(dim=1)  # (B, L)
+    last = (nonzero * torch.arange(1, x.shape[2] + 1, device=x.device)).amax(dim=1)
+    return torch.where(last > 0, last, x.shape[2])
+
+
 def _pool(r: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """(B, K, L) responses, (K, L) mask of the positions pooled, (K, c) biases -> (B, K * c * 4):
+    """(B, K, L) responses, (B, K, L) mask of the positions pooled, (K, c) biases -> (B, K * c * 4):
     PPV, MPV, MIPV, LSPV of each response minus each of its biases."""
     b, k, length = r.shape
     r = r.masked_fill(~mask, float("-inf"))  # a position left out is never positive
-    n = mask.sum(dim=1).to(r.dtype).clamp(min=1)[None, :, None]  # (1, K, 1) positions pooled
+    n = mask.sum(dim=2).to(r.dtype).clamp(min=1)[:, :, None]  # (B, K, 1) positions pooled
     t = torch.arange(length, device=r.device, dtype=r.dtype)
     t1 = torch.arange(1, length + 1, device=r.device, dtype=torch.int16 if length < 2**15 else torch.int32)
     step = max(1, _CHUNK // max(1, k * bias.shape[1] * length))
@@ -171,7 +184,7 @@ def _pool(r: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor) -> torch.Tens
         posf = pos.to(r.dtype)
         count = posf.sum(dim=3)  # (b, K, c)
         some = count.clamp(min=1)
-        ppv = count / n
+        ppv = count / n[s : s + step]
         mpv = torch.relu(z).sum(dim=3) / some
         mipv = ((posf @ t) / some).masked_fill(count == 0, -1.0)
         last_off = ((~pos).to(t1.dtype) * t1).cummax(dim=3).values  # 1 + the last non-positive index so far
@@ -216,12 +229,16 @@ class MultiRocket1d(Classifier):
     def fit_biases(self, x: torch.Tensor) -> None:
         """The biases of every (kernel, dilation) from the training series ``x`` (N, C, L), seeded by ``seed``."""
         g = torch.Generator().manual_seed(self.seed + 1)
-        self.raw.fit_biases(x, g)
-        self.diff.fit_biases(x.diff(dim=2), g)
+        n = series_lengths(x)
+        self.raw.fit_biases(x, n, g)
+        self.diff.fit_biases(x.diff(dim=2), (n - 1).clamp(min=1), g)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, L) series -> (B, F) pooled features, standardised."""
-        f = torch.cat([self.raw(x), self.diff(x.diff(dim=2))], dim=1)
+        """(B, C, L) series, zero-padded after their ends -> (B, F) pooled features, standardised.
+        Each series is pooled over its own length (:func:`series_lengths`), so that padding a
+        series further changes nothing."""
+        n = series_lengths(x)
+        f = torch.cat([self.raw(x, n), self.diff(x.diff(dim=2), (n - 1).clamp(min=1))], dim=1)
         return (f - self.mean) / self.scale
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
