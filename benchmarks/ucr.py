@@ -97,7 +97,7 @@ def ranks(errors: list[float]) -> list[float]:
 
 def report(rows: list[dict], figure: Path | None) -> str:
     """Mean error, mean rank, win/tie/loss and the critical difference over sets with every baseline."""
-    methods = ["cnnkit", *BASELINES]
+    methods = [f"cnnkit {RECIPE['model']}", *BASELINES]
     full = [r for r in rows if all(r[b] not in ("", None) for b in BASELINES)]
     if not full:
         return "no set with all published baselines yet"

@@ -6,8 +6,7 @@ This is the papers' classifier (Dempster et al. 2021; Tan et al. 2022: scikit-le
 are coded +1 / -1 (one column per class, one column for two classes), the features standardised
 with TRAIN's mean and standard deviation, an unpenalised intercept, and for each penalty the
 leave-one-out residuals in closed form from one eigendecomposition of the (N, N) Gram matrix
-(Rifkin & Lippert 2007; the Gram matrix formed in single precision, its eigendecomposition in
-double); the penalty with the smallest mean squared residual is kept. Nothing here is a gradient
+(Rifkin & Lippert 2007), all in double precision; the penalty with the smallest mean squared residual is kept. Nothing here is a gradient
 step: the transform has no learned weight and the ridge solution is solved, not iterated.
 """
 
@@ -91,8 +90,9 @@ def ridge_loo(x: torch.Tensor, y: torch.Tensor, alphas) -> tuple[torch.Tensor, t
     n = x.shape[0]
     xm, ym = x.mean(dim=0), y.mean(dim=0)
     xc, yc = x - xm, y - ym
-    xs = xc.float()  # the Gram matrix in single precision (twice as fast; entries within ~1e-6 of
-    gram = (xs @ xs.T).double()  # their size for standardised features), its eigenvectors in double
+    gram = xc @ xc.T  # (N, N), in double: the smallest penalties read its smallest eigenvalues
+    gram = gram - gram.mean(dim=1, keepdim=True)  # centred again: the constant direction (the
+    gram = gram - gram.mean(dim=0, keepdim=True)  # intercept's) a null vector to rounding
     eigval, q = torch.linalg.eigh(gram)
     eigval = eigval.clamp(min=0)
     qy, q2 = q.T @ yc, q**2
