@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cnnkit.engine.runfolder import RESUME_FILE, check_new_run, output_stems
+from cnnkit.engine.runfolder import MODEL_FILE, RESUME_FILE, check_new_run, output_stems
 from cnnkit.errors import CnnkitError
 
 
@@ -33,6 +33,11 @@ def test_a_refused_run_touches_nothing(tmp_path):
     check_new_run(run, resume=True)
     check_new_run(tmp_path / "new", resume=False)
     assert (run / "split.json").read_text() == '{"train": ["a"]}'
+    fitted = tmp_path / "fitted"  # a model without resume state (MultiRocket's run) is not overwritten either
+    fitted.mkdir()
+    (fitted / MODEL_FILE).write_bytes(b"model")
+    with pytest.raises(CnnkitError, match="already holds a trained model"):
+        check_new_run(fitted, resume=False)
 
 
 def test_detect_train_into_an_existing_run_is_refused_before_its_split_is_rewritten(tmp_path, data_dir, capsys):

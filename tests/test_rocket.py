@@ -84,7 +84,9 @@ def test_fit_through_the_cli_classifies_gunpoint(data_dir, tmp_path, capsys):
     rebuilt = create_model("multirocket", num_classes=2, length=150)
     assert rebuilt.raw.dilations == model.net.raw.dilations  # the layout follows the training length
     assert main([*argv, "--out", str(run), "--quiet"]) == 2  # never over a run
-    assert "already holds a run" in capsys.readouterr().err
+    assert "already holds a trained model" in capsys.readouterr().err
+    argv_fcn = ["sequence", "train", "--data", "ucr:GunPoint", "--data-dir", str(data_dir), "--model", "fcn1d"]
+    assert main([*argv_fcn, "--steps", "2", "--epochs", "1", "--out", str(run), "--quiet"]) == 2  # nor a trained one
     assert main([*argv, "--out", str(run), "--resume", "--quiet"]) == 2
     assert main(["explain", str(run), str(data_dir / "ucr" / "GunPoint_TEST.ts")]) == 2
     assert "no class activation map" in capsys.readouterr().err

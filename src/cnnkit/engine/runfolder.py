@@ -322,6 +322,8 @@ def check_new_run(out, resume: bool) -> None:
     path = Path(out) / RESUME_FILE
     if not resume and path.exists():
         raise CnnkitError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if not resume and (Path(out) / MODEL_FILE).exists():  # a finished run without resume state (a fitted one)
+        raise CnnkitError(f"{out} already holds a trained model; choose another --out")
     if resume and not path.is_file():
         raise CnnkitError(f"nothing to resume in {out}: no {RESUME_FILE}; start a new run without --resume")
 

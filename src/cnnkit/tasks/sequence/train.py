@@ -1,4 +1,5 @@
-"""The recipe ``cnnkit sequence train`` runs: a network trained through the one engine (or an ensemble), or MultiRocket fitted in closed form."""
+"""What ``cnnkit sequence train`` runs: a network trained through the one engine (or an ensemble of
+them), or MultiRocket fitted in closed form."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch.nn as nn
 from cnnkit.engine import Data, fit_run, single_phase_plan
 from cnnkit.engine.config import use_threads
 from cnnkit.engine.distributed import distributed
-from cnnkit.engine.runfolder import MODEL_FILE, RESUME_FILE, resumed_config
+from cnnkit.engine.runfolder import MODEL_FILE, RESUME_FILE, check_new_run, resumed_config
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.sequence.config import FITTED, SequenceConfig
 from cnnkit.tasks.sequence.data import load_splits
@@ -169,8 +170,7 @@ def _fit_closed_form(cfg: SequenceConfig, model, train_set, val_set, out, resume
 
     if resume:
         raise CnnkitError(f"a {cfg.model} run is fitted in one pass and has nothing to resume; start a new --out")
-    if out is not None and (Path(out) / MODEL_FILE).exists():
-        raise CnnkitError(f"{out} already holds a run; choose another --out")
+    check_new_run(out, resume=False)
     with distributed(cfg.device) as d:
         model.to(d.device)
     tick = time.perf_counter()
