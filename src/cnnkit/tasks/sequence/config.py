@@ -62,7 +62,12 @@ class SequenceConfig(RunConfig):
         help="networks trained with seeds seed .. seed+K-1, their probabilities averaged (5: InceptionTime)",
         minimum=1,
     )
-    threads: int | None = option(1, help="torch threads per process (0: all cores); series nets are small", minimum=0)
+    threads: int | None = option(
+        None,
+        help="torch threads per process (0: the free cores); unset: 1 for the trained networks (they are small), "
+        "the free cores for multirocket",
+        minimum=0,
+    )
     val_every: int = option(
         1, help="validate after every k-th round and after the last (0: only the final model)", minimum=0
     )

@@ -87,7 +87,7 @@ def train(cfg: SequenceConfig, out=None, resume: bool = False, quiet: bool = Fal
         raise CnnkitError(f"--ensemble must be a positive integer. Received: --ensemble {cfg.ensemble}")
     if cfg.model in FITTED:
         _check_fitted(cfg)
-    use_threads(cfg.threads)
+    use_threads(cfg.threads if cfg.threads is not None else (0 if cfg.model in FITTED else 1))
     train_set, val_set, test_set = load_splits(cfg)
     cfg = cfg.resolved_for(len(train_set))
     if cfg.ensemble == 1:
