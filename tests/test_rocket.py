@@ -51,12 +51,23 @@ def test_ridge_leave_one_out_equals_refitting_without_each_series():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(12, 30, generator=g, dtype=torch.float64)
     y = torch.where(torch.randn(12, 2, generator=g) > 0, 1.0, -1.0).double()
-    w, b, alpha, loo = ridge_loo(x, y, [0.5])
+    w, b, alpha, loo, rows = ridge_loo(x, y, [0.5])
+    assert rows.tolist() == list(range(12))
     close = dict(rtol=1e-7, atol=1e-7)
     torch.testing.assert_close(x @ w + b, _ridge(x, y, alpha)(x), **close)  # the fit itself
     for i in range(12):
         keep = torch.arange(12) != i
         torch.testing.assert_close(loo[i], _ridge(x[keep], y[keep], alpha)(x[i : i + 1])[0], **close)
+
+
+def test_ridge_on_many_rows_chooses_the_penalty_on_a_subset_and_solves_all():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(40, 30, generator=g, dtype=torch.float64)
+    y = x[:, :1] + 0.5 * torch.randn(40, 1, generator=g, dtype=torch.float64)
+    w, b, alpha, loo, rows = ridge_loo(x, y, [0.1, 10.0, 1000.0], subset=25)
+    assert len(rows) == 25 == len(loo) and len(set(rows.tolist())) == 25
+    assert alpha == ridge_loo(x[rows], y[rows], [0.1, 10.0, 1000.0])[2]  # the subset's own choice
+    torch.testing.assert_close(x @ w + b, _ridge(x, y, alpha)(x))  # the whole set solved at it
 
 
 def _ridge(x, y, alpha):
