@@ -21,8 +21,18 @@ from cnnkit.tasks.sequence.evaluate import evaluate
 from cnnkit.tasks.sequence.load import build_model, load_sequence, save_ensemble
 from cnnkit.tasks.sequence.task import SequenceTask
 
-GRADIENT_ONLY = ("steps", "epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "warmup", "ema")
-GRADIENT_ONLY += ("minutes",)
+GRADIENT_ONLY = (
+    "steps",
+    "epochs",
+    "batch_size",
+    "lr",
+    "optimizer",
+    "weight_decay",
+    "schedule",
+    "warmup",
+    "ema",
+    "minutes",
+)
 
 
 @dataclass
@@ -109,13 +119,16 @@ def train(cfg: SequenceConfig, out=None, resume: bool = False, quiet: bool = Fal
         model, run = load_sequence(out), members[-1]
     model.eval()
     runs = members or [run]
+    val = run.val if run.val is not None and not members else None  # a closed-form fit scored it already
+    if val is None and val_set is not None:
+        val = evaluate(model, val_set)
     return SequenceResult(
         model,
         cfg,
         run.history,
         sum(r.seconds for r in runs),
         sum(r.steps for r in runs),
-        evaluate(model, val_set) if val_set is not None else None,
+        val,
         evaluate(model, test_set) if test_set is not None else None,
         members,
     )
@@ -179,8 +192,8 @@ def _fit_closed_form(cfg: SequenceConfig, model, train_set, val_set, out, resume
         bar = progress.add_task("series", total=len(train_set))
         fitted = rocket.fit(model.net, train_set, progress=lambda done, _: progress.update(bar, completed=done))
     row = {"epoch": 1, "train_loo_acc": 1 - fitted["loo_error"], "alpha": fitted["alpha"]}
-    if val_set is not None:
-        scores = evaluate(model, val_set)
+    scores = evaluate(model, val_set) if val_set is not None else None
+    if scores is not None:
         row.update(val_loss=scores["loss"], val_acc=scores["accuracy"])
     row["seconds"] = time.perf_counter() - tick
     if not quiet:
@@ -198,4 +211,4 @@ def _fit_closed_form(cfg: SequenceConfig, model, train_set, val_set, out, resume
         atomic_write_bytes(out / CONFIG_FILE, config_yaml(cfg.to_dict()))
         write_metrics_csv(out / "metrics.csv", [row], list(row))
         save_model(out / MODEL_FILE, model, meta)
-    return SequenceResult(model.cpu().eval(), cfg, [row], row["seconds"], 0)
+    return SequenceResult(model.cpu().eval(), cfg, [row], row["seconds"], 0, val=scores)
