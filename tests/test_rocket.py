@@ -6,10 +6,20 @@ import json
 
 import pytest
 import torch
+import torch.nn as nn
 
 from cnnkit.cli import main
 from cnnkit.models import create_model
-from cnnkit.models.rocket import _pool, dilations_for, kernel_weights, quantile_sequence, series_lengths
+from cnnkit.models.rocket import (
+    _LOW,
+    FixedConv1d,
+    _leave_out,
+    _pool,
+    dilations_for,
+    kernel_weights,
+    quantile_sequence,
+    series_lengths,
+)
 from cnnkit.tasks.sequence import load_sequence
 from cnnkit.tasks.sequence.rocket import ridge_loo
 
@@ -38,13 +48,38 @@ def test_quantiles_are_the_golden_ratio_sequence():
 
 def test_the_four_pools_on_a_hand_example():
     """Response 1, -1, 2, 3, -2 less bias 0: 3 of 5 positive, their mean 2, mean index 5/3, longest run 2;
-    less bias 5: nothing positive (MIPV -1); the last position masked out, bias 0.5: 3 of 4, mean 1.5."""
-    r = torch.tensor([[[1.0, -1.0, 2.0, 3.0, -2.0]]])
-    every = torch.ones(1, 1, 5, dtype=torch.bool)
-    out = _pool(r, every, torch.tensor([[0.0, 5.0]]))
+    less bias 5: nothing positive (MIPV -1); the last position left out, bias 0.5: 3 of 4, mean 1.5."""
+    r = torch.tensor([1.0, -1.0, 2.0, 3.0, -2.0])[:, None, None]  # (L, B, K)
+    out = _pool(r, torch.tensor([[5]]), torch.tensor([[0.0, 5.0]]))
     torch.testing.assert_close(out, torch.tensor([[0.6, 2.0, 5 / 3, 2.0, 0.0, 0.0, -1.0, 0.0]]))
-    masked = _pool(r, torch.tensor([[[True, True, True, True, False]]]), torch.tensor([[0.5]]))
-    torch.testing.assert_close(masked, torch.tensor([[0.75, 1.5, 5 / 3, 2.0]]))
+    n = _leave_out(r, torch.arange(5), torch.tensor([4]), 0, torch.tensor([False]))
+    assert n.tolist() == [[4]] and r[4, 0, 0] == _LOW
+    torch.testing.assert_close(_pool(r, n, torch.tensor([[0.5]])), torch.tensor([[0.75, 1.5, 5 / 3, 2.0]]))
+
+
+def test_positions_left_out_are_the_padding_and_for_valid_kernels_the_ends():
+    """Series of lengths 6, 3, 2 padded to 7, receptive field 3 (pad 1): a "valid" kernel pools
+    positions 1..4, 1..1 and (the series no longer than 2 pad) 0..1; a "same" kernel each series."""
+    r = torch.zeros(7, 3, 2)
+    n = _leave_out(r, torch.arange(7), torch.tensor([6, 3, 2]), 1, torch.tensor([True, False]))
+    assert n.tolist() == [[4, 6], [1, 3], [2, 2]]
+    pooled = (r == 0).permute(1, 2, 0)  # (B, K, L)
+    assert [[row.nonzero().flatten().tolist() for row in s] for s in pooled] == [
+        [[1, 2, 3, 4], [0, 1, 2, 3, 4, 5]],
+        [[1], [0, 1, 2]],
+        [[0, 1], [0, 1]],
+    ]
+    assert (r[r != 0] == _LOW).all()
+
+
+def test_the_fixed_convolution_is_torchs_convolution():
+    """The time-first matrix product answers what nn.Conv1d answers, channels and dilation included."""
+    g = torch.Generator().manual_seed(0)
+    conv = FixedConv1d(3, 84, 9, padding=4 * 5, dilation=5, bias=False)
+    x = torch.randn(4, 3, 60, generator=g)
+    out = conv(x)
+    assert out.shape == (4, 84, 60) and out.permute(2, 0, 1).is_contiguous()
+    torch.testing.assert_close(out, nn.functional.conv1d(x, conv.weight, padding=20, dilation=5), rtol=1e-5, atol=1e-5)
 
 
 def test_ridge_leave_one_out_equals_refitting_without_each_series():

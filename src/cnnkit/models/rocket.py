@@ -45,7 +45,7 @@ from cnnkit.models._registry import register_model
 
 KERNEL = 9
 POOLS = ("ppv", "mpv", "mipv", "lspv")
-_CHUNK = 1 << 20  # elements of one (B, kernels, biases, L) pooling tensor: small enough for the caches
+_LOW = -torch.finfo(torch.float32).max  # a response left out of the pooling: below every bias, and 0 times it is 0
 
 
 def kernel_weights() -> torch.Tensor:
@@ -87,6 +87,25 @@ def quantile_sequence(n: int) -> torch.Tensor:
     return (k * (math.sqrt(5) + 1) / 2) % 1
 
 
+class FixedConv1d(nn.Conv1d):
+    """A dilated, zero-padded ("same") convolution whose answer is laid out time-first.
+
+    It computes what :class:`torch.nn.Conv1d` computes, as one matrix product of the series' taps
+    (L, B, C * 9) with the kernels (C * 9, K), and returns the (B, K, L) result as a view of an
+    (L, B, K) tensor: the pooling walks over time, and each of its steps then reads one contiguous
+    (B, K) block.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, length = x.shape
+        d, pad = self.dilation[0], self.padding[0]
+        k = self.weight.shape[0]
+        taps = torch.arange(length, device=x.device)[:, None] + d * torch.arange(KERNEL, device=x.device)
+        xt = nn.functional.pad(x, (pad, pad)).permute(2, 0, 1)  # (L + 2 pad, B, C)
+        u = xt[taps].permute(0, 2, 3, 1).reshape(length, b, c * KERNEL)  # (L, B, C * 9)
+        return (u @ self.weight.view(k, c * KERNEL).T).permute(1, 2, 0)  # (B, K, L), stored (L, B, K)
+
+
 class RocketBranch(nn.Module):
     """The fixed convolutions of one representation (the series or its difference) and their pooling.
 
@@ -108,7 +127,7 @@ class RocketBranch(nn.Module):
                 mask = torch.zeros(k, in_channels)
                 for j, s in enumerate(sizes.clamp(1, in_channels).tolist()):
                     mask[j, torch.randperm(in_channels, generator=generator)[:s]] = 1.0
-            conv = nn.Conv1d(in_channels, k, KERNEL, padding=(KERNEL - 1) // 2 * d, dilation=d, bias=False)
+            conv = FixedConv1d(in_channels, k, KERNEL, padding=(KERNEL - 1) // 2 * d, dilation=d, bias=False)
             conv.weight.data.copy_(w[:, None, :] * mask[:, :, None])  # (84, C, 9)
             conv.weight.requires_grad_(False)  # fixed, never trained
             convs.append(conv)
@@ -144,20 +163,32 @@ class RocketBranch(nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         length = x.shape[2]
         t = torch.arange(length, device=x.device)
-        inside = t[None, :] < lengths[:, None]  # (B, L): each series, not its padding
         feats, start = [], 0
         for i, c in enumerate(self.counts):
-            r = self.convs[i](x)  # (B, 84, L)
-            pad = (KERNEL - 1) // 2 * self.dilations[i]
-            valid = (t[None, :] >= pad) & (t[None, :] < lengths[:, None] - pad)  # (B, L): no tap in the padding
-            short = (lengths <= 2 * pad)[:, None]  # a series shorter than the receptive field: all of it
-            valid = torch.where(short, inside, valid)
+            r = self.convs[i](x).permute(2, 0, 1)  # (L, B, 84), contiguous
             flags = self.valid_only[i * self.kernels : (i + 1) * self.kernels]
-            mask = torch.where(flags[None, :, None], valid[:, None, :], inside[:, None, :])  # (B, 84, L)
+            n = _leave_out(r, t, lengths, (KERNEL - 1) // 2 * self.dilations[i], flags)
             bias = self.bias[start * self.kernels : (start + c) * self.kernels].view(self.kernels, c)
-            feats.append(_pool(r, mask, bias))  # (B, 84 * c * 4)
+            feats.append(_pool(r, n, bias))  # (B, 84 * c * 4)
             start += c
         return torch.cat(feats, dim=1)
+
+
+def _leave_out(r: torch.Tensor, t: torch.Tensor, lengths: torch.Tensor, pad: int, flags: torch.Tensor) -> torch.Tensor:
+    """Set the positions of ``r`` (L, B, K) that are not pooled to ``_LOW``, in place, and return (B, K)
+    the number pooled: a series' padding, and for the kernels with ``flags`` (valid part only) the
+    first and last ``pad`` positions, whose taps reach into the zero padding. A series no longer
+    than the receptive field (2 ``pad``) is pooled whole."""
+    whole = lengths <= 2 * pad  # (B,)
+    first = torch.where(whole, 0, pad)  # (B,) a flagged kernel's first position pooled
+    end = torch.where(whole, lengths, lengths - pad)  # (B,) ... and its end
+    if pad:
+        r[:pad].masked_fill_((~whole[:, None] & flags[None, :])[None], _LOW)
+    tail = int(end.min())  # from here on some position is left out
+    if tail < r.shape[0]:
+        stop = torch.where(flags[None, :], end[:, None], lengths[:, None])  # (B, K)
+        r[tail:].masked_fill_(t[tail:, None, None] >= stop[None], _LOW)
+    return torch.where(flags[None, :], (end - first)[:, None], lengths[:, None])
 
 
 def series_lengths(x: torch.Tensor) -> torch.Tensor:
@@ -168,29 +199,39 @@ def series_lengths(x: torch.Tensor) -> torch.Tensor:
     return torch.where(last > 0, last, x.shape[2])
 
 
-def _pool(r: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """(B, K, L) responses, (B, K, L) mask of the positions pooled, (K, c) biases -> (B, K * c * 4):
-    PPV, MPV, MIPV, LSPV of each response minus each of its biases."""
-    b, k, length = r.shape
-    r = r.masked_fill(~mask, float("-inf"))  # a position left out is never positive
-    n = mask.sum(dim=2).to(r.dtype).clamp(min=1)[:, :, None]  # (B, K, 1) positions pooled
-    t = torch.arange(length, device=r.device, dtype=r.dtype)
-    t1 = torch.arange(1, length + 1, device=r.device, dtype=torch.int16 if length < 2**15 else torch.int32)
-    step = max(1, _CHUNK // max(1, k * bias.shape[1] * length))
-    out = []
-    for s in range(0, b, step):
-        z = r[s : s + step, :, None, :] - bias[None, :, :, None]  # (b, K, c, L)
-        pos = z > 0
-        posf = pos.to(r.dtype)
-        count = posf.sum(dim=3)  # (b, K, c)
-        some = count.clamp(min=1)
-        ppv = count / n[s : s + step]
-        mpv = torch.relu(z).sum(dim=3) / some
-        mipv = ((posf @ t) / some).masked_fill(count == 0, -1.0)
-        last_off = ((~pos).to(t1.dtype) * t1).cummax(dim=3).values  # 1 + the last non-positive index so far
-        lspv = (t1 - last_off).amax(dim=3).to(r.dtype)
-        out.append(torch.stack([ppv, mpv, mipv, lspv], dim=3).flatten(1))
-    return torch.cat(out)
+def _pool(r: torch.Tensor, n: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """(L, B, K) responses (``_LOW`` where a position is left out), (B, K) positions pooled, (K, c)
+    biases -> (B, K * c * 4): PPV, MPV, MIPV, LSPV of each response minus each of its biases.
+
+    One pass over time: each step compares one (B, K) block of the responses with every bias and
+    updates five running sums for every (series, bias, kernel) at once, so no (B, K, c, L) tensor is
+    ever made and each step is a handful of vectorised operations on counters that stay in cache.
+    """
+    length, b, k = r.shape
+    c = bias.shape[1]
+    shape = (b, c, k)  # kernels innermost: each step's (B, 1, K) block meets the biases contiguously
+    bias = bias.T.contiguous()  # (c, K)
+    above, z = r.new_empty(shape), r.new_empty(shape)
+    count, positive, index = r.new_zeros(shape), r.new_zeros(shape), r.new_zeros(shape)
+    run, longest = r.new_zeros(shape), r.new_zeros(shape)
+    grad = torch.is_grad_enabled() and r.requires_grad  # MPV's gradient: keep each step's z for backward
+    for i in range(length):
+        if grad:
+            z = r[i, :, None, :] - bias
+            above = (z > 0).to(r.dtype)
+        else:
+            torch.sub(r[i, :, None, :], bias, out=z)
+            torch.gt(z, 0, out=above)  # 1.0 where the response is above the bias
+        count.add_(above)
+        positive.addcmul_(z, above)  # the sum of the positive parts
+        index.add_(above, alpha=i)
+        torch.addcmul(above, run, above, out=run)  # the current stretch: one longer, or 0
+        torch.maximum(longest, run, out=longest)
+    some = count.clamp(min=1)
+    ppv = count / n.to(r.dtype).clamp(min=1)[:, None, :]
+    mpv = positive / some
+    mipv = (index / some).masked_fill(count == 0, -1.0)
+    return torch.stack([ppv, mpv, mipv, longest], dim=3).transpose(1, 2).flatten(1)  # (B, K, c, 4) in order
 
 
 class MultiRocket1d(Classifier):

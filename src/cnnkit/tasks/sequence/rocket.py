@@ -57,9 +57,10 @@ def fit(net: MultiRocket1d, train: SeriesSet, alphas=ALPHAS, progress=None) -> d
     net.fit_biases(train.values.to(net.mean.device))
     x = transform(net, train, progress).double()
     mean = x.mean(dim=0)
-    scale = x.std(dim=0, unbiased=False)
+    x.sub_(mean)  # in place: a second copy of (N, F) costs more in fresh pages than the arithmetic
+    scale = torch.linalg.vector_norm(x, dim=0) / len(x) ** 0.5  # the standard deviation (divisor N)
     scale = torch.where(scale > 1e-12, scale, torch.ones_like(scale))
-    x = (x - mean) / scale
+    x.div_(scale)
     net.mean.copy_(mean.float())
     net.scale.copy_(scale.float())
     transformed = time.perf_counter()
@@ -100,8 +101,10 @@ def ridge_loo(
     """
     n = x.shape[0]
     xm, ym = x.mean(dim=0), y.mean(dim=0)
-    xc, yc = x - xm, y - ym
-    gram = _centred(xc @ xc.T)  # (N, N), in double: the smallest penalties read its smallest eigenvalues
+    yc = y - ym
+    # (N, N), in double: the smallest penalties read its smallest eigenvalues. Centring the Gram matrix
+    # is centring x (H x x^T H, H = I - 1 1^T / N), without a second (N, F) copy of x
+    gram = _centred(_gram(x))
     rows = torch.arange(n, device=x.device)
     if n > subset:
         rows = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:subset].sort().values.to(x.device)
@@ -112,9 +115,22 @@ def ridge_loo(
         dual = torch.cholesky_solve(yc, torch.linalg.cholesky(gram + alpha * eye))
     else:
         dual = resid[1]
-    w = xc.T @ dual  # (F, T)
+    w = x.T @ dual - xm[:, None] * dual.sum(dim=0)  # (F, T): centred x's transpose times the dual solution
     b = ym - xm @ w
     return w, b, alpha, y[rows] - resid[0], rows
+
+
+def _gram(x: torch.Tensor, block: int = 1024) -> torch.Tensor:
+    """x x^T (N, N), one triangle of blocks computed and mirrored: half the multiply-adds of ``x @ x.T``."""
+    n = x.shape[0]
+    gram = x.new_empty(n, n)
+    for i in range(0, n, block):
+        for j in range(i, n, block):
+            part = x[i : i + block] @ x[j : j + block].T
+            gram[i : i + block, j : j + block] = part
+            if j != i:
+                gram[j : j + block, i : i + block] = part.T
+    return gram
 
 
 def _centred(gram: torch.Tensor) -> torch.Tensor:
