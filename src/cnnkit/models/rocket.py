@@ -184,7 +184,7 @@ def _leave_out(r: torch.Tensor, t: torch.Tensor, lengths: torch.Tensor, pad: int
     end = torch.where(whole, lengths, lengths - pad)  # (B,) ... and its end
     if pad:
         r[:pad].masked_fill_((~whole[:, None] & flags[None, :])[None], _LOW)
-    tail = int(end.min())  # from here on some position is left out
+    tail = 0 if r.is_meta else int(end.min())  # from here on some position is left out (a shape-only run: all)
     if tail < r.shape[0]:
         stop = torch.where(flags[None, :], end[:, None], lengths[:, None])  # (B, K)
         r[tail:].masked_fill_(t[tail:, None, None] >= stop[None], _LOW)
