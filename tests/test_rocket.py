@@ -161,3 +161,13 @@ def test_padding_a_series_further_changes_no_feature():
     b = net.forward_features(torch.nn.functional.pad(series, (0, 50)))
     torch.testing.assert_close(a, b)
     assert series_lengths(torch.nn.functional.pad(series, (0, 50))).tolist() == [70]
+
+
+def test_summary_counts_the_fixed_convolutions_exactly():
+    """`cnnkit summary multirocket` runs (shapes only first) and counts 84 x 9 multiply-adds per output."""
+    import cnnkit
+
+    model = create_model("multirocket")
+    s = cnnkit.summary(model, input_size=(1, 128), batch_size=2)
+    convs = 2 * 84 * 9 * (128 * len(model.raw.convs) + 127 * len(model.diff.convs))
+    assert s.totals["macs"] == convs + 2 * model.num_features * 2  # and the linear layer's, 2 classes
