@@ -17,8 +17,9 @@ import time
 from pathlib import Path
 
 import torch
+from ucr import benchmark_sets, reference_table  # benchmarks/ucr.py: the benchmark's sets
 
-from cnnkit.data.series import load_series, ucr_names, val_split
+from cnnkit.data.series import load_series, val_split
 from cnnkit.engine.precision import cpu_name
 from cnnkit.models.rocket import MultiRocket1d
 from cnnkit.tasks.sequence import rocket
@@ -29,7 +30,7 @@ COLUMNS = ["dataset", "train", "val", "length", "features", "val_error", "loo_er
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sets", nargs="+", help="these sets only (default: every installed one)")
+    p.add_argument("--sets", nargs="+", help="these sets only (default: the UCR benchmark's installed sets)")
     p.add_argument("--data-dir", default=os.environ.get("CNNKIT_DATA"))
     p.add_argument("--results", default="benchmarks/results/ucr_recipe.tsv", help="TSV appended per row")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
@@ -43,7 +44,7 @@ def main() -> None:
     done = {(r[0], int(r[4])) for r in rows}
     if not results.is_file():
         results.write_text("\t".join(COLUMNS) + "\n")
-    for name in args.sets or ucr_names(args.data_dir):
+    for name in args.sets or benchmark_sets(args.data_dir, reference_table(args.data_dir)):
         full = load_series(f"ucr:{name}", "train", args.data_dir)
         train, val = val_split(full, 0.2, 0)
         for features in CANDIDATES:

