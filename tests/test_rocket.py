@@ -171,3 +171,15 @@ def test_summary_counts_the_fixed_convolutions_exactly():
     s = cnnkit.summary(model, input_size=(1, 128), batch_size=2)
     convs = 2 * 84 * 9 * (128 * len(model.raw.convs) + 127 * len(model.diff.convs))
     assert s.totals["macs"] == convs + 2 * model.num_features * 2  # and the linear layer's, 2 classes
+
+
+def test_the_transform_runs_in_float32_under_bf16_autocast():
+    """Counts of up to L positions are not exact in bfloat16: autocast leaves the transform alone."""
+    net = create_model("multirocket", length=40, features=2000)
+    x = torch.randn(3, 1, 40, generator=torch.Generator().manual_seed(0))
+    net.fit_biases(x)
+    with torch.no_grad():
+        plain = net.forward_features(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            cast = net.forward_features(x)
+    assert cast.dtype == torch.float32 and torch.equal(cast, plain)

@@ -33,6 +33,7 @@ Input shape: (B, C, L). Output shape: (B, num_classes). ``forward_features`` ret
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 
@@ -277,10 +278,14 @@ class MultiRocket1d(Classifier):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, L) series, zero-padded after their ends -> (B, F) pooled features, standardised.
         Each series is pooled over its own length (:func:`series_lengths`), so that padding a
-        series further changes nothing."""
-        n = series_lengths(x)
-        f = torch.cat([self.raw(x, n), self.diff(x.diff(dim=2), (n - 1).clamp(min=1))], dim=1)
-        return (f - self.mean) / self.scale
+        series further changes nothing. Always in float32, autocast or not: the pools count up to L
+        positions, which bfloat16's 8-bit mantissa does not hold exactly."""
+        kind = x.device.type
+        with torch.autocast(kind, enabled=False) if kind in ("cpu", "cuda") else contextlib.nullcontext():
+            x = x.float()
+            n = series_lengths(x)
+            f = torch.cat([self.raw(x, n), self.diff(x.diff(dim=2), (n - 1).clamp(min=1))], dim=1)
+            return (f - self.mean) / self.scale
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return x if pre_logits else self.fc(x)
