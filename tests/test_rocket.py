@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
 from cnnkit.cli import main
+from cnnkit.data.series import load_series
 from cnnkit.models import create_model
 from cnnkit.models.rocket import (
     _LOW,
@@ -136,6 +138,27 @@ def test_fit_through_the_cli_classifies_gunpoint(data_dir, tmp_path, capsys):
     assert main([*argv, "--out", str(run), "--resume", "--quiet"]) == 2
     assert main(["explain", str(run), str(data_dir / "ucr" / "GunPoint_TEST.ts")]) == 2
     assert "no class activation map" in capsys.readouterr().err
+
+
+def test_an_npz_trains_on_its_train_split_and_scores_its_test_split(data_dir, tmp_path, capsys):
+    """GunPoint saved as tslearn caches a set: the run fits on X_train and scores X_test (0 or 1 errors)."""
+    if not (data_dir / "ucr" / "GunPoint_TRAIN.ts").is_file():
+        pytest.skip("no UCR data")
+    train, test = (load_series("ucr:GunPoint", s, data_dir) for s in ("train", "test"))
+    npz = tmp_path / "GunPoint.npz"
+    np.savez(
+        npz,
+        X_train=train.values[:, 0].numpy(),
+        y_train=train.labels.numpy() + 1,
+        X_test=test.values[:, 0].numpy(),
+        y_test=test.labels.numpy() + 1,
+    )
+    run = tmp_path / "run"
+    assert main(["sequence", "train", "--data", str(npz), "--val-fraction", "0", "--out", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["sequence", "eval", str(run), "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["series"] == 150 and out["errors"] <= 1, out
 
 
 def test_multichannel_series_use_channel_subsets():

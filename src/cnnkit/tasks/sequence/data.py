@@ -11,9 +11,10 @@ from cnnkit.tasks.sequence.config import SequenceConfig
 
 
 def test_source(data: str) -> str | None:
-    """Where the TEST split of ``data`` is: the same name or folder, or the ``_TEST`` twin of a
-    ``NAME_TRAIN`` file; None when a single file has no such twin (the run then has no test)."""
-    if data.lower().startswith("ucr:") or Path(data).expanduser().is_dir():
+    """Where the TEST split of ``data`` is: the same name, folder or ``.npz`` file (which holds both
+    splits), or the ``_TEST`` twin of a ``NAME_TRAIN`` file; None when a single file has no such twin
+    (the run then has no test)."""
+    if data.lower().startswith("ucr:") or Path(data).expanduser().is_dir() or data.lower().endswith(".npz"):
         return data
     path = Path(data).expanduser()
     twin = path.with_name(re.sub(r"_TRAIN$", "_TEST", path.stem, flags=re.IGNORECASE) + path.suffix)
