@@ -161,6 +161,30 @@ def test_an_npz_trains_on_its_train_split_and_scores_its_test_split(data_dir, tm
     assert out["series"] == 150 and out["errors"] <= 1, out
 
 
+def test_no_znorm_keeps_the_level_and_files_given_later_are_read_the_same_way(tmp_path, capsys):
+    """Two classes of the same shape at levels 0 and 3: z-normalised they are one class (about
+    chance); with --no-znorm the run separates them, and eval and predict of a file read it raw too."""
+    g = np.random.default_rng(0)
+    t = np.linspace(0, 6.28, 50)
+    for split, n in (("TRAIN", 20), ("TEST", 40)):
+        y = np.arange(n) % 2
+        x = np.sin(t)[None] + 3.0 * y[:, None] + 0.1 * g.standard_normal((n, 50))
+        np.savetxt(tmp_path / f"Level_{split}.tsv", np.column_stack([y, x]), delimiter="\t", fmt="%.5f")
+    errors = {}
+    for flag in ("--znorm", "--no-znorm"):
+        run = tmp_path / flag
+        argv = ["sequence", "train", "--data", str(tmp_path / "Level_TRAIN.tsv"), "--val-fraction", "0"]
+        assert main([*argv, flag, "--out", str(run), "--quiet"]) == 0
+        capsys.readouterr()
+        assert main(["sequence", "eval", str(run), "--data", str(tmp_path / "Level_TEST.tsv"), "--format", "json"]) == 0
+        errors[flag] = json.loads(capsys.readouterr().out)["errors"]
+    assert errors["--no-znorm"] == 0 and errors["--znorm"] >= 10, errors
+    argv = ["sequence", "predict", str(tmp_path / "--no-znorm"), str(tmp_path / "Level_TEST.tsv"), "--format", "json"]
+    assert main(argv) == 0
+    answers = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]  # one a line
+    assert len(answers) == 40 and all(a["class"] == a["label"] for a in answers)
+
+
 def test_multichannel_series_use_channel_subsets():
     net = create_model("multirocket", num_classes=4, in_channels=6, length=100)
     used = torch.stack([(c.weight.abs().sum(2) > 0) for c in net.raw.convs])  # (dilations, 84, 6)

@@ -41,6 +41,11 @@ class SequenceConfig(RunConfig):
     unsupported = ("weights", "subset", "momentum")
 
     data: str = option("ucr:GunPoint", help="ucr:NAME | a NAME_TRAIN .ts/.tsv/.csv file | a folder holding one")
+    znorm: bool = option(
+        True,
+        help="z-normalise each series per channel (the UCR archive's convention); --no-znorm keeps the "
+        "values as they are, where a channel's level carries information (the UEA multivariate sets)",
+    )
     model: str = option(
         "multirocket",
         help="multirocket (fixed convolutions and a ridge classifier, fitted in one pass) | fcn1d | resnet1d | "

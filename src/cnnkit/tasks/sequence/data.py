@@ -29,12 +29,12 @@ def load_splits(cfg: SequenceConfig) -> tuple[SeriesSet, SeriesSet | None, Serie
         CnnkitError: data that cannot be found or read, an unlabelled training file, a test file
             with a class TRAIN lacks or another number of channels.
     """
-    full = load_series(cfg.data, "train", cfg.data_dir)
+    full = load_series(cfg.data, "train", cfg.data_dir, znorm=cfg.znorm)
     if len(full) and int(full.labels.min()) < 0:
         raise CnnkitError(f"{cfg.data}: the training series have no labels; training needs one per series")
     train, val = val_split(full, cfg.val_fraction, cfg.seed) if cfg.val_fraction > 0 else (full, None)
     source = test_source(cfg.data)
-    test = load_series(source, "test", cfg.data_dir, classes=full.classes) if source else None
+    test = load_series(source, "test", cfg.data_dir, classes=full.classes, znorm=cfg.znorm) if source else None
     if test is not None and test.channels != full.channels:
         raise CnnkitError(
             f"{cfg.data}: the test series have {test.channels} channels, the training series {full.channels}"

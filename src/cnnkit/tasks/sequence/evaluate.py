@@ -10,7 +10,7 @@ from cnnkit.data.series import SeriesSet, read_series
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.sequence.config import SequenceConfig
 from cnnkit.tasks.sequence.data import load_splits
-from cnnkit.tasks.sequence.load import load_sequence
+from cnnkit.tasks.sequence.load import load_sequence, znormalised
 
 
 @torch.no_grad()
@@ -98,7 +98,7 @@ def evaluate_run(path, split: str = "test", data: str | None = None, data_dir: s
         raise CnnkitError(f"--split is train, val or test. Received: --split {split}")
     model = load_sequence(path)
     if data is not None:
-        series = read_series(data, classes=model.classes)
+        series = read_series(data, classes=model.classes, znorm=znormalised(model))
         return {**evaluate(model, series), "split": "file", "data": str(data), "classes": model.classes}
     cfg = SequenceConfig.from_dict(model.info["config"], strict=False)
     if data_dir is not None:

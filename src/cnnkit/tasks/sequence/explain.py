@@ -10,7 +10,7 @@ from cnnkit.data.series import read_series
 from cnnkit.errors import CnnkitError
 from cnnkit.explain.series_cam import class_activation_map
 from cnnkit.tasks.sequence.config import FITTED
-from cnnkit.tasks.sequence.load import load_sequence
+from cnnkit.tasks.sequence.load import load_sequence, znormalised
 
 
 def explain_series(run, path: str | os.PathLike, index: int = 0, target_class: int | None = None) -> dict:
@@ -41,7 +41,7 @@ def explain_series(run, path: str | os.PathLike, index: int = 0, target_class: i
             f"{run} is a {name} run: its features are pooled statistics with no time axis, so it has no class "
             "activation map; explain a run of fcn1d, resnet1d or inception_time"
         )
-    data = read_series(path)
+    data = read_series(path, znorm=znormalised(model))
     if not 0 <= index < len(data):
         raise CnnkitError(f"{path} has {len(data)} series; --index must be in 0..{len(data) - 1}. Received: {index}")
     if data.channels != model.input_size[0]:

@@ -69,6 +69,12 @@ class SeriesModel(nn.Module):
         return cls(_net(name, len(classes), *size), name, [str(c) for c in classes], tuple(size))
 
 
+def znormalised(model: nn.Module) -> bool:
+    """Whether the run that trained ``model`` z-normalised its series (its config's ``znorm``; True
+    when the config does not say), so that files given to it later are read the same way."""
+    return bool(getattr(model, "info", {}).get("config", {}).get("znorm", True))
+
+
 def build_model(name: str, classes: list[str], channels: int, length: int, seed: int) -> SeriesModel:
     """A fresh network from the zoo (seeded init) for ``channels``-channel series of ``classes``."""
     torch.manual_seed(seed)

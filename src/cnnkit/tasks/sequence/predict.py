@@ -9,13 +9,14 @@ import torch.nn as nn
 from cnnkit.data.series import read_series
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.sequence.evaluate import predict_proba
+from cnnkit.tasks.sequence.load import znormalised
 
 
 def predict_file(model: nn.Module, path: str | os.PathLike) -> list[dict]:
     """The predicted class and every class's probability for each series of a file.
 
-    The file is read as training files are (:func:`~cnnkit.data.series.read_series`: z-normalised,
-    any length); a label in it, if it has one, is returned as ``label`` beside the answer.
+    The file is read as the run's training files were (:func:`~cnnkit.data.series.read_series`:
+    z-normalised unless the run was trained with ``--no-znorm``, any length); a label in it, if it has one, is returned as ``label`` beside the answer.
 
     Args:
         model: a trained :class:`~cnnkit.tasks.sequence.load.SeriesModel` or ensemble.
@@ -33,7 +34,7 @@ def predict_file(model: nn.Module, path: str | os.PathLike) -> list[dict]:
         >>> first["class"]                                                             # doctest: +SKIP
         '1'
     """
-    data = read_series(path)
+    data = read_series(path, znorm=znormalised(model))
     channels = model.input_size[0]
     if data.channels != channels:
         raise CnnkitError(f"{path} has {data.channels} channel(s) per series; the model takes {channels}")
