@@ -54,7 +54,7 @@ def test_the_four_pools_on_a_hand_example():
     r = torch.tensor([1.0, -1.0, 2.0, 3.0, -2.0])[:, None, None]  # (L, B, K)
     out = _pool(r, torch.tensor([[5]]), torch.tensor([[0.0, 5.0]]))
     torch.testing.assert_close(out, torch.tensor([[0.6, 2.0, 5 / 3, 2.0, 0.0, 0.0, -1.0, 0.0]]))
-    n = _leave_out(r, torch.arange(5), torch.tensor([4]), 0, torch.tensor([False]))
+    n = _leave_out(r, torch.tensor([4]), 0, torch.tensor([False]))
     assert n.tolist() == [[4]] and r[4, 0, 0] == _LOW
     torch.testing.assert_close(_pool(r, n, torch.tensor([[0.5]])), torch.tensor([[0.75, 1.5, 5 / 3, 2.0]]))
 
@@ -63,7 +63,7 @@ def test_positions_left_out_are_the_padding_and_for_valid_kernels_the_ends():
     """Series of lengths 6, 3, 2 padded to 7, receptive field 3 (pad 1): a "valid" kernel pools
     positions 1..4, 1..1 and (the series no longer than 2 pad) 0..1; a "same" kernel each series."""
     r = torch.zeros(7, 3, 2)
-    n = _leave_out(r, torch.arange(7), torch.tensor([6, 3, 2]), 1, torch.tensor([True, False]))
+    n = _leave_out(r, torch.tensor([6, 3, 2]), 1, torch.tensor([True, False]))
     assert n.tolist() == [[4, 6], [1, 3], [2, 2]]
     pooled = (r == 0).permute(1, 2, 0)  # (B, K, L)
     assert [[row.nonzero().flatten().tolist() for row in s] for s in pooled] == [

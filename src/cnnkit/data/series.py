@@ -217,21 +217,22 @@ def read_npz(
     path = Path(path)
     if split not in ("train", "test"):
         raise CnnkitError(f"split must be 'train' or 'test'; received: split={split!r}")
+    wanted = (f"X_{split}", f"y_{split}", "y_train")
     try:
         with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in (f"X_{split}", f"y_{split}", "y_train") if k not in z.files]
-            if missing:
-                raise CnnkitError(
-                    f"{path}: no array {', '.join(missing)} in the file (it holds {', '.join(z.files) or 'nothing'}); "
-                    f"expected X_train, y_train, X_test, y_test as tslearn caches a set"
-                )
-            x, y, y_train = z[f"X_{split}"], z[f"y_{split}"], z["y_train"]
-    except CnnkitError:
-        raise
+            held = list(z.files)
+            arrays = {k: z[k] for k in wanted if k in held}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # not a zip, a truncated one, a pickled array
         raise CnnkitError(
             f"{path}: not a readable .npz of numeric arrays ({e}); re-create it with numpy.savez"
         ) from None
+    missing = [k for k in wanted if k not in arrays]
+    if missing:
+        raise CnnkitError(
+            f"{path}: no array {', '.join(missing)} in the file (it holds {', '.join(held) or 'nothing'}); "
+            f"expected X_train, y_train, X_test, y_test as tslearn caches a set"
+        )
+    x, y, y_train = (arrays[k] for k in wanted)
     if x.ndim == 2:
         x = x[:, :, None]
     if x.ndim != 3 or x.dtype.kind not in "fiu" or len(x) == 0:

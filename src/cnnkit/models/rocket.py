@@ -162,20 +162,18 @@ class RocketBranch(nn.Module):
         self.bias.copy_(torch.cat(out))
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        length = x.shape[2]
-        t = torch.arange(length, device=x.device)
         feats, start = [], 0
         for i, c in enumerate(self.counts):
             r = self.convs[i](x).permute(2, 0, 1)  # (L, B, 84), contiguous
             flags = self.valid_only[i * self.kernels : (i + 1) * self.kernels]
-            n = _leave_out(r, t, lengths, (KERNEL - 1) // 2 * self.dilations[i], flags)
+            n = _leave_out(r, lengths, (KERNEL - 1) // 2 * self.dilations[i], flags)
             bias = self.bias[start * self.kernels : (start + c) * self.kernels].view(self.kernels, c)
             feats.append(_pool(r, n, bias))  # (B, 84 * c * 4)
             start += c
         return torch.cat(feats, dim=1)
 
 
-def _leave_out(r: torch.Tensor, t: torch.Tensor, lengths: torch.Tensor, pad: int, flags: torch.Tensor) -> torch.Tensor:
+def _leave_out(r: torch.Tensor, lengths: torch.Tensor, pad: int, flags: torch.Tensor) -> torch.Tensor:
     """Set the positions of ``r`` (L, B, K) that are not pooled to ``_LOW``, in place, and return (B, K)
     the number pooled: a series' padding, and for the kernels with ``flags`` (valid part only) the
     first and last ``pad`` positions, whose taps reach into the zero padding. A series no longer
@@ -188,7 +186,8 @@ def _leave_out(r: torch.Tensor, t: torch.Tensor, lengths: torch.Tensor, pad: int
     tail = 0 if r.is_meta else int(end.min())  # from here on some position is left out (a shape-only run: all)
     if tail < r.shape[0]:
         stop = torch.where(flags[None, :], end[:, None], lengths[:, None])  # (B, K)
-        r[tail:].masked_fill_(t[tail:, None, None] >= stop[None], _LOW)
+        t = torch.arange(tail, r.shape[0], device=r.device)
+        r[tail:].masked_fill_(t[:, None, None] >= stop[None], _LOW)
     return torch.where(flags[None, :], (end - first)[:, None], lengths[:, None])
 
 

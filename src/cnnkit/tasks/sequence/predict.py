@@ -16,7 +16,8 @@ def predict_file(model: nn.Module, path: str | os.PathLike) -> list[dict]:
     """The predicted class and every class's probability for each series of a file.
 
     The file is read as the run's training files were (:func:`~cnnkit.data.series.read_series`:
-    z-normalised unless the run was trained with ``--no-znorm``, any length); a label in it, if it has one, is returned as ``label`` beside the answer.
+    z-normalised unless the run was trained with ``--no-znorm``, any length); a label in it, if it
+    has one, is returned as ``label`` beside the answer.
 
     Args:
         model: a trained :class:`~cnnkit.tasks.sequence.load.SeriesModel` or ensemble.

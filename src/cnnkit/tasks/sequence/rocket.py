@@ -106,14 +106,13 @@ def ridge_loo(
     # is centring x (H x x^T H, H = I - 1 1^T / N), without a second (N, F) copy of x
     gram = _centred(_gram(x))
     rows = torch.arange(n, device=x.device)
-    if n > subset:
+    if n > subset:  # the penalty from a seeded subset's own Gram matrix, centred on its own mean
         rows = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:subset].sort().values.to(x.device)
-    sub_y = y[rows] - y[rows].mean(dim=0)
-    alpha, resid = _loo_choice(_centred(gram[rows][:, rows]), sub_y, alphas)
-    if n > subset:
+        alpha, resid = _loo_choice(_centred(gram[rows][:, rows]), y[rows] - y[rows].mean(dim=0), alphas)
         eye = torch.eye(n, dtype=gram.dtype, device=gram.device)
         dual = torch.cholesky_solve(yc, torch.linalg.cholesky(gram + alpha * eye))
     else:
+        alpha, resid = _loo_choice(gram, yc, alphas)
         dual = resid[1]
     w = x.T @ dual - xm[:, None] * dual.sum(dim=0)  # (F, T): centred x's transpose times the dual solution
     b = ym - xm @ w
