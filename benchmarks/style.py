@@ -7,9 +7,11 @@
 ``transfer`` runs ``cnnkit style transfer``'s defaults (EfficientNet-Lite0, robust Gram loss) on a
 hymenoptera photo with Udnie at 512 px and reports the wall time, the process's CPU time and the
 seconds per step. ``optimizers`` gives Adam and L-BFGS the same wall-clock budget each and reports
-the loss each reached. ``fast`` trains ``johnson_style_slim`` on the flower photos (``--minutes``
-stops before an epoch that would pass the budget), then stylises a 512 px photo (median of 5). Every report
-names the CPU, the torch threads and the load average beside the target.
+the loss each reached. ``fast`` trains ``cnnkit style train``'s network (``--model``) on the flower
+photos (``--minutes`` stops before an epoch that would pass the budget), then stylises a 512 px photo
+(median of 5) and scores its output at ``--score-size`` with the training loss's terms beside the
+photo's own (content 0) and the optimised transfer's: how much of the style the network learnt. Every
+report names the CPU, the torch threads and the load average beside the target.
 """
 
 from __future__ import annotations
@@ -73,6 +75,8 @@ def run_fast(args) -> None:
         style=str(data / "styles" / args.style),
         data=str(data / args.photos),
         epochs=args.epochs,
+        model=args.model,
+        crop=args.crop,
         photos=args.limit,
         threads=args.threads,
         minutes=args.minutes,
@@ -96,6 +100,28 @@ def run_fast(args) -> None:
         f"fast network {net.info['arch']}: a {x.shape[-1]}x{x.shape[-2]} photo in "
         f"{statistics.median(times[1:]):.3f} s (median of 5 after one warm-up)"
     )
+    _score(args, net)
+
+
+def _score(args, net: torch.nn.Module) -> None:
+    """The loss's content and style terms of the network's output on the bee photo at ``--score-size``,
+    beside the photo itself and the optimised transfer (the defaults' steps) at the same size."""
+    from cnnkit.tasks.style.transfer import perceptual_loss
+
+    data = Path(args.data_dir)
+    photo = read_photo(data / CONTENT, args.score_size)
+    style = read_photo(data / "styles" / args.style, args.score_size)
+    loss = perceptual_loss(TransferConfig(size=args.score_size, threads=args.threads).resolved(), style)
+    rows = [("the photo itself", photo), (f"fast network {net.info['arch']}", stylize(net, photo))]
+    if args.score_steps:
+        cfg = TransferConfig(size=args.score_size, steps=args.score_steps, threads=args.threads)
+        rows.append((f"optimised transfer, {args.score_steps} steps", transfer(photo, style, cfg, quiet=True).image))
+    target = loss.content_targets(photo)
+    print(f"the bee photo at {args.score_size} px (content, style: relative errors, the training loss's terms):")
+    for name, image in rows:
+        with torch.no_grad():
+            _, parts = loss(image, target)
+        print(f"  {name:<40} content {float(parts['content']):.3f}  style {float(parts['style']):.3f}")
 
 
 def main() -> None:
@@ -111,6 +137,10 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="fast: the first N photos only (0: all)")
     parser.add_argument("--epochs", type=int, default=None, help="fast: at most this many epochs")
     parser.add_argument("--minutes", type=float, default=30.0, help="fast: training time budget (0: all epochs)")
+    parser.add_argument("--model", default=None, help="fast: the transformation network (default: the command's)")
+    parser.add_argument("--crop", type=int, default=256, help="fast: training crop side (px)")
+    parser.add_argument("--score-size", type=int, default=256, help="fast: the side the bee photo is scored at")
+    parser.add_argument("--score-steps", type=int, default=100, help="fast: the optimised transfer's steps (0: none)")
     parser.add_argument("--out", default="runs/style-fast")
     parser.add_argument("--save", help="write the result image here")
     parser.add_argument("--quiet", action="store_true")

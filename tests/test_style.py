@@ -12,6 +12,7 @@ import cnnkit
 from cnnkit.cli import main
 from cnnkit.errors import CnnkitError
 from cnnkit.models import create_model, list_models
+from cnnkit.models.style import TransformNet
 from cnnkit.models.vgg import CFGS, make_layers
 from cnnkit.tasks.style import (
     StyleTrainConfig,
@@ -147,20 +148,26 @@ def test_fast_network_trains_resumes_exactly_and_predicts(photos, tmp_path):
 
 
 def test_the_transformation_networks_are_style_models_of_the_zoo():
-    assert list_models("style") == ["johnson_style", "johnson_style_slim"]
+    assert list_models("style") == ["johnson_style", "johnson_style_slim", "johnson_style_slim_bn"]
     net = create_model("johnson_style_slim").eval()
     with torch.no_grad():
         y = net(torch.rand(1, 3, 30, 42))
     assert y.shape == (1, 3, 30, 42) and 0 < y.min() and y.max() < 1
     assert sum(p.numel() for p in create_model("johnson_style").parameters()) == 1_679_235
+    slim, bn = create_model("johnson_style_slim"), create_model("johnson_style_slim_bn")
+    assert [p.shape for p in slim.parameters()] == [p.shape for p in bn.parameters()]  # the norms' scales and shifts
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in bn.modules()) == 15  # 3 + 2 x 5 + 2 ConvLayers
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in slim.modules())
     # untrained, a network returns its input (clamped to [1e-3, 1 - 1e-3] by the logit), at any size
     x = torch.rand(2, 3, 30, 42)
     with torch.no_grad():
-        for name in ("johnson_style", "johnson_style_slim"):
+        for name in ("johnson_style", "johnson_style_slim", "johnson_style_slim_bn"):
             out = create_model(name).eval()(x)
             assert (out - x.clamp(1e-3, 1 - 1e-3)).abs().max() < 1e-5
     with pytest.raises(CnnkitError, match="not class scores"):
         create_model("johnson_style", num_classes=10)
+    with pytest.raises(CnnkitError, match="norm instance or batch"):
+        TransformNet(norm="group")
 
 
 def _one_line_error(capsys, argv) -> str:

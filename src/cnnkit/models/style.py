@@ -19,24 +19,34 @@ import torch.nn.functional as F
 from cnnkit.errors import CnnkitError
 from cnnkit.models._registry import register_model
 
-# variant -> (widths at full, half and quarter resolution, residual blocks at quarter resolution)
-STYLE_CFGS: dict[str, tuple[tuple[int, int, int], int]] = {
-    "johnson_style": ((32, 64, 128), 5),  # the paper's network: 1.68 M parameters
-    "johnson_style_slim": ((16, 32, 64), 5),  # a quarter of the MACs: < 1 s for 512 px on 2 CPU cores
+# variant -> (widths at full, half and quarter resolution, residual blocks at quarter resolution, norm)
+STYLE_CFGS: dict[str, tuple[tuple[int, int, int], int, str]] = {
+    "johnson_style": ((32, 64, 128), 5, "instance"),  # the paper's network: 1.68 M parameters
+    "johnson_style_slim": ((16, 32, 64), 5, "instance"),  # a quarter of the MACs: < 1 s for 512 px on 2 CPU cores
+    "johnson_style_slim_bn": ((16, 32, 64), 5, "batch"),  # the same with the paper's batch norms
 }
+NORMS = {"instance": lambda c: nn.InstanceNorm2d(c, affine=True), "batch": nn.BatchNorm2d}
 
 
 class ConvLayer(nn.Module):
-    """Reflection pad, k x k convolution, instance norm (affine), ReLU (``relu=False``: linear).
+    """Reflection pad, k x k convolution, norm (instance, affine, or batch), ReLU (``relu=False``: linear).
 
     Shape: (B, C_in, H, W) -> (B, C_out, H / stride, W / stride).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int = 1, relu: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel: int,
+        stride: int = 1,
+        relu: bool = True,
+        norm: str = "instance",
+    ):
         super().__init__()
         self.pad = nn.ReflectionPad2d(kernel // 2)
         self.conv = nn.Conv2d(in_channels, out_channels, kernel, stride)
-        self.norm = nn.InstanceNorm2d(out_channels, affine=True)
+        self.norm = NORMS[norm](out_channels)
         self.act = nn.ReLU(inplace=True) if relu else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -46,10 +56,10 @@ class ConvLayer(nn.Module):
 class ResidualBlock(nn.Module):
     """Two 3x3 ConvLayers, the second linear, added to the input. Shape: (B, C, H, W) -> same."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, norm: str = "instance"):
         super().__init__()
-        self.conv1 = ConvLayer(channels, channels, 3)
-        self.conv2 = ConvLayer(channels, channels, 3, relu=False)
+        self.conv1 = ConvLayer(channels, channels, 3, norm=norm)
+        self.conv2 = ConvLayer(channels, channels, 3, relu=False, norm=norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv2(self.conv1(x))
@@ -58,9 +68,9 @@ class ResidualBlock(nn.Module):
 class UpsampleConv(nn.Module):
     """Nearest 2x upsampling, then a 3x3 ConvLayer. Shape: (B, C_in, H, W) -> (B, C_out, 2H, 2W)."""
 
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int, norm: str = "instance"):
         super().__init__()
-        self.conv = ConvLayer(in_channels, out_channels, 3)
+        self.conv = ConvLayer(in_channels, out_channels, 3, norm=norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
@@ -73,6 +83,7 @@ class TransformNet(nn.Module):
         widths: channels at full, half and quarter resolution (the paper: 32, 64, 128).
         blocks: residual blocks at quarter resolution (the paper: 5).
         in_channels: image channels in and out.
+        norm: ``instance`` (affine instance norm, Ulyanov et al.) or ``batch`` (the paper's batch norm).
 
     The decoder's output is added to the input's logit before the sigmoid, and its last convolution
     starts at zero: an untrained network returns its input, so training starts from the photo's
@@ -83,24 +94,31 @@ class TransformNet(nn.Module):
     reflection and cropped back). Output shape: the same, on (0, 1) (a sigmoid).
     """
 
-    def __init__(self, widths: tuple[int, int, int] = (32, 64, 128), blocks: int = 5, in_channels: int = 3):
+    def __init__(
+        self,
+        widths: tuple[int, int, int] = (32, 64, 128),
+        blocks: int = 5,
+        in_channels: int = 3,
+        norm: str = "instance",
+    ):
         super().__init__()
-        if len(widths) != 3 or min(widths) < 1 or blocks < 0 or in_channels < 1:
+        if len(widths) != 3 or min(widths) < 1 or blocks < 0 or in_channels < 1 or norm not in NORMS:
             raise CnnkitError(
-                "a transformation network takes three positive widths, blocks >= 0 and in_channels >= 1. "
-                f"Received: widths={widths}, blocks={blocks}, in_channels={in_channels}"
+                "a transformation network takes three positive widths, blocks >= 0, in_channels >= 1 and norm "
+                f"{' or '.join(NORMS)}. Received: widths={widths}, blocks={blocks}, in_channels={in_channels}, "
+                f"norm={norm!r}"
             )
         a, b, c = widths
         self.in_channels = in_channels
         self.encoder = nn.Sequential(
-            ConvLayer(in_channels, a, 9),  # (B, 3, H, W) -> (B, a, H, W)
-            ConvLayer(a, b, 3, stride=2),  # -> (B, b, H/2, W/2)
-            ConvLayer(b, c, 3, stride=2),  # -> (B, c, H/4, W/4)
+            ConvLayer(in_channels, a, 9, norm=norm),  # (B, 3, H, W) -> (B, a, H, W)
+            ConvLayer(a, b, 3, stride=2, norm=norm),  # -> (B, b, H/2, W/2)
+            ConvLayer(b, c, 3, stride=2, norm=norm),  # -> (B, c, H/4, W/4)
         )
-        self.residual = nn.Sequential(*[ResidualBlock(c) for _ in range(blocks)])
+        self.residual = nn.Sequential(*[ResidualBlock(c, norm) for _ in range(blocks)])
         self.decoder = nn.Sequential(
-            UpsampleConv(c, b),  # -> (B, b, H/2, W/2)
-            UpsampleConv(b, a),  # -> (B, a, H, W)
+            UpsampleConv(c, b, norm),  # -> (B, b, H/2, W/2)
+            UpsampleConv(b, a, norm),  # -> (B, a, H, W)
             nn.ReflectionPad2d(4),
             nn.Conv2d(a, in_channels, 9),  # -> (B, 3, H, W)
         )
@@ -122,8 +140,8 @@ def _build(variant: str, num_classes, in_channels: int) -> TransformNet:
             f"{variant} is an image transformation network: it returns an image, not class scores; "
             f"build it without num_classes. Received: num_classes={num_classes}"
         )
-    widths, blocks = STYLE_CFGS[variant]
-    return TransformNet(widths, blocks, in_channels)
+    widths, blocks, norm = STYLE_CFGS[variant]
+    return TransformNet(widths, blocks, in_channels, norm)
 
 
 _PAPER = "Johnson et al. 2016"
@@ -139,3 +157,9 @@ def johnson_style(num_classes=None, in_channels: int = 3) -> TransformNet:
 def johnson_style_slim(num_classes=None, in_channels: int = 3) -> TransformNet:
     """Half the paper's widths (16-32-64), 5 residual blocks: what ``cnnkit style train`` trains."""
     return _build("johnson_style_slim", num_classes, in_channels)
+
+
+@register_model(input_size=(3, 256, 256), paper=_PAPER, family="style", task="style")
+def johnson_style_slim_bn(num_classes=None, in_channels: int = 3) -> TransformNet:
+    """``johnson_style_slim`` with batch norms, as the paper: no instance norm's blotches."""
+    return _build("johnson_style_slim_bn", num_classes, in_channels)

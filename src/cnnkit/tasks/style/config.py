@@ -107,7 +107,9 @@ class StyleTrainConfig(RunConfig):
 
     style: str = option("", help="the style image (PNG or JPEG)")
     data: str = option("", help="a folder of photos (searched recursively for .jpg, .jpeg, .png)")
-    model: str | None = option(None, help="the transformation network: johnson_style_slim | johnson_style")
+    model: str | None = option(
+        None, help="the transformation network: johnson_style_slim | johnson_style_slim_bn | johnson_style"
+    )
     network: str = option("efficientnet_lite0", help="loss network: efficientnet_lite0 | vgg19 (needs --weights)")
     weights: str | None = option(None, help="the loss network's weights (as cnnkit style transfer --weights)")
     epochs: int | None = None
