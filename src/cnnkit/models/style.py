@@ -161,5 +161,5 @@ def johnson_style_slim(num_classes=None, in_channels: int = 3) -> TransformNet:
 
 @register_model(input_size=(3, 256, 256), paper=_PAPER, family="style", task="style")
 def johnson_style_slim_bn(num_classes=None, in_channels: int = 3) -> TransformNet:
-    """``johnson_style_slim`` with batch norms, as the paper: no instance norm's blotches."""
+    """``johnson_style_slim`` with batch norms in place of its instance norms, as the paper has them."""
     return _build("johnson_style_slim_bn", num_classes, in_channels)
