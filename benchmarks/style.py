@@ -111,10 +111,10 @@ def _score(args, net: torch.nn.Module) -> None:
     data = Path(args.data_dir)
     photo = read_photo(data / CONTENT, args.score_size)
     style = read_photo(data / "styles" / args.style, args.score_size)
-    loss = perceptual_loss(TransferConfig(size=args.score_size, threads=args.threads).resolved(), style)
+    cfg = TransferConfig(size=args.score_size, steps=max(args.score_steps, 1), threads=args.threads)
+    loss = perceptual_loss(cfg.resolved(), style)
     rows = [("the photo itself", photo), (f"fast network {net.info['arch']}", stylize(net, photo))]
     if args.score_steps:
-        cfg = TransferConfig(size=args.score_size, steps=args.score_steps, threads=args.threads)
         rows.append((f"optimised transfer, {args.score_steps} steps", transfer(photo, style, cfg, quiet=True).image))
     target = loss.content_targets(photo)
     print(f"the bee photo at {args.score_size} px (content, style: relative errors, the training loss's terms):")
