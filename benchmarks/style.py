@@ -20,6 +20,7 @@ import argparse
 import os
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -80,6 +81,8 @@ def run_fast(args) -> None:
         photos=args.limit,
         threads=args.threads,
         minutes=args.minutes,
+        style_weight=args.style_weight,
+        robust_layers=None if args.robust_layers is None else tuple(args.robust_layers),
     )
     tick = time.perf_counter()
     if not (Path(args.out) / "model.safetensors").is_file():
@@ -105,23 +108,29 @@ def run_fast(args) -> None:
 
 def _score(args, net: torch.nn.Module) -> None:
     """The loss's content and style terms of the network's output on the bee photo at ``--score-size``,
-    beside the photo itself and the optimised transfer (the defaults' steps) at the same size."""
+    beside the photo itself and the optimised transfer (the defaults' steps) at the same size; when the
+    run trained with other Gram kinds than the default loss, its own loss's style term too."""
     from cnnkit.tasks.style.transfer import perceptual_loss
 
     data = Path(args.data_dir)
     photo = read_photo(data / CONTENT, args.score_size)
     style = read_photo(data / "styles" / args.style, args.score_size)
     cfg = TransferConfig(size=args.score_size, steps=max(args.score_steps, 1), threads=args.threads)
-    loss = perceptual_loss(cfg.resolved(), style)
+    losses = {"style": perceptual_loss(cfg.resolved(), style)}
+    own = tuple(net.info.get("config", {}).get("robust_layers") or ())
+    if own != cfg.resolved().robust_layers:
+        name = "own style (" + (", ".join(own) or "plain Gram") + ")"
+        losses[name] = perceptual_loss(replace(cfg, robust_layers=own).resolved(), style)
     rows = [("the photo itself", photo), (f"fast network {net.info['arch']}", stylize(net, photo))]
     if args.score_steps:
         rows.append((f"optimised transfer, {args.score_steps} steps", transfer(photo, style, cfg, quiet=True).image))
-    target = loss.content_targets(photo)
+    target = losses["style"].content_targets(photo)
     print(f"the bee photo at {args.score_size} px (content, style: relative errors, the training loss's terms):")
     for name, image in rows:
         with torch.no_grad():
-            _, parts = loss(image, target)
-        print(f"  {name:<40} content {float(parts['content']):.3f}  style {float(parts['style']):.3f}")
+            terms = {k: loss(image, target)[1] for k, loss in losses.items()}
+        styles = "  ".join(f"{k} {float(t['style']):.3f}" for k, t in terms.items())
+        print(f"  {name:<40} content {float(terms['style']['content']):.3f}  {styles}")
 
 
 def main() -> None:
@@ -139,6 +148,15 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=30.0, help="fast: training time budget (0: all epochs)")
     parser.add_argument("--model", default=None, help="fast: the transformation network (default: the command's)")
     parser.add_argument("--crop", type=int, default=256, help="fast: training crop side (px)")
+    parser.add_argument(
+        "--style-weight", type=float, default=None, help="fast: the style loss's weight (default: the command's)"
+    )
+    parser.add_argument(
+        "--robust-layers",
+        nargs="*",
+        default=None,
+        help="fast: style layers with the robust Gram (none given: plain Gram)",
+    )
     parser.add_argument("--score-size", type=int, default=256, help="fast: the side the bee photo is scored at")
     parser.add_argument("--score-steps", type=int, default=100, help="fast: the optimised transfer's steps (0: none)")
     parser.add_argument("--out", default="runs/style-fast")

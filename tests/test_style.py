@@ -139,7 +139,7 @@ def test_fast_network_trains_resumes_exactly_and_predicts(photos, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
     net = cnnkit.load(tmp_path / "full")  # the one loader dispatches on the task
-    assert net.info["task"] == "style" and net.info["arch"] == "johnson_style_slim"
+    assert net.info["task"] == "style" and net.info["arch"] == "johnson_style_slim_bn"
     photo = _photo(tmp_path / "odd.png", 37, 50)
     (written,) = predict_files(tmp_path / "full", [photo], tmp_path / "out")
     with Image.open(written) as im:
@@ -217,3 +217,13 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(photos, tmp_path, caps
     with Image.open(out) as im:
         assert im.size == (32, 25)  # the content's 52x40 with its longer side at --size
     assert "done: 1 steps" in capsys.readouterr().out
+
+
+def test_the_fast_network_trains_on_plain_gram_matrices_and_the_optimisation_keeps_the_robust_ones():
+    fast = StyleTrainConfig(style="s.png", data="photos").resolved()
+    assert (fast.model, fast.crop, fast.robust_layers, fast.style_weight) == ("johnson_style_slim_bn", 128, (), 20.0)
+    assert fast.style_layers == TransferConfig().resolved().style_layers
+    assert TransferConfig().resolved().robust_layers == ("blocks.2", "blocks.3")
+    assert TransferConfig().resolved().style_weight == 100.0
+    mine = StyleTrainConfig(style="s.png", data="photos", robust_layers=("blocks.3",), style_weight=50.0).resolved()
+    assert (mine.robust_layers, mine.style_weight) == (("blocks.3",), 50.0)

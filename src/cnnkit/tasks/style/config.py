@@ -28,6 +28,11 @@ NETWORKS: dict[str, dict] = {
     ),
 }
 
+# what the transformation network trains on, where it differs from the optimisation's recipe: plain
+# Gram matrices at a lower style weight (with the robust Gram matrix at weight 100 the small network
+# paints saturated blots over the photo; docs/experiments/2026-12-05-fast-style-blots.md)
+TRAIN_LOSS: dict[str, dict] = {"efficientnet_lite0": dict(robust_layers=(), style_weight=20.0)}
+
 
 @dataclass
 class TransferConfig:
@@ -95,12 +100,13 @@ class StyleTrainConfig(RunConfig):
     """The settings of ``cnnkit style train``: Johnson et al.'s transformation network for one style.
 
     The loss is :class:`TransferConfig`'s (content + style + total variation through the loss
-    network), on random crops of the photos in ``data``. Each field is documented once, at the field
+    network) with :data:`TRAIN_LOSS`'s changes (plain Gram matrices, style weight 20 for
+    EfficientNet-Lite0), on random crops of the photos in ``data``. Each field is documented once, at the field
     (``option(help=...)``): the configuration reference and ``cnnkit style train --help`` show that text.
 
     Example:
         >>> StyleTrainConfig(style="udnie.jpg", data="photos").resolved().model
-        'johnson_style_slim'
+        'johnson_style_slim_bn'
     """
 
     unsupported = ("subset", "ema", "val_every", "momentum", "warmup", "schedule")
@@ -117,7 +123,7 @@ class StyleTrainConfig(RunConfig):
     lr: float | None = None
     optimizer: str = "adamw"
     weight_decay: float = 0.0
-    crop: int = option(256, help="training crop side (px)", minimum=16)
+    crop: int = option(128, help="training crop side (px)", minimum=16)
     style_size: int = option(256, help="the style image's longer side (px)", minimum=16)
     photos: int = option(0, help="train on the first N photos only (0: all)", minimum=0)
     content_weight: float | None = option(None, help="weight of the content loss", minimum=0)
@@ -133,9 +139,9 @@ class StyleTrainConfig(RunConfig):
         Returns:
             The resolved :class:`StyleTrainConfig`.
         """
-        loss = TransferConfig(network=self.network).resolved()
+        loss = TransferConfig(network=self.network, **TRAIN_LOSS.get(self.network, {})).resolved()
         defaults = {
-            "model": "johnson_style_slim",
+            "model": "johnson_style_slim_bn",
             "epochs": 8,
             "batch_size": 4,
             "lr": 3e-4,
