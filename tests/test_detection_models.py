@@ -16,6 +16,7 @@ from cnnkit.models.detection import (
     detection_loss,
     detector_loss,
     distances_to_boxes,
+    flip_merge,
     grid_points,
     level_ranges,
     varifocal_loss,
@@ -95,6 +96,32 @@ def test_decode_recovers_boxes_and_suppresses_duplicates():
         float(torch.sigmoid(torch.tensor(4.0)) * torch.sigmoid(torch.tensor(10.0))) ** 0.5
     )
     assert decode(out, (64, 64), score_threshold=0.999)[0]["boxes"].shape == (0, 4)
+
+
+def test_flip_merge_averages_mirror_locations_and_its_answer_mirrors_with_the_image():
+    torch.manual_seed(0)
+    model = create_detector("tiny", 3, in_channels=1, out_strides=(8,)).eval()
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        out, mirror = model(x), model(x.flip(-1))
+    merged = flip_merge(out, mirror, 64)
+    # location (row 2, column 1) of the 8 x 8 grid pairs with column 6 of the mirror image's output
+    i, j = 2 * 8 + 1, 2 * 8 + 6
+    torch.testing.assert_close(merged["cls"][:, i], (out["cls"][:, i] + mirror["cls"][:, j]) / 2)
+    lt_rb = mirror["box"][:, j][:, [2, 1, 0, 3]]
+    torch.testing.assert_close(merged["box"][:, i], (out["box"][:, i] + lt_rb) / 2)
+    # flip TTA is symmetric: the answer on the mirror image is the answer on the image, mirrored
+    a = decode(merged, (64, 64), score_threshold=0.0)[0]
+    b = decode(flip_merge(mirror, out, 64), (64, 64), score_threshold=0.0)[0]
+    back = torch.stack([64 - b["boxes"][:, 2], b["boxes"][:, 1], 64 - b["boxes"][:, 0], b["boxes"][:, 3]], 1)
+    torch.testing.assert_close(a["scores"], b["scores"])
+    torch.testing.assert_close(a["boxes"], back, atol=1e-4, rtol=0)
+    # a width the stride does not divide: no mirror grid, the two outputs' locations are pooled
+    x = torch.rand(1, 1, 60, 60)
+    with torch.no_grad():
+        pooled = flip_merge(model(x), model(x.flip(-1)), 60)
+    assert pooled["cls"].shape[1] == 2 * model(x)["cls"].shape[1] == 128
+    assert pooled["points"][64:, 0].tolist() == (60 - model(x)["points"][:, 0]).tolist()
 
 
 def test_loss_is_lower_for_the_right_answer_and_handles_no_boxes():

@@ -77,6 +77,10 @@ def test_saved_detector_loads_and_predicts_in_original_pixels(tmp_path):
     assert set(by_image[0]["labels"]) <= {"a", "b"}
     m = task.evaluate(back, s)
     assert set(m) == {"AP", "AP50", "AP75", "AR100", "VOC_AP50"} and 0 <= m["AP50"] <= 1
+    flipped = predict_set(back, s, score_threshold=0.0, tta="flip")  # the run's test-time augmentation
+    assert len(flipped) == len(s) and not torch.equal(flipped[1]["scores"], by_set[1]["scores"])
+    with pytest.raises(CnnkitError, match="--tta is flip or none"):
+        predict_set(back, s, tta="mirror")
     with pytest.raises(CnnkitError, match="lacks field 'backbone'"):
         build_detector({"classes": ["a"]})
 
@@ -105,3 +109,13 @@ def test_build_detector_rebuilds_the_head_layout():
     old = {k: v for k, v in info.items() if k not in ("head_convs", "separate_towers")}  # a checkpoint before them
     plain = build_detector({**old, "classes": ["a", "b"]})
     assert len(plain.head.tower) == 2 and plain.head.box_tower is None
+
+
+def test_detected_photos_are_scored_with_flip_tta_and_digit_scenes_and_masks_without():
+    from cnnkit.tasks.detect.config import DetectConfig
+    from cnnkit.tasks.instance.config import InstanceConfig
+
+    assert DetectConfig().resolved().tta == "flip" and InstanceConfig().resolved().tta == "none"
+    assert InstanceConfig(tta="flip").resolved().tta == "flip"
+    assert DetectConfig(data="digits").resolved().tta == "none"
+    assert DetectConfig(tta="none").resolved().tta == "none"

@@ -105,7 +105,8 @@ def run_predict(args) -> int:
     size = model.info["input_size"][-1]
     paths = [Path(p) for p in args.images]
     images = [read_pixels(p) for p in paths]  # CnnkitError on a missing file, before any work
-    results = predict_images(model, images, size, model.info["classes"], score_threshold=args.score)
+    decode = {**model.info.get("decode", {}), "score_threshold": args.score}  # the run's own test-time augmentation
+    results = predict_images(model, images, size, model.info["classes"], **decode)
     folder = Path(args.run).parent if exported else resolve(args.run).parent
     out_dir = Path(args.out_dir) if args.out_dir else folder / "predictions"
     stems = output_stems(paths, out_dir, ("_boxes.png",))  # unique, and never an input's own name

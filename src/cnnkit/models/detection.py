@@ -268,6 +268,43 @@ def detector_loss(
 
 
 @torch.no_grad()
+def flip_merge(out: dict[str, torch.Tensor], flipped: dict[str, torch.Tensor], width: int) -> dict[str, torch.Tensor]:
+    """A detector's raw output averaged with its output on the mirrored image (flip test-time augmentation).
+
+    ``flipped`` is the output on ``x.flip(-1)``, an image ``width`` pixels wide. Each location takes the
+    mean of its own class and centre-ness logits and those of its mirror location, and of its box
+    distances and the mirror's with left and right swapped. Where a level's grid is not symmetric
+    about the image's centre (a width its stride does not divide), the two outputs' locations are
+    pooled instead (the mirrored ones with their points mirrored), and decoding's NMS merges them.
+
+    Returns:
+        A raw output (``cls``, ``box``, ``ctr``, ``points``, ``strides``) that :func:`decode` reads.
+    """
+    pts, st = out["points"], out["strides"]
+    swap = flipped["box"][..., [2, 1, 0, 3]]  # l, t, r, b in the mirror image -> in this one
+    m = 4 * int(max(width, float(pts[:, 1].max()) + 1)) + 8
+    key = (st.round().long() * m + (2 * pts[:, 1]).round().long()) * m + (2 * pts[:, 0]).round().long()
+    mirror = (st.round().long() * m + (2 * pts[:, 1]).round().long()) * m + (2 * (width - pts[:, 0])).round().long()
+    order = key.argsort()
+    at = order[torch.searchsorted(key[order], mirror).clamp(max=len(key) - 1)]
+    if bool((key[at] == mirror).all()):
+        return {
+            "cls": (out["cls"] + flipped["cls"][:, at]) / 2,
+            "ctr": (out["ctr"] + flipped["ctr"][:, at]) / 2,
+            "box": (out["box"] + swap[:, at]) / 2,
+            "points": pts,
+            "strides": st,
+        }
+    mirrored = torch.stack([width - pts[:, 0], pts[:, 1]], 1)
+    return {
+        "cls": torch.cat([out["cls"], flipped["cls"]], 1),
+        "ctr": torch.cat([out["ctr"], flipped["ctr"]], 1),
+        "box": torch.cat([out["box"], swap], 1),
+        "points": torch.cat([pts, mirrored]),
+        "strides": torch.cat([st, st]),
+    }
+
+
 def decode(
     out: dict[str, torch.Tensor],
     image_size: tuple[int, int],

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cnnkit.models.detection import Detector, decode, grid_points
+from cnnkit.models.detection import Detector, decode, flip_merge, grid_points
 from cnnkit.ops import roi_align
 
 ROI_SIZE = 14  # RoIAlign output side (the paper's 14 x 14)
@@ -115,9 +115,15 @@ class MaskDetector(nn.Module):
     def predict(self, x: torch.Tensor, **decode_args) -> list[dict[str, torch.Tensor]]:
         """Images (B, C, H, W) in [0, 1] -> per image boxes / scores / labels (as :func:`decode`),
         ``masks`` (k, 28, 28) probabilities of each kept box (paste them with :func:`paste_masks`) and
-        ``mask_scores``: each box's score times its mask's :func:`maskness`, what ranks the masks."""
+        ``mask_scores``: each box's score times its mask's :func:`maskness`, what ranks the masks.
+        ``tta="flip"`` among the decoding arguments: the boxes from the image's and its mirror's
+        outputs averaged (:func:`~cnnkit.models.detection.flip_merge`)."""
+        tta = decode_args.pop("tta", "")
         maps = self.maps(x)
-        dets = decode(self.detections(maps), tuple(x.shape[-2:]), **decode_args)
+        raw = self.detections(maps)
+        if tta == "flip":  # the boxes from both; the masks from this image's maps
+            raw = flip_merge(raw, self.detections(self.maps(x.flip(-1))), x.shape[-1])
+        dets = decode(raw, tuple(x.shape[-2:]), **decode_args)
         probs = torch.zeros(0, 28, 28, device=x.device)
         if sum(len(det["boxes"]) for det in dets):
             labels = torch.cat([det["labels"] for det in dets])

@@ -65,6 +65,12 @@ class DetectConfig(RunConfig):
     channels_last: bool | None = option(
         None, help="NHWC weights and batches (default: on; oneDNN's 1x1 convolutions run faster channels-last)"
     )
+    tta: str | None = option(
+        None,
+        help="test-time augmentation of validation, eval and predict: flip (the outputs on the image and on "
+        "its mirror image averaged) | none (default: flip for photos, none for digit scenes)",
+        choices=("flip", "none"),
+    )
 
     def resolved(self) -> DetectConfig:
         """A copy with the data-dependent defaults filled in: what the run stores, so eval and resume
@@ -92,6 +98,7 @@ class DetectConfig(RunConfig):
             lr=self.lr if self.lr is not None else (1e-3 if photos else 4e-3),
             cls_loss=self.cls_loss or "varifocal",
             channels_last=self.channels_last if self.channels_last is not None else True,
+            tta=self.tta or ("flip" if photos else "none"),
             threads=self.threads or 0,  # 0: the cores free when the run starts (engine.config.free_cores)
             val_every=self.val_every if self.val_every is not None else (4 if photos else 1),
             scenes=tuple(self.scenes),

@@ -8,9 +8,23 @@ import torch.nn as nn
 from cnnkit.data.detection import (
     letterbox,
 )
+from cnnkit.errors import CnnkitError
 from cnnkit.export import model_device
-from cnnkit.models.detection import decode
+from cnnkit.models.detection import decode, flip_merge
 from cnnkit.tasks.detect.data import DetectionSet
+
+
+def check_tta(tta: str | None) -> str:
+    """A detector's test-time augmentation: ``"flip"`` | ``""`` (``None`` and ``"none"`` are ``""``).
+
+    Raises:
+        CnnkitError: any other value.
+    """
+    if tta in (None, "", "none"):
+        return ""
+    if tta != "flip":
+        raise CnnkitError(f"--tta is flip or none. Received: --tta {tta}")
+    return tta
 
 
 @torch.no_grad()
@@ -26,11 +40,14 @@ def predict_set(
         data: the letterboxed images (their ``scales`` map the boxes back).
         batch_size: images per forward pass.
         **decode_args: :func:`cnnkit.models.detection.decode`'s ``score_threshold``,
-            ``nms_threshold``, ``top_k``, ``max_detections`` (a run stores its own as ``info["decode"]``).
+            ``nms_threshold``, ``top_k``, ``max_detections``, and ``tta="flip"``: the output averaged
+            with the mirror image's (:func:`~cnnkit.models.detection.flip_merge`) (a run stores its
+            own as ``info["decode"]``).
 
     Returns:
         Per image ``{"boxes" (k, 4) x1 y1 x2 y2, "scores" (k,), "labels" (k,) int64}``, best first.
     """
+    tta = check_tta(decode_args.pop("tta", ""))
     was = model.training
     model.eval()
     device = model_device(model)
@@ -38,7 +55,10 @@ def predict_set(
     try:
         for i in range(0, len(data), batch_size):
             x = data.images[i : i + batch_size].to(device).float().div_(255)
-            for det, s in zip(decode(model(x), tuple(x.shape[-2:]), **decode_args), data.scales[i : i + batch_size]):
+            raw = model(x)
+            if tta:
+                raw = flip_merge(raw, model(x.flip(-1)), x.shape[-1])
+            for det, s in zip(decode(raw, tuple(x.shape[-2:]), **decode_args), data.scales[i : i + batch_size]):
                 out.append(
                     {"boxes": det["boxes"].cpu() / s, "scores": det["scores"].cpu(), "labels": det["labels"].cpu()}
                 )

@@ -74,6 +74,7 @@ def train(cfg: DetectConfig, out, resume: bool = False, quiet: bool = False):
             cfg.batch_size,
             info=info,
             val_name="val",
+            decode_args={"tta": cfg.tta} if cfg.tta == "flip" else {},
             fill=0.5 if channels == 3 else 0.0,
             flip=0.5 if cfg.data != "digits" else 0.0,
             scale=(0.7, 1.3) if cfg.data != "digits" else None,  # a cropped digit is another digit

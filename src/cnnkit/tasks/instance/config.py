@@ -36,6 +36,12 @@ class InstanceConfig(DetectConfig):
     mask_weight: float = option(1.0, help="weight of the mask loss beside the detector's")
     freeze_to: int | None = 4
     val_every: int | None = None
+    tta: str | None = option(
+        None,
+        help="test-time augmentation of validation, eval and predict: flip (the boxes from the image's and "
+        "its mirror image's outputs averaged, the masks from the image's) | none (default)",
+        choices=("flip", "none"),
+    )
 
     def resolved(self) -> InstanceConfig:
         """A copy with the data-dependent defaults filled in (instance's own, then detection's).
@@ -50,6 +56,7 @@ class InstanceConfig(DetectConfig):
             epochs=self.epochs if self.epochs is not None else (40 if photos else 10),
             model=self.model or ("efficientnet_lite0" if photos else "resnet18"),
             val_every=self.val_every if self.val_every is not None else (8 if photos else 0),
+            tta=self.tta or "none",  # flip TTA of the boxes did not raise the validation mask AP
         )
         return DetectConfig.resolved(cfg)
 

@@ -67,6 +67,7 @@ def train(cfg: InstanceConfig, out, resume: bool = False, quiet: bool = False):
             cfg.batch_size,
             info=info,
             val_name="val",
+            decode_args={"tta": cfg.tta} if cfg.tta == "flip" else {},
             fill=0.5 if channels == 3 else 0.0,
             flip=0.5 if cfg.data != "digits" else 0.0,
             roi_jitter=cfg.roi_jitter,
