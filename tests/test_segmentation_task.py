@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 
 from cnnkit.data.segmentation import SegmentationSet
+from cnnkit.errors import CnnkitError
 from cnnkit.models.segmentation import create_segmenter
 from cnnkit.tasks.segment.data import channel_stats, random_scale_crop
 from cnnkit.tasks.segment.evaluate import evaluate
@@ -260,13 +261,26 @@ def test_segmenter_test_time_procedure_flip_and_scale():
     out = scaled(flat)
     assert out.shape == (2, 2, 13, 10) and torch.allclose(out, scaled.net((flat - 0.5) / 0.5).log_softmax(1), atol=1e-5)
     with flip.without_tta(), scaled.without_tta():
-        assert torch.equal(flip(x), net(z)) and (flip.tta, scaled.test_scale) == ("", 1.0)
-    assert (flip.tta, scaled.test_scale) == ("flip", 1.5)
+        assert torch.equal(flip(x), net(z)) and (flip.tta, scaled.test_scale) == ("", (1.0,))
+    assert (flip.tta, scaled.test_scale) == ("flip", (1.5,))
     info = SegmentTask().describe(scaled)
     again = Segmenter.from_info({**info, "segmenter": {"arch": "unet", "backbone": "unet", "width": 4}})
-    assert (again.tta, again.test_scale) == ("", 1.5)
+    assert (again.tta, again.test_scale) == ("", (1.5,))
+    old = Segmenter.from_info(
+        {**info, "test_scale": 1.5, "segmenter": {"arch": "unet", "backbone": "unet", "width": 4}}
+    )
+    assert old.test_scale == (1.5,)  # a run saved before several scales: one number
+    # several scales: each answer resized back to the input's size, the probabilities averaged
+    both = Segmenter(net, [0.5] * 3, [0.5] * 3, ["b", "t"], test_scale=(1.0, 2.0)).eval()
+    big = torch.nn.functional.interpolate(x, size=(26, 20), mode="bilinear", align_corners=False)
+    from cnnkit.layers.upsample import resize
+
+    expect = (net(z).softmax(1) + resize(net((big - 0.5) / 0.5).softmax(1), (13, 10), "bilinear")) / 2
+    assert torch.allclose(both(x), expect.log(), atol=1e-5)
     with pytest.raises(Exception, match="'' or 'flip'"):
         Segmenter(net, [0.5] * 3, [0.5] * 3, ["b", "t"], tta="shift")
+    with pytest.raises(CnnkitError, match="--test-scale takes positive numbers"):
+        Segmenter(net, [0.5] * 3, [0.5] * 3, ["b", "t"], test_scale=(1.5, 0.0))
 
 
 def test_input_stats_are_the_pretrained_weights_own():

@@ -36,7 +36,9 @@ def register(subparsers) -> None:
     e.add_argument("--data-dir")
     e.add_argument("--format", default="table", choices=["table", "json"])
     e.add_argument("--tta", choices=["flip", "none"], help="instead of the run's test-time augmentation")
-    e.add_argument("--test-scale", type=float, help="instead of the run's test scale")
+    e.add_argument(
+        "--test-scale", type=float, nargs="+", help="instead of the run's test scales (several: answers averaged)"
+    )
     e.set_defaults(func=run_eval)
 
     q = sub.add_parser("predict", help="class-index PNG and colour overlay per image")

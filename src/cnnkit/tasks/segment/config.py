@@ -24,7 +24,7 @@ DATA_DEFAULTS = {  # what `cnnkit segment train --data X` uses without flags (th
         jitter=0.3,
         lovasz=1.0,
         tta="flip",
-        test_scale=1.5,
+        test_scale=(1.5, 1.75),
         val_every=4,
     ),
     "digits": dict(
@@ -106,8 +106,9 @@ class SegmentConfig(RunConfig):
     tta: str | None = option(
         None, help="test-time augmentation: flip (image and mirror averaged) | none", choices=("flip", "none")
     )
-    test_scale: float | None = option(
-        None, help="the network answers on the image resized by this (1: as it is)", minimum=0.01
+    test_scale: tuple[float, ...] | None = option(
+        None,
+        help="the network answers on the image resized by each of these factors, the answers averaged (1: as it is)",
     )
     boundary_d: int = option(3, help="boundary IoU band (px)")
     val_every: int | None = None
@@ -132,7 +133,7 @@ class SegmentConfig(RunConfig):
             "dice": 0.0,
             "lovasz": 0.0,
             "tta": "none",
-            "test_scale": 1.0,
+            "test_scale": (1.0,),
             "channels_last": False,
             **_SCRATCH,
             **DATA_DEFAULTS[kind],

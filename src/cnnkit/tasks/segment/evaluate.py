@@ -11,7 +11,7 @@ from cnnkit.metrics.segmentation import SegmentationMeter
 from cnnkit.tasks.segment.config import SegmentConfig
 from cnnkit.tasks.segment.data import load_splits
 from cnnkit.tasks.segment.load import _segmenter_tta, load_segmenter
-from cnnkit.tasks.segment.predict import predict_image, predict_masks
+from cnnkit.tasks.segment.predict import predict_image, predict_masks, scales
 
 
 def evaluate(
@@ -53,7 +53,11 @@ def evaluate(
 
 
 def evaluate_run(
-    path, split: str = "test", data_dir: str | None = None, tta: str | None = None, test_scale: float | None = None
+    path,
+    split: str = "test",
+    data_dir: str | None = None,
+    tta: str | None = None,
+    test_scale: float | tuple[float, ...] | None = None,
 ) -> dict:
     """The metrics of a segmentation run on a split of its data: what ``cnnkit segment eval`` reports.
 
@@ -65,7 +69,8 @@ def evaluate_run(
         split: ``test``, ``val`` or ``train`` of the run's own split.
         data_dir: the folder holding the built-in data sets (default: the run's).
         tta: ``"flip"`` | ``"none"`` instead of the test-time augmentation the run saved.
-        test_scale: the factor the image is resized by before the network, instead of the saved one.
+        test_scale: the factor (or factors, their answers averaged) the image is resized by before the
+            network, instead of the saved ones.
 
     Returns:
         ``{"mIoU", "pixel_accuracy", "iou" (by class name), "boundary_iou", "images", "split",
@@ -79,13 +84,13 @@ def evaluate_run(
         >>> evaluate_run("runs/seg", tta="none")["mIoU"]     # doctest: +SKIP
     """
     tta = _segmenter_tta(tta) if tta is not None else None
-    if test_scale is not None and not test_scale > 0:
-        raise CnnkitError(f"--test-scale must be a positive number. Received: --test-scale {test_scale}")
+    if test_scale is not None:
+        test_scale = scales(test_scale)
     model = load_segmenter(path)
     if tta is not None:
         model.tta = tta
     if test_scale is not None:
-        model.test_scale = float(test_scale)
+        model.test_scale = test_scale
     cfg = SegmentConfig.from_dict(model.info["config"], strict=False)
     if data_dir is not None:
         cfg.data_dir = data_dir

@@ -13,13 +13,27 @@ from cnnkit.export import model_device
 from cnnkit.models.deploy import Classifier
 
 
+def scales(value) -> tuple[float, ...]:
+    """A segmenter's test scales as a tuple of floats: one number (a run's older metadata) or several.
+
+    Raises:
+        CnnkitError: none, or a value that is not a positive number.
+    """
+    values = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+    ok = values and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values)
+    if not ok:
+        raise CnnkitError(f"--test-scale takes positive numbers. Received: --test-scale {value!r}")
+    return tuple(float(v) for v in values)
+
+
 class Segmenter(Classifier):
     """A segmentation network with its input normalisation: float (B, C, H, W) in [0, 1] -> logits (B, K, H, W).
 
     The classifier's wrapper (same buffers) with a per-pixel :meth:`predict`. In eval mode it
-    answers by its test-time procedure: the image resized by ``test_scale`` (the log-probabilities
-    resized back to (H, W)), and with ``tta="flip"`` the probabilities of the image and of its
-    mirror image (mirrored back) averaged. ``without_tta()`` turns both off (per-epoch validation).
+    answers by its test-time procedure: the image resized by each factor of ``test_scale`` (the
+    answers resized back to (H, W), their probabilities averaged over the factors), and with
+    ``tta="flip"`` the probabilities of the image and of its mirror image (mirrored back) averaged.
+    ``without_tta()`` turns both off (per-epoch validation).
 
     Args:
         net: the segmentation network (``create_segmenter``); its ``config`` rebuilds it.
@@ -27,7 +41,7 @@ class Segmenter(Classifier):
         std: per-channel standard deviation of the input normalisation.
         classes: the class names, background first.
         tta: ``""`` or ``"flip"``.
-        test_scale: the factor the image is resized by before the network in eval mode.
+        test_scale: the factor, or factors, the image is resized by before the network in eval mode.
 
     Attributes:
         net: the network.
@@ -35,25 +49,23 @@ class Segmenter(Classifier):
         config: the arguments that rebuild ``net``.
         input_size: ``(C,)``: any H, W.
         tta: ``""`` | ``"flip"``.
-        test_scale: as above.
+        test_scale: the factors, a tuple of floats.
 
     Raises:
-        CnnkitError: an unknown ``tta`` or a ``test_scale`` that is not positive.
+        CnnkitError: an unknown ``tta`` or a ``test_scale`` that is not positive numbers.
     """
 
-    def __init__(self, net: nn.Module, mean, std, classes: list[str], tta: str = "", test_scale: float = 1.0):
+    def __init__(self, net: nn.Module, mean, std, classes: list[str], tta: str = "", test_scale: float | tuple = 1.0):
         if tta not in ("", "flip"):
             raise CnnkitError(f"a segmenter's test-time augmentation is '' or 'flip'. Received: tta={tta!r}")
-        if not test_scale > 0:
-            raise CnnkitError(f"test_scale must be a positive number. Received: test_scale={test_scale!r}")
         super().__init__(net, mean, std, classes, (len(mean),), tta)
-        self.test_scale = float(test_scale)
+        self.test_scale = scales(test_scale)
         self.config = dict(getattr(net, "config", {}))
 
     @contextlib.contextmanager
     def without_tta(self):
         """A context in which the segmenter answers on the image alone: no flip, no rescaling."""
-        scale, self.test_scale = self.test_scale, 1.0
+        scale, self.test_scale = self.test_scale, (1.0,)
         try:
             with super().without_tta():
                 yield self
@@ -61,19 +73,26 @@ class Segmenter(Classifier):
             self.test_scale = scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training or (not self.tta and self.test_scale == 1.0):
+        if self.training or (not self.tta and self.test_scale == (1.0,)):
             return self.net((x - self.mean) / self.std)
         from cnnkit.layers.upsample import resize
 
         h, w = x.shape[-2:]
-        if self.test_scale != 1.0:
-            size = (max(1, round(h * self.test_scale)), max(1, round(w * self.test_scale)))
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=self.test_scale < 1)
-        x = (x - self.mean) / self.std
-        probs = self.net(x).float().softmax(1)  # (B, K, h', w')
-        if self.tta == "flip":
-            probs = (probs + self.net(x.flip(-1)).float().softmax(1).flip(-1)) / 2
-        return resize(probs.clamp_min(1e-12).log(), (h, w), "bilinear")  # (B, K, H, W)
+        answers = []
+        for scale in self.test_scale:
+            y = x
+            if scale != 1.0:
+                size = (max(1, round(h * scale)), max(1, round(w * scale)))
+                y = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
+            y = (y - self.mean) / self.std
+            probs = self.net(y).float().softmax(1)  # (B, K, h', w')
+            if self.tta == "flip":
+                probs = (probs + self.net(y.flip(-1)).float().softmax(1).flip(-1)) / 2
+            answers.append(probs)
+        if len(answers) == 1:
+            return resize(answers[0].clamp_min(1e-12).log(), (h, w), "bilinear")  # (B, K, H, W)
+        probs = torch.stack([resize(p, (h, w), "bilinear") for p in answers]).mean(0)
+        return probs.clamp_min(1e-12).log()
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -89,7 +108,7 @@ class Segmenter(Classifier):
             "mean": self.mean.flatten().tolist(),
             "std": self.std.flatten().tolist(),
             "tta": self.tta,
-            "test_scale": self.test_scale,
+            "test_scale": list(self.test_scale),
         }
 
     @classmethod
