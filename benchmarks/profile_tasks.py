@@ -227,6 +227,7 @@ def main() -> None:
     )
     parser.add_argument("--plot", default="", help="write the bar chart here (PNG)")
     parser.add_argument("--json", default="", help="write the numbers here")
+    parser.add_argument("--keep", default="", help="keep each run's folder here (NAME_SEED) instead of a temporary one")
     args = parser.parse_args()
     names = list(TASKS) if args.tasks == ["all"] else args.tasks
     seeds = args.seeds or (3 if args.full else 1)
@@ -238,7 +239,8 @@ def main() -> None:
         runs = []
         for seed in range(seeds if name in ("mnist", "flowers") else 1):
             with tempfile.TemporaryDirectory() as tmp:
-                prof, times = run_task(name, args, Path(tmp) / "run", seed)
+                folder = Path(args.keep) / f"{name}_{seed}" if args.keep else Path(tmp) / "run"
+                prof, times = run_task(name, args, folder, seed)
             ceiling = compute_ceiling(precision=times["precision"])  # at the thread count the run used
             g = prof.gflops()
             label = f"{name}" + (f" seed {seed}" if seeds > 1 and name in ("mnist", "flowers") else "")
@@ -252,6 +254,13 @@ def main() -> None:
                 f"{times['precision']} ceiling at {ceiling['threads']} threads: conv {ceiling['conv']:.1f} GFLOP/s, "
                 f"GEMM {ceiling['gemm']:.1f} GFLOP/s"
             )
+            if times["precision"] != "fp32":  # the target names the fp32 convolution ceiling
+                fp32 = compute_ceiling(precision="fp32")
+                ceiling["fp32_conv"] = fp32["conv"]
+                print(
+                    f"fp32 ceiling at {fp32['threads']} threads: conv {fp32['conv']:.1f} GFLOP/s; this "
+                    f"{times['precision']} run's compute at {g['compute'] / fp32['conv']:.0%} of it"
+                )
             skip = ("prepare", "fit", "test", "command", "threads", "precision")
             print("score: " + ", ".join(f"{k} {v:.4g}" for k, v in times.items() if k not in skip and v is not None))
             runs.append(times)
