@@ -47,6 +47,7 @@ def main() -> int:
     p.add_argument("--subset", type=int, default=0, help="train on the first N digits (0: all 60,000)")
     p.add_argument("--only", choices=["uncond", "cond"], help="one of the two runs")
     p.add_argument("--codes", type=int, default=0, help="the unconditional run's InfoGAN code (0: none)")
+    p.add_argument("--clusters", type=int, default=0, help="the unconditional run's k-means clusters (0: none)")
     p.add_argument("--eval-only", action="store_true", help="score the runs already in --out")
     p.add_argument("--data-dir", default=os.environ.get("CNNKIT_DATA"))
     args = p.parse_args()
@@ -57,6 +58,7 @@ def main() -> int:
             cfg = GenerateConfig(
                 conditional=kind == "cond",
                 codes=args.codes if kind == "uncond" else 0,
+                clusters=args.clusters if kind == "uncond" else 0,
                 epochs=args.epochs,
                 minutes=args.minutes,
                 threads=args.threads,

@@ -3,7 +3,7 @@
     python docs/make_images.py [--data-dir DIR]   # DIR holds mnist/ (default: $CNNKIT_DATA or ../shared/data)
     python docs/make_images.py --finetuned RUN    # also: Grad-CAM of a bee by a fine-tuned hymenoptera run
     python docs/make_images.py --detect RUN --segment RUN --instance RUN   # Penn-Fudan runs' test photos
-    python docs/make_images.py --generate RUN     # a conditional GAN run's digits, a row per class
+    python docs/make_images.py --generate RUN     # a GAN run's digits (conditional: a row per class)
 
 A small bias-free global-average-pooling CNN is trained for two epochs on 6,000 MNIST digits (the
 same recipe as tests/test_explain.py), then: Grad-CAM on digits pasted on an 84x84 canvas, the feature
@@ -13,8 +13,9 @@ hymenoptera --out RUN``): Grad-CAM of the run's network on a hymenoptera/val bee
 ``--detect``, ``--segment``, ``--instance`` (runs of ``cnnkit detect train``, ``cnnkit segment
 train``, ``cnnkit instance train`` on Penn-Fudan): what each predicts on the first three photos of its
 test split, drawn by its own ``predict`` command, side by side. With ``--generate RUN`` (``cnnkit
-generate train --conditional``): 100 digits of the run's generator from the fixed noise of its
-per-epoch grids, ten of each digit.
+generate train``): 100 digits of the run's generator; a conditional one's from the fixed noise of its
+per-epoch grids, ten of each digit (``gan_mnist_cond.png``), an unconditional one's as it draws them
+(``gan_mnist_uncond.png``).
 """
 
 import argparse
@@ -61,7 +62,7 @@ def main() -> None:
         parser.add_argument(
             f"--{task}", metavar="RUN", help=f"a Penn-Fudan `cnnkit {task} train` run: draw its test photos"
         )
-    parser.add_argument("--generate", metavar="RUN", help="a conditional `cnnkit generate train` run: draw its digits")
+    parser.add_argument("--generate", metavar="RUN", help="a `cnnkit generate train` run: draw its digits")
     args = parser.parse_args()
     if args.generate:
         return gan_grid(args.generate)
@@ -139,10 +140,14 @@ def main() -> None:
 def gan_grid(run: str) -> None:
     from cnnkit.tasks.generate.load import load_generator
     from cnnkit.tasks.generate.predict import write_grid
-    from cnnkit.tasks.generate.train import fixed_grid
+    from cnnkit.tasks.generate.train import GRID_SEED, fixed_grid
 
-    out = OUT / "gan_mnist_cond.png"
-    write_grid(fixed_grid(load_generator(run)), out, cols=10)
+    sampler = load_generator(run)
+    if sampler.classes:  # a row per class, from the per-epoch grids' fixed noise
+        out, images = OUT / "gan_mnist_cond.png", fixed_grid(sampler)
+    else:  # 100 digits as the model draws them (a code or cluster drawn by its prior)
+        out, images = OUT / "gan_mnist_uncond.png", sampler.eval().sample(100, seed=GRID_SEED)
+    write_grid(images, out, cols=10)
     print(f"{out.relative_to(OUT.parent.parent)}  {out.stat().st_size // 1024} KB")
 
 

@@ -111,8 +111,50 @@ def test_an_infogan_code_is_learnt_by_both_networks_and_kept_by_the_sampler():
     rebuilt = type(sampler).from_info(info)
     rebuilt.load_state_dict(sampler.state_dict())
     assert torch.equal(rebuilt.eval().sample(12, seed=3), a)
-    with pytest.raises(CnnkitError, match="--codes is for an unconditional generator"):
+    with pytest.raises(CnnkitError, match="--codes and --clusters are for an unconditional generator"):
         train(GenerateConfig(conditional=True, codes=10), quiet=True)
+
+
+def test_clusters_label_the_digits_without_their_labels_and_the_sampler_draws_them_by_share():
+    from cnnkit.tasks.generate.train import cluster_digits
+
+    # three kinds of image: blank, a bar on the left, a bar on the right; their labels say nothing
+    images = torch.zeros(60, 1, 28, 28, dtype=torch.uint8)
+    images[20:50, :, :, 2:8] = 255
+    images[50:, :, :, 20:26] = 255
+    digits = ImageSet(images, torch.zeros(60, dtype=torch.long), DIGITS)
+    labelled, prior = cluster_digits(digits, 3, seed=0)
+    groups = [set(labelled.labels[a:b].tolist()) for a, b in ((0, 20), (20, 50), (50, 60))]
+    assert all(len(g) == 1 for g in groups) and len(set.union(*groups)) == 3  # each kind its own cluster
+    by_cluster = {next(iter(g)): n / 60 for g, n in zip(groups, (20, 30, 10))}
+    assert prior == pytest.approx([by_cluster[c] for c in range(3)])
+    assert labelled.classes == ["cluster 0", "cluster 1", "cluster 2"] and labelled.meta["clusters"] == 3
+    with pytest.raises(CnnkitError, match="needs at least 100 training digits"):
+        cluster_digits(digits, 100)
+
+    model = build_gan(8, 4, [], prior=[0.0, 1.0, 0.0])  # every new digit from cluster 1
+    d = model.discriminator
+    assert model.planes == 0 and d.features[0].in_channels == 1 and d.embed.weight.shape == (3, d.num_features)
+    assert d.classifier.out_features == 1  # no code to read back: not InfoGAN
+    x0 = torch.rand(2, 1, 28, 28)
+    h = d.forward_head(d.forward_features(x0), pre_logits=True)
+    labels = torch.tensor([0, 2])
+    expect = d.classifier(h) + (d.embed(labels) * h).sum(1, keepdim=True)  # the projection discriminator
+    torch.testing.assert_close(model.judge(x0, labels), expect)
+    sampler = model.generator.eval()
+    assert sampler.draw_codes(50, torch.Generator().manual_seed(0)).tolist() == [1] * 50
+    task = GenerateTask(batch_size=16, latent_dim=8, prior=[0.0, 1.0, 0.0])
+    x, y, z, fake_y = next(iter(task.batches(labelled, torch.Generator().manual_seed(0))))
+    assert fake_y.tolist() == [1] * 16
+    parts = task.step(model, (x, y, z, fake_y), optimizers(model))
+    assert all(math.isfinite(float(v)) for v in parts.values())
+    rebuilt = type(sampler).from_info(sampler.describe())
+    rebuilt.load_state_dict(sampler.state_dict())
+    assert rebuilt.prior == [0.0, 1.0, 0.0] and torch.equal(rebuilt.eval().sample(4, seed=2), sampler.sample(4, seed=2))
+    with pytest.raises(CnnkitError, match="non-negative numbers with a positive sum"):
+        type(sampler)(sampler.net, [], 3, [0.0, 0.0, 0.0])
+    with pytest.raises(CnnkitError, match="two ways to give the generator a discrete choice"):
+        train(GenerateConfig(codes=10, clusters=10), quiet=True)
 
 
 def test_the_engine_runs_a_task_step_logs_every_loss_and_guards_each(tmp_path):

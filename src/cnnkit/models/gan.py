@@ -78,9 +78,10 @@ class DCGANDiscriminator(Classifier):
     Attributes:
         num_classes: outputs of the head (1 for a GAN).
         num_features: the head's input width (2 * width * 7 * 7).
+        projection: classes of the projection term (:meth:`judge`; 0: none).
     """
 
-    def __init__(self, num_classes: int = 1, in_channels: int = 1, width: int = 32):
+    def __init__(self, num_classes: int = 1, in_channels: int = 1, width: int = 32, projection: int = 0):
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, width, 4, 2, 1),  # (B, C, 28, 28) -> (B, w, 14, 14)
@@ -92,7 +93,22 @@ class DCGANDiscriminator(Classifier):
         self.num_features = 2 * width * 7 * 7
         self.num_classes = num_classes
         self.classifier: nn.Module = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        # the projection discriminator (Miyato & Koyama 2018): a class's embedding dotted with the
+        # features is added to the logit, at the same cost for any number of classes
+        self.projection = projection
+        if projection:
+            self.embed = nn.Embedding(projection, self.num_features)
         dcgan_init(self)
+        if projection:
+            nn.init.normal_(self.embed.weight, 0.0, 0.02)
+
+    def judge(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) images and (B,) classes -> (B, num_classes) logits, the class's projection
+        added to the first (a discriminator built with ``projection``)."""
+        h = self.forward_head(self.forward_features(x), pre_logits=True)  # (B, 2w*49)
+        out = self.classifier(h)
+        proj = (self.embed(labels) * h).sum(1, keepdim=True)  # (B, 1)
+        return torch.cat([out[:, :1] + proj, out[:, 1:]], 1)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)

@@ -43,6 +43,14 @@ class GenerateConfig(RunConfig):
         minimum=0,
         below=1001,
     )
+    clusters: int = option(
+        0,
+        help="unconditional only: both networks are conditioned on K k-means clusters of the training "
+        "digits' pixels (no labels used), and a new digit's cluster is drawn by the clusters' shares "
+        "(after Liu et al. 2020's self-conditioned GAN); 0: none",
+        minimum=0,
+        below=1001,
+    )
     latent_dim: int = option(100, help="length of the generator's noise vector", minimum=1)
     width: int = option(32, help="channels of the discriminator's first convolution (the generator's last)", minimum=1)
     epochs: int = 20

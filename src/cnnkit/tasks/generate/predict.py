@@ -20,9 +20,11 @@ class Sampler(nn.Module):
     Args:
         net: the generator network, (B, latent_dim + classes) -> (B, C, H, W) in [-1, 1].
         classes: names of the classes it is conditioned on ([]: unconditional).
-        codes: an unconditional generator's categorical code (InfoGAN, Chen et al. 2016): its
-            one-hot follows the noise like a class's, but no class is named; drawn at random when
-            none is given (0: no code).
+        codes: an unconditional generator's categorical code (InfoGAN, Chen et al. 2016, or the
+            clusters of ``--clusters``): its one-hot follows the noise like a class's, but no class
+            is named; drawn at random when none is given (0: no code).
+        prior: the probability of each code value when one is drawn (the clusters' shares of the
+            training digits); None: uniform.
 
     Example:
         >>> sampler = Sampler(DCGANGenerator(classes=10), [str(d) for d in range(10)]).eval()
@@ -30,7 +32,7 @@ class Sampler(nn.Module):
         torch.Size([4, 1, 28, 28])
     """
 
-    def __init__(self, net: DCGANGenerator, classes: list[str], codes: int = 0):
+    def __init__(self, net: DCGANGenerator, classes: list[str], codes: int = 0, prior: list[float] | None = None):
         super().__init__()
         if classes and codes:
             raise CnnkitError("a generator is conditioned on named classes or on an unnamed code, not both")
@@ -38,10 +40,26 @@ class Sampler(nn.Module):
             raise CnnkitError(
                 f"the generator reads a {net.classes}-way one-hot; received {len(classes)} class names and {codes} codes"
             )
+        if prior is not None:
+            prior = [float(v) for v in prior]
+            if len(prior) != codes or not all(math.isfinite(v) and v >= 0 for v in prior) or not sum(prior) > 0:
+                raise CnnkitError(
+                    f"a code's prior is {codes} non-negative numbers with a positive sum; received {prior[:20]}"
+                )
         self.net = net
         self.classes = list(classes)
         self.codes = int(codes)
+        self.prior = prior
         self.latent_dim = net.latent_dim
+
+    def draw_codes(self, count: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        """(count,) code values drawn by the prior (uniform without one)."""
+        if self.prior is None:
+            codes = torch.randint(self.codes, (count,), generator=generator)
+        else:
+            weights = torch.tensor(self.prior, dtype=torch.float64)
+            codes = torch.multinomial(weights, count, replacement=True, generator=generator)
+        return codes if device is None else codes.to(device)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """(B, latent_dim) noise and (B,) class or code indices -> (B, C, 28, 28) in [0, 1]."""
@@ -54,7 +72,7 @@ class Sampler(nn.Module):
         if not k:
             return z
         if labels is None and self.codes:
-            labels = torch.randint(self.codes, (z.shape[0],), device=z.device)
+            labels = self.draw_codes(z.shape[0], device=z.device)
         if labels is None:
             raise CnnkitError(f"this generator draws a chosen digit: give one of {len(self.classes)} classes (--digit)")
         return torch.cat([z, F.one_hot(labels.long(), k).to(z.dtype)], 1)
@@ -79,7 +97,7 @@ class Sampler(nn.Module):
         rng = torch.Generator().manual_seed(seed)
         z = torch.randn(count, self.latent_dim, generator=rng).to(device)
         if labels is None and self.codes:  # an unconditional generator's code: drawn from the same seed
-            labels = torch.randint(self.codes, (count,), generator=rng)
+            labels = self.draw_codes(count, rng)
         labels = None if labels is None else labels.to(device)
         parts = [
             self(z[i : i + batch_size], None if labels is None else labels[i : i + batch_size])
@@ -100,6 +118,7 @@ class Sampler(nn.Module):
             },
             "classes": self.classes,
             "codes": self.codes,
+            **({"prior": self.prior} if self.prior is not None else {}),
         }
 
     @classmethod
@@ -109,7 +128,10 @@ class Sampler(nn.Module):
             raise CnnkitError("this checkpoint is not a generator (no 'generator' in its metadata)")
         g = info["generator"]
         net = DCGANGenerator(int(g["latent_dim"]), int(g["out_channels"]), int(g["classes"]), int(g["width"]))
-        return cls(net, [str(c) for c in info["classes"]], int(info.get("codes", 0)))
+        prior = info.get("prior")
+        if prior is not None and not isinstance(prior, list):
+            raise CnnkitError(f"the checkpoint's prior is not a list of numbers; received {type(prior).__name__}")
+        return cls(net, [str(c) for c in info["classes"]], int(info.get("codes", 0)), prior)
 
 
 def grid_size(count: int, cols: int | None = None, side: int = 28, pad: int = 2, scale: int = 2) -> tuple[int, int]:

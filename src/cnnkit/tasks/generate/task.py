@@ -25,23 +25,34 @@ class GAN(nn.Module):
         discriminator: image (+ class planes when conditional) -> real-vs-generated logit.
     """
 
-    def __init__(self, generator: Sampler, discriminator: DCGANDiscriminator):
+    def __init__(self, generator: Sampler, discriminator: DCGANDiscriminator, planes: int = 0):
         super().__init__()
         self.generator = generator
         self.discriminator = discriminator
+        self.planes = planes
 
     def judge(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) images in [-1, 1] and their (B,) classes -> (B, 1 + codes) logits: real vs
         generated first, then (InfoGAN) the code read from the image. Classes are ignored when
-        unconditional; a conditional discriminator reads one constant plane per class after the image."""
-        k = len(self.generator.classes)
+        unconditional; a conditional discriminator reads one constant plane per class after the
+        image, a cluster-conditioned one adds the cluster's projection to its logit."""
+        if self.discriminator.projection:
+            return self.discriminator.judge(x, labels)
+        k = self.planes
         if k:
             planes = F.one_hot(labels, k).to(x.dtype)[:, :, None, None].expand(-1, -1, *x.shape[2:])
             x = torch.cat([x, planes], 1)  # (B, C + K, H, W)
         return self.discriminator(x)
 
 
-def build_gan(latent_dim: int, width: int, classes: list[str], channels: int = 1, codes: int = 0) -> GAN:
+def build_gan(
+    latent_dim: int,
+    width: int,
+    classes: list[str],
+    channels: int = 1,
+    codes: int = 0,
+    prior: list[float] | None = None,
+) -> GAN:
     """A DCGAN pair (the paper's N(0, 0.02) initialisation) for 28x28 images.
 
     Args:
@@ -51,13 +62,20 @@ def build_gan(latent_dim: int, width: int, classes: list[str], channels: int = 1
         channels: image channels.
         codes: an unconditional pair's categorical code (InfoGAN): the generator reads its one-hot,
             the discriminator has ``codes`` more outputs that read it back.
+        prior: a cluster-conditioned pair (``--clusters``): the clusters' shares of the training
+            digits. The generator reads the cluster's one-hot as an unnamed code drawn by these
+            shares; the discriminator adds the cluster's projection to its logit.
 
     Returns:
         The :class:`GAN`: a :class:`Sampler` around the generator, and the discriminator.
     """
+    if prior is not None:
+        k = len(prior)
+        generator = Sampler(DCGANGenerator(latent_dim, channels, k, width), [], k, prior)
+        return GAN(generator, DCGANDiscriminator(1, channels, width, projection=k))
     k = len(classes)
     generator = Sampler(DCGANGenerator(latent_dim, channels, k + codes, width), classes, codes)
-    return GAN(generator, DCGANDiscriminator(1 + codes, channels + k, width))
+    return GAN(generator, DCGANDiscriminator(1 + codes, channels + k, width), planes=k)
 
 
 @dataclass
@@ -76,6 +94,8 @@ class GenerateTask:
         batch_size: real digits per step.
         latent_dim: length of the noise vector.
         codes: values of the unconditional generator's categorical code (0: none).
+        prior: cluster-conditioned training (``--clusters``): the clusters' shares, by which the
+            clusters of the generated batch are drawn (the real digits' classes are their clusters).
         info_weight: weight of the code's cross-entropy in both losses.
         max_batches: batches per epoch at most (a smoke test's couple); None: all.
         info: checkpoint metadata: data, config, ...
@@ -86,6 +106,7 @@ class GenerateTask:
     batch_size: int = 64
     latent_dim: int = 100
     codes: int = 0
+    prior: list[float] | None = None
     info_weight: float = 1.0
     max_batches: int | None = None
     info: dict = field(default_factory=dict)
@@ -108,7 +129,11 @@ class GenerateTask:
             idx = idx.to(data.images.device)
             x = data.images[idx].to(dev).float().div_(127.5).sub_(1)  # uint8 -> [-1, 1]
             z = torch.randn(len(idx), self.latent_dim, generator=generator, device=dev)
-            fake_y = torch.randint(k, (len(idx),), generator=generator, device=dev)
+            if self.prior is None:
+                fake_y = torch.randint(k, (len(idx),), generator=generator, device=dev)
+            else:  # clusters: drawn as often as they hold training digits
+                weights = torch.tensor(self.prior, dtype=torch.float32, device=dev)
+                fake_y = torch.multinomial(weights, len(idx), replacement=True, generator=generator)
             return x, data.labels[idx].to(dev), z, fake_y
 
         return _Batches(chunks, make)

@@ -32,6 +32,46 @@ def load_digits(cfg: GenerateConfig) -> ImageSet:
     return digits
 
 
+def cluster_digits(digits: ImageSet, k: int, seed: int = 0, iterations: int = 30) -> tuple[ImageSet, list[float]]:
+    """The digits labelled by ``k`` k-means clusters of their pixels (Lloyd's iterations from
+    k-means++'s seeded start), and each cluster's share of them: what ``--clusters`` conditions on.
+
+    Args:
+        digits: the training digits (their labels are not read).
+        k: clusters.
+        seed: seeds the starting centres.
+        iterations: Lloyd iterations.
+
+    Returns:
+        (the digits with cluster indices as labels and ``cluster 0`` ... as class names, the shares).
+
+    Raises:
+        CnnkitError: fewer digits than clusters.
+    """
+    if len(digits) < k:
+        raise CnnkitError(f"--clusters {k} needs at least {k} training digits; there are {len(digits)}")
+    x = digits.images.flatten(1).float().div(255)  # (N, H*W)
+    rng = torch.Generator().manual_seed(seed)
+    centres = x[torch.randint(len(x), (1,), generator=rng)]
+    nearest = torch.cdist(x, centres)[:, 0].square()
+    for _ in range(k - 1):  # k-means++ (Arthur & Vassilvitskii 2007): far digits are likelier centres
+        weights = nearest.double() if nearest.sum() > 0 else torch.ones(len(x), dtype=torch.float64)
+        pick = x[torch.multinomial(weights, 1, generator=rng)]
+        centres = torch.cat([centres, pick])
+        nearest = torch.minimum(nearest, torch.cdist(x, pick)[:, 0].square())
+    for _ in range(iterations):
+        assign = torch.cdist(x, centres).argmin(1)
+        sums = torch.zeros_like(centres).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=k)
+        filled = counts > 0  # an emptied cluster keeps its centre
+        centres[filled] = sums[filled] / counts[filled, None]
+    assign = torch.cdist(x, centres).argmin(1)
+    counts = torch.bincount(assign, minlength=k)
+    names = [f"cluster {i}" for i in range(k)]
+    labelled = ImageSet(digits.images, assign, names, digits.name, {**digits.meta, "clusters": k})
+    return labelled, (counts.double() / len(x)).tolist()
+
+
 def fixed_grid(sampler: Sampler, seed: int = GRID_SEED) -> torch.Tensor:
     """100 digits from fixed noise: ten of each class (or code) by row for a generator that reads one.
 
@@ -78,17 +118,28 @@ def train(cfg: GenerateConfig, out=None, resume: bool = False, quiet: bool = Fal
     check_new_run(out, resume)
     if resume:  # the run's own settings win over the ones given
         cfg = GenerateConfig.from_dict(resumed_config(out, "generate"))
-    if cfg.conditional and cfg.codes:
+    if cfg.conditional and (cfg.codes or cfg.clusters):
+        flag = f"--codes {cfg.codes}" if cfg.codes else f"--clusters {cfg.clusters}"
         raise CnnkitError(
-            f"--codes is for an unconditional generator; a conditional one is told its digit. "
-            f"Received: --conditional --codes {cfg.codes}"
+            f"--codes and --clusters are for an unconditional generator; a conditional one is told its digit. "
+            f"Received: --conditional {flag}"
+        )
+    if cfg.codes and cfg.clusters:
+        raise CnnkitError(
+            f"--codes and --clusters are two ways to give the generator a discrete choice: take one. "
+            f"Received: --codes {cfg.codes} --clusters {cfg.clusters}"
         )
     use_threads(cfg.threads)
     digits = load_digits(cfg)
+    prior = None
+    if cfg.clusters:
+        digits, prior = cluster_digits(digits, cfg.clusters, cfg.seed)
     torch.manual_seed(cfg.seed)
     classes = digits.classes if cfg.conditional else []
-    model = build_gan(cfg.latent_dim, cfg.width, classes, digits.image_shape[0], cfg.codes)
-    task = GenerateTask(cfg.batch_size, cfg.latent_dim, cfg.codes, info={"config": cfg.to_dict(), "data": cfg.data})
+    model = build_gan(cfg.latent_dim, cfg.width, classes, digits.image_shape[0], cfg.codes, prior)
+    task = GenerateTask(
+        cfg.batch_size, cfg.latent_dim, cfg.codes, prior, info={"config": cfg.to_dict(), "data": cfg.data}
+    )
 
     def setup(m: GAN) -> Setup:
         betas = (cfg.beta1, 0.999)
