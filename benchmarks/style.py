@@ -77,12 +77,12 @@ def run_fast(args) -> None:
         data=str(data / args.photos),
         epochs=args.epochs,
         model=args.model,
-        crop=args.crop,
         photos=args.limit,
         threads=args.threads,
         minutes=args.minutes,
         style_weight=args.style_weight,
         robust_layers=None if args.robust_layers is None else tuple(args.robust_layers),
+        **({"crop": args.crop} if args.crop else {}),
     )
     tick = time.perf_counter()
     if not (Path(args.out) / "model.safetensors").is_file():
@@ -147,7 +147,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="fast: at most this many epochs")
     parser.add_argument("--minutes", type=float, default=30.0, help="fast: training time budget (0: all epochs)")
     parser.add_argument("--model", default=None, help="fast: the transformation network (default: the command's)")
-    parser.add_argument("--crop", type=int, default=256, help="fast: training crop side (px)")
+    parser.add_argument("--crop", type=int, default=None, help="fast: training crop side (px; default: the command's)")
     parser.add_argument(
         "--style-weight", type=float, default=None, help="fast: the style loss's weight (default: the command's)"
     )
