@@ -86,7 +86,8 @@ def test_train_eval_predict(tmp_path, capsys):
     [
         (["segment", "train", "--data", "no/such/folder"], "--data is pennfudan, digits or a folder"),
         (["segment", "eval", "no/such/run"], "no checkpoint at no/such/run"),
-        (["segment", "eval", "no/such/run", "--test-scale", "0"], "--test-scale must be a positive number"),
+        (["segment", "eval", "no/such/run", "--test-scale", "0"], "--test-scale takes positive numbers"),
+        (["segment", "train", "--data", "{data}", "--test-scale", "1.5", "-1"], "--test-scale takes positive numbers"),
         (["segment", "train", "--data", "{data}", "--epochs", "0"], "--epochs must be a positive integer"),
         (["segment", "train", "--data", "{data}", "--val-every", "-1"], "--val-every must be an integer >= 0"),
         (["segment", "train", "--data", "{data}", "--arch", "segnet"], "unknown segmentation architecture"),

@@ -49,6 +49,7 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
     from cnnkit.engine import Data, Phase, Plan, Setup, fit_run
     from cnnkit.engine.config import use_threads
     from cnnkit.engine.optim import lr_at, make_optimizer
+    from cnnkit.tasks.segment.predict import scales
 
     cfg = cfg.resolved()
     for key in ("epochs", "batch_size", "crop"):
@@ -58,6 +59,7 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
         raise CnnkitError(
             f"--val-every must be an integer >= 0 (0: no validation while training). Received: {cfg.val_every}"
         )
+    scales(cfg.test_scale)  # a bad --test-scale fails before any data is read
     threads = use_threads(cfg.threads)
     train_set, val_set, test_set, split = load_splits(cfg)
     model = build_model(cfg, train_set)
