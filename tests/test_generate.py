@@ -134,7 +134,7 @@ def test_clusters_label_the_digits_without_their_labels_and_the_sampler_draws_th
 
     model = build_gan(8, 4, [], prior=[0.0, 1.0, 0.0])  # every new digit from cluster 1
     d = model.discriminator
-    assert model.planes == 0 and d.features[0].in_channels == 1 and d.embed.weight.shape == (3, d.num_features)
+    assert d.features[0].in_channels == 1 and d.embed.weight.shape == (3, d.num_features)  # no class planes
     assert d.classifier.out_features == 1  # no code to read back: not InfoGAN
     x0 = torch.rand(2, 1, 28, 28)
     h = d.forward_head(d.forward_features(x0), pre_logits=True)

@@ -107,6 +107,8 @@ class DCGANDiscriminator(Classifier):
         added to the first (a discriminator built with ``projection``)."""
         h = self.forward_head(self.forward_features(x), pre_logits=True)  # (B, 2w*49)
         out = self.classifier(h)
+        if not self.projection:
+            return out
         proj = (self.embed(labels) * h).sum(1, keepdim=True)  # (B, 1)
         return torch.cat([out[:, :1] + proj, out[:, 1:]], 1)
 

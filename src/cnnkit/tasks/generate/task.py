@@ -25,11 +25,10 @@ class GAN(nn.Module):
         discriminator: image (+ class planes when conditional) -> real-vs-generated logit.
     """
 
-    def __init__(self, generator: Sampler, discriminator: DCGANDiscriminator, planes: int = 0):
+    def __init__(self, generator: Sampler, discriminator: DCGANDiscriminator):
         super().__init__()
         self.generator = generator
         self.discriminator = discriminator
-        self.planes = planes
 
     def judge(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) images in [-1, 1] and their (B,) classes -> (B, 1 + codes) logits: real vs
@@ -38,7 +37,7 @@ class GAN(nn.Module):
         image, a cluster-conditioned one adds the cluster's projection to its logit."""
         if self.discriminator.projection:
             return self.discriminator.judge(x, labels)
-        k = self.planes
+        k = len(self.generator.classes)
         if k:
             planes = F.one_hot(labels, k).to(x.dtype)[:, :, None, None].expand(-1, -1, *x.shape[2:])
             x = torch.cat([x, planes], 1)  # (B, C + K, H, W)
@@ -75,7 +74,7 @@ def build_gan(
         return GAN(generator, DCGANDiscriminator(1, channels, width, projection=k))
     k = len(classes)
     generator = Sampler(DCGANGenerator(latent_dim, channels, k + codes, width), classes, codes)
-    return GAN(generator, DCGANDiscriminator(1 + codes, channels + k, width), planes=k)
+    return GAN(generator, DCGANDiscriminator(1 + codes, channels + k, width))
 
 
 @dataclass
