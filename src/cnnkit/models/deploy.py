@@ -68,6 +68,22 @@ class Ensemble(nn.Module):
         return probs.clamp_min(1e-12).log()
 
 
+def flip_tta(tta: str | None) -> str:
+    """``--tta`` of the detection and segmentation tasks (flip | none) as their models keep it:
+    ``"flip"`` | ``""`` (``None`` and ``""`` are none too).
+
+    Raises:
+        CnnkitError: any other value.
+    """
+    from cnnkit.errors import CnnkitError
+
+    if tta in (None, "", "none"):
+        return ""
+    if tta != "flip":
+        raise CnnkitError(f"--tta is flip or none. Received: --tta {tta}")
+    return tta
+
+
 def tta_logits(net: nn.Module, x: torch.Tensor, kind: str) -> torch.Tensor:
     """Average the probabilities of the image and shifted (by 1 px) or flipped copies."""
     views = [x]

@@ -8,23 +8,10 @@ import torch.nn as nn
 from cnnkit.data.detection import (
     letterbox,
 )
-from cnnkit.errors import CnnkitError
 from cnnkit.export import model_device
+from cnnkit.models.deploy import flip_tta
 from cnnkit.models.detection import decode, flip_merge
 from cnnkit.tasks.detect.data import DetectionSet
-
-
-def check_tta(tta: str | None) -> str:
-    """A detector's test-time augmentation: ``"flip"`` | ``""`` (``None`` and ``"none"`` are ``""``).
-
-    Raises:
-        CnnkitError: any other value.
-    """
-    if tta in (None, "", "none"):
-        return ""
-    if tta != "flip":
-        raise CnnkitError(f"--tta is flip or none. Received: --tta {tta}")
-    return tta
 
 
 @torch.no_grad()
@@ -47,7 +34,7 @@ def predict_set(
     Returns:
         Per image ``{"boxes" (k, 4) x1 y1 x2 y2, "scores" (k,), "labels" (k,) int64}``, best first.
     """
-    tta = check_tta(decode_args.pop("tta", ""))
+    tta = flip_tta(decode_args.pop("tta", ""))
     was = model.training
     model.eval()
     device = model_device(model)

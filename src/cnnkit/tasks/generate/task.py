@@ -123,15 +123,15 @@ class GenerateTask:
         chunks = [order[i * b : (i + 1) * b] for i in range(n // b)]
         chunks = chunks[: self.max_batches] if self.max_batches else chunks
         k = self.codes or len(data.classes)
+        weights = None if self.prior is None else torch.tensor(self.prior, dtype=torch.float32, device=dev)
 
         def make(idx: torch.Tensor):
             idx = idx.to(data.images.device)
             x = data.images[idx].to(dev).float().div_(127.5).sub_(1)  # uint8 -> [-1, 1]
             z = torch.randn(len(idx), self.latent_dim, generator=generator, device=dev)
-            if self.prior is None:
+            if weights is None:
                 fake_y = torch.randint(k, (len(idx),), generator=generator, device=dev)
             else:  # clusters: drawn as often as they hold training digits
-                weights = torch.tensor(self.prior, dtype=torch.float32, device=dev)
                 fake_y = torch.multinomial(weights, len(idx), replacement=True, generator=generator)
             return x, data.labels[idx].to(dev), z, fake_y
 

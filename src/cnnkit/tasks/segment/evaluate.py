@@ -8,9 +8,10 @@ import torch.nn as nn
 from cnnkit.data.segmentation import IGNORE_INDEX, SegmentationSet
 from cnnkit.errors import CnnkitError
 from cnnkit.metrics.segmentation import SegmentationMeter
+from cnnkit.models.deploy import flip_tta
 from cnnkit.tasks.segment.config import SegmentConfig
 from cnnkit.tasks.segment.data import load_splits
-from cnnkit.tasks.segment.load import _segmenter_tta, load_segmenter
+from cnnkit.tasks.segment.load import load_segmenter
 from cnnkit.tasks.segment.predict import predict_image, predict_masks, scales
 
 
@@ -83,7 +84,7 @@ def evaluate_run(
     Example:
         >>> evaluate_run("runs/seg", tta="none")["mIoU"]     # doctest: +SKIP
     """
-    tta = _segmenter_tta(tta) if tta is not None else None
+    tta = flip_tta(tta) if tta is not None else None
     if test_scale is not None:
         test_scale = scales(test_scale)
     model = load_segmenter(path)

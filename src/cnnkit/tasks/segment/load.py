@@ -8,6 +8,7 @@ from cnnkit.data.segmentation import SegmentationSet
 from cnnkit.engine.runfolder import load_run_model
 from cnnkit.errors import CnnkitError
 from cnnkit.export import MAX_SIDE_KEY, OnnxModel
+from cnnkit.models.deploy import flip_tta
 from cnnkit.tasks.segment.config import SegmentConfig
 from cnnkit.tasks.segment.data import _channels, input_stats
 from cnnkit.tasks.segment.predict import Segmenter
@@ -29,14 +30,7 @@ def build_model(cfg: SegmentConfig, train: SegmentationSet) -> Segmenter:
         finest=cfg.finest,
     )
     mean, std = input_stats(cfg, train)
-    return Segmenter(net, mean, std, train.classes, _segmenter_tta(cfg.tta), cfg.test_scale)
-
-
-def _segmenter_tta(tta: str) -> str:
-    """``--tta`` (flip | none) -> a :class:`Segmenter`'s ``tta`` ("flip" | "")."""
-    if tta not in ("flip", "none"):
-        raise CnnkitError(f"--tta is flip or none. Received: --tta {tta}")
-    return "" if tta == "none" else tta
+    return Segmenter(net, mean, std, train.classes, flip_tta(cfg.tta), cfg.test_scale)
 
 
 def load_segmenter(path, device: str = "cpu") -> Segmenter:
