@@ -59,6 +59,15 @@ def test_eval_json(digits_run, capsys):
     assert 0 <= m["AP"] <= m["AP50"] <= 1
 
 
+def test_eval_of_the_validation_part_and_a_refused_test_scale(digits_run, capsys):
+    out, _ = digits_run
+    assert main(["detect", "eval", str(out), "--split", "val", "--format", "json"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert m["split"] == "val" and m["images"] == 8
+    assert main(["detect", "eval", str(out), "--test-scale", "1.5"]) == 2  # digit scenes are drawn at one size
+    assert "--test-scale must be 1 on digit scenes" in capsys.readouterr().err
+
+
 def test_predict_json_and_png(digits_run, tmp_path, capsys):
     import numpy as np
     from PIL import Image

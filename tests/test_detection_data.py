@@ -242,3 +242,35 @@ def test_letterbox_scales_boxes():
     assert out.shape == (3, 32, 32) and scale == pytest.approx(32 / 60)
     assert boxes[0].tolist() == pytest.approx([16, 16 / 3, 80 / 3, 32 / 3], abs=1e-4)
     assert out[0, 16:32].sum() == 0  # padding below the image
+
+
+def test_validation_and_test_images_are_letterboxed_to_image_size_times_test_scale(tmp_path):
+    from cnnkit.tasks.detect.config import DetectConfig, config_from_dict, validate
+    from cnnkit.tasks.detect.data import load_split_data
+    from cnnkit.tasks.instance.config import InstanceConfig
+    from cnnkit.tasks.instance.load import new_mask_detector
+
+    images = [{"id": i, "file_name": f"p{i}.png", "width": 40, "height": 30} for i in range(6)]
+    for i in range(6):
+        write_png(tmp_path / f"p{i}.png")
+    boxes = [{"id": i, "image_id": i, "category_id": 1, "bbox": [4, 3, 20, 15]} for i in range(6)]
+    (tmp_path / "ann.json").write_text(
+        json.dumps({"images": images, "annotations": boxes, "categories": [{"id": 1, "name": "dog"}]})
+    )
+    cfg = validate(DetectConfig(data=str(tmp_path / "ann.json"), image_size=64, test_scale=1.5).resolved())
+    assert cfg.test_side() == 96
+    tr, va, te, split = load_split_data(cfg)
+    assert tr.images.shape[-2:] == (64, 64) and va.images.shape[-2:] == te.images.shape[-2:] == (96, 96)
+    assert torch.allclose(va.scales, torch.tensor(96 / 40)) and torch.allclose(tr.scales, torch.tensor(64 / 40))
+    assert torch.allclose(va.boxes[0][0], torch.tensor([4.0, 3.0, 24.0, 18.0]) * 2.4)
+    with pytest.raises(CnnkitError, match="--test-scale must be a positive factor"):
+        validate(DetectConfig(data=str(tmp_path / "ann.json"), test_scale=0.0).resolved())
+    with pytest.raises(CnnkitError, match="--test-scale must be 1 on digit scenes"):
+        validate(DetectConfig(data="digits", test_scale=1.5).resolved())
+    assert DetectConfig(data="pennfudan").resolved().test_side() == 352  # the photos' default: 1.1 x 320
+    stored = {k: v for k, v in cfg.to_dict().items() if k != "test_scale"}  # a run from before the option
+    assert config_from_dict(stored).test_side() == 64
+    # what predict and export letterbox to: the test side
+    inst = InstanceConfig(data=str(tmp_path / "ann.json"), model="tiny", weights=None, image_size=64, test_scale=1.5)
+    _, info = new_mask_detector(inst.resolved(), ["dog"], 3)
+    assert info["input_size"] == [3, 96, 96]

@@ -33,7 +33,7 @@ def register(subparsers) -> None:
 
     add_eval_predict(
         sub,
-        "COCO AP / AP50 / AP75 / AR100 on the run's test split",
+        "COCO AP / AP50 / AP75 / AR100 on the run's test (or validation) photos",
         "boxes of image files, drawn into PNGs",
         run_eval,
         run_predict,
@@ -46,6 +46,12 @@ def add_eval_predict(sub, eval_help: str, predict_help: str, run_eval, run_predi
     e.add_argument("run", help="run folder or model.safetensors")
     e.add_argument("--data-dir")
     e.add_argument("--format", default="table", choices=["table", "json"])
+    e.add_argument("--split", default="test", choices=["val", "test"], help="the photos scored (default: test)")
+    e.add_argument(
+        "--test-scale",
+        type=float,
+        help="instead of the run's: images letterboxed to its --image-size times this (photos only)",
+    )
     e.set_defaults(func=run_eval)
 
     q = sub.add_parser("predict", help=predict_help)
@@ -81,7 +87,7 @@ def start_run(args, cfg, train, kind: str, given: dict) -> int:
 def run_eval(args) -> int:
     from cnnkit.tasks.detect.evaluate import evaluate_run
 
-    m = evaluate_run(args.run, args.data_dir)
+    m = evaluate_run(args.run, args.data_dir, args.split, args.test_scale)
     if args.format == "json":
         print(json.dumps(m))
         return 0

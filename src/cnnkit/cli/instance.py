@@ -32,7 +32,7 @@ def register(subparsers) -> None:
 
     add_eval_predict(
         sub,
-        "COCO mask AP (and box AP) on the run's test split",
+        "COCO mask AP (and box AP) on the run's test (or validation) photos",
         "instance masks and boxes of image files, drawn into PNGs",
         run_eval,
         run_predict,
@@ -50,7 +50,7 @@ def run_train(args) -> int:
 def run_eval(args) -> int:
     from cnnkit.tasks.instance.evaluate import evaluate_run
 
-    m = evaluate_run(args.run, args.data_dir)
+    m = evaluate_run(args.run, args.data_dir, args.split, args.test_scale)
     if args.format == "json":
         print(json.dumps(m))
         return 0

@@ -28,6 +28,11 @@ class DetectConfig(RunConfig):
     image_size: int | None = option(
         None, help="square side images are letterboxed to (default: 320 for photos, 128 for digits)", minimum=32
     )
+    test_scale: float | None = option(
+        None,
+        help="validation, eval and predict letterbox images to --image-size times this (default: 1.1 for photos, "
+        "352 px after training at 320; 1 for digit scenes)",
+    )
     scenes: tuple[int, int] = option((12000, 500), help="digits: numbers of training and test scenes")
     train_digits: tuple[int, int] | None = option(
         None,
@@ -72,6 +77,10 @@ class DetectConfig(RunConfig):
         choices=("flip", "none"),
     )
 
+    def test_side(self) -> int:
+        """The square side validation, eval and predict letterbox images to: ``image_size`` times ``test_scale``."""
+        return round(self.image_size * (self.test_scale or 1.0))
+
     def resolved(self) -> DetectConfig:
         """A copy with the data-dependent defaults filled in: what the run stores, so eval and resume
         see the same settings.
@@ -88,6 +97,7 @@ class DetectConfig(RunConfig):
         return replace(
             self,
             image_size=self.image_size if self.image_size is not None else (320 if photos else 128),
+            test_scale=self.test_scale if self.test_scale is not None else (1.1 if photos else 1.0),
             model=backbone,
             weights=weights,
             strides=tuple(self.strides) or ((8,) if tiny else (8, 16, 32)),
@@ -113,6 +123,8 @@ def validate(cfg: DetectConfig) -> DetectConfig:
         ("batch_size", cfg.batch_size >= 2, "an integer >= 2"),
         ("lr", cfg.lr > 0, "a positive number"),
         ("image_size", cfg.image_size >= 32, "at least 32"),
+        ("test_scale", cfg.test_scale > 0 and cfg.test_side() >= 32, "a positive factor (--image-size times it >= 32)"),
+        ("test_scale", cfg.data != "digits" or cfg.test_scale == 1, "1 on digit scenes (they are drawn at one size)"),
         ("optimizer", cfg.optimizer in ("sgd", "adamw", "nadam"), "sgd, adamw or nadam"),
         ("schedule", cfg.schedule in ("onecycle", "cosine", "constant"), "onecycle, cosine or constant"),
         ("width", cfg.width >= 8, "at least 8"),
@@ -136,6 +148,11 @@ def replace_subset(cfg: DetectConfig) -> DetectConfig:
 def config_from_dict(d: dict) -> DetectConfig:
     """The settings a detection run stored (runs of earlier versions included)."""
     return DetectConfig.from_dict(
-        {**d, "train_digits": d.get("train_digits") or (1, 4), "separate_towers": d.get("separate_towers", False)},
+        {
+            **d,
+            "train_digits": d.get("train_digits") or (1, 4),
+            "separate_towers": d.get("separate_towers", False),
+            "test_scale": d.get("test_scale", 1.0),  # runs from before the option answered at their training size
+        },
         strict=False,
     )

@@ -108,7 +108,8 @@ def load_split_data(
             if len(data) < 3:
                 raise CnnkitError(f"{path} holds {len(data)} image(s): a train/val/test split needs at least 3")
             split = carve_validation(split or split_names(data.names, max(2, round(0.8 * len(data))), cfg.seed))
-        tr, va, te = (from_detections(data.subset(split[k]), cfg.image_size) for k in ("train", "val", "test"))
+        tr = from_detections(data.subset(split["train"]), cfg.image_size)
+        va, te = (from_detections(data.subset(split[k]), cfg.test_side()) for k in ("val", "test"))
     if cfg.subset:
         tr = DetectionSet(
             tr.images[: cfg.subset],

@@ -10,20 +10,23 @@ from cnnkit.tasks.detect.predict import predict_set
 from cnnkit.tasks.detect.task import DetectTask
 
 
-def evaluate_run(run, data_dir: str | None = None) -> dict:
+def evaluate_run(run, data_dir: str | None = None, split: str = "test", test_scale: float | None = None) -> dict:
     """COCO AP of a detection run on its test split: what ``cnnkit detect eval`` reports.
 
-    The test split is the run's own (its ``split.json``), read with the run's stored settings.
+    The split is the run's own (its ``split.json``), read with the run's stored settings.
 
     Args:
         run: a run folder or its ``model.safetensors``.
         data_dir: the folder holding the built-in data sets (default: the run's).
+        split: ``"test"`` or ``"val"`` (the validation photos carved from the training ones).
+        test_scale: instead of the run's: images letterboxed to its image size times this.
 
     Returns:
         ``{"AP", "AP50", "AP75", "AR100", "VOC_AP50", "per_class_AP", "images", "data", "split"}``.
 
     Raises:
-        CnnkitError: not a detection run, a damaged checkpoint, or data that cannot be found.
+        CnnkitError: not a detection run, a damaged checkpoint, data that cannot be found, an unknown
+            split or a bad test scale.
 
     Example:
         >>> evaluate_run("runs/pennfudan")["AP"]         # doctest: +SKIP
@@ -33,19 +36,16 @@ def evaluate_run(run, data_dir: str | None = None) -> dict:
     from cnnkit.engine.runfolder import resolve
 
     model = load_detector(run)
-    cfg = config_from_dict(model.info["config"])
-    if data_dir:
-        from dataclasses import replace
-
-        cfg = replace(cfg, data_dir=data_dir)
+    cfg = eval_config(config_from_dict(model.info["config"]), data_dir, split, test_scale)
     split_file = resolve(run).parent / "split.json"
-    split = json.loads(split_file.read_text()) if split_file.is_file() and cfg.data != "digits" else None
-    _, _, test_set, _ = load_split_data(replace_subset(cfg), split)
+    names = json.loads(split_file.read_text()) if split_file.is_file() and cfg.data != "digits" else None
+    _, val_set, test_set, _ = load_split_data(replace_subset(cfg), names)
+    data = val_set if split == "val" else test_set
     task = DetectTask(model.info["classes"], info=model.info, decode_args=model.info.get("decode", {}))
-    predictions = predict_set(model, test_set, task.eval_batch_size, **task.decode_args)
-    targets = test_set.targets()
-    m = coco_evaluate(predictions, targets, classes=test_set.classes)
-    voc = voc_evaluate(predictions, targets, len(test_set.classes))
+    predictions = predict_set(model, data, task.eval_batch_size, **task.decode_args)
+    targets = data.targets()
+    m = coco_evaluate(predictions, targets, classes=data.classes)
+    voc = voc_evaluate(predictions, targets, len(data.classes))
     return {
         "AP": m["AP"],
         "AP50": m["AP50"],
@@ -55,5 +55,23 @@ def evaluate_run(run, data_dir: str | None = None) -> dict:
         "VOC_AP50": voc["mAP"],
         "per_class_AP": m["per_class_AP"],
         "data": cfg.data,
-        "split": "test",
+        "split": split,
     }
+
+
+def eval_config(cfg, data_dir: str | None, split: str, test_scale: float | None):
+    """A stored run config as ``eval`` reads it: another data folder, another test scale (checked);
+    ``split`` must be ``"val"`` or ``"test"``. Shared by the detection and instance runs."""
+    from dataclasses import replace
+
+    from cnnkit.errors import CnnkitError
+    from cnnkit.tasks.detect.config import validate
+
+    if split not in ("val", "test"):
+        raise CnnkitError(f"--split must be val or test; received {split!r}")
+    if data_dir:
+        cfg = replace(cfg, data_dir=data_dir)
+    if test_scale is not None:
+        cfg = replace(cfg, test_scale=test_scale)
+        validate(cfg)
+    return cfg

@@ -57,7 +57,7 @@ def train(cfg: DetectConfig, out, resume: bool = False, quiet: bool = False):
             cfg.model,
             train_set.classes,
             channels,
-            cfg.image_size,
+            cfg.test_side(),  # the side predict and export letterbox to
             cfg.weights,
             out_strides=cfg.strides,
             width=cfg.width,

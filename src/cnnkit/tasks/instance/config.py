@@ -69,6 +69,7 @@ def config_from_dict(d: dict) -> InstanceConfig:
             **d,
             "separate_towers": d.get("separate_towers", False),
             "val_every": d.get("val_every", 1 if validate else 0),
+            "test_scale": d.get("test_scale", 1.0),  # runs from before the option answered at their training size
         },
         strict=False,
     )

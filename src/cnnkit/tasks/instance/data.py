@@ -169,7 +169,8 @@ def load_instance_data(
         sets = []
         for part in ("train", "val", "test"):
             s = pennfudan_segmentation(part, cfg.data_dir, names=fixed[part])
-            sets.append(from_instances(s.images, s.instances, None, ["person"], cfg.image_size, s.names))
+            size = cfg.image_size if part == "train" else cfg.test_side()
+            sets.append(from_instances(s.images, s.instances, None, ["person"], size, s.names))
         tr, va, te = sets
         split = fixed
     else:

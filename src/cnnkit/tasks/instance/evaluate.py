@@ -4,25 +4,29 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from cnnkit.tasks.detect.evaluate import eval_config
 from cnnkit.tasks.instance.config import config_from_dict
 from cnnkit.tasks.instance.data import load_instance_data
 from cnnkit.tasks.instance.load import load_mask_detector
 from cnnkit.tasks.instance.task import InstanceTask
 
 
-def evaluate_run(run, data_dir: str | None = None) -> dict:
+def evaluate_run(run, data_dir: str | None = None, split: str = "test", test_scale: float | None = None) -> dict:
     """Mask and box AP of an instance run on its test split: what ``cnnkit instance eval`` reports.
 
     Args:
         run: a run folder or its ``model.safetensors``.
         data_dir: the folder holding the built-in data sets (default: the run's).
+        split: ``"test"`` or ``"val"`` (the validation photos carved from the training ones).
+        test_scale: instead of the run's: images letterboxed to its image size times this.
 
     Returns:
         ``{"mask_AP", "mask_AP50", "mask_AP75", "mask_AR100", "box_AP", "box_AP50", "images",
         "data", "split"}``.
 
     Raises:
-        CnnkitError: not an instance run, a damaged checkpoint, or data that cannot be found.
+        CnnkitError: not an instance run, a damaged checkpoint, data that cannot be found, an unknown
+            split or a bad test scale.
 
     Example:
         >>> evaluate_run("runs/inst")["mask_AP"]         # doctest: +SKIP
@@ -32,11 +36,12 @@ def evaluate_run(run, data_dir: str | None = None) -> dict:
     from cnnkit.engine.runfolder import resolve
 
     model = load_mask_detector(run)
-    cfg = config_from_dict(model.info["config"])
-    cfg = replace(cfg, subset=0, data_dir=data_dir or cfg.data_dir)
+    cfg = eval_config(config_from_dict(model.info["config"]), data_dir, split, test_scale)
+    cfg = replace(cfg, subset=0)
     split_file = resolve(run).parent / "split.json"
-    split = json.loads(split_file.read_text()) if split_file.is_file() and cfg.data != "digits" else None
-    _, _, test_set, _ = load_instance_data(cfg, split)
+    names = json.loads(split_file.read_text()) if split_file.is_file() and cfg.data != "digits" else None
+    _, val_set, test_set, _ = load_instance_data(cfg, names)
+    data = val_set if split == "val" else test_set
     task = InstanceTask(model.info["classes"], info=model.info, decode_args=model.info.get("decode", {}))
-    m = task.evaluate(model, test_set)
-    return {**m, "images": len(test_set), "data": cfg.data, "split": "test"}
+    m = task.evaluate(model, data)
+    return {**m, "images": len(data), "data": cfg.data, "split": split}

@@ -18,7 +18,7 @@ def new_mask_detector(cfg: InstanceConfig, classes: list[str], in_channels: int)
         cfg.model,
         classes,
         in_channels,
-        cfg.image_size,
+        cfg.test_side(),  # the side predict and export letterbox to
         cfg.weights,
         strides,
         cfg.width,
