@@ -290,3 +290,13 @@ def test_input_stats_are_the_pretrained_weights_own():
     data = photos()
     assert input_stats(SegmentConfig(data="pennfudan").resolved(), data) == ([0.5] * 3, [0.5] * 3)
     assert input_stats(SegmentConfig(data="pennfudan", weights="none").resolved(), data) == channel_stats(data)
+
+
+def test_a_bad_train_scale_is_refused_before_any_data_is_read(tmp_path):
+    from cnnkit.tasks.segment.config import SegmentConfig
+    from cnnkit.tasks.segment.train import train
+
+    cfg = SegmentConfig(data="pennfudan", data_dir=str(tmp_path / "nowhere"), train_scale=(2.0, 1.0))
+    with pytest.raises(CnnkitError, match=r"--train-scale must be two factors 0 < LO <= HI. Received: \(2.0, 1.0\)"):
+        train(cfg, tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()

@@ -97,6 +97,9 @@ class SegmentConfig(RunConfig):
     weight_decay: float = 1e-4
     optimizer: str = "adamw"
     crop: int | None = option(None, help="training crop side of photos (px)", minimum=16)
+    train_scale: tuple[float, float] = option(
+        (0.5, 1.5), help="least and most factor training photos are resized by before the crop", metavar="F"
+    )
     max_side: int | None = option(None, help="photos shrunk so the longer side is at most this (px)", minimum=16)
     jitter: float | None = option(None, help="brightness / contrast / saturation jitter of training photos")
     dice: float | None = option(None, help="weight of the soft Dice loss beside cross-entropy")

@@ -60,12 +60,16 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
             f"--val-every must be an integer >= 0 (0: no validation while training). Received: {cfg.val_every}"
         )
     scales(cfg.test_scale)  # a bad --test-scale fails before any data is read
+    lo, hi = (float(v) for v in cfg.train_scale)
+    if not 0 < lo <= hi:
+        raise CnnkitError(f"--train-scale must be two factors 0 < LO <= HI. Received: {tuple(cfg.train_scale)}")
     threads = use_threads(cfg.threads)
     train_set, val_set, test_set, split = load_splits(cfg)
     model = build_model(cfg, train_set)
     task = SegmentTask(
         cfg.batch_size,
         cfg.crop or 256,
+        scale=tuple(cfg.train_scale),
         jitter=cfg.jitter,
         boundary_d=cfg.boundary_d,
         channels_last=cfg.channels_last,
