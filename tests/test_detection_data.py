@@ -263,8 +263,9 @@ def test_validation_and_test_images_are_letterboxed_to_image_size_times_test_sca
     assert tr.images.shape[-2:] == (64, 64) and va.images.shape[-2:] == te.images.shape[-2:] == (96, 96)
     assert torch.allclose(va.scales, torch.tensor(96 / 40)) and torch.allclose(tr.scales, torch.tensor(64 / 40))
     assert torch.allclose(va.boxes[0][0], torch.tensor([4.0, 3.0, 24.0, 18.0]) * 2.4)
-    with pytest.raises(CnnkitError, match="--test-scale must be a positive factor"):
-        validate(DetectConfig(data=str(tmp_path / "ann.json"), test_scale=0.0).resolved())
+    for bad in (0.0, float("nan"), float("inf"), 5.0, 0.05):  # 0.05 x 320 px < 32
+        with pytest.raises(CnnkitError, match="--test-scale must be a factor above 0 and at most 4"):
+            validate(DetectConfig(data=str(tmp_path / "ann.json"), test_scale=bad).resolved())
     with pytest.raises(CnnkitError, match="--test-scale must be 1 on digit scenes"):
         validate(DetectConfig(data="digits", test_scale=1.5).resolved())
     assert DetectConfig(data="pennfudan").resolved().test_side() == 352  # the photos' default: 1.1 x 320

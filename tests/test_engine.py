@@ -1,5 +1,7 @@
 """The engine alone, with a task that is not classification: a line fitted from dict batches."""
 
+import re
+
 import pytest
 import torch
 import torch.nn as nn
@@ -217,3 +219,22 @@ def test_a_time_budget_stops_after_a_saved_epoch_and_resume_finishes_the_plan(tm
     rest = fit(LineTask(), nn.Linear(1, 1), _data(), plan, tmp_path / "r", quiet=True, config={"lr": 0.1}, resume=True)
     assert len(rest.history) == 3
     assert torch.equal(rest.model.weight, full.model.weight)
+
+
+def test_a_config_file_tuple_setting_needs_its_count_and_type(tmp_path):
+    from cnnkit.engine.config import read_config_file
+    from cnnkit.tasks.detect.config import DetectConfig
+
+    good = tmp_path / "good.yaml"
+    good.write_text("scenes: [100, 20]\nstrides: [8, 16]\ntest_scale: 1\n")
+    assert read_config_file(good, DetectConfig) == {"scenes": (100, 20), "strides": (8, 16), "test_scale": 1.0}
+    for text, received in (("scenes: [1, 2, 3]", "[1, 2, 3]"), ("scenes: abc", "abc"), ("scenes: [1, x]", "x")):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text + "\n")
+        with pytest.raises(
+            CnnkitError, match=rf"bad.yaml: scenes must be a list of 2 ints; received '{re.escape(received)}'"
+        ):
+            read_config_file(bad, DetectConfig)
+    bad.write_text("strides: [8, true]\n")
+    with pytest.raises(CnnkitError, match="strides must be a list of ints; received 'True'"):
+        read_config_file(bad, DetectConfig)

@@ -293,10 +293,16 @@ def test_input_stats_are_the_pretrained_weights_own():
 
 
 def test_a_bad_train_scale_is_refused_before_any_data_is_read(tmp_path):
+    from dataclasses import replace
+
     from cnnkit.tasks.segment.config import SegmentConfig
     from cnnkit.tasks.segment.train import train
 
     cfg = SegmentConfig(data="pennfudan", data_dir=str(tmp_path / "nowhere"), train_scale=(2.0, 1.0))
-    with pytest.raises(CnnkitError, match=r"--train-scale must be two factors 0 < LO <= HI. Received: \(2.0, 1.0\)"):
+    with pytest.raises(
+        CnnkitError, match=r"--train-scale must be two factors 0 < LO <= HI <= 4. Received: \(2.0, 1.0\)"
+    ):
         train(cfg, tmp_path / "run", quiet=True)
+    with pytest.raises(CnnkitError, match=r"--train-scale must be two factors"):
+        train(replace(cfg, train_scale=(0.5, 100.0)), tmp_path / "run", quiet=True)
     assert not (tmp_path / "run").exists()

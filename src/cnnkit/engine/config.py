@@ -340,13 +340,26 @@ def _coerce(cls: type, name: str, value: Any, where: str) -> Any:
     base, nargs = _cli_type(kind)
     if value is None:
         return None
-    if isinstance(value, list) and nargs:
-        return tuple(value)
+    if nargs:  # a tuple field: a list of `nargs` values of its element type (any number for "*")
+        count = "" if nargs == "*" else f"{nargs} "
+        want = f"{where}: {name} must be a list of {count}{getattr(base, '__name__', 'value')}s"
+        if not isinstance(value, (list, tuple)) or (nargs != "*" and len(value) != nargs):
+            raise CnnkitError(f"{want}; received {str(value)[:60]!r}")
+        return tuple(_element(base, v, want) for v in value)
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if base in (int, float, str, bool) and not nargs and not isinstance(value, (base, dict)):
         raise CnnkitError(f"{where}: {name} must be a {base.__name__}; received {str(value)[:60]!r}")
     return value
+
+
+def _element(base: Any, v: Any, want: str) -> Any:
+    """One element of a tuple field: ints accepted for floats, anything else of another type refused."""
+    if base is float and isinstance(v, int) and not isinstance(v, bool):
+        return float(v)
+    if base in (int, float, str, bool) and (not isinstance(v, base) or (isinstance(v, bool) and base is not bool)):
+        raise CnnkitError(f"{want}; received {str(v)[:60]!r}")
+    return v
 
 
 def _plain(value: Any) -> Any:

@@ -123,7 +123,11 @@ def validate(cfg: DetectConfig) -> DetectConfig:
         ("batch_size", cfg.batch_size >= 2, "an integer >= 2"),
         ("lr", cfg.lr > 0, "a positive number"),
         ("image_size", cfg.image_size >= 32, "at least 32"),
-        ("test_scale", cfg.test_scale > 0 and cfg.test_side() >= 32, "a positive factor (--image-size times it >= 32)"),
+        (
+            "test_scale",
+            0 < cfg.test_scale <= 4 and cfg.test_side() >= 32,  # NaN and inf fail the first test
+            "a factor above 0 and at most 4, with --image-size times it >= 32",
+        ),
         ("test_scale", cfg.data != "digits" or cfg.test_scale == 1, "1 on digit scenes (they are drawn at one size)"),
         ("optimizer", cfg.optimizer in ("sgd", "adamw", "nadam"), "sgd, adamw or nadam"),
         ("schedule", cfg.schedule in ("onecycle", "cosine", "constant"), "onecycle, cosine or constant"),

@@ -61,8 +61,8 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
         )
     scales(cfg.test_scale)  # a bad --test-scale fails before any data is read
     lo, hi = (float(v) for v in cfg.train_scale)
-    if not 0 < lo <= hi:
-        raise CnnkitError(f"--train-scale must be two factors 0 < LO <= HI. Received: {tuple(cfg.train_scale)}")
+    if not 0 < lo <= hi <= 4:  # NaN fails too
+        raise CnnkitError(f"--train-scale must be two factors 0 < LO <= HI <= 4. Received: {tuple(cfg.train_scale)}")
     threads = use_threads(cfg.threads)
     train_set, val_set, test_set, split = load_splits(cfg)
     model = build_model(cfg, train_set)
