@@ -149,14 +149,17 @@ def replace_subset(cfg: DetectConfig) -> DetectConfig:
     return replace(cfg, subset=0)
 
 
+def stored_settings(d: dict) -> dict:
+    """A run's stored settings with what earlier versions did not store filled in as those runs
+    trained and answered. Shared by the detection and instance runs."""
+    return {
+        **d,
+        "train_digits": d.get("train_digits") or (1, 4),
+        "separate_towers": d.get("separate_towers", False),
+        "test_scale": d.get("test_scale", 1.0),  # runs from before the option answered at their training size
+    }
+
+
 def config_from_dict(d: dict) -> DetectConfig:
     """The settings a detection run stored (runs of earlier versions included)."""
-    return DetectConfig.from_dict(
-        {
-            **d,
-            "train_digits": d.get("train_digits") or (1, 4),
-            "separate_towers": d.get("separate_towers", False),
-            "test_scale": d.get("test_scale", 1.0),  # runs from before the option answered at their training size
-        },
-        strict=False,
-    )
+    return DetectConfig.from_dict(stored_settings(d), strict=False)

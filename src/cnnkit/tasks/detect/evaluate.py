@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from cnnkit.errors import CnnkitError
 from cnnkit.metrics.detection import coco_evaluate, voc_evaluate
-from cnnkit.tasks.detect.config import config_from_dict, replace_subset
+from cnnkit.tasks.detect.config import config_from_dict, replace_subset, validate
 from cnnkit.tasks.detect.data import load_split_data
 from cnnkit.tasks.detect.load import load_detector
 from cnnkit.tasks.detect.predict import predict_set
@@ -62,11 +65,6 @@ def evaluate_run(run, data_dir: str | None = None, split: str = "test", test_sca
 def eval_config(cfg, data_dir: str | None, split: str, test_scale: float | None):
     """A stored run config as ``eval`` reads it: another data folder, another test scale (checked);
     ``split`` must be ``"val"`` or ``"test"``. Shared by the detection and instance runs."""
-    from dataclasses import replace
-
-    from cnnkit.errors import CnnkitError
-    from cnnkit.tasks.detect.config import validate
-
     if split not in ("val", "test"):
         raise CnnkitError(f"--split must be val or test; received {split!r}")
     if data_dir:

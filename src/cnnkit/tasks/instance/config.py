@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from cnnkit.engine.config import option
-from cnnkit.tasks.detect.config import DetectConfig
+from cnnkit.tasks.detect.config import DetectConfig, stored_settings
 
 MASK_SIZE = 28
 
@@ -65,11 +65,5 @@ def config_from_dict(d: dict) -> InstanceConfig:
     d = dict(d)
     validate = d.pop("validate", False)  # runs from before val_every: validate (bool) = every epoch
     return InstanceConfig.from_dict(
-        {
-            **d,
-            "separate_towers": d.get("separate_towers", False),
-            "val_every": d.get("val_every", 1 if validate else 0),
-            "test_scale": d.get("test_scale", 1.0),  # runs from before the option answered at their training size
-        },
-        strict=False,
+        {**stored_settings(d), "val_every": d.get("val_every", 1 if validate else 0)}, strict=False
     )
