@@ -78,6 +78,25 @@ def _run(out, **kw):
     )
 
 
+def test_curves_are_drawn_after_the_last_epoch_each_minute_and_on_ctrl_c(tmp_path, monkeypatch):
+    import cnnkit.engine.loop as loop
+
+    drawn = []
+    monkeypatch.setattr(loop, "_draw_curves", lambda out, history: drawn.append(len(history)))
+    _run(tmp_path / "quick")  # three epochs of milliseconds: one figure, after the last
+    assert drawn == [3] and (tmp_path / "quick" / "metrics.csv").read_text().count("\n") == 4
+    rows = [{"seconds": s} for s in (25.0, 30.0, 10.0, 70.0, 5.0)]  # 25, 55, 65, 135, 140 s of training
+    assert [loop._curves_due(rows[: i + 1]) for i in range(5)] == [False, False, True, True, False]
+    drawn.clear()
+
+    def stop(epoch, row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "cut", on_epoch_end=stop)
+    assert drawn == [1]  # the interrupted run's figure shows the epoch it saved
+
+
 def test_a_two_phase_plan_learns_writes_and_resumes_exactly(tmp_path):
     full = _run(tmp_path / "full")
     assert [r["epoch"] for r in full.history] == [1, 2, 3]

@@ -4,7 +4,8 @@
 and each epoch: one pass of optimizer steps with a live progress bar (the NaN/inf guard checks every
 logged loss every 20 steps and the weights before anything is saved), validation by the task's own
 ``evaluate``, and -- when ``out`` is given, on rank 0 only -- ``model.safetensors`` (the task's
-deployable, EMA weights when EMA is on), ``resume.safetensors`` (every optimizer of the phase), ``metrics.csv`` and ``curves.png``,
+deployable, EMA weights when EMA is on), ``resume.safetensors`` (every optimizer of the phase), ``metrics.csv`` and
+``curves.png`` (after the last epoch, and after each epoch that ends another minute of training),
 each written atomically. ``resume=True`` continues after the last completed epoch with the same
 final weights as an uninterrupted run. Ctrl-C saves the current weights and says how to resume.
 Under torchrun every process runs the same global batches and trains on its shard of each (DDP).
@@ -58,6 +59,7 @@ from cnnkit.engine.task import Data, Plan, Setup, Task
 from cnnkit.errors import CnnkitError
 
 REPORT_EVERY = 20  # steps between progress updates and loss checks (each one syncs with the device)
+CURVES_EVERY = 60.0  # seconds of training between redrawings of curves.png (and after the last epoch)
 
 
 @dataclass
@@ -104,7 +106,8 @@ def fit(
     Each phase of the plan builds its optimizer (``phase.begin``), then trains its epochs with a
     live progress bar; every logged loss is checked for NaN/inf every 20 steps. After each epoch the task's
     ``evaluate`` validates (every ``plan.val_every`` epochs and after the last), and on rank 0
-    ``out`` receives ``model.safetensors``, ``resume.safetensors``, ``metrics.csv``, ``curves.png``
+    ``out`` receives ``model.safetensors``, ``resume.safetensors``, ``metrics.csv``, ``curves.png`` (drawn
+    after the last epoch and after each that ends another minute of training)
     and ``config.yaml``, each written atomically. Ctrl-C saves the current weights and says how to
     resume.
 
@@ -198,6 +201,8 @@ def fit(
         except KeyboardInterrupt:
             if d.main and out is not None:
                 _save_model(out, task, deploy, history, precision, interrupted=True)
+                if history:
+                    _draw_curves(out, history)
                 console.print(
                     f"interrupted: {out / MODEL_FILE} holds the current weights; "
                     f"`{command} --resume --out {out}` continues from epoch {len(history) + 1}"
@@ -358,16 +363,29 @@ def _run_phase(
                 f"{getattr(task, 'val_name', 'val') + ' ' + _fmt(metrics) + '  ' if metrics else ''}{seconds:.1f} s  "
                 f"{n / seconds:,.0f} img/s"
             )
-            if d.main and out is not None:
-                _save_run(out, task, model, deploy, setup.optimizers, ema, gen, history, config, precision)
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, row)
+            stop = False
             if minutes and epoch + 1 < total:  # every process stops when one of them would overrun
                 spent = sum(r["seconds"] for r in history[:-1]) + seconds  # this epoch's unrounded time
                 over = torch.tensor([float(spent + seconds > minutes * 60)], device=d.device)
-                if all_sum(over, d).item() > 0:
-                    raise _OutOfTime(images)
+                stop = all_sum(over, d).item() > 0
+            if d.main and out is not None:
+                draw = stop or epoch + 1 == total or _curves_due(history)
+                _save_run(out, task, model, deploy, setup.optimizers, ema, gen, history, config, precision, draw)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, row)
+            if stop:
+                raise _OutOfTime(images)
     return images
+
+
+def _curves_due(history: list[dict]) -> bool:
+    """Whether ``curves.png`` is redrawn after the last epoch of ``history``: when the run's
+    training time passed another ``CURVES_EVERY`` seconds during it. A figure takes a quarter of a
+    second to draw; short epochs would otherwise spend several percent of their time on it. The last
+    epoch, a stop for time and Ctrl-C always draw it; ``metrics.csv`` is written after every epoch."""
+    after = sum(r.get("seconds", 0.0) for r in history)
+    before = after - history[-1].get("seconds", 0.0)
+    return after // CURVES_EVERY > before // CURVES_EVERY
 
 
 class _OutOfTime(Exception):
@@ -486,14 +504,19 @@ def _start(out: Path | None, resume: bool, model, ema, gen, config: dict) -> tup
     return epoch, history
 
 
-def _save_run(out, task, model, deploy, optimizers, ema, gen, history, config, precision) -> None:
-    """Resume state, deployable model, config.yaml, metrics.csv and curves.png (each file atomic)."""
+def _save_run(out, task, model, deploy, optimizers, ema, gen, history, config, precision, draw: bool = True) -> None:
+    """Resume state, deployable model, config.yaml, metrics.csv and (``draw``) curves.png, each file atomic."""
     if config and not (out / CONFIG_FILE).is_file():
         atomic_write_bytes(out / CONFIG_FILE, config_yaml(config.get("args", config)))
     save_resume(out / RESUME_FILE, model, optimizers, ema, gen, len(history), history, config)
     _save_model(out, task, deploy, history, precision)
     keys = [k for k in dict.fromkeys(k for r in history for k in r) if k not in ("lr", "seconds")]
     write_metrics_csv(out / "metrics.csv", history, keys + ["lr", "seconds"])  # rows without validation too
+    if draw:
+        _draw_curves(out, history)
+
+
+def _draw_curves(out: Path, history: list[dict]) -> None:
     from cnnkit.plots import training_curves
 
     training_curves(history, out / "curves.png")
