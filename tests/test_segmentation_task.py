@@ -148,11 +148,12 @@ def test_recipes_resolve_and_a_scratch_encoder_drops_the_pretrained_settings():
     pf = SegmentConfig(data="pennfudan").resolved()
     assert (pf.arch, pf.model, pf.weights, pf.freeze_bn, pf.freeze_to) == (
         "unet",
-        "efficientnet_lite0",
+        "efficientnet_lite1",
         "imagenet",
         True,
         4,
     )
+    assert pf.test_scale == (1.75, 2.0) and SegmentConfig(data="some/folder").resolved().model == "efficientnet_lite0"
     assert (pf.epochs, pf.val_every, pf.threads) == (40, 4, None)  # threads: the free cores when it starts
     assert SegmentConfig(data="pennfudan", threads=0).resolved().threads == 0  # 0 = the free cores, kept
     for other in (

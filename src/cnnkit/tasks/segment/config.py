@@ -9,7 +9,7 @@ from cnnkit.engine.config import RunConfig, option
 DATA_DEFAULTS = {  # what `cnnkit segment train --data X` uses without flags (the recipe the README reports)
     "pennfudan": dict(
         arch="unet",
-        model="efficientnet_lite0",
+        model="efficientnet_lite1",
         weights="imagenet",
         finest=4,
         freeze_bn=True,
@@ -24,7 +24,7 @@ DATA_DEFAULTS = {  # what `cnnkit segment train --data X` uses without flags (th
         jitter=0.3,
         lovasz=1.0,
         tta="flip",
-        test_scale=(1.5, 1.75),
+        test_scale=(1.75, 2.0),
         val_every=4,
     ),
     "digits": dict(
