@@ -163,6 +163,17 @@ def test_recipes_resolve_and_a_scratch_encoder_drops_the_pretrained_settings():
     ):
         r = other.resolved()
         assert (r.weights, r.freeze_bn, r.freeze_to, r.encoder_lr) == (None, False, 0, 1.0)
+    from dataclasses import asdict
+
+    from cnnkit.tasks.segment.task import encoder_line
+
+    assert encoder_line(asdict(pf)) == (
+        "encoder efficientnet_lite1: imagenet weights, batch norms frozen, layers to stride 4 frozen, "
+        "learning rate x0.1 of --lr"
+    )
+    assert "from scratch" in encoder_line(
+        asdict(SegmentConfig(data="pennfudan", model="efficientnet_lite0").resolved())
+    )
     dg = SegmentConfig(data="digits", arch="fcn8s").resolved()
     assert (dg.model, dg.weights, dg.dice, dg.val_every, dg.threads) == ("resnet18", None, 1.0, 1, None)
 
@@ -201,7 +212,7 @@ def test_frozen_stem_and_the_encoder_lr_fraction(tmp_path):
     assert torch.equal(stem[0].weight, before) and not stem[0].weight.requires_grad
 
 
-def test_digits_recipe_short_real_run(data_dir):
+def test_digits_recipe_short_real_run(data_dir, capsys):
     """`--data digits`'s recipe (U-Net's own encoder at width 8, cross-entropy + Dice, channels-last),
     shortened to 400 scenes of 64 px, 4 epochs of batch 8 (200 steps, one thread; 18-28 s niced here, was 40 s at
     width 16): measured test mIoU 0.157 over the 11 classes (all-background scores 0.083). The full
@@ -210,8 +221,10 @@ def test_digits_recipe_short_real_run(data_dir):
     from cnnkit.tasks.segment.train import train
 
     cfg = SegmentConfig(data="digits", data_dir=str(data_dir), scenes=400, canvas=64, epochs=4, batch_size=8, threads=1)
-    result = train(cfg, None, quiet=True)
+    result = train(cfg, None)
     assert result.test["mIoU"] > 0.12 and result.test["iou"][0] > 0.9, result.test["iou"]
+    head = capsys.readouterr().out.splitlines()[:2]  # the summary is of the 64-px scenes it trains on
+    assert head[0] == "encoder: U-Net's own (width 8), from scratch" and "input 1x64x64" in head[1], head
 
 
 def test_lovasz_softmax_of_sure_predictions_is_one_minus_the_mean_iou():

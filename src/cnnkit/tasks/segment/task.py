@@ -131,10 +131,34 @@ class SegmentTask:
         from cnnkit.engine.optim import analysed_optimizer
 
         c = model.mean.shape[1]
-        optimizer = analysed_optimizer(self.info.get("config", {}))
-        return str(
-            summary(model.net, input_size=(c, self.crop, self.crop), batch_size=self.batch_size, optimizer=optimizer)
+        config = self.info.get("config", {})
+        optimizer = analysed_optimizer(config)
+        table = summary(
+            model.net, input_size=(c, self.crop, self.crop), batch_size=self.batch_size, optimizer=optimizer
         )
+        return f"{encoder_line(config)}\n{table}" if config.get("model") else str(table)
+
+
+def encoder_line(config: dict) -> str:
+    """One line on where a run's encoder starts from, printed above the summary: a ``--model`` other
+    than the recipe's starts from random weights unless ``--weights`` says otherwise, and the table's
+    "Trainable" column is counted before the recipe freezes anything.
+
+    Example:
+        >>> encoder_line({"model": "resnet18", "weights": None})
+        'encoder resnet18: from scratch (random weights; --weights imagenet starts from the published ones)'
+    """
+    name = config["model"]
+    if name == "unet":
+        return f"encoder: U-Net's own (width {config.get('width')}), from scratch"
+    if not config.get("weights"):
+        return f"encoder {name}: from scratch (random weights; --weights imagenet starts from the published ones)"
+    frozen = f", layers to stride {config['freeze_to']} frozen" if config.get("freeze_to") else ""
+    return (
+        f"encoder {name}: {config['weights']} weights, batch norms "
+        f"{'frozen' if config.get('freeze_bn') else 'trained'}{frozen}, "
+        f"learning rate x{config.get('encoder_lr', 1.0):g} of --lr"
+    )
 
 
 def dice_loss(logits: torch.Tensor, y: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

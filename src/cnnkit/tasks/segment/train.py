@@ -68,7 +68,7 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
     model = build_model(cfg, train_set)
     task = SegmentTask(
         cfg.batch_size,
-        cfg.crop or 256,
+        cfg.crop or cfg.canvas or 256,  # digit scenes train whole, at the canvas size
         scale=tuple(cfg.train_scale),
         jitter=cfg.jitter,
         boundary_d=cfg.boundary_d,
