@@ -107,3 +107,16 @@ def test_missing_mask_names_the_file(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "missing mask file" in err and "im02.png" in err and "\n" not in err
     assert not (tmp_path / "run").exists()  # nothing half-written
+
+
+def test_the_summary_counts_the_frozen_stem_and_says_where_the_encoder_starts(tmp_path, capsys):
+    data = make_folder(tmp_path / "data", n=6)
+    args = ["segment", "train", "--data", str(data), "--model", "resnet18", "--weights", "none", "--freeze-to", "4"]
+    code = main([*args, "--epochs", "1", "--batch-size", "2", "--crop", "32", "--out", str(tmp_path / "run")])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("encoder resnet18: from scratch (random weights; --weights imagenet")
+    # resnet18 up to stride 4: conv1 9,408 + bn1 128 + layer1 147,968 parameters, frozen before the table is made
+    assert " ".join(next(line for line in out.splitlines() if "Non-trainable params" in line).split()) == (
+        "Non-trainable params 157,504"
+    )

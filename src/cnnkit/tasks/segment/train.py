@@ -84,12 +84,12 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
         if not hasattr(model.net.encoder, "stem"):
             raise CnnkitError("--freeze-to freezes the first layers of a zoo backbone; U-Net's own encoder has none")
         stem = model.net.encoder.stem(cfg.freeze_to)
+    for layer in stem:  # before the summary, whose "Trainable" column then shows it
+        layer.requires_grad_(False)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
 
     def setup(m: Segmenter) -> Setup:
-        for layer in stem:
-            layer.requires_grad_(False)
         opt = make_optimizer(m.net, cfg)
         encoder = {id(p) for p in m.net.encoder.parameters()}
         if cfg.encoder_lr != 1:  # the encoder's parameters in groups of their own, at a fraction of the lr
