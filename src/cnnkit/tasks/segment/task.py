@@ -140,9 +140,9 @@ class SegmentTask:
 
 
 def encoder_line(config: dict) -> str:
-    """One line on where a run's encoder starts from, printed above the summary: a ``--model`` other
-    than the recipe's starts from random weights unless ``--weights`` says otherwise, and the table's
-    "Trainable" column is counted before the recipe freezes anything.
+    """One line on where a run's encoder starts from, printed above the summary (a ``--model`` other
+    than the recipe's starts from random weights unless ``--weights`` says otherwise): its weights,
+    whether its batch norms and first layers are frozen, and its share of the learning rate.
 
     Example:
         >>> encoder_line({"model": "resnet18", "weights": None})
