@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from ucr import benchmark_sets, reference_table  # benchmarks/ucr.py: the benchmark's sets
 
-from cnnkit.data.series import load_series, val_split
+from cnnkit.data.series import SeriesSet, load_series, val_split
 from cnnkit.engine.precision import cpu_name
 from cnnkit.models.rocket import MultiRocket1d
 from cnnkit.tasks.sequence import SequenceConfig, rocket
@@ -43,9 +43,9 @@ COLUMNS = ["dataset", "train", "val", "length", "classes", "multirocket", "incep
 COLUMNS += [f"hybrid_t{t:g}" for t in TEMPERATURES] + ["seconds_multirocket", "seconds_inception_time"]
 
 
-def compare(name: str, data_dir, threads: int) -> tuple[list, dict] | None:
-    """One set's validation errors and outputs; None when no series is left for validation."""
-    full = load_series(f"ucr:{name}", "train", data_dir)
+def compare(name: str, full: SeriesSet, data_dir, threads: int) -> tuple[list, dict] | None:
+    """One set's validation errors and outputs from its TRAIN series ``full``; None when no series
+    is left for validation."""
     train, val = val_split(full, 0.2, 0)
     if not len(val):
         return None
@@ -95,21 +95,16 @@ def main() -> None:
     if not results.is_file():
         results.write_text("\t".join(COLUMNS) + "\n")
     done = {line.split("\t")[0] for line in results.read_text().splitlines()[1:]}
-    names = args.sets or benchmark_sets(args.data_dir, reference_table(args.data_dir))
+    names = [n for n in args.sets or benchmark_sets(args.data_dir, reference_table(args.data_dir)) if n not in done]
+    series = {n: load_series(f"ucr:{n}", "train", args.data_dir) for n in names}  # each TRAIN read once
     if not args.sets:  # smallest first (series x length): most sets covered early in a run cut short
-        size = {}
-        for n in names:
-            s = load_series(f"ucr:{n}", "train", args.data_dir)
-            size[n] = len(s) * s.length
-        names = sorted(names, key=size.get)
+        names = sorted(names, key=lambda n: len(series[n]) * series[n].length)
     start = time.perf_counter()
     for name in names:
-        if name in done:
-            continue
         if args.hours and time.perf_counter() - start > args.hours * 3600:
             print(f"stopped after {args.hours:g} h; run again to continue")
             break
-        r = compare(name, args.data_dir, args.threads)
+        r = compare(name, series.pop(name), args.data_dir, args.threads)
         if r is None:
             continue
         row, out = r

@@ -143,12 +143,6 @@ def validate(cfg: DetectConfig) -> DetectConfig:
     return cfg
 
 
-def replace_subset(cfg: DetectConfig) -> DetectConfig:
-    from dataclasses import replace
-
-    return replace(cfg, subset=0)
-
-
 def stored_settings(d: dict) -> dict:
     """A run's stored settings with what earlier versions did not store filled in as those runs
     trained and answered. Shared by the detection and instance runs."""

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from cnnkit.errors import CnnkitError
 from cnnkit.metrics.detection import coco_evaluate, voc_evaluate
-from cnnkit.tasks.detect.config import config_from_dict, replace_subset, validate
+from cnnkit.tasks.detect.config import config_from_dict, validate
 from cnnkit.tasks.detect.data import load_split_data
 from cnnkit.tasks.detect.load import load_detector
 from cnnkit.tasks.detect.predict import predict_set
@@ -42,7 +42,7 @@ def evaluate_run(run, data_dir: str | None = None, split: str = "test", test_sca
     cfg = eval_config(config_from_dict(model.info["config"]), data_dir, split, test_scale)
     split_file = resolve(run).parent / "split.json"
     names = json.loads(split_file.read_text()) if split_file.is_file() and cfg.data != "digits" else None
-    _, val_set, test_set, _ = load_split_data(replace_subset(cfg), names)
+    _, val_set, test_set, _ = load_split_data(cfg, names)
     data = val_set if split == "val" else test_set
     task = DetectTask(model.info["classes"], info=model.info, decode_args=model.info.get("decode", {}))
     predictions = predict_set(model, data, task.eval_batch_size, **task.decode_args)
@@ -63,10 +63,12 @@ def evaluate_run(run, data_dir: str | None = None, split: str = "test", test_sca
 
 
 def eval_config(cfg, data_dir: str | None, split: str, test_scale: float | None):
-    """A stored run config as ``eval`` reads it: another data folder, another test scale (checked);
-    ``split`` must be ``"val"`` or ``"test"``. Shared by the detection and instance runs."""
+    """A stored run config as ``eval`` reads it: the whole split (no ``subset``), another data folder,
+    another test scale (checked); ``split`` must be ``"val"`` or ``"test"``. Shared by the detection
+    and instance runs."""
     if split not in ("val", "test"):
         raise CnnkitError(f"--split must be val or test; received {split!r}")
+    cfg = replace(cfg, subset=0)
     if data_dir:
         cfg = replace(cfg, data_dir=data_dir)
     if test_scale is not None:

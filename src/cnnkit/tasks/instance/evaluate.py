@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from cnnkit.tasks.detect.evaluate import eval_config
 from cnnkit.tasks.instance.config import config_from_dict
 from cnnkit.tasks.instance.data import load_instance_data
@@ -37,7 +35,6 @@ def evaluate_run(run, data_dir: str | None = None, split: str = "test", test_sca
 
     model = load_mask_detector(run)
     cfg = eval_config(config_from_dict(model.info["config"]), data_dir, split, test_scale)
-    cfg = replace(cfg, subset=0)
     split_file = resolve(run).parent / "split.json"
     names = json.loads(split_file.read_text()) if split_file.is_file() and cfg.data != "digits" else None
     _, val_set, test_set, _ = load_instance_data(cfg, names)
