@@ -71,6 +71,7 @@ function draw(res) {
 let pending = 0;
 async function update() {
   const ticket = ++pending, req = request();
+  delete document.body.dataset.drawn;  // a newer question is out: what is drawn answers an older one
   const settled = () => { document.body.dataset.drawn = JSON.stringify(req); document.body.dataset.done = String(+(document.body.dataset.done || 0) + 1); };
   try {
     const res = await ck.api("/api/conv", req);
