@@ -10,11 +10,12 @@ import torch
 import torch.nn as nn
 
 from cnnkit.cli import main
-from cnnkit.data.series import load_series
+from cnnkit.data.series import SeriesSet, load_series
 from cnnkit.models import create_model
 from cnnkit.models.rocket import (
     _LOW,
     FixedConv1d,
+    HydraBranch,
     _leave_out,
     _pool,
     dilations_for,
@@ -23,7 +24,7 @@ from cnnkit.models.rocket import (
     series_lengths,
 )
 from cnnkit.tasks.sequence import load_sequence
-from cnnkit.tasks.sequence.rocket import ridge_loo
+from cnnkit.tasks.sequence.rocket import fit, ridge_loo
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -230,3 +231,58 @@ def test_the_transform_runs_in_float32_under_bf16_autocast():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             cast = net.forward_features(x)
     assert cast.dtype == torch.float32 and torch.equal(cast, plain)
+
+
+def test_hydra_counts_one_winner_and_one_loser_per_group_and_step():
+    """Per group and time step the largest response adds itself, the smallest adds 1: over a series of
+    length n the second counts of a group sum to n (n - 1 on the difference), the first to the sum
+    of the group's step-wise maxima, computed here with a plain convolution."""
+    g = torch.Generator().manual_seed(0)
+    branch = HydraBranch(1, 60, 4, g)  # 2 groups on the series, 2 on its difference
+    assert branch.dilations == [1, 2, 4] and branch.num_features == 3 * 2 * 2 * 8 * 2
+    x = torch.zeros(2, 1, 60)
+    x[0, 0, :] = torch.randn(60, generator=g)
+    x[1, 0, :45] = torch.randn(45, generator=g)  # a shorter series, zero-padded
+    n = series_lengths(x)
+    diff = torch.nn.functional.pad(x.diff(dim=2), (0, 1))
+    out = branch(x, diff, n).view(2, 3, 2, 2, 2, 8)  # (B, dilation, representation, wins|losses, group, kernel)
+    for b, length in enumerate([60, 45]):
+        torch.testing.assert_close(out[b, :, 0, 1].sum(-1), torch.full((3, 2), float(length)))
+        torch.testing.assert_close(out[b, :, 1, 1].sum(-1), torch.full((3, 2), float(length - 1)))
+        for i, d in enumerate(branch.dilations):
+            z = torch.nn.functional.conv1d(x[b : b + 1, :, :length], branch.weight[i, 0], padding=4 * d, dilation=d)
+            maxima = z.view(2, 8, length).max(dim=1).values.sum(-1)  # each group's step-wise maxima, summed
+            torch.testing.assert_close(out[b, i, 0, 0].sum(-1), maxima)
+    w = branch.weight
+    torch.testing.assert_close(w.sum(-1), torch.zeros(w.shape[:-1]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(w.abs().sum(-1), torch.ones(w.shape[:-1]))
+
+
+def test_hydra_multichannel_groups_read_channel_subsets():
+    net = create_model("multirocket_hydra", num_classes=3, in_channels=6, length=50, features=2000, hydra=8)
+    used = net.hydra.weight.abs().sum(-1) > 0  # (dilations, 2, 4 groups * 8, 6 channels)
+    assert used.sum(-1).unique().tolist() == [3]  # clip(6 // 2, 2, 8) channels a group
+    per_group = used.view(*used.shape[:2], 4, 8, 6)
+    assert (per_group == per_group[:, :, :, :1]).all()  # the group's 8 kernels read the same channels
+
+
+def test_multirocket_hydra_pads_like_multirocket_and_keeps_zero_counts_zero():
+    """Hydra's counts of a series padded further are the same; after the fit's scaling a count of 0 is
+    still 0 (the sparse scaling), the other columns standardised."""
+    g = torch.Generator().manual_seed(1)
+    values = torch.zeros(24, 1, 80)
+    for i in range(24):
+        values[i, 0, : 50 + i] = torch.randn(50 + i, generator=g)
+    labels = torch.arange(24) % 2
+    values[labels == 1] *= 2.0
+    train = SeriesSet(values, labels, ["a", "b"])
+    net = create_model("multirocket_hydra", num_classes=2, length=80, features=2000, hydra=16)
+    fitted = fit(net, train)
+    assert fitted["features"] == net.num_features == net.sparse_features.stop
+    series = values[:1, :, :50]
+    a = net.forward_features(torch.nn.functional.pad(series, (0, 30)))
+    b = net.forward_features(torch.nn.functional.pad(series, (0, 60)))
+    torch.testing.assert_close(a, b)
+    counts = net.hydra(series, torch.nn.functional.pad(series.diff(dim=2), (0, 1)), torch.tensor([50]))
+    assert (counts == 0).any() and torch.equal(a[0, net.sparse_features] == 0, counts[0] == 0)
+    assert (net.scale[net.sparse_features] > 1e-8).all()

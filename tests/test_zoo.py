@@ -28,7 +28,10 @@ def _small_input(name: str) -> tuple[int, ...]:
     return (2, size[0], side, side)
 
 
-POOLED = {"multirocket"}  # features are per-bias statistics of the whole series (PPV, MPV, MIPV, LSPV)
+POOLED = {
+    "multirocket",
+    "multirocket_hydra",
+}  # features are per-bias statistics of the whole series (PPV, MPV, MIPV, LSPV)
 
 
 def _outputs(y) -> list[torch.Tensor]:

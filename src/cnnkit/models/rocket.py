@@ -28,6 +28,11 @@ its last non-zero sample, so that the features do not depend on how far a file's
 padded (a test file's longest series sets its padding, not the training file's). The features'
 order: representation, dilation, kernel, bias, then the four pools.
 
+Hydra (Dempster, Schmidt & Webb 2023, "Hydra: competing convolutional kernels for fast and accurate
+time series classification", https://arxiv.org/abs/2203.13652) adds a second kind of fixed
+convolution (:class:`HydraBranch`): random kernels in groups of 8 that compete at each time step; its
+counts, beside MultiRocket's features, make ``multirocket_hydra`` (the paper's MultiRocket-Hydra).
+
 Input shape: (B, C, L). Output shape: (B, num_classes). ``forward_features`` returns (B, F).
 """
 
@@ -234,27 +239,102 @@ def _pool(r: torch.Tensor, n: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     return torch.stack([ppv, mpv, mipv, longest], dim=3).transpose(1, 2).flatten(1)  # (B, K, c, 4) in order
 
 
+HYDRA_KERNELS = 8  # kernels per group, competing at each time step (Hydra's k)
+HYDRA_CHUNK = 1 << 24  # responses held at once: a batch of long series is transformed in slices
+
+
+class HydraBranch(nn.Module):
+    """Hydra's competing kernels: ``groups`` groups of 8 random length-9 kernels at each dilation.
+
+    - **Kernels**: standard normal weights, each (kernel, channel) row centred and scaled to unit
+      absolute sum; fixed, never trained.
+    - **Dilations** 1, 2, 4, ... up to (L - 1) / 8, each with "same" zero padding.
+    - Half the groups read the series, half its first difference (all of them the series when
+      ``groups`` is 1).
+    - **Counting**: at each time step, within each group, the kernel with the largest response adds
+      that response to its first feature and the kernel with the smallest adds 1 to its second.
+      Only the positions within a series' own length count (:func:`series_lengths`).
+    - **Channels**: with C > 1 channels each group reads a random subset of ``clip(C // 2, 2, 8)``
+      channels (at most C), its kernels' responses summed over them.
+
+    Input shape: (B, C, L), the (B,) series lengths. Output shape: (B, dilations * groups * 8 * 2),
+    non-negative (the features are counts and sums of maxima; :class:`MultiRocket1d` scales them).
+    """
+
+    def __init__(self, in_channels: int, length: int, groups: int, generator: torch.Generator):
+        super().__init__()
+        top = int(math.log2((length - 1) / (KERNEL - 1))) if length > KERNEL else 0
+        self.dilations = [2**i for i in range(top + 1)]
+        self.split = 2 if groups > 1 else 1  # representations: the series, then its difference
+        self.groups = groups // self.split  # groups per representation
+        k, g = HYDRA_KERNELS, self.groups
+        w = torch.randn(len(self.dilations), self.split, g * k, in_channels, KERNEL, generator=generator)
+        w = w - w.mean(dim=-1, keepdim=True)
+        w = w / w.abs().sum(dim=-1, keepdim=True).clamp(min=1e-12)
+        if in_channels > 1:
+            picks = min(in_channels, max(2, min(8, in_channels // 2)))
+            mask = torch.zeros(len(self.dilations), self.split, g, in_channels)
+            for idx in itertools.product(range(len(self.dilations)), range(self.split), range(g)):
+                mask[idx][torch.randperm(in_channels, generator=generator)[:picks]] = 1.0
+            w = w * mask.repeat_interleave(k, dim=2)[..., None]
+        self.register_buffer("weight", w)  # (dilations, representations, groups * 8, C, 9)
+        self.num_features = len(self.dilations) * self.split * g * k * 2
+
+    def forward(self, x: torch.Tensor, diff: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        b, _, length = x.shape
+        rows = max(1, HYDRA_CHUNK // (self.groups * HYDRA_KERNELS * length))
+        if b > rows:
+            parts = [self(x[s : s + rows], diff[s : s + rows], lengths[s : s + rows]) for s in range(0, b, rows)]
+            return torch.cat(parts)
+        feats = []
+        for i, d in enumerate(self.dilations):
+            for rep, (inp, n) in enumerate(((x, lengths), (diff, (lengths - 1).clamp(min=1)))[: self.split]):
+                z = nn.functional.conv1d(inp, self.weight[i, rep], padding=(KERNEL - 1) // 2 * d, dilation=d)
+                z = z.view(b, self.groups, HYDRA_KERNELS, -1)  # (B, groups, 8, L')
+                valid = (torch.arange(z.shape[3], device=z.device)[None, :] < n[:, None]).to(z.dtype)[:, None]
+                top, top_at = z.max(dim=2)  # (B, groups, L'): the winner of each group at each step
+                low_at = z.argmin(dim=2)
+                wins = z.new_zeros(b, self.groups, HYDRA_KERNELS).scatter_add_(2, top_at, top * valid)
+                losses = z.new_zeros(b, self.groups, HYDRA_KERNELS).scatter_add_(2, low_at, valid.expand_as(top))
+                feats += [wins.flatten(1), losses.flatten(1)]
+        return torch.cat(feats, dim=1)
+
+
 class MultiRocket1d(Classifier):
     """MultiRocket's fixed convolutional transform (series and first difference), standardisation and ``fc``.
 
     Build it for the training series' channels and length, call :meth:`fit_biases` with the training
     series, then fit ``fc`` (``cnnkit sequence train`` solves a ridge regression for it).
+    ``hydra`` > 0 adds that many groups of Hydra's competing kernels (:class:`HydraBranch`), whose
+    features are scaled as the Hydra paper scales them: the square root of each count, standardised,
+    and 0 where the count is 0 (``sparse_features`` says which columns they are).
 
     Input shape: (B, C, L), zero-padded after each series' end. Output shape: (B, num_classes).
     """
 
     def __init__(
-        self, num_classes: int = 2, in_channels: int = 1, length: int = 128, features: int = 50_000, seed: int = 0
+        self,
+        num_classes: int = 2,
+        in_channels: int = 1,
+        length: int = 128,
+        features: int = 50_000,
+        seed: int = 0,
+        hydra: int = 0,
     ):
         super().__init__()
         check_args(num_classes, in_channels)
         if length < 2:
             raise CnnkitError(f"MultiRocket needs series of at least 2 samples; received: length={length}")
+        if hydra < 0:
+            raise CnnkitError(f"hydra is a number of kernel groups, 0 or more; received: hydra={hydra}")
         per_kernel = max(1, features // (2 * len(POOLS) * len(kernel_weights())))
         g = torch.Generator().manual_seed(seed)
         self.raw = RocketBranch(in_channels, length, per_kernel, g)
         self.diff = RocketBranch(in_channels, length - 1, per_kernel, g)
-        self.num_features = self.raw.num_features + self.diff.num_features
+        self.hydra = HydraBranch(in_channels, length, hydra, g) if hydra else None
+        dense = self.raw.num_features + self.diff.num_features
+        self.num_features = dense + (self.hydra.num_features if self.hydra is not None else 0)
+        self.sparse_features = slice(dense, self.num_features)  # Hydra's columns (empty without it)
         self.register_buffer("mean", torch.zeros(self.num_features))
         self.register_buffer("scale", torch.ones(self.num_features))
         self.seed = seed
@@ -283,8 +363,14 @@ class MultiRocket1d(Classifier):
         with torch.autocast(kind, enabled=False) if kind in ("cpu", "cuda") else contextlib.nullcontext():
             x = x.float()
             n = series_lengths(x)
-            f = torch.cat([self.raw(x, n), self.diff(x.diff(dim=2), (n - 1).clamp(min=1))], dim=1)
-            return (f - self.mean) / self.scale
+            diff = x.diff(dim=2)
+            parts = [self.raw(x, n), self.diff(diff, (n - 1).clamp(min=1))]
+            if self.hydra is None:
+                return (torch.cat(parts, dim=1) - self.mean) / self.scale
+            counts = self.hydra(x, nn.functional.pad(diff, (0, 1)), n).clamp(min=0).sqrt()
+            f = (torch.cat([*parts, counts], dim=1) - self.mean) / self.scale
+            f[:, self.sparse_features] *= counts != 0  # a count of 0 stays 0 (Hydra's sparse scaling)
+            return f
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return x if pre_logits else self.fc(x)
@@ -303,3 +389,17 @@ def multirocket(
     """MultiRocket: 84 fixed length-9 kernels at exponentially spaced dilations, on the series and its
     difference, four pools per bias (PPV, MPV, MIPV, LSPV), about ``features`` features, linear."""
     return MultiRocket1d(num_classes, in_channels, length, features, seed)
+
+
+@register_model(input_size=(1, 128), paper="Dempster et al. 2023", family="series", task="classify")
+def multirocket_hydra(
+    num_classes: int = 2,
+    in_channels: int = 1,
+    length: int = 128,
+    features: int = 50_000,
+    seed: int = 0,
+    hydra: int = 64,
+) -> MultiRocket1d:
+    """MultiRocket-Hydra: MultiRocket's features beside Hydra's counts (64 groups of 8 competing
+    random kernels per dilation, on the series and its difference), one linear layer on both."""
+    return MultiRocket1d(num_classes, in_channels, length, features, seed, hydra)

@@ -8,8 +8,11 @@ from dataclasses import dataclass, replace
 from cnnkit.engine.config import RunConfig, option
 from cnnkit.errors import CnnkitError
 
-MODELS = ("multirocket", "fcn1d", "resnet1d", "inception_time")
-FITTED = ("multirocket",)  # fitted in closed form (no optimizer steps): the step and optimizer settings do not apply
+MODELS = ("multirocket", "multirocket_hydra", "fcn1d", "resnet1d", "inception_time")
+FITTED = (
+    "multirocket",
+    "multirocket_hydra",
+)  # fitted in closed form (no optimizer steps): the step and optimizer settings do not apply
 
 
 @dataclass
@@ -48,8 +51,9 @@ class SequenceConfig(RunConfig):
     )
     model: str = option(
         "multirocket",
-        help="multirocket (fixed convolutions and a ridge classifier, fitted in one pass) | fcn1d | resnet1d | "
-        "inception_time (trained by gradient steps)",
+        help="multirocket (fixed convolutions and a ridge classifier, fitted in one pass) | multirocket_hydra "
+        "(the same with Hydra's competing kernels beside) | fcn1d | resnet1d | inception_time (trained by "
+        "gradient steps)",
         choices=MODELS,
     )
     steps: int = option(1000, help="optimizer steps of one network (rounded up to a multiple of --epochs)", minimum=1)

@@ -56,15 +56,39 @@ def fit(net: MultiRocket1d, train: SeriesSet, alphas=ALPHAS, progress=None) -> d
     net.scale.fill_(1.0)
     net.fit_biases(train.values.to(net.mean.device))
     x = transform(net, train, progress).double()
+    transformed = time.perf_counter()
+    fitted = fit_head(net, x, train.labels, alphas)
+    fitted["seconds"] = {"transform": transformed - tick, "solve": time.perf_counter() - transformed}
+    return fitted
+
+
+@torch.no_grad()
+def fit_head(net: MultiRocket1d, x: torch.Tensor, labels: torch.Tensor, alphas=ALPHAS) -> dict:
+    """Standardise ``net``'s features and solve its ``fc``: the second half of :func:`fit`.
+
+    Args:
+        net: the model whose biases are fitted, its ``mean`` and ``scale`` set here.
+        x: (N, F) double features of the training series as :func:`transform` gives them with
+            ``mean`` 0 and ``scale`` 1; standardised in place.
+        labels: (N,) class indices.
+        alphas: the penalties compared by leave-one-out error.
+
+    Returns:
+        ``{"alpha", "loo_error", "features"}`` as :func:`fit` returns them.
+    """
+    sparse = net.sparse_features  # Hydra's counts: their share of zeros widens their scale (its paper's rule)
+    zeros = x[:, sparse] == 0
+    floor = zeros.double().mean(dim=0) ** 4 + 1e-8
     mean = x.mean(dim=0)
     x.sub_(mean)  # in place: a second copy of (N, F) costs more in fresh pages than the arithmetic
     scale = torch.linalg.vector_norm(x, dim=0) / len(x) ** 0.5  # the standard deviation (divisor N)
     scale = torch.where(scale > 1e-12, scale, torch.ones_like(scale))
+    scale[sparse] += floor
     x.div_(scale)
+    x[:, sparse].masked_fill_(zeros, 0.0)  # a count of 0 stays 0, as forward_features leaves it
     net.mean.copy_(mean.float())
     net.scale.copy_(scale.float())
-    transformed = time.perf_counter()
-    y = train.labels.to(x.device)
+    y = labels.to(x.device)
     k = net.num_classes
     targets = -torch.ones(len(y), k, dtype=torch.float64, device=x.device)
     targets[torch.arange(len(y)), y] = 1.0
@@ -76,12 +100,7 @@ def fit(net: MultiRocket1d, train: SeriesSet, alphas=ALPHAS, progress=None) -> d
     net.fc.weight.copy_(w.T.float())
     net.fc.bias.copy_(b.float())
     pred = loo.argmax(dim=1) if loo.shape[1] > 1 else (loo[:, 0] > 0).long()
-    return {
-        "alpha": alpha,
-        "loo_error": float((pred != y[rows]).double().mean()),
-        "features": net.num_features,
-        "seconds": {"transform": transformed - tick, "solve": time.perf_counter() - transformed},
-    }
+    return {"alpha": alpha, "loo_error": float((pred != y[rows]).double().mean()), "features": net.num_features}
 
 
 def ridge_loo(
