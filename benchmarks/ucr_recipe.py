@@ -1,11 +1,12 @@
 """Choose the UCR recipe's model on validation splits of TRAIN only (TEST is never read here).
 
-The candidates are the closed-form models of ``cnnkit sequence train``: ``multirocket`` (the
-recipe of :mod:`benchmarks.ucr`) and ``multirocket_hydra`` (the same features with Hydra's
-competing-kernel counts beside them). Each is fitted on 80 % of a set's TRAIN (stratified, seed 0)
-and scored on the other 20 %. The rule, fixed before any result: the challenger replaces the
-recipe when its mean validation error over the sets is lower by more than 0.002 and it wins at
-least as many sets as it loses (errors compared at 4 decimals). Writes one TSV row per (set,
+The candidates are the closed-form models of ``cnnkit sequence train``: ``multirocket`` and
+``multirocket_hydra`` (the same features with Hydra's competing-kernel counts beside them). Each
+is fitted on 80 % of a set's TRAIN (stratified, seed 0) and scored on the other 20 %. The rule,
+fixed before any result: the challenger replaces the first when its mean validation error over the
+sets is lower by more than 0.002 and it wins at least as many sets as it loses (errors compared at
+4 decimals). Over the 59 installed sets with a validation split it did (0.1279 against 0.1308; 12
+wins, 41 ties, 6 losses), and it is :mod:`benchmarks.ucr`'s recipe. Writes one TSV row per (set,
 model), smallest sets first (series x length), so that a run cut short has covered the most sets;
 an interrupted run resumes. Prints the means and the win / tie / loss count over the sets that
 both models have finished.

@@ -9,20 +9,19 @@ from cnnkit.engine.config import RunConfig, option
 from cnnkit.errors import CnnkitError
 
 MODELS = ("multirocket", "multirocket_hydra", "fcn1d", "resnet1d", "inception_time")
-FITTED = (
-    "multirocket",
-    "multirocket_hydra",
-)  # fitted in closed form (no optimizer steps): the step and optimizer settings do not apply
+# fitted in closed form (no optimizer steps): the step and optimizer settings do not apply
+FITTED = ("multirocket", "multirocket_hydra")
 
 
 @dataclass
 class SequenceConfig(RunConfig):
     """The settings of ``cnnkit sequence train``: one recipe, the same for every set.
 
-    The default model, ``multirocket`` (:mod:`cnnkit.models.rocket`), is fitted in one pass: its
-    convolutions are fixed and its linear layer is a ridge regression solved in closed form
+    The default model, ``multirocket_hydra`` (:mod:`cnnkit.models.rocket`: MultiRocket's features
+    beside Hydra's competing-kernel counts), and ``multirocket`` are fitted in one pass: their
+    convolutions are fixed and their linear layer is a ridge regression solved in closed form
     (:mod:`cnnkit.tasks.sequence.rocket`), so the settings below that steer gradient training
-    (steps, epochs, batch, learning rate, optimizer, schedule, EMA, minutes) are refused with it.
+    (steps, epochs, batch, learning rate, optimizer, schedule, EMA, minutes) are refused with them.
     They are for the trained networks ``fcn1d``, ``resnet1d`` and ``inception_time``.
 
     Training of those runs for a number of optimizer *steps* (``steps``), not passes over the data, so that a
@@ -50,10 +49,10 @@ class SequenceConfig(RunConfig):
         "values as they are, where a channel's level carries information (the UEA multivariate sets)",
     )
     model: str = option(
-        "multirocket",
-        help="multirocket (fixed convolutions and a ridge classifier, fitted in one pass) | multirocket_hydra "
-        "(the same with Hydra's competing kernels beside) | fcn1d | resnet1d | inception_time (trained by "
-        "gradient steps)",
+        "multirocket_hydra",
+        help="multirocket_hydra (fixed convolutions: MultiRocket's and Hydra's competing kernels, a ridge "
+        "classifier fitted in one pass) | multirocket (MultiRocket's alone) | fcn1d | resnet1d | inception_time "
+        "(trained by gradient steps)",
         choices=MODELS,
     )
     steps: int = option(1000, help="optimizer steps of one network (rounded up to a multiple of --epochs)", minimum=1)
@@ -74,7 +73,7 @@ class SequenceConfig(RunConfig):
     threads: int | None = option(
         None,
         help="torch threads per process (0: the free cores); unset: 1 for the trained networks (they are small), "
-        "the free cores for multirocket",
+        "the free cores for multirocket and multirocket_hydra",
         minimum=0,
     )
     val_every: int = option(
