@@ -69,6 +69,15 @@ def benchmark_sets(data_dir, table: dict) -> list[str]:
     return [n for n in ucr_names(data_dir) if n in table or n in MULTIVARIATE]
 
 
+def train_splits(names: list[str], data_dir, smallest_first: bool) -> dict:
+    """Each set's TRAIN, read once: {name: SeriesSet}; with ``smallest_first`` ordered by series x
+    length, so that a run cut short (``--hours``) has covered the most sets."""
+    series = {n: load_series(f"ucr:{n}", "train", data_dir) for n in names}
+    if smallest_first:
+        series = dict(sorted(series.items(), key=lambda kv: len(kv[1]) * kv[1].length))
+    return series
+
+
 def plan(name: str, data_dir) -> dict:
     """A set's sizes; ``work`` (series x length x channels of TRAIN and TEST) orders the sets."""
     train_set = load_series(f"ucr:{name}", "train", data_dir)

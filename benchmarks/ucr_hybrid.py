@@ -28,9 +28,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from ucr import benchmark_sets, reference_table  # benchmarks/ucr.py: the benchmark's sets
+from ucr import benchmark_sets, reference_table, train_splits  # benchmarks/ucr.py: the benchmark's sets
 
-from cnnkit.data.series import SeriesSet, load_series, val_split
+from cnnkit.data.series import SeriesSet, val_split
 from cnnkit.engine.precision import cpu_name
 from cnnkit.models.rocket import MultiRocket1d
 from cnnkit.tasks.sequence import SequenceConfig, rocket
@@ -96,11 +96,9 @@ def main() -> None:
         results.write_text("\t".join(COLUMNS) + "\n")
     done = {line.split("\t")[0] for line in results.read_text().splitlines()[1:]}
     names = [n for n in args.sets or benchmark_sets(args.data_dir, reference_table(args.data_dir)) if n not in done]
-    series = {n: load_series(f"ucr:{n}", "train", args.data_dir) for n in names}  # each TRAIN read once
-    if not args.sets:  # smallest first (series x length): most sets covered early in a run cut short
-        names = sorted(names, key=lambda n: len(series[n]) * series[n].length)
+    series = train_splits(names, args.data_dir, smallest_first=not args.sets)
     start = time.perf_counter()
-    for name in names:
+    for name in list(series):
         if args.hours and time.perf_counter() - start > args.hours * 3600:
             print(f"stopped after {args.hours:g} h; run again to continue")
             break

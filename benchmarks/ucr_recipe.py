@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 import torch
-from ucr import benchmark_sets, reference_table  # benchmarks/ucr.py: the benchmark's sets
+from ucr import benchmark_sets, reference_table, train_splits  # benchmarks/ucr.py: the benchmark's sets
 
-from cnnkit.data.series import load_series, val_split
+from cnnkit.data.series import val_split
 from cnnkit.engine.precision import cpu_name
 from cnnkit.models import create_model
 from cnnkit.tasks.sequence import rocket
@@ -104,11 +104,9 @@ def main() -> None:
     if not results.is_file():
         results.write_text("\t".join(COLUMNS) + "\n")
     names = args.sets or benchmark_sets(args.data_dir, reference_table(args.data_dir))
-    series = {n: load_series(f"ucr:{n}", "train", args.data_dir) for n in names}
-    if not args.sets:
-        names = sorted(names, key=lambda n: len(series[n]) * series[n].length)
+    series = train_splits(names, args.data_dir, smallest_first=not args.sets)
     start = time.perf_counter()
-    for name in names:
+    for name in series:
         if args.hours and time.perf_counter() - start > args.hours * 3600:
             print(f"--hours {args.hours}: stopping before {name}; run the same command again to go on")
             break
