@@ -208,6 +208,9 @@ def test_padding_a_series_further_changes_no_feature():
     a = net.forward_features(torch.nn.functional.pad(series, (0, 20)))
     b = net.forward_features(torch.nn.functional.pad(series, (0, 50)))
     torch.testing.assert_close(a, b)
+    torch.testing.assert_close(
+        net.forward_features(series), a
+    )  # nor padding it at all: the step down to the padding is no difference
     assert series_lengths(torch.nn.functional.pad(series, (0, 50))).tolist() == [70]
 
 
@@ -283,6 +286,7 @@ def test_multirocket_hydra_pads_like_multirocket_and_keeps_zero_counts_zero():
     a = net.forward_features(torch.nn.functional.pad(series, (0, 30)))
     b = net.forward_features(torch.nn.functional.pad(series, (0, 60)))
     torch.testing.assert_close(a, b)
+    torch.testing.assert_close(net.forward_features(series), a)
     counts = net.hydra(series, torch.nn.functional.pad(series.diff(dim=2), (0, 1)), torch.tensor([50]))
     assert (counts == 0).any() and torch.equal(a[0, net.sparse_features] == 0, counts[0] == 0)
     assert (net.scale[net.sparse_features] > 1e-8).all()

@@ -204,6 +204,14 @@ def series_lengths(x: torch.Tensor) -> torch.Tensor:
     return torch.where(last > 0, last, x.shape[2])
 
 
+def first_difference(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """(B, C, L) zero-padded series, (B,) lengths -> (B, C, L - 1) first differences, 0 from each
+    series' own end on: the step from its last sample down to the padding is not part of it, so a
+    series padded further, or not at all, has the same differences."""
+    keep = torch.arange(x.shape[2] - 1, device=x.device)[None, :] < (lengths - 1)[:, None]
+    return x.diff(dim=2) * keep[:, None, :].to(x.dtype)
+
+
 def _pool(r: torch.Tensor, n: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """(L, B, K) responses (``_LOW`` where a position is left out), (B, K) positions pooled, (K, c)
     biases -> (B, K * c * 4): PPV, MPV, MIPV, LSPV of each response minus each of its biases.
@@ -352,7 +360,7 @@ class MultiRocket1d(Classifier):
         g = torch.Generator().manual_seed(self.seed + 1)
         n = series_lengths(x)
         self.raw.fit_biases(x, n, g)
-        self.diff.fit_biases(x.diff(dim=2), (n - 1).clamp(min=1), g)
+        self.diff.fit_biases(first_difference(x, n), (n - 1).clamp(min=1), g)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, L) series, zero-padded after their ends -> (B, F) pooled features, standardised.
@@ -363,7 +371,7 @@ class MultiRocket1d(Classifier):
         with torch.autocast(kind, enabled=False) if kind in ("cpu", "cuda") else contextlib.nullcontext():
             x = x.float()
             n = series_lengths(x)
-            diff = x.diff(dim=2)
+            diff = first_difference(x, n)
             parts = [self.raw(x, n), self.diff(diff, (n - 1).clamp(min=1))]
             if self.hydra is None:
                 return (torch.cat(parts, dim=1) - self.mean) / self.scale
