@@ -294,13 +294,15 @@ class HydraBranch(nn.Module):
         if b > rows:
             parts = [self(x[s : s + rows], diff[s : s + rows], lengths[s : s + rows]) for s in range(0, b, rows)]
             return torch.cat(parts)
+        t = torch.arange(length, device=x.device)[None, :]
+        inputs = [(x, lengths), (diff, (lengths - 1).clamp(min=1))][: self.split]
+        valids = [(t < n[:, None]).to(x.dtype)[:, None] for _, n in inputs]  # (B, 1, L): the steps that count
         feats = []
         for i, d in enumerate(self.dilations):
-            for rep, (inp, n) in enumerate(((x, lengths), (diff, (lengths - 1).clamp(min=1)))[: self.split]):
+            for rep, ((inp, _), valid) in enumerate(zip(inputs, valids)):
                 z = nn.functional.conv1d(inp, self.weight[i, rep], padding=(KERNEL - 1) // 2 * d, dilation=d)
-                z = z.view(b, self.groups, HYDRA_KERNELS, -1)  # (B, groups, 8, L')
-                valid = (torch.arange(z.shape[3], device=z.device)[None, :] < n[:, None]).to(z.dtype)[:, None]
-                top, top_at = z.max(dim=2)  # (B, groups, L'): the winner of each group at each step
+                z = z.view(b, self.groups, HYDRA_KERNELS, -1)  # (B, groups, 8, L)
+                top, top_at = z.max(dim=2)  # (B, groups, L): the winner of each group at each step
                 low_at = z.argmin(dim=2)
                 wins = z.new_zeros(b, self.groups, HYDRA_KERNELS).scatter_add_(2, top_at, top * valid)
                 losses = z.new_zeros(b, self.groups, HYDRA_KERNELS).scatter_add_(2, low_at, valid.expand_as(top))
