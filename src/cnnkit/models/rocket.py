@@ -248,7 +248,7 @@ def _pool(r: torch.Tensor, n: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
 
 
 HYDRA_KERNELS = 8  # kernels per group, competing at each time step (Hydra's k)
-HYDRA_CHUNK = 1 << 24  # responses held at once: a batch of long series is transformed in slices
+HYDRA_CHUNK = 1 << 22  # responses held at once (16 MiB, about a cache's size): a batch is transformed in slices
 
 
 class HydraBranch(nn.Module):
@@ -303,7 +303,7 @@ class HydraBranch(nn.Module):
                 z = nn.functional.conv1d(inp, self.weight[i, rep], padding=(KERNEL - 1) // 2 * d, dilation=d)
                 z = z.view(b, self.groups, HYDRA_KERNELS, -1)  # (B, groups, 8, L)
                 top, top_at = z.max(dim=2)  # (B, groups, L): the winner of each group at each step
-                low_at = z.argmin(dim=2)
+                low_at = z.min(dim=2).indices  # not argmin: its strided reduction is three times slower
                 wins = z.new_zeros(b, self.groups, HYDRA_KERNELS).scatter_add_(2, top_at, top * valid)
                 losses = z.new_zeros(b, self.groups, HYDRA_KERNELS).scatter_add_(2, low_at, valid.expand_as(top))
                 feats += [wins.flatten(1), losses.flatten(1)]
