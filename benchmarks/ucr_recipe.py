@@ -1,15 +1,15 @@
-"""Choose the UCR recipe's model on validation splits of TRAIN only (TEST is never read here).
+"""Choose the UCR recipe on validation splits of TRAIN only (TEST is never read here).
 
-The candidates are the closed-form models of ``cnnkit sequence train``: ``multirocket`` and
-``multirocket_hydra`` (the same features with Hydra's competing-kernel counts beside them). Each
-is fitted on 80 % of a set's TRAIN (stratified, seed 0) and scored on the other 20 %. The rule,
-fixed before any result: the challenger replaces the first when its mean validation error over the
-sets is lower by more than 0.002 and it wins at least as many sets as it loses (errors compared at
-4 decimals). Over the 59 installed sets with a validation split it did (0.1279 against 0.1308; 12
-wins, 41 ties, 6 losses), and it is :mod:`benchmarks.ucr`'s recipe. Writes one TSV row per (set,
-model), smallest sets first (series x length), so that a run cut short has covered the most sets;
-an interrupted run resumes. Prints the means and the win / tie / loss count over the sets that
-both models have finished.
+The candidates are closed-form models of ``cnnkit sequence train``, each a model and the feature
+sets its ridge classifier chooses between by leave-one-out error (``rocket.fit_head``'s
+``columns``): ``CANDIDATES``, the recipe first, then the challenger. Each is fitted on 80 % of a
+set's TRAIN (stratified, seed 0) and scored on the other 20 %. The challenger replaces the recipe
+when its mean validation error over the sets is lower by more than ``--margin`` and it wins at
+least as many sets as it loses (errors compared at 4 decimals); the rule and the margin are fixed
+before a run (the records under ``docs/experiments/`` say which). Writes one TSV row per (set,
+candidate), smallest sets first (series x length), so that a run cut short has covered the most
+sets; an interrupted run resumes. Prints the means and the win / tie / loss count over the sets
+that both candidates have finished.
 
     CNNKIT_DATA=../shared/data python benchmarks/ucr_recipe.py [--sets GunPoint ECG200 ...] [--hours 1]
 """
@@ -29,12 +29,26 @@ from cnnkit.engine.precision import cpu_name
 from cnnkit.models import create_model
 from cnnkit.tasks.sequence import rocket
 
-CANDIDATES = ("multirocket", "multirocket_hydra")  # the recipe, then the challenger
-MARGIN = 0.002  # mean validation error the challenger must gain
-COLUMNS = ["dataset", "train", "val", "length", "model", "features", "val_error", "loo_error", "alpha", "seconds"]
+CANDIDATES = {  # label: (model, the feature sets its ridge chooses between); the recipe, then the challenger
+    "multirocket_hydra": ("multirocket_hydra", ("all",)),
+    "multirocket_hydra|ppv": ("multirocket_hydra", ("all", "ppv")),
+}
+COLUMNS = [
+    "dataset",
+    "train",
+    "val",
+    "length",
+    "model",
+    "features",
+    "val_error",
+    "loo_error",
+    "alpha",
+    "kept",
+    "seconds",
+]
 
 
-def summary(rows: list[list[str]]) -> str:
+def summary(rows: list[list[str]], margin: float = 0.0) -> str:
     """Mean validation error per model over the sets every model finished, and the challenger's
     wins / ties / losses against the recipe."""
     err = {(r[0], r[4]): float(r[6]) for r in rows if int(r[2]) > 0}  # Fungi: 1 series a class, no val
@@ -43,7 +57,7 @@ def summary(rows: list[list[str]]) -> str:
         return "no set finished by every model yet"
     lines = []
     for model in CANDIDATES:
-        secs = sum(float(r[9]) for r in rows if r[4] == model and r[0] in both)
+        secs = sum(float(r[-1]) for r in rows if r[4] == model and r[0] in both)
         mean = sum(err[s, model] for s in both) / len(both)
         lines.append(f"{model:<18} mean validation error {mean:.4f} over {len(both)} sets, {secs:.0f} s")
     base, new = CANDIDATES
@@ -51,37 +65,40 @@ def summary(rows: list[list[str]]) -> str:
     wins, losses = sum(d < 0 for d in diff), sum(d > 0 for d in diff)
     gain = -sum(diff) / len(diff)
     lines.append(f"{new} against {base}: {wins} wins, {len(diff) - wins - losses} ties, {losses} losses")
-    adopt = gain > MARGIN and wins >= losses
+    adopt = gain > margin and wins >= losses
     lines.append(
-        f"rule (gain > {MARGIN}, wins >= losses): gain {gain:.4f} -> {'adopt' if adopt else 'keep'} {new if adopt else base}"
+        f"rule (gain > {margin}, wins >= losses): gain {gain:.4f} -> {'adopt' if adopt else 'keep'} {new if adopt else base}"
     )
     return "\n".join(lines)
 
 
 def compare(name: str, full, train, val) -> list[list]:
-    """Both candidates fitted on ``train`` and scored on ``val``: one TSV row each.
+    """Every candidate fitted on ``train`` and scored on ``val``: one TSV row each.
 
-    ``multirocket_hydra``'s features begin with ``multirocket``'s own (the same seed builds the same
-    kernels and biases), so the series are transformed once and each model's linear layer is solved
-    on its columns; ``seconds`` is that shared transform plus the model's own solve and validation.
+    The models' features begin with the same columns (the same seed builds the same kernels and
+    biases: ``multirocket_hydra``'s start with ``multirocket``'s own), so the series are transformed
+    once, by the candidate with the most features, and each candidate's linear layer is solved on
+    its columns; ``seconds`` is that shared transform plus the candidate's own solve and validation.
     """
-    nets = [
-        create_model(m, num_classes=len(full.classes), in_channels=full.channels, length=full.length)
-        for m in CANDIDATES
-    ]
+    nets = {
+        label: create_model(m, num_classes=len(full.classes), in_channels=full.channels, length=full.length)
+        for label, (m, _) in CANDIDATES.items()
+    }
     tick = time.perf_counter()
-    for net in nets:
+    for net in nets.values():
         net.fit_biases(train.values)
-    x = rocket.transform(nets[-1], train).double()  # mean 0, scale 1 as built: the raw features
+    widest = max(nets.values(), key=lambda net: net.num_features)
+    x = rocket.transform(widest, train).double()  # mean 0, scale 1 as built: the raw features
     shared = time.perf_counter() - tick
     rows = []
-    for model, net in zip(CANDIDATES, nets):
+    for label, net in nets.items():
         tick = time.perf_counter()
-        fitted = rocket.fit_head(net, x[:, : net.num_features].clone(), train.labels)
+        fitted = rocket.fit_head(net, x[:, : net.num_features].clone(), train.labels, columns=CANDIDATES[label][1])
         wrong = (net.fc(rocket.transform(net, val)).argmax(1) != val.labels).double()
         error = float(wrong.mean()) if len(val) else float("nan")  # no series left for validation
-        row = [name, len(train), len(val), full.length, model, net.num_features, f"{error:.4f}"]
-        row += [f"{fitted['loo_error']:.4f}", f"{fitted['alpha']:.3g}", f"{shared + time.perf_counter() - tick:.1f}"]
+        row = [name, len(train), len(val), full.length, label, net.num_features, f"{error:.4f}"]
+        row += [f"{fitted['loo_error']:.4f}", f"{fitted['alpha']:.3g}", fitted["columns"]]
+        row += [f"{shared + time.perf_counter() - tick:.1f}"]
         rows.append(row)
     return rows
 
@@ -93,6 +110,7 @@ def main() -> None:
     p.add_argument("--results", default="benchmarks/results/ucr_recipe_models.tsv", help="TSV appended per row")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     p.add_argument("--hours", type=float, default=0.0, help="start no new set after this long (0: no limit)")
+    p.add_argument("--margin", type=float, default=0.0, help="mean validation error the challenger must gain")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -119,7 +137,7 @@ def main() -> None:
                 f.write("\t".join(map(str, row)) + "\n")
             rows.append([str(v) for v in row])
             print("\t".join(map(str, row)), flush=True)
-    print(summary(rows))
+    print(summary(rows, args.margin))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from cnnkit.cli import main
 from cnnkit.data.series import SeriesSet, load_series
+from cnnkit.errors import CnnkitError
 from cnnkit.models import create_model
 from cnnkit.models.rocket import (
     _LOW,
@@ -24,7 +25,7 @@ from cnnkit.models.rocket import (
     series_lengths,
 )
 from cnnkit.tasks.sequence import load_sequence
-from cnnkit.tasks.sequence.rocket import fit, ridge_loo
+from cnnkit.tasks.sequence.rocket import fit, fit_head, ridge_loo
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -89,7 +90,7 @@ def test_ridge_leave_one_out_equals_refitting_without_each_series():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(12, 30, generator=g, dtype=torch.float64)
     y = torch.where(torch.randn(12, 2, generator=g) > 0, 1.0, -1.0).double()
-    w, b, alpha, loo, rows = ridge_loo(x, y, [0.5])
+    w, b, alpha, loo, rows, _ = ridge_loo(x, y, [0.5])
     assert rows.tolist() == list(range(12))
     close = dict(rtol=1e-7, atol=1e-7)
     torch.testing.assert_close(x @ w + b, _ridge(x, y, alpha)(x), **close)  # the fit itself
@@ -102,10 +103,37 @@ def test_ridge_on_many_rows_chooses_the_penalty_on_a_subset_and_solves_all():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(40, 30, generator=g, dtype=torch.float64)
     y = x[:, :1] + 0.5 * torch.randn(40, 1, generator=g, dtype=torch.float64)
-    w, b, alpha, loo, rows = ridge_loo(x, y, [0.1, 10.0, 1000.0], subset=25)
+    w, b, alpha, loo, rows, _ = ridge_loo(x, y, [0.1, 10.0, 1000.0], subset=25)
     assert len(rows) == 25 == len(loo) and len(set(rows.tolist())) == 25
     assert alpha == ridge_loo(x[rows], y[rows], [0.1, 10.0, 1000.0])[2]  # the subset's own choice
     torch.testing.assert_close(x @ w + b, _ridge(x, y, alpha)(x))  # the whole set solved at it
+
+
+def test_ridge_chooses_the_column_set_with_the_smaller_leave_one_out_residual():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(30, 200, generator=g, dtype=torch.float64)
+    y = x[:, 3:5].sum(dim=1, keepdim=True) + 0.1 * torch.randn(30, 1, generator=g, dtype=torch.float64)
+    signal, other = torch.arange(0, 10), torch.arange(100, 200)  # the target's columns are in the first set
+    for sets, pick in (([torch.arange(200), signal], 1), ([other, signal], 1), ([signal, other], 0)):
+        fit = ridge_loo(x, y, [0.01, 1.0], columns=sets)
+        assert fit.columns == pick
+        keep = sets[pick]
+        dropped = torch.ones(200, dtype=torch.bool)
+        dropped[keep] = False
+        assert fit.w[dropped].abs().max() == 0  # the other columns carry no weight
+        alone = ridge_loo(x[:, keep], y, [0.01, 1.0])  # the same as fitting the chosen columns alone
+        assert fit.alpha == alone.alpha
+        torch.testing.assert_close(fit.w[keep], alone.w)
+        torch.testing.assert_close(fit.loo, alone.loo)
+
+
+def test_fit_head_refuses_an_unknown_feature_set():
+    net = create_model("multirocket_hydra", num_classes=2, length=40, features=700)
+    with pytest.raises(CnnkitError, match="unknown feature sets"):
+        fit_head(net, torch.randn(6, net.num_features, dtype=torch.float64), torch.tensor([0, 1] * 3), columns=("mpv",))
+    sets = net.column_sets()
+    assert sets["ppv"].tolist() == list(range(0, net.sparse_features.start, 4))  # the first of the four pools
+    assert len(sets["all"]) == net.num_features
 
 
 def _ridge(x, y, alpha):

@@ -364,6 +364,12 @@ class MultiRocket1d(Classifier):
         self.raw.fit_biases(x, n, g)
         self.diff.fit_biases(first_difference(x, n), (n - 1).clamp(min=1), g)
 
+    def column_sets(self) -> dict[str, torch.Tensor]:
+        """Named sets of feature columns that a linear layer may be restricted to: ``all``, and ``ppv``
+        (the proportion of positive values of both representations: MiniRocket's one pool)."""
+        dense = self.raw.num_features + self.diff.num_features
+        return {"all": torch.arange(self.num_features), "ppv": torch.arange(0, dense, len(POOLS))}
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, L) series, zero-padded after their ends -> (B, F) pooled features, standardised.
         Each series is pooled over its own length (:func:`series_lengths`), so that padding a

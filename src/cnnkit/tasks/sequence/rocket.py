@@ -15,15 +15,18 @@ step: the transform has no learned weight and the ridge solution is solved, not 
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 import torch
 
 from cnnkit.data.series import SeriesSet
+from cnnkit.errors import CnnkitError
 from cnnkit.models.rocket import MultiRocket1d
 
 ALPHAS = tuple(10 ** (-3 + 6 * i / 9) for i in range(10))  # numpy's logspace(-3, 3, 10)
 BATCH = 256  # series transformed at a time
 LOO_SERIES = 4096  # at most this many training series choose the penalty (see ridge_loo)
+COLUMNS = ("all",)  # the feature sets the ridge chooses between (MultiRocket1d.column_sets)
 
 
 @torch.no_grad()
@@ -38,7 +41,7 @@ def transform(net: MultiRocket1d, data: SeriesSet, progress=None) -> torch.Tenso
 
 
 @torch.no_grad()
-def fit(net: MultiRocket1d, train: SeriesSet, alphas=ALPHAS, progress=None) -> dict:
+def fit(net: MultiRocket1d, train: SeriesSet, alphas=ALPHAS, progress=None, columns=COLUMNS) -> dict:
     """Fit ``net`` to ``train`` in place: biases, standardisation, then ``fc`` by ridge regression.
 
     Args:
@@ -46,10 +49,11 @@ def fit(net: MultiRocket1d, train: SeriesSet, alphas=ALPHAS, progress=None) -> d
         train: the training series.
         alphas: the penalties compared by leave-one-out error.
         progress: called as ``progress(done, total)`` while the series are transformed.
+        columns: the feature sets compared with the penalties (:func:`fit_head`).
 
     Returns:
         ``{"alpha": the chosen penalty, "loo_error": its leave-one-out misclassification rate,
-        "features": F, "seconds": {"transform": s, "solve": s}}``.
+        "features": F, "columns": the feature set kept, "seconds": {"transform": s, "solve": s}}``.
     """
     tick = time.perf_counter()
     net.mean.zero_()
@@ -57,13 +61,13 @@ def fit(net: MultiRocket1d, train: SeriesSet, alphas=ALPHAS, progress=None) -> d
     net.fit_biases(train.values.to(net.mean.device))
     x = transform(net, train, progress).double()
     transformed = time.perf_counter()
-    fitted = fit_head(net, x, train.labels, alphas)
+    fitted = fit_head(net, x, train.labels, alphas, columns)
     fitted["seconds"] = {"transform": transformed - tick, "solve": time.perf_counter() - transformed}
     return fitted
 
 
 @torch.no_grad()
-def fit_head(net: MultiRocket1d, x: torch.Tensor, labels: torch.Tensor, alphas=ALPHAS) -> dict:
+def fit_head(net: MultiRocket1d, x: torch.Tensor, labels: torch.Tensor, alphas=ALPHAS, columns=COLUMNS) -> dict:
     """Standardise ``net``'s features and solve its ``fc``: the second half of :func:`fit`.
 
     Args:
@@ -72,9 +76,11 @@ def fit_head(net: MultiRocket1d, x: torch.Tensor, labels: torch.Tensor, alphas=A
             ``mean`` 0 and ``scale`` 1; standardised in place.
         labels: (N,) class indices.
         alphas: the penalties compared by leave-one-out error.
+        columns: names of :meth:`~cnnkit.models.rocket.MultiRocket1d.column_sets`, the feature sets
+            compared by leave-one-out error with the penalties (the others' weights are 0).
 
     Returns:
-        ``{"alpha", "loo_error", "features"}`` as :func:`fit` returns them.
+        ``{"alpha", "loo_error", "features", "columns"}`` as :func:`fit` returns them.
     """
     sparse = net.sparse_features  # Hydra's counts: their share of zeros widens their scale (its paper's rule)
     zeros = x[:, sparse] == 0
@@ -94,57 +100,100 @@ def fit_head(net: MultiRocket1d, x: torch.Tensor, labels: torch.Tensor, alphas=A
     targets[torch.arange(len(y)), y] = 1.0
     if k == 2:
         targets = targets[:, 1:]  # one column: +1 for the second class
-    w, b, alpha, loo, rows = ridge_loo(x, targets, alphas)
+    sets = net.column_sets()
+    unknown = [c for c in columns if c not in sets]
+    if unknown or not columns:
+        raise CnnkitError(f"unknown feature sets {unknown or list(columns)}; use some of {', '.join(sets)}")
+    w, b, alpha, loo, rows, pick = ridge_loo(x, targets, alphas, columns=[sets[c].to(x.device) for c in columns])
     if k == 2:
         w, b = torch.cat([-w, w], dim=1) / 2, torch.cat([-b, b]) / 2
     net.fc.weight.copy_(w.T.float())
     net.fc.bias.copy_(b.float())
     pred = loo.argmax(dim=1) if loo.shape[1] > 1 else (loo[:, 0] > 0).long()
-    return {"alpha": alpha, "loo_error": float((pred != y[rows]).double().mean()), "features": net.num_features}
+    return {
+        "alpha": alpha,
+        "loo_error": float((pred != y[rows]).double().mean()),
+        "features": net.num_features,
+        "columns": columns[pick],
+    }
 
 
-def ridge_loo(
-    x: torch.Tensor, y: torch.Tensor, alphas, subset: int = LOO_SERIES
-) -> tuple[torch.Tensor, torch.Tensor, float, torch.Tensor, torch.Tensor]:
+class RidgeFit(NamedTuple):
+    """What :func:`ridge_loo` solved: ``w`` (F, T) (zero outside ``columns``), ``b`` (T,), the chosen
+    ``alpha``, the leave-one-out predictions ``loo`` (M, T) of the rows ``rows`` (M,) the choice was
+    made on, and the index of the chosen column set (0 without a choice)."""
+
+    w: torch.Tensor
+    b: torch.Tensor
+    alpha: float
+    loo: torch.Tensor
+    rows: torch.Tensor
+    columns: int
+
+
+def ridge_loo(x: torch.Tensor, y: torch.Tensor, alphas, subset: int = LOO_SERIES, columns=None) -> RidgeFit:
     """Ridge regression of ``y`` (N, T) on ``x`` (N, F) with an unpenalised intercept, the penalty
-    chosen by the mean squared leave-one-out residual.
+    (and with ``columns`` the set of columns) chosen by the mean squared leave-one-out residual.
 
-    With more than ``subset`` rows the penalty is chosen on ``subset`` of them (a seeded random
+    With more than ``subset`` rows the choice is made on ``subset`` of them (a seeded random
     choice; the leave-one-out error is that subset's own) and the whole set is then solved at it by
     a Cholesky factorisation: the eigendecomposition costs N^3, and its N = 8,926 (UCR's largest
     TRAIN) takes minutes.
 
-    Returns:
-        (weights (F, T), intercept (T,), the chosen penalty, the leave-one-out predictions (M, T) of
-        the rows ``rows`` (M,) the penalty was chosen on).
+    Args:
+        columns: candidate column sets (index tensors), each a model of its own; ``None``: all the
+            columns. Each candidate's Gram matrix is summed from those of the column blocks the
+            candidates share, so two candidates cost about one Gram matrix, plus one
+            eigendecomposition each.
     """
     n = x.shape[0]
+    candidates = [torch.arange(x.shape[1], device=x.device)] if columns is None else list(columns)
     xm, ym = x.mean(dim=0), y.mean(dim=0)
     yc = y - ym
     # (N, N), in double: the smallest penalties read its smallest eigenvalues. Centring the Gram matrix
     # is centring x (H x x^T H, H = I - 1 1^T / N), without a second (N, F) copy of x
-    gram = _centred(_gram(x))
+    grams = [_centred(g) for g in _grams(x, candidates)]
     rows = torch.arange(n, device=x.device)
-    if n > subset:  # the penalty from a seeded subset's own Gram matrix, centred on its own mean
+    if n > subset:  # the choice from a seeded subset's own Gram matrix, centred on its own mean
         rows = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:subset].sort().values.to(x.device)
-        alpha, resid = _loo_choice(_centred(gram[rows][:, rows]), y[rows] - y[rows].mean(dim=0), alphas)
-        eye = torch.eye(n, dtype=gram.dtype, device=gram.device)
-        dual = torch.cholesky_solve(yc, torch.linalg.cholesky(gram + alpha * eye))
+        ys = y[rows] - y[rows].mean(dim=0)
+        choices = [_loo_choice(_centred(g[rows][:, rows]), ys, alphas) for g in grams]
     else:
-        alpha, resid = _loo_choice(gram, yc, alphas)
-        dual = resid[1]
-    w = x.T @ dual - xm[:, None] * dual.sum(dim=0)  # (F, T): centred x's transpose times the dual solution
+        choices = [_loo_choice(g, yc, alphas) for g in grams]
+    pick = min(range(len(choices)), key=lambda i: choices[i][0])  # the first of equals: the earlier candidate
+    _, alpha, resid, dual = choices[pick]
+    if n > subset:
+        eye = torch.eye(n, dtype=x.dtype, device=x.device)
+        dual = torch.cholesky_solve(yc, torch.linalg.cholesky(grams[pick] + alpha * eye))
+    cols = candidates[pick]
+    w = x.new_zeros(x.shape[1], y.shape[1])
+    w[cols] = x[:, cols].T @ dual - xm[cols, None] * dual.sum(dim=0)  # centred x's transpose times the dual
     b = ym - xm @ w
-    return w, b, alpha, y[rows] - resid[0], rows
+    return RidgeFit(w, b, alpha, y[rows] - resid, rows, pick)
 
 
-def _gram(x: torch.Tensor, block: int = 1024) -> torch.Tensor:
-    """x x^T (N, N), one triangle of blocks computed and mirrored: half the multiply-adds of ``x @ x.T``."""
+def _grams(x: torch.Tensor, candidates: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each candidate column set's Gram matrix x[:, c] x[:, c]^T, summed from the blocks of columns
+    that the same candidates hold (one block without a choice)."""
+    member = torch.zeros(x.shape[1], dtype=torch.long, device=x.device)
+    for i, cols in enumerate(candidates):
+        member[cols] += 1 << i
+    blocks = {int(m): _gram(x, (member == m).nonzero().flatten()) for m in member.unique().tolist() if m}
+    return [sum(g for m, g in blocks.items() if m >> i & 1) for i in range(len(candidates))]
+
+
+def _gram(x: torch.Tensor, cols: torch.Tensor | None = None, block: int = 1024) -> torch.Tensor:
+    """x x^T (N, N) (of the columns ``cols``), one triangle of blocks computed and mirrored: half the
+    multiply-adds of ``x @ x.T``."""
     n = x.shape[0]
     gram = x.new_empty(n, n)
+    if cols is not None and len(cols) == x.shape[1]:
+        cols = None  # all of them: no copies
     for i in range(0, n, block):
+        left = x[i : i + block] if cols is None else x[i : i + block, cols]
         for j in range(i, n, block):
-            part = x[i : i + block] @ x[j : j + block].T
+            right = x[j : j + block] if cols is None else x[j : j + block, cols]
+            part = left @ right.T
             gram[i : i + block, j : j + block] = part
             if j != i:
                 gram[j : j + block, i : i + block] = part.T
@@ -157,9 +206,10 @@ def _centred(gram: torch.Tensor) -> torch.Tensor:
     return gram - gram.mean(dim=0, keepdim=True)
 
 
-def _loo_choice(gram: torch.Tensor, yc: torch.Tensor, alphas) -> tuple[float, tuple[torch.Tensor, torch.Tensor]]:
+def _loo_choice(gram: torch.Tensor, yc: torch.Tensor, alphas) -> tuple[float, float, torch.Tensor, torch.Tensor]:
     """The penalty with the smallest mean squared leave-one-out residual (Rifkin & Lippert 2007), from
-    one eigendecomposition of the centred Gram matrix; (that penalty, (its residuals, its dual solution))."""
+    one eigendecomposition of the centred Gram matrix: (that residual, the penalty, its residuals,
+    its dual solution)."""
     n = gram.shape[0]
     eigval, q = torch.linalg.eigh(gram)
     eigval = eigval.clamp(min=0)
@@ -174,5 +224,4 @@ def _loo_choice(gram: torch.Tensor, yc: torch.Tensor, alphas) -> tuple[float, tu
         err = float((resid**2).mean())
         if best is None or err < best[0]:
             best = (err, alpha, resid, dual)
-    _, alpha, resid, dual = best
-    return alpha, (resid, dual)
+    return best
