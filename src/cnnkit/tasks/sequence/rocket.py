@@ -10,6 +10,12 @@ leave-one-out residuals in closed form from one eigendecomposition of the (N, N)
 residual is kept. Beyond 4,096 training series the penalty is chosen on 4,096 of them and the whole
 set is solved at it (:func:`ridge_loo`). Nothing here is a gradient
 step: the transform has no learned weight and the ridge solution is solved, not iterated.
+
+The same leave-one-out residual also chooses the features (``COLUMNS``): all of them, or the
+proportions of positive values alone (``ppv``: MiniRocket's one pool, on both representations), the
+other columns' weights then 0. A set whose training series are few or noisy can fit better on the
+smaller set; on most sets all the features win. The choice was made on validation splits of TRAIN
+(``benchmarks/ucr_recipe.py``).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from cnnkit.models.rocket import MultiRocket1d
 ALPHAS = tuple(10 ** (-3 + 6 * i / 9) for i in range(10))  # numpy's logspace(-3, 3, 10)
 BATCH = 256  # series transformed at a time
 LOO_SERIES = 4096  # at most this many training series choose the penalty (see ridge_loo)
-COLUMNS = ("all",)  # the feature sets the ridge chooses between (MultiRocket1d.column_sets)
+COLUMNS = ("all", "ppv")  # the feature sets the ridge chooses between (MultiRocket1d.column_sets)
 
 
 @torch.no_grad()

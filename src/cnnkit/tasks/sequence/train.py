@@ -198,7 +198,8 @@ def _fit_closed_form(cfg: SequenceConfig, model, train_set, val_set, out, resume
     row["seconds"] = time.perf_counter() - tick
     if not quiet:
         print(
-            f"{cfg.model}: {fitted['features']:,} features, ridge alpha {fitted['alpha']:.3g}, leave-one-out "
+            f"{cfg.model}: {fitted['features']:,} features ({fitted['columns']} kept), ridge alpha "
+            f"{fitted['alpha']:.3g}, leave-one-out "
             f"accuracy {1 - fitted['loo_error']:.2%}"
             + (f", validation accuracy {row['val_acc']:.2%}" if val_set is not None else "")
             + f" ({row['seconds']:.1f} s)"
