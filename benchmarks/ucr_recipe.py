@@ -31,7 +31,7 @@ from cnnkit.tasks.sequence import rocket
 
 CANDIDATES = {  # label: (model, the feature sets its ridge chooses between); the recipe, then the challenger
     "multirocket_hydra": ("multirocket_hydra", ("all",)),
-    "multirocket_hydra|ppv": ("multirocket_hydra", ("all", "ppv")),  # the recipe since 2026-12-05
+    "multirocket_hydra|ppv": ("multirocket_hydra", ("all", "ppv")),  # what rocket.COLUMNS chooses between
 }
 COLUMNS = [
     "dataset",
