@@ -148,17 +148,26 @@ def ridge_loo(x: torch.Tensor, y: torch.Tensor, alphas, subset: int = LOO_SERIES
 
     Args:
         columns: candidate column sets (index tensors), each a model of its own; ``None``: all the
-            columns. Each candidate's Gram matrix is summed from those of the column blocks the
-            candidates share, so two candidates cost about one Gram matrix, plus one
+            columns. The columns are grouped by the candidates that hold them (``x``'s columns are
+            reordered in place so that each group is a contiguous block: ``x`` is a scratch copy
+            here); each group's Gram matrix is computed once and each candidate's is the sum of its
+            groups', so candidates that share columns cost one Gram matrix between them, plus one
             eigendecomposition each.
     """
-    n = x.shape[0]
-    candidates = [torch.arange(x.shape[1], device=x.device)] if columns is None else list(columns)
-    xm, ym = x.mean(dim=0), y.mean(dim=0)
+    n, f = x.shape
+    candidates = [torch.arange(f, device=x.device)] if columns is None else [c.to(x.device) for c in columns]
+    ym = y.mean(dim=0)
     yc = y - ym
+    order, groups = _column_groups(f, candidates, x.device)
+    if not torch.equal(order, torch.arange(f, device=x.device)):
+        for i in range(0, n, 1024):  # in place, a block of rows at a time: no second (N, F) copy
+            x[i : i + 1024, : len(order)] = x[i : i + 1024][:, order]
+    xm = x[:, : len(order)].mean(dim=0)  # the columns' means, in their new order
     # (N, N), in double: the smallest penalties read its smallest eigenvalues. Centring the Gram matrix
     # is centring x (H x x^T H, H = I - 1 1^T / N), without a second (N, F) copy of x
-    grams = [_centred(g) for g in _grams(x, candidates)]
+    parts = {key: _gram(x[:, lo:hi]) for key, (lo, hi) in groups.items()}
+    grams = [_centred(sum(g for key, g in parts.items() if key >> i & 1)) for i in range(len(candidates))]
+    del parts
     rows = torch.arange(n, device=x.device)
     if n > subset:  # the choice from a seeded subset's own Gram matrix, centred on its own mean
         rows = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:subset].sort().values.to(x.device)
@@ -171,35 +180,36 @@ def ridge_loo(x: torch.Tensor, y: torch.Tensor, alphas, subset: int = LOO_SERIES
     if n > subset:
         eye = torch.eye(n, dtype=x.dtype, device=x.device)
         dual = torch.cholesky_solve(yc, torch.linalg.cholesky(grams[pick] + alpha * eye))
-    cols = candidates[pick]
-    w = x.new_zeros(x.shape[1], y.shape[1])
-    w[cols] = x[:, cols].T @ dual - xm[cols, None] * dual.sum(dim=0)  # centred x's transpose times the dual
-    b = ym - xm @ w
+    w = x.new_zeros(f, y.shape[1])
+    for key, (lo, hi) in groups.items():
+        if key >> pick & 1:  # centred x's transpose times the dual solution, back in the original order
+            w[order[lo:hi]] = x[:, lo:hi].T @ dual - xm[lo:hi, None] * dual.sum(dim=0)
+    b = ym - (xm[:, None] * w[order]).sum(dim=0)
     return RidgeFit(w, b, alpha, y[rows] - resid, rows, pick)
 
 
-def _grams(x: torch.Tensor, candidates: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Each candidate column set's Gram matrix x[:, c] x[:, c]^T, summed from the blocks of columns
-    that the same candidates hold (one block without a choice)."""
-    member = torch.zeros(x.shape[1], dtype=torch.long, device=x.device)
+def _column_groups(f: int, candidates: list[torch.Tensor], device) -> tuple[torch.Tensor, dict]:
+    """The columns ordered by which candidates hold them: (the order, {membership bits: (start,
+    end) of its block}); a column no candidate holds is left out of the order."""
+    member = torch.zeros(f, dtype=torch.long, device=device)
     for i, cols in enumerate(candidates):
-        member[cols] += 1 << i
-    blocks = {int(m): _gram(x, (member == m).nonzero().flatten()) for m in member.unique().tolist() if m}
-    return [sum(g for m, g in blocks.items() if m >> i & 1) for i in range(len(candidates))]
+        member[cols] |= 1 << i
+    order, groups, start = [], {}, 0
+    for key in sorted(set(member.tolist()) - {0}, reverse=True):  # all candidates' shared columns first
+        cols = (member == key).nonzero().flatten()
+        order.append(cols)
+        groups[key] = (start, start + len(cols))
+        start += len(cols)
+    return torch.cat(order), groups
 
 
-def _gram(x: torch.Tensor, cols: torch.Tensor | None = None, block: int = 1024) -> torch.Tensor:
-    """x x^T (N, N) (of the columns ``cols``), one triangle of blocks computed and mirrored: half the
-    multiply-adds of ``x @ x.T``."""
+def _gram(x: torch.Tensor, block: int = 1024) -> torch.Tensor:
+    """x x^T (N, N), one triangle of blocks computed and mirrored: half the multiply-adds of ``x @ x.T``."""
     n = x.shape[0]
     gram = x.new_empty(n, n)
-    if cols is not None and len(cols) == x.shape[1]:
-        cols = None  # all of them: no copies
     for i in range(0, n, block):
-        left = x[i : i + block] if cols is None else x[i : i + block, cols]
         for j in range(i, n, block):
-            right = x[j : j + block] if cols is None else x[j : j + block, cols]
-            part = left @ right.T
+            part = x[i : i + block] @ x[j : j + block].T
             gram[i : i + block, j : j + block] = part
             if j != i:
                 gram[j : j + block, i : i + block] = part.T
