@@ -294,6 +294,41 @@ def test_auto_stages_try_head_and_top_on_the_cache_and_keep_the_lower_val_loss(t
     assert history[-1]["val_loss"] == pytest.approx(losses[chosen], rel=1e-5)
 
 
+def test_the_winning_candidate_is_kept_not_trained_again_and_its_folder_is_a_finished_run(tmp_path, monkeypatch):
+    """The candidates train once each; the run folder holds the winner as fit would have left it
+    (weights, history, metrics.csv, resume state), and resuming it trains nothing."""
+    import cnnkit.engine as engine
+
+    calls = []
+    fit = engine.fit
+    monkeypatch.setattr(engine, "fit", lambda *a, **k: calls.append(a[4]) or fit(*a, **k))
+    kw = dict(epochs=2, batch_size=8, lr_head=1e-2, lr_top=1e-2, head="features", precision="fp32")
+    torch.manual_seed(0)
+    net = small_vgg()
+    history = finetune(net, toy_set(), toy_set(seed=1), stages="auto", out=tmp_path / "run", **kw)
+    assert calls == [None, None]  # stage head and stage top, tried without a folder; no third run
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.iterdir()) == [
+        "config.yaml",
+        "curves.png",
+        "metrics.csv",
+        "model.safetensors",
+        "resume.safetensors",
+    ]
+    assert len(read_info(run)["history"]) == len(history) == 2
+    assert len((run / "metrics.csv").read_text().splitlines()) == 3
+    saved = load_file(run / "model.safetensors")
+    for name, value in net.state_dict().items():  # the file holds the network as finetune left it
+        assert any(k.endswith(name) and torch.equal(v, value) for k, v in saved.items()), name
+    model_bytes = (run / "model.safetensors").read_bytes()
+    again = finetune(small_vgg(), toy_set(), toy_set(seed=1), stages="auto", out=run, resume=True, **kw)
+    assert calls[2:] == [run] and [r["val_loss"] for r in again] == [r["val_loss"] for r in history]
+    assert (run / "model.safetensors").read_bytes() == model_bytes  # nothing left to train or write
+    with pytest.raises(CnnkitError, match="already holds a run"):  # before any candidate trains
+        finetune(small_vgg(), toy_set(), toy_set(seed=1), stages="auto", out=run, **kw)
+    assert len(calls) == 3
+
+
 def test_auto_stages_without_a_validation_split_train_the_head():
     torch.manual_seed(0)
     history = finetune(small_vgg(), toy_set(), None, stages="auto", epochs=1, batch_size=8, precision="fp32")

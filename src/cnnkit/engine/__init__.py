@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from cnnkit._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from cnnkit.engine.loop import FitResult, fit, fit_run
+    from cnnkit.engine.loop import FitResult, fit, fit_run, save_run
     from cnnkit.engine.optim import single_phase_plan
     from cnnkit.engine.task import Data, Phase, Plan, Setup, Task
 
@@ -19,10 +19,10 @@ if TYPE_CHECKING:
 lazy_exports(
     __name__,
     {
-        "loop": ["FitResult", "fit", "fit_run"],
+        "loop": ["FitResult", "fit", "fit_run", "save_run"],
         "optim": ["single_phase_plan"],
         "task": ["Data", "Phase", "Plan", "Setup", "Task"],
     },
 )
 
-__all__ = ["Data", "FitResult", "Phase", "Plan", "Setup", "Task", "fit", "fit_run", "single_phase_plan"]
+__all__ = ["Data", "FitResult", "Phase", "Plan", "Setup", "Task", "fit", "fit_run", "save_run", "single_phase_plan"]

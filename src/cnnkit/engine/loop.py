@@ -217,6 +217,25 @@ def fit(
         return FitResult(deploy, history, seconds, images, best, precision)
 
 
+def save_run(
+    task: Task, model: nn.Module, history: list[dict], out, *, seed: int = 0, config=None, precision: str = "fp32"
+) -> None:
+    """Write ``out`` as :func:`fit` leaves it after its last epoch, for a model that :func:`fit` trained
+    without a folder (a candidate tried by fine-tuning and then kept): ``resume.safetensors`` (the
+    weights and history; no optimizer state, nothing is left to resume), ``model.safetensors``,
+    ``config.yaml``, ``metrics.csv`` and ``curves.png``, each atomic.
+
+    Raises:
+        CnnkitError: ``out`` already holds a run or a trained model.
+    """
+    out = Path(out)
+    check_new_run(out, False)
+    out.mkdir(parents=True, exist_ok=True)
+    config = json.loads(json.dumps(config or {}))
+    gen = torch.Generator().manual_seed(seed)
+    _save_run(out, task, model, model, [], None, gen, history, config, precision)
+
+
 def fit_run(
     task: Task,
     model: nn.Module,

@@ -55,6 +55,7 @@ from cnnkit.engine.runfolder import (
     FORMAT,
     MODEL_FILE,
     atomic_write_bytes,
+    check_new_run,
     read_info,
     resumed_config,
     save_model,
@@ -175,6 +176,7 @@ def finetune(
     """
     auto = stages == "auto" or tuple(stages) == ("auto",)
     cfg, stages = _config(config, overrides, ["head", "top"] if auto else stages, train_set, val_set)
+    check_new_run(out, resume)  # before any candidate trains: an --out already taken fails now
     c = train_set.images.shape[1]
     clf = Classifier(
         model, cfg.mean or (0.5,) * c, cfg.std or (0.5,) * c, train_set.classes, train_set.image_shape, cfg.tta
@@ -214,7 +216,10 @@ def finetune(
             candidates = [("head", k) for k in kinds] + [("top", "features" if "features" in kinds else kinds[0])]
         else:  # nothing to choose by, or stage top would run the whole network: the head
             stages = ["head"]
-    losses = _try(task, clf, source, candidates, freeze_until, cfg, train_set, val_set, cache, precision, top_cached)
+    trained: dict = {}
+    losses = _try(
+        task, clf, source, candidates, freeze_until, cfg, train_set, val_set, cache, precision, top_cached, trained
+    )
     if losses:
         best = min(losses, key=losses.get)
         stages, head = ([best[0]] if auto else stages), best[1]
@@ -234,6 +239,22 @@ def finetune(
     settings = {k: v for k, v in cfg.__dict__.items() if k != "log"}
     settings["head"] = head
     log = (lambda epoch, row: cfg.log(_stage_row(row))) if cfg.log else None
+    config = {**(info or {}), "finetune": {**settings, "stages": list(stages), "freeze_until": freeze_until}}
+    kept = trained.get((stages[0], head)) if len(stages) == 1 and not resume else None
+    if kept is not None:  # the run is the candidate already trained (the same plan and seed): kept, not trained again
+        state, history, ran_in = kept
+        try:
+            clf.load_state_dict(state)
+            if out is not None:
+                engine.save_run(task, clf, history, out, seed=cfg.seed, config=config, precision=ran_in)
+        finally:
+            for p in model.parameters():
+                p.requires_grad_(True)
+        for i, row in enumerate(history):
+            if log is not None:
+                log(i, row)
+        model.eval()
+        return [_stage_row(r) for r in history]
     try:
         run = engine.fit(
             task,
@@ -247,7 +268,7 @@ def finetune(
             command="cnnkit finetune",
             on_epoch_end=log,
             precision=precision,
-            config={**(info or {}), "finetune": {**settings, "stages": list(stages), "freeze_until": freeze_until}},
+            config=config,
         )
     finally:
         for p in model.parameters():
@@ -425,11 +446,15 @@ def _install_head(model: nn.Module, source: nn.Linear, num_classes: int) -> None
     _zero_last_linear(model)
 
 
-def _try(task, clf, source, candidates, freeze_until, cfg, train_set, val_set, cache, precision, top_cached) -> dict:
+def _try(
+    task, clf, source, candidates, freeze_until, cfg, train_set, val_set, cache, precision, top_cached, trained=None
+) -> dict:
     """{(stage, head kind): validation loss}: each candidate trained from the same start by the
     engine on the cached features (stage ``head``) or activations (``top``), as the run would train
     it, in one process (under torchrun every rank makes the same choice on all the data); the
-    network is left as it was, with the features head at zero."""
+    network is left as it was, with the features head at zero. ``trained``, a dict, receives each
+    candidate's trained weights, history and precision (``{(stage, head kind): (state dict, history,
+    precision)}``)."""
     model = clf.net
     parent, attr, new = last_linear(model)
     start, losses = copy.deepcopy(clf.state_dict()), {}
@@ -448,6 +473,8 @@ def _try(task, clf, source, candidates, freeze_until, cfg, train_set, val_set, c
             precision=precision,
         )
         losses[(stage, kind)] = run.history[-1]["val_loss"]
+        if trained is not None:
+            trained[(stage, kind)] = (copy.deepcopy(clf.state_dict()), run.history, run.precision)
         setattr(parent, attr, new)  # the features head, as it was
         clf.load_state_dict(start)
     return losses
