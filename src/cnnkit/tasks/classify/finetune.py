@@ -240,8 +240,11 @@ def finetune(
     settings["head"] = head
     log = (lambda epoch, row: cfg.log(_stage_row(row))) if cfg.log else None
     config = {**(info or {}), "finetune": {**settings, "stages": list(stages), "freeze_until": freeze_until}}
-    kept = trained.get((stages[0], head)) if len(stages) == 1 and not resume else None
-    if kept is not None:  # the run is the candidate already trained (the same plan and seed): kept, not trained again
+    # the run is the candidate already trained (the same plan and seed): kept, not trained again; under
+    # torchrun the run trains across the processes as before (each trained the candidates alone)
+    alone = int(os.environ.get("WORLD_SIZE", "1")) == 1
+    kept = trained.get((stages[0], head)) if len(stages) == 1 and not resume and alone else None
+    if kept is not None:
         state, history, ran_in = kept
         try:
             clf.load_state_dict(state)
