@@ -225,6 +225,15 @@ def save_run(
     weights and history; no optimizer state, nothing is left to resume), ``model.safetensors``,
     ``config.yaml``, ``metrics.csv`` and ``curves.png``, each atomic.
 
+    Args:
+        task: the task that trained it (its ``describe`` and ``deployable``).
+        model: the trained model, saved as it is.
+        history: its rows, one per epoch, as :func:`fit` returned them.
+        out: the run folder, new or empty.
+        seed: the plan's seed (the data-order generator's state in the resume file).
+        config: JSON-able settings stored with the run, as :func:`fit` takes them.
+        precision: what it trained in: ``"fp32"`` | ``"bf16"``.
+
     Raises:
         CnnkitError: ``out`` already holds a run or a trained model.
     """
