@@ -154,7 +154,7 @@ def test_recipes_resolve_and_a_scratch_encoder_drops_the_pretrained_settings():
         4,
     )
     assert pf.test_scale == (1.75, 2.0) and SegmentConfig(data="some/folder").resolved().model == "efficientnet_lite0"
-    assert (pf.epochs, pf.val_every, pf.threads) == (40, 4, None)  # threads: the free cores when it starts
+    assert (pf.epochs, pf.val_every, pf.threads) == (37, 4, None)  # threads: the free cores when it starts
     assert SegmentConfig(data="pennfudan", threads=0).resolved().threads == 0  # 0 = the free cores, kept
     for other in (
         SegmentConfig(data="pennfudan", model="unet"),
