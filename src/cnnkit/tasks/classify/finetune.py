@@ -235,7 +235,6 @@ def finetune(
             "stages": stages,
             "val_loss": {f"{s}:{k}" if len(kinds) > 1 else s: v for (s, k), v in losses.items()},
         }
-    plan = stage_plan(clf, stages, freeze_until, cfg, train_set, val_set, cache, top_cached)
     settings = {k: v for k, v in cfg.__dict__.items() if k != "log"}
     settings["head"] = head
     log = (lambda epoch, row: cfg.log(_stage_row(row))) if cfg.log else None
@@ -244,40 +243,35 @@ def finetune(
     # torchrun the run trains across the processes as before (each trained the candidates alone)
     alone = int(os.environ.get("WORLD_SIZE", "1")) == 1
     kept = trained.get((stages[0], head)) if len(stages) == 1 and not resume and alone else None
-    if kept is not None:
-        state, history, ran_in = kept
-        try:
+    try:
+        if kept is not None:
+            state, history, ran_in = kept
             clf.load_state_dict(state)
             if out is not None:
                 engine.save_run(task, clf, history, out, seed=cfg.seed, config=config, precision=ran_in)
-        finally:
-            for p in model.parameters():
-                p.requires_grad_(True)
-        for i, row in enumerate(history):
-            if log is not None:
+            for i, row in enumerate(history if log is not None else []):
                 log(i, row)
-        model.eval()
-        return [_stage_row(r) for r in history]
-    try:
-        run = engine.fit(
-            task,
-            clf,
-            Data(train_set, val_set),
-            plan,
-            out,
-            resume=resume,
-            quiet=quiet,
-            device=cfg.device,
-            command="cnnkit finetune",
-            on_epoch_end=log,
-            precision=precision,
-            config=config,
-        )
+        else:
+            plan = stage_plan(clf, stages, freeze_until, cfg, train_set, val_set, cache, top_cached)
+            history = engine.fit(
+                task,
+                clf,
+                Data(train_set, val_set),
+                plan,
+                out,
+                resume=resume,
+                quiet=quiet,
+                device=cfg.device,
+                command="cnnkit finetune",
+                on_epoch_end=log,
+                precision=precision,
+                config=config,
+            ).history
     finally:
         for p in model.parameters():
             p.requires_grad_(True)
     model.eval()
-    return [_stage_row(r) for r in run.history]
+    return [_stage_row(r) for r in history]
 
 
 def stage_plan(
