@@ -80,18 +80,19 @@ def compare(name: str, full, train, val) -> list[list]:
     once, by the candidate with the most features, and each candidate's linear layer is solved on
     its columns; ``seconds`` is that shared transform plus the candidate's own solve and validation.
     """
-    nets = {
-        label: create_model(m, num_classes=len(full.classes), in_channels=full.channels, length=full.length)
-        for label, (m, _) in CANDIDATES.items()
+    models = {  # one network per model; candidates of the same model solve its head in turn
+        m: create_model(m, num_classes=len(full.classes), in_channels=full.channels, length=full.length)
+        for m, _ in CANDIDATES.values()
     }
     tick = time.perf_counter()
-    for net in nets.values():
+    for net in models.values():
         net.fit_biases(train.values)
-    widest = max(nets.values(), key=lambda net: net.num_features)
+    widest = max(models.values(), key=lambda net: net.num_features)
     x = rocket.transform(widest, train).double()  # mean 0, scale 1 as built: the raw features
     shared = time.perf_counter() - tick
     rows = []
-    for label, net in nets.items():
+    for label, (m, _) in CANDIDATES.items():
+        net = models[m]
         tick = time.perf_counter()
         fitted = rocket.fit_head(net, x[:, : net.num_features].clone(), train.labels, columns=CANDIDATES[label][1])
         wrong = (net.fc(rocket.transform(net, val)).argmax(1) != val.labels).double()
