@@ -2,14 +2,15 @@
 
 The candidates are closed-form models of ``cnnkit sequence train``, each a model and the feature
 sets its ridge classifier chooses between by leave-one-out error (``rocket.fit_head``'s
-``columns``): ``CANDIDATES``, the recipe first, then the challenger. Each is fitted on 80 % of a
-set's TRAIN (stratified, seed 0) and scored on the other 20 %. The challenger replaces the recipe
-when its mean validation error over the sets is lower by more than ``--margin`` and it wins at
-least as many sets as it loses (errors compared at 4 decimals); the rule and the margin are fixed
+``columns``): ``CANDIDATES``, the recipe first, then the challengers. Each is fitted on 80 % of a
+set's TRAIN (stratified, seed 0) and scored on the other 20 %. A challenger qualifies when its mean
+validation error over the sets is lower than the recipe's by more than ``--margin`` and it wins at
+least as many sets as it loses (errors compared at 4 decimals); the qualifying challenger with the
+largest gain replaces the recipe. The rule and the margin are fixed
 before a run (the records under ``docs/experiments/`` say which). Writes one TSV row per (set,
 candidate), smallest sets first (series x length), so that a run cut short has covered the most
-sets; an interrupted run resumes. Prints the means and the win / tie / loss count over the sets
-that both candidates have finished.
+sets; an interrupted run resumes. Prints the means and each challenger's win / tie / loss count over
+the sets that every candidate has finished.
 
     CNNKIT_DATA=../shared/data python benchmarks/ucr_recipe.py [--sets GunPoint ECG200 ...] [--hours 1]
 """
@@ -29,9 +30,10 @@ from cnnkit.engine.precision import cpu_name
 from cnnkit.models import create_model
 from cnnkit.tasks.sequence import rocket
 
-CANDIDATES = {  # label: (model, the feature sets its ridge chooses between); the recipe, then the challenger
-    "multirocket_hydra": ("multirocket_hydra", ("all",)),
+CANDIDATES = {  # label: (model, the feature sets its ridge chooses between); the recipe, then the challengers
     "multirocket_hydra|ppv": ("multirocket_hydra", ("all", "ppv")),  # what rocket.COLUMNS chooses between
+    "multirocket_hydra|ppv,minirocket": ("multirocket_hydra", ("all", "ppv", "minirocket")),
+    "multirocket_hydra|ppv,minirocket,hydra": ("multirocket_hydra", ("all", "ppv", "minirocket", "hydra")),
 }
 COLUMNS = [
     "dataset",
@@ -49,8 +51,8 @@ COLUMNS = [
 
 
 def summary(rows: list[list[str]], margin: float = 0.0) -> str:
-    """Mean validation error per model over the sets every model finished, and the challenger's
-    wins / ties / losses against the recipe."""
+    """Mean validation error per model over the sets every model finished, each challenger's wins /
+    ties / losses against the recipe, and which one the rule keeps."""
     err = {(r[0], r[4]): float(r[6]) for r in rows if int(r[2]) > 0}  # Fungi: 1 series a class, no val
     both = sorted({s for s, _ in err if all((s, c) in err for c in CANDIDATES)})
     if not both:
@@ -60,14 +62,19 @@ def summary(rows: list[list[str]], margin: float = 0.0) -> str:
         secs = sum(float(r[-1]) for r in rows if r[4] == model and r[0] in both)
         mean = sum(err[s, model] for s in both) / len(both)
         lines.append(f"{model:<18} mean validation error {mean:.4f} over {len(both)} sets, {secs:.0f} s")
-    base, new = CANDIDATES
-    diff = [round(err[s, new], 4) - round(err[s, base], 4) for s in both]
-    wins, losses = sum(d < 0 for d in diff), sum(d > 0 for d in diff)
-    gain = -sum(diff) / len(diff)
-    lines.append(f"{new} against {base}: {wins} wins, {len(diff) - wins - losses} ties, {losses} losses")
-    adopt = gain > margin and wins >= losses
+    base, *challengers = CANDIDATES
+    best, best_gain = base, margin
+    for new in challengers:
+        diff = [round(err[s, new], 4) - round(err[s, base], 4) for s in both]
+        wins, losses = sum(d < 0 for d in diff), sum(d > 0 for d in diff)
+        gain = -sum(diff) / len(diff)
+        lines.append(
+            f"{new} against {base}: {wins} wins, {len(diff) - wins - losses} ties, {losses} losses, gain {gain:.4f}"
+        )
+        if gain > best_gain and wins >= losses:
+            best, best_gain = new, gain
     lines.append(
-        f"rule (gain > {margin}, wins >= losses): gain {gain:.4f} -> {'adopt' if adopt else 'keep'} {new if adopt else base}"
+        f"rule (gain > {margin} and wins >= losses; of those the largest gain): {'adopt' if best != base else 'keep'} {best}"
     )
     return "\n".join(lines)
 

@@ -365,10 +365,19 @@ class MultiRocket1d(Classifier):
         self.diff.fit_biases(first_difference(x, n), (n - 1).clamp(min=1), g)
 
     def column_sets(self) -> dict[str, torch.Tensor]:
-        """Named sets of feature columns that a linear layer may be restricted to: ``all``, and ``ppv``
-        (the proportion of positive values of both representations: MiniRocket's one pool)."""
+        """Named sets of feature columns that a linear layer may be restricted to: ``all``; ``ppv``
+        (the proportion of positive values of both representations: MiniRocket's one pool);
+        ``minirocket`` (that pool of the series alone, as MiniRocket pools) and, with Hydra, ``hydra``
+        (its counts alone)."""
         dense = self.raw.num_features + self.diff.num_features
-        return {"all": torch.arange(self.num_features), "ppv": torch.arange(0, dense, len(POOLS))}
+        sets = {
+            "all": torch.arange(self.num_features),
+            "ppv": torch.arange(0, dense, len(POOLS)),
+            "minirocket": torch.arange(0, self.raw.num_features, len(POOLS)),
+        }
+        if self.hydra is not None:
+            sets["hydra"] = torch.arange(dense, self.num_features)
+        return sets
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, L) series, zero-padded after their ends -> (B, F) pooled features, standardised.
