@@ -25,7 +25,7 @@ from cnnkit.models.rocket import (
     series_lengths,
 )
 from cnnkit.tasks.sequence import load_sequence
-from cnnkit.tasks.sequence.rocket import fit, fit_head, ridge_loo
+from cnnkit.tasks.sequence.rocket import COLUMNS, fit, fit_head, ridge_loo
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -134,6 +134,20 @@ def test_fit_head_refuses_an_unknown_feature_set():
     sets = net.column_sets()
     assert sets["ppv"].tolist() == list(range(0, net.sparse_features.start, 4))  # the first of the four pools
     assert len(sets["all"]) == net.num_features
+    assert sets["minirocket"].tolist() == list(range(0, net.raw.num_features, 4))  # the series' own PPV
+    assert sets["hydra"].tolist() == list(range(net.sparse_features.start, net.num_features))
+
+
+def test_fit_head_leaves_out_a_default_set_the_model_lacks():
+    net = create_model("multirocket", num_classes=2, length=40, features=700)
+    assert "hydra" in COLUMNS and "hydra" not in net.column_sets()  # plain MultiRocket has no Hydra counts
+    g = torch.Generator().manual_seed(0)
+    fitted = fit_head(net, torch.randn(8, net.num_features, dtype=torch.float64, generator=g), torch.tensor([0, 1] * 4))
+    assert fitted["columns"] in ("all", "ppv", "minirocket")
+    with pytest.raises(CnnkitError, match="unknown feature sets"):
+        fit_head(
+            net, torch.randn(8, net.num_features, dtype=torch.float64), torch.tensor([0, 1] * 4), columns=("hydra",)
+        )
 
 
 def _ridge(x, y, alpha):

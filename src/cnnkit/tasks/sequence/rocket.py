@@ -11,11 +11,12 @@ residual is kept. Beyond 4,096 training series the penalty is chosen on 4,096 of
 set is solved at it (:func:`ridge_loo`). Nothing here is a gradient
 step: the transform has no learned weight and the ridge solution is solved, not iterated.
 
-The same leave-one-out residual also chooses the features (``COLUMNS``): all of them, or the
-proportions of positive values alone (``ppv``: MiniRocket's one pool, on both representations), the
-other columns' weights then 0. A set whose training series are few or noisy can fit better on the
-smaller set; on most sets all the features win. The choice was made on validation splits of TRAIN
-(``benchmarks/ucr_recipe.py``).
+The same leave-one-out residual also chooses the features (``COLUMNS``): all of them; the
+proportions of positive values alone (``ppv``: MiniRocket's one pool, on both representations); that
+pool of the series alone (``minirocket``: MiniRocket's own features); or Hydra's counts alone
+(``hydra``, where the model has them). The other columns' weights are then 0. A set whose training
+series are few or noisy can fit better on a smaller set; on most sets all the features win. The
+candidates were chosen on validation splits of TRAIN (``benchmarks/ucr_recipe.py``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,12 @@ from cnnkit.models.rocket import MultiRocket1d
 ALPHAS = tuple(10 ** (-3 + 6 * i / 9) for i in range(10))  # numpy's logspace(-3, 3, 10)
 BATCH = 256  # series transformed at a time
 LOO_SERIES = 4096  # at most this many training series choose the penalty (see ridge_loo)
-COLUMNS = ("all", "ppv")  # the feature sets the ridge chooses between (MultiRocket1d.column_sets)
+COLUMNS = (
+    "all",
+    "ppv",
+    "minirocket",
+    "hydra",
+)  # the feature sets the ridge chooses between (MultiRocket1d.column_sets)
 
 
 @torch.no_grad()
@@ -83,7 +89,8 @@ def fit_head(net: MultiRocket1d, x: torch.Tensor, labels: torch.Tensor, alphas=A
         labels: (N,) class indices.
         alphas: the penalties compared by leave-one-out error.
         columns: names of :meth:`~cnnkit.models.rocket.MultiRocket1d.column_sets`, the feature sets
-            compared by leave-one-out error with the penalties (the others' weights are 0).
+            compared by leave-one-out error with the penalties (the others' weights are 0); a name
+            of :data:`COLUMNS` that the model lacks (``hydra`` without Hydra) is left out.
 
     Returns:
         ``{"alpha", "loo_error", "features", "columns"}`` as :func:`fit` returns them.
@@ -107,7 +114,8 @@ def fit_head(net: MultiRocket1d, x: torch.Tensor, labels: torch.Tensor, alphas=A
     if k == 2:
         targets = targets[:, 1:]  # one column: +1 for the second class
     sets = net.column_sets()
-    unknown = [c for c in columns if c not in sets]
+    unknown = [c for c in columns if c not in sets and c not in COLUMNS]
+    columns = [c for c in columns if c in sets]  # a default set the model lacks (hydra) is not a candidate
     if unknown or not columns:
         raise CnnkitError(f"unknown feature sets {unknown or list(columns)}; use some of {', '.join(sets)}")
     w, b, alpha, loo, rows, pick = ridge_loo(x, targets, alphas, columns=[sets[c].to(x.device) for c in columns])
@@ -166,24 +174,30 @@ def ridge_loo(x: torch.Tensor, y: torch.Tensor, alphas, subset: int = LOO_SERIES
     # (N, N), in double: the smallest penalties read its smallest eigenvalues. Centring the Gram matrix
     # is centring x (H x x^T H, H = I - 1 1^T / N), without a second (N, F) copy of x
     parts = {key: _gram(x[:, lo:hi]) for key, (lo, hi) in groups.items()}
-    grams = [_centred(sum(g for key, g in parts.items() if key >> i & 1)) for i in range(len(candidates))]
-    del parts
+
+    def gram(i: int, parts: dict) -> torch.Tensor:  # candidate i's, centred
+        return _centred(sum(g for key, g in parts.items() if key >> i & 1))
+
     rows = torch.arange(n, device=x.device)
     if n > subset:  # the choice from a seeded subset's own Gram matrix, centred on its own mean
         rows = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:subset].sort().values.to(x.device)
         ys = y[rows] - y[rows].mean(dim=0)
-        choices = [_loo_choice(_centred(g[rows][:, rows]), ys, alphas) for g in grams]
+        sub = {key: g[rows][:, rows] for key, g in parts.items()}
+        choices = [_loo_choice(gram(i, sub), ys, alphas) for i in range(len(candidates))]
+        del sub
     else:
-        choices = [_loo_choice(g, yc, alphas) for g in grams]
+        choices = [_loo_choice(gram(i, parts), yc, alphas) for i in range(len(candidates))]
     pick = min(range(len(choices)), key=lambda i: choices[i][0])  # the first of equals: the earlier candidate
     _, alpha, resid, dual = choices[pick]
-    if n > subset:
-        eye = torch.eye(n, dtype=x.dtype, device=x.device)
-        dual = torch.cholesky_solve(yc, torch.linalg.cholesky(grams[pick] + alpha * eye))
+    if n > subset:  # the whole set at the chosen penalty: only the chosen candidate's (N, N) matrix
+        chosen = gram(pick, parts)
+        chosen.diagonal().add_(alpha)
+        dual = torch.cholesky_solve(yc, torch.linalg.cholesky(chosen))
+    del parts
     w = x.new_zeros(f, y.shape[1])
     for key, (lo, hi) in groups.items():
         if key >> pick & 1:  # centred x's transpose times the dual solution, back in the original order
-            w[order[lo:hi]] = x[:, lo:hi].T @ dual - xm[lo:hi, None] * dual.sum(dim=0)
+            w[order[lo:hi]] = (dual.T @ x[:, lo:hi]).T - xm[lo:hi, None] * dual.sum(dim=0)  # not x.T @ dual: 6x slower
     b = ym - (xm[:, None] * w[order]).sum(dim=0)
     return RidgeFit(w, b, alpha, y[rows] - resid, rows, pick)
 
