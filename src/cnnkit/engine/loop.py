@@ -155,7 +155,7 @@ def fit(
             print(f"note: --precision bf16 {why}; --precision auto picks fp32 here", file=sys.stderr)
         gen = torch.Generator(d.device).manual_seed(plan.seed)
         ema = EMA(model, plan.ema) if plan.ema else None
-        done, history = _start(out, resume, model, ema, gen, config)
+        done, history = _start(out, resume, model, ema, gen, config, task)
         deploy = ema.module if ema else model
         seconds, images, first = 0.0, 0, 0
         try:
@@ -164,7 +164,7 @@ def fit(
                 if done < last:
                     setup = phase.begin(model)
                     if first < done:  # resumed inside this phase: its optimizer too
-                        load_resume(out / RESUME_FILE, model, setup.optimizers, ema, gen)
+                        load_resume(out / RESUME_FILE, model, setup.optimizers, ema, gen, task)
                     tick = time.perf_counter()
                     try:
                         images += _run_phase(
@@ -512,7 +512,7 @@ def _check_weights(model: nn.Module, epoch: int, name: str, peak: float, ema: EM
         )
 
 
-def _start(out: Path | None, resume: bool, model, ema, gen, config: dict) -> tuple[int, list[dict]]:
+def _start(out: Path | None, resume: bool, model, ema, gen, config: dict, task=None) -> tuple[int, list[dict]]:
     """(epochs done, history): 0 and [] for a new run; a resumed run's weights and RNG restored."""
     path = out / RESUME_FILE if out is not None else None
     if resume and out is None:
@@ -520,7 +520,7 @@ def _start(out: Path | None, resume: bool, model, ema, gen, config: dict) -> tup
     check_new_run(out, resume)
     if not resume:
         return 0, []
-    epoch, history, saved = load_resume(path, model, None, ema, gen)
+    epoch, history, saved = load_resume(path, model, None, ema, gen, task)
     # a setting one side lacks is one a newer cnnkit added or dropped, not a difference; where the run
     # computes (RESUME_FREE) may change
     keys = sorted(k for k in set(saved) & set(config) - set(RESUME_FREE) if saved[k] != config[k])
@@ -536,7 +536,8 @@ def _save_run(out, task, model, deploy, optimizers, ema, gen, history, config, p
     """Resume state, deployable model, config.yaml, metrics.csv and (``draw``) curves.png, each file atomic."""
     if config and not (out / CONFIG_FILE).is_file():
         atomic_write_bytes(out / CONFIG_FILE, config_yaml(config.get("args", config)))
-    save_resume(out / RESUME_FILE, model, optimizers, ema, gen, len(history), history, config)
+    state = task.state_dict() if hasattr(task, "state_dict") else None
+    save_resume(out / RESUME_FILE, model, optimizers, ema, gen, len(history), history, config, state)
     _save_model(out, task, deploy, history, precision)
     keys = [k for k in dict.fromkeys(k for r in history for k in r) if k not in ("lr", "seconds")]
     write_metrics_csv(out / "metrics.csv", history, keys + ["lr", "seconds"])  # rows without validation too

@@ -134,6 +134,7 @@ def save_resume(
     epoch: int,
     history: list[dict],
     config: dict,
+    task_state: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Everything needed to continue exactly after ``epoch`` epochs.
 
@@ -146,8 +147,11 @@ def save_resume(
         epoch: epochs completed.
         history: one row per epoch.
         config: the run's settings.
+        task_state: the task's own tensors (its ``state_dict()``: what training built besides the
+            weights, such as the per-image losses that pruning reads), or None.
     """
     tensors = cpu_tensors(model.state_dict(), "model.")
+    tensors.update(cpu_tensors(task_state or {}, "task."))
     if ema is not None:
         tensors.update(cpu_tensors(ema.state_dict(), "ema."))
     meta = {"format": FORMAT, "epoch": epoch, "history": history, "config": config}
@@ -175,14 +179,18 @@ def load_resume(
     optimizer: torch.optim.Optimizer | list[torch.optim.Optimizer] | None,
     ema: EMA | None,
     generator: torch.Generator,
+    task=None,
 ) -> tuple[int, list[dict], dict]:
     """Restore what :func:`save_resume` wrote; returns (epochs done, history, config).
 
     ``optimizer=None`` skips its state: a run resumed where a new phase (a new optimizer) begins.
-    A list restores each optimizer saved in that order."""
+    A list restores each optimizer saved in that order. A ``task`` with ``load_state_dict`` gets
+    its own tensors back."""
     tensors, meta = read_checkpoint(path)
     try:
         model.load_state_dict(strip_prefix(tensors, "model."))
+        if hasattr(task, "load_state_dict"):
+            task.load_state_dict(strip_prefix(tensors, "task."))
         if ema is not None:
             ema.load_state_dict(strip_prefix(tensors, "ema."))
         optimizers = [] if optimizer is None else optimizer if isinstance(optimizer, list) else [optimizer]

@@ -51,6 +51,11 @@ class Task(Protocol):
     and drawn in ``curves.png``; every optimizer is saved in the resume file. Such a task trains on
     one process (no DDP).
 
+    A task that keeps state of its own across epochs (the classifier's per-image losses, which its
+    pruning reads) defines ``state_dict() -> {name: tensor}`` and ``load_state_dict(tensors)``: the
+    engine saves that state in the resume file and restores it, so that a resumed run continues
+    exactly.
+
     Attributes:
         name: the task's name, stored in the checkpoint: ``classify`` | ``detect`` | ``segment`` | ...
         metric: the validation number that names the best epoch (higher is better), e.g. ``acc``.
