@@ -247,3 +247,36 @@ def test_cli_predict_bad_image(run, tmp_path, capsys):
     (tmp_path / "x.png").write_text("not an image")
     assert main(["predict", str(run.out), str(tmp_path / "x.png")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_pruning_leaves_out_well_learned_images_and_weights_the_others_below_the_mean():
+    """InfoBatch: the first epoch sees every image; then images whose last loss is below the mean are
+    left out at the ``prune`` rate, the kept ones below it weighted 1 / (1 - prune), the rest weighted 1."""
+    from cnnkit.data.imageset import ImageSet
+    from cnnkit.tasks.classify.task import ClassifyTask
+
+    n = 400
+    data = ImageSet(torch.zeros(n, 1, 4, 4, dtype=torch.uint8), torch.arange(n) % 2, ["a", "b"])
+    task = ClassifyTask(batch_size=10, prune=0.75, drop_last=False)  # every kept image in a batch
+    g = torch.Generator().manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
+    first = task.batches(data, g)
+    assert len(first) == n // 10  # no losses yet: every image
+    for batch in first:
+        _, _, idx, weight = batch
+        assert torch.equal(weight, torch.ones(len(idx)))
+        task.loss(model, batch)
+    hard = torch.arange(n) < 40  # give a tenth of the images a large last loss
+    task._fresh = torch.where(hard, 5.0, 0.1)
+    second = task.batches(data, g)
+    kept = torch.cat([b[2] for b in second])
+    assert hard[kept].sum() == 40  # every image above the mean is kept
+    easy = (~hard[kept]).sum().item()
+    assert 360 * 0.25 - 30 < easy < 360 * 0.25 + 30  # about a quarter of the others
+    assert len(kept) == 40 + easy and len(second) == -(-len(kept) // 10)  # steps from the kept images only
+    for _, _, idx, weight in second:
+        assert torch.equal(weight, torch.where(hard[idx], 1.0, 4.0))
+    state = task.state_dict()  # what the resume file keeps: the merged losses
+    assert torch.equal(state["losses"], torch.where(hard, 5.0, 0.1))
+    with pytest.raises(CnnkitError, match="--prune must be in"):
+        train(preset("fast", prune=1.0), "unused", quiet=True)

@@ -44,6 +44,11 @@ class ClassifyTask:
         info: checkpoint metadata beside the classifier's own: model, dataset, config, ...
         name: ``"classify"``, stored as the checkpoint's task.
         metric: ``"acc"``: validation accuracy names the best epoch.
+        prune: InfoBatch's pruning (Qin et al. 2024, https://arxiv.org/abs/2303.04947): each epoch
+            leaves out this share, drawn at random, of the training images whose last loss was
+            below the mean of the last losses, and scales the loss of the others below the mean by
+            1 / (1 - prune), so that the expected gradient stays the full epoch's. The first epoch,
+            with no losses yet, sees every image. 0: off.
 
     Example:
         >>> task = ClassifyTask(batch_size=128, label_smoothing=0.1)
@@ -62,23 +67,58 @@ class ClassifyTask:
     info: dict = field(default_factory=dict)
     name: str = "classify"
     metric: str = "acc"
+    prune: float = 0.0
+    _losses: torch.Tensor | None = field(default=None, init=False, repr=False)  # (N,) each image's last loss
+    _fresh: torch.Tensor | None = field(default=None, init=False, repr=False)  # (N,) this epoch's, inf: unseen
 
     def batches(self, data: ImageSet | Features, generator: torch.Generator, train: bool = True):
-        """Shuffled (x, y) batches: uint8 images scaled to [0, 1] and augmented; features as they are."""
+        """Shuffled (x, y) batches: uint8 images scaled to [0, 1] and augmented; features as they are.
+        With ``prune``, training batches are (x, y, indices, loss weights) of the kept images."""
         n, b = len(data), self.batch_size
-        order = (
-            torch.randperm(n, generator=generator, device=generator.device)
-            if train
-            else torch.arange(n, device=generator.device)
-        )
+        weight = None
+        if train and self.prune and isinstance(data, ImageSet):
+            order, weight = self._pruned(n, generator)
+        elif train:
+            order = torch.randperm(n, generator=generator, device=generator.device)
+        else:
+            order = torch.arange(n, device=generator.device)
         if self.drop_last:
-            chunks = [order[i * b : (i + 1) * b] for i in range(n // b)]
+            chunks = [order[i * b : (i + 1) * b] for i in range(len(order) // b)]
         else:
             chunks = [c for c in order.split(b) if len(c) >= 2]  # BatchNorm needs 2
         chunks = chunks[: self.max_batches] if self.max_batches else chunks
-        return _Batches(chunks, lambda idx: self._batch(data, idx, generator, train))
+        return _Batches(chunks, lambda idx: self._batch(data, idx, generator, train, weight))
 
-    def _batch(self, data, idx, generator, train):
+    def _pruned(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """This epoch's kept images in random order, and every image's loss weight (InfoBatch)."""
+        device = generator.device
+        if self._losses is None or len(self._losses) != n:
+            self._losses = torch.full((n,), float("inf"), device=device)
+        losses = self._losses.to(device)
+        if self._fresh is not None:  # the last epoch's losses; under torchrun each rank saw its shard
+            fresh = self._fresh.to(device)
+            if torch.distributed.is_initialized():
+                torch.distributed.all_reduce(fresh, torch.distributed.ReduceOp.MIN)
+            losses = torch.where(fresh.isfinite(), fresh, losses)
+        self._losses, self._fresh = losses, torch.full((n,), float("inf"), device=device)
+        seen = losses.isfinite()
+        low = seen & (losses < losses[seen].mean()) if bool(seen.any()) else seen
+        drop = low & (torch.rand(n, generator=generator, device=device) < self.prune)
+        weight = torch.where(low, 1.0 / (1.0 - self.prune), 1.0)
+        kept = (~drop).nonzero().flatten()
+        return kept[torch.randperm(len(kept), generator=generator, device=device)], weight
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Pruning's per-image losses (none without pruning): the engine saves them with the resume state."""
+        if self._losses is None:
+            return {}
+        return {"losses": self._losses, "fresh": self._fresh if self._fresh is not None else self._losses}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`state_dict` gave (a run resumed between epochs)."""
+        self._losses, self._fresh = state.get("losses"), state.get("fresh")
+
+    def _batch(self, data, idx, generator, train, weight=None):
         if isinstance(data, Features):
             idx = idx.to(data.x.device)
             return data.x[idx], data.labels[idx]
@@ -86,15 +126,23 @@ class ClassifyTask:
         x = data.images[idx].float().div_(255)
         if train and self.augment is not None:
             x = self.augment(x, generator)
-        return x.contiguous(memory_format=_fmt(self.channels_last)), data.labels[idx]
+        x = x.contiguous(memory_format=_fmt(self.channels_last))
+        return (x, data.labels[idx]) if weight is None else (x, data.labels[idx], idx, weight[idx])
 
     def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Label-smoothed cross-entropy, and the batch's sums of loss and correct answers to log."""
-        x, y = batch
+        """Label-smoothed cross-entropy, and the batch's sums of loss and correct answers to log.
+        A pruned batch's images' losses are weighted and kept for the next epoch's choice."""
+        x, y = batch[:2]
         logits = model(x).float()
-        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         n = torch.tensor(float(y.numel()), device=y.device)
-        return loss, {"loss": loss.detach() * y.numel(), "acc": (logits.argmax(1) == y).sum(), "n": n}
+        if len(batch) == 2:
+            loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+            return loss, {"loss": loss.detach() * y.numel(), "acc": (logits.argmax(1) == y).sum(), "n": n}
+        idx, weight = batch[2:]
+        each = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing, reduction="none")
+        self._fresh[idx.to(self._fresh.device)] = each.detach().to(self._fresh.device)
+        loss = (each * weight.to(each.device)).mean()
+        return loss, {"loss": each.detach().sum(), "acc": (logits.argmax(1) == y).sum(), "n": n}
 
     def evaluate(self, model: nn.Module, data: ImageSet | Features) -> dict[str, float]:
         """Loss and accuracy without TTA (5 passes: only the final answer and `cnnkit eval` use it),

@@ -151,6 +151,7 @@ def train_one(
         eval_batch_size=cfg.eval_batch_size,
         val_name=_val_label(cfg),
         info=_info(cfg, train_set),
+        prune=cfg.prune,
     )
     plan = single_phase_plan(cfg, lambda m: m.net, val_every=1 if cfg.val_every is None else cfg.val_every)
     run = engine.fit_run(
