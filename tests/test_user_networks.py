@@ -21,7 +21,8 @@ def test_another_network_gets_the_user_network_recipe_and_records_it():
             USER_NETWORK[k] for k in ("optimizer", "lr", "batch_size")
         )
         assert cfg.recipe == "fast+user-network" and cfg.to_dict()["recipe"] == "fast+user-network"
-        assert (cfg.epochs, cfg.ema) == (6, 0.99)  # the rest is the preset's
+        assert (cfg.epochs, cfg.ema) == (PRESETS["fast"]["epochs"], 0.99)  # the rest is the preset's
+        assert (cfg.prune, cfg.val_every) == (0.0, None)  # tuned for the preset's own network only
     mine = preset("fast", model="lenet5", lr=0.05, optimizer="sgd")  # what the user sets wins
     assert (mine.optimizer, mine.lr, mine.recipe) == ("sgd", 0.05, "fast+user-network")
     assert TrainConfig.from_dict({**preset("fast").to_dict()}).recipe == "fast"  # stored and read back

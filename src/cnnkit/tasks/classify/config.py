@@ -76,7 +76,7 @@ class TrainConfig(RunConfig):
     recipe: str = option(
         "",
         help="the recipe :func:`preset` chose: the preset's name for its own network, "
-        "'<preset>+user-network' (AdamW at 5e-3, batch 32) for any other",
+        "'<preset>+user-network' (AdamW at 5e-3, batch 32, no pruning) for any other",
         cli=False,
     )
 
@@ -125,15 +125,18 @@ PRESETS: dict[str, dict] = {
 # one-cycle schedule, batches of 32 (Keras' fit trains such networks with Adam and batches of 32).
 # The presets' SGD at lr 0.2-0.3 is tuned for their batch-normalised networks and diverges on a
 # plain convnet without batch norm. Measured: docs/experiments/2026-12-03-user-networks.md.
-USER_NETWORK = dict(optimizer="adamw", lr=5e-3, batch_size=32)
+# Pruning and validating only after the last epoch were chosen for the preset's own network: another
+# network trains on every image of every epoch and is validated after each.
+USER_NETWORK = dict(optimizer="adamw", lr=5e-3, batch_size=32, prune=0.0, val_every=None)
 
 
 def preset(name: str = "fast", **overrides) -> TrainConfig:
     """A named, tuned configuration with ``overrides`` on top.
 
     When ``model`` names a network other than the preset's own (a zoo name, a spec, FILE.py:FUNCTION),
-    the optimizer, learning rate and batch size are :data:`USER_NETWORK`'s (the rest is the preset's), unless
-    ``overrides`` set them; ``recipe`` records which was used.
+    the optimizer, learning rate and batch size are :data:`USER_NETWORK`'s, without pruning and with
+    validation after every epoch (the rest is the preset's), unless ``overrides`` set them;
+    ``recipe`` records which was used.
 
     Args:
         name: ``fast`` (the quick-start network: a few epochs, EMA and test-time augmentation) or
