@@ -144,7 +144,7 @@ def test_fit_head_leaves_out_a_default_set_the_model_lacks():
     g = torch.Generator().manual_seed(0)
     fitted = fit_head(net, torch.randn(8, net.num_features, dtype=torch.float64, generator=g), torch.tensor([0, 1] * 4))
     assert fitted["columns"] in ("all", "ppv", "minirocket")
-    with pytest.raises(CnnkitError, match="unknown feature sets"):
+    with pytest.raises(CnnkitError, match=r"unknown feature sets \[.hydra.\]; use some of all, ppv, minirocket"):
         fit_head(
             net, torch.randn(8, net.num_features, dtype=torch.float64), torch.tensor([0, 1] * 4), columns=("hydra",)
         )

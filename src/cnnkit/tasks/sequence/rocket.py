@@ -33,12 +33,8 @@ from cnnkit.models.rocket import MultiRocket1d
 ALPHAS = tuple(10 ** (-3 + 6 * i / 9) for i in range(10))  # numpy's logspace(-3, 3, 10)
 BATCH = 256  # series transformed at a time
 LOO_SERIES = 4096  # at most this many training series choose the penalty (see ridge_loo)
-COLUMNS = (
-    "all",
-    "ppv",
-    "minirocket",
-    "hydra",
-)  # the feature sets the ridge chooses between (MultiRocket1d.column_sets)
+# the feature sets the ridge chooses between (MultiRocket1d.column_sets)
+COLUMNS = ("all", "ppv", "minirocket", "hydra")
 
 
 @torch.no_grad()
@@ -114,10 +110,11 @@ def fit_head(net: MultiRocket1d, x: torch.Tensor, labels: torch.Tensor, alphas=A
     if k == 2:
         targets = targets[:, 1:]  # one column: +1 for the second class
     sets = net.column_sets()
-    unknown = [c for c in columns if c not in sets and c not in COLUMNS]
-    columns = [c for c in columns if c in sets]  # a default set the model lacks (hydra) is not a candidate
+    wanted = list(columns)
+    unknown = [c for c in wanted if c not in sets and c not in COLUMNS]
+    columns = [c for c in wanted if c in sets]  # a default set the model lacks (hydra) is not a candidate
     if unknown or not columns:
-        raise CnnkitError(f"unknown feature sets {unknown or list(columns)}; use some of {', '.join(sets)}")
+        raise CnnkitError(f"unknown feature sets {unknown or wanted}; use some of {', '.join(sets)}")
     w, b, alpha, loo, rows, pick = ridge_loo(x, targets, alphas, columns=[sets[c].to(x.device) for c in columns])
     if k == 2:
         w, b = torch.cat([-w, w], dim=1) / 2, torch.cat([-b, b]) / 2
