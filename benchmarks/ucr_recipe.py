@@ -31,9 +31,9 @@ from cnnkit.models import create_model
 from cnnkit.tasks.sequence import rocket
 
 CANDIDATES = {  # label: (model, the feature sets its ridge chooses between); the recipe, then the challengers
-    "multirocket_hydra|ppv": ("multirocket_hydra", ("all", "ppv")),  # what rocket.COLUMNS chooses between
+    "multirocket_hydra|ppv,minirocket,hydra": ("multirocket_hydra", rocket.COLUMNS),  # the recipe
+    "multirocket_hydra|ppv": ("multirocket_hydra", ("all", "ppv")),
     "multirocket_hydra|ppv,minirocket": ("multirocket_hydra", ("all", "ppv", "minirocket")),
-    "multirocket_hydra|ppv,minirocket,hydra": ("multirocket_hydra", ("all", "ppv", "minirocket", "hydra")),
 }
 COLUMNS = [
     "dataset",
