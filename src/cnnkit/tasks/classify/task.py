@@ -110,9 +110,7 @@ class ClassifyTask:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Pruning's per-image losses (none without pruning): the engine saves them with the resume state."""
-        if self._losses is None:
-            return {}
-        return {"losses": self._losses, "fresh": self._fresh if self._fresh is not None else self._losses}
+        return {} if self._losses is None else {"losses": self._losses, "fresh": self._fresh}  # set together
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore what :meth:`state_dict` gave (a run resumed between epochs)."""

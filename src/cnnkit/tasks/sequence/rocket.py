@@ -172,8 +172,8 @@ def ridge_loo(x: torch.Tensor, y: torch.Tensor, alphas, subset: int = LOO_SERIES
     # is centring x (H x x^T H, H = I - 1 1^T / N), without a second (N, F) copy of x
     parts = {key: _gram(x[:, lo:hi]) for key, (lo, hi) in groups.items()}
 
-    def gram(i: int, parts: dict) -> torch.Tensor:  # candidate i's, centred
-        return _centred(sum(g for key, g in parts.items() if key >> i & 1))
+    def gram(i: int, blocks: dict) -> torch.Tensor:  # candidate i's, centred, from the groups' Gram blocks
+        return _centred(sum(g for key, g in blocks.items() if key >> i & 1))
 
     rows = torch.arange(n, device=x.device)
     if n > subset:  # the choice from a seeded subset's own Gram matrix, centred on its own mean
