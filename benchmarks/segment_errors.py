@@ -62,11 +62,10 @@ def band(fg: torch.Tensor, d: int) -> torch.Tensor:
 
 
 def main(argv=None) -> int:
-    from cnnkit.layers.upsample import resize
     from cnnkit.tasks.segment.config import SegmentConfig
     from cnnkit.tasks.segment.data import load_splits
     from cnnkit.tasks.segment.load import load_segmenter
-    from cnnkit.tasks.segment.predict import write_prediction
+    from cnnkit.tasks.segment.predict import image_logits, write_prediction
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", help="a segmentation run folder")
@@ -87,20 +86,14 @@ def main(argv=None) -> int:
         f"scales {list(model.test_scale)}; the network sees each photo shrunk to {cfg.max_side} px"
     )
 
-    sums = {k: torch.zeros(3) for k in ("threshold",)}
+    total = torch.zeros(3)
     by_t = {t: torch.zeros(3) for t in THRESHOLDS}
     by_d = {d: torch.zeros(3) for d in BANDS}
     loose_fp = 0.0
     photos = []
     with torch.no_grad():
         for name, image, mask in zip(data.names, data.images, data.masks):
-            h, w = image.shape[1:]
-            x = image[None].float().div(255)
-            if cfg.max_side and max(h, w) > cfg.max_side:
-                s = cfg.max_side / max(h, w)
-                size = (max(1, round(h * s)), max(1, round(w * s)))
-                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-            probs = resize(model(x).float(), (h, w), "bilinear").softmax(1)[0]  # (K, H, W)
+            probs = image_logits(model, image, cfg.max_side).softmax(0)  # (K, H, W), as `predict` answers
             pred = probs.argmax(0)
             m = mask.long()
             seen = m != 255
@@ -118,10 +111,9 @@ def main(argv=None) -> int:
             regions = components(fg)
             touching = torch.unique(regions[fg & gt])
             loose_fp += float((fg & ~gt & ~torch.isin(regions, touching)).sum())
-            sums["threshold"] += counts
+            total += counts
             photos.append((float(counts[1] + counts[2]), name, image, fg, gt, counts))
 
-    total = sums["threshold"]
     tp, fp, fn = total.tolist()
     print(
         f"foreground IoU {iou(total):.4f}: {tp:,.0f} right, {fp:,.0f} false positive, {fn:,.0f} false negative pixels"

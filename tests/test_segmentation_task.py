@@ -110,13 +110,15 @@ def test_prediction_pictures_grey_indices_and_overlay(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from cnnkit.tasks.segment.predict import palette, predict_image, write_prediction
+    from cnnkit.tasks.segment.predict import image_logits, palette, predict_image, write_prediction
 
     assert palette(4).tolist() == [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0]]  # VOC's colours
     image = photos(1).images[0]  # (3, 30, 41)
     seg = Segmenter(Oracle(), [0.0, 0.0, 0.0], [1.0, 1.0, 1.0], ["background", "thing"])
     mask = predict_image(seg, image, max_side=20)  # seen at 20 px, answered at 41
     assert mask.shape == (30, 41)
+    scores = image_logits(seg, image, max_side=20)  # what the label map is the argmax of
+    assert scores.shape == (2, 30, 41) and torch.equal(scores.argmax(0), mask)
     assert (mask == photos(1).masks[0]).float().mean() > 0.9
     grey, colour = write_prediction(image, mask, 2, tmp_path, "p0")
     g = np.asarray(Image.open(grey))

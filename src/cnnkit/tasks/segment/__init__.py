@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from cnnkit.tasks.segment.config import SegmentConfig
     from cnnkit.tasks.segment.evaluate import evaluate, evaluate_run
     from cnnkit.tasks.segment.load import load_segmenter
-    from cnnkit.tasks.segment.predict import Segmenter, predict_image, predict_masks, write_prediction
+    from cnnkit.tasks.segment.predict import Segmenter, image_logits, predict_image, predict_masks, write_prediction
     from cnnkit.tasks.segment.task import SegmentTask
     from cnnkit.tasks.segment.train import train
 
@@ -22,7 +22,7 @@ lazy_exports(
         "config": ["SegmentConfig"],
         "evaluate": ["evaluate", "evaluate_run"],
         "load": ["load_segmenter"],
-        "predict": ["Segmenter", "predict_image", "predict_masks", "write_prediction"],
+        "predict": ["Segmenter", "image_logits", "predict_image", "predict_masks", "write_prediction"],
         "task": ["SegmentTask"],
         "train": ["train"],
     },
@@ -34,6 +34,7 @@ __all__ = [
     "Segmenter",
     "evaluate",
     "evaluate_run",
+    "image_logits",
     "load_segmenter",
     "predict_image",
     "predict_masks",

@@ -185,8 +185,38 @@ def overlay(image: torch.Tensor, mask: torch.Tensor, num_classes: int, alpha: fl
 
 
 @torch.no_grad()
+def image_logits(model: Segmenter, image: torch.Tensor, max_side: int | None = None) -> torch.Tensor:
+    """The class scores of one photo, at the photo's size: what :func:`predict_image` takes the
+    label map from (its log-probabilities when the model averages flips or scales).
+
+    Args:
+        model: a :class:`Segmenter` (put in eval mode), or its exported file
+            (:func:`cnnkit.tasks.segment.load.onnx_segmenter`).
+        image: uint8 (C, H, W).
+        max_side: the network sees the photo shrunk so its longer side is at most this, and its
+            logits are resized back (None: as it is).
+
+    Returns:
+        (K, H, W) float scores on the CPU.
+
+    Example:
+        >>> probs = image_logits(load_segmenter("runs/seg"), read_pixels("street.jpg"), 384).softmax(0)  # doctest: +SKIP
+    """
+    from cnnkit.layers.upsample import resize
+
+    h, w = image.shape[1:]
+    x = image[None].float().div_(255)
+    if max_side is not None and max(h, w) > max_side:
+        s = max_side / max(h, w)
+        x = F.interpolate(
+            x, size=(max(1, round(h * s)), max(1, round(w * s))), mode="bilinear", align_corners=False, antialias=True
+        )
+    device = model_device(model)
+    return resize(model.eval()(x.to(device)).float(), (h, w), "bilinear")[0].cpu()  # (K, H, W)
+
+
 def predict_image(model: Segmenter, image: torch.Tensor, max_side: int | None = None) -> torch.Tensor:
-    """The class map of one photo, at the photo's size.
+    """The class map of one photo, at the photo's size: the argmax of :func:`image_logits`.
 
     Args:
         model: a :class:`Segmenter` (put in eval mode), or its exported file
@@ -201,18 +231,7 @@ def predict_image(model: Segmenter, image: torch.Tensor, max_side: int | None = 
     Example:
         >>> mask = predict_image(load_segmenter("runs/seg"), read_pixels("street.jpg"), max_side=384)  # doctest: +SKIP
     """
-    from cnnkit.layers.upsample import resize
-
-    h, w = image.shape[1:]
-    x = image[None].float().div_(255)
-    if max_side is not None and max(h, w) > max_side:
-        s = max_side / max(h, w)
-        x = F.interpolate(
-            x, size=(max(1, round(h * s)), max(1, round(w * s))), mode="bilinear", align_corners=False, antialias=True
-        )
-    device = model_device(model)
-    logits = resize(model.eval()(x.to(device)).float(), (h, w), "bilinear")  # (1, K, H, W)
-    return logits.argmax(1)[0].cpu()
+    return image_logits(model, image, max_side).argmax(0)
 
 
 def write_prediction(image: torch.Tensor, mask: torch.Tensor, num_classes: int, out_dir, stem: str):
