@@ -219,11 +219,9 @@ def predict_image(model: Segmenter, image: torch.Tensor, max_side: int | None = 
     """The class map of one photo, at the photo's size: the argmax of :func:`image_logits`.
 
     Args:
-        model: a :class:`Segmenter` (put in eval mode), or its exported file
-            (:func:`cnnkit.tasks.segment.load.onnx_segmenter`).
+        model: as for :func:`image_logits`.
         image: uint8 (C, H, W).
-        max_side: the network sees the photo shrunk so its longer side is at most this, and its
-            logits are resized back (None: as it is).
+        max_side: as for :func:`image_logits`.
 
     Returns:
         (H, W) int64 class indices.
