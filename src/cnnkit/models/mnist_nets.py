@@ -68,11 +68,8 @@ class MnistNet(Classifier):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         # pooled over the pixels of a (B, H*W, C) view when the map is channels_last (NCHW: (B, C, H*W)):
         # the gradient then comes back in the map's own layout, which the ReLU's backward needs to run fast
-        if x.is_contiguous():
-            x = torch.cat([x.flatten(2).amax(2), x.flatten(2).mean(2)], 1)  # (B, C, 7, 7) -> (B, 2C)
-        else:
-            pixels = x.permute(0, 2, 3, 1).flatten(1, 2)  # (B, C, 7, 7) -> (B, 49, C)
-            x = torch.cat([pixels.amax(1), pixels.mean(1)], 1)  # -> (B, 2C)
+        pixels, dim = (x.flatten(2), 2) if x.is_contiguous() else (x.permute(0, 2, 3, 1).flatten(1, 2), 1)
+        x = torch.cat([pixels.amax(dim), pixels.mean(dim)], 1)  # (B, C, 7, 7) -> (B, 2C)
         x = self.dropout(x)
         return x if pre_logits else self.fc(x) * self.logit_scale  # (B, 2C) -> (B, num_classes)
 
