@@ -35,6 +35,11 @@ THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 BANDS = (1, 2, 3, 5, 8)
 
 
+def tally(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """(true positive, false positive, false negative) pixels of two boolean maps, as floats."""
+    return torch.tensor([(pred & gt).sum(), (pred & ~gt).sum(), (~pred & gt).sum()], dtype=torch.float)
+
+
 def iou(counts: torch.Tensor) -> float:
     tp, fp, fn = counts.tolist()
     return tp / max(1.0, tp + fp + fn)
@@ -99,15 +104,12 @@ def main(argv=None) -> int:
             seen = m != 255
             gt = (m > 0) & seen
             fg = (pred > 0) & seen
-            counts = torch.tensor([(fg & gt).sum(), (fg & ~gt & seen).sum(), (~fg & gt).sum()], dtype=torch.float)
+            counts = tally(fg, gt)
             for t in THRESHOLDS:
-                q = (1 - probs[0] > t) & seen
-                by_t[t] += torch.tensor([(q & gt).sum(), (q & ~gt).sum(), (~q & gt).sum()], dtype=torch.float)
+                by_t[t] += tally((1 - probs[0] > t) & seen, gt)
             for d in BANDS:
-                keep = seen & ~band(gt, d)
-                by_d[d] += torch.tensor(
-                    [(fg & gt & keep).sum(), (fg & ~gt & keep).sum(), (~fg & gt & keep).sum()], dtype=torch.float
-                )
+                keep = ~band(gt, d)
+                by_d[d] += tally(fg & keep, gt & keep)
             regions = components(fg)
             touching = torch.unique(regions[fg & gt])
             loose_fp += float((fg & ~gt & ~torch.isin(regions, touching)).sum())
