@@ -75,6 +75,77 @@ def test_eval_equals_scoring_predicts_files_at_own_size(run, tmp_path, capsys):
     assert got["pixel_accuracy"] == pytest.approx(mine["pixel_accuracy"], abs=1e-12)
 
 
+def test_eval_and_resume_keep_the_runs_own_photos_when_the_folder_grows(tmp_path, capsys):
+    """Photos added to the folder after training: `segment eval` still scores the run's own test
+    photos (its split.json), and a resumed run loads the same three parts."""
+    import shutil
+
+    from cnnkit.engine.runfolder import read_split
+    from cnnkit.tasks.segment.config import SegmentConfig
+    from cnnkit.tasks.segment.data import load_splits
+
+    data, out = photos(tmp_path / "data"), tmp_path / "run"
+    argv = "--arch unet --model unet --width 4 --epochs 1 --batch-size 4 --crop 16 --max-side 20"
+    assert (
+        main(["segment", "train", "--data", str(data), *argv.split(), "--threads", "1", "--out", str(out), "--quiet"])
+        == 0
+    )
+    split = read_split(out)
+    capsys.readouterr()
+    assert main(["segment", "eval", str(out), "--format", "json"]) == 0
+    before = json.loads(capsys.readouterr().out)
+    more = photos(tmp_path / "more", n=20)
+    for i in range(14, 20):  # six photos the run never saw
+        for sub in ("images", "masks"):
+            shutil.copy(more / sub / f"im{i:02d}.png", data / sub)
+    fresh = load_splits(SegmentConfig(data=str(data)).resolved())[3]
+    assert fresh["test"] != split["test"]  # a new split of the grown folder would score other photos
+    assert main(["segment", "eval", str(out), "--format", "json"]) == 0
+    after = json.loads(capsys.readouterr().out)
+    assert after["images"] == len(split["test"]) == 3 and after["mIoU"] == before["mIoU"]
+    cfg = SegmentConfig(data=str(data), max_side=20).resolved()
+    parts = load_splits(cfg, split=split)
+    assert [s.names for s in parts[:3]] == [split["train"], split["val"], split["test"]] and parts[3] == split
+
+    (data / "images" / split["test"][0]).unlink()
+    assert main(["segment", "eval", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert split["test"][0] in err and "split.json" in err and "\n" not in err
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("{not json", "not readable JSON"),
+        ('["a.png"]', "not a run's split"),
+        ('{"train": ["a.png"]}', "not a run's split"),
+        ('{"train": ["a.png"], "test": [1]}', "not a run's split"),
+        ('{"train": ["a.png"], "val": "b.png", "test": ["c.png"]}', "not a run's split"),
+        ('{"train": ["a.png", "b.png"], "val": [], "test": ["b.png"]}', "'b.png' in both train and test"),
+    ],
+)
+def test_a_damaged_split_json_is_refused_in_one_line(tmp_path, text, says):
+    from cnnkit.engine.runfolder import read_split
+    from cnnkit.errors import CnnkitError
+
+    assert read_split(tmp_path) is None  # no split.json: the caller splits the data itself
+    (tmp_path / "split.json").write_text(text)
+    with pytest.raises(CnnkitError, match=says) as err:
+        read_split(tmp_path / "model.safetensors")  # a run's file names its folder
+    assert "\n" not in str(err.value) and "split.json" in str(err.value)
+
+
+def test_a_damaged_split_json_stops_segment_eval(run, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run[1], copy)
+    (copy / "split.json").write_text('{"train": [], "test": 5}')
+    assert main(["segment", "eval", str(copy)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "split.json is not a run's split" in err and "\n" not in err
+
+
 def test_carve_validation_is_seeded_and_keeps_a_given_val():
     split = split_names([f"{i}.png" for i in range(30)], 24)
     a, b = carve_validation(split), carve_validation(split)
@@ -144,3 +215,36 @@ def test_moving_an_instance_set_keeps_its_masks():
     s = from_instances(torch.zeros(1, 3, 20, 30, dtype=torch.uint8), inst, None, ["person"], 32)
     moved = _to(s, "cpu")
     assert isinstance(moved, InstanceSet) and torch.equal(moved.masks, s.masks) and moved.originals is s.originals
+
+
+def test_finetune_eval_scores_the_runs_own_test_images_when_the_folder_grows(tmp_path, monkeypatch, capsys):
+    """A fine-tuning run's `cnnkit eval --split test` reads its split.json: images added to a class
+    folder after training are not scored, and a training image never becomes a test one."""
+    monkeypatch.setenv("CNNKIT_HOME", str(tmp_path / "home"))
+    data = tmp_path / "flat"
+    g = np.random.default_rng(0)
+
+    def add(i, c):
+        (data / c).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(g.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(data / c / f"{c}{i:02d}.png")
+
+    for i in range(20):
+        for c in ("a", "b"):
+            add(i, c)
+    run = tmp_path / "run"
+    argv = ["--model", "resnet18", "--image-size", "16", "--stages", "all", "--epochs", "1"]
+    assert main(["classify", "finetune", "--data", str(data), *argv, "--test-fraction", "0.2", "--out", str(run)]) == 0
+    split = json.loads((run / "split.json").read_text())
+    capsys.readouterr()
+    assert main(["eval", str(run), "--split", "test", "--format", "json"]) == 0
+    before = json.loads(capsys.readouterr().out)
+    for i in range(20, 32):  # twelve images the run never saw
+        for c in ("a", "b"):
+            add(i, c)
+    assert main(["eval", str(run), "--split", "test", "--format", "json"]) == 0
+    after = json.loads(capsys.readouterr().out)
+    assert len(split["test"]) == 8 and after == before
+    (data / split["test"][0]).unlink()
+    assert main(["eval", str(run), "--split", "test"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert split["test"][0] in err and "split.json" in err and "\n" not in err

@@ -59,6 +59,7 @@ def load_image_folder(
     cache: bool | str | os.PathLike = True,
     crop_fraction: float = 1.0,
     interpolation: str = "bilinear",
+    files: list[str] | None = None,
 ) -> ImageSet:
     """Load one split of an image folder as uint8 tensors.
 
@@ -77,6 +78,8 @@ def load_image_folder(
             crop: 0.875 is torchvision's Resize(256) + CenterCrop(224).
         interpolation: ``"bilinear"`` or ``"bicubic"`` (what TF-trained weights such as
             EfficientNet-Lite were evaluated with).
+        files: these images (paths relative to ``root``, as ``meta["files"]`` and a run's
+            split.json have them), in this order, instead of the seeded split's.
 
     Returns:
         An :class:`ImageSet` ``(N, channels, H, W)`` uint8; ``classes`` are the sorted class folder
@@ -108,7 +111,18 @@ def load_image_folder(
     layout = {s: {c: [p for p in ps if p in index] for c, ps in per_class.items()} for s, per_class in layout.items()}
     _check_classes(root, classes, layout)
     _warn_small_classes(root, classes, layout)
-    files = _select(layout, split, classes, val_fraction, test_fraction, seed, root)
+    if files is None:
+        files = _select(layout, split, classes, val_fraction, test_fraction, seed, root)
+    else:  # a run's own images: each must still be there
+        where = {p: c for per_class in layout.values() for c, ps in per_class.items() for p in ps}
+        gone = [p for p in files if p not in where]
+        if gone:
+            raise CnnkitError(
+                f"no image {root / gone[0]}"
+                + (f" (and {len(gone) - 1} more)" if len(gone) > 1 else "")
+                + "; the run's split.json names it: put it back, or train a new run on the folder as it is"
+            )
+        files = [(p, where[p]) for p in files]
     if not files:
         raise CnnkitError(
             f"{root}: the {split!r} split is empty; put images in {root}/{split}/<class>/ "

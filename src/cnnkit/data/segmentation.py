@@ -128,6 +128,7 @@ def mask_folder(
     seed: int = 0,
     max_side: int | None = None,
     classes: list[str] | None = None,
+    names: list[str] | None = None,
 ) -> SegmentationSet:
     """A folder of images beside a folder of PNG masks (palette or grey: the value is the class, 255 ignore).
 
@@ -136,17 +137,28 @@ def mask_folder(
         num_classes: labels must be below it (255 aside); None takes the largest label + 1.
         split: ``all``, or ``train`` / ``test`` of a seeded split holding out ``test_fraction``.
         classes: class names (default ``background``, ``1``, ``2``...).
+        names: these images of ``images/``, in this order, instead of ``split`` (a run's split.json).
     Raises:
-        CnnkitError: naming the file: a missing mask, a mask of another size than its image, a label
-        outside the classes, a mask that is not palette or grey.
+        CnnkitError: naming the file: a missing image or mask, a mask of another size than its image,
+        a label outside the classes, a mask that is not palette or grey.
     """
     root = Path(root).expanduser()
     image_dir, mask_dir = _folder_pair(root)
+    wanted = names
     names = sorted(
         p.name for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
     )
     if not names:
         raise CnnkitError(f"no images in {image_dir} (extensions: {' '.join(IMAGE_EXTENSIONS)})")
+    if wanted is not None:
+        gone = sorted(set(wanted) - set(names))
+        if gone:
+            raise CnnkitError(
+                f"no image {image_dir / gone[0]}"
+                + (f" (and {len(gone) - 1} more)" if len(gone) > 1 else "")
+                + "; the run's split.json names it: put it back, or train a new run on the folder as it is"
+            )
+        names, split = list(wanted), "all"
     missing = [n for n in names if not (mask_dir / f"{Path(n).stem}.png").is_file()]
     if missing:
         raise CnnkitError(

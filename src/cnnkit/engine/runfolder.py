@@ -40,6 +40,7 @@ MODEL_FILE = "model.safetensors"
 
 RESUME_FILE = "resume.safetensors"
 CONFIG_FILE = "config.yaml"
+SPLIT_FILE = "split.json"  # the image names a run trained, validated and tested on
 # what each task's deployable is called in messages
 TASK_MODELS = {
     "classify": "a classifier",
@@ -282,6 +283,51 @@ def read_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict]:
 def short_error(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= 160 else text[:157] + "..."
+
+
+def read_split(run: str | os.PathLike, required: tuple[str, ...] = ("train", "test")) -> dict[str, list[str]] | None:
+    """The images a run trained, validated and tested on: its ``split.json``, checked.
+
+    Evaluation and resumption read the run's own split, so images added to a folder after training
+    never land in its test split, and a training image is never scored as a test one.
+
+    Args:
+        run: a run folder, or a file in it (its ``model.safetensors``).
+        required: the parts the file must hold (a fine-tuning run may have no test part).
+
+    Returns:
+        ``{"train": names, "val": names, "test": names}``, the parts the run has, or None where it
+        has no ``split.json``. Other keys of the file (a fine-tuning run's seed and fractions) are
+        left out.
+
+    Raises:
+        CnnkitError: the file is not JSON, lacks a required part, holds a part that is not a list of
+            names, or names an image in two parts.
+    """
+    folder = Path(run)
+    path = (folder if folder.is_dir() else folder.parent) / SPLIT_FILE
+    if not path.is_file():
+        return None
+    fix = "restore it from a copy of the run, or train again"
+    try:
+        split = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CnnkitError(f"{path} is not readable JSON ({short_error(exc)}); {fix}") from None
+    parts = {k: split[k] for k in ("train", "val", "test") if k in split} if isinstance(split, dict) else {}
+    if not (
+        set(required) <= set(parts)
+        and all(isinstance(v, list) and all(isinstance(n, str) for n in v) for v in parts.values())
+    ):
+        raise CnnkitError(
+            f"{path} is not a run's split (lists of image names under {', '.join(required)}"
+            f"{' and val' if 'val' not in required else ''}); {fix}"
+        )
+    seen: dict[str, str] = {}
+    for part, names in parts.items():
+        for name in names:
+            if seen.setdefault(name, part) != part:
+                raise CnnkitError(f"{path} names {name!r} in both {seen[name]} and {part}; {fix}")
+    return {k: list(v) for k, v in parts.items()}
 
 
 def output_stems(inputs: list, out_dir, suffixes: tuple[str, ...]) -> list[str]:

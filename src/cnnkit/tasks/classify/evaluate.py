@@ -176,6 +176,7 @@ def evaluate_run(
 
     from cnnkit.data.datasets import load_dataset
     from cnnkit.data.imagefolder import load_image_folder
+    from cnnkit.engine.runfolder import read_split, resolve
     from cnnkit.tasks.classify.load import load_classifier
 
     model = load_classifier(run, trust_code=trust_code, factory=factory)
@@ -183,6 +184,7 @@ def evaluate_run(
     cfg = info.get("config") or (info.get("ensemble") or [{}])[0].get("config") or {}
     tuned = info.get("finetune") if not data else None
     if tuned and isinstance(tuned, dict) and tuned.get("data"):
+        own = read_split(resolve(run), required=("train",)) or {}  # the run's own images of each part
         with warnings.catch_warnings():  # skipped files were reported when it trained
             warnings.simplefilter("ignore")
             images = load_image_folder(
@@ -195,6 +197,7 @@ def evaluate_run(
                 seed=tuned.get("seed", 0),
                 crop_fraction=tuned.get("crop_fraction", 1.0),
                 interpolation=tuned.get("interpolation", "bilinear"),
+                files=own.get(split),
             )
     else:
         trained_on = cfg.get("data") or cfg.get("dataset") if isinstance(cfg, dict) else None

@@ -141,14 +141,14 @@ def run_data(cfg, out, resume: bool, d, load):
     one in ``out/split.json`` on resume), which rank 0 writes to the run."""
     import json
 
-    from cnnkit.engine.runfolder import atomic_write_bytes
+    from cnnkit.engine.runfolder import SPLIT_FILE, atomic_write_bytes, read_split
 
     use_threads(cfg.threads)
-    split = json.loads((out / "split.json").read_text()) if resume and (out / "split.json").is_file() else None
+    split = read_split(out) if resume and cfg.data != "digits" else None  # on resume: the run's own photos
     train_set, val_set, test_set, split = load(cfg, split)
     if len(train_set) < cfg.batch_size:
         raise CnnkitError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(train_set)} images)")
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out / "split.json", json.dumps(split, indent=1).encode())
+        atomic_write_bytes(out / SPLIT_FILE, json.dumps(split, indent=1).encode())
     return train_set, val_set, test_set

@@ -50,7 +50,7 @@ def random_scale_crop(
 
 
 def load_splits(
-    cfg: SegmentConfig, own_size: bool = False
+    cfg: SegmentConfig, own_size: bool = False, split: dict | None = None
 ) -> tuple[SegmentationSet, SegmentationSet, SegmentationSet, dict]:
     """(train, validation, test, split.json content) for a resolved config.
 
@@ -59,7 +59,9 @@ def load_splits(
     are shrunk to ``cfg.max_side`` as training sees them, the test photos kept at their own size
     (they are scored as ``predict`` answers: :func:`~cnnkit.tasks.segment.evaluate.evaluate` with
     ``max_side``). ``own_size``: every split at the photos' own size (what ``eval`` scores).
-    Digit scenes have their own validation scenes, all of one size.
+    ``split``: photos' names as a run's split.json has them (:func:`~cnnkit.engine.runfolder.read_split`),
+    taken instead of splitting the data afresh. Digit scenes have their own validation scenes, all of
+    one size.
     """
     from cnnkit.data.pennfudan import carve_validation, pennfudan_root, pennfudan_split
     from cnnkit.data.segmentation import (
@@ -70,7 +72,7 @@ def load_splits(
 
     side = None if own_size else cfg.max_side
     if cfg.data == "pennfudan":
-        parts = carve_validation(pennfudan_split(pennfudan_root(cfg.data_dir)))
+        parts = carve_validation(split or pennfudan_split(pennfudan_root(cfg.data_dir)))
         train, val, test = (
             pennfudan_segmentation(k, cfg.data_dir, s, names=parts[k])
             for k, s in (("train", side), ("val", side), ("test", None))
@@ -85,9 +87,11 @@ def load_splits(
 
     if not Path(cfg.data).expanduser().is_dir():
         raise CnnkitError(f"--data is pennfudan, digits or a folder of images/ + masks/. Received: --data {cfg.data}")
-    trainval = mask_folder(cfg.data, split="train", seed=cfg.seed, max_side=side)
-    test = mask_folder(cfg.data, num_classes=trainval.num_classes, split="test", seed=cfg.seed)
-    parts = carve_validation({"train": trainval.names, "test": test.names})
+    # the run's names where given, else a seeded split of the folder's images
+    trainval_names, test_names = (split["train"] + split.get("val", []), split["test"]) if split else (None, None)
+    trainval = mask_folder(cfg.data, split="train", seed=cfg.seed, max_side=side, names=trainval_names)
+    test = mask_folder(cfg.data, num_classes=trainval.num_classes, split="test", seed=cfg.seed, names=test_names)
+    parts = carve_validation(split or {"train": trainval.names, "test": test.names})
     return take(trainval, parts["train"], "train"), take(trainval, parts["val"], "val"), test, parts
 
 

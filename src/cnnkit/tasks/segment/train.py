@@ -49,6 +49,7 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
     from cnnkit.engine import Data, Phase, Plan, Setup, fit_run
     from cnnkit.engine.config import use_threads
     from cnnkit.engine.optim import lr_at, make_optimizer
+    from cnnkit.engine.runfolder import SPLIT_FILE, atomic_write_bytes, read_split
     from cnnkit.tasks.segment.predict import scales
 
     cfg = cfg.resolved()
@@ -64,7 +65,8 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
     if not 0 < lo <= hi <= 4:  # NaN fails too
         raise CnnkitError(f"--train-scale must be two factors 0 < LO <= HI <= 4. Received: {tuple(cfg.train_scale)}")
     threads = use_threads(cfg.threads)
-    train_set, val_set, test_set, split = load_splits(cfg)
+    resumed = read_split(out) if resume and out is not None and cfg.data != "digits" else None
+    train_set, val_set, test_set, split = load_splits(cfg, split=resumed)  # on resume: the run's own photos
     model = build_model(cfg, train_set)
     task = SegmentTask(
         cfg.batch_size,
@@ -112,8 +114,8 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
     plan = Plan([Phase(cfg.epochs, setup)], seed=cfg.seed, ema=cfg.ema, val_every=cfg.val_every)
 
     def write_split(epoch: int, row: dict) -> None:  # beside the engine's files, once it has written them
-        if out is not None and not (Path(out) / "split.json").is_file():
-            (Path(out) / "split.json").write_text(json.dumps(split, indent=1))
+        if out is not None and not (Path(out) / SPLIT_FILE).is_file():
+            atomic_write_bytes(Path(out) / SPLIT_FILE, json.dumps(split, indent=1).encode())
 
     try:
         result = fit_run(
