@@ -34,7 +34,7 @@ import torch
 
 from cnnkit.data.images import MAX_DECODE_PIXELS
 from cnnkit.data.imageset import ImageSet
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, gone_from_split
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 SPLIT_DIRS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
@@ -117,11 +117,7 @@ def load_image_folder(
         where = {p: c for per_class in layout.values() for c, ps in per_class.items() for p in ps}
         gone = [p for p in files if p not in where]
         if gone:
-            raise CnnkitError(
-                f"no image {root / gone[0]}"
-                + (f" (and {len(gone) - 1} more)" if len(gone) > 1 else "")
-                + "; the run's split.json names it: put it back, or train a new run on the folder as it is"
-            )
+            raise gone_from_split([root / p for p in gone])
         files = [(p, where[p]) for p in files]
     if not files:
         raise CnnkitError(

@@ -35,7 +35,7 @@ from cnnkit.data.pennfudan import (
     pennfudan_split,
     split_names,
 )
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, gone_from_split
 
 IGNORE_INDEX = 255
 
@@ -153,11 +153,7 @@ def mask_folder(
     if wanted is not None:
         gone = sorted(set(wanted) - set(names))
         if gone:
-            raise CnnkitError(
-                f"no image {image_dir / gone[0]}"
-                + (f" (and {len(gone) - 1} more)" if len(gone) > 1 else "")
-                + "; the run's split.json names it: put it back, or train a new run on the folder as it is"
-            )
+            raise gone_from_split([image_dir / p for p in gone])
         names, split = list(wanted), "all"
     missing = [n for n in names if not (mask_dir / f"{Path(n).stem}.png").is_file()]
     if missing:
