@@ -122,6 +122,8 @@ def test_eval_and_resume_keep_the_runs_own_photos_when_the_folder_grows(tmp_path
         ('{"train": ["a.png"], "test": [1]}', "not a run's split"),
         ('{"train": ["a.png"], "val": "b.png", "test": ["c.png"]}', "not a run's split"),
         ('{"train": ["a.png", "b.png"], "val": [], "test": ["b.png"]}', "'b.png' in both train and test"),
+        ('{"train": ["a.png"], "test": ["../../etc/b.png"]}', "not an image inside the data folder"),
+        ('{"train": ["/tmp/a.png"], "test": ["b.png"]}', "not an image inside the data folder"),
     ],
 )
 def test_a_damaged_split_json_is_refused_in_one_line(tmp_path, text, says):

@@ -302,7 +302,7 @@ def read_split(run: str | os.PathLike, required: tuple[str, ...] = ("train", "te
 
     Raises:
         CnnkitError: the file is not JSON, lacks a required part, holds a part that is not a list of
-            names, or names an image in two parts.
+            names, names a path outside the data folder, or names an image in two parts.
     """
     folder = Path(run)
     path = (folder if folder.is_dir() else folder.parent) / SPLIT_FILE
@@ -325,6 +325,8 @@ def read_split(run: str | os.PathLike, required: tuple[str, ...] = ("train", "te
     seen: dict[str, str] = {}
     for part, names in parts.items():
         for name in names:
+            if not name or Path(name).is_absolute() or ".." in Path(name).parts:  # names inside the data folder
+                raise CnnkitError(f"{path} names {name!r}, not an image inside the data folder; {fix}")
             if seen.setdefault(name, part) != part:
                 raise CnnkitError(f"{path} names {name!r} in both {seen[name]} and {part}; {fix}")
     return {k: list(v) for k, v in parts.items()}
