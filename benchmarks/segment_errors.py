@@ -4,10 +4,10 @@ the boundaries and whole unlabelled objects account for.
     python benchmarks/segment_errors.py RUN --data-dir ../shared/data              # the run's val split
     python benchmarks/segment_errors.py RUN --data-dir ../shared/data --out DIR    # + the worst photos' pictures
 
-For a run with a background class (class 0), every photo of the split is answered at its own size by
-the run's test-time procedure (what ``cnnkit segment predict`` writes) and its pixels counted as true
-positives, false positives (foreground where the mask says background) and false negatives, pooled
-over the photos. Printed:
+For a run with a background class (class 0), every photo of the split (the run's own, as its
+``split.json`` names them) is answered at its own size by the run's test-time procedure (what
+``cnnkit segment predict`` writes) and its pixels counted as true positives, false positives
+(foreground where the mask says background) and false negatives, pooled over the photos. Printed:
 
 - the foreground IoU with the foreground probability thresholded at several values (0.5: the
   label map itself), to see whether a calibrated threshold would help;
@@ -67,6 +67,7 @@ def band(fg: torch.Tensor, d: int) -> torch.Tensor:
 
 
 def main(argv=None) -> int:
+    from cnnkit.engine.runfolder import read_split, resolve
     from cnnkit.tasks.segment.config import SegmentConfig
     from cnnkit.tasks.segment.data import load_splits
     from cnnkit.tasks.segment.load import load_segmenter
@@ -84,7 +85,8 @@ def main(argv=None) -> int:
     model = load_segmenter(run).eval()
     cfg = SegmentConfig.from_dict(model.info["config"], strict=False)
     cfg.data_dir = args.data_dir
-    parts = dict(zip(("train", "val", "test"), load_splits(cfg, own_size=True)[:3]))
+    names = read_split(resolve(run)) if cfg.data != "digits" else None  # the run's own photos, as `segment eval`
+    parts = dict(zip(("train", "val", "test"), load_splits(cfg, own_size=True, split=names)[:3]))
     data = parts[args.split]
     print(
         f"{run}: {args.split} split, {len(data)} photos; test-time procedure: tta {model.tta or 'none'}, "

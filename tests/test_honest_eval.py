@@ -113,6 +113,37 @@ def test_eval_and_resume_keep_the_runs_own_photos_when_the_folder_grows(tmp_path
     assert split["test"][0] in err and "split.json" in err and "\n" not in err
 
 
+def test_segment_errors_counts_the_runs_own_photos_when_the_folder_grows(tmp_path, capsys):
+    """benchmarks/segment_errors.py answers the photos of the run's split.json, as `segment eval` does."""
+    import importlib.util
+    import re
+    import shutil
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "segment_errors", Path(__file__).parents[1] / "benchmarks" / "segment_errors.py"
+    )
+    errors = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(errors)
+    data, out = photos(tmp_path / "data"), tmp_path / "run"
+    argv = "--arch unet --model unet --width 4 --epochs 1 --batch-size 4 --crop 16 --max-side 20"
+    assert (
+        main(["segment", "train", "--data", str(data), *argv.split(), "--threads", "1", "--out", str(out), "--quiet"])
+        == 0
+    )
+    more = photos(tmp_path / "more", n=20)
+    for i in range(14, 20):  # six photos the run never saw: a fresh split would take some into test
+        for sub in ("images", "masks"):
+            shutil.copy(more / sub / f"im{i:02d}.png", data / sub)
+    capsys.readouterr()
+    assert main(["segment", "eval", str(out), "--format", "json"]) == 0
+    person = json.loads(capsys.readouterr().out)["iou"]["1"]
+    assert errors.main([str(out), "--data-dir", str(data), "--split", "test", "--worst", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "test split, 3 photos" in text
+    assert float(re.search(r"foreground IoU ([0-9.]+)", text).group(1)) == pytest.approx(person, abs=5e-5)
+
+
 @pytest.mark.parametrize(
     ("text", "says"),
     [
