@@ -67,7 +67,7 @@ def band(fg: torch.Tensor, d: int) -> torch.Tensor:
 
 
 def main(argv=None) -> int:
-    from cnnkit.engine.runfolder import read_split, resolve
+    from cnnkit.engine.runfolder import resolve, run_photos
     from cnnkit.tasks.segment.config import SegmentConfig
     from cnnkit.tasks.segment.data import load_splits
     from cnnkit.tasks.segment.load import load_segmenter
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     model = load_segmenter(run).eval()
     cfg = SegmentConfig.from_dict(model.info["config"], strict=False)
     cfg.data_dir = args.data_dir
-    names = read_split(resolve(run)) if cfg.data != "digits" else None  # the run's own photos, as `segment eval`
+    names = run_photos(resolve(run), cfg.data)  # the run's own photos, as `segment eval`
     parts = dict(zip(("train", "val", "test"), load_splits(cfg, own_size=True, split=names)[:3]))
     data = parts[args.split]
     print(

@@ -332,6 +332,12 @@ def read_split(run: str | os.PathLike, required: tuple[str, ...] = ("train", "te
     return {k: list(v) for k, v in parts.items()}
 
 
+def run_photos(run: str | os.PathLike, data: str) -> dict[str, list[str]] | None:
+    """The photos a run on ``data`` trained, validated and tested on (:func:`read_split`), or None for
+    generated digit scenes, whose split.json records how the scenes were drawn rather than names."""
+    return None if data == "digits" else read_split(run)
+
+
 def output_stems(inputs: list, out_dir, suffixes: tuple[str, ...]) -> list[str]:
     """The file stem each input's outputs get in ``out_dir``: unique (two ``x.png`` from different
     folders become ``x`` and ``x_2``), and never the name of an input itself.

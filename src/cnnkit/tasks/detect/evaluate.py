@@ -34,11 +34,11 @@ def evaluate_run(run, data_dir: str | None = None, split: str = "test", test_sca
     Example:
         >>> evaluate_run("runs/pennfudan")["AP"]         # doctest: +SKIP
     """
-    from cnnkit.engine.runfolder import read_split, resolve
+    from cnnkit.engine.runfolder import resolve, run_photos
 
     model = load_detector(run)
     cfg = eval_config(config_from_dict(model.info["config"]), data_dir, split, test_scale)
-    names = read_split(resolve(run)) if cfg.data != "digits" else None  # the run's own photos
+    names = run_photos(resolve(run), cfg.data)  # the run's own photos
     _, val_set, test_set, _ = load_split_data(cfg, names)
     data = val_set if split == "val" else test_set
     task = DetectTask(model.info["classes"], info=model.info, decode_args=model.info.get("decode", {}))

@@ -141,10 +141,10 @@ def run_data(cfg, out, resume: bool, d, load):
     one in ``out/split.json`` on resume), which rank 0 writes to the run."""
     import json
 
-    from cnnkit.engine.runfolder import SPLIT_FILE, atomic_write_bytes, read_split
+    from cnnkit.engine.runfolder import SPLIT_FILE, atomic_write_bytes, run_photos
 
     use_threads(cfg.threads)
-    split = read_split(out) if resume and cfg.data != "digits" else None  # on resume: the run's own photos
+    split = run_photos(out, cfg.data) if resume else None  # on resume: the run's own photos
     train_set, val_set, test_set, split = load(cfg, split)
     if len(train_set) < cfg.batch_size:
         raise CnnkitError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(train_set)} images)")

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from cnnkit.data.segmentation import IGNORE_INDEX, SegmentationSet
-from cnnkit.engine.runfolder import read_split, resolve
+from cnnkit.engine.runfolder import resolve, run_photos
 from cnnkit.errors import CnnkitError
 from cnnkit.metrics.segmentation import SegmentationMeter
 from cnnkit.models.deploy import flip_tta
@@ -98,7 +98,7 @@ def evaluate_run(
         cfg.data_dir = data_dir
     if split not in ("train", "val", "test"):
         raise CnnkitError(f"--split is train, val or test. Received: --split {split}")
-    names = read_split(resolve(path)) if cfg.data != "digits" else None  # the run's own photos
+    names = run_photos(resolve(path), cfg.data)  # the run's own photos
     train_set, val_set, test_set, _ = load_splits(cfg, own_size=True, split=names)
     sets = {"train": train_set, "val": val_set, "test": test_set}
     out = evaluate(model, sets[split], cfg.boundary_d, max_side=cfg.max_side)

@@ -49,7 +49,7 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
     from cnnkit.engine import Data, Phase, Plan, Setup, fit_run
     from cnnkit.engine.config import use_threads
     from cnnkit.engine.optim import lr_at, make_optimizer
-    from cnnkit.engine.runfolder import SPLIT_FILE, atomic_write_bytes, read_split
+    from cnnkit.engine.runfolder import SPLIT_FILE, atomic_write_bytes, run_photos
     from cnnkit.tasks.segment.predict import scales
 
     cfg = cfg.resolved()
@@ -65,7 +65,7 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
     if not 0 < lo <= hi <= 4:  # NaN fails too
         raise CnnkitError(f"--train-scale must be two factors 0 < LO <= HI <= 4. Received: {tuple(cfg.train_scale)}")
     threads = use_threads(cfg.threads)
-    resumed = read_split(out) if resume and out is not None and cfg.data != "digits" else None
+    resumed = run_photos(out, cfg.data) if resume and out is not None else None
     train_set, val_set, test_set, split = load_splits(cfg, split=resumed)  # on resume: the run's own photos
     model = build_model(cfg, train_set)
     task = SegmentTask(
