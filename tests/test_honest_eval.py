@@ -76,9 +76,12 @@ def test_eval_equals_scoring_predicts_files_at_own_size(run, tmp_path, capsys):
 
 
 def test_eval_and_resume_keep_the_runs_own_photos_when_the_folder_grows(tmp_path, capsys):
-    """Photos added to the folder after training: `segment eval` still scores the run's own test
-    photos (its split.json), and a resumed run loads the same three parts."""
+    """Photos added to the folder after training: `segment eval` (and benchmarks/segment_errors.py) still
+    score the run's own test photos (its split.json), and a resumed run loads the same three parts."""
+    import importlib.util
+    import re
     import shutil
+    from pathlib import Path
 
     from cnnkit.engine.runfolder import read_split
     from cnnkit.tasks.segment.config import SegmentConfig
@@ -103,6 +106,16 @@ def test_eval_and_resume_keep_the_runs_own_photos_when_the_folder_grows(tmp_path
     assert main(["segment", "eval", str(out), "--format", "json"]) == 0
     after = json.loads(capsys.readouterr().out)
     assert after["images"] == len(split["test"]) == 3 and after["mIoU"] == before["mIoU"]
+    # benchmarks/segment_errors.py counts the same photos and gives eval's person IoU
+    spec = importlib.util.spec_from_file_location(
+        "segment_errors", Path(__file__).parents[1] / "benchmarks" / "segment_errors.py"
+    )
+    errors = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(errors)
+    assert errors.main([str(out), "--data-dir", str(data), "--split", "test", "--worst", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "test split, 3 photos" in text
+    assert float(re.search(r"foreground IoU ([0-9.]+)", text).group(1)) == pytest.approx(after["iou"]["1"], abs=5e-5)
     cfg = SegmentConfig(data=str(data), max_side=20).resolved()
     parts = load_splits(cfg, split=split)
     assert [s.names for s in parts[:3]] == [split["train"], split["val"], split["test"]] and parts[3] == split
@@ -111,37 +124,6 @@ def test_eval_and_resume_keep_the_runs_own_photos_when_the_folder_grows(tmp_path
     assert main(["segment", "eval", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert split["test"][0] in err and "split.json" in err and "\n" not in err
-
-
-def test_segment_errors_counts_the_runs_own_photos_when_the_folder_grows(tmp_path, capsys):
-    """benchmarks/segment_errors.py answers the photos of the run's split.json, as `segment eval` does."""
-    import importlib.util
-    import re
-    import shutil
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(
-        "segment_errors", Path(__file__).parents[1] / "benchmarks" / "segment_errors.py"
-    )
-    errors = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(errors)
-    data, out = photos(tmp_path / "data"), tmp_path / "run"
-    argv = "--arch unet --model unet --width 4 --epochs 1 --batch-size 4 --crop 16 --max-side 20"
-    assert (
-        main(["segment", "train", "--data", str(data), *argv.split(), "--threads", "1", "--out", str(out), "--quiet"])
-        == 0
-    )
-    more = photos(tmp_path / "more", n=20)
-    for i in range(14, 20):  # six photos the run never saw: a fresh split would take some into test
-        for sub in ("images", "masks"):
-            shutil.copy(more / sub / f"im{i:02d}.png", data / sub)
-    capsys.readouterr()
-    assert main(["segment", "eval", str(out), "--format", "json"]) == 0
-    person = json.loads(capsys.readouterr().out)["iou"]["1"]
-    assert errors.main([str(out), "--data-dir", str(data), "--split", "test", "--worst", "1"]) == 0
-    text = capsys.readouterr().out
-    assert "test split, 3 photos" in text
-    assert float(re.search(r"foreground IoU ([0-9.]+)", text).group(1)) == pytest.approx(person, abs=5e-5)
 
 
 @pytest.mark.parametrize(
