@@ -299,6 +299,33 @@ def test_segmenter_test_time_procedure_flip_and_scale():
         Segmenter(net, [0.5] * 3, [0.5] * 3, ["b", "t"], test_scale=(1.5, 0.0))
 
 
+def test_segmenter_pads_each_view_to_its_networks_multiple():
+    """A TF-padded encoder (EfficientNet-Lite's Conv2dSame) at an odd size puts its deep maps on another
+    grid than on the training crops; the Segmenter answers, in training and at test, from the image padded
+    with black to a multiple of the network's deepest stride, cropped back."""
+    torch.manual_seed(0)
+    net = create_segmenter("unet", "efficientnet_lite0", num_classes=2, finest=4).eval()
+    assert net.size_multiple == 32 and create_segmenter("deeplabv3", "resnet18").size_multiple == 16
+    assert create_segmenter("fcn8s", "resnet18").size_multiple == 32
+    seg = Segmenter(net, [0.5, 0.4, 0.3], [0.2, 0.25, 0.3], ["background", "person"], tta="flip").eval()
+    assert (
+        seg.size_multiple == 32 and Segmenter(nn.Conv2d(3, 2, 1), [0.5] * 3, [0.5] * 3, ["b", "t"]).size_multiple == 1
+    )
+    x = torch.rand(1, 3, 45, 70)
+    padded = torch.zeros(1, 3, 64, 96)  # black to 64 x 96, the image at the top left
+    padded[..., :45, :70] = x
+    expect = net((padded - seg.mean) / seg.std)[..., :45, :70]
+    with seg.without_tta():
+        assert torch.allclose(seg(x), expect, atol=1e-5)
+    assert (seg(x) - net((x - seg.mean) / seg.std)).abs().max() > 0.01  # unpadded: another answer
+    mirrored = torch.zeros(1, 3, 64, 96)
+    mirrored[..., :45, :70] = x.flip(-1)
+    back = net((mirrored - seg.mean) / seg.std)[..., :45, :70].flip(-1)
+    assert torch.allclose(seg(x), ((expect.softmax(1) + back.softmax(1)) / 2).log(), atol=1e-5)
+    with torch.no_grad():
+        assert seg.train()(x).shape == (1, 2, 45, 70)
+
+
 def test_input_stats_are_the_pretrained_weights_own():
     from cnnkit.tasks.segment.config import SegmentConfig
     from cnnkit.tasks.segment.data import input_stats

@@ -10,6 +10,13 @@ every model maps (B, C, H, W) -> (B, num_classes, H, W) logits for any H, W. A m
 ``ceil(H / s)`` rows, its pixel i covering input rows ``[s i, s i + s)``; upsampling by f then cropping
 to the finer map keeps that geometry (top-left aligned), and the last upsampling crops to (H, W).
 
+That geometry holds exactly when H and W are multiples of the model's ``size_multiple`` (its deepest
+stride). Otherwise some level has an odd size, and backbones that pad the TensorFlow way
+(``Conv2dSame``, as EfficientNet-Lite does) pad an odd input of a stride-2 layer by one more pixel at
+the top-left than an even one: the grid of every deeper map moves by one pixel of the odd map. A
+network trained on crops of such a multiple then answers worse on other sizes; the task's
+:class:`~cnnkit.tasks.segment.predict.Segmenter` pads every input to a multiple and crops the answer.
+
 >>> net = create_segmenter("fcn8s", "resnet18", num_classes=3)
 >>> net(torch.zeros(1, 3, 67, 45)).shape
 torch.Size([1, 3, 67, 45])
@@ -127,6 +134,7 @@ class FCN(nn.Module):
             nn.init.zeros_(conv.bias)
         self.up2 = nn.ModuleList(BilinearConvTranspose2d(k, 2) for _ in range(skips))
         self.final_stride = self.encoder.strides[0]
+        self.size_multiple = self.encoder.strides[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         maps = self.encoder(x)  # strides (8,) 16, 32
@@ -167,6 +175,7 @@ class UNet(nn.Module):
         self.blocks = nn.ModuleList(UNetDecoderBlock(chans[i + 1], chans[i]) for i in reversed(range(len(chans) - 1)))
         self.score = nn.Conv2d(chans[0], cfg.num_classes, 1)
         self.final_stride = self.encoder.strides[0]
+        self.size_multiple = self.encoder.strides[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         maps = self.encoder(x)
@@ -190,6 +199,7 @@ class DeepLabV3(nn.Module):
         self.aspp = ASPP(self.encoder.channels[-1], 256, aspp_rates(cfg.output_stride))
         self.head = nn.Sequential(ConvNormAct(256, 256), nn.Conv2d(256, cfg.num_classes, 1))
         self.final_stride = self.encoder.strides[-1]
+        self.size_multiple = self.final_stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.encoder(x)[-1]  # (B, C, H/os, W/os)

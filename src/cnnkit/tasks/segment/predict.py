@@ -33,7 +33,11 @@ class Segmenter(Classifier):
     answers by its test-time procedure: the image resized by each factor of ``test_scale`` (the
     answers resized back to (H, W), their probabilities averaged over the factors), and with
     ``tta="flip"`` the probabilities of the image and of its mirror image (mirrored back) averaged.
-    ``without_tta()`` turns both off (per-epoch validation).
+    ``without_tta()`` turns both off (per-epoch validation). Every image the network sees, in training
+    too, is first padded at the bottom and right with black (as training crops are padded) to a
+    multiple of the network's ``size_multiple``, and its scores cropped back: the encoder's maps then
+    line up with the decoder's as they do on the training crops
+    (:mod:`cnnkit.models.segmentation`).
 
     Args:
         net: the segmentation network (``create_segmenter``); its ``config`` rebuilds it.
@@ -50,6 +54,7 @@ class Segmenter(Classifier):
         input_size: ``(C,)``: any H, W.
         tta: ``""`` | ``"flip"``.
         test_scale: the factors, a tuple of floats.
+        size_multiple: the network's ``size_multiple`` (1 for a network without one).
 
     Raises:
         CnnkitError: an unknown ``tta`` or a ``test_scale`` that is not positive numbers.
@@ -61,6 +66,7 @@ class Segmenter(Classifier):
         super().__init__(net, mean, std, classes, (len(mean),), tta)
         self.test_scale = scales(test_scale)
         self.config = dict(getattr(net, "config", {}))
+        self.size_multiple = int(getattr(net, "size_multiple", 1))
 
     @contextlib.contextmanager
     def without_tta(self):
@@ -72,9 +78,17 @@ class Segmenter(Classifier):
         finally:
             self.test_scale = scale
 
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's logits on one view, padded to ``size_multiple`` and cropped back:
+        float (B, C, H, W) in [0, 1] -> (B, K, H, W)."""
+        h, w = x.shape[-2:]
+        m = self.size_multiple
+        x = F.pad(x, (0, -w % m, 0, -h % m))  # black, at the bottom and right
+        return self.net((x - self.mean) / self.std)[..., :h, :w]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training or (not self.tta and self.test_scale == (1.0,)):
-            return self.net((x - self.mean) / self.std)
+            return self.scores(x)
         from cnnkit.layers.upsample import resize
 
         h, w = x.shape[-2:]
@@ -84,10 +98,9 @@ class Segmenter(Classifier):
             if scale != 1.0:
                 size = (max(1, round(h * scale)), max(1, round(w * scale)))
                 y = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
-            y = (y - self.mean) / self.std
-            probs = self.net(y).float().softmax(1)  # (B, K, h', w')
+            probs = self.scores(y).float().softmax(1)  # (B, K, h', w')
             if self.tta == "flip":
-                probs = (probs + self.net(y.flip(-1)).float().softmax(1).flip(-1)) / 2
+                probs = (probs + self.scores(y.flip(-1)).float().softmax(1).flip(-1)) / 2
             answers.append(probs)
         if len(answers) == 1:
             return resize(answers[0].clamp_min(1e-12).log(), (h, w), "bilinear")  # (B, K, H, W)
