@@ -269,6 +269,12 @@ def test_validation_and_test_images_are_letterboxed_to_image_size_times_test_sca
     with pytest.raises(CnnkitError, match="--test-scale must be 1 on digit scenes"):
         validate(DetectConfig(data="digits", test_scale=1.5).resolved())
     assert DetectConfig(data="pennfudan").resolved().test_side() == 352  # the photos' default: 1.1 x 320
+    # sides are multiples of 32: an odd-sized map moves EfficientNet-Lite's deeper grids
+    assert [DetectConfig(data="pennfudan", test_scale=t).resolved().test_side() for t in (1.05, 1.15)] == [320, 384]
+    with pytest.raises(
+        CnnkitError, match=r"--image-size must be a multiple of 32, .* \(such as 288 or 320\); received 300"
+    ):
+        validate(DetectConfig(data="pennfudan", image_size=300).resolved())
     stored = {k: v for k, v in cfg.to_dict().items() if k != "test_scale"}  # a run from before the option
     assert config_from_dict(stored).test_side() == 64
     # what predict and export letterbox to: the test side

@@ -7,6 +7,11 @@ from dataclasses import dataclass
 from cnnkit.engine.config import RunConfig, option
 from cnnkit.errors import CnnkitError
 
+# Letterboxed sides are multiples of this, the backbones' deepest stride: EfficientNet-Lite pads its
+# stride-2 convolutions the TensorFlow way, one pixel more on an odd-sized map, which moves the deeper
+# maps off the grid the head's points assume (docs/experiments/2026-12-06-segmenter-alignment.md).
+SIDE_MULTIPLE = 32
+
 
 # ----------------------------------------------------------------------------- the training recipe
 @dataclass
@@ -26,12 +31,14 @@ class DetectConfig(RunConfig):
 
     data: str = option("pennfudan", help="pennfudan | digits | PATH of a COCO JSON file or a YOLO folder")
     image_size: int | None = option(
-        None, help="square side images are letterboxed to (default: 320 for photos, 128 for digits)", minimum=32
+        None,
+        help="square side images are letterboxed to, a multiple of 32 (default: 320 for photos, 128 for digits)",
+        minimum=32,
     )
     test_scale: float | None = option(
         None,
-        help="validation, eval and predict letterbox images to --image-size times this (default: 1.1 for photos, "
-        "352 px after training at 320; 1 for digit scenes)",
+        help="validation, eval and predict letterbox images to --image-size times this, rounded to a multiple of "
+        "32 (default: 1.1 for photos, 352 px after training at 320; 1 for digit scenes)",
     )
     scenes: tuple[int, int] = option((12000, 500), help="digits: numbers of training and test scenes")
     train_digits: tuple[int, int] | None = option(
@@ -78,8 +85,9 @@ class DetectConfig(RunConfig):
     )
 
     def test_side(self) -> int:
-        """The square side validation, eval and predict letterbox images to: ``image_size`` times ``test_scale``."""
-        return round(self.image_size * (self.test_scale or 1.0))
+        """The square side validation, eval and predict letterbox images to: ``image_size`` times
+        ``test_scale``, rounded to a multiple of :data:`SIDE_MULTIPLE`."""
+        return SIDE_MULTIPLE * round(self.image_size * (self.test_scale or 1.0) / SIDE_MULTIPLE)
 
     def resolved(self) -> DetectConfig:
         """A copy with the data-dependent defaults filled in: what the run stores, so eval and resume
@@ -122,11 +130,17 @@ def validate(cfg: DetectConfig) -> DetectConfig:
         ("epochs", cfg.epochs >= 1, "a positive integer"),
         ("batch_size", cfg.batch_size >= 2, "an integer >= 2"),
         ("lr", cfg.lr > 0, "a positive number"),
-        ("image_size", cfg.image_size >= 32, "at least 32"),
+        (
+            "image_size",
+            cfg.image_size >= SIDE_MULTIPLE and cfg.image_size % SIDE_MULTIPLE == 0,
+            f"a multiple of {SIDE_MULTIPLE}, the backbones' deepest stride (such as "
+            f"{max(1, cfg.image_size // SIDE_MULTIPLE) * SIDE_MULTIPLE} or "
+            f"{(max(1, cfg.image_size // SIDE_MULTIPLE) + 1) * SIDE_MULTIPLE})",
+        ),
         (
             "test_scale",
-            0 < cfg.test_scale <= 4 and cfg.test_side() >= 32,  # NaN and inf fail the first test
-            "a factor above 0 and at most 4, with --image-size times it >= 32",
+            0 < cfg.test_scale <= 4 and cfg.test_side() >= SIDE_MULTIPLE,  # NaN and inf fail the first test
+            f"a factor above 0 and at most 4, with --image-size times it >= {SIDE_MULTIPLE}",
         ),
         ("test_scale", cfg.data != "digits" or cfg.test_scale == 1, "1 on digit scenes (they are drawn at one size)"),
         ("optimizer", cfg.optimizer in ("sgd", "adamw", "nadam"), "sgd, adamw or nadam"),
