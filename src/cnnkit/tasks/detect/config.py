@@ -126,6 +126,7 @@ class DetectConfig(RunConfig):
 
 def validate(cfg: DetectConfig) -> DetectConfig:
     """Raise CnnkitError naming the first bad value."""
+    below = max(1, cfg.image_size // SIDE_MULTIPLE) * SIDE_MULTIPLE  # the allowed side at or below --image-size
     checks = [
         ("epochs", cfg.epochs >= 1, "a positive integer"),
         ("batch_size", cfg.batch_size >= 2, "an integer >= 2"),
@@ -133,9 +134,8 @@ def validate(cfg: DetectConfig) -> DetectConfig:
         (
             "image_size",
             cfg.image_size >= SIDE_MULTIPLE and cfg.image_size % SIDE_MULTIPLE == 0,
-            f"a multiple of {SIDE_MULTIPLE}, the backbones' deepest stride (such as "
-            f"{max(1, cfg.image_size // SIDE_MULTIPLE) * SIDE_MULTIPLE} or "
-            f"{(max(1, cfg.image_size // SIDE_MULTIPLE) + 1) * SIDE_MULTIPLE})",
+            f"a multiple of {SIDE_MULTIPLE}, the backbones' deepest stride (such as {below} or "
+            f"{below + SIDE_MULTIPLE})",
         ),
         (
             "test_scale",
