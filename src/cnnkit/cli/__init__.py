@@ -11,6 +11,7 @@ import argparse
 import sys
 from importlib import import_module
 
+from cnnkit.engine.config import keep_freed_memory
 from cnnkit.errors import (
     CnnkitError,
     disk_full,
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    keep_freed_memory()
     try:
         return int(args.func(args) or 0)
     except CnnkitError as exc:
