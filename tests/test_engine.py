@@ -11,6 +11,7 @@ import torch.nn as nn
 from safetensors.torch import load_file
 
 from cnnkit.engine import Data, Phase, Plan, Setup, fit
+from cnnkit.engine.config import glibc
 from cnnkit.engine.runfolder import read_checkpoint, read_info
 from cnnkit.errors import CnnkitError
 
@@ -282,7 +283,7 @@ print(a, kept, mapped())
 """
 
 
-@pytest.mark.skipif(not (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc"), reason="glibc's malloc only")
+@pytest.mark.skipif(not glibc(), reason="glibc's malloc only")
 def test_freed_tensors_memory_is_kept_for_the_next_ones_unless_the_user_set_mallocs_tunables():
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
     run = lambda extra: subprocess.run(  # noqa: E731

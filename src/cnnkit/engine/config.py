@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import typing
 from dataclasses import MISSING, dataclass, field, fields
@@ -440,9 +441,17 @@ def free_cores(world: int | None = None) -> int:
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _KEEP = {_M_MMAP_THRESHOLD: 1 << 30, _M_TRIM_THRESHOLD: (1 << 31) - 1}
 _MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES")
-_kept: list[bool] = []  # the answer of the first call, once made
 
 
+def glibc() -> bool:
+    """Whether this process's C library is glibc (``os.confstr`` names it; macOS and musl do not)."""
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+@functools.cache
 def keep_freed_memory() -> bool:
     """Ask glibc's malloc to keep the memory of freed tensors for the next ones.
 
@@ -462,19 +471,9 @@ def keep_freed_memory() -> bool:
     Returns:
         True when glibc keeps freed memory on this function's request.
     """
-    if not _kept:
-        _kept.append(_set_malloc_thresholds())
-    return _kept[0]
-
-
-def _set_malloc_thresholds() -> bool:
     import ctypes
 
-    try:
-        libc_name = os.confstr("CS_GNU_LIBC_VERSION") or ""  # "glibc 2.36"; absent on macOS and musl
-    except (AttributeError, ValueError, OSError):
-        libc_name = ""
-    if not libc_name.startswith("glibc") or any(k in os.environ for k in _MALLOC_ENV):
+    if not glibc() or any(k in os.environ for k in _MALLOC_ENV):
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
