@@ -296,3 +296,27 @@ def test_freed_tensors_memory_is_kept_for_the_next_ones_unless_the_user_set_mall
     assert int(before) >= 64 * mib and kept == "True" and int(after) <= int(before) - 64 * mib, (before, kept, after)
     before, kept, after = run({"MALLOC_TOP_PAD_": "0"})  # the user's own tunable stands
     assert kept == "False" and int(after) >= 64 * mib, (before, kept, after)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])  # NAdam: foreach since it was added
+def test_the_optimizers_step_every_tensor_at_once_with_the_for_loops_arithmetic(name):
+    from types import SimpleNamespace
+
+    from cnnkit.engine.optim import make_optimizer
+
+    cfg = SimpleNamespace(optimizer=name, lr=0.05, momentum=0.9, weight_decay=5e-4)
+    torch.manual_seed(0)
+    nets = [nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(64, 3)) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    fast = make_optimizer(nets[0], cfg)
+    twin = dict(zip(nets[0].parameters(), nets[1].parameters()))  # the same groups over the copy, one by one
+    loop = type(fast)([{**g, "params": [twin[p] for p in g["params"]], "foreach": False} for g in fast.param_groups])
+    assert fast.defaults["foreach"] is True
+    x, y = torch.randn(8, 1, 6, 6), torch.randint(0, 3, (8,))
+    for net, opt in zip(nets, (fast, loop)):
+        for _ in range(3):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        assert torch.equal(a, b)

@@ -38,12 +38,14 @@ def make_optimizer(net: nn.Module, cfg: Recipe) -> torch.optim.Optimizer:
     decay = [p for p in net.parameters() if p.requires_grad and p.ndim > 1]
     other = [p for p in net.parameters() if p.requires_grad and p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}]
+    # foreach (PyTorch's default on GPUs only): one call per operation over every tensor, the same
+    # arithmetic. On 2 Zen 3 cores SGD's step for mnist_fast takes 0.26 ms instead of 0.43, AdamW's
+    # 0.57 ms instead of 0.98; the notes' network at batch 32 (1.6 M of its 1.7 M weights in one
+    # Dense layer) steps in 30 ms instead of 32.5, NAdam's for-loop alone taking 10.4 ms, foreach 4.0
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0, foreach=True)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-    # foreach: the notes' network at batch 32 (1.6 M of its 1.7 M weights in one Dense layer) steps
-    # in 30 ms instead of 32.5 on 2 cores; NAdam's for-loop alone takes 10.4 ms there, foreach 4.0
+        return torch.optim.AdamW(groups, lr=cfg.lr, foreach=True)
     return torch.optim.NAdam(groups, lr=cfg.lr, foreach=True)
 
 

@@ -296,7 +296,7 @@ def stage_plan(
     def begin(stage: str):
         def setup(_) -> Setup:
             plan = plan_stage(model, stage, freeze_until, clf.input_size, cfg)
-            opt = torch.optim.AdamW(plan.groups, weight_decay=cfg.weight_decay)
+            opt = torch.optim.AdamW(plan.groups, weight_decay=cfg.weight_decay, foreach=True)
             row = {"trainable": sum(p.numel() for g in plan.groups for p in g["params"])}
             peak = max(g["lr"] for g in plan.groups)
             for g in opt.param_groups:  # discriminative LRs keep their ratios under the schedule

@@ -143,8 +143,8 @@ def train(cfg: GenerateConfig, out=None, resume: bool = False, quiet: bool = Fal
 
     def setup(m: GAN) -> Setup:
         betas = (cfg.beta1, 0.999)
-        opt_g = torch.optim.Adam(m.generator.parameters(), lr=cfg.lr, betas=betas)
-        opt_d = torch.optim.Adam(m.discriminator.parameters(), lr=cfg.lr, betas=betas)
+        opt_g = torch.optim.Adam(m.generator.parameters(), lr=cfg.lr, betas=betas, foreach=True)
+        opt_d = torch.optim.Adam(m.discriminator.parameters(), lr=cfg.lr, betas=betas, foreach=True)
         return Setup(opt_g, others=[opt_d])
 
     plan = Plan([Phase(cfg.epochs, setup)], seed=cfg.seed, ema=cfg.ema)
