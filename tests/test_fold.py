@@ -1,5 +1,6 @@
-"""Batch norm folded into the convolution before it (cnnkit.models.fold)."""
+"""Batch norm folded into the convolution before it (cnnkit.models.fold), and the batches classifiers answer in (cnnkit.tasks.classify.evaluate and predict)."""
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -116,3 +117,32 @@ def test_evaluation_runs_the_network_in_the_layout_of_its_batches_and_leaves_the
     nchw = evaluate(net, data, channels_last=False, precision="fp32")
     assert layouts[-1] == (20, False)
     assert nhwc.accuracy == nchw.accuracy and abs(nhwc.loss - nchw.loss) < 1e-5
+
+
+def test_predicting_many_files_reads_and_answers_them_a_bounded_batch_at_a_time(tmp_path, monkeypatch):
+    """`cnnkit predict RUN photos/*.jpg`: 396 photos at 288 px took 18 GB in one batch; now the files
+    are read and answered a batch at a time, with the answers of one at a time."""
+    import importlib
+
+    from PIL import Image
+
+    from cnnkit.tasks.classify.predict import predict_files
+
+    evaluate = importlib.import_module("cnnkit.tasks.classify.evaluate")
+    g = torch.Generator().manual_seed(4)
+    paths = []
+    for k in range(7):
+        paths.append(tmp_path / f"digit{k}.png")
+        Image.fromarray(torch.randint(0, 256, (28, 28), dtype=torch.uint8, generator=g).numpy()).save(paths[-1])
+    net = create_model("mnist_fast").eval()
+    net.classes, net.input_size = list("0123456789"), (1, 28, 28)
+    sizes = []
+    net.register_forward_pre_hook(lambda m, i: sizes.append(len(i[0])))
+    alone = [predict_files(net, [p], top=2)[0] for p in paths]
+    monkeypatch.setattr(evaluate, "CPU_BATCH_PIXELS", 3 * 28 * 28)  # three digits a batch
+    sizes.clear()
+    rows = predict_files(net, paths, top=2)
+    assert sizes == [3, 3, 1] and [r["image"] for r in rows] == [str(p) for p in paths]
+    for row, one in zip(rows, alone):
+        assert [c for c, _ in row["top"]] == [c for c, _ in one["top"]]
+        assert [p for _, p in row["top"]] == pytest.approx([p for _, p in one["top"]], abs=1e-5)

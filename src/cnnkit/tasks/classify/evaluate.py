@@ -58,6 +58,14 @@ class Evaluation:
         }
 
 
+def images_per_batch(device: torch.device, size: tuple[int, int], batch_size: int) -> int:
+    """Images of ``size`` (H, W) per forward pass: ``batch_size``, and on a CPU at most
+    :data:`CPU_BATCH_PIXELS` pixels (at least one image)."""
+    if device.type != "cpu":
+        return batch_size
+    return max(1, min(batch_size, CPU_BATCH_PIXELS // (size[0] * size[1])))
+
+
 @torch.no_grad()
 def predict_logits(
     model: nn.Module,
@@ -73,8 +81,8 @@ def predict_logits(
     6.0 s at 8 a batch, 9.5 s at 32, 19.9 s at 1,000)."""
     device = next(model.parameters()).device
     context = autocast(precision, device) if precision is not None else contextlib.nullcontext()
-    if device.type == "cpu" and images.dim() == 4:
-        batch_size = max(1, min(batch_size, CPU_BATCH_PIXELS // (images.shape[-2] * images.shape[-1])))
+    if images.dim() == 4:
+        batch_size = images_per_batch(device, images.shape[-2:], batch_size)
     out = []
     for i in range(0, images.shape[0], batch_size):
         x = images[i : i + batch_size].to(device)

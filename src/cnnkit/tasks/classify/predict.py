@@ -11,6 +11,8 @@ from cnnkit.data.images import read_image
 from cnnkit.errors import CnnkitError
 from cnnkit.export import OnnxModel, model_device
 
+PREDICT_BATCH = 64  # images per forward pass (fewer on a CPU for large images: images_per_batch)
+
 
 def load_image(path: str | Path, input_size: tuple[int, int, int], dark_background: bool) -> torch.Tensor:
     """An image file -> float (C, H, W) in [0, 1] at the model's input size.
@@ -44,10 +46,18 @@ def predict_files(model: nn.Module, paths: list[str], top: int = 3, loader=None)
         >>> predict_files(cnnkit.load("runs/mnist"), ["seven.png"], top=1)   # doctest: +SKIP
         [{'image': 'seven.png', 'top': [('7', 0.99)]}]
     """
+    from cnnkit.tasks.classify.evaluate import images_per_batch
+
     dark = bool(getattr(model, "info", {}).get("dataset", {}).get("dark_background", False))
     loader = loader or (lambda p: load_image(p, model.input_size, dark))
-    x = torch.stack([loader(p) for p in paths])  # (N, C, H, W)
-    probs = model(x.to(model_device(model))).float().softmax(1).cpu()
+    device, probs, i = model_device(model), [], 0
+    while i < len(paths):  # read and answered a batch at a time: memory stays bounded however many files
+        first = loader(paths[i])  # (C, H, W)
+        n = images_per_batch(device, first.shape[-2:], PREDICT_BATCH)
+        x = torch.stack([first, *(loader(p) for p in paths[i + 1 : i + n])])  # (n, C, H, W)
+        probs.append(model(x.to(device)).float().softmax(1).cpu())
+        i += n
+    probs = torch.cat(probs) if probs else torch.zeros(0, len(model.classes))
     p, i = probs.topk(min(top, probs.shape[1]), dim=1)
     return [
         {"image": str(path), "top": [(model.classes[k], float(v)) for v, k in zip(pv, ik)]}
