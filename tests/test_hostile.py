@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 import zlib
 
 import pytest
@@ -501,3 +503,20 @@ def test_resume_of_a_crafted_run_runs_no_code(crafted, capsys):
     )
     assert main(["train", "--resume", "--out", str(tmp / "run")]) == 2
     assert err.count("\n") == 1 and not marker.exists()
+
+
+def test_a_small_input_is_checked_by_a_real_pass_and_a_huge_one_on_the_meta_device(tmp_path):
+    """Loading checks that the network runs at its own input size. A meta-device pass imports about
+    a second of PyTorch's modules, so a small input runs through the real network instead; a huge
+    one still goes to the meta device, where nothing is allocated."""
+    good = _good_checkpoint(tmp_path)
+    code = (
+        "import sys, cnnkit, torch; from cnnkit.models import network; "
+        "seen = []; real = torch.nn.Linear.forward; "
+        "torch.nn.Linear.forward = lambda self, x: seen.append(x.device.type) or real(self, x); "
+        f"network.REAL_CHECK_NUMBERS = int(sys.argv[1]); m = cnnkit.load({str(good)!r}); "
+        "print(seen, 'sympy' in sys.modules)"
+    )
+    for limit, want in ((64, "['cpu'] False"), (63, "['meta'] True")):  # the input: 1 x 8 x 8 = 64 numbers
+        out = subprocess.run([sys.executable, "-c", code, str(limit)], capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == want, out.stderr[-2000:]

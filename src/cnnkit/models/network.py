@@ -17,6 +17,7 @@ goes through the spec builder, module names through the allow-list :data:`LAYERS
 from __future__ import annotations
 
 import importlib.util
+import math
 import re
 import sys
 from pathlib import Path
@@ -267,23 +268,37 @@ def _class_scores(name: str, source_classes: int, num_classes: int, in_channels:
     return net
 
 
+# An input of at most this many numbers is checked by a forward pass of the real network: PyTorch's
+# first operation on the meta device imports about 1.3 s of its own modules (2 Zen 3 cores), longer
+# than a real pass of one such input through a zoo network
+REAL_CHECK_NUMBERS = 1 << 20
+
+
 def _sized(make, source: str, input_size: tuple[int, ...] | None) -> nn.Module:
-    """Build on the meta device first: its size checked against memory, one forward at ``input_size``."""
+    """Build on the meta device first, its size checked against memory; then one forward pass at
+    ``input_size``: of the real network for an input of at most :data:`REAL_CHECK_NUMBERS`
+    numbers, on the meta device for a larger one (nothing allocated)."""
     with torch.device("meta"):
         probe = make()
     nbytes = sum(t.numel() * t.element_size() for t in (*probe.parameters(), *probe.buffers()))
     check_fits(nbytes, f"the network of {source}")
-    if input_size is not None:
-        try:
-            with torch.no_grad():
-                probe.eval()(torch.empty(1, *input_size, device="meta"))
-        except Exception as exc:  # noqa: BLE001 -- any failure: the description does not fit its input
-            text = " ".join(str(exc).split())[:160] or type(exc).__name__
-            raise CnnkitError(
-                f"{source}: its network does not run on its own input size "
-                f"{'x'.join(map(str, input_size))} ({text}); the file is damaged or was edited"
-            ) from None
-    return make()
+    if input_size is None:
+        return make()
+    sizes = list(input_size)
+    real = all(type(v) is int and v > 0 for v in sizes) and math.prod(sizes) <= REAL_CHECK_NUMBERS
+    net = make() if real else probe
+    try:
+        with torch.no_grad():
+            training = net.training
+            net.eval()(torch.zeros(1, *sizes) if real else torch.empty(1, *sizes, device="meta"))
+            net.train(training)
+    except Exception as exc:  # noqa: BLE001 -- any failure: the description does not fit its input
+        text = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise CnnkitError(
+            f"{source}: its network does not run on its own input size "
+            f"{'x'.join(map(str, input_size))} ({text}); the file is damaged or was edited"
+        ) from None
+    return net if real else make()
 
 
 def _from_factory(
