@@ -26,17 +26,17 @@ def register(subparsers) -> None:
 
 def zoo_rows(names: list[str]) -> list[dict]:
     """One dict per model: name, family, params, macs (None if the analyser cannot take its input), ..."""
-    import torch
 
     from cnnkit.analysis import summary
     from cnnkit.errors import CnnkitError
     from cnnkit.models import create_model, model_info
+    from cnnkit.models.meta import on_meta
     from cnnkit.models.weights import PRETRAINED
 
     rows = []
     for name in names:
         info = model_info(name)
-        with torch.device("meta"):  # shapes only: nothing is allocated or initialised for real
+        with on_meta():  # shapes only: nothing is allocated or initialised for real
             model = create_model(name)
         try:
             macs = summary(model, input_size=info.input_size, optimizer="none", backend_model=False).totals["macs"]

@@ -30,6 +30,7 @@ from safetensors.torch import save as st_save
 from cnnkit.engine.ema import EMA
 from cnnkit.errors import CnnkitError, disk_full, is_disk_full
 from cnnkit.models.deploy import Classifier
+from cnnkit.models.meta import on_meta
 from cnnkit.models.network import describe
 
 FORMAT = "cnnkit.checkpoint/1"
@@ -529,7 +530,7 @@ def _build_from_metadata(build, info: dict, file, task: str, meta: bool, limit: 
     hook = torch.nn.modules.module.register_module_module_registration_hook(count)
     try:
         if meta:
-            with torch.device("meta"):
+            with on_meta():
                 return build(info)
         return build(info)
     except _TooManyModules:

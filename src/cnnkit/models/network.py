@@ -27,6 +27,7 @@ import torch.nn as nn
 
 from cnnkit.errors import CnnkitError, check_fits
 from cnnkit.models.keras import build_from_keras_config, load_keras
+from cnnkit.models.meta import on_meta
 
 TRUST_HINT = (
     "if you trust that code, load with trust_code=True, factory='FILE.py:FN' "
@@ -134,7 +135,7 @@ def describe_modules(net: nn.Module) -> dict | None:
         out = tree(net, 0)
         if out is None:
             return None
-        with torch.device("meta"):  # a round trip that allocates nothing and draws no random numbers
+        with on_meta():  # a round trip that allocates nothing and draws no random numbers
             rebuilt = build_modules(out)
     except (CnnkitError, TypeError, ValueError, AttributeError):
         return None
@@ -278,7 +279,7 @@ def _sized(make, source: str, input_size: tuple[int, ...] | None) -> nn.Module:
     """Build on the meta device first, its size checked against memory; then one forward pass at
     ``input_size``: of the real network for an input of at most :data:`REAL_CHECK_NUMBERS`
     numbers, on the meta device for a larger one (nothing allocated)."""
-    with torch.device("meta"):
+    with on_meta():
         probe = make()
     nbytes = sum(t.numel() * t.element_size() for t in (*probe.parameters(), *probe.buffers()))
     check_fits(nbytes, f"the network of {source}")

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from cnnkit import layers as L
 from cnnkit.errors import CnnkitError, check_fits
 from cnnkit.layers.act import LEAKY_RELU_SLOPE
+from cnnkit.models.meta import on_meta
 
 # the functional form of every activation cnnkit.layers.act knows by its Keras name (same names, same slopes)
 _ACTIVATIONS = {
@@ -520,7 +521,7 @@ def _build_layer(builder, kind, name, shape, args, total: list[int]) -> nn.Modul
     """The layer, built for real only once its parameters (counted on the meta device) fit in memory."""
     _check_args(kind, name, shape, args)
     try:
-        with torch.device("meta"):
+        with on_meta():
             probe = builder(shape, **dict(args))
         total[0] += sum(t.numel() * t.element_size() for t in (*probe.parameters(), *probe.buffers()))
         check_fits(total[0], f"the parameters up to layer {name} ({kind})")

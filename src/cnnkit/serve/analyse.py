@@ -15,8 +15,6 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
-import torch
-
 from cnnkit.errors import CnnkitError
 from cnnkit.serve.limits import Limits, Refused
 
@@ -90,11 +88,12 @@ def resolve(target, limits: Limits):
     _check_numbers(spec, limits)
     import json
 
+    from cnnkit.models.meta import on_meta
     from cnnkit.models.spec import build_from_spec
 
     key = ("spec", json.dumps(spec, sort_keys=True, default=str))
     try:
-        with torch.device("meta"):  # parameters without memory: a spec's size cannot exhaust the server
+        with on_meta():  # parameters without memory: a spec's size cannot exhaust the server
             model, _ = build_from_spec(spec)
     except CnnkitError:
         raise

@@ -167,13 +167,14 @@ def _vgg19_features(weights: str | None) -> nn.Sequential:
     """VGG19's convolutional trunk, with the weights of a torchvision ``vgg19`` state-dict file whose
     every key and shape is checked (the classifier's too, which the loss does not keep)."""
     from cnnkit.models import create_model
+    from cnnkit.models.meta import on_meta
     from cnnkit.models.vgg import CFGS, make_layers
     from cnnkit.models.weights import read_state_dict
 
     features = make_layers(CFGS["vgg19"])
     if weights is None:
         return features
-    with torch.device("meta"):  # the shapes alone: no memory, no initialisation
+    with on_meta():  # the shapes alone: no memory, no initialisation
         expected = {k: tuple(v.shape) for k, v in create_model("vgg19").state_dict().items()}
     state = read_state_dict(weights)
     found = {k: tuple(v.shape) for k, v in state.items()}
