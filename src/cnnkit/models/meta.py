@@ -1,6 +1,6 @@
 """Networks built for their shapes alone, on PyTorch's meta device (no memory, no random numbers).
 
-On the meta device a tensor has a shape and no values, so initialising weights only computes
+On the meta device a tensor has a shape and no values, so initialising its weights computes
 nothing. Yet PyTorch runs the first such operation through its Python reference implementations,
 which import about 1.3 s of modules (``torch._dynamo``, sympy) on 2 Zen 3 cores: EfficientNet-Lite0
 took 1.53 s to build on the meta device, and 0.11 s with the value-only in-place operations

@@ -10,6 +10,7 @@ import torch.nn as nn
 from cnnkit.data.images import read_image
 from cnnkit.errors import CnnkitError
 from cnnkit.export import OnnxModel, model_device
+from cnnkit.tasks.classify.evaluate import images_per_batch
 
 PREDICT_BATCH = 64  # images per forward pass (fewer on a CPU for large images: images_per_batch)
 
@@ -46,8 +47,6 @@ def predict_files(model: nn.Module, paths: list[str], top: int = 3, loader=None)
         >>> predict_files(cnnkit.load("runs/mnist"), ["seven.png"], top=1)   # doctest: +SKIP
         [{'image': 'seven.png', 'top': [('7', 0.99)]}]
     """
-    from cnnkit.tasks.classify.evaluate import images_per_batch
-
     dark = bool(getattr(model, "info", {}).get("dataset", {}).get("dark_background", False))
     loader = loader or (lambda p: load_image(p, model.input_size, dark))
     device, probs, i = model_device(model), [], 0
