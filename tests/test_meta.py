@@ -35,3 +35,24 @@ def test_building_on_meta_does_not_import_pytorchs_reference_implementations():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr[-2000:]
+
+
+def test_a_feature_pyramid_built_on_meta_finds_its_strides_through_a_real_copy_that_draws_nothing():
+    """The segmenter, detector and instance model build on the meta device when they load; their
+    pyramid's strides and channels come from a real copy (no meta operation, so no imports), and
+    the random numbers that copy draws are given back."""
+    from cnnkit.models.features import create_features
+
+    real = create_features("efficientnet_lite0", out_strides=(4, 8, 16, 32), in_channels=3)
+    state = torch.get_rng_state()
+    with on_meta():
+        probe = create_features("efficientnet_lite0", out_strides=(4, 8, 16, 32), in_channels=3)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert (probe.strides, probe.channels) == (real.strides, real.channels) == ([4, 8, 16, 32], [24, 40, 112, 320])
+    code = (
+        "import sys; from cnnkit.models.features import create_features; from cnnkit.models.meta import on_meta\n"
+        "with on_meta(): fx = create_features('efficientnet_lite1', out_strides=(8, 16, 32))\n"
+        "print(fx.channels, 'sympy' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[40, 112, 320] False", out.stderr[-2000:]
