@@ -162,8 +162,9 @@ def _trunk_shapes(model: nn.Module, name: str, trunk: list[str]) -> tuple[list[i
     :data:`REAL_PROBE_BYTES`: PyTorch's first operation on meta tensors imports about 1.3 s of its
     own modules (2 Zen 3 cores), and a real copy takes a tenth of that."""
     first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
-    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    if first.weight.device.type != "meta" or nbytes > REAL_PROBE_BYTES:
+    if first.weight.device.type != "meta":
+        return _probe(model, trunk)
+    if sum(p.numel() * p.element_size() for p in model.parameters()) > REAL_PROBE_BYTES:
         return _probe(model, trunk)
     strides, channels = _real_probe(name, first.in_channels)
     return list(strides), list(channels)

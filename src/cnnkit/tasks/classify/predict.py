@@ -49,14 +49,14 @@ def predict_files(model: nn.Module, paths: list[str], top: int = 3, loader=None)
     """
     dark = bool(getattr(model, "info", {}).get("dataset", {}).get("dark_background", False))
     loader = loader or (lambda p: load_image(p, model.input_size, dark))
-    device, probs, i = model_device(model), [], 0
-    while i < len(paths):  # read and answered a batch at a time: memory stays bounded however many files
-        first = loader(paths[i])  # (C, H, W)
+    device, batches, start = model_device(model), [], 0
+    while start < len(paths):  # read and answered a batch at a time: memory stays bounded however many files
+        first = loader(paths[start])  # (C, H, W)
         n = images_per_batch(device, first.shape[-2:], PREDICT_BATCH)
-        x = torch.stack([first, *(loader(p) for p in paths[i + 1 : i + n])])  # (n, C, H, W)
-        probs.append(model(x.to(device)).float().softmax(1).cpu())
-        i += n
-    probs = torch.cat(probs) if probs else torch.zeros(0, len(model.classes))
+        x = torch.stack([first, *(loader(p) for p in paths[start + 1 : start + n])])  # (n, C, H, W)
+        batches.append(model(x.to(device)).float().softmax(1).cpu())
+        start += n
+    probs = torch.cat(batches) if batches else torch.zeros(0, len(model.classes))
     p, i = probs.topk(min(top, probs.shape[1]), dim=1)
     return [
         {"image": str(path), "top": [(model.classes[k], float(v)) for v, k in zip(pv, ik)]}
