@@ -187,13 +187,24 @@ class DtypeLineTask(LineTask):
         return super().loss(model, batch)
 
 
+class ConvThenLine(nn.Linear):
+    """A 1x1 convolution, then the line: a network with a convolution for the engine to guard."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.conv = nn.Conv1d(1, 1, 1)
+
+    def forward(self, x):
+        return super().forward(self.conv(x[:, None]).flatten(1))
+
+
 @pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
 def test_bf16_autocasts_the_step_and_keeps_fp32_weights(tmp_path, precision, dtype, capsys):
     task = DtypeLineTask()
-    run = fit(
-        task, nn.Linear(1, 1), _data(), _plan(epochs=(1, 0)), tmp_path / precision, quiet=True, precision=precision
-    )
+    net = ConvThenLine(1, 1)
+    run = fit(task, net, _data(), _plan(epochs=(1, 0)), tmp_path / precision, quiet=True, precision=precision)
     assert task.seen == dtype and run.precision == precision
+    assert (type(net.conv) is not nn.Conv1d) == (precision == "bf16")  # cnnkit.layers.bf16.guard_bf16
     assert read_info(tmp_path / precision)["precision"] == precision
     assert all(t.dtype == torch.float32 for t in load_file(tmp_path / precision / "model.safetensors").values())
     err = capsys.readouterr().err

@@ -290,3 +290,79 @@ def test_wide_depthwise_convolutions_run_in_fp32_under_cpu_bf16_autocast():
     assert wide.weight.grad.dtype == torch.float32
     torch.testing.assert_close(y, wide(x))  # fp32 inside autocast = fp32 outside it
     torch.testing.assert_close(block[0](x), F.conv2d(x, block[0].weight, block[0].bias, 1, 2, groups=8))
+
+
+def test_kernel_overhangs_compares_the_data_under_the_kernel_with_its_dilated_extent():
+    from cnnkit.layers.bf16 import kernel_overhangs
+
+    cases = [
+        (nn.Conv3d(4, 4, 3, padding=1), (1, 4, 2, 8, 8), True),  # two frames under a 3-frame kernel
+        (nn.Conv3d(4, 4, 3, padding=1), (1, 4, 3, 8, 8), False),
+        (nn.Conv3d(4, 4, (1, 3, 3), padding=(0, 1, 1)), (1, 4, 2, 8, 8), False),
+        (nn.Conv2d(4, 4, 3, stride=2, padding=1), (1, 4, 8, 1), True),  # one pixel wide
+        (nn.Conv2d(4, 4, 3, dilation=2, padding=2), (1, 4, 4, 4), True),  # dilated extent 5
+        (nn.Conv2d(4, 4, 5, stride=2), (1, 4, 5, 9), False),  # a 1 x 3 output: the kernel slides over the input
+        (nn.Conv2d(4, 4, 3, padding="same"), (1, 4, 3, 2), True),
+        (nn.Conv1d(4, 4, 3, stride=2, padding=1), (4, 1), True),  # unbatched (C, L)
+        (nn.ConvTranspose2d(4, 4, 4), (1, 4, 1, 1), True),  # a DCGAN's 1x1 latent to 4x4
+        (nn.ConvTranspose3d(4, 4, 4, padding=2), (1, 4, 4, 4, 4), True),  # output 3^3
+        (nn.ConvTranspose2d(4, 4, 4, stride=2, padding=1), (1, 4, 4, 4), False),  # 4x4 -> 8x8
+    ]
+    assert [kernel_overhangs(conv, torch.zeros(shape)) for conv, shape, _ in cases] == [w for *_, w in cases]
+
+
+def test_guard_bf16_runs_overhanging_convolutions_in_fp32_and_keeps_the_modules_identity():
+    """The engine guards a network before it trains in bf16 on a CPU: a convolution whose kernel
+    overhangs its input or output runs with autocast off; the others stay in bf16; the state dict,
+    the parameters, ``isinstance`` and the printed class names do not change."""
+    import copy
+
+    from cnnkit.layers.bf16 import guard_bf16, plain_type
+    from cnnkit.models.network import describe_modules
+
+    net = nn.Sequential(nn.Conv3d(1, 8, 3, padding=1), nn.Conv3d(8, 8, 3, padding=1), nn.ConvTranspose2d(8, 8, 4))
+    params, keys, text, tree = list(net.parameters()), list(net.state_dict()), repr(net), describe_modules(net)
+    assert guard_bf16(net) == 3 and guard_bf16(net) == 0
+    assert describe_modules(net) == tree is not None  # a run's file still describes it without code
+    assert list(net.parameters()) == params and list(net.state_dict()) == keys and repr(net) == text
+    assert isinstance(net[0], nn.Conv3d) and isinstance(net[2], nn.ConvTranspose2d)
+    assert type(net[0]) is not nn.Conv3d and plain_type(net[0]) is nn.Conv3d and plain_type(net[1]) is nn.Conv3d
+    assert type(copy.deepcopy(net)[0]) is type(net[0])
+    deep, shallow, latent = torch.randn(2, 1, 8, 6, 6), torch.randn(2, 1, 2, 6, 6), torch.randn(2, 8, 1, 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert net[0](deep).dtype == torch.bfloat16  # 8 frames: bf16
+        assert net[0](shallow).dtype == torch.float32  # 2 frames under a 3-frame kernel: fp32
+        assert net[2](latent).dtype == torch.float32
+    torch.testing.assert_close(net[0](shallow), nn.functional.conv3d(shallow, net[0].weight, net[0].bias, padding=1))
+
+
+@pytest.mark.parametrize(
+    "conv, shape",
+    [
+        (lambda: nn.Conv3d(64, 128, 3, padding=1, bias=False), (4, 64, 2, 4, 4)),  # c3d_small's last block
+        (lambda: nn.Conv3d(64, 64, (3, 1, 1), padding=(1, 0, 0), bias=False), (4, 64, 2, 4, 4)),  # R(2+1)D's time
+        (lambda: nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False), (4, 16, 4, 1)),
+        (lambda: nn.Conv1d(16, 32, 5, stride=2, padding=2, bias=False), (4, 16, 1)),
+        (lambda: nn.ConvTranspose3d(16, 32, 4, padding=2, bias=False), (4, 16, 4, 4, 4)),
+    ],
+)
+def test_guarded_bf16_weight_gradients_are_the_fp32_ones(conv, shape):
+    """Shapes whose bf16 weight gradient oneDNN gets wrong (relative errors 0.2 to inf, or NaN) on a
+    CPU with AVX512-BF16 and no AMX: through the guard, they equal fp32's on the same bf16-rounded
+    numbers. (On other CPUs the unguarded gradients are right too.)"""
+    from cnnkit.layers.bf16 import guard_bf16
+
+    torch.manual_seed(0)
+    net, ref = conv(), conv()
+    with torch.no_grad():
+        net.weight.copy_(net.weight.bfloat16().float())
+        ref.weight.copy_(net.weight)
+    guard_bf16(net)
+    x = torch.randn(shape).bfloat16().float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = net(x)
+    g = torch.randn(y.shape).bfloat16().float()
+    y.backward(g)
+    ref(x).backward(g)
+    assert torch.isfinite(net.weight.grad).all()
+    torch.testing.assert_close(net.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-4 * ref.weight.grad.abs().max())

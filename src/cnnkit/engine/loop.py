@@ -57,6 +57,7 @@ from cnnkit.engine.runfolder import (
 )
 from cnnkit.engine.task import Data, Plan, Setup, Task
 from cnnkit.errors import CnnkitError
+from cnnkit.layers.bf16 import guard_bf16
 
 REPORT_EVERY = 20  # steps between progress updates and loss checks (each one syncs with the device)
 CURVES_EVERY = 60.0  # seconds of training between redrawings of curves.png (and after the last epoch)
@@ -126,7 +127,8 @@ def fit(
         config: JSON-able settings stored with the run; ``resume`` refuses a different one.
         command: the CLI command named in the resume hint.
         precision: ``auto`` | ``fp32`` | ``bf16`` for the training steps and validation
-            (:mod:`cnnkit.engine.precision`).
+            (:mod:`cnnkit.engine.precision`). In bf16 on a CPU, the model's convolutions are guarded
+            first (:func:`cnnkit.layers.bf16.guard_bf16`): those whose kernel overhangs the data run in fp32.
         on_epoch_end: ``fn(epoch, row)`` called after each saved epoch.
 
     Returns:
@@ -149,6 +151,8 @@ def fit(
         if not quiet and d.main:
             console.print(task.summary(model))
         precision, why = choose(precision, d.device)
+        if precision == "bf16" and d.device.type == "cpu":
+            guard_bf16(model)  # the convolutions oneDNN's bf16 kernels get wrong run in fp32
         if "slow" not in why:
             console.print(f"precision: {precision} ({why})")
         elif d.main:  # said even when quiet, on one line

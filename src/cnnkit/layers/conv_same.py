@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cnnkit.errors import CnnkitError
+from cnnkit.layers.bf16 import conv_forward
 from cnnkit.layers.padding import PAD_MODES, _ntuple, is_static_pad, pad_for
 
 
@@ -36,32 +37,9 @@ def resolve_padding(padding, kernel, stride, dilation, n: int):
     return padding, None
 
 
-def wide_depthwise_in_fp32(conv: nn.Module, x: torch.Tensor) -> bool:
-    """True when ``conv`` should run in fp32 although CPU bf16 autocast is on: a depthwise
-    convolution (one group per input channel) with a kernel wider than 3. oneDNN's bf16 weight
-    gradient for such a kernel is far slower than its fp32 one (a 5x5 depthwise on 4 x 672 x 20 x 20,
-    2 threads of a Xeon with AMX: 34 ms against 4.5 ms; the forward pass and 3x3 kernels are faster
-    in bf16), so the EfficientNet and MobileNetV3 backbones train faster with these in fp32."""
-    return (
-        x.device.type == "cpu"
-        and torch.is_autocast_enabled("cpu")
-        and conv.groups > 1
-        and conv.groups == conv.in_channels
-        and max(conv.kernel_size) > 3
-    )
-
-
-def conv_forward(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``conv._conv_forward`` on ``x``, in fp32 where :func:`wide_depthwise_in_fp32` says so."""
-    if wide_depthwise_in_fp32(conv, x):
-        with torch.autocast("cpu", enabled=False):
-            return conv._conv_forward(x.float(), conv.weight, conv.bias)
-    return conv._conv_forward(x, conv.weight, conv.bias)
-
-
 class DepthwiseConv2d(nn.Conv2d):
     """``nn.Conv2d`` (same state dict) whose wide depthwise kernels run in fp32 under CPU bf16
-    autocast (:func:`wide_depthwise_in_fp32`)."""
+    autocast (:func:`cnnkit.layers.bf16.wide_depthwise_in_fp32`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return conv_forward(self, x)

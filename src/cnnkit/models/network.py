@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from cnnkit.errors import CnnkitError, check_fits
+from cnnkit.layers.bf16 import plain_type
 from cnnkit.models.keras import build_from_keras_config, load_keras
 from cnnkit.models.meta import on_meta
 
@@ -113,7 +114,7 @@ def describe_modules(net: nn.Module) -> dict | None:
 
     def tree(m: nn.Module, depth: int) -> dict | None:
         name = type(m).__name__
-        if depth > _MAX_DEPTH or name not in LAYERS or type(m) is not getattr(nn, name):
+        if depth > _MAX_DEPTH or name not in LAYERS or plain_type(m) is not getattr(nn, name):
             return None
         node: dict = {"type": name}
         if name == "Sequential":

@@ -1,0 +1,137 @@
+"""Which convolutions run in fp32 although CPU bf16 autocast is on, and the guard that makes any
+network's convolutions follow that rule in training.
+
+Two kinds of convolution are kept out of oneDNN's bf16 kernels on a CPU:
+
+- **A kernel that overhangs the data** (:func:`kernel_overhangs`): an extent of the data it slides
+  over smaller than the kernel's dilated extent, such as a 3x3x3 convolution over a clip's last
+  two frames, a stride-2 convolution over a one-pixel-wide map, or a 4x4 transposed convolution
+  from a 1x1 latent. With PyTorch 2.13 on an AMD EPYC Zen 5 (AVX512-BF16, no AMX), oneDNN's bf16
+  weight gradient for such shapes (``jit_bf16:avx512_core_bf16``, ``backward_weights``) is wrong,
+  often inf or NaN, and for some it writes past its buffer. In sweeps of about 6,000 shapes (1-,
+  2- and 3-D, plain and transposed, both memory layouts), every weight gradient that came out
+  wrong had such an extent (for a transposed convolution, in its input or its output); none other
+  did. Such layers are small: fp32 costs little.
+- **A wide depthwise kernel** (:func:`wide_depthwise_in_fp32`): for speed, not correctness.
+
+cnnkit's own padded and depthwise layers apply the rule in their ``forward`` (:func:`conv_forward`);
+:func:`guard_bf16` applies it to every other convolution module of a network, which the engine does
+before it trains in bf16 on a CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+
+
+def wide_depthwise_in_fp32(conv: nn.Module, x: torch.Tensor) -> bool:
+    """A depthwise convolution (one group per input channel) with a kernel wider than 3. oneDNN's bf16
+    weight gradient for such a kernel is far slower than its fp32 one (a 5x5 depthwise on
+    4 x 672 x 20 x 20, 2 threads of a Xeon with AMX: 34 ms against 4.5 ms; the forward pass and 3x3
+    kernels are faster in bf16), so the EfficientNet and MobileNetV3 backbones train faster with
+    these in fp32."""
+    return conv.groups > 1 and conv.groups == conv.in_channels and max(conv.kernel_size) > 3
+
+
+def kernel_overhangs(conv: nn.Module, x: torch.Tensor) -> bool:
+    """Is the data ``conv``'s kernel slides over smaller than the kernel's dilated extent in some dimension?
+
+    For ``nn.Conv1d/2d/3d`` that is the input ``x``; for ``nn.ConvTranspose1d/2d/3d``, whose weight
+    gradient is a convolution over its output, the input or the output. ``x`` is (B, C, *spatial) or
+    (C, *spatial).
+
+    >>> kernel_overhangs(nn.Conv3d(8, 8, 3, padding=1), torch.zeros(1, 8, 2, 16, 16))  # two frames
+    True
+    >>> kernel_overhangs(nn.Conv2d(8, 8, 3, padding=1), torch.zeros(1, 8, 3, 3))
+    False
+    """
+    dims = len(conv.kernel_size)
+    spans = [(k - 1) * d + 1 for k, d in zip(conv.kernel_size, conv.dilation)]
+    sizes = x.shape[-dims:]
+    if any(n < s for n, s in zip(sizes, spans)):
+        return True
+    if not conv.transposed:
+        return False
+    outs = [
+        (n - 1) * st - 2 * p + s + op
+        for n, st, p, s, op in zip(sizes, conv.stride, conv.padding, spans, conv.output_padding)
+    ]
+    return any(o < s for o, s in zip(outs, spans))
+
+
+def bf16_conv_in_fp32(conv: nn.Module, x: torch.Tensor) -> bool:
+    """True when ``conv`` should run in fp32 on ``x`` although CPU bf16 autocast is on: its kernel
+    overhangs the data (:func:`kernel_overhangs`), or it is a wide depthwise convolution
+    (:func:`wide_depthwise_in_fp32`). False outside CPU autocast."""
+    return (
+        x.device.type == "cpu"
+        and torch.is_autocast_enabled("cpu")
+        and (wide_depthwise_in_fp32(conv, x) or kernel_overhangs(conv, x))
+    )
+
+
+def run_conv(conv: nn.Module, x: torch.Tensor, forward: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``forward(x)``, with autocast off and ``x`` in fp32 where :func:`bf16_conv_in_fp32` says so."""
+    if bf16_conv_in_fp32(conv, x):
+        with torch.autocast("cpu", enabled=False):
+            return forward(x.float())
+    return forward(x)
+
+
+def conv_forward(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``conv._conv_forward`` on ``x``, in fp32 where :func:`bf16_conv_in_fp32` says so."""
+    return run_conv(conv, x, lambda v: conv._conv_forward(v, conv.weight, conv.bias))
+
+
+_GUARDED: dict[type, type] = {}
+
+
+def _guarded(cls: type) -> type:
+    """``cls`` with a ``forward`` that runs through :func:`run_conv` (made once per class)."""
+    if hasattr(cls, "_bf16_plain"):
+        return cls
+    if cls not in _GUARDED:
+
+        def forward(self, x, *args, **kwargs):
+            return run_conv(self, x, lambda v: cls.forward(self, v, *args, **kwargs))
+
+        attrs = {
+            "forward": forward,
+            "_bf16_plain": cls,  # the class as built (plain_type)
+            "__module__": cls.__module__,
+            "__qualname__": cls.__qualname__,
+        }
+        _GUARDED[cls] = type(cls.__name__, (cls,), attrs)
+    return _GUARDED[cls]
+
+
+def plain_type(module: nn.Module) -> type:
+    """``module``'s class as built: the class :func:`guard_bf16` replaced, or ``type(module)``."""
+    return getattr(type(module), "_bf16_plain", type(module))
+
+
+def guard_bf16(model: nn.Module) -> int:
+    """Make every convolution module of ``model`` run in fp32 where :func:`bf16_conv_in_fp32` says so.
+
+    Each ``nn.Conv1d/2d/3d`` and ``nn.ConvTranspose1d/2d/3d`` (subclasses included) gets a subclass of
+    its own class, of the same name, whose ``forward`` checks its input first; the state dict, the
+    parameters and ``isinstance`` are unchanged (``torch.nn.utils.parametrize`` swaps classes the
+    same way; :func:`plain_type` gives the class as built). Outside CPU bf16 autocast the check is a
+    no-op. Calling it again changes nothing.
+
+    Returns:
+        how many modules it guarded this call.
+
+    >>> net = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.ReLU())
+    >>> guard_bf16(net), guard_bf16(net), type(net[0]).__name__, isinstance(net[0], nn.Conv3d)
+    (1, 0, 'Conv3d', True)
+    """
+    count = 0
+    for m in model.modules():
+        if isinstance(m, nn.modules.conv._ConvNd) and not hasattr(type(m), "_bf16_plain"):
+            m.__class__ = _guarded(type(m))
+            count += 1
+    return count
