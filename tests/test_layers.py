@@ -313,9 +313,10 @@ def test_kernel_overhangs_compares_the_data_under_the_kernel_with_its_dilated_ex
 
 def test_guard_bf16_runs_overhanging_convolutions_in_fp32_and_keeps_the_modules_identity():
     """The engine guards a network before it trains in bf16 on a CPU: a convolution whose kernel
-    overhangs its input or output runs with autocast off; the others stay in bf16; the state dict,
-    the parameters, ``isinstance`` and the printed class names do not change."""
+    overhangs the data runs with autocast off; the others stay in bf16; the state dict, the
+    parameters, ``isinstance`` and the printed class names do not change."""
     import copy
+    import io
 
     from cnnkit.layers.bf16 import guard_bf16, plain_type
     from cnnkit.models.network import describe_modules
@@ -327,7 +328,11 @@ def test_guard_bf16_runs_overhanging_convolutions_in_fp32_and_keeps_the_modules_
     assert list(net.parameters()) == params and list(net.state_dict()) == keys and repr(net) == text
     assert isinstance(net[0], nn.Conv3d) and isinstance(net[2], nn.ConvTranspose2d)
     assert type(net[0]) is not nn.Conv3d and plain_type(net[0]) is nn.Conv3d and plain_type(net[1]) is nn.Conv3d
-    assert type(copy.deepcopy(net)[0]) is type(net[0])
+    assert type(copy.deepcopy(net)[0]) is nn.Conv3d  # copies and pickles are of the class as built
+    buffer = io.BytesIO()
+    torch.save(net, buffer)
+    buffer.seek(0)
+    assert [type(m) for m in torch.load(buffer, weights_only=False)] == [nn.Conv3d, nn.Conv3d, nn.ConvTranspose2d]
     deep, shallow, latent = torch.randn(2, 1, 8, 6, 6), torch.randn(2, 1, 2, 6, 6), torch.randn(2, 8, 1, 1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert net[0](deep).dtype == torch.bfloat16  # 8 frames: bf16

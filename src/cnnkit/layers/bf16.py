@@ -21,6 +21,7 @@ before it trains in bf16 on a CPU.
 
 from __future__ import annotations
 
+import copyreg
 from collections.abc import Callable
 
 import torch
@@ -98,8 +99,13 @@ def _guarded(cls: type) -> type:
         def forward(self, x, *args, **kwargs):
             return run_conv(self, x, lambda v: cls.forward(self, v, *args, **kwargs))
 
+        def __reduce_ex__(self, protocol):  # pickled and deep-copied as the class as built
+            _, _, *rest = cls.__reduce_ex__(self, protocol)  # (constructor, its args, state, ...)
+            return (copyreg._reconstructor, (cls, object, None), *rest)
+
         attrs = {
             "forward": forward,
+            "__reduce_ex__": __reduce_ex__,
             "_bf16_plain": cls,  # the class as built (plain_type)
             "__module__": cls.__module__,
             "__qualname__": cls.__qualname__,
@@ -119,8 +125,9 @@ def guard_bf16(model: nn.Module) -> int:
     Each ``nn.Conv1d/2d/3d`` and ``nn.ConvTranspose1d/2d/3d`` (subclasses included) gets a subclass of
     its own class, of the same name, whose ``forward`` checks its input first; the state dict, the
     parameters and ``isinstance`` are unchanged (``torch.nn.utils.parametrize`` swaps classes the
-    same way; :func:`plain_type` gives the class as built). Outside CPU bf16 autocast the check is a
-    no-op. Calling it again changes nothing.
+    same way; :func:`plain_type` gives the class as built). A pickled or deep-copied module is of the
+    class as built: the guard belongs to the training that set it. Outside CPU bf16 autocast the
+    check is a no-op. Calling it again changes nothing.
 
     Returns:
         how many modules it guarded this call.
