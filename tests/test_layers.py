@@ -324,6 +324,8 @@ def test_guard_bf16_runs_overhanging_convolutions_in_fp32_and_keeps_the_modules_
     net = nn.Sequential(nn.Conv3d(1, 8, 3, padding=1), nn.Conv3d(8, 8, 3, padding=1), nn.ConvTranspose2d(8, 8, 4))
     params, keys, text, tree = list(net.parameters()), list(net.state_dict()), repr(net), describe_modules(net)
     assert guard_bf16(net) == 3 and guard_bf16(net) == 0
+    same = nn.Sequential(Conv2dSame(8, 8, 3, stride=2), DepthwiseConv2d(8, 3, padding="same"))
+    assert guard_bf16(same) == 0  # cnnkit's own layers apply the rule in their forward
     assert describe_modules(net) == tree is not None  # a run's file still describes it without code
     assert list(net.parameters()) == params and list(net.state_dict()) == keys and repr(net) == text
     assert isinstance(net[0], nn.Conv3d) and isinstance(net[2], nn.ConvTranspose2d)

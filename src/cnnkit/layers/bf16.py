@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 
-def wide_depthwise_in_fp32(conv: nn.Module, x: torch.Tensor) -> bool:
+def wide_depthwise_in_fp32(conv: nn.Module) -> bool:
     """A depthwise convolution (one group per input channel) with a kernel wider than 3. oneDNN's bf16
     weight gradient for such a kernel is far slower than its fp32 one (a 5x5 depthwise on
     4 x 672 x 20 x 20, 2 threads of a Xeon with AMX: 34 ms against 4.5 ms; the forward pass and 3x3
@@ -70,7 +70,7 @@ def bf16_conv_in_fp32(conv: nn.Module, x: torch.Tensor) -> bool:
     return (
         x.device.type == "cpu"
         and torch.is_autocast_enabled("cpu")
-        and (wide_depthwise_in_fp32(conv, x) or kernel_overhangs(conv, x))
+        and (wide_depthwise_in_fp32(conv) or kernel_overhangs(conv, x))
     )
 
 
@@ -83,7 +83,9 @@ def run_conv(conv: nn.Module, x: torch.Tensor, forward: Callable[[torch.Tensor],
 
 
 def conv_forward(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``conv._conv_forward`` on ``x``, in fp32 where :func:`bf16_conv_in_fp32` says so."""
+    """``conv._conv_forward`` on ``x``, in fp32 where :func:`bf16_conv_in_fp32` says so. A class
+    whose ``forward`` calls it sets ``bf16_rule_in_forward = True``: :func:`guard_bf16` leaves it as
+    it is."""
     return run_conv(conv, x, lambda v: conv._conv_forward(v, conv.weight, conv.bias))
 
 
@@ -122,8 +124,8 @@ def plain_type(module: nn.Module) -> type:
 def guard_bf16(model: nn.Module) -> int:
     """Make every convolution module of ``model`` run in fp32 where :func:`bf16_conv_in_fp32` says so.
 
-    Each ``nn.Conv1d/2d/3d`` and ``nn.ConvTranspose1d/2d/3d`` (subclasses included) gets a subclass of
-    its own class, of the same name, whose ``forward`` checks its input first; the state dict, the
+    Each ``nn.Conv1d/2d/3d`` and ``nn.ConvTranspose1d/2d/3d`` (subclasses included, but not
+    cnnkit's layers whose ``forward`` runs :func:`conv_forward`) gets a subclass of its own class, of the same name, whose ``forward`` checks its input first; the state dict, the
     parameters and ``isinstance`` are unchanged (``torch.nn.utils.parametrize`` swaps classes the
     same way; :func:`plain_type` gives the class as built). A pickled or deep-copied module is of the
     class as built: the guard belongs to the training that set it. Outside CPU bf16 autocast the
@@ -138,7 +140,8 @@ def guard_bf16(model: nn.Module) -> int:
     """
     count = 0
     for m in model.modules():
-        if isinstance(m, nn.modules.conv._ConvNd) and not hasattr(type(m), "_bf16_plain"):
+        ruled = hasattr(type(m), "_bf16_plain") or getattr(m, "bf16_rule_in_forward", False)
+        if isinstance(m, nn.modules.conv._ConvNd) and not ruled:
             m.__class__ = _guarded(type(m))
             count += 1
     return count

@@ -41,6 +41,8 @@ class DepthwiseConv2d(nn.Conv2d):
     """``nn.Conv2d`` (same state dict) whose wide depthwise kernels run in fp32 under CPU bf16
     autocast (:func:`cnnkit.layers.bf16.wide_depthwise_in_fp32`)."""
 
+    bf16_rule_in_forward = True  # conv_forward: cnnkit.layers.bf16.guard_bf16 leaves it as it is
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return conv_forward(self, x)
 
@@ -49,6 +51,7 @@ class _DynamicPad:
     """Mixin for ``nn.ConvNd``: pad the input in ``forward`` when ``pad_mode`` is set."""
 
     pad_mode: str | None
+    bf16_rule_in_forward = True  # conv_forward on the padded input: guard_bf16 leaves it as it is
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pad_mode is not None:
