@@ -134,6 +134,31 @@ def test_masks_move_with_the_pixels():
     assert (x[0, 0] == 0.5).any()  # zoomed out: padded with the fill
 
 
+def test_a_batch_cuts_each_roi_target_from_its_own_mask():
+    # image 0 has two instances, image 1 one, image 2 none: the batch's masks have padding columns,
+    # and every RoI's target must come from its own image's own instance
+    imgs, insts = instance_images()
+    one = torch.zeros(40, 80, dtype=torch.uint8)
+    one[0:20, 0:40] = 1
+    none = torch.zeros(40, 80, dtype=torch.uint8)
+    data = from_instances(imgs * 3, [insts[0], one, none], None, ["a"], 64)
+    assert data.masks.shape == (3, 2, 64, 64) and data.labels.tolist() == [[0, 0], [0, -1], [-1, -1]]
+    task = InstanceTask(["a"], batch_size=3, flip=0.0, scale=None, colour=0.0, fill=0.5, roi_jitter=1)
+    for order in ([0, 1, 2], [2, 1, 0], [1, 2]):
+        batch = task._batch(data, torch.tensor(order), torch.Generator().manual_seed(0), True)
+        for i, (b, lab, target) in zip(order, batch[3]):
+            n = int((data.labels[i] >= 0).sum())
+            assert len(b) == 2 * n and lab.tolist() == [0] * 2 * n  # each box and one jittered copy
+            src = list(range(n)) * 2
+            want = [roi_mask_targets(data.masks[i, [k]], b[[j]]) for j, k in enumerate(src)]
+            assert torch.equal(target, torch.cat(want) if want else torch.zeros(0, 28, 28))
+    masks = torch.zeros(2, 40, 40)
+    masks[0, :20] = 1
+    rois = torch.tensor([[0.0, 0, 40, 20], [0, 0, 40, 20]])
+    t = roi_mask_targets(masks, rois, index=torch.tensor([1, 0]))  # box k cut from masks[index[k]]
+    assert float(t[0].sum()) == 0 and bool(t[1].all())
+
+
 def coco_direct(predictions, targets):
     """pycocotools by its documented path: a ground-truth COCO and loadRes of result dicts with RLEs."""
     from pycocotools import mask as cm

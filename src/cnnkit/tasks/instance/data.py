@@ -125,14 +125,18 @@ def jitter_boxes(
     return torch.cat([boxes, j]), src
 
 
-def roi_mask_targets(masks: torch.Tensor, rois: torch.Tensor, size: int = MASK_SIZE) -> torch.Tensor:
-    """Instance masks (K, H, W) (0/1, float or uint8) and one box each (K, 4) -> (K, size, size) 0/1 float:
-    each mask RoIAligned over its box (as the head's features are) and thresholded at 0.5."""
+def roi_mask_targets(
+    masks: torch.Tensor, rois: torch.Tensor, size: int = MASK_SIZE, index: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Instance masks (N, H, W) (0/1, float or uint8) and boxes (K, 4) -> (K, size, size) 0/1 float:
+    box k's mask (``masks[index[k]]``; by default ``masks[k]``, one box per mask) RoIAligned over
+    the box (as the head's features are) and thresholded at 0.5."""
     if len(rois) == 0:
         return masks.new_zeros(0, size, size, dtype=torch.float32)
     k = len(rois)
-    idx = torch.arange(k, device=rois.device, dtype=rois.dtype)[:, None]
-    crop = roi_align(masks[:, None].float(), torch.cat([idx, rois], 1), size, 1.0, sampling_ratio=2, aligned=True)
+    idx = torch.arange(k, device=rois.device) if index is None else index.to(rois.device)
+    boxes = torch.cat([idx.to(rois.dtype)[:, None], rois], 1)
+    crop = roi_align(masks[:, None].float(), boxes, size, 1.0, sampling_ratio=2, aligned=True)
     return (crop[:, 0] >= 0.5).float()
 
 

@@ -47,7 +47,9 @@ class InstanceTask(DetectTask):
         x = data.images[idx].float().div_(255)
         c = x.shape[1]
         boxes, labels = data.boxes[idx], data.labels[idx]
-        masks = data.masks[idx].float()  # (B, M, S, S)
+        # (B, M, S, S): the columns some image of the batch fills (the rest are padding, and stay so)
+        filled = torch.nonzero((labels >= 0).any(0)).flatten()
+        masks = data.masks[idx, : int(filled.max()) + 1 if len(filled) else 0].float()
         if train:
             if self.flip > 0:  # masks as extra channels move with the pixels
                 xm, boxes, labels = hflip(torch.cat([x, masks], 1), boxes, labels, generator, self.flip)
@@ -61,13 +63,17 @@ class InstanceTask(DetectTask):
                 x, boxes, labels = colour_jitter(x, boxes, labels, generator, self.colour, self.colour, self.colour)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        rois = []
-        for i in range(len(idx)):  # per image: (RoI boxes, their labels, their 28x28 targets)
+        rois, sources = [], []
+        for i in range(len(idx)):  # per image: RoI boxes, their labels, and the mask of each
             keep = torch.nonzero(labels[i] >= 0).flatten()
             copies = self.roi_jitter if train else 0
             b, src = jitter_boxes(boxes[i, keep], copies, generator, size=tuple(x.shape[-2:]))
-            rois.append((b, labels[i, keep][src], roi_mask_targets(masks[i, keep][src], b)))
-        return x, boxes, labels, rois
+            rois.append((b, labels[i, keep][src]))
+            sources.append(i * masks.shape[1] + keep[src])
+        # the 28x28 targets of every RoI of the batch in one RoIAlign over its masks
+        targets = roi_mask_targets(masks.flatten(0, 1), torch.cat([b for b, _ in rois]), index=torch.cat(sources))
+        targets = targets.split([len(b) for b, _ in rois])
+        return x, boxes, labels, [(b, lab, t) for (b, lab), t in zip(rois, targets)]
 
     def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x, boxes, labels, rois = batch
