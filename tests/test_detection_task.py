@@ -119,3 +119,20 @@ def test_detected_photos_are_scored_with_flip_tta_and_digit_scenes_and_masks_wit
     assert InstanceConfig(tta="flip").resolved().tta == "flip"
     assert DetectConfig(data="digits").resolved().tta == "none"
     assert DetectConfig(tta="none").resolved().tta == "none"
+
+
+def test_keep_depthwise_defaults_and_refusals():
+    from cnnkit.tasks.detect.config import DetectConfig, config_from_dict, validate
+    from cnnkit.tasks.instance.config import InstanceConfig
+
+    assert DetectConfig(data="pennfudan").resolved().keep_depthwise  # the Penn-Fudan detector's recipe
+    assert not DetectConfig(data="digits").resolved().keep_depthwise  # tiny backbone, no weights
+    assert not DetectConfig(data="some/folder").resolved().keep_depthwise  # not measured there: trained
+    assert not DetectConfig(data="pennfudan", weights=None).resolved().keep_depthwise
+    assert not InstanceConfig(data="pennfudan").resolved().keep_depthwise  # the mask recipe trains them
+    assert InstanceConfig(data="pennfudan", keep_depthwise=True).resolved().keep_depthwise
+    stored = DetectConfig(data="pennfudan").resolved().to_dict()
+    del stored["keep_depthwise"]  # a run from before the option trained every filter, and resumes so
+    assert config_from_dict(stored).resolved().keep_depthwise is False
+    with pytest.raises(CnnkitError, match="--keep-depthwise must be off without pretrained weights"):
+        validate(DetectConfig(data="pennfudan", weights=None, keep_depthwise=True).resolved())

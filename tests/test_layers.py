@@ -24,6 +24,8 @@ from cnnkit.layers import (
     SqueezeExcite,
     conv_transpose_same_args,
     get_activation,
+    is_depthwise,
+    keep_depthwise,
     pad_for,
     same_pad,
 )
@@ -169,6 +171,23 @@ def test_separable_conv_counts_and_reference():
     assert DepthwiseConv2d(4, 3, padding="valid")(x).shape == (2, 4, 7, 6)
     with pytest.raises(CnnkitError, match="Received: padding='full'"):
         DepthwiseConv2d(4, 3, padding="full")
+
+
+def test_keep_depthwise_stops_only_the_depthwise_weight_gradients():
+    assert is_depthwise(nn.Conv2d(6, 6, 3, groups=6)) and is_depthwise(DepthwiseConv2d(4, 3, depth_multiplier=2))
+    assert not is_depthwise(nn.Conv2d(6, 6, 3, groups=2)) and not is_depthwise(nn.Conv2d(1, 4, 3))
+    assert not is_depthwise(nn.Linear(4, 4))
+    block = nn.Sequential(
+        nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 5, padding=2, groups=8), SeparableConv2d(8, 4, 3), nn.Conv2d(4, 4, 1)
+    )
+    assert keep_depthwise(block) == 2 and keep_depthwise(block) == 0  # the second call finds none left to keep
+    kept = [block[1].weight, block[2].depthwise.weight]
+    assert [p.requires_grad for p in block.parameters()].count(False) == 2 and not any(p.requires_grad for p in kept)
+    block(torch.randn(2, 3, 8, 8)).square().sum().backward()
+    assert all(p.grad is None for p in kept)
+    # the gradient still flows through them: the layers before and after train
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in block.parameters() if p.requires_grad)
+    assert block[1].bias.requires_grad  # a depthwise bias trains: only the filters are kept
 
 
 # ---------------------------------------------------------------- LRN, SE, activations

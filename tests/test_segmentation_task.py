@@ -164,14 +164,16 @@ def test_recipes_resolve_and_a_scratch_encoder_drops_the_pretrained_settings():
         SegmentConfig(data="pennfudan", model="resnet18"),
     ):
         r = other.resolved()
-        assert (r.weights, r.freeze_bn, r.freeze_to, r.encoder_lr) == (None, False, 0, 1.0)
+        assert (r.weights, r.freeze_bn, r.freeze_to, r.encoder_lr, r.keep_depthwise) == (None, False, 0, 1.0, False)
+    # the pretrained encoder's depthwise filters are kept on Penn-Fudan (where it was measured), trained elsewhere
+    assert pf.keep_depthwise and not SegmentConfig(data="some/folder").resolved().keep_depthwise
     from dataclasses import asdict
 
     from cnnkit.tasks.segment.task import encoder_line
 
     assert encoder_line(asdict(pf)) == (
         "encoder efficientnet_lite1: imagenet weights, batch norms frozen, layers to stride 4 frozen, "
-        "learning rate x0.1 of --lr"
+        "depthwise filters kept, learning rate x0.1 of --lr"
     )
     assert "from scratch" in encoder_line(
         asdict(SegmentConfig(data="pennfudan", model="efficientnet_lite0").resolved())
@@ -348,4 +350,7 @@ def test_a_bad_train_scale_is_refused_before_any_data_is_read(tmp_path):
         train(cfg, tmp_path / "run", quiet=True)
     with pytest.raises(CnnkitError, match=r"--train-scale must be two factors"):
         train(replace(cfg, train_scale=(0.5, 100.0)), tmp_path / "run", quiet=True)
+    scratch = replace(cfg, train_scale=(0.5, 1.5), weights="none", keep_depthwise=True)
+    with pytest.raises(CnnkitError, match="--keep-depthwise keeps a pretrained encoder's depthwise filters"):
+        train(scratch, tmp_path / "run", quiet=True)
     assert not (tmp_path / "run").exists()

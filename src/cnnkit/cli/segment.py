@@ -60,6 +60,7 @@ def run_train(args) -> int:
         raise CnnkitError("--resume needs --out RUN, the run folder to continue")
     if args.resume:  # the run's own settings, the ones typed checked against them
         values = check_resume_settings(args.out, "segment", values)
+        values.setdefault("keep_depthwise", False)  # a run from before the option trained every filter
     cfg = SegmentConfig.from_dict(values)
     out = args.out or f"runs/segment-{Path(cfg.data).name}-{time.strftime('%Y%m%d-%H%M%S')}"
     result = train(cfg, out, resume=args.resume, quiet=args.quiet)

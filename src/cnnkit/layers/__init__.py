@@ -3,7 +3,7 @@
 - :mod:`.padding` -- TF "same" padding for any stride (``same_pad``, ``pad_for``)
 - :mod:`.conv_same` -- ``Conv1dSame``/``Conv2dSame``/``Conv3dSame``, ``ConvTranspose2dSame``
 - :mod:`.pool_same` -- max/average pooling with "same" padding
-- :mod:`.separable` -- ``DepthwiseConv2d``, ``SeparableConv2d`` (Keras layout)
+- :mod:`.separable` -- ``DepthwiseConv2d``, ``SeparableConv2d`` (Keras layout); ``keep_depthwise``
 - :mod:`.lrn` -- ``LocalResponseNorm`` with TensorFlow's parameters
 - :mod:`.se` -- ``SqueezeExcite``
 - :mod:`.act` -- ``get_activation`` by Keras name
@@ -40,7 +40,7 @@ from cnnkit.layers.pool_same import (
     MaxPool3dSame,
 )
 from cnnkit.layers.se import SqueezeExcite
-from cnnkit.layers.separable import DepthwiseConv2d, SeparableConv2d
+from cnnkit.layers.separable import DepthwiseConv2d, SeparableConv2d, is_depthwise, keep_depthwise
 from cnnkit.layers.upsample import (
     BilinearConvTranspose2d,
     Upsample,
@@ -67,6 +67,8 @@ __all__ = [
     "AvgPool3dSame",
     "DepthwiseConv2d",
     "SeparableConv2d",
+    "is_depthwise",
+    "keep_depthwise",
     "LocalResponseNorm",
     "SqueezeExcite",
     "get_activation",

@@ -74,3 +74,28 @@ class SeparableConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pointwise(self.depthwise(x))
+
+
+def is_depthwise(conv: nn.Module) -> bool:
+    """A convolution that filters each input channel on its own (``groups == in_channels > 1``)."""
+    return isinstance(conv, nn.modules.conv._ConvNd) and conv.groups > 1 and conv.groups == conv.in_channels
+
+
+def keep_depthwise(module: nn.Module) -> int:
+    """Leave every depthwise filter of ``module`` as it is (``requires_grad=False`` on its weight).
+
+    Fine-tuning a pretrained backbone this way skips the depthwise weight gradients: on a CPU,
+    oneDNN has no depthwise kernel for a channels-last weight gradient and computes it many times
+    slower than the forward pass (a 5x5 over 8 x 672 x 20 x 20: 6 ms against under 1 ms for the
+    input gradient). The gradient still flows through them to the layers before. Returns how many
+    filters were kept.
+
+    >>> keep_depthwise(SeparableConv2d(8, 16, 3))
+    1
+    """
+    kept = 0
+    for m in module.modules():
+        if is_depthwise(m) and m.weight.requires_grad:
+            m.weight.requires_grad_(False)
+            kept += 1
+    return kept

@@ -58,6 +58,12 @@ class DetectConfig(RunConfig):
         "trained and keep their batch-norm statistics, as detectron2 freezes "
         "the stem and res2 (default: 4 with pretrained weights; 0: none)",
     )
+    keep_depthwise: bool | None = option(
+        None,
+        help="the pretrained backbone's depthwise filters are not trained (their weight gradients are the "
+        "slowest part of a CPU step) (default: on for the Penn-Fudan detector; off for instance masks, "
+        "other data and backbones without weights)",
+    )
     width: int = option(64, help="channels of the FPN-lite neck and the head")
     head_convs: int = option(2, help="3x3 convolutions per head tower")
     separate_towers: bool | None = option(
@@ -110,6 +116,9 @@ class DetectConfig(RunConfig):
             weights=weights,
             strides=tuple(self.strides) or ((8,) if tiny else (8, 16, 32)),
             freeze_to=self.freeze_to if self.freeze_to is not None else (4 if weights else 0),
+            keep_depthwise=(
+                self.keep_depthwise if self.keep_depthwise is not None else bool(weights) and self.data == "pennfudan"
+            ),
             epochs=self.epochs if self.epochs is not None else (40 if photos else 5),
             separate_towers=self.separate_towers if self.separate_towers is not None else not tiny,
             batch_size=self.batch_size if self.batch_size is not None else (4 if photos else 8),
@@ -150,6 +159,11 @@ def validate(cfg: DetectConfig) -> DetectConfig:
         ("box_weight", cfg.box_weight >= 0, "a number >= 0"),
         ("val_every", cfg.val_every >= 0, "an integer >= 0 (0: no validation while training)"),
         ("device", cfg.device in (None, "cpu", "cuda"), "cpu or cuda"),
+        (
+            "keep_depthwise",
+            not cfg.keep_depthwise or bool(cfg.weights),
+            "off without pretrained weights (it keeps the backbone's depthwise filters as --weights gives them)",
+        ),
     ]
     for name, ok, want in checks:
         if not ok:
@@ -165,6 +179,7 @@ def stored_settings(d: dict) -> dict:
         "train_digits": d.get("train_digits") or (1, 4),
         "separate_towers": d.get("separate_towers", False),
         "test_scale": d.get("test_scale", 1.0),  # runs from before the option answered at their training size
+        "keep_depthwise": d.get("keep_depthwise", False),  # runs from before the option trained every filter
     }
 
 

@@ -7,6 +7,7 @@ import torch
 from cnnkit.engine import Data, fit_run
 from cnnkit.engine.config import use_threads
 from cnnkit.errors import CnnkitError
+from cnnkit.layers import keep_depthwise
 from cnnkit.tasks.detect.config import DetectConfig, config_from_dict, validate
 from cnnkit.tasks.detect.data import _to, load_split_data
 from cnnkit.tasks.detect.load import new_detector
@@ -65,6 +66,8 @@ def train(cfg: DetectConfig, out, resume: bool = False, quiet: bool = False):
             separate_towers=cfg.separate_towers,
         )
         frozen = model.freeze_backbone(cfg.freeze_to) if cfg.freeze_to > 0 else []  # BN kept in eval mode
+        if cfg.keep_depthwise:
+            keep_depthwise(model.features)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         info["config"] = cfg.to_dict()

@@ -57,6 +57,7 @@ class InstanceConfig(DetectConfig):
             model=self.model or ("efficientnet_lite0" if photos else "resnet18"),
             val_every=self.val_every if self.val_every is not None else (8 if photos else 0),
             tta=self.tta or "none",  # flip TTA of the boxes did not raise the validation mask AP
+            keep_depthwise=bool(self.keep_depthwise),  # off unless asked: the mask head's recipe trains them
         )
         return DetectConfig.resolved(cfg)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from cnnkit.errors import CnnkitError
+from cnnkit.layers import keep_depthwise
 from cnnkit.models.instance import MaskDetector
 from cnnkit.tasks.instance.config import InstanceConfig, config_from_dict
 from cnnkit.tasks.instance.data import load_instance_data
@@ -81,6 +82,8 @@ def train(cfg: InstanceConfig, out, resume: bool = False, quiet: bool = False):
             frozen = m.detector.features.up_to_stride(cfg.freeze_to) if cfg.weights else []
             for module in frozen:
                 module.requires_grad_(False)
+            if cfg.keep_depthwise:
+                keep_depthwise(m.detector.features)
             return Setup(make_optimizer(m, cfg), schedule=lambda step, total: lr_at(step, total, cfg), frozen=frozen)
 
         plan = Plan([Phase(cfg.epochs, begin)], seed=cfg.seed, ema=cfg.ema, val_every=cfg.val_every)

@@ -14,6 +14,7 @@ DATA_DEFAULTS = {  # what `cnnkit segment train --data X` uses without flags (th
         finest=4,
         freeze_bn=True,
         freeze_to=4,
+        keep_depthwise=True,
         channels_last=True,
         encoder_lr=0.1,
         max_side=384,
@@ -58,7 +59,9 @@ DATA_DEFAULTS = {  # what `cnnkit segment train --data X` uses without flags (th
 }
 
 
-_SCRATCH = dict(weights=None, freeze_bn=False, freeze_to=0, encoder_lr=1.0)  # what a from-scratch encoder changes
+_SCRATCH = dict(
+    weights=None, freeze_bn=False, freeze_to=0, keep_depthwise=False, encoder_lr=1.0
+)  # what a from-scratch encoder changes
 
 
 @dataclass
@@ -89,6 +92,11 @@ class SegmentConfig(RunConfig):
     encoder_lr: float | None = option(None, help="the encoder's learning rate as a fraction of --lr")
     freeze_to: int | None = option(
         None, help="zoo encoder: its layers up to the map of this stride not trained (0: none)"
+    )
+    keep_depthwise: bool | None = option(
+        None,
+        help="zoo encoder with weights: its depthwise filters are not trained (their weight gradients are the "
+        "slowest part of a CPU step) (default: on for Penn-Fudan, off elsewhere)",
     )
     channels_last: bool | None = option(None, help="NHWC weights and batches (faster depthwise convolutions on CPUs)")
     epochs: int | None = None

@@ -154,6 +154,7 @@ def encoder_line(config: dict) -> str:
     if not config.get("weights"):
         return f"encoder {name}: from scratch (random weights; --weights imagenet starts from the published ones)"
     frozen = f", layers to stride {config['freeze_to']} frozen" if config.get("freeze_to") else ""
+    frozen += ", depthwise filters kept" if config.get("keep_depthwise") else ""
     return (
         f"encoder {name}: {config['weights']} weights, batch norms "
         f"{'frozen' if config.get('freeze_bn') else 'trained'}{frozen}, "

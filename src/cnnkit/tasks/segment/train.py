@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 
 from cnnkit.errors import CnnkitError
+from cnnkit.layers import keep_depthwise
 from cnnkit.tasks.segment.config import SegmentConfig
 from cnnkit.tasks.segment.data import load_splits
 from cnnkit.tasks.segment.evaluate import evaluate
@@ -61,6 +62,11 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
             f"--val-every must be an integer >= 0 (0: no validation while training). Received: {cfg.val_every}"
         )
     scales(cfg.test_scale)  # a bad --test-scale fails before any data is read
+    if cfg.keep_depthwise and (not cfg.weights or cfg.model == "unet"):
+        raise CnnkitError(
+            "--keep-depthwise keeps a pretrained encoder's depthwise filters: it needs a zoo encoder with "
+            "--weights imagenet; leave it out to train from scratch"
+        )
     lo, hi = (float(v) for v in cfg.train_scale)
     if not 0 < lo <= hi <= 4:  # NaN fails too
         raise CnnkitError(f"--train-scale must be two factors 0 < LO <= HI <= 4. Received: {tuple(cfg.train_scale)}")
@@ -88,6 +94,8 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
         stem = model.net.encoder.stem(cfg.freeze_to)
     for layer in stem:  # before the summary, whose "Trainable" column then shows it
         layer.requires_grad_(False)
+    if cfg.keep_depthwise:
+        keep_depthwise(model.net.encoder)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
 
