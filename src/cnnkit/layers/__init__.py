@@ -17,6 +17,7 @@
 
 from cnnkit.layers.act import activation_names, get_activation
 from cnnkit.layers.aspp import ASPP, AtrousConv2d, ImagePooling, aspp_rates
+from cnnkit.layers.bf16 import is_depthwise
 from cnnkit.layers.conv_bn_act import ConvNormAct
 from cnnkit.layers.conv_same import (
     Conv1dSame,
@@ -40,7 +41,7 @@ from cnnkit.layers.pool_same import (
     MaxPool3dSame,
 )
 from cnnkit.layers.se import SqueezeExcite
-from cnnkit.layers.separable import DepthwiseConv2d, SeparableConv2d, is_depthwise, keep_depthwise
+from cnnkit.layers.separable import DepthwiseConv2d, SeparableConv2d, keep_depthwise
 from cnnkit.layers.upsample import (
     BilinearConvTranspose2d,
     Upsample,

@@ -28,13 +28,18 @@ import torch
 import torch.nn as nn
 
 
+def is_depthwise(conv: nn.Module) -> bool:
+    """A convolution that filters each input channel on its own (``groups == in_channels > 1``)."""
+    return isinstance(conv, nn.modules.conv._ConvNd) and conv.groups > 1 and conv.groups == conv.in_channels
+
+
 def wide_depthwise_in_fp32(conv: nn.Module) -> bool:
     """A depthwise convolution (one group per input channel) with a kernel wider than 3. oneDNN's bf16
     weight gradient for such a kernel is far slower than its fp32 one (a 5x5 depthwise on
     4 x 672 x 20 x 20, 2 threads of a Xeon with AMX: 34 ms against 4.5 ms; the forward pass and 3x3
     kernels are faster in bf16), so the EfficientNet and MobileNetV3 backbones train faster with
     these in fp32."""
-    return conv.groups > 1 and conv.groups == conv.in_channels and max(conv.kernel_size) > 3
+    return is_depthwise(conv) and max(conv.kernel_size) > 3
 
 
 def kernel_overhangs(conv: nn.Module, x: torch.Tensor) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from cnnkit.layers.bf16 import is_depthwise
 from cnnkit.layers.conv_same import _DynamicPad, resolve_padding
 
 
@@ -74,11 +75,6 @@ class SeparableConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pointwise(self.depthwise(x))
-
-
-def is_depthwise(conv: nn.Module) -> bool:
-    """A convolution that filters each input channel on its own (``groups == in_channels > 1``)."""
-    return isinstance(conv, nn.modules.conv._ConvNd) and conv.groups > 1 and conv.groups == conv.in_channels
 
 
 def keep_depthwise(module: nn.Module) -> int:
