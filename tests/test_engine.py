@@ -274,6 +274,41 @@ def test_a_config_file_tuple_setting_needs_its_count_and_type(tmp_path):
         read_config_file(bad, DetectConfig)
 
 
+@pytest.mark.parametrize(
+    "module, name",
+    [
+        ("classify", "TrainConfig"),
+        ("classify", "FinetuneConfig"),
+        ("detect", "DetectConfig"),
+        ("instance", "InstanceConfig"),
+        ("segment", "SegmentConfig"),
+        ("sequence", "SequenceConfig"),
+        ("video", "VideoConfig"),
+        ("video_predict", "PredictConfig"),
+        ("generate", "GenerateConfig"),
+        ("style", "StyleTrainConfig"),
+    ],
+)
+def test_a_run_folders_config_yaml_reads_back_as_a_config_file(tmp_path, module, name):
+    # config.yaml lists every field, the shared ones the command does not take among them: --config
+    # skips those at their defaults and refuses one set to anything else
+    import importlib
+
+    from cnnkit.engine.config import config_yaml, read_config_file
+
+    cls = getattr(importlib.import_module(f"cnnkit.tasks.{module}.config"), name)
+    path = tmp_path / "config.yaml"
+    path.write_bytes(config_yaml(cls().to_dict()))
+    read = read_config_file(path, cls)
+    assert sorted(read) == sorted(f for f in cls().to_dict() if f not in cls.unsupported)
+    assert cls(**read).to_dict() == cls().to_dict()
+    if cls.unsupported:
+        odd = cls.unsupported[0]
+        path.write_text(f"{odd}: 12345\n")
+        with pytest.raises(CnnkitError, match=rf"does not take '{odd}' \(received '12345'\); remove it"):
+            read_config_file(path, cls)
+
+
 _MAPPED = """
 import ctypes, torch
 from cnnkit.engine.config import keep_freed_memory

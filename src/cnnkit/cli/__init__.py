@@ -63,7 +63,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, default_out: str) -> None
 
 def train_config(cls, args, builtin: tuple[str, ...] = ()) -> dict:
     """The run config's values from ``--config`` and the typed flags, with paths made absolute (a run
-    stores where its data is) and ``--weights none`` as None. ``builtin``: data names that are not paths."""
+    stores where its data is) and ``--weights none`` as None. ``builtin``: data names that are not
+    paths; one that ends in ":" is a prefix of such names (``ucr:`` for ``ucr:GunPoint``)."""
     from pathlib import Path
 
     from cnnkit.engine.config import config_from_args
@@ -73,7 +74,8 @@ def train_config(cls, args, builtin: tuple[str, ...] = ()) -> dict:
     if values.get("data_dir"):
         values["data_dir"] = str(Path(values["data_dir"]).expanduser().resolve())
     data = values.get("data")
-    if data and data not in builtin:
+    named = data in builtin or any(b.endswith(":") and str(data).lower().startswith(b) for b in builtin)
+    if data and not named:
         values["data"] = str(Path(data).expanduser().resolve())
     if isinstance(values.get("weights"), str) and values["weights"].lower() == "none":
         values["weights"] = None

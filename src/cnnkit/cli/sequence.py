@@ -50,9 +50,7 @@ def register(subparsers) -> None:
 def run_train(args) -> int:
     from cnnkit.tasks.sequence.train import train
 
-    data = getattr(args, "data", None)
-    named = (data,) if data and data.lower().startswith("ucr:") else ()
-    cfg = SequenceConfig(**train_config(SequenceConfig, args, ("ucr:GunPoint", *named)))
+    cfg = SequenceConfig(**train_config(SequenceConfig, args, ("ucr:",)))
     if args.resume and not args.out:
         raise CnnkitError("--resume needs --out RUN, the run folder to continue")
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", cfg.data.split("/")[-1].removeprefix("ucr:"))

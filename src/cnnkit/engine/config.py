@@ -286,11 +286,20 @@ def read_config_file(path: str | Path, cls: type) -> dict:
         return {}
     if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
         raise CnnkitError(f"--config {path} must be a mapping of setting: value; received a {type(data).__name__}")
-    known = [f.name for f in fields(cls) if f.name not in getattr(cls, "unsupported", ())]
-    unknown = sorted(set(data) - set(known))
+    unsupported = getattr(cls, "unsupported", ())
+    known = [f.name for f in fields(cls) if f.name not in unsupported]
+    unknown = sorted(set(data) - set(known) - set(unsupported))
     if unknown:
         raise CnnkitError(f"--config {path}: unknown setting {unknown[0]!r}; known: {', '.join(known)}")
-    return {k: _coerce(cls, k, v, f"--config {path}") for k, v in data.items()}
+    # a run's own config.yaml lists the shared settings this command does not take, at their defaults
+    defaults = {f.name: _plain(_default(f)) for f in fields(cls) if f.name in unsupported}
+    for k in sorted(set(data) & set(unsupported)):
+        if data[k] != defaults[k]:
+            raise CnnkitError(
+                f"--config {path}: this command does not take {k!r} (received {str(data[k])[:60]!r}); "
+                f"remove it or set it to {defaults[k]!r}"
+            )
+    return {k: _coerce(cls, k, v, f"--config {path}") for k, v in data.items() if k not in unsupported}
 
 
 def config_yaml(config: dict) -> bytes:

@@ -99,7 +99,9 @@ def train(cfg: SequenceConfig, out=None, resume: bool = False, quiet: bool = Fal
         _check_fitted(cfg)
     use_threads(cfg.threads if cfg.threads is not None else (0 if cfg.model in FITTED else 1))
     train_set, val_set, test_set = load_splits(cfg)
-    cfg = cfg.resolved_for(len(train_set))
+    resolved = cfg.resolved_for(len(train_set))
+    # a fitted model's run keeps the gradient-training settings unset: its config.yaml reads back
+    cfg = cfg if cfg.model in FITTED else resolved
     if cfg.ensemble == 1:
         run = _train_one(cfg, train_set, val_set, out, resume, quiet)
         model, members = run.model, []
