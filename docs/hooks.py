@@ -26,7 +26,19 @@ CLI_PAGE = Path(__file__).resolve().parent / "reference" / "cli.md"
 CONFIG_PAGE = CLI_PAGE.with_name("config.md")  # committed too, so that links to it work on a code host
 
 # the top-level names the API page documents, in this order
-PUBLIC_API = ["create_model", "list_models", "summary", "load", "to_fcn", "CnnkitError"]
+PUBLIC_API = [
+    "create_model",
+    "list_models",
+    "register_model",
+    "summary",
+    "memory_plan",
+    "load",
+    "to_fcn",
+    "load_keras",
+    "export_onnx",
+    "OnnxModel",
+    "CnnkitError",
+]
 
 
 def task_configs() -> list[str]:

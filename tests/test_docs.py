@@ -163,6 +163,35 @@ def test_config_reference_renders_each_field_once():
     not all(importlib.util.find_spec(m) for m in ("mkdocs", "material", "mkdocstrings")),
     reason="mkdocs, mkdocs-material and mkdocstrings[python] are not installed",
 )
+def test_getting_started_names_the_shared_flags_each_command_leaves_out():
+    # the table under "Flags every task takes" is each config class's `unsupported`, those of its flags
+    import importlib
+
+    page = (DOCS / "getting-started.md").read_text(encoding="utf-8")
+    section = page.split("## Flags every task takes", 1)[1]
+    shared = set(re.findall(r"^\| `(--[a-z-]+)", section, re.MULTILINE))
+    classes = {
+        "classify train": ("classify", "TrainConfig"),
+        "classify finetune": ("classify", "FinetuneConfig"),
+        "detect train": ("detect", "DetectConfig"),
+        "instance train": ("instance", "InstanceConfig"),
+        "segment train": ("segment", "SegmentConfig"),
+        "sequence train": ("sequence", "SequenceConfig"),
+        "video train": ("video", "VideoConfig"),
+        "video-predict train": ("video_predict", "PredictConfig"),
+        "generate train": ("generate", "GenerateConfig"),
+        "style train": ("style", "StyleTrainConfig"),
+    }
+    listed = {}
+    for commands, flags in re.findall(r"^\| (`[a-z -]+`(?:, `[a-z -]+`)*) \| (.*) \|$", section, re.MULTILINE):
+        for command in re.findall(r"`([a-z -]+)`", commands):
+            listed[command] = set(re.findall(r"`(--[a-z-]+)`", flags))
+    for command, (module, name) in classes.items():
+        cls = getattr(importlib.import_module(f"cnnkit.tasks.{module}.config"), name)
+        want = {"--" + f.replace("_", "-") for f in cls.unsupported} & shared
+        assert listed.get(command, set()) == want, command
+
+
 def test_site_builds_strict(tmp_path):
     done = subprocess.run(
         [

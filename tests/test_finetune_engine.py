@@ -115,7 +115,8 @@ def test_cli_finetune_resumes_exactly_and_torchrun_matches_one_process(data_dir,
     stays frozen (eval) while fine-tuning, so two shards of each batch are one batch. In fp32: under
     bf16 autocast (the default on a CPU with native bf16) two shards round differently from one batch."""
     monkeypatch.setenv("CNNKIT_HOME", str(tmp_path / "home"))
-    assert main(_cli(data_dir, tmp_path / "one", "--precision", "fp32")) == 0
+    assert main(_cli(data_dir, tmp_path / "one", "--precision", "fp32", "--threads", "1")) == 0
+    assert cnnkit.load(tmp_path / "one").info["threads"] == 1
     save = loop._save_run
 
     def save_then_stop(out, *args):

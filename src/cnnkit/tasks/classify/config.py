@@ -255,7 +255,6 @@ class FinetuneConfig(RunConfig):
         "warmup",
         "weight_decay",
         "ema",
-        "threads",
         "val_every",
         "subset",
     )

@@ -915,7 +915,7 @@ def run_finetune(
         crop_fraction=pre.crop_fraction,
         interpolation=pre.interpolation,
     )
-    threads = use_threads(None)  # the cores free now (fine-tuning has no --threads)
+    threads = use_threads(cfg.threads)
     with warnings.catch_warnings(record=True) as caught:  # each data warning printed once, one line
         warnings.simplefilter("always")
         train = load_image_folder(cfg.data, "train", **load)
