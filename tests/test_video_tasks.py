@@ -117,7 +117,7 @@ def test_grad_cam_over_a_clip_has_the_clips_shape(data_dir):
         clip_grad_cam(create_model("frames2d_small", frames=20), clip[0].transpose(0, 1))
 
 
-def test_cli_predict_writes_strip_and_gif_and_reads_user_clips(data_dir, tmp_path, capsys):
+def test_cli_predict_writes_strip_and_gif_and_reads_user_clips(data_dir, tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     args = ["video-predict", "train", "--data-dir", str(data_dir), "--out", str(run), "--quiet"]
     args += ["--epochs", "1", "--clips", "2", "--val-clips", "0", "--test-clips", "2", "--batch-size", "2"]
@@ -130,25 +130,11 @@ def test_cli_predict_writes_strip_and_gif_and_reads_user_clips(data_dir, tmp_pat
     frames.mkdir()
     for i in range(5):  # 5 frames: 4 in, no truth to show
         Image.fromarray(np.full((32, 32), 40 * i, np.uint8)).save(frames / f"{i:02d}.png")
+    (clips / "notes.txt").write_text("not a clip, and not named")  # a named clip's neighbours are not read
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "video-predict",
-                "predict",
-                str(run),
-                str(clips / "mine.npy"),
-                str(frames),
-                "--test",
-                "1",
-                "--data-dir",
-                str(data_dir),
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    monkeypatch.setenv("CNNKIT_DATA", str(tmp_path / "elsewhere"))  # --test reads the run's data folder
+    argv = ["video-predict", "predict", str(run), str(clips / "mine.npy"), str(frames), "--test", "1"]
+    assert main([*argv, "--out", str(out)]) == 0
     gif = Image.open(out / "test0000.gif")
     assert gif.n_frames == 8  # 4 in + 4 predicted
     strip = Image.open(out / "test0000.png")

@@ -39,7 +39,7 @@ def register(subparsers) -> None:
     q.add_argument("run", help="run folder or model.safetensors")
     q.add_argument("clips", nargs="*", help=CLIP_HELP)
     q.add_argument("--test", type=int, default=0, metavar="N", help="also the first N Moving MNIST test clips")
-    q.add_argument("--data-dir")
+    q.add_argument("--data-dir", help="the folder holding mnist/ for --test (default: the run's)")
     q.add_argument("--out", help="folder for <stem>_cam.png: the frames and their Grad-CAM")
     q.set_defaults(func=run_predict)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
@@ -66,7 +66,7 @@ def register(subparsers) -> None:
     q.add_argument("run", help="run folder or model.safetensors")
     q.add_argument("clips", nargs="*", help=CLIP_HELP + "; the first T frames go in, the next T are the truth")
     q.add_argument("--test", type=int, default=0, metavar="N", help="also the first N Moving MNIST test clips")
-    q.add_argument("--data-dir")
+    q.add_argument("--data-dir", help="the folder holding mnist/ for --test (default: the run's)")
     q.add_argument("--out", required=True, help="folder for <stem>.png and <stem>.gif")
     q.set_defaults(func=run_predict_predict)
     v.set_defaults(func=lambda args: (v.print_help(), 2)[1])
@@ -121,27 +121,27 @@ def read_clips(paths: list[str], channels: int, size, frames: int | None = None)
         if not path.exists():
             raise CnnkitError(f"no such clip: {path}; give .npy files or folders of frames")
         if path.is_dir() and any(p.suffix.lower() in _IMAGE_SUFFIXES for p in path.iterdir()):
-            path = path.resolve()
-            clips = VideoClips(path.parent, channels, size, frames)
-            clips.clips = [path]  # this one clip
+            clips = VideoClips(path.resolve().parent, channels, size, frames, clips=[path.resolve()])
         elif path.is_file():
             if path.suffix.lower() != ".npy":
                 raise CnnkitError(f"{path} is not a .npy clip; give .npy files or folders of frames")
-            clips = VideoClips(path.resolve().parent, channels, size, frames)
-            clips.clips = [path.resolve()]
+            clips = VideoClips(path.resolve().parent, channels, size, frames, clips=[path.resolve()])
         else:
             clips = VideoClips(path, channels, size, frames)
         out += [(p.stem, clips[i]) for i, p in enumerate(clips.clips)]
     return out
 
 
-def _test_clips(n: int, data_dir, frames: int) -> list:
+def _test_clips(n: int, data_dir, frames: int, model) -> list:
+    """The first ``n`` Moving MNIST test clips, from ``data_dir`` or else the run's data folder."""
     from cnnkit.data.video import MovingMnist, MovingMnistSpec
 
     if n < 0:
         raise CnnkitError(f"--test must be an integer >= 0. Received: --test {n}")
     if not n:
         return []
+    if data_dir is None:
+        data_dir = (getattr(model, "info", None) or {}).get("config", {}).get("data_dir")
     clips = MovingMnist("test", n, data_dir=data_dir, spec=MovingMnistSpec(num_frames=frames)).batch(range(n))[0]
     return [(f"test{i:04d}", c[:, None].float() / 255) for i, c in enumerate(clips)]
 
@@ -153,7 +153,9 @@ def run_predict(args) -> int:
 
     model = load_video_classifier(args.run)
     need = (model.frames - 1) * model.stride + 1
-    named = read_clips(args.clips, model.channels, None, None) + _test_clips(args.test, args.data_dir, max(need, 20))
+    named = read_clips(args.clips, model.channels, None, None) + _test_clips(
+        args.test, args.data_dir, max(need, 20), model
+    )
     if not named:
         raise CnnkitError("no clips: name .npy files or frame folders, or give --test N")
     for stem, clip in named:
@@ -208,7 +210,9 @@ def run_predict_predict(args) -> int:
 
     model = load_predictor(args.run)
     t = model.frames
-    named = read_clips(args.clips, model.channels, model.size, None) + _test_clips(args.test, args.data_dir, 2 * t)
+    named = read_clips(args.clips, model.channels, model.size, None) + _test_clips(
+        args.test, args.data_dir, 2 * t, model
+    )
     if not named:
         raise CnnkitError("no clips: name .npy files or frame folders, or give --test N")
     stems = output_stems([Path(s) for s, _ in named], args.out, (".png", ".gif"))

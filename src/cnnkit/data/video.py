@@ -259,6 +259,8 @@ class VideoClips(Dataset):
         size: (H, W) to resize every frame to (bilinear); None keeps each clip's own size.
         num_frames: keep the first ``num_frames`` frames (a clip with fewer is an error); None keeps all.
             With ``size`` and ``num_frames`` every clip has one shape and batches stack.
+        clips: these clips only (frame folders or ``.npy`` files, anywhere) instead of every entry
+            of ``root``, whose other entries are then never looked at.
 
     Raises:
         CnnkitError: naming the file: no clips, an entry that is neither, an array of the wrong
@@ -271,6 +273,7 @@ class VideoClips(Dataset):
         channels: int = 1,
         size: tuple[int, int] | None = None,
         num_frames: int | None = None,
+        clips: list[str | os.PathLike] | None = None,
     ):
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
@@ -284,8 +287,8 @@ class VideoClips(Dataset):
             raise CnnkitError(f"num_frames must be >= 1 or None; received: num_frames={num_frames}")
         self.channels, self.num_frames = channels, num_frames
         self.size = None if size is None else (int(size[0]), int(size[1]))
-        self.clips: list[Path] = []
-        for p in sorted(self.root.iterdir()):
+        self.clips: list[Path] = [Path(c) for c in clips] if clips is not None else []
+        for p in sorted(self.root.iterdir()) if clips is None else []:
             if p.name.startswith("."):
                 continue
             if not (p.is_dir() or p.suffix.lower() == ".npy"):
