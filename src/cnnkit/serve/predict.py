@@ -113,7 +113,7 @@ class Models:
                 folder, key = None, (name, weights)
                 kind = "zoo (ImageNet weights)" if weights else "zoo (random weights)"
             else:
-                raise Refused(f"no run or zoo model named {name!r}: name one from /api/runs or `cnnkit zoo list`", 404)
+                raise Refused(f"no run or zoo model named {name!r}: name a run from /api/runs or a model from `cnnkit zoo`", 404)
             if key not in self._cache:
                 self._cache[key] = (
                     load_explainable(str(folder) if folder else name, weights=None if folder else key[1]),
