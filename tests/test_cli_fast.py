@@ -119,3 +119,18 @@ def test_lazy_packages_export_what_all_names(name):
         value = getattr(package, attr)
         assert not isinstance(value, ModuleType), f"{name}.{attr} is a module"
         assert value is getattr(importlib.import_module(exports[attr]), attr)
+
+
+def test_train_help_shows_each_presets_defaults(capsys):
+    # a flag a preset sets shows each preset's value, not the config class's own default
+    from cnnkit.cli import main
+    from cnnkit.tasks.classify.config import PRESETS
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    fast, best = PRESETS["fast"], PRESETS["best"]
+    assert f"(default: fast {fast['epochs']}, best {best['epochs']})" in text
+    assert f"(default: fast {fast['batch_size']}, best {best['batch_size']})" in text
+    assert f"(default: fast {fast['prune']}, best 0.0)" in text  # a preset that leaves it keeps the class's
+    assert "(default: 6)" not in text

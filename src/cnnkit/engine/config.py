@@ -167,7 +167,9 @@ def config_fields(cls: type) -> list[tuple[dataclasses.Field, dict, Any]]:
     return [(f, field_help(cls, f.name), hints[f.name]) for f in fields(cls)]
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()) -> None:
+def add_config_arguments(
+    parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = (), presets: dict[str, dict] | None = None
+) -> None:
     """One flag per field of ``cls`` (``batch_size`` -> ``--batch-size``), plus ``--config FILE.yaml``.
 
     Flags the user does not type leave no value (``argparse.SUPPRESS``): :func:`config_from_args`
@@ -177,6 +179,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tu
         parser: the command's parser.
         cls: the task's config class.
         skip: fields the command sets in another way.
+        presets: the command's named presets (name -> the values it sets): a field that one of them
+            sets shows each preset's value as its default.
     """
     defaults = {f.name: _default(f) for f in fields(cls)}
     for f, meta, kind in config_fields(cls):
@@ -185,6 +189,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tu
         flag = "--" + f.name.replace("_", "-")
         value = defaults[f.name]
         shown = "the task's default" if value is None else _show(value)
+        if presets and any(f.name in values for values in presets.values()):
+            each = {name: values.get(f.name, value) for name, values in presets.items()}
+            unset = "the task's default"
+            shown = ", ".join(f"{name} {unset if v is None else _show(v)}" for name, v in each.items())
         if meta.get("choices") and "|" not in meta["help"]:
             meta = {**meta, "help": f"{meta['help']}: {' | '.join(map(str, meta['choices']))}"}
         kw: dict[str, Any] = {
