@@ -309,6 +309,42 @@ def test_a_run_folders_config_yaml_reads_back_as_a_config_file(tmp_path, module,
             read_config_file(path, cls)
 
 
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("lr: null\n", "lr must be set \\(received null\\)"),
+        ("epochs: true\n", "epochs must be an int; received True"),
+        ("augment: 7\n", "augment must be a mapping of its settings"),
+        ("augment:\n  flip: maybe\n", "augment.flip must be a bool; received 'maybe'"),
+        ("augment:\n  spin: 3\n", "unknown setting augment.spin"),
+        ("augment:\n  crop: -5\n", "augment.crop must be a number >= 0; received '-5'"),
+    ],
+)
+def test_a_config_file_value_of_the_wrong_kind_is_one_line(tmp_path, capsys, text, message):
+    from cnnkit.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and re.search(message, err), err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_config_file_never_runs_the_python_it_names(tmp_path, capsys):
+    # a run folder's config.yaml is a valid --config: one from elsewhere must not run code by itself
+    from cnnkit.cli import main
+
+    code = tmp_path / "net.py"
+    marker = tmp_path / "ran"
+    code.write_text(f"open({str(marker)!r}, 'w').write('x')\ndef build(**k):\n    raise SystemExit(7)\n")
+    path = tmp_path / "c.yaml"
+    path.write_text(f"model: {code}:build\n")
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    assert "names a network built by Python code" in capsys.readouterr().err
+    assert not marker.exists() and not (tmp_path / "run").exists()
+
+
 _MAPPED = """
 import ctypes, torch
 from cnnkit.engine.config import keep_freed_memory

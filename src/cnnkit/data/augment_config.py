@@ -24,3 +24,14 @@ class AugmentConfig:
     elastic_p: float = 0.5  # fraction of each batch that gets the elastic distortion
     flip: bool = False  # horizontal flips (natural images only)
     cutout: int = 0  # cutout square side in pixels (0 = off)
+
+    def __post_init__(self) -> None:
+        from cnnkit.errors import CnnkitError
+
+        for name, value in vars(self).items():
+            if name == "flip":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise CnnkitError(f"augment.{name} must be a number >= 0; received {str(value)[:60]!r}")
+        if self.elastic_p > 1:
+            raise CnnkitError(f"augment.elastic_p is a fraction of each batch, at most 1; received {self.elastic_p}")

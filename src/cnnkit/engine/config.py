@@ -231,6 +231,12 @@ def config_from_args(cls: type, args: argparse.Namespace, base: dict | None = No
     path = getattr(args, "config_file", None)
     if path:
         values.update(read_config_file(path, cls))
+        model = values.get("model")
+        if isinstance(model, str) and ".py:" in model and "model" not in vars(args):
+            raise CnnkitError(
+                f"--config {path} names a network built by Python code (model: {model}); reading a "
+                f"config file never runs code: if you trust that file, pass --model {model} too"
+            )
     names = {f.name for f in fields(cls)}
     for name in names:
         if name in vars(args):
@@ -357,7 +363,13 @@ def _coerce(cls: type, name: str, value: Any, where: str) -> Any:
     kind = typing.get_type_hints(cls)[name]
     base, nargs = _cli_type(kind)
     if value is None:
-        return None
+        if type(None) in typing.get_args(kind):
+            return None
+        raise CnnkitError(f"{where}: {name} must be set (received null); remove it to take the default")
+    if dataclasses.is_dataclass(kind):  # a nested section (augment:): a mapping of that class's fields
+        return _section(kind, name, value, where)
+    if isinstance(value, bool) and base in (int, float):
+        raise CnnkitError(f"{where}: {name} must be {_a(base)}; received {value!r}")
     if nargs:  # a tuple field: a list of `nargs` values of its element type (any number for "*")
         count = "" if nargs == "*" else f"{nargs} "
         want = f"{where}: {name} must be a list of {count}{getattr(base, '__name__', 'value')}s"
@@ -367,8 +379,35 @@ def _coerce(cls: type, name: str, value: Any, where: str) -> Any:
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if base in (int, float, str, bool) and not nargs and not isinstance(value, (base, dict)):
-        raise CnnkitError(f"{where}: {name} must be a {base.__name__}; received {str(value)[:60]!r}")
+        raise CnnkitError(f"{where}: {name} must be {_a(base)}; received {str(value)[:60]!r}")
     return value
+
+
+def _a(kind: type) -> str:
+    """``a float``, ``an int``: a type's name with its article, for messages."""
+    return f"an {kind.__name__}" if kind is int else f"a {kind.__name__}"
+
+
+def _section(kind: type, name: str, value: Any, where: str) -> Any:
+    """A nested settings section: an instance of ``kind`` as it is, or a mapping of its fields, each
+    of its field's type (ints accepted for floats), checked here so that a bad one is one line."""
+    if isinstance(value, kind):
+        return value
+    if not isinstance(value, dict):
+        raise CnnkitError(f"{where}: {name} must be a mapping of its settings; received {str(value)[:60]!r}")
+    hints = typing.get_type_hints(kind)
+    unknown = sorted(set(value) - set(hints))
+    if unknown:
+        raise CnnkitError(f"{where}: unknown setting {name}.{unknown[0]}; known: {', '.join(hints)}")
+    out = {}
+    for key, v in value.items():
+        want = hints[key]
+        if isinstance(v, int) and not isinstance(v, bool) and want is float:
+            v = float(v)
+        if want in (int, float, bool, str) and (not isinstance(v, want) or (isinstance(v, bool) and want is not bool)):
+            raise CnnkitError(f"{where}: {name}.{key} must be {_a(want)}; received {str(v)[:60]!r}")
+        out[key] = v
+    return out
 
 
 def _element(base: Any, v: Any, want: str) -> Any:
