@@ -76,3 +76,37 @@ def test_a_segment_run_resumes_with_its_own_settings(tmp_path, capsys, monkeypat
     # no flags: the run's own settings (its data, model, crop), and nothing left to train
     assert main(["segment", "train", "--resume", "--out", str(run), "--threads", "1", "--quiet"]) == 0
     assert len((run / "metrics.csv").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m, t: m.update(epoch=-1), "epoch '-1' is not a count of epochs"),
+        (lambda m, t: m.update(epoch="one"), "epoch 'one' is not a count of epochs"),
+        (lambda m, t: m.update(history="x"), "the history does not hold one row for each of the 1 epochs"),
+        (lambda m, t: m.update(history=[{"epoch": 1}]), "a history row lacks its epoch or seconds"),
+        (lambda m, t: m.update(optim_scalars="x"), "has no attribute 'items'"),
+        (lambda m, t: t.update({"optim.0.momentum_buffer": torch.zeros(7)}), "momentum_buffer has shape \\(7,\\)"),
+    ],
+)
+def test_an_edited_resume_state_is_one_line(tmp_path, edit, message):
+    from safetensors.torch import load_file
+
+    from cnnkit.engine.runfolder import load_resume, read_checkpoint, save_resume
+
+    def parts():
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 2)
+        return model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), None, torch.Generator()
+
+    model, opt, _, gen = parts()
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    path = tmp_path / RESUME_FILE
+    save_resume(path, model, opt, None, gen, 1, [{"epoch": 1, "seconds": 0.5}], {"lr": 0.1})
+    assert load_resume(path, *parts())[:2] == (1, [{"epoch": 1, "seconds": 0.5}])  # as written, it loads
+    tensors, meta = load_file(path), read_checkpoint(path)[1]
+    edit(meta, tensors)
+    path.write_bytes(save(tensors, metadata={"cnnkit": json.dumps(meta)}))
+    with pytest.raises(CnnkitError, match="the resume state is damaged or does not match this run \\(.*" + message):
+        load_resume(path, *parts())

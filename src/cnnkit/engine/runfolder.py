@@ -190,6 +190,16 @@ def load_resume(
     its own tensors back."""
     tensors, meta = read_checkpoint(path)
     try:
+        epoch, history = meta.get("epoch", 0), meta.get("history", [])
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"epoch {str(epoch)[:40]!r} is not a count of epochs")
+        if not isinstance(history, list) or len(history) != epoch:
+            raise ValueError(f"the history does not hold one row for each of the {epoch} epochs")
+        for row in history:
+            if not isinstance(row, dict) or not all(
+                isinstance(row.get(k), (int, float)) and not isinstance(row.get(k), bool) for k in ("epoch", "seconds")
+            ):
+                raise ValueError("a history row lacks its epoch or seconds")
         model.load_state_dict(strip_prefix(tensors, "model."))
         if hasattr(task, "load_state_dict"):
             task.load_state_dict(strip_prefix(tensors, "task."))
@@ -206,17 +216,30 @@ def load_resume(
                 idx, name = key.split(".", 1)
                 state.setdefault(int(idx), {})[name] = v
             one.load_state_dict({"state": state, "param_groups": meta[groups_key]})
+            _check_optimizer_state(one)
         torch.set_rng_state(tensors["rng.torch"])
         generator.set_state(tensors["rng.generator"])
         if "rng.cuda" in tensors and torch.cuda.is_available():
             torch.cuda.set_rng_state(tensors["rng.cuda"])
-    except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as exc:
+    except (KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError) as exc:
         raise CnnkitError(
             f"{path}: the resume state is damaged or does not match this run ({short_error(exc)}); "
             "start a new run without --resume, or resume the run that wrote it"
         ) from None
 
-    return meta.get("epoch", 0), meta.get("history", []), meta.get("config", {})
+    return epoch, history, meta.get("config", {})
+
+
+def _check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Every per-parameter tensor of a restored optimizer state has its parameter's shape (a scalar,
+    such as Adam's step count, is left alone); ValueError naming the first that does not."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for name, value in optimizer.state.get(p, {}).items():
+                if torch.is_tensor(value) and value.dim() > 0 and value.shape != p.shape:
+                    raise ValueError(
+                        f"the optimizer's {name} has shape {tuple(value.shape)} for a parameter of shape {tuple(p.shape)}"
+                    )
 
 
 def strip_prefix(tensors: dict, prefix: str) -> dict:
