@@ -107,6 +107,43 @@ def test_changed_file_invalidates_the_cache(tmp_path):
     assert first.images[0].float().mean() > 50 and second.images[0].max() == 0
 
 
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda t, m: m.update(files='{"skipped": []}'),
+        lambda t, m: m.update(files="5"),
+        lambda t, m: t.update(images=t["images"][:3]),
+        lambda t, m: t.update(images=t["images"].float()),
+        lambda t, m: t.update(images=t["images"][:, :, :4, :4].contiguous()),
+    ],
+    ids=["no decoded list", "not a mapping", "rows cut", "float pixels", "other size"],
+)
+def test_an_edited_cache_is_rebuilt_not_trusted(tmp_path, edit):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    _make_folder(tmp_path / "data", {"a": 3, "b": 3}, junk=False)
+    kw = dict(image_size=(8, 8), val_fraction=0.0, cache=tmp_path / "c")
+    first = load_image_folder(tmp_path / "data", **kw)
+    (path,) = (tmp_path / "c").glob("*.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        tensors, meta = {"images": f.get_tensor("images")}, dict(f.metadata())
+    edit(tensors, meta)
+    save_file(tensors, path, metadata=meta)
+    again = load_image_folder(tmp_path / "data", **kw)
+    assert torch.equal(again.images, first.images) and again.meta["files"] == first.meta["files"]
+
+
+def test_a_sliver_of_an_image_is_skipped_not_resized_to_gigabytes(tmp_path):
+    # 200,000 x 1 pixels passes the decompression-bomb check, but its shorter side brought to 32 px
+    # would be a 6.4 G-pixel image: it is skipped and counted like an unreadable file
+    _make_folder(tmp_path / "data", {"a": 2, "b": 2}, junk=False)
+    Image.new("RGB", (2_000_000, 1), (120, 30, 40)).save(tmp_path / "data" / "a" / "sliver.png")
+    with pytest.warns(ImageFolderWarning, match="skipped 1 file .*sliver.png"):
+        got = load_image_folder(tmp_path / "data", image_size=(32, 32), val_fraction=0.0, cache=False)
+    assert len(got.meta["files"]) == 4
+
+
 def test_exact_resize_and_grey(tmp_path):
     _make_folder(tmp_path / "data", {"a": 2, "b": 2}, junk=False)
     with warnings.catch_warnings():

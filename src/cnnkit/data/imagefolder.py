@@ -233,7 +233,7 @@ def _decode_all(root: Path, files: list[str], params: dict, cache) -> tuple[torc
     if cache is not False:
         folder = default_cache_dir() if cache is True else Path(cache).expanduser()
         path = folder / f"{root.name}-{key[:24]}.safetensors"
-        hit = _read_cache(path)
+        hit = _read_cache(path, files, params)
         if hit is not None:
             return hit
     decoded, bad, arrays = [], [], []
@@ -293,6 +293,8 @@ def _decode(path: Path, params: dict) -> torch.Tensor | None:
             if params["resize"] == "shorter":
                 scale = max(h / im.height, w / im.width) / params["crop_fraction"]
                 target = (max(w, round(im.width * scale)), max(h, round(im.height * scale)))
+                if target[0] * target[1] > MAX_DECODE_PIXELS:  # a sliver (2,000,000 x 1): skipped, counted
+                    return None
             else:
                 target = (w, h)
             im.draft("RGB" if params["channels"] == 3 else "L", target)  # JPEG: decode at 1/2..1/8 size
@@ -307,7 +309,10 @@ def _decode(path: Path, params: dict) -> torch.Tensor | None:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()  # (H, W, C) -> (C, H, W)
 
 
-def _read_cache(path: Path):
+def _read_cache(path: Path, files: list[str], params: dict):
+    """(images, decoded files, skipped files) from the cache at ``path`` when it holds exactly what
+    decoding ``files`` with ``params`` gives, else None: a damaged or edited cache is rebuilt, never
+    trusted."""
     if not path.is_file():
         return None
     from safetensors import SafetensorError
@@ -317,9 +322,20 @@ def _read_cache(path: Path):
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads(f.metadata()["files"])
             images = f.get_tensor("images")
-    except (SafetensorError, OSError, KeyError, ValueError):
-        return None  # a damaged cache is rebuilt, never trusted
-    return images, meta["decoded"], meta["skipped"]
+        decoded, skipped = meta["decoded"], meta["skipped"]
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError):
+        return None
+    h, w = params["image_size"]
+    if not (
+        isinstance(decoded, list)
+        and isinstance(skipped, list)
+        and all(isinstance(p, str) for p in decoded + skipped)
+        and sorted(decoded + skipped) == sorted(files)
+        and images.dtype == torch.uint8
+        and tuple(images.shape) == (len(decoded), params["channels"], h, w)
+    ):
+        return None
+    return images, decoded, skipped
 
 
 def _write_cache(path: Path, images: torch.Tensor, decoded: list[str], bad: list[str]) -> None:
