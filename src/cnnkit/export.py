@@ -23,6 +23,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -332,6 +333,10 @@ def export_onnx(
         raise CnnkitError(f"{path} is a folder; give the .onnx file to write (--out model.onnx)")
     if exporter not in EXPORTERS:
         raise CnnkitError(f"unknown exporter {exporter!r}; use one of {', '.join(EXPORTERS)}. Received: {exporter!r}")
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise CnnkitError(f"{name} must be a finite number above 0 (e.g. 1e-4). Received: {name}={value}")
+    _refuse_unexportable(model)
     size_axes = _size_axes(dynamic_size, example.dim())
     if check:
         _ort()
@@ -342,7 +347,14 @@ def export_onnx(
         with torch.no_grad():
             # torch.export specialises a dimension of size 1: trace a batch of 2 when the batch is dynamic
             traced = torch.cat([example, example[:1].flip(-1)]) if dynamic_batch and len(example) == 1 else example
-            kind, names, outs = _structure(model(traced))
+            try:
+                result = model(traced)
+            except (RuntimeError, ValueError, IndexError) as exc:
+                raise CnnkitError(
+                    f"the network fails on an input of size {'x'.join(map(str, example.shape[1:]))} "
+                    f"({_short(exc)}); give an --input size it runs at (the run's own by default)"
+                ) from None
+            kind, names, outs = _structure(result)
         flat = _Flat(model, names if kind == "dict" else None).eval()
         batched = [o.dim() > 0 and o.shape[0] == len(traced) for o in outs]
         try:
@@ -387,6 +399,17 @@ def export_onnx(
         model.train(was_training)
     size = path.stat().st_size
     return ExportReport(path, used, why, names, dynamic_batch, bool(size_axes), check, checked, worst, size, size_axes)
+
+
+def _refuse_unexportable(model: nn.Module) -> None:
+    """Refuse at once a network no exporter can write (rather than a TorchScript trace that runs for minutes)."""
+    from cnnkit.models.rocket import MultiRocket1d
+
+    if any(isinstance(m, MultiRocket1d) for m in model.modules()):
+        raise CnnkitError(
+            "a MultiRocket network (multirocket, multirocket_hydra) cannot be exported: its longest-stretch "
+            "pool has no ONNX operator; export a run trained with --model fcn1d, resnet1d or inception_time"
+        )
 
 
 def _size_axes(dynamic_size: bool | Sequence[int], dims: int) -> tuple[int, ...]:

@@ -23,6 +23,7 @@ torch.Size([1, 10])
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import json
 import math
@@ -54,6 +55,10 @@ from cnnkit.layers.pool_same import (
 PROBE_SIDE = 224  # a spatial size the file leaves open (None) is taken as this
 MAX_CONFIG_BYTES = 64 << 20
 MAX_LAYERS = 10_000
+MAX_WEIGHTS = 1 << 30  # weight values a network built from a config may hold (4 GB of float32)
+MAX_ACTIVATION = 1 << 27  # values of one layer's output on one example (512 MB of float32)
+# what the layers being built may still allocate: [weight values left, why that is the limit]
+_BUDGET: contextvars.ContextVar[list | None] = contextvars.ContextVar("keras_budget", default=None)
 _MODELS = ("Sequential", "Functional", "Model")
 
 
@@ -629,13 +634,79 @@ _MERGING = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Con
 
 
 def _probe(module: nn.Module, shape) -> tuple[int, ...]:
-    """The output shape (no batch) of ``module`` on inputs of ``shape`` (one shape, or a list of them)."""
+    """The output shape (no batch) of ``module`` on inputs of ``shape`` (one shape, or a list of them).
+
+    Run on the meta device (shapes only, nothing allocated), so a config that makes a layer's output
+    huge is refused before any memory is used; a layer the meta device cannot run is run for real.
+    """
+    out = None
+    tensors = [*module.named_parameters(), *module.named_buffers()]
+    state = {k: torch.empty_like(v, device="meta") for k, v in tensors}
+    module.eval()
     with torch.no_grad():
-        if isinstance(shape, list):
-            out = module([torch.zeros(1, *s) for s in shape])
-        else:
-            out = module.eval()(torch.zeros(1, *shape))
+        try:
+            xs = [torch.zeros(1, *s, device="meta") for s in shape] if isinstance(shape, list) else None
+            args = (xs,) if xs is not None else (torch.zeros(1, *shape, device="meta"),)
+            out = torch.func.functional_call(module, state, args)
+        except Exception:  # noqa: BLE001 -- a layer the meta device cannot run: run for real (its own errors)
+            out = (
+                module([torch.zeros(1, *s) for s in shape])
+                if isinstance(shape, list)
+                else module(torch.zeros(1, *shape))
+            )
+    if isinstance(out, tuple):
+        raise CnnkitError(f"the nested model {getattr(module, 'keras_name', '')!r} has several outputs; not read")
+    size = math.prod(out.shape[1:])
+    if size > MAX_ACTIVATION:
+        raise CnnkitError(
+            f"its output would be {tuple(out.shape[1:])} = {size:,} values per example (at most "
+            f"{MAX_ACTIVATION:,} are built); the config's sizes are damaged or edited"
+        )
     return tuple(out.shape[1:])
+
+
+def _int(v, default: int = 0) -> int:
+    v = default if v is None else v
+    return max(v, 0) if isinstance(v, int) and not isinstance(v, bool) else 0
+
+
+def _ints_prod(v, n: int) -> int:
+    v = [v] * n if isinstance(v, int) else v
+    return math.prod(_int(i, 1) for i in v) if isinstance(v, (list, tuple)) else 1
+
+
+def _weights_needed(kind: str, cfg: dict, shape) -> int:
+    """How many weight values the layer a config describes holds, read off the config before building it."""
+    c = _int(shape[0]) if isinstance(shape, tuple) and shape else 0
+    n = {"Conv1D": 1, "Conv3D": 3}.get(kind, 2)
+    k = _ints_prod(cfg.get("kernel_size", 1), n)
+    if kind == "Dense":
+        units = _int(cfg.get("units"))
+        return c * units + units
+    if kind in ("Conv1D", "Conv2D", "Conv3D", "Conv2DTranspose"):
+        filters = _int(cfg.get("filters"))
+        return c * filters * k // max(_int(cfg.get("groups"), 1), 1) + filters
+    if kind in ("DepthwiseConv2D", "SeparableConv2D"):
+        mid = c * _int(cfg.get("depth_multiplier"), 1)
+        filters = _int(cfg.get("filters")) if kind == "SeparableConv2D" else 0
+        return mid * k + mid + mid * filters + filters
+    if kind in ("BatchNormalization", "Normalization"):
+        return 4 * c
+    return 0
+
+
+def _spend(kind: str, cfg: dict, shape, lname: str) -> None:
+    """Refuse a layer whose config asks for more weights than the file stores (before allocating them)."""
+    budget = _BUDGET.get()
+    if budget is None:
+        budget = [MAX_WEIGHTS, f"at most {MAX_WEIGHTS:,} are built"]
+    need = _weights_needed(kind, cfg, shape)
+    if need > budget[0]:
+        raise CnnkitError(
+            f"layer {lname!r} ({kind}) would hold {need:,} weight values; {budget[1]}: the config's "
+            "sizes are damaged or edited"
+        )
+    budget[0] -= need
 
 
 # ----------------------------------------------------------------------------- weights: Keras -> PyTorch
@@ -777,6 +848,11 @@ def _channels_first(keras_shape, where: str) -> tuple[int, ...]:
             f"{where}: the input shape {tuple(keras_shape)} is not a list of positive sizes "
             "with a known number of channels"
         )
+    if math.prod(shape) > MAX_ACTIVATION:
+        raise CnnkitError(
+            f"{where}: the input shape {tuple(keras_shape)} holds {math.prod(shape):,} values per example "
+            f"(at most {MAX_ACTIVATION:,} are built); the config's sizes are damaged or edited"
+        )
     return tuple(shape[-1:] + shape[:-1]) if len(shape) > 1 else tuple(shape)
 
 
@@ -863,10 +939,12 @@ def _build_layer(kind: str, cfg: dict, lname: str, layer: dict, shape, depth: in
             f"layer {lname!r} ({kind}) gets {got}"
             f"; {'a merge layer takes several' if kind in _MERGING else 'it takes one'}"
         )
+    _spend(kind, cfg, shape, lname)
     try:
         return LAYERS[kind](cfg, shape)
-    except CnnkitError:
-        raise
+    except CnnkitError as exc:
+        text = str(exc)
+        raise CnnkitError(f"layer {lname!r} ({kind}): {text}" if text.startswith("its output") else text) from None
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError, ZeroDivisionError) as exc:
         text = " ".join(str(exc).split())[:160] or type(exc).__name__
         raise CnnkitError(
@@ -1028,6 +1106,7 @@ def _assign_keras_v3(h5, records, prefix: str, source) -> None:
         if group is None:
             raise CnnkitError(f"{source}: no weights for layer {lname!r} ({kind}) at {path}/vars")
         arrays = [group[str(i)][()] for i in range(len(group))]
+        _check_finite(arrays, lname, source)
         rec.load(rec.module, arrays)
 
 
@@ -1038,9 +1117,58 @@ def _arrays_v2(h5, lname: str, source: str) -> list[np.ndarray]:
         raise CnnkitError(f"{source}: no weights for layer {lname!r} in model_weights")
     names = [n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs.get("weight_names", [])]
     try:
-        return [group[n][()] for n in names]
+        arrays = [group[n][()] for n in names]
     except KeyError as exc:
         raise CnnkitError(f"{source}: layer {lname!r} lists a weight the file lacks ({exc})") from None
+    _check_finite(arrays, lname, source)
+    return arrays
+
+
+def _check_finite(arrays: list, lname: str, source) -> None:
+    """A weight that is nan or inf makes every prediction nan: refused, naming the layer."""
+    for i, a in enumerate(arrays):
+        a = np.asarray(a)
+        if a.dtype.kind in "fc" and not np.isfinite(a).all():
+            bad = int(a.size - np.isfinite(a).sum())
+            raise CnnkitError(
+                f"{source}: layer {lname!r} holds {bad:,} non-finite weight value{'s' if bad != 1 else ''} "
+                f"(nan or inf, array {i}); the model is damaged: save it again from a working Keras model"
+            )
+
+
+def _check_hdf5(h5, source) -> int:
+    """Refuse what would read data from outside the file; the bytes of weight data it stores.
+
+    External links, soft links (Keras writes neither), virtual datasets and datasets whose data lies in
+    external files would make cnnkit read another file than the one given.
+    """
+    h5py = _h5py()
+
+    def link(name, lk):
+        if isinstance(lk, h5py.ExternalLink):
+            return f"{name!r} is an external link to {lk.filename}:{lk.path}"
+        if isinstance(lk, h5py.SoftLink):
+            return f"{name!r} is a soft link to {lk.path}"
+        return None
+
+    stored = [0]
+
+    def dataset(name, obj):
+        if isinstance(obj, h5py.Dataset):
+            if obj.is_virtual:
+                return f"{name!r} is a virtual dataset (its data lies in other files)"
+            if obj.external:
+                return f"{name!r} stores its data in an external file ({obj.external[0][0]!s})"
+            stored[0] += int(obj.id.get_storage_size())
+        return None
+
+    why = h5.visititems_links(link) or h5.visititems(dataset)
+    if why:
+        raise CnnkitError(
+            f"{source}: HDF5 entry {why}; cnnkit reads weights only from the file given (Keras never "
+            "writes these): save the model again with model.save()"
+        )
+    return stored[0]
 
 
 def _assign_legacy(h5, records, source: str) -> None:
@@ -1167,10 +1295,14 @@ def build_from_keras_config(config: dict, logits: bool = False) -> nn.Module:
     return _network(config, logits)[0]
 
 
-def _network(config: dict, logits: bool):
+def _network(config: dict, logits: bool, budget: list | None = None):
     if not isinstance(config, dict):
         raise CnnkitError("a Keras model config is a JSON object with 'class_name' and 'config'")
-    net, input_shapes, records = _build_model(config, None)
+    token = _BUDGET.set(budget)
+    try:
+        net, input_shapes, records = _build_model(config, None)
+    finally:
+        _BUDGET.reset(token)
     net.keras_config = copy.deepcopy(config)
     if logits:
         _drop_final_activation(net)
@@ -1213,14 +1345,25 @@ def load_keras(path: str | Path, logits: bool = False) -> tuple[nn.Module, tuple
         >>> net(torch.rand(8, *size)).shape             # doctest: +SKIP
         torch.Size([8, 10])
     """
+    import io
+
     path = Path(path)
     config, (kind, blob) = _open(path, weights=True)
-    net, records = _network(config, logits)
     h5py = _h5py()
+    try:  # before anything is built: no data from outside the file, and as many weights as it stores
+        with h5py.File(io.BytesIO(blob) if kind == "v3" else path, "r") as h5:
+            stored = _check_hdf5(h5, path)
+    except CnnkitError:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- damaged HDF5 data: OSError, KeyError, ValueError from h5py
+        msg = " ".join(str(exc).split())[:120] or type(exc).__name__
+        raise CnnkitError(
+            f"{path}: its weights cannot be read ({msg}); the file is damaged: save the model again"
+        ) from None
+    limit = min(MAX_WEIGHTS, max(stored, 1 << 16))  # a byte per value: float32 and compression up to 4x fit
+    net, records = _network(config, logits, [limit, f"the file stores {stored:,} bytes of weights"])
     try:
         if kind == "v3":
-            import io
-
             with h5py.File(io.BytesIO(blob), "r") as h5:
                 _assign_keras_v3(h5, records, "layers", path)
         else:

@@ -51,8 +51,32 @@ def parse_multipart(content_type: str, body: bytes) -> dict[str, bytes | str]:
         if not name:
             continue
         payload = part.get_payload(decode=True) or b""
-        fields[name] = payload if part.get_filename() is not None else payload.decode("utf-8", "replace")
+        filename = part.get_filename()
+        fields[name] = Upload(payload, filename) if filename is not None else payload.decode("utf-8", "replace")
     return fields
+
+
+class Upload(bytes):
+    """An uploaded file's bytes, with the name the browser gave it (for messages)."""
+
+    def __new__(cls, data: bytes, filename: str | None = None):
+        obj = super().__new__(cls, data)
+        obj.filename = filename
+        return obj
+
+
+class _Named(io.BytesIO):
+    """The upload as a file object whose ``str`` names it, as messages about a path would."""
+
+    def __init__(self, data: bytes):
+        super().__init__(data)
+        name = getattr(data, "filename", None)
+        self.label = f"the upload {name[:80]!r}" if name else "the uploaded file"
+
+    def __str__(self) -> str:
+        return self.label
+
+    __repr__ = __str__
 
 
 def open_image(data: bytes, limits: Limits):
@@ -113,7 +137,9 @@ class Models:
                 folder, key = None, (name, weights)
                 kind = "zoo (ImageNet weights)" if weights else "zoo (random weights)"
             else:
-                raise Refused(f"no run or zoo model named {name!r}: name a run from /api/runs or a model from `cnnkit zoo`", 404)
+                raise Refused(
+                    f"no run or zoo model named {name!r}: name a run from /api/runs or a model from `cnnkit zoo`", 404
+                )
             if key not in self._cache:
                 self._cache[key] = (
                     load_explainable(str(folder) if folder else name, weights=None if folder else key[1]),
@@ -129,7 +155,7 @@ def _image_tensor(target, data: bytes) -> torch.Tensor:
     from cnnkit.explain.target import read_image
 
     c, h, w = target.input_size
-    return read_image(io.BytesIO(data), c, (h, w), target.dark_background)  # resized as `cnnkit predict` does
+    return read_image(_Named(data), c, (h, w), target.dark_background)  # resized as `cnnkit predict` does
 
 
 def top_classes(target, x: torch.Tensor, top: int = 5) -> list[dict]:

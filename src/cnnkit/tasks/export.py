@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -72,6 +73,64 @@ def parse_size(text: str) -> tuple[int, ...]:
     return size
 
 
+RUN_FILES = ("model.safetensors", "resume.safetensors", "config.yaml", "metrics.csv")
+
+
+def check_out(source: str, out: str | Path) -> None:
+    """Before anything is loaded or written: ``out`` must be a ``.onnx`` file outside the input run.
+
+    Raises:
+        CnnkitError: ``out`` lacks the ``.onnx`` suffix, is the input checkpoint, or lies in the
+            input run folder (writing it could replace the run's own files).
+    """
+    out, src = Path(out), Path(source)
+    if src.exists():  # not a zoo name
+        folder = src if src.is_dir() else src.parent
+        is_run = src.is_dir() or any((folder / name).exists() for name in RUN_FILES if name != src.name)
+        target = out.resolve()
+        if target == src.resolve() or (is_run and folder.resolve() in target.parents):
+            raise CnnkitError(
+                f"--out {out} is inside the run {folder} you export (it could replace the run's files); "
+                "write the .onnx file outside the run folder (nothing was written)"
+            )
+    if out.suffix.lower() != ".onnx":
+        raise CnnkitError(f"--out names the ONNX file to write; give it the .onnx suffix. Received: --out {out}")
+
+
+def _check_tolerance(rtol: float) -> None:
+    if not (isinstance(rtol, (int, float)) and math.isfinite(rtol) and rtol > 0):
+        raise CnnkitError(f"--rtol must be a finite number above 0, e.g. 1e-4. Received: --rtol {rtol}")
+
+
+def _check_input(given: Sequence[int], stated, task: str) -> None:
+    """``--input`` against the run's own input size: the same number of axes and the same channels."""
+    if not stated:
+        return
+    stated = tuple(int(v) for v in stated)
+    shown = "x".join(map(str, given))
+    if len(stated) == 1:  # a segmenter: channels only, any H and W
+        if len(given) != 3 or given[0] != stated[0]:
+            raise CnnkitError(
+                f"the run takes {stated[0]}-channel images of any size; --input {shown} does not: "
+                f"give --input {stated[0]}xHxW"
+            )
+        return
+    layout = {2: "CxL", 3: "CxHxW", 4: "TxCxHxW" if task == "video_predict" else "CxTxHxW"}.get(len(stated), "")
+    like = "x".join(map(str, stated))
+    if len(given) != len(stated):
+        raise CnnkitError(
+            f"the run takes inputs of {len(stated)} axes ({layout} {like}); --input {shown} has "
+            f"{len(given)}: give --input like {like}"
+        )
+    axis = 1 if task == "video_predict" else 0
+    if given[axis] != stated[axis]:
+        n = stated[axis]
+        raise CnnkitError(
+            f"the run takes {n} channel{'s' if n != 1 else ''}; --input {shown} gives {given[axis]}: "
+            f"keep the channels, e.g. --input {like}"
+        )
+
+
 def export_model(
     source: str,
     out: str | Path,
@@ -112,9 +171,14 @@ def export_model(
     """
     if batch < 1:
         raise CnnkitError(f"--batch must be at least 1. Received: --batch {batch}")
+    _check_tolerance(rtol)
+    check_out(source, out)
     model = export_source(source, trust_code, factory)
     info = getattr(model, "info", None) or {}
-    size = input_size or getattr(model, "input_size", None) or info.get("input_size")
+    stated = getattr(model, "input_size", None) or info.get("input_size")
+    if input_size:
+        _check_input(tuple(int(v) for v in input_size), stated, str(info.get("task", "classify")))
+    size = input_size or stated
     if size is None:
         raise CnnkitError("the run does not state its input size; give it with --input CxHxW")
     size = tuple(int(v) for v in size)

@@ -1,0 +1,282 @@
+"""Bad input to ``cnnkit export``, ``cnnkit convert`` and the workbench upload: one line, exit 2,
+nothing written or replaced, no file read that the user did not name (audit round 3 and images)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cnnkit.cli import main
+from cnnkit.errors import CnnkitError
+
+h5py = pytest.importorskip("h5py", reason="the Keras fixture files need h5py")
+COFFEE = Path("/work/shared/data/ucr/Coffee_TRAIN.tsv")
+
+
+def _layer(kind: str, **config) -> dict:
+    return {"class_name": kind, "config": {"name": config.pop("name"), **config}}
+
+
+def _config(units: int = 3) -> dict:
+    return {
+        "class_name": "Sequential",
+        "config": {
+            "name": "small",
+            "layers": [
+                _layer("InputLayer", name="in", batch_shape=[None, 16, 16, 3]),
+                _layer("Conv2D", name="conv", filters=4, kernel_size=[3, 3], padding="valid", activation="relu"),
+                _layer("GlobalAveragePooling2D", name="gap"),
+                _layer("Dense", name="fc", units=units, activation="softmax"),
+            ],
+        },
+    }
+
+
+WEIGHTS = {"conv2d": [(3, 3, 3, 4), (4,)], "dense": [(4, 3), (3,)]}
+
+
+def keras_file(folder: Path, name: str = "ok.keras", config: dict | None = None, bad: float | None = None) -> Path:
+    """A .keras file written by hand (Keras' layout); ``bad`` is written into the conv kernel."""
+    rng = np.random.default_rng(0)
+    weights = folder / f"{name}.weights.h5"
+    with h5py.File(weights, "w") as f:
+        for group, shapes in WEIGHTS.items():
+            for i, shape in enumerate(shapes):
+                data = rng.normal(0, 0.3, shape).astype("f4")
+                if bad is not None and group == "conv2d" and i == 0:
+                    data.flat[5] = bad
+                f.create_dataset(f"layers/{group}/vars/{i}", data=data)
+    path = folder / name
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("config.json", json.dumps(config or _config()))
+        z.writestr("metadata.json", json.dumps({"keras_version": "3.0.0"}))
+        z.write(weights, "model.weights.h5")
+    weights.unlink()
+    return path
+
+
+def _md5(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _refused(capsys, argv: list[str], *words: str) -> str:
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    for w in words:
+        assert w in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    if not COFFEE.is_file():
+        pytest.skip("needs the UCR Coffee set in /work/shared/data")
+    root = tmp_path_factory.mktemp("runs")
+    common = ["--data", str(COFFEE), "--threads", "1", "--quiet"]
+    assert main(["sequence", "train", *common, "--out", str(root / "rocket")]) == 0
+    assert main(["sequence", "train", *common, "--model", "fcn1d", "--steps", "2", "--epochs", "1",
+                 "--out", str(root / "fcn")]) == 0  # fmt: skip
+    assert main(["convert", str(keras_file(root)), "--out", str(root / "kr")]) == 0
+    return root
+
+
+# ----------------------------------------------------------------------------- export
+
+
+@pytest.mark.parametrize("out", ["fcn/model.safetensors", "fcn/other.onnx", "fcn/sub/x.onnx"])
+def test_export_never_writes_into_the_run(runs, capsys, out):
+    before = _md5(runs / "fcn")
+    _refused(capsys, ["export", str(runs / "fcn"), "--out", str(runs / out)], "inside the run", "nothing was written")
+    assert _md5(runs / "fcn") == before and not (runs / "fcn" / "sub").exists()
+    # the checkpoint named as the input is protected the same way
+    _refused(capsys, ["export", str(runs / "fcn" / "model.safetensors"), "--out", str(runs / out)], "inside the run")
+    assert _md5(runs / "fcn") == before
+
+
+def test_export_asks_for_the_onnx_suffix(runs, capsys, tmp_path):
+    _refused(capsys, ["export", str(runs / "fcn"), "--out", str(tmp_path / "b.txt")], ".onnx suffix")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_refuses_multirocket_at_once(runs, capsys, tmp_path):
+    import time
+
+    start = time.perf_counter()
+    _refused(capsys, ["export", str(runs / "rocket"), "--out", str(tmp_path / "a.onnx")], "MultiRocket", "fcn1d")
+    assert time.perf_counter() - start < 10 and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("run", "size", "words"),
+    [
+        ("fcn", "3x100", ("takes 1 channel", "gives 3")),
+        ("fcn", "1x8x8", ("2 axes",)),
+        ("kr", "1x16x16", ("takes 3 channels", "gives 1")),  # broadcast silently before
+        ("kr", "5x16x16", ("takes 3 channels", "gives 5")),
+        ("kr", "3x1x1", ("fails on an input of size 3x1x1",)),
+    ],
+)
+def test_export_input_must_fit_the_run(runs, capsys, tmp_path, run, size, words):
+    argv = ["export", str(runs / run), "--out", str(tmp_path / "x.onnx"), "--input", size, "--exporter", "torchscript"]
+    _refused(capsys, argv, *words)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("rtol", ["nan", "-1", "0", "inf"])
+def test_export_rtol_must_be_finite_and_positive(runs, capsys, tmp_path, rtol):
+    _refused(capsys, ["export", str(runs / "fcn"), "--out", str(tmp_path / "x.onnx"), "--rtol", rtol], "--rtol")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_onnx_atol_must_be_finite_and_positive(tmp_path):
+    from cnnkit.export import export_onnx
+
+    for atol in (float("nan"), -1.0, 0.0):
+        with pytest.raises(CnnkitError, match="atol"):
+            export_onnx(torch.nn.Linear(3, 2), torch.rand(1, 3), tmp_path / "x.onnx", atol=atol)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- convert
+
+
+@pytest.mark.parametrize("run", ["fcn", "rocket", "kr"])
+def test_convert_never_replaces_a_run(runs, capsys, tmp_path, run):
+    before = _md5(runs / run)
+    _refused(capsys, ["convert", str(keras_file(tmp_path)), "--out", str(runs / run)], "already holds a run")
+    assert _md5(runs / run) == before
+
+
+def test_convert_refuses_a_run_with_only_resume_state(capsys, tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "resume.safetensors").write_bytes(b"state")
+    _refused(capsys, ["convert", str(keras_file(tmp_path)), "--out", str(tmp_path / "r")], "already holds a run")
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["resume.safetensors"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--std", "0,0,0"], ("--std", "above 0")),
+        (["--std", "-1"], ("--std", "above 0")),
+        (["--std", "nan,1,1"], ("--std", "finite")),
+        (["--mean", "inf,0,0"], ("--mean", "finite")),
+        (["--classes", "a,a,b"], ("--classes", "'a'", "more than once")),
+    ],
+)
+def test_convert_checks_its_flags(capsys, tmp_path, flags, words):
+    _refused(capsys, ["convert", str(keras_file(tmp_path)), "--out", str(tmp_path / "run"), *flags], *words)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_convert_refuses_non_finite_weights(capsys, tmp_path, value):
+    path = keras_file(tmp_path, "bad.keras", bad=value)
+    _refused(capsys, ["convert", str(path), "--out", str(tmp_path / "run")], "'conv'", "non-finite")
+    assert not (tmp_path / "run").exists()
+
+
+def test_convert_refuses_non_finite_weights_in_a_legacy_h5(capsys, tmp_path):
+    path = _h5(tmp_path / "nan.h5")
+    with h5py.File(path, "r+") as f:
+        f["model_weights/fc/fc/kernel:0"][0, 0] = np.nan
+    _refused(capsys, ["convert", str(path), "--out", str(tmp_path / "run")], "'fc'", "non-finite")
+
+
+def _h5(path: Path) -> Path:
+    rng = np.random.default_rng(1)
+    with h5py.File(path, "w") as f:
+        f.attrs["model_config"] = json.dumps(_config())
+        f.require_group("model_weights/gap").attrs["weight_names"] = []
+        for layer, shapes in (("conv", WEIGHTS["conv2d"]), ("fc", WEIGHTS["dense"])):
+            names = [f"{layer}/kernel:0", f"{layer}/bias:0"]
+            group = f.require_group(f"model_weights/{layer}")
+            group.attrs["weight_names"] = names
+            for n, shape in zip(names, shapes):
+                group.create_dataset(n, data=rng.normal(0, 0.3, shape).astype("f4"))
+    return path
+
+
+def test_a_handwritten_legacy_h5_converts(capsys, tmp_path):
+    assert main(["convert", str(_h5(tmp_path / "ok.h5")), "--out", str(tmp_path / "run")]) == 0, capsys.readouterr()
+
+
+@pytest.mark.parametrize("kind", ["external", "soft", "virtual", "external_storage"])
+def test_convert_reads_nothing_from_outside_the_file(capsys, tmp_path, kind):
+    other = tmp_path / "ext.h5"
+    with h5py.File(other, "w") as e:
+        e["k"] = np.ones((4, 3), np.float32)
+    path = _h5(tmp_path / f"{kind}.h5")
+    name = "model_weights/fc/fc/kernel:0"
+    with h5py.File(path, "r+") as f:
+        del f[name]
+        if kind == "external":
+            f[name] = h5py.ExternalLink(str(other), "/k")
+        elif kind == "soft":
+            f["model_weights/spare"] = np.ones((4, 3), np.float32)
+            f[name] = h5py.SoftLink("/model_weights/spare")
+        elif kind == "virtual":
+            layout = h5py.VirtualLayout(shape=(4, 3), dtype="f4")
+            layout[:] = h5py.VirtualSource(str(other), "k", shape=(4, 3))
+            f.create_virtual_dataset(name, layout)
+        else:
+            raw = tmp_path / "raw.bin"
+            raw.write_bytes(np.ones((4, 3), np.float32).tobytes())
+            f.create_dataset(name, shape=(4, 3), dtype="f4", external=[(str(raw), 0, 48)])
+    words = {"external": "external link", "soft": "soft link", "virtual": "virtual dataset"}
+    _refused(capsys, ["convert", str(path), "--out", str(tmp_path / "run")], words.get(kind, "external file"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_convert_checks_config_sizes_before_allocating(capsys, tmp_path, monkeypatch):
+    """Dense units of 10**9 would allocate 16 GB before the weight shapes are compared."""
+    allocated = []
+    real = torch.nn.Linear.__init__
+
+    def watch(self, i, o, *a, **k):
+        allocated.append(i * o)
+        real(self, i, o, *a, **k)
+
+    monkeypatch.setattr(torch.nn.Linear, "__init__", watch)
+    path = keras_file(tmp_path, "huge.keras", config=_config(units=10**9))
+    _refused(capsys, ["convert", str(path), "--out", str(tmp_path / "run")], "'fc'", "weight values")
+    assert max(allocated, default=0) < 10**6 and not (tmp_path / "run").exists()
+
+
+def test_convert_refuses_a_huge_layer_output(capsys, tmp_path):
+    config = _config()
+    config["config"]["layers"].insert(2, _layer("UpSampling2D", name="up", size=[4000, 4000]))
+    path = keras_file(tmp_path, "up.keras", config=config)
+    _refused(capsys, ["convert", str(path), "--out", str(tmp_path / "run")], "'up'", "values per example")
+
+
+# ----------------------------------------------------------------------------- serve
+
+
+def test_a_truncated_upload_is_named(tmp_path):
+    from PIL import Image
+
+    from cnnkit.serve.predict import _image_tensor, parse_multipart
+
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "x.png")
+    data = (tmp_path / "x.png").read_bytes()[:-40]
+    body = (
+        b'--B\r\nContent-Disposition: form-data; name="file"; filename="trunc.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n" + data + b"\r\n--B--\r\n"
+    )
+    fields = parse_multipart("multipart/form-data; boundary=B", body)
+
+    class Target:
+        input_size, dark_background = (3, 16, 16), False
+
+    with pytest.raises(CnnkitError) as exc:
+        _image_tensor(Target(), fields["file"])
+    assert "the upload 'trunc.png'" in str(exc.value) and "BytesIO" not in str(exc.value)
