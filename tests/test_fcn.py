@@ -1,5 +1,8 @@
 """to_fcn: equal to the dense model on the training size, equal to a window loop on a larger image,
-a clear error for layers it cannot convert, and the `cnnkit fcn` checkpoint round trip."""
+a clear error for layers it cannot convert, and the `cnnkit fcn` checkpoint round trip; the layered
+networks cnnkit trains (the zoo's Keras-style nets, network specs, Keras files) convert too."""
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -122,7 +125,7 @@ class FunctionalFlatten(nn.Module):  # like torchvision's ResNet: torch.flatten 
             r"cannot convert 2 \(LayerNorm\)",
         ),
         (
-            nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(144, 4), nn.Softmax(-1), nn.Linear(4, 2)),
+            nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(144, 4), nn.LayerNorm(4), nn.Linear(4, 2)),
             (3, 8, 8),
             None,
         ),
@@ -132,7 +135,7 @@ class FunctionalFlatten(nn.Module):  # like torchvision's ResNet: torch.flatten 
     ],
 )
 def test_unconvertible_layers_are_named(model, size, match):
-    if match is None:  # Softmax ends the head: the Linear after it is left over and named
+    if match is None:  # LayerNorm ends the head: the Linear after it is left over and named
         with pytest.raises(CnnkitError, match="cannot convert layers 4"):
             to_fcn(model, size)
         return
@@ -180,3 +183,157 @@ def test_cli_fcn_round_trip(tmp_path, capsys):
         assert model(torch.rand(1, 1, 20, 20)).shape == (1, 3, 5, 5)
     assert model.classes == ["a", "b", "c"]
     assert main(["classify", "fcn", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
+
+
+# ----------------------------------------------------------------------------- layered networks
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _randomise_biases(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+    return model
+
+
+def _check_exact(net, fcn, size, big_hw, stride, grid):
+    """1x1 map == logits at the training size; the map on a larger image == the window loop."""
+    with torch.no_grad():
+        x = torch.randn(3, *size)
+        assert fcn(x).shape == (3, net(x).shape[1], 1, 1)
+        assert (fcn(x).flatten(1) - net(x)).abs().max() < 1e-5
+        big = torch.randn(2, size[0], *big_hw)
+        assert total_stride(fcn) == stride
+        scores = fcn(big)
+        assert scores.shape[2:] == grid
+        assert (scores - _window_loop(net, big, size[1], stride, *grid)).abs().max() < 1e-5
+
+
+def test_zoo_keras_mnist_convnet():
+    import cnnkit
+
+    net = _randomise_biases(cnnkit.create_model("keras_mnist_convnet")).eval()
+    keys = {k: v.shape for k, v in net.state_dict().items()}
+    fcn = to_fcn(net, (1, 28, 28))
+    _check_exact(net, fcn, (1, 28, 28), (56, 44), 4, (8, 5))  # (56-28)/4+1, (44-28)/4+1
+    assert list(dict(fcn.named_children())) == list(dict(net.named_children()))  # the Keras names stay
+    assert isinstance(fcn.flatten_1, nn.Identity) and fcn.dense_1.kernel_size == (3, 3)
+    assert isinstance(fcn.dense_1.activation, nn.ReLU) and fcn.dense_2.kernel_size == (1, 1)
+    assert set(fcn.state_dict()) == set(keys)  # a checkpoint's keys still fit (`cnnkit.load` rebuilds this way)
+    assert type(net).__name__ == "KerasNet" and isinstance(net.flatten_1, nn.Flatten)  # original untouched
+    assert {k: v.shape for k, v in net.state_dict().items()} == keys
+
+
+@pytest.mark.parametrize("logits", [True, False])  # False: the softmax stays, a forward hook on dense_2
+def test_spec_network(logits):
+    from cnnkit.models.spec import build_from_spec
+
+    net, size = build_from_spec(EXAMPLES / "keras_mnist.yaml", logits=logits)
+    net = _randomise_biases(net).eval()
+    fcn = to_fcn(net, size)
+    _check_exact(net, fcn, size, (40, 48), 4, (4, 6))
+    assert isinstance(fcn.dense_1, nn.Conv2d) and len(fcn.dense_1._forward_hooks) == 1  # its relu moved along
+    assert isinstance(net.dense_1, nn.Linear) and len(net.dense_1._forward_hooks) == 1
+    assert len(fcn.dense_2._forward_hooks) == (0 if logits else 1)
+    if not logits:  # class probabilities at every cell
+        with torch.no_grad():
+            assert torch.allclose(fcn(torch.randn(1, *size[:1], 40, 48)).sum(1), torch.ones(1, 4, 6), atol=1e-5)
+        fcn.dense_2.activation_hook.remove()  # the handle follows the hook, as build_from_spec's logits=True uses it
+        assert len(fcn.dense_2._forward_hooks) == 0 and len(net.dense_2._forward_hooks) == 1
+
+
+def keras_config():
+    """A Keras Sequential config (what a .keras file holds): channels-last Flatten, softmax Dense."""
+
+    def layer(kind, **cfg):
+        return {"class_name": kind, "config": cfg}
+
+    return {
+        "class_name": "Sequential",
+        "config": {
+            "name": "small",
+            "layers": [
+                layer("InputLayer", name="input_layer", batch_shape=[None, 14, 14, 2]),
+                layer("Conv2D", name="conv2d", filters=6, kernel_size=[3, 3], padding="valid", activation="relu"),
+                layer("MaxPooling2D", name="max_pooling2d", pool_size=[2, 2]),
+                layer("Conv2D", name="conv2d_1", filters=5, kernel_size=[3, 3], padding="valid", activation="tanh"),
+                layer("Flatten", name="flatten"),
+                layer("Dense", name="dense", units=12, activation="relu"),
+                layer("Dropout", name="dropout", rate=0.5),
+                layer("Dense", name="dense_1", units=4, activation="softmax"),
+            ],
+        },
+    }
+
+
+@pytest.mark.parametrize("last_dim", [False, True])
+def test_keras_network(last_dim):
+    from cnnkit.models.keras import Flatten as KerasFlatten
+    from cnnkit.models.keras import build_from_keras_config
+
+    net = _randomise_biases(build_from_keras_config(keras_config())).eval()
+    assert type(net).__name__ == "KerasNetwork" and isinstance(net.flatten, KerasFlatten)
+    if last_dim:  # a softmax over the last dim of (B, K) must become one over dim 1 of (B, K, h, w)
+        net.dense_1.activation = nn.LogSoftmax(dim=-1)
+    fcn = to_fcn(net, net.input_size)  # (2, 14, 14): 12, 6, 4 -> a 4x4 map flattened (h, w, C)
+    assert not any(m.training for m in fcn.modules())  # in the mode of the original (its Dropout off)
+    _check_exact(net, fcn, (2, 14, 14), (30, 22), 2, (9, 5))  # (30-14)/2+1, (22-14)/2+1
+    assert fcn.dense.kernel_size == (4, 4) and fcn.dense_1.activation.dim == 1
+    assert net.dense_1.activation.dim == (-1 if last_dim else 1)  # original untouched
+
+
+class Chain(nn.Module):  # children run one after another, in an order other than their registration
+    def __init__(self, work_between=False):
+        super().__init__()
+        self.fc = nn.Linear(4 * 3 * 3, 3)
+        self.conv = nn.Conv2d(2, 4, 3)
+        self.flat = nn.Flatten()
+        self.work_between = work_between
+
+    def forward(self, x):
+        y = self.conv(x)
+        if self.work_between:
+            y.relu_()  # in place: the same tensor object, changed between two layers
+        return self.fc(self.flat(y))
+
+
+def test_chain_in_call_order_and_work_between_layers_refused():
+    net = _randomise_biases(Chain()).eval()
+    fcn = to_fcn(net, (2, 5, 5))
+    assert [n for n, _ in fcn.named_children()] == ["conv", "flat", "fc"]
+    assert all(m.training for m in to_fcn(net.train(), (2, 5, 5)).modules()) and net.eval() is net
+    _check_exact(net, fcn, (2, 5, 5), (9, 7), 1, (5, 3))
+    with pytest.raises(CnnkitError, match="cannot convert layers fc, flat: .*forward does work between conv and flat"):
+        to_fcn(Chain(work_between=True), (2, 5, 5))
+
+
+def test_mnist_fast_refused_naming_its_layers():
+    import cnnkit
+
+    net = cnnkit.create_model("mnist_fast")
+    with pytest.raises(CnnkitError) as err:
+        to_fcn(net, (1, 28, 28))
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("cannot convert layers fc: ")
+    assert "MnistNet's forward does work between features and dropout" in msg
+
+
+def test_cli_fcn_zoo_keras_net(tmp_path, capsys):
+    import cnnkit
+    from cnnkit.cli import main
+    from cnnkit.tasks.classify.finetune import save_finetuned
+
+    net = _randomise_biases(cnnkit.create_model("keras_mnist_convnet", num_classes=3))
+    save_finetuned(tmp_path / "run", net, "keras_mnist_convnet", ["a", "b", "c"], (1, 28, 28), (0.5,), (0.25,), [], {})
+    assert main(["classify", "fcn", str(tmp_path / "run"), "--out", str(tmp_path / "fcn")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    model = cnnkit.load(tmp_path / "fcn")
+    big = torch.rand(1, 1, 44, 36)
+    with torch.no_grad():
+        scores = model(big)
+        assert scores.shape == (1, 3, 5, 3)
+        want = _window_loop(lambda w: net.eval()((w - 0.5) / 0.25), big, 28, 4, 5, 3)
+        assert (scores - want).abs().max() < 1e-5
