@@ -32,28 +32,66 @@ DPI = 100
 # ----------------------------------------------------------------------------- saving
 
 
-def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike, option: str = "--out") -> Path:
     """Write ``fig`` as a PNG at ``path`` atomically: a temp file beside it, then ``os.replace``.
 
     The temp file is ``.<name>.<pid>.<random>.tmp``: removed on any exception, and one left by a
     killed process (its pid no longer alive, or older than :data:`STALE_SECONDS`) is removed by the
-    next write of the same figure.
+    next write of the same figure. The figure is drawn before anything is written.
+
+    Raises:
+        CnnkitError: ``path`` cannot be written (a folder, under a file, not writable, disk full);
+            the message names ``option``, the flag that chose the path. Nothing is left behind.
     """
+    import io
+
+    from cnnkit.errors import disk_full, is_disk_full
+
     path = Path(path)
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)  # attach the Agg canvas (Figure() alone has no renderer)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    data = buf.getvalue()
+    check_output(path, option)
     _remove_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=DPI)
+            f.write(data)
         os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a figure is for sharing
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+        tmp = None
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(path, len(data)) from None
+        raise _cannot_write(path, exc, option) from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+    return path
+
+
+def _cannot_write(path: Path, exc: OSError, option: str) -> CnnkitError:
+    return CnnkitError(
+        f"cannot write {path} ({exc.strerror or exc}); check the folder's permissions or choose another {option}"
+    )
+
+
+def check_output(path: str | os.PathLike, option: str = "--out") -> Path:
+    """Before the work: ``path`` must be a file that can be written -- not a folder, its folder
+    created (if missing) and writable. Raises CnnkitError naming ``option``, the flag that chose it."""
+    path = Path(path)
+    if path.is_dir():
+        raise CnnkitError(f"cannot write {path}: it is a folder; give a file name, or choose another {option}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CnnkitError(
+            f"cannot create the folder {path.parent} ({exc.strerror or exc}); choose another {option}"
+        ) from None
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise CnnkitError(f"cannot write in {path.parent} (permission denied); choose another {option}")
     return path
 
 
@@ -126,9 +164,13 @@ def _float(value) -> float:
     if value is None or value == "":
         return math.nan
     try:
-        return float(value)
-    except (TypeError, ValueError):
+        v = float(value)
+    except (TypeError, ValueError, OverflowError):
         return math.nan
+    return math.nan if math.isfinite(v) and abs(v) > MAX_DRAWN else v  # 1e308: no axis can hold it
+
+
+MAX_DRAWN = 1e100  # a metrics.csv value beyond this is left out of the curves (their range would overflow)
 
 
 def _crowded(names: Sequence[str], width_chars: float) -> bool:
@@ -217,8 +259,18 @@ def training_curves(history: list[dict], path=None, title: str | None = None) ->
     ax_lr.set_xlabel("epoch")
     ax_lr.set_ylabel("lr")
     ax_lr.grid(alpha=0.3)
-    fig.suptitle(title or "Training curves")
+    huge = sum(1 for row in history for v in row.values() if _too_large(v))
+    left_out = f" ({huge} value(s) beyond ±{MAX_DRAWN:g} left out)" if huge else ""
+    fig.suptitle((title or "Training curves") + left_out)
     return _finish(fig, path)
+
+
+def _too_large(value) -> bool:
+    try:
+        v = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return math.isfinite(v) and abs(v) > MAX_DRAWN
 
 
 def confusion_matrix(matrix, classes: Sequence[str] | None, path=None, title: str | None = None) -> Figure:

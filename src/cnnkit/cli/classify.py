@@ -124,10 +124,11 @@ def run_train(args) -> int:
     from cnnkit.tasks.classify.train import train
 
     values = config_from_args(TrainConfig, args, check=False)  # the command's own messages first
-    for name in ("subset", "threads", "ensemble"):
-        if values.get(name) is not None and values[name] < (0 if name == "threads" else 1):
+    for name in ("epochs", "batch_size", "subset", "threads", "ensemble", "eval_batch_size"):
+        v = values.get(name)
+        if isinstance(v, int) and not isinstance(v, bool) and v < (0 if name == "threads" else 1):
             raise CnnkitError(
-                f"--{name} must be a positive integer; received {values[name]}"
+                f"--{name.replace('_', '-')} must be a positive integer; received {values[name]}"
                 + (" (leave --subset out to train on every image)" if name == "subset" else "")
             )
     size = values.get("image_size")
@@ -150,8 +151,35 @@ def run_train(args) -> int:
     if args.resume:  # the run continues with its own settings; the ones typed must equal them
         typed = {**values, **({"model": model_reference(values["model"])} if values.get("model") else {})}
         check_resume_settings(out, "classify", typed)
-    train(cfg, out, resume=args.resume, quiet=args.quiet)
+    with plain_warnings():
+        train(cfg, out, resume=args.resume, quiet=args.quiet)
     return 0
+
+
+def plain_warnings():
+    """While it lasts, a data warning (a skipped file, a small class) prints as one ``warning: ...``
+    line, as ``finetune`` prints it, not in Python's format with a source path and a code line."""
+    import contextlib
+    import sys
+    import warnings
+
+    from cnnkit.data.imagefolder import ImageFolderWarning
+
+    @contextlib.contextmanager
+    def scope():
+        with warnings.catch_warnings():
+            shown = warnings.showwarning
+
+            def show(message, category, filename, lineno, file=None, line=None):
+                if issubclass(category, ImageFolderWarning):
+                    print(f"warning: {message}", file=sys.stderr)
+                else:
+                    shown(message, category, filename, lineno, file, line)
+
+            warnings.showwarning = show
+            yield
+
+    return scope()
 
 
 def run_eval(args) -> int:
@@ -159,13 +187,16 @@ def run_eval(args) -> int:
 
     from cnnkit.console import console
     from cnnkit.engine.runfolder import resolve
-    from cnnkit.plots import confusion_matrix
+    from cnnkit.plots import check_output, confusion_matrix, save_figure
     from cnnkit.tasks.classify.evaluate import evaluate_run
 
     existing_data_dir(args.data_dir)
-    result, data, _ = evaluate_run(args.run, args.split, args.data, args.data_dir, args.precision, **trust(args))
+    if args.confusion:  # before the evaluation: a path that cannot be written is said at once
+        check_output(args.confusion, "--confusion")
+    with plain_warnings():
+        result, data, _ = evaluate_run(args.run, args.split, args.data, args.data_dir, args.precision, **trust(args))
     png = Path(args.confusion) if args.confusion else resolve(args.run).parent / f"confusion_{args.split}.png"
-    confusion_matrix(result.confusion, result.classes, png)
+    save_figure(confusion_matrix(result.confusion, result.classes), png, "--confusion")
     if args.format == "json":
         print(json.dumps({**result.to_dict(), "split": args.split, "dataset": data.name, "confusion_png": str(png)}))
         return 0
@@ -207,6 +238,7 @@ def run_finetune(args) -> int:
     from cnnkit.tasks.classify.finetune import run_finetune as finetune_run
 
     values = config_from_args(FinetuneConfig, args)
+    _check_weights_network(values.get("model"), values.get("weights"))
     if args.resume and args.out:  # the run continues with its own settings; the ones typed must equal them
         check_resume_settings(args.out, "classify", values, key="args")
     cfg = FinetuneConfig(**values)
@@ -214,11 +246,32 @@ def run_finetune(args) -> int:
     return 0
 
 
+def _check_weights_network(model: str | None, weights: str | None) -> None:
+    """``--model`` beside ``--weights`` that is a cnnkit checkpoint must name the network it holds:
+    fine-tuning starts from the checkpoint's network, so another name would be ignored and recorded wrongly."""
+    from cnnkit.engine.runfolder import read_info
+    from cnnkit.tasks.classify.finetune import is_cnnkit_checkpoint
+
+    if not model or not weights or not is_cnnkit_checkpoint(weights):
+        return
+    info = read_info(weights)
+    network = info.get("network") if isinstance(info.get("network"), dict) else {}
+    held = info.get("model")
+    if model not in (held, network.get("name")):
+        shown = str(network.get("name") or held)[:60]
+        raise CnnkitError(
+            f"--weights {weights} is a {shown} checkpoint, but --model is {model}: fine-tuning starts from the "
+            f"checkpoint's network; leave out --model, or give a {model} checkpoint"
+        )
+
+
 def run_fcn(args) -> int:
     from cnnkit.tasks.classify.fcn import convert_to_fcn
 
     path, fcn, info = convert_to_fcn(args.run, args.out, **trust(args))
-    convs = sum(1 for m in fcn.modules() if type(m).__name__ == "Conv2d")
+    import torch.nn as nn
+
+    convs = sum(1 for m in fcn.modules() if isinstance(m, nn.Conv2d))
     print(
         f"{info['model']}: dense head converted ({convs} conv layers now), trained on "
         f"{tuple(info['input_size'])}; wrote {path}"

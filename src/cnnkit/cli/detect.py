@@ -42,9 +42,12 @@ def register(subparsers) -> None:
 
 
 def add_eval_predict(sub, eval_help: str, predict_help: str, run_eval, run_predict) -> None:
-    e = sub.add_parser("eval", help=eval_help)
+    # allow_abbrev=False: a mistyped --data must not pass as --data-dir (eval scores the run's own data)
+    e = sub.add_parser("eval", help=eval_help, allow_abbrev=False)
     e.add_argument("run", help="run folder or model.safetensors")
-    e.add_argument("--data-dir")
+    e.add_argument(
+        "--data-dir", help="the folder holding the built-in data sets (pennfudan, digits; default: the run's)"
+    )
     e.add_argument("--format", default="table", choices=["table", "json"])
     e.add_argument("--split", default="test", choices=["val", "test"], help="the photos scored (default: test)")
     e.add_argument(
@@ -54,7 +57,7 @@ def add_eval_predict(sub, eval_help: str, predict_help: str, run_eval, run_predi
     )
     e.set_defaults(func=run_eval)
 
-    q = sub.add_parser("predict", help=predict_help)
+    q = sub.add_parser("predict", help=predict_help, allow_abbrev=False)
     q.add_argument("run", help="run folder or model.safetensors (detect: also a .onnx file from `cnnkit export`)")
     q.add_argument("images", nargs="+")
     q.add_argument("--score", type=float, default=0.3, help="least score shown (default 0.3)")
@@ -85,8 +88,10 @@ def start_run(args, cfg, train, kind: str, given: dict) -> int:
 
 
 def run_eval(args) -> int:
+    from cnnkit.cli import existing_data_dir
     from cnnkit.tasks.detect.evaluate import evaluate_run
 
+    existing_data_dir(args.data_dir)
     m = evaluate_run(args.run, args.data_dir, args.split, args.test_scale)
     if args.format == "json":
         print(json.dumps(m))
@@ -104,19 +109,21 @@ def run_predict(args) -> int:
     from cnnkit.data.images import read_pixels
     from cnnkit.engine.runfolder import output_stems, resolve
     from cnnkit.tasks.detect.load import load_detector, onnx_detector
-    from cnnkit.tasks.detect.predict import draw_detections, predict_images
+    from cnnkit.tasks.detect.predict import draw_detections, output_folder, predict_images
 
+    if not 0 <= args.score <= 1:  # NaN fails too: it would keep no box, silently
+        raise CnnkitError(f"--score must be a number from 0 to 1 (the least score shown); received {args.score}")
     exported = args.run.lower().endswith(".onnx")
     model = onnx_detector(args.run) if exported else load_detector(args.run)
     size = model.info["input_size"][-1]
     paths = [Path(p) for p in args.images]
     images = [read_pixels(p) for p in paths]  # CnnkitError on a missing file, before any work
-    decode = {**model.info.get("decode", {}), "score_threshold": args.score}  # the run's own test-time augmentation
-    results = predict_images(model, images, size, model.info["classes"], **decode)
     folder = Path(args.run).parent if exported else resolve(args.run).parent
     out_dir = Path(args.out_dir) if args.out_dir else folder / "predictions"
     stems = output_stems(paths, out_dir, ("_boxes.png",))  # unique, and never an input's own name
-    out_dir.mkdir(parents=True, exist_ok=True)
+    output_folder(out_dir)  # before the work: a folder that cannot be made is said at once
+    decode = {**model.info.get("decode", {}), "score_threshold": args.score}  # the run's own test-time augmentation
+    results = predict_images(model, images, size, model.info["classes"], **decode)
     rows = []
     for path, stem, img, det in zip(paths, stems, images, results):
         png = out_dir / f"{stem}_boxes.png"

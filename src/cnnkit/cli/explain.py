@@ -86,17 +86,20 @@ def run_explain(args) -> int:
     from cnnkit.explain.hooks import default_cam_layer, is_conv
     from cnnkit.explain.target import read_image
     from cnnkit.tasks.classify.explain import load_explainable
+    from cnnkit.tasks.classify.predict import check_finite_weights
 
+    out = Path(args.out or f"{Path(args.image).stem}_{args.method}.png")
+    if out.suffix.lower() != ".png":
+        raise CnnkitError(f"--out must be a .png file, got {str(out)!r}")
+    plots.check_output(out)  # before any work: a folder, or a path under a file, is said at once
     target = load_explainable(
         args.model, weights=args.weights, imagenet_norm=args.imagenet_norm, factory=args.trust_code
     )
+    check_finite_weights(target.model, args.model)  # NaN weights would explain nothing (p=nan)
     c, h, w = target.input_size
     x = read_image(args.image, c, (h, w) if args.resize else None, target.dark_background)
     target.check_accepts(x, f" ({args.image})")
     layer = target.layer(args.layer) if args.layer else None
-    out = Path(args.out or f"{Path(args.image).stem}_{args.method}.png")
-    if out.suffix.lower() != ".png":
-        raise CnnkitError(f"--out must be a .png file, got {str(out)!r}")
     convs = [n for n in layer_names(target.net) if is_conv(target.net.get_submodule(n))]
     if args.method in ("filters", "patterns") and not convs and layer is None:
         raise CnnkitError(f"{args.model} has no convolution; pass --layer NAME")
@@ -163,6 +166,7 @@ def run_explain_series(args) -> int:
     out = Path(args.out or f"{Path(args.image).stem}_{args.index}_cam.png")
     if out.suffix.lower() != ".png":
         raise CnnkitError(f"--out must be a .png file, got {str(out)!r}")
+    plots.check_output(out)
     if args.method != "gradcam":  # the default; a series run has one method
         raise CnnkitError(f"a sequence run is explained by its class activation map; drop --method {args.method}")
     r = explain_series(args.model, args.image, args.index, args.target_class)

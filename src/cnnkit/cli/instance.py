@@ -8,6 +8,7 @@ from pathlib import Path
 from cnnkit.cli import add_run_arguments, train_config
 from cnnkit.cli.detect import add_eval_predict, start_run
 from cnnkit.engine.config import add_config_arguments
+from cnnkit.errors import CnnkitError
 from cnnkit.tasks.instance.config import InstanceConfig
 
 
@@ -48,8 +49,10 @@ def run_train(args) -> int:
 
 
 def run_eval(args) -> int:
+    from cnnkit.cli import existing_data_dir
     from cnnkit.tasks.instance.evaluate import evaluate_run
 
+    existing_data_dir(args.data_dir)
     m = evaluate_run(args.run, args.data_dir, args.split, args.test_scale)
     if args.format == "json":
         print(json.dumps(m))
@@ -66,6 +69,8 @@ def run_predict(args) -> int:
     from cnnkit.tasks.instance.load import load_mask_detector
     from cnnkit.tasks.instance.predict import predict_files
 
+    if not 0 <= args.score <= 1:  # NaN fails too: it would keep no box, silently
+        raise CnnkitError(f"--score must be a number from 0 to 1 (the least score shown); received {args.score}")
     model = load_mask_detector(args.run)
     out_dir = Path(args.out_dir) if args.out_dir else resolve(args.run).parent / "predictions"
     rows = predict_files(model, [Path(p) for p in args.images], out_dir, args.score)

@@ -30,7 +30,7 @@ def register(subparsers) -> None:
     add_run_arguments(t, "runs/segment-<data>-<time>")
     t.set_defaults(func=run_train)
 
-    e = sub.add_parser("eval", help="mIoU, pixel accuracy, per-class and boundary IoU of a run")
+    e = sub.add_parser("eval", help="mIoU, pixel accuracy, per-class and boundary IoU of a run", allow_abbrev=False)
     e.add_argument("run", help="run folder or model.safetensors")
     e.add_argument("--split", default="test", help="train | val | test (default: test)")
     e.add_argument("--data-dir")
@@ -91,11 +91,13 @@ def run_eval(args) -> int:
 def run_predict(args) -> int:
     from cnnkit.data.images import read_pixels
     from cnnkit.engine.runfolder import output_stems
+    from cnnkit.tasks.detect.predict import output_folder
     from cnnkit.tasks.segment.load import load_segmenter, onnx_segmenter
     from cnnkit.tasks.segment.predict import predict_image, write_prediction
 
     paths = [Path(p) for p in args.images]
     stems = output_stems(paths, args.out, (".png", "_overlay.png"))  # before any work: nothing overwritten
+    output_folder(args.out, "--out")  # a folder that cannot be made is said before any work
     model = onnx_segmenter(args.run) if args.run.lower().endswith(".onnx") else load_segmenter(args.run)
     channels = model.mean.shape[1] if hasattr(model, "mean") else model.input_size[0]
     max_side = model.info.get("config", {}).get("max_side")

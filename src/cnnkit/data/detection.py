@@ -267,6 +267,14 @@ def load_coco(path: str | os.PathLike, image_dir: str | os.PathLike | None = Non
         raise CnnkitError(f"{path}: {len(cat_index):,} categories; cnnkit trains at most {MAX_CLASSES:,} classes")
     order = sorted(cat_index)
     classes = [str(cats[cat_index[cid]]["name"]) for cid in order]
+    first_of: dict[str, int] = {}
+    for cid, name in zip(order, classes):  # two categories of one name: their predictions could not be told apart
+        if name in first_of:
+            raise CnnkitError(
+                f"{path}: categories {first_of[name]} and {cid} are both named {name!r}; give each category its "
+                "own name, or merge them into one id"
+            )
+        first_of[name] = cid
     label_of = {cid: i for i, cid in enumerate(order)}
     records: dict[int, tuple[int, str, int, int]] = {}
     seen_names: dict[str, int] = {}
@@ -437,7 +445,15 @@ def load_yolo(root: str | os.PathLike) -> Detections:
     img_dir, lab_dir = root / "images", root / "labels"
     if not img_dir.is_dir() or not lab_dir.is_dir():
         raise CnnkitError(f"{root} is not a YOLO folder: expected {img_dir} and {lab_dir}")
+    import collections
+
     classes = _yolo_classes(root)
+    repeated = sorted(c for c, n in collections.Counter(classes or []).items() if n > 1)
+    if repeated:  # two ids of one name: their predictions could not be told apart
+        raise CnnkitError(
+            f"{root}: the class names list {repeated[0]!r} twice (classes.txt or data.yaml); give each class "
+            "its own name, or merge the ids in the label files"
+        )
     files = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     stems = {p.stem for p in files}
     for lab in sorted(lab_dir.glob("*.txt")):

@@ -48,6 +48,8 @@ def open_image(path: str | Path, max_pixels: int = MAX_DECODE_PIXELS):
             raise CnnkitError(f"{path} is {w}x{h}: an image without pixels")
         try:
             yield im
+        except CnnkitError:
+            raise  # the caller's own refusal of what it read (a mask's mode, say), already one line
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             raise CnnkitError(
                 f"cannot decode {path} ({_short(exc)}): the file is truncated or damaged; give a PNG or JPEG file"

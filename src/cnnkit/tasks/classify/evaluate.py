@@ -218,14 +218,23 @@ def evaluate_run(
                 f"{run} does not record the dataset it was trained on (a converted model?); "
                 "pass --data NAME or --data PATH"
             )
-        images = load_dataset(
-            data or trained_on,
-            split,
-            data_dir or (cfg.get("data_dir") if not data else None),
-            image_size=tuple(model.input_size[1:]),
-            channels=model.input_size[0],
-            seed=cfg.get("seed", 0),
-        )
+        try:
+            images = load_dataset(
+                data or trained_on,
+                split,
+                data_dir or (cfg.get("data_dir") if not data else None),
+                image_size=tuple(model.input_size[1:]),
+                channels=model.input_size[0],
+                seed=cfg.get("seed", 0),
+            )
+        except CnnkitError as exc:  # the loader's fix (a *_fraction argument) is not eval's to give
+            text = str(exc)
+            if f"has no {split!r} split" not in text or "_fraction=" not in text:
+                raise
+            raise CnnkitError(
+                f"{text.split('; pass ')[0]}; evaluate another split (--split {'val' if split != 'val' else 'train'}), "
+                f"or add {split}/<class>/ folders to the data folder"
+            ) from None
     if images.classes != model.classes:
         raise CnnkitError(
             f"{images.name} has classes {images.classes[:5]}..., the model "

@@ -171,6 +171,12 @@ def load_classifier(
             f"{file} is a {str(task)[:20]!r} run, not a classifier; use `cnnkit {str(task)[:20]} "
             "eval|predict` for it, or give a run written by `cnnkit classify train|finetune`"
         )
+    for key in ("dataset", "config"):  # read by predict, explain and plot as mappings
+        if key in meta and not isinstance(meta[key], dict):
+            raise CnnkitError(
+                f"{file}: the checkpoint's metadata is damaged: its {key!r} entry is {str(meta[key])[:40]!r}, "
+                f"not a mapping; {CHECKPOINT_HINT}"
+            )
     members = meta.get("ensemble")
     if members is not None and (
         not isinstance(members, list) or not members or not all(isinstance(m, dict) for m in members)

@@ -16,8 +16,14 @@ def read_metrics(run: str | Path) -> list[dict]:
     path = Path(run) / "metrics.csv"
     if not path.is_file():
         raise CnnkitError(f"no metrics.csv in {run}; give a run folder written by `cnnkit train`")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise CnnkitError(
+            f"{path} is not readable text ({str(exc)[:80]}); the file is damaged: restore it from a copy, "
+            "or plot another run"
+        ) from None
     if not rows:
         raise CnnkitError(f"{path} has no epochs yet; plot it after the first epoch")
     return rows

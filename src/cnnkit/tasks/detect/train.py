@@ -151,6 +151,11 @@ def run_data(cfg, out, resume: bool, d, load):
     train_set, val_set, test_set, split = load(cfg, split)
     if len(train_set) < cfg.batch_size:
         raise CnnkitError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(train_set)} images)")
+    if not bool((train_set.labels >= 0).any()):  # before the run folder is written: nothing to learn from
+        raise CnnkitError(
+            f"{cfg.data} holds no (non-crowd) boxes to learn from: none of its {len(train_set)} training images "
+            "has an object labelled; add boxes (COCO annotations without iscrowd, or YOLO label lines)"
+        )
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out / SPLIT_FILE, json.dumps(split, indent=1).encode())

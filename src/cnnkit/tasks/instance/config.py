@@ -24,6 +24,7 @@ class InstanceConfig(DetectConfig):
         'resnet18'
     """
 
+    data: str = option("pennfudan", help="pennfudan | digits (instance masks are read from these two only)")
     image_size: int | None = None
     model: str = ""
     epochs: int | None = None

@@ -8,7 +8,7 @@ import torch.nn as nn
 from cnnkit.errors import CnnkitError
 from cnnkit.models.instance import MaskDetector, paste_masks
 from cnnkit.tasks.detect.data import DetectionSet
-from cnnkit.tasks.detect.predict import draw_detections
+from cnnkit.tasks.detect.predict import draw_detections, output_folder
 from cnnkit.tasks.instance.data import from_instances
 
 
@@ -93,7 +93,7 @@ def predict_files(model: MaskDetector, paths, out_dir, score: float = 0.3) -> li
     images = [read_pixels(Path(p), channels=c) for p in paths]  # a missing file fails before any work
     out_dir = Path(out_dir)
     stems = output_stems(paths, out_dir, (".png",))  # unique, and never an input's own name
-    out_dir.mkdir(parents=True, exist_ok=True)
+    output_folder(out_dir)
     results = []
     for p, stem, img in zip(paths, stems, images):
         data = from_instances([img], [torch.zeros(img.shape[1:], dtype=torch.uint8)], None, classes, size)

@@ -12,6 +12,8 @@ from cnnkit.errors import CnnkitError
 from cnnkit.export import model_device
 from cnnkit.models.deploy import Classifier
 
+MAX_TEST_SCALE = 4  # the image resized by more would need gigabytes, as detect's and instance's cap
+
 
 def scales(value) -> tuple[float, ...]:
     """A segmenter's test scales as a tuple of floats: one number (a run's older metadata) or several.
@@ -20,9 +22,14 @@ def scales(value) -> tuple[float, ...]:
         CnnkitError: none, or a value that is not a positive number.
     """
     values = tuple(value) if isinstance(value, (list, tuple)) else (value,)
-    ok = values and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values)
+    ok = values and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= MAX_TEST_SCALE for v in values
+    )  # NaN fails the comparison
     if not ok:
-        raise CnnkitError(f"--test-scale takes positive numbers. Received: --test-scale {value!r}")
+        raise CnnkitError(
+            f"--test-scale takes factors above 0 and at most {MAX_TEST_SCALE:g} (as detect and instance); "
+            f"received --test-scale {value!r}"
+        )
     return tuple(float(v) for v in values)
 
 
@@ -261,15 +268,15 @@ def write_prediction(image: torch.Tensor, mask: torch.Tensor, num_classes: int, 
     Raises:
         CnnkitError: more than 256 classes.
     """
-    from pathlib import Path
 
     from PIL import Image
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from cnnkit.tasks.detect.predict import output_folder, save_png
+
+    out_dir = output_folder(out_dir, "--out")
     if num_classes > 256:
         raise CnnkitError(f"a grey PNG holds class indices up to 255; this model has {num_classes} classes")
     grey, colour = out_dir / f"{stem}.png", out_dir / f"{stem}_overlay.png"
-    Image.fromarray(mask.to(torch.uint8).numpy()).save(grey)  # 2-D uint8: mode L
-    Image.fromarray(overlay(image, mask, num_classes).permute(1, 2, 0).numpy()).save(colour)
+    save_png(Image.fromarray(mask.to(torch.uint8).numpy()), grey)  # 2-D uint8: mode L
+    save_png(Image.fromarray(overlay(image, mask, num_classes).permute(1, 2, 0).numpy()), colour)
     return grey, colour

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 
@@ -62,6 +64,10 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
             f"--val-every must be an integer >= 0 (0: no validation while training). Received: {cfg.val_every}"
         )
     scales(cfg.test_scale)  # a bad --test-scale fails before any data is read
+    for key in ("jitter", "dice", "lovasz", "encoder_lr"):  # weights and fractions: a negative one trains nonsense
+        v = getattr(cfg, key)
+        if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < math.inf):
+            raise CnnkitError(f"--{key.replace('_', '-')} must be a finite number >= 0. Received: {v!r}")
     if cfg.keep_depthwise and (not cfg.weights or cfg.model == "unet"):
         raise CnnkitError(
             "--keep-depthwise keeps a pretrained encoder's depthwise filters: it needs a zoo encoder with "
