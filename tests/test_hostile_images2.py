@@ -24,39 +24,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Untrained classify, detect, segment and instance runs, saved as their train commands save them."""
-    from test_serve import make_run
-
-    from cnnkit.engine.runfolder import FORMAT, save_model
-    from cnnkit.models.segmentation import create_segmenter
-    from cnnkit.tasks.detect.load import new_detector
-    from cnnkit.tasks.detect.task import DetectTask
-    from cnnkit.tasks.instance.config import InstanceConfig
-    from cnnkit.tasks.instance.load import new_mask_detector
-    from cnnkit.tasks.instance.task import InstanceTask
-    from cnnkit.tasks.segment.load import Segmenter
-    from cnnkit.tasks.segment.task import SegmentTask
-
-    root = tmp_path_factory.mktemp("runs")
-    torch.manual_seed(0)
-    make_run(root / "classify")
-    det, info = new_detector("mobilenet_v3_small", ["a", "b"], 3, 64, width=16)
-    task = DetectTask(["a", "b"], info=info)
-    save_model(root / "detect" / "model.safetensors", task.deployable(det), {"format": FORMAT, **task.describe(det)})
-    cfg = InstanceConfig(model="mobilenet_v3_small", weights=None, image_size=64, width=16, mask_width=8, mask_convs=2)
-    inst, info = new_mask_detector(cfg, ["a", "b"], 3)
-    task = InstanceTask(["a", "b"], info=info)
-    save_model(
-        root / "instance" / "model.safetensors", task.deployable(inst), {"format": FORMAT, **task.describe(inst)}
-    )
-    seg = Segmenter(create_segmenter("unet", "unet", 2, in_channels=3, width=4), [0.5] * 3, [0.25] * 3, ["bg", "fg"])
-    task = SegmentTask(2, 16)
-    save_model(root / "segment" / "model.safetensors", seg, {"format": FORMAT, **task.describe(seg)})
-    return root
-
-
-@pytest.fixture(scope="module")
 def photo(tmp_path_factory):
     path = tmp_path_factory.mktemp("photo") / "p.png"
     arr = (np.random.default_rng(0).random((40, 48, 3)) * 255).astype(np.uint8)
