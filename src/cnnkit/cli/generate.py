@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from cnnkit.cli import add_run_arguments, train_config
 from cnnkit.engine.config import add_config_arguments
@@ -59,11 +60,21 @@ def register(subparsers) -> None:
 def run_train(args) -> int:
     import time
 
+    from cnnkit.engine.runfolder import check_resume_settings
     from cnnkit.tasks.generate.train import train
 
-    cfg = GenerateConfig(**train_config(GenerateConfig, args, BUILTIN))
+    values = train_config(GenerateConfig, args, BUILTIN)
+    data = values.get("data")
+    if data and data not in BUILTIN and not Path(data).exists():  # a name it does not know, or a mistyped folder
+        raise CnnkitError(
+            f"--data {vars(args).get('data') or data}: neither a folder nor a digit set `generate` draws; use one "
+            f"of {', '.join(BUILTIN)} or a folder of 28x28 images"
+        )
     if args.resume and not args.out:
         raise CnnkitError("--resume needs --out RUN, the run folder to continue")
+    if args.resume:  # the run continues with its own settings; the ones typed must equal them
+        check_resume_settings(args.out, "generate", values)
+    cfg = GenerateConfig(**values)
     out = args.out or f"runs/generate-{cfg.data}-{time.strftime('%Y%m%d-%H%M%S')}"
     result = train(cfg, out, resume=args.resume, quiet=args.quiet)
     last = result.history[-1] if result.history else {}
@@ -75,9 +86,16 @@ def run_train(args) -> int:
     return 0
 
 
+def _check_seed(seed: int) -> None:
+    """``--seed`` of predict and eval within train's range (torch's generator takes a signed 64-bit seed)."""
+    if not 0 <= seed < 2**63:
+        raise CnnkitError(f"--seed must be at least 0 and below {2**63}; received {seed}")
+
+
 def run_eval(args) -> int:
     from cnnkit.tasks.generate.evaluate import evaluate_run
 
+    _check_seed(args.seed)
     out = evaluate_run(args.run, args.classifier, args.count, args.seed, args.data_dir)
     if args.format == "json":
         print(json.dumps(out))
@@ -99,6 +117,7 @@ def run_predict(args) -> int:
     from cnnkit.tasks.generate.load import load_generator
     from cnnkit.tasks.generate.predict import predict
 
+    _check_seed(args.seed)
     path = predict(load_generator(args.run), args.out, args.count, args.digit, args.seed)
     print(f"{path}: {args.count} digits")
     return 0

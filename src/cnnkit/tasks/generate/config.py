@@ -54,7 +54,9 @@ class GenerateConfig(RunConfig):
     latent_dim: int = option(100, help="length of the generator's noise vector", minimum=1)
     width: int = option(32, help="channels of the discriminator's first convolution (the generator's last)", minimum=1)
     epochs: int = 20
-    batch_size: int = 64
+    batch_size: int = option(
+        64, help="digits per step; at least 2 (batch normalisation needs two to normalise)", minimum=2
+    )
     lr: float = 2e-4
     beta1: float = option(0.5, help="Adam's beta1 (the paper's 0.5 steadies the game)", minimum=0, below=1)
     ema: float = option(

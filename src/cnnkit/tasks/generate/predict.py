@@ -202,6 +202,8 @@ def predict(
     Example:
         >>> predict(load_generator("runs/cgan"), "sevens.png", count=16, digit=7)   # doctest: +SKIP
     """
+    if Path(out).suffix.lower() != ".png":  # the grid is PNG bytes: a .jpg or .txt name would lie about them
+        raise CnnkitError(f"--out must name a .png file (the grid is a PNG). Received: --out {out}")
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise CnnkitError(f"--count must be a positive integer. Received: --count {count}")
     labels = None

@@ -7,10 +7,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cnnkit.data.series import SeriesSet, read_series
+from cnnkit.engine.runfolder import resolve
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.sequence.config import SequenceConfig
 from cnnkit.tasks.sequence.data import load_splits
-from cnnkit.tasks.sequence.load import load_sequence, znormalised
+from cnnkit.tasks.sequence.load import load_sequence, stored_config, znormalised
 
 
 @torch.no_grad()
@@ -98,9 +99,11 @@ def evaluate_run(path, split: str = "test", data: str | None = None, data_dir: s
         raise CnnkitError(f"--split is train, val or test. Received: --split {split}")
     model = load_sequence(path)
     if data is not None:
-        series = read_series(data, classes=model.classes, znorm=znormalised(model))
+        from cnnkit.tasks.sequence.predict import check_lengths
+
+        series = check_lengths(read_series(data, classes=model.classes, znorm=znormalised(model)), data)
         return {**evaluate(model, series), "split": "file", "data": str(data), "classes": model.classes}
-    cfg = SequenceConfig.from_dict(model.info["config"], strict=False)
+    cfg = stored_config(SequenceConfig, model.info, resolve(path))
     if data_dir is not None:
         cfg.data_dir = data_dir
     sets = dict(zip(("train", "val", "test"), load_splits(cfg)))

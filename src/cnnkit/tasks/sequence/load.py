@@ -21,7 +21,7 @@ from cnnkit.engine.runfolder import (
 from cnnkit.errors import CnnkitError
 from cnnkit.models import create_model
 from cnnkit.models.deploy import Ensemble
-from cnnkit.tasks.sequence.config import FITTED, MODELS
+from cnnkit.tasks.sequence.config import FITTED, MODELS, SequenceConfig
 
 MAX_CLASSES = 100_000  # a checkpoint claiming more is damaged
 MAX_CHANNELS = 10_000
@@ -67,6 +67,32 @@ class SeriesModel(nn.Module):
         if not ok:
             raise CnnkitError(f"the checkpoint's description of its network is not valid; {CHECKPOINT_HINT}")
         return cls(_net(name, len(classes), *size), name, [str(c) for c in classes], tuple(size))
+
+
+def stored_config(cls, info: dict, file):
+    """The settings a run stored in its checkpoint's metadata (``info["config"]``), as ``cls``: what
+    evaluation reads the run's data by. One helper for every task whose checkpoint stores them.
+
+    Raises:
+        CnnkitError: ``config`` missing or not an object, a setting null that cannot be, or a value
+            of the wrong type: one line naming the file.
+    """
+    from dataclasses import fields
+
+    config = info.get("config")
+    bad = not isinstance(config, dict)
+    if not bad:
+        defaults = cls()
+        bad = any(config.get(f.name, 0) is None and getattr(defaults, f.name) is not None for f in fields(cls))
+    if not bad:
+        try:
+            return cls.from_dict(config, strict=False)
+        except (CnnkitError, TypeError, ValueError):
+            pass
+    raise CnnkitError(
+        f"{file}: its metadata (the run's settings, 'config') is not what cnnkit wrote; the file is damaged "
+        "or was edited: restore the run from a copy or train it again"
+    )
 
 
 def znormalised(model: nn.Module) -> bool:
@@ -127,6 +153,8 @@ def load_sequence(path, device: str = "cpu") -> nn.Module:
             f"{file} is not a time-series classifier (task {found!r}); give a run folder written by "
             f"`cnnkit sequence train`, or use `cnnkit {found} eval|predict` for this one"
         )
+    if "config" in info:  # what eval reads the data by and predict z-normalises by
+        stored_config(SequenceConfig, info, file)
     members = info.get("ensemble") or [info]
     if not isinstance(members, list) or not all(isinstance(m, dict) for m in members):
         raise CnnkitError(f"{file}: its ensemble entry is not a list of member descriptions; {CHECKPOINT_HINT}")

@@ -12,6 +12,22 @@ from cnnkit.tasks.sequence.evaluate import predict_proba
 from cnnkit.tasks.sequence.load import znormalised
 
 
+def check_lengths(data, path):
+    """``data`` as it is, when every series has at least 2 samples, as training requires (one sample
+    is no shape: z-normalised, it is 0).
+
+    Raises:
+        CnnkitError: the first shorter series, named by its number in the file.
+    """
+    short = (data.lengths < 2).nonzero().flatten().tolist()
+    if short:
+        raise CnnkitError(
+            f"{path}: series {short[0] + 1} has {int(data.lengths[short[0]])} sample; a series needs at least 2 "
+            "(as in training); remove it or give its values"
+        )
+    return data
+
+
 def predict_file(model: nn.Module, path: str | os.PathLike) -> list[dict]:
     """The predicted class and every class's probability for each series of a file.
 
@@ -35,7 +51,7 @@ def predict_file(model: nn.Module, path: str | os.PathLike) -> list[dict]:
         >>> first["class"]                                                             # doctest: +SKIP
         '1'
     """
-    data = read_series(path, znorm=znormalised(model))
+    data = check_lengths(read_series(path, znorm=znormalised(model)), path)
     channels = model.input_size[0]
     if data.channels != channels:
         raise CnnkitError(f"{path} has {data.channels} channel(s) per series; the model takes {channels}")

@@ -238,7 +238,13 @@ def _loo_choice(gram: torch.Tensor, yc: torch.Tensor, alphas) -> tuple[float, fl
     one eigendecomposition of the centred Gram matrix: (that residual, the penalty, its residuals,
     its dual solution)."""
     n = gram.shape[0]
-    eigval, q = torch.linalg.eigh(gram)
+    try:
+        eigval, q = torch.linalg.eigh(gram)
+    except torch.linalg.LinAlgError as exc:  # non-finite or enormous features: the series' values
+        raise CnnkitError(
+            f"the ridge fit failed ({' '.join(str(exc).split())[:80]}): the series' values are too large or "
+            "not finite; z-normalise them (leave out --no-znorm) or scale them down"
+        ) from None
     eigval = eigval.clamp(min=0)
     qy, q2 = q.T @ yc, q**2
     best = None

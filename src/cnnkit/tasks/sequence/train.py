@@ -3,6 +3,7 @@ them), or MultiRocket fitted in closed form."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -99,6 +100,13 @@ def train(cfg: SequenceConfig, out=None, resume: bool = False, quiet: bool = Fal
         _check_fitted(cfg)
     use_threads(cfg.threads if cfg.threads is not None else (0 if cfg.model in FITTED else 1))
     train_set, val_set, test_set = load_splits(cfg)
+    present = sorted(set(train_set.labels.tolist()))
+    if len(present) < 2:  # one class: every answer would be that class, at p=1
+        shown = ", ".join(train_set.classes[i] for i in present if i >= 0) or "none"
+        raise CnnkitError(
+            f"{cfg.data}: training needs at least 2 classes; the training series have {len(present)} ({shown}); "
+            "add series of the other classes"
+        )
     resolved = cfg.resolved_for(len(train_set))
     # a fitted model's run keeps the gradient-training settings unset: its config.yaml reads back
     cfg = cfg if cfg.model in FITTED else resolved
@@ -186,13 +194,24 @@ def _fit_closed_form(cfg: SequenceConfig, model, train_set, val_set, out, resume
     if resume:
         raise CnnkitError(f"a {cfg.model} run is fitted in one pass and has nothing to resume; start a new --out")
     check_new_run(out, resume=False)
+    made = out is not None and not Path(out).exists()
+    if out is not None:  # before the fit: an --out that cannot be a folder is one line, not a lost fit
+        from cnnkit.tasks.detect.predict import output_folder
+
+        output_folder(out, "--out")
     with distributed(cfg.device) as d:
         model.to(d.device)
     tick = time.perf_counter()
     columns = (TextColumn(f"{cfg.model}: transforming"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=make_console(), disable=quiet, transient=True) as progress:
-        bar = progress.add_task("series", total=len(train_set))
-        fitted = rocket.fit(model.net, train_set, progress=lambda done, _: progress.update(bar, completed=done))
+    try:
+        with Progress(*columns, console=make_console(), disable=quiet, transient=True) as progress:
+            bar = progress.add_task("series", total=len(train_set))
+            fitted = rocket.fit(model.net, train_set, progress=lambda done, _: progress.update(bar, completed=done))
+    except BaseException:
+        if made:  # the folder made for this run, still empty: no trace of a failed or stopped fit
+            with contextlib.suppress(OSError):
+                Path(out).rmdir()
+        raise
     row = {"epoch": 1, "train_loo_acc": 1 - fitted["loo_error"], "alpha": fitted["alpha"]}
     scores = evaluate(model, val_set) if val_set is not None else None
     if scores is not None:
@@ -208,7 +227,6 @@ def _fit_closed_form(cfg: SequenceConfig, model, train_set, val_set, out, resume
         )
     if out is not None:
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
         info = {"config": cfg.to_dict(), "data": cfg.data}
         meta = {"format": FORMAT, **info, **model.describe(), "epoch": 1, "history": [row], "fit": fitted}
         atomic_write_bytes(out / CONFIG_FILE, config_yaml(cfg.to_dict()))

@@ -37,6 +37,22 @@ def read_photo(path: str | Path, side: int | None = None) -> torch.Tensor:
     return resize_longer(x, side) if side else x
 
 
+MIN_SIDE = 16  # the loss network pools four times and the transformation network pads by 4 px
+
+
+def check_side(x: torch.Tensor, what: str, path, note: str = "", fix: str = "use a larger image") -> torch.Tensor:
+    """``x`` (B, 3, H, W) as it is, if both sides are at least :data:`MIN_SIDE` px.
+
+    Raises:
+        CnnkitError: a side is shorter: one line naming the image, its size (``note``: how it got it)
+            and ``fix``.
+    """
+    h, w = x.shape[-2:]
+    if min(h, w) < MIN_SIDE:
+        raise CnnkitError(f"the {what} {path} is {w}x{h} px{note}; it needs at least {MIN_SIDE} px per side: {fix}")
+    return x
+
+
 def check_output(out: str | Path, inputs: list[str | Path], extra: tuple[str, ...] = ()) -> Path:
     """``out`` as a Path, checked before any work: a PNG or JPEG name that replaces none of ``inputs``
     (nor do the files named ``out``'s stem + each of ``extra``, e.g. ``.csv``).

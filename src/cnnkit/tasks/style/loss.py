@@ -106,7 +106,11 @@ class LossNetwork(nn.Module):
     def check(self, layers: Sequence[str], flag: str) -> None:
         """Every name of ``layers`` is one of the network's layers (``flag`` names the option)."""
         unknown = [n for n in layers if n not in self.names]
-        if unknown or not layers:
+        if not layers:
+            raise CnnkitError(
+                f"{flag}: no layer given; name at least one of the loss network's: {', '.join(self.names)}"
+            )
+        if unknown:
             raise CnnkitError(
                 f"{flag}: {unknown[0] if unknown else 'no layer'} is not a layer of the loss network; "
                 f"its layers: {', '.join(self.names)}"

@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from cnnkit.engine.runfolder import output_stems
 from cnnkit.errors import CnnkitError
-from cnnkit.tasks.style.data import read_photo, write_image
+from cnnkit.tasks.style.data import check_side, read_photo, write_image
 from cnnkit.tasks.style.load import load_stylizer
 
 
@@ -50,6 +50,8 @@ def predict_files(run, images: list, out_dir, max_side: int | None = None) -> li
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:  # before any output is written
         raise CnnkitError(f"image not found: {missing[0]}; give the paths of PNG or JPEG files")
+    for path in paths:  # every photo's size before any output is written (the header alone)
+        _check_photo_size(path, max_side)
     model = load_stylizer(run)
     written = []
     for path, stem in zip(paths, stems):
@@ -60,3 +62,22 @@ def predict_files(run, images: list, out_dir, max_side: int | None = None) -> li
         write_image(stylize(model, x), target)
         written.append(target)
     return written
+
+
+def _check_photo_size(path: Path, max_side: int | None) -> None:
+    """The photo's sides, as the network will see them, at least :data:`MIN_SIDE` px (read from its
+    header; an unreadable file is left to :func:`read_photo`'s message)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except Exception:  # noqa: BLE001 -- not an image: read_photo names the problem
+        return
+    note, fix = "", "use a larger photo"
+    if max_side and max(w, h) > max_side:
+        scale = max_side / max(w, h)
+        note = f" at --max-side {max_side} (from {w}x{h})"
+        w, h = max(1, round(w * scale)), max(1, round(h * scale))
+        fix = "use a less elongated photo or a larger --max-side"
+    check_side(torch.empty(1, 3, h, w, device="meta"), "photo", path, note, fix)

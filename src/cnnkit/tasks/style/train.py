@@ -10,7 +10,7 @@ import torch
 from cnnkit.engine.config import use_threads
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.style.config import StyleTrainConfig, TransferConfig
-from cnnkit.tasks.style.data import load_photos, read_photo
+from cnnkit.tasks.style.data import check_side, load_photos, read_photo, resize_longer
 from cnnkit.tasks.style.load import build_network
 from cnnkit.tasks.style.task import StyleTask
 from cnnkit.tasks.style.transfer import perceptual_loss
@@ -67,7 +67,10 @@ def train(
             f"--style {cfg.style or '(none)'} --data {cfg.data or '(none)'}"
         )
     use_threads(cfg.threads)
-    style = read_photo(cfg.style)
+    style = check_side(read_photo(cfg.style), "style image", cfg.style)
+    h, w = resize_longer(style, cfg.style_size).shape[-2:]
+    note = f" at --style-size {cfg.style_size} (from {style.shape[-1]}x{style.shape[-2]})"
+    check_side(style.new_empty(1, 3, h, w), "style image", cfg.style, note, "use a larger, less elongated image")
     photos = load_photos(cfg.data, cfg.crop, cfg.photos)
     loss_cfg = TransferConfig(
         network=cfg.network,

@@ -18,7 +18,7 @@ from cnnkit.engine.config import use_threads
 from cnnkit.engine.runfolder import atomic_write_bytes
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.style.config import TransferConfig
-from cnnkit.tasks.style.data import check_output, read_photo, resize_longer, write_image
+from cnnkit.tasks.style.data import check_output, check_side, read_photo, resize_longer, write_image
 from cnnkit.tasks.style.loss import PerceptualLoss, loss_network
 
 CSV_COLUMNS = ["step", "loss", "content", "style", "tv", "seconds"]
@@ -134,7 +134,7 @@ def transfer(
             if not torch.isfinite(parts["loss"]):
                 raise CnnkitError(
                     f"the loss became {row['loss']} at step {step}: the optimisation diverged; lower --lr "
-                    f"(received --lr {cfg.lr}) or use --optimizer adam"
+                    f"(received --lr {cfg.lr})" + (" or use --optimizer adam" if cfg.optimizer == "lbfgs" else "")
                 )
             progress.update(bar, advance=1, stats=f"loss {row['loss']:.4f} style {row['style']:.4f}")
     return TransferResult(x.detach(), history, time.perf_counter() - tick)
@@ -147,6 +147,26 @@ def write_history_csv(path: str | Path, history: list[dict]) -> None:
     writer.writeheader()
     writer.writerows(history)
     atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def _check_log(path: Path) -> None:
+    """The loss log beside ``--out`` may replace only an earlier loss log (its header is ours).
+
+    Raises:
+        CnnkitError: ``path`` is a folder or a file cnnkit did not write: nothing is written.
+    """
+    if not path.exists() and not path.is_symlink():
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.readline(4096).rstrip(b"\r\n").decode("utf-8", "replace")
+    except OSError:
+        head = None
+    if head != ",".join(CSV_COLUMNS) or not path.is_file():
+        raise CnnkitError(
+            f"{path} exists and is not a loss log of `cnnkit style transfer`; it would be replaced by the losses "
+            "per step: move it or choose another --out (nothing was written)"
+        )
 
 
 def transfer_files(
@@ -171,8 +191,17 @@ def transfer_files(
         CnnkitError: a missing or unreadable image, an output that would replace an input, or a bad setting.
     """
     out = check_output(out, [content, style], (".csv",))
+    _check_log(out.with_suffix(".csv"))
     cfg = (cfg or TransferConfig()).resolved()
     content_x, style_x = read_photo(content), read_photo(style)
+    for x, what, path, side, flag in (
+        (content_x, "content image", content, cfg.size, "--size"),
+        (style_x, "style image", style, cfg.style_size, "--style-size"),
+    ):
+        check_side(x, what, path)
+        h, w = resize_longer(x, side).shape[-2:]  # what the loss network sees
+        note = f" at {flag} {side} (from {x.shape[-1]}x{x.shape[-2]})"
+        check_side(x.new_empty(1, 3, h, w), what, path, note, f"use a less elongated image or a larger {flag}")
     result = transfer(content_x, style_x, cfg, quiet)
     write_image(result.image, out)
     write_history_csv(out.with_suffix(".csv"), result.history)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from cnnkit.engine.runfolder import resolve
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.video.config import VideoConfig
 from cnnkit.tasks.video.data import clip_batch, moving_mnist_splits
@@ -53,7 +54,7 @@ def evaluate(model: nn.Module, data, batch_size: int = 64) -> dict:
     return {"both": both / n, "digit_acc": right / (n * 10), "top2": top2 / max(pairs, 1), "clips": n}
 
 
-def eval_config(model, config_cls, split: str, data_dir: str | None, clips: int | None):
+def eval_config(model, config_cls, split: str, data_dir: str | None, clips: int | None, file=None):
     """The run config a video run is evaluated with: its own, ``data_dir`` and ``clips`` applied.
 
     Args:
@@ -62,16 +63,19 @@ def eval_config(model, config_cls, split: str, data_dir: str | None, clips: int 
         split: ``test`` or ``val`` (checked here).
         data_dir: instead of the run's data folder (None: the run's).
         clips: the first N clips of the split (None: the run's number).
+        file: the checkpoint, named in the error when its stored settings are damaged.
 
     Returns:
         The config, ``test_clips`` and ``val_clips`` set to ``clips`` when given.
 
     Raises:
-        CnnkitError: an unknown split or a ``clips`` below 1.
+        CnnkitError: an unknown split, a ``clips`` below 1, or damaged stored settings.
     """
     if split not in ("test", "val"):
         raise CnnkitError(f"--split is test or val. Received: --split {split}")
-    cfg = config_cls.from_dict(model.info["config"], strict=False)
+    from cnnkit.tasks.sequence.load import stored_config
+
+    cfg = stored_config(config_cls, model.info, file or "the checkpoint")
     if data_dir is not None:
         cfg.data_dir = data_dir
     if clips is not None:
@@ -100,6 +104,6 @@ def evaluate_run(path, split: str = "test", data_dir: str | None = None, clips: 
         >>> evaluate_run("runs/video", clips=1000)["both"]    # doctest: +SKIP
     """
     model = load_video_classifier(path)
-    cfg = eval_config(model, VideoConfig, split, data_dir, clips)
+    cfg = eval_config(model, VideoConfig, split, data_dir, clips, resolve(path))
     _, val, test = moving_mnist_splits(1, max(cfg.val_clips, 1), cfg.test_clips, cfg.frames, cfg.data_dir, cfg.seed)
     return {**evaluate(model, test if split == "test" else val), "split": split}

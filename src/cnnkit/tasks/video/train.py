@@ -58,6 +58,7 @@ def train(
         cfg.clips, cfg.val_clips, cfg.test_clips, cfg.frames, cfg.data_dir, cfg.seed
     )
     model = build_model(cfg)
+    _check_frames(model, cfg)
     if cfg.channels_last:  # the 3-D convolutions' weights NDHWC (a 2-D network is left as it is)
         for p in model.net.parameters():
             if p.dim() == 5:
@@ -82,3 +83,20 @@ def train(
     )
     result.test = evaluate(result.model, test_set)
     return result
+
+
+def _check_frames(model, cfg: VideoConfig) -> None:
+    """One pass of an empty clip before any data is drawn: too few frames for the network's pooling
+    is one line naming the flags, not a traceback from inside it."""
+    frames = (cfg.frames - 1) // cfg.stride + 1
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, cfg.frames, 1, cfg.size, cfg.size))
+    except RuntimeError as exc:
+        raise CnnkitError(
+            f"--model {cfg.model} cannot take {frames} frames of {cfg.size}x{cfg.size} (--frames {cfg.frames}, "
+            f"--stride {cfg.stride}, --size {cfg.size}): {' '.join(str(exc).split())[:100]}; give more frames "
+            "or a smaller --stride"
+        ) from None
+    finally:
+        model.train()

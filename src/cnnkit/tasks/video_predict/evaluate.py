@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from cnnkit.engine.runfolder import resolve
 from cnnkit.metrics.video import VideoPredictionMeter
 from cnnkit.tasks.video.data import clip_batch
 from cnnkit.tasks.video.evaluate import eval_config
@@ -62,7 +63,7 @@ def evaluate_run(path, split: str = "test", data_dir: str | None = None, clips: 
         >>> evaluate_run("runs/predict", clips=1000)["mse"]    # doctest: +SKIP
     """
     model = load_predictor(path)
-    cfg = eval_config(model, PredictConfig, split, data_dir, clips)
+    cfg = eval_config(model, PredictConfig, split, data_dir, clips, resolve(path))
     cfg.clips, cfg.val_clips = 1, max(cfg.val_clips, 1)
     _, val, test = load_splits(cfg)
     out = evaluate(model, test if split == "test" else val, cfg.frames)
