@@ -75,8 +75,10 @@ def test_bad_files(tmp_path):
     with pytest.raises(CnnkitError, match="unknown weights format '.h5'"):
         load_weights(model, tmp_path / "w.h5")
     torch.save(model, tmp_path / "whole.pth")  # a pickled module, not a state dict
-    with pytest.raises(CnnkitError, match="could not be read as weights"):
+    with pytest.raises(CnnkitError, match="could not be read as weights") as err:
         load_weights(model, tmp_path / "whole.pth")
+    # the object it names, in one line whose parentheses close (not torch's paragraph cut mid-word)
+    assert "\n" not in str(err.value) and "names the Python object cnnkit.models.lenet.LeNet5)" in str(err.value)
     torch.save([1, 2], tmp_path / "list.pth")
     with pytest.raises(CnnkitError, match="holds no state dict"):
         load_weights(model, tmp_path / "list.pth")

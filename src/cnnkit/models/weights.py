@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,10 +231,22 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if path.suffix not in (".pth", ".pt", ".bin", ".ckpt"):
         raise CnnkitError(f"unknown weights format {path.suffix!r} for {path}; use .pth, .pt or .safetensors")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # the unpickler's remarks on a file it then refuses
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors come in many types; all mean "not a plain state dict"
+        text = " ".join(str(exc).split())
+        found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", text, re.IGNORECASE)
+        refused = re.search(r"WeightsUnpickler error: (.+?)(?: Check the documentation|$)", text)
+        why = (
+            f"it names the Python object {found[1]}"
+            if found
+            else f"a pickle the safe loader refuses: {refused[1]}"
+            if refused
+            else f"{type(exc).__name__}: {text}"
+        )
         raise CnnkitError(
-            f"{path} could not be read as weights ({type(exc).__name__}: {str(exc)[:120]}); "
+            f"{path} could not be read as weights ({why if len(why) <= 160 else why[:157] + '...'}); "
             "it must be a state dict saved with torch.save (no pickled objects)"
         ) from None
     return _unwrap(obj, path)
