@@ -201,7 +201,7 @@ def test_detect_eval_has_no_data_option_and_refuses_a_useless_data_dir(runs, tmp
 
 @pytest.mark.parametrize("scale", ["100", "nan", "inf"])
 def test_segment_test_scale_is_capped_at_4(runs, capsys, scale):
-    _fails(["segment", "eval", runs / "segment", "--test-scale", "1", scale], capsys, "at most 4")
+    _fails(["segment", "eval", runs / "segment", "--test-scale", "1", scale], capsys, "up to 4")
 
 
 # ----------------------------------------------------------------------------- 14, 15: numbers and networks

@@ -366,7 +366,7 @@ def _coerce(cls: type, name: str, value: Any, where: str) -> Any:
         if type(None) in typing.get_args(kind):
             return None
         raise CnnkitError(f"{where}: {name} must be set (received null); remove it to take the default")
-    if dataclasses.is_dataclass(kind):  # a nested section (augment:): a mapping of that class's fields
+    if isinstance(kind, type) and dataclasses.is_dataclass(kind):  # a nested section (augment:): its fields
         return _section(kind, name, value, where)
     if isinstance(value, bool) and base in (int, float):
         raise CnnkitError(f"{where}: {name} must be {_a(base)}; received {value!r}")

@@ -27,8 +27,7 @@ def scales(value) -> tuple[float, ...]:
     )  # NaN fails the comparison
     if not ok:
         raise CnnkitError(
-            f"--test-scale takes factors above 0 and at most {MAX_TEST_SCALE:g} (as detect and instance); "
-            f"received --test-scale {value!r}"
+            f"--test-scale takes positive numbers up to {MAX_TEST_SCALE:g}; received --test-scale {value!r}"
         )
     return tuple(float(v) for v in values)
 

@@ -99,8 +99,6 @@ def evaluate_run(path, split: str = "test", data: str | None = None, data_dir: s
         raise CnnkitError(f"--split is train, val or test. Received: --split {split}")
     model = load_sequence(path)
     if data is not None:
-        from cnnkit.tasks.sequence.predict import check_lengths
-
         series = check_lengths(read_series(data, classes=model.classes, znorm=znormalised(model)), data)
         return {**evaluate(model, series), "split": "file", "data": str(data), "classes": model.classes}
     cfg = stored_config(SequenceConfig, model.info, resolve(path))
@@ -110,3 +108,19 @@ def evaluate_run(path, split: str = "test", data: str | None = None, data_dir: s
     if sets[split] is None:
         raise CnnkitError(f"the run {path} has no {split} split (data {cfg.data}); evaluate on a file with --data FILE")
     return {**evaluate(model, sets[split]), "split": split, "data": cfg.data, "classes": model.classes}
+
+
+def check_lengths(data, path):
+    """``data`` as it is, when every series has at least 2 samples, as training requires (one sample
+    is no shape: z-normalised, it is 0).
+
+    Raises:
+        CnnkitError: the first shorter series, named by its number in the file.
+    """
+    short = (data.lengths < 2).nonzero().flatten().tolist()
+    if short:
+        raise CnnkitError(
+            f"{path}: series {short[0] + 1} has {int(data.lengths[short[0]])} sample; a series needs at least 2 "
+            "(as in training); remove it or give its values"
+        )
+    return data

@@ -8,24 +8,8 @@ import torch.nn as nn
 
 from cnnkit.data.series import read_series
 from cnnkit.errors import CnnkitError
-from cnnkit.tasks.sequence.evaluate import predict_proba
+from cnnkit.tasks.sequence.evaluate import check_lengths, predict_proba
 from cnnkit.tasks.sequence.load import znormalised
-
-
-def check_lengths(data, path):
-    """``data`` as it is, when every series has at least 2 samples, as training requires (one sample
-    is no shape: z-normalised, it is 0).
-
-    Raises:
-        CnnkitError: the first shorter series, named by its number in the file.
-    """
-    short = (data.lengths < 2).nonzero().flatten().tolist()
-    if short:
-        raise CnnkitError(
-            f"{path}: series {short[0] + 1} has {int(data.lengths[short[0]])} sample; a series needs at least 2 "
-            "(as in training); remove it or give its values"
-        )
-    return data
 
 
 def predict_file(model: nn.Module, path: str | os.PathLike) -> list[dict]:
