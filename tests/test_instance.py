@@ -117,9 +117,11 @@ def test_instance_set_boxes_masks_and_originals():
 
 
 def test_masks_move_with_the_pixels():
-    # image channel 0 is 0.5 + 0.5 * (instance 0's mask) and the jitter pads with 0.5, so after flip + zoom
-    # + shift 2 * (channel 0 - 0.5) is where instance 0's mask went: its RoI targets must be cut from that
+    # instance 0 is an L: its box less the box's top-right quadrant. Image channel 0 is 0.5 + 0.5 * its
+    # mask and the jitter pads with 0.5, so after flip + zoom + shift 2 * (channel 0 - 0.5) is where the
+    # mask went: its RoI targets must be cut from there, the L mirrored
     imgs, insts = instance_images()
+    insts[0][5:15, 20:30] = 0
     data = from_instances(imgs * 2, insts * 2, None, ["a"], 64)
     data.images[:, 0] = (127.5 + 127.5 * data.masks[:, 0]).round().to(torch.uint8)
     task = InstanceTask(["a"], batch_size=2, flip=1.0, scale=(0.6, 0.8), colour=0.0, fill=0.5, roi_jitter=1)
@@ -130,7 +132,9 @@ def test_masks_move_with_the_pixels():
     moved = ((x[0, 0] - 0.5) * 2)[None].expand(2, -1, -1)
     want = roi_mask_targets(moved, b[[0, 2]])  # rows 0, 2: instance 0 and its copy
     assert (want != target[[0, 2]]).float().mean() < 0.01
-    assert float(target[0].mean()) > 0.9  # a full square fills its own box
+    # the L mirrored fills its box but for the top-left quadrant
+    assert float(target[0, :14, :14].mean()) < 0.1
+    assert float(target[0, 14:].mean()) > 0.9 and float(target[0, :14, 14:].mean()) > 0.9
     assert (x[0, 0] == 0.5).any()  # zoomed out: padded with the fill
 
 
