@@ -134,3 +134,23 @@ def test_train_help_shows_each_presets_defaults(capsys):
     assert f"(default: fast {fast['batch_size']}, best {best['batch_size']})" in text
     assert f"(default: fast {fast['prune']}, best 0.0)" in text  # a preset that leaves it keeps the class's
     assert "(default: 6)" not in text
+
+
+@pytest.mark.parametrize(
+    "command, config, examples",
+    [
+        (["detect", "train"], ("detect", "DetectConfig"), {"photos": "pennfudan", "digits": "digits"}),
+        (["segment", "train"], ("segment", "SegmentConfig"), {"pennfudan": "pennfudan", "digits": "digits"}),
+    ],
+)
+def test_a_data_dependent_default_shows_each_datas_value(capsys, command, config, examples):
+    # "(default: the task's default)" tells a user nothing: the help resolves each kind of data
+    from cnnkit.cli import main
+
+    cls = getattr(importlib.import_module(f"cnnkit.tasks.{config[0]}.config"), config[1])
+    epochs = {label: cls(data=data).resolved().epochs for label, data in examples.items()}
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert ", ".join(f"{label} {n}" for label, n in epochs.items()) in text
+    assert "passes over the training split (default: the task's default)" not in text

@@ -7,9 +7,14 @@ import time
 from pathlib import Path
 
 from cnnkit.cli import add_run_arguments, train_config
-from cnnkit.engine.config import add_config_arguments
+from cnnkit.engine.config import add_config_arguments, resolved_defaults
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.detect.config import DetectConfig
+
+DATA_EXAMPLES = {
+    "photos": {"data": "pennfudan"},
+    "digits": {"data": "digits"},
+}  # one of each kind of data: the help shows each one's defaults
 
 
 def register(subparsers) -> None:
@@ -27,7 +32,7 @@ def register(subparsers) -> None:
         description="Train an anchor-free detector; the run folder holds model.safetensors, "
         "resume.safetensors, metrics.csv, curves.png, config.yaml and split.json.",
     )
-    add_config_arguments(t, DetectConfig)
+    add_config_arguments(t, DetectConfig, presets=resolved_defaults(DetectConfig, DATA_EXAMPLES))
     add_run_arguments(t, "runs/detect-<data>-<time>")
     t.set_defaults(func=run_train)
 

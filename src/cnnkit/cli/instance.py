@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from cnnkit.cli import add_run_arguments, train_config
-from cnnkit.cli.detect import add_eval_predict, start_run
-from cnnkit.engine.config import add_config_arguments
+from cnnkit.cli.detect import DATA_EXAMPLES, add_eval_predict, start_run
+from cnnkit.engine.config import add_config_arguments, resolved_defaults
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.instance.config import InstanceConfig
 
@@ -27,7 +27,7 @@ def register(subparsers) -> None:
         description="Train the detector with a Mask R-CNN-style mask head; the run folder holds "
         "model.safetensors, resume.safetensors, metrics.csv, curves.png and config.yaml.",
     )
-    add_config_arguments(t, InstanceConfig)
+    add_config_arguments(t, InstanceConfig, presets=resolved_defaults(InstanceConfig, DATA_EXAMPLES))
     add_run_arguments(t, "runs/instance-<data>-<time>")
     t.set_defaults(func=run_train)
 

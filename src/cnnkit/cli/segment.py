@@ -6,9 +6,15 @@ import json
 from pathlib import Path
 
 from cnnkit.cli import add_run_arguments, train_config
-from cnnkit.engine.config import add_config_arguments
+from cnnkit.engine.config import add_config_arguments, resolved_defaults
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.segment.config import SegmentConfig
+
+DATA_EXAMPLES = {
+    "pennfudan": {"data": "pennfudan"},
+    "digits": {"data": "digits"},
+    "folders": {"data": "my_photos"},
+}  # one of each kind of data: the help shows each one's defaults
 
 
 def register(subparsers) -> None:
@@ -26,7 +32,7 @@ def register(subparsers) -> None:
         "resume.safetensors, metrics.csv, curves.png, config.yaml and split.json. "
         "Unset options take the data's recipe (DATA_DEFAULTS).",
     )
-    add_config_arguments(t, SegmentConfig)
+    add_config_arguments(t, SegmentConfig, presets=resolved_defaults(SegmentConfig, DATA_EXAMPLES))
     add_run_arguments(t, "runs/segment-<data>-<time>")
     t.set_defaults(func=run_train)
 

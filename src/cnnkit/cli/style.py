@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from cnnkit.cli import add_run_arguments, train_config
-from cnnkit.engine.config import add_config_arguments, config_from_args
+from cnnkit.engine.config import add_config_arguments, config_from_args, resolved_defaults
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.style.config import StyleTrainConfig, TransferConfig
+
+NETWORK_EXAMPLES = {n: {"network": n} for n in ("efficientnet_lite0", "vgg19")}  # the help's defaults
 
 
 def register(subparsers) -> None:
@@ -30,7 +32,7 @@ def register(subparsers) -> None:
     t.add_argument("style", help="the style image (PNG or JPEG)")
     t.add_argument("--out", required=True, help="the image to write (.png or .jpg); never one of the inputs")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_config_arguments(t, TransferConfig)
+    add_config_arguments(t, TransferConfig, presets=resolved_defaults(TransferConfig, NETWORK_EXAMPLES))
     t.set_defaults(func=run_transfer)
 
     r = sub.add_parser(
@@ -39,7 +41,7 @@ def register(subparsers) -> None:
         description="Train through the shared engine; the run folder holds model.safetensors, "
         "resume.safetensors, metrics.csv, curves.png and config.yaml.",
     )
-    add_config_arguments(r, StyleTrainConfig)
+    add_config_arguments(r, StyleTrainConfig, presets=resolved_defaults(StyleTrainConfig, NETWORK_EXAMPLES))
     add_run_arguments(r, "runs/style-<style>-<time>")
     r.set_defaults(func=run_train)
 

@@ -167,6 +167,29 @@ def config_fields(cls: type) -> list[tuple[dataclasses.Field, dict, Any]]:
     return [(f, field_help(cls, f.name), hints[f.name]) for f in fields(cls)]
 
 
+def resolved_defaults(cls: type, examples: dict[str, dict]) -> dict[str, dict]:
+    """What ``cls(**settings).resolved()`` fills in for each example, for the help's defaults.
+
+    Args:
+        cls: a config class whose ``resolved()`` fills its unset (None) fields from other settings
+            (the data, the loss network).
+        examples: a label for each case -> the settings that make it (``{"data": "pennfudan"}``).
+
+    Returns:
+        label -> {field: value} of the fields left None by the class ("none" where the case leaves
+        one unused).
+    """
+    unset = {f.name for f in fields(cls) if _default(f) is None}
+    return {
+        label: {
+            k: "none" if v is None else v
+            for k, v in _plain(dataclasses.asdict(cls(**settings).resolved())).items()
+            if k in unset
+        }
+        for label, settings in examples.items()
+    }
+
+
 def add_config_arguments(
     parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = (), presets: dict[str, dict] | None = None
 ) -> None:
@@ -193,13 +216,13 @@ def add_config_arguments(
             each = {name: values.get(f.name, value) for name, values in presets.items()}
             unset = "the task's default"
             shown = ", ".join(f"{name} {unset if v is None else _show(v)}" for name, v in each.items())
+            if len({repr(v) for v in each.values()}) == 1:  # the same whatever the data
+                shown = _show(next(iter(each.values())))
         if meta.get("choices") and "|" not in meta["help"]:
             meta = {**meta, "help": f"{meta['help']}: {' | '.join(map(str, meta['choices']))}"}
-        kw: dict[str, Any] = {
-            "dest": f.name,
-            "default": argparse.SUPPRESS,
-            "help": f"{meta['help']} (default: {shown})".replace("%", "%%"),
-        }
+        own = "(default:" in meta["help"] or "unset:" in meta["help"]  # the help says it already
+        text = meta["help"] if own else f"{meta['help']} (default: {shown})"
+        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": text.replace("%", "%%")}
         base, nargs = _cli_type(kind)
         if base is None:
             continue
