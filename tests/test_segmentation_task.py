@@ -354,3 +354,21 @@ def test_a_bad_train_scale_is_refused_before_any_data_is_read(tmp_path):
     with pytest.raises(CnnkitError, match="--keep-depthwise keeps a pretrained encoder's depthwise filters"):
         train(scratch, tmp_path / "run", quiet=True)
     assert not (tmp_path / "run").exists()
+
+
+def test_subset_trains_on_the_first_photos_and_keeps_the_split_whole(data_dir):
+    # --subset N, as in every other training command: a quick check on N training photos
+    from cnnkit.engine.config import config_from_args
+    from cnnkit.tasks.segment.config import SegmentConfig
+    from cnnkit.tasks.segment.data import load_splits
+
+    full = load_splits(SegmentConfig(data="pennfudan", data_dir=str(data_dir)).resolved())
+    part = load_splits(SegmentConfig(data="pennfudan", data_dir=str(data_dir), subset=5).resolved())
+    assert part[0].names == full[0].names[:5] and len(part[0].images) == len(part[0].masks) == 5
+    assert part[1].names == full[1].names and part[2].names == full[2].names and part[3] == full[3]
+    scenes = load_splits(SegmentConfig(data="digits", data_dir=str(data_dir), scenes=40, subset=7).resolved())[0]
+    assert scenes.images.shape[0] == scenes.masks.shape[0] == 7
+    from cnnkit.cli import build_parser
+
+    args = build_parser().parse_args(["segment", "train", "--subset", "3"])
+    assert config_from_args(SegmentConfig, args)["subset"] == 3

@@ -79,8 +79,6 @@ class SegmentConfig(RunConfig):
         'unet'
     """
 
-    unsupported = ("subset",)
-
     data: str = option("pennfudan", help="pennfudan | digits | a folder of images/ + masks/")
     arch: str | None = option(None, help="the decoder: fcn32s | fcn16s | fcn8s | unet | deeplabv3")
     model: str | None = option(None, help="the encoder: a zoo name, or unet (U-Net's own encoder)")

@@ -52,6 +52,18 @@ def random_scale_crop(
 def load_splits(
     cfg: SegmentConfig, own_size: bool = False, split: dict | None = None
 ) -> tuple[SegmentationSet, SegmentationSet, SegmentationSet, dict]:
+    """(train, validation, test, split.json content) for a resolved config; with ``cfg.subset`` the
+    training part is its first ``subset`` images (a quick check), the split kept whole.
+    :func:`_splits` says how the parts are made."""
+    train, val, test, parts = _splits(cfg, own_size, split)
+    if cfg.subset:
+        train = take(train, train.names[: cfg.subset], "train")
+    return train, val, test, parts
+
+
+def _splits(
+    cfg: SegmentConfig, own_size: bool = False, split: dict | None = None
+) -> tuple[SegmentationSet, SegmentationSet, SegmentationSet, dict]:
     """(train, validation, test, split.json content) for a resolved config.
 
     Photos (Penn-Fudan, a mask folder): the validation part is carved from the training photos
@@ -103,7 +115,9 @@ def take(data: SegmentationSet, names: list[str], part: str) -> SegmentationSet:
     idx = [where[n] for n in names]
 
     def pick(xs):
-        return None if xs is None else [xs[i] for i in idx]
+        if xs is None:
+            return None
+        return xs[torch.tensor(idx, dtype=torch.long)] if isinstance(xs, torch.Tensor) else [xs[i] for i in idx]
 
     return replace(
         data,
