@@ -58,6 +58,7 @@ _CAL_BATCHES = (2, 3)
 # an op's line is fitted through batches 16 and 17 when the batch is 16 or more
 _ONEDNN_FROM = 16
 DIRECT_BYTES = 64 << 20  # an op whose tensors at batch 3 stay within this is measured at its own size
+MAX_RUN_BYTES = 512 << 20  # no measuring run's tensors exceed this (huge channels, padding): left unmeasured
 MAX_CAL_BYTES = 8 << 20  # the largest scaled-down copy measured when the fit needs checking again
 FIT_TOLERANCE = 0.02  # the fit must predict the check run within 2%
 # (tensor bytes, multiply-adds) at batch 2 of the four fitting runs: the smaller limit decides
@@ -357,20 +358,31 @@ class _Runner:
         self.jobs.append((label, name, args, batch_args, full_batch, batch))
 
     def run(self) -> dict[str, int]:
+        """Peak bytes per label; a job left out (too large to run cheaply, or refused by the op) has
+        no entry, and its op keeps the trace's ATen-level figure."""
         if not self.jobs:
             return {}
+        failed = set()
         denormal = torch.set_flush_denormal(True)  # uninitialised floats must not slow the runs
-        with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            for label, name, args, batch_args, full_batch, b in self.jobs:
-                real = _make_args(args, batch_args, full_batch, b)
-                op = getattr(aten, name).default
-                with record_function(f"cnnkit-cal:{label}"):
-                    result = op(*real)
-                del result, real
-        if denormal:
-            torch.set_flush_denormal(False)
+        try:
+            with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+                for label, name, args, batch_args, full_batch, b in self.jobs:
+                    if _tensor_bytes(args, batch_args, full_batch, b, name) > MAX_RUN_BYTES:
+                        failed.add(label)
+                        continue
+                    op = getattr(aten, name).default
+                    try:
+                        real = _make_args(args, batch_args, full_batch, b)
+                        with record_function(f"cnnkit-cal:{label}"):
+                            result = op(*real)
+                        del result, real
+                    except (RuntimeError, ValueError, TypeError, IndexError, MemoryError):
+                        failed.add(label)  # e.g. sizes the meta kernels accept and the CPU ones do not
+        finally:
+            if denormal:
+                torch.set_flush_denormal(False)
         self.jobs = []
-        return _peaks_by_label(prof)
+        return {k: v for k, v in _peaks_by_label(prof).items() if k not in failed}
 
 
 def _fit(points: list[tuple[int, int, int, int]]):
@@ -405,6 +417,8 @@ def _extrapolate(ops: dict[str, tuple]) -> dict[str, list[float]]:
         batch_args, lead = _BATCH_ARGS.get(name, ()), _lead(name, args)
         b1, b2 = cal_batches(name, args, lead)
         sizes = _fit_sizes(name, args, batch_args, lead, at=b1)
+        if not sizes:
+            continue  # no smaller copy has an output: the op keeps its ATen-level figure
         plan = [(b1, sz) for sz in sizes] + [(b2, sizes[-2] if len(sizes) > 1 else sizes[-1])]
         plans[ck] = (name, args, batch_args, lead, plan, len(sizes) - 1)
         for n, (b, sz) in enumerate(plan):
@@ -412,6 +426,8 @@ def _extrapolate(ops: dict[str, tuple]) -> dict[str, list[float]]:
     peaks = runner.run()
     out, refit = {}, {}
     for ck, (name, args, batch_args, lead, plan, held) in plans.items():
+        if any(f"{ck}#{n}" not in peaks for n in range(len(plan))):
+            continue  # not measurable: the op keeps its ATen-level figure
         points = [
             (b, *_pixels(name, _scaled_args(name, args, sz)), peaks.get(f"{ck}#{n}", 0))
             for n, (b, sz) in enumerate(plan)
@@ -425,12 +441,16 @@ def _extrapolate(ops: dict[str, tuple]) -> dict[str, list[float]]:
         # images): fit it again with larger copies, where the real size's kernels run
         b1, b2 = cal_batches(name, args, lead)
         big = _fit_sizes(name, args, batch_args, lead, _REFIT_RUNS, at=b1)
+        if not big:
+            continue
         more = [(b1, big[0]), (b1, big[-1]), (b2, big[0])]
         refit[ck] = (name, args, points + [check], more)
         for n, (b, sz) in enumerate(more):
             runner.add(f"{ck}#big{n}", name, _scaled_args(name, args, sz), batch_args, lead, b)
     peaks = runner.run()
     for ck, (name, args, points, more) in refit.items():
+        if any(f"{ck}#big{n}" not in peaks for n in range(len(more))):
+            continue
         large = [
             (b, *_pixels(name, _scaled_args(name, args, sz)), peaks.get(f"{ck}#big{n}", 0))
             for n, (b, sz) in enumerate(more)
@@ -481,6 +501,8 @@ def op_peaks(records, use_cache: bool = True) -> dict[tuple, int]:
             runs.append((n, ck, scalable, cal, lead))
         peaks = runner.run()
         for n, ck, scalable, (b1, b2), lead in runs:
+            if any(f"{n}:{b}" not in peaks for b in ((b1, b2) if scalable else (lead,))):
+                continue  # not measurable: the op keeps its ATen-level figure
             if scalable:
                 p1, p2 = peaks.get(f"{n}:{b1}", 0), peaks.get(f"{n}:{b2}", 0)
                 slope = (p2 - p1) // (b2 - b1)
@@ -496,9 +518,11 @@ def op_peaks(records, use_cache: bool = True) -> dict[tuple, int]:
         name, args = key
         batch_args, lead = _BATCH_ARGS.get(name, ()), _lead(name, args)
         if _is_direct(name, args, lead):
-            a, b = cache[_cache_key(key, batch_args, lead)]
-            out[key] = int(a + b * lead)
+            ab = cache.get(_cache_key(key, batch_args, lead))
+            if ab is not None:
+                out[key] = int(ab[0] + ab[1] * lead)
         else:
-            coef = cache[_cache_key(key, batch_args, lead, scaled=True)]
-            out[key] = int(_predict(coef, lead, *_pixels(name, args)))
+            coef = cache.get(_cache_key(key, batch_args, lead, scaled=True))
+            if coef is not None:
+                out[key] = int(_predict(coef, lead, *_pixels(name, args)))
     return out

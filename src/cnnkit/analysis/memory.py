@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import re
 
-from cnnkit.analysis.summary import summary
+from cnnkit.analysis.summary import check_options, summary
 from cnnkit.errors import CnnkitError
 
 _UNITS = {
@@ -32,12 +32,16 @@ _UNITS = {
 
 def parse_bytes(text) -> int:
     """``"8GiB"``, ``"16 GB"``, ``"500MB"``, ``"1e9"`` -> bytes."""
+    if isinstance(text, bool) or not isinstance(text, (int, float, str)):
+        raise CnnkitError(f"--memory must look like 8GiB, 16GB or 500MB; received: {str(text)[:40]!r}")
     if isinstance(text, (int, float)):
+        if not math.isfinite(text):
+            raise CnnkitError(f"--memory must be a finite size such as 8GiB; received: {text!r}")
         n = int(text)
     else:
-        m = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
+        m = re.fullmatch(r"\s*((?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][0-9]+)?)\s*([a-zA-Z]*)\s*", text)
         if not m or m[2].lower() not in _UNITS:
-            raise CnnkitError(f"--memory must look like 8GiB, 16GB or 500MB; received: {text!r}")
+            raise CnnkitError(f"--memory must look like 8GiB, 16GB or 500MB; received: {text[:40]!r}")
         value = float(m[1]) * _UNITS[m[2].lower()]
         if not math.isfinite(value):
             raise CnnkitError(f"--memory must be a finite size such as 8GiB; received: {text!r}")
@@ -117,6 +121,10 @@ def memory_plan(
         >>> plan["training"].get("max_batch")                               # doctest: +SKIP
     """
     budget = parse_bytes(memory)
+    if batch_size is not None:
+        check_options(batch_size, dtype, optimizer, device)
+    if isinstance(devices, bool) or not isinstance(devices, int) or not 1 <= devices <= 1_000_000:
+        raise CnnkitError(f"--devices must be an integer from 1 to 1,000,000; received: {str(devices)[:40]}")
     s1 = summary(target, input_size, _B1, dtype, optimizer, device)
     s2 = summary(target, s1.input_size, _B2, dtype, optimizer, device)
     s3 = summary(target, s1.input_size, _B3, dtype, optimizer, device)

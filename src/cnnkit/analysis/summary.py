@@ -118,20 +118,14 @@ def summary(
     >>> s.totals["params"]                                         # doctest: +SKIP
     93322
     """
-    if dtype not in DTYPES:
-        raise CnnkitError(f"--dtype must be one of {', '.join(DTYPES)}; received: {dtype!r}")
-    if optimizer not in OPTIMIZERS:
-        raise CnnkitError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}; received: {optimizer!r}")
-    if device not in ("cpu", "cuda"):
-        raise CnnkitError(f"--device must be cpu or cuda; received: {device!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise CnnkitError(f"--batch must be a positive integer; received: {batch_size!r}")
+    check_options(batch_size, dtype, optimizer, device)
     model, default_size, name = resolve_target(target)
     if input_size is None:
         if default_size is None:
             raise CnnkitError(f"{name} has no default input size: pass --input CxHxW (e.g. 3x224x224)")
         input_size = default_size
     input_size = parse_input_size(input_size)
+    check_elements(batch_size, input_size)
     torch_dtype = DTYPES[dtype]
     shape = (batch_size, *input_size)
     use_backend = backend_model and device == "cpu"
@@ -146,10 +140,12 @@ def summary(
         except CnnkitError as exc:  # e.g. batch-norm on a batch of one: inference is still reported
             train_error = f"no training step at batch {batch_size}: {exc}"
 
-    op_bytes = {}
+    op_bytes, unmeasured = {}, 0
     if use_backend:
+        all_ops = inf.ops + (tr.ops if tr else [])
         with backend.quiet_stderr():
-            op_bytes = backend.op_peaks(inf.ops + (tr.ops if tr else []))
+            op_bytes = backend.op_peaks(all_ops)
+        unmeasured = len({op.backend_key for op in all_ops if op.backend_key is not None} - set(op_bytes))
 
     rows = _rows(inf)
     if tr is not None:
@@ -173,9 +169,44 @@ def summary(
     memory = _memory(inf, tr, op_bytes, device)
     textbook = textbook_memory(rows, input_size, batch_size, itemsize, params)
     notes = _explain(memory, textbook, use_backend, device)
+    if unmeasured:
+        notes.append(
+            f"{unmeasured} backend op(s) were too large (or too odd) to measure cheaply on this CPU: their "
+            "figure is the ATen-level one, without oneDNN's copies"
+        )
     if train_error:
         notes.insert(0, train_error)
     return Summary(name, input_size, batch_size, dtype, optimizer, device, rows, totals, memory, textbook, notes)
+
+
+MAX_BATCH = (1 << 31) - 1
+# numbers in one batch of inputs: PyTorch indexes tensors with 64-bit integers, and the layers
+# multiply the input's numbers by their channels, so a batch beyond 2**48 numbers is refused
+MAX_ELEMENTS = 1 << 48
+
+
+def check_options(batch_size, dtype, optimizer, device) -> None:
+    """Raise a one-line :class:`CnnkitError` for a bad batch, dtype, optimizer or device."""
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise CnnkitError(f"--dtype must be one of {', '.join(DTYPES)}; received: {str(dtype)[:40]!r}")
+    if not isinstance(optimizer, str) or optimizer not in OPTIMIZERS:
+        raise CnnkitError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}; received: {str(optimizer)[:40]!r}")
+    if not isinstance(device, str) or device not in ("cpu", "cuda"):
+        raise CnnkitError(f"--device must be cpu or cuda; received: {str(device)[:40]!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH:
+        raise CnnkitError(f"--batch must be an integer from 1 to {MAX_BATCH:,}; received: {str(batch_size)[:40]}")
+
+
+def check_elements(batch_size: int, input_size: tuple[int, ...]) -> None:
+    """Refuse a batch of inputs too large for PyTorch to index (it would overflow, not be analysed)."""
+    n = batch_size
+    for d in input_size:
+        n *= d
+    if n > MAX_ELEMENTS:
+        raise CnnkitError(
+            f"a batch of {batch_size:,} inputs of {'x'.join(map(str, input_size))} is {n:,} numbers, more "
+            f"than the {MAX_ELEMENTS:,} the analyser can index; use a smaller --batch or --input"
+        )
 
 
 def _run_trace(model, shape, dtype, training, optimizer, ops, name):

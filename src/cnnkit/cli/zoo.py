@@ -60,7 +60,11 @@ def run_zoo(args) -> int:
     from cnnkit.errors import CnnkitError
     from cnnkit.models import list_models, model_info
 
-    names = args.names or list_models(None if args.task == "all" else args.task)
+    if args.task != "all":
+        tasks = sorted({model_info(n).task for n in list_models(None)})
+        if args.task not in tasks:
+            raise CnnkitError(f"unknown task {args.task[:40]!r}; --task is one of {', '.join(tasks)} or all")
+    names = list(dict.fromkeys(args.names)) or list_models(None if args.task == "all" else args.task)
     for name in names:
         model_info(name)  # an unknown name fails here, with close matches
     if args.family:

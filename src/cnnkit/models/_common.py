@@ -8,20 +8,22 @@ import torch.nn as nn
 from cnnkit.errors import CnnkitError
 
 MAX_CHANNELS = 65_536  # input channels a network may take: more is a typo or a damaged file
+MAX_CLASSES = 1_000_000  # classes a classifier may have: more is a typo (a 2048-wide head alone is 8 GB)
 
 
 def check_args(num_classes: int, in_channels: int, transform_input: bool = False) -> None:
     """Raise a one-line :class:`CnnkitError` for a bad ``num_classes`` (>= 0) or ``in_channels`` (1 to
     :data:`MAX_CHANNELS`), or for ``transform_input`` (the Inception nets' ImageNet -> [-1, 1] re-scaling)
     without 3 channels."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 0 <= num_classes <= MAX_CLASSES:
         raise CnnkitError(
-            f"num_classes must be an integer >= 0 (0 removes the classifier); received: num_classes={num_classes!r}"
+            f"num_classes must be an integer from 0 to {MAX_CLASSES:,} (0 removes the classifier); "
+            f"received: num_classes={str(num_classes)[:40]!r}"
         )
     if isinstance(in_channels, bool) or not isinstance(in_channels, int) or not 1 <= in_channels <= MAX_CHANNELS:
         raise CnnkitError(
             f"in_channels must be an integer from 1 to {MAX_CHANNELS:,} (3 for RGB, 1 for grayscale); "
-            f"received: in_channels={in_channels!r}"
+            f"received: in_channels={str(in_channels)[:40]!r}"
         )
     if transform_input and in_channels != 3:
         raise CnnkitError(

@@ -7,12 +7,14 @@ Model files decorate one tiny builder function per variant with :func:`register_
 from __future__ import annotations
 
 import difflib
+import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch.nn as nn
 
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, is_out_of_memory, out_of_memory
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,8 @@ def register_model(
         The decorator; it returns the builder unchanged.
 
     Raises:
-        RuntimeError: the name is already registered (a bug in cnnkit, not bad input).
+        CnnkitError: the name is already registered, is not a name, or an argument is not what it
+            should be (e.g. an ``input_size`` that is not ``(C, H, W)``).
 
     Example:
         >>> @register_model("tiny_net", input_size=(1, 28, 28), paper="", family="tiny")  # doctest: +SKIP
@@ -67,14 +70,42 @@ def register_model(
         ...     return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 28 * 28, num_classes))
     """
 
+    if callable(name) and not isinstance(name, str):
+        raise CnnkitError(
+            "register_model is called with the model's name: write @register_model() or "
+            "@register_model('my_net') above the builder, not @register_model"
+        )
+    if name is not None and (not isinstance(name, str) or not _NAME.fullmatch(name)):
+        raise CnnkitError(
+            f"a model name is letters, digits, '_', '-' and '.' (at most 100); received: name={str(name)[:60]!r}"
+        )
+    for arg, value in (("paper", paper), ("family", family), ("task", task)):
+        if not isinstance(value, str) or len(value) > 200:
+            raise CnnkitError(f"register_model's {arg} must be a short string; received: {arg}={str(value)[:60]!r}")
+    if not task:
+        raise CnnkitError("register_model's task must name a task, e.g. task='classify'")
+    from cnnkit.models.spec import parse_input_size
+
+    size = parse_input_size(input_size)
+
     def wrap(fn):
-        key = name or fn.__name__
+        if not callable(fn):
+            raise CnnkitError(
+                f"register_model decorates a builder function returning an nn.Module; received: a {type(fn).__name__}"
+            )
+        key = name or getattr(fn, "__name__", None)
+        if not isinstance(key, str) or not _NAME.fullmatch(key):
+            raise CnnkitError(f"give the model a name: @register_model('my_net'); received: {str(key)[:60]!r}")
         if key in _REGISTRY:
-            raise RuntimeError(f"model {key!r} is registered twice")
-        _REGISTRY[key] = ModelInfo(key, fn, tuple(input_size), paper, family or fn.__module__.rsplit(".", 1)[-1], task)
+            raise CnnkitError(f"model {key!r} is registered twice; give the new one another name")
+        module = getattr(fn, "__module__", None) or "custom"
+        _REGISTRY[key] = ModelInfo(key, fn, size, paper, family or module.rsplit(".", 1)[-1], task)
         return fn
 
     return wrap
+
+
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,99}")
 
 
 def list_models(task: str | None = "classify") -> list[str]:
@@ -91,11 +122,20 @@ def list_models(task: str | None = "classify") -> list[str]:
         True
     """
     _import_all()
+    if task is not None:
+        tasks = sorted({info.task for info in _REGISTRY.values()})
+        if not isinstance(task, str) or task not in tasks:
+            raise CnnkitError(f"unknown task {str(task)[:40]!r}; tasks: {', '.join(tasks)} (or None for all)")
     return sorted(k for k, info in _REGISTRY.items() if task is None or info.task == task)
 
 
 def model_info(name: str) -> ModelInfo:
     _import_all()
+    if not isinstance(name, str):
+        raise CnnkitError(
+            f"a model name is a string such as 'resnet50'; received: a {type(name).__name__} "
+            f"({str(name)[:40]!r}); `cnnkit zoo` lists them"
+        )
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -137,6 +177,13 @@ def create_model(
         torch.Size([2, 10])
     """
     info = model_info(name)
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
+        raise CnnkitError(
+            f"weights must be a file, an http(s) URL or 'imagenet'; received: a {type(weights).__name__} "
+            f"({str(weights)[:40]!r})"
+        )
+    if not isinstance(strict, bool):
+        raise CnnkitError(f"strict must be True or False; received: strict={str(strict)[:40]!r}")
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     if in_channels is not None:
@@ -146,7 +193,17 @@ def create_model(
     except TypeError as exc:
         text = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__  # torch appends C++ frames
         raise CnnkitError(f"model {name!r} does not take these arguments: {text}") from None
+    except (MemoryError, RuntimeError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        raise out_of_memory(f"building model {name!r}") from None
+    if not isinstance(model, nn.Module):
+        raise CnnkitError(
+            f"the builder registered as {name!r} returned a {type(model).__name__}, not a torch.nn.Module; "
+            "fix its return value"
+        )
     if weights is not None:
+        weights = os.fspath(weights)
         from cnnkit.models.weights import load_weights, pretrained_url
 
         if weights == "imagenet":  # the reference implementation's published weights

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from cnnkit.errors import CnnkitError, check_fits
+from cnnkit.errors import CnnkitError, check_fits, human_bytes
 from cnnkit.layers.bf16 import plain_type
 from cnnkit.models.keras import build_from_keras_config, load_keras
 from cnnkit.models.meta import on_meta
@@ -283,6 +283,12 @@ def _sized(make, source: str, input_size: tuple[int, ...] | None) -> nn.Module:
     with on_meta():
         probe = make()
     nbytes = sum(t.numel() * t.element_size() for t in (*probe.parameters(), *probe.buffers()))
+    stored = _file_bytes(source)
+    if stored is not None and nbytes > MAX_GROWTH * stored + (16 << 20):
+        raise CnnkitError(
+            f"{source}: its network description needs {human_bytes(nbytes)} of weights, but the file "
+            f"holds only {human_bytes(stored)}; the file is damaged or was edited: {CHECKPOINT_HINT_SHORT}"
+        )
     check_fits(nbytes, f"the network of {source}")
     if input_size is None:
         return make()
@@ -301,6 +307,21 @@ def _sized(make, source: str, input_size: tuple[int, ...] | None) -> nn.Module:
             f"{'x'.join(map(str, input_size))} ({text}); the file is damaged or was edited"
         ) from None
     return net if real else make()
+
+
+# a checkpoint's network has at most this many times the bytes of the file (weights stored in 16
+# bits, built in 32): a description claiming more is not the file's, and is not allocated
+MAX_GROWTH = 4
+CHECKPOINT_HINT_SHORT = "give a checkpoint written by cnnkit"
+
+
+def _file_bytes(source) -> int | None:
+    """The size of the checkpoint file ``source`` names, or None when it names no file."""
+    try:
+        p = Path(str(source))
+        return p.stat().st_size if p.is_file() else None
+    except (OSError, ValueError):
+        return None
 
 
 def _from_factory(
@@ -378,7 +399,8 @@ def resolve_target(target) -> tuple[nn.Module, tuple[int, ...] | None, str]:
     if path.suffix.lower() in (".yaml", ".yml", ".json"):
         from cnnkit.models.spec import build_from_spec
 
-        model, input_size = build_from_spec(path)
+        with on_meta():  # analysed on the meta device: its weights are never allocated
+            model, input_size = build_from_spec(path)
         return model, input_size, path.stem
     if path.suffix.lower() in (".keras", ".h5"):  # read as data: no code in the file runs
         model, input_size = load_keras(path)
@@ -391,7 +413,9 @@ def resolve_target(target) -> tuple[nn.Module, tuple[int, ...] | None, str]:
     from cnnkit.models import create_model, model_info
 
     info = model_info(text)  # raises with close matches for an unknown name
-    return create_model(text), info.input_size, text
+    with on_meta():  # shapes only: nothing is allocated or initialised for real
+        model = create_model(text)
+    return model, info.input_size, text
 
 
 def load_factory(path: Path, fn_name: str, **kwargs) -> nn.Module:

@@ -142,6 +142,10 @@ def _with_activation(module: nn.Module, activation) -> nn.Module:
     return module
 
 
+# attributes every SpecNet instance holds (nn.Module's own state): a layer cannot be named so
+_RESERVED_NAMES = frozenset(vars(nn.Module()).keys()) | {"graph", "input_size"}
+
+
 def _drop_output_activation(model: SpecNet) -> None:
     """Keras networks end in softmax/sigmoid; PyTorch's losses take logits: remove that last step."""
     last = getattr(model, model.graph[-1][0])
@@ -172,8 +176,11 @@ def _conv_transpose(
     """Keras ``Conv2DTranspose``; ``kernel_initializer: bilinear`` starts it as FCN's bilinear upsampling."""
     if padding == "same":
         conv = L.ConvTranspose2dSame(c, filters, kernel_size, strides, dilation_rate, bias=use_bias)
+    elif isinstance(padding, str) and padding != "valid":
+        raise CnnkitError(f"conv2d_transpose's padding is 'valid', 'same' or a number; received: {_brief(padding)}")
     else:
-        conv = nn.ConvTranspose2d(c, filters, kernel_size, strides, bias=use_bias, dilation=dilation_rate)
+        pad = 0 if padding == "valid" else tuple(padding) if isinstance(padding, list) else padding
+        conv = nn.ConvTranspose2d(c, filters, kernel_size, strides, pad, bias=use_bias, dilation=dilation_rate)
     if kernel_initializer not in (None, "bilinear"):
         raise CnnkitError(
             f"conv2d_transpose's kernel_initializer is the default or 'bilinear'. "
@@ -369,7 +376,14 @@ def build_from_spec(spec, logits: bool = False) -> tuple[nn.Module, tuple[int, .
     ``logits=True`` drops a final softmax/sigmoid (for training with a cross-entropy loss).
     """
     if not isinstance(spec, dict):
+        if not isinstance(spec, (str, Path)):
+            raise CnnkitError(
+                f"a network spec is a .yaml/.json file or a mapping with 'input' and 'layers'; "
+                f"received: a {type(spec).__name__}"
+            )
         spec = load_spec(spec)
+    if "layers" not in spec:
+        raise CnnkitError("a spec is a mapping with 'input' (e.g. 3x224x224) and a list of 'layers'")
     if "input" not in spec:
         raise CnnkitError("the spec needs an 'input' size, channels first, e.g. input: 3x224x224")
     input_size = parse_input_size(spec["input"])
@@ -396,6 +410,10 @@ def build_from_spec(spec, logits: bool = False) -> tuple[nn.Module, tuple[int, .
             raise CnnkitError(f"layer {i}: the name {_brief(repr(name))} is used twice; give each layer its own name")
         if not name.isidentifier():
             raise CnnkitError(f"layer {i}: name {_brief(repr(name))} must be an identifier (letters, digits, _)")
+        if hasattr(SpecNet, name) or name in _RESERVED_NAMES:
+            raise CnnkitError(
+                f"layer {i}: name {_brief(repr(name))} is taken by the network itself; give the layer another name"
+            )
         inputs = args.pop("inputs", [previous])
         inputs = [inputs] if isinstance(inputs, str) else inputs
         if not isinstance(inputs, list) or not inputs:
@@ -432,6 +450,11 @@ def _split_entry(entry, i: int) -> tuple[str, dict]:
         return str(args.pop("type")).lower(), args
     if len(entry) == 1:
         ((kind, args),) = entry.items()
+        if args is not None and not isinstance(args, dict):
+            raise CnnkitError(
+                f"layer {i}: the arguments of {_brief(str(kind))} must be a mapping like "
+                f"{{filters: 32, kernel_size: 3}}; received: {_brief(args)}"
+            )
         return str(kind).lower(), dict(args or {})
     keys = [k for k in entry if isinstance(entry[k], dict) or entry[k] is None]
     if len(keys) == 1:  # {conv2d: {...}, name: c1, inputs: [...]}
@@ -493,6 +516,14 @@ def _check_args(kind: str, name: str, shape: tuple, args: dict) -> None:
         )
         if not ok:
             raise bad("padding", p, "'valid', 'same' or a non-negative integer")
+    rank = _RANK.get(kind)
+    for arg in ("kernel_size", "strides", "dilation_rate", "pool_size", "size", "padding"):
+        value = args.get(arg)
+        if isinstance(value, (list, tuple)) and rank is not None and len(value) != rank:
+            raise bad(arg, value, f"one integer or a list of {rank} (one per spatial dimension of {kind})")
+    for arg in ("use_bias", "center", "scale"):
+        if arg in args and not isinstance(args[arg], bool):
+            raise bad(arg, args[arg], "true or false")
     if "rate" in args and not (
         isinstance(args["rate"], (int, float)) and not isinstance(args["rate"], bool) and 0 <= args["rate"] < 1
     ):
@@ -505,7 +536,6 @@ def _check_args(kind: str, name: str, shape: tuple, args: dict) -> None:
             or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in t)
         ):
             raise bad("target_shape", t, "a list of positive sizes, channels first")
-    rank = _RANK.get(kind)
     if rank is not None and len(shape) != rank + 1:
         got = "a vector" if len(shape) == 1 else f"a {len(shape) - 1}-D map"
         raise CnnkitError(
@@ -586,21 +616,41 @@ def _fmt(shape) -> str:
     return "x".join(str(d) for d in shape)
 
 
+MAX_INPUT_SIZE = (1 << 31) - 1  # per size of an input: more is a typo (and overflows PyTorch's indexing)
+
+
 def parse_input_size(text) -> tuple[int, ...]:
     """``"3x224x224"``, ``"3,224,224"``, ``"1x100"`` (1-D), ``"1x16x64x64"`` (3-D) or ``"100"`` (a vector,
     e.g. a GAN generator's noise) -> a tuple, channels first."""
-    if isinstance(text, (tuple, list)):
-        dims = tuple(int(d) for d in text)
+    bad = CnnkitError(
+        f"--input must look like CxHxW (e.g. 3x224x224), CxL or CxDxHxW: whole positive numbers; "
+        f"received: {_brief(repr(text))}"
+    )
+    if isinstance(text, (tuple, list, torch.Size)):
+        dims = []
+        for d in text:
+            if isinstance(d, bool):
+                raise bad
+            if isinstance(d, int):
+                dims.append(d)
+            elif isinstance(d, str) and re.fullmatch(r"\s*-?[0-9]{1,30}\s*", d):
+                dims.append(int(d))
+            else:  # floats (32.7 is not a size), None, nested lists ...
+                raise bad
+        dims = tuple(dims)
+    elif isinstance(text, bool) or not isinstance(text, (str, int)):
+        raise bad
     else:
         parts = [p for p in re.split(r"[x,X*\s]+", str(text).strip()) if p]
-        try:
-            dims = tuple(int(p) for p in parts)
-        except ValueError:
-            raise CnnkitError(
-                f"--input must look like CxHxW (e.g. 3x224x224), CxL or CxDxHxW; received: {text!r}"
-            ) from None
+        if not all(re.fullmatch(r"-?[0-9]{1,30}", p) for p in parts):
+            raise bad
+        dims = tuple(int(p) for p in parts)
     if not 1 <= len(dims) <= 4:
-        raise CnnkitError(f"--input needs 1 to 4 sizes (F for a vector, CxL, CxHxW or CxDxHxW); received: {text!r}")
+        raise CnnkitError(
+            f"--input needs 1 to 4 sizes (F for a vector, CxL, CxHxW or CxDxHxW); received: {_brief(repr(text))}"
+        )
     if any(d <= 0 for d in dims):
-        raise CnnkitError(f"--input sizes must be positive; received: {text!r}")
+        raise CnnkitError(f"--input sizes must be positive; received: {_brief(repr(text))}")
+    if any(d > MAX_INPUT_SIZE for d in dims):
+        raise CnnkitError(f"--input sizes must be at most {MAX_INPUT_SIZE:,} each; received: {_brief(repr(text))}")
     return dims

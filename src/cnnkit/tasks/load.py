@@ -65,7 +65,23 @@ def load(
         >>> model = cnnkit.load("runs/mnist_fast")          # doctest: +SKIP
         >>> model(torch.rand(1, 1, 28, 28)).argmax(1)       # doctest: +SKIP
     """
-    file = resolve(path)
+    if not isinstance(path, (str, os.PathLike)):
+        raise CnnkitError(f"cnnkit.load takes a run folder or a .safetensors file; received: a {type(path).__name__}")
+    try:
+        if not isinstance(device, (str, torch.device)):
+            raise TypeError
+        torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise CnnkitError(f"device must be 'cpu', 'cuda' or a torch.device; received: {str(device)[:40]!r}") from None
+    if factory is not None and not isinstance(factory, str):
+        raise CnnkitError(f"factory must be 'FILE.py:FUNCTION'; received: {str(factory)[:40]!r}")
+    try:
+        file = resolve(path)
+    except OSError as exc:  # a name too long, a loop of links, a folder we may not read
+        raise CnnkitError(
+            f"cannot read {str(path)[:200]} ({exc.strerror or type(exc).__name__}); give a run folder "
+            "(holding model.safetensors) or a .safetensors file written by `cnnkit train`"
+        ) from None
     task = read_metadata(file).get("task", "classify")
     if task == "classify":
         return load_classifier(file, device, trust_code=trust_code, factory=factory)

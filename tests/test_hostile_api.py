@@ -1,0 +1,253 @@
+"""Hostile input to the analysis commands and the public model API: one line, exit 2, nothing allocated."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import cnnkit
+from cnnkit.cli import main
+from cnnkit.errors import CnnkitError
+
+
+def _cli(capsys, argv, tmp_path) -> str:
+    before = sorted(os.listdir(tmp_path))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert sorted(os.listdir(tmp_path)) == before  # nothing written
+    return err
+
+
+def _spec(tmp_path, layers: str, inp: str = "3x32x32") -> str:
+    p = tmp_path / "net.yaml"
+    p.write_text(f"input: {inp}\nlayers:\n{layers}")
+    return str(p)
+
+
+# ----------------------------------------------------------------------------- specs
+
+
+@pytest.mark.parametrize(
+    "layers, message",
+    [
+        ("  - conv2d: [1, 2]\n", "must be a mapping"),
+        ("  - conv2d: 5\n", "must be a mapping"),
+        ("  - {type: relu, name: graph}\n", "taken by the network"),
+        ("  - {type: relu, name: forward}\n", "taken by the network"),
+        ("  - {type: relu, name: training}\n", "taken by the network"),
+        ("  - {type: conv2d, filters: 8, kernel_size: [3, 3, 3, 3, 3]}\n", "list of 2"),
+        ("  - {type: conv2d, filters: 8, kernel_size: 3, padding: [1, 2, 3, 4, 5]}\n", "list of 2"),
+        ("  - {type: conv2d, filters: 8, kernel_size: 3, use_bias: 'no'}\n", "use_bias must be true or false"),
+        ("  - {type: conv2d_transpose, filters: 8, kernel_size: 3, padding: caffe}\n", "conv2d_transpose's padding"),
+    ],
+)
+def test_spec_layers_refused_in_one_line(capsys, tmp_path, layers, message):
+    err = _cli(capsys, ["summary", _spec(tmp_path, layers)], tmp_path)
+    assert message in err
+
+
+@pytest.mark.parametrize("inp", ["[3, 32, a]", "[3, 32, 32.7]", "[3, 32, .inf]", "[3, 32, .nan]", "[3, 32, null]"])
+def test_spec_input_must_be_whole_numbers(capsys, tmp_path, inp):
+    err = _cli(capsys, ["summary", _spec(tmp_path, "  - relu\n", inp)], tmp_path)
+    assert "whole positive numbers" in err
+
+
+def test_conv_transpose_integer_padding_is_applied(tmp_path):
+    s = cnnkit.summary(_spec(tmp_path, "  - {type: conv2d_transpose, filters: 4, kernel_size: 3, padding: 1}\n"))
+    assert s.layers[-1]["output_shape"] == [4, 32, 32]  # padding 1 keeps 32 (it was ignored: 34)
+
+
+def test_huge_spec_layers_analysed_without_allocating(tmp_path):
+    """16 M filters (1.7 GB of weights), padding 99999: the spec is analysed on the meta device and the
+    backend measures no copy larger than its cap."""
+    import resource
+
+    spec = _spec(
+        tmp_path,
+        "  - {type: conv2d, filters: 16000000, kernel_size: 3}\n",
+    )
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    s = cnnkit.summary(spec, optimizer="none")
+    assert s.totals["params"] == 16_000_000 * 28
+    pad = cnnkit.summary(_spec(tmp_path, "  - {type: conv2d, filters: 8, kernel_size: 3, padding: 99999}\n"))
+    assert pad.memory["inference_peak_bytes"] > 0
+    assert any("too large" in n for n in pad.notes)
+    grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kb < 1_000_000  # far below the 1.7 GB of the weights and the 2.5 TB of the padded copies
+
+
+def test_spec_mapping_of_wrong_type():
+    from cnnkit.models.spec import build_from_spec
+
+    with pytest.raises(CnnkitError, match="a network spec is"):
+        build_from_spec([1, 2])
+
+
+# ----------------------------------------------------------------------------- summary / memory options
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["summary", "lenet5", "--input", "1x99999999999999999999999x32"], "at most 2,147,483,647"),
+        (["summary", "lenet5", "--batch", "99999999999999999999"], "--batch must be an integer from 1"),
+        (["summary", "lenet5", "--batch", "100000000000", "--input", "1x100000x100000"], "--batch must be"),
+        (["summary", "lenet5", "--batch", "1000000", "--input", "1x100000x100000"], "the analyser can index"),
+        (["memory", "lenet5", "--memory", "1.2.3GB"], "--memory must look like"),
+        (["memory", "lenet5", "--memory", "8GiB", "--devices", "0", "--batch", "100000"], "--devices must be"),
+        (["memory", "lenet5", "--memory", "8GiB", "--devices", "-2"], "--devices must be"),
+        (["zoo", "--task", "nope"], "unknown task 'nope'"),
+    ],
+)
+def test_cli_options_refused_in_one_line(capsys, tmp_path, argv, message):
+    assert message in _cli(capsys, argv, tmp_path)
+
+
+def test_zoo_names_once(capsys):
+    assert main(["zoo", "lenet5", "lenet5", "--format", "json"]) == 0
+    assert [r["name"] for r in json.loads(capsys.readouterr().out)] == ["lenet5"]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"input_size": ("a", 32, 32)},
+        {"input_size": (1, 32.5, 32)},
+        {"input_size": (True, 32, 32)},
+        {"input_size": (1, float("nan"), 32)},
+        {"input_size": (1, float("inf"), 32)},
+        {"input_size": [None]},
+        {"dtype": ["float32"]},
+    ],
+)
+def test_summary_api_refuses(kwargs):
+    with pytest.raises(CnnkitError):
+        cnnkit.summary("lenet5", **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"memory": float("nan")},
+        {"memory": float("inf")},
+        {"memory": True},
+        {"memory": "1.2.3GB"},
+        {"batch_size": "8"},
+        {"memory": "1MB", "batch_size": 100, "devices": 0},
+        {"memory": "1MB", "batch_size": 100, "devices": -1},
+        {"memory": "1MB", "batch_size": 100, "devices": "2"},
+    ],
+)
+def test_memory_plan_api_refuses(kwargs):
+    with pytest.raises(CnnkitError):
+        cnnkit.memory_plan("lenet5", **kwargs)
+
+
+# ----------------------------------------------------------------------------- the zoo's API
+
+
+@pytest.mark.parametrize(
+    "args, kwargs",
+    [
+        ((None,), {}),
+        ((5,), {}),
+        ((["resnet18"],), {}),
+        (("lenet5",), {"num_classes": 10**12}),  # 336 TB of classifier: refused, not allocated
+        (("lenet5",), {"weights": 5}),
+        (("lenet5",), {"strict": "no"}),
+    ],
+)
+def test_create_model_refuses(args, kwargs):
+    with pytest.raises(CnnkitError):
+        cnnkit.create_model(*args, **kwargs)
+
+
+@pytest.mark.parametrize("task", ["nope", 5, ["classify"]])
+def test_list_models_unknown_task(task):
+    with pytest.raises(CnnkitError, match="unknown task"):
+        cnnkit.list_models(task)
+
+
+def test_register_model_misuse():
+    from cnnkit.models._registry import _REGISTRY
+
+    with pytest.raises(CnnkitError, match="registered twice"):
+        cnnkit.register_model("lenet5")(lambda **k: None)
+    with pytest.raises(CnnkitError, match="model's name"):
+        cnnkit.register_model(lambda **k: None)
+    with pytest.raises(CnnkitError):
+        cnnkit.register_model(5)
+    with pytest.raises(CnnkitError):
+        cnnkit.register_model("hostile_bad_size", input_size="abc")
+    with pytest.raises(CnnkitError, match="builder function"):
+        cnnkit.register_model("hostile_not_callable")(5)
+    assert not [k for k in _REGISTRY if k.startswith("hostile_")]
+    try:
+        cnnkit.register_model("hostile_returns_int", input_size=(1, 8, 8))(lambda **k: 5)
+        with pytest.raises(CnnkitError, match="not a torch.nn.Module"):
+            cnnkit.create_model("hostile_returns_int")
+        with pytest.raises(CnnkitError):
+            cnnkit.summary("hostile_returns_int")
+    finally:
+        _REGISTRY.pop("hostile_returns_int", None)
+
+
+# ----------------------------------------------------------------------------- cnnkit.load
+
+
+_BASE = {
+    "format": "cnnkit.checkpoint/1",
+    "num_classes": 2,
+    "input_size": [1, 8, 8],
+    "classes": ["a", "b"],
+    "mean": [0.5],
+    "std": [0.5],
+}
+
+
+def _checkpoint(tmp_path, network) -> str:
+    path = tmp_path / "model.safetensors"
+    save_file({"x": torch.zeros(1)}, str(path), metadata={"cnnkit": json.dumps({**_BASE, "network": network})})
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "path, message",
+    [(None, "takes a run folder"), (5, "takes a run folder"), ("a" * 5000, "cannot read")],
+)
+def test_load_odd_paths(path, message):
+    with pytest.raises(CnnkitError, match=message):
+        cnnkit.load(path)
+
+
+def test_load_bad_device(tmp_path):
+    with pytest.raises(CnnkitError, match="device must be"):
+        cnnkit.load(tmp_path, device="bogus")
+
+
+@pytest.mark.parametrize(
+    "network, message",
+    [
+        ({"kind": "spec", "spec": {"input": [1, 8, 8], "layers": [{"type": "relu", "name": "forward"}]}}, "taken"),
+        ({"kind": "spec", "spec": {"input": [1, 8, 8], "layers": [{"conv2d": [1, 2]}]}}, "must be a mapping"),
+        ({"kind": "spec", "spec": {"input": [1, 8, "a"], "layers": ["relu"]}}, "whole positive numbers"),
+        ({"kind": "spec", "spec": [1, 2]}, "a network spec is"),
+        # 640 MB of weights claimed by a file of a few hundred bytes: refused before anything is allocated
+        (
+            {
+                "kind": "spec",
+                "spec": {"input": [1, 8, 8], "layers": [{"conv2d": {"filters": 16000000, "kernel_size": 3}}]},
+            },
+            "the file holds only",
+        ),
+    ],
+)
+def test_load_tampered_description(tmp_path, network, message):
+    path = _checkpoint(tmp_path, network)
+    with pytest.raises(CnnkitError, match=message):
+        cnnkit.load(path)
