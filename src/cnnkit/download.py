@@ -9,13 +9,14 @@ half-written file behind. ``file://`` URLs work too (that is how the tests run h
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, disk_full, is_disk_full
 
 _CHUNK = 1 << 20
 
@@ -66,34 +67,81 @@ def download_url(
             return dest
         except CnnkitError:
             pass  # stale or corrupt: download again
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    out = os.fdopen(fd, "wb")
+    elif dest.exists() or dest.is_symlink():
+        raise CnnkitError(f"cannot download to {dest}: something that is not a file is there; move it away")
+    created = _make_parents(dest.parent)
+    tmp = None
     try:
-        try:
-            response = urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (checksummed)
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            raise CnnkitError(
-                f"could not download {url}: {exc}; check the connection, or put the file at {dest} yourself"
-            ) from None
-        total = int(response.headers.get("Content-Length") or 0) or None
-        with response, out:
-            bar = _progress(dest.name, total) if progress else None
-            try:
-                for chunk in iter(lambda: response.read(_CHUNK), b""):
-                    out.write(chunk)
-                    if bar is not None:
-                        bar[0].update(bar[1], advance=len(chunk))
-            finally:
-                if bar is not None:
-                    bar[0].stop()
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        with os.fdopen(fd, "wb") as out:
+            _fetch(url, dest, out, progress, timeout)
         check_file(tmp, md5, sha256)
         os.replace(tmp, dest)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(dest) from None
+        raise CnnkitError(f"cannot write {dest} ({exc.strerror or exc}); check that its folder is writable") from None
     finally:
-        out.close()
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if not dest.is_file():
+            _remove_empty(created)  # a failed download leaves no empty folders behind
     return dest
+
+
+def _fetch(url: str, dest: Path, out, progress: bool, timeout: float) -> None:
+    """Stream ``url`` into the open file ``out``; a network error at any point is a CnnkitError."""
+    where = f"check the connection, or put the file at {dest} yourself"
+    try:
+        response = urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (checksummed)
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+        raise CnnkitError(f"could not download {url}: {exc}; {where}") from None
+    total = int(response.headers.get("Content-Length") or 0) or None
+    with response:
+        bar = _progress(dest.name, total) if progress else None
+        try:
+            while True:
+                try:
+                    chunk = response.read(_CHUNK)
+                except (http.client.HTTPException, OSError) as exc:  # reset, timeout, cut short
+                    raise CnnkitError(
+                        f"download of {url} broke off ({type(exc).__name__}: {exc}); nothing was kept: {where}"
+                    ) from None
+                if not chunk:
+                    break
+                out.write(chunk)
+                if bar is not None:
+                    bar[0].update(bar[1], advance=len(chunk))
+        finally:
+            if bar is not None:
+                bar[0].stop()
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; returns those created, deepest first."""
+    missing = []
+    for f in (folder, *folder.parents):
+        if f.is_dir():
+            break
+        missing.append(f)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise CnnkitError(
+            f"cannot download into {folder}: a file of that name (or of a folder above it) is in the way; "
+            "move it away or pass another --data-dir"
+        ) from None
+    except OSError as exc:
+        raise CnnkitError(f"cannot create {folder} ({exc.strerror or exc}); pass a writable --data-dir") from None
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for f in folders:  # deepest first
+        try:
+            f.rmdir()
+        except OSError:
+            return  # not empty (another download's files), or gone
 
 
 def _progress(name: str, total: int | None):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import tarfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,10 +189,16 @@ def load_dataset(
                 f"{folder / image_file}: expected (N, H, W) images matching "
                 f"{tuple(labels.shape)} labels, got {tuple(images.shape)}"
             )
+        _check_decoded(info, folder / image_file, folder / label_file, images, labels)
         if info.transpose:
             images = images.transpose(1, 2)
         images = images.unsqueeze(1).contiguous()  # (N, H, W) -> (N, 1, H, W)
     if split in ("train", "val"):
+        if images.shape[0] <= VAL_SIZE:
+            raise CnnkitError(
+                f"{folder}: the {name} training file holds {images.shape[0]} images, too few for a "
+                f"train/val split (the last {VAL_SIZE} validate); delete the files and download them again"
+            )
         cut = images.shape[0] - VAL_SIZE
         images, labels = (images[:cut], labels[:cut]) if split == "train" else (images[cut:], labels[cut:])
     return ImageSet(
@@ -203,14 +210,39 @@ def load_dataset(
     )
 
 
+def _check_decoded(info: DatasetInfo, image_file: Path, label_file: Path, images, labels) -> None:
+    """Refuse well-formed IDX files that do not hold this data set: images must be uint8 and not
+    empty, labels class indices below the number of classes."""
+    if images.dtype != torch.uint8 or 0 in images.shape[1:]:
+        raise CnnkitError(
+            f"{image_file}: holds {str(images.dtype).replace('torch.', '')} images of "
+            f"{images.shape[1]}x{images.shape[2]} px; {info.name} images are non-empty uint8 (IDX type 0x08): "
+            "delete the file and download it again"
+        )
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= len(info.classes)):
+        bad = int(labels.max()) if int(labels.max()) >= len(info.classes) else int(labels.min())
+        raise CnnkitError(
+            f"{label_file}: holds label {bad}, outside the {len(info.classes)} classes 0..{len(info.classes) - 1} "
+            f"of {info.name}; delete the file and download it again"
+        )
+
+
 def fetch(info: DatasetInfo, data_dir=None, download: bool = True, mirrors: tuple[str, ...] | None = None) -> Path:
     """Make sure every file of ``info`` is in ``<data_dir>/<folder>``; returns that folder."""
     from cnnkit.download import download_url
 
     folder = default_data_dir(data_dir) / info.folder
+    if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
+        raise CnnkitError(
+            f"{info.name}: {folder} is not a folder; move it away, or pass --data-dir "
+            f"pointing to the folder that holds {info.folder}/"
+        )
     missing = [f for f in info.files if not (folder / f).is_file()]
     if not missing:
         return folder
+    blocked = [f for f in (*missing, info.archive or "") if f and not (folder / f).is_file() and (folder / f).exists()]
+    if blocked:
+        raise CnnkitError(f"{info.name}: {folder / blocked[0]} is not a file; move it away so it can be downloaded")
     if not download:
         raise CnnkitError(
             f"{info.name}: missing {', '.join(missing)} in {folder}; pass --data-dir "
@@ -237,15 +269,32 @@ def fetch(info: DatasetInfo, data_dir=None, download: bool = True, mirrors: tupl
 
 
 def _extract(archive: Path, names: list[str], folder: Path) -> None:
-    """Copy members of a zip (by base name) into ``folder``, each written atomically."""
-    with zipfile.ZipFile(archive) as zf:
-        members = {Path(m).name: m for m in zf.namelist()}
-        for name in names:
-            if name not in members:
-                raise CnnkitError(f"{archive}: no member {name}; delete the archive and download again")
-            tmp = folder / f".{name}.part"
-            tmp.write_bytes(zf.read(members[name]))
-            os.replace(tmp, folder / name)
+    """Copy members of a zip (by base name) into ``folder``, each streamed to a temporary file and
+    renamed into place: a damaged archive or a full disk leaves no half-written member behind."""
+    import shutil
+
+    from cnnkit.errors import disk_full, is_disk_full
+
+    tmp = None
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            members = {Path(m).name: m for m in zf.namelist()}
+            for name in names:
+                if name not in members:
+                    raise CnnkitError(f"{archive}: no member {name}; delete the archive and download again")
+                tmp = folder / f".{name}.part"
+                with zf.open(members[name]) as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+                os.replace(tmp, folder / name)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error, NotImplementedError) as exc:
+        raise CnnkitError(f"{archive}: damaged zip archive ({exc}); delete it and download it again") from None
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(folder / Path(str(tmp)).name.removesuffix(".part").lstrip(".")) from None
+        raise CnnkitError(f"cannot extract {archive} into {folder} ({exc.strerror or exc})") from None
+    finally:
+        if tmp is not None and tmp.exists():
+            tmp.unlink()
 
 
 def _read_cifar10(archive: Path, test: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -255,16 +304,26 @@ def _read_cifar10(archive: Path, test: bool) -> tuple[torch.Tensor, torch.Tensor
     check_file(archive, DATASETS["cifar10"].files[archive.name])
     names = ["test_batch.bin"] if test else [f"data_batch_{i}.bin" for i in range(1, 6)]
     chunks = []
-    with tarfile.open(archive, "r:gz") as tf:
-        for name in names:
-            member = tf.extractfile(f"cifar-10-batches-bin/{name}")
-            data = np.frombuffer(member.read(), dtype=np.uint8)
-            if data.size != 10000 * 3073:
-                raise CnnkitError(
-                    f"{archive}:{name} has {data.size} bytes, expected {10000 * 3073}: "
-                    "delete the archive and download it again"
-                )
-            chunks.append(data.reshape(10000, 3073))
+    try:
+        with tarfile.open(archive, "r:gz") as tf:
+            for name in names:
+                try:
+                    info = tf.getmember(f"cifar-10-batches-bin/{name}")
+                except KeyError:
+                    raise CnnkitError(
+                        f"{archive}: no member cifar-10-batches-bin/{name}; delete the archive and download it again"
+                    ) from None
+                if info.size != 10000 * 3073 or not info.isfile():
+                    raise CnnkitError(
+                        f"{archive}:{name} has {info.size} bytes, expected {10000 * 3073}: "
+                        "delete the archive and download it again"
+                    )
+                data = np.frombuffer(tf.extractfile(info).read(), dtype=np.uint8)
+                chunks.append(data.reshape(10000, 3073))
+    except (tarfile.TarError, EOFError, OSError, zlib.error, ValueError) as exc:
+        if isinstance(exc, CnnkitError):
+            raise
+        raise CnnkitError(f"{archive}: damaged archive ({exc}); delete it and download it again") from None
     records = np.concatenate(chunks)
     images = torch.from_numpy(records[:, 1:].reshape(-1, 3, 32, 32).copy())
     return images, torch.from_numpy(records[:, 0].astype(np.int64))

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from cnnkit.download import file_digest
-from cnnkit.errors import CnnkitError, memory_available
+from cnnkit.errors import CnnkitError, human_bytes, memory_available
 
 # type byte -> big-endian numpy dtype
 _DTYPES = {
@@ -31,7 +31,9 @@ _DTYPES = {
 }
 _GZIP_MAGIC = b"\x1f\x8b"
 MAX_BYTES = 8 << 30  # the largest IDX set (EMNIST by_class) is ~0.7 GB
-_CHUNK = 16 << 20  # gzip is inflated this much at a time: memory grows with the data only
+_CHUNK = 16 << 20  # gzip is inflated this much at a time, into a buffer of the declared size
+MAX_RATIO = 100  # MNIST inflates 5x, its label files 2x: a header declaring 100x more is a bomb
+_RATIO_FLOOR = 64 << 20  # ... unless small: 64 MB of zeros (a blank test set) may inflate any amount
 
 
 def read_idx(path: str | os.PathLike, md5: str | None = None) -> torch.Tensor:
@@ -60,13 +62,7 @@ def read_idx(path: str | os.PathLike, md5: str | None = None) -> torch.Tensor:
     except OSError as exc:
         raise CnnkitError(f"cannot read {path} ({exc.strerror or exc}); check the file's permissions") from None
     if raw[:2] == _GZIP_MAGIC:
-        limit = min(memory_available() // 2, MAX_BYTES)  # a gzip bomb stops here, not in the allocator
-        try:
-            raw = _gunzip(raw, limit)
-        except (EOFError, OSError, zlib.error) as exc:
-            _corrupt(path, f"gzip stream is broken ({exc})", md5)
-        if raw is None:
-            _corrupt(path, f"it decompresses to more than {limit:,} bytes", md5)
+        raw = _gunzip(path, raw, md5)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES or not 1 <= raw[3] <= 4:
         _corrupt(path, f"bad IDX magic number {raw[:4].hex() or '(empty)'}", md5)
     dtype, ndim = _DTYPES[raw[2]], raw[3]
@@ -75,26 +71,70 @@ def read_idx(path: str | os.PathLike, md5: str | None = None) -> torch.Tensor:
         _corrupt(path, f"header truncated ({len(raw)} bytes)", md5)
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     expected = header + math.prod(dims) * dtype.itemsize  # Python ints: no overflow
-    if len(raw) != expected:
-        what = "truncated" if len(raw) < expected else "has trailing bytes"
-        _corrupt(path, f"{what}: {len(raw)} bytes after decompression, dims {dims} need {expected}", md5)
+    if len(raw) < expected:
+        _corrupt(path, f"truncated: {len(raw)} bytes after decompression, dims {dims} need {expected}", md5)
+    if len(raw) > expected:
+        _corrupt(path, f"has trailing bytes: more than the {expected} bytes dims {dims} need", md5)
     array = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
     return torch.from_numpy(array.astype(dtype.newbyteorder("="), copy=True))
 
 
-def _gunzip(data: bytes, limit: int) -> bytearray | None:
-    """The inflated bytes of a gzip stream, or None past ``limit`` bytes.
+def _valid_magic(head: bytes) -> bool:
+    return len(head) >= 4 and head[0] == 0 and head[1] == 0 and head[2] in _DTYPES and 1 <= head[3] <= 4
 
-    Inflated chunk by chunk: ``GzipFile.read(n)`` allocates ``n`` bytes up front, so reading with the
-    bound as ``n`` would reserve gigabytes of address space for a 47 MB file (and fail under ``ulimit -v``).
+
+def _gunzip(path: Path, data: bytes, md5: str | None) -> bytearray:
+    """The inflated bytes of a gzip stream, bounded by the size its IDX header declares.
+
+    The header (the first bytes inflated) says how many bytes the file must hold; a declared size
+    beyond the memory available, beyond :data:`MAX_BYTES` or beyond :data:`MAX_RATIO` times the
+    compressed size (no real IDX data compresses that well: a gzip bomb) is refused before anything
+    big is allocated, and inflating stops one byte past the declared size (the caller then reports
+    trailing bytes). A bad magic number stops after 4 bytes. Memory is the declared size, once.
     """
-    out = bytearray()
-    with gzip.GzipFile(fileobj=io.BytesIO(data)) as f:
-        while chunk := f.read(_CHUNK):
-            out += chunk
-            if len(out) > limit:
-                return None
-    return out
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as f:
+            head = f.read(4)
+            if not _valid_magic(head):
+                return bytearray(head)  # the caller names the bad magic number
+            head += f.read(4 * head[3])
+            if len(head) < 4 + 4 * head[3]:
+                return bytearray(head)  # the caller reports the truncated header
+            dims = [int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big") for i in range(head[3])]
+            expected = len(head) + math.prod(dims) * _DTYPES[head[2]].itemsize
+            _check_declared(path, dims, expected, len(data), md5)
+            out = bytearray(expected + 1)  # one byte more: room to notice trailing bytes
+            n = len(head)
+            with memoryview(out) as view:
+                view[:n] = head
+                while n < len(out):
+                    got = f.readinto(view[n : n + _CHUNK])
+                    if not got:
+                        break
+                    n += got
+            del out[n:]
+            return out
+    except (EOFError, OSError, zlib.error) as exc:
+        _corrupt(path, f"gzip stream is broken ({exc})", md5)
+
+
+def _check_declared(path: Path, dims: list[int], expected: int, compressed: int, md5: str | None) -> None:
+    """Refuse a gzip IDX file whose header declares more bytes than can or should be inflated."""
+    if expected > MAX_BYTES:
+        _corrupt(path, f"its header declares dims {dims}: {human_bytes(expected)}, more than any IDX set", md5)
+    if expected > max(_RATIO_FLOOR, MAX_RATIO * compressed):
+        _corrupt(
+            path,
+            f"its header declares dims {dims}: {human_bytes(expected)} from {human_bytes(compressed)} of gzip, "
+            f"{expected // compressed:,} times more; IDX data never compresses that well: the header is damaged or the file is a gzip bomb",
+            md5,
+        )
+    free = memory_available()
+    if expected > free // 2:
+        raise CnnkitError(
+            f"{path}: decoding it needs {human_bytes(expected)} (dims {dims}), more than half the "
+            f"{human_bytes(free)} of memory available; free some memory and try again"
+        )
 
 
 def _corrupt(path: Path, problem: str, md5: str | None, got: str | None = None) -> None:

@@ -82,6 +82,7 @@ def pennfudan_segmentation(
     for n in names:
         image = read_pixels(root / "PNGImages" / n)
         inst = _read_mask(mask_path(root, n), image)
+        _check_instance_ids(inst, mask_path(root, n))
         image, inst = _shrink(image, inst, max_side)
         images.append(image)
         instances.append(inst)
@@ -225,6 +226,17 @@ def _read_mask(path: Path, image: torch.Tensor) -> torch.Tensor:
             f"{image.shape[2]}x{image.shape[1]}; a mask must be the size of its image"
         )
     return torch.from_numpy(arr.astype(np.uint8))
+
+
+def _check_instance_ids(inst: torch.Tensor, path: Path) -> None:
+    """Penn-Fudan masks number pedestrians 1..n: a value above a gap (a stray 9 among 1, 2) is damage."""
+    ids = torch.unique(inst[inst > 0]).tolist()
+    if ids != list(range(1, len(ids) + 1)):
+        gap = next(i for i in range(1, ids[-1] + 1) if i not in ids)
+        raise CnnkitError(
+            f"mask {path} holds pedestrian {ids[-1]} but no pedestrian {gap}: Penn-Fudan masks number "
+            "pedestrians 1..n (0 = background), so the mask is damaged; restore it from the original archive"
+        )
 
 
 def _inferred_classes(masks: list[torch.Tensor], paths: list[Path]) -> int:
