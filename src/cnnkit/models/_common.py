@@ -18,12 +18,12 @@ def check_args(num_classes: int, in_channels: int, transform_input: bool = False
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 0 <= num_classes <= MAX_CLASSES:
         raise CnnkitError(
             f"num_classes must be an integer from 0 to {MAX_CLASSES:,} (0 removes the classifier); "
-            f"received: num_classes={str(num_classes)[:40]!r}"
+            f"received: num_classes={str(num_classes)[:40]}"
         )
     if isinstance(in_channels, bool) or not isinstance(in_channels, int) or not 1 <= in_channels <= MAX_CHANNELS:
         raise CnnkitError(
             f"in_channels must be an integer from 1 to {MAX_CHANNELS:,} (3 for RGB, 1 for grayscale); "
-            f"received: in_channels={str(in_channels)[:40]!r}"
+            f"received: in_channels={str(in_channels)[:40]}"
         )
     if transform_input and in_channels != 3:
         raise CnnkitError(
