@@ -177,6 +177,27 @@ def test_convert_checks_its_flags(capsys, tmp_path, flags, words):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(std=[0.0]), "above 0"),
+        (dict(mean=[float("nan")]), "finite numbers"),
+        (dict(classes="a,a,b"), "more than once"),
+    ],
+)
+def test_the_python_convert_checks_as_the_command_does(tmp_path, kwargs, words):
+    from cnnkit.tasks.classify.convert import convert_keras
+
+    with pytest.raises(CnnkitError, match=words):
+        convert_keras(keras_file(tmp_path), tmp_path / "run", **kwargs)
+    assert not (tmp_path / "run").exists()
+    path, _ = convert_keras(keras_file(tmp_path), tmp_path / "run")
+    before = path.read_bytes()
+    with pytest.raises(CnnkitError, match="already holds a run"):
+        convert_keras(keras_file(tmp_path), tmp_path / "run")
+    assert path.read_bytes() == before
+
+
 @pytest.mark.parametrize("value", [float("inf"), float("nan")])
 def test_convert_refuses_non_finite_weights(capsys, tmp_path, value):
     path = keras_file(tmp_path, "bad.keras", bad=value)

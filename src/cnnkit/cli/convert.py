@@ -8,8 +8,6 @@ network from that JSON with :func:`cnnkit.models.keras.build_from_keras_config`,
 from __future__ import annotations
 
 import json
-import math
-from pathlib import Path
 
 from cnnkit.tasks.classify.convert import convert_keras
 
@@ -45,48 +43,12 @@ def _floats(text: str | None, name: str) -> list[float] | None:
     if text is None:
         return None
     try:
-        values = [float(v) for v in text.split(",")]
+        return [float(v) for v in text.split(",")]
     except ValueError:
         raise CnnkitError(f"--{name} takes numbers separated by commas. Received: --{name} {text}") from None
-    if not all(math.isfinite(v) for v in values):
-        raise CnnkitError(f"--{name} takes finite numbers (no nan or inf). Received: --{name} {text}")
-    if name == "std" and not all(v > 0 for v in values):
-        raise CnnkitError(f"--std divides the pixels: each value must be above 0. Received: --std {text}")
-    return values
-
-
-def _check_classes(spec: str | None) -> None:
-    """Class names must be distinct (predict and eval name a class by its name)."""
-    from cnnkit.errors import CnnkitError
-
-    if spec is None:
-        return
-    try:
-        names = Path(spec).read_text().split("\n") if Path(spec).is_file() else spec.split(",")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CnnkitError(f"--classes {spec}: cannot read the file ({exc}); give names separated by commas") from None
-    names = [c.strip() for c in names if c.strip()]
-    twice = sorted({c for c in names if names.count(c) > 1})
-    if twice:
-        raise CnnkitError(
-            f"--classes names {', '.join(repr(c) for c in twice[:5])} more than once; give each class a "
-            f"distinct name. Received: --classes {spec}"
-        )
-
-
-def _check_out(out: str) -> None:
-    """A run folder is never replaced: an --out that holds a run is refused before anything is written."""
-    from cnnkit.engine.runfolder import MODEL_FILE, RESUME_FILE
-    from cnnkit.errors import CnnkitError
-
-    folder = Path(out)
-    if (folder / MODEL_FILE).exists() or (folder / RESUME_FILE).exists():
-        raise CnnkitError(f"{out} already holds a run; choose another --out (nothing was written)")
 
 
 def run_convert(args) -> int:
-    _check_out(args.out)
-    _check_classes(args.classes)
     path, info = convert_keras(
         args.model, args.out, args.classes, _floats(args.mean, "mean"), _floats(args.std, "std"), args.raw_pixels
     )

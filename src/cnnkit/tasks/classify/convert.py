@@ -7,9 +7,16 @@ from pathlib import Path
 
 
 def _per_channel(values: list[float] | None, channels: int, name: str, default: float) -> list[float]:
+    """One finite value per channel (one value: every channel); ``std`` values above 0."""
+    import math
+
     from cnnkit.errors import CnnkitError
 
     values = [default] if values is None else list(values)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        raise CnnkitError(f"--{name} takes finite numbers (no nan or inf). Received: --{name} {values}")
+    if name == "std" and not all(v > 0 for v in values):
+        raise CnnkitError(f"--std divides the pixels: each value must be above 0. Received: --std {values}")
     if len(values) == 1:
         values *= channels
     if len(values) != channels:
@@ -17,18 +24,48 @@ def _per_channel(values: list[float] | None, channels: int, name: str, default: 
     return values
 
 
-def _class_names(spec: str | None, n: int) -> list[str]:
+def read_class_names(spec: str | None) -> list[str] | None:
+    """Class names given as comma-separated text or a file with one per line, each named once (predict
+    and eval name a class by its name); None for none given."""
     from cnnkit.errors import CnnkitError
 
     if spec is None:
-        return [f"class_{i}" for i in range(n)]
-    names = Path(spec).read_text().split("\n") if Path(spec).is_file() else spec.split(",")
+        return None
+    try:
+        names = Path(spec).read_text().split("\n") if Path(spec).is_file() else spec.split(",")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CnnkitError(f"--classes {spec}: cannot read the file ({exc}); give names separated by commas") from None
     names = [c.strip() for c in names if c.strip()]
+    twice = sorted({c for c in names if names.count(c) > 1})
+    if twice:
+        raise CnnkitError(
+            f"--classes names {', '.join(repr(c) for c in twice[:5])} more than once; give each class a "
+            f"distinct name. Received: --classes {spec}"
+        )
+    return names
+
+
+def _class_names(spec: str | None, n: int) -> list[str]:
+    from cnnkit.errors import CnnkitError
+
+    names = read_class_names(spec)
+    if names is None:
+        return [f"class_{i}" for i in range(n)]
     if len(names) != n:
         raise CnnkitError(
             f"the model has {n} outputs but --classes gives {len(names)} names. Received: --classes {spec}"
         )
     return names
+
+
+def check_out(out: str | os.PathLike) -> None:
+    """A run folder is never replaced: an ``out`` that holds a run is refused before anything is written."""
+    from cnnkit.engine.runfolder import MODEL_FILE, RESUME_FILE
+    from cnnkit.errors import CnnkitError
+
+    folder = Path(out)
+    if (folder / MODEL_FILE).exists() or (folder / RESUME_FILE).exists():
+        raise CnnkitError(f"{out} already holds a run; choose another --out (nothing was written)")
 
 
 def convert_keras(
@@ -73,6 +110,8 @@ def convert_keras(
     from cnnkit.models.deploy import Classifier
     from cnnkit.models.keras import load_keras
 
+    check_out(out)
+    read_class_names(classes)  # checked before the model is read
     net, size = load_keras(model, logits=True)
     if not (isinstance(size, tuple) and len(size) == 3 and all(isinstance(d, int) for d in size)):
         raise CnnkitError(
