@@ -17,6 +17,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+import cnnkit
 from cnnkit.cli import main
 from cnnkit.errors import CnnkitError
 
@@ -107,7 +108,7 @@ def test_a_null_dataset_or_config_in_the_metadata_is_damaged(runs, photo, tmp_pa
     assert (run / "model.safetensors").read_bytes() == before and not (tmp_path / "e.png").exists()
 
 
-def test_nan_weights_are_refused_by_predict_and_explain(runs, photo, tmp_path, capsys):
+def test_nan_weights_are_refused_by_every_reader(runs, photo, tmp_path, capsys):
     def poison(tensors):
         name = next(k for k, v in tensors.items() if v.is_floating_point() and v.ndim > 1)
         tensors[name] = torch.full_like(tensors[name], float("nan"))
@@ -116,6 +117,9 @@ def test_nan_weights_are_refused_by_predict_and_explain(runs, photo, tmp_path, c
     _fails(["predict", run, photo], capsys, "NaN or infinite")
     _fails(["explain", run, photo, "--resize", "--out", tmp_path / "e.png"], capsys, "NaN or infinite")
     assert not (tmp_path / "e.png").exists()
+    _fails(["export", run, "--out", tmp_path / "n.onnx"], capsys, "NaN or infinite")  # the one loader checks
+    with pytest.raises(CnnkitError, match="NaN or infinite"):
+        cnnkit.load(run)
 
 
 # ----------------------------------------------------------------------------- 8: plot's metrics.csv

@@ -86,7 +86,7 @@ def run_explain(args) -> int:
     from cnnkit.explain.hooks import default_cam_layer, is_conv
     from cnnkit.explain.target import read_image
     from cnnkit.tasks.classify.explain import load_explainable
-    from cnnkit.tasks.classify.predict import check_finite_weights
+    from cnnkit.tasks.classify.load import check_finite_weights
 
     out = Path(args.out or f"{Path(args.image).stem}_{args.method}.png")
     if out.suffix.lower() != ".png":

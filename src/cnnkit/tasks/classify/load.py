@@ -193,4 +193,23 @@ def load_classifier(
         model = built[0]
         load_checked(model, tensors, file)
     model.info = meta
+    check_finite_weights(model, file)  # every answer of such a network is NaN: eval, predict, explain, ...
     return model.to(device).eval()
+
+
+def check_finite_weights(model: nn.Module, source) -> None:
+    """Refuse a network whose weights hold NaN or infinity: every answer would be NaN.
+
+    Raises:
+        CnnkitError: naming how many values are not finite, and what to do.
+    """
+    bad = total = 0
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.is_floating_point():
+            bad += int((~torch.isfinite(t)).sum())
+            total += t.numel()
+    if bad:
+        raise CnnkitError(
+            f"{source}: {bad:,} of the checkpoint's {total:,} weights are NaN or infinite, so every answer "
+            "would be NaN; the training diverged or the file is damaged: train again (a lower --lr) or use another run"
+        )
