@@ -110,3 +110,21 @@ def test_an_edited_resume_state_is_one_line(tmp_path, edit, message):
     path.write_bytes(save(tensors, metadata={"cnnkit": json.dumps(meta)}))
     with pytest.raises(CnnkitError, match="the resume state is damaged or does not match this run \\(.*" + message):
         load_resume(path, *parts())
+
+
+def test_a_resume_file_from_another_tasks_run_is_named(tmp_path, capsys):
+    run = _run(tmp_path / "run", "classify", {"data": "mnist", "model": "lenet5", "epochs": 1})
+    meta = {"format": FORMAT, "config": {"data": "digits", "box_weight": 2.0}, "task": "detect"}
+    atomic_write_bytes(run / RESUME_FILE, save({"w": torch.zeros(1)}, metadata={"cnnkit": json.dumps(meta)}))
+    assert main(["train", "--resume", "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"{run / RESUME_FILE} is the resume state of a 'detect' run, not a 'classify' one" in err, err
+
+
+def test_the_resume_file_records_its_task(tmp_path):
+    from cnnkit.engine.runfolder import read_checkpoint, save_resume
+
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    save_resume(tmp_path / RESUME_FILE, model, opt, None, torch.Generator(), 0, [], {}, None, "segment")
+    assert read_checkpoint(tmp_path / RESUME_FILE)[1]["task"] == "segment"

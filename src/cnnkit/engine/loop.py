@@ -541,7 +541,18 @@ def _save_run(out, task, model, deploy, optimizers, ema, gen, history, config, p
     if config and not (out / CONFIG_FILE).is_file():
         atomic_write_bytes(out / CONFIG_FILE, config_yaml(config.get("args", config)))
     state = task.state_dict() if hasattr(task, "state_dict") else None
-    save_resume(out / RESUME_FILE, model, optimizers, ema, gen, len(history), history, config, state)
+    save_resume(
+        out / RESUME_FILE,
+        model,
+        optimizers,
+        ema,
+        gen,
+        len(history),
+        history,
+        config,
+        state,
+        getattr(task, "name", None),
+    )
     _save_model(out, task, deploy, history, precision)
     keys = [k for k in dict.fromkeys(k for r in history for k in r) if k not in ("lr", "seconds")]
     write_metrics_csv(out / "metrics.csv", history, keys + ["lr", "seconds"])  # rows without validation too

@@ -137,6 +137,7 @@ def save_resume(
     history: list[dict],
     config: dict,
     task_state: dict[str, torch.Tensor] | None = None,
+    task: str | None = None,
 ) -> None:
     """Everything needed to continue exactly after ``epoch`` epochs.
 
@@ -151,12 +152,14 @@ def save_resume(
         config: the run's settings.
         task_state: the task's own tensors (its ``state_dict()``: what training built besides the
             weights, such as the per-image losses that pruning reads), or None.
+        task: the task's name (``"detect"``): :func:`resumed_config` refuses the file in another
+            task's run folder.
     """
     tensors = cpu_tensors(model.state_dict(), "model.")
     tensors.update(cpu_tensors(task_state or {}, "task."))
     if ema is not None:
         tensors.update(cpu_tensors(ema.state_dict(), "ema."))
-    meta = {"format": FORMAT, "epoch": epoch, "history": history, "config": config}
+    meta = {"format": FORMAT, "epoch": epoch, "history": history, "config": config, **({"task": task} if task else {})}
     for j, one in enumerate(optimizer if isinstance(optimizer, list) else [optimizer]):
         prefix, groups_key, scalars_key = _optim_keys(j)
         opt = one.state_dict()
@@ -441,7 +444,14 @@ def resumed_config(out: str | os.PathLike, task: str | None = None) -> dict:
         raise CnnkitError(
             f"{out} is a {found!r} run, not a {task!r} one; resume it with `cnnkit {found} train --resume --out {out}`"
         )
-    config = read_info(path).get("config")
+    info = read_info(path)
+    kind = info.get("task")  # None in a file written by an earlier version
+    if task is not None and isinstance(kind, str) and kind != task:
+        raise CnnkitError(
+            f"{path} is the resume state of a {kind[:20]!r} run, not a {task!r} one (copied from another "
+            "run folder?); start a new run without --resume"
+        )
+    config = info.get("config")
     if not isinstance(config, dict):
         raise CnnkitError(f"{path}: the resume state holds no settings; start a new run")
     return config
