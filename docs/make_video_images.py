@@ -15,9 +15,10 @@ import tempfile
 from pathlib import Path
 
 from cnnkit.data.video import MovingMnist
+from cnnkit.engine.runfolder import save_png
 from cnnkit.explain.clip_cam import clip_grad_cam
 from cnnkit.tasks.video.load import load_video_classifier
-from cnnkit.tasks.video.predict import frame_strip, heat_overlay, predict_clips, save_png
+from cnnkit.tasks.video.predict import frame_strip, heat_overlay, predict_clips
 from cnnkit.tasks.video_predict.load import load_predictor
 from cnnkit.tasks.video_predict.predict import predict_frames, write_prediction
 

@@ -98,3 +98,22 @@ def gone_from_split(paths: list) -> CnnkitError:
     return CnnkitError(
         f"no image {paths[0]}{more}; the run's split.json names it: put it back, or train a new run on the folder as it is"
     )
+
+
+def output_folder(path, option: str = "--out-dir"):
+    """Create the folder a command writes into (or a file's folder), before any work; returns its path.
+
+    Raises:
+        CnnkitError: it cannot be created (a file of that name, a file above it, no permission) or
+            written; the message names ``option``, the flag that chose it.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CnnkitError(f"cannot create the folder {path} ({exc.strerror or exc}); choose another {option}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise CnnkitError(f"cannot write in {path} (permission denied); choose another {option}")
+    return path

@@ -81,17 +81,12 @@ def _cannot_write(path: Path, exc: OSError, option: str) -> CnnkitError:
 def check_output(path: str | os.PathLike, option: str = "--out") -> Path:
     """Before the work: ``path`` must be a file that can be written -- not a folder, its folder
     created (if missing) and writable. Raises CnnkitError naming ``option``, the flag that chose it."""
+    from cnnkit.errors import output_folder
+
     path = Path(path)
     if path.is_dir():
         raise CnnkitError(f"cannot write {path}: it is a folder; give a file name, or choose another {option}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CnnkitError(
-            f"cannot create the folder {path.parent} ({exc.strerror or exc}); choose another {option}"
-        ) from None
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise CnnkitError(f"cannot write in {path.parent} (permission denied); choose another {option}")
+    output_folder(path.parent, option)
     return path
 
 

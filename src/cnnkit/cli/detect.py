@@ -113,8 +113,9 @@ def run_eval(args) -> int:
 def run_predict(args) -> int:
     from cnnkit.data.images import read_pixels
     from cnnkit.engine.runfolder import output_stems, resolve
+    from cnnkit.errors import output_folder
     from cnnkit.tasks.detect.load import load_detector, onnx_detector
-    from cnnkit.tasks.detect.predict import draw_detections, output_folder, predict_images
+    from cnnkit.tasks.detect.predict import draw_detections, predict_images
 
     if not 0 <= args.score <= 1:  # NaN fails too: it would keep no box, silently
         raise CnnkitError(f"--score must be a number from 0 to 1 (the least score shown); received {args.score}")

@@ -97,7 +97,7 @@ def run_eval(args) -> int:
 def run_predict(args) -> int:
     from cnnkit.data.images import read_pixels
     from cnnkit.engine.runfolder import output_stems
-    from cnnkit.tasks.detect.predict import output_folder
+    from cnnkit.errors import output_folder
     from cnnkit.tasks.segment.load import load_segmenter, onnx_segmenter
     from cnnkit.tasks.segment.predict import predict_image, write_prediction
 

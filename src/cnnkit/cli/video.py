@@ -162,10 +162,11 @@ def _test_clips(n: int, data_dir, frames: int, model) -> list:
 
 
 def run_predict(args) -> int:
+    from cnnkit.engine.runfolder import save_png
+    from cnnkit.errors import output_folder
     from cnnkit.explain.clip_cam import clip_grad_cam
-    from cnnkit.tasks.detect.predict import output_folder
     from cnnkit.tasks.video.load import load_video_classifier
-    from cnnkit.tasks.video.predict import frame_strip, heat_overlay, predict_clips, save_png
+    from cnnkit.tasks.video.predict import frame_strip, heat_overlay, predict_clips
 
     model = load_video_classifier(args.run)
     if args.out:  # before any work
@@ -222,7 +223,7 @@ def run_predict_eval(args) -> int:
 
 def run_predict_predict(args) -> int:
     from cnnkit.engine.runfolder import output_stems
-    from cnnkit.tasks.detect.predict import output_folder
+    from cnnkit.errors import output_folder
     from cnnkit.tasks.video_predict.load import load_predictor
     from cnnkit.tasks.video_predict.predict import predict_frames, write_prediction
 

@@ -92,6 +92,22 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.unlink(tmp)
 
 
+def save_png(image, path) -> None:
+    """A Pillow image, or a uint8 tensor (C, H, W) or (H, W), as a PNG at ``path``, written atomically
+    (:func:`atomic_write_bytes`: a full disk or an unwritable folder is a one-line CnnkitError, never
+    half a file)."""
+    from PIL import Image
+
+    if isinstance(image, torch.Tensor):
+        pixels = image.permute(1, 2, 0) if image.dim() == 3 else image
+        image = Image.fromarray((pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels).numpy())
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o644)  # the temp file was 0600; a drawing is for sharing
+
+
 def cpu_tensors(state: dict, prefix: str = "") -> dict[str, torch.Tensor]:
     return {prefix + k: v.detach().cpu().contiguous() for k, v in state.items()}
 

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import os
-from pathlib import Path
-
 import torch
 import torch.nn as nn
 
 from cnnkit.data.detection import (
     letterbox,
 )
-from cnnkit.errors import CnnkitError
+from cnnkit.engine.runfolder import save_png
 from cnnkit.export import model_device
 from cnnkit.models.deploy import flip_tta
 from cnnkit.models.detection import decode, flip_merge
@@ -133,32 +128,3 @@ def draw_detections(image: torch.Tensor, det: dict, path) -> None:
         )
         draw.text((x1 + 2, max(0, y1 - 11)), f"{name} {s:.2f}", fill=(255, 255, 0))
     save_png(im, path)
-
-
-def output_folder(path, option: str = "--out-dir") -> Path:
-    """Create the folder a command writes its PNGs to, before any work.
-
-    Raises:
-        CnnkitError: it cannot be created (a file of that name, a file above it, no permission) or
-            written; the message names ``option``, the flag that chose it.
-    """
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CnnkitError(f"cannot create the folder {path} ({exc.strerror or exc}); choose another {option}") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise CnnkitError(f"cannot write in {path} (permission denied); choose another {option}")
-    return path
-
-
-def save_png(image, path) -> None:
-    """A Pillow image as a PNG at ``path``, written atomically (:func:`~cnnkit.engine.runfolder.atomic_write_bytes`:
-    a full disk or an unwritable folder is a one-line CnnkitError, never half a file)."""
-    from cnnkit.engine.runfolder import atomic_write_bytes
-
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
-    with contextlib.suppress(OSError):
-        os.chmod(path, 0o644)  # the temp file was 0600; a drawing is for sharing

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, output_folder
 from cnnkit.models.instance import MaskDetector, paste_masks
 from cnnkit.tasks.detect.data import DetectionSet
-from cnnkit.tasks.detect.predict import draw_detections, output_folder
+from cnnkit.tasks.detect.predict import draw_detections
 from cnnkit.tasks.instance.data import from_instances
 
 

@@ -270,7 +270,8 @@ def write_prediction(image: torch.Tensor, mask: torch.Tensor, num_classes: int, 
 
     from PIL import Image
 
-    from cnnkit.tasks.detect.predict import output_folder, save_png
+    from cnnkit.engine.runfolder import save_png
+    from cnnkit.errors import output_folder
 
     out_dir = output_folder(out_dir, "--out")
     if num_classes > 256:

@@ -196,7 +196,7 @@ def _fit_closed_form(cfg: SequenceConfig, model, train_set, val_set, out, resume
     check_new_run(out, resume=False)
     made = out is not None and not Path(out).exists()
     if out is not None:  # before the fit: an --out that cannot be a folder is one line, not a lost fit
-        from cnnkit.tasks.detect.predict import output_folder
+        from cnnkit.errors import output_folder
 
         output_folder(out, "--out")
     with distributed(cfg.device) as d:

@@ -209,10 +209,3 @@ def heat_overlay(clip: torch.Tensor, cam: torch.Tensor, alpha: float = 0.5) -> t
     grey = clip.float().mean(1, keepdim=True).expand(-1, 3, -1, -1)  # (T, 3, H, W)
     red = torch.stack([cam, torch.zeros_like(cam), torch.zeros_like(cam)], 1)  # (T, 3, H, W)
     return ((1 - alpha * cam[:, None]) * grey + alpha * red).clamp(0, 1)
-
-
-def save_png(image: torch.Tensor, path) -> None:
-    """Write a (3, H, W) uint8 picture as a PNG file at ``path``."""
-    from PIL import Image
-
-    Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)

@@ -7,8 +7,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from cnnkit.engine.runfolder import save_png
 from cnnkit.errors import CnnkitError
-from cnnkit.tasks.video.predict import frame_strip, save_png
+from cnnkit.tasks.video.predict import frame_strip
 
 
 class FramePredictor(nn.Module):
