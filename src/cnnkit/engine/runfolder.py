@@ -438,6 +438,26 @@ def read_info(path: str | os.PathLike) -> dict:
     return read_metadata(resolve(path))
 
 
+def stored_config(cls: Any, info: dict, file) -> Any:
+    """The settings a run stored in its checkpoint's metadata (``info["config"]``) as ``cls`` (a
+    :class:`~cnnkit.engine.config.RunConfig`): what evaluation reads the run's data by.
+
+    Raises:
+        CnnkitError: ``config`` missing or not an object, or a setting that ``cls`` refuses (a null
+            where a value is needed, a value of the wrong type): one line naming the file.
+    """
+    config = info.get("config")
+    if isinstance(config, dict):
+        try:
+            return cls.from_dict(config, strict=False)
+        except (CnnkitError, TypeError, ValueError):
+            pass
+    raise CnnkitError(
+        f"{file}: its metadata (the run's settings, 'config') is not what cnnkit wrote; the file is damaged "
+        "or was edited: restore the run from a copy or train it again"
+    )
+
+
 def resumed_config(out: str | os.PathLike, task: str | None = None) -> dict:
     """The settings the run in folder ``out`` was started with (what ``--resume`` continues), read
     from its resume file's metadata without loading its tensors.

@@ -7,11 +7,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cnnkit.data.series import SeriesSet, read_series
-from cnnkit.engine.runfolder import resolve
+from cnnkit.engine.runfolder import resolve, stored_config
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.sequence.config import SequenceConfig
 from cnnkit.tasks.sequence.data import load_splits
-from cnnkit.tasks.sequence.load import load_sequence, stored_config, znormalised
+from cnnkit.tasks.sequence.load import load_sequence, znormalised
 
 
 @torch.no_grad()

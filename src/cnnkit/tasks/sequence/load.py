@@ -16,6 +16,7 @@ from cnnkit.engine.runfolder import (
     read_checkpoint,
     read_metadata,
     resolve,
+    stored_config,
     strip_prefix,
 )
 from cnnkit.errors import CnnkitError
@@ -67,32 +68,6 @@ class SeriesModel(nn.Module):
         if not ok:
             raise CnnkitError(f"the checkpoint's description of its network is not valid; {CHECKPOINT_HINT}")
         return cls(_net(name, len(classes), *size), name, [str(c) for c in classes], tuple(size))
-
-
-def stored_config(cls, info: dict, file):
-    """The settings a run stored in its checkpoint's metadata (``info["config"]``), as ``cls``: what
-    evaluation reads the run's data by. One helper for every task whose checkpoint stores them.
-
-    Raises:
-        CnnkitError: ``config`` missing or not an object, a setting null that cannot be, or a value
-            of the wrong type: one line naming the file.
-    """
-    from dataclasses import fields
-
-    config = info.get("config")
-    bad = not isinstance(config, dict)
-    if not bad:
-        defaults = cls()
-        bad = any(config.get(f.name, 0) is None and getattr(defaults, f.name) is not None for f in fields(cls))
-    if not bad:
-        try:
-            return cls.from_dict(config, strict=False)
-        except (CnnkitError, TypeError, ValueError):
-            pass
-    raise CnnkitError(
-        f"{file}: its metadata (the run's settings, 'config') is not what cnnkit wrote; the file is damaged "
-        "or was edited: restore the run from a copy or train it again"
-    )
 
 
 def znormalised(model: nn.Module) -> bool:

@@ -73,7 +73,7 @@ def eval_config(model, config_cls, split: str, data_dir: str | None, clips: int 
     """
     if split not in ("test", "val"):
         raise CnnkitError(f"--split is test or val. Received: --split {split}")
-    from cnnkit.tasks.sequence.load import stored_config
+    from cnnkit.engine.runfolder import stored_config
 
     cfg = stored_config(config_cls, model.info, file or "the checkpoint")
     if data_dir is not None:
