@@ -266,7 +266,7 @@ def test_eval_without_the_split_suggests_split_not_a_python_argument(runs, tmp_p
 
 
 def test_folder_warnings_print_as_one_plain_line(capsys):
-    from cnnkit.cli.classify import plain_warnings
+    from cnnkit.cli import plain_warnings
     from cnnkit.data.imagefolder import ImageFolderWarning
 
     with plain_warnings():

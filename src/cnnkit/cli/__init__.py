@@ -8,7 +8,9 @@ A :class:`~cnnkit.errors.CnnkitError` becomes one line on stderr and exit code 2
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import warnings
 from importlib import import_module
 
 from cnnkit.engine.config import keep_freed_memory
@@ -121,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     keep_freed_memory()
     try:
-        return int(args.func(args) or 0)
+        with plain_warnings():
+            return int(args.func(args) or 0)
     except CnnkitError as exc:
         return _fail(args.command, exc)
     except MemoryError:
@@ -137,6 +140,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cnnkit {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def plain_warnings():
+    """cnnkit's own warnings (a skipped file, a small class) print as one ``warning: ...`` line, not in
+    Python's format with a source path and a code line; other libraries' keep theirs."""
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if category.__module__.startswith("cnnkit."):
+                print(f"warning: {message}", file=sys.stderr)
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
 
 
 def _fail(command: str, exc: CnnkitError) -> int:

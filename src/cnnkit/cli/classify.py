@@ -151,35 +151,8 @@ def run_train(args) -> int:
     if args.resume:  # the run continues with its own settings; the ones typed must equal them
         typed = {**values, **({"model": model_reference(values["model"])} if values.get("model") else {})}
         check_resume_settings(out, "classify", typed)
-    with plain_warnings():
-        train(cfg, out, resume=args.resume, quiet=args.quiet)
+    train(cfg, out, resume=args.resume, quiet=args.quiet)
     return 0
-
-
-def plain_warnings():
-    """While it lasts, a data warning (a skipped file, a small class) prints as one ``warning: ...``
-    line, as ``finetune`` prints it, not in Python's format with a source path and a code line."""
-    import contextlib
-    import sys
-    import warnings
-
-    from cnnkit.data.imagefolder import ImageFolderWarning
-
-    @contextlib.contextmanager
-    def scope():
-        with warnings.catch_warnings():
-            shown = warnings.showwarning
-
-            def show(message, category, filename, lineno, file=None, line=None):
-                if issubclass(category, ImageFolderWarning):
-                    print(f"warning: {message}", file=sys.stderr)
-                else:
-                    shown(message, category, filename, lineno, file, line)
-
-            warnings.showwarning = show
-            yield
-
-    return scope()
 
 
 def run_eval(args) -> int:
@@ -193,8 +166,7 @@ def run_eval(args) -> int:
     existing_data_dir(args.data_dir)
     if args.confusion:  # before the evaluation: a path that cannot be written is said at once
         check_output(args.confusion, "--confusion")
-    with plain_warnings():
-        result, data, _ = evaluate_run(args.run, args.split, args.data, args.data_dir, args.precision, **trust(args))
+    result, data, _ = evaluate_run(args.run, args.split, args.data, args.data_dir, args.precision, **trust(args))
     png = Path(args.confusion) if args.confusion else resolve(args.run).parent / f"confusion_{args.split}.png"
     save_figure(confusion_matrix(result.confusion, result.classes), png, "--confusion")
     if args.format == "json":
