@@ -70,6 +70,18 @@ def test_pascal_errors_name_file_and_field(tmp_path, boxes, n, match):
         load_pennfudan(root)
 
 
+def test_pascal_undecodable_names_file_and_fix(tmp_path):
+    root = pennfudan_folder(tmp_path)
+    (root / "Annotation" / "A.txt").write_bytes(b"\xff\xfe\x00bad\xc3\x28")
+    with pytest.raises(CnnkitError) as info:
+        load_pennfudan(root)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"cannot read annotation {root / 'Annotation' / 'A.txt'}: 'utf-8' codec")
+    assert message.endswith("or remove all three (PNGImages, PedMasks, Annotation)")
+    assert "PennFudanPed.zip" in message
+
+
 def test_pascal_unparsable_missing_image_and_empty(tmp_path):
     root = pennfudan_folder(tmp_path)
     (root / "Annotation" / "A.txt").write_text("garbage\n")

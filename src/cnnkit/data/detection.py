@@ -124,6 +124,12 @@ def read_pascal_annotation(path: Path) -> tuple[int, int, torch.Tensor, list[str
     return w, h, boxes, [lab for _, lab, *_ in found]
 
 
+PENNFUDAN_FIX = (
+    "replace the image's files with the originals from PennFudanPed.zip "
+    "(https://www.cis.upenn.edu/~jshi/ped_html/), or remove all three (PNGImages, PedMasks, Annotation)"
+)
+
+
 def load_pennfudan(root: str | os.PathLike, names: list[str] | None = None) -> Detections:
     """Penn-Fudan pedestrians (one class, ``person``) from ``root/Annotation/*.txt`` and ``root/PNGImages``.
 
@@ -135,12 +141,15 @@ def load_pennfudan(root: str | os.PathLike, names: list[str] | None = None) -> D
     images, boxes, labels = [], [], []
     for name in names:
         ann = root / "Annotation" / f"{Path(name).stem}.txt"
-        if not ann.is_file():
-            raise CnnkitError(f"missing annotation {ann} for image {name}")
-        w, h, b, _ = read_pascal_annotation(ann)
-        img = _annotated(root / "PNGImages" / name)
-        if tuple(img.shape[1:]) != (h, w):
-            raise CnnkitError(f"{ann} 'Image size': says {w} x {h} but {name} is {img.shape[2]} x {img.shape[1]}")
+        try:
+            if not ann.is_file():
+                raise CnnkitError(f"missing annotation {ann} for image {name}")
+            w, h, b, _ = read_pascal_annotation(ann)
+            img = _annotated(root / "PNGImages" / name)
+            if tuple(img.shape[1:]) != (h, w):
+                raise CnnkitError(f"{ann} 'Image size': says {w} x {h} but {name} is {img.shape[2]} x {img.shape[1]}")
+        except CnnkitError as exc:
+            raise CnnkitError(f"{exc}; {PENNFUDAN_FIX}") from exc.__cause__
         images.append(img)
         boxes.append(b)
         labels.append(torch.zeros(len(b), dtype=torch.int64))
