@@ -274,3 +274,17 @@ def test_roi_pool_gradcheck():
     x = torch.randn(1, 2, 5, 6, generator=g, dtype=torch.float64, requires_grad=True)
     rois = _rois(g, n=3, batch=1, size=5.0)
     assert torch.autograd.gradcheck(lambda t: roi_pool(t, rois, 2), (x,))
+
+
+def test_roi_align_taps_in_bin_order():
+    # every bin's taps in (gy, gx, 2, 2) order, as broadcasting the row and column parts gives them:
+    # the order sets the sum's rounding, so a different one would change trained weights
+    from cnnkit.ops.roi import _tap_order
+
+    g = torch.Generator().manual_seed(7)
+    k, ph, pw, gy, gx = 3, 4, 5, 2, 3
+    rows, cols = torch.randn(k, ph, gy, 2, generator=g), torch.randn(k, pw, gx, 2, generator=g)
+    want = (rows[:, :, None, :, None, :, None] * cols[:, None, :, None, :, None, :]).reshape(k * ph * pw, -1)
+    got = _tap_order(rows.reshape(k, -1, 1) * cols.reshape(k, 1, -1), ph, pw)
+    assert got.shape == (k * ph * pw, gy * gx * 4)
+    assert torch.equal(got, want)

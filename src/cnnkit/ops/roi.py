@@ -121,11 +121,11 @@ def roi_align(
     xs = torch.stack([xl, xh], -1)  # (K, pw, gx, 2)
     wx = torch.stack([wxl, wxh], -1)
     rows = rois[:, 0].to(torch.int64)[:, None, None, None] * (h * w) + ys * w  # flat index of each row
-    # cell index and weight of every tap: (K, ph, pw, gy, gx, 2, 2) -> (K * ph * pw, taps)
-    idx = rows.to(torch.int32)[:, :, None, :, None, :, None] + xs.to(torch.int32)[:, None, :, None, :, None, :]
-    wt = wy[:, :, None, :, None, :, None] * wx[:, None, :, None, :, None, :]
-    idx = idx.reshape(k * ph * pw, -1)
-    wt = wt.reshape(k * ph * pw, -1).to(input.dtype)
+    # cell index and weight of every tap, (K, ph, pw, gy, gx, 2, 2) -> (K * ph * pw, taps): each an outer
+    # sum or product over (K, ph * gy * 2, pw * gx * 2), then one copy into that order (broadcasting
+    # straight into it runs its inner loops over the size-2 axes, 2.7 times slower)
+    idx = _tap_order(rows.to(torch.int32).reshape(k, -1, 1) + xs.to(torch.int32).reshape(k, 1, -1), ph, pw)
+    wt = _tap_order(wy.reshape(k, -1, 1) * wx.reshape(k, 1, -1), ph, pw).to(input.dtype)
     if bool((gy < gymax).any() or (gx < gxmax).any()):
         # adaptive grids of different sizes: drop the zero-weight padding taps (exact: they add 0)
         mask = wt != 0
@@ -135,6 +135,13 @@ def roi_align(
         out = F.embedding_bag(idx, _channels_last(input), mode="sum", per_sample_weights=wt)
     # (K, C, ph, pw) in channels_last memory format, as conv2d takes it (no 4-byte-per-output copy)
     return out.view(k, ph, pw, ch).permute(0, 3, 1, 2)
+
+
+def _tap_order(outer: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
+    """(K, ph * gy * 2, pw * gx * 2) -> (K * ph * pw, gy * gx * 4), each bin's taps in (gy, gx, 2, 2) order."""
+    k, rows, cols = outer.shape
+    gy, gx = rows // (2 * ph), cols // (2 * pw)
+    return outer.view(k, ph, gy, 2, pw, gx, 2).permute(0, 1, 4, 2, 5, 3, 6).reshape(k * ph * pw, -1)
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
