@@ -312,3 +312,13 @@ def test_roi_align_input_gradient_exact_in_fp32_and_summed_in_fp32_for_bf16(rati
     # the weights and the output gradient are rounded to bf16 too: a few roundings, not one per tap
     # (embedding_bag's own backward, summing in bf16, is off by 0.13 here: three times this bound)
     assert bf16 <= exact.abs().max() * 2**-7
+
+
+@pytest.mark.parametrize("ratio", [2, -1])
+def test_roi_align_boxes_off_the_map_give_zeros_and_a_zero_gradient(ratio):
+    x = torch.randn(1, 2, 5, 6, requires_grad=True)
+    rois = torch.tensor([[0, 100.0, 100.0, 120.0, 130.0], [0, 200.0, 200.0, 210.0, 230.0]])
+    out = roi_align(x, rois, 2, 1.0, ratio, True)
+    out.sum().backward()
+    assert out.shape == (2, 2, 2, 2) and not out.any()
+    assert x.grad.shape == x.shape and not x.grad.any()

@@ -163,6 +163,8 @@ class _TapSum(torch.autograd.Function):
     def backward(ctx, grad):  # type: ignore[override]
         idx, offsets, wt = ctx.saved_tensors
         flat = idx.flatten()
+        if flat.numel() == 0:  # every sample off the map: no tap reads the table
+            return None, grad.new_zeros(ctx.rows, grad.shape[1]), None, None
         taps = torch.arange(len(flat), device=flat.device)
         if offsets is None:  # (bags, taps) indices
             bag = taps // idx.shape[1]
