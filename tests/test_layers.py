@@ -392,3 +392,34 @@ def test_guarded_bf16_weight_gradients_are_the_fp32_ones(conv, shape):
     ref(x).backward(g)
     assert torch.isfinite(net.weight.grad).all()
     torch.testing.assert_close(net.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-4 * ref.weight.grad.abs().max())
+
+
+@pytest.mark.parametrize("shape", [(4, 64, 40, 40), (8, 64, 20, 20), (2, 6, 5, 7)])
+def test_group_norm_on_a_bf16_channels_last_map_is_nn_group_norm(shape, monkeypatch):
+    from cnnkit.layers import GroupNorm
+
+    kernels = []  # the dtype each group_norm call normalises in
+    real = F.group_norm
+    monkeypatch.setattr(F, "group_norm", lambda x, *args, **kwargs: kernels.append(x.dtype) or real(x, *args, **kwargs))
+
+    torch.manual_seed(0)
+    groups = 16 if shape[1] == 64 else 3
+    plain = nn.GroupNorm(groups, shape[1])
+    nn.init.normal_(plain.weight)
+    nn.init.normal_(plain.bias)
+    ours = GroupNorm(groups, shape[1])
+    ours.load_state_dict(plain.state_dict())
+    assert list(ours.state_dict()) == ["weight", "bias"]
+    x = torch.randn(shape).bfloat16().contiguous(memory_format=torch.channels_last)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    want, got = plain(a), ours(b)
+    assert kernels == [torch.bfloat16, torch.float32]  # ours in fp32: the mixed-type kernel is slow
+    assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got, want)  # the mixed-type kernel sums in fp32 and rounds once, as the fp32 one
+    grad = torch.randn(shape).bfloat16().contiguous(memory_format=torch.channels_last)
+    want.backward(grad)
+    got.backward(grad)
+    torch.testing.assert_close(b.grad, a.grad, rtol=2**-7, atol=2**-7 * a.grad.abs().max().item())
+    torch.testing.assert_close(ours.weight.grad, plain.weight.grad, rtol=1e-3, atol=1e-3)
+    for other in (x.float(), x.contiguous()):  # fp32, or an NCHW map: nn.GroupNorm's own path
+        assert torch.equal(ours(other), plain(other))

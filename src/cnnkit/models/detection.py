@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from cnnkit.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from cnnkit.errors import CnnkitError
+from cnnkit.layers.norm import GroupNorm
 from cnnkit.models._common import check_args
 from cnnkit.ops import batched_nms, box_iou_elementwise, generalized_box_iou_elementwise
 
@@ -52,7 +53,7 @@ def default_stats(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 def _conv_gn(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.GroupNorm(min(32, cout // 4), cout), nn.ReLU(inplace=True)
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), GroupNorm(min(32, cout // 4), cout), nn.ReLU(inplace=True)
     )
 
 

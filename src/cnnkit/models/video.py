@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 
 from cnnkit.errors import CnnkitError
+from cnnkit.layers.norm import GroupNorm
 from cnnkit.models._common import Classifier, check_args
 from cnnkit.models._registry import register_model
 
@@ -260,7 +261,7 @@ class ConvNormAct(nn.Sequential):
             )  # (B, 4C', H, W) -> (B, C', 2H, 2W)
         else:
             self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, 2 if sample < 0 else 1, pad, groups=groups)
-        self.norm = nn.GroupNorm(norm_groups, out_channels)
+        self.norm = GroupNorm(norm_groups, out_channels)
         self.act = nn.LeakyReLU(0.2, inplace=True)
 
 
