@@ -150,8 +150,8 @@ class _TapSum(torch.autograd.Function):
     """Each bag's weighted sum of table rows (``embedding_bag``'s forward). The backward takes the same
     sums the other way round: each table row gathers the output rows of the taps that read it, sorted
     by row once, in one ``embedding_bag``. In fp32 that is ``embedding_bag``'s own backward to the bit,
-    in half the time on a CPU; for a bf16 map it sums in fp32, where ``embedding_bag``'s own sums in
-    bf16 (about 15 times the error against fp64 for a Penn-Fudan batch's RoIs)."""
+    in half the time on a CPU. For a bf16 map it sums in fp32 and rounds once, where ``embedding_bag``'s
+    own backward sums in bf16 (about 15 times the error against fp64 for a Penn-Fudan batch's RoIs)."""
 
     @staticmethod
     def forward(ctx, idx, table, offsets, wt):  # type: ignore[override]
