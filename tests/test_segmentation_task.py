@@ -372,3 +372,27 @@ def test_subset_trains_on_the_first_photos_and_keeps_the_split_whole(data_dir):
 
     args = build_parser().parse_args(["segment", "train", "--subset", "3"])
     assert config_from_args(SegmentConfig, args)["subset"] == 3
+
+
+def test_lovasz_softmax_gradient_is_the_sorted_gathers_to_the_bit():
+    """The loss weights each pixel's error in place; its gradient is that of gathering the valid pixels'
+    errors in sorted order (the textbook form), bit for bit, ignored pixels included."""
+    from cnnkit.tasks.segment.task import lovasz_softmax
+
+    g = torch.Generator().manual_seed(1)
+    y = torch.randint(0, 3, (2, 40, 30), generator=g)
+    valid = torch.rand(2, 40, 30, generator=g) > 0.2
+    logits = torch.randn(2, 3, 40, 30, generator=g)
+    mine, ref_in = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    lovasz_softmax(mine, y, valid).backward()
+    p, labels, ref = ref_in.softmax(1).permute(0, 2, 3, 1)[valid], y[valid], []
+    for c in range(3):
+        fg = (labels == c).float()
+        errors = (fg - p[:, c]).abs()
+        order = (errors.detach() * -(1 << 24)).to(torch.int32).sort(stable=True).indices
+        errors, fg = errors[order], fg[order]
+        jac = 1 - (fg.sum() - fg.cumsum(0)) / (fg.sum() + (1 - fg).cumsum(0))
+        ref.append(errors @ torch.cat([jac[:1], jac[1:] - jac[:-1]]))
+    torch.stack(ref).mean().backward()
+    assert torch.equal(mine.grad, ref_in.grad)
+    assert mine.grad[~valid[:, None].expand_as(mine.grad)].abs().sum() == 0

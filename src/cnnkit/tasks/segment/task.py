@@ -187,21 +187,26 @@ def lovasz_softmax(logits: torch.Tensor, y: torch.Tensor, valid: torch.Tensor) -
 
 def _lovasz_softmax(logits: torch.Tensor, y: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     k = logits.shape[1]
-    p = logits.softmax(1).permute(0, 2, 3, 1)[valid]  # (N, K) valid pixels
-    labels = y[valid]  # (N,)
+    p = logits.softmax(1)
+    counts = valid.flatten()
     losses = []
     for c in range(k):
-        fg = (labels == c).float()  # (N,)
-        if fg.sum() == 0:
+        fg = (y == c).flatten() & counts  # (N,) the class's pixels among those that count
+        size = fg.sum()
+        if size == 0:
             continue
-        errors = (fg - p[:, c]).abs()  # in [0, 1]
+        errors = (fg.to(p.dtype) - p[:, c].flatten()).abs() * counts  # in [0, 1]; 0 where a pixel does not count
         # largest first: errors as int32 keys at 2^-24 steps (fp32's own step above 1/2); torch sorts
-        # integers by radix, 8x faster than floats (819,200 pixels: 7 ms against 60 ms)
+        # integers by radix, 8x faster than floats (819,200 pixels: 7 ms against 60 ms). Pixels that do
+        # not count sort last, with error 0, after every pixel that adds to the loss.
         order = (errors.detach() * -(1 << 24)).to(torch.int32).sort(stable=True).indices
-        errors, fg = errors[order], fg[order]
-        inter = fg.sum() - fg.cumsum(0)  # |Y \ first i errors|
-        union = fg.sum() + (1 - fg).cumsum(0)
+        fg = fg[order].to(p.dtype)
+        inter = size - fg.cumsum(0)  # |Y \ first i errors|
+        union = size + (1 - fg).cumsum(0)
         jaccard = 1 - inter / union  # 1 - IoU with the first i wrong
-        grad = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])  # its increments
-        losses.append(errors @ grad)
+        increments = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+        # each pixel's increment put back in its own place: autograd then sees only elementwise ops, where
+        # a gather of the errors in sorted order would scatter their gradient back, the loss's slowest part
+        weight = torch.empty_like(increments).index_put_((order,), increments)
+        losses.append(errors @ weight)
     return torch.stack(losses).mean() if losses else logits.sum() * 0
