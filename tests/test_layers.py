@@ -289,10 +289,13 @@ def test_dropout_is_nn_dropout_seeded_identity_in_eval_and_edge_rates():
     assert Dropout(0.25, inplace=True).train()(y) is y and torch.equal(y, a)
 
 
-def test_wide_depthwise_convolutions_run_in_fp32_under_cpu_bf16_autocast():
-    """oneDNN's bf16 weight gradient of a 5x5 depthwise convolution is many times its fp32 one: those
-    layers (EfficientNet's Conv2dSame, MobileNetV3's ConvNormAct) leave bf16 autocast; 3x3 depthwise
-    and dense convolutions stay in bf16. Same state-dict keys, same values outside autocast."""
+def test_depthwise_convolutions_run_in_fp32_under_cpu_bf16_autocast_where_their_backward_is_faster():
+    """oneDNN's bf16 weight gradient of a 5x5 depthwise convolution, and its bf16 input gradient of a
+    strided one, are several times their fp32 ones: such layers (EfficientNet's Conv2dSame,
+    MobileNetV3's ConvNormAct) leave bf16 autocast when that gradient is taken; 3x3 depthwise and
+    dense convolutions, and every one without gradients, stay in bf16. Same state-dict keys, same
+    values outside autocast."""
+    from cnnkit.layers.bf16 import guard_bf16
     from cnnkit.layers.conv_bn_act import ConvNormAct
     from cnnkit.layers.conv_same import Conv2dSame, DepthwiseConv2d
 
@@ -309,6 +312,17 @@ def test_wide_depthwise_convolutions_run_in_fp32_under_cpu_bf16_autocast():
     assert wide.weight.grad.dtype == torch.float32
     torch.testing.assert_close(y, wide(x))  # fp32 inside autocast = fp32 outside it
     torch.testing.assert_close(block[0](x), F.conv2d(x, block[0].weight, block[0].bias, 1, 2, groups=8))
+    strided = nn.Sequential(nn.Conv2d(8, 8, 3, 2, 1, groups=8))
+    assert guard_bf16(strided) == 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():  # no gradient: every depthwise convolution in bf16
+            assert wide(x).dtype == block[0](x).dtype == strided(x).dtype == torch.bfloat16
+        assert strided(x).dtype == torch.bfloat16  # the filters' gradient alone: faster in bf16
+        assert strided(x.requires_grad_()).dtype == torch.float32  # a strided input gradient: fp32
+        wide.requires_grad_(False)
+        assert wide(x).dtype == torch.float32  # strided, its input takes a gradient
+        block.requires_grad_(False)
+        assert block[0](x).dtype == torch.bfloat16  # 5x5, stride 1, filters frozen: bf16
 
 
 def test_kernel_overhangs_compares_the_data_under_the_kernel_with_its_dilated_extent():

@@ -12,7 +12,8 @@ Two kinds of convolution are kept out of oneDNN's bf16 kernels on a CPU:
   2- and 3-D, plain and transposed, both memory layouts), every weight gradient that came out
   wrong had such an extent (for a transposed convolution, in its input or its output); none other
   did. Such layers are small: fp32 costs little.
-- **A wide depthwise kernel** (:func:`wide_depthwise_in_fp32`): for speed, not correctness.
+- **A depthwise convolution whose backward pass is faster in fp32** (:func:`depthwise_in_fp32`): for
+  speed, not correctness.
 
 cnnkit's own padded and depthwise layers apply the rule in their ``forward`` (:func:`conv_forward`);
 :func:`guard_bf16` applies it to every other convolution module of a network, which the engine does
@@ -33,13 +34,25 @@ def is_depthwise(conv: nn.Module) -> bool:
     return isinstance(conv, nn.modules.conv._ConvNd) and conv.groups > 1 and conv.groups == conv.in_channels
 
 
-def wide_depthwise_in_fp32(conv: nn.Module) -> bool:
-    """A depthwise convolution (one group per input channel) with a kernel wider than 3. oneDNN's bf16
-    weight gradient for such a kernel is far slower than its fp32 one (a 5x5 depthwise on
-    4 x 672 x 20 x 20, 2 threads of a Xeon with AMX: 34 ms against 4.5 ms; the forward pass and 3x3
-    kernels are faster in bf16), so the EfficientNet and MobileNetV3 backbones train faster with
-    these in fp32."""
-    return is_depthwise(conv) and max(conv.kernel_size) > 3
+def depthwise_in_fp32(conv: nn.Module, x: torch.Tensor) -> bool:
+    """A depthwise convolution (one group per input channel) whose backward pass oneDNN runs faster
+    in fp32 than in bf16: a strided one whose input ``x`` takes a gradient, or one with a kernel wider
+    than 3 whose filters take one. On an AMD Zen 5 (AVX512-BF16, no AMX), two threads, a batch of 8:
+
+    - the input gradient of a 3x3 stride-2 depthwise over 240 x 41 x 41 maps: 10.1 ms in bf16,
+      2.6 ms in fp32 with the casts; of a 5x5 stride-2 one over 144 x 83 x 83: 20.8 against 6.9 ms;
+    - the weight gradient of a 5x5 stride-1 one over 672 x 20 x 20: 20.4 against 10.4 ms (on a Xeon
+      with AMX, batch 4: 34 against 4.5 ms);
+    - everything else, the forward pass included, is faster in bf16 (a 5x5 stride-1 input gradient
+      with frozen filters: 2.0 against 4.7 ms).
+
+    So without gradients (inference, a frozen stem) every depthwise convolution stays in bf16.
+    """
+    if not is_depthwise(conv) or conv.transposed or not torch.is_grad_enabled():
+        return False
+    strided_input = x.requires_grad and max(conv.stride) > 1
+    wide_filters = conv.weight.requires_grad and max(conv.kernel_size) > 3
+    return strided_input or wide_filters
 
 
 def kernel_overhangs(conv: nn.Module, x: torch.Tensor) -> bool:
@@ -70,12 +83,12 @@ def kernel_overhangs(conv: nn.Module, x: torch.Tensor) -> bool:
 
 def bf16_conv_in_fp32(conv: nn.Module, x: torch.Tensor) -> bool:
     """True when ``conv`` should run in fp32 on ``x`` although CPU bf16 autocast is on: its kernel
-    overhangs the data (:func:`kernel_overhangs`), or it is a wide depthwise convolution
-    (:func:`wide_depthwise_in_fp32`). False outside CPU autocast."""
+    overhangs the data (:func:`kernel_overhangs`), or it is a depthwise convolution whose backward
+    pass is faster in fp32 (:func:`depthwise_in_fp32`). False outside CPU autocast."""
     return (
         x.device.type == "cpu"
         and torch.is_autocast_enabled("cpu")
-        and (wide_depthwise_in_fp32(conv) or kernel_overhangs(conv, x))
+        and (depthwise_in_fp32(conv, x) or kernel_overhangs(conv, x))
     )
 
 

@@ -38,8 +38,8 @@ def resolve_padding(padding, kernel, stride, dilation, n: int):
 
 
 class DepthwiseConv2d(nn.Conv2d):
-    """``nn.Conv2d`` (same state dict) whose wide depthwise kernels run in fp32 under CPU bf16
-    autocast (:func:`cnnkit.layers.bf16.wide_depthwise_in_fp32`)."""
+    """``nn.Conv2d`` (same state dict) that runs in fp32 under CPU bf16 autocast where its backward
+    pass is faster so (:func:`cnnkit.layers.bf16.depthwise_in_fp32`)."""
 
     bf16_rule_in_forward = True  # conv_forward: cnnkit.layers.bf16.guard_bf16 leaves it as it is
 
