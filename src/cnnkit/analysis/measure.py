@@ -1,13 +1,21 @@
-"""Ground truth: what PyTorch really allocates for an inference pass or a training step.
+"""Ground truth: what PyTorch really allocates for an inference pass or a training step, and how long
+each layer of it takes.
 
 On CUDA this is ``torch.cuda.max_memory_allocated``; on CPU it is the allocator as the profiler reports
 it (every allocation event carries the running total of bytes the CPU allocator has handed out since
 profiling began). Both count the model's parameters and buffers, the input, the optimizer state and
 everything allocated during the step, exactly as :func:`cnnkit.analysis.trace.trace` predicts them.
 Used by the tests and ``benchmarks/memory_accuracy.py``; it runs the model for real, so it is slow.
+
+:func:`measure_times` runs real training steps and splits them by layer (:class:`LayerTimer`):
+``cnnkit summary --time``.
 """
 
 from __future__ import annotations
+
+import statistics
+import time
+from collections import defaultdict
 
 import torch
 import torch.nn as nn
@@ -15,7 +23,9 @@ from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
 from cnnkit.analysis.backend import quiet_stderr
-from cnnkit.analysis.trace import make_optimizer, training_step
+from cnnkit.analysis.trace import make_optimizer, step_loss, training_step
+
+OUTSIDE = "(outside layers)"
 
 
 def _resident_bytes(tensors) -> int:
@@ -94,3 +104,183 @@ def measure_peak(
         return base + _cpu_peak(run)
     finally:
         model.train(was_training)
+
+
+class LayerTimer:
+    """Seconds of each layer's forward and backward pass in real steps, timed by module hooks.
+
+    Forward: a leaf module's time from its pre-hook to its hook. Backward: autograd runs the layers'
+    backward passes in reverse order, and each layer's output gradient arriving is an event; the time
+    from one event to the next is charged to the layer whose gradient arrived. A layer's backward
+    time so includes that of the functional operations (additions, concatenations, interpolations)
+    between it and the layer before it. The time from the start of :meth:`backward` to the first event
+    (the loss and the head's functional operations) is charged to :data:`OUTSIDE`.
+
+    Args:
+        model: its leaf modules are hooked until :meth:`remove`.
+        sync: called before each clock reading (``torch.cuda.synchronize`` on a GPU).
+
+    Attributes:
+        forward_seconds: layer name -> forward seconds since the last :meth:`reset`.
+        backward_seconds: layer name -> backward seconds (:data:`OUTSIDE` included) since the last
+            :meth:`reset`.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())
+        >>> timer = LayerTimer(net)
+        >>> timer.backward(net(torch.randn(2, 4)).sum())
+        >>> sorted(timer.backward_seconds) == ["(outside layers)", "0", "1"]
+        True
+        >>> timer.remove()
+    """
+
+    def __init__(self, model: nn.Module, sync=lambda: None):
+        self.sync = sync
+        self.forward_seconds: dict[str, float] = defaultdict(float)
+        self.backward_seconds: dict[str, float] = defaultdict(float)
+        self._events: list[tuple[float, str]] = []
+        self._started: dict[str, float] = {}
+        self._handles = []
+        for name, module in model.named_modules():
+            if next(module.children(), None) is None:
+                label = name or type(module).__name__
+                self._handles.append(module.register_forward_pre_hook(self._pre(label)))
+                self._handles.append(module.register_forward_hook(self._post(label)))
+
+    def _now(self) -> float:
+        self.sync()
+        return time.perf_counter()
+
+    def _pre(self, name: str):
+        def hook(module, inputs):
+            self._started[name] = self._now()
+
+        return hook
+
+    def _post(self, name: str):
+        def arrived(grad):
+            self._events.append((self._now(), name))
+
+        def hook(module, inputs, output):
+            self.forward_seconds[name] += self._now() - self._started.pop(name)
+            if torch.is_grad_enabled():
+                out = next((t for t in _flat_tensors(output) if t.requires_grad), None)
+                if out is not None:
+                    out.register_hook(arrived)
+
+        return hook
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """``loss.backward()``, its time charged to the layers (see the class)."""
+        self._events = []
+        start = self._now()
+        loss.backward()
+        end = self._now()
+        marks = [(start, OUTSIDE), *sorted(self._events), (end, "")]
+        for (t, name), (t_next, _) in zip(marks, marks[1:]):
+            self.backward_seconds[name] += t_next - t
+
+    def reset(self) -> None:
+        """Zero the per-layer sums (the hooks stay)."""
+        self.forward_seconds.clear()
+        self.backward_seconds.clear()
+
+    def remove(self) -> None:
+        """Remove the hooks."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+def _flat_tensors(x) -> list[torch.Tensor]:
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, dict):
+        x = list(x.values())
+    if isinstance(x, (list, tuple)):
+        return [t for item in x for t in _flat_tensors(item)]
+    return []
+
+
+def measure_times(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    dtype: torch.dtype = torch.float32,
+    optimizer: str = "sgd",
+    device: str = "cpu",
+    steps: int = 5,
+    warmup: int = 2,
+    channels_last: bool | None = None,
+) -> dict:
+    """Time real training steps (inference passes where nothing trains) of ``model`` on a random
+    batch of ``input_shape``, in total and per layer (:class:`LayerTimer`); medians of ``steps``
+    steps after ``warmup`` untimed ones.
+
+    The model is moved to ``device``/``dtype`` (and ``channels_last``) in place. ``channels_last``
+    (default: on a CPU, for 4-D inputs, as cnnkit trains) lays the input and the weights out as NHWC.
+
+    Returns:
+        ``{"steps", "threads", "device", "layout", "training", "step": {"forward", "backward",
+        "optimizer", "total"}, "layers": {name: {"forward", "backward"}}, "outside": {"forward",
+        "backward"}}``, in seconds.
+    """
+    if channels_last is None:
+        channels_last = device == "cpu" and len(input_shape) == 4
+    model.to(device=device, dtype=dtype)
+    x = torch.randn(input_shape, dtype=dtype, device=device)
+    if channels_last and x.dim() == 4:
+        model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    params = [p for p in model.parameters() if p.requires_grad]
+    was_training = model.training
+    model.train(bool(params))
+    opt = make_optimizer(optimizer, params) if params else None
+    timer = LayerTimer(model, sync)
+    parts: list[dict[str, float]] = []
+    layer_fwd: list[dict[str, float]] = []
+    layer_bwd: list[dict[str, float]] = []
+    try:
+        for i in range(warmup + steps):
+            timer.reset()
+            t0 = timer._now()
+            if params:
+                loss = step_loss(model(x))
+                t1 = timer._now()
+                timer.backward(loss)
+                del loss
+                t2 = timer._now()
+                if opt is not None:
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                else:
+                    for p in params:
+                        p.grad = None
+                t3 = timer._now()
+            else:
+                with torch.no_grad():
+                    model(x)
+                t1 = t2 = t3 = timer._now()
+            if i >= warmup:
+                parts.append({"forward": t1 - t0, "backward": t2 - t1, "optimizer": t3 - t2, "total": t3 - t0})
+                layer_fwd.append(dict(timer.forward_seconds))
+                layer_bwd.append(dict(timer.backward_seconds))
+    finally:
+        timer.remove()
+        model.train(was_training)
+
+    def median(rows: list[dict[str, float]], key: str) -> float:
+        return statistics.median(r.get(key, 0.0) for r in rows)
+
+    names = list(dict.fromkeys(n for r in layer_fwd + layer_bwd for n in r if n != OUTSIDE))
+    outside_fwd = [p["forward"] - sum(f.values()) for p, f in zip(parts, layer_fwd)]
+    return {
+        "steps": steps,
+        "threads": torch.get_num_threads(),
+        "device": device,
+        "layout": "channels_last" if channels_last and x.dim() == 4 else "contiguous",
+        "training": bool(params),
+        "step": {k: median(parts, k) for k in ("forward", "backward", "optimizer", "total")},
+        "layers": {n: {"forward": median(layer_fwd, n), "backward": median(layer_bwd, n)} for n in names},
+        "outside": {"forward": max(0.0, statistics.median(outside_fwd)), "backward": median(layer_bwd, OUTSIDE)},
+    }

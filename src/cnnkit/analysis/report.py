@@ -38,6 +38,11 @@ def renderables(s):
     layers.add_column("Trainable", justify="right")
     layers.add_column("MACs", justify="right")
     layers.add_column("Other ops", justify="right")
+    timed = "time" in s.totals
+    if timed:
+        layers.add_column("Fwd ms", justify="right")
+        layers.add_column("Bwd ms", justify="right")
+        layers.add_column("Fwd GFLOP/s", justify="right")
     for r in s.layers:
         layers.add_row(
             r["name"],
@@ -47,6 +52,7 @@ def renderables(s):
             f"{r['trainable_params']:,}",
             f"{r['macs']:,}",
             f"{r['other_ops']:,}",
+            *(_times(r) if timed else ()),
         )
     t = s.totals
     totals = Table(show_header=False, box=None, pad_edge=False)
@@ -77,6 +83,8 @@ def renderables(s):
         ratio(m["training_peak_bytes"], tb["training_bytes"]),
     )
     parts = [layers, totals, mem]
+    if timed:
+        parts.append(_time_table(s.totals["time"]))
     if m.get("dominant_layers"):
         dom = Table(
             title="Layers that dominate the training peak (activations saved for backward)",
@@ -93,6 +101,35 @@ def renderables(s):
     parts += [Text(f"  {line}") for line in tb["arithmetic"]]
     parts += [Text(n) for n in s.notes]
     return parts
+
+
+def _ms(v) -> str:
+    return "-" if v is None else f"{v:,.3f}"
+
+
+def _times(r: dict) -> tuple[str, str, str]:
+    """A layer's forward and backward milliseconds and its forward GFLOP/s (where it has MACs)."""
+    fwd = r.get("forward_ms")
+    rate = f"{2 * r['macs'] / fwd / 1e6:,.1f}" if fwd and r["macs"] else "-"
+    return _ms(fwd), _ms(r.get("backward_ms")), rate
+
+
+def _time_table(t: dict) -> Table:
+    table = Table(
+        title=f"Time of one {'training step' if t['training'] else 'inference pass'} (milliseconds, median of {t['steps']})",
+        title_justify="left",
+        header_style="bold",
+    )
+    table.add_column("")
+    table.add_column("In layers", justify="right")
+    table.add_column("Outside layers", justify="right")
+    table.add_column("Total", justify="right")
+    for part in ("forward", "backward"):
+        total, outside = t[f"{part}_ms"], t[f"outside_{part}_ms"]
+        table.add_row(part.capitalize(), _ms(max(0.0, total - outside)), _ms(outside), _ms(total))
+    table.add_row("Optimizer step", "", "", _ms(t["optimizer_ms"]))
+    table.add_row("Whole step", "", "", _ms(t["total_ms"]))
+    return table
 
 
 def _b(n) -> str:
@@ -113,6 +150,8 @@ def render_csv(s) -> str:
     out = io.StringIO()
     w = csv.writer(out)
     cols = ["name", "type", "output_shape", "params", "trainable_params", "macs", "other_ops", "saved_bytes"]
+    if "time" in s.totals:
+        cols += ["forward_ms", "backward_ms"]
     w.writerow(cols)
     for r in s.layers:
         w.writerow([_shape(r["output_shape"]) if c == "output_shape" else r.get(c, "") for c in cols])

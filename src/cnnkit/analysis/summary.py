@@ -91,6 +91,7 @@ def summary(
     optimizer: str = "sgd",
     device: str = "cpu",
     backend_model: bool = True,
+    time_steps: int | None = None,
 ) -> Summary:
     """Analyse a network: shapes, parameters, MACs and memory of inference and of a training step.
 
@@ -106,6 +107,9 @@ def summary(
         device: ``cpu`` or ``cuda``: which allocator's behaviour to predict.
         backend_model: measure what the CPU backend (oneDNN) allocates inside convolutions; off, the
             peak is the ATen-level one (what the tensors alone add up to).
+        time_steps: also run this many real training steps (after two untimed ones) on a random batch
+            and time each layer's forward and backward pass (:func:`cnnkit.analysis.measure.measure_times`):
+            the rows get ``forward_ms`` and ``backward_ms``, the totals ``time``. None: not run.
 
     Returns:
         The :class:`Summary`: ``print()`` it for the table, ``.totals`` / ``.to_dict()`` for numbers.
@@ -119,6 +123,8 @@ def summary(
     93322
     """
     check_options(batch_size, dtype, optimizer, device)
+    if time_steps is not None:
+        _check_time(time_steps, device)
     model, default_size, name = resolve_target(target)
     if input_size is None:
         if default_size is None:
@@ -176,6 +182,14 @@ def summary(
         )
     if train_error:
         notes.insert(0, train_error)
+    if time_steps is not None:
+        peak = memory["training_peak_bytes"] or memory["inference_peak_bytes"]
+        totals["time"] = _time_layers(target, model, shape, torch_dtype, optimizer, device, time_steps, peak)
+        for row in rows:
+            t = totals["time"]["layers"].pop(row["name"], None)
+            row["forward_ms"], row["backward_ms"] = (t["forward_ms"], t["backward_ms"]) if t else (None, None)
+        del totals["time"]["layers"]
+        notes.append(_time_note(totals["time"]))
     return Summary(name, input_size, batch_size, dtype, optimizer, device, rows, totals, memory, textbook, notes)
 
 
@@ -291,6 +305,54 @@ def _rows(inf) -> list[dict]:
             }
         )
     return rows
+
+
+MAX_TIME_STEPS = 1000
+
+
+def _check_time(steps, device: str) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_TIME_STEPS:
+        raise CnnkitError(f"--time takes a number of steps from 1 to {MAX_TIME_STEPS}. Received: {steps!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CnnkitError("--time runs the network for real, and this machine has no CUDA device: use --device cpu")
+
+
+def _time_layers(target, model, shape, dtype, optimizer, device, steps, peak) -> dict:
+    """:func:`~cnnkit.analysis.measure.measure_times` on a real copy of the network, in milliseconds."""
+    import copy
+
+    from cnnkit.analysis.measure import measure_times
+    from cnnkit.errors import check_fits
+
+    if isinstance(target, nn.Module):
+        if any(t.device.type == "meta" for t in [*target.parameters(), *target.buffers()]):
+            raise CnnkitError(
+                "--time runs the network for real: give a network whose weights are not on the meta device"
+            )
+        real = copy.deepcopy(target)  # the caller's network is left as it is
+    else:
+        real = resolve_target(target, meta=False)[0]
+    if device == "cpu":
+        check_fits(peak, f"timing a training step at batch {shape[0]} (--time)")
+    t = measure_times(real, shape, dtype, optimizer, device, steps)
+    ms = lambda d: {k: 1000 * v for k, v in d.items()}  # noqa: E731
+    return {
+        **{k: t[k] for k in ("steps", "threads", "device", "layout", "training")},
+        **{f"{k}_ms": v for k, v in ms(t["step"]).items()},
+        "outside_forward_ms": 1000 * t["outside"]["forward"],
+        "outside_backward_ms": 1000 * t["outside"]["backward"],
+        "layers": {name: {f"{k}_ms": v for k, v in ms(d).items()} for name, d in t["layers"].items()},
+    }
+
+
+def _time_note(t: dict) -> str:
+    what = "training steps" if t["training"] else "inference passes (nothing trains)"
+    return (
+        f"times: medians of {t['steps']} real {what} on a random batch, after 2 untimed ones, "
+        f"{t['threads']} threads on {t['device']}, {t['layout'].replace('_', '-')} layout; a layer's backward "
+        "runs from its output gradient's arrival to the next layer's, so it includes the functional "
+        "operations (additions, concatenations) between them"
+    )
 
 
 def _round_cuda(n: int) -> int:

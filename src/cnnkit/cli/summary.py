@@ -37,6 +37,15 @@ def register(subparsers) -> None:
     _common(p)
     p.add_argument("--batch-size", "--batch", dest="batch", type=int, default=1, help="batch size (default: 1)")
     p.add_argument("--format", default="table", choices=["table", "json", "csv"])
+    p.add_argument(
+        "--time",
+        nargs="?",
+        const=5,
+        type=int,
+        metavar="STEPS",
+        help="also run STEPS real training steps (default 5, after 2 untimed ones) on a random batch and "
+        "time each layer's forward and backward pass: where a step's milliseconds go",
+    )
     p.set_defaults(func=run_summary)
 
     f = subparsers.add_parser(
@@ -64,6 +73,7 @@ def run_summary(args) -> int:
         dtype=args.dtype,
         optimizer=args.optimizer,
         device=args.device,
+        time_steps=args.time,
     )
     if args.format == "json":
         print(render_json(s))

@@ -16,6 +16,7 @@ goes through the spec builder, module names through the allow-list :data:`LAYERS
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 import re
@@ -385,8 +386,11 @@ def trusted_resume_model(stored: str, typed: str | None) -> str:
     )
 
 
-def resolve_target(target) -> tuple[nn.Module, tuple[int, ...] | None, str]:
-    """Return ``(model, default_input_size or None, display_name)`` for any analysable target."""
+def resolve_target(target, meta: bool = True) -> tuple[nn.Module, tuple[int, ...] | None, str]:
+    """Return ``(model, default_input_size or None, display_name)`` for any analysable target.
+
+    A zoo name or a spec file is built on the meta device (shapes only) unless ``meta`` is False:
+    then its weights are allocated and initialised, to run it for real."""
     if isinstance(target, nn.Module):
         return target, getattr(target, "input_size", None), type(target).__name__
     if not isinstance(target, (str, Path)):
@@ -399,7 +403,7 @@ def resolve_target(target) -> tuple[nn.Module, tuple[int, ...] | None, str]:
     if path.suffix.lower() in (".yaml", ".yml", ".json"):
         from cnnkit.models.spec import build_from_spec
 
-        with on_meta():  # analysed on the meta device: its weights are never allocated
+        with on_meta() if meta else contextlib.nullcontext():  # on meta: its weights are never allocated
             model, input_size = build_from_spec(path)
         return model, input_size, path.stem
     if path.suffix.lower() in (".keras", ".h5"):  # read as data: no code in the file runs
@@ -413,7 +417,7 @@ def resolve_target(target) -> tuple[nn.Module, tuple[int, ...] | None, str]:
     from cnnkit.models import create_model, model_info
 
     info = model_info(text)  # raises with close matches for an unknown name
-    with on_meta():  # shapes only: nothing is allocated or initialised for real
+    with on_meta() if meta else contextlib.nullcontext():  # on meta: nothing is allocated or initialised
         model = create_model(text)
     return model, info.input_size, text
 
