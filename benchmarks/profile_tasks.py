@@ -7,6 +7,7 @@
     python benchmarks/profile_tasks.py segment detect        # Penn-Fudan tasks, a short run each
     python benchmarks/profile_tasks.py all --plot docs/images/profile.png
     python benchmarks/profile_tasks.py all --full             # time to result: every default in full
+    python benchmarks/profile_tasks.py segment --layers 15    # and the 15 slowest layers of a step
 
 ``--full`` trains each command's defaults in full (MNIST `fast` and flowers over ``--seeds`` seeds,
 3 by default; flowers' seed also draws its split), scores the test split and ends with one line per
@@ -149,7 +150,7 @@ def run_task(name: str, args, out: Path, seed: int = 0) -> tuple[StepProfiler, d
             return {k: final[k] for k in ("AP", "AP50", "mask_AP", "box_AP") if k in final}
     else:
         raise SystemExit(f"unknown task {name!r}: one of {', '.join(TASKS)} or all")
-    prof, marks = StepProfiler(), {}
+    prof, marks = StepProfiler(layers=args.layers > 0), {}
     start = time.perf_counter()
     with profiled(prof, marks):
         score = go()
@@ -227,6 +228,13 @@ def main() -> None:
     )
     parser.add_argument("--plot", default="", help="write the bar chart here (PNG)")
     parser.add_argument("--json", default="", help="write the numbers here")
+    parser.add_argument(
+        "--layers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also print the N slowest layers of a step (forward and backward ms, timed by module hooks)",
+    )
     parser.add_argument("--keep", default="", help="keep each run's folder here (NAME_SEED) instead of a temporary one")
     args = parser.parse_args()
     names = list(TASKS) if args.tasks == ["all"] else args.tasks
@@ -250,6 +258,8 @@ def main() -> None:
                 f"final test {times['test']:.1f} s; command to score {times['command']:.1f} s"
             )
             print(prof.table(ceiling["conv"]))
+            if args.layers:
+                print(prof.layer_table(args.layers))
             print(
                 f"{times['precision']} ceiling at {ceiling['threads']} threads: conv {ceiling['conv']:.1f} GFLOP/s, "
                 f"GEMM {ceiling['gemm']:.1f} GFLOP/s"
@@ -273,6 +283,7 @@ def main() -> None:
                 "batch": prof.batch,
                 "gflops": g,
                 "ceiling": ceiling,
+                **({"layers": prof.layer_rows(args.layers)} if args.layers else {}),
                 "load": os.getloadavg()[0],
             }
             bars[label] = {"prepare": times["prepare"], **prof.seconds, "test": times["test"]}

@@ -90,6 +90,44 @@ def test_profiler_charges_each_part_and_counts_the_layers_flops(tmp_path):
     assert (tmp_path / "run" / "model.safetensors").is_file()
 
 
+class _SlowBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        time.sleep(0.02)
+        return g
+
+
+class _Slow(nn.Module):
+    """Identity whose forward sleeps 10 ms and backward 20 ms."""
+
+    def forward(self, x):
+        time.sleep(0.01)
+        return _SlowBackward.apply(x)
+
+
+def test_profiler_splits_the_steps_after_warm_up_by_layer(tmp_path):
+    prof = StepProfiler(warmup=1, layers=True)
+    model = nn.Sequential(nn.Linear(8, 8), _Slow(), nn.Linear(8, 4))
+    plan = Plan([Phase(2, lambda m: Setup(torch.optim.SGD(m.parameters(), lr=0.1)))])
+    prof.start()
+    fit(prof.task(_Task()), model, Data("train", "val"), prof.plan(plan), tmp_path / "run", quiet=True)
+    prof.stop()
+    rows = {r["layer"]: r for r in prof.layer_rows()}
+    assert set(rows) == {"0", "1", "2", "(outside layers)"}
+    slow = rows["1"]  # per step after warm-up: validation's forward passes are not counted
+    assert 10 <= slow["forward_ms"] < 12  # counted, validation's forward passes would make it 12.9
+    assert 20 <= slow["backward_ms"] < 35
+    assert prof.layer_rows(1)[0]["layer"] == "1"
+    assert rows["0"]["forward_ms"] < 5 and rows["2"]["backward_ms"] < 5
+    assert 0.5 < sum(r["share"] for r in rows.values()) <= 1.0
+    assert not any(m._forward_hooks for m in model.modules())  # stop() removed the hooks
+    assert "fwd ms" in prof.layer_table()
+
+
 def test_the_compute_ceiling_is_a_positive_rate():
     c = compute_ceiling(repeats=1, batch=1, n=256)
     assert c["conv"] > 0.1 and c["gemm"] > 0.1 and c["threads"] == 1

@@ -121,6 +121,7 @@ class LayerTimer:
         sync: called before each clock reading (``torch.cuda.synchronize`` on a GPU).
 
     Attributes:
+        enabled: while False the hooks record nothing (a validation pass between training steps).
         forward_seconds: layer name -> forward seconds since the last :meth:`reset`.
         backward_seconds: layer name -> backward seconds (:data:`OUTSIDE` included) since the last
             :meth:`reset`.
@@ -138,7 +139,9 @@ class LayerTimer:
         self.sync = sync
         self.forward_seconds: dict[str, float] = defaultdict(float)
         self.backward_seconds: dict[str, float] = defaultdict(float)
+        self.enabled = True
         self._events: list[tuple[float, str]] = []
+        self._backward_start = 0.0
         self._started: dict[str, float] = {}
         self._handles = []
         for name, module in model.named_modules():
@@ -153,7 +156,8 @@ class LayerTimer:
 
     def _pre(self, name: str):
         def hook(module, inputs):
-            self._started[name] = self._now()
+            if self.enabled:
+                self._started[name] = self._now()
 
         return hook
 
@@ -162,6 +166,8 @@ class LayerTimer:
             self._events.append((self._now(), name))
 
         def hook(module, inputs, output):
+            if not self.enabled or name not in self._started:
+                return
             self.forward_seconds[name] += self._now() - self._started.pop(name)
             if torch.is_grad_enabled():
                 out = next((t for t in _flat_tensors(output) if t.requires_grad), None)
@@ -172,13 +178,21 @@ class LayerTimer:
 
     def backward(self, loss: torch.Tensor) -> None:
         """``loss.backward()``, its time charged to the layers (see the class)."""
-        self._events = []
-        start = self._now()
+        self.begin_backward()
         loss.backward()
-        end = self._now()
-        marks = [(start, OUTSIDE), *sorted(self._events), (end, "")]
+        self.end_backward()
+
+    def begin_backward(self) -> None:
+        """Mark the start of a backward pass that another caller runs (then :meth:`end_backward`)."""
+        self._events = []
+        self._backward_start = self._now()
+
+    def end_backward(self) -> None:
+        """Mark its end: charge the time since :meth:`begin_backward` to the layers."""
+        marks = [(self._backward_start, OUTSIDE), *sorted(self._events), (self._now(), "")]
         for (t, name), (t_next, _) in zip(marks, marks[1:]):
             self.backward_seconds[name] += t_next - t
+        self._events = []
 
     def reset(self) -> None:
         """Zero the per-layer sums (the hooks stay)."""

@@ -37,6 +37,8 @@ class StepProfiler:
 
     Args:
         warmup: the first steps whose time goes to ``warm-up`` instead of their parts.
+        layers: also split the steps after warm-up by layer (:class:`~cnnkit.analysis.measure.LayerTimer`
+            on the model the task's ``loss`` gets): :meth:`layer_rows`.
 
     Attributes:
         seconds: part -> seconds.
@@ -51,8 +53,10 @@ class StepProfiler:
         0.0
     """
 
-    def __init__(self, warmup: int = 1):
+    def __init__(self, warmup: int = 1, layers: bool = False):
         self.warmup = warmup
+        self.layers = layers
+        self._timer = None
         self.seconds = dict.fromkeys(PARTS, 0.0)
         self.steps = 0
         self.samples = 0
@@ -85,8 +89,37 @@ class StepProfiler:
         for h in self._handles:
             h.remove()
         self._handles = []
+        if self._timer is not None:
+            self._timer.remove()  # its sums stay for layer_rows
 
     # ------------------------------------------------------------------ results
+
+    def layer_rows(self, top: int | None = None) -> list[dict]:
+        """The slowest layers of a step after warm-up (with ``layers``): ``{"layer", "forward_ms",
+        "backward_ms", "share"}`` (share: of the step's forward and backward time), slowest first."""
+        if self._timer is None:
+            return []
+        timed = max(1, self.steps - self.warmup)
+        fwd, bwd = self._timer.forward_seconds, self._timer.backward_seconds
+        compute = (self.seconds["forward"] + self.seconds["backward"]) or 1.0
+        rows = [
+            {
+                "layer": name,
+                "forward_ms": 1000 * fwd.get(name, 0.0) / timed,
+                "backward_ms": 1000 * bwd.get(name, 0.0) / timed,
+                "share": (fwd.get(name, 0.0) + bwd.get(name, 0.0)) / compute,
+            }
+            for name in dict.fromkeys([*fwd, *bwd])
+        ]
+        rows.sort(key=lambda r: -(r["forward_ms"] + r["backward_ms"]))
+        return rows[:top]
+
+    def layer_table(self, top: int = 15) -> str:
+        """:meth:`layer_rows` as a text table."""
+        lines = [f"{'layer':<48} {'fwd ms':>8} {'bwd ms':>8} {'share':>7}"]
+        for r in self.layer_rows(top):
+            lines.append(f"{r['layer'][:48]:<48} {r['forward_ms']:8.2f} {r['backward_ms']:8.2f} {r['share']:7.1%}")
+        return "\n".join(lines)
 
     def rows(self) -> list[dict]:
         """One row per part with time: ``{"part", "seconds", "share", "ms_per_step"}``."""
@@ -148,6 +181,17 @@ class StepProfiler:
             self.seconds[part] += now - self._mark
         self._mark = now
 
+    def _layer_timer(self, model):
+        """The layer timer, enabled for this step's forward and backward once warm-up is over."""
+        if not self.layers:
+            return None
+        if self._timer is None:
+            from cnnkit.analysis.measure import LayerTimer
+
+            self._timer = LayerTimer(model)
+        self._timer.enabled = self.steps >= self.warmup
+        return self._timer
+
     def _begin(self, begin):
         def wrapped(model):
             self._charge("checkpoint" if self._epoch_end else "setup")
@@ -166,6 +210,9 @@ class StepProfiler:
 
     def _pre_step(self, optimizer, args, kwargs) -> None:
         self._charge("backward")  # zero_grad + backward
+        if self._timer is not None and self._timer.enabled:
+            self._timer.end_backward()
+            self._timer.enabled = False
         if self._counter is not None:
             self.flops["backward"] = self._counter.get_total_flops() - self.flops["forward"]
             self._counter.__exit__(None, None, None)
@@ -232,7 +279,10 @@ class _ProfiledTask:
         if first:
             p._counter = flop_counter()
             p._counter.__enter__()
+        timer = p._layer_timer(model)
         loss, stats = self._task.loss(model, batch)
+        if timer is not None and timer.enabled:
+            timer.begin_backward()
         if first and p._counter is not None:
             p.flops["forward"] = p._counter.get_total_flops()
         p.samples += int(stats["n"])
