@@ -290,11 +290,11 @@ def test_dropout_is_nn_dropout_seeded_identity_in_eval_and_edge_rates():
 
 
 def test_depthwise_convolutions_run_in_fp32_under_cpu_bf16_autocast_where_their_backward_is_faster():
-    """oneDNN's bf16 weight gradient of a 5x5 depthwise convolution, and its bf16 input gradient of a
-    strided one, are several times their fp32 ones: such layers (EfficientNet's Conv2dSame,
-    MobileNetV3's ConvNormAct) leave bf16 autocast when that gradient is taken; 3x3 depthwise and
-    dense convolutions, and every one without gradients, stay in bf16. Same state-dict keys, same
-    values outside autocast."""
+    """oneDNN's bf16 input gradient of a strided depthwise convolution is several times its fp32 one:
+    such layers (EfficientNet's Conv2dSame, MobileNetV3's ConvNormAct) leave bf16 autocast when that
+    gradient is taken. A wider-than-3x3 one whose filters train stays in bf16 with its weight gradient
+    in 3x3 pieces; 3x3 depthwise and dense convolutions, and every one without gradients, stay in
+    bf16. Same state-dict keys, same values outside autocast."""
     from cnnkit.layers.bf16 import guard_bf16
     from cnnkit.layers.conv_bn_act import ConvNormAct
     from cnnkit.layers.conv_same import Conv2dSame, DepthwiseConv2d
@@ -305,15 +305,17 @@ def test_depthwise_convolutions_run_in_fp32_under_cpu_bf16_autocast_where_their_
     assert isinstance(block[0], DepthwiseConv2d) and list(block.state_dict())[0] == "0.weight"
     assert type(ConvNormAct(8, 8, 3, groups=8)[0]) is nn.Conv2d
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert wide(x).dtype == block[0](x).dtype == torch.float32
+        y = wide(x.requires_grad_())  # strided, its input takes a gradient: fp32
+        assert y.dtype == torch.float32
         assert narrow(x).dtype == dense(x).dtype == torch.bfloat16
-        y = wide(x)
+        assert wide(x.detach()).dtype == block[0](x.detach()).dtype == torch.bfloat16  # wide filters: bf16
     y.sum().backward()
     assert wide.weight.grad.dtype == torch.float32
     torch.testing.assert_close(y, wide(x))  # fp32 inside autocast = fp32 outside it
     torch.testing.assert_close(block[0](x), F.conv2d(x, block[0].weight, block[0].bias, 1, 2, groups=8))
     strided = nn.Sequential(nn.Conv2d(8, 8, 3, 2, 1, groups=8))
     assert guard_bf16(strided) == 1
+    x = x.detach()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         with torch.no_grad():  # no gradient: every depthwise convolution in bf16
             assert wide(x).dtype == block[0](x).dtype == strided(x).dtype == torch.bfloat16
@@ -323,6 +325,66 @@ def test_depthwise_convolutions_run_in_fp32_under_cpu_bf16_autocast_where_their_
         assert wide(x).dtype == torch.float32  # strided, its input takes a gradient
         block.requires_grad_(False)
         assert block[0](x).dtype == torch.bfloat16  # 5x5, stride 1, filters frozen: bf16
+
+
+@pytest.mark.parametrize(
+    "kernel, stride, bias, input_grad",
+    [(5, 1, False, True), (5, 2, False, False), (7, 1, True, True), (5, 1, True, False), ((5, 3), 1, False, True)],
+)
+def test_wide_depthwise_bf16_gradients_are_the_convolutions(kernel, stride, bias, input_grad):
+    """A wide depthwise convolution whose filters train runs in bf16 with its weight gradient as 3x3
+    pieces over shifted windows: output, input and weight gradients agree with fp64 on the same
+    bf16-rounded numbers to bf16's rounding, and with oneDNN's own bf16 gradients as closely."""
+    from cnnkit.layers.bf16 import wide_depthwise_bf16
+    from cnnkit.layers.conv_same import Conv2dSame
+
+    torch.manual_seed(0)
+    c, bf = 16, torch.bfloat16
+    conv = Conv2dSame(c, c, kernel, stride, groups=c, bias=bias).to(memory_format=torch.channels_last)
+    x = torch.randn(2, c, 13, 14).contiguous(memory_format=torch.channels_last).requires_grad_(input_grad)
+    with torch.autocast("cpu", dtype=bf):
+        padded = F.pad(x, pad_for(x.shape[2:], conv.kernel_size, conv.stride, conv.dilation, "same"))
+        assert wide_depthwise_bf16(conv, padded if stride > 1 else x)
+        y = conv(x)
+    assert y.dtype == bf
+    g = torch.randn(y.shape).to(bf)
+    (y.float() * g.float()).sum().backward()
+
+    ref = Conv2dSame(c, c, kernel, stride, groups=c, bias=bias).double()
+    with torch.no_grad():
+        ref.weight.copy_(conv.weight.to(bf))
+        if bias:
+            ref.bias.copy_(conv.bias.to(bf))
+    xr = x.detach().to(bf).double().requires_grad_(input_grad)
+    yr = ref(xr)
+    (yr * g.double()).sum().backward()
+
+    def close(a, b):  # bf16 keeps 8 bits: relative to the largest value
+        assert (a.double() - b).abs().max() <= 8e-3 * b.abs().max()
+
+    close(y, yr)
+    close(conv.weight.grad, ref.weight.grad)
+    if bias:
+        close(conv.bias.grad, ref.bias.grad)
+    if input_grad:
+        close(x.grad, xr.grad)
+    # oneDNN's own bf16 weight gradient of the wide kernel, on the same numbers
+    xb = padded.detach().to(bf) if stride > 1 else x.detach().to(bf)
+    wb = conv.weight.detach().to(bf)
+    own = torch.ops.aten.convolution_backward(
+        g.contiguous(memory_format=torch.channels_last),
+        xb,
+        wb,
+        None,
+        list(conv.stride),
+        list(conv.padding),
+        [1, 1],
+        False,
+        [0, 0],
+        c,
+        [False, True, False],
+    )[1]
+    close(conv.weight.grad, own.double())
 
 
 def test_kernel_overhangs_compares_the_data_under_the_kernel_with_its_dilated_extent():

@@ -15,6 +15,10 @@ Two kinds of convolution are kept out of oneDNN's bf16 kernels on a CPU:
 - **A depthwise convolution whose backward pass is faster in fp32** (:func:`depthwise_in_fp32`): for
   speed, not correctness.
 
+A depthwise convolution with a kernel wider than 3 whose filters train stays in bf16 in cnnkit's own
+layers, with its weight gradient taken as 3x3 pieces (:func:`wide_depthwise_bf16`): oneDNN's bf16
+weight gradient of a 5x5 depthwise convolution is several times its 3x3 one per tap.
+
 cnnkit's own padded and depthwise layers apply the rule in their ``forward`` (:func:`conv_forward`);
 :func:`guard_bf16` applies it to every other convolution module of a network, which the engine does
 before it trains in bf16 on a CPU.
@@ -27,11 +31,89 @@ from collections.abc import Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 def is_depthwise(conv: nn.Module) -> bool:
     """A convolution that filters each input channel on its own (``groups == in_channels > 1``)."""
     return isinstance(conv, nn.modules.conv._ConvNd) and conv.groups > 1 and conv.groups == conv.in_channels
+
+
+def wide_depthwise_bf16(conv: nn.Module, x: torch.Tensor) -> bool:
+    """A 2-D depthwise convolution with an odd kernel wider than 3 whose filters take a gradient under
+    CPU bf16 autocast, which :func:`conv_forward` runs in bf16 with its weight gradient as 3x3 pieces
+    (:class:`_WideDepthwise`) instead of in fp32. Not when its input takes a gradient through a
+    stride (that stays in fp32: :func:`depthwise_in_fp32`) or its kernel overhangs the data."""
+    return (
+        x.device.type == "cpu"
+        and x.dim() == 4
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        and torch.is_grad_enabled()
+        and isinstance(conv, nn.Conv2d)
+        and is_depthwise(conv)
+        and conv.out_channels == conv.in_channels
+        and conv.weight.requires_grad
+        and max(conv.kernel_size) > 3
+        and all(k % 2 == 1 for k in conv.kernel_size)
+        and tuple(conv.dilation) == (1, 1)
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+        and not (x.requires_grad and max(conv.stride) > 1)
+        and not kernel_overhangs(conv, x)
+    )
+
+
+class _WideDepthwise(torch.autograd.Function):
+    """A depthwise convolution in bf16 whose weight gradient is a sum of 3x3 pieces.
+
+    Its weight gradient is, tap by tap, the gradient of the output against the input's window shifted
+    by that tap. A 3x3 convolution over the input shifted by (a, b) has the taps (a..a+2, b..b+2)
+    of the wide kernel, so 3x3 weight gradients at the offsets 0, 2, ..., k-3 cover every tap of a
+    k x k kernel (a 5x5 one: four). oneDNN's 3x3 depthwise weight gradient in bf16 is its fast
+    kernel: on an AMD Zen 5 (AVX512-BF16, two threads, batch 8, channels-last), over 672 x 20 x 20
+    maps, 1.9 ms against 16.5 ms for the 5x5 one (and 5.3 ms in fp32). The values are the 5x5
+    kernel's up to bf16 rounding: each piece sums its taps in fp32 and rounds once, as it does.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, stride, padding):
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.padding = stride, padding
+        return F.conv2d(x, weight, None, stride, padding, 1, x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        stride, padding, channels = list(ctx.stride), list(ctx.padding), x.shape[1]
+        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        grad = grad.contiguous(memory_format=layout)
+        dx = dw = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, stride, padding, [1, 1], False, [0, 0], channels, [True, False, False]
+            )[0]
+        if ctx.needs_input_grad[1]:
+            (ph, pw), (sh, sw) = padding, stride
+            padded = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
+            rows, cols = (grad.shape[2] - 1) * sh + 3, (grad.shape[3] - 1) * sw + 3
+            piece = torch.empty(channels, 1, 3, 3, dtype=x.dtype).contiguous(memory_format=layout)  # its shape only
+            dw = torch.empty_like(weight)
+            kh, kw = weight.shape[2:]
+            for a in range(0, kh - 2, 2):  # 3x3 blocks at offsets 0, 2, ..., k - 3: every tap
+                for b in range(0, kw - 2, 2):
+                    window = padded[:, :, a : a + rows, b : b + cols].contiguous(memory_format=layout)
+                    dw[:, :, a : a + 3, b : b + 3] = torch.ops.aten.convolution_backward(
+                        grad, window, piece, None, stride, [0, 0], [1, 1], False, [0, 0], channels, [False, True, False]
+                    )[1]
+        return dx, dw, None, None
+
+
+def wide_depthwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv`` on ``x`` in bf16 through :class:`_WideDepthwise` (where :func:`wide_depthwise_bf16`)."""
+    bf16 = torch.bfloat16
+    y = _WideDepthwise.apply(x.to(bf16), conv.weight.to(bf16), tuple(conv.stride), tuple(conv.padding))
+    return y if conv.bias is None else y + conv.bias.to(bf16).view(1, -1, 1, 1)
 
 
 def depthwise_in_fp32(conv: nn.Module, x: torch.Tensor) -> bool:
@@ -101,9 +183,11 @@ def run_conv(conv: nn.Module, x: torch.Tensor, forward: Callable[[torch.Tensor],
 
 
 def conv_forward(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``conv._conv_forward`` on ``x``, in fp32 where :func:`bf16_conv_in_fp32` says so. A class
-    whose ``forward`` calls it sets ``bf16_rule_in_forward = True``: :func:`guard_bf16` leaves it as
-    it is."""
+    """``conv._conv_forward`` on ``x``: through :func:`wide_depthwise` where :func:`wide_depthwise_bf16`
+    says so, else in fp32 where :func:`bf16_conv_in_fp32` does. A class whose ``forward`` calls it
+    sets ``bf16_rule_in_forward = True``: :func:`guard_bf16` leaves it as it is."""
+    if wide_depthwise_bf16(conv, x):
+        return wide_depthwise(conv, x)
     return run_conv(conv, x, lambda v: conv._conv_forward(v, conv.weight, conv.bias))
 
 

@@ -38,8 +38,9 @@ def resolve_padding(padding, kernel, stride, dilation, n: int):
 
 
 class DepthwiseConv2d(nn.Conv2d):
-    """``nn.Conv2d`` (same state dict) that runs in fp32 under CPU bf16 autocast where its backward
-    pass is faster so (:func:`cnnkit.layers.bf16.depthwise_in_fp32`)."""
+    """``nn.Conv2d`` (same state dict) that follows cnnkit's CPU bf16 rule for depthwise convolutions
+    (:func:`cnnkit.layers.bf16.conv_forward`): fp32 where its backward pass is faster so, bf16 with the
+    weight gradient in 3x3 pieces for a wide kernel whose filters train."""
 
     bf16_rule_in_forward = True  # conv_forward: cnnkit.layers.bf16.guard_bf16 leaves it as it is
 
