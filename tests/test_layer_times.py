@@ -115,7 +115,7 @@ def test_summary_time_rows_totals_text_csv_json():
     timed = [r["forward_ms"] for r in s.layers if r.get("forward_ms") is not None]
     assert sum(timed) <= t["forward_ms"] * 1.5  # medians of parts against the median of the whole
     text = render_text(s)
-    assert "Fwd ms" in text and "Time of one training step" in text and "medians of 2 real training steps" in text
+    assert "Fwd ms" in text and "Time of one training step" in text and "the median of 2 real training steps" in text
     rows = list(csv.DictReader(io.StringIO(render_csv(s))))
     assert float(rows[0]["forward_ms"]) == pytest.approx(s.layers[0]["forward_ms"])
     assert json.loads(json.dumps(s.to_dict()))["totals"]["time"]["steps"] == 2
@@ -171,3 +171,13 @@ def test_cli_summary_time(capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["totals"]["time"]["steps"] == 2
     assert all("forward_ms" in r for r in out["layers"])
+
+
+def test_summary_time_runs_inference_where_no_training_step_can_run():
+    net = nn.Sequential(nn.Linear(8, 4), nn.BatchNorm1d(4))  # batch norm on a batch of one: no training step
+    s = summary(net, input_size=(8,), batch_size=1, time_steps=2)
+    assert s.notes[0].startswith("no training step at batch 1")
+    t = s.totals["time"]
+    assert not t["training"] and t["backward_ms"] == 0 and t["optimizer_ms"] == 0
+    assert all(r["backward_ms"] == 0 for r in s.layers)
+    assert "one real inference pass" not in s.notes[-1] and "the median of 2 real inference passes" in s.notes[-1]

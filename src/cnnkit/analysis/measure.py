@@ -225,6 +225,7 @@ def measure_times(
     steps: int = 5,
     warmup: int = 2,
     channels_last: bool | None = None,
+    training: bool | None = None,
 ) -> dict:
     """Time real training steps (inference passes where nothing trains) of ``model`` on a random
     batch of ``input_shape``, in total and per layer (:class:`LayerTimer`); medians of ``steps``
@@ -232,6 +233,7 @@ def measure_times(
 
     The model is moved to ``device``/``dtype`` (and ``channels_last``) in place. ``channels_last``
     (default: on a CPU, for 4-D inputs, as cnnkit trains) lays the input and the weights out as NHWC.
+    ``training`` False times inference passes (default: training steps where a parameter trains).
 
     Returns:
         ``{"steps", "threads", "device", "layout", "training", "step": {"forward", "backward",
@@ -246,8 +248,8 @@ def measure_times(
         model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    params = [p for p in model.parameters() if p.requires_grad]
     was_training = model.training
+    params = [p for p in model.parameters() if p.requires_grad] if training is not False else []
     model.train(bool(params))
     opt = make_optimizer(optimizer, params) if params else None
     timer = LayerTimer(model, sync)

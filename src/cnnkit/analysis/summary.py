@@ -184,7 +184,9 @@ def summary(
         notes.insert(0, train_error)
     if time_steps is not None:
         peak = memory["training_peak_bytes"] or memory["inference_peak_bytes"]
-        totals["time"] = _time_layers(target, model, shape, torch_dtype, optimizer, device, time_steps, peak)
+        totals["time"] = _time_layers(
+            target, model, shape, torch_dtype, optimizer, device, time_steps, peak, tr is not None
+        )
         for row in rows:
             t = totals["time"]["layers"].pop(row["name"], None)
             row["forward_ms"], row["backward_ms"] = (t["forward_ms"], t["backward_ms"]) if t else (None, None)
@@ -317,7 +319,7 @@ def _check_time(steps, device: str) -> None:
         raise CnnkitError("--time runs the network for real, and this machine has no CUDA device: use --device cpu")
 
 
-def _time_layers(target, model, shape, dtype, optimizer, device, steps, peak) -> dict:
+def _time_layers(target, model, shape, dtype, optimizer, device, steps, peak, training) -> dict:
     """:func:`~cnnkit.analysis.measure.measure_times` on a real copy of the network, in milliseconds."""
     import copy
 
@@ -333,8 +335,8 @@ def _time_layers(target, model, shape, dtype, optimizer, device, steps, peak) ->
     else:
         real = resolve_target(target, meta=False)[0]
     if device == "cpu":
-        check_fits(peak, f"timing a training step at batch {shape[0]} (--time)")
-    t = measure_times(real, shape, dtype, optimizer, device, steps)
+        check_fits(peak, f"timing a {'training step' if training else 'forward pass'} at batch {shape[0]} (--time)")
+    t = measure_times(real, shape, dtype, optimizer, device, steps, training=training)
     ms = lambda d: {k: 1000 * v for k, v in d.items()}  # noqa: E731
     return {
         **{k: t[k] for k in ("steps", "threads", "device", "layout", "training")},
@@ -346,9 +348,11 @@ def _time_layers(target, model, shape, dtype, optimizer, device, steps, peak) ->
 
 
 def _time_note(t: dict) -> str:
-    what = "training steps" if t["training"] else "inference passes (nothing trains)"
+    what = "training step" if t["training"] else "inference pass"
+    n = t["steps"]
+    runs = f"the median of {n} real {what}{'es' if what.endswith('s') else 's'}" if n > 1 else f"one real {what}"
     return (
-        f"times: medians of {t['steps']} real {what} on a random batch, after 2 untimed ones, "
+        f"times: {runs}{'' if t['training'] else ' (nothing trains)'} on a random batch, after 2 untimed ones, "
         f"{t['threads']} threads on {t['device']}, {t['layout'].replace('_', '-')} layout; a layer's backward "
         "runs from its output gradient's arrival to the next layer's, so it includes the functional "
         "operations (additions, concatenations) between them"
