@@ -1,6 +1,7 @@
 """Shared fixtures. Real data is read from $CNNKIT_DATA, by default ../shared/data beside the repo."""
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,33 @@ def runs(tmp_path_factory):
     task = SegmentTask(2, 16)
     save_model(root / "segment" / "model.safetensors", seg, {"format": FORMAT, **task.describe(seg)})
     return root
+
+
+class _SleepBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, seconds):
+        ctx.seconds = seconds
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        time.sleep(ctx.seconds)
+        return g, None
+
+
+class SlowLayer(torch.nn.Module):
+    """Identity that sleeps ``forward`` seconds in its forward pass and ``backward`` in its backward."""
+
+    def __init__(self, forward: float, backward: float):
+        super().__init__()
+        self.forward_s, self.backward_s = forward, backward
+
+    def forward(self, x):
+        time.sleep(self.forward_s)
+        return _SleepBackward.apply(x, self.backward_s)
+
+
+@pytest.fixture
+def slow_layer():
+    """:class:`SlowLayer`, for tests of what times layers."""
+    return SlowLayer

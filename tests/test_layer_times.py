@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import time
 
 import pytest
 import torch
@@ -21,32 +20,13 @@ FWD, BWD = 0.03, 0.05  # the slow layer's sleeps, seconds
 SLACK = 0.03  # a busy machine's scheduling delay, seconds: less than either sleep
 
 
-class _SlowBackward(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, g):
-        time.sleep(BWD)
-        return g
-
-
-class Slow(nn.Module):
-    """Identity that takes FWD seconds forward and BWD seconds backward."""
-
-    def forward(self, x):
-        time.sleep(FWD)
-        return _SlowBackward.apply(x)
-
-
-def _net() -> nn.Sequential:
+@pytest.fixture
+def net(slow_layer) -> nn.Sequential:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(8, 16), Slow(), nn.ReLU(inplace=True), nn.Linear(16, 4))
+    return nn.Sequential(nn.Linear(8, 16), slow_layer(FWD, BWD), nn.ReLU(inplace=True), nn.Linear(16, 4))
 
 
-def test_timer_charges_each_layer_its_own_time():
-    net = _net()
+def test_timer_charges_each_layer_its_own_time(net):
     timer = LayerTimer(net)
     loss = net(torch.randn(32, 8)).square().mean()
     timer.backward(loss)
@@ -61,9 +41,9 @@ def test_timer_charges_each_layer_its_own_time():
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in net.modules())
 
 
-def test_timer_sums_a_layer_called_twice_and_resets():
+def test_timer_sums_a_layer_called_twice_and_resets(slow_layer):
     shared = nn.Linear(4, 4)
-    slow = Slow()
+    slow = slow_layer(FWD, BWD)
 
     class Twice(nn.Module):
         def __init__(self):
@@ -84,8 +64,8 @@ def test_timer_sums_a_layer_called_twice_and_resets():
     timer.remove()
 
 
-def test_measure_times_medians_and_parts_add_up():
-    t = measure_times(_net(), (32, 8), steps=3, warmup=1)
+def test_measure_times_medians_and_parts_add_up(net):
+    t = measure_times(net, (32, 8), steps=3, warmup=1)
     assert t["training"] and t["steps"] == 3 and t["layout"] == "contiguous"
     step, layers = t["step"], t["layers"]
     assert step["forward"] >= FWD and step["backward"] >= BWD
@@ -97,9 +77,8 @@ def test_measure_times_medians_and_parts_add_up():
     assert 0 <= t["outside"]["forward"] < SLACK / 2
 
 
-def test_measure_times_frozen_network_runs_inference():
-    net = _net().requires_grad_(False)
-    t = measure_times(net, (4, 8), steps=2, warmup=1)
+def test_measure_times_frozen_network_runs_inference(net):
+    t = measure_times(net.requires_grad_(False), (4, 8), steps=2, warmup=1)
     assert not t["training"]
     assert t["step"]["backward"] == 0 and t["step"]["optimizer"] == 0
     assert t["layers"]["1"]["backward"] == 0 and t["layers"]["1"]["forward"] >= FWD
@@ -121,8 +100,7 @@ def test_summary_time_rows_totals_text_csv_json():
     assert json.loads(json.dumps(s.to_dict()))["totals"]["time"]["steps"] == 2
 
 
-def test_summary_time_leaves_the_callers_network_as_it_was():
-    net = _net()
+def test_summary_time_leaves_the_callers_network_as_it_was(net):
     before = {k: v.clone() for k, v in net.state_dict().items()}
     s = summary(net, input_size=(8,), batch_size=4, optimizer="adam", time_steps=1)
     assert s.totals["time"]["training"]

@@ -90,28 +90,9 @@ def test_profiler_charges_each_part_and_counts_the_layers_flops(tmp_path):
     assert (tmp_path / "run" / "model.safetensors").is_file()
 
 
-class _SlowBackward(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, g):
-        time.sleep(0.02)
-        return g
-
-
-class _Slow(nn.Module):
-    """Identity whose forward sleeps 10 ms and backward 20 ms."""
-
-    def forward(self, x):
-        time.sleep(0.01)
-        return _SlowBackward.apply(x)
-
-
-def test_profiler_splits_the_steps_after_warm_up_by_layer(tmp_path):
+def test_profiler_splits_the_steps_after_warm_up_by_layer(tmp_path, slow_layer):
     prof = StepProfiler(warmup=1, layers=True)
-    model = nn.Sequential(nn.Linear(8, 8), _Slow(), nn.Linear(8, 4))
+    model = nn.Sequential(nn.Linear(8, 8), slow_layer(0.01, 0.02), nn.Linear(8, 4))
     plan = Plan([Phase(2, lambda m: Setup(torch.optim.SGD(m.parameters(), lr=0.1)))])
     prof.start()
     fit(prof.task(_Task()), model, Data("train", "val"), prof.plan(plan), tmp_path / "run", quiet=True)
