@@ -159,3 +159,20 @@ def test_summary_time_runs_inference_where_no_training_step_can_run():
     assert not t["training"] and t["backward_ms"] == 0 and t["optimizer_ms"] == 0
     assert all(r["backward_ms"] == 0 for r in s.layers)
     assert "one real inference pass" not in s.notes[-1] and "the median of 2 real inference passes" in s.notes[-1]
+
+
+def test_summary_time_names_a_failure_that_only_a_real_run_meets():
+    class RealOnly(nn.Module):
+        def forward(self, x):
+            if x.device.type != "meta":
+                raise RuntimeError("this layer needs something the analysis does not\nsecond line")
+            return x
+
+    net = nn.Sequential(nn.Linear(8, 4), RealOnly())
+    with pytest.raises(CnnkitError) as info:
+        summary(net, input_size=(8,), batch_size=2, time_steps=1)
+    msg = str(info.value)
+    assert msg == (
+        "the network failed when run for real while timing a training step at batch 2 (--time): "
+        "this layer needs something the analysis does not; run without --time"
+    )

@@ -14,7 +14,7 @@ import torch.nn as nn
 from cnnkit.analysis import backend
 from cnnkit.analysis.textbook import textbook_memory
 from cnnkit.analysis.trace import trace
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, check_fits, is_out_of_memory, out_of_memory
 from cnnkit.models.network import resolve_target
 from cnnkit.models.spec import parse_input_size
 
@@ -324,8 +324,8 @@ def _time_layers(target, model, shape, dtype, optimizer, device, steps, peak, tr
     import copy
 
     from cnnkit.analysis.measure import measure_times
-    from cnnkit.errors import check_fits
 
+    what = f"{'a training step' if training else 'a forward pass'} at batch {shape[0]} (--time)"
     if isinstance(target, nn.Module):
         if any(t.device.type == "meta" for t in [*target.parameters(), *target.buffers()]):
             raise CnnkitError(
@@ -335,8 +335,16 @@ def _time_layers(target, model, shape, dtype, optimizer, device, steps, peak, tr
     else:
         real = resolve_target(target, meta=False)[0]
     if device == "cpu":
-        check_fits(peak, f"timing a {'training step' if training else 'forward pass'} at batch {shape[0]} (--time)")
-    t = measure_times(real, shape, dtype, optimizer, device, steps, training=training)
+        check_fits(peak, f"timing {what}")
+    try:
+        t = measure_times(real, shape, dtype, optimizer, device, steps, training=training)
+    except (RuntimeError, ValueError, TypeError, MemoryError) as exc:
+        if is_out_of_memory(exc):
+            raise out_of_memory(f"timing {what}") from None
+        line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CnnkitError(
+            f"the network failed when run for real while timing {what}: {line}; run without --time"
+        ) from None
     ms = lambda d: {k: 1000 * v for k, v in d.items()}  # noqa: E731
     return {
         **{k: t[k] for k in ("steps", "threads", "device", "layout", "training")},
