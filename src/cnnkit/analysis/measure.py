@@ -150,25 +150,26 @@ class LayerTimer:
                 self._handles.append(module.register_forward_pre_hook(self._pre(label)))
                 self._handles.append(module.register_forward_hook(self._post(label)))
 
-    def _now(self) -> float:
+    def now(self) -> float:
+        """The clock (seconds), read after ``sync``."""
         self.sync()
         return time.perf_counter()
 
     def _pre(self, name: str):
         def hook(module, inputs):
             if self.enabled:
-                self._started[name] = self._now()
+                self._started[name] = self.now()
 
         return hook
 
     def _post(self, name: str):
         def arrived(grad):
-            self._events.append((self._now(), name))
+            self._events.append((self.now(), name))
 
         def hook(module, inputs, output):
             if not self.enabled or name not in self._started:
                 return
-            self.forward_seconds[name] += self._now() - self._started.pop(name)
+            self.forward_seconds[name] += self.now() - self._started.pop(name)
             if torch.is_grad_enabled():
                 out = next((t for t in _flat_tensors(output) if t.requires_grad), None)
                 if out is not None:
@@ -185,11 +186,11 @@ class LayerTimer:
     def begin_backward(self) -> None:
         """Mark the start of a backward pass that another caller runs (then :meth:`end_backward`)."""
         self._events = []
-        self._backward_start = self._now()
+        self._backward_start = self.now()
 
     def end_backward(self) -> None:
         """Mark its end: charge the time since :meth:`begin_backward` to the layers."""
-        marks = [(self._backward_start, OUTSIDE), *sorted(self._events), (self._now(), "")]
+        marks = [(self._backward_start, OUTSIDE), *sorted(self._events), (self.now(), "")]
         for (t, name), (t_next, _) in zip(marks, marks[1:]):
             self.backward_seconds[name] += t_next - t
         self._events = []
@@ -259,24 +260,24 @@ def measure_times(
     try:
         for i in range(warmup + steps):
             timer.reset()
-            t0 = timer._now()
+            t0 = timer.now()
             if params:
                 loss = step_loss(model(x))
-                t1 = timer._now()
+                t1 = timer.now()
                 timer.backward(loss)
                 del loss
-                t2 = timer._now()
+                t2 = timer.now()
                 if opt is not None:
                     opt.step()
                     opt.zero_grad(set_to_none=True)
                 else:
                     for p in params:
                         p.grad = None
-                t3 = timer._now()
+                t3 = timer.now()
             else:
                 with torch.no_grad():
                     model(x)
-                t1 = t2 = t3 = timer._now()
+                t1 = t2 = t3 = timer.now()
             if i >= warmup:
                 parts.append({"forward": t1 - t0, "backward": t2 - t1, "optimizer": t3 - t2, "total": t3 - t0})
                 layer_fwd.append(dict(timer.forward_seconds))
