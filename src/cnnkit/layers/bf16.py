@@ -97,7 +97,9 @@ class _WideDepthwise(torch.autograd.Function):
             (ph, pw), (sh, sw) = padding, stride
             padded = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
             rows, cols = (grad.shape[2] - 1) * sh + 3, (grad.shape[3] - 1) * sw + 3
-            piece = torch.empty(channels, 1, 3, 3, dtype=x.dtype).contiguous(memory_format=layout)  # its shape only
+            piece = torch.empty(channels, 1, 3, 3, dtype=x.dtype, device=x.device).contiguous(
+                memory_format=layout
+            )  # shape only
             dw = torch.empty_like(weight)
             kh, kw = weight.shape[2:]
             for a in range(0, kh - 2, 2):  # 3x3 blocks at offsets 0, 2, ..., k - 3: every tap
