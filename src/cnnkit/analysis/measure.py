@@ -23,7 +23,7 @@ from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
 from cnnkit.analysis.backend import quiet_stderr
-from cnnkit.analysis.trace import make_optimizer, step_loss, training_step
+from cnnkit.analysis.trace import make_optimizer, step_loss, tensor_leaves, training_step
 
 OUTSIDE = "(outside layers)"
 
@@ -55,6 +55,21 @@ def _cpu_peak(fn) -> int:
     return peak
 
 
+def _real_run(model, input_shape, dtype, device, optimizer, training, channels_last=False):
+    """Move ``model`` to ``device``/``dtype`` (and NHWC for a 4-D input with ``channels_last``), set its
+    mode, and make a random input and the optimizer of its trainable parameters (None without any,
+    or not ``training``): ``(x, optimizer, the mode it had)``."""
+    model.to(device=device, dtype=dtype)
+    x = torch.randn(input_shape, dtype=dtype, device=device)
+    if channels_last and x.dim() == 4:
+        model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    was_training = model.training
+    model.train(training)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return x, make_optimizer(optimizer, params) if training and params else None, was_training
+
+
 def measure_peak(
     model: nn.Module,
     input_shape: tuple[int, ...],
@@ -68,12 +83,7 @@ def measure_peak(
 
     The model is moved to ``device``/``dtype`` in place.
     """
-    model.to(device=device, dtype=dtype)
-    x = torch.randn(input_shape, dtype=dtype, device=device)
-    was_training = model.training
-    model.train(training)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_optimizer(optimizer, params) if training and params else None
+    x, opt, was_training = _real_run(model, input_shape, dtype, device, optimizer, training)
     forward = lambda: model(x)  # noqa: E731
     try:
         if training:
@@ -171,7 +181,7 @@ class LayerTimer:
                 return
             self.forward_seconds[name] += self.now() - self._started.pop(name)
             if torch.is_grad_enabled():
-                out = next((t for t in _flat_tensors(output) if t.requires_grad), None)
+                out = next((t for t in tensor_leaves(output) if t.requires_grad), None)
                 if out is not None:
                     out.register_hook(arrived)
 
@@ -207,16 +217,6 @@ class LayerTimer:
         self._handles = []
 
 
-def _flat_tensors(x) -> list[torch.Tensor]:
-    if isinstance(x, torch.Tensor):
-        return [x]
-    if isinstance(x, dict):
-        x = list(x.values())
-    if isinstance(x, (list, tuple)):
-        return [t for item in x for t in _flat_tensors(item)]
-    return []
-
-
 def measure_times(
     model: nn.Module,
     input_shape: tuple[int, ...],
@@ -243,16 +243,9 @@ def measure_times(
     """
     if channels_last is None:
         channels_last = device == "cpu" and len(input_shape) == 4
-    model.to(device=device, dtype=dtype)
-    x = torch.randn(input_shape, dtype=dtype, device=device)
-    if channels_last and x.dim() == 4:
-        model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
+    trains = training is not False and any(p.requires_grad for p in model.parameters())
+    x, opt, was_training = _real_run(model, input_shape, dtype, device, optimizer, trains, channels_last)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    was_training = model.training
-    params = [p for p in model.parameters() if p.requires_grad] if training is not False else []
-    model.train(bool(params))
-    opt = make_optimizer(optimizer, params) if params else None
     timer = LayerTimer(model, sync)
     parts: list[dict[str, float]] = []
     layer_fwd: list[dict[str, float]] = []
@@ -261,7 +254,7 @@ def measure_times(
         for i in range(warmup + steps):
             timer.reset()
             t0 = timer.now()
-            if params:
+            if trains:
                 loss = step_loss(model(x))
                 t1 = timer.now()
                 timer.backward(loss)
@@ -269,10 +262,7 @@ def measure_times(
                 t2 = timer.now()
                 if opt is not None:
                     opt.step()
-                    opt.zero_grad(set_to_none=True)
-                else:
-                    for p in params:
-                        p.grad = None
+                model.zero_grad(set_to_none=True)
                 t3 = timer.now()
             else:
                 with torch.no_grad():
@@ -296,7 +286,7 @@ def measure_times(
         "threads": torch.get_num_threads(),
         "device": device,
         "layout": "channels_last" if channels_last and x.dim() == 4 else "contiguous",
-        "training": bool(params),
+        "training": trains,
         "step": {k: median(parts, k) for k in ("forward", "backward", "optimizer", "total")},
         "layers": {n: {"forward": median(layer_fwd, n), "backward": median(layer_bwd, n)} for n in names},
         "outside": {"forward": max(0.0, statistics.median(outside_fwd)), "backward": median(layer_bwd, OUTSIDE)},

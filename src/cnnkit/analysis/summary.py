@@ -184,13 +184,12 @@ def summary(
         notes.insert(0, train_error)
     if time_steps is not None:
         peak = memory["training_peak_bytes"] or memory["inference_peak_bytes"]
-        totals["time"] = _time_layers(
+        totals["time"], layer_ms = _time_layers(
             target, model, shape, torch_dtype, optimizer, device, time_steps, peak, tr is not None
         )
         for row in rows:
-            t = totals["time"]["layers"].pop(row["name"], None)
-            row["forward_ms"], row["backward_ms"] = (t["forward_ms"], t["backward_ms"]) if t else (None, None)
-        del totals["time"]["layers"]
+            t = layer_ms.get(row["name"], {})
+            row["forward_ms"], row["backward_ms"] = t.get("forward_ms"), t.get("backward_ms")
         notes.append(_time_note(totals["time"]))
     return Summary(name, input_size, batch_size, dtype, optimizer, device, rows, totals, memory, textbook, notes)
 
@@ -319,8 +318,9 @@ def _check_time(steps, device: str) -> None:
         raise CnnkitError("--time runs the network for real, and this machine has no CUDA device: use --device cpu")
 
 
-def _time_layers(target, model, shape, dtype, optimizer, device, steps, peak, training) -> dict:
-    """:func:`~cnnkit.analysis.measure.measure_times` on a real copy of the network, in milliseconds."""
+def _time_layers(target, model, shape, dtype, optimizer, device, steps, peak, training) -> tuple[dict, dict]:
+    """:func:`~cnnkit.analysis.measure.measure_times` on a real copy of the network, in milliseconds:
+    the step's figures, and layer name -> ``{"forward_ms", "backward_ms"}``."""
     import copy
 
     from cnnkit.analysis.measure import measure_times
@@ -346,13 +346,13 @@ def _time_layers(target, model, shape, dtype, optimizer, device, steps, peak, tr
             f"the network failed when run for real while timing {what}: {line}; run without --time"
         ) from None
     ms = lambda d: {k: 1000 * v for k, v in d.items()}  # noqa: E731
-    return {
+    step = {
         **{k: t[k] for k in ("steps", "threads", "device", "layout", "training")},
         **{f"{k}_ms": v for k, v in ms(t["step"]).items()},
         "outside_forward_ms": 1000 * t["outside"]["forward"],
         "outside_backward_ms": 1000 * t["outside"]["backward"],
-        "layers": {name: {f"{k}_ms": v for k, v in ms(d).items()} for name, d in t["layers"].items()},
     }
+    return step, {name: {f"{k}_ms": v for k, v in ms(d).items()} for name, d in t["layers"].items()}
 
 
 def _time_note(t: dict) -> str:

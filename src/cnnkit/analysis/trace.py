@@ -240,7 +240,8 @@ def _freeze(a):
     return a
 
 
-def _tensors(x):
+def tensor_leaves(x) -> list[torch.Tensor]:
+    """The tensors in ``x`` (a tensor, or tuples, lists and dicts of them), in order."""
     return [t for t in tree_flatten(x)[0] if isinstance(t, torch.Tensor)]
 
 
@@ -275,7 +276,7 @@ class _Recorder(TorchDispatchMode):
         packet = func._overloadpacket
         name = packet.__name__
         new = 0
-        outs = _tensors(out)
+        outs = tensor_leaves(out)
         for t in outs:
             new += self.storages.add(t, "outputs in flight", output_of_op=True)
         macs = 0
@@ -317,7 +318,7 @@ class _Recorder(TorchDispatchMode):
             return _rebuild(desc)
         out = func(*args, **kwargs)
         desc = _describe(out)
-        if desc is not None and all(t.device.type == "meta" for t in _tensors(out)):
+        if desc is not None and all(t.device.type == "meta" for t in tensor_leaves(out)):
             self._memo[key] = desc
         return out
 
@@ -336,7 +337,7 @@ def _module_hooks(model: nn.Module, stack: list[str], layers: dict[str, LayerRec
                 stack.append(name)
                 if name not in first_op:
                     first_op[name] = op_count()
-                    first = next(iter(_tensors(inp)), None)
+                    first = next(iter(tensor_leaves(inp)), None)
                     first_in[name] = tuple(first.shape[1:]) if first is not None else ()
 
         return hook
@@ -362,7 +363,7 @@ def _module_hooks(model: nn.Module, stack: list[str], layers: dict[str, LayerRec
                         seen_params.add(id(p))
                         rec.params += p.numel()
                         rec.trainable_params += p.numel() if p.requires_grad else 0
-            first = next(iter(_tensors(out)), None)
+            first = next(iter(tensor_leaves(out)), None)
             if first is not None:
                 rec.output_shape = tuple(first.shape[1:])
 
@@ -409,7 +410,7 @@ def make_optimizer(name: str, params: list[torch.Tensor], foreach: bool | None =
 
 def step_loss(out) -> torch.Tensor:
     """The loss of an analysed training step: cross-entropy for (B, K) logits, else the mean."""
-    out = _tensors(out)[0]
+    out = tensor_leaves(out)[0]
     if out.dim() == 2 and out.shape[1] > 1:
         target = torch.zeros(out.shape[0], dtype=torch.long, device=out.device)
         return nn.functional.cross_entropy(out, target)
