@@ -337,3 +337,24 @@ def test_cli_fcn_zoo_keras_net(tmp_path, capsys):
         assert scores.shape == (1, 3, 5, 3)
         want = _window_loop(lambda w: net.eval()((w - 0.5) / 0.25), big, 28, 4, 5, 3)
         assert (scores - want).abs().max() < 1e-5
+
+
+def test_loaded_classifier_converts_with_its_normalisation_and_padding():
+    """What cnnkit.load returns (a Classifier: padding, normalisation, TTA around .net) converts as
+    itself: the same scores on the training size, a map on a larger image, TTA off."""
+    from cnnkit.models.deploy import Classifier, Ensemble
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3))
+    clf = Classifier(net, [0.3], [0.2], ["a", "b", "c"], (1, 6, 6), tta="shift", pad=2).eval()
+    fcn = to_fcn(clf)
+    assert isinstance(fcn, Classifier) and fcn.tta == "" and fcn.pad == 2 and not fcn.training
+    assert fcn.classes == ["a", "b", "c"] and fcn.input_size == (1, 6, 6)
+    x = torch.rand(2, 1, 6, 6)
+    with clf.without_tta():
+        expected = clf(x)
+    assert torch.allclose(fcn(x).flatten(1), expected, atol=1e-6)
+    assert fcn(torch.rand(1, 1, 10, 10)).shape == (1, 3, 5, 5)
+    assert clf.tta == "shift" and isinstance(clf.net[3], nn.Linear)  # the original is untouched
+    with pytest.raises(CnnkitError, match="convert each member"):
+        to_fcn(Ensemble([clf, clf]))

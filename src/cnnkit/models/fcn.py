@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from cnnkit.errors import CnnkitError
+from cnnkit.models.deploy import Classifier, Ensemble
 from cnnkit.models.keras import Flatten as KerasFlatten
 from cnnkit.models.spec import Activation as SpecActivation
 
@@ -69,8 +70,11 @@ def to_fcn(model: nn.Module, input_size: tuple[int, int, int] | None = None) -> 
             starts with (or contains) a ``Flatten``; or a network whose forward only runs its direct
             children one after another, each on the output of the one before (cnnkit's
             ``keras_mnist_convnet``, a network spec, a Keras file read by ``cnnkit convert``): that one
-            is converted as an ``nn.Sequential`` of its children, named as in the model. The model is
-            not modified.
+            is converted as an ``nn.Sequential`` of its children, named as in the model. A
+            :class:`~cnnkit.models.deploy.Classifier` (what :func:`cnnkit.load` returns for a
+            classification run) has its ``net`` converted and comes back as a ``Classifier`` with
+            the same normalisation and padding, without test-time augmentation. The model is not
+            modified.
         input_size: ``(C, H, W)`` the model was trained on; a forward pass at this size finds the
             size of each map a ``Flatten`` receives. Defaults to ``model.input_size`` if it has one.
 
@@ -89,6 +93,13 @@ def to_fcn(model: nn.Module, input_size: tuple[int, int, int] | None = None) -> 
         >>> to_fcn(net, (1, 8, 8))(torch.zeros(1, 1, 12, 12)).shape
         torch.Size([1, 10, 5, 5])
     """
+    if isinstance(model, Ensemble):
+        raise CnnkitError("an ensemble cannot be converted as one network; convert each member (ensemble.members[i])")
+    if isinstance(model, Classifier):
+        c, h, w = _check_input_size(model, input_size)
+        fcn = to_fcn(model.net, (c, h + 2 * model.pad, w + 2 * model.pad))
+        mean, std = model.mean.flatten().tolist(), model.std.flatten().tolist()
+        return Classifier(fcn, mean, std, model.classes, (c, h, w), pad=model.pad).train(model.training)
     input_size = _check_input_size(model, input_size)
     if not any(isinstance(m, (nn.Linear, *_FLATTEN)) for m in model.modules()):
         raise CnnkitError(

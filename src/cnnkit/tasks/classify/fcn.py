@@ -9,7 +9,6 @@ import torch.nn as nn
 
 from cnnkit.engine.runfolder import FORMAT, MODEL_FILE, read_info, save_model
 from cnnkit.errors import CnnkitError
-from cnnkit.models.deploy import Classifier
 from cnnkit.models.fcn import to_fcn
 from cnnkit.models.network import describe
 from cnnkit.tasks.classify.load import load_classifier
@@ -52,12 +51,11 @@ def convert_to_fcn(
         raise CnnkitError(f"{src} is already fully convolutional")
     clf = load_classifier(src, trust_code=trust_code, factory=factory)
     network = info.get("network") or describe(info["model"], clf.net)  # the net before to_fcn
-    fcn = to_fcn(clf.net, clf.net_input_size)
-    new = Classifier(fcn, info["mean"], info["std"], info["classes"], info["input_size"], pad=clf.pad)
+    new = to_fcn(clf)
     dst = Path(dst)
     path = dst / MODEL_FILE if dst.suffix != ".safetensors" else dst
     save_model(path, new, {**info, "network": network, "tta": "", "fcn": {"input_size": list(clf.net_input_size)}})
-    return path, fcn, info
+    return path, new.net, info
 
 
 def load_fcn(path: str | os.PathLike, trust_code: bool = False, factory: str | None = None) -> nn.Module:
