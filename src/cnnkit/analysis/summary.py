@@ -28,7 +28,7 @@ class Summary:
     """Everything ``cnnkit summary`` reports, for the given input and batch.
 
     ``str(summary)`` is the text table ``cnnkit summary`` prints; :meth:`to_dict` the JSON of
-    ``--json``.
+    ``--format json``.
 
     Attributes:
         model: the model's name (zoo name, spec file or class name).

@@ -78,10 +78,11 @@ def run_train(args) -> int:
     out = args.out or f"runs/generate-{cfg.data}-{time.strftime('%Y%m%d-%H%M%S')}"
     result = train(cfg, out, resume=args.resume, quiet=args.quiet)
     last = result.history[-1] if result.history else {}
+    digit = " --digit 7" if cfg.conditional else ""  # a conditional generator needs the digit to draw
     print(
-        f"done: {len(result.history)} epochs, d_loss {last.get('train_d_loss', float('nan')):.4f} g_loss "
+        f"done: {len(result.history)} epoch{'s' if len(result.history) != 1 else ''}, d_loss {last.get('train_d_loss', float('nan')):.4f} g_loss "
         f"{last.get('train_g_loss', float('nan')):.4f} in {result.seconds:.1f} s -> {out}  "
-        f"(`cnnkit generate predict {out} --out digits.png`)"
+        f"(`cnnkit generate predict {out}{digit} --out digits.png`)"
     )
     return 0
 

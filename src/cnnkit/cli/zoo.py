@@ -82,7 +82,7 @@ def run_zoo(args) -> int:
 
     from cnnkit.console import console
 
-    table = Table(title=f"cnnkit zoo: {len(rows)} models", title_justify="left")
+    table = Table(title=f"cnnkit zoo: {len(rows)} model{'s' if len(rows) != 1 else ''}", title_justify="left")
     for col, justify in (
         ("name", "left"),
         ("family", "left"),

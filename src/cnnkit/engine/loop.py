@@ -393,7 +393,7 @@ def _run_phase(
             console.print(
                 f"epoch {epoch + 1}/{total}{' ' + name if name else ''}  train {_fmt(means)}  "
                 f"{getattr(task, 'val_name', 'val') + ' ' + _fmt(metrics) + '  ' if metrics else ''}{seconds:.1f} s  "
-                f"{n / seconds:,.0f} img/s"
+                f"{n / seconds:,.0f} {getattr(task, 'unit', 'img')}/s"
             )
             stop = False
             if minutes and epoch + 1 < total:  # every process stops when one of them would overrun
@@ -482,7 +482,7 @@ def train_epoch(
                 )
             ips = (i % REPORT_EVERY + 1) * float(s[-1]) * d.world / (time.perf_counter() - tick)
             tick = time.perf_counter()
-            report(advance=i % REPORT_EVERY + 1, stats=f"{_fmt(means)}  {ips:,.0f} img/s")
+            report(advance=i % REPORT_EVERY + 1, stats=f"{_fmt(means)}  {ips:,.0f} {getattr(task, 'unit', 'img')}/s")
     return names, sums
 
 

@@ -59,6 +59,7 @@ class Task(Protocol):
     Attributes:
         name: the task's name, stored in the checkpoint: ``classify`` | ``detect`` | ``segment`` | ...
         metric: the validation number that names the best epoch (higher is better), e.g. ``acc``.
+        unit: optional: what the progress lines count per second (``series``, ``clips``; default ``img``).
     """
 
     name: str

@@ -40,7 +40,7 @@ class InstanceConfig(DetectConfig):
     tta: str | None = option(
         None,
         help="test-time augmentation of validation, eval and predict: flip (the boxes from the image's and "
-        "its mirror image's outputs averaged, the masks from the image's) | none (default)",
+        "its mirror image's outputs averaged, the masks from the image's) | none",
         choices=("flip", "none"),
     )
 

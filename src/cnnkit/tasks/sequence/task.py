@@ -28,6 +28,7 @@ class SequenceTask:
 
     name = "sequence"
     metric = "acc"
+    unit = "series"
 
     def __init__(self, batch_size: int, steps: int, info: dict | None = None, val_name: str = "val"):
         self.batch_size = batch_size

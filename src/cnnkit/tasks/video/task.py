@@ -44,6 +44,7 @@ class VideoTask:
     info: dict = field(default_factory=dict)
     name: str = "video"
     metric: str = "both"
+    unit: str = "clips"
 
     def batches(self, data, generator: torch.Generator, train: bool = True):
         """Shuffled (clips, targets) batches: float (B, T, 1, H, W) in [0, 1], float (B, 10) multi-hot."""

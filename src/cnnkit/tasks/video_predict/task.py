@@ -44,6 +44,7 @@ class PredictTask:
     info: dict = field(default_factory=dict)
     name: str = "video_predict"
     metric: str = "ssim"
+    unit: str = "clips"
 
     def batches(self, data, generator: torch.Generator, train: bool = True):
         """Shuffled (inputs, targets) batches, float (B, T, C, H, W) each, in [0, 1]."""
