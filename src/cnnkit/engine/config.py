@@ -67,7 +67,7 @@ class RunConfig:
 
     data: str | None = option(None, help="what to train on: a built-in data set's name or a PATH")
     data_dir: str | None = option(
-        None, help="the folder holding the built-in data sets (else $CNNKIT_DATA, else ~/.cache/cnnkit/data)"
+        None, help="the folder holding the built-in data sets; unset: $CNNKIT_DATA, else ~/.cache/cnnkit/data"
     )
     model: str | None = option(
         None, help="the network: a zoo name (`cnnkit zoo`), a spec .yaml/.json or FILE.py:FUNCTION"

@@ -202,12 +202,16 @@ class FinetuneConfig(RunConfig):
         'auto'
     """
 
-    data: str | None = option(None, help="DIR/<class>/* or DIR/{train,val[,test]}/<class>/* (required unless --resume)")
-    model: str | None = option(None, help="a zoo name (`cnnkit zoo`); optional when --weights is a cnnkit checkpoint")
+    data: str | None = option(
+        None, help="DIR/<class>/* or DIR/{train,val[,test]}/<class>/* (default: none; required unless --resume)"
+    )
+    model: str | None = option(
+        None, help="a zoo name (`cnnkit zoo`) (default: none; required unless --weights is a cnnkit checkpoint)"
+    )
     weights: str | None = option(
         None,
         help="reference-format .pth/.safetensors file or URL, imagenet for the "
-        "published weights (downloaded once), or a cnnkit checkpoint",
+        "published weights (downloaded once), or a cnnkit checkpoint (default: none: random initial weights)",
     )
     freeze_until: str | None = option(
         None,
