@@ -251,6 +251,7 @@ class FinetuneConfig(RunConfig):
         0.15, help="held out for a final test when DIR has no split folders at all (evaluated once, after training)"
     )
     device: str = "cpu"
+    optimizer: str = "adamw"  # what every stage trains with (not a choice: the stages set their own)
 
     unsupported = (
         "optimizer",
