@@ -100,6 +100,23 @@ def gone_from_split(paths: list) -> CnnkitError:
     )
 
 
+def not_a_file(path) -> None:
+    """Refuse a path that exists and is neither a regular file nor a folder (a named pipe, a socket,
+    a device): reading one can block forever.
+
+    Raises:
+        CnnkitError: naming the path.
+    """
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, TypeError, ValueError):
+        return  # absent or not a path: the reader says so in its own words
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise CnnkitError(f"{path} is not a regular file (a pipe, socket or device); give a file saved on disk")
+
+
 def output_folder(path, option: str = "--out-dir"):
     """Create the folder a command writes into (or a file's folder), before any work; returns its path.
 

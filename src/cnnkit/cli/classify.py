@@ -164,10 +164,11 @@ def run_eval(args) -> int:
     from cnnkit.tasks.classify.evaluate import evaluate_run
 
     existing_data_dir(args.data_dir)
-    if args.confusion:  # before the evaluation: a path that cannot be written is said at once
-        check_output(args.confusion, "--confusion")
-    result, data, _ = evaluate_run(args.run, args.split, args.data, args.data_dir, args.precision, **trust(args))
     png = Path(args.confusion) if args.confusion else resolve(args.run).parent / f"confusion_{args.split}.png"
+    check_output(png, "--confusion")  # before the evaluation: a path that cannot be written is said at once
+    if png.suffix.lower() != ".png":  # never a user's file (or the run's model) replaced by a PNG
+        raise CnnkitError(f"--confusion must name a .png file (the matrix is a PNG). Received: --confusion {png}")
+    result, data, _ = evaluate_run(args.run, args.split, args.data, args.data_dir, args.precision, **trust(args))
     save_figure(confusion_matrix(result.confusion, result.classes), png, "--confusion")
     if args.format == "json":
         print(json.dumps({**result.to_dict(), "split": args.split, "dataset": data.name, "confusion_png": str(png)}))

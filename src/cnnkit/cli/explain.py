@@ -116,8 +116,8 @@ def run_explain(args) -> int:
         summary = f"layer {name}"
     elif args.method == "patterns":
         name = layer or target.prefix + convs[-1]
-        if args.steps < 0:
-            raise CnnkitError(f"--steps must be 0 or more; received {args.steps}")
+        if not 1 <= args.steps <= 10_000:  # 0 would draw the untrained start image
+            raise CnnkitError(f"--steps must be an integer from 1 to 10,000; received {args.steps}")
         pats = filter_patterns(target.model, name, channels=args.channels, size=tuple(x.shape[-2:]), steps=args.steps)
         chans = args.channels or list(range(pats.shape[0]))
         fig = plots.pattern_grid(pats, channels=chans, layer=target.user_name(name))
@@ -183,6 +183,8 @@ def run_plot(args) -> int:
     existing_data_dir(args.data_dir)
     if args.max_images < 1:
         raise CnnkitError(f"--max-images must be a positive integer; received {args.max_images}")
+    if args.split is not None and args.split not in ("test", "val", "train", "trainval"):  # a typo is no "note"
+        raise CnnkitError(f"--split is test or val (or train, trainval). Received: --split {args.split}")
     written, notes = plot_run(
         args.run, data_dir=args.data_dir, split=args.split, max_images=args.max_images, **trust(args)
     )

@@ -90,7 +90,7 @@ def run_train(args) -> int:
 def _check_seed(seed: int) -> None:
     """``--seed`` of predict and eval within train's range (torch's generator takes a signed 64-bit seed)."""
     if not 0 <= seed < 2**63:
-        raise CnnkitError(f"--seed must be at least 0 and below {2**63}; received {seed}")
+        raise CnnkitError(f"--seed must be an integer from 0 to {2**63 - 1:,}; received {seed}")
 
 
 def run_eval(args) -> int:

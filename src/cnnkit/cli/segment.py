@@ -103,13 +103,13 @@ def run_predict(args) -> int:
 
     paths = [Path(p) for p in args.images]
     stems = output_stems(paths, args.out, (".png", "_overlay.png"))  # before any work: nothing overwritten
-    output_folder(args.out, "--out")  # a folder that cannot be made is said before any work
     model = onnx_segmenter(args.run) if args.run.lower().endswith(".onnx") else load_segmenter(args.run)
     channels = model.mean.shape[1] if hasattr(model, "mean") else model.input_size[0]
     max_side = model.info.get("config", {}).get("max_side")
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise CnnkitError(f"no such image file: {missing[0]}")
+    output_folder(args.out, "--out")  # once the run is read, before the predictions
     for path, stem in zip(paths, stems):
         image = read_pixels(path)
         if channels == 1:

@@ -148,10 +148,12 @@ def read_clips(paths: list[str], channels: int, size, frames: int | None = None)
 
 def _test_clips(n: int, data_dir, frames: int, model) -> list:
     """The first ``n`` Moving MNIST test clips, from ``data_dir`` or else the run's data folder."""
-    from cnnkit.data.video import MovingMnist, MovingMnistSpec
+    from cnnkit.data.video import TEST_SIZE, MovingMnist, MovingMnistSpec
 
-    if n < 0:
-        raise CnnkitError(f"--test must be an integer >= 0. Received: --test {n}")
+    if not 0 <= n <= TEST_SIZE:  # the fixed test set has 10,000 clips
+        raise CnnkitError(
+            f"--test must be an integer from 0 to {TEST_SIZE:,} (the test set's clips). Received: --test {n}"
+        )
     if not n:
         return []
     if data_dir is None:
@@ -169,14 +171,14 @@ def run_predict(args) -> int:
     from cnnkit.tasks.video.predict import frame_strip, heat_overlay, predict_clips
 
     model = load_video_classifier(args.run)
-    if args.out:  # before any work
-        output_folder(args.out, "--out")
     need = (model.frames - 1) * model.stride + 1
     named = read_clips(args.clips, model.channels, None, None) + _test_clips(
         args.test, args.data_dir, max(need, 20), model
     )
     if not named:
         raise CnnkitError("no clips: name .npy files or frame folders, or give --test N")
+    if args.out:  # once the run and the clips are read, before the predictions
+        output_folder(args.out, "--out")
     for stem, clip in named:
         probs = predict_clips(model, clip[None])[0]
         digits = [model.classes[i] for i in (probs > 0.5).nonzero().flatten().tolist()]
@@ -228,17 +230,18 @@ def run_predict_predict(args) -> int:
     from cnnkit.tasks.video_predict.predict import predict_frames, write_prediction
 
     model = load_predictor(args.run)
-    output_folder(args.out, "--out")  # before any work
     t = model.frames
     named = read_clips(args.clips, model.channels, model.size, None) + _test_clips(
         args.test, args.data_dir, 2 * t, model
     )
     if not named:
         raise CnnkitError("no clips: name .npy files or frame folders, or give --test N")
-    stems = output_stems([Path(s) for s, _ in named], args.out, (".png", ".gif"))
-    for (name, clip), stem in zip(named, stems):
+    for name, clip in named:
         if clip.shape[0] < t:
             raise CnnkitError(f"{name} has {clip.shape[0]} frames; this predictor needs {t} frames in")
+    output_folder(args.out, "--out")  # once the run and the clips are read, before the predictions
+    stems = output_stems([Path(s) for s, _ in named], args.out, (".png", ".gif"))
+    for (name, clip), stem in zip(named, stems):
         pred = predict_frames(model, clip[None, :t])[0]
         truth = clip[t : 2 * t] if clip.shape[0] >= 2 * t else None
         png, gif = write_prediction(clip[:t], pred, truth, args.out, stem)

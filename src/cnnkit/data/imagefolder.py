@@ -388,6 +388,14 @@ def _check_classes(root: Path, classes: list[str], layout) -> None:
             f"{root} has {len(classes)} class folder ({', '.join(map(repr, classes))}); a "
             "classifier needs at least two: arrange the images as <class>/<image>"
         )
+    if "train" in layout:  # split folders: a class only val/ or test/ holds is one the model never learns
+        untrained = sorted(c for c in classes if not layout["train"].get(c))
+        if untrained:
+            raise CnnkitError(
+                f"{root}: the class folder{'s' * (len(untrained) > 1)} {', '.join(map(repr, untrained[:5]))} "
+                f"{'have' if len(untrained) > 1 else 'has'} no readable image in train/ (only in the other "
+                "split folders); add training images to train/<class>/, or remove the class from every split"
+            )
 
 
 def _warn_small_classes(root: Path, classes: list[str], layout) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import warnings
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnkit.errors import CnnkitError, is_out_of_memory, out_of_memory
+from cnnkit.errors import CnnkitError, is_out_of_memory, not_a_file, out_of_memory
 
 # Pillow's own decompression-bomb threshold (89.5 M pixels, ~ 0.25 GB as RGB): a header claiming
 # more is refused before a single pixel is decoded
@@ -25,6 +26,8 @@ def open_image(path: str | Path, max_pixels: int = MAX_DECODE_PIXELS):
     """``with open_image(p) as im:`` a lazily decoded PIL image whose header has been checked."""
     from PIL import Image, UnidentifiedImageError
 
+    if isinstance(path, (str, os.PathLike)):
+        not_a_file(path)
     try:
         with warnings.catch_warnings():  # the size is checked below, with the number in the error
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

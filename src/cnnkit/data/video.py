@@ -49,7 +49,7 @@ from torch.utils.data import Dataset
 
 from cnnkit.data.datasets import load_dataset
 from cnnkit.data.images import read_image
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, human_bytes, memory_available, not_a_file
 
 TEST_SEED = 2015  # the fixed seed of the 10,000-clip test set
 TEST_SIZE = 10_000  # clips in the test set, as the released file
@@ -195,6 +195,16 @@ class MovingMnist(Dataset):
         if isinstance(num_sequences, bool) or not isinstance(num_sequences, int) or num_sequences < 1:
             raise CnnkitError(f"num_sequences must be an integer >= 1; received: {num_sequences!r}")
         spec.check()
+        # the trajectories of every clip are drawn up front (int16, BLOCK clips at a time, kept and
+        # then concatenated) with three int64 indices per digit: refused before a billion clips
+        # grow the process until the system kills it
+        blocks = math.ceil(num_sequences / BLOCK)
+        need = blocks * BLOCK * spec.num_digits * spec.num_frames * 2 * 2 * 2 + num_sequences * spec.num_digits * 24
+        if need > memory_available():
+            raise CnnkitError(
+                f"{num_sequences:,} Moving MNIST clips of {spec.num_frames} frames need {human_bytes(need)}, more "
+                f"than the {human_bytes(memory_available())} of memory available; ask for fewer clips or frames"
+            )
         mnist = load_dataset("mnist", split, data_dir=data_dir, download=download)
         self.digits = mnist.images[:, 0]  # (M, 1, 28, 28) -> (M, 28, 28) uint8
         self.digit_labels = mnist.labels  # (M,)
@@ -339,6 +349,7 @@ class VideoClips(Dataset):
         return torch.stack(out)  # (T, C, H, W)
 
     def _read_npy(self, path: Path) -> torch.Tensor:
+        not_a_file(path)
         try:
             with open(path, "rb") as f:
                 magic = f.read(6)

@@ -296,6 +296,8 @@ def check_values(cls: type, values: dict) -> None:
             if (low is not None and v < low) or (high is not None and v >= high):
                 if isinstance(v, int) and high is None and low in (0, 1):
                     want = "an integer >= 0" if low == 0 else "a positive integer"
+                elif isinstance(v, int) and isinstance(low, int) and isinstance(high, int):
+                    want = f"an integer from {low:,} to {high - 1:,}"
                 else:
                     want = f"at least {low}" if high is None else f"at least {low} and below {high}"
                 raise CnnkitError(f"{flag} must be {want}; received {v}")
@@ -574,6 +576,12 @@ def use_threads(threads: int | None) -> int:
     """
     import torch
 
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if threads and threads > 4 * cores:  # thousands of OpenMP threads: the process crashes (SIGSEGV)
+        raise CnnkitError(
+            f"--threads {threads} is more than 4 times the {cores} cores this process may use; "
+            f"give at most {cores} (0: the free cores)"
+        )
     n = threads if threads else free_cores()
     torch.set_num_threads(n)
     keep_freed_memory()

@@ -265,7 +265,10 @@ def strip_prefix(tensors: dict, prefix: str) -> dict:
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-CHECKPOINT_HINT = "give a run folder or model.safetensors written by `cnnkit train`, `finetune` or `fcn`"
+CHECKPOINT_HINT = (
+    "give a run folder or model.safetensors written by a `cnnkit ... train` command (restore a damaged one "
+    "from a copy, or train it again)"
+)
 
 
 def resolve(path: str | os.PathLike) -> Path:

@@ -416,7 +416,15 @@ def resolve_target(target, meta: bool = True) -> tuple[nn.Module, tuple[int, ...
         raise CnnkitError(f"name the factory function too: {text}:FUNCTION (a function returning an nn.Module)")
     from cnnkit.models import create_model, model_info
 
-    info = model_info(text)  # raises with close matches for an unknown name
+    try:
+        info = model_info(text)  # raises with close matches for an unknown name
+    except CnnkitError:
+        if path.exists():  # a run folder, a checkpoint, a data file: not a name
+            raise CnnkitError(
+                f"{text} is a {'folder' if path.is_dir() else 'file'}, not a network: give a zoo name, a .yaml/.json "
+                "spec, a .keras/.h5 file or file.py:FUNCTION (a run's network is the `model` of its config.yaml)"
+            ) from None
+        raise
     with on_meta() if meta else contextlib.nullcontext():  # on meta: nothing is allocated or initialised
         model = create_model(text)
     return model, info.input_size, text

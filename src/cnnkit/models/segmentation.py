@@ -102,6 +102,11 @@ def _encoder(cfg: SegmenterConfig, out_strides, output_stride: int = 32) -> nn.M
                 f"backbone 'unet' (U-Net's own encoder) is for arch unet; {cfg.arch} needs a "
                 "zoo backbone such as resnet18 or mobilenet_v2"
             )
+        if cfg.weights:  # as detection's 'tiny': weights it cannot load are refused, never ignored
+            raise CnnkitError(
+                f"U-Net's own encoder (--model unet) has no pretrained weights; received --weights {cfg.weights}: "
+                "leave --weights out, or choose a zoo encoder (e.g. --model resnet18)"
+            )
         return UNetEncoder(cfg.in_channels or 3, cfg.width)
     from cnnkit.models.features import create_features
 

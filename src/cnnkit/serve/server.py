@@ -252,13 +252,18 @@ def host_warning(host: str) -> str | None:
 
 def make_server(runs=None, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None):
     """A ready (not yet serving) server; ``port=0`` picks a free port (``server.server_address``)."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise CnnkitError(f"--port must be an integer from 0 to 65535 (0 picks a free one). Received: --port {port}")
     app = Workbench(runs, limits)
     # `timeout` is the socket timeout of each connection (StreamRequestHandler.setup applies it)
     handler = type("WorkbenchHandler", (Handler,), {"app": app, "timeout": app.limits.connection_seconds})
     try:
         server = _Server((host, port), handler)
     except OSError as exc:
-        raise CnnkitError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pass another --port") from None
+        raise CnnkitError(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}); pass another --port, or a --host this "
+            "machine has (127.0.0.1, 0.0.0.0)"
+        ) from None
     server.app = app
     bound = server.server_address[1]
     if is_loopback(host):  # the page and the API answer only to the names of this machine

@@ -212,6 +212,11 @@ def evaluate_run(
                 files=own.get(split),
             )
     else:
+        if cfg:  # the settings evaluation reads the data by, refused in one line if they were edited
+            from cnnkit.engine.runfolder import stored_config
+            from cnnkit.tasks.classify.config import TrainConfig
+
+            stored_config(TrainConfig, {"config": cfg}, resolve(run))
         trained_on = cfg.get("data") or cfg.get("dataset") if isinstance(cfg, dict) else None
         if not (data or trained_on):
             raise CnnkitError(

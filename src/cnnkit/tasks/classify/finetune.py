@@ -777,8 +777,14 @@ def load_backbone(
             raise CnnkitError(
                 f"--weights {weights} is an ensemble or FCN checkpoint; give a single classifier to fine-tune"
             )
-        own = {k: info[k] for k in ("mean", "std", "input_size")}
-        return load_classifier(weights).net, info["model"], own
+        net = load_classifier(weights).net  # refuses another task's run (sequence, segment, ...) in one line
+        own = {k: info.get(k) for k in ("mean", "std", "input_size")}
+        if any(v is None for v in own.values()) or not isinstance(info.get("model"), str):
+            raise CnnkitError(
+                f"--weights {weights}: its metadata lacks the classifier's input size or normalisation; "
+                "give a run written by `cnnkit classify train|finetune`"
+            )
+        return net, info["model"], own
     if model_name is None:
         raise CnnkitError(
             "--model is required unless --weights is a cnnkit checkpoint; e.g. "
@@ -892,6 +898,8 @@ def run_finetune(
     for name in ("val_fraction", "test_fraction"):
         if not 0 <= getattr(cfg, name) < 1:
             raise CnnkitError(f"--{name.replace('_', '-')} must be in [0, 1); received {getattr(cfg, name)}")
+    if str(cfg.device or "cpu").startswith("cuda") and not torch.cuda.is_available():  # as distributed() says it
+        raise CnnkitError("--device cuda, but PyTorch sees no CUDA GPU here; use --device cpu")
     torch.manual_seed(cfg.seed)  # a random base (no --weights) and the new head: the same every run
     net, name, own = load_backbone(cfg.model, cfg.weights)
     if ":" in name or name.endswith((".yaml", ".yml", ".json")):
@@ -933,6 +941,10 @@ def run_finetune(
             f"classes {train.classes}, input {pre.input_size}, stages {','.join(stages)}"
         )
     out = Path(out or f"runs/finetune-{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if main:  # before any training: an --out that cannot be a folder is one line, not a lost run
+        from cnnkit.errors import output_folder
+
+        output_folder(out, "--out")
     about = {
         "stages": list(stages),
         "freeze_until": cfg.freeze_until,

@@ -68,9 +68,11 @@ def plot_run(
         model = load_classifier(run, trust_code=trust_code, factory=factory)
         info = getattr(model, "info", {}) or {}
         name = info.get("dataset", {}).get("name")
-        if not name:
+        if not name or not isinstance(name, str):
             raise CnnkitError("the checkpoint does not name its dataset")
         data_dir = data_dir or info.get("config", {}).get("data_dir")
+        if not isinstance(data_dir, (str, type(None))):  # edited metadata: a note, as any other unreadable data
+            raise CnnkitError(f"the checkpoint's data_dir is {str(data_dir)[:40]!r}, not a folder name")
         c, h, w = model.input_size
         data, errors = None, []
         for s in [split] if split else ["test", "val"]:

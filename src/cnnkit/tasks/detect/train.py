@@ -51,7 +51,7 @@ def train(cfg: DetectConfig, out, resume: bool = False, quiet: bool = False):
     out = Path(out)
     cfg = run_config(cfg, out, resume, config_from_dict)
     with distributed(cfg.device) as d:
-        train_set, val_set, test_set = run_data(cfg, out, resume, d, load_split_data)
+        train_set, val_set, test_set, split = run_data(cfg, out, resume, d, load_split_data)
         torch.manual_seed(cfg.seed)
         channels = train_set.images.shape[1]
         model, info = new_detector(
@@ -98,7 +98,9 @@ def train(cfg: DetectConfig, out, resume: bool = False, quiet: bool = False):
             ema=cfg.ema,
             val_every=cfg.val_every,
         )
-        run, final = fit_and_test(task, model, train_set, val_set, test_set, plan, cfg, out, resume, quiet, d, "detect")
+        run, final = fit_and_test(
+            task, model, train_set, val_set, test_set, plan, cfg, out, resume, quiet, d, "detect", split
+        )
         Console(quiet=quiet or not d.main).print(
             f"done: test AP {final['AP']:.3f}, AP50 {final['AP50']:.3f}, AP75 {final['AP75']:.3f} in "
             f"{run.seconds:.1f} s -> {out}  (`cnnkit detect eval {out}`)"
@@ -106,10 +108,22 @@ def train(cfg: DetectConfig, out, resume: bool = False, quiet: bool = False):
         return run, final
 
 
-def fit_and_test(task, model, train_set, val_set, test_set, plan, cfg, out, resume: bool, quiet: bool, d, kind: str):
+def fit_and_test(
+    task, model, train_set, val_set, test_set, plan, cfg, out, resume: bool, quiet: bool, d, kind: str, split=None
+):
     """``engine.fit`` on the run's split (the validation part, carved from the training images,
     validates every ``cfg.val_every`` epochs), then the trained model scored once on the test split:
-    ``(FitResult, metrics)``. Shared by ``cnnkit detect train`` and ``cnnkit instance train`` (``kind``)."""
+    ``(FitResult, metrics)``. Shared by ``cnnkit detect train`` and ``cnnkit instance train`` (``kind``).
+    ``split`` (from :func:`run_data`) is written to ``out/split.json`` first: only once the model is
+    built, so that a refused setting (weights, strides, model) leaves no run folder behind."""
+    if d.main and split is not None:
+        import json
+
+        from cnnkit.engine.runfolder import SPLIT_FILE, atomic_write_bytes
+        from cnnkit.errors import output_folder
+
+        output_folder(out, "--out")  # a file of that name, or no permission: one line, not a traceback
+        atomic_write_bytes(out / SPLIT_FILE, json.dumps(split, indent=1).encode())
     test_set = _to(test_set, d.device)
     run = fit_run(
         task,
@@ -141,10 +155,8 @@ def run_config(cfg, out, resume: bool, from_dict, task: str = "detect"):
 
 def run_data(cfg, out, resume: bool, d, load):
     """Threads, then ``load(cfg, split)``'s train, validation and test sets on the run's split (the
-    one in ``out/split.json`` on resume), which rank 0 writes to the run."""
-    import json
-
-    from cnnkit.engine.runfolder import SPLIT_FILE, atomic_write_bytes, run_photos
+    one in ``out/split.json`` on resume), and that split, which :func:`fit_and_test` writes to the run."""
+    from cnnkit.engine.runfolder import run_photos
 
     use_threads(cfg.threads)
     split = run_photos(out, cfg.data) if resume else None  # on resume: the run's own photos
@@ -156,7 +168,4 @@ def run_data(cfg, out, resume: bool, d, load):
             f"{cfg.data} holds no (non-crowd) boxes to learn from: none of its {len(train_set)} training images "
             "has an object labelled; add boxes (COCO annotations without iscrowd, or YOLO label lines)"
         )
-    if d.main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out / SPLIT_FILE, json.dumps(split, indent=1).encode())
-    return train_set, val_set, test_set
+    return train_set, val_set, test_set, split

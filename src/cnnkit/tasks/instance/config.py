@@ -31,10 +31,10 @@ class InstanceConfig(DetectConfig):
     batch_size: int = 8
     lr: float = 1e-3
     scenes: tuple[int, int] = (600, 200)
-    mask_convs: int = option(4, help="3x3 convolutions of the mask head (Mask R-CNN: 4)")
-    mask_width: int = option(64, help="channels of the mask head (Mask R-CNN: 256)")
-    roi_jitter: int = option(2, help="jittered copies of each ground-truth box the mask head trains on")
-    mask_weight: float = option(1.0, help="weight of the mask loss beside the detector's")
+    mask_convs: int = option(4, help="3x3 convolutions of the mask head (Mask R-CNN: 4)", minimum=0)
+    mask_width: int = option(64, help="channels of the mask head (Mask R-CNN: 256)", minimum=1)
+    roi_jitter: int = option(2, help="jittered copies of each ground-truth box the mask head trains on", minimum=0)
+    mask_weight: float = option(1.0, help="weight of the mask loss beside the detector's", minimum=0)
     freeze_to: int | None = 4
     val_every: int | None = None
     tta: str | None = option(
@@ -59,6 +59,7 @@ class InstanceConfig(DetectConfig):
             val_every=self.val_every if self.val_every is not None else (8 if photos else 0),
             tta=self.tta or "none",  # flip TTA of the boxes did not raise the validation mask AP
             keep_depthwise=bool(self.keep_depthwise),  # off unless asked: the mask head's recipe trains them
+            train_digits=self.train_digits or (1, 4),  # whatever the backbone (detection gives tiny 4 to 8)
         )
         return DetectConfig.resolved(cfg)
 

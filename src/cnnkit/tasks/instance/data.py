@@ -151,7 +151,8 @@ def load_instance_data(
 
         sets = []
         for part, n in zip(("train", "val", "test"), (cfg.scenes[0], cfg.scenes[1], cfg.scenes[1])):
-            s = digit_scenes(part, n, cfg.image_size, cfg.data_dir, cfg.seed)
+            digits = tuple(cfg.train_digits) if part == "train" else (1, 4)  # as detection's scenes
+            s = digit_scenes(part, n, cfg.image_size, cfg.data_dir, cfg.seed, digits=digits)
             sets.append(
                 from_instances(
                     s.images, s.instances, s.labels, s.classes, cfg.image_size, [f"scene{i:05d}" for i in range(n)]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from cnnkit.errors import CnnkitError
 from cnnkit.layers import keep_depthwise
 from cnnkit.models.instance import MaskDetector
 from cnnkit.tasks.instance.config import InstanceConfig, config_from_dict
@@ -43,19 +42,19 @@ def train(cfg: InstanceConfig, out, resume: bool = False, quiet: bool = False):
     from rich.console import Console
 
     from cnnkit.engine import Phase, Plan, Setup
+    from cnnkit.engine.config import check_values
     from cnnkit.engine.distributed import distributed
     from cnnkit.engine.optim import lr_at, make_optimizer
     from cnnkit.tasks.detect.train import fit_and_test, run_config, run_data
 
     out = Path(out)
     cfg = run_config(cfg, out, resume, config_from_dict, "instance")
-    if cfg.roi_jitter < 0 or cfg.freeze_to < 0 or cfg.mask_convs < 0 or cfg.mask_width < 1 or cfg.mask_weight < 0:
-        raise CnnkitError(
-            f"--roi-jitter, --freeze-to and --mask-convs must be >= 0, --mask-width >= 1, --mask-weight >= 0; "
-            f"received {cfg.roi_jitter}, {cfg.freeze_to}, {cfg.mask_convs}, {cfg.mask_width}, {cfg.mask_weight}"
-        )
+    # the bounds the command line checks, for a config built in Python: the first bad one named
+    check_values(
+        type(cfg), {k: getattr(cfg, k) for k in ("roi_jitter", "freeze_to", "mask_convs", "mask_width", "mask_weight")}
+    )
     with distributed(cfg.device) as d:
-        train_set, val_set, test_set = run_data(cfg, out, resume, d, load_instance_data)
+        train_set, val_set, test_set, split = run_data(cfg, out, resume, d, load_instance_data)
         torch.manual_seed(cfg.seed)
         channels = train_set.images.shape[1]
         model, info = new_mask_detector(cfg, train_set.classes, channels)
@@ -88,7 +87,7 @@ def train(cfg: InstanceConfig, out, resume: bool = False, quiet: bool = False):
 
         plan = Plan([Phase(cfg.epochs, begin)], seed=cfg.seed, ema=cfg.ema, val_every=cfg.val_every)
         run, final = fit_and_test(
-            task, model, train_set, val_set, test_set, plan, cfg, out, resume, quiet, d, "instance"
+            task, model, train_set, val_set, test_set, plan, cfg, out, resume, quiet, d, "instance", split
         )
         Console(quiet=quiet or not d.main).print(
             f"done: test mask AP {final['mask_AP']:.3f} (AP50 {final['mask_AP50']:.3f}), box AP {final['box_AP']:.3f} "

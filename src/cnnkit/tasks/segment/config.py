@@ -84,7 +84,7 @@ class SegmentConfig(RunConfig):
     model: str | None = option(None, help="the encoder: a zoo name, or unet (U-Net's own encoder)")
     weights: str | None = None
     output_stride: int = option(16, help="DeepLab: 16 or 8")
-    width: int | None = option(None, help="U-Net's own encoder: first-level channels")
+    width: int | None = option(None, help="U-Net's own encoder: first-level channels", minimum=1)
     finest: int | None = option(None, help="U-Net on a zoo backbone: finest decoder stride, 2 or 4")
     freeze_bn: bool | None = option(None, help="keep the encoder's batch norms in eval mode (pretrained statistics)")
     encoder_lr: float | None = option(None, help="the encoder's learning rate as a fraction of --lr")
@@ -119,7 +119,7 @@ class SegmentConfig(RunConfig):
         None,
         help="the network answers on the image resized by each of these factors, the answers averaged (1: as it is)",
     )
-    boundary_d: int = option(3, help="boundary IoU band (px)")
+    boundary_d: int = option(3, help="boundary IoU band (px)", minimum=1)
     val_every: int | None = None
 
     def resolved(self) -> SegmentConfig:

@@ -194,13 +194,13 @@ def _fit_closed_form(cfg: SequenceConfig, model, train_set, val_set, out, resume
     if resume:
         raise CnnkitError(f"a {cfg.model} run is fitted in one pass and has nothing to resume; start a new --out")
     check_new_run(out, resume=False)
+    with distributed(cfg.device) as d:  # a device that is not there is refused before --out is made
+        model.to(d.device)
     made = out is not None and not Path(out).exists()
     if out is not None:  # before the fit: an --out that cannot be a folder is one line, not a lost fit
         from cnnkit.errors import output_folder
 
         output_folder(out, "--out")
-    with distributed(cfg.device) as d:
-        model.to(d.device)
     tick = time.perf_counter()
     columns = (TextColumn(f"{cfg.model}: transforming"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     try:

@@ -35,8 +35,10 @@ class PredictConfig(RunConfig):
     weight_decay: float = option(0.0, help="L2 weight decay of conv and linear weights", minimum=0)
     clips: int = option(2000, help="Moving MNIST: training clips per epoch (new ones every epoch)", minimum=1)
     val_clips: int = option(200, help="Moving MNIST: validation clips (held-out training digits)", minimum=0)
-    test_clips: int = option(10_000, help="Moving MNIST: test clips, the first N of the fixed test set", minimum=1)
-    frames: int = option(10, help="frames in, and as many predicted", minimum=1)
+    test_clips: int = option(
+        10_000, help="Moving MNIST: test clips, the first N of the fixed test set", minimum=1, below=10_001
+    )
+    frames: int = option(10, help="frames in, and as many predicted", minimum=1, below=501)
     size: int = option(64, help="a folder's clips: frames resized to size x size (px)", minimum=8)
     channels: int = option(1, help="a folder's clips: 1 (grey) or 3 (RGB)", choices=(1, 3))
     val_every: int = option(1, help="validate after every k-th epoch and after the last (0: never)", minimum=0)
