@@ -198,3 +198,12 @@ def test_a_named_pipe_is_refused_not_read(tmp_path, capsys):
     pipe = tmp_path / "pipe.png"
     os.mkfifo(pipe)
     assert "is not a regular file (a pipe, socket or device)" in _error(capsys, ["predict", str(run), str(pipe)])
+
+
+def test_a_photo_folder_of_the_data_folder_named_like_a_data_set_is_pointed_to(tmp_path, capsys):
+    _photos(tmp_path / "data" / "flowers")
+    base = ["--data", "flowers", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "r")]
+    hint = f"the data folder has {tmp_path / 'data' / 'flowers'}: pass --data {tmp_path / 'data' / 'flowers'}"
+    assert hint in _error(capsys, ["train", *base])
+    assert hint in _error(capsys, ["classify", "finetune", "--model", "mnist_fast", *base])
+    assert "the data folder has" not in _error(capsys, ["train", *base[:1], "flowerz", *base[2:]])

@@ -173,8 +173,10 @@ def load_dataset(
             )
         return load_image_folder(root, split=split, **kw)
     if name not in DATASETS:
+        there = default_data_dir(data_dir) / str(name)  # `--data flowers` for the data folder's flowers/
+        hint = f"; the data folder has {there}: pass --data {there}" if there.is_dir() else ""
         raise CnnkitError(
-            f"unknown dataset {name!r}; use one of {', '.join(list_datasets())} or the path of an image folder"
+            f"unknown dataset {name!r}; use one of {', '.join(list_datasets())} or the path of an image folder{hint}"
         )
     info = DATASETS[name]
     folder = fetch(info, data_dir, download=download, mirrors=mirrors)

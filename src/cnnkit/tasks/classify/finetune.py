@@ -900,6 +900,14 @@ def run_finetune(
             raise CnnkitError(f"--{name.replace('_', '-')} must be in [0, 1); received {getattr(cfg, name)}")
     if str(cfg.device or "cpu").startswith("cuda") and not torch.cuda.is_available():  # as distributed() says it
         raise CnnkitError("--device cuda, but PyTorch sees no CUDA GPU here; use --device cpu")
+    if not Path(cfg.data).is_dir():
+        from cnnkit.data.datasets import default_data_dir
+
+        there = default_data_dir(cfg.data_dir) / cfg.data  # `--data flowers` for the data folder's flowers/
+        hint = f"; the data folder has {there}: pass --data {there}" if there.is_dir() else ""
+        raise CnnkitError(
+            f"image folder not found: {cfg.data}{hint or '; pass a folder holding one sub-folder per class'}"
+        )
     torch.manual_seed(cfg.seed)  # a random base (no --weights) and the new head: the same every run
     net, name, own = load_backbone(cfg.model, cfg.weights)
     if ":" in name or name.endswith((".yaml", ".yml", ".json")):
