@@ -379,3 +379,178 @@ def test_reading_needs_neither_keras_nor_tensorflow(saved, monkeypatch):
     for fmt in ("keras", "h5"):
         net, size = load_keras(paths[fmt])
         assert size == (3, 12, 10) and net(torch.rand(1, *size)).shape == (1, 5)
+
+
+@pytest.mark.parametrize("fmt", ["keras", "h5"])
+def test_keras_ops_with_a_constant_is_refused(tmp_path, fmt):
+    """``x + 3.0`` is saved as a keras.ops ``Add`` with one tensor: read as the Add layer it dropped the 3.0."""
+    x_in = keras.Input((5, 5, 3))
+    x = layers.Conv2D(3, 3, padding="same")(x_in)
+    model = keras.Model(x_in, layers.Flatten()(layers.ReLU(6.0)(x + 3.0) * (1.0 / 6.0)))  # MobileNetV3's hard_sigmoid
+    model.save(tmp_path / f"ops.{fmt}")
+    with pytest.raises(CnnkitError) as exc:
+        load_keras(tmp_path / f"ops.{fmt}")
+    assert "constant 3.0" in _one_line(exc)
+
+
+def test_custom_subclass_named_like_a_keras_layer_is_refused(tmp_path):
+    """A custom class keeps its name (here Conv2D): built as Keras' Conv2D it would skip the custom call()."""
+
+    class Conv2D(layers.Conv2D):
+        def call(self, x):
+            return super().call(x) * 2.0
+
+    model = keras.Sequential([keras.Input((5, 5, 3)), Conv2D(2, 3)])
+    model.save(tmp_path / "custom.keras")
+    with pytest.raises(CnnkitError) as exc:
+        load_keras(tmp_path / "custom.keras")
+    assert "custom class Conv2D" in _one_line(exc)
+
+
+def test_nested_model_with_batchnorm_in_h5(tmp_path):
+    """A legacy .h5 lists a nested model's weights trainable first: BatchNorm statistics come last.
+
+    Two BatchNormalization layers of one width in a row, two levels of nesting, a frozen layer: read in
+    list order, the second BN's gamma and beta became the first one's moving mean and variance.
+    """
+    lvl2 = keras.Sequential(
+        [keras.Input((6, 6, 3)), layers.Conv2D(4, 3), layers.BatchNormalization(), layers.BatchNormalization()],
+        name="lvl2",
+    )
+    lvl1 = keras.Sequential(
+        [keras.Input((6, 6, 3)), lvl2, layers.Conv2D(4, 1), layers.BatchNormalization()], name="lvl1"
+    )
+    lvl1.layers[1].trainable = False
+    x_in = keras.Input((6, 6, 3))
+    model = keras.Model(x_in, layers.Dense(2)(layers.Flatten()(lvl1(x_in))))
+    _randomise(model, 11)
+    x = torch.rand(2, 3, 6, 6)
+    for name in ("m.h5", "m.keras"):
+        model.save(tmp_path / name)
+        net, _ = load_keras(tmp_path / name)
+        assert np.abs(_ours(net, x)[0] - _keras_out(model, x)[0]).max() <= 1e-5, name
+
+
+@pytest.mark.parametrize("activation", ["softmax", "log_softmax"])
+def test_dense_softmax_on_a_feature_map(tmp_path, activation):
+    """Dense on (N, L, C) or (N, H, W, C) maps: the softmax runs over the units, as in Keras."""
+    for shape in ((7, 3), (4, 5, 3)):
+        model = keras.Sequential([keras.Input(shape), layers.Dense(6, activation=activation)])
+        _randomise(model, 3)
+        model.save(tmp_path / "d.keras")
+        net, size = load_keras(tmp_path / "d.keras")
+        x = torch.rand(2, *size) * 3
+        assert np.abs(_ours(net, x)[0] - _keras_out(model, x)[0]).max() <= 1e-5, shape
+
+
+@pytest.mark.parametrize("op", ["Multiply", "Add"])
+def test_merge_of_inputs_of_different_ranks(tmp_path, op):
+    """Keras expands the lower-rank input at axis 1: (N, C) against (N, H, W, C) is (N, 1, 1, C).
+
+    Width 4 = channels 4 is where torch's own broadcasting ran silently (on the wrong axis).
+    """
+    for shape in ((4, 4, 4), (5, 6, 4), (7, 4)):
+        x_in = keras.Input(shape)
+        conv = layers.Conv2D(4, 3, padding="same") if len(shape) == 3 else layers.Conv1D(4, 3, padding="same")
+        pool = layers.GlobalAveragePooling2D() if len(shape) == 3 else layers.GlobalAveragePooling1D()
+        x = conv(x_in)
+        model = keras.Model(x_in, getattr(layers, op)()([x, layers.Dense(4)(pool(x))]))
+        _randomise(model, 5)
+        model.save(tmp_path / "m.keras")
+        net, size = load_keras(tmp_path / "m.keras")
+        x = torch.rand(4, *size)
+        assert np.abs(_ours(net, x)[0] - _keras_out(model, x)[0]).max() <= 1e-5, shape
+
+
+def test_keras2_hard_sigmoid(saved, tmp_path):
+    """Keras 2 computed hard_sigmoid as clip(0.2 x + 0.5, 0, 1), Keras 3 as relu6(x + 3) / 6.
+
+    A Keras 2 .h5 (its keras_version attribute says 2.x) keeps Keras 2's formula, also in the
+    config a run stores; a Keras 3 file keeps Keras 3's.
+    """
+    model = keras.Sequential(
+        [keras.Input((4,)), layers.Dense(3, activation="hard_sigmoid"), layers.Activation("hard_sigmoid")]
+    )
+    _randomise(model, 2)
+    model.save(tmp_path / "k3.h5")
+    _keras2(tmp_path / "k3.h5", tmp_path / "k2.h5")
+    with h5py.File(tmp_path / "k2.h5", "a") as f:
+        f.attrs["keras_version"] = "2.15.0"
+    x = torch.linspace(-4, 4, 12).reshape(3, 4)
+    kernel, bias = (keras.ops.convert_to_numpy(w) for w in model.layers[0].weights)
+    hs2 = lambda v: np.clip(0.2 * v + 0.5, 0, 1)  # noqa: E731
+    want = hs2(hs2(x.numpy() @ kernel + bias))
+    net, _ = load_keras(tmp_path / "k2.h5")
+    rebuilt = build_from_keras_config(net.keras_config)
+    rebuilt.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        assert np.abs(net(x).numpy() - want).max() <= 1e-6
+        assert np.abs(rebuilt(x).numpy() - want).max() <= 1e-6
+    net3, _ = load_keras(tmp_path / "k3.h5")
+    assert np.abs(_ours(net3, x)[0] - _keras_out(model, x)[0]).max() <= 1e-6
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        {"class_name": "BatchNormalization", "config": {"epsilon": -1}},
+        {"class_name": "BatchNormalization", "config": {"epsilon": float("nan")}},
+        {"class_name": "BatchNormalization", "config": {"epsilon": "x"}},
+        {"class_name": "LeakyReLU", "config": {"name": "bad", "negative_slope": "x"}},
+        {"class_name": "ELU", "config": {"name": "bad", "alpha": "x"}},
+        {"class_name": "Rescaling", "config": {"name": "bad", "scale": [1.0, 2.0]}},
+    ],
+)
+def test_edited_layer_values_are_refused_when_read(saved, tmp_path, layer):
+    """Values of the wrong type or size are refused by load_keras, not by a traceback at the first prediction."""
+    name = "conv1d" if layer["class_name"] == "BatchNormalization" else "mnist_convnet"
+
+    def edit(data):
+        config = json.loads(data)
+        layers_ = config["config"]["layers"]
+        if name == "conv1d":  # the fixture's own BatchNormalization (its weights are in the file)
+            layers_[2]["config"].update(layer["config"], name="bad")
+        else:
+            layers_.insert(2, layer)  # after the first Conv2D (32 channels)
+        return json.dumps(config).encode()
+
+    _edit_config(saved[name][1]["keras"], tmp_path / "edited.keras", edit)
+    with pytest.raises(CnnkitError) as exc:
+        load_keras(tmp_path / "edited.keras")
+    assert "'bad'" in _one_line(exc)
+
+
+def test_refusal_is_short(tmp_path):
+    model = keras.Sequential([keras.Input((4,)), layers.Embedding(10, 2)])
+    model.save(tmp_path / "emb.keras")
+    with pytest.raises(CnnkitError) as exc:
+        load_keras(tmp_path / "emb.keras")
+    msg = _one_line(exc)
+    assert "layer 'embedding' is an Embedding" in msg and "cnnkit.models.keras.LAYERS" in msg and len(msg) < 250
+
+
+def test_layers_that_pass_through_at_inference(tmp_path):
+    """Augmentation (the Keras tutorials' nested ``data_augmentation``), noise and spatial dropout: identities."""
+    augmentation = keras.Sequential([layers.RandomFlip("horizontal"), layers.RandomRotation(0.1)], name="augmentation")
+    x_in = keras.Input((8, 8, 3))
+    x = layers.SpatialDropout2D(0.3)(layers.Conv2D(4, 3)(augmentation(x_in)))
+    x = layers.GaussianDropout(0.2)(layers.GaussianNoise(0.1)(layers.Flatten()(x)))
+    model = keras.Model(x_in, layers.Dense(2)(layers.Identity()(layers.AlphaDropout(0.1)(x))))
+    _randomise(model, 4)
+    x = torch.rand(2, 3, 8, 8)
+    for name in ("m.keras", "m.h5"):
+        model.save(tmp_path / name)
+        net, _ = load_keras(tmp_path / name)
+        assert np.abs(_ours(net, x)[0] - _keras_out(model, x)[0]).max() <= 1e-5, name
+
+
+@pytest.mark.parametrize("strides, dilation", [(1, 1), (2, 1), (1, 3)])
+def test_causal_conv1d(tmp_path, strides, dilation):
+    model = keras.Sequential(
+        [keras.Input((21, 3)), layers.Conv1D(4, 3, strides=strides, dilation_rate=dilation, padding="causal")]
+    )
+    _randomise(model, 6)
+    model.save(tmp_path / "c.keras")
+    net, size = load_keras(tmp_path / "c.keras")
+    x = torch.rand(2, *size)
+    assert np.abs(_ours(net, x)[0] - _keras_out(model, x)[0]).max() <= 1e-5

@@ -60,6 +60,8 @@ MAX_ACTIVATION = 1 << 27  # values of one layer's output on one example (512 MB 
 # what the layers being built may still allocate: [weight values left, why that is the limit]
 _BUDGET: contextvars.ContextVar[list | None] = contextvars.ContextVar("keras_budget", default=None)
 _MODELS = ("Sequential", "Functional", "Model")
+# the file was written by Keras 2 (a legacy .h5's keras_version): activations with Keras 2's formulas
+_KERAS2: contextvars.ContextVar[bool] = contextvars.ContextVar("keras2", default=False)
 
 
 # ----------------------------------------------------------------------------- layers with Keras semantics
@@ -76,6 +78,13 @@ class _Activated:
 
 class Conv1D(_Activated, _DynamicPad, nn.Conv1d):
     """Keras ``Conv1D``: (N, C, L) -> (N, filters, L')."""
+
+
+class CausalConv1D(Conv1D):
+    """Keras ``Conv1D(padding="causal")``: ``dilation * (kernel - 1)`` zeros before the series, none after."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.pad(x, (self.dilation[0] * (self.kernel_size[0] - 1), 0)))
 
 
 class Conv2D(_Activated, _DynamicPad, nn.Conv2d):
@@ -109,8 +118,9 @@ class Dense(_Activated, nn.Linear):
     """Keras ``Dense`` on the last Keras axis: the channels of a feature map (dim 1), else features."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() > 2:  # (N, C, ...) -> (N, ..., C) -> Dense -> (N, units, ...)
-            return super().forward(x.movedim(1, -1)).movedim(-1, 1)
+        if x.dim() > 2:  # (N, C, ...) -> (N, ..., C) -> Linear -> (N, units, ...), then the activation on
+            # dim 1 as everywhere else (a softmax over the units, not over the first spatial axis)
+            return self.activation(nn.Linear.forward(self, x.movedim(1, -1)).movedim(-1, 1))
         return super().forward(x)
 
 
@@ -164,6 +174,10 @@ class Merge(nn.Module):
     def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
         if self.op == "concatenate":
             return torch.cat(xs, dim=self.dim)
+        rank = max(x.dim() for x in xs)
+        # Keras expands a lower-rank input at axis 1 ((N, C) -> (N, 1, 1, C)); channels first that is
+        # after the channels: (N, C) -> (N, C, 1, 1), (N, C, L) -> (N, C, 1, L)
+        xs = [x if x.dim() == rank else x.reshape(*x.shape[:2], *[1] * (rank - x.dim()), *x.shape[2:]) for x in xs]
         if self.op == "subtract":
             return xs[0] - xs[1]
         out = xs[0]
@@ -387,6 +401,13 @@ def _check_channels_last(cfg: dict, kind: str) -> None:
         )
 
 
+class HardSigmoidKeras2(nn.Module):
+    """Keras 2's ``hard_sigmoid``: ``clip(0.2 x + 0.5, 0, 1)`` (Keras 3's is ``relu6(x + 3) / 6``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (0.2 * x + 0.5).clamp(0.0, 1.0)
+
+
 def _act(cfg: dict) -> nn.Module:
     name = cfg.get("activation")
     if name is not None and not isinstance(name, str):  # a serialised function or object: code
@@ -394,12 +415,15 @@ def _act(cfg: dict) -> nn.Module:
             f"layer {cfg.get('name')!r} has a custom activation {str(name)[:60]}; only Keras' "
             "named activations are read"
         )
+    if _KERAS2.get() and str(name).lower() == "hard_sigmoid":
+        return HardSigmoidKeras2()
     return get_activation(name)
 
 
 def _conv(cfg: dict, shape: tuple[int, ...], n: int, kind: str) -> _Layer:
     _check_channels_last(cfg, kind)
-    if cfg.get("padding") not in ("valid", "same"):
+    causal = kind == "Conv1D" and cfg.get("padding") == "causal"
+    if cfg.get("padding") not in ("valid", "same") and not causal:
         raise CnnkitError(f"{kind} {cfg.get('name')!r} has padding={cfg.get('padding')!r}; 'valid' and 'same' are read")
     c_in = shape[0]
     k, s = _ints(cfg["kernel_size"], n, "kernel_size"), _ints(cfg.get("strides", 1), n, "strides")
@@ -419,7 +443,8 @@ def _conv(cfg: dict, shape: tuple[int, ...], n: int, kind: str) -> _Layer:
         cls, out, groups = DepthwiseConv2D, c_in * cfg.get("depth_multiplier", 1), c_in
     else:
         cls, out, groups = {1: Conv1D, 2: Conv2D, 3: Conv3D}[n], cfg["filters"], cfg.get("groups", 1)
-    fixed, pad_mode = resolve_padding(cfg["padding"], k, s, d, n)
+    fixed, pad_mode = resolve_padding("valid" if causal else cfg["padding"], k, s, d, n)
+    cls = CausalConv1D if causal else cls
     conv = cls(
         c_in, out, k, stride=s, padding=fixed, dilation=d, groups=groups, bias=bias and kind != "SeparableConv2D"
     )
@@ -463,9 +488,12 @@ def _batchnorm(cfg: dict, shape: tuple[int, ...]) -> _Layer:
     if cfg.get("renorm") or cfg.get("synchronized") or cfg.get("virtual_batch_size"):
         raise CnnkitError(f"BatchNormalization {cfg.get('name')!r} uses renorm/virtual batches; not read")
     scale, center = bool(cfg.get("scale", True)), bool(cfg.get("center", True))
+    eps = cfg.get("epsilon", 1e-3)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+        raise CnnkitError(f"BatchNormalization {cfg.get('name')!r} has epsilon={eps!r}; a finite number >= 0 is read")
     bn = {1: nn.BatchNorm1d, 2: nn.BatchNorm1d, 3: nn.BatchNorm2d, 4: nn.BatchNorm3d}[len(shape)](
         shape[0],
-        eps=cfg.get("epsilon", 1e-3),
+        eps=eps,
         momentum=round(1 - cfg.get("momentum", 0.99), 12),
         affine=scale and center,
     )
@@ -571,9 +599,30 @@ def _zero_padding(cfg: dict, shape) -> _Layer:
     return _Layer(m, _probe(m, shape))
 
 
+# layers that pass their input through at inference: noise, regularisation and augmentation
+# (finetuning trains without them: the augmentation is the run's own)
+_INFERENCE_IDENTITY = (
+    "Identity",
+    "ActivityRegularization",
+    "GaussianNoise",
+    "GaussianDropout",
+    "AlphaDropout",
+    "RandomFlip",
+    "RandomRotation",
+    "RandomZoom",
+    "RandomTranslation",
+    "RandomContrast",
+    "RandomBrightness",
+)
+
+
 def _simple(cfg: dict, shape, kind: str) -> _Layer:
     if kind == "Dropout":
         return _Layer(nn.Dropout(float(cfg.get("rate", 0.5))), shape)
+    if kind.startswith("SpatialDropout"):  # whole channels dropped while training, nothing at inference
+        return _Layer(getattr(nn, f"Dropout{kind[-2]}d")(float(cfg.get("rate", 0.5))), shape)
+    if kind in _INFERENCE_IDENTITY:
+        return _Layer(nn.Identity(), shape)
     if kind == "Flatten":
         return _Layer(Flatten(), (math.prod(shape),))
     if kind == "Rescaling":
@@ -598,6 +647,8 @@ LAYERS: dict[str, Callable[[dict, object], _Layer]] = {
         for n in (1, 2, 3)
     },
     **{k: partial(_simple, kind=k) for k in ("Dropout", "Flatten", "Rescaling")},
+    **{k: partial(_simple, kind=k) for k in ("SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D")},
+    **{k: partial(_simple, kind=k) for k in _INFERENCE_IDENTITY},
     **{
         k: partial(_merge, kind=k)
         for k in ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate")
@@ -816,7 +867,58 @@ def _unwrap(layer: dict) -> tuple[str, dict, str]:
     name = layer.get("name") or cfg.get("name")
     if not isinstance(name, str) or not name:
         raise CnnkitError(f"a {kind} layer in the model's config has no name")
+    _check_origin(layer, kind, name)
     return _ALIASES.get(kind, kind), cfg, name
+
+
+# keras.ops on two tensors (``x + y``) that compute what the merge layer of that name computes
+_OPS_AS_MERGE = ("Add", "Subtract", "Multiply", "Maximum", "Minimum")
+
+
+def _check_origin(entry: dict, kind: str, name: str) -> None:
+    """Only Keras' own layers and models: Keras 3 configs name each class's module and registration.
+
+    A custom class keeps its own name (``class MyConv(Conv2D)``, or a subclass called ``Conv2D``) and
+    an operation on a Keras tensor (``x + 3.0``) is saved as ``keras.src.ops`` ``Add``: built from the
+    name alone they would compute something else than in Keras. Keras 2 and legacy ``.h5`` entries
+    say neither (nothing to check).
+    """
+    if "module" not in entry:
+        return
+    module, registered = entry.get("module"), entry.get("registered_name")
+    where = module if isinstance(module, str) else ""
+    if where.startswith(("keras.src.ops", "keras.ops")):
+        if kind in _OPS_AS_MERGE:
+            return  # a constant among its arguments is refused where its call is read
+        raise CnnkitError(
+            f"layer {name!r} is the keras.ops operation {kind} ({where}), recorded by applying an op to a "
+            "Keras tensor in a functional model; cnnkit reads Keras layers only: write it with layers "
+            "(Rescaling, ReLU, Add, Multiply...) and save the model again"
+        )
+    own = registered is None and (where == "keras" or where.startswith("keras."))
+    model = kind in _MODELS and where.startswith("keras.") and registered == kind
+    if not (own or model):
+        same_name = f", not Keras' own {kind}" if kind in LAYERS or kind in _MODELS else ""
+        raise CnnkitError(
+            f"layer {name!r} is a custom class {kind} (module {module!r}, registered as {registered!r})"
+            f"{same_name}: cnnkit reads Keras' layers only and never runs code from a file; "
+            "rebuild the model from keras.layers without it"
+        )
+
+
+def _constants(node) -> list:
+    """The values other than Keras tensors among a Keras 3 call's positional arguments (``x + 3.0``: [3.0])."""
+    if not isinstance(node, dict):
+        return []  # Keras 2: tensors only (an op with a constant is a TFOpLambda, refused by name)
+
+    def walk(x):
+        if isinstance(x, dict) and x.get("class_name") == "__keras_tensor__":
+            return []
+        if isinstance(x, (list, tuple)):
+            return [v for item in x for v in walk(item)]
+        return [x]
+
+    return walk(node.get("args", []))
 
 
 def _refuse(kind: str, name: str) -> CnnkitError:
@@ -826,9 +928,11 @@ def _refuse(kind: str, name: str) -> CnnkitError:
         why = "it is a TensorFlow operation recorded as code"
     else:
         why = "it is not in the table of layers cnnkit reads"
+    kind = kind[:60]
+    article = "an" if kind[:1].lower() in "aeiou" else "a"
     return CnnkitError(
-        f"layer {name!r} is a {kind}: {why}; rebuild the model without it (cnnkit reads "
-        f"{', '.join(sorted(set(LAYERS) | set(_MODELS) | {'InputLayer'}))})"
+        f"layer {name!r} is {article} {kind}: {why}; rebuild the model without it (the "
+        f"{len(LAYERS) + len(_MODELS) + 1} Keras classes cnnkit reads: cnnkit.models.keras.LAYERS, models and InputLayer)"
     )
 
 
@@ -917,6 +1021,7 @@ def _build_model(
     cfg = config.get("config")
     if kind not in _MODELS or not isinstance(cfg, dict):
         raise CnnkitError(f"the file describes a {str(kind)[:40]!r}, not a Keras Sequential or functional model")
+    _check_origin(config, kind, str(cfg.get("name", "model")))
     layers = cfg.get("layers")
     if not isinstance(layers, list) or len(layers) > MAX_LAYERS:
         raise CnnkitError(f"the model's config has no list of layers (or more than {MAX_LAYERS})")
@@ -941,7 +1046,12 @@ def _build_layer(kind: str, cfg: dict, lname: str, layer: dict, shape, depth: in
         )
     _spend(kind, cfg, shape, lname)
     try:
-        return LAYERS[kind](cfg, shape)
+        rec = LAYERS[kind](cfg, shape)
+        # every layer runs once (on the meta device): a config value of the wrong type or size (an
+        # epsilon below 0, a slope that is text, a Rescaling of 2 values for 4 channels) is refused
+        # here, not by a traceback at the first prediction
+        _probe(rec.module, shape)
+        return rec
     except CnnkitError as exc:
         text = str(exc)
         raise CnnkitError(f"layer {lname!r} ({kind}): {text}" if text.startswith("its output") else text) from None
@@ -1029,6 +1139,13 @@ def _build_functional(name, cfg, layers, input_shapes, depth):
             args = [f"{child_of.get(n, n)}:{k}" for n, k in _node_inputs(node)]
             if not args:
                 raise CnnkitError(f"layer {lname!r} is called on no tensor; the config is malformed")
+            if kind in _MERGING and _constants(node):
+                raise CnnkitError(
+                    f"layer {lname!r} ({kind}) is applied to a tensor and the constant "
+                    f"{str(_constants(node)[0])[:40]}: keras.ops arithmetic such as x + 3.0, not the {kind} "
+                    "merge layer; cnnkit reads Keras layers only: write it with Rescaling(scale, offset) and save "
+                    "the model again"
+                )
             pending.append((kind, lcfg, lname, layer, idx, args))
     modules, nodes, records, built = {}, [], [], {}
     while pending:
@@ -1110,8 +1227,8 @@ def _assign_keras_v3(h5, records, prefix: str, source) -> None:
         rec.load(rec.module, arrays)
 
 
-def _arrays_v2(h5, lname: str, source: str) -> list[np.ndarray]:
-    """A legacy ``.h5`` layer group's arrays in its ``weight_names`` order."""
+def _arrays_v2(h5, lname: str, source: str, with_names: bool = False) -> list:
+    """A legacy ``.h5`` layer group's arrays in its ``weight_names`` order (with their names if asked)."""
     group = h5.get(lname)
     if group is None:
         raise CnnkitError(f"{source}: no weights for layer {lname!r} in model_weights")
@@ -1121,7 +1238,7 @@ def _arrays_v2(h5, lname: str, source: str) -> list[np.ndarray]:
     except KeyError as exc:
         raise CnnkitError(f"{source}: layer {lname!r} lists a weight the file lacks ({exc})") from None
     _check_finite(arrays, lname, source)
-    return arrays
+    return list(zip(names, arrays)) if with_names else arrays
 
 
 def _check_finite(arrays: list, lname: str, source) -> None:
@@ -1173,13 +1290,57 @@ def _check_hdf5(h5, source) -> int:
 
 def _assign_legacy(h5, records, source: str) -> None:
     for kind, lname, rec in records:
+        if h5.get(lname) is None and not rec.children and not _num_vars(rec):
+            continue  # no weights, no group: Keras 3 writes none for an operation such as x * y
+        if rec.children:  # a nested model: one group with all its layers' weights
+            named = _arrays_v2(h5, lname, source, with_names=True)
+            if not _assign_nested_by_name(named, rec.children, lname):
+                _distribute([a for _, a in named], rec.children, lname, source)
+            continue
         arrays = _arrays_v2(h5, lname, source)
-        if rec.children:  # a nested model: one group with all its layers' weights in order
-            _distribute(arrays, rec.children, lname, source)
-        elif _num_vars(rec):
+        if _num_vars(rec):
             rec.load(rec.module, arrays)
         elif arrays:
             raise CnnkitError(f"{source}: layer {lname!r} ({kind}) has weights in the file but none in Keras' table")
+
+
+def _leaves(records, parent: str):
+    """(name of the model holding it, layer name, record) of every layer of a nested model, depth first."""
+    for _kind, lname, rec in records:
+        if rec.children:
+            yield from _leaves(rec.children, lname)
+        else:
+            yield parent, lname, rec
+
+
+def _assign_nested_by_name(named: list, records, lname: str) -> bool:
+    """Load a nested model's weights from its group by their names; False if the names do not say.
+
+    Keras lists a model's weights trainable first, then the others (``layer.trainable_weights +
+    layer.non_trainable_weights``): a BatchNormalization's moving statistics come after every
+    trainable weight of the model, not after its gamma and beta. The names (``inner/bn/gamma`` in
+    Keras 3, ``bn/gamma:0`` in Keras 2) give each array its layer; within a layer the order is kept.
+    """
+    leaves = [leaf for leaf in _leaves(records, lname) if _num_vars(leaf[2])]
+    by_layer: dict[str, list] = {}
+    for leaf in leaves:
+        by_layer.setdefault(leaf[1], []).append(leaf)
+    got: dict[int, list] = {id(leaf[2]): [] for leaf in leaves}
+    for name, array in named:
+        parts = name.split(":")[0].split("/")
+        if len(parts) < 2:
+            return False
+        found = by_layer.get(parts[-2], [])
+        if len(found) > 1 and len(parts) > 2:  # one name in two nested models: the model says which
+            found = [leaf for leaf in found if leaf[0] == parts[-3]]
+        if len(found) != 1:
+            return False
+        got[id(found[0][2])].append(array)
+    if any(len(got[id(rec)]) != _num_vars(rec) for _, _, rec in leaves):
+        return False
+    for _, _, rec in leaves:
+        rec.load(rec.module, got[id(rec)])
+    return True
 
 
 def _distribute(arrays: list, records, lname: str, source: str) -> None:
@@ -1266,6 +1427,11 @@ def _open(path: Path, weights: bool):
                         "model with model.save()"
                     )
                 config = _read_json(text if isinstance(text, bytes) else str(text).encode(), "model_config", path)
+                version = h5.attrs.get("keras_version")
+                version = version.decode(errors="replace") if isinstance(version, bytes) else version
+                if isinstance(version, str) and version[:2] in ("1.", "2."):
+                    # Keras 2's formulas differ (hard_sigmoid); kept in the config a run stores
+                    config["keras_version"] = version[:40]
         except CnnkitError:
             raise
         except Exception as exc:  # noqa: BLE001 -- h5py raises OSError/KeyError/RuntimeError on damaged files
@@ -1299,10 +1465,13 @@ def _network(config: dict, logits: bool, budget: list | None = None):
     if not isinstance(config, dict):
         raise CnnkitError("a Keras model config is a JSON object with 'class_name' and 'config'")
     token = _BUDGET.set(budget)
+    version = str(config.get("keras_version", ""))
+    token2 = _KERAS2.set(version.split(".")[0] in ("1", "2"))
     try:
         net, input_shapes, records = _build_model(config, None)
     finally:
         _BUDGET.reset(token)
+        _KERAS2.reset(token2)
     net.keras_config = copy.deepcopy(config)
     if logits:
         _drop_final_activation(net)
