@@ -207,3 +207,22 @@ def test_a_photo_folder_of_the_data_folder_named_like_a_data_set_is_pointed_to(t
     assert hint in _error(capsys, ["train", *base])
     assert hint in _error(capsys, ["classify", "finetune", "--model", "mnist_fast", *base])
     assert "the data folder has" not in _error(capsys, ["train", *base[:1], "flowerz", *base[2:]])
+
+
+def test_series_without_a_label_column_are_warned_of(tmp_path, capsys):
+    """A .tsv whose first column is a value, not a label: predicted, with one warning line."""
+    rng = np.random.default_rng(0)
+    rows = [[k, *rng.normal(size=24).round(3)] for k in (1, 2) * 6]
+    train = tmp_path / "Toy_TRAIN.tsv"
+    train.write_text("\n".join("\t".join(map(str, r)) for r in rows))
+    run = tmp_path / "run"
+    assert main(["sequence", "train", "--data", str(train), "--model", "multirocket", "--out", str(run), "--quiet"]) == 0
+    unlabelled = tmp_path / "new.tsv"
+    unlabelled.write_text("\n".join("\t".join(map(str, r[1:])) for r in rows[:3]))
+    capsys.readouterr()
+    assert main(["sequence", "predict", str(run), str(unlabelled)]) == 0
+    out, err = capsys.readouterr()
+    assert err.startswith("warning: ") and "puts each series' label first" in err and len(err.splitlines()) == 1
+    assert len(out.splitlines()) == 3
+    assert main(["sequence", "predict", str(run), str(train)]) == 0  # labelled: no warning
+    assert "warning" not in capsys.readouterr().err

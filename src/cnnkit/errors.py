@@ -31,6 +31,11 @@ class CnnkitError(ValueError):
     """
 
 
+class CnnkitWarning(UserWarning):
+    """Something about the input the user should know that does not stop the work (skipped files,
+    small classes, labels that look like values); the CLI prints it as one ``warning: ...`` line."""
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
         if abs(n) < 1000 or unit == "PB":

@@ -34,7 +34,7 @@ import torch
 
 from cnnkit.data.images import MAX_DECODE_PIXELS
 from cnnkit.data.imageset import ImageSet
-from cnnkit.errors import CnnkitError, gone_from_split
+from cnnkit.errors import CnnkitError, CnnkitWarning, gone_from_split
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 SPLIT_DIRS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
@@ -43,7 +43,7 @@ _CACHE_VERSION = 1
 _INTERPOLATIONS = ("bilinear", "bicubic")
 
 
-class ImageFolderWarning(UserWarning):
+class ImageFolderWarning(CnnkitWarning):
     """Something about the folder the user should know: skipped files, small classes."""
 
 

@@ -7,7 +7,7 @@ import os
 import torch.nn as nn
 
 from cnnkit.data.series import read_series
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, CnnkitWarning
 from cnnkit.tasks.sequence.evaluate import check_lengths, predict_proba
 from cnnkit.tasks.sequence.load import znormalised
 
@@ -39,6 +39,16 @@ def predict_file(model: nn.Module, path: str | os.PathLike) -> list[dict]:
     channels = model.input_size[0]
     if data.channels != channels:
         raise CnnkitError(f"{path} has {data.channels} channel(s) per series; the model takes {channels}")
+    if data.classes and not set(data.classes) & set(model.classes) and all(_decimal(c) for c in data.classes):
+        import warnings
+
+        warnings.warn(
+            f"{path}: none of its labels ({', '.join(data.classes[:3])}, ...) is a class of the run "
+            f"({', '.join(model.classes[:3])}, ...), and they look like values: a .tsv/.csv file puts each "
+            "series' label first, so its first value was read as the label; add a label column (any class)",
+            CnnkitWarning,
+            stacklevel=2,
+        )
     probs = predict_proba(model, data.values)
     rows = []
     for i, p in enumerate(probs.tolist()):
@@ -54,3 +64,12 @@ def predict_file(model: nn.Module, path: str | os.PathLike) -> list[dict]:
             }
         )
     return rows
+
+
+def _decimal(text: str) -> bool:
+    """A number with a fractional part (``0.492``, ``-1.3e-2``): a value, not a class label."""
+    try:
+        value = float(text)
+    except ValueError:
+        return False
+    return value != int(value) if value == value and abs(value) != float("inf") else False
