@@ -216,7 +216,9 @@ def test_series_without_a_label_column_are_warned_of(tmp_path, capsys):
     train = tmp_path / "Toy_TRAIN.tsv"
     train.write_text("\n".join("\t".join(map(str, r)) for r in rows))
     run = tmp_path / "run"
-    assert main(["sequence", "train", "--data", str(train), "--model", "multirocket", "--out", str(run), "--quiet"]) == 0
+    assert (
+        main(["sequence", "train", "--data", str(train), "--model", "multirocket", "--out", str(run), "--quiet"]) == 0
+    )
     unlabelled = tmp_path / "new.tsv"
     unlabelled.write_text("\n".join("\t".join(map(str, r[1:])) for r in rows[:3]))
     capsys.readouterr()

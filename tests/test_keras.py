@@ -382,15 +382,25 @@ def test_reading_needs_neither_keras_nor_tensorflow(saved, monkeypatch):
 
 
 @pytest.mark.parametrize("fmt", ["keras", "h5"])
-def test_keras_ops_with_a_constant_is_refused(tmp_path, fmt):
-    """``x + 3.0`` is saved as a keras.ops ``Add`` with one tensor: read as the Add layer it dropped the 3.0."""
+def test_keras_ops_with_a_number_are_read(tmp_path, fmt):
+    """``x + 3.0`` is saved as a keras.ops ``Add`` of one tensor and the number (read as the Add layer
+    it dropped the 3.0): MobileNetV3's hard sigmoid, ``3 - x`` and ``1 / x`` compute as in Keras; an op
+    of a tensor and a list, or one cnnkit does not read, is refused by name."""
     x_in = keras.Input((5, 5, 3))
     x = layers.Conv2D(3, 3, padding="same")(x_in)
-    model = keras.Model(x_in, layers.Flatten()(layers.ReLU(6.0)(x + 3.0) * (1.0 / 6.0)))  # MobileNetV3's hard_sigmoid
+    y = layers.ReLU(6.0)(x + 3.0) * (1.0 / 6.0)  # MobileNetV3's hard_sigmoid
+    y = (3.0 - y) / 2.0 + 1.0 / (layers.ReLU()(x) + 1.0)
+    model = keras.Model(x_in, layers.Flatten()(y))
     model.save(tmp_path / f"ops.{fmt}")
+    net, size = load_keras(tmp_path / f"ops.{fmt}")
+    x = torch.rand(2, *size)
+    assert np.abs(_ours(net, x)[0] - _keras_out(model, x)[0]).max() < 1e-5
+    assert sum(type(m).__name__ == "Scalar" for m in net.modules()) == 6
+    other = keras.Model(x_in, layers.Flatten()(keras.ops.maximum(x_in, 0.5)))
+    other.save(tmp_path / f"max.{fmt}")
     with pytest.raises(CnnkitError) as exc:
-        load_keras(tmp_path / f"ops.{fmt}")
-    assert "constant 3.0" in _one_line(exc)
+        load_keras(tmp_path / f"max.{fmt}")
+    assert "keras.ops" in _one_line(exc)
 
 
 def test_custom_subclass_named_like_a_keras_layer_is_refused(tmp_path):

@@ -164,6 +164,29 @@ class GlobalPool(nn.Module):
         return f"mode={self.mode}, keepdims={self.keepdims}"
 
 
+class Scalar(nn.Module):
+    """``keras.ops`` arithmetic between a tensor and a number, as Keras saves ``x + 3.0`` or
+    ``x * (1 / 6)`` (MobileNetV3's hard sigmoid): ``op`` is add | subtract | multiply | divide, and
+    ``tensor_first`` False for ``3.0 - x`` or ``1 / x``."""
+
+    def __init__(self, op: str, value: float, tensor_first: bool = True):
+        super().__init__()
+        self.op, self.value, self.tensor_first = op, float(value), bool(tensor_first)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.value
+        if self.op == "add":
+            return x + c
+        if self.op == "multiply":
+            return x * c
+        if self.op == "subtract":
+            return x - c if self.tensor_first else c - x
+        return x / c if self.tensor_first else c / x
+
+    def extra_repr(self) -> str:
+        return f"{self.op}, {self.value:g}, tensor_first={self.tensor_first}"
+
+
 class Merge(nn.Module):
     """Keras ``Add``, ``Subtract``, ``Multiply``, ``Average``, ``Maximum``, ``Minimum``, ``Concatenate``."""
 
@@ -873,6 +896,8 @@ def _unwrap(layer: dict) -> tuple[str, dict, str]:
 
 # keras.ops on two tensors (``x + y``) that compute what the merge layer of that name computes
 _OPS_AS_MERGE = ("Add", "Subtract", "Multiply", "Maximum", "Minimum")
+# keras.ops between a tensor and a number that cnnkit reads (class name -> Scalar's op)
+_SCALAR_OPS = {"Add": "add", "Subtract": "subtract", "Multiply": "multiply", "TrueDivide": "divide", "Divide": "divide"}
 
 
 def _check_origin(entry: dict, kind: str, name: str) -> None:
@@ -888,8 +913,8 @@ def _check_origin(entry: dict, kind: str, name: str) -> None:
     module, registered = entry.get("module"), entry.get("registered_name")
     where = module if isinstance(module, str) else ""
     if where.startswith(("keras.src.ops", "keras.ops")):
-        if kind in _OPS_AS_MERGE:
-            return  # a constant among its arguments is refused where its call is read
+        if kind in _OPS_AS_MERGE or kind in _SCALAR_OPS:
+            return  # its arguments are read where its call is: two tensors, or a tensor and a number
         raise CnnkitError(
             f"layer {name!r} is the keras.ops operation {kind} ({where}), recorded by applying an op to a "
             "Keras tensor in a functional model; cnnkit reads Keras layers only: write it with layers "
@@ -919,6 +944,21 @@ def _constants(node) -> list:
         return [x]
 
     return walk(node.get("args", []))
+
+
+def _scalar_call(kind: str, node, constants: list, args: list, lname: str) -> dict:
+    """Scalar's settings for a keras.ops call of a tensor and one number (``x + 3.0``, ``1 / x``)."""
+    value = constants[0] if len(constants) == 1 else None
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if kind not in _SCALAR_OPS or len(args) != 1 or not number:
+        raise CnnkitError(
+            f"layer {lname!r} ({kind}) is keras.ops arithmetic on {len(args)} tensor(s) and "
+            f"{str(constants)[:40]}; cnnkit reads a tensor with one number by +, -, * or /, and merge layers "
+            "of tensors: write it with layers (Rescaling, Add, Multiply...) and save the model again"
+        )
+    first = node.get("args", [None])[0] if isinstance(node, dict) else None
+    tensor_first = isinstance(first, dict) and first.get("class_name") == "__keras_tensor__"
+    return {"op": _SCALAR_OPS[kind], "value": float(value), "tensor_first": tensor_first}
 
 
 def _refuse(kind: str, name: str) -> CnnkitError:
@@ -1139,13 +1179,11 @@ def _build_functional(name, cfg, layers, input_shapes, depth):
             args = [f"{child_of.get(n, n)}:{k}" for n, k in _node_inputs(node)]
             if not args:
                 raise CnnkitError(f"layer {lname!r} is called on no tensor; the config is malformed")
-            if kind in _MERGING and _constants(node):
-                raise CnnkitError(
-                    f"layer {lname!r} ({kind}) is applied to a tensor and the constant "
-                    f"{str(_constants(node)[0])[:40]}: keras.ops arithmetic such as x + 3.0, not the {kind} "
-                    "merge layer; cnnkit reads Keras layers only: write it with Rescaling(scale, offset) and save "
-                    "the model again"
-                )
+            constants = _constants(node)
+            if constants or kind in ("TrueDivide", "Divide"):
+                scalar = _scalar_call(kind, node, constants, args, lname)
+                pending.append(("Scalar", scalar, lname, layer, idx, args))
+                continue
             pending.append((kind, lcfg, lname, layer, idx, args))
     modules, nodes, records, built = {}, [], [], {}
     while pending:
@@ -1160,7 +1198,12 @@ def _build_functional(name, cfg, layers, input_shapes, depth):
             kind, lcfg, lname, layer, idx, args = p
             in_shape = [shapes[a] for a in args] if kind in _MERGING or len(args) > 1 else shapes[args[0]]
             child = child_of[lname]
-            if lname in built:  # a shared layer called again: same module, same weights
+            if kind == "Scalar":  # keras.ops arithmetic with a number: no weights, one module per call
+                module = Scalar(**lcfg)
+                rec = built.setdefault(lname, _Layer(module, _probe(module, in_shape)))
+                modules[child] = rec.module
+                out = rec.shape
+            elif lname in built:  # a shared layer called again: same module, same weights
                 rec = built[lname]
                 out = (
                     _probe(rec.module, in_shape)
