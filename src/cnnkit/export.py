@@ -44,6 +44,8 @@ OUTPUTS_KEY = "cnnkit.outputs"  # metadata_props entry: {"kind": "tensor" | "tup
 # graph takes (a classifier's normalisation is inside it: it takes [0, 1] pixels)
 CLASSES_KEY, SIZE_KEY, TASK_KEY = "cnnkit.classes", "cnnkit.input_size", "cnnkit.task"
 DARK_KEY, INPUT_KEY, MAX_SIDE_KEY = "cnnkit.dark_background", "cnnkit.input", "cnnkit.max_side"
+DECODE_KEY = "cnnkit.decode"  # a detector run's decoding settings and flip: run in Python around the graph
+TEST_TIME_KEY = "cnnkit.test_time"  # a segmenter run's flip and scales: not in the graph, applied around it
 MAX_META_CHARS = 1 << 20  # a metadata value longer than this is refused, not parsed
 MAX_CLASSES = 100_000
 
@@ -251,17 +253,23 @@ def _compare(
     try:
         with torch.no_grad():
             ref = flat(x)
-    except RuntimeError:
+    except (RuntimeError, ValueError, CnnkitError):
         if optional:
             return None
         raise
     ref = [ref] if isinstance(ref, torch.Tensor) else list(ref)
+    fixed = (  # optional: an input of another size, checked because the size axes were freed
+        "the exporter fixed a size inside the network that --dynamic-size frees (a pooling, or a branch on the "
+        "input's size): export it without --dynamic-size, or try the other --exporter"
+        if optional
+        else "without dynamic_size / --dynamic-size the image size is fixed"
+    )
     try:
         got = sess.run(None, {sess.get_inputs()[0].name: x.detach().cpu().float().numpy()})
     except Exception as exc:  # noqa: BLE001 -- ORT's Fail / InvalidArgument: the graph fixed a size that varies
         raise CnnkitError(
             f"ONNX Runtime cannot run the export on an input of shape {tuple(x.shape)} ({_short(exc)}); "
-            "the export was not kept (without dynamic_size / --dynamic-size the image size is fixed)"
+            f"the export was not kept ({fixed})"
         ) from None
     worst = 0.0
     for name, r, g in zip(names, ref, got, strict=True):
@@ -276,8 +284,12 @@ def _compare(
         if not np.isfinite(diff) or diff > atol + rtol * scale:
             raise CnnkitError(
                 f"ONNX Runtime's output {name} differs from PyTorch's by {diff:.3g} (output scale "
-                f"{scale:.3g}, allowed {atol + rtol * scale:.3g}) on a batch of {len(x)}; the export "
-                "was not kept"
+                f"{scale:.3g}, allowed {atol + rtol * scale:.3g}) on a batch of {len(x)}"
+                + (
+                    f" of shape {tuple(x.shape)}; the export was not kept ({fixed})"
+                    if optional
+                    else "; the export was not kept"
+                )
             )
         worst = max(worst, diff / scale if scale > 0 else diff)
     return worst
@@ -337,6 +349,7 @@ def export_onnx(
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             raise CnnkitError(f"{name} must be a finite number above 0 (e.g. 1e-4). Received: {name}={value}")
     _refuse_unexportable(model)
+    _refuse_non_finite(model)
     size_axes = _size_axes(dynamic_size, example.dim())
     if check:
         _ort()
@@ -359,7 +372,8 @@ def export_onnx(
         batched = [o.dim() > 0 and o.shape[0] == len(traced) for o in outs]
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            # the name cut: a name near the file system's 255 bytes must not make the temporary one too long
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:100]}.", suffix=".tmp", dir=path.parent)
             os.close(fd)
         except OSError as exc:
             raise CnnkitError(f"cannot write in {path.parent} ({exc.strerror or exc}); choose another --out") from None
@@ -389,9 +403,17 @@ def export_onnx(
                 if size_axes and len(checked) == len(inputs) - 2:
                     raise CnnkitError(
                         f"the network runs only at its example's size {tuple(example.shape[1:])} along axes "
-                        f"{list(size_axes)} (PyTorch itself fails at others); export it without dynamic_size"
+                        f"{list(size_axes)} (PyTorch itself fails at others); export it without dynamic_size, or free "
+                        "fewer axes (--dynamic-size 3,4: a clip's height and width)"
                     )
-            os.replace(tmp, path)
+            try:
+                os.chmod(tmp, 0o666 & ~_umask())  # as open() would create it: mkstemp's file is the owner's alone
+                os.replace(tmp, path)
+            except OSError as exc:  # a file there that may not be replaced (another user's, immutable, ...)
+                raise CnnkitError(
+                    f"cannot write {path} ({exc.strerror or exc}); the export passed its check but was not kept: "
+                    "choose another --out"
+                ) from None
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -399,6 +421,22 @@ def export_onnx(
         model.train(was_training)
     size = path.stat().st_size
     return ExportReport(path, used, why, names, dynamic_batch, bool(size_axes), check, checked, worst, size, size_axes)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _refuse_non_finite(model: nn.Module) -> None:
+    """NaN or infinite weights make every output NaN: say which, rather than "ONNX Runtime differs by nan"."""
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CnnkitError(
+                f"the model's {name} holds NaN or infinite values, so every output is NaN: the run is damaged "
+                "(restore it from a copy, or train it again); nothing was written"
+            )
 
 
 def _refuse_unexportable(model: nn.Module) -> None:
@@ -444,7 +482,9 @@ def deploy_metadata(model: nn.Module, example: torch.Tensor) -> dict[str, str]:
 
     Returns:
         JSON strings under ``cnnkit.classes``, ``cnnkit.input_size``, ``cnnkit.task``,
-        ``cnnkit.dark_background``, ``cnnkit.max_side`` (a segmenter's photo size) and
+        ``cnnkit.dark_background``, ``cnnkit.max_side`` (a segmenter's photo size), ``cnnkit.decode`` (a
+        detector's decoding settings and flip), ``cnnkit.test_time``
+        (a segmenter's flip and scales) and
         ``cnnkit.input`` (what the graph takes).
     """
     info = getattr(model, "info", None)
@@ -452,16 +492,29 @@ def deploy_metadata(model: nn.Module, example: torch.Tensor) -> dict[str, str]:
     size = getattr(model, "input_size", None) or info.get("input_size") or tuple(example.shape[1:])
     props = {SIZE_KEY: json.dumps([int(v) for v in size]), TASK_KEY: json.dumps(str(info.get("task", "classify")))}
     classes = getattr(model, "classes", None) or info.get("classes")
-    if classes is not None:
+    if classes:  # an unconditional generator's [] names none: OnnxModel reads a list of 1 or more
         props[CLASSES_KEY] = json.dumps([str(c) for c in classes])
     config = info.get("config")
     if isinstance(config, dict) and isinstance(config.get("max_side"), int):  # a segmenter's photo size
         props[MAX_SIDE_KEY] = json.dumps(config["max_side"])
+    if info.get("task") == "segment" and ("tta" in info or "test_scale" in info):  # the run's (the graph has one view)
+        props[TEST_TIME_KEY] = json.dumps({"tta": info.get("tta", ""), "test_scale": info.get("test_scale", [1.0])})
+    if info.get("task") == "detect" and isinstance(info.get("decode"), dict):  # NMS settings and flip: Python's
+        props[DECODE_KEY] = json.dumps(info["decode"])
     dataset = info.get("dataset")
     if isinstance(dataset, dict) and "dark_background" in dataset:
         props[DARK_KEY] = json.dumps(bool(dataset["dark_background"]))
-    if (hasattr(model, "mean") and hasattr(model, "std")) or hasattr(model, "normalise"):  # inside the graph
+    parts = list(getattr(model, "members", None) or [model])  # an ensemble: its members' normalisations
+    if all((hasattr(m, "mean") and hasattr(m, "std")) or hasattr(m, "normalise") for m in parts):  # in the graph
         props[INPUT_KEY] = json.dumps("pixels in [0, 1]; the normalisation is inside the graph")
+    elif info.get("task") == "sequence":  # the reader z-normalises (cnnkit.data.series.znormalise), not the graph
+        config = info.get("config") if isinstance(info.get("config"), dict) else {}
+        props[INPUT_KEY] = json.dumps(
+            "series z-normalised per channel (minus the mean over time, over the population std; a constant "
+            "channel becomes zeros) before the graph: the normalisation is not inside it"
+            if config.get("znorm", True)
+            else "series as read (the run did not z-normalise them)"
+        )
     return props
 
 
@@ -608,7 +661,22 @@ class OnnxModel:
         return tuple(size)
 
     def __call__(self, x: torch.Tensor):
-        out = self.session.run(None, {self.input_name: x.detach().cpu().float().numpy()})
+        data = x.detach().cpu().float().numpy()
+        fixed = self.session.get_inputs()[0].shape[0]  # an int: the file was exported with --static-batch
+        if isinstance(fixed, int) and fixed > 0 and len(data) != fixed:
+            if len(data) % fixed:
+                raise CnnkitError(
+                    f"{self.path} takes batches of exactly {fixed} (it was exported with --static-batch); "
+                    f"received {len(data)}: export it without --static-batch"
+                )
+            parts = [self.session.run(None, {self.input_name: data[i : i + fixed]}) for i in range(0, len(data), fixed)]
+            # outputs with the batch axis are joined; the others (a detector's points) are the same for each part
+            out = [
+                np.concatenate([p[k] for p in parts]) if o.ndim and o.shape[0] == fixed else o
+                for k, o in enumerate(parts[0])
+            ]
+        else:
+            out = self.session.run(None, {self.input_name: data})
         tensors = [torch.from_numpy(o) for o in out]
         if self.kind == "tensor":
             return tensors[0]

@@ -276,6 +276,11 @@ def resolve(path: str | os.PathLike) -> Path:
     p = Path(path)
     if p.is_dir():
         p = p / MODEL_FILE
+    if p.suffix.lower() == ".onnx" and p.is_file():  # not a damaged checkpoint: a file of `cnnkit export`
+        raise CnnkitError(
+            f"{path} is an ONNX file (from `cnnkit export`); this command reads a run folder or its "
+            f"{MODEL_FILE}. ONNX files run in `cnnkit predict`, `cnnkit detect predict` and `cnnkit segment predict`"
+        )
     if not p.is_file():
         raise CnnkitError(
             f"no checkpoint at {path}: give a run folder (holding {MODEL_FILE}) or a "

@@ -63,6 +63,15 @@ class Ensemble(nn.Module):
         self.classes = members[0].classes
         self.input_size = members[0].input_size
 
+    @contextlib.contextmanager
+    def without_tta(self):
+        """Within the block every member answers from the image alone (as :meth:`Classifier.without_tta`)."""
+        with contextlib.ExitStack() as stack:
+            for m in self.members:
+                if hasattr(m, "without_tta"):
+                    stack.enter_context(m.without_tta())
+            yield self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         probs = torch.stack([m(x).float().softmax(1) for m in self.members]).mean(0)
         return probs.clamp_min(1e-12).log()

@@ -127,9 +127,9 @@ class TransformNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        ph, pw = -h % 4, -w % 4
-        if ph or pw:  # reflection up to a multiple of 4, cropped back at the end
-            x = F.pad(x, (0, pw, 0, ph), mode="reflect")
+        # reflection up to a multiple of 4, cropped back at the end; always (a pad of 0 at a multiple of 4),
+        # so that an exported graph computes the pad from the input's size instead of keeping or dropping it
+        x = F.pad(x, (0, -w % 4, 0, -h % 4), mode="reflect")
         y = self.decoder(self.residual(self.encoder(x))) + torch.logit(x, eps=1e-3)  # a change to the input
         return torch.sigmoid(y[..., :h, :w])
 

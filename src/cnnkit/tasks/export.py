@@ -102,32 +102,71 @@ def _check_tolerance(rtol: float) -> None:
         raise CnnkitError(f"--rtol must be a finite number above 0, e.g. 1e-4. Received: --rtol {rtol}")
 
 
-def _check_input(given: Sequence[int], stated, task: str) -> None:
+def _clips_first(model: nn.Module, task: str) -> bool:
+    """Whether the model takes clips as (N, T, C, H, W): a clip classifier's run or a frame predictor
+    (the zoo's clip networks take (N, C, T, H, W))."""
+    from cnnkit.tasks.video.predict import VideoClassifier
+
+    return task == "video_predict" or isinstance(model, VideoClassifier)
+
+
+def _task_input_size(model: nn.Module, info: dict) -> tuple[int, ...] | None:
+    """The input (without the batch) of a run whose metadata gives it in its task's own words."""
+    task = info.get("task")
+    try:
+        if task == "video":  # the frames its stride reaches, resized inside to size x size
+            frames, stride, size = int(info["frames"]), int(info["stride"]), int(info["size"])
+            return ((frames - 1) * stride + 1, int(info["channels"]), size, size)
+        if task == "video_predict":
+            return (int(info["frames"]), int(info["channels"]), *(int(v) for v in info["size"]))
+        if task == "style":  # any size: the zoo's
+            return (3, 256, 256)
+        if task == "generate":  # noise
+            return (int(model.latent_dim),)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+    return None
+
+
+def _check_input(given: Sequence[int], stated, task: str, clips_first: bool = False) -> None:
     """``--input`` against the run's own input size: the same number of axes and the same channels."""
     if not stated:
         return
     stated = tuple(int(v) for v in stated)
     shown = "x".join(map(str, given))
-    if len(stated) == 1:  # a segmenter: channels only, any H and W
+    if len(stated) == 1 and task == "segment":  # a segmenter: channels only, any H and W
         if len(given) != 3 or given[0] != stated[0]:
             raise CnnkitError(
                 f"the run takes {stated[0]}-channel images of any size; --input {shown} does not: "
                 f"give --input {stated[0]}xHxW"
             )
         return
-    layout = {2: "CxL", 3: "CxHxW", 4: "TxCxHxW" if task == "video_predict" else "CxTxHxW"}.get(len(stated), "")
+    layout = {1: "Z", 2: "CxL", 3: "CxHxW", 4: "TxCxHxW" if clips_first else "CxTxHxW"}.get(len(stated), "")
     like = "x".join(map(str, stated))
     if len(given) != len(stated):
         raise CnnkitError(
             f"the run takes inputs of {len(stated)} axes ({layout} {like}); --input {shown} has "
             f"{len(given)}: give --input like {like}"
         )
-    axis = 1 if task == "video_predict" else 0
+    axis = 1 if clips_first else 0
     if given[axis] != stated[axis]:
-        n = stated[axis]
+        n, what = stated[axis], ("noise values" if task == "generate" else "channels")
         raise CnnkitError(
-            f"the run takes {n} channel{'s' if n != 1 else ''}; --input {shown} gives {given[axis]}: "
-            f"keep the channels, e.g. --input {like}"
+            f"the run takes {n} {what if n != 1 else what[:-1]}; --input {shown} gives {given[axis]}: "
+            f"keep the {what}, e.g. --input {like}"
+        )
+
+
+def _refuse_partial(model: nn.Module, source: str) -> None:
+    """A model whose file would hold only part of what it predicts is refused, not written."""
+    from cnnkit.models.instance import MaskDetector
+
+    if isinstance(model, MaskDetector):
+        raise CnnkitError(
+            f"{source} is an instance-segmentation model: its masks come from RoIAlign on the boxes that "
+            "decoding and NMS find in Python, so an .onnx file would hold the boxes' raw maps only, without "
+            "the masks; cnnkit export does not write it (nothing was written). For the boxes alone: "
+            "cnnkit.export_onnx(model.detector, example, path)"
         )
 
 
@@ -174,15 +213,26 @@ def export_model(
     _check_tolerance(rtol)
     check_out(source, out)
     model = export_source(source, trust_code, factory)
+    _refuse_partial(model, source)
     info = getattr(model, "info", None) or {}
-    stated = getattr(model, "input_size", None) or info.get("input_size")
+    task = str(info.get("task", "classify"))
+    if task == "generate" and (getattr(model, "classes", None) or getattr(model, "codes", 0)):
+        raise CnnkitError(
+            f"{source} is a conditional generator: it takes noise and a class (or a code drawn at random), "
+            "two inputs, and an .onnx file of cnnkit export has one; export an unconditional generator "
+            "(nothing was written)"
+        )
+    clips_first = _clips_first(model, task)
+    stated = getattr(model, "input_size", None) or info.get("input_size") or _task_input_size(model, info)
     if input_size:
-        _check_input(tuple(int(v) for v in input_size), stated, str(info.get("task", "classify")))
+        _check_input(tuple(int(v) for v in input_size), stated, task, clips_first)
     size = input_size or stated
     if size is None:
-        raise CnnkitError("the run does not state its input size; give it with --input CxHxW")
+        raise CnnkitError("the run does not state its input size; give it with --input (the sizes without the batch)")
     size = tuple(int(v) for v in size)
-    if len(size) == 1:  # a segmenter states only its channels: it takes any H, W
+    if dynamic_size is True and clips_first:  # (N, T, C, H, W): the axes after the channels, and the frames
+        dynamic_size = (3, 4) if task == "video_predict" else (1, 3, 4)  # SimVP fixes its frame count
+    if len(size) == 1 and task == "segment":  # a segmenter states only its channels: it takes any H, W
         raise CnnkitError(
             f"the run takes {size[0]} channels at any size; give the example's size with --input {size[0]}x288x384"
         )

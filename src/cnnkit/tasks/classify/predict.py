@@ -54,7 +54,16 @@ def predict_files(model: nn.Module, paths: list[str], top: int = 3, loader=None)
         first = loader(paths[start])  # (C, H, W)
         n = images_per_batch(device, first.shape[-2:], PREDICT_BATCH)
         x = torch.stack([first, *(loader(p) for p in paths[start + 1 : start + n])])  # (n, C, H, W)
-        batches.append(model(x.to(device)).float().softmax(1).cpu())
+        logits = model(x.to(device)).float()
+        if logits.dim() == 4 and logits.shape[-2:] == (1, 1):  # a `classify fcn` run at its own size: a 1x1 map
+            logits = logits.flatten(1)
+        if logits.dim() != 2:
+            raise CnnkitError(
+                f"the model answers a {'x'.join(map(str, logits.shape[1:]))} map of class scores per "
+                f"{'x'.join(map(str, model.input_size))} image, not one score per class: a `classify fcn` run "
+                "gives one at its own input size (export it without --input)"
+            )
+        batches.append(logits.softmax(1).cpu())
         start += n
     probs = torch.cat(batches) if batches else torch.zeros(0, len(model.classes))
     p, i = probs.topk(min(top, probs.shape[1]), dim=1)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
 
 from cnnkit.engine.runfolder import load_run_model
 from cnnkit.errors import CnnkitError
-from cnnkit.export import OnnxModel
+from cnnkit.export import DECODE_KEY, OnnxModel
+from cnnkit.models.deploy import flip_tta
 from cnnkit.models.detection import Detector, create_detector
 
 
@@ -103,7 +105,8 @@ def onnx_detector(path: str | os.PathLike) -> OnnxModel:
         path: the ``.onnx`` file.
 
     Returns:
-        An :class:`~cnnkit.export.OnnxModel` whose ``info`` has the classes and input size.
+        An :class:`~cnnkit.export.OnnxModel` whose ``info`` has the classes, the input size and the
+        run's decoding settings and flip (``info["decode"]``, from ``cnnkit.decode``; older files: none).
 
     Raises:
         CnnkitError: onnxruntime is missing, the file is not an ONNX model, its metadata is damaged,
@@ -120,4 +123,22 @@ def onnx_detector(path: str | os.PathLike) -> OnnxModel:
         raise CnnkitError(
             f"{path} does not state its classes and a square input size (received {size}); export it with `cnnkit export`"
         )
+    decode = model.meta_value(DECODE_KEY, dict) or {}  # what predict_set reads: the run's own flip and NMS
+    numbers = ("score_threshold", "nms_threshold", "top_k", "max_detections")
+    try:
+        ok = set(decode) <= {*numbers, "tta"} and all(
+            isinstance(decode[k], (int, float))
+            and not isinstance(decode[k], bool)
+            and math.isfinite(decode[k])
+            and decode[k] >= 0
+            for k in numbers
+            if k in decode
+        )
+        if not ok:
+            raise CnnkitError(DECODE_KEY)
+        if "tta" in decode:
+            decode["tta"] = flip_tta(decode["tta"])
+    except CnnkitError:
+        raise model._bad(DECODE_KEY, f"the run's decoding settings ({', '.join(numbers)}, tta)") from None
+    model.info["decode"] = decode
     return model

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from cnnkit.data.segmentation import SegmentationSet
 from cnnkit.engine.runfolder import load_run_model
 from cnnkit.errors import CnnkitError
-from cnnkit.export import MAX_SIDE_KEY, OnnxModel
+from cnnkit.export import MAX_SIDE_KEY, TEST_TIME_KEY, OnnxModel
 from cnnkit.models.deploy import flip_tta
 from cnnkit.tasks.segment.config import SegmentConfig
 from cnnkit.tasks.segment.data import _channels, input_stats
-from cnnkit.tasks.segment.predict import Segmenter
+from cnnkit.tasks.segment.predict import Segmenter, scales, test_time_logits
 
 
 def build_model(cfg: SegmentConfig, train: SegmentationSet) -> Segmenter:
@@ -54,6 +56,30 @@ def load_segmenter(path, device: str = "cpu") -> Segmenter:
     return load_run_model(path, "segment", Segmenter.from_info, device)
 
 
+class OnnxSegmenter(OnnxModel):
+    """An exported segmenter run by ONNX Runtime, with the run's test-time procedure around the graph:
+    the file holds one view (no flip, no rescaling) and, as ``cnnkit.test_time``, the run's ``tta``
+    and ``test_scale``, applied here as :class:`Segmenter` applies them (:func:`test_time_logits`)."""
+
+    tta: str = ""
+    test_scale: tuple[float, ...] = (1.0,)
+
+    @contextlib.contextmanager
+    def without_tta(self):
+        """A context in which the file answers on the image alone, as its graph does."""
+        tta, scale = self.tta, self.test_scale
+        self.tta, self.test_scale = "", (1.0,)
+        try:
+            yield self
+        finally:
+            self.tta, self.test_scale = tta, scale
+
+    def __call__(self, x: torch.Tensor):
+        if not self.tta and self.test_scale == (1.0,):
+            return super().__call__(x)
+        return test_time_logits(super().__call__, x, self.tta, self.test_scale)
+
+
 def onnx_segmenter(path) -> OnnxModel:
     """A segmenter exported by ``cnnkit export --dynamic-size``, run by ONNX Runtime, for ``predict_image``.
 
@@ -61,13 +87,14 @@ def onnx_segmenter(path) -> OnnxModel:
         path: the ``.onnx`` file.
 
     Returns:
-        An :class:`~cnnkit.export.OnnxModel` with ``classes``, ``input_size`` and ``info["config"]["max_side"]``.
+        An :class:`OnnxSegmenter` with ``classes``, ``input_size``, ``info["config"]["max_side"]`` and
+        the run's ``tta`` and ``test_scale`` (a file without ``cnnkit.test_time``: none).
 
     Raises:
         CnnkitError: onnxruntime is missing, the file is not an ONNX model, its metadata is damaged,
             or it is not a segmenter exported with its classes and a free image size.
     """
-    model = OnnxModel(path)
+    model = OnnxSegmenter(path)
     size = model.input_size
     if model.task != "segment" or model.classes is None or size is None or len(size) != 3 or size[0] not in (1, 3):
         raise CnnkitError(
@@ -83,4 +110,9 @@ def onnx_segmenter(path) -> OnnxModel:
     if max_side is not None and not 16 <= max_side <= 1 << 16:
         raise CnnkitError(f"{path}: metadata {MAX_SIDE_KEY} is {max_side}, not 16..65536; export the run again")
     model.info["config"] = {"max_side": max_side}
+    test_time = model.meta_value(TEST_TIME_KEY, dict) or {}
+    try:
+        model.tta, model.test_scale = flip_tta(test_time.get("tta", "")), scales(test_time.get("test_scale", 1.0))
+    except CnnkitError:
+        raise model._bad(TEST_TIME_KEY, '{"tta": "" or "flip", "test_scale": [numbers from 0 to 4]}') from None
     return model

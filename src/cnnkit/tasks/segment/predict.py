@@ -95,23 +95,7 @@ class Segmenter(Classifier):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training or (not self.tta and self.test_scale == (1.0,)):
             return self.scores(x)
-        from cnnkit.layers.upsample import resize
-
-        h, w = x.shape[-2:]
-        answers = []
-        for scale in self.test_scale:
-            y = x
-            if scale != 1.0:
-                size = (max(1, round(h * scale)), max(1, round(w * scale)))
-                y = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
-            probs = self.scores(y).float().softmax(1)  # (B, K, h', w')
-            if self.tta == "flip":
-                probs = (probs + self.scores(y.flip(-1)).float().softmax(1).flip(-1)) / 2
-            answers.append(probs)
-        if len(answers) == 1:
-            return resize(answers[0].clamp_min(1e-12).log(), (h, w), "bilinear")  # (B, K, H, W)
-        probs = torch.stack([resize(p, (h, w), "bilinear") for p in answers]).mean(0)
-        return probs.clamp_min(1e-12).log()
+        return test_time_logits(self.scores, x, self.tta, self.test_scale)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -146,6 +130,30 @@ class Segmenter(Classifier):
             info.get("tta", ""),
             info.get("test_scale", 1.0),
         )
+
+
+def test_time_logits(scores, x: torch.Tensor, tta: str, test_scale: tuple[float, ...]) -> torch.Tensor:
+    """A segmenter's test-time procedure around ``scores`` (one view -> logits): the image resized by
+    each factor of ``test_scale`` and, with ``tta="flip"``, mirrored; the probabilities averaged and
+    their log returned at the image's size (B, K, H, W). :class:`Segmenter` runs it around its
+    network, an exported file's :class:`~cnnkit.tasks.segment.load.OnnxSegmenter` around ONNX Runtime."""
+    from cnnkit.layers.upsample import resize
+
+    h, w = x.shape[-2:]
+    answers = []
+    for scale in test_scale:
+        y = x
+        if scale != 1.0:
+            size = (max(1, round(h * scale)), max(1, round(w * scale)))
+            y = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
+        probs = scores(y).float().softmax(1)  # (B, K, h', w')
+        if tta == "flip":
+            probs = (probs + scores(y.flip(-1)).float().softmax(1).flip(-1)) / 2
+        answers.append(probs)
+    if len(answers) == 1:
+        return resize(answers[0].clamp_min(1e-12).log(), (h, w), "bilinear")  # (B, K, H, W)
+    probs = torch.stack([resize(p, (h, w), "bilinear") for p in answers]).mean(0)
+    return probs.clamp_min(1e-12).log()
 
 
 @torch.no_grad()

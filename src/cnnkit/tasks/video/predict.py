@@ -64,7 +64,10 @@ class VideoClassifier(nn.Module):
             )
         x = x[:, : need : self.stride]  # (B, T', C, H, W)
         b, t, c, h, w = x.shape
-        if (h, w) != (self.size, self.size):
+        # torch.export (the dynamo ONNX exporter) resizes always (the identity at size x size): its graph then
+        # resizes any frame size instead of keeping or dropping the resize by the example's size; the
+        # TorchScript exporter has no antialiased resize and keeps the branch
+        if (h, w) != (self.size, self.size) or torch.compiler.is_exporting():
             x = F.interpolate(x.reshape(b * t, c, h, w), size=(self.size, self.size), mode="bilinear", antialias=True)
             x = x.view(b, t, c, self.size, self.size)
         x = (x - self.mean) / self.std

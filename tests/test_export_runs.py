@@ -1,0 +1,350 @@
+"""Exported runs answer as the runs do: the test-time procedure, decoding and input each task's file
+needs travel in its metadata; what a file cannot hold (an instance run's masks) is refused; writing,
+naming and checking the file fail in one line."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("onnxruntime", reason="ONNX export checks need onnxruntime (pip install 'cnnkit[onnx]')")
+pytest.importorskip("onnx", reason="ONNX export needs onnx")
+
+import json  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import stat  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import cnnkit.export as export  # noqa: E402
+import cnnkit.tasks.export as task_export  # noqa: E402
+from cnnkit.cli import main  # noqa: E402
+from cnnkit.errors import CnnkitError  # noqa: E402
+from cnnkit.export import (  # noqa: E402
+    CLASSES_KEY,
+    DECODE_KEY,
+    INPUT_KEY,
+    TEST_TIME_KEY,
+    OnnxModel,
+    _add_metadata,
+    deploy_metadata,
+    export_onnx,
+)
+from cnnkit.models import create_model  # noqa: E402
+from cnnkit.models.deploy import Classifier, Ensemble  # noqa: E402
+from cnnkit.models.detection import create_detector  # noqa: E402
+from cnnkit.models.segmentation import create_segmenter  # noqa: E402
+from cnnkit.tasks.classify.predict import predict_files  # noqa: E402
+from cnnkit.tasks.detect.load import onnx_detector  # noqa: E402
+from cnnkit.tasks.detect.predict import predict_images  # noqa: E402
+from cnnkit.tasks.generate.predict import Sampler  # noqa: E402
+from cnnkit.tasks.segment.load import onnx_segmenter  # noqa: E402
+from cnnkit.tasks.segment.predict import Segmenter, predict_image  # noqa: E402
+from cnnkit.tasks.sequence.load import SeriesModel  # noqa: E402
+from cnnkit.tasks.video.predict import VideoClassifier  # noqa: E402
+
+# ---------------------------------------------------------------------------------------------
+# An exported detector keeps the run's decoding settings and flip: its boxes are the run's.
+
+
+def test_boxes_of_the_file_are_the_runs_with_its_flip(tmp_path):
+    torch.manual_seed(0)
+    model = create_detector("tiny", 2, out_strides=(4, 8, 16)).eval()
+    decode = {"tta": "flip", "nms_threshold": 0.5, "max_detections": 7}
+    model.info = {"task": "detect", "classes": ["person", "bike"], "input_size": [3, 64, 64], "decode": decode}
+    path = tmp_path / "det.onnx"
+    export_onnx(model, torch.rand(1, 3, 64, 64), path, exporter="torchscript")
+    onnx_model = onnx_detector(path)
+    assert onnx_model.info["decode"] == decode
+    images = [(torch.rand(3, 50, 90) * 255).byte()]
+    args = {"score_threshold": 0.0}
+    expected = predict_images(model, images, 64, model.info["classes"], **decode, **args)
+    got = predict_images(onnx_model, images, 64, onnx_model.classes, **onnx_model.info["decode"], **args)
+    assert len(got[0]["boxes"]) == 7 and got[0]["labels"] == expected[0]["labels"]
+    assert torch.allclose(torch.tensor(got[0]["boxes"]), torch.tensor(expected[0]["boxes"]), atol=1e-3)
+    crafted = tmp_path / "crafted.onnx"
+    shutil.copy(path, crafted)
+    _add_metadata(str(crafted), {DECODE_KEY: '{"top_k": -1}'})
+    with pytest.raises(CnnkitError, match="cnnkit.decode"):
+        onnx_detector(crafted)
+
+
+# ---------------------------------------------------------------------------------------------
+# A file that fails the check at another size says that the exporter fixed a size --dynamic-size frees.
+
+
+class SizeBranch(nn.Module):
+    """A Python branch on the input's size: the TorchScript trace keeps the example's branch only."""
+
+    def forward(self, x):
+        return x.mean((2, 3)) if x.shape[-1] == 8 else x.amax((2, 3))
+
+
+def test_a_size_fixed_by_the_exporter_is_named(tmp_path):
+    with pytest.raises(CnnkitError) as exc:
+        export_onnx(
+            SizeBranch(), torch.rand(1, 3, 8, 8), tmp_path / "m.onnx", dynamic_size=True, exporter="torchscript"
+        )
+    text = str(exc.value)
+    assert "of shape (1, 3, 40, 40)" in text and "fixed a size inside the network" in text
+    assert "without dynamic_size / --dynamic-size the image size is fixed" not in text
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_network_refusing_other_frame_counts_names_the_axes(tmp_path):
+    from cnnkit.models import create_model
+
+    net = create_model("frames2d_small").eval()  # (N, C, T=10, H, W): its frame count is fixed
+    with pytest.raises(CnnkitError, match=r"runs only at its example's size .* free fewer axes") as exc:
+        export_onnx(net, torch.rand(1, 1, 10, 16, 16), tmp_path / "m.onnx", dynamic_size=True, exporter="torchscript")
+    assert "frame stacker takes" not in str(exc.value)
+    export_onnx(net, torch.rand(1, 1, 10, 16, 16), tmp_path / "m.onnx", dynamic_size=(3, 4), exporter="torchscript")
+
+
+# ---------------------------------------------------------------------------------------------
+# An ensemble run is exported as its members are: no test-time augmentation, the normalisation inside.
+
+
+def _member(seed):
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(4, 3))  # fmt: skip
+    return Classifier(net, [0.2], [0.3], ["a", "b", "c"], (1, 12, 12), tta="shift")
+
+
+def test_ensemble_file_has_no_tta(tmp_path, monkeypatch):
+    model = Ensemble([_member(0), _member(1)]).eval()
+    model.info = {"task": "classify", "classes": ["a", "b", "c"], "input_size": [1, 12, 12]}
+    monkeypatch.setattr(task_export, "export_source", lambda *a, **k: model)
+    task_export.export_model("runs/ens", tmp_path / "ens.onnx", exporter="torchscript")
+    assert [m.tta for m in model.members] == ["shift", "shift"]  # restored after the export
+    onnx_model = OnnxModel(tmp_path / "ens.onnx")
+    assert "normalisation is inside" in json.loads(onnx_model.metadata[INPUT_KEY])
+    x = torch.rand(4, 1, 12, 12)
+    with torch.no_grad(), model.without_tta():
+        plain = model(x)
+    assert (onnx_model(x) - plain).abs().max() < 1e-5  # the members' shifted views are not in the graph
+
+
+# ---------------------------------------------------------------------------------------------
+# An --out name near the file system's limit is written (its temporary file's name was too long).
+
+
+def test_a_long_file_name(tmp_path):
+    target = tmp_path / ("a" * 245 + ".onnx")  # 250 bytes: a legal name
+    export_onnx(torch.nn.Linear(3, 2), torch.rand(1, 3), target, exporter="torchscript")
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+# ---------------------------------------------------------------------------------------------
+# A model with an empty class list (an unconditional generator) exports a file OnnxModel opens.
+
+
+def test_unconditional_generator_file_opens(tmp_path):
+    torch.manual_seed(0)
+    sampler = Sampler(create_model("dcgan_generator"), []).eval()
+    sampler.info = {"task": "generate", "classes": []}  # as a run's metadata has it
+    export_onnx(sampler, torch.randn(1, 100), tmp_path / "g.onnx", exporter="torchscript")
+    onnx_model = OnnxModel(tmp_path / "g.onnx")  # was refused: "cnnkit.classes is not a list of 1 to ..."
+    assert CLASSES_KEY not in onnx_model.metadata and onnx_model.classes is None
+    z = torch.randn(2, 100)
+    with torch.no_grad():
+        assert (onnx_model(z) - sampler(z)).abs().max() < 1e-5
+
+
+# ---------------------------------------------------------------------------------------------
+# A model with NaN weights is refused by name before any export, not by "differs by nan".
+
+
+def test_nan_weights_are_named(tmp_path):
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    with torch.no_grad():
+        net[1].weight[0, 0] = float("nan")
+    with pytest.raises(CnnkitError, match=r"1\.weight holds NaN or infinite values") as exc:
+        export_onnx(net, torch.rand(1, 3), tmp_path / "m.onnx")
+    assert "differs" not in str(exc.value) and list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# A model whose .onnx file would hold only part of its answer is refused in one line, nothing written.
+
+
+def test_an_instance_segmenter_is_refused(tmp_path, capsys):
+    assert main(["export", "mask_fcos", "--out", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "instance-segmentation" in err and "without the masks" in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# An exported segmenter keeps the run's test-time procedure (flip, test scales): its masks are the run's.
+
+
+def test_masks_of_the_file_are_the_runs_with_flip_and_scales(tmp_path):
+    torch.manual_seed(0)
+    net = create_segmenter("unet", backbone="unet", num_classes=3, width=4)
+    model = Segmenter(net, [0.5, 0.4, 0.3], [0.2, 0.2, 0.2], ["background", "a", "b"], "flip", (1.5, 2.0)).eval()
+    model.input_size = (3, 32, 48)  # as cnnkit export sets it (--input)
+    model.info = {"task": "segment", "tta": "flip", "test_scale": [1.5, 2.0], "config": {"max_side": 40}}
+    path = tmp_path / "seg.onnx"
+    with model.without_tta():  # as cnnkit export writes it: one view
+        export_onnx(model, torch.rand(1, 3, 32, 48), path, dynamic_size=True, exporter="torchscript")
+    onnx_model = onnx_segmenter(path)
+    assert (onnx_model.tta, onnx_model.test_scale) == ("flip", (1.5, 2.0))
+    image = (torch.rand(3, 45, 30) * 255).byte()
+    mask = predict_image(onnx_model, image, 40)
+    assert torch.equal(mask, predict_image(model, image, 40))  # the run's procedure, pixel for pixel
+    with model.without_tta(), onnx_model.without_tta():
+        assert torch.equal(predict_image(onnx_model, image, 40), predict_image(model, image, 40))
+    crafted = tmp_path / "crafted.onnx"
+    shutil.copy(path, crafted)
+    _add_metadata(str(crafted), {TEST_TIME_KEY: '{"tta": "rotate", "test_scale": [1.0]}'})
+    with pytest.raises(CnnkitError, match="cnnkit.test_time"):
+        onnx_segmenter(crafted)
+
+
+# ---------------------------------------------------------------------------------------------
+# A series classifier's file says that its input is z-normalised outside the graph.
+
+
+def test_series_input_is_described():
+    model = SeriesModel(create_model("fcn1d", num_classes=2, in_channels=1), "fcn1d", ["a", "b"], (1, 50))
+    model.info = {"task": "sequence", "config": {"znorm": True}}
+    text = json.loads(deploy_metadata(model, torch.rand(1, 1, 50))[INPUT_KEY])
+    assert "z-normalised" in text and "not inside" in text
+    model.info = {"task": "sequence", "config": {"znorm": False}}
+    assert "as read" in json.loads(deploy_metadata(model, torch.rand(1, 1, 50))[INPUT_KEY])
+
+
+# ---------------------------------------------------------------------------------------------
+# A style network exported with a free size takes any size: the reflection pad is in the graph.
+
+
+@pytest.mark.parametrize("exporter", ["auto", "torchscript"])
+def test_style_network_at_sizes_that_are_no_multiple_of_4(tmp_path, exporter):
+    torch.manual_seed(0)
+    net = create_model("johnson_style_slim").eval()
+    report = export_onnx(net, torch.rand(1, 3, 32, 32), tmp_path / "s.onnx", dynamic_size=True, exporter=exporter)
+    assert report.input_shapes[2:] == ((1, 3, 64, 64), (1, 3, 65, 65))  # 65: was refused (ORT failed on Add)
+    x = torch.rand(2, 3, 33, 46)
+    with torch.no_grad():
+        assert (OnnxModel(tmp_path / "s.onnx")(x) - net(x)).abs().max() < 1e-5
+
+
+# ---------------------------------------------------------------------------------------------
+# cnnkit export of runs that state their input in their task's words: clips (N, T, C, H, W), noise.
+
+
+def _clip_run():
+    torch.manual_seed(0)
+    net = create_model("frames2d_small", num_classes=3, in_channels=1, frames=4)
+    model = VideoClassifier(net, "frames2d_small", ["a", "b", "c"], 4, 2, 32, 0.1, 0.3, 1).eval()
+    model.info = {"task": "video", "classes": model.classes, "frames": 4, "stride": 2, "size": 32, "channels": 1}
+    return model
+
+
+def test_a_clip_run_exports_at_its_frames_with_frames_and_frame_size_free(tmp_path, monkeypatch, capsys):
+    model = _clip_run()
+    monkeypatch.setattr(task_export, "export_source", lambda *a, **k: model)
+    out = tmp_path / "clips.onnx"
+    assert main(["export", "runs/clips", "--out", str(out), "--dynamic-size", "--exporter", "dynamo"]) == 0
+    assert "dynamic batch and size" in capsys.readouterr().out
+    onnx_model = OnnxModel(out)
+    assert onnx_model.input_size == (7, 1, 32, 32)  # (4 - 1) * 2 + 1 frames
+    for shape in ((2, 7, 1, 32, 32), (1, 9, 1, 64, 48)):  # at the network's size, and resized inside
+        x = torch.rand(*shape)
+        with torch.no_grad():
+            assert (onnx_model(x) - model(x)).abs().max() < 1e-4
+
+
+def test_generators_unconditional_exported_conditional_refused(tmp_path, capsys):
+    assert main(["export", "dcgan_generator", "--out", str(tmp_path / "g.onnx"), "--exporter", "torchscript"]) == 0
+    assert OnnxModel(tmp_path / "g.onnx")(torch.randn(3, 100)).shape == (3, 1, 28, 28)
+    capsys.readouterr()
+    assert main(["export", "dcgan_generator_cond", "--out", str(tmp_path / "c.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "conditional generator" in err and "288x384" not in err
+    assert not (tmp_path / "c.onnx").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The .onnx file is written as open() would write it, and a target that cannot be replaced is one line.
+
+
+def test_the_file_has_the_umask_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        export_onnx(torch.nn.Linear(3, 2), torch.rand(1, 3), tmp_path / "m.onnx", exporter="torchscript")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "m.onnx").stat().st_mode) == 0o644  # was 0o600 (mkstemp's)
+
+
+def test_a_target_that_cannot_be_replaced_is_one_line(tmp_path, monkeypatch):
+    target = tmp_path / "m.onnx"
+    target.write_bytes(b"theirs")
+
+    def refuse(src, dst):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(export.os, "replace", refuse)
+    with pytest.raises(CnnkitError, match="cannot write .*Operation not permitted.*choose another --out"):
+        export_onnx(torch.nn.Linear(3, 2), torch.rand(1, 3), target, exporter="torchscript")
+    assert target.read_bytes() == b"theirs" and [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+# ---------------------------------------------------------------------------------------------
+# An .onnx file given where a run is read is named as such, not as a damaged checkpoint.
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["sequence", "predict", "{f}", "{f}"],
+        ["style", "predict", "{f}", "{f}", "--out", "{o}"],
+        ["export", "{f}", "--out", "{o}"],
+    ],
+)
+def test_onnx_file_to_a_run_command(tmp_path, capsys, argv):
+    f = tmp_path / "model.onnx"
+    f.write_bytes(b"\x08\x0a onnx bytes")
+    rc = main([a.format(f=f, o=tmp_path / "x.onnx") for a in argv])
+    err = capsys.readouterr().err
+    assert rc == 2 and "is an ONNX file" in err and "damaged" not in err, err
+
+
+# ---------------------------------------------------------------------------------------------
+# A file exported with --static-batch answers any multiple of its batch (predict sends several images).
+
+
+def test_static_batch_file_takes_several_images(tmp_path):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)).eval()
+    export_onnx(net, torch.rand(1, 3, 2, 2), tmp_path / "one.onnx", dynamic_batch=False, exporter="torchscript")
+    x = torch.rand(5, 3, 2, 2)
+    with torch.no_grad():
+        assert (OnnxModel(tmp_path / "one.onnx")(x) - net(x)).abs().max() < 1e-5  # was ORT's InvalidArgument
+    export_onnx(net, torch.rand(2, 3, 2, 2), tmp_path / "two.onnx", dynamic_batch=False, exporter="torchscript")
+    with pytest.raises(CnnkitError, match="batches of exactly 2"):
+        OnnxModel(tmp_path / "two.onnx")(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# predict on a `classify fcn` run (or its .onnx file): its 1x1 map of class scores is one answer per image.
+
+
+def _fcn(size):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 8))  # 8x8 -> a 1x1 map of 3 class scores
+    return Classifier(net, [0.5], [0.5], ["a", "b", "c"], (1, size, size)).eval()
+
+
+def test_a_one_by_one_map_is_one_answer(tmp_path):
+    image = tmp_path / "x.png"
+    Image.fromarray((torch.rand(8, 8) * 255).byte().numpy(), mode="L").save(image)
+    rows = predict_files(_fcn(8), [str(image)], top=2)  # was TypeError: list indices must be integers
+    assert len(rows[0]["top"]) == 2 and rows[0]["top"][0][0] in ("a", "b", "c")
+    with pytest.raises(CnnkitError, match="map of class scores"):
+        predict_files(_fcn(10), [str(image)], top=2)  # a 3x3 map: no single answer
