@@ -227,6 +227,14 @@ def _keras_out(model, x: torch.Tensor) -> list[np.ndarray]:
     return [keras.ops.convert_to_numpy(o) for o in out]
 
 
+def _saved_and_compared(model, x: torch.Tensor, folder, names) -> None:
+    """Save ``model`` under each name (the suffix picks the format); cnnkit's reading of each answers as Keras."""
+    for name in names:
+        model.save(folder / name)
+        net, _ = load_keras(folder / name)
+        assert np.abs(_ours(net, x)[0] - _keras_out(model, x)[0]).max() <= 1e-5, name
+
+
 def _ours(net, x) -> list[np.ndarray]:
     with torch.no_grad():
         out = net(x)
@@ -434,11 +442,7 @@ def test_nested_model_with_batchnorm_in_h5(tmp_path):
     x_in = keras.Input((6, 6, 3))
     model = keras.Model(x_in, layers.Dense(2)(layers.Flatten()(lvl1(x_in))))
     _randomise(model, 11)
-    x = torch.rand(2, 3, 6, 6)
-    for name in ("m.h5", "m.keras"):
-        model.save(tmp_path / name)
-        net, _ = load_keras(tmp_path / name)
-        assert np.abs(_ours(net, x)[0] - _keras_out(model, x)[0]).max() <= 1e-5, name
+    _saved_and_compared(model, torch.rand(2, 3, 6, 6), tmp_path, ("m.h5", "m.keras"))
 
 
 @pytest.mark.parametrize("activation", ["softmax", "log_softmax"])
@@ -547,11 +551,7 @@ def test_layers_that_pass_through_at_inference(tmp_path):
     x = layers.GaussianDropout(0.2)(layers.GaussianNoise(0.1)(layers.Flatten()(x)))
     model = keras.Model(x_in, layers.Dense(2)(layers.Identity()(layers.AlphaDropout(0.1)(x))))
     _randomise(model, 4)
-    x = torch.rand(2, 3, 8, 8)
-    for name in ("m.keras", "m.h5"):
-        model.save(tmp_path / name)
-        net, _ = load_keras(tmp_path / name)
-        assert np.abs(_ours(net, x)[0] - _keras_out(model, x)[0]).max() <= 1e-5, name
+    _saved_and_compared(model, torch.rand(2, 3, 8, 8), tmp_path, ("m.keras", "m.h5"))
 
 
 @pytest.mark.parametrize("strides, dilation", [(1, 1), (2, 1), (1, 3)])
