@@ -228,3 +228,15 @@ def test_series_without_a_label_column_are_warned_of(tmp_path, capsys):
     assert len(out.splitlines()) == 3
     assert main(["sequence", "predict", str(run), str(train)]) == 0  # labelled: no warning
     assert "warning" not in capsys.readouterr().err
+
+
+def test_finetune_a_grey_zoo_network_from_random_weights(tmp_path, capsys):
+    """`--weights none` is random weights, as the help says; a 1-channel zoo network sees grey photos."""
+    import cnnkit
+
+    data = _photos(tmp_path / "photos", n=6)
+    out = tmp_path / "run"
+    argv = ["classify", "finetune", "--model", "mnist_fast", "--weights", "none", "--data", str(data)]
+    assert main([*argv, "--epochs", "1", "--batch-size", "4", "--out", str(out)]) == 0
+    model = cnnkit.load(out)
+    assert model.input_size == (1, 28, 28) and model(torch.rand(2, 1, 28, 28)).shape == (2, 2)

@@ -908,8 +908,18 @@ def run_finetune(
         raise CnnkitError(
             f"image folder not found: {cfg.data}{hint or '; pass a folder holding one sub-folder per class'}"
         )
+    if isinstance(cfg.weights, str) and cfg.weights.lower() == "none":  # as the other commands: random weights
+        cfg = dataclasses.replace(cfg, weights=None)
+    channels = 3  # a zoo network takes the channels of its own input (mnist_fast: grey) and the photos follow
+    if cfg.model and not (cfg.weights and is_cnnkit_checkpoint(cfg.weights)):
+        from cnnkit.models import model_info
+
+        try:
+            channels = model_info(cfg.model).input_size[0]
+        except CnnkitError:
+            pass  # an unknown name: load_backbone says so, with the close matches
     torch.manual_seed(cfg.seed)  # a random base (no --weights) and the new head: the same every run
-    net, name, own = load_backbone(cfg.model, cfg.weights)
+    net, name, own = load_backbone(cfg.model, cfg.weights, channels)
     if ":" in name or name.endswith((".yaml", ".yml", ".json")):
         raise CnnkitError(f"--model {name!r}: fine-tuning needs a zoo model; give --model NAME")
     size = (cfg.image_size,) * 2 if cfg.image_size else None
