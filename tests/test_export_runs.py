@@ -129,7 +129,7 @@ def test_ensemble_file_has_no_tta(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------
-# An --out name near the file system's limit is written (its temporary file's name was too long).
+# An --out name near the file system's limit is written (its temporary file's name is cut to fit).
 
 
 def test_a_long_file_name(tmp_path):
@@ -147,7 +147,7 @@ def test_unconditional_generator_file_opens(tmp_path):
     sampler = Sampler(create_model("dcgan_generator"), []).eval()
     sampler.info = {"task": "generate", "classes": []}  # as a run's metadata has it
     export_onnx(sampler, torch.randn(1, 100), tmp_path / "g.onnx", exporter="torchscript")
-    onnx_model = OnnxModel(tmp_path / "g.onnx")  # was refused: "cnnkit.classes is not a list of 1 to ..."
+    onnx_model = OnnxModel(tmp_path / "g.onnx")  # an unconditional generator: no classes
     assert CLASSES_KEY not in onnx_model.metadata and onnx_model.classes is None
     z = torch.randn(2, 100)
     with torch.no_grad():
@@ -227,7 +227,7 @@ def test_style_network_at_sizes_that_are_no_multiple_of_4(tmp_path, exporter):
     torch.manual_seed(0)
     net = create_model("johnson_style_slim").eval()
     report = export_onnx(net, torch.rand(1, 3, 32, 32), tmp_path / "s.onnx", dynamic_size=True, exporter=exporter)
-    assert report.input_shapes[2:] == ((1, 3, 64, 64), (1, 3, 65, 65))  # 65: was refused (ORT failed on Add)
+    assert report.input_shapes[2:] == ((1, 3, 64, 64), (1, 3, 65, 65))  # 65: a size that is not a multiple of 4
     x = torch.rand(2, 3, 33, 46)
     with torch.no_grad():
         assert (OnnxModel(tmp_path / "s.onnx")(x) - net(x)).abs().max() < 1e-5
@@ -279,7 +279,7 @@ def test_the_file_has_the_umask_mode(tmp_path):
         export_onnx(torch.nn.Linear(3, 2), torch.rand(1, 3), tmp_path / "m.onnx", exporter="torchscript")
     finally:
         os.umask(old)
-    assert stat.S_IMODE((tmp_path / "m.onnx").stat().st_mode) == 0o644  # was 0o600 (mkstemp's)
+    assert stat.S_IMODE((tmp_path / "m.onnx").stat().st_mode) == 0o644  # as open() makes it, not mkstemp's 0o600
 
 
 def test_a_target_that_cannot_be_replaced_is_one_line(tmp_path, monkeypatch):
@@ -325,7 +325,9 @@ def test_static_batch_file_takes_several_images(tmp_path):
     export_onnx(net, torch.rand(1, 3, 2, 2), tmp_path / "one.onnx", dynamic_batch=False, exporter="torchscript")
     x = torch.rand(5, 3, 2, 2)
     with torch.no_grad():
-        assert (OnnxModel(tmp_path / "one.onnx")(x) - net(x)).abs().max() < 1e-5  # was ORT's InvalidArgument
+        assert (
+            OnnxModel(tmp_path / "one.onnx")(x) - net(x)
+        ).abs().max() < 1e-5  # a static-batch file, one image at a time
     export_onnx(net, torch.rand(2, 3, 2, 2), tmp_path / "two.onnx", dynamic_batch=False, exporter="torchscript")
     with pytest.raises(CnnkitError, match="batches of exactly 2"):
         OnnxModel(tmp_path / "two.onnx")(x)
@@ -344,7 +346,7 @@ def _fcn(size):
 def test_a_one_by_one_map_is_one_answer(tmp_path):
     image = tmp_path / "x.png"
     Image.fromarray((torch.rand(8, 8) * 255).byte().numpy(), mode="L").save(image)
-    rows = predict_files(_fcn(8), [str(image)], top=2)  # was TypeError: list indices must be integers
+    rows = predict_files(_fcn(8), [str(image)], top=2)  # the FCN answers a 1x1 map at its own size: one row
     assert len(rows[0]["top"]) == 2 and rows[0]["top"][0][0] in ("a", "b", "c")
     with pytest.raises(CnnkitError, match="map of class scores"):
         predict_files(_fcn(10), [str(image)], top=2)  # a 3x3 map: no single answer
