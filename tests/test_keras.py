@@ -391,9 +391,9 @@ def test_reading_needs_neither_keras_nor_tensorflow(saved, monkeypatch):
 
 @pytest.mark.parametrize("fmt", ["keras", "h5"])
 def test_keras_ops_with_a_number_are_read(tmp_path, fmt):
-    """``x + 3.0`` is saved as a keras.ops ``Add`` of one tensor and the number (read as the Add layer
-    it dropped the 3.0): MobileNetV3's hard sigmoid, ``3 - x`` and ``1 / x`` compute as in Keras; an op
-    of a tensor and a list, or one cnnkit does not read, is refused by name."""
+    """``x + 3.0`` is saved as a keras.ops ``Add`` of one tensor and the number (not the Add merge
+    layer, which would drop the 3.0): MobileNetV3's hard sigmoid, ``3 - x`` and ``1 / x`` compute as in
+    Keras; another op with a number (``maximum(x, 0.5)``) is refused by name."""
     x_in = keras.Input((5, 5, 3))
     x = layers.Conv2D(3, 3, padding="same")(x_in)
     y = layers.ReLU(6.0)(x + 3.0) * (1.0 / 6.0)  # MobileNetV3's hard_sigmoid
