@@ -109,14 +109,14 @@ def train(cfg: DetectConfig, out, resume: bool = False, quiet: bool = False):
 
 
 def fit_and_test(
-    task, model, train_set, val_set, test_set, plan, cfg, out, resume: bool, quiet: bool, d, kind: str, split=None
+    task, model, train_set, val_set, test_set, plan, cfg, out, resume: bool, quiet: bool, d, kind: str, split: dict
 ):
     """``engine.fit`` on the run's split (the validation part, carved from the training images,
     validates every ``cfg.val_every`` epochs), then the trained model scored once on the test split:
     ``(FitResult, metrics)``. Shared by ``cnnkit detect train`` and ``cnnkit instance train`` (``kind``).
     ``split`` (from :func:`run_data`) is written to ``out/split.json`` first: only once the model is
     built, so that a refused setting (weights, strides, model) leaves no run folder behind."""
-    if d.main and split is not None:
+    if d.main:
         import json
 
         from cnnkit.engine.runfolder import SPLIT_FILE, atomic_write_bytes
