@@ -109,13 +109,14 @@ def _cli(data_dir, out, *more):
     ]
 
 
-def test_cli_finetune_resumes_exactly_and_torchrun_matches_one_process(data_dir, tmp_path, monkeypatch):
+def test_cli_finetune_resumes_exactly_and_torchrun_matches_one_process(data_dir, tmp_path, monkeypatch, capsys):
     """`cnnkit finetune` cut by Ctrl-C after its first epoch and resumed gives the uninterrupted
     run's bytes; under torchrun (2 processes, gloo) the same weights up to float rounding -- BN
     stays frozen (eval) while fine-tuning, so two shards of each batch are one batch. In fp32: under
     bf16 autocast (the default on a CPU with native bf16) two shards round differently from one batch."""
     monkeypatch.setenv("CNNKIT_HOME", str(tmp_path / "home"))
     assert main(_cli(data_dir, tmp_path / "one", "--precision", "fp32", "--threads", "1")) == 0
+    assert capsys.readouterr().out == ""  # --quiet: no data line, scores or file name either
     assert cnnkit.load(tmp_path / "one").info["threads"] == 1
     save = loop._save_run
 
@@ -145,7 +146,7 @@ def test_cli_finetune_resumes_exactly_and_torchrun_matches_one_process(data_dir,
         str(_free_port()),
         "-m",
         "cnnkit",
-        *_cli(data_dir, tmp_path / "two", "--precision", "fp32"),
+        *(a for a in _cli(data_dir, tmp_path / "two", "--precision", "fp32") if a != "--quiet"),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)

@@ -56,7 +56,7 @@ def test_train_through_the_cli_learns_italy_power_demand(italy_run, capsys):
     assert type(cnnkit.load(italy_run)) is type(model)  # the one loader knows the task
 
 
-def test_a_runs_config_yaml_repeats_the_run(italy_run, ucr_dir, tmp_path):
+def test_a_runs_config_yaml_repeats_the_run(italy_run, ucr_dir, tmp_path, capsys):
     # the file names the data as ucr:NAME (not a path) and lists the settings the command does not take
     again = tmp_path / "again"
     assert main(["sequence", "train", "--config", str(italy_run / "config.yaml"), "--out", str(again), "--quiet"]) == 0
@@ -66,7 +66,9 @@ def test_a_runs_config_yaml_repeats_the_run(italy_run, ucr_dir, tmp_path):
     # a fitted model's run keeps the gradient settings unset, so its file reads back too
     fitted, twice = tmp_path / "fitted", tmp_path / "twice"
     argv = ["sequence", "train", "--data", "ucr:ItalyPowerDemand", "--data-dir", str(ucr_dir.parent), "--quiet"]
+    capsys.readouterr()
     assert main([*argv, "--model", "multirocket", "--out", str(fitted)]) == 0
+    assert capsys.readouterr().out == ""  # --quiet: no line at all, the final one included
     assert "batch_size: null" in (fitted / "config.yaml").read_text()
     assert main(["sequence", "train", "--config", str(fitted / "config.yaml"), "--out", str(twice), "--quiet"]) == 0
     assert evaluate_run(twice)["errors"] == evaluate_run(fitted)["errors"]

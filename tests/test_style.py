@@ -216,6 +216,11 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(photos, tmp_path, caps
     assert rows[0] == "step,loss,content,style,tv,seconds" and len(rows) == 2
     with Image.open(out) as im:
         assert im.size == (32, 25)  # the content's 52x40 with its longer side at --size
+    assert capsys.readouterr().out == ""  # --quiet: no progress and no final line
+    assert (
+        main(["style", "transfer", str(content), str(style), "--out", str(out), *(a for a in fast if a != "--quiet")])
+        == 0
+    )
     assert "done: 1 steps" in capsys.readouterr().out
 
 

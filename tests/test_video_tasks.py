@@ -122,7 +122,9 @@ def test_cli_predict_writes_strip_and_gif_and_reads_user_clips(data_dir, tmp_pat
     args = ["video-predict", "train", "--data-dir", str(data_dir), "--out", str(run), "--quiet"]
     args += ["--epochs", "1", "--clips", "2", "--val-clips", "0", "--test-clips", "2", "--batch-size", "2"]
     assert main([*args, "--frames", "4", "--threads", "1"]) == 0
-    assert "test MSE per frame" in capsys.readouterr().out
+    assert capsys.readouterr().out == ""  # --quiet: not even the final line
+    assert main(["video-predict", "eval", str(run)]) == 0
+    assert "MSE" in capsys.readouterr().out
     clips = tmp_path / "clips"
     clips.mkdir()
     np.save(clips / "mine.npy", (np.random.default_rng(0).random((8, 64, 64)) * 255).astype(np.uint8))

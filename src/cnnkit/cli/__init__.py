@@ -60,7 +60,16 @@ def add_run_arguments(parser: argparse.ArgumentParser, default_out: str) -> None
         action="store_true",
         help="continue the run in --out exactly (its own settings win over the ones given)",
     )
-    parser.add_argument("--quiet", action="store_true", help="no summary and no progress bar")
+    parser.add_argument("--quiet", action="store_true", help=QUIET_HELP)
+
+
+QUIET_HELP = "print nothing but warnings and errors (no summary, progress, epochs or final line)"
+
+
+def finished(args, line: str) -> None:
+    """A training command's final line, left out under ``--quiet`` as everything else it prints."""
+    if not args.quiet:
+        print(line)
 
 
 def train_config(cls, args, builtin: tuple[str, ...] = ()) -> dict:

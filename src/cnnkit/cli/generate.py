@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cnnkit.cli import add_run_arguments, train_config
+from cnnkit.cli import add_run_arguments, finished, train_config
 from cnnkit.engine.config import add_config_arguments
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.generate.config import GenerateConfig
@@ -79,10 +79,11 @@ def run_train(args) -> int:
     result = train(cfg, out, resume=args.resume, quiet=args.quiet)
     last = result.history[-1] if result.history else {}
     digit = " --digit 7" if cfg.conditional else ""  # a conditional generator needs the digit to draw
-    print(
+    finished(
+        args,
         f"done: {len(result.history)} epoch{'s' if len(result.history) != 1 else ''}, d_loss {last.get('train_d_loss', float('nan')):.4f} g_loss "
         f"{last.get('train_g_loss', float('nan')):.4f} in {result.seconds:.1f} s -> {out}  "
-        f"(`cnnkit generate predict {out}{digit} --out digits.png`)"
+        f"(`cnnkit generate predict {out}{digit} --out digits.png`)",
     )
     return 0
 

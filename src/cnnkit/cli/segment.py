@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cnnkit.cli import add_run_arguments, train_config
+from cnnkit.cli import add_run_arguments, finished, train_config
 from cnnkit.engine.config import add_config_arguments, resolved_defaults
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.segment.config import SegmentConfig
@@ -71,9 +71,10 @@ def run_train(args) -> int:
     out = args.out or f"runs/segment-{Path(cfg.data).name}-{time.strftime('%Y%m%d-%H%M%S')}"
     result = train(cfg, out, resume=args.resume, quiet=args.quiet)
     t = result.test
-    print(
+    finished(
+        args,
         f"done: test mIoU {t['mIoU']:.4f}, pixel accuracy {t['pixel_accuracy']:.4f}, boundary IoU "
-        f"{t['boundary_iou']:.4f} in {result.seconds:.1f} s -> {out}  (`cnnkit segment eval {out}`)"
+        f"{t['boundary_iou']:.4f} in {result.seconds:.1f} s -> {out}  (`cnnkit segment eval {out}`)",
     )
     return 0
 

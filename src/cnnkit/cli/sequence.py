@@ -6,7 +6,7 @@ import json
 import re
 import time
 
-from cnnkit.cli import add_run_arguments, train_config
+from cnnkit.cli import add_run_arguments, finished, train_config
 from cnnkit.engine.config import add_config_arguments
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.sequence.config import SequenceConfig
@@ -63,7 +63,7 @@ def run_train(args) -> int:
     test = f"test error {r.test['error']:.4f} ({r.test['errors']}/{r.test['series']})" if r.test else "no test split"
     val = f", val accuracy {r.val['accuracy']:.4f}" if r.val else ""
     how = f"{r.steps} steps" if r.steps else "fitted"
-    print(f"done: {test}{val}, {how} in {r.seconds:.1f} s -> {out}  (`cnnkit sequence eval {out}`)")
+    finished(args, f"done: {test}{val}, {how} in {r.seconds:.1f} s -> {out}  (`cnnkit sequence eval {out}`)")
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cnnkit.cli import add_run_arguments, train_config
+from cnnkit.cli import QUIET_HELP, add_run_arguments, finished, train_config
 from cnnkit.engine.config import add_config_arguments, config_from_args, resolved_defaults
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.style.config import StyleTrainConfig, TransferConfig
@@ -31,7 +31,7 @@ def register(subparsers) -> None:
     t.add_argument("content", help="the content photo (PNG or JPEG)")
     t.add_argument("style", help="the style image (PNG or JPEG)")
     t.add_argument("--out", required=True, help="the image to write (.png or .jpg); never one of the inputs")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     add_config_arguments(t, TransferConfig, presets=resolved_defaults(TransferConfig, NETWORK_EXAMPLES))
     t.set_defaults(func=run_transfer)
 
@@ -60,9 +60,10 @@ def run_transfer(args) -> int:
     cfg = TransferConfig(**config_from_args(TransferConfig, args))
     result = transfer_files(args.content, args.style, args.out, cfg, quiet=args.quiet)
     last = result.history[-1]
-    print(
+    finished(
+        args,
         f"done: {len(result.history)} steps in {result.seconds:.1f} s, loss {last['loss']:.4f} (content "
-        f"{last['content']:.4f}, style {last['style']:.4f}) -> {args.out}, {Path(args.out).with_suffix('.csv')}"
+        f"{last['content']:.4f}, style {last['style']:.4f}) -> {args.out}, {Path(args.out).with_suffix('.csv')}",
     )
     return 0
 
@@ -87,9 +88,10 @@ def run_train(args) -> int:
     out = args.out or f"runs/style-{Path(cfg.style).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     result = train(cfg, out, resume=args.resume, quiet=args.quiet)
     last = result.history[-1] if result.history else {}
-    print(
+    finished(
+        args,
         f"done: loss {last.get('train_loss', float('nan')):.4f} (style {last.get('train_style', float('nan')):.4f}) "
-        f"in {result.seconds:.1f} s -> {out}  (`cnnkit style predict {out} PHOTO --out DIR`)"
+        f"in {result.seconds:.1f} s -> {out}  (`cnnkit style predict {out} PHOTO --out DIR`)",
     )
     return 0
 

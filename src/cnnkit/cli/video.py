@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from cnnkit.cli import add_run_arguments, train_config
+from cnnkit.cli import add_run_arguments, finished, train_config
 from cnnkit.engine.config import add_config_arguments
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.video.config import VideoConfig
@@ -106,7 +106,9 @@ def run_train(args) -> int:
     cfg = _settings(VideoConfig, args, "video")
     out = _out(args, "video")
     t = train(cfg, out, resume=args.resume, quiet=args.quiet).test
-    print(f"done: test both digits {t['both']:.2%}, per digit {t['digit_acc']:.2%} ({t['clips']} clips) -> {out}")
+    finished(
+        args, f"done: test both digits {t['both']:.2%}, per digit {t['digit_acc']:.2%} ({t['clips']} clips) -> {out}"
+    )
     return 0
 
 
@@ -199,9 +201,10 @@ def run_predict_train(args) -> int:
     cfg = _settings(PredictConfig, args, "video_predict")
     out = _out(args, "video-predict")
     t = train(cfg, out, resume=args.resume, quiet=args.quiet).test
-    print(
+    finished(
+        args,
         f"done: test MSE per frame {t['mse']:.1f}, MAE per frame {t['mae']:.1f}, SSIM {t['ssim']:.3f} "
-        f"({t['clips']} clips) -> {out}"
+        f"({t['clips']} clips) -> {out}",
     )
     return 0
 

@@ -851,7 +851,7 @@ def run_finetune(
         cfg: the settings; on ``resume`` the run's own settings replace them.
         out: the run folder (default ``runs/finetune-MODEL-TIME``).
         resume: continue the run in ``out`` exactly.
-        quiet: no summary and no progress bar.
+        quiet: print nothing but warnings (no summary, progress, epoch lines or results).
 
     Returns:
         ``{"out": folder, "val_acc": ..., "test_acc": ...}`` (accuracies None where there is no split).
@@ -953,11 +953,11 @@ def run_finetune(
     for message in dict.fromkeys(str(w.message) for w in caught):
         if main:
             print(f"warning: {message}", file=sys.stderr)
-    if main:
-        print(
-            f"{name}: {len(train)} train / {len(val) if val else 0} val images of {len(train.classes)} "
-            f"classes {train.classes}, input {pre.input_size}, stages {','.join(stages)}"
-        )
+    say = print if main and not quiet else (lambda *args: None)
+    say(
+        f"{name}: {len(train)} train / {len(val) if val else 0} val images of {len(train.classes)} "
+        f"classes {train.classes}, input {pre.input_size}, stages {','.join(stages)}"
+    )
     out = Path(out or f"runs/finetune-{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     if main:  # before any training: an --out that cannot be a folder is one line, not a lost run
         from cnnkit.errors import output_folder
@@ -1022,15 +1022,15 @@ def run_finetune(
     tta = FinetuneRecipe().tta  # as the checkpoint answers (cnnkit eval, predict)
     if val is not None:
         _, result["val_acc"] = evaluate(net.cpu(), val, pre.mean, pre.std, tta=tta)
-        print(f"val accuracy {result['val_acc']:.4f} on {len(val)} images (with {tta or 'no'} TTA)")
+        say(f"val accuracy {result['val_acc']:.4f} on {len(val)} images (with {tta or 'no'} TTA)")
     if test is not None:  # once, after training: nothing was chosen by it
         _, result["test_acc"] = evaluate(net.cpu(), test, pre.mean, pre.std, tta=tta)
         atomic_write_bytes(
             out / "test.json", json.dumps({"test_acc": result["test_acc"], "n": len(test), "tta": tta}).encode()
         )
-        print(
+        say(
             f"test accuracy {result['test_acc']:.4f} on {len(test)} held-out images (used for nothing else; "
             f"with {tta or 'no'} TTA)"
         )
-    print(f"wrote {path}")
+    say(f"wrote {path}")
     return result

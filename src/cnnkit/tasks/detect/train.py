@@ -42,8 +42,7 @@ def train(cfg: DetectConfig, out, resume: bool = False, quiet: bool = False):
     """
     from pathlib import Path
 
-    from rich.console import Console
-
+    from cnnkit.console import console as make_console
     from cnnkit.engine import Phase, Plan, Setup
     from cnnkit.engine.distributed import distributed
     from cnnkit.engine.optim import lr_at, make_optimizer
@@ -101,7 +100,7 @@ def train(cfg: DetectConfig, out, resume: bool = False, quiet: bool = False):
         run, final = fit_and_test(
             task, model, train_set, val_set, test_set, plan, cfg, out, resume, quiet, d, "detect", split
         )
-        Console(quiet=quiet or not d.main).print(
+        make_console(quiet=quiet or not d.main).print(
             f"done: test AP {final['AP']:.3f}, AP50 {final['AP50']:.3f}, AP75 {final['AP75']:.3f} in "
             f"{run.seconds:.1f} s -> {out}  (`cnnkit detect eval {out}`)"
         )

@@ -39,8 +39,7 @@ def train(cfg: InstanceConfig, out, resume: bool = False, quiet: bool = False):
     """
     from pathlib import Path
 
-    from rich.console import Console
-
+    from cnnkit.console import console as make_console
     from cnnkit.engine import Phase, Plan, Setup
     from cnnkit.engine.config import check_values
     from cnnkit.engine.distributed import distributed
@@ -89,7 +88,7 @@ def train(cfg: InstanceConfig, out, resume: bool = False, quiet: bool = False):
         run, final = fit_and_test(
             task, model, train_set, val_set, test_set, plan, cfg, out, resume, quiet, d, "instance", split
         )
-        Console(quiet=quiet or not d.main).print(
+        make_console(quiet=quiet or not d.main).print(
             f"done: test mask AP {final['mask_AP']:.3f} (AP50 {final['mask_AP50']:.3f}), box AP {final['box_AP']:.3f} "
             f"in {run.seconds:.1f} s -> {out}  (`cnnkit instance eval {out}`)"
         )
