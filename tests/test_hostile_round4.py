@@ -123,7 +123,9 @@ def test_detect_refused_settings_leave_no_run_folder(tmp_path, capsys, data_dir)
     taken.write_text("mine")
     err = _error(capsys, [*base, "--model", "tiny", "--weights", "none", "--out", str(taken)])
     assert "cannot create the folder" in err and taken.read_text() == "mine"
-    assert "--freeze-to must be an integer >= 0" in _error(capsys, [*base, "--freeze-to", "-1", "--out", str(out)])
+    for stride in ("-1", "7"):  # an output stride the backbone has, or 0
+        err = _error(capsys, [*base, "--freeze-to", stride, "--out", str(out)])
+        assert f"--freeze-to must be one of 0, 2, 4, 8, 16, 32; received {stride}" in err
 
 
 def test_instance_bounds_name_the_flag_and_train_digits_are_used(tmp_path, capsys, data_dir):
@@ -151,6 +153,12 @@ def test_segment_bounds_and_weights_the_unet_encoder_cannot_load(tmp_path, capsy
     )
     err = _error(capsys, [*base, "--weights", str(tmp_path / "evil.pth"), "--out", str(tmp_path / "s")])
     assert "U-Net's own encoder (--model unet) has no pretrained weights" in err
+    assert "--output-stride must be one of 16, 8; received 0" in _error(
+        capsys, [*base, "--output-stride", "0", "--out", str(tmp_path / "s")]
+    )
+    err = _error(capsys, [*base, "--output-stride", "8", "--out", str(tmp_path / "s")])
+    assert "the unet decoder has none: leave it out or add --arch deeplabv3" in err
+    assert not (tmp_path / "s").exists()
 
 
 def test_style_train_keeps_weights_none(tmp_path, monkeypatch):
@@ -240,3 +248,12 @@ def test_finetune_a_grey_zoo_network_from_random_weights(tmp_path, capsys):
     assert main([*argv, "--epochs", "1", "--batch-size", "4", "--out", str(out)]) == 0
     model = cnnkit.load(out)
     assert model.input_size == (1, 28, 28) and model(torch.rand(2, 1, 28, 28)).shape == (2, 2)
+
+
+def test_an_inclusive_bound_reads_as_written(tmp_path, capsys):
+    err = _error(capsys, ["train", "--warmup", "1.5", "--epochs", "1", "--out", str(tmp_path / "w")])
+    assert "--warmup must be from 0 to 1; received 1.5" in err
+    from cnnkit.engine.config import check_values
+    from cnnkit.tasks.classify.config import TrainConfig
+
+    check_values(TrainConfig, {"warmup": 1.0})  # the whole schedule warming up is allowed

@@ -38,6 +38,7 @@ def option(
     cli: bool = True,
     minimum: float | None = None,
     below: float | None = None,
+    maximum: float | None = None,
 ) -> Any:
     """A config field with its help text (the one place it is written).
 
@@ -51,11 +52,20 @@ def option(
         cli: False for fields only a config file or Python sets (nested settings, callbacks).
         minimum: the smallest value accepted (numbers).
         below: values must be smaller than this (numbers).
+        maximum: the largest value accepted (numbers; ``below`` for an open bound).
 
     Returns:
         A :func:`dataclasses.field`.
     """
-    metadata = {"help": help, "choices": choices, "metavar": metavar, "cli": cli, "minimum": minimum, "below": below}
+    metadata = {
+        "help": help,
+        "choices": choices,
+        "metavar": metavar,
+        "cli": cli,
+        "minimum": minimum,
+        "below": below,
+        "maximum": maximum,
+    }
     if factory is not MISSING:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -86,7 +96,7 @@ class RunConfig:
         help="learning rate over the steps: onecycle (linear warm-up, then cosine to 0) | cosine | constant",
         choices=("onecycle", "cosine", "constant"),
     )
-    warmup: float = option(0.1, help="share of the steps spent warming up (onecycle)", minimum=0, below=1.0000001)
+    warmup: float = option(0.1, help="share of the steps spent warming up (onecycle)", minimum=0, maximum=1)
     ema: float = option(
         0.0,
         help="exponential moving average of the weights, decay per step (0: off; "
@@ -270,7 +280,8 @@ def config_from_args(cls: type, args: argparse.Namespace, base: dict | None = No
 
 
 def check_values(cls: type, values: dict) -> None:
-    """Every value within its field's bounds: its choices, ``minimum`` / ``below``, and numbers finite.
+    """Every value within its field's bounds: its choices, ``minimum`` / ``below`` / ``maximum``, and
+    numbers finite.
 
     Checked where settings come in (the command line, ``--config``), so that a bad value is one line
     naming its flag, before any work.
@@ -285,16 +296,19 @@ def check_values(cls: type, values: dict) -> None:
         choices = meta.get("choices")
         if choices and value is not None and value not in choices:
             raise CnnkitError(
-                f"{flag} must be one of {', '.join(str(c) for c in choices if c is not None)}; received {str(value)[:60]!r}"
+                f"{flag} must be one of {', '.join(str(c) for c in choices if c is not None)}; received "
+                f"{value if isinstance(value, (int, float)) else repr(str(value)[:60])}"
             )
         for v in value if isinstance(value, tuple) else (value,):
             if not isinstance(v, (int, float)) or isinstance(v, bool):
                 continue
             if isinstance(v, float) and not math.isfinite(v):
                 raise CnnkitError(f"{flag} must be a finite number; received {v}")
-            low, high = meta.get("minimum"), meta.get("below")
-            if (low is not None and v < low) or (high is not None and v >= high):
-                if isinstance(v, int) and high is None and low in (0, 1):
+            low, high, top = meta.get("minimum"), meta.get("below"), meta.get("maximum")
+            if (low is not None and v < low) or (high is not None and v >= high) or (top is not None and v > top):
+                if top is not None:
+                    want = f"at most {top}" if low is None else f"from {low} to {top}"
+                elif isinstance(v, int) and high is None and low in (0, 1):
                     want = "an integer >= 0" if low == 0 else "a positive integer"
                 elif isinstance(v, int) and isinstance(low, int) and isinstance(high, int):
                     want = f"an integer from {low:,} to {high - 1:,}"

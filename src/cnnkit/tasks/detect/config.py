@@ -57,7 +57,7 @@ class DetectConfig(RunConfig):
         help="pretrained backbone modules up to this output stride are not "
         "trained and keep their batch-norm statistics, as detectron2 freezes "
         "the stem and res2 (default: 4 with pretrained weights; 0: none)",
-        minimum=0,
+        choices=(0, 2, 4, 8, 16, 32),
     )
     keep_depthwise: bool | None = option(
         None,

@@ -83,13 +83,15 @@ class SegmentConfig(RunConfig):
     arch: str | None = option(None, help="the decoder: fcn32s | fcn16s | fcn8s | unet | deeplabv3")
     model: str | None = option(None, help="the encoder: a zoo name, or unet (U-Net's own encoder)")
     weights: str | None = None
-    output_stride: int = option(16, help="DeepLab: 16 or 8")
+    output_stride: int = option(16, help="DeepLab's output stride: 16 | 8 (--arch deeplabv3 only)", choices=(16, 8))
     width: int | None = option(None, help="U-Net's own encoder: first-level channels", minimum=1)
     finest: int | None = option(None, help="U-Net on a zoo backbone: finest decoder stride, 2 or 4")
     freeze_bn: bool | None = option(None, help="keep the encoder's batch norms in eval mode (pretrained statistics)")
     encoder_lr: float | None = option(None, help="the encoder's learning rate as a fraction of --lr")
     freeze_to: int | None = option(
-        None, help="zoo encoder: its layers up to the map of this stride not trained (0: none)"
+        None,
+        help="zoo encoder: its layers up to the map of this stride not trained (0: none)",
+        choices=(0, 2, 4, 8, 16, 32),
     )
     keep_depthwise: bool | None = option(
         None,

@@ -73,6 +73,11 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
             "--keep-depthwise keeps a pretrained encoder's depthwise filters: it needs a zoo encoder with "
             "--weights imagenet; leave it out to train from scratch"
         )
+    if cfg.output_stride != 16 and cfg.arch != "deeplabv3":
+        raise CnnkitError(
+            f"--output-stride sets DeepLab's output stride; the {cfg.arch} decoder has none: leave it out or "
+            "add --arch deeplabv3"
+        )
     lo, hi = (float(v) for v in cfg.train_scale)
     if not 0 < lo <= hi <= 4:  # NaN fails too
         raise CnnkitError(f"--train-scale must be two factors 0 < LO <= HI <= 4. Received: {tuple(cfg.train_scale)}")
