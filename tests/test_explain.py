@@ -480,6 +480,9 @@ def test_cli_explain_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
         assert message in err and err.count("\n") == 1, err
     # a fully convolutional checkpoint takes any size; --resize gives the built-for size
     assert main(["explain", "lenet5", str(image), "--resize", "--out", str(tmp_path / "l.png")]) == 0
+    assert "note: lenet5 has random weights, so this shows an untrained network" in capsys.readouterr().out
+    assert main(["explain", str(run), str(image), "--out", str(tmp_path / "r.png")]) == 0
+    assert "note:" not in capsys.readouterr().out  # a trained run's own weights
 
 
 def test_plot_run_curves_confusion_and_mistakes(tmp_path, data_dir, capsys):

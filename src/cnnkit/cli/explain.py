@@ -143,6 +143,11 @@ def run_explain(args) -> int:
         summary = f"class {cls} ({cname}) p={prob:.3f}{where}"
     plots.save_figure(fig, out)
     print(f"{args.method}: {summary} -> {out}")
+    if target.random_weights:
+        print(
+            f"note: {args.model} has random weights, so this shows an untrained network; pass --weights "
+            "imagenet (or a weights file) to explain a trained one"
+        )
     return 0
 
 

@@ -32,6 +32,7 @@ class Explainable:
     classes: list[str]  # class names, index -> name
     input_size: tuple[int, int, int]  # (C, H, W) the model was built for
     dark_background: bool = False  # digit-like data: light-background images are inverted
+    random_weights: bool = False  # a zoo network built without weights: it shows an untrained network
 
     @property
     def net(self) -> nn.Module:

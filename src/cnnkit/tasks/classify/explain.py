@@ -52,4 +52,4 @@ def load_explainable(
     classes = (
         imagenet_classes() if weights == "imagenet" and num_classes == 1000 else [str(k) for k in range(num_classes)]
     )
-    return Explainable(model, prefix, classes, tuple(info.input_size))
+    return Explainable(model, prefix, classes, tuple(info.input_size), random_weights=not weights)
