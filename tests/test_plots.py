@@ -172,3 +172,24 @@ def test_mask_panels_colours_each_class_and_checks_sizes(tmp_path):
         plots.mask_panels(image, {"model": pred[:4]}, colours)
     with pytest.raises(CnnkitError, match="beyond the 3 colours"):
         plots.mask_panels(image, {"model": pred + 1}, colours)
+
+
+def test_every_written_file_has_the_mode_the_umask_asks_for(tmp_path):
+    """A figure, a PNG and a run file are renamed from a 0600 temporary file: each gets 0666 less the
+    umask, as open() would make it."""
+    import stat
+
+    from matplotlib.figure import Figure
+
+    from cnnkit.engine.runfolder import atomic_write_bytes, save_png
+    from cnnkit.plots import save_figure
+
+    old = os.umask(0o027)
+    try:
+        atomic_write_bytes(tmp_path / "metrics.csv", b"epoch\n")
+        save_png(torch.zeros(4, 4, dtype=torch.uint8), tmp_path / "a.png")
+        save_figure(Figure(), tmp_path / "f.png")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == {"metrics.csv": 0o640, "a.png": 0o640, "f.png": 0o640}, modes

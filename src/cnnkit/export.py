@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, as_new_file
 
 OUTPUTS_KEY = "cnnkit.outputs"  # metadata_props entry: {"kind": "tensor" | "tuple" | "dict", "names": [...]}
 # what predict needs, as metadata_props entries (JSON values): the class names, the input size without
@@ -407,7 +407,7 @@ def export_onnx(
                         "fewer axes (--dynamic-size 3,4: a clip's height and width)"
                     )
             try:
-                os.chmod(tmp, 0o666 & ~_umask())  # as open() would create it: mkstemp's file is the owner's alone
+                as_new_file(tmp)
                 os.replace(tmp, path)
             except OSError as exc:  # a file there that may not be replaced (another user's, immutable, ...)
                 raise CnnkitError(
@@ -421,12 +421,6 @@ def export_onnx(
         model.train(was_training)
     size = path.stat().st_size
     return ExportReport(path, used, why, names, dynamic_batch, bool(size_axes), check, checked, worst, size, size_axes)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _refuse_non_finite(model: nn.Module) -> None:

@@ -45,7 +45,7 @@ def save_figure(fig: Figure, path: str | os.PathLike, option: str = "--out") -> 
     """
     import io
 
-    from cnnkit.errors import disk_full, is_disk_full
+    from cnnkit.errors import as_new_file, disk_full, is_disk_full
 
     path = Path(path)
     FigureCanvasAgg(fig)  # attach the Agg canvas (Figure() alone has no renderer)
@@ -59,7 +59,7 @@ def save_figure(fig: Figure, path: str | os.PathLike, option: str = "--out") -> 
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a figure is for sharing
+        as_new_file(tmp)
         os.replace(tmp, path)
         tmp = None
     except OSError as exc:

@@ -28,7 +28,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from cnnkit.engine.ema import EMA
-from cnnkit.errors import CnnkitError, disk_full, is_disk_full
+from cnnkit.errors import CnnkitError, as_new_file, disk_full, is_disk_full
 from cnnkit.models.deploy import Classifier
 from cnnkit.models.meta import on_meta
 from cnnkit.models.network import describe
@@ -80,6 +80,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        as_new_file(tmp)
         os.replace(tmp, path)
     except OSError as exc:
         if is_disk_full(exc):
@@ -104,8 +105,6 @@ def save_png(image, path) -> None:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())
-    with contextlib.suppress(OSError):
-        os.chmod(path, 0o644)  # the temp file was 0600; a drawing is for sharing
 
 
 def cpu_tensors(state: dict, prefix: str = "") -> dict[str, torch.Tensor]:
