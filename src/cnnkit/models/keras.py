@@ -99,19 +99,41 @@ class DepthwiseConv2D(_Activated, _DynamicPad, nn.Conv2d):
     """Keras ``DepthwiseConv2D``: ``groups = C``; output channel ``c * depth_multiplier + m``."""
 
 
+class DepthwiseConv1D(_Activated, _DynamicPad, nn.Conv1d):
+    """Keras ``DepthwiseConv1D``: ``groups = C``; output channel ``c * depth_multiplier + m``."""
+
+
 class Conv2DTranspose(_Activated, ConvTranspose2dSame):
     """Keras ``Conv2DTranspose``; "valid": ``H -> (H - 1) * s + max(k, s)``, "same": ``H -> H * s``."""
+
+
+class Conv1DTranspose(_Activated, nn.ConvTranspose1d):
+    """Keras ``Conv1DTranspose``; "valid": ``L -> (L - 1) * s + max(k, s)``, "same": ``L -> L * s``.
+
+    ``crop_end`` drops the last position of PyTorch's output when "same" pads an odd total: TensorFlow
+    puts the odd one at the end, PyTorch's ``padding`` takes as many from each side.
+    """
+
+    crop_end = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = nn.ConvTranspose1d.forward(self, x)
+        return self.activation(y[..., : y.shape[-1] - self.crop_end])
 
 
 class SeparableConv2D(nn.Module):
     """Keras ``SeparableConv2D``: a depthwise k x k (no bias), a pointwise 1x1 (bias), the activation."""
 
-    def __init__(self, depthwise: nn.Conv2d, pointwise: nn.Conv2d, activation: nn.Module):
+    def __init__(self, depthwise: nn.Module, pointwise: nn.Module, activation: nn.Module):
         super().__init__()
         self.depthwise, self.pointwise, self.activation = depthwise, pointwise, activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.activation(self.pointwise(self.depthwise(x)))
+
+
+class SeparableConv1D(SeparableConv2D):
+    """Keras ``SeparableConv1D``: a depthwise k (no bias), a pointwise 1 (bias), the activation."""
 
 
 class Dense(_Activated, nn.Linear):
@@ -462,22 +484,33 @@ def _conv(cfg: dict, shape: tuple[int, ...], n: int, kind: str) -> _Layer:
             m.crop_end = (0, 0)
         m.activation = _act(cfg)
         return _Layer(m, _probe(m, shape), _load_conv)
-    if kind in ("DepthwiseConv2D", "SeparableConv2D"):  # one filter per input channel and multiplier
-        cls, out, groups = DepthwiseConv2D, c_in * cfg.get("depth_multiplier", 1), c_in
+    if kind == "Conv1DTranspose":
+        if cfg.get("output_padding") is not None:
+            raise CnnkitError(f"Conv1DTranspose {cfg.get('name')!r} sets output_padding; it is not read")
+        m = Conv1DTranspose(c_in, cfg["filters"], k, s, dilation=d, bias=bias)
+        total = d[0] * (k[0] - 1) + 1 - s[0]  # what "same" crops (> 0) or appends (< 0) to give L * s
+        if cfg["padding"] == "valid":  # L -> (L - 1) s + d (k - 1) + 1, plus zeros up to L * s when s > k
+            m.output_padding = (max(-total, 0),)
+        else:  # PyTorch crops total // 2 each side, TensorFlow the odd one more at the end
+            m.padding, m.output_padding, m.crop_end = (max(total, 0) // 2,), (max(-total, 0),), max(total, 0) % 2
+        m.activation = _act(cfg)
+        return _Layer(m, _probe(m, shape), _load_conv)
+    separable = kind.startswith("Separable")
+    if kind.startswith(("Depthwise", "Separable")):  # one filter per input channel and multiplier
+        cls, out, groups = {1: DepthwiseConv1D, 2: DepthwiseConv2D}[n], c_in * cfg.get("depth_multiplier", 1), c_in
     else:
         cls, out, groups = {1: Conv1D, 2: Conv2D, 3: Conv3D}[n], cfg["filters"], cfg.get("groups", 1)
     fixed, pad_mode = resolve_padding("valid" if causal else cfg["padding"], k, s, d, n)
     cls = CausalConv1D if causal else cls
-    conv = cls(
-        c_in, out, k, stride=s, padding=fixed, dilation=d, groups=groups, bias=bias and kind != "SeparableConv2D"
-    )
+    conv = cls(c_in, out, k, stride=s, padding=fixed, dilation=d, groups=groups, bias=bias and not separable)
     conv.pad_mode = pad_mode
-    if kind == "SeparableConv2D":
+    if separable:
         conv.activation = nn.Identity()
-        m = SeparableConv2D(conv, nn.Conv2d(out, cfg["filters"], 1, bias=bias), _act(cfg))
+        pointwise = {1: nn.Conv1d, 2: nn.Conv2d}[n](out, cfg["filters"], 1, bias=bias)
+        m = {1: SeparableConv1D, 2: SeparableConv2D}[n](conv, pointwise, _act(cfg))
         return _Layer(m, _probe(m, shape), _load_separable)
     conv.activation = _act(cfg)
-    return _Layer(conv, _probe(conv, shape), _load_depthwise if kind == "DepthwiseConv2D" else _load_conv)
+    return _Layer(conv, _probe(conv, shape), _load_depthwise if kind.startswith("Depthwise") else _load_conv)
 
 
 def _pool(cfg: dict, shape: tuple[int, ...], n: int, kind: str) -> _Layer:
@@ -663,6 +696,7 @@ def _simple(cfg: dict, shape, kind: str) -> _Layer:
 LAYERS: dict[str, Callable[[dict, object], _Layer]] = {
     **{f"Conv{n}D": partial(_conv, n=n, kind=f"Conv{n}D") for n in (1, 2, 3)},
     **{k: partial(_conv, n=2, kind=k) for k in ("Conv2DTranspose", "SeparableConv2D", "DepthwiseConv2D")},
+    **{k: partial(_conv, n=1, kind=k) for k in ("Conv1DTranspose", "SeparableConv1D", "DepthwiseConv1D")},
     **{f"{p}Pooling{n}D": partial(_pool, n=n, kind=f"{p}Pooling{n}D") for p in ("Max", "Average") for n in (1, 2, 3)},
     **{
         f"Global{p}Pooling{n}D": partial(_simple, kind=f"Global{p}Pooling{n}D")
@@ -703,6 +737,9 @@ _ALIASES = {
     "Convolution3D": "Conv3D",
     "Deconvolution2D": "Conv2DTranspose",
     "SeparableConvolution2D": "SeparableConv2D",
+    "SeparableConvolution1D": "SeparableConv1D",
+    "Convolution1DTranspose": "Conv1DTranspose",
+    "Convolution2DTranspose": "Conv2DTranspose",
 }
 _MERGING = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate")
 
@@ -752,18 +789,21 @@ def _ints_prod(v, n: int) -> int:
 def _weights_needed(kind: str, cfg: dict, shape) -> int:
     """How many weight values the layer a config describes holds, read off the config before building it."""
     c = _int(shape[0]) if isinstance(shape, tuple) and shape else 0
-    n = {"Conv1D": 1, "Conv3D": 3}.get(kind, 2)
+    n = 1 if "1D" in kind else 3 if "3D" in kind else 2
     k = _ints_prod(cfg.get("kernel_size", 1), n)
+    bias = bool(cfg.get("use_bias", True))  # as the builders read it
     if kind == "Dense":
         units = _int(cfg.get("units"))
-        return c * units + units
-    if kind in ("Conv1D", "Conv2D", "Conv3D", "Conv2DTranspose"):
+        return c * units + units * bias
+    if kind in ("Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose"):
         filters = _int(cfg.get("filters"))
-        return c * filters * k // max(_int(cfg.get("groups"), 1), 1) + filters
-    if kind in ("DepthwiseConv2D", "SeparableConv2D"):
+        return c * filters * k // max(_int(cfg.get("groups"), 1), 1) + filters * bias
+    if kind in ("DepthwiseConv1D", "DepthwiseConv2D"):
         mid = c * _int(cfg.get("depth_multiplier"), 1)
-        filters = _int(cfg.get("filters")) if kind == "SeparableConv2D" else 0
-        return mid * k + mid + mid * filters + filters
+        return mid * k + mid * bias
+    if kind in ("SeparableConv1D", "SeparableConv2D"):  # the depthwise part has no bias
+        mid, filters = c * _int(cfg.get("depth_multiplier"), 1), _int(cfg.get("filters"))
+        return mid * k + mid * filters + filters * bias
     if kind in ("BatchNormalization", "Normalization"):
         return 4 * c
     return 0
@@ -820,9 +860,10 @@ def _load_conv(m: nn.Module, arrays) -> None:
 
 
 def _depthwise(k: torch.Tensor) -> torch.Tensor:
-    # (kH, kW, C, M) -> (C * M, 1, kH, kW): output channel c * M + m filters input channel c
-    kh, kw, c, mult = k.shape
-    return k.reshape(kh, kw, c * mult).permute(2, 0, 1).unsqueeze(1)
+    # (*spatial, C, M) -> (C * M, 1, *spatial): output channel c * M + m filters input channel c
+    *spatial, c, mult = k.shape
+    n = len(spatial)
+    return k.reshape(*spatial, c * mult).permute(n, *range(n)).unsqueeze(1)
 
 
 def _load_depthwise(m: nn.Module, arrays) -> None:
