@@ -621,3 +621,87 @@ def _x(shape, seed: int = 0) -> torch.Tensor:
 def test_1d_depthwise_separable_and_transposed_convolutions(tmp_path, stack):
     """Strides and "same" on odd lengths (TensorFlow's extra position at the end), multipliers, dilation."""
     _against_keras(_model((17, 3), *stack), _x((17, 3)), tmp_path)
+
+
+def test_cropping_zero_padding_upsampling_and_permute(tmp_path):
+    """Each axis cropped and padded by its own (before, after), so a swapped axis or side shows."""
+    maps = _model(
+        (9, 8, 3),
+        layers.Cropping2D(((1, 2), (0, 3))),
+        layers.Conv2D(4, 2),
+        layers.Permute((3, 1, 2)),
+        layers.Permute((2, 3, 1)),
+        layers.Reshape((5 * 4, 4)),
+        layers.Cropping1D((2, 1)),
+        layers.ZeroPadding1D((2, 1)),
+        layers.UpSampling1D(3),
+        layers.Conv1D(2, 3),
+        layers.Permute((2, 1)),
+    )
+    _against_keras(maps, _x((9, 8, 3)), tmp_path)
+    volumes = _model(
+        (5, 6, 7, 2),
+        layers.Cropping3D(((1, 0), (2, 1), 1)),
+        layers.ZeroPadding3D(((1, 0), (0, 2), (1, 1))),
+        layers.Conv3D(3, 2),
+        layers.Cropping3D(1),
+        layers.ZeroPadding3D(2),
+    )
+    _against_keras(volumes, _x((5, 6, 7, 2)), tmp_path)
+
+
+@pytest.fixture(scope="module")
+def refusable(tmp_path_factory):
+    """.keras files whose layer configs the refusals edit: one model on maps, one on a series."""
+    root = tmp_path_factory.mktemp("refusable")
+    models = {
+        "maps": _model(
+            (6, 5, 4),
+            layers.Cropping2D(1, name="crop"),
+            layers.ZeroPadding2D(name="pad"),
+            layers.Permute((2, 1, 3), name="perm"),
+        ),
+        "series": _model(
+            (7, 4),
+            layers.Cropping1D((1, 1), name="crop1"),
+            layers.ZeroPadding1D(1, name="pad1"),
+            layers.UpSampling1D(2, name="up1"),
+            layers.Conv1DTranspose(3, 2, name="tr1"),
+        ),
+    }
+    out = {}
+    for name, model in models.items():
+        model.save(root / f"{name}.keras")
+        out[name] = root / f"{name}.keras"
+    return out
+
+
+@pytest.mark.parametrize(
+    "which, layer, change, words",
+    [
+        ("maps", "crop", {"cropping": [[-1, 0], [0, 0]]}, "non-negative"),
+        ("maps", "crop", {"cropping": [[3, 3], [0, 0]]}, "leaves nothing"),
+        ("maps", "crop", {"cropping": [1, 2, 3]}, "cropping"),
+        ("maps", "pad", {"padding": [[0, -2], [1, 1]]}, "non-negative"),
+        ("maps", "perm", {"dims": [1, 1, 2]}, "a permutation"),
+        ("maps", "perm", {"dims": [0, 1, 2]}, "a permutation"),
+        ("series", "crop1", {"cropping": [-1, 0]}, "non-negative"),
+        ("series", "crop1", {"cropping": [4, 3]}, "leaves nothing"),
+        ("series", "pad1", {"padding": [-1, 1]}, "non-negative"),
+        ("series", "up1", {"size": 0}, "positive integer"),
+        ("series", "tr1", {"output_padding": [1]}, "output_padding"),
+    ],
+)
+def test_bad_layer_configs_are_refused_in_one_line(refusable, tmp_path, which, layer, change, words):
+    def edit(data):
+        config = json.loads(data)
+        for entry in config["config"]["layers"]:
+            if entry["config"].get("name") == layer:
+                entry["config"].update(change)
+        return json.dumps(config).encode()
+
+    _edit_config(refusable[which], tmp_path / "edited.keras", edit)
+    with pytest.raises(CnnkitError) as exc:
+        load_keras(tmp_path / "edited.keras")
+    msg = _one_line(exc)
+    assert f"'{layer}'" in msg and words in msg, msg

@@ -287,18 +287,91 @@ def _per_channel(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return v if v.dim() == 0 or x.dim() == 2 else v.view(1, -1, *([1] * (x.dim() - 2)))
 
 
-class ZeroPadding2D(nn.Module):
-    """Keras ``ZeroPadding2D(((top, bottom), (left, right)))``."""
+class _Spatial(nn.Module):
+    """A (before, after) pair of sizes per spatial axis, in Keras' order: ((top, bottom), (left, right))."""
 
-    def __init__(self, padding: tuple[tuple[int, int], tuple[int, int]]):
+    key = "sizes"  # the Keras argument they come from
+
+    def __init__(self, sizes: tuple[tuple[int, int], ...]):
         super().__init__()
-        (self.top, self.bottom), (self.left, self.right) = padding
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.pad(x, (self.left, self.right, self.top, self.bottom))
+        self.sizes = tuple((int(a), int(b)) for a, b in sizes)
 
     def extra_repr(self) -> str:
-        return f"padding=(({self.top}, {self.bottom}), ({self.left}, {self.right}))"
+        return f"{self.key}={self.sizes}"
+
+
+class ZeroPadding(_Spatial):
+    """Zeros before and after each spatial axis: ``sizes`` ((before, after) per axis)."""
+
+    key = "padding"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, [p for pair in reversed(self.sizes) for p in pair])
+
+
+class ZeroPadding1D(ZeroPadding):
+    """Keras ``ZeroPadding1D((left, right))``: (N, C, L) -> (N, C, left + L + right)."""
+
+
+class ZeroPadding2D(ZeroPadding):
+    """Keras ``ZeroPadding2D(((top, bottom), (left, right)))``."""
+
+
+class ZeroPadding3D(ZeroPadding):
+    """Keras ``ZeroPadding3D``: (before, after) zeros on each of (D, H, W)."""
+
+
+class Cropping(_Spatial):
+    """``sizes`` ((before, after) per spatial axis) removed from each spatial axis."""
+
+    key = "cropping"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for dim, (a, b) in enumerate(self.sizes, start=2):
+            x = x.narrow(dim, a, x.shape[dim] - a - b)
+        return x
+
+
+class Cropping1D(Cropping):
+    """Keras ``Cropping1D((left, right))``: (N, C, L) -> (N, C, L - left - right)."""
+
+
+class Cropping2D(Cropping):
+    """Keras ``Cropping2D(((top, bottom), (left, right)))``."""
+
+
+class Cropping3D(Cropping):
+    """Keras ``Cropping3D``: (before, after) positions removed from each of (D, H, W)."""
+
+
+class UpSampling1D(nn.Module):
+    """Keras ``UpSampling1D(size)``: each step repeated ``size`` times, (N, C, L) -> (N, C, L * size)."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = int(size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.repeat_interleave(self.size, dim=2)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}"
+
+
+class Permute(nn.Module):
+    """Keras ``Permute(dims)``: ``dims`` orders Keras' axes (1-based, channels last); the result channels first."""
+
+    def __init__(self, dims: tuple[int, ...]):
+        super().__init__()
+        self.dims = tuple(dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.movedim(1, -1) if x.dim() > 2 else x  # channels last, as Keras sees it
+        x = x.permute(0, *self.dims)
+        return x.movedim(-1, 1) if x.dim() > 2 else x
+
+    def extra_repr(self) -> str:
+        return f"dims={self.dims} (channels last)"
 
 
 class UpSampling2D(nn.Module):
@@ -644,14 +717,58 @@ def _upsampling(cfg: dict, shape) -> _Layer:
     return _Layer(m, _probe(m, shape))
 
 
-def _zero_padding(cfg: dict, shape) -> _Layer:
-    _check_channels_last(cfg, "ZeroPadding2D")
-    p = cfg.get("padding", 1)
-    if isinstance(p, int):
-        p = ((p, p), (p, p))
-    elif all(isinstance(v, int) for v in p):
-        p = ((p[0], p[0]), (p[1], p[1]))
-    m = ZeroPadding2D((_ints(p[0], 2, "padding"), _ints(p[1], 2, "padding")))
+def _pairs(v, n: int, what: str) -> tuple[tuple[int, int], ...]:
+    """Keras' padding/cropping argument as (before, after) per axis: an int for all, one int per axis
+    (both sides), or a pair per axis; for one axis, one pair."""
+    if n == 1:
+        return (_ints(v, 2, what),)
+    if isinstance(v, int):
+        return ((v, v),) * n
+    if not isinstance(v, (list, tuple)) or len(v) != n:
+        raise CnnkitError(f"{what} must be an int, {n} ints or {n} pairs of ints. Received: {v!r}")
+    return tuple(_ints(p, 2, what) for p in v)
+
+
+def _spatial_sizes(cfg: dict, shape, n: int, kind: str) -> _Layer:
+    """``ZeroPadding{n}D`` and ``Cropping{n}D``: (before, after) sizes per spatial axis."""
+    if kind != "Cropping1D":  # Cropping1D takes no data_format: it is channels last
+        _check_channels_last(cfg, kind)
+    key = "cropping" if kind.startswith("Cropping") else "padding"
+    what = f"{kind} {cfg.get('name')!r}: {key}"
+    sizes = _pairs(cfg.get(key, 0 if kind == "Cropping2D" else 1), n, what)
+    if len(shape) != n + 1:
+        raise CnnkitError(f"{kind} {cfg.get('name')!r} takes {n} spatial axes; its input has shape {shape}")
+    if key == "cropping":
+        small = [(size, pair) for size, pair in zip(shape[1:], sizes) if sum(pair) >= size]
+        if small:
+            raise CnnkitError(f"{what} {small[0][1]} leaves nothing of an axis of size {small[0][0]}")
+        m = {1: Cropping1D, 2: Cropping2D, 3: Cropping3D}[n](sizes)
+    else:
+        m = {1: ZeroPadding1D, 2: ZeroPadding2D, 3: ZeroPadding3D}[n](sizes)
+    return _Layer(m, _probe(m, shape))
+
+
+def _upsampling1d(cfg: dict, shape) -> _Layer:
+    size = cfg.get("size", 2)
+    if isinstance(size, (list, tuple)) and len(size) == 1:
+        size = size[0]
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise CnnkitError(f"UpSampling1D {cfg.get('name')!r} has size={size!r}; a positive integer is read")
+    m = UpSampling1D(size)
+    return _Layer(m, _probe(m, shape))
+
+
+def _permute(cfg: dict, shape) -> _Layer:
+    dims = cfg.get("dims")
+    axes = list(range(1, len(shape) + 1))
+    if (
+        not isinstance(dims, (list, tuple))
+        or sorted(d if isinstance(d, int) and not isinstance(d, bool) else -1 for d in dims) != axes
+    ):
+        raise CnnkitError(
+            f"Permute {cfg.get('name')!r} has dims={dims!r}; a permutation of the axes {axes} (not the batch) is read"
+        )
+    m = Permute(tuple(dims))
     return _Layer(m, _probe(m, shape))
 
 
@@ -714,8 +831,11 @@ LAYERS: dict[str, Callable[[dict, object], _Layer]] = {
     "BatchNormalization": _batchnorm,
     "Dense": _dense,
     "Normalization": _normalization,
-    "ZeroPadding2D": _zero_padding,
+    **{f"ZeroPadding{n}D": partial(_spatial_sizes, n=n, kind=f"ZeroPadding{n}D") for n in (1, 2, 3)},
+    **{f"Cropping{n}D": partial(_spatial_sizes, n=n, kind=f"Cropping{n}D") for n in (1, 2, 3)},
+    "UpSampling1D": _upsampling1d,
     "UpSampling2D": _upsampling,
+    "Permute": _permute,
     "Reshape": _reshape,
 }
 # the names older Keras versions wrote for the same layers
