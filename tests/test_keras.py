@@ -650,6 +650,84 @@ def test_cropping_zero_padding_upsampling_and_permute(tmp_path):
     _against_keras(volumes, _x((5, 6, 7, 2)), tmp_path)
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"max_value": 1.5},
+        {"max_value": 0.0},
+        {"negative_slope": 0.2},
+        {"threshold": 0.5},
+        {"max_value": 6.0, "negative_slope": 0.3},
+        {"max_value": 1.5, "negative_slope": 0.1, "threshold": 0.5},
+        {"negative_slope": 0.25, "threshold": 0.8},
+        {"max_value": 0.5, "threshold": 1.0},
+    ],
+)
+def test_relu_with_any_settings(tmp_path, settings):
+    model = _model((5, 4, 3), layers.Conv2D(4, 1), layers.ReLU(**settings), layers.Conv2D(2, 1))
+    _against_keras(model, _x((5, 4, 3)), tmp_path)
+
+
+def test_prelu_with_and_without_shared_axes(tmp_path):
+    """alpha per value (H, W, C), per channel (shared over H and W), shared over one axis (a negative one
+    as Keras counts it); on a series and on features."""
+    maps = _model(
+        (6, 5, 3),
+        layers.PReLU(),
+        layers.Conv2D(4, 1),
+        layers.PReLU(shared_axes=[1, 2]),
+        layers.Conv2D(4, 1),
+        layers.PReLU(shared_axes=2),
+        layers.PReLU(shared_axes=-1),  # Keras: alpha_shape[-1 - 1] = 1, the axis before the channels
+        layers.Flatten(),
+        layers.PReLU(),
+    )
+    _against_keras(maps, _x((6, 5, 3)), tmp_path)
+    series = _model((7, 3), layers.PReLU(shared_axes=1), layers.Conv1D(4, 2), layers.PReLU(shared_axes=[2]))
+    _against_keras(series, _x((7, 3)), tmp_path)
+
+
+def test_weight_limits_count_layers_as_keras_does():
+    """What the budget charges for a layer, read off its config, is Keras' parameter count."""
+    from cnnkit.models.keras import _weights_needed
+
+    stacks = {
+        (17, 3): [
+            layers.SeparableConv1D(5, 3, depth_multiplier=2),
+            layers.DepthwiseConv1D(3, depth_multiplier=3, use_bias=False),
+            layers.Conv1DTranspose(4, 3, strides=2),
+            layers.PReLU(),
+        ],
+        (6, 5, 4): [
+            layers.PReLU(shared_axes=[1, 2]),
+            layers.PReLU(shared_axes=-1),
+        ],
+    }
+    for shape, stack in stacks.items():
+        model = _model(shape, *stack)
+        for layer in model.layers:
+            keras_shape = tuple(layer.input.shape[1:])
+            shape_cf = keras_shape[-1:] + keras_shape[:-1]
+            config = json.loads(json.dumps(layer.get_config()))
+            assert _weights_needed(type(layer).__name__, config, shape_cf) == layer.count_params(), layer.name
+
+
+def test_a_layer_asking_for_more_weights_than_the_file_holds_is_refused(tmp_path):
+    """A PReLU whose input is edited to 1000x1000 would hold 3,000,000 alphas; the file stores 600 bytes."""
+    model = _model((10, 20, 3), layers.PReLU(name="big"))
+    model.save(tmp_path / "p.keras")
+
+    def edit(data):
+        config = json.loads(data)
+        config["config"]["layers"][0]["config"]["batch_shape"] = [None, 1000, 1000, 3]
+        return json.dumps(config).encode()
+
+    _edit_config(tmp_path / "p.keras", tmp_path / "edited.keras", edit)
+    with pytest.raises(CnnkitError) as exc:
+        load_keras(tmp_path / "edited.keras")
+    assert "'big'" in _one_line(exc) and "3,000,000 weight values" in str(exc.value)
+
+
 @pytest.fixture(scope="module")
 def refusable(tmp_path_factory):
     """.keras files whose layer configs the refusals edit: one model on maps, one on a series."""
@@ -657,6 +735,8 @@ def refusable(tmp_path_factory):
     models = {
         "maps": _model(
             (6, 5, 4),
+            layers.PReLU(name="prelu"),
+            layers.ReLU(name="relu"),
             layers.Cropping2D(1, name="crop"),
             layers.ZeroPadding2D(name="pad"),
             layers.Permute((2, 1, 3), name="perm"),
@@ -679,6 +759,12 @@ def refusable(tmp_path_factory):
 @pytest.mark.parametrize(
     "which, layer, change, words",
     [
+        ("maps", "prelu", {"shared_axes": [0]}, "shared_axes"),
+        ("maps", "prelu", {"shared_axes": [4]}, "shared_axes"),
+        ("maps", "prelu", {"shared_axes": [1, -3]}, "shared_axes"),
+        ("maps", "relu", {"threshold": -1.0}, "threshold"),
+        ("maps", "relu", {"max_value": "6"}, "max_value"),
+        ("maps", "relu", {"negative_slope": float("nan")}, "negative_slope"),
         ("maps", "crop", {"cropping": [[-1, 0], [0, 0]]}, "non-negative"),
         ("maps", "crop", {"cropping": [[3, 3], [0, 0]]}, "leaves nothing"),
         ("maps", "crop", {"cropping": [1, 2, 3]}, "cropping"),

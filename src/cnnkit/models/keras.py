@@ -287,6 +287,40 @@ def _per_channel(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return v if v.dim() == 0 or x.dim() == 2 else v.view(1, -1, *([1] * (x.dim() - 2)))
 
 
+class ReLU(nn.Module):
+    """Keras ``ReLU(max_value, negative_slope, threshold)``, Keras' formula: ``x`` above ``threshold``
+    (else 0) clipped to ``[0, max_value]``, minus ``negative_slope * relu(threshold - x)``."""
+
+    def __init__(self, max_value: float | None = None, negative_slope: float = 0.0, threshold: float = 0.0):
+        super().__init__()
+        self.max_value = None if max_value is None else float(max_value)
+        self.negative_slope, self.threshold = float(negative_slope), float(threshold)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.threshold
+        y = torch.where(x > t, x, 0.0) if t else F.relu(x)
+        if self.max_value is not None:
+            y = y.clamp(0.0, self.max_value)
+        if self.negative_slope:
+            y = y - self.negative_slope * F.relu(t - x if t else -x)
+        return y
+
+    def extra_repr(self) -> str:
+        return f"max_value={self.max_value}, negative_slope={self.negative_slope:g}, threshold={self.threshold:g}"
+
+
+class PReLU(nn.Module):
+    """Keras ``PReLU``: ``relu(x) - alpha * relu(-x)``; ``alpha`` has the input's shape (channels first,
+    no batch) with 1 on the ``shared_axes``."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.zeros(shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x) - self.alpha * F.relu(-x)
+
+
 class _Spatial(nn.Module):
     """A (before, after) pair of sizes per spatial axis, in Keras' order: ((top, bottom), (left, right))."""
 
@@ -684,11 +718,18 @@ def _activation_layer(cfg: dict, shape, kind: str) -> _Layer:
     if kind == "Activation":
         m = _act(cfg)
     elif kind == "ReLU":
-        if cfg.get("threshold", 0) or cfg.get("negative_slope", 0):
-            raise CnnkitError(f"ReLU {cfg.get('name')!r} sets threshold/negative_slope; not read")
-        m = nn.ReLU6() if cfg.get("max_value") == 6 else nn.ReLU() if cfg.get("max_value") is None else None
-        if m is None:
-            raise CnnkitError(f"ReLU {cfg.get('name')!r} has max_value={cfg.get('max_value')!r}; None or 6 are read")
+        top, slope, threshold = cfg.get("max_value"), cfg.get("negative_slope", 0.0), cfg.get("threshold", 0.0)
+        for key, v in (("max_value", top), ("negative_slope", slope), ("threshold", threshold)):
+            if v is None and key == "max_value":
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise CnnkitError(f"ReLU {cfg.get('name')!r} has {key}={v!r}; a finite number >= 0 is read")
+        if slope == 0 and threshold == 0 and top in (None, 6):
+            m = nn.ReLU() if top is None else nn.ReLU6()
+        elif top is None and threshold == 0:
+            m = nn.LeakyReLU(float(slope))
+        else:
+            m = ReLU(top, slope, threshold)
     elif kind == "LeakyReLU":  # Keras 3 names the slope negative_slope, Keras 2 alpha; both default 0.3
         m = nn.LeakyReLU(cfg.get("negative_slope", cfg.get("alpha", 0.3)))
     elif kind == "ELU":
@@ -698,6 +739,38 @@ def _activation_layer(cfg: dict, shape, kind: str) -> _Layer:
             raise CnnkitError(f"Softmax {cfg.get('name')!r} has axis={cfg.get('axis')!r}; only axis=-1 is read")
         m = nn.Softmax(dim=1)
     return _Layer(m, shape)
+
+
+def _cf_dim(axis: int, rank: int) -> int:
+    """A positive Keras axis (channels last, batch included) as the channels-first dimension."""
+    return 1 if axis == rank - 1 else axis + 1
+
+
+def _shared_axes(shared, rank: int) -> set[int] | None:
+    """PReLU's ``shared_axes`` as positive Keras axes; None when one is not an axis of the input (or is the batch).
+
+    Keras sets ``alpha_shape[axis - 1] = 1`` (the input's shape without the batch), so a negative axis
+    counts from the end one place further than elsewhere: -1 shares the axis before the channels.
+    """
+    axes = [] if shared is None else [shared] if isinstance(shared, int) else shared
+    if not isinstance(axes, (list, tuple)) or not all(isinstance(a, int) and not isinstance(a, bool) for a in axes):
+        return None
+    if not all(0 < a < rank or -rank < a - 1 < -1 for a in axes):
+        return None
+    return {a if a > 0 else rank + a - 1 for a in axes}
+
+
+def _prelu(cfg: dict, shape) -> _Layer:
+    rank = len(shape) + 1
+    axes = _shared_axes(cfg.get("shared_axes"), rank)
+    if axes is None:
+        raise CnnkitError(
+            f"PReLU {cfg.get('name')!r} has shared_axes={cfg.get('shared_axes')!r}; axes 1 to {rank - 1} of "
+            "its input (not the batch) are read"
+        )
+    dims = {_cf_dim(a, rank) for a in axes}
+    m = PReLU(tuple(1 if i in dims else size for i, size in enumerate(shape, start=1)))
+    return _Layer(m, shape, _load_prelu)
 
 
 def _normalization(cfg: dict, shape) -> _Layer:
@@ -831,6 +904,7 @@ LAYERS: dict[str, Callable[[dict, object], _Layer]] = {
     "BatchNormalization": _batchnorm,
     "Dense": _dense,
     "Normalization": _normalization,
+    "PReLU": _prelu,
     **{f"ZeroPadding{n}D": partial(_spatial_sizes, n=n, kind=f"ZeroPadding{n}D") for n in (1, 2, 3)},
     **{f"Cropping{n}D": partial(_spatial_sizes, n=n, kind=f"Cropping{n}D") for n in (1, 2, 3)},
     "UpSampling1D": _upsampling1d,
@@ -926,6 +1000,11 @@ def _weights_needed(kind: str, cfg: dict, shape) -> int:
         return mid * k + mid * filters + filters * bias
     if kind in ("BatchNormalization", "Normalization"):
         return 4 * c
+    if kind == "PReLU" and isinstance(shape, tuple):
+        # Keras' sizes (channels last, no batch) with 1 on the shared axes (alpha)
+        sizes = [_int(d) for d in (*shape[1:], *shape[:1])]
+        shared = _shared_axes(cfg.get("shared_axes"), len(sizes) + 1) or set()
+        return math.prod(size for i, size in enumerate(sizes, start=1) if i not in shared)
     return 0
 
 
@@ -1015,6 +1094,11 @@ def _load_batchnorm(m: nn.Module, arrays) -> None:
         _set(t, v, "batch normalization")
 
 
+def _load_prelu(m: PReLU, arrays) -> None:
+    (alpha,) = _take(arrays, 1, m)
+    _set(m.alpha, alpha.movedim(-1, 0) if alpha.dim() > 1 else alpha, "alpha")
+
+
 def _load_normalization(m: Normalization, arrays) -> None:
     if len(arrays) != 3:
         raise CnnkitError(f"Normalization expects mean, variance and count in the file; found {len(arrays)} arrays")
@@ -1036,6 +1120,8 @@ def _num_vars(rec: _Layer) -> int:
         return (m.weight is not None) + (m.bias is not None) + 2
     if isinstance(m, Normalization):
         return 3
+    if isinstance(m, PReLU):
+        return 1
     return 1 + (m.bias is not None)
 
 
