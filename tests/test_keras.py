@@ -687,6 +687,41 @@ def test_prelu_with_and_without_shared_axes(tmp_path):
     _against_keras(series, _x((7, 3)), tmp_path)
 
 
+@pytest.mark.filterwarnings("ignore:You passed `rms_scaling=True`")
+def test_layer_normalization(tmp_path):
+    """The channels, lists of axes (also as Keras sorts them: [-1, 1]), without centre or scale, epsilon
+    and the deprecated rms_scaling."""
+    model = _model(
+        (6, 5, 3),
+        layers.LayerNormalization(),
+        layers.LayerNormalization(axis=[1, 2, 3], epsilon=0.1),
+        layers.LayerNormalization(axis=[-1, 1], center=False),
+        layers.LayerNormalization(axis=[1, 3], scale=False, center=False),
+        layers.LayerNormalization(axis=[-1, -3], epsilon=1e-5, scale=False),
+        layers.LayerNormalization(axis=[2, 3], rms_scaling=True),
+    )
+    _against_keras(model, _x((6, 5, 3)), tmp_path)
+    flat = _model((7, 3), layers.LayerNormalization(axis=[1, 2]), layers.Flatten(), layers.LayerNormalization())
+    _against_keras(flat, _x((7, 3)), tmp_path)
+
+
+def test_group_normalization(tmp_path):
+    model = _model(
+        (6, 5, 4),
+        layers.GroupNormalization(groups=2),
+        layers.GroupNormalization(groups=-1, epsilon=0.1, center=False),
+        layers.GroupNormalization(groups=1, scale=False),
+        layers.GroupNormalization(groups=4, scale=False, center=False),
+        layers.Flatten(),
+        layers.Dense(6),
+        layers.GroupNormalization(groups=3),
+    )
+    _against_keras(model, _x((6, 5, 4)), tmp_path)
+    series = _model((7, 6), layers.GroupNormalization(groups=3, axis=2))
+    _against_keras(series, _x((7, 6)), tmp_path)
+
+
+@pytest.mark.filterwarnings("ignore:You passed `rms_scaling=True`")
 def test_weight_limits_count_layers_as_keras_does():
     """What the budget charges for a layer, read off its config, is Keras' parameter count."""
     from cnnkit.models.keras import _weights_needed
@@ -697,10 +732,16 @@ def test_weight_limits_count_layers_as_keras_does():
             layers.DepthwiseConv1D(3, depth_multiplier=3, use_bias=False),
             layers.Conv1DTranspose(4, 3, strides=2),
             layers.PReLU(),
+            layers.GroupNormalization(groups=2),
+            layers.LayerNormalization(axis=[1, 2], center=False),
         ],
         (6, 5, 4): [
             layers.PReLU(shared_axes=[1, 2]),
             layers.PReLU(shared_axes=-1),
+            layers.LayerNormalization(),
+            layers.LayerNormalization(axis=[-1, 1], scale=False),
+            layers.LayerNormalization(axis=[1, 2, 3], rms_scaling=True),
+            layers.GroupNormalization(groups=-1, scale=False),
         ],
     }
     for shape, stack in stacks.items():
@@ -735,6 +776,8 @@ def refusable(tmp_path_factory):
     models = {
         "maps": _model(
             (6, 5, 4),
+            layers.LayerNormalization(name="ln"),
+            layers.GroupNormalization(groups=2, name="gn"),
             layers.PReLU(name="prelu"),
             layers.ReLU(name="relu"),
             layers.Cropping2D(1, name="crop"),
@@ -759,6 +802,13 @@ def refusable(tmp_path_factory):
 @pytest.mark.parametrize(
     "which, layer, change, words",
     [
+        ("maps", "ln", {"axis": 0}, "batch axis"),
+        ("maps", "ln", {"axis": [1, -4]}, "batch axis"),
+        ("maps", "ln", {"axis": [3, -1]}, "one axis twice"),
+        ("maps", "ln", {"axis": 4}, "axes of its 4-D input"),
+        ("maps", "ln", {"epsilon": -1.0}, "epsilon"),
+        ("maps", "gn", {"groups": 3}, "a divisor of its 4 channels"),
+        ("maps", "gn", {"axis": 1}, "only the channels"),
         ("maps", "prelu", {"shared_axes": [0]}, "shared_axes"),
         ("maps", "prelu", {"shared_axes": [4]}, "shared_axes"),
         ("maps", "prelu", {"shared_axes": [1, -3]}, "shared_axes"),

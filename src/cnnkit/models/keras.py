@@ -287,6 +287,36 @@ def _per_channel(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return v if v.dim() == 0 or x.dim() == 2 else v.view(1, -1, *([1] * (x.dim() - 2)))
 
 
+class LayerNormalization(nn.Module):
+    """Keras ``LayerNormalization`` over ``dims`` (channels first): ``(x - mean) / sqrt(var + eps)``, then
+    ``* weight + bias`` (Keras' gamma and beta, shaped to broadcast over the input, no batch); with
+    ``rms_scaling``, ``x / sqrt(var + eps) * weight``."""
+
+    def __init__(
+        self,
+        dims: tuple[int, ...],
+        shape: tuple[int, ...],
+        eps: float,
+        scale: bool = True,
+        center: bool = True,
+        rms_scaling: bool = False,
+    ):
+        super().__init__()
+        self.dims, self.eps, self.rms_scaling = tuple(dims), float(eps), bool(rms_scaling)
+        self.weight = nn.Parameter(torch.ones(shape)) if scale or rms_scaling else None
+        self.bias = nn.Parameter(torch.zeros(shape)) if center and not rms_scaling else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        var, mean = torch.var_mean(x, dim=self.dims, correction=0, keepdim=True)
+        y = (x if self.rms_scaling else x - mean) * torch.rsqrt(var + self.eps)
+        if self.weight is not None:
+            y = y * self.weight
+        return y if self.bias is None else y + self.bias
+
+    def extra_repr(self) -> str:
+        return f"dims={self.dims}, eps={self.eps:g}" + (", rms_scaling=True" if self.rms_scaling else "")
+
+
 class ReLU(nn.Module):
     """Keras ``ReLU(max_value, negative_slope, threshold)``, Keras' formula: ``x`` above ``threshold``
     (else 0) clipped to ``[0, max_value]``, minus ``negative_slope * relu(threshold - x)``."""
@@ -651,12 +681,9 @@ def _batchnorm(cfg: dict, shape: tuple[int, ...]) -> _Layer:
     if cfg.get("renorm") or cfg.get("synchronized") or cfg.get("virtual_batch_size"):
         raise CnnkitError(f"BatchNormalization {cfg.get('name')!r} uses renorm/virtual batches; not read")
     scale, center = bool(cfg.get("scale", True)), bool(cfg.get("center", True))
-    eps = cfg.get("epsilon", 1e-3)
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
-        raise CnnkitError(f"BatchNormalization {cfg.get('name')!r} has epsilon={eps!r}; a finite number >= 0 is read")
     bn = {1: nn.BatchNorm1d, 2: nn.BatchNorm1d, 3: nn.BatchNorm2d, 4: nn.BatchNorm3d}[len(shape)](
         shape[0],
-        eps=eps,
+        eps=_epsilon(cfg, "BatchNormalization"),
         momentum=round(1 - cfg.get("momentum", 0.99), 12),
         affine=scale and center,
     )
@@ -741,6 +768,23 @@ def _activation_layer(cfg: dict, shape, kind: str) -> _Layer:
     return _Layer(m, shape)
 
 
+def _keras_axes(cfg: dict, shape, kind: str) -> list[int]:
+    """A config's ``axis`` (an int or a list; negative from the end) as positive Keras axes, the batch
+    axis 0 refused: ``shape`` is the input channels first without the batch."""
+    axis = cfg.get("axis", -1)
+    axes = [axis] if isinstance(axis, int) else axis
+    rank = len(shape) + 1
+    ok = isinstance(axes, (list, tuple)) and all(isinstance(a, int) and not isinstance(a, bool) for a in axes)
+    if not ok or not axes or not all(-rank <= a < rank for a in axes):
+        raise CnnkitError(f"{kind} {cfg.get('name')!r} has axis={axis!r}; axes of its {rank}-D input are read")
+    out = [a % rank for a in axes]
+    if 0 in out:
+        raise CnnkitError(f"{kind} {cfg.get('name')!r} has axis={axis!r}, the batch axis; it is not read")
+    if len(set(out)) != len(out):
+        raise CnnkitError(f"{kind} {cfg.get('name')!r} has axis={axis!r}, one axis twice; it is not read")
+    return out
+
+
 def _cf_dim(axis: int, rank: int) -> int:
     """A positive Keras axis (channels last, batch included) as the channels-first dimension."""
     return 1 if axis == rank - 1 else axis + 1
@@ -771,6 +815,44 @@ def _prelu(cfg: dict, shape) -> _Layer:
     dims = {_cf_dim(a, rank) for a in axes}
     m = PReLU(tuple(1 if i in dims else size for i, size in enumerate(shape, start=1)))
     return _Layer(m, shape, _load_prelu)
+
+
+def _epsilon(cfg: dict, kind: str, default: float = 1e-3) -> float:
+    eps = cfg.get("epsilon", default)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+        raise CnnkitError(f"{kind} {cfg.get('name')!r} has epsilon={eps!r}; a finite number >= 0 is read")
+    return float(eps)
+
+
+def _layernorm(cfg: dict, shape) -> _Layer:
+    axes = _keras_axes(cfg, shape, "LayerNormalization")
+    rank = len(shape) + 1
+    dims = sorted(_cf_dim(a, rank) for a in axes)
+    scale, center, rms = bool(cfg.get("scale", True)), bool(cfg.get("center", True)), bool(cfg.get("rms_scaling"))
+    param = tuple(size if i in dims else 1 for i, size in enumerate(shape, start=1))
+    m = LayerNormalization(tuple(dims), param, _epsilon(cfg, "LayerNormalization"), scale, center, rms)
+    return _Layer(m, shape, _load_layernorm if m.weight is not None or m.bias is not None else None)
+
+
+def _groupnorm(cfg: dict, shape) -> _Layer:
+    if _keras_axes(cfg, shape, "GroupNormalization") != [len(shape)]:
+        raise CnnkitError(
+            f"GroupNormalization {cfg.get('name')!r} has axis={cfg.get('axis')!r}; only the channels (axis=-1) are read"
+        )
+    groups, c = cfg.get("groups", 32), shape[0]
+    groups = c if groups == -1 else groups
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or c % groups:
+        raise CnnkitError(
+            f"GroupNormalization {cfg.get('name')!r} has groups={cfg.get('groups')!r}; a divisor of its {c} "
+            "channels (or -1) is read"
+        )
+    scale, center = bool(cfg.get("scale", True)), bool(cfg.get("center", True))
+    gn = nn.GroupNorm(groups, c, eps=_epsilon(cfg, "GroupNormalization"))
+    if not scale:  # Keras drops gamma (scale=False) or beta (center=False)
+        gn.weight = None
+    if not center:
+        gn.bias = None
+    return _Layer(gn, shape, _load_groupnorm if scale or center else None)
 
 
 def _normalization(cfg: dict, shape) -> _Layer:
@@ -905,6 +987,8 @@ LAYERS: dict[str, Callable[[dict, object], _Layer]] = {
     "Dense": _dense,
     "Normalization": _normalization,
     "PReLU": _prelu,
+    "LayerNormalization": _layernorm,
+    "GroupNormalization": _groupnorm,
     **{f"ZeroPadding{n}D": partial(_spatial_sizes, n=n, kind=f"ZeroPadding{n}D") for n in (1, 2, 3)},
     **{f"Cropping{n}D": partial(_spatial_sizes, n=n, kind=f"Cropping{n}D") for n in (1, 2, 3)},
     "UpSampling1D": _upsampling1d,
@@ -1000,11 +1084,21 @@ def _weights_needed(kind: str, cfg: dict, shape) -> int:
         return mid * k + mid * filters + filters * bias
     if kind in ("BatchNormalization", "Normalization"):
         return 4 * c
-    if kind == "PReLU" and isinstance(shape, tuple):
-        # Keras' sizes (channels last, no batch) with 1 on the shared axes (alpha)
+    scale, center, rms = bool(cfg.get("scale", True)), bool(cfg.get("center", True)), bool(cfg.get("rms_scaling"))
+    if kind == "GroupNormalization":  # gamma (scale), beta (center)
+        return (scale + center) * c
+    if kind in ("LayerNormalization", "PReLU") and isinstance(shape, tuple):
+        # Keras' sizes (channels last, no batch): the normalised axes' (gamma, beta), or the input's
+        # with 1 on the shared axes (alpha)
         sizes = [_int(d) for d in (*shape[1:], *shape[:1])]
-        shared = _shared_axes(cfg.get("shared_axes"), len(sizes) + 1) or set()
-        return math.prod(size for i, size in enumerate(sizes, start=1) if i not in shared)
+        if kind == "PReLU":
+            shared = _shared_axes(cfg.get("shared_axes"), len(sizes) + 1) or set()
+            return math.prod(size for i, size in enumerate(sizes, start=1) if i not in shared)
+        axes = cfg.get("axis", -1)
+        axes = [axes] if isinstance(axes, int) else axes if isinstance(axes, (list, tuple)) else []
+        picked = {a % (len(sizes) + 1) for a in axes if isinstance(a, int)}
+        arrays = (scale or rms) + (center and not rms)  # gamma, beta
+        return arrays * math.prod(size for i, size in enumerate(sizes, start=1) if i in picked)
     return 0
 
 
@@ -1099,6 +1193,27 @@ def _load_prelu(m: PReLU, arrays) -> None:
     _set(m.alpha, alpha.movedim(-1, 0) if alpha.dim() > 1 else alpha, "alpha")
 
 
+def _load_layernorm(m: LayerNormalization, arrays) -> None:
+    # gamma and beta hold the normalised axes' sizes in the order Keras sorts the axes as written (-1
+    # before 1); Keras lays their values out over the input's axes in order, as a reshape does
+    targets = [p for p in (m.weight, m.bias) if p is not None]
+    for t, v in zip(targets, _take(arrays, len(targets), m)):
+        keras_shape = (*t.shape[1:], t.shape[0]) if t.dim() > 1 else tuple(t.shape)
+        if v.numel() != t.numel():
+            raise CnnkitError(
+                f"layer normalization: the file holds shape {tuple(v.shape)}, the layer needs the sizes "
+                f"{keras_shape}; the weights do not fit the model's description"
+            )
+        v = v.reshape(keras_shape)
+        _set(t, v.movedim(-1, 0) if v.dim() > 1 else v, "layer normalization")
+
+
+def _load_groupnorm(m: nn.GroupNorm, arrays) -> None:
+    targets = [p for p in (m.weight, m.bias) if p is not None]
+    for t, v in zip(targets, _take(arrays, len(targets), m)):
+        _set(t, v, "group normalization")
+
+
 def _load_normalization(m: Normalization, arrays) -> None:
     if len(arrays) != 3:
         raise CnnkitError(f"Normalization expects mean, variance and count in the file; found {len(arrays)} arrays")
@@ -1122,6 +1237,8 @@ def _num_vars(rec: _Layer) -> int:
         return 3
     if isinstance(m, PReLU):
         return 1
+    if isinstance(m, (LayerNormalization, nn.GroupNorm)):
+        return (m.weight is not None) + (m.bias is not None)
     return 1 + (m.bias is not None)
 
 
