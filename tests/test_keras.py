@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import zipfile
 
 import numpy as np
@@ -312,6 +313,17 @@ def test_nested_model(tmp_path):
         net, _ = load_keras(tmp_path / f"m.{suffix}")
         assert np.abs(_ours(net, x)[0] - _keras_out(model, x)[0]).max() <= 1e-5
         assert net.base.block1_conv1.weight.shape == (4, 3, 3, 3)
+
+
+def test_the_guide_lists_exactly_the_layers_read():
+    """docs/guides/export.md's list of the Keras layers read names each class of LAYERS once, and no other."""
+    from pathlib import Path
+
+    from cnnkit.models.keras import LAYERS
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "guides" / "export.md").read_text(encoding="utf-8")
+    listed = page.split("The Keras layers read", 1)[1].split("\n\n", 2)[1]  # the list after its lead paragraph
+    assert sorted(re.findall(r"`([A-Z]\w*)`", listed)) == sorted(LAYERS)
 
 
 # ----------------------------------------------------------------------------- refusals
