@@ -189,3 +189,50 @@ def test_critical_difference_diagram(tmp_path):
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert "CD = 1.20" in texts and "a (1.50)" in texts and "d (3.40)" in texts
     assert len(fig.axes[0].lines) >= 4 + 1 + 4 + 2  # ticks, the CD bar, four leaders, two cliques
+
+
+def _ragged_file(path, lengths, seed):
+    """A .tsv of series of ``lengths`` (NaN-padded to the longest, as the archive pads them), two
+    classes: a slow sine (label 1) and a fast one (label 2)."""
+    rng = np.random.default_rng(seed)
+    width = max(lengths)
+    rows = []
+    for i, n in enumerate(lengths):
+        t = np.arange(n) * (0.3 if i % 2 else 0.9)
+        values = [f"{v:.6f}" for v in np.sin(t) + 0.1 * rng.standard_normal(n)] + ["NaN"] * (width - n)
+        rows.append("\t".join([str(1 + i % 2), *values]))
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_a_series_answer_does_not_depend_on_the_other_series_of_its_file(tmp_path):
+    """fcn1d ends in global average pooling: fed a series padded to another length than training's
+    (40 here), its answer moves. Each series is padded to the training length, so the same series
+    gets the same probabilities alone, in a file padded to 25, or in a file padded to 55."""
+    from cnnkit.tasks.sequence.explain import explain_series
+
+    train_file = _ragged_file(tmp_path / "rag_TRAIN.tsv", [20 + i for i in range(21)], 0)
+    cfg = SequenceConfig(data=str(train_file), model="fcn1d", steps=6, epochs=1, val_fraction=0)
+    train(cfg, tmp_path / "run", quiet=True)
+    model = load_sequence(tmp_path / "run")
+    assert model.input_size == (1, 40)
+    lengths = [12, 25, 18, 21]
+    short = _ragged_file(tmp_path / "short.tsv", lengths, 1)  # padded to 25 by its longest series
+    alone = _ragged_file(tmp_path / "alone.tsv", lengths[:1], 1)  # the first series, not padded
+    longer = tmp_path / "longer.tsv"  # the same four and one of 55 samples: padded to 55
+    longer.write_text(
+        "".join(line + "\tNaN" * 30 + "\n" for line in short.read_text().splitlines())
+        + _ragged_file(tmp_path / "l.tsv", [55], 2).read_text()
+    )
+    p_short = [r["probabilities"]["1"] for r in predict_file(model, short)]
+    p_longer = [r["probabilities"]["1"] for r in predict_file(model, longer)]
+    p_alone = predict_file(model, alone)[0]["probabilities"]["1"]
+    assert p_longer[:4] == pytest.approx(p_short, abs=1e-6)
+    assert p_alone == pytest.approx(p_short[0], abs=1e-6)
+    assert explain_series(tmp_path / "run", alone, 0)["probability"] == pytest.approx(
+        max(p_alone, 1 - p_alone), abs=1e-6
+    )
+    # eval scores what predict answers
+    out = evaluate_run(tmp_path / "run", data=str(longer))
+    rows = predict_file(model, longer)
+    assert out["errors"] == sum(r["class"] != r["label"] for r in rows)

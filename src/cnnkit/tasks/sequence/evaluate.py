@@ -15,25 +15,41 @@ from cnnkit.tasks.sequence.load import load_sequence, znormalised
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, values: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+def predict_proba(
+    model: nn.Module, values: torch.Tensor, batch_size: int = 256, lengths: torch.Tensor | None = None
+) -> torch.Tensor:
     """Class probabilities of series, in eval mode (the model's mode is restored after).
+
+    Each series goes in as training laid out its series: zero-padded at its end to the training
+    length (the model's ``input_size``), or alone at its own length when it is longer, so that a
+    series' answer does not depend on how far the longest series of its file padded it.
 
     Args:
         model: a sequence classifier (``classes`` attribute; logits out).
-        values: (N, C, L) series, z-normalised as the reader gives them.
+        values: (N, C, L) series, z-normalised and zero-padded at the end as the reader gives them.
         batch_size: series per forward pass.
+        lengths: (N,) each series' length before padding (the reader's ``lengths``); None: L each.
 
     Returns:
         (N, K) probabilities, K the model's classes.
     """
+    n, _, width = values.shape
+    trained = int(getattr(model, "input_size", (0, width))[1])
+    lengths = torch.full((n,), width, dtype=torch.int64) if lengths is None else lengths
+    out = torch.zeros(n, len(model.classes))
     training = model.training
     model.eval()
     try:
         device = next(model.parameters()).device
-        out = [model(chunk.to(device)).float().softmax(1).cpu() for chunk in values.split(batch_size)]
+        fits = (lengths <= trained).nonzero().flatten()
+        x = F.pad(values[fits, :, :trained], (0, max(0, trained - width)))  # only padding is cut
+        for idx, chunk in zip(fits.split(batch_size), x.split(batch_size)):
+            out[idx] = model(chunk.to(device)).float().softmax(1).cpu()
+        for i in (lengths > trained).nonzero().flatten().tolist():  # longer than every training series
+            out[i] = model(values[i : i + 1, :, : int(lengths[i])].to(device)).float().softmax(1).cpu()[0]
     finally:
         model.train(training)
-    return torch.cat(out) if out else torch.zeros(0, len(model.classes))
+    return out
 
 
 def evaluate(model: nn.Module, data: SeriesSet, batch_size: int = 256) -> dict:
@@ -58,7 +74,7 @@ def evaluate(model: nn.Module, data: SeriesSet, batch_size: int = 256) -> dict:
         raise CnnkitError(
             f"{data.meta.get('path', data.name)} has {data.channels} channel(s); the model takes {channels}"
         )
-    probs = predict_proba(model, data.values, batch_size)
+    probs = predict_proba(model, data.values, batch_size, data.lengths)
     k = probs.shape[1]
     pred = probs.argmax(1)
     errors = int((pred != data.labels).sum())

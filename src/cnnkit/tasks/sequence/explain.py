@@ -27,8 +27,10 @@ def explain_series(run, path: str | os.PathLike, index: int = 0, target_class: i
 
     Returns:
         ``{"series" (C, L), "cam" (L,), "length", "class", "class_name", "probability", "label"}``:
-        the series as the network took it, its map, the explained class and its probability,
-        and the file's label for it (None without one).
+        the series as the network took it (zero-padded at its end to the training length when it
+        is shorter, as :func:`~cnnkit.tasks.sequence.predict.predict_file` gives it), its map, its
+        own length, the explained class and its probability, and the file's label for it (None
+        without one).
 
     Raises:
         CnnkitError: not a sequence run or a MultiRocket one (no time axis to map), a malformed file, an index or class out of range,
@@ -47,7 +49,8 @@ def explain_series(run, path: str | os.PathLike, index: int = 0, target_class: i
     if data.channels != model.input_size[0]:
         raise CnnkitError(f"{path} has {data.channels} channel(s) per series; the model takes {model.input_size[0]}")
     length = int(data.lengths[index])
-    x = data.values[index, :, :length]  # (C, L) without padding
+    width = max(length, model.input_size[1])  # zero-padded to the training length, as predict feeds it
+    x = torch.nn.functional.pad(data.values[index, :, :length], (0, width - length))  # (C, L)
     with torch.no_grad():
         probs = model(x[None]).float().softmax(1)[0]
     k = int(probs.argmax()) if target_class is None else target_class

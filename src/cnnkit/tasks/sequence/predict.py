@@ -16,8 +16,9 @@ def predict_file(model: nn.Module, path: str | os.PathLike) -> list[dict]:
     """The predicted class and every class's probability for each series of a file.
 
     The file is read as the run's training files were (:func:`~cnnkit.data.series.read_series`:
-    z-normalised unless the run was trained with ``--no-znorm``, any length); a label in it, if it
-    has one, is returned as ``label`` beside the answer.
+    z-normalised unless the run trained with ``--no-znorm``, any length; each series padded as
+    :func:`~cnnkit.tasks.sequence.evaluate.predict_proba` pads it); a label in it, if it has one, is
+    returned as ``label`` beside the answer.
 
     Args:
         model: a trained :class:`~cnnkit.tasks.sequence.load.SeriesModel` or ensemble.
@@ -49,7 +50,7 @@ def predict_file(model: nn.Module, path: str | os.PathLike) -> list[dict]:
             CnnkitWarning,
             stacklevel=2,
         )
-    probs = predict_proba(model, data.values)
+    probs = predict_proba(model, data.values, lengths=data.lengths)
     rows = []
     for i, p in enumerate(probs.tolist()):
         k = max(range(len(p)), key=p.__getitem__)
