@@ -3,6 +3,8 @@ activation map, and a few seconds of training on a real set."""
 
 import hashlib
 import importlib.util
+import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -157,6 +159,39 @@ def test_csv_with_a_header_and_string_labels(tmp_path):
     assert load_series(path).name == "mine"
 
 
+@pytest.mark.parametrize("sep", [",", "\t"])
+def test_a_header_of_numbered_columns_is_not_a_series(tmp_path, sep):
+    """``label,0,1,2`` (pandas' header over numbered columns) has numbers for values: it is skipped,
+    not read as a fourth series of a class "label" (the ramp 0, 1, 2)."""
+    suffix = ".csv" if sep == "," else ".tsv"
+    rows = ["label,0,1,2", "1,1,2,3", "2,3,2,1", "1,0,0,1"]
+    train = tmp_path / f"Toy_TRAIN{suffix}"
+    train.write_text("\n".join(r.replace(",", sep) for r in rows) + "\n")
+    (tmp_path / f"Toy_TEST{suffix}").write_text("\n".join(r.replace(",", sep) for r in rows[:3]) + "\n")
+    s = read_series(train, znorm=False)
+    assert s.classes == ["1", "2"] and s.labels.tolist() == [0, 1, 0]
+    assert s.values[:, 0].tolist() == [[1, 2, 3], [3, 2, 1], [0, 0, 1]]
+    test = load_series(tmp_path, "test")  # its classes are the training file's
+    assert test.classes == ["1", "2"] and test.labels.tolist() == [0, 1]
+
+
+def test_every_listed_set_loads_from_its_sub_folder(tmp_path):
+    """aeon keeps JapaneseVowels_eq_TRAIN.ts in JapaneseVowels/: ucr_names lists the set, so
+    ucr:NAME loads it (not "no TRAIN file ...; did you mean JapaneseVowels_eq?")."""
+    sub = tmp_path / "Vowels"
+    sub.mkdir()
+    (sub / "Vowels_eq_TRAIN.tsv").write_text("1\t0\t1\t2\n2\t2\t1\t0\n")
+    (sub / "Vowels_eq_TEST.tsv").write_text("2\t0\t2\t1\n")
+    assert "Vowels_eq" in ucr_names(tmp_path)
+    train = load_series("ucr:Vowels_eq", "train", data_dir=tmp_path, znorm=False)
+    test = load_series("ucr:Vowels_eq", "test", data_dir=tmp_path, znorm=False)
+    assert train.meta["path"] == str(sub / "Vowels_eq_TRAIN.tsv") and train.values[:, 0].tolist() == [
+        [0, 1, 2],
+        [2, 1, 0],
+    ]
+    assert test.classes == ["1", "2"] and test.labels.tolist() == [1]
+
+
 def test_test_split_takes_the_classes_of_the_training_file(tmp_path):
     (tmp_path / "Toy_TRAIN.tsv").write_text("1\t0\t1\n2\t1\t0\n3\t1\t1\n")
     (tmp_path / "Toy_TEST.tsv").write_text("3\t0\t1\n3\t1\t0\n")
@@ -272,6 +307,11 @@ BAD = [
         "@seriesLength 3\n@equalLength true\n" + TS_HEAD + "1,2,3:x\n1,2:y\n",
         r"line 8: 2 values, but @seriesLength is 3",
     ),
+    (  # without @seriesLength, the first case's length is every case's
+        "bad.ts",
+        "@equalLength true\n" + TS_HEAD + "1,2,3:x\n1,2,3:y\n1,2:y\n",
+        r"line 8: 2 values, but line 6 has 3 with @equalLength true",
+    ),
     ("empty.tsv", "\n\n", r"is empty"),
     ("bad.txt", "1 2 3\n1 2 x\n", r"line 2: value 'x'"),
     ("bad.npy", "1\t2\n", r"unknown series format '.npy'"),
@@ -302,6 +342,33 @@ def test_binary_too_large_and_missing_files_are_refused(tmp_path, ucr_dir):
         read_series(tmp_path / "absent.ts")
     with pytest.raises(CnnkitError, match="neither a file, a folder nor ucr:NAME"):
         load_series(tmp_path / "absent")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_a_named_pipe_or_a_folder_is_refused_not_read(tmp_path):
+    """A pipe named like a series file (``sequence eval --data``, ``explain``, ``read_series``) is one
+    line at once, not a read that waits for a writer forever; a folder is named as one."""
+    pipe = tmp_path / "new.tsv"
+    os.mkfifo(pipe)
+    caught = []
+
+    def read():
+        try:
+            read_series(pipe)
+        except CnnkitError as exc:
+            caught.append(str(exc))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():  # blocked in open(): a writer that closes at once lets it go
+        os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(10)
+    assert caught == [f"{pipe} is not a regular file (a pipe, socket or device); give a file saved on disk"]
+    folder = tmp_path / "dir.tsv"
+    folder.mkdir()
+    with pytest.raises(CnnkitError, match=r"dir.tsv is a folder, not a series file; name a .ts, .tsv"):
+        read_series(folder)
 
 
 # --- the networks --------------------------------------------------------------------------------------

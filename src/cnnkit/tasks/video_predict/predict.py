@@ -74,10 +74,10 @@ def predict_frames(model: FramePredictor, inputs: torch.Tensor, batch_size: int 
     Raises:
         CnnkitError: inputs of another number of frames, channels or size than the model's.
     """
-    if inputs.dim() != 5 or inputs.shape[1:3] != (model.frames, model.channels):
+    if inputs.dim() != 5 or inputs.shape[1:3] != (model.frames, model.channels) or inputs.shape[3:] != model.size:
         raise CnnkitError(
-            f"this predictor takes {model.frames} frames of {model.channels} channel(s), (N, T, C, H, W); "
-            f"received shape {tuple(inputs.shape)}"
+            f"this predictor takes {model.frames} frames of {model.channels} channel(s) and "
+            f"{model.size[0]}x{model.size[1]} pixels, (N, T, C, H, W); received shape {tuple(inputs.shape)}"
         )
     was = model.training
     model.eval()

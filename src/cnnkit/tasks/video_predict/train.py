@@ -52,11 +52,18 @@ def train(
 
     use_threads(cfg.threads)
     train_set, val_set, test_set = load_splits(cfg)
+    if cfg.data != "moving_mnist":
+        # every clip of the folder read once before training: a damaged, short or out-of-range clip is
+        # one line here, not an error after the first epoch (validation) or after the whole run (test)
+        for split in (train_set, val_set, test_set):
+            for i in range(len(split)):
+                split[i]
     if len(train_set) < cfg.batch_size:
         raise CnnkitError(f"{len(train_set)} training clips are fewer than --batch-size {cfg.batch_size}")
     first = train_set[0][0] if cfg.data == "moving_mnist" else train_set[0]  # (T, H, W) or (T, C, H, W)
     channels = 1 if cfg.data == "moving_mnist" else first.shape[1]
     model = build_model(cfg, tuple(first.shape[-2:]), channels)
+    _check_size(model, cfg)
     task = PredictTask(
         cfg.batch_size, cfg.frames, max_batches=max_batches, info={"config": asdict(cfg), "data": cfg.data}
     )
@@ -77,3 +84,20 @@ def train(
     )
     result.test = evaluate(result.model, test_set, cfg.frames)
     return result
+
+
+def _check_size(model, cfg: PredictConfig) -> None:
+    """The frame size checked before any training: validation and test score SSIM over an 11x11
+    window, and the network's strides must halve the sides and double them back; either is one line
+    naming ``--size``, not a traceback in the first batch or an error after the first epoch."""
+    from cnnkit.metrics.video import SSIM_WINDOW
+
+    h, w = model.size
+    factor = getattr(model.net, "factor", 1)
+    if min(h, w) < SSIM_WINDOW or h % factor or w % factor:
+        fits = max(-(-SSIM_WINDOW // factor) * factor, h - h % factor)
+        raise CnnkitError(
+            f"frames of {h}x{w} (--size {cfg.size}) cannot be predicted and scored: SSIM needs at least "
+            f"{SSIM_WINDOW}x{SSIM_WINDOW} and --model {cfg.model} sides that are multiples of {factor}; "
+            f"give --size {fits}"
+        )
