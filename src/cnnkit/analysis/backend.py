@@ -8,11 +8,14 @@ tensors alone add up to. Those buffers live only while the op runs, but they dec
 The meta trace cannot see them, so each distinct convolution (forward and backward) is run for real
 under the profiler's memory events -- never at the model's full size, so the analyser's own cost stays
 bounded whatever the input (``cnnkit summary resnet18 --input 3x8000x8000``: seconds, well under 1 GB):
-- an op small enough (its tensors at batch 3 within :data:`DIRECT_BYTES`) is run at batches 2 and 3 at
-  its real spatial size; everything it allocates is affine in the batch (``a + b * batch``: reordered
-  weights are fixed, reordered activations scale), so two points give the value at any batch. The
-  batch is the op's own (its input's leading size: SimVP folds the frames into it), and an op whose
-  kernel changes at a batch of 16 (a 1x1 convolution on one thread) is run at 16 and 17 instead;
+- an op small enough (its tensors at its own batch within :data:`DIRECT_BYTES`) is run at its own
+  batch and size: oneDNN picks its algorithm from the shapes, batch included, and a 3x3 convolution
+  on 7x7 maps allocates 2x at batch 64 what the line through batches 2 and 3 gives;
+- an op whose tensors fit :data:`DIRECT_BYTES` at batch 3 only is run at batches 2 and 3 at its real
+  spatial size, and what it allocates is taken as affine in the batch (``a + b * batch``: reordered
+  weights are fixed, reordered activations scale). The batch is the op's own (its input's leading
+  size: SimVP folds the frames into it), and an op whose kernel changes at a batch of 16 (a 1x1
+  convolution on one thread) is run at 16 and 17 instead;
 - a larger op is run on copies whose spatial sizes are scaled down (same channels, kernel, stride,
   padding, memory layout). Reordered activations are proportional to the pixels of the input and of
   the output, so its peak is ``a + batch * (alpha * input_pixels + beta * output_pixels)``; the three
@@ -149,6 +152,12 @@ def cal_batches(name: str, args: tuple, batch: int) -> tuple[int, int]:
     return _CAL_BATCHES
 
 
+def _own_batch(name: str, args: tuple, batch: int) -> bool:
+    """True for an op measured at its own batch (its tensors there within :data:`DIRECT_BYTES`), not
+    on a line through two smaller batches."""
+    return _tensor_bytes(args, _BATCH_ARGS.get(name, ()), batch, batch, name) <= DIRECT_BYTES
+
+
 def _is_direct(name: str, args: tuple, batch: int) -> bool:
     """True for an op measured at its own size (at its calibration batches), not extrapolated."""
     if name not in _SPATIAL_ARGS:
@@ -175,7 +184,10 @@ def _cache_key(key: tuple, batch_args: tuple, batch: int, scaled: bool = False) 
             norm.append((shape, stride, str(dtype)))
         else:
             norm.append(a)
-    mode = f"fit{tag}" if scaled else f"scaled{tag}" if batch > cal[-1] else batch
+    if scaled:
+        mode = f"fit{tag}"
+    else:
+        mode = batch if batch <= cal[-1] or _own_batch(name, args, batch) else f"scaled{tag}"
     return repr((name, tuple(norm), mode))
 
 
@@ -495,7 +507,7 @@ def op_peaks(records, use_cache: bool = True) -> dict[tuple, int]:
             name, args = key
             batch_args, lead = _BATCH_ARGS.get(name, ()), _lead(name, args)
             cal = cal_batches(name, args, lead)
-            scalable = lead > cal[-1]
+            scalable = lead > cal[-1] and not _own_batch(name, args, lead)
             for b in cal if scalable else (lead,):
                 runner.add(f"{n}:{b}", name, args, batch_args, lead, b)
             runs.append((n, ck, scalable, cal, lead))

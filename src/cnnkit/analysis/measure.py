@@ -2,8 +2,7 @@
 each layer of it takes.
 
 On CUDA this is ``torch.cuda.max_memory_allocated``; on CPU it is the allocator as the profiler reports
-it (every allocation event carries the running total of bytes the CPU allocator has handed out since
-profiling began). Both count the model's parameters and buffers, the input, the optimizer state and
+it: the running sum of the sizes of its allocation and free events during the step. Both count the model's parameters and buffers, the input, the optimizer state and
 everything allocated during the step, exactly as :func:`cnnkit.analysis.trace.trace` predicts them.
 Used by the tests and ``benchmarks/memory_accuracy.py``; it runs the model for real, so it is slow.
 
@@ -39,19 +38,24 @@ def _resident_bytes(tensors) -> int:
 
 
 def _cpu_peak(fn) -> int:
-    """Peak bytes the CPU allocator held during ``fn()`` above what it held before."""
+    """Peak bytes the CPU allocator held during ``fn()`` above what it held before: the running sum of
+    the events' sizes. (An event's ``total_allocated`` is no measure of it: it also counts what any
+    earlier profiler saw allocated and the process still holds.)"""
     with quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    peak = 0
+    events = []
 
     def walk(nodes):
-        nonlocal peak
         for n in nodes:
             if n.tag == _EventType.Allocation and n.extra_fields.device.type == "cpu":
-                peak = max(peak, n.extra_fields.total_allocated)
+                events.append((n.start_time_ns, n.extra_fields.alloc_size))
             walk(n.children)
 
     walk(prof.profiler.kineto_results.experimental_event_tree())
+    live = peak = 0
+    for _, size in sorted(events, key=lambda e: e[0]):  # frees are negative sizes
+        live += size
+        peak = max(peak, live)
     return peak
 
 

@@ -1,11 +1,14 @@
 """``cnnkit memory``: will it fit in memory, the largest batch that does, and what each remedy would save.
 
-A CNN's peak memory is affine in the batch size (``fixed + per_sample * batch``: parameters, gradients
-and optimizer state do not grow with the batch, activations and workspaces do), so two exact analyses
-give the peak at every batch: batches 16 and 17 from 16 on, batches 4 and 5 from 4 to 15 (PyTorch picks
+A CNN's peak memory is close to affine in the batch size (``fixed + per_sample * batch``: parameters,
+gradients and optimizer state do not grow with the batch, activations and workspaces do), so two exact
+analyses draw it as a line: batches 16 and 17 from 16 on, batches 4 and 5 from 4 to 15 (PyTorch picks
 other convolution kernels for a batch of one, and on one thread for 1x1 convolutions below 16); smaller
-batches are analysed as they are. The remedies are the notes' five (Géron, ch. 14,
-exercise 3) plus activation checkpointing, each as a number.
+batches are analysed as they are. Close, not exact: oneDNN changes a convolution's algorithm at
+batches that depend on its shapes (a 3x3 convolution on 7x7 maps, between 17 and 24), so the lines
+only guide the search: the largest batch that fits, and the peak at the batch asked, are exact
+analyses at those batches. The remedies are the notes' five (Géron, ch. 14, exercise 3) plus
+activation checkpointing, each as a number.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import math
 import re
 
-from cnnkit.analysis.summary import check_options, summary
+from cnnkit.analysis.summary import MAX_BATCH, check_options, summary
 from cnnkit.errors import CnnkitError
 
 _UNITS = {
@@ -67,6 +70,30 @@ def _max_batch(fixed: int, per: int, memory: int) -> int:
     return max(0, (memory - fixed) // per)
 
 
+def _exact_max_batch(peak, budget: int, guess: int, fits: int) -> int:
+    """The largest batch whose exact peak (``peak(batch)``) fits ``budget``, searched from the lines'
+    ``guess`` outwards (oneDNN's allocations are not affine in the batch everywhere: a convolution on
+    small maps changes its algorithm between batches 17 and 24). ``fits``: a batch known to fit (0: none)."""
+    step = 1
+    if peak(guess) <= budget:  # gallop up from the guess to a batch that does not fit
+        lo = guess
+        while lo + step <= MAX_BATCH and peak(lo + step) <= budget:
+            lo, step = lo + step, step * 2
+        hi = lo + step
+    else:  # gallop down to one that does
+        hi = guess
+        while hi - step > fits and peak(hi - step) > budget:
+            hi, step = hi - step, step * 2
+        lo = max(fits, hi - step)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if peak(mid) <= budget:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
 def _small_batch_max(target, s1, memory, key, dtype, optimizer, device, limit: int) -> int:
     """Below the fitted range, check batches 1..3 one by one."""
     best = 0
@@ -91,9 +118,9 @@ def memory_plan(
 ) -> dict:
     """The largest batch that fits ``memory`` for training and inference, and the remedies' savings.
 
-    Peak memory is affine in the batch, so two exact analyses (:func:`~cnnkit.summary` at batches 16
-    and 17) give it at every batch from 16 on, two more (4 and 5) the batches from 4 to 15; batches
-    below 4 are analysed one by one.
+    Two exact analyses (:func:`~cnnkit.summary` at batches 16 and 17) draw the peak as a line from 16
+    on, two more (4 and 5) from 4 to 15; batches below 4 are analysed one by one. The largest batch
+    the line gives, and the batch asked, are then analysed exactly (see the module docstring).
 
     Args:
         target: an ``nn.Module``, a zoo name, a ``.yaml``/``.json`` spec or ``file.py:factory``.
@@ -141,6 +168,13 @@ def memory_plan(
     if s1.memory["training_peak_bytes"] is not None:
         kinds.append(("training", "training_peak_bytes"))
     lines = {}
+    peaks: dict[tuple[str, int], int] = {}
+
+    def peak(key: str, batch: int) -> int:
+        if (key, batch) not in peaks:
+            peaks[key, batch] = summary(target, s1.input_size, batch, dtype, optimizer, device).memory[key]
+        return peaks[key, batch]
+
     for kind, key in kinds:
         small = _affine(s1.memory[key], s2.memory[key], _B1)
         fixed, per = _affine(s3.memory[key], s4.memory[key], _B3)
@@ -159,45 +193,51 @@ def memory_plan(
                 device,
                 _B1,
             )
+        if _B3 <= best < 1 << 30:  # the lines extrapolate: the batch is checked by exact analyses
+            known = _B4 if s4.memory[key] <= budget else _B3 if s3.memory[key] <= budget else 0
+            best = _exact_max_batch(lambda b, key=key: peak(key, b), budget, best, known)
         out[kind] = {"fixed_bytes": fixed, "per_sample_bytes": per, "max_batch": best}
         if small != (fixed, per):
             out[kind]["below_16"] = {"fixed_bytes": small[0], "per_sample_bytes": small[1]}
     if batch_size is not None:
         out["batch_size"] = batch_size
-        exact = {} if batch_size >= _B1 else summary(target, s1.input_size, batch_size, dtype, optimizer, device).memory
-        for kind, two in lines.items():
-            key = f"{kind}_peak_bytes"
-            need = exact[key] if exact else _on_lines(two, batch_size)
+        for kind in lines:
+            need = peak(f"{kind}_peak_bytes", batch_size)  # analysed at the batch, not read off a line
             out[kind].update(peak_bytes=need, fits=need <= budget)
-        two = lines.get("training", lines["inference"])
-        if _on_lines(two, batch_size) > budget:
-            out["remedies"] = _remedies(target, s1, batch_size, two, budget, dtype, optimizer, device, devices)
+        kind = "training" if "training" in lines else "inference"
+        if out[kind]["peak_bytes"] > budget:
+            out["remedies"] = _remedies(
+                target,
+                s1,
+                batch_size,
+                lambda b: peak(f"{kind}_peak_bytes", b),
+                out[kind]["max_batch"],
+                budget,
+                dtype,
+                optimizer,
+                device,
+                devices,
+            )
     return out
 
 
-def _on_lines(two: tuple, batch: int) -> int:
-    """The peak at ``batch`` on the line from 16 on, or below 16 on the line through batches 4 and 5."""
-    fixed, per = two[0] if batch < _B3 else two[1]
-    return fixed + per * batch
-
-
-def _remedies(target, s1, batch, two, budget, dtype, optimizer, device, devices) -> list[dict]:
-    need = _on_lines(two, batch)
+def _remedies(target, s1, batch, peak, fits_batch, budget, dtype, optimizer, device, devices) -> list[dict]:
+    """``peak(b)``: the exact peak at batch ``b``; ``fits_batch``: the largest batch that fits."""
+    need = peak(batch)
     rem = []
-    fits_batch = _max_batch(*two[1], budget)
-    if fits_batch < _B3:
-        fits_batch = min(_max_batch(*two[0], budget), _B3 - 1)
     rem.append(
         {
             "remedy": "reduce the mini-batch",
             "detail": f"batch {fits_batch} fits",
-            "peak_bytes": _on_lines(two, fits_batch),
-            "saves_bytes": need - _on_lines(two, fits_batch),
+            "peak_bytes": peak(fits_batch) if fits_batch else 0,
+            "saves_bytes": need - (peak(fits_batch) if fits_batch else 0),
         }
     )
     if dtype == "float32":
         h = summary(target, s1.input_size, batch, "bfloat16", optimizer, device)
         p = h.memory["training_peak_bytes"]
+        if p is None:  # nothing trains: the remedies are for the inference pass
+            p = h.memory["inference_peak_bytes"]
         rem.append(
             {
                 "remedy": "use 16-bit floats (bfloat16)",
@@ -218,7 +258,7 @@ def _remedies(target, s1, batch, two, budget, dtype, optimizer, device, devices)
             "estimate": True,
         }
     )
-    per_dev = _on_lines(two, -(-batch // devices))
+    per_dev = peak(-(-batch // devices))
     rem.append(
         {
             "remedy": f"spread over {devices} devices (DistributedDataParallel)",

@@ -173,12 +173,21 @@ def summary(
         "buffer_bytes": inf.baseline.get("buffers", 0),
     }
     memory = _memory(inf, tr, op_bytes, device)
-    textbook = textbook_memory(rows, input_size, batch_size, itemsize, params)
+    outputs = [(n, shape) for n, shape in _outputs(inf, rows) if n not in _same_output(inf, rows)]
+    textbook = textbook_memory(rows, input_size, batch_size, itemsize, params, outputs)
     notes = _explain(memory, textbook, use_backend, device)
     if unmeasured:
         notes.append(
             f"{unmeasured} backend op(s) were too large (or too odd) to measure cheaply on this CPU: their "
             "figure is the ATen-level one, without oneDNN's copies"
+        )
+    unused = _unused_params(model, inf)
+    if unused:
+        n = sum(unused.values())
+        names = ", ".join(list(unused)[:3]) + (f" and {len(unused) - 3} more" if len(unused) > 3 else "")
+        notes.append(
+            f"{n:,} parameters belong to layers this input never runs ({names}): they are in the total "
+            "and the parameter bytes, in no row"
         )
     if train_error:
         notes.insert(0, train_error)
@@ -288,6 +297,31 @@ def _failing_layer(model: nn.Module, shape):
     return name, typ, shapes[0] if len(shapes) == 1 else shapes, expects
 
 
+def _same_output(inf, rows: list[dict]) -> set[str]:
+    """Rows whose output is the output of a row around them (a Keras layer's activation, the last
+    layer of a block with parameters): one tensor, which the textbook counts once."""
+    ids = {name: rec.output_id for name, rec in inf.layers.items()}
+    names = [r["name"] for r in rows]
+    return {
+        n
+        for n in names
+        if ids.get(n) is not None and any(n.startswith(f"{p}.") and ids.get(p) == ids[n] for p in names)
+    }
+
+
+def _outputs(inf, rows: list[dict]) -> list[tuple[str, tuple]]:
+    """(row name, output shape) of every output the rows' layers produce, in execution order: a module
+    called three times (a ResNet block's ReLU) produces three outputs."""
+    out = []
+    for r in rows:
+        rec = inf.layers[r["name"]]
+        if rec.calls:
+            out += [(i, r["name"], shape) for i, shape in rec.calls]
+        elif r["output_shape"]:
+            out.append((rec.order, r["name"], tuple(r["output_shape"])))
+    return [(name, shape) for _, name, shape in sorted(out, key=lambda t: t[0])]
+
+
 def _rows(inf) -> list[dict]:
     rows = []
     for r in sorted(inf.layers.values(), key=lambda r: r.order):
@@ -306,6 +340,24 @@ def _rows(inf) -> list[dict]:
             }
         )
     return rows
+
+
+def _unused_params(model: nn.Module, inf) -> dict[str, int]:
+    """Module name -> parameters of the modules whose forward never ran (a detector's mask head
+    without detections, a backbone's unused classifier): counted in the totals, in no row."""
+    ran = {
+        id(p)
+        for name, mod in model.named_modules()
+        if name == "" or name in inf.layers
+        for p in mod.parameters(recurse=False)
+    }
+    out: dict[str, int] = {}
+    for name, mod in model.named_modules():
+        own = [p for p in mod.parameters(recurse=False) if id(p) not in ran]
+        ran.update(id(p) for p in own)  # a parameter shared by two idle modules counts once
+        if own:
+            out[name] = sum(p.numel() for p in own)
+    return out
 
 
 MAX_TIME_STEPS = 1000

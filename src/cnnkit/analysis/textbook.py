@@ -16,10 +16,19 @@ def _fmt(n: int) -> str:
 
 
 def textbook_memory(
-    rows: list[dict], input_shape: tuple[int, ...], batch: int, itemsize: int, param_count: int
+    rows: list[dict],
+    input_shape: tuple[int, ...],
+    batch: int,
+    itemsize: int,
+    param_count: int,
+    outputs: list[tuple[str, tuple]] | None = None,
 ) -> dict:
-    """``rows``: the summary's layers (dicts with ``name`` and ``output_shape``), in execution order."""
-    outs = [(r["name"], prod(r["output_shape"]) * itemsize) for r in rows if r.get("output_shape")]
+    """``rows``: the summary's layers (dicts with ``name`` and ``output_shape``), in execution order;
+    ``outputs``: (name, shape) of every output they produce, in execution order, where a layer may
+    run more than once (default: one output per row)."""
+    if outputs is None:
+        outputs = [(r["name"], tuple(r["output_shape"])) for r in rows if r.get("output_shape")]
+    outs = [(name, prod(shape) * itemsize) for name, shape in outputs if shape]
     in_bytes = prod(input_shape) * itemsize
     param_bytes = param_count * itemsize
     # inference: the largest "previous + current" pair over the chain input -> layer 1 -> ... (one instance)

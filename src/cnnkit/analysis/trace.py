@@ -12,6 +12,7 @@ backend allocates *inside* some ops (oneDNN's reorders on CPU).
 
 from __future__ import annotations
 
+import math
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,6 +25,28 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry
 
 aten = torch.ops.aten
+
+
+def _conv_backward_macs(grad_out, x, weight, *args, **kwargs) -> int:
+    """A convolution's backward: each of the gradients it computes (input, weight) costs the forward's
+    multiply-adds. ``torch.utils.flop_counter`` counts the weight gradient of a grouped convolution
+    ``groups`` times over (it treats it as one ungrouped convolution): a depthwise 3x3 on 672
+    channels would cost 672x what it does."""
+    transposed, mask = args[4], args[7]
+    forward = math.prod(x.shape if transposed else grad_out.shape) * math.prod(weight.shape[1:])
+    return forward * (int(bool(mask[0])) + int(bool(mask[1])))
+
+
+# multiply-adds of ops whose formula in torch.utils.flop_counter is wrong (grouped convolutions'
+# backward) or missing (matrix-vector and vector-vector products: ``x @ v`` with a 1-D ``v``)
+_MACS = {
+    aten.convolution_backward: _conv_backward_macs,
+    aten.mv: lambda m, v, **kw: math.prod(m.shape),
+    aten.addmv: lambda b, m, v, **kw: math.prod(m.shape),
+    aten.dot: lambda a, b, **kw: math.prod(a.shape),
+    aten.vdot: lambda a, b, **kw: math.prod(a.shape),
+    aten.addbmm: lambda c, a, b, **kw: math.prod(a.shape) * b.shape[-1],
+}
 
 # ops that do no arithmetic worth reporting (views, copies of metadata, allocation)
 _NO_WORK = {
@@ -108,8 +131,10 @@ class LayerRecord:
     other_ops: int = 0  # elements produced by norms, pooling, elementwise ops
     op_names: list = field(default_factory=list)
     saved_bytes: int = 0  # activations saved for backward (training trace)
+    output_id: int | None = None  # the storage of its (first) output: a container returns its child's
     order: int = 0  # index of its first op: rows are shown in execution order
     is_leaf: bool = True  # False for a container (shown only through its ":ops" row)
+    calls: list = field(default_factory=list)  # (op index at its end, output shape) of every call
 
 
 @dataclass
@@ -280,7 +305,9 @@ class _Recorder(TorchDispatchMode):
         for t in outs:
             new += self.storages.add(t, "outputs in flight", output_of_op=True)
         macs = 0
-        if packet in flop_registry:
+        if packet in _MACS:
+            macs = int(_MACS[packet](*args, **kwargs))
+        elif packet in flop_registry:
             macs = int(flop_registry[packet](*args, **kwargs, out_val=out)) // 2
         elements = 0
         if not macs and name.rstrip("_") not in _NO_WORK and outs:
@@ -324,7 +351,9 @@ class _Recorder(TorchDispatchMode):
 
 
 @contextmanager
-def _module_hooks(model: nn.Module, stack: list[str], layers: dict[str, LayerRecord], phase: list[str], op_count):
+def _module_hooks(
+    model: nn.Module, stack: list[str], layers: dict[str, LayerRecord], phase: list[str], op_count, storages=None
+):
     """Forward pre/post hooks that keep the stack of running modules and record output shapes."""
     handles = []
     seen_params: set[int] = set()
@@ -365,7 +394,11 @@ def _module_hooks(model: nn.Module, stack: list[str], layers: dict[str, LayerRec
                         rec.trainable_params += p.numel() if p.requires_grad else 0
             first = next(iter(tensor_leaves(out)), None)
             if first is not None:
-                rec.output_shape = tuple(first.shape[1:])
+                if not rec.calls:  # a module called again keeps the shapes of its first call, in and out
+                    rec.output_shape = tuple(first.shape[1:])
+                rec.calls.append((op_count(), tuple(first.shape[1:])))
+                if rec.output_id is None and storages is not None:
+                    rec.output_id = storages.uid(first)
 
         return hook
 
@@ -409,12 +442,20 @@ def make_optimizer(name: str, params: list[torch.Tensor], foreach: bool | None =
 
 
 def step_loss(out) -> torch.Tensor:
-    """The loss of an analysed training step: cross-entropy for (B, K) logits, else the mean."""
-    out = tensor_leaves(out)[0]
-    if out.dim() == 2 and out.shape[1] > 1:
-        target = torch.zeros(out.shape[0], dtype=torch.long, device=out.device)
-        return nn.functional.cross_entropy(out, target)
-    return out.float().mean()
+    """The loss of an analysed training step, over every floating output that needs a gradient (a
+    detector's class scores, boxes and centre-ness all train): cross-entropy for (B, K) logits, else
+    the mean; their sum."""
+    leaves = tensor_leaves(out)
+    outs = [t for t in leaves if t.is_floating_point() and t.requires_grad] or leaves[:1]
+    loss = None
+    for o in outs:
+        if o.dim() == 2 and o.shape[1] > 1:
+            target = torch.zeros(o.shape[0], dtype=torch.long, device=o.device)
+            term = nn.functional.cross_entropy(o, target)
+        else:
+            term = o.float().mean()
+        loss = term if loss is None else loss + term
+    return loss
 
 
 def training_step(forward, optimizer) -> None:
@@ -486,7 +527,7 @@ def trace(
                 storages.category[uid] = "activations"
             return t
 
-        with _module_hooks(model, stack, layers, phase, lambda: len(ops)), recorder:
+        with _module_hooks(model, stack, layers, phase, lambda: len(ops), storages), recorder:
             if training:
                 with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                     out = forward()
@@ -536,14 +577,16 @@ def _attribute_ops(ops: list[OpRecord], layers: dict[str, LayerRecord]) -> None:
     """Add each forward op's MACs and element-work to the row of the module that ran it.
 
     Ops run directly by a container's ``forward`` (``x + identity``, ``torch.cat``, ``F.conv2d``)
-    get a row of their own, named after the container, so that nothing is silently dropped.
+    go to the container's own row where it has one (it has parameters: a Keras ``Conv2D`` whose
+    activation is a child module), else to a row of their own named after it, so that nothing is
+    silently dropped.
     """
     for i, op in enumerate(ops):
         if op.phase != "forward":
             continue
         name = op.module
         owner = layers.get(name)
-        if owner is None or not owner.is_leaf:
+        if owner is None or (not owner.is_leaf and not owner.params):
             key = f"{name}:ops" if name else "(model):ops"
             rec = layers.get(key)
             if rec is None:
