@@ -501,3 +501,102 @@ def test_plot_run_curves_confusion_and_mistakes(tmp_path, data_dir, capsys):
     assert "note: curves only" in out and sorted(p.name for p in bare.iterdir()) == ["curves.png", "metrics.csv"]
     assert main(["plot", str(tmp_path / "nothing")]) == 2
     assert "no metrics.csv" in capsys.readouterr().err
+
+
+class SharedReLU(nn.Module):
+    """Two convolutions that share one ``nn.ReLU`` module (as torchvision's ResNet blocks do), or,
+    with ``shared=False``, a second ReLU module of its own."""
+
+    def __init__(self, shared: bool):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.relu2 = self.relu if shared else nn.ReLU()
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = self.relu(self.conv1(x))
+        x = self.relu2(self.conv2(x))
+        return self.head(x.mean((2, 3)))
+
+
+def test_grad_cam_at_a_module_called_twice_pairs_the_last_calls_activation_and_gradient():
+    torch.manual_seed(0)
+    shared = SharedReLU(shared=True)
+    with torch.no_grad():
+        shared.head.weight.abs_()  # every channel counts for every class: no map is blank
+    twin = SharedReLU(shared=False)
+    twin.load_state_dict(shared.state_dict())
+    x = torch.rand(2, 1, 8, 8)
+    # the shared module's record is its last call, the ReLU after conv2: the twin's relu2
+    want, want_k = grad_cam(twin, x, layer="relu2")
+    # and by hand: the head averages relu2's output, so d y_c / d A_k = W[c, k] / 64 everywhere
+    acts = twin.relu2(twin.conv2(twin.relu(twin.conv1(x)))).detach()
+    alpha = twin.head.weight.detach()[want_k] / 64  # (N, K)
+    cam = F.relu((alpha[:, :, None, None] * acts).sum(1))
+    peak = cam.flatten(1).amax(1)
+    assert bool((peak > 0).all())  # no blank map: every image's map is checked
+    torch.testing.assert_close(want, cam / peak[:, None, None], rtol=1e-5, atol=1e-6)
+    got, got_k = grad_cam(shared, x, layer="relu")
+    assert torch.equal(got_k, want_k)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("tta", ["shift", "flip"])
+def test_a_classifier_with_test_time_augmentation_is_explained_on_the_image_alone(tta):
+    """cnnkit.load gives a run's classifier with its TTA on (its network runs on 5 or 2 views):
+    every explanation is of one forward pass of the image, and the TTA setting comes back."""
+    from cnnkit.models.deploy import Classifier
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(6, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    )
+    clf = Classifier(net, [0.1], [0.3], list("abcd"), (1, 12, 12), tta=tta).eval()
+    plain = Classifier(net, [0.1], [0.3], list("abcd"), (1, 12, 12)).eval()
+    x = torch.rand(1, 12, 12)
+    x[:, :, :4] = 0  # an image that shifting or flipping changes
+    got, k = grad_cam(clf, x, layer="net.3")
+    want, want_k = grad_cam(plain, x, layer="net.3")
+    assert k == want_k and clf.tta == tta
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(feature_maps(clf, x, ["net.1"]), feature_maps(plain, x, ["net.1"]))
+    torch.testing.assert_close(saliency(clf, x)[0], saliency(plain, x)[0])
+    assert clf.tta == tta
+
+
+def test_grad_cam_and_patterns_at_a_layer_without_feature_maps_are_one_line_errors(tmp_path, capsys):
+    from cnnkit.cli import main
+
+    net = hand_net()
+    with pytest.raises(
+        CnnkitError, match=r"layer '4' gives shape \(1, 2\); Grad-CAM needs a layer with \(N, K, h, w\)"
+    ):
+        grad_cam(net, HAND_X, layer="4")
+    with pytest.raises(
+        CnnkitError, match=r"layer '3' gives \(1, 2\); filter patterns need a layer with \(N, C, h, w\)"
+    ):
+        filter_patterns(net, "3", size=4, steps=2)
+    run = make_run(tmp_path / "run")
+    image = write_png(tmp_path / "digit.png", (28, 28), "L")
+    for method in ("gradcam", "patterns"):
+        assert main(["explain", str(run), str(image), "--method", method, "--layer", "fc"]) == 2
+        err = capsys.readouterr().err
+        assert "layer 'net.fc' gives" in err and err.count("\n") == 1, err
+
+
+def test_cli_explain_of_a_zoo_model_that_takes_no_images_is_one_line(tmp_path, capsys):
+    from cnnkit.cli import main
+
+    image = write_png(tmp_path / "digit.png", (28, 28), "L")
+    for name, shape in (("fcn1d", "(1, 128)"), ("gan_generator", "(100,)")):
+        assert main(["explain", name, str(image), "--out", str(tmp_path / "x.png")]) == 2
+        err = capsys.readouterr().err
+        assert f"{name} takes inputs of shape {shape}, not images" in err and err.count("\n") == 1, err

@@ -262,6 +262,36 @@ def test_predict_writes_a_grid_of_the_right_size(runs, tmp_path):
         predict(tiny(False).generator, tmp_path / "x.png", count=4, digit=1)
 
 
+def test_predict_refuses_a_grid_too_large_before_drawing_a_digit(runs, tmp_path, monkeypatch):
+    sampler = cnnkit.load(runs / "resumed")
+
+    def sample(*args, **kwargs):
+        raise AssertionError("digits drawn for a refused grid")
+
+    monkeypatch.setattr(sampler, "sample", sample)
+    assert grid_size(1_000_000) == (60_004, 60_004)
+    with pytest.raises(
+        CnnkitError, match=r"--count 1,000,000 draws a grid of 60,004 x 60,004 pixels, more than the 89,"
+    ):
+        predict(sampler, tmp_path / "g.png", count=1_000_000, digit=3)
+    with pytest.raises(CnnkitError, match=r"--count 40,000 draws a grid of 2,400,004 x 64 pixels"):
+        predict(sampler, tmp_path / "g.png", count=40_000, digit=3, cols=40_000)
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_evaluate_run_refuses_more_digits_than_the_real_sets_hold(runs, monkeypatch):
+    from importlib import import_module
+
+    def classify(*args, **kwargs):
+        raise AssertionError("scored sets of different sizes")
+
+    monkeypatch.setattr(import_module("cnnkit.tasks.generate.evaluate"), "classify", classify)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    clf = Classifier(net, [0.13], [0.31], DIGITS, (1, 28, 28))
+    with pytest.raises(CnnkitError, match=r"--count 10,001 is more than the 10,000 test digits of mnist"):
+        evaluate_run(runs / "resumed", clf, count=10_001)
+
+
 def test_evaluate_run_scores_generated_and_real_digits(runs):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import zlib
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -332,6 +333,30 @@ def test_images_are_capped_before_decoding(tmp_path):
     (tmp_path / "t.png").write_bytes(big.read_bytes()[:2000])
     with pytest.raises(CnnkitError, match="truncated or damaged"):
         read_image(tmp_path / "t.png", 1, (4, 5))
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16_bit_grey_images_are_scaled_to_8_bits_not_clipped(tmp_path, suffix):
+    from cnnkit.data.images import read_image, read_pixels
+
+    wide = (np.arange(16 * 24, dtype=np.uint32) * 171 % 65536).astype(np.uint16).reshape(16, 24)
+    path = tmp_path / f"grey16{suffix}"
+    Image.fromarray(wide).save(path)
+    with Image.open(path) as im:
+        assert im.mode.startswith("I;16")
+    want = torch.from_numpy(((wide.astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8))
+    assert torch.equal(read_pixels(path, 1)[0], want)
+    assert torch.equal(read_pixels(path, 3), want.expand(3, -1, -1))
+    assert torch.equal((read_image(path, 1)[0] * 255).round().byte(), want)
+    assert torch.equal((read_image(path, 3) * 255).round().byte(), want.expand(3, -1, -1))
+    # an image folder decodes through its own path (JPEG drafts, its cache): the same scaling
+    from cnnkit.data.imagefolder import load_image_folder
+
+    for c in ("a", "b"):
+        (tmp_path / "folder" / c).mkdir(parents=True)
+        Image.fromarray(wide).save(tmp_path / "folder" / c / f"g{suffix}")
+    data = load_image_folder(tmp_path / "folder", image_size=(16, 24), channels=1, val_fraction=0.0, cache=False)
+    assert torch.equal(data.images[0, 0], want)
 
 
 def test_idx_gzip_and_header_damage(tmp_path):

@@ -185,6 +185,26 @@ def _hang_up(server, request: bytes, wait: float) -> None:
     s.close()
 
 
+def test_a_burst_of_connections_waits_for_the_server_rather_than_being_dropped():
+    """32 clients connect while the server has not accepted any yet: the kernel holds them all."""
+    from cnnkit.serve import make_server
+
+    server = make_server(None, "127.0.0.1", 0)  # listening, not serving yet
+    clients = []
+    try:
+        for _ in range(32):
+            try:
+                clients.append(socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=0.3))
+            except OSError:
+                break
+        assert len(clients) == 32
+    finally:
+        for c in clients:
+            c.close()
+        server.server_close()
+        server.app.close()
+
+
 def test_a_client_that_hangs_up_is_one_log_line(capsys):
     server, _ = start(None)
 

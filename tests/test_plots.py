@@ -60,6 +60,31 @@ def test_training_curves_without_validation_and_with_a_missing_column(tmp_path):
     assert not (tmp_path / "empty.png").exists()
 
 
+def test_training_curves_of_tasks_without_accuracy_draw_their_other_measures():
+    gan = [
+        {
+            "epoch": e,
+            "train_d_loss": 1.0 / e,
+            "train_g_loss": 0.7,
+            "train_d_real": 0.5 + e / 10,
+            "train_d_fake": 0.5 - e / 10,
+        }
+        for e in (1, 2, 3)
+    ]
+    _, ax, _ = plots.training_curves(gan).axes
+    assert ax.get_title() == "Other measures"
+    assert [line.get_label() for line in ax.lines] == ["train d_real", "train d_fake"]
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), [0.6, 0.7, 0.8])
+    np.testing.assert_allclose(ax.lines[1].get_ydata(), [0.4, 0.3, 0.2])
+    style = [{"epoch": 1, "train_loss": "30.2", "train_content": "0.02", "train_style": "1.49", "train_tv": "0.03"}]
+    loss_ax, ax, _ = plots.training_curves(style).axes
+    assert [line.get_label() for line in loss_ax.lines] == ["train"]
+    assert [line.get_label() for line in ax.lines] == ["train content", "train style", "train tv"]
+    np.testing.assert_allclose([float(line.get_ydata()[0]) for line in ax.lines], [0.02, 1.49, 0.03])
+    _, ax, _ = plots.training_curves(history()).axes  # a classifier's accuracy panel as it is
+    assert ax.get_title() == "Accuracy" and [line.get_label() for line in ax.lines] == ["train", "validation"]
+
+
 def test_a_failed_save_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
     path = tmp_path / "curves.png"
     path.write_bytes(b"old")

@@ -422,6 +422,26 @@ def test_run_figures_only_by_name(api, file):
     assert status == 404
 
 
+def test_files_that_link_out_of_the_runs_root_are_neither_read_nor_served(tmp_path):
+    root, outside = tmp_path / "runs", tmp_path / "outside"
+    run = make_run(root / "shared_run")
+    outside.mkdir()
+    (outside / "secret.txt").write_text("user: alice\npassword: hunter2\napi_key: abc123\n")
+    (run / "errors_test.png").symlink_to(outside / "secret.txt")
+    (run / "metrics.csv").unlink()
+    (run / "metrics.csv").symlink_to(outside / "secret.txt")
+    server, client = start(root)
+    try:
+        status, ctype, raw = client.request("/api/runs/figure?run=shared_run&file=errors_test.png")
+        assert status == 404 and b"hunter2" not in raw
+        status, res = client.json("/api/runs/metrics?run=shared_run")
+        assert status == 200 and res["rows"] == []
+        (item,) = client.json("/api/runs")[1]["runs"]
+        assert item["figures"] == [] and item["epochs"] == 0 and item["has_model"]
+    finally:
+        stop(server)
+
+
 def test_plot_a_run_then_serve_its_figure(api, runs_root, tmp_path, monkeypatch):
     monkeypatch.setenv("CNNKIT_DATA", str(tmp_path))  # no MNIST where the run looks for it
     status, res = api.json("/api/runs/plot", {"run": "group/mnist_b"})
@@ -555,6 +575,24 @@ def test_foreign_hosts_and_origins_are_refused(api):
     assert status == 403
 
 
+def test_a_loopback_address_other_than_127_0_0_1_serves_its_own_url():
+    from cnnkit.errors import CnnkitError
+
+    try:
+        server = make_server(None, "127.0.0.2", 0)
+    except CnnkitError:
+        pytest.skip("127.0.0.2 is not a loopback address here (the whole 127/8 is, on Linux)")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        client = Client(f"http://127.0.0.2:{port}")
+        assert client.json("/api/limits")[0] == 200  # the URL `serve` prints
+        status, res = client.json("/api/limits", headers={"Host": "attacker.example"})
+        assert status == 421 and f"open the workbench at http://127.0.0.2:{port}/" in res["error"]
+    finally:
+        stop(server)
+
+
 def test_host_other_than_loopback_warns(capsys):
     from cnnkit.serve.server import host_warning, is_loopback
 
@@ -579,3 +617,20 @@ def test_predict_a_zoo_model_with_its_installed_imagenet_weights(api, data_dir):
     )
     assert status == 200 and res["kind"] == "zoo (ImageNet weights)", res
     assert res["top"][0]["name"] == "bee" and res["top"][0]["class"] == 309, res["top"][:3]
+
+
+@pytest.mark.parametrize("method", ["gradcam", "patterns"])
+def test_explain_at_a_layer_without_feature_maps_is_a_400(api, tmp_path, method):
+    png = digit_png(tmp_path / "d.png").read_bytes()
+    status, res = api.upload(
+        "/api/explain", {"model": "mnist_a", "method": method, "layer": "fc"}, {"file": ("d.png", png)}
+    )
+    assert status == 400 and "layer 'net.fc' gives" in res["error"], res
+
+
+@pytest.mark.parametrize("name", ["fcn1d", "gan_generator"])
+def test_predict_a_zoo_model_that_takes_no_images_is_a_400(api, tmp_path, name):
+    png = digit_png(tmp_path / "d.png").read_bytes()
+    for path, fields in (("/api/predict", {}), ("/api/explain", {"method": "saliency"})):
+        status, res = api.upload(path, {"model": name, **fields}, {"file": ("d.png", png)})
+        assert status == 400 and f"{name} takes inputs of shape" in res["error"], res

@@ -216,6 +216,13 @@ def test_runs_page_overlays_runs_and_follows_a_training_run(page, site):
     assert page.errors == []
 
 
+def test_predict_page_offers_zoo_models_that_take_images_only(page):
+    _goto(page, "/predict", "ready")
+    offered = page.eval_on_selector_all("#model option", "els => els.map(e => e.value)")
+    assert "lenet5" in offered and "resnet18" in offered
+    assert not {"fcn1d", "resnet1d", "gan_generator"} & set(offered)
+
+
 def test_predict_page_gets_the_runs_prediction_and_a_gradcam(page, site, tmp_path):
     import cnnkit
     from cnnkit.tasks.classify.predict import predict_files

@@ -224,6 +224,33 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(photos, tmp_path, caps
     assert "done: 1 steps" in capsys.readouterr().out
 
 
+def test_sizes_that_would_fill_the_memory_are_refused_before_any_work(photos, tmp_path, capsys, monkeypatch):
+    from importlib import import_module
+
+    style_predict = import_module("cnnkit.tasks.style.predict")  # the modules, not the package's functions
+    style_transfer = import_module("cnnkit.tasks.style.transfer")
+
+    def ran(*args, **kwargs):
+        raise AssertionError("the work started")
+
+    monkeypatch.setattr(style_transfer, "transfer_files", ran)
+    monkeypatch.setattr(style_predict, "load_stylizer", ran)
+    root, style = photos
+    content, out = root / "p0.png", tmp_path / "o.png"
+    for flag in ("--size", "--style-size"):
+        argv = ["style", "transfer", str(content), str(style), "--out", str(out), flag, "20000", "--weights", "none"]
+        assert f"{flag} must be an integer from 16 to 2,048; received 20000" in _one_line_error(capsys, argv)
+    big = tmp_path / "big.png"
+    Image.new("RGB", (5000, 4000)).save(big)  # 20,000,000 pixels, a header the check reads
+    argv = ["style", "predict", str(tmp_path), str(big), "--out", str(tmp_path / "d")]
+    assert (
+        "is 5000x4000 = 20,000,000 pixels; at most 16,777,216 are run through the network at once: pass --max-side"
+        in (_one_line_error(capsys, argv))
+    )
+    style_predict._check_photo_size(big, 2048)  # shrunk to 2048x1638 by --max-side: accepted
+    assert not out.exists() and not (tmp_path / "d").exists()
+
+
 def test_the_fast_network_trains_on_plain_gram_matrices_and_the_optimisation_keeps_the_robust_ones():
     fast = StyleTrainConfig(style="s.png", data="photos").resolved()
     assert (fast.model, fast.crop, fast.robust_layers, fast.style_weight) == ("johnson_style_slim_bn", 128, (), 20.0)

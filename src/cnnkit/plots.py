@@ -184,14 +184,16 @@ def training_curves(history: list[dict], path=None, title: str | None = None) ->
     """Loss and accuracy (train vs validation) and the learning rate per epoch, one GridSpec figure.
 
     Every ``train_*_loss`` / ``val_*_loss`` column (a task's own losses, e.g. a GAN's two) is drawn
-    on the loss axes too.
+    on the loss axes too. A task without accuracy gets its other ``train_*`` / ``val_*`` columns (a
+    GAN's ``d_real`` and ``d_fake``, style transfer's ``content``, ``style`` and ``tv``) in the
+    accuracy's place, titled "Other measures".
 
     Args:
         history: rows as in a run's ``metrics.csv`` (``epoch, train_loss, train_acc, val_loss,
             val_acc, lr, seconds``); values may be strings; ``val_*`` may be missing or empty.
         path: where to save the PNG (``None``: do not save).
     Returns:
-        the figure: three axes (loss, accuracy, learning rate).
+        the figure: three axes (loss, accuracy or other measures, learning rate).
     """
     if not history:
         raise CnnkitError("no rows to plot: the run's history is empty; train for at least one epoch")
@@ -230,6 +232,19 @@ def training_curves(history: list[dict], path=None, title: str | None = None) ->
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(loc="best")
+    if not ax_acc.lines:  # a task without accuracy (a GAN, style transfer): its other per-epoch numbers
+        for key in columns:
+            if key.startswith(("train_", "val_")) and not key.endswith("_loss") and key not in ("train_acc", "val_acc"):
+                y = col(key)
+                ok = ~np.isnan(y)
+                if ok.any():
+                    split, name = key.split("_", 1)
+                    label = f"{'validation' if split == 'val' else split} {name}"
+                    ax_acc.plot(epochs[ok], y[ok], marker=marker, ms=3, label=label)
+        if ax_acc.lines:
+            ax_acc.set_title("Other measures")
+            ax_acc.set_ylabel("value")
+            ax_acc.legend(loc="best")
     val_acc = col("val_acc")
     if (~np.isnan(val_acc)).any():
         best = int(np.nanargmax(val_acc))

@@ -39,7 +39,7 @@ from cnnkit.errors import CnnkitError, CnnkitWarning, gone_from_split
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 SPLIT_DIRS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
 MIN_IMAGES_PER_CLASS = 100  # the notes' rule of thumb for fine-tuning on your own images
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 _INTERPOLATIONS = ("bilinear", "bicubic")
 
 
@@ -285,6 +285,8 @@ def _decode(path: Path, params: dict) -> torch.Tensor | None:
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
+    from cnnkit.data.images import eight_bit
+
     h, w = params["image_size"]
     try:
         with Image.open(path) as im:
@@ -298,7 +300,7 @@ def _decode(path: Path, params: dict) -> torch.Tensor | None:
             else:
                 target = (w, h)
             im.draft("RGB" if params["channels"] == 3 else "L", target)  # JPEG: decode at 1/2..1/8 size
-            im = im.convert("RGB" if params["channels"] == 3 else "L")
+            im = eight_bit(im).convert("RGB" if params["channels"] == 3 else "L")
             method = Image.BICUBIC if params.get("interpolation") == "bicubic" else Image.BILINEAR
             im = im.resize(target, method, reducing_gap=3.0)
             left, top = (im.width - w) // 2, (im.height - h) // 2

@@ -63,6 +63,21 @@ def open_image(path: str | Path, max_pixels: int = MAX_DECODE_PIXELS):
             raise
 
 
+def eight_bit(im):
+    """A 16-bit grey image (Pillow's ``I;16`` modes: 16-bit PNG and TIFF) scaled to 8-bit grey
+    (``round(v * 255 / 65535)``); any other image as it is.
+
+    Pillow's own ``convert("L")`` of such an image clips every value above 255 to white, which turns
+    a 16-bit photo into black and white.
+    """
+    from PIL import Image
+
+    if not im.mode.startswith("I;16"):
+        return im
+    wide = np.asarray(im).astype(np.uint32)  # (H, W) 0..65535
+    return Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), "L")
+
+
 def read_image(
     path: str | Path,
     channels: int,
@@ -89,7 +104,7 @@ def read_image(
                 f"size at most {max_native_pixels:,} are run through a network: pass --resize "
                 "(the model's input size) or shrink the image"
             )
-        im = im.convert("L" if channels == 1 else "RGB")
+        im = eight_bit(im).convert("L" if channels == 1 else "RGB")
         if size is not None:
             im = im.resize((size[1], size[0]), Image.BILINEAR)
         arr = np.asarray(im, dtype=np.float32) / 255.0
@@ -133,6 +148,6 @@ def read_pixels(path: str | Path, channels: int = 3, max_pixels: int = MAX_DECOD
     if channels not in (1, 3):
         raise CnnkitError(f"images are read as 1 (grey) or 3 (RGB) channels; received channels={channels}")
     with open_image(path, max_pixels) as im:
-        arr = np.asarray(im.convert("L" if channels == 1 else "RGB"))
+        arr = np.asarray(eight_bit(im).convert("L" if channels == 1 else "RGB"))
     t = torch.from_numpy(arr.copy())
     return (t.permute(2, 0, 1) if t.dim() == 3 else t[None]).contiguous()

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cnnkit.errors import CnnkitError
 from cnnkit.explain.base import (
     as_batch,
     forward_scores,
@@ -48,8 +49,17 @@ def grad_cam(model: nn.Module, image: torch.Tensor, target_class: int | None = N
         scores = forward_scores(model, x)  # (N, K)
         classes = target_classes(scores, target_class)
         selected_score(scores, classes).backward()
-    acts = rec["activations"][layer].detach()  # (N, K, h, w)
-    grads = rec["gradients"][layer]  # (N, K, h, w)
+    acts = rec["activations"].get(layer)
+    if acts is None:
+        raise CnnkitError(f"layer {layer!r} did not run in the forward pass; pick a layer the model uses")
+    if acts.dim() != 4:
+        raise CnnkitError(
+            f"layer {layer!r} gives shape {tuple(acts.shape)}; Grad-CAM needs a layer with (N, K, h, w) "
+            f"outputs: a convolution, or the norm or ReLU after it"
+        )
+    grads = rec["gradients"].get(layer)  # (N, K, h, w)
+    if grads is None:
+        raise CnnkitError(f"the class score does not depend on layer {layer!r}; pick a layer on the way to the output")
     alpha = grads.mean(dim=(2, 3), keepdim=True)  # (N, K, 1, 1)
     cam = F.relu((alpha * acts).sum(dim=1, keepdim=True))  # (N, 1, h, w)
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)  # (N, 1, H, W)

@@ -110,23 +110,31 @@ def default_cam_layer(model: nn.Module, x: torch.Tensor) -> str:
 
 @contextmanager
 def frozen(model: nn.Module, train: bool = False) -> Iterator[nn.Module]:
-    """Put every sub-module in eval (or train) mode and stop parameter gradients; restore both after.
+    """Put every sub-module in eval (or train) mode, stop parameter gradients and test-time
+    augmentation; restore all three after.
 
     Parameters keep their ``.grad``: explanation methods differentiate with respect to the input or
-    to activations only, so no parameter gradient is accumulated.
+    to activations only, so no parameter gradient is accumulated. A deployable classifier's
+    test-time augmentation (``tta``: its network run again on shifted or flipped copies) is off
+    inside: an explanation is of one forward pass of the image itself, every layer called once.
     """
     modes = [(m, m.training) for m in model.modules()]
     flags = [(p, p.requires_grad) for p in model.parameters()]
+    ttas = [(m, m.tta) for m in model.modules() if isinstance(getattr(m, "tta", None), str)]
     try:
         model.train(train)
         for p, _ in flags:
             p.requires_grad_(False)
+        for m, _ in ttas:
+            m.tta = ""
         yield model
     finally:
         for m, mode in modes:
             m.training = mode
         for p, flag in flags:
             p.requires_grad_(flag)
+        for m, tta in ttas:
+            m.tta = tta
 
 
 @contextmanager
@@ -140,6 +148,7 @@ def recording(model: nn.Module, names: list[str], grads: bool = False) -> Iterat
     record: dict = {"activations": {}, "gradients": {}}
     modules = {name: resolve_layer(model, name) for name in names}
     handles = []
+    calls: dict[str, int] = {}  # forward calls of each layer so far
 
     def hook_for(name):
         def forward_hook(module, inputs, output):
@@ -148,12 +157,16 @@ def recording(model: nn.Module, names: list[str], grads: bool = False) -> Iterat
                     f"layer {name!r} returns {type(output).__name__}, not a tensor; pick a "
                     f"layer whose output is one image tensor (a convolution, say)"
                 )
+            calls[name] = call = calls.get(name, 0) + 1
             # a copy: an in-place op after this layer (ReLU(inplace=True)) would overwrite the output
             record["activations"][name] = output.detach().clone()
             if grads and output.requires_grad:
 
                 def save_grad(grad):  # a tensor hook: lives and dies with this output tensor
-                    record["gradients"][name] = grad
+                    # the backward pass reaches the calls last to first: keep the gradient of the
+                    # call whose activation is kept, never an earlier call's
+                    if call == calls[name]:
+                        record["gradients"][name] = grad
 
                 output.register_hook(save_grad)
 

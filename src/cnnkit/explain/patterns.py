@@ -67,7 +67,14 @@ def filter_patterns(
     gen = torch.Generator().manual_seed(seed)
     with frozen(model):
         with torch.no_grad():
-            n_out = run_until(model, torch.zeros(1, c, h, w, device=device), layer).shape[1]
+            probe = run_until(model, torch.zeros(1, c, h, w, device=device), layer)
+        if not isinstance(probe, torch.Tensor) or probe.dim() != 4:
+            shape = tuple(probe.shape) if isinstance(probe, torch.Tensor) else type(probe).__name__
+            raise CnnkitError(
+                f"layer {layer!r} gives {shape}; filter patterns need a layer with (N, C, h, w) outputs: "
+                f"a convolution, or the ReLU after it"
+            )
+        n_out = probe.shape[1]
         chans = list(range(min(16, n_out))) if channels is None else [int(k) for k in channels]
         bad = [k for k in chans if not 0 <= k < n_out]
         if bad:

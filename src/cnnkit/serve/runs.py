@@ -1,7 +1,8 @@
 """The run folders under ``--runs``: listed by the server, named by the page only by that listing.
 
 A run is a folder (at most three levels below the root, never through a link that leaves it) that
-holds ``metrics.csv`` or ``model.safetensors``. Its name is its path relative to the root, with
+holds ``metrics.csv`` or ``model.safetensors``; its metrics and figures are read only where they lie
+under the root (a file that links elsewhere is neither read nor served). Its name is its path relative to the root, with
 ``/``; a request naming anything else -- a path, ``..``, a run that is not listed -- gets a 404.
 Each run is listed with its task (the ``task`` of its metadata; ``classify`` when it names none):
 the Predict page takes classification runs only, and refuses the others by name.
@@ -50,6 +51,17 @@ class Runs:
             frontier = nxt
         return found
 
+    def _own(self, path: Path) -> bool:
+        """Whether ``path`` is a file under the root: a link to a file elsewhere is not served."""
+        return path.is_file() and path.resolve().is_relative_to(self.root)
+
+    def _metrics(self, folder: Path) -> list[dict]:
+        from cnnkit.tasks.classify.plot import read_metrics
+
+        if not self._own(folder / "metrics.csv"):
+            raise CnnkitError(f"{folder.name} has no metrics.csv of its own")
+        return read_metrics(folder)
+
     def names(self) -> set[str]:
         return set(self._scan())
 
@@ -63,8 +75,6 @@ class Runs:
         return runs[name]
 
     def listing(self) -> list[dict]:
-        from cnnkit.tasks.classify.plot import read_metrics
-
         out = []
         for name, folder in self._scan().items():
             item = {
@@ -75,10 +85,10 @@ class Runs:
                 "model": None,
                 "dataset": None,
                 "task": None,
-                "figures": sorted(p.name for p in folder.glob("*.png") if FIGURE.match(p.name)),
+                "figures": sorted(p.name for p in folder.glob("*.png") if FIGURE.match(p.name) and self._own(p)),
             }
             try:
-                rows = read_metrics(folder)
+                rows = self._metrics(folder)
                 item["epochs"], item["last"] = len(rows), rows[-1]
             except (CnnkitError, OSError, ValueError):
                 pass
@@ -108,18 +118,16 @@ class Runs:
             raise Refused(f"{folder.name}: the checkpoint cannot be read ({exc})") from None
 
     def metrics(self, name) -> dict:
-        from cnnkit.tasks.classify.plot import read_metrics
-
         folder = self.folder(name)
         try:
-            rows = read_metrics(folder)
+            rows = self._metrics(folder)
         except CnnkitError:
             rows = []  # no epoch yet: the page keeps polling
         return {"run": name, "rows": rows}
 
     def figure(self, name, file) -> Path:
         folder = self.folder(name)
-        if not isinstance(file, str) or not FIGURE.match(file) or not (folder / file).is_file():
+        if not isinstance(file, str) or not FIGURE.match(file) or not self._own(folder / file):
             raise Refused(f"run {name!r} has no figure {file!r}", 404)
         return folder / file
 

@@ -155,7 +155,7 @@ class Handler(BaseHTTPRequestHandler):
         allowed = self.server.allowed_hosts
         host = (self.headers.get("Host") or "").lower()
         if allowed is not None and host not in allowed:
-            raise Refused(f"unexpected Host {host!r}: open the workbench at http://{sorted(allowed)[0]}/", 421)
+            raise Refused(f"unexpected Host {host!r}: open the workbench at http://{self.server.home}/", 421)
         origin = self.headers.get("Origin")
         if self.command == "POST" and origin and urlsplit(origin).netloc.lower() != host:
             raise Refused("cross-origin requests are refused", 403)
@@ -229,6 +229,10 @@ class Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allowed_hosts: set[str] | None = None
+    # connections the kernel holds until they are accepted: with the stdlib's 5, a burst of uploads
+    # while the explanations keep both cores busy is answered with connection resets
+    request_queue_size = 64
+    home: str = ""  # host:port of the address it listens on, as `serve` prints it
 
 
 def is_loopback(host: str) -> bool:
@@ -266,8 +270,10 @@ def make_server(runs=None, host: str = "127.0.0.1", port: int = 8000, limits: Li
         ) from None
     server.app = app
     bound = server.server_address[1]
+    server.home = f"{host}:{bound}"
     if is_loopback(host):  # the page and the API answer only to the names of this machine
-        server.allowed_hosts = {f"{h}:{bound}" for h in ("127.0.0.1", "localhost", "[::1]")}
+        names = {"127.0.0.1", "localhost", "[::1]", host.lower()}  # host: 127.0.0.2, say, loopback too
+        server.allowed_hosts = {f"{h}:{bound}" for h in names}
     return server
 
 

@@ -92,7 +92,8 @@ document.addEventListener("DOMContentLoaded", async () => {
     const withModel = runs.runs.filter((r) => r.has_model && r.task === "classify");  // other tasks: `cnnkit TASK predict`
     const groups = [];
     if (withModel.length) groups.push(ck.el("optgroup", { label: "runs" }, ...withModel.map((r) => ck.el("option", { value: r.name, text: r.name }))));
-    groups.push(ck.el("optgroup", { label: "zoo (random weights)" }, ...zoo.models.map((m) => ck.el("option", { value: m.name, text: m.name }))));
+    const images = zoo.models.filter((m) => m.input_size.length === 3);  // image classifiers: (C, H, W)
+    groups.push(ck.el("optgroup", { label: "zoo (random weights)" }, ...images.map((m) => ck.el("option", { value: m.name, text: m.name }))));
     $("model").replaceChildren(...groups);
   } catch (e) {
     ck.showError($("pr-error"), e.message);

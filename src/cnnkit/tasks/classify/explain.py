@@ -40,6 +40,12 @@ def load_explainable(
     from cnnkit.models.weights import PRETRAINED, imagenet_classes
 
     info = model_info(source)
+    if info.input_size is None or len(info.input_size) != 3:
+        raise CnnkitError(
+            f"{source} takes inputs of shape {tuple(info.input_size or ())}, not images (C, H, W); "
+            "explanations are of image classifiers: pick a 2-D network of `cnnkit zoo` (a series model "
+            "is explained from its trained run: `cnnkit explain RUN SERIES_FILE`)"
+        )
     net = create_model(source, weights=weights).eval()
     published = PRETRAINED.get(source)
     imagenet_norm = imagenet_norm or (weights == "imagenet" and published is not None)

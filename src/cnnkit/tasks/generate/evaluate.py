@@ -137,7 +137,8 @@ def evaluate_run(
         says when the classifier's label smoothing caps every score.
 
     Raises:
-        CnnkitError: not a generator's run, a classifier of other images or classes, a bad count.
+        CnnkitError: not a generator's run, a classifier of other images or classes, a count below 2
+            or above the data set's test digits.
 
     Example:
         >>> generated = evaluate_run("runs/cgan", "runs/mnist")["generated"]   # doctest: +SKIP
@@ -152,6 +153,11 @@ def evaluate_run(
     data_dir = data_dir or config.get("data_dir")
     test = load_dataset(data, "test", data_dir=data_dir)
     reference = load_dataset(data, "train", data_dir=data_dir)
+    if count > min(len(test), len(reference)):  # every set holds count digits: the scores depend on the size
+        raise CnnkitError(
+            f"--count {count:,} is more than the {len(test):,} test digits of {data}; the real sets hold "
+            f"--count digits too: use --count {min(len(test), len(reference))} or less"
+        )
     if tuple(getattr(clf, "input_size", test.image_shape)) != tuple(test.image_shape):
         raise CnnkitError(
             f"the --classifier takes {tuple(clf.input_size)} images; {data} digits are {test.image_shape}: "

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cnnkit.data.images import MAX_DECODE_PIXELS
 from cnnkit.engine.runfolder import atomic_write_bytes
 from cnnkit.errors import CnnkitError
 from cnnkit.models.gan import DCGANGenerator
@@ -197,7 +198,8 @@ def predict(
         The path written.
 
     Raises:
-        CnnkitError: a count below 1, a digit for an unconditional generator, a missing or unknown digit.
+        CnnkitError: a count below 1 or whose grid would pass :data:`~cnnkit.data.images.MAX_DECODE_PIXELS`,
+            a digit for an unconditional generator, a missing or unknown digit.
 
     Example:
         >>> predict(load_generator("runs/cgan"), "sevens.png", count=16, digit=7)   # doctest: +SKIP
@@ -206,6 +208,12 @@ def predict(
         raise CnnkitError(f"--out must name a .png file (the grid is a PNG). Received: --out {out}")
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise CnnkitError(f"--count must be a positive integer. Received: --count {count}")
+    width, height = grid_size(count, cols)
+    if width * height > MAX_DECODE_PIXELS:  # checked before a digit is drawn: the grid would fill the memory
+        raise CnnkitError(
+            f"--count {count:,} draws a grid of {width:,} x {height:,} pixels, more than the "
+            f"{MAX_DECODE_PIXELS:,} an image may hold here (about 24,000 digits); lower --count"
+        )
     labels = None
     if sampler.classes:
         if digit is None or not 0 <= digit < len(sampler.classes):

@@ -28,6 +28,10 @@ NETWORKS: dict[str, dict] = {
     ),
 }
 
+# the longest --size / --style-size of the optimisation: the loss network's activations, kept for the
+# backward pass, take about 1.6 kB per pixel (EfficientNet-Lite0), so 2048 x 2048 needs some 7 GB
+MAX_SIDE = 2048
+
 # what the transformation network trains on, where it differs from the optimisation's recipe: plain
 # Gram matrices at a lower style weight (with the robust Gram matrix at weight 100 the small network
 # paints saturated blots over the photo; docs/experiments/2026-12-05-fast-style-blots.md)
@@ -53,8 +57,18 @@ class TransferConfig:
         help="the loss network's weights: imagenet (efficientnet_lite0's default) | PATH (vgg19: "
         "torchvision's vgg19 state dict, e.g. vgg19-dcbb9e9d.pth) | none (random; tests only)",
     )
-    size: int = option(512, help="the output's longer side (px); the content photo is resized to it", minimum=16)
-    style_size: int | None = option(None, help="the style image's longer side (px); unset: --size", minimum=16)
+    size: int = option(
+        512,
+        help=f"the output's longer side (px, at most {MAX_SIDE}); the content photo is resized to it",
+        minimum=16,
+        below=MAX_SIDE + 1,
+    )
+    style_size: int | None = option(
+        None,
+        help=f"the style image's longer side (px, at most {MAX_SIDE}); unset: --size",
+        minimum=16,
+        below=MAX_SIDE + 1,
+    )
     steps: int = option(300, help="optimisation steps (each one forward and backward pass)", minimum=1)
     optimizer: str = option(
         "lbfgs",

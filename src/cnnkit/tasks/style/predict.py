@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from cnnkit.data.images import MAX_NATIVE_PIXELS
 from cnnkit.engine.runfolder import output_stems
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.style.data import check_side, read_photo, write_image
@@ -81,3 +82,8 @@ def _check_photo_size(path: Path, max_side: int | None) -> None:
         w, h = max(1, round(w * scale)), max(1, round(h * scale))
         fix = "use a less elongated photo or a larger --max-side"
     check_side(torch.empty(1, 3, h, w, device="meta"), "photo", path, note, fix)
+    if w * h > MAX_NATIVE_PIXELS:  # the network's activations take about 0.5 kB per pixel
+        raise CnnkitError(
+            f"the photo {path} is {w}x{h} = {w * h:,} pixels{note}; at most {MAX_NATIVE_PIXELS:,} are run "
+            "through the network at once: pass --max-side (e.g. 2048) or shrink the photo"
+        )
