@@ -58,7 +58,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, default_out: str) -> None
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --out exactly (its own settings win over the ones given)",
+        help="continue the run in --out exactly, with its own settings: a setting given that differs from "
+        "the run's is refused (--device, --threads, --data-dir and --minutes may change)",
     )
     parser.add_argument("--quiet", action="store_true", help=QUIET_HELP)
 

@@ -43,7 +43,7 @@ def add_modes(sub, short: bool) -> None:
     )
     t.add_argument(
         "--preset",
-        default="fast",
+        default=None,
         choices=sorted(PRESETS),
         help="the tuned settings the other options change (default: fast)",
     )
@@ -119,7 +119,9 @@ def add_modes(sub, short: bool) -> None:
 
 
 def run_train(args) -> int:
-    from cnnkit.engine.runfolder import check_resume_settings
+    from dataclasses import replace
+
+    from cnnkit.engine.runfolder import RESUME_FREE, check_resume_settings
     from cnnkit.models.network import model_reference
     from cnnkit.tasks.classify.train import train
 
@@ -144,13 +146,20 @@ def run_train(args) -> int:
         values["data"] = str(Path(data).expanduser().resolve())
     if values.get("data_dir"):
         values["data_dir"] = str(Path(values["data_dir"]).expanduser().resolve())
-    cfg = preset(args.preset, **values)
+    cfg = preset(args.preset or "fast", **values)
     out = args.out or f"runs/{Path(cfg.model).stem.split(':')[0]}-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.resume and not args.out:
         raise CnnkitError("--resume needs --out RUN_FOLDER (the run to continue)")
     if args.resume:  # the run continues with its own settings; the ones typed must equal them
         typed = {**values, **({"model": model_reference(values["model"])} if values.get("model") else {})}
-        check_resume_settings(out, "classify", typed)
+        run = check_resume_settings(out, "classify", typed)  # where, how fast and how long: typed or the run's
+        recipe = str(run.get("recipe") or "").split("+")[0]  # the run's own preset
+        if args.preset and recipe and args.preset != recipe:
+            raise CnnkitError(
+                f"{out} was trained with --preset {recipe} (given {args.preset}); --resume continues a run with "
+                "its own settings: leave that flag out, or start a new run in another --out"
+            )
+        cfg = replace(cfg, **{k: run[k] for k in RESUME_FREE if k in run})
     train(cfg, out, resume=args.resume, quiet=args.quiet)
     return 0
 
@@ -207,13 +216,19 @@ def run_predict(args) -> int:
 
 
 def run_finetune(args) -> int:
-    from cnnkit.engine.runfolder import check_resume_settings
+    from cnnkit.engine.runfolder import RESUME_FREE, check_resume_settings, resumed_config
     from cnnkit.tasks.classify.finetune import run_finetune as finetune_run
 
     values = config_from_args(FinetuneConfig, args)
     _check_weights_network(values.get("model"), values.get("weights"))
     if args.resume and args.out:  # the run continues with its own settings; the ones typed must equal them
-        check_resume_settings(args.out, "classify", values, key="args")
+        if "finetune" not in resumed_config(args.out, "classify"):
+            raise CnnkitError(
+                f"{args.out} is a `cnnkit classify train` run, not a fine-tuning one; resume it with "
+                f"`cnnkit classify train --resume --out {args.out}`"
+            )
+        run = check_resume_settings(args.out, "classify", values, key="args")
+        values = {**values, **{k: run[k] for k in RESUME_FREE if k in run}}  # typed, or the run's own
     cfg = FinetuneConfig(**values)
     finetune_run(cfg, args.out, resume=args.resume, quiet=args.quiet)
     return 0

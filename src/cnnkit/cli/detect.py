@@ -81,12 +81,15 @@ def run_train(args) -> int:
 def start_run(args, cfg, train, kind: str, given: dict) -> int:
     """``train(cfg, out)`` in ``--out`` (default ``runs/KIND-DATA-TIME``), resuming with ``--resume``
     (the settings ``given`` on the command line checked against the run's own)."""
-    from cnnkit.engine.runfolder import check_resume_settings
+    from dataclasses import replace
+
+    from cnnkit.engine.runfolder import RESUME_FREE, check_resume_settings
 
     if args.resume and not args.out:
         raise CnnkitError("--resume needs --out RUN_FOLDER (the run to continue)")
     if args.resume:
-        check_resume_settings(args.out, kind, given)
+        run = check_resume_settings(args.out, kind, given)  # where, how fast and how long: typed or the run's
+        cfg = replace(cfg, **{k: run[k] for k in RESUME_FREE if k in run})
     out = args.out or f"runs/{kind}-{Path(cfg.data).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     train(cfg, out, resume=args.resume, quiet=args.quiet)
     return 0

@@ -48,14 +48,15 @@ def register(subparsers) -> None:
 
 
 def run_train(args) -> int:
-    from cnnkit.engine.runfolder import check_resume_settings
+    from cnnkit.engine.runfolder import RESUME_FREE, check_resume_settings
     from cnnkit.tasks.sequence.train import train
 
     values = train_config(SequenceConfig, args, ("ucr:",))
     if args.resume and not args.out:
         raise CnnkitError("--resume needs --out RUN, the run folder to continue")
     if args.resume:  # the run continues with its own settings; the ones typed must equal them
-        check_resume_settings(args.out, "sequence", values)
+        run = check_resume_settings(args.out, "sequence", values)
+        values = {**values, **{k: run[k] for k in RESUME_FREE if k in run}}  # typed, or the run's own
     cfg = SequenceConfig(**values)
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", cfg.data.split("/")[-1].removeprefix("ucr:"))
     out = args.out or f"runs/sequence-{stem}-{time.strftime('%Y%m%d-%H%M%S')}"

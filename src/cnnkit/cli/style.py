@@ -71,7 +71,7 @@ def run_transfer(args) -> int:
 def run_train(args) -> int:
     import time
 
-    from cnnkit.engine.runfolder import check_resume_settings
+    from cnnkit.engine.runfolder import RESUME_FREE, check_resume_settings
     from cnnkit.tasks.style.train import train
 
     values = train_config(StyleTrainConfig, args)
@@ -83,7 +83,8 @@ def run_train(args) -> int:
     if args.resume and not args.out:
         raise CnnkitError("--resume needs --out RUN, the run folder to continue")
     if args.resume:  # the run continues with its own settings; the ones typed must equal them
-        check_resume_settings(args.out, "style", values)
+        run = check_resume_settings(args.out, "style", values)
+        values = {**values, **{k: run[k] for k in RESUME_FREE if k in run}}  # typed, or the run's own
     cfg = StyleTrainConfig(**values)
     out = args.out or f"runs/style-{Path(cfg.style).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     result = train(cfg, out, resume=args.resume, quiet=args.quiet)

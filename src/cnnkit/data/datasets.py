@@ -146,6 +146,7 @@ def load_dataset(
     image_size: tuple[int, int] | None = None,
     channels: int = 3,
     seed: int = 0,
+    files: dict[str, list[str]] | None = None,
 ) -> ImageSet:
     """Load one split of a dataset as an :class:`ImageSet` of uint8 images.
 
@@ -157,6 +158,8 @@ def load_dataset(
         download: fetch missing files from the dataset's mirrors.
         mirrors: base URLs to use instead of the published ones (tests use ``file://``).
         image_size, channels, seed: for image folders only (resize target, 1 or 3, split seed).
+        files: for image folders only: each split's images (``{"train": names, "val": names}``, as a
+            run's split.json has them) instead of the seeded split's.
     """
     if split not in SPLITS:
         raise CnnkitError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
@@ -167,11 +170,12 @@ def load_dataset(
         from cnnkit.data.imagefolder import load_image_folder
 
         kw = dict(image_size=tuple(image_size or (224, 224)), channels=channels, seed=seed)
+        own = files or {}
         if split == "trainval":  # the folder's train and val splits, joined
-            return load_image_folder(root, "train", **kw).cat(
-                load_image_folder(root, "val", **kw), f"{Path(root).name}/trainval"
+            return load_image_folder(root, "train", **kw, files=own.get("train")).cat(
+                load_image_folder(root, "val", **kw, files=own.get("val")), f"{Path(root).name}/trainval"
             )
-        return load_image_folder(root, split=split, **kw)
+        return load_image_folder(root, split=split, **kw, files=own.get(split))
     if name not in DATASETS:
         there = default_data_dir(data_dir) / str(name)  # `--data flowers` for the data folder's flowers/
         hint = f"; the data folder has {there}: pass --data {there}" if there.is_dir() else ""

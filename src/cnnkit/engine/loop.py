@@ -101,6 +101,7 @@ def fit(
     command: str = "cnnkit train",
     precision: str = "auto",
     on_epoch_end: Callable[[int, dict], None] | None = None,
+    run=None,
 ) -> FitResult:
     """Train ``model`` by ``plan``: the one training loop every task and fine-tuning stage runs through.
 
@@ -130,6 +131,7 @@ def fit(
             (:mod:`cnnkit.engine.precision`). In bf16 on a CPU, the model's convolutions are guarded
             first (:func:`cnnkit.layers.bf16.guard_bf16`): those whose kernel overhangs the data run in fp32.
         on_epoch_end: ``fn(epoch, row)`` called after each saved epoch.
+        run: the folder the resume hint names (an ensemble's, for one of its members); default ``out``.
 
     Returns:
         A :class:`FitResult`: the deployable model, the history, time, samples and best epoch.
@@ -162,11 +164,20 @@ def fit(
         done, history = _start(out, resume, model, ema, gen, config, task)
         deploy = ema.module if ema else model
         seconds, images, first = 0.0, 0, 0
+        spent = sum(r["seconds"] for r in history)  # a resumed run's budget counts its earlier epochs
+        used_up = bool(plan.minutes and history and done < plan.epochs)
+        used_up = used_up and spent + history[-1]["seconds"] > plan.minutes * 60  # each epoch's end's rule
+        if used_up:
+            console.print(
+                f"time budget of {plan.minutes:g} min used up: stopped after epoch {done} of {plan.epochs}; "
+                "--minutes with a larger budget (0: none) trains on"
+            )
         try:
             for phase in plan.phases:  # phase epochs first .. last - 1 (0-based)
                 last = first + phase.epochs
-                if done < last:
+                if done < last and not used_up:
                     setup = phase.begin(model)
+                    peak = max(g["lr"] for g in setup.optimizer.param_groups)  # before a resume state's lr
                     if first < done:  # resumed inside this phase: its optimizer too
                         load_resume(out / RESUME_FILE, model, setup.optimizers, ema, gen, task)
                     tick = time.perf_counter()
@@ -191,6 +202,7 @@ def fit(
                             quiet,
                             precision,
                             on_epoch_end,
+                            peak,
                         )
                     except _OutOfTime as stop:
                         images += stop.images
@@ -202,15 +214,29 @@ def fit(
                         break
                     seconds += time.perf_counter() - tick
                 first = last
+            if resume and done >= plan.epochs and d.main and out is not None:
+                # nothing left to train: the files made from the resume state are made again, so that a
+                # run killed between its last resume state and its model file ends with both
+                _save_outputs(out, task, deploy, history, config, precision)
         except KeyboardInterrupt:
             if d.main and out is not None:
                 _save_model(out, task, deploy, history, precision, interrupted=True)
                 if history:
                     _draw_curves(out, history)
-                console.print(
-                    f"interrupted: {out / MODEL_FILE} holds the current weights; "
-                    f"`{command} --resume --out {out}` continues from epoch {len(history) + 1}"
-                )
+                if run is not None:  # a member of an ensemble: the ensemble's folder continues it
+                    then = f"`{command} --resume --out {run}` continues the ensemble"
+                elif history:
+                    then = f"`{command} --resume --out {out}` continues from epoch {len(history) + 1}"
+                else:
+                    then = (
+                        "no epoch is complete yet, so there is nothing to resume: the same command without "
+                        "--resume starts the run again"
+                    )
+                said = f"interrupted: {out / MODEL_FILE} holds the current weights; {then}"
+                if quiet:  # said even when quiet, on one line
+                    print(said, file=sys.stderr)
+                else:
+                    console.print(said)
             raise
         best = _best(history, f"val_{task.metric}")
         if best is not None:
@@ -263,6 +289,7 @@ def fit_run(
     device: str | None = None,
     dist: Dist | None = None,
     on_epoch_end: Callable[[int, dict], None] | None = None,
+    run=None,
 ) -> FitResult:
     """:func:`fit` with a run config's own settings: what every task's ``train`` calls.
 
@@ -282,6 +309,7 @@ def fit_run(
         device: instead of ``cfg.device``.
         dist: the process group of a caller that already started one (torchrun).
         on_epoch_end: ``fn(epoch, row)`` called after each saved epoch.
+        run: the folder the resume hint names (an ensemble's, for one of its members); default ``out``.
 
     Returns:
         :func:`fit`'s :class:`FitResult`.
@@ -302,6 +330,7 @@ def fit_run(
         command=command,
         precision=cfg.precision,
         on_epoch_end=on_epoch_end,
+        run=run,
     )
 
 
@@ -325,8 +354,10 @@ def _run_phase(
     quiet,
     precision,
     on_epoch_end,
+    peak: float,
 ) -> int:
     """The epochs ``epochs`` of the phase that starts at epoch ``first``; returns samples trained.
+    ``peak``: the phase's peak learning rate (what a diverging loss's message names).
     Validation runs after every ``plan.val_every``-th epoch of the plan and after its last (0: never).
     With a ``plan.minutes`` budget, :class:`_OutOfTime` ends training after an epoch when the next
     one would pass it."""
@@ -337,7 +368,6 @@ def _run_phase(
     step_net = nn.parallel.DistributedDataParallel(net) if d.world > 1 else net
     train, val = setup.data or data
     evaluated = setup.module or deploy  # a phase's own module is validated on its data
-    peak = max(g["lr"] for g in setup.optimizer.param_groups)  # before any schedule touches it
     last, images = epochs.stop, 0
     with _progress(console, quiet or not d.main) as bar:
         bar_task = None
@@ -537,9 +567,7 @@ def _start(out: Path | None, resume: bool, model, ema, gen, config: dict, task=N
 
 
 def _save_run(out, task, model, deploy, optimizers, ema, gen, history, config, precision, draw: bool = True) -> None:
-    """Resume state, deployable model, config.yaml, metrics.csv and (``draw``) curves.png, each file atomic."""
-    if config and not (out / CONFIG_FILE).is_file():
-        atomic_write_bytes(out / CONFIG_FILE, config_yaml(config.get("args", config)))
+    """Resume state, then config.yaml, deployable model, metrics.csv and (``draw``) curves.png, each file atomic."""
     state = task.state_dict() if hasattr(task, "state_dict") else None
     save_resume(
         out / RESUME_FILE,
@@ -553,6 +581,14 @@ def _save_run(out, task, model, deploy, optimizers, ema, gen, history, config, p
         state,
         getattr(task, "name", None),
     )
+    _save_outputs(out, task, deploy, history, config, precision, draw)
+
+
+def _save_outputs(out, task, deploy, history, config, precision, draw: bool = True) -> None:
+    """What the resume state makes: config.yaml (once), the deployable model, metrics.csv and
+    (``draw``) curves.png, each file atomic."""
+    if config and not (out / CONFIG_FILE).is_file():
+        atomic_write_bytes(out / CONFIG_FILE, config_yaml(config.get("args", config)))
     _save_model(out, task, deploy, history, precision)
     keys = [k for k in dict.fromkeys(k for r in history for k in r) if k not in ("lr", "seconds")]
     write_metrics_csv(out / "metrics.csv", history, keys + ["lr", "seconds"])  # rows without validation too

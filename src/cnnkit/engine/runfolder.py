@@ -175,6 +175,7 @@ def save_resume(
     if ema is not None:
         tensors.update(cpu_tensors(ema.state_dict(), "ema."))
     meta = {"format": FORMAT, "epoch": epoch, "history": history, "config": config, **({"task": task} if task else {})}
+    meta["generator"] = generator.device.type  # where the data order's random numbers come from
     for j, one in enumerate(optimizer if isinstance(optimizer, list) else [optimizer]):
         prefix, groups_key, scalars_key = _optim_keys(j)
         opt = one.state_dict()
@@ -207,6 +208,7 @@ def load_resume(
     A list restores each optimizer saved in that order. A ``task`` with ``load_state_dict`` gets
     its own tensors back."""
     tensors, meta = read_checkpoint(path)
+    _check_generator_device(path, meta, tensors, generator)
     try:
         epoch, history = meta.get("epoch", 0), meta.get("history", [])
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
@@ -246,6 +248,21 @@ def load_resume(
         ) from None
 
     return epoch, history, meta.get("config", {})
+
+
+def _check_generator_device(path, meta: dict, tensors: dict, generator: torch.Generator) -> None:
+    """A run continues its data order only on the kind of device that drew it (a GPU's generator is
+    another algorithm than a CPU's, with a state of another size): another is a one-line error."""
+    saved = meta.get("generator")
+    state = tensors.get("rng.generator")
+    if saved is None and torch.is_tensor(state) and state.numel() != generator.get_state().numel():
+        saved = "cuda" if generator.device.type == "cpu" else "cpu"  # a file without the key: told by the size
+    if isinstance(saved, str) and saved != generator.device.type:
+        where = " on a machine with a GPU" if saved == "cuda" else ""
+        raise CnnkitError(
+            f"{path}: the run was trained on {saved[:20]}, and its random data order continues only there; "
+            f"resume it with --device {saved[:20]}{where}, or start a new run on {generator.device.type}"
+        )
 
 
 def _check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
@@ -434,10 +451,21 @@ def check_new_run(out, resume: bool) -> None:
     path = Path(out) / RESUME_FILE
     if not resume and path.exists():
         raise CnnkitError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    if not resume and (Path(out) / MODEL_FILE).exists():  # a finished run without resume state (a fitted one)
+    model = Path(out) / MODEL_FILE
+    if not resume and model.exists() and not _cut_in_first_epoch(model):  # a finished run without resume state
         raise CnnkitError(f"{out} already holds a trained model; choose another --out")
     if resume and not path.is_file():
         raise CnnkitError(f"nothing to resume in {out}: no {RESUME_FILE}; start a new run without --resume")
+
+
+def _cut_in_first_epoch(model: Path) -> bool:
+    """Whether ``model`` is what Ctrl-C leaves in a run's first epoch (no resume state yet): the
+    weights of an epoch cut short, which a new run in that folder replaces."""
+    try:
+        info = read_metadata(model)
+    except CnnkitError:
+        return False
+    return info.get("interrupted") is True and info.get("epoch") == 0
 
 
 def read_info(path: str | os.PathLike) -> dict:
@@ -482,10 +510,12 @@ def resumed_config(out: str | os.PathLike, task: str | None = None) -> dict:
     if not path.is_file():
         raise CnnkitError(f"nothing to resume in {out}: no {RESUME_FILE}; start a new run without --resume")
     model = Path(out) / MODEL_FILE
-    found = str(read_info(model).get("task", "classify"))[:20] if model.is_file() else None
+    info = read_info(model) if model.is_file() else {}
+    found = str(info.get("task", "classify"))[:20] if model.is_file() else None
     if task is not None and found is not None and found != task:
+        command = "classify finetune" if "finetune" in info else f"{found.replace('_', '-')} train"
         raise CnnkitError(
-            f"{out} is a {found!r} run, not a {task!r} one; resume it with `cnnkit {found} train --resume --out {out}`"
+            f"{out} is a {found!r} run, not a {task!r} one; resume it with `cnnkit {command} --resume --out {out}`"
         )
     info = read_info(path)
     kind = info.get("task")  # None in a file written by an earlier version
@@ -500,8 +530,24 @@ def resumed_config(out: str | os.PathLike, task: str | None = None) -> dict:
     return config
 
 
-# settings that change where or how fast a run computes, not what it computes: a resumed run may change them
-RESUME_FREE = ("device", "threads", "data_dir")
+# settings that change where, how fast or how long a run computes, not what an epoch computes: a resumed
+# run may change them (``minutes``: a run stopped by its time budget trains on with a larger one)
+RESUME_FREE = ("device", "threads", "data_dir", "minutes")
+
+
+def with_free_settings(stored: Any, given: Any, free: tuple[str, ...] = RESUME_FREE) -> Any:
+    """The config a resumed run trains with: the run's own (``stored``), with the settings of
+    ``given`` that a resumed run may change (``free``: where, how fast and how long it computes)
+    where ``given`` sets them (not None). Both are dataclass configs of one task.
+
+    A command line gives :func:`check_resume_settings`'s answer as ``given``: the run's own value of
+    each free setting unless a flag changed it.
+    """
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(stored)}
+    moved = {k: getattr(given, k) for k in free if k in names and getattr(given, k, None) is not None}
+    return dataclasses.replace(stored, **moved)
 
 
 def check_resume_settings(

@@ -57,8 +57,10 @@ from cnnkit.engine.runfolder import (
     atomic_write_bytes,
     check_new_run,
     read_info,
+    read_split,
     resumed_config,
     save_model,
+    with_free_settings,
 )
 from cnnkit.errors import CnnkitError
 from cnnkit.models.deploy import Classifier
@@ -108,6 +110,7 @@ class FinetuneRecipe:
     seed: int = 0  # batch order and augmentation
     device: str = "cpu"
     max_batches: int | None = None  # per epoch; a smoke test's couple of batches
+    minutes: float = 0.0  # the run's training time budget (0: none); candidates that "auto" tries train whole
     log: Callable[[dict], None] | None = None  # called with each history row
 
 
@@ -235,7 +238,10 @@ def finetune(
             "stages": stages,
             "val_loss": {f"{s}:{k}" if len(kinds) > 1 else s: v for (s, k), v in losses.items()},
         }
-    settings = {k: v for k, v in cfg.__dict__.items() if k != "log"}
+    if resume and not losses and out is not None and (Path(out) / MODEL_FILE).is_file():
+        chosen = read_info(out)  # the choice the run made (a resumed run tries no candidate again)
+        task.info.update({k: chosen[k] for k in ("finetune_head", "finetune_stages") if k in chosen})
+    settings = {k: v for k, v in cfg.__dict__.items() if k not in ("log", "minutes")}  # minutes: in args
     settings["head"] = head
     log = (lambda epoch, row: cfg.log(_stage_row(row))) if cfg.log else None
     config = {**(info or {}), "finetune": {**settings, "stages": list(stages), "freeze_until": freeze_until}}
@@ -253,6 +259,7 @@ def finetune(
                 log(i, row)
         else:
             plan = stage_plan(clf, stages, freeze_until, cfg, train_set, val_set, cache, top_cached)
+            plan = dataclasses.replace(plan, minutes=cfg.minutes)  # --minutes: stop, saved, before an epoch
             history = engine.fit(
                 task,
                 clf,
@@ -262,7 +269,7 @@ def finetune(
                 resume=resume,
                 quiet=quiet,
                 device=cfg.device,
-                command="cnnkit finetune",
+                command="cnnkit classify finetune",
                 on_epoch_end=log,
                 precision=precision,
                 config=config,
@@ -848,7 +855,8 @@ def run_finetune(
     (``test.json``).
 
     Args:
-        cfg: the settings; on ``resume`` the run's own settings replace them.
+        cfg: the settings; on ``resume`` the run's own settings replace them, but for ``cfg``'s
+            device, threads, data_dir and minutes where set (not None).
         out: the run folder (default ``runs/finetune-MODEL-TIME``).
         resume: continue the run in ``out`` exactly.
         quiet: print nothing but warnings (no summary, progress, epoch lines or results).
@@ -876,7 +884,9 @@ def run_finetune(
         if "finetune" not in saved or not isinstance(saved.get("args"), dict):
             raise CnnkitError(f"{out} is not a fine-tuning run; resume it with the command that started it")
         known = {f.name for f in dataclasses.fields(FinetuneConfig)}
-        cfg = dataclasses.replace(cfg, **{k: v for k, v in saved["args"].items() if k in known})
+        cfg = with_free_settings(
+            dataclasses.replace(cfg, **{k: v for k, v in saved["args"].items() if k in known}), cfg
+        )
     if not cfg.data:
         raise CnnkitError(
             "--data DIR is required: a folder of <class>/ image folders (or of train/ and val/ folders of them)"
@@ -942,13 +952,18 @@ def run_finetune(
         interpolation=pre.interpolation,
     )
     threads = use_threads(cfg.threads)
+    own = (read_split(out, required=("train",)) or {}) if resume else {}  # a resumed run's own photos
     with warnings.catch_warnings(record=True) as caught:  # each data warning printed once, one line
         warnings.simplefilter("always")
-        train = load_image_folder(cfg.data, "train", **load)
+        train = load_image_folder(cfg.data, "train", **load, files=own.get("train"))
         has_val = any((Path(cfg.data) / d).is_dir() for d in ("val", "valid", "validation"))
-        val = load_image_folder(cfg.data, "val", **load) if cfg.val_fraction > 0 or has_val else None
+        val = (
+            load_image_folder(cfg.data, "val", **load, files=own.get("val"))
+            if cfg.val_fraction > 0 or has_val
+            else None
+        )
         has_test = (Path(cfg.data) / "test").is_dir() or (flat and cfg.test_fraction > 0)
-        test = load_image_folder(cfg.data, "test", **load) if has_test else None
+        test = load_image_folder(cfg.data, "test", **load, files=own.get("test")) if has_test else None
     main = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks
     for message in dict.fromkeys(str(w.message) for w in caught):
         if main:
@@ -963,6 +978,15 @@ def run_finetune(
         from cnnkit.errors import output_folder
 
         output_folder(out, "--out")
+        check_new_run(out, resume)  # before split.json is written: a refused run leaves the folder untouched
+        split = {part: ds.meta["files"] for part, ds in (("train", train), ("val", val), ("test", test)) if ds}
+        atomic_write_bytes(  # before training: a resumed run reads it, whatever the folder holds by then
+            out / "split.json",
+            json.dumps(
+                {"seed": cfg.seed, "val_fraction": cfg.val_fraction, "test_fraction": load["test_fraction"], **split},
+                indent=1,
+            ).encode(),
+        )
     about = {
         "stages": list(stages),
         "freeze_until": cfg.freeze_until,
@@ -993,6 +1017,7 @@ def run_finetune(
         std=pre.std,
         seed=cfg.seed,
         device=cfg.device,
+        minutes=cfg.minutes,
         out=out,
         resume=resume,
         quiet=quiet,
@@ -1011,14 +1036,6 @@ def run_finetune(
         return result
     if not path.is_file():  # no epoch trained (--epochs 0): the network as it now is
         save_finetuned(out, net.cpu(), name, train.classes, pre.input_size, pre.mean, pre.std, [], about)
-    split = {part: ds.meta["files"] for part, ds in (("train", train), ("val", val), ("test", test)) if ds}
-    atomic_write_bytes(
-        out / "split.json",
-        json.dumps(
-            {"seed": cfg.seed, "val_fraction": cfg.val_fraction, "test_fraction": load["test_fraction"], **split},
-            indent=1,
-        ).encode(),
-    )
     tta = FinetuneRecipe().tta  # as the checkpoint answers (cnnkit eval, predict)
     if val is not None:
         _, result["val_acc"] = evaluate(net.cpu(), val, pre.mean, pre.std, tta=tta)

@@ -10,6 +10,7 @@ classification's own lives here: the one-cycle schedule, the optimizer's paramet
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -26,7 +27,16 @@ from cnnkit.data.imageset import ImageSet
 from cnnkit.engine import Data, single_phase_plan
 from cnnkit.engine.config import use_threads
 from cnnkit.engine.distributed import Dist, distributed
-from cnnkit.engine.runfolder import MODEL_FILE, RESUME_FILE, read_checkpoint
+from cnnkit.engine.runfolder import (
+    MODEL_FILE,
+    RESUME_FILE,
+    SPLIT_FILE,
+    atomic_write_bytes,
+    check_new_run,
+    read_checkpoint,
+    read_split,
+    with_free_settings,
+)
 from cnnkit.errors import CnnkitError
 from cnnkit.models import model_info
 from cnnkit.models.deploy import Classifier
@@ -78,7 +88,8 @@ def train(
         cfg: the settings (:func:`preset` gives tuned ones).
         out: the run folder.
         resume: continue the run in ``out`` exactly, after its last completed epoch; the run's
-            own config replaces ``cfg`` (only its ``model`` reference is checked against it).
+            own config replaces ``cfg`` (only its ``model`` reference is checked against it), but for
+            ``cfg``'s device, threads, data_dir and minutes where set (not None).
         quiet: no summary, progress bar or epoch lines.
         on_epoch_end: ``fn(epoch, row)`` called after each saved epoch.
 
@@ -135,8 +146,13 @@ def train_one(
     quiet: bool = False,
     on_epoch_end: Callable[[int, dict], None] | None = None,
 ) -> TrainResult:
-    """One model: the config as a classification task and a one-phase plan, run by the engine."""
-    train_set, val_set = load_splits(cfg, d.device)
+    """One model: the config as a classification task and a one-phase plan, run by the engine.
+    An image folder's split is the run's ``split.json``: written before training, read on resume."""
+    train_set, val_set = load_splits(cfg, d.device, read_split(out, ("train", "val")) if resume else None)
+    if "files" in train_set.meta and d.main and not (resume and (out / SPLIT_FILE).is_file()):
+        check_new_run(out, resume)  # before split.json is written: a refused run leaves the folder untouched
+        split = {"train": train_set.meta["files"], "val": val_set.meta.get("files", [])}
+        atomic_write_bytes(out / SPLIT_FILE, json.dumps(split, indent=1).encode())
     model = build_classifier(cfg, train_set).to(d.device, memory_format=_fmt(cfg))
     say = make_console(quiet=quiet or not d.main).print
     if model.pad:
@@ -166,6 +182,7 @@ def train_one(
         quiet=quiet,
         dist=d,
         on_epoch_end=on_epoch_end,
+        run=out.parent if cfg.ensemble > 1 else None,  # a member: Ctrl-C names the ensemble's folder
     )
     final = evaluate(run.model, val_set, cfg.eval_batch_size, cfg.channels_last, run.precision).accuracy
     make_console(quiet=quiet or not d.main).print(
@@ -217,9 +234,12 @@ def trainable_augment(
         net.train(was)
 
 
-def load_splits(cfg: TrainConfig, device: torch.device) -> tuple[ImageSet, ImageSet]:
-    """The train and validation splits, on ``device``."""
-    kw = dict(data_dir=cfg.data_dir, image_size=cfg.image_size, seed=cfg.seed)
+def load_splits(
+    cfg: TrainConfig, device: torch.device, files: dict[str, list[str]] | None = None
+) -> tuple[ImageSet, ImageSet]:
+    """The train and validation splits, on ``device``; ``files``: an image folder's split as a run's
+    split.json holds it (None: the seeded split)."""
+    kw = dict(data_dir=cfg.data_dir, image_size=cfg.image_size, seed=cfg.seed, files=files)
     train_set, val_set = (load_dataset(cfg.data, s, **kw) for s in ("train", "val"))
     if cfg.trainval:  # the final refit: val is trained on (and still reported)
         train_set = train_set.cat(val_set, f"{train_set.name}+val")
@@ -289,13 +309,20 @@ def _resumed_config(out: Path, cfg: TrainConfig) -> TrainConfig:
     if not path.is_file() and not member.is_file():
         raise CnnkitError(f"nothing to resume in {out}: no {RESUME_FILE}; start a new run without --resume")
     _, meta = read_checkpoint(path if path.is_file() else member)
+    if isinstance(meta.get("config"), dict) and "finetune" in meta["config"]:
+        raise CnnkitError(f"{out} is a fine-tuning run; resume it with `cnnkit classify finetune --resume --out {out}`")
     if not isinstance(meta.get("config"), dict) or not isinstance(meta["config"].get("model"), str):
         raise CnnkitError(f"{path}: the resume state holds no training config; start a new run")
     try:
         stored = validate(TrainConfig.from_dict(meta["config"]))  # member 0's seed is the run's seed
     except TypeError as exc:
         raise CnnkitError(f"{path}: the stored training config is damaged ({exc}); start a new run") from None
-    return replace(stored, model=trusted_resume_model(stored.model, cfg.model))
+    if path.is_file() and stored.ensemble > 1:  # an ensemble keeps its resume states in its members' folders
+        raise CnnkitError(
+            f"{out} is one member of the ensemble in {out.parent}; resume the ensemble: "
+            f"`cnnkit train --resume --out {out.parent}`"
+        )
+    return with_free_settings(replace(stored, model=trusted_resume_model(stored.model, cfg.model)), cfg)
 
 
 def _fmt(cfg: TrainConfig) -> torch.memory_format:

@@ -141,14 +141,11 @@ def fit_and_test(
 
 def run_config(cfg, out, resume: bool, from_dict, task: str = "detect"):
     """The config a run trains with, resolved and validated: on ``resume`` the run's own wins."""
-    import dataclasses
-
-    from cnnkit.engine.runfolder import RESUME_FREE, check_new_run, resumed_config
+    from cnnkit.engine.runfolder import check_new_run, resumed_config, with_free_settings
 
     check_new_run(out, resume)  # before split.json is written: a refused run leaves the folder as it was
-    if resume:  # where the run computes (device, threads, data folder) may change; what it computes may not
-        moved = {k: getattr(cfg, k) for k in RESUME_FREE if getattr(cfg, k, None) is not None}
-        cfg = dataclasses.replace(from_dict(resumed_config(out, task)), **moved)
+    if resume:  # where, how fast and how long the run computes may change; what it computes may not
+        cfg = with_free_settings(from_dict(resumed_config(out, task)), cfg)
     return validate(cfg.resolved())
 
 

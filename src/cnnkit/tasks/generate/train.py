@@ -10,7 +10,7 @@ from cnnkit.data.datasets import load_dataset
 from cnnkit.data.imageset import ImageSet
 from cnnkit.engine import Data, Phase, Plan, Setup, fit_run
 from cnnkit.engine.config import use_threads
-from cnnkit.engine.runfolder import check_new_run, resumed_config
+from cnnkit.engine.runfolder import check_new_run, resumed_config, with_free_settings
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.generate.config import GenerateConfig
 from cnnkit.tasks.generate.load import load_generator
@@ -99,7 +99,8 @@ def train(cfg: GenerateConfig, out=None, resume: bool = False, quiet: bool = Fal
     generator; ``resume.safetensors`` both networks and both optimisers; ``curves.png`` both losses).
 
     Args:
-        cfg: the settings (on ``resume``: ignored, the run's own are used).
+        cfg: the settings (on ``resume``: the run's own are used, but for ``cfg``'s device, threads,
+            data_dir and minutes where set, not None).
         out: the run folder; None writes nothing.
         resume: continue the run in ``out`` exactly.
         quiet: no summary, progress bar or epoch lines.
@@ -116,8 +117,8 @@ def train(cfg: GenerateConfig, out=None, resume: bool = False, quiet: bool = Fal
         >>> result = train(GenerateConfig(conditional=True), "runs/cgan")   # doctest: +SKIP
     """
     check_new_run(out, resume)
-    if resume:  # the run's own settings win over the ones given
-        cfg = GenerateConfig.from_dict(resumed_config(out, "generate"))
+    if resume:  # the run's own settings win over the ones given, but for where, how fast and how long
+        cfg = with_free_settings(GenerateConfig.from_dict(resumed_config(out, "generate")), cfg)
     if cfg.conditional and (cfg.codes or cfg.clusters):
         flag = f"--codes {cfg.codes}" if cfg.codes else f"--clusters {cfg.clusters}"
         raise CnnkitError(
@@ -149,12 +150,16 @@ def train(cfg: GenerateConfig, out=None, resume: bool = False, quiet: bool = Fal
 
     plan = Plan([Phase(cfg.epochs, setup)], seed=cfg.seed, ema=cfg.ema)
 
+    device_of = str(next(model.parameters()).device)
+
     def after_epoch(epoch: int, row: dict) -> None:
         if out is not None:  # the generator just saved (the moving average when --ema is on)
-            saved = load_generator(out, device=str(next(model.parameters()).device))
+            saved = load_generator(out, device=device_of)
             write_grid(fixed_grid(saved), Path(out) / SAMPLES_DIR / f"epoch_{epoch + 1:03d}.png", cols=10)
 
-    return fit_run(
+    if resume:  # a run killed after saving an epoch but before drawing its digits: drawn from the saved generator
+        _draw_missing_grid(out, device_of)
+    result = fit_run(
         task,
         model,
         Data(digits, None),
@@ -167,3 +172,18 @@ def train(cfg: GenerateConfig, out=None, resume: bool = False, quiet: bool = Fal
         device=device,
         on_epoch_end=after_epoch,
     )
+    if out is not None:  # a finished run resumed: its last grid, if the kill came before it
+        _draw_missing_grid(out, device_of)
+    return result
+
+
+def _draw_missing_grid(out, device: str) -> None:
+    """``samples/epoch_NNN.png`` of the epoch the saved generator holds, where it is missing."""
+    from cnnkit.engine.runfolder import MODEL_FILE, read_info
+
+    if not (Path(out) / MODEL_FILE).is_file():
+        return
+    epoch = read_info(out).get("epoch")
+    grid = Path(out) / SAMPLES_DIR / f"epoch_{epoch:03d}.png" if isinstance(epoch, int) else None
+    if grid is not None and epoch > 0 and not grid.is_file():
+        write_grid(fixed_grid(load_generator(out, device=device)), grid, cols=10)

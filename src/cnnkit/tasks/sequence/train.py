@@ -14,7 +14,7 @@ import torch.nn as nn
 from cnnkit.engine import Data, fit_run, single_phase_plan
 from cnnkit.engine.config import use_threads
 from cnnkit.engine.distributed import distributed
-from cnnkit.engine.runfolder import MODEL_FILE, RESUME_FILE, check_new_run, resumed_config
+from cnnkit.engine.runfolder import MODEL_FILE, RESUME_FILE, check_new_run, resumed_config, with_free_settings
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.sequence.config import FITTED, SequenceConfig
 from cnnkit.tasks.sequence.data import load_splits
@@ -72,7 +72,8 @@ def train(cfg: SequenceConfig, out=None, resume: bool = False, quiet: bool = Fal
     Args:
         cfg: the settings; ``batch_size`` None is filled in (:meth:`SequenceConfig.resolved_for`).
         out: the run folder; None writes nothing (single network only).
-        resume: continue the run in ``out`` exactly; its own settings replace ``cfg``.
+        resume: continue the run in ``out`` exactly; its own settings replace ``cfg``'s, but for
+            its device, threads, data_dir and minutes where set (not None).
         quiet: no summary, progress bar or epoch lines.
 
     Returns:
@@ -91,7 +92,12 @@ def train(cfg: SequenceConfig, out=None, resume: bool = False, quiet: bool = Fal
             raise CnnkitError("--resume needs --out RUN, the run folder to continue")
         first = Path(out) / RESUME_FILE
         stored = resumed_config(out if first.is_file() else Path(out) / "member0", "sequence")
-        cfg = SequenceConfig.from_dict(stored, strict=False)
+        if first.is_file() and isinstance(stored.get("ensemble"), int) and stored["ensemble"] > 1:
+            raise CnnkitError(  # an ensemble keeps its resume states in its members' folders
+                f"{out} is one member of the ensemble in {Path(out).parent}; resume the ensemble: "
+                f"`cnnkit sequence train --resume --out {Path(out).parent}`"
+            )
+        cfg = with_free_settings(SequenceConfig.from_dict(stored, strict=False), cfg)
     if cfg.ensemble > 1 and out is None:
         raise CnnkitError("--ensemble K > 1 needs --out: each network is a run folder of its own")
     if cfg.ensemble < 1:
@@ -163,6 +169,7 @@ def _train_one(cfg: SequenceConfig, train_set, val_set, out, resume: bool, quiet
         command="cnnkit sequence train",
         resume=resume,
         quiet=quiet,
+        run=Path(out).parent if cfg.ensemble > 1 else None,  # a member: Ctrl-C names the ensemble's folder
     )
     return SequenceResult(result.model, cfg, result.history, result.seconds, cfg.steps)
 

@@ -33,7 +33,8 @@ def train(
     Args:
         cfg: the settings; None fields take the defaults (:meth:`StyleTrainConfig.resolved`).
         out: the run folder; None writes nothing.
-        resume: continue the run in ``out`` exactly, with the settings it was started with.
+        resume: continue the run in ``out`` exactly, with its own settings (but for
+            ``cfg``'s device, threads, data_dir and minutes where set, not None).
         quiet: no summary, progress bar or epoch lines.
         device: ``cpu`` | ``cuda`` (default: ``cfg.device``).
         max_batches: steps per epoch at most (smoke tests); None: every photo once per epoch.
@@ -52,11 +53,11 @@ def train(
     """
     from cnnkit.engine import Data, Phase, Plan, Setup, fit_run
     from cnnkit.engine.optim import make_optimizer
-    from cnnkit.engine.runfolder import check_new_run, resumed_config
+    from cnnkit.engine.runfolder import check_new_run, resumed_config, with_free_settings
 
     check_new_run(out, resume)  # before any work: a refused run leaves the folder as it was
-    if resume:  # the run's own settings win
-        cfg = StyleTrainConfig.from_dict(resumed_config(out, "style"))
+    if resume:  # the run's own settings win, but for where, how fast and how long it computes
+        cfg = with_free_settings(StyleTrainConfig.from_dict(resumed_config(out, "style")), cfg)
     cfg = cfg.resolved()
     for key in ("epochs", "batch_size"):
         if getattr(cfg, key) < 1:
