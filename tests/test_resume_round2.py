@@ -35,42 +35,54 @@ from cnnkit.tasks.generate.train import train
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+class Killed(BaseException):
+    """The process dies here (SIGKILL): no handler of the engine runs."""
+
+
+def _stopped_after_first_epoch(monkeypatch, argv) -> int:
+    """``main(argv)`` with Ctrl-C right after the first epoch's files are saved: its exit code."""
+    save = loop._save_run
+
+    def save_then_stop(out, *args):
+        save(out, *args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_save_run", save_then_stop)
+    try:
+        return main(argv)
+    finally:
+        monkeypatch.setattr(loop, "_save_run", save)
+
+
 # -----------------------------------------------------------------------------------------------
 # ``cnnkit train`` on an image folder keeps its own photos: ``split.json`` is written before training
 # and ``--resume`` reads it, so photos added while the run is stopped change nothing (with pruning's
 # per-image losses too).
 
 
-def _photos_classify_folder(root, first: int, count: int):
-    """``count`` small photos of each of two classes (a dark and a light one), named from ``first`` on."""
+def _photos(root, first: int, count: int, side: int = 32):
+    """``count`` small photos (``side`` px) of each of two classes (a dark and a light one), named from
+    ``first`` on."""
     rng = np.random.default_rng(first)
     for k, name in enumerate(("dark", "light")):
         (root / name).mkdir(parents=True, exist_ok=True)
         for i in range(first, first + count):
-            pixels = rng.integers(0, 128, (32, 32, 3)) + 100 * k
+            pixels = rng.integers(0, 128, (side, side, 3)) + 100 * k
             Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{i:03d}.png")
 
 
 def test_a_resumed_run_on_a_folder_trains_on_its_own_photos(tmp_path, monkeypatch):
     monkeypatch.setenv("CNNKIT_HOME", str(tmp_path / "home"))
     data = tmp_path / "photos"
-    _photos_classify_folder(data, 0, 20)
+    _photos(data, 0, 20)
     argv = ["train", "--data", str(data), "--model", "mnist_fast", "--image-size", "28", "28", "--epochs", "2"]
     argv += ["--batch-size", "8", "--prune", "0.5", "--threads", "1", "--quiet"]
     assert main([*argv, "--out", str(tmp_path / "full")]) == 0
-    save = loop._save_run
-
-    def save_then_stop(out, *args):
-        save(out, *args)
-        raise KeyboardInterrupt  # Ctrl-C right after the first epoch's files
-
-    monkeypatch.setattr(loop, "_save_run", save_then_stop)
-    assert main([*argv, "--out", str(tmp_path / "cut")]) == 130
-    monkeypatch.setattr(loop, "_save_run", save)
+    assert _stopped_after_first_epoch(monkeypatch, [*argv, "--out", str(tmp_path / "cut")]) == 130
     split = json.loads((tmp_path / "full" / "split.json").read_text())
     assert len(split["train"]) + len(split["val"]) == 40
     assert json.loads((tmp_path / "cut" / "split.json").read_text()) == split  # written before training
-    _photos_classify_folder(data, 20, 6)  # photos added to the folder while the run is stopped
+    _photos(data, 20, 6)  # photos added to the folder while the run is stopped
     assert main(["train", "--resume", "--out", str(tmp_path / "cut"), "--quiet"]) == 0
     assert json.loads((tmp_path / "cut" / "split.json").read_text()) == split
     a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
@@ -239,15 +251,7 @@ def test_a_resumed_finetune_keeps_the_record_of_its_choice(data_dir, tmp_path, m
     argv += ["--image-size", "32", "--stages", "head,top", "--epochs", "1", "--batch-size", "16"]
     argv += ["--threads", "1", "--precision", "fp32", "--quiet"]
     assert main([*argv, "--out", str(tmp_path / "full")]) == 0
-    save = loop._save_run
-
-    def save_then_stop(out, *args):
-        save(out, *args)
-        raise KeyboardInterrupt  # Ctrl-C right after the first epoch's files
-
-    monkeypatch.setattr(loop, "_save_run", save_then_stop)
-    assert main([*argv, "--out", str(tmp_path / "cut")]) == 130
-    monkeypatch.setattr(loop, "_save_run", save)
+    assert _stopped_after_first_epoch(monkeypatch, [*argv, "--out", str(tmp_path / "cut")]) == 130
     assert main(["classify", "finetune", "--resume", "--out", str(tmp_path / "cut"), "--quiet"]) == 0
     full, cut = read_info(tmp_path / "full"), read_info(tmp_path / "cut")
     assert set(full["finetune_head"]["val_loss"]) == {"features", "class_scores"}  # both candidates tried
@@ -260,36 +264,18 @@ def test_a_resumed_finetune_keeps_the_record_of_its_choice(data_dir, tmp_path, m
 # trains, validates and tests on it, whatever the folder holds by then.
 
 
-def _photos_finetune_split(root, first: int, count: int):
-    """``count`` small photos of each of two classes (a dark and a light one), named from ``first`` on."""
-    rng = np.random.default_rng(first)
-    for k, name in enumerate(("dark", "light")):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(first, first + count):
-            pixels = rng.integers(0, 128, (40, 40, 3)) + 100 * k
-            Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{i:03d}.png")
-
-
 def test_a_resumed_finetune_keeps_its_split_when_photos_are_added(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CNNKIT_HOME", str(tmp_path / "home"))
     data = tmp_path / "photos"
-    _photos_finetune_split(data, 0, 20)
+    _photos(data, 0, 20, side=40)
     argv = ["classify", "finetune", "--model", "resnet18", "--data", str(data), "--image-size", "32"]
     argv += ["--stages", "head,top", "--epochs", "1", "--batch-size", "8", "--threads", "1", "--quiet"]
     argv += ["--precision", "fp32"]
     assert main([*argv, "--out", str(tmp_path / "full")]) == 0
-    save = loop._save_run
-
-    def save_then_stop(out, *args):
-        save(out, *args)
-        raise KeyboardInterrupt  # Ctrl-C right after the first epoch's files
-
-    monkeypatch.setattr(loop, "_save_run", save_then_stop)
-    assert main([*argv, "--out", str(tmp_path / "cut")]) == 130
-    monkeypatch.setattr(loop, "_save_run", save)
+    assert _stopped_after_first_epoch(monkeypatch, [*argv, "--out", str(tmp_path / "cut")]) == 130
     full = json.loads((tmp_path / "full" / "split.json").read_text())
     assert json.loads((tmp_path / "cut" / "split.json").read_text()) == full  # written before training
-    _photos_finetune_split(data, 20, 8)  # photos added to the folder while the run is stopped
+    _photos(data, 20, 8, side=40)  # photos added to the folder while the run is stopped
     assert main(["classify", "finetune", "--resume", "--out", str(tmp_path / "cut"), "--quiet"]) == 0
     assert json.loads((tmp_path / "cut" / "split.json").read_text()) == full  # the run's own photos
     a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
@@ -303,21 +289,17 @@ def test_a_resumed_finetune_keeps_its_split_when_photos_are_added(tmp_path, monk
 # finds nothing left to train) makes the model file, metrics.csv and curves.png from the resume state.
 
 
-class Killed_finished_run(BaseException):
-    """The process dies here (SIGKILL): no handler of the engine runs."""
-
-
 def test_a_run_killed_between_its_last_resume_state_and_its_model_ends_with_both(tmp_path, monkeypatch):
     _run(tmp_path / "full")  # three epochs
     real = loop._save_model
 
     def killed_at_the_last_model(out, task, deploy, history, precision, interrupted=False):
         if len(history) == 3:
-            raise Killed_finished_run  # resume.safetensors already holds epoch 3
+            raise Killed  # resume.safetensors already holds epoch 3
         real(out, task, deploy, history, precision, interrupted)
 
     monkeypatch.setattr(loop, "_save_model", killed_at_the_last_model)
-    with pytest.raises(Killed_finished_run):
+    with pytest.raises(Killed):
         _run(tmp_path / "cut")
     monkeypatch.setattr(loop, "_save_model", real)
     assert read_info(tmp_path / "cut" / "resume.safetensors")["epoch"] == 3
@@ -413,10 +395,6 @@ def test_a_resumed_run_reads_its_data_from_the_given_folder_and_trains_on_with_a
 # the resumed run's samples/ holds every epoch's grid, the same bytes as the uninterrupted run's.
 
 
-class Killed_generate_grids(BaseException):
-    """The process dies here (SIGKILL): no handler runs."""
-
-
 @pytest.mark.parametrize("at", [1, 2], ids=["inside", "last-epoch"])
 def test_a_resumed_gan_run_has_every_epochs_grid(data_dir, tmp_path, monkeypatch, at):
     kw = dict(conditional=True, latent_dim=8, width=4, epochs=2, batch_size=32, subset=64, data_dir=str(data_dir))
@@ -426,10 +404,10 @@ def test_a_resumed_gan_run_has_every_epochs_grid(data_dir, tmp_path, monkeypatch
     def saved_then_killed(out, *args):
         save(out, *args)
         if len(args[6]) == at:  # history: killed once this epoch's files are written
-            raise Killed_generate_grids
+            raise Killed
 
     monkeypatch.setattr(loop, "_save_run", saved_then_killed)
-    with pytest.raises(Killed_generate_grids):
+    with pytest.raises(Killed):
         train(GenerateConfig(**kw, threads=1), tmp_path / "cut", quiet=True, device="cpu")
     monkeypatch.setattr(loop, "_save_run", save)
     assert not (tmp_path / "cut" / "samples" / f"epoch_{at:03d}.png").exists()
