@@ -101,3 +101,63 @@ def test_voc_ap_hand_computed():
     assert voc_ap(np.array([0.25, 0.5, 0.5, 0.75]), np.array([1.0, 0.5, 0.4, 0.6])) == pytest.approx(
         0.25 * 1.0 + 0.25 * 0.6 + 0.25 * 0.6
     )
+
+
+def test_crowd_regions_of_a_coco_file_are_ignored_as_pycocotools_ignores_them(tmp_path):
+    """Detections inside an ``iscrowd`` region are neither true nor false positives: the numbers
+    ``detect eval`` reports on a COCO file equal pycocotools' COCOeval on that same file."""
+    import contextlib
+    import io
+    import json
+
+    import numpy as np
+    from PIL import Image
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from cnnkit.data.detection import load_coco
+    from cnnkit.tasks.detect.data import from_detections
+
+    for i in (1, 2, 3):
+        Image.fromarray(np.zeros((100, 120, 3), np.uint8)).save(tmp_path / f"im{i}.png")
+    ann = {
+        "images": [{"id": i, "file_name": f"im{i}.png", "width": 120, "height": 100} for i in (1, 2, 3)],
+        "categories": [{"id": 7, "name": "person"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 7, "bbox": [10, 10, 30, 40], "iscrowd": 0, "area": 1200},
+            {"id": 2, "image_id": 1, "category_id": 7, "bbox": [60, 10, 50, 80], "iscrowd": 1, "area": 4000},
+            {"id": 3, "image_id": 2, "category_id": 7, "bbox": [5, 5, 20, 20], "iscrowd": 0, "area": 400},
+        ],
+    }
+    (tmp_path / "ann.json").write_text(json.dumps(ann))
+    data = from_detections(load_coco(tmp_path / "ann.json"), 128)
+    # three confident detections inside the crowd region, then the two people
+    preds = [
+        {
+            "boxes": T([62, 12, 80, 40], [85, 40, 105, 85], [70, 50, 100, 80], [10, 10, 40, 50]),
+            "scores": [0.95, 0.9, 0.85, 0.8],
+        },
+        {"boxes": T([5, 5, 25, 25]), "scores": [0.7]},
+        {"boxes": T(), "scores": []},
+    ]
+    preds = [
+        {
+            "boxes": p["boxes"],
+            "scores": torch.tensor(p["scores"]),
+            "labels": torch.zeros(len(p["scores"]), dtype=torch.int64),
+        }
+        for p in preds
+    ]
+    m = coco_evaluate(preds, data.targets(), classes=data.classes)
+    results = [
+        {"image_id": i, "category_id": 7, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(s)}
+        for i, p in zip((1, 2, 3), preds)
+        for (x1, y1, x2, y2), s in zip(p["boxes"].tolist(), p["scores"])
+    ]
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(tmp_path / "ann.json"))
+        ev = COCOeval(gt, gt.loadRes(results), "bbox")
+        ev.evaluate(), ev.accumulate(), ev.summarize()
+    assert [m["AP"], m["AP50"], m["AP75"], m["AR100"]] == pytest.approx(ev.stats[[0, 1, 2, 8]].tolist(), abs=1e-12)
+    assert m["AP"] == pytest.approx(1.0)  # counted as false positives, the three would make it 0.4
+    assert voc_evaluate(preds, data.targets(), 1)["mAP"] == pytest.approx(1.0)

@@ -136,3 +136,28 @@ def test_keep_depthwise_defaults_and_refusals():
     assert config_from_dict(stored).resolved().keep_depthwise is False
     with pytest.raises(CnnkitError, match="--keep-depthwise must be off without pretrained weights"):
         validate(DetectConfig(data="pennfudan", weights=None, keep_depthwise=True).resolved())
+
+
+def test_boxes_map_back_to_each_images_own_pixels_exactly():
+    """A 1000 x 100 photo letterboxed to 64 px is 64 x 6 (6.4 rounded): its boxes come back by each
+    axis's own factor (6 / 100 down the side, not the scale 0.064), clipped to the photo, in the
+    ground truth eval scores against and in the boxes eval and predict answer with alike."""
+    from cnnkit.data.detection import unletterbox
+    from cnnkit.models.detection import create_detector
+    from cnnkit.tasks.instance.data import from_instances
+
+    img = torch.zeros(3, 100, 1000, dtype=torch.uint8)
+    box = torch.tensor([[100.0, 50, 900, 100]])
+    s = from_detections(Detections([img], [box], [torch.tensor([0])], ["a"], ["wide.png"]), 64)
+    torch.testing.assert_close(s.targets()[0]["boxes"], box, atol=1e-3, rtol=0)  # by the scale: y2 93.75
+    back = unletterbox(torch.tensor([[0.0, 0, 64, 6], [-5, -5, 70, 9]]), 64, 100, 1000)
+    torch.testing.assert_close(back, torch.tensor([[0.0, 0, 1000, 100]] * 2))
+    inst = torch.zeros(100, 1000, dtype=torch.uint8)
+    inst[50:100, 100:900] = 1
+    torch.testing.assert_close(from_instances([img], [inst], None, ["a"], 64).targets()[0]["boxes"], box)
+    torch.manual_seed(0)
+    model = create_detector("tiny", 1, in_channels=3, out_strides=(8,), width=8).eval()
+    by_set = predict_set(model, s, score_threshold=0.0)[0]["boxes"]  # what eval scores
+    by_image = torch.tensor(predict_images(model, [img], 64, ["a"], score_threshold=0.0)[0]["boxes"])  # predict
+    assert len(by_set) > 0 and torch.equal(by_set, by_image)
+    assert (by_set >= 0).all() and (by_set[:, [0, 2]] <= 1000).all() and (by_set[:, [1, 3]] <= 100).all()

@@ -77,6 +77,8 @@ def _set(path: str, value):
 COCO_CASES = {
     "width 1e999": (_set("images.0.width", 1e999), "images[0] field 'width' must be a whole number"),
     "width NaN": (_set("images.0.width", float("nan")), "images[0] field 'width'"),
+    "width past the float range": (_set("images.0.width", 10**400), "images[0] field 'width' must be a whole number"),
+    "bbox past the float range": (_set("annotations.0.bbox", [1, 1, 10**400, 2]), "field 'bbox' must be 4 finite"),
     "negative height": (_set("images.1.height", -6), "images[1] field 'height' must be a whole number"),
     "huge size": (_set("images.0.width", 10**7), "images[0] field 'width'"),
     "size past the decode bound": (

@@ -93,6 +93,23 @@ def test_mask_folder_palette_grey_and_ignore(tmp_path):
     assert mask_folder(voc, classes=["bg", "cat", "dog"]).classes == ["bg", "cat", "dog"]
 
 
+def test_a_voc_folder_reads_the_photos_that_have_a_mask(tmp_path):
+    """VOC's JPEGImages/ holds every photo of the challenge, SegmentationClass/ the masks of some of them."""
+    m = np.zeros((6, 8), np.uint8)
+    m[1:3, 2:5] = 1
+    for name in ("2007_000032", "2007_000039", "2008_000001"):
+        _write(tmp_path, name, (8, 6), m, "P", "JPEGImages", "SegmentationClass")
+    Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(tmp_path / "JPEGImages" / "2007_000027.jpg")  # boxes only
+    s = mask_folder(tmp_path)
+    assert s.names == ["2007_000032.jpg", "2007_000039.jpg", "2008_000001.jpg"] and s.num_classes == 2
+    with pytest.raises(CnnkitError, match="missing mask file .*2007_000027.png"):  # named by a split: refused
+        mask_folder(tmp_path, names=["2007_000027.jpg"])
+    (tmp_path / "JPEGImages").rename(tmp_path / "images")
+    (tmp_path / "SegmentationClass").rename(tmp_path / "masks")
+    with pytest.raises(CnnkitError, match="missing mask file .*2007_000027.png"):  # images/ + masks/: a mask each
+        mask_folder(tmp_path)
+
+
 @pytest.mark.parametrize("case", ["size", "range", "missing", "rgb"])
 def test_mask_folder_errors_name_the_file(tmp_path, case):
     m = np.zeros((6, 8), np.uint8)
@@ -117,3 +134,17 @@ def test_mask_folder_errors_name_the_file(tmp_path, case):
         "missing": "missing mask file",
         "rgb": "palette (P) or grey (L)",
     }[case] in msg
+
+
+def test_classes_are_read_from_the_masks_at_their_own_size(tmp_path):
+    """A class seen only as a small object survives ``max_side``: the shrunk training photos and the
+    test photos at their own size count the same classes (a gap would refuse the folder as damaged)."""
+    for i in range(4):
+        m = np.zeros((60, 60), np.uint8)
+        m[5:35, 5:35], m[40:58, 40:58] = 1, 3
+        if i == 0:
+            m[50:52, 2:4] = 2  # class 2: a 2 x 2 object in one photo, gone at a twelfth of the size
+        _write(tmp_path, f"p{i}", (60, 60), m)
+    own, small = mask_folder(tmp_path), mask_folder(tmp_path, max_side=5)
+    assert own.num_classes == small.num_classes == 4 and small.masks[0].shape == (5, 5)
+    assert 2 not in small.masks[0].unique().tolist()  # the object itself is gone; its class is not

@@ -98,3 +98,19 @@ def test_bad_labels_and_shapes_are_one_line_errors():
         assert "\n" not in str(err.value)
     with pytest.raises(CnnkitError, match="shape"):
         confusion_matrix(pred[:5], target, 2)
+
+
+def test_boundary_iou_does_not_score_what_the_model_answers_on_ignored_pixels():
+    """A VOC-style void band (255) over an object's contour: the boundary IoU of a prediction that
+    agrees with the target on every scored pixel is 1, whatever it answers inside the void."""
+    yy, xx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    inside = lambda a, b: (yy >= a) & (yy < b) & (xx >= a) & (xx < b)  # noqa: E731
+    obj, void = inside(8, 24), inside(6, 26) & ~inside(10, 22)
+    target = torch.where(void, 255, obj.long())
+    for in_void in (obj.long(), torch.zeros_like(target), torch.ones_like(target)):
+        pred = torch.where(void, in_void, obj.long())
+        assert ((pred == target) | void).all()  # right on every scored pixel
+        assert boundary_iou(pred, target, 2, d=3).tolist() == [1.0, 1.0]
+        m = SegmentationMeter(2, boundary_d=3)
+        m.update(pred, target)
+        assert m.compute()["boundary_iou"] == 1.0 and m.compute()["mIoU"] == 1.0

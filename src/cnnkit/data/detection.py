@@ -40,6 +40,10 @@ class Detections:
     labels: list[torch.Tensor]  # N x (k_i,) int64 indices into classes
     classes: list[str]
     names: list[str] = field(default_factory=list)  # image file names (what split.json lists)
+    # COCO crowd regions (iscrowd 1), per image (k_i, 4) xyxy and (k_i,) labels; empty lists: none at all.
+    # Not trained on; evaluation ignores the detections that fall in them, as COCOeval does.
+    crowd_boxes: list[torch.Tensor] = field(default_factory=list)
+    crowd_labels: list[torch.Tensor] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -56,6 +60,8 @@ class Detections:
             [self.labels[i] for i in idx],
             self.classes,
             list(names),
+            [self.crowd_boxes[i] for i in idx] if self.crowd_boxes else [],
+            [self.crowd_labels[i] for i in idx] if self.crowd_labels else [],
         )
 
 
@@ -172,6 +178,14 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _finite(v) -> bool:
+    """A JSON number that is a finite float; an integer past the float range (JSON allows 10**400) is not."""
+    try:
+        return _is_number(v) and math.isfinite(v)
+    except OverflowError:
+        return False
+
+
 def _shown(v) -> str:
     text = repr(v)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -203,14 +217,14 @@ def _coco_id(path: Path, where: str, record: dict, key: str) -> int:
 
 def _coco_size(path: Path, where: str, record: dict, key: str) -> int:
     v = record.get(key)
-    if not _is_number(v) or not math.isfinite(v) or v != int(v) or not 1 <= v <= 1_000_000:
+    if not _finite(v) or v != int(v) or not 1 <= v <= 1_000_000:
         raise CnnkitError(f"{path}: {where} field '{key}' must be a whole number of pixels >= 1; received {_shown(v)}")
     return int(v)
 
 
 def _coco_bbox(path: Path, where: str, record: dict) -> list[float]:
     v = record.get("bbox")
-    if not isinstance(v, list) or len(v) != 4 or not all(_is_number(c) and math.isfinite(c) for c in v):
+    if not isinstance(v, list) or len(v) != 4 or not all(_finite(c) for c in v):
         raise CnnkitError(f"{path}: {where} field 'bbox' must be 4 finite numbers [x, y, w, h]; received {_shown(v)}")
     x, y, w, h = (float(c) for c in v)
     if w < 0 or h < 0:
@@ -241,7 +255,9 @@ def load_coco(path: str | os.PathLike, image_dir: str | os.PathLike | None = Non
 
     Images are read from ``image_dir`` (default: the JSON's folder, then its ``images/``) by
     ``file_name`` (relative, inside that folder); classes are the categories in id order. Crowd
-    annotations are skipped. Ids are integers; every record is checked before an image is read.
+    annotations (``iscrowd`` 1) are not trained on: they are kept apart as ``crowd_boxes`` /
+    ``crowd_labels``, regions where evaluation ignores detections, as COCOeval does. Ids are
+    integers; every record is checked before an image is read.
 
     Args:
         path: the COCO JSON file.
@@ -303,6 +319,7 @@ def load_coco(path: str | os.PathLike, image_dir: str | os.PathLike | None = Non
             )
         records[iid] = (i, name, width, height)
     per_image: dict[int, list] = {}
+    crowd_of: dict[int, list] = {}
     for j, a in enumerate(anns):
         where = f"annotations[{j}]"
         crowd = a.get("iscrowd", 0)
@@ -315,18 +332,19 @@ def load_coco(path: str | os.PathLike, image_dir: str | os.PathLike | None = Non
         if cid not in label_of:
             raise CnnkitError(f"{path}: {where} 'category_id' {cid} names no entry of 'categories'")
         box = _coco_bbox(path, where, a)
-        if not crowd:
-            per_image.setdefault(iid, []).append((box, label_of[cid]))
+        (crowd_of if crowd else per_image).setdefault(iid, []).append((box, label_of[cid]))
     folder = Path(image_dir) if image_dir is not None else path.parent
     if image_dir is None and records and (folder / "images").is_dir():
         first = next(iter(records.values()))[1]
         if not (folder / first).is_file():
             folder = folder / "images"
-    images, boxes, labels, names = [], [], [], []
+    images, boxes, labels, names, crowd_boxes, crowd_labels = [], [], [], [], [], []
     for iid, (i, name, width, height) in records.items():
-        rows = per_image.get(iid, [])
+        rows, crowd_rows = per_image.get(iid, []), crowd_of.get(iid, [])
         b = torch.tensor([r[0] for r in rows], dtype=torch.float32).reshape(-1, 4)
         check_boxes(b, width, height, f"{path} annotations 'bbox' of image {name!r}")
+        cb = torch.tensor([r[0] for r in crowd_rows], dtype=torch.float32).reshape(-1, 4)
+        check_boxes(cb, width, height, f"{path} crowd annotations 'bbox' of image {name!r}")
         if not (folder / name).is_file():
             raise CnnkitError(f"{path}: images[{i}]: missing image {folder / name}: the file it names does not exist")
         img = read_pixels(folder / name)
@@ -339,7 +357,11 @@ def load_coco(path: str | os.PathLike, image_dir: str | os.PathLike | None = Non
         boxes.append(b)
         labels.append(torch.tensor([r[1] for r in rows], dtype=torch.int64))
         names.append(name)
-    return _nonempty(Detections(images, boxes, labels, classes, names), path)
+        crowd_boxes.append(cb)
+        crowd_labels.append(torch.tensor([r[1] for r in crowd_rows], dtype=torch.int64))
+    if not crowd_of:
+        crowd_boxes, crowd_labels = [], []
+    return _nonempty(Detections(images, boxes, labels, classes, names, crowd_boxes, crowd_labels), path)
 
 
 # ---------------------------------------------------------------- YOLO txt folders
@@ -503,6 +525,23 @@ def letterbox(
     out[:, :nh, :nw] = x
     sb = boxes * torch.tensor([nw / w, nh / h, nw / w, nh / h])
     return out, sb, scale
+
+
+def unletterbox(boxes: torch.Tensor, size: int, height: int, width: int, clip: bool = True) -> torch.Tensor:
+    """Boxes (k, 4) in the pixels of an image :func:`letterbox` brought to ``size`` -> the image's own
+    pixels, clipped to it (``clip``).
+
+    Each axis is divided by the factor letterbox scaled it by, the rounded side over the side
+    (``round(width * scale) / width``), which differs from ``scale`` by up to half a letterboxed pixel
+    over the side: dividing by ``scale`` would stretch the boxes by up to a pixel at the far edge.
+    """
+    scale = size / max(height, width)
+    nh, nw = max(1, round(height * scale)), max(1, round(width * scale))
+    f = torch.tensor([nw / width, nh / height, nw / width, nh / height], dtype=boxes.dtype, device=boxes.device)
+    if not clip:
+        return boxes / f
+    lim = torch.tensor([width, height, width, height], dtype=boxes.dtype, device=boxes.device)
+    return (boxes / f).clamp(min=0).minimum(lim)
 
 
 def pad_targets(boxes: list[torch.Tensor], labels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -134,7 +134,9 @@ def mask_folder(
     """A folder of images beside a folder of PNG masks (palette or grey: the value is the class, 255 ignore).
 
     Args:
-        root: holds ``images/`` and ``masks/`` (or ``JPEGImages/`` and ``SegmentationClass/``).
+        root: holds ``images/`` and ``masks/`` (or VOC's ``JPEGImages/`` and ``SegmentationClass/``,
+            where only the photos with a mask are read: VOC's ``JPEGImages`` also holds the photos
+            of its detection task, which have none).
         num_classes: labels must be below it (255 aside); None takes the largest label + 1.
         split: ``all``, or ``train`` / ``test`` of a seeded split holding out ``test_fraction``.
         classes: class names (default ``background``, ``1``, ``2``...).
@@ -149,8 +151,14 @@ def mask_folder(
     names = sorted(
         p.name for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
     )
+    voc = mask_dir.name == "SegmentationClass" and wanted is None
+    if voc:  # VOC: the photos of its segmentation task are those with a mask
+        names = [n for n in names if (mask_dir / f"{Path(n).stem}.png").is_file()]
     if not names:
-        raise CnnkitError(f"no images in {image_dir} (extensions: {' '.join(IMAGE_EXTENSIONS)})")
+        raise CnnkitError(
+            f"no images in {image_dir} (extensions: {' '.join(IMAGE_EXTENSIONS)})"
+            + (f" with a mask in {mask_dir}" if voc else "")
+        )
     if wanted is not None:
         gone = sorted(set(wanted) - set(names))
         if gone:
@@ -168,18 +176,19 @@ def mask_folder(
         if split not in ("train", "test"):
             raise CnnkitError(f"mask-folder splits are all, train and test. Received: split={split!r}")
         names = split_names(names, len(names) - max(1, round(test_fraction * len(names))), seed)[split]
-    images, masks = [], []
+    images, masks, labels = [], [], []
     for n in names:
         image = read_pixels(image_dir / n)
         path = mask_dir / f"{Path(n).stem}.png"
         mask = _read_mask(path, image)
         if num_classes is not None:
             _check_range(mask, num_classes, path)
+        labels.append(torch.unique(mask))  # at the mask's own size: shrinking may drop a small object's class
         image, mask = _shrink(image, mask, max_side)
         images.append(image)
         masks.append(mask)
     if num_classes is None:
-        num_classes = _inferred_classes(masks, [mask_dir / f"{Path(n).stem}.png" for n in names])
+        num_classes = _inferred_classes(labels, [mask_dir / f"{Path(n).stem}.png" for n in names])
     if classes is None:
         classes = ["background", *(str(c) for c in range(1, num_classes))]
     if len(classes) != num_classes:
@@ -240,7 +249,8 @@ def _check_instance_ids(inst: torch.Tensor, path: Path) -> None:
 
 
 def _inferred_classes(masks: list[torch.Tensor], paths: list[Path]) -> int:
-    """The number of classes the masks hold, 0..max (255 aside), every one of them present in some mask:
+    """The number of classes the masks (or the labels each holds) hold, 0..max (255 aside), every one of
+    them present in some mask:
     a label above a gap (a stray 7 among 0/1 masks) is a damaged mask, refused naming its file."""
     present = torch.zeros(IGNORE_INDEX, dtype=torch.bool)
     where: dict[int, Path] = {}

@@ -7,7 +7,10 @@ PASCAL VOC 2010+ all-point interpolation: https://host.robots.ox.ac.uk/pascal/VO
 Inputs, one entry per image, boxes in pixels as ``xyxy``:
   predictions[i] = {"boxes": (k, 4), "scores": (k,), "labels": (k,)}
   targets[i]     = {"boxes": (m, 4), "labels": (m,)}
-Labels are class indices 0..C-1. Images with no boxes are fine on either side.
+Labels are class indices 0..C-1. Images with no boxes are fine on either side. A target may add
+``"crowd_boxes"`` (c, 4) and ``"crowd_labels"`` (c,): COCO's crowd regions (``iscrowd`` 1). A
+detection that falls in one (intersection over the detection's own area above the threshold) and
+matches no other box is ignored, neither a true nor a false positive, as COCOeval ignores it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import numpy as np
 import torch
 
 from cnnkit.errors import CnnkitError
-from cnnkit.ops import box_iou
+from cnnkit.ops import box_area, box_iou
 
 
 def _np(x, shape_tail=()) -> np.ndarray:
@@ -66,6 +69,11 @@ def coco_evaluate(predictions: Sequence[dict], targets: Sequence[dict], classes:
         for i, e in enumerate(entries):
             boxes, labels = _np(e["boxes"], (4,)).astype(float), _np(e["labels"]).astype(int)
             scores = _np(e["scores"]).astype(float) if with_scores else None
+            crowd = [0] * len(boxes)
+            if not with_scores and "crowd_boxes" in e:  # crowd regions: ground truth that COCOeval ignores
+                boxes = np.concatenate([boxes, _np(e["crowd_boxes"], (4,)).astype(float)])
+                labels = np.concatenate([labels, _np(e["crowd_labels"]).astype(int)])
+                crowd += [1] * (len(boxes) - len(crowd))
             for j, (b, c) in enumerate(zip(boxes, labels)):
                 w, h = b[2] - b[0], b[3] - b[1]
                 a = {
@@ -74,7 +82,7 @@ def coco_evaluate(predictions: Sequence[dict], targets: Sequence[dict], classes:
                     "category_id": int(c) + 1,
                     "bbox": [b[0], b[1], w, h],
                     "area": w * h,
-                    "iscrowd": 0,
+                    "iscrowd": crowd[j],
                 }
                 if with_scores:
                     a["score"] = scores[j]
@@ -134,14 +142,16 @@ def voc_evaluate(
 
     Matching follows the VOC devkit: detections of a class in descending score; each is matched to
     the ground-truth box it overlaps most; IoU > threshold and that box not yet taken -> true
-    positive, otherwise false positive (a duplicate). A class with no ground truth has AP nan.
+    positive, otherwise false positive (a duplicate), unless it lies in a crowd region of its class
+    (intersection over its own area > threshold): then it is ignored, as the devkit ignores
+    "difficult" objects. A class with no ground truth has AP nan.
     IoU is continuous (no +1 pixel in widths), as cnnkit's boxes are half-open.
     """
     _check(predictions, targets)
     per_class = []
     for c in range(num_classes):
         scores, image, boxes = [], [], []
-        gts, taken, n_gt = [], [], 0
+        gts, crowds, taken, n_gt = [], [], [], 0
         for i, (p, t) in enumerate(zip(predictions, targets)):
             keep = _np(p["labels"]) == c
             scores.append(_np(p["scores"])[keep])
@@ -149,6 +159,8 @@ def voc_evaluate(
             image.append(np.full(int(keep.sum()), i))
             g = _np(t["boxes"], (4,))[_np(t["labels"]) == c]
             gts.append(torch.as_tensor(g, dtype=torch.float64))
+            cg = _np(t["crowd_boxes"], (4,))[_np(t["crowd_labels"]) == c] if "crowd_boxes" in t else np.zeros((0, 4))
+            crowds.append(torch.as_tensor(cg, dtype=torch.float64))
             taken.append(np.zeros(len(g), dtype=bool))
             n_gt += len(g)
         if n_gt == 0:
@@ -156,19 +168,25 @@ def voc_evaluate(
             continue
         scores, image, boxes = np.concatenate(scores), np.concatenate(image), np.concatenate(boxes)
         order = np.argsort(-scores, kind="stable")
-        tp = np.zeros(len(order))
+        tp, ignored = np.zeros(len(order)), np.zeros(len(order), dtype=bool)
         for r, d in enumerate(order):
-            g = gts[image[d]]
-            if len(g) == 0:
-                continue
-            iou = box_iou(torch.as_tensor(boxes[d][None], dtype=torch.float64), g)[0]
-            best = int(iou.argmax())
-            if iou[best] > iou_threshold and not taken[image[d]][best]:
-                tp[r] = 1
-                taken[image[d]][best] = True
+            g, box = gts[image[d]], torch.as_tensor(boxes[d][None], dtype=torch.float64)
+            if len(g):
+                iou = box_iou(box, g)[0]
+                best = int(iou.argmax())
+                if iou[best] > iou_threshold and not taken[image[d]][best]:
+                    tp[r] = 1
+                    taken[image[d]][best] = True
+                    continue
+            cg = crowds[image[d]]
+            if len(cg):
+                lt, rb = torch.maximum(box[:, :2], cg[:, :2]), torch.minimum(box[:, 2:], cg[:, 2:])
+                inter = (rb - lt).clamp(min=0).prod(1)
+                ignored[r] = bool((inter / box_area(box).clamp(min=1e-9) > iou_threshold).any())
+        tp = tp[~ignored]
         ctp = np.cumsum(tp)
         recall = ctp / n_gt
-        precision = ctp / np.arange(1, len(order) + 1)
+        precision = ctp / np.arange(1, len(tp) + 1)
         per_class.append(voc_ap(recall, precision))
     valid = [a for a in per_class if not np.isnan(a)]
     return {"mAP": float(np.mean(valid)) if valid else float("nan"), "per_class_AP": per_class}

@@ -91,13 +91,18 @@ def boundary_counts(
     pred: torch.Tensor, target: torch.Tensor, num_classes: int, d: int, ignore_index: int | None = IGNORE_INDEX
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per class: |G_d n P_d| and |G_d u P_d|, with G_d (P_d) the boundary band of the class's target
-    (predicted) mask, summed over the batch. ``pred``, ``target``: (B, H, W) or (H, W) label maps."""
+    (predicted) mask, summed over the batch. ``pred``, ``target``: (B, H, W) or (H, W) label maps.
+
+    An ignored pixel (target ``ignore_index``) belongs to no class in either mask, so what the model
+    answers there cannot move a band: a prediction that agrees with the target on every scored pixel
+    has boundary IoU 1."""
     if pred.shape != target.shape:
         raise CnnkitError(f"prediction shape {tuple(pred.shape)} differs from target shape {tuple(target.shape)}")
     _check_labels(target, num_classes, ignore_index, "the target")
     _check_labels(pred, num_classes, None, "the prediction")
     pred, target = pred.long().reshape(-1, *pred.shape[-2:]), target.long().reshape(-1, *target.shape[-2:])
     keep = (target != ignore_index) if ignore_index is not None else torch.ones_like(target, dtype=torch.bool)
+    pred = torch.where(keep, pred, -1)  # the target's ignored pixels are no class's in the prediction too
     inter = torch.zeros(num_classes, dtype=torch.long)
     union = torch.zeros(num_classes, dtype=torch.long)
     for c in range(num_classes):  # one class at a time: (B, H, W) bool maps only

@@ -10,6 +10,7 @@ from cnnkit.data.detection import (
     Detections,
     letterbox,
     pad_targets,
+    unletterbox,
 )
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.detect.config import DetectConfig
@@ -23,9 +24,13 @@ class DetectionSet:
         images: (N, C, S, S) uint8, letterboxed (the longer side scaled to S, the rest padded).
         boxes: (N, M, 4) float x1, y1, x2, y2 in letterboxed pixels, M the most boxes of an image.
         labels: (N, M) int64 class indices, -1 on padding rows.
-        scales: (N,) letterbox scale: original pixels = letterboxed pixels / scale.
+        scales: (N,) letterbox scale: original pixels = letterboxed pixels / scale (about).
         classes: the class names, in index order.
         names: the images' file names, where they have them.
+        crowd: per image ``{"boxes" (k, 4) in original pixels, "labels" (k,)}`` of its COCO crowd
+            regions, which evaluation ignores detections in (empty: no image has one).
+        sizes: (N, 2) int64 each image's own (H, W), which maps its boxes back exactly
+            (:func:`~cnnkit.data.detection.unletterbox`); None: by ``scales`` alone.
     """
 
     images: torch.Tensor
@@ -34,17 +39,29 @@ class DetectionSet:
     scales: torch.Tensor
     classes: list[str]
     names: list[str] = field(default_factory=list)
+    crowd: list[dict[str, torch.Tensor]] = field(default_factory=list, kw_only=True)
+    sizes: torch.Tensor | None = field(default=None, kw_only=True)
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def targets(self) -> list[dict[str, torch.Tensor]]:
-        """Ground truth per image in original pixels (what the metrics compare)."""
+        """Ground truth per image in original pixels (what the metrics compare), with the image's
+        crowd regions as ``crowd_boxes`` / ``crowd_labels`` where the data has them."""
         out = []
-        for b, lab, s in zip(self.boxes, self.labels, self.scales):
-            keep = lab >= 0
-            out.append({"boxes": b[keep] / s, "labels": lab[keep]})
+        for i, (b, lab) in enumerate(zip(self.boxes, self.labels)):
+            t = {"boxes": self.original_boxes(b[lab >= 0], i), "labels": lab[lab >= 0]}
+            if self.crowd:
+                t["crowd_boxes"], t["crowd_labels"] = self.crowd[i]["boxes"], self.crowd[i]["labels"]
+            out.append(t)
         return out
+
+    def original_boxes(self, boxes: torch.Tensor, i: int) -> torch.Tensor:
+        """Boxes in image ``i``'s letterboxed pixels -> its own pixels (clipped to it where its size is known)."""
+        if self.sizes is None:
+            return boxes / self.scales[i].to(boxes.device)
+        h, w = self.sizes[i].tolist()
+        return unletterbox(boxes, self.images.shape[-1], h, w)
 
 
 def from_detections(d: Detections, size: int, fill: float = 0.0) -> DetectionSet:
@@ -58,7 +75,11 @@ def from_detections(d: Detections, size: int, fill: float = 0.0) -> DetectionSet
         boxes.append(sb)
         scales.append(scale)
     b, lab = pad_targets(boxes, d.labels)
-    return DetectionSet(torch.stack(images), b, lab, torch.tensor(scales), list(d.classes), list(d.names))
+    crowd = [{"boxes": cb, "labels": cl} for cb, cl in zip(d.crowd_boxes, d.crowd_labels)]
+    sizes = torch.tensor([tuple(img.shape[1:]) for img in d.images], dtype=torch.int64)
+    return DetectionSet(
+        torch.stack(images), b, lab, torch.tensor(scales), list(d.classes), list(d.names), crowd=crowd, sizes=sizes
+    )
 
 
 def from_scenes(scenes) -> DetectionSet:
@@ -118,6 +139,7 @@ def load_split_data(
             tr.scales[: cfg.subset],
             tr.classes,
             tr.names[: cfg.subset],
+            sizes=tr.sizes[: cfg.subset] if tr.sizes is not None else None,
         )
     return tr, va, te, split
 

@@ -25,7 +25,7 @@ def predict_set(
 
     Args:
         model: a :class:`~cnnkit.models.detection.Detector`.
-        data: the letterboxed images (their ``scales`` map the boxes back).
+        data: the letterboxed images (their ``sizes``, or else ``scales``, map the boxes back).
         batch_size: images per forward pass.
         **decode_args: :func:`cnnkit.models.detection.decode`'s ``score_threshold``,
             ``nms_threshold``, ``top_k``, ``max_detections``, and ``tta="flip"``: the output averaged
@@ -33,7 +33,8 @@ def predict_set(
             own as ``info["decode"]``).
 
     Returns:
-        Per image ``{"boxes" (k, 4) x1 y1 x2 y2, "scores" (k,), "labels" (k,) int64}``, best first.
+        Per image ``{"boxes" (k, 4) x1 y1 x2 y2 (clipped to the image where ``data`` has its
+        size), "scores" (k,), "labels" (k,) int64}``, best first.
     """
     tta = flip_tta(decode_args.pop("tta", ""))
     was = model.training
@@ -46,10 +47,9 @@ def predict_set(
             raw = model(x)
             if tta:
                 raw = flip_merge(raw, model(x.flip(-1)), x.shape[-1])
-            for det, s in zip(decode(raw, tuple(x.shape[-2:]), **decode_args), data.scales[i : i + batch_size]):
-                out.append(
-                    {"boxes": det["boxes"].cpu() / s, "scores": det["scores"].cpu(), "labels": det["labels"].cpu()}
-                )
+            for j, det in enumerate(decode(raw, tuple(x.shape[-2:]), **decode_args), i):
+                boxes = data.original_boxes(det["boxes"].cpu(), j)
+                out.append({"boxes": boxes, "scores": det["scores"].cpu(), "labels": det["labels"].cpu()})
     finally:
         model.train(was)
     return out
@@ -92,15 +92,14 @@ def predict_images(
                 torch.full((1, 1), -1),
                 torch.tensor([scale]),
                 classes,
+                sizes=torch.tensor([tuple(img.shape[1:])]),
             ),
             1,
             **decode_args,
         )[0]
-        h, w = img.shape[1:]
-        boxes = det["boxes"].clamp(min=0).minimum(torch.tensor([w, h, w, h], dtype=torch.float32))
         results.append(
             {
-                "boxes": boxes.tolist(),
+                "boxes": det["boxes"].tolist(),
                 "scores": det["scores"].tolist(),
                 "labels": [classes[k] for k in det["labels"].tolist()],
             }

@@ -48,7 +48,7 @@ def from_instances(
     """
     if len(images) == 0:
         raise CnnkitError("empty dataset: no images to segment")
-    xs, boxes, labs, scales, small, originals = [], [], [], [], [], []
+    xs, boxes, labs, scales, small, originals, sizes = [], [], [], [], [], [], []
     for i, (img, inst) in enumerate(zip(images, instances)):
         if tuple(inst.shape) != tuple(img.shape[1:]):
             raise CnnkitError(
@@ -77,6 +77,7 @@ def from_instances(
         scales.append(scale)
         small.append(sm)
         originals.append(m)
+        sizes.append(tuple(inst.shape))
     b, lab = pad_targets(boxes, labs)
     masks = torch.zeros(len(xs), b.shape[1], size, size, dtype=torch.uint8)
     for i, sm in enumerate(small):
@@ -90,6 +91,7 @@ def from_instances(
         list(names) if names else [f"image{i:05d}" for i in range(len(xs))],
         masks,
         originals,
+        sizes=torch.tensor(sizes, dtype=torch.int64),
     )
 
 
@@ -191,6 +193,7 @@ def load_instance_data(
             tr.names[:k],
             tr.masks[:k],
             tr.originals[:k],
+            sizes=tr.sizes[:k] if tr.sizes is not None else None,
         )
     return tr, va, te, split
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from cnnkit.data.detection import unletterbox
 from cnnkit.errors import CnnkitError, output_folder
 from cnnkit.models.instance import MaskDetector, paste_masks
 from cnnkit.tasks.detect.data import DetectionSet
@@ -22,7 +23,8 @@ def predict_instances(
 
     Args:
         model: a :class:`~cnnkit.models.instance.MaskDetector` (or a DDP wrapper of one).
-        data: the letterboxed images (their ``scales`` map the boxes back).
+        data: the letterboxed images (each image's size maps its boxes back:
+            :func:`~cnnkit.data.detection.unletterbox`).
         batch_size: images per forward pass.
         sizes: each image's original (H, W) (default: the sizes of ``data.originals``).
         **decode_args: :func:`cnnkit.models.detection.decode`'s ``score_threshold``,
@@ -42,11 +44,12 @@ def predict_instances(
         for i in range(0, len(data), batch_size):
             x = data.images[i : i + batch_size].to(device).float().div_(255)
             for j, det in enumerate(net.predict(x, **decode_args)):
-                s, size = float(data.scales[i + j]), sizes[i + j]
-                boxes = det["boxes"].cpu() / s
+                size = sizes[i + j]
+                # each mask spans its whole box, the part past the image included; the box reported is clipped
+                boxes = unletterbox(det["boxes"].cpu(), data.images.shape[-1], *size, clip=False)
                 out.append(
                     {
-                        "boxes": boxes,
+                        "boxes": unletterbox(det["boxes"].cpu(), data.images.shape[-1], *size),
                         "scores": det["scores"].cpu(),
                         "labels": det["labels"].cpu(),
                         "mask_scores": det["mask_scores"].cpu(),
