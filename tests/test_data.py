@@ -176,3 +176,25 @@ def test_cifar10_binary_archive(tmp_path, monkeypatch):
     monkeypatch.setitem(datasets.DATASETS, "cifar10", dataclasses.replace(info, files={path.name: _md5(path)}))
     with pytest.raises(CnnkitError, match="test_batch.bin has 30726927 bytes, expected 30730000"):
         load_dataset("cifar10", "test", tmp_path)
+
+
+def test_a_killed_downloads_part_file_is_removed_by_the_next_download(data_dir, tmp_path):
+    """kill -9 mid-download leaves ``.<name>.<random>.part`` (never the file itself); the next
+    download of that file removes it once it is stale, and leaves one still being written alone."""
+    import os
+    import time
+
+    from cnnkit.download import STALE_PART_SECONDS, download_url
+
+    name = "t10k-labels-idx1-ubyte.gz"
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    killed, writing = folder / f".{name}.k1ll3d.part", folder / f".{name}.n0wn0w.part"
+    killed.write_bytes(b"x" * 1000)
+    writing.write_bytes(b"y" * 10)
+    old = time.time() - STALE_PART_SECONDS - 60
+    os.utime(killed, (old, old))
+    download_url(
+        (data_dir / "mnist" / name).as_uri(), folder / name, md5=_md5(data_dir / "mnist" / name), progress=False
+    )
+    assert sorted(p.name for p in folder.iterdir()) == sorted([name, writing.name])

@@ -32,6 +32,45 @@ def photos(root, n=14):
     return root
 
 
+@pytest.mark.parametrize(
+    "kind, crop, interpolation",
+    [("config", 1.0, "bilinear"), ("finetune", 0.875, "bicubic")],
+    ids=["train", "finetune"],
+)
+def test_predict_reads_a_folder_runs_photos_as_training_and_eval_do(tmp_path, kind, crop, interpolation):
+    """`cnnkit predict` on a run trained on an image folder answers what `cnnkit eval` scores: each
+    photo's shorter side resized, the centre cropped by the run's share, with its interpolation."""
+    from cnnkit.data.imagefolder import load_image_folder
+    from cnnkit.models import create_model
+    from cnnkit.models.deploy import Classifier
+    from cnnkit.tasks.classify.predict import predict_files
+
+    data = tmp_path / "photos"
+    g = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (data / c).mkdir(parents=True)
+        for i in range(3):  # wide photos: stretching them to a square is not how training reads them
+            Image.fromarray(g.integers(0, 255, (30 + 5 * i, 70, 3), dtype=np.uint8)).save(data / c / f"{i}.png")
+    torch.manual_seed(0)
+    model = Classifier(
+        create_model("mnist_fast", num_classes=2, in_channels=3), [0.5] * 3, [0.25] * 3, ["a", "b"], (3, 24, 24)
+    )
+    model.eval().info = {
+        "dataset": {"name": str(data)},
+        kind: {"data": str(data)}
+        if kind == "config"
+        else {"data": str(data), "crop_fraction": crop, "interpolation": interpolation},
+    }
+    read = load_image_folder(
+        data, "train", (24, 24), val_fraction=0.0, crop_fraction=crop, interpolation=interpolation, cache=False
+    )
+    with torch.no_grad():
+        want = model(read.images.float() / 255).softmax(1)
+    rows = predict_files(model, [str(data / p) for p in read.meta["files"]], top=2)
+    got = torch.tensor([[dict(r["top"])[c] for c in ("a", "b")] for r in rows])
+    assert torch.allclose(got, want, atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("honest")
@@ -161,6 +200,47 @@ def test_a_damaged_split_json_stops_segment_eval(run, tmp_path, capsys):
     assert "split.json is not a run's split" in err and "\n" not in err
 
 
+def test_interrupted_finetune_resumes_on_its_own_split_when_the_folder_grows(tmp_path, monkeypatch, capsys):
+    """A fine-tuning run writes split.json with its first epoch's files: cut there (Ctrl-C), it is
+    resumed (and evaluated) on the images it started with, though images were added to the folder."""
+    from cnnkit.data.imagefolder import load_image_folder
+    from cnnkit.engine import loop
+
+    monkeypatch.setenv("CNNKIT_HOME", str(tmp_path / "home"))
+    data = tmp_path / "flat"
+    g = np.random.default_rng(0)
+
+    def add(i, c):
+        (data / c).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(g.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(data / c / f"{c}{i:02d}.png")
+
+    for i in range(20):
+        for c in ("a", "b"):
+            add(i, c)
+    fractions = dict(val_fraction=0.15, test_fraction=0.2, seed=0, cache=False)
+    started = {s: load_image_folder(data, s, (16, 16), **fractions).meta["files"] for s in ("train", "val", "test")}
+    save = loop._save_run
+
+    def save_then_stop(out, *args):
+        save(out, *args)
+        raise KeyboardInterrupt  # Ctrl-C right after the first epoch's files
+
+    run = tmp_path / "run"
+    argv = ["--model", "resnet18", "--image-size", "16", "--stages", "all", "--epochs", "2", "--test-fraction", "0.2"]
+    monkeypatch.setattr(loop, "_save_run", save_then_stop)
+    assert main(["classify", "finetune", "--data", str(data), *argv, "--out", str(run), "--quiet"]) == 130
+    monkeypatch.setattr(loop, "_save_run", save)
+    for i in range(20, 26):  # images added before the run is resumed: a fresh seeded split differs
+        for c in ("a", "b"):
+            add(i, c)
+    assert main(["classify", "finetune", "--resume", "--out", str(run), "--quiet"]) == 0
+    split = json.loads((run / "split.json").read_text())
+    assert {s: split[s] for s in started} == started
+    capsys.readouterr()
+    assert main(["eval", str(run), "--split", "test", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == len(started["test"]) == 8
+
+
 def test_carve_validation_is_seeded_and_keeps_a_given_val():
     split = split_names([f"{i}.png" for i in range(30)], 24)
     a, b = carve_validation(split), carve_validation(split)
@@ -232,6 +312,32 @@ def test_moving_an_instance_set_keeps_its_masks():
     assert isinstance(moved, InstanceSet) and torch.equal(moved.masks, s.masks) and moved.originals is s.originals
 
 
+def test_finetune_run_on_a_relative_folder_is_evaluated_from_any_folder(tmp_path, monkeypatch, capsys):
+    """A fine-tuning run records its image folder as an absolute path: `cnnkit eval` run from another
+    folder scores the run's own images, never a folder of the same name there."""
+    monkeypatch.setenv("CNNKIT_HOME", str(tmp_path / "home"))
+    g = np.random.default_rng(0)
+    for where in ("first", "second"):  # two folders named "photos" whose images differ
+        for c in ("a", "b"):
+            (tmp_path / where / "photos" / c).mkdir(parents=True)
+            for i in range(10):
+                image = g.integers(0, 255, (20, 20, 3), dtype=np.uint8)
+                Image.fromarray(image).save(tmp_path / where / "photos" / c / f"{c}{i:02d}.png")
+    monkeypatch.chdir(tmp_path / "first")
+    argv = ["--model", "resnet18", "--image-size", "16", "--stages", "all", "--epochs", "1", "--test-fraction", "0.2"]
+    assert main(["classify", "finetune", "--data", "photos", *argv, "--out", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run"), "--split", "test", "--format", "json"]) == 0
+    here = json.loads(capsys.readouterr().out)
+    monkeypatch.chdir(tmp_path / "second")
+    assert main(["eval", str(tmp_path / "run"), "--split", "test", "--format", "json"]) == 0
+    there = json.loads(capsys.readouterr().out)
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", str(tmp_path / "run"), "--split", "test", "--format", "json"]) == 0
+    elsewhere = json.loads(capsys.readouterr().out)
+    assert here["n"] == 4 and there == here and elsewhere == here
+
+
 def test_finetune_eval_scores_the_runs_own_test_images_when_the_folder_grows(tmp_path, monkeypatch, capsys):
     """A fine-tuning run's `cnnkit eval --split test` reads its split.json: images added to a class
     folder after training are not scored, and a training image never becomes a test one."""
@@ -263,3 +369,37 @@ def test_finetune_eval_scores_the_runs_own_test_images_when_the_folder_grows(tmp
     assert main(["eval", str(run), "--split", "test"]) == 2
     err = capsys.readouterr().err.strip()
     assert split["test"][0] in err and "split.json" in err and "\n" not in err
+
+
+def test_train_on_a_folder_records_its_split_and_ensemble_members_share_it(tmp_path, monkeypatch, capsys):
+    """`cnnkit train` on an image folder writes split.json (an ensemble's members all train on the
+    split of the run's seed, so none trains on the ensemble's validation images), and `cnnkit eval
+    --split val` scores those images however the folder grows."""
+    monkeypatch.setenv("CNNKIT_HOME", str(tmp_path / "home"))
+    data = tmp_path / "flat"
+    g = np.random.default_rng(0)
+
+    def add(i, c):
+        (data / c).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(g.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(data / c / f"{c}{i:02d}.png")
+
+    for i in range(20):
+        for c in ("a", "b"):
+            add(i, c)
+    run = tmp_path / "ens"
+    argv = ["--model", "mnist_fast", "--image-size", "28", "28", "--epochs", "1", "--batch-size", "8", "--quiet"]
+    assert main(["train", "--data", str(data), *argv, "--threads", "1", "--ensemble", "2", "--out", str(run)]) == 0
+    member0, member1, whole = (
+        json.loads((p / "split.json").read_text()) for p in (run / "member0", run / "member1", run)
+    )
+    assert member0 == member1 == whole
+    assert len(whole["val"]) == 8 and len(whole["train"]) == 32 and not set(whole["val"]) & set(whole["train"])
+    capsys.readouterr()
+    assert main(["eval", str(run), "--split", "val", "--format", "json"]) == 0
+    before = json.loads(capsys.readouterr().out)
+    for i in range(20, 26):  # images the run never saw: the seeded split of 26 per class differs
+        for c in ("a", "b"):
+            add(i, c)
+    assert main(["eval", str(run), "--split", "val", "--format", "json"]) == 0
+    after = json.loads(capsys.readouterr().out)
+    assert before["n"] == 8 and after == before

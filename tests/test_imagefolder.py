@@ -1,6 +1,8 @@
 """Image folders: the hymenoptera layout (own train/val split, a .gif placeholder, a space in a name),
 a stratified split of a folder without split folders, the decode cache, bad input."""
 
+import json
+import os
 import warnings
 
 import numpy as np
@@ -103,8 +105,31 @@ def test_changed_file_invalidates_the_cache(tmp_path):
         first = load_image_folder(tmp_path / "data", **kw)
         Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "data" / "a" / "img 0.png")
         second = load_image_folder(tmp_path / "data", **kw)
-    assert len(list((tmp_path / "c").glob("*.safetensors"))) == 2
+    assert len(list((tmp_path / "c").glob("*.safetensors"))) == 1  # the stale cache replaced, not kept
     assert first.images[0].float().mean() > 50 and second.images[0].max() == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        load_image_folder(tmp_path / "data", **{**kw, "image_size": (6, 6)})  # another decoding: its own cache
+    assert len(list((tmp_path / "c").glob("*.safetensors"))) == 2
+
+
+def test_a_cache_that_cannot_be_written_is_one_warning(tmp_path, monkeypatch):
+    """A full disk where the cache goes: the decoded images are returned and one warning says so."""
+    import errno
+
+    import safetensors.torch
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    _make_folder(tmp_path / "data", {"a": 3, "b": 3}, junk=False)
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = load_image_folder(tmp_path / "data", image_size=(8, 8), val_fraction=0.0, cache=tmp_path / "c")
+    said = [str(w.message) for w in caught if "image cache" in str(w.message)]
+    assert len(got) == 6 and len(said) == 1 and "No space left on device" in said[0]
+    assert list((tmp_path / "c").iterdir()) == []
 
 
 @pytest.mark.parametrize(
@@ -115,8 +140,20 @@ def test_changed_file_invalidates_the_cache(tmp_path):
         lambda t, m: t.update(images=t["images"][:3]),
         lambda t, m: t.update(images=t["images"].float()),
         lambda t, m: t.update(images=t["images"][:, :, :4, :4].contiguous()),
+        lambda t, m: t["images"][0].zero_(),
+        lambda t, m: m.update(
+            files=json.dumps({**json.loads(m["files"]), "decoded": json.loads(m["files"])["decoded"][::-1]})
+        ),
     ],
-    ids=["no decoded list", "not a mapping", "rows cut", "float pixels", "other size"],
+    ids=[
+        "no decoded list",
+        "not a mapping",
+        "rows cut",
+        "float pixels",
+        "other size",
+        "pixels edited",
+        "files reordered",
+    ],
 )
 def test_an_edited_cache_is_rebuilt_not_trusted(tmp_path, edit):
     from safetensors import safe_open
@@ -132,6 +169,37 @@ def test_an_edited_cache_is_rebuilt_not_trusted(tmp_path, edit):
     save_file(tensors, path, metadata=meta)
     again = load_image_folder(tmp_path / "data", **kw)
     assert torch.equal(again.images, first.images) and again.meta["files"] == first.meta["files"]
+
+
+def test_a_file_rewritten_with_its_size_and_mtime_kept_invalidates_the_cache(tmp_path):
+    """A file of a fixed-size format rewritten with its mtime restored (touch -r, cp -p, rsync -t, an
+    archive unpacked over the folder), or two such files swapped between classes: the cache must not
+    answer the old pixels, nor the old labels."""
+    data, g = tmp_path / "data", np.random.default_rng(0)
+    for c in ("a", "b"):
+        (data / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(g.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(data / c / f"{i}.ppm")
+    kw = dict(image_size=(8, 8), val_fraction=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        load_image_folder(data, cache=tmp_path / "c", **kw)
+        p = data / "a" / "0.ppm"
+        st = p.stat()
+        Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(p)
+        os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert p.stat().st_size == st.st_size and p.stat().st_mtime_ns == st.st_mtime_ns
+        got, want = load_image_folder(data, cache=tmp_path / "c", **kw), load_image_folder(data, cache=False, **kw)
+        assert torch.equal(got.images, want.images) and got.images[0].max() == 0
+        a, b = data / "a" / "1.ppm", data / "b" / "1.ppm"
+        for f in (a, b):
+            os.utime(f, ns=(0, 10**18))
+        load_image_folder(data, cache=tmp_path / "c", **kw)
+        a.rename(tmp_path / "swap.ppm")
+        b.rename(a)
+        (tmp_path / "swap.ppm").rename(b)
+        got, want = load_image_folder(data, cache=tmp_path / "c", **kw), load_image_folder(data, cache=False, **kw)
+    assert got.meta["files"] == want.meta["files"] and torch.equal(got.images, want.images)
 
 
 def test_a_sliver_of_an_image_is_skipped_not_resized_to_gigabytes(tmp_path):

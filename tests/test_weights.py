@@ -111,6 +111,19 @@ def test_file_url_download_with_checksum(tmp_path, home):
     assert not (weights_dir() / "plain.pth").exists()
 
 
+def test_a_download_failing_its_checksum_names_the_url_not_a_file_already_gone(tmp_path, home):
+    """The mismatch is found in a temporary file that is then removed: the one line names the URL and
+    the destination left empty, never that file with "delete it"."""
+    src = tmp_path / "lenet5-deadbeef.pth"
+    torch.save(create_model("lenet5").state_dict(), src)
+    with pytest.raises(CnnkitError) as err:
+        load_weights(create_model("lenet5"), src.as_uri())
+    msg = str(err.value)
+    assert msg.startswith(f"{src.as_uri()}: sha256 checksum mismatch (expected deadbeef, got ")
+    assert ".part" not in msg and "delete it" not in msg and f"nothing was kept at {weights_dir() / src.name}" in msg
+    assert not weights_dir().exists() or list(weights_dir().iterdir()) == []
+
+
 def test_legacy_densenet_keys_are_renamed(tmp_path):
     layer = nn.Module()
     layer.norm1 = nn.BatchNorm2d(2)
@@ -134,3 +147,33 @@ def test_pretrained_table():
     assert pretrained_url("resnet18") == "https://download.pytorch.org/models/resnet18-f37072fd.pth"
     with pytest.raises(CnnkitError, match="no published weights for model 'lenet5'"):
         pretrained_url("lenet5")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+@pytest.mark.parametrize("fmt", ["pth", "safetensors"])
+def test_weights_with_nan_or_infinity_are_refused_before_loading(tmp_path, value, fmt):
+    """A NaN or infinite weight makes every answer NaN: refused in one line naming the tensor, with
+    the model left unchanged (fine-tuning would otherwise stop later, blaming its learning rate)."""
+    state = create_model("lenet5").state_dict()
+    state["c3.weight"][0, 0, 0, :2] = value
+    path = tmp_path / f"w.{fmt}"
+    torch.save(state, path) if fmt == "pth" else save_file(state, str(path))
+    dst = create_model("lenet5")
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    for strict in (True, False):
+        with pytest.raises(CnnkitError) as err:
+            load_weights(dst, path, strict=strict)
+        msg = str(err.value)
+        assert "\n" not in msg and "2 values in 1 tensor are NaN or infinite (c3.weight (2))" in msg
+    assert all(torch.equal(before[k], v) for k, v in dst.state_dict().items())
+
+
+def test_weights_of_another_kind_of_number_are_refused(tmp_path):
+    src = create_model("lenet5")
+    torch.save({k: v.to(torch.complex64) for k, v in src.state_dict().items()}, tmp_path / "c.pth")
+    with pytest.raises(CnnkitError, match=r"with another shape \(c1.weight: checkpoint complex64 vs model float32"):
+        load_weights(create_model("lenet5"), tmp_path / "c.pth")
+    torch.save({k: v.half() for k, v in src.state_dict().items()}, tmp_path / "h.pth")  # fp16: the same numbers
+    dst = create_model("lenet5")
+    assert not load_weights(dst, tmp_path / "h.pth")
+    assert torch.equal(dst.c1.weight, src.c1.weight.half().float())

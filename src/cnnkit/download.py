@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import shutil
 import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from cnnkit.errors import CnnkitError, disk_full, is_disk_full
+from cnnkit.errors import CnnkitError, disk_full, human_bytes, is_disk_full
 
 _CHUNK = 1 << 20
 
@@ -35,15 +36,20 @@ def check_file(path: str | os.PathLike, md5: str | None = None, sha256: str | No
     path = Path(path)
     if not path.is_file():
         raise CnnkitError(f"file not found: {path}")
+    bad = _mismatch(path, md5, sha256)
+    if bad:
+        raise CnnkitError(f"{path}: {bad}; the file is corrupt or truncated: delete it and download it again")
+
+
+def _mismatch(path: Path, md5: str | None, sha256: str | None) -> str | None:
+    """``"<algorithm> checksum mismatch (expected .., got ..)"`` for the first checksum ``path`` fails, else None."""
     for algorithm, expected in (("md5", md5), ("sha256", sha256)):
         if expected is None:
             continue
         got = file_digest(path, algorithm)
         if not got.startswith(expected.lower()):  # timm/torchvision publish sha256 prefixes
-            raise CnnkitError(
-                f"{path}: {algorithm} checksum mismatch (expected {expected}, got {got}); "
-                "the file is corrupt or truncated: delete it and download it again"
-            )
+            return f"{algorithm} checksum mismatch (expected {expected}, got {got})"
+    return None
 
 
 def download_url(
@@ -70,12 +76,18 @@ def download_url(
     elif dest.exists() or dest.is_symlink():
         raise CnnkitError(f"cannot download to {dest}: something that is not a file is there; move it away")
     created = _make_parents(dest.parent)
+    _remove_stale_parts(dest)
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
         with os.fdopen(fd, "wb") as out:
             _fetch(url, dest, out, progress, timeout)
-        check_file(tmp, md5, sha256)
+        bad = _mismatch(Path(tmp), md5, sha256)
+        if bad:  # the temporary file goes below: the message names the URL fetched, not a file to delete
+            raise CnnkitError(
+                f"{url}: {bad}; it serves a damaged file or not the published one, and nothing was kept "
+                f"at {dest}: try again later or another mirror, or put the right file there yourself"
+            )
         os.replace(tmp, dest)
     except OSError as exc:
         if is_disk_full(exc):
@@ -96,9 +108,15 @@ def _fetch(url: str, dest: Path, out, progress: bool, timeout: float) -> None:
         response = urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (checksummed)
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
         raise CnnkitError(f"could not download {url}: {exc}; {where}") from None
-    total = int(response.headers.get("Content-Length") or 0) or None
     with response:
+        total = _announced(response)
+        if total is not None and total > shutil.disk_usage(dest.parent).free:
+            raise CnnkitError(
+                f"{url} is {human_bytes(total)}, more than the {human_bytes(shutil.disk_usage(dest.parent).free)} "
+                f"free in {dest.parent}; free some space, or point cnnkit at another folder (--data-dir, $CNNKIT_HOME)"
+            )
         bar = _progress(dest.name, total) if progress else None
+        received = 0
         try:
             while True:
                 try:
@@ -110,11 +128,25 @@ def _fetch(url: str, dest: Path, out, progress: bool, timeout: float) -> None:
                 if not chunk:
                     break
                 out.write(chunk)
+                received += len(chunk)
                 if bar is not None:
                     bar[0].update(bar[1], advance=len(chunk))
         finally:
             if bar is not None:
                 bar[0].stop()
+    if total is not None and received < total:  # the connection closed early: urllib reads it as the end
+        raise CnnkitError(
+            f"download of {url} broke off after {received:,} of its {total:,} bytes; nothing was kept: {where}"
+        )
+
+
+def _announced(response) -> int | None:
+    """The size a response's Content-Length announces; None where it announces none, or no number."""
+    try:
+        total = int(response.headers.get("Content-Length") or "")
+    except ValueError:  # absent, or not a number: the length is unknown (the checksum still decides)
+        return None
+    return total if total >= 0 else None
 
 
 def _make_parents(folder: Path) -> list[Path]:
@@ -142,6 +174,23 @@ def _remove_empty(folders: list[Path]) -> None:
             f.rmdir()
         except OSError:
             return  # not empty (another download's files), or gone
+
+
+STALE_PART_SECONDS = 600  # a download in progress writes its .part at least every read timeout (60 s)
+
+
+def _remove_stale_parts(dest: Path) -> None:
+    """Remove the ``.<name>.*.part`` files of downloads of ``dest`` that were killed (untouched for
+    :data:`STALE_PART_SECONDS`); a download in progress in another process is left alone."""
+    import glob
+    import time
+
+    for part in dest.parent.glob(f".{glob.escape(dest.name)}.*.part"):
+        try:
+            if time.time() - part.stat().st_mtime > STALE_PART_SECONDS:
+                part.unlink()
+        except OSError:
+            pass  # gone already, or not ours to remove
 
 
 def _progress(name: str, total: int | None):

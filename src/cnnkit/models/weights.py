@@ -148,7 +148,7 @@ class LoadResult:
 
     missing: list[str] = field(default_factory=list)  # model keys the checkpoint lacks
     unexpected: list[str] = field(default_factory=list)  # checkpoint keys the model lacks
-    mismatched: list[str] = field(default_factory=list)  # "key: checkpoint (..) vs model (..)"
+    mismatched: list[str] = field(default_factory=list)  # "key: checkpoint (..) vs model (..)", or their dtypes
 
     def __bool__(self) -> bool:  # true when something did not match
         return bool(self.missing or self.unexpected or self.mismatched)
@@ -201,10 +201,13 @@ def load_weights(
         unexpected=[k for k in state if k not in own],
         mismatched=[
             f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+            if v.shape != own[k].shape
+            else f"{k}: checkpoint {str(v.dtype).replace('torch.', '')} vs model {str(own[k].dtype).replace('torch.', '')}"
             for k, v in state.items()
-            if k in own and v.shape != own[k].shape
+            if k in own and (v.shape != own[k].shape or v.is_floating_point() != own[k].is_floating_point())
         ],
     )
+    _check_finite(state, own, path)
     if result and strict:
         raise CnnkitError(
             f"{path.name} does not match the model: {_describe(result)}; "
@@ -213,6 +216,24 @@ def load_weights(
     bad = {m.split(":", 1)[0] for m in result.mismatched}
     model.load_state_dict({k: v for k, v in state.items() if k in own and k not in bad}, strict=False)
     return result
+
+
+def _check_finite(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse weights holding NaN or infinity: every answer of the network would be NaN, and fine-tuning
+    would stop later blaming its learning rate."""
+    bad = {
+        k: int((~torch.isfinite(v)).sum())
+        for k, v in state.items()
+        if k in own and (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all())
+    }
+    if bad:
+        first = ", ".join(f"{k} ({n:,})" for k, n in list(bad.items())[:3]) + (", ..." if len(bad) > 3 else "")
+        n = sum(bad.values())
+        raise CnnkitError(
+            f"{path.name}: {n:,} value{'s' * (n != 1)} in {len(bad)} tensor{'s' * (len(bad) != 1)} "
+            f"{'are' if n != 1 else 'is'} NaN or infinite ({first}); "
+            "the file is damaged or the training that wrote it diverged: give other weights"
+        )
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

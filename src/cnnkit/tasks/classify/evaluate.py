@@ -165,7 +165,8 @@ def evaluate_run(
 ) -> tuple[Evaluation, ImageSet, nn.Module]:
     """Score a classification run on a split of the data it was trained on (or of ``data``).
 
-    A fine-tuning run's image folder is split and cropped the way it was trained on; a run of a
+    A fine-tuning run's image folder is split and cropped the way it was trained on, and a run on an
+    image folder scores the images its split.json names; a run of a
     built-in data set reads that data set from ``data_dir`` (else the one it was trained with).
 
     Args:
@@ -223,6 +224,7 @@ def evaluate_run(
                 f"{run} does not record the dataset it was trained on (a converted model?); "
                 "pass --data NAME or --data PATH"
             )
+        own = None if data else read_split(resolve(run), ("train", "val"))  # an image folder run's own images
         try:
             images = load_dataset(
                 data or trained_on,
@@ -231,6 +233,7 @@ def evaluate_run(
                 image_size=tuple(model.input_size[1:]),
                 channels=model.input_size[0],
                 seed=cfg.get("seed", 0),
+                files=own,
             )
         except CnnkitError as exc:  # the loader's fix (a *_fraction argument) is not eval's to give
             text = str(exc)

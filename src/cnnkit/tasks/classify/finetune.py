@@ -987,11 +987,12 @@ def run_finetune(
                 indent=1,
             ).encode(),
         )
+    folder = str(Path(cfg.data).expanduser().resolve())  # absolute: `cnnkit eval` runs from any folder
     about = {
         "stages": list(stages),
         "freeze_until": cfg.freeze_until,
         "weights": cfg.weights,
-        "data": str(cfg.data),
+        "data": folder,
         "augment": cfg.augment,
         "val_fraction": cfg.val_fraction,
         "test_fraction": load["test_fraction"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -13,6 +14,38 @@ from cnnkit.export import OnnxModel, model_device
 from cnnkit.tasks.classify.evaluate import images_per_batch
 
 PREDICT_BATCH = 64  # images per forward pass (fewer on a CPU for large images: images_per_batch)
+
+
+def run_loader(model: nn.Module) -> Callable[[str | Path], torch.Tensor] | None:
+    """How a run trained on an image folder read its images, as ``fn(path) -> (C, H, W)`` floats in
+    [0, 1]: the shorter side resized to cover the input over the run's crop share, the centre kept,
+    with the run's interpolation (:func:`~cnnkit.data.imagefolder.decode_image`, what training and
+    ``cnnkit eval`` read); None for any other model (a built-in data set's run, a converted one).
+
+    Raises:
+        CnnkitError: a fine-tuning run whose metadata names a crop share or interpolation it cannot have.
+    """
+    from cnnkit.data.datasets import DATASETS
+    from cnnkit.data.imagefolder import decode_image
+
+    info = getattr(model, "info", None)
+    info = info if isinstance(info, dict) else {}
+    members = info.get("ensemble")
+    first = members[0] if isinstance(members, list) and members and isinstance(members[0], dict) else {}
+    config, tuned = info.get("config") or first.get("config"), info.get("finetune")
+    if isinstance(tuned, dict) and tuned.get("data"):
+        crop, interpolation = tuned.get("crop_fraction", 1.0), tuned.get("interpolation", "bilinear")
+        if not (isinstance(crop, (int, float)) and 0 < crop <= 1 and interpolation in ("bilinear", "bicubic")):
+            raise CnnkitError(
+                f"the run's metadata names crop_fraction={str(crop)[:20]!r} and interpolation="
+                f"{str(interpolation)[:20]!r}; the file is damaged: restore the run from a copy or fine-tune it again"
+            )
+    elif isinstance(config, dict) and isinstance(config.get("data"), str) and config["data"] not in DATASETS:
+        crop, interpolation = 1.0, "bilinear"  # an image folder as `cnnkit train` reads it
+    else:
+        return None
+    c, h, w = model.input_size
+    return lambda path: decode_image(path, (h, w), c, "shorter", crop, interpolation).float() / 255
 
 
 def load_image(path: str | Path, input_size: tuple[int, int, int], dark_background: bool) -> torch.Tensor:
@@ -35,7 +68,8 @@ def predict_files(model: nn.Module, paths: list[str], top: int = 3, loader=None)
         paths: image files (PNG, JPEG, ...).
         top: how many (class, probability) pairs to keep per image.
         loader: ``fn(path) -> (C, H, W)`` float tensor in [0, 1] that reads one image (default: the
-            file converted and resized to the model's input the way its training images were).
+            file converted and resized to the model's input the way its training images were:
+            :func:`run_loader` for a run on an image folder, else :func:`load_image`).
 
     Returns:
         Per image ``{"image": path, "top": [(class name, probability), ...]}``, most probable first.
@@ -48,7 +82,7 @@ def predict_files(model: nn.Module, paths: list[str], top: int = 3, loader=None)
         [{'image': 'seven.png', 'top': [('7', 0.99)]}]
     """
     dark = bool(getattr(model, "info", {}).get("dataset", {}).get("dark_background", False))
-    loader = loader or (lambda p: load_image(p, model.input_size, dark))
+    loader = loader or run_loader(model) or (lambda p: load_image(p, model.input_size, dark))
     device, batches, start = model_device(model), [], 0
     while start < len(paths):  # read and answered a batch at a time: memory stays bounded however many files
         first = loader(paths[start])  # (C, H, W)

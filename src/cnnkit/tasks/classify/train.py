@@ -120,14 +120,18 @@ def train(
                 resume and (out / f"member{i}" / RESUME_FILE).is_file(),
                 quiet,
                 on_epoch_end,
+                split_seed=cfg.seed,  # one split for all: no member trains on the ensemble's validation images
             )
             for i in range(cfg.ensemble)
         ]
+        split = read_split(out / "member0", ("train", "val"))  # an image folder's (None: a built-in data set)
         if d.main:
             save_ensemble(out / MODEL_FILE, [r.out / MODEL_FILE for r in runs])
+            if split is not None:
+                atomic_write_bytes(out / SPLIT_FILE, json.dumps(split, indent=1).encode())
         val = evaluate(
             load_classifier(out, d.device),
-            load_dataset(cfg.data, "val", cfg.data_dir, image_size=cfg.image_size, seed=cfg.seed),
+            load_dataset(cfg.data, "val", cfg.data_dir, image_size=cfg.image_size, seed=cfg.seed, files=split),
             cfg.eval_batch_size,
             precision=cfg.precision,
         )
@@ -145,10 +149,13 @@ def train_one(
     resume: bool = False,
     quiet: bool = False,
     on_epoch_end: Callable[[int, dict], None] | None = None,
+    split_seed: int | None = None,
 ) -> TrainResult:
     """One model: the config as a classification task and a one-phase plan, run by the engine.
-    An image folder's split is the run's ``split.json``: written before training, read on resume."""
-    train_set, val_set = load_splits(cfg, d.device, read_split(out, ("train", "val")) if resume else None)
+    An image folder is split by ``split_seed`` (default: ``cfg.seed``); the split is the run's
+    ``split.json``: written before training, read on resume."""
+    own = read_split(out, ("train", "val")) if resume else None
+    train_set, val_set = load_splits(cfg, d.device, own, split_seed)
     if "files" in train_set.meta and d.main and not (resume and (out / SPLIT_FILE).is_file()):
         check_new_run(out, resume)  # before split.json is written: a refused run leaves the folder untouched
         split = {"train": train_set.meta["files"], "val": val_set.meta.get("files", [])}
@@ -235,11 +242,12 @@ def trainable_augment(
 
 
 def load_splits(
-    cfg: TrainConfig, device: torch.device, files: dict[str, list[str]] | None = None
+    cfg: TrainConfig, device: torch.device, files: dict[str, list[str]] | None = None, split_seed: int | None = None
 ) -> tuple[ImageSet, ImageSet]:
     """The train and validation splits, on ``device``; ``files``: an image folder's split as a run's
-    split.json holds it (None: the seeded split)."""
-    kw = dict(data_dir=cfg.data_dir, image_size=cfg.image_size, seed=cfg.seed, files=files)
+    split.json holds it (None: the split of ``split_seed``, default ``cfg.seed``)."""
+    seed = cfg.seed if split_seed is None else split_seed
+    kw = dict(data_dir=cfg.data_dir, image_size=cfg.image_size, seed=seed, files=files)
     train_set, val_set = (load_dataset(cfg.data, s, **kw) for s in ("train", "val"))
     if cfg.trainval:  # the final refit: val is trained on (and still reported)
         train_set = train_set.cat(val_set, f"{train_set.name}+val")
