@@ -10,6 +10,7 @@ pass, so it is timed at the largest batch this 24 GB machine can take (the batch
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
@@ -18,6 +19,7 @@ import time
 import torch
 
 import cnnkit
+from cnnkit.engine.precision import cpu_name
 
 # (model, batch analysed by cnnkit, batch torchinfo can run here)
 CASES = [("resnet18", 32, 32), ("resnet50", 64, 16), ("resnet152", 256, 8), ("densenet121", 64, 8)]
@@ -29,7 +31,8 @@ def timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)
     try:
         import torchinfo
     except ImportError:
@@ -41,7 +44,7 @@ def main() -> int:
     cnnkit.summary(warm, input_size=(3, 32, 32), batch_size=2)
     if torchinfo:
         torchinfo.summary(warm, input_size=(2, 3, 32, 32), verbose=0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"CPU: {cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(
         f"{'model':<12} {'batch':>5} {'cold':>8} {'warm':>8} {'aten-only':>9} | {'torchinfo':>9} "
         f"{'(batch)':>7} {'torchinfo/warm':>14}"
@@ -66,4 +69,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from cnnkit.errors import CnnkitError
+
+    try:
+        sys.exit(main())
+    except CnnkitError as exc:  # bad input: one line and a non-zero exit, not a traceback
+        sys.exit(f"error: {' '.join(str(exc).split())}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import torch.nn as nn
 from cnnkit import to_fcn
 from cnnkit.data.idx import read_idx
 from cnnkit.data.imageset import ImageSet
+from cnnkit.engine.precision import cpu_name
 from cnnkit.models.fcn import total_stride
 from cnnkit.tasks.classify.finetune import evaluate, finetune
 
@@ -70,6 +72,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    print(f"CPU: {cpu_name()}, {args.threads} threads, torch {torch.__version__}")
     mnist = args.data / "mnist"
     train = ImageSet(
         read_idx(mnist / "train-images-idx3-ubyte.gz")[:, None].contiguous(),
@@ -166,4 +169,9 @@ def plot(canvas, probs, placed, stride, out: Path) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    from cnnkit.errors import CnnkitError
+
+    try:
+        sys.exit(main())
+    except CnnkitError as exc:  # bad input: one line and a non-zero exit, not a traceback
+        sys.exit(f"error: {' '.join(str(exc).split())}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def samples_done(run: Path) -> tuple[int, float]:
     return len(rows) * steps * cfg["batch_size"], seconds
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--classifier", required=True, help="a `cnnkit train --data mnist` run")
     p.add_argument("--out", default="runs/bench-gan", help="folder of the two runs")
@@ -50,7 +51,10 @@ def main() -> int:
     p.add_argument("--clusters", type=int, default=0, help="the unconditional run's k-means clusters (0: none)")
     p.add_argument("--eval-only", action="store_true", help="score the runs already in --out")
     p.add_argument("--data-dir", default=os.environ.get("CNNKIT_DATA"))
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    from cnnkit.engine.runfolder import resolve
+
+    resolve(Path(args.classifier))  # a wrong path fails now, not after the training
     print(f"CPU: {cpu_name()} ({os.cpu_count()} cores), torch {torch.__version__}")
     for kind in [args.only] if args.only else ["uncond", "cond"]:
         run = Path(args.out) / kind
@@ -91,4 +95,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from cnnkit.errors import CnnkitError
+
+    try:
+        sys.exit(main())
+    except CnnkitError as exc:  # bad input: one line and a non-zero exit, not a traceback
+        sys.exit(f"error: {' '.join(str(exc).split())}")

@@ -6,7 +6,9 @@ takes most of it). Prints the median ms/image over 50 runs after 10 warm-up runs
 
 from __future__ import annotations
 
+import argparse
 import statistics
+import sys
 import time
 
 import torch
@@ -27,7 +29,12 @@ def ms_per_image(fn, x, warmup: int = 10, runs: int = 50) -> float:
     return 1000 * statistics.median(times)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = create_model("efficientnet_lite0").eval()
     x = torch.randn(1, 3, 224, 224)
@@ -54,4 +61,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from cnnkit.errors import CnnkitError
+
+    try:
+        sys.exit(main())
+    except CnnkitError as exc:  # bad input: one line and a non-zero exit, not a traceback
+        sys.exit(f"error: {' '.join(str(exc).split())}")

@@ -36,13 +36,26 @@ def read_idx(path: Path):
     return np.frombuffer(raw, np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
+def cpu_name() -> str:
+    """The processor's model name, as cnnkit.engine.precision.cpu_name reads it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown CPU"
+
+
 def load(data_dir: Path, split: str):
     images, labels = (read_idx(data_dir / "mnist" / name) for name in FILES[split])
     return (images.astype("float32") / 255.0)[..., None], labels.astype("int64")
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default=os.environ.get("CNNKIT_DATA"), help="folder holding mnist/")
     p.add_argument("--epochs", type=int, default=10, help="the notes train 10 epochs")
     p.add_argument("--threads", type=int, default=0, help="TensorFlow intra-op threads (0: all cores)")
@@ -90,6 +103,7 @@ def main(argv=None) -> int:
                 val_acc=history.history["val_accuracy"][-1],
                 test_acc=test_acc,
                 threads=threads,
+                cpu=cpu_name(),
                 keras=keras.__version__,
                 tensorflow=tf.__version__,
             )

@@ -30,6 +30,7 @@ import torch.nn as nn
 
 import cnnkit
 from cnnkit.analysis.measure import measure_peak
+from cnnkit.engine.precision import cpu_name
 from cnnkit.models.network import resolve_target
 from cnnkit.tasks.video.config import VideoConfig
 from cnnkit.tasks.video.load import build_model
@@ -106,17 +107,17 @@ def torchinfo_total(model, shape) -> int | None:
     return int(stats.total_input + stats.total_output_bytes + stats.total_param_bytes)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="only the small cases")
     ap.add_argument("--large", action="store_true", help="only the 512-2048 px cases (extrapolated backend)")
     ap.add_argument("--video", action="store_true", help="only the 3-D convolution and frame predictor cases")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     picked = {g for g in ("quick", "large", "video") if getattr(args, g)}
     groups = picked or {"quick", "full", "large", "video"}
     torch.manual_seed(0)
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"CPU: {cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"CPU capability {torch.backends.cpu.get_cpu_capability()}"
     )
     header = (
@@ -130,7 +131,9 @@ def main() -> int:
         if group not in groups:
             continue
         try:
-            model, _, name = (target(), None, target.__name__) if callable(target) else resolve_target(target)
+            model, _, name = (
+                (target(), None, target.__name__) if callable(target) else resolve_target(target, meta=False)
+            )
         except cnnkit.CnnkitError as exc:
             print(f"{Path(target).stem:<16} skipped: {exc}")
             continue
@@ -157,4 +160,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from cnnkit.errors import CnnkitError
+
+    try:
+        sys.exit(main())
+    except CnnkitError as exc:  # bad input: one line and a non-zero exit, not a traceback
+        sys.exit(f"error: {' '.join(str(exc).split())}")

@@ -147,6 +147,7 @@ def _train(args, command: str, cfg, train, name: str | None = None) -> None:
         "history": result.history,
     }
     _save(folder, record)
+    print(TARGETS)  # the figure's reference, in the same run
 
 
 def speed(args) -> None:
@@ -251,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    if args.what == "speed" and args.epochs < 2:
+        p.error("speed: --epochs is the steps per model, at least 2 (the first warms up)")
     defaults = {
         "predict": dict(clips=1000, batch_size=16, lr=5e-3),
         "classify": dict(clips=2000, batch_size=32, lr=3e-3),
@@ -266,4 +269,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from cnnkit.errors import CnnkitError
+
+    try:
+        sys.exit(main())
+    except CnnkitError as exc:  # bad input: one line and a non-zero exit, not a traceback
+        sys.exit(f"error: {' '.join(str(exc).split())}")

@@ -80,8 +80,8 @@ TARGETS = {
     "segment": ({"person_IoU": 0.80}, "fit", 480),
     "instance": ({"mask_AP": 0.50}, "fit", 540),
 }
-# What the same commands measured when the issue was written (AMD EPYC Zen 3, 2 cores, fp32, one
-# thread for the Penn-Fudan tasks, each one's own test split then): score, seconds of the counted kind.
+# The issue's starting figures for the same commands (AMD EPYC Zen 3, 2 cores, fp32, one thread for
+# the Penn-Fudan tasks, each one's own test split; docs/experiments/ has their record): score, seconds of the counted kind.
 REFERENCE = {
     "mnist": ({"test_acc": 0.995}, 57),
     "flowers": ({"test_acc": 0.933}, 372),
@@ -302,4 +302,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from cnnkit.errors import CnnkitError
+
+    try:
+        sys.exit(main())
+    except CnnkitError as exc:  # bad input: one line and a non-zero exit, not a traceback
+        sys.exit(f"error: {' '.join(str(exc).split())}")

@@ -67,6 +67,7 @@ def band(fg: torch.Tensor, d: int) -> torch.Tensor:
 
 
 def main(argv=None) -> int:
+    from cnnkit.engine.precision import cpu_name
     from cnnkit.engine.runfolder import resolve, run_photos
     from cnnkit.tasks.segment.config import SegmentConfig
     from cnnkit.tasks.segment.data import load_splits
@@ -81,6 +82,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="", help="write the worst photos' error overlays here")
     args = parser.parse_args(argv)
 
+    print(f"CPU: {cpu_name()}, {torch.get_num_threads()} threads")
     run = Path(args.run)
     model = load_segmenter(run).eval()
     cfg = SegmentConfig.from_dict(model.info["config"], strict=False)
@@ -144,4 +146,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from cnnkit.errors import CnnkitError
+
+    try:
+        sys.exit(main())
+    except CnnkitError as exc:  # bad input: one line and a non-zero exit, not a traceback
+        sys.exit(f"error: {' '.join(str(exc).split())}")

@@ -144,4 +144,9 @@ def shots(browser, base, page, out: Path, args) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from cnnkit.errors import CnnkitError
+
+    try:
+        sys.exit(main())
+    except CnnkitError as exc:  # bad input: one line and a non-zero exit, not a traceback
+        sys.exit(f"error: {' '.join(str(exc).split())}")

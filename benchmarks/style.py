@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -169,4 +170,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from cnnkit.errors import CnnkitError
+
+    try:
+        sys.exit(main())
+    except CnnkitError as exc:  # bad input: one line and a non-zero exit, not a traceback
+        sys.exit(f"error: {' '.join(str(exc).split())}")

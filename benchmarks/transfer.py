@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -291,6 +292,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
+    from cnnkit.engine.precision import cpu_name
+
+    print(f"CPU: {cpu_name()}, {args.threads} threads, torch {torch.__version__}")
     if args.zero_shot:
         print("| interpolation | crop share | normalisation | ant-vs-bee logit | top-1 of 1000 |")
         return zero_shot(args.data)
@@ -302,7 +306,7 @@ def main() -> None:
         print("| set | start | seed | accuracy | training seconds |\n| --- | --- | --- | --- | --- |")
         for r in rows:
             print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.4f} | {r[4]:.0f} |")
-        from cnnkit.engine.precision import cpu_flags, cpu_name
+        from cnnkit.engine.precision import cpu_flags
 
         avx = ", ".join(sorted(f for f in cpu_flags() if f.startswith(("avx2", "avx512f", "avx512_bf16", "amx"))))
         print(f"\ntotal {time.perf_counter() - t0:.0f} s on {args.threads} threads of {cpu_name()} ({avx})")
@@ -325,4 +329,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from cnnkit.errors import CnnkitError
+
+    try:
+        sys.exit(main())
+    except CnnkitError as exc:  # bad input: one line and a non-zero exit, not a traceback
+        sys.exit(f"error: {' '.join(str(exc).split())}")

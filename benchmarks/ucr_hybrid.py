@@ -12,7 +12,7 @@ scored without training again. Resumable: sets already in the TSV are skipped.
 
 The rule, fixed before the first run: the hybrid (at one T for every set, the T with the lowest
 mean validation error) becomes the UCR recipe only if, over every set with a validation split, its
-mean validation error is lower than MultiRocket's by more than 0.002 (the rule Hydra was held to)
+mean validation error is lower than MultiRocket's by more than 0.002 (the rule ucr_hydra.py applies)
 and it wins on more sets than it loses. T is chosen on the same validation errors it is judged on,
 one number for all sets; the margin is the guard.
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -79,7 +80,7 @@ def compare(name: str, full: SeriesSet, data_dir, threads: int) -> tuple[list, d
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--sets", nargs="+", help="these sets only (default: the UCR benchmark's installed sets, smallest first)"
     )
@@ -121,4 +122,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from cnnkit.errors import CnnkitError
+
+    try:
+        sys.exit(main())
+    except CnnkitError as exc:  # bad input: one line and a non-zero exit, not a traceback
+        sys.exit(f"error: {' '.join(str(exc).split())}")

@@ -7,8 +7,8 @@ each time step each group's largest response adds its value to that kernel's cou
 adds 1 to its own. The counts are "sparse scaled" (square root of the positive part, standardised
 where not zero) and concatenated with MultiRocket's standardised features for one ridge classifier
 (``cnnkit.tasks.sequence.rocket.ridge_loo``). Univariate sets only; a comparison, not a cnnkit model.
-Adopted only if its mean validation error is lower than MultiRocket's by more than 0.002 (it was
-not: docs/experiments/2026-12-04-ucr-fast.md).
+Adopted only if its mean validation error is lower than MultiRocket's by more than 0.002 (the
+outcome: docs/experiments/2026-12-04-ucr-fast.md).
 
     CNNKIT_DATA=../shared/data python benchmarks/ucr_hydra.py [--sets GunPoint ECG200 ...]
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 import time
 
 import torch
@@ -112,4 +113,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from cnnkit.errors import CnnkitError
+
+    try:
+        sys.exit(main())
+    except CnnkitError as exc:  # bad input: one line and a non-zero exit, not a traceback
+        sys.exit(f"error: {' '.join(str(exc).split())}")

@@ -173,7 +173,8 @@ def summary(
         "buffer_bytes": inf.baseline.get("buffers", 0),
     }
     memory = _memory(inf, tr, op_bytes, device)
-    outputs = [(n, shape) for n, shape in _outputs(inf, rows) if n not in _same_output(inf, rows)]
+    same = _same_output(inf, rows)  # once: it compares every pair of rows
+    outputs = [(n, shape) for n, shape in _outputs(inf, rows) if n not in same]
     textbook = textbook_memory(rows, input_size, batch_size, itemsize, params, outputs)
     notes = _explain(memory, textbook, use_backend, device)
     if unmeasured:
