@@ -4,6 +4,8 @@ import os
 import socket
 import subprocess
 import sys
+from dataclasses import replace
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
@@ -103,3 +105,137 @@ def test_two_processes_match_one(data_dir, tmp_path):
         "model.safetensors",
         "resume.safetensors",
     ]
+
+
+def _entry(rank: int, fn, port: int, args: tuple) -> None:
+    """One of two processes of a gloo group, as torchrun starts them (its environment variables)."""
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE="2",
+        LOCAL_WORLD_SIZE="2",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        OMP_NUM_THREADS="1",
+    )
+    torch.set_num_threads(1)
+    fn(rank, *args)
+
+
+def _two_processes(fn, *args) -> None:
+    """``fn(rank, *args)`` in two processes that join one process group (a few seconds, no torchrun)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_entry, args=(fn, _free_port(), args), nprocs=2, join=True)
+
+
+def _ensemble(rank: int, data_dir: str, model: str, out: str) -> None:
+    import importlib
+    import time
+
+    classify_train = importlib.import_module("cnnkit.tasks.classify.train")  # the module, not its train()
+
+    if rank == 0:  # rank 0 writes the ensemble a moment late: the other process must wait for it
+        save = classify_train.save_ensemble
+
+        def late(*a, **kw):
+            time.sleep(1.5)
+            return save(*a, **kw)
+
+        classify_train.save_ensemble = late
+    args = dict(model=model, data_dir=data_dir, subset=256, epochs=1, batch_size=64, ensemble=2, tta=False)
+    result = train(preset("fast", **args, threads=1, device="cpu", precision="fp32"), out, quiet=True)
+    Path(out, f"acc{rank}.txt").write_text(repr(result.val_acc))
+
+
+def test_an_ensemble_under_torchrun_is_read_by_every_process_after_rank_0_wrote_it(data_dir, tmp_path):
+    (tmp_path / "net.py").write_text(NET)
+    out = tmp_path / "ens"
+    _two_processes(_ensemble, str(data_dir), f"{tmp_path / 'net.py'}:net", str(out))
+    assert (out / "model.safetensors").is_file()
+    assert (out / "acc0.txt").read_text() == (out / "acc1.txt").read_text()  # one ensemble, one score
+
+
+class _Line(torch.nn.Module):
+    """y = w x + b, with a layer the forward never uses (as a detector's stage beyond its last stride)."""
+
+    def __init__(self):
+        super().__init__()
+        self.used, self.unused = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
+
+    def forward(self, x):
+        return self.used(x)
+
+
+class _LineTask:
+    name, metric = "line", "score"
+
+    def batches(self, data, generator, train):
+        x, y = data
+        return [(x[i], y[i]) for i in torch.randperm(len(x), generator=generator).split(16)]
+
+    def loss(self, model, batch):
+        err = (model(batch[0]) - batch[1]).pow(2)
+        return err.mean(), {"loss": err.sum().detach(), "n": torch.tensor(float(len(err)))}
+
+    def evaluate(self, model, data):
+        return {"score": 0.0}
+
+    def deployable(self, model):
+        return model
+
+    def describe(self, model):
+        return {"task": "line"}
+
+    def summary(self, model):
+        return "a line"
+
+
+def _fit_line(rank: int, out: str | None) -> dict:
+    from cnnkit.engine import Data, Phase, Plan, Setup, fit
+
+    torch.manual_seed(0)
+    x = torch.linspace(-1, 1, 128).unsqueeze(1)
+    plan = Plan([Phase(2, lambda m: Setup(torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)))], seed=1)
+    model = fit(_LineTask(), _Line(), Data((x, 3 * x - 1)), plan, out, quiet=True, device="cpu", precision="fp32").model
+    if out is not None:
+        torch.save(model.state_dict(), Path(out) / f"rank{rank}.pt")
+    return model.state_dict()
+
+
+def test_a_network_with_parameters_its_forward_never_uses_trains_under_torchrun(tmp_path):
+    _two_processes(_fit_line, str(tmp_path))
+    one = _fit_line(0, None)
+    for rank in (0, 1):
+        two = torch.load(tmp_path / f"rank{rank}.pt")
+        for k in one:
+            torch.testing.assert_close(two[k], one[k], atol=1e-6, rtol=1e-5)
+
+
+def _full_and_resumed(rank: int, data_dir: str, model: str, root: str) -> None:
+    import torch.distributed as dist
+
+    from cnnkit.engine.distributed import Dist
+    from cnnkit.tasks.classify.train import train_one
+
+    args = dict(model=model, data_dir=data_dir, subset=512, epochs=3, batch_size=64, lr=0.05, prune=0.65, tta=False)
+    cfg = preset("fast", **args, threads=1, device="cpu", precision="fp32", ema=0.0)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    d = Dist(rank, 2, rank, torch.device("cpu"))
+    try:
+        train_one(cfg, Path(root, "full"), d, quiet=True)
+        train_one(replace(cfg, minutes=1e-6), Path(root, "cut"), d, quiet=True)  # stops after its first epoch
+        train_one(cfg, Path(root, "cut"), d, resume=True, quiet=True)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_pruned_run_resumed_under_torchrun_continues_exactly(data_dir, tmp_path):
+    (tmp_path / "net.py").write_text(NET)
+    _two_processes(_full_and_resumed, str(data_dir), f"{tmp_path / 'net.py'}:net", str(tmp_path))
+    full, cut = (load_file(tmp_path / r / "model.safetensors") for r in ("full", "cut"))
+    for k in full:
+        torch.testing.assert_close(cut[k], full[k], atol=0, rtol=0)
+    assert (tmp_path / "cut" / "metrics.csv").read_text().splitlines()[-1].split(",")[:3] == (
+        (tmp_path / "full" / "metrics.csv").read_text().splitlines()[-1].split(",")[:3]
+    )

@@ -365,7 +365,9 @@ def _run_phase(
     net = setup.module or model
     if d.world > 1 and hasattr(task, "step"):
         raise CnnkitError(f"the {task.name} task trains on one process; run it without torchrun")
-    step_net = nn.parallel.DistributedDataParallel(net) if d.world > 1 else net
+    # a network may hold parameters its forward never uses (the digit detector's stride-16 stage when
+    # --strides 4 8): DDP then waits for their gradients forever unless told to look for them
+    step_net = nn.parallel.DistributedDataParallel(net, find_unused_parameters=True) if d.world > 1 else net
     train, val = setup.data or data
     evaluated = setup.module or deploy  # a phase's own module is validated on its data
     last, images = epochs.stop, 0
@@ -430,9 +432,11 @@ def _run_phase(
                 spent = sum(r["seconds"] for r in history[:-1]) + seconds  # this epoch's unrounded time
                 over = torch.tensor([float(spent + seconds > minutes * 60)], device=d.device)
                 stop = all_sum(over, d).item() > 0
+            # the task's own state on every process: a task may merge what each process's shard built
+            state = task.state_dict() if hasattr(task, "state_dict") else None
             if d.main and out is not None:
                 draw = stop or epoch + 1 == total or _curves_due(history)
-                _save_run(out, task, model, deploy, setup.optimizers, ema, gen, history, config, precision, draw)
+                _save_run(out, task, model, deploy, setup.optimizers, ema, gen, history, config, precision, draw, state)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, row)
             if stop:
@@ -566,9 +570,13 @@ def _start(out: Path | None, resume: bool, model, ema, gen, config: dict, task=N
     return epoch, history
 
 
-def _save_run(out, task, model, deploy, optimizers, ema, gen, history, config, precision, draw: bool = True) -> None:
-    """Resume state, then config.yaml, deployable model, metrics.csv and (``draw``) curves.png, each file atomic."""
-    state = task.state_dict() if hasattr(task, "state_dict") else None
+def _save_run(
+    out, task, model, deploy, optimizers, ema, gen, history, config, precision, draw: bool = True, state=None
+) -> None:
+    """Resume state, then config.yaml, deployable model, metrics.csv and (``draw``) curves.png, each file atomic.
+    ``state``: the task's ``state_dict()`` when the caller took it (on every process); else taken here."""
+    if state is None and hasattr(task, "state_dict"):
+        state = task.state_dict()
     save_resume(
         out / RESUME_FILE,
         model,

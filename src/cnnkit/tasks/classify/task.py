@@ -109,7 +109,10 @@ class ClassifyTask:
         return kept[torch.randperm(len(kept), generator=generator, device=device)], weight
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Pruning's per-image losses (none without pruning): the engine saves them with the resume state."""
+        """Pruning's per-image losses (none without pruning): the engine saves them with the resume state.
+        Under torchrun every process calls it: each one's losses of its shard are merged first."""
+        if self._fresh is not None and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(self._fresh, torch.distributed.ReduceOp.MIN)
         return {} if self._losses is None else {"losses": self._losses, "fresh": self._fresh}  # set together
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:

@@ -129,6 +129,8 @@ def train(
             save_ensemble(out / MODEL_FILE, [r.out / MODEL_FILE for r in runs])
             if split is not None:
                 atomic_write_bytes(out / SPLIT_FILE, json.dumps(split, indent=1).encode())
+        if d.world > 1:  # every process reads the ensemble that rank 0 has just written
+            torch.distributed.barrier()
         val = evaluate(
             load_classifier(out, d.device),
             load_dataset(cfg.data, "val", cfg.data_dir, image_size=cfg.image_size, seed=cfg.seed, files=split),
