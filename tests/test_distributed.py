@@ -239,3 +239,27 @@ def test_a_pruned_run_resumed_under_torchrun_continues_exactly(data_dir, tmp_pat
     assert (tmp_path / "cut" / "metrics.csv").read_text().splitlines()[-1].split(",")[:3] == (
         (tmp_path / "full" / "metrics.csv").read_text().splitlines()[-1].split(",")[:3]
     )
+
+
+def test_the_final_line_speaks_once_and_generate_refuses_torchrun_before_reading_data(tmp_path, monkeypatch, capsys):
+    """Under torchrun only rank 0 prints a command's final line; `generate train` refuses a second
+    process before it reads a digit."""
+    import argparse
+
+    import pytest
+
+    from cnnkit.cli import finished
+    from cnnkit.errors import CnnkitError
+    from cnnkit.tasks.generate.config import GenerateConfig
+    from cnnkit.tasks.generate.train import train as train_gan
+
+    args = argparse.Namespace(quiet=False)
+    monkeypatch.setenv("RANK", "1")
+    finished(args, "done: rank 1")
+    monkeypatch.setenv("RANK", "0")
+    finished(args, "done: rank 0")
+    assert capsys.readouterr().out == "done: rank 0\n"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(CnnkitError, match="runs in one process .* run it without torchrun"):
+        train_gan(GenerateConfig(data_dir=str(tmp_path / "nothing-here")), tmp_path / "gan")
+    assert not (tmp_path / "gan").exists()

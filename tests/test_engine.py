@@ -402,3 +402,10 @@ def test_the_optimizers_step_every_tensor_at_once_with_the_for_loops_arithmetic(
             opt.step()
     for a, b in zip(nets[0].parameters(), nets[1].parameters()):
         assert torch.equal(a, b)
+
+
+def test_every_model_records_the_threads_it_trained_with(tmp_path):
+    from cnnkit.engine.runfolder import read_info
+
+    _run(tmp_path / "r")  # a task that does not say its threads itself
+    assert read_info(tmp_path / "r")["threads"] == torch.get_num_threads()

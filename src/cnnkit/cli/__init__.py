@@ -68,8 +68,11 @@ QUIET_HELP = "print nothing but warnings and errors (no summary, progress, epoch
 
 
 def finished(args, line: str) -> None:
-    """A training command's final line, left out under ``--quiet`` as everything else it prints."""
-    if not args.quiet:
+    """A training command's final line, left out under ``--quiet`` as everything else it prints, and
+    said once under torchrun (by rank 0)."""
+    import os
+
+    if not args.quiet and os.environ.get("RANK", "0") == "0":
         print(line)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -130,6 +131,8 @@ def train(cfg: GenerateConfig, out=None, resume: bool = False, quiet: bool = Fal
             f"--codes and --clusters are two ways to give the generator a discrete choice: take one. "
             f"Received: --codes {cfg.codes} --clusters {cfg.clusters}"
         )
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # before any data is read: the two networks' game is one process's
+        raise CnnkitError("generate train runs in one process (its two networks take turns); run it without torchrun")
     use_threads(cfg.threads)
     digits = load_digits(cfg)
     prior = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn as nn
@@ -133,7 +134,8 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
     plan = Plan([Phase(cfg.epochs, setup)], seed=cfg.seed, ema=cfg.ema, val_every=cfg.val_every)
 
     def write_split(epoch: int, row: dict) -> None:  # beside the engine's files, once it has written them
-        if out is not None and not (Path(out) / SPLIT_FILE).is_file():
+        main = os.environ.get("RANK", "0") == "0"  # under torchrun rank 0 writes the run folder
+        if main and out is not None and not (Path(out) / SPLIT_FILE).is_file():
             atomic_write_bytes(Path(out) / SPLIT_FILE, json.dumps(split, indent=1).encode())
 
     try:
