@@ -208,15 +208,7 @@ def test_interrupted_finetune_resumes_on_its_own_split_when_the_folder_grows(tmp
 
     monkeypatch.setenv("CNNKIT_HOME", str(tmp_path / "home"))
     data = tmp_path / "flat"
-    g = np.random.default_rng(0)
-
-    def add(i, c):
-        (data / c).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(g.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(data / c / f"{c}{i:02d}.png")
-
-    for i in range(20):
-        for c in ("a", "b"):
-            add(i, c)
+    add = _noise_photos(data, 20)
     fractions = dict(val_fraction=0.15, test_fraction=0.2, seed=0, cache=False)
     started = {s: load_image_folder(data, s, (16, 16), **fractions).meta["files"] for s in ("train", "val", "test")}
     save = loop._save_run
@@ -338,20 +330,27 @@ def test_finetune_run_on_a_relative_folder_is_evaluated_from_any_folder(tmp_path
     assert here["n"] == 4 and there == here and elsewhere == here
 
 
-def test_finetune_eval_scores_the_runs_own_test_images_when_the_folder_grows(tmp_path, monkeypatch, capsys):
-    """A fine-tuning run's `cnnkit eval --split test` reads its split.json: images added to a class
-    folder after training are not scored, and a training image never becomes a test one."""
-    monkeypatch.setenv("CNNKIT_HOME", str(tmp_path / "home"))
-    data = tmp_path / "flat"
+def _noise_photos(data, n: int = 0):
+    """``n`` 20x20 noise photos in each of ``data/a`` and ``data/b`` (``c{i}.png``, one seeded stream),
+    and ``add(i, c)``, which writes one more."""
     g = np.random.default_rng(0)
 
     def add(i, c):
         (data / c).mkdir(parents=True, exist_ok=True)
         Image.fromarray(g.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(data / c / f"{c}{i:02d}.png")
 
-    for i in range(20):
+    for i in range(n):
         for c in ("a", "b"):
             add(i, c)
+    return add
+
+
+def test_finetune_eval_scores_the_runs_own_test_images_when_the_folder_grows(tmp_path, monkeypatch, capsys):
+    """A fine-tuning run's `cnnkit eval --split test` reads its split.json: images added to a class
+    folder after training are not scored, and a training image never becomes a test one."""
+    monkeypatch.setenv("CNNKIT_HOME", str(tmp_path / "home"))
+    data = tmp_path / "flat"
+    add = _noise_photos(data, 20)
     run = tmp_path / "run"
     argv = ["--model", "resnet18", "--image-size", "16", "--stages", "all", "--epochs", "1"]
     assert main(["classify", "finetune", "--data", str(data), *argv, "--test-fraction", "0.2", "--out", str(run)]) == 0
@@ -377,15 +376,7 @@ def test_train_on_a_folder_records_its_split_and_ensemble_members_share_it(tmp_p
     --split val` scores those images however the folder grows."""
     monkeypatch.setenv("CNNKIT_HOME", str(tmp_path / "home"))
     data = tmp_path / "flat"
-    g = np.random.default_rng(0)
-
-    def add(i, c):
-        (data / c).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(g.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(data / c / f"{c}{i:02d}.png")
-
-    for i in range(20):
-        for c in ("a", "b"):
-            add(i, c)
+    add = _noise_photos(data, 20)
     run = tmp_path / "ens"
     argv = ["--model", "mnist_fast", "--image-size", "28", "28", "--epochs", "1", "--batch-size", "8", "--quiet"]
     assert main(["train", "--data", str(data), *argv, "--threads", "1", "--ensemble", "2", "--out", str(run)]) == 0
