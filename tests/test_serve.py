@@ -634,3 +634,27 @@ def test_predict_a_zoo_model_that_takes_no_images_is_a_400(api, tmp_path, name):
     for path, fields in (("/api/predict", {}), ("/api/explain", {"method": "saliency"})):
         status, res = api.upload(path, {"model": name, **fields}, {"file": ("d.png", png)})
         assert status == 400 and f"{name} takes inputs of shape" in res["error"], res
+
+
+def test_an_upload_is_read_for_a_folder_trained_run_as_training_read_its_photos(tmp_path):
+    """The Predict page reads a photo for a run trained on an image folder as training and `cnnkit
+    predict` do (shorter side, centre crop), not stretched to the input's square."""
+    import io
+    from types import SimpleNamespace
+
+    import numpy as np
+    from PIL import Image
+
+    from cnnkit.data.imagefolder import decode_image
+    from cnnkit.serve.predict import _image_tensor
+
+    model = torch.nn.Identity()
+    model.info, model.input_size = {"config": {"data": str(tmp_path / "photos")}}, (3, 8, 8)
+    target = SimpleNamespace(model=model, input_size=(3, 8, 8), dark_background=False)
+    pixels = np.random.default_rng(0).integers(0, 255, (12, 30, 3), dtype=np.uint8)  # wide: a crop differs
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    (tmp_path / "p.png").write_bytes(buf.getvalue())
+    want = decode_image(tmp_path / "p.png", (8, 8), 3).float() / 255
+    got = _image_tensor(target, buf.getvalue())
+    assert got.shape == (3, 8, 8) and torch.equal(got, want)

@@ -17,6 +17,7 @@ import threading
 from collections import OrderedDict
 from email.parser import BytesParser
 from email.policy import HTTP
+from pathlib import Path
 
 import torch
 
@@ -152,10 +153,22 @@ class Models:
 
 
 def _image_tensor(target, data: bytes) -> torch.Tensor:
-    from cnnkit.explain.target import read_image
+    """The upload as `cnnkit predict` reads a file for the model: a run trained on an image folder
+    decodes it as training did (shorter side, centre crop, the run's interpolation), any other model
+    resizes it to its input."""
+    import tempfile
 
+    from cnnkit.explain.target import read_image
+    from cnnkit.tasks.classify.predict import run_loader
+
+    loader = run_loader(target.model)
+    if loader is not None:  # the one decoder of image folders reads files: the upload goes through one
+        with tempfile.TemporaryDirectory(prefix="cnnkit-upload-") as folder:
+            path = Path(folder) / "upload"
+            path.write_bytes(data)
+            return loader(path)
     c, h, w = target.input_size
-    return read_image(_Named(data), c, (h, w), target.dark_background)  # resized as `cnnkit predict` does
+    return read_image(_Named(data), c, (h, w), target.dark_background)
 
 
 def top_classes(target, x: torch.Tensor, top: int = 5) -> list[dict]:
