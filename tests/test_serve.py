@@ -646,6 +646,7 @@ def test_an_upload_is_read_for_a_folder_trained_run_as_training_read_its_photos(
     from PIL import Image
 
     from cnnkit.data.imagefolder import decode_image
+    from cnnkit.errors import CnnkitError
     from cnnkit.serve.predict import _image_tensor
 
     model = torch.nn.Identity()
@@ -658,3 +659,5 @@ def test_an_upload_is_read_for_a_folder_trained_run_as_training_read_its_photos(
     want = decode_image(tmp_path / "p.png", (8, 8), 3).float() / 255
     got = _image_tensor(target, buf.getvalue())
     assert got.shape == (3, 8, 8) and torch.equal(got, want)
+    with pytest.raises(CnnkitError, match="cannot read the uploaded file as an image"):
+        _image_tensor(target, buf.getvalue()[:-40])  # truncated: named as the upload, not a temporary file

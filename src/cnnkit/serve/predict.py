@@ -161,12 +161,15 @@ def _image_tensor(target, data: bytes) -> torch.Tensor:
     from cnnkit.explain.target import read_image
     from cnnkit.tasks.classify.predict import run_loader
 
-    loader = run_loader(target.model)
+    loader = run_loader(target.model) if hasattr(target, "model") else None
     if loader is not None:  # the one decoder of image folders reads files: the upload goes through one
         with tempfile.TemporaryDirectory(prefix="cnnkit-upload-") as folder:
             path = Path(folder) / "upload"
             path.write_bytes(data)
-            return loader(path)
+            try:
+                return loader(path)
+            except CnnkitError:  # named as the upload, never as the temporary file
+                raise CnnkitError(f"cannot read {_Named(data)} as an image; send a PNG or JPEG file") from None
     c, h, w = target.input_size
     return read_image(_Named(data), c, (h, w), target.dark_background)
 
