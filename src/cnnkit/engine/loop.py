@@ -619,7 +619,7 @@ def _save_model(out, task, deploy, history, precision: str, interrupted: bool = 
         "precision": precision,
         "interrupted": interrupted,
     }
-    info.setdefault("threads", torch.get_num_threads())  # the number used, where the task does not say it
+    info["threads"] = torch.get_num_threads()  # what the task set: --threads or the free cores
     save_model(out / MODEL_FILE, task.deployable(deploy), info)
 
 

@@ -951,7 +951,7 @@ def run_finetune(
         crop_fraction=pre.crop_fraction,
         interpolation=pre.interpolation,
     )
-    threads = use_threads(cfg.threads)
+    use_threads(cfg.threads)
     own = (read_split(out, required=("train",)) or {}) if resume else {}  # a resumed run's own photos
     with warnings.catch_warnings(record=True) as caught:  # each data warning printed once, one line
         warnings.simplefilter("always")
@@ -1028,7 +1028,6 @@ def run_finetune(
             "dataset": {"name": str(cfg.data)},
             "finetune": about,
             "args": cfg.to_dict(),
-            "threads": threads,
         },
     )
     result: dict = {"out": str(out), "val_acc": None, "test_acc": None}

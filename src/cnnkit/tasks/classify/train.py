@@ -308,7 +308,6 @@ def _info(cfg: TrainConfig, data: ImageSet) -> dict:
         "model": model_reference(cfg.model),
         "dataset": {"name": cfg.data, "dark_background": bool(data.meta.get("dark_background"))},
         "config": cfg.to_dict(),
-        "threads": torch.get_num_threads(),  # what train() set: --threads or the free cores
     }
 
 

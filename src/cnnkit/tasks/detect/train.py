@@ -70,7 +70,6 @@ def train(cfg: DetectConfig, out, resume: bool = False, quiet: bool = False):
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         info["config"] = cfg.to_dict()
-        info["threads"] = torch.get_num_threads()
         task = DetectTask(
             train_set.classes,
             cfg.batch_size,

@@ -60,7 +60,6 @@ def train(cfg: InstanceConfig, out, resume: bool = False, quiet: bool = False):
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         info["config"] = cfg.to_dict()
-        info["threads"] = torch.get_num_threads()  # set by run_data
         task = InstanceTask(
             train_set.classes,
             cfg.batch_size,

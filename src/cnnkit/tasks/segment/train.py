@@ -82,7 +82,7 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
     lo, hi = (float(v) for v in cfg.train_scale)
     if not 0 < lo <= hi <= 4:  # NaN fails too
         raise CnnkitError(f"--train-scale must be two factors 0 < LO <= HI <= 4. Received: {tuple(cfg.train_scale)}")
-    threads = use_threads(cfg.threads)
+    use_threads(cfg.threads)
     resumed = run_photos(out, cfg.data) if resume and out is not None else None
     train_set, val_set, test_set, split = load_splits(cfg, split=resumed)  # on resume: the run's own photos
     model = build_model(cfg, train_set)
@@ -96,7 +96,7 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
         dice=cfg.dice,
         lovasz=cfg.lovasz,
         val_name="val",
-        info={"config": asdict(cfg), "data": cfg.data, "threads": threads},
+        info={"config": asdict(cfg), "data": cfg.data},
     )
 
     stem = []
