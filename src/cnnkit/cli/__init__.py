@@ -70,9 +70,9 @@ QUIET_HELP = "print nothing but warnings and errors (no summary, progress, epoch
 def finished(args, line: str) -> None:
     """A training command's final line, left out under ``--quiet`` as everything else it prints, and
     said once under torchrun (by rank 0)."""
-    import os
+    from cnnkit.engine.distributed import launched
 
-    if not args.quiet and os.environ.get("RANK", "0") == "0":
+    if not args.quiet and launched()[0] == 0:
         print(line)
 
 

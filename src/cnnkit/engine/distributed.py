@@ -30,10 +30,16 @@ class Dist:
         return self.rank == 0
 
 
+def launched() -> tuple[int, int]:
+    """(rank, world size) of this process as torchrun launched it, (0, 1) without torchrun: known
+    before any process group starts (rank 0 is the one that writes and speaks)."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
 @contextmanager
 def distributed(device: str | None = None):
     """Yield a :class:`Dist`; inside torchrun, with the process group initialised."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = launched()[1]
     use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
     if use_cuda and not torch.cuda.is_available():
         raise CnnkitError("--device cuda, but PyTorch sees no CUDA GPU here; use --device cpu")

@@ -50,7 +50,7 @@ from cnnkit import engine
 from cnnkit.data.imageset import Features, ImageSet
 from cnnkit.engine import Data, Phase, Plan, Setup
 from cnnkit.engine.config import use_threads
-from cnnkit.engine.distributed import Dist
+from cnnkit.engine.distributed import Dist, launched
 from cnnkit.engine.runfolder import (
     FORMAT,
     MODEL_FILE,
@@ -247,7 +247,7 @@ def finetune(
     config = {**(info or {}), "finetune": {**settings, "stages": list(stages), "freeze_until": freeze_until}}
     # the run is the candidate already trained (the same plan and seed): kept, not trained again; under
     # torchrun the run trains across the processes as before (each trained the candidates alone)
-    alone = int(os.environ.get("WORLD_SIZE", "1")) == 1
+    alone = launched()[1] == 1
     kept = trained.get((stages[0], head)) if len(stages) == 1 and not resume and alone else None
     try:
         if kept is not None:
@@ -964,7 +964,7 @@ def run_finetune(
         )
         has_test = (Path(cfg.data) / "test").is_dir() or (flat and cfg.test_fraction > 0)
         test = load_image_folder(cfg.data, "test", **load, files=own.get("test")) if has_test else None
-    main = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks
+    main = launched()[0] == 0  # under torchrun, rank 0 speaks
     for message in dict.fromkeys(str(w.message) for w in caught):
         if main:
             print(f"warning: {message}", file=sys.stderr)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -11,6 +10,7 @@ from cnnkit.data.datasets import load_dataset
 from cnnkit.data.imageset import ImageSet
 from cnnkit.engine import Data, Phase, Plan, Setup, fit_run
 from cnnkit.engine.config import use_threads
+from cnnkit.engine.distributed import launched
 from cnnkit.engine.runfolder import check_new_run, resumed_config, with_free_settings
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.generate.config import GenerateConfig
@@ -131,7 +131,7 @@ def train(cfg: GenerateConfig, out=None, resume: bool = False, quiet: bool = Fal
             f"--codes and --clusters are two ways to give the generator a discrete choice: take one. "
             f"Received: --codes {cfg.codes} --clusters {cfg.clusters}"
         )
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # before any data is read: the two networks' game is one process's
+    if launched()[1] > 1:  # before any data is read: the two networks' game is one process's
         raise CnnkitError("generate train runs in one process (its two networks take turns); run it without torchrun")
     use_threads(cfg.threads)
     digits = load_digits(cfg)

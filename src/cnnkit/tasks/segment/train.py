@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn as nn
@@ -52,6 +51,7 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
 
     from cnnkit.engine import Data, Phase, Plan, Setup, fit_run
     from cnnkit.engine.config import use_threads
+    from cnnkit.engine.distributed import launched
     from cnnkit.engine.optim import lr_at, make_optimizer
     from cnnkit.engine.runfolder import SPLIT_FILE, atomic_write_bytes, run_photos
     from cnnkit.tasks.segment.predict import scales
@@ -134,8 +134,7 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
     plan = Plan([Phase(cfg.epochs, setup)], seed=cfg.seed, ema=cfg.ema, val_every=cfg.val_every)
 
     def write_split(epoch: int, row: dict) -> None:  # beside the engine's files, once it has written them
-        main = os.environ.get("RANK", "0") == "0"  # under torchrun rank 0 writes the run folder
-        if main and out is not None and not (Path(out) / SPLIT_FILE).is_file():
+        if launched()[0] == 0 and out is not None and not (Path(out) / SPLIT_FILE).is_file():
             atomic_write_bytes(Path(out) / SPLIT_FILE, json.dumps(split, indent=1).encode())
 
     try:

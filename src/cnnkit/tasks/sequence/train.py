@@ -4,7 +4,6 @@ them), or MultiRocket fitted in closed form."""
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -13,7 +12,7 @@ import torch.nn as nn
 
 from cnnkit.engine import Data, fit_run, single_phase_plan
 from cnnkit.engine.config import use_threads
-from cnnkit.engine.distributed import distributed
+from cnnkit.engine.distributed import distributed, launched
 from cnnkit.engine.runfolder import MODEL_FILE, RESUME_FILE, check_new_run, resumed_config, with_free_settings
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.sequence.config import FITTED, SequenceConfig
@@ -184,7 +183,7 @@ def _check_fitted(cfg: SequenceConfig) -> None:
             f"{flags}: a gradient-training setting, which --model {cfg.model} does not use (fixed convolutions "
             f"and a ridge classifier fitted in one pass); drop it, or choose --model fcn1d, resnet1d or inception_time"
         )
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if launched()[1] > 1:
         raise CnnkitError(f"--model {cfg.model} fits in one process; run it without torchrun")
 
 
