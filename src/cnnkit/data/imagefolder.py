@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import tempfile
+import typing
 import warnings
 from pathlib import Path
 
@@ -256,21 +257,23 @@ def _decode_all(root: Path, files: list[str], params: dict, cache) -> tuple[torc
 
 
 def decode_image(
-    path: str | os.PathLike,
+    path: str | os.PathLike | typing.BinaryIO,
     image_size: tuple[int, int],
     channels: int = 3,
     resize: str = "shorter",
     crop_fraction: float = 1.0,
     interpolation: str = "bilinear",
 ) -> torch.Tensor:
-    """One image file decoded exactly as :func:`load_image_folder` decodes it: (C, H, W) uint8.
+    """One image file (a path, or an open binary file such as an upload) decoded exactly as
+    :func:`load_image_folder` decodes it: (C, H, W) uint8.
 
     Raises:
         CnnkitError: a missing file or one Pillow cannot read.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CnnkitError(f"image not found: {path}; give the path of a PNG or JPEG file")
+    if not hasattr(path, "read"):
+        path = Path(path)
+        if not path.is_file():
+            raise CnnkitError(f"image not found: {path}; give the path of a PNG or JPEG file")
     params = {
         "image_size": tuple(image_size),
         "channels": channels,

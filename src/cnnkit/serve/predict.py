@@ -17,7 +17,6 @@ import threading
 from collections import OrderedDict
 from email.parser import BytesParser
 from email.policy import HTTP
-from pathlib import Path
 
 import torch
 
@@ -156,20 +155,12 @@ def _image_tensor(target, data: bytes) -> torch.Tensor:
     """The upload as `cnnkit predict` reads a file for the model: a run trained on an image folder
     decodes it as training did (shorter side, centre crop, the run's interpolation), any other model
     resizes it to its input."""
-    import tempfile
-
     from cnnkit.explain.target import read_image
     from cnnkit.tasks.classify.predict import run_loader
 
     loader = run_loader(target.model) if hasattr(target, "model") else None
-    if loader is not None:  # the one decoder of image folders reads files: the upload goes through one
-        with tempfile.TemporaryDirectory(prefix="cnnkit-upload-") as folder:
-            path = Path(folder) / "upload"
-            path.write_bytes(data)
-            try:
-                return loader(path)
-            except CnnkitError:  # named as the upload, never as the temporary file
-                raise CnnkitError(f"cannot read {_Named(data)} as an image; send a PNG or JPEG file") from None
+    if loader is not None:
+        return loader(_Named(data))
     c, h, w = target.input_size
     return read_image(_Named(data), c, (h, w), target.dark_background)
 
