@@ -153,6 +153,12 @@ class Flatten(nn.Module):
         return (x.movedim(1, -1) if x.dim() > 2 else x).flatten(1)
 
 
+def _as_keras_sees_it(x: torch.Tensor, fn) -> torch.Tensor:
+    """``fn`` applied to ``x`` laid out channels last, as Keras sees it; the result channels first."""
+    y = fn(x.movedim(1, -1) if x.dim() > 2 else x)
+    return y.movedim(-1, 1) if y.dim() > 2 else y
+
+
 class Reshape(nn.Module):
     """Keras ``Reshape(target_shape)``: ``target_shape`` channels last, the result channels first."""
 
@@ -161,9 +167,7 @@ class Reshape(nn.Module):
         self.target_shape = tuple(target_shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.movedim(1, -1) if x.dim() > 2 else x  # channels last, as Keras sees it
-        x = x.reshape(x.shape[0], *self.target_shape)
-        return x.movedim(-1, 1) if x.dim() > 2 else x  # back to channels first
+        return _as_keras_sees_it(x, lambda y: y.reshape(y.shape[0], *self.target_shape))
 
     def extra_repr(self) -> str:
         return f"target_shape={self.target_shape} (channels last)"
@@ -430,9 +434,7 @@ class Permute(nn.Module):
         self.dims = tuple(dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.movedim(1, -1) if x.dim() > 2 else x  # channels last, as Keras sees it
-        x = x.permute(0, *self.dims)
-        return x.movedim(-1, 1) if x.dim() > 2 else x
+        return _as_keras_sees_it(x, lambda y: y.permute(0, *self.dims))
 
     def extra_repr(self) -> str:
         return f"dims={self.dims} (channels last)"
