@@ -164,9 +164,10 @@ def fit(
         done, history = _start(out, resume, model, ema, gen, config, task)
         deploy = ema.module if ema else model
         seconds, images, first = 0.0, 0, 0
-        spent = sum(r["seconds"] for r in history)  # a resumed run's budget counts its earlier epochs
-        used_up = bool(plan.minutes and history and done < plan.epochs)
-        used_up = used_up and spent + history[-1]["seconds"] > plan.minutes * 60  # each epoch's end's rule
+        # a resumed run's budget counts its earlier epochs, by the rule each epoch's end applies
+        used_up = bool(plan.minutes and history and done < plan.epochs) and _next_overruns(
+            sum(r["seconds"] for r in history), history[-1]["seconds"], plan.minutes
+        )
         if used_up:
             console.print(
                 f"time budget of {plan.minutes:g} min used up: stopped after epoch {done} of {plan.epochs}; "
@@ -430,7 +431,7 @@ def _run_phase(
             stop = False
             if minutes and epoch + 1 < total:  # every process stops when one of them would overrun
                 spent = sum(r["seconds"] for r in history[:-1]) + seconds  # this epoch's unrounded time
-                over = torch.tensor([float(spent + seconds > minutes * 60)], device=d.device)
+                over = torch.tensor([float(_next_overruns(spent, seconds, minutes))], device=d.device)
                 stop = all_sum(over, d).item() > 0
             # the task's own state on every process: a task may merge what each process's shard built
             state = task.state_dict() if hasattr(task, "state_dict") else None
@@ -568,6 +569,12 @@ def _start(out: Path | None, resume: bool, model, ema, gen, config: dict, task=N
             "with the same ones or start a new run in another --out"
         )
     return epoch, history
+
+
+def _next_overruns(spent: float, last: float, minutes: float) -> bool:
+    """Whether another epoch as long as the ``last`` one would pass a budget of ``minutes`` after
+    ``spent`` seconds of training."""
+    return spent + last > minutes * 60
 
 
 def _save_run(
