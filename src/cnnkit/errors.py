@@ -141,13 +141,10 @@ def output_folder(path, option: str = "--out-dir"):
     return path
 
 
-def as_new_file(fd_or_path) -> None:
+def as_new_file(path) -> None:
     """Give a temporary file the mode ``open()`` gives a new file (0o666 less the umask), before it
     is renamed over its target: ``mkstemp`` makes it the owner's alone. Every file cnnkit writes
     (run folders, figures, exports) thus has the permissions the user's umask asks for."""
     mask = os.umask(0)
     os.umask(mask)
-    if isinstance(fd_or_path, int):
-        os.fchmod(fd_or_path, 0o666 & ~mask)
-    else:
-        os.chmod(fd_or_path, 0o666 & ~mask)
+    os.chmod(path, 0o666 & ~mask)
