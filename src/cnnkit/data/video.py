@@ -313,6 +313,16 @@ class VideoClips(Dataset):
     def __len__(self) -> int:
         return len(self.clips)
 
+    def check(self) -> None:
+        """Read every clip once: a damaged, short or out-of-range clip is its one-line error here,
+        not when training or testing reaches it.
+
+        Raises:
+            CnnkitError: the first clip that cannot be read as the set's clips are.
+        """
+        for i in range(len(self)):
+            self[i]
+
     def __getitem__(self, i: int) -> torch.Tensor:
         path = self.clips[i]
         clip = self._read_frames(path) if path.is_dir() else self._read_npy(path)  # (T, C, H, W)

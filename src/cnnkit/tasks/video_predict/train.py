@@ -52,12 +52,8 @@ def train(
 
     use_threads(cfg.threads)
     train_set, val_set, test_set = load_splits(cfg)
-    if cfg.data != "moving_mnist":
-        # every clip of the folder read once before training: a damaged, short or out-of-range clip is
-        # one line here, not an error after the first epoch (validation) or after the whole run (test)
-        for split in (train_set, val_set, test_set):
-            for i in range(len(split)):
-                split[i]
+    if cfg.data != "moving_mnist":  # the folder's clips, every split's, checked before any training
+        train_set.clips.check()
     if len(train_set) < cfg.batch_size:
         raise CnnkitError(f"{len(train_set)} training clips are fewer than --batch-size {cfg.batch_size}")
     first = train_set[0][0] if cfg.data == "moving_mnist" else train_set[0]  # (T, H, W) or (T, C, H, W)
