@@ -191,6 +191,17 @@ def test_yolo_reader_and_errors(tmp_path):
         load_yolo(tmp_path)
 
 
+def test_a_voc_folder_given_to_detection_says_its_xml_is_not_read(tmp_path):
+    """Pascal VOC's JPEGImages/ + Annotations/*.xml: the error names the XML and the formats that are read."""
+    write_png(tmp_path / "JPEGImages" / "2007_000032.png")
+    (tmp_path / "Annotations").mkdir()
+    (tmp_path / "Annotations" / "2007_000032.xml").write_text(
+        "<annotation><object><name>cat</name></object></annotation>"
+    )
+    with pytest.raises(CnnkitError, match=r"not a YOLO folder: .*Annotations holds Pascal VOC XML, .*COCO JSON"):
+        load_yolo(tmp_path)
+
+
 # ---------------------------------------------------------------- augmentation
 def drawn(n=4, size=64):
     """Images with one filled rectangle each (value 1 on 0) and its box."""

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from test_segmentation_data import make_voc
 
 from cnnkit.cli import main
 
@@ -120,3 +121,19 @@ def test_the_summary_counts_the_frozen_stem_and_says_where_the_encoder_starts(tm
     assert " ".join(next(line for line in out.splitlines() if "Non-trainable params" in line).split()) == (
         "Non-trainable params 157,504"
     )
+
+
+def test_a_voc_folder_trains_validates_and_tests_on_its_official_lists(tmp_path, capsys):
+    """VOC's ImageSets/Segmentation: train.txt trains (with the validation part carved from it) and
+    val.txt tests; the run says so, split.json records it, and eval scores the val.txt photos."""
+    data, run = tmp_path / "voc", tmp_path / "run"
+    ids = make_voc(data)
+    argv = ["segment", "train", "--data", str(data), "--model", "unet", "--width", "4", "--epochs", "1"]
+    assert main([*argv, "--batch-size", "2", "--crop", "16", "--threads", "1", "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "split: the official lists of" in out and "val.txt (4) tests" in out
+    split = json.loads((run / "split.json").read_text())
+    assert sorted(split["train"] + split["val"]) == [f"{s}.jpg" for s in ids[:6]] and len(split["val"]) == 1
+    assert split["test"] == [f"{s}.jpg" for s in ids[6:]] and "train.txt" in split["source"]
+    assert main(["segment", "eval", str(run), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 4  # val.txt's photos

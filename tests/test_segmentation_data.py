@@ -19,6 +19,8 @@ from cnnkit.data.segmentation import (
     pennfudan_segmentation,
 )
 from cnnkit.errors import CnnkitError
+from cnnkit.tasks.segment.config import SegmentConfig
+from cnnkit.tasks.segment.data import load_splits
 
 
 def test_split_names_is_seeded_disjoint_and_complete():
@@ -148,3 +150,109 @@ def test_classes_are_read_from_the_masks_at_their_own_size(tmp_path):
     own, small = mask_folder(tmp_path), mask_folder(tmp_path, max_side=5)
     assert own.num_classes == small.num_classes == 4 and small.masks[0].shape == (5, 5)
     assert 2 not in small.masks[0].unique().tolist()  # the object itself is gone; its class is not
+
+
+VOC_PALETTE = [v for c in [(0, 0, 0), (128, 0, 0), (0, 128, 0)] for v in c] + [0] * (3 * 252) + [224, 224, 192]
+
+
+def make_voc(root, n=10, lists=None, test_masks=True):
+    """A tiny VOC folder: n 16x16 photos ``2007_00000i.jpg``, palette masks (class 1 or 2 in a square with a
+    255 "void" border, VOC's colours), one detection-only photo, and ``ImageSets/Segmentation`` lists
+    (``{"train": ids, ...}``; default: 6 train, 4 val and their trainval). ``test_masks`` False: the
+    photos of test.txt have no mask, as VOC withholds them."""
+    ids = [f"2007_{i:06d}" for i in range(n)]
+    lists = lists if lists is not None else {"train": ids[:6], "val": ids[6:], "trainval": ids}
+    for d in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    g = np.random.default_rng(0)
+    for i, stem in enumerate(ids + ["2008_000001"]):
+        Image.fromarray(g.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / "JPEGImages" / f"{stem}.jpg")
+        if stem == "2008_000001" or (not test_masks and stem in lists.get("test", [])):
+            continue  # a detection-only photo, or a test photo whose mask VOC withholds
+        m = np.zeros((16, 16), np.uint8)
+        m[4:10, 3:9] = 1 + i % 2
+        m[3, 3:9] = m[10, 3:9] = 255  # VOC's void border
+        im = Image.fromarray(m, "P")
+        im.putpalette(VOC_PALETTE)
+        im.save(root / "SegmentationClass" / f"{stem}.png")
+    for part, names in lists.items():
+        (root / "ImageSets" / "Segmentation" / f"{part}.txt").write_text("".join(f"{s}\n" for s in names))
+    return ids
+
+
+def test_a_voc_folder_is_split_by_its_official_lists(tmp_path):
+    """train.txt trains (a validation part carved from it), val.txt tests; with a test.txt whose
+    photos have masks (VOC2007's), val.txt validates and test.txt tests; without lists: no official split."""
+    from cnnkit.data.pennfudan import carve_validation
+    from cnnkit.data.segmentation import voc_split
+
+    ids = make_voc(tmp_path / "a")
+    split, note = voc_split(tmp_path / "a")
+    assert split == {"train": [f"{s}.jpg" for s in ids[:6]], "test": [f"{s}.jpg" for s in ids[6:]]}
+    assert "train.txt (6 photos)" in note and "val.txt (4) tests" in note
+    parts = carve_validation(split)
+    assert sorted(parts["train"] + parts["val"]) == split["train"] and parts["test"] == split["test"]
+    s = mask_folder(tmp_path / "a", names=split["train"])
+    assert s.num_classes == 3 and int((s.masks[0] == 255).sum()) == 12  # the void border kept as 255
+    cfg = SegmentConfig(data=str(tmp_path / "a"), model="unet").resolved()
+    train, val, test, parts = load_splits(cfg)  # what `segment train` splits by and writes to split.json
+    assert sorted(train.names + val.names) == split["train"] and test.names == split["test"] == parts["test"]
+    assert parts["source"].endswith("5 train, 1 val, 4 test")
+
+    ids = make_voc(tmp_path / "b", lists={"train": ids[:5], "val": ids[5:8], "test": ids[8:]})
+    split, note = voc_split(tmp_path / "b")
+    assert [len(split[k]) for k in ("train", "val", "test")] == [5, 3, 2] and "test.txt (2) tests" in note
+
+    make_voc(tmp_path / "c", lists={"train": ids[:5], "val": ids[5:8], "test": ids[8:]}, test_masks=False)
+    split, note = voc_split(tmp_path / "c")  # VOC2012's test.txt: no masks, so val.txt tests
+    assert set(split) == {"train", "test"} and len(split["test"]) == 3 and "without masks" in note
+
+    make_voc(tmp_path / "d", lists={})
+    assert voc_split(tmp_path / "d") is None  # no lists: cnnkit's own seeded split
+    (tmp_path / "e").mkdir()
+    _write(tmp_path / "e", "x", (8, 6), np.zeros((6, 8), np.uint8))
+    assert voc_split(tmp_path / "e") is None  # images/ + masks/: not VOC
+
+
+@pytest.mark.parametrize(
+    "lists, message",
+    [
+        ({"train": ["2007_000000"]}, r"holds train.txt but no val.txt"),
+        (
+            {"train": ["2007_000000", "2007_000001", "2007_000000"], "val": ["2007_000009"]},
+            r"train.txt line 3: 2007_000000 is listed twice \(line 1\)",
+        ),
+        (
+            {"train": ["2007_000000", "2007_000099"], "val": ["2007_000009"]},
+            r"train.txt line 2: no photo .*2007_000099.jpg",
+        ),
+        (
+            {"train": ["2007_000000", "2008_000001"], "val": ["2007_000009"]},
+            r"train.txt lists 2008_000001 but there is no mask",
+        ),
+        (
+            {"train": ["2007_000000", "2007_000001"], "val": ["2007_000001"]},
+            r"2007_000001 is in both train.txt and val.txt",
+        ),
+        (
+            {"train": ["2007_000000"], "val": ["2007_000001"], "test": ["2007_000000"]},
+            r"2007_000000 is in both train.txt and test.txt",
+        ),
+        (
+            {"train": ["2007_000000"], "val": ["2007_000001"], "trainval": ["2007_000000"]},
+            r"2007_000001 is in train.txt or val.txt but not in trainval",
+        ),
+        (
+            {"train": ["2007_000000 1"], "val": ["2007_000001"]},
+            r"train.txt line 1: '2007_000000 1' is not one image id",
+        ),
+        ({"train": [], "val": ["2007_000001"]}, r"train.txt lists no images"),
+    ],
+)
+def test_bad_voc_lists_are_one_line_naming_the_list(tmp_path, lists, message):
+    from cnnkit.data.segmentation import voc_split
+
+    make_voc(tmp_path, lists=lists)
+    with pytest.raises(CnnkitError, match=message) as err:
+        voc_split(tmp_path)
+    assert "\n" not in str(err.value)

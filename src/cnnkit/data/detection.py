@@ -475,7 +475,13 @@ def load_yolo(root: str | os.PathLike) -> Detections:
     root = Path(root)
     img_dir, lab_dir = root / "images", root / "labels"
     if not img_dir.is_dir() or not lab_dir.is_dir():
-        raise CnnkitError(f"{root} is not a YOLO folder: expected {img_dir} and {lab_dir}")
+        voc = (
+            f"; its {root / 'Annotations'} holds Pascal VOC XML, which cnnkit does not read: convert the boxes "
+            "to a COCO JSON file (--data FILE.json) or to YOLO labels"
+            if (root / "Annotations").is_dir()
+            else ""
+        )
+        raise CnnkitError(f"{root} is not a YOLO folder: expected {img_dir} and {lab_dir}{voc}")
     import collections
 
     classes = _yolo_classes(root)

@@ -72,7 +72,9 @@ def _splits(
     (they are scored as ``predict`` answers: :func:`~cnnkit.tasks.segment.evaluate.evaluate` with
     ``max_side``). ``own_size``: every split at the photos' own size (what ``eval`` scores).
     ``split``: photos' names as a run's split.json has them (:func:`~cnnkit.engine.runfolder.read_split`),
-    taken instead of splitting the data afresh. Digit scenes have their own validation scenes, all of
+    taken instead of splitting the data afresh. A VOC folder with ``ImageSets/Segmentation`` lists
+    is split by them (:func:`~cnnkit.data.segmentation.voc_split`; the split's ``source`` says which
+    lists), another folder by a seeded draw. Digit scenes have their own validation scenes, all of
     one size.
     """
     from cnnkit.data.pennfudan import carve_validation, pennfudan_root, pennfudan_split
@@ -80,6 +82,7 @@ def _splits(
         digit_segmentation,
         mask_folder,
         pennfudan_segmentation,
+        voc_split,
     )
 
     side = None if own_size else cfg.max_side
@@ -99,11 +102,16 @@ def _splits(
 
     if not Path(cfg.data).expanduser().is_dir():
         raise CnnkitError(f"--data is pennfudan, digits or a folder of images/ + masks/. Received: --data {cfg.data}")
-    # the run's names where given, else a seeded split of the folder's images
+    # the run's names where given, else a VOC folder's official lists, else a seeded split of the folder's images
+    official = None if split else voc_split(cfg.data)
+    split = official[0] if official else split
     trainval_names, test_names = (split["train"] + split.get("val", []), split["test"]) if split else (None, None)
     trainval = mask_folder(cfg.data, split="train", seed=cfg.seed, max_side=side, names=trainval_names)
     test = mask_folder(cfg.data, num_classes=trainval.num_classes, split="test", seed=cfg.seed, names=test_names)
     parts = carve_validation(split or {"train": trainval.names, "test": test.names})
+    if official:
+        counts = ", ".join(f"{len(parts[k])} {k}" for k in ("train", "val", "test"))
+        parts["source"] = f"{official[1]}: {counts}"  # split.json says which lists (read_split reads the names)
     return take(trainval, parts["train"], "train"), take(trainval, parts["val"], "val"), test, parts
 
 

@@ -22,7 +22,8 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
 
     The encoder's batch norms and first layers can stay frozen and its learning rate be a fraction
     of the decoder's (the data's defaults do so for a pretrained encoder); the split is written to
-    ``out/split.json`` beside the model (train, the validation part carved from it, test); every
+    ``out/split.json`` beside the model (train, the validation part carved from it, test; a VOC
+    folder's official lists where it has them, :func:`~cnnkit.data.segmentation.voc_split`); every
     epoch's validation runs on the validation part, and the final model is scored once on the test
     split with its test-time procedure, at the photos' own size (as ``cnnkit segment predict`` answers).
 
@@ -85,6 +86,8 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
     use_threads(cfg.threads)
     resumed = run_photos(out, cfg.data) if resume and out is not None else None
     train_set, val_set, test_set, split = load_splits(cfg, split=resumed)  # on resume: the run's own photos
+    if "source" in split and not quiet and launched()[0] == 0:
+        print(f"split: {split['source']}")
     model = build_model(cfg, train_set)
     task = SegmentTask(
         cfg.batch_size,
