@@ -853,3 +853,330 @@ def test_bad_layer_configs_are_refused_in_one_line(refusable, tmp_path, which, l
         load_keras(tmp_path / "edited.keras")
     msg = _one_line(exc)
     assert f"'{layer}'" in msg and words in msg, msg
+
+
+# ----------------------------------------------------------------------------- Keras 2 files of the layers added last
+# tf.keras 2.x wrote a legacy .h5 this way: each layer's get_config() with every argument (Keras 2's
+# names and defaults), no "module", dtype a string, tuples as lists, axes as build() left them; the
+# weights under model_weights/<layer>/<layer>/<var>:0, listed by the weight_names attribute. The
+# files here are written so with h5py, the weights taken from a Keras 3 model of the same layers:
+# the expected outputs are that model's.
+
+_K2_ZEROS = {"class_name": "Zeros", "config": {}}
+_K2_ONES = {"class_name": "Ones", "config": {}}
+_K2_GLOROT = {"class_name": "GlorotUniform", "config": {"seed": None}}
+
+
+def _k2_f32(v):
+    """A number as Keras 2's ``backend.cast_to_floatx`` leaves it in a config (float32, written as a float)."""
+    return None if v is None else float(np.float32(v))
+
+
+def _k2_pairs(v, n: int) -> list:
+    """Keras 2's cropping / padding argument normalised as its layers store it: (before, after) per axis."""
+    if n == 1:
+        return [v, v] if isinstance(v, int) else list(v)
+    if isinstance(v, int):
+        return [[v, v]] * n
+    return [[p, p] if isinstance(p, int) else list(p) for p in v]
+
+
+def _k2_conv(kwargs: dict, n: int, transpose: bool = False) -> dict:
+    k = kwargs["kernel_size"]
+    out = {
+        "kernel_size": [k] * n if isinstance(k, int) else list(k),
+        "strides": [kwargs.get("strides", 1)] * n,
+        "padding": kwargs.get("padding", "valid"),
+        "data_format": "channels_last",
+        "dilation_rate": [kwargs.get("dilation_rate", 1)] * n,
+        "groups": 1,
+        "activation": kwargs.get("activation") or "linear",
+        "use_bias": kwargs.get("use_bias", True),
+        "bias_initializer": _K2_ZEROS,
+        "bias_regularizer": None,
+        "activity_regularizer": None,
+        "bias_constraint": None,
+    }
+    if "filters" in kwargs:
+        out["filters"] = kwargs["filters"]
+    if transpose:
+        out["output_padding"] = None
+    return out
+
+
+def _k2_config(kind: str, kwargs: dict, keras_shape: tuple) -> tuple[dict, list[str]]:
+    """(config without name/trainable/dtype, weight names) of ``kind(**kwargs)`` on ``keras_shape``
+    (channels last, batch included) as tf.keras 2.15 saves it."""
+    rank = len(keras_shape)
+    if kind == "PReLU":
+        shared = kwargs.get("shared_axes")
+        shared = None if shared is None else [shared] if isinstance(shared, int) else list(shared)
+        cfg = {"alpha_initializer": _K2_ZEROS, "alpha_regularizer": None, "alpha_constraint": None}
+        return {**cfg, "shared_axes": shared}, ["alpha"]
+    if kind in ("LayerNormalization", "GroupNormalization"):
+        center, scale = kwargs.get("center", True), kwargs.get("scale", True)
+        cfg = {"epsilon": kwargs.get("epsilon", 1e-3), "center": center, "scale": scale}
+        cfg.update(beta_initializer=_K2_ZEROS, gamma_initializer=_K2_ONES, beta_regularizer=None)
+        cfg.update(gamma_regularizer=None, beta_constraint=None, gamma_constraint=None)
+        axis = kwargs.get("axis", -1)
+        if kind == "LayerNormalization":  # build() left the axes positive, in the order written
+            cfg["axis"] = [a % rank for a in ([axis] if isinstance(axis, int) else axis)]
+        else:  # build() set groups=-1 to the channels; the axis stays as written
+            groups = kwargs.get("groups", 32)
+            cfg.update(groups=keras_shape[axis] if groups == -1 else groups, axis=axis)
+        return cfg, ["gamma"] * scale + ["beta"] * center
+    if kind == "ReLU":
+        slope, threshold = kwargs.get("negative_slope", 0.0), kwargs.get("threshold", 0.0)
+        cfg = {"max_value": _k2_f32(kwargs.get("max_value")), "negative_slope": _k2_f32(slope)}
+        return {**cfg, "threshold": _k2_f32(threshold)}, []
+    if kind == "Permute":
+        return {"dims": list(kwargs["dims"])}, []
+    if kind.startswith(("Cropping", "ZeroPadding")):
+        n = int(kind[-2])
+        key = "cropping" if kind.startswith("Cropping") else "padding"
+        cfg = {key: _k2_pairs(kwargs.get(key, 0 if kind == "Cropping2D" else 1), n)}
+        return cfg if kind == "Cropping1D" else {**cfg, "data_format": "channels_last"}, []
+    if kind == "UpSampling1D":
+        return {"size": kwargs.get("size", 2)}, []
+    if kind == "Reshape":
+        return {"target_shape": list(kwargs["target_shape"])}, []
+    if kind == "Flatten":
+        return {"data_format": "channels_last"}, []
+    if kind == "Dense":
+        cfg = {"units": kwargs["units"], "activation": kwargs.get("activation") or "linear", "use_bias": True}
+        cfg.update(kernel_initializer=_K2_GLOROT, bias_initializer=_K2_ZEROS, kernel_regularizer=None)
+        cfg.update(bias_regularizer=None, activity_regularizer=None, kernel_constraint=None, bias_constraint=None)
+        return cfg, ["kernel", "bias"]
+    if kind in ("Conv1D", "Conv2D", "Conv1DTranspose"):
+        cfg = _k2_conv(kwargs, rank - 2, transpose=kind.endswith("Transpose"))
+        cfg.update(kernel_initializer=_K2_GLOROT, kernel_regularizer=None, kernel_constraint=None)
+        return cfg, ["kernel", "bias"][: 1 + cfg["use_bias"]]
+    if kind in ("SeparableConv1D", "DepthwiseConv1D"):
+        cfg = _k2_conv(kwargs, 1)
+        cfg.update(depth_multiplier=kwargs.get("depth_multiplier", 1), depthwise_initializer=_K2_GLOROT)
+        cfg.update(depthwise_regularizer=None, depthwise_constraint=None)
+        names = ["depthwise_kernel"]
+        if kind == "SeparableConv1D":
+            del cfg["groups"]
+            cfg.update(pointwise_initializer=_K2_GLOROT, pointwise_regularizer=None, pointwise_constraint=None)
+            names.append("pointwise_kernel")
+        return cfg, names + ["bias"] * cfg["use_bias"]
+    raise AssertionError(kind)
+
+
+def _k2_name(kind: str, taken: dict) -> str:
+    """Keras 2's automatic layer name: the class in snake case, numbered from the second one."""
+    from cnnkit.models.keras import _snake
+
+    base = _snake(kind)
+    taken[base] = taken.get(base, -1) + 1
+    return base if not taken[base] else f"{base}_{taken[base]}"
+
+
+def _keras2_file(path, shape, stack, seed: int = 7, functional: bool = False):
+    """A Keras 3 model of ``stack`` ([(class name, kwargs)]) on ``shape`` with random weights, and the
+    same model written to ``path`` as tf.keras 2.15 saved it; returns the Keras 3 model.
+
+    An item (class name, kwargs, changes) has ``changes`` in its Keras 2 config only (a Keras 2 setting
+    Keras 3 lacks); changes None: the layer is in the Keras 3 model only (what Keras 2 does inside the next).
+    """
+    model = _model(shape, *[getattr(layers, kind)(**kwargs) for kind, kwargs, *_ in stack])
+    _randomise(model, seed)
+    taken: dict = {}
+    entries, weights = [], []
+    input_name = "input_1"
+    prev = input_name
+    for (kind, kwargs, *changes), layer in zip(stack, model.layers, strict=True):
+        if changes and changes[0] is None:
+            continue
+        name = _k2_name(kind, taken)
+        cfg, names = _k2_config(kind, {**kwargs, **(changes[0] if changes else {})}, (None, *layer.input.shape[1:]))
+        entry = {"class_name": kind, "config": {"name": name, "trainable": True, "dtype": "float32", **cfg}}
+        if functional:
+            entry.update(name=name, inbound_nodes=[[[prev, 0, 0, {}]]])
+        entries.append(entry)
+        arrays = [keras.ops.convert_to_numpy(w) for w in layer.weights]
+        if kind == "LayerNormalization":  # gamma and beta over the axes in Keras 2's order, as reshaped
+            arrays = [a.reshape([layer.input.shape[d] for d in cfg["axis"]]) for a in arrays]
+        assert len(arrays) == len(names), (kind, [w.name for w in layer.weights], names)
+        weights.append((name, [(f"{name}/{n}:0", a) for n, a in zip(names, arrays)]))
+        prev = name
+    first = {"batch_input_shape": [None, *shape], "dtype": "float32", "sparse": False, "ragged": False}
+    first = {"class_name": "InputLayer", "config": {**first, "name": input_name}}
+    if functional:
+        first.update(name=input_name, inbound_nodes=[])
+        weights.insert(0, (input_name, []))
+        config = {"name": "model", "layers": [first, *entries]}
+        config.update(input_layers=[[input_name, 0, 0]], output_layers=[[prev, 0, 0]])
+        config = {"class_name": "Functional", "config": config}
+    else:
+        config = {"class_name": "Sequential", "config": {"name": "sequential", "layers": [first, *entries]}}
+    with h5py.File(path, "w") as f:
+        f.attrs["backend"], f.attrs["keras_version"] = b"tensorflow", b"2.15.0"
+        f.attrs["model_config"] = json.dumps(config).encode()
+        group = f.create_group("model_weights")
+        group.attrs["backend"], group.attrs["keras_version"] = b"tensorflow", b"2.15.0"
+        group.attrs["layer_names"] = np.array([n.encode() for n, _ in weights])
+        for name, named in weights:
+            g = group.create_group(name)
+            g.attrs["weight_names"] = np.array([n.encode() for n, _ in named]) if named else np.asarray([])
+            for n, a in named:
+                g.create_dataset(n, data=a)
+    return model
+
+
+def _keras2_equals_keras(tmp_path, shape, stack, functional: bool = False) -> None:
+    """The Keras 2 file of ``stack`` read by cnnkit answers as Keras does, with Keras' parameter count."""
+    path = tmp_path / "k2.h5"
+    model = _keras2_file(path, shape, stack, functional=functional)
+    x = _x(shape)
+    net, size = load_keras(path)
+    assert size == tuple(x.shape[1:])
+    ours, ref = _ours(net, x)[0], _keras_out(model, x)[0]
+    assert ours.shape == ref.shape
+    assert np.abs(ours - ref).max() <= 1e-5 * max(1.0, float(np.abs(ref).max()))
+    assert sum(v.numel() for v in net.state_dict().values()) == model.count_params()
+
+
+@pytest.mark.parametrize("functional", [False, True], ids=["Sequential", "Functional"])
+def test_keras2_1d_depthwise_separable_and_transposed_convolutions(tmp_path, functional):
+    stack = [
+        ("SeparableConv1D", dict(filters=5, kernel_size=3, strides=2, padding="same", depth_multiplier=2)),
+        ("SeparableConv1D", dict(filters=4, kernel_size=2, dilation_rate=2, use_bias=False, activation="relu")),
+        ("DepthwiseConv1D", dict(kernel_size=3, strides=2, padding="same", depth_multiplier=3)),
+        ("DepthwiseConv1D", dict(kernel_size=2, padding="same", use_bias=False, activation="tanh")),
+        ("Conv1DTranspose", dict(filters=4, kernel_size=3, strides=2, padding="same")),
+        ("Conv1DTranspose", dict(filters=3, kernel_size=2, strides=3, activation="relu")),
+        ("Conv1DTranspose", dict(filters=2, kernel_size=4, strides=2, padding="same", use_bias=False)),
+        ("Conv1DTranspose", dict(filters=2, kernel_size=5, dilation_rate=2)),
+    ]
+    _keras2_equals_keras(tmp_path, (17, 3), stack, functional)
+
+
+def test_keras2_causal_separable_conv1d(tmp_path):
+    """Keras 2's SeparableConv1D(padding="causal") pads dilation * (kernel - 1) zeros before the series
+    and runs the "valid" convolution (Keras 3 has no causal one): Keras 3's ZeroPadding1D and the same
+    valid SeparableConv1D compute it."""
+    stack = [
+        ("ZeroPadding1D", dict(padding=(4, 0)), None),
+        ("SeparableConv1D", dict(filters=4, kernel_size=3, dilation_rate=2, depth_multiplier=2), {"padding": "causal"}),
+        ("ZeroPadding1D", dict(padding=(2, 0)), None),
+        ("SeparableConv1D", dict(filters=3, kernel_size=3, strides=2, activation="relu"), {"padding": "causal"}),
+        ("ZeroPadding1D", dict(padding=(1, 0)), None),
+        ("SeparableConv1D", dict(filters=2, kernel_size=2, use_bias=False), {"padding": "causal"}),
+    ]
+    _keras2_equals_keras(tmp_path, (11, 3), stack)
+
+
+def test_keras2_cropping_zero_padding_upsampling_and_permute(tmp_path):
+    maps = [
+        ("Cropping2D", dict(cropping=((1, 2), (0, 3)))),
+        ("Conv2D", dict(filters=4, kernel_size=2)),
+        ("Permute", dict(dims=(3, 1, 2))),
+        ("Permute", dict(dims=(2, 3, 1))),
+        ("Reshape", dict(target_shape=(5 * 4, 4))),
+        ("Cropping1D", dict(cropping=(2, 1))),
+        ("Cropping1D", dict()),
+        ("ZeroPadding1D", dict(padding=(2, 1))),
+        ("ZeroPadding1D", dict()),
+        ("UpSampling1D", dict(size=3)),
+        ("UpSampling1D", dict()),
+        ("Conv1D", dict(filters=2, kernel_size=3)),
+        ("Permute", dict(dims=(2, 1))),
+    ]
+    _keras2_equals_keras(tmp_path, (9, 8, 3), maps)
+    volumes = [
+        ("Cropping3D", dict(cropping=((1, 0), (2, 1), 1))),
+        ("ZeroPadding3D", dict(padding=((1, 0), (0, 2), (1, 1)))),
+        ("ZeroPadding3D", dict()),
+        ("Cropping3D", dict()),
+        ("ZeroPadding3D", dict(padding=2)),
+    ]
+    _keras2_equals_keras(tmp_path, (5, 6, 7, 2), volumes)
+
+
+def test_keras2_activations_and_normalisations(tmp_path):
+    """PReLU (Keras 2's alpha_* arguments), ReLU's float32 settings, LayerNormalization's axes as build()
+    left them (positive, unsorted), GroupNormalization's groups=-1 stored as the channels."""
+    maps = [
+        ("PReLU", dict()),
+        ("Conv2D", dict(filters=4, kernel_size=1)),
+        ("PReLU", dict(shared_axes=[1, 2])),
+        ("PReLU", dict(shared_axes=2)),
+        ("PReLU", dict(shared_axes=-1)),
+        ("ReLU", dict(max_value=1.5, negative_slope=0.1, threshold=0.5)),
+        ("ReLU", dict(negative_slope=0.2)),
+        ("ReLU", dict(max_value=6.0)),
+        ("ReLU", dict(negative_slope=0.25, threshold=0.8)),
+        ("LayerNormalization", dict()),
+        ("LayerNormalization", dict(axis=[1, 2, 3], epsilon=0.1)),
+        ("LayerNormalization", dict(axis=[-1, 1], center=False)),
+        ("LayerNormalization", dict(axis=[1, -1], epsilon=0.01)),
+        ("LayerNormalization", dict(axis=[3, 1], scale=False)),
+        ("LayerNormalization", dict(axis=[1, 3], scale=False, center=False)),
+        ("GroupNormalization", dict(groups=2)),
+        ("GroupNormalization", dict(groups=-1, epsilon=0.1, center=False)),
+        ("GroupNormalization", dict(groups=1, scale=False)),
+        ("GroupNormalization", dict(groups=4, axis=3, scale=False, center=False)),
+    ]
+    _keras2_equals_keras(tmp_path, (6, 5, 4), maps)
+    series = [
+        ("PReLU", dict(shared_axes=1)),
+        ("LayerNormalization", dict(axis=[1, 2])),
+        ("Flatten", dict()),
+        ("LayerNormalization", dict()),
+        ("PReLU", dict()),
+    ]
+    _keras2_equals_keras(tmp_path, (7, 3), series)
+
+
+def test_keras2_sequential_config_as_a_list_of_layers(tmp_path):
+    """Keras 2.2.2 and older saved a Sequential's config as the list of its layers, the first with its
+    batch_input_shape (Keras' Sequential.from_config reads it still): read as the same model, alone,
+    nested in a functional model, and with its classifier replaced."""
+    stack = [
+        ("Cropping1D", dict(cropping=(1, 0))),
+        ("SeparableConv1D", dict(filters=4, kernel_size=3, padding="same", depth_multiplier=2)),
+        ("PReLU", dict(shared_axes=[1])),
+        ("ZeroPadding1D", dict(padding=(0, 2))),
+        ("UpSampling1D", dict(size=2)),
+        ("ReLU", dict(max_value=1.5)),
+        ("Permute", dict(dims=(2, 1))),
+        ("Flatten", dict()),
+        ("Dense", dict(units=3, activation="softmax")),
+    ]
+    model = _keras2_file(tmp_path / "k2.h5", (9, 3), stack)
+    with h5py.File(tmp_path / "k2.h5", "a") as f:
+        config = json.loads(f.attrs["model_config"])
+        inputs, *entries = config["config"]["layers"]
+        entries[0]["config"]["batch_input_shape"] = inputs["config"]["batch_input_shape"]
+        f.attrs["model_config"] = json.dumps({"class_name": "Sequential", "config": entries}).encode()
+        f.attrs["keras_version"] = b"2.2.2"
+    x = _x((9, 3))
+    net, size = load_keras(tmp_path / "k2.h5")
+    assert size == (3, 9)
+    assert np.abs(_ours(net, x)[0] - _keras_out(model, x)[0]).max() <= 1e-6
+    nested = {
+        "class_name": "Model",
+        "config": {
+            "name": "model_1",
+            "layers": [
+                {"class_name": "InputLayer", "name": "input_1", "inbound_nodes": [], "config": inputs["config"]},
+                {
+                    "class_name": "Sequential",
+                    "name": "sequential_1",
+                    "config": entries,
+                    "inbound_nodes": [[["input_1", 0, 0, {}]]],
+                },
+            ],
+            "input_layers": [["input_1", 0, 0]],
+            "output_layers": [["sequential_1", 0, 0]],
+        },
+    }
+    outer = build_from_keras_config(nested)
+    outer.sequential_1.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        assert torch.equal(outer(x), net(x))
+    net.reset_classifier(5)
+    assert net(x).shape == (3, 5)
+    assert build_from_keras_config(net.keras_config)(x).shape == (3, 5)

@@ -80,11 +80,19 @@ class Conv1D(_Activated, _DynamicPad, nn.Conv1d):
     """Keras ``Conv1D``: (N, C, L) -> (N, filters, L')."""
 
 
-class CausalConv1D(Conv1D):
-    """Keras ``Conv1D(padding="causal")``: ``dilation * (kernel - 1)`` zeros before the series, none after."""
+class _Causal:
+    """Mixin for a 1-D convolution: Keras' ``padding="causal"``, ``dilation * (kernel - 1)`` zeros
+    before the series, none after."""
+
+    dilation: tuple[int, ...]
+    kernel_size: tuple[int, ...]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(F.pad(x, (self.dilation[0] * (self.kernel_size[0] - 1), 0)))
+
+
+class CausalConv1D(_Causal, Conv1D):
+    """Keras ``Conv1D(padding="causal")``."""
 
 
 class Conv2D(_Activated, _DynamicPad, nn.Conv2d):
@@ -101,6 +109,10 @@ class DepthwiseConv2D(_Activated, _DynamicPad, nn.Conv2d):
 
 class DepthwiseConv1D(_Activated, _DynamicPad, nn.Conv1d):
     """Keras ``DepthwiseConv1D``: ``groups = C``; output channel ``c * depth_multiplier + m``."""
+
+
+class CausalDepthwiseConv1D(_Causal, DepthwiseConv1D):
+    """The depthwise part of a Keras 2 ``SeparableConv1D(padding="causal")`` (Keras 3 has no causal one)."""
 
 
 class Conv2DTranspose(_Activated, ConvTranspose2dSame):
@@ -606,7 +618,7 @@ def _act(cfg: dict) -> nn.Module:
 
 def _conv(cfg: dict, shape: tuple[int, ...], n: int, kind: str) -> _Layer:
     _check_channels_last(cfg, kind)
-    causal = kind == "Conv1D" and cfg.get("padding") == "causal"
+    causal = kind in ("Conv1D", "SeparableConv1D") and cfg.get("padding") == "causal"
     if cfg.get("padding") not in ("valid", "same") and not causal:
         raise CnnkitError(f"{kind} {cfg.get('name')!r} has padding={cfg.get('padding')!r}; 'valid' and 'same' are read")
     c_in = shape[0]
@@ -640,7 +652,8 @@ def _conv(cfg: dict, shape: tuple[int, ...], n: int, kind: str) -> _Layer:
     else:
         cls, out, groups = {1: Conv1D, 2: Conv2D, 3: Conv3D}[n], cfg["filters"], cfg.get("groups", 1)
     fixed, pad_mode = resolve_padding("valid" if causal else cfg["padding"], k, s, d, n)
-    cls = CausalConv1D if causal else cls
+    if causal:
+        cls = CausalDepthwiseConv1D if separable else CausalConv1D
     conv = cls(c_in, out, k, stride=s, padding=fixed, dilation=d, groups=groups, bias=bias and not separable)
     conv.pad_mode = pad_mode
     if separable:
@@ -1247,8 +1260,17 @@ def _num_vars(rec: _Layer) -> int:
 # ----------------------------------------------------------------------------- the graph
 
 
+def _sequential_as_dict(entry):
+    """A model entry whose Sequential config is a list of layers (Keras 2.2.2 and older wrote it so, as
+    Keras' ``Sequential.from_config`` still reads it) as ``{"name", "layers"}``; any other entry as it is."""
+    if isinstance(entry, dict) and entry.get("class_name") == "Sequential" and isinstance(entry.get("config"), list):
+        return {**entry, "config": {"name": entry.get("name") or "sequential", "layers": entry["config"]}}
+    return entry
+
+
 def _unwrap(layer: dict) -> tuple[str, dict, str]:
     """(class name, its config, its name) of one entry of a model's ``layers``."""
+    layer = _sequential_as_dict(layer)
     if not isinstance(layer, dict) or not isinstance(layer.get("config"), dict):
         raise CnnkitError("a layer entry in the model's config is not a JSON object with a 'config'")
     kind = str(layer.get("class_name"))
@@ -1423,6 +1445,7 @@ def _build_model(
     """
     if depth > 8:
         raise CnnkitError("the Keras model nests models more than 8 deep")
+    config = _sequential_as_dict(config)
     kind = config.get("class_name")
     cfg = config.get("config")
     if kind not in _MODELS or not isinstance(cfg, dict):
@@ -1873,6 +1896,7 @@ def build_from_keras_config(config: dict, logits: bool = False) -> nn.Module:
 def _network(config: dict, logits: bool, budget: list | None = None):
     if not isinstance(config, dict):
         raise CnnkitError("a Keras model config is a JSON object with 'class_name' and 'config'")
+    config = _sequential_as_dict(config)  # the stored description too: reset_classifier edits its layers
     token = _BUDGET.set(budget)
     version = str(config.get("keras_version", ""))
     token2 = _KERAS2.set(version.split(".")[0] in ("1", "2"))
