@@ -102,10 +102,26 @@ def test_predict_json_and_png(digits_run, tmp_path, capsys):
 def test_bad_input_is_one_line(tmp_path, capsys):
     assert main(["detect", "train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "is not pennfudan, digits, a COCO JSON file or a YOLO folder" in err
+    assert len(err.splitlines()) == 1 and "is not pennfudan, digits, a COCO JSON file, a YOLO folder or a VOC folder" in err
     assert main(["detect", "eval", str(tmp_path)]) == 2
     assert "no checkpoint at" in capsys.readouterr().err
     assert main(["detect", "train", "--data", "digits", "--epochs", "0", "--out", str(tmp_path / "r")]) == 2
     assert "--epochs must be a positive integer" in capsys.readouterr().err
     assert main(["detect", "train", "--data", "digits", "--val-every", "-1", "--out", str(tmp_path / "r")]) == 2
     assert "--val-every must be an integer >= 0" in capsys.readouterr().err
+
+
+def test_a_voc_folder_trains_on_its_official_lists_and_eval_scores_its_test_photos(tmp_path, capsys):
+    from test_detection_data import make_voc_boxes
+
+    data, run = tmp_path / "voc", tmp_path / "run"
+    ids = make_voc_boxes(data, lists={"train": [], "val": []})
+    (data / "ImageSets" / "Main" / "train.txt").write_text("\n".join(ids[:6]))
+    (data / "ImageSets" / "Main" / "val.txt").write_text("\n".join(ids[6:]))
+    argv = ["detect", "train", "--data", str(data), "--model", "tiny", "--weights", "none", "--epochs", "1"]
+    assert main([*argv, "--batch-size", "2", "--image-size", "64", "--out", str(run)]) == 0
+    assert "split: the official lists of" in capsys.readouterr().out
+    split = json.loads((run / "split.json").read_text())
+    assert split["test"] == [f"{s}.jpg" for s in ids[6:]] and "val.txt (2) tests" in split["source"]
+    assert main(["detect", "eval", str(run), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 2

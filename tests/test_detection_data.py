@@ -191,14 +191,10 @@ def test_yolo_reader_and_errors(tmp_path):
         load_yolo(tmp_path)
 
 
-def test_a_voc_folder_given_to_detection_says_its_xml_is_not_read(tmp_path):
-    """Pascal VOC's JPEGImages/ + Annotations/*.xml: the error names the XML and the formats that are read."""
-    write_png(tmp_path / "JPEGImages" / "2007_000032.png")
-    (tmp_path / "Annotations").mkdir()
-    (tmp_path / "Annotations" / "2007_000032.xml").write_text(
-        "<annotation><object><name>cat</name></object></annotation>"
-    )
-    with pytest.raises(CnnkitError, match=r"not a YOLO folder: .*Annotations holds Pascal VOC XML, .*COCO JSON"):
+def test_a_folder_of_neither_layout_names_both(tmp_path):
+    """A folder that is neither YOLO's images/ + labels/ nor VOC's JPEGImages/ + Annotations/."""
+    write_png(tmp_path / "photos" / "a.png")
+    with pytest.raises(CnnkitError, match=r"is not a YOLO folder \(expected .*labels\) nor a VOC folder"):
         load_yolo(tmp_path)
 
 
@@ -304,3 +300,105 @@ def test_validation_and_test_images_are_letterboxed_to_image_size_times_test_sca
     inst = InstanceConfig(data=str(tmp_path / "ann.json"), model="tiny", weights=None, image_size=64, test_scale=1.5)
     _, info = new_mask_detector(inst.resolved(), ["dog"], 3)
     assert info["input_size"] == [3, 96, 96]
+
+
+# ---------------------------------------------------------------- Pascal VOC XML
+def voc_xml(stem, objects, size=(40, 30), extra=""):
+    """VOC's annotation XML; ``objects`` as (name, (xmin, ymin, xmax, ymax) 1-based inclusive, difficult)."""
+    rows = "".join(
+        f"<object><name>{n}</name><pose>Left</pose><truncated>0</truncated><difficult>{int(d)}</difficult>"
+        f"<bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin><xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox>"
+        # VOC's person layout: a part's own box inside the object, not the object's
+        "<part><name>head</name><bndbox><xmin>2</xmin><ymin>2</ymin><xmax>3</xmax><ymax>3</ymax></bndbox></part>"
+        "</object>"
+        for n, b, d in objects
+    )
+    return (
+        f"{extra}<annotation><folder>VOC2012</folder><filename>{stem}.jpg</filename><size><width>{size[0]}</width>"
+        f"<height>{size[1]}</height><depth>3</depth></size><segmented>0</segmented>{rows}</annotation>"
+    )
+
+
+def make_voc_boxes(root, n=8, lists=None):
+    """n 40x30 photos with one dog (1-based box 5..14 x 3..22) each, a cat on the even ones, a
+    difficult cat on photo 1; ``lists`` ``{"train": ids, ...}`` as ImageSets/Main."""
+    ids = [f"2007_{i:06d}" for i in range(n)]
+    (root / "Annotations").mkdir(parents=True)
+    for i, stem in enumerate(ids):
+        write_png(root / "JPEGImages" / f"{stem}.jpg")
+        objects = [("dog", (5, 3, 14, 22), False)] + ([("cat", (20, 10, 40, 30), False)] if i % 2 == 0 else [])
+        objects += [("cat", (1, 1, 8, 8), True)] if i == 1 else []
+        (root / "Annotations" / f"{stem}.xml").write_text(voc_xml(stem, objects))
+    if lists:
+        (root / "ImageSets" / "Main").mkdir(parents=True)
+        for part, names in lists.items():
+            (root / "ImageSets" / "Main" / f"{part}.txt").write_text("".join(f"{s}\n" for s in names))
+    return ids
+
+
+def test_a_voc_folder_reads_boxes_1_based_with_difficult_objects_ignored(tmp_path):
+    from cnnkit.data.detection import load_voc
+
+    ids = make_voc_boxes(tmp_path)
+    d = load_voc(tmp_path)
+    assert d.classes == ["cat", "dog"] and d.names == [f"{s}.jpg" for s in ids]
+    assert d.boxes[0].tolist() == [[4, 2, 14, 22], [19, 9, 40, 30]]  # half-open pixels: xmin - 1 .. xmax
+    assert d.labels[0].tolist() == [1, 0] and d.labels[1].tolist() == [1]  # the part's box is not an object
+    assert d.crowd_boxes[1].tolist() == [[0, 0, 8, 8]] and d.crowd_labels[1].tolist() == [0]  # difficult
+    assert [len(c) for c in d.crowd_boxes] == [0, 1, 0, 0, 0, 0, 0, 0]
+    one = load_voc(tmp_path, [f"{ids[1]}.jpg"])  # a subset keeps the folder's classes
+    assert one.classes == ["cat", "dog"] and one.labels[0].tolist() == [1]
+
+
+def test_a_voc_folder_is_split_by_its_main_lists_and_says_so(tmp_path):
+    from cnnkit.tasks.detect.config import DetectConfig
+    from cnnkit.tasks.detect.data import load_split_data
+
+    ids = make_voc_boxes(tmp_path / "a", lists={"train": [], "val": []})
+    (tmp_path / "a" / "ImageSets" / "Main" / "train.txt").write_text("\n".join(ids[:6]))
+    (tmp_path / "a" / "ImageSets" / "Main" / "val.txt").write_text("\n".join(ids[6:]))
+    cfg = DetectConfig(data=str(tmp_path / "a"), model="tiny", weights="none", image_size=64).resolved()
+    tr, va, te, split = load_split_data(cfg)
+    assert sorted(tr.names + va.names) == [f"{s}.jpg" for s in ids[:6]] and te.names == [f"{s}.jpg" for s in ids[6:]]
+    assert split["source"].endswith("5 train, 1 val, 2 test")
+    assert "val.txt (2) tests" in split["source"]
+    tr2, _, te2, _ = load_split_data(cfg, {k: split[k] for k in ("train", "val", "test")})  # eval: the run's names
+    assert tr2.names == tr.names and te2.names == te.names
+
+    make_voc_boxes(tmp_path / "b")  # no lists: cnnkit's seeded split
+    cfg = DetectConfig(data=str(tmp_path / "b"), model="tiny", weights="none", image_size=64).resolved()
+    *_, split = load_split_data(cfg)
+    assert "source" not in split and len(split["test"]) == 2
+
+
+@pytest.mark.parametrize(
+    "xml, message",
+    [
+        ('<!DOCTYPE a [<!ENTITY x "y">]>' + voc_xml("s", [("dog", (1, 1, 5, 5), False)]), "declares a DTD or entities"),
+        ("<annotation><object>", "is not well-formed XML"),
+        ("<root/>", "not VOC's <annotation>"),
+        (voc_xml("s", [("dog", (1, 1, "five", 5), False)]), r"<object> 0 <bndbox> <xmax> is 'five', not a number"),
+        (voc_xml("s", [("dog", (9, 1, 5, 5), False)]), "xmax < xmin"),
+        (voc_xml("s", [("", (1, 1, 5, 5), False)]), "has no <name>"),
+        (voc_xml("s", [("dog", (1, 1, 5, 5), False)], size=(41, 30)), "<size> says 41 x 30 but s.jpg is 40 x 30"),
+        (voc_xml("s", [("dog", (1, 1, 45, 5), False)]), "reaches outside its 40 x 30 image"),
+    ],
+)
+def test_bad_voc_annotations_are_one_line_naming_the_file(tmp_path, xml, message):
+    from cnnkit.data.detection import load_voc
+
+    write_png(tmp_path / "JPEGImages" / "s.jpg")
+    (tmp_path / "Annotations").mkdir()
+    (tmp_path / "Annotations" / "s.xml").write_text(xml)
+    with pytest.raises(CnnkitError, match=message) as err:
+        load_voc(tmp_path)
+    assert "s.xml" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_voc_annotation_without_its_photo_is_named(tmp_path):
+    from cnnkit.data.detection import load_voc
+
+    make_voc_boxes(tmp_path, n=3)
+    (tmp_path / "Annotations" / "lost.xml").write_text(voc_xml("lost", [("dog", (1, 1, 5, 5), False)]))
+    with pytest.raises(CnnkitError, match=r"missing image for .*lost.xml"):
+        load_voc(tmp_path)

@@ -22,7 +22,7 @@ def register(subparsers) -> None:
         "detect",
         help="object detection: train, eval, predict",
         description="Train an anchor-free detector on Penn-Fudan, digit scenes, a COCO "
-        "JSON file or a YOLO folder; evaluate it (COCO AP); draw its boxes.",
+        "JSON file, a YOLO or a VOC folder; evaluate it (COCO AP); draw its boxes.",
     )
     sub = p.add_subparsers(dest="detect_command", metavar="ACTION")
 

@@ -1,4 +1,4 @@
-"""Detection data: images with boxes, read from Penn-Fudan, COCO JSON or YOLO txt folders; detection
+"""Detection data: images with boxes, read from Penn-Fudan, COCO JSON, YOLO txt or Pascal VOC XML folders; detection
 augmentation as batched pure functions that move the boxes with the pixels.
 
 Every reader returns a :class:`Detections`; boxes are float ``xyxy`` in pixels of the stored image,
@@ -7,6 +7,7 @@ half-open (a box over pixel columns 3..7 is x1=3, x2=8), labels index ``classes`
     d = load_pennfudan(root, names=split["train"])   # one class, "person"
     d = load_coco("annotations.json")                # images beside the file (or image_dir=...)
     d = load_yolo("my_data/")                        # my_data/images/*.jpg, my_data/labels/*.txt, classes.txt
+    d = load_voc("VOC2012/")                         # VOC2012/JPEGImages/*.jpg, VOC2012/Annotations/*.xml
 
 Bad input raises one :class:`~cnnkit.errors.CnnkitError` line naming the file and the field.
 
@@ -475,13 +476,10 @@ def load_yolo(root: str | os.PathLike) -> Detections:
     root = Path(root)
     img_dir, lab_dir = root / "images", root / "labels"
     if not img_dir.is_dir() or not lab_dir.is_dir():
-        voc = (
-            f"; its {root / 'Annotations'} holds Pascal VOC XML, which cnnkit does not read: convert the boxes "
-            "to a COCO JSON file (--data FILE.json) or to YOLO labels"
-            if (root / "Annotations").is_dir()
-            else ""
+        raise CnnkitError(
+            f"{root} is not a YOLO folder (expected {img_dir} and {lab_dir}) nor a VOC folder (JPEGImages/ "
+            "and Annotations/)"
         )
-        raise CnnkitError(f"{root} is not a YOLO folder: expected {img_dir} and {lab_dir}{voc}")
     import collections
 
     classes = _yolo_classes(root)
@@ -512,6 +510,70 @@ def load_yolo(root: str | os.PathLike) -> Detections:
     if classes is None:
         classes = [str(c) for c in range(top + 1)]
     return _nonempty(Detections(images, boxes, labels, classes, [p.name for p in files]), root)
+
+
+# ---------------------------------------------------------------- Pascal VOC XML
+def is_voc(root: Path) -> bool:
+    """Whether ``root`` is a VOC folder with box annotations (``JPEGImages/`` and ``Annotations/``)."""
+    return (root / "JPEGImages").is_dir() and (root / "Annotations").is_dir()
+
+
+def load_voc(root: str | os.PathLike, names: list[str] | None = None) -> Detections:
+    """A Pascal VOC folder (or LabelImg's VOC output): ``JPEGImages/NAME.jpg`` with ``Annotations/NAME.xml``.
+
+    The classes are the object names of every annotation in the folder, sorted (VOC's 20 classes in
+    their usual order), so any subset of the photos is labelled alike. Objects marked ``difficult``
+    are not trained on, and detections on them count neither way in evaluation (kept as
+    :attr:`Detections.crowd_boxes`, as COCO's crowd regions are; VOC's devkit ignores them so).
+    Boxes follow :func:`cnnkit.data.voc.read_annotation` (1-based inclusive to half-open pixels) and
+    may reach a pixel past the image (tools that write 0-based boxes), clipped to it.
+
+    Args:
+        root: the VOC folder.
+        names: image file names to read (a split's list); every annotated photo when None.
+
+    Raises:
+        CnnkitError: one line naming the file: an annotation without its photo, a ``<size>`` other
+        than the photo's, a box outside the photo, anything :func:`~cnnkit.data.voc.read_annotation`
+        refuses.
+    """
+    from cnnkit.data.voc import photos, read_annotation
+
+    root = Path(root).expanduser()
+    ann_dir, image_dir = root / "Annotations", root / "JPEGImages"
+    found = photos(image_dir)
+    parsed = {}
+    for xml in sorted(ann_dir.glob("*.xml")):
+        if xml.stem not in found:
+            raise CnnkitError(
+                f"missing image for {xml}: no {image_dir / xml.stem}.jpg; add the photo or remove the file"
+            )
+        parsed[found[xml.stem]] = (xml, read_annotation(xml))
+    if names is None:
+        names = sorted(parsed)
+    classes = sorted({c for _, (_, _, _, objects, _) in parsed.values() for c in objects})
+    index = {c: i for i, c in enumerate(classes)}
+    images, boxes, labels, crowd_boxes, crowd_labels = [], [], [], [], []
+    for name in names:
+        if name not in parsed:
+            raise CnnkitError(f"no annotation {ann_dir / Path(name).stem}.xml for {image_dir / name}")
+        xml, (w, h, b, objects, difficult) = parsed[name]
+        img = _annotated(image_dir / name)
+        if (w and w != img.shape[2]) or (h and h != img.shape[1]):
+            raise CnnkitError(f"{xml} <size> says {w} x {h} but {name} is {img.shape[2]} x {img.shape[1]}")
+        h, w = img.shape[1:]
+        check_boxes(b, w, h, f"{xml} <bndbox>", tol=1.0)
+        b = b.clamp(min=0).minimum(torch.tensor([w, h, w, h], dtype=torch.float32))
+        lab = torch.tensor([index[c] for c in objects], dtype=torch.int64)
+        hard = torch.tensor(difficult, dtype=torch.bool)
+        images.append(img)
+        boxes.append(b[~hard])
+        labels.append(lab[~hard])
+        crowd_boxes.append(b[hard])
+        crowd_labels.append(lab[hard])
+    if not any(len(c) for c in crowd_boxes):
+        crowd_boxes, crowd_labels = [], []
+    return _nonempty(Detections(images, boxes, labels, classes, list(names), crowd_boxes, crowd_labels), root)
 
 
 # ---------------------------------------------------------------- batching

@@ -205,122 +205,21 @@ def mask_folder(
     )
 
 
-VOC_LISTS = Path("ImageSets") / "Segmentation"  # a VOC folder's official split: one image id a line
-
-
 def voc_split(root: str | os.PathLike) -> tuple[dict[str, list[str]], str] | None:
-    """A VOC folder's official segmentation split, from ``ImageSets/Segmentation``, as image file names.
-
-    ``train.txt`` trains. Where ``test.txt`` lists photos that have masks, ``val.txt`` validates and
-    ``test.txt`` tests; where it is absent or none of its photos has a mask (VOC withholds its test
-    masks), ``val.txt`` is the test split and the split has no ``val`` (the validation part is
-    carved from ``train.txt``, :func:`~cnnkit.data.pennfudan.carve_validation`). ``trainval.txt``,
-    where present, must list exactly the photos of ``train.txt`` and ``val.txt``.
-
-    Args:
-        root: a folder holding ``JPEGImages/`` and ``SegmentationClass/``.
+    """A VOC folder's official segmentation split, from ``ImageSets/Segmentation``, as image file names
+    (:func:`cnnkit.data.voc.official_split`, each listed photo needing its mask in ``SegmentationClass``).
 
     Returns:
-        ``({"train": names, "test": names} or {"train", "val", "test"}, a line saying which lists
-        were used)``, or None where the folder is not VOC's or has no ``ImageSets/Segmentation``.
-
-    Raises:
-        CnnkitError: one line naming the list file: ``train.txt`` or ``val.txt`` missing beside the
-        others, an empty list, a line that is not one image id, an id listed twice, an id without a
-        photo in ``JPEGImages/`` or without a mask, a photo in two of train, val and test, or a
-        ``trainval.txt`` that differs from ``train.txt`` + ``val.txt``.
+        ``(split, a line saying which lists were used)``, or None where the folder is not VOC's or has
+        no ``ImageSets/Segmentation``.
     """
+    from cnnkit.data.voc import official_split
+
     root = Path(root).expanduser()
     image_dir, mask_dir = _folder_pair(root)
-    folder = root / VOC_LISTS
-    if mask_dir.name != "SegmentationClass" or not folder.is_dir():
+    if mask_dir.name != "SegmentationClass":
         return None
-    present = [k for k in ("train", "val", "test", "trainval") if (folder / f"{k}.txt").is_file()]
-    if not present:
-        return None
-    if "train" not in present or "val" not in present:
-        lacking = " and ".join(f"{k}.txt" for k in ("train", "val") if k not in present)
-        raise CnnkitError(
-            f"{folder} holds {', '.join(f'{k}.txt' for k in present)} but no {lacking}: the official split "
-            f"needs both; add the missing list, or remove {folder} for a seeded split"
-        )
-    photos: dict[str, str] = {}
-    for p in sorted(image_dir.iterdir()):
-        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."):
-            photos.setdefault(p.stem, p.name)
-    lists = {k: _voc_list(folder / f"{k}.txt", photos, image_dir) for k in present}
-    has_mask = {k: [(mask_dir / f"{Path(n).stem}.png").is_file() for n in v] for k, v in lists.items()}
-    test = "test" in lists and any(has_mask["test"])  # VOC's own test.txt lists photos without masks
-    for k in ("train", "val", "test") if test else ("train", "val"):
-        if not all(has_mask[k]):
-            name = lists[k][has_mask[k].index(False)]
-            raise CnnkitError(
-                f"{folder / f'{k}.txt'} lists {Path(name).stem} but there is no mask "
-                f"{mask_dir / (Path(name).stem + '.png')}; add the mask or remove the line"
-            )
-    parts = ("train", "val", "test") if test else ("train", "val")
-    for i, a in enumerate(parts):
-        for b in parts[i + 1 :]:
-            both = sorted(set(lists[a]) & set(lists[b]))
-            if both:
-                raise CnnkitError(
-                    f"{folder}: {Path(both[0]).stem} is in both {a}.txt and {b}.txt"
-                    + (f" (and {len(both) - 1} more)" if len(both) > 1 else "")
-                    + "; a photo belongs to one split: remove it from one list"
-                )
-    if "trainval" in lists:
-        union = set(lists["train"]) | set(lists["val"])
-        odd = sorted(set(lists["trainval"]) ^ union)
-        if odd:
-            where = (
-                "in trainval.txt but in neither train.txt nor val.txt"
-                if odd[0] in set(lists["trainval"])
-                else "in train.txt or val.txt but not in trainval.txt"
-            )
-            raise CnnkitError(
-                f"{folder / 'trainval.txt'} is not train.txt + val.txt: {Path(odd[0]).stem} is {where}; "
-                "make it their union, or remove it"
-            )
-    if test:
-        split = {"train": lists["train"], "val": lists["val"], "test": lists["test"]}
-        note = (
-            f"the official lists of {folder}: train.txt ({len(split['train'])} photos) trains, val.txt "
-            f"({len(split['val'])}) validates, test.txt ({len(split['test'])}) tests"
-        )
-    else:
-        split = {"train": lists["train"], "test": lists["val"]}
-        why = " (test.txt lists photos without masks)" if "test" in lists else ""
-        note = (
-            f"the official lists of {folder}: train.txt ({len(split['train'])} photos) trains and validates "
-            f"(a part carved out), val.txt ({len(split['test'])}) tests{why}"
-        )
-    return split, note
-
-
-def _voc_list(path: Path, photos: dict[str, str], image_dir: Path) -> list[str]:
-    """The image file names a VOC list file names, one image id a line, each checked."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CnnkitError(f"cannot read {path} ({exc}); a VOC list file is plain text, one image id a line") from None
-    names: list[str] = []
-    line_of: dict[str, int] = {}
-    for n, line in enumerate(text.splitlines(), 1):
-        words = line.split()
-        if not words:
-            continue
-        if len(words) != 1:
-            raise CnnkitError(f"{path} line {n}: {line.strip()!r} is not one image id; a list holds one id a line")
-        stem = words[0]
-        if stem in line_of:
-            raise CnnkitError(f"{path} line {n}: {stem} is listed twice (line {line_of[stem]}); remove one")
-        line_of[stem] = n
-        if stem not in photos:
-            raise CnnkitError(f"{path} line {n}: no photo {image_dir / stem}.jpg for {stem}; add it or remove the line")
-        names.append(photos[stem])
-    if not names:
-        raise CnnkitError(f"{path} lists no images; give one image id a line, or remove it")
-    return names
+    return official_split(root, "Segmentation", lambda stem: mask_dir / f"{stem}.png", "mask")
 
 
 def _folder_pair(root: Path) -> tuple[Path, Path]:

@@ -19,7 +19,7 @@ class DetectConfig(RunConfig):
     """The settings of ``cnnkit detect train``: the shared run settings plus the detector's own.
 
     ``None`` (and ``""``) fields take the data's default when :meth:`resolved` fills them in: photos
-    (Penn-Fudan, a COCO file, a YOLO folder) train a pretrained backbone, digit scenes a tiny one.
+    (Penn-Fudan, a COCO file, a YOLO or VOC folder) train a pretrained backbone, digit scenes a tiny one.
 
     Each field is documented once, at the field (``option(help=...)``): the configuration
     reference and ``cnnkit detect train --help`` show that text.
@@ -29,7 +29,9 @@ class DetectConfig(RunConfig):
         'tiny'
     """
 
-    data: str = option("pennfudan", help="pennfudan | digits | PATH of a COCO JSON file or a YOLO folder")
+    data: str = option(
+        "pennfudan", help="pennfudan | digits | PATH of a COCO JSON file, a YOLO folder or a Pascal VOC folder"
+    )
     image_size: int | None = option(
         None,
         help="square side images are letterboxed to, a multiple of 32 (default: 320 for photos, 128 for digits)",

@@ -111,8 +111,9 @@ def load_split_data(
         )
         split = {"train": tr.names, "val": va.names, "test": te.names}
     else:
-        from cnnkit.data.detection import load_coco, load_pennfudan, load_yolo
+        from cnnkit.data.detection import is_voc, load_coco, load_pennfudan, load_voc, load_yolo
         from cnnkit.data.pennfudan import carve_validation, pennfudan_root, pennfudan_split, split_names
+        from cnnkit.data.voc import official_split
 
         if cfg.data == "pennfudan":
             root = pennfudan_root(cfg.data_dir)
@@ -120,15 +121,30 @@ def load_split_data(
             data = load_pennfudan(root, split["train"] + split["val"] + split["test"])
         else:
             path = Path(cfg.data).expanduser()
+            official = None
             if path.is_file():
                 data = load_coco(path)
+            elif path.is_dir() and is_voc(path):
+                # the run's names where given, else VOC's official lists where the folder has them
+                official = (
+                    None
+                    if split
+                    else official_split(path, "Main", lambda s: path / "Annotations" / f"{s}.xml", "annotation")
+                )
+                split = official[0] if official else split
+                data = load_voc(path, split["train"] + split.get("val", []) + split["test"] if split else None)
             elif path.is_dir():
                 data = load_yolo(path)
             else:
-                raise CnnkitError(f"--data {cfg.data!r} is not pennfudan, digits, a COCO JSON file or a YOLO folder")
+                raise CnnkitError(
+                    f"--data {cfg.data!r} is not pennfudan, digits, a COCO JSON file, a YOLO folder or a VOC folder"
+                )
             if len(data) < 3:
                 raise CnnkitError(f"{path} holds {len(data)} image(s): a train/val/test split needs at least 3")
             split = carve_validation(split or split_names(data.names, max(2, round(0.8 * len(data))), cfg.seed))
+            if official:
+                counts = ", ".join(f"{len(split[k])} {k}" for k in ("train", "val", "test"))
+                split["source"] = f"{official[1]}: {counts}"  # split.json says which lists
         tr = from_detections(data.subset(split["train"]), cfg.image_size)
         va, te = (from_detections(data.subset(split[k]), cfg.test_side()) for k in ("val", "test"))
     if cfg.subset:

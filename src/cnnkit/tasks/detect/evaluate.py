@@ -66,7 +66,7 @@ def eval_config(cfg, data_dir: str | None, split: str, test_scale: float | None)
     if split not in ("val", "test"):
         raise CnnkitError(f"--split must be val or test; received {split!r}")
     cfg = replace(cfg, subset=0)
-    if data_dir and cfg.data not in ("pennfudan", "digits"):  # a COCO file or YOLO folder is found by its path
+    if data_dir and cfg.data not in ("pennfudan", "digits"):  # a COCO file, YOLO or VOC folder is found by its path
         raise CnnkitError(
             f"--data-dir is where the built-in data sets (pennfudan, digits) live; this run trained on {cfg.data}, "
             "which it reads from that path: leave --data-dir out (eval scores the run's own test photos)"

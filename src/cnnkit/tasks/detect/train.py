@@ -51,6 +51,8 @@ def train(cfg: DetectConfig, out, resume: bool = False, quiet: bool = False):
     cfg = run_config(cfg, out, resume, config_from_dict)
     with distributed(cfg.device) as d:
         train_set, val_set, test_set, split = run_data(cfg, out, resume, d, load_split_data)
+        if "source" in split and not quiet and d.main:
+            print(f"split: {split['source']}")
         torch.manual_seed(cfg.seed)
         channels = train_set.images.shape[1]
         model, info = new_detector(
