@@ -44,14 +44,30 @@ import torch
 from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from cnnkit.analysis.trace import schema_call
+
 aten = torch.ops.aten
 
 # ops whose internal allocations are measured (the backend-specific ones that matter for the peak)
-# (bilinear upsampling: on small maps the CPU kernel allocates about its input and output again)
-CPU_BACKEND_OPS = {aten.convolution, aten.convolution_backward, aten.upsample_bilinear2d}
+# (bilinear upsampling: on small maps the CPU kernel allocates about its input and output again;
+# the flash attention kernel: per-thread blocks of scores, and in backward a copy of the output's gradient)
+CPU_BACKEND_OPS = {
+    aten.convolution,
+    aten.convolution_backward,
+    aten.upsample_bilinear2d,
+    aten._scaled_dot_product_flash_attention_for_cpu,
+    aten._scaled_dot_product_flash_attention_for_cpu_backward,
+}
 
-# which positional arguments carry the batch in dimension 0
-_BATCH_ARGS = {"convolution": (0,), "convolution_backward": (0, 1), "upsample_bilinear2d": (0,)}
+# which arguments (in the schema's order, keyword-only ones included) carry the batch in dimension 0
+# (an attention mask is left as it is: it may be (L, S), broadcast over the batch)
+_BATCH_ARGS = {
+    "convolution": (0,),
+    "convolution_backward": (0, 1),
+    "upsample_bilinear2d": (0,),
+    "_scaled_dot_product_flash_attention_for_cpu": (0, 1, 2),
+    "_scaled_dot_product_flash_attention_for_cpu_backward": (0, 1, 2, 3, 4, 5),
+}
 # oneDNN picks other kernels for a batch of one, so the line is fitted through batches 2 and 3 (exact
 # from 2 on); a batch of 3 or less is measured as it is
 _CAL_BATCHES = (2, 3)
@@ -62,6 +78,7 @@ _CAL_BATCHES = (2, 3)
 _ONEDNN_FROM = 16
 DIRECT_BYTES = 64 << 20  # an op whose tensors at batch 3 stay within this is measured at its own size
 MAX_RUN_BYTES = 512 << 20  # no measuring run's tensors exceed this (huge channels, padding): left unmeasured
+MAX_ATTENTION_MACS = 10**10  # nor does an attention run's work (it grows with the square of the sequence)
 MAX_CAL_BYTES = 8 << 20  # the largest scaled-down copy measured when the fit needs checking again
 FIT_TOLERANCE = 0.02  # the fit must predict the check run within 2%
 # (tensor bytes, multiply-adds) at batch 2 of the four fitting runs: the smaller limit decides
@@ -323,6 +340,17 @@ def _tensor_bytes(args: tuple, batch_args: tuple, full_batch: int, batch: int, n
     return total
 
 
+def _attention_macs(name: str, args: tuple, full_batch: int, batch: int) -> int:
+    """Multiply-adds of a flash attention op (forward: ``Q K^T`` and ``A V``; backward: five such
+    products) at ``batch``; 0 for other ops."""
+    if not name.startswith("_scaled_dot_product_flash_attention"):
+        return 0
+    q, k, v = args[1:4] if name.endswith("_backward") else args[:3]
+    b, h, lq, d = q[0]
+    per = h * lq * k[0][2] * (d + v[0][3]) * (5 if name.endswith("_backward") else 2) // 2
+    return per * (batch if b == full_batch else b)
+
+
 def _macs(name: str, args: tuple, batch: int) -> int:
     """Multiply-adds of the conv (forward; a backward does about twice as many) at ``batch``."""
     weight = args[1][0] if name == "convolution" else args[2][0]
@@ -379,14 +407,17 @@ class _Runner:
         try:
             with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
                 for label, name, args, batch_args, full_batch, b in self.jobs:
-                    if _tensor_bytes(args, batch_args, full_batch, b, name) > MAX_RUN_BYTES:
+                    if (
+                        _tensor_bytes(args, batch_args, full_batch, b, name) > MAX_RUN_BYTES
+                        or _attention_macs(name, args, full_batch, b) > MAX_ATTENTION_MACS
+                    ):
                         failed.add(label)
                         continue
                     op = getattr(aten, name).default
                     try:
                         real = _make_args(args, batch_args, full_batch, b)
                         with record_function(f"cnnkit-cal:{label}"):
-                            result = op(*real)
+                            result = schema_call(op, real)
                         del result, real
                     except (RuntimeError, ValueError, TypeError, IndexError, MemoryError):
                         failed.add(label)  # e.g. sizes the meta kernels accept and the CPU ones do not

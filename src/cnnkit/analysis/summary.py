@@ -137,12 +137,12 @@ def summary(
     use_backend = backend_model and device == "cpu"
     ops = backend.CPU_BACKEND_OPS if use_backend else set()
 
-    inf = _run_trace(model, shape, torch_dtype, False, optimizer, ops, name)
+    inf = _run_trace(model, shape, torch_dtype, False, optimizer, ops, name, device)
     has_trainable = any(p.requires_grad for p in model.parameters())
     tr, train_error = None, None
     if has_trainable:
         try:
-            tr = _run_trace(model, shape, torch_dtype, True, optimizer, ops, name)
+            tr = _run_trace(model, shape, torch_dtype, True, optimizer, ops, name, device)
         except CnnkitError as exc:  # e.g. batch-norm on a batch of one: inference is still reported
             train_error = f"no training step at batch {batch_size}: {exc}"
 
@@ -234,9 +234,9 @@ def check_elements(batch_size: int, input_size: tuple[int, ...]) -> None:
         )
 
 
-def _run_trace(model, shape, dtype, training, optimizer, ops, name):
+def _run_trace(model, shape, dtype, training, optimizer, ops, name, device):
     try:
-        return trace(model, shape, dtype, training, optimizer, ops)
+        return trace(model, shape, dtype, training, optimizer, ops, device)
     except CnnkitError:
         raise
     except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:

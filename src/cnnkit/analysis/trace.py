@@ -13,6 +13,7 @@ backend allocates *inside* some ops (oneDNN's reorders on CPU).
 from __future__ import annotations
 
 import math
+import threading
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,9 +21,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 from torch.func import functional_call
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_flatten
-from torch.utils.flop_counter import flop_registry
+from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count
 
 aten = torch.ops.aten
 
@@ -46,6 +47,14 @@ _MACS = {
     aten.dot: lambda a, b, **kw: math.prod(a.shape),
     aten.vdot: lambda a, b, **kw: math.prod(a.shape),
     aten.addbmm: lambda c, a, b, **kw: math.prod(a.shape) * b.shape[-1],
+    # the CPU kernel of scaled_dot_product_attention (flash), which the FLOP counter does not know:
+    # Q K^T and A V forward; backward recomputes Q K^T, then four products (as the CUDA kernels)
+    aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *a, **kw: (
+        sdpa_flop_count(q.shape, k.shape, v.shape) // 2
+    ),
+    aten._scaled_dot_product_flash_attention_for_cpu_backward: lambda g, q, k, v, *a, **kw: (
+        sdpa_backward_flop_count(g.shape, q.shape, k.shape, v.shape) // 2
+    ),
 }
 
 # ops that do no arithmetic worth reporting (views, copies of metadata, allocation)
@@ -265,6 +274,26 @@ def _freeze(a):
     return a
 
 
+def schema_arguments(func, args: tuple, kwargs: dict) -> list:
+    """Every argument of the ATen op ``func`` in its schema's order, keyword-only ones and defaults
+    included (the Python dispatcher leaves out trailing defaults and passes keyword-only ones by name)."""
+    out = []
+    for i, a in enumerate(func._schema.arguments):
+        if i < len(args) and not a.kwarg_only:
+            out.append(args[i])
+        else:
+            out.append(kwargs.get(a.name, a.default_value if a.has_default_value() else None))
+    return out
+
+
+def schema_call(func, args: list):
+    """Call the ATen op ``func`` with every argument in its schema's order (:func:`schema_arguments`)."""
+    schema = func._schema.arguments
+    positional = [a for a, s in zip(args, schema) if not s.kwarg_only]
+    named = {s.name: a for a, s in zip(args, schema) if s.kwarg_only}
+    return func(*positional, **named)
+
+
 def tensor_leaves(x) -> list[torch.Tensor]:
     """The tensors in ``x`` (a tensor, or tuples, lists and dicts of them), in order."""
     return [t for t in tree_flatten(x)[0] if isinstance(t, torch.Tensor)]
@@ -324,7 +353,7 @@ class _Recorder(TorchDispatchMode):
             tuple(outs[0].shape[1:]) if outs else (),
         )
         if packet in self.backend_ops:
-            rec.args_meta = tuple(_freeze(a) for a in args)
+            rec.args_meta = tuple(_freeze(a) for a in schema_arguments(func, args, kwargs))
             rec.backend_key = (name, rec.args_meta)
         self.ops.append(rec)
         return out
@@ -345,9 +374,76 @@ class _Recorder(TorchDispatchMode):
             return _rebuild(desc)
         out = func(*args, **kwargs)
         desc = _describe(out)
-        if desc is not None and all(t.device.type == "meta" for t in tensor_leaves(out)):
-            self._memo[key] = desc
+        outs = tensor_leaves(out)
+        if desc is not None and all(t.device.type == "meta" for t in outs):
+            # an op whose schema claims a fresh result may still return a view (``_unsafe_view``):
+            # rebuilt, its result would count as a new allocation, so it is never rebuilt
+            inputs = {self.storages.key(t) for t in tensor_leaves((args, kwargs))}
+            if any(self.storages.key(t) in inputs for t in outs):
+                self._pure[func] = False
+            else:
+                self._memo[key] = desc
         return out
+
+
+def _cpu_proxy(t: torch.Tensor) -> torch.Tensor:
+    """A CPU tensor with ``t``'s shape, dtype and last stride (0, 1 or another) in a few bytes of storage:
+    what PyTorch's choice of attention kernel reads."""
+    if t.dim() == 0:
+        return torch.empty((), dtype=t.dtype)
+    last = t.stride(-1) if t.stride(-1) in (0, 1) else 2
+    stride = [0] * (t.dim() - 1) + [last]
+    return torch.empty(1 + max(t.shape[-1] - 1, 0) * last, dtype=t.dtype).as_strided(t.shape, stride)
+
+
+_cpu_attention = threading.local()  # .on: the trace runs on this thread and predicts a CPU
+_attention_lock = threading.Lock()
+_attention_lib: list = []  # the registration lives as long as the process
+
+
+def _sdpa_on_meta(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None, enable_gqa=False):
+    """``scaled_dot_product_attention`` on meta tensors, as a CPU runs it (during a CPU trace).
+
+    On meta, PyTorch always takes the attention's math path (``Q K^T``, softmax, ``A V`` as separate
+    ops), which saves the N x N scores and probabilities for backward. A CPU runs its flash kernel
+    wherever it can (``torch._fused_sdp_choice``: no dropout, 4-D inputs, equal head sizes, unit last
+    strides...), which saves the output and a logsumexp of one number per query instead. That same
+    choice is asked of CPU stand-ins with the inputs' shapes, dtypes and last strides; where it is
+    the flash kernel, its meta function runs (a boolean mask made additive first, as PyTorch does),
+    and otherwise, or outside a CPU trace, PyTorch's own decomposition.
+    """
+    args = (query, key, value, attn_mask, dropout_p, is_causal)
+    if getattr(_cpu_attention, "on", False):
+        with _disable_current_modes():  # the stand-ins are not the model's: the trace does not see them
+            proxies = [_cpu_proxy(t) if isinstance(t, torch.Tensor) else t for t in args[:4]]
+            choice = torch._fused_sdp_choice(
+                *proxies, dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa
+            )
+        if choice == torch.nn.attention.SDPBackend.FLASH_ATTENTION.value:
+            if attn_mask is not None and attn_mask.dtype == torch.bool:
+                minus_inf = torch.scalar_tensor(-math.inf, dtype=query.dtype, device=attn_mask.device)
+                attn_mask = torch.where(attn_mask, 0.0, minus_inf)
+            return aten._scaled_dot_product_flash_attention_for_cpu(
+                query, key, value, dropout_p, is_causal, attn_mask=attn_mask, scale=scale
+            )[0]
+    return aten.scaled_dot_product_attention.default.decompose(*args, scale=scale, enable_gqa=enable_gqa)
+
+
+@contextmanager
+def _cpu_attention_kernels(on: bool):
+    """While active on this thread (``on``), attention on meta tensors runs as on a CPU (:func:`_sdpa_on_meta`)."""
+    if on:
+        with _attention_lock:
+            if not _attention_lib:  # PyTorch's composite, replaced for meta tensors that need autograd
+                lib = torch.library.Library("aten", "IMPL")
+                lib.impl("scaled_dot_product_attention", _sdpa_on_meta, "AutogradMeta")
+                _attention_lib.append(lib)
+    before = getattr(_cpu_attention, "on", False)
+    _cpu_attention.on = on
+    try:
+        yield
+    finally:
+        _cpu_attention.on = before
 
 
 @contextmanager
@@ -475,12 +571,14 @@ def trace(
     training: bool,
     optimizer: str = "sgd",
     backend_ops: set | None = None,
+    device: str = "cpu",
 ) -> Trace:
     """Run ``model`` on a meta input of ``input_shape`` (batch included) and record everything.
 
     Inference: eval mode under ``torch.no_grad``. Training: train mode, one warm-up step (so that the
     optimizer state exists, as in every step after the first), then the recorded step.
-    The model's own parameters are never touched; its train/eval mode is restored.
+    The model's own parameters are never touched; its train/eval mode is restored. On ``device``
+    ``cpu``, attention runs the kernel the CPU picks (:func:`_sdpa_on_meta`); on ``cuda``, its math path.
     """
     backend_ops = backend_ops or set()
     ops: list[OpRecord] = []
@@ -527,7 +625,8 @@ def trace(
                 storages.category[uid] = "activations"
             return t
 
-        with _module_hooks(model, stack, layers, phase, lambda: len(ops), storages), recorder:
+        kernels = _cpu_attention_kernels(device == "cpu")
+        with _module_hooks(model, stack, layers, phase, lambda: len(ops), storages), kernels, recorder:
             if training:
                 with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                     out = forward()
