@@ -102,7 +102,10 @@ def test_predict_json_and_png(digits_run, tmp_path, capsys):
 def test_bad_input_is_one_line(tmp_path, capsys):
     assert main(["detect", "train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "is not pennfudan, digits, a COCO JSON file, a YOLO folder or a VOC folder" in err
+    assert (
+        len(err.splitlines()) == 1
+        and "is not pennfudan, digits, a COCO JSON file, a YOLO folder or a VOC folder" in err
+    )
     assert main(["detect", "eval", str(tmp_path)]) == 2
     assert "no checkpoint at" in capsys.readouterr().err
     assert main(["detect", "train", "--data", "digits", "--epochs", "0", "--out", str(tmp_path / "r")]) == 2

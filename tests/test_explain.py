@@ -600,3 +600,27 @@ def test_cli_explain_of_a_zoo_model_that_takes_no_images_is_one_line(tmp_path, c
         assert main(["explain", name, str(image), "--out", str(tmp_path / "x.png")]) == 2
         err = capsys.readouterr().err
         assert f"{name} takes inputs of shape {shape}, not images" in err and err.count("\n") == 1, err
+
+
+def test_explain_reads_a_photo_as_predict_does_for_a_folder_trained_run(tmp_path):
+    """A run trained on an image folder is explained on the photo as `cnnkit predict` reads it (the
+    shorter side resized, the centre kept), with or without --resize; another model keeps the photo's
+    own size unless --resize."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from cnnkit.data.imagefolder import decode_image
+    from cnnkit.tasks.classify.explain import read_input
+
+    pixels = np.random.default_rng(0).integers(0, 255, (12, 30, 3), dtype=np.uint8)  # wide: a crop differs
+    Image.fromarray(pixels).save(tmp_path / "p.png")
+    model = torch.nn.Identity()
+    model.info, model.input_size = {"config": {"data": str(tmp_path / "photos")}}, (3, 8, 8)
+    run = SimpleNamespace(model=model, input_size=(3, 8, 8), dark_background=False)
+    want = decode_image(tmp_path / "p.png", (8, 8), 3).float() / 255
+    for resize in (False, True):
+        assert torch.equal(read_input(run, tmp_path / "p.png", resize=resize), want)
+    zoo = SimpleNamespace(model=torch.nn.Identity(), input_size=(3, 8, 8), dark_background=False)
+    assert read_input(zoo, tmp_path / "p.png", resize=False).shape == (3, 12, 30)
+    assert read_input(zoo, tmp_path / "p.png", resize=True).shape == (3, 8, 8)

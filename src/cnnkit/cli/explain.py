@@ -15,7 +15,8 @@ def register(subparsers) -> None:
         "explain",
         help="feature maps, filters, filter patterns, Grad-CAM or saliency as a PNG",
         description="Look inside a CNN: a trained run / checkpoint or a zoo model, on one image file "
-        "(grey or colour, converted to the model's channels; kept at its size unless --resize).",
+        "(grey or colour, converted to the model's channels; read as `cnnkit predict` reads it for a run "
+        "trained on an image folder, else kept at its size unless --resize).",
     )
     p.add_argument("model", metavar="CKPT_OR_MODEL", help="run folder, .safetensors checkpoint, or zoo name")
     p.add_argument(
@@ -39,7 +40,11 @@ def register(subparsers) -> None:
         "--channels", type=int, nargs="+", metavar="C", help="patterns: the filters to draw (default: the first 16)"
     )
     p.add_argument("--steps", type=int, default=40, help="patterns: gradient-ascent steps (default: 40)")
-    p.add_argument("--resize", action="store_true", help="resize the image to the model's input size")
+    p.add_argument(
+        "--resize",
+        action="store_true",
+        help="resize the image to the model's input size (a run trained on an image folder reads it as predict does)",
+    )
     p.add_argument("--weights", help="zoo models: a weights file or URL (reference key names)")
     p.add_argument(
         "--imagenet-norm",
@@ -84,8 +89,7 @@ def run_explain(args) -> int:
         saliency,
     )
     from cnnkit.explain.hooks import default_cam_layer, is_conv
-    from cnnkit.explain.target import read_image
-    from cnnkit.tasks.classify.explain import load_explainable
+    from cnnkit.tasks.classify.explain import load_explainable, read_input
     from cnnkit.tasks.classify.load import check_finite_weights
 
     out = Path(args.out or f"{Path(args.image).stem}_{args.method}.png")
@@ -96,8 +100,7 @@ def run_explain(args) -> int:
         args.model, weights=args.weights, imagenet_norm=args.imagenet_norm, factory=args.trust_code
     )
     check_finite_weights(target.model, args.model)  # NaN weights would explain nothing (p=nan)
-    c, h, w = target.input_size
-    x = read_image(args.image, c, (h, w) if args.resize else None, target.dark_background)
+    x = read_input(target, args.image, resize=args.resize)  # as `cnnkit predict` reads it for a folder-trained run
     target.check_accepts(x, f" ({args.image})")
     layer = target.layer(args.layer) if args.layer else None
     convs = [n for n in layer_names(target.net) if is_conv(target.net.get_submodule(n))]

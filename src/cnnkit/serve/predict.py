@@ -152,17 +152,10 @@ class Models:
 
 
 def _image_tensor(target, data: bytes) -> torch.Tensor:
-    """The upload as `cnnkit predict` reads a file for the model: a run trained on an image folder
-    decodes it as training did (shorter side, centre crop, the run's interpolation), any other model
-    resizes it to its input."""
-    from cnnkit.explain.target import read_image
-    from cnnkit.tasks.classify.predict import run_loader
+    """The upload as `cnnkit predict` reads a file for the model (:func:`~cnnkit.tasks.classify.explain.read_input`)."""
+    from cnnkit.tasks.classify.explain import read_input
 
-    loader = run_loader(target.model) if hasattr(target, "model") else None
-    if loader is not None:
-        return loader(_Named(data))
-    c, h, w = target.input_size
-    return read_image(_Named(data), c, (h, w), target.dark_background)
+    return read_input(target, _Named(data))
 
 
 def top_classes(target, x: torch.Tensor, top: int = 5) -> list[dict]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch.nn as nn
 
 from cnnkit.data.constants import IMAGENET_MEAN, IMAGENET_STD
-from cnnkit.data.images import read_image  # noqa: F401 -- re-exported: explain reads images with it
+from cnnkit.data.images import read_image
 from cnnkit.errors import CnnkitError
 from cnnkit.explain.target import Explainable, Normalised
 
@@ -59,3 +59,22 @@ def load_explainable(
         imagenet_classes() if weights == "imagenet" and num_classes == 1000 else [str(k) for k in range(num_classes)]
     )
     return Explainable(model, prefix, classes, tuple(info.input_size), random_weights=not weights)
+
+
+def read_input(target: Explainable, source, resize: bool = True):
+    """The image file (a path or a file object) as the model is explained on it: as `cnnkit predict`
+    reads it, so the explained class is the one predict answers. A run trained on an image folder
+    decodes it as training did (:func:`~cnnkit.tasks.classify.predict.run_loader`: the shorter side,
+    the centre, the run's interpolation); any other model takes it at its own size, or resized to the
+    model's input with ``resize``.
+
+    Returns:
+        A float (C, H, W) tensor in [0, 1] with the model's channels.
+    """
+    from cnnkit.tasks.classify.predict import run_loader
+
+    loader = run_loader(target.model) if hasattr(target, "model") else None
+    if loader is not None:
+        return loader(source)
+    c, h, w = target.input_size
+    return read_image(source, c, (h, w) if resize else None, target.dark_background)
