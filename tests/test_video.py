@@ -309,3 +309,33 @@ def test_simvp_learns_in_seconds(data_dir):
     with torch.no_grad():
         mse = frame_mse(model(x), y).mean().item()
     assert mse < zero - 8 < copy, (mse, zero, copy)
+
+
+def test_frames_of_a_clip_are_read_in_the_order_of_their_numbers(tmp_path):
+    """frame2.png comes before frame10.png (names without zero padding, as many frame dumps write
+    them); zero-padded names keep their order."""
+    from PIL import Image
+
+    for folder, name in (("plain", "frame{}.png"), ("padded", "f{:03d}.png")):
+        (tmp_path / folder).mkdir()
+        for k in range(12):
+            Image.fromarray(np.full((4, 4), 10 * k, np.uint8)).save(tmp_path / folder / name.format(k))
+    ds = VideoClips(tmp_path)
+    for i in range(2):
+        values = (ds[i][:, 0, 0, 0] * 255).round().tolist()
+        assert values == [10.0 * k for k in range(12)], ds.clips[i].name
+
+
+def test_a_clip_resized_reads_the_same_from_npy_and_from_frames(tmp_path):
+    """A clip resized to a quarter of its side is the same whether it is a .npy array or a folder of
+    PNG frames (both antialiased, as PIL's bilinear), up to the frames' 8-bit rounding."""
+    from PIL import Image
+
+    yy, xx = np.mgrid[:64, :64]
+    clip = np.stack([((yy + 3 * t) // 2 % 2 ^ (xx // 2) % 2) * 255 for t in range(3)]).astype(np.uint8)  # fine stripes
+    np.save(tmp_path / "a.npy", clip)
+    (tmp_path / "b").mkdir()
+    for t in range(3):
+        Image.fromarray(clip[t]).save(tmp_path / "b" / f"{t}.png")
+    ds = VideoClips(tmp_path, size=(16, 16))
+    assert (ds[0] - ds[1]).abs().max() <= 1.5 / 255

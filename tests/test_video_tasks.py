@@ -213,3 +213,75 @@ def test_a_bad_clip_of_a_folder_is_refused_before_training(tmp_path, capsys, mon
     err = capsys.readouterr().err
     assert f"c{bad}.npy holds float values outside [0, 1] (min 0, max 2" in err and len(err.splitlines()) == 1
     assert steps == [] and not run.exists()  # no step taken, no run folder left
+
+
+def test_grad_cam_leaves_the_frames_the_network_never_sees_cold(data_dir):
+    """The classifier sees the first (frames - 1) stride + 1 = 15 frames of a clip (every 2nd): of a
+    30-frame clip the Grad-CAM lies on those 15, the 15 after it are 0 (they cannot change the answer)."""
+    model = build_model(VideoConfig(data_dir=str(data_dir), **VIDEO)).eval()
+    clip = torch.zeros(30, 1, 64, 64)
+    clip[:20] = clip_batch(MovingMnist("test", 1, data_dir=data_dir), [0])[0][0]
+    x = clip.clone().requires_grad_(True)
+    model(x[None]).sum().backward()
+    assert x.grad[15:].abs().sum() == 0 and x.grad[:15].abs().sum() > 0  # what the network sees
+    cam, _ = clip_grad_cam(model, clip)
+    assert cam.shape == (30, 64, 64) and cam[15:].abs().sum() == 0 and cam[:15].max() == pytest.approx(1.0)
+
+
+def test_cli_classifier_predict_keeps_every_cam_and_checks_clips_first(data_dir, tmp_path, capsys):
+    """Two clips named c.npy in different folders get c_cam.png and c_2_cam.png (not one over the
+    other); a clip too short for the network is refused, naming it, before any cam is written."""
+    run = tmp_path / "run"
+    train_video(VideoConfig(data_dir=str(data_dir), **{**VIDEO, "epochs": 1}), run, quiet=True)  # sees 15 frames
+    rng = np.random.default_rng(0)
+    for folder, frames in (("a", 16), ("b", 16), ("short", 14)):
+        (tmp_path / folder).mkdir()
+        np.save(tmp_path / folder / "c.npy", rng.integers(0, 256, (frames, 16, 16), dtype=np.uint8))
+    out = tmp_path / "cams"
+    assert (
+        main(
+            [
+                "video",
+                "predict",
+                str(run),
+                str(tmp_path / "a" / "c.npy"),
+                str(tmp_path / "b" / "c.npy"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["c_2_cam.png", "c_cam.png"]
+    capsys.readouterr()
+    out = tmp_path / "cams2"
+    argv = ["video", "predict", str(run), str(tmp_path / "a" / "c.npy"), str(tmp_path / "short" / "c.npy")]
+    assert main([*argv, "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and not out.exists()
+    assert captured.err.strip().endswith("c has 14 frames; this network sees 8 frames 2 apart and needs 15")
+
+
+@pytest.mark.parametrize(
+    ("cls", "settings", "split", "clips", "match"),
+    [
+        (VideoConfig, {}, "test", 10_001, r"--clips 10001 is more than the 10,000 clips of the test set"),
+        (VideoConfig, {"val_clips": 0}, "val", None, r"this run kept no validation clips \(--val-clips 0\)"),
+        (PredictConfig, {"val_clips": 0}, "val", None, r"this run kept no validation clips \(--val-clips 0\)"),
+        (PredictConfig, {"data": "/some/clips"}, "test", 5, r"--clips picks Moving MNIST clips; this run's data"),
+    ],
+)
+def test_eval_refuses_clips_the_split_does_not_have(cls, settings, split, clips, match):
+    """The test set has 10,000 clips (as --test-clips and predict --test allow); a run without
+    validation clips has none to score; a folder's split is scored whole."""
+    from dataclasses import asdict
+    from types import SimpleNamespace
+
+    from cnnkit.errors import CnnkitError
+    from cnnkit.tasks.video.evaluate import eval_config
+
+    model = SimpleNamespace(info={"config": asdict(cls(**settings))})
+    with pytest.raises(CnnkitError, match=match):
+        eval_config(model, cls, split, None, clips)
+    ok = eval_config(model, cls, "test", None, None if "data" in settings else 10_000)  # the whole test set
+    assert ok.test_clips == 10_000

@@ -75,7 +75,9 @@ def register(subparsers) -> None:
 def _eval_arguments(e) -> None:
     e.add_argument("run", help="run folder or model.safetensors")
     e.add_argument("--split", default="test", help="test | val (default: test)")
-    e.add_argument("--clips", type=int, help="the first N clips of the split (default: the run's number)")
+    e.add_argument(
+        "--clips", type=int, help="Moving MNIST runs: the first N clips of the split (default: the run's number)"
+    )
     e.add_argument("--data-dir")
     e.add_argument("--format", default="table", choices=["table", "json"])
 
@@ -151,7 +153,7 @@ def read_clips(paths: list[str], channels: int, size, frames: int | None = None)
 def _test_clips(n: int, data_dir, frames: int, model, size=None) -> list:
     """The first ``n`` Moving MNIST test clips, from ``data_dir`` or else the run's data folder;
     with ``size`` (H, W) resized to it as :class:`~cnnkit.data.video.VideoClips` resizes a clip."""
-    from cnnkit.data.video import TEST_SIZE, MovingMnist, MovingMnistSpec
+    from cnnkit.data.video import TEST_SIZE, MovingMnist, MovingMnistSpec, resize_clip
 
     if not 0 <= n <= TEST_SIZE:  # the fixed test set has 10,000 clips
         raise CnnkitError(
@@ -164,16 +166,13 @@ def _test_clips(n: int, data_dir, frames: int, model, size=None) -> list:
         data_dir = config.get("data_dir") if isinstance(config, dict) else None
     clips = MovingMnist("test", n, data_dir=data_dir, spec=MovingMnistSpec(num_frames=frames)).batch(range(n))[0]
     clips = clips[:, :, None].float() / 255  # (N, T, 1, 64, 64)
-    if size is not None and tuple(clips.shape[-2:]) != tuple(size):
-        import torch.nn.functional as F
-
-        flat = F.interpolate(clips.flatten(0, 1), size=tuple(size), mode="bilinear", align_corners=False)
-        clips = flat.clamp_(0, 1).view(*clips.shape[:3], *size)
+    if size is not None:
+        clips = resize_clip(clips.flatten(0, 1), size).view(*clips.shape[:3], *size)  # frames as a batch
     return [(f"test{i:04d}", c) for i, c in enumerate(clips)]
 
 
 def run_predict(args) -> int:
-    from cnnkit.engine.runfolder import save_png
+    from cnnkit.engine.runfolder import output_stems, save_png
     from cnnkit.errors import output_folder
     from cnnkit.explain.clip_cam import clip_grad_cam
     from cnnkit.tasks.video.load import load_video_classifier
@@ -186,13 +185,21 @@ def run_predict(args) -> int:
     )
     if not named:
         raise CnnkitError("no clips: name .npy files or frame folders, or give --test N")
+    for name, clip in named:  # every clip checked before anything is printed or written
+        if clip.shape[0] < need:
+            raise CnnkitError(
+                f"{name} has {clip.shape[0]} frames; this network sees {model.frames} frames {model.stride} "
+                f"apart and needs {need}"
+            )
+    stems = [name for name, _ in named]
     if args.out:  # once the run and the clips are read, before the predictions
         output_folder(args.out, "--out")
-    for stem, clip in named:
+        stems = output_stems([Path(s) for s in stems], args.out, ("_cam.png",))  # two c.npy: c, c_2
+    for (name, clip), stem in zip(named, stems):
         probs = predict_clips(model, clip[None])[0]
         digits = [model.classes[i] for i in (probs > 0.5).nonzero().flatten().tolist()]
         top = ", ".join(f"{model.classes[i]} {probs[i]:.2f}" for i in probs.topk(3).indices.tolist())
-        line = f"{stem}: digits {' '.join(digits) or '(none)'}  (top: {top})"
+        line = f"{name}: digits {' '.join(digits) or '(none)'}  (top: {top})"
         if args.out:
             cam, _ = clip_grad_cam(model, clip)  # (T, H, W)
             path = Path(args.out) / f"{stem}_cam.png"

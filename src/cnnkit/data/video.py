@@ -30,14 +30,16 @@ the digits, not the 819 MB of its pixels. :meth:`MovingMnist.set_epoch` redraws 
 (``fresh=True``): training then sees new clips every epoch.
 
 User clips (:class:`VideoClips`): a folder whose entries are clips, each either a sub-folder of frame
-images (sorted by file name) or a ``.npy`` array of shape (T, H, W) or (T, C, H, W). Clips are read
-one at a time (``.npy`` memory-mapped), so memory does not grow with the number of clips.
+images (in the order of their names, numbers by value: ``frame2.png`` before ``frame10.png``) or a
+``.npy`` array of shape (T, H, W) or (T, C, H, W). Clips are read one at a time (``.npy``
+memory-mapped), so memory does not grow with the number of clips.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -254,11 +256,30 @@ class MovingMnist(Dataset):
         return clips[0], target[0]
 
 
+def frame_order(path: Path) -> tuple:
+    """The sort key of a clip's frame files: their names, the numbers in them compared by value, so
+    ``frame2.png`` comes before ``frame10.png`` (zero-padded names keep their order).
+
+    >>> [p.name for p in sorted(map(Path, ["f10.png", "f2.png", "f1.png"]), key=frame_order)]
+    ['f1.png', 'f2.png', 'f10.png']
+    """
+    parts = re.split(r"(\d+)", path.name)  # text at even places, digits at odd ones: the types line up
+    return [int(s) if i % 2 else s for i, s in enumerate(parts)], path.name
+
+
+def resize_clip(clip: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Frames (T, C, H, W) in [0, 1] resized to ``size`` (H, W): bilinear and antialiased, as PIL's
+    bilinear resizes a frame image, so a clip reads the same from a ``.npy`` array and from frames."""
+    if tuple(clip.shape[-2:]) == tuple(size):
+        return clip
+    return F.interpolate(clip, size=tuple(size), mode="bilinear", align_corners=False, antialias=True).clamp_(0, 1)
+
+
 class VideoClips(Dataset):
     """A user's clips, read one at a time: items are float32 (T, C, H, W) in [0, 1].
 
-    ``root`` holds one entry per clip, sorted by name: a sub-folder of frame images (sorted by file
-    name, read through :func:`cnnkit.data.images.read_image`) or a ``.npy`` array (T, H, W) or
+    ``root`` holds one entry per clip, sorted by name: a sub-folder of frame images (in the order
+    of :func:`frame_order`, read through :func:`cnnkit.data.images.read_image`) or a ``.npy`` array (T, H, W) or
     (T, C, H, W) of uint8 (0-255) or floats in [0, 1], memory-mapped and never unpickled. Hidden
     entries (starting with ``.``) are skipped.
 
@@ -266,7 +287,8 @@ class VideoClips(Dataset):
         root: the folder of clips.
         channels: channels of every clip (1 grey, 3 RGB); frame images are converted to it, arrays
             must have it.
-        size: (H, W) to resize every frame to (bilinear); None keeps each clip's own size.
+        size: (H, W) to resize every frame to (bilinear, antialiased: :func:`resize_clip`); None keeps
+            each clip's own size.
         num_frames: keep the first ``num_frames`` frames (a clip with fewer is an error); None keeps all.
             With ``size`` and ``num_frames`` every clip has one shape and batches stack.
         clips: these clips only (frame folders or ``.npy`` files, anywhere) instead of every entry
@@ -333,14 +355,14 @@ class VideoClips(Dataset):
                     f"{self.num_frames}; give longer clips or a smaller num_frames"
                 )
             clip = clip[: self.num_frames]
-        if self.size is not None and tuple(clip.shape[-2:]) != self.size:
-            clip = F.interpolate(clip, size=self.size, mode="bilinear", align_corners=False).clamp_(0, 1)
+        if self.size is not None:
+            clip = resize_clip(clip, self.size)
         return clip.contiguous()
 
     def _read_frames(self, folder: Path) -> torch.Tensor:
-        frames = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+        frames = sorted((p for p in folder.iterdir() if not p.name.startswith(".")), key=frame_order)
         if not frames:
-            raise CnnkitError(f"{folder} holds no frame images; put the clip's frames in it (sorted by name)")
+            raise CnnkitError(f"{folder} holds no frame images; put the clip's frames in it (named in their order)")
         for p in frames:
             if p.is_dir() or p.suffix.lower() not in _IMAGE_SUFFIXES:
                 raise CnnkitError(f"{p} is not a frame image (PNG, JPEG, ...); a clip folder holds only its frames")

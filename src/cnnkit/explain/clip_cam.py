@@ -7,7 +7,9 @@ convolutional layer::
     alpha_k = mean_{t,i,j} d y_c / d A_k[t, i, j]      # (K,) channel weights
     cam     = ReLU( sum_k alpha_k * A_k )              # (t, h, w)
 
-then ``cam`` is upsampled (trilinear) to the clip's frames and pixels and divided by its maximum.
+then ``cam`` is upsampled (trilinear) to the clip's frames and pixels and divided by its maximum. A
+model that sees only a clip's first frames (a :class:`~cnnkit.tasks.video.VideoClassifier` keeps
+the first ``(frames - 1) stride + 1``) has its map spread over those; the frames after them are 0.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def clip_grad_cam(
 
     Returns:
         ``(cam, classes)``: cam (T, H, W) in [0, 1] for one clip, (N, T, H, W) for a batch, at the
-        clip's frames and pixels; classes () or (N,) int64. On CPU.
+        clip's frames and pixels (0 on frames the model does not see); classes () or (N,) int64. On CPU.
 
     Raises:
         CnnkitError: a clip of the wrong rank, a layer whose output is not 5-D, a model without
@@ -77,7 +79,11 @@ def clip_grad_cam(
     alpha = grads.mean(dim=(2, 3, 4), keepdim=True)  # (N, K, 1, 1, 1)
     cam = F.relu((alpha * acts).sum(1, keepdim=True))  # (N, 1, t, h, w)
     t, h, w = x.shape[1], x.shape[3], x.shape[4]
-    cam = F.interpolate(cam, size=(t, h, w), mode="trilinear", align_corners=False)[:, 0]  # (N, T, H, W)
+    seen = t  # the frames the model reads: a VideoClassifier keeps every stride-th of its first ones
+    if isinstance(getattr(model, "frames", None), int) and isinstance(getattr(model, "stride", None), int):
+        seen = min(t, (model.frames - 1) * model.stride + 1)
+    cam = F.interpolate(cam, size=(seen, h, w), mode="trilinear", align_corners=False)[:, 0]  # (N, seen, H, W)
+    cam = F.pad(cam, (0, 0, 0, 0, 0, t - seen))  # (N, T, H, W): nothing on the frames it never sees
     cam = normalise_max(cam.flatten(1, 2)).view(-1, t, h, w).cpu()
     classes = classes.cpu()
     return (cam[0], classes[0]) if single else (cam, classes)

@@ -69,19 +69,36 @@ def eval_config(model, config_cls, split: str, data_dir: str | None, clips: int 
         The config, ``test_clips`` and ``val_clips`` set to ``clips`` when given.
 
     Raises:
-        CnnkitError: an unknown split, a ``clips`` below 1, or damaged stored settings.
+        CnnkitError: an unknown split, a ``clips`` below 1 or above the 10,000 test clips, ``clips``
+            for a run on a folder of clips (its split is scored whole), the validation split of a run
+            that kept none (``--val-clips 0``) without ``clips``, or damaged stored settings.
     """
     if split not in ("test", "val"):
         raise CnnkitError(f"--split is test or val. Received: --split {split}")
+    from cnnkit.data.video import TEST_SIZE
     from cnnkit.engine.runfolder import stored_config
 
     cfg = stored_config(config_cls, model.info, file or "the checkpoint")
     if data_dir is not None:
         cfg.data_dir = data_dir
     if clips is not None:
+        if cfg.data != "moving_mnist":
+            raise CnnkitError(
+                f"--clips picks Moving MNIST clips; this run's data is the folder {cfg.data}, whose {split} "
+                "split is scored whole: leave --clips out"
+            )
         if clips < 1:
             raise CnnkitError(f"--clips must be a positive integer. Received: --clips {clips}")
+        if split == "test" and clips > TEST_SIZE:
+            raise CnnkitError(
+                f"--clips {clips} is more than the {TEST_SIZE:,} clips of the test set; give at most {TEST_SIZE}"
+            )
         cfg.test_clips = cfg.val_clips = clips
+    elif split == "val" and cfg.data == "moving_mnist" and not cfg.val_clips:
+        raise CnnkitError(
+            "this run kept no validation clips (--val-clips 0); give --clips N to score the first N of its "
+            "validation set, or --split test"
+        )
     return cfg
 
 
