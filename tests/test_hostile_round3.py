@@ -312,7 +312,11 @@ def test_an_out_that_is_a_file_is_one_line(seq, video, tmp_path, capsys):
     assert "cannot create the folder" in err
     root, cls, pred = video
     clip = str(root / "clip.npy")
-    assert "cannot create the folder" in _error(capsys, ["video", "predict", str(cls), clip, "--out", str(afile)])
+    long_clip = tmp_path / "long.npy"  # as many frames as the classifier reads: only --out is wrong
+    np.save(long_clip, np.concatenate([np.load(clip)] * 3))
+    assert "cannot create the folder" in _error(
+        capsys, ["video", "predict", str(cls), str(long_clip), "--out", str(afile)]
+    )
     assert "cannot create the folder" in _error(
         capsys, ["video-predict", "predict", str(pred), clip, "--out", str(afile)]
     )

@@ -351,8 +351,8 @@ class VideoClips(Dataset):
         if self.num_frames is not None:
             if clip.shape[0] < self.num_frames:
                 raise CnnkitError(
-                    f"{path} has {clip.shape[0]} frames, fewer than num_frames="
-                    f"{self.num_frames}; give longer clips or a smaller num_frames"
+                    f"{path} has {clip.shape[0]} frames, fewer than the {self.num_frames} asked for; give "
+                    "longer clips or ask for fewer frames (--frames; num_frames= in Python)"
                 )
             clip = clip[: self.num_frames]
         if self.size is not None:
