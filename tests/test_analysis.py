@@ -88,6 +88,70 @@ def test_alexnet_first_conv_227_to_55():
     assert cnnkit.summary(model, input_size="3x227x227").layers[0]["output_shape"] == [96, 55, 55]
 
 
+def test_exercise2_each_layer_and_the_hand_method_step_by_step():
+    """Géron's answer to exercise 2, figure by figure: 6,000,000, 3,000,000 and 1,520,000 bytes per
+    layer, 6 + 3 MB at the inference peak (conv2d_1 and conv2d_2 together), 36 MB of input images
+    for 50 instances, and half of everything in 16-bit floats (the notes' remedy)."""
+    s = cnnkit.summary(str(EXAMPLES / "exercise2.yaml"), batch_size=50, optimizer="none", backend_model=False)
+    t = s.textbook
+    assert "conv2d_1 6,000,000, conv2d_2 3,000,000, conv2d_3 1,520,000" in t["arithmetic"][1]
+    assert t["peak_pair"] == ["conv2d_1", "conv2d_2"]
+    assert t["inference_bytes"] == 50 * 9_000_000 + 3_613_600
+    assert 50 * t["per_instance_output_bytes"] == 526_000_000
+    assert 50 * t["input_bytes_per_instance"] == 36_000_000
+    assert t["param_bytes"] == 4 * 903_400
+    half = cnnkit.summary(
+        str(EXAMPLES / "exercise2.yaml"), batch_size=50, dtype="float16", optimizer="none", backend_model=False
+    )
+    assert half.textbook["training_bytes"] == 565_613_600 // 2
+
+
+def test_5x5_same_layer_dense_alternative_and_a_batch_of_100():
+    """The notes' dense comparison with all 200 maps (150x100 neurons x 150x100x3 inputs x 200), the
+    output's 96 million bits, and 1.2 GB of outputs for a batch of 100."""
+    model = spec([{"conv2d": {"filters": 200, "kernel_size": 5, "strides": 1, "padding": "same"}}], "3x150x100")
+    s = cnnkit.summary(model, input_size=(3, 150, 100), batch_size=100, optimizer="none", backend_model=False)
+    (dense,) = s.textbook["conv_vs_dense"]
+    assert dense["dense_weights"] == (150 * 100) ** 2 * 3 * 200 == 135_000_000_000
+    assert s.textbook["per_instance_output_bytes"] * 8 == 96_000_000
+    assert "all outputs 12,000,000 x batch 100 = 1,200,000,000" in s.textbook["arithmetic"][3]
+    assert s.layers[0]["macs"] == 100 * 225_000_000
+
+
+@pytest.mark.parametrize(
+    "conv, side",
+    [
+        ({}, 26),  # tf.keras.layers.Conv2D(2, 3) on (4, 28, 28, 3): (4, 26, 26, 2)
+        ({"dilation_rate": 2}, 24),  # dilation_rate=2: (4, 24, 24, 2)
+        ({"padding": "same"}, 28),  # padding="same": (4, 28, 28, 2)
+        ({"padding": 1}, 28),  # padding=1: one row and one column of zeros on every side
+    ],
+)
+def test_keras_conv2d_docstring_examples(conv, side):
+    model = spec([{"conv2d": {"filters": 2, "kernel_size": 3, "activation": "relu", **conv}}], "3x28x28")
+    s = cnnkit.summary(model, input_size="3x28x28", batch_size=4, optimizer="none", backend_model=False)
+    assert s.layers[0]["output_shape"] == [2, side, side]
+    assert s.totals["params"] == 3 * 3 * 3 * 2 + 2
+
+
+def test_resnet_paper_flops_of_vgg19_and_resnet34():
+    """He et al. (2016), figure 3: VGG-19 19.6 billion FLOPs, the 34-layer nets 3.6 billion (the
+    paper's FLOPs are multiply-adds). VGG-19 by hand: its 16 convolutions at 224, 112, 56, 28 and 14
+    pixels plus its three dense layers."""
+    convs = [(3, 64, 224), (64, 64, 224), (64, 128, 112), (128, 128, 112), (128, 256, 56)] + [(256, 256, 56)] * 3
+    convs += [(256, 512, 28)] + [(512, 512, 28)] * 3 + [(512, 512, 14)] * 4
+    by_hand = sum(c_in * 9 * c_out * side**2 for c_in, c_out, side in convs) + 25088 * 4096 + 4096 * 4096 + 4096 * 1000
+    assert cnnkit.summary("vgg19", optimizer="none", backend_model=False).totals["macs"] == by_hand
+    assert by_hand == 19_632_062_464
+    # ResNet-34: the 7x7 stem at 112, then 3, 4, 6 and 3 basic blocks at 56, 28, 14 and 7 pixels, each
+    # stage after the first opening with a strided 3x3 and a 1x1 projection, and the 512 -> 1000 layer
+    resnet34 = 3 * 49 * 64 * 112**2 + 6 * 64 * 9 * 64 * 56**2 + 512 * 1000
+    for c, side, convs in ((128, 28, 8), (256, 14, 12), (512, 7, 6)):
+        resnet34 += (c // 2 * 9 * c + c // 2 * c + (convs - 1) * c * 9 * c) * side**2
+    assert cnnkit.summary("resnet34", optimizer="none", backend_model=False).totals["macs"] == resnet34
+    assert resnet34 == 3_663_761_408  # "3.6 billion"
+
+
 class ReusedActivation(nn.Module):
     """One ReLU module applied twice, to maps of two sizes (as a torchvision ResNet block does)."""
 
@@ -358,6 +422,9 @@ def test_fit_finds_the_largest_batch():
     assert not r["training"]["fits"]
     names = [x["remedy"] for x in r["remedies"]]
     assert any("16-bit" in n for n in names) and any("batch" in n for n in names)
+    # the notes' five: a smaller mini-batch, a larger stride, fewer layers, 16-bit floats, more devices
+    for words in ("mini-batch", "larger stride", "remove layer", "16-bit floats", "devices"):
+        assert sum(words in n for n in names) == 1, (words, names)
     bf16 = [x for x in r["remedies"] if "16-bit" in x["remedy"]][0]
     assert 0 < bf16["peak_bytes"] < r["training"]["peak_bytes"]
 

@@ -121,6 +121,16 @@ def test_lazy_packages_export_what_all_names(name):
         assert value is getattr(importlib.import_module(exports[attr]), attr)
 
 
+def test_summary_and_memory_help_name_keras_files(capsys):
+    """Both commands analyse a Keras file (tests/test_keras.py), and their help says so."""
+    from cnnkit.cli import main
+
+    for command in ("summary", "memory"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert ".keras/.h5" in " ".join(capsys.readouterr().out.split())
+
+
 def test_train_help_shows_each_presets_defaults(capsys):
     # a flag a preset sets shows each preset's value, not the config class's own default
     from cnnkit.cli import main

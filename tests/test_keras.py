@@ -315,6 +315,37 @@ def test_nested_model(tmp_path):
         assert net.base.block1_conv1.weight.shape == (4, 3, 3, 3)
 
 
+@pytest.mark.slow
+def test_chollet_vgg16_feature_extractor_summary(tmp_path, capsys):
+    """Seed 004's transfer model, saved by Keras and read by `cnnkit summary`: VGG16's base at 150x150
+    ends in 4x4x512 with 14,714,688 parameters, Flatten gives 8,192, Dense(256) has 2,097,408 and
+    Dense(1) 257 parameters: 16,812,353 in all, as its Keras summary prints."""
+    from keras.applications import VGG16
+
+    from cnnkit.cli import main
+
+    base = VGG16(weights=None, include_top=False, input_shape=(150, 150, 3))
+    model = keras.Sequential(
+        [
+            keras.Input((150, 150, 3)),
+            base,
+            layers.Flatten(name="flatten"),  # named: Keras numbers unnamed layers per process
+            layers.Dense(256, activation="relu", name="dense"),
+            layers.Dense(1, activation="sigmoid", name="dense_1"),
+        ]
+    )
+    assert model.count_params() == 16_812_353
+    model.save(tmp_path / "cats_and_dogs.keras")
+    assert main(["summary", str(tmp_path / "cats_and_dogs.keras"), "--optimizer", "none", "--format", "json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    rows = {r["name"]: r for r in d["layers"]}
+    assert sum(r["params"] for name, r in rows.items() if name.startswith("vgg16.")) == 14_714_688
+    assert rows["vgg16.block5_pool"]["output_shape"] == [512, 4, 4]
+    assert rows["flatten"]["output_shape"] == [8192]
+    assert (rows["dense"]["params"], rows["dense_1"]["params"]) == (2_097_408, 257)
+    assert d["totals"]["params"] == 16_812_353
+
+
 def test_the_guide_lists_exactly_the_layers_read():
     """docs/guides/export.md's list of the Keras layers read names each class of LAYERS once, and no other."""
     from pathlib import Path

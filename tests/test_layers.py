@@ -204,6 +204,18 @@ def test_lrn_matches_loop_and_torch_relation():
     torch.testing.assert_close(nn.LocalResponseNorm(5, alpha=alpha * 5, beta=beta, k=k)(x), ref)
 
 
+def test_lrn_depth_radius_is_half_of_gerons_r():
+    """Géron sums over maps i - r/2 .. i + r/2: with his r = 2 a strong activation inhibits the maps
+    immediately above and below its own, and no other; here that is depth_radius=1."""
+    x = torch.ones(1, 7, 1, 1)
+    strong = x.clone()
+    strong[0, 3] = 10.0
+    lrn = LocalResponseNorm(depth_radius=1, bias=1.0, alpha=1.0, beta=0.75)
+    before, after = lrn(x).flatten(), lrn(strong).flatten()
+    assert (after != before).nonzero().flatten().tolist() == [2, 3, 4]  # the map itself and its two neighbours
+    assert after[2] == after[4] < before[2] / 10  # 1 / (1 + 102) ** 0.75 against 1 / 3 ** 0.75
+
+
 def test_squeeze_excite_by_hand():
     se = SqueezeExcite(32)
     assert se.fc1.weight.shape == (2, 32, 1, 1) and se.fc2.weight.shape == (32, 2, 1, 1)

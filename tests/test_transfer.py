@@ -79,6 +79,18 @@ def test_resnet_layer_names():
         plan_stage(net, "top", "layer9", (3, 32, 32))
 
 
+def test_chollet_fine_tunes_vgg16_from_block5_conv1():
+    """Seed 004 unfreezes VGG16 from Keras' block5_conv1: torchvision's features.24, the first of the
+    three convolutions after the fourth pooling; the ten below stay frozen."""
+    from cnnkit.models import create_model
+
+    with torch.device("meta"):
+        net = create_model("vgg16", num_classes=1)
+    plan_stage(net, "top", "block5_conv1", (3, 150, 150))
+    trained = {n.rsplit(".", 1)[0] for n in _requires_grad(net)}
+    assert trained == {"features.24", "features.26", "features.28", "classifier.0", "classifier.3", "classifier.6"}
+
+
 def test_frozen_batch_norm_keeps_its_statistics():
     torch.manual_seed(0)
     net = small_vgg(num_classes=5)

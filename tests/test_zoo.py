@@ -146,3 +146,100 @@ def test_dense_models_are_in_the_registry_with_their_task(capsys):
     assert out["cls"].shape[-1] == 2
     assert main(["zoo", "--task", "detect", "--format", "json"]) == 0
     assert [r["name"] for r in __import__("json").loads(capsys.readouterr().out)] == ["fcos"]
+
+
+# reference entries of networks the zoo does not have: nothing to compare them with
+_NOT_IN_ZOO = {"convnext_tiny", "mnasnet1_0", "regnet_y_400mf", "shufflenet_v2_x1_0", "squeezenet1_0"}
+
+
+def test_every_reference_entry_is_compared(reference_state_dicts):
+    """test_model compares a zoo model with the reference of its name: each entry must name a zoo
+    model (or be one the zoo does not have), and each model with published weights must have an
+    entry, so that no comparison is skipped by a name that does not match."""
+    from cnnkit.models.weights import PRETRAINED
+
+    by_reference = {_REFERENCE_NAME.get(n, n): n for n in list_models(None)}
+    assert {name for name in reference_state_dicts if name not in by_reference} == _NOT_IN_ZOO
+    # vgg13_bn: torchvision publishes weights, the file holds no entry (test_vgg13_bn_by_construction)
+    assert {n for n in PRETRAINED if _REFERENCE_NAME.get(n, n) not in reference_state_dicts} == {"vgg13_bn"}
+
+
+def _vgg_bn_keys(cfg: list, classifier: dict) -> dict:
+    """torchvision's VGG-with-batch-norm state dict: Conv2d, BatchNorm2d, ReLU per number, MaxPool per M."""
+    keys, i, c_in = {}, 0, 3
+    for v in cfg:
+        if v == "M":
+            i += 1
+            continue
+        keys |= {f"features.{i}.weight": [v, c_in, 3, 3], f"features.{i}.bias": [v]}
+        keys |= {f"features.{i + 1}.{s}": [v] for s in ("weight", "bias", "running_mean", "running_var")}
+        keys[f"features.{i + 1}.num_batches_tracked"] = []
+        i, c_in = i + 3, v
+    return keys | {k: v for k, v in classifier.items() if k.startswith("classifier.")}
+
+
+def test_vgg13_bn_by_construction(reference_state_dicts):
+    """The rule that rebuilds vgg11_bn, vgg16_bn and vgg19_bn from their configurations gives vgg13_bn,
+    with torchvision's published 133,053,736 parameters."""
+    cfgs = {
+        "vgg11_bn": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+        "vgg13_bn": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+        "vgg16_bn": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+        "vgg19_bn": [64, 64, "M", 128, 128, "M"] + [256] * 4 + ["M"] + ([512] * 4 + ["M"]) * 2,
+    }
+    classifier = reference_state_dicts["vgg13"]["state_dict"]
+    for name in ("vgg11_bn", "vgg16_bn", "vgg19_bn"):
+        assert _vgg_bn_keys(cfgs[name], classifier) == reference_state_dicts[name]["state_dict"], name
+    with torch.device("meta"):
+        model = create_model("vgg13_bn")
+    assert {k: list(v.shape) for k, v in model.state_dict().items()} == _vgg_bn_keys(cfgs["vgg13_bn"], classifier)
+    assert sum(p.numel() for p in model.parameters()) == 133_053_736
+
+
+def test_exercise9_and_the_notes_gan_generator_as_keras_counts_them():
+    """Géron's exercise 9 net: 320 + 18,496 + 36,928 + 14x14x64 -> 128 (1,605,760) + 1,290 parameters.
+    The notes' generator: 100 -> 1024 -> 7*7*128 -> (7, 7, 128) -> 14x14x128 -> 14x14x64 -> 28x28x64
+    -> 28x28x1 (the notes' comments say 14*14*128 and 28*28*124 after the 64-filter convolution;
+    Keras gives 64); Keras' summary: 6,751,233 trainable parameters and 12,544 non-trainable (the
+    batch norm's moving mean and variance, buffers here)."""
+    ex9 = create_model("exercise9_mnist")
+    assert sum(p.numel() for p in ex9.parameters()) == 320 + 18_496 + 36_928 + 1_605_760 + 1_290 == 1_662_794
+    gen = create_model("gan_generator").eval()
+    x, shapes = torch.zeros(2, 100), {}
+    with torch.no_grad():
+        for name, layer in gen.named_children():
+            x = layer(x)
+            shapes[name] = tuple(x.shape[1:])
+    assert [shapes[n] for n in ("dense_1", "dense_2", "reshape_1", "up_sampling2d_1", "conv2d_1")] == [
+        (1024,),
+        (6272,),
+        (128, 7, 7),
+        (128, 14, 14),
+        (64, 14, 14),
+    ]
+    assert shapes["up_sampling2d_2"] == (64, 28, 28) and shapes["activation_4"] == (1, 28, 28)
+    assert sum(p.numel() for p in gen.parameters()) == 103_424 + 6_428_800 + 12_544 + 204_864 + 1_601 == 6_751_233
+    assert gen.batch_normalization_1.running_mean.numel() + gen.batch_normalization_1.running_var.numel() == 12_544
+
+
+@pytest.mark.parametrize("name, blocks", [("densenet121", (6, 12, 24, 16)), ("densenet201", (6, 12, 48, 32))])
+def test_densenet_growth_rate_bottleneck_and_transitions(name, blocks):
+    """Huang et al. 2017 (seed 003): layer l of a block sees k0 + k(l - 1) maps (k = 32), a 1x1
+    bottleneck to 4k maps precedes each 3x3, and a transition (BN, 1x1 convolution halving the maps,
+    2x2 average pooling) follows each block but the last."""
+    with torch.device("meta"):
+        features = create_model(name).features
+    k0 = 64
+    for b, layers in enumerate(blocks, start=1):
+        block = getattr(features, f"denseblock{b}")
+        for l in range(1, layers + 1):  # noqa: E741
+            layer = getattr(block, f"denselayer{l}")
+            assert (layer.conv1.in_channels, layer.conv1.out_channels) == (k0 + 32 * (l - 1), 128)
+            assert (layer.conv2.kernel_size, layer.conv2.out_channels) == ((3, 3), 32)
+        k0 += 32 * layers
+        if b < len(blocks):
+            t = getattr(features, f"transition{b}")
+            assert [type(m).__name__ for m in t] == ["BatchNorm2d", "ReLU", "Conv2d", "AvgPool2d"]
+            assert (t.conv.kernel_size, t.conv.out_channels, t.pool.kernel_size) == ((1, 1), k0 // 2, 2)
+            k0 //= 2
+    assert k0 == features.norm5.num_features

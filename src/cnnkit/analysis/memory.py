@@ -123,7 +123,8 @@ def memory_plan(
     the line gives, and the batch asked, are then analysed exactly (see the module docstring).
 
     Args:
-        target: an ``nn.Module``, a zoo name, a ``.yaml``/``.json`` spec or ``file.py:factory``.
+        target: an ``nn.Module``, a zoo name, a ``.yaml``/``.json`` spec, a Keras ``.keras``/``.h5``
+            file or ``file.py:factory``.
         input_size: ``(C, H, W)`` or ``"3x224x224"``; defaults to the model's own where it has one.
         memory: the budget: ``"8GiB"``, ``"16GB"``, ``"500MB"`` or a number of bytes.
         batch_size: a batch to check against the budget; when it does not fit, the remedies are

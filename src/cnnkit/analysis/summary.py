@@ -98,7 +98,8 @@ def summary(
     The network runs on the meta device (no memory is allocated for real), so any size can be asked.
 
     Args:
-        target: an ``nn.Module``, a zoo name, a ``.yaml``/``.json`` spec or ``file.py:factory``.
+        target: an ``nn.Module``, a zoo name, a ``.yaml``/``.json`` spec, a Keras ``.keras``/``.h5``
+            file or ``file.py:factory``.
         input_size: ``(C, H, W)`` / ``"3x224x224"`` (also ``CxL`` and ``CxDxHxW``); defaults to the
             model's own default input size where it has one.
         batch_size: the batch for MACs and memory.

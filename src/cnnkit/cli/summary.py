@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 _TARGET_HELP = (
-    "a zoo model name, a .yaml/.json network spec, or path/to/file.py:factory (a function returning a torch.nn.Module)"
+    "a zoo model name, a .yaml/.json network spec, a Keras .keras/.h5 file, or path/to/file.py:factory "
+    "(a function returning a torch.nn.Module)"
 )
 
 

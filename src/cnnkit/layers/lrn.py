@@ -5,6 +5,9 @@
 https://papers.nips.cc/paper/4824) uses k=2, n=5, alpha=1e-4, beta=0.75, that is
 ``LocalResponseNorm(depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75)``.
 
+Géron ("Hands-On Machine Learning", chapter 14) sums over maps ``i - r/2 .. i + r/2``: his depth
+radius ``r`` is ``2 * depth_radius`` (his ``r = 2``, the two neighbouring maps, is ``depth_radius=1``).
+
 ``torch.nn.LocalResponseNorm(size, alpha, beta, k)`` divides ``alpha`` by ``size``: it equals
 ``LocalResponseNorm(depth_radius=(size - 1) // 2, bias=k, alpha=alpha / size, beta=beta)``
 for odd ``size``.

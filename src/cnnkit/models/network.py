@@ -396,7 +396,7 @@ def resolve_target(target, meta: bool = True) -> tuple[nn.Module, tuple[int, ...
     if not isinstance(target, (str, Path)):
         raise CnnkitError(
             f"cannot analyse a {type(target).__name__}: give an nn.Module, a model name, "
-            "a .yaml/.json spec or file.py:factory"
+            "a .yaml/.json spec, a .keras/.h5 file or file.py:factory"
         )
     text = str(target)
     path = Path(text)
