@@ -50,7 +50,7 @@ def main() -> None:
         cfg = TransferConfig(size=args.size, threads=args.threads, **({"steps": args.steps} if args.steps else {}))
         tick = time.perf_counter()
         out = transfer(content, style, cfg)
-        print(f"{style_file.name}: {len(out.history)} steps in {time.perf_counter() - tick:.0f} s", flush=True)
+        print(f"{style_file.name}: {out.history[-1]['step']} steps in {time.perf_counter() - tick:.0f} s", flush=True)
         panels = [_pil(read_photo(data / CONTENT, args.size)), _pil(style), _pil(out.image)]
         if fast is not None:
             same = fast.info.get("style") == style_file.name

@@ -83,6 +83,27 @@ def test_a_gan_step_moves_both_networks_and_both_losses():
         assert not torch.equal(p, before[name]), name
 
 
+def test_a_bf16_step_measures_the_beliefs_in_float32():
+    """d_real and d_fake under CPU bf16 autocast equal the sigmoid of the step's own logits summed in float64."""
+    torch.manual_seed(0)
+    model, task = tiny(), GenerateTask(batch_size=64, latent_dim=8)
+    batch = next(iter(task.batches(fake_digits(), torch.Generator().manual_seed(0))))
+    logits, judge = [], model.judge
+
+    def recorded(x, labels):
+        out = judge(x, labels)
+        logits.append(out[:, 0].detach().double())
+        return out
+
+    model.judge = recorded
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        stats = task.step(model, batch, optimizers(model))
+    assert logits[0].dtype == torch.float64 and len(logits) == 3  # real, generated for D, generated for G
+    for key, logit in (("d_real", logits[0]), ("d_fake", logits[1])):
+        assert stats[key].dtype == torch.float32
+        assert float(stats[key]) == pytest.approx(float(torch.sigmoid(logit).sum()), abs=1e-4), key
+
+
 def test_an_infogan_code_is_learnt_by_both_networks_and_kept_by_the_sampler():
     torch.manual_seed(0)
     model = build_gan(8, 4, [], codes=10)  # unconditional, with a 10-way code (InfoGAN)
@@ -178,6 +199,14 @@ def test_the_engine_runs_a_task_step_logs_every_loss_and_guards_each(tmp_path):
     plan = Plan([Phase(1, setup)])
     with pytest.raises(CnnkitError, match=r"the g loss became nan at epoch 1, step 4: training diverged"):
         fit(Diverging(16, 8), tiny(False), Data(fake_digits(), None), plan, quiet=True, device="cpu")
+
+
+def test_zero_epochs_is_refused_in_one_line_before_any_work(tmp_path, capsys):
+    with pytest.raises(CnnkitError, match="--epochs must be a positive integer. Received: --epochs 0"):
+        train(GenerateConfig(epochs=0), tmp_path / "run", quiet=True)
+    assert main(["generate", "train", "--epochs", "0", "--out", str(tmp_path / "cli"), "--quiet"]) == 2
+    assert "--epochs must be a positive integer" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cli").exists()
 
 
 @pytest.fixture(scope="module")

@@ -69,9 +69,32 @@ def test_a_style_step_lowers_the_style_loss():
     content, style = torch.rand(1, 3, 40, 48), torch.rand(1, 3, 40, 40)
     out = transfer(content, style, TransferConfig(steps=6, style_weight=100.0, **TINY))
     styles = [row["style"] for row in out.history]
-    assert len(styles) == 6 and styles[-1] < 0.9 * styles[0]
+    assert len(styles) == 7 and styles[-1] < 0.9 * styles[0]  # the start, then the image after each step
     assert out.history[0]["content"] == 0.0  # it starts from the content photo
     assert out.image.shape == (1, 3, 40, 48) and 0 <= out.image.min() and out.image.max() <= 1
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_the_losses_of_each_row_are_those_of_the_image_after_that_step(optimizer, tmp_path):
+    """Row k is the image after k steps (row 0: the start); the last row is the written image's."""
+    from cnnkit.tasks.style.transfer import perceptual_loss, transfer_files
+
+    content, style = _photo(tmp_path / "c.png", 40, 48), _photo(tmp_path / "s.png", 40, 40, seed=3)
+    cfg = TransferConfig(steps=3, optimizer=optimizer, **TINY)
+    torch.manual_seed(0)  # the random loss network (weights none), built again below from the same seed
+    out = transfer_files(content, style, tmp_path / "o.png", cfg)
+    assert [r["step"] for r in out.history] == [0, 1, 2, 3]
+    c = torch.from_numpy(np.array(Image.open(content))).permute(2, 0, 1)[None].float() / 255
+    s = torch.from_numpy(np.array(Image.open(style))).permute(2, 0, 1)[None].float() / 255
+    torch.manual_seed(0)
+    loss_fn = perceptual_loss(cfg.resolved(), s)
+    with torch.no_grad():
+        for row, image in ((out.history[0], c), (out.history[-1], out.image)):
+            total, parts = loss_fn(image, loss_fn.content_targets(c))
+            assert row["loss"] == pytest.approx(float(total), rel=1e-5)
+            assert row["style"] == pytest.approx(float(parts["style"]), rel=1e-5)
+    last = (tmp_path / "o.csv").read_text().splitlines()[-1].split(",")
+    assert int(last[0]) == 3 and float(last[1]) == pytest.approx(out.history[-1]["loss"])
 
 
 def test_vgg19_reads_torchvision_weights_from_a_file_strictly(tmp_path):
@@ -97,7 +120,7 @@ def test_vgg19_reads_torchvision_weights_from_a_file_strictly(tmp_path):
     assert net.stages[0].weight[5, 2, 1, 1] == state["features.0.weight"][5, 0, 0, 0]
     cfg = TransferConfig(network="vgg19", weights=str(file), size=32, steps=2, threads=1)
     out = transfer(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32), cfg)
-    assert len(out.history) == 2 and all(np.isfinite(r["loss"]) for r in out.history)
+    assert len(out.history) == 3 and all(np.isfinite(r["loss"]) for r in out.history)
     del state["classifier.6.bias"]  # torchvision's file without one key: refused, naming it
     torch.save(state, tmp_path / "short.pth")
     with pytest.raises(CnnkitError, match="classifier.6.bias"):
@@ -213,7 +236,7 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(photos, tmp_path, caps
 
     assert main(["style", "transfer", str(content), str(style), "--out", str(out), *fast]) == 0
     rows = out.with_suffix(".csv").read_text().splitlines()
-    assert rows[0] == "step,loss,content,style,tv,seconds" and len(rows) == 2
+    assert rows[0] == "step,loss,content,style,tv,seconds" and len(rows) == 3  # step 0 and step 1
     with Image.open(out) as im:
         assert im.size == (32, 25)  # the content's 52x40 with its longer side at --size
     assert capsys.readouterr().out == ""  # --quiet: no progress and no final line
@@ -222,6 +245,19 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(photos, tmp_path, caps
         == 0
     )
     assert "done: 1 steps" in capsys.readouterr().out
+
+
+def test_predict_names_a_folder_or_a_pipe_for_what_it_is_before_any_output(photos, tmp_path, capsys):
+    import os
+
+    root, _ = photos
+    good, pipe = root / "p0.png", tmp_path / "pipe.png"
+    os.mkfifo(pipe)  # reading it would block: refused from its type alone
+    out = tmp_path / "d"
+    for bad, words in ((root / "sub", "is a folder, not an image file"), (pipe, "is not a regular file")):
+        err = _one_line_error(capsys, ["style", "predict", str(tmp_path), str(good), str(bad), "--out", str(out)])
+        assert words in err and "not found" not in err
+    assert not out.exists()
 
 
 def test_sizes_that_would_fill_the_memory_are_refused_before_any_work(photos, tmp_path, capsys, monkeypatch):

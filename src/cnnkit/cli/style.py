@@ -62,7 +62,7 @@ def run_transfer(args) -> int:
     last = result.history[-1]
     finished(
         args,
-        f"done: {len(result.history)} steps in {result.seconds:.1f} s, loss {last['loss']:.4f} (content "
+        f"done: {last['step']} steps in {result.seconds:.1f} s, loss {last['loss']:.4f} (content "
         f"{last['content']:.4f}, style {last['style']:.4f}) -> {args.out}, {Path(args.out).with_suffix('.csv')}",
     )
     return 0

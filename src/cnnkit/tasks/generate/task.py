@@ -166,8 +166,9 @@ class GenerateTask:
         return {
             "d_loss": d_loss.detach() * n,
             "g_loss": g_loss.detach() * n,
-            "d_real": torch.sigmoid(real_logit.detach()).sum(),
-            "d_fake": torch.sigmoid(fake_logit.detach()).sum(),
+            # in float32: a bf16 sum of a batch's beliefs keeps 8 bits (about 0.2% off at 64 digits)
+            "d_real": torch.sigmoid(real_logit.detach().float()).sum(),
+            "d_fake": torch.sigmoid(fake_logit.detach().float()).sum(),
             "n": torch.tensor(float(n), device=x.device),
         }
 

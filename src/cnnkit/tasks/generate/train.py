@@ -120,6 +120,8 @@ def train(cfg: GenerateConfig, out=None, resume: bool = False, quiet: bool = Fal
     check_new_run(out, resume)
     if resume:  # the run's own settings win over the ones given, but for where, how fast and how long
         cfg = with_free_settings(GenerateConfig.from_dict(resumed_config(out, "generate")), cfg)
+    if cfg.epochs < 1:  # nothing would be trained or written, and the run folder named would not exist
+        raise CnnkitError(f"--epochs must be a positive integer. Received: --epochs {cfg.epochs}")
     if cfg.conditional and (cfg.codes or cfg.clusters):
         flag = f"--codes {cfg.codes}" if cfg.codes else f"--clusters {cfg.clusters}"
         raise CnnkitError(

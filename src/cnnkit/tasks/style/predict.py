@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from cnnkit.data.images import MAX_NATIVE_PIXELS
+from cnnkit.data.images import MAX_NATIVE_PIXELS, open_image
 from cnnkit.engine.runfolder import output_stems
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.style.data import check_side, read_photo, write_image
@@ -48,10 +48,7 @@ def predict_files(run, images: list, out_dir, max_side: int | None = None) -> li
     """
     paths = [Path(p) for p in images]
     stems = output_stems(paths, out_dir, (".png",))
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:  # before any output is written
-        raise CnnkitError(f"image not found: {missing[0]}; give the paths of PNG or JPEG files")
-    for path in paths:  # every photo's size before any output is written (the header alone)
+    for path in paths:  # every photo found, readable and of a usable size before any output is written
         _check_photo_size(path, max_side)
     model = load_stylizer(run)
     written = []
@@ -66,15 +63,11 @@ def predict_files(run, images: list, out_dir, max_side: int | None = None) -> li
 
 
 def _check_photo_size(path: Path, max_side: int | None) -> None:
-    """The photo's sides, as the network will see them, at least :data:`MIN_SIDE` px (read from its
-    header; an unreadable file is left to :func:`read_photo`'s message)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except Exception:  # noqa: BLE001 -- not an image: read_photo names the problem
-        return
+    """The photo's sides, as the network will see them, at least :data:`MIN_SIDE` px, read from its
+    header by the guarded reader (:func:`~cnnkit.data.images.open_image`: a missing file, a folder,
+    a pipe or a file that is not an image is its one-line error)."""
+    with open_image(path) as im:
+        w, h = im.size
     note, fix = "", "use a larger photo"
     if max_side and max(w, h) > max_side:
         scale = max_side / max(w, h)

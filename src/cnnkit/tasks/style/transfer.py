@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +31,9 @@ class TransferResult:
 
     Attributes:
         image: (1, 3, H, W) on [0, 1]: the stylised image.
-        history: one row per step: ``step``, ``loss`` (weighted total), ``content``, ``style``,
-            ``tv`` (unweighted) and ``seconds`` since the start.
+        history: one row per image, the start (``step`` 0) and the image after each step:
+            ``step``, ``loss`` (weighted total), ``content``, ``style``, ``tv`` (unweighted) and
+            ``seconds`` since the start; the last row is ``image``'s.
         seconds: the optimisation's time (the loss network's set-up not included).
     """
 
@@ -63,7 +65,8 @@ def transfer(
 
     The image starts as the content photo (or noise, ``cfg.init``) resized to ``cfg.size``; each
     step is one forward and backward pass through the loss network and one L-BFGS or Adam update
-    of the pixels, which are kept on [0, 1].
+    of the pixels, which are kept on [0, 1]. The losses are
+    recorded for the start and for the image after every step, the returned one last.
 
     Args:
         content: (1, 3, H, W) on [0, 1].
@@ -101,15 +104,23 @@ def transfer(
         opt = torch.optim.LBFGS([x], lr=cfg.lr, max_iter=1, history_size=50)
     else:
         opt = torch.optim.Adam([x], lr=cfg.lr)
-    history: list[dict] = []
-    parts: dict = {}
+    losses: list[dict] = []  # of the image each step starts from, then (after the loop) of the last one
+    seconds = [0.0]  # when each image was made: the start, then after each step
+    found: dict = {}
 
     def closure() -> torch.Tensor:
         opt.zero_grad(set_to_none=True)
-        loss, found = loss_fn(x, targets)
+        loss, parts = loss_fn(x, targets)
         loss.backward()
-        parts.update(loss=loss.detach(), **{k: v.detach() for k, v in found.items()})
+        found.update(loss=loss.detach(), **{k: v.detach() for k, v in parts.items()})
         return loss
+
+    def check(step: int) -> None:
+        if not math.isfinite(losses[-1]["loss"]):
+            raise CnnkitError(
+                f"the loss became {losses[-1]['loss']} at step {step}: the optimisation diverged; lower --lr "
+                f"(received --lr {cfg.lr})" + (" or use --optimizer adam" if cfg.optimizer == "lbfgs" else "")
+            )
 
     progress = Progress(
         TextColumn("style transfer"),
@@ -125,18 +136,19 @@ def transfer(
     with progress:
         bar = progress.add_task("steps", total=cfg.steps, stats="")
         for step in range(1, cfg.steps + 1):
-            opt.step(closure)
+            opt.step(closure)  # its evaluation is of the image the step starts from
+            losses.append({k: float(v) for k, v in found.items()})
+            check(step - 1)
             with torch.no_grad():
                 x.clamp_(0, 1)
-            row = {"step": step, **{k: float(v) for k, v in parts.items()}}
-            row["seconds"] = round(time.perf_counter() - tick, 3)
-            history.append(row)
-            if not torch.isfinite(parts["loss"]):
-                raise CnnkitError(
-                    f"the loss became {row['loss']} at step {step}: the optimisation diverged; lower --lr "
-                    f"(received --lr {cfg.lr})" + (" or use --optimizer adam" if cfg.optimizer == "lbfgs" else "")
-                )
-            progress.update(bar, advance=1, stats=f"loss {row['loss']:.4f} style {row['style']:.4f}")
+            seconds.append(time.perf_counter() - tick)
+            last = losses[-1]
+            progress.update(bar, advance=1, stats=f"loss {last['loss']:.4f} style {last['style']:.4f}")
+    with torch.no_grad():  # the loss of the image returned, which no step evaluated
+        loss, parts = loss_fn(x, targets)
+        losses.append({"loss": float(loss), **{k: float(v) for k, v in parts.items()}})
+    check(cfg.steps)
+    history = [{"step": k, **row, "seconds": round(t, 3)} for k, (row, t) in enumerate(zip(losses, seconds))]
     return TransferResult(x.detach(), history, time.perf_counter() - tick)
 
 
