@@ -198,6 +198,7 @@ def test_wrong_task_hint_names_the_real_command(tmp_path, capsys):
     file = tmp_path / "st" / "model.safetensors"
     save_model(file, torch.nn.Linear(1, 1), {"format": FORMAT, "task": "style"})
     assert "use `cnnkit style predict`" in _error(capsys, ["eval", str(file)])
+    assert "use `cnnkit style predict` for this one" in _error(capsys, ["video", "eval", str(file)])
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")

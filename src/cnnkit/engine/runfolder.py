@@ -594,6 +594,12 @@ def _brief(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def run_commands(task: str) -> str:
+    """The commands that use a run of ``task``: ``cnnkit video-predict eval|predict`` (a style network
+    has nothing to score: ``cnnkit style predict``)."""
+    return f"cnnkit {task.replace('_', '-')} {'predict' if task == 'style' else 'eval|predict'}"
+
+
 def load_run_model(path: str | os.PathLike, task: str, build, device: str | torch.device = "cpu") -> nn.Module:
     """The deployable of a ``cnnkit TASK train`` run, rebuilt from data and never from code.
 
@@ -616,7 +622,7 @@ def load_run_model(path: str | os.PathLike, task: str, build, device: str | torc
         found = str(info.get("task", "classify"))[:20]
         raise CnnkitError(
             f"{file} is not {TASK_MODELS.get(task, f'a {task} model')} (task {found!r}); give a run folder "
-            f"written by `cnnkit {task.replace('_', '-')} train`, or use `cnnkit {found.replace('_', '-')} eval|predict` for this one"
+            f"written by `cnnkit {task.replace('_', '-')} train`, or use `{run_commands(found)}` for this one"
         )
     tensors, _ = read_checkpoint(file)
     limit = 8 * len(tensors) + 1000  # modules a network with this many weight tensors may have

@@ -18,6 +18,7 @@ from cnnkit.engine.runfolder import (
     read_checkpoint,
     read_metadata,
     resolve,
+    run_commands,
     strip_prefix,
 )
 from cnnkit.errors import CnnkitError
@@ -167,11 +168,9 @@ def load_classifier(
     meta = read_metadata(file)
     task = meta.get("task", "classify")
     if task != "classify":
-        command = str(task)[:20].replace("_", "-")  # video_predict's command is video-predict
-        actions = "predict" if task == "style" else "eval|predict"  # style has no eval
         raise CnnkitError(
-            f"{file} is a {str(task)[:20]!r} run, not a classifier; use `cnnkit {command} "
-            f"{actions}` for it, or give a run written by `cnnkit classify train|finetune`"
+            f"{file} is a {str(task)[:20]!r} run, not a classifier; use `{run_commands(str(task)[:20])}` for it, "
+            "or give a run written by `cnnkit classify train|finetune`"
         )
     for key in ("dataset", "config"):  # read by predict, explain and plot as mappings
         if key in meta and not isinstance(meta[key], dict):
