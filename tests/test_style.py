@@ -295,3 +295,14 @@ def test_the_fast_network_trains_on_plain_gram_matrices_and_the_optimisation_kee
     assert TransferConfig().resolved().style_weight == 100.0
     mine = StyleTrainConfig(style="s.png", data="photos", robust_layers=("blocks.3",), style_weight=50.0).resolved()
     assert (mine.robust_layers, mine.style_weight) == (("blocks.3",), 50.0)
+
+
+def test_an_out_whose_folder_cannot_be_made_is_refused_before_any_work(tmp_path):
+    """`style transfer --out FILE/x.png`: said at once, not after the optimisation."""
+    from cnnkit.tasks.style.transfer import transfer_files
+
+    afile = tmp_path / "afile"
+    afile.write_text("hi")
+    with pytest.raises(CnnkitError, match=r"cannot create the folder .*afile .*choose another --out"):
+        transfer_files(tmp_path / "missing_content.png", tmp_path / "missing_style.png", afile / "x.png")
+    assert afile.read_text() == "hi"
