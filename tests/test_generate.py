@@ -285,7 +285,7 @@ def test_predict_writes_a_grid_of_the_right_size(runs, tmp_path):
     path = predict(sampler, tmp_path / "wide.png", count=12, digit=0, cols=12)
     with Image.open(path) as im:
         assert im.size == grid_size(12, 12)
-    with pytest.raises(CnnkitError, match="conditional: pass --digit 0..9"):
+    with pytest.raises(CnnkitError, match=r"conditional: pass --digit 0..9. Received: no --digit$"):
         predict(sampler, tmp_path / "x.png", count=4)
     with pytest.raises(CnnkitError, match="unconditional"):
         predict(tiny(False).generator, tmp_path / "x.png", count=4, digit=1)

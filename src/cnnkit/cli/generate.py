@@ -122,5 +122,5 @@ def run_predict(args) -> int:
 
     _check_seed(args.seed)
     path = predict(load_generator(args.run), args.out, args.count, args.digit, args.seed)
-    print(f"{path}: {args.count} digits")
+    print(f"{path}: {args.count} digit{'' if args.count == 1 else 's'}")
     return 0

@@ -217,8 +217,9 @@ def predict(
     labels = None
     if sampler.classes:
         if digit is None or not 0 <= digit < len(sampler.classes):
+            given = "no --digit" if digit is None else f"--digit {digit}"
             raise CnnkitError(
-                f"this generator is conditional: pass --digit 0..{len(sampler.classes) - 1}. Received: --digit {digit}"
+                f"this generator is conditional: pass --digit 0..{len(sampler.classes) - 1}. Received: {given}"
             )
         labels = torch.full((count,), int(digit), dtype=torch.long)
     elif digit is not None:
