@@ -258,3 +258,22 @@ def test_an_inclusive_bound_reads_as_written(tmp_path, capsys):
     from cnnkit.tasks.classify.config import TrainConfig
 
     check_values(TrainConfig, {"warmup": 1.0})  # the whole schedule warming up is allowed
+
+
+def test_an_output_that_is_a_named_pipe_is_refused_and_kept(tmp_path):
+    """A file written where a named pipe is would replace the pipe (or block on it): refused, the pipe kept."""
+    import os
+    import stat
+
+    from cnnkit.engine.runfolder import atomic_write_bytes
+    from cnnkit.plots import check_output
+
+    fifo = tmp_path / "out.png"
+    os.mkfifo(fifo)
+    with pytest.raises(
+        CnnkitError, match=r"cannot write .*out.png: it is a named pipe, not a file; choose another --out"
+    ):
+        check_output(fifo)
+    with pytest.raises(CnnkitError, match="it is a named pipe"):
+        atomic_write_bytes(fifo, b"x")
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)

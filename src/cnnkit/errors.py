@@ -141,6 +141,41 @@ def output_folder(path, option: str = "--out-dir"):
     return path
 
 
+def check_folder(path, option: str = "--out"):
+    """That the folder ``path`` exists or can be made, and written, without making it (a refused
+    command leaves no empty folder behind): its nearest existing ancestor is a writable folder.
+
+    Raises:
+        CnnkitError: a file stands where the folder or one above it would be, or no permission;
+            the message names ``option``.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    found = path
+    while not found.exists() and found != found.parent:
+        found = found.parent
+    if not found.is_dir():
+        raise CnnkitError(f"cannot create the folder {path} ({found} is a file); choose another {option}")
+    if not os.access(found, os.W_OK | os.X_OK):
+        raise CnnkitError(f"cannot write in {found} (permission denied); choose another {option}")
+
+
+def special_file(path) -> str | None:
+    """What ``path`` is when it is a named pipe, a socket or a device ("a named pipe", ...), which
+    writing a file there would replace (or block on); None for a regular file, a folder or nothing."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    for test, name in ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device")):
+        if test(mode):
+            return name
+    return "a device" if stat.S_ISBLK(mode) else None
+
+
 def as_new_file(path) -> None:
     """Give a temporary file the mode ``open()`` gives a new file (0o666 less the umask), before it
     is renamed over its target: ``mkstemp`` makes it the owner's alone. Every file cnnkit writes

@@ -81,11 +81,14 @@ def _cannot_write(path: Path, exc: OSError, option: str) -> CnnkitError:
 def check_output(path: str | os.PathLike, option: str = "--out") -> Path:
     """Before the work: ``path`` must be a file that can be written -- not a folder, its folder
     created (if missing) and writable. Raises CnnkitError naming ``option``, the flag that chose it."""
-    from cnnkit.errors import output_folder
+    from cnnkit.errors import output_folder, special_file
 
     path = Path(path)
     if path.is_dir():
         raise CnnkitError(f"cannot write {path}: it is a folder; give a file name, or choose another {option}")
+    kind = special_file(path)
+    if kind:
+        raise CnnkitError(f"cannot write {path}: it is {kind}, not a file; choose another {option}")
     output_folder(path.parent, option)
     return path
 

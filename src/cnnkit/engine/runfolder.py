@@ -28,7 +28,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from cnnkit.engine.ema import EMA
-from cnnkit.errors import CnnkitError, as_new_file, disk_full, is_disk_full
+from cnnkit.errors import CnnkitError, as_new_file, disk_full, is_disk_full, special_file
 from cnnkit.models.deploy import Classifier
 from cnnkit.models.meta import on_meta
 from cnnkit.models.network import describe
@@ -66,6 +66,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     a :class:`CnnkitError` naming the size (the previous version of ``path`` stays as it was).
     """
     path = Path(path)
+    kind = special_file(path)
+    if kind:  # a rename would put a file where the pipe or device was
+        raise CnnkitError(f"cannot write {path}: it is {kind}, not a file; choose another --out")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from cnnkit.data.images import read_pixels
 from cnnkit.engine.runfolder import atomic_write_bytes
-from cnnkit.errors import CnnkitError, output_folder
+from cnnkit.errors import CnnkitError, check_folder
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -58,7 +58,7 @@ def check_output(out: str | Path, inputs: list[str | Path], extra: tuple[str, ..
     (nor do the files named ``out``'s stem + each of ``extra``, e.g. ``.csv``).
 
     Raises:
-        CnnkitError: another suffix, a folder that cannot be made or written, or an output that is one
+        CnnkitError: another suffix, a folder that could not be made or written, or an output that is one
             of the inputs: nothing is written.
     """
     out = Path(out)
@@ -66,7 +66,7 @@ def check_output(out: str | Path, inputs: list[str | Path], extra: tuple[str, ..
         raise CnnkitError(f"--out must name a .png or .jpg file. Received: --out {out}")
     if out.is_dir():
         raise CnnkitError(f"--out {out} is a folder; give the image file to write, e.g. {out / 'styled.png'}")
-    output_folder(out.parent, "--out")  # its folder made and writable now, not after the optimisation
+    check_folder(out.parent, "--out")  # its folder can be made and written: known now, not after the optimisation
     given = {Path(p).resolve() for p in inputs}
     for target in [out, *(out.with_suffix(s) for s in extra)]:
         if target.resolve() in given:
