@@ -274,8 +274,9 @@ def test_folder_warnings_print_as_one_plain_line(capsys):
     assert capsys.readouterr().err == "warning: skipped 1 file\n"
 
 
-def test_instance_train_help_does_not_offer_coco_or_yolo(capsys):
+def test_instance_train_help_offers_coco_and_voc_but_not_yolo(capsys):
     with pytest.raises(SystemExit):
         main(["instance", "train", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "pennfudan | digits" in out and "COCO" not in out and "YOLO" not in out
+    assert "pennfudan | digits | PATH of a COCO JSON file" in out and "Pascal VOC folder" in out
+    assert "YOLO" not in out  # YOLO's text labels hold boxes, no masks

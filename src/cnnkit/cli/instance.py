@@ -17,7 +17,8 @@ def register(subparsers) -> None:
         "instance",
         help="instance segmentation (masks per object): train, eval, predict",
         description="Train the anchor-free detector with a Mask R-CNN-style mask head on "
-        "Penn-Fudan or digit scenes; evaluate it (COCO mask AP); draw its masks.",
+        "Penn-Fudan, digit scenes, a COCO JSON file (each object's polygons or RLE) or a Pascal VOC "
+        "folder (SegmentationObject/ + SegmentationClass/); evaluate it (COCO mask AP); draw its masks.",
     )
     sub = p.add_subparsers(dest="instance_command", metavar="ACTION")
 
@@ -25,7 +26,7 @@ def register(subparsers) -> None:
         "train",
         help="train a mask detector (through the one training engine)",
         description="Train the detector with a Mask R-CNN-style mask head; the run folder holds "
-        "model.safetensors, resume.safetensors, metrics.csv, curves.png and config.yaml.",
+        "model.safetensors, resume.safetensors, metrics.csv, curves.png, config.yaml and split.json.",
     )
     add_config_arguments(t, InstanceConfig, presets=resolved_defaults(InstanceConfig, DATA_EXAMPLES))
     add_run_arguments(t, "runs/instance-<data>-<time>")

@@ -6,6 +6,7 @@ half-open (a box over pixel columns 3..7 is x1=3, x2=8), labels index ``classes`
 
     d = load_pennfudan(root, names=split["train"])   # one class, "person"
     d = load_coco("annotations.json")                # images beside the file (or image_dir=...)
+    d = load_coco("annotations.json", masks=True)    # and each object's mask (d.masks), as annToMask gives it
     d = load_yolo("my_data/")                        # my_data/images/*.jpg, my_data/labels/*.txt, classes.txt
     d = load_voc("VOC2012/")                         # VOC2012/JPEGImages/*.jpg, VOC2012/Annotations/*.xml
 
@@ -28,8 +29,9 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import torch
 import torch.nn.functional as F
 
+from cnnkit.data.cocomask import _finite, _is_int, _shown, segmentation_mask
 from cnnkit.data.images import MAX_DECODE_PIXELS, read_pixels
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, check_fits
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -45,6 +47,10 @@ class Detections:
     # Not trained on; evaluation ignores the detections that fall in them, as COCOeval does.
     crowd_boxes: list[torch.Tensor] = field(default_factory=list)
     crowd_labels: list[torch.Tensor] = field(default_factory=list)
+    # COCO instance masks where read (load_coco(masks=True)): per image (k_i, H_i, W_i) bool, row j the
+    # mask of box j, and (c_i, H_i, W_i) of its crowd regions; empty lists: boxes only.
+    masks: list[torch.Tensor] = field(default_factory=list)
+    crowd_masks: list[torch.Tensor] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -63,6 +69,8 @@ class Detections:
             list(names),
             [self.crowd_boxes[i] for i in idx] if self.crowd_boxes else [],
             [self.crowd_labels[i] for i in idx] if self.crowd_labels else [],
+            [self.masks[i] for i in idx] if self.masks else [],
+            [self.crowd_masks[i] for i in idx] if self.crowd_masks else [],
         )
 
 
@@ -171,27 +179,6 @@ MAX_UNDECLARED_CLASS = 999
 MAX_NAMES_BYTES = 1 << 20  # classes.txt / data.yaml: class names, not data
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _finite(v) -> bool:
-    """A JSON number that is a finite float; an integer past the float range (JSON allows 10**400) is not."""
-    try:
-        return _is_number(v) and math.isfinite(v)
-    except OverflowError:
-        return False
-
-
-def _shown(v) -> str:
-    text = repr(v)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _entries(path: Path, data, key: str) -> list[dict]:
     """``data[key]``, checked to be a list of objects."""
     if not isinstance(data, dict) or not isinstance(data.get(key), list):
@@ -251,27 +238,33 @@ def _relative_name(path: Path, where: str, name) -> str:
     return name
 
 
-def load_coco(path: str | os.PathLike, image_dir: str | os.PathLike | None = None) -> Detections:
+def load_coco(path: str | os.PathLike, image_dir: str | os.PathLike | None = None, masks: bool = False) -> Detections:
     """A COCO instances JSON (``images``, ``annotations`` with ``bbox`` [x, y, w, h], ``categories``).
 
     Images are read from ``image_dir`` (default: the JSON's folder, then its ``images/``) by
     ``file_name`` (relative, inside that folder); classes are the categories in id order. Crowd
     annotations (``iscrowd`` 1) are not trained on: they are kept apart as ``crowd_boxes`` /
     ``crowd_labels``, regions where evaluation ignores detections, as COCOeval does. Ids are
-    integers; every record is checked before an image is read.
+    integers; every record is checked before an image is read. With ``masks``, each annotation's
+    ``segmentation`` (polygons, uncompressed or compressed RLE) is decoded too, to the pixels
+    pycocotools' ``COCO.annToMask`` gives (:func:`~cnnkit.data.cocomask.segmentation_mask`, without
+    pycocotools).
 
     Args:
         path: the COCO JSON file.
         image_dir: the folder the ``file_name`` entries are relative to.
+        masks: read each object's mask into :attr:`Detections.masks` (and :attr:`Detections.crowd_masks`).
 
     Returns:
-        The images with their boxes and labels.
+        The images with their boxes and labels (and masks).
 
     Raises:
         CnnkitError: one line naming the file and the record: an entry that is not an object, a
         missing or non-integer id, a duplicate id or file name, an annotation naming no image or
         category, a bbox that is not 4 finite numbers, a size that is not a positive whole number, a
-        ``file_name`` that is absolute or climbs out of the folder, an image that does not match its size.
+        ``file_name`` that is absolute or climbs out of the folder, an image that does not match its
+        size; with ``masks``, a missing or bad ``segmentation``
+        (:func:`~cnnkit.data.cocomask.segmentation_mask` says which).
     """
     path = Path(path)
     try:
@@ -333,13 +326,30 @@ def load_coco(path: str | os.PathLike, image_dir: str | os.PathLike | None = Non
         if cid not in label_of:
             raise CnnkitError(f"{path}: {where} 'category_id' {cid} names no entry of 'categories'")
         box = _coco_bbox(path, where, a)
-        (crowd_of if crowd else per_image).setdefault(iid, []).append((box, label_of[cid]))
+        if masks and "segmentation" not in a:
+            raise CnnkitError(
+                f"{path}: {where} has no 'segmentation'; instance masks need each object's polygons or RLE"
+            )
+        (crowd_of if crowd else per_image).setdefault(iid, []).append([box, label_of[cid], j])
+    if masks:  # each a mask of its image's size: the bytes they take are checked before one is decoded
+        check_fits(
+            sum(
+                records[iid][2] * records[iid][3] * len(rows) for d in (per_image, crowd_of) for iid, rows in d.items()
+            ),
+            f"{path}: the masks of its {len(anns):,} annotations",
+        )
+        pending = sorted((r[2], iid, r) for d in (per_image, crowd_of) for iid, rs in d.items() for r in rs)
+        for j, iid, r in pending:  # in the file's order: the first bad annotation is the one named
+            _, _, width, height = records[iid]
+            r[2] = torch.from_numpy(
+                segmentation_mask(anns[j]["segmentation"], height, width, f"{path}: annotations[{j}]")
+            )
     folder = Path(image_dir) if image_dir is not None else path.parent
     if image_dir is None and records and (folder / "images").is_dir():
         first = next(iter(records.values()))[1]
         if not (folder / first).is_file():
             folder = folder / "images"
-    images, boxes, labels, names, crowd_boxes, crowd_labels = [], [], [], [], [], []
+    images, boxes, labels, names, crowd_boxes, crowd_labels, kept, crowd_kept = [], [], [], [], [], [], [], []
     for iid, (i, name, width, height) in records.items():
         rows, crowd_rows = per_image.get(iid, []), crowd_of.get(iid, [])
         b = torch.tensor([r[0] for r in rows], dtype=torch.float32).reshape(-1, 4)
@@ -360,9 +370,18 @@ def load_coco(path: str | os.PathLike, image_dir: str | os.PathLike | None = Non
         names.append(name)
         crowd_boxes.append(cb)
         crowd_labels.append(torch.tensor([r[1] for r in crowd_rows], dtype=torch.int64))
+        if masks:
+            kept.append(torch.stack([r[2] for r in rows]) if rows else torch.zeros(0, height, width, dtype=torch.bool))
+            crowd_kept.append(
+                torch.stack([r[2] for r in crowd_rows])
+                if crowd_rows
+                else torch.zeros(0, height, width, dtype=torch.bool)
+            )
     if not crowd_of:
-        crowd_boxes, crowd_labels = [], []
-    return _nonempty(Detections(images, boxes, labels, classes, names, crowd_boxes, crowd_labels), path)
+        crowd_boxes, crowd_labels, crowd_kept = [], [], []
+    return _nonempty(
+        Detections(images, boxes, labels, classes, names, crowd_boxes, crowd_labels, kept, crowd_kept), path
+    )
 
 
 # ---------------------------------------------------------------- YOLO txt folders

@@ -131,6 +131,7 @@ def mask_folder(
     max_side: int | None = None,
     classes: list[str] | None = None,
     names: list[str] | None = None,
+    instances: bool = False,
 ) -> SegmentationSet:
     """A folder of images beside a folder of PNG masks (palette or grey: the value is the class, 255 ignore).
 
@@ -142,42 +143,49 @@ def mask_folder(
         split: ``all``, or ``train`` / ``test`` of a seeded split holding out ``test_fraction``.
         classes: class names (default ``background``, ``1``, ``2``...).
         names: these images of ``images/``, in this order, instead of ``split`` (a run's split.json).
+        instances: a VOC folder's instance ids too, from ``SegmentationObject/NAME.png`` (palette or
+            grey, 0 background, 1..n the objects; VOC's 255 void border counts as no object) into
+            ``instances``; the photos read are those with both PNGs.
     Raises:
         CnnkitError: naming the file: a missing image or mask, a mask of another size than its image,
-        a label outside the classes, a mask that is not palette or grey.
+        a label outside the classes, a mask that is not palette or grey; with ``instances``, a folder
+        without ``SegmentationObject/`` or an instance PNG missing or bad in the same ways.
     """
     root = Path(root).expanduser()
     image_dir, mask_dir = _folder_pair(root)
+    object_dir = voc_objects(root) if instances else None
     wanted = names
     names = sorted(
         p.name for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
     )
     voc = mask_dir.name == "SegmentationClass" and wanted is None
-    if voc:  # VOC: the photos of its segmentation task are those with a mask
-        names = [n for n in names if (mask_dir / f"{Path(n).stem}.png").is_file()]
+    if voc:  # VOC: the photos of its segmentation task are those with a mask (and, for instances, an object PNG)
+        names = [n for n in names if all((d / f"{Path(n).stem}.png").is_file() for d in (mask_dir, object_dir) if d)]
     if not names:
         raise CnnkitError(
             f"no images in {image_dir} (extensions: {' '.join(IMAGE_EXTENSIONS)})"
             + (f" with a mask in {mask_dir}" if voc else "")
+            + (f" and in {object_dir}" if voc and object_dir else "")
         )
     if wanted is not None:
         gone = sorted(set(wanted) - set(names))
         if gone:
             raise gone_from_split([image_dir / p for p in gone])
         names, split = list(wanted), "all"
-    missing = [n for n in names if not (mask_dir / f"{Path(n).stem}.png").is_file()]
-    if missing:
-        raise CnnkitError(
-            f"missing mask file {mask_dir / (Path(missing[0]).stem + '.png')} for image "
-            f"{image_dir / missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-        )
+    for folder in (mask_dir, object_dir) if object_dir else (mask_dir,):
+        missing = [n for n in names if not (folder / f"{Path(n).stem}.png").is_file()]
+        if missing:
+            raise CnnkitError(
+                f"missing mask file {folder / (Path(missing[0]).stem + '.png')} for image "
+                f"{image_dir / missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            )
     if classes is not None:
         num_classes = len(classes) if num_classes is None else num_classes
     if split != "all":
         if split not in ("train", "test"):
             raise CnnkitError(f"mask-folder splits are all, train and test. Received: split={split!r}")
         names = split_names(names, len(names) - max(1, round(test_fraction * len(names))), seed)[split]
-    images, masks, labels = [], [], []
+    images, masks, labels, ids = [], [], [], []
     for n in names:
         image = read_pixels(image_dir / n)
         path = mask_dir / f"{Path(n).stem}.png"
@@ -185,6 +193,11 @@ def mask_folder(
         if num_classes is not None:
             _check_range(mask, num_classes, path)
         labels.append(torch.unique(mask))  # at the mask's own size: shrinking may drop a small object's class
+        if object_dir:
+            inst = _read_mask(object_dir / f"{Path(n).stem}.png", image)
+            inst[inst == IGNORE_INDEX] = 0  # VOC's void border belongs to no object
+            _, inst = _shrink(image, inst, max_side)
+            ids.append(inst)
         image, mask = _shrink(image, mask, max_side)
         images.append(image)
         masks.append(mask)
@@ -199,15 +212,16 @@ def mask_folder(
         masks,
         list(classes),
         names,
-        None,
+        ids if object_dir else None,
         f"{root.name}/{split}",
         {"root": str(root), "split": split, "seed": seed, "test_fraction": test_fraction},
     )
 
 
-def voc_split(root: str | os.PathLike) -> tuple[dict[str, list[str]], str] | None:
+def voc_split(root: str | os.PathLike, instances: bool = False) -> tuple[dict[str, list[str]], str] | None:
     """A VOC folder's official segmentation split, from ``ImageSets/Segmentation``, as image file names
-    (:func:`cnnkit.data.voc.official_split`, each listed photo needing its mask in ``SegmentationClass``).
+    (:func:`cnnkit.data.voc.official_split`, each listed photo needing its mask in ``SegmentationClass``,
+    and with ``instances`` its instance ids in ``SegmentationObject`` too).
 
     Returns:
         ``(split, a line saying which lists were used)``, or None where the folder is not VOC's or has
@@ -219,7 +233,29 @@ def voc_split(root: str | os.PathLike) -> tuple[dict[str, list[str]], str] | Non
     image_dir, mask_dir = _folder_pair(root)
     if mask_dir.name != "SegmentationClass":
         return None
-    return official_split(root, "Segmentation", lambda stem: mask_dir / f"{stem}.png", "mask")
+    folders = (mask_dir, voc_objects(root)) if instances else (mask_dir,)
+
+    def label(stem: str) -> Path:  # the first of the photo's PNGs that is missing (the last where none is)
+        return next(
+            (d / f"{stem}.png" for d in folders if not (d / f"{stem}.png").is_file()), folders[-1] / f"{stem}.png"
+        )
+
+    return official_split(root, "Segmentation", label, "mask")
+
+
+def voc_objects(root: Path) -> Path:
+    """A VOC folder's ``SegmentationObject/`` (the instance ids of each photo), checked to be there."""
+    if not ((root / "JPEGImages").is_dir() and (root / "SegmentationClass").is_dir()):
+        raise CnnkitError(
+            f"{root} needs VOC's JPEGImages/, SegmentationClass/ and SegmentationObject/ for instance masks"
+        )
+    folder = root / "SegmentationObject"
+    if not folder.is_dir():
+        raise CnnkitError(
+            f"{root} has no SegmentationObject/: instance masks need VOC's instance PNGs (0 background, "
+            "1..n the objects) beside SegmentationClass/"
+        )
+    return folder
 
 
 def _folder_pair(root: Path) -> tuple[Path, Path]:

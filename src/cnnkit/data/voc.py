@@ -21,6 +21,29 @@ from cnnkit.data.imagefolder import IMAGE_EXTENSIONS
 from cnnkit.errors import CnnkitError
 
 MAX_XML_BYTES = 1 << 20  # one photo's boxes; a larger file is not an annotation
+# the 20 classes of Pascal VOC, in the order of the class ids 1..20 of its SegmentationClass PNGs
+VOC_CLASSES = (
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 
 
 def photos(image_dir: Path) -> dict[str, str]:

@@ -6,6 +6,9 @@ with ``iouType="segm"`` compares them by mask IoU. Inputs, one entry per image, 
 image's size:
   predictions[i] = {"masks": (k, H, W) bool, "scores": (k,), "labels": (k,)}
   targets[i]     = {"masks": (m, H, W) bool, "labels": (m,)}
+and optionally in a target ``"crowd_masks"`` (c, H, W) and ``"crowd_labels"`` (c,): COCO's crowd
+regions (``iscrowd`` 1), ground truth that COCOeval ignores the detections in (as
+:func:`~cnnkit.metrics.detection.coco_evaluate` does with crowd boxes).
 Labels are class indices 0..C-1. Images with no instances are fine on either side.
 """
 
@@ -57,6 +60,11 @@ def mask_evaluate(predictions: Sequence[dict], targets: Sequence[dict], classes:
             rles = encode_masks(e["masks"])
             if len(rles) != len(ls):
                 raise CnnkitError(f"image {i}: {len(rles)} masks but {len(ls)} labels; give one label per mask")
+            crowd = [0] * len(rles)
+            if not with_scores and "crowd_masks" in e:  # crowd regions: ground truth that COCOeval ignores
+                more = encode_masks(e["crowd_masks"])
+                rles, ls = [*rles, *more], np.concatenate([ls, _np(e["crowd_labels"]).astype(int)])
+                crowd += [1] * len(more)
             if rles and tuple(rles[0]["size"]) != (images[i]["height"], images[i]["width"]):
                 raise CnnkitError(
                     f"image {i}: masks are {rles[0]['size'][1]}x{rles[0]['size'][0]} px but the "
@@ -71,7 +79,7 @@ def mask_evaluate(predictions: Sequence[dict], targets: Sequence[dict], classes:
                     "segmentation": rle,
                     "area": float(coco_mask.area(rle)),
                     "bbox": coco_mask.toBbox(rle).tolist(),
-                    "iscrowd": 0,
+                    "iscrowd": crowd[j],
                 }
                 if with_scores:
                     a["score"] = scores[j]

@@ -112,7 +112,7 @@ def load_split_data(
         split = {"train": tr.names, "val": va.names, "test": te.names}
     else:
         from cnnkit.data.detection import is_voc, load_coco, load_pennfudan, load_voc, load_yolo
-        from cnnkit.data.pennfudan import carve_validation, pennfudan_root, pennfudan_split, split_names
+        from cnnkit.data.pennfudan import carve_validation, pennfudan_root, pennfudan_split
         from cnnkit.data.voc import official_split
 
         if cfg.data == "pennfudan":
@@ -139,12 +139,7 @@ def load_split_data(
                 raise CnnkitError(
                     f"--data {cfg.data!r} is not pennfudan, digits, a COCO JSON file, a YOLO folder or a VOC folder"
                 )
-            if len(data) < 3:
-                raise CnnkitError(f"{path} holds {len(data)} image(s): a train/val/test split needs at least 3")
-            split = carve_validation(split or split_names(data.names, max(2, round(0.8 * len(data))), cfg.seed))
-            if official:
-                counts = ", ".join(f"{len(split[k])} {k}" for k in ("train", "val", "test"))
-                split["source"] = f"{official[1]}: {counts}"  # split.json says which lists
+            split = photo_split(data.names, cfg.seed, path, split, official)
         tr = from_detections(data.subset(split["train"]), cfg.image_size)
         va, te = (from_detections(data.subset(split[k]), cfg.test_side()) for k in ("val", "test"))
     if cfg.subset:
@@ -158,6 +153,29 @@ def load_split_data(
             sizes=tr.sizes[: cfg.subset] if tr.sizes is not None else None,
         )
     return tr, va, te, split
+
+
+def photo_split(names: list[str], seed: int, source, split: dict | None = None, official=None) -> dict:
+    """The split of a user's photos (a COCO file's, a folder's): ``split`` where given (a run's
+    split.json, or a VOC folder's official lists), else a seeded draw of 80% to train and the rest to
+    test (:func:`~cnnkit.data.pennfudan.split_names`); then the validation part carved from the
+    training one (:func:`~cnnkit.data.pennfudan.carve_validation`). ``official``: the
+    ``(split, line)`` of :func:`~cnnkit.data.voc.official_split` that gave ``split``, whose line
+    becomes the split's ``source`` (split.json and the run's ``split:`` line say which lists).
+    Shared by the detection and instance tasks.
+
+    Raises:
+        CnnkitError: fewer than 3 photos in ``names`` (``source`` names where they came from).
+    """
+    from cnnkit.data.pennfudan import carve_validation, split_names
+
+    if len(names) < 3:
+        raise CnnkitError(f"{source} holds {len(names)} image(s): a train/val/test split needs at least 3")
+    split = carve_validation(split or split_names(names, max(2, round(0.8 * len(names))), seed))
+    if official:
+        counts = ", ".join(f"{len(split[k])} {k}" for k in ("train", "val", "test"))
+        split["source"] = f"{official[1]}: {counts}"
+    return split
 
 
 def _to(s: DetectionSet, device) -> DetectionSet:

@@ -50,9 +50,7 @@ def train(cfg: DetectConfig, out, resume: bool = False, quiet: bool = False):
     out = Path(out)
     cfg = run_config(cfg, out, resume, config_from_dict)
     with distributed(cfg.device) as d:
-        train_set, val_set, test_set, split = run_data(cfg, out, resume, d, load_split_data)
-        if "source" in split and not quiet and d.main:
-            print(f"split: {split['source']}")
+        train_set, val_set, test_set, split = run_data(cfg, out, resume, d, load_split_data, quiet)
         torch.manual_seed(cfg.seed)
         channels = train_set.images.shape[1]
         model, info = new_detector(
@@ -150,9 +148,11 @@ def run_config(cfg, out, resume: bool, from_dict, task: str = "detect"):
     return validate(cfg.resolved())
 
 
-def run_data(cfg, out, resume: bool, d, load):
+def run_data(cfg, out, resume: bool, d, load, quiet: bool = False):
     """Threads, then ``load(cfg, split)``'s train, validation and test sets on the run's split (the
-    one in ``out/split.json`` on resume), and that split, which :func:`fit_and_test` writes to the run."""
+    one in ``out/split.json`` on resume), and that split, which :func:`fit_and_test` writes to the run.
+    Where the split came from a VOC folder's official lists, a line ``split: ...`` says which (unless
+    ``quiet``). Shared by ``cnnkit detect train`` and ``cnnkit instance train``."""
     from cnnkit.engine.runfolder import run_photos
 
     use_threads(cfg.threads)
@@ -165,4 +165,6 @@ def run_data(cfg, out, resume: bool, d, load):
             f"{cfg.data} holds no (non-crowd) boxes to learn from: none of its {len(train_set)} training images "
             "has an object labelled; add boxes (COCO annotations without iscrowd, or YOLO label lines)"
         )
+    if "source" in split and not quiet and d.main:
+        print(f"split: {split['source']}")
     return train_set, val_set, test_set, split

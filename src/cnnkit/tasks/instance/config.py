@@ -24,7 +24,16 @@ class InstanceConfig(DetectConfig):
         'resnet18'
     """
 
-    data: str = option("pennfudan", help="pennfudan | digits (instance masks are read from these two only)")
+    data: str = option(
+        "pennfudan",
+        help="pennfudan | digits | PATH of a COCO JSON file (each object's segmentation: polygons or RLE) or a "
+        "Pascal VOC folder (SegmentationObject/ instance PNGs beside SegmentationClass/)",
+    )
+    voc_names: bool = option(
+        False,
+        help="a VOC folder's classes 1..20 named by VOC's 20 names (aeroplane ... tvmonitor); without it they "
+        "are named 1..K, as segment names a mask folder's classes",
+    )
     image_size: int | None = None
     model: str = ""
     epochs: int | None = None

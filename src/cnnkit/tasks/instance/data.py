@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +12,7 @@ from cnnkit.data.detection import (
     letterbox,
     pad_targets,
 )
+from cnnkit.data.segmentation import IGNORE_INDEX
 from cnnkit.errors import CnnkitError
 from cnnkit.ops import box_iou_elementwise, roi_align
 from cnnkit.tasks.detect.data import DetectionSet
@@ -25,8 +27,15 @@ class InstanceSet(DetectionSet):
     originals: list[torch.Tensor] = field(default_factory=list)  # N x (m_i, H_i, W_i) bool, original pixels
 
     def mask_targets(self) -> list[dict[str, torch.Tensor]]:
-        """Ground truth per image in original pixels: {"masks" (m, H, W) bool, "labels" (m,)}."""
-        return [{"masks": o, "labels": lab[lab >= 0]} for o, lab in zip(self.originals, self.labels)]
+        """Ground truth per image in original pixels: {"masks" (m, H, W) bool, "labels" (m,)}, with the
+        image's crowd regions as ``crowd_masks`` / ``crowd_labels`` where the data has them."""
+        out = []
+        for i, (o, lab) in enumerate(zip(self.originals, self.labels)):
+            t = {"masks": o, "labels": lab[lab >= 0]}
+            if self.crowd:
+                t["crowd_masks"], t["crowd_labels"] = self.crowd[i]["masks"], self.crowd[i]["labels"]
+            out.append(t)
+        return out
 
 
 def mask_box(mask: torch.Tensor) -> torch.Tensor:
@@ -44,11 +53,9 @@ def from_instances(
 
     ``labels[i]`` gives the class of ids 1..n of image i in order (a tensor, or None for class 0).
     Each id's box is tight around its mask; images are letterboxed to ``size`` and each mask with
-    them (bilinear, >= 0.5). Ids absent from the map are skipped.
+    them (:func:`from_masks`). Ids absent from the map are skipped.
     """
-    if len(images) == 0:
-        raise CnnkitError("empty dataset: no images to segment")
-    xs, boxes, labs, scales, small, originals, sizes = [], [], [], [], [], [], []
+    masks, labs = [], []
     for i, (img, inst) in enumerate(zip(images, instances)):
         if tuple(inst.shape) != tuple(img.shape[1:]):
             raise CnnkitError(
@@ -56,32 +63,67 @@ def from_instances(
                 f"image's size {tuple(img.shape[1:])}"
             )
         ids = [int(v) for v in torch.unique(inst) if v > 0]
-        m = torch.stack([inst == v for v in ids]) if ids else torch.zeros(0, *inst.shape, dtype=torch.bool)
+        masks.append(torch.stack([inst == v for v in ids]) if ids else torch.zeros(0, *inst.shape, dtype=torch.bool))
         lab = (
             labels[i]
             if labels is not None and labels[i] is not None
             else torch.zeros(int(inst.max()), dtype=torch.int64)
         )
-        lab = torch.as_tensor([int(lab[v - 1]) for v in ids], dtype=torch.int64)
-        b = torch.stack([mask_box(k) for k in m]) if ids else torch.zeros(0, 4)
+        labs.append(torch.as_tensor([int(lab[v - 1]) for v in ids], dtype=torch.int64))
+    return from_masks(images, masks, labs, classes, size, names, fill)
+
+
+def from_masks(
+    images,
+    masks,
+    labels,
+    classes: list[str],
+    size: int,
+    names: list[str] | None = None,
+    fill: float = 0.0,
+    boxes=None,
+    crowd: list[dict[str, torch.Tensor]] | None = None,
+) -> InstanceSet:
+    """Images (C, H, W) uint8 with their objects' masks (k, H, W) bool and labels (k,) -> an :class:`InstanceSet`.
+
+    Masks may overlap (COCO's do). ``boxes[i]`` (k, 4) xyxy in the image's pixels are each object's
+    box; by default each box is tight around its mask. Images are letterboxed to ``size`` and each
+    mask with them (bilinear, >= 0.5); the masks at the image's own size are kept as ``originals``
+    (what evaluation compares). ``crowd``: per image ``{"boxes", "labels", "masks"}`` of its crowd
+    regions, which evaluation ignores detections in.
+    """
+    if len(images) == 0:
+        raise CnnkitError("empty dataset: no images to segment")
+    xs, sboxes, labs, scales, small, originals, sizes = [], [], [], [], [], [], []
+    for i, (img, m) in enumerate(zip(images, masks)):
+        if tuple(m.shape[1:]) != tuple(img.shape[1:]):
+            raise CnnkitError(
+                f"image {names[i] if names else i}: masks {tuple(m.shape[1:])} are not the "
+                f"image's size {tuple(img.shape[1:])}"
+            )
+        m = m.to(torch.bool)
+        if boxes is not None:
+            b = boxes[i].float().reshape(-1, 4)
+        else:
+            b = torch.stack([mask_box(k) for k in m]) if len(m) else torch.zeros(0, 4)
         x, sb, scale = letterbox(img, b, size, fill)
         nh, nw = max(1, round(img.shape[1] * scale)), max(1, round(img.shape[2] * scale))
-        sm = torch.zeros(len(ids), size, size, dtype=torch.uint8)
-        if ids:
+        sm = torch.zeros(len(m), size, size, dtype=torch.uint8)
+        if len(m):
             sm[:, :nh, :nw] = (
                 F.interpolate(m[None].float(), size=(nh, nw), mode="bilinear", align_corners=False)[0] >= 0.5
             ).to(torch.uint8)
         xs.append((x * 255).round().to(torch.uint8))
-        boxes.append(sb)
-        labs.append(lab)
+        sboxes.append(sb)
+        labs.append(torch.as_tensor(labels[i], dtype=torch.int64))
         scales.append(scale)
         small.append(sm)
         originals.append(m)
-        sizes.append(tuple(inst.shape))
-    b, lab = pad_targets(boxes, labs)
-    masks = torch.zeros(len(xs), b.shape[1], size, size, dtype=torch.uint8)
+        sizes.append(tuple(img.shape[1:]))
+    b, lab = pad_targets(sboxes, labs)
+    stacked = torch.zeros(len(xs), b.shape[1], size, size, dtype=torch.uint8)
     for i, sm in enumerate(small):
-        masks[i, : len(sm)] = sm
+        stacked[i, : len(sm)] = sm
     return InstanceSet(
         torch.stack(xs),
         b,
@@ -89,8 +131,9 @@ def from_instances(
         torch.tensor(scales),
         list(classes),
         list(names) if names else [f"image{i:05d}" for i in range(len(xs))],
-        masks,
+        stacked,
         originals,
+        crowd=list(crowd or []),
         sizes=torch.tensor(sizes, dtype=torch.int64),
     )
 
@@ -147,7 +190,13 @@ def load_instance_data(
 ) -> tuple[InstanceSet, InstanceSet, InstanceSet, dict]:
     """(train, validation, test, split) of a resolved config: Penn-Fudan's instances on its fixed split
     with the validation part carved from the training photos
-    (:func:`~cnnkit.data.pennfudan.carve_validation`), or digit scenes with validation scenes of their own."""
+    (:func:`~cnnkit.data.pennfudan.carve_validation`), digit scenes with validation scenes of their
+    own, or a user's photos (:func:`user_instances`: a COCO JSON file or a VOC folder).
+    ``split``: the photos' names as a run's split.json has them, read instead of splitting afresh."""
+    if cfg.voc_names and (cfg.data in ("pennfudan", "digits") or Path(cfg.data).expanduser().is_file()):
+        raise CnnkitError(
+            f"--voc-names names the classes of a VOC folder; --data {cfg.data} names its own classes: leave it out"
+        )
     if cfg.data == "digits":
         from cnnkit.data.scenes import digit_scenes
 
@@ -181,21 +230,114 @@ def load_instance_data(
         tr, va, te = sets
         split = fixed
     else:
-        raise CnnkitError(f"--data {cfg.data!r}: instance segmentation reads pennfudan or digits")
+        tr, va, te, split = user_instances(cfg, split)
     if cfg.subset:
         k = cfg.subset
-        tr = InstanceSet(
-            tr.images[:k],
-            tr.boxes[:k],
-            tr.labels[:k],
-            tr.scales[:k],
-            tr.classes,
-            tr.names[:k],
-            tr.masks[:k],
-            tr.originals[:k],
+        tr = replace(
+            tr,
+            images=tr.images[:k],
+            boxes=tr.boxes[:k],
+            labels=tr.labels[:k],
+            scales=tr.scales[:k],
+            names=tr.names[:k],
+            masks=tr.masks[:k],
+            originals=tr.originals[:k],
+            crowd=tr.crowd[:k],
             sizes=tr.sizes[:k] if tr.sizes is not None else None,
         )
     return tr, va, te, split
+
+
+def user_instances(
+    cfg: InstanceConfig, split: dict | None = None
+) -> tuple[InstanceSet, InstanceSet, InstanceSet, dict]:
+    """(train, validation, test, split) of a user's photos with their objects' masks.
+
+    ``cfg.data`` is a COCO instances JSON file (:func:`~cnnkit.data.detection.load_coco` with its
+    masks: the file's boxes and categories, crowd regions kept apart as detection keeps them) or a
+    Pascal VOC folder (:func:`~cnnkit.data.segmentation.mask_folder` with ``instances``: each object
+    of ``SegmentationObject/NAME.png`` takes the class its pixels carry in
+    ``SegmentationClass/NAME.png``, its box tight around it; classes ``1..K`` as segment names them,
+    or VOC's 20 names with ``cfg.voc_names``). The split is ``split`` where given (a run's own), else a
+    VOC folder's official lists (``ImageSets/Segmentation``, :func:`~cnnkit.data.segmentation.voc_split`)
+    where it has them, else a seeded draw (:func:`~cnnkit.tasks.detect.data.photo_split`, as detection
+    splits a COCO file).
+
+    Raises:
+        CnnkitError: data that is neither, fewer than 3 photos, anything the readers refuse, an object
+        whose pixels carry no class or two classes in ``SegmentationClass``.
+    """
+    from cnnkit.data.detection import load_coco
+    from cnnkit.data.segmentation import mask_folder, voc_split
+    from cnnkit.data.voc import VOC_CLASSES
+    from cnnkit.tasks.detect.data import photo_split
+    from cnnkit.tasks.segment.data import take
+
+    path = Path(cfg.data).expanduser()
+    sizes = {"train": cfg.image_size, "val": cfg.test_side(), "test": cfg.test_side()}
+    official = None
+    if path.is_file():
+        data = load_coco(path, masks=True)
+        split = photo_split(data.names, cfg.seed, path, split)
+        sets = []
+        for part in ("train", "val", "test"):
+            d = data.subset(split[part])
+            crowd = [
+                {"boxes": b, "labels": lab, "masks": m}
+                for b, lab, m in zip(d.crowd_boxes, d.crowd_labels, d.crowd_masks)
+            ]
+            sets.append(
+                from_masks(d.images, d.masks, d.labels, d.classes, sizes[part], d.names, boxes=d.boxes, crowd=crowd)
+            )
+    elif path.is_dir() and (path / "SegmentationObject").is_dir():
+        official = None if split else voc_split(path, instances=True)
+        split = official[0] if official else split
+        names = split["train"] + split.get("val", []) + split["test"] if split else None
+        classes = ["background", *VOC_CLASSES] if cfg.voc_names else None
+        seg = mask_folder(path, names=names, classes=classes, instances=True)
+        split = photo_split(seg.names, cfg.seed, path, split, official)
+        labels = [
+            instance_classes(i, m, path / "SegmentationObject" / f"{Path(n).stem}.png")
+            for i, m, n in zip(seg.instances, seg.masks, seg.names)
+        ]
+        by_name = dict(zip(seg.names, labels))
+        sets = []
+        for part in ("train", "val", "test"):
+            s = take(seg, split[part], part)
+            sets.append(
+                from_instances(
+                    s.images, s.instances, [by_name[n] for n in s.names], seg.classes[1:], sizes[part], s.names
+                )
+            )
+    else:
+        raise CnnkitError(
+            f"--data {cfg.data!r} is not pennfudan, digits, a COCO JSON file or a Pascal VOC folder with "
+            "SegmentationObject/ (instance PNGs) beside SegmentationClass/"
+        )
+    return (*sets, split)
+
+
+def instance_classes(instances: torch.Tensor, classes: torch.Tensor, path) -> torch.Tensor:
+    """The class of each object id 1..n of an instance map (H, W), from the class map (H, W) beside it
+    (class c >= 1 becomes label c - 1; 0 background and 255 void are no class): (n,) int64, 0 for an
+    id the map does not hold.
+
+    Raises:
+        CnnkitError: an object whose pixels carry no class, or two classes, naming ``path``.
+    """
+    n = int(instances.max())
+    out = torch.zeros(n, dtype=torch.int64)
+    for v in torch.unique(instances[instances > 0]).tolist():
+        found = torch.unique(classes[instances == v])
+        found = found[(found != 0) & (found != IGNORE_INDEX)].tolist()
+        if len(found) != 1:
+            what = "no class (only background or void)" if not found else f"the classes {found}"
+            raise CnnkitError(
+                f"instance mask {path}: object {v}'s pixels carry {what} in SegmentationClass; each object's "
+                "pixels carry its one class there: fix the PNGs so they agree"
+            )
+        out[v - 1] = found[0] - 1
+    return out
 
 
 def _to(s: InstanceSet, device) -> InstanceSet:

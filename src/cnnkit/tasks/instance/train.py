@@ -53,7 +53,7 @@ def train(cfg: InstanceConfig, out, resume: bool = False, quiet: bool = False):
         type(cfg), {k: getattr(cfg, k) for k in ("roi_jitter", "freeze_to", "mask_convs", "mask_width", "mask_weight")}
     )
     with distributed(cfg.device) as d:
-        train_set, val_set, test_set, split = run_data(cfg, out, resume, d, load_instance_data)
+        train_set, val_set, test_set, split = run_data(cfg, out, resume, d, load_instance_data, quiet)
         torch.manual_seed(cfg.seed)
         channels = train_set.images.shape[1]
         model, info = new_mask_detector(cfg, train_set.classes, channels)
