@@ -256,3 +256,19 @@ def test_bad_voc_lists_are_one_line_naming_the_list(tmp_path, lists, message):
     with pytest.raises(CnnkitError, match=message) as err:
         voc_split(tmp_path)
     assert "\n" not in str(err.value)
+
+
+def test_voc_names_name_a_voc_folders_classes_and_only_a_voc_folders(tmp_path):
+    from dataclasses import replace
+
+    from cnnkit.data.voc import VOC_CLASSES
+
+    make_voc(tmp_path / "voc")
+    cfg = SegmentConfig(data=str(tmp_path / "voc"), model="unet").resolved()
+    assert load_splits(cfg)[0].classes == ["background", "1", "2"]  # 1..K, K the largest label
+    train, val, test, _ = load_splits(replace(cfg, voc_names=True))
+    assert train.classes == test.classes == ["background", *VOC_CLASSES] and train.num_classes == 21
+    (tmp_path / "e").mkdir()
+    _write(tmp_path / "e", "x", (8, 6), np.zeros((6, 8), np.uint8))
+    with pytest.raises(CnnkitError, match="--voc-names names the classes of a VOC folder"):
+        load_splits(replace(cfg, data=str(tmp_path / "e"), voc_names=True))

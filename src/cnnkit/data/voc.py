@@ -46,6 +46,32 @@ VOC_CLASSES = (
 )
 
 
+def voc_classes(asked: bool, data: str) -> list[str] | None:
+    """``["background", *VOC_CLASSES]`` where ``asked`` (``--voc-names``) and ``data`` is a folder with
+    VOC's class masks (``SegmentationClass/``); None where not asked (classes named 1..K).
+
+    Raises:
+        CnnkitError: asked for data that is not a VOC folder (it names its own classes, or has none of VOC's).
+    """
+    if not asked:
+        return None
+    if not (Path(data).expanduser() / "SegmentationClass").is_dir():
+        raise CnnkitError(
+            f"--voc-names names the classes of a VOC folder (one with SegmentationClass/); --data {data} is not "
+            "one: leave it out"
+        )
+    return ["background", *VOC_CLASSES]
+
+
+def with_source(parts: dict, official: tuple | None) -> dict:
+    """``parts`` (train, val, test) with ``source``, the line saying which of a VOC folder's lists
+    made them, where ``official`` (:func:`official_split`'s answer) did; split.json keeps it."""
+    if official:
+        counts = ", ".join(f"{len(parts[k])} {k}" for k in ("train", "val", "test"))
+        parts["source"] = f"{official[1]}: {counts}"
+    return parts
+
+
 def photos(image_dir: Path) -> dict[str, str]:
     """``{image id: file name}`` of the photos in ``image_dir`` (the first of a stem's extensions)."""
     found: dict[str, str] = {}

@@ -168,14 +168,11 @@ def photo_split(names: list[str], seed: int, source, split: dict | None = None, 
         CnnkitError: fewer than 3 photos in ``names`` (``source`` names where they came from).
     """
     from cnnkit.data.pennfudan import carve_validation, split_names
+    from cnnkit.data.voc import with_source
 
     if len(names) < 3:
         raise CnnkitError(f"{source} holds {len(names)} image(s): a train/val/test split needs at least 3")
-    split = carve_validation(split or split_names(names, max(2, round(0.8 * len(names))), seed))
-    if official:
-        counts = ", ".join(f"{len(split[k])} {k}" for k in ("train", "val", "test"))
-        split["source"] = f"{official[1]}: {counts}"
-    return split
+    return with_source(carve_validation(split or split_names(names, max(2, round(0.8 * len(names))), seed)), official)
 
 
 def _to(s: DetectionSet, device) -> DetectionSet:

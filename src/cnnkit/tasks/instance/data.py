@@ -13,6 +13,7 @@ from cnnkit.data.detection import (
     pad_targets,
 )
 from cnnkit.data.segmentation import IGNORE_INDEX
+from cnnkit.data.voc import voc_classes
 from cnnkit.errors import CnnkitError
 from cnnkit.ops import box_iou_elementwise, roi_align
 from cnnkit.tasks.detect.data import DetectionSet
@@ -193,10 +194,7 @@ def load_instance_data(
     (:func:`~cnnkit.data.pennfudan.carve_validation`), digit scenes with validation scenes of their
     own, or a user's photos (:func:`user_instances`: a COCO JSON file or a VOC folder).
     ``split``: the photos' names as a run's split.json has them, read instead of splitting afresh."""
-    if cfg.voc_names and (cfg.data in ("pennfudan", "digits") or Path(cfg.data).expanduser().is_file()):
-        raise CnnkitError(
-            f"--voc-names names the classes of a VOC folder; --data {cfg.data} names its own classes: leave it out"
-        )
+    voc_classes(cfg.voc_names, cfg.data)  # --voc-names only for a VOC folder
     if cfg.data == "digits":
         from cnnkit.data.scenes import digit_scenes
 
@@ -269,7 +267,6 @@ def user_instances(
     """
     from cnnkit.data.detection import load_coco
     from cnnkit.data.segmentation import mask_folder, voc_split
-    from cnnkit.data.voc import VOC_CLASSES
     from cnnkit.tasks.detect.data import photo_split
     from cnnkit.tasks.segment.data import take
 
@@ -293,7 +290,7 @@ def user_instances(
         official = None if split else voc_split(path, instances=True)
         split = official[0] if official else split
         names = split["train"] + split.get("val", []) + split["test"] if split else None
-        classes = ["background", *VOC_CLASSES] if cfg.voc_names else None
+        classes = voc_classes(cfg.voc_names, cfg.data)
         seg = mask_folder(path, names=names, classes=classes, instances=True)
         split = photo_split(seg.names, cfg.seed, path, split, official)
         labels = [

@@ -79,7 +79,15 @@ class SegmentConfig(RunConfig):
         'unet'
     """
 
-    data: str = option("pennfudan", help="pennfudan | digits | a folder of images/ + masks/")
+    data: str = option(
+        "pennfudan",
+        help="pennfudan | digits | a folder of images/ + masks/ (or VOC's JPEGImages/ + SegmentationClass/)",
+    )
+    voc_names: bool = option(
+        False,
+        help="a VOC folder's classes 1..20 named by VOC's 20 names (aeroplane ... tvmonitor); without it they "
+        "are named 1..K",
+    )
     arch: str | None = option(None, help="the decoder: fcn32s | fcn16s | fcn8s | unet | deeplabv3")
     model: str | None = option(None, help="the encoder: a zoo name, or unet (U-Net's own encoder)")
     weights: str | None = None

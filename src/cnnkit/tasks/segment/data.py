@@ -100,18 +100,20 @@ def _splits(
         return (*sets, {s.meta["split"]: s.meta for s in sets})
     from pathlib import Path
 
+    from cnnkit.data.voc import voc_classes, with_source
+
     if not Path(cfg.data).expanduser().is_dir():
         raise CnnkitError(f"--data is pennfudan, digits or a folder of images/ + masks/. Received: --data {cfg.data}")
     # the run's names where given, else a VOC folder's official lists, else a seeded split of the folder's images
     official = None if split else voc_split(cfg.data)
     split = official[0] if official else split
     trainval_names, test_names = (split["train"] + split.get("val", []), split["test"]) if split else (None, None)
-    trainval = mask_folder(cfg.data, split="train", seed=cfg.seed, max_side=side, names=trainval_names)
-    test = mask_folder(cfg.data, num_classes=trainval.num_classes, split="test", seed=cfg.seed, names=test_names)
-    parts = carve_validation(split or {"train": trainval.names, "test": test.names})
-    if official:
-        counts = ", ".join(f"{len(parts[k])} {k}" for k in ("train", "val", "test"))
-        parts["source"] = f"{official[1]}: {counts}"  # split.json says which lists (read_split reads the names)
+    classes = voc_classes(cfg.voc_names, cfg.data)
+    trainval = mask_folder(cfg.data, split="train", seed=cfg.seed, max_side=side, names=trainval_names, classes=classes)
+    test = mask_folder(
+        cfg.data, num_classes=trainval.num_classes, split="test", seed=cfg.seed, names=test_names, classes=classes
+    )
+    parts = with_source(carve_validation(split or {"train": trainval.names, "test": test.names}), official)
     return take(trainval, parts["train"], "train"), take(trainval, parts["val"], "val"), test, parts
 
 
