@@ -407,3 +407,46 @@ def test_coco_sets_keep_the_files_boxes_and_crowd_masks_for_evaluation(tmp_path)
             assert len(t["crowd_boxes"]) == len(mt["crowd_labels"]) == (1 if name == "p0.png" else 0)
     tr = load_instance_data(replace(cfg, subset=2))[0]
     assert len(tr) == len(tr.crowd) == len(tr.originals) == 2
+
+
+# ----------------------------------------------------------------------------- segment: a COCO file as class maps
+
+
+def test_segment_paints_a_coco_files_objects_as_classes_on_instances_split(tmp_path):
+    """`segment --data annotations.json`: each object's annToMask painted with its category + 1,
+    larger objects first, crowd regions 255 where no object is; the photos split as detect and
+    instance split the same file, the test photos at their own size."""
+    from cnnkit.tasks.detect.config import DetectConfig
+    from cnnkit.tasks.detect.data import load_split_data
+    from cnnkit.tasks.segment.config import SegmentConfig
+    from cnnkit.tasks.segment.data import load_splits
+
+    path = make_coco(tmp_path, n_images=8)
+    coco, ref = _ann_to_mask(path)
+    cfg = SegmentConfig(data=str(path), model="unet", width=4).resolved()
+    train, val, test, split = load_splits(cfg)
+    assert train.classes == ["background", "red", "green"]
+    det_split = load_split_data(DetectConfig(data=str(path), model="tiny", weights="none").resolved())[3]
+    assert {k: split[k] for k in ("train", "val", "test")} == {k: det_split[k] for k in ("train", "val", "test")}
+    for s in (train, val, test):
+        for name, mask in zip(s.names, s.masks):
+            iid = next(im["id"] for im in coco.dataset["images"] if im["file_name"] == name)
+            anns = [a for a in coco.dataset["annotations"] if a["image_id"] == iid]
+            want = np.zeros((H, W), np.uint8)
+            for a in anns:
+                if a["iscrowd"]:
+                    want[ref[a["id"]]] = 255
+            for a in sorted((a for a in anns if not a["iscrowd"]), key=lambda a: -int(ref[a["id"]].sum())):
+                want[ref[a["id"]]] = a["category_id"]
+            np.testing.assert_array_equal(mask.numpy(), want)
+    assert (255 == test.masks[0]).any() or any((255 == m).any() for m in train.masks + val.masks)  # the crowd
+
+
+@pytest.mark.slow
+def test_segment_trains_and_scores_a_coco_file(tmp_path, capsys):
+    path, out = make_coco(tmp_path, n_images=8), tmp_path / "run"
+    argv = ["segment", "train", "--data", path, "--model", "unet", "--width", "4", "--epochs", "1", "--batch-size", "2"]
+    assert main([str(a) for a in [*argv, "--crop", "32", "--threads", "1", "--out", out, "--quiet"]]) == 0
+    split = json.loads((out / "split.json").read_text())
+    assert main(["segment", "eval", str(out), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == len(split["test"])

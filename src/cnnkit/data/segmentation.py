@@ -218,6 +218,44 @@ def mask_folder(
     )
 
 
+def coco_segmentation(
+    coco, names: list[str] | None = None, max_side: int | None = None, split: str = "all"
+) -> SegmentationSet:
+    """A COCO instances file's photos as class maps: each object's mask painted with its category
+    (index 1.. in category id order, 0 the background), larger objects first so that a smaller one
+    on top of them stays visible, and crowd regions (``iscrowd`` 1) 255 (ignored) where no object is.
+
+    Args:
+        coco: the file read with its masks (``load_coco(path, masks=True)``,
+            :func:`~cnnkit.data.detection.load_coco`: polygons or RLE).
+        names: these photos (``file_name`` as the file has them), in this order; all when None.
+        max_side: shrink each photo (bilinear) and map (nearest) so its longer side is at most this.
+        split: the set's name (``train``, ``test``...).
+
+    Raises:
+        CnnkitError: more than 254 categories.
+    """
+    if len(coco.classes) > IGNORE_INDEX - 1:
+        raise CnnkitError(
+            f"the COCO file has {len(coco.classes)} categories; a class map holds at most {IGNORE_INDEX - 1} "
+            "(255 marks ignored pixels): merge categories, or train `cnnkit instance` on the file"
+        )
+    d = coco.subset(names) if names is not None else coco
+    images, masks = [], []
+    for i, image in enumerate(d.images):
+        mask = torch.zeros(image.shape[1:], dtype=torch.uint8)
+        for crowd in d.crowd_masks[i] if d.crowd_masks else []:
+            mask[crowd] = IGNORE_INDEX
+        objects, labels = d.masks[i], d.labels[i]
+        for j in objects.flatten(1).sum(1).argsort(descending=True, stable=True).tolist():
+            mask[objects[j]] = int(labels[j]) + 1
+        image, mask = _shrink(image, mask, max_side)
+        images.append(image)
+        masks.append(mask)
+    meta = {"split": split, "max_side": max_side}
+    return SegmentationSet(images, masks, ["background", *d.classes], list(d.names), name=f"coco/{split}", meta=meta)
+
+
 def voc_split(root: str | os.PathLike, instances: bool = False) -> tuple[dict[str, list[str]], str] | None:
     """A VOC folder's official segmentation split, from ``ImageSets/Segmentation``, as image file names
     (:func:`cnnkit.data.voc.official_split`, each listed photo needing its mask in ``SegmentationClass``,

@@ -81,7 +81,8 @@ class SegmentConfig(RunConfig):
 
     data: str = option(
         "pennfudan",
-        help="pennfudan | digits | a folder of images/ + masks/ (or VOC's JPEGImages/ + SegmentationClass/)",
+        help="pennfudan | digits | a folder of images/ + masks/ (or VOC's JPEGImages/ + SegmentationClass/) | "
+        "a COCO JSON file (its objects' masks painted as classes)",
     )
     voc_names: bool = option(
         False,

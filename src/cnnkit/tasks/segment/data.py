@@ -74,11 +74,14 @@ def _splits(
     ``split``: photos' names as a run's split.json has them (:func:`~cnnkit.engine.runfolder.read_split`),
     taken instead of splitting the data afresh. A VOC folder with ``ImageSets/Segmentation`` lists
     is split by them (:func:`~cnnkit.data.segmentation.voc_split`; the split's ``source`` says which
-    lists), another folder by a seeded draw. Digit scenes have their own validation scenes, all of
-    one size.
+    lists), another folder by a seeded draw; a COCO file's objects are painted as classes
+    (:func:`~cnnkit.data.segmentation.coco_segmentation`) on the split detect and instance draw from it
+    (:func:`~cnnkit.tasks.detect.data.photo_split`). Digit scenes have their own validation scenes,
+    all of one size.
     """
     from cnnkit.data.pennfudan import carve_validation, pennfudan_root, pennfudan_split
     from cnnkit.data.segmentation import (
+        coco_segmentation,
         digit_segmentation,
         mask_folder,
         pennfudan_segmentation,
@@ -102,8 +105,23 @@ def _splits(
 
     from cnnkit.data.voc import voc_classes, with_source
 
-    if not Path(cfg.data).expanduser().is_dir():
-        raise CnnkitError(f"--data is pennfudan, digits or a folder of images/ + masks/. Received: --data {cfg.data}")
+    path = Path(cfg.data).expanduser()
+    if path.is_file():  # a COCO instances file, its objects' masks painted as classes
+        from cnnkit.data.detection import load_coco
+        from cnnkit.tasks.detect.data import photo_split
+
+        voc_classes(cfg.voc_names, cfg.data)  # refused: a COCO file names its categories
+        coco = load_coco(path, masks=True)
+        parts = carve_validation(split or photo_split(coco.names, cfg.seed, path))  # as detect and instance split it
+        train, val, test = (
+            coco_segmentation(coco, parts[k], s, k) for k, s in (("train", side), ("val", side), ("test", None))
+        )
+        return train, val, test, parts
+    if not path.is_dir():
+        raise CnnkitError(
+            "--data is pennfudan, digits, a folder of images/ + masks/ (or a VOC folder) or a COCO JSON file. "
+            f"Received: --data {cfg.data}"
+        )
     # the run's names where given, else a VOC folder's official lists, else a seeded split of the folder's images
     official = None if split else voc_split(cfg.data)
     split = official[0] if official else split
