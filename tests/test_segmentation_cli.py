@@ -85,7 +85,10 @@ def test_train_eval_predict(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["segment", "train", "--data", "no/such/folder"], "--data is pennfudan, digits, a folder of images/ + masks/ (or a VOC folder) or a COCO JSON file"),
+        (
+            ["segment", "train", "--data", "no/such/folder"],
+            "--data is pennfudan, digits, a folder of images/ + masks/ (or a VOC folder) or a COCO JSON file",
+        ),
         (["segment", "eval", "no/such/run"], "no checkpoint at no/such/run"),
         (["segment", "eval", "no/such/run", "--test-scale", "0"], "--test-scale takes positive numbers"),
         (["segment", "train", "--data", "{data}", "--test-scale", "1.5", "-1"], "--test-scale takes positive numbers"),

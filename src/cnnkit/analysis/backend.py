@@ -48,19 +48,26 @@ from cnnkit.analysis.trace import schema_call
 
 aten = torch.ops.aten
 
-# ops whose internal allocations are measured (the backend-specific ones that matter for the peak)
+# ops whose internal allocations are measured (the backend-specific ones that matter for the peak),
+# each with the dtypes of its operands it is measured for (None: every dtype)
 # (bilinear upsampling: on small maps the CPU kernel allocates about its input and output again;
-# the flash attention kernel: per-thread blocks of scores, and in backward a copy of the output's gradient)
+# the flash attention kernel: per-thread blocks of scores, and in backward a copy of the output's gradient;
+# a matrix product in 16 bits: oneDNN's packed copies and 32-bit accumulators, per thread (in 32 bits
+# PyTorch's own kernels allocate nothing inside))
+HALF_DTYPES = frozenset({torch.bfloat16, torch.float16})
+_PRODUCTS = (aten.mm, aten.addmm, aten._addmm_activation, aten.bmm, aten.baddbmm, aten.addbmm, aten.mv, aten.addmv)
 CPU_BACKEND_OPS = {
-    aten.convolution,
-    aten.convolution_backward,
-    aten.upsample_bilinear2d,
-    aten._scaled_dot_product_flash_attention_for_cpu,
-    aten._scaled_dot_product_flash_attention_for_cpu_backward,
+    aten.convolution: None,
+    aten.convolution_backward: None,
+    aten.upsample_bilinear2d: None,
+    aten._scaled_dot_product_flash_attention_for_cpu: None,
+    aten._scaled_dot_product_flash_attention_for_cpu_backward: None,
+    **{op: HALF_DTYPES for op in _PRODUCTS},
 }
 
 # which arguments (in the schema's order, keyword-only ones included) carry the batch in dimension 0
-# (an attention mask is left as it is: it may be (L, S), broadcast over the batch)
+# (an attention mask is left as it is: it may be (L, S), broadcast over the batch; a matrix product has
+# none: it is measured at its own size)
 _BATCH_ARGS = {
     "convolution": (0,),
     "convolution_backward": (0, 1),
@@ -78,7 +85,7 @@ _CAL_BATCHES = (2, 3)
 _ONEDNN_FROM = 16
 DIRECT_BYTES = 64 << 20  # an op whose tensors at batch 3 stay within this is measured at its own size
 MAX_RUN_BYTES = 512 << 20  # no measuring run's tensors exceed this (huge channels, padding): left unmeasured
-MAX_ATTENTION_MACS = 10**10  # nor does an attention run's work (it grows with the square of the sequence)
+MAX_RUN_MACS = 10**10  # nor does an attention run's or a matrix product's work
 MAX_CAL_BYTES = 8 << 20  # the largest scaled-down copy measured when the fit needs checking again
 FIT_TOLERANCE = 0.02  # the fit must predict the check run within 2%
 # (tensor bytes, multiply-adds) at batch 2 of the four fitting runs: the smaller limit decides
@@ -340,15 +347,32 @@ def _tensor_bytes(args: tuple, batch_args: tuple, full_batch: int, batch: int, n
     return total
 
 
-def _attention_macs(name: str, args: tuple, full_batch: int, batch: int) -> int:
+def _run_macs(name: str, args: tuple, full_batch: int, batch: int) -> int:
     """Multiply-adds of a flash attention op (forward: ``Q K^T`` and ``A V``; backward: five such
-    products) at ``batch``; 0 for other ops."""
+    products) or of a matrix product at ``batch``; 0 for other ops."""
+    packet = name.partition(".")[0]
+    if packet in _PRODUCT_OPERANDS:
+        a, b = (args[i][0] for i in _PRODUCT_OPERANDS[packet])
+        return math.prod(a) * (b[-1] if len(b) > 1 else 1)
     if not name.startswith("_scaled_dot_product_flash_attention"):
         return 0
     q, k, v = args[1:4] if name.endswith("_backward") else args[:3]
     b, h, lq, d = q[0]
     per = h * lq * k[0][2] * (d + v[0][3]) * (5 if name.endswith("_backward") else 2) // 2
     return per * (batch if b == full_batch else b)
+
+
+# the two factors of each matrix product, by position in its arguments
+_PRODUCT_OPERANDS = {
+    "mm": (0, 1),
+    "bmm": (0, 1),
+    "mv": (0, 1),
+    "addmm": (1, 2),
+    "_addmm_activation": (1, 2),
+    "baddbmm": (1, 2),
+    "addbmm": (1, 2),
+    "addmv": (1, 2),
+}
 
 
 def _macs(name: str, args: tuple, batch: int) -> int:
@@ -409,11 +433,12 @@ class _Runner:
                 for label, name, args, batch_args, full_batch, b in self.jobs:
                     if (
                         _tensor_bytes(args, batch_args, full_batch, b, name) > MAX_RUN_BYTES
-                        or _attention_macs(name, args, full_batch, b) > MAX_ATTENTION_MACS
+                        or _run_macs(name, args, full_batch, b) > MAX_RUN_MACS
                     ):
                         failed.add(label)
                         continue
-                    op = getattr(aten, name).default
+                    packet, _, overload = name.partition(".")  # "bmm.out": an overload other than the default
+                    op = getattr(getattr(aten, packet), overload or "default")
                     try:
                         real = _make_args(args, batch_args, full_batch, b)
                         with record_function(f"cnnkit-cal:{label}"):

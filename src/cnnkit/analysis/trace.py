@@ -25,6 +25,8 @@ from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_mod
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count
 
+from cnnkit.analysis.fastpath import cpu_fast_paths
+
 aten = torch.ops.aten
 
 
@@ -47,6 +49,7 @@ _MACS = {
     aten.dot: lambda a, b, **kw: math.prod(a.shape),
     aten.vdot: lambda a, b, **kw: math.prod(a.shape),
     aten.addbmm: lambda c, a, b, **kw: math.prod(a.shape) * b.shape[-1],
+    aten._addmm_activation: lambda c, a, b, **kw: math.prod(a.shape) * b.shape[-1],
     # the CPU kernel of scaled_dot_product_attention (flash), which the FLOP counter does not know:
     # Q K^T and A V forward; backward recomputes Q K^T, then four products (as the CUDA kernels)
     aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *a, **kw: (
@@ -313,7 +316,7 @@ class _Recorder(TorchDispatchMode):
     """Sees every ATen op. Pure ops with the same argument metadata as before are not re-run through
     their (Python) meta kernels: their outputs are made directly with the recorded shapes and strides."""
 
-    def __init__(self, storages: _Storages, stack: list[str], phase: list[str], backend_ops: set):
+    def __init__(self, storages: _Storages, stack: list[str], phase: list[str], backend_ops: set | dict):
         super().__init__()
         self._pure: dict = {}
         self._memo: dict = {}
@@ -352,9 +355,14 @@ class _Recorder(TorchDispatchMode):
             elements,
             tuple(outs[0].shape[1:]) if outs else (),
         )
-        if packet in self.backend_ops:
+        if packet in self.backend_ops and (
+            not isinstance(self.backend_ops, dict)
+            or self.backend_ops[packet] is None
+            or (outs and outs[0].dtype in self.backend_ops[packet])
+        ):
             rec.args_meta = tuple(_freeze(a) for a in schema_arguments(func, args, kwargs))
-            rec.backend_key = (name, rec.args_meta)
+            overload = func._overloadname
+            rec.backend_key = (name if overload == "default" else f"{name}.{overload}", rec.args_meta)
         self.ops.append(rec)
         return out
 
@@ -570,7 +578,7 @@ def trace(
     dtype: torch.dtype,
     training: bool,
     optimizer: str = "sgd",
-    backend_ops: set | None = None,
+    backend_ops: set | dict | None = None,
     device: str = "cpu",
 ) -> Trace:
     """Run ``model`` on a meta input of ``input_shape`` (batch included) and record everything.
@@ -578,7 +586,9 @@ def trace(
     Inference: eval mode under ``torch.no_grad``. Training: train mode, one warm-up step (so that the
     optimizer state exists, as in every step after the first), then the recorded step.
     The model's own parameters are never touched; its train/eval mode is restored. On ``device``
-    ``cpu``, attention runs the kernel the CPU picks (:func:`_sdpa_on_meta`); on ``cuda``, its math path.
+    ``cpu``, attention runs the kernel the CPU picks (:func:`_sdpa_on_meta`), and multi-head attention
+    and encoder layers their inference fast path where the CPU takes it
+    (:func:`cnnkit.analysis.fastpath.cpu_fast_paths`); on ``cuda``, the math path and the Python path.
     """
     backend_ops = backend_ops or set()
     ops: list[OpRecord] = []
@@ -626,7 +636,8 @@ def trace(
             return t
 
         kernels = _cpu_attention_kernels(device == "cpu")
-        with _module_hooks(model, stack, layers, phase, lambda: len(ops), storages), kernels, recorder:
+        fast = cpu_fast_paths(model, device == "cpu")  # before the trace's hooks: those the model has are its own
+        with fast, _module_hooks(model, stack, layers, phase, lambda: len(ops), storages), kernels, recorder:
             if training:
                 with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                     out = forward()
