@@ -303,14 +303,16 @@ def test_a_target_that_cannot_be_replaced_is_one_line(tmp_path, monkeypatch):
     "argv",
     [
         ["sequence", "predict", "{f}", "{f}"],
-        ["style", "predict", "{f}", "{f}", "--out", "{o}"],
+        ["style", "predict", "{f}", "{p}", "--out", "{o}"],
         ["export", "{f}", "--out", "{o}"],
     ],
 )
 def test_onnx_file_to_a_run_command(tmp_path, capsys, argv):
     f = tmp_path / "model.onnx"
     f.write_bytes(b"\x08\x0a onnx bytes")
-    rc = main([a.format(f=f, o=tmp_path / "x.onnx") for a in argv])
+    photo = tmp_path / "photo.png"  # style predict reads its photos' headers first: they are fine
+    Image.new("RGB", (64, 48)).save(photo)
+    rc = main([a.format(f=f, o=tmp_path / "x.onnx", p=photo) for a in argv])
     err = capsys.readouterr().err
     assert rc == 2 and "is an ONNX file" in err and "damaged" not in err, err
 
