@@ -164,3 +164,15 @@ def test_a_data_dependent_default_shows_each_datas_value(capsys, command, config
     text = " ".join(capsys.readouterr().out.split())
     assert ", ".join(f"{label} {n}" for label, n in epochs.items()) in text
     assert "passes over the training split (default: the task's default)" not in text
+
+
+def test_counts_are_said_in_the_singular_for_one():
+    """A one-class detector's summary says '1 class' (counted), not '1 classes'."""
+    from cnnkit.errors import counted
+
+    assert [counted(1, "class"), counted(2, "class"), counted(1, "image"), counted(1200, "box")] == [
+        "1 class",
+        "2 classes",
+        "1 image",
+        "1,200 boxes",
+    ]

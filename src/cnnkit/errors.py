@@ -141,6 +141,14 @@ def output_folder(path, option: str = "--out-dir"):
     return path
 
 
+def counted(n: int, noun: str) -> str:
+    """``n`` and the noun, in the plural unless ``n`` is 1: ``counted(1, "class")`` is ``"1 class"``,
+    ``counted(3, "image")`` ``"3 images"`` (nouns ending in s, x or sh take ``es``)."""
+    if n == 1:
+        return f"{n:,} {noun}"
+    return f"{n:,} {noun}{'es' if noun.endswith(('s', 'x', 'sh')) else 's'}"
+
+
 def check_folder(path, option: str = "--out"):
     """That the folder ``path`` exists or can be made, and written, without making it (a refused
     command leaves no empty folder behind): its nearest existing ancestor is a writable folder.

@@ -12,6 +12,7 @@ from cnnkit.data.detection import (
     hflip,
     scale_jitter,
 )
+from cnnkit.errors import counted
 from cnnkit.metrics.detection import coco_evaluate, voc_evaluate
 from cnnkit.models.detection import Detector, detector_loss
 from cnnkit.tasks.classify.task import (
@@ -136,6 +137,6 @@ class DetectTask:
         params = sum(p.numel() for p in model.parameters())
         return (
             f"detector: {self.info.get('backbone', type(model.features).__name__)} pyramid at strides "
-            f"{model.strides} -> FPN-lite -> anchor-free head, {len(self.classes)} classes, "
+            f"{model.strides} -> FPN-lite -> anchor-free head, {counted(len(self.classes), 'class')}, "
             f"{params / 1e6:.2f} M parameters"
         )

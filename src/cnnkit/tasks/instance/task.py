@@ -13,6 +13,7 @@ from cnnkit.data.detection import (
     hflip,
     scale_jitter,
 )
+from cnnkit.errors import counted
 from cnnkit.metrics.detection import coco_evaluate
 from cnnkit.metrics.instance import mask_evaluate
 from cnnkit.models.instance import MaskDetector
@@ -125,6 +126,6 @@ class InstanceTask(DetectTask):
         return (
             f"mask detector: {self.info.get('backbone', '?')} pyramid at strides {model.strides} -> "
             f"FPN-lite -> anchor-free head + mask head (RoIAlign 14x14 at stride {model.mask_stride}, "
-            f"{len(model.mask_head.fcn) // 2} convs, 28x28 masks, {head / 1e6:.2f} M), {len(self.classes)} "
-            f"classes, {params / 1e6:.2f} M parameters"
+            f"{len(model.mask_head.fcn) // 2} convs, 28x28 masks, {head / 1e6:.2f} M), "
+            f"{counted(len(self.classes), 'class')}, {params / 1e6:.2f} M parameters"
         )
