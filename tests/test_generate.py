@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -258,6 +259,18 @@ def test_scores_on_known_inputs():
     )
     with pytest.raises(CnnkitError, match="at least 2 vectors"):
         frechet_distance(x[:1], x)
+
+
+def test_mnist_score_takes_zero_probabilities_as_0_log_0_0():
+    # confident one-hot rows score exactly the number of classes (its docstring's example); an
+    # epsilon added to the probabilities would give 9.9999999976
+    assert mnist_score(torch.eye(10)) == 10.0
+    # against NumPy summing p log(p / p(y)) over the non-zero probabilities only
+    probs = torch.tensor([[0.7, 0.3, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.2, 0.0, 0.8, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    p = probs.double().numpy()
+    m = p.mean(0)
+    kl = [sum(pi * np.log(pi / mi) for pi, mi in zip(row, m) if pi > 0) for row in p]
+    assert mnist_score(probs) == round(float(np.exp(np.mean(kl))), 10)
 
 
 def test_predict_writes_a_grid_of_the_right_size(runs, tmp_path):

@@ -23,11 +23,12 @@ class CnnkitError(ValueError):
     to do instead.
 
     Example:
+        >>> import cnnkit
         >>> try:
-        ...     cnnkit.create_model("resnet5")          # doctest: +SKIP
+        ...     cnnkit.create_model("resnet5")
         ... except cnnkit.CnnkitError as exc:
         ...     print(exc)
-        unknown model name 'resnet5'; did you mean resnet50, resnet152, seresnet50, resnet34, resnet1d?
+        unknown model name 'resnet5'; did you mean resnet50, ...?
     """
 
 

@@ -147,6 +147,7 @@ def memory_plan(
     Example:
         >>> plan = memory_plan("resnet50", memory="8GiB", batch_size=256)    # doctest: +SKIP
         >>> plan["training"].get("max_batch")                               # doctest: +SKIP
+        97
     """
     budget = parse_bytes(memory)
     if batch_size is not None:

@@ -148,7 +148,7 @@ def read_series(
 
     Example:
         >>> s = read_series("GunPoint_TRAIN.ts")   # doctest: +SKIP
-        >>> s.values.shape, s.classes
+        >>> s.values.shape, s.classes                # doctest: +SKIP
         (torch.Size([50, 1, 150]), ['1', '2'])
     """
     path = Path(path)

@@ -178,7 +178,9 @@ class MovingMnist(Dataset):
 
     Example:
         >>> test = MovingMnist("test")                      # doctest: +SKIP
-        >>> clips, targets = test.batch(range(8))           # (8, 20, 64, 64) uint8, (8, 10)
+        >>> clips, targets = test.batch(range(8))           # doctest: +SKIP
+        >>> clips.shape, clips.dtype, targets.shape         # doctest: +SKIP
+        (torch.Size([8, 20, 64, 64]), torch.uint8, torch.Size([8, 10]))
     """
 
     def __init__(

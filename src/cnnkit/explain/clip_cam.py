@@ -56,8 +56,13 @@ def clip_grad_cam(
             3-D convolutions, a class out of range.
 
     Example:
-        >>> cam, cls = clip_grad_cam(model, clip)     # doctest: +SKIP
-        >>> cam.shape                                 # (T, H, W)
+        ``runs/video`` is a ``cnnkit video train`` run:
+
+        >>> import cnnkit
+        >>> model = cnnkit.load("runs/video")                        # doctest: +SKIP
+        >>> cam, cls = clip_grad_cam(model, torch.rand(20, 1, 64, 64))  # doctest: +SKIP
+        >>> cam.shape, cls.shape                                     # doctest: +SKIP
+        (torch.Size([20, 64, 64]), torch.Size([]))
     """
     if not isinstance(clip, torch.Tensor) or clip.dim() not in (4, 5):
         shape = tuple(clip.shape) if isinstance(clip, torch.Tensor) else type(clip).__name__

@@ -40,7 +40,8 @@ def class_activation_map(model: nn.Module, series: torch.Tensor, target_class: i
         CnnkitError: a model without that head, a series of the wrong rank, a class out of range.
 
     Example:
-        >>> cam = class_activation_map(create_model("fcn1d"), torch.randn(1, 150))  # doctest: +SKIP
+        >>> from cnnkit import create_model
+        >>> cam = class_activation_map(create_model("fcn1d"), torch.randn(1, 150))  # one series (C, L)
         >>> cam.shape
         torch.Size([150])
     """

@@ -15,7 +15,7 @@ and reports the means and the per-step curves.
 
 >>> target = torch.zeros(1, 2, 4, 4); pred = torch.full((1, 2, 4, 4), 0.5)
 >>> frame_mse(pred, target)          # 16 pixels x 0.25 per frame
-tensor([[4., 4.]])
+tensor([[4., 4.]], dtype=torch.float64)
 """
 
 from __future__ import annotations
@@ -40,13 +40,13 @@ def _check(pred: torch.Tensor, target: torch.Tensor) -> None:
 
 
 def frame_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Squared error summed over each frame's pixels (and channels): (B, T[, C], H, W) -> (B, T)."""
+    """Squared error summed over each frame's pixels (and channels): (B, T[, C], H, W) -> (B, T), in float64."""
     _check(pred, target)
     return (pred.double() - target.double()).square().flatten(2).sum(2)
 
 
 def frame_mae(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Absolute error summed over each frame's pixels (and channels): (B, T[, C], H, W) -> (B, T)."""
+    """Absolute error summed over each frame's pixels (and channels): (B, T[, C], H, W) -> (B, T), in float64."""
     _check(pred, target)
     return (pred.double() - target.double()).abs().flatten(2).sum(2)
 

@@ -118,7 +118,7 @@ def list_models(task: str | None = "classify") -> list[str]:
         The zoo names, each one :func:`create_model` builds.
 
     Example:
-        >>> "resnet50" in list_models()                            # doctest: +SKIP
+        >>> "resnet50" in list_models()
         True
     """
     _import_all()
@@ -172,8 +172,9 @@ def create_model(
             take, or weights that cannot be read or do not fit.
 
     Example:
-        >>> net = create_model("resnet18", num_classes=10)        # doctest: +SKIP
-        >>> net(torch.rand(2, 3, 224, 224)).shape                 # doctest: +SKIP
+        >>> import torch
+        >>> net = create_model("resnet18", num_classes=10)
+        >>> net(torch.rand(2, 3, 224, 224)).shape
         torch.Size([2, 10])
     """
     info = model_info(name)

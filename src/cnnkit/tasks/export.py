@@ -207,6 +207,7 @@ def export_model(
 
     Example:
         >>> print(export_model("runs/mnist", "mnist.onnx"))   # doctest: +SKIP
+        wrote mnist.onnx (0.3 MB, exporter dynamo, outputs output, dynamic batch); ONNX Runtime matches PyTorch (...)
     """
     if batch < 1:
         raise CnnkitError(f"--batch must be at least 1. Received: --batch {batch}")

@@ -64,6 +64,7 @@ def load(
     Example:
         >>> model = cnnkit.load("runs/mnist_fast")          # doctest: +SKIP
         >>> model(torch.rand(1, 1, 28, 28)).argmax(1)       # doctest: +SKIP
+        tensor([...])
     """
     if not isinstance(path, (str, os.PathLike)):
         raise CnnkitError(f"cnnkit.load takes a run folder or a .safetensors file; received: a {type(path).__name__}")

@@ -120,6 +120,7 @@ def evaluate(
     Example:
         >>> result = evaluate(cnnkit.load("runs/mnist"), test_set)     # doctest: +SKIP
         >>> f"{result.accuracy:.2%}"                                   # doctest: +SKIP
+        '99...%'
     """
     was_training = model.training
     model.eval()

@@ -35,11 +35,15 @@ def convert_to_fcn(
 
     Raises:
         CnnkitError: ``src`` is not a single-model cnnkit checkpoint, is already fully
-            convolutional, or cannot be read.
+            convolutional, cannot be read, or has a head :func:`cnnkit.to_fcn` cannot convert
+            (``mnist_fast`` and ``mnist_best``: global pooling in their ``forward``).
 
     Example:
-        >>> path, net, _ = convert_to_fcn("runs/mnist", "runs/mnist_fcn")    # doctest: +SKIP
-        >>> net(torch.rand(1, 1, 56, 56)).shape                             # doctest: +SKIP
+        ``runs/kmn`` is a ``keras_mnist_convnet`` run (``cnnkit train --model keras_mnist_convnet``):
+
+        >>> path, net, _ = convert_to_fcn("runs/kmn", "runs/kmn-fcn")   # doctest: +SKIP
+        >>> net(torch.rand(1, 1, 56, 56)).shape                        # doctest: +SKIP
+        torch.Size([1, 10, 8, 8])
     """
     info = read_info(src)
     if info.get("format") != FORMAT or info.get("ensemble"):

@@ -79,7 +79,7 @@ def predict_files(model: nn.Module, paths: list[str], top: int = 3, loader=None)
 
     Example:
         >>> predict_files(cnnkit.load("runs/mnist"), ["seven.png"], top=1)   # doctest: +SKIP
-        [{'image': 'seven.png', 'top': [('7', 0.99)]}]
+        [{'image': 'seven.png', 'top': [('7', 0.9...)]}]
     """
     dark = bool(getattr(model, "info", {}).get("dataset", {}).get("dark_background", False))
     loader = loader or run_loader(model) or (lambda p: load_image(p, model.input_size, dark))

@@ -103,6 +103,7 @@ def train(
     Example:
         >>> result = train(preset("fast"), "runs/mnist")      # doctest: +SKIP
         >>> round(result.val_acc, 3)                          # doctest: +SKIP
+        0.996
     """
     out = Path(out)
     if resume:

@@ -203,6 +203,7 @@ def predict(
 
     Example:
         >>> predict(load_generator("runs/cgan"), "sevens.png", count=16, digit=7)   # doctest: +SKIP
+        PosixPath('sevens.png')
     """
     if Path(out).suffix.lower() != ".png":  # the grid is PNG bytes: a .jpg or .txt name would lie about them
         raise CnnkitError(f"--out must name a .png file (the grid is a PNG). Received: --out {out}")
