@@ -7,6 +7,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -263,3 +264,61 @@ def test_the_final_line_speaks_once_and_generate_refuses_torchrun_before_reading
     with pytest.raises(CnnkitError, match="runs in one process .* run it without torchrun"):
         train_gan(GenerateConfig(data_dir=str(tmp_path / "nothing-here")), tmp_path / "gan")
     assert not (tmp_path / "gan").exists()
+
+
+def test_every_sample_of_a_batch_that_does_not_split_evenly_trains_with_its_weight():
+    """13 samples over 3 processes: shares of 4, 4 and 5, none dropped; each share's mean loss,
+    weighted, makes DDP's average of the gradients the whole batch's mean gradient."""
+    from cnnkit.engine.distributed import Dist, batch_length, shard_batch, shard_weight
+    from cnnkit.errors import CnnkitError
+
+    torch.manual_seed(0)
+    x, y = torch.randn(13, 3), torch.randn(13, 1)
+    batch = {"x": x, "y": (y, [f"s{i}" for i in range(13)])}
+    ranks = [Dist(r, 3) for r in range(3)]
+    parts = [shard_batch(batch, d) for d in ranks]
+    assert [len(p["x"]) for p in parts] == [4, 4, 5] and batch_length(batch) == 13
+    assert torch.equal(torch.cat([p["x"] for p in parts]), x)
+    assert sum((p["y"][1] for p in parts), []) == batch["y"][1]
+    line = torch.nn.Linear(3, 1)
+
+    def grad(loss):
+        line.zero_grad()
+        loss.backward()
+        return line.weight.grad.clone()
+
+    whole = grad((line(x) - y).pow(2).mean())
+    ddp = sum(grad((line(p["x"]) - p["y"][0]).pow(2).mean() * shard_weight(13, d)) for p, d in zip(parts, ranks)) / 3
+    torch.testing.assert_close(ddp, whole)
+    assert shard_weight(12, ranks[1]) == 1.0 and shard_weight(5, Dist()) == 1.0
+    with pytest.raises(CnnkitError, match="batch of 2 sample.*over 3 processes"):
+        shard_weight(2, ranks[0])
+
+
+def _fit_odd_line(rank: int, out: str | None) -> dict:
+    """13 samples in batches of 5, 5 and 3: under two processes, shares of 2 and 3, then 1 and 2."""
+    from cnnkit.engine import Data, Phase, Plan, Setup, fit
+
+    class Odd(_LineTask):
+        def batches(self, data, generator, train):
+            x, y = data
+            return [(x[i], y[i]) for i in torch.randperm(len(x), generator=generator).split(5)]
+
+    torch.manual_seed(0)
+    x = torch.linspace(-1, 1, 13).unsqueeze(1)
+    plan = Plan([Phase(2, lambda m: Setup(torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)))], seed=1)
+    result = fit(Odd(), _Line(), Data((x, 3 * x - 1)), plan, out, quiet=True, device="cpu", precision="fp32")
+    if out is not None:
+        torch.save({**result.model.state_dict(), "images": torch.tensor(result.images)}, Path(out) / f"rank{rank}.pt")
+    return {**result.model.state_dict(), "images": torch.tensor(result.images)}
+
+
+@pytest.mark.slow
+def test_two_processes_train_every_sample_of_batches_that_do_not_split_evenly(tmp_path):
+    _two_processes(_fit_odd_line, str(tmp_path))
+    one = _fit_odd_line(0, None)
+    assert one["images"] == 26
+    for rank in (0, 1):
+        two = torch.load(tmp_path / f"rank{rank}.pt")
+        for k in one:
+            torch.testing.assert_close(two[k], one[k], atol=1e-6, rtol=1e-5)

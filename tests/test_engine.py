@@ -409,3 +409,39 @@ def test_every_model_records_the_threads_it_trained_with(tmp_path):
 
     _run(tmp_path / "r")  # a task that does not say its threads itself
     assert read_info(tmp_path / "r")["threads"] == torch.get_num_threads()
+
+
+def test_weight_decay_is_decoupled_with_adamw_and_l2_with_sgd_and_nadam_as_every_help_says():
+    """A step on zero loss gradients: AdamW shrinks a conv weight by lr * wd * w (decoupled); SGD
+    (Nesterov) and NAdam add wd * w to its gradient (L2); biases are not decayed. Every task's
+    --weight-decay help says so."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from cnnkit.engine.config import field_help
+    from cnnkit.engine.optim import make_optimizer
+
+    docs = os.path.join(os.path.dirname(__file__), "..", "docs")
+    sys.path.insert(0, docs)
+    try:
+        import hooks
+    finally:
+        sys.path.remove(docs)
+
+    lr, wd = 0.1, 0.5
+    for name in ("sgd", "adamw", "nadam"):
+        conv = nn.Conv2d(1, 1, 1)
+        with torch.no_grad():
+            conv.weight.fill_(1.0)
+            conv.bias.fill_(1.0)
+        opt = make_optimizer(conv, SimpleNamespace(optimizer=name, lr=lr, momentum=0.9, weight_decay=wd))
+        for p in conv.parameters():
+            p.grad = torch.zeros_like(p)
+        opt.step()
+        moved = 1.0 - conv.weight.item()
+        expected = {"adamw": lr * wd, "sgd": lr * wd * 1.9, "nadam": pytest.approx(lr, rel=0.1)}[name]
+        assert moved == pytest.approx(expected) and conv.bias.item() == 1.0, name
+    for cls in (hooks._import(spec) for spec in hooks.task_configs()):
+        if any(f.name == "weight_decay" for f in dataclasses.fields(cls)):
+            text = field_help(cls, "weight_decay")["help"]
+            assert "decoupled with adamw" in text and "L2 term in the gradient with sgd and nadam" in text, cls

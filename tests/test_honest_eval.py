@@ -262,6 +262,36 @@ def test_busy_cores_reads_the_cores_busy_now(monkeypatch):
     assert busy_cores(0.0) == 1.7
 
 
+def test_busy_cores_counts_only_the_cores_this_process_may_use(monkeypatch):
+    """A container pinned to cores 0 and 1 of a host whose cores 2-7 are busy: its cores are free."""
+    import builtins
+    import io
+    import os
+
+    from cnnkit.engine.config import busy_cores, free_cores
+
+    def stat(t: int, own: int) -> str:  # cores 0 and 1 busy `own` ticks of 100 a second, 2-7 all of them
+        busy = [own * t] * 2 + [100 * t] * 6
+        lines = [f"cpu  {sum(busy)} 0 0 {800 * t - sum(busy)} 0 0 0 0 0 0\n"]
+        return "".join(lines + [f"cpu{i} {b} 0 0 {100 * t - b} 0 0 0 0 0 0\n" for i, b in enumerate(busy)])
+
+    real_open = builtins.open
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    for own, busy, free in ((0, 0.0, 2), (50, 1.0, 1)):
+        lines = iter([stat(1, own), stat(2, own)])
+        monkeypatch.setattr(
+            builtins,
+            "open",
+            lambda p, *a, **k: io.StringIO(next(lines)) if p == "/proc/stat" else real_open(p, *a, **k),
+        )
+        assert busy_cores(0.0) == pytest.approx(busy)
+        lines = iter([stat(1, own), stat(2, own)])
+        assert free_cores() == free
+
+
 def test_run_metadata_says_the_threads_it_used(run):
     from cnnkit.tasks.segment.load import load_segmenter
 

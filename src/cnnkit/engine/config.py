@@ -89,7 +89,10 @@ class RunConfig:
     optimizer: str = option("sgd", help="sgd (Nesterov momentum) | adamw | nadam", choices=("sgd", "adamw", "nadam"))
     momentum: float = option(0.9, help="SGD momentum", minimum=0, below=1)
     weight_decay: float = option(
-        0.0, help="L2 weight decay of conv and linear weights (not batch norm, not biases)", minimum=0
+        0.0,
+        help="weight decay of conv and linear weights (not batch norm, not biases): decoupled with adamw, "
+        "an L2 term in the gradient with sgd and nadam",
+        minimum=0,
     )
     schedule: str = option(
         "onecycle",
@@ -467,9 +470,12 @@ def _plain(value: Any) -> Any:
 
 
 def busy_cores(interval: float = 0.25) -> float:
-    """How many cores the machine's other work keeps busy now: the busy share of all cores' time in
-    ``/proc/stat`` over ``interval`` seconds, times the cores. Where ``/proc/stat`` cannot be read, the
-    one-minute load average (``os.getloadavg``), which still counts a job that ended a minute ago.
+    """How many of the cores this process may run on (``os.sched_getaffinity``) the machine's other
+    work keeps busy now: the busy share of those cores' time in ``/proc/stat`` (their own ``cpuN``
+    lines) over ``interval`` seconds, times their number; the all-cores line where those lines or
+    the affinity cannot be read. Work on cores this process may not use (a container's neighbours on
+    a shared host) is not counted. Where ``/proc/stat`` cannot be read, the one-minute load average
+    (``os.getloadavg``), which still counts a job that ended a minute ago.
 
     Args:
         interval: seconds between the two readings.
@@ -479,17 +485,27 @@ def busy_cores(interval: float = 0.25) -> float:
     """
     import time
 
-    def ticks() -> tuple[int, int]:
+    try:
+        mine = {f"cpu{i}" for i in os.sched_getaffinity(0)}
+    except (AttributeError, OSError):
+        mine = set()
+
+    def ticks() -> tuple[int, int, int]:
+        """(total, idle) ticks of this process's cores (else of all cores), and how many cores."""
         with open("/proc/stat") as f:
-            values = [int(v) for v in f.readline().split()[1:]]
-        idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
-        return sum(values[:8]), idle  # user .. steal; guest time is already in user
+            rows = [line.split() for line in f if line.startswith("cpu")]
+        own = [r for r in rows if r[0] in mine]
+        total = idle = 0
+        for row in own or rows[:1]:  # the first line, "cpu", sums every core
+            values = [int(v) for v in row[1:]]
+            total += sum(values[:8])  # user .. steal; guest time is already in user
+            idle += values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+        return total, idle, len(own) or os.cpu_count() or 1
 
     try:
-        total0, idle0 = ticks()
+        total0, idle0, _ = ticks()
         time.sleep(interval)
-        total1, idle1 = ticks()
-        cpus = os.cpu_count() or 1
+        total1, idle1, cpus = ticks()
         return max(0.0, (1 - (idle1 - idle0) / max(1, total1 - total0)) * cpus)
     except (OSError, ValueError, IndexError):
         try:

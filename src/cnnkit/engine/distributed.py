@@ -64,15 +64,35 @@ def distributed(device: str | None = None):
         dist.destroy_process_group()
 
 
+def share(n: int, d: Dist) -> tuple[int, int]:
+    """(start, stop) of this rank's part of ``n`` samples: every sample in one part, the parts'
+    sizes differing by at most one (``n`` = 13 over 2 processes: 6 and 7)."""
+    return n * d.rank // d.world, n * (d.rank + 1) // d.world
+
+
+def batch_length(batch) -> int | None:
+    """The samples in a global batch: the length of its first tensor or list (None: neither)."""
+    if torch.is_tensor(batch):
+        return batch.shape[0] if batch.dim() else None
+    if isinstance(batch, list):
+        return len(batch)
+    for part in batch.values() if isinstance(batch, dict) else batch if isinstance(batch, tuple) else ():
+        n = batch_length(part)
+        if n is not None:
+            return n
+    return None
+
+
 def shard(indices: torch.Tensor, d: Dist) -> torch.Tensor:
     """This rank's contiguous share of a global batch (a distributed sampler over a tensor set)."""
-    per = indices.shape[0] // d.world
-    return indices[d.rank * per : (d.rank + 1) * per]
+    start, stop = share(indices.shape[0], d)
+    return indices[start:stop]
 
 
 def shard_batch(batch, d: Dist):
     """This rank's share of a global batch -- a tensor, or a tuple / list / dict of them (lists of
-    per-sample items are sliced like tensors) -- on this rank's device."""
+    per-sample items are sliced like tensors) -- on this rank's device. Every sample goes to one
+    rank (:func:`share`)."""
     if torch.is_tensor(batch):
         return shard(batch, d).to(d.device, non_blocking=True)
     if isinstance(batch, dict):
@@ -80,9 +100,28 @@ def shard_batch(batch, d: Dist):
     if isinstance(batch, tuple):
         return tuple(shard_batch(v, d) for v in batch)
     if isinstance(batch, list):
-        per = len(batch) // d.world
-        return [v.to(d.device) if torch.is_tensor(v) else v for v in batch[d.rank * per : (d.rank + 1) * per]]
+        start, stop = share(len(batch), d)
+        return [v.to(d.device) if torch.is_tensor(v) else v for v in batch[start:stop]]
     return batch
+
+
+def shard_weight(n: int | None, d: Dist) -> float:
+    """What this rank's loss (a mean over its share of a global batch of ``n`` samples) is multiplied
+    by, so that DDP's average of the ranks' gradients is the gradient of the mean over the whole
+    batch: ``world * share / n`` (1 when the batch splits evenly or the process is alone).
+
+    Raises:
+        CnnkitError: a batch of fewer samples than processes (a rank would train on none).
+    """
+    if d.world == 1 or n is None:
+        return 1.0
+    if n < d.world:
+        raise CnnkitError(
+            f"a training batch of {n} sample(s) cannot be split over {d.world} processes; give a "
+            f"--batch-size of at least {d.world} (and a training split of as many), or fewer processes"
+        )
+    start, stop = share(n, d)
+    return d.world * (stop - start) / n
 
 
 def all_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:

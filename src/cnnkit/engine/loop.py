@@ -39,7 +39,7 @@ from rich.progress import (
 
 from cnnkit.console import console as make_console
 from cnnkit.engine.config import config_yaml
-from cnnkit.engine.distributed import Dist, all_sum, distributed, shard_batch
+from cnnkit.engine.distributed import Dist, all_sum, batch_length, distributed, shard_batch, shard_weight
 from cnnkit.engine.ema import EMA
 from cnnkit.engine.precision import autocast, choose
 from cnnkit.engine.runfolder import (
@@ -496,8 +496,12 @@ def train_epoch(
             with autocast(precision, d.device):
                 stats = own_step(step_net, shard_batch(batch, d), setup.optimizers)
         else:
+            # under torchrun the shares of a batch that does not split evenly weigh by their sizes
+            weight = shard_weight(batch_length(batch), d) if d.world > 1 else 1.0
             with autocast(precision, d.device):
                 loss, stats = task.loss(step_net, shard_batch(batch, d))
+            if weight != 1.0:
+                loss = loss * weight
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -20,7 +20,7 @@ class Recipe(Protocol):
     warmup: float  # share of the steps spent warming up (onecycle)
     optimizer: str  # sgd | adamw | nadam
     momentum: float  # SGD momentum (Nesterov when > 0)
-    weight_decay: float  # on conv and linear weights only
+    weight_decay: float  # on conv and linear weights only: decoupled (adamw) or L2 (sgd, nadam)
 
 
 def lr_at(step: int, total: int, cfg: Recipe) -> float:

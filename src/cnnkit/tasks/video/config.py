@@ -34,7 +34,7 @@ class VideoConfig(RunConfig):
     batch_size: int = option(32, help="global batch size", minimum=1)
     lr: float = option(3e-3, help="peak learning rate of the schedule", minimum=1e-12)
     optimizer: str = option("adamw", help="sgd | adamw | nadam", choices=("sgd", "adamw", "nadam"))
-    weight_decay: float = option(1e-4, help="L2 weight decay of conv and linear weights", minimum=0)
+    weight_decay: float = 1e-4
     clips: int = option(2000, help="training clips per epoch (new ones every epoch)", minimum=1)
     val_clips: int = option(500, help="validation clips (from the held-out training digits)", minimum=0)
     test_clips: int = option(10_000, help="test clips: the first N of the fixed test set", minimum=1, below=10_001)

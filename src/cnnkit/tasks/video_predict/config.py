@@ -32,7 +32,7 @@ class PredictConfig(RunConfig):
     batch_size: int = option(16, help="global batch size", minimum=1)
     lr: float = option(5e-3, help="peak learning rate of the schedule", minimum=1e-12)
     optimizer: str = option("adamw", help="sgd | adamw | nadam", choices=("sgd", "adamw", "nadam"))
-    weight_decay: float = option(0.0, help="L2 weight decay of conv and linear weights", minimum=0)
+    weight_decay: float = 0.0
     clips: int = option(2000, help="Moving MNIST: training clips per epoch (new ones every epoch)", minimum=1)
     val_clips: int = option(200, help="Moving MNIST: validation clips (held-out training digits)", minimum=0)
     test_clips: int = option(
