@@ -424,3 +424,28 @@ def test_train_on_a_folder_records_its_split_and_ensemble_members_share_it(tmp_p
     assert main(["eval", str(run), "--split", "val", "--format", "json"]) == 0
     after = json.loads(capsys.readouterr().out)
     assert before["n"] == 8 and after == before
+
+
+def test_a_containers_cpu_quota_bounds_the_default_threads(tmp_path, monkeypatch):
+    """`docker --cpus 1.5` on a bigger machine: cgroup v2 cpu.max "150000 100000" grants 2 cores
+    (rounded up), v1's cfs quota the same; "max" or -1 is no quota; the default threads stay within it."""
+    import cnnkit.engine.config as config
+
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("150000 100000\n")
+    assert config.quota_cores(str(v2)) == 2
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert config.quota_cores(str(v2)) is None
+    v1 = tmp_path / "v1" / "cpu"
+    v1.mkdir(parents=True)
+    (v1 / "cpu.cfs_quota_us").write_text("100000\n")
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    assert config.quota_cores(str(tmp_path / "v1")) == 1
+    (v1 / "cpu.cfs_quota_us").write_text("-1\n")
+    assert config.quota_cores(str(tmp_path / "v1")) is None
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(config.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(config, "busy_cores", lambda interval=0.25: 0.0)
+    monkeypatch.setattr(config, "quota_cores", lambda root=config.CGROUP_ROOT: 2)
+    assert config.free_cores(1) == 2

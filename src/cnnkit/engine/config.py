@@ -514,13 +514,53 @@ def busy_cores(interval: float = 0.25) -> float:
             return 0.0
 
 
+CGROUP_ROOT = "/sys/fs/cgroup"  # where the kernel mounts the control groups
+
+
+def quota_cores(root: str = CGROUP_ROOT) -> int | None:
+    """The CPUs a container's quota grants this process (``docker --cpus 2``: 2), rounded up, or None
+    without a quota. Read from the cgroup v2 ``cpu.max`` of the process's own group (``/proc/self/cgroup``'s
+    ``0::`` line) or the v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``; a quota of ``max`` or -1 is none.
+
+    Example:
+        >>> quota_cores("/nonexistent") is None
+        True
+    """
+    group = ""
+    try:
+        with open("/proc/self/cgroup") as f:
+            group = next((line.split("::", 1)[1].strip() for line in f if line.startswith("0::")), "")
+    except OSError:
+        pass
+    candidates = []
+    for folder in dict.fromkeys(os.path.normpath(p) for p in (os.path.join(root, group.lstrip("/")), root)):
+        candidates.append(("v2", os.path.join(folder, "cpu.max")))
+    candidates.append(("v1", os.path.join(root, "cpu", "cpu.cfs_quota_us")))
+    for kind, path in candidates:
+        try:
+            with open(path) as f:
+                text = f.read().split()
+            if kind == "v2":
+                quota, period = text[0], text[1] if len(text) > 1 else "100000"
+            else:
+                with open(os.path.join(root, "cpu", "cpu.cfs_period_us")) as f:
+                    quota, period = text[0], f.read().strip()
+        except (OSError, IndexError):
+            continue
+        if quota in ("max", "-1") or not quota.isdigit() or not period.isdigit() or int(period) == 0:
+            return None
+        return max(1, -(-int(quota) // int(period)))
+    return None
+
+
 def free_cores(world: int | None = None) -> int:
     """Torch threads per process that use the cores this machine has free now.
 
     ``OMP_NUM_THREADS``, when the environment sets it to a positive number, is taken as it is (the
     usual way to fix a process's threads, and what makes a run's arithmetic independent of the
     machine's load). Otherwise: the cores this process may run on (``os.sched_getaffinity``;
-    ``os.cpu_count`` where that is missing) less the cores other work keeps busy now
+    ``os.cpu_count`` where that is missing; at most a container's CPU quota, :func:`quota_cores`)
+    less the cores other work keeps busy now
     (:func:`busy_cores`, a quarter-second reading), rounded to whole cores, at least 1, shared among
     the ``world`` processes of a torchrun job (default: ``LOCAL_WORLD_SIZE``, else 1). An idle
     2-core machine gives 2; one other busy process on it, 1. The cores are read once, before the run
@@ -543,6 +583,7 @@ def free_cores(world: int | None = None) -> int:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
+    cores = min(cores, quota_cores() or cores)  # a container's CPU quota, where it sets one
     world = world or int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
     free = min(cores, max(1, round(cores - busy_cores())))
     return max(1, free // max(1, world))
