@@ -18,7 +18,7 @@ import pytest
 import torch
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
-keras = pytest.importorskip("keras", reason="the Keras reference needs keras (pip install 'cnnkit[keras]')")
+keras = pytest.importorskip("keras", reason="the Keras reference needs keras (pip install 'cnnkit[test]')")
 h5py = pytest.importorskip("h5py", reason="reading Keras files needs h5py")
 if keras.backend.backend() != "torch":
     pytest.skip("the Keras reference runs on the PyTorch backend (KERAS_BACKEND=torch)", allow_module_level=True)

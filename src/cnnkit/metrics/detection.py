@@ -31,6 +31,19 @@ def _np(x, shape_tail=()) -> np.ndarray:
     return a.reshape(-1, *shape_tail) if shape_tail else a.reshape(-1)
 
 
+def require_pycocotools() -> None:
+    """Raise :class:`CnnkitError` naming the ``detect`` extra where pycocotools is not installed.
+
+    COCO AP comes from pycocotools, so training a detector or an instance model (its validation
+    scores AP) and evaluating one need it; their entry points call this first, before any work.
+    """
+    try:
+        import pycocotools.cocoeval  # noqa: F401 -- the evaluator coco_summary runs
+        import pycocotools.mask  # noqa: F401 -- the RLEs of instance masks
+    except ImportError as exc:
+        raise CnnkitError("COCO metrics need pycocotools: pip install 'cnnkit[detect]'") from exc
+
+
 def _check(predictions: Sequence[dict], targets: Sequence[dict]) -> None:
     if len(predictions) != len(targets):
         raise CnnkitError(
@@ -46,10 +59,7 @@ def coco_evaluate(predictions: Sequence[dict], targets: Sequence[dict], classes:
     ``per_class_AP`` maps class name (or index) -> AP@[.50:.95].
     """
     _check(predictions, targets)
-    try:
-        import pycocotools.cocoeval  # noqa: F401 -- the evaluator coco_summary runs
-    except ImportError as exc:  # pragma: no cover - the detect extra installs it
-        raise CnnkitError("COCO metrics need pycocotools: pip install 'cnnkit[detect]'") from exc
+    require_pycocotools()
     n_classes = (
         len(classes)
         if classes is not None

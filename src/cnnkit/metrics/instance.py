@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from cnnkit.errors import CnnkitError
-from cnnkit.metrics.detection import _check, _np, coco_summary
+from cnnkit.metrics.detection import _check, _np, coco_summary, require_pycocotools
 
 
 def encode_masks(masks) -> list[dict]:
@@ -40,10 +40,9 @@ def mask_evaluate(predictions: Sequence[dict], targets: Sequence[dict], classes:
     A value COCO cannot define (no ground truth at all, or for that class) is -1, as in pycocotools.
     """
     _check(predictions, targets)
-    try:
-        from pycocotools import mask as coco_mask
-    except ImportError as exc:  # pragma: no cover - the detect extra installs it
-        raise CnnkitError("COCO metrics need pycocotools: pip install 'cnnkit[detect]'") from exc
+    require_pycocotools()
+    from pycocotools import mask as coco_mask
+
     labels = [int(v) for e in [*targets, *predictions] for v in _np(e["labels"])]
     n_classes = len(classes) if classes is not None else 1 + max(labels + [0])
     names = list(classes) if classes is not None else [str(c) for c in range(n_classes)]

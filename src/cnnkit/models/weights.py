@@ -174,7 +174,7 @@ def imagenet_classes() -> list[str]:
     import json
     from importlib.resources import files
 
-    return json.loads(files(__package__).joinpath("imagenet_classes.json").read_text())["names"]
+    return json.loads(files(__package__).joinpath("imagenet_classes.json").read_text(encoding="utf-8"))["names"]
 
 
 def load_weights(

@@ -56,11 +56,11 @@ class Workbench:
         self.models = predict.Models(self.runs)
         # what may be served: the scripts and the stylesheet, and the pages (one layout around each part)
         self.static = {p.name: p for p in STATIC.iterdir() if p.suffix in (".js", ".css")}
-        layout = (STATIC / "layout.html").read_text()
+        layout = (STATIC / "layout.html").read_text(encoding="utf-8")
         self.pages = {
             path: layout.replace("{title}", html.escape(title))
             .replace("{page}", page)
-            .replace("{main}", (STATIC / f"{page}.part.html").read_text())
+            .replace("{main}", (STATIC / f"{page}.part.html").read_text(encoding="utf-8"))
             .encode()
             for path, (page, title) in PAGES.items()
         }

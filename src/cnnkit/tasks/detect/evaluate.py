@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from cnnkit.errors import CnnkitError
-from cnnkit.metrics.detection import coco_evaluate, voc_evaluate
+from cnnkit.metrics.detection import coco_evaluate, require_pycocotools, voc_evaluate
 from cnnkit.tasks.detect.config import config_from_dict, validate
 from cnnkit.tasks.detect.data import load_split_data
 from cnnkit.tasks.detect.load import load_detector
@@ -28,14 +28,15 @@ def evaluate_run(run, data_dir: str | None = None, split: str = "test", test_sca
         ``{"AP", "AP50", "AP75", "AR100", "VOC_AP50", "per_class_AP", "images", "data", "split"}``.
 
     Raises:
-        CnnkitError: not a detection run, a damaged checkpoint, data that cannot be found, an unknown
-            split or a bad test scale.
+        CnnkitError: pycocotools not installed (the ``detect`` extra), not a detection run, a
+            damaged checkpoint, data that cannot be found, an unknown split or a bad test scale.
 
     Example:
         >>> evaluate_run("runs/pennfudan")["AP"]         # doctest: +SKIP
     """
     from cnnkit.engine.runfolder import resolve, run_photos
 
+    require_pycocotools()  # before the model, the data and the predictions
     model = load_detector(run)
     cfg = eval_config(config_from_dict(model.info["config"]), data_dir, split, test_scale)
     names = run_photos(resolve(run), cfg.data)  # the run's own photos

@@ -8,6 +8,7 @@ from cnnkit.engine import Data, fit_run
 from cnnkit.engine.config import use_threads
 from cnnkit.errors import CnnkitError
 from cnnkit.layers import keep_depthwise
+from cnnkit.metrics.detection import require_pycocotools
 from cnnkit.tasks.detect.config import DetectConfig, config_from_dict, validate
 from cnnkit.tasks.detect.data import _to, load_split_data
 from cnnkit.tasks.detect.load import new_detector
@@ -33,8 +34,9 @@ def train(cfg: DetectConfig, out, resume: bool = False, quiet: bool = False):
         "AP75", "AR100", "VOC_AP50"}``).
 
     Raises:
-        CnnkitError: a bad setting, data that cannot be found or read, a batch larger than the
-            training set, a diverging loss, or nothing to resume in ``out``.
+        CnnkitError: pycocotools not installed (the ``detect`` extra), a bad setting, data that
+            cannot be found or read, a batch larger than the training set, a diverging loss, or
+            nothing to resume in ``out``.
 
     Example:
         >>> run, test = train(DetectConfig(data="pennfudan", epochs=40), "runs/pennfudan")  # doctest: +SKIP
@@ -47,6 +49,7 @@ def train(cfg: DetectConfig, out, resume: bool = False, quiet: bool = False):
     from cnnkit.engine.distributed import distributed
     from cnnkit.engine.optim import lr_at, make_optimizer
 
+    require_pycocotools()  # validation scores COCO AP: say so before any data is read or written
     out = Path(out)
     cfg = run_config(cfg, out, resume, config_from_dict)
     with distributed(cfg.device) as d:

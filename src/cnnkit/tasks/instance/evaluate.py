@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from cnnkit.metrics.detection import require_pycocotools
 from cnnkit.tasks.detect.evaluate import eval_config
 from cnnkit.tasks.instance.config import config_from_dict
 from cnnkit.tasks.instance.data import load_instance_data
@@ -23,14 +24,15 @@ def evaluate_run(run, data_dir: str | None = None, split: str = "test", test_sca
         "data", "split"}``.
 
     Raises:
-        CnnkitError: not an instance run, a damaged checkpoint, data that cannot be found, an unknown
-            split or a bad test scale.
+        CnnkitError: pycocotools not installed (the ``detect`` extra), not an instance run, a
+            damaged checkpoint, data that cannot be found, an unknown split or a bad test scale.
 
     Example:
         >>> evaluate_run("runs/inst")["mask_AP"]         # doctest: +SKIP
     """
     from cnnkit.engine.runfolder import resolve, run_photos
 
+    require_pycocotools()  # before the model, the data and the predictions
     model = load_mask_detector(run)
     cfg = eval_config(config_from_dict(model.info["config"]), data_dir, split, test_scale)
     names = run_photos(resolve(run), cfg.data)  # the run's own photos

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from cnnkit.layers import keep_depthwise
+from cnnkit.metrics.detection import require_pycocotools
 from cnnkit.models.instance import MaskDetector
 from cnnkit.tasks.instance.config import InstanceConfig, config_from_dict
 from cnnkit.tasks.instance.data import load_instance_data
@@ -30,8 +31,8 @@ def train(cfg: InstanceConfig, out, resume: bool = False, quiet: bool = False):
         "mask_AP50", "mask_AP75", "mask_AR100", "box_AP", "box_AP50"}``).
 
     Raises:
-        CnnkitError: a bad setting, data that cannot be found or read, a diverging loss, or
-            nothing to resume in ``out``.
+        CnnkitError: pycocotools not installed (the ``detect`` extra), a bad setting, data that
+            cannot be found or read, a diverging loss, or nothing to resume in ``out``.
 
     Example:
         >>> run, test = train(InstanceConfig(data="pennfudan"), "runs/inst")   # doctest: +SKIP
@@ -46,6 +47,7 @@ def train(cfg: InstanceConfig, out, resume: bool = False, quiet: bool = False):
     from cnnkit.engine.optim import lr_at, make_optimizer
     from cnnkit.tasks.detect.train import fit_and_test, run_config, run_data
 
+    require_pycocotools()  # validation scores COCO AP: say so before any data is read or written
     out = Path(out)
     cfg = run_config(cfg, out, resume, config_from_dict, "instance")
     # the bounds the command line checks, for a config built in Python: the first bad one named
