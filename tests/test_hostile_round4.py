@@ -277,3 +277,14 @@ def test_an_output_that_is_a_named_pipe_is_refused_and_kept(tmp_path):
     with pytest.raises(CnnkitError, match="it is a named pipe"):
         atomic_write_bytes(fifo, b"x")
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+def test_a_keras_file_given_as_a_run_names_cnnkit_convert(tmp_path, capsys):
+    keras_file = tmp_path / "model.keras"
+    keras_file.write_bytes(b"PK\x03\x04 a keras zip")
+    for argv in (["predict", str(keras_file), str(keras_file)], ["eval", str(keras_file)]):
+        err = _error(capsys, argv)
+        assert (
+            f"is a Keras file; this command reads a run folder: convert it first with `cnnkit convert {keras_file}"
+            in err
+        )

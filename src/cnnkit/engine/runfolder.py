@@ -300,6 +300,11 @@ def resolve(path: str | os.PathLike) -> Path:
             f"{path} is an ONNX file (from `cnnkit export`); this command reads a run folder or its "
             f"{MODEL_FILE}. ONNX files run in `cnnkit predict`, `cnnkit detect predict` and `cnnkit segment predict`"
         )
+    if p.suffix.lower() in (".keras", ".h5") and p.is_file():  # a Keras model: converted first, into a run
+        raise CnnkitError(
+            f"{path} is a Keras file; this command reads a run folder: convert it first with "
+            f"`cnnkit convert {path} --out RUN`, then give RUN"
+        )
     if not p.is_file():
         raise CnnkitError(
             f"no checkpoint at {path}: give a run folder (holding {MODEL_FILE}) or a "
