@@ -141,3 +141,13 @@ def test_resuming_another_tasks_run_is_refused(tmp_path):
     assert resumed_config(run, "segment") == {"data": "pennfudan"}
     with pytest.raises(CnnkitError, match="is a 'segment' run, not a 'detect' one"):
         resumed_config(run, "detect")
+
+
+def test_no_two_inputs_outputs_share_a_name(tmp_path):
+    """``x.png`` and ``x_overlay.png`` in one call: the map of the second is not written over the first's overlay."""
+    x, xo = tmp_path / "x.png", tmp_path / "x_overlay.png"
+    stems = output_stems([x, xo], tmp_path / "out", (".png", "_overlay.png"))
+    names = [f"{s}{suffix}" for s in stems for suffix in (".png", "_overlay.png")]
+    assert stems == ["x", "x_overlay_2"] and len(set(names)) == len(names)
+    stems = output_stems([xo, x], tmp_path / "out", (".png", "_overlay.png"))
+    assert stems == ["x_overlay", "x_2"]

@@ -95,6 +95,14 @@ def test_train_eval_predict(tmp_path, capsys):
         (["segment", "train", "--data", "{data}", "--epochs", "0"], "--epochs must be a positive integer"),
         (["segment", "train", "--data", "{data}", "--val-every", "-1"], "--val-every must be an integer >= 0"),
         (["segment", "train", "--data", "{data}", "--arch", "segnet"], "unknown segmentation architecture"),
+        (
+            ["segment", "train", "--data", "{data}", "--arch", "deeplabv3", "--model", "resnet18", "--batch-size", "1"],
+            "DeepLab-v3's image pooling gives its batch norm one value per channel per image",
+        ),
+        (
+            ["segment", "train", "--data", "{data}", *"--model unet --crop 16 --batch-size 1".split()],
+            "a 16-px crop is 1x1 px at stride 16",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, argv, message):

@@ -152,6 +152,23 @@ def test_classes_are_read_from_the_masks_at_their_own_size(tmp_path):
     assert 2 not in small.masks[0].unique().tolist()  # the object itself is gone; its class is not
 
 
+def test_black_and_white_masks_are_refused_not_trained_as_one_class(tmp_path):
+    """0/255 masks draw the objects in the ignore index: read as they are, they hold one class and a
+    run scores mIoU 1 on nothing; refused, saying 255 is ignored and to draw the objects as 1."""
+    for i in range(3):
+        m = np.zeros((6, 8), np.uint8)
+        m[1:4, 2:6] = 255
+        _write(tmp_path, f"p{i}", (8, 6), m, "L")
+    with pytest.raises(CnnkitError, match=r"hold no class but the background 0; .*p0.png\) are 255") as err:
+        mask_folder(tmp_path)
+    assert "\n" not in str(err.value) and "255 -> 1" in str(err.value)
+    for i in range(3):  # all background, no 255 either: refused too
+        _write(tmp_path, f"p{i}", (8, 6), np.zeros((6, 8), np.uint8), "L")
+    with pytest.raises(CnnkitError, match="hold no class but the background 0: a mask marks"):
+        mask_folder(tmp_path)
+    assert mask_folder(tmp_path, num_classes=2).num_classes == 2  # classes given: a folder of background is read
+
+
 VOC_PALETTE = [v for c in [(0, 0, 0), (128, 0, 0), (0, 128, 0)] for v in c] + [0] * (3 * 252) + [224, 224, 192]
 
 
@@ -272,3 +289,89 @@ def test_voc_names_name_a_voc_folders_classes_and_only_a_voc_folders(tmp_path):
     _write(tmp_path / "e", "x", (8, 6), np.zeros((6, 8), np.uint8))
     with pytest.raises(CnnkitError, match="--voc-names names the classes of a VOC folder"):
         load_splits(replace(cfg, data=str(tmp_path / "e"), voc_names=True))
+
+
+def _coco_file(root, background_name="bird"):
+    """A small COCO file: photos with overlapping polygon and RLE objects of categories 7, 2 and 5
+    (out of id order) and a crowd region in every other photo."""
+    import json
+
+    from pycocotools import mask as mask_utils
+
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    g = np.random.default_rng(3)
+    cats = [{"id": 7, "name": "cat"}, {"id": 2, "name": "dog"}, {"id": 5, "name": background_name}]
+    images, anns = [], []
+
+    def rle(m):
+        r = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+        return {"size": r["size"], "counts": r["counts"].decode()}
+
+    for i in range(4):
+        h, w = 20 + 3 * i, 25 + 2 * i
+        Image.fromarray(g.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / "images" / f"p{i}.png")
+        images.append({"id": i + 1, "file_name": f"images/p{i}.png", "height": h, "width": w})
+        for k in range(3):
+            x0, y0 = g.uniform(0, w - 8), g.uniform(0, h - 8)
+            x1, y1 = g.uniform(x0 + 4, w), g.uniform(y0 + 4, h)
+            if k % 2:
+                m = np.zeros((h, w), bool)
+                m[int(y0) : int(y1), int(x0) : int(x1)] = True
+                seg = rle(m)
+            else:
+                seg = [[x0, y0, x1, y0, (x0 + x1) / 2, y1]]
+            box = [x0, y0, x1 - x0, y1 - y0]
+            cat = int(g.choice([7, 2, 5]))
+            anns.append({"image_id": i + 1, "category_id": cat, "bbox": box, "iscrowd": 0, "segmentation": seg})
+        if i % 2 == 0:
+            m = np.zeros((h, w), bool)
+            m[: h // 3, : w // 2] = True
+            box = [0, 0, w // 2, h // 3]
+            anns.append({"image_id": i + 1, "category_id": 2, "bbox": box, "iscrowd": 1, "segmentation": rle(m)})
+    for j, a in enumerate(anns):
+        a.update(id=j + 1, area=1.0)
+    path = root / "ann.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return path
+
+
+def test_a_coco_file_is_painted_as_pycocotools_masks_it(tmp_path):
+    """Class maps against pycocotools' annToMask: crowd regions 255, then the objects by decreasing
+    area (a smaller one on top), each its category's index in id order (2, 5, 7 -> 1, 2, 3)."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+
+    from cnnkit.data.detection import load_coco
+    from cnnkit.data.segmentation import coco_segmentation
+
+    path = _coco_file(tmp_path)
+    with contextlib.redirect_stdout(io.StringIO()):
+        ref = COCO(str(path))
+    s = coco_segmentation(load_coco(path, masks=True))
+    assert s.classes == ["background", "dog", "bird", "cat"]
+    label = {cid: i + 1 for i, cid in enumerate(sorted(ref.getCatIds()))}
+    for name, mask in zip(s.names, s.masks):
+        im = next(im for im in ref.dataset["images"] if im["file_name"] == name)
+        want = np.zeros((im["height"], im["width"]), np.uint8)
+        anns = ref.loadAnns(ref.getAnnIds(imgIds=im["id"]))
+        for a in anns:
+            if a["iscrowd"]:
+                want[ref.annToMask(a) > 0] = 255
+        objects = [(ref.annToMask(a), label[a["category_id"]]) for a in anns if not a["iscrowd"]]
+        for m, c in sorted(objects, key=lambda o: -int(o[0].sum())):
+            want[m > 0] = c
+        assert np.array_equal(mask.numpy(), want), name
+    assert any((m == 255).any() for m in s.masks)
+
+
+def test_a_coco_category_named_background_is_refused(tmp_path):
+    """Its IoU and class 0's would be reported under one name, the one hiding the other."""
+    from cnnkit.data.detection import load_coco
+    from cnnkit.data.segmentation import coco_segmentation
+
+    coco = load_coco(_coco_file(tmp_path, background_name="background"), masks=True)
+    with pytest.raises(CnnkitError, match="category named 'background', the name of class 0") as err:
+        coco_segmentation(coco)
+    assert "\n" not in str(err.value)

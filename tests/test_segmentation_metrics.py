@@ -114,3 +114,13 @@ def test_boundary_iou_does_not_score_what_the_model_answers_on_ignored_pixels():
         m = SegmentationMeter(2, boundary_d=3)
         m.update(pred, target)
         assert m.compute()["boundary_iou"] == 1.0 and m.compute()["mIoU"] == 1.0
+
+
+def test_pixel_accuracy_is_the_float64_fraction():
+    """As the IoUs are: 2 of 3 pixels is 2/3 to the last bit, not float32's 0.66666669 (shown as such by --format json)."""
+    m = SegmentationMeter(2)
+    m.update(torch.tensor([[0, 1], [1, 1]]), torch.tensor([[0, 1], [0, 255]]))
+    assert m.compute()["pixel_accuracy"] == 2 / 3
+    big = torch.zeros(2, 2, dtype=torch.long)
+    big[0, 0], big[1, 0] = 123_456_789, 1  # beyond float32's 24 bits
+    assert pixel_accuracy(big) == 123_456_789 / 123_456_790

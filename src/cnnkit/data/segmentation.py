@@ -39,6 +39,7 @@ from cnnkit.data.pennfudan import (
 from cnnkit.errors import CnnkitError, gone_from_split
 
 IGNORE_INDEX = 255
+BACKGROUND = "background"  # the name of class 0
 
 
 @dataclass
@@ -91,7 +92,7 @@ def pennfudan_segmentation(
     return SegmentationSet(
         images,
         masks,
-        ["background", "person"],
+        [BACKGROUND, "person"],
         names,
         instances,
         f"pennfudan/{split}",
@@ -114,7 +115,7 @@ def digit_segmentation(
     return SegmentationSet(
         s.images,
         s.semantic,
-        ["background", *s.classes],
+        [BACKGROUND, *s.classes],
         [f"scene_{i}" for i in range(n)],
         s.instances,
         f"digits/{split}",
@@ -204,7 +205,7 @@ def mask_folder(
     if num_classes is None:
         num_classes = _inferred_classes(labels, [mask_dir / f"{Path(n).stem}.png" for n in names])
     if classes is None:
-        classes = ["background", *(str(c) for c in range(1, num_classes))]
+        classes = [BACKGROUND, *(str(c) for c in range(1, num_classes))]
     if len(classes) != num_classes:
         raise CnnkitError(f"{len(classes)} class names for {num_classes} classes; give one name per class")
     return SegmentationSet(
@@ -233,12 +234,18 @@ def coco_segmentation(
         split: the set's name (``train``, ``test``...).
 
     Raises:
-        CnnkitError: more than 254 categories.
+        CnnkitError: more than 254 categories, or a category named ``background``, the name of class 0
+            (the two classes' scores would be reported under one name).
     """
     if len(coco.classes) > IGNORE_INDEX - 1:
         raise CnnkitError(
             f"the COCO file has {len(coco.classes)} categories; a class map holds at most {IGNORE_INDEX - 1} "
             "(255 marks ignored pixels): merge categories, or train `cnnkit instance` on the file"
+        )
+    if BACKGROUND in coco.classes:
+        raise CnnkitError(
+            f"the COCO file has a category named {BACKGROUND!r}, the name of class 0 (the pixels of no object): "
+            "rename the category, or remove it where it marks no object"
         )
     d = coco.subset(names) if names is not None else coco
     images, masks = [], []
@@ -253,7 +260,7 @@ def coco_segmentation(
         images.append(image)
         masks.append(mask)
     meta = {"split": split, "max_side": max_side}
-    return SegmentationSet(images, masks, ["background", *d.classes], list(d.names), name=f"coco/{split}", meta=meta)
+    return SegmentationSet(images, masks, [BACKGROUND, *d.classes], list(d.names), name=f"coco/{split}", meta=meta)
 
 
 def voc_split(root: str | os.PathLike, instances: bool = False) -> tuple[dict[str, list[str]], str] | None:
@@ -343,7 +350,8 @@ def _check_instance_ids(inst: torch.Tensor, path: Path) -> None:
 def _inferred_classes(masks: list[torch.Tensor], paths: list[Path]) -> int:
     """The number of classes the masks (or the labels each holds) hold, 0..max (255 aside), every one of
     them present in some mask:
-    a label above a gap (a stray 7 among 0/1 masks) is a damaged mask, refused naming its file."""
+    a label above a gap (a stray 7 among 0/1 masks) is a damaged mask, refused naming its file, and so
+    are masks holding the background alone (black-and-white masks drawing objects as 255, the ignore index)."""
     present = torch.zeros(IGNORE_INDEX, dtype=torch.bool)
     where: dict[int, Path] = {}
     for m, path in zip(masks, paths):
@@ -352,6 +360,17 @@ def _inferred_classes(masks: list[torch.Tensor], paths: list[Path]) -> int:
         for v in values.tolist():
             where.setdefault(v, path)
     top = int(present.nonzero().max()) if present.any() else 0
+    if top == 0:  # one class: nothing to tell apart, every score 1
+        void = next((path for m, path in zip(masks, paths) if (m == IGNORE_INDEX).any()), None)
+        raise CnnkitError(
+            f"the masks in {paths[0].parent} hold no class but the background 0"
+            + (
+                f"; their other pixels (e.g. in {void}) are 255, which is ignored: draw the objects as 1 "
+                "(black-and-white masks: 255 -> 1)"
+                if void is not None
+                else ": a mask marks its objects' pixels 1..N-1"
+            )
+        )
     absent = [v for v in range(1, top) if not present[v]]
     if absent:
         shown = ", ".join(str(v) for v in absent[:5]) + (" ..." if len(absent) > 5 else "")

@@ -414,8 +414,10 @@ def run_photos(run: str | os.PathLike, data: str) -> dict[str, list[str]] | None
 
 
 def output_stems(inputs: list, out_dir, suffixes: tuple[str, ...]) -> list[str]:
-    """The file stem each input's outputs get in ``out_dir``: unique (two ``x.png`` from different
-    folders become ``x`` and ``x_2``), and never the name of an input itself.
+    """The file stem each input's outputs get in ``out_dir``: no two outputs share a name (two ``x.png``
+    from different folders become ``x`` and ``x_2``; with ``(".png", "_overlay.png")``, ``x.png`` and
+    ``x_overlay.png`` become ``x`` and ``x_overlay_2``, whose map would be ``x``'s overlay), and never
+    the name of an input itself.
 
     Args:
         inputs: the input files, in order.
@@ -430,11 +432,13 @@ def output_stems(inputs: list, out_dir, suffixes: tuple[str, ...]) -> list[str]:
             an output keeps an input's name): nothing is written.
     """
     stems: list[str] = []
+    taken: set[str] = set()  # the file names given out so far
     for path in map(Path, inputs):
         stem, k = path.stem, 2
-        while stem in stems:
+        while stem in stems or any(f"{stem}{suffix}" in taken for suffix in suffixes):
             stem, k = f"{path.stem}_{k}", k + 1
         stems.append(stem)
+        taken.update(f"{stem}{suffix}" for suffix in suffixes)
     given = {Path(p).resolve() for p in inputs}
     for stem in stems:
         for suffix in suffixes:

@@ -68,7 +68,7 @@ def mean_iou(cm: torch.Tensor) -> float:
 def pixel_accuracy(cm: torch.Tensor) -> float:
     """Correct pixels / pixels not ignored."""
     total = cm.sum()
-    return float(cm.diagonal().sum() / total) if total else math.nan
+    return float(cm.diagonal().sum().double() / total) if total else math.nan  # float64, as the IoUs
 
 
 def boundary_band(mask: torch.Tensor, d: int) -> torch.Tensor:

@@ -89,9 +89,11 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
     if "source" in split and not quiet and launched()[0] == 0:
         print(f"split: {split['source']}")
     model = build_model(cfg, train_set)
+    side = cfg.crop or cfg.canvas or 256  # digit scenes train whole, at the canvas size
+    _check_batch_norm(cfg, side, model.size_multiple, cfg.batch_size // launched()[1])
     task = SegmentTask(
         cfg.batch_size,
-        cfg.crop or cfg.canvas or 256,  # digit scenes train whole, at the canvas size
+        side,
         scale=tuple(cfg.train_scale),
         jitter=cfg.jitter,
         boundary_d=cfg.boundary_d,
@@ -159,3 +161,25 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
             layer.requires_grad_(True)
     result.test = evaluate(result.model, test_set, cfg.boundary_d, max_side=cfg.max_side)  # at the photos' own size
     return result
+
+
+def _check_batch_norm(cfg: SegmentConfig, side: int, stride: int, per_step: int) -> None:
+    """Training batch norm needs two values per channel: one image a step is refused where a trained
+    batch norm sees a 1x1 map (DeepLab-v3's image pooling always; the encoder's deepest map, unless
+    ``--freeze-bn``, on a crop of at most its stride: the Segmenter pads the crop to a multiple of
+    it, so a decoder's maps are 2x2 or more), which PyTorch would stop in the first step with a traceback."""
+    if per_step >= 2:
+        return
+    if cfg.arch == "deeplabv3":
+        raise CnnkitError(
+            f"DeepLab-v3's image pooling gives its batch norm one value per channel per image: train with "
+            f"--batch-size 2 or more (per process). Received: --batch-size {cfg.batch_size}"
+        )
+    if cfg.freeze_bn:  # the encoder's batch norms keep their statistics; the decoders' see 2x2 maps or more
+        return
+    if -(-side // stride) == 1:
+        raise CnnkitError(
+            f"a {side}-px crop is 1x1 px at stride {stride}, one value per channel for a trained batch norm "
+            f"with one image a step: use --batch-size 2 or more, or --crop above {stride}. Received: "
+            f"--batch-size {cfg.batch_size}"
+        )
