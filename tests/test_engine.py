@@ -445,3 +445,15 @@ def test_weight_decay_is_decoupled_with_adamw_and_l2_with_sgd_and_nadam_as_every
         if any(f.name == "weight_decay" for f in dataclasses.fields(cls)):
             text = field_help(cls, "weight_decay")["help"]
             assert "decoupled with adamw" in text and "L2 term in the gradient with sgd and nadam" in text, cls
+
+
+def test_the_warm_up_is_the_shares_whole_steps_even_where_floats_fall_short():
+    """0.29 of 100 steps is 29 warm-up steps (the float product is 28.999999999999996): step 28 still
+    warms up, step 29 is the peak."""
+    from types import SimpleNamespace
+
+    from cnnkit.engine.optim import lr_at
+
+    cfg = SimpleNamespace(lr=1.0, schedule="onecycle", warmup=0.29)
+    assert lr_at(28, 100, cfg) == pytest.approx(0.04 + 0.96 * 28 / 29)
+    assert lr_at(29, 100, cfg) == 1.0

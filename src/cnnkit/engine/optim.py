@@ -27,7 +27,8 @@ def lr_at(step: int, total: int, cfg: Recipe) -> float:
     """onecycle: linear from lr/25 to lr over the warm-up, then cosine to 0; cosine: lr -> 0."""
     if cfg.schedule == "constant":
         return cfg.lr
-    warm = int(cfg.warmup * total) if cfg.schedule == "onecycle" else 0
+    # the share's whole steps, the product rounded first: 0.29 x 100 is 28.999999999999996 in floats
+    warm = int(round(cfg.warmup * total, 6)) if cfg.schedule == "onecycle" else 0
     if step < warm:
         return cfg.lr * (0.04 + 0.96 * step / warm)
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
