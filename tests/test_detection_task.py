@@ -161,3 +161,30 @@ def test_boxes_map_back_to_each_images_own_pixels_exactly():
     by_image = torch.tensor(predict_images(model, [img], 64, ["a"], score_threshold=0.0)[0]["boxes"])  # predict
     assert len(by_set) > 0 and torch.equal(by_set, by_image)
     assert (by_set >= 0).all() and (by_set[:, [0, 2]] <= 1000).all() and (by_set[:, [1, 3]] <= 100).all()
+
+
+def test_a_detector_saved_with_the_unused_backbone_modules_loads(tmp_path, monkeypatch):
+    """A checkpoint that holds the backbone's never-run modules (MobileNet v3's head conv) loads into
+    the detector without them, which predicts the same."""
+    import cnnkit.models.features as features
+    from cnnkit.engine.runfolder import FORMAT, save_model
+
+    def build():
+        torch.manual_seed(0)
+        return new_detector("mobilenet_v3_small", ["a", "b"], 3, 64, width=16)
+
+    new, info = build()
+    with monkeypatch.context() as m:
+        m.setattr(features, "_drop_unrun", lambda model, run: ())
+        whole, _ = build()
+    assert whole.state_dict().keys() - new.state_dict().keys() == {
+        f"features.backbone.{k}" for k in new.features.dropped_keys
+    }
+    task = DetectTask(classes=["a", "b"], info=info)
+    save_model(tmp_path / "model.safetensors", task.deployable(whole), {"format": FORMAT, **task.describe(whole)})
+    back = load_detector(tmp_path)
+    assert sum(p.numel() for p in back.parameters()) == sum(p.numel() for p in new.parameters())
+    # the 1x1 head conv 96->576 with its batch norm (56,448) and the Linear 576->1024 (590,848)
+    assert sum(p.numel() for p in whole.parameters()) - sum(p.numel() for p in new.parameters()) == 647_296
+    x = torch.rand(1, 3, 64, 64)
+    torch.testing.assert_close(back(x)["cls"], whole.eval()(x)["cls"], rtol=0, atol=0)

@@ -78,12 +78,62 @@ def test_state_dict_names_stay_those_of_the_zoo_model():
     assert set(fx.backbone.state_dict()) == zoo
 
 
-def test_later_stages_are_not_run():
+def test_later_stages_are_not_kept():
     fx = create_features("resnet18", out_strides=(4, 8))
-    calls = []
-    fx.backbone.layer3.register_forward_hook(lambda *a: calls.append(1))
-    fx(torch.zeros(1, 3, 64, 64))
-    assert calls == [] and fx.feature_info[-1]["module"] == "layer2"
+    assert not hasattr(fx.backbone, "layer3") and not hasattr(fx.backbone, "layer4")
+    assert fx.feature_info[-1]["module"] == "layer2"
+    zoo = set(create_model("resnet18").state_dict())
+    assert set(fx.dropped_keys) == {k for k in zoo if k.startswith(("layer3.", "layer4."))}
+    assert [m.shape[1] for m in fx(torch.zeros(1, 3, 64, 64))] == [64, 128]
+
+
+def _used_and_total(module, x):
+    """Parameters that get a gradient from one forward and backward of ``x``, and all of them."""
+    out = module.train()(x)
+    sum(o.float().mean() for o in (out if isinstance(out, list) else [out])).backward()
+    params = list(module.parameters())
+    return sum(p.numel() for p in params if p.grad is not None), sum(p.numel() for p in params)
+
+
+@pytest.mark.parametrize(
+    "name,dropped",
+    [
+        ("mobilenet_v2", 412_160),  # the 1x1 head conv to 1280 and its batch norm
+        ("efficientnet_lite0", 412_160),  # the same head
+        ("mobilenet_v3_large", 1_385_600),  # the head conv to 960 and the pre-logits Linear to 1280
+        pytest.param("vgg11", 119_545_856, marks=pytest.mark.slow),  # fc6 and fc7 of the classifier
+        ("resnet18", 0),  # the classifier (fc) only, already nothing
+    ],
+)
+def test_modules_never_run_are_no_parameters(name, dropped):
+    """Every parameter gets a gradient; the dropped keys are exactly what the whole zoo model holds
+    besides (its classifier reset), so a checkpoint saved with them loads (see test_segmentation_models)."""
+    fx = create_features(name, out_strides=(8, 16, 32))
+    used, total = _used_and_total(fx, torch.rand(2, 3, 64, 64))
+    assert used == total
+    zoo = create_model(name)
+    zoo.reset_classifier(0)
+    whole = zoo.state_dict()
+    kept = fx.backbone.state_dict()
+    assert set(kept) | set(fx.dropped_keys) == set(whole) and not set(kept) & set(fx.dropped_keys)
+    assert sum(p.numel() for n, p in zoo.named_parameters() if n in fx.dropped_keys) == dropped
+
+
+def test_weights_load_into_the_whole_model_before_the_unused_modules_go(tmp_path):
+    """A published file holds the classifier too: it loads strictly into the whole model, and the
+    kept weights are the file's, under their own names."""
+    from safetensors.torch import save_file
+
+    zoo = create_model("mobilenet_v2")
+    with torch.no_grad():
+        for p in zoo.parameters():
+            p.normal_()
+    path = tmp_path / "mobilenet_v2.safetensors"
+    save_file({k: v.contiguous() for k, v in zoo.state_dict().items()}, path)
+    fx = create_features("mobilenet_v2", weights=str(path), out_strides=(8, 16, 32))
+    whole = zoo.state_dict()
+    assert all(torch.equal(v, whole[k]) for k, v in fx.backbone.state_dict().items())
+    assert "features.18.0.weight" in fx.dropped_keys and "features.18.0.weight" not in fx.backbone.state_dict()
 
 
 @pytest.mark.parametrize(

@@ -360,3 +360,22 @@ def test_photos_validate_every_8th_epoch_by_default_and_old_runs_validate_flag_m
     old = {k: v for k, v in asdict(InstanceConfig()).items() if k != "val_every"}
     assert config_from_dict({**old, "validate": True}).val_every == 1  # a run saved before val_every
     assert config_from_dict({**old, "validate": False}).val_every == 0
+
+
+def test_a_mask_detector_saved_with_the_unused_backbone_modules_loads(tmp_path, monkeypatch):
+    """As for the detector: the backbone's never-run modules in a checkpoint are ignored, and only they."""
+    import cnnkit.models.features as features
+    from cnnkit.engine.runfolder import FORMAT, save_model
+
+    new, info = small_model()
+    with monkeypatch.context() as m:
+        m.setattr(features, "_drop_unrun", lambda model, run: ())
+        whole, _ = small_model()
+    extra = whole.state_dict().keys() - new.state_dict().keys()
+    assert extra == {f"detector.features.backbone.{k}" for k in new.detector.features.dropped_keys} and extra
+    task = InstanceTask(["a", "b"], info=info)
+    save_model(tmp_path / "model.safetensors", task.deployable(whole), {"format": FORMAT, **task.describe(whole)})
+    back = load_mask_detector(tmp_path)
+    assert sum(p.numel() for p in back.parameters()) == sum(p.numel() for p in new.parameters())
+    x, boxes = torch.rand(1, 3, 64, 64), [torch.tensor([[4.0, 4, 40, 50]])]
+    assert torch.equal(back(x, boxes)["masks"], whole.eval()(x, boxes)["masks"])

@@ -1,6 +1,8 @@
 """The segmentation task's pieces: batches (crops keep image and mask aligned), the loss ignoring 255,
 evaluation through the metrics, and the deployable Segmenter rebuilt from its metadata."""
 
+import json
+
 import pytest
 import torch
 import torch.nn as nn
@@ -396,3 +398,85 @@ def test_lovasz_softmax_gradient_is_the_sorted_gathers_to_the_bit():
     torch.stack(ref).mean().backward()
     assert torch.equal(mine.grad, ref_in.grad)
     assert mine.grad[~valid[:, None].expand_as(mine.grad)].abs().sum() == 0
+
+
+def _without_the_drop(monkeypatch, build):
+    """``build()`` with the feature extractor keeping its backbone whole (the modules it never runs too)."""
+    import cnnkit.models.features as features
+
+    with monkeypatch.context() as m:
+        m.setattr(features, "_drop_unrun", lambda model, run: ())
+        return build()
+
+
+@pytest.mark.parametrize("meta", [True, False])
+def test_a_run_saved_with_the_unused_backbone_modules_loads_and_predicts_the_same(tmp_path, monkeypatch, meta):
+    """A checkpoint that holds the backbone's never-run modules (MobileNet v2's head conv and its batch
+    norm) loads: exactly those keys are ignored, on the meta-device build and on the real one; the
+    seeded initialisation is the same with and without them."""
+    from safetensors.torch import load_file, save_file
+
+    import cnnkit.engine.runfolder as runfolder
+    from cnnkit.engine.runfolder import FORMAT, save_model
+    from cnnkit.tasks.segment.load import load_segmenter
+
+    def build():
+        torch.manual_seed(0)
+        net = create_segmenter("fcn8s", "mobilenet_v2", num_classes=2)
+        return Segmenter(net, [0.5] * 3, [0.2] * 3, ["background", "thing"]).eval(), torch.get_rng_state()
+
+    (new, rng_new), (whole, rng_whole) = build(), _without_the_drop(monkeypatch, build)
+    assert torch.equal(rng_new, rng_whole)  # the same random numbers drawn: a seeded run trains the same
+    extra = whole.state_dict().keys() - new.state_dict().keys()
+    assert extra == {f"net.encoder.backbone.{k}" for k in new.net.encoder.dropped_keys} and len(extra) == 6
+    assert all(torch.equal(v, whole.state_dict()[k]) for k, v in new.state_dict().items())
+    if not meta:  # the builder needs real tensors: the network is built once, for real
+        real = runfolder._build_from_metadata
+        monkeypatch.setattr(
+            runfolder,
+            "_build_from_metadata",
+            lambda *a, meta, limit: None if meta else real(*a, meta=meta, limit=limit),
+        )
+    file = tmp_path / "model.safetensors"
+    save_model(file, whole, {"format": FORMAT, **SegmentTask(info={"data": "photos"}).describe(whole)})
+    back = load_segmenter(tmp_path)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(back) == count(new) == count(whole) - 412_160
+    x = torch.rand(2, 3, 40, 36)
+    with torch.no_grad():
+        assert torch.equal(back(x), whole(x))
+    tensors = load_file(file)  # a key of no dropped module is still refused
+    save_file(
+        {**tensors, "net.encoder.backbone.features.19.weight": torch.zeros(1)}, file, {"cnnkit": json.dumps(back.info)}
+    )
+    with pytest.raises(CnnkitError, match="do not fit"):
+        load_segmenter(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_seeded_run_trains_the_same_weights_without_the_unused_backbone_modules(data_dir, tmp_path, monkeypatch):
+    """fcn8s on MobileNet v2, one epoch on 16 digit scenes (AdamW with weight decay, an EMA of the
+    weights): the same weights, to the bit, as with the never-run head conv kept in the backbone."""
+    from safetensors.torch import load_file
+
+    from cnnkit.tasks.segment.config import SegmentConfig
+    from cnnkit.tasks.segment.train import train
+
+    cfg = SegmentConfig(
+        data="digits",
+        data_dir=str(data_dir),
+        arch="fcn8s",
+        model="mobilenet_v2",
+        scenes=16,
+        canvas=64,
+        epochs=1,
+        batch_size=8,
+        threads=1,
+        seed=3,
+        ema=0.9,
+    )
+    train(cfg, tmp_path / "new", quiet=True)
+    _without_the_drop(monkeypatch, lambda: train(cfg, tmp_path / "whole", quiet=True))
+    new, whole = load_file(tmp_path / "new" / "model.safetensors"), load_file(tmp_path / "whole" / "model.safetensors")
+    assert len(whole.keys() - new.keys()) == 6 and not new.keys() - whole.keys()
+    assert all(torch.equal(v, whole[k]) for k, v in new.items())

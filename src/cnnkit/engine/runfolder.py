@@ -640,6 +640,7 @@ def load_run_model(path: str | os.PathLike, task: str, build, device: str | torc
     limit = 8 * len(tensors) + 1000  # modules a network with this many weight tensors may have
     model: Any = _build_from_metadata(build, info, file, task, meta=True, limit=limit)
     if model is not None:  # sizes compared before any memory is given to the network
+        tensors = _without_dropped(model, tensors)
         _check_shapes(model, tensors, file)
         want = model.state_dict()
         model.load_state_dict({k: v.to(want[k].dtype) for k, v in tensors.items()}, assign=True)
@@ -647,9 +648,18 @@ def load_run_model(path: str | os.PathLike, task: str, build, device: str | torc
             model = None  # state the checkpoint does not hold (e.g. a computed buffer): built for real
     if model is None:
         model = _build_from_metadata(build, info, file, task, meta=False, limit=limit)  # the network or a raise
-        load_checked(model, tensors, file)
+        load_checked(model, _without_dropped(model, tensors), file)
     model.info = info
     return model.to(device).eval()
+
+
+def _without_dropped(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` less the weights of backbone modules that are never run, which ``model`` does not
+    have (:func:`cnnkit.models.features.dropped_keys`); a checkpoint may hold them."""
+    from cnnkit.models.features import dropped_keys
+
+    dropped = dropped_keys(model)
+    return {k: v for k, v in tensors.items() if k not in dropped} if dropped else tensors
 
 
 class _TooManyModules(Exception):

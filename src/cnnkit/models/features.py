@@ -8,6 +8,12 @@ children); the map of stride ``s`` is the output of the last trunk module whose 
 strides by dilation (atrous convolution, as torchvision's ``replace_stride_with_dilation``): the
 state dict is unchanged, so ImageNet weights still load.
 
+The modules after the last returned map (the classifier; VGG's fc6 and fc7, MobileNet's and
+EfficientNet's 1x1 head conv; stages beyond the coarsest stride asked for) are never run: they are
+removed once the weights have loaded into the whole zoo model, so they are no parameters, are not
+saved and are not counted, and every kept weight keeps the zoo model's state-dict name.
+:func:`dropped_keys` names what a checkpoint saved with them holds in addition.
+
 >>> fx = create_features("resnet18", out_strides=(8, 16, 32))
 >>> fx.strides, fx.channels
 ([8, 16, 32], [128, 256, 512])
@@ -60,7 +66,10 @@ class FeatureExtractor(nn.Module):
     """A zoo backbone that returns its maps at the requested strides (see :func:`create_features`).
 
     Attributes:
-        backbone: the wrapped zoo model, state-dict names unchanged.
+        backbone: the wrapped zoo model without the modules that are never run, the state-dict names
+            of the others unchanged.
+        dropped_keys: the state-dict keys (under ``backbone.``) of the removed modules, as the whole
+            model held them with its classifier reset to nothing (see :func:`dropped_keys`).
         strides: effective stride of each returned map (capped by ``output_stride``).
         channels: channels of each returned map.
         feature_info: ``[{"stride": s, "channels": c, "module": dotted name in backbone}, ...]``.
@@ -69,10 +78,19 @@ class FeatureExtractor(nn.Module):
     (B, channels[i], ceil(H / strides[i]), ceil(W / strides[i])).
     """
 
-    def __init__(self, backbone: nn.Module, trunk: list[str], taps: list[int], strides: list[int], channels: list[int]):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        trunk: list[str],
+        taps: list[int],
+        strides: list[int],
+        channels: list[int],
+        dropped_keys: tuple[str, ...] = (),
+    ):
         super().__init__()
         self.backbone = backbone
         self._trunk = trunk[: max(taps) + 1]  # later modules are never run
+        self.dropped_keys = tuple(dropped_keys)
         self._taps = taps  # index into the trunk of each returned map
         self.strides = strides
         self.channels = channels
@@ -135,7 +153,7 @@ def create_features(
     if trunk is None:
         families = "resnet*, resnext*, wide_resnet*, seresnet50, vgg*, densenet*, mobilenet_v1/v2/v3*, efficientnet_*"
         raise CnnkitError(f"model {name!r} has no feature pyramid in cnnkit; models that have: {families}")
-    model.reset_classifier(0)  # the classifier is not used; the trunk's names stay as they were
+    model.reset_classifier(0)  # no classifier weights: dropped_keys lists what runs saved with it
     trunk_strides, trunk_channels = _trunk_shapes(model, name, trunk)
     taps = []
     for s in strides:
@@ -148,9 +166,42 @@ def create_features(
     if output_stride < 32:
         first = trunk_strides.index(output_stride * 2) if output_stride * 2 in trunk_strides else len(trunk)
         _dilate(model, trunk[first : max(taps) + 1], name, output_stride)
+    dropped = _drop_unrun(model, trunk[: max(taps) + 1])  # after the weights and the random draws
     return FeatureExtractor(
-        model, trunk, taps, [min(s, output_stride) for s in strides], [trunk_channels[t] for t in taps]
+        model, trunk, taps, [min(s, output_stride) for s in strides], [trunk_channels[t] for t in taps], dropped
     )
+
+
+def _drop_unrun(model: nn.Module, run: list[str]) -> tuple[str, ...]:
+    """Remove from ``model`` every module that is neither one of the dotted names ``run`` nor holds one;
+    return the state-dict keys the removed modules held."""
+    before = list(model.state_dict())
+
+    def visit(module: nn.Module, prefix: str) -> None:
+        for child, sub in list(module.named_children()):
+            name = prefix + child
+            if name in run:
+                continue
+            if any(r.startswith(name + ".") for r in run):
+                visit(sub, name + ".")
+            else:
+                delattr(module, child)
+
+    visit(model, "")
+    kept = set(model.state_dict())
+    return tuple(k for k in before if k not in kept)
+
+
+def dropped_keys(model: nn.Module) -> set[str]:
+    """The state-dict keys of ``model`` that its :class:`FeatureExtractor` modules removed as never run
+    (e.g. ``encoder.backbone.classifier.0.weight`` of an FCN on VGG16). A checkpoint saved while the
+    backbone kept them holds them in addition to ``model``'s own: loading ignores exactly these."""
+    return {
+        f"{name}.{key}" if name else key
+        for name, m in model.named_modules()
+        if isinstance(m, FeatureExtractor)
+        for key in (f"backbone.{k}" for k in m.dropped_keys)
+    }
 
 
 REAL_PROBE_BYTES = 1 << 28  # a meta model's parameters up to 256 MB: probed through a real copy
