@@ -163,5 +163,6 @@ def test_bad_arguments_are_one_line_errors():
         create_features("resnet18", output_stride=4)
     with pytest.raises(CnnkitError, match="has no feature pyramid in cnnkit"):
         create_features("lenet5")
-    with pytest.raises(CnnkitError, match="cannot dilate"):
+    with pytest.raises(CnnkitError, match="cannot dilate to output stride 16: give a ResNet") as err:
         create_features("densenet121", output_stride=16)
+    assert "output_stride=32" not in str(err.value)  # DeepLab, which dilates, refuses 32: not offered

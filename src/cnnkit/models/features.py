@@ -264,9 +264,9 @@ def _dilate(model: nn.Module, names: list[str], name: str, output_stride: int) -
         for sub in model.get_submodule(top).modules():
             if isinstance(sub, (nn.MaxPool2d, nn.AvgPool2d)) and sub.stride not in (1, (1, 1)):
                 raise CnnkitError(
-                    f"model {name!r} pools in its later stages and cannot dilate to "
-                    f"output_stride={output_stride}; use output_stride=32 or a ResNet, "
-                    "MobileNet or EfficientNet"
+                    f"model {name!r} pools in its later stages and cannot dilate to output stride "
+                    f"{output_stride}: give a ResNet, MobileNet or EfficientNet backbone, or an architecture "
+                    "that runs at output stride 32 (FCN, U-Net)"
                 )
             if not isinstance(sub, nn.Conv2d):
                 continue
@@ -289,8 +289,9 @@ def _set_dilation(conv: nn.Conv2d, dilation: int, name: str) -> None:
         return
     if tuple(conv.padding) != tuple((kk - 1) * d // 2 for kk, d in zip(k, old)):
         raise CnnkitError(
-            f"model {name!r} has a convolution without 'same' padding in its later stages; "
-            "it cannot dilate: use output_stride=32"
+            f"model {name!r} has a convolution without 'same' padding in its later stages and cannot "
+            "dilate: give a ResNet, MobileNet or EfficientNet backbone, or an architecture that runs at "
+            "output stride 32 (FCN, U-Net)"
         )
     conv.stride, conv.dilation = (1, 1), (dilation, dilation)
     conv.padding = tuple((kk - 1) * dilation // 2 for kk in k)
