@@ -402,3 +402,13 @@ def test_a_voc_annotation_without_its_photo_is_named(tmp_path):
     (tmp_path / "Annotations" / "lost.xml").write_text(voc_xml("lost", [("dog", (1, 1, 5, 5), False)]))
     with pytest.raises(CnnkitError, match=r"missing image for .*lost.xml"):
         load_voc(tmp_path)
+
+
+def test_a_voc_folder_too_large_for_the_memory_is_refused_before_a_photo_is_read(tmp_path, monkeypatch):
+    import cnnkit.errors as errors
+    from cnnkit.data.detection import load_voc
+
+    make_voc_boxes(tmp_path, n=3)
+    monkeypatch.setattr(errors, "memory_available", lambda: 1000)  # three 40 x 30 photos need 10,800 bytes
+    with pytest.raises(CnnkitError, match=r"reading the 3 photos of .* needs 10\.8 KB, more than"):
+        load_voc(tmp_path)

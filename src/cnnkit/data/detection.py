@@ -570,12 +570,17 @@ def load_voc(root: str | os.PathLike, names: list[str] | None = None) -> Detecti
         parsed[found[xml.stem]] = (xml, read_annotation(xml))
     if names is None:
         names = sorted(parsed)
+    for name in names:
+        if name not in parsed:
+            raise CnnkitError(f"no annotation {ann_dir / Path(name).stem}.xml for {image_dir / name}")
+    # the decoded photos' memory, from the annotations' <size>, before any is read
+    check_fits(
+        sum(parsed[n][1][0] * parsed[n][1][1] * 3 for n in names), f"reading the {len(names):,} photos of {root}"
+    )
     classes = sorted({c for _, (_, _, _, objects, _) in parsed.values() for c in objects})
     index = {c: i for i, c in enumerate(classes)}
     images, boxes, labels, crowd_boxes, crowd_labels = [], [], [], [], []
     for name in names:
-        if name not in parsed:
-            raise CnnkitError(f"no annotation {ann_dir / Path(name).stem}.xml for {image_dir / name}")
         xml, (w, h, b, objects, difficult) = parsed[name]
         img = _annotated(image_dir / name)
         if (w and w != img.shape[2]) or (h and h != img.shape[1]):
