@@ -176,3 +176,19 @@ def test_counts_are_said_in_the_singular_for_one():
         "1 image",
         "1,200 boxes",
     ]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["classify", "finetune"], ["segment", "train"], ["video", "train"], ["generate", "train"], ["style", "train"]],
+)
+def test_threads_help_says_what_unset_means(capsys, command):
+    """--threads left unset takes the free cores, as 0 does: the help says so, not "(default: none)" (no
+    threads?) or "(default: the task's default)"."""
+    from cnnkit.cli import main
+
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    threads = text.split("--threads THREADS torch", 1)[1].split(" --", 1)[0]
+    assert "unset: the free cores" in threads and "(default:" not in threads

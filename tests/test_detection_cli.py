@@ -128,3 +128,16 @@ def test_a_voc_folder_trains_on_its_official_lists_and_eval_scores_its_test_phot
     assert split["test"] == [f"{s}.jpg" for s in ids[6:]] and "val.txt (2) tests" in split["source"]
     assert main(["detect", "eval", str(run), "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["images"] == 2
+
+
+def test_a_batch_larger_than_the_training_photos_says_the_batch_that_fits(tmp_path, capsys):
+    """Eight photos of one's own: 6 train and 2 test, then one of the 6 validates; a batch of 8 is refused
+    saying which batch sizes fit, before the run folder is written."""
+    from test_detection_data import make_voc_boxes
+
+    make_voc_boxes(tmp_path / "voc")
+    argv = ["detect", "train", "--data", str(tmp_path / "voc"), "--model", "tiny", "--weights", "none"]
+    assert main([*argv, "--batch-size", "8", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.endswith("use --batch-size 5 or less") and "(5 images)" in err
+    assert not (tmp_path / "r").exists()

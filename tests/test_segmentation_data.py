@@ -375,3 +375,40 @@ def test_a_coco_category_named_background_is_refused(tmp_path):
     with pytest.raises(CnnkitError, match="category named 'background', the name of class 0") as err:
         coco_segmentation(coco)
     assert "\n" not in str(err.value)
+
+
+def test_a_class_only_in_the_test_photos_is_one_of_the_folders_classes(tmp_path):
+    """The classes are those of every mask of the folder: a class whose only photo the seeded draw puts in
+    the test split is a class (there is no flag to give their number), on the same split as before."""
+    for i in range(5):
+        m = np.zeros((6, 8), np.uint8)
+        m[1:3, 2:5] = 1 + i % 2
+        _write(tmp_path, f"p{i}", (8, 6), m)
+    cfg = SegmentConfig(data=str(tmp_path), model="unet").resolved()
+    test_photo = load_splits(cfg)[2].names[0]
+    m = np.zeros((6, 8), np.uint8)
+    m[1:3, 2:5], m[4, 0] = 1, 3
+    _write(tmp_path, test_photo[:-4], (8, 6), m)  # class 3 in the test photo only
+    train, val, test, parts = load_splits(cfg)
+    assert train.classes == val.classes == test.classes == ["background", "1", "2", "3"]
+    assert test.names == [test_photo] and int(test.masks[0].max()) == 3
+    assert load_splits(cfg, own_size=True, split=parts)[0].num_classes == 4  # eval re-reads the same classes
+
+
+def test_a_voc_folder_holding_vocs_class_ids_points_to_voc_names(tmp_path):
+    """VOC's masks hold its class ids (cat 8, dog 12): a folder of some of its classes has gaps, refused
+    saying --voc-names reads them."""
+    make_voc(tmp_path)
+    for p in (tmp_path / "SegmentationClass").glob("*.png"):
+        m = np.array(Image.open(p))
+        m[(m == 1) | (m == 2)] += 7  # 8 and 9
+        im = Image.fromarray(m, "P")
+        im.putpalette(VOC_PALETTE)
+        im.save(p)
+    cfg = SegmentConfig(data=str(tmp_path), model="unet").resolved()
+    with pytest.raises(CnnkitError, match="no mask holds 1, 2, 3, 4, 5 ...: .*--voc-names") as err:
+        load_splits(cfg)
+    assert "\n" not in str(err.value)
+    from dataclasses import replace
+
+    assert load_splits(replace(cfg, voc_names=True))[0].num_classes == 21

@@ -313,9 +313,31 @@ def _folder_pair(root: Path) -> tuple[Path, Path]:
     )
 
 
-def _read_mask(path: Path, image: torch.Tensor) -> torch.Tensor:
-    """(H, W) uint8 of a palette (P), grey (L) or 1-bit PNG, checked to be the size of ``image``; read
-    through the one guarded reader (the header's size checked before decoding)."""
+def mask_classes(root: str | os.PathLike, names: list[str] | None = None) -> int:
+    """The number of classes the masks of a folder hold (:func:`_inferred_classes`: 0..the largest label,
+    each present in some mask), counted over every photo a run splits, so that a class whose photos
+    all fall in the test split is still a class.
+
+    Args:
+        root: a folder :func:`mask_folder` reads.
+        names: these photos (a run's split); None: every photo with a mask.
+    """
+    root = Path(root).expanduser()
+    image_dir, mask_dir = _folder_pair(root)
+    if names is None:
+        names = [
+            p.name for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+        ]
+    paths = [mask_dir / f"{Path(n).stem}.png" for n in sorted(names)]
+    paths = [p for p in paths if p.is_file()]  # a missing mask: mask_folder says which photo lacks it
+    if not paths:
+        raise CnnkitError(f"no masks in {mask_dir} for the images of {image_dir}")
+    return _inferred_classes([torch.unique(_read_mask(p)) for p in paths], paths)
+
+
+def _read_mask(path: Path, image: torch.Tensor | None = None) -> torch.Tensor:
+    """(H, W) uint8 of a palette (P), grey (L) or 1-bit PNG, checked to be the size of ``image`` (where
+    given); read through the one guarded reader (the header's size checked before decoding)."""
     if not path.is_file():
         raise CnnkitError(f"missing mask file {path}")
     with open_image(path) as im:
@@ -328,7 +350,7 @@ def _read_mask(path: Path, image: torch.Tensor) -> torch.Tensor:
         arr = np.asarray(im.convert("L") if mode == "1" else im)
     if mode == "1":
         arr = (arr > 0).astype(np.uint8)
-    if arr.shape != tuple(image.shape[1:]):
+    if image is not None and arr.shape != tuple(image.shape[1:]):
         raise CnnkitError(
             f"mask {path} is {arr.shape[1]}x{arr.shape[0]} px but its image is "
             f"{image.shape[2]}x{image.shape[1]}; a mask must be the size of its image"
@@ -377,6 +399,11 @@ def _inferred_classes(masks: list[torch.Tensor], paths: list[Path]) -> int:
         raise CnnkitError(
             f"mask {where[top]} holds label {top} but no mask holds {shown}: class indices are consecutive "
             "0..N-1 (255 = ignore), so a lone high value is a damaged mask; fix or renumber the masks"
+            + (
+                " (masks holding VOC's class ids 1..20, 8 for cat: --voc-names)"
+                if where[top].parent.name == "SegmentationClass"
+                else ""
+            )
         )
     return top + 1
 

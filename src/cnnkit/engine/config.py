@@ -114,7 +114,7 @@ class RunConfig:
     threads: int | None = option(
         None,
         help="torch threads per process (0: the free cores: those this process may use less those "
-        "busy now, at least 1)",
+        "busy now, at least 1); unset: the free cores",
         minimum=0,
     )
     device: str | None = option(

@@ -162,7 +162,10 @@ def run_data(cfg, out, resume: bool, d, load, quiet: bool = False):
     split = run_photos(out, cfg.data) if resume else None  # on resume: the run's own photos
     train_set, val_set, test_set, split = load(cfg, split)
     if len(train_set) < cfg.batch_size:
-        raise CnnkitError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(train_set)} images)")
+        raise CnnkitError(
+            f"--batch-size {cfg.batch_size} is larger than the training set ({len(train_set)} images): "
+            f"use --batch-size {len(train_set)} or less"
+        )
     if not bool((train_set.labels >= 0).any()):  # before the run folder is written: nothing to learn from
         raise CnnkitError(
             f"{cfg.data} holds no (non-crowd) boxes to learn from: none of its {len(train_set)} training images "

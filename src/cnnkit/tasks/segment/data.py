@@ -83,6 +83,7 @@ def _splits(
     from cnnkit.data.segmentation import (
         coco_segmentation,
         digit_segmentation,
+        mask_classes,
         mask_folder,
         pennfudan_segmentation,
         voc_split,
@@ -127,10 +128,11 @@ def _splits(
     split = official[0] if official else split
     trainval_names, test_names = (split["train"] + split.get("val", []), split["test"]) if split else (None, None)
     classes = voc_classes(cfg.voc_names, cfg.data)
-    trainval = mask_folder(cfg.data, split="train", seed=cfg.seed, max_side=side, names=trainval_names, classes=classes)
-    test = mask_folder(
-        cfg.data, num_classes=trainval.num_classes, split="test", seed=cfg.seed, names=test_names, classes=classes
-    )
+    # the classes of every photo's mask, test photos' too (a class may have photos in the test split only)
+    num_classes = len(classes) if classes else mask_classes(cfg.data, trainval_names + test_names if split else None)
+    kw = dict(num_classes=num_classes, seed=cfg.seed, classes=classes)
+    trainval = mask_folder(cfg.data, split="train", max_side=side, names=trainval_names, **kw)
+    test = mask_folder(cfg.data, split="test", names=test_names, **kw)
     parts = with_source(carve_validation(split or {"train": trainval.names, "test": test.names}), official)
     return take(trainval, parts["train"], "train"), take(trainval, parts["val"], "val"), test, parts
 
