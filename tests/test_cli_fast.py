@@ -180,7 +180,18 @@ def test_counts_are_said_in_the_singular_for_one():
 
 @pytest.mark.parametrize(
     "command",
-    [["classify", "finetune"], ["segment", "train"], ["video", "train"], ["generate", "train"], ["style", "train"]],
+    [
+        ["train"],
+        ["classify", "finetune"],
+        ["detect", "train"],
+        ["segment", "train"],
+        ["instance", "train"],
+        ["sequence", "train"],
+        ["video", "train"],
+        ["video-predict", "train"],
+        ["generate", "train"],
+        ["style", "train"],
+    ],
 )
 def test_threads_help_says_what_unset_means(capsys, command):
     """--threads left unset takes the free cores, as 0 does: the help says so, not "(default: none)" (no
@@ -191,4 +202,5 @@ def test_threads_help_says_what_unset_means(capsys, command):
         main([*command, "--help"])
     text = " ".join(capsys.readouterr().out.split())
     threads = text.split("--threads THREADS torch", 1)[1].split(" --", 1)[0]
-    assert "unset: the free cores" in threads and "(default:" not in threads
+    assert "unset:" in threads and "the free cores" in threads and "(default:" not in threads
+    assert "the task's default" not in text  # every flag whose default depends on the data says what it is

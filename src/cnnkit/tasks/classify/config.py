@@ -117,6 +117,7 @@ PRESETS: dict[str, dict] = {
         ema=0.999,
         tta=True,
         augment=AugmentConfig(degrees=10, scale=0.1, shear=10, translate=0.1, elastic=30.0, elastic_p=0.3, crop=24),
+        val_every=1,
     ),
 }
 

@@ -57,7 +57,12 @@ class SequenceConfig(RunConfig):
     )
     steps: int = option(1000, help="optimizer steps of one network (rounded up to a multiple of --epochs)", minimum=1)
     epochs: int = option(10, help="rounds the steps are cut into: validation and a checkpoint after each", minimum=1)
-    batch_size: int | None = None
+    batch_size: int | None = option(
+        None,
+        help="global batch size (split across processes under torchrun); unset: a tenth of the training "
+        "series, at most 16 and at least 2 (Wang et al. 2017)",
+        minimum=1,
+    )
     lr: float = 1e-3
     optimizer: str = "adamw"
     weight_decay: float = 0.0
