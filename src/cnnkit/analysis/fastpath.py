@@ -188,40 +188,31 @@ def _mha_forward(
         return type(mha).forward(
             mha, query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal
         )
-    key_padding_mask = F._canonical_mask(
-        mask=key_padding_mask,
-        mask_name="key_padding_mask",
-        other_type=F._none_or_dtype(attn_mask),
-        other_name="attn_mask",
-        target_type=query.dtype,
-    )
-    attn_mask = F._canonical_mask(
-        mask=attn_mask,
-        mask_name="attn_mask",
-        other_type=None,
-        other_name="",
-        target_type=query.dtype,
-        check_other=False,
-    )
-    merged, mask_type = mha.merge_masks(attn_mask, key_padding_mask, query)
+    merged, mask_type = _merged_masks(mha, attn_mask, key_padding_mask, query)
     return _native_mha(mha, query, merged, mask_type, need_weights, average_attn_weights)
 
 
 def _encoder_forward(layer, user_hooked, src, src_mask=None, src_key_padding_mask=None, is_causal=False):
     if not _encoder_takes_fast_path(layer, src, user_hooked):
         return type(layer).forward(layer, src, src_mask, src_key_padding_mask, is_causal)
-    src_key_padding_mask = F._canonical_mask(
-        mask=src_key_padding_mask,
-        mask_name="src_key_padding_mask",
-        other_type=F._none_or_dtype(src_mask),
-        other_name="src_mask",
-        target_type=src.dtype,
-    )
-    src_mask = F._canonical_mask(
-        mask=src_mask, mask_name="src_mask", other_type=None, other_name="", target_type=src.dtype, check_other=False
-    )
-    merged, mask_type = layer.self_attn.merge_masks(src_mask, src_key_padding_mask, src)
+    merged, mask_type = _merged_masks(layer.self_attn, src_mask, src_key_padding_mask, src)
     return _encoder_layer(layer, src, merged, mask_type)
+
+
+def _merged_masks(mha: nn.MultiheadAttention, attn_mask, key_padding_mask, x):
+    """The two masks made canonical (float or None, as the modules' forwards make them) and merged, as
+    the fast path receives them: ``(mask, mask_type)``."""
+    key_padding_mask = F._canonical_mask(
+        mask=key_padding_mask,
+        mask_name="key_padding_mask",
+        other_type=F._none_or_dtype(attn_mask),
+        other_name="attn_mask",
+        target_type=x.dtype,
+    )
+    attn_mask = F._canonical_mask(
+        mask=attn_mask, mask_name="attn_mask", other_type=None, other_name="", target_type=x.dtype, check_other=False
+    )
+    return mha.merge_masks(attn_mask, key_padding_mask, x)
 
 
 _FAST_FORWARDS = {nn.MultiheadAttention.forward: _mha_forward, nn.TransformerEncoderLayer.forward: _encoder_forward}
