@@ -204,3 +204,32 @@ def test_threads_help_says_what_unset_means(capsys, command):
     threads = text.split("--threads THREADS torch", 1)[1].split(" --", 1)[0]
     assert "unset:" in threads and "the free cores" in threads and "(default:" not in threads
     assert "the task's default" not in text  # every flag whose default depends on the data says what it is
+
+
+def _every_flag_help():
+    """(command, flag, help) of every option of every command of the parser."""
+    import argparse
+
+    from cnnkit.cli import build_parser
+
+    def walk(parser, prefix):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from walk(sub, [*prefix, name])
+            elif action.option_strings:
+                yield " ".join(prefix), action.option_strings[-1], action.help or ""
+
+    return list(walk(build_parser(), []))
+
+
+def test_flag_helps_say_what_each_flag_takes():
+    """A required setting says so, not "(default: )"; a help states the flags it names rightly."""
+    helps = {(command, flag): text for command, flag, text in _every_flag_help()}
+    assert [k for k, text in helps.items() if "(default: )" in text] == []
+    assert "(required)" in helps["style train", "--style"] and "(required)" in helps["style train", "--data"]
+    assert helps["explain", "--weights"].startswith("zoo models: imagenet")  # what the explain note tells users to pass
+    assert "the generator's last" not in helps["generate train", "--width"]  # its last maps have 2 * width channels
+    assert "0: the free cores" in helps["style transfer", "--threads"]
+    for command in ("generate eval", "video eval", "video-predict eval"):
+        assert helps[command, "--data-dir"].endswith("(default: the run's)") and helps[command, "--format"]

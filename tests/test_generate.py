@@ -242,6 +242,15 @@ def test_resume_is_exact_for_both_networks_and_both_optimisers(runs):
     assert header.startswith("epoch,train_d_loss,train_g_loss")
 
 
+def test_resuming_a_conditional_run_prints_a_predict_command_that_names_a_digit(runs, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "cgan"
+    shutil.copytree(runs / "straight", run)  # finished: --resume trains nothing and prints the next command
+    assert main(["generate", "train", "--resume", "--out", str(run)]) == 0
+    assert f"cnnkit generate predict {run} --digit 7 --out digits.png" in capsys.readouterr().out
+
+
 def test_scores_on_known_inputs():
     assert mnist_score(torch.full((50, 10), 0.1)) == pytest.approx(1.0)
     assert mnist_score(torch.eye(10).repeat(5, 1)) == pytest.approx(10.0)

@@ -366,9 +366,24 @@ def test_predict_refuses_a_run_of_another_task_by_name(task_runs, tmp_path, task
     assert status == 400, res
     assert re.fullmatch(
         f"run '{task}_run' is a {task} run; the Predict page handles classification "
-        f"runs: use `cnnkit {task} predict /.+/{task}_run IMAGE`",
+        f"runs: use `cnnkit {task} predict /.+/{task}_run IMAGE( --out DIR)?`",
         res["error"],
     ), res
+
+
+@pytest.mark.parametrize(
+    "task", ["detect", "segment", "instance", "sequence", "video", "video_predict", "generate", "style"]
+)
+def test_the_command_a_refused_run_is_pointed_to_parses(tmp_path, task):
+    from cnnkit.cli import build_parser
+    from cnnkit.serve.runs import Runs
+
+    fake_task_run(tmp_path / "run", task)
+    with pytest.raises(Refused) as refused:
+        Runs(tmp_path).checkpoint("run")
+    command = re.search(r"`cnnkit (.+)`", str(refused.value)).group(1).split()
+    args = build_parser().parse_args(command)  # argparse exits on a missing argument or an unknown command
+    assert args.run == str(tmp_path / "run") and command[1] == "predict"
 
 
 def test_the_classification_run_beside_them_still_predicts(task_runs, tmp_path):

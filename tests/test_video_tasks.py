@@ -194,6 +194,20 @@ def test_predictor_refuses_frames_of_another_size_and_resizes_test_clips(data_di
     assert Image.open(out / "test0000.png").size == (4 * 32 + 3 * 2, 3 * 32 + 2 * 2)  # 16x16 frames drawn at 2x
 
 
+def test_a_folder_smaller_than_the_batch_is_told_the_batch_that_fits(tmp_path, capsys):
+    """Five clips split 3/1/1: the default batch of 16 is refused in one line that names the batch to use."""
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for i in range(5):
+        np.save(clips / f"c{i}.npy", np.random.default_rng(i).integers(0, 256, (4, 16, 16), dtype=np.uint8))
+    run = tmp_path / "run"
+    argv = ["video-predict", "train", "--data", str(clips), "--size", "16", "--frames", "2", "--epochs", "1"]
+    assert main([*argv, "--threads", "1", "--quiet", "--out", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("3 training clips are fewer than --batch-size 16: use --batch-size 3 or less")
+    assert "\n" not in err and not run.exists()
+
+
 @pytest.mark.parametrize(("bad", "split"), [(0, "test"), (4, "validation")])
 def test_a_bad_clip_of_a_folder_is_refused_before_training(tmp_path, capsys, monkeypatch, bad, split):
     """Five clips split 3/1/1 by seed 0 (validation: the fifth, test: the first). A clip saved as

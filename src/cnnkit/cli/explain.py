@@ -45,11 +45,16 @@ def register(subparsers) -> None:
         action="store_true",
         help="resize the image to the model's input size (a run trained on an image folder reads it as predict does)",
     )
-    p.add_argument("--weights", help="zoo models: a weights file or URL (reference key names)")
+    p.add_argument(
+        "--weights",
+        help="zoo models: imagenet (the published weights, with their input normalisation) or a weights file "
+        "or URL (reference key names); unset: random weights",
+    )
     p.add_argument(
         "--imagenet-norm",
         action="store_true",
-        help="zoo models: normalise the input with ImageNet's mean/std (for ImageNet weights)",
+        help="zoo models: normalise the input with ImageNet's mean/std (for ImageNet weights given as a file or URL; "
+        "--weights imagenet does it already)",
     )
     p.add_argument("--index", type=int, default=0, help="sequence runs: which series of the file (default: 0)")
     p.add_argument("--out", help="PNG to write (default: <image>_<method>.png here)")

@@ -43,8 +43,8 @@ def register(subparsers) -> None:
     e.add_argument("--classifier", required=True, metavar="RUN", help="a `cnnkit train` run of the same digits")
     e.add_argument("--count", type=int, default=10000, help="digits per set (default: 10000)")
     e.add_argument("--seed", type=int, default=0, help="seeds the noise (default: 0)")
-    e.add_argument("--data-dir")
-    e.add_argument("--format", default="table", choices=["table", "json"])
+    e.add_argument("--data-dir", help="the folder holding the real digits (default: the run's)")
+    e.add_argument("--format", default="table", choices=["table", "json"], help="table | json (default: table)")
     e.set_defaults(func=run_eval)
 
     q = sub.add_parser("predict", help="a PNG grid of new digits")
@@ -79,7 +79,8 @@ def run_train(args) -> int:
     out = args.out or f"runs/generate-{cfg.data}-{time.strftime('%Y%m%d-%H%M%S')}"
     result = train(cfg, out, resume=args.resume, quiet=args.quiet)
     last = result.history[-1] if result.history else {}
-    digit = " --digit 7" if cfg.conditional else ""  # a conditional generator needs the digit to draw
+    conditional = run.get("conditional", False) if args.resume else cfg.conditional  # resumed: the run's own
+    digit = " --digit 7" if conditional else ""  # a conditional generator needs the digit to draw
     finished(
         args,
         f"done: {len(result.history)} epoch{'s' if len(result.history) != 1 else ''}, d_loss {last.get('train_d_loss', float('nan')):.4f} g_loss "

@@ -78,8 +78,8 @@ def _eval_arguments(e) -> None:
     e.add_argument(
         "--clips", type=int, help="Moving MNIST runs: the first N clips of the split (default: the run's number)"
     )
-    e.add_argument("--data-dir")
-    e.add_argument("--format", default="table", choices=["table", "json"])
+    e.add_argument("--data-dir", help="Moving MNIST runs: the folder holding mnist/ (default: the run's)")
+    e.add_argument("--format", default="table", choices=["table", "json"], help="table | json (default: table)")
 
 
 def _out(args, kind: str) -> str:

@@ -233,7 +233,7 @@ def add_config_arguments(
                 shown = _show(next(iter(each.values())))
         if meta.get("choices") and "|" not in meta["help"]:
             meta = {**meta, "help": f"{meta['help']}: {' | '.join(map(str, meta['choices']))}"}
-        own = "(default:" in meta["help"] or "unset:" in meta["help"]  # the help says it already
+        own = any(s in meta["help"] for s in ("(default:", "unset:", "(required)"))  # the help says it already
         text = meta["help"] if own else f"{meta['help']} (default: {shown})"
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": text.replace("%", "%%")}
         base, nargs = _cli_type(kind)

@@ -19,6 +19,15 @@ from cnnkit.serve.limits import Refused
 MAX_DEPTH = 3
 MAX_RUNS = 500
 PREDICT_TASKS = ("classify",)  # the tasks whose runs /api/predict and /api/explain accept
+# what `cnnkit TASK predict RUN ...` takes after the run, for the tasks the Predict page refuses
+PREDICT_ARGUMENTS = {
+    "segment": "IMAGE --out DIR",
+    "style": "IMAGE --out DIR",
+    "sequence": "SERIES",
+    "video": "CLIP",
+    "video_predict": "CLIP --out DIR",
+    "generate": "--out digits.png",
+}
 # the figures a run folder may hold (curves by `cnnkit train`, the others by `cnnkit plot`)
 FIGURE = re.compile(r"^(curves|confusion_[A-Za-z0-9_]+|errors_[A-Za-z0-9_]+)\.png$")
 
@@ -148,7 +157,7 @@ class Runs:
         if task not in PREDICT_TASKS:
             raise Refused(
                 f"run {name!r} is a {task} run; the Predict page handles classification runs: "
-                f"use `cnnkit {task} predict {folder} IMAGE`",
+                f"use `cnnkit {task.replace('_', '-')} predict {folder} {PREDICT_ARGUMENTS.get(task, 'IMAGE')}`",
                 400,
             )
         members = info.get("ensemble") or [info]

@@ -52,7 +52,11 @@ class GenerateConfig(RunConfig):
         below=1001,
     )
     latent_dim: int = option(100, help="length of the generator's noise vector", minimum=1)
-    width: int = option(32, help="channels of the discriminator's first convolution (the generator's last)", minimum=1)
+    width: int = option(
+        32,
+        help="channels of the discriminator's first convolution; the generator's maps have 4 and 2 times it",
+        minimum=1,
+    )
     epochs: int = 20
     batch_size: int = option(
         64, help="digits per step; at least 2 (batch normalisation needs two to normalise)", minimum=2

@@ -88,7 +88,9 @@ class TransferConfig:
     )
     init: str = option("content", help="the starting image: content | noise", choices=("content", "noise"))
     seed: int = option(0, help="seeds the noise start", minimum=0, below=2**63)
-    threads: int | None = option(None, help="torch threads (default: all cores)", minimum=0)
+    threads: int | None = option(
+        None, help="torch threads (0: the free cores); unset: torch's own default, one per core", minimum=0
+    )
 
     def resolved(self) -> TransferConfig:
         """A copy with every None filled in from the loss network's recipe.
@@ -125,8 +127,8 @@ class StyleTrainConfig(RunConfig):
 
     unsupported = ("subset", "ema", "val_every", "momentum", "warmup", "schedule")
 
-    style: str = option("", help="the style image (PNG or JPEG)")
-    data: str = option("", help="a folder of photos (searched recursively for .jpg, .jpeg, .png)")
+    style: str = option("", help="the style image (PNG or JPEG) (required)")
+    data: str = option("", help="a folder of photos, searched recursively for .jpg, .jpeg, .png (required)")
     model: str | None = option(
         None, help="the transformation network: johnson_style_slim | johnson_style_slim_bn | johnson_style"
     )

@@ -55,7 +55,10 @@ def train(
     if cfg.data != "moving_mnist":  # the folder's clips, every split's, checked before any training
         train_set.clips.check()
     if len(train_set) < cfg.batch_size:
-        raise CnnkitError(f"{len(train_set)} training clips are fewer than --batch-size {cfg.batch_size}")
+        raise CnnkitError(
+            f"{len(train_set)} training clips are fewer than --batch-size {cfg.batch_size}: "
+            f"use --batch-size {len(train_set)} or less"
+        )
     first = train_set[0][0] if cfg.data == "moving_mnist" else train_set[0]  # (T, H, W) or (T, C, H, W)
     channels = 1 if cfg.data == "moving_mnist" else first.shape[1]
     model = build_model(cfg, tuple(first.shape[-2:]), channels)
