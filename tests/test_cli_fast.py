@@ -233,3 +233,22 @@ def test_flag_helps_say_what_each_flag_takes():
     assert "0: the free cores" in helps["style transfer", "--threads"]
     for command in ("generate eval", "video eval", "video-predict eval"):
         assert helps[command, "--data-dir"].endswith("(default: the run's)") and helps[command, "--format"]
+
+
+def test_every_command_with_a_format_says_what_it_chooses():
+    """--format is one flag (cli.add_format) with one help text wherever a command prints a table or JSON."""
+    from cnnkit.cli import build_parser
+
+    def parsers(p):
+        yield p
+        for action in p._actions:
+            for sub in getattr(action, "choices", None).values() if isinstance(action.choices, dict) else ():
+                yield from parsers(sub)
+
+    found = 0
+    for p in parsers(build_parser()):
+        for action in p._actions:
+            if "--format" in action.option_strings and "onnx" not in action.choices:
+                found += 1
+                assert action.help and action.help.endswith("(default: table)"), (p.prog, action.help)
+    assert found >= 12

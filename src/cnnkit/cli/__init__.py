@@ -41,6 +41,18 @@ _COMMAND_MODULES = [
 ]
 
 
+def add_format(parser: argparse.ArgumentParser, choices: tuple[str, ...] = ("table", "json")) -> None:
+    """``--format``: a table for people (the default) or JSON (or CSV) for programs, said the same way
+    by every command."""
+    parser.add_argument(
+        "--format",
+        default="table",
+        choices=list(choices),
+        help=f"{' | '.join(choices)}: a table to read, or {' / '.join(c.upper() for c in choices[1:])} for "
+        "programs (default: table)",
+    )
+
+
 def add_trust_code(parser: argparse.ArgumentParser) -> None:
     """``--trust-code FILE.py:FN``: the one way to load a checkpoint whose network only code builds."""
     parser.add_argument(

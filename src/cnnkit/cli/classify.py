@@ -11,7 +11,7 @@ import math
 import time
 from pathlib import Path
 
-from cnnkit.cli import add_run_arguments, add_trust_code, existing_data_dir, trust
+from cnnkit.cli import add_format, add_run_arguments, add_trust_code, existing_data_dir, trust
 from cnnkit.engine.config import add_config_arguments, check_values, config_from_args
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.classify.config import PRESETS, FinetuneConfig, TrainConfig, preset
@@ -60,7 +60,7 @@ def add_modes(sub, short: bool) -> None:
     e.add_argument("--data", help="another data set name or image folder (default: the run's own)")
     e.add_argument("--data-dir", help="the folder holding the built-in data sets (default: the run's)")
     e.add_argument("--split", default="test", choices=["train", "val", "test"], help="default: test")
-    e.add_argument("--format", default="table", choices=["table", "json"])
+    add_format(e)
     e.add_argument("--confusion", help="confusion-matrix PNG (default: <run>/confusion_<split>.png)")
     e.add_argument(
         "--precision",
@@ -83,7 +83,7 @@ def add_modes(sub, short: bool) -> None:
     )
     q.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     q.add_argument("--top", type=int, help="classes shown per image (default: 3; 5 for a zoo model)")
-    q.add_argument("--format", default="table", choices=["table", "json"])
+    add_format(q)
     q.add_argument(
         "--precision",
         default="auto",

@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from cnnkit.cli import add_run_arguments, train_config
+from cnnkit.cli import add_format, add_run_arguments, train_config
 from cnnkit.engine.config import add_config_arguments, resolved_defaults
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.detect.config import DetectConfig
@@ -53,7 +53,7 @@ def add_eval_predict(sub, eval_help: str, predict_help: str, run_eval, run_predi
     e.add_argument(
         "--data-dir", help="the folder holding the built-in data sets (pennfudan, digits; default: the run's)"
     )
-    e.add_argument("--format", default="table", choices=["table", "json"])
+    add_format(e)
     e.add_argument("--split", default="test", choices=["val", "test"], help="the photos scored (default: test)")
     e.add_argument(
         "--test-scale",
@@ -67,7 +67,7 @@ def add_eval_predict(sub, eval_help: str, predict_help: str, run_eval, run_predi
     q.add_argument("images", nargs="+")
     q.add_argument("--score", type=float, default=0.3, help="least score shown (default 0.3)")
     q.add_argument("--out-dir", help="where the PNGs go (default: <run>/predictions)")
-    q.add_argument("--format", default="table", choices=["table", "json"])
+    add_format(q)
     q.set_defaults(func=run_predict)
 
 

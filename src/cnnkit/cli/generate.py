@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cnnkit.cli import add_run_arguments, finished, train_config
+from cnnkit.cli import add_format, add_run_arguments, finished, train_config
 from cnnkit.engine.config import add_config_arguments
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.generate.config import GenerateConfig
@@ -44,7 +44,7 @@ def register(subparsers) -> None:
     e.add_argument("--count", type=int, default=10000, help="digits per set (default: 10000)")
     e.add_argument("--seed", type=int, default=0, help="seeds the noise (default: 0)")
     e.add_argument("--data-dir", help="the folder holding the real digits (default: the run's)")
-    e.add_argument("--format", default="table", choices=["table", "json"], help="table | json (default: table)")
+    add_format(e)
     e.set_defaults(func=run_eval)
 
     q = sub.add_parser("predict", help="a PNG grid of new digits")

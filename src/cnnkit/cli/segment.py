@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cnnkit.cli import add_run_arguments, finished, train_config
+from cnnkit.cli import add_format, add_run_arguments, finished, train_config
 from cnnkit.engine.config import add_config_arguments, resolved_defaults
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.segment.config import SegmentConfig
@@ -39,8 +39,10 @@ def register(subparsers) -> None:
     e = sub.add_parser("eval", help="mIoU, pixel accuracy, per-class and boundary IoU of a run", allow_abbrev=False)
     e.add_argument("run", help="run folder or model.safetensors")
     e.add_argument("--split", default="test", help="train | val | test (default: test)")
-    e.add_argument("--data-dir")
-    e.add_argument("--format", default="table", choices=["table", "json"])
+    e.add_argument(
+        "--data-dir", help="the folder holding the built-in data sets (pennfudan, digits; default: the run's)"
+    )
+    add_format(e)
     e.add_argument("--tta", choices=["flip", "none"], help="instead of the run's test-time augmentation")
     e.add_argument(
         "--test-scale", type=float, nargs="+", help="instead of the run's test scales (several: answers averaged)"

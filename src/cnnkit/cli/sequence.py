@@ -6,7 +6,7 @@ import json
 import re
 import time
 
-from cnnkit.cli import add_run_arguments, finished, train_config
+from cnnkit.cli import add_format, add_run_arguments, finished, train_config
 from cnnkit.engine.config import add_config_arguments
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.sequence.config import SequenceConfig
@@ -35,14 +35,14 @@ def register(subparsers) -> None:
     e.add_argument("run", help="run folder or model.safetensors")
     e.add_argument("--split", default="test", help="train | val | test of the run's data (default: test)")
     e.add_argument("--data", help="a labelled series file to evaluate on instead")
-    e.add_argument("--data-dir")
-    e.add_argument("--format", default="table", choices=["table", "json"])
+    e.add_argument("--data-dir", help="the folder holding the named sets (ucr:NAME; default: the run's)")
+    add_format(e)
     e.set_defaults(func=run_eval)
 
     q = sub.add_parser("predict", help="class and probabilities of every series in a file")
     q.add_argument("run", help="run folder or model.safetensors")
     q.add_argument("series", nargs="+", help=".ts / .tsv / .txt / .csv files")
-    q.add_argument("--format", default="table", choices=["table", "json"])
+    add_format(q)
     q.set_defaults(func=run_predict)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from cnnkit.cli import add_format
+
 _TARGET_HELP = (
     "a zoo model name, a .yaml/.json network spec, a Keras .keras/.h5 file, or path/to/file.py:factory "
     "(a function returning a torch.nn.Module)"
@@ -37,7 +39,7 @@ def register(subparsers) -> None:
     )
     _common(p)
     p.add_argument("--batch-size", "--batch", dest="batch", type=int, default=1, help="batch size (default: 1)")
-    p.add_argument("--format", default="table", choices=["table", "json", "csv"])
+    add_format(p, ("table", "json", "csv"))
     p.add_argument(
         "--time",
         nargs="?",
@@ -59,7 +61,7 @@ def register(subparsers) -> None:
     f.add_argument("--memory", required=True, help="memory budget, e.g. 8GiB, 16GB, 500MB")
     f.add_argument("--batch-size", "--batch", dest="batch", type=int, help="the batch size you want to train with")
     f.add_argument("--devices", type=int, default=2, help="devices for the 'spread over N' remedy")
-    f.add_argument("--format", default="table", choices=["table", "json"])
+    add_format(f)
     f.set_defaults(func=run_memory)
 
 

@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from cnnkit.cli import add_run_arguments, finished, train_config
+from cnnkit.cli import add_format, add_run_arguments, finished, train_config
 from cnnkit.engine.config import add_config_arguments
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.video.config import VideoConfig
@@ -79,7 +79,7 @@ def _eval_arguments(e) -> None:
         "--clips", type=int, help="Moving MNIST runs: the first N clips of the split (default: the run's number)"
     )
     e.add_argument("--data-dir", help="Moving MNIST runs: the folder holding mnist/ (default: the run's)")
-    e.add_argument("--format", default="table", choices=["table", "json"], help="table | json (default: table)")
+    add_format(e)
 
 
 def _out(args, kind: str) -> str:

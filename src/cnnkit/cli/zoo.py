@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from cnnkit.cli import add_format
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -20,7 +22,7 @@ def register(subparsers) -> None:
         default="classify",
         help="the models of this task: classify (default) | detect | segment | instance | all",
     )
-    p.add_argument("--format", default="table", choices=["table", "json"])
+    add_format(p)
     p.set_defaults(func=run_zoo)
 
 
