@@ -252,3 +252,19 @@ def test_every_command_with_a_format_says_what_it_chooses():
                 found += 1
                 assert action.help and action.help.endswith("(default: table)"), (p.prog, action.help)
     assert found >= 12
+
+
+def test_output_cut_short_by_its_reader_ends_quietly():
+    """`cnnkit summary ... --format json | head -c 10`: the pipe closes early; exit 141 (SIGPIPE's), no traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cnnkit", "summary", "resnet152", "--format", "json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout.read(10)
+    proc.stdout.close()  # the reader goes away with most of the 180 kB unread
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in err and "BrokenPipeError" not in err, err

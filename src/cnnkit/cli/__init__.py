@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import warnings
 from importlib import import_module
@@ -158,6 +159,12 @@ def main(argv: list[str] | None = None) -> int:
         if not is_out_of_memory(exc):
             raise
         return _fail(args.command, out_of_memory(f"running `cnnkit {args.command}`"))
+    except BrokenPipeError:
+        if not _output_gone():
+            raise  # a pipe other than the output broke: not the reader's doing
+        devnull = os.open(os.devnull, os.O_WRONLY)  # the reader went away (`cnnkit ... | head`): no traceback
+        os.dup2(devnull, sys.stdout.fileno())  # Python's flush at exit would fail on the pipe again
+        return 141  # 128 + SIGPIPE, as a shell reports a command the pipe stopped
     except OSError as exc:
         if not is_disk_full(exc):
             raise
@@ -165,6 +172,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cnnkit {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _output_gone() -> bool:
+    """Whether standard output is a pipe whose reader has closed it (poll reports an error on it)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & (select.POLLERR | select.POLLHUP) for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows) or no file descriptor
+        return True
 
 
 @contextlib.contextmanager
