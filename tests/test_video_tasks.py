@@ -29,6 +29,14 @@ VIDEO = dict(epochs=2, clips=8, val_clips=4, test_clips=4, batch_size=4, frames=
 PREDICT = dict(epochs=2, clips=4, val_clips=0, test_clips=2, batch_size=2, frames=4, threads=1)
 
 
+def _random_clips(folder, n: int, frames: int):
+    """``folder`` holding n clips ``c<i>.npy`` of random 16x16 grey frames (uint8), seeded by i."""
+    folder.mkdir()
+    for i in range(n):
+        np.save(folder / f"c{i}.npy", np.random.default_rng(i).integers(0, 256, (frames, 16, 16), dtype=np.uint8))
+    return folder
+
+
 def _steps(task, model, batch, n=6, lr=3e-3):
     opt = torch.optim.Adam(model.parameters(), lr)
     losses = []
@@ -154,10 +162,7 @@ def test_cli_predict_writes_strip_and_gif_and_reads_user_clips(data_dir, tmp_pat
 def test_a_frame_size_the_predictor_cannot_take_is_refused_before_training(tmp_path, capsys, size, fits):
     """--size 10 or 30 (not a multiple of SimVP's 4) is a traceback in the first batch; --size 8 (below
     SSIM's 11x11 window) dies after the first epoch, in validation. Both are one line before any step."""
-    clips = tmp_path / "clips"
-    clips.mkdir()
-    for i in range(4):
-        np.save(clips / f"c{i}.npy", np.random.default_rng(i).integers(0, 256, (4, 16, 16), dtype=np.uint8))
+    clips = _random_clips(tmp_path / "clips", 4, 4)
     run = tmp_path / "run"
     argv = ["video-predict", "train", "--data", str(clips), "--size", str(size), "--frames", "2", "--epochs", "1"]
     assert main([*argv, "--batch-size", "1", "--threads", "1", "--quiet", "--out", str(run)]) == 2
@@ -175,10 +180,7 @@ def test_predictor_refuses_frames_of_another_size_and_resizes_test_clips(data_di
     from cnnkit.errors import CnnkitError
     from cnnkit.tasks.video_predict.predict import predict_frames
 
-    clips = tmp_path / "clips"
-    clips.mkdir()
-    for i in range(4):
-        np.save(clips / f"c{i}.npy", np.random.default_rng(i).integers(0, 256, (8, 16, 16), dtype=np.uint8))
+    clips = _random_clips(tmp_path / "clips", 4, 8)
     run = tmp_path / "run"
     argv = ["video-predict", "train", "--data", str(clips), "--size", "16", "--frames", "4", "--epochs", "1"]
     assert main([*argv, "--batch-size", "1", "--threads", "1", "--quiet", "--out", str(run)]) == 0
@@ -196,10 +198,7 @@ def test_predictor_refuses_frames_of_another_size_and_resizes_test_clips(data_di
 
 def test_a_folder_smaller_than_the_batch_is_told_the_batch_that_fits(tmp_path, capsys):
     """Five clips split 3/1/1: the default batch of 16 is refused in one line that names the batch to use."""
-    clips = tmp_path / "clips"
-    clips.mkdir()
-    for i in range(5):
-        np.save(clips / f"c{i}.npy", np.random.default_rng(i).integers(0, 256, (4, 16, 16), dtype=np.uint8))
+    clips = _random_clips(tmp_path / "clips", 5, 4)
     run = tmp_path / "run"
     argv = ["video-predict", "train", "--data", str(clips), "--size", "16", "--frames", "2", "--epochs", "1"]
     assert main([*argv, "--threads", "1", "--quiet", "--out", str(run)]) == 2
