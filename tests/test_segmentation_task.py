@@ -1,6 +1,7 @@
 """The segmentation task's pieces: batches (crops keep image and mask aligned), the loss ignoring 255,
 evaluation through the metrics, and the deployable Segmenter rebuilt from its metadata."""
 
+import dataclasses
 import json
 
 import pytest
@@ -480,3 +481,39 @@ def test_a_seeded_run_trains_the_same_weights_without_the_unused_backbone_module
     new, whole = load_file(tmp_path / "new" / "model.safetensors"), load_file(tmp_path / "whole" / "model.safetensors")
     assert len(whole.keys() - new.keys()) == 6 and not new.keys() - whole.keys()
     assert all(torch.equal(v, whole[k]) for k, v in new.items())
+
+
+@pytest.mark.slow
+def test_a_run_cut_short_with_the_unused_backbone_modules_resumes_to_the_same_weights(data_dir, tmp_path, monkeypatch):
+    """A run whose resume state holds the never-run head conv (in its weights, its EMA and its
+    optimizer's parameter groups, with no optimizer state) continues: two epochs cut after the first
+    and resumed end with the weights of two epochs run straight through."""
+    from safetensors.torch import load_file
+
+    from cnnkit.engine.runfolder import read_checkpoint
+    from cnnkit.tasks.segment.config import SegmentConfig
+    from cnnkit.tasks.segment.train import train
+
+    cfg = SegmentConfig(
+        data="digits",
+        data_dir=str(data_dir),
+        arch="fcn8s",
+        model="mobilenet_v2",
+        scenes=16,
+        canvas=64,
+        epochs=2,
+        batch_size=8,
+        threads=1,
+        seed=3,
+        ema=0.9,
+    )
+    train(cfg, tmp_path / "straight", quiet=True)
+    cut = dataclasses.replace(cfg, minutes=1e-9)  # the time budget ends the run after its first epoch
+    _without_the_drop(monkeypatch, lambda: train(cut, tmp_path / "cut", quiet=True))
+    tensors, meta = read_checkpoint(tmp_path / "cut" / "resume.safetensors")
+    assert meta["epoch"] == 1 and "model.net.encoder.backbone.features.18.0.weight" in tensors
+    assert "ema.net.encoder.backbone.features.18.0.weight" in tensors
+    train(cfg, tmp_path / "cut", resume=True, quiet=True)
+    straight, resumed = (load_file(tmp_path / r / "model.safetensors") for r in ("straight", "cut"))
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(v, resumed[k]) for k, v in straight.items())

@@ -223,11 +223,11 @@ def load_resume(
                 isinstance(row.get(k), (int, float)) and not isinstance(row.get(k), bool) for k in ("epoch", "seconds")
             ):
                 raise ValueError("a history row lacks its epoch or seconds")
-        model.load_state_dict(strip_prefix(tensors, "model."))
+        model.load_state_dict(_without_dropped(model, strip_prefix(tensors, "model.")))
         if hasattr(task, "load_state_dict"):
             task.load_state_dict(strip_prefix(tensors, "task."))
         if ema is not None:
-            ema.load_state_dict(strip_prefix(tensors, "ema."))
+            ema.load_state_dict(_without_dropped(model, strip_prefix(tensors, "ema.")))
         optimizers = [] if optimizer is None else optimizer if isinstance(optimizer, list) else [optimizer]
         for j, one in enumerate(optimizers):
             prefix, groups_key, scalars_key = _optim_keys(j)
@@ -238,7 +238,7 @@ def load_resume(
             for key, v in meta[scalars_key].items():
                 idx, name = key.split(".", 1)
                 state.setdefault(int(idx), {})[name] = v
-            one.load_state_dict({"state": state, "param_groups": meta[groups_key]})
+            one.load_state_dict(_without_unrun({"state": state, "param_groups": meta[groups_key]}, one))
             _check_optimizer_state(one)
         torch.set_rng_state(tensors["rng.torch"])
         generator.set_state(tensors["rng.generator"])
@@ -251,6 +251,28 @@ def load_resume(
         ) from None
 
     return epoch, history, meta.get("config", {})
+
+
+def _without_unrun(saved: dict, optimizer: torch.optim.Optimizer) -> dict:
+    """``saved`` (an optimizer's state dict) renumbered for ``optimizer`` where its groups list more
+    parameters: a run saved with backbone modules that never run (which no longer exist, see
+    :func:`_without_dropped`) has their parameters in its groups, but no state for them, as they never
+    had a gradient. The parameters that have state, in their order in each group, are ``optimizer``'s;
+    a group where they are not as many is left as it is, for ``load_state_dict`` to refuse."""
+    groups, state = saved["param_groups"], saved["state"]
+    have = [len(g["params"]) for g in optimizer.param_groups]
+    if len(groups) != len(have) or all(len(g["params"]) == n for g, n in zip(groups, have)):
+        return saved
+    kept = [
+        [i for i in g["params"] if i in state] if len(g["params"]) > n else g["params"] for g, n in zip(groups, have)
+    ]
+    if any(len(k) != n for k, n in zip(kept, have)):
+        return saved
+    number = {old: new for new, old in enumerate(i for k in kept for i in k)}
+    return {
+        "state": {number[i]: v for i, v in state.items() if i in number},
+        "param_groups": [{**g, "params": [number[i] for i in k]} for g, k in zip(groups, kept)],
+    }
 
 
 def _check_generator_device(path, meta: dict, tensors: dict, generator: torch.Generator) -> None:
