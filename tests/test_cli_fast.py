@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -233,6 +234,11 @@ def test_flag_helps_say_what_each_flag_takes():
     assert "0: the free cores" in helps["style transfer", "--threads"]
     for command in ("generate eval", "video eval", "video-predict eval"):
         assert helps[command, "--data-dir"].endswith("(default: the run's)") and helps[command, "--format"]
+    assert ("style train", "--data-dir") not in helps  # it reads no built-in data set
+    for (command, flag), text in helps.items():  # --resume names only the flags the command has
+        if flag == "--resume":
+            named = re.findall(r"--[a-z-]+", text.split("refused", 1)[1])
+            assert named and all((command, f) in helps for f in named), (command, named)
 
 
 def test_every_command_with_a_format_says_what_it_chooses():

@@ -68,11 +68,14 @@ def add_trust_code(parser: argparse.ArgumentParser) -> None:
 def add_run_arguments(parser: argparse.ArgumentParser, default_out: str) -> None:
     """``--out``, ``--resume`` and ``--quiet``: where a training run goes, and how it talks."""
     parser.add_argument("--out", help=f"run folder, written after every epoch (default: {default_out})")
+    given = parser._option_string_actions  # the settings added before: name only those that may change
+    free = [flag for flag in ("--device", "--threads", "--data-dir", "--minutes") if flag in given]
+    free = ", ".join(free[:-1]) + f" and {free[-1]}" if len(free) > 1 else "".join(free)
     parser.add_argument(
         "--resume",
         action="store_true",
         help="continue the run in --out exactly, with its own settings: a setting given that differs from "
-        "the run's is refused (--device, --threads, --data-dir and --minutes may change)",
+        f"the run's is refused{f' ({free} may change)' if free else ''}",
     )
     parser.add_argument("--quiet", action="store_true", help=QUIET_HELP)
 

@@ -125,7 +125,7 @@ class StyleTrainConfig(RunConfig):
         'johnson_style_slim_bn'
     """
 
-    unsupported = ("subset", "ema", "val_every", "momentum", "warmup", "schedule")
+    unsupported = ("subset", "ema", "val_every", "momentum", "warmup", "schedule", "data_dir")
 
     style: str = option("", help="the style image (PNG or JPEG) (required)")
     data: str = option("", help="a folder of photos, searched recursively for .jpg, .jpeg, .png (required)")
