@@ -8,7 +8,13 @@ children); the map of stride ``s`` is the output of the last trunk module whose 
 strides by dilation (atrous convolution, as torchvision's ``replace_stride_with_dilation``): the
 state dict is unchanged, so ImageNet weights still load.
 
-The modules after the last returned map (the classifier; VGG's fc6 and fc7, MobileNet's and
+On VGG, ``fc_convs=True`` turns the classifier's fc6 and fc7 into convolutions (a 7x7 and a 1x1 conv to
+4096, each with its ReLU and dropout, Long et al.'s conv6 and conv7) once the weights have loaded, so
+ImageNet's fc6 and fc7 weights carry over; they join the trunk at stride 32. ``taps="pool"`` returns
+each map finer than the coarsest at the *first* trunk module of its stride (on VGG the max pool that
+enters it: pool3 and pool4, FCN's skips) instead of the last.
+
+The modules after the last returned map (the classifier; VGG's fc6 and fc7 without ``fc_convs``, MobileNet's and
 EfficientNet's 1x1 head conv; stages beyond the coarsest stride asked for) are never run: they are
 removed once the weights have loaded into the whole zoo model, so they are no parameters, are not
 saved and are not counted, and every kept weight keeps the zoo model's state-dict name.
@@ -127,6 +133,8 @@ def create_features(
     out_strides=(4, 8, 16, 32),
     output_stride: int = 32,
     in_channels: int | None = None,
+    taps: str = "last",
+    fc_convs: bool = False,
 ) -> FeatureExtractor:
     """Build zoo model ``name`` (optionally with ``weights``) and return its maps at ``out_strides``.
 
@@ -137,9 +145,17 @@ def create_features(
         out_strides: an increasing subset of (2, 4, 8, 16, 32).
         output_stride: 32, 16 or 8; below 32 the later stages are dilated instead of strided.
         in_channels: image channels (the model's default when None).
+        taps: which trunk module gives each map: ``"last"``, the last module at its stride (on VGG16
+            relu4_3, relu5_3, pool5); ``"pool"``, for every map but the coarsest the first module at its
+            stride (on VGG16 pool3 and pool4, the maps FCN's skips score), the coarsest still the last.
+        fc_convs: VGG only: fc6 and fc7 as a 7x7 conv ("same" padding, 3 px) and a 1x1 conv to 4096,
+            each followed by its ReLU and dropout, converted by :func:`cnnkit.models.fcn._linear_to_conv`
+            after the weights load (``weights`` give their fc6 and fc7); they end the trunk at stride 32,
+            so the stride-32 map is conv7's (4096 channels). Needs 32 in ``out_strides``.
     Raises:
-        CnnkitError: an unsupported model, bad strides, or an ``output_stride`` the model cannot
-            reach by dilation (its later stages pool).
+        CnnkitError: an unsupported model, bad strides, an ``output_stride`` the model cannot
+            reach by dilation (its later stages pool), an unknown ``taps``, or ``fc_convs`` on a
+            model other than VGG or without the stride-32 map.
     """
     strides = tuple(out_strides)
     if not strides or any(s not in STRIDES for s in strides) or list(strides) != sorted(set(strides)):
@@ -148,21 +164,31 @@ def create_features(
         )
     if output_stride not in (8, 16, 32):
         raise CnnkitError(f"output_stride must be 8, 16 or 32; received: output_stride={output_stride!r}")
+    if taps not in ("last", "pool"):
+        raise CnnkitError(f"taps must be 'last' or 'pool'; received: taps={taps!r}")
+    if fc_convs not in (False, True):
+        raise CnnkitError(f"fc_convs must be True or False; received: fc_convs={fc_convs!r}")
+    if fc_convs and strides[-1] != 32:
+        raise CnnkitError(
+            f"fc_convs puts fc6 and fc7 at stride 32, which out_strides={out_strides!r} does not return: add 32"
+        )
     model = create_model(name, in_channels=in_channels, weights=weights)
     trunk = _trunk_names(model)
     if trunk is None:
         families = "resnet*, resnext*, wide_resnet*, seresnet50, vgg*, densenet*, mobilenet_v1/v2/v3*, efficientnet_*"
         raise CnnkitError(f"model {name!r} has no feature pyramid in cnnkit; models that have: {families}")
     model.reset_classifier(0)  # no classifier weights: dropped_keys lists what runs saved with it
-    trunk_strides, trunk_channels = _trunk_shapes(model, name, trunk)
-    taps = []
-    for s in strides:
+    if fc_convs:
+        trunk = trunk + _convolve_fc(model, name)  # after the weights: ImageNet's fc6 and fc7 carry over
+    trunk_strides, trunk_channels = _trunk_shapes(model, name, trunk, fc_convs)
+    rule, taps = taps, []
+    for k, s in enumerate(strides):
         at = [i for i, t in enumerate(trunk_strides) if t == s]
         if not at:
             raise CnnkitError(
                 f"model {name!r} has no feature map at stride {s}; its strides: {sorted(set(trunk_strides))}"
             )
-        taps.append(at[-1])
+        taps.append(at[0] if rule == "pool" and k < len(strides) - 1 else at[-1])
     if output_stride < 32:
         first = trunk_strides.index(output_stride * 2) if output_stride * 2 in trunk_strides else len(trunk)
         _dilate(model, trunk[first : max(taps) + 1], name, output_stride)
@@ -170,6 +196,25 @@ def create_features(
     return FeatureExtractor(
         model, trunk, taps, [min(s, output_stride) for s in strides], [trunk_channels[t] for t in taps], dropped
     )
+
+
+def _convolve_fc(model: nn.Module, name: str) -> list[str]:
+    """Replace VGG's fc6 and fc7 (``classifier.0``, ``classifier.3``) by the convolutions they are on a
+    7x7 map, fc6 padded "same" (3 px) so that any map of at least 1x1 gives a map of its own size; return
+    the dotted names of fc6 to drop7, the modules that join the trunk. The state-dict names stay."""
+    from cnnkit.models.fcn import _linear_to_conv
+    from cnnkit.models.vgg import VGG
+
+    if not isinstance(model, VGG):
+        raise CnnkitError(
+            f"fc_convs turns VGG's fc6 and fc7 into convolutions; model {name!r} is not a VGG: give vgg11, vgg13, "
+            "vgg16 or vgg19 (or a _bn variant)"
+        )
+    head = model.classifier
+    fc6 = _linear_to_conv(head[0], (7, 7), "classifier.0")  # (B, 512, h, w) -> (B, 4096, h - 6, w - 6)
+    fc6.padding = (3, 3)  # -> (B, 4096, h, w): at a 7x7 map the middle cell is fc6 of the whole map
+    head[0], head[3] = fc6, _linear_to_conv(head[3], (1, 1), "classifier.3")  # fc7: (B, 4096, h, w)
+    return [f"classifier.{i}" for i in range(6)]  # fc6, relu6, drop6, fc7, relu7, drop7
 
 
 def _drop_unrun(model: nn.Module, run: list[str]) -> tuple[str, ...]:
@@ -207,7 +252,7 @@ def dropped_keys(model: nn.Module) -> set[str]:
 REAL_PROBE_BYTES = 1 << 28  # a meta model's parameters up to 256 MB: probed through a real copy
 
 
-def _trunk_shapes(model: nn.Module, name: str, trunk: list[str]) -> tuple[list[int], list[int]]:
+def _trunk_shapes(model: nn.Module, name: str, trunk: list[str], fc_convs: bool = False) -> tuple[list[int], list[int]]:
     """:func:`_probe`'s strides and channels. A model on the meta device (a shapes-only build) is
     probed through a real copy of ``name`` when its parameters take at most
     :data:`REAL_PROBE_BYTES`: PyTorch's first operation on meta tensors imports about 1.3 s of its
@@ -217,18 +262,20 @@ def _trunk_shapes(model: nn.Module, name: str, trunk: list[str]) -> tuple[list[i
         return _probe(model, trunk)
     if sum(p.numel() * p.element_size() for p in model.parameters()) > REAL_PROBE_BYTES:
         return _probe(model, trunk)
-    strides, channels = _real_probe(name, first.in_channels)
+    strides, channels = _real_probe(name, first.in_channels, fc_convs)
     return list(strides), list(channels)
 
 
 @functools.cache
-def _real_probe(name: str, in_channels: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """The trunk's strides and channels from a real copy of zoo model ``name``, built without weights
-    on the CPU; the random numbers its initialisation draws are given back."""
+def _real_probe(name: str, in_channels: int, fc_convs: bool = False) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The trunk's strides and channels from a real copy of zoo model ``name`` (with ``fc_convs``, its
+    fc6 and fc7 as convolutions), built without weights on the CPU; the random numbers its
+    initialisation draws are given back."""
     with torch.random.fork_rng(devices=[]), torch.device("cpu"):
         real = create_model(name, in_channels=in_channels)
-    real.reset_classifier(0)
-    strides, channels = _probe(real, _trunk_names(real))
+        real.reset_classifier(0)
+        trunk = _trunk_names(real) + (_convolve_fc(real, name) if fc_convs else [])
+    strides, channels = _probe(real, trunk)
     return tuple(strides), tuple(channels)
 
 

@@ -34,6 +34,7 @@ from cnnkit.errors import CnnkitError
 from cnnkit.layers import ASPP, BilinearConvTranspose2d, ConvNormAct, aspp_rates, resize
 
 ARCHS = ("fcn32s", "fcn16s", "fcn8s", "unet", "deeplabv3")
+FCN_ARCHS = ARCHS[:3]
 UNET_ENCODER = "unet"  # the backbone name of U-Net's own encoder
 
 
@@ -48,6 +49,7 @@ class SegmenterConfig:
     width: int = 32  # U-Net's own encoder: channels of its first level (doubling per level)
     finest: int = 2  # U-Net on a zoo backbone: the finest stride its decoder reaches (2 or 4;
     # 4 skips the costly stride-2 level, bilinear x4 to the input after)
+    fcn_paper: bool = False  # FCN on VGG as Long et al. built it: conv7 scored, skips on pool4 and pool3
 
 
 def _crop(x: torch.Tensor, size) -> torch.Tensor:
@@ -95,7 +97,19 @@ class UNetEncoder(nn.Module):
         return maps
 
 
-def _encoder(cfg: SegmenterConfig, out_strides, output_stride: int = 32) -> nn.Module:
+def check_fcn_paper(arch: str, backbone: str) -> None:
+    """Refuse ``fcn_paper`` (``--fcn-paper``) anywhere but on an FCN with a VGG encoder, in one line."""
+    from cnnkit.models._registry import list_models, model_info
+
+    vggs = [n for n in list_models() if model_info(n).family == "vgg"]
+    if arch not in FCN_ARCHS or backbone not in vggs:
+        raise CnnkitError(
+            f"--fcn-paper builds Long et al.'s FCN on VGG: it takes --arch {', '.join(FCN_ARCHS)} with --model "
+            f"{', '.join(vggs)}; received --arch {arch} --model {backbone}"
+        )
+
+
+def _encoder(cfg: SegmenterConfig, out_strides, output_stride: int = 32, **paper) -> nn.Module:
     if cfg.backbone == UNET_ENCODER:
         if cfg.arch != "unet":
             raise CnnkitError(
@@ -116,6 +130,7 @@ def _encoder(cfg: SegmenterConfig, out_strides, output_stride: int = 32) -> nn.M
         out_strides=out_strides,
         output_stride=output_stride,
         in_channels=cfg.in_channels,
+        **paper,
     )
 
 
@@ -124,12 +139,20 @@ class FCN(nn.Module):
     maps ("skips"), each 2x step a learnable transposed conv initialised as bilinear, the skip scores
     zero-initialised (so FCN-16s starts as FCN-32s, as the paper trains them), the last upsampling
     fixed bilinear.
+
+    Each level is scored on the backbone's last map at its stride (on VGG16: pool5, relu5_3, relu4_3).
+    With ``fcn_paper`` (VGG only) it is Long et al.'s network: fc6 and fc7 are convolutions (7x7 with
+    "same" padding, where the paper pads the input by 100 px and crops, and 1x1, to 4096, with their
+    ReLU and dropout, ImageNet's fc6 and fc7 weights carried over), conv7 is scored at stride 32 and the
+    skips are pool4 and pool3 (see :func:`~cnnkit.models.features.create_features`' ``fc_convs`` and
+    ``taps``): 134 M parameters on VGG16.
     """
 
     def __init__(self, cfg: SegmenterConfig):
         super().__init__()
         skips = {"fcn32s": 0, "fcn16s": 1, "fcn8s": 2}[cfg.arch]
-        self.encoder = _encoder(cfg, (8, 16, 32)[2 - skips :])
+        paper = {"taps": "pool", "fc_convs": True} if cfg.fcn_paper else {}
+        self.encoder = _encoder(cfg, (8, 16, 32)[2 - skips :], **paper)
         k = cfg.num_classes
         chans = self.encoder.channels
         self.score = nn.Conv2d(chans[-1], k, 1)  # on the stride-32 map
@@ -230,6 +253,10 @@ def create_segmenter(arch: str, backbone: str = "resnet18", num_classes: int = 2
         raise CnnkitError(
             f"create_segmenter: {exc}; its options are {', '.join(SegmenterConfig.__dataclass_fields__)}"
         ) from None
+    if cfg.fcn_paper not in (False, True):
+        raise CnnkitError(f"fcn_paper must be True or False. Received: fcn_paper={cfg.fcn_paper!r}")
+    if cfg.fcn_paper:
+        check_fcn_paper(arch, backbone)
     model = _ARCH_CLASSES[arch](cfg)
     model.config = asdict(cfg)
     return model

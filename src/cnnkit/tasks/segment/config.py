@@ -95,6 +95,11 @@ class SegmentConfig(RunConfig):
     output_stride: int = option(16, help="DeepLab's output stride: 16 | 8 (--arch deeplabv3 only)", choices=(16, 8))
     width: int | None = option(None, help="U-Net's own encoder: first-level channels", minimum=1)
     finest: int | None = option(None, help="U-Net on a zoo backbone: finest decoder stride, 2 or 4")
+    fcn_paper: bool = option(
+        False,
+        help="FCN on VGG as Long et al. built it (--arch fcn32s|fcn16s|fcn8s, --model vgg*): fc6 and fc7 as "
+        "convolutions to 4096 (with --weights, ImageNet's), conv7 scored at stride 32, skips on pool4 and pool3",
+    )
     freeze_bn: bool | None = option(None, help="keep the encoder's batch norms in eval mode (pretrained statistics)")
     encoder_lr: float | None = option(None, help="the encoder's learning rate as a fraction of --lr")
     freeze_to: int | None = option(

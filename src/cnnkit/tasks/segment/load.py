@@ -30,6 +30,7 @@ def build_model(cfg: SegmentConfig, train: SegmentationSet) -> Segmenter:
         weights=cfg.weights,
         width=cfg.width,
         finest=cfg.finest,
+        fcn_paper=cfg.fcn_paper,
     )
     mean, std = input_stats(cfg, train)
     return Segmenter(net, mean, std, train.classes, flip_tta(cfg.tta), cfg.test_scale)

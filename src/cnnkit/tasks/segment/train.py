@@ -55,6 +55,7 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
     from cnnkit.engine.distributed import launched
     from cnnkit.engine.optim import lr_at, make_optimizer
     from cnnkit.engine.runfolder import SPLIT_FILE, atomic_write_bytes, run_photos
+    from cnnkit.models.segmentation import check_fcn_paper
     from cnnkit.tasks.segment.predict import scales
 
     cfg = cfg.resolved()
@@ -75,6 +76,8 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
             "--keep-depthwise keeps a pretrained encoder's depthwise filters: it needs a zoo encoder with "
             "--weights imagenet; leave it out to train from scratch"
         )
+    if cfg.fcn_paper:  # before any data is read
+        check_fcn_paper(cfg.arch, cfg.model)
     if cfg.output_stride != 16 and cfg.arch != "deeplabv3":
         raise CnnkitError(
             f"--output-stride sets DeepLab's output stride; the {cfg.arch} decoder has none: leave it out or "
