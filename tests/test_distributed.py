@@ -322,3 +322,60 @@ def test_two_processes_train_every_sample_of_batches_that_do_not_split_evenly(tm
         two = torch.load(tmp_path / f"rank{rank}.pt")
         for k in one:
             torch.testing.assert_close(two[k], one[k], atol=1e-6, rtol=1e-5)
+
+
+def test_bad_input_under_torchrun_is_said_once_by_rank_0_and_every_rank_fails(tmp_path, monkeypatch, capsys):
+    """Every process meets the same bad input: rank 0 alone prints the line, every rank exits with 2."""
+    from cnnkit.cli import main
+
+    argv = ["train", "--data-dir", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "run"), "--quiet"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    said = []
+    for rank in ("1", "0"):
+        monkeypatch.setenv("RANK", rank)
+        assert main(argv) == 2
+        said.append(capsys.readouterr().err)
+    assert said[0] == "" and said[1].count("error:") == 1 and "nothing-here" in said[1]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_torchrun_says_a_bad_input_once_and_writes_nothing(data_dir, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2"]
+    cmd += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "cnnkit", "train", "--quiet"]
+    cmd += ["--data-dir", str(data_dir), "--subset", "64", "--batch-size", "1", "--epochs", "1", "--threads", "1"]
+    cmd += ["--device", "cpu", "--out", str(tmp_path / "run")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("cnnkit train: error:")]
+    assert len(lines) == 1 and "batch of 1 sample(s) cannot be split over 2 processes" in lines[0], proc.stderr[-3000:]
+    assert "exitcode  : 2" in proc.stderr  # torchrun's report of the failed process: cnnkit's code
+    assert not (tmp_path / "run").exists()
+
+
+def _diverge_in_one_share(rank: int, out: str) -> None:
+    """One batch of 4 samples; the last one (rank 1's share) has a NaN target."""
+    from cnnkit.engine import Data, Phase, Plan, Setup, fit
+    from cnnkit.errors import CnnkitError
+
+    class InOrder(_LineTask):
+        def batches(self, data, generator, train):
+            return [data]
+
+    x = torch.linspace(-1, 1, 4).unsqueeze(1)
+    y = 3 * x - 1
+    y[3] = float("nan")
+    plan = Plan([Phase(1, lambda m: Setup(torch.optim.SGD(m.parameters(), lr=0.1)))])
+    try:
+        fit(InOrder(), _Line(), Data((x, y)), plan, None, quiet=True, device="cpu", precision="fp32")
+    except CnnkitError as exc:
+        Path(out, f"rank{rank}.txt").write_text(str(exc))
+
+
+@pytest.mark.slow
+def test_a_loss_that_diverges_in_one_process_share_stops_every_process_alike(tmp_path):
+    """Rank 0 says why a run stopped: a loss that became NaN in rank 1's share alone must stop rank 0
+    too, with the same message (rank 1's is not printed)."""
+    _two_processes(_diverge_in_one_share, str(tmp_path))
+    said = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+    assert said[0] == said[1] and "the loss became nan at epoch 1, step 1" in said[0]

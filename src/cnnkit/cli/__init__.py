@@ -2,7 +2,8 @@
 
 Each sub-module registers its sub-commands with ``register(subparsers)``; every
 sub-command's handler takes the parsed ``args`` and returns an exit code.
-A :class:`~cnnkit.errors.CnnkitError` becomes one line on stderr and exit code 2.
+A :class:`~cnnkit.errors.CnnkitError` becomes one line on stderr and exit code 2 (under torchrun, said
+by rank 0 alone; every process exits with 2).
 """
 
 from __future__ import annotations
@@ -157,11 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     except CnnkitError as exc:
         return _fail(args.command, exc)
     except MemoryError:
-        return _fail(args.command, out_of_memory(f"running `cnnkit {args.command}`"))
+        return _fail(args.command, out_of_memory(f"running `cnnkit {args.command}`"), every_rank=True)
     except RuntimeError as exc:
         if not is_out_of_memory(exc):
             raise
-        return _fail(args.command, out_of_memory(f"running `cnnkit {args.command}`"))
+        return _fail(args.command, out_of_memory(f"running `cnnkit {args.command}`"), every_rank=True)
     except BrokenPipeError:
         if not _output_gone():
             raise  # a pipe other than the output broke: not the reader's doing
@@ -206,8 +207,13 @@ def plain_warnings():
         yield
 
 
-def _fail(command: str, exc: CnnkitError) -> int:
-    """One line on stderr (a message never spans lines, nor runs past 2,000 characters), exit code 2."""
-    text = " ".join(str(exc).split())
-    print(f"cnnkit {command}: error: {text[:2000]}", file=sys.stderr)
+def _fail(command: str, exc: CnnkitError, every_rank: bool = False) -> int:
+    """One line on stderr (a message never spans lines, nor runs past 2,000 characters), exit code 2.
+    Under torchrun every process meets bad input alike and fails with code 2; rank 0 alone says why,
+    once. ``every_rank``: a process's own failure (its memory ran out), said by whichever process met it."""
+    from cnnkit.engine.distributed import launched
+
+    if every_rank or launched()[0] == 0:
+        text = " ".join(str(exc).split())
+        print(f"cnnkit {command}: error: {text[:2000]}", file=sys.stderr)
     return 2

@@ -13,7 +13,7 @@ from cnnkit._lazy import lazy_exports
 if TYPE_CHECKING:
     from cnnkit.engine.loop import FitResult, fit, fit_run, save_run
     from cnnkit.engine.optim import single_phase_plan
-    from cnnkit.engine.task import Data, Phase, Plan, Setup, Task
+    from cnnkit.engine.task import Data, Phase, Plan, Pooled, Setup, Task
 
 # imported on first use: the torch-free engine.config (the CLI's parsers) must not load the loop
 lazy_exports(
@@ -21,8 +21,20 @@ lazy_exports(
     {
         "loop": ["FitResult", "fit", "fit_run", "save_run"],
         "optim": ["single_phase_plan"],
-        "task": ["Data", "Phase", "Plan", "Setup", "Task"],
+        "task": ["Data", "Phase", "Plan", "Pooled", "Setup", "Task"],
     },
 )
 
-__all__ = ["Data", "FitResult", "Phase", "Plan", "Setup", "Task", "fit", "fit_run", "save_run", "single_phase_plan"]
+__all__ = [
+    "Data",
+    "FitResult",
+    "Phase",
+    "Plan",
+    "Pooled",
+    "Setup",
+    "Task",
+    "fit",
+    "fit_run",
+    "save_run",
+    "single_phase_plan",
+]

@@ -124,6 +124,37 @@ def shard_weight(n: int | None, d: Dist) -> float:
     return d.world * (stop - start) / n
 
 
+def pool(pooled, d: Dist, total: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The parts of a :class:`~cnnkit.engine.task.Pooled` loss on the whole global batch: its sums
+    added over the processes, each carrying the gradient of this process's share alone.
+
+    Each sum becomes ``own + (total - own)`` with the other processes' part detached, so the loss
+    has the whole batch's value on every process and this process's gradient is that of the whole
+    batch's loss through its own samples. ``world`` times it (DDP averages the processes' gradients)
+    makes the processes' gradients add up to one process's gradient on the whole batch, whatever the
+    loss divides by.
+
+    Args:
+        pooled: the task's sums and the function that combines them.
+        d: this process; alone, the sums are combined as they are.
+        total: the sums of every process, flattened in the order of ``pooled.sums`` (default: added
+            over the process group here, with one all-reduce).
+
+    Returns:
+        ``pooled.combine`` of the whole batch's sums: ``{"loss": ..., ...}``.
+    """
+    if d.world == 1 and total is None:
+        return pooled.parts()
+    own = {k: v.float() for k, v in pooled.sums.items()}
+    if total is None:
+        total = all_sum(torch.cat([v.detach().reshape(-1) for v in own.values()]), d)
+    whole, at = {}, 0
+    for k, v in own.items():
+        whole[k] = v + (total[at : at + v.numel()].view_as(v) - v.detach())
+        at += v.numel()
+    return pooled.combine(whole)
+
+
 def all_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
     if d.world > 1:
         dist.all_reduce(t)

@@ -39,7 +39,15 @@ from rich.progress import (
 
 from cnnkit.console import console as make_console
 from cnnkit.engine.config import config_yaml
-from cnnkit.engine.distributed import Dist, all_sum, batch_length, distributed, shard_batch, shard_weight
+from cnnkit.engine.distributed import (
+    Dist,
+    all_sum,
+    batch_length,
+    distributed,
+    pool,
+    shard_batch,
+    shard_weight,
+)
 from cnnkit.engine.ema import EMA
 from cnnkit.engine.precision import autocast, choose
 from cnnkit.engine.runfolder import (
@@ -55,7 +63,7 @@ from cnnkit.engine.runfolder import (
     save_resume,
     write_metrics_csv,
 )
-from cnnkit.engine.task import Data, Plan, Setup, Task
+from cnnkit.engine.task import Data, Plan, Pooled, Setup, Task
 from cnnkit.errors import CnnkitError
 from cnnkit.layers.bf16 import guard_bf16
 
@@ -496,12 +504,8 @@ def train_epoch(
             with autocast(precision, d.device):
                 stats = own_step(step_net, shard_batch(batch, d), setup.optimizers)
         else:
-            # under torchrun the shares of a batch that does not split evenly weigh by their sizes
-            weight = shard_weight(batch_length(batch), d) if d.world > 1 else 1.0
             with autocast(precision, d.device):
-                loss, stats = task.loss(step_net, shard_batch(batch, d))
-            if weight != 1.0:
-                loss = loss * weight
+                loss, stats = step_loss(task, step_net, batch, d)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -511,7 +515,9 @@ def train_epoch(
         s = torch.stack([stats[k] for k in names] + [stats["n"]])
         sums = s if sums is None else sums + s
         if (i + 1) % REPORT_EVERY == 0 or i + 1 == steps:
-            means = dict(zip(names, (sums[:-1] / sums[-1]).tolist()))
+            # every process's shares together: a loss that diverged in one share stops every process
+            whole = all_sum(sums.clone(), d)
+            means = dict(zip(names, (whole[:-1] / whole[-1]).tolist()))
             bad = [k for k in names if k.endswith("loss") and not math.isfinite(means[k])]
             if bad:
                 raise CnnkitError(
@@ -523,6 +529,34 @@ def train_epoch(
             tick = time.perf_counter()
             report(advance=i % REPORT_EVERY + 1, stats=f"{_fmt(means)}  {ips:,.0f} {getattr(task, 'unit', 'img')}/s")
     return names, sums
+
+
+def step_loss(task, step_net, batch, d: Dist) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """This process's loss of one global batch, to backpropagate, and its sums to log.
+
+    The process trains on its share of the batch (:func:`~cnnkit.engine.distributed.shard_batch`).
+    A loss that is a mean over the share's samples is weighted by the share's size
+    (:func:`~cnnkit.engine.distributed.shard_weight`); a :class:`~cnnkit.engine.task.Pooled` loss is
+    combined from the sums of every process's share (:func:`~cnnkit.engine.distributed.pool`) and
+    its parts are logged. Either way DDP's average of the processes' gradients is one process's
+    gradient of the loss on the whole batch.
+
+    Args:
+        task: the task whose ``loss`` is taken.
+        step_net: the network the step runs (DDP-wrapped under torchrun).
+        batch: the global batch, as ``task.batches`` made it.
+        d: this process.
+
+    Returns:
+        ``(loss, stats)``: the scalar to backpropagate, and the batch's sums to log (``n`` among them).
+    """
+    weight = shard_weight(batch_length(batch), d) if d.world > 1 else 1.0
+    loss, stats = task.loss(step_net, shard_batch(batch, d))
+    if isinstance(loss, Pooled):
+        parts = pool(loss, d)
+        logged = {k: v.detach() * stats["n"] for k, v in parts.items()}
+        return parts["loss"] * d.world, {**logged, **{k: v for k, v in stats.items() if k not in logged}}
+    return (loss * weight if weight != 1.0 else loss), stats
 
 
 # ----------------------------------------------------------------------------- helpers

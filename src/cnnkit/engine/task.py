@@ -30,6 +30,39 @@ class Data(NamedTuple):
     val: Any = None
 
 
+@dataclass(frozen=True)
+class Pooled:
+    """A loss that is not a mean over the batch's samples, as a task's ``loss`` returns it: sums over
+    the batch, and the function that makes the loss of them.
+
+    A detector's class loss is divided by the batch's positive locations, a segmenter's cross-entropy
+    by its valid pixels: under torchrun no process's share has the whole batch's count. The engine
+    adds each sum over the processes (:func:`~cnnkit.engine.distributed.pool`) and calls ``combine``
+    on the whole batch's sums, so every process takes the gradient of the loss of the whole batch
+    through its own share's sums: the processes together take one process's gradient on the whole
+    batch.
+
+    Attributes:
+        sums: this batch's (this process's share's) sums, each a tensor (a count, a summed loss, a
+            vector of per-class sums) that adds up over the samples; differentiable where the loss
+            depends on it.
+        combine: ``fn(sums) -> {"loss": scalar to minimise, ...}``: the loss and its other parts on
+            sums of the same names. Every part is logged per sample, as ``train_<name>``.
+
+    Example:
+        >>> p = Pooled({"ce": torch.tensor(6.0), "pixels": torch.tensor(3.0)}, lambda s: {"loss": s["ce"] / s["pixels"]})
+        >>> p.parts()["loss"].item()
+        2.0
+    """
+
+    sums: dict[str, torch.Tensor]
+    combine: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+
+    def parts(self) -> dict[str, torch.Tensor]:
+        """The loss and its parts on this batch's own sums (what one process computes)."""
+        return self.combine(self.sums)
+
+
 class Batches(Sized, Iterable, Protocol):
     """One epoch's global batches; ``len`` is the number of optimizer steps."""
 
@@ -69,9 +102,11 @@ class Task(Protocol):
         """The epoch's global batches (tensors, or tuples/lists/dicts of them), augmentation
         included; every random draw from ``generator`` (the same on every process)."""
 
-    def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The scalar loss to minimise and this batch's *sums* to log: ``{"loss": loss * n, ...,
-        "n": n}`` as 0-d tensors (detached); the engine divides by the summed ``n``."""
+    def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor | Pooled, dict[str, torch.Tensor]]:
+        """The loss to minimise and this batch's *sums* to log: ``{"loss": loss * n, ..., "n": n}``
+        as 0-d tensors (detached); the engine divides by the summed ``n``. The loss is a scalar
+        that is a mean over the batch's samples, or a :class:`Pooled` (a loss normalised otherwise,
+        by positives or by valid pixels), whose parts the engine logs itself."""
 
     def evaluate(self, model: nn.Module, data) -> dict[str, float]:
         """Validation metrics (``metric`` among them), by the same code as ``cnnkit eval``."""

@@ -13,7 +13,8 @@ of a box's centre) gives every box a few high-quality positives regardless of it
 
 Pieces, each a small function tested on its own:
 ``grid_points`` (the location of every prediction), ``assign_targets`` (which box each location
-learns), ``detection_loss`` (focal or varifocal class loss + GIoU box loss + centre-ness BCE), ``decode``
+learns), ``detection_loss`` (focal or varifocal class loss + GIoU box loss + centre-ness BCE, made of
+sums over the batch by ``detection_sums`` and ``detection_parts``), ``decode``
 (scores, boxes, top-k, class-aware NMS). The module is backbone -> :class:`FPNLite` ->
 :class:`DetectionHead`; ``Detector.forward`` returns the raw maps flattened over all levels.
 """
@@ -212,6 +213,57 @@ def varifocal_loss(
     return (weight * F.binary_cross_entropy_with_logits(logits, targets, reduction="none")).sum()
 
 
+def detection_sums(
+    out: dict[str, torch.Tensor], labels: torch.Tensor, matched: torch.Tensor, cls_loss: str = "focal"
+) -> dict[str, torch.Tensor]:
+    """The sums over a batch that the detector's loss is made of (:func:`detection_parts`).
+
+    ``cls``: the focal or varifocal class loss summed over all locations and classes; ``positives``:
+    the positive locations; ``box``: the GIoU loss summed over positives, each weighted by its
+    centre-ness target; ``ctr_target``: those targets summed; ``ctr``: the centre-ness BCE summed over
+    positives. Each adds up over a batch's images, so a batch split in shares has the sums of its shares.
+    """
+    if cls_loss not in ("focal", "varifocal"):
+        raise CnnkitError(f"cls_loss must be focal or varifocal; received {cls_loss!r}")
+    points = out["points"]
+    pos = labels >= 0  # (B, A)
+    onehot = torch.zeros_like(out["cls"])
+    onehot[pos] = F.one_hot(labels[pos], out["cls"].shape[-1]).to(onehot.dtype)
+    if pos.any():
+        pred = distances_to_boxes(points, out["box"])[pos]  # (P, 4)
+        target_ctr = centreness(points, matched)[pos]
+        giou = generalized_box_iou_elementwise(pred, matched[pos])
+        box = ((1 - giou) * target_ctr).sum()
+        ctr_target = target_ctr.sum()
+        ctr = F.binary_cross_entropy_with_logits(out["ctr"][pos], target_ctr, reduction="sum")
+    else:
+        box = ctr = out["box"].sum() * 0
+        ctr_target = box.detach()
+    if cls_loss == "focal":
+        cls = sigmoid_focal_loss(out["cls"], onehot)
+    else:
+        if pos.any():
+            iou = box_iou_elementwise(pred.detach(), matched[pos]).clamp(min=0.01)  # (P,)
+            onehot[pos] = onehot[pos] * iou[:, None]
+        cls = varifocal_loss(out["cls"], onehot)
+    positives = pos.sum().to(cls.dtype)
+    return {"cls": cls, "positives": positives, "box": box, "ctr_target": ctr_target, "ctr": ctr}
+
+
+def detection_parts(sums: dict[str, torch.Tensor], box_weight: float = 1.0) -> dict[str, torch.Tensor]:
+    """The detector's loss from :func:`detection_sums` (of a batch, or added over its shares).
+
+    Class loss / number of positives; GIoU loss on positives weighted by their centre-ness target
+    (FCOS) and by ``box_weight`` (2 in GFL and VarifocalNet); centre-ness BCE, the mean over positives.
+    Returns the parts (``box`` unweighted) and ``loss``.
+    """
+    n_pos = sums["positives"].clamp(min=1)
+    cls = sums["cls"] / n_pos
+    box = sums["box"] / sums["ctr_target"].clamp(min=1e-6)
+    ctr = sums["ctr"] / n_pos
+    return {"loss": cls + box_weight * box + ctr, "cls": cls, "box": box, "ctr": ctr}
+
+
 def detection_loss(
     out: dict[str, torch.Tensor],
     labels: torch.Tensor,
@@ -224,31 +276,26 @@ def detection_loss(
     Class loss over all locations and classes / number of positives: ``"focal"`` (one-hot targets)
     or ``"varifocal"`` (IoU-aware targets, :func:`varifocal_loss`); GIoU loss on positives weighted
     by their centre-ness target (FCOS) and by ``box_weight`` (2 in GFL and VarifocalNet); centre-ness BCE
-    on positives. Returns the parts (``box`` unweighted) and ``loss``.
+    on positives. Returns the parts (``box`` unweighted) and ``loss``: :func:`detection_parts` of
+    :func:`detection_sums`.
     """
-    if cls_loss not in ("focal", "varifocal"):
-        raise CnnkitError(f"cls_loss must be focal or varifocal; received {cls_loss!r}")
-    points = out["points"]
-    pos = labels >= 0  # (B, A)
-    n_pos = pos.sum().clamp(min=1).float()
-    onehot = torch.zeros_like(out["cls"])
-    onehot[pos] = F.one_hot(labels[pos], out["cls"].shape[-1]).to(onehot.dtype)
-    if pos.any():
-        pred = distances_to_boxes(points, out["box"])[pos]  # (P, 4)
-        target_ctr = centreness(points, matched)[pos]
-        giou = generalized_box_iou_elementwise(pred, matched[pos])
-        box = ((1 - giou) * target_ctr).sum() / target_ctr.sum().clamp(min=1e-6)
-        ctr = F.binary_cross_entropy_with_logits(out["ctr"][pos], target_ctr)
-    else:
-        box = ctr = out["box"].sum() * 0
-    if cls_loss == "focal":
-        cls = sigmoid_focal_loss(out["cls"], onehot) / n_pos
-    else:
-        if pos.any():
-            iou = box_iou_elementwise(pred.detach(), matched[pos]).clamp(min=0.01)  # (P,)
-            onehot[pos] = onehot[pos] * iou[:, None]
-        cls = varifocal_loss(out["cls"], onehot) / n_pos
-    return {"loss": cls + box_weight * box + ctr, "cls": cls, "box": box, "ctr": ctr}
+    return detection_parts(detection_sums(out, labels, matched, cls_loss), box_weight)
+
+
+def detector_sums(
+    out: dict[str, torch.Tensor],
+    boxes: torch.Tensor,
+    labels: torch.Tensor,
+    radius: float = 1.5,
+    cls_loss: str = "focal",
+) -> dict[str, torch.Tensor]:
+    """:func:`assign_targets` + :func:`detection_sums` on a :class:`Detector`'s output (a free function,
+    so that a DDP-wrapped model's forward is what runs)."""
+    level_strides = sorted(set(out["strides"].tolist()))
+    assigned, matched = assign_targets(
+        out["points"], out["strides"], level_ranges(out["strides"], level_strides), boxes, labels, radius
+    )
+    return detection_sums(out, assigned, matched, cls_loss)
 
 
 def detector_loss(
@@ -259,13 +306,8 @@ def detector_loss(
     cls_loss: str = "focal",
     box_weight: float = 1.0,
 ) -> dict[str, torch.Tensor]:
-    """:func:`assign_targets` + :func:`detection_loss` on a :class:`Detector`'s output (a free function,
-    so that a DDP-wrapped model's forward is what runs)."""
-    level_strides = sorted(set(out["strides"].tolist()))
-    assigned, matched = assign_targets(
-        out["points"], out["strides"], level_ranges(out["strides"], level_strides), boxes, labels, radius
-    )
-    return detection_loss(out, assigned, matched, cls_loss, box_weight)
+    """:func:`detection_parts` of :func:`detector_sums`: the detector's loss on its output."""
+    return detection_parts(detector_sums(out, boxes, labels, radius, cls_loss), box_weight)
 
 
 @torch.no_grad()

@@ -12,9 +12,10 @@ from cnnkit.data.detection import (
     hflip,
     scale_jitter,
 )
+from cnnkit.engine.task import Pooled
 from cnnkit.errors import counted
 from cnnkit.metrics.detection import coco_evaluate, voc_evaluate
-from cnnkit.models.detection import Detector, detector_loss
+from cnnkit.models.detection import Detector, detection_parts, detector_sums
 from cnnkit.tasks.classify.task import (
     _Batches,  # an epoch's batches made one at a time (shared with classify)
 )
@@ -96,17 +97,21 @@ class DetectTask:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, boxes, labels
 
-    def detector_parts(self, out: dict, boxes, labels) -> dict[str, torch.Tensor]:
-        """The detector's loss parts on ``out`` with this task's settings (the instance task's loss too)."""
-        return detector_loss(out, boxes, labels, cls_loss=self.cls_loss, box_weight=self.box_weight)
+    def detector_sums(self, out: dict, boxes, labels) -> dict[str, torch.Tensor]:
+        """The sums over the batch the detector's loss is made of, on ``out`` with this task's
+        settings (the instance task's loss too)."""
+        return detector_sums(out, boxes, labels, cls_loss=self.cls_loss)
 
-    def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The detector's loss, and the batch's sums of each of its parts to log."""
+    def combine(self, sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The detector's loss and its parts from the sums of a batch (or of every process's share of it)."""
+        return detection_parts(sums, self.box_weight)
+
+    def loss(self, model: nn.Module, batch) -> tuple[Pooled, dict[str, torch.Tensor]]:
+        """The detector's loss as sums over the batch (its class and centre-ness losses are means over
+        the batch's positive locations, not over its images), and the batch's number of images."""
         x, boxes, labels = batch
-        parts = self.detector_parts(model(x), boxes, labels)
-        n = torch.tensor(float(x.shape[0]), device=x.device)
-        logged = {k: v.detach() * n for k, v in parts.items()}
-        return parts["loss"], {**logged, "n": n}
+        sums = self.detector_sums(model(x), boxes, labels)
+        return Pooled(sums, self.combine), {"n": torch.tensor(float(x.shape[0]), device=x.device)}
 
     def evaluate(self, model: nn.Module, data: DetectionSet) -> dict[str, float]:
         """COCO AP / AP50 / AP75 / AR100 (and VOC AP@0.5) in original pixels."""

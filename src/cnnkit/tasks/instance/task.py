@@ -13,6 +13,7 @@ from cnnkit.data.detection import (
     hflip,
     scale_jitter,
 )
+from cnnkit.engine.task import Pooled
 from cnnkit.errors import counted
 from cnnkit.metrics.detection import coco_evaluate
 from cnnkit.metrics.instance import mask_evaluate
@@ -76,22 +77,28 @@ class InstanceTask(DetectTask):
         targets = targets.split([len(b) for b, _ in rois])
         return x, boxes, labels, [(b, lab, t) for (b, lab), t in zip(rois, targets)]
 
-    def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(self, model: nn.Module, batch) -> tuple[Pooled, dict[str, torch.Tensor]]:
+        """The detector's sums (:meth:`~cnnkit.tasks.detect.DetectTask.loss`) and the mask BCE summed
+        over the RoIs' pixels, with their number; and the batch's number of images."""
         x, boxes, labels, rois = batch
         out = model(x, [r[0] for r in rois])
-        parts = self.detector_parts(out, boxes, labels)
+        sums = self.detector_sums(out, boxes, labels)
         roi_labels = torch.cat([r[1] for r in rois])
         targets = torch.cat([r[2] for r in rois])
         if len(targets):
             net = model.module if hasattr(model, "module") else model
-            mask = F.binary_cross_entropy_with_logits(net.select(out["masks"], roi_labels), targets)
+            logits = net.select(out["masks"], roi_labels)
+            sums["mask"] = F.binary_cross_entropy_with_logits(logits, targets, reduction="sum")
         else:
-            mask = out["masks"].sum() * 0
-        parts["mask"] = mask
-        parts["loss"] = parts["loss"] + self.mask_weight * mask
-        n = torch.tensor(float(x.shape[0]), device=x.device)
-        logged = {k: v.detach() * n for k, v in parts.items()}
-        return parts["loss"], {**logged, "n": n}
+            sums["mask"] = out["masks"].sum() * 0
+        sums["mask_pixels"] = torch.tensor(float(targets.numel()), device=x.device)
+        return Pooled(sums, self.combine), {"n": torch.tensor(float(x.shape[0]), device=x.device)}
+
+    def combine(self, sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The detector's loss plus ``mask_weight`` times the mask BCE, the mean over the RoIs' pixels."""
+        parts = super().combine(sums)
+        mask = sums["mask"] / sums["mask_pixels"].clamp(min=1)
+        return {**parts, "loss": parts["loss"] + self.mask_weight * mask, "mask": mask}
 
     def evaluate(self, model: nn.Module, data: InstanceSet) -> dict[str, float]:
         """COCO mask AP / AP50 / AP75 (pycocotools segm) in original pixels, and box AP beside it."""

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from cnnkit.data.detection import colour_jitter
 from cnnkit.data.segmentation import IGNORE_INDEX, SegmentationSet
+from cnnkit.engine.task import Pooled
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.classify.task import (
     _Batches,  # an epoch's batches made one at a time: the same for every task
@@ -26,7 +27,9 @@ class SegmentTask:
 
     Batches are random scaled, flipped and jittered crops of the photos (digit scenes: whole); the
     loss is cross-entropy, plus soft Dice and Lovasz-softmax where weighted; validation is mIoU,
-    pixel accuracy and boundary IoU, without the model's test-time procedure.
+    pixel accuracy and boundary IoU, without the model's test-time procedure. Under torchrun the
+    cross-entropy and the Dice are those of the whole batch; the Lovasz-softmax, a function of the
+    order of all of a batch's pixels' errors, is each process's share's, weighted by its images.
 
     Attributes:
         batch_size: the global batch.
@@ -95,19 +98,34 @@ class SegmentTask:
     def _fmt(self) -> torch.memory_format:
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
-    def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Cross-entropy (+ weighted Dice / Lovasz), and the batch's sums of loss and pixel accuracy."""
+    def loss(self, model: nn.Module, batch) -> tuple[Pooled, dict[str, torch.Tensor]]:
+        """Cross-entropy (+ weighted Dice / Lovasz) as sums over the batch, and its number of images:
+        the cross-entropy is a mean over the batch's valid pixels and the Dice is made of its per-class
+        sums, not means over its images (:meth:`combine` makes the loss of them)."""
         x, y = batch
         logits = model(x).float()  # (B, K, h, w)
-        loss = F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX)
         valid = y != IGNORE_INDEX
-        if self.dice > 0:
-            loss = loss + self.dice * dice_loss(logits, y, valid)
-        if self.lovasz > 0:
-            loss = loss + self.lovasz * lovasz_softmax(logits, y, valid)
         n = torch.tensor(float(x.shape[0]), device=y.device)
-        pixel_acc = ((logits.argmax(1) == y) & valid).sum() / valid.sum().clamp(min=1)
-        return loss, {"loss": loss.detach() * x.shape[0], "pixel_acc": pixel_acc.detach() * x.shape[0], "n": n}
+        sums = {
+            "ce": F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="sum"),
+            "pixels": valid.sum().float(),
+            "correct": ((logits.argmax(1) == y) & valid).sum().float(),
+        }
+        if self.dice > 0:
+            sums.update(dice_sums(logits, y, valid))
+        if self.lovasz > 0:  # a function of the order of every pixel's error: each share's, by its images
+            sums.update(lovasz=lovasz_softmax(logits, y, valid) * n, images=n)
+        return Pooled(sums, self.combine), {"n": n}
+
+    def combine(self, sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The loss and the pixel accuracy from the sums of a batch (or of every process's share of it)."""
+        pixels = sums["pixels"].clamp(min=1)
+        loss = sums["ce"] / pixels
+        if self.dice > 0:
+            loss = loss + self.dice * dice_of(sums)
+        if self.lovasz > 0:
+            loss = loss + self.lovasz * sums["lovasz"] / sums["images"]
+        return {"loss": loss, "pixel_acc": (sums["correct"] / pixels).detach()}
 
     def evaluate(self, model: nn.Module, data: SegmentationSet) -> dict[str, float]:
         """mIoU, pixel accuracy and mean boundary IoU (the engine's validation row): the image alone,
@@ -165,14 +183,25 @@ def encoder_line(config: dict) -> str:
 def dice_loss(logits: torch.Tensor, y: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """1 - the mean over classes present in the batch of the soft Dice 2|P Y| / (|P| + |Y|) (Milletari et al.
     2016, https://arxiv.org/abs/1606.04797): every class counts alike, however few its pixels.
-    (B, K, H, W) logits, (B, H, W) labels, (B, H, W) bool of the pixels that count -> scalar."""
+    (B, K, H, W) logits, (B, H, W) labels, (B, H, W) bool of the pixels that count -> scalar:
+    :func:`dice_of` the batch's :func:`dice_sums`."""
+    return dice_of(dice_sums(logits, y, valid))
+
+
+def dice_sums(logits: torch.Tensor, y: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per class, over the batch's pixels that count: ``dice_inter`` |P Y|, ``dice_total`` |P| + |Y| and
+    ``dice_pixels`` |Y| (K,) each, the soft Dice's sums (they add up over a batch's shares)."""
     k = logits.shape[1]
     p = logits.softmax(1) * valid[:, None]  # (B, K, H, W)
     onehot = F.one_hot(torch.where(valid, y, 0), k).permute(0, 3, 1, 2) * valid[:, None]
-    inter = (p * onehot).sum((0, 2, 3))  # (K,)
-    total = p.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
-    present = onehot.sum((0, 2, 3)) > 0
-    return 1 - (2 * inter[present] / total[present].clamp(min=1e-6)).mean()
+    pixels = onehot.sum((0, 2, 3)).to(p.dtype)
+    return {"dice_inter": (p * onehot).sum((0, 2, 3)), "dice_total": p.sum((0, 2, 3)) + pixels, "dice_pixels": pixels}
+
+
+def dice_of(sums: dict[str, torch.Tensor]) -> torch.Tensor:
+    """1 - the mean soft Dice of the classes present (``dice_pixels`` > 0), from :func:`dice_sums`."""
+    present = sums["dice_pixels"] > 0
+    return 1 - (2 * sums["dice_inter"][present] / sums["dice_total"][present].clamp(min=1e-6)).mean()
 
 
 def lovasz_softmax(logits: torch.Tensor, y: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
