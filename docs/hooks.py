@@ -31,6 +31,7 @@ PUBLIC_API = [
     "list_models",
     "register_model",
     "summary",
+    "Summary",
     "memory_plan",
     "load",
     "to_fcn",
@@ -236,8 +237,10 @@ def config_reference(classes: list[type]) -> str:
 def api_blocks(names: list[str] = PUBLIC_API) -> str:
     """One mkdocstrings block (``::: module.name``) per top-level name of ``cnnkit``.
 
-    ``import cnnkit`` re-exports its API lazily (``cnnkit._LAZY``: name -> module), which static
-    analysis cannot follow, so each block names the module that holds the function.
+    ``import cnnkit`` re-exports its API lazily (``cnnkit._LAZY``: name -> package), which static
+    analysis cannot follow, so each block names the module that defines the object (its
+    ``__module__``): a package's name would not do where a module of the same name sits beside the
+    function (``cnnkit.analysis.summary`` is the module ``summary.py``).
 
     Args:
         names: top-level names of ``cnnkit``.
@@ -250,9 +253,9 @@ def api_blocks(names: list[str] = PUBLIC_API) -> str:
     """
     import cnnkit
 
-    lazy = dict(getattr(cnnkit, "_LAZY", {}))
-    lazy.setdefault("CnnkitError", "cnnkit.errors")
-    return "\n\n".join(f"::: {lazy[name]}.{name}" for name in names) + "\n"
+    if missing := [name for name in names if name not in cnnkit.__all__]:
+        raise KeyError(f"not part of cnnkit's top-level API: {missing}")
+    return "\n\n".join(f"::: {getattr(cnnkit, name).__module__}.{name}" for name in names) + "\n"
 
 
 def api_packages() -> list[str]:
@@ -302,6 +305,17 @@ def on_page_markdown(markdown, page, config, files):
         markdown = markdown.replace("<!-- api -->", api_blocks())
         return markdown.replace("<!-- api-packages -->", package_blocks())
     return markdown
+
+
+_ROLE = re.compile(r":(?:attr|class|data|exc|func|meth|mod|obj):<code>(~?)([^<]*)</code>")
+
+
+def on_page_content(html, page, config, files):
+    """MkDocs event: on the API page, a docstring's Sphinx role (``:func:`x```, which mkdocstrings
+    leaves as the text ``:func:`` before the code) becomes the code alone; ``~a.b.C`` shows ``C``."""
+    if page.file.src_uri != "reference/api.md":
+        return html
+    return _ROLE.sub(lambda m: f"<code>{m[2].rsplit('.', 1)[-1] if m[1] else m[2]}</code>", html)
 
 
 def _rst_to_markdown(text: str) -> str:

@@ -217,6 +217,104 @@ def test_site_builds_strict(tmp_path):
     api = (tmp_path / "site" / "reference" / "api" / "index.html").read_text(encoding="utf-8")
     for name in ("create_model", "list_models", "summary", "load", "to_fcn"):
         assert re.search(rf'id="cnnkit(\.\w+)*\.{name}"', api), f"no section for {name} in the API reference"
+    roles = re.findall(r":(?:attr|class|data|exc|func|meth|mod|obj):<code>[^<]*", api)
+    assert not roles, f"docstring roles shown as text on the API page: {roles[:5]}"
+
+
+def _hooks():
+    sys.path.insert(0, str(DOCS))
+    try:
+        import hooks
+    finally:
+        sys.path.remove(str(DOCS))
+    return hooks
+
+
+def test_api_page_documents_each_public_name_where_it_is_defined():
+    # `::: cnnkit.analysis.summary` is the module summary.py, not the function: each block must name
+    # the module that defines the object, and every name of cnnkit.__all__ gets one
+    import importlib
+
+    import cnnkit
+
+    hooks = _hooks()
+    assert sorted(hooks.PUBLIC_API) == sorted(n for n in cnnkit.__all__ if not n.startswith("_"))
+    for name, block in zip(hooks.PUBLIC_API, hooks.api_blocks().split("\n\n")):
+        module, _, attr = block.removeprefix("::: ").strip().rpartition(".")
+        obj = getattr(cnnkit, name)
+        assert attr == name and module == obj.__module__, (name, block)
+        assert getattr(importlib.import_module(module), attr) is obj
+    page = (DOCS / "reference" / "api.md").read_text(encoding="utf-8")
+    assert all(f"`cnnkit.{name}`" in page for name in hooks.PUBLIC_API)
+
+
+def test_readme_feature_table_commands_parse_and_name_every_command():
+    import argparse
+    import contextlib
+    import io
+
+    from cnnkit.cli import build_parser
+
+    text = README.read_text(encoding="utf-8").split("## What cnnkit does", 1)[1].split("\n## ", 1)[0]
+    cells = [line.split(" | ")[1] for line in text.splitlines() if line.startswith("| [")]
+    commands = [c for cell in cells for c in re.findall(r"`(cnnkit [^`]+)`", cell)]
+    refused = []
+    for command in commands:
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            try:
+                build_parser().parse_args(shlex.split(command)[1:])
+            except SystemExit:
+                refused.append(f"`{command}`: {err.getvalue().strip().splitlines()[-1]}")
+    assert not refused, "README.md feature table commands that do not run as written:\n" + "\n".join(refused)
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    shown = {shlex.split(c)[1] for c in commands}
+    missing = sorted(set(sub.choices) - shown - {"train", "eval", "predict"})  # classify's short forms
+    assert not missing, f"README.md feature table names no `cnnkit {missing}`"
+
+
+def test_security_page_counts_the_fuzz_cases_that_run():
+    # hypothesis stops a test early once a finite strategy is exhausted, so a test's max_examples
+    # counts only when its strategy holds that many cases
+    import importlib.util
+
+    pytest.importorskip("hypothesis")
+    spec = importlib.util.spec_from_file_location("_fuzz_count", REPO / "tests" / "test_fuzz.py")
+    fuzz = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fuzz)
+    counts = {
+        name: fn._hypothesis_internal_use_settings.max_examples
+        for name, fn in vars(fuzz).items()
+        if name.startswith("test_") and hasattr(fn, "_hypothesis_internal_use_settings")
+    }
+    train_cases = sum(len(values) for values in fuzz.ABSURD_TRAIN.values())
+    assert counts["test_cli_train_refuses_absurd_values_before_any_work"] <= train_cases
+    page = (DOCS / "security.md").read_text(encoding="utf-8")
+    stated = int(re.search(r"runs ([\d,]+) generated cases", page)[1].replace(",", ""))
+    assert stated == sum(counts.values()), counts
+
+
+def test_package_docstring_names_every_task_package():
+    import pkgutil
+
+    import cnnkit
+    import cnnkit.tasks
+
+    doc = " ".join(cnnkit.__doc__.split())
+    tasks = [m.name for m in pkgutil.iter_modules(cnnkit.tasks.__path__) if m.ispkg]
+    assert not [name for name in tasks if f"``{name}``" not in doc and f"cnnkit.tasks.{name}`" not in doc]
+
+
+def test_api_page_shows_docstring_roles_as_code():
+    hooks = _hooks()
+
+    class Page:
+        class file:
+            src_uri = "reference/api.md"
+
+    html = "<p>see :func:<code>cnnkit.load</code>, :class:<code>~cnnkit.engine.task.Task</code> and :meth:<code>to_dict</code></p>"
+    out = hooks.on_page_content(html, Page, None, None)
+    assert out == "<p>see <code>cnnkit.load</code>, <code>Task</code> and <code>to_dict</code></p>"
 
 
 def test_some_commands_are_marked_runnable():

@@ -13,7 +13,8 @@ The public API is re-exported lazily so that ``import cnnkit`` stays cheap:
 
 Every function here raises :class:`CnnkitError` (and nothing else) for input it cannot use: a bad
 value, or a missing, damaged or crafted file. Each task's own entry points (config, train,
-evaluate, predict, load) are in :mod:`cnnkit.tasks.classify`, ``detect``, ``segment`` and ``instance``.
+evaluate, predict, load) are in its package: :mod:`cnnkit.tasks.classify`, ``detect``, ``segment``,
+``instance``, ``sequence``, ``video``, ``video_predict``, ``generate`` and ``style``.
 """
 
 from importlib import import_module
