@@ -274,3 +274,16 @@ def test_output_cut_short_by_its_reader_ends_quietly():
     proc.stdout.close()  # the reader goes away with most of the 180 kB unread
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+@pytest.mark.parametrize(
+    "argv, usage", [(["segment", "train", "--bogus", "1"], "cnnkit segment train"), (["--bogus"], "cnnkit")]
+)
+def test_an_unknown_flag_is_refused_with_its_commands_usage(capsys, argv, usage):
+    from cnnkit.cli import main
+
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and err.startswith(f"usage: {usage} [-h]"), err[:200]
+    assert err.strip().endswith(f"{usage}: error: unrecognized arguments: {' '.join(argv[len(usage.split()) - 1 :])}")

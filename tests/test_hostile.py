@@ -311,6 +311,21 @@ def test_damaged_checkpoints_are_one_line_errors(tmp_path, damage, capsys):
         assert err_text.count("\n") == 1 and "Traceback" not in err_text, err_text
 
 
+def test_a_runs_resume_state_given_as_its_model_names_the_model(tmp_path, capsys):
+    """``RUN/resume.safetensors`` where the model is asked for: the message says what the file is and
+    which to give instead, for every task's reader."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "resume.safetensors").write_bytes(
+        st_save({"w": torch.zeros(2)}, metadata={"cnnkit": json.dumps({"format": FORMAT, "epoch": 1})})
+    )
+    for argv in (["eval"], ["segment", "eval"], ["detect", "eval"], ["sequence", "eval"], ["video", "eval"]):
+        assert main([*argv, str(run / "resume.safetensors")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is a run's resume state (what --resume reads), not its model" in err, err
+        assert f"give the run folder {run} or its model.safetensors" in err
+
+
 def test_images_are_capped_before_decoding(tmp_path):
     from cnnkit.data.images import read_image
 

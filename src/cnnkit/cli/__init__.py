@@ -147,7 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said with the usage of the command they were given to, not the top level's
+        _command_parser(parser, argv).error(f"unrecognized arguments: {' '.join(unknown)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -205,6 +208,18 @@ def plain_warnings():
 
         warnings.showwarning = show
         yield
+
+
+def _command_parser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
+    """The parser of the (sub-)command that ``argv`` names (``segment train``: that of ``train``)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for i, word in enumerate(argv):
+                if word in action.choices:
+                    return _command_parser(action.choices[word], argv[i + 1 :])
+                if not word.startswith("-"):
+                    break
+    return parser
 
 
 def _fail(command: str, exc: CnnkitError, every_rank: bool = False) -> int:

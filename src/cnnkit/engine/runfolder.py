@@ -327,6 +327,11 @@ def resolve(path: str | os.PathLike) -> Path:
             f"{path} is a Keras file; this command reads a run folder: convert it first with "
             f"`cnnkit convert {path} --out RUN`, then give RUN"
         )
+    if p.name == RESUME_FILE and p.is_file():  # what --resume reads: the weights with the optimizer's state
+        raise CnnkitError(
+            f"{path} is a run's resume state (what --resume reads), not its model: give the run folder "
+            f"{p.parent} or its {MODEL_FILE}"
+        )
     if not p.is_file():
         raise CnnkitError(
             f"no checkpoint at {path}: give a run folder (holding {MODEL_FILE}) or a "
