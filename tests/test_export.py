@@ -277,3 +277,19 @@ def test_convert_then_load_then_export(tmp_path, capsys):
     assert json.loads(onnx_model.metadata["cnnkit.classes"]) == ["a", "b", "c", "d", "e"]
     with torch.no_grad():
         assert _close(onnx_model(x), run(x))
+
+
+@pytest.mark.slow  # two dynamo exports
+def test_an_opset_asked_for_is_the_files(tmp_path):
+    """The dynamo exporter writes its own opset where it cannot convert down: the file must have the one asked for."""
+    import onnx
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).eval()
+    path = tmp_path / "m.onnx"
+    report = export_onnx(net, torch.rand(1, 3, 8, 8), path, opset=13)
+    assert [o.version for o in onnx.load(path).opset_import if o.domain in ("", "ai.onnx")] == [13]
+    if report.exporter == "torchscript":  # dynamo wrote another opset: the TorchScript exporter wrote this one
+        assert "opset 13" in report.fallback
+        with pytest.raises(CnnkitError, match="not the opset 13 asked for"):
+            export_onnx(net, torch.rand(1, 3, 8, 8), tmp_path / "d.onnx", opset=13, exporter="dynamo")

@@ -36,7 +36,7 @@ from cnnkit.models import create_model  # noqa: E402
 from cnnkit.models.deploy import Classifier, Ensemble  # noqa: E402
 from cnnkit.models.detection import create_detector  # noqa: E402
 from cnnkit.models.segmentation import create_segmenter  # noqa: E402
-from cnnkit.tasks.classify.predict import predict_files  # noqa: E402
+from cnnkit.tasks.classify.predict import onnx_classifier, predict_files  # noqa: E402
 from cnnkit.tasks.detect.load import onnx_detector  # noqa: E402
 from cnnkit.tasks.detect.predict import predict_images  # noqa: E402
 from cnnkit.tasks.generate.predict import Sampler  # noqa: E402
@@ -91,6 +91,21 @@ def test_a_size_fixed_by_the_exporter_is_named(tmp_path):
     assert "of shape (1, 3, 40, 40)" in text and "fixed a size inside the network" in text
     assert "without dynamic_size / --dynamic-size the image size is fixed" not in text
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_export_leaves_no_folder(tmp_path):
+    target = tmp_path / "new" / "deeper" / "m.onnx"
+    with pytest.raises(CnnkitError, match="fixed a size"):
+        export_onnx(SizeBranch(), torch.rand(1, 3, 8, 8), target, dynamic_size=True, exporter="torchscript")
+    assert list(tmp_path.iterdir()) == []  # the folders made for the file are gone with it
+
+
+def test_a_pipe_is_refused_not_replaced(tmp_path):
+    pipe = tmp_path / "p.onnx"
+    os.mkfifo(pipe)
+    with pytest.raises(CnnkitError, match="it is a named pipe, not a file"):
+        export_onnx(torch.nn.Linear(3, 2), torch.rand(1, 3), pipe, exporter="torchscript")
+    assert stat.S_ISFIFO(os.stat(pipe).st_mode) and list(tmp_path.iterdir()) == [pipe]
 
 
 def test_a_network_refusing_other_frame_counts_names_the_axes(tmp_path):
@@ -169,6 +184,14 @@ def test_nan_weights_are_named(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # A model whose .onnx file would hold only part of its answer is refused in one line, nothing written.
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_weights_are_named_not_blamed_on_the_size(tmp_path, dtype):
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten()).to(dtype)
+    with pytest.raises(CnnkitError, match=r"weights are (bfloat16|float16); .* export model.float\(\)") as exc:
+        export_onnx(net, torch.rand(1, 1, 5, 5), tmp_path / "m.onnx", exporter="torchscript")
+    assert "--input" not in str(exc.value) and list(tmp_path.iterdir()) == []
 
 
 def test_an_instance_segmenter_is_refused(tmp_path, capsys):
@@ -352,3 +375,43 @@ def test_a_one_by_one_map_is_one_answer(tmp_path):
     assert len(rows[0]["top"]) == 2 and rows[0]["top"][0][0] in ("a", "b", "c")
     with pytest.raises(CnnkitError, match="map of class scores"):
         predict_files(_fcn(10), [str(image)], top=2)  # a 3x3 map: no single answer
+
+
+# ---------------------------------------------------------------------------------------------
+# A classifier trained on an image folder reads photos by their shorter side and centre crop (a
+# fine-tuned one with its crop share and bicubic): its file carries that reading, so predict through
+# the file answers what training read, not the photo stretched to the input size.
+
+
+@pytest.mark.parametrize(
+    "kind, crop, interpolation",
+    [("config", 1.0, "bilinear"), ("finetune", 0.875, "bicubic")],
+    ids=["train", "finetune"],
+)
+def test_a_folder_runs_file_reads_photos_as_training_did(tmp_path, kind, crop, interpolation):
+    import numpy as np
+
+    from cnnkit.data.imagefolder import load_image_folder
+
+    data = tmp_path / "photos"
+    g = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (data / c).mkdir(parents=True)
+        for i in range(2):  # wide photos: stretching them to a square is not how training reads them
+            Image.fromarray(g.integers(0, 255, (30 + 5 * i, 70, 3), dtype=np.uint8)).save(data / c / f"{i}.png")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 12 * 12, 2))
+    model = Classifier(net, [0.5] * 3, [0.25] * 3, ["a", "b"], (3, 12, 12)).eval()
+    setting = {"data": str(data)} if kind == "config" else {"data": str(data), "crop_fraction": crop}
+    model.info = {"task": "classify", kind: {**setting, **({"interpolation": interpolation} if crop < 1 else {})}}
+    read = load_image_folder(data, "train", (12, 12), val_fraction=0.0, crop_fraction=crop,
+                             interpolation=interpolation, cache=False)  # fmt: skip
+    with torch.no_grad():
+        want = model(read.images.float() / 255).softmax(1)
+    path = tmp_path / "m.onnx"
+    export_onnx(model, torch.rand(1, 3, 12, 12), path, exporter="torchscript")
+    rows = predict_files(onnx_classifier(path), [str(data / p) for p in read.meta["files"]], top=2)
+    got = torch.tensor([[dict(r["top"])[c] for c in ("a", "b")] for r in rows])
+    assert torch.allclose(got, want, atol=1e-5)
+    reading = json.loads(OnnxModel(path).metadata["cnnkit.reading"])
+    assert reading == {"crop_fraction": crop, "interpolation": interpolation}

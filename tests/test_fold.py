@@ -69,6 +69,27 @@ def test_an_answer_that_would_change_keeps_the_unfolded_copy():
         torch.testing.assert_close(folded(x), net(x))
 
 
+def test_every_output_is_checked_not_the_first_alone():
+    class Features(nn.Module):  # a head's answer and the conv's own map (a feature pyramid returns such maps)
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.head = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return {"out": self.head(self.bn(y)), "features": y}
+
+    net = Features().eval()
+    _randomise_norms(net, torch.Generator().manual_seed(3))
+    x = torch.rand(1, 3, 8, 8)
+    folded, n = fold_batchnorm(net, x)
+    with torch.no_grad():
+        want, got = net(x), folded(x)
+    assert n == 0 and isinstance(folded.bn, nn.BatchNorm2d)
+    for key in want:
+        torch.testing.assert_close(got[key], want[key])
+
+
 def test_cpu_evaluation_batches_hold_a_bounded_number_of_pixels():
     """Large photos go through the network a few at a time on a CPU (their activations stay in the
     caches); small images keep the asked batch."""

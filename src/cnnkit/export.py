@@ -36,7 +36,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cnnkit.errors import CnnkitError, as_new_file
+from cnnkit.data.datasets import folder_reading
+from cnnkit.errors import CnnkitError, as_new_file, special_file
 
 OUTPUTS_KEY = "cnnkit.outputs"  # metadata_props entry: {"kind": "tensor" | "tuple" | "dict", "names": [...]}
 # what predict needs, as metadata_props entries (JSON values): the class names, the input size without
@@ -46,6 +47,7 @@ CLASSES_KEY, SIZE_KEY, TASK_KEY = "cnnkit.classes", "cnnkit.input_size", "cnnkit
 DARK_KEY, INPUT_KEY, MAX_SIDE_KEY = "cnnkit.dark_background", "cnnkit.input", "cnnkit.max_side"
 DECODE_KEY = "cnnkit.decode"  # a detector run's decoding settings and flip: run in Python around the graph
 TEST_TIME_KEY = "cnnkit.test_time"  # a segmenter run's flip and scales: not in the graph, applied around it
+READING_KEY = "cnnkit.reading"  # how a run on an image folder read its photos (shorter side, centre crop)
 MAX_META_CHARS = 1 << 20  # a metadata value longer than this is refused, not parsed
 MAX_CLASSES = 100_000
 
@@ -183,7 +185,11 @@ def _export(
                 dims.update({i: torch.export.Dim.AUTO for i in size_axes})
                 shapes = (dims,) if dims else None
                 torch.onnx.export(flat, (example,), tmp, dynamo=True, dynamic_shapes=shapes, verbose=False, **common)
-            return "dynamo", None
+            written = _opset(tmp)
+            if opset is None or written == opset:
+                return "dynamo", None
+            # the dynamo exporter writes its own opset and converts down only where it can, silently
+            raise ValueError(f"it wrote opset {written}, not the opset {opset} asked for")
         except Exception as exc:  # noqa: BLE001 -- any failure of the new exporter: try the TorchScript one
             why = _short(exc)
             if exporter == "dynamo":
@@ -203,6 +209,14 @@ def _export(
             f"the model cannot be exported to ONNX: {before}TorchScript exporter: {_short(exc)}"
         ) from None
     return "torchscript", why
+
+
+def _opset(path: str) -> int | None:
+    """The version of the default ONNX operator set that the file at ``path`` uses."""
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
 def _ort():
@@ -315,7 +329,8 @@ def export_onnx(
         model: a module from one tensor to a tensor, a tuple of tensors, or a dict of tensors (its
             keys become the ONNX output names; a tuple's items are ``output_0``, ``output_1``...).
         example: a real input (N, C, ...) (a batch of images as the model expects them).
-        path: the ``.onnx`` file to write; its folder is created.
+        path: the ``.onnx`` file to write; its folder is created (and removed again when the export is
+            not kept).
         dynamic_batch: the batch axis is free (checked on the example and a batch of another size).
         dynamic_size: True: every axis after the channels (``2 ..``: length, frames, height,
             width) is free too, where the network allows it; or the input axes to free, e.g.
@@ -324,7 +339,8 @@ def export_onnx(
         check: run the file in ONNX Runtime and compare with PyTorch before keeping it.
         rtol: allowed ``max |ort - torch|`` as a fraction of ``max |torch|``, per output.
         atol: allowed absolute difference on top (for outputs that are all near zero).
-        opset: the ONNX opset (default: the exporter's).
+        opset: the ONNX opset (default: the exporter's); a dynamo export that cannot write it
+            falls back to the TorchScript exporter (``exporter="dynamo"``: refused).
         exporter: "auto" (dynamo, falling back to TorchScript), "dynamo" or "torchscript" (faster to
             export; the ONNX Runtime check holds either way).
         metadata: extra ``metadata_props`` stored in the file (e.g. classes, input size).
@@ -343,6 +359,11 @@ def export_onnx(
     path = Path(path)
     if path.is_dir():
         raise CnnkitError(f"{path} is a folder; give the .onnx file to write (--out model.onnx)")
+    special = special_file(path)
+    if special:  # the rename at the end would put a file where the pipe or device was
+        raise CnnkitError(
+            f"cannot write {path}: it is {special}, not a file; choose another --out (nothing was written)"
+        )
     if exporter not in EXPORTERS:
         raise CnnkitError(f"unknown exporter {exporter!r}; use one of {', '.join(EXPORTERS)}. Received: {exporter!r}")
     for name, value in (("rtol", rtol), ("atol", atol)):
@@ -350,6 +371,12 @@ def export_onnx(
             raise CnnkitError(f"{name} must be a finite number above 0 (e.g. 1e-4). Received: {name}={value}")
     _refuse_unexportable(model)
     _refuse_non_finite(model)
+    lower = sorted({str(t.dtype).replace("torch.", "") for t in model.parameters() if t.dtype != torch.float32})
+    if lower:  # the example and the check are fp32: the network would fail on it, not on its size
+        raise CnnkitError(
+            f"the model's weights are {' and '.join(lower)}; the ONNX file is written and checked in float32: "
+            "export model.float() (a run's weights load as float32 whatever precision it trained in)"
+        )
     size_axes = _size_axes(dynamic_size, example.dim())
     if check:
         _ort()
@@ -370,6 +397,7 @@ def export_onnx(
             kind, names, outs = _structure(result)
         flat = _Flat(model, names if kind == "dict" else None).eval()
         batched = [o.dim() > 0 and o.shape[0] == len(traced) for o in outs]
+        made = [f for f in (path.parent, *path.parent.parents) if not f.exists()]  # removed again if not kept
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # the name cut: a name near the file system's 255 bytes must not make the temporary one too long
@@ -417,6 +445,9 @@ def export_onnx(
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+                for folder in made:  # deepest first; a folder something else wrote into stays
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()
     finally:
         model.train(was_training)
     size = path.stat().st_size
@@ -478,7 +509,8 @@ def deploy_metadata(model: nn.Module, example: torch.Tensor) -> dict[str, str]:
         JSON strings under ``cnnkit.classes``, ``cnnkit.input_size``, ``cnnkit.task``,
         ``cnnkit.dark_background``, ``cnnkit.max_side`` (a segmenter's photo size), ``cnnkit.decode`` (a
         detector's decoding settings and flip), ``cnnkit.test_time``
-        (a segmenter's flip and scales) and
+        (a segmenter's flip and scales), ``cnnkit.reading`` (how a classifier trained on an image
+        folder read its photos: ``crop_fraction`` and ``interpolation``) and
         ``cnnkit.input`` (what the graph takes).
     """
     info = getattr(model, "info", None)
@@ -495,6 +527,10 @@ def deploy_metadata(model: nn.Module, example: torch.Tensor) -> dict[str, str]:
         props[TEST_TIME_KEY] = json.dumps({"tta": info.get("tta", ""), "test_scale": info.get("test_scale", [1.0])})
     if info.get("task") == "detect" and isinstance(info.get("decode"), dict):  # NMS settings and flip: Python's
         props[DECODE_KEY] = json.dumps(info["decode"])
+    # a classifier's photos: the shorter side resized, the centre cropped (not in the graph)
+    reading = folder_reading(info) if info.get("task") in (None, "classify") else None
+    if reading is not None:
+        props[READING_KEY] = json.dumps({"crop_fraction": reading[0], "interpolation": reading[1]})
     dataset = info.get("dataset")
     if isinstance(dataset, dict) and "dark_background" in dataset:
         props[DARK_KEY] = json.dumps(bool(dataset["dark_background"]))
@@ -545,7 +581,8 @@ class OnnxModel:
             input shape where it is fixed), or None.
         task: the task it was trained for (``cnnkit.task``), or None.
         info: ``{"task", "input_size", "classes", "dataset": {"dark_background"}}`` as a run's
-            metadata has them.
+            metadata has them, and ``reading`` (``cnnkit.reading``: how an image folder's photos
+            are read) where the file has it.
         training: always False: the graph is the model in eval mode (``eval()`` and ``train()``
             are accepted and change nothing, so code written for a module runs it).
 
@@ -587,6 +624,15 @@ class OnnxModel:
             "classes": self.classes,
             "dataset": {"dark_background": bool(dark)},
         }
+        reading = self.meta_value(READING_KEY, dict)
+        if reading is not None:
+            try:
+                folder_reading({"reading": reading})
+            except CnnkitError:
+                raise self._bad(
+                    READING_KEY, 'a crop_fraction in (0, 1] and an interpolation "bilinear" or "bicubic"'
+                ) from None
+            self.info["reading"] = reading
         self.training = False
 
     def eval(self) -> OnnxModel:

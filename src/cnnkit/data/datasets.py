@@ -333,3 +333,36 @@ def _read_cifar10(archive: Path, test: bool) -> tuple[torch.Tensor, torch.Tensor
     records = np.concatenate(chunks)
     images = torch.from_numpy(records[:, 1:].reshape(-1, 3, 32, 32).copy())
     return images, torch.from_numpy(records[:, 0].astype(np.int64))
+
+
+def folder_reading(info: dict) -> tuple[float, str] | None:
+    """How a classification run read the photos of the image folder it was trained on, as
+    ``(crop_fraction, interpolation)`` for :func:`~cnnkit.data.imagefolder.decode_image` (the
+    shorter side resized to cover the input over the crop share, the centre kept); None for a run
+    whose images are resized whole (a built-in data set's, a converted one).
+
+    Args:
+        info: a run's metadata (a fine-tuning run's ``finetune``, a training run's ``config.data``,
+            an ensemble's first member's), or an exported file's (its ``cnnkit.reading`` as
+            ``info["reading"]``).
+
+    Raises:
+        CnnkitError: a crop share or interpolation the run cannot have (damaged metadata).
+    """
+    members = info.get("ensemble")
+    first = members[0] if isinstance(members, list) and members and isinstance(members[0], dict) else {}
+    config, tuned, read = info.get("config") or first.get("config"), info.get("finetune"), info.get("reading")
+    if isinstance(read, dict):  # an exported file's, written from its run's by cnnkit.export.deploy_metadata
+        crop, interpolation = read.get("crop_fraction"), read.get("interpolation")
+    elif isinstance(tuned, dict) and tuned.get("data"):
+        crop, interpolation = tuned.get("crop_fraction", 1.0), tuned.get("interpolation", "bilinear")
+    elif isinstance(config, dict) and isinstance(config.get("data"), str) and config["data"] not in DATASETS:
+        return 1.0, "bilinear"  # an image folder as `cnnkit train` reads it
+    else:
+        return None
+    if not (isinstance(crop, (int, float)) and 0 < crop <= 1 and interpolation in ("bilinear", "bicubic")):
+        raise CnnkitError(
+            f"the run's metadata names crop_fraction={str(crop)[:20]!r} and interpolation="
+            f"{str(interpolation)[:20]!r}; the file is damaged: restore the run from a copy or fine-tune it again"
+        )
+    return float(crop), interpolation

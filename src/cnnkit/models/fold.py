@@ -21,8 +21,8 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor, atol: float = 1e-4) 
 
     A ``BatchNorm2d`` is folded when, in one forward pass of ``example``, it ran once, on the output
     of a ``Conv2d`` that also ran once; it becomes ``nn.Identity``. The copy's answer on ``example``
-    is checked against the original's in fp32, autocast or not (within ``atol``, relative to its
-    largest value); where they differ, the unfolded copy is returned.
+    (every tensor of a tuple or dict) is checked against the original's in fp32, autocast or not
+    (within ``atol``, relative to its largest value); where they differ, the unfolded copy is returned.
 
     Args:
         model: any network; it is not changed.
@@ -84,16 +84,19 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor, atol: float = 1e-4) 
             parent, name = parents[bn]
             setattr(parent, name, nn.Identity())
         out = net(example)
-    ref, new = _first_tensor(reference), _first_tensor(out)
-    same = ref is not None and new is not None and ref.shape == new.shape
-    if not same or (new - ref).abs().max() > atol * max(1.0, float(ref.abs().max())):
+    refs, news = _tensors(reference), _tensors(out)
+    same = bool(refs) and len(refs) == len(news) and all(r.shape == n.shape for r, n in zip(refs, news))
+    if not same or any(
+        r.numel() and (n - r).abs().max() > atol * max(1.0, float(r.abs().max())) for r, n in zip(refs, news)
+    ):
         return copy.deepcopy(model).eval(), 0  # a fresh copy: only a failed check pays for a second one
     return net, len(pairs)
 
 
-def _first_tensor(out) -> torch.Tensor | None:
-    """The output itself, or the first tensor of a tuple, list or dict output."""
+def _tensors(out) -> list[torch.Tensor]:
+    """The output itself, or every tensor of a tuple, list or dict output (a convolution's output that
+    a network also returns, or uses beside its batch norm, changes with the folding)."""
     if isinstance(out, torch.Tensor):
-        return out
+        return [out]
     values = out.values() if isinstance(out, dict) else out if isinstance(out, (list, tuple)) else ()
-    return next((v for v in values if isinstance(v, torch.Tensor)), None)
+    return [v for v in values if isinstance(v, torch.Tensor)]

@@ -20,30 +20,20 @@ def run_loader(model: nn.Module) -> Callable[[str | Path], torch.Tensor] | None:
     """How a run trained on an image folder read its images, as ``fn(path) -> (C, H, W)`` floats in
     [0, 1]: the shorter side resized to cover the input over the run's crop share, the centre kept,
     with the run's interpolation (:func:`~cnnkit.data.imagefolder.decode_image`, what training and
-    ``cnnkit eval`` read); None for any other model (a built-in data set's run, a converted one).
+    ``cnnkit eval`` read; an exported file carries them as ``cnnkit.reading``); None for any other
+    model (a built-in data set's run, a converted one).
 
     Raises:
         CnnkitError: a fine-tuning run whose metadata names a crop share or interpolation it cannot have.
     """
-    from cnnkit.data.datasets import DATASETS
+    from cnnkit.data.datasets import folder_reading
     from cnnkit.data.imagefolder import decode_image
 
     info = getattr(model, "info", None)
-    info = info if isinstance(info, dict) else {}
-    members = info.get("ensemble")
-    first = members[0] if isinstance(members, list) and members and isinstance(members[0], dict) else {}
-    config, tuned = info.get("config") or first.get("config"), info.get("finetune")
-    if isinstance(tuned, dict) and tuned.get("data"):
-        crop, interpolation = tuned.get("crop_fraction", 1.0), tuned.get("interpolation", "bilinear")
-        if not (isinstance(crop, (int, float)) and 0 < crop <= 1 and interpolation in ("bilinear", "bicubic")):
-            raise CnnkitError(
-                f"the run's metadata names crop_fraction={str(crop)[:20]!r} and interpolation="
-                f"{str(interpolation)[:20]!r}; the file is damaged: restore the run from a copy or fine-tune it again"
-            )
-    elif isinstance(config, dict) and isinstance(config.get("data"), str) and config["data"] not in DATASETS:
-        crop, interpolation = 1.0, "bilinear"  # an image folder as `cnnkit train` reads it
-    else:
+    reading = folder_reading(info if isinstance(info, dict) else {})
+    if reading is None:
         return None
+    crop, interpolation = reading
     c, h, w = model.input_size
     return lambda path: decode_image(path, (h, w), c, "shorter", crop, interpolation).float() / 255
 
