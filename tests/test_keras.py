@@ -8,6 +8,7 @@ converted by :func:`cnnkit.models.keras.load_keras`, and run on the same input: 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -468,6 +469,40 @@ def test_custom_subclass_named_like_a_keras_layer_is_refused(tmp_path):
     assert "custom class Conv2D" in _one_line(exc)
 
 
+def test_convnext_layer_scale(tmp_path):
+    """ConvNeXt's LayerScale (keras.applications' own registered class): x * gamma per channel, as in
+    the ConvNeXt block (Dense on a feature map, then the scale, then the residual Add); a user's class of
+    the same name in another module is refused."""
+    from keras.src.applications.convnext import LayerScale
+
+    x_in = keras.Input((5, 4, 3))
+    y = LayerScale(1e-6, 3)(layers.Dense(3)(layers.LayerNormalization(epsilon=1e-6)(x_in)))
+    model = keras.Model(x_in, layers.Add()([x_in, y]))
+    _against_keras(model, _x((5, 4, 3)), tmp_path)
+
+    @keras.saving.register_keras_serializable(package="mine")
+    class Scale(LayerScale):  # registered as mine>Scale, named LayerScale in the file
+        pass
+
+    Scale.__name__ = "LayerScale"
+    other = keras.Sequential([keras.Input((5, 4, 3)), Scale(0.5, 3)])
+    other.save(tmp_path / "mine.keras")
+    with pytest.raises(CnnkitError) as exc:
+        load_keras(tmp_path / "mine.keras")
+    assert "custom class LayerScale" in _one_line(exc)
+
+
+def test_inception_resnet_custom_scale_layer(tmp_path):
+    """InceptionResNetV2's CustomScaleLayer (keras.applications' own registered class): shortcut plus
+    the residual times ``scale``, as the Inception-ResNet block calls it."""
+    from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
+
+    x_in = keras.Input((5, 4, 3))
+    r = layers.Conv2D(3, 1)(x_in)
+    model = keras.Model(x_in, layers.Activation("relu")(CustomScaleLayer(0.17)([x_in, r])))
+    _against_keras(model, _x((5, 4, 3)), tmp_path)
+
+
 def test_nested_model_with_batchnorm_in_h5(tmp_path):
     """A legacy .h5 lists a nested model's weights trainable first: BatchNorm statistics come last.
 
@@ -664,6 +699,43 @@ def _x(shape, seed: int = 0) -> torch.Tensor:
 def test_1d_depthwise_separable_and_transposed_convolutions(tmp_path, stack):
     """Strides and "same" on odd lengths (TensorFlow's extra position at the end), multipliers, dilation."""
     _against_keras(_model((17, 3), *stack), _x((17, 3)), tmp_path)
+
+
+def _transpose_grid(n: int) -> list[dict]:
+    """Settings of a Keras ``Conv{n}DTranspose`` that Keras builds (output_padding below the stride, no
+    stride with dilation): kernels 1-4, strides 1-3, both paddings, output_padding None or each value
+    below the stride, dilation 1-2; on 2-D and 3-D each axis takes the next kernel and stride."""
+    settings = []
+    for k, s, pad, op, d in itertools.product((1, 2, 3, 4), (1, 2, 3), ("valid", "same"), (None, 0, 1, 2), (1, 2)):
+        if (op is not None and op >= s) or (s > 1 and d > 1) or (k + s + d) % n:
+            continue
+        ks = tuple((k + i - 1) % 4 + 1 for i in range(n))
+        ss = tuple((s + i - 1) % 3 + 1 if d == 1 else 1 for i in range(n))
+        ops = None if op is None else tuple(min(op, si - 1) for si in ss)
+        settings.append(dict(kernel_size=ks, strides=ss, padding=pad, output_padding=ops, dilation_rate=d))
+    return settings
+
+
+@pytest.mark.parametrize("n, shape", [(1, (5, 2)), (2, (4, 5, 2)), (3, (3, 4, 2, 2))], ids=["1D", "2D", "3D"])
+def test_transposed_convolutions_with_output_padding(tmp_path, n, shape):
+    """Conv1DTranspose, Conv2DTranspose and Conv3DTranspose against Keras over a grid of kernel, stride,
+    padding, output_padding and dilation: one model of parallel branches, each output compared."""
+    cls = {1: layers.Conv1DTranspose, 2: layers.Conv2DTranspose, 3: layers.Conv3DTranspose}[n]
+    x_in = keras.Input(shape)
+    outs = [cls(2, activation="tanh" if i % 2 else None, **kw)(x_in) for i, kw in enumerate(_transpose_grid(n))]
+    model = keras.Model(x_in, outs)
+    _randomise(model, 3)
+    x = _x(shape)
+    refs = _keras_out(model, x)
+    for suffix in ("keras", "h5"):
+        model.save(tmp_path / f"m.{suffix}")
+        net, _ = load_keras(tmp_path / f"m.{suffix}")
+        ours = _ours(net, x)
+        assert len(ours) == len(refs) > 20
+        for kw, o, r in zip(_transpose_grid(n), ours, refs, strict=True):
+            assert o.shape == r.shape, (suffix, kw)
+            assert np.abs(o - r).max() <= 1e-5 * max(1.0, float(np.abs(r).max())), (suffix, kw)
+        assert sum(v.numel() for v in net.state_dict().values()) == model.count_params()
 
 
 def test_cropping_zero_padding_upsampling_and_permute(tmp_path):

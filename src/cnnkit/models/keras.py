@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from cnnkit.errors import CnnkitError
 from cnnkit.layers import get_activation
-from cnnkit.layers.conv_same import ConvTranspose2dSame, _DynamicPad, resolve_padding
+from cnnkit.layers.conv_same import _DynamicPad, resolve_padding
 from cnnkit.layers.pool_same import (
     AvgPool1dSame,
     AvgPool2dSame,
@@ -115,22 +115,58 @@ class CausalDepthwiseConv1D(_Causal, DepthwiseConv1D):
     """The depthwise part of a Keras 2 ``SeparableConv1D(padding="causal")`` (Keras 3 has no causal one)."""
 
 
-class Conv2DTranspose(_Activated, ConvTranspose2dSame):
-    """Keras ``Conv2DTranspose``; "valid": ``H -> (H - 1) * s + max(k, s)``, "same": ``H -> H * s``."""
+def transpose_crops(
+    kernel: int, stride: int, dilation: int, padding: str, output_padding: int | None
+) -> tuple[int, int]:
+    """What Keras' transposed convolution takes off PyTorch's full output on one axis: (start, end).
+
+    PyTorch's ``nn.ConvTranspose`` without padding gives ``(L - 1) s + K`` positions (``K = d (k - 1) + 1``).
+    Keras gives ``(L - 1) s + K + op`` for "valid" (``op`` is ``output_padding``, by default
+    ``max(K, s) - K``) and for "same" ``L s``, or ``(L - 1) s + K % 2 + op`` with ``output_padding``.
+    The positions cut are TensorFlow's (the gradient of a "same" convolution): ``floor(total / 2)``
+    at the start, the rest at the end; a negative end appends that many zeros (the bias only).
+
+    >>> transpose_crops(3, 2, 1, "same", None), transpose_crops(3, 2, 1, "same", 0), transpose_crops(2, 3, 1, "valid", None)
+    ((0, 1), (1, 1), (0, -1))
+    """
+    span = dilation * (kernel - 1) + 1
+    if padding == "valid":
+        return 0, -(max(span, stride) - span if output_padding is None else output_padding)
+    total = span - stride if output_padding is None else span - span % 2 - output_padding
+    start = max(total, 0) // 2
+    return start, total - start
 
 
-class Conv1DTranspose(_Activated, nn.ConvTranspose1d):
-    """Keras ``Conv1DTranspose``; "valid": ``L -> (L - 1) * s + max(k, s)``, "same": ``L -> L * s``.
+class _Transposed:
+    """Mixin for ``nn.ConvTranspose1d/2d/3d``: Keras' window of the output, then the activation.
 
-    ``crop_end`` drops the last position of PyTorch's output when "same" pads an odd total: TensorFlow
-    puts the odd one at the end, PyTorch's ``padding`` takes as many from each side.
+    PyTorch's ``padding`` (the same at both ends) and ``output_padding`` (zeros and the bias appended
+    at the end, below the stride as Keras requires) give :func:`transpose_crops`' symmetric part and
+    its appended positions; ``trim`` holds the rest, per spatial axis the positions cut at the start
+    and at the end.
     """
 
-    crop_end = 0
+    activation: nn.Module
+    trim: tuple[tuple[int, int], ...] = ()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = nn.ConvTranspose1d.forward(self, x)
-        return self.activation(y[..., : y.shape[-1] - self.crop_end])
+        y = super().forward(x)
+        for axis, (start, end) in enumerate(self.trim, start=2):
+            if start or end:
+                y = y.narrow(axis, start, y.shape[axis] - start - end)
+        return self.activation(y)
+
+
+class Conv1DTranspose(_Transposed, nn.ConvTranspose1d):
+    """Keras ``Conv1DTranspose``: (N, C, L) -> (N, filters, L'), L' as :func:`transpose_crops` says."""
+
+
+class Conv2DTranspose(_Transposed, nn.ConvTranspose2d):
+    """Keras ``Conv2DTranspose``: (N, C, H, W) -> (N, filters, H', W'), each as :func:`transpose_crops` says."""
+
+
+class Conv3DTranspose(_Transposed, nn.ConvTranspose3d):
+    """Keras ``Conv3DTranspose``: (N, C, D, H, W) -> (N, filters, D', H', W'), as :func:`transpose_crops` says."""
 
 
 class SeparableConv2D(nn.Module):
@@ -256,6 +292,21 @@ class Merge(nn.Module):
         return f"op={self.op}" + (f", dim={self.dim}" if self.op == "concatenate" else "")
 
 
+class CustomScaleLayer(Merge):
+    """``CustomScaleLayer`` of Keras' InceptionResNetV2 (``keras.applications``): ``x + r * scale``, the
+    shortcut ``x`` plus the scaled residual ``r``."""
+
+    def __init__(self, scale: float):
+        super().__init__("add")
+        self.scale = scale
+
+    def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        return xs[0] + xs[1] * self.scale
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale:g}"
+
+
 class Rescaling(nn.Module):
     """Keras ``Rescaling``: ``x * scale + offset`` (per channel when they are lists)."""
 
@@ -266,6 +317,17 @@ class Rescaling(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * _per_channel(self.scale, x) + _per_channel(self.offset, x)
+
+
+class LayerScale(nn.Module):
+    """``LayerScale`` of Keras' ConvNeXt (``keras.applications``): ``x * gamma``, one learnt scale per channel."""
+
+    def __init__(self, channels: int, init_value: float = 1.0):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((channels,), float(init_value)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * _per_channel(self.gamma, x)
 
 
 class Normalization(nn.Module):
@@ -625,27 +687,8 @@ def _conv(cfg: dict, shape: tuple[int, ...], n: int, kind: str) -> _Layer:
     k, s = _ints(cfg["kernel_size"], n, "kernel_size"), _ints(cfg.get("strides", 1), n, "strides")
     d = _ints(cfg.get("dilation_rate", 1), n, "dilation_rate")
     bias = bool(cfg.get("use_bias", True))
-    if kind == "Conv2DTranspose":
-        if cfg.get("output_padding") is not None:
-            raise CnnkitError(f"Conv2DTranspose {cfg.get('name')!r} sets output_padding; it is not read")
-        m = Conv2DTranspose(c_in, cfg["filters"], k, s, d, bias=bias)
-        if cfg["padding"] == "valid":  # H -> (H - 1) s + d (k - 1) + 1, plus zeros up to H * s when s > k
-            m.padding = (0, 0)
-            m.output_padding = tuple(max(si - (di * (ki - 1) + 1), 0) for ki, si, di in zip(k, s, d))
-            m.crop_end = (0, 0)
-        m.activation = _act(cfg)
-        return _Layer(m, _probe(m, shape), _load_conv)
-    if kind == "Conv1DTranspose":
-        if cfg.get("output_padding") is not None:
-            raise CnnkitError(f"Conv1DTranspose {cfg.get('name')!r} sets output_padding; it is not read")
-        m = Conv1DTranspose(c_in, cfg["filters"], k, s, dilation=d, bias=bias)
-        total = d[0] * (k[0] - 1) + 1 - s[0]  # what "same" crops (> 0) or appends (< 0) to give L * s
-        if cfg["padding"] == "valid":  # L -> (L - 1) s + d (k - 1) + 1, plus zeros up to L * s when s > k
-            m.output_padding = (max(-total, 0),)
-        else:  # PyTorch crops total // 2 each side, TensorFlow the odd one more at the end
-            m.padding, m.output_padding, m.crop_end = (max(total, 0) // 2,), (max(-total, 0),), max(total, 0) % 2
-        m.activation = _act(cfg)
-        return _Layer(m, _probe(m, shape), _load_conv)
+    if kind.endswith("Transpose"):
+        return _transpose(cfg, shape, n, kind, k, s, d, bias)
     separable = kind.startswith("Separable")
     if kind.startswith(("Depthwise", "Separable")):  # one filter per input channel and multiplier
         cls, out, groups = {1: DepthwiseConv1D, 2: DepthwiseConv2D}[n], c_in * cfg.get("depth_multiplier", 1), c_in
@@ -663,6 +706,27 @@ def _conv(cfg: dict, shape: tuple[int, ...], n: int, kind: str) -> _Layer:
         return _Layer(m, _probe(m, shape), _load_separable)
     conv.activation = _act(cfg)
     return _Layer(conv, _probe(conv, shape), _load_depthwise if kind.startswith("Depthwise") else _load_conv)
+
+
+def _transpose(cfg: dict, shape, n: int, kind: str, k, s, d, bias: bool) -> _Layer:
+    op = cfg.get("output_padding")
+    op = (None,) * n if op is None else _ints(op, n, f"{kind} {cfg.get('name')!r}: output_padding")
+    if any(o is not None and o >= si for o, si in zip(op, s)):
+        raise CnnkitError(
+            f"{kind} {cfg.get('name')!r} has output_padding={list(op)} with strides={list(s)}; Keras requires "
+            "each output_padding below its stride (the config is damaged or edited)"
+        )
+    cls = {1: Conv1DTranspose, 2: Conv2DTranspose, 3: Conv3DTranspose}[n]
+    m = cls(shape[0], cfg["filters"], k, s, bias=bias, dilation=d)  # Keras 2 wrote groups, never used it
+    crops = [transpose_crops(*a, cfg["padding"], o) for a, o in zip(zip(k, s, d), op)]
+    # an axis whose end grows (end < 0) grows by less than its stride (output_padding < stride above,
+    # max(k', s) - k' < s without it): PyTorch's output_padding; one that is cut loses min(start, end)
+    # at each side to PyTorch's padding, the rest in forward
+    m.padding = tuple(max(min(start, end), 0) for start, end in crops)
+    m.output_padding = tuple(max(-end, 0) for _, end in crops)
+    m.trim = tuple((start - p, max(end, 0) - p) for (start, end), p in zip(crops, m.padding))
+    m.activation = _act(cfg)
+    return _Layer(m, _probe(m, shape), _load_conv)
 
 
 def _pool(cfg: dict, shape: tuple[int, ...], n: int, kind: str) -> _Layer:
@@ -756,6 +820,18 @@ def _merge(cfg: dict, shapes: list[tuple[int, ...]], kind: str) -> _Layer:
     return _Layer(m, _probe(m, shapes))
 
 
+def _custom_scale(cfg: dict, shapes: list[tuple[int, ...]]) -> _Layer:
+    scale = cfg.get("scale")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise CnnkitError(f"CustomScaleLayer {cfg.get('name')!r} has scale={scale!r}; a finite number is read")
+    if len(shapes) != 2 or shapes[0] != shapes[1]:
+        raise CnnkitError(
+            f"CustomScaleLayer {cfg.get('name')!r} takes two inputs of one shape (shortcut, residual); "
+            f"it gets {len(shapes)} of shapes {shapes}"
+        )
+    return _Layer(CustomScaleLayer(float(scale)), shapes[0])
+
+
 def _activation_layer(cfg: dict, shape, kind: str) -> _Layer:
     if kind == "Activation":
         m = _act(cfg)
@@ -837,6 +913,16 @@ def _epsilon(cfg: dict, kind: str, default: float = 1e-3) -> float:
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
         raise CnnkitError(f"{kind} {cfg.get('name')!r} has epsilon={eps!r}; a finite number >= 0 is read")
     return float(eps)
+
+
+def _layerscale(cfg: dict, shape) -> _Layer:
+    dim, init = cfg.get("projection_dim"), cfg.get("init_values", 1.0)
+    if dim != shape[0] or isinstance(init, bool) or not isinstance(init, (int, float)) or not math.isfinite(init):
+        raise CnnkitError(
+            f"LayerScale {cfg.get('name')!r} has projection_dim={dim!r}, init_values={init!r}; the {shape[0]} "
+            "channels of its input and a finite number are read"
+        )
+    return _Layer(LayerScale(dim, init), shape, _load_layerscale)
 
 
 def _layernorm(cfg: dict, shape) -> _Layer:
@@ -983,6 +1069,7 @@ def _simple(cfg: dict, shape, kind: str) -> _Layer:
 LAYERS: dict[str, Callable[[dict, object], _Layer]] = {
     **{f"Conv{n}D": partial(_conv, n=n, kind=f"Conv{n}D") for n in (1, 2, 3)},
     **{k: partial(_conv, n=2, kind=k) for k in ("Conv2DTranspose", "SeparableConv2D", "DepthwiseConv2D")},
+    "Conv3DTranspose": partial(_conv, n=3, kind="Conv3DTranspose"),
     **{k: partial(_conv, n=1, kind=k) for k in ("Conv1DTranspose", "SeparableConv1D", "DepthwiseConv1D")},
     **{f"{p}Pooling{n}D": partial(_pool, n=n, kind=f"{p}Pooling{n}D") for p in ("Max", "Average") for n in (1, 2, 3)},
     **{
@@ -1003,6 +1090,8 @@ LAYERS: dict[str, Callable[[dict, object], _Layer]] = {
     "Normalization": _normalization,
     "PReLU": _prelu,
     "LayerNormalization": _layernorm,
+    "LayerScale": _layerscale,
+    "CustomScaleLayer": _custom_scale,
     "GroupNormalization": _groupnorm,
     **{f"ZeroPadding{n}D": partial(_spatial_sizes, n=n, kind=f"ZeroPadding{n}D") for n in (1, 2, 3)},
     **{f"Cropping{n}D": partial(_spatial_sizes, n=n, kind=f"Cropping{n}D") for n in (1, 2, 3)},
@@ -1033,8 +1122,15 @@ _ALIASES = {
     "SeparableConvolution1D": "SeparableConv1D",
     "Convolution1DTranspose": "Conv1DTranspose",
     "Convolution2DTranspose": "Conv2DTranspose",
+    "Convolution3DTranspose": "Conv3DTranspose",
 }
-_MERGING = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate")
+# layers Keras' own applications define (and register) in their modules, read as Keras' layers are
+_APPLICATION_LAYERS = {
+    "LayerScale": "keras.src.applications.convnext",
+    "CustomScaleLayer": "keras.src.applications.inception_resnet_v2",
+}
+# the layers that take several inputs
+_MERGING = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate", "CustomScaleLayer")
 
 
 def _probe(module: nn.Module, shape) -> tuple[int, ...]:
@@ -1088,7 +1184,7 @@ def _weights_needed(kind: str, cfg: dict, shape) -> int:
     if kind == "Dense":
         units = _int(cfg.get("units"))
         return c * units + units * bias
-    if kind in ("Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose"):
+    if kind in ("Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"):
         filters = _int(cfg.get("filters"))
         return c * filters * k // max(_int(cfg.get("groups"), 1), 1) + filters * bias
     if kind in ("DepthwiseConv1D", "DepthwiseConv2D"):
@@ -1099,6 +1195,8 @@ def _weights_needed(kind: str, cfg: dict, shape) -> int:
         return mid * k + mid * filters + filters * bias
     if kind in ("BatchNormalization", "Normalization"):
         return 4 * c
+    if kind == "LayerScale":
+        return c
     scale, center, rms = bool(cfg.get("scale", True)), bool(cfg.get("center", True)), bool(cfg.get("rms_scaling"))
     if kind == "GroupNormalization":  # gamma (scale), beta (center)
         return (scale + center) * c
@@ -1208,6 +1306,11 @@ def _load_prelu(m: PReLU, arrays) -> None:
     _set(m.alpha, alpha.movedim(-1, 0) if alpha.dim() > 1 else alpha, "alpha")
 
 
+def _load_layerscale(m: LayerScale, arrays) -> None:
+    (gamma,) = _take(arrays, 1, m)
+    _set(m.gamma, gamma, "layer scale")
+
+
 def _load_layernorm(m: LayerNormalization, arrays) -> None:
     # gamma and beta hold the normalised axes' sizes in the order Keras sorts the axes as written (-1
     # before 1); Keras lays their values out over the input's axes in order, as a reshape does
@@ -1250,7 +1353,7 @@ def _num_vars(rec: _Layer) -> int:
         return (m.weight is not None) + (m.bias is not None) + 2
     if isinstance(m, Normalization):
         return 3
-    if isinstance(m, PReLU):
+    if isinstance(m, (PReLU, LayerScale)):
         return 1
     if isinstance(m, (LayerNormalization, nn.GroupNorm)):
         return (m.weight is not None) + (m.bias is not None)
@@ -1310,7 +1413,8 @@ def _check_origin(entry: dict, kind: str, name: str) -> None:
         )
     own = registered is None and (where == "keras" or where.startswith("keras."))
     model = kind in _MODELS and where.startswith("keras.") and registered == kind
-    if not (own or model):
+    application = _APPLICATION_LAYERS.get(kind) == where and registered == kind
+    if not (own or model or application):
         same_name = f", not Keras' own {kind}" if kind in LAYERS or kind in _MODELS else ""
         raise CnnkitError(
             f"layer {name!r} is a custom class {kind} (module {module!r}, registered as {registered!r})"
