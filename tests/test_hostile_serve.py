@@ -437,8 +437,10 @@ def test_a_gzip_idx_file_reads_with_256_mb_of_address_space_to_spare(tmp_path):
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
-def test_mnist_loads_under_a_3_gb_address_space_limit(data_dir):
-    got = _read_under_limit(data_dir / "mnist" / "train-images-idx3-ubyte.gz", limit=3 << 30)
+def test_mnist_loads_with_1_gb_of_address_space_to_spare(data_dir):
+    """MNIST's 47 MB of training images need far less than the reader's 8 GiB bound; 1 GiB above what
+    the interpreter has mapped after importing torch (more with a CUDA build of torch than without)."""
+    got = _read_under_limit(data_dir / "mnist" / "train-images-idx3-ubyte.gz", extra=1 << 30)
     assert got.startswith("(60000, 28, 28) ")
 
 
