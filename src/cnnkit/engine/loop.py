@@ -22,6 +22,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -375,12 +376,17 @@ def _run_phase(
     if d.world > 1 and hasattr(task, "step"):
         raise CnnkitError(f"the {task.name} task trains on one process; run it without torchrun")
     # a network may hold parameters its forward never uses (the digit detector's stride-16 stage when
-    # --strides 4 8): DDP then waits for their gradients forever unless told to look for them
-    step_net = nn.parallel.DistributedDataParallel(net, find_unused_parameters=True) if d.world > 1 else net
+    # --strides 4 8), the same ones every step (a task's loss keeps every head in the graph, times 0
+    # where a batch has no object): a static graph, whose unused parameters DDP finds in the first
+    # step, without searching the graph every step (and warning on every process where none is unused)
+    step_net = nn.parallel.DistributedDataParallel(net, static_graph=True) if d.world > 1 else net
     train, val = setup.data or data
     evaluated = setup.module or deploy  # a phase's own module is validated on its data
     last, images = epochs.stop, 0
-    with _progress(console, quiet or not d.main) as bar:
+    with _progress(console, quiet or not d.main) as bar, warnings.catch_warnings():
+        # DDP's gradient buckets of a channels-last 1x1 kernel have the same memory layout as its
+        # gradient, with other strides on the size-1 axes, which DDP warns of on every process
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         bar_task = None
         for epoch in epochs:
             tick = time.perf_counter()
