@@ -327,15 +327,22 @@ def resolve(path: str | os.PathLike) -> Path:
             f"{path} is a Keras file; this command reads a run folder: convert it first with "
             f"`cnnkit convert {path} --out RUN`, then give RUN"
         )
-    if p.name == RESUME_FILE and p.is_file():  # what --resume reads: the weights with the optimizer's state
-        raise CnnkitError(
-            f"{path} is a run's resume state (what --resume reads), not its model: give the run folder "
-            f"{p.parent} or its {MODEL_FILE}"
-        )
     if not p.is_file():
         raise CnnkitError(
             f"no checkpoint at {path}: give a run folder (holding {MODEL_FILE}) or a "
             ".safetensors file written by `cnnkit train`"
+        )
+    return p
+
+
+def model_file(path: str | os.PathLike) -> Path:
+    """:func:`resolve` for a reader of a run's model: a run's resume state given instead (what
+    ``--resume`` reads, the weights with the optimizer's state) names the model to give."""
+    p = resolve(path)
+    if p.name == RESUME_FILE:
+        raise CnnkitError(
+            f"{path} is a run's resume state (what --resume reads), not its model: give the run folder "
+            f"{p.parent} or its {MODEL_FILE}"
         )
     return p
 
@@ -655,7 +662,7 @@ def load_run_model(path: str | os.PathLike, task: str, build, device: str | torc
         CnnkitError: not a checkpoint, another task's run, metadata that builds nothing, or weights
             that do not fit the network the metadata describes.
     """
-    file = resolve(path)
+    file = model_file(path)
     info = read_metadata(file)
     if info.get("task", "classify") != task:
         found = str(info.get("task", "classify"))[:20]

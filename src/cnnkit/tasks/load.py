@@ -12,7 +12,7 @@ import os
 import torch
 import torch.nn as nn
 
-from cnnkit.engine.runfolder import read_metadata, resolve
+from cnnkit.engine.runfolder import model_file, read_metadata
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.classify.load import load_classifier
 from cnnkit.tasks.detect.load import load_detector
@@ -77,7 +77,7 @@ def load(
     if factory is not None and not isinstance(factory, str):
         raise CnnkitError(f"factory must be 'FILE.py:FUNCTION'; received: {str(factory)[:40]!r}")
     try:
-        file = resolve(path)
+        file = model_file(path)
     except OSError as exc:  # a name too long, a loop of links, a folder we may not read
         raise CnnkitError(
             f"cannot read {str(path)[:200]} ({exc.strerror or type(exc).__name__}); give a run folder "

@@ -15,9 +15,9 @@ from cnnkit.engine.runfolder import (
     CHECKPOINT_HINT,
     atomic_write_bytes,
     load_checked,
+    model_file,
     read_checkpoint,
     read_metadata,
-    resolve,
     run_commands,
     strip_prefix,
 )
@@ -164,7 +164,7 @@ def load_classifier(
         >>> model.classes[:3], model.input_size                  # doctest: +SKIP
         (['0', '1', '2'], (1, 28, 28))
     """
-    file = resolve(path)
+    file = model_file(path)
     meta = read_metadata(file)
     task = meta.get("task", "classify")
     if task != "classify":

@@ -13,9 +13,9 @@ from cnnkit.engine.runfolder import (
     CHECKPOINT_HINT,
     atomic_write_bytes,
     load_checked,
+    model_file,
     read_checkpoint,
     read_metadata,
-    resolve,
     stored_config,
     strip_prefix,
 )
@@ -120,7 +120,7 @@ def load_sequence(path, device: str = "cpu") -> nn.Module:
         >>> model = load_sequence("runs/gunpoint")                # doctest: +SKIP
         >>> model(torch.randn(1, 1, 150)).softmax(1)              # doctest: +SKIP
     """
-    file = resolve(path)
+    file = model_file(path)
     info = read_metadata(file)
     if info.get("task") != "sequence":
         found = str(info.get("task", "classify"))[:20]
