@@ -106,8 +106,9 @@ def test_simvp_frames_fixed_frame_size_free(tmp_path):
     report = export_onnx(
         model, torch.rand(1, 10, 1, 16, 16), tmp_path / "simvp.onnx", dynamic_size=(3, 4), exporter="torchscript"
     )
-    # checked at 16 + 32; 16 + 33 is skipped: SimVP itself takes only multiples of its stride
+    # checked at 16 + 32; 16 + 33 is named, not checked: SimVP itself takes only multiples of its stride
     assert report.size_axes == (3, 4) and report.input_shapes[2:] == ((1, 10, 1, 48, 48),)
+    assert report.refused == ((1, 10, 1, 49, 49),)
     x = torch.rand(2, 10, 1, 24, 20)
     with torch.no_grad():
         ref = model(x)

@@ -14,6 +14,7 @@ import os  # noqa: E402
 import shutil  # noqa: E402
 import stat  # noqa: E402
 
+import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -44,6 +45,7 @@ from cnnkit.tasks.segment.load import onnx_segmenter  # noqa: E402
 from cnnkit.tasks.segment.predict import Segmenter, predict_image  # noqa: E402
 from cnnkit.tasks.sequence.load import SeriesModel  # noqa: E402
 from cnnkit.tasks.video.predict import VideoClassifier  # noqa: E402
+from cnnkit.tasks.video_predict.predict import FramePredictor  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # An exported detector keeps the run's decoding settings and flip: its boxes are the run's.
@@ -229,6 +231,119 @@ def test_masks_of_the_file_are_the_runs_with_flip_and_scales(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+# A segmenter exported without --input is told a size it trained at, and that size exports.
+
+
+@pytest.mark.parametrize(
+    ("channels", "config", "size"), [(1, {"canvas": 32, "crop": None}, "1x32x32"), (3, {"crop": 48}, "3x48x48")]
+)
+def test_a_segmenter_without_input_is_told_a_size_it_trained_at(tmp_path, monkeypatch, capsys, channels, config, size):
+    torch.manual_seed(0)
+    net = create_segmenter("unet", backbone="unet", num_classes=2, width=4, in_channels=channels)
+    model = Segmenter(net, [0.5] * channels, [0.2] * channels, ["background", "digit"]).eval()
+    model.input_size = (channels,)  # as a segmenter run states it
+    model.info = {"task": "segment", "config": config}
+    monkeypatch.setattr(task_export, "export_source", lambda *a, **k: model)
+    out = tmp_path / "seg.onnx"
+    assert main(["export", "runs/seg", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    noun = "1 channel " if channels == 1 else "3 channels "
+    assert f"images of {noun}at any size" in err and f"--input {size} " in err and len(err.splitlines()) == 1
+    assert "288x384" not in err and not out.exists()
+    assert main(["export", "runs/seg", "--out", str(out), "--input", size, "--exporter", "torchscript"]) == 0
+    assert OnnxModel(out).input_size == tuple(int(v) for v in size.split("x"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Every task's file says what its graph takes: cnnkit.input and cnnkit.input_size.
+
+
+def _task_model(task: str) -> nn.Module:
+    """A small untrained deployable of ``task``, with the metadata its run carries."""
+    torch.manual_seed(0)
+    if task == "classify":
+        net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 2))
+        model = Classifier(net, [0.5], [0.2], ["a", "b"], (1, 16, 16))
+        model.info = {"task": "classify", "classes": ["a", "b"], "input_size": [1, 16, 16]}
+    elif task == "detect":
+        model = create_detector("tiny", 2, out_strides=(4, 8, 16))
+        model.info = {"task": "detect", "classes": ["a", "b"], "input_size": [3, 32, 32]}
+    elif task == "segment":
+        net = create_segmenter("unet", backbone="unet", num_classes=2, width=4)
+        model = Segmenter(net, [0.5] * 3, [0.2] * 3, ["background", "a"])
+        model.info = {"task": "segment", "config": {"crop": 32}}
+    elif task == "sequence":
+        model = SeriesModel(create_model("fcn1d", num_classes=2, in_channels=1), "fcn1d", ["a", "b"], (1, 24))
+        model.info = model.describe()
+    elif task == "video":
+        model = _clip_run()
+    elif task == "video_predict":
+        model = FramePredictor(create_model("simvp_tiny", in_channels=1, frames=4), "simvp_tiny", 4, 1, (16, 16))
+        model.info = model.describe()
+    elif task == "generate":
+        model = Sampler(create_model("dcgan_generator"), [])
+        model.info = {"task": "generate", "classes": []}
+    else:
+        model = create_model("johnson_style_slim")
+        model.info = {"task": "style", "arch": "johnson_style_slim"}
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    "task",
+    [
+        "classify",
+        pytest.param("detect", marks=pytest.mark.slow),  # a few seconds each to trace
+        pytest.param("segment", marks=pytest.mark.slow),
+        "sequence",
+        "video",
+        "video_predict",
+        "generate",
+        "style",
+    ],
+)
+def test_every_tasks_file_says_what_it_takes(tmp_path, monkeypatch, task):
+    model = _task_model(task)
+    monkeypatch.setattr(task_export, "export_source", lambda *a, **k: model)
+    out = tmp_path / "m.onnx"
+    extra = ["--input", "3x32x32"] if task in ("segment", "style") else []  # style: a small size (its own is 256)
+    assert main(["export", f"runs/{task}", "--out", str(out), "--exporter", "torchscript", "--no-check", *extra]) == 0
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    assert json.loads(meta["cnnkit.task"]) == task
+    size = json.loads(meta["cnnkit.input_size"])
+    assert session.get_inputs()[0].shape[1:] == size  # the size the graph takes, without the batch
+    assert isinstance(json.loads(meta[INPUT_KEY]), str) and json.loads(meta[INPUT_KEY])
+
+
+# ---------------------------------------------------------------------------------------------
+# --dynamic-size: a size checked that the network itself refuses (SimVP at a side that is no multiple
+# of 4) is said in the report and the file, with what ONNX Runtime does there, not skipped silently.
+
+
+def test_sizes_the_network_refuses_are_said_not_skipped(tmp_path):
+    torch.manual_seed(0)
+    model = FramePredictor(create_model("simvp_tiny", in_channels=1, frames=4), "simvp_tiny", 4, 1, (16, 16)).eval()
+    path = tmp_path / "simvp.onnx"
+    report = export_onnx(model, torch.rand(1, 4, 1, 16, 16), path, dynamic_size=(3, 4), exporter="torchscript")
+    assert report.input_shapes[2:] == ((1, 4, 1, 48, 48),) and report.refused == ((1, 4, 1, 49, 49),)
+    line = str(report)
+    assert "PyTorch fails on 1x4x1x49x49 (SimVP takes frames whose sides are multiples of 4" in line
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[3:] != [16, 16]  # the free axes admit 49 ...
+    with pytest.raises(Exception):  # noqa: B017 -- ... and ONNX Runtime fails there, as the report says
+        session.run(None, {"input": torch.rand(1, 4, 1, 49, 49).numpy()})
+    assert "ONNX Runtime fails on them too" in line
+    refused = json.loads(session.get_modelmeta().custom_metadata_map[export.REFUSED_KEY])
+    assert refused["inputs"] == [[4, 1, 49, 49]] and "multiples of 4" in refused["reason"]
+    with pytest.raises(CnnkitError, match=r"shape \(2, 4, 1, 18, 18\).*refuses some sizes.*multiples of 4"):
+        OnnxModel(path)(torch.rand(2, 4, 1, 18, 18))
+    x = torch.rand(2, 4, 1, 20, 28)  # a multiple of 4: runs, as in PyTorch
+    with torch.no_grad():
+        assert (OnnxModel(path)(x) - model(x)).abs().max() < 1e-5
+
+
+# ---------------------------------------------------------------------------------------------
 # A series classifier's file says that its input is z-normalised outside the graph.
 
 
@@ -280,6 +395,28 @@ def test_a_clip_run_exports_at_its_frames_with_frames_and_frame_size_free(tmp_pa
         x = torch.rand(*shape)
         with torch.no_grad():
             assert (onnx_model(x) - model(x)).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_3d_clip_run_exports_with_the_torchscript_exporter(tmp_path, monkeypatch, capsys, channels):
+    torch.manual_seed(0)
+    net = create_model("c3d_small", num_classes=3, in_channels=channels)
+    if channels == 3:  # as `cnnkit video train --channels-last` leaves them: NDHWC weights
+        for p in net.parameters():
+            if p.dim() == 5:
+                p.data = p.data.contiguous(memory_format=torch.channels_last_3d)
+    model = VideoClassifier(net, "c3d_small", ["a", "b", "c"], 8, 1, 16, 0.1, 0.3, channels).eval()
+    model.info = {"task": "video", "classes": model.classes, "frames": 8, "stride": 1, "size": 16, "channels": channels}
+    monkeypatch.setattr(task_export, "export_source", lambda *a, **k: model)
+    out = tmp_path / "c3d.onnx"
+    assert main(["export", "runs/c3d", "--out", str(out), "--exporter", "torchscript"]) == 0
+    assert "exporter torchscript" in capsys.readouterr().out
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])  # ONNX Runtime itself
+    for batch in (1, 3):
+        x = torch.rand(batch, 8, channels, 16, 16)
+        with torch.no_grad():
+            ref = model(x)
+        assert (torch.from_numpy(session.run(None, {"input": x.numpy()})[0]) - ref).abs().max() < 1e-4
 
 
 def test_generators_unconditional_exported_conditional_refused(tmp_path, capsys):

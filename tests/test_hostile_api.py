@@ -57,6 +57,50 @@ def test_spec_input_must_be_whole_numbers(capsys, tmp_path, inp):
     assert "whole positive numbers" in err
 
 
+_TWO_BRANCHES = (
+    "  - {type: conv2d, filters: 4, kernel_size: 1, name: a}\n"
+    "  - {type: conv2d, filters: 4, kernel_size: 1, name: b, inputs: input}\n"
+)
+
+
+@pytest.mark.parametrize(
+    "layers, message",
+    [
+        # axis 0 stacked the batch (2 images in, 4 out) and -1 the width, both without a word
+        (_TWO_BRANCHES + "  - {type: concatenate, axis: 0, inputs: [a, b]}\n", "received axis=0"),
+        (_TWO_BRANCHES + "  - {type: concatenate, axis: -1, inputs: [a, b]}\n", "1 is the channels (Keras' -1)"),
+        (_TWO_BRANCHES + "  - {type: concatenate, axis: 4, inputs: [a, b]}\n", "from 1 to 3"),
+        (_TWO_BRANCHES + "  - {type: concatenate, axis: x, inputs: [a, b]}\n", "received axis=x"),
+        # a momentum above 1 was taken (PyTorch's momentum -1); text or a negative epsilon failed unnamed
+        ("  - {type: batch_normalization, momentum: 2}\n", "momentum must be a number in [0, 1]"),
+        ("  - {type: batch_normalization, momentum: x}\n", "momentum must be a number in [0, 1]"),
+        ("  - {type: batch_normalization, epsilon: -1}\n", "epsilon must be a number >= 0"),
+        ("  - {type: batch_normalization, epsilon: .nan}\n", "epsilon must be a number >= 0"),
+        ("  - {type: lrn, alpha: x}\n", "alpha must be a number"),
+        ("  - {type: lrn, beta: [1]}\n", "beta must be a number"),
+    ],
+)
+def test_spec_arguments_refused_by_name(capsys, tmp_path, layers, message):
+    err = _cli(capsys, ["summary", _spec(tmp_path, layers)], tmp_path)
+    assert message in err and ("concatenate_1" in err or "_1 (" in err)
+
+
+def test_spec_concatenates_along_the_axis_given(tmp_path):
+    """axis 2 joins rows: the channels must agree, the heights may differ."""
+    from cnnkit.models.spec import build_from_spec
+
+    layers = [
+        {"conv2d": {"filters": 4, "kernel_size": 1, "name": "a"}},
+        {"conv2d": {"filters": 4, "kernel_size": [3, 1], "name": "b", "inputs": "input"}},
+        {"concatenate": {"axis": 2, "inputs": ["a", "b"]}},
+    ]
+    model, size = build_from_spec({"input": "3x8x5", "layers": layers})
+    assert model(torch.randn(2, *size)).shape == (2, 4, 14, 5)
+    layers[1]["conv2d"]["filters"] = 5
+    with pytest.raises(CnnkitError, match="sizes other than axis 2 differ: 4x8x5, 5x6x5"):
+        build_from_spec({"input": "3x8x5", "layers": layers})
+
+
 def test_conv_transpose_integer_padding_is_applied(tmp_path):
     s = cnnkit.summary(_spec(tmp_path, "  - {type: conv2d_transpose, filters: 4, kernel_size: 3, padding: 1}\n"))
     assert s.layers[-1]["output_shape"] == [4, 32, 32]  # padding 1 keeps 32 (it was ignored: 34)

@@ -48,6 +48,16 @@ DARK_KEY, INPUT_KEY, MAX_SIDE_KEY = "cnnkit.dark_background", "cnnkit.input", "c
 DECODE_KEY = "cnnkit.decode"  # a detector run's decoding settings and flip: run in Python around the graph
 TEST_TIME_KEY = "cnnkit.test_time"  # a segmenter run's flip and scales: not in the graph, applied around it
 READING_KEY = "cnnkit.reading"  # how a run on an image folder read its photos (shorter side, centre crop)
+# --dynamic-size: the sizes checked that the network itself refuses, though the free axes admit them
+REFUSED_KEY = "cnnkit.sizes_refused"
+# cnnkit.input of the tasks whose networks take pixels or noise as they are (no normalisation to carry);
+# formatted with the input size without the batch
+TASK_INPUTS = {
+    "video_predict": "clips (N, {0}, {1}, H, W): {0} frames of pixels in [0, 1], as the network takes them (no "
+    "normalisation); the frame count is fixed",
+    "generate": "noise (N, {0}) drawn from the standard normal distribution (torch.randn), one image per row",
+    "style": "images (N, {0}, H, W) of pixels in [0, 1], as the network takes them (no normalisation)",
+}
 MAX_META_CHARS = 1 << 20  # a metadata value longer than this is refused, not parsed
 MAX_CLASSES = 100_000
 
@@ -67,6 +77,8 @@ class ExportReport:
     max_diff: float  # the largest max|ort - torch| / max|torch| over outputs and batches
     size_bytes: int
     size_axes: tuple[int, ...] = ()  # the free input axes besides the batch
+    refused: tuple[tuple[int, ...], ...] = ()  # inputs of other sizes PyTorch itself refused (not checked)
+    refused_note: dict | None = None  # PyTorch's reason and what ONNX Runtime does there (cnnkit.sizes_refused)
 
     def __str__(self) -> str:
         shapes = ", ".join("x".join(map(str, s)) for s in self.input_shapes)
@@ -77,9 +89,17 @@ class ExportReport:
         )
         via = self.exporter + (f" (dynamo failed: {self.fallback})" if self.fallback else "")
         free = [axis for axis, on in (("batch", self.dynamic_batch), ("size", self.dynamic_size)) if on]
+        refused = ""
+        if self.refused:  # the free axes admit sizes the network does not take: said, not skipped silently
+            shown = ", ".join("x".join(map(str, s)) for s in self.refused)
+            note = self.refused_note or {}
+            refused = (
+                f"; the free axes admit sizes the network refuses: PyTorch fails on {shown} ({note.get('reason')}), "
+                f"and ONNX Runtime {note.get('onnxruntime')}"
+            )
         return (
             f"wrote {self.path} ({self.size_bytes / 1e6:.1f} MB, exporter {via}, outputs "
-            f"{', '.join(self.outputs)}{', dynamic ' + ' and '.join(free) if free else ''}); {check}"
+            f"{', '.join(self.outputs)}{', dynamic ' + ' and '.join(free) if free else ''}); {check}{refused}"
         )
 
     @property
@@ -259,18 +279,25 @@ def _add_metadata(path: str, props: dict[str, str]) -> None:
 
 def _compare(
     sess, flat: nn.Module, x: torch.Tensor, rtol: float, atol: float, names: list[str], optional: bool = False
-) -> float | None:
+) -> float | dict:
     """The worst max|ort - torch| / max|torch| over the outputs; CnnkitError past ``atol + rtol * scale``.
 
-    ``optional``: an input PyTorch itself cannot run (a size the network does not take) gives None.
+    ``optional``: an input PyTorch itself cannot run (a size the network does not take) gives
+    ``{"reason": PyTorch's, "onnxruntime": what ONNX Runtime does with it}`` instead.
     """
     try:
         with torch.no_grad():
             ref = flat(x)
-    except (RuntimeError, ValueError, CnnkitError):
-        if optional:
-            return None
-        raise
+    except (RuntimeError, ValueError, CnnkitError) as exc:
+        if not optional:
+            raise
+        quiet = _ort().RunOptions()
+        quiet.log_severity_level = 4  # its failure is the answer, not a console error
+        try:
+            sess.run(None, {sess.get_inputs()[0].name: x.detach().cpu().float().numpy()}, quiet)
+        except Exception as ort_exc:  # noqa: BLE001 -- ORT's Fail / InvalidArgument: it fails there too
+            return {"reason": _short(exc), "onnxruntime": f"fails on them too ({_short(ort_exc)})"}
+        return {"reason": _short(exc), "onnxruntime": "answers them, with nothing to check the answer against"}
     ref = [ref] if isinstance(ref, torch.Tensor) else list(ref)
     fixed = (  # optional: an input of another size, checked because the size axes were freed
         "the exporter fixed a size inside the network that --dynamic-size frees (a pooling, or a branch on the "
@@ -335,7 +362,9 @@ def export_onnx(
         dynamic_size: True: every axis after the channels (``2 ..``: length, frames, height,
             width) is free too, where the network allows it; or the input axes to free, e.g.
             ``(3, 4)`` for clips (N, T, C, H, W) whose frame count the network fixes. Checked on the
-            example resized by +32 and +33 along those axes (a network that fixes them fails the check).
+            example resized by +32 and +33 along those axes (a network that fixes them fails the check;
+            a size the network itself refuses is named in the report and in the file's
+            ``cnnkit.sizes_refused``, with what ONNX Runtime does there).
         check: run the file in ONNX Runtime and compare with PyTorch before keeping it.
         rtol: allowed ``max |ort - torch|`` as a fraction of ``max |torch|``, per output.
         atol: allowed absolute difference on top (for outputs that are all near zero).
@@ -407,9 +436,11 @@ def export_onnx(
             raise CnnkitError(f"cannot write in {path.parent} ({exc.strerror or exc}); choose another --out") from None
         try:
             used, why = _export(flat, traced, tmp, names, batched, dynamic_batch, size_axes, opset, exporter)
-            props = {**deploy_metadata(model, example), **(metadata or {})}
-            _add_metadata(tmp, {OUTPUTS_KEY: json.dumps({"kind": kind, "names": names}), **props})
+            props = {OUTPUTS_KEY: json.dumps({"kind": kind, "names": names}), **deploy_metadata(model, example)}
+            props.update(metadata or {})
             checked: tuple[tuple[int, ...], ...] = ()
+            refused: tuple[tuple[int, ...], ...] = ()
+            note = None
             worst = 0.0
             if check:
                 sess = _session(tmp)
@@ -425,7 +456,9 @@ def export_onnx(
                     except CnnkitError as exc:
                         via = used + (f" (dynamo failed: {why})" if why else "")
                         raise CnnkitError(f"{exc}; exporter: {via}") from None
-                    if diff is not None:
+                    if isinstance(diff, dict):  # PyTorch refuses this size: the free axes still admit it
+                        refused, note = (*refused, tuple(x.shape)), note or diff
+                    else:
                         worst = max(worst, diff)
                         checked += (tuple(x.shape),)
                 if size_axes and len(checked) == len(inputs) - 2:
@@ -434,6 +467,9 @@ def export_onnx(
                         f"{list(size_axes)} (PyTorch itself fails at others); export it without dynamic_size, or free "
                         "fewer axes (--dynamic-size 3,4: a clip's height and width)"
                     )
+                if refused:
+                    props[REFUSED_KEY] = json.dumps({"inputs": [list(r[1:]) for r in refused], **note})
+            _add_metadata(tmp, props)
             try:
                 as_new_file(tmp)
                 os.replace(tmp, path)
@@ -451,7 +487,9 @@ def export_onnx(
     finally:
         model.train(was_training)
     size = path.stat().st_size
-    return ExportReport(path, used, why, names, dynamic_batch, bool(size_axes), check, checked, worst, size, size_axes)
+    return ExportReport(
+        path, used, why, names, dynamic_batch, bool(size_axes), check, checked, worst, size, size_axes, refused, note
+    )
 
 
 def _refuse_non_finite(model: nn.Module) -> None:
@@ -545,6 +583,9 @@ def deploy_metadata(model: nn.Module, example: torch.Tensor) -> dict[str, str]:
             if config.get("znorm", True)
             else "series as read (the run did not z-normalise them)"
         )
+    elif info.get("task") in TASK_INPUTS:  # a frame predictor, a generator's noise, a style network
+        with contextlib.suppress(IndexError):  # a size of fewer axes than the task's input has: not described
+            props[INPUT_KEY] = json.dumps(TASK_INPUTS[info["task"]].format(*(int(v) for v in size)))
     return props
 
 
@@ -709,20 +750,35 @@ class OnnxModel:
                     f"{self.path} takes batches of exactly {fixed} (it was exported with --static-batch); "
                     f"received {len(data)}: export it without --static-batch"
                 )
-            parts = [self.session.run(None, {self.input_name: data[i : i + fixed]}) for i in range(0, len(data), fixed)]
+            parts = [self._run(data[i : i + fixed]) for i in range(0, len(data), fixed)]
             # outputs with the batch axis are joined; the others (a detector's points) are the same for each part
             out = [
                 np.concatenate([p[k] for p in parts]) if o.ndim and o.shape[0] == fixed else o
                 for k, o in enumerate(parts[0])
             ]
         else:
-            out = self.session.run(None, {self.input_name: data})
+            out = self._run(data)
         tensors = [torch.from_numpy(o) for o in out]
         if self.kind == "tensor":
             return tensors[0]
         if self.kind == "dict":
             return dict(zip(self.output_names, tensors))
         return tuple(tensors)
+
+    def _run(self, data: np.ndarray) -> list[np.ndarray]:
+        try:
+            return self.session.run(None, {self.input_name: data})
+        except Exception as exc:  # noqa: BLE001 -- ORT's InvalidArgument / Fail: an input the graph cannot take
+            refused = self.meta_value(REFUSED_KEY, dict)
+            known = (  # the export found sizes the network refuses: say which, from the file
+                f"; the network refuses some sizes its free axes admit ({str(refused.get('reason'))[:200]})"
+                if refused
+                else ""
+            )
+            raise CnnkitError(
+                f"ONNX Runtime cannot run {self.path} on an input of shape {tuple(data.shape)} ({_short(exc)}){known}; "
+                f"give an input of the size it takes ({'x'.join(map(str, self.input_size or ())) or 'see its inputs'})"
+            ) from None
 
     def __repr__(self) -> str:
         return f"OnnxModel({str(self.path)!r}, outputs={self.output_names})"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
 from functools import partial
 from pathlib import Path
@@ -32,6 +33,8 @@ import torch.nn.functional as F
 from cnnkit import layers as L
 from cnnkit.errors import CnnkitError, check_fits
 from cnnkit.layers.act import LEAKY_RELU_SLOPE
+from cnnkit.layers.padding import _ntuple
+from cnnkit.models.keras import transpose_crops
 from cnnkit.models.meta import on_meta
 
 # the functional form of every activation cnnkit.layers.act knows by its Keras name (same names, same slopes)
@@ -173,13 +176,22 @@ def _conv(
 def _conv_transpose(
     c: int, filters, kernel_size, strides=1, padding="valid", dilation_rate=1, use_bias=True, kernel_initializer=None
 ):
-    """Keras ``Conv2DTranspose``; ``kernel_initializer: bilinear`` starts it as FCN's bilinear upsampling."""
+    """Keras ``Conv2DTranspose`` ("valid" and "same"; a number is PyTorch's ``padding``);
+    ``kernel_initializer: bilinear`` starts it as FCN's bilinear upsampling."""
     if padding == "same":
         conv = L.ConvTranspose2dSame(c, filters, kernel_size, strides, dilation_rate, bias=use_bias)
     elif isinstance(padding, str) and padding != "valid":
         raise CnnkitError(f"conv2d_transpose's padding is 'valid', 'same' or a number; received: {_brief(padding)}")
-    else:
-        pad = 0 if padding == "valid" else tuple(padding) if isinstance(padding, list) else padding
+    elif padding == "valid":
+        # Keras' output is (L - 1) s + max(k', s) (k' the dilated kernel): past the kernel's reach when the
+        # stride is longer, positions of the bias alone, PyTorch's output_padding
+        ks, ss, ds = (_ntuple(v, 2) for v in (kernel_size, strides, dilation_rate))
+        grow = tuple(-transpose_crops(k, s, d, "valid", None)[1] for k, s, d in zip(ks, ss, ds))
+        conv = nn.ConvTranspose2d(
+            c, filters, kernel_size, strides, 0, output_padding=grow, bias=use_bias, dilation=dilation_rate
+        )
+    else:  # a number: PyTorch's padding
+        pad = tuple(padding) if isinstance(padding, list) else padding
         conv = nn.ConvTranspose2d(c, filters, kernel_size, strides, pad, bias=use_bias, dilation=dilation_rate)
     if kernel_initializer not in (None, "bilinear"):
         raise CnnkitError(
@@ -239,7 +251,7 @@ _BUILDERS = {
     **{f"global_max_pooling{r}d": (lambda s, **a: GlobalPool("max"), f"global_max_pooling{r}d") for r in (1, 2, 3)},
     "upsampling2d": (
         lambda s, size=2, interpolation="nearest": nn.Upsample(
-            scale_factor=size,
+            scale_factor=tuple(size) if isinstance(size, list) else size,  # [rows, columns] as Keras' (2, 3)
             mode=L.check_mode(interpolation),
             **({"align_corners": False} if interpolation == "bilinear" else {}),
         ),
@@ -477,6 +489,15 @@ _INT_ARGS = {
     "size": 1,
     "depth_radius": 0,
 }
+# argument -> (is the number right, what it must be): the arguments that are numbers, not sizes
+_NUMBER_ARGS = {
+    "rate": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "momentum": (lambda v: 0 <= v <= 1, "a number in [0, 1] (Keras' momentum: 0.99 keeps 99% of the statistics)"),
+    "epsilon": (lambda v: v >= 0, "a number >= 0"),
+    "bias": (lambda v: True, "a number"),
+    "alpha": (lambda v: True, "a number"),
+    "beta": (lambda v: True, "a number"),
+}
 _MAX_INT = 1 << 24  # 16 M: no layer of a network has more filters, units or kernel taps
 _RANK = {
     **{f"conv{r}d": r for r in (1, 2, 3)},
@@ -524,10 +545,20 @@ def _check_args(kind: str, name: str, shape: tuple, args: dict) -> None:
     for arg in ("use_bias", "center", "scale"):
         if arg in args and not isinstance(args[arg], bool):
             raise bad(arg, args[arg], "true or false")
-    if "rate" in args and not (
-        isinstance(args["rate"], (int, float)) and not isinstance(args["rate"], bool) and 0 <= args["rate"] < 1
-    ):
-        raise bad("rate", args["rate"], "a number in [0, 1)")
+    for arg, (ok, want) in _NUMBER_ARGS.items():
+        value = args.get(arg)
+        if arg in args and not (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and ok(value)
+        ):
+            raise bad(arg, value, want)
+    if kind == "concatenate" and "axis" in args:
+        axis = args["axis"]
+        if not (isinstance(axis, int) and not isinstance(axis, bool) and 1 <= axis <= len(shape)):
+            raise bad(
+                "axis",
+                axis,
+                f"a dimension from 1 to {len(shape)}, channels first: 1 is the channels (Keras' -1), 0 the batch",
+            )
     if "target_shape" in args:
         t = args["target_shape"]
         if (
@@ -574,10 +605,11 @@ def _infer_shape(module, kind, name, in_shapes) -> tuple[int, ...]:
             "add needs equal shapes (use a 1x1 conv to match channels)"
         )
     if kind == "concatenate":
-        rest = {s[:0] + s[1:] for s in in_shapes}
+        a = module.axis - 1  # the axis in a shape without the batch
+        rest = {s[:a] + s[a + 1 :] for s in in_shapes}
         if len(rest) > 1:
             raise CnnkitError(
-                f"layer {name} (concatenate): sizes other than channels differ: {', '.join(_fmt(s) for s in in_shapes)}"
+                f"layer {name} (concatenate): sizes other than {'channels' if a == 0 else f'axis {module.axis}'} differ: {', '.join(_fmt(s) for s in in_shapes)}"
             )
     xs = [torch.empty((1, *s), device="meta") for s in in_shapes]
     try:

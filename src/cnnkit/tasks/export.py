@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, counted
 from cnnkit.export import ExportReport, export_onnx
 from cnnkit.models import create_model, model_info
 from cnnkit.tasks.load import load
@@ -157,6 +157,16 @@ def _check_input(given: Sequence[int], stated, task: str, clips_first: bool = Fa
         )
 
 
+def _segment_size(info: dict, channels: int) -> str:
+    """The ``--input`` a segmenter run needs (it states only its channels), at a size it trained at."""
+    config = info.get("config") if isinstance(info.get("config"), dict) else {}
+    for key, what in (("canvas", "the side of its digit scenes"), ("crop", "its training crop")):
+        side = config.get(key)
+        if isinstance(side, int) and not isinstance(side, bool) and side > 0:
+            return f"give the example's size with --input {channels}x{side}x{side} ({what})"
+    return f"give the example's size with --input {channels}xHxW (the height and width of an image it segments)"
+
+
 def _refuse_partial(model: nn.Module, source: str) -> None:
     """A model whose file would hold only part of what it predicts is refused, not written."""
     from cnnkit.models.instance import MaskDetector
@@ -235,7 +245,7 @@ def export_model(
         dynamic_size = (3, 4) if task == "video_predict" else (1, 3, 4)  # SimVP fixes its frame count
     if len(size) == 1 and task == "segment":  # a segmenter states only its channels: it takes any H, W
         raise CnnkitError(
-            f"the run takes {size[0]} channels at any size; give the example's size with --input {size[0]}x288x384"
+            f"the run takes images of {counted(size[0], 'channel')} at any size; {_segment_size(info, size[0])}"
         )
     model.input_size = size  # what the file states (a --input given wins)
     example = torch.rand(batch, *size, generator=torch.Generator().manual_seed(0))  # pixels in [0, 1)

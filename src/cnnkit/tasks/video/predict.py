@@ -76,7 +76,10 @@ class VideoClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.prepare(x)
         w = next(self.net.parameters())
-        if w.dim() == 5 and w.is_contiguous(memory_format=torch.channels_last_3d):  # NDHWC weights: NDHWC clips
+        # NDHWC weights: NDHWC clips. A 1-channel weight is both layouts at once: its clips are too, no copy.
+        # An ONNX graph has no memory layout (the TorchScript exporter refuses the call): not while exporting
+        ndhwc = w.dim() == 5 and not w.is_contiguous() and w.is_contiguous(memory_format=torch.channels_last_3d)
+        if ndhwc and not (torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()):
             x = x.contiguous(memory_format=torch.channels_last_3d)
         return self.net(x)
 
