@@ -456,28 +456,35 @@ def test_a_run_saved_with_the_unused_backbone_modules_loads_and_predicts_the_sam
         load_segmenter(tmp_path)
 
 
-@pytest.mark.slow
-def test_a_seeded_run_trains_the_same_weights_without_the_unused_backbone_modules(data_dir, tmp_path, monkeypatch):
-    """fcn8s on MobileNet v2, one epoch on 16 digit scenes (AdamW with weight decay, an EMA of the
-    weights): the same weights, to the bit, as with the never-run head conv kept in the backbone."""
-    from safetensors.torch import load_file
-
+def _fcn_mobilenet_on_digits(data_dir, epochs: int):
+    """fcn8s on MobileNet v2 (whose never-run head conv the feature pyramid drops), 16 digit scenes,
+    AdamW with weight decay and an EMA of the weights, one thread, seeded."""
     from cnnkit.tasks.segment.config import SegmentConfig
-    from cnnkit.tasks.segment.train import train
 
-    cfg = SegmentConfig(
+    return SegmentConfig(
         data="digits",
         data_dir=str(data_dir),
         arch="fcn8s",
         model="mobilenet_v2",
         scenes=16,
         canvas=64,
-        epochs=1,
+        epochs=epochs,
         batch_size=8,
         threads=1,
         seed=3,
         ema=0.9,
     )
+
+
+@pytest.mark.slow
+def test_a_seeded_run_trains_the_same_weights_without_the_unused_backbone_modules(data_dir, tmp_path, monkeypatch):
+    """fcn8s on MobileNet v2, one epoch on 16 digit scenes (AdamW with weight decay, an EMA of the
+    weights): the same weights, to the bit, as with the never-run head conv kept in the backbone."""
+    from safetensors.torch import load_file
+
+    from cnnkit.tasks.segment.train import train
+
+    cfg = _fcn_mobilenet_on_digits(data_dir, epochs=1)
     train(cfg, tmp_path / "new", quiet=True)
     _without_the_drop(monkeypatch, lambda: train(cfg, tmp_path / "whole", quiet=True))
     new, whole = load_file(tmp_path / "new" / "model.safetensors"), load_file(tmp_path / "whole" / "model.safetensors")
@@ -493,22 +500,9 @@ def test_a_run_cut_short_with_the_unused_backbone_modules_resumes_to_the_same_we
     from safetensors.torch import load_file
 
     from cnnkit.engine.runfolder import read_checkpoint
-    from cnnkit.tasks.segment.config import SegmentConfig
     from cnnkit.tasks.segment.train import train
 
-    cfg = SegmentConfig(
-        data="digits",
-        data_dir=str(data_dir),
-        arch="fcn8s",
-        model="mobilenet_v2",
-        scenes=16,
-        canvas=64,
-        epochs=2,
-        batch_size=8,
-        threads=1,
-        seed=3,
-        ema=0.9,
-    )
+    cfg = _fcn_mobilenet_on_digits(data_dir, epochs=2)
     train(cfg, tmp_path / "straight", quiet=True)
     cut = dataclasses.replace(cfg, minutes=1e-9)  # the time budget ends the run after its first epoch
     _without_the_drop(monkeypatch, lambda: train(cut, tmp_path / "cut", quiet=True))
