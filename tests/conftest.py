@@ -100,9 +100,12 @@ class SlowLayer(torch.nn.Module):
     def __init__(self, forward: float, backward: float):
         super().__init__()
         self.forward_s, self.backward_s = forward, backward
+        self.slept: list[tuple[bool, float]] = []  # (with gradients, seconds the forward sleep took) per call
 
     def forward(self, x):
+        tick = time.perf_counter()
         time.sleep(self.forward_s)
+        self.slept.append((torch.is_grad_enabled(), time.perf_counter() - tick))
         return _SleepBackward.apply(x, self.backward_s)
 
 
