@@ -280,3 +280,24 @@ def test_pruning_leaves_out_well_learned_images_and_weights_the_others_below_the
     assert torch.equal(state["losses"], torch.where(hard, 5.0, 0.1))
     with pytest.raises(CnnkitError, match="--prune must be in"):
         train(preset("fast", prune=1.0), "unused", quiet=True)
+
+
+def test_pruning_keeps_at_least_one_batch_of_a_split_as_large_as_a_batch():
+    """A training split of one batch passes the size check; pruning then keeps enough of the images
+    it would leave out to fill that batch, rather than an epoch without a batch (a run that cannot end)."""
+    from cnnkit.data.imageset import ImageSet
+    from cnnkit.tasks.classify.task import ClassifyTask
+
+    def task_on(n: int) -> tuple[ClassifyTask, ImageSet]:
+        task = ClassifyTask(batch_size=64, prune=0.65)
+        task._losses = torch.where(torch.arange(n) < 2, 9.0, 0.1)  # all but 2 below the mean
+        return task, ImageSet(torch.zeros(n, 1, 4, 4, dtype=torch.uint8), torch.arange(n) % 2, ["a", "b"])
+
+    task, data = task_on(64)
+    batches = task.batches(data, torch.Generator().manual_seed(0))
+    assert len(batches) == 1 and sorted(next(iter(batches))[2].tolist()) == list(range(64))
+    # a larger split prunes as drawn: the images below the mean whose draw is under the rate are left out
+    task, _ = task_on(256)
+    kept = task._pruned(256, torch.Generator().manual_seed(0))[0]
+    draw = torch.rand(256, generator=torch.Generator().manual_seed(0))
+    assert sorted(kept.tolist()) == torch.arange(256)[(torch.arange(256) < 2) | (draw >= 0.65)].tolist()

@@ -48,7 +48,8 @@ class ClassifyTask:
             leaves out this share, drawn at random, of the training images whose last loss was
             below the mean of the last losses, and scales the loss of the others below the mean by
             1 / (1 - prune), so that the expected gradient stays the full epoch's. The first epoch,
-            with no losses yet, sees every image. 0: off.
+            with no losses yet, sees every image. An epoch keeps at least one batch: where pruning
+            would leave fewer images, some of those it left out, drawn at random, stay. 0: off.
 
     Example:
         >>> task = ClassifyTask(batch_size=128, label_smoothing=0.1)
@@ -104,6 +105,10 @@ class ClassifyTask:
         seen = losses.isfinite()
         low = seen & (losses < losses[seen].mean()) if bool(seen.any()) else seen
         drop = low & (torch.rand(n, generator=generator, device=device) < self.prune)
+        short = min(n, self.batch_size if self.drop_last else 2) - (n - int(drop.sum()))
+        if short > 0:  # too few left for one batch: as many of the left-out images, drawn at random, stay
+            out = drop.nonzero().flatten()
+            drop[out[torch.randperm(len(out), generator=generator, device=device)[:short]]] = False
         weight = torch.where(low, 1.0 / (1.0 - self.prune), 1.0)
         kept = (~drop).nonzero().flatten()
         return kept[torch.randperm(len(kept), generator=generator, device=device)], weight
