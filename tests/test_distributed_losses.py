@@ -176,3 +176,58 @@ def test_two_processes_under_ddp_take_one_process_gradient_for_every_task(tmp_pa
         whole = _grad(model, _reference(name, task, model, batch))
         for rank in range(2):
             torch.testing.assert_close(two[rank][name], whole, atol=1e-6, rtol=1e-5, msg=f"{name} rank {rank}")
+
+
+def test_every_head_of_the_detector_takes_a_gradient_on_a_batch_without_objects():
+    """DDP's static graph needs the same parameters used in every step: a share without an object
+    (no positive location) keeps the box and centre-ness heads in the graph, times 0."""
+    from cnnkit.tasks.detect.load import new_detector
+    from cnnkit.tasks.detect.task import DetectTask
+
+    torch.manual_seed(0)
+    data = _scenes([0, 0])
+    task, model = DetectTask(["a", "b"], 2), new_detector("mobilenet_v3_small", ["a", "b"], 3, 64, width=16)[0]
+    loss = step_loss(task, model, (data.images.float() / 255, data.boxes, data.labels), Dist())[0]
+    loss.backward()
+    head = model.head
+    for conv in (head.cls, head.box, head.ctr):
+        assert conv.weight.grad is not None and conv.bias.grad is not None
+
+
+def _fit_detect_with_a_share_without_objects(rank: int, out: str) -> None:
+    """The engine's fit under DDP: steps where rank 1's share has objects and steps where it has none."""
+    from cnnkit.engine import Data, Phase, Plan, Setup, fit
+    from cnnkit.tasks.detect.load import new_detector
+    from cnnkit.tasks.detect.task import DetectTask
+
+    data = _scenes([1, 2, 1, 1, 1, 1, 0, 0])
+
+    class Fixed(DetectTask):
+        def batches(self, d, generator, train=True):
+            whole = (d.images.float() / 255, d.boxes, d.labels)
+            return [tuple(t[i : i + 4] for t in whole) for i in (0, 4, 0)]
+
+        def evaluate(self, model, d):
+            return {"metric": 0.0}
+
+    torch.manual_seed(0)
+    model = new_detector("mobilenet_v3_small", ["a", "b"], 3, 64, width=16)[0]
+    plan = Plan([Phase(1, lambda m: Setup(torch.optim.SGD(m.parameters(), lr=0.01)))])
+    fit(
+        Fixed(["a", "b"], 4, flip=0, scale=None, colour=0),
+        model,
+        Data(data, data),
+        plan,
+        None,
+        quiet=True,
+        device="cpu",
+    )
+    torch.save({k: v.detach().clone() for k, v in model.named_parameters()}, f"{out}/rank{rank}.pt")
+
+
+@pytest.mark.slow
+def test_detect_under_ddp_trains_through_shares_with_and_without_objects(tmp_path):
+    _two_processes(_fit_detect_with_a_share_without_objects, str(tmp_path))
+    two = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for k in two[0]:
+        torch.testing.assert_close(two[0][k], two[1][k], atol=0, rtol=0)

@@ -513,3 +513,24 @@ def test_a_run_cut_short_with_the_unused_backbone_modules_resumes_to_the_same_we
     straight, resumed = (load_file(tmp_path / r / "model.safetensors") for r in ("straight", "cut"))
     assert straight.keys() == resumed.keys()
     assert all(torch.equal(v, resumed[k]) for k, v in straight.items())
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_an_optimizer_saved_with_never_run_parameters_loads_with_and_without_state(momentum):
+    """An optimizer's groups saved with a never-run parameter (no state: it had no gradient) load into
+    the optimizer without it: the state goes to the parameters that had it, and SGD without momentum
+    (no state at all) loads too."""
+    from cnnkit.engine.runfolder import _check_optimizer_state, _without_unrun
+
+    a, unrun, b = (torch.nn.Parameter(torch.full((2,), float(i))) for i in range(3))
+    old = torch.optim.SGD([{"params": [a, unrun, b]}, {"params": [b.new_ones(1).requires_grad_()]}], 0.1, momentum)
+    for p in (a, b, old.param_groups[1]["params"][0]):
+        p.grad = p.detach() + 1
+    old.step()
+    saved = old.state_dict()
+    new = torch.optim.SGD([{"params": [a, b]}, {"params": [old.param_groups[1]["params"][0]]}], 0.1, momentum)
+    new.load_state_dict(_without_unrun(saved, new))
+    _check_optimizer_state(new)
+    for p in (a, b) if momentum else ():
+        assert torch.equal(new.state[p]["momentum_buffer"], old.state[p]["momentum_buffer"])
+    assert not new.state if not momentum else len(new.state) == 3

@@ -258,13 +258,15 @@ def _without_unrun(saved: dict, optimizer: torch.optim.Optimizer) -> dict:
     parameters: a run saved with backbone modules that never run (which no longer exist, see
     :func:`_without_dropped`) has their parameters in its groups, but no state for them, as they never
     had a gradient. The parameters that have state, in their order in each group, are ``optimizer``'s;
-    a group where they are not as many is left as it is, for ``load_state_dict`` to refuse."""
+    a group that has no state at all (SGD without momentum keeps none) gives any of them, as none has
+    state to carry; a group where they are not as many is left as it is, for ``load_state_dict`` to refuse."""
     groups, state = saved["param_groups"], saved["state"]
     have = [len(g["params"]) for g in optimizer.param_groups]
     if len(groups) != len(have) or all(len(g["params"]) == n for g, n in zip(groups, have)):
         return saved
     kept = [
-        [i for i in g["params"] if i in state] if len(g["params"]) > n else g["params"] for g, n in zip(groups, have)
+        ([i for i in g["params"] if i in state] or g["params"][:n]) if len(g["params"]) > n else g["params"]
+        for g, n in zip(groups, have)
     ]
     if any(len(k) != n for k, n in zip(kept, have)):
         return saved

@@ -237,7 +237,8 @@ def detection_sums(
         ctr_target = target_ctr.sum()
         ctr = F.binary_cross_entropy_with_logits(out["ctr"][pos], target_ctr, reduction="sum")
     else:
-        box = ctr = out["box"].sum() * 0
+        # every head stays in the graph (times 0): under DDP's static graph each step uses the same parameters
+        box, ctr = out["box"].sum() * 0, out["ctr"].sum() * 0
         ctr_target = box.detach()
     if cls_loss == "focal":
         cls = sigmoid_focal_loss(out["cls"], onehot)
