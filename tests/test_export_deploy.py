@@ -177,6 +177,7 @@ def test_predict_through_onnx_prints_what_the_model_prints(classifier_onnx, tmp_
         ("cnnkit.dark_background", "1", "JSON bool"),
         ("cnnkit.outputs", "[]", "JSON dict"),
         ("cnnkit.reading", '{"crop_fraction": 2, "interpolation": "bilinear"}', "crop_fraction in"),
+        ("cnnkit.reading", '{"crop_fraction": true, "interpolation": "bilinear"}', "crop_fraction in"),
     ],
 )
 def test_crafted_metadata_is_a_one_line_error(classifier_onnx, tmp_path, key, value, message):

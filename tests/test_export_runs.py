@@ -552,3 +552,23 @@ def test_a_folder_runs_file_reads_photos_as_training_did(tmp_path, kind, crop, i
     assert torch.allclose(got, want, atol=1e-5)
     reading = json.loads(OnnxModel(path).metadata["cnnkit.reading"])
     assert reading == {"crop_fraction": crop, "interpolation": interpolation}
+
+
+def test_an_input_onnx_runtime_refuses_prints_one_line_only(tmp_path, capfd):
+    """OnnxModel turns ONNX Runtime's failure into a CnnkitError; ORT's own error log (a coloured
+    ``[E:onnxruntime:...]`` line on stderr) is not printed beside it."""
+
+    class Skip(nn.Module):  # a stride-2 branch upsampled and added back: odd sides fail in both
+        def __init__(self):
+            super().__init__()
+            self.down, self.out = nn.Conv2d(3, 3, 3, 2, 1), nn.Conv2d(3, 2, 1)
+
+        def forward(self, x):
+            return self.out(x + nn.functional.interpolate(self.down(x), scale_factor=2.0))
+
+    path = tmp_path / "skip.onnx"
+    export_onnx(Skip().eval(), torch.rand(1, 3, 8, 8), path, dynamic_size=True, exporter="torchscript")
+    capfd.readouterr()
+    with pytest.raises(CnnkitError, match=r"shape \(1, 3, 9, 9\)"):
+        OnnxModel(path)(torch.rand(1, 3, 9, 9))
+    assert "onnxruntime" not in capfd.readouterr().err

@@ -167,3 +167,27 @@ def test_predicting_many_files_reads_and_answers_them_a_bounded_batch_at_a_time(
     for row, one in zip(rows, alone):
         assert [c for c, _ in row["top"]] == [c for c, _ in one["top"]]
         assert [p for _, p in row["top"]] == pytest.approx([p for _, p in one["top"]], abs=1e-5)
+
+
+def test_outputs_that_are_not_floats_are_compared_exactly():
+    """A tuple or dict output may hold a mask or indices beside the scores: compared as they are,
+    without a subtraction that bool tensors do not have."""
+
+    class Masked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.bn(self.conv(x))
+            return {"scores": y, "positive": y > 0, "index": y.flatten(1).argmax(1)}
+
+    net = Masked().eval()
+    _randomise_norms(net, torch.Generator().manual_seed(3))
+    x = torch.rand(2, 3, 8, 8)
+    folded, n = fold_batchnorm(net, x)
+    with torch.no_grad():
+        want, got = net(x), folded(x)
+    assert n in (0, 1)
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], atol=1e-4, rtol=1e-4)

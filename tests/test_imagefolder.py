@@ -212,6 +212,14 @@ def test_a_sliver_of_an_image_is_skipped_not_resized_to_gigabytes(tmp_path):
     assert len(got.meta["files"]) == 4
 
 
+def test_a_crop_share_too_small_to_resize_by_is_a_one_line_error(tmp_path):
+    # a crop share the size of a denormal (a damaged run's or exported file's metadata) makes the
+    # resize infinite: an image that cannot be read at that share, not an OverflowError
+    Image.new("RGB", (12, 10), (120, 30, 40)).save(tmp_path / "photo.png")
+    with pytest.raises(CnnkitError, match="cannot read"):
+        imagefolder.decode_image(tmp_path / "photo.png", (8, 8), 3, "shorter", 5e-324)
+
+
 def test_exact_resize_and_grey(tmp_path):
     _make_folder(tmp_path / "data", {"a": 2, "b": 2}, junk=False)
     with warnings.catch_warnings():

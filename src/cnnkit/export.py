@@ -277,6 +277,14 @@ def _add_metadata(path: str, props: dict[str, str]) -> None:
     onnx.save(model, path)
 
 
+def _run_quiet(sess, feeds: dict) -> list:
+    """``sess.run(None, feeds)`` without ONNX Runtime's own error log: a failure is raised (and said
+    once, by the caller), not also printed to stderr."""
+    quiet = _ort().RunOptions()
+    quiet.log_severity_level = 4
+    return sess.run(None, feeds, quiet)
+
+
 def _compare(
     sess, flat: nn.Module, x: torch.Tensor, rtol: float, atol: float, names: list[str], optional: bool = False
 ) -> float | dict:
@@ -291,10 +299,8 @@ def _compare(
     except (RuntimeError, ValueError, CnnkitError) as exc:
         if not optional:
             raise
-        quiet = _ort().RunOptions()
-        quiet.log_severity_level = 4  # its failure is the answer, not a console error
         try:
-            sess.run(None, {sess.get_inputs()[0].name: x.detach().cpu().float().numpy()}, quiet)
+            _run_quiet(sess, {sess.get_inputs()[0].name: x.detach().cpu().float().numpy()})
         except Exception as ort_exc:  # noqa: BLE001 -- ORT's Fail / InvalidArgument: it fails there too
             return {"reason": _short(exc), "onnxruntime": f"fails on them too ({_short(ort_exc)})"}
         return {"reason": _short(exc), "onnxruntime": "answers them, with nothing to check the answer against"}
@@ -767,7 +773,7 @@ class OnnxModel:
 
     def _run(self, data: np.ndarray) -> list[np.ndarray]:
         try:
-            return self.session.run(None, {self.input_name: data})
+            return _run_quiet(self.session, {self.input_name: data})
         except Exception as exc:  # noqa: BLE001 -- ORT's InvalidArgument / Fail: an input the graph cannot take
             refused = self.meta_value(REFUSED_KEY, dict)
             known = (  # the export found sizes the network refuses: say which, from the file

@@ -360,7 +360,12 @@ def folder_reading(info: dict) -> tuple[float, str] | None:
         return 1.0, "bilinear"  # an image folder as `cnnkit train` reads it
     else:
         return None
-    if not (isinstance(crop, (int, float)) and 0 < crop <= 1 and interpolation in ("bilinear", "bicubic")):
+    if not (
+        isinstance(crop, (int, float))
+        and not isinstance(crop, bool)
+        and 0 < crop <= 1
+        and interpolation in ("bilinear", "bicubic")
+    ):
         raise CnnkitError(
             f"the run's metadata names crop_fraction={str(crop)[:20]!r} and interpolation="
             f"{str(interpolation)[:20]!r}; the file is damaged: restore the run from a copy or fine-tune it again"

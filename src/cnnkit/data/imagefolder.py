@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 import typing
@@ -301,6 +302,8 @@ def _decode(path: Path, params: dict) -> torch.Tensor | None:
                 return None
             if params["resize"] == "shorter":
                 scale = max(h / im.height, w / im.width) / params["crop_fraction"]
+                if not math.isfinite(scale):  # a crop share near 0 (damaged metadata): no size to resize to
+                    return None
                 target = (max(w, round(im.width * scale)), max(h, round(im.height * scale)))
                 if target[0] * target[1] > MAX_DECODE_PIXELS:  # a sliver (2,000,000 x 1): skipped, counted
                     return None

@@ -86,11 +86,16 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor, atol: float = 1e-4) 
         out = net(example)
     refs, news = _tensors(reference), _tensors(out)
     same = bool(refs) and len(refs) == len(news) and all(r.shape == n.shape for r, n in zip(refs, news))
-    if not same or any(
-        r.numel() and (n - r).abs().max() > atol * max(1.0, float(r.abs().max())) for r, n in zip(refs, news)
-    ):
+    if not same or any(not _close(r, n, atol) for r, n in zip(refs, news)):
         return copy.deepcopy(model).eval(), 0  # a fresh copy: only a failed check pays for a second one
     return net, len(pairs)
+
+
+def _close(ref: torch.Tensor, new: torch.Tensor, atol: float) -> bool:
+    """Floats within ``atol`` of ``ref``'s largest value; other tensors (a mask, indices) equal."""
+    if not (ref.is_floating_point() or ref.is_complex()):
+        return torch.equal(ref, new)
+    return not ref.numel() or not bool((new - ref).abs().max() > atol * max(1.0, float(ref.abs().max())))
 
 
 def _tensors(out) -> list[torch.Tensor]:
