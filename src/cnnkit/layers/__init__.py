@@ -1,7 +1,8 @@
 """Building blocks the zoo and the network-spec builder share; one idea per file.
 
 - :mod:`.padding` -- TF "same" padding for any stride (``same_pad``, ``pad_for``)
-- :mod:`.conv_same` -- ``Conv1dSame``/``Conv2dSame``/``Conv3dSame``, ``ConvTranspose2dSame``
+- :mod:`.conv_same` -- ``Conv1dSame``/``Conv2dSame``/``Conv3dSame``, ``ConvTranspose2dSame``; Keras' transposed
+  convolutions for any rank (``transpose_geometry``, ``KerasTransposed``), shared with the Keras reader
 - :mod:`.pool_same` -- max/average pooling with "same" padding
 - :mod:`.separable` -- ``DepthwiseConv2d``, ``SeparableConv2d`` (Keras layout); ``keep_depthwise``
 - :mod:`.lrn` -- ``LocalResponseNorm`` with TensorFlow's parameters
@@ -25,8 +26,11 @@ from cnnkit.layers.conv_same import (
     Conv2dSame,
     Conv3dSame,
     ConvTranspose2dSame,
+    KerasTransposed,
     conv_transpose_same_args,
     resolve_padding,
+    transpose_crops,
+    transpose_geometry,
 )
 from cnnkit.layers.divisible import make_divisible
 from cnnkit.layers.dropout import Dropout
@@ -61,7 +65,10 @@ __all__ = [
     "Conv2dSame",
     "Conv3dSame",
     "ConvTranspose2dSame",
+    "KerasTransposed",
     "conv_transpose_same_args",
+    "transpose_crops",
+    "transpose_geometry",
     "MaxPool1dSame",
     "MaxPool2dSame",
     "MaxPool3dSame",

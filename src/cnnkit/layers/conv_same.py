@@ -153,7 +153,69 @@ def conv_transpose_same_args(kernel: int, stride: int, dilation: int = 1) -> tup
     return padding, 2 * padding - total
 
 
-class ConvTranspose2dSame(nn.ConvTranspose2d):
+def transpose_crops(
+    kernel: int, stride: int, dilation: int, padding: str, output_padding: int | None
+) -> tuple[int, int]:
+    """What Keras' transposed convolution takes off PyTorch's full output on one axis: (start, end).
+
+    PyTorch's ``nn.ConvTranspose`` without padding gives ``(L - 1) s + K`` positions (``K = d (k - 1) + 1``).
+    Keras gives ``(L - 1) s + K + op`` for "valid" (``op`` is ``output_padding``, by default
+    ``max(K, s) - K``) and for "same" ``L s``, or ``(L - 1) s + K % 2 + op`` with ``output_padding``.
+    The positions cut are TensorFlow's (the gradient of a "same" convolution): ``floor(total / 2)``
+    at the start, the rest at the end; a negative end appends that many zeros (the bias only).
+
+    >>> transpose_crops(3, 2, 1, "same", None), transpose_crops(3, 2, 1, "same", 0), transpose_crops(2, 3, 1, "valid", None)
+    ((0, 1), (1, 1), (0, -1))
+    """
+    span = dilation * (kernel - 1) + 1
+    if padding == "valid":
+        return 0, -(max(span, stride) - span if output_padding is None else output_padding)
+    total = span - stride if output_padding is None else span - span % 2 - output_padding
+    start = max(total, 0) // 2
+    return start, total - start
+
+
+def transpose_geometry(
+    kernel: tuple[int, ...],
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    padding: str = "same",
+    output_padding: tuple[int | None, ...] | None = None,
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[tuple[int, int], ...]]:
+    """Per axis, PyTorch's ``padding`` and ``output_padding`` and :class:`KerasTransposed`'s ``trim``
+    that give Keras' transposed convolution (:func:`transpose_crops`).
+
+    An axis whose end grows (by less than its stride: Keras keeps ``output_padding`` below it, and
+    ``max(K, s) - K < s``) takes PyTorch's ``output_padding``; one that is cut loses the smaller cut at
+    each side to PyTorch's ``padding`` and the rest in ``forward``.
+
+    >>> transpose_geometry((3, 2), (2, 3), (1, 1), "same")
+    ((0, 0), (0, 1), ((0, 1), (0, 0)))
+    """
+    ops = output_padding if output_padding is not None else (None,) * len(kernel)
+    crops = [transpose_crops(k, s, d, padding, o) for k, s, d, o in zip(kernel, stride, dilation, ops)]
+    pad = tuple(max(min(start, end), 0) for start, end in crops)
+    grow = tuple(max(-end, 0) for _, end in crops)
+    trim = tuple((start - p, max(end, 0) - p) for (start, end), p in zip(crops, pad))
+    return pad, grow, trim
+
+
+class KerasTransposed:
+    """Mixin for ``nn.ConvTranspose1d/2d/3d``: Keras' window of PyTorch's output. ``trim`` holds, per
+    spatial axis, the positions cut at the start and at the end beyond PyTorch's symmetric ``padding``
+    (:func:`transpose_geometry`)."""
+
+    trim: tuple[tuple[int, int], ...] = ()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        for axis, (start, end) in enumerate(self.trim, start=2):
+            if start or end:
+                y = y.narrow(axis, start, y.shape[axis] - start - end)
+        return y
+
+
+class ConvTranspose2dSame(KerasTransposed, nn.ConvTranspose2d):
     """Keras ``Conv2DTranspose(padding="same")``: ``(H, W) -> (H * s, W * s)``, TF-aligned.
 
     State dict ``weight`` (in, out // groups, kH, kW) and ``bias``, as ``nn.ConvTranspose2d``.
@@ -163,12 +225,7 @@ class ConvTranspose2dSame(nn.ConvTranspose2d):
         self, in_channels: int, out_channels: int, kernel_size, stride=1, dilation=1, groups: int = 1, bias: bool = True
     ):
         ks, ss, ds = _ntuple(kernel_size, 2), _ntuple(stride, 2), _ntuple(dilation, 2)
-        totals = [d * (k - 1) + 1 - s for k, s, d in zip(ks, ss, ds)]
-        # total <= 0: zeros (plus bias) appended at the end = output_padding; total > 0: crop total // 2
-        # each side in PyTorch, then one more at the end in forward when total is odd (TF's convention)
-        padding = tuple(max(t, 0) // 2 for t in totals)
-        output_padding = tuple(-t if t < 0 else 0 for t in totals)
-        self.crop_end = tuple(t % 2 if t > 0 else 0 for t in totals)
+        padding, output_padding, trim = transpose_geometry(ks, ss, ds, "same")
         super().__init__(
             in_channels,
             out_channels,
@@ -180,8 +237,4 @@ class ConvTranspose2dSame(nn.ConvTranspose2d):
             bias=bias,
             dilation=ds,
         )
-
-    def forward(self, x: torch.Tensor, output_size=None) -> torch.Tensor:
-        y = super().forward(x)  # (B, C, H*s + crop_h, W*s + crop_w)
-        ch, cw = self.crop_end
-        return y[..., : y.shape[-2] - ch, : y.shape[-1] - cw]
+        self.trim = trim

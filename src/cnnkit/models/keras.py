@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from cnnkit.errors import CnnkitError
 from cnnkit.layers import get_activation
-from cnnkit.layers.conv_same import _DynamicPad, resolve_padding
+from cnnkit.layers.conv_same import KerasTransposed, _DynamicPad, resolve_padding, transpose_geometry
 from cnnkit.layers.pool_same import (
     AvgPool1dSame,
     AvgPool2dSame,
@@ -115,58 +115,26 @@ class CausalDepthwiseConv1D(_Causal, DepthwiseConv1D):
     """The depthwise part of a Keras 2 ``SeparableConv1D(padding="causal")`` (Keras 3 has no causal one)."""
 
 
-def transpose_crops(
-    kernel: int, stride: int, dilation: int, padding: str, output_padding: int | None
-) -> tuple[int, int]:
-    """What Keras' transposed convolution takes off PyTorch's full output on one axis: (start, end).
-
-    PyTorch's ``nn.ConvTranspose`` without padding gives ``(L - 1) s + K`` positions (``K = d (k - 1) + 1``).
-    Keras gives ``(L - 1) s + K + op`` for "valid" (``op`` is ``output_padding``, by default
-    ``max(K, s) - K``) and for "same" ``L s``, or ``(L - 1) s + K % 2 + op`` with ``output_padding``.
-    The positions cut are TensorFlow's (the gradient of a "same" convolution): ``floor(total / 2)``
-    at the start, the rest at the end; a negative end appends that many zeros (the bias only).
-
-    >>> transpose_crops(3, 2, 1, "same", None), transpose_crops(3, 2, 1, "same", 0), transpose_crops(2, 3, 1, "valid", None)
-    ((0, 1), (1, 1), (0, -1))
-    """
-    span = dilation * (kernel - 1) + 1
-    if padding == "valid":
-        return 0, -(max(span, stride) - span if output_padding is None else output_padding)
-    total = span - stride if output_padding is None else span - span % 2 - output_padding
-    start = max(total, 0) // 2
-    return start, total - start
-
-
-class _Transposed:
-    """Mixin for ``nn.ConvTranspose1d/2d/3d``: Keras' window of the output, then the activation.
-
-    PyTorch's ``padding`` (the same at both ends) and ``output_padding`` (zeros and the bias appended
-    at the end, below the stride as Keras requires) give :func:`transpose_crops`' symmetric part and
-    its appended positions; ``trim`` holds the rest, per spatial axis the positions cut at the start
-    and at the end.
-    """
+class _Transposed(KerasTransposed):
+    """Mixin for ``nn.ConvTranspose1d/2d/3d``: Keras' window of the output
+    (:class:`~cnnkit.layers.conv_same.KerasTransposed`), then the activation."""
 
     activation: nn.Module
-    trim: tuple[tuple[int, int], ...] = ()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = super().forward(x)
-        for axis, (start, end) in enumerate(self.trim, start=2):
-            if start or end:
-                y = y.narrow(axis, start, y.shape[axis] - start - end)
-        return self.activation(y)
+        return self.activation(super().forward(x))
 
 
 class Conv1DTranspose(_Transposed, nn.ConvTranspose1d):
-    """Keras ``Conv1DTranspose``: (N, C, L) -> (N, filters, L'), L' as :func:`transpose_crops` says."""
+    """Keras ``Conv1DTranspose``: (N, C, L) -> (N, filters, L'), L' as :func:`~cnnkit.layers.conv_same.transpose_crops` says."""
 
 
 class Conv2DTranspose(_Transposed, nn.ConvTranspose2d):
-    """Keras ``Conv2DTranspose``: (N, C, H, W) -> (N, filters, H', W'), each as :func:`transpose_crops` says."""
+    """Keras ``Conv2DTranspose``: (N, C, H, W) -> (N, filters, H', W'), each as :func:`~cnnkit.layers.conv_same.transpose_crops` says."""
 
 
 class Conv3DTranspose(_Transposed, nn.ConvTranspose3d):
-    """Keras ``Conv3DTranspose``: (N, C, D, H, W) -> (N, filters, D', H', W'), as :func:`transpose_crops` says."""
+    """Keras ``Conv3DTranspose``: (N, C, D, H, W) -> (N, filters, D', H', W'), as :func:`~cnnkit.layers.conv_same.transpose_crops` says."""
 
 
 class SeparableConv2D(nn.Module):
@@ -718,13 +686,7 @@ def _transpose(cfg: dict, shape, n: int, kind: str, k, s, d, bias: bool) -> _Lay
         )
     cls = {1: Conv1DTranspose, 2: Conv2DTranspose, 3: Conv3DTranspose}[n]
     m = cls(shape[0], cfg["filters"], k, s, bias=bias, dilation=d)  # Keras 2 wrote groups, never used it
-    crops = [transpose_crops(*a, cfg["padding"], o) for a, o in zip(zip(k, s, d), op)]
-    # an axis whose end grows (end < 0) grows by less than its stride (output_padding < stride above,
-    # max(k', s) - k' < s without it): PyTorch's output_padding; one that is cut loses min(start, end)
-    # at each side to PyTorch's padding, the rest in forward
-    m.padding = tuple(max(min(start, end), 0) for start, end in crops)
-    m.output_padding = tuple(max(-end, 0) for _, end in crops)
-    m.trim = tuple((start - p, max(end, 0) - p) for (start, end), p in zip(crops, m.padding))
+    m.padding, m.output_padding, m.trim = transpose_geometry(k, s, d, cfg["padding"], op)
     m.activation = _act(cfg)
     return _Layer(m, _probe(m, shape), _load_conv)
 

@@ -34,7 +34,6 @@ from cnnkit import layers as L
 from cnnkit.errors import CnnkitError, check_fits
 from cnnkit.layers.act import LEAKY_RELU_SLOPE
 from cnnkit.layers.padding import _ntuple
-from cnnkit.models.keras import transpose_crops
 from cnnkit.models.meta import on_meta
 
 # the functional form of every activation cnnkit.layers.act knows by its Keras name (same names, same slopes)
@@ -184,9 +183,9 @@ def _conv_transpose(
         raise CnnkitError(f"conv2d_transpose's padding is 'valid', 'same' or a number; received: {_brief(padding)}")
     elif padding == "valid":
         # Keras' output is (L - 1) s + max(k', s) (k' the dilated kernel): past the kernel's reach when the
-        # stride is longer, positions of the bias alone, PyTorch's output_padding
+        # stride is longer, positions of the bias alone, PyTorch's output_padding (nothing is cut)
         ks, ss, ds = (_ntuple(v, 2) for v in (kernel_size, strides, dilation_rate))
-        grow = tuple(-transpose_crops(k, s, d, "valid", None)[1] for k, s, d in zip(ks, ss, ds))
+        _, grow, _ = L.transpose_geometry(ks, ss, ds, "valid")
         conv = nn.ConvTranspose2d(
             c, filters, kernel_size, strides, 0, output_padding=grow, bias=use_bias, dilation=dilation_rate
         )
