@@ -7,6 +7,7 @@ leaves it. Without those variables it is a no-op describing a single process.
 
 from __future__ import annotations
 
+import gc
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -60,6 +61,10 @@ def distributed(device: str | None = None):
     dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
     try:
         yield Dist(rank, world, local_rank, dev)
+        # the run's DDP wrappers go while their group is alive (not at the interpreter's exit, where a
+        # reducer's last work can abort the process), and no process leaves before the others are done
+        gc.collect()
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
