@@ -255,7 +255,7 @@ def load_resume(
 
 def _without_unrun(saved: dict, optimizer: torch.optim.Optimizer) -> dict:
     """``saved`` (an optimizer's state dict) renumbered for ``optimizer`` where its groups list more
-    parameters: a run saved with backbone modules that never run (which no longer exist, see
+    parameters: a run saved with backbone modules that never run (which this network lacks, see
     :func:`_without_dropped`) has their parameters in its groups, but no state for them, as they never
     had a gradient. The parameters that have state, in their order in each group, are ``optimizer``'s;
     a group that has no state at all (SGD without momentum keeps none) gives any of them, as none has
