@@ -293,6 +293,7 @@ def _compare(
     ``optional``: an input PyTorch itself cannot run (a size the network does not take) gives
     ``{"reason": PyTorch's, "onnxruntime": what ONNX Runtime does with it}`` instead.
     """
+    feeds = {sess.get_inputs()[0].name: x.detach().cpu().float().numpy()}
     try:
         with torch.no_grad():
             ref = flat(x)
@@ -300,7 +301,7 @@ def _compare(
         if not optional:
             raise
         try:
-            _run_quiet(sess, {sess.get_inputs()[0].name: x.detach().cpu().float().numpy()})
+            _run_quiet(sess, feeds)
         except Exception as ort_exc:  # noqa: BLE001 -- ORT's Fail / InvalidArgument: it fails there too
             return {"reason": _short(exc), "onnxruntime": f"fails on them too ({_short(ort_exc)})"}
         return {"reason": _short(exc), "onnxruntime": "answers them, with nothing to check the answer against"}
@@ -312,7 +313,7 @@ def _compare(
         else "without dynamic_size / --dynamic-size the image size is fixed"
     )
     try:
-        got = sess.run(None, {sess.get_inputs()[0].name: x.detach().cpu().float().numpy()})
+        got = _run_quiet(sess, feeds)
     except Exception as exc:  # noqa: BLE001 -- ORT's Fail / InvalidArgument: the graph fixed a size that varies
         raise CnnkitError(
             f"ONNX Runtime cannot run the export on an input of shape {tuple(x.shape)} ({_short(exc)}); "

@@ -556,12 +556,13 @@ def step_loss(task, step_net, batch, d: Dist) -> tuple[torch.Tensor, dict[str, t
     Returns:
         ``(loss, stats)``: the scalar to backpropagate, and the batch's sums to log (``n`` among them).
     """
-    weight = shard_weight(batch_length(batch), d) if d.world > 1 else 1.0
     loss, stats = task.loss(step_net, shard_batch(batch, d))
     if isinstance(loss, Pooled):
         parts = pool(loss, d)
         logged = {k: v.detach() * stats["n"] for k, v in parts.items()}
-        return parts["loss"] * d.world, {**logged, **{k: v for k, v in stats.items() if k not in logged}}
+        stats = {**logged, **{k: v for k, v in stats.items() if k not in logged}}
+        return (parts["loss"] * d.world if d.world > 1 else parts["loss"]), stats
+    weight = shard_weight(batch_length(batch), d) if d.world > 1 else 1.0
     return (loss * weight if weight != 1.0 else loss), stats
 
 
