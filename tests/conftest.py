@@ -113,3 +113,23 @@ class SlowLayer(torch.nn.Module):
 def slow_layer():
     """:class:`SlowLayer`, for tests of what times layers."""
     return SlowLayer
+
+
+def _wide_photo_folder(root: Path, per_class: int) -> Path:
+    """``root/a`` and ``root/b``, each ``per_class`` random RGB PNGs 70 px wide and 30, 35, ... px tall:
+    stretching them to a square is not how a run trained on a folder reads them."""
+    import numpy as np
+    from PIL import Image
+
+    g = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(g.integers(0, 255, (30 + 5 * i, 70, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def wide_photos():
+    """``fn(root, per_class)``: a two-class folder of wide random photos (:func:`_wide_photo_folder`)."""
+    return _wide_photo_folder

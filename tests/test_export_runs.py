@@ -525,17 +525,11 @@ def test_a_one_by_one_map_is_one_answer(tmp_path):
     [("config", 1.0, "bilinear"), ("finetune", 0.875, "bicubic")],
     ids=["train", "finetune"],
 )
-def test_a_folder_runs_file_reads_photos_as_training_did(tmp_path, kind, crop, interpolation):
-    import numpy as np
+def test_a_folder_runs_file_reads_photos_as_training_did(tmp_path, kind, crop, interpolation, wide_photos):
 
     from cnnkit.data.imagefolder import load_image_folder
 
-    data = tmp_path / "photos"
-    g = np.random.default_rng(0)
-    for c in ("a", "b"):
-        (data / c).mkdir(parents=True)
-        for i in range(2):  # wide photos: stretching them to a square is not how training reads them
-            Image.fromarray(g.integers(0, 255, (30 + 5 * i, 70, 3), dtype=np.uint8)).save(data / c / f"{i}.png")
+    data = wide_photos(tmp_path / "photos", 2)
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 12 * 12, 2))
     model = Classifier(net, [0.5] * 3, [0.25] * 3, ["a", "b"], (3, 12, 12)).eval()

@@ -37,7 +37,7 @@ def photos(root, n=14):
     [("config", 1.0, "bilinear"), ("finetune", 0.875, "bicubic")],
     ids=["train", "finetune"],
 )
-def test_predict_reads_a_folder_runs_photos_as_training_and_eval_do(tmp_path, kind, crop, interpolation):
+def test_predict_reads_a_folder_runs_photos_as_training_and_eval_do(tmp_path, kind, crop, interpolation, wide_photos):
     """`cnnkit predict` on a run trained on an image folder answers what `cnnkit eval` scores: each
     photo's shorter side resized, the centre cropped by the run's share, with its interpolation."""
     from cnnkit.data.imagefolder import load_image_folder
@@ -45,12 +45,7 @@ def test_predict_reads_a_folder_runs_photos_as_training_and_eval_do(tmp_path, ki
     from cnnkit.models.deploy import Classifier
     from cnnkit.tasks.classify.predict import predict_files
 
-    data = tmp_path / "photos"
-    g = np.random.default_rng(0)
-    for c in ("a", "b"):
-        (data / c).mkdir(parents=True)
-        for i in range(3):  # wide photos: stretching them to a square is not how training reads them
-            Image.fromarray(g.integers(0, 255, (30 + 5 * i, 70, 3), dtype=np.uint8)).save(data / c / f"{i}.png")
+    data = wide_photos(tmp_path / "photos", 3)
     torch.manual_seed(0)
     model = Classifier(
         create_model("mnist_fast", num_classes=2, in_channels=3), [0.5] * 3, [0.25] * 3, ["a", "b"], (3, 24, 24)
