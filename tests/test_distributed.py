@@ -341,13 +341,52 @@ def test_bad_input_under_torchrun_is_said_once_by_rank_0_and_every_rank_fails(tm
     assert not (tmp_path / "run").exists()
 
 
+def test_argparse_says_a_usage_error_or_help_once_under_torchrun_and_every_rank_exits_alike(monkeypatch, capsys):
+    """argparse's own output (a bad value, an unknown flag, --help, --version, no command) is printed
+    by rank 0 alone; every rank exits with argparse's code."""
+    from cnnkit.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for argv, code in [
+        (["train", "--epochs", "x"], 2),
+        (["segment", "train", "--nope"], 2),
+        (["train", "--help"], 0),
+        (["--version"], 0),
+    ]:
+        said = []
+        for rank in ("1", "0"):
+            monkeypatch.setenv("RANK", rank)
+            with pytest.raises(SystemExit) as stop:
+                main(argv)
+            assert stop.value.code == code, argv
+            said.append(capsys.readouterr())
+        assert said[0].out == said[0].err == "", argv
+        assert (said[1].err if code else said[1].out).strip(), argv
+    monkeypatch.setenv("RANK", "1")
+    assert main([]) == 2 and capsys.readouterr().out == ""
+
+
+def _torchrun(argv: list[str]) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node 2 -m cnnkit ARGV`` on this machine (gloo, one thread a process)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2"]
+    cmd += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "cnnkit", *argv]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.slow
+def test_torchrun_prints_a_usage_error_and_help_once(tmp_path):
+    proc = _torchrun(["train", "--epochs", "x", "--out", str(tmp_path / "run")])
+    assert proc.stderr.count("cnnkit train: error: argument --epochs: invalid int value") == 1, proc.stderr[-3000:]
+    assert proc.stderr.count("usage: cnnkit train") == 1 and "exitcode  : 2" in proc.stderr, proc.stderr[-3000:]
+    proc = _torchrun(["train", "--help"])
+    assert proc.returncode == 0 and proc.stdout.count("usage: cnnkit train") == 1, proc.stdout[-3000:]
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow
 def test_torchrun_says_a_bad_input_once_and_writes_nothing(data_dir, tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2"]
-    cmd += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "cnnkit", "train", "--quiet"]
-    cmd += ["--data-dir", str(data_dir), "--subset", "64", "--batch-size", "1", "--epochs", "1", "--threads", "1"]
-    cmd += ["--device", "cpu", "--out", str(tmp_path / "run")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    argv = ["train", "--quiet", "--data-dir", str(data_dir), "--subset", "64", "--batch-size", "1", "--epochs", "1"]
+    proc = _torchrun([*argv, "--threads", "1", "--device", "cpu", "--out", str(tmp_path / "run")])
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.startswith("cnnkit train: error:")]
     assert len(lines) == 1 and "batch of 1 sample(s) cannot be split over 2 processes" in lines[0], proc.stderr[-3000:]

@@ -457,3 +457,33 @@ def test_the_warm_up_is_the_shares_whole_steps_even_where_floats_fall_short():
     cfg = SimpleNamespace(lr=1.0, schedule="onecycle", warmup=0.29)
     assert lr_at(28, 100, cfg) == pytest.approx(0.04 + 0.96 * 28 / 29)
     assert lr_at(29, 100, cfg) == 1.0
+
+
+class ChangingLineTask(LineTask):
+    """An epoch's batch count differs from the last one's, as under InfoBatch pruning: the epochs
+    take the first ``counts[k]`` samples' batches in turn."""
+
+    def __init__(self, counts):
+        super().__init__()
+        self.counts = iter(counts)
+
+    def batches(self, data, generator, train):
+        x, y = data
+        if train:
+            keep = next(self.counts) * self.batch_size
+            x, y = x[:keep], y[:keep]
+        return super().batches((x, y), generator, train)
+
+
+@pytest.mark.parametrize("counts", [(16, 4, 8, 2), (2, 16, 8, 4)])
+def test_the_progress_bar_ends_full_when_the_epochs_batch_counts_differ(counts, monkeypatch):
+    """Each phase's bar ends at its total, whether later epochs have fewer batches than the first
+    (the bar would stop short) or more (it would run past its total)."""
+    import cnnkit.engine.loop as loop
+
+    bars, progress = [], loop._progress
+    monkeypatch.setattr(loop, "_progress", lambda console, disable: bars.append(progress(console, disable)) or bars[-1])
+    torch.manual_seed(0)
+    fit(ChangingLineTask(counts), nn.Linear(1, 1), _data(), _plan(epochs=(3, 1)), None, quiet=True)
+    done = [(t.completed, t.total) for bar in bars for t in bar.tasks]
+    assert done == [(sum(counts[:3]), sum(counts[:3])), (counts[3], counts[3])]

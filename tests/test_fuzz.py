@@ -3,14 +3,16 @@
 Covered: generated network specs (valid and absurd layer arguments) and YAML/JSON spec text;
 generated network descriptions and checkpoint metadata; byte-level corruption of checkpoints,
 IDX files and images; absurd CLI values (summary, fit, train, predict). Never another exception;
-each case within a deadline; the process's memory bounded. Derandomised with fixed example counts
-(>= 1,000 cases in all), so CI runs the same cases every time.
+each case within a deadline of CPU time; the process's memory bounded. Derandomised with fixed
+example counts (>= 1,000 cases in all), so CI runs the same cases every time.
 """
 
+import functools
 import io
 import json
 import resource
 import struct
+import time
 import zlib
 
 import pytest
@@ -28,14 +30,76 @@ from cnnkit.errors import CnnkitError
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def fuzz(n: int, deadline_ms: int = 3000):
-    return settings(
+def fuzz(n: int, deadline_s: float | None = 3.0):
+    """``n`` derandomised cases, each within ``deadline_s`` seconds of this process's CPU time (None:
+    no deadline).
+
+    The deadline is CPU time (``time.process_time``, every thread of the process; the tests run torch
+    on one thread), not hypothesis's wall-clock ``deadline``: CPU time is what a case computes and
+    does not grow while the process waits for a core other processes hold, so a loaded machine does
+    not fail a case, and a case that computes too long fails on any machine. A case that waits rather
+    than computes (a sleep, a lock, a network call) spends no CPU time: it fails past
+    ``WAIT_FACTOR`` times the deadline in wall time, a bound no load short of that factor reaches."""
+    chosen = settings(
         max_examples=n,
         derandomize=True,
         database=None,
-        deadline=deadline_ms,
+        deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
     )
+
+    def apply(test):
+        if deadline_s is not None:
+            test.hypothesis.inner_test = within(deadline_s, test.hypothesis.inner_test)
+        return chosen(test)
+
+    return apply
+
+
+WAIT_FACTOR = 10
+
+
+def within(deadline_s: float, case):
+    """``case`` failing (an AssertionError that hypothesis shrinks like any other) when one call spends
+    more than ``deadline_s`` seconds of CPU time, or more than ``WAIT_FACTOR`` times that in wall time."""
+
+    @functools.wraps(case)
+    def timed(*args, **kwargs):
+        cpu, wall = time.process_time(), time.perf_counter()
+        result = case(*args, **kwargs)
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        assert cpu <= deadline_s, f"the case took {cpu:.2f} s of CPU time, past its deadline of {deadline_s} s"
+        assert wall <= WAIT_FACTOR * deadline_s, (
+            f"the case took {wall:.1f} s, {wall / deadline_s:.0f} times its deadline"
+        )
+        return result
+
+    return timed
+
+
+def test_a_case_fails_past_its_deadline_of_cpu_time_and_not_for_waiting_on_a_loaded_machine():
+    @fuzz(2, deadline_s=0.1)
+    @given(st.just(0))
+    def waits(_):  # the wall time a busy machine adds to a case: no CPU time spent
+        time.sleep(0.15)
+
+    @fuzz(2, deadline_s=0.1)
+    @given(st.just(0))
+    def computes(_):
+        end = time.process_time() + 0.15
+        while time.process_time() < end:
+            pass
+
+    @fuzz(2, deadline_s=0.01)
+    @given(st.just(0))
+    def hangs(_):
+        time.sleep(0.15)
+
+    waits()
+    with pytest.raises(AssertionError, match="CPU time, past its deadline of 0.1 s"):
+        computes()
+    with pytest.raises(AssertionError, match="times its deadline"):
+        hangs()
 
 
 def clean(fn, *args, **kwargs):
@@ -436,7 +500,7 @@ def _exit(argv) -> int:
         return exc.code
 
 
-@fuzz(100, deadline_ms=None)
+@fuzz(100, deadline_s=None)
 @given(INPUTS, INTS, st.sampled_from(["float32", "bfloat16"]), st.sampled_from(["table", "json"]))
 def test_cli_summary_with_absurd_values(small_spec, capsys, monkeypatch, tmp_path_factory, size, batch, dtype, fmt):
     monkeypatch.setenv("CNNKIT_HOME", str(tmp_path_factory.getbasetemp() / "home"))
@@ -465,7 +529,7 @@ ABSURD_TRAIN = {
 TRAIN_PAIRS = [(f, v) for f, vs in ABSURD_TRAIN.items() for v in vs]
 
 
-@fuzz(len(TRAIN_PAIRS), deadline_ms=None)  # each pair once: hypothesis stops when they are used up
+@fuzz(len(TRAIN_PAIRS), deadline_s=None)  # each pair once: hypothesis stops when they are used up
 @given(st.sampled_from(TRAIN_PAIRS))
 def test_cli_train_refuses_absurd_values_before_any_work(data_dir, tmp_path_factory, capsys, pair):
     flag, value = pair
@@ -479,7 +543,7 @@ def test_cli_train_refuses_absurd_values_before_any_work(data_dir, tmp_path_fact
     assert not out.exists()
 
 
-@fuzz(60, deadline_ms=None)
+@fuzz(60, deadline_s=None)
 @given(
     st.sampled_from(["--memory"]),
     st.sampled_from(["0", "-1GB", "abc", "1e999GB", "8GiB", "1KB", "nanGB", "10**9", "3.5TB", ""]),

@@ -3,7 +3,8 @@
 Each sub-module registers its sub-commands with ``register(subparsers)``; every
 sub-command's handler takes the parsed ``args`` and returns an exit code.
 A :class:`~cnnkit.errors.CnnkitError` becomes one line on stderr and exit code 2 (under torchrun, said
-by rank 0 alone; every process exits with 2).
+by rank 0 alone; every process exits with 2). argparse's usage errors, ``--help`` and ``--version`` are
+likewise printed by rank 0 alone, every process exiting with argparse's code.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 import warnings
 from importlib import import_module
 
-from cnnkit.engine.config import keep_freed_memory
+from cnnkit.engine.config import keep_freed_memory, launched
 from cnnkit.errors import (
     CnnkitError,
     disk_full,
@@ -87,8 +88,6 @@ QUIET_HELP = "print nothing but warnings and errors (no summary, progress, epoch
 def finished(args, line: str) -> None:
     """A training command's final line, left out under ``--quiet`` as everything else it prints, and
     said once under torchrun (by rank 0)."""
-    from cnnkit.engine.distributed import launched
-
     if not args.quiet and launched()[0] == 0:
         print(line)
 
@@ -148,12 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
-    args, unknown = parser.parse_known_args(argv)
-    if unknown:  # said with the usage of the command they were given to, not the top level's
-        _command_parser(parser, argv).error(f"unrecognized arguments: {' '.join(unknown)}")
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+    with _said_by_rank_0():
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # said with the usage of the command they were given to, not the top level's
+            _command_parser(parser, argv).error(f"unrecognized arguments: {' '.join(unknown)}")
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
     keep_freed_memory()
     try:
         with plain_warnings():
@@ -210,6 +210,19 @@ def plain_warnings():
         yield
 
 
+@contextlib.contextmanager
+def _said_by_rank_0():
+    """What argparse prints while it reads the command line (a usage error, ``--help``, ``--version``),
+    printed once under torchrun: every process reads the same command line, and a process other than
+    rank 0 writes its standard output and error to nowhere meanwhile. It still exits as argparse
+    says (2 for an error, 0 for ``--help``)."""
+    if launched()[0] == 0:
+        yield
+        return
+    with open(os.devnull, "w") as nowhere, contextlib.redirect_stdout(nowhere), contextlib.redirect_stderr(nowhere):
+        yield
+
+
 def _command_parser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
     """The parser of the (sub-)command that ``argv`` names (``segment train``: that of ``train``)."""
     for action in parser._actions:
@@ -226,8 +239,6 @@ def _fail(command: str, exc: CnnkitError, every_rank: bool = False) -> int:
     """One line on stderr (a message never spans lines, nor runs past 2,000 characters), exit code 2.
     Under torchrun every process meets bad input alike and fails with code 2; rank 0 alone says why,
     once. ``every_rank``: a process's own failure (its memory ran out), said by whichever process met it."""
-    from cnnkit.engine.distributed import launched
-
     if every_rank or launched()[0] == 0:
         text = " ".join(str(exc).split())
         print(f"cnnkit {command}: error: {text[:2000]}", file=sys.stderr)

@@ -553,6 +553,13 @@ def quota_cores(root: str = CGROUP_ROOT) -> int | None:
     return None
 
 
+def launched() -> tuple[int, int]:
+    """(rank, world size) of this process as torchrun launched it, (0, 1) without torchrun: read from
+    ``RANK`` / ``WORLD_SIZE``, so it is known before any process group starts and before torch is
+    imported (rank 0 is the one that writes and speaks)."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def free_cores(world: int | None = None) -> int:
     """Torch threads per process that use the cores this machine has free now.
 

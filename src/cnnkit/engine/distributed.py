@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from cnnkit.engine.config import launched
 from cnnkit.errors import CnnkitError
 
 
@@ -29,12 +30,6 @@ class Dist:
     def main(self) -> bool:
         """Only rank 0 prints and writes files."""
         return self.rank == 0
-
-
-def launched() -> tuple[int, int]:
-    """(rank, world size) of this process as torchrun launched it, (0, 1) without torchrun: known
-    before any process group starts (rank 0 is the one that writes and speaks)."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 @contextmanager

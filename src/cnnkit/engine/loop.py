@@ -387,14 +387,17 @@ def _run_phase(
         # DDP's gradient buckets of a channels-last 1x1 kernel have the same memory layout as its
         # gradient, with other strides on the size-1 axes, which DDP warns of on every process
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-        bar_task = None
+        bar_task, done = None, 0
         for epoch in epochs:
             tick = time.perf_counter()
             batches = task.batches(train, gen, True)
             label = f"{epoch + 1}{' ' + name if name else ''}"
+            # the steps done and this epoch's count for each epoch left: an epoch's count may differ
+            # from the last one's (InfoBatch pruning keeps another share of the images each epoch)
+            steps = done + (last - epoch) * len(batches)
             if bar_task is None:
-                bar_task = bar.add_task("train", total=len(epochs) * len(batches), stats="", epoch=label)
-            bar.update(bar_task, epoch=label)
+                bar_task = bar.add_task("train", total=steps, stats="", epoch=label)
+            bar.update(bar_task, total=steps, epoch=label)
             with _train_mode(model, setup.frozen):
                 names, sums = train_epoch(
                     task,
@@ -419,6 +422,7 @@ def _run_phase(
                     "one batch; lower --batch-size or give more data"
                 )
             sums = all_sum(sums, d)
+            done += len(batches)
             _check_weights(model, epoch, name, peak, ema)
             due = val_every > 0 and ((epoch + 1) % val_every == 0 or epoch + 1 == total)
             with autocast(precision, d.device):
