@@ -178,6 +178,8 @@ def test_predict_through_onnx_prints_what_the_model_prints(classifier_onnx, tmp_
         ("cnnkit.outputs", "[]", "JSON dict"),
         ("cnnkit.reading", '{"crop_fraction": 2, "interpolation": "bilinear"}', "crop_fraction in"),
         ("cnnkit.reading", '{"crop_fraction": true, "interpolation": "bilinear"}', "crop_fraction in"),
+        # at 16x16 a share below sqrt(256 / 89,478,485) resizes every photo past the decoder's limit
+        ("cnnkit.reading", '{"crop_fraction": 0.001, "interpolation": "bilinear"}', r"crop_fraction in \[0.0017, 1\]"),
     ],
 )
 def test_crafted_metadata_is_a_one_line_error(classifier_onnx, tmp_path, key, value, message):
@@ -188,6 +190,21 @@ def test_crafted_metadata_is_a_one_line_error(classifier_onnx, tmp_path, key, va
     with pytest.raises(CnnkitError, match=message) as exc:
         OnnxModel(crafted)
     assert "\n" not in str(exc.value) and len(str(exc.value)) < 400
+
+
+def test_a_crop_share_no_photo_can_be_read_with_names_the_metadata_not_the_photo(classifier_onnx, tmp_path, capsys):
+    from PIL import Image
+
+    _, path = classifier_onnx
+    crafted = tmp_path / "crafted.onnx"
+    shutil.copy(path, crafted)
+    _add_metadata(str(crafted), {"cnnkit.reading": '{"crop_fraction": 0.001, "interpolation": "bilinear"}'})
+    Image.new("L", (40, 30), 200).save(tmp_path / "photo.png")
+    assert main(["predict", str(crafted), str(tmp_path / "photo.png")]) == 2
+    err = capsys.readouterr().err
+    assert f"{crafted}: metadata cnnkit.reading" in err and "cannot read" not in err
+    _add_metadata(str(crafted), {"cnnkit.reading": '{"crop_fraction": 0.01, "interpolation": "bilinear"}'})
+    assert main(["predict", str(crafted), str(tmp_path / "photo.png")]) == 0  # a share above it: read
 
 
 def test_predict_refuses_another_task(classifier_onnx, tmp_path):

@@ -357,6 +357,30 @@ def test_series_input_is_described():
 
 
 # ---------------------------------------------------------------------------------------------
+# A zoo network's file (random weights, no normalisation inside) says what it takes, as a run's does.
+
+
+@pytest.mark.parametrize(
+    "name, shape", [("dcgan_discriminator", "(N, 1, 28, 28)"), ("c3d_small", "(N, 1, any, any, any)")]
+)
+def test_a_zoo_networks_file_says_it_takes_unnormalised_tensors(tmp_path, name, shape):
+    out = tmp_path / "zoo.onnx"
+    extra = ["--dynamic-size"] if name == "c3d_small" else []
+    assert main(["export", name, "--out", str(out), "--exporter", "torchscript", "--no-check", *extra]) == 0
+    meta = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+    text = json.loads(meta[INPUT_KEY])
+    assert text.startswith(f"tensors {shape} ") and "unnormalised" in text and "random weights" in text
+    assert "noise" not in text  # a discriminator takes images (the generate task's noise is its generator's)
+
+
+def test_a_module_with_nothing_said_about_its_input_is_described_so(tmp_path):
+    path = tmp_path / "lin.onnx"
+    export_onnx(nn.Linear(3, 2), torch.rand(1, 3), path, exporter="torchscript")
+    meta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+    assert json.loads(meta[INPUT_KEY]).startswith("tensors (N, 3) as the network itself takes them, unnormalised")
+
+
+# ---------------------------------------------------------------------------------------------
 # A style network exported with a free size takes any size: the reflection pad is in the graph.
 
 
@@ -417,6 +441,49 @@ def test_a_3d_clip_run_exports_with_the_torchscript_exporter(tmp_path, monkeypat
         with torch.no_grad():
             ref = model(x)
         assert (torch.from_numpy(session.run(None, {"input": x.numpy()})[0]) - ref).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["fixed", "dynamic"])
+def test_a_moving_mnist_runs_torchscript_file_takes_its_datas_clips(tmp_path, monkeypatch, dynamic):
+    # the run reads 64x64 clips and resizes them to its 32x32 inside: the file (either exporter) takes
+    # what the run reads, so its graph holds the antialiased resize (the TorchScript exporter lacks it)
+    model = _clip_run()  # 4 frames 2 apart, resized to 32x32
+    model.info = {**model.info, "config": {"data": "moving_mnist", "frames": 8}}
+    monkeypatch.setattr(task_export, "export_source", lambda *a, **k: model)
+    out = tmp_path / "clips.onnx"
+    args = ["export", "runs/clips", "--out", str(out), "--exporter", "torchscript"]
+    assert main(args + (["--dynamic-size"] if dynamic else [])) == 0
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])  # ONNX Runtime itself
+    assert json.loads(session.get_modelmeta().custom_metadata_map["cnnkit.input_size"]) == [8, 1, 64, 64]
+    if not dynamic:
+        assert session.get_inputs()[0].shape == ["batch", 8, 1, 64, 64]
+    shapes = [(3, 8, 1, 64, 64)] + ([(2, 9, 1, 48, 80), (1, 7, 1, 32, 32)] if dynamic else [])
+    for shape in shapes:  # Moving MNIST's clips; with --dynamic-size also others, resized inside as the run does
+        x = torch.rand(*shape)
+        with torch.no_grad():
+            ref = model(x)
+        assert (torch.from_numpy(session.run(None, {"input": x.numpy()})[0]) - ref).abs().max() < 1e-4
+
+
+def test_the_torchscript_exporter_writes_an_antialiased_resize_or_refuses_it(tmp_path):
+    class Shrink(nn.Module):
+        def __init__(self, **kwargs):
+            super().__init__()
+            self.kwargs = kwargs
+
+        def forward(self, x):
+            return nn.functional.interpolate(x, mode="bilinear", antialias=True, **self.kwargs)
+
+    path = tmp_path / "r.onnx"
+    for size, shape in (((32, 17), (2, 3, 37, 91)), ((45, 40), (2, 1, 16, 20))):  # down and up, any ratio
+        export_onnx(Shrink(size=size), torch.rand(*shape), path, exporter="torchscript")
+        x = torch.rand(3, *shape[1:])
+        got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+        assert (torch.from_numpy(got) - Shrink(size=size)(x)).abs().max() < 1e-5
+    # ONNX Runtime's Resize answers otherwise with align_corners: refused, not written wrong
+    for kwargs in (dict(size=(8, 8), align_corners=True), dict(scale_factor=0.5)):
+        with pytest.raises(CnnkitError, match="antialiased bilinear resize is exported to a size given"):
+            export_onnx(Shrink(**kwargs), torch.rand(1, 1, 16, 16), path, exporter="torchscript", check=False)
 
 
 def test_generators_unconditional_exported_conditional_refused(tmp_path, capsys):

@@ -239,6 +239,7 @@ def test_exact_resize_and_grey(tmp_path):
         (dict(channels=2), "channels must be 1"),
         (dict(val_fraction=0.7, test_fraction=0.4), "sum below 1"),
         (dict(resize="crop"), "resize must be"),
+        (dict(image_size=(64, 64), crop_fraction=0.005), r"crop_fraction must be at least 0.0068 at image_size"),
     ],
 )
 def test_bad_arguments(tmp_path, kwargs, match):

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cnnkit.data.datasets import folder_reading
+from cnnkit.data.datasets import folder_reading, smallest_crop_fraction
 from cnnkit.errors import CnnkitError, as_new_file, special_file
 
 OUTPUTS_KEY = "cnnkit.outputs"  # metadata_props entry: {"kind": "tensor" | "tuple" | "dict", "names": [...]}
@@ -176,6 +176,38 @@ def _quiet():
         logger.setLevel(level)
 
 
+def _resize_antialiased(g, x, output_size, align_corners, scale_factors):
+    """The TorchScript exporter's translation of ``aten::_upsample_bilinear2d_aa`` to an output size
+    (``F.interpolate(x, size=..., mode="bilinear", antialias=True)``), which it lacks: ONNX ``Resize``
+    with ``antialias=1`` (opset 18), the node the dynamo exporter writes for it. Scale factors (ONNX
+    Runtime rounds some output sizes otherwise) and ``align_corners=True`` (its values differ) are refused."""
+    from torch.onnx import symbolic_helper
+
+    if symbolic_helper._is_none(output_size) or symbolic_helper._maybe_get_const(align_corners, "b") is not False:
+        raise torch.onnx.errors.OnnxExporterError(
+            "an antialiased bilinear resize is exported to a size given, without align_corners"
+        )
+    empty = g.op("Constant", value_t=torch.tensor([], dtype=torch.float32))
+    lead = g.op(  # (N, C) of the input, then the sizes asked for
+        "Slice",
+        g.op("Shape", x),
+        g.op("Constant", value_t=torch.tensor([0])),
+        g.op("Constant", value_t=torch.tensor([2])),
+    )
+    sizes = g.op("Concat", lead, g.op("Cast", output_size, to_i=7), axis_i=0)  # 7: INT64
+    return g.op(
+        "Resize",
+        x,
+        empty,
+        empty,
+        sizes,
+        mode_s="linear",
+        antialias_i=1,
+        exclude_outside_i=1,
+        coordinate_transformation_mode_s="half_pixel",
+    )
+
+
 def _export(
     flat: nn.Module,
     example: torch.Tensor,
@@ -220,6 +252,8 @@ def _export(
         for n, b in zip(names, batched):
             if b and dynamic_batch:
                 axes[n] = {0: "batch"}
+    # an antialiased bilinear resize (a clip classifier's frames to its size): ONNX Resize, from opset 18
+    torch.onnx.register_custom_op_symbolic("aten::_upsample_bilinear2d_aa", _resize_antialiased, 18)
     try:
         with _quiet():
             torch.onnx.export(flat, (example,), tmp, dynamo=False, dynamic_axes=axes, **common)
@@ -443,7 +477,10 @@ def export_onnx(
             raise CnnkitError(f"cannot write in {path.parent} ({exc.strerror or exc}); choose another --out") from None
         try:
             used, why = _export(flat, traced, tmp, names, batched, dynamic_batch, size_axes, opset, exporter)
-            props = {OUTPUTS_KEY: json.dumps({"kind": kind, "names": names}), **deploy_metadata(model, example)}
+            props = {
+                OUTPUTS_KEY: json.dumps({"kind": kind, "names": names}),
+                **deploy_metadata(model, example, size_axes),
+            }
             props.update(metadata or {})
             checked: tuple[tuple[int, ...], ...] = ()
             refused: tuple[tuple[int, ...], ...] = ()
@@ -542,13 +579,15 @@ def _resized(x: torch.Tensor, axes: tuple[int, ...], extra: int) -> torch.Tensor
     return x
 
 
-def deploy_metadata(model: nn.Module, example: torch.Tensor) -> dict[str, str]:
+def deploy_metadata(model: nn.Module, example: torch.Tensor, size_axes: Sequence[int] = ()) -> dict[str, str]:
     """What a deployed file needs besides its graph, read off the model, as ONNX ``metadata_props``.
 
     Args:
         model: the exported module; its ``classes``, ``input_size`` and ``info`` (a run's metadata:
             ``task``, ``dataset.dark_background``) are used where it has them.
         example: the example input; its shape without the batch is the input size otherwise.
+        size_axes: the input axes besides the batch that the graph leaves free (``cnnkit.input`` of a
+            network with nothing said about its input names them "any").
 
     Returns:
         JSON strings under ``cnnkit.classes``, ``cnnkit.input_size``, ``cnnkit.task``,
@@ -590,9 +629,19 @@ def deploy_metadata(model: nn.Module, example: torch.Tensor) -> dict[str, str]:
             if config.get("znorm", True)
             else "series as read (the run did not z-normalise them)"
         )
-    elif info.get("task") in TASK_INPUTS:  # a frame predictor, a generator's noise, a style network
+    elif info.get("task") in TASK_INPUTS and info.get("weights") != "random":  # a run's frames, noise, images
         with contextlib.suppress(IndexError):  # a size of fewer axes than the task's input has: not described
             props[INPUT_KEY] = json.dumps(TASK_INPUTS[info["task"]].format(*(int(v) for v in size)))
+    if INPUT_KEY not in props:  # a zoo network (random weights) or a module with nothing said about its input
+        shape = ", ".join(["N", *("any" if i in size_axes else str(int(v)) for i, v in enumerate(size, 1))])
+        props[INPUT_KEY] = json.dumps(
+            f"tensors ({shape}) as the network itself takes them, unnormalised: "
+            + (
+                "a zoo network with random weights has no normalisation inside and no run has defined its input's scale"
+                if info.get("weights") == "random"
+                else "nothing exported with it says how they are scaled or normalised"
+            )
+        )
     return props
 
 
@@ -675,10 +724,15 @@ class OnnxModel:
         reading = self.meta_value(READING_KEY, dict)
         if reading is not None:
             try:
-                folder_reading({"reading": reading})
+                folder_reading({"reading": reading}, self.input_size)
             except CnnkitError:
+                share = "(0, 1]"
+                if self.input_size and len(self.input_size) >= 2:  # the smallest share any photo can be read with
+                    h, w = self.input_size[-2:]
+                    floor = smallest_crop_fraction((h, w))
+                    share = f"[{floor:.2g}, 1] (a smaller one resizes every photo too large to decode at {h}x{w})"
                 raise self._bad(
-                    READING_KEY, 'a crop_fraction in (0, 1] and an interpolation "bilinear" or "bicubic"'
+                    READING_KEY, f'a crop_fraction in {share} and an interpolation "bilinear" or "bicubic"'
                 ) from None
             self.info["reading"] = reading
         self.training = False

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from cnnkit.data.idx import read_idx
+from cnnkit.data.imagefolder import smallest_crop_fraction
 from cnnkit.data.imageset import ImageSet
 from cnnkit.errors import CnnkitError
 
@@ -335,7 +336,7 @@ def _read_cifar10(archive: Path, test: bool) -> tuple[torch.Tensor, torch.Tensor
     return images, torch.from_numpy(records[:, 0].astype(np.int64))
 
 
-def folder_reading(info: dict) -> tuple[float, str] | None:
+def folder_reading(info: dict, input_size=None) -> tuple[float, str] | None:
     """How a classification run read the photos of the image folder it was trained on, as
     ``(crop_fraction, interpolation)`` for :func:`~cnnkit.data.imagefolder.decode_image` (the
     shorter side resized to cover the input over the crop share, the centre kept); None for a run
@@ -345,9 +346,12 @@ def folder_reading(info: dict) -> tuple[float, str] | None:
         info: a run's metadata (a fine-tuning run's ``finetune``, a training run's ``config.data``,
             an ensemble's first member's), or an exported file's (its ``cnnkit.reading`` as
             ``info["reading"]``).
+        input_size: the input (..., H, W) the photos are read at (default: ``info["input_size"]``);
+            a crop share below :func:`smallest_crop_fraction` there is damaged metadata.
 
     Raises:
-        CnnkitError: a crop share or interpolation the run cannot have (damaged metadata).
+        CnnkitError: a crop share or interpolation the run cannot have (damaged metadata): outside
+            (0, 1], or so small that every photo would be resized past the decoder's limit.
     """
     members = info.get("ensemble")
     first = members[0] if isinstance(members, list) and members and isinstance(members[0], dict) else {}
@@ -360,10 +364,16 @@ def folder_reading(info: dict) -> tuple[float, str] | None:
         return 1.0, "bilinear"  # an image folder as `cnnkit train` reads it
     else:
         return None
+    size = input_size if input_size is not None else info.get("input_size")
+    try:  # the input's H and W, where known: the share must leave a photo that can be decoded
+        floor = smallest_crop_fraction([int(v) for v in size][-2:]) if size is not None else 0.0
+    except (TypeError, ValueError):
+        floor = 0.0
     if not (
         isinstance(crop, (int, float))
         and not isinstance(crop, bool)
         and 0 < crop <= 1
+        and crop >= floor
         and interpolation in ("bilinear", "bicubic")
     ):
         raise CnnkitError(

@@ -169,7 +169,32 @@ def _check_args(root, split, image_size, channels, val_fraction, test_fraction, 
             f"crop_fraction must be in (0, 1], got crop_fraction={crop_fraction}; "
             "0.875 is torchvision's 256 -> 224 centre crop"
         )
+    floor = smallest_crop_fraction(size)
+    if resize == "shorter" and crop_fraction < floor:  # every photo would be skipped as too large to decode
+        raise CnnkitError(
+            f"crop_fraction must be at least {floor:.2g} at image_size {size} (a smaller share resizes every "
+            f"photo past {MAX_DECODE_PIXELS:,} pixels), got crop_fraction={crop_fraction}; "
+            "0.875 is torchvision's 256 -> 224 centre crop"
+        )
     return size
+
+
+def smallest_crop_fraction(image_size) -> float:
+    """The smallest crop share with which any photo can be read at ``image_size`` (H, W).
+
+    The shorter side is resized to cover H / share by W / share (:func:`decode_image`),
+    so every photo's resized copy holds at least H W / share^2 pixels; a share below
+    sqrt(H W / MAX_DECODE_PIXELS) takes every photo past the decoder's limit (Pillow's
+    decompression-bomb threshold), and no photo is read at all.
+
+    Args:
+        image_size: (H, W), the input the centre crop gives.
+
+    Returns:
+        The share, e.g. 0.0068 at 64 x 64 and 0.024 at 224 x 224.
+    """
+    h, w = (int(v) for v in image_size)
+    return math.sqrt(h * w / MAX_DECODE_PIXELS)
 
 
 def _scan(root: Path) -> dict[str, dict[str, list[str]]]:

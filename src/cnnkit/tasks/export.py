@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from cnnkit.data.video import MovingMnistSpec
 from cnnkit.errors import CnnkitError, counted
 from cnnkit.export import ExportReport, export_onnx
 from cnnkit.models import create_model, model_info
@@ -114,9 +115,14 @@ def _task_input_size(model: nn.Module, info: dict) -> tuple[int, ...] | None:
     """The input (without the batch) of a run whose metadata gives it in its task's own words."""
     task = info.get("task")
     try:
-        if task == "video":  # the frames its stride reaches, resized inside to size x size
-            frames, stride, size = int(info["frames"]), int(info["stride"]), int(info["size"])
-            return ((frames - 1) * stride + 1, int(info["channels"]), size, size)
+        if task == "video":  # the clips it reads: the frames it sees and their resize to size x size are inside
+            frames, stride, size, channels = (int(info[k]) for k in ("frames", "stride", "size", "channels"))
+            need = (frames - 1) * stride + 1
+            config = info.get("config") if isinstance(info.get("config"), dict) else {}
+            if config.get("data") == "moving_mnist" and int(config.get("frames", 0)) >= need:  # its data's clips
+                side = MovingMnistSpec().image_size
+                return (int(config["frames"]), channels, side, side)
+            return (need, channels, size, size)  # the frames its stride reaches, at the network's size
         if task == "video_predict":
             return (int(info["frames"]), int(info["channels"]), *(int(v) for v in info["size"]))
         if task == "style":  # any size: the zoo's

@@ -64,10 +64,10 @@ class VideoClassifier(nn.Module):
             )
         x = x[:, : need : self.stride]  # (B, T', C, H, W)
         b, t, c, h, w = x.shape
-        # torch.export (the dynamo ONNX exporter) resizes always (the identity at size x size): its graph then
-        # resizes any frame size instead of keeping or dropping the resize by the example's size; the
-        # TorchScript exporter has no antialiased resize and keeps the branch
-        if (h, w) != (self.size, self.size) or torch.compiler.is_exporting():
+        # an export resizes always (the identity at size x size): its graph then resizes any frame size
+        # instead of keeping or dropping the resize by the example's size (torch.export: the dynamo ONNX
+        # exporter; torch.onnx.is_in_onnx_export: the TorchScript one, cnnkit.export's antialiased Resize)
+        if (h, w) != (self.size, self.size) or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
             x = F.interpolate(x.reshape(b * t, c, h, w), size=(self.size, self.size), mode="bilinear", antialias=True)
             x = x.view(b, t, c, self.size, self.size)
         x = (x - self.mean) / self.std
