@@ -486,6 +486,16 @@ def test_the_torchscript_exporter_writes_an_antialiased_resize_or_refuses_it(tmp
             export_onnx(Shrink(**kwargs), torch.rand(1, 1, 16, 16), path, exporter="torchscript", check=False)
 
 
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_the_notes_gan_generator_exports_with_either_exporter(tmp_path, exporter):
+    # its Keras Reshape (7, 7, 128) returns channels first: a Transpose whose permutation ONNX Runtime loads
+    out = tmp_path / "g.onnx"
+    assert main(["export", "gan_generator", "--out", str(out), "--exporter", exporter]) == 0
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])  # the export checked its values
+    got = session.run(None, {session.get_inputs()[0].name: torch.randn(3, 100).numpy()})[0]
+    assert got.shape == (3, 1, 28, 28) and (got >= -1).all() and (got <= 1).all()  # tanh
+
+
 def test_generators_unconditional_exported_conditional_refused(tmp_path, capsys):
     assert main(["export", "dcgan_generator", "--out", str(tmp_path / "g.onnx"), "--exporter", "torchscript"]) == 0
     assert OnnxModel(tmp_path / "g.onnx")(torch.randn(3, 100)).shape == (3, 1, 28, 28)

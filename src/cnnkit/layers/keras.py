@@ -74,7 +74,7 @@ class Reshape(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x.reshape(x.shape[0], *self.target_shape)
         if self.channels_last and y.dim() >= 3:
-            y = y.movedim(-1, 1)  # (B, *spatial, C) -> (B, C, *spatial)
+            y = y.movedim(y.dim() - 1, 1)  # (B, *spatial, C) -> (B, C, *spatial); a positive axis for ONNX's Transpose
         return y
 
     def extra_repr(self) -> str:
