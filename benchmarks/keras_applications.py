@@ -11,6 +11,7 @@ table at the end:
 
     KERAS_BACKEND=torch python benchmarks/keras_applications.py --work /tmp/apps > apps.jsonl
     KERAS_BACKEND=torch python benchmarks/keras_applications.py --only ResNet50 NASNetMobile
+    KERAS_BACKEND=torch python benchmarks/keras_applications.py --only EfficientNetB7 --formats keras --float64
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def run_cli(argv: list[str]) -> tuple[int, str, str]:
     return code, out.getvalue(), (lines[-1] if lines else "")
 
 
-def check(name: str, model, path: Path, work: Path, raw: bool) -> dict:
+def check(name: str, model, path: Path, work: Path, raw: bool, f64: bool = False) -> dict:
     """``cnnkit convert`` and ``cnnkit summary`` on one saved file, compared with Keras."""
     import keras
     import numpy as np
@@ -150,7 +151,13 @@ def check(name: str, model, path: Path, work: Path, raw: bool) -> dict:
         row["max_abs_diff"] = float(np.abs(ours - ref).max())
         row["max_abs_logit"] = float(np.abs(ref).max())
         if path.suffix == ".keras":  # the yardstick: Keras' own float32 output against its float64 one
-            row["keras_f32_vs_f64"] = float(np.abs(keras_float64(model, path, xk) - ref).max())
+            wide = keras_float64(model, path, xk)
+            row["keras_f32_vs_f64"] = float(np.abs(wide - ref).max())
+            if f64:  # both in float64: what is left is the conversion's own difference, not rounding
+                with torch.no_grad():
+                    ours64 = clf.double()(x.double()).numpy()
+                row["f64_max_abs_diff"] = float(np.abs(ours64 - wide).max())
+                row["f64_max_abs_logit"] = float(np.abs(wide).max())
         row["argmax_equal"] = bool((ours.argmax(1) == ref.argmax(1)).all())
         # PyTorch keeps BatchNormalization's moving mean and variance (and Normalization's statistics)
         # as buffers, which Keras counts as non-trainable parameters
@@ -178,6 +185,8 @@ def main(argv=None) -> int:
     p.add_argument("--classes", type=int, default=5)
     p.add_argument("--work", default=None, help="folder for the saved files and runs (default: a temporary one)")
     p.add_argument("--formats", nargs="*", default=["keras", "h5"])
+    p.add_argument("--size", type=int, default=None, help="the input side for every application (default: its own)")
+    p.add_argument("--float64", action="store_true", help="also run the converted .keras run in float64 against Keras'")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore")
     import keras
@@ -191,7 +200,7 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     rows = []
     for seed, name in enumerate(names):
-        size = SIZES.get(name, DEFAULT_SIZE)
+        size = args.size or SIZES.get(name, DEFAULT_SIZE)
         try:
             model = build(name, size, args.classes, seed)
         except Exception as exc:  # noqa: BLE001
@@ -202,7 +211,7 @@ def main(argv=None) -> int:
         for fmt in args.formats:
             path = work / f"{name}.{fmt}"
             model.save(path)
-            row = {"size": size, "raw_pixels": raw, **check(name, model, path, work, raw)}
+            row = {"size": size, "raw_pixels": raw, **check(name, model, path, work, raw, args.float64)}
             rows.append(row)
             print(json.dumps(row), flush=True)
             path.unlink()

@@ -295,3 +295,55 @@ def test_load_tampered_description(tmp_path, network, message):
     path = _checkpoint(tmp_path, network)
     with pytest.raises(CnnkitError, match=message):
         cnnkit.load(path)
+
+
+@pytest.mark.parametrize("version", [3, 0, "2", True, None, [2]])
+def test_load_refuses_a_spec_version_it_does_not_build(tmp_path, version):
+    network = {"kind": "spec", "spec": {"input": [1, 8, 8], "layers": ["flatten", {"dense": {"units": 2}}]}}
+    path = _checkpoint(tmp_path, {**network, "version": version})
+    with pytest.raises(CnnkitError, match="spec version .* is not one this cnnkit builds"):
+        cnnkit.load(path)
+
+
+@pytest.mark.parametrize("head", ["flatten", "global_average_pooling2d"])
+def test_a_spec_run_is_rebuilt_with_the_spec_version_it_was_trained_with(tmp_path, head):
+    # a "valid" conv2d_transpose whose stride exceeds its kernel: (L - 1) s + k long in version 1
+    # (cnnkit 0.1.0, whose runs name no version), (L - 1) s + max(k, s) in version 2 (Keras')
+    from torch import nn
+
+    from cnnkit.engine.runfolder import read_info, save_model
+    from cnnkit.models.deploy import Classifier
+    from cnnkit.models.spec import SPEC_VERSION, build_from_spec
+
+    spec = {
+        "input": [1, 5, 5],
+        "layers": [{"conv2d_transpose": {"filters": 2, "kernel_size": 1, "strides": 2}}, head, {"dense": {"units": 2}}],
+    }
+    (tmp_path / "net.yaml").write_text(json.dumps(spec))
+    x = torch.rand(3, 1, 5, 5)
+    for version, network, side in [(1, {"kind": "spec", "spec": spec}, 9), (SPEC_VERSION, None, 10)]:
+        torch.manual_seed(0)
+        net, _ = build_from_spec(spec, logits=True, version=version)
+        nn.init.uniform_(net.conv2d_transpose_1.bias, 1, 2)  # the positions past the kernel hold the bias alone
+        assert net.conv2d_transpose_1(x).shape[-2:] == (side, side)
+        clf = Classifier(net, [0.5], [0.5], ["a", "b"], (1, 5, 5))
+        info = {**_BASE, "input_size": [1, 5, 5], "model": str(tmp_path / "net.yaml")}
+        info.update({"network": network} if network else {})
+        run = tmp_path / f"v{version}"
+        run.mkdir()
+        save_model(run / "model.safetensors", clf, info)
+        assert read_info(run / "model.safetensors")["network"].get("version") == (None if network else SPEC_VERSION)
+        with torch.no_grad():
+            assert torch.equal(cnnkit.load(run).eval()(x), clf.eval()(x))
+
+
+def test_a_spec_run_built_otherwise_than_this_spec_version_is_not_resumed(tmp_path):
+    from cnnkit.models.network import check_resumable
+
+    longer = {"conv2d_transpose": {"filters": 2, "kernel_size": 1, "strides": 2}}  # version 1 builds it shorter
+    same = {"conv2d_transpose": {"filters": 2, "kernel_size": 3, "strides": 2}}
+    spec = {"input": [1, 5, 5], "layers": [longer, "flatten", {"dense": {"units": 2}}]}
+    with pytest.raises(CnnkitError, match="trained with spec version 1, .* it cannot be resumed"):
+        check_resumable({"kind": "spec", "spec": spec}, "run")
+    check_resumable({"kind": "spec", "spec": spec, "version": 2}, "run")
+    check_resumable({"kind": "spec", "spec": {**spec, "layers": [same, "flatten", {"dense": {"units": 2}}]}}, "run")

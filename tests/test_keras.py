@@ -537,6 +537,32 @@ def test_nested_model_with_batchnorm_in_h5(tmp_path):
     _saved_and_compared(model, torch.rand(2, 3, 6, 6), tmp_path, ("m.h5", "m.keras"))
 
 
+@pytest.mark.parametrize("shape", [(5,), (7, 3), (5, 4, 3), (3, 4, 4, 2)], ids=["vector", "1D", "2D", "3D"])
+def test_training_keeps_keras_moving_statistics(tmp_path, shape):
+    """A read network trained a few SGD steps here and in Keras on the same batches: the same moving
+    mean and variance (Keras averages in the batch's biased variance, PyTorch the unbiased one), the
+    same weights and the same outputs at inference."""
+    model = _model(shape, layers.BatchNormalization(momentum=0.8, name="bn"), layers.Flatten(), layers.Dense(2))
+    _randomise(model, 3)
+    model.save(tmp_path / "m.keras")
+    net, _ = load_keras(tmp_path / "m.keras")
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        x, y = torch.randn(4, *shape, generator=g) * 2 + 1, torch.randn(4, 2, generator=g)
+        model.train_on_batch(x.numpy(), y.numpy())
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(net.train()(x.movedim(-1, 1) if x.dim() > 2 else x), y).backward()
+        opt.step()
+    bn = net.get_submodule("bn")
+    for ours, theirs in ((bn.running_mean, "moving_mean"), (bn.running_var, "moving_variance")):
+        ref = keras.ops.convert_to_numpy(getattr(model.get_layer("bn"), theirs))
+        assert np.abs(ours.numpy() - ref).max() <= 1e-5 * np.abs(ref).max(), theirs
+    x = _x(shape, seed=1)
+    assert np.abs(_ours(net.eval(), x)[0] - _keras_out(model, x)[0]).max() <= 1e-5
+
+
 @pytest.mark.parametrize("activation", ["softmax", "log_softmax"])
 def test_dense_softmax_on_a_feature_map(tmp_path, activation):
     """Dense on (N, L, C) or (N, H, W, C) maps: the softmax runs over the units, as in Keras."""

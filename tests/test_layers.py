@@ -511,3 +511,57 @@ def test_group_norm_on_a_bf16_channels_last_map_is_nn_group_norm(shape, monkeypa
     torch.testing.assert_close(ours.weight.grad, plain.weight.grad, rtol=1e-3, atol=1e-3)
     for other in (x.float(), x.contiguous()):  # fp32, or an NCHW map: nn.GroupNorm's own path
         assert torch.equal(ours(other), plain(other))
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize(
+    "cls, shape", [("1d", (6, 3)), ("1d", (4, 3, 5)), ("2d", (3, 3, 4, 2)), ("3d", (2, 3, 2, 2, 3))]
+)
+def test_keras_batch_norm_averages_the_biased_variance_and_is_nn_batch_norm_otherwise(cls, shape, momentum):
+    import cnnkit.layers as L
+
+    torch.manual_seed(0)
+    plain = getattr(nn, f"BatchNorm{cls}")(3, momentum=momentum)
+    nn.init.normal_(plain.weight)
+    nn.init.normal_(plain.bias)
+    ours = getattr(L, f"BatchNorm{cls}")(3, momentum=momentum)
+    ours.load_state_dict(plain.state_dict())  # the same keys: nn.BatchNorm*d's files load either way
+    assert list(ours.state_dict()) == list(plain.state_dict()) and isinstance(ours, type(plain))
+    dims = [d for d in range(len(shape)) if d != 1]
+    mean, var = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    for step in range(1, 4):
+        x = torch.randn(shape) * step + step
+        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+        want, got = plain(a), ours(b)
+        torch.testing.assert_close(got, want)  # a training step normalises with the batch's statistics
+        g = torch.randn(shape)
+        want.backward(g)
+        got.backward(g)
+        torch.testing.assert_close(b.grad, a.grad)
+        torch.testing.assert_close(ours.weight.grad, plain.weight.grad)
+        f = momentum if momentum is not None else 1 / step
+        mean += f * (x.double().mean(dims) - mean)  # Keras' update: the batch's biased variance
+        var += f * (x.double().var(dims, unbiased=False) - var)
+    torch.testing.assert_close(ours.running_mean, mean.float())
+    torch.testing.assert_close(ours.running_var, var.float())
+    assert ours.num_batches_tracked == plain.num_batches_tracked == 3
+    ours.load_state_dict(plain.state_dict())
+    x = torch.randn(shape)
+    assert torch.equal(ours.eval()(x), plain.eval()(x))  # evaluation is nn.BatchNorm*d's
+    with pytest.raises(ValueError, match="more than 1 value per channel"):  # PyTorch's own refusal
+        ours.train()(torch.randn(1, 3, *[1] * (len(shape) - 2)))
+
+
+def test_batch_normalization_takes_keras_momentum_and_epsilon():
+    from cnnkit.layers import BatchNorm1d, BatchNorm2d, BatchNorm3d, batch_normalization
+
+    for shape, cls in [
+        ((4,), BatchNorm1d),
+        ((4, 7), BatchNorm1d),
+        ((4, 5, 5), BatchNorm2d),
+        ((4, 2, 5, 5), BatchNorm3d),
+    ]:
+        bn = batch_normalization(shape)
+        assert type(bn) is cls and bn.num_features == 4 and bn.momentum == 0.01 and bn.eps == 1e-3
+    bn = batch_normalization((2, 3), momentum=0.9, epsilon=1e-5, affine=False)
+    assert bn.momentum == 0.1 and bn.eps == 1e-5 and bn.weight is None

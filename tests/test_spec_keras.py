@@ -53,3 +53,24 @@ def test_upsampling2d_equals_keras(interpolation):
     for size, input_size in itertools.product([1, 3, [2, 3], [3, 1]], [(2, 3, 5), (2, 4, 4)]):
         layer = {"upsampling2d": {"size": size, "interpolation": interpolation}}
         _compare(layer, keras.layers.UpSampling2D(size, interpolation=interpolation), input_size)
+
+
+@pytest.mark.parametrize("input_size", [(4,), (3, 7), (3, 5, 4), (2, 3, 4, 4)], ids=["vector", "1D", "2D", "3D"])
+def test_batch_normalization_trains_its_statistics_as_keras(input_size):
+    # Keras averages the batch's biased variance into its moving variance, PyTorch the unbiased one
+    model, _ = build_from_spec({"input": list(input_size), "layers": [{"batch_normalization": {"momentum": 0.8}}]})
+    klayer = keras.layers.BatchNormalization(momentum=0.8)
+    channels_last = (lambda t: t.movedim(1, -1)) if len(input_size) > 1 else (lambda t: t)
+    klayer.build((4, *channels_last(torch.zeros(1, *input_size)).shape[1:]))
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        x = torch.randn(4, *input_size, generator=g) * 2 + 1
+        model.train()(x)
+        klayer(channels_last(x).numpy(), training=True)
+    bn = next(iter(model.children()))
+    for ours, theirs in ((bn.running_mean, klayer.moving_mean), (bn.running_var, klayer.moving_variance)):
+        assert np.abs(ours.numpy() - keras.ops.convert_to_numpy(theirs)).max() < 1e-5
+    x = torch.randn(2, *input_size, generator=g)
+    with torch.no_grad():
+        ours = channels_last(model.eval()(x)).numpy()
+    assert np.abs(ours - keras.ops.convert_to_numpy(klayer(channels_last(x).numpy(), training=False))).max() < 1e-5

@@ -10,7 +10,8 @@
 - :mod:`.act` -- ``get_activation`` by Keras name
 - :mod:`.conv_bn_act` -- ``ConvNormAct`` (conv, norm, activation as torchvision numbers them)
 - :mod:`.dropout` -- ``Dropout`` (``nn.Dropout`` with a 2.5x cheaper mask on the CPU)
-- :mod:`.norm` -- ``GroupNorm`` (``nn.GroupNorm``, a bf16 channels-last map normalised in fp32 on the CPU)
+- :mod:`.norm` -- ``GroupNorm`` (``nn.GroupNorm``, a bf16 channels-last map normalised in fp32 on the CPU);
+  ``BatchNorm1d``/``2d``/``3d`` with Keras' running variance, built by ``batch_normalization`` (Keras' momentum)
 - :mod:`.keras` -- Keras-style ``Conv2D``/``Dense`` (activation inside) and channels-last ``Reshape``
 - :mod:`.divisible` -- ``make_divisible`` channel rounding (MobileNets, SE)
 - :mod:`.upsample` -- ``BilinearConvTranspose2d`` (FCN's bilinear-initialised upsampling), ``Upsample``, ``resize``
@@ -36,7 +37,7 @@ from cnnkit.layers.divisible import make_divisible
 from cnnkit.layers.dropout import Dropout
 from cnnkit.layers.keras import Conv2D, Dense, Reshape
 from cnnkit.layers.lrn import LocalResponseNorm
-from cnnkit.layers.norm import GroupNorm
+from cnnkit.layers.norm import BatchNorm1d, BatchNorm2d, BatchNorm3d, GroupNorm, batch_normalization
 from cnnkit.layers.padding import pad_for, same_pad
 from cnnkit.layers.pool_same import (
     AvgPool1dSame,
@@ -90,6 +91,10 @@ __all__ = [
     "Reshape",
     "Dropout",
     "GroupNorm",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "batch_normalization",
     "BilinearConvTranspose2d",
     "Upsample",
     "bilinear_kernel",

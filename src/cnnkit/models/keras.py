@@ -9,7 +9,9 @@ on PyTorch with Keras' semantics, so the converted network gives Keras' outputs:
   the feature map in Keras' (H, W, C) order, so a ``Dense`` after it keeps its weights unchanged;
 - ``padding="same"`` pads as TensorFlow does (the odd extra pixel at the bottom/right, any stride);
 - ``BatchNormalization`` keeps Keras' epsilon (1e-3 by default) and momentum (PyTorch's
-  ``momentum = 1 - keras_momentum``); activations are looked up by their Keras names.
+  ``momentum = 1 - keras_momentum``), and a training step averages the batch's biased variance into
+  the moving variance as Keras does (:func:`cnnkit.layers.batch_normalization`); activations are
+  looked up by their Keras names.
 
 Reading never runs code from the file: a layer outside :data:`LAYERS` (``Lambda``, custom objects,
 anything unknown) is refused by name with a :class:`CnnkitError`. Each converted layer is a child
@@ -41,7 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cnnkit.errors import CnnkitError
-from cnnkit.layers import get_activation
+from cnnkit.layers import batch_normalization, get_activation
 from cnnkit.layers.conv_same import KerasTransposed, _DynamicPad, resolve_padding, transpose_geometry
 from cnnkit.layers.pool_same import (
     AvgPool1dSame,
@@ -722,11 +724,8 @@ def _batchnorm(cfg: dict, shape: tuple[int, ...]) -> _Layer:
     if cfg.get("renorm") or cfg.get("synchronized") or cfg.get("virtual_batch_size"):
         raise CnnkitError(f"BatchNormalization {cfg.get('name')!r} uses renorm/virtual batches; not read")
     scale, center = bool(cfg.get("scale", True)), bool(cfg.get("center", True))
-    bn = {1: nn.BatchNorm1d, 2: nn.BatchNorm1d, 3: nn.BatchNorm2d, 4: nn.BatchNorm3d}[len(shape)](
-        shape[0],
-        eps=_epsilon(cfg, "BatchNormalization"),
-        momentum=round(1 - cfg.get("momentum", 0.99), 12),
-        affine=scale and center,
+    bn = batch_normalization(
+        shape, cfg.get("momentum", 0.99), _epsilon(cfg, "BatchNormalization"), affine=scale and center
     )
     if not (scale and center):  # Keras dropped gamma (scale=False) or beta (center=False): only the others learn
         bn.weight = nn.Parameter(torch.ones(shape[0])) if scale else None

@@ -2,7 +2,8 @@
 
 The ``"network"`` entry of a checkpoint's metadata is one of
 - ``{"kind": "zoo", "name": "resnet18"}``: a registered model (``num_classes``/``input_size`` beside it);
-- ``{"kind": "spec", "spec": {...}}``: the Keras-style spec itself (not the path of its file);
+- ``{"kind": "spec", "spec": {...}, "version": 2}``: the Keras-style spec itself (not the path of its
+  file) and the spec version it was built with (``cnnkit.models.spec.SPEC_VERSION``; none: 1);
 - ``{"kind": "modules", "tree": {...}}``: a tree of plain ``torch.nn`` layers (``Sequential``,
   ``Conv2d``, ``BatchNorm2d``, ``ReLU``, ``Linear``...) with their constructor arguments -- what a
   ``file.py:factory`` returning an ``nn.Sequential`` is saved as, so it loads without its file;
@@ -96,9 +97,9 @@ _MAX_LAYERS = 10_000
 def describe(model: str, net: nn.Module | None = None) -> dict:
     """The ``"network"`` entry for a network built from ``model`` (what the user typed at training)."""
     if model.endswith((".yaml", ".yml", ".json")):
-        from cnnkit.models.spec import load_spec
+        from cnnkit.models.spec import SPEC_VERSION, load_spec
 
-        return {"kind": "spec", "spec": load_spec(model)}
+        return {"kind": "spec", "spec": load_spec(model), "version": SPEC_VERSION}
     if ".py:" in model:
         tree = describe_modules(net) if net is not None else None
         if tree is not None:
@@ -251,7 +252,8 @@ def build(
                 f"{source}: the network's spec file {spec} is gone; this checkpoint (from an "
                 "older cnnkit) stored only its path: restore the file or retrain"
             )
-        make = lambda: build_from_spec(spec, logits=True)[0]  # noqa: E731
+        version = spec_version(network, source)
+        make = lambda: build_from_spec(spec, logits=True, version=version)[0]  # noqa: E731
     elif kind == "modules":
         make = lambda: build_modules(network.get("tree"))  # noqa: E731
     elif kind == "keras":  # a converted Keras model: its own config, rebuilt by the Keras reader (no code run)
@@ -259,6 +261,41 @@ def build(
     else:
         raise CnnkitError(f"{source}: unknown network kind {str(kind)[:40]!r}; expected zoo, spec, modules or keras")
     return _sized(make, source, input_size)
+
+
+def spec_version(network: dict, source: str) -> int:
+    """The spec version a spec run's network was built with: the one it names, 1 where it names none
+    (cnnkit 0.1.0's runs); one this cnnkit does not build is refused."""
+    from cnnkit.models.spec import SPEC_VERSIONS
+
+    version = network.get("version", 1) if network.get("kind") == "spec" else 1
+    if type(version) is not int or version not in SPEC_VERSIONS:
+        raise CnnkitError(
+            f"{source}: the network's spec version {str(version)[:20]!r} is not one this cnnkit builds "
+            f"({', '.join(map(str, SPEC_VERSIONS))}); load it with the cnnkit that trained it"
+        )
+    return version
+
+
+def check_resumable(network: dict, source: str) -> None:
+    """Refuse to train on a spec run whose spec version builds its network otherwise than this
+    cnnkit's (:data:`cnnkit.models.spec.SPEC_VERSION`): the run trains what its spec file builds."""
+    if not isinstance(network, dict) or network.get("kind") not in ("spec", "spec_file"):
+        return
+    from cnnkit.models.spec import SPEC_VERSION, build_from_spec
+
+    version = spec_version(network, source)
+    if version == SPEC_VERSION:
+        return
+    spec = network.get("spec") if network.get("kind") == "spec" else network.get("path")
+    with on_meta():
+        built, now = (repr(build_from_spec(spec, logits=True, version=v)[0]) for v in (version, SPEC_VERSION))
+    if built != now:
+        raise CnnkitError(
+            f"{source} was trained with spec version {version}, where a 'valid' conv2d_transpose whose stride "
+            f"exceeds its kernel is shorter than Keras' (this cnnkit trains version {SPEC_VERSION}): it cannot be "
+            "resumed; evaluate, predict or export it as it is, or start a new run without --resume"
+        )
 
 
 def _class_scores(name: str, source_classes: int, num_classes: int, in_channels: int) -> nn.Module:

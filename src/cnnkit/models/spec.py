@@ -210,11 +210,9 @@ def _pool(kind: str, rank: int, pool_size=2, strides=None, padding="valid"):
 
 
 def _batch_norm(shape, momentum=0.99, epsilon=1e-3, center=True, scale=True):
-    cls = {1: nn.BatchNorm1d, 2: nn.BatchNorm1d, 3: nn.BatchNorm2d, 4: nn.BatchNorm3d}[len(shape)]
     if not center == scale:
         raise CnnkitError("batch_normalization supports center and scale both on or both off")
-    # Keras' momentum keeps the old value (0.99); PyTorch's weighs the new one (0.01)
-    return cls(shape[0], eps=epsilon, momentum=1 - momentum, affine=center)
+    return L.batch_normalization(shape, momentum, epsilon, affine=center)
 
 
 def _dense(shape, units, use_bias=True):
@@ -292,6 +290,25 @@ _ALIASES = {
     "separableconv2d": "separable_conv2d",
     "depthwiseconv2d": "depthwise_conv2d",
     "conv2dtranspose": "conv2d_transpose",
+}
+
+
+def _pytorch_valid(conv: nn.Module, padding) -> nn.Module:
+    """A "valid" transposed convolution without the positions past its kernel's reach (spec version 1)."""
+    if padding == "valid":
+        conv.output_padding = (0, 0)
+    return conv
+
+
+# The spec version a network is built with, saved with each run, so that a run is rebuilt as it was
+# trained: 1 (cnnkit 0.1.0) builds a "valid" conv2d_transpose as PyTorch's ConvTranspose2d,
+# (L - 1) s + k' long (k' the dilated kernel); 2 as Keras' Conv2DTranspose, (L - 1) s + max(k', s).
+# The two differ only where the stride exceeds the dilated kernel.
+SPEC_VERSION = 2
+# version -> the builders that differ from :data:`_BUILDERS`
+SPEC_VERSIONS: dict[int, dict] = {
+    1: {"conv2d_transpose": lambda s, **a: _pytorch_valid(_conv_transpose(s[0], **a), a.get("padding", "valid"))},
+    2: {},
 }
 _TAKES_ACTIVATION = {"conv1d", "conv2d", "conv3d", "separable_conv2d", "depthwise_conv2d", "conv2d_transpose", "dense"}
 for _act in [a for a in _ACTIVATIONS if a]:
@@ -381,11 +398,18 @@ def _brief(value, n: int = 60) -> str:
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
-def build_from_spec(spec, logits: bool = False) -> tuple[nn.Module, tuple[int, ...] | None]:
+def build_from_spec(
+    spec, logits: bool = False, version: int = SPEC_VERSION
+) -> tuple[nn.Module, tuple[int, ...] | None]:
     """Build the network of a spec (a path or an already loaded mapping). Returns (model, input size).
 
     ``logits=True`` drops a final softmax/sigmoid (for training with a cross-entropy loss).
+    ``version`` is the meaning the spec is built with (:data:`SPEC_VERSION`; a saved run names its own).
     """
+    if type(version) is not int or version not in SPEC_VERSIONS:
+        raise CnnkitError(
+            f"spec version {_brief(repr(version))} is not one this cnnkit builds ({', '.join(map(str, SPEC_VERSIONS))})"
+        )
     if not isinstance(spec, dict):
         if not isinstance(spec, (str, Path)):
             raise CnnkitError(
@@ -415,6 +439,7 @@ def build_from_spec(spec, logits: bool = False) -> tuple[nn.Module, tuple[int, .
                 + (f"; did you mean {', '.join(close)}?" if close else f"; known types: {', '.join(layer_types())}")
             )
         builder, base = _BUILDERS[kind]
+        builder = SPEC_VERSIONS[version].get(kind, builder)
         counters[base] = counters.get(base, 0) + 1
         name = str(args.pop("name", f"{base}_{counters[base]}"))
         if name in shapes:

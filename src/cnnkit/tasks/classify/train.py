@@ -34,16 +34,17 @@ from cnnkit.engine.runfolder import (
     atomic_write_bytes,
     check_new_run,
     read_checkpoint,
+    read_info,
     read_split,
     with_free_settings,
 )
 from cnnkit.errors import CnnkitError
 from cnnkit.models import model_info
 from cnnkit.models.deploy import Classifier
-from cnnkit.models.network import build_network, model_reference, trusted_resume_model
+from cnnkit.models.network import build_network, check_resumable, model_reference, trusted_resume_model
 from cnnkit.tasks.classify.config import TrainConfig, validate
 from cnnkit.tasks.classify.evaluate import evaluate
-from cnnkit.tasks.classify.load import load_classifier, save_ensemble
+from cnnkit.tasks.classify.load import load_classifier, network_of, save_ensemble
 from cnnkit.tasks.classify.task import ClassifyTask
 
 
@@ -332,6 +333,10 @@ def _resumed_config(out: Path, cfg: TrainConfig) -> TrainConfig:
             f"{out} is one member of the ensemble in {out.parent}; resume the ensemble: "
             f"`cnnkit train --resume --out {out.parent}`"
         )
+    for model_file in (out / MODEL_FILE, out / "member0" / MODEL_FILE):  # the run's, or its first member's
+        if model_file.is_file():
+            check_resumable(network_of(read_info(model_file)), str(out))
+            break
     return with_free_settings(replace(stored, model=trusted_resume_model(stored.model, cfg.model)), cfg)
 
 
