@@ -305,6 +305,27 @@ def test_package_docstring_names_every_task_package():
     assert not [name for name in tasks if f"``{name}``" not in doc and f"cnnkit.tasks.{name}`" not in doc]
 
 
+def test_package_docstrings_name_each_of_their_modules():
+    """The packages whose docstring maps their files (the list of tasks, every task package, the
+    engine, ...) name each module they hold, so that a new file gets its line for the next reader."""
+    import pkgutil
+
+    import cnnkit.tasks
+
+    tasks = [f"cnnkit.tasks.{m.name}" for m in pkgutil.iter_modules(cnnkit.tasks.__path__) if m.ispkg]
+    packages = ["cnnkit.analysis", "cnnkit.data", "cnnkit.engine", "cnnkit.layers", "cnnkit.metrics"]
+    missing = []
+    for name in [*packages, "cnnkit.serve", "cnnkit.tasks", *tasks]:
+        package = importlib.import_module(name)
+        doc = package.__doc__ or ""
+        missing += [
+            f"{name}.{m.name}"
+            for m in pkgutil.iter_modules(package.__path__)
+            if not m.name.startswith("_") and not re.search(rf"\b{m.name}\b", doc)
+        ]
+    assert not missing, "name these modules in their package's docstring:\n" + "\n".join(missing)
+
+
 def test_api_page_shows_docstring_roles_as_code():
     hooks = _hooks()
 

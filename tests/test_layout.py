@@ -1,6 +1,8 @@
 """The package's shape: dependencies point one way, and no import cycle hides behind a deferred import.
 
-Layers, lowest first (a module may import from its own layer's package and from lower layers only):
+Layers, lowest first (a module may import from its own package and from lower layers; the packages
+of one layer import each other only on the layers of errors, ops and cli: ``download`` raises
+``errors``' CnnkitError, ``cli`` starts ``serve``):
 
     errors, console, download       the one error type, printing, the one module that touches the network
     _lazy                           lazy re-exports for package __init__ files
@@ -51,17 +53,56 @@ def _modules() -> dict[str, Path]:
     return out
 
 
-def _imports(path: Path, modules: dict[str, Path], top_only: bool) -> set[tuple[str, int]]:
-    """(cnnkit module imported, line) for every import in the file (module level only: ``top_only``)."""
+def _lazy_names() -> dict[str, str]:
+    """``cnnkit``'s lazily re-exported names -> the module each is imported from (``cnnkit._LAZY``)."""
+    for node in ast.parse((SRC / "cnnkit" / "__init__.py").read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "_LAZY" for t in node.targets):
+            return ast.literal_eval(node.value)
+    return {}
+
+
+def _walk(tree: ast.AST, top_only: bool) -> list[ast.AST]:
+    """Every node of ``tree``; with ``top_only``, those that run on import (no function's body, nor
+    what ``if TYPE_CHECKING:`` holds)."""
+    if not top_only:
+        return list(ast.walk(tree))
+    found, todo = [], list(ast.iter_child_nodes(tree))
+    while todo:
+        node = todo.pop()
+        found.append(node)
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            todo.extend(node.orelse)
+        elif not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            todo.extend(ast.iter_child_nodes(node))
+    return found
+
+
+def _imports(path: Path, modules: dict[str, Path], top_only: bool, src: Path = SRC) -> set[tuple[str, int]]:
+    """(cnnkit module imported, line) for every import in the file (those that run on import only:
+    ``top_only``): absolute and relative imports, ``from cnnkit import NAME`` of a lazily re-exported
+    name (the module that defines it), and ``import_module("cnnkit....")`` of a literal name."""
     tree = ast.parse(path.read_text())
-    nodes = tree.body if top_only else list(ast.walk(tree))
+    package = ".".join(path.relative_to(src).with_suffix("").parts)
+    if path.name != "__init__.py":
+        package = package.rpartition(".")[0]
+    lazy = _lazy_names()
     found = set()
-    for node in nodes:
+    for node in _walk(tree, top_only):
         names = []
-        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module.startswith("cnnkit"):
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the file's package, one package up per further dot
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parts, base] if base else parts)
+            if base == "cnnkit" or base.startswith("cnnkit."):
+                names = [base] + [f"{base}.{a.name}" for a in node.names]
+                names += [lazy[a.name] for a in node.names if base == "cnnkit" and a.name in lazy]
         elif isinstance(node, ast.Import):
             names = [a.name for a in node.names if a.name.startswith("cnnkit")]
+        elif isinstance(node, ast.Call) and node.args:
+            fn, arg = node.func, node.args[0]
+            if getattr(fn, "attr", getattr(fn, "id", None)) == "import_module" and isinstance(arg, ast.Constant):
+                names = [arg.value] if isinstance(arg.value, str) and arg.value.startswith("cnnkit") else []
         for n in names:
             if n in modules:
                 found.add((n, node.lineno))
@@ -76,6 +117,30 @@ def _layer(module: str) -> str:
 def test_every_package_has_a_layer():
     layers = {_layer(m) for m in _modules()} - {"cnnkit"}
     assert layers <= set(RANK), f"give these a layer in RANK: {sorted(layers - set(RANK))}"
+
+
+def test_every_form_of_import_is_read(tmp_path):
+    """Relative imports, a lazily re-exported name and ``import_module`` count, deferred or not;
+    what ``if TYPE_CHECKING:`` holds counts only with the deferred imports."""
+    f = tmp_path / "cnnkit" / "models" / "fake.py"
+    f.parent.mkdir(parents=True)
+    f.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "from importlib import import_module\n"
+        "from ..data import images\n"
+        "from . import resnet\n"
+        "if TYPE_CHECKING:\n"
+        "    from cnnkit.engine import loop\n"
+        "PLOTS = import_module('cnnkit.plots')\n"
+        "def later():\n"
+        "    from cnnkit import load, CnnkitError\n"
+        "    return import_module('cnnkit.tasks.export')\n"
+    )
+    modules = _modules()
+    top = {m for m, _ in _imports(f, modules, top_only=True, src=tmp_path)}
+    every = {m for m, _ in _imports(f, modules, top_only=False, src=tmp_path)}
+    assert top == {"cnnkit.data", "cnnkit.data.images", "cnnkit.models", "cnnkit.models.resnet", "cnnkit.plots"}
+    assert every - top == {"cnnkit", "cnnkit.engine", "cnnkit.engine.loop", "cnnkit.tasks.load", "cnnkit.tasks.export"}
 
 
 def test_no_module_imports_from_a_layer_above_it():

@@ -8,7 +8,7 @@ The public API is re-exported lazily so that ``import cnnkit`` stays cheap:
 - ``cnnkit.load(path)`` -- a trained run of any task as an eval-mode ``nn.Module`` (never runs code
   from the file: ``trust_code=True, factory="net.py:build"`` for a network only Python builds)
 - ``cnnkit.to_fcn(model)`` -- dense heads turned into convolutions
-- ``cnnkit.load_keras(path)`` -- a Keras ``.keras`` / ``.h5`` model as a PyTorch network (read as data)
+- ``cnnkit.load_keras(path)`` -- a Keras ``.keras`` / ``.h5`` model as ``(network, input_size)`` (read as data)
 - ``cnnkit.export_onnx(model, example, path)`` / ``cnnkit.OnnxModel(path)`` -- ONNX out, checked in ONNX Runtime
 
 Every function here raises :class:`CnnkitError` (and nothing else) for input it cannot use: a bad

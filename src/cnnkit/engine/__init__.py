@@ -3,6 +3,10 @@
 - :mod:`.task` -- the :class:`Task` protocol (batches, loss, evaluate, deployable, describe) and
   the :class:`Plan` of :class:`Phase` s the loop trains by (what trains, at which learning rates)
 - :mod:`.loop` -- :func:`fit`: progress, validation, EMA, NaN guard, checkpoints, resume, DDP
+- :mod:`.config` -- :class:`~cnnkit.engine.config.RunConfig` (the fields every task shares), the
+  command-line flags made from it, the process's threads and freed-memory policy
+- :mod:`.optim` -- optimizers and learning-rate schedules; :mod:`.precision` -- fp32 or bf16 autocast
+- :mod:`.runfolder` -- the run folder: atomic writes, checkpoints without pickles, exact resume
 - :mod:`.distributed`, :mod:`.ema` -- processes under torchrun; weight averaging
 """
 

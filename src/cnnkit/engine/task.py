@@ -1,8 +1,8 @@
 """What the engine asks of a task, and what a task receives: the plan of phases it trains by.
 
-A task (one per package of :mod:`cnnkit.tasks`: classify, detect, segment, instance, generate) supplies what
-differs: batches (augmentation included), the loss -- or, for a task that is not one loss, the whole
-step (a GAN's two alternating updates) --, validation metrics, and the module ``cnnkit.load`` returns. A
+A task (one per package of :mod:`cnnkit.tasks`, in its ``task.py``) supplies what differs: batches
+(augmentation included), the loss -- or, for a task that is not one loss, the whole step (a GAN's
+two alternating updates) --, validation metrics, and the module ``cnnkit.load`` returns. A
 :class:`Plan` says what trains when: one :class:`Phase` for ordinary training, one per stage for
 fine-tuning. The engine (:mod:`cnnkit.engine.loop`) does everything else.
 """
@@ -72,9 +72,8 @@ class Task(Protocol):
 
     :func:`~cnnkit.engine.fit` calls ``summary`` once, then per epoch ``batches`` and ``loss`` for
     each step, ``evaluate`` to validate, and ``deployable`` / ``describe`` to save the model that
-    ``cnnkit.load`` rebuilds. Implementations: :class:`~cnnkit.tasks.classify.ClassifyTask`,
-    :class:`~cnnkit.tasks.detect.DetectTask`, :class:`~cnnkit.tasks.segment.SegmentTask`,
-    :class:`~cnnkit.tasks.instance.InstanceTask`, :class:`~cnnkit.tasks.generate.GenerateTask`.
+    ``cnnkit.load`` rebuilds. Implementations: the ``task.py`` of each task package, e.g.
+    :class:`~cnnkit.tasks.classify.ClassifyTask`, :class:`~cnnkit.tasks.generate.GenerateTask`.
 
     A task whose step is not "one loss, one backward, one optimizer step" (a GAN: the discriminator's
     update, then the generator's) defines ``step(model, batch, optimizers) -> stats`` as well: the

@@ -16,6 +16,7 @@
 - :mod:`.divisible` -- ``make_divisible`` channel rounding (MobileNets, SE)
 - :mod:`.upsample` -- ``BilinearConvTranspose2d`` (FCN's bilinear-initialised upsampling), ``Upsample``, ``resize``
 - :mod:`.aspp` -- ``AtrousConv2d``, ``ASPP`` (DeepLab-v3)
+- :mod:`.bf16` -- which convolutions run in fp32 under CPU bf16 autocast (``guard_bf16``), ``is_depthwise``
 """
 
 from cnnkit.layers.act import activation_names, get_activation

@@ -1,4 +1,8 @@
-"""The model zoo: the classic CNNs, with the state-dict names of their reference implementations."""
+"""The model zoo and model building: one registry (:mod:`._registry`, each entry tagged with its task),
+one family per file (the classic CNNs with the state-dict names of their reference implementations,
+and the detection, segmentation, series, video, style and GAN networks), network specs
+(:mod:`.spec`, :mod:`.network`), feature pyramids of any backbone (:mod:`.features`) and
+shapes-only builds on the meta device (:mod:`.meta`)."""
 
 from importlib import import_module
 

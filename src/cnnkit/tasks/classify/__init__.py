@@ -1,8 +1,8 @@
 """classify: image classification -- train from scratch, fine-tune a pretrained network, evaluate, predict.
 
 The files have the same roles in every task (config, task, train, evaluate, predict, load); classify
-adds fine-tuning (``finetune``), dense heads turned into convolutions (``fcn``) and Keras import
-(``convert``).
+adds fine-tuning (``finetune``), dense heads turned into convolutions (``fcn``), Keras import
+(``convert``), what ``cnnkit explain`` explains (``explain``) and a run's figures (``plot``).
 """
 
 from typing import TYPE_CHECKING

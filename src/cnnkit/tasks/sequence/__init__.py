@@ -1,6 +1,7 @@
 """sequence: time-series classification with 1-D CNNs (FCN, ResNet, InceptionTime) on UCR-style files.
 
-The files have the same roles in every task (config, data, task, train, evaluate, predict, load).
+The files have the same roles in every task (config, data, task, train, evaluate, predict, load);
+``rocket`` fits MultiRocket, and ``explain`` draws a class activation map over a series.
 """
 
 from typing import TYPE_CHECKING
