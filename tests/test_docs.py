@@ -391,3 +391,106 @@ def test_runnable_commands_succeed(tmp_path):
         if r["code"] != 0
     ]
     assert not failed, "\n".join(failed)
+
+
+NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
+
+
+def _shape(line: str) -> str:
+    """A printed line with its numbers masked: what a shown output keeps from one run to the next."""
+    return NUMBER.sub("#", line.strip())
+
+
+def _shown_output(page: Path, command: str) -> list[str]:
+    """The non-empty lines of the ```text block that follows the shell block holding ``command``."""
+    text = page.read_text(encoding="utf-8")
+    pattern = re.escape(command) + r"\n```\n(?:(?!```).*\n)*?```text\n([\s\S]*?)```"
+    found = re.search(pattern, text)
+    assert found, f"{page.relative_to(REPO)}: no ```text block after `{command}`"
+    return [line for line in found[1].splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_readme_shows_what_a_training_run_prints_after_its_summary(data_dir, tmp_path, monkeypatch, capsys):
+    # the README's first training command on fewer images, on a CPU without native bf16 (the
+    # README's hardware): every line after the summary, numbers masked, is the one the README shows
+    from cnnkit.cli import main
+    from cnnkit.engine import precision
+
+    shown = _shown_output(README, "cnnkit train --data-dir ../shared/data --subset 10000 --epochs 2 --out runs/mnist")
+    monkeypatch.setattr(precision, "native_bf16", lambda device: False)
+    monkeypatch.delenv("COLUMNS", raising=False)  # the README's lines unwrapped, as in a pipe (xdist sets 80)
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--data-dir", str(data_dir), "--subset", "1000", "--epochs", "2", "--out", "runs/mnist"]
+    assert main([*argv, "--threads", "1"]) in (0, None)
+    printed = capsys.readouterr().out.splitlines()
+    # the summary ends with its "why they differ" paragraph and an empty line
+    why = max(i for i, line in enumerate(printed) if line.startswith("why they differ:"))
+    end = next(i for i in range(why, len(printed)) if not printed[i].strip())
+    after = [line for line in printed[end:] if line.strip()]
+    assert [_shape(line) for line in after] == [_shape(line) for line in shown]
+
+
+def test_workbench_page_names_every_field_a_json_route_reads():
+    # a script written from the route table gets what the table says: each JSON route is run on a
+    # body that records the keys it reads, and each key is named in that route's row (or the row it
+    # says it is "as")
+    from cnnkit.serve import analyse, conv
+    from cnnkit.serve.limits import Limits
+
+    class Recording(dict):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.read: set = set()
+
+        def get(self, key, default=None):
+            self.read.add(key)
+            return super().get(key, default)
+
+        def __getitem__(self, key):
+            self.read.add(key)
+            return super().__getitem__(key)
+
+    page = (DOCS / "guides" / "workbench.md").read_text(encoding="utf-8")
+    rows = {m[1]: m[2] for m in re.finditer(r"^\| `(/api/[a-z/]+)` \| [^|]+ \| ([^|]*) \|", page, re.MULTILINE)}
+
+    def documented(route: str) -> set:
+        cell = rows[route]
+        named = set(re.findall(r"`([a-z_]+)`", cell))
+        for other in re.findall(r"as `(/api/[a-z/]+)`", cell):
+            named |= documented(other)
+        return named
+
+    limits = Limits()
+    analyser = analyse.Analyser(limits)
+    spec = {"target": "keras_mnist_convnet", "input": "1x28x28", "batch": 2, "dtype": "float32", "optimizer": "sgd"}
+    bodies = {
+        "/api/conv": (Recording(input=[8, 8], kernel=3, stride=2, padding="same", dilation=1), conv.conv_arithmetic),
+        "/api/analyse": (Recording(spec), lambda b: analyser.run("summary", b, analyse.summary_json)),
+        "/api/timeline": (Recording(spec), lambda b: analyser.run("timeline", b, analyse.timeline_json)),
+        "/api/fit": (
+            Recording(spec, memory="8MB", fit_batch=64),
+            lambda b: analyser.run("fit", b, analyse.fit_json(b, limits)),
+        ),
+    }
+    unnamed = {}
+    try:
+        for route, (body, call) in bodies.items():
+            call(body)
+            if body.read - documented(route):
+                unnamed[route] = sorted(body.read - documented(route))
+    finally:
+        analyser.close()
+    assert not unnamed, f"docs/guides/workbench.md's route table leaves out fields the routes read: {unnamed}"
+
+
+def test_zoo_task_help_names_every_task():
+    import argparse
+
+    from cnnkit.cli import build_parser
+    from cnnkit.models import list_models, model_info
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    task = next(a for a in sub.choices["zoo"]._actions if "--task" in a.option_strings)
+    named = set(re.findall(r"[a-z_]+", task.help.split(":", 1)[1])) - {"default"}
+    assert named == {model_info(name).task for name in list_models(task=None)} | {"all"}, task.help

@@ -20,7 +20,8 @@ def register(subparsers) -> None:
     p.add_argument(
         "--task",
         default="classify",
-        help="the models of this task: classify (default) | detect | segment | instance | all",
+        help="the models of this task: classify (default) | detect | segment | instance | generate | style | video | "
+        "video_predict | all",
     )
     add_format(p)
     p.set_defaults(func=run_zoo)

@@ -1,5 +1,5 @@
 """The analyse page's requests: a zoo name or a typed YAML spec -> ``cnnkit summary``, the memory
-timeline of a training step, and ``cnnkit fit``.
+timeline of a training step, and ``cnnkit memory``.
 
 Targets are never paths and never Python: a string is a zoo name, or spec text parsed with
 ``yaml.safe_load`` (aliases refused, size and numbers bounded) and built by
@@ -250,7 +250,7 @@ def timeline_json(target, input_size, batch_size, dtype, optimizer, max_points: 
 
 
 def fit_json(body: dict, limits: Limits):
-    """``cnnkit fit`` for the body's ``memory`` (e.g. "8GiB") and optional ``fit_batch``."""
+    """``cnnkit memory`` for the body's ``memory`` (e.g. "8GiB") and optional ``fit_batch`` (its ``--batch``)."""
     from cnnkit.analysis import memory_plan
 
     memory = body.get("memory", "8GiB")

@@ -1,4 +1,4 @@
-// Analyse: cnnkit summary, the memory timeline of a training step, and cnnkit fit, drawn.
+// Analyse: cnnkit summary, the memory timeline of a training step, and cnnkit memory, drawn.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
