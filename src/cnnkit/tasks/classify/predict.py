@@ -30,7 +30,7 @@ def run_loader(model: nn.Module) -> Callable[[str | Path], torch.Tensor] | None:
     from cnnkit.data.imagefolder import decode_image
 
     info = getattr(model, "info", None)
-    reading = folder_reading(info if isinstance(info, dict) else {}, model.input_size)
+    reading = folder_reading(info if isinstance(info, dict) else {}, getattr(model, "input_size", None))
     if reading is None:
         return None
     crop, interpolation = reading
