@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     from cnnkit.engine.precision import cpu_name
     from cnnkit.engine.runfolder import resolve, run_photos
     from cnnkit.tasks.segment.config import SegmentConfig
-    from cnnkit.tasks.segment.data import load_splits
+    from cnnkit.tasks.segment.data import PARTS, load_splits
     from cnnkit.tasks.segment.load import load_segmenter
     from cnnkit.tasks.segment.predict import image_logits, write_prediction
 
@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     cfg = SegmentConfig.from_dict(model.info["config"], strict=False)
     cfg.data_dir = args.data_dir
     names = run_photos(resolve(run), cfg.data)  # the run's own photos, as `segment eval`
-    parts = dict(zip(("train", "val", "test"), load_splits(cfg, own_size=True, split=names)[:3]))
+    parts = dict(zip(PARTS, load_splits(cfg, own_size=True, split=names, parts=(args.split,))[:3]))
     data = parts[args.split]
     print(
         f"{run}: {args.split} split, {len(data)} photos; test-time procedure: tta {model.tta or 'none'}, "

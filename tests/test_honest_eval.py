@@ -66,11 +66,23 @@ def test_predict_reads_a_folder_runs_photos_as_training_and_eval_do(tmp_path, ki
     assert torch.allclose(got, want, atol=1e-6)
 
 
+def recipe_test_time() -> str:
+    """The Penn-Fudan recipe's test-time procedure as flags: flip TTA and its test scales."""
+    from cnnkit.tasks.segment.config import DATA_DEFAULTS
+
+    recipe = DATA_DEFAULTS["pennfudan"]
+    return f"--tta {recipe['tta']} --test-scale {' '.join(map(str, recipe['test_scale']))}"
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
+    """A short run on photos longer than its max_side, answering by the Penn-Fudan recipe's test-time
+    procedure (flipped and rescaled views averaged); trained long enough to draw the square (after 3
+    epochs it calls every pixel class 1, a map no procedure changes)."""
     tmp = tmp_path_factory.mktemp("honest")
     data, out = photos(tmp / "data"), tmp / "run"
-    argv = "--arch unet --model unet --width 4 --epochs 3 --batch-size 4 --crop 16 --max-side 20 --lr 0.02"
+    argv = "--arch unet --model unet --width 4 --epochs 15 --batch-size 4 --crop 16 --max-side 20 --lr 0.02 "
+    argv += recipe_test_time()
     assert (
         main(["segment", "train", "--data", str(data), *argv.split(), "--threads", "1", "--out", str(out), "--quiet"])
         == 0
@@ -90,16 +102,29 @@ def test_split_has_train_val_test_and_validation_never_sees_test(run):
 
 
 def test_eval_equals_scoring_predicts_files_at_own_size(run, tmp_path, capsys):
+    from cnnkit.data.images import read_pixels
+    from cnnkit.tasks.segment.config import DATA_DEFAULTS
+    from cnnkit.tasks.segment.load import load_segmenter
+    from cnnkit.tasks.segment.predict import predict_image
+
     data, out = run
+    model = load_segmenter(out)  # the recipe's test-time procedure is what both commands run
+    recipe = DATA_DEFAULTS["pennfudan"]
+    assert (model.tta, model.test_scale) == (recipe["tta"], tuple(recipe["test_scale"])) != ("", (1.0,))
     split = json.loads((out / "split.json").read_text())
     tests = [data / "images" / n for n in split["test"]]
     assert main(["segment", "predict", str(out), *map(str, tests), "--out", str(tmp_path / "pred")]) == 0
     meter = SegmentationMeter(2, 255, 3, ["background", "1"])
+    changed = 0  # pixels the test-time procedure decides: the comparison below can tell the procedures apart
     for path in tests:
         pred = torch.from_numpy(np.array(Image.open(tmp_path / "pred" / path.name))).long()
         truth = torch.from_numpy(np.array(Image.open(data / "masks" / path.name))).long()
         assert pred.shape == truth.shape and max(truth.shape) > 20  # the photo's own size, not max_side
+        assert set(pred.unique().tolist()) == {0, 1}  # the square drawn, not one class everywhere
+        with model.without_tta():
+            changed += int((predict_image(model, read_pixels(path), 20) != pred).sum())
         meter.update(pred, truth)
+    assert changed > 0
     mine = meter.compute()
     capsys.readouterr()
     assert main(["segment", "eval", str(out), "--format", "json"]) == 0

@@ -21,6 +21,7 @@ antialiased) and its mask (nearest) so the longer side is at most that many pixe
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,6 +134,7 @@ def mask_folder(
     classes: list[str] | None = None,
     names: list[str] | None = None,
     instances: bool = False,
+    own_size: Collection[str] = (),
 ) -> SegmentationSet:
     """A folder of images beside a folder of PNG masks (palette or grey: the value is the class, 255 ignore).
 
@@ -147,6 +149,8 @@ def mask_folder(
         instances: a VOC folder's instance ids too, from ``SegmentationObject/NAME.png`` (palette or
             grey, 0 background, 1..n the objects; VOC's 255 void border counts as no object) into
             ``instances``; the photos read are those with both PNGs.
+        own_size: these images (and their masks) stay at their own size whatever ``max_side`` (a run's
+            test photos, scored as ``predict`` answers them).
     Raises:
         CnnkitError: naming the file: a missing image or mask, a mask of another size than its image,
         a label outside the classes, a mask that is not palette or grey; with ``instances``, a folder
@@ -156,18 +160,7 @@ def mask_folder(
     image_dir, mask_dir = _folder_pair(root)
     object_dir = voc_objects(root) if instances else None
     wanted = names
-    names = sorted(
-        p.name for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-    )
-    voc = mask_dir.name == "SegmentationClass" and wanted is None
-    if voc:  # VOC: the photos of its segmentation task are those with a mask (and, for instances, an object PNG)
-        names = [n for n in names if all((d / f"{Path(n).stem}.png").is_file() for d in (mask_dir, object_dir) if d)]
-    if not names:
-        raise CnnkitError(
-            f"no images in {image_dir} (extensions: {' '.join(IMAGE_EXTENSIONS)})"
-            + (f" with a mask in {mask_dir}" if voc else "")
-            + (f" and in {object_dir}" if voc and object_dir else "")
-        )
+    names = _photos(image_dir, mask_dir, object_dir, voc=wanted is None)
     if wanted is not None:
         gone = sorted(set(wanted) - set(names))
         if gone:
@@ -185,7 +178,8 @@ def mask_folder(
     if split != "all":
         if split not in ("train", "test"):
             raise CnnkitError(f"mask-folder splits are all, train and test. Received: split={split!r}")
-        names = split_names(names, len(names) - max(1, round(test_fraction * len(names))), seed)[split]
+        names = _seeded_split(names, test_fraction, seed)[split]
+    own_size = set(own_size)
     images, masks, labels, ids = [], [], [], []
     for n in names:
         image = read_pixels(image_dir / n)
@@ -197,9 +191,9 @@ def mask_folder(
         if object_dir:
             inst = _read_mask(object_dir / f"{Path(n).stem}.png", image)
             inst[inst == IGNORE_INDEX] = 0  # VOC's void border belongs to no object
-            _, inst = _shrink(image, inst, max_side)
+            _, inst = _shrink(image, inst, None if n in own_size else max_side)
             ids.append(inst)
-        image, mask = _shrink(image, mask, max_side)
+        image, mask = _shrink(image, mask, None if n in own_size else max_side)
         images.append(image)
         masks.append(mask)
     if num_classes is None:
@@ -313,26 +307,40 @@ def _folder_pair(root: Path) -> tuple[Path, Path]:
     )
 
 
-def mask_classes(root: str | os.PathLike, names: list[str] | None = None) -> int:
-    """The number of classes the masks of a folder hold (:func:`_inferred_classes`: 0..the largest label,
-    each present in some mask), counted over every photo a run splits, so that a class whose photos
-    all fall in the test split is still a class.
+def folder_split(root: str | os.PathLike, test_fraction: float = 0.2, seed: int = 0) -> dict[str, list[str]]:
+    """The seeded split of a mask folder's photos that :func:`mask_folder` reads with ``split="train"``
+    and ``split="test"``: ``{"train": names, "test": names}``, ``test_fraction`` of them (at least 1) held out.
 
     Args:
-        root: a folder :func:`mask_folder` reads.
-        names: these photos (a run's split); None: every photo with a mask.
+        root: a folder :func:`mask_folder` reads (VOC's: the photos with a mask).
+        test_fraction: the share of the photos held out to test.
+        seed: the permutation's seed (:func:`~cnnkit.data.pennfudan.split_names`).
     """
     root = Path(root).expanduser()
     image_dir, mask_dir = _folder_pair(root)
-    if names is None:
-        names = [
-            p.name for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-        ]
-    paths = [mask_dir / f"{Path(n).stem}.png" for n in sorted(names)]
-    paths = [p for p in paths if p.is_file()]  # a missing mask: mask_folder says which photo lacks it
-    if not paths:
-        raise CnnkitError(f"no masks in {mask_dir} for the images of {image_dir}")
-    return _inferred_classes([torch.unique(_read_mask(p)) for p in paths], paths)
+    return _seeded_split(_photos(image_dir, mask_dir, None, voc=True), test_fraction, seed)
+
+
+def _photos(image_dir: Path, mask_dir: Path, object_dir: Path | None, voc: bool) -> list[str]:
+    """The images of ``image_dir``, sorted; with ``voc`` in a VOC folder, only the photos of its
+    segmentation task: those with a mask (and, for instances, an object PNG)."""
+    names = sorted(
+        p.name for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    )
+    voc = voc and mask_dir.name == "SegmentationClass"
+    if voc:
+        names = [n for n in names if all((d / f"{Path(n).stem}.png").is_file() for d in (mask_dir, object_dir) if d)]
+    if not names:
+        raise CnnkitError(
+            f"no images in {image_dir} (extensions: {' '.join(IMAGE_EXTENSIONS)})"
+            + (f" with a mask in {mask_dir}" if voc else "")
+            + (f" and in {object_dir}" if voc and object_dir else "")
+        )
+    return names
+
+
+def _seeded_split(names: list[str], test_fraction: float, seed: int) -> dict[str, list[str]]:
+    return split_names(names, len(names) - max(1, round(test_fraction * len(names))), seed)
 
 
 def _read_mask(path: Path, image: torch.Tensor | None = None) -> torch.Tensor:

@@ -90,9 +90,11 @@ def from_scenes(scenes) -> DetectionSet:
 
 
 def load_split_data(
-    cfg: DetectConfig, split: dict | None = None
-) -> tuple[DetectionSet, DetectionSet, DetectionSet, dict]:
+    cfg: DetectConfig, split: dict | None = None, parts: tuple[str, ...] = ("train", "val", "test")
+) -> tuple[DetectionSet | None, DetectionSet | None, DetectionSet | None, dict]:
     """(train, validation, test, split) for a resolved config; ``split`` (names) as a run's split.json has it.
+    ``parts``: the parts of photos built (``eval`` builds the one it scores), another part None
+    (digit scenes: all three); Penn-Fudan's photos of another part are not decoded.
 
     Photos: the validation part is carved from the training names
     (:func:`~cnnkit.data.pennfudan.carve_validation`, the same for every task; a split.json without
@@ -118,7 +120,7 @@ def load_split_data(
         if cfg.data == "pennfudan":
             root = pennfudan_root(cfg.data_dir)
             split = carve_validation(split or pennfudan_split(root))
-            data = load_pennfudan(root, split["train"] + split["val"] + split["test"])
+            data = load_pennfudan(root, [n for k in ("train", "val", "test") if k in parts for n in split[k]])
         else:
             path = Path(cfg.data).expanduser()
             official = None
@@ -140,9 +142,11 @@ def load_split_data(
                     f"--data {cfg.data!r} is not pennfudan, digits, a COCO JSON file, a YOLO folder or a VOC folder"
                 )
             split = photo_split(data.names, cfg.seed, path, split, official)
-        tr = from_detections(data.subset(split["train"]), cfg.image_size)
-        va, te = (from_detections(data.subset(split[k]), cfg.test_side()) for k in ("val", "test"))
-    if cfg.subset:
+        tr, va, te = (
+            from_detections(data.subset(split[k]), size) if k in parts else None
+            for k, size in (("train", cfg.image_size), ("val", cfg.test_side()), ("test", cfg.test_side()))
+        )
+    if cfg.subset and tr is not None:
         tr = DetectionSet(
             tr.images[: cfg.subset],
             tr.boxes[: cfg.subset],

@@ -187,13 +187,15 @@ def roi_mask_targets(
 
 
 def load_instance_data(
-    cfg: InstanceConfig, split: dict | None = None
-) -> tuple[InstanceSet, InstanceSet, InstanceSet, dict]:
+    cfg: InstanceConfig, split: dict | None = None, parts: tuple[str, ...] = ("train", "val", "test")
+) -> tuple[InstanceSet | None, InstanceSet | None, InstanceSet | None, dict]:
     """(train, validation, test, split) of a resolved config: Penn-Fudan's instances on its fixed split
     with the validation part carved from the training photos
     (:func:`~cnnkit.data.pennfudan.carve_validation`), digit scenes with validation scenes of their
     own, or a user's photos (:func:`user_instances`: a COCO JSON file or a VOC folder).
-    ``split``: the photos' names as a run's split.json has them, read instead of splitting afresh."""
+    ``split``: the photos' names as a run's split.json has them, read instead of splitting afresh.
+    ``parts``: the Penn-Fudan parts read (``eval`` reads the one it scores), another part None, its
+    photos not decoded."""
     voc_classes(cfg.voc_names, cfg.data)  # --voc-names only for a VOC folder
     if cfg.data == "digits":
         from cnnkit.data.scenes import digit_scenes
@@ -222,6 +224,9 @@ def load_instance_data(
             )
         sets = []
         for part in ("train", "val", "test"):
+            if part not in parts:
+                sets.append(None)
+                continue
             s = pennfudan_segmentation(part, cfg.data_dir, names=fixed[part])
             size = cfg.image_size if part == "train" else cfg.test_side()
             sets.append(from_instances(s.images, s.instances, None, ["person"], size, s.names))
@@ -229,7 +234,7 @@ def load_instance_data(
         split = fixed
     else:
         tr, va, te, split = user_instances(cfg, split)
-    if cfg.subset:
+    if cfg.subset and tr is not None:
         k = cfg.subset
         tr = replace(
             tr,

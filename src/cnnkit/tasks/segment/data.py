@@ -49,22 +49,27 @@ def random_scale_crop(
     return img, msk
 
 
+PARTS = ("train", "val", "test")
+
+
 def load_splits(
-    cfg: SegmentConfig, own_size: bool = False, split: dict | None = None
-) -> tuple[SegmentationSet, SegmentationSet, SegmentationSet, dict]:
+    cfg: SegmentConfig, own_size: bool = False, split: dict | None = None, parts: tuple[str, ...] = PARTS
+) -> tuple[SegmentationSet | None, SegmentationSet | None, SegmentationSet | None, dict]:
     """(train, validation, test, split.json content) for a resolved config; with ``cfg.subset`` the
     training part is its first ``subset`` images (a quick check), the split kept whole.
-    :func:`_splits` says how the parts are made."""
-    train, val, test, parts = _splits(cfg, own_size, split)
-    if cfg.subset:
+    ``parts``: the parts read (``eval`` reads the one it scores); Penn-Fudan's photos of another part
+    are not decoded, and that part is None. :func:`_splits` says how the parts are made."""
+    train, val, test, names = _splits(cfg, own_size, split, parts)
+    if cfg.subset and train is not None:
         train = take(train, train.names[: cfg.subset], "train")
-    return train, val, test, parts
+    return train, val, test, names
 
 
 def _splits(
-    cfg: SegmentConfig, own_size: bool = False, split: dict | None = None
-) -> tuple[SegmentationSet, SegmentationSet, SegmentationSet, dict]:
-    """(train, validation, test, split.json content) for a resolved config.
+    cfg: SegmentConfig, own_size: bool = False, split: dict | None = None, wanted: tuple[str, ...] = PARTS
+) -> tuple[SegmentationSet | None, SegmentationSet | None, SegmentationSet | None, dict]:
+    """(train, validation, test, split.json content) for a resolved config; a Penn-Fudan part not in
+    ``wanted`` is None, its photos unread.
 
     Photos (Penn-Fudan, a mask folder): the validation part is carved from the training photos
     (:func:`~cnnkit.data.pennfudan.carve_validation`, the same for every task); train and validation
@@ -83,7 +88,7 @@ def _splits(
     from cnnkit.data.segmentation import (
         coco_segmentation,
         digit_segmentation,
-        mask_classes,
+        folder_split,
         mask_folder,
         pennfudan_segmentation,
         voc_split,
@@ -93,7 +98,7 @@ def _splits(
     if cfg.data == "pennfudan":
         parts = carve_validation(split or pennfudan_split(pennfudan_root(cfg.data_dir)))
         train, val, test = (
-            pennfudan_segmentation(k, cfg.data_dir, s, names=parts[k])
+            pennfudan_segmentation(k, cfg.data_dir, s, names=parts[k]) if k in wanted else None
             for k, s in (("train", side), ("val", side), ("test", None))
         )
         return train, val, test, parts
@@ -124,17 +129,23 @@ def _splits(
             f"Received: --data {cfg.data}"
         )
     # the run's names where given, else a VOC folder's official lists, else a seeded split of the folder's images
-    official = None if split else voc_split(cfg.data)
-    split = official[0] if official else split
-    trainval_names, test_names = (split["train"] + split.get("val", []), split["test"]) if split else (None, None)
     classes = voc_classes(cfg.voc_names, cfg.data)
-    # the classes of every photo's mask, test photos' too (a class may have photos in the test split only)
-    num_classes = len(classes) if classes else mask_classes(cfg.data, trainval_names + test_names if split else None)
-    kw = dict(num_classes=num_classes, seed=cfg.seed, classes=classes)
-    trainval = mask_folder(cfg.data, split="train", max_side=side, names=trainval_names, **kw)
-    test = mask_folder(cfg.data, split="test", names=test_names, **kw)
-    parts = with_source(carve_validation(split or {"train": trainval.names, "test": test.names}), official)
-    return take(trainval, parts["train"], "train"), take(trainval, parts["val"], "val"), test, parts
+    official = None if split else voc_split(cfg.data)
+    split = official[0] if official else split or folder_split(cfg.data, seed=cfg.seed)
+    trainval_names = split["train"] + split.get("val", [])
+    # one read of every photo: the classes counted over every mask, test photos' too (a class may have
+    # photos in the test split only), the test photos kept at their own size
+    data = mask_folder(
+        cfg.data,
+        num_classes=len(classes) if classes else None,
+        seed=cfg.seed,
+        max_side=side,
+        classes=classes,
+        names=sorted(trainval_names + split["test"]),
+        own_size=split["test"],
+    )
+    parts = with_source(carve_validation(split), official)
+    return (*(take(data, parts[k], k) for k in PARTS), parts)
 
 
 def take(data: SegmentationSet, names: list[str], part: str) -> SegmentationSet:

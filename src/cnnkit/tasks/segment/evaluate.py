@@ -11,7 +11,7 @@ from cnnkit.errors import CnnkitError
 from cnnkit.metrics.segmentation import SegmentationMeter
 from cnnkit.models.deploy import flip_tta
 from cnnkit.tasks.segment.config import SegmentConfig
-from cnnkit.tasks.segment.data import load_splits
+from cnnkit.tasks.segment.data import PARTS, load_splits
 from cnnkit.tasks.segment.load import load_segmenter
 from cnnkit.tasks.segment.predict import predict_image, predict_masks, scales
 
@@ -99,8 +99,7 @@ def evaluate_run(
     if split not in ("train", "val", "test"):
         raise CnnkitError(f"--split is train, val or test. Received: --split {split}")
     names = run_photos(resolve(path), cfg.data)  # the run's own photos
-    train_set, val_set, test_set, _ = load_splits(cfg, own_size=True, split=names)
-    sets = {"train": train_set, "val": val_set, "test": test_set}
+    sets = dict(zip(PARTS, load_splits(cfg, own_size=True, split=names, parts=(split,))))  # the scored part's photos
     out = evaluate(model, sets[split], cfg.boundary_d, max_side=cfg.max_side)
     return {
         "mIoU": out["mIoU"],
