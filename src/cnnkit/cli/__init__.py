@@ -92,10 +92,12 @@ def finished(args, line: str) -> None:
         print(line)
 
 
-def train_config(cls, args, builtin: tuple[str, ...] = ()) -> dict:
+def train_config(cls, args, builtin: tuple[str, ...] = (), recipe_weights: bool = False) -> dict:
     """The run config's values from ``--config`` and the typed flags, with paths made absolute (a run
     stores where its data is) and ``--weights none`` as None. ``builtin``: data names that are not
-    paths; one that ends in ":" is a prefix of such names (``ucr:`` for ``ucr:GunPoint``)."""
+    paths; one that ends in ":" is a prefix of such names (``ucr:`` for ``ucr:GunPoint``).
+    ``recipe_weights``: the config reads None as the recipe's own weights, so ``--weights none``
+    stays "none" (no weights), which the config resolves."""
     from pathlib import Path
 
     from cnnkit.engine.config import config_from_args
@@ -109,7 +111,7 @@ def train_config(cls, args, builtin: tuple[str, ...] = ()) -> dict:
     if data and not named:
         values["data"] = str(Path(data).expanduser().resolve())
     if isinstance(values.get("weights"), str) and values["weights"].lower() == "none":
-        values["weights"] = None
+        values["weights"] = "none" if recipe_weights else None
     return values
 
 

@@ -63,7 +63,7 @@ def run_train(args) -> int:
     from cnnkit.engine.runfolder import check_resume_settings
     from cnnkit.tasks.segment.train import train
 
-    values = train_config(SegmentConfig, args, ("pennfudan", "digits"))
+    values = train_config(SegmentConfig, args, ("pennfudan", "digits"), recipe_weights=True)
     if args.resume and not args.out:
         raise CnnkitError("--resume needs --out RUN, the run folder to continue")
     if args.resume:  # the run's own settings, the ones typed checked against them

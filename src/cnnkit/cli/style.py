@@ -74,10 +74,7 @@ def run_train(args) -> int:
     from cnnkit.engine.runfolder import RESUME_FREE, check_resume_settings
     from cnnkit.tasks.style.train import train
 
-    values = train_config(StyleTrainConfig, args)
-    typed = config_from_args(StyleTrainConfig, args).get("weights")  # before train_config made "none" None
-    if isinstance(typed, str) and typed.lower() == "none":
-        values["weights"] = "none"  # a random loss network, as `style transfer --weights none`; None means imagenet
+    values = train_config(StyleTrainConfig, args, recipe_weights=True)  # none: a random loss network; None: imagenet
     if values.get("style"):
         values["style"] = str(Path(values["style"]).expanduser().resolve())
     if args.resume and not args.out:
