@@ -79,8 +79,29 @@ def preprocessing_inside(model) -> bool:
     return any(type(layer).__name__ in ("Rescaling", "Normalization") for layer in model.layers)
 
 
+@contextlib.contextmanager
+def keras_computes_float64():
+    """Keras' type promotion as TensorFlow's: float64 stays float64.
+
+    On every backend but TensorFlow's, ``keras.backend.result_type`` turns float64 into float32 (as
+    JAX without x64), so a float64 model still computes BatchNormalization, GroupNormalization, the
+    mean and variance (global average pooling, LayerNormalization) and ``maximum`` (Normalization) in
+    float32, and its output lies ~1e-7 from float64. Keras has no public switch for it: this
+    changes its table (``keras.src.backend.common.dtypes.BIT64_TO_BIT32_DTYPE``) for the block."""
+    from keras.src.backend.common import dtypes
+
+    table = dtypes.BIT64_TO_BIT32_DTYPE
+    before = table.get("float64")
+    table["float64"] = "float64"
+    try:
+        yield
+    finally:
+        table["float64"] = before
+
+
 def keras_float64(model, path: Path, xk):
-    """Keras' logits of the saved model run in float64 (its config's float32 rewritten), on ``xk``.
+    """Keras' logits of the saved model run in float64 (its config's float32 rewritten, and
+    :func:`keras_computes_float64`), on ``xk``.
 
     A network with random weights can amplify rounding: how far Keras' float32 output lies from its
     own float64 one is the scale against which cnnkit's difference from Keras is judged."""
@@ -94,9 +115,10 @@ def keras_float64(model, path: Path, xk):
         for item in zin.infolist():
             data = zin.read(item.filename)
             zout.writestr(item, data.replace(b'"float32"', b'"float64"') if item.filename == "config.json" else data)
-    wide = keras.saving.load_model(f64, compile=False)
-    wide.layers[-1].activation = keras.activations.linear
-    out = keras.ops.convert_to_numpy(wide(xk.astype(np.float64), training=False))
+    with keras_computes_float64():
+        wide = keras.saving.load_model(f64, compile=False)
+        wide.layers[-1].activation = keras.activations.linear
+        out = keras.ops.convert_to_numpy(wide(xk.astype(np.float64), training=False))
     f64.unlink()
     return out
 
@@ -156,7 +178,11 @@ def check(name: str, model, path: Path, work: Path, raw: bool, f64: bool = False
             if f64:  # both in float64: what is left is the conversion's own difference, not rounding
                 with torch.no_grad():
                     ours64 = clf.double()(x.double()).numpy()
+                    # the bare network on Keras' own input: the conversion alone, without the run's
+                    # input normalisation (its mean and std are float32 buffers: 1/255 rounded)
+                    net64 = clf.net(torch.from_numpy(xk).double().movedim(-1, 1)).numpy()
                 row["f64_max_abs_diff"] = float(np.abs(ours64 - wide).max())
+                row["f64_net_max_abs_diff"] = float(np.abs(net64 - wide).max())
                 row["f64_max_abs_logit"] = float(np.abs(wide).max())
         row["argmax_equal"] = bool((ours.argmax(1) == ref.argmax(1)).all())
         # PyTorch keeps BatchNormalization's moving mean and variance (and Normalization's statistics)

@@ -594,6 +594,44 @@ def test_merge_of_inputs_of_different_ranks(tmp_path, op):
         assert np.abs(_ours(net, x)[0] - _keras_out(model, x)[0]).max() <= 1e-5, shape
 
 
+@pytest.fixture
+def keras_in_float64(monkeypatch):
+    """Keras running a float64 model in float64 throughout.
+
+    On every backend but TensorFlow's, Keras' type promotion (``keras.backend.result_type``) turns
+    float64 into float32, so a float64 model computes BatchNormalization, the mean and variance and
+    ``maximum`` in float32; its table is changed for the test."""
+    from keras.src.backend.common import dtypes
+
+    monkeypatch.setitem(dtypes.BIT64_TO_BIT32_DTYPE, "float64", "float64")
+    assert keras.backend.result_type("float64", "float32") == "float64"
+
+
+def test_float64_reading_is_exact(tmp_path, keras_in_float64):
+    """The read network in float64 gives Keras' float64 output to rounding: the config's constants
+    (Rescaling's 1/255, per-channel scales and offsets, epsilons) keep their precision."""
+    x_in = keras.Input((5, 6, 3))
+    x = layers.Rescaling(1 / 255.0, offset=-1 / 3)(x_in)
+    x = layers.Rescaling([1 / 3, 1 / 7, 1 / 11], offset=[0.1, -0.2, 1 / 9])(x)
+    x = layers.Normalization(mean=[0.485, 0.456, 0.406], variance=[0.229**2, 0.224**2, 0.225**2])(x)
+    x = layers.Conv2D(8, 3, padding="same")(x)
+    x = layers.BatchNormalization(epsilon=1.001e-3)(x)
+    x = layers.Activation("swish")(x)
+    x = layers.LayerNormalization(epsilon=1e-6)(x)
+    x = layers.Activation("gelu")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(x_in, layers.Dense(4)(x))
+    _randomise(model, 2)
+    model.save(tmp_path / "m.keras")
+    _edit_config(tmp_path / "m.keras", tmp_path / "m64.keras", lambda d: d.replace(b'"float32"', b'"float64"'))
+    wide = keras.saving.load_model(tmp_path / "m64.keras", compile=False)
+    net, size = load_keras(tmp_path / "m.keras")
+    x = torch.rand(3, *size, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 255
+    ref = _keras_out(wide, x)[0]
+    assert ref.dtype == np.float64
+    assert np.abs(_ours(net.double(), x)[0] - ref).max() <= 1e-13 * np.abs(ref).max()
+
+
 def test_keras2_hard_sigmoid(saved, tmp_path):
     """Keras 2 computed hard_sigmoid as clip(0.2 x + 0.5, 0, 1), Keras 3 as relu6(x + 3) / 6.
 

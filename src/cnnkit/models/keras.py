@@ -278,15 +278,24 @@ class CustomScaleLayer(Merge):
 
 
 class Rescaling(nn.Module):
-    """Keras ``Rescaling``: ``x * scale + offset`` (per channel when they are lists)."""
+    """Keras ``Rescaling``: ``x * scale + offset`` (per channel when they are lists).
+
+    ``scale`` and ``offset`` stay the config's numbers (Python floats) and are cast to the input's
+    dtype at each call, as Keras casts them to its compute dtype: a float64 network scales by 1/255
+    in float64, as Keras in float64 does."""
 
     def __init__(self, scale, offset):
         super().__init__()
-        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32), persistent=False)
-        self.register_buffer("offset", torch.tensor(offset, dtype=torch.float32), persistent=False)
+        self.scale, self.offset = (float(v) if isinstance(v, (int, float)) else v for v in (scale, offset))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * _per_channel(self.scale, x) + _per_channel(self.offset, x)
+        scale, offset = (
+            v if isinstance(v, float) else _per_channel(x.new_tensor(v), x) for v in (self.scale, self.offset)
+        )
+        return x * scale + offset
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}, offset={self.offset}"
 
 
 class LayerScale(nn.Module):
