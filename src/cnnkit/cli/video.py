@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cnnkit.cli import add_format, add_run_arguments, finished, train_config
 from cnnkit.engine.config import add_config_arguments
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, counted
 from cnnkit.tasks.video.config import VideoConfig
 from cnnkit.tasks.video_predict.config import PredictConfig
 
@@ -109,7 +109,8 @@ def run_train(args) -> int:
     out = _out(args, "video")
     t = train(cfg, out, resume=args.resume, quiet=args.quiet).test
     finished(
-        args, f"done: test both digits {t['both']:.2%}, per digit {t['digit_acc']:.2%} ({t['clips']} clips) -> {out}"
+        args,
+        f"done: test both digits {t['both']:.2%}, per digit {t['digit_acc']:.2%} ({counted(t['clips'], 'clip')}) -> {out}",
     )
     return 0
 
@@ -122,7 +123,7 @@ def run_eval(args) -> int:
         print(json.dumps(out))
     else:
         print(
-            f"{out['split']} ({out['clips']} clips): both digits {out['both']:.2%}  per digit "
+            f"{out['split']} ({counted(out['clips'], 'clip')}): both digits {out['both']:.2%}  per digit "
             f"{out['digit_acc']:.2%}  top-2 (two different digits) {out['top2']:.2%}"
         )
     return 0
@@ -218,7 +219,7 @@ def run_predict_train(args) -> int:
     finished(
         args,
         f"done: test MSE per frame {t['mse']:.1f}, MAE per frame {t['mae']:.1f}, SSIM {t['ssim']:.3f} "
-        f"({t['clips']} clips) -> {out}",
+        f"({counted(t['clips'], 'clip')}) -> {out}",
     )
     return 0
 
@@ -231,7 +232,7 @@ def run_predict_eval(args) -> int:
         print(json.dumps(out))
         return 0
     print(
-        f"{out['data']} {out['split']} ({out['clips']} clips): MSE per frame {out['mse']:.2f}  MAE per frame "
+        f"{out['data']} {out['split']} ({counted(out['clips'], 'clip')}): MSE per frame {out['mse']:.2f}  MAE per frame "
         f"{out['mae']:.2f}  SSIM {out['ssim']:.4f}"
     )
     print("  step    MSE     MAE    SSIM")
