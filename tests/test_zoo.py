@@ -243,3 +243,13 @@ def test_densenet_growth_rate_bottleneck_and_transitions(name, blocks):
             assert (t.conv.kernel_size, t.conv.out_channels, t.pool.kernel_size) == ((1, 1), k0 // 2, 2)
             k0 //= 2
     assert k0 == features.norm5.num_features
+
+
+def test_the_notes_gan_generators_batch_norm_keeps_keras_statistics():
+    # Keras' BatchNormalization(momentum=0.99, epsilon=1e-3): a step moves the moving variance by 1% of
+    # the batch's biased variance
+    bn = create_model("gan_generator").batch_normalization_1.train()
+    x = torch.randn(8, 6272) * 3
+    bn(x)
+    assert bn.eps == 1e-3 and bn.momentum == pytest.approx(0.01)
+    torch.testing.assert_close(bn.running_var, 0.99 + 0.01 * x.var(0, unbiased=False))

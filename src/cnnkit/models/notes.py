@@ -10,7 +10,8 @@ Chollet, "Deep Learning with Python", ch. 5), rebuilt layer for layer with Keras
   BN -> Reshape -> UpSampling2D -> Conv 64 5x5 -> UpSampling2D -> Conv 1 5x5, tanh throughout).
 
 As in Keras: Glorot-uniform kernels, zero biases, BatchNormalization eps=1e-3 and momentum 0.99
-(``momentum=0.01`` in PyTorch). Unlike the notes, classifiers return logits: the final softmax /
+(``momentum=0.01`` in PyTorch), its moving variance the batch's biased one
+(:func:`cnnkit.layers.batch_normalization`). Unlike the notes, classifiers return logits: the final softmax /
 sigmoid belongs to the loss (``CrossEntropyLoss``, ``BCEWithLogitsLoss``). Inputs are channels first.
 """
 
@@ -22,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from cnnkit.errors import CnnkitError
-from cnnkit.layers import Conv2D, Dense, Dropout, Reshape
+from cnnkit.layers import Conv2D, Dense, Dropout, Reshape, batch_normalization
 from cnnkit.models._common import Classifier, check_args
 from cnnkit.models._registry import register_model
 
@@ -145,7 +146,7 @@ class GanGenerator(nn.Sequential):
                     ("dense_1", Dense(latent_dim, 1024)),  # (B, 100) -> (B, 1024)
                     ("activation_1", nn.Tanh()),
                     ("dense_2", Dense(1024, 128 * 7 * 7)),  # -> (B, 6272)
-                    ("batch_normalization_1", nn.BatchNorm1d(128 * 7 * 7, eps=1e-3, momentum=0.01)),
+                    ("batch_normalization_1", batch_normalization((128 * 7 * 7,), momentum=0.99, epsilon=1e-3)),
                     ("activation_2", nn.Tanh()),
                     ("reshape_1", Reshape((7, 7, 128))),  # -> (B, 128, 7, 7), Keras's HWC order
                     ("up_sampling2d_1", nn.Upsample(scale_factor=2, mode="nearest")),  # -> (B, 128, 14, 14)
