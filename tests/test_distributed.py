@@ -420,3 +420,17 @@ def test_a_loss_that_diverges_in_one_process_share_stops_every_process_alike(tmp
     _two_processes(_diverge_in_one_share, str(tmp_path))
     said = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
     assert said[0] == said[1] and "the loss became nan at epoch 1, step 1" in said[0]
+
+
+@pytest.mark.parametrize("rank, world", [("", "2"), ("abc", "1"), ("0", "")])
+def test_a_rank_or_world_size_torchrun_did_not_set_is_no_torchrun(monkeypatch, capsys, rank, world):
+    # RANK / WORLD_SIZE that are not integers were not set by torchrun: one process, which speaks
+    from cnnkit.cli import main
+    from cnnkit.engine.config import launched
+
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("WORLD_SIZE", world)
+    assert launched() == (0, 1)
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.startswith("cnnkit ")

@@ -496,6 +496,27 @@ def test_the_notes_gan_generator_exports_with_either_exporter(tmp_path, exporter
     assert got.shape == (3, 1, 28, 28) and (got >= -1).all() and (got <= 1).all()  # tanh
 
 
+@pytest.mark.parametrize(
+    "layer, shape",
+    [("dense", (1, 4, 5, 6)), ("reshape", (1, 98)), ("permute", (1, 4, 5, 6))],
+)
+def test_keras_imported_layers_that_return_channels_first_export_with_the_torchscript_exporter(tmp_path, layer, shape):
+    # Dense on a feature map, Reshape and Permute move Keras' last axis to dim 1: a Transpose whose
+    # permutation ONNX Runtime loads, as layers.keras.Reshape's
+    import cnnkit.models.keras as keras_layers
+
+    torch.manual_seed(0)
+    dense = keras_layers.Dense(4, 3)
+    dense.activation = nn.Identity()
+    module = {"dense": dense, "reshape": keras_layers.Reshape((7, 7, 2)), "permute": keras_layers.Permute((2, 1, 3))}
+    net = nn.Sequential(module[layer]).eval()
+    path = tmp_path / "k.onnx"
+    export_onnx(net, torch.rand(*shape), path, exporter="torchscript")
+    x = torch.rand(3, *shape[1:])
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    assert (torch.from_numpy(got) - net(x)).abs().max() < 1e-5
+
+
 def test_generators_unconditional_exported_conditional_refused(tmp_path, capsys):
     assert main(["export", "dcgan_generator", "--out", str(tmp_path / "g.onnx"), "--exporter", "torchscript"]) == 0
     assert OnnxModel(tmp_path / "g.onnx")(torch.randn(3, 100)).shape == (3, 1, 28, 28)

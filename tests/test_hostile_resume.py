@@ -128,3 +128,34 @@ def test_the_resume_file_records_its_task(tmp_path):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     save_resume(tmp_path / RESUME_FILE, model, opt, None, torch.Generator(), 0, [], {}, None, "segment")
     assert read_checkpoint(tmp_path / RESUME_FILE)[1]["task"] == "segment"
+
+
+@pytest.mark.parametrize("typed", [["--weights", "none"], ["--weights", "NONE"], []], ids=["none", "NONE", "untyped"])
+def test_a_segment_run_of_the_recipes_encoder_without_weights_resumes_without_them(tmp_path, monkeypatch, typed):
+    # the run stores its resolved settings, where no weights is None; SegmentConfig reads None as the
+    # recipe's (Penn-Fudan's: ImageNet's): the resumed run must neither be refused nor take them
+    import importlib
+
+    from cnnkit.tasks.segment.config import SegmentConfig
+
+    stored = SegmentConfig(data="pennfudan", weights="none").resolved().to_dict()
+    assert stored["weights"] is None and stored["model"] == "efficientnet_lite1"
+    run = _run(tmp_path / "run", "segment", stored)
+    seen = {}
+
+    def train(cfg, out, resume=False, quiet=False):
+        seen["cfg"] = cfg.resolved()
+        raise SystemExit(0)
+
+    monkeypatch.setattr(importlib.import_module("cnnkit.tasks.segment.train"), "train", train)
+    with pytest.raises(SystemExit):
+        main(["segment", "train", "--resume", "--out", str(run), *typed])
+    assert seen["cfg"].weights is None and seen["cfg"].to_dict() == stored
+
+
+def test_a_segment_run_with_the_recipes_weights_refuses_weights_none_on_resume(tmp_path, capsys):
+    from cnnkit.tasks.segment.config import SegmentConfig
+
+    run = _run(tmp_path / "run", "segment", SegmentConfig(data="pennfudan").resolved().to_dict())
+    assert main(["segment", "train", "--resume", "--out", str(run), "--weights", "none"]) == 2
+    assert "was trained with --weights imagenet (given none)" in capsys.readouterr().err

@@ -60,14 +60,21 @@ def register(subparsers) -> None:
 def run_train(args) -> int:
     import time
 
-    from cnnkit.engine.runfolder import check_resume_settings
+    from cnnkit.engine.runfolder import check_resume_settings, resumed_config
     from cnnkit.tasks.segment.train import train
 
     values = train_config(SegmentConfig, args, ("pennfudan", "digits"), recipe_weights=True)
     if args.resume and not args.out:
         raise CnnkitError("--resume needs --out RUN, the run folder to continue")
     if args.resume:  # the run's own settings, the ones typed checked against them
-        values = check_resume_settings(args.out, "segment", values)
+        # the run stores its resolved settings, where no weights is None, which SegmentConfig reads as the
+        # recipe's: a typed "none" equals the run's None, and the run's None goes on as "none"
+        typed = values
+        if values.get("weights") == "none" and resumed_config(args.out, "segment").get("weights", "none") is None:
+            typed = {k: v for k, v in values.items() if k != "weights"}
+        values = check_resume_settings(args.out, "segment", typed)
+        if "weights" in values and values["weights"] is None:
+            values["weights"] = "none"
         values.setdefault("keep_depthwise", False)  # a run from before the option trained every filter
     cfg = SegmentConfig.from_dict(values)
     out = args.out or f"runs/segment-{Path(cfg.data).name}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -556,8 +556,12 @@ def quota_cores(root: str = CGROUP_ROOT) -> int | None:
 def launched() -> tuple[int, int]:
     """(rank, world size) of this process as torchrun launched it, (0, 1) without torchrun: read from
     ``RANK`` / ``WORLD_SIZE``, so it is known before any process group starts and before torch is
-    imported (rank 0 is the one that writes and speaks)."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    imported (rank 0 is the one that writes and speaks). Values that are not integers were not set
+    by torchrun: (0, 1)."""
+    try:
+        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 0, 1
 
 
 def free_cores(world: int | None = None) -> int:

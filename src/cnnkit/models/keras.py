@@ -160,7 +160,8 @@ class Dense(_Activated, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() > 2:  # (N, C, ...) -> (N, ..., C) -> Linear -> (N, units, ...), then the activation on
             # dim 1 as everywhere else (a softmax over the units, not over the first spatial axis)
-            return self.activation(nn.Linear.forward(self, x.movedim(1, -1)).movedim(-1, 1))
+            y = nn.Linear.forward(self, x.movedim(1, -1))
+            return self.activation(y.movedim(y.dim() - 1, 1))  # a positive axis for ONNX's Transpose
         return super().forward(x)
 
 
@@ -174,7 +175,7 @@ class Flatten(nn.Module):
 def _as_keras_sees_it(x: torch.Tensor, fn) -> torch.Tensor:
     """``fn`` applied to ``x`` laid out channels last, as Keras sees it; the result channels first."""
     y = fn(x.movedim(1, -1) if x.dim() > 2 else x)
-    return y.movedim(-1, 1) if y.dim() > 2 else y
+    return y.movedim(y.dim() - 1, 1) if y.dim() > 2 else y  # a positive axis for ONNX's Transpose
 
 
 class Reshape(nn.Module):
