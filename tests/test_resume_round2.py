@@ -227,6 +227,42 @@ def test_ctrl_c_in_a_member_names_the_ensemble_and_a_member_folder_is_refused(da
     assert (run / "model.safetensors").is_file() and not (run / "member1" / "member0").exists()
 
 
+def test_a_finished_ensemble_resumes_to_the_same_files(data_dir, tmp_path, capsys):
+    """``--resume`` of an ensemble whose members are all trained (a run killed after its ensemble file)
+    trains nothing and ends with the same weights; its ensemble file names no network of its own."""
+    run = tmp_path / "ens"
+    argv = ["train", "--data", "mnist", "--data-dir", str(data_dir), "--model", "mnist_fast", "--subset", "128"]
+    argv += ["--epochs", "1", "--batch-size", "64", "--threads", "1", "--ensemble", "2", "--quiet"]
+    assert main([*argv, "--out", str(run)]) == 0
+    before = load_file(run / "model.safetensors")
+    assert main(["train", "--resume", "--out", str(run), "--quiet"]) == 0, capsys.readouterr().err
+    after = load_file(run / "model.safetensors")
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_spec_run_whose_file_was_edited_is_not_resumed(data_dir, tmp_path, monkeypatch, capsys):
+    """A spec file edited after the run stopped would build another network (here another dropout
+    rate, the same weights' shapes): ``--resume`` refuses it in one line, and resumes once it is restored."""
+    spec = tmp_path / "net.yaml"
+    text = "input: 1x28x28\nlayers:\n  - conv2d: {filters: 4, kernel_size: 3, strides: 2}\n"
+    text += "  - batch_normalization: {}\n  - dropout: {rate: 0.2}\n  - flatten\n  - dense: {units: 10}\n"
+    spec.write_text(text)
+    run = tmp_path / "run"
+    argv = ["train", "--data-dir", str(data_dir), "--model", str(spec), "--subset", "128", "--epochs", "2"]
+    argv += ["--batch-size", "64", "--threads", "1", "--quiet", "--out", str(run)]
+    assert _stopped_after_first_epoch(monkeypatch, argv) == 130
+    spec.write_text(text.replace("rate: 0.2", "rate: 0.9"))
+    capsys.readouterr()
+    before = load_file(run / "resume.safetensors")
+    assert main(["train", "--resume", "--out", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{run} was trained with another network than {spec} describes now" in err and "\n" not in err
+    after = load_file(run / "resume.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)  # nothing trained
+    spec.write_text(text)
+    assert main(["train", "--resume", "--out", str(run), "--quiet"]) == 0
+
+
 def test_a_sequence_ensembles_member_folder_is_refused(data_dir, tmp_path, capsys):
     run = tmp_path / "ens"
     argv = ["sequence", "train", "--data", "ucr:ItalyPowerDemand", "--data-dir", str(data_dir), "--model", "fcn1d"]

@@ -41,7 +41,7 @@ from cnnkit.engine.runfolder import (
 from cnnkit.errors import CnnkitError
 from cnnkit.models import model_info
 from cnnkit.models.deploy import Classifier
-from cnnkit.models.network import build_network, check_resumable, model_reference, trusted_resume_model
+from cnnkit.models.network import build_network, check_resumable, describe, model_reference, trusted_resume_model
 from cnnkit.tasks.classify.config import TrainConfig, validate
 from cnnkit.tasks.classify.evaluate import evaluate
 from cnnkit.tasks.classify.load import load_classifier, network_of, save_ensemble
@@ -333,10 +333,18 @@ def _resumed_config(out: Path, cfg: TrainConfig) -> TrainConfig:
             f"{out} is one member of the ensemble in {out.parent}; resume the ensemble: "
             f"`cnnkit train --resume --out {out.parent}`"
         )
-    for model_file in (out / MODEL_FILE, out / "member0" / MODEL_FILE):  # the run's, or its first member's
-        if model_file.is_file():
-            check_resumable(network_of(read_info(model_file)), str(out))
-            break
+    # the network's description: in the run's model file, or an ensemble's first member's (the
+    # ensemble's own file lists its members)
+    model_file = out / "member0" / MODEL_FILE if stored.ensemble > 1 else out / MODEL_FILE
+    if model_file.is_file():
+        network = network_of(read_info(model_file))
+        check_resumable(network, str(out))
+        now = network.get("kind") == "spec" and json.loads(json.dumps(describe(stored.model)["spec"]))
+        if now and now != network.get("spec"):  # the spec file edited since: another network
+            raise CnnkitError(
+                f"{out} was trained with another network than {stored.model} describes now; --resume "
+                "trains the run's own network: restore the spec file as it was, or start a new run in another --out"
+            )
     return with_free_settings(replace(stored, model=trusted_resume_model(stored.model, cfg.model)), cfg)
 
 
