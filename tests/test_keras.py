@@ -41,6 +41,7 @@ def _needs_keras_transpose_as_tf() -> None:
 
 from cnnkit.errors import CnnkitError  # noqa: E402
 from cnnkit.models.keras import build_from_keras_config, load_keras, read_keras_config  # noqa: E402
+from cnnkit.models.meta import on_meta  # noqa: E402
 
 # ----------------------------------------------------------------------------- the Keras fixtures
 
@@ -632,6 +633,21 @@ def test_float64_reading_is_exact(tmp_path, keras_in_float64):
     assert np.abs(_ours(net.double(), x)[0] - ref).max() <= 1e-13 * np.abs(ref).max()
 
 
+def test_rescaling_by_numpy_arrays_is_read(tmp_path):
+    """Keras saves a Rescaling's NumPy scale or offset as ``{"class_name": "__numpy__", ...}``: read as its values."""
+    x_in = keras.Input((4, 5, 3))
+    x = layers.Rescaling(np.array([1 / 255, 2 / 255, 3 / 255]), offset=np.array(-0.5))(x_in)
+    model = keras.Model(x_in, layers.Conv2D(2, 3)(x))
+    _randomise(model, 1)
+    model.save(tmp_path / "m.keras")
+    assert b"__numpy__" in zipfile.ZipFile(tmp_path / "m.keras").read("config.json")
+    net, size = load_keras(tmp_path / "m.keras")
+    x = torch.rand(2, *size, generator=torch.Generator().manual_seed(0)) * 255
+    assert np.abs(_ours(net, x)[0] - _keras_out(model, x)[0]).max() <= 1e-5
+    with on_meta():  # as cnnkit.load sizes a converted run's network
+        build_from_keras_config(net.keras_config)
+
+
 def test_keras2_hard_sigmoid(saved, tmp_path):
     """Keras 2 computed hard_sigmoid as clip(0.2 x + 0.5, 0, 1), Keras 3 as relu6(x + 3) / 6.
 
@@ -669,6 +685,9 @@ def test_keras2_hard_sigmoid(saved, tmp_path):
         {"class_name": "LeakyReLU", "config": {"name": "bad", "negative_slope": "x"}},
         {"class_name": "ELU", "config": {"name": "bad", "alpha": "x"}},
         {"class_name": "Rescaling", "config": {"name": "bad", "scale": [1.0, 2.0]}},
+        {"class_name": "Rescaling", "config": {"name": "bad", "scale": None}},
+        {"class_name": "Rescaling", "config": {"name": "bad", "scale": 1.0, "offset": {"value": 1.0}}},
+        {"class_name": "Rescaling", "config": {"name": "bad", "scale": {"class_name": "__numpy__", "config": {}}}},
     ],
 )
 def test_edited_layer_values_are_refused_when_read(saved, tmp_path, layer):

@@ -278,16 +278,30 @@ class CustomScaleLayer(Merge):
         return f"scale={self.scale:g}"
 
 
+def _config_numbers(value) -> float | list:
+    """A config's number (a Python float) or nested list of numbers (Python floats), its precision kept;
+    a NumPy array as Keras saves one in a config (``{"class_name": "__numpy__", "config": {"value": ...}}``)
+    is its value."""
+    if isinstance(value, dict) and value.get("class_name") == "__numpy__":
+        config = value.get("config")
+        value = config.get("value") if isinstance(config, dict) else None
+    # text, None, a mapping: refused here, not at the first call (on the CPU: read inside on_meta too)
+    t = torch.tensor(value, dtype=torch.float64, device="cpu")
+    return float(t) if t.dim() == 0 else t.tolist()
+
+
 class Rescaling(nn.Module):
     """Keras ``Rescaling``: ``x * scale + offset`` (per channel when they are lists).
 
     ``scale`` and ``offset`` stay the config's numbers (Python floats) and are cast to the input's
     dtype at each call, as Keras casts them to its compute dtype: a float64 network scales by 1/255
-    in float64, as Keras in float64 does."""
+    in float64, as Keras in float64 does. A NumPy array Keras saved (``{"class_name": "__numpy__",
+    "config": {"value": ...}}``) is read as its values; anything but numbers raises ``TypeError``,
+    ``ValueError`` or ``RuntimeError`` here, not at the first call."""
 
     def __init__(self, scale, offset):
         super().__init__()
-        self.scale, self.offset = (float(v) if isinstance(v, (int, float)) else v for v in (scale, offset))
+        self.scale, self.offset = (_config_numbers(v) for v in (scale, offset))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale, offset = (
