@@ -142,3 +142,20 @@ def test_a_mask_folder_is_read_once_with_its_classes_counted_over_every_part(tmp
     *own, again = load_splits(cfg, own_size=True, split=parts)  # what eval reads
     assert sorted(opened) == files and set(opened.values()) == {1} and again == parts
     assert _same(vars(own[2]), vars(test)) and {tuple(m.shape) for m in own[0].masks} == {(20, 30)}
+
+
+def test_a_segment_subset_decodes_only_the_training_photos_it_keeps(pennfudan, opened):
+    # --subset K (a quick check) trains on the first K training photos: the others are not decoded
+    from dataclasses import replace
+
+    from cnnkit.tasks.segment.config import SegmentConfig
+    from cnnkit.tasks.segment.data import load_splits
+
+    split = carve_validation(pennfudan_split(pennfudan))
+    cfg = SegmentConfig(data="pennfudan", data_dir=str(pennfudan.parent)).resolved()
+    whole = load_splits(cfg, parts=("train",))[0]
+    opened.clear()
+    train, val, test, parts = load_splits(replace(cfg, subset=5))
+    assert parts == split  # the split kept whole
+    assert sorted(opened) == sorted(_files(pennfudan, split["train"][:5] + split["val"] + split["test"]))
+    assert train.names == split["train"][:5] and torch.equal(train.images[3], whole.images[3])

@@ -97,9 +97,9 @@ def _splits(
     side = None if own_size else cfg.max_side
     if cfg.data == "pennfudan":
         parts = carve_validation(split or pennfudan_split(pennfudan_root(cfg.data_dir)))
-        train, val, test = (
-            pennfudan_segmentation(k, cfg.data_dir, s, names=parts[k]) if k in wanted else None
-            for k, s in (("train", side), ("val", side), ("test", None))
+        train, val, test = (  # with --subset only the training photos kept are decoded
+            pennfudan_segmentation(k, cfg.data_dir, s, limit, names=parts[k]) if k in wanted else None
+            for k, s, limit in (("train", side, cfg.subset or None), ("val", side, None), ("test", None, None))
         )
         return train, val, test, parts
     if cfg.data == "digits":
