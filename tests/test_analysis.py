@@ -18,6 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import cnnkit
 from cnnkit.analysis.measure import measure_peak
 from cnnkit.cli import main as cli_main
+from cnnkit.errors import CnnkitError
 from cnnkit.models.spec import build_from_spec
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -610,3 +611,45 @@ def test_logits_mode_drops_a_final_softmax_for_training():
         p, z = probs.eval()(x), logits.eval()(x)
     assert torch.allclose(p.sum(1), torch.ones(4))
     assert torch.allclose(z.softmax(1), p, atol=1e-6) and not torch.allclose(z.sum(1), torch.ones(4))
+
+
+class Float32Inside(nn.Module):
+    """Computes in float32 whatever its input's dtype (as MultiRocket does): it cannot run with its
+    parameters in a 16-bit float. ``batched``: a batched product, which refuses mixed dtypes on meta
+    too; else a linear layer, whose meta kernel takes them."""
+
+    def __init__(self, batched: bool):
+        super().__init__()
+        self.batched = batched
+        self.w = nn.Parameter(torch.randn(1, 8, 2))
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        if self.batched:
+            return torch.bmm(x.float()[:, None, :], self.w.expand(x.shape[0], -1, -1))[:, 0]
+        return self.fc(x.float())
+
+
+@pytest.mark.parametrize("batched", [True, False])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_a_network_that_fails_only_in_a_16_bit_dtype_is_told_to_use_float32(dtype, batched):
+    """A real run fails (its kernels refuse operands of two dtypes); so does the analysis, in one line
+    that names the dtype as the cause and --dtype float32 as the fix (not the sizes)."""
+    net = Float32Inside(batched)
+    assert cnnkit.summary(net, input_size=(8,), batch_size=2).totals["macs"] == 2 * 8 * 2
+    with pytest.raises(RuntimeError):
+        net.to(getattr(torch, dtype))(torch.zeros(2, 8, dtype=getattr(torch, dtype)))
+    net.float()
+    with pytest.raises(CnnkitError) as err:
+        cnnkit.summary(net, input_size=(8,), batch_size=1, dtype=dtype)
+    msg = str(err.value)
+    assert "\n" not in msg and dtype in msg and "--dtype float32" in msg, msg
+    assert "sizes" not in msg and "--input" not in msg, msg
+
+
+def test_memory_plan_of_a_network_that_runs_only_in_float32_leaves_out_the_16_bit_remedy():
+    """``cnnkit memory`` at float32 answers for such a network; only its 16-bit remedy is left out."""
+    plan = cnnkit.memory_plan(Float32Inside(False), input_size=(8,), memory=1000, batch_size=64)
+    names = [r["remedy"] for r in plan["remedies"]]
+    assert names and not any("16-bit" in n for n in names), names
+    assert not plan["training"]["fits"] and plan["training"]["max_batch"] < 64

@@ -235,8 +235,13 @@ def _remedies(target, s1, batch, peak, fits_batch, budget, dtype, optimizer, dev
             "saves_bytes": need - (peak(fits_batch) if fits_batch else 0),
         }
     )
+    h = None
     if dtype == "float32":
-        h = summary(target, s1.input_size, batch, "bfloat16", optimizer, device)
+        try:
+            h = summary(target, s1.input_size, batch, "bfloat16", optimizer, device)
+        except CnnkitError:  # it runs in float32 only (it computes in float32 whatever its input): no remedy
+            h = None
+    if h is not None:
         p = h.memory["training_peak_bytes"]
         if p is None:  # nothing trains: the remedies are for the inference pass
             p = h.memory["inference_peak_bytes"]

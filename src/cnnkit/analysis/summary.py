@@ -241,7 +241,24 @@ def _run_trace(model, shape, dtype, training, optimizer, ops, name, device):
     except CnnkitError:
         raise
     except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
+        if dtype != torch.float32 and _runs_in_float32(model, shape, training, device):
+            line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            dtype_name = str(dtype).removeprefix("torch.")
+            raise CnnkitError(
+                f"{name} does not run with its parameters and input in {dtype_name} ({line}), though it runs in "
+                "float32: analyse it with --dtype float32"
+            ) from None
         raise CnnkitError(_failure_message(model, shape, exc, name)) from None
+
+
+def _runs_in_float32(model, shape, training, device) -> bool:
+    """Whether the same step traces in float32: a failure only in a 16-bit dtype is the dtype's (a network
+    that computes in float32 whatever its input, as MultiRocket does), not the layers' sizes'."""
+    try:
+        trace(model, shape, torch.float32, training, "none", set(), device)
+    except Exception:  # noqa: BLE001 -- any failure: it is not the dtype's alone
+        return False
+    return True
 
 
 def _failure_message(model: nn.Module, shape, exc: Exception, name: str) -> str:

@@ -312,6 +312,14 @@ def _is_pure(func) -> bool:
     )
 
 
+def _check_one_dtype(name: str, args) -> None:
+    """Raise as a real run does where a convolution or matrix product gets floating operands of two
+    dtypes: the CPU and CUDA kernels refuse them, and some meta kernels (``mm``, ``addmm``) do not."""
+    dtypes = {t.dtype for t in tensor_leaves(args) if t.is_floating_point()}
+    if len(dtypes) > 1:
+        raise RuntimeError(f"{name} takes operands of one dtype; received: {', '.join(sorted(map(str, dtypes)))}")
+
+
 class _Recorder(TorchDispatchMode):
     """Sees every ATen op. Pure ops with the same argument metadata as before are not re-run through
     their (Python) meta kernels: their outputs are made directly with the recorded shapes and strides."""
@@ -328,9 +336,11 @@ class _Recorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        packet = func._overloadpacket
+        if packet in _MACS or packet in flop_registry:
+            _check_one_dtype(packet.__name__, (args, kwargs))
         before = self.storages.live
         out = self._run(func, args, kwargs)
-        packet = func._overloadpacket
         name = packet.__name__
         new = 0
         outs = tensor_leaves(out)
