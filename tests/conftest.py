@@ -133,3 +133,19 @@ def _wide_photo_folder(root: Path, per_class: int) -> Path:
 def wide_photos():
     """``fn(root, per_class)``: a two-class folder of wide random photos (:func:`_wide_photo_folder`)."""
     return _wide_photo_folder
+
+
+@pytest.fixture
+def segment_trains(monkeypatch) -> dict:
+    """What `cnnkit segment train` would train, instead of training: ``seen["cfg"]``, the resolved
+    config handed to the recipe, which then stops the command with ``SystemExit(0)``."""
+    import importlib
+
+    seen = {}
+
+    def train(cfg, out, resume=False, quiet=False):
+        seen["cfg"] = cfg.resolved()
+        raise SystemExit(0)
+
+    monkeypatch.setattr(importlib.import_module("cnnkit.tasks.segment.train"), "train", train)
+    return seen

@@ -131,26 +131,17 @@ def test_the_resume_file_records_its_task(tmp_path):
 
 
 @pytest.mark.parametrize("typed", [["--weights", "none"], ["--weights", "NONE"], []], ids=["none", "NONE", "untyped"])
-def test_a_segment_run_of_the_recipes_encoder_without_weights_resumes_without_them(tmp_path, monkeypatch, typed):
+def test_a_segment_run_of_the_recipes_encoder_without_weights_resumes_without_them(tmp_path, segment_trains, typed):
     # the run stores its resolved settings, where no weights is None; SegmentConfig reads None as the
     # recipe's (Penn-Fudan's: ImageNet's): the resumed run must neither be refused nor take them
-    import importlib
-
     from cnnkit.tasks.segment.config import SegmentConfig
 
     stored = SegmentConfig(data="pennfudan", weights="none").resolved().to_dict()
     assert stored["weights"] is None and stored["model"] == "efficientnet_lite1"
     run = _run(tmp_path / "run", "segment", stored)
-    seen = {}
-
-    def train(cfg, out, resume=False, quiet=False):
-        seen["cfg"] = cfg.resolved()
-        raise SystemExit(0)
-
-    monkeypatch.setattr(importlib.import_module("cnnkit.tasks.segment.train"), "train", train)
     with pytest.raises(SystemExit):
         main(["segment", "train", "--resume", "--out", str(run), *typed])
-    assert seen["cfg"].weights is None and seen["cfg"].to_dict() == stored
+    assert segment_trains["cfg"].weights is None and segment_trains["cfg"].to_dict() == stored
 
 
 def test_a_segment_run_with_the_recipes_weights_refuses_weights_none_on_resume(tmp_path, capsys):

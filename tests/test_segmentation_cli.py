@@ -151,17 +151,8 @@ def test_a_voc_folder_trains_validates_and_tests_on_its_official_lists(tmp_path,
 
 
 @pytest.mark.parametrize("typed, weights", [(["--weights", "none"], None), ([], "imagenet")])
-def test_weights_none_trains_the_recipes_encoder_from_scratch(monkeypatch, tmp_path, typed, weights):
+def test_weights_none_trains_the_recipes_encoder_from_scratch(segment_trains, tmp_path, typed, weights):
     # Penn-Fudan's recipe starts from ImageNet's weights; `--weights none` asks for none of them
-    import importlib
-
-    seen = {}
-
-    def train(cfg, out, resume=False, quiet=False):
-        seen["cfg"] = cfg.resolved()
-        raise SystemExit(0)
-
-    monkeypatch.setattr(importlib.import_module("cnnkit.tasks.segment.train"), "train", train)
     with pytest.raises(SystemExit):
         main(["segment", "train", "--data", "pennfudan", *typed, "--out", str(tmp_path / "run")])
-    assert seen["cfg"].weights == weights and seen["cfg"].model == "efficientnet_lite1"
+    assert segment_trains["cfg"].weights == weights and segment_trains["cfg"].model == "efficientnet_lite1"
