@@ -422,6 +422,33 @@ def test_a_loss_that_diverges_in_one_process_share_stops_every_process_alike(tmp
     assert said[0] == said[1] and "the loss became nan at epoch 1, step 1" in said[0]
 
 
+def _wrappers_at_group_end(rank: int, out: str) -> None:
+    """The diverging run of :func:`_diverge_in_one_share`, counting the DDP wrappers alive when the
+    process group is destroyed."""
+    import gc
+
+    import cnnkit.engine.distributed as engine_dist
+
+    destroy = engine_dist.dist.destroy_process_group
+
+    def counted(*args, **kwargs):
+        alive = sum(isinstance(o, torch.nn.parallel.DistributedDataParallel) for o in gc.get_objects())
+        Path(out, f"alive{rank}.txt").write_text(str(alive))
+        return destroy(*args, **kwargs)
+
+    engine_dist.dist.destroy_process_group = counted
+    _diverge_in_one_share(rank, out)
+
+
+@pytest.mark.slow
+def test_a_run_stopped_by_an_error_lets_its_ddp_wrappers_go_before_its_process_group(tmp_path):
+    # a reducer outliving its group (held by the error's traceback until the interpreter's exit) can
+    # abort the process ("terminate called without an active exception")
+    _two_processes(_wrappers_at_group_end, str(tmp_path))
+    assert [(tmp_path / f"alive{r}.txt").read_text() for r in range(2)] == ["0", "0"]
+    assert "the loss became nan" in (tmp_path / "rank0.txt").read_text()
+
+
 @pytest.mark.parametrize("rank, world", [("", "2"), ("abc", "1"), ("0", "")])
 def test_a_rank_or_world_size_torchrun_did_not_set_is_no_torchrun(monkeypatch, capsys, rank, world):
     # RANK / WORLD_SIZE that are not integers were not set by torchrun: one process, which speaks

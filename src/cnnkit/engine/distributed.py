@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import os
+import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -60,6 +61,12 @@ def distributed(device: str | None = None):
         # reducer's last work can abort the process), and no process leaves before the others are done
         gc.collect()
         dist.barrier()
+    except BaseException as exc:
+        # an error keeps the run's DDP wrappers alive in its traceback's finished frames, past the
+        # group's end: they go now (the frames' locals, not their lines, which the traceback keeps)
+        traceback.clear_frames(exc.__traceback__)
+        gc.collect()
+        raise
     finally:
         dist.destroy_process_group()
 
