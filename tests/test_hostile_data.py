@@ -227,3 +227,19 @@ def test_a_penn_fudan_mask_with_a_stray_instance_id_is_refused(tmp_path):
     assert [sorted(i.unique().tolist()) for i in good.instances] == [[0, 1, 2]] * 2
     with pytest.raises(CnnkitError, match="holds pedestrian 9 but no pedestrian 3"):
         pennfudan_segmentation("test", _pennfudan(tmp_path / "bad", stray=True), limit=2)
+
+
+def test_a_penn_fudan_photo_the_split_names_but_the_folder_lacks_is_a_damaged_folder(tmp_path):
+    # not "give the path of a PNG or JPEG file", which is for a photo the user names (the detector's
+    # reader says "missing image ...: the annotation names it")
+    from cnnkit.data.pennfudan import pennfudan_split
+    from cnnkit.data.segmentation import pennfudan_segmentation
+
+    data = _pennfudan(tmp_path, stray=False)
+    root = data / "pennfudan"
+    names = pennfudan_split(root)["test"][:2]
+    (root / "PNGImages" / names[0]).unlink()
+    with pytest.raises(CnnkitError) as err:
+        pennfudan_segmentation("test", data, names=names)
+    assert f"missing photo {root / 'PNGImages' / names[0]}, which the Penn-Fudan split names" in str(err.value)
+    assert "PennFudanPed.zip" in str(err.value) and "give the path" not in str(err.value)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from cnnkit.data.cocomask import _finite, _is_int, _shown, segmentation_mask
 from cnnkit.data.images import MAX_DECODE_PIXELS, read_pixels
+from cnnkit.data.pennfudan import PENNFUDAN_FIX
 from cnnkit.errors import CnnkitError, check_fits
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -137,12 +138,6 @@ def read_pascal_annotation(path: Path) -> tuple[int, int, torch.Tensor, list[str
     boxes = torch.tensor(rows, dtype=torch.float32).reshape(-1, 4)
     check_boxes(boxes, w, h, f"{path} 'Bounding box'")
     return w, h, boxes, [lab for _, lab, *_ in found]
-
-
-PENNFUDAN_FIX = (
-    "replace the image's files with the originals from PennFudanPed.zip "
-    "(https://www.cis.upenn.edu/~jshi/ped_html/), or remove all three (PNGImages, PedMasks, Annotation)"
-)
 
 
 def load_pennfudan(root: str | os.PathLike, names: list[str] | None = None) -> Detections:

@@ -48,6 +48,25 @@ def pennfudan_images(root: Path) -> list[str]:
     return names
 
 
+# what a damaged Penn-Fudan folder's error says to do
+PENNFUDAN_FIX = (
+    "replace the image's files with the originals from PennFudanPed.zip "
+    "(https://www.cis.upenn.edu/~jshi/ped_html/), or remove all three (PNGImages, PedMasks, Annotation)"
+)
+
+
+def photo_path(root: Path, image_name: str) -> Path:
+    """``PNGImages/<image_name>``, which a split names and so must be there.
+
+    Raises:
+        CnnkitError: the photo is missing (the folder is damaged, not the user's input).
+    """
+    path = root / "PNGImages" / image_name
+    if not path.is_file():
+        raise CnnkitError(f"missing photo {path}, which the Penn-Fudan split names")
+    return path
+
+
 def mask_path(root: Path, image_name: str) -> Path:
     """``PedMasks/<stem>_mask.png``: 0 background, k on pedestrian k."""
     return root / "PedMasks" / f"{Path(image_name).stem}_mask.png"

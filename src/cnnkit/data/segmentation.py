@@ -32,9 +32,11 @@ import torch.nn.functional as F
 from cnnkit.data.imagefolder import IMAGE_EXTENSIONS
 from cnnkit.data.images import open_image, read_pixels
 from cnnkit.data.pennfudan import (
+    PENNFUDAN_FIX,
     mask_path,
     pennfudan_root,
     pennfudan_split,
+    photo_path,
     split_names,
 )
 from cnnkit.errors import CnnkitError, gone_from_split
@@ -83,9 +85,12 @@ def pennfudan_segmentation(
     names = list(names)[:limit]
     images, masks, instances = [], [], []
     for n in names:
-        image = read_pixels(root / "PNGImages" / n)
-        inst = _read_mask(mask_path(root, n), image)
-        _check_instance_ids(inst, mask_path(root, n))
+        try:
+            image = read_pixels(photo_path(root, n))
+            inst = _read_mask(mask_path(root, n), image)
+            _check_instance_ids(inst, mask_path(root, n))
+        except CnnkitError as exc:
+            raise CnnkitError(f"{exc}; {PENNFUDAN_FIX}") from exc.__cause__
         image, inst = _shrink(image, inst, max_side)
         images.append(image)
         instances.append(inst)
