@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cnnkit.data.datasets import folder_reading, smallest_crop_fraction
+from cnnkit.data.datasets import crop_shares, folder_reading
 from cnnkit.errors import CnnkitError, as_new_file, special_file
 
 OUTPUTS_KEY = "cnnkit.outputs"  # metadata_props entry: {"kind": "tensor" | "tuple" | "dict", "names": [...]}
@@ -726,13 +726,9 @@ class OnnxModel:
             try:
                 folder_reading({"reading": reading}, self.input_size)
             except CnnkitError:
-                share = "(0, 1]"
-                if self.input_size and len(self.input_size) >= 2:  # the smallest share any photo can be read with
-                    h, w = self.input_size[-2:]
-                    floor = smallest_crop_fraction((h, w))
-                    share = f"[{floor:.2g}, 1] (a smaller one resizes every photo too large to decode at {h}x{w})"
                 raise self._bad(
-                    READING_KEY, f'a crop_fraction in {share} and an interpolation "bilinear" or "bicubic"'
+                    READING_KEY,
+                    f'a crop_fraction in {crop_shares(self.input_size)} and an interpolation "bilinear" or "bicubic"',
                 ) from None
             self.info["reading"] = reading
         self.training = False

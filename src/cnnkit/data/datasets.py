@@ -336,6 +336,24 @@ def _read_cifar10(archive: Path, test: bool) -> tuple[torch.Tensor, torch.Tensor
     return images, torch.from_numpy(records[:, 0].astype(np.int64))
 
 
+def _crop_floor(size) -> float:
+    """The smallest crop share a photo can be read with at an input (..., H, W); 0 where the size is
+    not known."""
+    try:
+        return smallest_crop_fraction([int(v) for v in size][-2:]) if size is not None else 0.0
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def crop_shares(input_size) -> str:
+    """The crop shares :func:`folder_reading` takes at ``input_size`` (..., H, W), as a message says them."""
+    floor = _crop_floor(input_size)
+    if not floor:
+        return "(0, 1]"
+    h, w = (int(v) for v in input_size[-2:])
+    return f"[{floor:.2g}, 1] (a smaller one resizes every photo too large to decode at {h}x{w})"
+
+
 def folder_reading(info: dict, input_size=None) -> tuple[float, str] | None:
     """How a classification run read the photos of the image folder it was trained on, as
     ``(crop_fraction, interpolation)`` for :func:`~cnnkit.data.imagefolder.decode_image` (the
@@ -364,11 +382,7 @@ def folder_reading(info: dict, input_size=None) -> tuple[float, str] | None:
         return 1.0, "bilinear"  # an image folder as `cnnkit train` reads it
     else:
         return None
-    size = input_size if input_size is not None else info.get("input_size")
-    try:  # the input's H and W, where known: the share must leave a photo that can be decoded
-        floor = smallest_crop_fraction([int(v) for v in size][-2:]) if size is not None else 0.0
-    except (TypeError, ValueError):
-        floor = 0.0
+    floor = _crop_floor(input_size if input_size is not None else info.get("input_size"))
     if not (
         isinstance(crop, (int, float))
         and not isinstance(crop, bool)
