@@ -17,6 +17,14 @@ def _randomise_norms(net: nn.Module, g: torch.Generator) -> None:
             m.bias.data.normal_(0, 0.2, generator=g)
 
 
+def _folded_outputs(net: nn.Module, x: torch.Tensor):
+    """(folded, count, the network's outputs, the folded one's) after norms randomised with seed 3."""
+    _randomise_norms(net, torch.Generator().manual_seed(3))
+    folded, n = fold_batchnorm(net, x)
+    with torch.no_grad():
+        return folded, n, net(x), folded(x)
+
+
 def test_a_zoo_network_folds_every_conv_norm_pair_and_answers_the_same():
     g = torch.Generator().manual_seed(0)
     net = create_model("efficientnet_lite0", num_classes=5).eval()
@@ -79,12 +87,8 @@ def test_every_output_is_checked_not_the_first_alone():
             y = self.conv(x)
             return {"out": self.head(self.bn(y)), "features": y}
 
-    net = Features().eval()
-    _randomise_norms(net, torch.Generator().manual_seed(3))
-    x = torch.rand(1, 3, 8, 8)
-    folded, n = fold_batchnorm(net, x)
-    with torch.no_grad():
-        want, got = net(x), folded(x)
+    net, x = Features().eval(), torch.rand(1, 3, 8, 8)
+    folded, n, want, got = _folded_outputs(net, x)
     assert n == 0 and isinstance(folded.bn, nn.BatchNorm2d)
     for key in want:
         torch.testing.assert_close(got[key], want[key])
@@ -182,12 +186,7 @@ def test_outputs_that_are_not_floats_are_compared_exactly():
             y = self.bn(self.conv(x))
             return {"scores": y, "positive": y > 0, "index": y.flatten(1).argmax(1)}
 
-    net = Masked().eval()
-    _randomise_norms(net, torch.Generator().manual_seed(3))
-    x = torch.rand(2, 3, 8, 8)
-    folded, n = fold_batchnorm(net, x)
-    with torch.no_grad():
-        want, got = net(x), folded(x)
+    folded, n, want, got = _folded_outputs(Masked().eval(), torch.rand(2, 3, 8, 8))
     assert n in (0, 1)
     for key in want:
         torch.testing.assert_close(got[key], want[key], atol=1e-4, rtol=1e-4)
