@@ -181,6 +181,30 @@ def test_precision_selection():
     assert choose("auto", cpu)[0] == ("bf16" if native else "fp32")
 
 
+_ZEN4 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 17
+model name\t: AMD EPYC
+flags\t\t: fpu sse avx avx2 avx512f avx512_bf16
+
+processor\t: 1
+model name\t: another
+"""
+
+
+def test_cpu_name_tells_apart_processors_that_share_a_model_name(monkeypatch):
+    from cnnkit.engine.precision import cpu_name
+
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert cpu_name(_ZEN4) == "AMD EPYC (family 25 model 17; AVX-512, AVX512-BF16, no AMX)"
+    zen3 = _ZEN4.replace("model\t\t: 17", "model\t\t: 1").replace(" avx512f avx512_bf16", "")
+    assert cpu_name(zen3) == "AMD EPYC (family 25 model 1; AVX2, no AMX)"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert cpu_name(_ZEN4).endswith("no AMX; oneDNN capped at AVX2)")
+    assert cpu_name("Features\t: fp asimd bf16\n").endswith("(oneDNN capped at AVX2)")  # an Arm CPU's text
+
+
 class DtypeLineTask(LineTask):
     def loss(self, model, batch):
         self.seen = model(batch["x"]).dtype  # what autocast made of the Linear

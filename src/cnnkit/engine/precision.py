@@ -34,17 +34,47 @@ def cpu_flags() -> set[str]:
     return flags
 
 
-def cpu_name() -> str:
-    """The processor's model name, for benchmark reports ("AMD EPYC", ...)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+def cpu_name(cpuinfo: str | None = None) -> str:
+    """The processor, for benchmark reports: its model name, and on x86 its family and model numbers
+    and the vector units that decide its speed, e.g. ``"AMD EPYC (family 25 model 17; AVX-512,
+    AVX512-BF16, no AMX)"``. Virtual machines often report only "AMD EPYC", which the family and model
+    tell apart (family 25 model 1 and model 17 are AMD's Zen 3 and Zen 4, family 26 is Zen 5). Where
+    ``ONEDNN_MAX_CPU_ISA`` caps oneDNN's kernels, the report says so.
+
+    Args:
+        cpuinfo: the text of ``/proc/cpuinfo`` (default: read it).
+    """
+    import os
     import platform
 
-    return platform.processor() or "unknown CPU"
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if not sep and not line.strip():
+            if fields:
+                break  # the first processor's block is enough
+            continue
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or platform.processor() or "unknown CPU"
+    details = []
+    if "cpu family" in fields and "model" in fields:
+        details.append(f"family {fields['cpu family']} model {fields['model']}")
+    flags = set(fields.get("flags", "").split())
+    if flags:
+        units = ["AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"]
+        if "avx512_bf16" in flags:
+            units.append("AVX512-BF16")
+        units.append("AMX" if "amx_bf16" in flags else "no AMX")
+        details.append(", ".join(units))
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    if cap:
+        details.append(f"oneDNN capped at {cap}")
+    return f"{name} ({'; '.join(details)})" if details else name
 
 
 def native_bf16(device: torch.device) -> bool:
