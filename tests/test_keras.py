@@ -630,6 +630,40 @@ def test_float64_reading_is_exact(tmp_path, keras_in_float64):
     assert np.abs(_ours(net.double(), x)[0] - ref).max() <= 1e-13 * np.abs(ref).max()
 
 
+def test_a_converted_raw_pixel_run_in_float64_gives_keras_float64_output(tmp_path, keras_in_float64):
+    """A run converted with --raw-pixels divides [0, 1] pixels by a std of 1/255: in float64 it divides
+    by 1/255 itself (not by its float32 rounding, a relative 6e-8 off), so it gives Keras' float64
+    output to rounding; in float32 it keeps its float32 buffers, and its file stores them."""
+    from safetensors import safe_open
+
+    import cnnkit
+    from cnnkit.tasks.classify.convert import convert_keras
+
+    x_in = keras.Input((6, 5, 3))
+    x = layers.Conv2D(4, 3, padding="same")(x_in)
+    model = keras.Model(x_in, layers.Dense(3)(layers.GlobalAveragePooling2D()(x)))
+    _randomise(model, 3)
+    model.save(tmp_path / "m.keras")
+    _edit_config(tmp_path / "m.keras", tmp_path / "m64.keras", lambda d: d.replace(b'"float32"', b'"float64"'))
+    wide = keras.saving.load_model(tmp_path / "m64.keras", compile=False)
+    convert_keras(tmp_path / "m.keras", tmp_path / "run", raw_pixels=True)
+    with safe_open(str(tmp_path / "run" / "model.safetensors"), "pt") as f:
+        assert f.get_slice("std").get_dtype() == f.get_slice("mean").get_dtype() == "F32"
+    x = torch.rand(3, 3, 6, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ref = _keras_out(wide, x * 255)[0]
+    clf = cnnkit.load(tmp_path / "run")
+    std32 = torch.tensor(1 / 255, dtype=torch.float32)
+    assert clf.std.dtype == torch.float32 and torch.equal(clf.std.flatten(), std32.repeat(3))
+    with torch.no_grad():
+        want32 = clf.net(x.float() / std32)
+        assert torch.equal(clf(x.float()), want32)  # float32: the same operations on the same buffers
+        clf.double()
+        assert clf.std.flatten().tolist() == [1 / 255] * 3
+        assert np.abs(clf(x).numpy() - ref).max() <= 1e-13 * np.abs(ref).max()
+        clf.float()  # float32 again: the same float32 buffers and answers
+        assert clf.std.dtype == torch.float32 and torch.equal(clf(x.float()), want32)
+
+
 def test_rescaling_by_numpy_arrays_is_read(tmp_path):
     """Keras saves a Rescaling's NumPy scale or offset as ``{"class_name": "__numpy__", ...}``: read as its values."""
     x_in = keras.Input((4, 5, 3))

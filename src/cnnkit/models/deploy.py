@@ -22,6 +22,9 @@ class Classifier(nn.Module):
         super().__init__()
         self.net = net
         c = len(mean)
+        # the buffers are float32 (what a checkpoint stores); the values as given are kept for a
+        # float64 Classifier, whose buffers take them rather than their float32 rounding (_apply)
+        self._given = {"mean": tuple(map(float, mean)), "std": tuple(map(float, std))}
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1))
         self.classes = list(classes)
@@ -34,6 +37,22 @@ class Classifier(nn.Module):
         """(C, H, W) that ``net`` itself sees: ``input_size`` grown by ``pad`` on every side."""
         c, h, w = self.input_size
         return (c, h + 2 * self.pad, w + 2 * self.pad)
+
+    def _apply(self, fn, recurse=True):
+        """``nn.Module._apply`` (``.to``, ``.double()``, ...), where a float32 buffer cast to float64
+        takes its given values in float64: a float64 network divides by 1/255 itself, as Keras in
+        float64 does, not by its float32 rounding (a relative 6e-8 off). A buffer that does not hold
+        the float32 rounding of the given values (another state dict loaded into it) is cast as it is."""
+        before = {name: getattr(self, name) for name in self._given}
+        super()._apply(fn, recurse)
+        for name, old in before.items():
+            new = getattr(self, name)
+            if new.dtype != torch.float64 or old.dtype != torch.float32 or old.is_meta:
+                continue
+            given = torch.tensor(self._given[name], dtype=torch.float64, device=old.device).view_as(old)
+            if torch.equal(given.float(), old):
+                setattr(self, name, given.to(new.device, torch.float64))
+        return self
 
     @contextlib.contextmanager
     def without_tta(self):
