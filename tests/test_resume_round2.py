@@ -15,6 +15,7 @@ from PIL import Image
 from safetensors.torch import load_file, save, save_file
 from test_engine import LineTask, _data, _plan, _run
 
+import cnnkit
 import cnnkit.engine.loop as loop
 from cnnkit.cli import build_parser, main
 from cnnkit.engine import fit
@@ -240,27 +241,55 @@ def test_a_finished_ensemble_resumes_to_the_same_files(data_dir, tmp_path, capsy
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_a_spec_run_whose_file_was_edited_is_not_resumed(data_dir, tmp_path, monkeypatch, capsys):
-    """A spec file edited after the run stopped would build another network (here another dropout
-    rate, the same weights' shapes): ``--resume`` refuses it in one line, and resumes once it is restored."""
-    spec = tmp_path / "net.yaml"
-    text = "input: 1x28x28\nlayers:\n  - conv2d: {filters: 4, kernel_size: 3, strides: 2}\n"
-    text += "  - batch_normalization: {}\n  - dropout: {rate: 0.2}\n  - flatten\n  - dense: {units: 10}\n"
-    spec.write_text(text)
-    run = tmp_path / "run"
+_SPEC = "input: 1x28x28\nlayers:\n  - conv2d: {filters: 4, kernel_size: 3, strides: 2}\n"
+_SPEC += "  - batch_normalization: {}\n  - dropout: {rate: 0.2}\n  - flatten\n  - dense: {units: 10}\n"
+
+
+def _spec_argv(data_dir, spec, run) -> list[str]:
     argv = ["train", "--data-dir", str(data_dir), "--model", str(spec), "--subset", "128", "--epochs", "2"]
-    argv += ["--batch-size", "64", "--threads", "1", "--quiet", "--out", str(run)]
-    assert _stopped_after_first_epoch(monkeypatch, argv) == 130
-    spec.write_text(text.replace("rate: 0.2", "rate: 0.9"))
-    capsys.readouterr()
-    before = load_file(run / "resume.safetensors")
-    assert main(["train", "--resume", "--out", str(run), "--quiet"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert f"{run} was trained with another network than {spec} describes now" in err and "\n" not in err
-    after = load_file(run / "resume.safetensors")
-    assert all(torch.equal(before[k], after[k]) for k in before)  # nothing trained
-    spec.write_text(text)
-    assert main(["train", "--resume", "--out", str(run), "--quiet"]) == 0
+    return argv + ["--batch-size", "64", "--threads", "1", "--quiet", "--out", str(run)]
+
+
+def test_a_spec_file_edited_during_a_run_changes_nothing_the_run_stores(data_dir, tmp_path, monkeypatch):
+    """The spec file is read once, when the run starts: an edit after the first epoch (another dropout
+    rate, the same weights' shapes) is not what the second epoch's model file describes."""
+    spec = tmp_path / "net.yaml"
+    spec.write_text(_SPEC)
+    save = loop._save_run
+
+    def save_then_edit(out, *args):
+        save(out, *args)
+        spec.write_text(_SPEC.replace("rate: 0.2", "rate: 0.9"))
+
+    monkeypatch.setattr(loop, "_save_run", save_then_edit)
+    assert main(_spec_argv(data_dir, spec, tmp_path / "run")) == 0
+    info = read_info(tmp_path / "run")
+    assert info["epoch"] == 2 and info["network"]["spec"]["layers"][2] == {"dropout": {"rate": 0.2}}
+    assert cnnkit.load(tmp_path / "run").net.dropout_1.p == 0.2
+
+
+def test_a_spec_run_whose_file_was_edited_resumes_its_own_copy(data_dir, tmp_path, monkeypatch, capsys):
+    """``--resume`` trains the spec the run stored when it started, whatever its file holds now (an
+    edited file says so in one line; a deleted one is not needed): the weights are an uninterrupted
+    run's of the original spec."""
+    spec = tmp_path / "net.yaml"
+    spec.write_text(_SPEC)
+    assert main(_spec_argv(data_dir, spec, tmp_path / "full")) == 0
+    for run, edit in ((tmp_path / "edited", "write"), (tmp_path / "deleted", "unlink")):
+        assert _stopped_after_first_epoch(monkeypatch, _spec_argv(data_dir, spec, run)) == 130
+        if edit == "write":
+            spec.write_text(_SPEC.replace("rate: 0.2", "rate: 0.9"))
+        else:
+            spec.unlink()
+        capsys.readouterr()
+        assert main(["train", "--resume", "--out", str(run), "--quiet"]) == 0
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"note: {spec} is not the spec {run} started with") and "\n" not in err
+        assert "--resume trains the run's own copy of it" in err
+        full, resumed = load_file(tmp_path / "full" / MODEL_FILE), load_file(run / MODEL_FILE)
+        assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
+        assert read_info(run)["network"] == read_info(tmp_path / "full")["network"]
+        spec.write_text(_SPEC)
 
 
 def test_a_sequence_ensembles_member_folder_is_refused(data_dir, tmp_path, capsys):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import math
 import re
 import sys
@@ -109,6 +110,21 @@ def describe(model: str, net: nn.Module | None = None) -> dict:
 
     head = head_kind(net) if net is not None else None
     return {"kind": "zoo", "name": model, **({"head": head} if head else {})}
+
+
+def spec_network(model: str) -> dict | None:
+    """The ``"network"`` entry of a run trained from the spec file ``model``, read from the file once,
+    when the run starts: the run stores this copy, and every later save and ``--resume`` use it, so
+    an edit of the file changes no run already started. None where ``model`` is no spec file.
+
+    Raises:
+        CnnkitError: the spec file is missing or is not a spec.
+    """
+    if not model.endswith((".yaml", ".yml", ".json")):
+        return None
+    if not Path(model).is_file():
+        raise CnnkitError(f"--model spec file not found: {model}; give a .yaml/.json network spec")
+    return json.loads(json.dumps(describe(model)))  # as the run's files hold it
 
 
 def describe_modules(net: nn.Module) -> dict | None:

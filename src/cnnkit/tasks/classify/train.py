@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -41,7 +42,14 @@ from cnnkit.engine.runfolder import (
 from cnnkit.errors import CnnkitError
 from cnnkit.models import model_info
 from cnnkit.models.deploy import Classifier
-from cnnkit.models.network import build_network, check_resumable, describe, model_reference, trusted_resume_model
+from cnnkit.models.network import (
+    build,
+    build_network,
+    check_resumable,
+    model_reference,
+    spec_network,
+    trusted_resume_model,
+)
 from cnnkit.tasks.classify.config import TrainConfig, validate
 from cnnkit.tasks.classify.evaluate import evaluate
 from cnnkit.tasks.classify.load import load_classifier, network_of, save_ensemble
@@ -90,7 +98,8 @@ def train(
         out: the run folder.
         resume: continue the run in ``out`` exactly, after its last completed epoch; the run's
             own config replaces ``cfg`` (only its ``model`` reference is checked against it), but for
-            ``cfg``'s device, threads, data_dir and minutes where set (not None).
+            ``cfg``'s device, threads, data_dir and minutes where set (not None). A run of a spec file
+            trains the copy of the spec it stored when it started, whatever the file holds now.
         quiet: no summary, progress bar or epoch lines.
         on_epoch_end: ``fn(epoch, row)`` called after each saved epoch.
 
@@ -107,13 +116,18 @@ def train(
         0.996
     """
     out = Path(out)
+    network, note = None, None
     if resume:
-        cfg = _resumed_config(out, cfg)
+        cfg, network, note = _resumed_config(out, cfg)
     validate(cfg)
+    if network is None:
+        network = spec_network(cfg.model)  # a spec file is read once, here: every member trains this copy
     with distributed(cfg.device) as d:
         use_threads(cfg.threads)
+        if note and d.main:  # said even when quiet, on one line
+            print(note, file=sys.stderr)
         if cfg.ensemble == 1:
-            return train_one(cfg, out, d, resume, quiet, on_epoch_end)
+            return train_one(cfg, out, d, resume, quiet, on_epoch_end, network=network)
         runs = [
             train_one(
                 replace(cfg, seed=cfg.seed + i),
@@ -123,6 +137,7 @@ def train(
                 quiet,
                 on_epoch_end,
                 split_seed=cfg.seed,  # one split for all: no member trains on the ensemble's validation images
+                network=network,
             )
             for i in range(cfg.ensemble)
         ]
@@ -154,17 +169,21 @@ def train_one(
     quiet: bool = False,
     on_epoch_end: Callable[[int, dict], None] | None = None,
     split_seed: int | None = None,
+    network: dict | None = None,
 ) -> TrainResult:
     """One model: the config as a classification task and a one-phase plan, run by the engine.
     An image folder is split by ``split_seed`` (default: ``cfg.seed``); the split is the run's
-    ``split.json``: written before training, read on resume."""
+    ``split.json``: written before training, read on resume. ``network``: the description of the
+    spec network the run trains, which every save stores (:func:`train` gives the run's own copy on
+    resume); None: ``cfg.model``'s spec file read here, or the zoo network or factory it names."""
+    network = spec_network(cfg.model) if network is None else network
     own = read_split(out, ("train", "val")) if resume else None
     train_set, val_set = load_splits(cfg, d.device, own, split_seed)
     if "files" in train_set.meta and d.main and not (resume and (out / SPLIT_FILE).is_file()):
         check_new_run(out, resume)  # before split.json is written: a refused run leaves the folder untouched
         split = {"train": train_set.meta["files"], "val": val_set.meta.get("files", [])}
         atomic_write_bytes(out / SPLIT_FILE, json.dumps(split, indent=1).encode())
-    model = build_classifier(cfg, train_set).to(d.device, memory_format=_fmt(cfg))
+    model = build_classifier(cfg, train_set, network, str(out)).to(d.device, memory_format=_fmt(cfg))
     say = make_console(quiet=quiet or not d.main).print
     if model.pad:
         (_, h, w), (_, hp, wp) = model.input_size, model.net_input_size
@@ -177,7 +196,7 @@ def train_one(
         cfg.channels_last,
         eval_batch_size=cfg.eval_batch_size,
         val_name=_val_label(cfg),
-        info=_info(cfg, train_set),
+        info=_info(cfg, train_set, network),
         prune=cfg.prune,
     )
     plan = single_phase_plan(cfg, lambda m: m.net, val_every=1 if cfg.val_every is None else cfg.val_every)
@@ -265,10 +284,15 @@ def load_splits(
     return (ImageSet(s.images.to(device), s.labels.to(device), s.classes, s.name, s.meta) for s in (train_set, val_set))
 
 
-def build_classifier(cfg: TrainConfig, data: ImageSet) -> Classifier:
-    """The network (seeded init) wrapped with the training set's per-channel mean/std."""
+def build_classifier(
+    cfg: TrainConfig, data: ImageSet, network: dict | None = None, source: str = "the run"
+) -> Classifier:
+    """The network (seeded init) wrapped with the training set's per-channel mean/std. ``network``: a
+    spec network's description (:func:`~cnnkit.models.network.spec_network`), built as ``cnnkit.load``
+    builds it (``source`` names the run in its errors); None: ``cfg.model`` built by its name."""
     torch.manual_seed(cfg.seed)
-    net = build_network(cfg.model, len(data.classes), data.image_shape[0])
+    n, c = len(data.classes), data.image_shape[0]
+    net = build_network(cfg.model, n, c) if network is None else build(network, n, c, source)
     x = data.images[:10000].float().div(255)  # a fixed sample is plenty
     mean, std = x.mean((0, 2, 3)).tolist(), x.std((0, 2, 3)).clamp_min(1e-3).tolist()
     tta = ("flip" if cfg.augment.flip else "shift") if cfg.tta else ""
@@ -304,17 +328,25 @@ def _val_label(cfg: TrainConfig) -> str:
     return "val (trained on)" if cfg.trainval else "val"
 
 
-def _info(cfg: TrainConfig, data: ImageSet) -> dict:
-    """What the checkpoint says beyond the Classifier's own attributes (ClassifyTask.describe)."""
+def _info(cfg: TrainConfig, data: ImageSet, network: dict | None = None) -> dict:
+    """What the checkpoint says beyond the Classifier's own attributes (ClassifyTask.describe); a spec
+    run's ``network`` is stored as it is (a zoo network or a factory's is described at each save)."""
     return {
         "model": model_reference(cfg.model),
         "dataset": {"name": cfg.data, "dark_background": bool(data.meta.get("dark_background"))},
         "config": cfg.to_dict(),
+        **({"network": network} if network is not None else {}),
     }
 
 
-def _resumed_config(out: Path, cfg: TrainConfig) -> TrainConfig:
-    """On --resume the run's own config wins (a different one would not continue *exactly*)."""
+def _resumed_config(out: Path, cfg: TrainConfig) -> tuple[TrainConfig, dict | None, str | None]:
+    """On --resume the run's own config wins (a different one would not continue *exactly*).
+
+    Returns:
+        (the config, the spec network the run stored or None, a note to say or None): a spec run
+        trains its stored copy of the spec; where its spec file holds another (edited, moved or
+        deleted since the run started), the note says so.
+    """
     path = out / RESUME_FILE
     member = out / "member0" / RESUME_FILE
     if not path.is_file() and not member.is_file():
@@ -336,16 +368,27 @@ def _resumed_config(out: Path, cfg: TrainConfig) -> TrainConfig:
     # the network's description: in the run's model file, or an ensemble's first member's (the
     # ensemble's own file lists its members)
     model_file = out / "member0" / MODEL_FILE if stored.ensemble > 1 else out / MODEL_FILE
+    network, note = None, None
     if model_file.is_file():
         network = network_of(read_info(model_file))
         check_resumable(network, str(out))
-        now = network.get("kind") == "spec" and json.loads(json.dumps(describe(stored.model)["spec"]))
-        if now and now != network.get("spec"):  # the spec file edited since: another network
-            raise CnnkitError(
-                f"{out} was trained with another network than {stored.model} describes now; --resume "
-                "trains the run's own network: restore the spec file as it was, or start a new run in another --out"
-            )
-    return with_free_settings(replace(stored, model=trusted_resume_model(stored.model, cfg.model)), cfg)
+    if not isinstance(network, dict) or network.get("kind") not in ("spec", "spec_file"):
+        network = None  # a zoo network or a factory: built by its name, as at the start
+    elif network["kind"] == "spec" and not _holds(stored.model, network):
+        note = (
+            f"note: {stored.model} is not the spec {out} started with (edited, moved or deleted since); "
+            "--resume trains the run's own copy of it (a new run in another --out trains the file)"
+        )
+    resumed = replace(stored, model=trusted_resume_model(stored.model, cfg.model))
+    return with_free_settings(resumed, cfg), network, note
+
+
+def _holds(model: str, network: dict) -> bool:
+    """Whether the spec file ``model`` holds the spec of ``network`` (False: another one, or none)."""
+    try:
+        return (spec_network(model) or {}).get("spec") == network.get("spec")
+    except CnnkitError:  # missing or no longer a spec
+        return False
 
 
 def _fmt(cfg: TrainConfig) -> torch.memory_format:
