@@ -121,6 +121,19 @@ def test_a_resume_file_from_another_tasks_run_is_named(tmp_path, capsys):
     assert f"{run / RESUME_FILE} is the resume state of a 'detect' run, not a 'classify' one" in err, err
 
 
+def test_a_resume_states_damaged_network_record_is_one_line(tmp_path, capsys):
+    """The network a resume state records is what --resume builds: one that is not a mapping is refused
+    before anything is read or written."""
+    run = _run(tmp_path / "run", "classify", {"data": "mnist", "model": "lenet5", "epochs": 1})
+    meta = {"format": FORMAT, "config": {"data": "mnist", "model": "lenet5", "epochs": 1}, "network": "x"}
+    atomic_write_bytes(run / RESUME_FILE, save({"w": torch.zeros(1)}, metadata={"cnnkit": json.dumps(meta)}))
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert main(["train", "--resume", "--out", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{run / RESUME_FILE}: the resume state's network description is 'x', not a mapping" in err, err
+    assert "\n" not in err and {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
 def test_the_resume_file_records_its_task(tmp_path):
     from cnnkit.engine.runfolder import read_checkpoint, save_resume
 

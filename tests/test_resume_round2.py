@@ -292,6 +292,80 @@ def test_a_spec_run_whose_file_was_edited_resumes_its_own_copy(data_dir, tmp_pat
         spec.write_text(_SPEC)
 
 
+# a "valid" conv2d_transpose whose stride exceeds its kernel: 13x13 -> 25x25 at spec version 1, 26x26 at
+# version 2 (Keras'); the weights have the same shapes at both
+_LONGER = _SPEC.replace("  - flatten\n", "  - conv2d_transpose: {filters: 4, kernel_size: 1, strides: 2}\n")
+_LONGER = _LONGER.replace("  - dense:", "  - global_average_pooling2d\n  - dense:")
+
+
+def _killed_before_the_first_model_file(monkeypatch, argv) -> None:
+    """``main(argv)`` killed after its first resume state, before its first model file."""
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    real = loop._save_model
+    monkeypatch.setattr(loop, "_save_model", killed)
+    with pytest.raises(Killed):
+        main(argv)
+    monkeypatch.setattr(loop, "_save_model", real)
+
+
+def test_a_spec_run_killed_before_its_first_model_file_resumes_the_network_it_started_with(
+    data_dir, tmp_path, monkeypatch, capsys
+):
+    """The first resume state records the network with its spec version: a run killed before its
+    first model file resumes what it started with (here with its spec file edited since), exactly."""
+    from cnnkit.models.spec import SPEC_VERSION
+
+    spec = tmp_path / "net.yaml"
+    spec.write_text(_LONGER)
+    assert main(_spec_argv(data_dir, spec, tmp_path / "full")) == 0
+    run = tmp_path / "cut"
+    _killed_before_the_first_model_file(monkeypatch, _spec_argv(data_dir, spec, run))
+    assert not (run / MODEL_FILE).exists()
+    recorded = read_info(run / RESUME_FILE)["network"]
+    assert recorded == {**read_info(tmp_path / "full")["network"], "version": SPEC_VERSION}
+    assert recorded["spec"]["layers"][2] == {"dropout": {"rate": 0.2}}
+    spec.write_text(_LONGER.replace("rate: 0.2", "rate: 0.9"))
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(run), "--quiet"]) == 0
+    assert capsys.readouterr().err.startswith(f"note: {spec} is not the spec {run} started with")
+    full, resumed = load_file(tmp_path / "full" / MODEL_FILE), load_file(run / MODEL_FILE)
+    assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
+    assert read_info(run)["network"] == recorded
+
+
+@pytest.mark.parametrize("record", ["none", "version 1"])
+def test_a_version_1_spec_run_killed_before_its_first_model_file_is_not_resumed_at_version_2(
+    data_dir, tmp_path, monkeypatch, capsys, record
+):
+    """A resume state that records no network (cnnkit 0.1.0's, whose specs were built at version 1),
+    or records spec version 1, before the run's first model file: a spec that version 1 builds
+    otherwise is refused in one line, nothing written; one that both versions build alike resumes."""
+    for text, refused in ((_LONGER, True), (_SPEC, False)):
+        spec, run = tmp_path / "net.yaml", tmp_path / f"run{int(refused)}"
+        spec.write_text(text)
+        _killed_before_the_first_model_file(monkeypatch, _spec_argv(data_dir, spec, run))
+        tensors, meta = load_file(run / RESUME_FILE), read_info(run / RESUME_FILE)
+        if record == "none":
+            meta.pop("network", None)  # as cnnkit 0.1.0 wrote it
+        else:
+            meta["network"]["version"] = 1
+        atomic_write_bytes(run / RESUME_FILE, save(tensors, metadata={"cnnkit": json.dumps(meta)}))
+        before = {p.name: p.read_bytes() for p in run.iterdir()}
+        capsys.readouterr()
+        code = main(["train", "--resume", "--out", str(run), "--quiet"])
+        err = capsys.readouterr().err.strip()
+        if refused:
+            assert code == 2 and "\n" not in err
+            assert f"{run} was trained with spec version 1, where a 'valid' conv2d_transpose" in err, err
+            assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+        else:
+            assert code == 0 and err == ""
+            assert read_info(run)["epoch"] == 2 and read_info(run)["network"].get("version", 1) == 1
+
+
 def test_a_sequence_ensembles_member_folder_is_refused(data_dir, tmp_path, capsys):
     run = tmp_path / "ens"
     argv = ["sequence", "train", "--data", "ucr:ItalyPowerDemand", "--data-dir", str(data_dir), "--model", "fcn1d"]

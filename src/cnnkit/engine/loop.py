@@ -644,6 +644,7 @@ def _save_run(
         config,
         state,
         getattr(task, "name", None),
+        task.describe(deploy).get("network"),  # what the model file is about to hold
     )
     _save_outputs(out, task, deploy, history, config, precision, draw)
 

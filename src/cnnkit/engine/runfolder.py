@@ -5,7 +5,8 @@ A run folder holds
   ``"cnnkit"`` is a JSON document: model spec, classes, input size, normalisation, TTA, config,
   history. :func:`load` rebuilds an eval-mode :class:`Classifier` from it.
 - ``resume.safetensors``: everything ``--resume`` needs (weights, EMA, the state of every optimizer,
-  RNG states, epoch, history), self-contained so it never disagrees with itself.
+  RNG states, epoch, history, the network's description where the task gives one), self-contained so
+  it never disagrees with itself.
 - ``metrics.csv`` and ``curves.png``.
 Every file is written to a temporary file beside it, then renamed: never half-written.
 """
@@ -156,6 +157,7 @@ def save_resume(
     config: dict,
     task_state: dict[str, torch.Tensor] | None = None,
     task: str | None = None,
+    network: dict | None = None,
 ) -> None:
     """Everything needed to continue exactly after ``epoch`` epochs.
 
@@ -172,12 +174,17 @@ def save_resume(
             weights, such as the per-image losses that pruning reads), or None.
         task: the task's name (``"detect"``): :func:`resumed_config` refuses the file in another
             task's run folder.
+        network: the network's description as the model file holds it (a spec run's spec and spec
+            version), or None: the resume state is written before the first model file, so a run
+            killed between the two resumes with the network it started with.
     """
     tensors = cpu_tensors(model.state_dict(), "model.")
     tensors.update(cpu_tensors(task_state or {}, "task."))
     if ema is not None:
         tensors.update(cpu_tensors(ema.state_dict(), "ema."))
     meta = {"format": FORMAT, "epoch": epoch, "history": history, "config": config, **({"task": task} if task else {})}
+    if network is not None:
+        meta["network"] = network
     meta["generator"] = generator.device.type  # where the data order's random numbers come from
     for j, one in enumerate(optimizer if isinstance(optimizer, list) else [optimizer]):
         prefix, groups_key, scalars_key = _optim_keys(j)

@@ -310,7 +310,7 @@ def check_resumable(network: dict, source: str) -> None:
         raise CnnkitError(
             f"{source} was trained with spec version {version}, where a 'valid' conv2d_transpose whose stride "
             f"exceeds its kernel is shorter than Keras' (this cnnkit trains version {SPEC_VERSION}): it cannot be "
-            "resumed; evaluate, predict or export it as it is, or start a new run without --resume"
+            "resumed; start a new run without --resume (a model file it saved evaluates, predicts and exports as it is)"
         )
 
 

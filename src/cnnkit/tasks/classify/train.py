@@ -365,13 +365,25 @@ def _resumed_config(out: Path, cfg: TrainConfig) -> tuple[TrainConfig, dict | No
             f"{out} is one member of the ensemble in {out.parent}; resume the ensemble: "
             f"`cnnkit train --resume --out {out.parent}`"
         )
-    # the network's description: in the run's model file, or an ensemble's first member's (the
-    # ensemble's own file lists its members)
+    # the network the run started with: recorded in its resume state (an ensemble's: its first
+    # member's); a resume state that records none is read with the run's model file (the ensemble's own
+    # file lists its members), or, before the first one, as cnnkit 0.1.0 wrote it: a spec with no version
     model_file = out / "member0" / MODEL_FILE if stored.ensemble > 1 else out / MODEL_FILE
-    network, note = None, None
-    if model_file.is_file():
+    note = None
+    if "network" in meta:
+        network = meta["network"]
+        if not isinstance(network, dict):
+            raise CnnkitError(
+                f"{path}: the resume state's network description is {str(network)[:40]!r}, not a mapping; "
+                "the file is damaged: start a new run in another --out"
+            )
+    elif model_file.is_file():
         network = network_of(read_info(model_file))
-        check_resumable(network, str(out))
+    else:
+        network = spec_network(stored.model)
+        if network is not None:
+            network.pop("version")  # none recorded: version 1, as cnnkit 0.1.0 built the spec
+    check_resumable(network, str(out))
     if not isinstance(network, dict) or network.get("kind") not in ("spec", "spec_file"):
         network = None  # a zoo network or a factory: built by its name, as at the start
     elif network["kind"] == "spec" and not _holds(stored.model, network):
