@@ -511,3 +511,79 @@ def test_the_progress_bar_ends_full_when_the_epochs_batch_counts_differ(counts, 
     fit(ChangingLineTask(counts), nn.Linear(1, 1), _data(), _plan(epochs=(3, 1)), None, quiet=True)
     done = [(t.completed, t.total) for bar in bars for t in bar.tasks]
     assert done == [(sum(counts[:3]), sum(counts[:3])), (counts[3], counts[3])]
+
+
+def _ema_decays(monkeypatch, model: nn.Module) -> list[float]:
+    """The decay of each EMA update of ``model``'s weights, as applied (a spy on the lerp that averages
+    them in), in a list that fills as the run trains."""
+    decays, lerp = [], torch._foreach_lerp_
+    ours = {p.data_ptr() for p in model.parameters()}
+
+    def spy(tensors, others, weight):
+        if isinstance(others, list) and others and others[0].data_ptr() in ours:
+            decays.append(1.0 - weight)
+        return lerp(tensors, others, weight)
+
+    monkeypatch.setattr(torch, "_foreach_lerp_", spy)
+    return decays
+
+
+@pytest.mark.parametrize("cut", [1, 3], ids=["inside-a-phase", "at-a-phase-boundary"])
+def test_the_ema_warms_up_once_over_every_step_the_run_takes_and_resumes_exactly(cut, tmp_path, monkeypatch):
+    """The EMA's warm-up counts every optimizer step of the run once: through the second phase and
+    across epochs of different lengths (as InfoBatch prunes them), and on from where a run cut after
+    ``cut`` epochs stopped, to the uninterrupted run's tensors."""
+    counts = (16, 5, 9, 3)  # batches of each epoch; phases of 3 and 1 epochs
+    expected = [min(0.9, (1 + n) / (10 + n)) for n in range(sum(counts))]
+
+    def run(out, task, **kw):
+        torch.manual_seed(0)
+        model = nn.Linear(1, 1)
+        decays = _ema_decays(monkeypatch, model)
+        plan = _plan(epochs=(3, 1))
+        fit(task, model, _data(), plan, out, quiet=True, config={"lr": 0.1}, **kw)
+        return decays
+
+    assert run(tmp_path / "full", ChangingLineTask(counts)) == pytest.approx(expected)
+
+    def stop(epoch, row):
+        if epoch + 1 == cut:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut", ChangingLineTask(counts), on_epoch_end=stop)
+    before = len(expected) - sum(counts[cut:])
+    assert read_checkpoint(tmp_path / "cut" / "resume.safetensors")[1]["ema_updates"] == before
+    after = run(tmp_path / "cut", ChangingLineTask(counts[cut:]), resume=True)
+    assert after == pytest.approx(expected[before:])
+    for name in ("model.safetensors", "resume.safetensors"):
+        a, b = (load_file(tmp_path / r / name) for r in ("full", "cut"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a if not k.startswith("rng")), name
+
+
+def test_a_resume_state_without_the_ema_count_keeps_the_average_and_a_bad_count_is_refused(tmp_path):
+    """A resume state that lacks the EMA's count of steps resumes with the warm-up taken as over (the
+    average is kept at the full decay, not forgotten by a warm-up's first steps); a count that is not
+    one is a damaged resume state."""
+    import json
+
+    from safetensors.torch import save
+
+    from cnnkit.engine.ema import EMA
+    from cnnkit.engine.runfolder import atomic_write_bytes, load_resume
+
+    _run(tmp_path / "run")
+    path = tmp_path / "run" / "resume.safetensors"
+    tensors, meta = read_checkpoint(path)
+    assert meta["ema_updates"] == 3 * 16
+    for value, want in ((None, 81), (5, 5)):  # (1 + 81) / (10 + 81) > 0.9: the warm-up is over
+        edited = {k: v for k, v in meta.items() if k != "ema_updates"} | (
+            {} if value is None else {"ema_updates": value}
+        )
+        atomic_write_bytes(path, save(tensors, metadata={"cnnkit": json.dumps(edited)}))
+        ema = EMA(nn.Linear(1, 1), 0.9)
+        load_resume(path, nn.Linear(1, 1), None, ema, torch.Generator().manual_seed(0))
+        assert ema.updates == want and min(0.9, (1 + want) / (10 + want)) == (0.9 if value is None else 0.4)
+    atomic_write_bytes(path, save(tensors, metadata={"cnnkit": json.dumps({**meta, "ema_updates": "many"})}))
+    with pytest.raises(CnnkitError, match="resume state is damaged .*ema_updates 'many' is not a count of steps"):
+        load_resume(path, nn.Linear(1, 1), None, EMA(nn.Linear(1, 1), 0.9), torch.Generator().manual_seed(0))

@@ -506,7 +506,9 @@ def train_epoch(
     own_step = getattr(task, "step", None)
     names, sums, tick = [], None, time.perf_counter()
     for i, batch in enumerate(batches):
-        step = (epoch - first) * steps + i  # counted within the phase
+        # the schedule's position: the share of the phase's epochs done (an epoch InfoBatch pruned
+        # counts as one epoch, its fewer steps each a larger share); the EMA counts steps taken itself
+        step = (epoch - first) * steps + i
         if setup.schedule is not None:
             for group in (g for o in setup.optimizers for g in o.param_groups):
                 group["lr"] = setup.schedule(step, (last - first) * steps) * group.get("lr_scale", 1.0)
@@ -520,7 +522,7 @@ def train_epoch(
             loss.backward()
             opt.step()
         if ema is not None:
-            ema.update(model, step)
+            ema.update(model)
         names = [k for k in stats if k != "n"]
         s = torch.stack([stats[k] for k in names] + [stats["n"]])
         sums = s if sums is None else sums + s

@@ -165,7 +165,7 @@ def save_resume(
         path: the resume file.
         model: the model in training (all its weights and buffers).
         optimizer: the phase's optimizer, or all of them in order (a task with its own ``step``).
-        ema: the weights' moving average, or None.
+        ema: the weights' moving average (its tensors and its count of steps), or None.
         generator: the data-order generator.
         epoch: epochs completed.
         history: one row per epoch.
@@ -180,9 +180,10 @@ def save_resume(
     """
     tensors = cpu_tensors(model.state_dict(), "model.")
     tensors.update(cpu_tensors(task_state or {}, "task."))
+    meta = {"format": FORMAT, "epoch": epoch, "history": history, "config": config, **({"task": task} if task else {})}
     if ema is not None:
         tensors.update(cpu_tensors(ema.state_dict(), "ema."))
-    meta = {"format": FORMAT, "epoch": epoch, "history": history, "config": config, **({"task": task} if task else {})}
+        meta["ema_updates"] = ema.updates  # the warm-up continues where it was
     if network is not None:
         meta["network"] = network
     meta["generator"] = generator.device.type  # where the data order's random numbers come from
@@ -235,6 +236,13 @@ def load_resume(
             task.load_state_dict(strip_prefix(tensors, "task."))
         if ema is not None:
             ema.load_state_dict(_without_dropped(model, strip_prefix(tensors, "ema.")))
+            updates = meta.get("ema_updates")
+            if updates is None:
+                ema.skip_warmup()
+            elif isinstance(updates, bool) or not isinstance(updates, int) or updates < 0:
+                raise ValueError(f"ema_updates {str(updates)[:40]!r} is not a count of steps")
+            else:
+                ema.updates = updates
         optimizers = [] if optimizer is None else optimizer if isinstance(optimizer, list) else [optimizer]
         for j, one in enumerate(optimizers):
             prefix, groups_key, scalars_key = _optim_keys(j)
