@@ -128,7 +128,11 @@ def test_cli_finetune_resumes_exactly_and_torchrun_matches_one_process(data_dir,
     assert main(_cli(data_dir, tmp_path / "cut", "--precision", "fp32")) == 130
     monkeypatch.setattr(loop, "_save_run", save)
     assert cnnkit.load(tmp_path / "cut").info["interrupted"] is True
-    assert main(["classify", "finetune", "--resume", "--out", str(tmp_path / "cut"), "--quiet"]) == 0
+    # the settings that say where, how fast and how long it computes may change (the command keeps
+    # them in its config's "args"): the cut run had no --threads and no budget
+    resume = ["classify", "finetune", "--resume", "--out", str(tmp_path / "cut"), "--quiet"]
+    assert main([*resume, "--threads", "1", "--minutes", "5"]) == 0
+    assert read_info(tmp_path / "cut")["args"]["threads"] == 1
     _same_files(tmp_path / "one", tmp_path / "cut")
     assert cnnkit.load(tmp_path / "cut").info["finetune"]["stages"] == ["head", "top"]
 

@@ -611,15 +611,22 @@ def _start(out: Path | None, resume: bool, model, ema, gen, config: dict, task=N
     if not resume:
         return 0, []
     epoch, history, saved = load_resume(path, model, None, ema, gen, task)
-    # a setting one side lacks is one a newer cnnkit added or dropped, not a difference; where the run
-    # computes (RESUME_FREE) may change
-    keys = sorted(k for k in set(saved) & set(config) - set(RESUME_FREE) if saved[k] != config[k])
+    keys = sorted(k for k in set(saved) & set(config) - set(RESUME_FREE) if _differs(saved[k], config[k]))
     if keys:
         raise CnnkitError(
             f"{out} was trained with other settings ({', '.join(keys)}); resume it "
             "with the same ones or start a new run in another --out"
         )
     return epoch, history
+
+
+def _differs(saved, given) -> bool:
+    """Whether a resumed run's setting differs from the run's own. A setting one side lacks is one a
+    newer cnnkit added or dropped, not a difference; where, how fast and how long the run computes
+    (RESUME_FREE) may change, at any depth: fine-tuning keeps its command's settings in ``"args"``."""
+    if isinstance(saved, dict) and isinstance(given, dict):
+        return any(_differs(saved[k], given[k]) for k in set(saved) & set(given) - set(RESUME_FREE))
+    return saved != given
 
 
 def _next_overruns(spent: float, last: float, minutes: float) -> bool:
