@@ -587,3 +587,34 @@ def test_a_resume_state_without_the_ema_count_keeps_the_average_and_a_bad_count_
     atomic_write_bytes(path, save(tensors, metadata={"cnnkit": json.dumps({**meta, "ema_updates": "many"})}))
     with pytest.raises(CnnkitError, match="resume state is damaged .*ema_updates 'many' is not a count of steps"):
         load_resume(path, nn.Linear(1, 1), None, EMA(nn.Linear(1, 1), 0.9), torch.Generator().manual_seed(0))
+
+
+class CountingTask(LineTask):
+    """The line, with 192 right answers of 227 samples in its one batch and 96 of 153 in validation."""
+
+    name, metric = "count", "acc"
+
+    def batches(self, data, generator, train):
+        return [{"x": data[0][:227], "y": data[1][:227]}]
+
+    def loss(self, model, batch):
+        loss, stats = super().loss(model, batch)
+        return loss, {**stats, "acc": torch.tensor(192), "n": torch.tensor(227.0)}
+
+    def evaluate(self, model, data):
+        return {"acc": 96 / 153}
+
+
+def test_counts_keep_their_five_decimals(tmp_path):
+    """An epoch's share of right answers is divided in float64 (192 / 227 = 0.8458149..., stored as
+    0.84581; float32 gives 0.84582)."""
+    torch.manual_seed(0)
+    plan = Plan([Phase(2, lambda m: Setup(torch.optim.SGD(m.parameters(), lr=0.01)))])
+    run = fit(CountingTask(), nn.Linear(1, 1), _data(), plan, tmp_path / "run", config={"lr": 0.01})
+    assert [r["train_acc"] for r in run.history] == [0.84581, 0.84581]
+    assert [r["val_acc"] for r in run.history] == [0.62745, 0.62745]
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert rows[0].split(",")[1:4] == ["train_loss", "train_acc", "val_acc"] and rows[1].split(",")[2:4] == [
+        "0.84581",
+        "0.62745",
+    ]

@@ -430,7 +430,7 @@ def _run_phase(
             seconds = time.perf_counter() - tick
             n = int(sums[-1].item())
             images += n
-            means = dict(zip(names, (sums[:-1] / sums[-1]).tolist()))
+            means = _means(names, sums)
             row = {
                 "epoch": epoch + 1,
                 **({"phase": name, "phase_epoch": epoch - first + 1} if name else {}),
@@ -529,7 +529,7 @@ def train_epoch(
         if (i + 1) % REPORT_EVERY == 0 or i + 1 == steps:
             # every process's shares together: a loss that diverged in one share stops every process
             whole = all_sum(sums.clone(), d)
-            means = dict(zip(names, (whole[:-1] / whole[-1]).tolist()))
+            means = _means(names, whole)
             bad = [k for k in names if k.endswith("loss") and not math.isfinite(means[k])]
             if bad:
                 raise CnnkitError(
@@ -696,6 +696,15 @@ def _best(history: list[dict], key: str) -> tuple[int, float] | None:
         return None
     top = max(rows, key=lambda r: r[key])
     return top["epoch"], top[key]
+
+
+def _means(names: list[str], sums: torch.Tensor) -> dict[str, float]:
+    """Each stat's mean per sample: its sum over ``n`` (the last of ``sums``), divided in Python's
+    float64. A count of right answers divided in float32 is off in its eighth digit, which can move
+    the five decimals a history keeps: 192 right of 227 is 0.8458150 in float32 (0.84582), 0.8458149...
+    in fact (0.84581)."""
+    values = sums.tolist()
+    return {k: v / values[-1] if values[-1] else math.nan for k, v in zip(names, values[:-1])}
 
 
 def _fmt(metrics: dict[str, float]) -> str:
