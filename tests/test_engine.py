@@ -605,9 +605,10 @@ class CountingTask(LineTask):
         return {"acc": 96 / 153}
 
 
-def test_counts_keep_their_five_decimals(tmp_path):
+def test_counts_keep_their_five_decimals_and_the_best_line_prints_the_stored_value(tmp_path, capsys):
     """An epoch's share of right answers is divided in float64 (192 / 227 = 0.8458149..., stored as
-    0.84581; float32 gives 0.84582)."""
+    0.84581; float32 gives 0.84582), and the best line prints the stored 96 / 153 = 0.62745 as it is,
+    not rounded again (0.6274), and says what it measures and which epoch's model is saved."""
     torch.manual_seed(0)
     plan = Plan([Phase(2, lambda m: Setup(torch.optim.SGD(m.parameters(), lr=0.01)))])
     run = fit(CountingTask(), nn.Linear(1, 1), _data(), plan, tmp_path / "run", config={"lr": 0.01})
@@ -618,3 +619,5 @@ def test_counts_keep_their_five_decimals(tmp_path):
         "0.84581",
         "0.62745",
     ]
+    out = " ".join(capsys.readouterr().out.split())
+    assert "best val acc 0.62745 at epoch 1 of 2 (per-epoch validation; the saved model is epoch 2's)" in out

@@ -339,3 +339,31 @@ def test_auto_stages_without_a_validation_split_train_the_head():
     torch.manual_seed(0)
     history = finetune(small_vgg(), toy_set(), None, stages="auto", epochs=1, batch_size=8, precision="fp32")
     assert [r["stage"] for r in history] == ["head"]
+
+
+def test_finetune_says_which_model_each_accuracy_it_prints_is_of(tmp_path, monkeypatch, capsys):
+    """The best line is the per-epoch validation's best epoch, as metrics.csv holds it; the final line
+    is the saved model's (the last epoch's) with its flip TTA, as `cnnkit eval` scores it."""
+    import json
+    import re
+
+    from test_honest_eval import _noise_photos
+
+    monkeypatch.setenv("CNNKIT_HOME", str(tmp_path / "home"))
+    _noise_photos(tmp_path / "photos", 12)
+    run = tmp_path / "run"
+    argv = ["--model", "resnet18", "--image-size", "16", "--stages", "head,top", "--epochs", "1", "--threads", "1"]
+    assert main(["classify", "finetune", "--data", str(tmp_path / "photos"), *argv, "--out", str(run)]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    rows = [line.split(",") for line in (run / "metrics.csv").read_text().splitlines()]
+    accs = [row[rows[0].index("val_acc")] for row in rows[1:]]
+    best = max(range(2), key=lambda i: (float(accs[i]), -i))
+    assert (
+        f"best val acc {accs[best]} at epoch {best + 1} of 2 (per-epoch validation; the saved model is epoch 2's)"
+        in said
+    )
+    final = re.search(r"val accuracy (\S+) on (\d+) images: the saved model \(epoch 2\) with flip TTA", said)
+    assert final is not None, said[-400:]
+    assert main(["eval", str(run), "--split", "val", "--format", "json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert float(final[1]) == round(scored["accuracy"], 4) and int(final[2]) == scored["n"]

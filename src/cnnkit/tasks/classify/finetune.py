@@ -1000,7 +1000,7 @@ def run_finetune(
         "crop_fraction": pre.crop_fraction,
         "interpolation": pre.interpolation,
     }
-    finetune(
+    rows = finetune(
         net,
         train,
         val,
@@ -1038,8 +1038,13 @@ def run_finetune(
         save_finetuned(out, net.cpu(), name, train.classes, pre.input_size, pre.mean, pre.std, [], about)
     tta = FinetuneRecipe().tta  # as the checkpoint answers (cnnkit eval, predict)
     if val is not None:
+        # the saved model (the last epoch's) as it answers, with its TTA: not the per-epoch validation's
+        # best epoch, which ran without TTA (on cached features in the cached stages)
         _, result["val_acc"] = evaluate(net.cpu(), val, pre.mean, pre.std, tta=tta)
-        say(f"val accuracy {result['val_acc']:.4f} on {len(val)} images (with {tta or 'no'} TTA)")
+        say(
+            f"val accuracy {result['val_acc']:.4f} on {len(val)} images: the saved model "
+            f"(epoch {len(rows)}) with {tta or 'no'} TTA"
+        )
     if test is not None:  # once, after training: nothing was chosen by it
         _, result["test_acc"] = evaluate(net.cpu(), test, pre.mean, pre.std, tta=tta)
         atomic_write_bytes(
