@@ -620,4 +620,4 @@ def test_counts_keep_their_five_decimals_and_the_best_line_prints_the_stored_val
         "0.62745",
     ]
     out = " ".join(capsys.readouterr().out.split())
-    assert "best val acc 0.62745 at epoch 1 of 2 (per-epoch validation; the saved model is epoch 2's)" in out
+    assert "best val acc 0.62745 at epoch 1 of 2 (the saved model is epoch 2's)" in out

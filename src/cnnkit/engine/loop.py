@@ -251,11 +251,12 @@ def fit(
         best = _best(history, f"val_{task.metric}")
         if best is not None:
             # the value as the history and metrics.csv hold it (rounded to 5 decimals), not rounded
-            # again: 96 of 153 right (0.627451, held as 0.62745) would print as 0.6274. The line says
-            # what it measured and which model is saved: the last epoch's, whichever validated best
+            # again: 96 of 153 right (0.627451, held as 0.62745) would print as 0.6274. The saved
+            # model is the last epoch's, whichever validated best: the line says so when they differ
+            last = len(history)
             console.print(
-                f"best {getattr(task, 'val_name', 'val')} {task.metric} {best[1]} at epoch {best[0]} of "
-                f"{len(history)} (per-epoch validation; the saved model is epoch {len(history)}'s)"
+                f"best {getattr(task, 'val_name', 'val')} {task.metric} {best[1]} at epoch {best[0]} of {last}"
+                + ("" if best[0] == last else f" (the saved model is epoch {last}'s)")
             )
         return FitResult(deploy, history, seconds, images, best, precision)
 
