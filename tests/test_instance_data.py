@@ -409,6 +409,57 @@ def test_coco_sets_keep_the_files_boxes_and_crowd_masks_for_evaluation(tmp_path)
     assert len(tr) == len(tr.crowd) == len(tr.originals) == 2
 
 
+# ----------------------------------------------------------------------------- one folder, one split in every task
+
+
+def _every_task_folder(root: Path, n: int) -> Path:
+    """A VOC folder every task reads: n 16x16 photos, each with its class and object PNGs (one square of
+    class 1 or 2) and its box annotation."""
+    for d in ("JPEGImages", "SegmentationClass", "SegmentationObject", "Annotations"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        stem, m = f"p{i:03d}", np.zeros((16, 16), np.uint8)
+        m[4:10, 3:9] = 1 + i % 2
+        Image.fromarray(np.full((16, 16, 3), 40 * (i % 5), np.uint8)).save(root / "JPEGImages" / f"{stem}.jpg")
+        Image.fromarray(m).save(root / "SegmentationClass" / f"{stem}.png")
+        Image.fromarray((m > 0).astype(np.uint8)).save(root / "SegmentationObject" / f"{stem}.png")
+        (root / "Annotations" / f"{stem}.xml").write_text(
+            f"<annotation><size><width>16</width><height>16</height></size><object><name>c{1 + i % 2}</name>"
+            "<bndbox><xmin>4</xmin><ymin>5</ymin><xmax>9</xmax><ymax>10</ymax></bndbox></object></annotation>"
+        )
+    return root
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 6, 9, 13, 16])
+def test_segment_detect_and_instance_split_one_folder_alike(tmp_path, n):
+    """A segmenter, a detector and an instance segmenter trained on one folder test on the same photos:
+    one seeded draw (seeded_split: 20% held out, at least 1) at every size, and one refusal below 3 photos."""
+    from cnnkit.data.pennfudan import carve_validation, split_names
+    from cnnkit.tasks.detect.config import DetectConfig
+    from cnnkit.tasks.detect.data import load_split_data
+    from cnnkit.tasks.instance.config import InstanceConfig
+    from cnnkit.tasks.instance.data import load_instance_data
+    from cnnkit.tasks.segment.config import SegmentConfig
+    from cnnkit.tasks.segment.data import load_splits
+
+    root = _every_task_folder(tmp_path / "voc", n)
+    loads = {
+        "segment": lambda: load_splits(SegmentConfig(data=str(root), model="unet", seed=3).resolved()),
+        "detect": lambda: load_split_data(DetectConfig(data=str(root), model="tiny", seed=3).resolved()),
+        "instance": lambda: load_instance_data(InstanceConfig(data=str(root), model="tiny", seed=3).resolved()),
+    }
+    if n < 3:
+        for load in loads.values():
+            with pytest.raises(CnnkitError, match=rf"holds {n} image\(s\): a train/val/test split needs at least 3"):
+                load()
+        return
+    n_test = max(1, round(0.2 * n))
+    want = carve_validation(split_names([f"p{i:03d}.jpg" for i in range(n)], n - n_test, seed=3))
+    for task, load in loads.items():
+        split = load()[3]
+        assert {k: split[k] for k in ("train", "val", "test")} == want, task
+
+
 # ----------------------------------------------------------------------------- segment: a COCO file as class maps
 
 

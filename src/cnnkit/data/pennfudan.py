@@ -10,6 +10,7 @@ every task and every run sees the same test images::
 
 Per-epoch validation and every recipe choice use the validation names carved from the training ones
 (:func:`carve_validation`, shared by every task's split); the test names are scored once, at the end.
+A user's own photos are split by one rule in every task (:func:`seeded_split`), the same permutation.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from cnnkit.errors import CnnkitError
 N_TRAIN = 120
 SPLIT_SEED = 0
 VAL_FRACTION = 1 / 6  # of the training names carved out for validation: Penn-Fudan 100 train / 20 val
+TEST_FRACTION = 0.2  # of a user's photos held out to test (seeded_split), in every task
 
 
 def pennfudan_root(data_dir: str | os.PathLike | None = None) -> Path:
@@ -85,6 +87,39 @@ def split_names(names: list[str], n_train: int, seed: int = SPLIT_SEED) -> dict[
         )
     order = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed)).tolist()
     return {"train": sorted(names[i] for i in order[:n_train]), "test": sorted(names[i] for i in order[n_train:])}
+
+
+def seeded_split(
+    names: list[str], seed: int = SPLIT_SEED, test_fraction: float = TEST_FRACTION
+) -> dict[str, list[str]]:
+    """The seeded split of a user's photos that every task draws (a mask folder's in segment, a photo
+    folder's or a COCO file's in detect and instance): ``round(test_fraction * n)`` of the ``n`` names
+    (at least 1) held out to test, the rest train, by :func:`split_names`'s permutation with ``seed``.
+    One rule for every task, so a segmenter and a detector trained on one folder test on the same photos.
+
+    Args:
+        names: the photos' file names (their order does not matter).
+        seed: the permutation's seed.
+        test_fraction: the share of the photos held out to test.
+
+    Returns:
+        ``{"train": names, "test": names}``, each sorted.
+
+    Raises:
+        CnnkitError: no name left to train on once the test share is held out.
+
+    Example:
+        >>> parts = seeded_split([f"{i}.png" for i in range(12)])
+        >>> len(parts["train"]), len(parts["test"])
+        (10, 2)
+    """
+    n_test = max(1, round(test_fraction * len(names)))
+    if len(names) - n_test < 1:
+        raise CnnkitError(
+            f"holding out {n_test} of {len(names)} image(s) to test leaves none to train on; give more images"
+            + (" or a smaller test fraction" if len(names) > 1 else "")
+        )
+    return split_names(names, len(names) - n_test, seed)
 
 
 def pennfudan_split(root: Path, seed: int = SPLIT_SEED) -> dict[str, list[str]]:

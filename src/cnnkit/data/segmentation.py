@@ -33,11 +33,12 @@ from cnnkit.data.imagefolder import IMAGE_EXTENSIONS
 from cnnkit.data.images import open_image, read_pixels
 from cnnkit.data.pennfudan import (
     PENNFUDAN_FIX,
+    TEST_FRACTION,
     mask_path,
     pennfudan_root,
     pennfudan_split,
     photo_path,
-    split_names,
+    seeded_split,
 )
 from cnnkit.errors import CnnkitError, gone_from_split
 
@@ -133,7 +134,7 @@ def mask_folder(
     root: str | os.PathLike,
     num_classes: int | None = None,
     split: str = "all",
-    test_fraction: float = 0.2,
+    test_fraction: float = TEST_FRACTION,
     seed: int = 0,
     max_side: int | None = None,
     classes: list[str] | None = None,
@@ -148,7 +149,8 @@ def mask_folder(
             where only the photos with a mask are read: VOC's ``JPEGImages`` also holds the photos
             of its detection task, which have none).
         num_classes: labels must be below it (255 aside); None takes the largest label + 1.
-        split: ``all``, or ``train`` / ``test`` of a seeded split holding out ``test_fraction``.
+        split: ``all``, or ``train`` / ``test`` of the seeded split holding out ``test_fraction``
+            (:func:`~cnnkit.data.pennfudan.seeded_split`, the rule of every task).
         classes: class names (default ``background``, ``1``, ``2``...).
         names: these images of ``images/``, in this order, instead of ``split`` (a run's split.json).
         instances: a VOC folder's instance ids too, from ``SegmentationObject/NAME.png`` (palette or
@@ -183,7 +185,7 @@ def mask_folder(
     if split != "all":
         if split not in ("train", "test"):
             raise CnnkitError(f"mask-folder splits are all, train and test. Received: split={split!r}")
-        names = _seeded_split(names, test_fraction, seed)[split]
+        names = seeded_split(names, seed, test_fraction)[split]
     own_size = set(own_size)
     images, masks, labels, ids = [], [], [], []
     for n in names:
@@ -312,18 +314,31 @@ def _folder_pair(root: Path) -> tuple[Path, Path]:
     )
 
 
-def folder_split(root: str | os.PathLike, test_fraction: float = 0.2, seed: int = 0) -> dict[str, list[str]]:
+def folder_split(root: str | os.PathLike, test_fraction: float = TEST_FRACTION, seed: int = 0) -> dict[str, list[str]]:
     """The seeded split of a mask folder's photos that :func:`mask_folder` reads with ``split="train"``
-    and ``split="test"``: ``{"train": names, "test": names}``, ``test_fraction`` of them (at least 1) held out.
+    and ``split="test"``: ``{"train": names, "test": names}``, ``test_fraction`` of them (at least 1) held
+    out by :func:`~cnnkit.data.pennfudan.seeded_split`, the rule every task splits a user's photos by.
 
     Args:
         root: a folder :func:`mask_folder` reads (VOC's: the photos with a mask).
         test_fraction: the share of the photos held out to test.
         seed: the permutation's seed (:func:`~cnnkit.data.pennfudan.split_names`).
     """
+    return seeded_split(folder_photos(root), seed, test_fraction)
+
+
+def folder_photos(root: str | os.PathLike, instances: bool = False) -> list[str]:
+    """The photos :func:`mask_folder` reads from ``root`` without ``names``, sorted: every image of
+    ``images/``, or of a VOC folder's ``JPEGImages/`` those with a mask (with ``instances``, and an
+    instance PNG in ``SegmentationObject/``).
+
+    Raises:
+        CnnkitError: no image folder beside a mask folder, no photo, or (``instances``) no
+            ``SegmentationObject/``.
+    """
     root = Path(root).expanduser()
     image_dir, mask_dir = _folder_pair(root)
-    return _seeded_split(_photos(image_dir, mask_dir, None, voc=True), test_fraction, seed)
+    return _photos(image_dir, mask_dir, voc_objects(root) if instances else None, voc=True)
 
 
 def _photos(image_dir: Path, mask_dir: Path, object_dir: Path | None, voc: bool) -> list[str]:
@@ -342,10 +357,6 @@ def _photos(image_dir: Path, mask_dir: Path, object_dir: Path | None, voc: bool)
             + (f" and in {object_dir}" if voc and object_dir else "")
         )
     return names
-
-
-def _seeded_split(names: list[str], test_fraction: float, seed: int) -> dict[str, list[str]]:
-    return split_names(names, len(names) - max(1, round(test_fraction * len(names))), seed)
 
 
 def _read_mask(path: Path, image: torch.Tensor | None = None) -> torch.Tensor:

@@ -161,22 +161,31 @@ def load_split_data(
 
 def photo_split(names: list[str], seed: int, source, split: dict | None = None, official=None) -> dict:
     """The split of a user's photos (a COCO file's, a folder's): ``split`` where given (a run's
-    split.json, or a VOC folder's official lists), else a seeded draw of 80% to train and the rest to
-    test (:func:`~cnnkit.data.pennfudan.split_names`); then the validation part carved from the
-    training one (:func:`~cnnkit.data.pennfudan.carve_validation`). ``official``: the
-    ``(split, line)`` of :func:`~cnnkit.data.voc.official_split` that gave ``split``, whose line
-    becomes the split's ``source`` (split.json and the run's ``split:`` line say which lists).
-    Shared by the detection and instance tasks.
+    split.json, or a VOC folder's official lists), else the seeded draw every task makes of a user's
+    photos (:func:`~cnnkit.data.pennfudan.seeded_split`: 20% held out to test, at least 1); then the
+    validation part carved from the training one (:func:`~cnnkit.data.pennfudan.carve_validation`).
+    ``official``: the ``(split, line)`` of :func:`~cnnkit.data.voc.official_split` that gave ``split``,
+    whose line becomes the split's ``source`` (split.json and the run's ``split:`` line say which lists).
+    Shared by the detection, instance and segmentation tasks, so one folder splits alike in each.
+
+    Args:
+        names: the photos drawn from where ``split`` is None (with ``split``, unused).
+        seed: the draw's seed.
+        source: where the photos come from, for the message.
+        split: the photos' names, taken as they are.
+        official: the official lists ``split`` came from, if any.
 
     Raises:
-        CnnkitError: fewer than 3 photos in ``names`` (``source`` names where they came from).
+        CnnkitError: a draw from fewer than 3 photos (``source`` names where they came from).
     """
-    from cnnkit.data.pennfudan import carve_validation, split_names
+    from cnnkit.data.pennfudan import carve_validation, seeded_split
     from cnnkit.data.voc import with_source
 
-    if len(names) < 3:
-        raise CnnkitError(f"{source} holds {len(names)} image(s): a train/val/test split needs at least 3")
-    return with_source(carve_validation(split or split_names(names, max(2, round(0.8 * len(names))), seed)), official)
+    if split is None:
+        if len(names) < 3:
+            raise CnnkitError(f"{source} holds {len(names)} image(s): a train/val/test split needs at least 3")
+        split = seeded_split(names, seed)
+    return with_source(carve_validation(split), official)
 
 
 def _to(s: DetectionSet, device) -> DetectionSet:

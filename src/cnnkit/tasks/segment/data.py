@@ -79,20 +79,21 @@ def _splits(
     ``split``: photos' names as a run's split.json has them (:func:`~cnnkit.engine.runfolder.read_split`),
     taken instead of splitting the data afresh. A VOC folder with ``ImageSets/Segmentation`` lists
     is split by them (:func:`~cnnkit.data.segmentation.voc_split`; the split's ``source`` says which
-    lists), another folder by a seeded draw; a COCO file's objects are painted as classes
-    (:func:`~cnnkit.data.segmentation.coco_segmentation`) on the split detect and instance draw from it
-    (:func:`~cnnkit.tasks.detect.data.photo_split`). Digit scenes have their own validation scenes,
+    lists), another folder by the seeded draw detect and instance make of a folder, and a COCO file's
+    objects are painted as classes (:func:`~cnnkit.data.segmentation.coco_segmentation`) on the split
+    they draw from it (both :func:`~cnnkit.tasks.detect.data.photo_split`). Digit scenes have their own validation scenes,
     all of one size.
     """
     from cnnkit.data.pennfudan import carve_validation, pennfudan_root, pennfudan_split
     from cnnkit.data.segmentation import (
         coco_segmentation,
         digit_segmentation,
-        folder_split,
+        folder_photos,
         mask_folder,
         pennfudan_segmentation,
         voc_split,
     )
+    from cnnkit.tasks.detect.data import photo_split
 
     side = None if own_size else cfg.max_side
     if cfg.data == "pennfudan":
@@ -114,7 +115,6 @@ def _splits(
     path = Path(cfg.data).expanduser()
     if path.is_file():  # a COCO instances file, its objects' masks painted as classes
         from cnnkit.data.detection import load_coco
-        from cnnkit.tasks.detect.data import photo_split
 
         voc_classes(cfg.voc_names, cfg.data)  # refused: a COCO file names its categories
         coco = load_coco(path, masks=True)
@@ -128,10 +128,14 @@ def _splits(
             "--data is pennfudan, digits, a folder of images/ + masks/ (or a VOC folder) or a COCO JSON file. "
             f"Received: --data {cfg.data}"
         )
-    # the run's names where given, else a VOC folder's official lists, else a seeded split of the folder's images
+    # the run's names where given, else a VOC folder's official lists, else the seeded draw of the
+    # folder's photos that detect and instance make of a folder (photo_split)
     classes = voc_classes(cfg.voc_names, cfg.data)
     official = None if split else voc_split(cfg.data)
-    split = official[0] if official else split or folder_split(cfg.data, seed=cfg.seed)
+    if official:
+        split = official[0]
+    elif split is None:
+        split = photo_split(folder_photos(cfg.data), cfg.seed, path)
     trainval_names = split["train"] + split.get("val", [])
     # one read of every photo: the classes counted over every mask, test photos' too (a class may have
     # photos in the test split only), the test photos kept at their own size
