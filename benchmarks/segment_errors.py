@@ -88,7 +88,8 @@ def main(argv=None) -> int:
     cfg = SegmentConfig.from_dict(model.info["config"], strict=False)
     cfg.data_dir = args.data_dir
     names = run_photos(resolve(run), cfg.data)  # the run's own photos, as `segment eval`
-    parts = dict(zip(PARTS, load_splits(cfg, own_size=True, split=names, parts=(args.split,))[:3]))
+    read = load_splits(cfg, own_size=True, split=names, parts=(args.split,), classes=model.classes)
+    parts = dict(zip(PARTS, read[:3]))
     data = parts[args.split]
     print(
         f"{run}: {args.split} split, {len(data)} photos; test-time procedure: tta {model.tta or 'none'}, "

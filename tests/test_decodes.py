@@ -1,7 +1,7 @@
 """How often the segment, detect and instance tasks decode each file, counted at the one guarded reader
 (:func:`cnnkit.data.images.open_image`): a run's data reads every photo and mask once (a mask folder's
-classes counted from the masks as they are read), and ``eval`` of a Penn-Fudan run reads only the part
-it scores, the same tensors as the whole read gives."""
+classes counted from the masks as they are read), and ``eval`` of a Penn-Fudan or mask-folder run reads
+only the part it scores, the same tensors as the whole read gives."""
 
 import collections
 import contextlib
@@ -108,9 +108,10 @@ def test_each_file_is_decoded_once_and_eval_reads_only_its_part(pennfudan, opene
 
 
 def test_a_mask_folder_is_read_once_with_its_classes_counted_over_every_part(tmp_path, opened):
-    """`segment train` and `eval` on an images/ + masks/ folder decode each photo and mask once: the
-    classes are counted from every mask at its own size as the parts are read (class 2 only in a test
-    photo still counts), training photos shrunk to max_side, test photos at their own size."""
+    """`segment train` on an images/ + masks/ folder decodes each photo and mask once: the classes are
+    counted from every mask at its own size as the parts are read (class 2 only in a test photo still
+    counts), training photos shrunk to max_side, test photos at their own size; `eval`, given the
+    run's classes, decodes the photos and masks of the part it scores alone."""
     from cnnkit.data.segmentation import folder_split
     from cnnkit.tasks.segment.config import SegmentConfig
     from cnnkit.tasks.segment.data import load_splits
@@ -139,9 +140,14 @@ def test_a_mask_folder_is_read_once_with_its_classes_counted_over_every_part(tmp
     assert {tuple(m.shape) for m in test.masks} == {(20, 30)}
     assert 2 in test.masks[test.names.index(lone)].unique().tolist()
     opened.clear()
-    *own, again = load_splits(cfg, own_size=True, split=parts)  # what eval reads
+    *own, again = load_splits(cfg, own_size=True, split=parts)  # every part at its own size
     assert sorted(opened) == files and set(opened.values()) == {1} and again == parts
     assert _same(vars(own[2]), vars(test)) and {tuple(m.shape) for m in own[0].masks} == {(20, 30)}
+    opened.clear()
+    *scored, again = load_splits(cfg, own_size=True, split=parts, parts=("test",), classes=test.classes)  # eval's
+    assert sorted(opened) == sorted(str(root / d / n) for d in ("images", "masks") for n in parts["test"])
+    assert set(opened.values()) == {1} and again == parts and scored[:2] == [None, None]
+    assert _same(vars(scored[2]), vars(test))
 
 
 def test_a_segment_subset_decodes_only_the_training_photos_it_keeps(pennfudan, opened):

@@ -185,6 +185,47 @@ def test_eval_and_resume_keep_the_runs_own_photos_when_the_folder_grows(tmp_path
     assert split["test"][0] in err and "split.json" in err and "\n" not in err
 
 
+def test_eval_reads_only_the_photos_it_scores_and_takes_the_classes_from_the_run(tmp_path, capsys):
+    """`segment eval` of a mask-folder run decodes the scored part's photos alone and counts the run's
+    classes, not the folder's: with every training and validation photo gone (class 2 was drawn in
+    training masks only), the test split scores as before, class 2 listed."""
+    from cnnkit.engine.runfolder import read_split
+    from cnnkit.tasks.segment.config import SegmentConfig
+    from cnnkit.tasks.segment.data import load_splits
+
+    data, out = photos(tmp_path / "data"), tmp_path / "run"
+    drawn = load_splits(SegmentConfig(data=str(data), model="unet").resolved(), parts=())[3]
+    for name in drawn["train"][:2]:  # a class only training photos hold
+        mask = np.array(Image.open(data / "masks" / name))
+        mask[:3, :3] = 2
+        Image.fromarray(mask).save(data / "masks" / name)
+    argv = "--arch unet --model unet --width 4 --epochs 1 --batch-size 4 --crop 16 --max-side 20"
+    assert (
+        main(["segment", "train", "--data", str(data), *argv.split(), "--threads", "1", "--out", str(out), "--quiet"])
+        == 0
+    )
+    split = read_split(out)
+    assert split == {k: drawn[k] for k in ("train", "val", "test")}
+    capsys.readouterr()
+    assert main(["segment", "eval", str(out), "--format", "json"]) == 0
+    before = json.loads(capsys.readouterr().out)
+    assert list(before["iou"]) == ["background", "1", "2"]
+    for name in split["train"] + split["val"]:
+        (data / "images" / name).unlink()
+        (data / "masks" / name).unlink()
+    assert main(["segment", "eval", str(out), "--format", "json"]) == 0
+    after = json.loads(capsys.readouterr().out)
+    assert after == before and after["images"] == len(split["test"]) == 3
+    assert main(["segment", "eval", str(out), "--split", "val"]) == 2  # the photos it scores must be there
+    assert split["val"][0] in capsys.readouterr().err
+    bad = np.array(Image.open(data / "masks" / split["test"][0]))
+    bad[0, 0] = 3  # a label the run has no class for
+    Image.fromarray(bad).save(data / "masks" / split["test"][0])
+    assert main(["segment", "eval", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{split['test'][0]} holds label 3, outside the 3 classes" in err and "\n" not in err
+
+
 @pytest.mark.parametrize(
     ("text", "says"),
     [

@@ -325,6 +325,33 @@ def test_voc_split_names_voc_classes_and_refuses_a_missing_object_png(tmp_path):
         load_instance_data(replace(cfg, data=str(tmp_path)))
 
 
+def test_a_voc_folders_eval_reads_the_part_it_scores_with_the_runs_classes(tmp_path):
+    """`instance eval` of a VOC-folder run builds the scored part from its photos alone, its masks checked
+    against the run's classes: the training photos gone (class 2 in them only), the test part is the
+    one the whole read gives."""
+    from cnnkit.tasks.instance.config import InstanceConfig
+    from cnnkit.tasks.instance.data import load_instance_data
+
+    root = make_voc(tmp_path / "voc", n_images=8)
+    cfg = InstanceConfig(data=str(root), model="tiny", weights=None, image_size=64).resolved()
+    tr, va, te, split = load_instance_data(cfg)
+    assert len(te) == 2 and tr.classes == ["1", "2"]
+    masks = [root / "SegmentationClass" / name.replace(".jpg", ".png") for name in split["test"]]
+    for path in masks:  # no class 2 in the test photos: only the run can say there are two classes
+        Image.open(path).point(lambda v: 1 if v == 2 else v).save(path)
+    te = load_instance_data(cfg, split)[2]
+    for name in split["train"] + split["val"]:
+        (root / "JPEGImages" / name).unlink()
+    got = load_instance_data(cfg, split, parts=("test",), classes=["1", "2"])
+    assert got[:2] == (None, None) and got[3] == split and got[2].classes == ["1", "2"]
+    assert all(torch.equal(getattr(got[2], k), getattr(te, k)) for k in ("images", "boxes", "labels", "masks"))
+    bad = np.array(Image.open(masks[0]))
+    bad[0, 0] = 3
+    Image.fromarray(bad).save(masks[0])
+    with pytest.raises(CnnkitError, match="holds label 3, outside the 3 classes"):
+        load_instance_data(cfg, split, parts=("test",), classes=["1", "2"])
+
+
 # ----------------------------------------------------------------------------- crowd regions in mask AP
 
 
@@ -368,6 +395,11 @@ def test_instance_train_eval_predict_on_user_data(tmp_path, capsys, kind):
     assert main(["instance", "eval", str(out), "--format", "json"]) == 0
     m = json.loads(capsys.readouterr().out)
     assert m["images"] == len(split["test"]) and m["split"] == "test" and 0 <= m["mask_AP"] <= 1
+    if kind == "voc":  # eval reads the photos it scores alone, with the run's classes: the training ones may go
+        for name in split["train"]:
+            (data / "JPEGImages" / name).unlink()
+        assert main(["instance", "eval", str(out), "--format", "json"]) == 0
+        assert json.loads(capsys.readouterr().out) == m
     assert main(["instance", "eval", str(out), "--split", "val", "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["images"] == len(split["val"])
     photo = next((data.parent / "images" if kind == "coco" else data / "JPEGImages").iterdir())

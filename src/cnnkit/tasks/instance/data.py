@@ -187,15 +187,20 @@ def roi_mask_targets(
 
 
 def load_instance_data(
-    cfg: InstanceConfig, split: dict | None = None, parts: tuple[str, ...] = ("train", "val", "test")
+    cfg: InstanceConfig,
+    split: dict | None = None,
+    parts: tuple[str, ...] = ("train", "val", "test"),
+    classes: list[str] | None = None,
 ) -> tuple[InstanceSet | None, InstanceSet | None, InstanceSet | None, dict]:
     """(train, validation, test, split) of a resolved config: Penn-Fudan's instances on its fixed split
     with the validation part carved from the training photos
     (:func:`~cnnkit.data.pennfudan.carve_validation`), digit scenes with validation scenes of their
     own, or a user's photos (:func:`user_instances`: a COCO JSON file or a VOC folder).
     ``split``: the photos' names as a run's split.json has them, read instead of splitting afresh.
-    ``parts``: the Penn-Fudan parts read (``eval`` reads the one it scores), another part None, its
-    photos not decoded."""
+    ``parts``: the parts built (``eval`` builds the one it scores), another part None; Penn-Fudan's
+    photos of another part are not decoded, nor a VOC folder's given ``classes``. ``classes``: the
+    run's object classes (``eval``), which a VOC folder's masks are checked against; without them its
+    classes are counted over every photo of the split, all read."""
     voc_classes(cfg.voc_names, cfg.data)  # --voc-names only for a VOC folder
     if cfg.data == "digits":
         from cnnkit.data.scenes import digit_scenes
@@ -233,7 +238,7 @@ def load_instance_data(
         tr, va, te = sets
         split = fixed
     else:
-        tr, va, te, split = user_instances(cfg, split)
+        tr, va, te, split = user_instances(cfg, split, parts, classes)
     if cfg.subset and tr is not None:
         k = cfg.subset
         tr = replace(
@@ -252,9 +257,13 @@ def load_instance_data(
 
 
 def user_instances(
-    cfg: InstanceConfig, split: dict | None = None
-) -> tuple[InstanceSet, InstanceSet, InstanceSet, dict]:
-    """(train, validation, test, split) of a user's photos with their objects' masks.
+    cfg: InstanceConfig,
+    split: dict | None = None,
+    parts: tuple[str, ...] = ("train", "val", "test"),
+    classes: list[str] | None = None,
+) -> tuple[InstanceSet | None, InstanceSet | None, InstanceSet | None, dict]:
+    """(train, validation, test, split) of a user's photos with their objects' masks; a part not in
+    ``parts`` is None (a VOC folder's photos of it unread where ``classes``, the run's, are given).
 
     ``cfg.data`` is a COCO instances JSON file (:func:`~cnnkit.data.detection.load_coco` with its
     masks: the file's boxes and categories, crowd regions kept apart as detection keeps them) or a
@@ -263,17 +272,20 @@ def user_instances(
     ``SegmentationClass/NAME.png``, its box tight around it; classes ``1..K`` as segment names them,
     or VOC's 20 names with ``cfg.voc_names``). The split is ``split`` where given (a run's own), else a
     VOC folder's official lists (``ImageSets/Segmentation``, :func:`~cnnkit.data.segmentation.voc_split`)
-    where it has them, else a seeded draw (:func:`~cnnkit.tasks.detect.data.photo_split`, as detection
-    splits a COCO file).
+    where it has them, else the seeded draw every task makes of a user's photos
+    (:func:`~cnnkit.tasks.detect.data.photo_split`). ``classes``: the run's object classes, which a VOC
+    folder's masks are checked against instead of counting the classes over every photo of the split.
 
     Raises:
         CnnkitError: data that is neither, fewer than 3 photos, anything the readers refuse, an object
         whose pixels carry no class or two classes in ``SegmentationClass``.
     """
     from cnnkit.data.detection import load_coco
-    from cnnkit.data.segmentation import mask_folder, voc_split
+    from cnnkit.data.pennfudan import carve_validation
+    from cnnkit.data.segmentation import BACKGROUND, folder_photos, mask_folder, voc_split
+    from cnnkit.data.voc import with_source
     from cnnkit.tasks.detect.data import photo_split
-    from cnnkit.tasks.segment.data import take
+    from cnnkit.tasks.segment.data import PARTS, take
 
     path = Path(cfg.data).expanduser()
     sizes = {"train": cfg.image_size, "val": cfg.test_side(), "test": cfg.test_side()}
@@ -282,7 +294,10 @@ def user_instances(
         data = load_coco(path, masks=True)
         split = photo_split(data.names, cfg.seed, path, split)
         sets = []
-        for part in ("train", "val", "test"):
+        for part in PARTS:
+            if part not in parts:
+                sets.append(None)
+                continue
             d = data.subset(split[part])
             crowd = [
                 {"boxes": b, "labels": lab, "masks": m}
@@ -293,18 +308,30 @@ def user_instances(
             )
     elif path.is_dir() and (path / "SegmentationObject").is_dir():
         official = None if split else voc_split(path, instances=True)
-        split = official[0] if official else split
-        names = split["train"] + split.get("val", []) + split["test"] if split else None
-        classes = voc_classes(cfg.voc_names, cfg.data)
-        seg = mask_folder(path, names=names, classes=classes, instances=True)
-        split = photo_split(seg.names, cfg.seed, path, split, official)
+        if official:
+            split = official[0]
+        elif split is None:  # the seeded draw every task makes of a folder's photos
+            split = photo_split(folder_photos(path, instances=True), cfg.seed, path)
+        split = with_source(carve_validation(split), official)
+        # training: every photo of the split read, the classes counted over every mask; eval: the run's
+        # classes, and the photos of the parts it scores alone
+        read = PARTS if classes is None else tuple(k for k in PARTS if k in parts)
+        seg = mask_folder(
+            path,
+            names=sorted(n for k in read for n in split[k]),
+            classes=voc_classes(cfg.voc_names, cfg.data) if classes is None else [BACKGROUND, *classes],
+            instances=True,
+        )
         labels = [
             instance_classes(i, m, path / "SegmentationObject" / f"{Path(n).stem}.png")
             for i, m, n in zip(seg.instances, seg.masks, seg.names)
         ]
         by_name = dict(zip(seg.names, labels))
         sets = []
-        for part in ("train", "val", "test"):
+        for part in PARTS:
+            if part not in read or part not in parts:
+                sets.append(None)
+                continue
             s = take(seg, split[part], part)
             sets.append(
                 from_instances(

@@ -36,7 +36,8 @@ def evaluate_run(run, data_dir: str | None = None, split: str = "test", test_sca
     model = load_mask_detector(run)
     cfg = eval_config(config_from_dict(model.info["config"]), data_dir, split, test_scale)
     names = run_photos(resolve(run), cfg.data)  # the run's own photos
-    _, val_set, test_set, _ = load_instance_data(cfg, names, parts=(split,))  # the scored part's photos
+    # the scored part's photos alone, a VOC folder's masks checked against the run's classes
+    _, val_set, test_set, _ = load_instance_data(cfg, names, parts=(split,), classes=model.info["classes"])
     data = val_set if split == "val" else test_set
     task = InstanceTask(model.info["classes"], info=model.info, decode_args=model.info.get("decode", {}))
     m = task.evaluate(model, data)

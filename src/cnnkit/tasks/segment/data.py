@@ -53,23 +53,35 @@ PARTS = ("train", "val", "test")
 
 
 def load_splits(
-    cfg: SegmentConfig, own_size: bool = False, split: dict | None = None, parts: tuple[str, ...] = PARTS
+    cfg: SegmentConfig,
+    own_size: bool = False,
+    split: dict | None = None,
+    parts: tuple[str, ...] = PARTS,
+    classes: list[str] | None = None,
 ) -> tuple[SegmentationSet | None, SegmentationSet | None, SegmentationSet | None, dict]:
     """(train, validation, test, split.json content) for a resolved config; with ``cfg.subset`` the
     training part is its first ``subset`` images (a quick check), the split kept whole.
     ``parts``: the parts read (``eval`` reads the one it scores); Penn-Fudan's photos of another part
-    are not decoded, and that part is None. :func:`_splits` says how the parts are made."""
-    train, val, test, names = _splits(cfg, own_size, split, parts)
+    are not decoded, and that part is None. ``classes``: the run's class names (``eval``), which a
+    mask folder's masks are checked against, so that only the photos of ``parts`` are read (a mask
+    folder's other parts are None); without them a mask folder's classes are counted over every
+    part's masks, all read. :func:`_splits` says how the parts are made."""
+    train, val, test, names = _splits(cfg, own_size, split, parts, classes)
     if cfg.subset and train is not None:
         train = take(train, train.names[: cfg.subset], "train")
     return train, val, test, names
 
 
 def _splits(
-    cfg: SegmentConfig, own_size: bool = False, split: dict | None = None, wanted: tuple[str, ...] = PARTS
+    cfg: SegmentConfig,
+    own_size: bool = False,
+    split: dict | None = None,
+    wanted: tuple[str, ...] = PARTS,
+    classes: list[str] | None = None,
 ) -> tuple[SegmentationSet | None, SegmentationSet | None, SegmentationSet | None, dict]:
     """(train, validation, test, split.json content) for a resolved config; a Penn-Fudan part not in
-    ``wanted`` is None, its photos unread.
+    ``wanted`` is None, its photos unread, and so is a mask folder's where ``classes`` (the run's)
+    are given.
 
     Photos (Penn-Fudan, a mask folder): the validation part is carved from the training photos
     (:func:`~cnnkit.data.pennfudan.carve_validation`, the same for every task); train and validation
@@ -130,26 +142,28 @@ def _splits(
         )
     # the run's names where given, else a VOC folder's official lists, else the seeded draw of the
     # folder's photos that detect and instance make of a folder (photo_split)
-    classes = voc_classes(cfg.voc_names, cfg.data)
+    counted = classes is None
+    classes = voc_classes(cfg.voc_names, cfg.data) if counted else list(classes)
     official = None if split else voc_split(cfg.data)
     if official:
         split = official[0]
     elif split is None:
         split = photo_split(folder_photos(cfg.data), cfg.seed, path)
-    trainval_names = split["train"] + split.get("val", [])
-    # one read of every photo: the classes counted over every mask, test photos' too (a class may have
-    # photos in the test split only), the test photos kept at their own size
+    parts = with_source(carve_validation(split), official)
+    # training: one read of every photo, the classes counted over every mask, test photos' too (a class
+    # may have photos in the test split only); eval: the run's classes, and the photos it scores alone.
+    # The test photos are kept at their own size.
+    read = PARTS if counted else tuple(k for k in PARTS if k in wanted)
     data = mask_folder(
         cfg.data,
         num_classes=len(classes) if classes else None,
         seed=cfg.seed,
         max_side=side,
         classes=classes,
-        names=sorted(trainval_names + split["test"]),
-        own_size=split["test"],
+        names=sorted(n for k in read for n in parts[k]),
+        own_size=parts["test"],
     )
-    parts = with_source(carve_validation(split), official)
-    return (*(take(data, parts[k], k) for k in PARTS), parts)
+    return (*(take(data, parts[k], k) if k in read else None for k in PARTS), parts)
 
 
 def take(data: SegmentationSet, names: list[str], part: str) -> SegmentationSet:

@@ -99,7 +99,8 @@ def evaluate_run(
     if split not in ("train", "val", "test"):
         raise CnnkitError(f"--split is train, val or test. Received: --split {split}")
     names = run_photos(resolve(path), cfg.data)  # the run's own photos
-    sets = dict(zip(PARTS, load_splits(cfg, own_size=True, split=names, parts=(split,))))  # the scored part's photos
+    # the scored part's photos alone, their masks checked against the run's classes
+    sets = dict(zip(PARTS, load_splits(cfg, own_size=True, split=names, parts=(split,), classes=model.classes)))
     out = evaluate(model, sets[split], cfg.boundary_d, max_side=cfg.max_side)
     return {
         "mIoU": out["mIoU"],
