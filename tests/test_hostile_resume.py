@@ -143,23 +143,55 @@ def test_the_resume_file_records_its_task(tmp_path):
     assert read_checkpoint(tmp_path / RESUME_FILE)[1]["task"] == "segment"
 
 
+@pytest.mark.parametrize("stored_as", ["none", None], ids=["stored-none", "stored-None"])
 @pytest.mark.parametrize("typed", [["--weights", "none"], ["--weights", "NONE"], []], ids=["none", "NONE", "untyped"])
-def test_a_segment_run_of_the_recipes_encoder_without_weights_resumes_without_them(tmp_path, segment_trains, typed):
-    # the run stores its resolved settings, where no weights is None; SegmentConfig reads None as the
-    # recipe's (Penn-Fudan's: ImageNet's): the resumed run must neither be refused nor take them
+def test_a_segment_run_of_the_recipes_encoder_without_weights_resumes_without_them(
+    tmp_path, segment_trains, typed, stored_as
+):
+    # the resolved config keeps "none" for no weights, since None reads as the recipe's (Penn-Fudan's:
+    # ImageNet's); runs of earlier versions stored None for it: either resumes without weights, unrefused
     from cnnkit.tasks.segment.config import SegmentConfig
 
     stored = SegmentConfig(data="pennfudan", weights="none").resolved().to_dict()
-    assert stored["weights"] is None and stored["model"] == "efficientnet_lite1"
-    run = _run(tmp_path / "run", "segment", stored)
+    assert stored["weights"] == "none" and stored["model"] == "efficientnet_lite1"
+    run = _run(tmp_path / "run", "segment", {**stored, "weights": stored_as})
     with pytest.raises(SystemExit):
         main(["segment", "train", "--resume", "--out", str(run), *typed])
-    assert segment_trains["cfg"].weights is None and segment_trains["cfg"].to_dict() == stored
+    assert segment_trains["cfg"].weights == "none" and segment_trains["cfg"].to_dict() == stored
 
 
-def test_a_segment_run_with_the_recipes_weights_refuses_weights_none_on_resume(tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("weights", "stored_as", "typed"), [("imagenet", "imagenet", "none"), ("none", None, "imagenet")]
+)
+def test_a_segment_run_refuses_other_weights_on_resume(tmp_path, capsys, weights, stored_as, typed):
     from cnnkit.tasks.segment.config import SegmentConfig
 
-    run = _run(tmp_path / "run", "segment", SegmentConfig(data="pennfudan").resolved().to_dict())
-    assert main(["segment", "train", "--resume", "--out", str(run), "--weights", "none"]) == 2
-    assert "was trained with --weights imagenet (given none)" in capsys.readouterr().err
+    stored = SegmentConfig(data="pennfudan", weights=weights).resolved().to_dict()
+    run = _run(tmp_path / "run", "segment", {**stored, "weights": stored_as})
+    assert main(["segment", "train", "--resume", "--out", str(run), "--weights", typed]) == 2
+    assert f"was trained with --weights {weights} (given {typed})" in capsys.readouterr().err
+
+
+def test_a_segment_run_that_stored_none_for_no_weights_resumes_to_the_straight_runs_weights(tmp_path, monkeypatch):
+    """A run of an earlier version, whose resolved config stored None for no weights, stopped by its time
+    budget after epoch 1: resumed, it trains on without weights, to the straight run's weights exactly."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    from test_segmentation_cli import make_folder
+
+    monkeypatch.setattr("cnnkit.plots.training_curves", lambda history, path: None)  # matplotlib: most of the time
+    data = make_folder(tmp_path / "data", n=6, size=16)
+    args = ["--data", str(data), "--arch", "unet", "--model", "unet", "--width", "4", "--batch-size", "5"]
+    args += ["--crop", "16", "--epochs", "2", "--threads", "1", "--quiet"]
+    assert main(["segment", "train", *args, "--out", str(tmp_path / "straight")]) == 0
+    run = tmp_path / "run"
+    assert main(["segment", "train", *args, "--minutes", "1e-9", "--out", str(run)]) == 0
+    with safe_open(str(run / RESUME_FILE), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    info = json.loads(meta["cnnkit"])
+    assert info["epoch"] == 1 and info["config"]["weights"] == "none"
+    info["config"]["weights"] = None  # as runs of earlier versions stored it
+    atomic_write_bytes(run / RESUME_FILE, save(tensors, metadata={**meta, "cnnkit": json.dumps(info)}))
+    assert main(["segment", "train", "--resume", "--out", str(run), "--minutes", "0", "--quiet"]) == 0
+    a, b = load_file(tmp_path / "straight" / MODEL_FILE), load_file(run / MODEL_FILE)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -150,7 +150,7 @@ def test_a_voc_folder_trains_validates_and_tests_on_its_official_lists(tmp_path,
     assert json.loads(capsys.readouterr().out)["images"] == 4  # val.txt's photos
 
 
-@pytest.mark.parametrize("typed, weights", [(["--weights", "none"], None), ([], "imagenet")])
+@pytest.mark.parametrize("typed, weights", [(["--weights", "none"], "none"), ([], "imagenet")])
 def test_weights_none_trains_the_recipes_encoder_from_scratch(segment_trains, tmp_path, typed, weights):
     # Penn-Fudan's recipe starts from ImageNet's weights; `--weights none` asks for none of them
     with pytest.raises(SystemExit):

@@ -169,7 +169,8 @@ def test_recipes_resolve_and_a_scratch_encoder_drops_the_pretrained_settings():
         SegmentConfig(data="pennfudan", model="resnet18"),
     ):
         r = other.resolved()
-        assert (r.weights, r.freeze_bn, r.freeze_to, r.encoder_lr, r.keep_depthwise) == (None, False, 0, 1.0, False)
+        assert (r.weights, r.freeze_bn, r.freeze_to, r.encoder_lr, r.keep_depthwise) == ("none", False, 0, 1.0, False)
+        assert SegmentConfig.from_dict(r.to_dict()).resolved() == r  # a run's config.yaml trains the same again
     # the pretrained encoder's depthwise filters are kept on Penn-Fudan (where it was measured), trained elsewhere
     assert pf.keep_depthwise and not SegmentConfig(data="some/folder").resolved().keep_depthwise
     from dataclasses import asdict
@@ -183,8 +184,9 @@ def test_recipes_resolve_and_a_scratch_encoder_drops_the_pretrained_settings():
     assert "from scratch" in encoder_line(
         asdict(SegmentConfig(data="pennfudan", model="efficientnet_lite0").resolved())
     )
+    assert "from scratch" in encoder_line({"model": "resnet18", "weights": None})  # a run of an earlier version
     dg = SegmentConfig(data="digits", arch="fcn8s").resolved()
-    assert (dg.model, dg.weights, dg.dice, dg.val_every, dg.threads) == ("resnet18", None, 1.0, 1, None)
+    assert (dg.model, dg.weights, dg.dice, dg.val_every, dg.threads) == ("resnet18", "none", 1.0, 1, None)
 
 
 def test_frozen_stem_and_the_encoder_lr_fraction(tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 from cnnkit.cli import add_format, add_run_arguments, finished, train_config
 from cnnkit.engine.config import add_config_arguments, resolved_defaults
 from cnnkit.errors import CnnkitError
-from cnnkit.tasks.segment.config import SegmentConfig
+from cnnkit.tasks.segment.config import SegmentConfig, stored_settings
 
 DATA_EXAMPLES = {
     "pennfudan": {"data": "pennfudan"},
@@ -60,22 +60,14 @@ def register(subparsers) -> None:
 def run_train(args) -> int:
     import time
 
-    from cnnkit.engine.runfolder import check_resume_settings, resumed_config
+    from cnnkit.engine.runfolder import check_resume_settings
     from cnnkit.tasks.segment.train import train
 
     values = train_config(SegmentConfig, args, ("pennfudan", "digits"), recipe_weights=True)
     if args.resume and not args.out:
         raise CnnkitError("--resume needs --out RUN, the run folder to continue")
-    if args.resume:  # the run's own settings, the ones typed checked against them
-        # the run stores its resolved settings, where no weights is None, which SegmentConfig reads as the
-        # recipe's: a typed "none" equals the run's None, and the run's None goes on as "none"
-        typed = values
-        if values.get("weights") == "none" and resumed_config(args.out, "segment").get("weights", "none") is None:
-            typed = {k: v for k, v in values.items() if k != "weights"}
-        values = check_resume_settings(args.out, "segment", typed)
-        if "weights" in values and values["weights"] is None:
-            values["weights"] = "none"
-        values.setdefault("keep_depthwise", False)  # a run from before the option trained every filter
+    if args.resume:  # the run's own settings (as this version reads them), the ones typed checked against them
+        values = check_resume_settings(args.out, "segment", values, read_settings=stored_settings)
     cfg = SegmentConfig.from_dict(values)
     out = args.out or f"runs/segment-{Path(cfg.data).name}-{time.strftime('%Y%m%d-%H%M%S')}"
     result = train(cfg, out, resume=args.resume, quiet=args.quiet)

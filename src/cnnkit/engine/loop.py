@@ -111,6 +111,7 @@ def fit(
     precision: str = "auto",
     on_epoch_end: Callable[[int, dict], None] | None = None,
     run=None,
+    read_settings: Callable[[dict], dict] | None = None,
 ) -> FitResult:
     """Train ``model`` by ``plan``: the one training loop every task and fine-tuning stage runs through.
 
@@ -141,6 +142,9 @@ def fit(
             first (:func:`cnnkit.layers.bf16.guard_bf16`): those whose kernel overhangs the data run in fp32.
         on_epoch_end: ``fn(epoch, row)`` called after each saved epoch.
         run: the folder the resume hint names (an ensemble's, for one of its members); default ``out``.
+        read_settings: how the task reads a run's stored ``config`` (the values an earlier version
+            stored, as this version's): a resumed run's settings go through it before they are
+            compared with ``config``; None: as stored.
 
     Returns:
         A :class:`FitResult`: the deployable model, the history, time, samples and best epoch.
@@ -170,7 +174,7 @@ def fit(
             print(f"note: --precision bf16 {why}; --precision auto picks fp32 here", file=sys.stderr)
         gen = torch.Generator(d.device).manual_seed(plan.seed)
         ema = EMA(model, plan.ema) if plan.ema else None
-        done, history = _start(out, resume, model, ema, gen, config, task)
+        done, history = _start(out, resume, model, ema, gen, config, task, read_settings)
         deploy = ema.module if ema else model
         seconds, images, first = 0.0, 0, 0
         # a resumed run's budget counts its earlier epochs, by the rule each epoch's end applies
@@ -304,6 +308,7 @@ def fit_run(
     dist: Dist | None = None,
     on_epoch_end: Callable[[int, dict], None] | None = None,
     run=None,
+    read_settings: Callable[[dict], dict] | None = None,
 ) -> FitResult:
     """:func:`fit` with a run config's own settings: what every task's ``train`` calls.
 
@@ -324,6 +329,7 @@ def fit_run(
         dist: the process group of a caller that already started one (torchrun).
         on_epoch_end: ``fn(epoch, row)`` called after each saved epoch.
         run: the folder the resume hint names (an ensemble's, for one of its members); default ``out``.
+        read_settings: how the task reads a run's stored settings (:func:`fit`'s).
 
     Returns:
         :func:`fit`'s :class:`FitResult`.
@@ -345,6 +351,7 @@ def fit_run(
         precision=cfg.precision,
         on_epoch_end=on_epoch_end,
         run=run,
+        read_settings=read_settings,
     )
 
 
@@ -606,8 +613,11 @@ def _check_weights(model: nn.Module, epoch: int, name: str, peak: float, ema: EM
         )
 
 
-def _start(out: Path | None, resume: bool, model, ema, gen, config: dict, task=None) -> tuple[int, list[dict]]:
-    """(epochs done, history): 0 and [] for a new run; a resumed run's weights and RNG restored."""
+def _start(
+    out: Path | None, resume: bool, model, ema, gen, config: dict, task=None, read_settings=None
+) -> tuple[int, list[dict]]:
+    """(epochs done, history): 0 and [] for a new run; a resumed run's weights and RNG restored, its
+    stored settings (read by ``read_settings``, where given) checked against ``config``."""
     path = out / RESUME_FILE if out is not None else None
     if resume and out is None:
         raise CnnkitError("nothing to resume: no run folder given; pass --out with the run to continue")
@@ -615,6 +625,8 @@ def _start(out: Path | None, resume: bool, model, ema, gen, config: dict, task=N
     if not resume:
         return 0, []
     epoch, history, saved = load_resume(path, model, None, ema, gen, task)
+    if read_settings is not None:
+        saved = read_settings(saved)
     keys = sorted(k for k in set(saved) & set(config) - set(RESUME_FREE) if _differs(saved[k], config[k]))
     if keys:
         raise CnnkitError(

@@ -20,6 +20,7 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -614,7 +615,12 @@ def with_free_settings(stored: Any, given: Any, free: tuple[str, ...] = RESUME_F
 
 
 def check_resume_settings(
-    out: str | os.PathLike, task: str, given: dict, key: str | None = None, free: tuple[str, ...] = RESUME_FREE
+    out: str | os.PathLike,
+    task: str,
+    given: dict,
+    key: str | None = None,
+    free: tuple[str, ...] = RESUME_FREE,
+    read_settings: Callable[[dict], dict] | None = None,
 ) -> dict:
     """The one rule of ``--resume`` in every task: the run continues with its own settings, and a
     setting the user gave (a flag or a ``--config`` key) must equal the run's, else nothing runs.
@@ -625,9 +631,11 @@ def check_resume_settings(
         given: the settings the user typed, as the command line parsed them.
         key: where in the stored config the settings are (``"args"`` for fine-tuning), None for the top.
         free: settings that may differ (where the run computes, not what).
+        read_settings: how the task reads a run's stored settings (the values an earlier version
+            stored, as this version's), applied before the comparison; None: as stored.
 
     Returns:
-        The run's stored settings, with the ``free`` ones the user gave.
+        The run's stored settings (as ``read_settings`` reads them), with the ``free`` ones the user gave.
 
     Raises:
         CnnkitError: one line naming every changed setting with the run's value and the one given.
@@ -637,6 +645,8 @@ def check_resume_settings(
         if not isinstance(stored.get(key), dict):
             raise CnnkitError(f"{out}: the resume state holds no '{key}' settings; start a new run")
         stored = stored[key]
+    if read_settings is not None:
+        stored = read_settings(stored)
     changed = [k for k, v in given.items() if k not in free and k in stored and _plain(v) != _plain(stored[k])]
     if changed:
         shown = ", ".join(f"--{k.replace('_', '-')} {_brief(stored[k])} (given {_brief(given[k])})" for k in changed)

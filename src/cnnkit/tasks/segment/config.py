@@ -59,8 +59,10 @@ DATA_DEFAULTS = {  # what `cnnkit segment train --data X` uses without flags (th
 }
 
 
+NO_WEIGHTS = "none"  # a resolved config's weights for an encoder from scratch (None reads as the recipe's)
+
 _SCRATCH = dict(
-    weights=None, freeze_bn=False, freeze_to=0, keep_depthwise=False, encoder_lr=1.0
+    weights=NO_WEIGHTS, freeze_bn=False, freeze_to=0, keep_depthwise=False, encoder_lr=1.0
 )  # what a from-scratch encoder changes
 
 
@@ -142,7 +144,10 @@ class SegmentConfig(RunConfig):
         """A copy with every None filled in from ``DATA_DEFAULTS`` for this data.
 
         An encoder other than the recipe's trains from scratch (no weights, nothing frozen) unless
-        told otherwise; ``weights="none"`` becomes None.
+        told otherwise. The resolved ``weights`` is never None, which reads as the recipe's weights:
+        an encoder from scratch has ``"none"`` (:data:`NO_WEIGHTS`), so a resolved config (a run's
+        ``config.yaml``) resolves to itself again. :func:`encoder_weights` turns it into what the
+        encoder loads.
 
         Returns:
             The resolved :class:`SegmentConfig`.
@@ -168,5 +173,28 @@ class SegmentConfig(RunConfig):
         backbone = self.model or defaults["model"]
         if backbone == "unet" or self.weights == "none" or (self.model is not None and self.model != defaults["model"]):
             defaults.update(_SCRATCH)  # another encoder than the recipe's: from scratch unless told
-        out = replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
-        return replace(out, weights=None) if out.weights == "none" else out
+        return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+
+
+def encoder_weights(weights: str | None) -> str | None:
+    """The weights a resolved config's encoder starts from, as the model builders take them: None (from
+    scratch) for ``"none"``, and for the None that runs of earlier versions stored in their resolved
+    config for it; else ``weights`` (``imagenet``, a file).
+
+    Example:
+        >>> encoder_weights(SegmentConfig(data="pennfudan", weights="none").resolved().weights) is None
+        True
+    """
+    return None if weights is None or weights == NO_WEIGHTS else weights
+
+
+def stored_settings(d: dict) -> dict:
+    """A segmentation run's stored (resolved) settings as this version reads them, runs of earlier
+    versions included: the None they stored for no weights as ``"none"`` (None would read as the
+    recipe's weights), and ``keep_depthwise`` off where they lack it (they trained every filter).
+    What ``--resume`` checks the typed settings against and trains on."""
+    return {
+        **d,
+        **({"weights": NO_WEIGHTS} if "weights" in d and d["weights"] is None else {}),
+        "keep_depthwise": d.get("keep_depthwise", False),
+    }

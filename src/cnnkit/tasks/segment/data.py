@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from cnnkit.data.segmentation import IGNORE_INDEX, SegmentationSet
 from cnnkit.errors import CnnkitError
-from cnnkit.tasks.segment.config import SegmentConfig
+from cnnkit.tasks.segment.config import SegmentConfig, encoder_weights
 
 
 def channel_stats(data: SegmentationSet) -> tuple[list[float], list[float]]:
@@ -198,5 +198,5 @@ def input_stats(cfg: SegmentConfig, train: SegmentationSet) -> tuple[list[float]
     ``cfg`` starts from them (their frozen batch norms expect those inputs), else :func:`channel_stats`."""
     from cnnkit.models.weights import weights_stats
 
-    stats = weights_stats(cfg.model, cfg.weights, _channels(train))
+    stats = weights_stats(cfg.model, encoder_weights(cfg.weights), _channels(train))
     return (list(stats[0]), list(stats[1])) if stats else channel_stats(train)

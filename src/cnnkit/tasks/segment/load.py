@@ -11,7 +11,7 @@ from cnnkit.engine.runfolder import load_run_model
 from cnnkit.errors import CnnkitError
 from cnnkit.export import MAX_SIDE_KEY, TEST_TIME_KEY, OnnxModel
 from cnnkit.models.deploy import flip_tta
-from cnnkit.tasks.segment.config import SegmentConfig
+from cnnkit.tasks.segment.config import SegmentConfig, encoder_weights
 from cnnkit.tasks.segment.data import _channels, input_stats
 from cnnkit.tasks.segment.predict import Segmenter, scales, test_time_logits
 
@@ -27,7 +27,7 @@ def build_model(cfg: SegmentConfig, train: SegmentationSet) -> Segmenter:
         train.num_classes,
         in_channels=_channels(train),
         output_stride=cfg.output_stride,
-        weights=cfg.weights,
+        weights=encoder_weights(cfg.weights),
         width=cfg.width,
         finest=cfg.finest,
         fcn_paper=cfg.fcn_paper,

@@ -16,6 +16,7 @@ from cnnkit.errors import CnnkitError
 from cnnkit.tasks.classify.task import (
     _Batches,  # an epoch's batches made one at a time: the same for every task
 )
+from cnnkit.tasks.segment.config import encoder_weights
 from cnnkit.tasks.segment.data import random_scale_crop
 from cnnkit.tasks.segment.evaluate import evaluate
 from cnnkit.tasks.segment.predict import Segmenter
@@ -163,13 +164,13 @@ def encoder_line(config: dict) -> str:
     whether its batch norms and first layers are frozen, and its share of the learning rate.
 
     Example:
-        >>> encoder_line({"model": "resnet18", "weights": None})
+        >>> encoder_line({"model": "resnet18", "weights": "none"})
         'encoder resnet18: from scratch (random weights; --weights imagenet starts from the published ones)'
     """
     name = config["model"]
     if name == "unet":
         return f"encoder: U-Net's own (width {config.get('width')}), from scratch"
-    if not config.get("weights"):
+    if encoder_weights(config.get("weights")) is None:
         return f"encoder {name}: from scratch (random weights; --weights imagenet starts from the published ones)"
     frozen = f", layers to stride {config['freeze_to']} frozen" if config.get("freeze_to") else ""
     frozen += ", depthwise filters kept" if config.get("keep_depthwise") else ""

@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from cnnkit.errors import CnnkitError
 from cnnkit.layers import keep_depthwise
-from cnnkit.tasks.segment.config import SegmentConfig
+from cnnkit.tasks.segment.config import SegmentConfig, encoder_weights, stored_settings
 from cnnkit.tasks.segment.data import load_splits
 from cnnkit.tasks.segment.evaluate import evaluate
 from cnnkit.tasks.segment.load import build_model
@@ -71,7 +71,7 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
         v = getattr(cfg, key)
         if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < math.inf):
             raise CnnkitError(f"--{key.replace('_', '-')} must be a finite number >= 0. Received: {v!r}")
-    if cfg.keep_depthwise and (not cfg.weights or cfg.model == "unet"):
+    if cfg.keep_depthwise and (encoder_weights(cfg.weights) is None or cfg.model == "unet"):
         raise CnnkitError(
             "--keep-depthwise keeps a pretrained encoder's depthwise filters: it needs a zoo encoder with "
             "--weights imagenet; leave it out to train from scratch"
@@ -158,6 +158,7 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
             quiet=quiet,
             device=device,
             on_epoch_end=write_split,
+            read_settings=stored_settings,  # a run of an earlier version resumes with the settings it trained by
         )
     finally:
         for layer in stem:
