@@ -93,8 +93,8 @@ def _splits(
     is split by them (:func:`~cnnkit.data.segmentation.voc_split`; the split's ``source`` says which
     lists), another folder by the seeded draw detect and instance make of a folder, and a COCO file's
     objects are painted as classes (:func:`~cnnkit.data.segmentation.coco_segmentation`) on the split
-    they draw from it (both :func:`~cnnkit.tasks.detect.data.photo_split`). Digit scenes have their own validation scenes,
-    all of one size.
+    they draw from it (both :func:`~cnnkit.tasks.detect.data.photo_split`). Digit scenes have their
+    own validation scenes, all of one size.
     """
     from cnnkit.data.pennfudan import carve_validation, pennfudan_root, pennfudan_split
     from cnnkit.data.segmentation import (
