@@ -205,6 +205,14 @@ def test_a_crop_share_no_photo_can_be_read_with_names_the_metadata_not_the_photo
     assert f"{crafted}: metadata cnnkit.reading" in err and "cannot read" not in err
     _add_metadata(str(crafted), {"cnnkit.reading": '{"crop_fraction": 0.01, "interpolation": "bilinear"}'})
     assert main(["predict", str(crafted), str(tmp_path / "photo.png")]) == 0  # a share above it: read
+    # the floor itself: the 4:3 photo's resized copy (12549 x 9412) is past the decoder's limit, a
+    # square one's is not; both are read (the region the centre crop covers is resized)
+    _add_metadata(str(crafted), {"cnnkit.reading": '{"crop_fraction": 0.0017, "interpolation": "bilinear"}'})
+    Image.new("L", (30, 30), 200).save(tmp_path / "square.png")
+    capsys.readouterr()
+    assert main(["predict", str(crafted), str(tmp_path / "photo.png"), str(tmp_path / "square.png")]) == 0
+    out = capsys.readouterr().out.splitlines()  # one flat grey photo and another: the same answer
+    assert len(out) == 2 and out[0].split(": ")[1] == out[1].split(": ")[1]
 
 
 def test_predict_refuses_another_task(classifier_onnx, tmp_path):

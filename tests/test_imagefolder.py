@@ -1,6 +1,7 @@
 """Image folders: the hymenoptera layout (own train/val split, a .gif placeholder, a space in a name),
 a stratified split of a folder without split folders, the decode cache, bad input."""
 
+import itertools
 import json
 import os
 import warnings
@@ -202,14 +203,83 @@ def test_a_file_rewritten_with_its_size_and_mtime_kept_invalidates_the_cache(tmp
     assert got.meta["files"] == want.meta["files"] and torch.equal(got.images, want.images)
 
 
-def test_a_sliver_of_an_image_is_skipped_not_resized_to_gigabytes(tmp_path):
-    # 200,000 x 1 pixels passes the decompression-bomb check, but its shorter side brought to 32 px
-    # would be a 6.4 G-pixel image: it is skipped and counted like an unreadable file
+def test_a_sliver_of_an_image_is_read_without_resizing_it_to_gigabytes(tmp_path):
+    # 2,000,000 x 1 pixels passes the decompression-bomb check, but its shorter side brought to 32 px
+    # would be a 64 G-pixel copy: only the region its centre crop covers is resized
     _make_folder(tmp_path / "data", {"a": 2, "b": 2}, junk=False)
     Image.new("RGB", (2_000_000, 1), (120, 30, 40)).save(tmp_path / "data" / "a" / "sliver.png")
-    with pytest.warns(ImageFolderWarning, match="skipped 1 file .*sliver.png"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         got = load_image_folder(tmp_path / "data", image_size=(32, 32), val_fraction=0.0, cache=False)
-    assert len(got.meta["files"]) == 4
+    assert not [w for w in caught if "skipped" in str(w.message)]
+    assert len(got.meta["files"]) == 5
+    sliver = got.images[got.meta["files"].index("a/sliver.png")]
+    assert sliver.shape == (3, 32, 32) and sliver.flatten(1).unique(dim=1).tolist() == [[120], [30], [40]]
+
+
+def _whole_resize_cropped(path, size, share, method=Image.BILINEAR) -> np.ndarray:
+    """The centre crop of the photo's whole resized copy, made however large (the reference)."""
+    h, w = size
+    with Image.open(path) as im:
+        scale = max(h / im.height, w / im.width) / share
+        target = (max(w, round(im.width * scale)), max(h, round(im.height * scale)))
+        left, top = (target[0] - w) // 2, (target[1] - h) // 2
+        return np.asarray(im.resize(target, method, reducing_gap=3.0).crop((left, top, left + w, top + h)))
+
+
+def test_every_photo_reads_at_the_floors_share(tmp_path):
+    # at the floor a square photo's resized copy just fits the decoder's limit; a 4:3 one's copy
+    # (12549 x 9412 at 16 x 16) is past it: it is read all the same, as the whole resize would give it
+    floor = imagefolder.smallest_crop_fraction((16, 16))
+    assert floor == 0.0017
+    g = np.random.default_rng(0)
+    for c, sizes in (("a", [(40, 30), (30, 40)]), ("b", [(41, 40), (64, 36), (30, 30)])):
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for w, h in sizes:
+            Image.fromarray(g.integers(0, 256, (h, w), dtype=np.uint8)).save(tmp_path / "data" / c / f"{w}x{h}.png")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = load_image_folder(
+            tmp_path / "data", image_size=(16, 16), channels=1, crop_fraction=floor, val_fraction=0.0, cache=False
+        )
+    assert not [w for w in caught if "skipped" in str(w.message)]
+    assert len(got) == 5 and got.images.shape == (5, 1, 16, 16)
+    photo = tmp_path / "data" / "a" / "40x30.png"
+    one = imagefolder.decode_image(photo, (16, 16), 1, "shorter", floor)
+    assert torch.equal(one, got.images[got.meta["files"].index("a/40x30.png")])
+    diff = np.abs(one[0].numpy().astype(int) - _whole_resize_cropped(photo, (16, 16), floor).astype(int))
+    assert diff.max() <= 1
+
+
+def test_the_crop_regions_resize_is_the_whole_resize_cropped(tmp_path, monkeypatch):
+    # with the limit at the photo's own size, every enlargement takes the crop-region resize: it gives
+    # the whole resize's pixels up to one level where the exact value is a tie (x.5) that Pillow's
+    # fixed-point weights, from centres computed in another order, round the other way
+    g = np.random.default_rng(1)
+    photos = []
+    for w, h in ((40, 30), (30, 40)):
+        photos.append(tmp_path / f"{w}x{h}.png")
+        Image.fromarray(g.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(photos[-1])
+    monkeypatch.setattr(imagefolder, "MAX_DECODE_PIXELS", 40 * 30)
+    diffs = []
+    for photo, size, share, method in itertools.product(
+        photos, [(16, 16), (12, 20)], [0.5, 0.2, 0.05], ["bilinear", "bicubic"]
+    ):
+        got = imagefolder.decode_image(photo, size, 3, "shorter", share, method)
+        ref = _whole_resize_cropped(photo, size, share, Image.BICUBIC if method == "bicubic" else Image.BILINEAR)
+        diffs.append(np.abs(got.permute(1, 2, 0).numpy().astype(int) - ref.astype(int)))
+    diffs = np.concatenate([d.ravel() for d in diffs])
+    assert diffs.max() == 1 and (diffs > 0).mean() < 0.05
+
+
+@pytest.mark.parametrize("side", [16, 32, 64, 96, 100, 224, 299, 331, 512, 1000])
+def test_the_floor_a_message_shows_is_the_floor_checked(side):
+    # two significant digits, so a message's {floor:.2g} is the value checked; a square photo's copy
+    # at the floor fits the decoder's limit, one at the next smaller two-digit share does not
+    floor = imagefolder.smallest_crop_fraction((side, side))
+    step = 10.0 ** (np.floor(np.log10(floor)) - 1)  # one unit of the second digit
+    assert float(f"{floor:.2g}") == floor
+    assert (side / floor) ** 2 <= imagefolder.MAX_DECODE_PIXELS < (side / (floor - step)) ** 2
 
 
 def test_a_crop_share_too_small_to_resize_by_is_a_one_line_error(tmp_path):
@@ -240,6 +310,8 @@ def test_exact_resize_and_grey(tmp_path):
         (dict(val_fraction=0.7, test_fraction=0.4), "sum below 1"),
         (dict(resize="crop"), "resize must be"),
         (dict(image_size=(64, 64), crop_fraction=0.005), r"crop_fraction must be at least 0.0068 at image_size"),
+        # sqrt(96 * 96 / 89,478,485) = 0.01015: the floor shown (0.011) is the floor checked
+        (dict(image_size=(96, 96), crop_fraction=0.01), r"at least 0.011 at image_size .* got crop_fraction=0.01;"),
     ],
 )
 def test_bad_arguments(tmp_path, kwargs, match):

@@ -351,7 +351,7 @@ def crop_shares(input_size) -> str:
     if not floor:
         return "(0, 1]"
     h, w = (int(v) for v in input_size[-2:])
-    return f"[{floor:.2g}, 1] (a smaller one resizes every photo too large to decode at {h}x{w})"
+    return f"[{floor:g}, 1] (a smaller one magnifies even a square photo past what cnnkit decodes at {h}x{w})"
 
 
 def folder_reading(info: dict, input_size=None) -> tuple[float, str] | None:
@@ -369,7 +369,7 @@ def folder_reading(info: dict, input_size=None) -> tuple[float, str] | None:
 
     Raises:
         CnnkitError: a crop share or interpolation the run cannot have (damaged metadata): outside
-            (0, 1], or so small that every photo would be resized past the decoder's limit.
+            (0, 1], or below :func:`smallest_crop_fraction` at the input size.
     """
     members = info.get("ensemble")
     first = members[0] if isinstance(members, list) and members and isinstance(members[0], dict) else {}

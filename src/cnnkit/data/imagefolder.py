@@ -43,7 +43,7 @@ from cnnkit.errors import CnnkitError, CnnkitWarning, gone_from_split
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 SPLIT_DIRS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
 MIN_IMAGES_PER_CLASS = 100  # the notes' rule of thumb for fine-tuning on your own images
-_CACHE_VERSION = 3
+_CACHE_VERSION = 4  # of what decoding gives (which photos it reads): a cache of another version is rebuilt
 _KEY_TAIL = len("-0123456789abcdef01234567.safetensors")  # the part of a cache's name its files decide
 _INTERPOLATIONS = ("bilinear", "bicubic")
 
@@ -170,22 +170,25 @@ def _check_args(root, split, image_size, channels, val_fraction, test_fraction, 
             "0.875 is torchvision's 256 -> 224 centre crop"
         )
     floor = smallest_crop_fraction(size)
-    if resize == "shorter" and crop_fraction < floor:  # every photo would be skipped as too large to decode
+    if resize == "shorter" and crop_fraction < floor:  # a magnification past the decoder's limit
         raise CnnkitError(
-            f"crop_fraction must be at least {floor:.2g} at image_size {size} (a smaller share resizes every "
-            f"photo past {MAX_DECODE_PIXELS:,} pixels), got crop_fraction={crop_fraction}; "
+            f"crop_fraction must be at least {floor:g} at image_size {size} (a smaller share magnifies even a "
+            f"square photo past {MAX_DECODE_PIXELS:,} pixels), got crop_fraction={crop_fraction}; "
             "0.875 is torchvision's 256 -> 224 centre crop"
         )
     return size
 
 
 def smallest_crop_fraction(image_size) -> float:
-    """The smallest crop share with which any photo can be read at ``image_size`` (H, W).
+    """The smallest crop share photos are read with at ``image_size`` (H, W).
 
-    The shorter side is resized to cover H / share by W / share (:func:`decode_image`),
-    so every photo's resized copy holds at least H W / share^2 pixels; a share below
-    sqrt(H W / MAX_DECODE_PIXELS) takes every photo past the decoder's limit (Pillow's
-    decompression-bomb threshold), and no photo is read at all.
+    The shorter side is resized to cover H / share by W / share (:func:`decode_image`), so a
+    share below sqrt(H W / MAX_DECODE_PIXELS) would magnify even a square photo past the
+    decoder's limit (Pillow's decompression-bomb threshold): so small a share is refused as a
+    mistake or as damaged metadata. The floor is that root rounded up to two significant digits,
+    so the value an error shows is itself admitted. From the floor up every photo the decoder
+    admits is read: one whose resized copy would pass the limit (a 4:3 photo just above the floor,
+    a 2,000,000 x 1 sliver at any share) has only the region its centre crop covers resized.
 
     Args:
         image_size: (H, W), the input the centre crop gives.
@@ -194,7 +197,9 @@ def smallest_crop_fraction(image_size) -> float:
         The share, e.g. 0.0068 at 64 x 64 and 0.024 at 224 x 224.
     """
     h, w = (int(v) for v in image_size)
-    return math.sqrt(h * w / MAX_DECODE_PIXELS)
+    root = math.sqrt(h * w / MAX_DECODE_PIXELS)
+    digits = 1 - math.floor(math.log10(root))  # two significant digits
+    return math.ceil(root * 10**digits) / 10**digits
 
 
 def _scan(root: Path) -> dict[str, dict[str, list[str]]]:
@@ -327,19 +332,23 @@ def _decode(path: Path, params: dict) -> torch.Tensor | None:
                 return None
             if params["resize"] == "shorter":
                 scale = max(h / im.height, w / im.width) / params["crop_fraction"]
-                if not math.isfinite(scale):  # a crop share near 0 (damaged metadata): no size to resize to
+                if not math.isfinite(scale * max(im.size)):  # a crop share near 0 (damaged metadata): no size
                     return None
                 target = (max(w, round(im.width * scale)), max(h, round(im.height * scale)))
-                if target[0] * target[1] > MAX_DECODE_PIXELS:  # a sliver (2,000,000 x 1): skipped, counted
-                    return None
             else:
                 target = (w, h)
             im.draft("RGB" if params["channels"] == 3 else "L", target)  # JPEG: decode at 1/2..1/8 size
             im = eight_bit(im).convert("RGB" if params["channels"] == 3 else "L")
             method = Image.BICUBIC if params.get("interpolation") == "bicubic" else Image.BILINEAR
-            im = im.resize(target, method, reducing_gap=3.0)
-            left, top = (im.width - w) // 2, (im.height - h) // 2
-            im = im.crop((left, top, left + w, top + h))
+            left, top = (target[0] - w) // 2, (target[1] - h) // 2
+            if target[0] * target[1] <= MAX_DECODE_PIXELS:
+                im = im.resize(target, method, reducing_gap=3.0).crop((left, top, left + w, top + h))
+            else:  # a resized copy past the decoder's limit (a share near the floor, a sliver 2,000,000 x 1):
+                # only the region the centre crop covers is resized, one axis at a time as the whole resize
+                # does (Pillow's box with both axes at once answers up to 11 levels off the whole copy)
+                sx, sy = im.width / target[0], im.height / target[1]
+                im = im.resize((w, im.height), method, box=(left * sx, 0, (left + w) * sx, im.height))
+                im = im.resize((w, h), method, box=(0, top * sy, w, (top + h) * sy))
             array = np.asarray(im, dtype=np.uint8).reshape(h, w, params["channels"])
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
         return None
