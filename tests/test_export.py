@@ -158,6 +158,41 @@ def test_bad_arguments_are_refused(tmp_path):
         OnnxModel(tmp_path / "junk.onnx")
 
 
+class _Warp(nn.Module):
+    """grid_sample: the TorchScript exporter writes it from opset 16."""
+
+    def forward(self, x):
+        return nn.functional.grid_sample(x, torch.zeros(x.shape[0], 4, 4, 2), align_corners=False)
+
+
+def test_the_exporters_whole_reason_reaches_the_user(tmp_path):
+    # the reason and the fix the exporter names, both sentences (not cut at the first one)
+    for exporter in ("torchscript", "auto"):
+        with pytest.raises(CnnkitError) as exc:
+            export_onnx(_Warp(), torch.rand(1, 1, 8, 8), tmp_path / "w.onnx", opset=15, exporter=exporter)
+        text = str(exc.value)
+        assert text.endswith(
+            "TorchScript exporter: Exporting the operator 'aten::grid_sampler' to ONNX opset version 15 is not "
+            "supported. Support for this operator was added in version 16, try exporting with this version"
+        )
+        assert "\n" not in text and not list(tmp_path.iterdir())
+
+
+def test_the_dynamo_exporters_page_is_its_first_line_and_the_error_behind_it(tmp_path):
+    class Eig(nn.Module):
+        def forward(self, x):
+            return torch.linalg.eigvals(x[:, 0]).real
+
+    with pytest.raises(CnnkitError) as exc:
+        export_onnx(Eig(), torch.rand(1, 1, 4, 4), tmp_path / "e.onnx", exporter="dynamo")
+    text = str(exc.value)
+    assert text.startswith(
+        "the dynamo ONNX exporter failed: Failed to convert the exported program to an ONNX model: No ONNX "
+        "function found for <OpOverload(op='aten.linalg_eig', overload='default')>."
+    )
+    assert text.endswith("; try exporter='torchscript'") and "\x1b" not in text and "Next steps" not in text
+
+
 # ----------------------------------------------------------------------------- a converted Keras model, then the CLI
 
 KERAS_CONFIG = {

@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -141,10 +142,33 @@ def _structure(out) -> tuple[str, list[str], list[torch.Tensor]]:
     )
 
 
+SHORT_CHARS = 400  # an exporter's or ONNX Runtime's reason, as a one-line error quotes it
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the colours of the dynamo exporter's messages
+
+
 def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    first = text.split(". ")[0]
-    return first if len(first) <= 200 else first[:197] + "..."
+    """The exception's reason on one line, whole: its cause and the fix it names ("... is not supported.
+    Support for this operator was added in version 18, try exporting with this version").
+
+    The dynamo exporter's message is a page (the step that failed, next steps, then an "Exception
+    summary" of the errors behind it): its first sentence and the first error of the summary are
+    kept. A text past ``SHORT_CHARS`` keeps the whole sentences that fit.
+    """
+    text = _ANSI.sub("", str(exc))
+    head, summary, rest = text.partition("## Exception summary")
+    if summary:
+        causes = [line.split(">: ", 1)[-1] for line in rest.splitlines() if line.startswith("<class ")]
+        text = head.split(". ")[0] + (f": {causes[0]}" if causes else "")
+    text = " ".join(text.split()) or type(exc).__name__
+    if len(text) <= SHORT_CHARS:
+        return text
+    sentences = text.split(". ")
+    kept = sentences[0]
+    for sentence in sentences[1:]:
+        if len(kept) + 2 + len(sentence) > SHORT_CHARS - 4:
+            break
+        kept += ". " + sentence
+    return kept if len(kept) <= SHORT_CHARS - 4 else kept[: SHORT_CHARS - 4] + " ..."
 
 
 EXPORTERS = ("auto", "dynamo", "torchscript")
