@@ -156,6 +156,13 @@ def test_bad_arguments_are_refused(tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"not onnx")
     with pytest.raises(CnnkitError, match="not an ONNX model"):
         OnnxModel(tmp_path / "junk.onnx")
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    for opset in (6, newest + 1, 17.0, "17", True):  # before the oldest PyTorch writes, past what onnx knows, not ints
+        with pytest.raises(CnnkitError, match=rf"from 7 to {newest}, or none .* Received: opset={opset!r}$"):
+            export_onnx(nn.Identity(), torch.rand(1, 3), tmp_path / "x.onnx", opset=opset)
+    assert not list(tmp_path.glob("x.onnx*"))
 
 
 class _Warp(nn.Module):
@@ -263,6 +270,21 @@ def _parser():
     convert.register(sub)
     export.register(sub)
     return parser
+
+
+def test_cnnkit_export_writes_the_opset_asked_for(tmp_path, capsys):
+    import onnx
+
+    from cnnkit.cli import main
+
+    out = tmp_path / "m.onnx"
+    assert main(["export", "mnist_fast", "--out", str(out), "--opset", "13", "--exporter", "torchscript"]) == 0
+    assert [o.version for o in onnx.load(out).opset_import if o.domain in ("", "ai.onnx")] == [13]
+    capsys.readouterr()
+    assert main(["export", "mnist_fast", "--out", str(tmp_path / "o.onnx"), "--opset", "6"]) == 2
+    err = capsys.readouterr().err
+    assert "a whole number from 7 to" in err and "Received: opset=6" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
 def test_convert_then_load_then_export(tmp_path, capsys):

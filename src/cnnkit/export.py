@@ -322,17 +322,34 @@ def _session(path, threads: int | None = None, spin: bool = True):
         ) from None
 
 
-def _add_metadata(path: str, props: dict[str, str]) -> None:
+def _onnx():
     try:
         import onnx
     except ImportError:
-        raise CnnkitError("writing ONNX metadata needs onnx: pip install 'cnnkit[onnx]'") from None
-    model = onnx.load(path)
+        raise CnnkitError("writing ONNX files needs onnx: pip install 'cnnkit[onnx]'") from None
+    return onnx
+
+
+MIN_OPSET = 7  # the oldest opset PyTorch's exporters write
+
+
+def _check_opset(opset) -> None:
+    """An opset from the oldest PyTorch writes to the newest the installed onnx package knows."""
+    newest = _onnx().defs.onnx_opset_version()
+    if not (isinstance(opset, int) and not isinstance(opset, bool) and MIN_OPSET <= opset <= newest):
+        raise CnnkitError(
+            f"opset (--opset) is the ONNX operator set to write: a whole number from {MIN_OPSET} to {newest}, or "
+            f"none for the exporter's own. Received: opset={opset!r}"
+        )
+
+
+def _add_metadata(path: str, props: dict[str, str]) -> None:
+    model = _onnx().load(path)
     existing = {p.key: p for p in model.metadata_props}
     for k, v in props.items():
         entry = existing.get(k) or model.metadata_props.add()
         entry.key, entry.value = k, v
-    onnx.save(model, path)
+    _onnx().save(model, path)
 
 
 def _run_quiet(sess, feeds: dict) -> list:
@@ -433,8 +450,9 @@ def export_onnx(
         check: run the file in ONNX Runtime and compare with PyTorch before keeping it.
         rtol: allowed ``max |ort - torch|`` as a fraction of ``max |torch|``, per output.
         atol: allowed absolute difference on top (for outputs that are all near zero).
-        opset: the ONNX opset (default: the exporter's); a dynamo export that cannot write it
-            falls back to the TorchScript exporter (``exporter="dynamo"``: refused).
+        opset: the ONNX opset, 7 to the newest the installed onnx knows (default: the exporter's
+            own); a dynamo export that cannot write it falls back to the TorchScript exporter
+            (``exporter="dynamo"``: refused).
         exporter: "auto" (dynamo, falling back to TorchScript), "dynamo" or "torchscript" (faster to
             export; the ONNX Runtime check holds either way).
         metadata: extra ``metadata_props`` stored in the file (e.g. classes, input size).
@@ -463,6 +481,8 @@ def export_onnx(
     for name, value in (("rtol", rtol), ("atol", atol)):
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             raise CnnkitError(f"{name} must be a finite number above 0 (e.g. 1e-4). Received: {name}={value}")
+    if opset is not None:
+        _check_opset(opset)
     _refuse_unexportable(model)
     _refuse_non_finite(model)
     lower = sorted({str(t.dtype).replace("torch.", "") for t in model.parameters() if t.dtype != torch.float32})

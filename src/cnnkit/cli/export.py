@@ -38,6 +38,13 @@ def register(subparsers) -> None:
         help="auto: PyTorch's dynamo exporter, falling back to the TorchScript one",
     )
     p.add_argument(
+        "--opset",
+        type=int,
+        metavar="N",
+        help="the ONNX operator set to write, from 7 (default: the exporter's own); one the dynamo exporter "
+        "cannot write falls back to the TorchScript one",
+    )
+    p.add_argument(
         "--rtol",
         type=float,
         default=1e-4,
@@ -74,6 +81,7 @@ def run_export(args) -> int:
         check=not args.no_check,
         rtol=args.rtol,
         exporter=args.exporter,
+        opset=args.opset,
         **trust(args),
     )
     print(report)

@@ -197,6 +197,7 @@ def export_model(
     check: bool = True,
     rtol: float = 1e-4,
     exporter: str = "auto",
+    opset: int | None = None,
     trust_code: bool = False,
     factory: str | None = None,
 ) -> ExportReport:
@@ -212,6 +213,7 @@ def export_model(
         check: run the file in ONNX Runtime and compare with PyTorch before keeping it.
         rtol: allowed difference as a fraction of each output's scale.
         exporter: "auto", "dynamo" or "torchscript".
+        opset: the ONNX opset (default: the exporter's; :func:`~cnnkit.export.export_onnx`).
         trust_code: allow a classifier's Python factory (as :func:`cnnkit.load`).
         factory: ``FILE.py:FUNCTION`` (with ``trust_code``).
 
@@ -267,5 +269,6 @@ def export_model(
             check=check,
             rtol=rtol,
             exporter=exporter,
+            opset=opset,
             metadata=meta,
         )
