@@ -486,6 +486,80 @@ def test_the_torchscript_exporter_writes_an_antialiased_resize_or_refuses_it(tmp
             export_onnx(Shrink(**kwargs), torch.rand(1, 1, 16, 16), path, exporter="torchscript", check=False)
 
 
+class _Frames(nn.Module):
+    """Clips (N, T, C, H, W) -> every frame resized, antialiased, as a clip classifier resizes them."""
+
+    def __init__(self, size):
+        super().__init__()
+        self.size = size
+
+    def forward(self, x):
+        b, t, c, h, w = x.shape
+        frames = nn.functional.interpolate(x.reshape(b * t, c, h, w), size=self.size, mode="bilinear", antialias=True)
+        return frames.view(b, t, c, *self.size)
+
+
+@pytest.mark.parametrize("opset", [11, 17])
+def test_before_opset_18_the_antialiased_resize_is_two_matmuls_with_pytorchs_weights(tmp_path, opset):
+    import onnx
+
+    path = tmp_path / "r.onnx"
+    cases = [  # Moving MNIST's clips to a network's 32x32; another ratio per axis; an enlargement
+        ((32, 32), (2, 20, 1, 64, 64), False, [(3, 20, 1, 64, 64)]),
+        ((32, 17), (1, 4, 3, 37, 91), False, [(2, 4, 3, 37, 91)]),
+        ((45, 40), (1, 3, 1, 16, 20), False, [(2, 3, 1, 16, 20)]),
+        ((32, 32), (1, 20, 1, 64, 64), (1, 3, 4), [(2, 9, 1, 48, 80), (1, 7, 1, 100, 30)]),  # frames, H, W free
+    ]
+    for size, example, dynamic, shapes in cases:
+        export_onnx(
+            _Frames(size), torch.rand(*example), path, exporter="torchscript", opset=opset, dynamic_size=dynamic
+        )
+        graph = onnx.load(path)
+        assert [o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")] == [opset]
+        ops = {n.op_type for n in graph.graph.node}
+        assert "MatMul" in ops and "Resize" not in ops
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        for shape in shapes:
+            x = torch.rand(*shape)
+            got = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+            assert got.shape == (*shape[:3], *size) and (got - _Frames(size)(x)).abs().max() <= 1e-5
+
+
+def test_before_opset_11_the_antialiased_resize_is_refused_in_one_line(tmp_path):
+    with pytest.raises(CnnkitError) as exc:
+        export_onnx(
+            _Frames((32, 32)), torch.rand(1, 20, 1, 64, 64), tmp_path / "r.onnx", exporter="torchscript", opset=10
+        )
+    assert str(exc.value).endswith(
+        "an antialiased bilinear resize is written from opset 11 (as MatMuls) or 18 (ONNX Resize), to a constant "
+        "size; opset 10 was asked for: export at opset 11 or later"
+    )
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_clip_run_exports_at_opset_17(tmp_path, monkeypatch, capsys):
+    import onnx
+
+    model = _clip_run()  # 4 frames 2 apart, resized to 32x32 inside
+    model.info = {**model.info, "config": {"data": "moving_mnist", "frames": 20}}
+    monkeypatch.setattr(task_export, "export_source", lambda *a, **k: model)
+    out = tmp_path / "clips.onnx"
+    assert main(["export", "runs/clips", "--out", str(out), "--opset", "17", "--dynamic-size"]) == 0
+    assert (
+        "exporter torchscript (dynamo failed: it wrote opset 18, not the opset 17 asked for)" in capsys.readouterr().out
+    )
+    assert [o.version for o in onnx.load(out).opset_import if o.domain in ("", "ai.onnx")] == [17]
+    onnx_model = OnnxModel(out)
+    assert onnx_model.input_size == (20, 1, 64, 64)
+    for shape in ((3, 20, 1, 64, 64), (1, 9, 1, 48, 80)):  # Moving MNIST's clips, and others
+        x = torch.rand(*shape)
+        with torch.no_grad():
+            assert (onnx_model(x) - model(x)).abs().max() < 1e-5
+    assert main(["export", "runs/clips", "--out", str(tmp_path / "o.onnx"), "--opset", "6"]) == 2
+    err = capsys.readouterr().err
+    assert "a whole number from 7 to" in err and "Received: opset=6" in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
 def test_the_notes_gan_generator_exports_with_either_exporter(tmp_path, exporter):
     # its Keras Reshape (7, 7, 128) returns channels first: a Transpose whose permutation ONNX Runtime loads

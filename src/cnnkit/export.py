@@ -200,17 +200,39 @@ def _quiet():
         logger.setLevel(level)
 
 
+RESIZE_OPSET = 18  # ONNX Resize with antialias=1
+MATMUL_RESIZE_OPSET = 11  # Range, which builds the resize's weights from the input's size
+
+
 def _resize_antialiased(g, x, output_size, align_corners, scale_factors):
     """The TorchScript exporter's translation of ``aten::_upsample_bilinear2d_aa`` to an output size
-    (``F.interpolate(x, size=..., mode="bilinear", antialias=True)``), which it lacks: ONNX ``Resize``
-    with ``antialias=1`` (opset 18), the node the dynamo exporter writes for it. Scale factors (ONNX
-    Runtime rounds some output sizes otherwise) and ``align_corners=True`` (its values differ) are refused."""
+    (``F.interpolate(x, size=..., mode="bilinear", antialias=True)``), which it lacks.
+
+    From opset 18: ONNX ``Resize`` with ``antialias=1``, the node the dynamo exporter writes for it.
+    Opsets 11 to 17 have no antialiased Resize: the resize is a linear map along each axis, so it is
+    written as two MatMuls, ``A_h @ x @ A_w^T``, whose weight matrices the graph builds from the
+    input's height and width by PyTorch's own formula (:func:`_resize_weights`), so the graph takes
+    any input size (``dynamic_size`` too). Scale factors (ONNX Runtime rounds some output sizes
+    otherwise) and ``align_corners=True`` (its values differ) are refused.
+    """
     from torch.onnx import symbolic_helper
 
     if symbolic_helper._is_none(output_size) or symbolic_helper._maybe_get_const(align_corners, "b") is not False:
         raise torch.onnx.errors.OnnxExporterError(
             "an antialiased bilinear resize is exported to a size given, without align_corners"
         )
+    if g.opset < RESIZE_OPSET:
+        size = symbolic_helper._maybe_get_const(output_size, "is")
+        if g.opset < MATMUL_RESIZE_OPSET or symbolic_helper._is_value(size):
+            raise torch.onnx.errors.OnnxExporterError(
+                f"an antialiased bilinear resize is written from opset {MATMUL_RESIZE_OPSET} (as MatMuls) or "
+                f"{RESIZE_OPSET} (ONNX Resize), to a constant size; opset {g.opset} was asked for: export at "
+                f"opset {MATMUL_RESIZE_OPSET} or later"
+            )
+        shape = g.op("Shape", x)
+        rows, cols = (g.op("Gather", shape, g.op("Constant", value_t=torch.tensor(i)), axis_i=0) for i in (2, 3))
+        across = g.op("Transpose", _resize_weights(g, cols, int(size[1])), perm_i=[1, 0])  # (W, out_w)
+        return g.op("MatMul", _resize_weights(g, rows, int(size[0])), g.op("MatMul", x, across))
     empty = g.op("Constant", value_t=torch.tensor([], dtype=torch.float32))
     lead = g.op(  # (N, C) of the input, then the sizes asked for
         "Slice",
@@ -230,6 +252,30 @@ def _resize_antialiased(g, x, output_size, align_corners, scale_factors):
         exclude_outside_i=1,
         coordinate_transformation_mode_s="half_pixel",
     )
+
+
+def _resize_weights(g, length, out: int):
+    """(out, length) weights of PyTorch's antialiased bilinear resize along one axis, as graph nodes.
+
+    ``length``: the input's size along the axis (a 0-d int64 value). As ATen computes them
+    (``_compute_indices_min_size_weights_aa``): output ``o`` is centred at ``c = scale (o + 0.5)``
+    with ``scale = length / out``; input ``i`` weighs the triangle ``max(0, 1 - |(i - c + 0.5) /
+    max(scale, 1)|)`` (as wide as the step when shrinking, one pixel when enlarging), and each row is
+    divided by its sum (the edges: only the pixels inside count). ATen's window of pixels around
+    ``c`` holds every pixel with a weight above 0, so summing over all of them gives the same weights.
+    """
+    from torch.onnx import symbolic_helper
+
+    def const(t):
+        return g.op("Constant", value_t=t)
+
+    scale = g.op("Div", g.op("Cast", length, to_i=1), const(torch.tensor(float(out))))  # 1: FLOAT
+    invscale = g.op("Reciprocal", g.op("Max", scale, const(torch.tensor(1.0))))
+    centre = g.op("Mul", const(torch.arange(out, dtype=torch.float32).add(0.5).unsqueeze(1)), scale)  # (out, 1)
+    source = g.op("Cast", g.op("Range", const(torch.tensor(0)), length, const(torch.tensor(1))), to_i=1)
+    offset = g.op("Mul", g.op("Add", g.op("Sub", source, centre), const(torch.tensor(0.5))), invscale)
+    weights = g.op("Relu", g.op("Sub", const(torch.tensor(1.0)), g.op("Abs", offset)))  # (out, length)
+    return g.op("Div", weights, symbolic_helper._reducesum_helper(g, weights, axes_i=[1], keepdims_i=1))
 
 
 def _export(
@@ -276,8 +322,9 @@ def _export(
         for n, b in zip(names, batched):
             if b and dynamic_batch:
                 axes[n] = {0: "batch"}
-    # an antialiased bilinear resize (a clip classifier's frames to its size): ONNX Resize, from opset 18
-    torch.onnx.register_custom_op_symbolic("aten::_upsample_bilinear2d_aa", _resize_antialiased, 18)
+    # an antialiased bilinear resize (a clip classifier's frames to its size): ONNX Resize from opset 18,
+    # MatMuls before it (the exporter uses the registration of the highest opset up to the one it writes)
+    torch.onnx.register_custom_op_symbolic("aten::_upsample_bilinear2d_aa", _resize_antialiased, 7)
     try:
         with _quiet():
             torch.onnx.export(flat, (example,), tmp, dynamo=False, dynamic_axes=axes, **common)
@@ -452,7 +499,8 @@ def export_onnx(
         atol: allowed absolute difference on top (for outputs that are all near zero).
         opset: the ONNX opset, 7 to the newest the installed onnx knows (default: the exporter's
             own); a dynamo export that cannot write it falls back to the TorchScript exporter
-            (``exporter="dynamo"``: refused).
+            (``exporter="dynamo"``: refused). A clip classifier's antialiased frame resize is
+            ONNX ``Resize`` from opset 18 and two MatMuls from opset 11 to 17.
         exporter: "auto" (dynamo, falling back to TorchScript), "dynamo" or "torchscript" (faster to
             export; the ONNX Runtime check holds either way).
         metadata: extra ``metadata_props`` stored in the file (e.g. classes, input size).
