@@ -43,13 +43,14 @@ class Classifier(nn.Module):
         takes its given values in float64: a float64 network divides by 1/255 itself, as Keras in
         float64 does, not by its float32 rounding (a relative 6e-8 off). A buffer that does not hold
         the float32 rounding of the given values (another state dict loaded into it) is cast as it is."""
-        before = {name: getattr(self, name) for name in self._given}
+        given_values = getattr(self, "_given", {})  # absent from a Classifier unpickled from elsewhere
+        before = {name: getattr(self, name) for name in given_values}
         super()._apply(fn, recurse)
         for name, old in before.items():
             new = getattr(self, name)
             if new.dtype != torch.float64 or old.dtype != torch.float32 or old.is_meta:
                 continue
-            given = torch.tensor(self._given[name], dtype=torch.float64, device=old.device).view_as(old)
+            given = torch.tensor(given_values[name], dtype=torch.float64, device=old.device).view_as(old)
             if torch.equal(given.float(), old):
                 setattr(self, name, given.to(new.device, torch.float64))
         return self
