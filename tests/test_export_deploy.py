@@ -301,3 +301,22 @@ def test_segmenter_predicts_from_its_exported_file(tmp_path, capsys):
     export_onnx(small, torch.rand(1, 3, 8, 8), fixed, exporter="torchscript")
     with pytest.raises(CnnkitError, match="--dynamic-size"):
         onnx_segmenter(fixed)
+
+
+def test_a_classifiers_normalisation_is_kept_as_given_where_its_buffers_still_hold_it():
+    """A std of 1/255 is stored in float32 buffers, yet what a checkpoint's metadata records and what
+    to_fcn carries over is 1/255 itself; a Classifier whose buffers were loaded with other values
+    reports those values."""
+    from cnnkit.models.fcn import to_fcn
+    from cnnkit.tasks.classify.task import ClassifyTask
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.Flatten(), torch.nn.Linear(2 * 4 * 4, 2))
+    clf = Classifier(net, [0.5, 0.25, 0.125], [1 / 255] * 3, ["a", "b"], (3, 6, 6))
+    assert clf.std.dtype == torch.float32 and clf.std.flatten().tolist() != [1 / 255] * 3
+    assert clf.normalisation() == ([0.5, 0.25, 0.125], [1 / 255] * 3)
+    assert ClassifyTask.describe(type("T", (), {"info": {}})(), clf)["std"] == [1 / 255] * 3
+    assert to_fcn(clf).normalisation() == ([0.5, 0.25, 0.125], [1 / 255] * 3)
+    assert to_fcn(clf).double().std.flatten().tolist() == [1 / 255] * 3
+    other = {**clf.state_dict(), "std": torch.full((1, 3, 1, 1), 0.5)}
+    clf.load_state_dict(other)
+    assert clf.normalisation()[1] == [0.5] * 3 and clf.double().std.flatten().tolist() == [0.5] * 3

@@ -38,21 +38,37 @@ class Classifier(nn.Module):
         c, h, w = self.input_size
         return (c, h + 2 * self.pad, w + 2 * self.pad)
 
+    def _given_values(self, name: str, like: torch.Tensor) -> torch.Tensor | None:
+        """The ``name`` buffer's values as given, in float64 shaped as ``like``, where ``like`` (the
+        buffer, float32) still holds their float32 rounding; None where another state dict was loaded
+        into it, or for a Classifier without them (unpickled from an older cnnkit)."""
+        given = getattr(self, "_given", {}).get(name)
+        if given is None or like.dtype != torch.float32 or like.is_meta:
+            return None
+        exact = torch.tensor(given, dtype=torch.float64, device=like.device).view_as(like)
+        return exact if torch.equal(exact.float(), like) else None
+
+    def normalisation(self) -> tuple[list[float], list[float]]:
+        """(mean, std) per channel as given, not rounded to the buffers' float32 (1/255 stays 1/255),
+        where the buffers still hold them; else the buffers' values. What a checkpoint's metadata
+        stores and a derived Classifier (:func:`cnnkit.models.fcn.to_fcn`) is built from."""
+        out = []
+        for name in ("mean", "std"):
+            buffer = getattr(self, name)
+            exact = self._given_values(name, buffer)
+            out.append((buffer if exact is None else exact).flatten().tolist())
+        return out[0], out[1]
+
     def _apply(self, fn, recurse=True):
         """``nn.Module._apply`` (``.to``, ``.double()``, ...), where a float32 buffer cast to float64
         takes its given values in float64: a float64 network divides by 1/255 itself, as Keras in
-        float64 does, not by its float32 rounding (a relative 6e-8 off). A buffer that does not hold
-        the float32 rounding of the given values (another state dict loaded into it) is cast as it is."""
-        given_values = getattr(self, "_given", {})  # absent from a Classifier unpickled from elsewhere
-        before = {name: getattr(self, name) for name in given_values}
+        float64 does, not by its float32 rounding (a relative 6e-8 off)."""
+        before = {name: self._given_values(name, getattr(self, name)) for name in ("mean", "std")}
         super()._apply(fn, recurse)
-        for name, old in before.items():
+        for name, exact in before.items():
             new = getattr(self, name)
-            if new.dtype != torch.float64 or old.dtype != torch.float32 or old.is_meta:
-                continue
-            given = torch.tensor(given_values[name], dtype=torch.float64, device=old.device).view_as(old)
-            if torch.equal(given.float(), old):
-                setattr(self, name, given.to(new.device, torch.float64))
+            if exact is not None and new.dtype == torch.float64:
+                setattr(self, name, exact.to(new.device))
         return self
 
     @contextlib.contextmanager

@@ -98,7 +98,7 @@ def to_fcn(model: nn.Module, input_size: tuple[int, int, int] | None = None) -> 
     if isinstance(model, Classifier):
         c, h, w = _check_input_size(model, input_size)
         fcn = to_fcn(model.net, (c, h + 2 * model.pad, w + 2 * model.pad))
-        mean, std = model.mean.flatten().tolist(), model.std.flatten().tolist()
+        mean, std = model.normalisation()
         return Classifier(fcn, mean, std, model.classes, (c, h, w), pad=model.pad).train(model.training)
     input_size = _check_input_size(model, input_size)
     if not any(isinstance(m, (nn.Linear, *_FLATTEN)) for m in model.modules()):

@@ -168,8 +168,8 @@ class ClassifyTask:
             "num_classes": len(model.classes),
             "input_size": list(model.input_size),
             "classes": model.classes,
-            "mean": model.mean.flatten().tolist(),
-            "std": model.std.flatten().tolist(),
+            "mean": model.normalisation()[0],
+            "std": model.normalisation()[1],
             "tta": model.tta,
             **({"pad": model.pad} if model.pad else {}),
         }
