@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 
 
 class CnnkitError(ValueError):
@@ -35,6 +36,42 @@ class CnnkitError(ValueError):
 class CnnkitWarning(UserWarning):
     """Something about the input the user should know that does not stop the work (skipped files,
     small classes, labels that look like values); the CLI prints it as one ``warning: ...`` line."""
+
+
+SHORT_CHARS = 400  # the most characters of an exception's text a one-line error quotes
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # colour codes (the dynamo ONNX exporter colours its page)
+
+
+def short_error(exc: BaseException) -> str:
+    r"""An exception's text as one line for a :class:`CnnkitError` to quote: the reason whole, with
+    the fix it names ("... is not supported. Support for this operator was added in version 16, try
+    exporting with this version").
+
+    Every run of whitespace (new lines, tabs) becomes one space and colour codes are dropped; an
+    empty text is the exception's type name. A text longer than ``SHORT_CHARS`` keeps the whole
+    sentences that fit (a first sentence longer than that alone is cut) and ends in ``" ..."``. A
+    page with an "Exception summary" (the dynamo ONNX exporter's: the step that failed, next
+    steps, then the errors behind it) is its first sentence and the first error of the summary.
+
+    Example:
+        >>> short_error(RuntimeError("Error(s) in loading state_dict:\n\tMissing key(s): 'bias'. "))
+        "Error(s) in loading state_dict: Missing key(s): 'bias'."
+    """
+    text = _ANSI.sub("", str(exc))
+    head, summary, rest = text.partition("## Exception summary")
+    if summary:
+        causes = [line.split(">: ", 1)[-1] for line in rest.splitlines() if line.startswith("<class ")]
+        text = head.split(". ")[0] + (f": {causes[0]}" if causes else "")
+    text = " ".join(text.split()) or type(exc).__name__
+    if len(text) <= SHORT_CHARS:
+        return text
+    sentences = text.split(". ")
+    kept = sentences[0]
+    for sentence in sentences[1:]:
+        if len(kept) + 2 + len(sentence) > SHORT_CHARS - 4:
+            break
+        kept += ". " + sentence
+    return kept[: SHORT_CHARS - 4] + " ..."
 
 
 def human_bytes(n: float) -> str:

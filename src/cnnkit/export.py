@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import re
 import sys
 import tempfile
 import warnings
@@ -38,7 +37,7 @@ import torch
 import torch.nn as nn
 
 from cnnkit.data.datasets import crop_shares, folder_reading
-from cnnkit.errors import CnnkitError, as_new_file, special_file
+from cnnkit.errors import CnnkitError, as_new_file, short_error, special_file
 
 OUTPUTS_KEY = "cnnkit.outputs"  # metadata_props entry: {"kind": "tensor" | "tuple" | "dict", "names": [...]}
 # what predict needs, as metadata_props entries (JSON values): the class names, the input size without
@@ -140,35 +139,6 @@ def _structure(out) -> tuple[str, list[str], list[torch.Tensor]]:
         f"ONNX export needs a model that returns a tensor, a tuple or a dict of tensors; this one "
         f"returns {type(out).__name__}"
     )
-
-
-SHORT_CHARS = 400  # an exporter's or ONNX Runtime's reason, as a one-line error quotes it
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the colours of the dynamo exporter's messages
-
-
-def _short(exc: BaseException) -> str:
-    """The exception's reason on one line, whole: its cause and the fix it names ("... is not supported.
-    Support for this operator was added in version 18, try exporting with this version").
-
-    The dynamo exporter's message is a page (the step that failed, next steps, then an "Exception
-    summary" of the errors behind it): its first sentence and the first error of the summary are
-    kept. A text past ``SHORT_CHARS`` keeps the whole sentences that fit.
-    """
-    text = _ANSI.sub("", str(exc))
-    head, summary, rest = text.partition("## Exception summary")
-    if summary:
-        causes = [line.split(">: ", 1)[-1] for line in rest.splitlines() if line.startswith("<class ")]
-        text = head.split(". ")[0] + (f": {causes[0]}" if causes else "")
-    text = " ".join(text.split()) or type(exc).__name__
-    if len(text) <= SHORT_CHARS:
-        return text
-    sentences = text.split(". ")
-    kept = sentences[0]
-    for sentence in sentences[1:]:
-        if len(kept) + 2 + len(sentence) > SHORT_CHARS - 4:
-            break
-        kept += ". " + sentence
-    return kept if len(kept) <= SHORT_CHARS - 4 else kept[: SHORT_CHARS - 4] + " ..."
 
 
 EXPORTERS = ("auto", "dynamo", "torchscript")
@@ -313,7 +283,7 @@ def _export(
             # the dynamo exporter writes its own opset and converts down only where it can, silently
             raise ValueError(f"it wrote opset {written}, not the opset {opset} asked for")
         except Exception as exc:  # noqa: BLE001 -- any failure of the new exporter: try the TorchScript one
-            why = _short(exc)
+            why = short_error(exc)
             if exporter == "dynamo":
                 raise CnnkitError(f"the dynamo ONNX exporter failed: {why}; try exporter='torchscript'") from None
     axes = None
@@ -331,7 +301,7 @@ def _export(
     except Exception as exc:  # noqa: BLE001 -- the model cannot be exported: say why, with both exporters' reasons
         before = f"dynamo exporter: {why}; " if why else ""
         raise CnnkitError(
-            f"the model cannot be exported to ONNX: {before}TorchScript exporter: {_short(exc)}"
+            f"the model cannot be exported to ONNX: {before}TorchScript exporter: {short_error(exc)}"
         ) from None
     return "torchscript", why
 
@@ -365,7 +335,7 @@ def _session(path, threads: int | None = None, spin: bool = True):
         return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 -- InvalidProtobuf, Fail, ...: not an ONNX model ORT can run
         raise CnnkitError(
-            f"{path} is not an ONNX model ONNX Runtime can run ({_short(exc)}); give a file written by `cnnkit export`"
+            f"{path} is not an ONNX model ONNX Runtime can run ({short_error(exc)}); give a file written by `cnnkit export`"
         ) from None
 
 
@@ -425,8 +395,8 @@ def _compare(
         try:
             _run_quiet(sess, feeds)
         except Exception as ort_exc:  # noqa: BLE001 -- ORT's Fail / InvalidArgument: it fails there too
-            return {"reason": _short(exc), "onnxruntime": f"fails on them too ({_short(ort_exc)})"}
-        return {"reason": _short(exc), "onnxruntime": "answers them, with nothing to check the answer against"}
+            return {"reason": short_error(exc), "onnxruntime": f"fails on them too ({short_error(ort_exc)})"}
+        return {"reason": short_error(exc), "onnxruntime": "answers them, with nothing to check the answer against"}
     ref = [ref] if isinstance(ref, torch.Tensor) else list(ref)
     fixed = (  # optional: an input of another size, checked because the size axes were freed
         "the exporter fixed a size inside the network that --dynamic-size frees (a pooling, or a branch on the "
@@ -438,7 +408,7 @@ def _compare(
         got = _run_quiet(sess, feeds)
     except Exception as exc:  # noqa: BLE001 -- ORT's Fail / InvalidArgument: the graph fixed a size that varies
         raise CnnkitError(
-            f"ONNX Runtime cannot run the export on an input of shape {tuple(x.shape)} ({_short(exc)}); "
+            f"ONNX Runtime cannot run the export on an input of shape {tuple(x.shape)} ({short_error(exc)}); "
             f"the export was not kept ({fixed})"
         ) from None
     worst = 0.0
@@ -554,7 +524,7 @@ def export_onnx(
             except (RuntimeError, ValueError, IndexError) as exc:
                 raise CnnkitError(
                     f"the network fails on an input of size {'x'.join(map(str, example.shape[1:]))} "
-                    f"({_short(exc)}); give an --input size it runs at (the run's own by default)"
+                    f"({short_error(exc)}); give an --input size it runs at (the run's own by default)"
                 ) from None
             kind, names, outs = _structure(result)
         flat = _Flat(model, names if kind == "dict" else None).eval()
@@ -925,7 +895,7 @@ class OnnxModel:
                 else ""
             )
             raise CnnkitError(
-                f"ONNX Runtime cannot run {self.path} on an input of shape {tuple(data.shape)} ({_short(exc)}){known}; "
+                f"ONNX Runtime cannot run {self.path} on an input of shape {tuple(data.shape)} ({short_error(exc)}){known}; "
                 f"give an input of the size it takes ({'x'.join(map(str, self.input_size or ())) or 'see its inputs'})"
             ) from None
 

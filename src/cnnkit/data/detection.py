@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from cnnkit.data.cocomask import _finite, _is_int, _shown, segmentation_mask
 from cnnkit.data.images import MAX_DECODE_PIXELS, read_pixels
 from cnnkit.data.pennfudan import PENNFUDAN_FIX
-from cnnkit.errors import CnnkitError, check_fits
+from cnnkit.errors import CnnkitError, check_fits, short_error
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -265,7 +265,7 @@ def load_coco(path: str | os.PathLike, image_dir: str | os.PathLike | None = Non
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CnnkitError(f"{path}: not a readable COCO JSON file ({' '.join(str(exc).split())[:160]})") from None
+        raise CnnkitError(f"{path}: not a readable COCO JSON file ({short_error(exc)})") from None
     except RecursionError:
         raise CnnkitError(f"{path}: nested too deeply to be a COCO JSON file") from None
     images_, anns, cats = (_entries(path, data, k) for k in ("images", "annotations", "categories"))
@@ -408,8 +408,7 @@ def _yolo_classes(root: Path) -> list[str] | None:
             try:
                 doc = yaml.safe_load(text)
             except (yaml.YAMLError, RecursionError) as exc:
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                raise CnnkitError(f"{path}: not valid YAML ({first[:160]})") from None
+                raise CnnkitError(f"{path}: not valid YAML ({short_error(exc)})") from None
             if not isinstance(doc, dict) or "names" not in doc:
                 raise CnnkitError(f"{path}: needs a field 'names' (a list of class names, or a mapping id: name)")
             names = doc["names"]

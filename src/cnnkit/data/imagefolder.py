@@ -38,7 +38,7 @@ import torch
 
 from cnnkit.data.images import MAX_DECODE_PIXELS
 from cnnkit.data.imageset import ImageSet
-from cnnkit.errors import CnnkitError, CnnkitWarning, gone_from_split
+from cnnkit.errors import CnnkitError, CnnkitWarning, gone_from_split, short_error
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 SPLIT_DIRS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
@@ -414,8 +414,7 @@ def _write_cache(path: Path, images: torch.Tensor, decoded: list[str], bad: list
         os.replace(tmp, path)
     except (OSError, SafetensorError) as exc:  # a full disk: the images are decoded, only the cache is lost
         warnings.warn(
-            f"cannot write the image cache {path} ({' '.join(str(exc).split())[:120]}); images will be "
-            "decoded again next time",
+            f"cannot write the image cache {path} ({short_error(exc)}); images will be decoded again next time",
             ImageFolderWarning,
             stacklevel=4,
         )

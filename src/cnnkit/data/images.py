@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnkit.errors import CnnkitError, is_out_of_memory, not_a_file, out_of_memory
+from cnnkit.errors import CnnkitError, is_out_of_memory, not_a_file, out_of_memory, short_error
 
 # Pillow's own decompression-bomb threshold (89.5 M pixels, ~ 0.25 GB as RGB): a header claiming
 # more is refused before a single pixel is decoded
@@ -42,7 +42,7 @@ def open_image(path: str | Path, max_pixels: int = MAX_DECODE_PIXELS):
             _too_large(path, f"{int(pixels[1]):,} pixels" if pixels else "an image", max_pixels)
         ) from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise CnnkitError(f"cannot read {path} as an image ({_short(exc)}); give a PNG or JPEG file") from None
+        raise CnnkitError(f"cannot read {path} as an image ({short_error(exc)}); give a PNG or JPEG file") from None
     with im:
         w, h = im.size
         if w * h > max_pixels:
@@ -55,7 +55,7 @@ def open_image(path: str | Path, max_pixels: int = MAX_DECODE_PIXELS):
             raise  # the caller's own refusal of what it read (a mask's mode, say), already one line
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             raise CnnkitError(
-                f"cannot decode {path} ({_short(exc)}): the file is truncated or damaged; give a PNG or JPEG file"
+                f"cannot decode {path} ({short_error(exc)}): the file is truncated or damaged; give a PNG or JPEG file"
             ) from None
         except (MemoryError, RuntimeError) as exc:
             if is_out_of_memory(exc):
@@ -122,11 +122,6 @@ def _too_large(path, size: str, max_pixels: int) -> str:
         f"{path} is {size}, more than the {max_pixels:,} cnnkit decodes (a decompression bomb, or a "
         "photo far larger than any network input); shrink it first"
     )
-
-
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def read_pixels(path: str | Path, channels: int = 3, max_pixels: int = MAX_DECODE_PIXELS) -> torch.Tensor:

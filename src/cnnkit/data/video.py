@@ -51,7 +51,7 @@ from torch.utils.data import Dataset
 
 from cnnkit.data.datasets import load_dataset
 from cnnkit.data.images import read_image
-from cnnkit.errors import CnnkitError, human_bytes, memory_available, not_a_file
+from cnnkit.errors import CnnkitError, human_bytes, memory_available, not_a_file, short_error
 
 TEST_SEED = 2015  # the fixed seed of the 10,000-clip test set
 TEST_SIZE = 10_000  # clips in the test set, as the released file
@@ -400,8 +400,7 @@ class VideoClips(Dataset):
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
             raise CnnkitError(
-                f"cannot read {path} as a .npy array ({' '.join(str(exc).split())[:160]}); "
-                "save clips with numpy.save(path, array)"
+                f"cannot read {path} as a .npy array ({short_error(exc)}); save clips with numpy.save(path, array)"
             ) from None
         if not isinstance(arr, np.ndarray):
             raise CnnkitError(f"{path} is not a single .npy array; save each clip with numpy.save")

@@ -23,7 +23,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, short_error
 
 MAX_CONFIG_BYTES = 1 << 20  # a --config file larger than this is not a config
 
@@ -337,7 +337,7 @@ def read_config_file(path: str | Path, cls: type) -> dict:
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:
-        raise CnnkitError(f"--config {path} is not valid YAML ({' '.join(str(exc).split())[:160]})") from None
+        raise CnnkitError(f"--config {path} is not valid YAML ({short_error(exc)})") from None
     if data is None:
         return {}
     if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):

@@ -30,7 +30,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from cnnkit.engine.ema import EMA
-from cnnkit.errors import CnnkitError, as_new_file, disk_full, is_disk_full, special_file
+from cnnkit.errors import CnnkitError, as_new_file, disk_full, is_disk_full, short_error, special_file
 from cnnkit.models.deploy import Classifier
 from cnnkit.models.meta import on_meta
 from cnnkit.models.network import describe
@@ -405,11 +405,6 @@ def read_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict]:
     except Exception as exc:  # noqa: BLE001 -- truncated data, bad offsets: SafetensorError
         raise CnnkitError(f"{path} is damaged ({short_error(exc)}); {CHECKPOINT_HINT}") from None
     return tensors, meta
-
-
-def short_error(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def read_split(run: str | os.PathLike, required: tuple[str, ...] = ("train", "test")) -> dict[str, list[str]] | None:

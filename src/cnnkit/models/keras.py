@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, short_error
 from cnnkit.layers import batch_normalization, get_activation
 from cnnkit.layers.conv_same import KerasTransposed, _DynamicPad, resolve_padding, transpose_geometry
 from cnnkit.layers.pool_same import (
@@ -1574,7 +1574,7 @@ def _build_layer(kind: str, cfg: dict, lname: str, layer: dict, shape, depth: in
         text = str(exc)
         raise CnnkitError(f"layer {lname!r} ({kind}): {text}" if text.startswith("its output") else text) from None
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError, ZeroDivisionError) as exc:
-        text = " ".join(str(exc).split())[:160] or type(exc).__name__
+        text = short_error(exc)
         raise CnnkitError(
             f"layer {lname!r} ({kind}) cannot be built from its config on input {shape} (channels first): {text}"
         ) from None
@@ -1889,7 +1889,7 @@ def _read_json(text: bytes, what: str, source) -> dict:
     try:
         out = json.loads(text)
     except (ValueError, RecursionError, UnicodeDecodeError) as exc:
-        msg = " ".join(str(exc).split())[:120]
+        msg = short_error(exc)
         raise CnnkitError(
             f"{source}: {what} is not valid JSON ({msg}); the file is damaged or not a Keras model"
         ) from None
@@ -1934,7 +1934,7 @@ def _open(path: Path, weights: bool):
                 if weights and blob is None:
                     raise CnnkitError(f"{path} holds no model.weights.h5; save the model with its weights")
         except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
-            msg = " ".join(str(exc).split())[:120] or type(exc).__name__
+            msg = short_error(exc)
             raise CnnkitError(f"{path} is a damaged .keras file ({msg}); save the model again") from None
         return config, ("v3", blob)
     if magic == b"\x89HDF\r\n\x1a\n":
@@ -1956,7 +1956,7 @@ def _open(path: Path, weights: bool):
         except CnnkitError:
             raise
         except Exception as exc:  # noqa: BLE001 -- h5py raises OSError/KeyError/RuntimeError on damaged files
-            msg = " ".join(str(exc).split())[:120] or type(exc).__name__
+            msg = short_error(exc)
             raise CnnkitError(f"{path} is a damaged HDF5 file ({msg}); save the model again") from None
         return config, ("h5", None)
     raise CnnkitError(
@@ -2047,7 +2047,7 @@ def load_keras(path: str | Path, logits: bool = False) -> tuple[nn.Module, tuple
     except CnnkitError:
         raise
     except Exception as exc:  # noqa: BLE001 -- damaged HDF5 data: OSError, KeyError, ValueError from h5py
-        msg = " ".join(str(exc).split())[:120] or type(exc).__name__
+        msg = short_error(exc)
         raise CnnkitError(
             f"{path}: its weights cannot be read ({msg}); the file is damaged: save the model again"
         ) from None
@@ -2065,7 +2065,7 @@ def load_keras(path: str | Path, logits: bool = False) -> tuple[nn.Module, tuple
         msg = str(exc)
         raise CnnkitError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
     except Exception as exc:  # noqa: BLE001 -- damaged HDF5 data: OSError, KeyError, ValueError from h5py
-        msg = " ".join(str(exc).split())[:120] or type(exc).__name__
+        msg = short_error(exc)
         raise CnnkitError(
             f"{path}: its weights cannot be read ({msg}); the file is damaged: save the model again"
         ) from None

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from cnnkit.errors import CnnkitError, check_fits, human_bytes
+from cnnkit.errors import CnnkitError, check_fits, human_bytes, short_error
 from cnnkit.layers.bf16 import plain_type
 from cnnkit.models.keras import build_from_keras_config, load_keras
 from cnnkit.models.meta import on_meta
@@ -355,7 +355,7 @@ def _sized(make, source: str, input_size: tuple[int, ...] | None) -> nn.Module:
             net.eval()(torch.zeros(1, *sizes) if real else torch.empty(1, *sizes, device="meta"))
             net.train(training)
     except Exception as exc:  # noqa: BLE001 -- any failure: the description does not fit its input
-        text = " ".join(str(exc).split())[:160] or type(exc).__name__
+        text = short_error(exc)
         raise CnnkitError(
             f"{source}: its network does not run on its own input size "
             f"{'x'.join(map(str, input_size))} ({text}); the file is damaged or was edited"

@@ -39,7 +39,7 @@ from cnnkit.engine.runfolder import (
     read_split,
     with_free_settings,
 )
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, short_error
 from cnnkit.models import model_info
 from cnnkit.models.deploy import Classifier
 from cnnkit.models.network import (
@@ -249,7 +249,7 @@ def trainable_augment(
             with torch.no_grad():
                 net(probe.new_zeros(2, c, h + 2 * pad, w + 2 * pad))
         except Exception as exc:  # not the images' size either: say so before training, in one line
-            text = " ".join(str(exc).split())[:160]
+            text = short_error(exc)
             raise CnnkitError(
                 f"{cfg.model} cannot run on the data's {c}x{h}x{w} images ({type(exc).__name__}: {text}); "
                 "choose a network that takes them"

@@ -27,7 +27,7 @@ from typing import NamedTuple
 import torch
 
 from cnnkit.data.series import SeriesSet
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, short_error
 from cnnkit.models.rocket import MultiRocket1d
 
 ALPHAS = tuple(10 ** (-3 + 6 * i / 9) for i in range(10))  # numpy's logspace(-3, 3, 10)
@@ -242,7 +242,7 @@ def _loo_choice(gram: torch.Tensor, yc: torch.Tensor, alphas) -> tuple[float, fl
         eigval, q = torch.linalg.eigh(gram)
     except torch.linalg.LinAlgError as exc:  # non-finite or enormous features: the series' values
         raise CnnkitError(
-            f"the ridge fit failed ({' '.join(str(exc).split())[:80]}): the series' values are too large or "
+            f"the ridge fit failed ({short_error(exc)}): the series' values are too large or "
             "not finite; z-normalise them (leave out --no-znorm) or scale them down"
         ) from None
     eigval = eigval.clamp(min=0)

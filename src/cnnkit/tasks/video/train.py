@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from cnnkit.engine.config import use_threads
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, short_error
 from cnnkit.tasks.video.config import VideoConfig
 from cnnkit.tasks.video.data import moving_mnist_splits
 from cnnkit.tasks.video.evaluate import evaluate
@@ -95,7 +95,7 @@ def _check_frames(model, cfg: VideoConfig) -> None:
     except RuntimeError as exc:
         raise CnnkitError(
             f"--model {cfg.model} cannot take {frames} frames of {cfg.size}x{cfg.size} (--frames {cfg.frames}, "
-            f"--stride {cfg.stride}, --size {cfg.size}): {' '.join(str(exc).split())[:100]}; give more frames "
+            f"--stride {cfg.stride}, --size {cfg.size}): {short_error(exc)}; give more frames "
             "or a smaller --stride"
         ) from None
     finally:
