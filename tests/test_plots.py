@@ -85,6 +85,27 @@ def test_training_curves_of_tasks_without_accuracy_draw_their_other_measures():
     assert ax.get_title() == "Accuracy" and [line.get_label() for line in ax.lines] == ["train", "validation"]
 
 
+def test_the_best_accuracy_label_is_the_value_the_run_prints_and_metrics_csv_holds(tmp_path):
+    import csv
+
+    from cnnkit.engine.loop import _best
+    from cnnkit.engine.runfolder import write_metrics_csv
+
+    # 96 of 153 right is 0.627451, held to 5 decimals as 0.62745; 4 digits of that would be 0.6274
+    rows = [
+        {"epoch": e, "train_loss": 1.0, "train_acc": 0.5, "val_loss": 1.0, "val_acc": acc, "lr": 0.1, "seconds": 1.0}
+        for e, acc in ((1, 0.5), (2, round(96 / 153, 5)), (3, 0.6))
+    ]
+    write_metrics_csv(tmp_path / "metrics.csv", rows)
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        cells = list(csv.DictReader(f))
+    assert cells[1]["val_acc"] == "0.62745" and _best(rows, "val_acc") == (2, 0.62745)
+    for history in (rows, cells):  # as the engine draws it, and as `cnnkit plot` reads metrics.csv
+        _, ax, _ = plots.training_curves(history).axes
+        assert [t.get_text() for t in ax.texts] == [f"best {_best(rows, 'val_acc')[1]} (epoch 2)"]
+        assert ax.texts[0].get_text() == "best 0.62745 (epoch 2)"
+
+
 def test_a_failed_save_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
     path = tmp_path / "curves.png"
     path.write_bytes(b"old")
