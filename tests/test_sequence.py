@@ -236,3 +236,36 @@ def test_a_series_answer_does_not_depend_on_the_other_series_of_its_file(tmp_pat
     out = evaluate_run(tmp_path / "run", data=str(longer))
     rows = predict_file(model, longer)
     assert out["errors"] == sum(r["class"] != r["label"] for r in rows)
+
+
+def test_the_loss_is_the_mean_of_the_series_losses_taken_in_float64():
+    """`cnnkit sequence eval --format json` prints every number as a float64 value, as every task's
+    eval does: the shares of counts, and the loss, each series' in float32 summed in float64."""
+    import math
+
+    import torch.nn.functional as F
+
+    from cnnkit.data.series import SeriesSet
+    from cnnkit.tasks.sequence.evaluate import evaluate
+
+    class Mean(torch.nn.Module):  # logits (mean, -mean) of each series
+        classes = ["a", "b"]
+
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, x):
+            m = x.mean((1, 2)) * self.scale
+            return torch.stack([m, -m], 1)
+
+    g = torch.Generator().manual_seed(0)
+    values = torch.randn(227, 1, 6, generator=g)
+    labels = (torch.rand(227, generator=g) < 0.3).long()
+    out = evaluate(Mean(), SeriesSet(values, labels, ["a", "b"]), batch_size=64)
+    text = json.dumps(out)
+    m = values.mean((1, 2))
+    probs = torch.stack([m, -m], 1).softmax(1)
+    each = F.nll_loss(probs.clamp_min(1e-12).log(), labels, reduction="none").tolist()  # float32 per series
+    assert json.loads(text)["loss"] == math.fsum(each) / 227
+    assert json.loads(text)["accuracy"] == 1 - out["errors"] / 227

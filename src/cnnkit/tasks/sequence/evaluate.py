@@ -79,7 +79,9 @@ def evaluate(model: nn.Module, data: SeriesSet, batch_size: int = 256) -> dict:
     pred = probs.argmax(1)
     errors = int((pred != data.labels).sum())
     n = max(1, len(data))
-    loss = F.nll_loss(probs.clamp_min(1e-12).log(), data.labels, reduction="sum").item() / n if len(data) else 0.0
+    # each series' loss in float32, their sum in float64 (a float32 sum is off in its eighth digit)
+    losses = F.nll_loss(probs.clamp_min(1e-12).log(), data.labels, reduction="none")
+    loss = losses.double().sum().item() / n if len(data) else 0.0
     confusion = torch.bincount(data.labels * k + pred, minlength=k * k).view(k, k)
     return {
         "accuracy": 1 - errors / n,
