@@ -135,6 +135,34 @@ def test_coco_reader(tmp_path):
     assert d.boxes[0].tolist() == [[2, 3, 12, 8], [0, 0, 40, 30]] and d.labels[0].tolist() == [1, 0]
 
 
+def test_a_coco_file_read_by_names_decodes_those_images_alone_with_a_runs_classes(tmp_path):
+    """load_coco(names): those images alone (another may be gone), every record still checked;
+    classes (a run's): each category taken by its name, and an object of a category the run lacks,
+    in an image read, refused."""
+    images = [{"id": i, "file_name": f"p{i}.png", "width": 40, "height": 30} for i in range(3)]
+    boxes = [{"id": i + 1, "image_id": i, "category_id": 3 if i else 1, "bbox": [2, 3, 10, 5]} for i in range(3)]
+    path = coco_folder(tmp_path, boxes, images)
+    for i in range(3):
+        write_png(tmp_path / "images" / f"p{i}.png")
+    whole = load_coco(path)
+    assert whole.classes == ["dog", "cat"] and [lab.tolist() for lab in whole.labels] == [[0], [1], [1]]
+    (tmp_path / "images" / "p0.png").unlink()
+    got = load_coco(path, names=["p2.png", "p1.png"], classes=["cat", "dog"])
+    assert got.names == ["p2.png", "p1.png"] and got.classes == ["cat", "dog"]
+    assert [lab.tolist() for lab in got.labels] == [[0], [0]] and torch.equal(got.images[1], whole.images[1])
+    with pytest.raises(CnnkitError, match=r"images\[0\]: missing image .*p0.png"):
+        load_coco(path)
+    with pytest.raises(CnnkitError, match=r"ann.json has no image 'p9.png' in its 'images'; the run's split.json"):
+        load_coco(path, names=["p1.png", "p9.png"])
+    with pytest.raises(
+        CnnkitError, match=r"annotations\[1\] is of category 'cat', none of the run's classes \['dog'\]"
+    ):
+        load_coco(path, names=["p1.png"], classes=["dog"])
+    assert load_coco(path, names=["p1.png"], classes=["cat"]).labels[0].tolist() == [0]  # p0's dog is not read
+    alone = load_coco(path, names=["p1.png"])  # without a run's classes: the file's, in category id order
+    assert alone.classes == ["dog", "cat"] and alone.labels[0].tolist() == [1]
+
+
 @pytest.mark.parametrize(
     "annotations, images, match",
     [
@@ -189,6 +217,40 @@ def test_yolo_reader_and_errors(tmp_path):
     (tmp_path / "labels" / "c.txt").write_text("0 0.5 0.5 0.5 0.2\n")
     with pytest.raises(CnnkitError, match=r"missing image for .*c.txt"):
         load_yolo(tmp_path)
+
+
+def make_yolo(root, n=8):
+    """A YOLO folder of n 40x30 photos with one box each, of class i % 2, and no classes.txt (the
+    classes are counted from the label files)."""
+    (root / "labels").mkdir(parents=True)
+    for i in range(n):
+        write_png(root / "images" / f"y{i}.png")
+        (root / "labels" / f"y{i}.txt").write_text(f"{i % 2} 0.4125 0.4 0.425 0.5\n")
+    return root
+
+
+def test_a_yolo_folder_read_by_names_keeps_the_classes_of_every_photo_or_the_runs(tmp_path):
+    """load_yolo(names): those photos alone, in that order; without a classes.txt the classes are
+    counted over the label files of every photo (class 2 only in y0 still counts), or are the given
+    ones (a run's), whose ids bound the label rows; a stale label file of a photo not read is left be."""
+    root = make_yolo(tmp_path)
+    (root / "labels" / "y0.txt").write_text("2 0.5 0.5 0.2 0.2\n")
+    whole = load_yolo(root)
+    assert whole.classes == ["0", "1", "2"]
+    some = load_yolo(root, ["y3.png", "y1.png"])
+    assert some.names == ["y3.png", "y1.png"] and some.classes == ["0", "1", "2"]
+    assert [b.tolist() for b in some.boxes] == [whole.boxes[3].tolist(), whole.boxes[1].tolist()]
+    (root / "images" / "y0.png").unlink()  # its label file stays
+    run = load_yolo(root, ["y1.png"], classes=["a", "b", "c"])
+    assert run.classes == ["a", "b", "c"] and run.labels[0].tolist() == [1]
+    with pytest.raises(CnnkitError, match=r"missing image for .*y0.txt"):
+        load_yolo(root)  # every photo read: the label file without its photo is refused
+    with pytest.raises(CnnkitError, match=r"no image .*y0.png; the run's split.json names it"):
+        load_yolo(root, ["y0.png"], classes=["a", "b", "c"])
+    with pytest.raises(
+        CnnkitError, match=r"y1.txt line 1: uses class 1 but the run has only 1 class \(ids 0..0\); evaluate the run"
+    ):
+        load_yolo(root, ["y1.png"], classes=["a"])
 
 
 def test_a_folder_of_neither_layout_names_both(tmp_path):
@@ -369,6 +431,31 @@ def test_a_voc_folder_is_split_by_its_main_lists_and_says_so(tmp_path):
     cfg = DetectConfig(data=str(tmp_path / "b"), model="tiny", weights="none", image_size=64).resolved()
     *_, split = load_split_data(cfg)
     assert "source" not in split and len(split["test"]) == 2
+
+
+def test_a_voc_folder_read_with_a_runs_classes_reads_the_annotations_of_its_photos_alone(tmp_path):
+    """load_voc(names, classes): only the named photos' annotations are read (another photo may be
+    gone, its XML left), the labels index the given classes; an object of another class is refused."""
+    from cnnkit.data.detection import load_voc
+
+    ids = make_voc_boxes(tmp_path)
+    whole = load_voc(tmp_path)
+    (tmp_path / "JPEGImages" / f"{ids[0]}.jpg").unlink()
+    (tmp_path / "Annotations" / f"{ids[2]}.xml").write_text("<not xml")  # an annotation not read
+    names = [f"{ids[3]}.jpg", f"{ids[1]}.jpg"]
+    got = load_voc(tmp_path, names, classes=["bird", "cat", "dog"])
+    assert got.names == names and got.classes == ["bird", "cat", "dog"]
+    assert [lab.tolist() for lab in got.labels] == [[2], [2]] and got.crowd_labels[1].tolist() == [1]
+    assert [b.tolist() for b in got.boxes] == [whole.boxes[3].tolist(), whole.boxes[1].tolist()]
+    assert torch.equal(got.images[0], whole.images[3])
+    with pytest.raises(CnnkitError, match=r"missing image for .*\.xml"):
+        load_voc(tmp_path, names)  # the classes counted: every annotation read
+    with pytest.raises(CnnkitError, match=rf"no image .*{ids[0]}.jpg; the run's split.json names it"):
+        load_voc(tmp_path, [f"{ids[0]}.jpg"], classes=["cat", "dog"])
+    with pytest.raises(
+        CnnkitError, match=rf"{ids[1]}.xml: an object of class 'cat', none of the run's classes \['dog'\]"
+    ):
+        load_voc(tmp_path, names, classes=["dog"])
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from cnnkit.data.cocomask import _finite, _is_int, _shown, segmentation_mask
 from cnnkit.data.images import MAX_DECODE_PIXELS, read_pixels
 from cnnkit.data.pennfudan import PENNFUDAN_FIX
-from cnnkit.errors import CnnkitError, check_fits, short_error
+from cnnkit.errors import CnnkitError, check_fits, gone_from_split, short_error
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -233,7 +233,13 @@ def _relative_name(path: Path, where: str, name) -> str:
     return name
 
 
-def load_coco(path: str | os.PathLike, image_dir: str | os.PathLike | None = None, masks: bool = False) -> Detections:
+def load_coco(
+    path: str | os.PathLike,
+    image_dir: str | os.PathLike | None = None,
+    masks: bool = False,
+    names: list[str] | None = None,
+    classes: list[str] | None = None,
+) -> Detections:
     """A COCO instances JSON (``images``, ``annotations`` with ``bbox`` [x, y, w, h], ``categories``).
 
     Images are read from ``image_dir`` (default: the JSON's folder, then its ``images/``) by
@@ -249,6 +255,11 @@ def load_coco(path: str | os.PathLike, image_dir: str | os.PathLike | None = Non
         path: the COCO JSON file.
         image_dir: the folder the ``file_name`` entries are relative to.
         masks: read each object's mask into :attr:`Detections.masks` (and :attr:`Detections.crowd_masks`).
+        names: the images to decode (``file_name`` as the file has them: a run's split), in this order,
+            the masks of theirs alone; every image when None. Every record is checked either way.
+        classes: the class names the labels index (a run's), each category taken by its name, instead
+            of the file's categories in id order; an object of a decoded image whose category is none
+            of them is refused.
 
     Returns:
         The images with their boxes and labels (and masks).
@@ -258,7 +269,8 @@ def load_coco(path: str | os.PathLike, image_dir: str | os.PathLike | None = Non
         missing or non-integer id, a duplicate id or file name, an annotation naming no image or
         category, a bbox that is not 4 finite numbers, a size that is not a positive whole number, a
         ``file_name`` that is absolute or climbs out of the folder, an image that does not match its
-        size; with ``masks``, a missing or bad ``segmentation``
+        size, a name of ``names`` the file has no image of, an object of a category ``classes`` lacks;
+        with ``masks``, a missing or bad ``segmentation``
         (:func:`~cnnkit.data.cocomask.segmentation_mask` says which).
     """
     path = Path(path)
@@ -280,16 +292,19 @@ def load_coco(path: str | os.PathLike, image_dir: str | os.PathLike | None = Non
     if len(cat_index) > MAX_CLASSES:
         raise CnnkitError(f"{path}: {len(cat_index):,} categories; cnnkit trains at most {MAX_CLASSES:,} classes")
     order = sorted(cat_index)
-    classes = [str(cats[cat_index[cid]]["name"]) for cid in order]
+    declared = [str(cats[cat_index[cid]]["name"]) for cid in order]
     first_of: dict[str, int] = {}
-    for cid, name in zip(order, classes):  # two categories of one name: their predictions could not be told apart
+    for cid, name in zip(order, declared):  # two categories of one name: their predictions could not be told apart
         if name in first_of:
             raise CnnkitError(
                 f"{path}: categories {first_of[name]} and {cid} are both named {name!r}; give each category its "
                 "own name, or merge them into one id"
             )
         first_of[name] = cid
-    label_of = {cid: i for i, cid in enumerate(order)}
+    # each category's label: its place in id order, or its name's place among a run's classes (None where
+    # the run has no class of that name)
+    place = {name: i for i, name in enumerate(declared if classes is None else classes)}
+    label_of = {cid: place.get(name) for cid, name in zip(order, declared)}
     records: dict[int, tuple[int, str, int, int]] = {}
     seen_names: dict[str, int] = {}
     for i, im in enumerate(images_):
@@ -307,6 +322,19 @@ def load_coco(path: str | os.PathLike, image_dir: str | os.PathLike | None = Non
                 f"{path}: {where} says {width} x {height} pixels, more than the {MAX_DECODE_PIXELS:,} cnnkit decodes"
             )
         records[iid] = (i, name, width, height)
+    if names is None:
+        read = list(records)
+    else:  # the images asked for, in their order
+        id_of = {r[1]: iid for iid, r in records.items()}
+        gone = [n for n in names if n not in id_of]
+        if gone:
+            more = f" (and {len(gone) - 1} more)" if len(gone) > 1 else ""
+            raise CnnkitError(
+                f"{path} has no image {gone[0]!r}{more} in its 'images'; the run's split.json names it: put it "
+                "back, or train a new run on the file as it is"
+            )
+        read = [id_of[n] for n in names]
+    decoded = set(read)
     per_image: dict[int, list] = {}
     crowd_of: dict[int, list] = {}
     for j, a in enumerate(anns):
@@ -321,6 +349,11 @@ def load_coco(path: str | os.PathLike, image_dir: str | os.PathLike | None = Non
         if cid not in label_of:
             raise CnnkitError(f"{path}: {where} 'category_id' {cid} names no entry of 'categories'")
         box = _coco_bbox(path, where, a)
+        if label_of[cid] is None and iid in decoded:
+            raise CnnkitError(
+                f"{path}: {where} is of category {dict(zip(order, declared))[cid]!r}, none of the run's classes "
+                f"{_shown(classes)}; evaluate the run on the file it trained on, or train a new run on this one"
+            )
         if masks and "segmentation" not in a:
             raise CnnkitError(
                 f"{path}: {where} has no 'segmentation'; instance masks need each object's polygons or RLE"
@@ -329,23 +362,29 @@ def load_coco(path: str | os.PathLike, image_dir: str | os.PathLike | None = Non
     if masks:  # each a mask of its image's size: the bytes they take are checked before one is decoded
         check_fits(
             sum(
-                records[iid][2] * records[iid][3] * len(rows) for d in (per_image, crowd_of) for iid, rows in d.items()
+                records[iid][2] * records[iid][3] * len(rows)
+                for d in (per_image, crowd_of)
+                for iid, rows in d.items()
+                if iid in decoded
             ),
             f"{path}: the masks of its {len(anns):,} annotations",
         )
-        pending = sorted((r[2], iid, r) for d in (per_image, crowd_of) for iid, rs in d.items() for r in rs)
+        pending = sorted(
+            (r[2], iid, r) for d in (per_image, crowd_of) for iid, rs in d.items() if iid in decoded for r in rs
+        )
         for j, iid, r in pending:  # in the file's order: the first bad annotation is the one named
             _, _, width, height = records[iid]
             r[2] = torch.from_numpy(
                 segmentation_mask(anns[j]["segmentation"], height, width, f"{path}: annotations[{j}]")
             )
     folder = Path(image_dir) if image_dir is not None else path.parent
-    if image_dir is None and records and (folder / "images").is_dir():
-        first = next(iter(records.values()))[1]
+    if image_dir is None and read and (folder / "images").is_dir():
+        first = records[read[0]][1]
         if not (folder / first).is_file():
             folder = folder / "images"
-    images, boxes, labels, names, crowd_boxes, crowd_labels, kept, crowd_kept = [], [], [], [], [], [], [], []
-    for iid, (i, name, width, height) in records.items():
+    images, boxes, labels, found, crowd_boxes, crowd_labels, kept, crowd_kept = [], [], [], [], [], [], [], []
+    for iid in read:
+        i, name, width, height = records[iid]
         rows, crowd_rows = per_image.get(iid, []), crowd_of.get(iid, [])
         b = torch.tensor([r[0] for r in rows], dtype=torch.float32).reshape(-1, 4)
         check_boxes(b, width, height, f"{path} annotations 'bbox' of image {name!r}")
@@ -362,7 +401,7 @@ def load_coco(path: str | os.PathLike, image_dir: str | os.PathLike | None = Non
         images.append(img)
         boxes.append(b)
         labels.append(torch.tensor([r[1] for r in rows], dtype=torch.int64))
-        names.append(name)
+        found.append(name)
         crowd_boxes.append(cb)
         crowd_labels.append(torch.tensor([r[1] for r in crowd_rows], dtype=torch.int64))
         if masks:
@@ -374,8 +413,9 @@ def load_coco(path: str | os.PathLike, image_dir: str | os.PathLike | None = Non
             )
     if not crowd_of:
         crowd_boxes, crowd_labels, crowd_kept = [], [], []
+    classes = declared if classes is None else list(classes)
     return _nonempty(
-        Detections(images, boxes, labels, classes, names, crowd_boxes, crowd_labels, kept, crowd_kept), path
+        Detections(images, boxes, labels, classes, found, crowd_boxes, crowd_labels, kept, crowd_kept), path
     )
 
 
@@ -434,8 +474,12 @@ def _bounded(path: Path, classes: list[str]) -> list[str]:
     return classes
 
 
-def _yolo_rows(lab: Path, w: int, h: int, limit: int | None) -> tuple[list[list[float]], list[int]]:
-    """The boxes (xyxy pixels) and classes of one YOLO label file, every row checked."""
+def _yolo_rows(
+    lab: Path, w: int, h: int, limit: int | None, given: bool = False
+) -> tuple[list[list[float]], list[int]]:
+    """The boxes (xyxy pixels) and classes of one YOLO label file, every row checked: a class id below
+    ``limit``, the number of declared classes or (``given``) of a run's (without a limit, at most
+    ``MAX_UNDECLARED_CLASS``)."""
     rows, cls = [], []
     for n, line in enumerate(_read_text(lab, "YOLO labels").splitlines(), 1):
         if not line.strip():
@@ -458,9 +502,12 @@ def _yolo_rows(lab: Path, w: int, h: int, limit: int | None) -> tuple[list[list[
             raise CnnkitError(
                 f"{lab} line {n}: uses class {c} but "
                 + (
-                    f"classes.txt/data.yaml names only {limit} (ids 0..{limit - 1})"
-                    if limit is not None
-                    else f"no classes.txt or data.yaml declares the classes (ids above {top} need one)"
+                    f"no classes.txt or data.yaml declares the classes (ids above {top} need one)"
+                    if limit is None
+                    else f"classes.txt/data.yaml names only {limit} (ids 0..{limit - 1})"
+                    if not given
+                    else f"the run has only {limit} class{'es' * (limit > 1)} (ids 0..{limit - 1}); evaluate the "
+                    "run on the folder it trained on, or train a new run on this one"
                 )
             )
         rows.append([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h])
@@ -468,15 +515,21 @@ def _yolo_rows(lab: Path, w: int, h: int, limit: int | None) -> tuple[list[list[
     return rows, cls
 
 
-def load_yolo(root: str | os.PathLike) -> Detections:
+def load_yolo(root: str | os.PathLike, names: list[str] | None = None, classes: list[str] | None = None) -> Detections:
     """A YOLO folder: ``images/NAME.jpg|png`` with ``labels/NAME.txt`` rows ``class cx cy w h``
     (normalised to 0..1), class names in ``classes.txt`` (or ``data.yaml`` ``names``).
 
     An image without a label file has no objects. Class ids are bounded by the declared classes (or
-    by ``MAX_UNDECLARED_CLASS`` without a declaration) before anything is allocated for them.
+    by ``MAX_UNDECLARED_CLASS`` without a declaration) before anything is allocated for them; without
+    a declaration the classes are ``0..K``, K the largest id of the label files of every photo, so any
+    subset of the photos is labelled alike.
 
     Args:
         root: the YOLO folder.
+        names: the photos of ``images/`` to read (a run's split), in this order; every photo when None
+            (and then a label file without its photo is refused).
+        classes: the class names the ids index (a run's), instead of the declared or counted ones,
+            each id of a label file read checked against them.
 
     Returns:
         The images with their boxes and labels.
@@ -484,7 +537,7 @@ def load_yolo(root: str | os.PathLike) -> Detections:
     Raises:
         CnnkitError: one line naming the file and line: a label file that is not UTF-8 text, a row
         that is not 'class cx cy w h' with finite numbers, a class id outside the classes, a data.yaml
-        whose 'names' is not a list (or a mapping 0..n-1) of names.
+        whose 'names' is not a list (or a mapping 0..n-1) of names, a name of ``names`` with no photo.
     """
     root = Path(root)
     img_dir, lab_dir = root / "images", root / "labels"
@@ -495,7 +548,8 @@ def load_yolo(root: str | os.PathLike) -> Detections:
         )
     import collections
 
-    classes = _yolo_classes(root)
+    given = classes is not None
+    classes = list(classes) if given else _yolo_classes(root)
     repeated = sorted(c for c, n in collections.Counter(classes or []).items() if n > 1)
     if repeated:  # two ids of one name: their predictions could not be told apart
         raise CnnkitError(
@@ -503,17 +557,29 @@ def load_yolo(root: str | os.PathLike) -> Detections:
             "its own name, or merge the ids in the label files"
         )
     files = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    stems = {p.stem for p in files}
-    for lab in sorted(lab_dir.glob("*.txt")):
-        if lab.stem not in stems:
-            raise CnnkitError(f"missing image for {lab}: no {img_dir / lab.stem}.png/.jpg")
-    images, boxes, labels = [], [], []
+    limit = None if classes is None else len(classes)
     top = -1
+    if names is None:
+        stems = {p.stem for p in files}
+        for lab in sorted(lab_dir.glob("*.txt")):
+            if lab.stem not in stems:
+                raise CnnkitError(f"missing image for {lab}: no {img_dir / lab.stem}.png/.jpg")
+    else:
+        by_name = {p.name: p for p in files}
+        gone = [n for n in names if n not in by_name]
+        if gone:
+            raise gone_from_split([img_dir / n for n in gone])
+        if classes is None:  # undeclared: counted over the label files of every photo, not only those read
+            for p in files:
+                if (lab_dir / f"{p.stem}.txt").is_file():
+                    top = max([top] + _yolo_rows(lab_dir / f"{p.stem}.txt", 1, 1, None)[1])
+        files = [by_name[n] for n in names]
+    images, boxes, labels = [], [], []
     for p in files:
         img = _annotated(p)
         h, w = img.shape[1:]
         lab = lab_dir / f"{p.stem}.txt"
-        rows, cls = _yolo_rows(lab, w, h, None if classes is None else len(classes)) if lab.is_file() else ([], [])
+        rows, cls = _yolo_rows(lab, w, h, limit, given) if lab.is_file() else ([], [])
         b = torch.tensor(rows, dtype=torch.float32).reshape(-1, 4)
         check_boxes(b, w, h, f"{lab} 'cx cy w h'", tol=0.5)  # normalised floats round a little
         images.append(img)
@@ -531,7 +597,7 @@ def is_voc(root: Path) -> bool:
     return (root / "JPEGImages").is_dir() and (root / "Annotations").is_dir()
 
 
-def load_voc(root: str | os.PathLike, names: list[str] | None = None) -> Detections:
+def load_voc(root: str | os.PathLike, names: list[str] | None = None, classes: list[str] | None = None) -> Detections:
     """A Pascal VOC folder (or LabelImg's VOC output): ``JPEGImages/NAME.jpg`` with ``Annotations/NAME.xml``.
 
     The classes are the object names of every annotation in the folder, sorted (VOC's 20 classes in
@@ -544,11 +610,14 @@ def load_voc(root: str | os.PathLike, names: list[str] | None = None) -> Detecti
     Args:
         root: the VOC folder.
         names: image file names to read (a split's list); every annotated photo when None.
+        classes: the class names the labels index (a run's), instead of those of every annotation,
+            each object's name one of them; with ``names``, only their annotations are read (another
+            photo may be gone).
 
     Raises:
         CnnkitError: one line naming the file: an annotation without its photo, a ``<size>`` other
         than the photo's, a box outside the photo, anything :func:`~cnnkit.data.voc.read_annotation`
-        refuses.
+        refuses; with ``classes``, a name of ``names`` without its photo or an object of another class.
     """
     from cnnkit.data.voc import photos, read_annotation
 
@@ -556,12 +625,21 @@ def load_voc(root: str | os.PathLike, names: list[str] | None = None) -> Detecti
     ann_dir, image_dir = root / "Annotations", root / "JPEGImages"
     found = photos(image_dir)
     parsed = {}
-    for xml in sorted(ann_dir.glob("*.xml")):
-        if xml.stem not in found:
-            raise CnnkitError(
-                f"missing image for {xml}: no {image_dir / xml.stem}.jpg; add the photo or remove the file"
-            )
-        parsed[found[xml.stem]] = (xml, read_annotation(xml))
+    if classes is not None and names is not None:  # a run's classes: the annotations of these photos alone
+        gone = [n for n in names if found.get(Path(n).stem) != n]
+        if gone:
+            raise gone_from_split([image_dir / n for n in gone])
+        for name in names:
+            xml = ann_dir / f"{Path(name).stem}.xml"
+            if xml.is_file():
+                parsed[name] = (xml, read_annotation(xml))
+    else:  # every annotation read (the classes are counted over them all), each needing its photo
+        for xml in sorted(ann_dir.glob("*.xml")):
+            if xml.stem not in found:
+                raise CnnkitError(
+                    f"missing image for {xml}: no {image_dir / xml.stem}.jpg; add the photo or remove the file"
+                )
+            parsed[found[xml.stem]] = (xml, read_annotation(xml))
     if names is None:
         names = sorted(parsed)
     for name in names:
@@ -571,8 +649,17 @@ def load_voc(root: str | os.PathLike, names: list[str] | None = None) -> Detecti
     check_fits(
         sum(parsed[n][1][0] * parsed[n][1][1] * 3 for n in names), f"reading the {len(names):,} photos of {root}"
     )
-    classes = sorted({c for _, (_, _, _, objects, _) in parsed.values() for c in objects})
+    if classes is None:
+        classes = sorted({c for _, (_, _, _, objects, _) in parsed.values() for c in objects})
     index = {c: i for i, c in enumerate(classes)}
+    for name in names:  # a run's classes hold every object's (the counted ones do by their making)
+        xml, (_, _, _, objects, _) = parsed[name]
+        other = next((c for c in objects if c not in index), None)
+        if other is not None:
+            raise CnnkitError(
+                f"{xml}: an object of class {other!r}, none of the run's classes {_shown(classes)}; evaluate "
+                "the run on the folder it trained on, or train a new run on this one"
+            )
     images, boxes, labels, crowd_boxes, crowd_labels = [], [], [], [], []
     for name in names:
         xml, (w, h, b, objects, difficult) = parsed[name]
