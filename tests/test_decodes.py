@@ -1,7 +1,8 @@
 """How often the segment, detect and instance tasks decode each file, counted at the one guarded reader
 (:func:`cnnkit.data.images.open_image`): a run's data reads every photo and mask once (a mask folder's
-classes counted from the masks as they are read), and ``eval`` of a Penn-Fudan or mask-folder run reads
-only the part it scores, the same tensors as the whole read gives."""
+classes counted from the masks as they are read), and ``eval`` of a run on Penn-Fudan, a mask folder, a
+VOC or YOLO box folder or a COCO file reads only the part it scores, the same tensors as the whole read
+gives."""
 
 import collections
 import contextlib
@@ -165,3 +166,58 @@ def test_a_segment_subset_decodes_only_the_training_photos_it_keeps(pennfudan, o
     assert parts == split  # the split kept whole
     assert sorted(opened) == sorted(_files(pennfudan, split["train"][:5] + split["val"] + split["test"]))
     assert train.names == split["train"][:5] and torch.equal(train.images[3], whole.images[3])
+
+
+def _user_data(root, kind: str):
+    """A VOC box folder, a YOLO folder or a COCO file (with masks) of 8 photos, and the photos' folder."""
+    from test_detection_data import make_voc_boxes, make_yolo
+    from test_instance_data import make_coco
+
+    if kind == "voc":
+        make_voc_boxes(root)
+        return root, root / "JPEGImages"
+    if kind == "yolo":
+        return make_yolo(root), root / "images"
+    return make_coco(root, n_images=8), root / "images"
+
+
+@pytest.mark.parametrize(
+    ("task", "kind"),
+    [("detect", "voc"), ("detect", "yolo"), ("detect", "coco"), ("instance", "coco"), ("segment", "coco")],
+)
+def test_eval_of_a_users_data_decodes_only_the_part_it_scores(tmp_path, opened, task, kind):
+    """A run's data reads every photo of a VOC or YOLO folder or a COCO file once; `eval`, given the run's
+    split and classes, decodes the photos of the part it scores alone, once each, into the tensors the
+    whole read gives that part."""
+    from cnnkit.tasks.detect.config import DetectConfig
+    from cnnkit.tasks.detect.data import load_split_data
+    from cnnkit.tasks.instance.config import InstanceConfig
+    from cnnkit.tasks.instance.data import load_instance_data
+    from cnnkit.tasks.segment.config import SegmentConfig
+    from cnnkit.tasks.segment.data import load_splits
+
+    data, folder = _user_data(tmp_path / kind, kind)
+    load = {
+        "detect": lambda **kw: load_split_data(DetectConfig(data=str(data), image_size=32).resolved(), **kw),
+        "instance": lambda **kw: load_instance_data(InstanceConfig(data=str(data), image_size=32).resolved(), **kw),
+        "segment": lambda **kw: load_splits(
+            SegmentConfig(data=str(data), model="unet").resolved(), own_size=True, **kw
+        ),
+    }[task]
+    *whole, split = load()
+    assert sorted(opened) == sorted(str(folder / n) for k in PARTS for n in split[k]) and set(opened.values()) == {1}
+    for i, part in enumerate(PARTS):
+        opened.clear()
+        *sets, again = load(split={k: split[k] for k in PARTS}, parts=(part,), classes=whole[0].classes)
+        assert sorted(opened) == sorted(str(folder / n) for n in split[part]) and set(opened.values()) == {1}
+        assert [s is None for s in sets] == [j != i for j in range(3)] and again == split
+        assert _same(_crowds(vars(sets[i])), _crowds(vars(whole[i]))), part
+
+
+def _crowds(fields: dict) -> dict:
+    """A set's fields with ``crowd`` per image: no crowd regions at all (``[]``, a VOC part without a
+    difficult object) as each image's empty ones."""
+    if fields.get("crowd") == [] and "boxes" in fields:
+        empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+        fields = {**fields, "crowd": [empty] * len(fields["boxes"])}
+    return fields

@@ -141,3 +141,53 @@ def test_a_batch_larger_than_the_training_photos_says_the_batch_that_fits(tmp_pa
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.endswith("use --batch-size 5 or less") and "(5 images)" in err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("kind", ["voc", "yolo", "coco"])
+def test_eval_reads_only_the_photos_it_scores_and_takes_the_classes_from_the_run(tmp_path, capsys, kind):
+    """`detect eval` of a run on a VOC folder, a YOLO folder or a COCO file decodes the photos of the part
+    it scores alone, their labels indexing the run's classes: with every training and validation photo
+    gone (their annotations left, and in a VOC or YOLO folder a class only they hold), the test split
+    scores as before; the photos it scores must be there."""
+    from test_detection_data import make_voc_boxes, make_yolo, voc_xml
+    from test_instance_data import make_coco
+
+    from cnnkit.tasks.detect.config import DetectConfig
+    from cnnkit.tasks.detect.data import load_split_data
+
+    if kind == "voc":
+        data = tmp_path / "voc"
+        make_voc_boxes(data)
+        folder = data / "JPEGImages"
+    elif kind == "yolo":
+        data = make_yolo(tmp_path / "yolo")
+        folder = data / "images"
+    else:
+        data = make_coco(tmp_path / "coco", n_images=8)
+        folder = data.parent / "images"
+    drawn = load_split_data(DetectConfig(data=str(data), model="tiny", weights="none").resolved())[3]
+    for name in drawn["train"]:  # a class only training photos hold
+        stem = name.rsplit(".", 1)[0]
+        if kind == "voc":
+            objects = [("dog", (5, 3, 14, 22), False), ("bird", (20, 10, 40, 30), False)]
+            (data / "Annotations" / f"{stem}.xml").write_text(voc_xml(stem, objects))
+        elif kind == "yolo":
+            (data / "labels" / f"{stem}.txt").write_text("2 0.5 0.5 0.4 0.4\n")
+    out = tmp_path / "run"
+    argv = ["detect", "train", "--data", str(data), "--model", "tiny", "--weights", "none", "--epochs", "1"]
+    assert main([*argv, "--batch-size", "2", "--image-size", "64", "--threads", "1", "--out", str(out), "--quiet"]) == 0
+    split = json.loads((out / "split.json").read_text())
+    assert {k: split[k] for k in ("train", "val", "test")} == {k: drawn[k] for k in ("train", "val", "test")}
+    assert main(["detect", "eval", str(out), "--format", "json"]) == 0
+    before = json.loads(capsys.readouterr().out)
+    assert list(before["per_class_AP"]) == {"voc": ["bird", "cat", "dog"], "yolo": ["0", "1", "2"]}.get(
+        kind, ["red", "green"]
+    )
+    for name in split["train"] + split["val"]:
+        (folder / name).unlink()
+    assert main(["detect", "eval", str(out), "--format", "json"]) == 0
+    after = json.loads(capsys.readouterr().out)
+    assert after == before and after["images"] == len(split["test"]) == 2
+    assert main(["detect", "eval", str(out), "--split", "val"]) == 2  # the photos it scores must be there
+    err = capsys.readouterr().err.strip()
+    assert split["val"][0] in err and "\n" not in err

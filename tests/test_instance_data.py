@@ -395,11 +395,11 @@ def test_instance_train_eval_predict_on_user_data(tmp_path, capsys, kind):
     assert main(["instance", "eval", str(out), "--format", "json"]) == 0
     m = json.loads(capsys.readouterr().out)
     assert m["images"] == len(split["test"]) and m["split"] == "test" and 0 <= m["mask_AP"] <= 1
-    if kind == "voc":  # eval reads the photos it scores alone, with the run's classes: the training ones may go
-        for name in split["train"]:
-            (data / "JPEGImages" / name).unlink()
-        assert main(["instance", "eval", str(out), "--format", "json"]) == 0
-        assert json.loads(capsys.readouterr().out) == m
+    # eval reads the photos it scores alone, with the run's classes: the training ones may go
+    for name in split["train"]:
+        (data.parent / "images" / name if kind == "coco" else data / "JPEGImages" / name).unlink()
+    assert main(["instance", "eval", str(out), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == m
     assert main(["instance", "eval", str(out), "--split", "val", "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["images"] == len(split["val"])
     photo = next((data.parent / "images" if kind == "coco" else data / "JPEGImages").iterdir())
@@ -527,9 +527,19 @@ def test_segment_paints_a_coco_files_objects_as_classes_on_instances_split(tmp_p
 
 @pytest.mark.slow
 def test_segment_trains_and_scores_a_coco_file(tmp_path, capsys):
+    """`segment` trains on a COCO file, and `eval` decodes the photos of the part it scores alone: with
+    every training and validation photo gone, the test split scores as before."""
     path, out = make_coco(tmp_path, n_images=8), tmp_path / "run"
     argv = ["segment", "train", "--data", path, "--model", "unet", "--width", "4", "--epochs", "1", "--batch-size", "2"]
     assert main([str(a) for a in [*argv, "--crop", "32", "--threads", "1", "--out", out, "--quiet"]]) == 0
     split = json.loads((out / "split.json").read_text())
     assert main(["segment", "eval", str(out), "--format", "json"]) == 0
-    assert json.loads(capsys.readouterr().out)["images"] == len(split["test"])
+    before = json.loads(capsys.readouterr().out)
+    assert before["images"] == len(split["test"]) and list(before["iou"]) == ["background", "red", "green"]
+    for name in split["train"] + split["val"]:
+        (tmp_path / "images" / name).unlink()
+    assert main(["segment", "eval", str(out), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == before
+    assert main(["segment", "eval", str(out), "--split", "val"]) == 2  # the photos it scores must be there
+    err = capsys.readouterr().err.strip()
+    assert f"missing image {tmp_path / 'images' / split['val'][0]}" in err and "\n" not in err

@@ -89,12 +89,18 @@ def from_scenes(scenes) -> DetectionSet:
     return DetectionSet(scenes.images, b, lab, torch.ones(n), list(scenes.classes), [f"scene{i:05d}" for i in range(n)])
 
 
+PARTS = ("train", "val", "test")
+
+
 def load_split_data(
-    cfg: DetectConfig, split: dict | None = None, parts: tuple[str, ...] = ("train", "val", "test")
+    cfg: DetectConfig, split: dict | None = None, parts: tuple[str, ...] = PARTS, classes: list[str] | None = None
 ) -> tuple[DetectionSet | None, DetectionSet | None, DetectionSet | None, dict]:
     """(train, validation, test, split) for a resolved config; ``split`` (names) as a run's split.json has it.
     ``parts``: the parts of photos built (``eval`` builds the one it scores), another part None
-    (digit scenes: all three); Penn-Fudan's photos of another part are not decoded.
+    (digit scenes: all three); Penn-Fudan's photos of another part are not decoded, nor a user's
+    where ``split`` and ``classes`` are given. ``classes``: the run's classes (``eval``), which the
+    labels of a COCO file, YOLO or VOC folder index (:func:`read_parts`); without them every photo is
+    read, a folder's classes counted over all of them.
 
     Photos: the validation part is carved from the training names
     (:func:`~cnnkit.data.pennfudan.carve_validation`, the same for every task; a split.json without
@@ -124,8 +130,10 @@ def load_split_data(
         else:
             path = Path(cfg.data).expanduser()
             official = None
+            # eval (the run's split and classes): the photos of the parts it scores alone; training: every one
+            names = None if split is None or classes is None else scored_names(split, read_parts(parts, classes))
             if path.is_file():
-                data = load_coco(path)
+                data = load_coco(path, names=names, classes=classes)
             elif path.is_dir() and is_voc(path):
                 # the run's names where given, else VOC's official lists where the folder has them
                 official = (
@@ -134,9 +142,11 @@ def load_split_data(
                     else official_split(path, "Main", lambda s: path / "Annotations" / f"{s}.xml", "annotation")
                 )
                 split = official[0] if official else split
-                data = load_voc(path, split["train"] + split.get("val", []) + split["test"] if split else None)
+                if names is None and split:
+                    names = split["train"] + split.get("val", []) + split["test"]
+                data = load_voc(path, names, classes)
             elif path.is_dir():
-                data = load_yolo(path)
+                data = load_yolo(path, names, classes)
             else:
                 raise CnnkitError(
                     f"--data {cfg.data!r} is not pennfudan, digits, a COCO JSON file, a YOLO folder or a VOC folder"
@@ -157,6 +167,23 @@ def load_split_data(
             sizes=tr.sizes[: cfg.subset] if tr.sizes is not None else None,
         )
     return tr, va, te, split
+
+
+def read_parts(parts: tuple[str, ...], classes: list[str] | None) -> tuple[str, ...]:
+    """The parts of a user's photos a task reads: all three where ``classes`` is None (training, the
+    classes counted over every photo of the split, test photos' too: a class may have photos in the
+    test split only), else the ``parts`` asked for (``eval``, given the run's classes, reads the
+    photos it scores alone). Shared by the detection, instance and segmentation tasks."""
+    return PARTS if classes is None else tuple(k for k in PARTS if k in parts)
+
+
+def scored_names(split: dict, read: tuple[str, ...]) -> list[str]:
+    """The photos of the parts ``read`` of a run's ``split`` (its validation part carved where it has
+    none, :func:`~cnnkit.data.pennfudan.carve_validation`), sorted."""
+    from cnnkit.data.pennfudan import carve_validation
+
+    split = carve_validation(split)
+    return sorted(n for k in read for n in split[k])
 
 
 def photo_split(names: list[str], seed: int, source, split: dict | None = None, official=None) -> dict:

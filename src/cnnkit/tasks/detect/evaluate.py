@@ -40,7 +40,8 @@ def evaluate_run(run, data_dir: str | None = None, split: str = "test", test_sca
     model = load_detector(run)
     cfg = eval_config(config_from_dict(model.info["config"]), data_dir, split, test_scale)
     names = run_photos(resolve(run), cfg.data)  # the run's own photos
-    _, val_set, test_set, _ = load_split_data(cfg, names, parts=(split,))  # the scored part's photos
+    # the scored part's photos alone, their labels indexing the run's classes
+    _, val_set, test_set, _ = load_split_data(cfg, names, parts=(split,), classes=model.info["classes"])
     data = val_set if split == "val" else test_set
     task = DetectTask(model.info["classes"], info=model.info, decode_args=model.info.get("decode", {}))
     predictions = predict_set(model, data, task.eval_batch_size, **task.decode_args)

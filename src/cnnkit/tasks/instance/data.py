@@ -198,9 +198,10 @@ def load_instance_data(
     own, or a user's photos (:func:`user_instances`: a COCO JSON file or a VOC folder).
     ``split``: the photos' names as a run's split.json has them, read instead of splitting afresh.
     ``parts``: the parts built (``eval`` builds the one it scores), another part None; Penn-Fudan's
-    photos of another part are not decoded, nor a VOC folder's given ``classes``. ``classes``: the
-    run's object classes (``eval``), which a VOC folder's masks are checked against; without them its
-    classes are counted over every photo of the split, all read."""
+    photos of another part are not decoded, nor a user's given ``split`` and ``classes``. ``classes``:
+    the run's object classes (``eval``), which a VOC folder's masks are checked against and a COCO
+    file's categories are taken by name from; without them every photo is read, a VOC folder's classes
+    counted over all of them."""
     voc_classes(cfg.voc_names, cfg.data)  # --voc-names only for a VOC folder
     if cfg.data == "digits":
         from cnnkit.data.scenes import digit_scenes
@@ -263,7 +264,8 @@ def user_instances(
     classes: list[str] | None = None,
 ) -> tuple[InstanceSet | None, InstanceSet | None, InstanceSet | None, dict]:
     """(train, validation, test, split) of a user's photos with their objects' masks; a part not in
-    ``parts`` is None (a VOC folder's photos of it unread where ``classes``, the run's, are given).
+    ``parts`` is None (its photos unread where ``split`` and ``classes``, the run's, are given:
+    :func:`~cnnkit.tasks.detect.data.read_parts`).
 
     ``cfg.data`` is a COCO instances JSON file (:func:`~cnnkit.data.detection.load_coco` with its
     masks: the file's boxes and categories, crowd regions kept apart as detection keeps them) or a
@@ -274,7 +276,8 @@ def user_instances(
     VOC folder's official lists (``ImageSets/Segmentation``, :func:`~cnnkit.data.segmentation.voc_split`)
     where it has them, else the seeded draw every task makes of a user's photos
     (:func:`~cnnkit.tasks.detect.data.photo_split`). ``classes``: the run's object classes, which a VOC
-    folder's masks are checked against instead of counting the classes over every photo of the split.
+    folder's masks are checked against instead of counting the classes over every photo of the split,
+    and a COCO file's categories are taken by name from (:func:`~cnnkit.data.detection.load_coco`).
 
     Raises:
         CnnkitError: data that is neither, fewer than 3 photos, anything the readers refuse, an object
@@ -284,14 +287,18 @@ def user_instances(
     from cnnkit.data.pennfudan import carve_validation
     from cnnkit.data.segmentation import BACKGROUND, folder_photos, mask_folder, voc_split
     from cnnkit.data.voc import with_source
-    from cnnkit.tasks.detect.data import photo_split
-    from cnnkit.tasks.segment.data import PARTS, take
+    from cnnkit.tasks.detect.data import PARTS, photo_split, read_parts, scored_names
+    from cnnkit.tasks.segment.data import take
 
     path = Path(cfg.data).expanduser()
     sizes = {"train": cfg.image_size, "val": cfg.test_side(), "test": cfg.test_side()}
     official = None
+    # training: every photo read, a VOC folder's classes counted over every mask; eval: the run's classes,
+    # and the photos of the parts it scores alone
+    read = read_parts(parts, classes)
     if path.is_file():
-        data = load_coco(path, masks=True)
+        names = None if split is None or classes is None else scored_names(split, read)
+        data = load_coco(path, masks=True, names=names, classes=classes)
         split = photo_split(data.names, cfg.seed, path, split)
         sets = []
         for part in PARTS:
@@ -313,12 +320,9 @@ def user_instances(
         elif split is None:  # the seeded draw every task makes of a folder's photos
             split = photo_split(folder_photos(path, instances=True), cfg.seed, path)
         split = with_source(carve_validation(split), official)
-        # training: every photo of the split read, the classes counted over every mask; eval: the run's
-        # classes, and the photos of the parts it scores alone
-        read = PARTS if classes is None else tuple(k for k in PARTS if k in parts)
         seg = mask_folder(
             path,
-            names=sorted(n for k in read for n in split[k]),
+            names=scored_names(split, read),
             classes=voc_classes(cfg.voc_names, cfg.data) if classes is None else [BACKGROUND, *classes],
             instances=True,
         )

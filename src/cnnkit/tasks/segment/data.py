@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from cnnkit.data.segmentation import IGNORE_INDEX, SegmentationSet
 from cnnkit.errors import CnnkitError
+from cnnkit.tasks.detect.data import PARTS
 from cnnkit.tasks.segment.config import SegmentConfig, encoder_weights
 
 
@@ -49,9 +50,6 @@ def random_scale_crop(
     return img, msk
 
 
-PARTS = ("train", "val", "test")
-
-
 def load_splits(
     cfg: SegmentConfig,
     own_size: bool = False,
@@ -63,9 +61,10 @@ def load_splits(
     training part is its first ``subset`` images (a quick check), the split kept whole.
     ``parts``: the parts read (``eval`` reads the one it scores); Penn-Fudan's photos of another part
     are not decoded, and that part is None. ``classes``: the run's class names (``eval``), which a
-    mask folder's masks are checked against, so that only the photos of ``parts`` are read (a mask
-    folder's other parts are None); without them a mask folder's classes are counted over every
-    part's masks, all read. :func:`_splits` says how the parts are made."""
+    mask folder's masks are checked against and a COCO file's categories taken by name from, so that
+    only the photos of ``parts`` are read (a mask folder's or COCO file's other parts are None);
+    without them a mask folder's classes are counted over every part's masks, all read.
+    :func:`_splits` says how the parts are made."""
     train, val, test, names = _splits(cfg, own_size, split, parts, classes)
     if cfg.subset and train is not None:
         train = take(train, train.names[: cfg.subset], "train")
@@ -80,8 +79,8 @@ def _splits(
     classes: list[str] | None = None,
 ) -> tuple[SegmentationSet | None, SegmentationSet | None, SegmentationSet | None, dict]:
     """(train, validation, test, split.json content) for a resolved config; a Penn-Fudan part not in
-    ``wanted`` is None, its photos unread, and so is a mask folder's where ``classes`` (the run's)
-    are given.
+    ``wanted`` is None, its photos unread, and so is a mask folder's or COCO file's where ``classes``
+    (the run's) are given (:func:`~cnnkit.tasks.detect.data.read_parts`).
 
     Photos (Penn-Fudan, a mask folder): the validation part is carved from the training photos
     (:func:`~cnnkit.data.pennfudan.carve_validation`, the same for every task); train and validation
@@ -105,7 +104,7 @@ def _splits(
         pennfudan_segmentation,
         voc_split,
     )
-    from cnnkit.tasks.detect.data import photo_split
+    from cnnkit.tasks.detect.data import photo_split, read_parts, scored_names
 
     side = None if own_size else cfg.max_side
     if cfg.data == "pennfudan":
@@ -129,10 +128,18 @@ def _splits(
         from cnnkit.data.detection import load_coco
 
         voc_classes(cfg.voc_names, cfg.data)  # refused: a COCO file names its categories
-        coco = load_coco(path, masks=True)
+        read = read_parts(wanted, classes)
+        # eval (the run's split and classes): the photos it scores alone, each category by its name
+        coco = load_coco(
+            path,
+            masks=True,
+            names=None if split is None or classes is None else scored_names(split, read),
+            classes=None if classes is None else list(classes)[1:],  # the run's, less the background
+        )
         parts = carve_validation(split or photo_split(coco.names, cfg.seed, path))  # as detect and instance split it
         train, val, test = (
-            coco_segmentation(coco, parts[k], s, k) for k, s in (("train", side), ("val", side), ("test", None))
+            coco_segmentation(coco, parts[k], s, k) if k in read else None
+            for k, s in (("train", side), ("val", side), ("test", None))
         )
         return train, val, test, parts
     if not path.is_dir():
@@ -142,6 +149,7 @@ def _splits(
         )
     # the run's names where given, else a VOC folder's official lists, else the seeded draw of the
     # folder's photos that detect and instance make of a folder (photo_split)
+    read = read_parts(wanted, classes)
     counted = classes is None
     classes = voc_classes(cfg.voc_names, cfg.data) if counted else list(classes)
     official = None if split else voc_split(cfg.data)
@@ -153,14 +161,13 @@ def _splits(
     # training: one read of every photo, the classes counted over every mask, test photos' too (a class
     # may have photos in the test split only); eval: the run's classes, and the photos it scores alone.
     # The test photos are kept at their own size.
-    read = PARTS if counted else tuple(k for k in PARTS if k in wanted)
     data = mask_folder(
         cfg.data,
         num_classes=len(classes) if classes else None,
         seed=cfg.seed,
         max_side=side,
         classes=classes,
-        names=sorted(n for k in read for n in parts[k]),
+        names=scored_names(parts, read),
         own_size=parts["test"],
     )
     return (*(take(data, parts[k], k) if k in read else None for k in PARTS), parts)
