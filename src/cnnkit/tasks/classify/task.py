@@ -163,13 +163,14 @@ class ClassifyTask:
 
     def describe(self, model: Classifier) -> dict:
         """The checkpoint's metadata: ``info`` plus classes, input size, normalisation and TTA."""
+        mean, std = model.normalisation()
         return {
             **self.info,
             "num_classes": len(model.classes),
             "input_size": list(model.input_size),
             "classes": model.classes,
-            "mean": model.normalisation()[0],
-            "std": model.normalisation()[1],
+            "mean": mean,
+            "std": std,
             "tta": model.tta,
             **({"pad": model.pad} if model.pad else {}),
         }
