@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 import torch.nn as nn
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from cnnkit.engine import Data, Phase, Plan, Setup, fit
@@ -621,3 +622,47 @@ def test_counts_keep_their_five_decimals_and_the_best_line_prints_the_stored_val
     ]
     out = " ".join(capsys.readouterr().out.split())
     assert "best val acc 0.62745 at epoch 1 of 2 (the saved model is epoch 2's)" in out
+
+
+def test_json_text_writes_each_nan_or_infinity_as_null_and_files_with_the_tokens_still_read(tmp_path):
+    """Python's json writes NaN and inf as bare tokens that strict JSON readers refuse (JSON.parse);
+    json_text writes each as null at any depth, every other value as json.dumps does. A model file's
+    metadata goes through it; one holding the tokens (written by json.dumps) still reads, its NaN back."""
+    import json
+    import math
+
+    import numpy as np
+    from safetensors.torch import save
+
+    from cnnkit.engine.runfolder import FORMAT, atomic_write_bytes, json_text, read_info, save_model
+
+    def strict(text):
+        def refuse(token):
+            raise AssertionError(f"{token} in {text}")
+
+        return json.loads(text, parse_constant=refuse)
+
+    nan, inf = float("nan"), float("inf")
+    obj = {"AP50": nan, "per_class": {"cat": inf, "dog": 0.25}, "rows": [[-inf, 1], (np.float64(nan), "NaN")]}
+    assert strict(json_text(obj)) == {
+        "AP50": None,
+        "per_class": {"cat": None, "dog": 0.25},
+        "rows": [[None, 1], [None, "NaN"]],
+    }
+    assert json_text([nan, {"a": (inf,)}], indent=1) == '[\n null,\n {\n  "a": [\n   null\n  ]\n }\n]'
+    finite = {"a": [0.1, 1e-300, -2.5e300, 7], "b": True, "c": None, "d": {"e": (1.5, "x")}}
+    assert json_text(finite) == json.dumps(finite) and json_text(finite, indent=2) == json.dumps(finite, indent=2)
+    with pytest.raises(ValueError):  # a NaN key would be written as the token too: refused
+        json_text({nan: 1})
+
+    history = [{"epoch": 1, "val_VOC_AP50": nan, "val_loss": inf, "seconds": 0.5}]
+    save_model(tmp_path / "new.safetensors", nn.Linear(2, 1), {"format": FORMAT, "history": history})
+    with safe_open(str(tmp_path / "new.safetensors"), framework="pt") as f:
+        assert strict(f.metadata()["cnnkit"])["history"] == [
+            {"epoch": 1, "val_VOC_AP50": None, "val_loss": None, "seconds": 0.5}
+        ]
+    old = json.dumps({"format": FORMAT, "history": history})  # the tokens, as plain json.dumps writes them
+    assert "NaN" in old and "Infinity" in old
+    atomic_write_bytes(tmp_path / "old.safetensors", save({"w": torch.zeros(1)}, metadata={"cnnkit": old}))
+    row = read_info(tmp_path / "old.safetensors")["history"][0]
+    assert math.isnan(row["val_VOC_AP50"]) and row["val_loss"] == inf

@@ -18,6 +18,7 @@ import csv
 import glob
 import io
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -98,6 +99,46 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.unlink(tmp)
 
 
+def json_text(obj: Any, indent: int | None = None) -> str:
+    """``obj`` as strict JSON, each NaN or infinite float (in dicts, lists and tuples at any depth) as ``null``.
+
+    Python's :func:`json.dumps` writes such floats as the bare tokens ``NaN`` and ``Infinity``, which
+    are not JSON: JavaScript's ``JSON.parse`` and other strict readers refuse the whole document.
+    A number cnnkit computes is NaN where the data do not define it (the VOC AP50 of images in which
+    no class has a ground-truth box, a metric of a class absent from a split); ``null`` tells a reader
+    exactly that: not defined on this data (an infinity is null too: JSON has no number for it).
+    Every JSON document cnnkit hands to a reader goes through here: ``--format json`` output, the
+    JSON files of a run folder and the metadata of its model file, the workbench's answers.
+    ``resume.safetensors`` is the exception: only ``--resume`` reads it, and it keeps the run's state
+    exactly as it was. cnnkit's readers (:func:`json.loads`) accept the ``NaN`` tokens of files
+    written by plain :func:`json.dumps`.
+
+    Args:
+        obj: dicts, lists, tuples, strings, numbers, booleans and None.
+        indent: as :func:`json.dumps`'s.
+
+    Returns:
+        The JSON text, written with ``allow_nan=False``: a NaN or infinite float used as a dict key
+        raises ``ValueError`` rather than writing a non-JSON token.
+
+    Example:
+        >>> json_text({"AP50": float("nan"), "AP": [0.5, float("inf")]})
+        '{"AP50": null, "AP": [0.5, null]}'
+    """
+    return json.dumps(_finite(obj), indent=indent, allow_nan=False)
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with each NaN or infinite float replaced by None (tuples become lists, as JSON writes them)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def save_png(image, path) -> None:
     """A Pillow image, or a uint8 tensor (C, H, W) or (H, W), as a PNG at ``path``, written atomically
     (:func:`atomic_write_bytes`: a full disk or an unwritable folder is a one-line CnnkitError, never
@@ -125,7 +166,7 @@ def save_model(path, model: Classifier, info: dict) -> None:
     """
     if "network" not in info and "model" in info:
         info = {**info, "network": describe(info["model"], model.net)}
-    data = st_save(cpu_tensors(model.state_dict()), metadata={"cnnkit": json.dumps(info)})
+    data = st_save(cpu_tensors(model.state_dict()), metadata={"cnnkit": json_text(info)})
     atomic_write_bytes(path, data)
 
 
@@ -203,6 +244,8 @@ def save_resume(
     tensors["rng.generator"] = generator.get_state().cpu()
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    # json.dumps, not json_text: --resume alone reads this file, and the state comes back as it was
+    # (a NaN metric of the history stays NaN, as in the run that was never stopped)
     atomic_write_bytes(path, st_save(tensors, metadata={"cnnkit": json.dumps(meta)}))
 
 
