@@ -191,3 +191,43 @@ def test_eval_reads_only_the_photos_it_scores_and_takes_the_classes_from_the_run
     assert main(["detect", "eval", str(out), "--split", "val"]) == 2  # the photos it scores must be there
     err = capsys.readouterr().err.strip()
     assert split["val"][0] in err and "\n" not in err
+
+
+def strict_json(text: str):
+    """``text`` parsed as JSON proper: the tokens NaN and Infinity, which Python's json writes and reads
+    but JavaScript's JSON.parse refuses, fail the test."""
+
+    def refuse(token):
+        raise AssertionError(f"{token} is not JSON: {text[:200]}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_voc_ap50_of_photos_without_ground_truth_is_null_in_json(tmp_path, capsys):
+    """A VOC folder whose validation and test photos hold no object: VOC AP50 is not defined there (the
+    mean over classes of nothing, NaN). `detect eval --format json` says null, as strict JSON; the table
+    says nan; the model file's history holds the validation's null, and its metrics.csv nan."""
+    from safetensors import safe_open
+    from test_detection_data import make_voc_boxes, voc_xml
+
+    from cnnkit.tasks.detect.config import DetectConfig
+    from cnnkit.tasks.detect.data import load_split_data
+
+    data, out = tmp_path / "voc", tmp_path / "run"
+    make_voc_boxes(data)
+    drawn = load_split_data(DetectConfig(data=str(data), model="tiny", weights="none").resolved())[3]
+    for name in drawn["val"] + drawn["test"]:
+        stem = name.rsplit(".", 1)[0]
+        (data / "Annotations" / f"{stem}.xml").write_text(voc_xml(stem, []))
+    argv = ["detect", "train", "--data", str(data), "--model", "tiny", "--weights", "none", "--epochs", "1"]
+    assert main([*argv, "--batch-size", "2", "--image-size", "64", "--threads", "1", "--out", str(out), "--quiet"]) == 0
+    assert main(["detect", "eval", str(out), "--format", "json"]) == 0
+    m = strict_json(capsys.readouterr().out)
+    assert m["VOC_AP50"] is None and m["images"] == len(drawn["test"]) == 2
+    assert (m["AP"], m["AP50"], m["per_class_AP"]) == (-1.0, -1.0, {"cat": -1.0, "dog": -1.0})  # COCO's undefined
+    assert main(["detect", "eval", str(out)]) == 0
+    assert "VOC AP50 nan" in capsys.readouterr().out
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+        info = strict_json(f.metadata()["cnnkit"])
+    assert [row["val_VOC_AP50"] for row in info["history"]] == [None]
+    assert (out / "metrics.csv").read_text().splitlines()[1].split(",")[-3] == "nan"

@@ -115,6 +115,15 @@ def bomb_png(width: int = 30_000, height: int = 30_000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
+def strict_json(raw: bytes | str):
+    """An answer parsed as the page's JSON.parse parses it: a NaN or Infinity token fails the test."""
+
+    def refuse(token):
+        raise AssertionError(f"{token} is not JSON, and JSON.parse refuses the answer: {raw[:200]!r}")
+
+    return json.loads(raw, parse_constant=refuse)
+
+
 class Client:
     def __init__(self, base: str):
         self.base = base
@@ -135,7 +144,7 @@ class Client:
     def json(self, path, body=None, headers=None):
         status, ctype, raw = self.request(path, body, headers)
         assert ctype == "application/json", (status, raw[:200])
-        obj = json.loads(raw)
+        obj = strict_json(raw)
         if status >= 400:
             assert set(obj) == {"error", "status"} and "Traceback" not in obj["error"], obj
         return status, obj
@@ -661,3 +670,14 @@ def test_an_upload_is_read_for_a_folder_trained_run_as_training_read_its_photos(
     assert got.shape == (3, 8, 8) and torch.equal(got, want)
     with pytest.raises(CnnkitError, match="cannot read the uploaded file as an image"):
         _image_tensor(target, buf.getvalue()[:-40])  # truncated: named as the upload, not a temporary file
+
+
+def test_a_nan_in_an_answer_reaches_the_page_as_null():
+    """An answer holding a NaN or an infinity (a number the data do not define) is JSON that the page's
+    JSON.parse reads, with null in its place, never the token NaN that fails the whole answer."""
+    server, client = start(None)
+    try:
+        server.app.get_routes["/api/limits"] = lambda q: {"AP50": float("nan"), "rows": [[float("-inf"), 1.5]]}
+        assert client.json("/api/limits") == (200, {"AP50": None, "rows": [[None, 1.5]]})
+    finally:
+        stop(server)

@@ -1,10 +1,9 @@
-"""Formatting a :class:`~cnnkit.analysis.summary.Summary`: rich tables, plain text, JSON, CSV."""
+"""Formatting a :class:`~cnnkit.analysis.summary.Summary`: rich tables, plain text, CSV (JSON is its ``to_dict()``)."""
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 
 from rich.console import Console, Group
 from rich.table import Table
@@ -140,10 +139,6 @@ def render_text(s, width: int = 140) -> str:
     console = Console(file=io.StringIO(), width=width, force_terminal=False, color_system=None)
     console.print(Group(*renderables(s)))
     return console.file.getvalue()
-
-
-def render_json(s) -> str:
-    return json.dumps(s.to_dict(), indent=2)
 
 
 def render_csv(s) -> str:

@@ -44,6 +44,14 @@ _COMMAND_MODULES = [
 ]
 
 
+def print_json(obj, indent: int | None = None) -> None:
+    """``--format json``: ``obj`` printed as strict JSON, a NaN (a metric the data do not define) as
+    ``null`` (:func:`~cnnkit.engine.runfolder.json_text`)."""
+    from cnnkit.engine.runfolder import json_text
+
+    print(json_text(obj, indent=indent))
+
+
 def add_format(parser: argparse.ArgumentParser, choices: tuple[str, ...] = ("table", "json")) -> None:
     """``--format``: a table for people (the default) or JSON (or CSV) for programs, said the same way
     by every command."""

@@ -6,12 +6,11 @@ calls the library function in :mod:`cnnkit.tasks.classify`.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
 
-from cnnkit.cli import add_format, add_run_arguments, add_trust_code, existing_data_dir, trust
+from cnnkit.cli import add_format, add_run_arguments, add_trust_code, existing_data_dir, print_json, trust
 from cnnkit.engine.config import add_config_arguments, check_values, config_from_args
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.classify.config import PRESETS, FinetuneConfig, TrainConfig, preset
@@ -180,7 +179,7 @@ def run_eval(args) -> int:
     result, data, _ = evaluate_run(args.run, args.split, args.data, args.data_dir, args.precision, **trust(args))
     save_figure(confusion_matrix(result.confusion, result.classes), png, "--confusion")
     if args.format == "json":
-        print(json.dumps({**result.to_dict(), "split": args.split, "dataset": data.name, "confusion_png": str(png)}))
+        print_json({**result.to_dict(), "split": args.split, "dataset": data.name, "confusion_png": str(png)})
         return 0
     table = Table(
         title=f"{data.name}: accuracy {result.accuracy:.2%} on {result.n:,} images "
@@ -207,7 +206,7 @@ def run_predict(args) -> int:
     with autocast(args.precision, model_device(model)):
         rows = predict_files(model, args.images, top=top, loader=loader)
     if args.format == "json":
-        print(json.dumps(rows))
+        print_json(rows)
         return 0
     for row in rows:
         best = "  ".join(f"{c} {p:.1%}" for c, p in row["top"])

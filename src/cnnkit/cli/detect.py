@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-from cnnkit.cli import add_format, add_run_arguments, train_config
+from cnnkit.cli import add_format, add_run_arguments, print_json, train_config
 from cnnkit.engine.config import add_config_arguments, resolved_defaults
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.detect.config import DetectConfig
@@ -102,7 +101,7 @@ def run_eval(args) -> int:
     existing_data_dir(args.data_dir)
     m = evaluate_run(args.run, args.data_dir, args.split, args.test_scale)
     if args.format == "json":
-        print(json.dumps(m))
+        print_json(m)
         return 0
     print(
         f"{m['data']} {m['split']} ({m['images']} images): AP {m['AP']:.3f}  AP50 {m['AP50']:.3f}  "
@@ -140,7 +139,7 @@ def run_predict(args) -> int:
         rows.append({"image": str(path), **det, "png": str(png)})
     if args.format == "json":  # one JSON object per image, one per line
         for r in rows:
-            print(json.dumps(r))
+            print_json(r)
         return 0
     for r in rows:
         print(f"{r['image']}: {len(r['boxes'])} boxes -> {r['png']}")

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from cnnkit.cli import add_format, add_run_arguments, finished, train_config
+from cnnkit.cli import add_format, add_run_arguments, finished, print_json, train_config
 from cnnkit.engine.config import add_config_arguments
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.generate.config import GenerateConfig
@@ -102,7 +101,7 @@ def run_eval(args) -> int:
     _check_seed(args.seed)
     out = evaluate_run(args.run, args.classifier, args.count, args.seed, args.data_dir)
     if args.format == "json":
-        print(json.dumps(out))
+        print_json(out)
         return 0
     g, r = out["generated"], out["real"]
     print(f"{out['data']}, {out['count']} digits per set    generated    real test digits")

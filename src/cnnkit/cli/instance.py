@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from cnnkit.cli import add_run_arguments, train_config
+from cnnkit.cli import add_run_arguments, print_json, train_config
 from cnnkit.cli.detect import DATA_EXAMPLES, add_eval_predict, start_run
 from cnnkit.engine.config import add_config_arguments, resolved_defaults
 from cnnkit.errors import CnnkitError
@@ -56,7 +55,7 @@ def run_eval(args) -> int:
     existing_data_dir(args.data_dir)
     m = evaluate_run(args.run, args.data_dir, args.split, args.test_scale)
     if args.format == "json":
-        print(json.dumps(m))
+        print_json(m)
         return 0
     print(
         f"{m['data']} {m['split']} ({m['images']} images): mask AP {m['mask_AP']:.3f}  AP50 {m['mask_AP50']:.3f}  "
@@ -77,7 +76,7 @@ def run_predict(args) -> int:
     rows = predict_files(model, [Path(p) for p in args.images], out_dir, args.score)
     if args.format == "json":  # one JSON object per image, one per line
         for r in rows:
-            print(json.dumps(r))
+            print_json(r)
         return 0
     for r in rows:
         print(f"{r['image']}: {len(r['boxes'])} instances -> {r['png']}")

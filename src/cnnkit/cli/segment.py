@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from cnnkit.cli import add_format, add_run_arguments, finished, train_config
+from cnnkit.cli import add_format, add_run_arguments, finished, print_json, train_config
 from cnnkit.engine.config import add_config_arguments, resolved_defaults
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.segment.config import SegmentConfig, stored_settings
@@ -85,7 +84,7 @@ def run_eval(args) -> int:
 
     out = evaluate_run(args.run, args.split, args.data_dir, args.tta, args.test_scale)
     if args.format == "json":
-        print(json.dumps({k: v for k, v in out.items() if k != "confusion"}))
+        print_json({k: v for k, v in out.items() if k != "confusion"})
         return 0
     print(
         f"{out['data']} {out['split']} ({out['images']} images): mIoU {out['mIoU']:.4f}  pixel accuracy "

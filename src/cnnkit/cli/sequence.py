@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import re
 import time
 
-from cnnkit.cli import add_format, add_run_arguments, finished, train_config
+from cnnkit.cli import add_format, add_run_arguments, finished, print_json, train_config
 from cnnkit.engine.config import add_config_arguments
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.sequence.config import SequenceConfig
@@ -73,7 +72,7 @@ def run_eval(args) -> int:
 
     out = evaluate_run(args.run, args.split, args.data, args.data_dir)
     if args.format == "json":
-        print(json.dumps(out))
+        print_json(out)
         return 0
     print(
         f"{out['data']} {out['split']} ({out['series']} series): accuracy {out['accuracy']:.4f}  "
@@ -102,7 +101,7 @@ def run_predict(args) -> int:
         rows = predict_file(model, path)
         for r in rows:
             if args.format == "json":
-                print(json.dumps({"file": path, **r}))
+                print_json({"file": path, **r})
             else:
                 given = f"  (file's label {r['label']})" if r["label"] is not None else ""
                 print(f"{path}[{r['index']}]: {r['class']}  p={r['probability']:.3f}{given}")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
-from cnnkit.cli import add_format
+from cnnkit.cli import add_format, print_json
 
 _TARGET_HELP = (
     "a zoo model name, a .yaml/.json network spec, a Keras .keras/.h5 file, or path/to/file.py:factory "
@@ -67,7 +65,7 @@ def register(subparsers) -> None:
 
 def run_summary(args) -> int:
     from cnnkit.analysis import summary
-    from cnnkit.analysis.report import render_csv, render_json
+    from cnnkit.analysis.report import render_csv
 
     s = summary(
         args.target,
@@ -79,7 +77,7 @@ def run_summary(args) -> int:
         time_steps=args.time,
     )
     if args.format == "json":
-        print(render_json(s))
+        print_json(s.to_dict(), indent=2)
     elif args.format == "csv":
         print(render_csv(s), end="")
     else:
@@ -107,7 +105,7 @@ def run_memory(args) -> int:
         devices=args.devices,
     )
     if args.format == "json":
-        print(json.dumps(r, indent=2))
+        print_json(r, indent=2)
         return 0
     print(
         f"{r['model']}  input {'x'.join(map(str, r['input_size']))}  {r['dtype']}  "

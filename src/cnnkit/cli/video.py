@@ -3,11 +3,10 @@ over :mod:`cnnkit.tasks.video` and :mod:`cnnkit.tasks.video_predict`."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-from cnnkit.cli import add_format, add_run_arguments, finished, train_config
+from cnnkit.cli import add_format, add_run_arguments, finished, print_json, train_config
 from cnnkit.engine.config import add_config_arguments
 from cnnkit.errors import CnnkitError, counted
 from cnnkit.tasks.video.config import VideoConfig
@@ -120,7 +119,7 @@ def run_eval(args) -> int:
 
     out = evaluate_run(args.run, args.split, args.data_dir, args.clips)
     if args.format == "json":
-        print(json.dumps(out))
+        print_json(out)
     else:
         print(
             f"{out['split']} ({counted(out['clips'], 'clip')}): both digits {out['both']:.2%}  per digit "
@@ -229,7 +228,7 @@ def run_predict_eval(args) -> int:
 
     out = evaluate_run(args.run, args.split, args.data_dir, args.clips)
     if args.format == "json":
-        print(json.dumps(out))
+        print_json(out)
         return 0
     print(
         f"{out['data']} {out['split']} ({counted(out['clips'], 'clip')}): MSE per frame {out['mse']:.2f}  MAE per frame "

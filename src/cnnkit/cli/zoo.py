@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
-from cnnkit.cli import add_format
+from cnnkit.cli import add_format, print_json
 
 
 def register(subparsers) -> None:
@@ -79,7 +77,7 @@ def run_zoo(args) -> int:
         names = [n for n in names if model_info(n).family == args.family]
     rows = sorted(zoo_rows(names), key=lambda r: (r["family"], r["name"]))
     if args.format == "json":
-        print(json.dumps(rows, indent=2))
+        print_json(rows, indent=2)
         return 0
     from rich.table import Table
 

@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from cnnkit.engine.runfolder import json_text
 from cnnkit.errors import CnnkitError
 from cnnkit.serve import analyse, conv, predict
 from cnnkit.serve.limits import Limits, Refused
@@ -132,7 +133,7 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _json(self, status: int, obj) -> None:
-        self._send(status, json.dumps(obj).encode(), "application/json")
+        self._send(status, json_text(obj).encode(), "application/json")  # NaN as null: JSON.parse reads it
 
     def _error(self, status: int, message: str) -> None:
         self._json(status, {"error": message, "status": status})

@@ -56,6 +56,7 @@ from cnnkit.engine.runfolder import (
     MODEL_FILE,
     atomic_write_bytes,
     check_new_run,
+    json_text,
     read_info,
     read_split,
     resumed_config,
@@ -868,7 +869,6 @@ def run_finetune(
         CnnkitError: a missing or unreadable folder, a bad setting, a network that cannot be
             fine-tuned, or a run to resume that is not a fine-tuning run.
     """
-    import json
     import sys
     import time
     import warnings
@@ -982,7 +982,7 @@ def run_finetune(
         split = {part: ds.meta["files"] for part, ds in (("train", train), ("val", val), ("test", test)) if ds}
         atomic_write_bytes(  # before training: a resumed run reads it, whatever the folder holds by then
             out / "split.json",
-            json.dumps(
+            json_text(
                 {"seed": cfg.seed, "val_fraction": cfg.val_fraction, "test_fraction": load["test_fraction"], **split},
                 indent=1,
             ).encode(),
@@ -1048,7 +1048,7 @@ def run_finetune(
     if test is not None:  # once, after training: nothing was chosen by it
         _, result["test_acc"] = evaluate(net.cpu(), test, pre.mean, pre.std, tta=tta)
         atomic_write_bytes(
-            out / "test.json", json.dumps({"test_acc": result["test_acc"], "n": len(test), "tta": tta}).encode()
+            out / "test.json", json_text({"test_acc": result["test_acc"], "n": len(test), "tta": tta}).encode()
         )
         say(
             f"test accuracy {result['test_acc']:.4f} on {len(test)} held-out images (used for nothing else; "

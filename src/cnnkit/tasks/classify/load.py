@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -14,6 +13,7 @@ from safetensors.torch import save as st_save
 from cnnkit.engine.runfolder import (
     CHECKPOINT_HINT,
     atomic_write_bytes,
+    json_text,
     load_checked,
     model_file,
     read_checkpoint,
@@ -38,7 +38,7 @@ def save_ensemble(path, member_files: list[Path]) -> None:
         infos.append(info)
     head = {k: infos[0][k] for k in ("format", "classes", "input_size", "dataset")}
     meta = {**head, "ensemble": infos}
-    atomic_write_bytes(path, st_save(tensors, metadata={"cnnkit": json.dumps(meta)}))
+    atomic_write_bytes(path, st_save(tensors, metadata={"cnnkit": json_text(meta)}))
 
 
 MAX_CLASSES = 1_000_000  # a checkpoint claiming more is corrupt, not ambitious

@@ -10,7 +10,6 @@ classification's own lives here: the one-cycle schedule, the optimizer's paramet
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from cnnkit.engine.runfolder import (
     SPLIT_FILE,
     atomic_write_bytes,
     check_new_run,
+    json_text,
     read_checkpoint,
     read_info,
     read_split,
@@ -145,7 +145,7 @@ def train(
         if d.main:
             save_ensemble(out / MODEL_FILE, [r.out / MODEL_FILE for r in runs])
             if split is not None:
-                atomic_write_bytes(out / SPLIT_FILE, json.dumps(split, indent=1).encode())
+                atomic_write_bytes(out / SPLIT_FILE, json_text(split, indent=1).encode())
         if d.world > 1:  # every process reads the ensemble that rank 0 has just written
             torch.distributed.barrier()
         val = evaluate(
@@ -182,7 +182,7 @@ def train_one(
     if "files" in train_set.meta and d.main and not (resume and (out / SPLIT_FILE).is_file()):
         check_new_run(out, resume)  # before split.json is written: a refused run leaves the folder untouched
         split = {"train": train_set.meta["files"], "val": val_set.meta.get("files", [])}
-        atomic_write_bytes(out / SPLIT_FILE, json.dumps(split, indent=1).encode())
+        atomic_write_bytes(out / SPLIT_FILE, json_text(split, indent=1).encode())
     model = build_classifier(cfg, train_set, network, str(out)).to(d.device, memory_format=_fmt(cfg))
     say = make_console(quiet=quiet or not d.main).print
     if model.pad:

@@ -118,13 +118,11 @@ def fit_and_test(
     ``split`` (from :func:`run_data`) is written to ``out/split.json`` first: only once the model is
     built, so that a refused setting (weights, strides, model) leaves no run folder behind."""
     if d.main:
-        import json
-
-        from cnnkit.engine.runfolder import SPLIT_FILE, atomic_write_bytes
+        from cnnkit.engine.runfolder import SPLIT_FILE, atomic_write_bytes, json_text
         from cnnkit.errors import output_folder
 
         output_folder(out, "--out")  # a file of that name, or no permission: one line, not a traceback
-        atomic_write_bytes(out / SPLIT_FILE, json.dumps(split, indent=1).encode())
+        atomic_write_bytes(out / SPLIT_FILE, json_text(split, indent=1).encode())
     test_set = _to(test_set, d.device)
     run = fit_run(
         task,

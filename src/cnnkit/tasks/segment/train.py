@@ -46,7 +46,6 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
         >>> result = train(SegmentConfig(data="pennfudan"), "runs/seg")   # doctest: +SKIP
         >>> result.test["mIoU"]                                           # doctest: +SKIP
     """
-    import json
     from dataclasses import asdict
     from pathlib import Path
 
@@ -54,7 +53,7 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
     from cnnkit.engine.config import use_threads
     from cnnkit.engine.distributed import launched
     from cnnkit.engine.optim import lr_at, make_optimizer
-    from cnnkit.engine.runfolder import SPLIT_FILE, atomic_write_bytes, run_photos
+    from cnnkit.engine.runfolder import SPLIT_FILE, atomic_write_bytes, json_text, run_photos
     from cnnkit.models.segmentation import check_fcn_paper
     from cnnkit.tasks.segment.predict import scales
 
@@ -143,7 +142,7 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
 
     def write_split(epoch: int, row: dict) -> None:  # beside the engine's files, once it has written them
         if launched()[0] == 0 and out is not None and not (Path(out) / SPLIT_FILE).is_file():
-            atomic_write_bytes(Path(out) / SPLIT_FILE, json.dumps(split, indent=1).encode())
+            atomic_write_bytes(Path(out) / SPLIT_FILE, json_text(split, indent=1).encode())
 
     try:
         result = fit_run(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -12,6 +11,7 @@ from safetensors.torch import save as st_save
 from cnnkit.engine.runfolder import (
     CHECKPOINT_HINT,
     atomic_write_bytes,
+    json_text,
     load_checked,
     model_file,
     read_checkpoint,
@@ -98,7 +98,7 @@ def save_ensemble(path, member_files: list[Path]) -> None:
         infos.append(info)
     head = {k: infos[0][k] for k in ("format", "task", "classes", "input_size", "config", "data")}
     meta = {**head, "net": infos[0]["net"], "ensemble": infos}
-    atomic_write_bytes(path, st_save(tensors, metadata={"cnnkit": json.dumps(meta)}))
+    atomic_write_bytes(path, st_save(tensors, metadata={"cnnkit": json_text(meta)}))
 
 
 def load_sequence(path, device: str = "cpu") -> nn.Module:
