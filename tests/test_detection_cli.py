@@ -231,3 +231,45 @@ def test_voc_ap50_of_photos_without_ground_truth_is_null_in_json(tmp_path, capsy
         info = strict_json(f.metadata()["cnnkit"])
     assert [row["val_VOC_AP50"] for row in info["history"]] == [None]
     assert (out / "metrics.csv").read_text().splitlines()[1].split(",")[-3] == "nan"
+
+
+def test_eval_of_a_yolo_run_refuses_a_class_list_that_is_not_the_runs(tmp_path, capsys):
+    """A YOLO label's id means the class at that place of the run's list: `detect eval` refuses, in one
+    line naming the first id that differs and the fix, a classes.txt renamed, reordered, added to or
+    cut since the run trained (the run's files untouched); the run's list scores as before, and so
+    does a folder that declares no names (ids alone)."""
+    from test_detection_data import make_yolo
+
+    from cnnkit.engine.runfolder import read_info
+
+    data, out = make_yolo(tmp_path / "yolo"), tmp_path / "run"
+    (data / "classes.txt").write_text("cat\ndog\n")
+    argv = ["detect", "train", "--data", str(data), "--model", "tiny", "--weights", "none", "--epochs", "1"]
+    argv += ["--batch-size", "2", "--image-size", "64", "--threads", "1", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    assert main(["detect", "eval", str(out), "--format", "json"]) == 0
+    before = json.loads(capsys.readouterr().out)
+    assert list(before["per_class_AP"]) == ["cat", "dog"]
+    model = (out / "model.safetensors").read_bytes()
+    for names, differs in [
+        ("dog\ncat\n", "id 0 is 'dog' here, 'cat' in the run"),
+        ("kitty\ndog\n", "id 0 is 'kitty' here, 'cat' in the run"),
+        ("cat\ndog\nbird\n", "id 2 is 'bird' here, no class in the run"),
+        ("cat\n", "id 1 is no class here, 'dog' in the run"),
+    ]:
+        (data / "classes.txt").write_text(names)
+        for command in (["detect", "eval", str(out)],):
+            assert main(command) == 2
+            err = capsys.readouterr().err.strip()
+            assert "\n" not in err and f"{data / 'classes.txt'}: the classes " in err and differs in err, err
+            assert "the run's ['cat', 'dog']" in err and "put the run's names back in classes.txt in that order" in err
+    assert (out / "model.safetensors").read_bytes() == model and read_info(out / "model.safetensors")["classes"] == [
+        "cat",
+        "dog",
+    ]
+    (data / "classes.txt").write_text("cat\ndog\n")
+    assert main(["detect", "eval", str(out), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == before
+    (data / "classes.txt").unlink()  # no names declared: the ids index the run's classes
+    assert main(["detect", "eval", str(out), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == before

@@ -248,7 +248,8 @@ def test_a_yolo_folder_read_by_names_keeps_the_classes_of_every_photo_or_the_run
     with pytest.raises(CnnkitError, match=r"no image .*y0.png; the run's split.json names it"):
         load_yolo(root, ["y0.png"], classes=["a", "b", "c"])
     with pytest.raises(
-        CnnkitError, match=r"y1.txt line 1: uses class 1 but the run has only 1 class \(ids 0..0\); evaluate the run"
+        CnnkitError,
+        match=r"y1.txt line 1: uses class 1 but the run has only 1 class \(ids 0..0\); give the run the folder",
     ):
         load_yolo(root, ["y1.png"], classes=["a"])
 
@@ -499,3 +500,26 @@ def test_a_voc_folder_too_large_for_the_memory_is_refused_before_a_photo_is_read
     monkeypatch.setattr(errors, "memory_available", lambda: 1000)  # three 40 x 30 photos need 10,800 bytes
     with pytest.raises(CnnkitError, match=r"reading the 3 photos of .* needs 10\.8 KB, more than"):
         load_voc(tmp_path)
+
+
+def test_a_yolo_folder_read_with_a_runs_classes_must_declare_those_names_in_that_order(tmp_path):
+    """load_yolo(classes=): a folder's classes.txt or data.yaml must name the run's classes, in their
+    order (an id means the class at its place); a folder that declares none reads by the ids alone; a
+    run that counted its ids (no names declared when it trained) refuses names declared since."""
+    root = make_yolo(tmp_path)
+    assert load_yolo(root, ["y1.png"], classes=["cat", "dog"]).labels[0].tolist() == [1]  # no names declared
+    (root / "data.yaml").write_text("names: {0: cat, 1: dog}\n")
+    d = load_yolo(root, ["y1.png", "y2.png"], classes=["cat", "dog"])
+    assert d.classes == ["cat", "dog"] and [t.tolist() for t in d.labels] == [[1], [0]]
+    (root / "data.yaml").write_text("names: [dog, cat]\n")
+    with pytest.raises(
+        CnnkitError,
+        match=r"data.yaml: the classes \['dog', 'cat'\] are not the run's \['cat', 'dog'\] \(id 0 is 'dog' here, "
+        r"'cat' in the run\), and label ids index the run's; put the run's names back in data.yaml in that order, "
+        r"or train a new run",
+    ):
+        load_yolo(root, ["y1.png"], classes=["cat", "dog"])
+    (root / "classes.txt").write_text("cat\ndog\n")  # classes.txt comes first
+    assert load_yolo(root, ["y1.png"], classes=["cat", "dog"]).classes == ["cat", "dog"]
+    with pytest.raises(CnnkitError, match=r"the run trained without a list of names: move classes.txt away, or"):
+        load_yolo(root, ["y1.png"], classes=["0", "1"])

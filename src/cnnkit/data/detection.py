@@ -352,7 +352,7 @@ def load_coco(
         if label_of[cid] is None and iid in decoded:
             raise CnnkitError(
                 f"{path}: {where} is of category {dict(zip(order, declared))[cid]!r}, none of the run's classes "
-                f"{_shown(classes)}; evaluate the run on the file it trained on, or train a new run on this one"
+                f"{_shown(classes)}; give the run the file it trained on, or train a new run on this one"
             )
         if masks and "segmentation" not in a:
             raise CnnkitError(
@@ -433,39 +433,65 @@ def _read_text(path: Path, what: str) -> str:
         raise CnnkitError(f"cannot read {path} ({exc.strerror or exc})") from None
 
 
-def _yolo_classes(root: Path) -> list[str] | None:
-    for name in ("classes.txt", "obj.names"):
-        if (root / name).is_file():
-            return _bounded(
-                root / name, [s.strip() for s in _read_text(root / name, "class names").splitlines() if s.strip()]
-            )
-    for name in ("data.yaml", "dataset.yaml"):
-        if (root / name).is_file():
-            import yaml
+YOLO_NAMES_FILES = ("classes.txt", "obj.names", "data.yaml", "dataset.yaml")  # the first found declares
 
-            path = root / name
-            text = _read_text(path, "class names")
-            try:
-                doc = yaml.safe_load(text)
-            except (yaml.YAMLError, RecursionError) as exc:
-                raise CnnkitError(f"{path}: not valid YAML ({short_error(exc)})") from None
-            if not isinstance(doc, dict) or "names" not in doc:
-                raise CnnkitError(f"{path}: needs a field 'names' (a list of class names, or a mapping id: name)")
-            names = doc["names"]
-            if isinstance(names, dict):
-                keys = list(names)
-                if not all(_is_int(k) for k in keys) or sorted(keys) != list(range(len(keys))):
-                    raise CnnkitError(
-                        f"{path}: field 'names' as a mapping needs the integer keys 0..{len(keys) - 1}; "
-                        f"received keys {_shown(keys)}"
-                    )
-                names = [names[k] for k in range(len(keys))]
-            if not isinstance(names, list) or not all(
-                isinstance(n, (str, int, float)) and not isinstance(n, bool) for n in names
-            ):
-                raise CnnkitError(f"{path}: field 'names' must be a list of class names; received {_shown(names)}")
-            return _bounded(path, [str(n) for n in names])
-    return None
+
+def _yolo_names_file(root: Path) -> Path | None:
+    """The file of ``root`` that declares a YOLO folder's class names, or None."""
+    return next((root / name for name in YOLO_NAMES_FILES if (root / name).is_file()), None)
+
+
+def _yolo_classes(root: Path) -> list[str] | None:
+    path = _yolo_names_file(root)
+    if path is None:
+        return None
+    if path.suffix not in (".yaml", ".yml"):
+        return _bounded(path, [s.strip() for s in _read_text(path, "class names").splitlines() if s.strip()])
+    import yaml
+
+    text = _read_text(path, "class names")
+    try:
+        doc = yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise CnnkitError(f"{path}: not valid YAML ({short_error(exc)})") from None
+    if not isinstance(doc, dict) or "names" not in doc:
+        raise CnnkitError(f"{path}: needs a field 'names' (a list of class names, or a mapping id: name)")
+    names = doc["names"]
+    if isinstance(names, dict):
+        keys = list(names)
+        if not all(_is_int(k) for k in keys) or sorted(keys) != list(range(len(keys))):
+            raise CnnkitError(
+                f"{path}: field 'names' as a mapping needs the integer keys 0..{len(keys) - 1}; "
+                f"received keys {_shown(keys)}"
+            )
+        names = [names[k] for k in range(len(keys))]
+    if not isinstance(names, list) or not all(
+        isinstance(n, (str, int, float)) and not isinstance(n, bool) for n in names
+    ):
+        raise CnnkitError(f"{path}: field 'names' must be a list of class names; received {_shown(names)}")
+    return _bounded(path, [str(n) for n in names])
+
+
+def _same_classes(root: Path, run: list[str]) -> list[str]:
+    """A run's classes ``run``, checked against the names ``root`` declares (if it declares any): a YOLO
+    label's id means the class at that place of the run's list, so a declared list that differs in a
+    name or in their order (renamed, reordered, added or removed since the run trained) is refused."""
+    declared = _yolo_classes(root)
+    if declared is None or declared == run:
+        return run
+    path = _yolo_names_file(root)
+    i = next((j for j, (a, b) in enumerate(zip(declared, run)) if a != b), min(len(declared), len(run)))
+    there, ours = (repr(c[i]) if i < len(c) else "no class" for c in (declared, run))
+    undeclared = run == [str(j) for j in range(len(run))]  # the run counted the ids: no names were declared
+    fix = (
+        f"the run trained without a list of names: move {path.name} away"
+        if undeclared
+        else f"put the run's names back in {path.name} in that order"
+    )
+    raise CnnkitError(
+        f"{path}: the classes {_shown(declared)} are not the run's {_shown(run)} (id {i} is {there} here, {ours} "
+        f"in the run), and label ids index the run's; {fix}, or train a new run on the folder as it is"
+    )
 
 
 def _bounded(path: Path, classes: list[str]) -> list[str]:
@@ -506,8 +532,8 @@ def _yolo_rows(
                     if limit is None
                     else f"classes.txt/data.yaml names only {limit} (ids 0..{limit - 1})"
                     if not given
-                    else f"the run has only {limit} class{'es' * (limit > 1)} (ids 0..{limit - 1}); evaluate the "
-                    "run on the folder it trained on, or train a new run on this one"
+                    else f"the run has only {limit} class{'es' * (limit > 1)} (ids 0..{limit - 1}); give the "
+                    "run the folder it trained on, or train a new run on this one"
                 )
             )
         rows.append([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h])
@@ -529,7 +555,9 @@ def load_yolo(root: str | os.PathLike, names: list[str] | None = None, classes: 
         names: the photos of ``images/`` to read (a run's split), in this order; every photo when None
             (and then a label file without its photo is refused).
         classes: the class names the ids index (a run's), instead of the declared or counted ones,
-            each id of a label file read checked against them.
+            each id of a label file read checked against them; a folder that declares names must
+            declare these, in this order (an id means the class at its place: a renamed, reordered,
+            added or removed name would silently give an id another class).
 
     Returns:
         The images with their boxes and labels.
@@ -537,7 +565,8 @@ def load_yolo(root: str | os.PathLike, names: list[str] | None = None, classes: 
     Raises:
         CnnkitError: one line naming the file and line: a label file that is not UTF-8 text, a row
         that is not 'class cx cy w h' with finite numbers, a class id outside the classes, a data.yaml
-        whose 'names' is not a list (or a mapping 0..n-1) of names, a name of ``names`` with no photo.
+        whose 'names' is not a list (or a mapping 0..n-1) of names, a name of ``names`` with no photo,
+        declared names other than ``classes``.
     """
     root = Path(root)
     img_dir, lab_dir = root / "images", root / "labels"
@@ -549,7 +578,7 @@ def load_yolo(root: str | os.PathLike, names: list[str] | None = None, classes: 
     import collections
 
     given = classes is not None
-    classes = list(classes) if given else _yolo_classes(root)
+    classes = _same_classes(root, list(classes)) if given else _yolo_classes(root)
     repeated = sorted(c for c, n in collections.Counter(classes or []).items() if n > 1)
     if repeated:  # two ids of one name: their predictions could not be told apart
         raise CnnkitError(
@@ -657,8 +686,8 @@ def load_voc(root: str | os.PathLike, names: list[str] | None = None, classes: l
         other = next((c for c in objects if c not in index), None)
         if other is not None:
             raise CnnkitError(
-                f"{xml}: an object of class {other!r}, none of the run's classes {_shown(classes)}; evaluate "
-                "the run on the folder it trained on, or train a new run on this one"
+                f"{xml}: an object of class {other!r}, none of the run's classes {_shown(classes)}; give the "
+                "run the folder it trained on, or train a new run on this one"
             )
     images, boxes, labels, crowd_boxes, crowd_labels = [], [], [], [], []
     for name in names:
