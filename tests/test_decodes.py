@@ -2,7 +2,7 @@
 (:func:`cnnkit.data.images.open_image`): a run's data reads every photo and mask once (a mask folder's
 classes counted from the masks as they are read), and ``eval`` of a run on Penn-Fudan, a mask folder, a
 VOC or YOLO box folder or a COCO file reads only the part it scores, the same tensors as the whole read
-gives."""
+gives; ``--resume`` of a run on such data decodes the photos of the run's split alone."""
 
 import collections
 import contextlib
@@ -221,3 +221,61 @@ def _crowds(fields: dict) -> dict:
         empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
         fields = {**fields, "crowd": [empty] * len(fields["boxes"])}
     return fields
+
+
+def _add_a_damaged_photo_of_a_new_class(data, kind: str) -> None:
+    """A photo added after the run trained, outside its split: its file is not an image, and its one
+    object is of a class the run does not have (a new YOLO id, VOC name or COCO category)."""
+    import json
+
+    from test_detection_data import voc_xml
+
+    if kind == "yolo":
+        (data / "images" / "new.png").write_bytes(b"not an image")
+        (data / "labels" / "new.txt").write_text("2 0.5 0.5 0.2 0.2\n")
+    elif kind == "voc":
+        (data / "JPEGImages" / "new.jpg").write_bytes(b"not an image")
+        (data / "Annotations" / "new.xml").write_text(voc_xml("new", [("bird", (5, 3, 14, 22), False)]))
+    else:
+        (data.parent / "images" / "new.png").write_bytes(b"not an image")
+        doc = json.loads(data.read_text())
+        doc["categories"].append({"id": 3, "name": "blue"})
+        doc["images"].append({"id": 99, "file_name": "new.png", "width": 48, "height": 40})
+        poly = [2, 2, 12, 2, 12, 12, 2, 12]
+        doc["annotations"].append(
+            {"id": 999, "image_id": 99, "category_id": 3, "bbox": [2, 2, 10, 10], "iscrowd": 0, "segmentation": [poly]}
+        )
+        data.write_text(json.dumps(doc))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("task", "kind"),
+    [("detect", "yolo"), ("detect", "voc"), ("detect", "coco"), ("instance", "coco"), ("segment", "coco")],
+)
+def test_resume_decodes_the_photos_of_the_runs_split_alone_with_its_classes(tmp_path, opened, task, kind):
+    """`--resume` of a run on a YOLO or VOC folder or a COCO file reads the data with the run's classes,
+    and decodes the photos of its split.json alone, once each (all three parts: the resumed run scores
+    its test split at the end): a damaged photo of a new class, added to the data after the run
+    trained, is neither decoded nor counted among the classes; split.json stays byte for byte."""
+    import json
+
+    from cnnkit.cli import main
+    from cnnkit.engine.runfolder import read_info
+
+    data, folder = _user_data(tmp_path / kind, kind)
+    out = tmp_path / "run"
+    argv = [task, "train", "--data", str(data), "--epochs", "1", "--batch-size", "2", "--threads", "1", "--quiet"]
+    if task == "segment":
+        argv += ["--model", "unet", "--width", "4", "--crop", "32"]
+    else:
+        argv += ["--model", "tiny", "--weights", "none", "--image-size", "64"]
+    assert main([*argv, "--out", str(out)]) == 0
+    written = (out / "split.json").read_bytes()
+    split, classes = json.loads(written), read_info(out / "model.safetensors")["classes"]
+    _add_a_damaged_photo_of_a_new_class(data, kind)
+    opened.clear()
+    assert main([*argv, "--out", str(out), "--resume"]) == 0
+    assert sorted(opened) == sorted(str(folder / n) for k in PARTS for n in split[k]) and set(opened.values()) == {1}
+    assert (out / "split.json").read_bytes() == written
+    assert read_info(out / "model.safetensors")["classes"] == classes

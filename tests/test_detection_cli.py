@@ -233,11 +233,11 @@ def test_voc_ap50_of_photos_without_ground_truth_is_null_in_json(tmp_path, capsy
     assert (out / "metrics.csv").read_text().splitlines()[1].split(",")[-3] == "nan"
 
 
-def test_eval_of_a_yolo_run_refuses_a_class_list_that_is_not_the_runs(tmp_path, capsys):
-    """A YOLO label's id means the class at that place of the run's list: `detect eval` refuses, in one
-    line naming the first id that differs and the fix, a classes.txt renamed, reordered, added to or
-    cut since the run trained (the run's files untouched); the run's list scores as before, and so
-    does a folder that declares no names (ids alone)."""
+def test_eval_and_resume_of_a_yolo_run_refuse_a_class_list_that_is_not_the_runs(tmp_path, capsys):
+    """A YOLO label's id means the class at that place of the run's list: `detect eval` and `--resume`
+    refuse, in one line naming the first id that differs and the fix, a classes.txt renamed, reordered,
+    added to or cut since the run trained (the run's files untouched); the run's list scores as before,
+    and so does a folder that declares no names (ids alone)."""
     from test_detection_data import make_yolo
 
     from cnnkit.engine.runfolder import read_info
@@ -258,7 +258,7 @@ def test_eval_of_a_yolo_run_refuses_a_class_list_that_is_not_the_runs(tmp_path, 
         ("cat\n", "id 1 is no class here, 'dog' in the run"),
     ]:
         (data / "classes.txt").write_text(names)
-        for command in (["detect", "eval", str(out)],):
+        for command in (["detect", "eval", str(out)], [*argv, "--resume"]):
             assert main(command) == 2
             err = capsys.readouterr().err.strip()
             assert "\n" not in err and f"{data / 'classes.txt'}: the classes " in err and differs in err, err

@@ -503,6 +503,20 @@ def run_photos(run: str | os.PathLike, data: str) -> dict[str, list[str]] | None
     return None if data == "digits" else read_split(run)
 
 
+def run_classes(run: str | os.PathLike) -> list[str] | None:
+    """The class names of the run in folder ``run``, as its model file holds them: what ``--resume``
+    reads a user's data with, so that it decodes the photos of the run's split alone and refuses data
+    whose classes are no longer the run's. None where the folder has no model file (a run stopped in
+    its first epoch, between its resume state and its model file) or the model names no classes."""
+    model = Path(run) / MODEL_FILE
+    if not model.is_file():
+        return None
+    classes = read_info(model).get("classes")
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        return None
+    return list(classes)
+
+
 def output_stems(inputs: list, out_dir, suffixes: tuple[str, ...]) -> list[str]:
     """The file stem each input's outputs get in ``out_dir``: no two outputs share a name (two ``x.png``
     from different folders become ``x`` and ``x_2``; with ``(".png", "_overlay.png")``, ``x.png`` and

@@ -150,15 +150,19 @@ def run_config(cfg, out, resume: bool, from_dict, task: str = "detect"):
 
 
 def run_data(cfg, out, resume: bool, d, load, quiet: bool = False):
-    """Threads, then ``load(cfg, split)``'s train, validation and test sets on the run's split (the
-    one in ``out/split.json`` on resume), and that split, which :func:`fit_and_test` writes to the run.
-    Where the split came from a VOC folder's official lists, a line ``split: ...`` says which (unless
-    ``quiet``). Shared by ``cnnkit detect train`` and ``cnnkit instance train``."""
-    from cnnkit.engine.runfolder import run_photos
+    """Threads, then ``load(cfg, split, classes=...)``'s train, validation and test sets on the run's
+    split (the one in ``out/split.json`` on resume, read with the run's classes,
+    :func:`~cnnkit.engine.runfolder.run_classes`: the photos of its split alone are decoded, and data
+    whose classes are no longer the run's is refused), and that split, which :func:`fit_and_test`
+    writes to the run. Where the split came from a VOC folder's official lists, a line ``split: ...``
+    says which (unless ``quiet``). Shared by ``cnnkit detect train`` and ``cnnkit instance train``."""
+    from cnnkit.engine.runfolder import run_classes, run_photos
 
     use_threads(cfg.threads)
     split = run_photos(out, cfg.data) if resume else None  # on resume: the run's own photos
-    train_set, val_set, test_set, split = load(cfg, split)
+    # the resumed run scores its test split at the end: every part of the split is read
+    classes = run_classes(out) if split is not None else None
+    train_set, val_set, test_set, split = load(cfg, split, classes=classes)
     if len(train_set) < cfg.batch_size:
         raise CnnkitError(
             f"--batch-size {cfg.batch_size} is larger than the training set ({len(train_set)} images): "

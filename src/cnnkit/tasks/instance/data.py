@@ -199,7 +199,7 @@ def load_instance_data(
     ``split``: the photos' names as a run's split.json has them, read instead of splitting afresh.
     ``parts``: the parts built (``eval`` builds the one it scores), another part None; Penn-Fudan's
     photos of another part are not decoded, nor a user's given ``split`` and ``classes``. ``classes``:
-    the run's object classes (``eval``), which a VOC folder's masks are checked against and a COCO
+    the run's object classes (``eval``, ``--resume``), which a VOC folder's masks are checked against and a COCO
     file's categories are taken by name from; without them every photo is read, a VOC folder's classes
     counted over all of them."""
     voc_classes(cfg.voc_names, cfg.data)  # --voc-names only for a VOC folder
@@ -293,8 +293,8 @@ def user_instances(
     path = Path(cfg.data).expanduser()
     sizes = {"train": cfg.image_size, "val": cfg.test_side(), "test": cfg.test_side()}
     official = None
-    # training: every photo read, a VOC folder's classes counted over every mask; eval: the run's classes,
-    # and the photos of the parts it scores alone
+    # a new run: every photo read, a VOC folder's classes counted over every mask; eval, --resume: the run's
+    # classes, and the photos of the parts read alone
     read = read_parts(parts, classes)
     if path.is_file():
         names = None if split is None or classes is None else scored_names(split, read)

@@ -60,7 +60,7 @@ def load_splits(
     """(train, validation, test, split.json content) for a resolved config; with ``cfg.subset`` the
     training part is its first ``subset`` images (a quick check), the split kept whole.
     ``parts``: the parts read (``eval`` reads the one it scores); Penn-Fudan's photos of another part
-    are not decoded, and that part is None. ``classes``: the run's class names (``eval``), which a
+    are not decoded, and that part is None. ``classes``: the run's class names (``eval``, ``--resume``), which a
     mask folder's masks are checked against and a COCO file's categories taken by name from, so that
     only the photos of ``parts`` are read (a mask folder's or COCO file's other parts are None);
     without them a mask folder's classes are counted over every part's masks, all read.
@@ -129,7 +129,7 @@ def _splits(
 
         voc_classes(cfg.voc_names, cfg.data)  # refused: a COCO file names its categories
         read = read_parts(wanted, classes)
-        # eval (the run's split and classes): the photos it scores alone, each category by its name
+        # the run's split and classes (eval, --resume): the photos of the parts read alone, each category by its name
         coco = load_coco(
             path,
             masks=True,
@@ -158,8 +158,9 @@ def _splits(
     elif split is None:
         split = photo_split(folder_photos(cfg.data), cfg.seed, path)
     parts = with_source(carve_validation(split), official)
-    # training: one read of every photo, the classes counted over every mask, test photos' too (a class
-    # may have photos in the test split only); eval: the run's classes, and the photos it scores alone.
+    # a new run: one read of every photo, the classes counted over every mask, test photos' too (a class
+    # may have photos in the test split only); eval, --resume: the run's classes, and the photos of the
+    # parts read alone.
     # The test photos are kept at their own size.
     data = mask_folder(
         cfg.data,

@@ -53,7 +53,7 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
     from cnnkit.engine.config import use_threads
     from cnnkit.engine.distributed import launched
     from cnnkit.engine.optim import lr_at, make_optimizer
-    from cnnkit.engine.runfolder import SPLIT_FILE, atomic_write_bytes, json_text, run_photos
+    from cnnkit.engine.runfolder import SPLIT_FILE, atomic_write_bytes, json_text, run_classes, run_photos
     from cnnkit.models.segmentation import check_fcn_paper
     from cnnkit.tasks.segment.predict import scales
 
@@ -87,7 +87,9 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
         raise CnnkitError(f"--train-scale must be two factors 0 < LO <= HI <= 4. Received: {tuple(cfg.train_scale)}")
     use_threads(cfg.threads)
     resumed = run_photos(out, cfg.data) if resume and out is not None else None
-    train_set, val_set, test_set, split = load_splits(cfg, split=resumed)  # on resume: the run's own photos
+    # on resume: the run's own photos (those of its split alone decoded) and classes
+    classes = run_classes(out) if resumed is not None else None
+    train_set, val_set, test_set, split = load_splits(cfg, split=resumed, classes=classes)
     if "source" in split and not quiet and launched()[0] == 0:
         print(f"split: {split['source']}")
     model = build_model(cfg, train_set)
