@@ -3,6 +3,10 @@ for every reader that quotes one (images, run folders, exports, configs, data fi
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -58,6 +62,86 @@ def test_the_result_is_one_line_of_at_most_the_limit(kind):
     text = "\n".join(f"line {i}.\tpart\x1b[0m" for i in range(500))
     got = _short(text, kind)
     assert "\n" not in got and "\t" not in got and "\x1b" not in got and len(got) <= errors.SHORT_CHARS
+
+
+# ----------------------------------------------------------------------------- stacks are not reasons
+
+# torch 2.13's text of a shape error under TORCH_SHOW_CPP_STACKTRACES=1, its C++ frames cut to three
+VIEW_WITH_CPP_FRAMES = (
+    "shape '[7]' is invalid for input of size 6\n"
+    "Exception raised from infer_size_impl at /__w/pytorch/pytorch/aten/src/ATen/InferSize.h:99 "
+    "(most recent call first):\n"
+    "C++ CapturedTraceback:\n"
+    "#4 std::_Function_handler<std::shared_ptr<c10::LazyValue<std::__cxx11::basic_string<char> > const> ()>"
+    "::_M_invoke(std::_Any_data const&) from Logging.cpp:0\n"
+    "#5 c10::Error::Error(c10::SourceLocation, std::__cxx11::basic_string<char>) from ??:0\n"
+    "#7 at::native::view(at::Tensor const&, c10::ArrayRef<long>) from ??:0\n"
+)
+
+
+def test_pytorchs_cpp_frames_are_dropped():
+    assert _short(VIEW_WITH_CPP_FRAMES) == "shape '[7]' is invalid for input of size 6"
+    older = (  # builds that list "frame #N" lines
+        "Given groups=1, weight of size [8, 3, 3, 3], expected input[1, 4, 8, 8] to have 3 channels, but got 4 "
+        "channels instead\nException raised from check_shape_forward at aten/src/ATen/native/Convolution.cpp:725 "
+        "(most recent call first):\nframe #0: c10::Error::Error(c10::SourceLocation, std::string) + 0xb0 "
+        "(0x7f3e in /usr/lib/python3/torch/lib/libc10.so)\n"
+    )
+    assert _short(older).endswith("to have 3 channels, but got 4 channels instead")
+
+
+def test_pytorchs_cpp_frames_as_this_torch_appends_them():
+    code = "import torch\ntry:\n    torch.ones(2, 3).view(7)\nexcept RuntimeError as e:\n    print(e, end='')\n"
+    env = {**os.environ, "TORCH_SHOW_CPP_STACKTRACES": "1", "TORCH_DISABLE_ADDR2LINE": "1"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    text = run.stdout
+    assert "(most recent call first):" in text and len(text.splitlines()) > 5, (text, run.stderr)  # frames appended
+    assert _short(text) == "shape '[7]' is invalid for input of size 6"
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_a_torchscript_traceback_keeps_the_exception_it_ends_with():
+    scripted = torch.jit.script(torch.nn.Conv2d(3, 8, 3))
+    with pytest.raises(RuntimeError) as exc:
+        scripted(torch.ones(1, 4, 8, 8))
+    assert str(exc.value).startswith("The following operation failed in the TorchScript interpreter.\nTraceback")
+    assert errors.short_error(exc.value) == (
+        "The following operation failed in the TorchScript interpreter. RuntimeError: Given groups=1, weight of "
+        "size [8, 3, 3, 3], expected input[1, 4, 8, 8] to have 3 channels, but got 4 channels instead"
+    )
+    traced = (  # a traced module's frames are paths; with C++ frames on, the reason is said twice
+        "The following operation failed in the TorchScript interpreter.\n"
+        "Traceback of TorchScript (most recent call last):\n"
+        "/venv/lib/python3.11/site-packages/torch/nn/modules/linear.py(134): forward\n"
+        "net.py(13): build\n"
+        "RuntimeError: mat1 and mat2 shapes cannot be multiplied (1x4 and 3x2)\n"
+        "mat1 and mat2 shapes cannot be multiplied (1x4 and 3x2)\n"
+        "Exception raised from meta at aten/src/ATen/native/LinearAlgebra.cpp:194 (most recent call first):\n"
+        "C++ CapturedTraceback:\n#4 ?? from libc10.so:700674\n"
+    )
+    assert _short(traced) == (
+        "The following operation failed in the TorchScript interpreter. "
+        "RuntimeError: mat1 and mat2 shapes cannot be multiplied (1x4 and 3x2)"
+    )
+
+
+def test_a_quoted_python_traceback_keeps_the_exception_it_ends_with():
+    text = (  # a DataLoader worker's error
+        "Caught ValueError in DataLoader worker process 0.\n"
+        "Original Traceback (most recent call last):\n"
+        '  File "/venv/lib/python3.11/site-packages/torch/utils/data/_utils/worker.py", line 349, in _worker_loop\n'
+        "    data = fetcher.fetch(index)\n"
+        "           ^^^^^^^^^^^^^^^^^^^^\n"
+        "ValueError: image 7 is 3x0 pixels:\n"
+        "  drop it from the folder\n"
+    )
+    assert _short(text) == (
+        "Caught ValueError in DataLoader worker process 0. ValueError: image 7 is 3x0 pixels: drop it from the folder"
+    )
+
+
+def test_a_text_that_is_only_a_stack_is_the_exceptions_type():
+    assert _short('Traceback (most recent call last):\n  File "x.py", line 1, in <module>\n', OSError) == "OSError"
 
 
 # ----------------------------------------------------------------------------- the readers that quote it

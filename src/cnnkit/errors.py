@@ -40,6 +40,15 @@ class CnnkitWarning(UserWarning):
 
 SHORT_CHARS = 400  # the most characters of an exception's text a one-line error quotes
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # colour codes (the dynamo ONNX exporter colours its page)
+# PyTorch's C++ frames, appended to an error's reason under TORCH_SHOW_CPP_STACKTRACES=1: this line,
+# then "C++ CapturedTraceback:" and "#4 c10::Error::Error(...) from libc10.so" lines (older builds:
+# "frame #0: ..." lines), to the end of the text
+_CPP_FRAMES = re.compile(r"Exception raised from .* \(most recent call first\):")
+# the header of a Python traceback quoted in a text (a DataLoader worker's "Original Traceback") or
+# of a TorchScript one ("Traceback of TorchScript (most recent call last):", "..., original code ...")
+_TRACEBACK = re.compile(r"\s*(Original )?Traceback\b.*\(most recent call last\):\s*$")
+# the line a traceback ends with: the exception's type and its reason ("RuntimeError: Given groups=1, ...")
+_RAISED = re.compile(r"[A-Za-z_][\w.]*(: |:?\s*$)")
 
 
 def short_error(exc: BaseException) -> str:
@@ -48,21 +57,29 @@ def short_error(exc: BaseException) -> str:
     exporting with this version").
 
     Every run of whitespace (new lines, tabs) becomes one space and colour codes are dropped; an
-    empty text is the exception's type name. A text longer than ``SHORT_CHARS`` keeps the whole
-    sentences that fit (a first sentence longer than that alone is cut) and ends in ``" ..."``. A
-    page with an "Exception summary" (the dynamo ONNX exporter's: the step that failed, next
-    steps, then the errors behind it) is its first sentence and the first error of the summary.
+    empty text is the exception's type name. Stacks are not reasons and are dropped: PyTorch's C++
+    frames ("Exception raised from ... (most recent call first):" and all that follows), and the
+    frames of a Python or TorchScript traceback quoted in the text (from its "Traceback ... (most
+    recent call last):" line to the exception's own line, "RuntimeError: ...", which is kept). A
+    text longer than ``SHORT_CHARS`` keeps the whole sentences that fit (a first sentence longer
+    than that alone is cut) and ends in ``" ..."``. A page with an "Exception summary" (the dynamo
+    ONNX exporter's: the step that failed, next steps, then the errors behind it) is its first
+    sentence and the first error of the summary.
 
     Example:
         >>> short_error(RuntimeError("Error(s) in loading state_dict:\n\tMissing key(s): 'bias'. "))
         "Error(s) in loading state_dict: Missing key(s): 'bias'."
+        >>> short_error(RuntimeError("shape '[7]' is invalid for input of size 6\n"
+        ...     "Exception raised from infer_size_impl at InferSize.h:99 (most recent call first):\n"
+        ...     "C++ CapturedTraceback:\n#4 c10::Error::Error(...) from libc10.so"))
+        "shape '[7]' is invalid for input of size 6"
     """
     text = _ANSI.sub("", str(exc))
     head, summary, rest = text.partition("## Exception summary")
     if summary:
         causes = [line.split(">: ", 1)[-1] for line in rest.splitlines() if line.startswith("<class ")]
         text = head.split(". ")[0] + (f": {causes[0]}" if causes else "")
-    text = " ".join(text.split()) or type(exc).__name__
+    text = " ".join(_without_frames(text).split()) or type(exc).__name__
     if len(text) <= SHORT_CHARS:
         return text
     sentences = text.split(". ")
@@ -72,6 +89,24 @@ def short_error(exc: BaseException) -> str:
             break
         kept += ". " + sentence
     return kept[: SHORT_CHARS - 4] + " ..."
+
+
+def _without_frames(text: str) -> str:
+    """``text`` less its stacks: from PyTorch's C++ frames to the end, and each quoted traceback's
+    header and frames (its last line, the exception and its reason, is kept). A line that only
+    repeats the reason of the line before it (TorchScript quotes the C++ error's text twice) goes too."""
+    kept: list[str] = []
+    frames = False
+    for line in text.splitlines():
+        if _CPP_FRAMES.match(line):
+            break
+        if _TRACEBACK.match(line):
+            frames = True
+        elif frames and _RAISED.match(line):
+            frames = False
+        if not frames and not (kept and line.strip() and kept[-1].endswith(": " + line.strip())):
+            kept.append(line)
+    return "\n".join(kept)
 
 
 def human_bytes(n: float) -> str:
