@@ -450,6 +450,27 @@ def run_cli(*args, cwd=None):
     return p.returncode, p.stdout, p.stderr
 
 
+# a user's layer whose message gives its reason on a second line
+PATCHIFY = """
+import torch.nn as nn
+
+
+class Patchify(nn.Module):
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        if h % 16 or w % 16:
+            raise ValueError(
+                "Patchify: the image cannot be cut into patches.\\n"
+                f"  {h}x{w} is not a multiple of 16: use {h // 16 * 16}x{w // 16 * 16}"
+            )
+        return x
+
+
+def net():
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), Patchify())
+"""
+
+
 def write(tmp_path, name, text):
     path = tmp_path / name
     path.write_text(textwrap.dedent(text))
@@ -469,6 +490,7 @@ def write(tmp_path, name, text):
         "factory_raises",
         "forward_fails",
         "add_mismatch",
+        "reason_on_second_line",
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, kind):
@@ -515,6 +537,7 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, kind):
                 "  - {type: conv2d, name: b, filters: 5, kernel_size: 1}\n  - {type: add, inputs: [a, b]}\n",
             )
         ],
+        "reason_on_second_line": [write(tmp_path, "p.py", PATCHIFY) + ":net", "--input", "3x60x60"],
     }[kind]
     code, out, err = run_cli("summary", *args)
     assert code == 2, (out, err)
@@ -533,11 +556,30 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, kind):
         "factory_raises": ["boom", "ValueError"],
         "forward_fails": ["'1'", "Linear"],
         "add_mismatch": ["4x8x8", "5x8x8"],
+        "reason_on_second_line": ["'1' (Patchify)", "cut into patches. 60x60 is not a multiple of 16: use 48x48;"],
     }[kind]
     for word in expect:
         if kind == "unknown_model" and word == "resnet50" and "resnet50" not in cnnkit.list_models():
             continue
         assert word in line, line
+
+
+def test_a_failure_in_16_bits_quotes_the_reason_on_its_second_line():
+    class Float32Only(nn.Module):
+        def forward(self, x):
+            if x.dtype != torch.float32:
+                raise TypeError(
+                    f"Float32Only: the FFT is taken in float32 only.\n  received {x.dtype}: cast the input with .float()"
+                )
+            return x
+
+    with pytest.raises(CnnkitError) as info:
+        cnnkit.summary(nn.Sequential(nn.Conv2d(3, 4, 3), Float32Only()), input_size=(3, 8, 8), dtype="float16")
+    assert str(info.value) == (
+        "Sequential does not run with its parameters and input in float16 (Float32Only: the FFT is taken in "
+        "float32 only. received torch.float16: cast the input with .float()), though it runs in float32: "
+        "analyse it with --dtype float32"
+    )
 
 
 def test_summary_table_matches_golden_file():

@@ -147,6 +147,20 @@ def test_saliency_vanilla_and_guided_against_autograd():
         saliency(net, x[0].detach(), method="smooth")
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_saliency_says_why_a_torchscript_part_refuses_the_image():
+    # TorchScript gives the reason on the last line of its message, after its own traceback
+    net = nn.Sequential(torch.jit.script(nn.Conv2d(3, 4, 3)), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    with pytest.raises(CnnkitError) as err:
+        saliency(net.eval(), torch.rand(4, 16, 16))
+    assert str(err.value) == (
+        "the model does not accept an input of shape (1, 4, 16, 16) (The following operation failed in the "
+        "TorchScript interpreter. RuntimeError: Given groups=1, weight of size [4, 3, 3, 3], expected "
+        "input[1, 4, 16, 16] to have 3 channels, but got 4 channels instead); resize the image to the size "
+        "the model was built for"
+    )
+
+
 # ----------------------------------------------------------------------------- feature maps, filters
 
 

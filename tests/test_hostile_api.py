@@ -101,6 +101,25 @@ def test_spec_concatenates_along_the_axis_given(tmp_path):
         build_from_spec({"input": "3x8x5", "layers": layers})
 
 
+def test_a_spec_layers_reason_on_its_second_line_is_quoted(monkeypatch):
+    # a stand-in for flatten: none of the layers a spec names gives its reason on a later line
+    from cnnkit.models import spec
+
+    class Pairs(torch.nn.Module):
+        def forward(self, x):
+            raise ValueError(
+                f"pairs cannot take this input.\n  its {x.shape[1]} channels are odd: give it an even number"
+            )
+
+    monkeypatch.setitem(spec._BUILDERS, "flatten", (lambda s: Pairs(), "flatten"))
+    with pytest.raises(CnnkitError) as exc:
+        spec.build_from_spec({"input": "3x8x8", "layers": ["flatten"]})
+    assert str(exc.value) == (
+        "layer flatten_1 (flatten) fails on input 3x8x8: pairs cannot take this input. its 3 channels are odd: "
+        "give it an even number; check its arguments"
+    )
+
+
 def test_conv_transpose_integer_padding_is_applied(tmp_path):
     s = cnnkit.summary(_spec(tmp_path, "  - {type: conv2d_transpose, filters: 4, kernel_size: 3, padding: 1}\n"))
     assert s.layers[-1]["output_shape"] == [4, 32, 32]  # padding 1 keeps 32 (it was ignored: 34)
@@ -239,6 +258,30 @@ def test_register_model_misuse():
             cnnkit.summary("hostile_returns_int")
     finally:
         _REGISTRY.pop("hostile_returns_int", None)
+
+
+def test_create_model_quotes_what_the_builders_type_error_expected():
+    from cnnkit.models._registry import _REGISTRY
+
+    @cnnkit.register_model("hostile_seeded", input_size=(1, 8, 8))
+    def hostile_seeded(num_classes=10, in_channels=1, generator=None):
+        net = torch.nn.Linear(in_channels * 64, num_classes)
+        with torch.no_grad():  # fixed random weights from the caller's generator
+            net.weight.copy_(torch.randn(num_classes, in_channels * 64, generator=generator))
+        return net
+
+    try:
+        with pytest.raises(CnnkitError) as exc:
+            cnnkit.create_model("hostile_seeded", generator=3)  # a seed where torch wants a torch.Generator
+    finally:
+        _REGISTRY.pop("hostile_seeded", None)
+    msg = str(exc.value)
+    # torch lists the signatures it takes on the lines after "but expected one of:"
+    assert "\n" not in msg and msg.startswith(
+        "model 'hostile_seeded' does not take these arguments: randn() received an invalid combination of "
+        "arguments - got (int, int, generator=int), but expected one of: * (tuple of ints size, *, "
+        "torch.Generator generator, "
+    )
 
 
 # ----------------------------------------------------------------------------- cnnkit.load

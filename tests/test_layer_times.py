@@ -165,7 +165,7 @@ def test_summary_time_names_a_failure_that_only_a_real_run_meets():
     class RealOnly(nn.Module):
         def forward(self, x):
             if x.device.type != "meta":
-                raise RuntimeError("this layer needs something the analysis does not\nsecond line")
+                raise RuntimeError("this layer takes positive values only.\n  some are <= 0: put a softplus before it")
             return x
 
     net = nn.Sequential(nn.Linear(8, 4), RealOnly())
@@ -174,5 +174,5 @@ def test_summary_time_names_a_failure_that_only_a_real_run_meets():
     msg = str(info.value)
     assert msg == (
         "the network failed when run for real while timing a training step at batch 2 (--time): "
-        "this layer needs something the analysis does not; run without --time"
+        "this layer takes positive values only. some are <= 0: put a softplus before it; run without --time"
     )

@@ -14,7 +14,7 @@ import torch.nn as nn
 from cnnkit.analysis import backend
 from cnnkit.analysis.textbook import textbook_memory
 from cnnkit.analysis.trace import trace
-from cnnkit.errors import CnnkitError, check_fits, is_out_of_memory, out_of_memory
+from cnnkit.errors import CnnkitError, check_fits, is_out_of_memory, out_of_memory, short_error
 from cnnkit.models.network import resolve_target
 from cnnkit.models.spec import parse_input_size
 
@@ -242,7 +242,7 @@ def _run_trace(model, shape, dtype, training, optimizer, ops, name, device):
         raise
     except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
         if dtype != torch.float32 and _runs_in_float32(model, shape, training, device):
-            line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            line = short_error(exc)
             dtype_name = str(dtype).removeprefix("torch.")
             raise CnnkitError(
                 f"{name} does not run with its parameters and input in {dtype_name} ({line}), though it runs in "
@@ -264,7 +264,7 @@ def _runs_in_float32(model, shape, training, device) -> bool:
 def _failure_message(model: nn.Module, shape, exc: Exception, name: str) -> str:
     """One line naming the layer where the forward failed, the shapes involved, and the fix."""
     layer = _failing_layer(model, shape)
-    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    msg = short_error(exc)
     where = f" at layer {layer[0]!r} ({layer[1]}) with input {layer[2]}" if layer else ""
     if layer and layer[3]:
         where += f" (it expects {layer[3]})"
@@ -412,7 +412,7 @@ def _time_layers(target, model, shape, dtype, optimizer, device, steps, peak, tr
     except (RuntimeError, ValueError, TypeError, MemoryError) as exc:
         if is_out_of_memory(exc):
             raise out_of_memory(f"timing {what}") from None
-        line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        line = short_error(exc)
         raise CnnkitError(
             f"the network failed when run for real while timing {what}: {line}; run without --time"
         ) from None

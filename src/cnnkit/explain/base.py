@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, short_error
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -34,9 +34,8 @@ def run_model(model: nn.Module, x: torch.Tensor):
     try:
         return model(x)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CnnkitError(
-            f"the model does not accept an input of shape {tuple(x.shape)} ({first}); "
+            f"the model does not accept an input of shape {tuple(x.shape)} ({short_error(exc)}); "
             f"resize the image to the size the model was built for"
         ) from None
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from cnnkit.errors import CnnkitError, is_out_of_memory, out_of_memory
+from cnnkit.errors import CnnkitError, is_out_of_memory, out_of_memory, short_error
 
 
 @dataclass(frozen=True)
@@ -192,8 +192,7 @@ def create_model(
     try:
         model = info.builder(**kwargs)
     except TypeError as exc:
-        text = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__  # torch appends C++ frames
-        raise CnnkitError(f"model {name!r} does not take these arguments: {text}") from None
+        raise CnnkitError(f"model {name!r} does not take these arguments: {short_error(exc)}") from None
     except (MemoryError, RuntimeError) as exc:
         if not is_out_of_memory(exc):
             raise

@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cnnkit import layers as L
-from cnnkit.errors import CnnkitError, check_fits
+from cnnkit.errors import CnnkitError, check_fits, short_error
 from cnnkit.layers.act import LEAKY_RELU_SLOPE
 from cnnkit.layers.padding import _ntuple
 from cnnkit.models.meta import on_meta
@@ -642,7 +642,7 @@ def _infer_shape(module, kind, name, in_shapes) -> tuple[int, ...]:
             y = _meta_forward(module, xs)
             module.train()
     except Exception as exc:  # noqa: BLE001 -- turned into one line naming the layer
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        detail = short_error(exc)
         ks = getattr(module, "kernel_size", None)
         hint = (
             (
