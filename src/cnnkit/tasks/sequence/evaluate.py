@@ -10,7 +10,7 @@ from cnnkit.data.series import SeriesSet, read_series
 from cnnkit.engine.runfolder import resolve, stored_config
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.sequence.config import SequenceConfig
-from cnnkit.tasks.sequence.data import load_splits
+from cnnkit.tasks.sequence.data import check_lengths, load_splits
 from cnnkit.tasks.sequence.load import load_sequence, znormalised
 
 
@@ -126,19 +126,3 @@ def evaluate_run(path, split: str = "test", data: str | None = None, data_dir: s
     if sets[split] is None:
         raise CnnkitError(f"the run {path} has no {split} split (data {cfg.data}); evaluate on a file with --data FILE")
     return {**evaluate(model, sets[split]), "split": split, "data": cfg.data, "classes": model.classes}
-
-
-def check_lengths(data, path):
-    """``data`` as it is, when every series has at least 2 samples, as training requires (one sample
-    is no shape: z-normalised, it is 0).
-
-    Raises:
-        CnnkitError: the first shorter series, named by its number in the file.
-    """
-    short = (data.lengths < 2).nonzero().flatten().tolist()
-    if short:
-        raise CnnkitError(
-            f"{path}: series {short[0] + 1} has {int(data.lengths[short[0]])} sample; a series needs at least 2 "
-            "(as in training); remove it or give its values"
-        )
-    return data

@@ -8,7 +8,8 @@ import torch.nn as nn
 
 from cnnkit.data.series import read_series
 from cnnkit.errors import CnnkitError, CnnkitWarning
-from cnnkit.tasks.sequence.evaluate import check_lengths, predict_proba
+from cnnkit.tasks.sequence.data import check_lengths
+from cnnkit.tasks.sequence.evaluate import predict_proba
 from cnnkit.tasks.sequence.load import znormalised
 
 
