@@ -58,3 +58,40 @@ def check_lengths(data: SeriesSet, path) -> SeriesSet:
             "(as in training); remove it or give its values"
         )
     return data
+
+
+def check_run_data(train: SeriesSet, info: dict, data: str, run) -> None:
+    """Refuse a run's data that no longer is what the run trained on: the classes of its TRAIN file
+    and the channels and length of its series must be those the run's network was built for
+    (``info``: the run's model metadata, ``classes`` and ``input_size``). Resuming on other data
+    would mix two data sets in one network, and scoring the run's splits of it would index its
+    classes by another file's labels.
+
+    Args:
+        train: the run's training split as read now (its padded length is TRAIN's longest series).
+        info: the run's model metadata.
+        data: the run's ``--data``, named in the message.
+        run: the run folder, named in the message.
+
+    Raises:
+        CnnkitError: naming what differs, the run's value and the data's.
+    """
+    now = {"classes": list(train.classes), "input_size": [train.channels, train.length]}
+    was = {"classes": info.get("classes"), "input_size": info.get("input_size")}
+    differ = []
+    if now["classes"] != was["classes"]:
+        differ.append(f"classes {_listed(now['classes'])} (the run's: {_listed(was['classes'])})")
+    if now["input_size"] != was["input_size"]:
+        shown = "x".join(map(str, was["input_size"])) if isinstance(was["input_size"], list) else "unknown"
+        differ.append(f"series of {train.channels}x{train.length} (channels x length; the run's: {shown})")
+    if differ:
+        raise CnnkitError(
+            f"{data} is not the data the run in {run} trained on: {'; '.join(differ)}; put back the data it "
+            "trained on, or start a new run in another --out (eval: score the file as it is with --data FILE)"
+        )
+
+
+def _listed(classes) -> str:
+    if not isinstance(classes, list):
+        return "unknown"
+    return ", ".join(map(str, classes[:6])) + (", ..." if len(classes) > 6 else "")

@@ -10,7 +10,7 @@ from cnnkit.data.series import SeriesSet, read_series
 from cnnkit.engine.runfolder import resolve, stored_config
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.sequence.config import SequenceConfig
-from cnnkit.tasks.sequence.data import check_lengths, load_splits
+from cnnkit.tasks.sequence.data import check_lengths, check_run_data, load_splits
 from cnnkit.tasks.sequence.load import load_sequence, znormalised
 
 
@@ -107,8 +107,9 @@ def evaluate_run(path, split: str = "test", data: str | None = None, data_dir: s
         :func:`evaluate`'s dict plus ``split``, ``data`` and ``classes``.
 
     Raises:
-        CnnkitError: not a sequence run, an unknown split, a split the run does not have, or data
-            that cannot be found or read.
+        CnnkitError: not a sequence run, an unknown split, a split the run does not have, data
+            that cannot be found or read, or the run's data changed since it trained (other classes,
+            channels or length).
 
     Example:
         >>> evaluate_run("runs/gunpoint")["error"]    # doctest: +SKIP
@@ -123,6 +124,7 @@ def evaluate_run(path, split: str = "test", data: str | None = None, data_dir: s
     if data_dir is not None:
         cfg.data_dir = data_dir
     sets = dict(zip(("train", "val", "test"), load_splits(cfg)))
+    check_run_data(sets["train"], model.info, cfg.data, resolve(path).parent)  # the splits the run scored
     if sets[split] is None:
         raise CnnkitError(f"the run {path} has no {split} split (data {cfg.data}); evaluate on a file with --data FILE")
     return {**evaluate(model, sets[split]), "split": split, "data": cfg.data, "classes": model.classes}

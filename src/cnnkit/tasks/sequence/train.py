@@ -13,10 +13,17 @@ import torch.nn as nn
 from cnnkit.engine import Data, fit_run, single_phase_plan
 from cnnkit.engine.config import use_threads
 from cnnkit.engine.distributed import distributed, launched
-from cnnkit.engine.runfolder import MODEL_FILE, RESUME_FILE, check_new_run, resumed_config, with_free_settings
+from cnnkit.engine.runfolder import (
+    MODEL_FILE,
+    RESUME_FILE,
+    check_new_run,
+    read_info,
+    resumed_config,
+    with_free_settings,
+)
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.sequence.config import FITTED, SequenceConfig
-from cnnkit.tasks.sequence.data import load_splits
+from cnnkit.tasks.sequence.data import check_run_data, load_splits
 from cnnkit.tasks.sequence.evaluate import evaluate
 from cnnkit.tasks.sequence.load import build_model, load_sequence, save_ensemble
 from cnnkit.tasks.sequence.task import SequenceTask
@@ -79,8 +86,8 @@ def train(cfg: SequenceConfig, out=None, resume: bool = False, quiet: bool = Fal
         A :class:`SequenceResult`.
 
     Raises:
-        CnnkitError: a bad setting, data that cannot be found or read, a diverging loss, or nothing
-            to resume in ``out``.
+        CnnkitError: a bad setting, data that cannot be found or read, a diverging loss, nothing
+            to resume in ``out``, or data that is not what the resumed run trained on.
 
     Example:
         >>> r = train(SequenceConfig(data="ucr:GunPoint"), "runs/gunpoint")   # doctest: +SKIP
@@ -105,6 +112,10 @@ def train(cfg: SequenceConfig, out=None, resume: bool = False, quiet: bool = Fal
         _check_fitted(cfg)
     use_threads(cfg.threads if cfg.threads is not None else (0 if cfg.model in FITTED else 1))
     train_set, val_set, test_set = load_splits(cfg)
+    if resume:  # the data the run's network was built for: other data would be a second data set in one run
+        made = next((f for f in (Path(out) / MODEL_FILE, Path(out) / "member0" / MODEL_FILE) if f.is_file()), None)
+        if made is not None:  # none yet: a run stopped before its first model file
+            check_run_data(train_set, read_info(made), cfg.data, out)
     present = sorted(set(train_set.labels.tolist()))
     if len(present) < 2:  # one class: every answer would be that class, at p=1
         shown = ", ".join(train_set.classes[i] for i in present if i >= 0) or "none"

@@ -1,0 +1,114 @@
+"""Audit of sequence and video input: series of one sample, a run's data changed under it (eval and
+--resume), a clip folder changed under a frame-prediction run, and clips larger than memory. Each bad
+input is one line (exit 2) and leaves the run folder as it was."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from cnnkit.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+FAST = ["--threads", "1", "--quiet"]
+FCN = ["--model", "fcn1d", "--steps", "2", "--epochs", "1"]
+
+
+def _error(capsys, argv) -> str:
+    """The one line a refused command prints (exit 2, no traceback)."""
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def _digest(folder) -> dict:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def _series_file(path, rows: int = 12, length: int = 16, classes=(0, 1), seed: int = 0):
+    rng = np.random.default_rng(seed)
+    lines = []
+    for i in range(rows):
+        label = classes[i % len(classes)]
+        x = np.sin(np.linspace(0, 3 + 2 * (i % len(classes)), length)) + 0.1 * rng.normal(size=length)
+        lines.append("\t".join([str(label), *(f"{v:.5f}" for v in x)]))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# --- a series of one sample: refused by training, as eval --data and predict refuse it ---------------
+
+
+def test_training_refuses_a_series_of_one_sample(tmp_path, capsys):
+    data = _series_file(tmp_path / "short_TRAIN.tsv")
+    lines = data.read_text().splitlines()
+    lines[3] = lines[3].split("\t")[0] + "\t0.5" + "\tNaN" * 15  # series 4: one sample, NaN-padded
+    data.write_text("\n".join(lines) + "\n")
+    run = tmp_path / "run"
+    err = _error(capsys, ["sequence", "train", "--data", str(data), *FCN, "--out", str(run), *FAST])
+    assert "short_TRAIN.tsv: series 4 has 1 sample; a series needs at least 2" in err
+    assert not run.exists()
+
+
+def test_a_run_scores_its_test_file_as_eval_data_scores_it(tmp_path, capsys):
+    data = _series_file(tmp_path / "toy_TRAIN.tsv")
+    test = _series_file(tmp_path / "toy_TEST.tsv", rows=4, seed=1)
+    run = tmp_path / "run"
+    assert main(["sequence", "train", "--data", str(data), *FCN, "--out", str(run), *FAST]) == 0
+    test.write_text(test.read_text() + "1\t0.25" + "\tNaN" * 15 + "\n")  # a fifth series of one sample
+    for argv in (["sequence", "eval", str(run)], ["sequence", "eval", str(run), "--data", str(test)]):
+        assert "toy_TEST.tsv: series 5 has 1 sample" in _error(capsys, argv)
+    before = _digest(tmp_path)
+    err = _error(capsys, ["sequence", "train", "--data", str(data), *FCN, "--out", str(tmp_path / "b"), *FAST])
+    assert "toy_TEST.tsv: series 5 has 1 sample" in err
+    assert _digest(tmp_path) == before
+
+
+# --- a sequence run's data changed since it trained -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "classes, shown",
+    [((0, 1, 2), "classes 0, 1, 2 (the run's: 0, 1)"), ((1, 2), "classes 1, 2 (the run's: 0, 1)")],
+    ids=["a class added", "classes renamed"],
+)
+def test_eval_refuses_a_run_whose_training_file_has_other_classes(tmp_path, capsys, classes, shown):
+    data = _series_file(tmp_path / "toy_TRAIN.tsv")
+    run = tmp_path / "run"
+    assert main(["sequence", "train", "--data", str(data), *FCN, "--out", str(run), *FAST]) == 0
+    capsys.readouterr()
+    assert main(["sequence", "eval", str(run), "--split", "val", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["series"] == 2  # one of each class held out
+    _series_file(data, classes=classes)
+    err = _error(capsys, ["sequence", "eval", str(run), "--split", "val"])
+    assert f"toy_TRAIN.tsv is not the data the run in {run} trained on: {shown}" in err
+
+
+def test_resume_refuses_data_other_than_the_runs(tmp_path, capsys):
+    data = _series_file(tmp_path / "toy_TRAIN.tsv")
+    run = tmp_path / "run"
+    argv = ["sequence", "train", "--data", str(data), "--model", "fcn1d", "--steps", "6", "--epochs", "3"]
+    assert main([*argv, "--minutes", "0.00001", "--out", str(run), *FAST]) == 0  # stopped after epoch 1
+    assert len((run / "metrics.csv").read_text().splitlines()) == 2
+    kept = data.read_text()
+    before = _digest(run)
+    resume = ["sequence", "train", "--resume", "--minutes", "0", "--out", str(run), *FAST]
+    for length, classes, shown in (
+        (20, (0, 1), "series of 1x20 (channels x length; the run's: 1x16)"),
+        (16, (0, 1, 2), "classes 0, 1, 2 (the run's: 0, 1)"),
+    ):
+        _series_file(data, rows=15, length=length, classes=classes)
+        err = _error(capsys, resume)
+        assert f"toy_TRAIN.tsv is not the data the run in {run} trained on: {shown}" in err
+        assert _digest(run) == before
+    data.write_text(kept)  # the run's own data back: it trains on to its last epoch
+    assert main(resume) == 0
+    assert [r.split(",")[0] for r in (run / "metrics.csv").read_text().splitlines()[1:]] == ["1", "2", "3"]
