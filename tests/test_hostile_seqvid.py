@@ -112,3 +112,42 @@ def test_resume_refuses_data_other_than_the_runs(tmp_path, capsys):
     data.write_text(kept)  # the run's own data back: it trains on to its last epoch
     assert main(resume) == 0
     assert [r.split(",")[0] for r in (run / "metrics.csv").read_text().splitlines()[1:]] == ["1", "2", "3"]
+
+
+# --- a frame-prediction run on a folder keeps its own clips ------------------------------------------
+
+
+def test_a_folder_runs_eval_and_resume_keep_the_runs_own_clips(tmp_path, capsys):
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for i in range(6):
+        clip = np.random.default_rng(i).integers(0, 256, (4, 16, 16), dtype=np.uint8)
+        np.save(folder / f"c{i}.npy", clip)
+    run = tmp_path / "run"
+    argv = ["video-predict", "train", "--data", str(folder), "--frames", "2", "--size", "16", "--batch-size", "2"]
+    assert main([*argv, "--epochs", "3", "--minutes", "0.00001", "--out", str(run), *FAST]) == 0  # epoch 1 of 3
+    split = json.loads((run / "split.json").read_text())
+    assert {k: len(v) for k, v in split.items()} == {"train": 4, "val": 1, "test": 1}
+    assert sorted(sum(split.values(), [])) == [f"c{i}.npy" for i in range(6)]
+
+    def scores(part):
+        capsys.readouterr()
+        assert main(["video-predict", "eval", str(run), "--split", part, "--format", "json"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    before = {part: scores(part) for part in ("val", "test")}
+    for i in range(6, 30):  # clips added after training, and a file that is no clip
+        np.save(folder / f"c{i}.npy", np.full((4, 16, 16), 255, dtype=np.uint8))
+    (folder / "notes.txt").write_text("not a clip")
+    assert {part: scores(part) for part in ("val", "test")} == before
+
+    gone = folder / split["train"][0]
+    gone.rename(tmp_path / "kept.npy")
+    kept = _digest(run)
+    resume = ["video-predict", "train", "--resume", "--minutes", "0", "--out", str(run), *FAST]
+    assert f"no clip {gone}; the run's split.json names it" in _error(capsys, resume)
+    assert _digest(run) == kept
+    (tmp_path / "kept.npy").rename(gone)
+    assert main(resume) == 0
+    assert len((run / "metrics.csv").read_text().splitlines()) == 4
+    assert json.loads((run / "split.json").read_text()) == split

@@ -170,11 +170,12 @@ def is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
-def gone_from_split(paths: list) -> CnnkitError:
-    """The error for images a run's split.json names that are no longer in the data folder."""
+def gone_from_split(paths: list, what: str = "image") -> CnnkitError:
+    """The error for images (or another ``what``: clips) a run's split.json names that are no longer
+    in the data folder."""
     more = f" (and {len(paths) - 1} more)" if len(paths) > 1 else ""
     return CnnkitError(
-        f"no image {paths[0]}{more}; the run's split.json names it: put it back, or train a new run on the folder as it is"
+        f"no {what} {paths[0]}{more}; the run's split.json names it: put it back, or train a new run on the folder as it is"
     )
 
 

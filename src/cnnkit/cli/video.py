@@ -53,7 +53,7 @@ def register(subparsers) -> None:
         "train",
         help="train a frame predictor (default data: Moving MNIST)",
         description="Train through the shared engine; the run folder holds model.safetensors, "
-        "resume.safetensors, metrics.csv, curves.png and config.yaml.",
+        "resume.safetensors, metrics.csv, curves.png and config.yaml, and split.json for a folder of clips.",
     )
     add_config_arguments(t, PredictConfig)
     add_run_arguments(t, "runs/video-predict-<time>")

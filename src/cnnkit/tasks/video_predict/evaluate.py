@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from cnnkit.engine.runfolder import resolve
+from cnnkit.engine.runfolder import read_split, resolve
 from cnnkit.metrics.video import VideoPredictionMeter
 from cnnkit.tasks.video.data import clip_batch
 from cnnkit.tasks.video.evaluate import eval_config
@@ -65,7 +65,8 @@ def evaluate_run(path, split: str = "test", data_dir: str | None = None, clips: 
     model = load_predictor(path)
     cfg = eval_config(model, PredictConfig, split, data_dir, clips, resolve(path))
     cfg.clips, cfg.val_clips = 1, max(cfg.val_clips, 1)
-    _, val, test = load_splits(cfg)
+    own = read_split(resolve(path), ("train", "val", "test")) if cfg.data != "moving_mnist" else None
+    _, val, test = load_splits(cfg, own)  # a folder run's own clips (its split.json), where it has one
     out = evaluate(model, test if split == "test" else val, cfg.frames)
     return {**out, "split": split, "data": cfg.data}
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from cnnkit.engine.config import use_threads
+from cnnkit.engine.distributed import launched
+from cnnkit.engine.runfolder import SPLIT_FILE, atomic_write_bytes, read_split
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.video_predict.config import PredictConfig
-from cnnkit.tasks.video_predict.data import load_splits
+from cnnkit.tasks.video_predict.data import load_splits, split_names
 from cnnkit.tasks.video_predict.evaluate import evaluate
 from cnnkit.tasks.video_predict.load import build_model
 from cnnkit.tasks.video_predict.task import PredictTask
@@ -23,7 +28,9 @@ def train(
     """Train a frame predictor by ``cfg`` into the run folder ``out``: what ``cnnkit video-predict train`` runs.
 
     Moving MNIST training clips are new every epoch; validation clips come from held-out training
-    digits (a folder: 10% of its clips); the final model is scored once on the test clips.
+    digits (a folder: 10% of its clips); the final model is scored once on the test clips. A folder
+    run keeps the names of each part's clips in ``split.json``, which ``resume`` and eval read, so
+    clips added to the folder later never enter its validation or test part.
 
     Args:
         cfg: the settings.
@@ -51,7 +58,9 @@ def train(
     from cnnkit.engine import Data, fit_run, single_phase_plan
 
     use_threads(cfg.threads)
-    train_set, val_set, test_set = load_splits(cfg)
+    folder = cfg.data != "moving_mnist"
+    own = read_split(out, ("train", "val", "test")) if resume and folder and out is not None else None
+    train_set, val_set, test_set = load_splits(cfg, own)  # on resume: the run's own clips
     if cfg.data != "moving_mnist":  # the folder's clips, every split's, checked before any training
         train_set.clips.check()
     if len(train_set) < cfg.batch_size:
@@ -68,6 +77,14 @@ def train(
     )
 
     plan = single_phase_plan(cfg, lambda m: m.net)
+    split = split_names((train_set, val_set, test_set)) if folder else None
+
+    def epoch_end(epoch: int, row: dict) -> None:  # split.json beside the engine's files, once it has written them
+        if split is not None and out is not None and launched()[0] == 0 and not (Path(out) / SPLIT_FILE).is_file():
+            atomic_write_bytes(Path(out) / SPLIT_FILE, json.dumps(split, indent=1).encode())
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, row)
+
     result = fit_run(
         task,
         model,
@@ -79,7 +96,7 @@ def train(
         resume=resume,
         quiet=quiet,
         device=device,
-        on_epoch_end=on_epoch_end,
+        on_epoch_end=epoch_end,
     )
     result.test = evaluate(result.model, test_set, cfg.frames)
     return result
