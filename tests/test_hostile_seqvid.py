@@ -151,3 +151,19 @@ def test_a_folder_runs_eval_and_resume_keep_the_runs_own_clips(tmp_path, capsys)
     assert main(resume) == 0
     assert len((run / "metrics.csv").read_text().splitlines()) == 4
     assert json.loads((run / "split.json").read_text()) == split
+
+
+# --- a clip larger than the memory available --------------------------------------------------------
+
+
+def test_a_clip_larger_than_memory_is_refused_before_it_is_copied(tmp_path, monkeypatch):
+    from cnnkit.data.video import VideoClips
+    from cnnkit.errors import CnnkitError
+
+    path = tmp_path / "big.npy"
+    np.save(path, np.zeros((64, 1, 256, 256), dtype=np.uint8))  # 4 MiB on disk, 16 MiB as float32
+    monkeypatch.setattr("cnnkit.errors.memory_available", lambda: 1 << 20)  # 1 MiB free
+    with pytest.raises(CnnkitError, match=r"big.npy \(64x1x256x256 uint8 values, read as float32\) needs 16"):
+        VideoClips(tmp_path, clips=[path])[0]
+    two = VideoClips(tmp_path, clips=[path], num_frames=2)[0]  # 512 KiB: only the frames used are copied
+    assert two.shape == (2, 1, 256, 256)

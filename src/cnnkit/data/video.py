@@ -51,7 +51,7 @@ from torch.utils.data import Dataset
 
 from cnnkit.data.datasets import load_dataset
 from cnnkit.data.images import read_image
-from cnnkit.errors import CnnkitError, human_bytes, memory_available, not_a_file, short_error
+from cnnkit.errors import CnnkitError, check_fits, human_bytes, memory_available, not_a_file, short_error
 
 TEST_SEED = 2015  # the fixed seed of the 10,000-clip test set
 TEST_SIZE = 10_000  # clips in the test set, as the released file
@@ -298,7 +298,8 @@ class VideoClips(Dataset):
 
     Raises:
         CnnkitError: naming the file: no clips, an entry that is neither, an array of the wrong
-            shape, dtype or range, an unreadable or damaged file, frames of different sizes.
+            shape, dtype or range or larger than the memory available, an unreadable or damaged
+            file, frames of different sizes.
     """
 
     def __init__(
@@ -415,6 +416,8 @@ class VideoClips(Dataset):
             )
         if self.num_frames is not None:
             arr = arr[: self.num_frames]  # read only what is used
+        # the map costs nothing; its float32 copy is the clip's whole size, refused before it is made
+        check_fits(arr.size * 4, f"{path} ({'x'.join(map(str, arr.shape))} {arr.dtype} values, read as float32)")
         x = torch.from_numpy(np.array(arr, dtype=np.float32))  # copies off the map
         if arr.dtype == np.uint8:
             return x.div_(255)
