@@ -179,7 +179,8 @@ def check(name: str, model, path: Path, work: Path, raw: bool, f64: bool = False
                 with torch.no_grad():
                     ours64 = clf.double()(x.double()).numpy()
                     # the bare network on Keras' own input: the conversion alone, without the run's
-                    # input normalisation (its mean and std are float32 buffers: 1/255 rounded)
+                    # input normalisation (it divides the float64 images by 1/255, where Keras is given
+                    # the images times 255 rounded to float32)
                     net64 = clf.net(torch.from_numpy(xk).double().movedim(-1, 1)).numpy()
                 row["f64_max_abs_diff"] = float(np.abs(ours64 - wide).max())
                 row["f64_net_max_abs_diff"] = float(np.abs(net64 - wide).max())
