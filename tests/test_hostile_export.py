@@ -279,6 +279,66 @@ def test_convert_refuses_a_huge_layer_output(capsys, tmp_path):
     _refused(capsys, ["convert", str(path), "--out", str(tmp_path / "run")], "'up'", "values per example")
 
 
+def _functional() -> dict:
+    """``_config()``'s layers as a Keras 3 functional model: each layer's call names its input tensor."""
+    layers = [dict(layer) for layer in _config()["config"]["layers"]]
+    for prev, layer in zip(layers, layers[1:]):
+        tensor = {"class_name": "__keras_tensor__", "config": {"keras_history": [prev["config"]["name"], 0, 0]}}
+        layer["inbound_nodes"] = [{"args": [tensor], "kwargs": {}}]
+    return {
+        "class_name": "Functional",
+        "config": {"name": "f", "layers": layers, "input_layers": [["in", 0, 0]], "output_layers": [["fc", 0, 0]]},
+    }
+
+
+def _edited(edit) -> dict:
+    config = _functional()
+    edit(config["config"])
+    return config
+
+
+def _deep(config: dict) -> None:
+    nested: list = []
+    for _ in range(900):
+        nested = [nested]
+    config["layers"][1]["config"]["note"] = nested
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (lambda c: None, None),  # the file as written converts
+        (lambda c: c["layers"][1]["inbound_nodes"][0]["args"][0].update(config={}), ("'conv'", "keras_history")),
+        (
+            lambda c: c["layers"][2]["inbound_nodes"][0]["args"][0]["config"].update(keras_history=["conv", "x", 0]),
+            ("'gap'", "keras_history"),
+        ),  # fmt: skip
+        (lambda c: c.update(output_layers=[1.5]), ("input or output", "1.5")),
+        (lambda c: c.update(input_layers={"a": {"b": 1}}), ("input or output",)),
+        (lambda c: c["layers"][0]["config"].update(batch_shape=5), ("batch_shape", "not a list")),
+        (lambda c: c["layers"][1]["config"].update(dilation_rate=[0, 1]), ("'conv'", "dilation_rate", "positive")),
+        (_deep, ("nests", "100 deep")),
+    ],
+)
+def test_convert_refuses_a_malformed_graph_in_one_line(capsys, tmp_path, edit, words):
+    """An edited config where the graph is described (a call's tensor, the model's inputs and outputs, the
+    input shape, a dilation of 0 that builds but fails at the first call, nesting deep enough to exhaust
+    Python's stack) is one line naming what is wrong, not a traceback."""
+    path = keras_file(tmp_path, "f.keras", config=_edited(edit))
+    if words is None:
+        assert main(["convert", str(path), "--out", str(tmp_path / "run")]) == 0, capsys.readouterr().err
+        return
+    _refused(capsys, ["convert", str(path), "--out", str(tmp_path / "run")], *words)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_sequential_of_its_input_alone_is_refused_as_no_classifier(capsys, tmp_path):
+    config = _config()
+    config["config"]["layers"] = config["config"]["layers"][:1]
+    path = keras_file(tmp_path, "id.keras", config=config)
+    _refused(capsys, ["convert", str(path), "--out", str(tmp_path / "run")], "(N, classes)", "(1, 3, 16, 16)")
+
+
 # ----------------------------------------------------------------------------- serve
 
 

@@ -57,6 +57,7 @@ from cnnkit.layers.pool_same import (
 PROBE_SIDE = 224  # a spatial size the file leaves open (None) is taken as this
 MAX_CONFIG_BYTES = 64 << 20
 MAX_LAYERS = 10_000
+MAX_NESTING = 100  # JSON levels of a model config (Keras' own: about 10, and 4 more per nested model)
 MAX_WEIGHTS = 1 << 30  # weight values a network built from a config may hold (4 GB of float32)
 MAX_ACTIVATION = 1 << 27  # values of one layer's output on one example (512 MB of float32)
 # what the layers being built may still allocate: [weight values left, why that is the limit]
@@ -637,10 +638,12 @@ class _Layer:
     children: list = field(default_factory=list)  # a nested model's records
 
 
-def _ints(v, n: int, what: str) -> tuple[int, ...]:
+def _ints(v, n: int, what: str, positive: bool = False) -> tuple[int, ...]:
+    """``n`` non-negative integers (one integer: ``n`` times), ``positive`` ones for the sizes of a kernel,
+    stride, dilation or pool window (the meta device builds a dilation of 0 that fails at the first call)."""
     v = [v] * n if isinstance(v, int) else list(v)
-    if len(v) != n or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v):
-        raise CnnkitError(f"{what} must be {n} non-negative integers. Received: {v!r}")
+    if len(v) != n or not all(isinstance(i, int) and not isinstance(i, bool) and i >= positive for i in v):
+        raise CnnkitError(f"{what} must be {n} {'positive' if positive else 'non-negative'} integers. Received: {v!r}")
     return tuple(v)
 
 
@@ -677,9 +680,10 @@ def _conv(cfg: dict, shape: tuple[int, ...], n: int, kind: str) -> _Layer:
     causal = kind in ("Conv1D", "SeparableConv1D") and cfg.get("padding") == "causal"
     if cfg.get("padding") not in ("valid", "same") and not causal:
         raise CnnkitError(f"{kind} {cfg.get('name')!r} has padding={cfg.get('padding')!r}; 'valid' and 'same' are read")
-    c_in = shape[0]
-    k, s = _ints(cfg["kernel_size"], n, "kernel_size"), _ints(cfg.get("strides", 1), n, "strides")
-    d = _ints(cfg.get("dilation_rate", 1), n, "dilation_rate")
+    c_in, layer = shape[0], f"{kind} {cfg.get('name')!r}"
+    k = _ints(cfg["kernel_size"], n, f"{layer}: kernel_size", True)
+    s = _ints(cfg.get("strides", 1), n, f"{layer}: strides", True)
+    d = _ints(cfg.get("dilation_rate", 1), n, f"{layer}: dilation_rate", True)
     bias = bool(cfg.get("use_bias", True))
     if kind.endswith("Transpose"):
         return _transpose(cfg, shape, n, kind, k, s, d, bias)
@@ -719,8 +723,8 @@ def _transpose(cfg: dict, shape, n: int, kind: str, k, s, d, bias: bool) -> _Lay
 
 def _pool(cfg: dict, shape: tuple[int, ...], n: int, kind: str) -> _Layer:
     _check_channels_last(cfg, kind)
-    k = _ints(cfg.get("pool_size", 2), n, "pool_size")
-    s = _ints(cfg.get("strides") or k, n, "strides")
+    k = _ints(cfg.get("pool_size", 2), n, f"{kind} {cfg.get('name')!r}: pool_size", True)
+    s = _ints(cfg.get("strides") or k, n, f"{kind} {cfg.get('name')!r}: strides", True)
     is_max = kind.startswith("Max")
     if cfg.get("padding", "valid") == "same":
         m = {
@@ -954,7 +958,7 @@ def _upsampling(cfg: dict, shape) -> _Layer:
     mode = cfg.get("interpolation", "nearest")
     if mode not in ("nearest", "bilinear"):
         raise CnnkitError(f"UpSampling2D {cfg.get('name')!r} has interpolation={mode!r}; nearest and bilinear are read")
-    m = UpSampling2D(_ints(cfg.get("size", 2), 2, "size"), mode)
+    m = UpSampling2D(_ints(cfg.get("size", 2), 2, f"UpSampling2D {cfg.get('name')!r}: size", True), mode)
     return _Layer(m, _probe(m, shape))
 
 
@@ -1453,12 +1457,19 @@ def _refuse(kind: str, name: str) -> CnnkitError:
     )
 
 
-def _input_shape(cfg: dict) -> tuple | None:
+def _input_shape(cfg) -> tuple | None:
     """The Keras input shape (no batch) stated by an InputLayer's or a first layer's config."""
     for key in ("batch_shape", "batch_input_shape"):
-        if cfg.get(key) is not None:
-            return tuple(cfg[key][1:])
+        if isinstance(cfg, dict) and cfg.get(key) is not None:
+            return _after_batch(cfg[key], key)
     return None
+
+
+def _after_batch(shape, key: str) -> tuple:
+    """A shape with its batch axis (``[None, 28, 28, 1]``) as the sizes after it: ``(28, 28, 1)``."""
+    if not isinstance(shape, (list, tuple)) or not shape:
+        raise CnnkitError(f"the config's {key} is {str(shape)[:60]}, not a list of sizes; the config is malformed")
+    return tuple(shape[1:])
 
 
 def _channels_first(keras_shape, where: str) -> tuple[int, ...]:
@@ -1497,14 +1508,26 @@ def _history(x) -> list[tuple[str, int]]:
     """
     if isinstance(x, dict):
         if x.get("class_name") == "__keras_tensor__":
-            h = x["config"]["keras_history"]
-            return [(str(h[0]), int(h[1]))]
+            h = x["config"].get("keras_history") if isinstance(x.get("config"), dict) else None
+            if not _is_reference(h):
+                raise CnnkitError(f"a tensor's keras_history is {str(h)[:60]}, not [layer, node, tensor]")
+            return [(h[0], h[1])]
         return [t for v in x.values() for t in _history(v)]
     if isinstance(x, list):
-        if len(x) >= 3 and isinstance(x[0], str) and isinstance(x[1], int) and isinstance(x[2], int):
+        if _is_reference(x):
             return [(x[0], x[1])]
         return [t for v in x for t in _history(v)]
     return []
+
+
+def _is_reference(x) -> bool:
+    """Whether ``x`` names a tensor as Keras does: ``[layer name, node index, tensor index, ...]``."""
+    return (
+        isinstance(x, list)
+        and len(x) >= 3
+        and isinstance(x[0], str)
+        and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in x[1:3])
+    )
 
 
 def _node_inputs(node) -> list[tuple[str, int]]:
@@ -1521,7 +1544,13 @@ def _endpoints(spec) -> list[tuple[str, int]]:
         spec = [spec]
     if not isinstance(spec, list) or not spec:
         raise CnnkitError("the model's config names no inputs or outputs")
-    return [(str(s[0]), int(s[1])) for s in spec]
+    bad = [s for s in spec if not _is_reference(s)]
+    if bad:
+        raise CnnkitError(
+            f"the model's config names an input or output as {str(bad[0])[:60]}, not [layer, node, tensor]; "
+            "the config is malformed"
+        )
+    return [(s[0], s[1]) for s in spec]
 
 
 def _build_model(
@@ -1593,10 +1622,11 @@ def _build_sequential(name, cfg, layers, input_shapes, depth):
         first = layers[0] if layers and isinstance(layers[0], dict) else {}
         keras_shape = _input_shape(first.get("config") or {})
         if keras_shape is None and cfg.get("build_input_shape"):
-            keras_shape = tuple(cfg["build_input_shape"][1:])
+            keras_shape = _after_batch(cfg["build_input_shape"], "build_input_shape")
         if keras_shape is None:
-            build = first.get("build_config") or {}
-            keras_shape = tuple(build["input_shape"][1:]) if build.get("input_shape") else None
+            build = first.get("build_config")
+            build = build if isinstance(build, dict) else {}
+            keras_shape = _after_batch(build["input_shape"], "input_shape") if build.get("input_shape") else None
         if keras_shape is None:
             raise CnnkitError(
                 f"the Sequential model {name!r} states no input shape; build it in Keras "
@@ -1654,7 +1684,10 @@ def _build_functional(name, cfg, layers, input_shapes, depth):
         if not isinstance(calls, list):
             raise CnnkitError(f"layer {lname!r} has malformed inbound_nodes")
         for idx, node in enumerate(calls):
-            args = [f"{child_of.get(n, n)}:{k}" for n, k in _node_inputs(node)]
+            try:
+                args = [f"{child_of.get(n, n)}:{k}" for n, k in _node_inputs(node)]
+            except CnnkitError as exc:
+                raise CnnkitError(f"layer {lname!r} has malformed inbound_nodes: {exc}") from None
             if not args:
                 raise CnnkitError(f"layer {lname!r} is called on no tensor; the config is malformed")
             constants = _constants(node)
@@ -1982,9 +2015,27 @@ def build_from_keras_config(config: dict, logits: bool = False) -> nn.Module:
     return _network(config, logits)[0]
 
 
+def _check_nesting(config: dict) -> None:
+    """Refuse a config nested deeper than :data:`MAX_NESTING` levels: reading it (and copying it into a
+    run's metadata) recurses once per level, and Python's stack ends near 1,000."""
+    stack = [(config, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_NESTING:
+            raise CnnkitError(
+                f"the model's config nests lists and objects more than {MAX_NESTING} deep (a Keras model's is "
+                "about 10, and 4 more per nested model); the config is damaged or edited"
+            )
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+
+
 def _network(config: dict, logits: bool, budget: list | None = None):
     if not isinstance(config, dict):
         raise CnnkitError("a Keras model config is a JSON object with 'class_name' and 'config'")
+    _check_nesting(config)
     config = _sequential_as_dict(config)  # the stored description too: reset_classifier edits its layers
     token = _BUDGET.set(budget)
     version = str(config.get("keras_version", ""))
@@ -2006,7 +2057,7 @@ def _drop_final_activation(net: KerasNetwork) -> None:
     if len(net.outputs) != 1:
         return
     layer = net.outputs[0].rpartition(":")[0]
-    m = getattr(net, layer)
+    m = net._modules.get(layer)  # None where the model returns its input
     if isinstance(getattr(m, "activation", None), (nn.Softmax, nn.Sigmoid)):
         m.activation = nn.Identity()
     elif isinstance(m, (nn.Softmax, nn.Sigmoid)):
