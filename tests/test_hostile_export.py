@@ -339,6 +339,84 @@ def test_a_sequential_of_its_input_alone_is_refused_as_no_classifier(capsys, tmp
     _refused(capsys, ["convert", str(path), "--out", str(tmp_path / "run")], "(N, classes)", "(1, 3, 16, 16)")
 
 
+def _legacy_array(path: Path, name: str, **dataset) -> Path:
+    with h5py.File(path, "r+") as f:
+        del f[name]
+        f.create_dataset(name, **dataset)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("dataset", "words"),
+    [
+        (dict(data=np.zeros(5, "f4")), ("'conv' (Conv2D)", "bias", "(5,)", "needs (4,)")),
+        (dict(data=np.zeros((3, 3, 4, 3), "f4")), ("'conv' (Conv2D)", "kernel", "(3, 4, 3, 3)")),
+    ],
+)
+def test_misfit_weights_name_their_layer(capsys, tmp_path, dataset, words):
+    name = "model_weights/conv/conv/bias:0" if dataset["data"].ndim == 1 else "model_weights/conv/conv/kernel:0"
+    path = _legacy_array(_h5(tmp_path / "m.h5"), name, **dataset)
+    _refused(capsys, ["convert", str(path), "--out", str(tmp_path / "run")], *words)
+
+
+def test_a_missing_weight_array_names_its_layer(capsys, tmp_path):
+    path = _h5(tmp_path / "m.h5")
+    with h5py.File(path, "r+") as f:
+        f["model_weights/conv"].attrs["weight_names"] = ["conv/kernel:0"]
+    _refused(capsys, ["convert", str(path), "--out", str(tmp_path / "run")], "'conv' (Conv2D)", "2 weight arrays")
+
+
+@pytest.mark.parametrize("fmt", ["h5", "keras"])
+def test_a_weight_array_larger_than_its_layer_is_refused_unread(capsys, tmp_path, monkeypatch, fmt):
+    """A dataset declaring 12 M values that were never written (the fill value: a file of kilobytes) is
+    refused by its declared size; the file cannot make cnnkit allocate what it declares."""
+    big = dict(shape=(4000, 3000), dtype="f4", chunks=(500, 500), compression="gzip")
+    if fmt == "h5":
+        path = _legacy_array(_h5(tmp_path / "big.h5"), "model_weights/fc/fc/kernel:0", **big)
+    else:
+        path = keras_file(tmp_path, "big.keras")
+        with zipfile.ZipFile(path) as z:
+            parts = {n: z.read(n) for n in z.namelist()}
+        (tmp_path / "w.h5").write_bytes(parts["model.weights.h5"])
+        _legacy_array(tmp_path / "w.h5", "layers/dense/vars/0", **big)
+        parts["model.weights.h5"] = (tmp_path / "w.h5").read_bytes()
+        with zipfile.ZipFile(path, "w") as z:
+            for n, data in parts.items():
+                z.writestr(n, data)
+    assert path.stat().st_size < 100_000
+    read = []
+    real = h5py.Dataset.__getitem__
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", lambda d, key: read.append(d.size) or real(d, key))
+    _refused(capsys, ["convert", str(path), "--out", str(tmp_path / "run")], "'fc'", "12,000,000 values", "15")
+    assert read == [108, 4]  # the conv's kernel and bias; the dense kernel is refused unread
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [(np.full((4, 3), 1e300), ("'fc'", "non-finite", "float32")), (np.ones((4, 3), "c8"), ("'fc'", "complex"))],
+)
+def test_weights_float32_cannot_hold_are_refused(capsys, tmp_path, data, words):
+    path = _legacy_array(_h5(tmp_path / "x.h5"), "model_weights/fc/fc/kernel:0", data=data)
+    _refused(capsys, ["convert", str(path), "--out", str(tmp_path / "run")], *words)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_zip_bomb_of_weights_is_refused_before_it_inflates(capsys, tmp_path, monkeypatch):
+    """model.weights.h5 stated as 100 MB (100 KB of deflated zeros) with 64 MB of memory free: refused by
+    the size its zip entry states, not inflated (a real bomb would exhaust the memory)."""
+    path = keras_file(tmp_path, "bomb.keras")
+    with zipfile.ZipFile(path) as z:
+        parts = {n: z.read(n) for n in z.namelist() if n != "model.weights.h5"}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for n, data in parts.items():
+            z.writestr(n, data)
+        z.writestr("model.weights.h5", bytes(100 << 20))
+    assert path.stat().st_size < 1 << 20
+    monkeypatch.setattr("cnnkit.errors.memory_available", lambda: 64 << 20)
+    _refused(capsys, ["convert", str(path), "--out", str(tmp_path / "run")], "model.weights.h5", "104.9 MB", "memory")
+    assert not (tmp_path / "run").exists()
+
+
 # ----------------------------------------------------------------------------- serve
 
 

@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cnnkit.errors import CnnkitError, short_error
+from cnnkit.errors import CnnkitError, check_fits, human_bytes, short_error
 from cnnkit.layers import batch_normalization, get_activation
 from cnnkit.layers.conv_same import KerasTransposed, _DynamicPad, resolve_padding, transpose_geometry
 from cnnkit.layers.pool_same import (
@@ -1223,7 +1223,9 @@ def _spend(kind: str, cfg: dict, shape, lname: str) -> None:
 
 def _take(arrays: list[np.ndarray], n: int, module: nn.Module) -> list[torch.Tensor]:
     if len(arrays) != n:
-        raise CnnkitError(f"layer {type(module).__name__} expects {n} weight arrays in the file; found {len(arrays)}")
+        raise CnnkitError(
+            f"it has {n} weight arrays, the file holds {len(arrays)}; the weights do not fit the model's description"
+        )
     return [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in arrays]
 
 
@@ -1323,7 +1325,7 @@ def _load_groupnorm(m: nn.GroupNorm, arrays) -> None:
 
 def _load_normalization(m: Normalization, arrays) -> None:
     if len(arrays) != 3:
-        raise CnnkitError(f"Normalization expects mean, variance and count in the file; found {len(arrays)} arrays")
+        raise CnnkitError(f"it has mean, variance and count, the file holds {len(arrays)} arrays")
     c = m.mean.numel()
     for t, v in ((m.mean, arrays[0]), (m.variance, arrays[1])):
         v = np.asarray(v, np.float32).ravel()
@@ -1776,34 +1778,76 @@ def _assign_keras_v3(h5, records, prefix: str, source) -> None:
         group = h5.get(f"{path}/vars")
         if group is None:
             raise CnnkitError(f"{source}: no weights for layer {lname!r} ({kind}) at {path}/vars")
-        arrays = [group[str(i)][()] for i in range(len(group))]
-        _check_finite(arrays, lname, source)
+        _load(rec, _read_arrays(group, [str(i) for i in range(len(group))], rec.module, lname, source), lname, kind)
+
+
+def _read_arrays(group, names: list[str], module: nn.Module, lname: str, source) -> list[np.ndarray]:
+    """The datasets ``names`` of an HDF5 group for the layer (or nested model) ``module``, finite.
+
+    Each dataset's size is checked before it is read: a layer takes no array larger than all its
+    weights together, and a dataset that declares more (gigabytes of an unwritten fill value, or
+    compressed zeros, in a file of kilobytes) is refused unread.
+    """
+    room = sum(t.numel() for t in (*module.parameters(), *module.buffers()))
+    arrays = []
+    for name in names:
+        data = group[name]
+        size = getattr(data, "size", None)
+        if isinstance(size, int) and size > room:
+            raise CnnkitError(
+                f"{source}: layer {lname!r}: the file's array {name} holds {tuple(data.shape)} = {size:,} values, "
+                f"more than the layer's {room:,} weights; the weights do not fit the model's description"
+            )
+        arrays.append(data[()])
+    _check_finite(arrays, lname, source)
+    return arrays
+
+
+def _load(rec: _Layer, arrays: list, lname: str, kind: str) -> None:
+    """The layer's weights from the file's ``arrays``; arrays that do not fit are refused naming the layer."""
+    try:
         rec.load(rec.module, arrays)
+    except CnnkitError as exc:
+        raise CnnkitError(f"layer {lname!r} ({kind}): {exc}") from None
 
 
-def _arrays_v2(h5, lname: str, source: str, with_names: bool = False) -> list:
-    """A legacy ``.h5`` layer group's arrays in its ``weight_names`` order (with their names if asked)."""
+def _arrays_v2(h5, lname: str, module: nn.Module, source: str, with_names: bool = False) -> list:
+    """A legacy ``.h5`` layer group's arrays in its ``weight_names`` order (with their names if asked),
+    for the layer (or nested model) ``module``."""
     group = h5.get(lname)
     if group is None:
         raise CnnkitError(f"{source}: no weights for layer {lname!r} in model_weights")
     names = [n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs.get("weight_names", [])]
     try:
-        arrays = [group[n][()] for n in names]
+        arrays = _read_arrays(group, names, module, lname, source)
     except KeyError as exc:
         raise CnnkitError(f"{source}: layer {lname!r} lists a weight the file lacks ({exc})") from None
-    _check_finite(arrays, lname, source)
     return list(zip(names, arrays)) if with_names else arrays
 
 
 def _check_finite(arrays: list, lname: str, source) -> None:
-    """A weight that is nan or inf makes every prediction nan: refused, naming the layer."""
+    """A weight that is nan or inf makes every prediction nan: refused, naming the layer.
+
+    The values are checked as the network holds them, in float32: a float64 value beyond float32's
+    range (3.4e38) is inf there. Complex numbers (Keras' weights are real) are refused too: float32
+    would keep their real part alone.
+    """
     for i, a in enumerate(arrays):
         a = np.asarray(a)
-        if a.dtype.kind in "fc" and not np.isfinite(a).all():
-            bad = int(a.size - np.isfinite(a).sum())
+        if a.dtype.kind == "c":
+            raise CnnkitError(
+                f"{source}: layer {lname!r} holds complex numbers ({a.dtype}, array {i}); Keras' weights are "
+                "real: the model is damaged: save it again from a working Keras model"
+            )
+        if a.dtype.kind != "f":
+            continue
+        with np.errstate(over="ignore"):
+            finite = np.isfinite(a.astype(np.float32, copy=False))
+        if not finite.all():
+            bad = int(finite.size - finite.sum())
             raise CnnkitError(
                 f"{source}: layer {lname!r} holds {bad:,} non-finite weight value{'s' if bad != 1 else ''} "
-                f"(nan or inf, array {i}); the model is damaged: save it again from a working Keras model"
+                f"(nan or inf in float32, array {i}); the model is damaged: save it again from a working Keras model"
             )
 
 
@@ -1847,24 +1891,25 @@ def _assign_legacy(h5, records, source: str) -> None:
         if h5.get(lname) is None and not rec.children and not _num_vars(rec):
             continue  # no weights, no group: Keras 3 writes none for an operation such as x * y
         if rec.children:  # a nested model: one group with all its layers' weights
-            named = _arrays_v2(h5, lname, source, with_names=True)
+            named = _arrays_v2(h5, lname, rec.module, source, with_names=True)
             if not _assign_nested_by_name(named, rec.children, lname):
                 _distribute([a for _, a in named], rec.children, lname, source)
             continue
-        arrays = _arrays_v2(h5, lname, source)
+        arrays = _arrays_v2(h5, lname, rec.module, source)
         if _num_vars(rec):
-            rec.load(rec.module, arrays)
+            _load(rec, arrays, lname, kind)
         elif arrays:
             raise CnnkitError(f"{source}: layer {lname!r} ({kind}) has weights in the file but none in Keras' table")
 
 
 def _leaves(records, parent: str):
-    """(name of the model holding it, layer name, record) of every layer of a nested model, depth first."""
-    for _kind, lname, rec in records:
+    """(name of the model holding it, layer name, record, class name) of every layer of a nested model,
+    depth first."""
+    for kind, lname, rec in records:
         if rec.children:
             yield from _leaves(rec.children, lname)
         else:
-            yield parent, lname, rec
+            yield parent, lname, rec, kind
 
 
 def _assign_nested_by_name(named: list, records, lname: str) -> bool:
@@ -1890,22 +1935,22 @@ def _assign_nested_by_name(named: list, records, lname: str) -> bool:
         if len(found) != 1:
             return False
         got[id(found[0][2])].append(array)
-    if any(len(got[id(rec)]) != _num_vars(rec) for _, _, rec in leaves):
+    if any(len(got[id(rec)]) != _num_vars(rec) for _, _, rec, _ in leaves):
         return False
-    for _, _, rec in leaves:
-        rec.load(rec.module, got[id(rec)])
+    for _, name, rec, kind in leaves:
+        _load(rec, got[id(rec)], name, kind)
     return True
 
 
 def _distribute(arrays: list, records, lname: str, source: str) -> None:
-    for _kind, inner, rec in records:
+    for kind, inner, rec in records:
         if rec.children:
             n = sum(_num_vars(r) for _, _, r in _flatten(rec.children))
             _distribute(arrays[:n], rec.children, inner, source)
         else:
             n = _num_vars(rec)
             if n:
-                rec.load(rec.module, arrays[:n])
+                _load(rec, arrays[:n], inner, kind)
         arrays = arrays[n:]
     if arrays:
         raise CnnkitError(f"{source}: the nested model {lname!r} has {len(arrays)} more weight arrays than its layers")
@@ -1963,9 +2008,14 @@ def _open(path: Path, weights: bool):
                 if z.getinfo("config.json").file_size > MAX_CONFIG_BYTES:
                     raise CnnkitError(f"{path}: config.json is larger than {MAX_CONFIG_BYTES >> 20} MB")
                 config = _read_json(z.read("config.json"), "config.json", path)
-                blob = z.read("model.weights.h5") if weights and "model.weights.h5" in names else None
-                if weights and blob is None:
+                if weights and "model.weights.h5" not in names:
                     raise CnnkitError(f"{path} holds no model.weights.h5; save the model with its weights")
+                blob = None
+                if weights:  # the size its zip entry states bounds what it inflates to (zipfile stops there);
+                    # reading holds it twice at the peak: a zip bomb is refused before it inflates
+                    size = z.getinfo("model.weights.h5").file_size
+                    check_fits(2 * size, f"{path}: unpacking its model.weights.h5 ({human_bytes(size)})")
+                    blob = z.read("model.weights.h5")
         except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
             msg = short_error(exc)
             raise CnnkitError(f"{path} is a damaged .keras file ({msg}); save the model again") from None
