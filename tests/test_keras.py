@@ -440,6 +440,9 @@ def test_not_a_keras_file_is_refused(tmp_path):
         load_keras(tmp_path / "x.keras")
     with pytest.raises(CnnkitError, match="no Keras model"):
         load_keras(tmp_path / "missing.keras")
+    (tmp_path / "empty.h5").write_bytes(b"")
+    with pytest.raises(CnnkitError, match=r"empty.h5 is empty \(0 bytes\)"):
+        load_keras(tmp_path / "empty.h5")
 
 
 def test_reading_needs_neither_keras_nor_tensorflow(saved, monkeypatch):
@@ -747,6 +750,16 @@ def test_refusal_is_short(tmp_path):
         load_keras(tmp_path / "emb.keras")
     msg = _one_line(exc)
     assert "layer 'embedding' is an Embedding" in msg and "cnnkit.models.keras.LAYERS" in msg and len(msg) < 250
+
+
+@pytest.mark.parametrize(
+    "kind, said",
+    [("LSTM", "an LSTM"), ("GRU", "a GRU"), ("SimpleRNN", "a SimpleRNN"), ("UnitNormalization", "a UnitNormalization")],
+)
+def test_a_refused_layers_class_takes_the_article_it_is_read_with(kind, said):
+    from cnnkit.models.keras import _refuse
+
+    assert f"layer 'x' is {said}: " in str(_refuse(kind, "x"))
 
 
 def test_layers_that_pass_through_at_inference(tmp_path):

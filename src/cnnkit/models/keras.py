@@ -1221,7 +1221,7 @@ def _spend(kind: str, cfg: dict, shape, lname: str) -> None:
 # ----------------------------------------------------------------------------- weights: Keras -> PyTorch
 
 
-def _take(arrays: list[np.ndarray], n: int, module: nn.Module) -> list[torch.Tensor]:
+def _take(arrays: list[np.ndarray], n: int) -> list[torch.Tensor]:
     if len(arrays) != n:
         raise CnnkitError(
             f"it has {n} weight arrays, the file holds {len(arrays)}; the weights do not fit the model's description"
@@ -1250,7 +1250,7 @@ def _kernel(k: torch.Tensor) -> torch.Tensor:
 
 
 def _load_conv(m: nn.Module, arrays) -> None:
-    ts = _take(arrays, 1 + (m.bias is not None), m)
+    ts = _take(arrays, 1 + (m.bias is not None))
     _set(m.weight, _kernel(ts[0]), "kernel")
     if m.bias is not None:
         _set(m.bias, ts[1], "bias")
@@ -1264,14 +1264,14 @@ def _depthwise(k: torch.Tensor) -> torch.Tensor:
 
 
 def _load_depthwise(m: nn.Module, arrays) -> None:
-    ts = _take(arrays, 1 + (m.bias is not None), m)
+    ts = _take(arrays, 1 + (m.bias is not None))
     _set(m.weight, _depthwise(ts[0]), "depthwise kernel")
     if m.bias is not None:
         _set(m.bias, ts[1], "bias")
 
 
 def _load_separable(m: SeparableConv2D, arrays) -> None:
-    ts = _take(arrays, 2 + (m.pointwise.bias is not None), m)
+    ts = _take(arrays, 2 + (m.pointwise.bias is not None))
     _set(m.depthwise.weight, _depthwise(ts[0]), "depthwise kernel")
     _set(m.pointwise.weight, _kernel(ts[1]), "pointwise kernel")
     if m.pointwise.bias is not None:
@@ -1279,7 +1279,7 @@ def _load_separable(m: SeparableConv2D, arrays) -> None:
 
 
 def _load_dense(m: Dense, arrays) -> None:
-    ts = _take(arrays, 1 + (m.bias is not None), m)
+    ts = _take(arrays, 1 + (m.bias is not None))
     _set(m.weight, ts[0].t(), "kernel")
     if m.bias is not None:
         _set(m.bias, ts[1], "bias")
@@ -1288,17 +1288,17 @@ def _load_dense(m: Dense, arrays) -> None:
 def _load_batchnorm(m: nn.Module, arrays) -> None:
     # Keras' order: gamma (if scale), beta (if center), moving_mean, moving_variance
     targets = [p for p in (m.weight, m.bias) if p is not None] + [m.running_mean, m.running_var]
-    for t, v in zip(targets, _take(arrays, len(targets), m)):
+    for t, v in zip(targets, _take(arrays, len(targets))):
         _set(t, v, "batch normalization")
 
 
 def _load_prelu(m: PReLU, arrays) -> None:
-    (alpha,) = _take(arrays, 1, m)
+    (alpha,) = _take(arrays, 1)
     _set(m.alpha, alpha.movedim(-1, 0) if alpha.dim() > 1 else alpha, "alpha")
 
 
 def _load_layerscale(m: LayerScale, arrays) -> None:
-    (gamma,) = _take(arrays, 1, m)
+    (gamma,) = _take(arrays, 1)
     _set(m.gamma, gamma, "layer scale")
 
 
@@ -1306,7 +1306,7 @@ def _load_layernorm(m: LayerNormalization, arrays) -> None:
     # gamma and beta hold the normalised axes' sizes in the order Keras sorts the axes as written (-1
     # before 1); Keras lays their values out over the input's axes in order, as a reshape does
     targets = [p for p in (m.weight, m.bias) if p is not None]
-    for t, v in zip(targets, _take(arrays, len(targets), m)):
+    for t, v in zip(targets, _take(arrays, len(targets))):
         keras_shape = (*t.shape[1:], t.shape[0]) if t.dim() > 1 else tuple(t.shape)
         if v.numel() != t.numel():
             raise CnnkitError(
@@ -1319,7 +1319,7 @@ def _load_layernorm(m: LayerNormalization, arrays) -> None:
 
 def _load_groupnorm(m: nn.GroupNorm, arrays) -> None:
     targets = [p for p in (m.weight, m.bias) if p is not None]
-    for t, v in zip(targets, _take(arrays, len(targets), m)):
+    for t, v in zip(targets, _take(arrays, len(targets))):
         _set(t, v, "group normalization")
 
 
@@ -1452,7 +1452,10 @@ def _refuse(kind: str, name: str) -> CnnkitError:
     else:
         why = "it is not in the table of layers cnnkit reads"
     kind = kind[:60]
-    article = "an" if kind[:1].lower() in "aeiou" else "a"
+    # an acronym is read letter by letter ("an LSTM", "an RNN", "a GRU"), "Uni" as "you" ("a UnitNormalization")
+    acronym = kind[:2].isupper()
+    vowel = kind[:1] in ("AEFHILMNORSX" if acronym else "AEIOUaeiou") and not kind.lower().startswith("uni")
+    article = "an" if vowel else "a"
     return CnnkitError(
         f"layer {name!r} is {article} {kind}: {why}; rebuild the model without it (the "
         f"{len(LAYERS) + len(_MODELS) + 1} Keras classes cnnkit reads: cnnkit.models.keras.LAYERS, models and InputLayer)"
@@ -1999,6 +2002,8 @@ def _open(path: Path, weights: bool):
         raise CnnkitError(f"no Keras model at {path}: give a .keras or .h5 file saved by model.save()")
     with open(path, "rb") as f:
         magic = f.read(8)
+    if not magic:
+        raise CnnkitError(f"{path} is empty (0 bytes); give a .keras or .h5 file saved by Keras' model.save()")
     if magic.startswith(b"PK"):
         try:
             with zipfile.ZipFile(path) as z:
