@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import numpy as np
 import pytest
@@ -112,6 +113,23 @@ def test_resume_refuses_data_other_than_the_runs(tmp_path, capsys):
     data.write_text(kept)  # the run's own data back: it trains on to its last epoch
     assert main(resume) == 0
     assert [r.split(",")[0] for r in (run / "metrics.csv").read_text().splitlines()[1:]] == ["1", "2", "3"]
+
+
+def test_the_done_line_counts_the_steps_taken_not_the_steps_planned(tmp_path, capsys):
+    data = _series_file(tmp_path / "toy_TRAIN.tsv")
+    run = tmp_path / "run"
+    argv = ["sequence", "train", "--data", str(data), "--model", "fcn1d", "--steps", "6", "--epochs", "3"]
+    capsys.readouterr()
+    assert main([*argv, "--minutes", "0.00001", "--out", str(run), "--threads", "1"]) == 0  # epoch 1 of 3
+    done = capsys.readouterr().out.strip().splitlines()[-1]
+    assert len((run / "metrics.csv").read_text().splitlines()) == 2
+    assert re.search(r", 2 steps in [\d.]+ s -> ", done), done  # 2 steps an epoch ran, not the 6 planned
+    assert main(["sequence", "train", "--resume", "--minutes", "0", "--out", str(run), "--threads", "1"]) == 0
+    done = capsys.readouterr().out.strip().splitlines()[-1]
+    assert re.search(r", 4 steps in [\d.]+ s -> ", done), done  # the 2 epochs left
+    assert main(["sequence", "train", "--resume", "--out", str(run), "--threads", "1"]) == 0
+    done = capsys.readouterr().out.strip().splitlines()[-1]
+    assert re.search(r", 0 steps in [\d.]+ s -> ", done), done  # nothing left: no step, and not "fitted"
 
 
 # --- a frame-prediction run on a folder keeps its own clips ------------------------------------------

@@ -8,7 +8,7 @@ import time
 from cnnkit.cli import add_format, add_run_arguments, finished, print_json, train_config
 from cnnkit.engine.config import add_config_arguments
 from cnnkit.errors import CnnkitError
-from cnnkit.tasks.sequence.config import SequenceConfig
+from cnnkit.tasks.sequence.config import FITTED, SequenceConfig
 
 
 def register(subparsers) -> None:
@@ -62,7 +62,7 @@ def run_train(args) -> int:
     r = train(cfg, out, resume=args.resume, quiet=args.quiet)
     test = f"test error {r.test['error']:.4f} ({r.test['errors']}/{r.test['series']})" if r.test else "no test split"
     val = f", val accuracy {r.val['accuracy']:.4f}" if r.val else ""
-    how = f"{r.steps} steps" if r.steps else "fitted"
+    how = "fitted" if r.config.model in FITTED else f"{r.steps} step{'s' if r.steps != 1 else ''}"
     finished(args, f"done: {test}{val}, {how} in {r.seconds:.1f} s -> {out}  (`cnnkit sequence eval {out}`)")
     return 0
 

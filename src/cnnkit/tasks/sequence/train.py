@@ -51,7 +51,8 @@ class SequenceResult:
         config: the resolved settings (batch, epochs filled in).
         history: one row per epoch of the (last) network, as in ``metrics.csv``.
         seconds: training time of every network together (validation and saving included).
-        steps: optimizer steps of every network together.
+        steps: optimizer steps this call took, every network together: fewer than ``config.steps``
+            when ``minutes`` stopped the run, only the remaining ones on a resume, 0 for a fitted model.
         val: :func:`~cnnkit.tasks.sequence.evaluate.evaluate` on the validation split (None without one).
         test: the same on the TEST split, evaluated once at the end (None when the data has none).
     """
@@ -181,7 +182,9 @@ def _train_one(cfg: SequenceConfig, train_set, val_set, out, resume: bool, quiet
         quiet=quiet,
         run=Path(out).parent if cfg.ensemble > 1 else None,  # a member: Ctrl-C names the ensemble's folder
     )
-    return SequenceResult(result.model, cfg, result.history, result.seconds, cfg.steps)
+    # every step trains on one whole global batch, so the samples trained count the steps taken
+    # (a --minutes budget may end the run before cfg.steps; a resume takes only the steps left)
+    return SequenceResult(result.model, cfg, result.history, result.seconds, result.images // cfg.batch_size)
 
 
 def _check_fitted(cfg: SequenceConfig) -> None:
