@@ -132,6 +132,44 @@ def test_the_done_line_counts_the_steps_taken_not_the_steps_planned(tmp_path, ca
     assert re.search(r", 0 steps in [\d.]+ s -> ", done), done  # nothing left: no step, and not "fitted"
 
 
+# --- what sequence predict, eval --data and explain take: one split's file ---------------------------
+
+
+def test_an_npz_or_a_folder_is_refused_in_command_line_words(tmp_path, capsys):
+    data = _series_file(tmp_path / "toy_TRAIN.tsv")
+    run = tmp_path / "run"
+    assert main(["sequence", "train", "--data", str(data), *FCN, "--out", str(run), *FAST]) == 0
+    npz = tmp_path / "toy.npz"
+    np.savez(npz, X_train=np.zeros((4, 16)), y_train=np.array([0, 1, 0, 1]), X_test=np.zeros((2, 16)), y_test=[0, 1])
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for name in ("b_TEST.tsv", "a_TRAIN.tsv", "notes.md"):
+        (folder / name).write_text("0\t1\t2\n")
+    for argv, command in (
+        (["sequence", "predict", str(run), str(data), str(npz)], "cnnkit sequence predict"),
+        (["sequence", "eval", str(run), "--data", str(npz)], "cnnkit sequence eval --data"),
+        (["explain", str(run), str(npz), "--out", str(tmp_path / "cam.png")], "cnnkit explain"),
+    ):
+        err = _error(capsys, argv)
+        assert f"{npz}: an .npz holds a set's two splits, and `{command}` reads a file of one; give a .ts" in err
+        assert f"(`cnnkit sequence train --data {npz}`)" in err and "load_series" not in err, err
+    for argv in (
+        ["sequence", "predict", str(run), str(data), f"{folder}/"],
+        ["sequence", "eval", str(run), "--data", str(folder)],
+        ["explain", str(run), str(folder), "--out", str(tmp_path / "cam.png")],
+    ):
+        err = _error(capsys, argv)
+        assert err.endswith(
+            f"{folder} is a folder, not a series file; name a .ts, .tsv, .txt or .csv file in it "
+            "(it holds a_TRAIN.tsv, b_TEST.tsv)"
+        ), err
+    assert not (tmp_path / "cam.png").exists()
+    capsys.readouterr()
+    assert main(["sequence", "train", "--data", str(npz), *FCN, "--out", str(tmp_path / "npz_run"), *FAST]) == 0
+    assert main(["sequence", "eval", str(tmp_path / "npz_run"), "--format", "json"]) == 0  # the fix it names
+    assert json.loads(capsys.readouterr().out)["series"] == 2  # the .npz's test split
+
+
 # --- a frame-prediction run on a folder keeps its own clips ------------------------------------------
 
 

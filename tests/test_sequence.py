@@ -162,7 +162,7 @@ BAD_CLI = [
     (["sequence", "train", "--data", "ucr:ItalyPowerDemand", "--lr", "0.1"], "--lr: a gradient-training setting"),
     (["sequence", "eval", "RUN", "--split", "dev"], "--split is train, val or test"),
     (["sequence", "predict", "RUN", "BAD"], "line 2: value 'x'"),
-    (["sequence", "predict", "RUN", "no_such.ts"], "no such series file: no_such.ts"),
+    (["sequence", "predict", "RUN", "no_such.ts"], "series file not found: no_such.ts"),
     (["sequence", "eval", "BAD"], "not a readable safetensors|is not a"),
 ]
 

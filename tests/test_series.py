@@ -369,6 +369,10 @@ def test_a_named_pipe_or_a_folder_is_refused_not_read(tmp_path):
     folder.mkdir()
     with pytest.raises(CnnkitError, match=r"dir.tsv is a folder, not a series file; name a .ts, .tsv"):
         read_series(folder)
+    (tmp_path / "plain").mkdir()  # no suffix: a folder all the same, not an unknown format
+    (tmp_path / "plain" / "x_TEST.ts").write_text("@data\n")
+    with pytest.raises(CnnkitError, match=r"plain is a folder, not a series file; .* \(it holds x_TEST.ts\)$"):
+        read_series(tmp_path / "plain")
 
 
 # --- the networks --------------------------------------------------------------------------------------

@@ -174,8 +174,10 @@ def _is_sequence_run(model: str) -> bool:
 def run_explain_series(args) -> int:
     """``cnnkit explain RUN SERIES_FILE`` for a time-series run: the class activation map over the series."""
     from cnnkit import plots
+    from cnnkit.cli.sequence import one_split_files
     from cnnkit.tasks.sequence.explain import explain_series
 
+    one_split_files([args.image], "cnnkit explain")
     out = Path(args.out or f"{Path(args.image).stem}_{args.index}_cam.png")
     if out.suffix.lower() != ".png":
         raise CnnkitError(f"--out must be a .png file, got {str(out)!r}")

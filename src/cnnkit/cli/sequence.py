@@ -70,6 +70,8 @@ def run_train(args) -> int:
 def run_eval(args) -> int:
     from cnnkit.tasks.sequence.evaluate import evaluate_run
 
+    if args.data is not None:
+        one_split_files([args.data], "cnnkit sequence eval --data")
     out = evaluate_run(args.run, args.split, args.data, args.data_dir)
     if args.format == "json":
         print_json(out)
@@ -88,14 +90,10 @@ def run_eval(args) -> int:
 
 
 def run_predict(args) -> int:
-    from pathlib import Path
-
     from cnnkit.tasks.sequence.load import load_sequence
     from cnnkit.tasks.sequence.predict import predict_file
 
-    missing = [p for p in args.series if not Path(p).is_file()]
-    if missing:
-        raise CnnkitError(f"no such series file: {missing[0]}")
+    one_split_files(args.series, "cnnkit sequence predict")
     model = load_sequence(args.run)
     for path in args.series:
         rows = predict_file(model, path)
@@ -106,3 +104,21 @@ def run_predict(args) -> int:
                 given = f"  (file's label {r['label']})" if r["label"] is not None else ""
                 print(f"{path}[{r['index']}]: {r['class']}  p={r['probability']:.3f}{given}")
     return 0
+
+
+def one_split_files(paths: list[str], command: str) -> None:
+    """Refuse, before a run is loaded, a path that is not a file of series of one split: a missing
+    path or a folder (:func:`~cnnkit.data.series.check_series_file`), or an ``.npz``, which holds a
+    set's two splits and is training data. ``command``: the command the message names."""
+    from pathlib import Path
+
+    from cnnkit.data.series import check_series_file
+
+    for path in paths:
+        check_series_file(path)
+        if Path(path).suffix.lower() == ".npz":
+            raise CnnkitError(
+                f"{path}: an .npz holds a set's two splits, and `{command}` reads a file of one; give a .ts, "
+                f".tsv, .txt or .csv file, or train on the .npz (`cnnkit sequence train --data {path}`) and "
+                "score its test split with `cnnkit sequence eval RUN`"
+            )

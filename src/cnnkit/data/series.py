@@ -151,7 +151,7 @@ def read_series(
         >>> s.values.shape, s.classes                # doctest: +SKIP
         (torch.Size([50, 1, 150]), ['1', '2'])
     """
-    path = Path(path)
+    path = check_series_file(path)  # a folder or a missing file is named as such, whatever its suffix
     suffix = path.suffix.lower()
     if suffix == ".npz":
         raise CnnkitError(f"{path}: an .npz holds both splits; read it with load_series(path, split) or read_npz")
@@ -404,16 +404,48 @@ def znormalise(x: np.ndarray) -> np.ndarray:
 # --- reading ---------------------------------------------------------------------------------------
 
 
-def _read_lines(path: Path, max_bytes: int) -> list[bytes]:
-    """The file's lines as bytes, after refusing a missing, oversized, binary or empty file, a folder
-    and a named pipe or device (whose read would wait for a writer forever)."""
+def check_series_file(path: str | os.PathLike) -> Path:
+    """``path`` as a :class:`~pathlib.Path`, once it is known to be a file that can be read: what
+    :func:`read_series` checks first, and what a command checks of every file it is given before it
+    starts its work.
+
+    Args:
+        path: a series file's path.
+
+    Returns:
+        The path.
+
+    Raises:
+        CnnkitError: a missing path; a folder (the message names the series files in it, the ones
+            to give instead); a named pipe, socket or device (whose read would wait for a writer forever).
+    """
+    path = Path(path)
     try:
-        size = path.stat().st_size
+        path.stat()
     except OSError as exc:
         raise CnnkitError(f"series file not found: {path} ({exc.strerror or exc}); check the path") from None
     not_a_file(path)
     if path.is_dir():
-        raise CnnkitError(f"{path} is a folder, not a series file; name a .ts, .tsv, .txt or .csv file in it")
+        try:
+            held = sorted(p.name for p in path.iterdir() if p.suffix.lower() in SUFFIXES and p.is_file())
+        except OSError:
+            held = []
+        shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+        raise CnnkitError(
+            f"{path} is a folder, not a series file; name a .ts, .tsv, .txt or .csv file in it "
+            f"({'it holds ' + shown if held else 'it holds no such file'})"
+        )
+    return path
+
+
+def _read_lines(path: Path, max_bytes: int) -> list[bytes]:
+    """The file's lines as bytes, after refusing an oversized, binary or empty file, and what
+    :func:`check_series_file` refuses (a missing file, a folder, a named pipe or device)."""
+    check_series_file(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:  # gone or closed off since the check
+        raise CnnkitError(f"cannot read {path} ({exc.strerror or exc}); check the file and its permissions") from None
     limit = min(max_bytes, memory_available() // 8)  # parsing holds several copies of the values
     if size > limit:
         raise CnnkitError(
