@@ -223,3 +223,26 @@ def test_a_clip_larger_than_memory_is_refused_before_it_is_copied(tmp_path, monk
         VideoClips(tmp_path, clips=[path])[0]
     two = VideoClips(tmp_path, clips=[path], num_frames=2)[0]  # 512 KiB: only the frames used are copied
     assert two.shape == (2, 1, 256, 256)
+
+
+def test_a_folder_of_frames_larger_than_memory_is_refused_before_its_frames_are_read(tmp_path, monkeypatch):
+    from PIL import Image
+
+    import cnnkit.data.video as video
+    from cnnkit.errors import CnnkitError
+
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for i in range(16):  # each 256x256 frame passes the image reader; the clip is 4 MiB as float32
+        Image.fromarray(np.full((256, 256), 16 * i, dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    real, read = video.read_image, []
+    monkeypatch.setattr(video, "read_image", lambda path, *args: read.append(path.name) or real(path, *args))
+    monkeypatch.setattr("cnnkit.errors.memory_available", lambda: 1 << 20)  # 1 MiB free
+    with pytest.raises(CnnkitError, match=r"clip \(16x1x256x256 values of 16 frames, as float32\) needs 4.2 MB"):
+        video.VideoClips(tmp_path, clips=[folder])[0]
+    assert read == ["00.png"]  # the first frame gave the size; the other 15 were never decoded
+    read.clear()
+    two = video.VideoClips(tmp_path, clips=[folder], num_frames=2)[0]  # 512 KiB: only the frames used
+    assert two.shape == (2, 1, 256, 256) and read == ["00.png", "01.png"]
+    grey = two.mul(255).round()  # each frame's one grey level, in its place
+    assert grey.amin(dim=(1, 2, 3)).tolist() == [0.0, 16.0] == grey.amax(dim=(1, 2, 3)).tolist()

@@ -371,17 +371,25 @@ class VideoClips(Dataset):
                 raise CnnkitError(f"{p} is not a frame image (PNG, JPEG, ...); a clip folder holds only its frames")
         if self.num_frames is not None:
             frames = frames[: self.num_frames]  # read only what is used
-        out = []
-        for p in frames:
-            x = read_image(p, self.channels, self.size)  # (C, H, W) in [0, 1]
-            if out and x.shape != out[0].shape:
+        first = read_image(frames[0], self.channels, self.size)  # (C, H, W) in [0, 1]
+        # each frame passes the image reader's guard, their number does not: the clip's float32 tensor
+        # (every frame the first one's size) is refused before it is made, as a .npy clip's copy is
+        shape = (len(frames), *first.shape)
+        check_fits(
+            math.prod(shape) * 4, f"{folder} ({'x'.join(map(str, shape))} values of {len(frames)} frames, as float32)"
+        )
+        clip = torch.empty(shape)  # (T, C, H, W), filled frame by frame: no second copy to stack
+        clip[0] = first
+        for i, p in enumerate(frames[1:], 1):
+            x = read_image(p, self.channels, self.size)
+            if x.shape != first.shape:
                 raise CnnkitError(
                     f"{p} is {x.shape[2]}x{x.shape[1]} but {frames[0].name} is "
-                    f"{out[0].shape[2]}x{out[0].shape[1]}: frames of one clip share a size "
+                    f"{first.shape[2]}x{first.shape[1]}: frames of one clip share a size "
                     "(or pass size=(H, W))"
                 )
-            out.append(x)
-        return torch.stack(out)  # (T, C, H, W)
+            clip[i] = x
+        return clip
 
     def _read_npy(self, path: Path) -> torch.Tensor:
         not_a_file(path)
