@@ -82,6 +82,27 @@ def test_train_eval_predict(tmp_path, capsys):
     assert np.asarray(Image.open(tmp_path / "pred" / "new_overlay.png")).shape == (30, 20, 3)
 
 
+def test_a_test_split_with_every_pixel_ignored_prints_nan_not_a_traceback(tmp_path, capsys):
+    """Masks that are all "ignore" (255) in the scored split leave mIoU, pixel accuracy and boundary
+    IoU undefined: the final line of train and eval print them as nan (JSON: null)."""
+    data = make_folder(tmp_path / "data")
+    argv = ["segment", "train", "--data", str(data), "--arch", "unet", "--model", "unet", "--width", "4"]
+    argv += ["--epochs", "1", "--batch-size", "4", "--crop", "24", "--threads", "1"]
+    assert main([*argv, "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    for name in json.loads((tmp_path / "run" / "split.json").read_text())["test"]:
+        Image.fromarray(np.full((24, 24), 255, np.uint8)).save(data / "masks" / name)
+    capsys.readouterr()
+    assert main(["segment", "eval", str(tmp_path / "run")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{data} test (2 images): mIoU nan  pixel accuracy nan  boundary IoU nan", lines
+    assert main(["segment", "eval", str(tmp_path / "run"), "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["mIoU"], out["pixel_accuracy"], out["boundary_iou"]) == (None, None, None)
+    assert main([*argv, "--out", str(tmp_path / "again")]) == 0  # the same split: the same test photos
+    done = capsys.readouterr().out.strip().splitlines()[-1]
+    assert done.startswith("done: test mIoU nan, pixel accuracy nan, boundary IoU nan in "), done
+
+
 @pytest.mark.parametrize(
     "argv,message",
     [

@@ -70,7 +70,7 @@ def run_train(args) -> int:
     cfg = SegmentConfig.from_dict(values)
     out = args.out or f"runs/segment-{Path(cfg.data).name}-{time.strftime('%Y%m%d-%H%M%S')}"
     result = train(cfg, out, resume=args.resume, quiet=args.quiet)
-    t = result.test
+    t = _defined(result.test)
     finished(
         args,
         f"done: test mIoU {t['mIoU']:.4f}, pixel accuracy {t['pixel_accuracy']:.4f}, boundary IoU "
@@ -86,13 +86,22 @@ def run_eval(args) -> int:
     if args.format == "json":
         print_json({k: v for k, v in out.items() if k != "confusion"})
         return 0
+    m = _defined(out)
     print(
-        f"{out['data']} {out['split']} ({out['images']} images): mIoU {out['mIoU']:.4f}  pixel accuracy "
-        f"{out['pixel_accuracy']:.4f}  boundary IoU {out['boundary_iou']:.4f}"
+        f"{out['data']} {out['split']} ({out['images']} images): mIoU {m['mIoU']:.4f}  pixel accuracy "
+        f"{m['pixel_accuracy']:.4f}  boundary IoU {m['boundary_iou']:.4f}"
     )
     for name, iou in out["iou"].items():
         print(f"  {name:>12}  IoU {'-' if iou is None else f'{iou:.4f}'}")
     return 0
+
+
+def _defined(metrics: dict) -> dict:
+    """The summary metrics with None (undefined on the scored images: every pixel ignored, no class
+    in their masks or answers) as NaN, which prints as ``nan``, as an undefined AP does in ``detect eval``
+    and a validation row does in the epoch lines."""
+    keys = ("mIoU", "pixel_accuracy", "boundary_iou")
+    return {**metrics, **{k: float("nan") if metrics.get(k) is None else metrics[k] for k in keys}}
 
 
 def run_predict(args) -> int:
