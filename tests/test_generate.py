@@ -1,6 +1,7 @@
 """The GAN task: the engine's own-step path, exact resume with two optimisers, the quality scores, predict."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -248,7 +249,10 @@ def test_resuming_a_conditional_run_prints_a_predict_command_that_names_a_digit(
     run = tmp_path / "cgan"
     shutil.copytree(runs / "straight", run)  # finished: --resume trains nothing and prints the next command
     assert main(["generate", "train", "--resume", "--out", str(run)]) == 0
-    assert f"cnnkit generate predict {run} --digit 7 --out digits.png" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert f"cnnkit generate predict {run} --digit 7 --out digits.png" in said
+    # the epochs are the run's, the seconds this call's (none trained): not "2 epochs ... in 0.0 s"
+    assert re.search(r"done: the run's 2 epochs, d_loss [0-9.]+ g_loss [0-9.]+ this call trained 0\.0 s ->", said)
 
 
 def test_scores_on_known_inputs():

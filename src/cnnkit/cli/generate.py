@@ -80,10 +80,15 @@ def run_train(args) -> int:
     last = result.history[-1] if result.history else {}
     conditional = run.get("conditional", False) if args.resume else cfg.conditional  # resumed: the run's own
     digit = " --digit 7" if conditional else ""  # a conditional generator needs the digit to draw
+    n = len(result.history)
+    # resumed: the epochs are the run's, the seconds this call's
+    whose = "the run's " if args.resume else ""
+    epochs = f"{whose}{n} epoch{'s' if n != 1 else ''}"
+    took = f"this call trained {result.seconds:.1f} s" if args.resume else f"in {result.seconds:.1f} s"
     finished(
         args,
-        f"done: {len(result.history)} epoch{'s' if len(result.history) != 1 else ''}, d_loss {last.get('train_d_loss', float('nan')):.4f} g_loss "
-        f"{last.get('train_g_loss', float('nan')):.4f} in {result.seconds:.1f} s -> {out}  "
+        f"done: {epochs}, d_loss {last.get('train_d_loss', float('nan')):.4f} g_loss "
+        f"{last.get('train_g_loss', float('nan')):.4f} {took} -> {out}  "
         f"(`cnnkit generate predict {out}{digit} --out digits.png`)",
     )
     return 0
