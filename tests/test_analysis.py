@@ -695,3 +695,102 @@ def test_memory_plan_of_a_network_that_runs_only_in_float32_leaves_out_the_16_bi
     names = [r["remedy"] for r in plan["remedies"]]
     assert names and not any("16-bit" in n for n in names), names
     assert not plan["training"]["fits"] and plan["training"]["max_batch"] < 64
+
+
+# --- TorchScript: compiled parts are one row each ---------------------------------------------------
+
+SCRIPTED_NETS = """
+import torch
+import torch.nn as nn
+
+
+def conv():
+    return nn.Conv2d(3, 8, 3)
+
+
+def scripted():
+    return nn.Sequential(torch.jit.script(conv()), nn.ReLU())
+
+
+def traced():
+    return nn.Sequential(torch.jit.trace(conv(), torch.ones(1, 3, 8, 8)), nn.ReLU())
+
+
+def inner():
+    return nn.Sequential(nn.Conv2d(3, 3, 1), torch.jit.script(nn.Sequential(conv(), nn.BatchNorm2d(8))), nn.ReLU())
+
+
+def whole():
+    return torch.jit.script(nn.Sequential(conv(), nn.ReLU()))
+
+
+def whole_traced():
+    return torch.jit.trace(nn.Sequential(conv(), nn.ReLU()), torch.ones(1, 3, 8, 8))
+"""
+CONV_MACS = 8 * 30 * 30 * 3 * 3 * 3  # Conv2d(3, 8, 3) on 3x32x32
+
+
+def _scripted_net(tmp_path, name):
+    return write(tmp_path, "ts.py", SCRIPTED_NETS) + f":{name}"
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("name", ["scripted", "traced"])
+def test_a_torchscript_layer_is_one_row_with_its_shapes_params_and_macs(tmp_path, name, capsys):
+    target = _scripted_net(tmp_path, name)
+    s = cnnkit.summary(target, input_size="3x32x32", batch_size=2, optimizer="none")
+    assert [(r["name"], r["type"], r["output_shape"], r["params"], r["macs"]) for r in s.layers] == [
+        ("0", "Conv2d (TorchScript)", [8, 30, 30], 224, 2 * CONV_MACS),
+        ("1", "ReLU", [8, 30, 30], 0, 0),
+    ]
+    assert not any("TorchScript" in n or "never runs" in n for n in s.notes), s.notes  # nothing hidden
+    assert cli_main(["summary", target, "--input", "3x32x32", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["totals"]["macs"] == CONV_MACS
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize(
+    "name, rows",
+    [
+        ("inner", [("0", "Conv2d", 12), ("1", "Sequential (TorchScript)", 240), ("2", "ReLU", 0)]),
+        ("whole", [("(model)", "Sequential (TorchScript)", 224)]),
+        ("whole_traced", [("(model)", "Sequential (TorchScript)", 224)]),
+    ],
+)
+def test_a_torchscript_block_or_network_is_one_row_named_in_a_note(tmp_path, name, rows):
+    """Its compiled code calls its layers without their hooks: one row holds their parameters and MACs,
+    its memory is the allocator's, and a note says why."""
+    target = _scripted_net(tmp_path, name)
+    s = cnnkit.summary(target, input_size="3x32x32", batch_size=4)
+    assert [(r["name"], r["type"], r["params"]) for r in s.layers] == rows
+    assert s.totals["macs"] == 4 * CONV_MACS + (4 * 3 * 32 * 32 * 3 if name == "inner" else 0)
+    what = "layer 1 is" if name == "inner" else "the network is"
+    assert any(n.startswith(f"{what} TorchScript: compiled code") for n in s.notes), s.notes
+    assert not any("never runs" in n for n in s.notes), s.notes
+    from cnnkit.models.network import resolve_target
+
+    for training, key in ((False, "inference_peak_bytes"), (True, "training_peak_bytes")):
+        real = measure_peak(resolve_target(target, meta=False)[0], (4, 3, 32, 32), training=training)
+        assert s.memory[key] == real, (key, s.memory[key], real)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("name", ["scripted", "whole_traced"])
+def test_a_torchscript_layer_that_fails_is_named_with_the_reason(tmp_path, name):
+    code, out, err = run_cli("summary", _scripted_net(tmp_path, name), "--input", "4x32x32")
+    assert code == 2 and "Traceback" not in err, err
+    layer = "'0' (Conv2d (TorchScript))" if name == "scripted" else "'(model)' (Sequential (TorchScript))"
+    assert err.strip() == (
+        f"cnnkit summary: error: ts:{name} fails on input (4, 32, 32) at layer {layer} with input (4, 32, 32)"
+        + (" (it expects in_channels=3)" if name == "scripted" else "")
+        + ": The following operation failed in the TorchScript interpreter. RuntimeError: Invalid channel "
+        "dimensions; fix the layer's sizes or pass another --input"
+    )
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("name", ["scripted", "whole"])
+def test_a_torchscript_network_is_timed_by_its_rows(tmp_path, name):
+    s = cnnkit.summary(_scripted_net(tmp_path, name), input_size="3x16x16", time_steps=1, optimizer="none")
+    assert [r["name"] for r in s.layers] == (["0", "1"] if name == "scripted" else ["(model)"])
+    assert all(r["forward_ms"] > 0 and r["backward_ms"] >= 0 for r in s.layers), s.layers

@@ -125,6 +125,17 @@ def test_a_torchscript_traceback_keeps_the_exception_it_ends_with():
     )
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_a_python_error_inside_torchscript_drops_the_frames_pybind_lists_after_at():
+    scripted = torch.jit.script(torch.nn.Conv2d(3, 8, 3)).to("meta")  # the meta kernel's check is Python
+    with pytest.raises(RuntimeError) as exc:
+        scripted(torch.ones(1, 4, 8, 8, device="meta"))
+    assert "RuntimeError: RuntimeError: Invalid channel dimensions\n\nAt:\n" in str(exc.value)
+    assert errors.short_error(exc.value) == (
+        "The following operation failed in the TorchScript interpreter. RuntimeError: Invalid channel dimensions"
+    )
+
+
 def test_a_quoted_python_traceback_keeps_the_exception_it_ends_with():
     text = (  # a DataLoader worker's error
         "Caught ValueError in DataLoader worker process 0.\n"

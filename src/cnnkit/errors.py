@@ -49,6 +49,12 @@ _CPP_FRAMES = re.compile(r"Exception raised from .* \(most recent call first\):"
 _TRACEBACK = re.compile(r"\s*(Original )?Traceback\b.*\(most recent call last\):\s*$")
 # the line a traceback ends with: the exception's type and its reason ("RuntimeError: Given groups=1, ...")
 _RAISED = re.compile(r"[A-Za-z_][\w.]*(: |:?\s*$)")
+# the Python frames pybind11 appends to a Python error that crossed C++ code (a meta kernel's error
+# inside TorchScript): an "At:" line, then "  path(line): function" lines
+_AT = re.compile(r"\s*At:\s*$")
+_AT_FRAME = re.compile(r"\s*\S.*\(\d+\): \S+\s*$")
+# an exception's type said twice ("RuntimeError: RuntimeError: ..."), as TorchScript quotes such an error
+_TWICE = re.compile(r"\b([A-Za-z_][\w.]*): \1: ")
 
 
 def short_error(exc: BaseException) -> str:
@@ -60,7 +66,8 @@ def short_error(exc: BaseException) -> str:
     empty text is the exception's type name. Stacks are not reasons and are dropped: PyTorch's C++
     frames ("Exception raised from ... (most recent call first):" and all that follows), and the
     frames of a Python or TorchScript traceback quoted in the text (from its "Traceback ... (most
-    recent call last):" line to the exception's own line, "RuntimeError: ...", which is kept). A
+    recent call last):" line to the exception's own line, "RuntimeError: ...", which is kept), and
+    the Python frames pybind11 appends after an "At:" line. A
     text longer than ``SHORT_CHARS`` keeps the whole sentences that fit (a first sentence longer
     than that alone is cut) and ends in ``" ..."``. A page with an "Exception summary" (the dynamo
     ONNX exporter's: the step that failed, next steps, then the errors behind it) is its first
@@ -93,19 +100,25 @@ def short_error(exc: BaseException) -> str:
 
 def _without_frames(text: str) -> str:
     """``text`` less its stacks: from PyTorch's C++ frames to the end, and each quoted traceback's
-    header and frames (its last line, the exception and its reason, is kept). A line that only
-    repeats the reason of the line before it (TorchScript quotes the C++ error's text twice) goes too."""
+    header and frames (its last line, the exception and its reason, is kept), and the Python frames
+    pybind11 lists after an "At:" line. A line that only repeats the reason of the line before it
+    (TorchScript quotes the C++ error's text twice) goes too, and so does an exception's type said
+    twice over ("RuntimeError: RuntimeError: ...")."""
     kept: list[str] = []
-    frames = False
+    frames = at = False
     for line in text.splitlines():
         if _CPP_FRAMES.match(line):
             break
+        if _AT.match(line) or (at and (_AT_FRAME.match(line) or not line.strip())):
+            at = True
+            continue
+        at = False
         if _TRACEBACK.match(line):
             frames = True
         elif frames and _RAISED.match(line):
             frames = False
         if not frames and not (kept and line.strip() and kept[-1].endswith(": " + line.strip())):
-            kept.append(line)
+            kept.append(_TWICE.sub(r"\1: ", line))
     return "\n".join(kept)
 
 

@@ -230,6 +230,8 @@ def cpu_fast_paths(model: nn.Module, on: bool):
         if on:
             user_hooked = {id(m) for m in model.modules() if m._forward_hooks or m._forward_pre_hooks}
             for m in model.modules():
+                if isinstance(m, torch.jit.ScriptModule):
+                    continue
                 fn = _FAST_FORWARDS.get(type(m).forward)
                 if fn is not None and "forward" not in m.__dict__:  # a forward of its own is not PyTorch's
                     m.forward = partial(fn, m, user_hooked)

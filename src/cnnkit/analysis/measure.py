@@ -22,7 +22,7 @@ from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
 from cnnkit.analysis.backend import quiet_stderr
-from cnnkit.analysis.trace import make_optimizer, step_loss, tensor_leaves, training_step
+from cnnkit.analysis.trace import add_hooks, hook_points, make_optimizer, step_loss, tensor_leaves, training_step
 
 OUTSIDE = "(outside layers)"
 
@@ -131,7 +131,7 @@ class LayerTimer:
     (the loss and the head's functional operations) is charged to :data:`OUTSIDE`.
 
     Args:
-        model: its leaf modules are hooked until :meth:`remove`.
+        model: its leaf modules (a TorchScript module is one) are hooked until :meth:`remove`.
         sync: called before each clock reading (``torch.cuda.synchronize`` on a GPU).
 
     Attributes:
@@ -158,11 +158,11 @@ class LayerTimer:
         self._backward_start = 0.0
         self._started: dict[str, float] = {}
         self._handles = []
-        for name, module in model.named_modules():
-            if next(module.children(), None) is None:
-                label = name or type(module).__name__
-                self._handles.append(module.register_forward_pre_hook(self._pre(label)))
-                self._handles.append(module.register_forward_hook(self._post(label)))
+        # the leaves whose hooks run (a TorchScript module is one: :func:`hook_points`); a network
+        # without sub-modules is its own leaf
+        leaves = [(n, m) for n, m, leaf in hook_points(model) if leaf] or [(type(model).__name__, model)]
+        for label, module in leaves:
+            self._handles += add_hooks(module, self._pre(label), self._post(label))
 
     def now(self) -> float:
         """The clock (seconds), read after ``sync``."""

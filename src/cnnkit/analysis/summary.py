@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from cnnkit.analysis import backend
 from cnnkit.analysis.textbook import textbook_memory
-from cnnkit.analysis.trace import trace
+from cnnkit.analysis.trace import hook_points, is_torchscript, layer_type, trace
 from cnnkit.errors import CnnkitError, check_fits, is_out_of_memory, out_of_memory, short_error
 from cnnkit.models.network import resolve_target
 from cnnkit.models.spec import parse_input_size
@@ -191,6 +191,15 @@ def summary(
             f"{n:,} parameters belong to layers this input never runs ({names}): they are in the total "
             "and the parameter bytes, in no row"
         )
+    hidden = [n for n, m, _ in hook_points(model) if is_torchscript(m) and next(m.children(), None) is not None]
+    if hidden:
+        names = ", ".join(hidden[:3]) + (f" and {len(hidden) - 3} more" if len(hidden) > 3 else "")
+        what = "the network is" if is_torchscript(model) else f"layer{'s' if len(hidden) > 1 else ''} {names} "
+        what += "" if is_torchscript(model) else ("are" if len(hidden) > 1 else "is")
+        notes.append(
+            f"{what} TorchScript: compiled code, which runs its layers without the hooks that tell them apart, "
+            "so it is one row, with their parameters, MACs and memory"
+        )
     if train_error:
         notes.insert(0, train_error)
     if time_steps is not None:
@@ -263,8 +272,12 @@ def _runs_in_float32(model, shape, training, device) -> bool:
 
 def _failure_message(model: nn.Module, shape, exc: Exception, name: str) -> str:
     """One line naming the layer where the forward failed, the shapes involved, and the fix."""
-    layer = _failing_layer(model, shape)
+    layer, again = _failing_layer(model, shape)
     msg = short_error(exc)
+    if msg.endswith(":") and again is not None:
+        # TorchScript loses the reason of an error raised under the trace's dispatch mode
+        # ("RuntimeError:" and nothing); the same forward without it keeps the reason
+        msg = short_error(again)
     where = f" at layer {layer[0]!r} ({layer[1]}) with input {layer[2]}" if layer else ""
     if layer and layer[3]:
         where += f" (it expects {layer[3]})"
@@ -272,13 +285,15 @@ def _failure_message(model: nn.Module, shape, exc: Exception, name: str) -> str:
 
 
 def _failing_layer(model: nn.Module, shape):
-    """Re-run on meta with hooks to find the innermost module whose forward raised."""
+    """Re-run on meta with hooks to find the innermost module whose forward raised: ``((name, type,
+    input shapes, what it expects) or None, the exception or None)``."""
     from torch.func import functional_call
 
-    from cnnkit.analysis.trace import meta_state
+    from cnnkit.analysis.trace import add_hooks, hook_points, meta_state, stateless_root
 
     found = []
     handles = []
+    raised = None
 
     def pre(name):
         def hook(mod, inp):
@@ -288,7 +303,7 @@ def _failing_layer(model: nn.Module, shape):
                 if isinstance(getattr(mod, a, None), int)
             )
             found.append(
-                (name, type(mod).__name__, [tuple(t.shape[1:]) for t in inp if isinstance(t, torch.Tensor)], expects)
+                (name, layer_type(mod), [tuple(t.shape[1:]) for t in inp if isinstance(t, torch.Tensor)], expects)
             )
 
         return hook
@@ -296,24 +311,23 @@ def _failing_layer(model: nn.Module, shape):
     def post(mod, inp, out):
         found.pop()
 
+    net = stateless_root(model)
     try:
-        for n, m in model.named_modules():
-            if m is not model:
-                handles.append(m.register_forward_pre_hook(pre(n)))
-                handles.append(m.register_forward_hook(post))
-        state = meta_state(model, torch.float32)
+        for n, m, _ in hook_points(net):
+            handles += add_hooks(m, pre(n), post)
+        state = meta_state(net, torch.float32)
         try:
             with torch.no_grad():
-                functional_call(model, state, (torch.empty(shape, device="meta"),), strict=False)
-        except Exception:  # noqa: BLE001 -- we only want where it fails
-            pass
+                functional_call(net, state, (torch.empty(shape, device="meta"),), strict=False)
+        except Exception as exc:  # noqa: BLE001 -- we only want where it fails
+            raised = exc
     finally:
         for h in handles:
             h.remove()
     if not found:
-        return None
+        return None, raised
     name, typ, shapes, expects = found[-1]
-    return name, typ, shapes[0] if len(shapes) == 1 else shapes, expects
+    return (name, typ, shapes[0] if len(shapes) == 1 else shapes, expects), raised
 
 
 def _same_output(inf, rows: list[dict]) -> set[str]:
@@ -363,12 +377,13 @@ def _rows(inf) -> list[dict]:
 
 def _unused_params(model: nn.Module, inf) -> dict[str, int]:
     """Module name -> parameters of the modules whose forward never ran (a detector's mask head
-    without detections, a backbone's unused classifier): counted in the totals, in no row."""
+    without detections, a backbone's unused classifier): counted in the totals, in no row. A
+    TorchScript module that ran ran all of its sub-modules (which have no rows of their own)."""
     ran = {
         id(p)
         for name, mod in model.named_modules()
         if name == "" or name in inf.layers
-        for p in mod.parameters(recurse=False)
+        for p in mod.parameters(recurse=is_torchscript(mod))
     }
     out: dict[str, int] = {}
     for name, mod in model.named_modules():

@@ -320,6 +320,11 @@ def _check_one_dtype(name: str, args) -> None:
         raise RuntimeError(f"{name} takes operands of one dtype; received: {', '.join(sorted(map(str, dtypes)))}")
 
 
+# ops that run another op's kernels, measured as it (the op, how many of their first arguments are its):
+# a traced TorchScript graph calls ``_convolution``, ``convolution``'s arguments and cuDNN's four flags
+_MEASURED_AS = {aten._convolution: (aten.convolution, 9)}
+
+
 class _Recorder(TorchDispatchMode):
     """Sees every ATen op. Pure ops with the same argument metadata as before are not re-run through
     their (Python) meta kernels: their outputs are made directly with the recorded shapes and strides."""
@@ -365,14 +370,16 @@ class _Recorder(TorchDispatchMode):
             elements,
             tuple(outs[0].shape[1:]) if outs else (),
         )
-        if packet in self.backend_ops and (
+        kind, first = _MEASURED_AS.get(packet, (packet, None))
+        if kind in self.backend_ops and (
             not isinstance(self.backend_ops, dict)
-            or self.backend_ops[packet] is None
-            or (outs and outs[0].dtype in self.backend_ops[packet])
+            or self.backend_ops[kind] is None
+            or (outs and outs[0].dtype in self.backend_ops[kind])
         ):
-            rec.args_meta = tuple(_freeze(a) for a in schema_arguments(func, args, kwargs))
-            overload = func._overloadname
-            rec.backend_key = (name if overload == "default" else f"{name}.{overload}", rec.args_meta)
+            rec.args_meta = tuple(_freeze(a) for a in schema_arguments(func, args, kwargs)[:first])
+            overload = "default" if first else func._overloadname
+            key = kind.__name__
+            rec.backend_key = (key if overload == "default" else f"{key}.{overload}", rec.args_meta)
         self.ops.append(rec)
         return out
 
@@ -464,15 +471,86 @@ def _cpu_attention_kernels(on: bool):
         _cpu_attention.on = before
 
 
+def is_torchscript(module: nn.Module) -> bool:
+    """Whether ``module`` is TorchScript (``torch.jit.script`` or ``torch.jit.trace``): its forward is
+    compiled code, which calls its sub-modules without their hooks."""
+    return isinstance(module, torch.jit.ScriptModule)
+
+
+def layer_type(module: nn.Module) -> str:
+    """A row's type: the class name, a TorchScript module's the class it was made from
+    (``"Conv2d (TorchScript)"``)."""
+    if is_torchscript(module):
+        return f"{getattr(module, 'original_name', None) or type(module).__name__} (TorchScript)"
+    return type(module).__name__
+
+
+def hook_points(model: nn.Module) -> list[tuple[str, nn.Module, bool]]:
+    """``(name, module, leaf)`` of every module below ``model`` whose forward hooks run when it runs,
+    in ``named_modules`` order: a TorchScript module is a leaf, and its sub-modules, which its compiled
+    forward calls without their hooks, are left out. A TorchScript ``model`` is one leaf, named
+    ``"(model)"`` (as it is inside :func:`stateless_root`).
+
+    Hooks go on through ``nn.Module``'s own methods (:func:`add_hooks`): a scripted module refuses
+    ``register_forward_hook``, though its call runs the hooks it holds.
+    """
+    if is_torchscript(model):
+        return [(_ROOT, model, True)]
+    points: list[tuple[str, nn.Module, bool]] = []
+    compiled: list[str] = []
+    for name, mod in model.named_modules():
+        if mod is model or any(name.startswith(c + ".") for c in compiled):
+            continue
+        leaf = is_torchscript(mod)
+        if leaf:
+            compiled.append(name)
+        points.append((name, mod, leaf or next(mod.children(), None) is None))
+    return points
+
+
+def add_hooks(module: nn.Module, pre, post) -> list:
+    """Register the forward pre-hook ``pre`` and hook ``post`` (either may be None) on ``module``,
+    TorchScript ones included; the handles to remove them."""
+    handles = []
+    if pre is not None:
+        handles.append(nn.Module.register_forward_pre_hook(module, pre))
+    if post is not None:
+        handles.append(nn.Module.register_forward_hook(module, post))
+    return handles
+
+
+_ROOT = "(model)"  # the row of a network that is TorchScript as a whole
+
+
+class _Root(nn.Module):
+    """A TorchScript network as the one child of a plain module: :func:`torch.func.functional_call`
+    refuses a TorchScript module at the top, not below it."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.add_module(_ROOT, net)
+
+    def forward(self, *args):
+        return self._modules[_ROOT](*args)
+
+
+def stateless_root(model: nn.Module) -> nn.Module:
+    """``model`` as :func:`torch.func.functional_call` takes it: a TorchScript network inside a
+    :class:`_Root` (its state's names then start with ``"(model)."``), any other as it is."""
+    return _Root(model) if is_torchscript(model) else model
+
+
 @contextmanager
 def _module_hooks(
     model: nn.Module, stack: list[str], layers: dict[str, LayerRecord], phase: list[str], op_count, storages=None
 ):
-    """Forward pre/post hooks that keep the stack of running modules and record output shapes."""
+    """Forward pre/post hooks that keep the stack of running modules and record output shapes (on
+    :func:`hook_points`: a TorchScript module is one row)."""
     handles = []
     seen_params: set[int] = set()
     first_op: dict[str, int] = {}
     first_in: dict[str, tuple] = {}
+    leaves: dict[str, bool] = {}
 
     def pre(name):
         def hook(mod, inp):
@@ -493,15 +571,12 @@ def _module_hooks(
             rec = layers.get(name)
             if rec is None:
                 act = getattr(mod, "activation", None)  # a Keras-style fused activation (spec layers)
-                kind = type(mod).__name__ + (f"+{act}" if isinstance(act, str) else "")
+                kind = layer_type(mod) + (f"+{act}" if isinstance(act, str) else "")
                 rec = layers[name] = LayerRecord(
-                    name,
-                    kind,
-                    input_shape=first_in[name],
-                    order=first_op[name],
-                    is_leaf=not any(True for _ in mod.children()),
+                    name, kind, input_shape=first_in[name], order=first_op[name], is_leaf=leaves[name]
                 )
-                for p in mod.parameters(recurse=False):
+                # a TorchScript module's row holds its sub-modules' parameters: they have no row
+                for p in mod.parameters(recurse=is_torchscript(mod)):
                     if id(p) not in seen_params:
                         seen_params.add(id(p))
                         rec.params += p.numel()
@@ -517,11 +592,9 @@ def _module_hooks(
         return hook
 
     try:
-        for name, mod in model.named_modules():
-            if mod is model:
-                continue
-            handles.append(mod.register_forward_pre_hook(pre(name)))
-            handles.append(mod.register_forward_hook(post(name)))
+        for name, mod, leaf in hook_points(model):
+            leaves[name] = leaf
+            handles += add_hooks(mod, pre(name), post(name))
         yield
     finally:
         for h in handles:
@@ -599,6 +672,8 @@ def trace(
     ``cpu``, attention runs the kernel the CPU picks (:func:`_sdpa_on_meta`), and multi-head attention
     and encoder layers their inference fast path where the CPU takes it
     (:func:`cnnkit.analysis.fastpath.cpu_fast_paths`); on ``cuda``, the math path and the Python path.
+    A TorchScript module (scripted or traced, the whole network or a part) runs its compiled code,
+    whose ops the trace sees, and is one row (:func:`hook_points`).
     """
     backend_ops = backend_ops or set()
     ops: list[OpRecord] = []
@@ -606,16 +681,17 @@ def trace(
     stack: list[str] = []
     phase = ["forward"]
     layers: dict[str, LayerRecord] = {}
-    state = meta_state(model, dtype)
+    net = stateless_root(model)
+    state = meta_state(net, dtype)
     x = torch.empty(input_shape, dtype=dtype, device="meta")
-    param_names = {name for name, _ in model.named_parameters()}
+    param_names = {name for name, _ in net.named_parameters()}
     params = [t for name, t in state.items() if name in param_names and t.requires_grad]
     was_training = model.training
     model.train(training)
     saved: dict[int, str] = {}  # uid -> module that saved it for backward
 
     def forward():
-        return functional_call(model, state, (x,), strict=False)
+        return functional_call(net, state, (x,), strict=False)
 
     opt = None
     try:
@@ -647,7 +723,7 @@ def trace(
 
         kernels = _cpu_attention_kernels(device == "cpu")
         fast = cpu_fast_paths(model, device == "cpu")  # before the trace's hooks: those the model has are its own
-        with fast, _module_hooks(model, stack, layers, phase, lambda: len(ops), storages), kernels, recorder:
+        with fast, _module_hooks(net, stack, layers, phase, lambda: len(ops), storages), kernels, recorder:
             if training:
                 with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                     out = forward()
@@ -680,10 +756,10 @@ def trace(
     for uid, name in saved.items():
         if name in layers:
             layers[name].saved_bytes += storages.size[uid]
-    own = list(model.parameters(recurse=False))
+    own = list(net.parameters(recurse=False))
     if own:  # parameters of the model itself (not of a sub-module) get a row of their own
-        layers["(model)"] = LayerRecord(
-            "(model)",
+        layers[_ROOT] = LayerRecord(
+            _ROOT,
             type(model).__name__,
             params=sum(p.numel() for p in own),
             trainable_params=sum(p.numel() for p in own if p.requires_grad),
