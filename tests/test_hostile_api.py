@@ -284,6 +284,37 @@ def test_create_model_quotes_what_the_builders_type_error_expected():
     )
 
 
+@pytest.mark.parametrize(
+    "name, args, expected",
+    [
+        ("frames2d_small", {"frames": 2.5}, "takes frames as an integer (default 10); received: frames=2.5"),
+        ("mask_fcos", {"mask_width": 7.5}, "takes mask_width as an integer (default 64); received: mask_width=7.5"),
+        ("multirocket", {"seed": 1.5}, "takes seed as an integer (default 0); received: seed=1.5"),
+        ("multirocket_hydra", {"seed": "1"}, "takes seed as an integer (default 0); received: seed='1'"),
+        ("frames2d_small", {"dropout": True}, "takes dropout as a number (default 0.0); received: dropout=True"),
+        (
+            "mask_fcos",
+            {"backbone_weights": 3},
+            "takes backbone_weights as a string or None (default None); received: backbone_weights=3",
+        ),
+    ],
+)
+def test_create_model_refuses_an_argument_of_another_type_than_the_builders_signature(name, args, expected):
+    """Builders fail deep in PyTorch on such a value ("in_channels must be divisible by groups", "manual_seed
+    expected a long"): the signature's type is checked before the builder runs."""
+    with pytest.raises(CnnkitError) as exc:
+        cnnkit.create_model(name, **args)
+    assert str(exc.value) == f"model {name!r} {expected}"
+
+
+def test_create_model_takes_the_types_the_signature_allows():
+    import numpy as np
+
+    net = cnnkit.create_model("frames2d_small", frames=np.int64(4), dropout=0)  # an int is a float too
+    assert net(torch.zeros(2, 1, 4, 32, 32)).shape == (2, 10)
+
+
+
 # ----------------------------------------------------------------------------- cnnkit.load
 
 

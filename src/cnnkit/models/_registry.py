@@ -7,6 +7,8 @@ Model files decorate one tiny builder function per variant with :func:`register_
 from __future__ import annotations
 
 import difflib
+import inspect
+import numbers
 import os
 import re
 from collections.abc import Callable
@@ -169,7 +171,8 @@ def create_model(
 
     Raises:
         CnnkitError: an unknown name (the error suggests close ones), arguments the builder does not
-            take, or weights that cannot be read or do not fit.
+            take or of another type than its signature says (:func:`_check_builder_args`), or weights
+            that cannot be read or do not fit.
 
     Example:
         >>> import torch
@@ -185,6 +188,7 @@ def create_model(
         )
     if not isinstance(strict, bool):
         raise CnnkitError(f"strict must be True or False; received: strict={str(strict)[:40]!r}")
+    _check_builder_args(name, info.builder, kwargs)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     if in_channels is not None:
@@ -210,6 +214,45 @@ def create_model(
             weights = pretrained_url(name)
         load_weights(model, weights, strict=strict)
     return model
+
+
+# the types a builder's signature names, each as said in an error and its test (a bool is no number)
+_KINDS = {
+    "int": ("an integer", lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)),
+    "float": ("a number", lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)),
+    "bool": ("True or False", lambda v: isinstance(v, bool)),
+    "str": ("a string", lambda v: isinstance(v, str)),
+    "None": ("None", lambda v: v is None),
+}
+
+
+def _check_builder_args(name: str, builder: Callable, kwargs: dict) -> None:
+    """Refuse an argument of another type than the builder's signature gives it (``frames=2.5`` for an
+    ``int``), before the builder runs: a builder that received one fails deep inside PyTorch ("in_channels
+    must be divisible by groups", "manual_seed expected a long"), or builds a network it did not mean.
+
+    Only parameters annotated with ``int``, ``float``, ``bool``, ``str``, ``None`` or a union of them
+    are checked; an ``int`` is a ``float`` too. ``num_classes`` and ``in_channels`` have their
+    own check (:func:`cnnkit.models._common.check_args`), with their ranges.
+
+    Raises:
+        CnnkitError: naming the model, the argument, the type it takes, its default and the value.
+    """
+    try:
+        params = inspect.signature(builder).parameters
+    except (TypeError, ValueError):  # no signature to read (a builtin): the builder checks for itself
+        return
+    for key, value in kwargs.items():
+        param = params.get(key)
+        if param is None:
+            continue
+        ann = param.annotation
+        kinds = [k.strip() for k in (ann if isinstance(ann, str) else getattr(ann, "__name__", str(ann))).split("|")]
+        if not all(k in _KINDS for k in kinds) or any(_KINDS[k][1](value) for k in kinds):
+            continue
+        want = " or ".join(_KINDS[k][0] for k in kinds)
+        default = "" if param.default is inspect.Parameter.empty else f" (default {param.default!r})"
+        raise CnnkitError(f"model {name!r} takes {key} as {want}{default}; received: {key}={repr(value)[:40]}")
 
 
 def _import_all() -> None:
