@@ -179,3 +179,64 @@ def test_a_yolo_data_yaml_that_is_not_yaml_says_where(tmp_path):
         "line 1, column 8: names: [cat, dog ^ expected ',' or ']', but got ':' in \"<unicode string>\", "
         "line 2, column 3: nc: 2 ^)"
     )
+
+
+# a YAML error whose problem is on its second mark: "while parsing ... line 3" then "expected ... line 4"
+BLOCK_MISALIGNED = "input: 3x32x32\nlayers:\n  - conv2d: {filters: 3}\n   - dense: 4\n"
+BLOCK_MISALIGNED_REASON = (
+    'while parsing a block collection in "<unicode string>", line 3, column 3: - conv2d: {filters: 3} ^ '
+    "expected <block end>, but found '<block sequence start>' in \"<unicode string>\", line 4, column 4: - dense: 4 ^"
+)
+
+
+def test_a_spec_that_is_not_yaml_says_what_the_parser_expected_and_where(tmp_path):
+    from cnnkit.models.spec import build_from_spec
+
+    path = tmp_path / "net.yaml"
+    path.write_text(BLOCK_MISALIGNED)
+    with pytest.raises(CnnkitError) as exc:
+        build_from_spec(path)
+    assert str(exc.value) == f"{path} is not valid YAML: {BLOCK_MISALIGNED_REASON}"
+
+
+def test_the_workbenchs_spec_that_is_not_yaml_says_what_the_parser_expected_and_where():
+    from cnnkit.serve.analyse import resolve
+    from cnnkit.serve.limits import Limits, Refused
+
+    with pytest.raises(Refused) as exc:
+        resolve(BLOCK_MISALIGNED, Limits())
+    assert str(exc.value) == f"the spec is not valid YAML: {BLOCK_MISALIGNED_REASON}"
+
+
+def test_a_spec_layer_whose_builder_fails_quotes_the_reason_without_cpp_frames(monkeypatch):
+    from cnnkit.models import spec
+
+    def fails(shape, **args):
+        raise RuntimeError(VIEW_WITH_CPP_FRAMES)
+
+    monkeypatch.setitem(spec._BUILDERS, "flatten", (fails, "flatten"))
+    with pytest.raises(CnnkitError) as exc:
+        spec.build_from_spec({"input": "3x4x4", "layers": [{"flatten": {}}]})
+    assert str(exc.value) == "layer flatten_1 (flatten) on input 3x4x4: shape '[7]' is invalid for input of size 6"
+
+
+def test_a_factory_and_a_checkpoints_layer_quote_the_reason_without_cpp_frames(tmp_path):
+    (tmp_path / "call.py").write_text("import torch\ndef net():\n    return torch.ones(2, 3).view(7)\n")
+    (tmp_path / "imp.py").write_text("import torch\ntorch.ones(2, 3).view(7)\ndef net():\n    pass\n")
+    code = (
+        "import sys\nfrom pathlib import Path\nfrom cnnkit.errors import CnnkitError\n"
+        "from cnnkit.models.network import build_modules, load_factory\n"
+        "for call in (lambda: load_factory(Path(sys.argv[1], 'call.py'), 'net'),\n"
+        "             lambda: load_factory(Path(sys.argv[1], 'imp.py'), 'net'),\n"
+        "             lambda: build_modules({'type': 'Linear', 'in_features': -1, 'out_features': 2, 'bias': True})):\n"
+        "    try:\n        call()\n    except CnnkitError as e:\n        print(e)\n"
+    )
+    env = {**os.environ, "TORCH_SHOW_CPP_STACKTRACES": "1", "TORCH_DISABLE_ADDR2LINE": "1"}
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert run.stdout.splitlines() == [
+        f"{tmp_path / 'call.py'}:net() raised RuntimeError: shape '[7]' is invalid for input of size 6",
+        f"{tmp_path / 'imp.py'} raised RuntimeError on import: shape '[7]' is invalid for input of size 6",
+        "Linear(in_features=-1, out_features=2, bias=True): Trying to create tensor with negative dimension -1: [2, -1]",
+    ], (run.stdout, run.stderr)

@@ -199,7 +199,8 @@ def build_modules(tree: dict) -> nn.Module:
         try:
             return getattr(nn, name)(**args)
         except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
-            raise CnnkitError(f"{name}({', '.join(f'{k}={v!r}' for k, v in args.items())}): {exc}") from None
+            called = f"{name}({', '.join(f'{k}={v!r}' for k, v in args.items())})"
+            raise CnnkitError(f"{called}: {short_error(exc)}") from None
 
     return build(tree, 0)
 
@@ -494,7 +495,7 @@ def load_factory(path: Path, fn_name: str, **kwargs) -> nn.Module:
     try:
         spec.loader.exec_module(module)
     except Exception as exc:  # the user's code: report it in one line
-        raise CnnkitError(f"{path} raised {type(exc).__name__} on import: {exc}") from None
+        raise CnnkitError(f"{path} raised {type(exc).__name__} on import: {short_error(exc)}") from None
     finally:
         sys.path.pop(0)
     factory = getattr(module, fn_name, None)
@@ -506,7 +507,7 @@ def load_factory(path: Path, fn_name: str, **kwargs) -> nn.Module:
         accepted = inspect.signature(factory).parameters
         model = factory(**{k: v for k, v in kwargs.items() if k in accepted})
     except Exception as exc:
-        raise CnnkitError(f"{path}:{fn_name}() raised {type(exc).__name__}: {exc}") from None
+        raise CnnkitError(f"{path}:{fn_name}() raised {type(exc).__name__}: {short_error(exc)}") from None
     if not isinstance(model, nn.Module):
         raise CnnkitError(f"{path}:{fn_name}() must return a torch.nn.Module; it returned {type(model).__name__}")
     return model

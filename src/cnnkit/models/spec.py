@@ -352,10 +352,8 @@ def load_spec(path) -> dict:
     except CnnkitError:
         raise
     except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError / RecursionError: one line
-        first = str(exc).strip().splitlines() or [type(exc).__name__]
-        raise CnnkitError(
-            f"{path} is not valid {kind}: {_brief(' '.join(l.strip() for l in first[:3]), 200)}"
-        ) from None
+        # the whole reason: a YAML error names where the parser was and where the problem is
+        raise CnnkitError(f"{path} is not valid {kind}: {short_error(exc)}") from None
     if not isinstance(spec, dict) or "layers" not in spec:
         raise CnnkitError(f"{path}: a spec is a mapping with 'input' (e.g. 3x224x224) and a list of 'layers'")
     return spec
@@ -617,7 +615,7 @@ def _build_layer(builder, kind, name, shape, args, total: list[int]) -> nn.Modul
         msg = str(exc).split(")", 1)[-1].strip() or str(exc)
         raise CnnkitError(f"layer {name} ({kind}): {msg}; check its arguments") from None
     except (ValueError, RuntimeError) as exc:
-        raise CnnkitError(f"layer {name} ({kind}) on input {_fmt(shape)}: {exc}") from None
+        raise CnnkitError(f"layer {name} ({kind}) on input {_fmt(shape)}: {short_error(exc)}") from None
 
 
 def _infer_shape(module, kind, name, in_shapes) -> tuple[int, ...]:

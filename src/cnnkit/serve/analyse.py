@@ -15,7 +15,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, short_error
 from cnnkit.serve.limits import Limits, Refused
 
 CACHE_SIZE = 32
@@ -40,9 +40,8 @@ def _spec_from_text(text: str, limits: Limits) -> dict:
         spec = yaml.safe_load(text)
     except RecursionError:  # not expected after the depth check; a 400 all the same
         raise Refused(f"the spec is nested too deeply to read; at most {limits.nesting} levels") from None
-    except yaml.YAMLError as exc:
-        first = " ".join(line.strip() for line in str(exc).strip().splitlines()[:3])
-        raise Refused(f"the spec is not valid YAML: {first}") from None
+    except yaml.YAMLError as exc:  # the whole reason: where the parser was and where the problem is
+        raise Refused(f"the spec is not valid YAML: {short_error(exc)}") from None
     if not isinstance(spec, dict) or "layers" not in spec:
         raise Refused("a spec is a mapping with 'input' (e.g. 1x28x28) and a list of 'layers'")
     return spec
@@ -98,7 +97,7 @@ def resolve(target, limits: Limits):
     except CnnkitError:
         raise
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
-        raise Refused(f"the spec could not be built: {exc}") from None
+        raise Refused(f"the spec could not be built: {short_error(exc)}") from None
     return model, key
 
 
