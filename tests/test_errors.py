@@ -64,6 +64,13 @@ def test_the_result_is_one_line_of_at_most_the_limit(kind):
     assert "\n" not in got and "\t" not in got and "\x1b" not in got and len(got) <= errors.SHORT_CHARS
 
 
+def test_a_clause_drops_the_reasons_full_stop_for_the_sentence_that_goes_on():
+    assert _short("the image cannot be cut into patches.") == "the image cannot be cut into patches."
+    assert errors.short_error(ValueError("cannot be cut into patches."), clause=True) == "cannot be cut into patches"
+    assert errors.short_error(ValueError("it goes on..."), clause=True) == "it goes on..."
+    assert errors.short_error(ValueError("word " * 200), clause=True).endswith(" ...")
+
+
 # ----------------------------------------------------------------------------- stacks are not reasons
 
 # torch 2.13's text of a shape error under TORCH_SHOW_CPP_STACKTRACES=1, its C++ frames cut to three
@@ -240,3 +247,34 @@ def test_a_factory_and_a_checkpoints_layer_quote_the_reason_without_cpp_frames(t
         f"{tmp_path / 'imp.py'} raised RuntimeError on import: shape '[7]' is invalid for input of size 6",
         "Linear(in_features=-1, out_features=2, bias=True): Trying to create tensor with negative dimension -1: [2, -1]",
     ], (run.stdout, run.stderr)
+
+
+class _RealOnly(torch.nn.Module):
+    """A layer that refuses real tensors (meta ones pass): it fails only when run for real."""
+
+    def forward(self, x):
+        if x.device.type != "meta":
+            raise ValueError("RealOnly: real tensors are refused.")
+        return x
+
+
+class _Patchify(torch.nn.Module):
+    def forward(self, x):
+        raise ValueError("Patchify: the image cannot be cut into patches.")
+
+
+def test_a_reason_quoted_before_the_fix_does_not_read_full_stop_semicolon():
+    import cnnkit
+
+    with pytest.raises(CnnkitError) as exc:
+        cnnkit.summary(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), _Patchify()), input_size=(3, 8, 8))
+    assert str(exc.value) == (
+        "Sequential fails on input (3, 8, 8) at layer '1' (_Patchify) with input (4, 8, 8): Patchify: the image "
+        "cannot be cut into patches; fix the layer's sizes or pass another --input"
+    )
+    with pytest.raises(CnnkitError) as exc:
+        cnnkit.summary(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), _RealOnly()), input_size=(3, 8, 8), time_steps=1)
+    assert str(exc.value) == (
+        "the network failed when run for real while timing a training step at batch 1 (--time): RealOnly: real "
+        "tensors are refused; run without --time"
+    )

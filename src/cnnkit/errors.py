@@ -57,7 +57,7 @@ _AT_FRAME = re.compile(r"\s*\S.*\(\d+\): \S+\s*$")
 _TWICE = re.compile(r"\b([A-Za-z_][\w.]*): \1: ")
 
 
-def short_error(exc: BaseException) -> str:
+def short_error(exc: BaseException, clause: bool = False) -> str:
     r"""An exception's text as one line for a :class:`CnnkitError` to quote: the reason whole, with
     the fix it names ("... is not supported. Support for this operator was added in version 16, try
     exporting with this version").
@@ -71,7 +71,8 @@ def short_error(exc: BaseException) -> str:
     text longer than ``SHORT_CHARS`` keeps the whole sentences that fit (a first sentence longer
     than that alone is cut) and ends in ``" ..."``. A page with an "Exception summary" (the dynamo
     ONNX exporter's: the step that failed, next steps, then the errors behind it) is its first
-    sentence and the first error of the summary.
+    sentence and the first error of the summary. With ``clause``, for a message that goes on after
+    the quote ("...: {reason}; fix ..."), a final full stop is dropped (an ellipsis is kept).
 
     Example:
         >>> short_error(RuntimeError("Error(s) in loading state_dict:\n\tMissing key(s): 'bias'. "))
@@ -88,7 +89,7 @@ def short_error(exc: BaseException) -> str:
         text = head.split(". ")[0] + (f": {causes[0]}" if causes else "")
     text = " ".join(_without_frames(text).split()) or type(exc).__name__
     if len(text) <= SHORT_CHARS:
-        return text
+        return text[:-1] if clause and text.endswith(".") and not text.endswith("..") else text
     sentences = text.split(". ")
     kept = sentences[0]
     for sentence in sentences[1:]:

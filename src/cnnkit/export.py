@@ -283,7 +283,7 @@ def _export(
             # the dynamo exporter writes its own opset and converts down only where it can, silently
             raise ValueError(f"it wrote opset {written}, not the opset {opset} asked for")
         except Exception as exc:  # noqa: BLE001 -- any failure of the new exporter: try the TorchScript one
-            why = short_error(exc)
+            why = short_error(exc, clause=True)
             if exporter == "dynamo":
                 raise CnnkitError(f"the dynamo ONNX exporter failed: {why}; try exporter='torchscript'") from None
     axes = None

@@ -273,11 +273,11 @@ def _runs_in_float32(model, shape, training, device) -> bool:
 def _failure_message(model: nn.Module, shape, exc: Exception, name: str) -> str:
     """One line naming the layer where the forward failed, the shapes involved, and the fix."""
     layer, again = _failing_layer(model, shape)
-    msg = short_error(exc)
+    msg = short_error(exc, clause=True)
     if msg.endswith(":") and again is not None:
         # TorchScript loses the reason of an error raised under the trace's dispatch mode
         # ("RuntimeError:" and nothing); the same forward without it keeps the reason
-        msg = short_error(again)
+        msg = short_error(again, clause=True)
     where = f" at layer {layer[0]!r} ({layer[1]}) with input {layer[2]}" if layer else ""
     if layer and layer[3]:
         where += f" (it expects {layer[3]})"
@@ -427,7 +427,7 @@ def _time_layers(target, model, shape, dtype, optimizer, device, steps, peak, tr
     except (RuntimeError, ValueError, TypeError, MemoryError) as exc:
         if is_out_of_memory(exc):
             raise out_of_memory(f"timing {what}") from None
-        line = short_error(exc)
+        line = short_error(exc, clause=True)
         raise CnnkitError(
             f"the network failed when run for real while timing {what}: {line}; run without --time"
         ) from None

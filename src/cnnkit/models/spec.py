@@ -640,7 +640,7 @@ def _infer_shape(module, kind, name, in_shapes) -> tuple[int, ...]:
             y = _meta_forward(module, xs)
             module.train()
     except Exception as exc:  # noqa: BLE001 -- turned into one line naming the layer
-        detail = short_error(exc)
+        detail = short_error(exc, clause=True)
         ks = getattr(module, "kernel_size", None)
         hint = (
             (

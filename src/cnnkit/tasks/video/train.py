@@ -95,7 +95,7 @@ def _check_frames(model, cfg: VideoConfig) -> None:
     except RuntimeError as exc:
         raise CnnkitError(
             f"--model {cfg.model} cannot take {frames} frames of {cfg.size}x{cfg.size} (--frames {cfg.frames}, "
-            f"--stride {cfg.stride}, --size {cfg.size}): {short_error(exc)}; give more frames "
+            f"--stride {cfg.stride}, --size {cfg.size}): {short_error(exc, clause=True)}; give more frames "
             "or a smaller --stride"
         ) from None
     finally:
