@@ -314,7 +314,6 @@ def test_create_model_takes_the_types_the_signature_allows():
     assert net(torch.zeros(2, 1, 4, 32, 32)).shape == (2, 10)
 
 
-
 # ----------------------------------------------------------------------------- cnnkit.load
 
 
