@@ -46,7 +46,7 @@ def _series_file(path, rows: int = 24, length: int = 30, classes=(0, 1), seed: i
     lines = []
     for i in range(rows):
         label = classes[i % len(classes)]
-        x = np.sin(np.linspace(0, 3 + 2 * label, length)) + 0.1 * rng.normal(size=length)
+        x = np.sin(np.linspace(0, 3 + 2 * (i % len(classes)), length)) + 0.1 * rng.normal(size=length)
         lines.append("\t".join([str(label), *(f"{v:.5f}" for v in x)]))
     path.write_text("\n".join(lines) + "\n")
     return path

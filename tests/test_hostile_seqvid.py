@@ -4,12 +4,14 @@ input is one line (exit 2) and leaves the run folder as it was."""
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import json
 import re
 
 import numpy as np
 import pytest
+from test_hostile_round3 import _digest, _error
+from test_hostile_round3 import _series_file as _round3_series_file
 
 from cnnkit.cli import main
 
@@ -19,30 +21,8 @@ FAST = ["--threads", "1", "--quiet"]
 FCN = ["--model", "fcn1d", "--steps", "2", "--epochs", "1"]
 
 
-def _error(capsys, argv) -> str:
-    """The one line a refused command prints (exit 2, no traceback)."""
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "Traceback" not in err, err
-    return err
-
-
-def _digest(folder) -> dict:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
-    }
-
-
-def _series_file(path, rows: int = 12, length: int = 16, classes=(0, 1), seed: int = 0):
-    rng = np.random.default_rng(seed)
-    lines = []
-    for i in range(rows):
-        label = classes[i % len(classes)]
-        x = np.sin(np.linspace(0, 3 + 2 * (i % len(classes)), length)) + 0.1 * rng.normal(size=length)
-        lines.append("\t".join([str(label), *(f"{v:.5f}" for v in x)]))
-    path.write_text("\n".join(lines) + "\n")
-    return path
+# a toy series file: a sine wave a class, `rows` lines of `length` values (other defaults than round 3's)
+_series_file = functools.partial(_round3_series_file, rows=12, length=16)
 
 
 # --- a series of one sample: refused by training, as eval --data and predict refuse it ---------------
