@@ -314,6 +314,19 @@ def test_create_model_takes_the_types_the_signature_allows():
     assert net(torch.zeros(2, 1, 4, 32, 32)).shape == (2, 10)
 
 
+def test_create_model_takes_a_path_for_a_builders_weights_file(tmp_path):
+    """backbone_weights is annotated ``str``, and a path is read as create_model's own weights are
+    (os.fspath): the backbone of the model built holds the file's tensors."""
+    from pathlib import Path
+
+    torch.manual_seed(0)
+    state = cnnkit.create_model("efficientnet_lite0").state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "lite0.safetensors"))
+    net = cnnkit.create_model("fcos", num_classes=2, backbone_weights=Path(tmp_path / "lite0.safetensors"))
+    first = next(v for k, v in state.items() if k.endswith("weight") and v.dim() == 4)  # the stem's kernel
+    assert any(v.shape == first.shape and torch.equal(v, first) for v in net.state_dict().values())
+
+
 # ----------------------------------------------------------------------------- cnnkit.load
 
 

@@ -216,12 +216,13 @@ def create_model(
     return model
 
 
-# the types a builder's signature names, each as said in an error and its test (a bool is no number)
+# the types a builder's signature names, each as said in an error and its test (a bool is no number;
+# a path is a string: a builder's file, backbone_weights, is read through os.fspath as create_model's weights)
 _KINDS = {
     "int": ("an integer", lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)),
     "float": ("a number", lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)),
     "bool": ("True or False", lambda v: isinstance(v, bool)),
-    "str": ("a string", lambda v: isinstance(v, str)),
+    "str": ("a string", lambda v: isinstance(v, (str, os.PathLike))),
     "None": ("None", lambda v: v is None),
 }
 
@@ -232,7 +233,7 @@ def _check_builder_args(name: str, builder: Callable, kwargs: dict) -> None:
     must be divisible by groups", "manual_seed expected a long"), or builds a network it did not mean.
 
     Only parameters annotated with ``int``, ``float``, ``bool``, ``str``, ``None`` or a union of them
-    are checked; an ``int`` is a ``float`` too. ``num_classes`` and ``in_channels`` have their
+    are checked; an ``int`` is a ``float`` too, a path (``os.PathLike``) a ``str``. ``num_classes`` and ``in_channels`` have their
     own check (:func:`cnnkit.models._common.check_args`), with their ranges.
 
     Raises:
