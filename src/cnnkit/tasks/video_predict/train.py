@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from cnnkit.engine.config import use_threads
 from cnnkit.engine.distributed import launched
-from cnnkit.engine.runfolder import SPLIT_FILE, atomic_write_bytes, read_split
+from cnnkit.engine.runfolder import SPLIT_FILE, atomic_write_bytes, json_text, read_split
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.video_predict.config import PredictConfig
 from cnnkit.tasks.video_predict.data import load_splits, split_names
@@ -81,7 +80,7 @@ def train(
 
     def epoch_end(epoch: int, row: dict) -> None:  # split.json beside the engine's files, once it has written them
         if split is not None and out is not None and launched()[0] == 0 and not (Path(out) / SPLIT_FILE).is_file():
-            atomic_write_bytes(Path(out) / SPLIT_FILE, json.dumps(split, indent=1).encode())
+            atomic_write_bytes(Path(out) / SPLIT_FILE, json_text(split, indent=1).encode())
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
 
