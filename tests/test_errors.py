@@ -278,3 +278,26 @@ def test_a_reason_quoted_before_the_fix_does_not_read_full_stop_semicolon():
         "the network failed when run for real while timing a training step at batch 1 (--time): RealOnly: real "
         "tensors are refused; run without --time"
     )
+
+
+def test_keras_configs_and_the_workbench_count_nesting_with_one_walk():
+    """nested_deeper_than counts the lists and dicts (a scalar is no level), and both readers that refuse
+    a document nested too deep for Python's stack (a Keras config, the workbench's spec or body) refuse
+    at that count: MAX_NESTING (100) and Limits.nesting (64) levels pass, one more does not."""
+    from cnnkit.errors import nested_deeper_than
+    from cnnkit.models.keras import MAX_NESTING, _check_nesting
+    from cnnkit.serve.limits import Limits, Refused
+
+    def deep(levels: int, leaf=1):
+        for _ in range(levels):
+            leaf = [leaf]
+        return leaf
+
+    assert [nested_deeper_than(deep(n), 3) for n in (0, 3, 4)] == [False, False, True]
+    assert nested_deeper_than({"a": deep(2)}, 2) and not nested_deeper_than({"a": deep(2, "x")}, 3)
+    _check_nesting({"config": deep(MAX_NESTING - 1)})  # 100 levels, the dict's included
+    with pytest.raises(CnnkitError, match="nests lists and objects more than 100 deep"):
+        _check_nesting({"config": deep(MAX_NESTING)})
+    Limits().check_nesting({"layers": deep(63)}, "the spec")
+    with pytest.raises(Refused, match="the spec is nested more than 64 levels deep"):
+        Limits().check_nesting({"layers": deep(64)}, "the spec")

@@ -279,3 +279,22 @@ def as_new_file(path) -> None:
     mask = os.umask(0)
     os.umask(mask)
     os.chmod(path, 0o666 & ~mask)
+
+
+def nested_deeper_than(obj, limit: int) -> bool:
+    """Whether the lists and dicts of ``obj`` (a parsed JSON or YAML document) nest more than ``limit``
+    deep (``[[1]]`` nests 2 deep), walked without recursion: a crafted file nested hundreds deep would
+    exhaust Python's stack in any reader that recurses once per level (copying it, writing it back).
+
+    Example:
+        >>> nested_deeper_than({"a": [[1]]}, 2), nested_deeper_than({"a": [[1]]}, 3)
+        (True, False)
+    """
+    stack = [(obj, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            if depth > limit:
+                return True
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return False

@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cnnkit.errors import CnnkitError, check_fits, human_bytes, short_error
+from cnnkit.errors import CnnkitError, check_fits, human_bytes, nested_deeper_than, short_error
 from cnnkit.layers import batch_normalization, get_activation
 from cnnkit.layers.conv_same import KerasTransposed, _DynamicPad, resolve_padding, transpose_geometry
 from cnnkit.layers.pool_same import (
@@ -2073,18 +2073,11 @@ def build_from_keras_config(config: dict, logits: bool = False) -> nn.Module:
 def _check_nesting(config: dict) -> None:
     """Refuse a config nested deeper than :data:`MAX_NESTING` levels: reading it (and copying it into a
     run's metadata) recurses once per level, and Python's stack ends near 1,000."""
-    stack = [(config, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if depth > MAX_NESTING:
-            raise CnnkitError(
-                f"the model's config nests lists and objects more than {MAX_NESTING} deep (a Keras model's is "
-                "about 10, and 4 more per nested model); the config is damaged or edited"
-            )
-        if isinstance(value, dict):
-            stack.extend((v, depth + 1) for v in value.values())
-        elif isinstance(value, list):
-            stack.extend((v, depth + 1) for v in value)
+    if nested_deeper_than(config, MAX_NESTING):
+        raise CnnkitError(
+            f"the model's config nests lists and objects more than {MAX_NESTING} deep (a Keras model's is "
+            "about 10, and 4 more per nested model); the config is damaged or edited"
+        )
 
 
 def _network(config: dict, logits: bool, budget: list | None = None):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, nested_deeper_than
 
 
 class Refused(CnnkitError):
@@ -66,11 +66,6 @@ class Limits:
         return length
 
     def check_nesting(self, obj, what: str) -> None:
-        """Refuse lists/dicts nested deeper than ``nesting`` (walked without recursion)."""
-        stack = [(obj, 1)]
-        while stack:
-            item, depth = stack.pop()
-            if isinstance(item, (list, dict)):
-                if depth > self.nesting:
-                    raise Refused(f"{what} is nested more than {self.nesting} levels deep; flatten it")
-                stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+        """Refuse lists/dicts nested deeper than ``nesting`` (:func:`~cnnkit.errors.nested_deeper_than`)."""
+        if nested_deeper_than(obj, self.nesting):
+            raise Refused(f"{what} is nested more than {self.nesting} levels deep; flatten it")
