@@ -638,3 +638,47 @@ def test_explain_reads_a_photo_as_predict_does_for_a_folder_trained_run(tmp_path
     zoo = SimpleNamespace(model=torch.nn.Identity(), input_size=(3, 8, 8), dark_background=False)
     assert read_input(zoo, tmp_path / "p.png", resize=False).shape == (3, 12, 30)
     assert read_input(zoo, tmp_path / "p.png", resize=True).shape == (3, 8, 8)
+
+
+# ----------------------------------------------------------------------------- TorchScript parts
+
+
+def _scripted_part_net() -> nn.Sequential:
+    """A network whose first block is TorchScript: its compiled forward runs its layers without hooks."""
+    torch.manual_seed(0)
+    block = torch.jit.script(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()))
+    return nn.Sequential(
+        block, nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
+    )
+
+
+def test_a_torchscript_block_is_one_layer_and_the_layers_inside_it_are_refused_by_name():
+    net, x = _scripted_part_net().eval(), torch.rand(3, 8, 8)
+    assert layer_names(net) == ["1", "0", "2", "3", "4", "5"]  # nothing inside the TorchScript block "0"
+    assert default_cam_layer(net, x[None]) == "2"  # the plain convolution and its ReLU
+    cam, _ = grad_cam(net, x, target_class=1)  # at the default layer, found through the hooks that run
+    assert cam.shape == (8, 8)
+    with recording(net, ["0"]) as rec:  # the TorchScript block itself is hooked from Python
+        net(x[None])
+    assert rec["activations"]["0"].shape == (1, 4, 8, 8)
+    with pytest.raises(CnnkitError) as err:
+        resolve_layer(net, "0.0")
+    assert str(err.value) == (
+        "layer '0.0' is inside the TorchScript module '0', whose compiled forward runs it without hooks, so its "
+        "output cannot be seen; pick one of: 1, 0, 2, 3, 4, 5"
+    )
+
+
+def test_a_network_that_is_torchscript_as_a_whole_is_explained_by_saliency_and_refused_by_grad_cam():
+    net, x = torch.jit.script(_scripted_part_net().eval()), torch.rand(3, 8, 8)
+    assert layer_names(net) == []
+    assert saliency(net, x)[0].shape == (8, 8)
+    with pytest.raises(
+        CnnkitError,
+        match=r"^model RecursiveScriptModule has no convolutional layer outside TorchScript \(the network is TorchScript, ",
+    ):
+        grad_cam(net, x)
+    with pytest.raises(
+        CnnkitError, match=r"^layer '1' is inside the network, TorchScript as a whole, .*; explain it with saliency"
+    ):
+        resolve_layer(net, "1")

@@ -358,3 +358,50 @@ def test_loaded_classifier_converts_with_its_normalisation_and_padding():
     assert clf.tta == "shift" and isinstance(clf.net[3], nn.Linear)  # the original is untouched
     with pytest.raises(CnnkitError, match="convert each member"):
         to_fcn(Ensemble([clf, clf]))
+
+
+class _ScriptedFeatures(nn.Module):
+    """A chain of direct children, the first TorchScript (called from Python, so its hooks run)."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = torch.jit.script(nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU()))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(3 * 3 * 3, 4))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def test_a_network_with_a_torchscript_child_converts_and_one_that_is_torchscript_is_refused():
+    net = _randomise_biases(_ScriptedFeatures()).eval()
+    fcn = to_fcn(net, (2, 5, 5))
+    assert [n for n, _ in fcn.named_children()] == ["features", "head"]
+    _check_exact(net, fcn, (2, 5, 5), (9, 7), 1, (5, 3))
+    with pytest.raises(CnnkitError) as err:
+        to_fcn(torch.jit.script(net), (2, 5, 5))
+    assert str(err.value) == (
+        "RecursiveScriptModule has no Flatten+Linear head outside TorchScript (it is TorchScript compiled code, "
+        "whose layers cannot be rewritten); convert the network before it is scripted or traced"
+    )
+
+
+class _Raises(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+
+    def forward(self, x):  # PyTorch's text under TORCH_SHOW_CPP_STACKTRACES=1: the reason, then C++ frames
+        raise RuntimeError(
+            "shape '[7]' is invalid for input of size 6\n"
+            "Exception raised from infer_size_impl at InferSize.h:99 (most recent call first):\n"
+            "C++ CapturedTraceback:\n#4 c10::Error::Error(...) from libc10.so\n#5 at::native::view from libtorch_cpu.so"
+        )
+
+
+def test_a_failed_forward_is_quoted_without_its_cpp_frames():
+    with pytest.raises(CnnkitError) as err:
+        to_fcn(_Raises(), (1, 2, 2))
+    assert str(err.value) == (
+        "a forward pass at input_size=(1, 2, 2) failed (shape '[7]' is invalid for input of size 6); "
+        "pass the (C, H, W) size the model was trained on"
+    )

@@ -16,6 +16,7 @@ from cnnkit.analysis.textbook import textbook_memory
 from cnnkit.analysis.trace import hook_points, is_torchscript, layer_type, trace
 from cnnkit.errors import CnnkitError, check_fits, is_out_of_memory, out_of_memory, short_error
 from cnnkit.models.network import resolve_target
+from cnnkit.models.scripted import torchscript_parts
 from cnnkit.models.spec import parse_input_size
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -191,7 +192,7 @@ def summary(
             f"{n:,} parameters belong to layers this input never runs ({names}): they are in the total "
             "and the parameter bytes, in no row"
         )
-    hidden = [n for n, m, _ in hook_points(model) if is_torchscript(m) and next(m.children(), None) is not None]
+    hidden = torchscript_parts(model)
     if hidden:
         names = ", ".join(hidden[:3]) + (f" and {len(hidden) - 3} more" if len(hidden) > 3 else "")
         what = "the network is" if is_torchscript(model) else f"layer{'s' if len(hidden) > 1 else ''} {names} "
@@ -289,7 +290,7 @@ def _failing_layer(model: nn.Module, shape):
     input shapes, what it expects) or None, the exception or None)``."""
     from torch.func import functional_call
 
-    from cnnkit.analysis.trace import add_hooks, hook_points, meta_state, stateless_root
+    from cnnkit.analysis.trace import add_hooks, meta_state, stateless_root
 
     found = []
     handles = []

@@ -26,6 +26,8 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count
 
 from cnnkit.analysis.fastpath import cpu_fast_paths
+from cnnkit.models.scripted import ROOT as _ROOT
+from cnnkit.models.scripted import add_hooks, hook_points, is_torchscript
 
 aten = torch.ops.aten
 
@@ -471,55 +473,12 @@ def _cpu_attention_kernels(on: bool):
         _cpu_attention.on = before
 
 
-def is_torchscript(module: nn.Module) -> bool:
-    """Whether ``module`` is TorchScript (``torch.jit.script`` or ``torch.jit.trace``): its forward is
-    compiled code, which calls its sub-modules without their hooks."""
-    return isinstance(module, torch.jit.ScriptModule)
-
-
 def layer_type(module: nn.Module) -> str:
     """A row's type: the class name, a TorchScript module's the class it was made from
     (``"Conv2d (TorchScript)"``)."""
     if is_torchscript(module):
         return f"{getattr(module, 'original_name', None) or type(module).__name__} (TorchScript)"
     return type(module).__name__
-
-
-def hook_points(model: nn.Module) -> list[tuple[str, nn.Module, bool]]:
-    """``(name, module, leaf)`` of every module below ``model`` whose forward hooks run when it runs,
-    in ``named_modules`` order: a TorchScript module is a leaf, and its sub-modules, which its compiled
-    forward calls without their hooks, are left out. A TorchScript ``model`` is one leaf, named
-    ``"(model)"`` (as it is inside :func:`stateless_root`).
-
-    Hooks go on through ``nn.Module``'s own methods (:func:`add_hooks`): a scripted module refuses
-    ``register_forward_hook``, though its call runs the hooks it holds.
-    """
-    if is_torchscript(model):
-        return [(_ROOT, model, True)]
-    points: list[tuple[str, nn.Module, bool]] = []
-    compiled: list[str] = []
-    for name, mod in model.named_modules():
-        if mod is model or any(name.startswith(c + ".") for c in compiled):
-            continue
-        leaf = is_torchscript(mod)
-        if leaf:
-            compiled.append(name)
-        points.append((name, mod, leaf or next(mod.children(), None) is None))
-    return points
-
-
-def add_hooks(module: nn.Module, pre, post) -> list:
-    """Register the forward pre-hook ``pre`` and hook ``post`` (either may be None) on ``module``,
-    TorchScript ones included; the handles to remove them."""
-    handles = []
-    if pre is not None:
-        handles.append(nn.Module.register_forward_pre_hook(module, pre))
-    if post is not None:
-        handles.append(nn.Module.register_forward_hook(module, post))
-    return handles
-
-
-_ROOT = "(model)"  # the row of a network that is TorchScript as a whole
 
 
 class _Root(nn.Module):

@@ -2,6 +2,9 @@
 
 Every hook registered here is removed in a ``finally`` block, and every change to the model's
 state (training mode, ``requires_grad``) is undone on the way out, also when the forward raises.
+The layers are those whose hooks run (:func:`~cnnkit.models.scripted.hook_points`): a TorchScript
+module is one layer, and the layers inside it, which its compiled forward calls without hooks, are
+refused by name.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import torch.nn as nn
 
 from cnnkit.errors import CnnkitError
 from cnnkit.explain.base import run_model
+from cnnkit.models.scripted import ROOT, add_hooks, hook_points, is_torchscript
 
 _CONV = (nn.modules.conv._ConvNd,)
 
@@ -24,27 +28,57 @@ def is_conv(module: nn.Module) -> bool:
 
 
 def layer_names(model: nn.Module) -> list[str]:
-    """Names of the model's sub-modules: convolutions first (in model order), then every other one."""
-    named = [(name, m) for name, m in model.named_modules() if name]
+    """Names of the model's sub-modules whose hooks run (none inside TorchScript): convolutions first
+    (in model order), then every other one."""
+    named = [(name, m) for name, m, _ in hook_points(model) if name != ROOT]
     return [n for n, m in named if is_conv(m)] + [n for n, m in named if not is_conv(m)]
 
 
 def resolve_layer(model: nn.Module, name: str) -> nn.Module:
-    """The sub-module called ``name`` (as in ``model.named_modules()``), or a CnnkitError listing them."""
-    modules = dict(model.named_modules())
+    """The sub-module called ``name`` (as in ``model.named_modules()``), or a CnnkitError listing them;
+    one inside a TorchScript module is refused naming that module."""
+    modules = {n: m for n, m, _ in hook_points(model) if n != ROOT}
     if name and name in modules:
         return modules[name]
     names = layer_names(model)
+    scripted = _scripted_around(model, name)
+    if scripted is not None:
+        where = "the network, TorchScript as a whole" if scripted == ROOT else f"the TorchScript module {scripted!r}"
+        pick = f"pick one of: {', '.join(names[:12])}" if names else "explain it with saliency, which needs no layer"
+        raise CnnkitError(
+            f"layer {name!r} is inside {where}, whose compiled forward runs it without hooks, so its "
+            f"output cannot be seen; {pick}"
+        )
     close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
     hint = f"did you mean {', '.join(close)}? " if close else ""
     shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
     raise CnnkitError(f"unknown layer {name!r}; {hint}valid layers (convolutions first): {shown}")
 
 
+def _scripted_around(model: nn.Module, name: str) -> str | None:
+    """The TorchScript module (``"(model)"``: the network) that holds the sub-module ``name``, if any."""
+    if not name:
+        return None
+    if is_torchscript(model):
+        return ROOT if name in dict(model.named_modules()) else None
+    for outer, m, _ in hook_points(model):
+        if is_torchscript(m) and name.startswith(outer + ".") and name in dict(m.named_modules(prefix=outer)):
+            return outer
+    return None
+
+
 def last_conv_layer(model: nn.Module) -> str:
-    """The name of the model's last convolution (registration order), Grad-CAM's default layer."""
-    convs = [name for name, m in model.named_modules() if name and is_conv(m)]
+    """The name of the model's last convolution (registration order) outside TorchScript, Grad-CAM's
+    default layer."""
+    convs = [name for name, m, _ in hook_points(model) if name != ROOT and is_conv(m)]
     if not convs:
+        scripted = [n for n, m, _ in hook_points(model) if is_torchscript(m)]
+        if scripted:  # its convolutions, if any, run inside compiled code, without hooks
+            where = "the network is TorchScript" if scripted == [ROOT] else f"TorchScript: {', '.join(scripted[:3])}"
+            raise CnnkitError(
+                f"model {type(model).__name__} has no convolutional layer outside TorchScript ({where}, whose "
+                "layers run without hooks); explain it with saliency, or build it from plain nn modules"
+            )
         raise CnnkitError(
             f"model {type(model).__name__} has no convolutional layer; pass layer=NAME, "
             f"one of: {', '.join(layer_names(model)[:12])}"
@@ -83,9 +117,9 @@ def default_cam_layer(model: nn.Module, x: torch.Tensor) -> str:
         return hook
 
     try:
-        for name, module in model.named_modules():
-            if name and not list(module.children()):  # leaves only: containers repeat their last child
-                handles.append(module.register_forward_hook(hook_for(name)))
+        for name, module, leaf in hook_points(model):
+            if leaf:  # leaves only: containers repeat their last child
+                handles += add_hooks(module, None, hook_for(name))
         with torch.no_grad():
             run_model(model, x)
     finally:
@@ -174,7 +208,7 @@ def recording(model: nn.Module, names: list[str], grads: bool = False) -> Iterat
 
     try:
         for name, module in modules.items():
-            handles.append(module.register_forward_hook(hook_for(name)))
+            handles += add_hooks(module, None, hook_for(name))
         yield record
     finally:
         for handle in handles:
@@ -223,7 +257,7 @@ def run_until(model: nn.Module, x: torch.Tensor, name: str) -> torch.Tensor:
         box.append(output)
         raise _StopForward
 
-    handle = module.register_forward_hook(hook)
+    (handle,) = add_hooks(module, None, hook)
     try:
         run_model(model, x)
     except _StopForward:

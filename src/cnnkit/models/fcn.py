@@ -26,9 +26,10 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, short_error
 from cnnkit.models.deploy import Classifier, Ensemble
 from cnnkit.models.keras import Flatten as KerasFlatten
+from cnnkit.models.scripted import ROOT, add_hooks, torchscript_parts
 from cnnkit.models.spec import Activation as SpecActivation
 
 # layers that act on each feature independently: they work unchanged on (B, C, H, W) maps
@@ -101,6 +102,13 @@ def to_fcn(model: nn.Module, input_size: tuple[int, int, int] | None = None) -> 
         mean, std = model.normalisation()
         return Classifier(fcn, mean, std, model.classes, (c, h, w), pad=model.pad).train(model.training)
     input_size = _check_input_size(model, input_size)
+    scripted = torchscript_parts(model)
+    if not any(isinstance(m, (nn.Linear, *_FLATTEN)) for m in model.modules()) and scripted:
+        what = "it is TorchScript" if scripted == [ROOT] else f"its TorchScript part {', '.join(scripted[:3])} is"
+        raise CnnkitError(
+            f"{type(model).__name__} has no Flatten+Linear head outside TorchScript ({what} compiled code, "
+            "whose layers cannot be rewritten); convert the network before it is scripted or traced"
+        )
     if not any(isinstance(m, (nn.Linear, *_FLATTEN)) for m in model.modules()):
         raise CnnkitError(
             f"{type(model).__name__} has no Flatten+Linear head to convert (it may already be fully convolutional)"
@@ -209,15 +217,16 @@ def _trace(model, input_size) -> _Trace:
     handles = []
     try:
         model.eval()
-        handles += [m.register_forward_hook(record) for m in watched]
-        if not isinstance(model, nn.Sequential):
-            handles += [m.register_forward_pre_hook(before, prepend=True, with_kwargs=True) for m in direct]
-            handles += [m.register_forward_hook(after) for m in direct]
+        for m in watched:
+            handles += add_hooks(m, None, record)
+        if not isinstance(model, nn.Sequential):  # a TorchScript child is called from Python: its hooks run
+            for m in direct:
+                handles += add_hooks(m, before, after, with_kwargs=True, prepend=True)
         with torch.no_grad():
             trace.out = model(trace.x)
     except RuntimeError as exc:
         raise CnnkitError(
-            f"a forward pass at input_size={input_size} failed ({exc}); pass the "
+            f"a forward pass at input_size={input_size} failed ({short_error(exc)}); pass the "
             "(C, H, W) size the model was trained on"
         ) from None
     finally:
@@ -277,7 +286,9 @@ def _check_equal(model, fcn, trace) -> None:
         with torch.no_grad():
             got = fcn(trace.x)
     except RuntimeError as exc:
-        raise CnnkitError(f"the converted {type(model).__name__} fails at its training size ({exc})") from None
+        raise CnnkitError(
+            f"the converted {type(model).__name__} fails at its training size ({short_error(exc)})"
+        ) from None
     finally:
         _restore(modes)
     want = trace.out
