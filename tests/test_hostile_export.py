@@ -439,3 +439,14 @@ def test_a_truncated_upload_is_named(tmp_path):
     with pytest.raises(CnnkitError) as exc:
         _image_tensor(Target(), fields["file"])
     assert "the upload 'trunc.png'" in str(exc.value) and "BytesIO" not in str(exc.value)
+
+
+def test_a_missing_weight_with_a_long_name_is_quoted_short(capsys, tmp_path):
+    """h5py's KeyError quotes the missing weight's name whole (3,000 characters): the message keeps
+    ``short_error``'s first 400 characters of it."""
+    path = _h5(tmp_path / "m.h5")
+    with h5py.File(path, "r+") as f:
+        f["model_weights/conv"].attrs["weight_names"] = ["conv/kernel:0", "conv/" + "b" * 3000 + ":0"]
+    err = _refused(capsys, ["convert", str(path), "--out", str(tmp_path / "run")], "lists a weight the file lacks")
+    assert err.startswith(f"cnnkit convert: error: {path}: layer 'conv' lists a weight the file lacks (")
+    assert err.strip().endswith("bb ...)") and len(err) < 600 and not (tmp_path / "run").exists()

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from cnnkit.cli import main
+from cnnkit.errors import CnnkitError
 from cnnkit.tasks.sequence import SequenceConfig, evaluate_run, load_sequence, predict_file, train
 
 train_module = importlib.import_module("cnnkit.tasks.sequence.train")
@@ -269,3 +270,23 @@ def test_the_loss_is_the_mean_of_the_series_losses_taken_in_float64():
     each = F.nll_loss(probs.clamp_min(1e-12).log(), labels, reduction="none").tolist()  # float32 per series
     assert json.loads(text)["loss"] == math.fsum(each) / 227
     assert json.loads(text)["accuracy"] == 1 - out["errors"] / 227
+
+
+@pytest.mark.parametrize(
+    "net, reason",
+    [
+        ({"net": "nope"}, "its net, classes or input_size is not one cnnkit writes"),
+        ({}, "'net'"),
+    ],
+)
+def test_metadata_that_builds_no_series_model_is_one_line_with_the_hint_once(tmp_path, net, reason):
+    from safetensors.torch import save_file
+
+    from cnnkit.engine.runfolder import CHECKPOINT_HINT, FORMAT
+
+    info = {"format": FORMAT, "task": "sequence", "classes": ["a", "b"], "input_size": [1, 10], **net}
+    path = tmp_path / "model.safetensors"
+    save_file({"x": torch.zeros(1)}, str(path), metadata={"cnnkit": json.dumps(info)})
+    with pytest.raises(CnnkitError) as err:
+        load_sequence(path)
+    assert str(err.value) == f"{path}: its metadata does not describe a series model ({reason}); {CHECKPOINT_HINT}"

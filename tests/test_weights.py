@@ -177,3 +177,22 @@ def test_weights_of_another_kind_of_number_are_refused(tmp_path):
     dst = create_model("lenet5")
     assert not load_weights(dst, tmp_path / "h.pth")
     assert torch.equal(dst.c1.weight, src.c1.weight.half().float())
+
+
+def test_a_safetensors_header_with_a_long_dtype_is_quoted_short(tmp_path):
+    """The reader's error quotes the file's dtype whole (3,000 characters here): the message keeps
+    ``short_error``'s first 400 characters of it."""
+    import json
+    import struct
+
+    from cnnkit.models.weights import read_state_dict
+
+    header = json.dumps({"w": {"dtype": "Q" * 3000, "shape": [2], "data_offsets": [0, 8]}}).encode()
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
+    with pytest.raises(CnnkitError) as err:
+        read_state_dict(path)
+    text = str(err.value)
+    head = f"{path} is not a readable safetensors file (Error while deserializing header: invalid JSON in header: "
+    assert text.startswith(head + "unknown variant `QQQ") and text.endswith("QQ ...); download it again")
+    assert len(text) == len(f"{path} is not a readable safetensors file (); download it again") + 400

@@ -1824,7 +1824,7 @@ def _arrays_v2(h5, lname: str, module: nn.Module, source: str, with_names: bool 
     try:
         arrays = _read_arrays(group, names, module, lname, source)
     except KeyError as exc:
-        raise CnnkitError(f"{source}: layer {lname!r} lists a weight the file lacks ({exc})") from None
+        raise CnnkitError(f"{source}: layer {lname!r} lists a weight the file lacks ({short_error(exc)})") from None
     return list(zip(names, arrays)) if with_names else arrays
 
 

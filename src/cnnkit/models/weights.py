@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from cnnkit.data.constants import IMAGENET_MEAN, IMAGENET_STD
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, short_error
 
 _TV = "https://download.pytorch.org/models/"
 _HF = "https://huggingface.co/timm/{}/resolve/main/model.safetensors"
@@ -248,7 +248,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError) as exc:
-            raise CnnkitError(f"{path} is not a readable safetensors file ({exc}); download it again") from None
+            raise CnnkitError(
+                f"{path} is not a readable safetensors file ({short_error(exc)}); download it again"
+            ) from None
     if path.suffix not in (".pth", ".pt", ".bin", ".ckpt"):
         raise CnnkitError(f"unknown weights format {path.suffix!r} for {path}; use .pth, .pt or .safetensors")
     try:

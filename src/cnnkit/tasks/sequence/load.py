@@ -19,7 +19,7 @@ from cnnkit.engine.runfolder import (
     stored_config,
     strip_prefix,
 )
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, short_error
 from cnnkit.models import create_model
 from cnnkit.models.deploy import Ensemble
 from cnnkit.tasks.sequence.config import FITTED, MODELS, SequenceConfig
@@ -66,7 +66,7 @@ class SeriesModel(nn.Module):
             and size[0] <= MAX_CHANNELS
         )
         if not ok:
-            raise CnnkitError(f"the checkpoint's description of its network is not valid; {CHECKPOINT_HINT}")
+            raise CnnkitError("its net, classes or input_size is not one cnnkit writes")
         return cls(_net(name, len(classes), *size), name, [str(c) for c in classes], tuple(size))
 
 
@@ -136,7 +136,9 @@ def load_sequence(path, device: str = "cpu") -> nn.Module:
     try:
         built = [SeriesModel.from_info(m) for m in members]
     except (KeyError, TypeError, ValueError) as exc:
-        raise CnnkitError(f"{file}: its metadata does not describe a series model ({exc}); {CHECKPOINT_HINT}") from None
+        raise CnnkitError(
+            f"{file}: its metadata does not describe a series model ({short_error(exc)}); {CHECKPOINT_HINT}"
+        ) from None
     tensors, _ = read_checkpoint(file)
     if info.get("ensemble"):
         for i, m in enumerate(built):
