@@ -666,3 +666,23 @@ def test_json_text_writes_each_nan_or_infinity_as_null_and_files_with_the_tokens
     atomic_write_bytes(tmp_path / "old.safetensors", save({"w": torch.zeros(1)}, metadata={"cnnkit": old}))
     row = read_info(tmp_path / "old.safetensors")["history"][0]
     assert math.isnan(row["val_VOC_AP50"]) and row["val_loss"] == inf
+
+
+def test_the_ema_of_a_network_with_a_torchscript_part_averages_it():
+    """A TorchScript module's deepcopy clones its parameters, which autograd records (no leaves, whose
+    requires_grad cannot be switched off): the EMA's copy is made without recording, and averages the
+    compiled part's weights as it does the others'."""
+    from cnnkit.engine.ema import EMA
+
+    torch.manual_seed(0)
+    model = nn.Sequential(torch.jit.script(nn.Conv2d(1, 4, 3)), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    ema = EMA(model, 0.5)
+    assert all(p.is_leaf and not p.requires_grad for p in ema.module.parameters())
+    before = [p.clone() for p in ema.module.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update(model)  # the first update's decay: min(0.5, 1 / 10) = 0.1
+    for b, e in zip(before, ema.module.parameters()):
+        assert torch.allclose(e, b + 0.9, atol=1e-6)
+    assert all(p.requires_grad for p in model.parameters())  # the trained model is untouched

@@ -25,7 +25,8 @@ class EMA:
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
         self.updates = 0
-        self.module = copy.deepcopy(model).eval()
+        with torch.no_grad():  # a TorchScript part's deepcopy clones its parameters: recorded, they are no leaves
+            self.module = copy.deepcopy(model).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
 
