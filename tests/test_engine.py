@@ -102,6 +102,44 @@ def test_curves_are_drawn_after_the_last_epoch_each_minute_and_on_ctrl_c(tmp_pat
     assert drawn == [1]  # the interrupted run's figure shows the epoch it saved
 
 
+def test_ctrl_c_names_the_epoch_the_resume_state_continues_from(tmp_path, monkeypatch, capsys):
+    """The line printed on Ctrl-C counts the epochs in resume.safetensors, not the rows printed."""
+    import cnnkit.engine.loop as loop
+
+    def stop_after(last):
+        def stop(epoch, row):
+            if epoch == last:
+                raise KeyboardInterrupt
+
+        return stop
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "first", on_epoch_end=stop_after(0))
+    assert (
+        "`cnnkit train --resume --out " + str(tmp_path / "first") + "` continues from epoch 2"
+        in capsys.readouterr().err
+    )
+    with pytest.raises(KeyboardInterrupt):  # after the last of 3 epochs, all saved: nothing left to train
+        _run(tmp_path / "last", on_epoch_end=stop_after(2))
+    said = capsys.readouterr().err
+    assert "continues from epoch 4" not in said and "all 3 epochs are done" in said
+    assert "`cnnkit train --resume --out " + str(tmp_path / "last") + "` finishes the run" in said
+    assert _run(tmp_path / "last", resume=True).history[-1]["epoch"] == 3
+    saves = []
+    real = loop.save_resume
+
+    def cut_second_save(*args, **kw):  # Ctrl-C while epoch 2's resume state is being written
+        saves.append(1)
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(loop, "save_resume", cut_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "mid")
+    assert "continues from epoch 2" in capsys.readouterr().err  # epoch 1 is what the resume state holds
+
+
 def test_a_two_phase_plan_learns_writes_and_resumes_exactly(tmp_path):
     full = _run(tmp_path / "full")
     assert [r["epoch"] for r in full.history] == [1, 2, 3]

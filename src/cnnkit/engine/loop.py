@@ -60,6 +60,7 @@ from cnnkit.engine.runfolder import (
     atomic_write_bytes,
     check_new_run,
     load_resume,
+    read_metadata,
     save_model,
     save_resume,
     write_metrics_csv,
@@ -237,10 +238,16 @@ def fit(
                 _save_model(out, task, deploy, history, precision, interrupted=True)
                 if history:
                     _draw_curves(out, history)
+                saved = _saved_epochs(out)  # what --resume reads: an epoch cut while saving is not in it
                 if run is not None:  # a member of an ensemble: the ensemble's folder continues it
                     then = f"`{command} --resume --out {run}` continues the ensemble"
-                elif history:
-                    then = f"`{command} --resume --out {out}` continues from epoch {len(history) + 1}"
+                elif saved >= plan.epochs:
+                    then = (
+                        f"all {plan.epochs} epochs are done; `{command} --resume --out {out}` finishes the run "
+                        "(its last files and scores)"
+                    )
+                elif saved:
+                    then = f"`{command} --resume --out {out}` continues from epoch {saved + 1}"
                 else:
                     then = (
                         "no epoch is complete yet, so there is nothing to resume: the same command without "
@@ -643,6 +650,15 @@ def _differs(saved, given) -> bool:
     if isinstance(saved, dict) and isinstance(given, dict):
         return any(_differs(saved[k], given[k]) for k in set(saved) & set(given) - set(RESUME_FREE))
     return saved != given
+
+
+def _saved_epochs(out: Path) -> int:
+    """The epochs ``out``'s resume state holds (0 without one): where ``--resume`` continues."""
+    try:
+        epoch = read_metadata(out / RESUME_FILE).get("epoch") if (out / RESUME_FILE).is_file() else 0
+    except CnnkitError:  # a state cut while being written is not one --resume reads
+        return 0
+    return epoch if isinstance(epoch, int) else 0
 
 
 def _next_overruns(spent: float, last: float, minutes: float) -> bool:
