@@ -591,6 +591,22 @@ def test_keras_imported_layers_that_return_channels_first_export_with_the_torchs
     assert (torch.from_numpy(got) - net(x)).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("choice", [{"clusters": 3}, {"codes": 4}])
+def test_a_generator_of_clusters_or_codes_is_refused_in_the_generate_guides_words(tmp_path, data_dir, capsys, choice):
+    """`generate train --clusters K` / `--codes N` train unconditional generators that draw a cluster or a
+    code beside the noise: the refusal names that flag, never calls them conditional."""
+    from cnnkit.tasks.generate.config import GenerateConfig
+    from cnnkit.tasks.generate.train import train
+
+    kw = dict(latent_dim=8, width=4, epochs=1, batch_size=32, subset=64, data_dir=str(data_dir), threads=1)
+    train(GenerateConfig(**kw, **choice), tmp_path / "run", quiet=True, device="cpu")
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "g.onnx")]) == 2
+    err = capsys.readouterr().err
+    flag = "--" + next(iter(choice))
+    assert f"trained with {flag}" in err and "is a conditional generator" not in err
+    assert not (tmp_path / "g.onnx").exists()
+
+
 def test_generators_unconditional_exported_conditional_refused(tmp_path, capsys):
     assert main(["export", "dcgan_generator", "--out", str(tmp_path / "g.onnx"), "--exporter", "torchscript"]) == 0
     assert OnnxModel(tmp_path / "g.onnx")(torch.randn(3, 100)).shape == (3, 1, 28, 28)

@@ -235,11 +235,18 @@ def export_model(
     _refuse_partial(model, source)
     info = getattr(model, "info", None) or {}
     task = str(info.get("task", "classify"))
-    if task == "generate" and (getattr(model, "classes", None) or getattr(model, "codes", 0)):
+    if task == "generate" and getattr(model, "classes", None):
         raise CnnkitError(
-            f"{source} is a conditional generator: it takes noise and a class (or a code drawn at random), "
-            "two inputs, and an .onnx file of cnnkit export has one; export an unconditional generator "
-            "(nothing was written)"
+            f"{source} is a conditional generator: it takes noise and a class, two inputs, and an .onnx file of "
+            "cnnkit export has one; export an unconditional generator (nothing was written)"
+        )
+    if task == "generate" and getattr(model, "codes", 0):  # unconditional, but the draw is Python's
+        config = info.get("config") if isinstance(info.get("config"), dict) else {}
+        flag = "--clusters" if config.get("clusters") else "--codes"
+        raise CnnkitError(
+            f"{source} is a generator trained with {flag}: beside its noise it takes the one-hot of a "
+            f"{flag[2:-1]} drawn at random in Python, two inputs, and an .onnx file of cnnkit export has one; "
+            "export a generator trained without --conditional, --codes and --clusters (nothing was written)"
         )
     clips_first = _clips_first(model, task)
     stated = getattr(model, "input_size", None) or info.get("input_size") or _task_input_size(model, info)
