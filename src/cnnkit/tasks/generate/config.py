@@ -61,7 +61,7 @@ class GenerateConfig(RunConfig):
     batch_size: int = option(
         64, help="digits per step; at least 2 (batch normalisation needs two to normalise)", minimum=2
     )
-    lr: float = 2e-4
+    lr: float = option(2e-4, help="Adam's learning rate, constant (the paper's 2e-4)", minimum=1e-12)
     beta1: float = option(0.5, help="Adam's beta1 (the paper's 0.5 steadies the game)", minimum=0, below=1)
     ema: float = option(
         0.999,
