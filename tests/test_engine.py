@@ -724,3 +724,24 @@ def test_the_ema_of_a_network_with_a_torchscript_part_averages_it():
     for b, e in zip(before, ema.module.parameters()):
         assert torch.allclose(e, b + 0.9, atol=1e-6)
     assert all(p.requires_grad for p in model.parameters())  # the trained model is untouched
+
+
+def test_a_run_cut_while_its_first_resume_state_is_written_starts_again_as_the_line_says(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while epoch 1's resume state is being written leaves an interrupted model file of one
+    epoch and no resume state: the line says the same command starts the run again, and it does."""
+    import cnnkit.engine.loop as loop
+
+    real = loop.save_resume
+
+    def cut_first_save(*args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_resume", cut_first_save)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "cut")
+    assert "the same command without --resume starts the run again" in capsys.readouterr().err
+    info = read_info(tmp_path / "cut")
+    assert (info["interrupted"], info["epoch"]) == (True, 1) and not (tmp_path / "cut" / "resume.safetensors").exists()
+    monkeypatch.setattr(loop, "save_resume", real)
+    again = _run(tmp_path / "cut")
+    assert [r["epoch"] for r in again.history] == [1, 2, 3] and read_info(tmp_path / "cut")["interrupted"] is False

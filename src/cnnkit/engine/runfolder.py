@@ -575,13 +575,14 @@ def check_new_run(out, resume: bool) -> None:
 
 
 def _cut_in_first_epoch(model: Path) -> bool:
-    """Whether ``model`` is what Ctrl-C leaves in a run's first epoch (no resume state yet): the
-    weights of an epoch cut short, which a new run in that folder replaces."""
+    """Whether ``model`` is what Ctrl-C leaves before a run's first resume state (none beside it): the
+    weights of a first epoch cut short (epoch 0), or of the first epoch cut while its resume state was
+    being written (epoch 1), which a new run in that folder replaces."""
     try:
         info = read_metadata(model)
     except CnnkitError:
         return False
-    return info.get("interrupted") is True and info.get("epoch") == 0
+    return info.get("interrupted") is True and info.get("epoch") in (0, 1)
 
 
 def read_info(path: str | os.PathLike) -> dict:
