@@ -413,7 +413,14 @@ def test_a_zip_bomb_of_weights_is_refused_before_it_inflates(capsys, tmp_path, m
         z.writestr("model.weights.h5", bytes(100 << 20))
     assert path.stat().st_size < 1 << 20
     monkeypatch.setattr("cnnkit.errors.memory_available", lambda: 64 << 20)
-    _refused(capsys, ["convert", str(path), "--out", str(tmp_path / "run")], "model.weights.h5", "104.9 MB", "memory")
+    _refused(
+        capsys,
+        ["convert", str(path), "--out", str(tmp_path / "run")],
+        "model.weights.h5",
+        "104.9 MB",
+        "memory",
+        "save the model again from Keras",
+    )
     assert not (tmp_path / "run").exists()
 
 

@@ -199,8 +199,11 @@ def test_a_clip_larger_than_memory_is_refused_before_it_is_copied(tmp_path, monk
     path = tmp_path / "big.npy"
     np.save(path, np.zeros((64, 1, 256, 256), dtype=np.uint8))  # 4 MiB on disk, 16 MiB as float32
     monkeypatch.setattr("cnnkit.errors.memory_available", lambda: 1 << 20)  # 1 MiB free
-    with pytest.raises(CnnkitError, match=r"big.npy \(64x1x256x256 uint8 values, read as float32\) needs 16"):
+    with pytest.raises(CnnkitError, match=r"big.npy \(64x1x256x256 uint8 values, read as float32\) needs 16") as exc:
         VideoClips(tmp_path, clips=[path])[0]
+    assert str(exc.value).endswith(
+        "; cut the clip to fewer or smaller frames (a clip of the frames the run takes is enough)"
+    )
     two = VideoClips(tmp_path, clips=[path], num_frames=2)[0]  # 512 KiB: only the frames used are copied
     assert two.shape == (2, 1, 256, 256)
 
@@ -218,8 +221,9 @@ def test_a_folder_of_frames_larger_than_memory_is_refused_before_its_frames_are_
     real, read = video.read_image, []
     monkeypatch.setattr(video, "read_image", lambda path, *args: read.append(path.name) or real(path, *args))
     monkeypatch.setattr("cnnkit.errors.memory_available", lambda: 1 << 20)  # 1 MiB free
-    with pytest.raises(CnnkitError, match=r"clip \(16x1x256x256 values of 16 frames, as float32\) needs 4.2 MB"):
+    with pytest.raises(CnnkitError, match=r"clip \(16x1x256x256 values of 16 frames, as float32\) needs 4.2 MB") as exc:
         video.VideoClips(tmp_path, clips=[folder])[0]
+    assert "; cut the clip to fewer or smaller frames" in str(exc.value)
     assert read == ["00.png"]  # the first frame gave the size; the other 15 were never decoded
     read.clear()
     two = video.VideoClips(tmp_path, clips=[folder], num_frames=2)[0]  # 512 KiB: only the frames used

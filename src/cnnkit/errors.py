@@ -146,13 +146,13 @@ def memory_available() -> int:
         return 1 << 40
 
 
-def check_fits(nbytes: int, what: str) -> None:
-    """Refuse, before allocating, ``nbytes`` that would not fit in the memory available now."""
+def check_fits(nbytes: int, what: str, fix: str = "use a smaller network or input") -> None:
+    """Refuse, before allocating, ``nbytes`` that would not fit in the memory available now; ``fix``
+    ends the message (what the user can do about this allocation)."""
     free = memory_available()
     if nbytes > free:
         raise CnnkitError(
-            f"{what} needs {human_bytes(nbytes)}, more than the {human_bytes(free)} of memory "
-            "available; use a smaller network or input"
+            f"{what} needs {human_bytes(nbytes)}, more than the {human_bytes(free)} of memory available; {fix}"
         )
 
 

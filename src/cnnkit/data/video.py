@@ -59,6 +59,8 @@ NUM_CLASSES = 10  # digits 0-9: the multi-label target of the classification tas
 BLOCK = 1000  # clips whose trajectories come from one seed (see MovingMnist.set_epoch)
 _SPLITS = ("train", "val", "trainval", "test")
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+# a clip too large for the memory available: what the user can change (the run decides the frames it reads)
+CLIP_FIX = "cut the clip to fewer or smaller frames (a clip of the frames the run takes is enough)"
 
 
 @dataclass(frozen=True)
@@ -376,7 +378,9 @@ class VideoClips(Dataset):
         # (every frame the first one's size) is refused before it is made, as a .npy clip's copy is
         shape = (len(frames), *first.shape)
         check_fits(
-            math.prod(shape) * 4, f"{folder} ({'x'.join(map(str, shape))} values of {len(frames)} frames, as float32)"
+            math.prod(shape) * 4,
+            f"{folder} ({'x'.join(map(str, shape))} values of {len(frames)} frames, as float32)",
+            CLIP_FIX,
         )
         clip = torch.empty(shape)  # (T, C, H, W), filled frame by frame: no second copy to stack
         clip[0] = first
@@ -425,7 +429,9 @@ class VideoClips(Dataset):
         if self.num_frames is not None:
             arr = arr[: self.num_frames]  # read only what is used
         # the map costs nothing; its float32 copy is the clip's whole size, refused before it is made
-        check_fits(arr.size * 4, f"{path} ({'x'.join(map(str, arr.shape))} {arr.dtype} values, read as float32)")
+        check_fits(
+            arr.size * 4, f"{path} ({'x'.join(map(str, arr.shape))} {arr.dtype} values, read as float32)", CLIP_FIX
+        )
         x = torch.from_numpy(np.array(arr, dtype=np.float32))  # copies off the map
         if arr.dtype == np.uint8:
             return x.div_(255)

@@ -2019,7 +2019,11 @@ def _open(path: Path, weights: bool):
                 if weights:  # the size its zip entry states bounds what it inflates to (zipfile stops there);
                     # reading holds it twice at the peak: a zip bomb is refused before it inflates
                     size = z.getinfo("model.weights.h5").file_size
-                    check_fits(2 * size, f"{path}: unpacking its model.weights.h5 ({human_bytes(size)})")
+                    check_fits(
+                        2 * size,
+                        f"{path}: unpacking its model.weights.h5 ({human_bytes(size)})",
+                        "a model's weights are rarely that large: save the model again from Keras, or free memory",
+                    )
                     blob = z.read("model.weights.h5")
         except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
             msg = short_error(exc)
