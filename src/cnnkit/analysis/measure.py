@@ -22,7 +22,8 @@ from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
 from cnnkit.analysis.backend import quiet_stderr
-from cnnkit.analysis.trace import add_hooks, hook_points, make_optimizer, step_loss, tensor_leaves, training_step
+from cnnkit.analysis.trace import make_optimizer, step_loss, tensor_leaves, training_step
+from cnnkit.models.scripted import add_hooks, hook_points
 
 OUTSIDE = "(outside layers)"
 

@@ -13,10 +13,10 @@ import torch.nn as nn
 
 from cnnkit.analysis import backend
 from cnnkit.analysis.textbook import textbook_memory
-from cnnkit.analysis.trace import hook_points, is_torchscript, layer_type, trace
+from cnnkit.analysis.trace import layer_type, trace
 from cnnkit.errors import CnnkitError, check_fits, is_out_of_memory, out_of_memory, short_error
 from cnnkit.models.network import resolve_target
-from cnnkit.models.scripted import torchscript_parts
+from cnnkit.models.scripted import add_hooks, hook_points, is_torchscript, torchscript_parts
 from cnnkit.models.spec import parse_input_size
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -195,8 +195,10 @@ def summary(
     hidden = torchscript_parts(model)
     if hidden:
         names = ", ".join(hidden[:3]) + (f" and {len(hidden) - 3} more" if len(hidden) > 3 else "")
-        what = "the network is" if is_torchscript(model) else f"layer{'s' if len(hidden) > 1 else ''} {names} "
-        what += "" if is_torchscript(model) else ("are" if len(hidden) > 1 else "is")
+        if is_torchscript(model):
+            what = "the network is"
+        else:
+            what = f"layers {names} are" if len(hidden) > 1 else f"layer {names} is"
         notes.append(
             f"{what} TorchScript: compiled code, which runs its layers without the hooks that tell them apart, "
             "so it is one row, with their parameters, MACs and memory"
@@ -290,7 +292,7 @@ def _failing_layer(model: nn.Module, shape):
     input shapes, what it expects) or None, the exception or None)``."""
     from torch.func import functional_call
 
-    from cnnkit.analysis.trace import add_hooks, meta_state, stateless_root
+    from cnnkit.analysis.trace import meta_state, stateless_root
 
     found = []
     handles = []

@@ -102,14 +102,14 @@ def to_fcn(model: nn.Module, input_size: tuple[int, int, int] | None = None) -> 
         mean, std = model.normalisation()
         return Classifier(fcn, mean, std, model.classes, (c, h, w), pad=model.pad).train(model.training)
     input_size = _check_input_size(model, input_size)
-    scripted = torchscript_parts(model)
-    if not any(isinstance(m, (nn.Linear, *_FLATTEN)) for m in model.modules()) and scripted:
-        what = "it is TorchScript" if scripted == [ROOT] else f"its TorchScript part {', '.join(scripted[:3])} is"
-        raise CnnkitError(
-            f"{type(model).__name__} has no Flatten+Linear head outside TorchScript ({what} compiled code, "
-            "whose layers cannot be rewritten); convert the network before it is scripted or traced"
-        )
     if not any(isinstance(m, (nn.Linear, *_FLATTEN)) for m in model.modules()):
+        scripted = torchscript_parts(model)
+        if scripted:
+            what = "it is TorchScript" if scripted == [ROOT] else f"its TorchScript part {', '.join(scripted[:3])} is"
+            raise CnnkitError(
+                f"{type(model).__name__} has no Flatten+Linear head outside TorchScript ({what} compiled code, "
+                "whose layers cannot be rewritten); convert the network before it is scripted or traced"
+            )
         raise CnnkitError(
             f"{type(model).__name__} has no Flatten+Linear head to convert (it may already be fully convolutional)"
         )

@@ -98,9 +98,9 @@ def load_split_data(
     """(train, validation, test, split) for a resolved config; ``split`` (names) as a run's split.json has it.
     ``parts``: the parts of photos built (``eval`` builds the one it scores), another part None
     (digit scenes: all three); Penn-Fudan's photos of another part are not decoded, nor a user's
-    where ``split`` and ``classes`` are given. ``classes``: the run's classes (``eval``, ``--resume``), which the
-    labels of a COCO file, YOLO or VOC folder index (:func:`read_parts`); without them every photo is
-    read, a folder's classes counted over all of them.
+    where ``split`` and ``classes`` are given. ``classes``: the run's classes (``eval``,
+    ``--resume``), which the labels of a COCO file, YOLO or VOC folder index (:func:`read_parts`);
+    without them every photo is read, a folder's classes counted over all of them.
 
     Photos: the validation part is carved from the training names
     (:func:`~cnnkit.data.pennfudan.carve_validation`, the same for every task; a split.json without
@@ -173,7 +173,8 @@ def read_parts(parts: tuple[str, ...], classes: list[str] | None) -> tuple[str, 
     """The parts of a user's photos a task reads: all three where ``classes`` is None (a new run, the
     classes counted over every photo of the split, test photos' too: a class may have photos in the
     test split only), else the ``parts`` asked for (``eval``, given the run's classes, reads the
-    photos it scores alone; ``--resume`` all three parts, the photos of the run's split alone). Shared by the detection, instance and segmentation tasks."""
+    photos it scores alone; ``--resume`` all three parts, the photos of the run's split alone).
+    Shared by the detection, instance and segmentation tasks."""
     return PARTS if classes is None else tuple(k for k in PARTS if k in parts)
 
 
