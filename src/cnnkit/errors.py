@@ -4,7 +4,9 @@ The CLI turns a :class:`CnnkitError` into a single line on stderr and exit code 
 anything else is a bug in cnnkit and keeps its traceback. Every reader of a file the user hands
 over (checkpoints, weights, specs, images, data files) raises it, naming the file, what is wrong
 and what to do; :func:`check_fits`, :func:`out_of_memory` and :func:`disk_full` word the two
-everyday resource failures with the size that was needed.
+everyday resource failures with the size that was needed, and :func:`check_unzip` and :func:`unzip`
+refuse a zip member (a .keras file's weights, an .npz array, a dataset archive's file) that declares
+more than real data inflates to, before it is inflated.
 """
 
 from __future__ import annotations
@@ -154,6 +156,85 @@ def check_fits(nbytes: int, what: str, fix: str = "use a smaller network or inpu
         raise CnnkitError(
             f"{what} needs {human_bytes(nbytes)}, more than the {human_bytes(free)} of memory available; {fix}"
         )
+
+
+# How far a compressed file may claim to inflate. Deflate inflates zeros about 1,030 times (bzip2 and
+# LZMA far more); real weights, series and images compress 1.1 to 5 times, and Keras stores a .keras
+# file's members uncompressed. Above RATIO_FLOOR, a declared size more than MAX_RATIO times the bytes
+# stored is a bomb or a damaged header, refused before anything is inflated (Keras' own loader uses the
+# same ratio). Both are read when a check runs, so a test can lower them.
+MAX_RATIO = 100
+RATIO_FLOOR = 64 << 20  # up to this, a member may inflate any amount: zeros (a blank array) do, in under a second
+
+
+def too_compressed(declared: int, stored: int) -> bool:
+    """Whether ``declared`` bytes inflated from ``stored`` bytes is more than real data gives: above
+    :data:`RATIO_FLOOR`, more than :data:`MAX_RATIO` times what is stored."""
+    return declared > max(RATIO_FLOOR, MAX_RATIO * stored)
+
+
+def check_unzip(zf, names, fix: str, source=None, most=None) -> None:
+    """Refuse, before anything is inflated, members of the zip ``zf`` whose declared sizes no real
+    file has; ``fix`` ends the message (what the user can do).
+
+    Each member named, and their total, must pass :func:`too_compressed` against the bytes it
+    stores, counted as at most the archive's size (a central directory may lie about the compressed
+    size too). ``most``, given a member's ``ZipInfo``, returns ``(bytes, what they are)``: the most
+    its content can need, or ``None``; it is called only for a member above :data:`RATIO_FLOOR` (it
+    may cost a shapes-only build). Inflating stops at the declared size where the member is read by
+    :func:`unzip` or in bounded reads (``zipfile``'s ``read()`` of a whole member inflates all the
+    stream holds first), and ``torch.load`` stops there itself.
+
+    Raises:
+        CnnkitError: one line naming the file, the member, its declared and stored sizes, and ``fix``.
+    """
+    source = source or getattr(zf, "filename", None) or "the zip archive"
+    try:
+        held = os.fstat(zf.fp.fileno()).st_size
+    except (AttributeError, OSError, ValueError):  # an archive in memory: its own sizes are all there is
+        held = None
+    infos = [zf.getinfo(name) for name in names]
+    for info in infos:
+        declared = info.file_size
+        stored = info.compress_size if held is None else min(info.compress_size, held)
+        if too_compressed(declared, stored):
+            raise CnnkitError(
+                f"{source}: its member {info.filename} declares {human_bytes(declared)} inflated from "
+                f"{human_bytes(stored)} ({declared / max(stored, 1):,.0f} times; real data compresses a few "
+                f"times at most): a zip bomb or a damaged file; {fix}"
+            )
+        bound = most(info) if most is not None and declared > RATIO_FLOOR else None
+        if bound is not None and declared > bound[0]:
+            raise CnnkitError(
+                f"{source}: its member {info.filename} declares {human_bytes(declared)} inflated from "
+                f"{human_bytes(stored)}, more than the {human_bytes(bound[0])} {bound[1]}: a zip bomb or a "
+                f"damaged file; {fix}"
+            )
+    total = sum(info.file_size for info in infos)
+    if len(infos) > 1 and held is not None and too_compressed(total, held):
+        raise CnnkitError(
+            f"{source}: its {len(infos)} members declare {human_bytes(total)} together, inflated from the "
+            f"file's {human_bytes(held)} ({total / max(held, 1):,.0f} times; real data compresses a few "
+            f"times at most): a zip bomb or a damaged file; {fix}"
+        )
+
+
+def unzip(zf, name: str, fix: str, source=None, most=None) -> bytes:
+    """The bytes of member ``name`` of the zip ``zf``, checked by :func:`check_unzip` first and
+    inflated no further than the size it declares (memory: that size, once).
+
+    Raises:
+        CnnkitError: from :func:`check_unzip`.
+        zipfile.BadZipFile: the member inflates to other bytes than it declares (its CRC does not
+            match); the caller words it as a damaged file, with the other errors of its reads.
+    """
+    check_unzip(zf, [name], fix, source, most)
+    size = zf.getinfo(name).file_size
+    with zf.open(name) as f:
+        data = f.read(size)  # a bounded read: zipfile inflates at most this much, then checks the CRC
+        if len(data) < size or f.read(1):
+            raise EOFError(f"{name} inflates to other than the {size:,} bytes it declares")
+    return data
 
 
 def out_of_memory(what: str, nbytes: int | None = None) -> CnnkitError:

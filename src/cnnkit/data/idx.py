@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from cnnkit.download import file_digest
-from cnnkit.errors import CnnkitError, human_bytes, memory_available
+from cnnkit.errors import CnnkitError, human_bytes, memory_available, too_compressed
 
 # type byte -> big-endian numpy dtype
 _DTYPES = {
@@ -32,8 +32,6 @@ _DTYPES = {
 _GZIP_MAGIC = b"\x1f\x8b"
 MAX_BYTES = 8 << 30  # the largest IDX set (EMNIST by_class) is ~0.7 GB
 _CHUNK = 16 << 20  # gzip is inflated this much at a time, into a buffer of the declared size
-MAX_RATIO = 100  # MNIST inflates 5x, its label files 2x: a header declaring 100x more is a bomb
-_RATIO_FLOOR = 64 << 20  # ... unless small: 64 MB of zeros (a blank test set) may inflate any amount
 
 
 def read_idx(path: str | os.PathLike, md5: str | None = None) -> torch.Tensor:
@@ -87,8 +85,9 @@ def _gunzip(path: Path, data: bytes, md5: str | None) -> bytearray:
     """The inflated bytes of a gzip stream, bounded by the size its IDX header declares.
 
     The header (the first bytes inflated) says how many bytes the file must hold; a declared size
-    beyond the memory available, beyond :data:`MAX_BYTES` or beyond :data:`MAX_RATIO` times the
-    compressed size (no real IDX data compresses that well: a gzip bomb) is refused before anything
+    beyond the memory available, beyond :data:`MAX_BYTES` or beyond what :func:`~cnnkit.errors.too_compressed`
+    allows (MNIST inflates 5 times, its label files 2 times; no real IDX data compresses
+    :data:`~cnnkit.errors.MAX_RATIO` times: a gzip bomb) is refused before anything
     big is allocated, and inflating stops one byte past the declared size (the caller then reports
     trailing bytes). A bad magic number stops after 4 bytes. Memory is the declared size, once.
     """
@@ -122,7 +121,7 @@ def _check_declared(path: Path, dims: list[int], expected: int, compressed: int,
     """Refuse a gzip IDX file whose header declares more bytes than can or should be inflated."""
     if expected > MAX_BYTES:
         _corrupt(path, f"its header declares dims {dims}: {human_bytes(expected)}, more than any IDX set", md5)
-    if expected > max(_RATIO_FLOOR, MAX_RATIO * compressed):
+    if too_compressed(expected, compressed):
         _corrupt(
             path,
             f"its header declares dims {dims}: {human_bytes(expected)} from {human_bytes(compressed)} of gzip, "
