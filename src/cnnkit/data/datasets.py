@@ -280,7 +280,7 @@ def _extract(archive: Path, names: list[str], folder: Path) -> None:
     renamed into place: a damaged archive or a full disk leaves no half-written member behind."""
     import shutil
 
-    from cnnkit.errors import disk_full, is_disk_full
+    from cnnkit.errors import check_unzip, disk_full, is_disk_full
 
     tmp = None
     try:
@@ -289,6 +289,8 @@ def _extract(archive: Path, names: list[str], folder: Path) -> None:
             for name in names:
                 if name not in members:
                     raise CnnkitError(f"{archive}: no member {name}; delete the archive and download again")
+            check_unzip(zf, [members[n] for n in names], "delete it and download it again", archive)
+            for name in names:  # streamed in 1 MB reads, which stop at the size the member declares
                 tmp = folder / f".{name}.part"
                 with zf.open(members[name]) as src, open(tmp, "wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)

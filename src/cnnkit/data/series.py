@@ -58,7 +58,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnkit.errors import CnnkitError, human_bytes, memory_available, not_a_file
+from cnnkit.errors import CnnkitError, check_unzip, human_bytes, memory_available, not_a_file
 
 MAX_BYTES = 2 << 30  # the largest UCR/UEA text file (InsectWingbeat's .ts) is ~1.5 GB
 SUFFIXES = (".ts", ".tsv", ".csv", ".txt")
@@ -233,6 +233,8 @@ def read_npz(
     try:
         with np.load(path, allow_pickle=False) as z:
             held = list(z.files)
+            members = [f"{k}.npy" for k in dict.fromkeys(wanted) if k in held]
+            check_unzip(z.zip, members, "re-create it with numpy.savez", path)  # numpy reads them in bounded pieces
             for k in wanted:
                 if k in held:
                     _check_npz_size(path, z, k)

