@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from cnnkit.errors import CnnkitError, disk_full, human_bytes, is_disk_full
+from cnnkit.errors import CnnkitError, disk_full, human_bytes, is_disk_full, short_error
 
 _CHUNK = 1 << 20
 
@@ -107,7 +107,11 @@ def _fetch(url: str, dest: Path, out, progress: bool, timeout: float) -> None:
     try:
         response = urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (checksummed)
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
-        raise CnnkitError(f"could not download {url}: {exc}; {where}") from None
+        # the server writes an HTTP error's reason and a bad status line: either may be long or hold a
+        # line break; a URLError's own text wraps its reason (an OSError or a text) in "<urlopen error ...>"
+        reason = exc.reason if type(exc) is urllib.error.URLError else exc
+        why = short_error(reason if isinstance(reason, BaseException) else ValueError(reason), clause=True)
+        raise CnnkitError(f"could not download {url}: {why}; {where}") from None
     with response:
         total = _announced(response)
         if total is not None and total > shutil.disk_usage(dest.parent).free:
