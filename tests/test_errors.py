@@ -301,3 +301,36 @@ def test_keras_configs_and_the_workbench_count_nesting_with_one_walk():
     Limits().check_nesting({"layers": deep(63)}, "the spec")
     with pytest.raises(Refused, match="the spec is nested more than 64 levels deep"):
         Limits().check_nesting({"layers": deep(64)}, "the spec")
+
+
+# ---------------------------------------------------------------- sites that quote another exception's text
+
+
+@pytest.mark.parametrize("stem", ["n" * 5000, "n"], ids=["long", "short"])
+def test_a_damaged_zip_archive_is_one_short_line_that_reads_on_into_the_fix(tmp_path, stem):
+    """zipfile quotes the member names it compares ("File name in directory '...' and header b'...'
+    differ."): a name of any length, and a full stop before the fix."""
+    import zipfile
+
+    from cnnkit.data.datasets import _extract
+
+    archive = tmp_path / "gzip.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr(f"{stem}/a.bin", b"abc")
+    raw = bytearray(archive.read_bytes())
+    raw[raw.find(f"{stem}/a.bin".encode())] = ord("m")  # the local header's name: the central directory's stays
+    archive.write_bytes(bytes(raw))
+    with pytest.raises(CnnkitError) as exc:
+        _extract(archive, ["a.bin"], tmp_path)
+    text, fix = str(exc.value), "; delete it and download it again"
+    if stem == "n":
+        assert (
+            text
+            == f"{archive}: damaged zip archive (File name in directory 'n/a.bin' and header b'm/a.bin' differ){fix}"
+        )
+    else:
+        assert text.startswith(f"{archive}: damaged zip archive (File name in directory 'nnn") and text.endswith(
+            f" ...){fix}"
+        )
+        assert len(text) <= len(f"{archive}: damaged zip archive (){fix}") + errors.SHORT_CHARS
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gzip.zip"]  # no member half-written

@@ -280,7 +280,7 @@ def _extract(archive: Path, names: list[str], folder: Path) -> None:
     renamed into place: a damaged archive or a full disk leaves no half-written member behind."""
     import shutil
 
-    from cnnkit.errors import check_unzip, disk_full, is_disk_full
+    from cnnkit.errors import check_unzip, disk_full, is_disk_full, short_error
 
     tmp = None
     try:
@@ -296,7 +296,10 @@ def _extract(archive: Path, names: list[str], folder: Path) -> None:
                     shutil.copyfileobj(src, dst, 1 << 20)
                 os.replace(tmp, folder / name)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error, NotImplementedError) as exc:
-        raise CnnkitError(f"{archive}: damaged zip archive ({exc}); delete it and download it again") from None
+        # zipfile quotes the member names it finds (any length) and ends some reasons with a full stop
+        raise CnnkitError(
+            f"{archive}: damaged zip archive ({short_error(exc, clause=True)}); delete it and download it again"
+        ) from None
     except OSError as exc:
         if is_disk_full(exc):
             raise disk_full(folder / Path(str(tmp)).name.removesuffix(".part").lstrip(".")) from None
