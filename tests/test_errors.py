@@ -334,3 +334,12 @@ def test_a_damaged_zip_archive_is_one_short_line_that_reads_on_into_the_fix(tmp_
         )
         assert len(text) <= len(f"{archive}: damaged zip archive (){fix}") + errors.SHORT_CHARS
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gzip.zip"]  # no member half-written
+
+
+def test_class_names_longer_than_a_file_name_can_be_are_a_list():
+    """Over 255 bytes with no "/", the text cannot name a file: it is the list, not a file that cannot
+    be read ("File name too long"; give names separated by commas, which it is)."""
+    from cnnkit.tasks.classify.convert import read_class_names
+
+    names = [f"class_number_{i}" for i in range(40)]
+    assert read_class_names(",".join(names)) == names

@@ -31,8 +31,8 @@ def read_class_names(spec: str | None) -> list[str] | None:
 
     if spec is None:
         return None
-    try:
-        names = Path(spec).read_text().split("\n") if Path(spec).is_file() else spec.split(",")
+    try:  # os.path.isfile is False for a text too long to be a file's name, where Path.is_file raises
+        names = Path(spec).read_text().split("\n") if os.path.isfile(spec) else spec.split(",")
     except (OSError, UnicodeDecodeError) as exc:
         raise CnnkitError(f"--classes {spec}: cannot read the file ({exc}); give names separated by commas") from None
     names = [c.strip() for c in names if c.strip()]
