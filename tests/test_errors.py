@@ -343,3 +343,43 @@ def test_class_names_longer_than_a_file_name_can_be_are_a_list():
 
     names = [f"class_number_{i}" for i in range(40)]
     assert read_class_names(",".join(names)) == names
+
+
+def _crafted_run(folder, **info):
+    """A run folder whose checkpoint's metadata is ``info`` over a plain mnist_fast classifier's."""
+    import json
+
+    from safetensors.torch import save
+
+    import cnnkit
+    from cnnkit.engine.runfolder import FORMAT
+    from cnnkit.models.deploy import Classifier
+
+    net = cnnkit.create_model("mnist_fast", num_classes=2, in_channels=1)
+    clf = Classifier(net, [0.5], [0.25], ["a", "b"], (1, 28, 28))
+    meta = {"format": FORMAT, "model": "mnist_fast", "num_classes": 2, "input_size": [1, 28, 28]}
+    meta |= {"classes": ["a", "b"], "mean": [0.5], "std": [0.25], "dataset": {"name": "mnist"}, **info}
+    folder.mkdir(parents=True)
+    tensors = {k: v.contiguous() for k, v in clf.state_dict().items()}
+    (folder / "model.safetensors").write_bytes(save(tensors, metadata={"cnnkit": json.dumps(meta)}))
+    (folder / "metrics.csv").write_text("epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds\n1,1,0.5,1,0.5,0.1,1\n")
+    return folder
+
+
+def test_plots_note_says_why_there_is_no_confusion_matrix_once_in_one_short_line(tmp_path):
+    """The test and val splits missing for the same reason say it once; an OSError (a dataset name
+    too long for a file name, from edited metadata) is cut to a short line."""
+    from cnnkit.tasks.classify.plot import plot_run
+
+    empty = tmp_path / "data"
+    empty.mkdir()
+    _, notes = plot_run(_crafted_run(tmp_path / "missing"), data_dir=str(empty))
+    reason = (
+        f"mnist: missing train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
+        f"t10k-labels-idx1-ubyte.gz in {empty / 'mnist'}; pass --data-dir pointing to the folder that holds "
+        "mnist/, or allow downloads"
+    )
+    assert notes == [f"curves only: no confusion matrix or mistakes ({reason})"]
+    _, notes = plot_run(_crafted_run(tmp_path / "long", dataset={"name": "x" * 3000}), data_dir=str(empty))
+    assert len(notes) == 1 and notes[0].startswith("curves only: no confusion matrix or mistakes (")
+    assert notes[0].endswith(" ...)") and len(notes[0]) <= errors.SHORT_CHARS + 50

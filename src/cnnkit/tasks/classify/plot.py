@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, short_error
 from cnnkit.metrics.classification import confusion_counts
 
 
@@ -81,10 +81,10 @@ def plot_run(
                 break
             except CnnkitError as exc:
                 errors.append(str(exc))
-        if data is None:
-            raise CnnkitError("; ".join(errors))
-    except (CnnkitError, ImportError, OSError, KeyError) as exc:
-        notes.append(f"curves only: no confusion matrix or mistakes ({exc})")
+        if data is None:  # the same reason for both splits (a missing folder) is said once
+            raise CnnkitError("; ".join(dict.fromkeys(errors)))
+    except (CnnkitError, ImportError, OSError, KeyError) as exc:  # an OSError quotes a path of any length
+        notes.append(f"curves only: no confusion matrix or mistakes ({short_error(exc)})")
         return written, notes
     if len(data) > max_images:
         data = data.subset(torch.arange(max_images))
