@@ -383,3 +383,27 @@ def test_plots_note_says_why_there_is_no_confusion_matrix_once_in_one_short_line
     _, notes = plot_run(_crafted_run(tmp_path / "long", dataset={"name": "x" * 3000}), data_dir=str(empty))
     assert len(notes) == 1 and notes[0].startswith("curves only: no confusion matrix or mistakes (")
     assert notes[0].endswith(" ...)") and len(notes[0]) <= errors.SHORT_CHARS + 50
+
+
+def test_a_resume_states_damaged_config_is_quoted_in_one_short_line(tmp_path):
+    """Python's TypeError quotes an unknown keyword as it is stored: here 3,000 characters, a line
+    break and a line that reads as a traceback."""
+    import json
+
+    from safetensors.torch import save
+
+    from cnnkit.engine.runfolder import FORMAT, RESUME_FILE
+    from cnnkit.tasks.classify.config import TrainConfig
+    from cnnkit.tasks.classify.train import _resumed_config
+
+    cfg = TrainConfig(model="mnist_fast")
+    key = "k" * 3000 + "\nTraceback (most recent call last):\n  File x"
+    meta = {"format": FORMAT, "config": {**cfg.to_dict(), "augment": {key: 1}}}
+    (tmp_path / RESUME_FILE).write_bytes(save({"x": torch.zeros(1)}, metadata={"cnnkit": json.dumps(meta)}))
+    with pytest.raises(CnnkitError) as exc:
+        _resumed_config(tmp_path, cfg)
+    text = str(exc.value)
+    start = f"{tmp_path / RESUME_FILE}: the stored training config is damaged ("
+    assert text.startswith(start + "AugmentConfig.__init__() got an unexpected keyword argument 'kkk")
+    assert text.endswith(" ...); start a new run") and "\n" not in text
+    assert len(text) <= len(start + "); start a new run") + errors.SHORT_CHARS

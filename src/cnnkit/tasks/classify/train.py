@@ -359,7 +359,10 @@ def _resumed_config(out: Path, cfg: TrainConfig) -> tuple[TrainConfig, dict | No
     try:
         stored = validate(TrainConfig.from_dict(meta["config"]))  # member 0's seed is the run's seed
     except TypeError as exc:
-        raise CnnkitError(f"{path}: the stored training config is damaged ({exc}); start a new run") from None
+        # Python's TypeError quotes a stored key as it is: any length, line breaks included
+        raise CnnkitError(
+            f"{path}: the stored training config is damaged ({short_error(exc, clause=True)}); start a new run"
+        ) from None
     if path.is_file() and stored.ensemble > 1:  # an ensemble keeps its resume states in its members' folders
         raise CnnkitError(
             f"{out} is one member of the ensemble in {out.parent}; resume the ensemble: "
