@@ -3,9 +3,11 @@ for every reader that quotes one (images, run folders, exports, configs, data fi
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
+import zlib
 
 import pytest
 import torch
@@ -407,3 +409,30 @@ def test_a_resume_states_damaged_config_is_quoted_in_one_short_line(tmp_path):
     assert text.startswith(start + "AugmentConfig.__init__() got an unexpected keyword argument 'kkk")
     assert text.endswith(" ...); start a new run") and "\n" not in text
     assert len(text) <= len(start + "); start a new run") + errors.SHORT_CHARS
+
+
+def test_the_workbench_refuses_a_long_unknown_name_and_a_pillow_bomb_in_one_short_line():
+    """The workbench's answers (Refused) follow the one-line rule: an unknown model name of 100,000
+    characters is not sent back whole; Pillow's bomb refusal reads on into the fix, the size accepted."""
+    from PIL import Image
+
+    from cnnkit.serve.analyse import resolve
+    from cnnkit.serve.limits import Limits, Refused
+    from cnnkit.serve.predict import open_image
+
+    with pytest.raises(Refused) as exc:
+        resolve("x" * 100_000, Limits())
+    assert str(exc.value).startswith("unknown model name 'xxx") and str(exc.value).endswith(" ...; or type a YAML spec")
+    assert len(str(exc.value)) <= errors.SHORT_CHARS + len("; or type a YAML spec")
+    buf = io.BytesIO()
+    Image.new("1", (1, 1)).save(buf, "PNG")
+    png = bytearray(buf.getvalue())
+    png[16:24] = (30_000).to_bytes(4, "big") * 2  # IHDR's width and height: 900 M pixels
+    png[29:33] = zlib.crc32(png[12:29]).to_bytes(4, "big")  # and its CRC
+    with pytest.raises(Refused) as exc:
+        open_image(bytes(png), Limits(image_pixels=1_000_000))
+    assert exc.value.status == 413 and str(exc.value) == (
+        f"the image is refused as a decompression bomb (Image size (900000000 pixels) exceeds limit of "
+        f"{2 * Image.MAX_IMAGE_PIXELS} pixels, could be decompression bomb DOS attack); upload an image of at "
+        "most 1,000,000 pixels"
+    )

@@ -72,7 +72,7 @@ def resolve(target, limits: Limits):
             try:
                 model_info(name)  # raises "unknown model name ..., did you mean ..."
             except CnnkitError as exc:
-                raise Refused(f"{exc}; or type a YAML spec") from None
+                raise Refused(f"{short_error(exc)}; or type a YAML spec") from None  # it quotes the name whole
         return name, ("zoo", name)
     if isinstance(target, str):
         spec = _spec_from_text(target, limits)

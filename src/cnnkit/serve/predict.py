@@ -20,7 +20,7 @@ from email.policy import HTTP
 
 import torch
 
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, short_error
 from cnnkit.serve.limits import Limits, Refused
 
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
@@ -90,7 +90,11 @@ def open_image(data: bytes, limits: Limits):
             fmt, (w, h) = probe.format, probe.size
             frames = getattr(probe, "n_frames", 1)
     except Image.DecompressionBombError as exc:  # Pillow's own bound, far above ours
-        raise Refused(f"the image is refused as a decompression bomb ({exc})", 413) from None
+        raise Refused(
+            f"the image is refused as a decompression bomb ({short_error(exc, clause=True)}); upload an image of "
+            f"at most {limits.image_pixels:,} pixels",
+            413,
+        ) from None
     except (UnidentifiedImageError, OSError):
         raise Refused("the file is not an image that can be read; upload a PNG or JPEG", 415) from None
     if fmt not in IMAGE_FORMATS:
