@@ -18,7 +18,7 @@ from xml.etree import ElementTree
 import torch
 
 from cnnkit.data.imagefolder import IMAGE_EXTENSIONS
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, short_error
 
 MAX_XML_BYTES = 1 << 20  # one photo's boxes; a larger file is not an annotation
 # the 20 classes of Pascal VOC, in the order of the class ids 1..20 of its SegmentationClass PNGs
@@ -222,8 +222,12 @@ def read_annotation(path: Path) -> tuple[int, int, torch.Tensor, list[str], list
         raise CnnkitError(f"{path} declares a DTD or entities, which a VOC annotation never does; remove them")
     try:
         top = ElementTree.fromstring(raw)
-    except ElementTree.ParseError as exc:
-        raise CnnkitError(f"{path} is not well-formed XML ({exc}); a VOC annotation is <annotation> XML") from None
+        # LookupError, ValueError: the encoding its XML declaration names is unknown ("unknown
+        # encoding: ...", the name of any length) or not one expat can read (utf-32, rot13)
+    except (ElementTree.ParseError, LookupError, ValueError) as exc:
+        raise CnnkitError(
+            f"{path} is not well-formed XML ({short_error(exc, clause=True)}); a VOC annotation is <annotation> XML"
+        ) from None
     if top.tag != "annotation":
         raise CnnkitError(f"{path}: the top element is <{top.tag}>, not VOC's <annotation>")
 
