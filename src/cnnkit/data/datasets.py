@@ -148,6 +148,7 @@ def load_dataset(
     channels: int = 3,
     seed: int = 0,
     files: dict[str, list[str]] | None = None,
+    classes: list[str] | None = None,
 ) -> ImageSet:
     """Load one split of a dataset as an :class:`ImageSet` of uint8 images.
 
@@ -161,6 +162,8 @@ def load_dataset(
         image_size, channels, seed: for image folders only (resize target, 1 or 3, split seed).
         files: for image folders only: each split's images (``{"train": names, "val": names}``, as a
             run's split.json has them) instead of the seeded split's.
+        classes: for image folders only: the class names the labels index (a run's own) instead
+            of the folder's class folders (:func:`~cnnkit.data.imagefolder.load_image_folder`).
     """
     if split not in SPLITS:
         raise CnnkitError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
@@ -170,7 +173,7 @@ def load_dataset(
             raise CnnkitError("--dataset folder needs --data-dir DIR (a folder of <class>/ image folders)")
         from cnnkit.data.imagefolder import load_image_folder
 
-        kw = dict(image_size=tuple(image_size or (224, 224)), channels=channels, seed=seed)
+        kw = dict(image_size=tuple(image_size or (224, 224)), channels=channels, seed=seed, classes=classes)
         own = files or {}
         if split == "trainval":  # the folder's train and val splits, joined
             return load_image_folder(root, "train", **kw, files=own.get("train")).cat(

@@ -65,6 +65,7 @@ def load_image_folder(
     crop_fraction: float = 1.0,
     interpolation: str = "bilinear",
     files: list[str] | None = None,
+    classes: list[str] | None = None,
 ) -> ImageSet:
     """Load one split of an image folder as uint8 tensors.
 
@@ -85,13 +86,17 @@ def load_image_folder(
             EfficientNet-Lite were evaluated with).
         files: these images (paths relative to ``root``, as ``meta["files"]`` and a run's
             split.json have them), in this order, instead of the seeded split's.
+        classes: the class names the labels index (a run's own, which ``--resume`` reads its
+            folder by) instead of the folder's class folders: a class folder added since is left
+            out, its images not decoded; each must still be a class folder.
 
     Returns:
         An :class:`ImageSet` ``(N, channels, H, W)`` uint8; ``classes`` are the sorted class folder
         names (the same for every split); ``meta`` records the files, the split and the seed.
 
     Raises:
-        CnnkitError: a missing folder, no class folders, no images, a bad split name or size.
+        CnnkitError: a missing folder, no class folders, no images, a bad split name or size, a class
+            of ``classes`` that is no class folder.
 
     Warns:
         ImageFolderWarning: once, counting the files that are not images; once per class that has
@@ -101,7 +106,18 @@ def load_image_folder(
     size = _check_args(root, split, image_size, channels, val_fraction, test_fraction, resize, crop_fraction)
     layout = _scan(root)  # split -> class -> [relative paths]
     _check_split(layout, split, val_fraction, test_fraction, root)
-    classes = sorted({c for per_class in layout.values() for c in per_class})
+    found = sorted({c for per_class in layout.values() for c in per_class})
+    if classes is None:
+        classes = found
+    else:  # a run's own classes: a class folder added since is not one of them
+        gone = [c for c in classes if c not in found]
+        if gone:
+            raise CnnkitError(
+                f"no class folder {root / gone[0]}; the run has the class {gone[0]!r}: put the folder back, "
+                "or train a new run on the folder as it is"
+            )
+        classes = list(classes)
+        layout = {part: {c: ps for c, ps in per_class.items() if c in classes} for part, per_class in layout.items()}
     candidates = sorted({p for per_class in layout.values() for ps in per_class.values() for p in ps})
     if interpolation not in _INTERPOLATIONS:
         raise CnnkitError(

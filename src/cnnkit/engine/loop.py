@@ -55,6 +55,7 @@ from cnnkit.engine.runfolder import (
     CONFIG_FILE,
     FORMAT,
     MODEL_FILE,
+    RECORDED,
     RESUME_FILE,
     RESUME_FREE,
     atomic_write_bytes,
@@ -674,6 +675,7 @@ def _save_run(
     ``state``: the task's ``state_dict()`` when the caller took it (on every process); else taken here."""
     if state is None and hasattr(task, "state_dict"):
         state = task.state_dict()
+    described = task.describe(deploy)  # what the model file is about to hold
     save_resume(
         out / RESUME_FILE,
         model,
@@ -685,7 +687,8 @@ def _save_run(
         config,
         state,
         getattr(task, "name", None),
-        task.describe(deploy).get("network"),  # what the model file is about to hold
+        described.get("network"),
+        {k: described[k] for k in RECORDED if k in described},
     )
     _save_outputs(out, task, deploy, history, config, precision, draw)
 

@@ -5,7 +5,8 @@ A run folder holds
   ``"cnnkit"`` is a JSON document: model spec, classes, input size, normalisation, TTA, config,
   history. :func:`load` rebuilds an eval-mode :class:`Classifier` from it.
 - ``resume.safetensors``: everything ``--resume`` needs (weights, EMA, the state of every optimizer,
-  RNG states, epoch, history, the network's description where the task gives one), self-contained so
+  RNG states, epoch, history, the network's description where the task gives one, and what the model
+  file holds of the run's data: its classes, input size and data files' digests), self-contained so
   it never disagrees with itself.
 - ``metrics.csv`` and ``curves.png``.
 Every file is written to a temporary file beside it, then renamed: never half-written.
@@ -45,6 +46,10 @@ MODEL_FILE = "model.safetensors"
 RESUME_FILE = "resume.safetensors"
 CONFIG_FILE = "config.yaml"
 SPLIT_FILE = "split.json"  # the image names a run trained, validated and tested on
+# what a resume state keeps of the description its model file is about to hold (the task's
+# ``describe``): what ``--resume`` reads a user's data with and checks it against, so that a run
+# stopped before its first model file resumes on the data it started with (:func:`run_info`)
+RECORDED = ("classes", "input_size", "data_files")
 # what each task's deployable is called in messages
 TASK_MODELS = {
     "classify": "a classifier",
@@ -200,6 +205,7 @@ def save_resume(
     task_state: dict[str, torch.Tensor] | None = None,
     task: str | None = None,
     network: dict | None = None,
+    record: dict | None = None,
 ) -> None:
     """Everything needed to continue exactly after ``epoch`` epochs.
 
@@ -219,6 +225,9 @@ def save_resume(
         network: the network's description as the model file holds it (a spec run's spec and spec
             version), or None: the resume state is written before the first model file, so a run
             killed between the two resumes with the network it started with.
+        record: what the model file is about to hold of the run's data (:data:`RECORDED`: its
+            classes, input size and data files' digests, those the task describes), or None;
+            :func:`run_info` reads it where the folder has no model file yet.
     """
     tensors = cpu_tensors(model.state_dict(), "model.")
     tensors.update(cpu_tensors(task_state or {}, "task."))
@@ -228,6 +237,8 @@ def save_resume(
         meta["ema_updates"] = ema.updates  # the warm-up continues where it was
     if network is not None:
         meta["network"] = network
+    if record is not None:
+        meta["record"] = record
     meta["generator"] = generator.device.type  # where the data order's random numbers come from
     for j, one in enumerate(optimizer if isinstance(optimizer, list) else [optimizer]):
         prefix, groups_key, scalars_key = _optim_keys(j)
@@ -503,15 +514,46 @@ def run_photos(run: str | os.PathLike, data: str) -> dict[str, list[str]] | None
     return None if data == "digits" else read_split(run)
 
 
-def run_classes(run: str | os.PathLike) -> list[str] | None:
-    """The class names of the run in folder ``run``, as its model file holds them: what ``--resume``
-    reads a user's data with, so that it decodes the photos of the run's split alone and refuses data
-    whose classes are no longer the run's. None where the folder has no model file (a run stopped in
-    its first epoch, between its resume state and its model file) or the model names no classes."""
-    model = Path(run) / MODEL_FILE
-    if not model.is_file():
+def run_info(run: str | os.PathLike) -> dict | None:
+    """What the run in folder ``run`` records of its data, for ``--resume`` to read and check a
+    user's data by: its model file's metadata, or, where the run stopped before its first model file
+    (between its first resume state and that file), what its resume state recorded of the description
+    that file was about to hold (:data:`RECORDED`: classes, input size, data files' digests).
+
+    Returns:
+        The metadata (or the record), or None where the folder holds neither file.
+
+    Raises:
+        CnnkitError: a resume state without a model file that records nothing of the run's data
+            (an earlier cnnkit wrote it): the run's classes cannot be known.
+    """
+    model, resume = Path(run) / MODEL_FILE, Path(run) / RESUME_FILE
+    if model.is_file():
+        return read_info(model)
+    if not resume.is_file():
         return None
-    classes = read_info(model).get("classes")
+    record = read_info(resume).get("record")
+    if not isinstance(record, dict):
+        raise CnnkitError(
+            f"{run} stopped before its first model file, and its resume state does not record the run's "
+            "classes and data (an earlier cnnkit wrote it); start a new run without --resume"
+        )
+    return record
+
+
+def run_classes(run: str | os.PathLike) -> list[str] | None:
+    """The class names of the run in folder ``run``, as it recorded them (:func:`run_info`: its model
+    file's, or its resume state's before its first model file): what ``--resume`` reads a user's data
+    with, so that it decodes the photos of the run's split alone, leaves out a class added to the data
+    since, and refuses data whose classes are no longer the run's. None where the folder holds no run
+    or the run names no classes.
+
+    Raises:
+        CnnkitError: a run stopped before its first model file whose resume state records no classes
+            (:func:`run_info`).
+    """
+    info = run_info(run)
+    classes = (info or {}).get("classes")
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
         return None
     return list(classes)

@@ -60,6 +60,7 @@ from cnnkit.engine.runfolder import (
     read_info,
     read_split,
     resumed_config,
+    run_classes,
     save_model,
     with_free_settings,
 )
@@ -953,6 +954,8 @@ def run_finetune(
     )
     use_threads(cfg.threads)
     own = (read_split(out, required=("train",)) or {}) if resume else {}  # a resumed run's own photos
+    if own:  # and its own classes: a class folder added since is left out
+        load["classes"] = run_classes(out)
     with warnings.catch_warnings(record=True) as caught:  # each data warning printed once, one line
         warnings.simplefilter("always")
         train = load_image_folder(cfg.data, "train", **load, files=own.get("train"))

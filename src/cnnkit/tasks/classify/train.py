@@ -37,6 +37,7 @@ from cnnkit.engine.runfolder import (
     read_checkpoint,
     read_info,
     read_split,
+    run_classes,
     with_free_settings,
 )
 from cnnkit.errors import CnnkitError, short_error
@@ -173,12 +174,15 @@ def train_one(
 ) -> TrainResult:
     """One model: the config as a classification task and a one-phase plan, run by the engine.
     An image folder is split by ``split_seed`` (default: ``cfg.seed``); the split is the run's
-    ``split.json``: written before training, read on resume. ``network``: the description of the
-    spec network the run trains, which every save stores (:func:`train` gives the run's own copy on
-    resume); None: ``cfg.model``'s spec file read here, or the zoo network or factory it names."""
+    ``split.json``: written before training, read on resume with the run's classes
+    (:func:`~cnnkit.engine.runfolder.run_classes`: a class folder added since is left out).
+    ``network``: the description of the spec network the run trains, which every save stores
+    (:func:`train` gives the run's own copy on resume); None: ``cfg.model``'s spec file read here,
+    or the zoo network or factory it names."""
     network = spec_network(cfg.model) if network is None else network
     own = read_split(out, ("train", "val")) if resume else None
-    train_set, val_set = load_splits(cfg, d.device, own, split_seed)
+    classes = run_classes(out) if own is not None else None  # an image folder run's own classes
+    train_set, val_set = load_splits(cfg, d.device, own, split_seed, classes)
     if "files" in train_set.meta and d.main and not (resume and (out / SPLIT_FILE).is_file()):
         check_new_run(out, resume)  # before split.json is written: a refused run leaves the folder untouched
         split = {"train": train_set.meta["files"], "val": val_set.meta.get("files", [])}
@@ -265,12 +269,17 @@ def trainable_augment(
 
 
 def load_splits(
-    cfg: TrainConfig, device: torch.device, files: dict[str, list[str]] | None = None, split_seed: int | None = None
+    cfg: TrainConfig,
+    device: torch.device,
+    files: dict[str, list[str]] | None = None,
+    split_seed: int | None = None,
+    classes: list[str] | None = None,
 ) -> tuple[ImageSet, ImageSet]:
     """The train and validation splits, on ``device``; ``files``: an image folder's split as a run's
-    split.json holds it (None: the split of ``split_seed``, default ``cfg.seed``)."""
+    split.json holds it (None: the split of ``split_seed``, default ``cfg.seed``); ``classes``: the
+    run's classes, which an image folder's labels index (None: its class folders)."""
     seed = cfg.seed if split_seed is None else split_seed
-    kw = dict(data_dir=cfg.data_dir, image_size=cfg.image_size, seed=seed, files=files)
+    kw = dict(data_dir=cfg.data_dir, image_size=cfg.image_size, seed=seed, files=files, classes=classes)
     train_set, val_set = (load_dataset(cfg.data, s, **kw) for s in ("train", "val"))
     if cfg.trainval:  # the final refit: val is trained on (and still reported)
         train_set = train_set.cat(val_set, f"{train_set.name}+val")
