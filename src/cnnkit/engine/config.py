@@ -6,7 +6,8 @@ another default (by declaring it again, plainly) and adds its own fields with :f
 field's help is written once, at the field: :func:`add_config_arguments` turns the fields into the
 command's flags (``batch_size`` -> ``--batch-size``) with that help, :func:`read_config_file` reads
 any of them from ``--config FILE.yaml``, and the generated configuration reference of the docs
-lists them. A run folder keeps the resolved config as ``config.yaml``.
+lists them. A run folder keeps the resolved config as ``config.yaml``: the fields the task uses
+(:meth:`RunConfig.to_dict`).
 
 ``None`` in a field means "the task's default for this data"; a task's ``resolved()`` fills it in
 before training, so the run stores the values it really used.
@@ -159,9 +160,18 @@ class RunConfig:
             raise CnnkitError(f"unknown setting {unknown[0]!r}; known: {', '.join(known)}")
         return cls(**{k: _coerce(cls, k, v, "the settings") for k, v in given.items() if k in known})
 
+    def unused(self) -> tuple[str, ...]:
+        """The fields this run does not use: the shared fields its task does not take
+        (``unsupported``); a task adds those a setting leaves unused (a fitted model's training steps)."""
+        return tuple(self.unsupported)
+
     def to_dict(self) -> dict:
-        """The config as plain JSON/YAML values (nested configs as dicts, tuples as lists)."""
-        return _plain(dataclasses.asdict(self))
+        """The config as plain JSON/YAML values (nested configs as dicts, tuples as lists): what a run
+        stores (its ``config.yaml``, its metadata's ``config``). The fields the run does not use
+        (:meth:`unused`) are left out, so that a reader is not told of an optimizer or schedule the
+        run never had; :meth:`from_dict` gives them their defaults back."""
+        unused = set(self.unused())
+        return _plain({k: v for k, v in dataclasses.asdict(self).items() if k not in unused})
 
 
 def field_help(cls: type, name: str) -> dict:

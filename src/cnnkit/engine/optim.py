@@ -9,6 +9,7 @@ from typing import Protocol
 import torch
 import torch.nn as nn
 
+from cnnkit.engine.config import RunConfig
 from cnnkit.engine.task import Phase, Plan, Setup
 
 
@@ -79,12 +80,15 @@ def analysed_optimizer(config: dict) -> str:
     ``sgd`` with momentum is ``momentum``, ``nadam`` keeps Adam's two moments (``adam``).
 
     Args:
-        config: a run config as a dict (``optimizer``, ``momentum``).
+        config: a run config as a dict (``optimizer``, ``momentum``). One that names its optimizer
+            and not ``momentum`` is of a task that does not take ``--momentum`` (its stored config
+            leaves it out): its SGD has the shared default.
 
     Returns:
         ``sgd`` | ``momentum`` | ``adam`` | ``adamw``.
     """
     name = str(config.get("optimizer", "sgd"))
     if name == "sgd":
-        return "momentum" if float(config.get("momentum") or 0) > 0 else "sgd"
+        momentum = config.get("momentum", RunConfig.momentum if "optimizer" in config else 0)
+        return "momentum" if float(momentum or 0) > 0 else "sgd"
     return {"nadam": "adam"}.get(name, name if name in ("adam", "adamw") else "adam")

@@ -69,7 +69,6 @@ class TrainConfig(RunConfig):
         help="batched augmentation of the training images (cnnkit.data.augment.AugmentConfig)",
         cli=False,
     )
-    threads: int = 0
     channels_last: bool = option(True, help="NHWC memory format (oneDNN's convolutions run faster on CPUs)")
     eval_batch_size: int = option(1000, help="batch size of validation")
     ensemble: int = option(1, help="members to train, with seeds seed .. seed+K-1; the saved model averages them")

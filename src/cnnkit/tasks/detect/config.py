@@ -103,7 +103,8 @@ class DetectConfig(RunConfig):
         see the same settings.
 
         Returns:
-            The resolved :class:`DetectConfig`: no field left None.
+            The resolved :class:`DetectConfig`: no field left None but ``threads``, which stays as
+            given (unset: the free cores when the run starts; the model records the number used).
         """
         from dataclasses import replace
 
@@ -129,7 +130,6 @@ class DetectConfig(RunConfig):
             cls_loss=self.cls_loss or "varifocal",
             channels_last=self.channels_last if self.channels_last is not None else True,
             tta=self.tta or ("flip" if photos else "none"),
-            threads=self.threads or 0,  # 0: the cores free when the run starts (engine.config.free_cores)
             val_every=self.val_every if self.val_every is not None else (4 if photos else 1),
             scenes=tuple(self.scenes),
             train_digits=tuple(self.train_digits or ((4, 8) if tiny else (1, 4))),

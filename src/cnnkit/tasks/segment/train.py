@@ -46,7 +46,6 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
         >>> result = train(SegmentConfig(data="pennfudan"), "runs/seg")   # doctest: +SKIP
         >>> result.test["mIoU"]                                           # doctest: +SKIP
     """
-    from dataclasses import asdict
     from pathlib import Path
 
     from cnnkit.engine import Data, Phase, Plan, Setup, fit_run
@@ -105,7 +104,7 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
         dice=cfg.dice,
         lovasz=cfg.lovasz,
         val_name="val",
-        info={"config": asdict(cfg), "data": cfg.data},
+        info={"config": cfg.to_dict(), "data": cfg.data},
     )
 
     stem = []

@@ -11,6 +11,19 @@ from cnnkit.errors import CnnkitError
 MODELS = ("multirocket", "multirocket_hydra", "fcn1d", "resnet1d", "inception_time")
 # fitted in closed form (no optimizer steps): the step and optimizer settings do not apply
 FITTED = ("multirocket", "multirocket_hydra")
+# the settings of gradient training, which a fitted model refuses and its run does not store
+GRADIENT_ONLY = (
+    "steps",
+    "epochs",
+    "batch_size",
+    "lr",
+    "optimizer",
+    "weight_decay",
+    "schedule",
+    "warmup",
+    "ema",
+    "minutes",
+)
 
 
 @dataclass
@@ -105,6 +118,11 @@ class SequenceConfig(RunConfig):
         batch = min(batch, n_train)
         steps = math.ceil(self.steps / self.epochs) * self.epochs
         return replace(self, batch_size=batch, steps=steps)
+
+    def unused(self) -> tuple[str, ...]:
+        """The shared fields the task does not take, and with a model fitted in one pass (:data:`FITTED`)
+        the gradient-training settings (:data:`GRADIENT_ONLY`): its run does not store them."""
+        return super().unused() + (GRADIENT_ONLY if self.model in FITTED else ())
 
     @property
     def steps_per_epoch(self) -> int:

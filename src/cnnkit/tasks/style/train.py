@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -86,7 +85,7 @@ def train(
     ).resolved()
     torch.manual_seed(cfg.seed)
     model = build_network(cfg.model)
-    info = {"arch": cfg.model, "style": Path(cfg.style).name, "config": asdict(cfg), "photos": len(photos)}
+    info = {"arch": cfg.model, "style": Path(cfg.style).name, "config": cfg.to_dict(), "photos": len(photos)}
     task = StyleTask(perceptual_loss(loss_cfg, style), cfg.batch_size, cfg.crop, max_batches, info)
     plan = Plan([Phase(cfg.epochs, lambda m: Setup(make_optimizer(m, cfg)))], seed=cfg.seed, val_every=0)
     return fit_run(

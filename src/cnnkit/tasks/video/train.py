@@ -47,7 +47,6 @@ def train(
         >>> result = train(VideoConfig(epochs=5), "runs/video")     # doctest: +SKIP
         >>> result.test["both"]                                     # doctest: +SKIP
     """
-    from dataclasses import asdict
 
     from cnnkit.engine import Data, fit_run, single_phase_plan
 
@@ -64,7 +63,7 @@ def train(
             if p.dim() == 5:
                 p.data = p.data.contiguous(memory_format=torch.channels_last_3d)
     task = VideoTask(
-        cfg.batch_size, cfg.channels_last, max_batches=max_batches, info={"config": asdict(cfg), "data": cfg.data}
+        cfg.batch_size, cfg.channels_last, max_batches=max_batches, info={"config": cfg.to_dict(), "data": cfg.data}
     )
 
     plan = single_phase_plan(cfg, lambda m: m.net)

@@ -52,7 +52,6 @@ def train(
         >>> result = train(PredictConfig(epochs=5), "runs/predict")     # doctest: +SKIP
         >>> result.test["mse"]                                          # doctest: +SKIP
     """
-    from dataclasses import asdict
 
     from cnnkit.engine import Data, fit_run, single_phase_plan
 
@@ -72,7 +71,7 @@ def train(
     model = build_model(cfg, tuple(first.shape[-2:]), channels)
     _check_size(model, cfg)
     task = PredictTask(
-        cfg.batch_size, cfg.frames, max_batches=max_batches, info={"config": asdict(cfg), "data": cfg.data}
+        cfg.batch_size, cfg.frames, max_batches=max_batches, info={"config": cfg.to_dict(), "data": cfg.data}
     )
 
     plan = single_phase_plan(cfg, lambda m: m.net)
