@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 from cnnkit.data.series import SeriesSet, load_series, val_split
-from cnnkit.errors import CnnkitError
+from cnnkit.download import file_digest
+from cnnkit.errors import CnnkitError, CnnkitWarning
 from cnnkit.tasks.sequence.config import SequenceConfig
 
 
@@ -95,3 +97,70 @@ def _listed(classes) -> str:
     if not isinstance(classes, list):
         return "unknown"
     return ", ".join(map(str, classes[:6])) + (", ..." if len(classes) > 6 else "")
+
+
+def data_files(train: SeriesSet, test: SeriesSet | None) -> dict:
+    """The files a run reads, as its metadata records them (``data_files``): for ``train`` (TRAIN,
+    whose validation part is carved from it) and ``test``, the file's name and its sha256. A series
+    file is small, and its digest tells what its classes and length cannot: values that changed.
+
+    Example:
+        >>> data_files(train, test)["test"]["file"]  # doctest: +SKIP
+        'GunPoint_TEST.ts'
+    """
+    return {
+        role: {"file": Path(data.meta["path"]).name, "sha256": file_digest(data.meta["path"], "sha256")}
+        for role, data in (("train", train), ("test", test))
+        if data is not None and "path" in data.meta
+    }
+
+
+def check_training_file(train: SeriesSet, info: dict, run) -> None:
+    """Refuse to resume on a TRAIN file whose values are not those the run trained on (its sha256
+    differs from the one the run recorded): ``--resume`` continues a run exactly, on its own data. A
+    run that recorded no digest is not checked.
+
+    Args:
+        train: the training split as read now (its ``meta["path"]``: the file read).
+        info: the run's metadata (:func:`~cnnkit.engine.runfolder.run_info`).
+        run: the run folder, named in the message.
+
+    Raises:
+        CnnkitError: naming the file, both digests and the fix.
+    """
+    files = info.get("data_files")
+    was = files.get("train") if isinstance(files, dict) else None
+    path = train.meta.get("path")
+    if not isinstance(was, dict) or path is None:
+        return
+    now = file_digest(path, "sha256")
+    if now != was.get("sha256"):
+        raise CnnkitError(
+            f"{path} is not the file the run in {run} trained on: its values changed (sha256 {now[:12]}..., "
+            f"the run's {str(was.get('sha256'))[:12]}...); --resume continues a run exactly on its own data: "
+            "put back the file it trained on, or start a new run in another --out"
+        )
+
+
+def warn_if_changed(data: SeriesSet, info: dict, run) -> None:
+    """One warning (:class:`~cnnkit.errors.CnnkitWarning`) where the file ``data`` was read from has
+    the name of a file the run recorded (its TRAIN or TEST, ``data_files``) and other contents: its
+    scores are of the file as it is, not of the one the run was tested on. Nothing for a run that
+    recorded no digest, or a file of another name."""
+    path = data.meta.get("path")
+    files = info.get("data_files")
+    if path is None or not isinstance(files, dict):
+        return
+    now = None
+    for role, was in files.items():
+        if not isinstance(was, dict) or was.get("file") != Path(path).name:
+            continue
+        now = now or file_digest(path, "sha256")
+        if now != was.get("sha256"):
+            warnings.warn(
+                f"{path} is not the {role.upper()} file the run in {run} recorded: its values changed "
+                f"(sha256 {now[:12]}..., the run's {str(was.get('sha256'))[:12]}...); it is scored as it is",
+                CnnkitWarning,
+                stacklevel=2,
+            )
+            return

@@ -10,7 +10,7 @@ from cnnkit.data.series import SeriesSet, read_series
 from cnnkit.engine.runfolder import resolve, stored_config
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.sequence.config import SequenceConfig
-from cnnkit.tasks.sequence.data import check_lengths, check_run_data, load_splits
+from cnnkit.tasks.sequence.data import check_lengths, check_run_data, load_splits, warn_if_changed
 from cnnkit.tasks.sequence.load import load_sequence, znormalised
 
 
@@ -111,20 +111,27 @@ def evaluate_run(path, split: str = "test", data: str | None = None, data_dir: s
             that cannot be found or read, or the run's data changed since it trained (other classes,
             channels or length).
 
+    Warns:
+        CnnkitWarning: the file scored has the name of the run's TRAIN or TEST file and other
+            values than the run recorded (its sha256): it is scored as it is.
+
     Example:
         >>> evaluate_run("runs/gunpoint")["error"]    # doctest: +SKIP
     """
     if split not in ("train", "val", "test"):
         raise CnnkitError(f"--split is train, val or test. Received: --split {split}")
     model = load_sequence(path)
+    run = resolve(path).parent
     if data is not None:
         series = check_lengths(read_series(data, classes=model.classes, znorm=znormalised(model)), data)
+        warn_if_changed(series, model.info, run)  # a file of the name of the run's TRAIN or TEST, changed since
         return {**evaluate(model, series), "split": "file", "data": str(data), "classes": model.classes}
     cfg = stored_config(SequenceConfig, model.info, resolve(path))
     if data_dir is not None:
         cfg.data_dir = data_dir
     sets = dict(zip(("train", "val", "test"), load_splits(cfg)))
-    check_run_data(sets["train"], model.info, cfg.data, resolve(path).parent)  # the splits the run scored
+    check_run_data(sets["train"], model.info, cfg.data, run)  # the splits the run scored
     if sets[split] is None:
         raise CnnkitError(f"the run {path} has no {split} split (data {cfg.data}); evaluate on a file with --data FILE")
+    warn_if_changed(sets[split], model.info, run)  # values changed since the run recorded the file
     return {**evaluate(model, sets[split]), "split": split, "data": cfg.data, "classes": model.classes}

@@ -96,7 +96,12 @@ def save_ensemble(path, member_files: list[Path]) -> None:
         t, info = read_checkpoint(f)
         tensors.update({f"members.{i}.{k}": v for k, v in t.items()})
         infos.append(info)
-    head = {k: infos[0][k] for k in ("format", "task", "classes", "input_size", "config", "data")}
+    # member 0's description of the run (its data files' digests where recorded): what eval reads the data by
+    head = {
+        k: infos[0][k]
+        for k in ("format", "task", "classes", "input_size", "config", "data", "data_files")
+        if k in infos[0]
+    }
     meta = {**head, "net": infos[0]["net"], "ensemble": infos}
     atomic_write_bytes(path, st_save(tensors, metadata={"cnnkit": json_text(meta)}))
 

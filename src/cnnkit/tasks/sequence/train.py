@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 
 from cnnkit.engine import Data, fit_run, single_phase_plan
@@ -17,29 +18,22 @@ from cnnkit.engine.runfolder import (
     MODEL_FILE,
     RESUME_FILE,
     check_new_run,
-    read_info,
     resumed_config,
+    run_info,
     with_free_settings,
 )
 from cnnkit.errors import CnnkitError
-from cnnkit.tasks.sequence.config import FITTED, SequenceConfig
-from cnnkit.tasks.sequence.data import check_run_data, load_splits
+from cnnkit.tasks.sequence.config import FITTED, GRADIENT_ONLY, SequenceConfig
+from cnnkit.tasks.sequence.data import (
+    check_run_data,
+    check_training_file,
+    data_files,
+    load_splits,
+    warn_if_changed,
+)
 from cnnkit.tasks.sequence.evaluate import evaluate
 from cnnkit.tasks.sequence.load import build_model, load_sequence, save_ensemble
 from cnnkit.tasks.sequence.task import SequenceTask
-
-GRADIENT_ONLY = (
-    "steps",
-    "epochs",
-    "batch_size",
-    "lr",
-    "optimizer",
-    "weight_decay",
-    "schedule",
-    "warmup",
-    "ema",
-    "minutes",
-)
 
 
 @dataclass
@@ -113,10 +107,15 @@ def train(cfg: SequenceConfig, out=None, resume: bool = False, quiet: bool = Fal
         _check_fitted(cfg)
     use_threads(cfg.threads if cfg.threads is not None else (0 if cfg.model in FITTED else 1))
     train_set, val_set, test_set = load_splits(cfg)
+    files = data_files(train_set, test_set)  # recorded in the run: what --resume and eval check the files by
     if resume:  # the data the run's network was built for: other data would be a second data set in one run
-        made = next((f for f in (Path(out) / MODEL_FILE, Path(out) / "member0" / MODEL_FILE) if f.is_file()), None)
-        if made is not None:  # none yet: a run stopped before its first model file
-            check_run_data(train_set, read_info(made), cfg.data, out)
+        # its model file's record, or its resume state's before the first model file (an ensemble: member 0's)
+        info = run_info(out) or run_info(Path(out) / "member0")
+        if info is not None:
+            check_run_data(train_set, info, cfg.data, out)
+            check_training_file(train_set, info, out)
+            if test_set is not None:  # the resumed run scores it at its end
+                warn_if_changed(test_set, info, out)
     present = sorted(set(train_set.labels.tolist()))
     if len(present) < 2:  # one class: every answer would be that class, at p=1
         shown = ", ".join(train_set.classes[i] for i in present if i >= 0) or "none"
@@ -125,10 +124,10 @@ def train(cfg: SequenceConfig, out=None, resume: bool = False, quiet: bool = Fal
             "add series of the other classes"
         )
     resolved = cfg.resolved_for(len(train_set))
-    # a fitted model's run keeps the gradient-training settings unset: its config.yaml reads back
+    # a fitted model's run keeps the gradient-training settings as given (its stored config leaves them out)
     cfg = cfg if cfg.model in FITTED else resolved
     if cfg.ensemble == 1:
-        run = _train_one(cfg, train_set, val_set, out, resume, quiet)
+        run = _train_one(cfg, train_set, val_set, out, resume, quiet, files)
         model, members = run.model, []
     else:
         members = [
@@ -139,6 +138,7 @@ def train(cfg: SequenceConfig, out=None, resume: bool = False, quiet: bool = Fal
                 Path(out) / f"member{i}",
                 resume and (Path(out) / f"member{i}" / RESUME_FILE).is_file(),
                 quiet,
+                files,
             )
             for i in range(cfg.ensemble)
         ]
@@ -161,13 +161,16 @@ def train(cfg: SequenceConfig, out=None, resume: bool = False, quiet: bool = Fal
     )
 
 
-def _train_one(cfg: SequenceConfig, train_set, val_set, out, resume: bool, quiet: bool) -> SequenceResult:
-    """One network: the seeded model, the task and a one-phase plan, run by the engine."""
+def _train_one(cfg: SequenceConfig, train_set, val_set, out, resume: bool, quiet: bool, files: dict) -> SequenceResult:
+    """One network: the seeded model, the task and a one-phase plan, run by the engine. ``files``:
+    the data files' names and digests (:func:`~cnnkit.tasks.sequence.data.data_files`), recorded in
+    the run's metadata."""
     model = build_model(cfg.model, train_set.classes, train_set.channels, train_set.length, cfg.seed)
+    info = {"config": cfg.to_dict(), "data": cfg.data, "data_files": files}
     if cfg.model in FITTED:
-        return _fit_closed_form(cfg, model, train_set, val_set, out, resume, quiet)
+        return _fit_closed_form(cfg, model, train_set, val_set, out, resume, quiet, info)
     assert cfg.batch_size is not None  # resolved_for filled it in
-    task = SequenceTask(cfg.batch_size, cfg.steps_per_epoch, info={"config": cfg.to_dict(), "data": cfg.data})
+    task = SequenceTask(cfg.batch_size, cfg.steps_per_epoch, info=info)
 
     plan = single_phase_plan(cfg, val_every=cfg.val_every if val_set else 0)
     result = fit_run(
@@ -201,9 +204,12 @@ def _check_fitted(cfg: SequenceConfig) -> None:
         raise CnnkitError(f"--model {cfg.model} fits in one process; run it without torchrun")
 
 
-def _fit_closed_form(cfg: SequenceConfig, model, train_set, val_set, out, resume: bool, quiet: bool) -> SequenceResult:
+def _fit_closed_form(
+    cfg: SequenceConfig, model, train_set, val_set, out, resume: bool, quiet: bool, info: dict
+) -> SequenceResult:
     """MultiRocket: biases and ridge classifier fitted in one pass (:mod:`cnnkit.tasks.sequence.rocket`),
-    then the run folder the engine would write: ``config.yaml``, ``model.safetensors``, ``metrics.csv``."""
+    then the run folder the engine would write: ``config.yaml``, ``model.safetensors`` (``info`` in
+    its metadata, with the threads it was fitted with), ``metrics.csv``."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from cnnkit.console import console as make_console
@@ -247,8 +253,8 @@ def _fit_closed_form(cfg: SequenceConfig, model, train_set, val_set, out, resume
         )
     if out is not None:
         out = Path(out)
-        info = {"config": cfg.to_dict(), "data": cfg.data}
         meta = {"format": FORMAT, **info, **model.describe(), "epoch": 1, "history": [row], "fit": fitted}
+        meta["threads"] = torch.get_num_threads()  # what --threads or the free cores gave, as the engine records it
         atomic_write_bytes(out / CONFIG_FILE, config_yaml(cfg.to_dict()))
         write_metrics_csv(out / "metrics.csv", [row], list(row))
         save_model(out / MODEL_FILE, model, meta)

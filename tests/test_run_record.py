@@ -1,0 +1,266 @@
+"""What a run folder records of its run, and what ``--resume`` and ``eval`` read it by: the classes of
+a run stopped before its first model file (its resume state records them), the digests of a sequence
+run's series files, and a config that lists only the settings the task uses, with one convention for
+``threads`` (unset is null; the model records the number used)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import load_file, save
+
+import cnnkit.engine.loop as loop
+from cnnkit.cli import main
+from cnnkit.engine.runfolder import MODEL_FILE, RESUME_FILE, atomic_write_bytes, read_info
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class Killed(BaseException):
+    """The process dies here (SIGKILL): no handler of the engine runs."""
+
+
+def _killed_before_the_first_model_file(monkeypatch, argv) -> None:
+    """``main(argv)`` killed after its first resume state, before its first model file."""
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(loop, "_save_model", killed)
+        with pytest.raises(Killed):
+            main(argv)
+
+
+def _photos(root, classes, count: int = 6, side: int = 32) -> None:
+    """``count`` small photos of each class, a class a shade darker than the next."""
+    rng = np.random.default_rng(len(classes))
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            pixels = rng.integers(0, 100, (side, side, 3)) + 50 * k
+            Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{i:03d}.png")
+
+
+def _series(path, labels, seed: int) -> None:
+    """A UCR .tsv file: one series of 24 values per label, the label first."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for label in labels:
+        x = np.sin(np.linspace(0, 3 + label, 24)) + 0.1 * rng.standard_normal(24)
+        rows.append("\t".join([str(label)] + [f"{v:.5f}" for v in x]))
+    path.write_text("\n".join(rows) + "\n")
+
+
+# -----------------------------------------------------------------------------------------------
+# A run stopped between its first resume state and its first model file resumes with its own classes
+
+
+def test_a_folder_run_stopped_before_its_first_model_file_resumes_with_its_own_classes(tmp_path, monkeypatch):
+    """The resume state records the classes the model file was about to hold: a class folder added
+    while the run was stopped is left out, and the run ends as the uninterrupted one does."""
+    monkeypatch.setenv("CNNKIT_HOME", str(tmp_path / "home"))
+    data = tmp_path / "photos"
+    _photos(data, ["ants", "bees"])
+    argv = ["train", "--data", str(data), "--model", "mnist_fast", "--image-size", "28", "28", "--epochs", "2"]
+    argv += ["--batch-size", "4", "--threads", "1", "--quiet"]
+    assert main([*argv, "--out", str(tmp_path / "full")]) == 0
+    run = tmp_path / "cut"
+    _killed_before_the_first_model_file(monkeypatch, [*argv, "--out", str(run)])
+    assert not (run / MODEL_FILE).exists()
+    assert read_info(run / RESUME_FILE)["record"] == {"classes": ["ants", "bees"], "input_size": [3, 28, 28]}
+    _photos(data, ["aphids"], count=3)  # a class folder added while the run is stopped (sorted first)
+    assert main(["train", "--resume", "--out", str(run), "--quiet"]) == 0
+    assert read_info(run)["classes"] == ["ants", "bees"] and read_info(run)["epoch"] == 2
+    full, resumed = load_file(tmp_path / "full" / MODEL_FILE), load_file(run / MODEL_FILE)
+    assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+def test_a_sequence_run_stopped_before_its_first_model_file_refuses_a_train_file_with_another_class(
+    tmp_path, monkeypatch, capsys
+):
+    train = tmp_path / "Toy_TRAIN.tsv"
+    _series(train, [1, 2] * 10, 0)
+    argv = ["sequence", "train", "--data", str(train), "--model", "fcn1d", "--steps", "4", "--epochs", "2"]
+    run = tmp_path / "cut"
+    _killed_before_the_first_model_file(monkeypatch, [*argv, "--threads", "1", "--quiet", "--out", str(run)])
+    _series(train, [1, 2, 3] * 7, 0)  # a third class in TRAIN
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    capsys.readouterr()
+    assert main(["sequence", "train", "--resume", "--out", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        "\n" not in err
+        and f"{train} is not the data the run in {run} trained on: classes 1, 2, 3 (the run's: 1, 2)" in err
+    )
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_a_resume_state_that_records_no_classes_without_a_model_file_is_refused(tmp_path, monkeypatch, capsys):
+    """A resume state of an earlier cnnkit (no record) in a folder without a model file: the run's
+    classes cannot be known, and counting them afresh from the data could be wrong: one line."""
+    monkeypatch.setenv("CNNKIT_HOME", str(tmp_path / "home"))
+    data = tmp_path / "photos"
+    _photos(data, ["ants", "bees"])
+    argv = ["train", "--data", str(data), "--model", "mnist_fast", "--image-size", "28", "28", "--epochs", "2"]
+    run = tmp_path / "cut"
+    _killed_before_the_first_model_file(monkeypatch, [*argv, "--batch-size", "4", "--threads", "1", "--out", str(run)])
+    path = run / RESUME_FILE
+    tensors, meta = load_file(path), read_info(path)
+    del meta["record"]
+    atomic_write_bytes(path, save(tensors, metadata={"cnnkit": json.dumps(meta)}))
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"cnnkit train: error: {run} stopped before its first model file, and its resume state does not record "
+        "the run's classes and data (an earlier cnnkit wrote it); start a new run without --resume"
+    )
+
+
+# -----------------------------------------------------------------------------------------------
+# A sequence run records the sha256 of its TRAIN and TEST files
+
+
+@pytest.fixture
+def toy(tmp_path):
+    """A sequence run on a toy TRAIN/TEST pair: (run folder, TRAIN, TEST, the argv that trained it)."""
+    train, test = tmp_path / "Toy_TRAIN.tsv", tmp_path / "Toy_TEST.tsv"
+    _series(train, [1, 2] * 10, 0)
+    _series(test, [1, 2] * 5, 1)
+    argv = ["sequence", "train", "--data", str(train), "--model", "fcn1d", "--steps", "4", "--epochs", "2"]
+    argv += ["--threads", "1", "--quiet"]
+    return train, test, argv
+
+
+def test_a_sequence_run_records_the_digests_of_its_files(tmp_path, toy):
+    import hashlib
+
+    train, test, argv = toy
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 0
+    files = read_info(tmp_path / "run")["data_files"]
+    assert files == {
+        "train": {"file": "Toy_TRAIN.tsv", "sha256": hashlib.sha256(train.read_bytes()).hexdigest()},
+        "test": {"file": "Toy_TEST.tsv", "sha256": hashlib.sha256(test.read_bytes()).hexdigest()},
+    }
+
+
+def test_resume_refuses_a_train_file_whose_values_changed(tmp_path, monkeypatch, capsys, toy):
+    train, _, argv = toy
+    run = tmp_path / "half"
+    save_run = loop._save_run
+
+    def save_then_stop(out, *args):
+        save_run(out, *args)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(loop, "_save_run", save_then_stop)
+        assert main([*argv, "--out", str(run)]) == 130
+    _series(train, [1, 2] * 10, 7)  # the same classes and length, other values
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    capsys.readouterr()
+    assert main(["sequence", "train", "--resume", "--out", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{train} is not the file the run in {run} trained on: its values changed" in err
+    assert "put back the file it trained on, or start a new run in another --out" in err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    _series(train, [1, 2] * 10, 0)  # the file put back: the run resumes
+    assert main(["sequence", "train", "--resume", "--out", str(run), "--quiet"]) == 0
+    assert read_info(run)["epoch"] == 2
+
+
+def test_eval_warns_of_a_test_file_whose_values_changed_and_scores_it(tmp_path, capsys, toy):
+    train, test, argv = toy
+    run = tmp_path / "run"
+    assert main([*argv, "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["sequence", "eval", str(run), "--format", "json"]) == 0
+    same = capsys.readouterr()
+    assert same.err == ""
+    _series(test, [2, 1] * 5, 1)  # the same classes and length, other labels and values
+    for command in (["sequence", "eval", str(run)], ["sequence", "eval", str(run), "--data", str(test)]):
+        assert main([*command, "--format", "json"]) == 0
+        out = capsys.readouterr()
+        lines = out.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(
+            f"warning: {test} is not the TEST file the run in {run} recorded: its values changed"
+        ), out.err
+        assert json.loads(out.out)["series"] == 10  # scored all the same
+    assert main(["sequence", "eval", str(run), "--split", "val", "--format", "json"]) == 0
+    assert capsys.readouterr().err == ""  # TRAIN is as it was
+
+
+def test_eval_of_a_run_without_digests_scores_without_a_warning(tmp_path, capsys, toy):
+    """A run folder written before the digests were recorded keeps working."""
+    _, test, argv = toy
+    run = tmp_path / "run"
+    assert main([*argv, "--out", str(run)]) == 0
+    tensors, meta = load_file(run / MODEL_FILE), read_info(run)
+    del meta["data_files"]
+    atomic_write_bytes(run / MODEL_FILE, save(tensors, metadata={"cnnkit": json.dumps(meta)}))
+    _series(test, [2, 1] * 5, 1)
+    capsys.readouterr()
+    assert main(["sequence", "eval", str(run), "--format", "json"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+# -----------------------------------------------------------------------------------------------
+# A run's config lists what its task uses; threads: null when unset, the number used in the metadata
+
+
+def test_a_generate_runs_config_lists_only_what_the_task_uses(tmp_path, data_dir):
+    run = tmp_path / "gan"
+    argv = ["generate", "train", "--data-dir", str(data_dir), "--epochs", "1", "--subset", "64"]
+    assert main([*argv, "--batch-size", "32", "--out", str(run), "--quiet"]) == 0
+    written = yaml.safe_load((run / "config.yaml").read_text())
+    from cnnkit.tasks.generate.config import GenerateConfig
+
+    assert not set(written) & set(GenerateConfig.unsupported)  # no optimizer, schedule, momentum, ...
+    assert "optimizer" not in read_info(run)["config"] and "schedule" not in read_info(run)["config"]
+    assert written["beta1"] == 0.5 and written["lr"] == 0.0002
+    assert written["threads"] is None and read_info(run)["threads"] == torch.get_num_threads()
+    # it reads back as a config file, and --resume continues the run
+    assert main(["generate", "train", "--config", str(run / "config.yaml"), "--out", str(tmp_path / "again")]) == 0
+
+
+def test_a_fitted_sequence_runs_config_leaves_out_gradient_training_and_records_its_threads(tmp_path, toy):
+    train, _, _ = toy
+    run = tmp_path / "rocket"
+    assert (
+        main(["sequence", "train", "--data", str(train), "--model", "multirocket", "--out", str(run), "--quiet"]) == 0
+    )
+    from cnnkit.tasks.sequence.config import GRADIENT_ONLY
+
+    written = yaml.safe_load((run / "config.yaml").read_text())
+    assert not set(written) & set(GRADIENT_ONLY) and written["model"] == "multirocket"
+    assert written["threads"] is None and read_info(run)["threads"] == torch.get_num_threads()
+
+
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [
+        ("classify", "TrainConfig"),
+        ("detect", "DetectConfig"),
+        ("instance", "InstanceConfig"),
+        ("segment", "SegmentConfig"),
+        ("sequence", "SequenceConfig"),
+        ("video", "VideoConfig"),
+        ("video_predict", "PredictConfig"),
+        ("generate", "GenerateConfig"),
+        ("style", "StyleTrainConfig"),
+    ],
+)
+def test_threads_left_unset_is_stored_as_null_in_every_task(module, name):
+    """One convention: a run's config holds --threads as given, null when unset (0 when given 0),
+    resolved or not; the model's metadata holds the number used (``threads``)."""
+    import importlib
+
+    cls = getattr(importlib.import_module(f"cnnkit.tasks.{module}.config"), name)
+    cfg = cls()
+    resolved = cfg.resolved() if hasattr(cfg, "resolved") else cfg
+    assert cfg.to_dict()["threads"] is None and resolved.to_dict()["threads"] is None
+    assert cls(threads=0).to_dict()["threads"] == 0
