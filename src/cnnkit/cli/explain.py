@@ -187,7 +187,9 @@ def run_explain_series(args) -> int:
     r = explain_series(args.model, args.image, args.index, args.target_class)
     given = f", file's label {r['label']!r}" if r["label"] is not None else ""
     title = f"CAM for class {r['class']} ({r['class_name']!r}, p={r['probability']:.2f}{given})"
-    plots.series_cam(r["series"], r["cam"], out, title=f"{Path(args.image).name}[{args.index}]: {title}")
+    # the series' own samples: the zeros that pad it to the training length are not in the file
+    name = f"{Path(args.image).name}[{args.index}]"
+    plots.series_cam(r["series"], r["cam"], out, title=f"{name}: {title}", lengths=r["length"])
     print(f"cam: class {r['class']} ({r['class_name']}) p={r['probability']:.3f} -> {out}")
     return 0
 

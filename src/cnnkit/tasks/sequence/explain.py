@@ -10,6 +10,7 @@ from cnnkit.data.series import read_series
 from cnnkit.errors import CnnkitError
 from cnnkit.explain.series_cam import class_activation_map
 from cnnkit.tasks.sequence.config import FITTED
+from cnnkit.tasks.sequence.data import check_lengths
 from cnnkit.tasks.sequence.load import load_sequence, znormalised
 
 
@@ -33,8 +34,9 @@ def explain_series(run, path: str | os.PathLike, index: int = 0, target_class: i
         without one).
 
     Raises:
-        CnnkitError: not a sequence run or a MultiRocket one (no time axis to map), a malformed file, an index or class out of range,
-            another number of channels than the model's.
+        CnnkitError: not a sequence run or a MultiRocket one (no time axis to map), a malformed file, a
+            series of one sample in it (:func:`~cnnkit.tasks.sequence.data.check_lengths`), an index or
+            class out of range, another number of channels than the model's.
     """
     model = load_sequence(run)
     name = model.members[0].name if hasattr(model, "members") else model.name
@@ -43,7 +45,7 @@ def explain_series(run, path: str | os.PathLike, index: int = 0, target_class: i
             f"{run} is a {name} run: its features are pooled statistics with no time axis, so it has no class "
             "activation map; explain a run of fcn1d, resnet1d or inception_time"
         )
-    data = read_series(path, znorm=znormalised(model))
+    data = check_lengths(read_series(path, znorm=znormalised(model)), path)  # as predict reads the file
     if not 0 <= index < len(data):
         raise CnnkitError(f"{path} has {len(data)} series; --index must be in 0..{len(data) - 1}. Received: {index}")
     if data.channels != model.input_size[0]:
