@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import pytest
 from test_hostile_round3 import _error
 from test_hostile_round3 import _series_file as _round3_series_file
@@ -61,3 +62,56 @@ def test_explain_draws_a_short_series_without_the_padding_the_network_saw(series
     (line,) = drawn[0].axes[0].collections  # the series, one segment between each two samples
     assert len(line.get_segments()) == 3 - 1
     assert (tmp_path / "c.png").is_file()
+
+
+# --- video predict, video-predict predict: one clip held at a time -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def video_runs(data_dir, tmp_path_factory):
+    """A clip classifier (sees 8 frames 2 apart of 16x16) and a frame predictor (4 frames in), 1 epoch each."""
+    from cnnkit.tasks.video import VideoConfig
+    from cnnkit.tasks.video import train as train_video
+    from cnnkit.tasks.video_predict import PredictConfig
+    from cnnkit.tasks.video_predict import train as train_predictor
+
+    root = tmp_path_factory.mktemp("video_runs")
+    small = dict(epochs=1, val_clips=0, test_clips=2, batch_size=2, threads=1, data_dir=str(data_dir))
+    train_video(VideoConfig(clips=4, frames=16, stride=2, size=16, **small), root / "video", quiet=True)
+    train_predictor(PredictConfig(clips=2, frames=4, **small), root / "predict", quiet=True)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("command", "module", "predict"),
+    [
+        ("video", "cnnkit.tasks.video.predict", "predict_clips"),
+        ("video-predict", "cnnkit.tasks.video_predict.predict", "predict_frames"),
+    ],
+)
+def test_predict_holds_one_clip_at_a_time(video_runs, tmp_path, monkeypatch, capsys, command, module, predict):
+    """Each clip is refused alone when it would not fit in memory (check_fits); the clips a command is
+    given are read, checked and predicted one at a time, so their sum is never held: when each clip is
+    predicted, it is the only one alive, and --test renders its clips one at a time."""
+    import importlib
+    import weakref
+
+    from cnnkit.data.video import MovingMnist, VideoClips
+
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for i in range(3):
+        np.save(folder / f"c{i}.npy", np.random.default_rng(i).integers(0, 256, (16, 16, 16), dtype=np.uint8))
+    alive, at_predict, rendered = [], [], []
+    read, render = VideoClips.__getitem__, MovingMnist.batch
+    monkeypatch.setattr(VideoClips, "__getitem__", lambda self, i: alive.append(weakref.ref(c := read(self, i))) or c)
+    monkeypatch.setattr(MovingMnist, "batch", lambda self, idx: rendered.append(len(idx)) or render(self, idx))
+    mod = importlib.import_module(module)
+    real = getattr(mod, predict)
+    counted = lambda model, x: at_predict.append(sum(r() is not None for r in alive)) or real(model, x)  # noqa: E731
+    monkeypatch.setattr(mod, predict, counted)
+    run = video_runs / ("video" if command == "video" else "predict")
+    assert main([command, "predict", str(run), str(folder), "--test", "3", "--out", str(tmp_path / "out")]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 6  # 3 clips of the folder, 3 test clips
+    assert at_predict == [1, 1, 1, 0, 0, 0]  # a folder clip alone; a test clip is rendered, not read
+    assert rendered == [1] * 6  # each test clip rendered alone: once checked, once predicted

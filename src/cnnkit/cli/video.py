@@ -128,9 +128,13 @@ def run_eval(args) -> int:
     return 0
 
 
-def read_clips(paths: list[str], channels: int, size, frames: int | None = None):
-    """``[(stem, clip (T, C, H, W) in [0, 1])]`` of the named clips: .npy files, frame folders, or
-    folders of clips (a folder of image files is one clip)."""
+def read_clips(paths: list[str], channels: int, size, frames: int | None = None) -> list:
+    """``[(stem, read)]`` of the named clips: .npy files, frame folders, or folders of clips (a folder of
+    image files is one clip). ``read()`` reads the clip, (T, C, H, W) in [0, 1], each time it is called:
+    a command holds one clip at a time, however many it is given (each read refuses a clip larger than
+    the memory available, :func:`~cnnkit.errors.check_fits`)."""
+    from functools import partial
+
     from cnnkit.data.video import _IMAGE_SUFFIXES, VideoClips
 
     out = []
@@ -146,13 +150,14 @@ def read_clips(paths: list[str], channels: int, size, frames: int | None = None)
             clips = VideoClips(path.resolve().parent, channels, size, frames, clips=[path.resolve()])
         else:
             clips = VideoClips(path, channels, size, frames)
-        out += [(p.stem, clips[i]) for i, p in enumerate(clips.clips)]
+        out += [(p.stem, partial(clips.__getitem__, i)) for i, p in enumerate(clips.clips)]
     return out
 
 
 def _test_clips(n: int, data_dir, frames: int, model, size=None) -> list:
-    """The first ``n`` Moving MNIST test clips, from ``data_dir`` or else the run's data folder;
-    with ``size`` (H, W) resized to it as :class:`~cnnkit.data.video.VideoClips` resizes a clip."""
+    """``[(name, read)]`` of the first ``n`` Moving MNIST test clips, from ``data_dir`` or else the run's
+    data folder; ``read()`` renders the clip, with ``size`` (H, W) resized to it as
+    :class:`~cnnkit.data.video.VideoClips` resizes a clip (one clip at a time, as :func:`read_clips`)."""
     from cnnkit.data.video import TEST_SIZE, MovingMnist, MovingMnistSpec, resize_clip
 
     if not 0 <= n <= TEST_SIZE:  # the fixed test set has 10,000 clips
@@ -164,11 +169,13 @@ def _test_clips(n: int, data_dir, frames: int, model, size=None) -> list:
     if data_dir is None:
         config = (getattr(model, "info", None) or {}).get("config")
         data_dir = config.get("data_dir") if isinstance(config, dict) else None
-    clips = MovingMnist("test", n, data_dir=data_dir, spec=MovingMnistSpec(num_frames=frames)).batch(range(n))[0]
-    clips = clips[:, :, None].float() / 255  # (N, T, 1, 64, 64)
-    if size is not None:
-        clips = resize_clip(clips.flatten(0, 1), size).view(*clips.shape[:3], *size)  # frames as a batch
-    return [(f"test{i:04d}", c) for i, c in enumerate(clips)]
+    test = MovingMnist("test", n, data_dir=data_dir, spec=MovingMnistSpec(num_frames=frames))
+
+    def read(i: int):
+        clip = test.batch([i])[0][0, :, None].float() / 255  # (T, 1, 64, 64)
+        return clip if size is None else resize_clip(clip, size)
+
+    return [(f"test{i:04d}", lambda i=i: read(i)) for i in range(n)]
 
 
 def run_predict(args) -> int:
@@ -185,17 +192,17 @@ def run_predict(args) -> int:
     )
     if not named:
         raise CnnkitError("no clips: name .npy files or frame folders, or give --test N")
-    for name, clip in named:  # every clip checked before anything is printed or written
-        if clip.shape[0] < need:
+    for name, read in named:  # every clip read and checked, one at a time, before anything is printed or written
+        if (t := read().shape[0]) < need:
             raise CnnkitError(
-                f"{name} has {clip.shape[0]} frames; this network sees {model.frames} frames {model.stride} "
-                f"apart and needs {need}"
+                f"{name} has {t} frames; this network sees {model.frames} frames {model.stride} apart and needs {need}"
             )
     stems = [name for name, _ in named]
     if args.out:  # once the run and the clips are read, before the predictions
         output_folder(args.out, "--out")
         stems = output_stems([Path(s) for s in stems], args.out, ("_cam.png",))  # two c.npy: c, c_2
-    for (name, clip), stem in zip(named, stems):
+    for (name, read), stem in zip(named, stems):
+        clip = read()  # read again: one clip is held at a time
         probs = predict_clips(model, clip[None])[0]
         digits = [model.classes[i] for i in (probs > 0.5).nonzero().flatten().tolist()]
         top = ", ".join(f"{model.classes[i]} {probs[i]:.2f}" for i in probs.topk(3).indices.tolist())
@@ -253,14 +260,18 @@ def run_predict_predict(args) -> int:
     )
     if not named:
         raise CnnkitError("no clips: name .npy files or frame folders, or give --test N")
-    for name, clip in named:
-        if clip.shape[0] < t:
-            raise CnnkitError(f"{name} has {clip.shape[0]} frames; this predictor needs {t} frames in")
+    for name, read in named:  # every clip read and checked, one at a time, before anything is written
+        if (frames := read().shape[0]) < t:
+            raise CnnkitError(f"{name} has {frames} frames; this predictor needs {t} frames in")
     output_folder(args.out, "--out")  # once the run and the clips are read, before the predictions
     stems = output_stems([Path(s) for s, _ in named], args.out, (".png", ".gif"))
-    for (name, clip), stem in zip(named, stems):
+
+    def predict_one(clip, stem: str):  # the clip and its views are freed on return
         pred = predict_frames(model, clip[None, :t])[0]
         truth = clip[t : 2 * t] if clip.shape[0] >= 2 * t else None
-        png, gif = write_prediction(clip[:t], pred, truth, args.out, stem)
+        return write_prediction(clip[:t], pred, truth, args.out, stem)
+
+    for (name, read), stem in zip(named, stems):
+        png, gif = predict_one(read(), stem)  # read again: one clip is held at a time
         print(f"{name}: {png} {gif}")
     return 0
