@@ -8,6 +8,8 @@ import functools
 
 import numpy as np
 import pytest
+import torch
+import torch.nn as nn
 from test_hostile_round3 import _error
 from test_hostile_round3 import _series_file as _round3_series_file
 
@@ -115,3 +117,96 @@ def test_predict_holds_one_clip_at_a_time(video_runs, tmp_path, monkeypatch, cap
     assert len(capsys.readouterr().out.splitlines()) == 6  # 3 clips of the folder, 3 test clips
     assert at_predict == [1, 1, 1, 0, 0, 0]  # a folder clip alone; a test clip is rendered, not read
     assert rendered == [1] * 6  # each test clip rendered alone: once checked, once predicted
+
+
+# --- cnnkit explain of a network that is TorchScript as a whole --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def scripted_run(tmp_path_factory):
+    """An (untrained) mnist_fast run, and ``net.py:build`` handing its network over as TorchScript: saved
+    by torch.jit.save (scripted) and read back by torch.jit.load, the run's weights loaded into it."""
+    from test_serve import make_run
+
+    from cnnkit.models import create_model
+
+    root = tmp_path_factory.mktemp("scripted")
+    make_run(root / "run")
+    torch.jit.save(torch.jit.script(create_model("mnist_fast", num_classes=10, in_channels=1)), root / "net.pt")
+    (root / "net.py").write_text(
+        f"import torch\n\n\ndef build():\n    return torch.jit.load({str(root / 'net.pt')!r})\n"
+    )
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)).save(root / "digit.png")
+    return root
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("method", ["featuremaps", "patterns", "filters", "gradcam"])
+def test_explain_names_torchscript_and_saliency_for_a_network_that_is_torchscript(scripted_run, capsys, method):
+    """Feature maps, patterns and filters of a TorchScript network said "no feature maps to plot; pass
+    at least one layer" or "has no convolution; pass --layer NAME" (and --layer is refused inside it);
+    each says the network is TorchScript and that (vanilla) saliency works, and saliency does."""
+    run, out = scripted_run / "run", scripted_run / f"{method}.png"
+    argv = ["explain", str(run), str(scripted_run / "digit.png"), "--trust-code", f"{scripted_run / 'net.py'}:build"]
+    err = _error(capsys, [*argv, "--method", method, "--out", str(out)])
+    assert err.endswith(
+        f"{run} has no convolutional layer outside TorchScript (the network is TorchScript, whose layers run "
+        "without hooks, so their outputs cannot be seen); explain it with saliency (vanilla, not guided), which "
+        "needs no layer, or build it from plain nn modules"
+    ), err
+    assert not out.exists()
+    assert main([*argv, "--method", "saliency", "--out", str(out)]) == 0  # what the line says works
+    assert out.is_file() and capsys.readouterr().out.startswith("saliency: class ")
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_guided_saliency_refuses_relus_it_cannot_guide(scripted_run, capsys):
+    """Guided backpropagation hooks each nn.ReLU; inside TorchScript none is hooked (and a network of
+    functional relus has none), so the map was vanilla saliency drawn as "guided saliency"."""
+    from cnnkit.errors import CnnkitError
+    from cnnkit.explain import saliency
+    from cnnkit.explain.hooks import guided_relus
+
+    argv = ["explain", str(scripted_run / "run"), str(scripted_run / "digit.png"), "--method", "saliency", "--guided"]
+    err = _error(
+        capsys, [*argv, "--trust-code", f"{scripted_run / 'net.py'}:build", "--out", str(scripted_run / "g.png")]
+    )
+    assert "guided backpropagation guides the gradient at each ReLU module, and 3 ReLU module(s) of Classifier " in err
+    assert err.endswith(
+        "explain it with vanilla saliency (drop --guided; method='vanilla' in Python), or build it from plain nn modules"
+    )
+    torch.manual_seed(0)
+    conv, fc = nn.Conv2d(1, 2, 3), nn.Linear(2, 2)
+    x = torch.rand(1, 6, 6)
+    functional = nn.Sequential(conv, nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc)  # no ReLU module at all
+    with pytest.raises(CnnkitError, match=r"and Sequential has none \(a functional relu, ReLU6"):
+        saliency(functional, x, method="guided")
+    # a TorchScript ReLU that Python calls runs the hooks nn.Module gives it: guided as a plain one is
+    plain = nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc)
+    leaf = nn.Sequential(conv, torch.jit.script(nn.ReLU()), nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc)
+    with guided_relus(leaf) as n:
+        assert n == 1
+    torch.testing.assert_close(saliency(leaf, x, 1, "guided")[0], saliency(plain, x, 1, "guided")[0])
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")
+def test_clip_grad_cam_names_torchscript_around_the_3d_convolutions(data_dir):
+    """A clip classifier whose network is TorchScript was told it has no 3-D convolution."""
+    from cnnkit.errors import CnnkitError
+    from cnnkit.explain.clip_cam import clip_grad_cam
+    from cnnkit.tasks.video import VideoConfig
+    from cnnkit.tasks.video.load import build_model
+
+    model = build_model(VideoConfig(data_dir=str(data_dir), frames=16, stride=2, size=16)).eval()
+    clip = torch.rand(16, 1, 16, 16)
+    model.net.features = torch.jit.trace(model.net.features, model.prepare(clip[None]))
+    assert clip_grad_cam(model, clip, layer="net.features")[0].shape == (16, 16, 16)  # the traced block is a layer
+    model.net = torch.jit.trace(model.net, model.prepare(clip[None]))
+    with pytest.raises(CnnkitError) as err:
+        clip_grad_cam(model, clip)
+    assert str(err.value).startswith(
+        "Grad-CAM over a clip needs a 3-D convolution whose hooks run, and those of VideoClassifier run inside "
+        "TorchScript (TorchScript: net), whose compiled forward calls them without hooks; give a network"
+    )

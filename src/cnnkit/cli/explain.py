@@ -93,7 +93,7 @@ def run_explain(args) -> int:
         layer_names,
         saliency,
     )
-    from cnnkit.explain.hooks import default_cam_layer, is_conv
+    from cnnkit.explain.hooks import default_cam_layer, is_conv, no_convolution, torchscript_where
     from cnnkit.tasks.classify.explain import load_explainable, read_input
     from cnnkit.tasks.classify.load import check_finite_weights
 
@@ -109,8 +109,11 @@ def run_explain(args) -> int:
     target.check_accepts(x, f" ({args.image})")
     layer = target.layer(args.layer) if args.layer else None
     convs = [n for n in layer_names(target.net) if is_conv(target.net.get_submodule(n))]
-    if args.method in ("filters", "patterns") and not convs and layer is None:
-        raise CnnkitError(f"{args.model} has no convolution; pass --layer NAME")
+    if not convs and layer is None and args.method != "saliency":
+        if torchscript_where(target.net):  # its convolutions run inside compiled code, without hooks
+            raise no_convolution(target.net, args.model)
+        if args.method != "gradcam":  # Grad-CAM's default layer says so itself, listing the layers
+            raise CnnkitError(f"{args.model} has no convolution; pass --layer NAME")
     if args.method == "featuremaps":
         names = [layer] if layer else [target.prefix + n for n in convs]
         maps = feature_maps(target.model, x, names)

@@ -20,17 +20,30 @@ import torch.nn.functional as F
 
 from cnnkit.errors import CnnkitError
 from cnnkit.explain.base import model_device, normalise_max, selected_score, target_classes
-from cnnkit.explain.hooks import frozen, recording
+from cnnkit.explain.hooks import frozen, recording, torchscript_where
+from cnnkit.models.scripted import hook_points, is_torchscript
 
 
 def last_conv3d_block(model: nn.Module) -> str:
     """The name of the module holding the last ``nn.Conv3d`` (its block: conv, norm and ReLU).
 
+    Only convolutions outside TorchScript count (:func:`~cnnkit.models.scripted.hook_points`): one
+    inside runs from compiled code, without the hooks that record its activations and gradients.
+
     Raises:
-        CnnkitError: the model has no 3-D convolution.
+        CnnkitError: the model has no 3-D convolution, or has them only inside TorchScript (the message
+            says so, and what works instead).
     """
-    names = [name for name, m in model.named_modules() if isinstance(m, nn.Conv3d)]
+    names = [name for name, m, _ in hook_points(model) if isinstance(m, nn.Conv3d)]
     if not names:
+        hidden = any(is_torchscript(m) and getattr(m, "original_name", None) == "Conv3d" for m in model.modules())
+        if hidden:
+            raise CnnkitError(
+                f"Grad-CAM over a clip needs a 3-D convolution whose hooks run, and those of {type(model).__name__} "
+                f"run inside TorchScript ({torchscript_where(model)}), whose compiled forward calls them without "
+                "hooks; give a network of plain nn modules (cnnkit.load(RUN) rebuilds one), or layer= a TorchScript "
+                "module whose output is (N, K, t, h, w)"
+            )
         raise CnnkitError(f"Grad-CAM over a clip needs a network of 3-D convolutions; {type(model).__name__} has none")
     return names[-1].rpartition(".")[0] or names[-1]
 

@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from cnnkit.errors import CnnkitError
 from cnnkit.explain.base import as_batch, run_model
-from cnnkit.explain.hooks import frozen, is_conv, recording
+from cnnkit.explain.hooks import conv_layers, frozen, recording
 
 
 def feature_maps(model: nn.Module, image: torch.Tensor, layers: list[str] | None = None) -> dict[str, torch.Tensor]:
@@ -19,9 +19,13 @@ def feature_maps(model: nn.Module, image: torch.Tensor, layers: list[str] | None
         layers: names of layers whose output is a (1, C, h, w) tensor.
     Returns:
         ``{name: (C, h, w) tensor}`` in the order given (model order by default), detached, on CPU.
+
+    Raises:
+        CnnkitError: by default, a model without a convolution outside TorchScript (naming TorchScript);
+            a layer that is unknown, inside TorchScript, not run, or whose output is not (1, C, h, w).
     """
     if layers is None:
-        layers = [name for name, m in model.named_modules() if name and is_conv(m)]
+        layers = conv_layers(model)  # outside TorchScript, whose layers run without hooks: none is an error
     x, _ = as_batch(model, image)
     with frozen(model), recording(model, list(layers)) as rec, torch.no_grad():
         run_model(model, x[:1])

@@ -67,23 +67,50 @@ def _scripted_around(model: nn.Module, name: str) -> str | None:
     return None
 
 
+def torchscript_where(model: nn.Module) -> str | None:
+    """Where TorchScript hides layers of ``model`` from hooks, in words: ``"the network is TorchScript"``,
+    ``"TorchScript: a, b"`` (its TorchScript modules, at most three named); None without TorchScript."""
+    scripted = [n for n, m, _ in hook_points(model) if is_torchscript(m)]
+    if not scripted:
+        return None
+    return "the network is TorchScript" if scripted == [ROOT] else f"TorchScript: {', '.join(scripted[:3])}"
+
+
+def no_convolution(model: nn.Module, source: str | None = None) -> CnnkitError:
+    """The error for a model with no convolution outside TorchScript, where an explanation needs one
+    (Grad-CAM's default layer, feature maps, filters, filter patterns): with TorchScript it says so,
+    and what works instead (saliency needs no layer; guided saliency's ReLUs are hidden too).
+    ``source`` names the model (default ``model <class name>``)."""
+    source = source or f"model {type(model).__name__}"
+    where = torchscript_where(model)
+    if where:
+        return CnnkitError(
+            f"{source} has no convolutional layer outside TorchScript ({where}, whose layers run without "
+            "hooks, so their outputs cannot be seen); explain it with saliency (vanilla, not guided), which "
+            "needs no layer, or build it from plain nn modules"
+        )
+    return CnnkitError(
+        f"{source} has no convolutional layer; pass layer=NAME, one of: {', '.join(layer_names(model)[:12])}"
+    )
+
+
+def conv_layers(model: nn.Module) -> list[str]:
+    """The names of the model's convolutions outside TorchScript, whose hooks run, in registration
+    order: the layers feature maps show by default; the last is Grad-CAM's default (:func:`last_conv_layer`).
+
+    Raises:
+        CnnkitError: the model has none (:func:`no_convolution`, naming TorchScript where it hides them).
+    """
+    convs = [name for name, m, _ in hook_points(model) if name != ROOT and is_conv(m)]
+    if not convs:
+        raise no_convolution(model)
+    return convs
+
+
 def last_conv_layer(model: nn.Module) -> str:
     """The name of the model's last convolution (registration order) outside TorchScript, Grad-CAM's
     default layer."""
-    convs = [name for name, m, _ in hook_points(model) if name != ROOT and is_conv(m)]
-    if not convs:
-        scripted = [n for n, m, _ in hook_points(model) if is_torchscript(m)]
-        if scripted:  # its convolutions, if any, run inside compiled code, without hooks
-            where = "the network is TorchScript" if scripted == [ROOT] else f"TorchScript: {', '.join(scripted[:3])}"
-            raise CnnkitError(
-                f"model {type(model).__name__} has no convolutional layer outside TorchScript ({where}, whose "
-                "layers run without hooks); explain it with saliency, or build it from plain nn modules"
-            )
-        raise CnnkitError(
-            f"model {type(model).__name__} has no convolutional layer; pass layer=NAME, "
-            f"one of: {', '.join(layer_names(model)[:12])}"
-        )
-    return convs[-1]
+    return conv_layers(model)[-1]
 
 
 def conv_layer(model: nn.Module, name: str) -> nn.Conv2d:
@@ -227,17 +254,35 @@ class _PositiveGrad(torch.autograd.Function):
         return grad.clamp(min=0)
 
 
+def _is_relu(module: nn.Module) -> bool:
+    """An ``nn.ReLU``, or one made TorchScript (its class's name kept as ``original_name``)."""
+    return isinstance(module, nn.ReLU) or (is_torchscript(module) and getattr(module, "original_name", None) == "ReLU")
+
+
 @contextmanager
 def guided_relus(model: nn.Module) -> Iterator[int]:
     """Make every ``nn.ReLU`` module's backward guided (Springenberg et al. 2014,
     https://arxiv.org/abs/1412.6806): ReLU's own backward masks by ``input > 0``; the hook adds
     ``grad > 0``. Yields how many ReLU modules were hooked (functional ``F.relu`` calls are not).
+
+    Raises:
+        CnnkitError: a ReLU module inside TorchScript, whose compiled forward calls it without hooks:
+            its backward cannot be guided, and the map would be partly vanilla.
     """
+    points = {id(m) for _, m, _ in hook_points(model)}
+    hidden = [name for name, m in model.named_modules() if _is_relu(m) and id(m) not in points]
+    if hidden:
+        raise CnnkitError(
+            f"guided backpropagation guides the gradient at each ReLU module, and {len(hidden)} ReLU module(s) "
+            f"of {type(model).__name__} run inside TorchScript ({torchscript_where(model)}), whose compiled "
+            "forward calls them without hooks; explain it with vanilla saliency (drop --guided; "
+            "method='vanilla' in Python), or build it from plain nn modules"
+        )
     handles = []
     try:
-        for module in model.modules():
-            if isinstance(module, nn.ReLU):
-                handles.append(module.register_forward_hook(lambda m, i, out: _PositiveGrad.apply(out)))
+        for _, module, _ in hook_points(model):
+            if _is_relu(module):  # a TorchScript ReLU called from Python runs the hooks nn.Module gives it
+                handles += add_hooks(module, None, lambda m, i, out: _PositiveGrad.apply(out))
         yield len(handles)
     finally:
         for handle in handles:

@@ -29,6 +29,10 @@ def saliency(model: nn.Module, image: torch.Tensor, target_class: int | None = N
     Returns:
         ``(map, class)``: for one image a (H, W) tensor in [0, 1] (the largest absolute input
         gradient over channels, divided by its maximum) and an int; for a batch (N, H, W) and (N,).
+
+    Raises:
+        CnnkitError: an unknown method; ``guided`` on a model without an ``nn.ReLU`` module to guide,
+            or with one inside TorchScript (:func:`~cnnkit.explain.hooks.guided_relus`); a class out of range.
     """
     if method not in METHODS:
         raise CnnkitError(f"unknown saliency method {method!r}; use one of: {', '.join(METHODS)}")
@@ -36,7 +40,13 @@ def saliency(model: nn.Module, image: torch.Tensor, target_class: int | None = N
     x.requires_grad_(True)
     with frozen(model), torch.enable_grad():
         if method == "guided":
-            with guided_relus(model):
+            with guided_relus(model) as guided:
+                if not guided:  # nothing to guide: the map would be vanilla saliency under another name
+                    raise CnnkitError(
+                        f"guided backpropagation guides the gradient at each nn.ReLU module, and "
+                        f"{type(model).__name__} has none (a functional relu, ReLU6 or another activation is "
+                        "not guided); explain it with vanilla saliency (drop --guided; method='vanilla' in Python)"
+                    )
                 scores = forward_scores(model, x)
                 classes = target_classes(scores, target_class)
                 (grad,) = torch.autograd.grad(selected_score(scores, classes), x)
