@@ -436,3 +436,34 @@ def test_the_workbench_refuses_a_long_unknown_name_and_a_pillow_bomb_in_one_shor
         f"{2 * Image.MAX_IMAGE_PIXELS} pixels, could be decompression bomb DOS attack); upload an image of at "
         "most 1,000,000 pixels"
     )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--data", "a" * 300],
+        ["eval", "a" * 300],
+        ["predict", "a" * 300, "x.png"],
+        ["sequence", "eval", "a" * 300],
+        ["summary", "/tmp/" + "a" * 300 + "/net.yaml"],
+    ],
+)
+def test_a_name_longer_than_the_file_system_allows_is_one_line_naming_it(argv, capsys):
+    """Path.exists() and is_file() raise ENAMETOOLONG for a name over 255 bytes: every command says
+    so in one line, the path cut to a readable length, instead of a traceback."""
+    from cnnkit.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and len(err) < 250, err
+    assert err.endswith(
+        "characters): a name in it is 300 bytes long, more than a file system allows (255); give a shorter path"
+    ), err
+
+
+def test_a_path_longer_than_the_system_allows_is_named_by_its_length():
+    path = "/".join(["b" * 200] * 25)
+    assert str(errors.name_too_long(path)) == (
+        f"{path[:56]}...{path[-16:]} (5,024 characters): it is 5,024 bytes long, more than a path may be; give a shorter path"
+    )
+    assert str(errors.name_too_long("/tmp/x")).startswith("/tmp/x: it is 6 bytes long")

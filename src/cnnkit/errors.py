@@ -265,6 +265,23 @@ def is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
+def name_too_long(path) -> CnnkitError:
+    """The error for ENAMETOOLONG: ``path`` (shortened to a readable length) with the part the file
+    system refuses, a name over its 255 bytes or a path over its 4,096."""
+    text = os.fsdecode(path) if path else "a path"
+    shown = text if len(text) <= 80 else f"{text[:56]}...{text[-16:]} ({len(text):,} characters)"
+    longest = max(len(part.encode(errors="surrogateescape")) for part in text.split(os.sep))
+    if longest > 255:
+        what = f"a name in it is {longest:,} bytes long, more than a file system allows (255)"
+    else:
+        what = f"it is {len(text.encode(errors='surrogateescape')):,} bytes long, more than a path may be"
+    return CnnkitError(f"{shown}: {what}; give a shorter path")
+
+
+def is_name_too_long(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG
+
+
 def gone_from_split(paths: list, what: str = "image") -> CnnkitError:
     """The error for images (or another ``what``: clips) a run's split.json names that are no longer
     in the data folder."""

@@ -21,7 +21,9 @@ from cnnkit.errors import (
     CnnkitError,
     disk_full,
     is_disk_full,
+    is_name_too_long,
     is_out_of_memory,
+    name_too_long,
     out_of_memory,
 )
 
@@ -183,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())  # Python's flush at exit would fail on the pipe again
         return 141  # 128 + SIGPIPE, as a shell reports a command the pipe stopped
     except OSError as exc:
+        if is_name_too_long(exc):  # Path.exists() and is_file() raise it for a name over 255 bytes
+            return _fail(args.command, name_too_long(exc.filename))
         if not is_disk_full(exc):
             raise
         return _fail(args.command, disk_full(exc.filename or "a file"))
