@@ -210,3 +210,41 @@ def test_clip_grad_cam_names_torchscript_around_the_3d_convolutions(data_dir):
         "Grad-CAM over a clip needs a 3-D convolution whose hooks run, and those of VideoClassifier run inside "
         "TorchScript (TorchScript: net), whose compiled forward calls them without hooks; give a network"
     )
+
+
+# --- options a method does not read are refused, not ignored -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "extra, line",
+    [
+        (
+            ["--method", "featuremaps", "--class", "3"],
+            "--class applies to --method gradcam or saliency, not featuremaps",
+        ),
+        (["--method", "filters", "--class", "0"], "--class applies to --method gradcam or saliency, not filters"),
+        (["--method", "gradcam", "--guided"], "--guided applies to --method saliency, not gradcam"),
+        (["--method", "saliency", "--channels", "1"], "--channels applies to --method patterns, not saliency"),
+    ],
+)
+def test_an_option_the_method_does_not_read_is_refused(tmp_path, capsys, extra, line):
+    """`--class 3 --method featuremaps` drew the feature maps and said nothing of the class: the option
+    is refused before any work, naming the methods that read it."""
+    image = tmp_path / "digit.png"
+    from PIL import Image
+
+    Image.new("L", (28, 28), 128).save(image)
+    out = tmp_path / "x.png"
+    err = _error(capsys, ["explain", "lenet5", str(image), "--out", str(out), *extra])
+    assert err.endswith(f"{line}; drop {extra[2]} or change --method"), err
+    assert not out.exists()
+
+
+def test_a_sequence_run_refuses_the_image_methods_options(series_run, tmp_path, capsys):
+    path = _series_file(tmp_path / "s_TEST.tsv")
+    out = tmp_path / "cam.png"
+    for extra, flag in ((["--guided"], "--guided"), (["--channels", "1"], "--channels"), (["--layer", "x"], "--layer")):
+        err = _error(capsys, ["explain", str(series_run), str(path), "--out", str(out), *extra])
+        assert f"{flag} does not apply to a sequence run" in err and err.endswith(f"drop {flag}"), err
+    assert not out.exists()
+    assert main(["explain", str(series_run), str(path), "--out", str(out), "--class", "1"]) == 0

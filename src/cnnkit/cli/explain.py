@@ -81,9 +81,38 @@ def register(subparsers) -> None:
     q.set_defaults(func=run_plot)
 
 
+# the options each method reads; one given to a method that does not read it is refused, not ignored
+_OPTION_METHODS = {
+    "target_class": ("--class", ("gradcam", "saliency")),
+    "guided": ("--guided", ("saliency",)),
+    "channels": ("--channels", ("patterns",)),
+}
+
+
+def _check_options(args, sequence: bool = False) -> None:
+    """Refuse an option the method given does not read (``--class`` with featuremaps would be ignored)."""
+    for dest, (flag, methods) in _OPTION_METHODS.items():
+        value = getattr(args, dest)
+        if value is None or value is False:  # unset (--class 0 is set)
+            continue
+        if sequence and dest != "target_class":
+            raise CnnkitError(
+                f"{flag} does not apply to a sequence run (it is explained by its class activation map); drop {flag}"
+            )
+        if not sequence and args.method not in methods:
+            raise CnnkitError(
+                f"{flag} applies to --method {' or '.join(methods)}, not {args.method}; drop {flag} or change --method"
+            )
+    if sequence and args.layer is not None:
+        raise CnnkitError(
+            "--layer does not apply to a sequence run (its map is taken at the last convolution); drop --layer"
+        )
+
+
 def run_explain(args) -> int:
     if _is_sequence_run(args.model):
         return run_explain_series(args)
+    _check_options(args)
     from cnnkit import plots
     from cnnkit.explain import (
         feature_maps,
@@ -187,6 +216,7 @@ def run_explain_series(args) -> int:
     plots.check_output(out)
     if args.method != "gradcam":  # the default; a series run has one method
         raise CnnkitError(f"a sequence run is explained by its class activation map; drop --method {args.method}")
+    _check_options(args, sequence=True)
     r = explain_series(args.model, args.image, args.index, args.target_class)
     given = f", file's label {r['label']!r}" if r["label"] is not None else ""
     title = f"CAM for class {r['class']} ({r['class_name']!r}, p={r['probability']:.2f}{given})"
