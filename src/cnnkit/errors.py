@@ -327,6 +327,30 @@ def output_folder(path, option: str = "--out-dir"):
     return path
 
 
+def check_not_input(targets, inputs, what: str = "input", option: str = "--out") -> None:
+    """Refuse, before anything is written, an output that is one of the files the command reads: a
+    PNG written over the photo it was computed from would lose the photo. Paths are compared as they
+    resolve (a symbolic link to an input, ``./x.png`` for ``x.png``, count as the input).
+
+    Args:
+        targets: the files about to be written.
+        inputs: the files the command reads.
+        what: what the inputs are called in the message ("image", "input").
+        option: the flag that chose the outputs, named in the fix ("--out", "--out-dir folder").
+
+    Raises:
+        CnnkitError: a target is one of ``inputs``: nothing was written.
+    """
+    from pathlib import Path
+
+    given = {Path(p).resolve() for p in inputs}
+    for target in targets:
+        if Path(target).resolve() in given:
+            raise CnnkitError(
+                f"writing {target} would replace your {what} of that name; choose another {option} (nothing was written)"
+            )
+
+
 def counted(n: int, noun: str) -> str:
     """``n`` and the noun, in the plural unless ``n`` is 1: ``counted(1, "class")`` is ``"1 class"``,
     ``counted(3, "image")`` ``"3 images"`` (nouns ending in s, x or sh take ``es``)."""

@@ -128,7 +128,7 @@ def run_predict(args) -> int:
     images = [read_pixels(p) for p in paths]  # CnnkitError on a missing file, before any work
     folder = Path(args.run).parent if exported else resolve(args.run).parent
     out_dir = Path(args.out_dir) if args.out_dir else folder / "predictions"
-    stems = output_stems(paths, out_dir, ("_boxes.png",))  # unique, and never an input's own name
+    stems = output_stems(paths, out_dir, ("_boxes.png",), "--out-dir")  # unique, and never an input's own name
     output_folder(out_dir)  # before the work: a folder that cannot be made is said at once
     decode = {**model.info.get("decode", {}), "score_threshold": args.score}  # the run's own test-time augmentation
     results = predict_images(model, images, size, model.info["classes"], **decode)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cnnkit.cli import add_trust_code, existing_data_dir, trust
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, check_not_input
 
 METHODS = ["featuremaps", "filters", "patterns", "gradcam", "saliency"]
 
@@ -129,6 +129,7 @@ def run_explain(args) -> int:
     out = Path(args.out or f"{Path(args.image).stem}_{args.method}.png")
     if out.suffix.lower() != ".png":
         raise CnnkitError(f"--out must be a .png file, got {str(out)!r}")
+    check_not_input([out], [args.image], "image")  # the picture never replaces the photo it explains
     plots.check_output(out)  # before any work: a folder, or a path under a file, is said at once
     target = load_explainable(
         args.model, weights=args.weights, imagenet_norm=args.imagenet_norm, factory=args.trust_code

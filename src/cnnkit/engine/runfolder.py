@@ -32,7 +32,15 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from cnnkit.engine.ema import EMA
-from cnnkit.errors import CnnkitError, as_new_file, disk_full, is_disk_full, short_error, special_file
+from cnnkit.errors import (
+    CnnkitError,
+    as_new_file,
+    check_not_input,
+    disk_full,
+    is_disk_full,
+    short_error,
+    special_file,
+)
 from cnnkit.models.deploy import Classifier
 from cnnkit.models.meta import on_meta
 from cnnkit.models.network import describe
@@ -559,7 +567,7 @@ def run_classes(run: str | os.PathLike) -> list[str] | None:
     return list(classes)
 
 
-def output_stems(inputs: list, out_dir, suffixes: tuple[str, ...]) -> list[str]:
+def output_stems(inputs: list, out_dir, suffixes: tuple[str, ...], option: str = "--out") -> list[str]:
     """The file stem each input's outputs get in ``out_dir``: no two outputs share a name (two ``x.png``
     from different folders become ``x`` and ``x_2``; with ``(".png", "_overlay.png")``, ``x.png`` and
     ``x_overlay.png`` become ``x`` and ``x_overlay_2``, whose map would be ``x``'s overlay), and never
@@ -569,13 +577,14 @@ def output_stems(inputs: list, out_dir, suffixes: tuple[str, ...]) -> list[str]:
         inputs: the input files, in order.
         out_dir: the folder the outputs go to.
         suffixes: what each input's outputs add to the stem and extension, e.g. ``(".png", "_overlay.png")``.
+        option: the flag that chose ``out_dir`` (``"--out-dir"``), named in the error.
 
     Returns:
         One stem per input.
 
     Raises:
-        CnnkitError: an output would replace one of the inputs (``--out`` is the images' own folder and
-            an output keeps an input's name): nothing is written.
+        CnnkitError: an output would replace one of the inputs (``out_dir`` is the images' own folder
+            and an output keeps an input's name): nothing is written.
     """
     stems: list[str] = []
     taken: set[str] = set()  # the file names given out so far
@@ -585,15 +594,8 @@ def output_stems(inputs: list, out_dir, suffixes: tuple[str, ...]) -> list[str]:
             stem, k = f"{path.stem}_{k}", k + 1
         stems.append(stem)
         taken.update(f"{stem}{suffix}" for suffix in suffixes)
-    given = {Path(p).resolve() for p in inputs}
-    for stem in stems:
-        for suffix in suffixes:
-            target = (Path(out_dir) / f"{stem}{suffix}").resolve()
-            if target in given:
-                raise CnnkitError(
-                    f"writing {target} would replace your image of that name; choose another --out "
-                    "folder (nothing was written)"
-                )
+    targets = [(Path(out_dir) / f"{stem}{suffix}").resolve() for stem in stems for suffix in suffixes]
+    check_not_input(targets, inputs, "image", f"{option} folder")
     return stems
 
 

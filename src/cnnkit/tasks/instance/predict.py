@@ -95,7 +95,7 @@ def predict_files(model: MaskDetector, paths, out_dir, score: float = 0.3) -> li
             raise CnnkitError(f"missing image {p}: no such file")
     images = [read_pixels(Path(p), channels=c) for p in paths]  # a missing file fails before any work
     out_dir = Path(out_dir)
-    stems = output_stems(paths, out_dir, (".png",))  # unique, and never an input's own name
+    stems = output_stems(paths, out_dir, (".png",), "--out-dir")  # unique, and never an input's own name
     output_folder(out_dir)
     results = []
     for p, stem, img in zip(paths, stems, images):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from cnnkit.data.images import read_pixels
 from cnnkit.engine.runfolder import atomic_write_bytes
-from cnnkit.errors import CnnkitError, check_folder
+from cnnkit.errors import CnnkitError, check_folder, check_not_input
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -67,12 +67,7 @@ def check_output(out: str | Path, inputs: list[str | Path], extra: tuple[str, ..
     if out.is_dir():
         raise CnnkitError(f"--out {out} is a folder; give the image file to write, e.g. {out / 'styled.png'}")
     check_folder(out.parent, "--out")  # its folder can be made and written: known now, not after the optimisation
-    given = {Path(p).resolve() for p in inputs}
-    for target in [out, *(out.with_suffix(s) for s in extra)]:
-        if target.resolve() in given:
-            raise CnnkitError(
-                f"writing {target} would replace your input of that name; choose another --out (nothing was written)"
-            )
+    check_not_input([out, *(out.with_suffix(s) for s in extra)], inputs)
     return out
 
 

@@ -1,0 +1,56 @@
+"""Nothing lost by the commands that write files: an output never replaces what the command reads or
+a run, and a write that fails leaves the previous file as it was, never half a file under its name."""
+
+from __future__ import annotations
+
+import hashlib
+import resource
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnkit.cli import main
+from cnnkit.errors import CnnkitError
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _one_line(capsys, argv: list[str], *words: str) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    for w in words:
+        assert w in err, err
+    return err
+
+
+def test_explain_never_writes_its_picture_over_the_photo(tmp_path, capsys, monkeypatch):
+    photo = tmp_path / "digit.png"
+    Image.fromarray(np.arange(28 * 28, dtype=np.uint8).reshape(28, 28)).save(photo)
+    before = _md5(photo)
+    monkeypatch.chdir(tmp_path)
+    for out in (str(photo), "digit.png", "new/../digit.png"):  # the photo's own path, however spelt
+        _one_line(capsys, ["explain", "lenet5", str(photo), "--resize", "--out", out], "would replace your image")
+        assert _md5(photo) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digit.png"]  # no folder made for the refused --out
+    assert main(["explain", "lenet5", str(photo), "--resize", "--out", "cam.png"]) == 0  # another name: written
+    assert _md5(photo) == before and Image.open(tmp_path / "cam.png").size[0] > 28
+
+
+@pytest.mark.parametrize("task", ["detect", "instance"])
+def test_predict_into_the_photos_folder_names_the_flag_it_has(runs, tmp_path, capsys, task):
+    """detect and instance predict take --out-dir (no --out): the refusal names that flag."""
+    photos = [tmp_path / "x.png", tmp_path / "x_boxes.png"]  # detect's map of x.png would be x_boxes.png
+    for p in photos:
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(p)
+    before = [_md5(p) for p in photos]
+    err = _one_line(capsys, [task, "predict", str(runs / task), *map(str, photos), "--out-dir", str(tmp_path)])
+    assert "would replace your image" in err and "choose another --out-dir folder" in err
+    assert [_md5(p) for p in photos] == before
