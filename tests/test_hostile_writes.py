@@ -44,6 +44,35 @@ def test_explain_never_writes_its_picture_over_the_photo(tmp_path, capsys, monke
     assert _md5(photo) == before and Image.open(tmp_path / "cam.png").size[0] > 28
 
 
+@pytest.fixture
+def dense_run(tmp_path):
+    """A classification run whose dense head ``classify fcn`` converts, beside its resume state."""
+    import cnnkit
+    from cnnkit.tasks.classify.finetune import save_finetuned
+
+    net = cnnkit.create_model("keras_mnist_convnet", num_classes=3)
+    save_finetuned(tmp_path / "run", net, "keras_mnist_convnet", ["a", "b", "c"], (1, 28, 28), (0.5,), (0.25,), [], {})
+    (tmp_path / "run" / "resume.safetensors").write_bytes(b"the run's resume state")
+    return tmp_path / "run"
+
+
+def test_classify_fcn_never_replaces_a_run_or_a_checkpoint(dense_run, tmp_path, capsys):
+    model = dense_run / "model.safetensors"
+    before = {p.name: _md5(p) for p in dense_run.iterdir()}
+    other = tmp_path / "other"  # another run: its model file alone (a run trained without resume state)
+    other.mkdir()
+    (other / "model.safetensors").write_bytes(b"another run's model")
+    for out in (dense_run, model, other, other / "model.safetensors"):
+        _one_line(capsys, ["classify", "fcn", str(dense_run), "--out", str(out)], "choose another --out")
+    assert {p.name: _md5(p) for p in dense_run.iterdir()} == before
+    assert (other / "model.safetensors").read_bytes() == b"another run's model"
+    assert main(["classify", "fcn", str(dense_run), "--out", str(tmp_path / "fcn")]) == 0  # a new folder: written
+    import cnnkit
+
+    assert cnnkit.load(tmp_path / "fcn")(torch.rand(1, 1, 44, 36)).shape == (1, 3, 5, 3)
+    assert {p.name: _md5(p) for p in dense_run.iterdir()} == before
+
+
 @pytest.mark.parametrize("task", ["detect", "instance"])
 def test_predict_into_the_photos_folder_names_the_flag_it_has(runs, tmp_path, capsys, task):
     """detect and instance predict take --out-dir (no --out): the refusal names that flag."""

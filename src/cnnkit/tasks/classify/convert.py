@@ -58,14 +58,31 @@ def _class_names(spec: str | None, n: int) -> list[str]:
     return names
 
 
-def check_out(out: str | os.PathLike) -> None:
-    """A run folder is never replaced: an ``out`` that holds a run is refused before anything is written."""
+def check_out(out: str | os.PathLike) -> Path:
+    """The checkpoint a command that makes a run writes (``cnnkit convert``, ``cnnkit classify fcn``),
+    checked before anything is read or written: a run is never replaced.
+
+    Args:
+        out: a run folder (its ``model.safetensors`` is written) or a ``.safetensors`` file.
+
+    Returns:
+        The file to write.
+
+    Raises:
+        CnnkitError: the folder holds a run (a model or a resume state; the source run itself, say),
+            or the ``.safetensors`` file exists.
+    """
     from cnnkit.engine.runfolder import MODEL_FILE, RESUME_FILE
     from cnnkit.errors import CnnkitError
 
     folder = Path(out)
+    if folder.suffix == ".safetensors":
+        if folder.exists():
+            raise CnnkitError(f"{out} already exists; choose another --out (nothing was written)")
+        return folder
     if (folder / MODEL_FILE).exists() or (folder / RESUME_FILE).exists():
         raise CnnkitError(f"{out} already holds a run; choose another --out (nothing was written)")
+    return folder / MODEL_FILE
 
 
 def convert_keras(

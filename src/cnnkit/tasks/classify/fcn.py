@@ -7,10 +7,11 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from cnnkit.engine.runfolder import FORMAT, MODEL_FILE, read_info, save_model
+from cnnkit.engine.runfolder import FORMAT, read_info, save_model
 from cnnkit.errors import CnnkitError
 from cnnkit.models.fcn import to_fcn
 from cnnkit.models.network import describe
+from cnnkit.tasks.classify.convert import check_out
 from cnnkit.tasks.classify.load import load_classifier
 
 
@@ -25,7 +26,7 @@ def convert_to_fcn(
 
     Args:
         src: a run folder or ``model.safetensors`` of a single classifier (not an ensemble).
-        dst: a folder (``model.safetensors`` is written in it) or a ``.safetensors`` path.
+        dst: a new folder (``model.safetensors`` is written in it) or a new ``.safetensors`` path.
         trust_code: allow building the network by running ``factory`` (as for :func:`cnnkit.load`;
             only a Python-built network needs it).
         factory: ``FILE.py:FUNCTION`` that builds the network (with ``trust_code``).
@@ -34,9 +35,10 @@ def convert_to_fcn(
         (the written checkpoint's path, the converted network, the source checkpoint's metadata).
 
     Raises:
-        CnnkitError: ``src`` is not a single-model cnnkit checkpoint, is already fully
-            convolutional, cannot be read, or has a head :func:`cnnkit.to_fcn` cannot convert
-            (``mnist_fast`` and ``mnist_best``: global pooling in their ``forward``).
+        CnnkitError: ``dst`` holds a run or is a file that exists (nothing is written); ``src`` is
+            not a single-model cnnkit checkpoint, is already fully convolutional, cannot be read, or
+            has a head :func:`cnnkit.to_fcn` cannot convert (``mnist_fast`` and ``mnist_best``:
+            global pooling in their ``forward``).
 
     Example:
         ``runs/kmn`` is a ``keras_mnist_convnet`` run (``cnnkit train --model keras_mnist_convnet``):
@@ -45,6 +47,7 @@ def convert_to_fcn(
         >>> net(torch.rand(1, 1, 56, 56)).shape                        # doctest: +SKIP
         torch.Size([1, 10, 8, 8])
     """
+    path = check_out(dst)  # the source run, or another, is never replaced by the copy
     info = read_info(src)
     if info.get("format") != FORMAT or info.get("ensemble"):
         raise CnnkitError(
@@ -56,8 +59,6 @@ def convert_to_fcn(
     clf = load_classifier(src, trust_code=trust_code, factory=factory)
     network = info.get("network") or describe(info["model"], clf.net)  # the net before to_fcn
     new = to_fcn(clf)
-    dst = Path(dst)
-    path = dst / MODEL_FILE if dst.suffix != ".safetensors" else dst
     save_model(path, new, {**info, "network": network, "tta": "", "fcn": {"input_size": list(clf.net_input_size)}})
     return path, new.net, info
 
