@@ -73,6 +73,36 @@ def test_classify_fcn_never_replaces_a_run_or_a_checkpoint(dense_run, tmp_path, 
     assert {p.name: _md5(p) for p in dense_run.iterdir()} == before
 
 
+def test_a_frame_prediction_gif_is_never_left_half_written(tmp_path):
+    """A file-size limit (what a full disk does to a write) cuts the GIF: the previous one stays whole."""
+    from cnnkit.tasks.video_predict.predict import write_prediction
+
+    g = torch.Generator().manual_seed(0)
+    clip, pred = torch.rand(4, 1, 32, 32, generator=g), torch.rand(4, 1, 32, 32, generator=g)
+    png, gif = write_prediction(clip, pred, None, tmp_path / "whole", "c")
+    sizes = png.stat().st_size, gif.stat().st_size
+    assert sizes[0] < sizes[1]  # a limit between the two lets the PNG through and cuts the GIF
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "c.gif").write_bytes(b"GIF89a the previous prediction")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (sizes[0] + 1000, hard))
+    try:
+        with pytest.raises(CnnkitError, match=r"cannot write .*c\.gif"):
+            write_prediction(clip, pred, None, out, "c")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    assert (out / "c.gif").read_bytes() == b"GIF89a the previous prediction"
+    assert sorted(p.name for p in out.iterdir()) == ["c.gif", "c.png"]  # no temporary file left either
+    assert (out / "c.png").stat().st_size == sizes[0]
+    (out / "c.gif").unlink()
+    (out / "c.gif").mkdir()  # a folder where the GIF goes: one line, not a traceback
+    with pytest.raises(CnnkitError, match="Is a directory"):
+        write_prediction(clip, pred, None, out, "c")
+
+
 @pytest.mark.parametrize("task", ["detect", "instance"])
 def test_predict_into_the_photos_folder_names_the_flag_it_has(runs, tmp_path, capsys, task):
     """detect and instance predict take --out-dir (no --out): the refusal names that flag."""

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from cnnkit.engine.runfolder import save_png
+from cnnkit.engine.runfolder import atomic_write_bytes, save_png
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.video.predict import frame_strip
 
@@ -108,6 +109,10 @@ def write_prediction(
 
     Returns:
         (``out_dir/<stem>.png``, ``out_dir/<stem>.gif``); the GIF has T + T' frames.
+
+    Raises:
+        CnnkitError: a file that cannot be written (a full disk, a folder of that name): each file
+            is written whole or not at all.
     """
     from PIL import Image
 
@@ -125,5 +130,7 @@ def write_prediction(
             pair = ([truth[k : k + 1]] if truth is not None else []) + [prediction[k : k + 1]]
         strip = frame_strip([torch.cat(pair)], scale=scale)  # (3, H, n W)
         pictures.append(Image.fromarray(strip.permute(1, 2, 0).numpy()))
-    pictures[0].save(gif, save_all=True, append_images=pictures[1:], duration=200, loop=0)
+    buf = io.BytesIO()  # encoded whole, then written atomically: never half a GIF under its name
+    pictures[0].save(buf, format="GIF", save_all=True, append_images=pictures[1:], duration=200, loop=0)
+    atomic_write_bytes(gif, buf.getvalue())
     return png, gif
