@@ -113,3 +113,20 @@ def test_predict_into_the_photos_folder_names_the_flag_it_has(runs, tmp_path, ca
     err = _one_line(capsys, [task, "predict", str(runs / task), *map(str, photos), "--out-dir", str(tmp_path)])
     assert "would replace your image" in err and "choose another --out-dir folder" in err
     assert [_md5(p) for p in photos] == before
+
+
+def test_a_new_run_never_overwrites_a_folders_own_metrics_or_curves(tmp_path, data_dir, capsys):
+    """``--out`` a folder of the user's files: the metrics.csv and curves.png of no run are not replaced."""
+    from cnnkit.engine.runfolder import check_new_run
+
+    mine = {"metrics.csv": b"my results\n", "curves.png": b"my figure", "config.yaml": b"my notes\n"}
+    for name, data in mine.items():
+        (tmp_path / name).write_bytes(data)
+    argv = ["train", "--data", "mnist", "--data-dir", str(data_dir), "--subset", "64", "--batch-size", "32"]
+    _one_line(capsys, [*argv, "--epochs", "1", "--quiet", "--out", str(tmp_path)], "metrics.csv and a curves.png")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == mine
+    (tmp_path / "metrics.csv").unlink()
+    with pytest.raises(CnnkitError, match="holds a curves.png of no run"):
+        check_new_run(tmp_path, resume=False)
+    (tmp_path / "curves.png").unlink()
+    check_new_run(tmp_path, resume=False)  # a config.yaml alone is allowed: `--config DIR/config.yaml --out DIR`

@@ -72,6 +72,9 @@ TASK_MODELS = {
 }  # the resolved settings, readable by --config
 
 
+RUN_RECORDS = ("metrics.csv", "curves.png")  # what a run writes after its model and resume state
+
+
 METRICS_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
 
 
@@ -601,10 +604,14 @@ def output_stems(inputs: list, out_dir, suffixes: tuple[str, ...], option: str =
 
 def check_new_run(out, resume: bool) -> None:
     """Before anything is written to ``out``: a new run must not go where a run is (``--resume``
-    continues one), and ``--resume`` needs one there.
+    continues one), nor over files it would replace, and ``--resume`` needs one there.
+
+    A run writes ``metrics.csv`` and ``curves.png`` only once its model or resume state is there; a
+    folder holding either without those holds someone else's files, which a new run would overwrite.
 
     Raises:
-        CnnkitError: ``out`` holds a run and ``resume`` is False, or holds none and it is True.
+        CnnkitError: ``out`` holds a run, or a ``metrics.csv`` or ``curves.png`` of no run, and ``resume``
+            is False; or holds no run and ``resume`` is True.
     """
     if out is None:
         return
@@ -614,6 +621,12 @@ def check_new_run(out, resume: bool) -> None:
     model = Path(out) / MODEL_FILE
     if not resume and model.exists() and not _cut_in_first_epoch(model):  # a finished run without resume state
         raise CnnkitError(f"{out} already holds a trained model; choose another --out")
+    theirs = [name for name in RUN_RECORDS if (Path(out) / name).exists()]
+    if not resume and theirs and not model.exists():
+        raise CnnkitError(
+            f"{out} holds a {' and a '.join(theirs)} of no run, which a new run would replace; choose another "
+            "--out (a new or empty folder)"
+        )
     if resume and not path.is_file():
         raise CnnkitError(f"nothing to resume in {out}: no {RESUME_FILE}; start a new run without --resume")
 
