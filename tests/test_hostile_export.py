@@ -459,3 +459,25 @@ def test_a_missing_weight_with_a_long_name_is_quoted_short(capsys, tmp_path):
     err = _refused(capsys, ["convert", str(path), "--out", str(tmp_path / "run")], "lists a weight the file lacks")
     assert err.startswith(f"cnnkit convert: error: {path}: layer 'conv' lists a weight the file lacks (")
     assert err.strip().endswith("bb ...)") and len(err) < 600 and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_a_full_disk_during_export_is_said_as_such(tmp_path, monkeypatch, wrapped):
+    """Both exporters failing with ENOSPC (raw, or wrapped in the exporter's own error) read as a
+    model ONNX cannot express; the refusal says the disk is full, and no file is left behind."""
+    import errno
+
+    from cnnkit.export import export_onnx
+
+    def full(*args, **kwargs):
+        cause = OSError(errno.ENOSPC, "No space left on device")
+        if not wrapped:
+            raise cause
+        raise RuntimeError("Failed to save the ONNX model") from cause
+
+    monkeypatch.setattr(torch.onnx, "export", full)
+    out = tmp_path / "m.onnx"
+    with pytest.raises(CnnkitError) as info:
+        export_onnx(torch.nn.Linear(3, 2), torch.rand(1, 3), out)
+    assert str(info.value).startswith(f"disk full writing {out}: the file did not fit"), info.value
+    assert list(tmp_path.iterdir()) == []

@@ -261,8 +261,16 @@ def disk_full(path, nbytes: int | None = None) -> CnnkitError:
     )
 
 
-def is_disk_full(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+def is_disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or an exception it was raised from or during (a writer's own error wrapping
+    the OSError), is ENOSPC or EDQUOT."""
+    for _ in range(8):  # a chain of causes; bounded, as a chain may loop
+        if exc is None:
+            return False
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def name_too_long(path) -> CnnkitError:

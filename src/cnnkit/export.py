@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 
 from cnnkit.data.datasets import crop_shares, folder_reading
-from cnnkit.errors import CnnkitError, as_new_file, short_error, special_file
+from cnnkit.errors import CnnkitError, as_new_file, disk_full, is_disk_full, short_error, special_file
 
 OUTPUTS_KEY = "cnnkit.outputs"  # metadata_props entry: {"kind": "tensor" | "tuple" | "dict", "names": [...]}
 # what predict needs, as metadata_props entries (JSON values): the class names, the input size without
@@ -258,8 +258,9 @@ def _export(
     size_axes: tuple[int, ...],
     opset: int | None,
     exporter: str,
+    target: Path,
 ) -> tuple[str, str | None]:
-    """Write ``flat`` to ``tmp``; returns (the exporter used, why dynamo was not).
+    """Write ``flat`` to ``tmp`` (which becomes ``target``); returns (the exporter used, why dynamo was not).
 
     ``exporter="auto"`` tries the dynamo exporter (``torch.export`` + onnxscript, PyTorch's default)
     and falls back to the TorchScript one; ``batched[i]`` says whether output i has the batch axis;
@@ -283,6 +284,8 @@ def _export(
             # the dynamo exporter writes its own opset and converts down only where it can, silently
             raise ValueError(f"it wrote opset {written}, not the opset {opset} asked for")
         except Exception as exc:  # noqa: BLE001 -- any failure of the new exporter: try the TorchScript one
+            if is_disk_full(exc):  # the file did not fit: the other exporter writes the same bytes
+                raise disk_full(target) from None
             why = short_error(exc, clause=True)
             if exporter == "dynamo":
                 raise CnnkitError(f"the dynamo ONNX exporter failed: {why}; try exporter='torchscript'") from None
@@ -299,6 +302,8 @@ def _export(
         with _quiet():
             torch.onnx.export(flat, (example,), tmp, dynamo=False, dynamic_axes=axes, **common)
     except Exception as exc:  # noqa: BLE001 -- the model cannot be exported: say why, with both exporters' reasons
+        if is_disk_full(exc):
+            raise disk_full(target) from None
         before = f"dynamo exporter: {why}; " if why else ""
         raise CnnkitError(
             f"the model cannot be exported to ONNX: {before}TorchScript exporter: {short_error(exc)}"
@@ -538,7 +543,7 @@ def export_onnx(
         except OSError as exc:
             raise CnnkitError(f"cannot write in {path.parent} ({exc.strerror or exc}); choose another --out") from None
         try:
-            used, why = _export(flat, traced, tmp, names, batched, dynamic_batch, size_axes, opset, exporter)
+            used, why = _export(flat, traced, tmp, names, batched, dynamic_batch, size_axes, opset, exporter, path)
             props = {
                 OUTPUTS_KEY: json.dumps({"kind": kind, "names": names}),
                 **deploy_metadata(model, example, size_axes),
@@ -584,6 +589,10 @@ def export_onnx(
                     f"cannot write {path} ({exc.strerror or exc}); the export passed its check but was not kept: "
                     "choose another --out"
                 ) from None
+        except OSError as exc:  # the metadata's rewrite of the temporary file did not fit
+            if is_disk_full(exc):
+                raise disk_full(path) from None
+            raise
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
