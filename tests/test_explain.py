@@ -517,6 +517,29 @@ def test_plot_run_curves_confusion_and_mistakes(tmp_path, data_dir, capsys):
     assert "no metrics.csv" in capsys.readouterr().err
 
 
+def test_plot_into_a_run_it_cannot_write_names_no_flag_it_lacks(tmp_path, capsys, monkeypatch):
+    """`cnnkit plot RUN` draws into the run folder; refused there, it says so rather than "choose
+    another --out" (plot has no --out), and for a folder in the way of curves.png as well."""
+    import os
+
+    from cnnkit.cli import main
+    from cnnkit.errors import IN_RUN
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text("epoch,seconds,train_loss\n1,1.0,0.5\n")
+    access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda path, mode, **kw: False if str(path) == str(run) else access(path, mode, **kw)
+    )
+    assert main(["plot", str(run)]) == 2
+    assert capsys.readouterr().err.strip() == f"cnnkit plot: error: cannot write in {run} (permission denied); {IN_RUN}"
+    monkeypatch.undo()
+    (run / "curves.png").mkdir()
+    assert main(["plot", str(run)]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"cannot write {run / 'curves.png'}: it is a folder; {IN_RUN}")
+
+
 class SharedReLU(nn.Module):
     """Two convolutions that share one ``nn.ReLU`` module (as torchvision's ResNet blocks do), or,
     with ``shared=False``, a second ReLU module of its own."""

@@ -316,12 +316,21 @@ def not_a_file(path) -> None:
         raise CnnkitError(f"{path} is not a regular file (a pipe, socket or device); give a file saved on disk")
 
 
-def output_folder(path, option: str = "--out-dir"):
+IN_RUN = "this command writes into the run folder: make room for it there"  # the fix where no flag chose the path
+
+
+def choose_another(option: str | None) -> str:
+    """The fix for an output path that cannot be written: choose another value of ``option``, the
+    flag that chose it; ``None`` where the command writes into the run it reads (``cnnkit plot``)."""
+    return f"choose another {option}" if option else IN_RUN
+
+
+def output_folder(path, option: str | None = "--out-dir"):
     """Create the folder a command writes into (or a file's folder), before any work; returns its path.
 
     Raises:
         CnnkitError: it cannot be created (a file of that name, a file above it, no permission) or
-            written; the message names ``option``, the flag that chose it.
+            written; the message names ``option``, the flag that chose it (``None``: no flag did).
     """
     from pathlib import Path
 
@@ -329,9 +338,11 @@ def output_folder(path, option: str = "--out-dir"):
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise CnnkitError(f"cannot create the folder {path} ({exc.strerror or exc}); choose another {option}") from None
+        raise CnnkitError(
+            f"cannot create the folder {path} ({exc.strerror or exc}); {choose_another(option)}"
+        ) from None
     if not os.access(path, os.W_OK | os.X_OK):
-        raise CnnkitError(f"cannot write in {path} (permission denied); choose another {option}")
+        raise CnnkitError(f"cannot write in {path} (permission denied); {choose_another(option)}")
     return path
 
 

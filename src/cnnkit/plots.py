@@ -24,7 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.gridspec import GridSpec
 
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import IN_RUN, CnnkitError
 
 DPI = 100
 
@@ -32,7 +32,7 @@ DPI = 100
 # ----------------------------------------------------------------------------- saving
 
 
-def save_figure(fig: Figure, path: str | os.PathLike, option: str = "--out") -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike, option: str | None = "--out") -> Path:
     """Write ``fig`` as a PNG at ``path`` atomically: a temp file beside it, then ``os.replace``.
 
     The temp file is ``.<name>.<pid>.<random>.tmp``: removed on any exception, and one left by a
@@ -41,7 +41,8 @@ def save_figure(fig: Figure, path: str | os.PathLike, option: str = "--out") -> 
 
     Raises:
         CnnkitError: ``path`` cannot be written (a folder, under a file, not writable, disk full);
-            the message names ``option``, the flag that chose the path. Nothing is left behind.
+            the message names ``option``, the flag that chose the path (``None``: the command writes
+            into the run it reads). Nothing is left behind.
     """
     import io
 
@@ -72,23 +73,24 @@ def save_figure(fig: Figure, path: str | os.PathLike, option: str = "--out") -> 
     return path
 
 
-def _cannot_write(path: Path, exc: OSError, option: str) -> CnnkitError:
-    return CnnkitError(
-        f"cannot write {path} ({exc.strerror or exc}); check the folder's permissions or choose another {option}"
-    )
+def _cannot_write(path: Path, exc: OSError, option: str | None) -> CnnkitError:
+    fix = f"check the folder's permissions or choose another {option}" if option else IN_RUN
+    return CnnkitError(f"cannot write {path} ({exc.strerror or exc}); {fix}")
 
 
-def check_output(path: str | os.PathLike, option: str = "--out") -> Path:
+def check_output(path: str | os.PathLike, option: str | None = "--out") -> Path:
     """Before the work: ``path`` must be a file that can be written -- not a folder, its folder
-    created (if missing) and writable. Raises CnnkitError naming ``option``, the flag that chose it."""
-    from cnnkit.errors import output_folder, special_file
+    created (if missing) and writable. Raises CnnkitError naming ``option``, the flag that chose it
+    (``None``: the command writes into the run it reads)."""
+    from cnnkit.errors import choose_another, output_folder, special_file
 
     path = Path(path)
     if path.is_dir():
-        raise CnnkitError(f"cannot write {path}: it is a folder; give a file name, or choose another {option}")
+        fix = f"give a file name, or choose another {option}" if option else IN_RUN
+        raise CnnkitError(f"cannot write {path}: it is a folder; {fix}")
     kind = special_file(path)
     if kind:
-        raise CnnkitError(f"cannot write {path}: it is {kind}, not a file; choose another {option}")
+        raise CnnkitError(f"cannot write {path}: it is {kind}, not a file; {choose_another(option)}")
     output_folder(path.parent, option)
     return path
 

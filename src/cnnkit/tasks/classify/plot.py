@@ -57,7 +57,9 @@ def plot_run(
     run = Path(run)
     written = [
         plots.save_figure(
-            plots.training_curves(read_metrics(run), title=f"Training curves: {run.name}"), run / "curves.png"
+            plots.training_curves(read_metrics(run), title=f"Training curves: {run.name}"),
+            run / "curves.png",
+            option=None,  # drawn into the run it reads: no flag chose the path
         )
     ]
     notes: list[str] = []
@@ -93,11 +95,13 @@ def plot_run(
     matrix = confusion_counts(data.labels, probs.argmax(1), len(data.classes))
     tag = data.name.split("/")[-1] or "test"
     written.append(
-        plots.save_figure(plots.confusion_matrix(matrix, data.classes, title=None), run / f"confusion_{tag}.png")
+        plots.save_figure(
+            plots.confusion_matrix(matrix, data.classes, title=None), run / f"confusion_{tag}.png", option=None
+        )
     )
     written.append(
         plots.save_figure(
-            plots.errors_gallery(data.images, data.labels, probs, data.classes), run / f"errors_{tag}.png"
+            plots.errors_gallery(data.images, data.labels, probs, data.classes), run / f"errors_{tag}.png", option=None
         )
     )
     return written, notes
