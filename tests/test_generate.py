@@ -334,6 +334,23 @@ def test_predict_refuses_a_grid_too_large_before_drawing_a_digit(runs, tmp_path,
     assert not (tmp_path / "g.png").exists()
 
 
+def test_predict_refuses_an_out_it_cannot_write_before_drawing_a_digit(runs, tmp_path, monkeypatch):
+    """A folder named like the PNG, or a file where its folder would be, is said before the digits
+    are drawn (not after, by the writer)."""
+    sampler = cnnkit.load(runs / "resumed")
+
+    def sample(*args, **kwargs):
+        raise AssertionError("digits drawn for an --out that cannot be written")
+
+    monkeypatch.setattr(sampler, "sample", sample)
+    (tmp_path / "g.png").mkdir()
+    with pytest.raises(CnnkitError, match=r"--out .*g\.png is a folder; give the PNG file to write"):
+        predict(sampler, tmp_path / "g.png", count=4, digit=3)
+    (tmp_path / "f").write_text("a file")
+    with pytest.raises(CnnkitError, match=r"cannot create the folder .*f/sub \(.*f is a file\); choose another --out"):
+        predict(sampler, tmp_path / "f" / "sub" / "g.png", count=4, digit=3)
+
+
 def test_evaluate_run_refuses_more_digits_than_the_real_sets_hold(runs, monkeypatch):
     from importlib import import_module
 

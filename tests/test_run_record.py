@@ -238,6 +238,14 @@ def test_a_fitted_sequence_runs_config_leaves_out_gradient_training_and_records_
     written = yaml.safe_load((run / "config.yaml").read_text())
     assert not set(written) & set(GRADIENT_ONLY) and written["model"] == "multirocket"
     assert written["threads"] is None and read_info(run)["threads"] == torch.get_num_threads()
+    # a folder holding the user's config.yaml, given with --config: the file is kept, as the engine keeps it
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    text = "# my settings\nmodel: multirocket\n"
+    (mine / "config.yaml").write_text(text)
+    argv = ["sequence", "train", "--data", str(train), "--config", str(mine / "config.yaml"), "--out", str(mine)]
+    assert main([*argv, "--quiet"]) == 0
+    assert (mine / "config.yaml").read_text() == text and read_info(mine)["config"]["model"] == "multirocket"
 
 
 @pytest.mark.parametrize(

@@ -260,6 +260,23 @@ def test_predict_names_a_folder_or_a_pipe_for_what_it_is_before_any_output(photo
     assert not out.exists()
 
 
+def test_predict_refuses_an_out_folder_it_cannot_write_before_any_photo(photos, tmp_path, capsys, monkeypatch):
+    from importlib import import_module
+
+    def ran(*args, **kwargs):
+        raise AssertionError("the work started")
+
+    monkeypatch.setattr(import_module("cnnkit.tasks.style.predict"), "load_stylizer", ran)
+    root, _ = photos
+    (tmp_path / "f").write_text("a file")
+    err = _one_line_error(
+        capsys, ["style", "predict", str(tmp_path), str(root / "p0.png"), "--out", str(tmp_path / "f" / "d")]
+    )
+    assert err.endswith(
+        f"cannot create the folder {tmp_path / 'f' / 'd'} ({tmp_path / 'f'} is a file); choose another --out"
+    ), err
+
+
 def test_sizes_that_would_fill_the_memory_are_refused_before_any_work(photos, tmp_path, capsys, monkeypatch):
     from importlib import import_module
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from cnnkit.data.images import MAX_DECODE_PIXELS
 from cnnkit.engine.runfolder import atomic_write_bytes
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, check_folder
 from cnnkit.models.gan import DCGANGenerator
 
 
@@ -215,6 +215,9 @@ def predict(
             f"--count {count:,} draws a grid of {width:,} x {height:,} pixels, more than the "
             f"{MAX_DECODE_PIXELS:,} an image may hold here (about 24,000 digits); lower --count"
         )
+    if Path(out).is_dir():
+        raise CnnkitError(f"--out {out} is a folder; give the PNG file to write, e.g. {Path(out) / 'digits.png'}")
+    check_folder(Path(out).parent, "--out")  # writable: known now, not after the digits are drawn
     labels = None
     if sampler.classes:
         if digit is None or not 0 <= digit < len(sampler.classes):

@@ -255,7 +255,8 @@ def _fit_closed_form(
         out = Path(out)
         meta = {"format": FORMAT, **info, **model.describe(), "epoch": 1, "history": [row], "fit": fitted}
         meta["threads"] = torch.get_num_threads()  # what --threads or the free cores gave, as the engine records it
-        atomic_write_bytes(out / CONFIG_FILE, config_yaml(cfg.to_dict()))
+        if not (out / CONFIG_FILE).is_file():  # a user's own (the --config given) is kept, as the engine keeps it
+            atomic_write_bytes(out / CONFIG_FILE, config_yaml(cfg.to_dict()))
         write_metrics_csv(out / "metrics.csv", [row], list(row))
         save_model(out / MODEL_FILE, model, meta)
     return SequenceResult(model.cpu().eval(), cfg, [row], row["seconds"], 0, val=scores)

@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from cnnkit.data.images import MAX_NATIVE_PIXELS, open_image
 from cnnkit.engine.runfolder import output_stems
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, check_folder
 from cnnkit.tasks.style.data import check_side, read_photo, write_image
 from cnnkit.tasks.style.load import load_stylizer
 
@@ -50,6 +50,7 @@ def predict_files(run, images: list, out_dir, max_side: int | None = None) -> li
     stems = output_stems(paths, out_dir, (".png",))
     for path in paths:  # every photo found, readable and of a usable size before any output is written
         _check_photo_size(path, max_side)
+    check_folder(out_dir, "--out")  # writable: known now, not after the first photo is stylised
     model = load_stylizer(run)
     written = []
     for path, stem in zip(paths, stems):
