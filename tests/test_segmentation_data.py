@@ -53,6 +53,19 @@ def test_pennfudan_split_and_masks(data_dir):
         pennfudan_root(data_dir / "mnist")
 
 
+def test_a_pennfudan_folder_missing_photos_is_said_with_its_fix(tmp_path):
+    """Fewer photos than the fixed split trains on: the folder and its fix, not "a split needs
+    0 < n_train < 3" (which names neither)."""
+    (tmp_path / "PNGImages").mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8)).save(tmp_path / "PNGImages" / f"p{i}.png")
+    with pytest.raises(CnnkitError) as info:
+        pennfudan_split(tmp_path)
+    assert str(info.value).startswith(
+        f"{tmp_path / 'PNGImages'} holds 3 photos; the Penn-Fudan split trains on 120 of its 170 and tests on the rest: replace"
+    )
+
+
 def test_digit_scenes_have_eleven_classes_from_the_ink():
     digits = ImageSet(torch.zeros(10, 1, 28, 28, dtype=torch.uint8), torch.arange(10), [str(d) for d in range(10)])
     digits.images[:, :, 8:20, 10:18] = 200  # a block of ink on every digit

@@ -123,8 +123,18 @@ def seeded_split(
 
 
 def pennfudan_split(root: Path, seed: int = SPLIT_SEED) -> dict[str, list[str]]:
-    """The fixed Penn-Fudan split: ``{"train": 120 image names, "test": 50}`` (what runs write to split.json)."""
-    return split_names(pennfudan_images(root), N_TRAIN, seed)
+    """The fixed Penn-Fudan split: ``{"train": 120 image names, "test": 50}`` (what runs write to split.json).
+
+    Raises:
+        CnnkitError: the folder holds no more photos than the split trains on (photos are missing).
+    """
+    names = pennfudan_images(root)
+    if len(names) <= N_TRAIN:
+        raise CnnkitError(
+            f"{root / 'PNGImages'} holds {len(names)} photos; the Penn-Fudan split trains on {N_TRAIN} of its "
+            f"170 and tests on the rest: {PENNFUDAN_FIX}"
+        )
+    return split_names(names, N_TRAIN, seed)
 
 
 def carve_validation(split: dict[str, list[str]], fraction: float = VAL_FRACTION, seed: int = SPLIT_SEED) -> dict:
