@@ -381,6 +381,9 @@ def test_a_run_folders_config_yaml_reads_back_as_a_config_file(tmp_path, module,
         ("augment:\n  flip: maybe\n", "augment.flip must be a bool; received 'maybe'"),
         ("augment:\n  spin: 3\n", "unknown setting augment.spin"),
         ("augment:\n  crop: -5\n", "augment.crop must be a number >= 0; received '-5'"),
+        ("1: 2\nepochs: 3\n", "'1' is not a setting name; names are words"),
+        ("augment:\n  1: 2\n  zz: 3\n", "unknown setting augment.1; known: shift"),
+        ("augment:\n  " + "k" * 900 + ": 3\n", "unknown setting augment.k{60}; known"),
     ],
 )
 def test_a_config_file_value_of_the_wrong_kind_is_one_line(tmp_path, capsys, text, message):

@@ -155,9 +155,9 @@ class RunConfig:
         """
         given = {cls.renamed.get(k, k): v for k, v in values.items()}
         known = [f.name for f in fields(cls)]
-        unknown = sorted(set(given) - set(known))
+        unknown = sorted(set(given) - set(known), key=str)  # keys of a stored file may be of any type
         if unknown and strict:
-            raise CnnkitError(f"unknown setting {unknown[0]!r}; known: {', '.join(known)}")
+            raise CnnkitError(f"unknown setting {str(unknown[0])[:60]!r}; known: {', '.join(known)}")
         return cls(**{k: _coerce(cls, k, v, "the settings") for k, v in given.items() if k in known})
 
     def unused(self) -> tuple[str, ...]:
@@ -350,13 +350,18 @@ def read_config_file(path: str | Path, cls: type) -> dict:
         raise CnnkitError(f"--config {path} is not valid YAML ({short_error(exc)})") from None
     if data is None:
         return {}
-    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+    if not isinstance(data, dict):
         raise CnnkitError(f"--config {path} must be a mapping of setting: value; received a {type(data).__name__}")
+    odd = [k for k in data if not isinstance(k, str)]
+    if odd:  # `1: 2` reads as an int key
+        raise CnnkitError(
+            f"--config {path}: {str(odd[0])[:60]!r} is not a setting name; names are words, as in `epochs: 5`"
+        )
     unsupported = getattr(cls, "unsupported", ())
     known = [f.name for f in fields(cls) if f.name not in unsupported]
     unknown = sorted(set(data) - set(known) - set(unsupported))
     if unknown:
-        raise CnnkitError(f"--config {path}: unknown setting {unknown[0]!r}; known: {', '.join(known)}")
+        raise CnnkitError(f"--config {path}: unknown setting {unknown[0][:60]!r}; known: {', '.join(known)}")
     # a run's own config.yaml lists the shared settings this command does not take, at their defaults
     defaults = {f.name: _plain(_default(f)) for f in fields(cls) if f.name in unsupported}
     for k in sorted(set(data) & set(unsupported)):
@@ -448,9 +453,9 @@ def _section(kind: type, name: str, value: Any, where: str) -> Any:
     if not isinstance(value, dict):
         raise CnnkitError(f"{where}: {name} must be a mapping of its settings; received {str(value)[:60]!r}")
     hints = typing.get_type_hints(kind)
-    unknown = sorted(set(value) - set(hints))
+    unknown = sorted(set(value) - set(hints), key=str)  # `1: 2` in a YAML section is an int key
     if unknown:
-        raise CnnkitError(f"{where}: unknown setting {name}.{unknown[0]}; known: {', '.join(hints)}")
+        raise CnnkitError(f"{where}: unknown setting {name}.{str(unknown[0])[:60]}; known: {', '.join(hints)}")
     out = {}
     for key, v in value.items():
         want = hints[key]
