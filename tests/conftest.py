@@ -135,6 +135,25 @@ def wide_photos():
     return _wide_photo_folder
 
 
+def _peak_mb(fn) -> float:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak / 1e6
+
+
+@pytest.fixture
+def peak_mb():
+    """``fn(work)``: the most megabytes Python held while ``work()`` ran (tracemalloc), for tests that a
+    reader refuses a bomb without inflating it."""
+    return _peak_mb
+
+
 @pytest.fixture
 def segment_trains(monkeypatch) -> dict:
     """What `cnnkit segment train` would train, instead of training: ``seen["cfg"]``, the resolved

@@ -337,21 +337,35 @@ def test_a_config_file_tuple_setting_needs_its_count_and_type(tmp_path):
         read_config_file(bad, DetectConfig)
 
 
-@pytest.mark.parametrize(
-    "module, name",
-    [
-        ("classify", "TrainConfig"),
-        ("classify", "FinetuneConfig"),
-        ("detect", "DetectConfig"),
-        ("instance", "InstanceConfig"),
-        ("segment", "SegmentConfig"),
-        ("sequence", "SequenceConfig"),
-        ("video", "VideoConfig"),
-        ("video_predict", "PredictConfig"),
-        ("generate", "GenerateConfig"),
-        ("style", "StyleTrainConfig"),
-    ],
-)
+# every task's run config: (its package under cnnkit.tasks, the class)
+TASK_CONFIGS = [
+    ("classify", "TrainConfig"),
+    ("classify", "FinetuneConfig"),
+    ("detect", "DetectConfig"),
+    ("instance", "InstanceConfig"),
+    ("segment", "SegmentConfig"),
+    ("sequence", "SequenceConfig"),
+    ("video", "VideoConfig"),
+    ("video_predict", "PredictConfig"),
+    ("generate", "GenerateConfig"),
+    ("style", "StyleTrainConfig"),
+]
+
+
+@pytest.mark.parametrize("module, name", TASK_CONFIGS)
+def test_threads_left_unset_is_stored_as_null_in_every_task(module, name):
+    """One convention: a run's config holds --threads as given, null when unset (0 when given 0),
+    resolved or not; the model's metadata holds the number used (``threads``)."""
+    import importlib
+
+    cls = getattr(importlib.import_module(f"cnnkit.tasks.{module}.config"), name)
+    cfg = cls()
+    resolved = cfg.resolved() if hasattr(cfg, "resolved") else cfg
+    assert cfg.to_dict()["threads"] is None and resolved.to_dict()["threads"] is None
+    assert cls(threads=0).to_dict()["threads"] == 0
+
+
+@pytest.mark.parametrize("module, name", TASK_CONFIGS)
 def test_a_run_folders_config_yaml_reads_back_as_a_config_file(tmp_path, module, name):
     # config.yaml lists the fields the task uses; --config skips a shared field the command does not
     # take at its default (an older run's config.yaml lists them) and refuses one set to anything else

@@ -7,7 +7,6 @@ import gzip
 import hashlib
 import io
 import struct
-import tracemalloc
 import urllib.error
 import urllib.request
 import zipfile
@@ -41,17 +40,7 @@ def _zeros_gz(header: bytes, n: int) -> bytes:
     return b"".join(out) + c.flush()
 
 
-def _peak_mb(fn) -> float:
-    tracemalloc.start()
-    try:
-        fn()
-    finally:
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-    return peak / 1e6
-
-
-def test_gzip_bomb_declaring_its_size_is_refused_before_inflating(tmp_path):
+def test_gzip_bomb_declaring_its_size_is_refused_before_inflating(tmp_path, peak_mb):
     bomb = tmp_path / "x-labels-idx1-ubyte.gz"
     bomb.write_bytes(_zeros_gz(_header([300 << 20]), 300 << 20))  # 300 MB of zeros in ~300 KB
     assert bomb.stat().st_size < 1 << 20
@@ -61,10 +50,10 @@ def test_gzip_bomb_declaring_its_size_is_refused_before_inflating(tmp_path):
             read_idx(bomb)
         assert "\n" not in str(err.value) and str(bomb) in str(err.value)
 
-    assert _peak_mb(read) < 20  # the file's own bytes, not its inflation
+    assert peak_mb(read) < 20  # the file's own bytes, not its inflation
 
 
-def test_gzip_bomb_behind_a_small_header_stops_past_the_declared_size(tmp_path):
+def test_gzip_bomb_behind_a_small_header_stops_past_the_declared_size(tmp_path, peak_mb):
     bomb = tmp_path / "x-labels-idx1-ubyte.gz"
     bomb.write_bytes(_zeros_gz(_header([6000]), 200 << 20))  # declares 6,000 bytes, inflates to 200 MB
 
@@ -72,7 +61,7 @@ def test_gzip_bomb_behind_a_small_header_stops_past_the_declared_size(tmp_path):
         with pytest.raises(CnnkitError, match="trailing bytes"):
             read_idx(bomb)
 
-    assert _peak_mb(read) < 40
+    assert peak_mb(read) < 40
 
 
 def test_well_formed_idx_still_reads_in_one_buffer(tmp_path):

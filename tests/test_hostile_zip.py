@@ -5,7 +5,6 @@ series caches, ``.pth`` weights, data set archives) before anything big is infla
 import io
 import json
 import struct
-import tracemalloc
 import zipfile
 import zlib
 
@@ -96,16 +95,6 @@ def _bomb(name: str, mb: int, declared: int | None = None, stated: int | None = 
 def _keras(path, *weights):
     _zip(path, [_stored("config.json", json.dumps(CONFIG).encode()), *weights])
     return path
-
-
-def _peak_mb(fn) -> float:
-    tracemalloc.start()
-    try:
-        fn()
-    finally:
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-    return peak / 1e6
 
 
 @pytest.fixture
@@ -218,7 +207,7 @@ def test_a_stated_compressed_size_beyond_the_file_is_not_believed(tmp_path, floo
         load_keras(path)
 
 
-def test_unpacking_stops_at_the_declared_size(tmp_path):
+def test_unpacking_stops_at_the_declared_size(tmp_path, peak_mb):
     """model.weights.h5 declares 1 MB and inflates to 200 MB (below any threshold): 1 MB is inflated,
     not 200 (zipfile's read() of a whole member inflates the whole stream before it cuts it)."""
     path = _keras(tmp_path / "m.keras", _bomb("model.weights.h5", 200, declared=MB))
@@ -227,7 +216,7 @@ def test_unpacking_stops_at_the_declared_size(tmp_path):
         with pytest.raises(CnnkitError, match="its weights cannot be read"):
             load_keras(path)
 
-    assert _peak_mb(read) < 20
+    assert peak_mb(read) < 20
     with zipfile.ZipFile(path) as z:
         assert len(unzip(z, "model.weights.h5", "fix")) == MB
 

@@ -246,29 +246,3 @@ def test_a_fitted_sequence_runs_config_leaves_out_gradient_training_and_records_
     argv = ["sequence", "train", "--data", str(train), "--config", str(mine / "config.yaml"), "--out", str(mine)]
     assert main([*argv, "--quiet"]) == 0
     assert (mine / "config.yaml").read_text() == text and read_info(mine)["config"]["model"] == "multirocket"
-
-
-@pytest.mark.parametrize(
-    ("module", "name"),
-    [
-        ("classify", "TrainConfig"),
-        ("detect", "DetectConfig"),
-        ("instance", "InstanceConfig"),
-        ("segment", "SegmentConfig"),
-        ("sequence", "SequenceConfig"),
-        ("video", "VideoConfig"),
-        ("video_predict", "PredictConfig"),
-        ("generate", "GenerateConfig"),
-        ("style", "StyleTrainConfig"),
-    ],
-)
-def test_threads_left_unset_is_stored_as_null_in_every_task(module, name):
-    """One convention: a run's config holds --threads as given, null when unset (0 when given 0),
-    resolved or not; the model's metadata holds the number used (``threads``)."""
-    import importlib
-
-    cls = getattr(importlib.import_module(f"cnnkit.tasks.{module}.config"), name)
-    cfg = cls()
-    resolved = cfg.resolved() if hasattr(cfg, "resolved") else cfg
-    assert cfg.to_dict()["threads"] is None and resolved.to_dict()["threads"] is None
-    assert cls(threads=0).to_dict()["threads"] == 0
