@@ -244,3 +244,26 @@ def test_a_real_keras_file_passes_both_checks(tmp_path, monkeypatch):
     for p in (path, tmp_path / "deflated.keras"):
         net, size = load_keras(p)
         assert size == (3, 16, 16) and tuple(net(torch.zeros(2, 3, 16, 16)).shape) == (2, 3)
+
+
+def test_an_npz_whose_members_lack_the_npy_suffix_is_read_and_checked(tmp_path, floor, opened):
+    """numpy reads an array stored as ``X_train`` (a zip written by other tools) as it reads
+    ``X_train.npy``: so does read_npz, and the bomb check weighs that member, not a missing one."""
+    arrays = {"X_train": np.arange(12.0).reshape(3, 4), "y_train": np.array([0, 1, 0])}
+    arrays |= {"X_test": np.arange(8.0).reshape(2, 4), "y_test": np.array([1, 0])}
+    members = []
+    for name, a in arrays.items():
+        buf = io.BytesIO()
+        np.save(buf, a)
+        members.append(_stored(name, buf.getvalue()))
+    _zip(tmp_path / "plain.npz", members)
+    train = read_npz(tmp_path / "plain.npz", znorm=False)
+    assert train.values.shape == (3, 1, 4) and train.values[2, 0].tolist() == [8.0, 9.0, 10.0, 11.0]
+    assert train.labels.tolist() == [0, 1, 0]
+    bomb = tmp_path / "bomb.npz"
+    _zip(bomb, [_bomb("X_train", 8), *members[1:]])
+    names = opened()
+    with pytest.raises(CnnkitError) as exc:
+        read_npz(bomb)
+    assert str(exc.value).startswith(f"{bomb}: its member X_train declares 8.4 MB inflated from 8.3 KB (1,01")
+    assert names == []

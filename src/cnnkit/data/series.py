@@ -233,7 +233,7 @@ def read_npz(
     try:
         with np.load(path, allow_pickle=False) as z:
             held = list(z.files)
-            members = [f"{k}.npy" for k in dict.fromkeys(wanted) if k in held]
+            members = [_npz_member(z, k) for k in dict.fromkeys(wanted) if k in held]
             check_unzip(z.zip, members, "re-create it with numpy.savez", path)  # numpy reads them in bounded pieces
             for k in wanted:
                 if k in held:
@@ -269,11 +269,17 @@ def read_npz(
     return _series_set(path, cases, None, {"problemname": path.stem}, classes, znorm, "npz")
 
 
+def _npz_member(z, key: str) -> str:
+    """The zip member numpy reads for array ``key`` of the open ``.npz`` ``z``: ``key.npy`` as
+    ``numpy.savez`` names it, or ``key`` itself (an archive written by other tools; numpy reads both)."""
+    return key if key in z.zip.namelist() else f"{key}.npy"
+
+
 def _check_npz_size(path: Path, z, key: str) -> None:
     """Refuse an array whose header promises more than a series file may hold here, before it is
     decompressed (a few MB of zeros can inflate to many GB)."""
     try:
-        with z.zip.open(f"{key}.npy") as f:
+        with z.zip.open(_npz_member(z, key)) as f:
             version = np.lib.format.read_magic(f)
             read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
             shape, _, dtype = read(f)
