@@ -227,6 +227,28 @@ def test_a_generate_runs_config_lists_only_what_the_task_uses(tmp_path, data_dir
     assert main(["generate", "train", "--config", str(run / "config.yaml"), "--out", str(tmp_path / "again")]) == 0
 
 
+def test_a_fitted_run_whose_model_did_not_fit_on_the_disk_runs_again_in_its_folder(tmp_path, monkeypatch, capsys, toy):
+    """A full disk at the model file leaves no metrics.csv (the model is written first, as the engine
+    writes it): once space is freed, the same command runs, not refused as a folder of someone else's files."""
+    import cnnkit.engine.runfolder as runfolder
+
+    train, _, _ = toy
+    run = tmp_path / "rocket"
+    argv = ["sequence", "train", "--data", str(train), "--model", "multirocket", "--out", str(run), "--quiet"]
+
+    def full(path, *args, **kwargs):
+        raise runfolder.disk_full(path)
+
+    with monkeypatch.context() as m:
+        m.setattr(runfolder, "save_model", full)
+        assert main(argv) == 2
+    assert "disk full writing" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "metrics.csv", "model.safetensors"]
+    assert read_info(run)["epoch"] == 1
+
+
 def test_a_fitted_sequence_runs_config_leaves_out_gradient_training_and_records_its_threads(tmp_path, toy):
     train, _, _ = toy
     run = tmp_path / "rocket"

@@ -208,8 +208,8 @@ def _fit_closed_form(
     cfg: SequenceConfig, model, train_set, val_set, out, resume: bool, quiet: bool, info: dict
 ) -> SequenceResult:
     """MultiRocket: biases and ridge classifier fitted in one pass (:mod:`cnnkit.tasks.sequence.rocket`),
-    then the run folder the engine would write: ``config.yaml``, ``model.safetensors`` (``info`` in
-    its metadata, with the threads it was fitted with), ``metrics.csv``."""
+    then the run folder the engine would write, in its order: ``config.yaml``, ``model.safetensors``
+    (``info`` in its metadata, with the threads it was fitted with), ``metrics.csv``."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from cnnkit.console import console as make_console
@@ -257,6 +257,8 @@ def _fit_closed_form(
         meta["threads"] = torch.get_num_threads()  # what --threads or the free cores gave, as the engine records it
         if not (out / CONFIG_FILE).is_file():  # a user's own (the --config given) is kept, as the engine keeps it
             atomic_write_bytes(out / CONFIG_FILE, config_yaml(cfg.to_dict()))
-        write_metrics_csv(out / "metrics.csv", [row], list(row))
+        # the model before metrics.csv, as the engine writes them: a model that did not fit (a full disk)
+        # leaves no metrics.csv that check_new_run would take for someone else's and refuse the same command
         save_model(out / MODEL_FILE, model, meta)
+        write_metrics_csv(out / "metrics.csv", [row], list(row))
     return SequenceResult(model.cpu().eval(), cfg, [row], row["seconds"], 0, val=scores)
