@@ -136,16 +136,61 @@ def toy(tmp_path):
     return train, test, argv
 
 
-def test_a_sequence_run_records_the_digests_of_its_files(tmp_path, toy):
+def _values_sha256(path, classes=None) -> str:
+    """The sha256 of a series file's classes, labels, lengths and z-normalised values, computed here."""
     import hashlib
 
+    from cnnkit.data.series import read_series
+
+    data = read_series(path, classes=classes)
+    h = hashlib.sha256(json.dumps(data.classes).encode())
+    for t in (data.labels, data.lengths, data.values):
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_a_sequence_run_records_the_digests_of_its_files(tmp_path, toy):
     train, test, argv = toy
     assert main([*argv, "--out", str(tmp_path / "run")]) == 0
     files = read_info(tmp_path / "run")["data_files"]
     assert files == {
-        "train": {"file": "Toy_TRAIN.tsv", "sha256": hashlib.sha256(train.read_bytes()).hexdigest()},
-        "test": {"file": "Toy_TEST.tsv", "sha256": hashlib.sha256(test.read_bytes()).hexdigest()},
+        "train": {"file": "Toy_TRAIN.tsv", "sha256": _values_sha256(train)},
+        "test": {"file": "Toy_TEST.tsv", "sha256": _values_sha256(test, ["1", "2"])},
     }
+
+
+def test_the_same_values_written_otherwise_resume_and_score_without_a_word(tmp_path, monkeypatch, capsys, toy):
+    """The digests are of the values read, not of the bytes: a TRAIN and TEST copied with CRLF line
+    ends and numbers written with more digits (the same floats), as another --data-dir, resume the
+    run and score without a warning; a value changed in that copy is still refused."""
+    train, test, argv = toy
+    run = tmp_path / "half"
+    save_run = loop._save_run
+
+    def save_then_stop(out, *args):
+        save_run(out, *args)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(loop, "_save_run", save_then_stop)
+        assert main([*argv, "--data", "ucr:Toy", "--data-dir", str(tmp_path), "--out", str(run)]) == 130
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for f in (train, test):
+        rows = [line.split("\t") for line in f.read_text().splitlines()]
+        text = "".join("\t".join([r[0]] + [v + "000" for v in r[1:]]) + "\r\n" for r in rows)
+        (moved / f.name).write_bytes(text.encode())
+    assert (moved / train.name).read_bytes() != train.read_bytes()
+    capsys.readouterr()
+    resume = ["sequence", "train", "--resume", "--out", str(run), "--data-dir", str(moved), "--quiet"]
+    assert main(resume) == 0, capsys.readouterr().err
+    assert capsys.readouterr().err == "" and read_info(run)["epoch"] == 2
+    assert main(["sequence", "eval", str(run), "--data-dir", str(moved), "--format", "json"]) == 0
+    assert capsys.readouterr().err == ""
+    changed = (moved / train.name).read_text().replace("\t", "\t1", 1)  # the first value of the first series
+    (moved / train.name).write_text(changed)
+    assert main(["sequence", "eval", str(run), "--data-dir", str(moved), "--split", "val", "--format", "json"]) == 0
+    assert f"{moved / train.name} is not the TRAIN file the run in {run} recorded" in capsys.readouterr().err
 
 
 def test_resume_refuses_a_train_file_whose_values_changed(tmp_path, monkeypatch, capsys, toy):
@@ -171,6 +216,32 @@ def test_resume_refuses_a_train_file_whose_values_changed(tmp_path, monkeypatch,
     _series(train, [1, 2] * 10, 0)  # the file put back: the run resumes
     assert main(["sequence", "train", "--resume", "--out", str(run), "--quiet"]) == 0
     assert read_info(run)["epoch"] == 2
+
+
+def test_an_npz_runs_splits_are_each_checked_against_their_own_digest(tmp_path, capsys, toy):
+    """An .npz is the run's TRAIN and TEST file at once (one name): each split is compared with its own
+    record, not warned of for not being the other; a changed X_test is warned of as the TEST file."""
+    from cnnkit.data.series import read_series
+
+    train, test, argv = toy
+    arrays = {}
+    for split, f in (("train", train), ("test", test)):
+        data = read_series(f, znorm=False)
+        arrays[f"X_{split}"] = data.values[:, 0].numpy()
+        arrays[f"y_{split}"] = np.array(data.classes)[data.labels.numpy()]
+    np.savez(tmp_path / "Toy.npz", **arrays)
+    run = tmp_path / "run"
+    assert main([*argv, "--data", str(tmp_path / "Toy.npz"), "--out", str(run)]) == 0
+    capsys.readouterr()
+    for split in ("test", "train", "val"):
+        assert main(["sequence", "eval", str(run), "--split", split, "--format", "json"]) == 0
+        assert capsys.readouterr().err == "", split
+    np.savez(tmp_path / "Toy.npz", **{**arrays, "X_test": arrays["X_test"][:, ::-1].copy()})
+    assert main(["sequence", "eval", str(run), "--format", "json"]) == 0
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'Toy.npz'} is not the TEST file the run in {run} recorded: its values changed" in err
+    assert main(["sequence", "eval", str(run), "--split", "train", "--format", "json"]) == 0
+    assert capsys.readouterr().err == ""
 
 
 def test_eval_warns_of_a_test_file_whose_values_changed_and_scores_it(tmp_path, capsys, toy):

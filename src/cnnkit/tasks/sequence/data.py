@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import warnings
 from pathlib import Path
 
 from cnnkit.data.series import SeriesSet, load_series, val_split
-from cnnkit.download import file_digest
 from cnnkit.errors import CnnkitError, CnnkitWarning
 from cnnkit.tasks.sequence.config import SequenceConfig
 
@@ -34,11 +35,13 @@ def load_splits(cfg: SequenceConfig) -> tuple[SeriesSet, SeriesSet | None, Serie
     full = check_lengths(load_series(cfg.data, "train", cfg.data_dir, znorm=cfg.znorm), cfg.data)
     if len(full) and int(full.labels.min()) < 0:
         raise CnnkitError(f"{cfg.data}: the training series have no labels; training needs one per series")
+    full.meta["sha256"] = values_digest(full)  # TRAIN's, which the train and validation parts keep
     train, val = val_split(full, cfg.val_fraction, cfg.seed) if cfg.val_fraction > 0 else (full, None)
     source = test_source(cfg.data)
     test = load_series(source, "test", cfg.data_dir, classes=full.classes, znorm=cfg.znorm) if source else None
     if test is not None:
         check_lengths(test, test.meta.get("path", source))
+        test.meta["sha256"] = values_digest(test)
     if test is not None and test.channels != full.channels:
         raise CnnkitError(
             f"{cfg.data}: the test series have {test.channels} channels, the training series {full.channels}"
@@ -99,26 +102,49 @@ def _listed(classes) -> str:
     return ", ".join(map(str, classes[:6])) + (", ..." if len(classes) > 6 else "")
 
 
+def values_digest(data: SeriesSet) -> str:
+    """The sha256 of a file's series as a run reads them: class names, labels, lengths and values
+    (z-normalised where the run is, zero-padded), not of the file's bytes. The same values written
+    otherwise (CRLF line ends, another format of the set, an ``.npz`` saved again) digest the same:
+    what a network trains on decides, not how the file spells it.
+
+    Example:
+        >>> values_digest(read_series("GunPoint_TRAIN.ts"))[:12]  # doctest: +SKIP
+        '3f1c0a9e5b27'
+    """
+    h = hashlib.sha256(json.dumps(list(data.classes)).encode())
+    for t in (data.labels, data.lengths, data.values):
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _digest(data: SeriesSet) -> str:
+    """The digest of the file ``data`` was read from: the one :func:`load_splits` recorded (a part
+    carved from TRAIN keeps TRAIN's), else that of ``data``, a whole file."""
+    return data.meta.get("sha256") or values_digest(data)
+
+
 def data_files(train: SeriesSet, test: SeriesSet | None) -> dict:
     """The files a run reads, as its metadata records them (``data_files``): for ``train`` (TRAIN,
-    whose validation part is carved from it) and ``test``, the file's name and its sha256. A series
-    file is small, and its digest tells what its classes and length cannot: values that changed.
+    whose validation part is carved from it) and ``test``, the file's name and the sha256 of its
+    values as read (:func:`values_digest`). It tells what the classes and length cannot: values that
+    changed.
 
     Example:
         >>> data_files(train, test)["test"]["file"]  # doctest: +SKIP
         'GunPoint_TEST.ts'
     """
     return {
-        role: {"file": Path(data.meta["path"]).name, "sha256": file_digest(data.meta["path"], "sha256")}
+        role: {"file": Path(data.meta["path"]).name, "sha256": _digest(data)}
         for role, data in (("train", train), ("test", test))
         if data is not None and "path" in data.meta
     }
 
 
 def check_training_file(train: SeriesSet, info: dict, run) -> None:
-    """Refuse to resume on a TRAIN file whose values are not those the run trained on (its sha256
-    differs from the one the run recorded): ``--resume`` continues a run exactly, on its own data. A
-    run that recorded no digest is not checked.
+    """Refuse to resume on a TRAIN file whose values are not those the run trained on (their sha256,
+    :func:`values_digest`, differs from the one the run recorded): ``--resume`` continues a run
+    exactly, on its own data. A run that recorded no digest is not checked.
 
     Args:
         train: the training split as read now (its ``meta["path"]``: the file read).
@@ -133,7 +159,7 @@ def check_training_file(train: SeriesSet, info: dict, run) -> None:
     path = train.meta.get("path")
     if not isinstance(was, dict) or path is None:
         return
-    now = file_digest(path, "sha256")
+    now = _digest(train)
     if now != was.get("sha256"):
         raise CnnkitError(
             f"{path} is not the file the run in {run} trained on: its values changed (sha256 {now[:12]}..., "
@@ -142,23 +168,25 @@ def check_training_file(train: SeriesSet, info: dict, run) -> None:
         )
 
 
-def warn_if_changed(data: SeriesSet, info: dict, run) -> None:
+def warn_if_changed(data: SeriesSet, info: dict, run, role: str | None = None) -> None:
     """One warning (:class:`~cnnkit.errors.CnnkitWarning`) where the file ``data`` was read from has
-    the name of a file the run recorded (its TRAIN or TEST, ``data_files``) and other contents: its
+    the name of a file the run recorded (its TRAIN or TEST, ``data_files``) and other values: its
     scores are of the file as it is, not of the one the run was tested on. Nothing for a run that
-    recorded no digest, or a file of another name."""
+    recorded no digest, or a file of another name. ``role`` (``"train"`` or ``"test"``): the run's
+    file ``data`` stands for, where it is known (an ``.npz`` is the TRAIN and TEST file at once);
+    None: any of the run's files of that name."""
     path = data.meta.get("path")
     files = info.get("data_files")
     if path is None or not isinstance(files, dict):
         return
     now = None
-    for role, was in files.items():
-        if not isinstance(was, dict) or was.get("file") != Path(path).name:
+    for name, was in files.items():
+        if role not in (None, name) or not isinstance(was, dict) or was.get("file") != Path(path).name:
             continue
-        now = now or file_digest(path, "sha256")
+        now = now or _digest(data)
         if now != was.get("sha256"):
             warnings.warn(
-                f"{path} is not the {role.upper()} file the run in {run} recorded: its values changed "
+                f"{path} is not the {name.upper()} file the run in {run} recorded: its values changed "
                 f"(sha256 {now[:12]}..., the run's {str(was.get('sha256'))[:12]}...); it is scored as it is",
                 CnnkitWarning,
                 stacklevel=2,

@@ -133,5 +133,6 @@ def evaluate_run(path, split: str = "test", data: str | None = None, data_dir: s
     check_run_data(sets["train"], model.info, cfg.data, run)  # the splits the run scored
     if sets[split] is None:
         raise CnnkitError(f"the run {path} has no {split} split (data {cfg.data}); evaluate on a file with --data FILE")
-    warn_if_changed(sets[split], model.info, run)  # values changed since the run recorded the file
+    role = "test" if split == "test" else "train"  # the run's file this split is read from
+    warn_if_changed(sets[split], model.info, run, role)  # values changed since the run recorded the file
     return {**evaluate(model, sets[split]), "split": split, "data": cfg.data, "classes": model.classes}

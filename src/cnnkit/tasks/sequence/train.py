@@ -115,7 +115,7 @@ def train(cfg: SequenceConfig, out=None, resume: bool = False, quiet: bool = Fal
             check_run_data(train_set, info, cfg.data, out)
             check_training_file(train_set, info, out)
             if test_set is not None:  # the resumed run scores it at its end
-                warn_if_changed(test_set, info, out)
+                warn_if_changed(test_set, info, out, "test")
     present = sorted(set(train_set.labels.tolist()))
     if len(present) < 2:  # one class: every answer would be that class, at p=1
         shown = ", ".join(train_set.classes[i] for i in present if i >= 0) or "none"
