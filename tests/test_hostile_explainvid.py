@@ -225,6 +225,10 @@ def test_clip_grad_cam_names_torchscript_around_the_3d_convolutions(data_dir):
         (["--method", "filters", "--class", "0"], "--class applies to --method gradcam or saliency, not filters"),
         (["--method", "gradcam", "--guided"], "--guided applies to --method saliency, not gradcam"),
         (["--method", "saliency", "--channels", "1"], "--channels applies to --method patterns, not saliency"),
+        (
+            ["--method", "saliency", "--layer", "c3"],
+            "--layer applies to --method featuremaps or filters or patterns or gradcam, not saliency",
+        ),
     ],
 )
 def test_an_option_the_method_does_not_read_is_refused(tmp_path, capsys, extra, line):

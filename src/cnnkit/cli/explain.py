@@ -86,6 +86,7 @@ _OPTION_METHODS = {
     "target_class": ("--class", ("gradcam", "saliency")),
     "guided": ("--guided", ("saliency",)),
     "channels": ("--channels", ("patterns",)),
+    "layer": ("--layer", ("featuremaps", "filters", "patterns", "gradcam")),  # saliency: the pixels' gradient
 }
 
 
@@ -95,6 +96,10 @@ def _check_options(args, sequence: bool = False) -> None:
         value = getattr(args, dest)
         if value is None or value is False:  # unset (--class 0 is set)
             continue
+        if sequence and dest == "layer":
+            raise CnnkitError(
+                "--layer does not apply to a sequence run (its map is taken at the last convolution); drop --layer"
+            )
         if sequence and dest != "target_class":
             raise CnnkitError(
                 f"{flag} does not apply to a sequence run (it is explained by its class activation map); drop {flag}"
@@ -103,10 +108,6 @@ def _check_options(args, sequence: bool = False) -> None:
             raise CnnkitError(
                 f"{flag} applies to --method {' or '.join(methods)}, not {args.method}; drop {flag} or change --method"
             )
-    if sequence and args.layer is not None:
-        raise CnnkitError(
-            "--layer does not apply to a sequence run (its map is taken at the last convolution); drop --layer"
-        )
 
 
 def run_explain(args) -> int:
