@@ -225,6 +225,7 @@ def test_clip_grad_cam_names_torchscript_around_the_3d_convolutions(data_dir):
         (["--method", "filters", "--class", "0"], "--class applies to --method gradcam or saliency, not filters"),
         (["--method", "gradcam", "--guided"], "--guided applies to --method saliency, not gradcam"),
         (["--method", "saliency", "--channels", "1"], "--channels applies to --method patterns, not saliency"),
+        (["--method", "gradcam", "--steps", "5"], "--steps applies to --method patterns, not gradcam"),
         (
             ["--method", "saliency", "--layer", "c3"],
             "--layer applies to --method featuremaps or filters or patterns or gradcam, not saliency",
@@ -247,8 +248,14 @@ def test_an_option_the_method_does_not_read_is_refused(tmp_path, capsys, extra, 
 def test_a_sequence_run_refuses_the_image_methods_options(series_run, tmp_path, capsys):
     path = _series_file(tmp_path / "s_TEST.tsv")
     out = tmp_path / "cam.png"
-    for extra, flag in ((["--guided"], "--guided"), (["--channels", "1"], "--channels"), (["--layer", "x"], "--layer")):
+    out = tmp_path / "new" / "cam.png"
+    for extra, flag in (
+        (["--guided"], "--guided"),
+        (["--channels", "1"], "--channels"),
+        (["--steps", "5"], "--steps"),
+        (["--layer", "x"], "--layer"),
+    ):
         err = _error(capsys, ["explain", str(series_run), str(path), "--out", str(out), *extra])
         assert f"{flag} does not apply to a sequence run" in err and err.endswith(f"drop {flag}"), err
-    assert not out.exists()
+    assert not out.parent.exists()  # refused before the output's folder is made
     assert main(["explain", str(series_run), str(path), "--out", str(out), "--class", "1"]) == 0

@@ -39,7 +39,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--channels", type=int, nargs="+", metavar="C", help="patterns: the filters to draw (default: the first 16)"
     )
-    p.add_argument("--steps", type=int, default=40, help="patterns: gradient-ascent steps (default: 40)")
+    p.add_argument("--steps", type=int, help="patterns: gradient-ascent steps (default: 40)")
     p.add_argument(
         "--resize",
         action="store_true",
@@ -86,6 +86,7 @@ _OPTION_METHODS = {
     "target_class": ("--class", ("gradcam", "saliency")),
     "guided": ("--guided", ("saliency",)),
     "channels": ("--channels", ("patterns",)),
+    "steps": ("--steps", ("patterns",)),
     "layer": ("--layer", ("featuremaps", "filters", "patterns", "gradcam")),  # saliency: the pixels' gradient
 }
 
@@ -158,9 +159,10 @@ def run_explain(args) -> int:
         summary = f"layer {name}"
     elif args.method == "patterns":
         name = layer or target.prefix + convs[-1]
-        if not 1 <= args.steps <= 10_000:  # 0 would draw the untrained start image
-            raise CnnkitError(f"--steps must be an integer from 1 to 10,000; received {args.steps}")
-        pats = filter_patterns(target.model, name, channels=args.channels, size=tuple(x.shape[-2:]), steps=args.steps)
+        steps = 40 if args.steps is None else args.steps
+        if not 1 <= steps <= 10_000:  # 0 would draw the untrained start image
+            raise CnnkitError(f"--steps must be an integer from 1 to 10,000; received {steps}")
+        pats = filter_patterns(target.model, name, channels=args.channels, size=tuple(x.shape[-2:]), steps=steps)
         chans = args.channels or list(range(pats.shape[0]))
         fig = plots.pattern_grid(pats, channels=chans, layer=target.user_name(name))
         summary = f"layer {target.user_name(name)}, {len(chans)} filter(s)"
@@ -215,10 +217,10 @@ def run_explain_series(args) -> int:
     out = Path(args.out or f"{Path(args.image).stem}_{args.index}_cam.png")
     if out.suffix.lower() != ".png":
         raise CnnkitError(f"--out must be a .png file, got {str(out)!r}")
-    plots.check_output(out)
     if args.method != "gradcam":  # the default; a series run has one method
         raise CnnkitError(f"a sequence run is explained by its class activation map; drop --method {args.method}")
     _check_options(args, sequence=True)
+    plots.check_output(out)  # after the refusals: it makes the output's folder
     r = explain_series(args.model, args.image, args.index, args.target_class)
     given = f", file's label {r['label']!r}" if r["label"] is not None else ""
     title = f"CAM for class {r['class']} ({r['class_name']!r}, p={r['probability']:.2f}{given})"
