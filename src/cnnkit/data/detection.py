@@ -286,7 +286,7 @@ def load_coco(
         cid = _coco_id(path, f"categories[{j}]", c, "id")
         if cid in cat_index:
             raise CnnkitError(f"{path}: categories[{j}] repeats category id {cid}")
-        if not isinstance(c.get("name"), (str, int)) or isinstance(c.get("name"), bool):
+        if not isinstance(c.get("name"), (str, int)) or isinstance(c.get("name"), bool) or not str(c["name"]).strip():
             raise CnnkitError(f"{path}: categories[{j}] field 'name' must be a name; received {_shown(c.get('name'))}")
         cat_index[cid] = j
     if len(cat_index) > MAX_CLASSES:
@@ -445,8 +445,11 @@ def _yolo_classes(root: Path) -> list[str] | None:
     path = _yolo_names_file(root)
     if path is None:
         return None
-    if path.suffix not in (".yaml", ".yml"):
-        return _bounded(path, [s.strip() for s in _read_text(path, "class names").splitlines() if s.strip()])
+    if path.suffix not in (".yaml", ".yml"):  # line i names class i-1: a blank line is a class without a name
+        lines = _read_text(path, "class names").splitlines()
+        while lines and not lines[-1].strip():  # blank lines at the end name no class
+            lines.pop()
+        return _bounded(path, [s.strip() for s in lines])
     import yaml
 
     text = _read_text(path, "class names")
@@ -495,8 +498,17 @@ def _same_classes(root: Path, run: list[str]) -> list[str]:
 
 
 def _bounded(path: Path, classes: list[str]) -> list[str]:
+    """The declared class names, 1 to ``MAX_CLASSES`` of them, each a name: a label's id is a place in
+    this list, so a blank entry (skipped, it would give every later id the next class's name) is refused."""
     if not classes or len(classes) > MAX_CLASSES:
         raise CnnkitError(f"{path} names {len(classes):,} classes; a data set has 1 to {MAX_CLASSES:,}")
+    blank = next((i for i, c in enumerate(classes) if not c.strip()), None)
+    if blank is not None:
+        where = f"line {blank + 1} is blank" if path.suffix not in (".yaml", ".yml") else f"names[{blank}] is empty"
+        raise CnnkitError(
+            f"{path}: {where}, so class {blank} has no name (a label's class id is its name's place in the "
+            "list); name the class, or remove the entry and renumber the ids of the label files"
+        )
     return classes
 
 

@@ -31,6 +31,7 @@ import math
 import os
 import tempfile
 import typing
+import unicodedata
 import warnings
 from pathlib import Path
 
@@ -108,7 +109,7 @@ def load_image_folder(
     _check_split(layout, split, val_fraction, test_fraction, root)
     found = sorted({c for per_class in layout.values() for c in per_class})
     if classes is None:
-        classes = found
+        classes = _one_spelling(root, found)
     else:  # a run's own classes: a class folder added since is not one of them
         gone = [c for c in classes if c not in found]
         if gone:
@@ -149,6 +150,22 @@ def load_image_folder(
     labels = torch.tensor([classes.index(c) for _, c in files], dtype=torch.long)
     meta = {"root": str(root), "split": split, "seed": seed, "files": [p for p, _ in files], **params, "skipped": bad}
     return ImageSet(images[rows], labels, classes, f"{root.name}/{split}", meta)
+
+
+def _one_spelling(root: Path, classes: list[str]) -> list[str]:
+    """``classes``, none of them the same name as another in other Unicode code points: "é" as one
+    code point (NFC, as typed on Linux) and as "e" + an accent (NFD, as macOS writes file names) are
+    two folders that print alike, so predictions could not be told apart."""
+    first: dict[str, str] = {}
+    for c in classes:
+        twin = first.setdefault(unicodedata.normalize("NFC", c), c)
+        if twin != c:
+            raise CnnkitError(
+                f"{root}: the class folders {ascii(twin)} and {ascii(c)} are one name written in two Unicode "
+                "forms (composed and decomposed accents, NFC and NFD) and print alike; rename one, or merge "
+                "them into one folder"
+            )
+    return classes
 
 
 def default_cache_dir() -> Path:
