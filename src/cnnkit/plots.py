@@ -32,6 +32,29 @@ DPI = 100
 # ----------------------------------------------------------------------------- saving
 
 
+def png_bytes(fig: Figure, dpi: int = DPI) -> bytes:
+    """``fig`` drawn as PNG bytes, every text as written.
+
+    A text's ``$`` is a dollar sign, never the start of mathtext: a class or file named ``$\\foo$``
+    would otherwise fail the draw (an unknown TeX symbol). A glyph the font lacks (a CJK character, an
+    emoji in a class name) is drawn as a box without a warning per glyph.
+    """
+    import io
+    import warnings
+
+    import matplotlib
+    from matplotlib.text import Text
+
+    FigureCanvasAgg(fig)  # attach the Agg canvas (Figure() alone has no renderer)
+    buf = io.BytesIO()
+    with matplotlib.rc_context({"text.parse_math": False}), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font")
+        for text in fig.findobj(Text):  # the texts made so far; tick labels made while drawing read the rc
+            text.set_parse_math(False)
+        fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
 def save_figure(fig: Figure, path: str | os.PathLike, option: str | None = "--out") -> Path:
     """Write ``fig`` as a PNG at ``path`` atomically: a temp file beside it, then ``os.replace``.
 
@@ -44,15 +67,10 @@ def save_figure(fig: Figure, path: str | os.PathLike, option: str | None = "--ou
             the message names ``option``, the flag that chose the path (``None``: the command writes
             into the run it reads). Nothing is left behind.
     """
-    import io
-
     from cnnkit.errors import as_new_file, disk_full, is_disk_full
 
     path = Path(path)
-    FigureCanvasAgg(fig)  # attach the Agg canvas (Figure() alone has no renderer)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
-    data = buf.getvalue()
+    data = png_bytes(fig)
     check_output(path, option)
     _remove_stale_temps(path)
     tmp = None
@@ -178,8 +196,16 @@ def _crowded(names: Sequence[str], width_chars: float) -> bool:
     return sum(len(n) + 2 for n in names) > width_chars
 
 
+MAX_LABEL = 40  # characters of a class name a figure shows: a longer one would squeeze the axes to nothing
+
+
 def _class_name(classes: Sequence[str] | None, k: int) -> str:
-    return str(classes[k]) if classes is not None and 0 <= k < len(classes) else str(k)
+    """Class ``k``'s name as a figure labels it: on one line (:func:`~cnnkit.console.shown`), at most
+    :data:`MAX_LABEL` characters (a longer name cut, with "...")."""
+    from cnnkit.console import shown
+
+    name = shown(classes[k]) if classes is not None and 0 <= k < len(classes) else str(k)
+    return name if len(name) <= MAX_LABEL else name[: MAX_LABEL - 3] + "..."
 
 
 # ----------------------------------------------------------------------------- a training run

@@ -166,7 +166,7 @@ def run_train(args) -> int:
 def run_eval(args) -> int:
     from rich.table import Table
 
-    from cnnkit.console import console
+    from cnnkit.console import console, shown
     from cnnkit.engine.runfolder import resolve
     from cnnkit.plots import check_output, confusion_matrix, save_figure
     from cnnkit.tasks.classify.evaluate import evaluate_run
@@ -182,20 +182,21 @@ def run_eval(args) -> int:
         print_json({**result.to_dict(), "split": args.split, "dataset": data.name, "confusion_png": str(png)})
         return 0
     table = Table(
-        title=f"{data.name}: accuracy {result.accuracy:.2%} on {result.n:,} images "
+        title=f"{shown(data.name)}: accuracy {result.accuracy:.2%} on {result.n:,} images "
         f"({result.n - round(result.accuracy * result.n)} errors)"
     )
     for col in ("class", "precision", "recall", "n"):
         table.add_column(col, justify="left" if col == "class" else "right")
     counts = result.confusion.sum(1)
     for k, name in enumerate(result.classes):
-        table.add_row(name, f"{result.precision[k]:.2%}", f"{result.recall[k]:.2%}", f"{int(counts[k]):,}")
+        table.add_row(shown(name), f"{result.precision[k]:.2%}", f"{result.recall[k]:.2%}", f"{int(counts[k]):,}")
     console().print(table)
-    print(f"confusion matrix: {png}")
+    print(f"confusion matrix: {shown(png)}")
     return 0
 
 
 def run_predict(args) -> int:
+    from cnnkit.console import shown
     from cnnkit.engine.precision import autocast
     from cnnkit.export import model_device
     from cnnkit.tasks.classify.predict import predict_files, predictor
@@ -209,8 +210,8 @@ def run_predict(args) -> int:
         print_json(rows)
         return 0
     for row in rows:
-        best = "  ".join(f"{c} {p:.1%}" for c, p in row["top"])
-        print(f"{row['image']}: {best}")
+        best = "  ".join(f"{shown(c)} {p:.1%}" for c, p in row["top"])
+        print(f"{shown(row['image'])}: {best}")
     return 0
 
 

@@ -103,16 +103,19 @@ def run_eval(args) -> int:
     if args.format == "json":
         print_json(m)
         return 0
+    from cnnkit.console import shown
+
     print(
-        f"{m['data']} {m['split']} ({m['images']} images): AP {m['AP']:.3f}  AP50 {m['AP50']:.3f}  "
+        f"{shown(m['data'])} {m['split']} ({m['images']} images): AP {m['AP']:.3f}  AP50 {m['AP50']:.3f}  "
         f"AP75 {m['AP75']:.3f}  AR100 {m['AR100']:.3f}  VOC AP50 {m['VOC_AP50']:.3f}"
     )
     for name, ap in m["per_class_AP"].items():
-        print(f"  {name}: AP {ap:.3f}")
+        print(f"  {shown(name)}: AP {ap:.3f}")
     return 0
 
 
 def run_predict(args) -> int:
+    from cnnkit.console import shown
     from cnnkit.data.images import read_pixels
     from cnnkit.engine.runfolder import output_stems, resolve
     from cnnkit.errors import output_folder
@@ -142,7 +145,7 @@ def run_predict(args) -> int:
             print_json(r)
         return 0
     for r in rows:
-        print(f"{r['image']}: {len(r['boxes'])} boxes -> {r['png']}")
+        print(f"{shown(r['image'])}: {len(r['boxes'])} boxes -> {shown(r['png'])}")
         for b, s, name in zip(r["boxes"], r["scores"], r["labels"]):
-            print(f"  {name} {s:.2f} [{', '.join(f'{v:.0f}' for v in b)}]")
+            print(f"  {shown(name)} {s:.2f} [{', '.join(f'{v:.0f}' for v in b)}]")
     return 0

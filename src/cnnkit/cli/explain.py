@@ -116,6 +116,7 @@ def run_explain(args) -> int:
         return run_explain_series(args)
     _check_options(args)
     from cnnkit import plots
+    from cnnkit.console import shown
     from cnnkit.explain import (
         feature_maps,
         filter_patterns,
@@ -184,7 +185,7 @@ def run_explain(args) -> int:
         fig = plots.heatmap_overlay(
             x, heat, label=label, title=f"{label} for class {cls} ({cname!r}, p={prob:.2f}){where}"
         )
-        summary = f"class {cls} ({cname}) p={prob:.3f}{where}"
+        summary = f"class {cls} ({shown(cname)}) p={prob:.3f}{where}"
     plots.save_figure(fig, out)
     print(f"{args.method}: {summary} -> {out}")
     if target.random_weights:
@@ -211,6 +212,7 @@ def run_explain_series(args) -> int:
     """``cnnkit explain RUN SERIES_FILE`` for a time-series run: the class activation map over the series."""
     from cnnkit import plots
     from cnnkit.cli.sequence import one_split_files
+    from cnnkit.console import shown
     from cnnkit.tasks.sequence.explain import explain_series
 
     one_split_files([args.image], "cnnkit explain")
@@ -227,7 +229,7 @@ def run_explain_series(args) -> int:
     # the series' own samples: the zeros that pad it to the training length are not in the file
     name = f"{Path(args.image).name}[{args.index}]"
     plots.series_cam(r["series"], r["cam"], out, title=f"{name}: {title}", lengths=r["length"])
-    print(f"cam: class {r['class']} ({r['class_name']}) p={r['probability']:.3f} -> {out}")
+    print(f"cam: class {r['class']} ({shown(r['class_name'])}) p={r['probability']:.3f} -> {out}")
     return 0
 
 

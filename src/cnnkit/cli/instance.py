@@ -65,6 +65,7 @@ def run_eval(args) -> int:
 
 
 def run_predict(args) -> int:
+    from cnnkit.console import shown
     from cnnkit.engine.runfolder import resolve
     from cnnkit.tasks.instance.load import load_mask_detector
     from cnnkit.tasks.instance.predict import predict_files
@@ -79,7 +80,7 @@ def run_predict(args) -> int:
             print_json(r)
         return 0
     for r in rows:
-        print(f"{r['image']}: {len(r['boxes'])} instances -> {r['png']}")
+        print(f"{shown(r['image'])}: {len(r['boxes'])} instances -> {shown(r['png'])}")
         for b, s, name, px in zip(r["boxes"], r["scores"], r["labels"], r["mask_pixels"]):
-            print(f"  {name} {s:.2f} [{', '.join(f'{v:.0f}' for v in b)}] {px} px")
+            print(f"  {shown(name)} {s:.2f} [{', '.join(f'{v:.0f}' for v in b)}] {px} px")
     return 0

@@ -86,13 +86,15 @@ def run_eval(args) -> int:
     if args.format == "json":
         print_json({k: v for k, v in out.items() if k != "confusion"})
         return 0
+    from cnnkit.console import shown
+
     m = _defined(out)
     print(
-        f"{out['data']} {out['split']} ({out['images']} images): mIoU {m['mIoU']:.4f}  pixel accuracy "
+        f"{shown(out['data'])} {out['split']} ({out['images']} images): mIoU {m['mIoU']:.4f}  pixel accuracy "
         f"{m['pixel_accuracy']:.4f}  boundary IoU {m['boundary_iou']:.4f}"
     )
     for name, iou in out["iou"].items():
-        print(f"  {name:>12}  IoU {'-' if iou is None else f'{iou:.4f}'}")
+        print(f"  {shown(name):>12}  IoU {'-' if iou is None else f'{iou:.4f}'}")
     return 0
 
 
@@ -105,6 +107,7 @@ def _defined(metrics: dict) -> dict:
 
 
 def run_predict(args) -> int:
+    from cnnkit.console import shown
     from cnnkit.data.images import read_pixels
     from cnnkit.engine.runfolder import output_stems
     from cnnkit.errors import output_folder
@@ -126,5 +129,5 @@ def run_predict(args) -> int:
             image = image.float().mean(0, keepdim=True).round().to(image.dtype)  # grey networks
         mask = predict_image(model, image, max_side)
         grey, colour = write_prediction(image, mask, len(model.classes), args.out, stem)
-        print(f"{path}: {grey} {colour}")
+        print(f"{shown(path)}: {shown(grey)} {shown(colour)}")
     return 0

@@ -68,6 +68,7 @@ def run_train(args) -> int:
 
 
 def run_eval(args) -> int:
+    from cnnkit.console import shown
     from cnnkit.tasks.sequence.evaluate import evaluate_run
 
     if args.data is not None:
@@ -77,19 +78,20 @@ def run_eval(args) -> int:
         print_json(out)
         return 0
     print(
-        f"{out['data']} {out['split']} ({out['series']} series): accuracy {out['accuracy']:.4f}  "
+        f"{shown(out['data'])} {out['split']} ({out['series']} series): accuracy {out['accuracy']:.4f}  "
         f"error {out['error']:.4f} ({out['errors']} wrong)  loss {out['loss']:.4f}"
     )
-    width = max(len(c) for c in out["classes"])
+    names = [shown(c) for c in out["classes"]]
     head = "true / answer"
-    width = max(width, len(head))
-    print(f"  {head:>{width}}  " + " ".join(f"{c:>6}" for c in out["classes"]))
-    for name, row in zip(out["classes"], out["confusion"]):
+    width = max(len(head), *(len(c) for c in names))
+    print(f"  {head:>{width}}  " + " ".join(f"{c:>6}" for c in names))
+    for name, row in zip(names, out["confusion"]):
         print(f"  {name:>{width}}  " + " ".join(f"{v:6d}" for v in row))
     return 0
 
 
 def run_predict(args) -> int:
+    from cnnkit.console import shown
     from cnnkit.tasks.sequence.load import load_sequence
     from cnnkit.tasks.sequence.predict import predict_file
 
@@ -101,8 +103,9 @@ def run_predict(args) -> int:
             if args.format == "json":
                 print_json({"file": path, **r})
             else:
-                given = f"  (file's label {r['label']})" if r["label"] is not None else ""
-                print(f"{path}[{r['index']}]: {r['class']}  p={r['probability']:.3f}{given}")
+                given = f"  (file's label {shown(r['label'])})" if r["label"] is not None else ""
+                where = shown(f"{path}[{r['index']}]")
+                print(f"{where}: {shown(r['class'])}  p={r['probability']:.3f}{given}")
     return 0
 
 

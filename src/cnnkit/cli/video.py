@@ -179,6 +179,7 @@ def _test_clips(n: int, data_dir, frames: int, model, size=None) -> list:
 
 
 def run_predict(args) -> int:
+    from cnnkit.console import shown
     from cnnkit.engine.runfolder import output_stems, save_png
     from cnnkit.errors import output_folder
     from cnnkit.explain.clip_cam import clip_grad_cam
@@ -204,14 +205,14 @@ def run_predict(args) -> int:
     for (name, read), stem in zip(named, stems):
         clip = read()  # read again: one clip is held at a time
         probs = predict_clips(model, clip[None])[0]
-        digits = [model.classes[i] for i in (probs > 0.5).nonzero().flatten().tolist()]
-        top = ", ".join(f"{model.classes[i]} {probs[i]:.2f}" for i in probs.topk(3).indices.tolist())
-        line = f"{name}: digits {' '.join(digits) or '(none)'}  (top: {top})"
+        digits = [shown(model.classes[i]) for i in (probs > 0.5).nonzero().flatten().tolist()]
+        top = ", ".join(f"{shown(model.classes[i])} {probs[i]:.2f}" for i in probs.topk(3).indices.tolist())
+        line = f"{shown(name)}: digits {' '.join(digits) or '(none)'}  (top: {top})"
         if args.out:
             cam, _ = clip_grad_cam(model, clip)  # (T, H, W)
             path = Path(args.out) / f"{stem}_cam.png"
             save_png(frame_strip([clip, heat_overlay(clip, cam)], scale=2), path)
-            line += f"  -> {path}"
+            line += f"  -> {shown(path)}"
         print(line)
     return 0
 

@@ -109,9 +109,9 @@ def open_image(data: bytes, limits: Limits):
 
 
 def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    from cnnkit.plots import png_bytes
+
+    return base64.b64encode(png_bytes(fig, dpi=100)).decode("ascii")
 
 
 class Models:
