@@ -130,3 +130,25 @@ def test_a_new_run_never_overwrites_a_folders_own_metrics_or_curves(tmp_path, da
         check_new_run(tmp_path, resume=False)
     (tmp_path / "curves.png").unlink()
     check_new_run(tmp_path, resume=False)  # a config.yaml alone is allowed: `--config DIR/config.yaml --out DIR`
+
+
+def test_a_name_near_the_file_systems_limit_is_written_through_its_temporary_file(tmp_path):
+    """The temporary file beside the target repeats its name: a 250-byte name (under the 255 allowed)
+    made the temporary one too long, and the write failed after the work."""
+    from cnnkit import plots
+    from cnnkit.engine.runfolder import atomic_write_bytes, output_stems
+
+    name = "é" * 120 + "x.png"  # 245 bytes in UTF-8
+    atomic_write_bytes(tmp_path / name, b"data")
+    assert (tmp_path / name).read_bytes() == b"data"
+    fig = plots.training_curves([{"epoch": 1, "train_loss": 0.5}], title="t")
+    plots.save_figure(fig, tmp_path / ("c" * 246 + ".png"))
+    assert sorted(len(p.name.encode()) for p in tmp_path.iterdir()) == [245, 250]
+    # an output whose own name is too long is said before the work, naming the input
+    photo = tmp_path / ("p" * 248 + ".jpg")
+    with pytest.raises(CnnkitError) as info:
+        output_stems([photo], tmp_path / "out", (".png", "_boxes.png"))
+    assert str(info.value) == (
+        f"{photo}: its output {'p' * 40}...{'p' * 6}_boxes.png would have a 258-byte name, more than a file "
+        "system allows (255); rename the file shorter (nothing was written)"
+    )

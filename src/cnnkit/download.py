@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from cnnkit.errors import CnnkitError, disk_full, human_bytes, is_disk_full, short_error
+from cnnkit.errors import CnnkitError, disk_full, human_bytes, is_disk_full, short_error, temp_prefix
 
 _CHUNK = 1 << 20
 
@@ -79,7 +79,7 @@ def download_url(
     _remove_stale_parts(dest)
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(dest), suffix=".part", dir=dest.parent)
         with os.fdopen(fd, "wb") as out:
             _fetch(url, dest, out, progress, timeout)
         bad = _mismatch(Path(tmp), md5, sha256)
@@ -189,7 +189,7 @@ def _remove_stale_parts(dest: Path) -> None:
     import glob
     import time
 
-    for part in dest.parent.glob(f".{glob.escape(dest.name)}.*.part"):
+    for part in dest.parent.glob(f"{glob.escape(temp_prefix(dest))}*.part"):
         try:
             if time.time() - part.stat().st_mtime > STALE_PART_SECONDS:
                 part.unlink()

@@ -273,17 +273,33 @@ def is_disk_full(exc: BaseException | None) -> bool:
     return False
 
 
+NAME_MAX = 255  # the most bytes of a file name on the file systems cnnkit runs on (ext4, XFS, APFS, NTFS)
+
+
 def name_too_long(path) -> CnnkitError:
     """The error for ENAMETOOLONG: ``path`` (shortened to a readable length) with the part the file
     system refuses, a name over its 255 bytes or a path over its 4,096."""
     text = os.fsdecode(path) if path else "a path"
     shown = text if len(text) <= 80 else f"{text[:56]}...{text[-16:]} ({len(text):,} characters)"
     longest = max(len(part.encode(errors="surrogateescape")) for part in text.split(os.sep))
-    if longest > 255:
-        what = f"a name in it is {longest:,} bytes long, more than a file system allows (255)"
+    if longest > NAME_MAX:
+        what = f"a name in it is {longest:,} bytes long, more than a file system allows ({NAME_MAX})"
     else:
         what = f"it is {len(text.encode(errors='surrogateescape')):,} bytes long, more than a path may be"
     return CnnkitError(f"{shown}: {what}; give a shorter path")
+
+
+TEMP_NAME_BYTES = 100  # the most bytes of a file's name its temporary file's name repeats
+
+
+def temp_prefix(path) -> str:
+    """The start of the name of the temporary file written beside ``path`` before it is renamed into
+    place: ``.<name>.``, the name cut to :data:`TEMP_NAME_BYTES` bytes, so that a name near the file
+    system's 255 bytes still leaves room for what ``mkstemp`` adds."""
+    from pathlib import Path
+
+    name = Path(path).name.encode(errors="surrogateescape")[:TEMP_NAME_BYTES]
+    return f".{name.decode(errors='ignore')}."
 
 
 def is_name_too_long(exc: BaseException) -> bool:

@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 
 from cnnkit.data.datasets import crop_shares, folder_reading
-from cnnkit.errors import CnnkitError, as_new_file, disk_full, is_disk_full, short_error, special_file
+from cnnkit.errors import CnnkitError, as_new_file, disk_full, is_disk_full, short_error, special_file, temp_prefix
 
 OUTPUTS_KEY = "cnnkit.outputs"  # metadata_props entry: {"kind": "tensor" | "tuple" | "dict", "names": [...]}
 # what predict needs, as metadata_props entries (JSON values): the class names, the input size without
@@ -537,8 +537,7 @@ def export_onnx(
         made = [f for f in (path.parent, *path.parent.parents) if not f.exists()]  # removed again if not kept
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            # the name cut: a name near the file system's 255 bytes must not make the temporary one too long
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:100]}.", suffix=".tmp", dir=path.parent)
+            fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
             os.close(fd)
         except OSError as exc:
             raise CnnkitError(f"cannot write in {path.parent} ({exc.strerror or exc}); choose another --out") from None

@@ -24,7 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.gridspec import GridSpec
 
-from cnnkit.errors import IN_RUN, CnnkitError
+from cnnkit.errors import IN_RUN, CnnkitError, temp_prefix
 
 DPI = 100
 
@@ -75,7 +75,7 @@ def save_figure(fig: Figure, path: str | os.PathLike, option: str | None = "--ou
     _remove_stale_temps(path)
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f"{temp_prefix(path)}{os.getpid()}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         as_new_file(tmp)
@@ -130,9 +130,9 @@ def _pid_alive(pid: int) -> bool:
 
 def _remove_stale_temps(path: Path) -> None:
     """Remove ``.<name>.<pid>[.<random>].tmp`` beside ``path`` left by a process that is gone."""
-    prefix = f".{path.name}."
+    prefix = temp_prefix(path)
     now = time.time()
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+    for tmp in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
         pid = tmp.name[len(prefix) : -len(".tmp")].split(".")[0]
         try:
             stale = not (pid.isdigit() and _pid_alive(int(pid))) or now - tmp.stat().st_mtime > STALE_SECONDS

@@ -39,7 +39,7 @@ import torch
 
 from cnnkit.data.images import MAX_DECODE_PIXELS
 from cnnkit.data.imageset import ImageSet
-from cnnkit.errors import CnnkitError, CnnkitWarning, gone_from_split, short_error
+from cnnkit.errors import CnnkitError, CnnkitWarning, gone_from_split, short_error, temp_prefix
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 SPLIT_DIRS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
@@ -432,7 +432,7 @@ def _write_cache(path: Path, images: torch.Tensor, decoded: list[str], bad: list
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".part", dir=path.parent)
         os.close(fd)
     except OSError as exc:
         warnings.warn(

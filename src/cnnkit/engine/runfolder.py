@@ -33,6 +33,7 @@ from safetensors.torch import save as st_save
 
 from cnnkit.engine.ema import EMA
 from cnnkit.errors import (
+    NAME_MAX,
     CnnkitError,
     as_new_file,
     check_not_input,
@@ -40,6 +41,7 @@ from cnnkit.errors import (
     is_disk_full,
     short_error,
     special_file,
+    temp_prefix,
 )
 from cnnkit.models.deploy import Classifier
 from cnnkit.models.meta import on_meta
@@ -92,12 +94,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CnnkitError(f"cannot create the folder {path.parent} ({exc.strerror}); choose another --out") from None
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+    for stale in path.parent.glob(f"{glob.escape(temp_prefix(path))}*.tmp"):
         with contextlib.suppress(OSError):
             stale.unlink()
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -597,6 +599,14 @@ def output_stems(inputs: list, out_dir, suffixes: tuple[str, ...], option: str =
             stem, k = f"{path.stem}_{k}", k + 1
         stems.append(stem)
         taken.update(f"{stem}{suffix}" for suffix in suffixes)
+    for path, stem in zip(map(Path, inputs), stems):  # said before the work, not by the writer after it
+        longest = max((f"{stem}{suffix}" for suffix in suffixes), key=lambda n: len(n.encode(errors="surrogateescape")))
+        size = len(longest.encode(errors="surrogateescape"))
+        if size > NAME_MAX:
+            raise CnnkitError(
+                f"{path}: its output {longest[:40]}...{longest[-16:]} would have a {size}-byte name, more than a "
+                f"file system allows ({NAME_MAX}); rename the file shorter (nothing was written)"
+            )
     targets = [(Path(out_dir) / f"{stem}{suffix}").resolve() for stem in stems for suffix in suffixes]
     check_not_input(targets, inputs, "image", f"{option} folder")
     return stems
