@@ -148,6 +148,17 @@ def test_export_onnx_atol_must_be_finite_and_positive(tmp_path):
 # ----------------------------------------------------------------------------- convert
 
 
+def test_convert_to_a_safetensors_name_writes_that_file(capsys, tmp_path):
+    """`--out net.safetensors` wrote a folder of that name holding model.safetensors; it writes the
+    checkpoint file itself, as `classify fcn` does, and refuses one that exists."""
+    import cnnkit
+
+    out = tmp_path / "net.safetensors"
+    assert main(["convert", str(keras_file(tmp_path)), "--out", str(out)]) == 0
+    assert out.is_file() and cnnkit.load(out).input_size == (3, 16, 16)
+    _refused(capsys, ["convert", str(keras_file(tmp_path)), "--out", str(out)], "already exists")
+
+
 @pytest.mark.parametrize("run", ["fcn", "rocket", "kr"])
 def test_convert_never_replaces_a_run(runs, capsys, tmp_path, run):
     before = _md5(runs / run)

@@ -22,7 +22,12 @@ def register(subparsers) -> None:
         "(a final softmax is left to the loss, as in every cnnkit classifier).",
     )
     p.add_argument("model", metavar="MODEL.keras", help="a file written by Keras' model.save()")
-    p.add_argument("--out", required=True, metavar="RUN", help="the run folder to write")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="RUN",
+        help="the run folder to write, or a .safetensors file (a checkpoint every command reads as a run)",
+    )
     p.add_argument(
         "--classes",
         help="class names, comma-separated, or a text file with one per line (default: class_0, class_1, ...)",

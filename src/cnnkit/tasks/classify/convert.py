@@ -122,12 +122,12 @@ def convert_keras(
     """
     import torch
 
-    from cnnkit.engine.runfolder import FORMAT, MODEL_FILE, save_model
+    from cnnkit.engine.runfolder import FORMAT, save_model
     from cnnkit.errors import CnnkitError
     from cnnkit.models.deploy import Classifier
     from cnnkit.models.keras import load_keras
 
-    check_out(out)
+    path = check_out(out)  # a run folder's model.safetensors, or the .safetensors file named
     read_class_names(classes)  # checked before the model is read
     net, size = load_keras(model, logits=True)
     if not (isinstance(size, tuple) and len(size) == 3 and all(isinstance(d, int) for d in size)):
@@ -163,6 +163,5 @@ def convert_keras(
         "network": {"kind": "keras", "config": net.keras_config, "logits": True},
         "source": {"keras_file": str(Path(model).resolve())},
     }
-    path = Path(out) / MODEL_FILE
     save_model(path, clf, info)
     return path, info
