@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 from cnnkit.errors import CnnkitError, short_error
 
 MAX_CONFIG_BYTES = 1 << 20  # a --config file larger than this is not a config
+INT64 = 2**63  # torch counts and sizes in int64: an integer setting is below this whatever its field's bounds
 
 
 def option(
@@ -293,8 +294,8 @@ def config_from_args(cls: type, args: argparse.Namespace, base: dict | None = No
 
 
 def check_values(cls: type, values: dict) -> None:
-    """Every value within its field's bounds: its choices, ``minimum`` / ``below`` / ``maximum``, and
-    numbers finite.
+    """Every value within its field's bounds: its choices, ``minimum`` / ``below`` / ``maximum``,
+    numbers finite, and integers within int64 (:data:`INT64`), the most torch takes as a count or a size.
 
     Checked where settings come in (the command line, ``--config``), so that a bad value is one line
     naming its flag, before any work.
@@ -328,6 +329,9 @@ def check_values(cls: type, values: dict) -> None:
                 else:
                     want = f"at least {low}" if high is None else f"at least {low} and below {high}"
                 raise CnnkitError(f"{flag} must be {want}; received {v}")
+            if isinstance(v, int) and not -INT64 <= v < INT64:
+                lowest = f"{low:,}" if isinstance(low, int) else f"{-INT64:,}"
+                raise CnnkitError(f"{flag} must be an integer from {lowest} to {INT64 - 1:,}; received {v}")
 
 
 def read_config_file(path: str | Path, cls: type) -> dict:

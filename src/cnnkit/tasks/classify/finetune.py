@@ -478,6 +478,10 @@ def _try(
             dist=Dist(device=torch.device(cfg.device)),
             precision=precision,
         )
+        if not run.history:  # the stage trains no epoch (--epochs 0): no validation loss to choose by
+            setattr(parent, attr, new)
+            clf.load_state_dict(start)
+            continue
         losses[(stage, kind)] = run.history[-1]["val_loss"]
         if trained is not None:
             trained[(stage, kind)] = (copy.deepcopy(clf.state_dict()), run.history, run.precision)

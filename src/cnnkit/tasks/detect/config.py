@@ -68,7 +68,7 @@ class DetectConfig(RunConfig):
         "other data and backbones without weights)",
     )
     width: int = option(64, help="channels of the FPN-lite neck and the head")
-    head_convs: int = option(2, help="3x3 convolutions per head tower")
+    head_convs: int = option(2, help="3x3 convolutions per head tower (at most 16)", minimum=0, maximum=16)
     separate_towers: bool | None = option(
         None, help="one head tower for the classes, another for boxes and centre-ness (default: on, off on tiny)"
     )

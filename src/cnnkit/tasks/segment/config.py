@@ -137,7 +137,7 @@ class SegmentConfig(RunConfig):
         None,
         help="the network answers on the image resized by each of these factors, the answers averaged (1: as it is)",
     )
-    boundary_d: int = option(3, help="boundary IoU band (px)", minimum=1)
+    boundary_d: int = option(3, help="boundary IoU band (px, at most 1024)", minimum=1, maximum=1024)
     val_every: int | None = None
 
     def resolved(self) -> SegmentConfig:

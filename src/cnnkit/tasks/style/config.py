@@ -139,8 +139,10 @@ class StyleTrainConfig(RunConfig):
     lr: float | None = None
     optimizer: str = "adamw"
     weight_decay: float = 0.0
-    crop: int = option(128, help="training crop side (px)", minimum=16)
-    style_size: int = option(256, help="the style image's longer side (px)", minimum=16)
+    crop: int = option(128, help=f"training crop side (px, at most {MAX_SIDE})", minimum=16, maximum=MAX_SIDE)
+    style_size: int = option(
+        256, help=f"the style image's longer side (px, at most {MAX_SIDE})", minimum=16, maximum=MAX_SIDE
+    )
     photos: int = option(0, help="train on the first N photos only (0: all)", minimum=0)
     content_weight: float | None = option(None, help="weight of the content loss", minimum=0)
     style_weight: float | None = option(None, help="weight of the style loss", minimum=0)

@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 
 from cnnkit.engine.runfolder import read_split, resolve
+from cnnkit.errors import CnnkitError
 from cnnkit.metrics.video import VideoPredictionMeter
 from cnnkit.tasks.video.data import clip_batch
 from cnnkit.tasks.video.evaluate import eval_config
@@ -29,6 +30,9 @@ def evaluate(model: nn.Module, data, frames: int = 10, batch_size: int = 32) -> 
         :meth:`~cnnkit.metrics.video.VideoPredictionMeter.compute`'s ``{"mse", "mae", "ssim",
         "mse_per_step", "mae_per_step", "ssim_per_step", "clips"}``: MSE and MAE summed over a
         frame's pixels, means over the predicted steps and clips.
+
+    Raises:
+        CnnkitError: a predicted frame holds NaN or infinite pixels (a network that diverged).
     """
     device = next(model.parameters()).device
     was = model.training
@@ -37,8 +41,13 @@ def evaluate(model: nn.Module, data, frames: int = 10, batch_size: int = 32) -> 
     try:
         for lo in range(0, len(data), batch_size):
             x = clip_batch(data, range(lo, min(lo + batch_size, len(data))))[0]  # (B, 2T, C, H, W)
-            pred = model(x[:, :frames].to(device)).float().clamp(0, 1)
-            meter.update(pred, x[:, frames : 2 * frames])
+            pred = model(x[:, :frames].to(device)).float()
+            if not bool(torch.isfinite(pred).all()):  # a NaN frame scores NaN: no number to report
+                raise CnnkitError(
+                    "the network predicts frames that are not finite (NaN or infinite pixels): its weights "
+                    "diverged in training; train it again with a lower --lr"
+                )
+            meter.update(pred.clamp(0, 1), x[:, frames : 2 * frames])
     finally:
         model.train(was)
     return meter.compute()
