@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from cnnkit.cli import main
+from cnnkit.errors import CnnkitError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -72,11 +74,13 @@ def test_an_integer_beyond_int64_is_refused_at_once(argv, message, tmp_path, cap
         (["segment", "train", "--data", "digits", "--boundary-d", "2000"], "--boundary-d must be from 1 to 1024"),
         (["detect", "train", "--data", "digits", "--head-convs", "1000000"], "--head-convs must be from 0 to 16"),
         (["instance", "train", "--data", "digits", "--mask-convs", "1000000"], "--mask-convs must be from 0 to 16"),
+        (["instance", "train", "--data", "digits", "--roi-jitter", "1000000"], "--roi-jitter must be from 0 to 16"),
     ],
 )
 def test_sizes_and_depths_past_their_range_are_refused_before_any_work(argv, message, tmp_path, capsys):
-    # without a bound: a storage-size overflow traceback (crop, style size, boundary band), or
-    # minutes building a million convolutions before anything is said (head and mask towers)
+    # without a bound: a storage-size overflow traceback (crop, style size, boundary band), minutes
+    # building a million convolutions before anything is said (head and mask towers), or a run folder
+    # left behind by running out of memory in the first step (a million copies of each box)
     out = tmp_path / "run"
     assert message in _error(capsys, [*argv, "--out", str(out), *FAST])
     assert not out.exists()
@@ -96,3 +100,21 @@ def test_a_frame_predictor_whose_frames_are_nan_gets_no_score(tmp_path, capsys, 
     argv[argv.index("--val-clips") + 1] = "2"  # validation meets it first: the run stops before it is saved
     err = _error(capsys, [*argv, "--lr", "1e30", "--out", str(tmp_path / "vp2"), *FAST])
     assert "not finite" in err and not (tmp_path / "vp2").exists()
+
+
+def test_explain_a_class_beyond_int64_is_out_of_range(tmp_path, capsys):
+    from test_serve import make_run
+
+    from cnnkit.explain import grad_cam
+    from cnnkit.tasks.classify.load import load_classifier
+
+    run = make_run(tmp_path / "run")
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(image)
+    out = tmp_path / "cam.png"
+    err = _error(capsys, ["explain", str(run), str(image), "--class", BIG, "--out", str(out)])
+    assert err.endswith(f"class index {BIG} is out of range: the model has 10 classes (0..9); pass a class between 0 and 9")
+    assert not out.exists()
+    model = load_classifier(run)
+    with pytest.raises(CnnkitError, match=f"class index {BIG} is out of range"):
+        grad_cam(model, torch.zeros(1, 28, 28), 2**63)

@@ -55,15 +55,22 @@ def target_classes(scores: torch.Tensor, target_class) -> torch.Tensor:
     n, k = scores.shape
     if target_class is None:
         return scores.argmax(dim=1)
-    wanted = torch.as_tensor(target_class, dtype=torch.long).reshape(-1).to(scores.device)
+
+    def out_of_range(index) -> CnnkitError:
+        return CnnkitError(
+            f"class index {str(index)[:60]} is out of range: the model has {k} classes "
+            f"(0..{k - 1}); pass a class between 0 and {k - 1}"
+        )
+
+    try:
+        wanted = torch.as_tensor(target_class, dtype=torch.long).reshape(-1).to(scores.device)
+    except (OverflowError, RuntimeError, ValueError):  # an integer beyond int64: no model's class
+        raise out_of_range(target_class) from None
     if wanted.numel() not in (1, n):
         raise CnnkitError(f"target_class must be one int or {n} ints (one per image), got {wanted.numel()}")
     bad = wanted[(wanted < 0) | (wanted >= k)]
     if bad.numel():
-        raise CnnkitError(
-            f"class index {int(bad[0])} is out of range: the model has {k} classes "
-            f"(0..{k - 1}); pass a class between 0 and {k - 1}"
-        )
+        raise out_of_range(int(bad[0]))
     return wanted.expand(n).clone()
 
 
