@@ -45,6 +45,15 @@ def test_finetune_epochs_0_saves_the_network_as_it_is(tmp_path, capsys):
     assert (out / "model.safetensors").is_file() and (out / "test.json").is_file()
 
 
+def test_finetune_a_batch_larger_than_the_data_up_to_int64_is_the_whole_set(tmp_path, capsys):
+    # the cached features were computed in chunks of twice the batch: 2**62 * 2 overflowed torch's int64
+    data = _photos(tmp_path / "photos")
+    out = tmp_path / "ft"
+    argv = ["classify", "finetune", "--data", str(data), "--model", "mnist_fast", "--weights", "none"]
+    assert main([*argv, "--epochs", "1", "--batch-size", str(2**62), "--out", str(out), *FAST]) == 0
+    assert (out / "model.safetensors").is_file()
+
+
 BIG = str(2**63)  # one past int64, the most torch takes as a count or a size
 
 

@@ -692,7 +692,8 @@ def _features(clf: nn.Module, data: ImageSet, cfg, passes: tuple[nn.Module, nn.M
     out: dict[str, list] = {"features": [], "cut": []}
     with torch.no_grad(), torch.autocast(dev.type, enabled=False):
         for flip in (False, True) if flips else (False,):
-            for idx in torch.arange(len(data)).split(cfg.batch_size * 2):
+            # chunks of two batches, at most the whole set: a --batch-size past the data (up to int64) is the set
+            for idx in torch.arange(len(data)).split(max(1, min(cfg.batch_size * 2, len(data)))):
                 x = data.images[idx].to(dev).float() / 255
                 x = (((x.flip(-1) if flip else x) - clf.mean) / clf.std).contiguous(memory_format=torch.channels_last)
                 y = below(x).float()
