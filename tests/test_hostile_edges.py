@@ -63,9 +63,9 @@ BIG = str(2**63)  # one past int64, the most torch takes as a count or a size
         (["generate", "train", "--latent-dim", BIG], f"--latent-dim must be an integer from 1 to {2**63 - 1:,}"),
         (["generate", "train", "--width", BIG], f"--width must be an integer from 1 to {2**63 - 1:,}"),
         (["video", "train", "--size", BIG], f"--size must be an integer from 8 to {2**63 - 1:,}"),
-        (["detect", "train", "--data", "digits", "--scenes", BIG, "4"], f"--scenes must be an integer from "),
-        (["segment", "train", "--data", "digits", "--width", BIG], f"--width must be an integer from 1 to "),
-        (["classify", "finetune", "--data", ".", "--batch-size", BIG], f"--batch-size must be an integer from 1 to "),
+        (["detect", "train", "--data", "digits", "--scenes", BIG, "4"], "--scenes must be an integer from "),
+        (["segment", "train", "--data", "digits", "--width", BIG], "--width must be an integer from 1 to "),
+        (["classify", "finetune", "--data", ".", "--batch-size", BIG], "--batch-size must be an integer from 1 to "),
     ],
 )
 def test_an_integer_beyond_int64_is_refused_at_once(argv, message, tmp_path, capsys):
@@ -122,7 +122,9 @@ def test_explain_a_class_beyond_int64_is_out_of_range(tmp_path, capsys):
     Image.fromarray(np.zeros((28, 28), np.uint8)).save(image)
     out = tmp_path / "cam.png"
     err = _error(capsys, ["explain", str(run), str(image), "--class", BIG, "--out", str(out)])
-    assert err.endswith(f"class index {BIG} is out of range: the model has 10 classes (0..9); pass a class between 0 and 9")
+    assert err.endswith(
+        f"class index {BIG} is out of range: the model has 10 classes (0..9); pass a class between 0 and 9"
+    )
     assert not out.exists()
     model = load_classifier(run)
     with pytest.raises(CnnkitError, match=f"class index {BIG} is out of range"):

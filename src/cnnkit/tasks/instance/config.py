@@ -40,7 +40,9 @@ class InstanceConfig(DetectConfig):
     batch_size: int = 8
     lr: float = 1e-3
     scenes: tuple[int, int] = (600, 200)
-    mask_convs: int = option(4, help="3x3 convolutions of the mask head (Mask R-CNN: 4; at most 16)", minimum=0, maximum=16)
+    mask_convs: int = option(
+        4, help="3x3 convolutions of the mask head (Mask R-CNN: 4; at most 16)", minimum=0, maximum=16
+    )
     mask_width: int = option(64, help="channels of the mask head (Mask R-CNN: 256)", minimum=1)
     roi_jitter: int = option(
         2, help="jittered copies of each ground-truth box the mask head trains on (at most 16)", minimum=0, maximum=16
