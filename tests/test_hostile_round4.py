@@ -135,7 +135,7 @@ def test_instance_bounds_name_the_flag_and_train_digits_are_used(tmp_path, capsy
 
     err = _error(capsys, ["instance", "train", "--mask-width", "0", "--out", str(tmp_path / "i")])
     assert "--mask-width must be a positive integer; received 0" in err
-    with pytest.raises(CnnkitError, match="--roi-jitter must be an integer >= 0; received -1"):
+    with pytest.raises(CnnkitError, match="--roi-jitter must be from 0 to 16; received -1"):
         train(InstanceConfig(data="digits", roi_jitter=-1), tmp_path / "i2")
     cfg = InstanceConfig(data="digits", data_dir=str(data_dir), scenes=(6, 2), image_size=64, train_digits=(3, 3))
     train_set, *_ = load_instance_data(cfg.resolved())
@@ -148,7 +148,7 @@ def test_segment_bounds_and_weights_the_unet_encoder_cannot_load(tmp_path, capsy
     assert "--width must be a positive integer; received 0" in _error(
         capsys, [*base, "--width", "0", "--out", str(tmp_path / "s")]
     )
-    assert "--boundary-d must be a positive integer; received 0" in _error(
+    assert "--boundary-d must be from 1 to 1024; received 0" in _error(
         capsys, [*base, "--boundary-d", "0", "--out", str(tmp_path / "s")]
     )
     err = _error(capsys, [*base, "--weights", str(tmp_path / "evil.pth"), "--out", str(tmp_path / "s")])
