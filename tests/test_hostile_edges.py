@@ -129,3 +129,15 @@ def test_explain_a_class_beyond_int64_is_out_of_range(tmp_path, capsys):
     model = load_classifier(run)
     with pytest.raises(CnnkitError, match=f"class index {BIG} is out of range"):
         grad_cam(model, torch.zeros(1, 28, 28), 2**63)
+
+
+@pytest.mark.parametrize("batch", ["0", str(2**31), BIG])
+def test_export_batch_is_bounded_as_summary_batch_is(batch, tmp_path, capsys):
+    # 2**63 stopped with torch's overflow traceback, 10**12 ran out of memory building the example
+    from test_serve import make_run
+
+    run = make_run(tmp_path / "run")
+    out = tmp_path / "m.onnx"
+    err = _error(capsys, ["export", str(run), "--out", str(out), "--batch", batch])
+    assert err.endswith(f"--batch must be an integer from 1 to 2,147,483,647. Received: --batch {batch}")
+    assert not out.exists()

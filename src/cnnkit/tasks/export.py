@@ -227,8 +227,10 @@ def export_model(
         >>> print(export_model("runs/mnist", "mnist.onnx"))   # doctest: +SKIP
         wrote mnist.onnx (0.3 MB, exporter dynamo, outputs output, dynamic batch); ONNX Runtime matches PyTorch (...)
     """
-    if batch < 1:
-        raise CnnkitError(f"--batch must be at least 1. Received: --batch {batch}")
+    from cnnkit.analysis.summary import MAX_BATCH  # the largest batch the analyser (and `summary --batch`) takes
+
+    if not 1 <= batch <= MAX_BATCH:  # past int64 torch's own overflow would be a traceback
+        raise CnnkitError(f"--batch must be an integer from 1 to {MAX_BATCH:,}. Received: --batch {batch}")
     _check_tolerance(rtol)
     check_out(source, out)
     model = export_source(source, trust_code, factory)
