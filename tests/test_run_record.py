@@ -159,12 +159,8 @@ def test_a_sequence_run_records_the_digests_of_its_files(tmp_path, toy):
     }
 
 
-def test_the_same_values_written_otherwise_resume_and_score_without_a_word(tmp_path, monkeypatch, capsys, toy):
-    """The digests are of the values read, not of the bytes: a TRAIN and TEST copied with CRLF line
-    ends and numbers written with more digits (the same floats), as another --data-dir, resume the
-    run and score without a warning; a value changed in that copy is still refused."""
-    train, test, argv = toy
-    run = tmp_path / "half"
+def _stopped_after_first_save(monkeypatch, argv: list) -> None:
+    """Run ``cnnkit`` with ``argv``, stopped as Ctrl-C would stop it right after its first save."""
     save_run = loop._save_run
 
     def save_then_stop(out, *args):
@@ -173,7 +169,16 @@ def test_the_same_values_written_otherwise_resume_and_score_without_a_word(tmp_p
 
     with monkeypatch.context() as m:
         m.setattr(loop, "_save_run", save_then_stop)
-        assert main([*argv, "--data", "ucr:Toy", "--data-dir", str(tmp_path), "--out", str(run)]) == 130
+        assert main(argv) == 130
+
+
+def test_the_same_values_written_otherwise_resume_and_score_without_a_word(tmp_path, monkeypatch, capsys, toy):
+    """The digests are of the values read, not of the bytes: a TRAIN and TEST copied with CRLF line
+    ends and numbers written with more digits (the same floats), as another --data-dir, resume the
+    run and score without a warning; a value changed in that copy is still refused."""
+    train, test, argv = toy
+    run = tmp_path / "half"
+    _stopped_after_first_save(monkeypatch, [*argv, "--data", "ucr:Toy", "--data-dir", str(tmp_path), "--out", str(run)])
     moved = tmp_path / "moved"
     moved.mkdir()
     for f in (train, test):
@@ -196,15 +201,7 @@ def test_the_same_values_written_otherwise_resume_and_score_without_a_word(tmp_p
 def test_resume_refuses_a_train_file_whose_values_changed(tmp_path, monkeypatch, capsys, toy):
     train, _, argv = toy
     run = tmp_path / "half"
-    save_run = loop._save_run
-
-    def save_then_stop(out, *args):
-        save_run(out, *args)
-        raise KeyboardInterrupt
-
-    with monkeypatch.context() as m:
-        m.setattr(loop, "_save_run", save_then_stop)
-        assert main([*argv, "--out", str(run)]) == 130
+    _stopped_after_first_save(monkeypatch, [*argv, "--out", str(run)])
     _series(train, [1, 2] * 10, 7)  # the same classes and length, other values
     before = {p.name: p.read_bytes() for p in run.iterdir()}
     capsys.readouterr()
