@@ -245,6 +245,16 @@ def test_an_option_the_method_does_not_read_is_refused(tmp_path, capsys, extra, 
     assert not out.exists()
 
 
+def test_an_image_refuses_a_series_index(tmp_path, capsys):
+    image = tmp_path / "digit.png"
+    from PIL import Image
+
+    Image.new("L", (32, 32), 128).save(image)
+    err = _error(capsys, ["explain", "lenet5", str(image), "--index", "3", "--out", str(tmp_path / "x.png")])
+    assert err.endswith("--index picks a series of a sequence run's file; an image is explained whole: drop --index")
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_a_sequence_run_refuses_the_image_methods_options(series_run, tmp_path, capsys):
     path = _series_file(tmp_path / "s_TEST.tsv")
     out = tmp_path / "cam.png"

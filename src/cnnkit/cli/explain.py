@@ -56,7 +56,7 @@ def register(subparsers) -> None:
         help="zoo models: normalise the input with ImageNet's mean/std (for ImageNet weights given as a file or URL; "
         "--weights imagenet does it already)",
     )
-    p.add_argument("--index", type=int, default=0, help="sequence runs: which series of the file (default: 0)")
+    p.add_argument("--index", type=int, help="sequence runs: which series of the file (default: 0)")
     p.add_argument("--out", help="PNG to write (default: <image>_<method>.png here)")
     add_trust_code(p)
     p.set_defaults(func=run_explain)
@@ -93,6 +93,8 @@ _OPTION_METHODS = {
 
 def _check_options(args, sequence: bool = False) -> None:
     """Refuse an option the method given does not read (``--class`` with featuremaps would be ignored)."""
+    if not sequence and args.index is not None:
+        raise CnnkitError("--index picks a series of a sequence run's file; an image is explained whole: drop --index")
     for dest, (flag, methods) in _OPTION_METHODS.items():
         value = getattr(args, dest)
         if value is None or value is False:  # unset (--class 0 is set)
@@ -216,18 +218,19 @@ def run_explain_series(args) -> int:
     from cnnkit.tasks.sequence.explain import explain_series
 
     one_split_files([args.image], "cnnkit explain")
-    out = Path(args.out or f"{Path(args.image).stem}_{args.index}_cam.png")
+    index = 0 if args.index is None else args.index
+    out = Path(args.out or f"{Path(args.image).stem}_{index}_cam.png")
     if out.suffix.lower() != ".png":
         raise CnnkitError(f"--out must be a .png file, got {str(out)!r}")
     if args.method != "gradcam":  # the default; a series run has one method
         raise CnnkitError(f"a sequence run is explained by its class activation map; drop --method {args.method}")
     _check_options(args, sequence=True)
     plots.check_output(out)  # after the refusals: it makes the output's folder
-    r = explain_series(args.model, args.image, args.index, args.target_class)
+    r = explain_series(args.model, args.image, index, args.target_class)
     given = f", file's label {r['label']!r}" if r["label"] is not None else ""
     title = f"CAM for class {r['class']} ({r['class_name']!r}, p={r['probability']:.2f}{given})"
     # the series' own samples: the zeros that pad it to the training length are not in the file
-    name = f"{Path(args.image).name}[{args.index}]"
+    name = f"{Path(args.image).name}[{index}]"
     plots.series_cam(r["series"], r["cam"], out, title=f"{name}: {title}", lengths=r["length"])
     print(f"cam: class {r['class']} ({shown(r['class_name'])}) p={r['probability']:.3f} -> {out}")
     return 0
