@@ -282,6 +282,8 @@ def test_conv_padding_goes_where_tensorflow_and_caffe_put_it(api):
         {"input": [8], "kernel": -1},
         {"input": ["8"], "kernel": 3},
         {"input": [10**9], "kernel": 3},
+        {"input": [8], "kernel": 3, "padding": "²"},  # a digit to str.isdigit(), not to int()
+        {"input": [8], "kernel": 3, "padding": "٣"},
     ],
 )
 def test_conv_bad_input_is_a_400_message(api, body):

@@ -7,6 +7,8 @@ pixel at the end, bottom/right; Caffe's: at the start, top/left), the rule cnnki
 
 from __future__ import annotations
 
+import re
+
 from cnnkit.layers.padding import PAD_MODES, same_pad
 from cnnkit.serve.limits import Refused
 
@@ -42,7 +44,9 @@ def conv_arithmetic(body: dict) -> dict:
     stride = _positive(body, "stride", dims)
     dilation = _positive(body, "dilation", dims)
     padding = body.get("padding", "valid")
-    if isinstance(padding, str) and padding.strip().isdigit():
+    if isinstance(padding, str) and re.fullmatch(
+        r"[0-9]{1,7}", padding.strip()
+    ):  # ASCII digits: "²" is a digit to isdigit()
         padding = int(padding)
     if not (
         padding in PAD_MODES
