@@ -374,6 +374,9 @@ def test_free_cores_is_the_affinity_less_the_busy_cores(monkeypatch, cores, load
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert free_cores(world) == 3  # a fixed OMP_NUM_THREADS wins over the load
+    for unusable in ("²", "0", "x"):  # "²" is a digit to str.isdigit(), not to int()
+        monkeypatch.setenv("OMP_NUM_THREADS", unusable)
+        assert free_cores(world) == expected
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert free_cores(world) == expected
     before = torch.get_num_threads()

@@ -152,3 +152,14 @@ def test_a_name_near_the_file_systems_limit_is_written_through_its_temporary_fil
         f"{photo}: its output {'p' * 40}...{'p' * 6}_boxes.png would have a 258-byte name, more than a file "
         "system allows (255); rename the file shorter (nothing was written)"
     )
+
+
+def test_a_temporary_file_whose_pid_is_no_number_is_removed_as_stale(tmp_path):
+    """A leftover `.curves.png.².tmp` ("²" is a digit to str.isdigit(), not to int()) stopped the next
+    save of the figure with a ValueError; it is stale (no process has that id) and removed."""
+    from cnnkit import plots
+
+    odd = tmp_path / ".curves.png.².x.tmp"
+    odd.write_bytes(b"left")
+    plots.save_figure(plots.training_curves([{"epoch": 1, "train_loss": 0.5}], title="t"), tmp_path / "curves.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png"]

@@ -135,7 +135,10 @@ def _remove_stale_temps(path: Path) -> None:
     for tmp in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
         pid = tmp.name[len(prefix) : -len(".tmp")].split(".")[0]
         try:
-            stale = not (pid.isdigit() and _pid_alive(int(pid))) or now - tmp.stat().st_mtime > STALE_SECONDS
+            stale = (
+                not (pid.isascii() and pid.isdigit() and _pid_alive(int(pid)))
+                or now - tmp.stat().st_mtime > STALE_SECONDS
+            )
             if stale:
                 tmp.unlink()
         except OSError:  # gone already (another writer cleaned it), or not ours to remove

@@ -566,7 +566,13 @@ def quota_cores(root: str = CGROUP_ROOT) -> int | None:
                     quota, period = text[0], f.read().strip()
         except (OSError, IndexError):
             continue
-        if quota in ("max", "-1") or not quota.isdigit() or not period.isdigit() or int(period) == 0:
+        if (
+            quota in ("max", "-1")
+            or not (quota + period).isascii()
+            or not quota.isdigit()
+            or not period.isdigit()
+            or int(period) == 0
+        ):
             return None
         return max(1, -(-int(quota) // int(period)))
     return None
@@ -607,7 +613,7 @@ def free_cores(world: int | None = None) -> int:
         True
     """
     fixed = os.environ.get("OMP_NUM_THREADS", "")
-    if fixed.isdigit() and int(fixed) > 0:
+    if fixed.isascii() and fixed.isdigit() and int(fixed) > 0:  # "²" is a digit to isdigit(), not to int()
         return int(fixed)
     try:
         cores = len(os.sched_getaffinity(0))
