@@ -237,6 +237,14 @@ def unzip(zf, name: str, fix: str, source=None, most=None) -> bytes:
     return data
 
 
+def plain_int(text: str, digits: int = 18) -> int | None:
+    """``text`` (surrounding spaces aside) as a non-negative integer where it is 1 to ``digits`` ASCII
+    digits, else None. ``str.isdigit`` also takes "²" and "٣", which ``int`` refuses or reads as
+    another number; an environment variable, a header or a file name is read by this instead."""
+    text = text.strip()
+    return int(text) if re.fullmatch(rf"[0-9]{{1,{digits}}}", text) else None
+
+
 def out_of_memory(what: str, nbytes: int | None = None) -> CnnkitError:
     """The error for a failed allocation (``MemoryError`` or the allocator's RuntimeError)."""
     need = (

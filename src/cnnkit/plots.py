@@ -24,7 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.gridspec import GridSpec
 
-from cnnkit.errors import IN_RUN, CnnkitError, temp_prefix
+from cnnkit.errors import IN_RUN, CnnkitError, plain_int, temp_prefix
 
 DPI = 100
 
@@ -133,12 +133,9 @@ def _remove_stale_temps(path: Path) -> None:
     prefix = temp_prefix(path)
     now = time.time()
     for tmp in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
-        pid = tmp.name[len(prefix) : -len(".tmp")].split(".")[0]
+        pid = plain_int(tmp.name[len(prefix) : -len(".tmp")].split(".")[0], 10)
         try:
-            stale = (
-                not (pid.isascii() and pid.isdigit() and _pid_alive(int(pid)))
-                or now - tmp.stat().st_mtime > STALE_SECONDS
-            )
+            stale = not (pid is not None and _pid_alive(pid)) or now - tmp.stat().st_mtime > STALE_SECONDS
             if stale:
                 tmp.unlink()
         except OSError:  # gone already (another writer cleaned it), or not ours to remove

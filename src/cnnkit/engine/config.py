@@ -24,7 +24,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-from cnnkit.errors import CnnkitError, short_error
+from cnnkit.errors import CnnkitError, plain_int, short_error
 
 MAX_CONFIG_BYTES = 1 << 20  # a --config file larger than this is not a config
 INT64 = 2**63  # torch counts and sizes in int64: an integer setting is below this whatever its field's bounds
@@ -566,15 +566,10 @@ def quota_cores(root: str = CGROUP_ROOT) -> int | None:
                     quota, period = text[0], f.read().strip()
         except (OSError, IndexError):
             continue
-        if (
-            quota in ("max", "-1")
-            or not (quota + period).isascii()
-            or not quota.isdigit()
-            or not period.isdigit()
-            or int(period) == 0
-        ):
+        quota_us, period_us = plain_int(quota), plain_int(period)  # "max": no quota
+        if quota_us is None or not period_us:
             return None
-        return max(1, -(-int(quota) // int(period)))
+        return max(1, -(-quota_us // period_us))
     return None
 
 
@@ -612,9 +607,9 @@ def free_cores(world: int | None = None) -> int:
         >>> free_cores() >= 1
         True
     """
-    fixed = os.environ.get("OMP_NUM_THREADS", "")
-    if fixed.isascii() and fixed.isdigit() and int(fixed) > 0:  # "²" is a digit to isdigit(), not to int()
-        return int(fixed)
+    fixed = plain_int(os.environ.get("OMP_NUM_THREADS", ""))
+    if fixed:
+        return fixed
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):

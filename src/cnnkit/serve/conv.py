@@ -7,8 +7,7 @@ pixel at the end, bottom/right; Caffe's: at the start, top/left), the rule cnnki
 
 from __future__ import annotations
 
-import re
-
+from cnnkit.errors import plain_int
 from cnnkit.layers.padding import PAD_MODES, same_pad
 from cnnkit.serve.limits import Refused
 
@@ -44,10 +43,8 @@ def conv_arithmetic(body: dict) -> dict:
     stride = _positive(body, "stride", dims)
     dilation = _positive(body, "dilation", dims)
     padding = body.get("padding", "valid")
-    if isinstance(padding, str) and re.fullmatch(
-        r"[0-9]{1,7}", padding.strip()
-    ):  # ASCII digits: "²" is a digit to isdigit()
-        padding = int(padding)
+    if isinstance(padding, str) and plain_int(padding, 7) is not None:
+        padding = plain_int(padding, 7)
     if not (
         padding in PAD_MODES
         or (isinstance(padding, int) and not isinstance(padding, bool) and 0 <= padding <= MAX_SIZE)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-from cnnkit.errors import CnnkitError, nested_deeper_than
+from cnnkit.errors import CnnkitError, nested_deeper_than, plain_int
 
 
 class Refused(CnnkitError):
@@ -50,12 +49,11 @@ class Limits:
             raise Refused("the request needs a Content-Length header", 411)
         if len(set(lengths)) > 1:
             raise Refused(f"the request has {len(lengths)} different Content-Length headers; send one")
-        raw = lengths[0].strip()
-        if not re.fullmatch(r"[0-9]{1,20}", raw):
+        length = plain_int(lengths[0], 20)
+        if length is None:
             raise Refused(
                 f"bad Content-Length {lengths[0][:40]!r}: it must be the body's size in bytes, a non-negative integer"
             )
-        length = int(raw)
         cap = self.body_bytes if multipart else self.json_bytes
         if length > cap:
             raise Refused(
