@@ -600,12 +600,12 @@ def output_stems(inputs: list, out_dir, suffixes: tuple[str, ...], option: str =
         stems.append(stem)
         taken.update(f"{stem}{suffix}" for suffix in suffixes)
     for path, stem in zip(map(Path, inputs), stems):  # said before the work, not by the writer after it
-        longest = max((f"{stem}{suffix}" for suffix in suffixes), key=lambda n: len(n.encode(errors="surrogateescape")))
-        size = len(longest.encode(errors="surrogateescape"))
-        if size > NAME_MAX:
+        sizes = {f"{stem}{suffix}": len(f"{stem}{suffix}".encode(errors="surrogateescape")) for suffix in suffixes}
+        longest = max(sizes, key=sizes.__getitem__)
+        if sizes[longest] > NAME_MAX:
             raise CnnkitError(
-                f"{path}: its output {longest[:40]}...{longest[-16:]} would have a {size}-byte name, more than a "
-                f"file system allows ({NAME_MAX}); rename the file shorter (nothing was written)"
+                f"{path}: its output {longest[:40]}...{longest[-16:]} would have a {sizes[longest]}-byte name, more "
+                f"than a file system allows ({NAME_MAX}); rename the file shorter (nothing was written)"
             )
     targets = [(Path(out_dir) / f"{stem}{suffix}").resolve() for stem in stems for suffix in suffixes]
     check_not_input(targets, inputs, "image", f"{option} folder")
@@ -631,8 +631,8 @@ def check_new_run(out, resume: bool) -> None:
     model = Path(out) / MODEL_FILE
     if not resume and model.exists() and not _cut_in_first_epoch(model):  # a finished run without resume state
         raise CnnkitError(f"{out} already holds a trained model; choose another --out")
-    theirs = [name for name in RUN_RECORDS if (Path(out) / name).exists()]
-    if not resume and theirs and not model.exists():
+    theirs = [] if resume or model.exists() else [name for name in RUN_RECORDS if (Path(out) / name).exists()]
+    if theirs:
         raise CnnkitError(
             f"{out} holds a {' and a '.join(theirs)} of no run, which a new run would replace; choose another "
             "--out (a new or empty folder)"
