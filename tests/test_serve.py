@@ -291,6 +291,94 @@ def test_conv_bad_input_is_a_400_message(api, body):
     assert status == 400 and res["error"]
 
 
+# ----------------------------------------------------------------------------- number fields at their edges
+
+# JSON texts put in place of a number: beyond a double (1e309 reads as inf), beyond any range, not
+# numbers, numbers as text (padded, fractional, digits to str.isdigit but not ASCII), a list
+EDGE = ["0", "-1", "1000000000000", "1" + "0" * 400, "1e309", '"nan"', '"inf"', '""', '" 3 "', '"3.5"', "3.5", '"\u00b2"',
+        '"\u0663"', "[[3]]", "null", "true"]  # fmt: skip
+
+
+def post_text(client, path: str, text: str):
+    """POST a JSON text as it is: 1e309 as such (json.dumps writes an infinity as Infinity)."""
+    status, ctype, raw = client.request(path, text.encode(), {"Content-Type": "application/json"})
+    assert ctype == "application/json", (status, raw[:200])
+    return status, strict_json(raw)
+
+
+@pytest.mark.parametrize(
+    "path,body,field,valid,want",
+    [  # valid: the edge texts the field takes; want: the range its message names
+        ("/api/conv", '{"input": [@]}', "input", set(), "input must be an integer from 1 to 100,000"),
+        ("/api/conv", '{"input": [8], "kernel": @}', "kernel", set(), "kernel must be an integer from 1 to 100,000"),
+        ("/api/conv", '{"input": [8], "stride": @}', "stride", set(), "stride must be an integer from 1 to 100,000"),
+        (
+            "/api/conv",
+            '{"input": [8], "dilation": @}',
+            "dilation",
+            set(),
+            "dilation must be an integer from 1 to 100,000",
+        ),
+        ("/api/conv", '{"input": [8], "padding": @}', "padding", {"0", '" 3 "'}, "a number of cells from 0 to 100,000"),
+        (
+            "/api/analyse",
+            '{"target": "lenet5", "batch": @}',
+            "batch",
+            set(),
+            "batch must be an integer from 1 to 4,096",
+        ),
+        (
+            "/api/timeline",
+            '{"target": "lenet5", "batch": @}',
+            "batch",
+            set(),
+            "batch must be an integer from 1 to 4,096",
+        ),
+        ("/api/fit", '{"target": "lenet5", "fit_batch": @}', "fit_batch", {"null"}, "from 1 to 4,096"),
+    ],
+)
+def test_every_number_field_refuses_edge_values_naming_field_value_and_range(api, path, body, field, valid, want):
+    for text in EDGE:
+        if text in valid:
+            continue
+        status, res = post_text(api, path, body.replace("@", text))
+        assert status == 400 and res["error"].startswith(field) and want in res["error"], (text, res)
+        assert len(res["error"]) < 200 and "received: " in res["error"], (text, res)  # the value, shortened
+    status, res = post_text(api, path, body.replace("@", "1" + "0" * 400))
+    assert res["error"].endswith("received: " + str(10**400)[:57] + "...")
+    assert api.json("/api/limits")[0] == 200  # the server answers on
+
+
+@pytest.mark.parametrize("path", ["/api/analyse", "/api/timeline", "/api/fit"])
+def test_analyse_input_is_a_size_or_left_to_the_network(api, path):
+    for text in ["0", "-1", "1" + "0" * 400, "1e309", "false", "[]", "{}", '"nan"', '"3.5"', '"1x\u00b2x28"', "[[3]]"]:
+        status, res = post_text(api, path, '{"target": "lenet5", "input": @}'.replace("@", text))
+        assert status == 400 and "input" in res["error"] and len(res["error"]) < 200, (text, res)
+    for text in ['"1x1000000x1000000"', "[1, 1000000, 1000000]"]:  # refused before a tensor is made
+        status, res = post_text(api, path, '{"target": "lenet5", "input": @}'.replace("@", text))
+        assert status == 400 and "1,000,000,000,000 values per sample" in res["error"], res
+
+
+def test_a_long_name_is_quoted_short(api, tmp_path):
+    png = digit_png(tmp_path / "d.png").read_bytes()
+    long = "x" * 200_000
+    for path, fields in [
+        ("/api/predict", {"model": long}),
+        ("/api/explain", {"model": "mnist_a", "method": long}),
+        ("/api/explain", {"model": "mnist_a", "method": "featuremaps", "layer": long}),
+    ]:
+        status, res = api.upload(path, fields, {"file": ("d.png", png)})
+        assert status in (400, 404) and "xxx..." in res["error"] and len(res["error"]) < 400, res["error"][:300]
+    for path, body in [
+        ("/api/runs/plot", {"run": long}),
+        ("/api/analyse", {"target": "lenet5", "dtype": long}),
+        ("/api/conv", {"input": [1] * 50_000}),
+        ("/api/conv", {"input": [8], "kernel": [3] * 50_000}),
+    ]:
+        status, res = api.json(path, body)
+        assert status in (400, 404) and "..." in res["error"] and len(res["error"]) < 200, res["error"][:300]
+
+
 # ----------------------------------------------------------------------------- analyse
 
 

@@ -245,6 +245,21 @@ def plain_int(text: str, digits: int = 18) -> int | None:
     return int(text) if re.fullmatch(rf"[0-9]{{1,{digits}}}", text) else None
 
 
+def brief(value, n: int = 60) -> str:
+    """A user's value for a message, on one line and never longer than ``n`` characters: a string as
+    it is, anything else as its ``repr`` (pass ``repr(text)`` to show a string's quotes), an exception
+    as its text. A value sent to a server or typed into a file can be any length (a 400-digit number,
+    a 200 KB name), and no message quotes it whole.
+
+    Example:
+        >>> brief(10**80, 20)
+        '10000000000000000...'
+    """
+    text = str(value) if isinstance(value, (str, BaseException)) else repr(value)
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
 def out_of_memory(what: str, nbytes: int | None = None) -> CnnkitError:
     """The error for a failed allocation (``MemoryError`` or the allocator's RuntimeError)."""
     need = (

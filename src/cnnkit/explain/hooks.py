@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, brief
 from cnnkit.explain.base import run_model
 from cnnkit.models.scripted import ROOT, add_hooks, hook_points, is_torchscript
 
@@ -46,13 +46,13 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
         where = "the network, TorchScript as a whole" if scripted == ROOT else f"the TorchScript module {scripted!r}"
         pick = f"pick one of: {', '.join(names[:12])}" if names else "explain it with saliency, which needs no layer"
         raise CnnkitError(
-            f"layer {name!r} is inside {where}, whose compiled forward runs it without hooks, so its "
+            f"layer {brief(repr(name), 100)} is inside {where}, whose compiled forward runs it without hooks, so its "
             f"output cannot be seen; {pick}"
         )
     close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
     hint = f"did you mean {', '.join(close)}? " if close else ""
     shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
-    raise CnnkitError(f"unknown layer {name!r}; {hint}valid layers (convolutions first): {shown}")
+    raise CnnkitError(f"unknown layer {brief(repr(name), 100)}; {hint}valid layers (convolutions first): {shown}")
 
 
 def _scripted_around(model: nn.Module, name: str) -> str | None:

@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cnnkit import layers as L
-from cnnkit.errors import CnnkitError, check_fits, short_error
+from cnnkit.errors import CnnkitError, brief, check_fits, short_error
 from cnnkit.layers.act import LEAKY_RELU_SLOPE
 from cnnkit.layers.padding import _ntuple
 from cnnkit.models.meta import on_meta
@@ -81,7 +81,7 @@ class Activation(nn.Module):
         if not isinstance(activation, str) or activation not in _ACTIVATIONS:
             close = difflib.get_close_matches(str(activation)[:64], [a for a in _ACTIVATIONS if a], n=3)
             raise CnnkitError(
-                f"unknown activation {_brief(repr(activation))}"
+                f"unknown activation {brief(repr(activation))}"
                 + (f"; did you mean {', '.join(close)}?" if close else "")
             )
         self.name = activation
@@ -135,7 +135,7 @@ def _with_activation(module: nn.Module, activation) -> nn.Module:
     if not (activation is None or isinstance(activation, str)) or activation not in _ACTIVATIONS:
         close = difflib.get_close_matches(str(activation)[:64], [a for a in _ACTIVATIONS if a], n=3)
         raise CnnkitError(
-            f"unknown activation {_brief(repr(activation))}" + (f"; did you mean {', '.join(close)}?" if close else "")
+            f"unknown activation {brief(repr(activation))}" + (f"; did you mean {', '.join(close)}?" if close else "")
         )
     fn = _ACTIVATIONS[activation]
     if fn is not None:
@@ -180,7 +180,7 @@ def _conv_transpose(
     if padding == "same":
         conv = L.ConvTranspose2dSame(c, filters, kernel_size, strides, dilation_rate, bias=use_bias)
     elif isinstance(padding, str) and padding != "valid":
-        raise CnnkitError(f"conv2d_transpose's padding is 'valid', 'same' or a number; received: {_brief(padding)}")
+        raise CnnkitError(f"conv2d_transpose's padding is 'valid', 'same' or a number; received: {brief(padding)}")
     elif padding == "valid":
         # Keras' output is (L - 1) s + max(k', s) (k' the dilated kernel): past the kernel's reach when the
         # stride is longer, positions of the bias alone, PyTorch's output_padding (nothing is cut)
@@ -204,7 +204,7 @@ def _pool(kind: str, rank: int, pool_size=2, strides=None, padding="valid"):
     if padding == "same":
         return getattr(L, f"{'Max' if kind == 'max' else 'Avg'}Pool{rank}dSame")(pool_size, strides)
     if padding != "valid":
-        raise CnnkitError(f"pooling padding must be 'valid' or 'same'; received: {_brief(repr(padding))}")
+        raise CnnkitError(f"pooling padding must be 'valid' or 'same'; received: {brief(repr(padding))}")
     cls = getattr(nn, f"{'Max' if kind == 'max' else 'Avg'}Pool{rank}d")
     return cls(pool_size, strides if strides is not None else pool_size)
 
@@ -338,7 +338,7 @@ def load_spec(path) -> dict:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise CnnkitError(
-            f"cannot read the spec {path} ({exc.__class__.__name__}: {_brief(exc, 80)}); "
+            f"cannot read the spec {path} ({exc.__class__.__name__}: {brief(exc, 80)}); "
             "give a UTF-8 .yaml or .json file"
         ) from None
     try:
@@ -387,15 +387,6 @@ def _check_yaml_size(root, path) -> None:
         )
 
 
-def _brief(value, n: int = 60) -> str:
-    """A user's value for a message, never longer than ``n`` characters."""
-    text = value if isinstance(value, str) else repr(value)
-    if isinstance(value, BaseException):
-        text = str(value)
-    text = " ".join(text.split())
-    return text if len(text) <= n else text[: n - 3] + "..."
-
-
 def build_from_spec(
     spec, logits: bool = False, version: int = SPEC_VERSION
 ) -> tuple[nn.Module, tuple[int, ...] | None]:
@@ -406,7 +397,7 @@ def build_from_spec(
     """
     if type(version) is not int or version not in SPEC_VERSIONS:
         raise CnnkitError(
-            f"spec version {_brief(repr(version))} is not one this cnnkit builds ({', '.join(map(str, SPEC_VERSIONS))})"
+            f"spec version {brief(repr(version))} is not one this cnnkit builds ({', '.join(map(str, SPEC_VERSIONS))})"
         )
     if not isinstance(spec, dict):
         if not isinstance(spec, (str, Path)):
@@ -433,7 +424,7 @@ def build_from_spec(
         if kind not in _BUILDERS:
             close = difflib.get_close_matches(kind, layer_types(), n=3) if len(kind) < 64 else []
             raise CnnkitError(
-                f"layer {i}: unknown layer type {_brief(repr(kind))}"
+                f"layer {i}: unknown layer type {brief(repr(kind))}"
                 + (f"; did you mean {', '.join(close)}?" if close else f"; known types: {', '.join(layer_types())}")
             )
         builder, base = _BUILDERS[kind]
@@ -441,21 +432,21 @@ def build_from_spec(
         counters[base] = counters.get(base, 0) + 1
         name = str(args.pop("name", f"{base}_{counters[base]}"))
         if name in shapes:
-            raise CnnkitError(f"layer {i}: the name {_brief(repr(name))} is used twice; give each layer its own name")
+            raise CnnkitError(f"layer {i}: the name {brief(repr(name))} is used twice; give each layer its own name")
         if not name.isidentifier():
-            raise CnnkitError(f"layer {i}: name {_brief(repr(name))} must be an identifier (letters, digits, _)")
+            raise CnnkitError(f"layer {i}: name {brief(repr(name))} must be an identifier (letters, digits, _)")
         if hasattr(SpecNet, name) or name in _RESERVED_NAMES:
             raise CnnkitError(
-                f"layer {i}: name {_brief(repr(name))} is taken by the network itself; give the layer another name"
+                f"layer {i}: name {brief(repr(name))} is taken by the network itself; give the layer another name"
             )
         inputs = args.pop("inputs", [previous])
         inputs = [inputs] if isinstance(inputs, str) else inputs
         if not isinstance(inputs, list) or not inputs:
-            raise CnnkitError(f"layer {name}: 'inputs' must name earlier layers; received {_brief(inputs)}")
+            raise CnnkitError(f"layer {name}: 'inputs' must name earlier layers; received {brief(inputs)}")
         for src in inputs:
             if not isinstance(src, str) or src not in shapes:
                 raise CnnkitError(
-                    f"layer {name}: input {_brief(repr(src))} is not an earlier layer (known: {', '.join(shapes)})"
+                    f"layer {name}: input {brief(repr(src))} is not an earlier layer (known: {', '.join(shapes)})"
                 )
         activation = args.pop("activation", None) if kind in _TAKES_ACTIVATION else None
         in_shapes = [shapes[s] for s in inputs]
@@ -477,7 +468,7 @@ def _split_entry(entry, i: int) -> tuple[str, dict]:
         return entry.lower(), {}
     if not isinstance(entry, dict) or not entry:
         raise CnnkitError(
-            f"layer {i}: expected a mapping like {{conv2d: {{filters: 32, kernel_size: 3}}}}; received: {_brief(entry)}"
+            f"layer {i}: expected a mapping like {{conv2d: {{filters: 32, kernel_size: 3}}}}; received: {brief(entry)}"
         )
     if "type" in entry:
         args = dict(entry)
@@ -486,8 +477,8 @@ def _split_entry(entry, i: int) -> tuple[str, dict]:
         ((kind, args),) = entry.items()
         if args is not None and not isinstance(args, dict):
             raise CnnkitError(
-                f"layer {i}: the arguments of {_brief(str(kind))} must be a mapping like "
-                f"{{filters: 32, kernel_size: 3}}; received: {_brief(args)}"
+                f"layer {i}: the arguments of {brief(str(kind))} must be a mapping like "
+                f"{{filters: 32, kernel_size: 3}}; received: {brief(args)}"
             )
         return str(kind).lower(), dict(args or {})
     keys = [k for k in entry if isinstance(entry[k], dict) or entry[k] is None]
@@ -495,7 +486,7 @@ def _split_entry(entry, i: int) -> tuple[str, dict]:
         args = dict(entry[keys[0]] or {})
         args.update({k: v for k, v in entry.items() if k != keys[0]})
         return str(keys[0]).lower(), args
-    raise CnnkitError(f"layer {i}: give the layer type as 'type: conv2d' or as the only key; received: {_brief(entry)}")
+    raise CnnkitError(f"layer {i}: give the layer type as 'type: conv2d' or as the only key; received: {brief(entry)}")
 
 
 # argument -> (smallest value, what it is); a list/tuple of such integers is accepted for sizes
@@ -535,7 +526,7 @@ def _check_args(kind: str, name: str, shape: tuple, args: dict) -> None:
     """Every number a layer takes, checked where it enters (before PyTorch sees it)."""
 
     def bad(arg, value, want):
-        return CnnkitError(f"layer {name} ({kind}): {arg} must be {want}; received {arg}={_brief(value)}")
+        return CnnkitError(f"layer {name} ({kind}): {arg} must be {want}; received {arg}={brief(value)}")
 
     for arg, low in _INT_ARGS.items():
         if arg not in args:
@@ -678,7 +669,7 @@ def parse_input_size(text) -> tuple[int, ...]:
     e.g. a GAN generator's noise) -> a tuple, channels first."""
     bad = CnnkitError(
         f"--input must look like CxHxW (e.g. 3x224x224), CxL or CxDxHxW: whole positive numbers; "
-        f"received: {_brief(repr(text))}"
+        f"received: {brief(repr(text))}"
     )
     if isinstance(text, (tuple, list, torch.Size)):
         dims = []
@@ -701,10 +692,10 @@ def parse_input_size(text) -> tuple[int, ...]:
         dims = tuple(int(p) for p in parts)
     if not 1 <= len(dims) <= 4:
         raise CnnkitError(
-            f"--input needs 1 to 4 sizes (F for a vector, CxL, CxHxW or CxDxHxW); received: {_brief(repr(text))}"
+            f"--input needs 1 to 4 sizes (F for a vector, CxL, CxHxW or CxDxHxW); received: {brief(repr(text))}"
         )
     if any(d <= 0 for d in dims):
-        raise CnnkitError(f"--input sizes must be positive; received: {_brief(repr(text))}")
+        raise CnnkitError(f"--input sizes must be positive; received: {brief(repr(text))}")
     if any(d > MAX_INPUT_SIZE for d in dims):
-        raise CnnkitError(f"--input sizes must be at most {MAX_INPUT_SIZE:,} each; received: {_brief(repr(text))}")
+        raise CnnkitError(f"--input sizes must be at most {MAX_INPUT_SIZE:,} each; received: {brief(repr(text))}")
     return dims

@@ -15,7 +15,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
-from cnnkit.errors import CnnkitError, short_error
+from cnnkit.errors import CnnkitError, brief, short_error
 from cnnkit.serve.limits import Limits, Refused
 
 CACHE_SIZE = 32
@@ -102,11 +102,12 @@ def resolve(target, limits: Limits):
 
 
 def _int(body: dict, key: str, default, low: int, high: int):
+    """The body's integer ``key`` within [low, high]; a field whose default is None may be left out or null."""
     v = body.get(key, default)
-    if v is None:
+    if v is None and default is None:
         return None
     if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
-        raise Refused(f"{key} must be an integer from {low} to {high:,}; received: {v!r}")
+        raise Refused(f"{key} must be an integer from {low} to {high:,}; received: {brief(repr(v))}")
     return v
 
 
@@ -172,12 +173,14 @@ class Analyser:
         from cnnkit.analysis.summary import DTYPES, OPTIMIZERS
 
         if dtype not in DTYPES:
-            raise Refused(f"dtype must be one of {', '.join(DTYPES)}; received: {dtype!r}")
+            raise Refused(f"dtype must be one of {', '.join(DTYPES)}; received: {brief(repr(dtype))}")
         if optimizer not in OPTIMIZERS:
-            raise Refused(f"optimizer must be one of {', '.join(OPTIMIZERS)}; received: {optimizer!r}")
-        size = body.get("input") or None
+            raise Refused(f"optimizer must be one of {', '.join(OPTIMIZERS)}; received: {brief(repr(optimizer))}")
+        size = body.get("input")
+        if isinstance(size, str) and not size.strip():
+            size = None  # a blank field: the network's own input size, as when it is left out
         if size is not None and not isinstance(size, (str, list)):
-            raise Refused(f"input must look like 3x224x224; received: {size!r}")
+            raise Refused(f"input must look like 3x224x224; received: {brief(repr(size))}")
         if size is not None:
             from cnnkit.models.spec import parse_input_size
 
@@ -254,7 +257,7 @@ def fit_json(body: dict, limits: Limits):
 
     memory = body.get("memory", "8GiB")
     if not isinstance(memory, (str, int)):
-        raise Refused(f"memory must look like 8GiB or 500MB; received: {memory!r}")
+        raise Refused(f"memory must look like 8GiB or 500MB; received: {brief(repr(memory))}")
     want = _int(body, "fit_batch", None, 1, limits.batch)
 
     def run(target, input_size, batch_size, dtype, optimizer):

@@ -7,7 +7,7 @@ pixel at the end, bottom/right; Caffe's: at the start, top/left), the rule cnnki
 
 from __future__ import annotations
 
-from cnnkit.errors import plain_int
+from cnnkit.errors import brief, plain_int
 from cnnkit.layers.padding import PAD_MODES, same_pad
 from cnnkit.serve.limits import Refused
 
@@ -19,11 +19,11 @@ def _positive(body: dict, key: str, dims: int, low: int = 1) -> list[int]:
     value = body.get(key, 1)
     values = value if isinstance(value, list) else [value] * dims
     if len(values) != dims:
-        raise Refused(f"{key} needs {dims} value(s), one per dimension; received: {value!r}")
+        raise Refused(f"{key} needs {dims} value(s), one per dimension; received: {brief(repr(value))}")
     out = []
     for v in values:
         if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= MAX_SIZE:
-            raise Refused(f"{key} must be an integer from {low} to {MAX_SIZE:,}; received: {v!r}")
+            raise Refused(f"{key} must be an integer from {low} to {MAX_SIZE:,}; received: {brief(repr(v))}")
         out.append(v)
     return out
 
@@ -36,7 +36,7 @@ def conv_arithmetic(body: dict) -> dict:
     size = body.get("input")
     size = size if isinstance(size, list) else [size]
     if len(size) not in (1, 2):
-        raise Refused(f"input is one size (1-D) or two (2-D, [H, W]); received: {body.get('input')!r}")
+        raise Refused(f"input is one size (1-D) or two (2-D, [H, W]); received: {brief(repr(body.get('input')))}")
     dims = len(size)
     size = _positive({"input": size}, "input", dims)
     kernel = _positive(body, "kernel", dims)
@@ -49,7 +49,10 @@ def conv_arithmetic(body: dict) -> dict:
         padding in PAD_MODES
         or (isinstance(padding, int) and not isinstance(padding, bool) and 0 <= padding <= MAX_SIZE)
     ):
-        raise Refused(f"padding must be valid, same, caffe or a number of cells; received: {padding!r}")
+        raise Refused(
+            f"padding must be valid, same, caffe or a number of cells from 0 to {MAX_SIZE:,}; received: "
+            f"{brief(repr(padding))}"
+        )
     out = []
     for n, k, s, d in zip(size, kernel, stride, dilation):
         before, after = (padding, padding) if isinstance(padding, int) else same_pad(n, k, s, d, padding)

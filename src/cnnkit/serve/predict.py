@@ -20,7 +20,7 @@ from email.policy import HTTP
 
 import torch
 
-from cnnkit.errors import CnnkitError, short_error
+from cnnkit.errors import CnnkitError, brief, short_error
 from cnnkit.serve.limits import Limits, Refused
 
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
@@ -142,7 +142,8 @@ class Models:
                 kind = "zoo (ImageNet weights)" if weights else "zoo (random weights)"
             else:
                 raise Refused(
-                    f"no run or zoo model named {name!r}: name a run from /api/runs or a model from `cnnkit zoo`", 404
+                    f"no run or zoo model named {brief(repr(name))}: name a run from /api/runs or a model from `cnnkit zoo`",
+                    404,
                 )
             if key not in self._cache:
                 self._cache[key] = (
@@ -225,7 +226,7 @@ def explain(models: Models, fields: dict, limits: Limits) -> dict:
     """One of saliency, feature maps, filters, filter patterns, Grad-CAM (``method``) for the upload."""
     method = fields.get("method", "saliency")
     if method not in METHODS:
-        raise Refused(f"method must be one of {', '.join(METHODS)}; received: {method!r}")
+        raise Refused(f"method must be one of {', '.join(METHODS)}; received: {brief(repr(method))}")
     target, _ = models.get(fields.get("model"))
     with models.busy:
         return _explain(target, method, fields, limits)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, brief
 from cnnkit.serve.limits import Refused
 
 MAX_DEPTH = 3
@@ -80,7 +80,7 @@ class Runs:
             raise Refused("name a run from /api/runs (?run=NAME)", 400)
         runs = self._scan()
         if name not in runs:
-            raise Refused(f"no run named {name!r}: name one that /api/runs lists", 404)
+            raise Refused(f"no run named {brief(repr(name))}: name one that /api/runs lists", 404)
         return runs[name]
 
     def listing(self) -> list[dict]:
@@ -137,7 +137,7 @@ class Runs:
     def figure(self, name, file) -> Path:
         folder = self.folder(name)
         if not isinstance(file, str) or not FIGURE.match(file) or not self._own(folder / file):
-            raise Refused(f"run {name!r} has no figure {file!r}", 404)
+            raise Refused(f"run {name!r} has no figure {brief(repr(file))}", 404)
         return folder / file
 
     def plot(self, name) -> dict:
