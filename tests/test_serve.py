@@ -359,6 +359,41 @@ def test_analyse_input_is_a_size_or_left_to_the_network(api, path):
         assert status == 400 and "1,000,000,000,000 values per sample" in res["error"], res
 
 
+def test_fit_memory_is_a_size_in_bytes_within_int64(api):
+    for text, words in [
+        ("1" + "0" * 400, "at most 9,223,372,036,854,775,807 bytes"),
+        ("-" + "1" * 400, "must be positive"),
+        ('"1e12TB"', "at most 9,223,372,036,854,775,807 bytes"),
+        ("0", "must be positive"),
+        ('""', "must look like 8GiB"),
+        ("1e309", "memory must look like 8GiB"),
+        ("[8]", "memory must look like 8GiB"),
+        ("true", "memory must look like 8GiB"),
+    ]:
+        status, res = post_text(api, "/api/fit", '{"target": "lenet5", "memory": @}'.replace("@", text))
+        assert status == 400 and words in res["error"] and len(res["error"]) < 200, (text, res)
+
+
+def test_a_bad_fit_budget_is_refused_without_waiting_for_the_analysis():
+    server, client = start(None, Limits(busy_seconds=0.2))
+    slot = server.app.analyser._slot
+    slot.acquire()  # another analysis is running
+    try:
+        status, res = client.json("/api/fit", {"target": "lenet5", "memory": "0GB", "fit_batch": 4})
+        assert status == 400 and "--memory must be positive" in res["error"], res
+        status, res = client.json("/api/fit", {"target": "lenet5", "memory": "8GB", "fit_batch": 4})
+        assert status == 503, res  # a good one waits for the slot
+    finally:
+        slot.release()
+        stop(server)
+
+
+def test_fit_fields_sent_to_other_routes_are_not_read(api):
+    _, want = api.json("/api/analyse", {"target": "lenet5", "batch": 2})
+    status, res = api.json("/api/analyse", {"target": "lenet5", "batch": 2, "memory": [1], "fit_batch": {}})
+    assert status == 200 and res == want
+
+
 def test_a_long_name_is_quoted_short(api, tmp_path):
     png = digit_png(tmp_path / "d.png").read_bytes()
     long = "x" * 200_000

@@ -17,8 +17,9 @@ import math
 import re
 
 from cnnkit.analysis.summary import MAX_BATCH, check_options, summary
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, brief
 
+MAX_BYTES = 2**63 - 1  # a budget beyond int64, the most bytes PyTorch counts, is a typo
 _UNITS = {
     "": 1,
     "b": 1,
@@ -34,10 +35,12 @@ _UNITS = {
 
 
 def parse_bytes(text) -> int:
-    """``"8GiB"``, ``"16 GB"``, ``"500MB"``, ``"1e9"`` -> bytes."""
+    """``"8GiB"``, ``"16 GB"``, ``"500MB"``, ``"1e9"`` or a number -> bytes, from 1 to :data:`MAX_BYTES`."""
     if isinstance(text, bool) or not isinstance(text, (int, float, str)):
-        raise CnnkitError(f"--memory must look like 8GiB, 16GB or 500MB; received: {str(text)[:40]!r}")
-    if isinstance(text, (int, float)):
+        raise CnnkitError(f"--memory must look like 8GiB, 16GB or 500MB; received: {brief(repr(text))}")
+    if isinstance(text, int):
+        n = text  # exact: an int of any size, where float() would overflow
+    elif isinstance(text, float):
         if not math.isfinite(text):
             raise CnnkitError(f"--memory must be a finite size such as 8GiB; received: {text!r}")
         n = int(text)
@@ -47,10 +50,15 @@ def parse_bytes(text) -> int:
             raise CnnkitError(f"--memory must look like 8GiB, 16GB or 500MB; received: {text[:40]!r}")
         value = float(m[1]) * _UNITS[m[2].lower()]
         if not math.isfinite(value):
-            raise CnnkitError(f"--memory must be a finite size such as 8GiB; received: {text!r}")
+            raise CnnkitError(f"--memory must be a finite size such as 8GiB; received: {text[:40]!r}")
         n = int(value)
     if n <= 0:
-        raise CnnkitError(f"--memory must be positive; received: {text!r}")
+        raise CnnkitError(f"--memory must be positive; received: {brief(repr(text))}")
+    if n > MAX_BYTES:
+        raise CnnkitError(
+            f"--memory must be at most {MAX_BYTES:,} bytes (8 EiB, the most PyTorch counts); received: "
+            f"{brief(repr(text))}"
+        )
     return n
 
 

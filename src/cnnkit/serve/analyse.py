@@ -14,6 +14,7 @@ import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from functools import partial
 
 from cnnkit.errors import CnnkitError, brief, short_error
 from cnnkit.serve.limits import Limits, Refused
@@ -199,9 +200,9 @@ class Analyser:
         if "target" not in body:
             raise Refused('the body needs a "target": a zoo name or a YAML spec')
         opts = self.options(body)
-        extra = {k: body.get(k) for k in ("memory", "fit_batch") if k in body}
         target, tkey = resolve(body["target"], self.limits)
-        key = (kind, tkey, tuple(sorted(opts.items(), key=str)), tuple(sorted(extra.items())))
+        bound = tuple(sorted(fn.keywords.items())) if isinstance(fn, partial) else ()  # /api/fit's checked options
+        key = (kind, tkey, tuple(sorted(opts.items(), key=str)), bound)
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
@@ -251,19 +252,23 @@ def timeline_json(target, input_size, batch_size, dtype, optimizer, max_points: 
     return t
 
 
-def fit_json(body: dict, limits: Limits):
-    """``cnnkit memory`` for the body's ``memory`` (e.g. "8GiB") and optional ``fit_batch`` (its ``--batch``)."""
+def _fit_json(target, input_size, batch_size, dtype, optimizer, memory: int, fit_batch: int | None) -> dict:
     from cnnkit.analysis import memory_plan
 
+    r = memory_plan(
+        target, input_size=input_size, memory=memory, batch_size=fit_batch, dtype=dtype, optimizer=optimizer
+    )
+    if not isinstance(target, str):
+        r["model"] = "spec"
+    return r
+
+
+def fit_json(body: dict, limits: Limits) -> partial:
+    """``cnnkit memory`` for the body's ``memory`` (e.g. "8GiB") and optional ``fit_batch`` (its ``--batch``),
+    both checked here, before the request waits for the analysis slot."""
+    from cnnkit.analysis.memory import parse_bytes
+
     memory = body.get("memory", "8GiB")
-    if not isinstance(memory, (str, int)):
+    if isinstance(memory, bool) or not isinstance(memory, (str, int)):
         raise Refused(f"memory must look like 8GiB or 500MB; received: {brief(repr(memory))}")
-    want = _int(body, "fit_batch", None, 1, limits.batch)
-
-    def run(target, input_size, batch_size, dtype, optimizer):
-        r = memory_plan(target, input_size=input_size, memory=memory, batch_size=want, dtype=dtype, optimizer=optimizer)
-        if not isinstance(target, str):
-            r["model"] = "spec"
-        return r
-
-    return run
+    return partial(_fit_json, memory=parse_bytes(memory), fit_batch=_int(body, "fit_batch", None, 1, limits.batch))
