@@ -394,6 +394,18 @@ def test_fit_fields_sent_to_other_routes_are_not_read(api):
     assert status == 200 and res == want
 
 
+@pytest.mark.parametrize(
+    "ctype", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"]
+)
+def test_a_json_route_refuses_a_body_of_another_type(api, ctype):
+    raw = json.dumps({"input": [7], "kernel": 3}).encode()
+    status, _, body = api.request("/api/conv", raw, {"Content-Type": ctype})
+    res = strict_json(body)
+    assert status == 415 and "Content-Type: application/json" in res["error"], res
+    status, _, body = api.request("/api/conv", raw, {"Content-Type": "application/json; charset=utf-8"})
+    assert status == 200 and strict_json(body)["output"] == [5]
+
+
 def test_a_long_name_is_quoted_short(api, tmp_path):
     png = digit_png(tmp_path / "d.png").read_bytes()
     long = "x" * 200_000

@@ -5,7 +5,8 @@ Content-Security-Policy that allows nothing from outside (``default-src 'self'``
 ``{"error": message}`` with a 4xx (or 503 when busy/too slow); an unexpected exception is logged on
 the server's stderr and answered with a 500 that names only its type -- never a traceback.
 Requests whose Host is not the server's own name are refused (no DNS rebinding), and so are POSTs
-from a page of another origin. A body is read only after its ``Content-Length`` passed the caps, a
+from a page of another origin. A body is read only after its ``Content-Length`` passed the caps, and
+a JSON route reads only a body sent as ``application/json`` (415 for a form's or a text body), a
 connection silent for :attr:`Limits.connection_seconds` is dropped, and a client that hangs up is one
 log line.
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from cnnkit.engine.runfolder import json_text
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, brief
 from cnnkit.serve import analyse, conv, predict
 from cnnkit.serve.limits import Limits, Refused
 from cnnkit.serve.runs import Runs
@@ -215,6 +216,12 @@ class Handler(BaseHTTPRequestHandler):
         if route is None:
             raise Refused(f"no such API: POST {path}", 404)
         raw = self._read_body(False)
+        if ctype.split(";")[0].strip().lower() != "application/json":
+            raise Refused(
+                f"the body of POST {path} is JSON: send it with Content-Type: application/json (received: "
+                f"{brief(repr(ctype)) if ctype else 'none'}; with curl: -H 'Content-Type: application/json')",
+                415,
+            )
         try:
             body = json.loads(raw or b"{}")
         except (ValueError, UnicodeDecodeError) as exc:
