@@ -197,6 +197,21 @@ def test_analyse_page_shows_refusals(page):
     assert "aliases" in page.inner_text("#an-error")
 
 
+def test_number_fields_show_the_servers_refusal_of_what_they_hold(page):
+    _goto(page, "/conv", "done")
+    page.fill("#kernel", "")  # an empty field is sent as "", not as the 0 that +"" makes of it
+    page.wait_for_function("() => document.getElementById('conv-error').textContent.includes('kernel')")
+    assert page.inner_text("#conv-error") == "kernel must be an integer from 1 to 100,000; received: ''"
+    page.fill("#kernel", "3")
+    page.select_option("#padding", "n")
+    page.fill("#pad-n", "1e400")  # more than a double holds: the browser's value is "", as for no number
+    page.wait_for_function("() => document.getElementById('conv-error').textContent.includes('padding')")
+    assert page.inner_text("#conv-error").endswith("received: ''")
+    _analyse(page, "keras_mnist_convnet", batch="")
+    assert page.inner_text("#an-error") == "batch must be an integer from 1 to 4,096; received: ''"
+    assert [e for e in page.errors if "status of 4" not in e] == []  # the refusals themselves are 4xx loads
+
+
 def test_runs_page_overlays_runs_and_follows_a_training_run(page, site):
     root, _ = site
     _goto(page, "/runs", "ready")

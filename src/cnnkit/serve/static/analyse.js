@@ -10,7 +10,7 @@ const PHASE_FILL = { forward: "#eef3ff", loss: "#fff4e0", backward: "#fdeeee", o
 function body() {
   const spec = $("source").value === "spec";
   return { target: spec ? $("spec").value : $("zoo").value, input: $("input").value.trim() || null,
-           batch: +$("batch").value, dtype: $("dtype").value, optimizer: $("optimizer").value };
+           batch: ck.num($("batch")), dtype: $("dtype").value, optimizer: $("optimizer").value };
 }
 
 function stat(key, label, value) {
@@ -175,7 +175,7 @@ async function fitPanel(ev) {
   if (!last) return;
   $("fit-go").disabled = true;
   try {
-    renderFit(await ck.api("/api/fit", { ...last, memory: $("budget").value, fit_batch: +$("fit-batch").value || null }));
+    renderFit(await ck.api("/api/fit", { ...last, memory: $("budget").value, fit_batch: ck.num($("fit-batch"), null) }));
   } catch (e) {
     ck.showError($("fit-out"), e.message);
   } finally {

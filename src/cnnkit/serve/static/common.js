@@ -14,6 +14,17 @@ ck.api = async function (path, body) {
   return data;
 };
 
+// A number field's value as the server is sent it: the number, or the text where there is none (an
+// empty field, or one whose text the browser cannot read as a number: its value is then ""), so the
+// server's refusal names what the field holds rather than the 0 that +"" would make of it.
+// `blank`: what an empty field sends instead (null: the server's default for an optional field).
+ck.num = function (el, blank = "") {
+  const text = el.value.trim();
+  if (text === "") return el.validity && el.validity.badInput ? "" : blank;
+  const n = Number(text);
+  return Number.isFinite(n) ? n : text;
+};
+
 ck.el = function (tag, attrs, ...children) {
   const e = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {

@@ -7,9 +7,9 @@ function request() {
   const dims = +$("dims").value, pad = $("padding").value;
   $("in-w").disabled = dims === 1;
   $("pad-n").disabled = pad !== "n";
-  const size = dims === 2 ? [+$("in-h").value, +$("in-w").value] : [+$("in-h").value];
-  return { input: size, kernel: +$("kernel").value, stride: +$("stride").value, dilation: +$("dilation").value,
-           padding: pad === "n" ? +$("pad-n").value : pad };
+  const size = dims === 2 ? [ck.num($("in-h")), ck.num($("in-w"))] : [ck.num($("in-h"))];
+  return { input: size, kernel: ck.num($("kernel")), stride: ck.num($("stride")), dilation: ck.num($("dilation")),
+           padding: pad === "n" ? ck.num($("pad-n")) : pad };
 }
 
 function grid(rows, cols, cell, cls) {
