@@ -402,6 +402,106 @@ def test_a_weight_array_larger_than_its_layer_is_refused_unread(capsys, tmp_path
     assert read == [108, 4]  # the conv's kernel and bias; the dense kernel is refused unread
 
 
+def _weights_edited(tmp_path: Path, fmt: str, edit, config: dict | None = None) -> Path:
+    """A small Keras file (legacy .h5 or .keras) whose weights file ``edit(h5, kernel, group)`` changes:
+    ``kernel`` is the path of the Dense layer's kernel, ``group`` the path of its group."""
+    if fmt == "h5":
+        path = _h5(tmp_path / "m.h5")
+        with h5py.File(path, "r+", libver="latest") as f:
+            if config is not None:
+                f.attrs["model_config"] = json.dumps(config)
+            edit(f, "model_weights/fc/fc/kernel:0", "model_weights/fc")
+        return path
+    path = keras_file(tmp_path, "m.keras", config=config)
+    with zipfile.ZipFile(path) as z:
+        parts = {n: z.read(n) for n in z.namelist()}
+    (tmp_path / "w.h5").write_bytes(parts["model.weights.h5"])
+    with h5py.File(tmp_path / "w.h5", "r+", libver="latest") as f:
+        edit(f, "layers/dense/vars/0", "layers/dense/vars")
+    parts["model.weights.h5"] = (tmp_path / "w.h5").read_bytes()
+    with zipfile.ZipFile(path, "w") as z:
+        for n, data in parts.items():
+            z.writestr(n, data)
+    return path
+
+
+def _count_reads(monkeypatch) -> list[int]:
+    """The size of each h5py dataset read from now on (``ds[...]``), in the order read."""
+    read = []
+    real = h5py.Dataset.__getitem__
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", lambda d, key: read.append(d.size) or real(d, key))
+    return read
+
+
+@pytest.mark.parametrize("fmt", ["h5", "keras"])
+def test_an_array_type_that_inflates_past_the_ratio_is_refused_unread(capsys, tmp_path, monkeypatch, fmt):
+    """A kernel of one element of a 1000 x 1000 float32 array type, zeros compressed by HDF5's gzip:
+    1 value, within the layer's 15, but 4 MB declared in about 4 KB stored. It is refused by the
+    zip members' ratio rule before h5py inflates it (RATIO_FLOOR lowered to 1 MB here: a real bomb
+    declares gigabytes, as a 4 GB array type can)."""
+
+    def edit(f, kernel, group):
+        del f[kernel]
+        ds = f.create_dataset(kernel, shape=(1,), dtype=np.dtype(("f4", (1000, 1000))), chunks=(1,), compression="gzip")
+        ds[0] = np.zeros((1000, 1000), "f4")
+
+    path = _weights_edited(tmp_path, fmt, edit)
+    assert path.stat().st_size < 100_000
+    monkeypatch.setattr("cnnkit.errors.RATIO_FLOOR", 1 << 20)
+    read = _count_reads(monkeypatch)
+    kernel = "/model_weights/fc/fc/kernel:0" if fmt == "h5" else "/layers/dense/vars/0"
+    _refused(
+        capsys,
+        ["convert", str(path), "--out", str(tmp_path / "run")],
+        f"{path}: its HDF5 dataset {kernel} declares 4.0 MB inflated from ",
+        "a compression bomb",
+        "save the model again from Keras",
+    )
+    assert read == [108, 4]  # the conv's kernel and bias; the dense kernel is refused unread
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("fmt", ["h5", "keras"])
+def test_one_compressed_array_read_many_times_is_refused_by_the_total(capsys, tmp_path, monkeypatch, fmt):
+    """A Dense kernel of 4 x 4,096 zeros (64 KB, about 200 bytes gzip-compressed) listed 300 times: in
+    a legacy .h5 its name repeated in weight_names, in a .keras 300 hard links in the layer's vars
+    group. Each read passes alone (64 KB is under the floor); their total is refused as soon as it
+    passes the ratio against the file's bytes (RATIO_FLOOR lowered to 1 MB: the real floor needs
+    1,000 such reads), not after the 300 reads (19 MB; 300,000 would be 19 GB)."""
+    units = 4096
+
+    def edit(f, kernel, group):
+        del f[kernel]
+        f.create_dataset(kernel, data=np.zeros((4, units), "f4"), chunks=True, compression="gzip")
+        bias = kernel.replace("kernel", "bias") if fmt == "h5" else f"{group}/1"
+        del f[bias]
+        f[bias] = np.zeros(units, "f4")
+        if fmt == "h5":
+            f[group].attrs["weight_names"] = ["fc/kernel:0"] * 300 + ["fc/bias:0"]
+        else:
+            for i in range(2, 301):
+                f[f"{group}/{i}"] = f[kernel]
+
+    path = _weights_edited(tmp_path, fmt, edit, _config(units))
+    held = path.stat().st_size if fmt == "h5" else zipfile.ZipFile(path).getinfo("model.weights.h5").file_size
+    assert held < 100_000
+    monkeypatch.setattr("cnnkit.errors.RATIO_FLOOR", 1 << 20)
+    read = _count_reads(monkeypatch)
+    err = _refused(
+        capsys,
+        ["convert", str(path), "--out", str(tmp_path / "run")],
+        f"{path}: its HDF5 datasets, up to ",
+        "together, inflated from the file's",
+        "an array read many times",
+        "save the model again from Keras",
+    )
+    listed = [108, 4] + ([4 * units] * 300 + [units] if fmt == "h5" else [4 * units, units] + [4 * units] * 299)
+    total = np.cumsum(listed) * 4  # float32 bytes
+    refused = int(np.argmax(total > max(1 << 20, 100 * held)))  # the first read whose total passes the limit
+    assert 50 < refused < 200 and read == listed[:refused], err  # that one is refused unread
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize(
     ("data", "words"),
     [(np.full((4, 3), 1e300), ("'fc'", "non-finite", "float32")), (np.ones((4, 3), "c8"), ("'fc'", "complex"))],

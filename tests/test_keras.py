@@ -281,6 +281,60 @@ def test_outputs_and_parameters_equal_keras(saved, name, fmt):
     assert count == model.count_params()
 
 
+def _gzipped(src, dst) -> tuple[int, int]:
+    """Copy the HDF5 file ``src`` to ``dst`` with every array of more than one value compressed by
+    HDF5's gzip filter (h5py, level 9), attributes kept; (bytes its arrays declare, bytes they store)."""
+    sizes = [0, 0]
+    with h5py.File(src, "r") as f_in, h5py.File(dst, "w") as f_out:
+        f_out.attrs.update(f_in.attrs)
+
+        def copy(name, obj):
+            if isinstance(obj, h5py.Group):
+                f_out.require_group(name).attrs.update(obj.attrs)
+                return
+            big = obj.size > 1
+            ds = f_out.create_dataset(
+                name, data=obj[()], compression="gzip" if big else None, chunks=True if big else None
+            )
+            ds.attrs.update(obj.attrs)
+            sizes[0] += ds.size * ds.dtype.itemsize
+            sizes[1] += ds.id.get_storage_size()
+
+        f_in.visititems(copy)
+    return sizes[0], sizes[1]
+
+
+@pytest.mark.parametrize("fmt", ["keras", "h5"])
+@pytest.mark.parametrize("randomised", [True, False], ids=["random", "keras_init"])
+def test_weights_compressed_by_hdf5_at_a_real_ratio_are_read(tmp_path, monkeypatch, fmt, randomised):
+    """A real Keras file whose arrays are gzip-compressed by HDF5 (h5py) reads as Keras runs it. With
+    random weights the ratio rule is applied to every array and to their total, whatever their size
+    (RATIO_FLOOR 0); with Keras' own initialisation (zero biases, which inflate far more) at the real
+    floor."""
+    model = mnist_convnet()
+    if randomised:
+        _randomise(model, 0)
+        monkeypatch.setattr("cnnkit.errors.RATIO_FLOOR", 0)
+    plain = tmp_path / f"plain.{fmt}"
+    model.save(plain)
+    path = tmp_path / f"gzip.{fmt}"
+    if fmt == "h5":
+        declared, stored = _gzipped(plain, path)
+    else:
+        with zipfile.ZipFile(plain) as z:
+            parts = {n: z.read(n) for n in z.namelist()}
+        (tmp_path / "w.h5").write_bytes(parts["model.weights.h5"])
+        declared, stored = _gzipped(tmp_path / "w.h5", tmp_path / "wz.h5")
+        parts["model.weights.h5"] = (tmp_path / "wz.h5").read_bytes()
+        with zipfile.ZipFile(path, "w") as z:
+            for n, data in parts.items():
+                z.writestr(n, data)
+    assert declared > stored  # compressed: a little (random values) or much (zero biases)
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    net, _ = load_keras(path)
+    assert np.abs(_ours(net, x)[0] - _keras_out(model, x)[0]).max() <= 1e-5
+
+
 def test_layer_names_mirror_keras(saved):
     model, paths = saved["mnist_convnet"]
     net, _ = load_keras(paths["keras"])

@@ -6,7 +6,8 @@ over (checkpoints, weights, specs, images, data files) raises it, naming the fil
 and what to do; :func:`check_fits`, :func:`out_of_memory` and :func:`disk_full` word the two
 everyday resource failures with the size that was needed, and :func:`check_unzip` and :func:`unzip`
 refuse a zip member (a .keras file's weights, an .npz array, a dataset archive's file) that declares
-more than real data inflates to, before it is inflated.
+more than real data inflates to, before it is inflated; :class:`DatasetReader` applies that rule to
+the datasets of an HDF5 file (a Keras model's weights), which HDF5's own filters compress.
 """
 
 from __future__ import annotations
@@ -235,6 +236,62 @@ def unzip(zf, name: str, fix: str, source=None, most=None) -> bytes:
         if len(data) < size or f.read(1):
             raise EOFError(f"{name} inflates to other than the {size:,} bytes it declares")
     return data
+
+
+class DatasetReader:
+    """Reads the datasets of one HDF5 file (h5py) under the rule :func:`check_unzip` applies to a zip
+    member: HDF5's own filters (gzip, LZF, szip) inflate as deflate does, so a few kilobytes can
+    declare gigabytes of zeros, which h5py inflates whole when the dataset is read.
+
+    Before a dataset is read, the bytes its shape and type declare (``size * dtype.itemsize``: an
+    array type's elements count whole) must pass :func:`too_compressed` against the bytes it stores
+    (``get_storage_size``), counted as at most the file's (a chunk index may lie), and so must the
+    bytes of every dataset read so far, together, against the file's bytes: one compressed dataset
+    read many times (through hard links, or a name listed again) is refused as a bomb is.
+
+    Args:
+        source: the file, as messages name it.
+        held: the bytes of the HDF5 file (on disk, or unpacked from a zip).
+        fix: what the user can do; it ends a message.
+
+    Example:
+        >>> import h5py, io, numpy as np
+        >>> with h5py.File(io.BytesIO(), "w") as f:
+        ...     x = f.create_dataset("x", data=np.arange(6.0), compression="gzip")
+        ...     DatasetReader("m.h5", 4096, "save it again").read(x).shape
+        (6,)
+    """
+
+    def __init__(self, source, held: int, fix: str) -> None:
+        self.source, self.held, self.fix = source, int(held), fix
+        self.declared = 0  # the bytes of every dataset read so far
+
+    def read(self, ds, name: str | None = None):
+        """The data of the h5py dataset ``ds`` (``ds[()]``), read once the checks pass; ``name`` is
+        how messages call it (default: its path in the file).
+
+        Raises:
+            CnnkitError: one line naming the file, the dataset, its declared and stored bytes (or the
+                total read and the file's bytes), and the fix; nothing of it was read.
+        """
+        name = name or ds.name
+        declared = int(ds.size or 0) * ds.dtype.itemsize
+        stored = min(int(ds.id.get_storage_size()), self.held)
+        if too_compressed(declared, stored):
+            raise CnnkitError(
+                f"{self.source}: its HDF5 dataset {name} declares {human_bytes(declared)} inflated from "
+                f"{human_bytes(stored)} ({declared / max(stored, 1):,.0f} times; real data compresses a few "
+                f"times at most): a compression bomb or a damaged file; {self.fix}"
+            )
+        self.declared += declared
+        if too_compressed(self.declared, self.held):
+            raise CnnkitError(
+                f"{self.source}: its HDF5 datasets, up to {name}, declare {human_bytes(self.declared)} together, "
+                f"inflated from the file's {human_bytes(self.held)} ({self.declared / max(self.held, 1):,.0f} "
+                f"times; real data compresses a few times at most): a compression bomb (an array read many "
+                f"times) or a damaged file; {self.fix}"
+            )
+        return ds[()]
 
 
 def plain_int(text: str, digits: int = 18) -> int | None:

@@ -42,7 +42,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cnnkit.errors import CnnkitError, check_fits, check_unzip, human_bytes, nested_deeper_than, short_error, unzip
+from cnnkit.errors import (
+    CnnkitError,
+    DatasetReader,
+    check_fits,
+    check_unzip,
+    human_bytes,
+    nested_deeper_than,
+    short_error,
+    unzip,
+)
 from cnnkit.layers import batch_normalization, get_activation
 from cnnkit.layers.conv_same import KerasTransposed, _DynamicPad, resolve_padding, transpose_geometry
 from cnnkit.layers.pool_same import (
@@ -1758,8 +1767,9 @@ def _snake(name: str) -> str:
     return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
-def _assign_keras_v3(h5, records, prefix: str, source) -> None:
-    """Load weights from a ``model.weights.h5`` (groups ``layers/<class_snake>[_i]/vars/<n>``).
+def _assign_keras_v3(h5, records, prefix: str, reads: DatasetReader) -> None:
+    """Load weights from a ``model.weights.h5`` (groups ``layers/<class_snake>[_i]/vars/<n>``), each
+    array read by ``reads``.
 
     The groups are named after each layer's class, numbered in the order of the model's layers
     (InputLayer included), not after the layer's name.
@@ -1777,24 +1787,28 @@ def _assign_keras_v3(h5, records, prefix: str, source) -> None:
     for kind, lname, rec in records:
         path = f"{prefix}/{group_name(kind)}"
         if rec.children:
-            _assign_keras_v3(h5, rec.children, f"{path}/layers", source)
+            _assign_keras_v3(h5, rec.children, f"{path}/layers", reads)
             continue
         n = _num_vars(rec)
         if n == 0:
             continue
         group = h5.get(f"{path}/vars")
         if group is None:
-            raise CnnkitError(f"{source}: no weights for layer {lname!r} ({kind}) at {path}/vars")
-        _load(rec, _read_arrays(group, [str(i) for i in range(len(group))], rec.module, lname, source), lname, kind)
+            raise CnnkitError(f"{reads.source}: no weights for layer {lname!r} ({kind}) at {path}/vars")
+        _load(rec, _read_arrays(group, [str(i) for i in range(len(group))], rec.module, lname, reads), lname, kind)
 
 
-def _read_arrays(group, names: list[str], module: nn.Module, lname: str, source) -> list[np.ndarray]:
+def _read_arrays(group, names: list[str], module: nn.Module, lname: str, reads: DatasetReader) -> list[np.ndarray]:
     """The datasets ``names`` of an HDF5 group for the layer (or nested model) ``module``, finite.
 
     Each dataset's size is checked before it is read: a layer takes no array larger than all its
     weights together, and a dataset that declares more (gigabytes of an unwritten fill value, or
-    compressed zeros, in a file of kilobytes) is refused unread.
+    compressed zeros, in a file of kilobytes) is refused unread. ``reads`` then reads it, refusing
+    first an array that declares more bytes than its stored ones inflate to (one element of a
+    gigabyte-sized array type) and a file whose arrays, as they are read, add up to that (one
+    compressed array read many times: hard links, a name listed again).
     """
+    source = reads.source
     room = sum(t.numel() for t in (*module.parameters(), *module.buffers()))
     arrays = []
     for name in names:
@@ -1805,7 +1819,7 @@ def _read_arrays(group, names: list[str], module: nn.Module, lname: str, source)
                 f"{source}: layer {lname!r}: the file's array {name} holds {tuple(data.shape)} = {size:,} values, "
                 f"more than the layer's {room:,} weights; the weights do not fit the model's description"
             )
-        arrays.append(data[()])
+        arrays.append(reads.read(data, f"{group.name}/{name}"))
     _check_finite(arrays, lname, source)
     return arrays
 
@@ -1818,15 +1832,16 @@ def _load(rec: _Layer, arrays: list, lname: str, kind: str) -> None:
         raise CnnkitError(f"layer {lname!r} ({kind}): {exc}") from None
 
 
-def _arrays_v2(h5, lname: str, module: nn.Module, source: str, with_names: bool = False) -> list:
+def _arrays_v2(h5, lname: str, module: nn.Module, reads: DatasetReader, with_names: bool = False) -> list:
     """A legacy ``.h5`` layer group's arrays in its ``weight_names`` order (with their names if asked),
-    for the layer (or nested model) ``module``."""
+    for the layer (or nested model) ``module``, each read by ``reads``."""
+    source = reads.source
     group = h5.get(lname)
     if group is None:
         raise CnnkitError(f"{source}: no weights for layer {lname!r} in model_weights")
     names = [n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs.get("weight_names", [])]
     try:
-        arrays = _read_arrays(group, names, module, lname, source)
+        arrays = _read_arrays(group, names, module, lname, reads)
     except KeyError as exc:
         raise CnnkitError(f"{source}: layer {lname!r} lists a weight the file lacks ({short_error(exc)})") from None
     return list(zip(names, arrays)) if with_names else arrays
@@ -1893,16 +1908,17 @@ def _check_hdf5(h5, source) -> int:
     return stored[0]
 
 
-def _assign_legacy(h5, records, source: str) -> None:
+def _assign_legacy(h5, records, reads: DatasetReader) -> None:
+    source = reads.source
     for kind, lname, rec in records:
         if h5.get(lname) is None and not rec.children and not _num_vars(rec):
             continue  # no weights, no group: Keras 3 writes none for an operation such as x * y
         if rec.children:  # a nested model: one group with all its layers' weights
-            named = _arrays_v2(h5, lname, rec.module, source, with_names=True)
+            named = _arrays_v2(h5, lname, rec.module, reads, with_names=True)
             if not _assign_nested_by_name(named, rec.children, lname):
                 _distribute([a for _, a in named], rec.children, lname, source)
             continue
-        arrays = _arrays_v2(h5, lname, rec.module, source)
+        arrays = _arrays_v2(h5, lname, rec.module, reads)
         if _num_vars(rec):
             _load(rec, arrays, lname, kind)
         elif arrays:
@@ -2183,14 +2199,16 @@ def load_keras(path: str | Path, logits: bool = False) -> tuple[nn.Module, tuple
         ) from None
     limit = min(MAX_WEIGHTS, max(stored, 1 << 16))  # a byte per value: float32 and compression up to 4x fit
     net, records = _network(config, logits, [limit, f"the file stores {stored:,} bytes of weights"])
+    # the HDF5 file's bytes: what its compressed arrays may inflate from, each and together
+    reads = DatasetReader(path, len(blob) if kind == "v3" else path.stat().st_size, _RESAVE)
     try:
         if kind == "v3":
             with h5py.File(io.BytesIO(blob), "r") as h5:
-                _assign_keras_v3(h5, records, "layers", path)
+                _assign_keras_v3(h5, records, "layers", reads)
         else:
             with h5py.File(path, "r") as h5:
                 group = h5.get("model_weights", h5)
-                _assign_legacy(group, records, path)
+                _assign_legacy(group, records, reads)
     except CnnkitError as exc:
         msg = str(exc)
         raise CnnkitError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
