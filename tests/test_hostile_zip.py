@@ -2,6 +2,7 @@
 that inflate past the size they declare, refused by every zip reader (``.keras`` files, ``.npz``
 series caches, ``.pth`` weights, data set archives) before anything big is inflated."""
 
+import bz2
 import io
 import json
 import struct
@@ -51,18 +52,19 @@ def _zeros_crc(mb: int) -> int:
 
 def _zip(path, members) -> None:
     """A zip written by hand, its sizes as given: ``(name, stream, method, crc, declared size,
-    compressed size stated or None for the stream's own)``."""
+    compressed size stated or None for the stream's own[, flag bits])``."""
     body, central = b"", b""
-    for name, data, method, crc, declared, stated in members:
+    for name, data, method, crc, declared, stated, *flags in members:
         nb, offset, csize = name.encode(), len(body), len(data) if stated is None else stated
-        body += struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, method, 0, 0, crc, csize, declared, len(nb), 0)
+        flag = flags[0] if flags else 0
+        body += struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, flag, method, 0, 0, crc, csize, declared, len(nb), 0)
         body += nb + data
         central += struct.pack(
             "<IHHHHHHIIIHHHHHII",
             0x02014B50,
             20,
             20,
-            0,
+            flag,
             method,
             0,
             0,
@@ -267,3 +269,103 @@ def test_an_npz_whose_members_lack_the_npy_suffix_is_read_and_checked(tmp_path, 
         read_npz(bomb)
     assert str(exc.value).startswith(f"{bomb}: its member X_train declares 8.4 MB inflated from 8.3 KB (1,01")
     assert names == []
+
+
+def _unreadable(name: str, data: bytes, how: str):
+    """A member holding ``data`` that zipfile (or torch.load) cannot read: its header's encrypted bit
+    set ("encrypted"; "aes" with WinZip's method 99 as well, as an AES archive has it), method 99
+    alone, a made-up method 77, or real bzip2 data ("bzip2", which Python reads and torch.load does not)."""
+    crc = zlib.crc32(data)
+    if how == "bzip2":
+        return (name, bz2.compress(data), zipfile.ZIP_BZIP2, crc, len(data), None)
+    method = {"encrypted": zipfile.ZIP_STORED, "aes": 99, "99": 99, "77": 77}[how]
+    return (name, data, method, crc, len(data), None, 0x1 if how in ("encrypted", "aes") else 0)
+
+
+def _with_unreadable(tmp_path, reader: str, how: str):
+    """(file, reading it, the member made unreadable, the reader's fix)."""
+    if reader == "keras":
+        with zipfile.ZipFile(keras_file(tmp_path, "real.keras")) as z:
+            parts = {n: z.read(n) for n in z.namelist()}
+        path = tmp_path / "m.keras"
+        _zip(path, [_stored(n, d) if n != "model.weights.h5" else _unreadable(n, d, how) for n, d in parts.items()])
+        return path, lambda: load_keras(path), "model.weights.h5", "save the model again from Keras"
+    if reader == "npz":
+        buf = io.BytesIO()
+        np.save(buf, np.arange(8.0).reshape(2, 4))
+        path = _npz(tmp_path / "s.npz", _unreadable("X_train.npy", buf.getvalue(), how))
+        return path, lambda: read_npz(path), "X_train.npy", "re-create it with numpy.savez"
+    if reader == "pth":
+        path = tmp_path / "w.pth"
+        torch.save({"w": torch.arange(6.0)}, path)
+        with zipfile.ZipFile(path) as z:
+            parts = {n: z.read(n) for n in z.namelist()}
+        member = next(n for n in parts if n.endswith("/data/0"))
+        _zip(path, [_stored(n, d) if n != member else _unreadable(n, d, how) for n, d in parts.items()])
+        return path, lambda: read_state_dict(path), member, "save the weights again with torch.save"
+    path = tmp_path / "gzip.zip"
+    _zip(path, [_unreadable("gzip/a.gz", b"a" * 100, how), _stored("gzip/b.gz", b"b")])
+    (tmp_path / "out").mkdir()
+    return path, lambda: _extract(path, ["b.gz", "a.gz"], tmp_path / "out"), "gzip/a.gz", "download it again"
+
+
+@pytest.mark.parametrize("how", ["encrypted", "aes", "99", "77"])
+@pytest.mark.parametrize("reader", ["keras", "npz", "pth", "archive"])
+def test_every_zip_reader_names_an_encrypted_or_unknown_member(tmp_path, opened, reader, how):
+    """zipfile raises a RuntimeError for an encrypted member and a NotImplementedError for a method it
+    does not inflate (torch.load an internal miniz error): each reader refuses it in one line naming
+    the file, the member and its own fix, before opening it."""
+    path, read, member, fix = _with_unreadable(tmp_path, reader, how)
+    names = opened()
+    with pytest.raises(CnnkitError) as exc:
+        read()
+    msg = str(exc.value)
+    readable = "store or deflate" if reader == "pth" else "store, deflate, bzip2 or lzma"
+    why = {
+        "encrypted": "is encrypted (the archive has a password), and cnnkit reads no encrypted file",
+        "99": f"is compressed with AES encryption (zip method 99), which this reader cannot inflate (it reads {readable})",
+        "77": f"is compressed with zip method 77, which this reader cannot inflate (it reads {readable})",
+    }
+    assert msg == f"{path}: its member {member} {why['encrypted' if how == 'aes' else how]}; {msg.split('; ')[-1]}"
+    assert msg.endswith(fix) and "\n" not in msg, msg
+    assert set(names) <= {"config.json"}
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []  # b.gz not written either
+
+
+def test_a_pth_of_bzip2_records_is_named_and_other_readers_read_bzip2_and_lzma(tmp_path):
+    """torch.load reads stored and deflated records only: a bzip2 one is refused by name (not "an internal
+    miniz error"). Python's zipfile inflates bzip2 and LZMA, and so does every other reader."""
+    path, read, member, _ = _with_unreadable(tmp_path, "pth", "bzip2")
+    with pytest.raises(CnnkitError) as exc:
+        read()
+    assert str(exc.value) == (
+        f"{path}: its member {member} is compressed with bzip2 (zip method 12), which this reader cannot inflate "
+        "(it reads store or deflate); save the weights again with torch.save"
+    )
+    for method in (zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA):
+        (tmp_path / str(method)).mkdir()
+        folder = tmp_path / str(method)
+        real = keras_file(folder)
+        with zipfile.ZipFile(real) as z:
+            parts = {n: z.read(n) for n in z.namelist()}
+        with zipfile.ZipFile(real, "w", method) as z:
+            for n, data in parts.items():
+                z.writestr(n, data)
+        net, size = load_keras(real)
+        assert size == (3, 16, 16) and tuple(net(torch.zeros(2, 3, 16, 16)).shape) == (2, 3)
+        x = np.arange(12.0).reshape(3, 4)
+        with zipfile.ZipFile(folder / "s.npz", "w", method) as z:
+            for k, a in {
+                "X_train": x,
+                "y_train": np.array([0, 1, 0]),
+                "X_test": x,
+                "y_test": np.array([1, 0, 1]),
+            }.items():
+                buf = io.BytesIO()
+                np.save(buf, a)
+                z.writestr(f"{k}.npy", buf.getvalue())
+        assert read_npz(folder / "s.npz", znorm=False).values[2, 0].tolist() == [8.0, 9.0, 10.0, 11.0]
+        with zipfile.ZipFile(folder / "gzip.zip", "w", method) as z:
+            z.writestr("gzip/a.gz", b"a" * 100)
+        _extract(folder / "gzip.zip", ["a.gz"], folder)
+        assert (folder / "a.gz").read_bytes() == b"a" * 100

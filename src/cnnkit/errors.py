@@ -174,10 +174,30 @@ def too_compressed(declared: int, stored: int) -> bool:
     return declared > max(RATIO_FLOOR, MAX_RATIO * stored)
 
 
-def check_unzip(zf, names, fix: str, source=None, most=None) -> None:
-    """Refuse, before anything is inflated, members of the zip ``zf`` whose declared sizes no real
-    file has; ``fix`` ends the message (what the user can do).
+def zip_methods() -> tuple[int, ...]:
+    """The compression methods Python's ``zipfile`` inflates here: stored and deflate, and bzip2
+    and LZMA where Python was built with them (numbers as a zip header gives them)."""
+    import importlib.util
+    import zipfile
 
+    optional = ((zipfile.ZIP_DEFLATED, "zlib"), (zipfile.ZIP_BZIP2, "bz2"), (zipfile.ZIP_LZMA, "lzma"))
+    return (zipfile.ZIP_STORED, *(m for m, module in optional if importlib.util.find_spec(module)))
+
+
+def _method_name(method: int) -> str | None:
+    """A zip compression method's name (``"deflate"``; 99 is WinZip's AES encryption), or None."""
+    import zipfile
+
+    return {99: "AES encryption"}.get(method) or zipfile.compressor_names.get(method)
+
+
+def check_unzip(zf, names, fix: str, source=None, most=None, methods=None) -> None:
+    """Refuse, before anything is inflated, members of the zip ``zf`` that cannot be read or whose
+    declared sizes no real file has; ``fix`` ends the message (what the user can do).
+
+    A member that is encrypted, or compressed with a method the reader does not inflate (``methods``,
+    by default :func:`zip_methods`; ``torch.load`` reads stored and deflate only), is refused by
+    name: ``zipfile`` itself would raise a RuntimeError or a NotImplementedError while reading it.
     Each member named, and their total, must pass :func:`too_compressed` against the bytes it
     stores, counted as at most the archive's size (a central directory may lie about the compressed
     size too). ``most``, given a member's ``ZipInfo``, returns ``(bytes, what they are)``: the most
@@ -187,7 +207,8 @@ def check_unzip(zf, names, fix: str, source=None, most=None) -> None:
     stream holds first), and ``torch.load`` stops there itself.
 
     Raises:
-        CnnkitError: one line naming the file, the member, its declared and stored sizes, and ``fix``.
+        CnnkitError: one line naming the file, the member, and ``fix``: with its encryption, its
+            compression method, or its declared and stored sizes.
     """
     source = source or getattr(zf, "filename", None) or "the zip archive"
     try:
@@ -195,7 +216,22 @@ def check_unzip(zf, names, fix: str, source=None, most=None) -> None:
     except (AttributeError, OSError, ValueError):  # an archive in memory: its own sizes are all there is
         held = None
     infos = [zf.getinfo(name) for name in names]
+    methods = zip_methods() if methods is None else tuple(methods)
     for info in infos:
+        if info.flag_bits & 0x1:  # the header's "encrypted" bit: ZipCrypto, or AES with method 99
+            raise CnnkitError(
+                f"{source}: its member {info.filename} is encrypted (the archive has a password), and cnnkit "
+                f"reads no encrypted file; {fix}"
+            )
+        if info.compress_type not in methods:
+            known = [_method_name(m) or f"method {m}" for m in methods]
+            known = ", ".join(known[:-1]) + " or " + known[-1] if len(known) > 1 else known[0]
+            name = _method_name(info.compress_type)
+            method = f"{name} (zip method {info.compress_type})" if name else f"zip method {info.compress_type}"
+            raise CnnkitError(
+                f"{source}: its member {info.filename} is compressed with {method}, which this reader cannot "
+                f"inflate (it reads {known}); {fix}"
+            )
         declared = info.file_size
         stored = info.compress_size if held is None else min(info.compress_size, held)
         if too_compressed(declared, stored):

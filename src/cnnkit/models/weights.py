@@ -280,14 +280,16 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 def _check_torch_zip(path: Path) -> None:
     """Refuse a torch.save zip whose records declare more than real tensors inflate to, before
     ``torch.load`` inflates them all (it stops at each record's declared size; torch.save stores
-    them uncompressed). A file that is no zip (the legacy pickle format) or a damaged one is left
-    to ``torch.load``'s own error."""
+    them uncompressed), or that are encrypted or compressed otherwise than by deflate (which
+    ``torch.load`` calls an internal error). A file that is no zip (the legacy pickle format) or a
+    damaged one is left to ``torch.load``'s own error."""
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError):
         return
-    with zf:
-        check_unzip(zf, zf.namelist(), "save the weights again with torch.save", path)
+    with zf:  # torch.load's zip reader (miniz) inflates stored and deflated records alone
+        methods = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+        check_unzip(zf, zf.namelist(), "save the weights again with torch.save", path, methods=methods)
 
 
 def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
