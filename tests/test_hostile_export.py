@@ -188,6 +188,51 @@ def test_convert_checks_its_flags(capsys, tmp_path, flags, words):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_classes_file_is_read_as_utf8_whatever_the_locale(tmp_path):
+    """Under an ASCII locale (no UTF-8 mode, no locale coercion), a UTF-8 class list with a byte-order
+    mark (as Notepad saves it) and Windows line ends names the outputs as written: no decoding error,
+    no BOM in the first name."""
+    import os
+    import subprocess
+    import sys
+
+    from cnnkit.engine.runfolder import read_metadata
+
+    names = tmp_path / "names.txt"
+    names.write_bytes("\ufeffcafé\r\nnaïve\r\n  bird \r\n\r\n".encode())
+    env = {**os.environ, "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0", "LC_ALL": "C", "LANG": "C"}
+    cmd = [sys.executable, "-m", "cnnkit", "convert", str(keras_file(tmp_path)), "--out", str(tmp_path / "run")]
+    p = subprocess.run([*cmd, "--classes", str(names)], capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr
+    assert read_metadata(tmp_path / "run" / "model.safetensors")["classes"] == ["café", "naïve", "bird"]
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        (b"cat\n\ndog\nbird\n", ("names.txt: line 2 is blank, so class 1 has no name", "or remove the line")),
+        (  # the byte counted from the file's start, its byte-order mark included
+            b"\xef\xbb\xbfcat\ndog\nbird\xe9\n",
+            ("names.txt: not UTF-8 text (byte 15, line 3); save the class names as UTF-8",),
+        ),
+        (b"cat\ndog\n", ("names.txt gives 2 names for the model's 3 outputs; give one name per output",)),
+        ("a,,b", ("--classes a,,b: name 2 is empty, so output 1 has no name",)),
+    ],
+    ids=["blank_line", "not_utf8", "two_names", "empty_in_text"],
+)
+def test_a_class_list_that_does_not_name_each_output_in_order_is_refused(capsys, tmp_path, content, words):
+    """A blank line is refused as a YOLO folder's classes.txt refuses it (skipped, every later output
+    would take the next one's name), bytes that are not UTF-8 are named by place, and the count must
+    be the model's outputs'."""
+    spec = content
+    if isinstance(content, bytes):
+        spec = str(tmp_path / "names.txt")
+        (tmp_path / "names.txt").write_bytes(content)
+    path = keras_file(tmp_path)
+    _refused(capsys, ["convert", str(path), "--out", str(tmp_path / "run"), "--classes", spec], *words)
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize(
     "kwargs, words",
     [

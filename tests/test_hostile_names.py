@@ -141,6 +141,8 @@ def test_a_blank_or_empty_declared_class_name_is_refused_not_skipped(tmp_path):
         load_yolo(_yolo(tmp_path / "yaml", "data.yaml", "names: [cat, '', dog]\n"))
     d = load_yolo(_yolo(tmp_path / "tail", "classes.txt", "cat\r\ndog\r\n\r\n\n"))  # blank lines at the end: none
     assert d.classes == ["cat", "dog"] and d.labels[0].tolist() == [1]
+    d = load_yolo(_yolo(tmp_path / "bom", "classes.txt", "\ufeffcat\ndog\n"))  # as Notepad saves UTF-8
+    assert d.classes == ["cat", "dog"]
     (tmp_path / "coco").mkdir()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "coco" / "a.png")
     ann = {

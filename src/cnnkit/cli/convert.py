@@ -30,7 +30,8 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--classes",
-        help="class names, comma-separated, or a text file with one per line (default: class_0, class_1, ...)",
+        help="class names in the outputs' order, comma-separated, or a UTF-8 text file with one per line "
+        "(default: class_0, class_1, ...)",
     )
     p.add_argument(
         "--raw-pixels",

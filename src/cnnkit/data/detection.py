@@ -421,16 +421,50 @@ def load_coco(
 
 # ---------------------------------------------------------------- YOLO txt folders
 def _read_text(path: Path, what: str) -> str:
+    """The text of a file of ``what`` ("class names", "YOLO labels"): UTF-8 whatever the locale, a
+    byte-order mark (Windows' Notepad writes one) dropped; a file of class names at most
+    ``MAX_NAMES_BYTES``."""
+    import codecs
+
     try:
         if path.stat().st_size > MAX_NAMES_BYTES and what == "class names":
             raise CnnkitError(
                 f"{path} is {path.stat().st_size:,} bytes; a file of {what} is at most {MAX_NAMES_BYTES:,}"
             )
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise CnnkitError(f"{path}: not UTF-8 text (byte {exc.start}); a file of {what} is plain text") from None
+        data = path.read_bytes()
     except OSError as exc:
         raise CnnkitError(f"cannot read {path} ({exc.strerror or exc})") from None
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return data[bom:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        at = bom + exc.start
+        line = data[:at].count(b"\n") + 1
+        raise CnnkitError(f"{path}: not UTF-8 text (byte {at}, line {line}); save the {what} as UTF-8") from None
+
+
+def read_names_file(path: Path, fix: str) -> list[str]:
+    """The class names of a text file, one a line (line i names class i - 1): a YOLO folder's
+    ``classes.txt``, ``cnnkit convert --classes FILE``. Read by :func:`_read_text` (UTF-8, a
+    byte-order mark allowed, at most ``MAX_NAMES_BYTES``); each name stripped of surrounding spaces;
+    blank lines at the end name no class.
+
+    Raises:
+        CnnkitError: the file cannot be read, is not UTF-8 (the byte and line named), or has a blank
+            line before a name: skipped, it would give every later class the next one's name (the
+            line is named, then ``fix``).
+    """
+    lines = _read_text(path, "class names").splitlines()
+    while lines and not lines[-1].strip():  # blank lines at the end name no class
+        lines.pop()
+    names = [s.strip() for s in lines]
+    blank = next((i for i, name in enumerate(names) if not name), None)
+    if blank is not None:
+        raise CnnkitError(
+            f"{path}: line {blank + 1} is blank, so class {blank} has no name (a class is the place of its name "
+            f"in the list); {fix}"
+        )
+    return names
 
 
 YOLO_NAMES_FILES = ("classes.txt", "obj.names", "data.yaml", "dataset.yaml")  # the first found declares
@@ -446,10 +480,9 @@ def _yolo_classes(root: Path) -> list[str] | None:
     if path is None:
         return None
     if path.suffix not in (".yaml", ".yml"):  # line i names class i-1: a blank line is a class without a name
-        lines = _read_text(path, "class names").splitlines()
-        while lines and not lines[-1].strip():  # blank lines at the end name no class
-            lines.pop()
-        return _bounded(path, [s.strip() for s in lines])
+        return _bounded(
+            path, read_names_file(path, "name the class, or remove the line and renumber the ids of the label files")
+        )
     import yaml
 
     text = _read_text(path, "class names")
@@ -499,15 +532,15 @@ def _same_classes(root: Path, run: list[str]) -> list[str]:
 
 def _bounded(path: Path, classes: list[str]) -> list[str]:
     """The declared class names, 1 to ``MAX_CLASSES`` of them, each a name: a label's id is a place in
-    this list, so a blank entry (skipped, it would give every later id the next class's name) is refused."""
+    this list, so an empty entry of data.yaml's ``names`` (skipped, it would give every later id the
+    next class's name) is refused, as :func:`read_names_file` refuses a blank line of classes.txt."""
     if not classes or len(classes) > MAX_CLASSES:
         raise CnnkitError(f"{path} names {len(classes):,} classes; a data set has 1 to {MAX_CLASSES:,}")
     blank = next((i for i, c in enumerate(classes) if not c.strip()), None)
     if blank is not None:
-        where = f"line {blank + 1} is blank" if path.suffix not in (".yaml", ".yml") else f"names[{blank}] is empty"
         raise CnnkitError(
-            f"{path}: {where}, so class {blank} has no name (a label's class id is its name's place in the "
-            "list); name the class, or remove the entry and renumber the ids of the label files"
+            f"{path}: names[{blank}] is empty, so class {blank} has no name (a label's class id is its name's "
+            "place in the list); name the class, or remove the entry and renumber the ids of the label files"
         )
     return classes
 

@@ -26,16 +26,32 @@ def _per_channel(values: list[float] | None, channels: int, name: str, default: 
 
 def read_class_names(spec: str | None) -> list[str] | None:
     """Class names given as comma-separated text or a file with one per line, each named once (predict
-    and eval name a class by its name); None for none given."""
+    and eval name a class by its name); None for none given.
+
+    The names' order is the outputs': a file is read as a YOLO folder's ``classes.txt`` is
+    (:func:`cnnkit.data.detection.read_names_file`: UTF-8 whatever the locale, a byte-order mark
+    allowed, a blank line before a name refused), and in the text an empty name before the last is
+    refused as well. Blank lines or commas at the end name nothing.
+    """
     from cnnkit.errors import CnnkitError
 
     if spec is None:
         return None
-    try:  # os.path.isfile is False for a text too long to be a file's name, where Path.is_file raises
-        names = Path(spec).read_text().split("\n") if os.path.isfile(spec) else spec.split(",")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CnnkitError(f"--classes {spec}: cannot read the file ({exc}); give names separated by commas") from None
-    names = [c.strip() for c in names if c.strip()]
+    # os.path.isfile is False for a text too long to be a file's name, where Path.is_file raises
+    if os.path.isfile(spec):
+        from cnnkit.data.detection import read_names_file
+
+        names = read_names_file(Path(spec), "name the class, or remove the line")
+    else:
+        names = [c.strip() for c in spec.split(",")]
+        while names and not names[-1]:
+            names.pop()
+        empty = next((i for i, c in enumerate(names) if not c), None)
+        if empty is not None:
+            raise CnnkitError(
+                f"--classes {spec}: name {empty + 1} is empty, so output {empty} has no name (the names are the "
+                "outputs' in order); name every output"
+            )
     twice = sorted({c for c in names if names.count(c) > 1})
     if twice:
         raise CnnkitError(
@@ -46,14 +62,15 @@ def read_class_names(spec: str | None) -> list[str] | None:
 
 
 def _class_names(spec: str | None, n: int) -> list[str]:
-    from cnnkit.errors import CnnkitError
+    from cnnkit.errors import CnnkitError, counted
 
     names = read_class_names(spec)
     if names is None:
         return [f"class_{i}" for i in range(n)]
     if len(names) != n:
         raise CnnkitError(
-            f"the model has {n} outputs but --classes gives {len(names)} names. Received: --classes {spec}"
+            f"--classes {spec} gives {counted(len(names), 'name')} for the model's {counted(n, 'output')}; "
+            f"give one name per output, in the outputs' order"
         )
     return names
 
