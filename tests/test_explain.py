@@ -147,6 +147,20 @@ def test_saliency_vanilla_and_guided_against_autograd():
         saliency(net, x[0].detach(), method="smooth")
 
 
+def test_saliency_and_grad_cam_peak_at_1_however_small_the_gradients():
+    """Maps were divided by max(peak, 1e-12): an untrained googlenet's input gradients (1e-14) drew a
+    saliency map whose peak was 0.01, almost black, where the docstring promises division by the max."""
+    net = hand_net()
+    with torch.no_grad():
+        net[4].weight.mul_(1e-15)  # the class scores, and every gradient, 1e-15 of the hand network's
+    sal, _ = saliency(net, HAND_X, target_class=0)
+    cam, _ = grad_cam(net, HAND_X, target_class=0)
+    assert sal.max() == 1 and cam.max() == 1
+    small = hand_net()
+    torch.testing.assert_close(sal, saliency(small, HAND_X, target_class=0)[0])
+    torch.testing.assert_close(cam, grad_cam(small, HAND_X, target_class=0)[0])
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 def test_saliency_says_why_a_torchscript_part_refuses_the_image():
     # TorchScript gives the reason on the last line of its message, after its own traceback

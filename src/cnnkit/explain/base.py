@@ -80,6 +80,11 @@ def selected_score(scores: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
 
 
 def normalise_max(maps: torch.Tensor) -> torch.Tensor:
-    """(N, H, W) non-negative maps divided by their own maximum; all-zero maps stay zero."""
-    peak = maps.flatten(1).amax(dim=1).clamp(min=1e-12)  # (N,)
+    """(N, H, W) non-negative maps divided by their own maximum; all-zero maps stay zero.
+
+    However small the maximum: an untrained deep network's input gradients can be 1e-14 (googlenet's
+    at random weights) and its map still peaks at 1.
+    """
+    peak = maps.flatten(1).amax(dim=1)  # (N,)
+    peak = torch.where(peak > 0, peak, torch.ones_like(peak))
     return maps / peak[:, None, None]
