@@ -147,6 +147,111 @@ def test_saliency_vanilla_and_guided_against_autograd():
         saliency(net, x[0].detach(), method="smooth")
 
 
+class Rectified(nn.Module):
+    """conv -> ``first`` -> conv -> ``second`` -> GAP -> linear, the rectifiers called as given."""
+
+    def __init__(self, first, second):
+        super().__init__()
+        self.conv1, self.conv2, self.fc = nn.Conv2d(1, 3, 3, padding=1), nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 3)
+        self.first, self.second = first, second
+
+    def forward(self, x):
+        return self.fc(self.second(self.conv2(self.first(self.conv1(x)))).mean((2, 3)))
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        (F.relu, nn.ReLU6(inplace=True)),
+        (torch.relu_, F.relu6),
+        (lambda t: t.relu(), lambda t: F.hardtanh(t, 0.0, 6.0)),
+        (lambda t: F.relu(t, inplace=True), nn.Hardtanh(0.0, 6.0, inplace=True)),
+        (lambda t: t.relu_(), lambda t: F.relu6(t, inplace=True)),
+    ],
+    ids=["F.relu+ReLU6", "relu_+F.relu6", "Tensor.relu+hardtanh", "inplace+Hardtanh", "Tensor.relu_+relu6_"],
+)
+def test_guided_saliency_guides_functional_rectifiers_and_relu6_against_a_hand_computation(first, second):
+    """Only nn.ReLU modules were guided: a network whose rectifiers are functional calls or ReLU6 was
+    refused. Each form is guided: the positive part of the gradient at the rectifier's output, masked
+    where its input was inactive (below 0, and for ReLU6 above 6)."""
+    torch.manual_seed(5)
+    net = Rectified(first, second)
+    with torch.no_grad():
+        net.conv2.weight.mul_(8)  # some second-layer inputs above 6: ReLU6's top is crossed
+    x = (4 * torch.rand(1, 1, 8, 8)).requires_grad_(True)
+    # reference: the same forward by hand, gradients by autograd, the guided rule by hand
+    h1 = net.conv1(x)
+    a1 = h1.clamp(min=0)
+    h2 = net.conv2(a1)
+    a2 = h2.clamp(0, 6)
+    y = net.fc(a2.mean((2, 3)))[0, 2]
+    assert (h2 > 6).any() and (h2 < 0).any()
+    g_y = torch.autograd.grad(y, a2, retain_graph=True)[0]
+
+    def by_hand(top=True, guide_second=True, guide_first=True):
+        g_a2 = g_y.clamp(min=0) if guide_second else g_y
+        g_h2 = g_a2 * ((h2 > 0) & (h2 < 6) if top else (h2 > 0))
+        g_a1 = torch.autograd.grad(h2, a1, g_h2, retain_graph=True)[0]
+        g_a1 = g_a1.clamp(min=0) if guide_first else g_a1
+        (g,) = torch.autograd.grad(h1, x, g_a1 * (h1 > 0), retain_graph=True)
+        return g.abs()[0, 0] / g.abs().max()
+
+    guided, _ = saliency(net, x[0].detach(), target_class=2, method="guided")
+    torch.testing.assert_close(guided, by_hand(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(saliency(net, x[0].detach(), target_class=2)[0], by_hand(True, False, False))
+    # each part of the rule changes the map here: the top of ReLU6, and the guiding of either rectifier
+    for part in ({"top": False}, {"guide_second": False}, {"guide_first": False}):
+        assert (guided - by_hand(**part)).abs().max() > 0.05, part
+    with guided_relus(net) as guided_calls:
+        net(x)
+    assert guided_calls == {"ReLU": 1, "ReLU6": 1}
+
+
+def _guided_by_backward_hooks(net: nn.Module, x: torch.Tensor, k: int) -> torch.Tensor:
+    """Guided saliency by another road: every rectifier made an nn.ReLU / nn.ReLU6 module (googlenet's
+    functional relu moved into one), each clamping its input gradient in a full backward hook
+    (clamping ``mask * grad`` at 0 is masking the clamped gradient)."""
+    from cnnkit.models.googlenet import BasicConv2d
+
+    net = copy.deepcopy(net)
+    for m in net.modules():
+        if isinstance(m, BasicConv2d):  # F.relu(bn(conv(x))) as a module: the same function
+            m.act = nn.ReLU()
+            m.forward = lambda t, m=m: m.act(m.bn(m.conv(t)))
+    rectifiers = [m for m in net.modules() if isinstance(m, (nn.ReLU, nn.ReLU6))]
+    for m in rectifiers:
+        m.inplace = False  # a full backward hook refuses an in-place output
+        m.register_full_backward_hook(lambda mod, g_in, g_out: (g_in[0].clamp(min=0),))
+    x = x[None].clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(net(x)[0, k], x)
+    sal = g.abs().amax(1)[0]
+    return sal / sal.max(), len(rectifiers)
+
+
+@pytest.mark.parametrize(("name", "rectifiers"), [("googlenet", 57), ("mobilenet_v2", 35), ("efficientnet_lite0", 33)])
+def test_guided_saliency_of_zoo_networks_equals_a_backward_hook_reference(name, rectifiers):
+    """googlenet (functional relu), mobilenet_v2 and efficientnet_lite0 (ReLU6 modules) were refused;
+    at random weights their guided maps equal those of backward hooks on module rectifiers, every
+    rectifier call is guided, and the maps differ from vanilla saliency. lenet5's scaled tanh is no
+    rectifier: it is still refused."""
+    from cnnkit.models import create_model
+
+    torch.manual_seed(0)
+    net = create_model(name).eval()
+    x = torch.rand(3, 64, 64)
+    guided, k = saliency(net, x, method="guided")
+    vanilla, _ = saliency(net, x, k)
+    ref, n = _guided_by_backward_hooks(net, x, k)
+    assert n == rectifiers
+    torch.testing.assert_close(guided, ref, rtol=1e-4, atol=1e-5)
+    assert guided.max() == 1 and (guided - vanilla).abs().max() > 0.1
+    with guided_relus(net) as calls:
+        net(x[None].requires_grad_(True))
+    assert sum(calls.values()) == rectifiers
+    with pytest.raises(CnnkitError, match=r"and LeNet5 runs none \(tanh, SiLU, LeakyReLU"):
+        saliency(create_model("lenet5"), torch.rand(1, 32, 32), method="guided")
+
+
 def test_saliency_and_grad_cam_peak_at_1_however_small_the_gradients():
     """Maps were divided by max(peak, 1e-12): an untrained googlenet's input gradients (1e-14) drew a
     saliency map whose peak was 0.01, almost black, where the docstring promises division by the max."""
@@ -249,10 +354,15 @@ def test_hooks_removed_and_modes_restored_even_when_the_forward_raises():
         assert [p.requires_grad for p in net.parameters()] == flags
         assert all(p.grad is None for p in net.parameters())
     with pytest.raises(KeyError):
-        with recording(net, ["0", "2"], grads=True), guided_relus(net) as n_relu:
-            assert n_relu == 1 and hook_counts(net) == 3
+        with recording(net, ["0", "2"], grads=True), guided_relus(net) as guided:
+            net[:3](x[None])  # conv, batch norm, ReLU: one rectifier guided
+            assert guided == {"ReLU": 1} and hook_counts(net) == 2
             raise KeyError("inside the block")
     assert hook_counts(net) == 0
+    # the torch-function mode that guides rectifiers is gone too: a negative gradient goes back through relu
+    t = torch.ones(3, requires_grad=True)
+    (g,) = torch.autograd.grad((F.relu(t) * -2).sum(), t)
+    assert torch.equal(g, torch.full((3,), -2.0))
 
 
 def test_explaining_a_model_in_train_mode_leaves_it_in_train_mode_and_grads_untouched():

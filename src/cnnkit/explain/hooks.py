@@ -1,24 +1,27 @@
 """Finding layers by name, and context managers that hook into a model and always clean up.
 
 Every hook registered here is removed in a ``finally`` block, and every change to the model's
-state (training mode, ``requires_grad``) is undone on the way out, also when the forward raises.
-The layers are those whose hooks run (:func:`~cnnkit.models.scripted.hook_points`): a TorchScript
-module is one layer, and the layers inside it, which its compiled forward calls without hooks, are
-refused by name.
+state (training mode, ``requires_grad``, a torch-function mode) is undone on the way out, also when
+the forward raises. The layers are those whose hooks run
+(:func:`~cnnkit.models.scripted.hook_points`): a TorchScript module is one layer, and the layers
+inside it, which its compiled forward calls without hooks, are refused by name.
 """
 
 from __future__ import annotations
 
 import difflib
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from cnnkit.errors import CnnkitError, brief
 from cnnkit.explain.base import run_model
-from cnnkit.models.scripted import ROOT, add_hooks, hook_points, is_torchscript
+from cnnkit.models.scripted import ROOT, add_hooks, compiled_ops, hook_points, is_torchscript
 
 _CONV = (nn.modules.conv._ConvNd,)
 
@@ -242,48 +245,115 @@ def recording(model: nn.Module, names: list[str], grads: bool = False) -> Iterat
             handle.remove()
 
 
-class _PositiveGrad(torch.autograd.Function):
-    """Identity forward; backward passes only positive gradients (guided backpropagation)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad.clamp(min=0)
+def _positive(grad: torch.Tensor) -> torch.Tensor:
+    """Guided backpropagation's rule at a rectifier's output: only positive gradients go back; the
+    rectifier's own backward then masks them where it was flat (input <= 0, or >= 6 for ReLU6)."""
+    return grad.clamp(min=0)
 
 
-def _is_relu(module: nn.Module) -> bool:
-    """An ``nn.ReLU``, or one made TorchScript (its class's name kept as ``original_name``)."""
-    return isinstance(module, nn.ReLU) or (is_torchscript(module) and getattr(module, "original_name", None) == "ReLU")
+def _guide(out, kind: str, calls: Counter) -> None:
+    """Guide the gradient that reaches the rectifier output ``out``, and count it in ``calls[kind]``.
+
+    A tensor hook, not a new output: an in-place rectifier (``F.relu_``, ``nn.ReLU(inplace=True)``)
+    returns its input, which the caller keeps using; a hook registered after the in-place call fires
+    with the gradient of this value, the rectifier's output.
+    """
+    if isinstance(out, torch.Tensor) and out.requires_grad:
+        out.register_hook(_positive)
+        calls[kind] += 1
+
+
+# the rectifiers as a forward calls them: nn.ReLU calls F.relu, nn.ReLU6 F.hardtanh(x, 0.0, 6.0)
+_RELUS = (F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_)  # F.relu_ is torch.relu_
+_RELU6S = (F.relu6, torch._C._nn.relu6, torch._C._nn.relu6_)
+_HARDTANHS = (F.hardtanh, F.hardtanh_)  # a rectifier where min_val is 0: ReLU6 is hardtanh(0, 6)
+_SCRIPTED_RELUS = ("aten::relu", "aten::relu_", "aten::relu6", "aten::relu6_")
+_SCRIPTED_HARDTANHS = ("aten::hardtanh", "aten::hardtanh_")
+
+
+def _rectifier_kind(func, args: tuple, kwargs: dict) -> str | None:
+    """``"ReLU"``, ``"ReLU6"`` or ``"hardtanh"`` (``min_val`` 0, another top) for a call of a rectifier;
+    None for any other function."""
+    if func in _RELUS:
+        return "ReLU"
+    if func in _RELU6S:
+        return "ReLU6"
+    if func in _HARDTANHS:
+        low = kwargs.get("min_val", args[1] if len(args) > 1 else -1.0)
+        high = kwargs.get("max_val", args[2] if len(args) > 2 else 1.0)
+        if low == 0 and high > 0:
+            return "ReLU6" if high == 6 else "hardtanh"
+    return None
+
+
+class _GuidedRectifiers(TorchFunctionMode):
+    """While active, guides the output of every rectifier called from Python (:func:`_guide`)."""
+
+    def __init__(self, calls: Counter):
+        super().__init__()
+        self.calls = calls
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)  # the mode is off inside: F.relu's own torch.relu is not seen again
+        kind = _rectifier_kind(func, args, kwargs)
+        if kind is not None:
+            _guide(out, kind, self.calls)
+        return out
+
+
+def _scripted_rectifier(module: nn.Module) -> bool:
+    """A ReLU or ReLU6 module made TorchScript (its class's name kept as ``original_name``)."""
+    return is_torchscript(module) and getattr(module, "original_name", None) in ("ReLU", "ReLU6")
+
+
+def _runs_rectifier(module: nn.Module) -> bool:
+    """Whether the compiled forward of the TorchScript ``module`` runs a rectifier (a hardtanh whose
+    bottom is computed counts: it may be 0)."""
+    return any(
+        kind in _SCRIPTED_RELUS or (kind in _SCRIPTED_HARDTANHS and consts[1] in (0, None))
+        for kind, consts in compiled_ops(module)
+    )
 
 
 @contextmanager
-def guided_relus(model: nn.Module) -> Iterator[int]:
-    """Make every ``nn.ReLU`` module's backward guided (Springenberg et al. 2014,
-    https://arxiv.org/abs/1412.6806): ReLU's own backward masks by ``input > 0``; the hook adds
-    ``grad > 0``. Yields how many ReLU modules were hooked (functional ``F.relu`` calls are not).
+def guided_relus(model: nn.Module) -> Iterator[Counter]:
+    """Guide the backward of every rectifier the model's forward runs inside the block (guided
+    backpropagation, Springenberg et al. 2014, https://arxiv.org/abs/1412.6806): ReLU and ReLU6, as
+    modules or as functional calls (``F.relu``, ``torch.relu``, ``Tensor.relu_``, ``F.relu6``,
+    ``F.hardtanh`` with ``min_val=0``). Each rectifier's own backward masks by where its input was
+    active; a hook on its output adds ``grad > 0``. The calls are caught by a torch-function mode
+    (``nn.ReLU``'s forward calls ``F.relu``), and a TorchScript ReLU or ReLU6 module that Python calls
+    by its forward hook. Other activations (tanh, SiLU, LeakyReLU, sigmoid gates) keep their own
+    gradient: guided backpropagation defines none for them.
+
+    Yields:
+        A Counter of the rectifier calls guided so far, by kind (``"ReLU"``, ``"ReLU6"``,
+        ``"hardtanh"``), filled as forward passes run in the block: empty after one, the model has
+        no rectifier to guide.
 
     Raises:
-        CnnkitError: a ReLU module inside TorchScript, whose compiled forward calls it without hooks:
-            its backward cannot be guided, and the map would be partly vanilla.
+        CnnkitError: a rectifier inside TorchScript (other than a ReLU or ReLU6 module that Python
+            calls), whose compiled forward runs it out of Python's reach: its backward cannot be
+            guided, and the map would be partly vanilla.
     """
-    points = {id(m) for _, m, _ in hook_points(model)}
-    hidden = [name for name, m in model.named_modules() if _is_relu(m) and id(m) not in points]
-    if hidden:
+    points = [m for _, m, _ in hook_points(model)]
+    if any(is_torchscript(m) and not _scripted_rectifier(m) and _runs_rectifier(m) for m in points):
         raise CnnkitError(
-            f"guided backpropagation guides the gradient at each ReLU module, and {len(hidden)} ReLU module(s) "
-            f"of {type(model).__name__} run inside TorchScript ({torchscript_where(model)}), whose compiled "
-            "forward calls them without hooks; explain it with vanilla saliency (drop --guided; "
+            f"guided backpropagation guides the gradient at each rectifier (ReLU, ReLU6), and "
+            f"{type(model).__name__} runs rectifiers inside TorchScript ({torchscript_where(model)}), whose "
+            "compiled forward calls them out of Python's reach; explain it with vanilla saliency (drop --guided; "
             "method='vanilla' in Python), or build it from plain nn modules"
         )
+    calls: Counter = Counter()
     handles = []
     try:
-        for _, module, _ in hook_points(model):
-            if _is_relu(module):  # a TorchScript ReLU called from Python runs the hooks nn.Module gives it
-                handles += add_hooks(module, None, lambda m, i, out: _PositiveGrad.apply(out))
-        yield len(handles)
+        for module in points:
+            if _scripted_rectifier(module):  # called from Python, it runs the hooks nn.Module gives it
+                kind = module.original_name
+                handles += add_hooks(module, None, lambda m, i, out, kind=kind: _guide(out, kind, calls))
+        with _GuidedRectifiers(calls):
+            yield calls
     finally:
         for handle in handles:
             handle.remove()

@@ -2,7 +2,8 @@
 
 - ``vanilla``: Simonyan et al. 2013, https://arxiv.org/abs/1312.6034 -- ``max_c |d y / d x_c|``.
 - ``guided``: guided backpropagation, Springenberg et al. 2014, https://arxiv.org/abs/1412.6806 --
-  the same, with only positive gradients let back through every ``nn.ReLU``.
+  the same, with only positive gradients let back through every rectifier (ReLU and ReLU6, modules
+  or functional calls: :func:`~cnnkit.explain.hooks.guided_relus`).
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ def saliency(model: nn.Module, image: torch.Tensor, target_class: int | None = N
         gradient over channels, divided by its maximum) and an int; for a batch (N, H, W) and (N,).
 
     Raises:
-        CnnkitError: an unknown method; ``guided`` on a model without an ``nn.ReLU`` module to guide,
-            or with one inside TorchScript (:func:`~cnnkit.explain.hooks.guided_relus`); a class out of range.
+        CnnkitError: an unknown method; ``guided`` on a model whose forward runs no rectifier to guide,
+            or runs one inside TorchScript (:func:`~cnnkit.explain.hooks.guided_relus`); a class out of range.
     """
     if method not in METHODS:
         raise CnnkitError(f"unknown saliency method {method!r}; use one of: {', '.join(METHODS)}")
@@ -41,13 +42,14 @@ def saliency(model: nn.Module, image: torch.Tensor, target_class: int | None = N
     with frozen(model), torch.enable_grad():
         if method == "guided":
             with guided_relus(model) as guided:
-                if not guided:  # nothing to guide: the map would be vanilla saliency under another name
-                    raise CnnkitError(
-                        f"guided backpropagation guides the gradient at each nn.ReLU module, and "
-                        f"{type(model).__name__} has none (a functional relu, ReLU6 or another activation is "
-                        "not guided); explain it with vanilla saliency (drop --guided; method='vanilla' in Python)"
-                    )
                 scores = forward_scores(model, x)
+                if not guided:  # nothing guided: the map would be vanilla saliency under another name
+                    raise CnnkitError(
+                        f"guided backpropagation guides the gradient at each rectifier (ReLU, ReLU6: a module or a "
+                        f"functional call), and {type(model).__name__} runs none (tanh, SiLU, LeakyReLU and other "
+                        "activations are not guided); explain it with vanilla saliency (drop --guided; "
+                        "method='vanilla' in Python)"
+                    )
                 classes = target_classes(scores, target_class)
                 (grad,) = torch.autograd.grad(selected_score(scores, classes), x)
         else:

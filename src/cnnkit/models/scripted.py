@@ -60,3 +60,27 @@ def add_hooks(module: nn.Module, pre, post, with_kwargs: bool = False, prepend: 
     if post is not None:
         handles.append(nn.Module.register_forward_hook(module, post))
     return handles
+
+
+def compiled_ops(module: nn.Module) -> list[tuple[str, tuple]]:
+    """The operators the compiled forward of the TorchScript ``module`` runs, its sub-modules' calls
+    inlined and every branch and loop body included: ``(kind, constants)`` for each ``aten::`` node,
+    ``kind`` as ``"aten::relu_"`` and ``constants`` the values of its inputs, None where an input is
+    computed. What no hook can see from Python (which activations, which convolutions) is read here.
+    A module without a compiled forward (a ModuleList) runs none."""
+    try:
+        graph = module.inlined_graph  # held while its nodes are read: they die with it
+    except (AttributeError, RuntimeError):
+        return []
+    ops: list[tuple[str, tuple]] = []
+
+    def walk(block) -> None:
+        for node in block.nodes():
+            if node.kind().startswith("aten::"):
+                consts = tuple(v.toIValue() if v.node().kind() == "prim::Constant" else None for v in node.inputs())
+                ops.append((node.kind(), consts))
+            for inner in node.blocks():
+                walk(inner)
+
+    walk(graph)
+    return ops
