@@ -829,3 +829,33 @@ def test_a_network_that_is_torchscript_as_a_whole_is_explained_by_saliency_and_r
         CnnkitError, match=r"^layer '1' is inside the network, TorchScript as a whole, .*; explain it with saliency"
     ):
         resolve_layer(net, "1")
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")
+@pytest.mark.parametrize("compile_", ["script", "trace"])
+def test_filters_are_read_from_the_convolutions_inside_torchscript(compile_):
+    """Filters run no layer, so no hook is needed: the 2-D convolutions inside TorchScript (a Conv2d
+    subclass included, LeNet's masked C3; a transposed one not) give their weights by name, as the
+    plain network's do; the other layers are named for what they are."""
+    from cnnkit.explain.hooks import conv2d_layers
+    from cnnkit.models.lenet import TableConv2d
+
+    torch.manual_seed(0)
+    table = [(0, 1), (1, 2), (2, 3), (3, 0), (0, 1, 2, 3)]
+    plain = nn.Sequential(
+        nn.Conv2d(3, 4, 3), TableConv2d(4, 5, 3, table), nn.ReLU(), nn.ConvTranspose2d(5, 2, 2), nn.Flatten()
+    ).eval()
+    x = torch.rand(1, 3, 9, 9)
+    net = torch.jit.script(plain) if compile_ == "script" else torch.jit.trace(plain, x)
+    part = nn.Sequential(net, nn.Linear(2 * 6 * 6, 2))  # TorchScript inside a plain network
+    assert list(conv2d_layers(plain)) == list(conv2d_layers(net)) == ["0", "1"]
+    assert list(conv2d_layers(part)) == ["0.0", "0.1"]
+    for name in ("0", "1"):
+        assert torch.equal(filters(net, name), plain.get_submodule(name).weight.detach())
+        assert torch.equal(filters(part, "0." + name), plain.get_submodule(name).weight.detach())
+    assert filters(net, "1").shape == (5, 4, 3, 3)
+    with pytest.raises(CnnkitError, match=r"^layer '3' is a ConvTranspose2d, not a Conv2d; pick one of: 0, 1$"):
+        filters(net, "3")
+    with pytest.raises(CnnkitError, match=r"^unknown layer '7'; 2-D convolutions: 0, 1$"):
+        filters(net, "7")

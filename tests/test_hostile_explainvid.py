@@ -143,22 +143,56 @@ def scripted_run(tmp_path_factory):
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
-@pytest.mark.parametrize("method", ["featuremaps", "patterns", "filters", "gradcam"])
+@pytest.mark.parametrize("method", ["featuremaps", "patterns", "gradcam"])
 def test_explain_names_torchscript_and_saliency_for_a_network_that_is_torchscript(scripted_run, capsys, method):
-    """Feature maps, patterns and filters of a TorchScript network said "no feature maps to plot; pass
+    """Feature maps and patterns of a TorchScript network said "no feature maps to plot; pass
     at least one layer" or "has no convolution; pass --layer NAME" (and --layer is refused inside it);
-    each says the network is TorchScript and that (vanilla) saliency works, and saliency does."""
+    each says the network is TorchScript and that (vanilla) saliency and filters work, and they do."""
     run, out = scripted_run / "run", scripted_run / f"{method}.png"
     argv = ["explain", str(run), str(scripted_run / "digit.png"), "--trust-code", f"{scripted_run / 'net.py'}:build"]
     err = _error(capsys, [*argv, "--method", method, "--out", str(out)])
     assert err.endswith(
         f"{run} has no convolutional layer outside TorchScript (the network is TorchScript, whose layers run "
         "without hooks, so their outputs cannot be seen); explain it with saliency (vanilla, not guided), which "
-        "needs no layer, or build it from plain nn modules"
+        "needs no layer, or with filters, which reads its convolutions' weights, or build it from plain nn modules"
     ), err
     assert not out.exists()
-    assert main([*argv, "--method", "saliency", "--out", str(out)]) == 0  # what the line says works
-    assert out.is_file() and capsys.readouterr().out.startswith("saliency: class ")
+    for works in ("saliency", "filters"):  # what the line says works
+        assert main([*argv, "--method", works, "--out", str(out)]) == 0
+        assert out.is_file() and capsys.readouterr().out.startswith(f"{works}: ")
+        out.unlink()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_explain_draws_the_filters_of_a_network_that_is_torchscript(scripted_run, capsys, monkeypatch):
+    """`--method filters` of a TorchScript network said it had no convolutional layer outside
+    TorchScript, though drawing filters runs no layer: it reads the weights, which TorchScript keeps
+    under the same names. It draws them, the first convolution by default, as for the plain network."""
+    import cnnkit.plots as plots
+    from cnnkit.models import create_model
+
+    drawn = []
+    real = plots.filter_grid
+    monkeypatch.setattr(plots, "filter_grid", lambda w, **k: drawn.append((w, k["title"])) or real(w, **k))
+    run, out = scripted_run / "run", scripted_run / "f.png"
+    argv = ["explain", str(run), str(scripted_run / "digit.png"), "--method", "filters", "--out", str(out)]
+    code = ["--trust-code", f"{scripted_run / 'net.py'}:build"]
+    assert main([*argv, *code]) == 0  # TorchScript, the run's weights loaded into it
+    assert capsys.readouterr().out == f"filters: layer features.0.0 -> {out}\n"
+    assert main([*argv, "--layer", "features.1.0", *code]) == 0
+    assert main([*argv]) == 0  # the run's own plain network
+    (script0, t0), (script1, t1), (plain0, p0) = drawn
+    assert (t0, t1, p0) == ("Filters of features.0.0", "Filters of features.1.0", "Filters of features.0.0")
+    assert script0.shape == (32, 1, 5, 5) and script1.shape == (48, 32, 3, 3)
+    assert torch.equal(script0, plain0)  # the run's weights, read through TorchScript
+    net = create_model("mnist_fast", num_classes=10, in_channels=1)
+    assert not torch.equal(script0, net.features[0][0].weight.detach())  # not a fresh network's
+    out.unlink()
+    err = _error(capsys, [*argv, "--layer", "features.0.1", *code])
+    assert err.endswith(
+        "layer 'features.0.1' is a MaxPool2d, not a Conv2d; pick one of: features.0.0, features.1.0, features.2.0"
+    ), err
+    assert not out.exists()
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")

@@ -127,7 +127,7 @@ def run_explain(args) -> int:
         layer_names,
         saliency,
     )
-    from cnnkit.explain.hooks import default_cam_layer, is_conv, no_convolution, torchscript_where
+    from cnnkit.explain.hooks import conv2d_layers, default_cam_layer, is_conv, no_convolution, torchscript_where
     from cnnkit.tasks.classify.explain import load_explainable, read_input
     from cnnkit.tasks.classify.load import check_finite_weights
 
@@ -142,8 +142,12 @@ def run_explain(args) -> int:
     check_finite_weights(target.model, args.model)  # NaN weights would explain nothing (p=nan)
     x = read_input(target, args.image, resize=args.resize)  # as `cnnkit predict` reads it for a folder-trained run
     target.check_accepts(x, f" ({args.image})")
-    layer = target.layer(args.layer) if args.layer else None
-    convs = [n for n in layer_names(target.net) if is_conv(target.net.get_submodule(n))]
+    if args.method == "filters":  # weights are read and no layer runs: the convolutions inside TorchScript too
+        layer = target.prefix + args.layer if args.layer else None  # checked by filters()
+        convs = list(conv2d_layers(target.net))
+    else:
+        layer = target.layer(args.layer) if args.layer else None
+        convs = [n for n in layer_names(target.net) if is_conv(target.net.get_submodule(n))]
     if not convs and layer is None and args.method != "saliency":
         if torchscript_where(target.net):  # its convolutions run inside compiled code, without hooks
             raise no_convolution(target.net, args.model)

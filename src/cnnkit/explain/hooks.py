@@ -4,7 +4,8 @@ Every hook registered here is removed in a ``finally`` block, and every change t
 state (training mode, ``requires_grad``, a torch-function mode) is undone on the way out, also when
 the forward raises. The layers are those whose hooks run
 (:func:`~cnnkit.models.scripted.hook_points`): a TorchScript module is one layer, and the layers
-inside it, which its compiled forward calls without hooks, are refused by name.
+inside it, which its compiled forward calls without hooks, are refused by name. Only a
+convolution's weights are read inside TorchScript (:func:`conv2d_layers`): that needs no hook.
 """
 
 from __future__ import annotations
@@ -52,10 +53,16 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
             f"layer {brief(repr(name), 100)} is inside {where}, whose compiled forward runs it without hooks, so its "
             f"output cannot be seen; {pick}"
         )
+    raise _unknown_layer(name, names, "valid layers (convolutions first)")
+
+
+def _unknown_layer(name: str, names: list[str], listed: str) -> CnnkitError:
+    """The error for a layer name that is none of ``names``: the close ones, then the first twelve
+    under the heading ``listed``."""
     close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
     hint = f"did you mean {', '.join(close)}? " if close else ""
-    shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
-    raise CnnkitError(f"unknown layer {brief(repr(name), 100)}; {hint}valid layers (convolutions first): {shown}")
+    shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "") or "(none)"
+    return CnnkitError(f"unknown layer {brief(repr(name), 100)}; {hint}{listed}: {shown}")
 
 
 def _scripted_around(model: nn.Module, name: str) -> str | None:
@@ -87,10 +94,11 @@ def no_convolution(model: nn.Module, source: str | None = None) -> CnnkitError:
     source = source or f"model {type(model).__name__}"
     where = torchscript_where(model)
     if where:
+        filters = ", or with filters, which reads its convolutions' weights" if conv2d_layers(model) else ""
         return CnnkitError(
             f"{source} has no convolutional layer outside TorchScript ({where}, whose layers run without "
             "hooks, so their outputs cannot be seen); explain it with saliency (vanilla, not guided), which "
-            "needs no layer, or build it from plain nn modules"
+            f"needs no layer{filters}, or build it from plain nn modules"
         )
     return CnnkitError(
         f"{source} has no convolutional layer; pass layer=NAME, one of: {', '.join(layer_names(model)[:12])}"
@@ -116,16 +124,43 @@ def last_conv_layer(model: nn.Module) -> str:
     return conv_layers(model)[-1]
 
 
-def conv_layer(model: nn.Module, name: str) -> nn.Conv2d:
-    """The 2-D convolution called ``name``; a CnnkitError if it is something else."""
-    module = resolve_layer(model, name)
-    if not isinstance(module, nn.Conv2d):
-        convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-        raise CnnkitError(
-            f"layer {name!r} is a {type(module).__name__}, not a Conv2d; "
-            f"pick one of: {', '.join(convs[:12]) or '(none)'}"
-        )
-    return module
+def conv2d_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The model's 2-D convolutions by name (as in ``model.named_modules()``, in that order), those
+    inside TorchScript included: the layers whose filters can be drawn. Their weights are read and
+    nothing runs, so no hook is needed. Outside TorchScript a layer is an ``nn.Conv2d`` (or a
+    subclass); inside, where the class is gone, a module with a 4-D ``weight`` of its own whose
+    compiled forward runs a 2-D convolution (not a transposed one)."""
+    found: dict[str, nn.Module] = {}
+    for name, module in model.named_modules():
+        if name and (_scripted_conv2d(module) if is_torchscript(module) else isinstance(module, nn.Conv2d)):
+            found[name] = module
+    return found
+
+
+def _scripted_conv2d(module: nn.Module) -> bool:
+    weight = dict(module.named_parameters(recurse=False)).get("weight")
+    if weight is None or weight.dim() != 4:
+        return False
+    # torch.jit.script keeps aten::conv2d; torch.jit.trace records aten::_convolution(..., transposed, ...)
+    return any(
+        kind == "aten::conv2d" or (kind == "aten::_convolution" and consts[6] is False)
+        for kind, consts in compiled_ops(module)
+    )
+
+
+def conv_layer(model: nn.Module, name: str) -> nn.Module:
+    """The 2-D convolution called ``name`` (:func:`conv2d_layers`: one inside TorchScript too), for its
+    weights; a CnnkitError if it is something else, or no layer."""
+    convs = conv2d_layers(model)
+    if name in convs:
+        return convs[name]
+    module = dict(model.named_modules()).get(name) if name else None
+    if module is None:
+        raise _unknown_layer(name, list(convs), "2-D convolutions")
+    kind = getattr(module, "original_name", "TorchScript module") if is_torchscript(module) else type(module).__name__
+    raise CnnkitError(
+        f"layer {name!r} is a {kind}, not a Conv2d; pick one of: {', '.join(list(convs)[:12]) or '(none)'}"
+    )
 
 
 def default_cam_layer(model: nn.Module, x: torch.Tensor) -> str:
