@@ -207,6 +207,38 @@ def test_guided_saliency_guides_functional_rectifiers_and_relu6_against_a_hand_c
     assert guided_calls == {"ReLU": 1, "ReLU6": 1}
 
 
+@pytest.mark.parametrize("kind", ["prelu", "leaky"])
+def test_a_leaky_rectifier_made_of_relu_calls_keeps_its_own_gradient_under_guided_saliency(kind):
+    """Keras' PReLU and ReLU(negative_slope) are computed as relu(x) - a * relu(-x): guided
+    backpropagation defines no rule for a leaky rectifier, so their relu calls are not guided; the
+    map equals that of the same network with torch's own PReLU / LeakyReLU, the ReLU after it guided."""
+    from cnnkit.models.keras import PReLU, ReLU
+
+    torch.manual_seed(3)
+    if kind == "prelu":
+        keras_layer, torch_layer = PReLU((3, 1, 1)), nn.PReLU(3)
+        with torch.no_grad():
+            keras_layer.alpha.copy_(torch.tensor([0.1, 0.3, -0.2]).view(3, 1, 1))
+            torch_layer.weight.copy_(keras_layer.alpha.flatten())
+    else:
+        keras_layer, torch_layer = ReLU(negative_slope=0.2), nn.LeakyReLU(0.2)
+    net = Rectified(keras_layer, nn.ReLU())
+    ref = Rectified(torch_layer, nn.ReLU())
+    ref.load_state_dict(
+        {
+            k.replace("first.alpha", "first.weight"): v.flatten() if "alpha" in k else v
+            for k, v in net.state_dict().items()
+        }
+    )
+    x = torch.randn(1, 8, 8)
+    torch.testing.assert_close(net(x[None]), ref(x[None]))
+    guided, _ = saliency(net, x, target_class=1, method="guided")
+    torch.testing.assert_close(guided, saliency(ref, x, target_class=1, method="guided")[0], rtol=1e-5, atol=1e-6)
+    with guided_relus(net) as calls:
+        net(x[None])
+    assert calls == {"ReLU": 1}  # the second layer's; the leaky layer's two relu calls are left as they are
+
+
 def _guided_by_backward_hooks(net: nn.Module, x: torch.Tensor, k: int) -> torch.Tensor:
     """Guided saliency by another road: every rectifier made an nn.ReLU / nn.ReLU6 module (googlenet's
     functional relu moved into one), each clamping its input gradient in a full backward hook

@@ -327,14 +327,19 @@ class _GuidedRectifiers(TorchFunctionMode):
     def __init__(self, calls: Counter):
         super().__init__()
         self.calls = calls
+        self.paused = 0  # inside a leaky rectifier built of relu calls: its relus are not guided
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)  # the mode is off inside: F.relu's own torch.relu is not seen again
-        kind = _rectifier_kind(func, args, kwargs)
+        kind = None if self.paused else _rectifier_kind(func, args, kwargs)
         if kind is not None:
             _guide(out, kind, self.calls)
         return out
+
+
+def _pause(mode: _GuidedRectifiers, step: int) -> None:
+    mode.paused += step
 
 
 def _scripted_rectifier(module: nn.Module) -> bool:
@@ -360,7 +365,8 @@ def guided_relus(model: nn.Module) -> Iterator[Counter]:
     active; a hook on its output adds ``grad > 0``. The calls are caught by a torch-function mode
     (``nn.ReLU``'s forward calls ``F.relu``), and a TorchScript ReLU or ReLU6 module that Python calls
     by its forward hook. Other activations (tanh, SiLU, LeakyReLU, sigmoid gates) keep their own
-    gradient: guided backpropagation defines none for them.
+    gradient: guided backpropagation defines none for them; so does a leaky rectifier computed from
+    relu calls, a module whose ``leaky_rectifier`` is true (Keras' PReLU, ReLU with a negative slope).
 
     Yields:
         A Counter of the rectifier calls guided so far, by kind (``"ReLU"``, ``"ReLU6"``,
@@ -383,11 +389,14 @@ def guided_relus(model: nn.Module) -> Iterator[Counter]:
     calls: Counter = Counter()
     handles = []
     try:
+        mode = _GuidedRectifiers(calls)
         for module in points:
             if _scripted_rectifier(module):  # called from Python, it runs the hooks nn.Module gives it
                 kind = module.original_name
                 handles += add_hooks(module, None, lambda m, i, out, kind=kind: _guide(out, kind, calls))
-        with _GuidedRectifiers(calls):
+            elif getattr(module, "leaky_rectifier", False):
+                handles += add_hooks(module, lambda m, i: _pause(mode, 1), lambda m, i, out: _pause(mode, -1))
+        with mode:
             yield calls
     finally:
         for handle in handles:

@@ -424,6 +424,12 @@ class ReLU(nn.Module):
     def extra_repr(self) -> str:
         return f"max_value={self.max_value}, negative_slope={self.negative_slope:g}, threshold={self.threshold:g}"
 
+    @property
+    def leaky_rectifier(self) -> bool:
+        """With a negative slope it is leaky, though computed from relu calls: guided backpropagation
+        (:func:`cnnkit.explain.hooks.guided_relus`) leaves its gradient as it is."""
+        return bool(self.negative_slope)
+
 
 class PReLU(nn.Module):
     """Keras ``PReLU``: ``relu(x) - alpha * relu(-x)``; ``alpha`` has the input's shape (channels first,
@@ -432,6 +438,8 @@ class PReLU(nn.Module):
     def __init__(self, shape: tuple[int, ...]):
         super().__init__()
         self.alpha = nn.Parameter(torch.zeros(shape))
+
+    leaky_rectifier = True  # guided backpropagation leaves its gradient as it is (see ReLU)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(x) - self.alpha * F.relu(-x)
