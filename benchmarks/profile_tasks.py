@@ -20,7 +20,7 @@ the one engine, with the task and the plan wrapped by :class:`cnnkit.analysis.pr
 and resizing the photos, building the network), then each step's data (batch assembly and
 augmentation), forward (the loss included), backward and optimiser step, the validation and the
 checkpoint writes, and ``test`` the final score after training. The compute part's achieved GFLOP/s
-(forward and backward FLOPs of the actual batch, counted on the first step) is set against this
+(forward and backward FLOPs of the actual batches, counted on the first step and again after a freeze) is set against this
 CPU's fp32 ceiling measured in the same run at the same thread count (a large 3x3 convolution and
 a 2048^2 matrix product). Prints the CPU, the load average, the table and the ceiling.
 """
@@ -278,9 +278,11 @@ def main() -> None:
                 **times,
                 "seconds": prof.seconds,
                 "steps": prof.steps,
+                "timed": prof.timed,
                 "samples": prof.samples,
                 "flops": prof.flops,
                 "batch": prof.batch,
+                "work": prof.work,
                 "gflops": g,
                 "ceiling": ceiling,
                 **({"layers": prof.layer_rows(args.layers)} if args.layers else {}),

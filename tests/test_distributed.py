@@ -46,6 +46,8 @@ def test_two_processes_match_one(data_dir, tmp_path):
         seed=3,
         device="cpu",
         precision="fp32",  # bf16 autocast (auto on a CPU with native bf16) rounds two shards unlike one batch
+        freeze_after=1,  # the first conv stops training after epoch 1: DDP then reduces the others alone
+        freeze_until="2",
     )
     train(preset("fast", **args), tmp_path / "one", quiet=True)
     cmd = [
@@ -87,6 +89,10 @@ def test_two_processes_match_one(data_dir, tmp_path):
         "cpu",
         "--precision",
         "fp32",
+        "--freeze-after",
+        "1",
+        "--freeze-until",
+        "2",
         "--out",
         str(tmp_path / "two"),
     ]

@@ -762,3 +762,55 @@ def test_a_run_cut_while_its_first_resume_state_is_written_starts_again_as_the_l
     monkeypatch.setattr(loop, "save_resume", real)
     again = _run(tmp_path / "cut")
     assert [r["epoch"] for r in again.history] == [1, 2, 3] and read_info(tmp_path / "cut")["interrupted"] is False
+
+
+class _TwoLayers(LineTask):
+    def describe(self, model):
+        return {"task": "line"}
+
+
+def test_a_freeze_stops_its_modules_training_after_its_epochs_skips_their_gradient_and_resumes_exactly(tmp_path):
+    """Setup.freeze: the first layer trains for one epoch, then gets no gradient (its weights stay as
+    the first epoch left them, the second layer's training goes on); a run cut after each epoch
+    resumes to the same weights; every parameter trains again after the run."""
+
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(1, 4), nn.Linear(4, 1))
+
+    def plan():
+        def begin(m):
+            return Setup(torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9), freeze=(1, [m[0]]))
+
+        return Plan([Phase(3, begin)], seed=5)
+
+    seen, grads = [], []
+
+    def record(epoch, row):
+        seen.append([p.detach().clone() for p in model.parameters()])
+
+    model = net()
+    model[0].weight.register_hook(lambda g: grads.append(len(seen)))  # the epochs its gradient was computed in
+    fit(_TwoLayers(), model, _data(), plan(), tmp_path / "full", quiet=True, on_epoch_end=record)
+    steps = -(-256 // 16)
+    assert grads == [0] * steps  # the first epoch's steps only
+    first, second, third = seen
+    assert not torch.equal(first[0], net()[0].weight)  # trained in epoch 1
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], third[1])  # then frozen
+    assert not torch.equal(first[2], second[2]) and not torch.equal(second[2], third[2])  # the rest trains
+    assert all(p.requires_grad for p in model.parameters())
+
+    for cut in (0, 1):
+
+        def stop(epoch, row, cut=cut):
+            if epoch == cut:
+                raise KeyboardInterrupt
+
+        out = tmp_path / f"cut{cut}"
+        with pytest.raises(KeyboardInterrupt):
+            fit(_TwoLayers(), net(), _data(), plan(), out, quiet=True, on_epoch_end=stop)
+        fit(_TwoLayers(), net(), _data(), plan(), out, quiet=True, resume=True)
+        a, b = (load_file(tmp_path / r / "resume.safetensors") for r in ("full", out.name))
+        for k in a:
+            if not k.startswith("rng"):
+                assert torch.equal(a[k], b[k]), (cut, k)

@@ -86,8 +86,26 @@ def test_profiler_charges_each_part_and_counts_the_layers_flops(tmp_path):
     assert sum(r["share"] for r in rows) == pytest.approx(1.0)
     g = prof.gflops()
     assert g["compute"] == pytest.approx(7 * 2 * 1024 / (s["forward"] + s["backward"]) / 1e9)
-    assert "8 steps (1 warm-up), 128 samples" in prof.table(10.0)
+    assert "8 steps (7 timed), 128 samples" in prof.table(10.0)
     assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_the_flops_of_the_steps_after_a_freeze_are_counted_again_without_the_frozen_layers_gradients(tmp_path):
+    """A layer frozen after the first epoch: its weight gradient and the next layer's input gradient
+    are no longer computed, and the steps after the freeze are credited with what they do; the step
+    that counts them is not timed, as the warm-up step is not."""
+    prof = StepProfiler(warmup=1)
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 4))
+    plan = Plan([Phase(2, lambda m: Setup(torch.optim.SGD(m.parameters(), lr=0.1), freeze=(1, [m[0]])))])
+    prof.start()
+    fit(prof.task(_Task()), model, Data("train", "val"), prof.plan(plan), tmp_path / "run", quiet=True)
+    prof.stop()
+    fwd = 2 * 16 * 8 * 8 + 2 * 16 * 8 * 4
+    assert prof.flops == {"forward": fwd, "backward": 2 * 16 * 8 * 8 + 2 * 2 * 16 * 8 * 4}  # dW0; dW1, dX1
+    assert prof.steps == 8 and prof.timed == 6  # 4 steps an epoch; the first of each counted, not timed
+    assert prof.work == {"forward": 6 * fwd, "backward": 3 * (2048 + 2048) + 3 * 1024}
+    s = prof.seconds
+    assert prof.gflops()["compute"] == pytest.approx((6 * fwd + 15360) / (s["forward"] + s["backward"]) / 1e9)
 
 
 def test_profiler_splits_the_steps_after_warm_up_by_layer(tmp_path, slow_layer):
@@ -100,7 +118,7 @@ def test_profiler_splits_the_steps_after_warm_up_by_layer(tmp_path, slow_layer):
     rows = {r["layer"]: r for r in prof.layer_rows()}
     assert set(rows) == {"0", "1", "2", "(outside layers)"}
     slow = rows["1"]  # per step after warm-up: validation's forward passes are not counted
-    layer, timed = model[1], prof.steps - 1
+    layer, timed = model[1], prof.timed
     trained = [s for grad, s in layer.slept if grad][1:]  # the steps after the warm-up one
     validated = sum(s for grad, s in layer.slept if not grad) / timed  # what counting them would add
     assert len(trained) == timed and validated > 0.002

@@ -7,10 +7,13 @@ that the optimiser step is the time between its pre- and post-hook and the backw
 from the end of ``loss()`` to the pre-hook). Whatever lies between those events (progress bar, EMA,
 loss bookkeeping) is ``other``; the time from an epoch's last step to the next epoch's first batch,
 less validation, is ``checkpoint`` (the engine saves the run there). The first ``warmup`` steps
-(allocation, first-call dispatch) are kept apart. The floating-point operations of one step's
-forward and backward pass are counted on the first step with :class:`torch.utils.flop_counter.FlopCounterMode`
-(convolutions and matrix products, on the actual batch), so the achieved GFLOP/s of the compute part
-can be set against the machine's fp32 or bf16 ceiling (:func:`compute_ceiling`, measured at the same thread count)::
+(allocation, first-call dispatch) are kept apart. The floating-point operations of a step's
+forward and backward pass are counted with :class:`torch.utils.flop_counter.FlopCounterMode`
+(convolutions and matrix products, on the actual batch) on the first step and again on the first
+step after the set of trained parameters changes (a frozen layer's backward pass is not run, nor
+counted); each of those steps is kept apart as the warm-up is. The achieved GFLOP/s of the compute
+part can then be set against the machine's fp32 or bf16 ceiling (:func:`compute_ceiling`, measured at
+the same thread count)::
 
     prof = StepProfiler()
     result = fit(prof.task(task), model, data, prof.plan(plan), out)
@@ -43,9 +46,13 @@ class StepProfiler:
     Attributes:
         seconds: part -> seconds.
         steps: optimizer steps taken.
-        samples: training samples of those steps (the loss's ``n``).
+        timed: those whose parts were timed (not a warm-up step, nor one whose FLOPs were counted
+            after the first).
+        samples: training samples of the steps (the loss's ``n``).
         flops: ``{"forward", "backward"}``: floating-point operations of the first step.
         batch: samples of that first step.
+        work: ``{"forward", "backward"}``: floating-point operations of the timed steps (each
+            step's count scaled by its samples).
 
     Example:
         >>> prof = StepProfiler()
@@ -62,6 +69,11 @@ class StepProfiler:
         self.samples = 0
         self.flops = {"forward": 0, "backward": 0}
         self.batch = 0
+        self.timed = 0
+        self.work = {"forward": 0.0, "backward": 0.0}
+        self._trained: tuple[bool, ...] | None = None  # the trained parameters when FLOPs were counted
+        self._step = {"forward": 0, "backward": 0, "batch": 1, "n": 0}  # that count, this step's samples
+        self._untimed = warmup > 0
         self._mark: float | None = None
         self._epoch_end = False
         self._counter: FlopCounterMode | None = None
@@ -99,7 +111,7 @@ class StepProfiler:
         "backward_ms", "share"}`` (share: of the step's forward and backward time), slowest first."""
         if self._timer is None:
             return []
-        timed = max(1, self.steps - self.warmup)
+        timed = max(1, self.timed)
         fwd, bwd = self._timer.forward_seconds, self._timer.backward_seconds
         compute = (self.seconds["forward"] + self.seconds["backward"]) or 1.0
         rows = [
@@ -124,7 +136,7 @@ class StepProfiler:
     def rows(self) -> list[dict]:
         """One row per part with time: ``{"part", "seconds", "share", "ms_per_step"}``."""
         total = sum(self.seconds.values()) or 1.0
-        timed = max(1, self.steps - self.warmup)
+        timed = max(1, self.timed)
         return [
             {
                 "part": k,
@@ -137,14 +149,13 @@ class StepProfiler:
         ]
 
     def gflops(self) -> dict[str, float]:
-        """Achieved GFLOP/s of the steps after warm-up: ``compute`` (forward + backward time),
-        ``forward`` alone and ``step`` (data and optimiser included); 0 where nothing was timed."""
-        timed = self.steps - self.warmup
-        fwd, bwd = self.flops["forward"], self.flops["backward"]
+        """Achieved GFLOP/s of the timed steps: ``compute`` (forward + backward time), ``forward``
+        alone and ``step`` (data and optimiser included); 0 where nothing was timed."""
+        fwd, bwd = self.work["forward"], self.work["backward"]
         s = self.seconds
 
         def rate(flops: float, secs: float) -> float:
-            return flops * timed / secs / 1e9 if secs > 0 and timed > 0 else 0.0
+            return flops / secs / 1e9 if secs > 0 and self.timed > 0 else 0.0
 
         step_secs = sum(s[k] for k in (*STEP_PARTS, "other"))
         return {
@@ -164,7 +175,7 @@ class StepProfiler:
         g = self.gflops()
         per_sample = (self.flops["forward"] + self.flops["backward"]) / max(1, self.batch)
         lines.append(
-            f"{self.steps} steps ({self.warmup} warm-up), {self.samples} samples; "
+            f"{self.steps} steps ({self.timed} timed), {self.samples} samples; "
             f"{per_sample / 1e9:.3f} GFLOP per sample (forward + backward); "
             f"compute {g['compute']:.1f} GFLOP/s, forward {g['forward']:.1f}, whole step {g['step']:.1f}"
             + (f"; ceiling {ceiling:.1f} GFLOP/s: compute at {g['compute'] / ceiling:.0%}" if ceiling else "")
@@ -176,7 +187,7 @@ class StepProfiler:
     def _charge(self, part: str) -> None:
         now = time.perf_counter()
         if self._mark is not None:
-            if part in STEP_PARTS and self.steps < self.warmup:
+            if part in STEP_PARTS and self._untimed:
                 part = "warm-up"
             self.seconds[part] += now - self._mark
         self._mark = now
@@ -189,7 +200,7 @@ class StepProfiler:
             from cnnkit.analysis.measure import LayerTimer
 
             self._timer = LayerTimer(model)
-        self._timer.enabled = self.steps >= self.warmup
+        self._timer.enabled = not self._untimed
         return self._timer
 
     def _begin(self, begin):
@@ -214,13 +225,21 @@ class StepProfiler:
             self._timer.end_backward()
             self._timer.enabled = False
         if self._counter is not None:
-            self.flops["backward"] = self._counter.get_total_flops() - self.flops["forward"]
+            self._step["backward"] = self._counter.get_total_flops() - self._step["forward"]
             self._counter.__exit__(None, None, None)
             self._counter = None
+            if not self.batch:  # the first step's count
+                self.flops = {k: self._step[k] for k in ("forward", "backward")}
+                self.batch = self._step["batch"]
 
     def _post_step(self, optimizer, args, kwargs) -> None:
         self._charge("optimizer")
+        if not self._untimed:
+            self.timed += 1
+            for k in self.work:
+                self.work[k] += self._step[k] * self._step["n"] / self._step["batch"]
         self.steps += 1
+        self._untimed = self.steps < self.warmup
 
 
 def _conv_backward_flops(
@@ -275,19 +294,21 @@ class _ProfiledTask:
     def loss(self, model, batch):
         p = self._prof
         p._charge("other")
-        first = p.steps == 0 and p.flops["forward"] == 0
-        if first:
+        trained = tuple(q.requires_grad for q in model.parameters())
+        count = trained != p._trained  # the first step, or the first since a freeze
+        if count:
+            p._trained, p._untimed = trained, True
             p._counter = flop_counter()
             p._counter.__enter__()
         timer = p._layer_timer(model)
         loss, stats = self._task.loss(model, batch)
         if timer is not None and timer.enabled:
             timer.begin_backward()
-        if first and p._counter is not None:
-            p.flops["forward"] = p._counter.get_total_flops()
-        p.samples += int(stats["n"])
-        if first:
-            p.batch = int(stats["n"])
+        n = int(stats["n"])
+        if count and p._counter is not None:
+            p._step.update(forward=p._counter.get_total_flops(), batch=n)
+        p._step["n"] = n
+        p.samples += n
         p._charge("forward")
         return loss, stats
 

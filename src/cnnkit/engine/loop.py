@@ -402,12 +402,20 @@ def _run_phase(
     train, val = setup.data or data
     evaluated = setup.module or deploy  # a phase's own module is validated on its data
     last, images = epochs.stop, 0
-    with _progress(console, quiet or not d.main) as bar, warnings.catch_warnings():
+    after, frozen = setup.freeze or (0, [])
+    freezing = [p for m in frozen for p in m.parameters() if p.requires_grad]
+    with _progress(console, quiet or not d.main) as bar, warnings.catch_warnings(), _trained_after(freezing):
         # DDP's gradient buckets of a channels-last 1x1 kernel have the same memory layout as its
         # gradient, with other strides on the size-1 axes, which DDP warns of on every process
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         bar_task, done = None, 0
         for epoch in epochs:
+            if freezing and epoch - first >= after and freezing[0].requires_grad:
+                # from this epoch on (a resumed run: from its first) the frozen modules get no gradient
+                for p in freezing:
+                    p.requires_grad_(False)
+                if d.world > 1:  # DDP reduces the gradients of what trained when it was built
+                    step_net = nn.parallel.DistributedDataParallel(net, static_graph=True)
             tick = time.perf_counter()
             batches = task.batches(train, gen, True)
             label = f"{epoch + 1}{' ' + name if name else ''}"
@@ -592,6 +600,16 @@ def step_loss(task, step_net, batch, d: Dist) -> tuple[torch.Tensor, dict[str, t
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def _trained_after(params: list[nn.Parameter]):
+    """``params`` train again after the phase, whichever of its epochs froze them."""
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 @contextlib.contextmanager

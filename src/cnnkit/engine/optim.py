@@ -52,7 +52,10 @@ def make_optimizer(net: nn.Module, cfg: Recipe) -> torch.optim.Optimizer:
 
 
 def single_phase_plan(
-    cfg, params: Callable[[nn.Module], nn.Module] | None = None, val_every: int | None = None
+    cfg,
+    params: Callable[[nn.Module], nn.Module] | None = None,
+    val_every: int | None = None,
+    freeze: tuple[int, list[nn.Module]] | None = None,
 ) -> Plan:
     """The plan of ordinary training: one phase of ``cfg.epochs`` epochs.
 
@@ -61,6 +64,8 @@ def single_phase_plan(
         params: ``fn(model) -> module`` whose parameters train (default: the model's own), e.g. the
             network inside a deployable wrapper.
         val_every: instead of ``cfg.val_every``.
+        freeze: ``(epochs, modules)``: the modules stop training after that many epochs
+            (:attr:`~cnnkit.engine.task.Setup.freeze`); None: everything trains throughout.
 
     Returns:
         A :class:`~cnnkit.engine.task.Plan` whose phase builds :func:`make_optimizer` and follows
@@ -69,7 +74,7 @@ def single_phase_plan(
 
     def begin(model: nn.Module) -> Setup:
         net = params(model) if params is not None else model
-        return Setup(make_optimizer(net, cfg), schedule=lambda step, total: lr_at(step, total, cfg))
+        return Setup(make_optimizer(net, cfg), schedule=lambda step, total: lr_at(step, total, cfg), freeze=freeze)
 
     every = cfg.val_every if val_every is None else val_every
     return Plan([Phase(cfg.epochs, begin)], seed=cfg.seed, ema=cfg.ema, val_every=every)

@@ -135,6 +135,10 @@ class Setup:
         data: this phase's data instead of the run's (cached features); None: the run's.
         frozen: modules kept in eval mode while training (batch norms whose statistics stay fixed).
         row: extra history columns of this phase (e.g. the number of trainable parameters).
+        freeze: ``(epochs, modules)``: after that many epochs of the phase the modules stop training
+            for the rest of it (progressive freezing, FreezeOut: Brock et al. 2017,
+            https://arxiv.org/abs/1706.04983): their parameters get no gradient, so the backward
+            pass stops above them; their batch norms still normalise by the batch. None: no freeze.
     """
 
     optimizer: torch.optim.Optimizer
@@ -144,6 +148,7 @@ class Setup:
     frozen: list[nn.Module] = field(default_factory=list)
     row: dict = field(default_factory=dict)
     others: list[torch.optim.Optimizer] = field(default_factory=list)
+    freeze: tuple[int, list[nn.Module]] | None = None
 
     @property
     def optimizers(self) -> list[torch.optim.Optimizer]:
