@@ -345,3 +345,44 @@ def test_precision_recall_and_loss_are_float64_in_the_json():
     with torch.no_grad():
         each = F.cross_entropy(net(x), labels, reduction="none").tolist()  # float32 per image
     assert json.loads(text)["loss"] == math.fsum(each) / 230
+
+
+def test_freeze_after_stops_the_layers_before_freeze_until_and_the_preset_freezes_its_stem(data_dir, tmp_path, tiny):
+    """--freeze-after 1 --freeze-until 3: the tiny net's first conv and batch norm keep the weights
+    the first epoch left them; the layers from `3` on train on. A name the network lacks, or one of
+    the two flags alone, is refused before anything is written."""
+    import shutil
+
+    assert (preset("fast").freeze_after, preset("fast").freeze_until) == (1, "features.1")
+    mine = preset("fast", model=tiny + ":tiny")
+    assert mine.freeze_after == 0 and "freeze_until" not in mine.to_dict()  # another network: no freeze
+
+    def keep_first(epoch, row):
+        if epoch == 0:
+            shutil.copy(tmp_path / "run" / "model.safetensors", tmp_path / "epoch1.safetensors")
+
+    cfg = small(data_dir, model=tiny + ":tiny", subset=1024, epochs=2, ema=0.0, freeze_after=1, freeze_until="3")
+    train(cfg, tmp_path / "run", quiet=True, on_epoch_end=keep_first)
+    a, b = load_file(tmp_path / "epoch1.safetensors"), load_file(tmp_path / "run" / "model.safetensors")
+    frozen = [
+        k
+        for k in a
+        if k.startswith(("net.0.", "net.1.")) and not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    ]
+    assert sorted(frozen) == ["net.0.bias", "net.0.weight", "net.1.bias", "net.1.weight"]
+    assert all(torch.equal(a[k], b[k]) for k in frozen)
+    assert not torch.equal(a["net.3.weight"], b["net.3.weight"]) and not torch.equal(
+        a["net.9.weight"], b["net.9.weight"]
+    )
+    assert "freeze_until: '3'" in (tmp_path / "run" / "config.yaml").read_text()
+
+    bad = [
+        (dict(freeze_after=1), "--freeze-after 1 needs --freeze-until LAYER"),
+        (dict(freeze_until="3"), "--freeze-until '3' needs --freeze-after N"),
+        (dict(freeze_after=1, freeze_until="nope"), "unknown layer freeze_until='nope'"),
+        (dict(freeze_after=-1, freeze_until="3"), "--freeze-after must be a non-negative integer"),
+    ]
+    for i, (kw, message) in enumerate(bad):
+        with pytest.raises(CnnkitError, match=message):
+            train(small(data_dir, model=tiny + ":tiny", subset=256, epochs=1, **kw), tmp_path / f"bad{i}", quiet=True)
+        assert not (tmp_path / f"bad{i}").exists() or not any((tmp_path / f"bad{i}").iterdir())

@@ -533,6 +533,14 @@ def _trace_base(model, features, input_shape):
     return order, stage_of
 
 
+def layers_before(net: nn.Module, name: str, input_shape) -> list[nn.Module]:
+    """The leaf modules ``net``'s features run before layer ``name`` (a module name such as
+    ``features.1`` or a Keras-style name such as ``block2_conv1``), in the order they run: what
+    ``--freeze-until`` leaves untrained. ``input_shape``: (C, H, W) of an input the features take."""
+    leaves, stage_of = _trace_base(net, _parts(net)[0], input_shape)
+    return [m for _, m in leaves[: _resolve_layer(name, leaves, stage_of)]]
+
+
 def _top_start(freeze_until: str | None, leaves, stage_of) -> int:
     """Index of the first leaf stage ``top`` trains: ``freeze_until``'s, else the last convolution's
     (the top block's where the base has none)."""

@@ -203,7 +203,13 @@ def train_one(
         info=_info(cfg, train_set, network),
         prune=cfg.prune,
     )
-    plan = single_phase_plan(cfg, lambda m: m.net, val_every=1 if cfg.val_every is None else cfg.val_every)
+    freeze = None
+    if cfg.freeze_until is not None:  # a layer name the network lacks is refused now, before training
+        from cnnkit.tasks.classify.finetune import layers_before
+
+        freeze = (cfg.freeze_after, layers_before(model.net, cfg.freeze_until, train_set.image_shape))
+    every = 1 if cfg.val_every is None else cfg.val_every
+    plan = single_phase_plan(cfg, lambda m: m.net, val_every=every, freeze=freeze)
     run = engine.fit_run(
         task,
         model,
