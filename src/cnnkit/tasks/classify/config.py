@@ -69,7 +69,7 @@ class TrainConfig(RunConfig):
     freeze_until: str | None = option(
         None,
         help="with --freeze-after: the first layer that trains throughout, a module name such as features.1 "
-        "(`cnnkit summary` lists them) or a Keras name like block2_conv1",
+        "(`cnnkit summary` lists them) or a Keras name like block2_conv1 (default: fast features.1, best none)",
     )
     tta: bool = option(
         False, help="test-time augmentation in the saved model (the image and its 1-pixel shifts averaged)"
