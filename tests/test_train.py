@@ -351,6 +351,7 @@ def test_freeze_after_stops_the_layers_before_freeze_until_and_the_preset_freeze
     """--freeze-after 1 --freeze-until 3: the tiny net's first conv and batch norm keep the weights
     the first epoch left them; the layers from `3` on train on. A name the network lacks, or one of
     the two flags alone, is refused before anything is written."""
+    import dataclasses
     import shutil
 
     assert (preset("fast").freeze_after, preset("fast").freeze_until) == (1, "features.1")
@@ -375,6 +376,16 @@ def test_freeze_after_stops_the_layers_before_freeze_until_and_the_preset_freeze
         a["net.9.weight"], b["net.9.weight"]
     )
     assert "freeze_until: '3'" in (tmp_path / "run" / "config.yaml").read_text()
+
+    # --freeze-after 0 over a recipe that names a layer (the fast preset's features.1): nothing is frozen
+    def keep_first0(epoch, row):
+        if epoch == 0:
+            shutil.copy(tmp_path / "run0" / "model.safetensors", tmp_path / "epoch1.safetensors")
+
+    train(dataclasses.replace(cfg, freeze_after=0), tmp_path / "run0", quiet=True, on_epoch_end=keep_first0)
+    a, b = load_file(tmp_path / "epoch1.safetensors"), load_file(tmp_path / "run0" / "model.safetensors")
+    assert not torch.equal(a["net.0.weight"], b["net.0.weight"])
+    assert "freeze_until" not in (tmp_path / "run0" / "config.yaml").read_text()
 
     bad = [
         (dict(freeze_after=1), "--freeze-after 1 needs --freeze-until LAYER"),

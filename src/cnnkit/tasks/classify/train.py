@@ -204,7 +204,7 @@ def train_one(
         prune=cfg.prune,
     )
     freeze = None
-    if cfg.freeze_until is not None:  # a layer name the network lacks is refused now, before training
+    if cfg.freeze_after and cfg.freeze_until is not None:  # a layer the network lacks: refused before training
         from cnnkit.tasks.classify.finetune import layers_before
 
         freeze = (cfg.freeze_after, layers_before(model.net, cfg.freeze_until, train_set.image_shape))
