@@ -109,7 +109,7 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     assert main(["detect", "eval", str(tmp_path)]) == 2
     assert "no checkpoint at" in capsys.readouterr().err
     assert main(["detect", "train", "--data", "digits", "--epochs", "0", "--out", str(tmp_path / "r")]) == 2
-    assert "--epochs must be a positive integer" in capsys.readouterr().err
+    assert "--epochs must be an integer from 1 to 100,000; received 0" in capsys.readouterr().err
     assert main(["detect", "train", "--data", "digits", "--val-every", "-1", "--out", str(tmp_path / "r")]) == 2
     assert "--val-every must be an integer >= 0" in capsys.readouterr().err
 

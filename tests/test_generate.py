@@ -207,7 +207,7 @@ def test_zero_epochs_is_refused_in_one_line_before_any_work(tmp_path, capsys):
     with pytest.raises(CnnkitError, match="--epochs must be a positive integer. Received: --epochs 0"):
         train(GenerateConfig(epochs=0), tmp_path / "run", quiet=True)
     assert main(["generate", "train", "--epochs", "0", "--out", str(tmp_path / "cli"), "--quiet"]) == 2
-    assert "--epochs must be a positive integer" in capsys.readouterr().err
+    assert "--epochs must be an integer from 1 to 100,000; received 0" in capsys.readouterr().err
     assert not (tmp_path / "run").exists() and not (tmp_path / "cli").exists()
 
 

@@ -113,7 +113,7 @@ def test_a_test_split_with_every_pixel_ignored_prints_nan_not_a_traceback(tmp_pa
         (["segment", "eval", "no/such/run"], "no checkpoint at no/such/run"),
         (["segment", "eval", "no/such/run", "--test-scale", "0"], "--test-scale takes positive numbers"),
         (["segment", "train", "--data", "{data}", "--test-scale", "1.5", "-1"], "--test-scale takes positive numbers"),
-        (["segment", "train", "--data", "{data}", "--epochs", "0"], "--epochs must be a positive integer"),
+        (["segment", "train", "--data", "{data}", "--epochs", "0"], "--epochs must be an integer from 1 to 100,000"),
         (["segment", "train", "--data", "{data}", "--val-every", "-1"], "--val-every must be an integer >= 0"),
         (["segment", "train", "--data", "{data}", "--arch", "segnet"], "unknown segmentation architecture"),
         (

@@ -28,6 +28,9 @@ from cnnkit.errors import CnnkitError, plain_int, short_error
 
 MAX_CONFIG_BYTES = 1 << 20  # a --config file larger than this is not a config
 INT64 = 2**63  # torch counts and sizes in int64: an integer setting is below this whatever its field's bounds
+# The most epochs a run takes: ten times the 10,000 a long schedule on a small set may ask for. More
+# is a typo that would train for ever, and --minutes stops a run only between epochs.
+MAX_EPOCHS = 100_000
 
 
 def option(
@@ -85,7 +88,9 @@ class RunConfig:
         None, help="the network: a zoo name (`cnnkit zoo`), a spec .yaml/.json or FILE.py:FUNCTION"
     )
     weights: str | None = option(None, help="initial weights: imagenet (the published ones) | none | PATH")
-    epochs: int | None = option(None, help="passes over the training split", minimum=0)
+    epochs: int | None = option(
+        None, help=f"passes over the training split (at most {MAX_EPOCHS:,})", minimum=1, below=MAX_EPOCHS + 1
+    )
     batch_size: int | None = option(None, help="global batch size (split across processes under torchrun)", minimum=1)
     lr: float | None = option(None, help="peak learning rate of the schedule", minimum=1e-12)
     optimizer: str = option("sgd", help="sgd (Nesterov momentum) | adamw | nadam", choices=("sgd", "adamw", "nadam"))

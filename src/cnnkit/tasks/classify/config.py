@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cnnkit.data.augment_config import AugmentConfig
-from cnnkit.engine.config import RunConfig, option
+from cnnkit.engine.config import MAX_EPOCHS, RunConfig, option
 from cnnkit.errors import CnnkitError
 
 
@@ -257,8 +257,10 @@ class FinetuneConfig(RunConfig):
     )
     epochs: int | None = option(
         None,
-        help="epochs of every stage (default: head 40, top 8, all 2; head and top train on what the "
-        "frozen layers give for each image and its mirror image, computed once)",
+        help=f"epochs of every stage, at most {MAX_EPOCHS:,} (default: head 40, top 8, all 2; head and top "
+        "train on what the frozen layers give for each image and its mirror image, computed once)",
+        minimum=0,
+        below=MAX_EPOCHS + 1,
     )
     batch_size: int = 32
     lr: float = option(

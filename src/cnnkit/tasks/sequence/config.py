@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from cnnkit.engine.config import RunConfig, option
+from cnnkit.engine.config import MAX_EPOCHS, RunConfig, option
 from cnnkit.errors import CnnkitError
 
 MODELS = ("multirocket", "multirocket_hydra", "fcn1d", "resnet1d", "inception_time")
@@ -69,7 +69,12 @@ class SequenceConfig(RunConfig):
         choices=MODELS,
     )
     steps: int = option(1000, help="optimizer steps of one network (rounded up to a multiple of --epochs)", minimum=1)
-    epochs: int = option(10, help="rounds the steps are cut into: validation and a checkpoint after each", minimum=1)
+    epochs: int = option(
+        10,
+        help=f"rounds the steps are cut into: validation and a checkpoint after each (at most {MAX_EPOCHS:,})",
+        minimum=1,
+        below=MAX_EPOCHS + 1,
+    )
     batch_size: int | None = option(
         None,
         help="global batch size (split across processes under torchrun); unset: a tenth of the training "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cnnkit.engine.config import RunConfig, option
+from cnnkit.engine.config import MAX_EPOCHS, RunConfig, option
 
 
 @dataclass
@@ -30,7 +30,9 @@ class VideoConfig(RunConfig):
         "moving_mnist", help="moving_mnist (the only labelled clips built in)", choices=("moving_mnist",)
     )
     model: str = option("c3d_small", help="the network: a zoo model of task video (`cnnkit zoo --task video`)")
-    epochs: int = option(10, help="passes over the training clips", minimum=1)
+    epochs: int = option(
+        10, help=f"passes over the training clips (at most {MAX_EPOCHS:,})", minimum=1, below=MAX_EPOCHS + 1
+    )
     batch_size: int = option(32, help="global batch size", minimum=1)
     lr: float = option(3e-3, help="peak learning rate of the schedule", minimum=1e-12)
     optimizer: str = option("adamw", help="sgd | adamw | nadam", choices=("sgd", "adamw", "nadam"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cnnkit.engine.config import RunConfig, option
+from cnnkit.engine.config import MAX_EPOCHS, RunConfig, option
 
 
 @dataclass
@@ -28,7 +28,9 @@ class PredictConfig(RunConfig):
 
     data: str = option("moving_mnist", help="moving_mnist | a folder of clips (sub-folders of frames or .npy)")
     model: str = option("simvp_tiny", help="the predictor: a zoo model of task video_predict (simvp, simvp_tiny)")
-    epochs: int = option(10, help="passes over the training clips", minimum=1)
+    epochs: int = option(
+        10, help=f"passes over the training clips (at most {MAX_EPOCHS:,})", minimum=1, below=MAX_EPOCHS + 1
+    )
     batch_size: int = option(16, help="global batch size", minimum=1)
     lr: float = option(5e-3, help="peak learning rate of the schedule", minimum=1e-12)
     optimizer: str = option("adamw", help="sgd | adamw | nadam", choices=("sgd", "adamw", "nadam"))

@@ -1,0 +1,46 @@
+"""Audit of run settings past any real use: a typo'd count (a run that would train for ever, a
+network or a data set too large to build) is one line naming the flag and its range, exit 2,
+before anything is written."""
+
+from __future__ import annotations
+
+import pytest
+
+from cnnkit.cli import main
+
+
+def _error(capsys, argv) -> str:
+    """The one line a refused command prints (exit 2, no traceback)."""
+    capsys.readouterr()
+    assert main(argv) == 2
+    *warnings, err = capsys.readouterr().err.strip().splitlines()
+    assert all(w.startswith("warning: ") for w in warnings) and "Traceback" not in err, (warnings, err)
+    return err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["classify", "train"],
+        ["detect", "train", "--data", "digits"],
+        ["instance", "train"],
+        ["segment", "train", "--data", "digits"],
+        ["generate", "train"],
+        ["sequence", "train", "--data", "ECG200"],
+        ["video", "train"],
+        ["video-predict", "train"],
+        ["style", "train", "--style", "s.png", "--data", "."],
+    ],
+)
+def test_epochs_past_the_most_a_run_takes_is_refused(command, tmp_path, capsys):
+    out = tmp_path / "run"
+    err = _error(capsys, [*command, "--epochs", "100001", "--out", str(out), "--quiet"])
+    assert err.endswith("--epochs must be an integer from 1 to 100,000; received 100001")
+    assert not out.exists()
+
+
+def test_finetune_epochs_go_from_0_to_the_most_a_run_takes(tmp_path, capsys):
+    out = tmp_path / "run"
+    err = _error(capsys, ["classify", "finetune", "--data", ".", "--epochs", "100001", "--out", str(out)])
+    assert err.endswith("--epochs must be an integer from 0 to 100,000; received 100001")
+    assert not out.exists()
