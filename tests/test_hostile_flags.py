@@ -44,3 +44,11 @@ def test_finetune_epochs_go_from_0_to_the_most_a_run_takes(tmp_path, capsys):
     err = _error(capsys, ["classify", "finetune", "--data", ".", "--epochs", "100001", "--out", str(out)])
     assert err.endswith("--epochs must be an integer from 0 to 100,000; received 100001")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("command", [["classify", "train"], ["sequence", "train", "--data", "ECG200"]])
+def test_an_ensemble_past_100_networks_is_refused(command, tmp_path, capsys):
+    out = tmp_path / "run"
+    err = _error(capsys, [*command, "--ensemble", "101", "--out", str(out), "--quiet"])
+    assert err.endswith("--ensemble must be an integer from 1 to 100; received 101")
+    assert not out.exists()

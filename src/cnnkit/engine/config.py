@@ -31,6 +31,9 @@ INT64 = 2**63  # torch counts and sizes in int64: an integer setting is below th
 # The most epochs a run takes: ten times the 10,000 a long schedule on a small set may ask for. More
 # is a typo that would train for ever, and --minutes stops a run only between epochs.
 MAX_EPOCHS = 100_000
+# The most networks an ensemble trains (each a whole run's training, all held in the saved model):
+# twenty times InceptionTime's 5.
+MAX_ENSEMBLE = 100
 
 
 def option(

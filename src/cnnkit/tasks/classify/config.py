@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cnnkit.data.augment_config import AugmentConfig
-from cnnkit.engine.config import MAX_EPOCHS, RunConfig, option
+from cnnkit.engine.config import MAX_ENSEMBLE, MAX_EPOCHS, RunConfig, option
 from cnnkit.errors import CnnkitError
 
 
@@ -81,7 +81,12 @@ class TrainConfig(RunConfig):
     )
     channels_last: bool = option(True, help="NHWC memory format (oneDNN's convolutions run faster on CPUs)")
     eval_batch_size: int = option(1000, help="batch size of validation")
-    ensemble: int = option(1, help="members to train, with seeds seed .. seed+K-1; the saved model averages them")
+    ensemble: int = option(
+        1,
+        help=f"members to train, with seeds seed .. seed+K-1, at most {MAX_ENSEMBLE}; the saved model averages them",
+        minimum=1,
+        below=MAX_ENSEMBLE + 1,
+    )
     recipe: str = option(
         "",
         help="the recipe :func:`preset` chose: the preset's name for its own network, "

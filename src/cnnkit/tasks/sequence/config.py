@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from cnnkit.engine.config import MAX_EPOCHS, RunConfig, option
+from cnnkit.engine.config import MAX_ENSEMBLE, MAX_EPOCHS, RunConfig, option
 from cnnkit.errors import CnnkitError
 
 MODELS = ("multirocket", "multirocket_hydra", "fcn1d", "resnet1d", "inception_time")
@@ -90,8 +90,10 @@ class SequenceConfig(RunConfig):
     )
     ensemble: int = option(
         1,
-        help="networks trained with seeds seed .. seed+K-1, their probabilities averaged (5: InceptionTime)",
+        help=f"networks trained with seeds seed .. seed+K-1, their probabilities averaged (5: InceptionTime; "
+        f"at most {MAX_ENSEMBLE})",
         minimum=1,
+        below=MAX_ENSEMBLE + 1,
     )
     threads: int | None = option(
         None,
