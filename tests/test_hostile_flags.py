@@ -52,3 +52,14 @@ def test_an_ensemble_past_100_networks_is_refused(command, tmp_path, capsys):
     err = _error(capsys, [*command, "--ensemble", "101", "--out", str(out), "--quiet"])
     assert err.endswith("--ensemble must be an integer from 1 to 100; received 101")
     assert not out.exists()
+
+
+def test_steps_past_the_most_a_run_takes_are_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["sequence", "train", "--data", "ECG200", "--steps", "1000001", "--out", str(out), "--quiet"]
+    assert _error(capsys, argv).endswith("--steps must be an integer from 1 to 1,000,000; received 1000001")
+    assert not out.exists()
+    image = tmp_path / "styled.png"
+    argv = ["style", "transfer", "c.png", "s.png", "--steps", "100001", "--out", str(image), "--quiet"]
+    assert _error(capsys, argv).endswith("--steps must be an integer from 1 to 100,000; received 100001")
+    assert not image.exists()

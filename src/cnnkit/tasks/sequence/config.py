@@ -11,6 +11,10 @@ from cnnkit.errors import CnnkitError
 MODELS = ("multirocket", "multirocket_hydra", "fcn1d", "resnet1d", "inception_time")
 # fitted in closed form (no optimizer steps): the step and optimizer settings do not apply
 FITTED = ("multirocket", "multirocket_hydra")
+# The most optimizer steps of one network: InceptionTime's recipe (1,500 epochs at batch 64) takes
+# about 210,000 on the 8,926 training series of UCR's ElectricDevices. --minutes stops a run only
+# between rounds (--epochs), so this also bounds how long one round can run.
+MAX_STEPS = 1_000_000
 # the settings of gradient training, which a fitted model refuses and its run does not store
 GRADIENT_ONLY = (
     "steps",
@@ -68,7 +72,12 @@ class SequenceConfig(RunConfig):
         "(trained by gradient steps)",
         choices=MODELS,
     )
-    steps: int = option(1000, help="optimizer steps of one network (rounded up to a multiple of --epochs)", minimum=1)
+    steps: int = option(
+        1000,
+        help=f"optimizer steps of one network (rounded up to a multiple of --epochs; at most {MAX_STEPS:,})",
+        minimum=1,
+        below=MAX_STEPS + 1,
+    )
     epochs: int = option(
         10,
         help=f"rounds the steps are cut into: validation and a checkpoint after each (at most {MAX_EPOCHS:,})",

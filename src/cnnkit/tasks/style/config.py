@@ -31,6 +31,9 @@ NETWORKS: dict[str, dict] = {
 # the longest --size / --style-size of the optimisation: the loss network's activations, kept for the
 # backward pass, take about 1.6 kB per pixel (EfficientNet-Lite0), so 2048 x 2048 needs some 7 GB
 MAX_SIDE = 2048
+# The most optimisation steps of one transfer: a hundred times Gatys et al.'s few hundred L-BFGS
+# iterations; the transfer has no checkpoint and no time budget, so more is a typo that never ends
+MAX_STEPS = 100_000
 
 # what the transformation network trains on, where it differs from the optimisation's recipe: plain
 # Gram matrices at a lower style weight (with the robust Gram matrix at weight 100 the small network
@@ -69,7 +72,12 @@ class TransferConfig:
         minimum=16,
         below=MAX_SIDE + 1,
     )
-    steps: int = option(300, help="optimisation steps (each one forward and backward pass)", minimum=1)
+    steps: int = option(
+        300,
+        help=f"optimisation steps (each one forward and backward pass; at most {MAX_STEPS:,})",
+        minimum=1,
+        below=MAX_STEPS + 1,
+    )
     optimizer: str = option(
         "lbfgs",
         help="lbfgs (one iteration a step) | adam; L-BFGS reaches the lower loss in equal time",
