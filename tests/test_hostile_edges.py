@@ -60,11 +60,11 @@ BIG = str(2**63)  # one past int64, the most torch takes as a count or a size
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["generate", "train", "--latent-dim", BIG], f"--latent-dim must be an integer from 1 to {2**63 - 1:,}"),
-        (["generate", "train", "--width", BIG], f"--width must be an integer from 1 to {2**63 - 1:,}"),
+        (["generate", "train", "--latent-dim", BIG], "--latent-dim must be from 1 to 1024"),
+        (["generate", "train", "--width", BIG], "--width must be from 1 to 1024"),
         (["video", "train", "--size", BIG], f"--size must be an integer from 8 to {2**63 - 1:,}"),
         (["detect", "train", "--data", "digits", "--scenes", BIG, "4"], "--scenes must be an integer from "),
-        (["segment", "train", "--data", "digits", "--width", BIG], "--width must be an integer from 1 to "),
+        (["segment", "train", "--data", "digits", "--width", BIG], "--width must be from 1 to 128"),
         (["classify", "finetune", "--data", ".", "--batch-size", BIG], "--batch-size must be an integer from 1 to "),
     ],
 )

@@ -63,3 +63,19 @@ def test_steps_past_the_most_a_run_takes_are_refused(tmp_path, capsys):
     argv = ["style", "transfer", "c.png", "s.png", "--steps", "100001", "--out", str(image), "--quiet"]
     assert _error(capsys, argv).endswith("--steps must be an integer from 1 to 100,000; received 100001")
     assert not image.exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["generate", "train", "--width", "1025"], "--width must be from 1 to 1024; received 1025"),
+        (["generate", "train", "--latent-dim", "1025"], "--latent-dim must be from 1 to 1024; received 1025"),
+        (["detect", "train", "--data", "digits", "--width", "1025"], "--width must be from 8 to 1024; received 1025"),
+        (["instance", "train", "--mask-width", "1025"], "--mask-width must be from 1 to 1024; received 1025"),
+        (["segment", "train", "--data", "digits", "--width", "129"], "--width must be from 1 to 128; received 129"),
+    ],
+)
+def test_a_network_wider_than_any_recipe_is_refused(argv, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _error(capsys, [*argv, "--out", str(out), "--quiet"]).endswith(message)
+    assert not out.exists()

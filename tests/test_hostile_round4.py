@@ -134,7 +134,7 @@ def test_instance_bounds_name_the_flag_and_train_digits_are_used(tmp_path, capsy
     from cnnkit.tasks.instance.train import train
 
     err = _error(capsys, ["instance", "train", "--mask-width", "0", "--out", str(tmp_path / "i")])
-    assert "--mask-width must be a positive integer; received 0" in err
+    assert "--mask-width must be from 1 to 1024; received 0" in err
     with pytest.raises(CnnkitError, match="--roi-jitter must be from 0 to 16; received -1"):
         train(InstanceConfig(data="digits", roi_jitter=-1), tmp_path / "i2")
     cfg = InstanceConfig(data="digits", data_dir=str(data_dir), scenes=(6, 2), image_size=64, train_digits=(3, 3))
@@ -145,7 +145,7 @@ def test_instance_bounds_name_the_flag_and_train_digits_are_used(tmp_path, capsy
 
 def test_segment_bounds_and_weights_the_unet_encoder_cannot_load(tmp_path, capsys, data_dir):
     base = ["segment", "train", "--data", "digits", "--data-dir", str(data_dir), "--scenes", "8", "--epochs", "1"]
-    assert "--width must be a positive integer; received 0" in _error(
+    assert "--width must be from 1 to 128; received 0" in _error(
         capsys, [*base, "--width", "0", "--out", str(tmp_path / "s")]
     )
     assert "--boundary-d must be from 1 to 1024; received 0" in _error(

@@ -11,6 +11,9 @@ from cnnkit.errors import CnnkitError
 # stride-2 convolutions the TensorFlow way, one pixel more on an odd-sized map, which moves the deeper
 # maps off the grid the head's points assume (docs/experiments/2026-12-06-segmenter-alignment.md).
 SIDE_MULTIPLE = 32
+# The most channels of the neck and heads: four times Mask R-CNN's 256 (70 M parameters on a photo
+# detector's three levels)
+MAX_WIDTH = 1024
 
 
 # ----------------------------------------------------------------------------- the training recipe
@@ -67,7 +70,9 @@ class DetectConfig(RunConfig):
         "slowest part of a CPU step) (default: on for the Penn-Fudan detector; off for instance masks, "
         "other data and backbones without weights)",
     )
-    width: int = option(64, help="channels of the FPN-lite neck and the head")
+    width: int = option(
+        64, help=f"channels of the FPN-lite neck and the head (from 8 to {MAX_WIDTH})", minimum=8, maximum=MAX_WIDTH
+    )
     head_convs: int = option(2, help="3x3 convolutions per head tower (at most 16)", minimum=0, maximum=16)
     separate_towers: bool | None = option(
         None, help="one head tower for the classes, another for boxes and centre-ness (default: on, off on tiny)"

@@ -6,6 +6,12 @@ from dataclasses import dataclass
 
 from cnnkit.engine.config import RunConfig, option
 
+# The most --width and --latent-dim: 32 times the default width and about ten times the DCGAN paper's
+# 100 noise values. Both at 1024, the two networks hold 374 M parameters (over 6 GB with their
+# gradients, Adam's state and the average); the parameters grow with width x latent-dim and
+# width squared, so values far beyond run out of memory while the networks are built.
+MAX_WIDTH = 1024
+
 
 @dataclass
 class GenerateConfig(RunConfig):
@@ -51,11 +57,15 @@ class GenerateConfig(RunConfig):
         minimum=0,
         below=1001,
     )
-    latent_dim: int = option(100, help="length of the generator's noise vector", minimum=1)
+    latent_dim: int = option(
+        100, help=f"length of the generator's noise vector (at most {MAX_WIDTH})", minimum=1, maximum=MAX_WIDTH
+    )
     width: int = option(
         32,
-        help="channels of the discriminator's first convolution; the generator's maps have 4 and 2 times it",
+        help="channels of the discriminator's first convolution; the generator's maps have 4 and 2 times it "
+        f"(at most {MAX_WIDTH})",
         minimum=1,
+        maximum=MAX_WIDTH,
     )
     epochs: int = 20
     batch_size: int = option(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from cnnkit.engine.config import option
-from cnnkit.tasks.detect.config import DetectConfig, stored_settings
+from cnnkit.tasks.detect.config import MAX_WIDTH, DetectConfig, stored_settings
 
 MASK_SIZE = 28
 
@@ -43,7 +43,9 @@ class InstanceConfig(DetectConfig):
     mask_convs: int = option(
         4, help="3x3 convolutions of the mask head (Mask R-CNN: 4; at most 16)", minimum=0, maximum=16
     )
-    mask_width: int = option(64, help="channels of the mask head (Mask R-CNN: 256)", minimum=1)
+    mask_width: int = option(
+        64, help=f"channels of the mask head (Mask R-CNN: 256; at most {MAX_WIDTH})", minimum=1, maximum=MAX_WIDTH
+    )
     roi_jitter: int = option(
         2, help="jittered copies of each ground-truth box the mask head trains on (at most 16)", minimum=0, maximum=16
     )

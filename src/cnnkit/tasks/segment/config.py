@@ -6,6 +6,10 @@ from dataclasses import dataclass
 
 from cnnkit.engine.config import RunConfig, option
 
+# The most first-level channels of U-Net's own encoder: twice U-Net's 64 (its deepest level has 16
+# times as many: 124 M parameters, four times U-Net's 31 M)
+MAX_UNET_WIDTH = 128
+
 DATA_DEFAULTS = {  # what `cnnkit segment train --data X` uses without flags (the recipe the README reports)
     "pennfudan": dict(
         arch="unet",
@@ -95,7 +99,12 @@ class SegmentConfig(RunConfig):
     model: str | None = option(None, help="the encoder: a zoo name, or unet (U-Net's own encoder)")
     weights: str | None = None
     output_stride: int = option(16, help="DeepLab's output stride: 16 | 8 (--arch deeplabv3 only)", choices=(16, 8))
-    width: int | None = option(None, help="U-Net's own encoder: first-level channels", minimum=1)
+    width: int | None = option(
+        None,
+        help=f"U-Net's own encoder: first-level channels (at most {MAX_UNET_WIDTH})",
+        minimum=1,
+        maximum=MAX_UNET_WIDTH,
+    )
     finest: int | None = option(None, help="U-Net on a zoo backbone: finest decoder stride, 2 or 4")
     fcn_paper: bool = option(
         False,
