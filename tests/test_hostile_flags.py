@@ -79,3 +79,46 @@ def test_a_network_wider_than_any_recipe_is_refused(argv, message, tmp_path, cap
     out = tmp_path / "run"
     assert _error(capsys, [*argv, "--out", str(out), "--quiet"]).endswith(message)
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["detect", "train", "--data", "digits", "--scenes", "1000001", "4"], "from 1 to 1,000,000; received 1000001"),
+        (["segment", "train", "--data", "digits", "--scenes", "1000001"], "from 1 to 1,000,000; received 1000001"),
+        (["segment", "train", "--data", "digits", "--canvas", "55"], "--canvas must be from 56 to 4096; received 55"),
+        (
+            ["segment", "train", "--data", "digits", "--canvas", "4097"],
+            "--canvas must be from 56 to 4096; received 4097",
+        ),
+        (["detect", "train", "--data", "digits", "--train-digits", "0", "4"], "--train-digits must be from 1 to 16"),
+        (["detect", "train", "--data", "digits", "--train-digits", "1", "17"], "--train-digits must be from 1 to 16"),
+        (
+            ["detect", "train", "--data", "digits", "--train-digits", "5", "2"],
+            "--train-digits must be the least digits per scene, then the most (such as 1 4); received (5, 2)",
+        ),
+    ],
+)
+def test_digit_scene_settings_name_their_flag_and_range(argv, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    err = _error(capsys, [*argv, "--out", str(out), "--quiet"])
+    assert message in err and ": error: --" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["detect", "train", "--data", "digits", "--scenes", "100000", "4", "--image-size", "512"],
+        ["segment", "train", "--data", "digits", "--scenes", "100000", "--canvas", "512"],
+    ],
+)
+def test_scenes_that_would_not_fit_in_memory_are_refused_before_any_is_drawn(argv, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("cnnkit.errors.memory_available", lambda: 8 * 10**9)  # 100,000 scenes of 512 px: 79 GB
+    out = tmp_path / "run"
+    err = _error(capsys, [*argv, "--data-dir", str(tmp_path), "--out", str(out), "--quiet"])
+    assert "drawing 100,000 train scenes of 512x512 px needs 78.6 GB, more than the 8.0 GB" in err
+    assert err.endswith(
+        "ask for fewer or smaller scenes (--scenes, --image-size or --canvas; n= and canvas= in Python)"
+    )
+    assert not out.exists()

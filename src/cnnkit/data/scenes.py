@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnkit.data.datasets import load_dataset
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, check_fits
 
 INK = 64  # a resized digit's pixel is ink when >= this (of 255)
 _SPLIT_SALT = {"train": 0, "val": 1, "test": 2}  # different random streams per split, same seed
@@ -85,6 +85,13 @@ def digit_scenes(
         raise CnnkitError(
             f"the canvas must hold the largest digit ({largest} px) and be at most 4096 px. Received: canvas={canvas!r}"
         )
+    # the image and its two masks, a byte a pixel each: refused before anything is drawn where they
+    # would not fit in memory
+    check_fits(
+        3 * n * canvas * canvas,
+        f"drawing {n:,} {split} scenes of {canvas}x{canvas} px",
+        "ask for fewer or smaller scenes (--scenes, --image-size or --canvas; n= and canvas= in Python)",
+    )
     pool = source if source is not None else load_dataset("mnist", split, data_dir)
     g = torch.Generator().manual_seed(seed * 3 + _SPLIT_SALT[split])
     images = torch.zeros(n, 1, canvas, canvas, dtype=torch.uint8)

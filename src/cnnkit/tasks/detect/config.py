@@ -11,6 +11,8 @@ from cnnkit.errors import CnnkitError
 # stride-2 convolutions the TensorFlow way, one pixel more on an odd-sized map, which moves the deeper
 # maps off the grid the head's points assume (docs/experiments/2026-12-06-segmenter-alignment.md).
 SIDE_MULTIPLE = 32
+# The most scenes of a split: 80 times the default 12,000 training scenes, each drawn one by one
+MAX_SCENES = 1_000_000
 # The most channels of the neck and heads: four times Mask R-CNN's 256 (70 M parameters on a photo
 # detector's three levels)
 MAX_WIDTH = 1024
@@ -45,10 +47,18 @@ class DetectConfig(RunConfig):
         help="validation, eval and predict letterbox images to --image-size times this, rounded to a multiple of "
         "32 (default: 1.1 for photos, 352 px after training at 320; 1 for digit scenes)",
     )
-    scenes: tuple[int, int] = option((12000, 500), help="digits: numbers of training and test scenes")
+    scenes: tuple[int, int] = option(
+        (12000, 500),
+        help=f"digits: numbers of training and test scenes (each at most {MAX_SCENES:,})",
+        minimum=1,
+        below=MAX_SCENES + 1,
+    )
     train_digits: tuple[int, int] | None = option(
         None,
-        help="digits: least and most digits per training scene (default: 4-8 on tiny, else 1-4; test scenes hold 1-4)",
+        help="digits: least and most digits per training scene, 1 to 16 (default: 4-8 on tiny, else 1-4; test "
+        "scenes hold 1-4)",
+        minimum=1,
+        maximum=16,
     )
     model: str = option(
         "", help="the backbone: a zoo name or tiny (default: efficientnet_lite0 for photos, tiny for digits)"
@@ -160,6 +170,11 @@ def validate(cfg: DetectConfig) -> DetectConfig:
             f"a factor above 0 and at most 4, with --image-size times it >= {SIDE_MULTIPLE}",
         ),
         ("test_scale", cfg.data != "digits" or cfg.test_scale == 1, "1 on digit scenes (they are drawn at one size)"),
+        (
+            "train_digits",
+            cfg.data != "digits" or cfg.train_digits[0] <= cfg.train_digits[1],
+            "the least digits per scene, then the most (such as 1 4)",
+        ),
         ("optimizer", cfg.optimizer in ("sgd", "adamw", "nadam"), "sgd, adamw or nadam"),
         ("schedule", cfg.schedule in ("onecycle", "cosine", "constant"), "onecycle, cosine or constant"),
         ("width", cfg.width >= 8, "at least 8"),

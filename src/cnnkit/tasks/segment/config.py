@@ -5,10 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cnnkit.engine.config import RunConfig, option
+from cnnkit.tasks.detect.config import MAX_SCENES
 
 # The most first-level channels of U-Net's own encoder: twice U-Net's 64 (its deepest level has 16
 # times as many: 124 M parameters, four times U-Net's 31 M)
 MAX_UNET_WIDTH = 128
+# digit scenes: the largest digit they draw (twice MNIST's 28 px) and the largest canvas
+LARGEST_DIGIT, MAX_CANVAS = 56, 4096
 
 DATA_DEFAULTS = {  # what `cnnkit segment train --data X` uses without flags (the recipe the README reports)
     "pennfudan": dict(
@@ -137,8 +140,18 @@ class SegmentConfig(RunConfig):
     jitter: float | None = option(None, help="brightness / contrast / saturation jitter of training photos")
     dice: float | None = option(None, help="weight of the soft Dice loss beside cross-entropy")
     lovasz: float | None = option(None, help="weight of the Lovasz-softmax loss beside cross-entropy")
-    canvas: int | None = option(None, help="digit scenes: side (px)", minimum=16)
-    scenes: int | None = option(None, help="digit scenes: training scenes (validation and test: a quarter)")
+    canvas: int | None = option(
+        None,
+        help=f"digit scenes: side (px, from {LARGEST_DIGIT} to {MAX_CANVAS})",
+        minimum=LARGEST_DIGIT,
+        maximum=MAX_CANVAS,
+    )
+    scenes: int | None = option(
+        None,
+        help=f"digit scenes: training scenes, at most {MAX_SCENES:,} (validation and test: a quarter)",
+        minimum=1,
+        below=MAX_SCENES + 1,
+    )
     tta: str | None = option(
         None, help="test-time augmentation: flip (image and mirror averaged) | none", choices=("flip", "none")
     )
