@@ -122,3 +122,17 @@ def test_scenes_that_would_not_fit_in_memory_are_refused_before_any_is_drawn(arg
         "ask for fewer or smaller scenes (--scenes, --image-size or --canvas; n= and canvas= in Python)"
     )
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["video", "train", "--size", "15"], "--size must be from 16 to 256; received 15"),
+        (["video", "train", "--size", "257"], "--size must be from 16 to 256; received 257"),
+        (["video-predict", "train", "--size", "1025"], "--size must be from 8 to 1024; received 1025"),
+    ],
+)
+def test_frame_sizes_past_what_the_clip_networks_take_are_refused(argv, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _error(capsys, [*argv, "--out", str(out), "--quiet"]).endswith(message)
+    assert not out.exists()

@@ -6,6 +6,11 @@ from dataclasses import dataclass
 
 from cnnkit.engine.config import MAX_EPOCHS, RunConfig, option
 
+# The side frames are resized to: every clip network of the zoo pools 16 x 16 down to 1 x 1 (a
+# smaller side fails in its last pooling), and the 64 x 64 Moving MNIST frames gain nothing beyond
+# four times their side, where one training batch of c3d_small's first stage is already gigabytes.
+MIN_SIZE, MAX_SIZE = 16, 256
+
 
 @dataclass
 class VideoConfig(RunConfig):
@@ -42,6 +47,11 @@ class VideoConfig(RunConfig):
     test_clips: int = option(10_000, help="test clips: the first N of the fixed test set", minimum=1, below=10_001)
     frames: int = option(20, help="frames of a Moving MNIST clip", minimum=1, below=1001)
     stride: int = option(2, help="the network sees every stride-th frame", minimum=1)
-    size: int = option(32, help="frames resized to size x size for the network (px)", minimum=8)
+    size: int = option(
+        32,
+        help=f"frames resized to size x size for the network (px, from {MIN_SIZE} to {MAX_SIZE})",
+        minimum=MIN_SIZE,
+        maximum=MAX_SIZE,
+    )
     channels_last: bool = option(False, help="NDHWC weights and batches of the 3-D convolutions (channels_last_3d)")
     val_every: int = option(1, help="validate after every k-th epoch and after the last (0: never)", minimum=0)

@@ -6,6 +6,10 @@ from dataclasses import dataclass
 
 from cnnkit.engine.config import MAX_EPOCHS, RunConfig, option
 
+# The most --size: sixteen times Moving MNIST's 64 px frames (the 10 input frames of a batch of 16
+# clips are 0.7 GB at 1024 x 1024, before the network's first layer)
+MAX_SIZE = 1024
+
 
 @dataclass
 class PredictConfig(RunConfig):
@@ -41,6 +45,11 @@ class PredictConfig(RunConfig):
         10_000, help="Moving MNIST: test clips, the first N of the fixed test set", minimum=1, below=10_001
     )
     frames: int = option(10, help="frames in, and as many predicted", minimum=1, below=501)
-    size: int = option(64, help="a folder's clips: frames resized to size x size (px)", minimum=8)
+    size: int = option(
+        64,
+        help=f"a folder's clips: frames resized to size x size (px, at most {MAX_SIZE})",
+        minimum=8,
+        maximum=MAX_SIZE,
+    )
     channels: int = option(1, help="a folder's clips: 1 (grey) or 3 (RGB)", choices=(1, 3))
     val_every: int = option(1, help="validate after every k-th epoch and after the last (0: never)", minimum=0)
