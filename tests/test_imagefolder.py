@@ -341,3 +341,20 @@ def test_trainval_of_a_folder_is_its_train_and_val(hymenoptera, data_dir):
     assert len(both) == len(train) + len(val) and both.name == "hymenoptera/trainval"
     assert torch.equal(both.images, torch.cat([train.images, val.images]))
     assert torch.equal(both.labels, torch.cat([train.labels, val.labels]))
+
+
+def test_images_that_would_not_fit_in_memory_are_refused_before_any_is_decoded(tmp_path, monkeypatch):
+    for c in ("a", "b"):
+        (tmp_path / "photos" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(tmp_path / "photos" / c / f"{i}.png")
+    monkeypatch.setattr("cnnkit.errors.memory_available", lambda: 10**9)  # 6 images at 8192 px: 2.4 GB
+    decoded = []
+    monkeypatch.setattr(imagefolder, "_decode", lambda *a: decoded.append(a))
+    with pytest.raises(CnnkitError) as info:
+        load_image_folder(tmp_path / "photos", image_size=(8192, 8192), val_fraction=0, cache=False)
+    assert str(info.value).endswith(
+        "at 8192x8192 needs 2.4 GB, more than the 1.0 GB of memory available; read them at a smaller size "
+        "(--image-size; image_size= in Python)"
+    )
+    assert not decoded

@@ -39,7 +39,7 @@ import torch
 
 from cnnkit.data.images import MAX_DECODE_PIXELS
 from cnnkit.data.imageset import ImageSet
-from cnnkit.errors import CnnkitError, CnnkitWarning, gone_from_split, short_error, temp_prefix
+from cnnkit.errors import CnnkitError, CnnkitWarning, check_fits, gone_from_split, short_error, temp_prefix
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 SPLIT_DIRS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
@@ -291,7 +291,16 @@ def _check_split(layout, split, val_fraction, test_fraction, root) -> None:
 
 
 def _decode_all(root: Path, files: list[str], params: dict, cache) -> tuple[torch.Tensor, list[str], list[str]]:
-    """Decode every candidate file once (or read the cache): (images, decoded files, skipped files)."""
+    """Decode every candidate file once (or read the cache): (images, decoded files, skipped files).
+
+    The decoded images are held twice at their end (each one, then all of them stacked): a size
+    whose images would not fit in the memory available is refused before the first is decoded."""
+    h, w = params["image_size"]
+    check_fits(
+        2 * len(files) * params["channels"] * h * w,
+        f"decoding the {len(files):,} images of {root} at {h}x{w}",
+        "read them at a smaller size (--image-size; image_size= in Python)",
+    )
     stats = []
     for p in files:
         st = (root / p).stat()
@@ -313,7 +322,6 @@ def _decode_all(root: Path, files: list[str], params: dict, cache) -> tuple[torc
         else:
             decoded.append(p)
             arrays.append(image)
-    h, w = params["image_size"]
     images = torch.stack(arrays) if arrays else torch.zeros(0, params["channels"], h, w, dtype=torch.uint8)
     if path is not None:
         _write_cache(path, images, decoded, bad)
