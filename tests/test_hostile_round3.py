@@ -427,5 +427,8 @@ def test_a_text_file_named_npy_gets_no_unpickling_advice(video, tmp_path, capsys
 def test_too_few_frames_for_the_network_is_one_line(tmp_path, capsys, data_dir):
     argv = ["video", "train", "--data-dir", str(data_dir), "--clips", "4", "--val-clips", "0", "--test-clips", "2"]
     err = _error(capsys, [*argv, "--batch-size", "2", "--frames", "4", "--out", str(tmp_path / "v"), *FAST])
-    assert "--model c3d_small cannot take 2 frames of 32x32 (--frames 4, --stride 2, --size 32)" in err
+    # c3d_small needs 8 frames: at --stride 2 that is a clip of 15
+    assert "--frames must be from 15 to 1000 for --model c3d_small at --stride 2" in err and err.endswith("received 4")
+    err = _error(capsys, [*argv, "--batch-size", "2", "--frames", "10", "--out", str(tmp_path / "v"), *FAST])
+    assert "--stride must be from 1 to 1 for --model c3d_small at --frames 10" in err and err.endswith("received 2")
     assert not (tmp_path / "v").exists()

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from cnnkit.engine.config import MAX_EPOCHS, RunConfig, option
 
+MAX_FRAMES = 1000  # frames of a rendered Moving MNIST clip (the data set's own have 20)
 # The side frames are resized to: every clip network of the zoo pools 16 x 16 down to 1 x 1 (a
 # smaller side fails in its last pooling), and the 64 x 64 Moving MNIST frames gain nothing beyond
 # four times their side, where one training batch of c3d_small's first stage is already gigabytes.
@@ -45,7 +46,9 @@ class VideoConfig(RunConfig):
     clips: int = option(2000, help="training clips per epoch (new ones every epoch)", minimum=1)
     val_clips: int = option(500, help="validation clips (from the held-out training digits)", minimum=0)
     test_clips: int = option(10_000, help="test clips: the first N of the fixed test set", minimum=1, below=10_001)
-    frames: int = option(20, help="frames of a Moving MNIST clip", minimum=1, below=1001)
+    frames: int = option(
+        20, help=f"frames of a Moving MNIST clip (at most {MAX_FRAMES})", minimum=1, below=MAX_FRAMES + 1
+    )
     stride: int = option(2, help="the network sees every stride-th frame", minimum=1)
     size: int = option(
         32,

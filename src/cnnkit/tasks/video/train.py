@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from cnnkit.engine.config import use_threads
 from cnnkit.errors import CnnkitError, short_error
-from cnnkit.tasks.video.config import VideoConfig
+from cnnkit.tasks.video.config import MAX_FRAMES, VideoConfig
 from cnnkit.tasks.video.data import moving_mnist_splits
 from cnnkit.tasks.video.evaluate import evaluate
 from cnnkit.tasks.video.load import build_model
@@ -85,17 +87,65 @@ def train(
 
 
 def _check_frames(model, cfg: VideoConfig) -> None:
-    """One pass of an empty clip before any data is drawn: too few frames for the network's pooling
-    is one line naming the flags, not a traceback from inside it."""
-    frames = (cfg.frames - 1) // cfg.stride + 1
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, cfg.frames, 1, cfg.size, cfg.size))
-    except RuntimeError as exc:
+    """One pass of an empty clip before any data is drawn. Too few frames for the network's pooling
+    over time is one line naming the flag to change and its range: the fewest frames the network
+    takes (:func:`_fewest_frames`; c3d_small pools time in its stages and needs 8) gives the
+    largest ``--stride`` that ``--frames`` allows, or the fewest ``--frames`` at that stride."""
+    error = _pass_fails(model, cfg.frames, cfg.size)
+    if error is None:
+        return
+    frames = (cfg.frames - 1) // cfg.stride + 1  # what the network gets: every stride-th frame
+    need = _fewest_frames(cfg)
+    if need is None or need == 1:  # no number of frames passes, or one does: frames are not what it lacks
         raise CnnkitError(
             f"--model {cfg.model} cannot take {frames} frames of {cfg.size}x{cfg.size} (--frames {cfg.frames}, "
-            f"--stride {cfg.stride}, --size {cfg.size}): {short_error(exc, clause=True)}; give more frames "
-            "or a smaller --stride"
-        ) from None
+            f"--stride {cfg.stride}, --size {cfg.size}): {short_error(error, clause=True)}; give another "
+            + ("--model" if need is None else "--size or --model")
+        )
+    seen = f"the network needs at least {need} frames and --stride {cfg.stride} leaves it {frames} of the {cfg.frames}"
+    if cfg.frames >= need:
+        raise CnnkitError(
+            f"--stride must be from 1 to {(cfg.frames - 1) // (need - 1)} for --model {cfg.model} at --frames "
+            f"{cfg.frames}: {seen}; received {cfg.stride}"
+        )
+    fewest = (need - 1) * cfg.stride + 1  # the clip's frames that leave `need` at this stride
+    if fewest <= MAX_FRAMES:
+        raise CnnkitError(
+            f"--frames must be from {fewest} to {MAX_FRAMES} for --model {cfg.model} at --stride {cfg.stride}: "
+            f"{seen}; received {cfg.frames}"
+        )
+    raise CnnkitError(f"{seen}: give --stride 1 and --frames from {need} to {MAX_FRAMES} (--model {cfg.model})")
+
+
+# the side the fewest frames are probed at: the smallest --size, which every clip network of the zoo
+# takes (its pooling over time does not depend on the side)
+PROBE_SIDE = 16
+
+
+def _fewest_frames(cfg: VideoConfig) -> int | None:
+    """The fewest frames ``cfg.model`` takes (None: not even :data:`MAX_FRAMES`), by bisection over
+    passes of empty clips of :data:`PROBE_SIDE` pixels, each through a network built for that many."""
+
+    def passes(t: int) -> bool:
+        return _pass_fails(build_model(replace(cfg, frames=t, stride=1)), t, PROBE_SIDE) is None
+
+    if not passes(MAX_FRAMES):
+        return None
+    low, high = 0, MAX_FRAMES  # fails at low (0 frames: no clip), passes at high
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if passes(mid) else (mid, high)
+    return high
+
+
+def _pass_fails(model, frames: int, size: int) -> RuntimeError | None:
+    """The error of ``model``'s pass over an empty clip of ``frames`` frames of ``size`` x ``size``
+    (in eval mode, its mode restored after); None where it passes."""
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, frames, 1, size, size))
+    except RuntimeError as exc:
+        return exc
     finally:
         model.train()
+    return None
