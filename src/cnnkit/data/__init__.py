@@ -11,4 +11,5 @@
 - :mod:`.augment`, :mod:`.augment_config` -- batched, seeded image augmentation on the training
   device, and its settings
 - :mod:`.constants` -- constants the data and the models share
+- :mod:`.digest` -- the sha256 of data as a run reads it, what a run records of each part of its data
 """

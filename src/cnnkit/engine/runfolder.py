@@ -22,6 +22,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from cnnkit.engine.ema import EMA
 from cnnkit.errors import (
     NAME_MAX,
     CnnkitError,
+    CnnkitWarning,
     as_new_file,
     check_not_input,
     disk_full,
@@ -527,18 +529,24 @@ def run_photos(run: str | os.PathLike, data: str) -> dict[str, list[str]] | None
     return None if data == "digits" else read_split(run)
 
 
-def run_info(run: str | os.PathLike) -> dict | None:
+def run_info(run: str | os.PathLike, strict: bool = True) -> dict | None:
     """What the run in folder ``run`` records of its data, for ``--resume`` to read and check a
     user's data by: its model file's metadata, or, where the run stopped before its first model file
     (between its first resume state and that file), what its resume state recorded of the description
     that file was about to hold (:data:`RECORDED`: classes, input size, data files' digests).
 
+    Args:
+        run: the run folder.
+        strict: a resume state without a model file that records nothing (an earlier cnnkit wrote it)
+            is an error; False: None, for a check that has nothing to compare then (the digests of
+            :func:`check_training_data`).
+
     Returns:
         The metadata (or the record), or None where the folder holds neither file.
 
     Raises:
-        CnnkitError: a resume state without a model file that records nothing of the run's data
-            (an earlier cnnkit wrote it): the run's classes cannot be known.
+        CnnkitError: with ``strict``, a resume state without a model file that records nothing of the
+            run's data: the run's classes cannot be known.
     """
     model, resume = Path(run) / MODEL_FILE, Path(run) / RESUME_FILE
     if model.is_file():
@@ -546,6 +554,8 @@ def run_info(run: str | os.PathLike) -> dict | None:
     if not resume.is_file():
         return None
     record = read_info(resume).get("record")
+    if not isinstance(record, dict) and not strict:
+        return None
     if not isinstance(record, dict):
         raise CnnkitError(
             f"{run} stopped before its first model file, and its resume state does not record the run's "
@@ -570,6 +580,122 @@ def run_classes(run: str | os.PathLike) -> list[str] | None:
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
         return None
     return list(classes)
+
+
+def data_files(files: dict[str, tuple[str | os.PathLike, str] | None]) -> dict:
+    """What a run's metadata records of its data (``data_files``, one of :data:`RECORDED`): for each
+    role, the name of what it was read from and the sha256 of its values as read
+    (:func:`~cnnkit.data.digest.values_digest`). A sequence run's roles are its files (``train``: TRAIN,
+    whose validation part is carved from it; ``test``); a photo run's are the parts of its data it
+    read (``train``, ``val``, ``test``), named by the data (an image folder's name, ``mnist``).
+    :func:`check_training_data` and :func:`warn_if_changed` check data by it: they tell what the
+    classes and input size cannot, values that changed.
+
+    Args:
+        files: role -> (the file or data read, its digest), or None where the run has no such part.
+
+    Example:
+        >>> data_files({"train": ("ucr/Toy_TRAIN.tsv", "3f1c0a9e"), "test": None})
+        {'train': {'file': 'Toy_TRAIN.tsv', 'sha256': '3f1c0a9e'}}
+    """
+    return {role: {"file": Path(v[0]).name, "sha256": v[1]} for role, v in files.items() if v is not None}
+
+
+def _changed(unit: str, role: str) -> tuple[str, str]:
+    """(what a message calls the data, what changed in it) for a ``unit`` of data (``"file"``: a
+    series file; ``"images"``: a part of a photo run's data) of ``role``."""
+    if unit == "file":
+        return "file", "its values changed"
+    return "data", f"the {unit} of its {role} part changed"
+
+
+def check_training_data(source, digests: dict[str, str], info: dict, run, unit: str = "file") -> None:
+    """Refuse to resume on data whose values are not those the run trained on: the sha256 of a role
+    read now (``digests``) differs from the one the run recorded (``data_files``, :func:`data_files`).
+    ``--resume`` continues a run exactly, on its own data. A run that recorded no digest (an earlier
+    cnnkit wrote it), or none for a role, is not checked.
+
+    Args:
+        source: what was read (the file, the data's name or folder), named in the message.
+        digests: role -> the sha256 of its values as read now (``train``; a photo run's ``val`` too).
+        info: the run's metadata (:func:`run_info`).
+        run: the run folder, named in the message.
+        unit: ``"file"`` (a series file) or what a photo run's parts hold (``"images"``).
+
+    Raises:
+        CnnkitError: naming the data, the part that changed, both digests and the fix.
+    """
+    files = info.get("data_files")
+    if not isinstance(files, dict):
+        return
+    for role, now in digests.items():
+        was = files.get(role)
+        if not isinstance(was, dict) or now == was.get("sha256"):
+            continue
+        noun, changed = _changed(unit, role)
+        raise CnnkitError(
+            f"{source} is not the {noun} the run in {run} trained on: {changed} (sha256 {now[:12]}..., "
+            f"the run's {str(was.get('sha256'))[:12]}...); --resume continues a run exactly on its own data: "
+            f"put back the {noun if unit == 'file' else unit} it trained on, or start a new run in another --out"
+        )
+
+
+def check_resumed_data(source, files: dict, run, unit: str) -> None:
+    """What ``--resume`` checks a photo run's data by: the parts it trains and validates on must hold
+    the values the run recorded (:func:`check_training_data`), and a test part it scores at its end
+    is scored as it is, said where it changed (:func:`warn_if_changed`). A run that recorded no
+    digest (an earlier cnnkit wrote it) is not checked.
+
+    Args:
+        source: the data read (its name or folder), named in the messages.
+        files: :func:`data_files` of the parts read now.
+        run: the run folder being resumed.
+        unit: what the parts hold, as the messages name it (``"images"``, ``"photos"``).
+
+    Raises:
+        CnnkitError: a training or validation part whose values changed.
+    """
+    recorded = run_info(run, strict=False) or {}
+    check_training_data(source, {k: files[k]["sha256"] for k in ("train", "val") if k in files}, recorded, run, unit)
+    if "test" in files:
+        warn_if_changed(source, files["test"]["sha256"], recorded, run, "test", unit)
+
+
+def warn_if_changed(source, digest, info: dict, run, role: str | None = None, unit: str = "file") -> None:
+    """One warning (:class:`~cnnkit.errors.CnnkitWarning`) where ``source`` has the name of data the run
+    recorded (``data_files``, :func:`data_files`) and other values: its scores are of the data as it
+    is, not of the data the run recorded. Nothing for a run that recorded no digest, or data of
+    another name.
+
+    Args:
+        source: the file or data scored (its name is compared with the recorded ones).
+        digest: the sha256 of its values as read, or a function giving it (called only where a
+            recorded name matches).
+        info: the run's metadata.
+        run: the run folder, named in the message.
+        role: the role ``source`` stands for where it is known (a sequence ``.npz`` is the TRAIN and
+            TEST file at once; a photo run's part scored); None: any of the run's of that name.
+        unit: ``"file"`` (a series file) or what a photo run's parts hold (``"images"``).
+    """
+    files = info.get("data_files")
+    if not isinstance(files, dict):
+        return
+    now = None
+    for name, was in files.items():
+        if role not in (None, name) or not isinstance(was, dict) or was.get("file") != Path(source).name:
+            continue
+        now = now or (digest() if callable(digest) else digest)
+        if now != was.get("sha256"):
+            _, changed = _changed(unit, name)
+            what = f"the {name.upper()} file" if unit == "file" else "the data"
+            warnings.warn(
+                f"{source} is not {what} the run in {run} recorded: {changed} (sha256 {now[:12]}..., the "
+                f"run's {str(was.get('sha256'))[:12]}...); {'it is' if unit == 'file' else 'they are'} scored "
+                f"as {'it is' if unit == 'file' else 'they are'}",
+                CnnkitWarning,
+                stacklevel=2,
+            )
+            return
 
 
 def output_stems(inputs: list, out_dir, suffixes: tuple[str, ...], option: str = "--out") -> list[str]:

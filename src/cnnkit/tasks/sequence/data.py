@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-import warnings
 from pathlib import Path
 
+from cnnkit.data.digest import values_digest as digest_of
 from cnnkit.data.series import SeriesSet, load_series, val_split
-from cnnkit.errors import CnnkitError, CnnkitWarning
+from cnnkit.engine.runfolder import check_training_data
+from cnnkit.engine.runfolder import data_files as record_files
+from cnnkit.engine.runfolder import warn_if_changed as warn_changed
+from cnnkit.errors import CnnkitError
 from cnnkit.tasks.sequence.config import SequenceConfig
 
 
@@ -103,92 +104,56 @@ def _listed(classes) -> str:
 
 
 def values_digest(data: SeriesSet) -> str:
-    """The sha256 of a file's series as a run reads them: class names, labels, lengths and values
-    (z-normalised where the run is, zero-padded), not of the file's bytes. The same values written
-    otherwise (CRLF line ends, another format of the set, an ``.npz`` saved again) digest the same:
-    what a network trains on decides, not how the file spells it.
+    """The sha256 of a file's series as a run reads them (:func:`~cnnkit.data.digest.values_digest`):
+    class names, labels, lengths and values (z-normalised where the run is, zero-padded), not of the
+    file's bytes. The same values written otherwise (CRLF line ends, another format of the set, an
+    ``.npz`` saved again) digest the same: what a network trains on decides, not how the file spells it.
 
     Example:
         >>> values_digest(read_series("GunPoint_TRAIN.ts"))[:12]  # doctest: +SKIP
         '3f1c0a9e5b27'
     """
-    h = hashlib.sha256(json.dumps(list(data.classes)).encode())
-    for t in (data.labels, data.lengths, data.values):
-        h.update(t.contiguous().numpy().tobytes())
-    return h.hexdigest()
+    return digest_of(data.classes, data.labels, data.lengths, data.values)
 
 
-def _digest(data: SeriesSet) -> str:
+def file_digest(data: SeriesSet) -> str:
     """The digest of the file ``data`` was read from: the one :func:`load_splits` recorded (a part
     carved from TRAIN keeps TRAIN's), else that of ``data``, a whole file."""
     return data.meta.get("sha256") or values_digest(data)
 
 
 def data_files(train: SeriesSet, test: SeriesSet | None) -> dict:
-    """The files a run reads, as its metadata records them (``data_files``): for ``train`` (TRAIN,
-    whose validation part is carved from it) and ``test``, the file's name and the sha256 of its
-    values as read (:func:`values_digest`). It tells what the classes and length cannot: values that
-    changed.
+    """The files a run reads, as its metadata records them (``data_files``,
+    :func:`~cnnkit.engine.runfolder.data_files`): for ``train`` (TRAIN, whose validation part is carved
+    from it) and ``test``, the file's name and the sha256 of its values as read (:func:`values_digest`).
 
     Example:
         >>> data_files(train, test)["test"]["file"]  # doctest: +SKIP
         'GunPoint_TEST.ts'
     """
-    return {
-        role: {"file": Path(data.meta["path"]).name, "sha256": _digest(data)}
-        for role, data in (("train", train), ("test", test))
-        if data is not None and "path" in data.meta
-    }
+    return record_files(
+        {
+            role: (data.meta["path"], file_digest(data)) if data is not None and "path" in data.meta else None
+            for role, data in (("train", train), ("test", test))
+        }
+    )
 
 
 def check_training_file(train: SeriesSet, info: dict, run) -> None:
-    """Refuse to resume on a TRAIN file whose values are not those the run trained on (their sha256,
-    :func:`values_digest`, differs from the one the run recorded): ``--resume`` continues a run
-    exactly, on its own data. A run that recorded no digest is not checked.
-
-    Args:
-        train: the training split as read now (its ``meta["path"]``: the file read).
-        info: the run's metadata (:func:`~cnnkit.engine.runfolder.run_info`).
-        run: the run folder, named in the message.
+    """Refuse to resume on a TRAIN file whose values are not those the run trained on
+    (:func:`~cnnkit.engine.runfolder.check_training_data`); a run that recorded no digest is not checked.
 
     Raises:
         CnnkitError: naming the file, both digests and the fix.
     """
-    files = info.get("data_files")
-    was = files.get("train") if isinstance(files, dict) else None
-    path = train.meta.get("path")
-    if not isinstance(was, dict) or path is None:
-        return
-    now = _digest(train)
-    if now != was.get("sha256"):
-        raise CnnkitError(
-            f"{path} is not the file the run in {run} trained on: its values changed (sha256 {now[:12]}..., "
-            f"the run's {str(was.get('sha256'))[:12]}...); --resume continues a run exactly on its own data: "
-            "put back the file it trained on, or start a new run in another --out"
-        )
+    if "path" in train.meta:
+        check_training_data(train.meta["path"], {"train": file_digest(train)}, info, run)
 
 
 def warn_if_changed(data: SeriesSet, info: dict, run, role: str | None = None) -> None:
-    """One warning (:class:`~cnnkit.errors.CnnkitWarning`) where the file ``data`` was read from has
-    the name of a file the run recorded (its TRAIN or TEST, ``data_files``) and other values: its
-    scores are of the file as it is, not of the one the run was tested on. Nothing for a run that
-    recorded no digest, or a file of another name. ``role`` (``"train"`` or ``"test"``): the run's
-    file ``data`` stands for, where it is known (an ``.npz`` is the TRAIN and TEST file at once);
-    None: any of the run's files of that name."""
-    path = data.meta.get("path")
-    files = info.get("data_files")
-    if path is None or not isinstance(files, dict):
-        return
-    now = None
-    for name, was in files.items():
-        if role not in (None, name) or not isinstance(was, dict) or was.get("file") != Path(path).name:
-            continue
-        now = now or _digest(data)
-        if now != was.get("sha256"):
-            warnings.warn(
-                f"{path} is not the {name.upper()} file the run in {run} recorded: its values changed "
-                f"(sha256 {now[:12]}..., the run's {str(was.get('sha256'))[:12]}...); it is scored as it is",
-                CnnkitWarning,
-                stacklevel=2,
-            )
-            return
+    """One warning where the file ``data`` was read from has the name of the run's TRAIN or TEST file
+    and other values (:func:`~cnnkit.engine.runfolder.warn_if_changed`): it is scored as it is.
+    ``role`` (``"train"`` or ``"test"``): the run's file ``data`` stands for, where it is known (an
+    ``.npz`` is the TRAIN and TEST file at once); None: any of the run's files of that name."""
+    if "path" in data.meta:
+        warn_changed(data.meta["path"], lambda: file_digest(data), info, run, role)
