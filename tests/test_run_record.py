@@ -71,7 +71,9 @@ def test_a_folder_run_stopped_before_its_first_model_file_resumes_with_its_own_c
     run = tmp_path / "cut"
     _killed_before_the_first_model_file(monkeypatch, [*argv, "--out", str(run)])
     assert not (run / MODEL_FILE).exists()
-    assert read_info(run / RESUME_FILE)["record"] == {"classes": ["ants", "bees"], "input_size": [3, 28, 28]}
+    record = read_info(run / RESUME_FILE)["record"]
+    assert {k: record[k] for k in ("classes", "input_size")} == {"classes": ["ants", "bees"], "input_size": [3, 28, 28]}
+    assert {k: v["file"] for k, v in record["data_files"].items()} == {"train": "photos", "val": "photos"}
     _photos(data, ["aphids"], count=3)  # a class folder added while the run is stopped (sorted first)
     assert main(["train", "--resume", "--out", str(run), "--quiet"]) == 0
     assert read_info(run)["classes"] == ["ants", "bees"] and read_info(run)["epoch"] == 2
@@ -336,3 +338,219 @@ def test_a_fitted_sequence_runs_config_leaves_out_gradient_training_and_records_
     argv = ["sequence", "train", "--data", str(train), "--config", str(mine / "config.yaml"), "--out", str(mine)]
     assert main([*argv, "--quiet"]) == 0
     assert (mine / "config.yaml").read_text() == text and read_info(mine)["config"]["model"] == "multirocket"
+
+
+# -----------------------------------------------------------------------------------------------
+# A photo run records the sha256 of each part of its data as read: --resume refuses changed pixels
+# under the same names, eval warns and scores them; a copy of the same photos passes
+
+
+def _repaint(path, value: int) -> None:
+    """The photo at ``path``, same name and size, every pixel ``value``."""
+    with Image.open(path) as im:
+        size, mode = im.size, im.mode
+    Image.new(mode, size, (value,) * len(mode)).save(path)
+
+
+def _pixels_sha256(data) -> str:
+    """The sha256 of an ImageSet's class names, labels and pixels, computed here."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps(data.classes).encode())
+    for t in (data.labels, data.images):
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_a_folder_run_records_its_parts_and_resume_refuses_changed_pixels(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from cnnkit.data.imagefolder import load_image_folder
+
+    monkeypatch.setenv("CNNKIT_HOME", str(tmp_path / "home"))
+    data = tmp_path / "photos"
+    _photos(data, ["ants", "bees"])
+    argv = ["train", "--data", str(data), "--model", "mnist_fast", "--image-size", "28", "28", "--epochs", "2"]
+    run = tmp_path / "half"
+    _stopped_after_first_save(monkeypatch, [*argv, "--batch-size", "4", "--threads", "1", "--quiet", "--out", str(run)])
+    split = json.loads((run / "split.json").read_text())
+    parts = {k: load_image_folder(data, k, (28, 28), files=split[k], cache=False) for k in ("train", "val")}
+    want = {k: {"file": "photos", "sha256": _pixels_sha256(p)} for k, p in parts.items()}
+    assert read_info(run)["data_files"] == want == read_info(run / RESUME_FILE)["record"]["data_files"]
+    # a copy of the same photos (new inodes, times) in the run's folder: resumed without a word
+    shutil.copytree(data, tmp_path / "copy")
+    shutil.rmtree(data)
+    shutil.copytree(tmp_path / "copy", data)
+    _repaint(data / split["train"][0], 7)  # the same name and size, other pixels
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(
+        f"cnnkit train: error: {data} is not the data the run in {run} trained on: the images of its train part "
+        f"changed (sha256 "
+    ) and err.endswith("put back the images it trained on, or start a new run in another --out")
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    for split_name, warned in (("train", True), ("val", False)):
+        assert main(["eval", str(run), "--split", split_name, "--format", "json"]) == 0
+        out = capsys.readouterr()
+        said = [line for line in out.err.splitlines() if "is not the data the run" in line]
+        assert len(said) == warned and json.loads(out.out)["n"] == len(split[split_name])
+        if warned:
+            assert said[0].startswith(f"warning: {data} is not the data the run in {run} recorded: the images of its")
+            assert said[0].endswith("they are scored as they are")
+    shutil.rmtree(data)
+    shutil.copytree(tmp_path / "copy", data)  # the photos put back: the run resumes
+    assert main(["train", "--resume", "--out", str(run), "--quiet"]) == 0
+    assert read_info(run)["epoch"] == 2 and read_info(run)["data_files"] == want
+
+
+def test_a_photo_run_without_digests_resumes_and_scores_changed_pixels_without_a_word(tmp_path, monkeypatch, capsys):
+    """A run folder written before the digests were recorded keeps working: no refusal, no warning."""
+    monkeypatch.setenv("CNNKIT_HOME", str(tmp_path / "home"))
+    data = tmp_path / "photos"
+    _photos(data, ["ants", "bees"])
+    argv = ["train", "--data", str(data), "--model", "mnist_fast", "--image-size", "28", "28", "--epochs", "2"]
+    run = tmp_path / "half"
+    _stopped_after_first_save(monkeypatch, [*argv, "--batch-size", "4", "--threads", "1", "--quiet", "--out", str(run)])
+    for path in (run / MODEL_FILE, run / RESUME_FILE):
+        tensors, meta = load_file(path), read_info(path)
+        meta.pop("data_files", None)
+        meta.get("record", {}).pop("data_files", None)
+        atomic_write_bytes(path, save(tensors, metadata={"cnnkit": json.dumps(meta)}))
+    for name in json.loads((run / "split.json").read_text())["train"][:2]:
+        _repaint(data / name, 7)
+    capsys.readouterr()
+    assert main(["eval", str(run), "--split", "train", "--format", "json"]) == 0
+    assert "is not the data" not in capsys.readouterr().err
+    assert main(["train", "--resume", "--out", str(run), "--quiet"]) == 0
+    assert "is not the data" not in capsys.readouterr().err
+    assert read_info(run)["epoch"] == 2
+
+
+def test_a_built_in_data_sets_run_records_the_digest_of_each_part(tmp_path, data_dir):
+    from cnnkit.data.datasets import load_dataset
+
+    run = tmp_path / "mnist"
+    argv = ["train", "--data", "mnist", "--data-dir", str(data_dir), "--model", "lenet5", "--epochs", "1"]
+    assert main([*argv, "--subset", "256", "--batch-size", "64", "--threads", "1", "--quiet", "--out", str(run)]) == 0
+    files = read_info(run)["data_files"]
+    assert files == {  # the whole part as read: --subset trains on its first 256 images
+        k: {"file": "mnist", "sha256": _pixels_sha256(load_dataset("mnist", k, data_dir))} for k in ("train", "val")
+    }
+
+
+def _said(err: str) -> list[str]:
+    """The lines of ``err`` that say the run's data changed."""
+    return [line for line in err.splitlines() if "is not the data the run" in line]
+
+
+def test_a_detection_run_checks_its_photos_by_their_digests(tmp_path, monkeypatch, capsys):
+    """A YOLO folder's run: eval reads the scored part alone and finds it as recorded (no warning); a
+    test photo repainted under its name is warned of and scored; a training photo refuses --resume."""
+    from test_detection_data import make_yolo
+
+    data, run = make_yolo(tmp_path / "yolo", n=10), tmp_path / "run"
+    for i, path in enumerate(sorted((data / "images").iterdir())):  # photos told apart by their pixels
+        _repaint(path, 20 * i)
+    argv = ["detect", "train", "--data", str(data), "--model", "tiny", "--weights", "none", "--epochs", "2"]
+    argv += ["--batch-size", "2", "--image-size", "64", "--threads", "1", "--quiet", "--out", str(run)]
+    _stopped_after_first_save(monkeypatch, argv)
+    files = read_info(run)["data_files"]
+    assert sorted(files) == ["test", "train", "val"] and {v["file"] for v in files.values()} == {"yolo"}
+    assert len({v["sha256"] for v in files.values()}) == 3
+    split = json.loads((run / "split.json").read_text())
+    capsys.readouterr()
+    for part in ("val", "test"):
+        assert main(["detect", "eval", str(run), "--split", part, "--format", "json"]) == 0
+        assert _said(capsys.readouterr().err) == [], part
+    _repaint(data / "images" / split["test"][0], 255)
+    assert main(["detect", "eval", str(run), "--format", "json"]) == 0
+    out = capsys.readouterr()
+    (said,) = _said(out.err)
+    assert said.startswith(f"warning: {data} is not the data the run in {run} recorded: the photos of its test part")
+    assert json.loads(out.out)["images"] == len(split["test"])
+    _repaint(data / "images" / split["train"][0], 255)
+    assert main(["detect", "train", "--resume", "--out", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        "\n" not in err and f"{data} is not the data the run in {run} trained on: the photos of its train part" in err
+    )
+
+
+def test_a_segmentation_run_checks_its_photos_shrunk_as_it_read_them(tmp_path, capsys):
+    """Training reads its photos shrunk to --max-side, eval at their own size: each part digests alike
+    (no warning while nothing changed); a training photo repainted refuses --resume and is warned of."""
+    from test_honest_eval import photos
+
+    data, run = photos(tmp_path / "data"), tmp_path / "run"
+    argv = ["segment", "train", "--data", str(data), "--arch", "unet", "--model", "unet", "--width", "4"]
+    argv += ["--epochs", "2", "--batch-size", "4", "--crop", "16", "--max-side", "20", "--threads", "1"]
+    assert main([*argv, "--minutes", "1e-9", "--quiet", "--out", str(run)]) == 0  # stopped after its first epoch
+    assert sorted(read_info(run)["data_files"]) == ["test", "train", "val"] and read_info(run)["epoch"] == 1
+    split = json.loads((run / "split.json").read_text())
+    capsys.readouterr()
+    for part in ("train", "val", "test"):
+        assert main(["segment", "eval", str(run), "--split", part, "--format", "json"]) == 0
+        assert _said(capsys.readouterr().err) == [], part
+    _repaint(data / "images" / split["train"][0], 3)
+    assert main(["segment", "train", "--resume", "--out", str(run), "--minutes", "0", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        "\n" not in err and f"{data} is not the data the run in {run} trained on: the photos of its train part" in err
+    )
+    assert main(["segment", "eval", str(run), "--split", "train", "--format", "json"]) == 0
+    assert len(_said(capsys.readouterr().err)) == 1
+
+
+@pytest.mark.parametrize("kind", ["voc", "coco"])
+def test_an_instance_parts_digest_is_of_its_photos_whatever_size_it_is_read_at(tmp_path, kind):
+    """What an instance run records of a part: the same for the whole read at training and the scored
+    part read alone at another test scale (eval), another once a photo of it is repainted."""
+    from dataclasses import replace
+
+    from test_instance_data import make_coco, make_voc
+
+    from cnnkit.tasks.instance.config import InstanceConfig
+    from cnnkit.tasks.instance.data import load_instance_data
+
+    root = make_voc(tmp_path / "voc", n_images=8) if kind == "voc" else make_coco(tmp_path / "coco", n_images=8)
+    cfg = InstanceConfig(data=str(root), model="tiny", weights=None, image_size=64).resolved()
+    whole = load_instance_data(cfg)
+    split, classes = whole[3], whole[0].classes
+    assert len({s.sha256 for s in whole[:3]}) == 3 and all(len(s.sha256) == 64 for s in whole[:3])
+    for i, part in enumerate(("train", "val", "test")):
+        alone = load_instance_data(replace(cfg, test_scale=2.0), split, parts=(part,), classes=classes)[i]
+        assert alone.sha256 == whole[i].sha256, part
+    photos = root / "JPEGImages" if kind == "voc" else root.parent / "images"
+    _repaint(photos / split["test"][0], 9)
+    again = load_instance_data(cfg, split, classes=classes)
+    assert [a.sha256 == b.sha256 for a, b in zip(again[:3], whole[:3])] == [True, True, False]
+
+
+def test_a_finetuning_run_checks_its_images_by_their_digests(tmp_path, monkeypatch, capsys):
+    from test_honest_eval import _noise_photos
+
+    monkeypatch.setenv("CNNKIT_HOME", str(tmp_path / "home"))
+    data, run = tmp_path / "flat", tmp_path / "run"
+    _noise_photos(data, 10)
+    argv = ["classify", "finetune", "--data", str(data), "--model", "resnet18", "--image-size", "16"]
+    argv += ["--stages", "all", "--epochs", "2", "--test-fraction", "0.2", "--quiet", "--out", str(run)]
+    _stopped_after_first_save(monkeypatch, argv)
+    assert {k: v["file"] for k, v in read_info(run)["data_files"].items()} == {
+        "train": "flat",
+        "val": "flat",
+        "test": "flat",
+    }
+    split = json.loads((run / "split.json").read_text())
+    capsys.readouterr()
+    assert main(["eval", str(run), "--format", "json"]) == 0
+    assert _said(capsys.readouterr().err) == []
+    _repaint(data / split["test"][0], 9)
+    assert main(["eval", str(run), "--format", "json"]) == 0
+    (said,) = _said(capsys.readouterr().err)
+    assert said.startswith(f"warning: {data} is not the data the run in {run} recorded: the images of its test part")
+    _repaint(data / split["val"][0], 9)
+    assert main(["classify", "finetune", "--resume", "--out", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{data} is not the data the run in {run} trained on: the images of its val part" in err

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from cnnkit.data.digest import values_digest
+
 
 @dataclass
 class ImageSet:
@@ -59,6 +61,12 @@ class ImageSet:
 
     def class_counts(self) -> torch.Tensor:
         return torch.bincount(self.labels, minlength=len(self.classes))
+
+    def digest(self) -> str:
+        """The sha256 of the set as read: its class names, labels and pixels
+        (:func:`~cnnkit.data.digest.values_digest`), what a run records of each part of its data
+        (``data_files``): pixels changed under the same file names change it, a copy of the files does not."""
+        return values_digest(self.classes, self.labels, self.images)
 
 
 @dataclass

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cnnkit.data.digest import photos_digest
 from cnnkit.data.imagefolder import IMAGE_EXTENSIONS
 from cnnkit.data.images import open_image, read_pixels
 from cnnkit.data.pennfudan import (
@@ -439,6 +440,20 @@ def _check_range(mask: torch.Tensor, num_classes: int, path: Path) -> None:
             f"mask {path} holds label {int(bad.max())}, outside the {num_classes} classes "
             f"0..{num_classes - 1} (255 = ignore); fix the mask or pass the right number of classes"
         )
+
+
+def segmentation_digest(data: SegmentationSet, max_side: int | None = None) -> str:
+    """The digest of a set's photos and class maps (:func:`~cnnkit.data.digest.photos_digest`), each
+    pair shrunk to ``max_side`` first as training reads them: a run reads its training photos shrunk
+    and its test photos at their own size, ``eval`` every photo at its own size, and shrinking a
+    shrunk photo again leaves it as it is, so each part digests alike however it was read.
+
+    Args:
+        data: the set (stacked or one tensor per photo).
+        max_side: the run's ``--max-side`` (None: the photos as they are).
+    """
+    pairs = [_shrink(image, mask, max_side) for image, mask in zip(data.images, data.masks)]
+    return photos_digest(data.classes, [p[0] for p in pairs], [p[1] for p in pairs])
 
 
 def _shrink(image: torch.Tensor, mask: torch.Tensor, max_side: int | None) -> tuple[torch.Tensor, torch.Tensor]:

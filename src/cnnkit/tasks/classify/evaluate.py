@@ -175,9 +175,9 @@ def evaluate_run(
 ) -> tuple[Evaluation, ImageSet, nn.Module]:
     """Score a classification run on a split of the data it was trained on (or of ``data``).
 
-    A fine-tuning run's image folder is split and cropped the way it was trained on, and a run on an
-    image folder scores the images its split.json names; a run of a
-    built-in data set reads that data set from ``data_dir`` (else the one it was trained with).
+    The images are those :func:`run_images` reads: a fine-tuning run's image folder split and
+    cropped the way it was trained on, the images a run on an image folder names in its split.json,
+    a built-in data set from ``data_dir`` (else the one it was trained with).
 
     Args:
         run: a run folder or its ``model.safetensors``.
@@ -193,25 +193,93 @@ def evaluate_run(
 
     Raises:
         CnnkitError: not a classification run, data that cannot be found, or other classes.
+
+    Warns:
+        CnnkitWarning: the part scored has other images than the run recorded of it (its sha256,
+            ``data_files``): it is scored as it is.
     """
     import sys
+
+    from cnnkit.tasks.classify.load import load_classifier
+
+    model = load_classifier(run, trust_code=trust_code, factory=factory)
+    images = run_images(model, run, split, data, data_dir)
+    if split == "val" and _run_config(model.info).get("trainval"):
+        print(
+            "note: this model was trained on the val split too (--trainval): its val accuracy is "
+            "not a held-out estimate",
+            file=sys.stderr,
+        )
+    return evaluate(model, images, precision=precision), images, model
+
+
+def image_files(data: str, **parts: ImageSet | None) -> dict:
+    """What a classification run records of its data (``data_files``,
+    :func:`~cnnkit.engine.runfolder.data_files`): for each part read (``train=``, ``val=``, ``test=``),
+    the data's name and the sha256 of the part as read (its ``meta["sha256"]``, else its digest)."""
+    from cnnkit.engine.runfolder import data_files
+
+    return data_files(
+        {k: (data, s.meta.get("sha256") or s.digest()) if s is not None else None for k, s in parts.items()}
+    )
+
+
+def _run_config(info: dict) -> dict:
+    """A training run's settings (an ensemble's: its first member's); {} for another run."""
+    cfg = info.get("config") or (info.get("ensemble") or [{}])[0].get("config") or {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def run_images(
+    model: nn.Module,
+    run,
+    split: str = "test",
+    data: str | None = None,
+    data_dir: str | None = None,
+    download: bool = True,
+) -> ImageSet:
+    """The images a classification run is scored on (``cnnkit eval``): a split of the data it was
+    trained on, or of ``data``.
+
+    A fine-tuning run's image folder is split and cropped the way it was trained on, and a run on an
+    image folder reads the images its split.json names; a run of a built-in data set reads that data
+    set from ``data_dir`` (else the one it was trained with).
+
+    Args:
+        model: the run's classifier (:func:`~cnnkit.tasks.classify.load.load_classifier`), its
+            metadata as ``model.info``.
+        run: the run folder or its ``model.safetensors``.
+        split: train | val | test.
+        data: another data set name or image folder.
+        data_dir: the folder holding the built-in data sets.
+        download: fetch a built-in data set that is not there.
+
+    Returns:
+        The :class:`~cnnkit.data.imageset.ImageSet`.
+
+    Raises:
+        CnnkitError: data that cannot be found, or other classes.
+
+    Warns:
+        CnnkitWarning: the part read has the name of one the run recorded and other images
+            (:func:`~cnnkit.engine.runfolder.warn_if_changed`).
+    """
     import warnings
 
     from cnnkit.data.datasets import load_dataset
     from cnnkit.data.imagefolder import load_image_folder
-    from cnnkit.engine.runfolder import read_split, resolve
-    from cnnkit.tasks.classify.load import load_classifier
+    from cnnkit.engine.runfolder import read_split, resolve, warn_if_changed
 
-    model = load_classifier(run, trust_code=trust_code, factory=factory)
     info = model.info
     cfg = info.get("config") or (info.get("ensemble") or [{}])[0].get("config") or {}
     tuned = info.get("finetune") if not data else None
     if tuned and isinstance(tuned, dict) and tuned.get("data"):
+        source = tuned["data"]
         own = read_split(resolve(run), required=("train",)) or {}  # the run's own images of each part
         with warnings.catch_warnings():  # skipped files were reported when it trained
             warnings.simplefilter("ignore")
             images = load_image_folder(
-                tuned["data"],
+                source,
                 split,
                 tuple(model.input_size[1:]),
                 model.input_size[0],
@@ -229,17 +297,22 @@ def evaluate_run(
 
             stored_config(TrainConfig, {"config": cfg}, resolve(run))
         trained_on = cfg.get("data") or cfg.get("dataset") if isinstance(cfg, dict) else None
+        named = info.get("dataset")
+        if not trained_on and isinstance(named, dict) and isinstance(named.get("name"), str):
+            trained_on = named["name"]  # a run that records its data set's name alone
         if not (data or trained_on):
             raise CnnkitError(
                 f"{run} does not record the dataset it was trained on (a converted model?); "
                 "pass --data NAME or --data PATH"
             )
+        source = data or trained_on
         own = None if data else read_split(resolve(run), ("train", "val"))  # an image folder run's own images
         try:
             images = load_dataset(
-                data or trained_on,
+                source,
                 split,
                 data_dir or (cfg.get("data_dir") if not data else None),
+                download=download,
                 image_size=tuple(model.input_size[1:]),
                 channels=model.input_size[0],
                 seed=cfg.get("seed", 0),
@@ -258,10 +331,6 @@ def evaluate_run(
             f"{images.name} has classes {images.classes[:5]}..., the model "
             f"{model.classes[:5]}...; evaluate on the data it was trained on"
         )
-    if split == "val" and cfg.get("trainval"):
-        print(
-            "note: this model was trained on the val split too (--trainval): its val accuracy is "
-            "not a held-out estimate",
-            file=sys.stderr,
-        )
-    return evaluate(model, images, precision=precision), images, model
+    # the part as the run recorded it (a fine-tuning run's, or a training run's train and val parts)
+    warn_if_changed(source, images.digest, info, resolve(run).parent, split, "images")
+    return images

@@ -56,6 +56,7 @@ from cnnkit.engine.runfolder import (
     MODEL_FILE,
     atomic_write_bytes,
     check_new_run,
+    check_resumed_data,
     json_text,
     read_info,
     read_split,
@@ -77,6 +78,7 @@ from cnnkit.models.heads import (
 from cnnkit.models.network import model_reference
 from cnnkit.tasks.classify.config import FinetuneConfig
 from cnnkit.tasks.classify.evaluate import evaluate as evaluate_classifier
+from cnnkit.tasks.classify.evaluate import image_files
 from cnnkit.tasks.classify.load import load_classifier
 from cnnkit.tasks.classify.task import ClassifyTask
 
@@ -246,7 +248,8 @@ def finetune(
     settings = {k: v for k, v in cfg.__dict__.items() if k not in ("log", "minutes")}  # minutes: in args
     settings["head"] = head
     log = (lambda epoch, row: cfg.log(_stage_row(row))) if cfg.log else None
-    config = {**(info or {}), "finetune": {**settings, "stages": list(stages), "freeze_until": freeze_until}}
+    kept_info = {k: v for k, v in (info or {}).items() if k != "data_files"}  # a record of the data, no setting
+    config = {**kept_info, "finetune": {**settings, "stages": list(stages), "freeze_until": freeze_until}}
     # the run is the candidate already trained (the same plan and seed): kept, not trained again; under
     # torchrun the run trains across the processes as before (each trained the candidates alone)
     alone = launched()[1] == 1
@@ -980,6 +983,10 @@ def run_finetune(
         )
         has_test = (Path(cfg.data) / "test").is_dir() or (flat and cfg.test_fraction > 0)
         test = load_image_folder(cfg.data, "test", **load, files=own.get("test")) if has_test else None
+    folder = str(Path(cfg.data).expanduser().resolve())  # absolute: `cnnkit eval` runs from any folder
+    files = image_files(folder, train=train, val=val, test=test)  # recorded: what --resume and eval check by
+    if resume:  # the images it trains and validates on as the run recorded them; its test part is scored as it is
+        check_resumed_data(folder, files, out, "images")
     main = launched()[0] == 0  # under torchrun, rank 0 speaks
     for message in dict.fromkeys(str(w.message) for w in caught):
         if main:
@@ -1003,7 +1010,6 @@ def run_finetune(
                 indent=1,
             ).encode(),
         )
-    folder = str(Path(cfg.data).expanduser().resolve())  # absolute: `cnnkit eval` runs from any folder
     about = {
         "stages": list(stages),
         "freeze_until": cfg.freeze_until,
@@ -1044,6 +1050,7 @@ def run_finetune(
             "dataset": {"name": str(cfg.data)},
             "finetune": about,
             "args": cfg.to_dict(),
+            "data_files": files,
         },
     )
     result: dict = {"out": str(out), "val_acc": None, "test_acc": None}

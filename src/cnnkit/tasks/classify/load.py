@@ -37,6 +37,8 @@ def save_ensemble(path, member_files: list[Path]) -> None:
         tensors.update({f"members.{i}.{k}": v for k, v in t.items()})
         infos.append(info)
     head = {k: infos[0][k] for k in ("format", "classes", "input_size", "dataset")}
+    if "data_files" in infos[0]:  # what eval checks the members' data by (they read the same split)
+        head["data_files"] = infos[0]["data_files"]
     meta = {**head, "ensemble": infos}
     atomic_write_bytes(path, st_save(tensors, metadata={"cnnkit": json_text(meta)}))
 

@@ -33,6 +33,7 @@ from cnnkit.engine.runfolder import (
     SPLIT_FILE,
     atomic_write_bytes,
     check_new_run,
+    check_resumed_data,
     json_text,
     read_checkpoint,
     read_info,
@@ -52,7 +53,7 @@ from cnnkit.models.network import (
     trusted_resume_model,
 )
 from cnnkit.tasks.classify.config import TrainConfig, validate
-from cnnkit.tasks.classify.evaluate import evaluate
+from cnnkit.tasks.classify.evaluate import evaluate, image_files
 from cnnkit.tasks.classify.load import load_classifier, network_of, save_ensemble
 from cnnkit.tasks.classify.task import ClassifyTask
 
@@ -183,6 +184,9 @@ def train_one(
     own = read_split(out, ("train", "val")) if resume else None
     classes = run_classes(out) if own is not None else None  # an image folder run's own classes
     train_set, val_set = load_splits(cfg, d.device, own, split_seed, classes)
+    files = image_files(cfg.data, train=train_set, val=val_set)  # recorded: what --resume and eval check by
+    if resume:  # the images of each part as the run recorded them, else --resume would mix two data sets
+        check_resumed_data(cfg.data, files, out, "images")
     if "files" in train_set.meta and d.main and not (resume and (out / SPLIT_FILE).is_file()):
         check_new_run(out, resume)  # before split.json is written: a refused run leaves the folder untouched
         split = {"train": train_set.meta["files"], "val": val_set.meta.get("files", [])}
@@ -200,7 +204,7 @@ def train_one(
         cfg.channels_last,
         eval_batch_size=cfg.eval_batch_size,
         val_name=_val_label(cfg),
-        info=_info(cfg, train_set, network),
+        info={**_info(cfg, train_set, network), "data_files": files},
         prune=cfg.prune,
     )
     freeze = None
@@ -283,10 +287,14 @@ def load_splits(
 ) -> tuple[ImageSet, ImageSet]:
     """The train and validation splits, on ``device``; ``files``: an image folder's split as a run's
     split.json holds it (None: the split of ``split_seed``, default ``cfg.seed``); ``classes``: the
-    run's classes, which an image folder's labels index (None: its class folders)."""
+    run's classes, which an image folder's labels index (None: its class folders). Each split's
+    ``meta["sha256"]`` is the digest of the part as read (:meth:`~cnnkit.data.imageset.ImageSet.digest`),
+    before ``--trainval`` joins the parts and ``--subset`` shortens the training one."""
     seed = cfg.seed if split_seed is None else split_seed
     kw = dict(data_dir=cfg.data_dir, image_size=cfg.image_size, seed=seed, files=files, classes=classes)
     train_set, val_set = (load_dataset(cfg.data, s, **kw) for s in ("train", "val"))
+    for part in (train_set, val_set):  # each part as read, before --trainval and --subset use it
+        part.meta["sha256"] = part.digest()
     if cfg.trainval:  # the final refit: val is trained on (and still reported)
         train_set = train_set.cat(val_set, f"{train_set.name}+val")
     if cfg.subset:

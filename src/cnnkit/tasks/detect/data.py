@@ -12,6 +12,7 @@ from cnnkit.data.detection import (
     pad_targets,
     unletterbox,
 )
+from cnnkit.data.digest import photos_digest
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.detect.config import DetectConfig
 
@@ -31,6 +32,9 @@ class DetectionSet:
             regions, which evaluation ignores detections in (empty: no image has one).
         sizes: (N, 2) int64 each image's own (H, W), which maps its boxes back exactly
             (:func:`~cnnkit.data.detection.unletterbox`); None: by ``scales`` alone.
+        sha256: the digest of the photos and annotations the set was made from, at their own size
+            (:func:`~cnnkit.data.digest.photos_digest`: what a run records of the part, whatever size it
+            letterboxes to; kept by a subset of it, which stands for the part); "" where none was taken.
     """
 
     images: torch.Tensor
@@ -41,6 +45,7 @@ class DetectionSet:
     names: list[str] = field(default_factory=list)
     crowd: list[dict[str, torch.Tensor]] = field(default_factory=list, kw_only=True)
     sizes: torch.Tensor | None = field(default=None, kw_only=True)
+    sha256: str = field(default="", kw_only=True)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -77,8 +82,19 @@ def from_detections(d: Detections, size: int, fill: float = 0.0) -> DetectionSet
     b, lab = pad_targets(boxes, d.labels)
     crowd = [{"boxes": cb, "labels": cl} for cb, cl in zip(d.crowd_boxes, d.crowd_labels)]
     sizes = torch.tensor([tuple(img.shape[1:]) for img in d.images], dtype=torch.int64)
+    digest = photos_digest(
+        d.classes, d.images, d.boxes, d.labels, d.crowd_boxes, d.crowd_labels, d.masks, d.crowd_masks
+    )
     return DetectionSet(
-        torch.stack(images), b, lab, torch.tensor(scales), list(d.classes), list(d.names), crowd=crowd, sizes=sizes
+        torch.stack(images),
+        b,
+        lab,
+        torch.tensor(scales),
+        list(d.classes),
+        list(d.names),
+        crowd=crowd,
+        sizes=sizes,
+        sha256=digest,
     )
 
 
@@ -165,6 +181,7 @@ def load_split_data(
             tr.classes,
             tr.names[: cfg.subset],
             sizes=tr.sizes[: cfg.subset] if tr.sizes is not None else None,
+            sha256=tr.sha256,  # the part's, as eval reads it whole
         )
     return tr, va, te, split
 
@@ -220,3 +237,13 @@ def _to(s: DetectionSet, device) -> DetectionSet:
     """``s`` with its batched tensors on ``device``, of its own class (an InstanceSet keeps its masks)."""
     fields = ("images", "boxes", "labels", "masks")
     return replace(s, **{k: getattr(s, k).to(device) for k in fields if isinstance(getattr(s, k, None), torch.Tensor)})
+
+
+def photo_files(data: str, digests: dict[str, str | None]) -> dict:
+    """What a photo run (detection, instance or semantic segmentation) records of its data
+    (``data_files``, :func:`~cnnkit.engine.runfolder.data_files`): for each part read (``digests``:
+    part -> the digest of its photos and annotations, None or "" where it has none), the data's name
+    and that digest. Digit scenes, drawn from MNIST's checked files by the run's seed, record none."""
+    from cnnkit.engine.runfolder import data_files
+
+    return {} if data == "digits" else data_files({k: (data, d) if d else None for k, d in digests.items()})

@@ -10,7 +10,7 @@ from cnnkit.errors import CnnkitError
 from cnnkit.layers import keep_depthwise
 from cnnkit.metrics.detection import require_pycocotools
 from cnnkit.tasks.detect.config import DetectConfig, config_from_dict, validate
-from cnnkit.tasks.detect.data import _to, load_split_data
+from cnnkit.tasks.detect.data import _to, load_split_data, photo_files
 from cnnkit.tasks.detect.load import new_detector
 from cnnkit.tasks.detect.task import DetectTask
 
@@ -123,6 +123,7 @@ def fit_and_test(
 
         output_folder(out, "--out")  # a file of that name, or no permission: one line, not a traceback
         atomic_write_bytes(out / SPLIT_FILE, json_text(split, indent=1).encode())
+    task.info["data_files"] = parts_files(cfg, train_set, val_set, test_set)  # what --resume and eval check by
     test_set = _to(test_set, d.device)
     run = fit_run(
         task,
@@ -156,13 +157,15 @@ def run_data(cfg, out, resume: bool, d, load, quiet: bool = False):
     whose classes are no longer the run's is refused), and that split, which :func:`fit_and_test`
     writes to the run. Where the split came from a VOC folder's official lists, a line ``split: ...``
     says which (unless ``quiet``). Shared by ``cnnkit detect train`` and ``cnnkit instance train``."""
-    from cnnkit.engine.runfolder import run_classes, run_photos
+    from cnnkit.engine.runfolder import check_resumed_data, run_classes, run_photos
 
     use_threads(cfg.threads)
     split = run_photos(out, cfg.data) if resume else None  # on resume: the run's own photos
     # the resumed run scores its test split at the end: every part of the split is read
     classes = run_classes(out) if split is not None else None
     train_set, val_set, test_set, split = load(cfg, split, classes=classes)
+    if resume:  # the photos of each part as the run recorded them, else --resume would mix two data sets
+        check_resumed_data(cfg.data, parts_files(cfg, train_set, val_set, test_set), out, "photos")
     if len(train_set) < cfg.batch_size:
         raise CnnkitError(
             f"--batch-size {cfg.batch_size} is larger than the training set ({len(train_set)} images): "
@@ -176,3 +179,10 @@ def run_data(cfg, out, resume: bool, d, load, quiet: bool = False):
     if "source" in split and not quiet and d.main:
         print(f"split: {split['source']}")
     return train_set, val_set, test_set, split
+
+
+def parts_files(cfg, train_set, val_set, test_set) -> dict:
+    """What a detection or instance run records of the parts it read (``data_files``,
+    :func:`~cnnkit.tasks.detect.data.photo_files`): each part's photos and annotations at their own size."""
+    sets = {"train": train_set, "val": val_set, "test": test_set}
+    return photo_files(cfg.data, {k: s.sha256 if s is not None else None for k, s in sets.items()})

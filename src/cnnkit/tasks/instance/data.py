@@ -12,6 +12,7 @@ from cnnkit.data.detection import (
     letterbox,
     pad_targets,
 )
+from cnnkit.data.digest import photos_digest
 from cnnkit.data.segmentation import IGNORE_INDEX
 from cnnkit.data.voc import voc_classes
 from cnnkit.errors import CnnkitError
@@ -136,7 +137,17 @@ def from_masks(
         originals,
         crowd=list(crowd or []),
         sizes=torch.tensor(sizes, dtype=torch.int64),
+        sha256=_digest(classes, images, masks, labels, boxes, crowd),
     )
+
+
+def _digest(classes, images, masks, labels, boxes, crowd) -> str:
+    """The digest of photos with their objects (masks, labels, the boxes given, crowd regions) at their
+    own size (:func:`~cnnkit.data.digest.photos_digest`), whatever size they are letterboxed to."""
+    regions = [[c[k] for c in crowd or []] for k in ("boxes", "labels", "masks")]
+    masks = [torch.as_tensor(m).to(torch.bool) for m in masks]
+    labels = [torch.as_tensor(lab, dtype=torch.int64) for lab in labels]
+    return photos_digest(classes, list(images), masks, labels, list(boxes) if boxes is not None else None, *regions)
 
 
 def jitter_boxes(

@@ -27,10 +27,14 @@ def evaluate_run(run, data_dir: str | None = None, split: str = "test", test_sca
         CnnkitError: pycocotools not installed (the ``detect`` extra), not an instance run, a
             damaged checkpoint, data that cannot be found, an unknown split or a bad test scale.
 
+    Warns:
+        CnnkitWarning: the part scored has other photos or masks than the run recorded of it (its
+            sha256, ``data_files``): it is scored as it is.
+
     Example:
         >>> evaluate_run("runs/inst")["mask_AP"]         # doctest: +SKIP
     """
-    from cnnkit.engine.runfolder import resolve, run_photos
+    from cnnkit.engine.runfolder import resolve, run_photos, warn_if_changed
 
     require_pycocotools()  # before the model, the data and the predictions
     model = load_mask_detector(run)
@@ -39,6 +43,7 @@ def evaluate_run(run, data_dir: str | None = None, split: str = "test", test_sca
     # the scored part's photos alone, a VOC folder's masks checked against the run's classes
     _, val_set, test_set, _ = load_instance_data(cfg, names, parts=(split,), classes=model.info["classes"])
     data = val_set if split == "val" else test_set
+    warn_if_changed(cfg.data, data.sha256, model.info, resolve(run).parent, split, "photos")  # changed since recorded
     task = InstanceTask(model.info["classes"], info=model.info, decode_args=model.info.get("decode", {}))
     m = task.evaluate(model, data)
     return {**m, "images": len(data), "data": cfg.data, "split": split}

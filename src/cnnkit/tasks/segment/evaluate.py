@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from cnnkit.data.segmentation import IGNORE_INDEX, SegmentationSet
-from cnnkit.engine.runfolder import resolve, run_photos
+from cnnkit.data.segmentation import IGNORE_INDEX, SegmentationSet, segmentation_digest
+from cnnkit.engine.runfolder import resolve, run_photos, warn_if_changed
 from cnnkit.errors import CnnkitError
 from cnnkit.metrics.segmentation import SegmentationMeter
 from cnnkit.models.deploy import flip_tta
@@ -101,6 +101,11 @@ def evaluate_run(
     names = run_photos(resolve(path), cfg.data)  # the run's own photos
     # the scored part's photos alone, their masks checked against the run's classes
     sets = dict(zip(PARTS, load_splits(cfg, own_size=True, split=names, parts=(split,), classes=model.classes)))
+    # the part as the run recorded it (each photo shrunk as training reads it), where it changed since
+    scored = sets[split]
+    warn_if_changed(
+        cfg.data, lambda: segmentation_digest(scored, cfg.max_side), model.info, resolve(path).parent, split, "photos"
+    )
     out = evaluate(model, sets[split], cfg.boundary_d, max_side=cfg.max_side)
     return {
         "mIoU": out["mIoU"],

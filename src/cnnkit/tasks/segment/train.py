@@ -10,7 +10,7 @@ import torch.nn as nn
 from cnnkit.errors import CnnkitError
 from cnnkit.layers import keep_depthwise
 from cnnkit.tasks.segment.config import SegmentConfig, encoder_weights, stored_settings
-from cnnkit.tasks.segment.data import load_splits
+from cnnkit.tasks.segment.data import PARTS, load_splits
 from cnnkit.tasks.segment.evaluate import evaluate
 from cnnkit.tasks.segment.load import build_model
 from cnnkit.tasks.segment.predict import Segmenter
@@ -48,12 +48,21 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
     """
     from pathlib import Path
 
+    from cnnkit.data.segmentation import segmentation_digest
     from cnnkit.engine import Data, Phase, Plan, Setup, fit_run
     from cnnkit.engine.config import use_threads
     from cnnkit.engine.distributed import launched
     from cnnkit.engine.optim import lr_at, make_optimizer
-    from cnnkit.engine.runfolder import SPLIT_FILE, atomic_write_bytes, json_text, run_classes, run_photos
+    from cnnkit.engine.runfolder import (
+        SPLIT_FILE,
+        atomic_write_bytes,
+        check_resumed_data,
+        json_text,
+        run_classes,
+        run_photos,
+    )
     from cnnkit.models.segmentation import check_fcn_paper
+    from cnnkit.tasks.detect.data import photo_files
     from cnnkit.tasks.segment.predict import scales
 
     cfg = cfg.resolved()
@@ -89,6 +98,11 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
     # on resume: the run's own photos (those of its split alone decoded) and classes
     classes = run_classes(out) if resumed is not None else None
     train_set, val_set, test_set, split = load_splits(cfg, split=resumed, classes=classes)
+    parts = zip(PARTS, (train_set, val_set, test_set)) if cfg.data != "digits" else ()  # scenes: none recorded
+    # recorded: what --resume and eval check the photos by
+    files = photo_files(cfg.data, {k: segmentation_digest(s, cfg.max_side) for k, s in parts if s is not None})
+    if resume:  # the photos of each part as the run recorded them, else --resume would mix two data sets
+        check_resumed_data(cfg.data, files, out, "photos")
     if "source" in split and not quiet and launched()[0] == 0:
         print(f"split: {split['source']}")
     model = build_model(cfg, train_set)
@@ -104,7 +118,7 @@ def train(cfg: SegmentConfig, out=None, resume: bool = False, quiet: bool = Fals
         dice=cfg.dice,
         lovasz=cfg.lovasz,
         val_name="val",
-        info={"config": cfg.to_dict(), "data": cfg.data},
+        info={"config": cfg.to_dict(), "data": cfg.data, "data_files": files},
     )
 
     stem = []
