@@ -440,6 +440,91 @@ def test_a_built_in_data_sets_run_records_the_digest_of_each_part(tmp_path, data
     }
 
 
+def _split_folder(root, classes, count: int = 6) -> None:
+    """``root/{train,val,test}/<class>/`` photos, a class a shade darker than the next."""
+    for part in ("train", "val", "test"):
+        _photos(root / part, classes, count)
+
+
+def test_eval_of_a_folder_run_leaves_out_a_class_folder_added_since(tmp_path, monkeypatch, capsys):
+    """A class folder the run does not know (added to the test folder since it trained, or a folder of
+    another --data) is left out, said on one line, and the run's classes scored as before; a test
+    folder of only unknown classes is refused in one line. `cnnkit plot` draws the run's classes."""
+    from cnnkit.tasks.classify.plot import plot_run
+
+    monkeypatch.setenv("CNNKIT_HOME", str(tmp_path / "home"))
+    data = tmp_path / "photos"
+    _split_folder(data, ["ants", "bees"])
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(data), "--model", "mnist_fast", "--image-size", "28", "28", "--epochs", "1"]
+    assert main([*argv, "--batch-size", "4", "--threads", "1", "--quiet", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--format", "json"]) == 0
+    before = json.loads(capsys.readouterr().out)
+    _photos(data / "test", ["aphids"], count=3)  # sorted first: as a class it would shift every label
+    _photos(data / "train", ["aphids"], count=3)
+    assert main(["eval", str(run), "--format", "json"]) == 0
+    out = capsys.readouterr()
+    assert out.err.strip() == (
+        f"note: {data}: left out the class folder 'aphids', not a class of the run ('ants', 'bees'); "
+        "scored the run's classes"
+    )
+    after = json.loads(out.out)
+    assert {k: after[k] for k in ("n", "classes", "confusion")} == {k: before[k] for k in ("n", "classes", "confusion")}
+    assert after["n"] == 12
+    other = tmp_path / "other"  # another folder, with one class of the run and one it does not know
+    _photos(other / "train", ["bees", "wasps"], count=4)
+    _photos(other / "test", ["bees", "wasps"], count=4)
+    assert main(["eval", str(run), "--data", str(other), "--format", "json"]) == 0
+    out = capsys.readouterr()
+    got = json.loads(out.out)
+    assert got["n"] == 4 and got["classes"] == ["ants", "bees"] and sum(got["confusion"][1]) == 4
+    assert "left out the class folder 'wasps'" in out.err
+    written, notes = plot_run(run)
+    assert [p.name for p in written] == ["curves.png", "confusion_test.png", "errors_test.png"]
+    assert notes == [
+        f"{data}: left out the class folder 'aphids', not a class of the run ('ants', 'bees'); scored the run's classes"
+    ]
+    for name in ("ants", "bees"):
+        import shutil
+
+        shutil.rmtree(data / "test" / name)
+    assert main(["eval", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"cnnkit eval: error: {data}: the 'test' split holds no image of the run's classes ('ants', 'bees'), only "
+        "of class folders it does not know ('aphids'); give data with images of the run's classes"
+    )
+
+
+def test_plot_labels_a_folder_runs_confusion_matrix_by_the_runs_classes(tmp_path, monkeypatch):
+    """`cnnkit plot` (and the workbench's plot) reads the images eval scores: a class folder added
+    since training does not shift the labels of the run's classes."""
+    import cnnkit.plots as plots
+    from cnnkit.tasks.classify.evaluate import evaluate_run
+    from cnnkit.tasks.classify.plot import plot_run
+
+    monkeypatch.setenv("CNNKIT_HOME", str(tmp_path / "home"))
+    data = tmp_path / "photos"
+    _split_folder(data, ["ants", "bees"])
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(data), "--model", "mnist_fast", "--image-size", "28", "28", "--epochs", "1"]
+    assert main([*argv, "--batch-size", "4", "--threads", "1", "--quiet", "--out", str(run)]) == 0
+    want = evaluate_run(run)[0].confusion.tolist()
+    _photos(data / "test", ["aphids"], count=3)
+    _photos(data / "train", ["aphids"], count=3)
+    drawn = {}
+    draw = plots.confusion_matrix
+
+    def spy(matrix, classes, title=None):
+        drawn.update(matrix=matrix.tolist(), classes=list(classes))
+        return draw(matrix, classes, title=title)
+
+    monkeypatch.setattr(plots, "confusion_matrix", spy)
+    plot_run(run)
+    assert drawn == {"matrix": want, "classes": ["ants", "bees"]}
+
+
 def _said(err: str) -> list[str]:
     """The lines of ``err`` that say the run's data changed."""
     return [line for line in err.splitlines() if "is not the data the run" in line]

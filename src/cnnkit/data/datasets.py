@@ -149,6 +149,7 @@ def load_dataset(
     seed: int = 0,
     files: dict[str, list[str]] | None = None,
     classes: list[str] | None = None,
+    absent_ok: bool = False,
 ) -> ImageSet:
     """Load one split of a dataset as an :class:`ImageSet` of uint8 images.
 
@@ -164,6 +165,8 @@ def load_dataset(
             run's split.json has them) instead of the seeded split's.
         classes: for image folders only: the class names the labels index (a run's own) instead
             of the folder's class folders (:func:`~cnnkit.data.imagefolder.load_image_folder`).
+        absent_ok: for image folders with ``classes``: read to score a run, a class of ``classes``
+            without images allowed (:func:`~cnnkit.data.imagefolder.load_image_folder`).
     """
     if split not in SPLITS:
         raise CnnkitError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
@@ -173,7 +176,13 @@ def load_dataset(
             raise CnnkitError("--dataset folder needs --data-dir DIR (a folder of <class>/ image folders)")
         from cnnkit.data.imagefolder import load_image_folder
 
-        kw = dict(image_size=tuple(image_size or (224, 224)), channels=channels, seed=seed, classes=classes)
+        kw = dict(
+            image_size=tuple(image_size or (224, 224)),
+            channels=channels,
+            seed=seed,
+            classes=classes,
+            absent_ok=absent_ok,
+        )
         own = files or {}
         if split == "trainval":  # the folder's train and val splits, joined
             return load_image_folder(root, "train", **kw, files=own.get("train")).cat(

@@ -67,6 +67,7 @@ def load_image_folder(
     interpolation: str = "bilinear",
     files: list[str] | None = None,
     classes: list[str] | None = None,
+    absent_ok: bool = False,
 ) -> ImageSet:
     """Load one split of an image folder as uint8 tensors.
 
@@ -90,14 +91,20 @@ def load_image_folder(
         classes: the class names the labels index (a run's own, which ``--resume`` reads its
             folder by) instead of the folder's class folders: a class folder added since is left
             out, its images not decoded; each must still be a class folder.
+        absent_ok: with ``classes``, read to score a run rather than to train it: a class of
+            ``classes`` that has no folder or no image is allowed (absent from the scores), and the
+            checks a training set needs (two classes, each with training images) are not made; the
+            split must still hold an image of one of ``classes``.
 
     Returns:
         An :class:`ImageSet` ``(N, channels, H, W)`` uint8; ``classes`` are the sorted class folder
-        names (the same for every split); ``meta`` records the files, the split and the seed.
+        names (the same for every split), or ``classes`` where given; ``meta`` records the files, the
+        split, the seed and, as ``left_out``, the class folders that ``classes`` left out (sorted).
 
     Raises:
         CnnkitError: a missing folder, no class folders, no images, a bad split name or size, a class
-            of ``classes`` that is no class folder.
+            of ``classes`` that is no class folder (unless ``absent_ok``), a split that holds no
+            image of ``classes``.
 
     Warns:
         ImageFolderWarning: once, counting the files that are not images; once per class that has
@@ -108,16 +115,19 @@ def load_image_folder(
     layout = _scan(root)  # split -> class -> [relative paths]
     _check_split(layout, split, val_fraction, test_fraction, root)
     found = sorted({c for per_class in layout.values() for c in per_class})
+    left_out: list[str] = []
     if classes is None:
         classes = _one_spelling(root, found)
     else:  # a run's own classes: a class folder added since is not one of them
         gone = [c for c in classes if c not in found]
-        if gone:
+        if gone and not absent_ok:
             raise CnnkitError(
                 f"no class folder {root / gone[0]}; the run has the class {gone[0]!r}: put the folder back, "
                 "or train a new run on the folder as it is"
             )
         classes = list(classes)
+        pool = layout[split] if split in layout else layout.get("train", layout.get("", {}))  # the split's folders
+        left_out = sorted(c for c in pool if c not in classes)
         layout = {part: {c: ps for c, ps in per_class.items() if c in classes} for part, per_class in layout.items()}
     candidates = sorted({p for per_class in layout.values() for ps in per_class.values() for p in ps})
     if interpolation not in _INTERPOLATIONS:
@@ -131,8 +141,9 @@ def load_image_folder(
     _warn_skipped(root, bad)
     index = {p: i for i, p in enumerate(decoded)}
     layout = {s: {c: [p for p in ps if p in index] for c, ps in per_class.items()} for s, per_class in layout.items()}
-    _check_classes(root, classes, layout)
-    _warn_small_classes(root, classes, layout)
+    if not absent_ok:
+        _check_classes(root, classes, layout)
+        _warn_small_classes(root, classes, layout)
     if files is None:
         files = _select(layout, split, classes, val_fraction, test_fraction, seed, root)
     else:  # a run's own images: each must still be there
@@ -141,6 +152,11 @@ def load_image_folder(
         if gone:
             raise gone_from_split([root / p for p in gone])
         files = [(p, where[p]) for p in files]
+    if not files and left_out:  # scoring a run: only class folders the run does not know
+        raise CnnkitError(
+            f"{root}: the {split!r} split holds no image of the run's classes ({_named(classes)}), only of "
+            f"class folders it does not know ({_named(left_out)}); give data with images of the run's classes"
+        )
     if not files:
         raise CnnkitError(
             f"{root}: the {split!r} split is empty; put images in {root}/{split}/<class>/ "
@@ -149,7 +165,33 @@ def load_image_folder(
     rows = torch.tensor([index[p] for p, _ in files], dtype=torch.long)
     labels = torch.tensor([classes.index(c) for _, c in files], dtype=torch.long)
     meta = {"root": str(root), "split": split, "seed": seed, "files": [p for p, _ in files], **params, "skipped": bad}
+    meta["left_out"] = left_out
     return ImageSet(images[rows], labels, classes, f"{root.name}/{split}", meta)
+
+
+def _named(classes: list[str], most: int = 5) -> str:
+    """Class names for a message: the first ``most``, quoted, then how many more."""
+    shown = ", ".join(map(repr, classes[:most]))
+    return shown + (f" and {len(classes) - most} more" if len(classes) > most else "")
+
+
+def left_out_note(data: ImageSet) -> str | None:
+    """The one line that says which class folders reading ``data`` with a run's classes left out
+    (``meta["left_out"]``, :func:`load_image_folder`) and why; None where it left out none.
+
+    Example:
+        >>> left_out_note(ImageSet(torch.zeros(1, 1, 2, 2, dtype=torch.uint8), torch.zeros(1, dtype=torch.long),
+        ...                        ["cat", "dog"], "pets/test", {"root": "pets", "left_out": ["bird"]}))
+        "note: pets: left out the class folder 'bird', not a class of the run ('cat', 'dog'); scored the run's classes"
+    """
+    left = data.meta.get("left_out") or []
+    if not left:
+        return None
+    folders = "class folder" + ("s" * (len(left) > 1))
+    return (
+        f"note: {data.meta.get('root', data.name)}: left out the {folders} {_named(left)}, not a class of the run "
+        f"({_named(data.classes)}); scored the run's classes"
+    )
 
 
 def _one_spelling(root: Path, classes: list[str]) -> list[str]:

@@ -177,12 +177,13 @@ def evaluate_run(
 
     The images are those :func:`run_images` reads: a fine-tuning run's image folder split and
     cropped the way it was trained on, the images a run on an image folder names in its split.json,
-    a built-in data set from ``data_dir`` (else the one it was trained with).
+    a built-in data set from ``data_dir`` (else the one it was trained with), each labelled by the
+    run's classes (a class folder the run does not know is left out, said on one line).
 
     Args:
         run: a run folder or its ``model.safetensors``.
         split: train | val | test.
-        data: another data set name or image folder (its classes must be the run's).
+        data: another data set name or image folder (scored on the classes it shares with the run).
         data_dir: the folder holding the built-in data sets.
         precision: auto | fp32 | bf16.
         trust_code: allow building a network by running ``factory`` (as for :func:`cnnkit.load`).
@@ -192,7 +193,8 @@ def evaluate_run(
         (the evaluation, the data it scored, the model).
 
     Raises:
-        CnnkitError: not a classification run, data that cannot be found, or other classes.
+        CnnkitError: not a classification run, data that cannot be found, other classes, or a folder
+            none of whose class folders is a class of the run.
 
     Warns:
         CnnkitWarning: the part scored has other images than the run recorded of it (its sha256,
@@ -200,10 +202,14 @@ def evaluate_run(
     """
     import sys
 
+    from cnnkit.data.imagefolder import left_out_note
     from cnnkit.tasks.classify.load import load_classifier
 
     model = load_classifier(run, trust_code=trust_code, factory=factory)
     images = run_images(model, run, split, data, data_dir)
+    note = left_out_note(images)
+    if note:
+        print(note, file=sys.stderr)
     if split == "val" and _run_config(model.info).get("trainval"):
         print(
             "note: this model was trained on the val split too (--trainval): its val accuracy is "
@@ -238,12 +244,14 @@ def run_images(
     data_dir: str | None = None,
     download: bool = True,
 ) -> ImageSet:
-    """The images a classification run is scored on (``cnnkit eval``): a split of the data it was
-    trained on, or of ``data``.
+    """The images a classification run is scored on (``cnnkit eval``, ``cnnkit plot``, the workbench):
+    a split of the data it was trained on, or of ``data``, labelled by the run's classes.
 
     A fine-tuning run's image folder is split and cropped the way it was trained on, and a run on an
     image folder reads the images its split.json names; a run of a built-in data set reads that data
-    set from ``data_dir`` (else the one it was trained with).
+    set from ``data_dir`` (else the one it was trained with). A class folder the run does not know
+    (added since, or one of ``data``'s) is left out, named in ``meta["left_out"]``
+    (:func:`~cnnkit.data.imagefolder.left_out_note`); a class of the run without images is scored as absent.
 
     Args:
         model: the run's classifier (:func:`~cnnkit.tasks.classify.load.load_classifier`), its
@@ -258,7 +266,8 @@ def run_images(
         The :class:`~cnnkit.data.imageset.ImageSet`.
 
     Raises:
-        CnnkitError: data that cannot be found, or other classes.
+        CnnkitError: data that cannot be found, other classes (a built-in data set's), or a folder
+            whose split holds no image of the run's classes.
 
     Warns:
         CnnkitWarning: the part read has the name of one the run recorded and other images
@@ -289,6 +298,8 @@ def run_images(
                 crop_fraction=tuned.get("crop_fraction", 1.0),
                 interpolation=tuned.get("interpolation", "bilinear"),
                 files=own.get(split),
+                classes=list(model.classes),
+                absent_ok=True,
             )
     else:
         if cfg:  # the settings evaluation reads the data by, refused in one line if they were edited
@@ -317,6 +328,8 @@ def run_images(
                 channels=model.input_size[0],
                 seed=cfg.get("seed", 0),
                 files=own,
+                classes=list(model.classes),
+                absent_ok=True,
             )
         except CnnkitError as exc:  # the loader's fix (a *_fraction argument) is not eval's to give
             text = str(exc)

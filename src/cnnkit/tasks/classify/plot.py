@@ -64,7 +64,8 @@ def plot_run(
     ]
     notes: list[str] = []
     try:
-        from cnnkit.data.datasets import load_dataset
+        from cnnkit.data.imagefolder import left_out_note
+        from cnnkit.tasks.classify.evaluate import run_images
         from cnnkit.tasks.classify.load import load_classifier
 
         model = load_classifier(run, trust_code=trust_code, factory=factory)
@@ -75,11 +76,10 @@ def plot_run(
         data_dir = data_dir or info.get("config", {}).get("data_dir")
         if not isinstance(data_dir, (str, type(None))):  # edited metadata: a note, as any other unreadable data
             raise CnnkitError(f"the checkpoint's data_dir is {str(data_dir)[:40]!r}, not a folder name")
-        c, h, w = model.input_size
         data, errors = None, []
         for s in [split] if split else ["test", "val"]:
-            try:
-                data = load_dataset(name, s, data_dir, download=False, image_size=(h, w), channels=c)
+            try:  # the images eval scores: the run's own split, labelled by its classes
+                data = run_images(model, run, s, data_dir=data_dir, download=False)
                 break
             except CnnkitError as exc:
                 errors.append(str(exc))
@@ -88,6 +88,9 @@ def plot_run(
     except (CnnkitError, ImportError, OSError, KeyError) as exc:  # an OSError quotes a path of any length
         notes.append(f"curves only: no confusion matrix or mistakes ({short_error(exc)})")
         return written, notes
+    left_out = left_out_note(data)
+    if left_out:  # a class folder the run does not know: its images are not scored
+        notes.append(left_out.removeprefix("note: "))
     if len(data) > max_images:
         data = data.subset(torch.arange(max_images))
         notes.append(f"confusion matrix and mistakes on the first {max_images} images of {data.name}")
