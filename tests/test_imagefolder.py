@@ -358,3 +358,16 @@ def test_images_that_would_not_fit_in_memory_are_refused_before_any_is_decoded(t
         "(--image-size; image_size= in Python)"
     )
     assert not decoded
+def test_a_folder_with_train_and_test_but_no_val_carves_validation_out_of_train(tmp_path):
+    """``train/`` and ``test/`` without ``val/``: the validation images are carved from train/ and left
+    out of the training split (no image in both), as a folder without split folders carves them."""
+    for part, n in (("train", 10), ("test", 3)):
+        _make_folder(tmp_path / "data" / part, {"a": n, "b": n}, junk=False)
+    kw = dict(image_size=(8, 8), val_fraction=0.2, seed=1, cache=tmp_path / "c")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parts = {s: load_image_folder(tmp_path / "data", s, **kw) for s in ("train", "val", "test")}
+    files = {s: set(p.meta["files"]) for s, p in parts.items()}
+    assert {s: p.class_counts().tolist() for s, p in parts.items()} == {"train": [8, 8], "val": [2, 2], "test": [3, 3]}
+    assert not files["train"] & files["val"] and all(f.startswith("train/") for f in files["train"] | files["val"])
+    assert len(files["train"] | files["val"]) == 20 and all(f.startswith("test/") for f in files["test"])

@@ -299,11 +299,13 @@ def _scan(root: Path) -> dict[str, dict[str, list[str]]]:
 
 
 def _select(layout, split, classes, val_fraction, test_fraction, seed, root) -> list[tuple[str, str]]:
-    """The (file, class) pairs of ``split``: the folder's own, or a stratified seeded share of train."""
-    if split in layout:
+    """The (file, class) pairs of ``split``: the folder's own, or a stratified seeded share of train
+    (the training split of a ``train/`` folder that val or test images are carved from is what the
+    carving leaves: no image is in two splits)."""
+    fractions = _carved_fractions(layout, val_fraction, test_fraction)
+    if split in layout and not (split == "train" and any(fractions.values())):
         return [(p, c) for c, ps in sorted(layout[split].items()) for p in ps]
     pool = layout.get("train", layout.get(""))
-    fractions = _carved_fractions(layout, val_fraction, test_fraction)
     out = []
     g = torch.Generator().manual_seed(seed)
     for c in classes:
