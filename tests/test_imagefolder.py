@@ -358,6 +358,8 @@ def test_images_that_would_not_fit_in_memory_are_refused_before_any_is_decoded(t
         "(--image-size; image_size= in Python)"
     )
     assert not decoded
+
+
 def test_a_folder_with_train_and_test_but_no_val_carves_validation_out_of_train(tmp_path):
     """``train/`` and ``test/`` without ``val/``: the validation images are carved from train/ and left
     out of the training split (no image in both), as a folder without split folders carves them."""
