@@ -397,3 +397,27 @@ def test_freeze_after_stops_the_layers_before_freeze_until_and_the_preset_freeze
         with pytest.raises(CnnkitError, match=message):
             train(small(data_dir, model=tiny + ":tiny", subset=256, epochs=1, **kw), tmp_path / f"bad{i}", quiet=True)
         assert not (tmp_path / f"bad{i}").exists() or not any((tmp_path / f"bad{i}").iterdir())
+
+
+def test_a_strided_pointwise_convolution_of_few_channels_trains_in_nchw(data_dir, tmp_path, capsys):
+    """A strided 1x1 convolution over fewer than 8 channels (a spec file's) makes the run train in
+    NCHW layout, said in one line: oneDNN's channels-last AVX2 kernels for it corrupt memory."""
+    from cnnkit.layers import nhwc_breaker
+
+    spec = tmp_path / "net.yaml"
+    spec.write_text(
+        "input: 1x28x28\nlayers:\n  - conv2d: {filters: 4, kernel_size: 3, strides: 2}\n"
+        "  - conv2d: {filters: 8, kernel_size: 1, strides: 2}\n  - flatten\n  - dense: {units: 10}\n"
+    )
+    argv = ["train", "--data-dir", str(data_dir), "--model", str(spec), "--subset", "256", "--epochs", "1"]
+    assert main(argv + ["--batch-size", "64", "--threads", "1", "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "conv2d_2: a strided 1x1 convolution of 4 to 8 channels; the run trains in NCHW layout" in out
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+    net = cnnkit.load(tmp_path / "run").net
+    assert nhwc_breaker(net)[0] == "conv2d_2"
+    wide = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 4, 1, stride=2))
+    assert nhwc_breaker(wide) is None  # 8 input channels: channels-last trains
+    transposed = torch.nn.Sequential(torch.nn.ConvTranspose2d(16, 4, 1, stride=2))
+    assert nhwc_breaker(transposed)[0] == "0"  # 4 output channels: its backward runs a 4-channel input
+    assert nhwc_breaker(torch.nn.Sequential(torch.nn.Conv2d(4, 4, 1, stride=2, groups=4))) is None

@@ -17,6 +17,7 @@
 - :mod:`.upsample` -- ``BilinearConvTranspose2d`` (FCN's bilinear-initialised upsampling), ``Upsample``, ``resize``
 - :mod:`.aspp` -- ``AtrousConv2d``, ``ASPP`` (DeepLab-v3)
 - :mod:`.bf16` -- which convolutions run in fp32 under CPU bf16 autocast (``guard_bf16``), ``is_depthwise``
+- :mod:`.layout` -- which layers keep a network out of channels-last training on the CPU (``nhwc_breaker``)
 """
 
 from cnnkit.layers.act import activation_names, get_activation
@@ -37,6 +38,7 @@ from cnnkit.layers.conv_same import (
 from cnnkit.layers.divisible import make_divisible
 from cnnkit.layers.dropout import Dropout
 from cnnkit.layers.keras import Conv2D, Dense, Reshape
+from cnnkit.layers.layout import nhwc_breaker
 from cnnkit.layers.lrn import LocalResponseNorm
 from cnnkit.layers.norm import BatchNorm1d, BatchNorm2d, BatchNorm3d, GroupNorm, batch_normalization
 from cnnkit.layers.padding import pad_for, same_pad
@@ -61,6 +63,7 @@ from cnnkit.layers.upsample import (
 
 __all__ = [
     "same_pad",
+    "nhwc_breaker",
     "pad_for",
     "resolve_padding",
     "Conv1dSame",

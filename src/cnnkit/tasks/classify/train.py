@@ -42,6 +42,7 @@ from cnnkit.engine.runfolder import (
     with_free_settings,
 )
 from cnnkit.errors import CnnkitError, short_error
+from cnnkit.layers.layout import nhwc_breaker
 from cnnkit.models import model_info
 from cnnkit.models.deploy import Classifier
 from cnnkit.models.network import (
@@ -191,8 +192,18 @@ def train_one(
         check_new_run(out, resume)  # before split.json is written: a refused run leaves the folder untouched
         split = {"train": train_set.meta["files"], "val": val_set.meta.get("files", [])}
         atomic_write_bytes(out / SPLIT_FILE, json_text(split, indent=1).encode())
-    model = build_classifier(cfg, train_set, network, str(out)).to(d.device, memory_format=_fmt(cfg))
+    model = build_classifier(cfg, train_set, network, str(out)).to(d.device)
     say = make_console(quiet=quiet or not d.main).print
+    channels_last = cfg.channels_last
+    breaker = nhwc_breaker(model.net) if channels_last and d.device.type == "cpu" else None
+    if breaker is not None:
+        name, conv = breaker
+        say(
+            f"{name}: a strided 1x1 convolution of {conv.in_channels} to {conv.out_channels} channels; the run "
+            "trains in NCHW layout (oneDNN's channels-last kernels for it corrupt memory on AVX2 CPUs)"
+        )
+        channels_last = False
+    model = model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     if model.pad:
         (_, h, w), (_, hp, wp) = model.input_size, model.net_input_size
         say(f"{cfg.model} takes {hp}x{wp} inputs: the {h}x{w} images get {model.pad} px of black on every side")
@@ -201,7 +212,7 @@ def train_one(
         cfg.batch_size,
         build_augment(cfg.augment),
         cfg.label_smoothing,
-        cfg.channels_last,
+        channels_last,
         eval_batch_size=cfg.eval_batch_size,
         val_name=_val_label(cfg),
         info={**_info(cfg, train_set, network), "data_files": files},
@@ -228,7 +239,7 @@ def train_one(
         on_epoch_end=on_epoch_end,
         run=out.parent if cfg.ensemble > 1 else None,  # a member: Ctrl-C names the ensemble's folder
     )
-    final = evaluate(run.model, val_set, cfg.eval_batch_size, cfg.channels_last, run.precision).accuracy
+    final = evaluate(run.model, val_set, cfg.eval_batch_size, channels_last, run.precision).accuracy
     make_console(quiet=quiet or not d.main).print(
         f"done: {_val_label(cfg)} acc {final:.2%}{' (with TTA)' if run.model.tta else ''} in "
         f"{run.seconds:.1f} s -> {out}  (test with `cnnkit eval {out}`)"
