@@ -362,17 +362,23 @@ def _pixels_sha256(data) -> str:
     return h.hexdigest()
 
 
-def test_a_folder_run_records_its_parts_and_resume_refuses_changed_pixels(tmp_path, monkeypatch, capsys):
-    import shutil
-
-    from cnnkit.data.imagefolder import load_image_folder
-
+def _photo_run_stopped_after_its_first_save(tmp_path, monkeypatch):
+    """(photos, run): a two-class folder and a run on it stopped after its first save."""
     monkeypatch.setenv("CNNKIT_HOME", str(tmp_path / "home"))
     data = tmp_path / "photos"
     _photos(data, ["ants", "bees"])
     argv = ["train", "--data", str(data), "--model", "mnist_fast", "--image-size", "28", "28", "--epochs", "2"]
     run = tmp_path / "half"
     _stopped_after_first_save(monkeypatch, [*argv, "--batch-size", "4", "--threads", "1", "--quiet", "--out", str(run)])
+    return data, run
+
+
+def test_a_folder_run_records_its_parts_and_resume_refuses_changed_pixels(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from cnnkit.data.imagefolder import load_image_folder
+
+    data, run = _photo_run_stopped_after_its_first_save(tmp_path, monkeypatch)
     split = json.loads((run / "split.json").read_text())
     parts = {k: load_image_folder(data, k, (28, 28), files=split[k], cache=False) for k in ("train", "val")}
     want = {k: {"file": "photos", "sha256": _pixels_sha256(p)} for k, p in parts.items()}
@@ -407,12 +413,7 @@ def test_a_folder_run_records_its_parts_and_resume_refuses_changed_pixels(tmp_pa
 
 def test_a_photo_run_without_digests_resumes_and_scores_changed_pixels_without_a_word(tmp_path, monkeypatch, capsys):
     """A run folder written before the digests were recorded keeps working: no refusal, no warning."""
-    monkeypatch.setenv("CNNKIT_HOME", str(tmp_path / "home"))
-    data = tmp_path / "photos"
-    _photos(data, ["ants", "bees"])
-    argv = ["train", "--data", str(data), "--model", "mnist_fast", "--image-size", "28", "28", "--epochs", "2"]
-    run = tmp_path / "half"
-    _stopped_after_first_save(monkeypatch, [*argv, "--batch-size", "4", "--threads", "1", "--quiet", "--out", str(run)])
+    data, run = _photo_run_stopped_after_its_first_save(tmp_path, monkeypatch)
     for path in (run / MODEL_FILE, run / RESUME_FILE):
         tensors, meta = load_file(path), read_info(path)
         meta.pop("data_files", None)
