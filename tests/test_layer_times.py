@@ -176,3 +176,14 @@ def test_summary_time_names_a_failure_that_only_a_real_run_meets():
         "the network failed when run for real while timing a training step at batch 2 (--time): "
         "this layer takes positive values only. some are <= 0: put a softplus before it; run without --time"
     )
+
+
+def test_measure_times_trains_a_strided_pointwise_convolution_of_few_channels_in_nchw():
+    """As cnnkit trains: NHWC by default on the CPU, NCHW for a network with a strided 1x1
+    convolution over fewer than 8 channels (oneDNN's channels-last AVX2 kernels corrupt memory there)."""
+    torch.manual_seed(0)
+    wide = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 1, stride=2), nn.Flatten(), nn.LazyLinear(2))
+    narrow = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 8, 1, stride=2), nn.Flatten(), nn.LazyLinear(2))
+    for model, layout in ((wide, "channels_last"), (narrow, "contiguous")):
+        model(torch.zeros(2, 3, 12, 12))  # the lazy layer's size
+        assert measure_times(model, (16, 3, 12, 12), steps=2, warmup=1)["layout"] == layout

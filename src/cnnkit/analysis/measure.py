@@ -23,6 +23,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from cnnkit.analysis.backend import quiet_stderr
 from cnnkit.analysis.trace import make_optimizer, step_loss, tensor_leaves, training_step
+from cnnkit.layers.layout import nhwc_breaker
 from cnnkit.models.scripted import add_hooks, hook_points
 
 OUTSIDE = "(outside layers)"
@@ -238,7 +239,8 @@ def measure_times(
     steps after ``warmup`` untimed ones.
 
     The model is moved to ``device``/``dtype`` (and ``channels_last``) in place. ``channels_last``
-    (default: on a CPU, for 4-D inputs, as cnnkit trains) lays the input and the weights out as NHWC.
+    (default: on a CPU, for 4-D inputs, as cnnkit trains: not for a network that
+    :func:`cnnkit.layers.nhwc_breaker` rules out) lays the input and the weights out as NHWC.
     ``training`` False times inference passes (default: training steps where a parameter trains).
 
     Returns:
@@ -247,7 +249,7 @@ def measure_times(
         "backward"}}``, in seconds.
     """
     if channels_last is None:
-        channels_last = device == "cpu" and len(input_shape) == 4
+        channels_last = device == "cpu" and len(input_shape) == 4 and nhwc_breaker(model) is None
     trains = training is not False and any(p.requires_grad for p in model.parameters())
     x, opt, was_training = _real_run(model, input_shape, dtype, device, optimizer, trains, channels_last)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
