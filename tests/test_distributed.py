@@ -1,9 +1,11 @@
 """`torchrun --nproc_per_node 2 -m cnnkit train` on CPU (gloo) matches one process, same global batch."""
 
 import os
+import random
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,9 +27,18 @@ def net(num_classes=10, in_channels=1):   # no BatchNorm: its statistics are per
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below Linux's ephemeral range (32768 up): a port the kernel hands out (port 0) can be
+    taken again, between this check and the store's bind, by another test worker's gloo connection."""
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-31999")
 
 
 def test_two_processes_match_one(data_dir, tmp_path):

@@ -347,6 +347,7 @@ def test_wide_depthwise_bf16_gradients_are_the_convolutions(kernel, stride, bias
     """A wide depthwise convolution whose filters train runs in bf16 with its weight gradient as 3x3
     pieces over shifted windows: output, input and weight gradients agree with fp64 on the same
     bf16-rounded numbers to bf16's rounding, and with oneDNN's own bf16 gradients as closely."""
+    from cnnkit.engine.precision import native_bf16
     from cnnkit.layers.bf16 import wide_depthwise_bf16
     from cnnkit.layers.conv_same import Conv2dSame
 
@@ -371,15 +372,15 @@ def test_wide_depthwise_bf16_gradients_are_the_convolutions(kernel, stride, bias
     yr = ref(xr)
     (yr * g.double()).sum().backward()
 
-    def close(a, b):  # bf16 keeps 8 bits: relative to the largest value
-        assert (a.double() - b).abs().max() <= 8e-3 * b.abs().max()
+    def close(a, b, bound=8e-3):  # bf16 keeps 8 bits: relative to the largest value
+        assert (a.double() - b).abs().max() <= bound * b.abs().max()
 
     close(y, yr)
     close(conv.weight.grad, ref.weight.grad)
     if bias:
         close(conv.bias.grad, ref.bias.grad)
-    if input_grad:
-        close(x.grad, xr.grad)
+    if input_grad:  # oneDNN's own: on a CPU without bf16 instructions its emulated kernel rounds more
+        close(x.grad, xr.grad, 8e-3 if native_bf16(torch.device("cpu")) else 2e-2)
     # oneDNN's own bf16 weight gradient of the wide kernel, on the same numbers
     xb = padded.detach().to(bf) if stride > 1 else x.detach().to(bf)
     wb = conv.weight.detach().to(bf)

@@ -411,7 +411,7 @@ def test_a_strided_pointwise_convolution_of_few_channels_trains_in_nchw(data_dir
     )
     argv = ["train", "--data-dir", str(data_dir), "--model", str(spec), "--subset", "256", "--epochs", "1"]
     assert main(argv + ["--batch-size", "64", "--threads", "1", "--out", str(tmp_path / "run")]) == 0
-    out = capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())  # the console wraps at its width
     assert "conv2d_2: a strided 1x1 convolution of 4 to 8 channels; the run trains in NCHW layout" in out
     assert (tmp_path / "run" / "model.safetensors").is_file()
     net = cnnkit.load(tmp_path / "run").net

@@ -3,22 +3,16 @@ same global batch (SimVP's GroupNorm has no per-process statistics), and `cnnkit
 under torchrun with rank 0 alone writing the run folder."""
 
 import os
-import socket
 import subprocess
 import sys
 
 import torch
 from safetensors.torch import load_file
+from test_distributed import _free_port
 
 from cnnkit.cli import main
 
 SMALL = ["--clips", "32", "--val-clips", "8", "--test-clips", "8", "--epochs", "1", "--batch-size", "8"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _torchrun(argv: list[str]) -> subprocess.CompletedProcess:
