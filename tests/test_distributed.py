@@ -400,6 +400,28 @@ def test_torchrun_prints_a_usage_error_and_help_once(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_process_other_than_rank_0_waits_before_it_exits_on_bad_input(tmp_path, monkeypatch, capsys):
+    """torchrun stops every process when one fails: rank 1 waits (silent) before it exits with code 2,
+    so that rank 0 says why first; rank 0 does not wait."""
+    import cnnkit.cli as cli
+
+    waits = []
+    monkeypatch.setattr(cli, "_let_rank_0_speak", lambda: waits.append(os.environ["RANK"]))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, waited in (("1", ["1"]), ("0", [])):
+        monkeypatch.setenv("RANK", rank)
+        waits.clear()
+        with pytest.raises(SystemExit) as stop:
+            cli.main(["train", "--epochs", "x", "--out", str(tmp_path / "run")])
+        assert stop.value.code == 2 and waits == waited
+        waits.clear()
+        assert cli.main(["train", "--out", str(tmp_path / "run"), "--config", str(tmp_path / "none.yaml")]) == 2
+        assert waits == waited
+        err = capsys.readouterr().err
+        assert ("error" in err) == (rank == "0"), err
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow
 def test_torchrun_says_a_bad_input_once_and_writes_nothing(data_dir, tmp_path):
     argv = ["train", "--quiet", "--data-dir", str(data_dir), "--subset", "64", "--batch-size", "1", "--epochs", "1"]

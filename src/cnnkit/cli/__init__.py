@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import os
 import sys
+import time
 import warnings
 from importlib import import_module
 
@@ -233,8 +234,22 @@ def _said_by_rank_0():
     if launched()[0] == 0:
         yield
         return
-    with open(os.devnull, "w") as nowhere, contextlib.redirect_stdout(nowhere), contextlib.redirect_stderr(nowhere):
-        yield
+    try:
+        with open(os.devnull, "w") as nowhere, contextlib.redirect_stdout(nowhere), contextlib.redirect_stderr(nowhere):
+            yield
+    except SystemExit as stop:
+        if stop.code:
+            _let_rank_0_speak()
+        raise
+
+
+# Seconds a process other than rank 0 waits before it exits on bad input: torchrun stops every
+# process as soon as one fails, and rank 0, the one that says why, may not have said it yet.
+RANK_0_GRACE = 5.0
+
+
+def _let_rank_0_speak() -> None:
+    time.sleep(RANK_0_GRACE)
 
 
 def _command_parser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
@@ -256,4 +271,6 @@ def _fail(command: str, exc: CnnkitError, every_rank: bool = False) -> int:
     if every_rank or launched()[0] == 0:
         text = " ".join(str(exc).split())
         print(f"cnnkit {command}: error: {text[:2000]}", file=sys.stderr)
+    else:
+        _let_rank_0_speak()
     return 2
