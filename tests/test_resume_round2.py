@@ -203,7 +203,7 @@ def test_a_resumed_run_that_diverges_names_the_given_learning_rate(tmp_path):
 def test_ctrl_c_in_a_member_names_the_ensemble_and_a_member_folder_is_refused(data_dir, tmp_path, monkeypatch, capsys):
     run = tmp_path / "ens"
     argv = ["train", "--data", "mnist", "--data-dir", str(data_dir), "--model", "mnist_fast", "--subset", "256"]
-    argv += ["--epochs", "2", "--batch-size", "64", "--threads", "1", "--ensemble", "2", "--out", str(run)]
+    argv += ["--epochs", "2", "--batch-size", "64", "--threads", "1", "--ensemble", "2", "--no-tta", "--out", str(run)]
     save = loop._save_run
 
     def save_then_stop(out, *args):
@@ -233,7 +233,7 @@ def test_a_finished_ensemble_resumes_to_the_same_files(data_dir, tmp_path, capsy
     trains nothing and ends with the same weights; its ensemble file names no network of its own."""
     run = tmp_path / "ens"
     argv = ["train", "--data", "mnist", "--data-dir", str(data_dir), "--model", "mnist_fast", "--subset", "128"]
-    argv += ["--epochs", "1", "--batch-size", "64", "--threads", "1", "--ensemble", "2", "--quiet"]
+    argv += ["--epochs", "1", "--batch-size", "64", "--threads", "1", "--ensemble", "2", "--no-tta", "--quiet"]
     assert main([*argv, "--out", str(run)]) == 0
     before = load_file(run / "model.safetensors")
     assert main(["train", "--resume", "--out", str(run), "--quiet"]) == 0, capsys.readouterr().err
@@ -500,7 +500,18 @@ def _link(folder, data_dir, *names):
 
 
 TASKS = {
-    "classify": ["train", "--data", "mnist", "--model", "mnist_fast", "--subset", "128", "--batch-size", "64"],
+    "classify": [
+        "train",
+        "--data",
+        "mnist",
+        "--model",
+        "mnist_fast",
+        "--subset",
+        "128",
+        "--batch-size",
+        "64",
+        "--no-tta",
+    ],
     "generate": ["generate", "train", "--latent-dim", "8", "--width", "4", "--batch-size", "32", "--subset", "64"],
     "detect": ["detect", "train", "--data", "digits", "--scenes", "8", "4", "--image-size", "64"]
     + ["--model", "mobilenet_v3_small", "--width", "16", "--weights", "none", "--batch-size", "8"],
