@@ -447,18 +447,24 @@ def _split_folder(root, classes, count: int = 6) -> None:
         _photos(root / part, classes, count)
 
 
-def test_eval_of_a_folder_run_leaves_out_a_class_folder_added_since(tmp_path, monkeypatch, capsys):
-    """A class folder the run does not know (added to the test folder since it trained, or a folder of
-    another --data) is left out, said on one line, and the run's classes scored as before; a test
-    folder of only unknown classes is refused in one line. `cnnkit plot` draws the run's classes."""
-    from cnnkit.tasks.classify.plot import plot_run
-
+def _split_folder_run(tmp_path, monkeypatch):
+    """(photos, run): a folder of train/ and test/ of ants and bees, and a finished one-epoch run on it."""
     monkeypatch.setenv("CNNKIT_HOME", str(tmp_path / "home"))
     data = tmp_path / "photos"
     _split_folder(data, ["ants", "bees"])
     run = tmp_path / "run"
     argv = ["train", "--data", str(data), "--model", "mnist_fast", "--image-size", "28", "28", "--epochs", "1"]
     assert main([*argv, "--batch-size", "4", "--threads", "1", "--quiet", "--out", str(run)]) == 0
+    return data, run
+
+
+def test_eval_of_a_folder_run_leaves_out_a_class_folder_added_since(tmp_path, monkeypatch, capsys):
+    """A class folder the run does not know (added to the test folder since it trained, or a folder of
+    another --data) is left out, said on one line, and the run's classes scored as before; a test
+    folder of only unknown classes is refused in one line. `cnnkit plot` draws the run's classes."""
+    from cnnkit.tasks.classify.plot import plot_run
+
+    data, run = _split_folder_run(tmp_path, monkeypatch)
     capsys.readouterr()
     assert main(["eval", str(run), "--format", "json"]) == 0
     before = json.loads(capsys.readouterr().out)
@@ -505,12 +511,7 @@ def test_plot_labels_a_folder_runs_confusion_matrix_by_the_runs_classes(tmp_path
     from cnnkit.tasks.classify.evaluate import evaluate_run
     from cnnkit.tasks.classify.plot import plot_run
 
-    monkeypatch.setenv("CNNKIT_HOME", str(tmp_path / "home"))
-    data = tmp_path / "photos"
-    _split_folder(data, ["ants", "bees"])
-    run = tmp_path / "run"
-    argv = ["train", "--data", str(data), "--model", "mnist_fast", "--image-size", "28", "28", "--epochs", "1"]
-    assert main([*argv, "--batch-size", "4", "--threads", "1", "--quiet", "--out", str(run)]) == 0
+    data, run = _split_folder_run(tmp_path, monkeypatch)
     want = evaluate_run(run)[0].confusion.tolist()
     _photos(data / "test", ["aphids"], count=3)
     _photos(data / "train", ["aphids"], count=3)
