@@ -136,3 +136,14 @@ def test_frame_sizes_past_what_the_clip_networks_take_are_refused(argv, message,
     out = tmp_path / "run"
     assert _error(capsys, [*argv, "--out", str(out), "--quiet"]).endswith(message)
     assert not out.exists()
+
+
+def test_finetune_fractions_that_leave_nothing_to_train_on_name_their_flags(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["classify", "finetune", "--data", str(tmp_path), "--model", "resnet18", "--out", str(out)]
+    err = _error(capsys, [*argv, "--val-fraction", "0.6", "--test-fraction", "0.5"])
+    assert err.endswith(
+        "--val-fraction plus --test-fraction must be below 1 (they leave the rest to train on); received "
+        "--val-fraction 0.6 --test-fraction 0.5"
+    )
+    assert not out.exists()

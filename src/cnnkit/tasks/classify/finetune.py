@@ -925,6 +925,11 @@ def run_finetune(
     for name in ("val_fraction", "test_fraction"):
         if not 0 <= getattr(cfg, name) < 1:
             raise CnnkitError(f"--{name.replace('_', '-')} must be in [0, 1); received {getattr(cfg, name)}")
+    if cfg.val_fraction + cfg.test_fraction >= 1:
+        raise CnnkitError(
+            f"--val-fraction plus --test-fraction must be below 1 (they leave the rest to train on); received "
+            f"--val-fraction {cfg.val_fraction} --test-fraction {cfg.test_fraction}"
+        )
     if str(cfg.device or "cpu").startswith("cuda") and not torch.cuda.is_available():  # as distributed() says it
         raise CnnkitError("--device cuda, but PyTorch sees no CUDA GPU here; use --device cpu")
     if not Path(cfg.data).is_dir():
