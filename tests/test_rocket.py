@@ -257,12 +257,15 @@ def test_padding_a_series_further_changes_no_feature():
 
 
 def test_summary_counts_the_fixed_convolutions_exactly():
-    """`cnnkit summary multirocket` runs (shapes only first) and counts 84 x 9 multiply-adds per output."""
+    """A summary of multirocket runs (shapes only first) and counts 84 x 9 multiply-adds per output of
+    each dilation's convolution, on the series and its difference (length 40: four dilations, each with
+    its own number of biases; the pools' time loop makes every further step and dilation cost)."""
     import cnnkit
 
-    model = create_model("multirocket")
-    s = cnnkit.summary(model, input_size=(1, 128), batch_size=2)
-    convs = 2 * 84 * 9 * (128 * len(model.raw.convs) + 127 * len(model.diff.convs))
+    model = create_model("multirocket", length=40)
+    assert len(model.raw.convs) == len(model.diff.convs) == 4
+    s = cnnkit.summary(model, input_size=(1, 40), batch_size=2)
+    convs = 2 * 84 * 9 * (40 * len(model.raw.convs) + 39 * len(model.diff.convs))
     assert s.totals["macs"] == convs + 2 * model.num_features * 2  # and the linear layer's, 2 classes
 
 
