@@ -55,13 +55,18 @@ def small(data_dir, **kw):
     return preset("fast", **{**values, **kw})
 
 
-@pytest.fixture(scope="module")
-def run(data_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    return train(small(data_dir), out, quiet=True)
+def test_a_short_run_learns_and_its_checkpoint_serves_load_eval_and_predict(data_dir, tmp_path, capsys):
+    """One short run, trained in this one test (a module fixture would train again in each xdist
+    worker that got one of its tests): it learns; its checkpoint loads back as it was; the CLI's
+    eval and predict read it; predict refuses an image it cannot read."""
+    run = train(small(data_dir), tmp_path / "run", quiet=True)
+    _short_run_learns(run)
+    _checkpoint_round_trip(run, data_dir)
+    _cli_eval_and_predict(run, data_dir, tmp_path, capsys)
+    _cli_predict_bad_image(run, tmp_path, capsys)
 
 
-def test_short_run_learns(run, data_dir):
+def _short_run_learns(run):
     # 128 steps of 128 images (8,192 distinct digits, 2 epochs): >= 96% on the 5,000 validation digits
     assert [row["epoch"] for row in run.history] == [1, 2]
     assert run.history[-1]["val_acc"] >= 0.96
@@ -71,7 +76,7 @@ def test_short_run_learns(run, data_dir):
     assert (run.out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_checkpoint_round_trip(run, data_dir):
+def _checkpoint_round_trip(run, data_dir):
     model = cnnkit.load(run.out)
     same = cnnkit.load(run.out / "model.safetensors")
     assert not model.training and model.classes == [str(d) for d in range(10)]
@@ -201,7 +206,7 @@ def test_trainval_trains_on_all_60000_and_the_cli_records_it(data_dir, tmp_path,
     assert json.loads(out)["n"] == 5000 and "trained on the val split too" in err
 
 
-def test_cli_eval_and_predict(run, data_dir, tmp_path, capsys):
+def _cli_eval_and_predict(run, data_dir, tmp_path, capsys):
     assert (
         main(["eval", str(run.out), "--split", "val", "--format", "json", "--confusion", str(tmp_path / "cm.png")]) == 0
     )
@@ -246,7 +251,7 @@ def test_cli_device_cuda_without_a_gpu(capsys, data_dir, tmp_path):
     assert not (tmp_path / "r").exists()  # nothing written
 
 
-def test_cli_predict_bad_image(run, tmp_path, capsys):
+def _cli_predict_bad_image(run, tmp_path, capsys):
     (tmp_path / "x.png").write_text("not an image")
     assert main(["predict", str(run.out), str(tmp_path / "x.png")]) == 2
     assert "cannot read" in capsys.readouterr().err
