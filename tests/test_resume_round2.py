@@ -200,10 +200,17 @@ def test_a_resumed_run_that_diverges_names_the_given_learning_rate(tmp_path):
 # folder is refused in one line (it would train a second ensemble inside that member).
 
 
-def test_ctrl_c_in_a_member_names_the_ensemble_and_a_member_folder_is_refused(data_dir, tmp_path, monkeypatch, capsys):
+def _ensemble_argv(tmp_path, monkeypatch) -> list[str]:
+    """``cnnkit train`` of an ensemble of two on a folder of 40 small photos (a small validation split)."""
+    monkeypatch.setenv("CNNKIT_HOME", str(tmp_path / "home"))
+    _photos(tmp_path / "photos", 0, 20)
+    argv = ["train", "--data", str(tmp_path / "photos"), "--model", "mnist_fast", "--image-size", "28", "28"]
+    return argv + ["--batch-size", "8", "--threads", "1", "--ensemble", "2", "--no-tta"]
+
+
+def test_ctrl_c_in_a_member_names_the_ensemble_and_a_member_folder_is_refused(tmp_path, monkeypatch, capsys):
     run = tmp_path / "ens"
-    argv = ["train", "--data", "mnist", "--data-dir", str(data_dir), "--model", "mnist_fast", "--subset", "256"]
-    argv += ["--epochs", "2", "--batch-size", "64", "--threads", "1", "--ensemble", "2", "--no-tta", "--out", str(run)]
+    argv = [*_ensemble_argv(tmp_path, monkeypatch), "--epochs", "2", "--out", str(run)]
     save = loop._save_run
 
     def save_then_stop(out, *args):
@@ -228,12 +235,11 @@ def test_ctrl_c_in_a_member_names_the_ensemble_and_a_member_folder_is_refused(da
     assert (run / "model.safetensors").is_file() and not (run / "member1" / "member0").exists()
 
 
-def test_a_finished_ensemble_resumes_to_the_same_files(data_dir, tmp_path, capsys):
+def test_a_finished_ensemble_resumes_to_the_same_files(tmp_path, monkeypatch, capsys):
     """``--resume`` of an ensemble whose members are all trained (a run killed after its ensemble file)
     trains nothing and ends with the same weights; its ensemble file names no network of its own."""
     run = tmp_path / "ens"
-    argv = ["train", "--data", "mnist", "--data-dir", str(data_dir), "--model", "mnist_fast", "--subset", "128"]
-    argv += ["--epochs", "1", "--batch-size", "64", "--threads", "1", "--ensemble", "2", "--no-tta", "--quiet"]
+    argv = [*_ensemble_argv(tmp_path, monkeypatch), "--epochs", "1", "--quiet"]
     assert main([*argv, "--out", str(run)]) == 0
     before = load_file(run / "model.safetensors")
     assert main(["train", "--resume", "--out", str(run), "--quiet"]) == 0, capsys.readouterr().err
@@ -380,30 +386,14 @@ def test_a_sequence_ensembles_member_folder_is_refused(data_dir, tmp_path, capsy
 
 
 # -----------------------------------------------------------------------------------------------
-# A resumed fine-tuning run's model records the choice of head (and stages) with the candidates'
-# validation losses, as the uninterrupted run's does.
-
-
-def test_a_resumed_finetune_keeps_the_record_of_its_choice(data_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("CNNKIT_HOME", str(tmp_path / "home"))
-    argv = ["classify", "finetune", "--model", "resnet18", "--data", str(data_dir / "hymenoptera")]
-    argv += ["--image-size", "32", "--stages", "head,top", "--epochs", "1", "--batch-size", "16"]
-    argv += ["--threads", "1", "--precision", "fp32", "--quiet"]
-    assert main([*argv, "--out", str(tmp_path / "full")]) == 0
-    assert _stopped_after_first_epoch(monkeypatch, [*argv, "--out", str(tmp_path / "cut")]) == 130
-    assert main(["classify", "finetune", "--resume", "--out", str(tmp_path / "cut"), "--quiet"]) == 0
-    full, cut = read_info(tmp_path / "full"), read_info(tmp_path / "cut")
-    assert set(full["finetune_head"]["val_loss"]) == {"features", "class_scores"}  # both candidates tried
-    assert cut["finetune_head"] == full["finetune_head"]
-    assert cut["history"] == [{**r, "seconds": c["seconds"]} for r, c in zip(full["history"], cut["history"])]
-
-
-# -----------------------------------------------------------------------------------------------
 # A fine-tuning run keeps its own photos: ``split.json`` is written before training, and ``--resume``
-# trains, validates and tests on it, whatever the folder holds by then.
+# trains, validates and tests on it, whatever the folder holds by then. Its model records the choice
+# of head (and stages) with the candidates' validation losses, as the uninterrupted run's does.
 
 
-def test_a_resumed_finetune_keeps_its_split_when_photos_are_added(tmp_path, monkeypatch, capsys):
+def test_a_resumed_finetune_keeps_its_split_when_photos_are_added_and_the_record_of_its_choice(
+    tmp_path, monkeypatch, capsys
+):
     monkeypatch.setenv("CNNKIT_HOME", str(tmp_path / "home"))
     data = tmp_path / "photos"
     _photos(data, 0, 20, side=40)
@@ -421,6 +411,10 @@ def test_a_resumed_finetune_keeps_its_split_when_photos_are_added(tmp_path, monk
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     tested = json.loads((tmp_path / "cut" / "test.json").read_text())
     assert tested["n"] == len(full["test"]) == json.loads((tmp_path / "full" / "test.json").read_text())["n"]
+    full, cut = read_info(tmp_path / "full"), read_info(tmp_path / "cut")  # the model files' records
+    assert set(full["finetune_head"]["val_loss"]) == {"features", "class_scores"}  # both candidates tried
+    assert cut["finetune_head"] == full["finetune_head"]
+    assert cut["history"] == [{**r, "seconds": c["seconds"]} for r, c in zip(full["history"], cut["history"])]
 
 
 # -----------------------------------------------------------------------------------------------
