@@ -326,7 +326,7 @@ def test_auto_head_keeps_the_candidate_with_the_lower_val_loss(tmp_path):
             train,
             val,
             stages=("head",),
-            epochs=6,
+            epochs=2,
             batch_size=16,
             lr_head=1e-2,
             head=head,
