@@ -38,7 +38,7 @@ def test_lenet5_takes_mnist_padded_to_its_32x32_and_the_run_keeps_the_padding(da
 
     out = tmp_path / "run"
     argv = ["train", "--model", "lenet5", "--data-dir", str(data_dir), "--subset", "2048", "--out", str(out)]
-    assert main([*argv, "--epochs", "1", "--threads", "1", "--batch-size", "64"]) == 0
+    assert main([*argv, "--epochs", "1", "--threads", "1", "--batch-size", "64", "--no-tta"]) == 0
     said = capsys.readouterr().out
     assert "lenet5 takes 32x32 inputs: the 28x28 images get 2 px of black on every side" in said, said
     model = cnnkit.load(out)
@@ -46,7 +46,7 @@ def test_lenet5_takes_mnist_padded_to_its_32x32_and_the_run_keeps_the_padding(da
     assert model.info["pad"] == 2 and model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
     assert main(["eval", str(out), "--data-dir", str(data_dir), "--format", "json"]) == 0
     acc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["accuracy"]
-    assert acc > 0.5, acc  # 2,048 digits, one epoch (0.66 measured)
+    assert acc > 0.5, acc  # 2,048 digits, one epoch (0.82 to 0.85 measured with seeds 0, 1, 2)
     val = float(said.split("done: val acc ")[1].split("%")[0]) / 100
     assert abs(acc - val) < 0.08, (acc, val)  # the padding is the same in training and in eval
 
