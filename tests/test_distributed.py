@@ -343,10 +343,22 @@ def test_two_processes_train_every_sample_of_batches_that_do_not_split_evenly(tm
             torch.testing.assert_close(two[k], one[k], atol=1e-6, rtol=1e-5)
 
 
+def _recorded_waits(monkeypatch) -> list[str]:
+    """The ranks that wait for rank 0 to speak (:func:`cnnkit.cli._let_rank_0_speak`), recorded
+    instead of slept."""
+    import cnnkit.cli as cli
+
+    waits = []
+    monkeypatch.setattr(cli, "_let_rank_0_speak", lambda: waits.append(os.environ["RANK"]))
+    return waits
+
+
 def test_bad_input_under_torchrun_is_said_once_by_rank_0_and_every_rank_fails(tmp_path, monkeypatch, capsys):
-    """Every process meets the same bad input: rank 0 alone prints the line, every rank exits with 2."""
+    """Every process meets the same bad input: rank 0 alone prints the line, every rank exits with 2
+    (rank 1 after its wait for rank 0, recorded here rather than slept)."""
     from cnnkit.cli import main
 
+    waits = _recorded_waits(monkeypatch)
     argv = ["train", "--data-dir", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "run"), "--quiet"]
     monkeypatch.setenv("WORLD_SIZE", "2")
     said = []
@@ -355,14 +367,17 @@ def test_bad_input_under_torchrun_is_said_once_by_rank_0_and_every_rank_fails(tm
         assert main(argv) == 2
         said.append(capsys.readouterr().err)
     assert said[0] == "" and said[1].count("error:") == 1 and "nothing-here" in said[1]
+    assert waits == ["1"]
     assert not (tmp_path / "run").exists()
 
 
 def test_argparse_says_a_usage_error_or_help_once_under_torchrun_and_every_rank_exits_alike(monkeypatch, capsys):
     """argparse's own output (a bad value, an unknown flag, --help, --version, no command) is printed
-    by rank 0 alone; every rank exits with argparse's code."""
+    by rank 0 alone; every rank exits with argparse's code (rank 1, on an error, after its wait for
+    rank 0, recorded here rather than slept)."""
     from cnnkit.cli import main
 
+    waits = _recorded_waits(monkeypatch)
     monkeypatch.setenv("WORLD_SIZE", "2")
     for argv, code in [
         (["train", "--epochs", "x"], 2),
@@ -371,6 +386,7 @@ def test_argparse_says_a_usage_error_or_help_once_under_torchrun_and_every_rank_
         (["--version"], 0),
     ]:
         said = []
+        waits.clear()
         for rank in ("1", "0"):
             monkeypatch.setenv("RANK", rank)
             with pytest.raises(SystemExit) as stop:
@@ -379,6 +395,7 @@ def test_argparse_says_a_usage_error_or_help_once_under_torchrun_and_every_rank_
             said.append(capsys.readouterr())
         assert said[0].out == said[0].err == "", argv
         assert (said[1].err if code else said[1].out).strip(), argv
+        assert waits == (["1"] if code else []), argv
     monkeypatch.setenv("RANK", "1")
     assert main([]) == 2 and capsys.readouterr().out == ""
 
