@@ -149,14 +149,52 @@ def _two_processes(fn, *args) -> None:
     mp.spawn(_entry, args=(fn, _free_port(), args), nprocs=2, join=True)
 
 
+def _two_process_runs(rank: int, out: str, data_dir: str | None, ports: list[int]) -> None:
+    """The module's two-process runs, one after another in one pair of processes, each in its own
+    folder under ``out`` and its own process group, on its own master port (a process that joined
+    the last group's store, still up, would read that group's addresses): a line fitted by a network
+    with a layer its forward never uses, a line fitted in batches that do not split evenly, a loss
+    that diverges in one process's share; on MNIST (where ``data_dir`` is given), an ensemble, and a
+    pruned run whole and cut then resumed."""
+    runs = [("line", _fit_line), ("odd", _fit_odd_line), ("diverge", _wrappers_at_group_end)]
+    if data_dir is not None:
+        model = f"{Path(out, 'net.py')}:net"
+        runs += [
+            ("ens", lambda rank, folder: _ensemble(rank, data_dir, model, folder)),
+            ("pruned", lambda rank, folder: _full_and_resumed(rank, data_dir, model, folder)),
+        ]
+    for (name, fn), port in zip(runs, ports, strict=True):
+        os.environ["MASTER_PORT"] = str(port)
+        folder = Path(out, name)
+        folder.mkdir(exist_ok=True)
+        fn(rank, str(folder))
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(request, tmp_path_factory) -> Path:
+    """The folder of :func:`_two_process_runs`, run once for the tests that read it: its MNIST runs
+    where the data is (the tests that read them ask for ``data_dir`` too)."""
+    try:
+        data = str(request.getfixturevalue("data_dir"))
+    except pytest.skip.Exception:
+        data = None
+    out = tmp_path_factory.mktemp("two-processes")
+    (out / "net.py").write_text(NET)
+    ports = set()
+    while len(ports) < (5 if data else 3):
+        ports.add(_free_port())
+    _two_processes(_two_process_runs, str(out), data, sorted(ports))
+    return out
+
+
 def _ensemble(rank: int, data_dir: str, model: str, out: str) -> None:
     import importlib
     import time
 
     classify_train = importlib.import_module("cnnkit.tasks.classify.train")  # the module, not its train()
 
+    save = classify_train.save_ensemble
     if rank == 0:  # rank 0 writes the ensemble a moment late: the other process must wait for it
-        save = classify_train.save_ensemble
 
         def late(*a, **kw):
             time.sleep(1.5)
@@ -164,14 +202,15 @@ def _ensemble(rank: int, data_dir: str, model: str, out: str) -> None:
 
         classify_train.save_ensemble = late
     args = dict(model=model, data_dir=data_dir, subset=256, epochs=1, batch_size=64, ensemble=2, tta=False)
-    result = train(preset("fast", **args, threads=1, device="cpu", precision="fp32"), out, quiet=True)
+    try:
+        result = train(preset("fast", **args, threads=1, device="cpu", precision="fp32"), out, quiet=True)
+    finally:
+        classify_train.save_ensemble = save
     Path(out, f"acc{rank}.txt").write_text(repr(result.val_acc))
 
 
-def test_an_ensemble_under_torchrun_is_read_by_every_process_after_rank_0_wrote_it(data_dir, tmp_path):
-    (tmp_path / "net.py").write_text(NET)
-    out = tmp_path / "ens"
-    _two_processes(_ensemble, str(data_dir), f"{tmp_path / 'net.py'}:net", str(out))
+def test_an_ensemble_under_torchrun_is_read_by_every_process_after_rank_0_wrote_it(data_dir, two_process_runs):
+    out = two_process_runs / "ens"
     assert (out / "model.safetensors").is_file()
     assert (out / "acc0.txt").read_text() == (out / "acc1.txt").read_text()  # one ensemble, one score
 
@@ -223,11 +262,10 @@ def _fit_line(rank: int, out: str | None) -> dict:
     return model.state_dict()
 
 
-def test_a_network_with_parameters_its_forward_never_uses_trains_under_torchrun(tmp_path):
-    _two_processes(_fit_line, str(tmp_path))
+def test_a_network_with_parameters_its_forward_never_uses_trains_under_torchrun(two_process_runs):
     one = _fit_line(0, None)
     for rank in (0, 1):
-        two = torch.load(tmp_path / f"rank{rank}.pt")
+        two = torch.load(two_process_runs / "line" / f"rank{rank}.pt")
         for k in one:
             torch.testing.assert_close(two[k], one[k], atol=1e-6, rtol=1e-5)
 
@@ -250,14 +288,13 @@ def _full_and_resumed(rank: int, data_dir: str, model: str, root: str) -> None:
         dist.destroy_process_group()
 
 
-def test_a_pruned_run_resumed_under_torchrun_continues_exactly(data_dir, tmp_path):
-    (tmp_path / "net.py").write_text(NET)
-    _two_processes(_full_and_resumed, str(data_dir), f"{tmp_path / 'net.py'}:net", str(tmp_path))
-    full, cut = (load_file(tmp_path / r / "model.safetensors") for r in ("full", "cut"))
+def test_a_pruned_run_resumed_under_torchrun_continues_exactly(data_dir, two_process_runs):
+    root = two_process_runs / "pruned"
+    full, cut = (load_file(root / r / "model.safetensors") for r in ("full", "cut"))
     for k in full:
         torch.testing.assert_close(cut[k], full[k], atol=0, rtol=0)
-    assert (tmp_path / "cut" / "metrics.csv").read_text().splitlines()[-1].split(",")[:3] == (
-        (tmp_path / "full" / "metrics.csv").read_text().splitlines()[-1].split(",")[:3]
+    assert (root / "cut" / "metrics.csv").read_text().splitlines()[-1].split(",")[:3] == (
+        (root / "full" / "metrics.csv").read_text().splitlines()[-1].split(",")[:3]
     )
 
 
@@ -333,12 +370,11 @@ def _fit_odd_line(rank: int, out: str | None) -> dict:
 
 
 @pytest.mark.slow
-def test_two_processes_train_every_sample_of_batches_that_do_not_split_evenly(tmp_path):
-    _two_processes(_fit_odd_line, str(tmp_path))
+def test_two_processes_train_every_sample_of_batches_that_do_not_split_evenly(two_process_runs):
     one = _fit_odd_line(0, None)
     assert one["images"] == 26
     for rank in (0, 1):
-        two = torch.load(tmp_path / f"rank{rank}.pt")
+        two = torch.load(two_process_runs / "odd" / f"rank{rank}.pt")
         for k in one:
             torch.testing.assert_close(two[k], one[k], atol=1e-6, rtol=1e-5)
 
@@ -470,11 +506,10 @@ def _diverge_in_one_share(rank: int, out: str) -> None:
 
 
 @pytest.mark.slow
-def test_a_loss_that_diverges_in_one_process_share_stops_every_process_alike(tmp_path):
+def test_a_loss_that_diverges_in_one_process_share_stops_every_process_alike(two_process_runs):
     """Rank 0 says why a run stopped: a loss that became NaN in rank 1's share alone must stop rank 0
     too, with the same message (rank 1's is not printed)."""
-    _two_processes(_diverge_in_one_share, str(tmp_path))
-    said = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+    said = [(two_process_runs / "diverge" / f"rank{r}.txt").read_text() for r in range(2)]
     assert said[0] == said[1] and "the loss became nan at epoch 1, step 1" in said[0]
 
 
@@ -493,16 +528,19 @@ def _wrappers_at_group_end(rank: int, out: str) -> None:
         return destroy(*args, **kwargs)
 
     engine_dist.dist.destroy_process_group = counted
-    _diverge_in_one_share(rank, out)
+    try:
+        _diverge_in_one_share(rank, out)
+    finally:
+        engine_dist.dist.destroy_process_group = destroy
 
 
 @pytest.mark.slow
-def test_a_run_stopped_by_an_error_lets_its_ddp_wrappers_go_before_its_process_group(tmp_path):
+def test_a_run_stopped_by_an_error_lets_its_ddp_wrappers_go_before_its_process_group(two_process_runs):
     # a reducer outliving its group (held by the error's traceback until the interpreter's exit) can
     # abort the process ("terminate called without an active exception")
-    _two_processes(_wrappers_at_group_end, str(tmp_path))
-    assert [(tmp_path / f"alive{r}.txt").read_text() for r in range(2)] == ["0", "0"]
-    assert "the loss became nan" in (tmp_path / "rank0.txt").read_text()
+    out = two_process_runs / "diverge"
+    assert [(out / f"alive{r}.txt").read_text() for r in range(2)] == ["0", "0"]
+    assert "the loss became nan" in (out / "rank0.txt").read_text()
 
 
 @pytest.mark.parametrize("rank, world", [("", "2"), ("abc", "1"), ("0", "")])
