@@ -4,11 +4,14 @@ the losses normalised otherwise (detect's positives, segment's valid pixels, ins
 for a batch that splits evenly over two processes and one that does not. The reference is one
 process's gradient of the loss on the whole batch."""
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from test_distributed import _two_processes
+from test_distributed import _free_port, _two_processes
 
 from cnnkit.engine.distributed import Dist, pool, shard_batch
 from cnnkit.engine.loop import step_loss
@@ -167,10 +170,33 @@ def _ddp_grads(rank: int, out: str) -> None:
     torch.save(grads, f"{out}/rank{rank}.pt")
 
 
+def _ddp_runs(rank: int, out: str, ports: list[int]) -> None:
+    """:func:`_ddp_grads`, then :func:`_fit_detect_with_a_share_without_objects`, in one pair of
+    processes, each in its own folder under ``out`` and its own process group on its own master port
+    (a process that joined the last group's store, still up, would read that group's addresses)."""
+    for (name, fn), port in zip(
+        [("grads", _ddp_grads), ("detect", _fit_detect_with_a_share_without_objects)], ports, strict=True
+    ):
+        os.environ["MASTER_PORT"] = str(port)
+        fn(rank, str(Path(out, name)))
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory) -> Path:
+    """The folder of :func:`_ddp_runs`, run once for the tests that read it."""
+    out = tmp_path_factory.mktemp("ddp")
+    for name in ("grads", "detect"):
+        (out / name).mkdir()
+    ports = set()
+    while len(ports) < 2:
+        ports.add(_free_port())
+    _two_processes(_ddp_runs, str(out), sorted(ports))
+    return out
+
+
 @pytest.mark.slow
-def test_two_processes_under_ddp_take_one_process_gradient_for_every_task(tmp_path):
-    _two_processes(_ddp_grads, str(tmp_path))
-    two = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+def test_two_processes_under_ddp_take_one_process_gradient_for_every_task(ddp_runs):
+    two = [torch.load(ddp_runs / "grads" / f"rank{r}.pt") for r in range(2)]
     for name, n in CASES:
         task, model, batch = _case(name, n)
         whole = _grad(model, _reference(name, task, model, batch))
@@ -226,8 +252,7 @@ def _fit_detect_with_a_share_without_objects(rank: int, out: str) -> None:
 
 
 @pytest.mark.slow
-def test_detect_under_ddp_trains_through_shares_with_and_without_objects(tmp_path):
-    _two_processes(_fit_detect_with_a_share_without_objects, str(tmp_path))
-    two = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+def test_detect_under_ddp_trains_through_shares_with_and_without_objects(ddp_runs):
+    two = [torch.load(ddp_runs / "detect" / f"rank{r}.pt") for r in range(2)]
     for k in two[0]:
         torch.testing.assert_close(two[0][k], two[1][k], atol=0, rtol=0)
