@@ -4,8 +4,6 @@ allocator, and one-line errors for bad input."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -445,9 +443,12 @@ def test_fit_of_a_network_with_nothing_to_train():
 # --- bad input: one line, exit code 2, no traceback ----------------------------------------------
 
 
-def run_cli(*args, cwd=None):
-    p = subprocess.run([sys.executable, "-m", "cnnkit", *args], capture_output=True, text=True, cwd=cwd)
-    return p.returncode, p.stdout, p.stderr
+def run_cli(capsys, *args):
+    """``cnnkit ARGS`` in this process: (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    code = cli_main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
 # a user's layer whose message gives its reason on a second line
@@ -493,7 +494,7 @@ def write(tmp_path, name, text):
         "reason_on_second_line",
     ],
 )
-def test_bad_input_is_one_line_and_exit_code_2(tmp_path, kind):
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, kind, capsys):
     args = {
         "unknown_layer": [write(tmp_path, "a.yaml", "input: 3x32x32\nlayers:\n  - conv2dd: {filters: 3}\n")],
         "unknown_model": ["resnet51"],
@@ -539,7 +540,7 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, kind):
         ],
         "reason_on_second_line": [write(tmp_path, "p.py", PATCHIFY) + ":net", "--input", "3x60x60"],
     }[kind]
-    code, out, err = run_cli("summary", *args)
+    code, out, err = run_cli(capsys, "summary", *args)
     assert code == 2, (out, err)
     assert "Traceback" not in err
     lines = err.strip().splitlines()
@@ -779,8 +780,8 @@ def test_a_torchscript_block_or_network_is_one_row_named_in_a_note(tmp_path, nam
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.mark.parametrize("name", ["scripted", "whole_traced"])
-def test_a_torchscript_layer_that_fails_is_named_with_the_reason(tmp_path, name):
-    code, out, err = run_cli("summary", _scripted_net(tmp_path, name), "--input", "4x32x32")
+def test_a_torchscript_layer_that_fails_is_named_with_the_reason(tmp_path, name, capsys):
+    code, out, err = run_cli(capsys, "summary", _scripted_net(tmp_path, name), "--input", "4x32x32")
     assert code == 2 and "Traceback" not in err, err
     layer = "'0' (Conv2d (TorchScript))" if name == "scripted" else "'(model)' (Sequential (TorchScript))"
     assert err.strip() == (
