@@ -143,21 +143,24 @@ def scripted_run(tmp_path_factory):
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
-@pytest.mark.parametrize("method", ["featuremaps", "patterns", "gradcam"])
-def test_explain_names_torchscript_and_saliency_for_a_network_that_is_torchscript(scripted_run, capsys, method):
+def test_explain_names_torchscript_and_saliency_for_a_network_that_is_torchscript(scripted_run, capsys):
     """Feature maps and patterns of a TorchScript network said "no feature maps to plot; pass
     at least one layer" or "has no convolution; pass --layer NAME" (and --layer is refused inside it);
-    each says the network is TorchScript and that (vanilla) saliency and filters work, and they do."""
-    run, out = scripted_run / "run", scripted_run / f"{method}.png"
+    each of featuremaps, patterns and gradcam says the network is TorchScript and that (vanilla)
+    saliency and filters work, and they do."""
+    run = scripted_run / "run"
     argv = ["explain", str(run), str(scripted_run / "digit.png"), "--trust-code", f"{scripted_run / 'net.py'}:build"]
-    err = _error(capsys, [*argv, "--method", method, "--out", str(out)])
-    assert err.endswith(
-        f"{run} has no convolutional layer outside TorchScript (the network is TorchScript, whose layers run "
-        "without hooks, so their outputs cannot be seen); explain it with saliency (vanilla, not guided), which "
-        "needs no layer, or with filters, which reads its convolutions' weights, or build it from plain nn modules"
-    ), err
-    assert not out.exists()
-    for works in ("saliency", "filters"):  # what the line says works
+    for method in ("featuremaps", "patterns", "gradcam"):
+        out = scripted_run / f"{method}.png"
+        err = _error(capsys, [*argv, "--method", method, "--out", str(out)])
+        assert err.endswith(
+            f"{run} has no convolutional layer outside TorchScript (the network is TorchScript, whose layers run "
+            "without hooks, so their outputs cannot be seen); explain it with saliency (vanilla, not guided), which "
+            "needs no layer, or with filters, which reads its convolutions' weights, or build it from plain nn modules"
+        ), (method, err)
+        assert not out.exists()
+    out = scripted_run / "works.png"
+    for works in ("saliency", "filters"):  # what the line says works, the same line for each method
         assert main([*argv, "--method", works, "--out", str(out)]) == 0
         assert out.is_file() and capsys.readouterr().out.startswith(f"{works}: ")
         out.unlink()
@@ -173,7 +176,9 @@ def test_explain_draws_the_filters_of_a_network_that_is_torchscript(scripted_run
 
     drawn = []
     real = plots.filter_grid
-    monkeypatch.setattr(plots, "filter_grid", lambda w, **k: drawn.append((w, k["title"])) or real(w, **k))
+    # the first 8 filters, each with its first input channel: the grid itself is test_plots' concern
+    record = lambda w, **k: drawn.append((w, k["title"])) or real(w, **k, max_filters=8, max_inputs=1)  # noqa: E731
+    monkeypatch.setattr(plots, "filter_grid", record)
     run, out = scripted_run / "run", scripted_run / "f.png"
     argv = ["explain", str(run), str(scripted_run / "digit.png"), "--method", "filters", "--out", str(out)]
     code = ["--trust-code", f"{scripted_run / 'net.py'}:build"]
