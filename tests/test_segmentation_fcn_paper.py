@@ -174,7 +174,10 @@ def test_imagenet_fc6_and_fc7_carry_over(tmp_path):
     cell is the classifier's 4096 pre-logits features (fc6's 3-px padding reaches no further)."""
     from safetensors.torch import save_file
 
-    zoo = create_model("vgg11").eval()
+    with on_meta():  # built without its initialisation: every weight is drawn below
+        zoo = create_model("vgg11").eval()
+    zoo.to_empty(device="cpu")
+    assert not list(zoo.buffers())
     with torch.no_grad():
         for p in zoo.parameters():
             p.normal_(0, 0.02)
