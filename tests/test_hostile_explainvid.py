@@ -4,6 +4,7 @@ time. Each bad input is one line (exit 2) naming what was wrong and what to do i
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import numpy as np
@@ -26,12 +27,23 @@ _series_file = functools.partial(_round3_series_file, rows=12, length=16)
 # --- cnnkit explain RUN SERIES: the file read as sequence predict reads it ----------------------------
 
 
+@contextlib.contextmanager
+def _no_curves():
+    """Training runs that the module's tests read, trained without their curves.png (none reads it)."""
+    import cnnkit.engine.loop as loop
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loop, "_draw_curves", lambda out, history: None)
+        yield
+
+
 @pytest.fixture(scope="module")
 def series_run(tmp_path_factory):
     """A 2-step fcn1d run on a toy file of 12 series of 16 samples."""
     root = tmp_path_factory.mktemp("explain_series")
     data = _series_file(root / "toy_TRAIN.tsv")
-    assert main(["sequence", "train", "--data", str(data), *FCN, "--out", str(root / "run"), *FAST]) == 0
+    with _no_curves():
+        assert main(["sequence", "train", "--data", str(data), *FCN, "--out", str(root / "run"), *FAST]) == 0
     return root / "run"
 
 
@@ -79,8 +91,9 @@ def video_runs(data_dir, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("video_runs")
     small = dict(epochs=1, val_clips=0, test_clips=2, batch_size=2, threads=1, data_dir=str(data_dir))
-    train_video(VideoConfig(clips=4, frames=16, stride=2, size=16, **small), root / "video", quiet=True)
-    train_predictor(PredictConfig(clips=2, frames=4, **small), root / "predict", quiet=True)
+    with _no_curves():
+        train_video(VideoConfig(clips=4, frames=16, stride=2, size=16, **small), root / "video", quiet=True)
+        train_predictor(PredictConfig(clips=2, frames=4, **small), root / "predict", quiet=True)
     return root
 
 
