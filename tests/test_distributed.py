@@ -432,8 +432,10 @@ def test_argparse_says_a_usage_error_or_help_once_under_torchrun_and_every_rank_
         assert said[0].out == said[0].err == "", argv
         assert (said[1].err if code else said[1].out).strip(), argv
         assert waits == (["1"] if code else []), argv
+    waits.clear()
     monkeypatch.setenv("RANK", "1")
     assert main([]) == 2 and capsys.readouterr().out == ""
+    assert waits == ["1"]  # no command is exit 2 as well: rank 1 waits for rank 0's help
 
 
 def _torchrun(argv: list[str]) -> subprocess.CompletedProcess:

@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             _command_parser(parser, argv).error(f"unrecognized arguments: {' '.join(unknown)}")
         if not getattr(args, "func", None):
             parser.print_help()
+            if launched()[0] != 0:  # exit 2, as a usage error: rank 0 prints the help first
+                _let_rank_0_speak()
             return 2
     keep_freed_memory()
     try:
