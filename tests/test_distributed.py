@@ -460,8 +460,7 @@ def test_a_process_other_than_rank_0_waits_before_it_exits_on_bad_input(tmp_path
     so that rank 0 says why first; rank 0 does not wait."""
     import cnnkit.cli as cli
 
-    waits = []
-    monkeypatch.setattr(cli, "_let_rank_0_speak", lambda: waits.append(os.environ["RANK"]))
+    waits = _recorded_waits(monkeypatch)
     monkeypatch.setenv("WORLD_SIZE", "2")
     for rank, waited in (("1", ["1"]), ("0", [])):
         monkeypatch.setenv("RANK", rank)

@@ -54,7 +54,7 @@ from cnnkit.models.network import (
     trusted_resume_model,
 )
 from cnnkit.tasks.classify.config import TrainConfig, validate
-from cnnkit.tasks.classify.evaluate import evaluate, image_files
+from cnnkit.tasks.classify.evaluate import _fmt, evaluate, image_files
 from cnnkit.tasks.classify.load import load_classifier, network_of, save_ensemble
 from cnnkit.tasks.classify.task import ClassifyTask
 
@@ -203,7 +203,7 @@ def train_one(
             "trains in NCHW layout (oneDNN's channels-last kernels for it corrupt memory on AVX2 CPUs)"
         )
         channels_last = False
-    model = model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    model = model.to(memory_format=_fmt(channels_last))
     if model.pad:
         (_, h, w), (_, hp, wp) = model.input_size, model.net_input_size
         say(f"{cfg.model} takes {hp}x{wp} inputs: the {h}x{w} images get {model.pad} px of black on every side")
@@ -263,7 +263,7 @@ def trainable_augment(
             f"by their shift {a.shift}; use a crop of at most {min(h, w) + 2 * a.shift}"
         )
     probe = torch.zeros(2, c, a.crop + 2 * pad, a.crop + 2 * pad, device=data.images.device)
-    probe = probe.contiguous(memory_format=_fmt(cfg))
+    probe = probe.contiguous(memory_format=_fmt(cfg.channels_last))
     was = net.training
     try:
         with torch.no_grad():
@@ -438,7 +438,3 @@ def _holds(model: str, network: dict) -> bool:
         return (spec_network(model) or {}).get("spec") == network.get("spec")
     except CnnkitError:  # missing or no longer a spec
         return False
-
-
-def _fmt(cfg: TrainConfig) -> torch.memory_format:
-    return torch.channels_last if cfg.channels_last else torch.contiguous_format
