@@ -149,42 +149,43 @@ def _two_processes(fn, *args) -> None:
     mp.spawn(_entry, args=(fn, _free_port(), args), nprocs=2, join=True)
 
 
-def _two_process_runs(rank: int, out: str, data_dir: str | None, ports: list[int]) -> None:
-    """The module's two-process runs, one after another in one pair of processes, each in its own
-    folder under ``out`` and its own process group, on its own master port (a process that joined
-    the last group's store, still up, would read that group's addresses): a line fitted by a network
-    with a layer its forward never uses, a line fitted in batches that do not split evenly, a loss
-    that diverges in one process's share; on MNIST (where ``data_dir`` is given), an ensemble, and a
-    pruned run whole and cut then resumed."""
-    runs = [("line", _fit_line), ("odd", _fit_odd_line), ("diverge", _wrappers_at_group_end)]
-    if data_dir is not None:
-        model = f"{Path(out, 'net.py')}:net"
-        runs += [
-            ("ens", lambda rank, folder: _ensemble(rank, data_dir, model, folder)),
-            ("pruned", lambda rank, folder: _full_and_resumed(rank, data_dir, model, folder)),
-        ]
-    for (name, fn), port in zip(runs, ports, strict=True):
+def _one_pair_runs(rank: int, out: str, runs: list[tuple], ports: list[int]) -> None:
+    """Each ``(name, fn, args)`` of ``runs`` as ``fn(rank, *args, folder)``, one after another in this
+    pair of processes, each in its own folder ``out/name`` and its own process group on its own master
+    port (a process that joined the last group's store, still up, would read that group's addresses)."""
+    for (name, fn, args), port in zip(runs, ports, strict=True):
         os.environ["MASTER_PORT"] = str(port)
         folder = Path(out, name)
         folder.mkdir(exist_ok=True)
-        fn(rank, str(folder))
+        fn(rank, *args, str(folder))
+
+
+def _runs_in_one_pair(out: Path, runs: list[tuple]) -> Path:
+    """``out``, after :func:`_one_pair_runs` ran ``runs`` in one pair of processes (one start-up for all)."""
+    ports: set[int] = set()
+    while len(ports) < len(runs):
+        ports.add(_free_port())
+    _two_processes(_one_pair_runs, str(out), runs, sorted(ports))
+    return out
 
 
 @pytest.fixture(scope="module")
 def two_process_runs(request, tmp_path_factory) -> Path:
-    """The folder of :func:`_two_process_runs`, run once for the tests that read it: its MNIST runs
-    where the data is (the tests that read them ask for ``data_dir`` too)."""
+    """The module's two-process runs, in one pair of processes, run once for the tests that read them:
+    a line fitted by a network with a layer its forward never uses, a line fitted in batches that do
+    not split evenly, a loss that diverges in one process's share; where the MNIST data is (the tests
+    that read these ask for ``data_dir`` too), an ensemble, and a pruned run whole and cut then resumed."""
+    out = tmp_path_factory.mktemp("two-processes")
+    runs = [("line", _fit_line, ()), ("odd", _fit_odd_line, ()), ("diverge", _wrappers_at_group_end, ())]
     try:
         data = str(request.getfixturevalue("data_dir"))
     except pytest.skip.Exception:
         data = None
-    out = tmp_path_factory.mktemp("two-processes")
-    (out / "net.py").write_text(NET)
-    ports = set()
-    while len(ports) < (5 if data else 3):
-        ports.add(_free_port())
-    _two_processes(_two_process_runs, str(out), data, sorted(ports))
-    return out
+    if data is not None:
+        (out / "net.py").write_text(NET)
+        model = f"{out / 'net.py'}:net"
+        runs += [("ens", _ensemble, (data, model)), ("pruned", _full_and_resumed, (data, model))]
+    return _runs_in_one_pair(out, runs)
 
 
 def _ensemble(rank: int, data_dir: str, model: str, out: str) -> None:

@@ -4,14 +4,13 @@ the losses normalised otherwise (detect's positives, segment's valid pixels, ins
 for a batch that splits evenly over two processes and one that does not. The reference is one
 process's gradient of the loss on the whole batch."""
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from test_distributed import _free_port, _two_processes
+from test_distributed import _runs_in_one_pair
 
 from cnnkit.engine.distributed import Dist, pool, shard_batch
 from cnnkit.engine.loop import step_loss
@@ -170,28 +169,12 @@ def _ddp_grads(rank: int, out: str) -> None:
     torch.save(grads, f"{out}/rank{rank}.pt")
 
 
-def _ddp_runs(rank: int, out: str, ports: list[int]) -> None:
-    """:func:`_ddp_grads`, then :func:`_fit_detect_with_a_share_without_objects`, in one pair of
-    processes, each in its own folder under ``out`` and its own process group on its own master port
-    (a process that joined the last group's store, still up, would read that group's addresses)."""
-    for (name, fn), port in zip(
-        [("grads", _ddp_grads), ("detect", _fit_detect_with_a_share_without_objects)], ports, strict=True
-    ):
-        os.environ["MASTER_PORT"] = str(port)
-        fn(rank, str(Path(out, name)))
-
-
 @pytest.fixture(scope="module")
 def ddp_runs(tmp_path_factory) -> Path:
-    """The folder of :func:`_ddp_runs`, run once for the tests that read it."""
-    out = tmp_path_factory.mktemp("ddp")
-    for name in ("grads", "detect"):
-        (out / name).mkdir()
-    ports = set()
-    while len(ports) < 2:
-        ports.add(_free_port())
-    _two_processes(_ddp_runs, str(out), sorted(ports))
-    return out
+    """:func:`_ddp_grads` and :func:`_fit_detect_with_a_share_without_objects` in one pair of processes,
+    run once for the tests that read them."""
+    runs = [("grads", _ddp_grads, ()), ("detect", _fit_detect_with_a_share_without_objects, ())]
+    return _runs_in_one_pair(tmp_path_factory.mktemp("ddp"), runs)
 
 
 @pytest.mark.slow
